@@ -17,6 +17,15 @@ import torch
 from torch import Tensor
 
 VIEW_LABELS: tuple[str, ...] = ("front", "side", "back", "overhead", "bottom")
+# With ``ViewThresholds.split_sides`` the two side ranges get their own labels.
+SPLIT_VIEW_LABELS: tuple[str, ...] = (
+    "front",
+    "right side",
+    "back",
+    "left side",
+    "overhead",
+    "bottom",
+)
 
 
 @dataclass
@@ -26,6 +35,11 @@ class ViewThresholds:
     Ranges are half-open ``[lo, hi)``: overhead is θ < ``overhead``, bottom θ ≥ ``bottom``;
     front is φ ∈ [front_start, front_end), back φ ∈ [back_start, back_end); everything else is side.
     Overhead and bottom override the azimuth labels.
+
+    The thesis's single "side" label covers both sides of the object, so a side view never says
+    which one it sees. ``split_sides`` names them: φ ∈ [front_end, back_start) is "right side"
+    (the camera on +x at φ = 90°, to the right of a viewer facing the front) and the rest
+    "left side".
     """
 
     overhead: float = 30.0
@@ -34,6 +48,12 @@ class ViewThresholds:
     front_end: float = 60.0
     back_start: float = 180.0
     back_end: float = 240.0
+    split_sides: bool = False
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every label :func:`view_of` can give with these thresholds."""
+        return SPLIT_VIEW_LABELS if self.split_sides else VIEW_LABELS
 
 
 @dataclass
@@ -104,8 +124,12 @@ def view_of(polar: float, azimuth: float, thresholds: ViewThresholds | None = No
         label = "front"
     elif t.back_start <= azimuth < t.back_end:
         label = "back"
-    else:
+    elif not t.split_sides:
         label = "side"
+    elif t.front_end <= azimuth < t.back_start:
+        label = "right side"
+    else:
+        label = "left side"
     return View(label, f", {label} view")
 
 
@@ -226,6 +250,7 @@ def get_rays(c2w: Tensor, fovy: Tensor, height: int, width: int) -> tuple[Tensor
 
 
 __all__ = [
+    "SPLIT_VIEW_LABELS",
     "VIEW_LABELS",
     "CameraRange",
     "Poses",

@@ -103,6 +103,12 @@ def add_text_to_3d_arguments(p: argparse.ArgumentParser) -> None:
         help="do not append ', front view' etc. to the prompt",
     )
     g.add_argument(
+        "--side-views",
+        choices=["one", "split"],
+        help="label side cameras with the thesis's one 'side view', or split them into "
+        "'left side view' and 'right side view' [one; split for builtin:shapes]",
+    )
+    g.add_argument(
         "--perp-neg",
         action="store_true",
         default=None,
@@ -151,6 +157,8 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     if any(v is not None for v in guidance.values()):
         out["guidance"] = {k: v for k, v in guidance.items() if v is not None}
+    if args.side_views is not None:
+        out.setdefault("guidance", {})["views"] = {"split_sides": args.side_views == "split"}
     if args.encoding is not None:
         out["field"] = {"encoding": args.encoding}
     return out

@@ -44,9 +44,11 @@ def default_perp_neg_weights() -> dict[str, dict[str, float]]:
 
     The Janus problem is the front (a face) appearing in every view, so the views that are not the
     front use the front-view prompt as their negative; the front, overhead and bottom views have
-    none. The weight 2 matches stable-dreamfusion's default ``negative_w``.
+    none. The weight 2 matches stable-dreamfusion's default ``negative_w``. Both the thesis's
+    "side" and the split "left side" / "right side" labels are listed; a run uses those its
+    ``ViewThresholds`` give.
     """
-    return {"side": {"front": 2.0}, "back": {"front": 2.0}}
+    return {label: {"front": 2.0} for label in ("side", "left side", "right side", "back")}
 
 
 @dataclass
@@ -477,6 +479,7 @@ class StableDiffusionGuidance(ScoreDistillation):
             expand_tokens(negative, self.token_expansions),
             view_dependent=self.cfg.view_dependent,
             perp_neg_weights=self.cfg.perp_neg_weights if self.cfg.perp_neg else None,
+            labels=self.cfg.views.labels,
             device=self.device,
             dtype=self.dtype,
         )

@@ -16,21 +16,23 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dreamtext.cameras import VIEW_LABELS, with_view
+from dreamtext.cameras import SPLIT_VIEW_LABELS, VIEW_LABELS, with_view
 from dreamtext.errors import DreamtextError
 
 
 class PromptEmbeddings:
     """The text conditioning of one prompt, per view label.
 
-    Encodes ``"<prompt>, <label> view"`` for each of ``VIEW_LABELS`` (or just ``prompt`` when
+    Encodes ``"<prompt>, <label> view"`` for each of ``labels`` (the labels the run's
+    ``ViewThresholds`` give, by default the thesis's ``VIEW_LABELS``; or just ``prompt`` when
     ``view_dependent`` is off) and the negative prompt (``""`` is the unconditional embedding),
     each padded to ``tokenizer.model_max_length``. Embeddings are ``[L, D]`` rows of the text
     encoder's last hidden state, stored on ``device`` in ``dtype``.
 
     ``perp_neg_weights`` (``{label: {negative_label: weight}}``) names, per view, the view prompts
     used as Perp-Neg negatives (see ``guidance.perp_neg_guidance``); it needs view-dependent
-    prompts.
+    prompts. Weights for labels this run does not use (the split "left side" / "right side"
+    without ``split_sides``, or "side" with it) are ignored, so one default serves both.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class PromptEmbeddings:
         negative: str = "",
         view_dependent: bool = True,
         perp_neg_weights: Mapping[str, Mapping[str, float]] | None = None,
+        labels: Sequence[str] = VIEW_LABELS,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -48,17 +51,21 @@ class PromptEmbeddings:
             raise DreamtextError("the prompt is empty; give a text prompt such as 'a red castle'")
         if perp_neg_weights and not view_dependent:
             raise DreamtextError("Perp-Neg needs view-dependent prompts; turn view_dependent on")
-        self.perp_neg_weights = {
-            label: dict(negatives) for label, negatives in (perp_neg_weights or {}).items()
-        }
-        for label, negatives in self.perp_neg_weights.items():
-            unknown = [v for v in (label, *negatives) if v not in VIEW_LABELS]
+        known = tuple(dict.fromkeys((*VIEW_LABELS, *SPLIT_VIEW_LABELS)))
+        for label, negatives in (perp_neg_weights or {}).items():
+            unknown = [v for v in (label, *negatives) if v not in known]
             if unknown:
                 raise DreamtextError(
-                    f"unknown view label {unknown[0]!r} in perp_neg_weights; use {VIEW_LABELS}"
+                    f"unknown view label {unknown[0]!r} in perp_neg_weights; use {known}"
                 )
+        self.perp_neg_weights = {
+            label: {v: w for v, w in negatives.items() if v in labels}
+            for label, negatives in (perp_neg_weights or {}).items()
+            if label in labels
+        }
+        self.labels = tuple(labels)
         self.prompt, self.negative, self.view_dependent = prompt, negative, view_dependent
-        texts = {label: self.text_for(label) for label in VIEW_LABELS}
+        texts = {label: self.text_for(label) for label in self.labels}
         ordered = [negative, *texts.values()]
         encoded = encode_texts(tokenizer, text_encoder, ordered)
         encoded = encoded.to(device=device or encoded.device, dtype=dtype or encoded.dtype)

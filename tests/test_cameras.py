@@ -56,6 +56,27 @@ def test_view_thresholds_are_configurable():
     assert view_of(90.0, 75.0, wide_front).label == "front"
 
 
+@pytest.mark.parametrize(
+    ("azimuth", "label"),
+    [
+        (30.0, "front"),
+        (60.0, "right side"),
+        (90.0, "right side"),
+        (179.9, "right side"),
+        (200.0, "back"),
+        (240.0, "left side"),
+        (300.0, "left side"),
+        (359.9, "left side"),
+    ],
+)
+def test_split_sides_name_the_side_the_camera_is_on(azimuth, label):
+    split = ViewThresholds(split_sides=True)
+    assert view_of(90.0, azimuth, split).label == label
+    assert view_of(10.0, azimuth, split).label == "overhead"  # overhead still overrides
+    assert set(split.labels) == {"front", "left side", "right side", "back", "overhead", "bottom"}
+    assert "side" in ViewThresholds().labels and "left side" not in ViewThresholds().labels
+
+
 def test_spherical_position_convention_and_its_inverse():
     eye = position_from_angles(
         torch.tensor([90.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([2.0, 1.0])

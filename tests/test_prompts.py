@@ -12,8 +12,9 @@ from tiny_models import (
     write_tiny_tokenizer,
 )
 
-from dreamtext.cameras import VIEW_LABELS
+from dreamtext.cameras import VIEW_LABELS, ViewThresholds
 from dreamtext.errors import DreamtextError
+from dreamtext.guidance import default_perp_neg_weights
 from dreamtext.prompts import (
     PromptEmbeddings,
     add_textual_inversion,
@@ -133,6 +134,21 @@ def test_perp_neg_needs_view_dependent_prompts(tokenizer, text_encoder):
             view_dependent=False,
             perp_neg_weights={"side": {"front": 1.0}},
         )
+
+
+def test_split_side_labels_get_their_own_prompts_and_perp_neg(tokenizer, text_encoder):
+    labels = ViewThresholds(split_sides=True).labels
+    prompts = PromptEmbeddings(
+        tokenizer, text_encoder, "a dog", perp_neg_weights=default_perp_neg_weights(), labels=labels
+    )
+    assert set(prompts.cond) == set(labels)
+    assert prompts.text_for("left side") == "a dog, left side view"
+    assert not torch.equal(prompts.cond["left side"], prompts.cond["right side"])
+    # The thesis's "side" weights are dropped; the split labels keep theirs.
+    assert set(prompts.perp_neg_weights) == {"left side", "right side", "back"}
+    embeds, w = prompts.negatives(["right side"])
+    torch.testing.assert_close(embeds[0, 0], prompts.cond["front"])
+    assert w.tolist() == [[2.0]]
 
 
 def test_perp_neg_rejects_unknown_view_labels(tokenizer, text_encoder):

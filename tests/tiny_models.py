@@ -22,13 +22,14 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dreamtext.cameras import VIEW_LABELS
+from dreamtext.cameras import SPLIT_VIEW_LABELS, VIEW_LABELS
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 # Words the tests write in prompts; each becomes one token.
 TEST_WORDS: tuple[str, ...] = (
     *VIEW_LABELS,
+    *(word for label in SPLIT_VIEW_LABELS for word in label.split() if word not in VIEW_LABELS),
     "view",
     "a",
     "an",
