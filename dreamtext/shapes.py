@@ -67,7 +67,12 @@ CONE_APEX, CONE_BASE_Y, CONE_BASE_RADIUS = 0.45, -0.45, 0.45
 TORUS_MAJOR, TORUS_MINOR = 0.4, 0.15
 
 # Bumped whenever the rendering changes, so that stale cached datasets are not reused.
-DATASET_VERSION = 2
+DATASET_VERSION = 3
+# One ray through each pixel centre, exactly as the trainer's renderer samples a pixel: a field
+# can then match every image with an opaque, sharp surface. Antialiased images (2×2 rays a pixel)
+# can only be matched by semi-transparent density along the silhouettes, which erodes thin parts
+# (green torus IoU 0.69 with 2×2 rays, 0.75 with one; benchmarks/RESULTS.md).
+DATASET_SUPERSAMPLE = 1
 # Dataset cameras are at most this many degrees apart in azimuth and in polar angle.
 DATASET_STEP_DEG = 10.0
 
@@ -409,10 +414,14 @@ def build_dataset(
         for p, a in zip(poses.polar, poses.azimuth, strict=True)
     ]
     # Ray casting is the slow part and depends on the shape only: once per shape, then colour.
-    hits = {shape: _subpixel_hits(shape, poses, height, width, 2) for shape in SHAPES}
+    hits = {
+        shape: _subpixel_hits(shape, poses, height, width, DATASET_SUPERSAMPLE) for shape in SHAPES
+    }
     images, objects, texts = [], [], []
     for primitive in primitives():
-        rgb = _shade(primitive, hits[primitive.shape], len(poses), height, width, 2)
+        rgb = _shade(
+            primitive, hits[primitive.shape], len(poses), height, width, DATASET_SUPERSAMPLE
+        )
         images.append(rgb.permute(0, 3, 1, 2))
         objects += [primitive.caption] * len(poses)
         texts += [with_view(primitive.caption, label) for label in labels]
@@ -436,6 +445,7 @@ def _cache_key(
     params = (
         thresholds or ViewThresholds(),
         DATASET_VERSION,
+        DATASET_SUPERSAMPLE,
         DATASET_STEP_DEG,
         height,
         width,

@@ -196,7 +196,9 @@ def test_renders_of_another_size_are_resized_to_the_dataset(prior):
 def test_dataset_images_of_the_prior_are_the_shapes_renders(prior):
     p = prior()
     poses = shapes.dataset_poses(CAMERAS)
-    expected = shapes.render(shapes.Primitive("cube", "red"), poses, 8, 8).permute(0, 3, 1, 2)
+    expected = shapes.render(
+        shapes.Primitive("cube", "red"), poses, 8, 8, shapes.DATASET_SUPERSAMPLE
+    ).permute(0, 3, 1, 2)
     got = p.dataset.images[: len(poses)]
     assert torch.allclose(got, expected, atol=1 / 255)
 

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from dreamtext import shapes
-from dreamtext.cameras import CameraRange, get_rays, orbit_poses, view_of, with_view
+from dreamtext.cameras import (
+    CameraRange,
+    ViewThresholds,
+    get_rays,
+    orbit_poses,
+    view_of,
+    with_view,
+)
 from dreamtext.errors import DreamtextError
 
 INSIDE_CASES = {
@@ -144,6 +151,27 @@ def test_dataset_captions_each_image_with_its_view_of_label(tmp_path):
         assert data.captions[i] == with_view(data.objects[i], label)
     labels = {c.split(", ")[1] for c in data.captions}
     assert labels == {"front view", "side view", "back view"}
+
+
+def test_dataset_captions_use_the_split_side_labels_when_asked(tmp_path):
+    split = ViewThresholds(split_sides=True)
+    data = shapes.load_dataset(SMALL, 8, 8, split, directory=tmp_path)
+    for caption, azimuth in zip(data.captions, data.azimuth, strict=True):
+        if 60.0 <= float(azimuth) < 180.0:
+            assert caption.endswith(", right side view")
+        elif float(azimuth) >= 240.0:
+            assert caption.endswith(", left side view")
+
+
+def test_dataset_pixels_are_single_rays_like_the_trainers(tmp_path):
+    """No antialiasing: a one-colour primitive's image holds only its colour and white."""
+    data = shapes.load_dataset(SMALL, 8, 8, directory=tmp_path)
+    red = torch.tensor(shapes.COLOURS["red"])
+    images = data.images[[i for i, o in enumerate(data.objects) if o == "a red sphere"]]
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
+    is_red = (pixels - red).abs().max(-1).values < 1 / 255
+    is_white = (pixels - 1).abs().max(-1).values < 1 / 255
+    assert (is_red | is_white).all() and is_red.any() and is_white.any()
 
 
 def test_dataset_is_cached_once_and_reloaded_identically(tmp_path):
