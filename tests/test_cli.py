@@ -67,6 +67,7 @@ def test_help_lists_every_subcommand_and_the_text_flags(capsys):
         "--resume",
         "--encoding",
         "--no-export",
+        "--side-views",
     ):
         assert flag in text_help
 
@@ -116,6 +117,25 @@ def test_epochs_are_hundred_iterations(tmp_path):
     from dreamtext.cli import text_overrides
 
     assert text_overrides(args)["iters"] == 200
+
+
+@pytest.mark.parametrize(("flag", "split"), [("split", True), ("one", False)])
+def test_side_views_flag_sets_split_side_labels_over_the_preset(flag, split):
+    from dreamtext.cli import text_overrides
+    from dreamtext.config import resolve_config
+
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--side-views", flag]
+    cfg = resolve_config(text_overrides(build_parser().parse_args(argv)))
+    assert cfg.guidance.views.split_sides is split
+    assert cfg.guidance.views.front_end == 60.0  # the other thresholds keep their values
+
+
+def test_builtin_preset_splits_side_labels_by_default():
+    from dreamtext.config import resolve_config
+
+    cfg = resolve_config({"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}})
+    assert cfg.guidance.views.split_sides
+    assert not resolve_config({"prompt": "a castle"}).guidance.views.split_sides
 
 
 def run_main(args, capsys):
