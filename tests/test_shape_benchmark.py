@@ -1,0 +1,51 @@
+"""The measures of benchmarks/shapes.py (voxel IoU of a trained field against a primitive)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from analytic_field import SphereField
+
+from dreamtext import shapes
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes.py"
+    spec = importlib.util.spec_from_file_location("shape_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["shape_benchmark"] = module
+    spec.loader.exec_module(module)
+    # Coarser than the benchmark's 64³ grid and 5° turns, to keep the tests fast.
+    module.IOU_RESOLUTION, module.ROTATION_STEP_DEG = 32, 15.0
+    return module
+
+
+def test_occupancy_of_an_opaque_sphere_is_the_sphere(bench):
+    occupied, points = bench.field_occupancy(
+        SphereField(radius=0.5, sigma_max=1000.0, width=0.02), bound=1.0
+    )
+    iou, _ = bench.best_iou(occupied, points, "sphere")
+    rivals = {s: bench.best_iou(occupied, points, s)[0] for s in shapes.SHAPES if s != "sphere"}
+    assert iou > 0.9
+    assert max(rivals.values()) < iou
+
+
+def test_occupancy_ignores_a_faint_halo_light_passes_through(bench):
+    """Density too thin to stop half the light (optical depth < ln 2 across it) is not occupied."""
+    faint = SphereField(radius=0.5, sigma_max=0.5)  # optical depth through the centre ≈ 0.5
+    occupied, _ = bench.field_occupancy(faint, bound=1.0)
+    assert not occupied.any()
+
+
+def test_best_iou_undoes_a_turn_about_y(bench):
+    axis = torch.linspace(-0.95, 0.95, 24)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    turned_cube = shapes.inside("cube", bench.rotate_y(points, -30.0))
+    iou, yaw = bench.best_iou(turned_cube, points, "cube")
+    assert iou == pytest.approx(1.0)
+    assert yaw % 90.0 == pytest.approx(30.0)  # the cube looks the same every 90°
