@@ -8,8 +8,9 @@ them and the mesh exported from it can be compared with the analytic shape direc
 * torus: axis y, major radius 0.4, minor radius 0.15
 
 Each is rendered as flat albedo (no lighting) on a white background through
-:func:`dreamtext.cameras.get_rays`, i.e. with exactly the cameras the trainer uses, antialiased by
-supersampling so that the images look like the soft edges of a volume render.
+:func:`dreamtext.cameras.get_rays`, i.e. with exactly the cameras the trainer uses. The dataset
+takes one ray through each pixel centre, as the trainer's renderer does (``DATASET_SUPERSAMPLE``);
+:func:`render` can also average a sub-pixel grid, for antialiased reference images.
 """
 
 from __future__ import annotations
