@@ -37,10 +37,9 @@ import torch
 
 from dreamtext import shapes
 from dreamtext.cameras import Poses, orbit_poses
-from dreamtext.checkpoint import last_checkpoint, load_checkpoint, load_field
+from dreamtext.checkpoint import load_run
 from dreamtext.config import TrainConfig, resolve_config
 from dreamtext.mesh import grid_centres, sample_density_grid
-from dreamtext.renderer import VolumeRenderer
 from dreamtext.trainer import train
 
 IOU_RESOLUTION = 64
@@ -139,7 +138,7 @@ def held_out_poses(cfg: TrainConfig, yaw: float = 0.0) -> Poses:
 
 @torch.no_grad()
 def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views: str) -> Result:
-    field, config = load_field(workspace)
+    field, renderer, config = load_run(workspace)
     cfg = resolve_config({}, base=config)
     occupied, points = field_occupancy(field, cfg.field.bound)
     fits = {shape: best_iou(occupied, points, shape) for shape in shapes.SHAPES}
@@ -149,8 +148,6 @@ def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views
     # The colorful cube's faces fix its yaw, so it is compared as the prompt's views define it.
     yaw = 0.0 if primitive.colour == shapes.COLORFUL else fits[primitive.shape][1]
 
-    renderer = VolumeRenderer(cfg.render)
-    renderer.load_state_dict(load_checkpoint(last_checkpoint(workspace))["renderer"])
     poses = held_out_poses(cfg)
     out = renderer.render(field, poses, cfg.h, cfg.w, shading="albedo", perturb=False)
     rgb = out["rgb"].clamp(0, 1)
