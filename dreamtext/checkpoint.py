@@ -84,18 +84,19 @@ def load_run(
     read the same parameter table).
     """
     from dreamtext.config import apply_overrides
-    from dreamtext.field import NeRFField, field_config_from_dict
-    from dreamtext.renderer import RenderConfig, VolumeRenderer
+    from dreamtext.factory import build_field, build_renderer
+    from dreamtext.field import field_config_from_dict
+    from dreamtext.renderer import RenderConfig
 
     state = load_checkpoint(last_checkpoint(workspace), map_location=device)
     field_cfg = field_config_from_dict(state["field_config"])
     if state.get("encoding_backend") == "tcnn" and not torch.cuda.is_available():
         field_cfg.encoding = "torch"
-    field = NeRFField(field_cfg, device=device)
+    field = build_field(field_cfg, device)
     field.load_state_dict(state["field"])
     render_cfg = RenderConfig()
     apply_overrides(render_cfg, state["config"].get("render", {}), "the checkpoint's config")
-    renderer = VolumeRenderer(render_cfg).to(device)
+    renderer = build_renderer(render_cfg, device)
     renderer.load_state_dict(state["renderer"])
     return field.eval(), renderer.eval(), state["config"]
 

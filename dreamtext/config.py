@@ -219,6 +219,7 @@ def validate(cfg: TrainConfig) -> None:
             raise DreamtextError(f"{what} must be a positive integer, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise DreamtextError(f"--lr must be positive, got {cfg.lr}")
+    cfg.render.validate()
     t_min, t_max = cfg.guidance.t_range
     if not 0.0 <= t_min < t_max <= 1.0:
         raise DreamtextError(

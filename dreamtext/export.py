@@ -38,7 +38,7 @@ from dreamtext.mesh import (
     query_albedo,
     unwrap_uv,
 )
-from dreamtext.renderer import RenderConfig, VolumeRenderer
+from dreamtext.renderer import RenderConfig
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,9 @@ def render_turntable(
 
 def default_renderer(field: torch.nn.Module) -> torch.nn.Module:
     """A ``VolumeRenderer`` with default settings, its occupancy grid built from ``field``."""
-    renderer = VolumeRenderer(RenderConfig()).to(field_device(field))
+    from dreamtext.factory import build_renderer  # the factory composes this module's config
+
+    renderer = build_renderer(RenderConfig(), field_device(field))
     # Each update samples one jittered point per cell; a few catch thin parts one would miss.
     for _ in range(3):
         renderer.update_occupancy(field, 0)

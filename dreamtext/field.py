@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +23,39 @@ from dreamtext.errors import DreamtextError
 DENSITY_ACTIVATIONS: tuple[str, ...] = ("softplus", "exp")
 # "random": the trainer draws a solid colour per image; the field itself shows background_color.
 BACKGROUNDS: tuple[str, ...] = ("mlp", "white", "black", "color", "random")
-NORMAL_METHODS: tuple[str, ...] = ("finite_difference", "autograd")
+# Finite differences of the density: forward (3 extra density queries, reusing σ(x)) or central (6);
+# "finite_difference" is the older name of "central_difference", kept so old checkpoints load.
+NORMAL_METHODS: tuple[str, ...] = (
+    "forward_difference",
+    "central_difference",
+    "autograd",
+    "finite_difference",
+)
 # The background MLP sees the view direction d and sin/cos(2^k π d) for k < BG_FREQUENCIES: enough
 # for a smooth sky, too few to paint the object into the background.
 BG_FREQUENCIES = 4
 # exp's gradient is clamped above this raw density, as in stable-dreamfusion's trunc_exp.
 EXP_GRAD_CLAMP = 15.0
+
+
+class Field(Protocol):
+    """What the renderer, the occupancy grid and the exporter ask of a field (ARCHITECTURE.md).
+
+    ``bound``: the scene is ``[−bound, bound]^3``. ``density(x [N, 3]) → σ [N]``;
+    ``forward(x) → (σ [N], albedo [N, 3])``; ``normals(x, sigma=None) → [N, 3]`` unit outward
+    normals (``sigma``, when given, is ``density(x)`` already computed, which forward differences
+    reuse); ``background(dirs [N, 3]) → [N, 3]``.
+    """
+
+    bound: float
+
+    def density(self, x: Tensor) -> Tensor: ...
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def normals(self, x: Tensor, sigma: Tensor | None = None) -> Tensor: ...
+
+    def background(self, dirs: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -37,8 +64,9 @@ class FieldConfig:
 
     ``finest_resolution_factor × bound`` is the finest hash-grid resolution. The blob
     ``d = blob_density (1 − |x| / blob_radius)`` is added to the raw density before the activation.
-    ``normal_eps`` is the finite-difference step (world units). The hash table trains at
-    ``lr × encoding_lr_scale``.
+    ``normal_eps`` is the finite-difference step (world units); ``normals`` picks forward
+    differences (the default: 3 density queries per normal, measured in benchmarks/RESULTS.md),
+    central differences (6) or autograd. The hash table trains at ``lr × encoding_lr_scale``.
     """
 
     bound: float = 1.0
@@ -57,7 +85,7 @@ class FieldConfig:
     blob_radius: float = 0.5
     background: str = "mlp"
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    normals: str = "finite_difference"
+    normals: str = "forward_difference"
     normal_eps: float = 1e-2
     encoding_lr_scale: float = 10.0
 
@@ -168,6 +196,8 @@ class NeRFField(nn.Module):
         self.blocks = nn.Sequential(*(ResidualBlock(cfg.hidden_dim) for _ in range(cfg.num_blocks)))
         self.output_layer = nn.Linear(cfg.hidden_dim, 4)
         self.background_net = self._background_mlp(cfg) if cfg.background == "mlp" else None
+        # Mixed precision of the MLPs on CUDA (set by dreamtext.factory from --fp16 / --bf16).
+        self.mlp_dtype: torch.dtype | None = None
         self.to(device if device is not None else "cpu")
 
     @staticmethod
@@ -187,9 +217,19 @@ class NeRFField(nn.Module):
         return self.encoding.backend
 
     def _raw(self, x: Tensor) -> Tensor:
-        """``x: [N, 3]`` → raw MLP output ``[N, 4]`` (density logit, albedo logits)."""
-        h = F.silu(self.input_layer(self.encoding(x)))
-        return self.output_layer(self.blocks(h))
+        """``x: [N, 3]`` → raw MLP output ``[N, 4]`` float32 (density logit, albedo logits).
+
+        The hash grid runs in float32; with ``mlp_dtype`` set (``--fp16`` / ``--bf16`` on CUDA)
+        the MLP runs under autocast in that precision and its output is cast back to float32.
+        """
+        features = self.encoding(x)
+        if self.mlp_dtype is None or x.device.type != "cuda":
+            h = F.silu(self.input_layer(features))
+            return self.output_layer(self.blocks(h))
+        with torch.autocast("cuda", dtype=self.mlp_dtype):
+            h = F.silu(self.input_layer(features))
+            raw = self.output_layer(self.blocks(h))
+        return raw.float()
 
     def blob(self, x: Tensor) -> Tensor:
         """Density bias of ch. 6.1.6: ``d = v (1 − |x| / b)``, ``x: [N, 3]`` → ``[N]``."""
@@ -205,28 +245,43 @@ class NeRFField(nn.Module):
         sigma = activate_density(raw[:, 0] + self.blob(x), self.cfg.density_activation)
         return sigma, torch.sigmoid(raw[:, 1:])
 
-    def normals(self, x: Tensor) -> Tensor:
+    def normals(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
         """Unit outward normals ``n = −∇σ / |∇σ|``: ``x: [N, 3]`` → ``[N, 3]``.
 
-        ``finite_difference``: ``∂σ/∂x_i ≈ (σ(x + ε e_i) − σ(x − ε e_i)) / 2ε`` over the 6 axis
-        offsets (one batched density call). ``autograd``: the exact gradient, built with
-        ``create_graph`` when grad is enabled. Both stay differentiable w.r.t. the field's
-        parameters, so the orientation regulariser trains through them. Where ``∇σ = 0`` the
-        normal is zero. Under ``torch.inference_mode`` no graph can be built, so finite
-        differences are used there whatever the setting.
+        ``forward_difference``: ``∂σ/∂x_i ≈ (σ(x + ε e_i) − σ(x)) / ε``, three density queries
+        (``sigma``, when given, is ``σ(x)`` and is reused). ``central_difference``:
+        ``(σ(x + ε e_i) − σ(x − ε e_i)) / 2ε``, six queries. ``autograd``: the exact gradient,
+        built with ``create_graph`` when grad is enabled. All stay differentiable w.r.t. the
+        field's parameters, so the orientation regulariser and shading train through them. Where
+        ``∇σ = 0`` the normal is zero. Under ``torch.inference_mode`` no graph can be built, so
+        central differences are used there instead of autograd.
         """
-        if self.cfg.normals == "finite_difference" or torch.is_inference_mode_enabled():
-            offsets = self.cfg.normal_eps * torch.eye(3, device=x.device, dtype=x.dtype)
-            probes = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets])  # [2N, 3, 3]
-            sigma = self.density(probes.reshape(-1, 3)).view(2, x.shape[0], 3)
-            grad = (sigma[0] - sigma[1]) / (2.0 * self.cfg.normal_eps)
-        else:
+        method = self.cfg.normals
+        if method == "autograd" and torch.is_inference_mode_enabled():
+            method = "central_difference"
+        eps = self.cfg.normal_eps
+        offsets = eps * torch.eye(3, device=x.device, dtype=x.dtype)
+        if method == "forward_difference":
+            ahead = self.density((x[:, None, :] + offsets).reshape(-1, 3)).view(x.shape[0], 3)
+            centre = self.density(x) if sigma is None else sigma
+            grad = (ahead - centre.to(ahead.dtype)[:, None]) / eps
+        elif method == "autograd":
             create_graph = torch.is_grad_enabled()
             with torch.enable_grad():
                 xg = x if x.requires_grad else x.detach().requires_grad_(True)
-                sigma = self.density(xg)
-                (grad,) = torch.autograd.grad(sigma.sum(), xg, create_graph=create_graph)
+                density = self.density(xg)
+                (grad,) = torch.autograd.grad(density.sum(), xg, create_graph=create_graph)
+        else:  # central differences ("finite_difference" is its old name)
+            probes = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets])  # [2N, 3, 3]
+            density = self.density(probes.reshape(-1, 3)).view(2, x.shape[0], 3)
+            grad = (density[0] - density[1]) / (2.0 * eps)
         return F.normalize(-grad, dim=-1, eps=1e-12)
+
+    @property
+    def normal_queries(self) -> int:
+        """Density queries one normal costs (for sizing chunks): 3, or 6 for central
+        differences (autograd costs about as much as 3)."""
+        return 6 if self.cfg.normals in ("central_difference", "finite_difference") else 3
 
     def background(self, dirs: Tensor) -> Tensor:
         """Colour where rays along ``dirs: [N, 3]`` leave the scene → ``[N, 3]`` in [0, 1]."""
@@ -255,6 +310,7 @@ __all__ = [
     "BACKGROUNDS",
     "DENSITY_ACTIVATIONS",
     "NORMAL_METHODS",
+    "Field",
     "FieldConfig",
     "NeRFField",
     "ResidualBlock",

@@ -83,7 +83,8 @@ class ShapesPrior(ScoreDistillation):
         super().__init__(cfg, device, torch.float32)
         self.dataset: ShapesDataset = load_dataset(cameras, height, width, cfg.views)
         self.height, self.width = height, width
-        self._flat = self.dataset.images.flatten(1) * 2 - 1
+        # The image set lives where the renders do: x_t @ images.T needs both on one device.
+        self._flat = (self.dataset.images.flatten(1) * 2 - 1).to(self.device)
         self._cond: dict[str, Tensor] = {}
         self._uncond: Tensor | None = None
 
@@ -132,7 +133,7 @@ class ShapesPrior(ScoreDistillation):
         if self._uncond is None:
             raise RuntimeError("set_prompt must be called before predict_noise")
         flat = x_t.flatten(1).to(torch.float64)
-        alpha_bar = self.alphas_cumprod.to(torch.float64)[t.long().cpu()].to(flat.device)
+        alpha_bar = self.alphas_cumprod.to(torch.float64)[t.long().to(self.device)]
         eps_uncond = ideal_epsilon(flat, self._uncond, alpha_bar)
         eps_cond = torch.empty_like(flat)
         for label in set(labels):

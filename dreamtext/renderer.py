@@ -1,150 +1,142 @@
-"""Volume rendering of a field: ray/box bounds, sampling, occupancy grid, shading, regularisers.
+"""Volume rendering of a field over packed samples: sampler → field → shader → compositor.
 
-The renderer only uses the Field contract of ARCHITECTURE.md: ``bound``, ``density(x)``,
-``forward(x) -> (sigma, albedo)``, ``normals(x)`` and ``background(dirs)``.
+    cameras ──► rays [N] ──► sampler (no grad) ──► RaySamples [S] (+ σ, albedo when it marched)
+                               field(x) [S] ──► normals [S] (only where needed) ──► shade [S]
+                               compositor: w_i = T_i α_i per ray ──► rgb, opacity, depth [N]
 
-One ray, front to back:
+* **Samplers** (:mod:`dreamtext.samplers`): the occupancy-grid marcher (default), which evaluates
+  the field without gradients and keeps only samples that can contribute, or the dense
+  stratified + importance sampler (the reference). ``RenderConfig.sampler`` picks one.
+* **Shading** (thesis ch. 6.1.4): albedo ``c = a``; lambertian ``c = a (r + (1 − r) max(0, n·l))``;
+  textureless the same with ``a = 1``; ``r`` the ambient ratio. Normals are computed only at the
+  kept samples, and only for shaded renders or ``need_normals``.
+* **Compositing** (:mod:`dreamtext.compositing`): segmented transmittance and weights in float32.
+* **Regularisers** (:mod:`dreamtext.regularisers`) are computed from the per-ray outputs.
 
-1. ``near, far``: the ray's entry and exit of the scene cube ``[−bound, bound]^3`` (slab
-   method), ``near ≥ min_near``; rays that miss the cube render the background only.
-2. ``num_steps`` stratified samples in ``[near, far]`` (jittered in training, bin midpoints in
-   eval).
-3. Samples in cells the occupancy grid marks empty are dropped; the field is queried only on the
-   rest (on CPU the field queries are the whole cost) and density is zero at dropped samples.
-4. ``upsample_steps`` more samples drawn from the coarse weights by inverse-CDF sampling, queried
-   the same way, merged and sorted. Every sample is queried once, with gradients.
-5. Shading (albedo, lambertian, textureless), then the quadrature of the volume rendering equation.
+Memory is bounded by *field queries*, not rays:
+
+* without gradients (previews, turntables, evaluation) the field sees at most ``chunk_points``
+  points per call, counting normal queries;
+* a training render (:meth:`VolumeRenderer.render_train`) either builds one graph over all kept
+  samples ("direct"), or, when that graph would hold more than ``grad_chunk_points`` field
+  queries, defers: it renders the image without a graph, lets the caller take the SDS gradient on
+  the image, then re-renders ray chunks of at most ``grad_chunk_points`` queries with a graph
+  and back-propagates ``∂L/∂rgb`` chunk by chunk ("deferred"). Both give the same gradients; the
+  deferred one peaks at one chunk whatever the resolution.
 
 ``VolumeRenderer`` is an ``nn.Module`` so that its occupancy grid follows ``.to(device)`` and
-``state_dict()``. Samples are jittered (``perturb``) in ``train()`` mode and sit at bin midpoints in
-``eval()`` mode unless a call says otherwise. :meth:`VolumeRenderer.render` sends all rays in one
-pass when it is in ``train()`` mode with gradients on; otherwise it works through ``chunk_size``
-rays at a time under ``torch.no_grad()``.
+``state_dict()``. Samples are jittered (``perturb``) in ``train()`` mode unless a call says
+otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dreamtext.cameras import Poses, get_rays
+from dreamtext.compositing import accumulate, packed_weights
 from dreamtext.errors import DreamtextError
+from dreamtext.field import Field
+from dreamtext.regularisers import regularisers, weighted_sum
+from dreamtext.samplers import (
+    SAMPLERS,
+    DenseSampler,
+    OccupancyGrid,
+    OccupancySampler,
+    RaySamples,
+    SampleValues,
+    near_far_from_bound,
+    sample_pdf,
+)
 
 SHADINGS: tuple[str, ...] = ("albedo", "lambertian", "textureless")
+BACKPROP_MODES: tuple[str, ...] = ("auto", "direct", "deferred")
+# Per-ray outputs of the compositor, and the image-shaped ones of render().
+RAY_OUTPUTS: tuple[str, ...] = ("rgb", "opacity", "depth", "normals", "orientation")
 
 
 @dataclass
 class RenderConfig:
-    """Ray marching and occupancy-grid settings (defaults follow torch-ngp / Stable-DreamFusion).
+    """Sampling, occupancy-grid and memory settings (defaults measured in benchmarks/RESULTS.md).
 
-    * ``num_steps`` stratified samples per ray, then ``upsample_steps`` importance samples
-      (0 turns them off).
+    * ``sampler``: ``"occupancy"`` (march occupied cells, prune, early termination) or ``"dense"``
+      (the reference: ``num_steps`` stratified + ``upsample_steps`` importance samples per ray).
+    * ``march_steps``: the marcher's step is ``dt = 2√3 · bound / march_steps`` (that many steps
+      along the cube's diagonal); ``march_window`` occupied steps per ray are evaluated per round.
+    * ``alpha_threshold``, ``transmittance_threshold``: the marcher keeps a sample only if
+      ``α_i`` and ``T_i`` exceed them (the colour changes by at most about these amounts).
     * ``min_near``: no sample closer to the camera than this.
-    * ``chunk_size``: rays per pass when rendering without gradients; also points per pass of a
-      grid update.
+    * ``chunk_size``: rays per sampling pass; ``chunk_points``: field queries per call without
+      gradients (grid updates, previews, turntables).
+    * ``backprop``: ``"direct"`` (one graph), ``"deferred"`` (image first, then chunked
+      re-render + backward) or ``"auto"`` (deferred when the graph would hold more than
+      ``grad_chunk_points`` field queries).
     * ``occupancy_grid``: skip samples in empty cells of a ``grid_resolution^3`` grid, refreshed
       every ``grid_update_every`` steps with decay ``grid_decay`` and threshold
-      ``density_threshold`` (see :class:`OccupancyGrid`).
+      ``density_threshold`` (see :class:`~dreamtext.samplers.OccupancyGrid`).
     * ``need_normals``: compute normals even for albedo shading (normal maps, orientation loss).
-    * ``transmittance_threshold``: normals (6 extra field queries each) are computed only at
-      samples the ray still reaches, ``T_i > threshold``; behind that, colours are off by at most
-      the threshold.
     """
 
+    sampler: str = "occupancy"
     num_steps: int = 64
     upsample_steps: int = 32
+    march_steps: int = 512
+    march_window: int = 16
+    alpha_threshold: float = 1e-4
+    transmittance_threshold: float = 1e-4
     min_near: float = 0.05
     chunk_size: int = 65536
+    chunk_points: int = 1 << 18
+    backprop: str = "auto"
+    grad_chunk_points: int = 1 << 18
     occupancy_grid: bool = True
     grid_resolution: int = 64
     grid_decay: float = 0.95
     density_threshold: float = 10.0
     grid_update_every: int = 16
     need_normals: bool = False
-    transmittance_threshold: float = 1e-4
+
+    def validate(self) -> None:
+        """Raise a :class:`DreamtextError` naming the first setting a user got wrong."""
+        if self.sampler not in SAMPLERS:
+            raise DreamtextError(
+                f"render.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"
+            )
+        if self.backprop not in BACKPROP_MODES:
+            raise DreamtextError(
+                f"render.backprop must be one of {', '.join(BACKPROP_MODES)}, got {self.backprop!r}"
+            )
+        for name in ("num_steps", "march_steps", "march_window", "chunk_size", "chunk_points"):
+            if getattr(self, name) <= 0:
+                raise DreamtextError(f"render.{name} must be a positive integer")
+        if self.grad_chunk_points <= 0 or self.grid_resolution <= 0:
+            raise DreamtextError("render.grad_chunk_points and render.grid_resolution must be > 0")
+        if self.upsample_steps < 0:
+            raise DreamtextError("render.upsample_steps must be ≥ 0")
+        for name in ("alpha_threshold", "transmittance_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise DreamtextError(f"render.{name} must be in [0, 1)")
 
 
-def near_far_from_bound(
-    rays_o: Tensor, rays_d: Tensor, bound: float, min_near: float = 0.05
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Entry and exit distances of rays through the cube ``[−bound, bound]^3`` (slab method).
+@dataclass
+class RayBundle:
+    """Flat rays: ``origins, directions, light_dirs: [N, 3]``; ``backgrounds: [N, 3]`` or
+    ``None`` (the field's background)."""
 
-    Per axis k the ray is inside the slab for ``t ∈ [(∓b − o_k) / d_k]`` (ordered); the ray is in
-    the cube on the intersection of the three intervals:
-    ``near = max(min_near, max_k t_k^min)``, ``far = min_k t_k^max``; it hits when ``far > near``.
+    origins: Tensor
+    directions: Tensor
+    light_dirs: Tensor
+    backgrounds: Tensor | None = None
 
-    Args:
-        rays_o, rays_d: ``[N, 3]``.
+    def __len__(self) -> int:
+        return self.origins.shape[0]
 
-    Returns:
-        ``near [N]``, ``far [N]`` (``far = near`` for misses) and ``hit [N]`` (bool).
-    """
-    safe_d = torch.copysign(rays_d.abs().clamp_min(1e-9), rays_d)
-    t_lo = (-bound - rays_o) / safe_d
-    t_hi = (bound - rays_o) / safe_d
-    near = torch.minimum(t_lo, t_hi).amax(dim=-1).clamp_min(min_near)
-    far = torch.maximum(t_lo, t_hi).amin(dim=-1)
-    hit = far > near
-    return near, torch.where(hit, far, near), hit
-
-
-def sample_pdf(edges: Tensor, weights: Tensor, n_samples: int, perturb: bool) -> Tensor:
-    """Inverse-CDF sampling of a piecewise-constant PDF over bins (NeRF's hierarchical sampling).
-
-    ``pdf_k = (w_k + ε) / Σ_j (w_j + ε)``, ``cdf_k = Σ_{j<k} pdf_j``; for ``u_i = (i + ξ_i) / n``
-    (``ξ ~ U[0, 1)`` when ``perturb``, else ``½``) find the bin k with ``cdf_k ≤ u < cdf_{k+1}`` and
-    return ``t = e_k + (u − cdf_k) / pdf_k · (e_{k+1} − e_k)``. No gradient flows through it.
-
-    Args:
-        edges: bin edges ``[N, M + 1]``, increasing along the last axis.
-        weights: non-negative bin weights ``[N, M]``.
-        n_samples: samples per ray.
-        perturb: stratified random ``u`` (training) or evenly spaced ``u`` (evaluation).
-
-    Returns:
-        Sorted samples ``[N, n_samples]``.
-    """
-    edges, weights = edges.detach(), weights.detach()
-    # ε: a ray with no weight samples its bins uniformly instead of dividing by zero.
-    weights = weights + 1e-5
-    pdf = weights / weights.sum(dim=-1, keepdim=True)
-    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), pdf.cumsum(dim=-1)], dim=-1)
-    n_rays = edges.shape[0]
-    offset = (
-        torch.rand(n_rays, n_samples, device=edges.device, dtype=edges.dtype)
-        if perturb
-        else torch.full((n_rays, n_samples), 0.5, device=edges.device, dtype=edges.dtype)
-    )
-    u = (torch.arange(n_samples, device=edges.device, dtype=edges.dtype) + offset) / n_samples
-    bin_index = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(1, pdf.shape[-1]) - 1
-    cdf_lo = cdf.gather(-1, bin_index)
-    pdf_k = pdf.gather(-1, bin_index)
-    e_lo = edges.gather(-1, bin_index)
-    e_hi = edges.gather(-1, bin_index + 1)
-    fraction = ((u - cdf_lo) / pdf_k).clamp(0.0, 1.0)
-    return e_lo + fraction * (e_hi - e_lo)
-
-
-def volume_weights(sigma: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
-    """Quadrature weights of the volume rendering equation along each ray.
-
-    ``α_i = 1 − exp(−σ_i δ_i)``, ``T_i = Π_{j<i} (1 − α_j) = exp(−Σ_{j<i} σ_j δ_j)``,
-    ``w_i = T_i α_i``.
-
-    Args:
-        sigma, deltas: ``[N, S]``.
-
-    Returns:
-        ``weights [N, S]`` and ``transmittance [N, S]``.
-    """
-    optical = sigma * deltas
-    alpha = 1.0 - torch.exp(-optical)
-    before = torch.cat([torch.zeros_like(optical[:, :1]), optical[:, :-1]], dim=-1).cumsum(dim=-1)
-    transmittance = torch.exp(-before)
-    return transmittance * alpha, transmittance
+    def __getitem__(self, index: slice) -> RayBundle:
+        bg = self.backgrounds[index] if self.backgrounds is not None else None
+        return RayBundle(self.origins[index], self.directions[index], self.light_dirs[index], bg)
 
 
 def shade(
@@ -178,103 +170,189 @@ def _check_shading(shading: str) -> None:
         raise DreamtextError(f"unknown shading '{shading}'; use one of {', '.join(SHADINGS)}")
 
 
-class OccupancyGrid(nn.Module):
-    """A ``R^3`` grid over ``[−bound, bound]^3`` of which cells may hold density (torch-ngp style).
-
-    Each update evaluates the density at one uniformly jittered point per cell and keeps
-    ``g ← max(decay · g, σ(x_cell))``; a cell is occupied when ``g ≥ min(τ, mean(g))`` with ``τ``
-    the density threshold (the mean keeps a faint early scene from vanishing). Until the first
-    update every cell is occupied.
-    """
-
-    def __init__(self, resolution: int, decay: float, threshold: float) -> None:
-        super().__init__()
-        self.resolution = resolution
-        self.decay = decay
-        self.threshold = threshold
-        self.register_buffer("density", torch.zeros(resolution, resolution, resolution))
-        self.register_buffer(
-            "occupied", torch.ones(resolution, resolution, resolution, dtype=torch.bool)
-        )
-
-    def cell_index(self, x: Tensor, bound: float) -> Tensor:
-        """Flat cell index ``[...]`` of points ``x [..., 3]`` (points outside are clamped in)."""
-        r = self.resolution
-        ijk = ((x + bound) * (r / (2.0 * bound))).long().clamp_(0, r - 1)
-        return (ijk[..., 0] * r + ijk[..., 1]) * r + ijk[..., 2]
-
-    def is_occupied(self, x: Tensor, bound: float) -> Tensor:
-        """``[...]`` bool: whether each point ``x [..., 3]`` lies in an occupied cell."""
-        return self.occupied.view(-1)[self.cell_index(x, bound)]
-
-    @torch.no_grad()
-    def update(self, field: Any, chunk_size: int) -> None:
-        """Refresh the grid from ``field.density`` at jittered cell centres, in chunks."""
-        r, bound = self.resolution, float(field.bound)
-        device = self.density.device
-        axis = torch.arange(r, device=device)
-        ijk = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).view(-1, 3)
-        x = (ijk + torch.rand(ijk.shape, device=device)) / r * (2.0 * bound) - bound
-        sigma = torch.cat([field.density(part).float() for part in x.split(chunk_size)])
-        grid = torch.maximum(self.density * self.decay, sigma.view(r, r, r))
-        self.density.copy_(grid)
-        threshold = min(self.threshold, grid.clamp_min(0.0).mean().item())
-        self.occupied.copy_(grid >= threshold)
-
-
 class VolumeRenderer(nn.Module):
-    """Renders a field along rays; see the module docstring for the pipeline and the modes."""
+    """Renders a :class:`~dreamtext.field.Field`; see the module docstring for the pipeline."""
 
     def __init__(self, cfg: RenderConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or RenderConfig()
-        self.grid = OccupancyGrid(
-            self.cfg.grid_resolution, self.cfg.grid_decay, self.cfg.density_threshold
-        )
+        self.cfg.validate()
+        cfg = self.cfg
+        self.grid = OccupancyGrid(cfg.grid_resolution, cfg.grid_decay, cfg.density_threshold)
+        grid = self.grid if cfg.occupancy_grid else None
+        if cfg.sampler == "dense":
+            self.sampler: DenseSampler | OccupancySampler = DenseSampler(
+                cfg.num_steps,
+                cfg.upsample_steps,
+                cfg.min_near,
+                grid,
+                cfg.chunk_size,
+                cfg.chunk_points,
+            )
+        else:
+            self.sampler = OccupancySampler(
+                cfg.march_steps,
+                cfg.march_window,
+                cfg.alpha_threshold,
+                cfg.transmittance_threshold,
+                cfg.min_near,
+                grid,
+                cfg.chunk_size,
+                cfg.chunk_points,
+            )
 
-    def update_occupancy(self, field: Any, step: int) -> bool:
+    def update_occupancy(self, field: Field, step: int) -> bool:
         """Refresh the occupancy grid when ``step`` is a multiple of ``grid_update_every``.
 
         Returns whether it updated (never when ``cfg.occupancy_grid`` is off).
         """
         if not self.cfg.occupancy_grid or step % self.cfg.grid_update_every != 0:
             return False
-        self.grid.update(field, self.cfg.chunk_size)
+        self.grid.update(field, self.cfg.chunk_points)
         return True
 
-    def _stratified(self, near: Tensor, far: Tensor, perturb: bool) -> Tensor:
-        """``t_k = near + (k + ξ_k) / S · (far − near)``; ``ξ ~ U[0, 1)`` or ``½`` (no perturb)."""
-        steps = self.cfg.num_steps
-        shape = (near.shape[0], steps)
-        offset = (
-            torch.rand(shape, device=near.device, dtype=near.dtype)
-            if perturb
-            else torch.full(shape, 0.5, device=near.device, dtype=near.dtype)
-        )
-        k = torch.arange(steps, device=near.device, dtype=near.dtype)
-        return near[:, None] + (k + offset) / steps * (far - near)[:, None]
+    # ------------------------------------------------------------------------------------------
+    # Rays
 
-    def _query(
-        self, field: Any, points: Tensor, hit: Tensor, bound: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Density and albedo at ``points [N, S, 3]``; the field sees only the live samples.
+    def camera_rays(
+        self,
+        poses: Poses,
+        height: int,
+        width: int,
+        light_positions: Tensor | None = None,
+        background: Tensor | None = None,
+    ) -> RayBundle:
+        """The ``B·H·W`` rays of ``poses``, camera-major, on the occupancy grid's device.
 
-        A sample is live when its ray hits the cube and its cell is occupied. Returns
-        ``sigma [N, S]``, ``albedo [N, S, 3]`` (zero at dead samples) and ``live [N, S]``.
+        The light of a ray is a point light at ``light_positions[b]`` seen from the ray's point
+        closest to the scene centre: ``l = normalise(L − p)``, ``p = o − (o·d) d``. A light at the
+        camera therefore gives exactly ``l = −d`` (a headlight) on every ray heading towards the
+        centre; ``None`` puts it there. ``background``: ``[3]``, ``[B, 3]`` or ``[B, H, W, 3]``.
         """
-        live = hit[:, None].expand(points.shape[:2])
-        if self.cfg.occupancy_grid:
-            live = live & self.grid.is_occupied(points, bound)
-        sigma_live, albedo_live = field(points[live])
-        sigma = points.new_zeros(points.shape[:2]).masked_scatter(live, sigma_live.to(points.dtype))
-        albedo = points.new_zeros(points.shape).masked_scatter(
-            live[..., None], albedo_live.to(points.dtype)
+        device = self.grid.density.device
+        n_cams = len(poses)
+        rays_o, rays_d = get_rays(poses.c2w.to(device), poses.fovy.to(device), height, width)
+        if light_positions is None:
+            light_positions = poses.eye
+        closest = rays_o - (rays_o * rays_d).sum(dim=-1, keepdim=True) * rays_d
+        light = light_positions.to(device=device, dtype=rays_o.dtype)[:, None, None, :]
+        light_dir = nn.functional.normalize(light - closest, dim=-1)
+        bg = None
+        if background is not None:
+            bg = torch.as_tensor(background, dtype=rays_o.dtype, device=device)
+            if bg.dim() == 2:  # one colour per camera
+                bg = bg[:, None, None, :]
+            bg = bg.expand(n_cams, height, width, 3).reshape(-1, 3)
+        flat = [a.reshape(-1, 3) for a in (rays_o, rays_d, light_dir)]
+        return RayBundle(*flat, bg)
+
+    # ------------------------------------------------------------------------------------------
+    # Field → shading → compositing
+
+    def _needs_normals(self, shading: str) -> bool:
+        return self.cfg.need_normals or shading != "albedo"
+
+    def _queries_per_sample(self, field: Field, shading: str) -> int:
+        normals = getattr(field, "normal_queries", 6) if self._needs_normals(shading) else 0
+        return 1 + normals
+
+    def composite(
+        self,
+        field: Field,
+        rays: RayBundle,
+        samples: RaySamples,
+        shading: str,
+        ambient_ratio: float,
+        values: SampleValues | None = None,
+    ) -> dict[str, Tensor]:
+        """Shade and composite ``samples`` of ``rays`` in one pass (differentiable when grad is on).
+
+        ``values``: the field's density and albedo at the samples, already computed; ``None``
+        queries the field. Returns per-ray ``rgb [N, 3]``, ``opacity [N]``, ``depth [N]``
+        (``Σ w_i t_i``, not divided by the opacity: empty rays have depth 0), ``normals [N, 3]``
+        (``Σ w_i n_i``) and ``orientation [N]`` (``Σ_i stopgrad(w_i) max(0, n_i·d)²``).
+        """
+        n = len(rays)
+        ray_indices = samples.ray_indices
+        x = samples.positions(rays.origins, rays.directions)
+        if values is None:
+            sigma, albedo = field(x)
+        else:
+            sigma, albedo = values.sigma, values.albedo
+        weights, _, _ = packed_weights(sigma, samples.deltas, ray_indices, n)
+        directions = rays.directions[ray_indices]
+        normals = None
+        normal_image = rays.origins.new_zeros(n, 3)
+        orientation = rays.origins.new_zeros(n)
+        if self._needs_normals(shading):
+            normals = field.normals(x, sigma).float()
+            normal_image = accumulate(weights[:, None] * normals, ray_indices, n)
+            facing_away = (normals * directions).sum(dim=-1).clamp_min(0.0) ** 2
+            orientation = accumulate(weights.detach() * facing_away, ray_indices, n)
+        colour = shade(
+            albedo.float(), normals, rays.light_dirs[ray_indices], shading, ambient_ratio
         )
-        return sigma, albedo, live
+        opacity = accumulate(weights, ray_indices, n)
+        background = rays.backgrounds
+        if background is None:
+            background = field.background(rays.directions)
+        rgb = accumulate(weights[:, None] * colour, ray_indices, n)
+        rgb = rgb + (1.0 - opacity[:, None]) * background.float()
+        depth = accumulate(weights * samples.t_mids, ray_indices, n)
+        return {
+            "rgb": rgb,
+            "opacity": opacity,
+            "depth": depth,
+            "normals": normal_image,
+            "orientation": orientation,
+        }
+
+    def ray_chunks(self, samples: RaySamples, points_per_sample: int, budget: int) -> list[range]:
+        """Split the rays into consecutive ranges whose samples cost at most ``budget`` field
+        queries (a ray costing more gets a range of its own) and at most ``chunk_size`` rays."""
+        offsets = samples.offsets().cpu()
+        per_chunk = max(budget // max(points_per_sample, 1), 1)
+        chunks, start, n = [], 0, samples.num_rays
+        while start < n:
+            limit = int(offsets[start]) + per_chunk
+            stop = int(torch.searchsorted(offsets, limit, right=True)) - 1
+            stop = min(max(stop, start + 1), start + self.cfg.chunk_size, n)
+            chunks.append(range(start, stop))
+            start = stop
+        return chunks
+
+    @torch.no_grad()
+    def composite_bounded(
+        self,
+        field: Field,
+        rays: RayBundle,
+        samples: RaySamples,
+        shading: str,
+        ambient_ratio: float,
+        values: SampleValues | None = None,
+    ) -> dict[str, Tensor]:
+        """:meth:`composite` without gradients, at most ``chunk_points`` field queries a call."""
+        queries = self._queries_per_sample(field, shading) - (0 if values is None else 1)
+        offsets = samples.offsets()
+        parts = []
+        for chunk in self.ray_chunks(samples, queries, self.cfg.chunk_points):
+            part = samples.rays(chunk.start, chunk.stop, offsets)
+            lo, hi = int(offsets[chunk.start]), int(offsets[chunk.stop])
+            vals = None
+            if values is not None:
+                vals = SampleValues(values.sigma[lo:hi], values.albedo[lo:hi])
+            sub = rays[chunk.start : chunk.stop]
+            parts.append(self.composite(field, sub, part, shading, ambient_ratio, vals))
+        if not parts:
+            return self.composite(field, rays, samples, shading, ambient_ratio, values)
+        return {key: torch.cat([p[key] for p in parts]) for key in RAY_OUTPUTS}
+
+    # ------------------------------------------------------------------------------------------
+    # Public entry points
 
     def render_rays(
         self,
-        field: Any,
+        field: Field,
         rays_o: Tensor,
         rays_d: Tensor,
         shading: str = "albedo",
@@ -283,24 +361,11 @@ class VolumeRenderer(nn.Module):
         background: Tensor | None = None,
         perturb: bool | None = None,
     ) -> dict[str, Tensor]:
-        """Render ``N`` rays of ``field``, differentiably w.r.t. the field.
+        """Render ``N`` rays: per-ray outputs of :meth:`composite` plus the regularisers
+        ``loss_entropy``, ``loss_opacity``, ``loss_orientation`` (scalars).
 
-        ``rgb = Σ_i w_i c_i + (1 − Σ_i w_i) · bg``, ``opacity = Σ_i w_i``, ``depth = Σ_i w_i t_i``
-        (not divided by the opacity: empty rays have depth 0), ``normals = Σ_i w_i n_i``, with
-        ``w_i`` from :func:`volume_weights` and ``c_i`` from :func:`shade`. The sample spacing is
-        ``δ_i = t_{i+1} − t_i`` and ``far − t_i`` for the last sample.
-
-        Regularisers (scalars; their weights live in the trainer):
-
-        * ``loss_entropy = mean_rays(−o log o − (1 − o) log(1 − o))``, ``o`` the opacity clamped
-          to ``[1e-5, 1 − 1e-5]``: pushes every ray to be either empty or opaque.
-        * ``loss_opacity = mean_rays(o)``: the mean opacity, penalising the total amount of matter.
-        * ``loss_orientation = mean_rays(Σ_i stopgrad(w_i) max(0, n_i · d)^2)`` (DreamFusion):
-          penalises visible normals that face away from the camera; zero when normals are off.
-
-        Normals are computed (extra field queries per sample) only when ``cfg.need_normals`` or
-        the shading is not albedo, and only at live samples with ``T_i > transmittance_threshold``;
-        elsewhere they are zero.
+        With gradients enabled the result is one differentiable pass over the kept samples;
+        without, the work is bounded by ``chunk_points`` field queries per call.
 
         Args:
             rays_o, rays_d: ``[N, 3]``, ``rays_d`` unit length.
@@ -309,76 +374,36 @@ class VolumeRenderer(nn.Module):
             ambient_ratio: ``r`` of the shading.
             background: ``[N, 3]`` or ``[3]``; ``None`` uses ``field.background(rays_d)``.
             perturb: jitter the samples; ``None`` jitters in ``train()`` mode only.
-
-        Returns:
-            ``rgb [N, 3]``, ``opacity [N]``, ``depth [N]``, ``normals [N, 3]`` and the scalars
-            ``loss_entropy``, ``loss_opacity``, ``loss_orientation``.
         """
         _check_shading(shading)
-        cfg = self.cfg
-        bound = float(field.bound)
-        near, far, hit = near_far_from_bound(rays_o, rays_d, bound, cfg.min_near)
-        perturb = self.training if perturb is None else perturb
-        t = self._stratified(near, far, perturb)
-        sigma, albedo, live = self._query(field, _points(rays_o, rays_d, t), hit, bound)
-
-        if cfg.upsample_steps > 0:
-            with torch.no_grad():
-                coarse_weights, _ = volume_weights(sigma.detach(), _deltas(t, far))
-                mids = 0.5 * (t[:, 1:] + t[:, :-1])
-                edges = torch.cat([near[:, None], mids, far[:, None]], dim=-1)
-                t_fine = sample_pdf(edges, coarse_weights, cfg.upsample_steps, perturb)
-            sigma_f, albedo_f, live_f = self._query(
-                field, _points(rays_o, rays_d, t_fine), hit, bound
-            )
-            t, order = torch.sort(torch.cat([t, t_fine], dim=-1), dim=-1)
-            sigma = torch.cat([sigma, sigma_f], dim=-1).gather(-1, order)
-            albedo = torch.cat([albedo, albedo_f], dim=1).gather(
-                1, order[..., None].expand(-1, -1, 3)
-            )
-            live = torch.cat([live, live_f], dim=-1).gather(-1, order)
-
-        weights, transmittance = volume_weights(sigma, _deltas(t, far))
-
-        normals = None
-        normal_image = torch.zeros_like(rays_d)
-        loss_orientation = weights.new_zeros(())
-        if cfg.need_normals or shading != "albedo":
-            visible = live & (transmittance.detach() > cfg.transmittance_threshold)
-            ray_index = visible.nonzero()[:, 0]
-            x = rays_o[ray_index] + t[visible][:, None] * rays_d[ray_index]
-            normals = albedo.new_zeros(albedo.shape).masked_scatter(
-                visible[..., None], field.normals(x).to(albedo.dtype)
-            )
-            normal_image = (weights[..., None] * normals).sum(dim=-2)
-            facing_away = (normals * rays_d[:, None, :]).sum(dim=-1).clamp_min(0.0) ** 2
-            loss_orientation = (weights.detach() * facing_away).sum(dim=-1).mean()
-
         if light_dir is None:
             light_dir = -rays_d
-        colour = shade(albedo, normals, light_dir[:, None, :], shading, ambient_ratio)
+        bg = None
+        if background is not None:
+            bg = torch.as_tensor(background, dtype=rays_o.dtype, device=rays_o.device)
+            bg = bg.expand(rays_o.shape[0], 3)
+        rays = RayBundle(rays_o, rays_d, light_dir, bg)
+        out = self._render_bundle(field, rays, shading, ambient_ratio, perturb)
+        out.update(regularisers(out))
+        return out
 
-        opacity = weights.sum(dim=-1)
-        if background is None:
-            background = field.background(rays_d)
-        rgb = (weights[..., None] * colour).sum(dim=-2) + (1.0 - opacity[:, None]) * background
-        depth = (weights * t).sum(dim=-1)
-
-        o = opacity.clamp(1e-5, 1.0 - 1e-5)
-        loss_entropy = (-o * torch.log(o) - (1.0 - o) * torch.log(1.0 - o)).mean()
-        return {
-            "rgb": rgb,
-            "opacity": opacity,
-            "depth": depth,
-            "normals": normal_image,
-            "loss_entropy": loss_entropy,
-            "loss_opacity": opacity.mean(),
-            "loss_orientation": loss_orientation,
-        }
+    def _render_bundle(
+        self,
+        field: Field,
+        rays: RayBundle,
+        shading: str,
+        ambient_ratio: float,
+        perturb: bool | None,
+    ) -> dict[str, Tensor]:
+        perturb = self.training if perturb is None else perturb
+        samples, values = self.sampler.sample(field, rays.origins, rays.directions, perturb)
+        if torch.is_grad_enabled():
+            return self.composite(field, rays, samples, shading, ambient_ratio)
+        return self.composite_bounded(field, rays, samples, shading, ambient_ratio, values)
 
     def render(
         self,
-        field: Any,
+        field: Field,
         poses: Poses,
         height: int,
         width: int,
@@ -388,93 +413,179 @@ class VolumeRenderer(nn.Module):
         background: Tensor | None = None,
         perturb: bool | None = None,
     ) -> dict[str, Tensor]:
-        """Render ``B`` cameras at ``height × width`` (see :meth:`render_rays` for the maths).
+        """Render ``B`` cameras at ``height × width`` (see :meth:`composite` for the maths and
+        :meth:`camera_rays` for the lights).
 
-        The light of a ray is a point light at ``light_positions[b]`` seen from the ray's point
-        closest to the scene centre: ``l = normalise(L − p)``, ``p = o − (o·d) d``. A light at the
-        camera therefore gives exactly ``l = −d`` (a headlight) on every ray heading towards the
-        centre; ``None`` puts it there.
-
-        In ``train()`` mode with gradients on, all rays go in one pass; otherwise they go
-        ``cfg.chunk_size`` at a time under ``torch.no_grad()`` (regularisers averaged over rays).
-        Rays are made on the device of the renderer's occupancy grid.
-
-        Args:
-            poses: ``B`` cameras.
-            light_positions: ``[B, 3]`` world positions, or ``None``.
-            background: ``[3]``, ``[B, 3]`` or ``[B, H, W, 3]``; ``None`` uses ``field.background``.
-            perturb: jitter the samples; ``None`` jitters in ``train()`` mode only.
+        Differentiable in one pass when gradients are enabled (training uses
+        :meth:`render_train` instead, which bounds its memory); otherwise bounded by
+        ``chunk_points`` field queries per call.
 
         Returns:
             ``rgb [B, H, W, 3]``, ``opacity [B, H, W]``, ``depth [B, H, W]``,
-            ``normals [B, H, W, 3]`` and the regulariser scalars.
+            ``normals [B, H, W, 3]``, ``orientation [B, H, W]`` and the regulariser scalars.
         """
         _check_shading(shading)
-        device = self.grid.density.device
-        n_cams = len(poses)
-        rays_o, rays_d = get_rays(poses.c2w.to(device), poses.fovy.to(device), height, width)
-        if light_positions is None:
-            light_positions = poses.eye
-        closest = rays_o - (rays_o * rays_d).sum(dim=-1, keepdim=True) * rays_d
-        light = light_positions.to(device=device, dtype=rays_o.dtype)[:, None, None, :]
-        light_dir = nn.functional.normalize(light - closest, dim=-1)
-        flat = [a.reshape(-1, 3) for a in (rays_o, rays_d, light_dir)]
-        if background is not None:
-            bg = torch.as_tensor(background, dtype=rays_o.dtype, device=device)
-            if bg.dim() == 2:  # one colour per camera
-                bg = bg[:, None, None, :]
-            flat.append(bg.expand(n_cams, height, width, 3).reshape(-1, 3))
+        rays = self.camera_rays(poses, height, width, light_positions, background)
+        out = self._render_bundle(field, rays, shading, ambient_ratio, perturb)
+        out.update(regularisers(out))
+        return _to_images(out, (len(poses), height, width))
 
-        def rays(chunk: list[Tensor]) -> dict[str, Tensor]:
-            bg_chunk = chunk[3] if len(chunk) == 4 else None
-            return self.render_rays(
-                field, chunk[0], chunk[1], shading, chunk[2], ambient_ratio, bg_chunk, perturb
+    def render_train(
+        self,
+        field: Field,
+        poses: Poses,
+        height: int,
+        width: int,
+        shading: str = "albedo",
+        light_positions: Tensor | None = None,
+        ambient_ratio: float = 0.1,
+        background: Tensor | None = None,
+        perturb: bool = True,
+        backprop: str | None = None,
+    ) -> TrainingRender:
+        """A training render whose backward pass is bounded (see the module docstring).
+
+        ``backprop`` overrides ``cfg.backprop``. The caller takes ``images()``, computes its SDS
+        loss on them, and calls ``backward(loss, lambdas)``.
+        """
+        _check_shading(shading)
+        mode = backprop or self.cfg.backprop
+        if mode not in BACKPROP_MODES:
+            raise DreamtextError(f"backprop must be one of {', '.join(BACKPROP_MODES)}")
+        rays = self.camera_rays(poses, height, width, light_positions, background)
+        samples, values = self.sampler.sample(field, rays.origins, rays.directions, perturb)
+        per_sample = self._queries_per_sample(field, shading)
+        if mode == "auto":
+            too_big = len(samples) * per_sample > self.cfg.grad_chunk_points
+            mode = "deferred" if too_big else "direct"
+        shape = (len(poses), height, width)
+        if mode == "direct":
+            out = self.composite(field, rays, samples, shading, ambient_ratio)
+            return TrainingRender(out, shape, len(samples))
+        out = self.composite_bounded(field, rays, samples, shading, ambient_ratio, values)
+        replay = _Replay(self, field, rays, samples, shading, ambient_ratio, per_sample)
+        return TrainingRender(out, shape, len(samples), replay)
+
+
+class _Replay:
+    """What a deferred training render needs to re-render its rays with a graph."""
+
+    def __init__(
+        self,
+        renderer: VolumeRenderer,
+        field: Field,
+        rays: RayBundle,
+        samples: RaySamples,
+        shading: str,
+        ambient_ratio: float,
+        per_sample: int,
+    ) -> None:
+        self.renderer = renderer
+        self.field = field
+        self.rays = rays
+        self.samples = samples
+        self.shading = shading
+        self.ambient_ratio = ambient_ratio
+        self.per_sample = per_sample
+
+    def backward(self, grad_rgb: Tensor, lambdas: dict[str, float]) -> int:
+        """Re-render ray chunks with a graph and back-propagate
+        ``Σ_r ⟨∂L/∂rgb_r, rgb_r⟩ + Σ_name λ_name Σ_{r ∈ chunk} ℓ_name(r) / N`` per chunk, whose
+        parameter gradients sum to those of the one-pass loss. Returns the number of chunks."""
+        renderer, samples = self.renderer, self.samples
+        offsets = samples.offsets()
+        n = len(self.rays)
+        chunks = renderer.ray_chunks(samples, self.per_sample, renderer.cfg.grad_chunk_points)
+        for chunk in chunks:
+            part = samples.rays(chunk.start, chunk.stop, offsets)
+            out = renderer.composite(
+                self.field,
+                self.rays[chunk.start : chunk.stop],
+                part,
+                self.shading,
+                self.ambient_ratio,
             )
-
-        if self.training and torch.is_grad_enabled():
-            out = rays(flat)
-        else:
-            with torch.no_grad():
-                chunks = zip(*(a.split(self.cfg.chunk_size) for a in flat), strict=True)
-                parts = [rays(list(c)) for c in chunks]
-            out = _merge(parts, [p["opacity"].shape[0] for p in parts])
-        image_shape = (n_cams, height, width)
-        for key in ("rgb", "normals"):
-            out[key] = out[key].view(*image_shape, 3)
-        for key in ("opacity", "depth"):
-            out[key] = out[key].view(image_shape)
-        return out
+            loss = (out["rgb"] * grad_rgb[chunk.start : chunk.stop]).sum()
+            loss = loss + weighted_sum(regularisers(out, num_rays=n), lambdas)
+            loss.backward()
+        return len(chunks)
 
 
-def _points(rays_o: Tensor, rays_d: Tensor, t: Tensor) -> Tensor:
-    """``x = o + t d``: ``[N, S, 3]`` sample positions for ``t [N, S]``."""
-    return rays_o[:, None, :] + t[..., None] * rays_d[:, None, :]
+class TrainingRender:
+    """The result of :meth:`VolumeRenderer.render_train`.
+
+    ``outputs``: image-shaped renders (as :meth:`VolumeRenderer.render` returns) and the
+    regulariser scalars ``loss_entropy``, ``loss_opacity``, ``loss_orientation``. ``deferred``
+    says whether the graph is built later, in chunks, by :meth:`backward`; ``num_samples`` is the
+    number of samples the field is evaluated at with gradients.
+    """
+
+    def __init__(
+        self,
+        outputs: dict[str, Tensor],
+        shape: tuple[int, int, int],
+        num_samples: int,
+        replay: _Replay | None = None,
+    ) -> None:
+        outputs.update(regularisers(outputs))
+        self.outputs = _to_images(outputs, shape)
+        self.num_samples = num_samples
+        self.replay = replay
+        self._images: Tensor | None = None
+        self.chunks = 1
+
+    @property
+    def deferred(self) -> bool:
+        return self.replay is not None
+
+    def images(self) -> Tensor:
+        """The renders as ``[B, 3, H, W]``: carrying the graph (direct) or a leaf that collects
+        the gradient the caller's loss puts on the image (deferred)."""
+        if self._images is None:
+            images = self.outputs["rgb"].permute(0, 3, 1, 2)
+            if self.deferred:
+                images = images.detach().requires_grad_(True)
+            self._images = images
+        return self._images
+
+    def backward(self, loss: Tensor, lambdas: dict[str, float]) -> Tensor:
+        """Back-propagate ``loss + Σ_name λ_name loss_name`` into the field.
+
+        ``loss`` is the caller's loss on :meth:`images` (the SDS loss); ``lambdas`` maps a
+        regulariser name (``entropy``, ``opacity``, ``orientation``) to its weight. Returns the
+        total loss (detached).
+        """
+        regs = weighted_sum(self.outputs, lambdas)
+        if not self.deferred:
+            total = loss + regs
+            total.backward()
+            return total.detach()
+        images = self.images()
+        loss.backward()
+        grad = images.grad if images.grad is not None else torch.zeros_like(images)
+        grad_rgb = grad.permute(0, 2, 3, 1).reshape(-1, 3)
+        self.chunks = self.replay.backward(grad_rgb, lambdas)
+        return (loss + regs).detach()
 
 
-def _deltas(t: Tensor, far: Tensor) -> Tensor:
-    """``δ_i = t_{i+1} − t_i``, and ``far − t_i`` for the last sample: ``[N, S]``."""
-    return torch.cat([t[:, 1:] - t[:, :-1], far[:, None] - t[:, -1:]], dim=-1).clamp_min(0.0)
-
-
-def _merge(parts: list[dict[str, Tensor]], counts: list[int]) -> dict[str, Tensor]:
-    """Concatenate per-ray outputs of chunks; average scalars weighted by each chunk's rays."""
-    total = float(sum(counts))
-    merged = {}
-    for key, value in parts[0].items():
-        if value.dim() == 0:
-            merged[key] = sum(p[key] * (n / total) for p, n in zip(parts, counts, strict=True))
-        else:
-            merged[key] = torch.cat([p[key] for p in parts])
-    return merged
+def _to_images(out: dict[str, Tensor], shape: tuple[int, int, int]) -> dict[str, Tensor]:
+    """Per-ray outputs ``[B·H·W, …]`` → images ``[B, H, W, …]`` (scalars pass through)."""
+    images = dict(out)
+    for key in RAY_OUTPUTS:
+        if key in images:
+            images[key] = images[key].reshape(*shape, *images[key].shape[1:])
+    return images
 
 
 __all__ = [
+    "BACKPROP_MODES",
     "SHADINGS",
     "OccupancyGrid",
+    "RayBundle",
     "RenderConfig",
+    "TrainingRender",
     "VolumeRenderer",
     "near_far_from_bound",
     "sample_pdf",
     "shade",
-    "volume_weights",
 ]

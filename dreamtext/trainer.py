@@ -13,6 +13,7 @@ checkpoints, resuming and Ctrl-C. The trainer composes the parts; the parts neve
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import signal
 import time
@@ -36,8 +37,10 @@ from dreamtext.checkpoint import (
 from dreamtext.config import ITERS_PER_EPOCH, TrainConfig, config_to_dict
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
+from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
-from dreamtext.guidance import ScoreDistillation, make_guidance
+from dreamtext.guidance import ScoreDistillation
+from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
 
 SHADINGS = ("albedo", "textureless", "lambertian")
@@ -65,18 +68,6 @@ class Run:
     optimizer: torch.optim.Optimizer
     cameras_rng: torch.Generator
     step: int = 0
-
-
-def guidance_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
-    """fp16 / bf16 for the frozen diffusion model on CUDA only; the NeRF always trains in fp32."""
-    if (cfg.guidance.fp16 or cfg.guidance.bf16) and device.type != "cuda":
-        flag = "--fp16" if cfg.guidance.fp16 else "--bf16"
-        raise DreamtextError(f"{flag} needs a CUDA GPU; drop it to run in fp32 on the CPU")
-    if cfg.guidance.fp16:
-        return torch.float16
-    if cfg.guidance.bf16:
-        return torch.bfloat16
-    return torch.float32
 
 
 def shading_for_step(step: int, cfg: TrainConfig, rng: torch.Generator) -> str:
@@ -130,22 +121,19 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     workspace = Path(cfg.workspace)
     check_workspace(workspace, cfg.prompt, resume)
     device = resolve_device(cfg.device)
-    dtype = guidance_dtype(cfg, device)
     torch.manual_seed(cfg.seed)
-    guidance = make_guidance(cfg.guidance, device, dtype, cfg.cameras, (cfg.h, cfg.w))
+    parts = build_parts(cfg, device)
+    guidance = parts.guidance
     guidance.set_prompt(cfg.prompt, cfg.guidance.negative)
     guidance.seed(cfg.seed + 1)
-    field = NeRFField(cfg.field, device=device)
-    renderer = VolumeRenderer(cfg.render).to(device)
-    optimizer = torch.optim.Adam(field.param_groups(cfg.lr), betas=(0.9, 0.99), eps=1e-15)
     run = Run(
         cfg,
         workspace,
         device,
-        field,
-        renderer,
+        parts.field,
+        parts.renderer,
         guidance,
-        optimizer,
+        parts.optimizer,
         torch.Generator().manual_seed(cfg.seed + 2),
     )
     if resume:
@@ -201,7 +189,7 @@ def train_step(run: Run) -> dict[str, Any]:
         for p, a in zip(poses.polar.tolist(), poses.azimuth.tolist(), strict=True)
     ]
 
-    out = run.renderer.render(
+    render = run.renderer.render_train(
         run.field,
         poses,
         cfg.h,
@@ -212,30 +200,29 @@ def train_step(run: Run) -> dict[str, Any]:
         background=background,
         perturb=True,
     )
-    images = out["rgb"].permute(0, 3, 1, 2)
-    loss_sds, info = run.guidance.sds_loss(images, labels, step / cfg.iters)
-    loss = (
-        loss_sds
-        + cfg.lambda_entropy * out["loss_entropy"]
-        + cfg.lambda_opacity * out["loss_opacity"]
-        + cfg.lambda_orientation * out["loss_orientation"]
-    )
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss_sds, info = run.guidance.sds_loss(render.images(), labels, step / cfg.iters)
+    loss = render.backward(loss_sds, regulariser_weights(cfg))
     run.optimizer.step()
     run.step = step
     run.renderer.update_occupancy(run.field, step)
+    out = render.outputs
     return {
         "step": step,
         "loss": loss.item(),
         "loss_sds": loss_sds.item(),
-        "loss_entropy": out["loss_entropy"].item(),
-        "loss_opacity": out["loss_opacity"].item(),
-        "loss_orientation": out["loss_orientation"].item(),
+        **{f"loss_{name}": out[f"loss_{name}"].item() for name in REGULARISERS},
         "shading": shading,
         "view": labels[0],
+        "backprop": "deferred" if render.deferred else "direct",
+        "samples_per_ray": render.num_samples / max(out["opacity"].numel(), 1),
         **{k: float(v) for k, v in info.items()},
     }
+
+
+def regulariser_weights(cfg: TrainConfig) -> dict[str, float]:
+    """``{name: lambda_<name>}`` for every regulariser."""
+    return {name: getattr(cfg, f"lambda_{name}") for name in REGULARISERS}
 
 
 @torch.no_grad()
@@ -321,6 +308,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             f"{workspace}: already at step {run.step} ≥ --iters {cfg.iters}; nothing to train"
         )
     start_time, start_step = time.perf_counter(), run.step
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
     with (
         stop_on_signal() as stop,
         log_path.open("a", encoding="utf-8") as log,
@@ -333,9 +322,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         ) as bar,
     ):
         while run.step < cfg.iters:
-            record = train_step(run)
+            with out_of_memory_is_a_user_error(run):
+                record = train_step(run)
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4g}", t=f"{record.get('t', 0):.0f}")
+            postfix = {"loss": f"{record['loss']:.4g}", "t": f"{record.get('t', 0):.0f}"}
+            memory = peak_gpu_memory_mib(run.device)
+            if memory is not None:
+                record["gpu_mem_mib"] = memory
+                postfix["mem"] = f"{memory:.0f}MiB"
+            bar.set_postfix(postfix)
             if run.step % cfg.log_every == 0 or run.step == cfg.iters:
                 elapsed = time.perf_counter() - start_time
                 record["its"] = (run.step - start_step) / max(elapsed, 1e-9)
@@ -343,19 +338,54 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if cfg.preview_every > 0 and run.step % cfg.preview_every == 0:
-                save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
+                with out_of_memory_is_a_user_error(run):
+                    save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
             if run.step % cfg.checkpoint_every == 0:
                 save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
             if stop["stop"]:
                 path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 raise TrainingInterrupted(run.step, path)
     save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
-    save_preview(run, workspace / "previews" / "final.png")
+    with out_of_memory_is_a_user_error(run):
+        save_preview(run, workspace / "previews" / "final.png")
     if run.guidance.skipped_steps:
         tqdm.write(f"skipped {run.guidance.skipped_steps} steps with non-finite guidance")
     if cfg.export:
         export_trained(run)
     return workspace
+
+
+def peak_gpu_memory_mib(device: torch.device) -> float | None:
+    """Peak GPU memory reserved by PyTorch since the run started, in MiB (``None`` off CUDA)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_reserved(device) / 2**20
+
+
+@contextmanager
+def out_of_memory_is_a_user_error(run: Run):
+    """Turn CUDA's out-of-memory error into a :class:`DreamtextError` naming the fixes, after
+    saving a checkpoint of the last finished step so that ``--resume`` continues from there.
+
+    The step that ran out never reached ``optimizer.step()``, so the field and the optimiser are
+    those of the last finished step.
+    """
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        pass  # handled below, outside the except block, so its tensors can be freed
+    else:
+        return
+    run.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    torch.cuda.empty_cache()
+    path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+    cfg = run.cfg
+    raise DreamtextError(
+        f"out of GPU memory at step {run.step + 1} ({cfg.h}x{cfg.w} px, batch {cfg.batch_size}); "
+        f"saved {path}; resume with --resume after one of: a smaller --h/--w, --fp16, fewer "
+        "samples (render.march_steps), a smaller render.grad_chunk_points"
+    )
 
 
 def export_trained(run: Run) -> None:

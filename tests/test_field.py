@@ -86,9 +86,12 @@ def test_finest_resolution_scales_with_bound():
     assert field.bound == 2.0
 
 
-@pytest.mark.parametrize("method", ["finite_difference", "autograd"])
+NORMALS = ["forward_difference", "central_difference", "autograd", "finite_difference"]
+
+
+@pytest.mark.parametrize("method", NORMALS)
 def test_normals_of_the_blob_point_outward(method):
-    field = blob_only(normals=method, normal_eps=1e-3)
+    field = blob_only(normals=method, normal_eps=1e-4 if method == "forward_difference" else 1e-3)
     x = random_points(32, scale=0.6)
     x = x[x.norm(dim=-1) > 0.05]  # the blob has a kink at the origin
     n = field.normals(x)
@@ -96,7 +99,7 @@ def test_normals_of_the_blob_point_outward(method):
     torch.testing.assert_close(n.norm(dim=-1), torch.ones(len(x)), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["finite_difference", "autograd"])
+@pytest.mark.parametrize("method", NORMALS)
 def test_normals_are_differentiable_for_the_orientation_loss(method):
     field = small_field(normals=method)
     with torch.no_grad():
@@ -109,10 +112,10 @@ def test_normals_are_differentiable_for_the_orientation_loss(method):
     assert field.input_layer.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("method", ["finite_difference", "autograd"])
+@pytest.mark.parametrize("method", NORMALS)
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inf"])
 def test_normals_work_without_grad_and_are_detached(method, mode):
-    field = blob_only(normals=method, normal_eps=1e-3)
+    field = blob_only(normals=method, normal_eps=1e-4 if method == "forward_difference" else 1e-3)
     x = random_points(8, scale=0.6)
     with mode():
         n = field.normals(x)
@@ -120,8 +123,9 @@ def test_normals_work_without_grad_and_are_detached(method, mode):
     torch.testing.assert_close(n, F.normalize(x, dim=-1), atol=1e-3, rtol=0)
 
 
-def test_autograd_and_finite_difference_normals_agree_on_a_smooth_field():
-    fd = blob_only(normals="finite_difference", normal_eps=1e-3)
+@pytest.mark.parametrize("method", ["forward_difference", "central_difference"])
+def test_autograd_and_finite_difference_normals_agree_on_a_smooth_field(method):
+    fd = blob_only(normals=method, normal_eps=1e-3)
     with torch.no_grad():  # a grid-driven, non-radial perturbation of the blob
         fd.encoding.params.uniform_(-1.0, 1.0)
         fd.output_layer.weight.normal_(0, 0.5)
@@ -227,3 +231,17 @@ def test_state_dict_holds_one_flat_table():
     assert keys == ["encoding.params"]
     assert field.state_dict()["encoding.params"].dim() == 1
     assert math.isfinite(field.state_dict()["encoding.params"].sum().item())
+
+
+def test_forward_differences_reuse_the_given_density_and_query_three_points():
+    field = blob_only(normals="forward_difference", normal_eps=1e-4)
+    x = random_points(10, scale=0.6)
+    calls = []
+    original = field.density
+    field.density = lambda p: calls.append(p.shape[0]) or original(p)
+    sigma = original(x)
+    with_sigma = field.normals(x, sigma)
+    assert calls == [30]
+    torch.testing.assert_close(with_sigma, field.normals(x))
+    assert field.normal_queries == 3
+    assert blob_only(normals="central_difference").normal_queries == 6

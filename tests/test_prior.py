@@ -246,3 +246,23 @@ def test_sds_with_the_prior_grows_density_inside_the_sphere(cache_dir, tmp_path,
         inner = field.density(directions * radii * 0.35).mean()
         outer = field.density(directions * (0.7 + radii * 0.25)).mean()
     assert inner > 2 * outer
+
+
+def test_every_tensor_of_the_prior_follows_its_device(cache_dir, monkeypatch):
+    """The prior's image set, schedule and noise all live on the device it is given: the meta
+    device stands in for CUDA here, and mixing it with CPU tensors raises like CUDA does."""
+    monkeypatch.setenv("DREAMTEXT_CACHE", str(cache_dir))
+    on_meta = ShapesPrior(GuidanceConfig(model="builtin:shapes"), CAMERAS, 8, 8, device="meta")
+    on_meta.set_prompt("a red sphere")
+    tensors = {
+        name: value
+        for name, value in vars(on_meta).items()
+        if isinstance(value, torch.Tensor)
+    }
+    tensors.update({f"cond[{k}]": v for k, v in on_meta._cond.items()})
+    assert "_flat" in tensors and "alphas_cumprod" in tensors
+    assert {name: t.device.type for name, t in tensors.items()} == dict.fromkeys(tensors, "meta")
+    x_t = torch.zeros(2, 3, 8, 8, device="meta")
+    t = torch.tensor([500, 20], device="meta")
+    prediction = on_meta.predict_noise(x_t, t, ["front", "side"])
+    assert prediction.cond.device.type == "meta" and prediction.cond.shape == x_t.shape

@@ -1,4 +1,8 @@
-"""The renderer against closed forms, on small analytic fields that follow the Field contract."""
+"""The renderer against closed forms, on small analytic fields that follow the Field contract.
+
+Tests that take the ``sampler`` fixture are the conformance suite: every sampler (the dense
+reference and the occupancy marcher) must pass them.
+"""
 
 import math
 
@@ -8,12 +12,19 @@ from torch import Tensor, nn
 
 from dreamtext.cameras import Poses, get_rays, look_at
 from dreamtext.errors import DreamtextError
-from dreamtext.renderer import (
-    RenderConfig,
-    VolumeRenderer,
-    near_far_from_bound,
-    sample_pdf,
-)
+from dreamtext.renderer import RenderConfig, VolumeRenderer
+from dreamtext.samplers import SAMPLERS, near_far_from_bound, sample_pdf
+
+# Each sampler at a setting fine enough for the closed forms (within 1e-2).
+SAMPLER_SETTINGS = {
+    "dense": {"sampler": "dense", "num_steps": 256, "upsample_steps": 0},
+    "occupancy": {"sampler": "occupancy", "march_steps": 512},
+}
+
+
+@pytest.fixture(params=SAMPLERS)
+def sampler(request) -> str:
+    return request.param
 
 
 class SlabField(nn.Module):
@@ -41,7 +52,7 @@ class SlabField(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.density(x), self.albedo.expand(x.shape[0], 3)
 
-    def normals(self, x: Tensor) -> Tensor:
+    def normals(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
         return self.normal.expand(x.shape[0], 3)
 
     def background(self, dirs: Tensor) -> Tensor:
@@ -63,31 +74,37 @@ class BallField(SlabField):
 
 
 class Counting(nn.Module):
-    """Wraps a field and counts the points its ``forward`` is asked about."""
+    """Wraps a field; counts the points ``forward`` and ``normals`` are asked about, and the
+    largest single call of any of its queries."""
 
     def __init__(self, inner: SlabField) -> None:
         super().__init__()
         self.inner = inner
         self.bound = inner.bound
         self.points = 0
+        self.normal_points = 0
+        self.largest_call = 0
 
     def density(self, x: Tensor) -> Tensor:
+        self.largest_call = max(self.largest_call, x.shape[0])
         return self.inner.density(x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self.points += x.shape[0]
+        self.largest_call = max(self.largest_call, x.shape[0])
         return self.inner(x)
 
-    def normals(self, x: Tensor) -> Tensor:
-        return self.inner.normals(x)
+    def normals(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
+        self.normal_points += x.shape[0]
+        return self.inner.normals(x, sigma)
 
     def background(self, dirs: Tensor) -> Tensor:
         return self.inner.background(dirs)
 
 
-def renderer(**overrides) -> VolumeRenderer:
-    """An eval-mode renderer (midpoint samples, deterministic) without the grid unless asked."""
-    settings = {"num_steps": 256, "upsample_steps": 0, "occupancy_grid": False}
+def renderer(sampler: str = "dense", **overrides) -> VolumeRenderer:
+    """An eval-mode renderer (deterministic samples) without the grid unless asked."""
+    settings = {**SAMPLER_SETTINGS[sampler], "occupancy_grid": False}
     settings.update(overrides)
     return VolumeRenderer(RenderConfig(**settings)).eval()
 
@@ -98,6 +115,13 @@ def rays_down_z(n: int = 5) -> tuple[Tensor, Tensor]:
     rays_o = torch.stack([xy, xy.flip(0), torch.full((n,), 2.0)], dim=-1)
     rays_d = torch.tensor([0.0, 0.0, -1.0]).expand(n, 3)
     return rays_o, rays_d
+
+
+def two_cameras(distance: float = 1.5) -> Poses:
+    eye = torch.tensor([[0.0, 0.3, distance], [distance, 0.0, 0.0]])
+    return Poses(
+        look_at(eye), torch.zeros(2), torch.zeros(2), torch.ones(2), torch.full((2,), 50.0)
+    )
 
 
 def test_near_far_are_the_cube_entry_and_exit() -> None:
@@ -120,21 +144,23 @@ def test_rays_that_miss_or_point_away_do_not_hit() -> None:
     assert torch.equal(near, far)
 
 
-def test_missed_rays_show_the_background_without_querying_the_field() -> None:
+def test_missed_rays_show_the_background_without_querying_the_field(sampler: str) -> None:
     field = Counting(SlabField(sigma=50.0))
     rays_o = torch.tensor([[0.0, 2.0, 2.0], [3.0, 0.0, 0.0]])
     rays_d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
-    out = renderer().render_rays(field, rays_o, rays_d, background=torch.tensor([0.3, 0.4, 0.5]))
+    out = renderer(sampler).render_rays(
+        field, rays_o, rays_d, background=torch.tensor([0.3, 0.4, 0.5])
+    )
     assert torch.equal(out["opacity"], torch.zeros(2))
     assert torch.allclose(out["rgb"], torch.tensor([0.3, 0.4, 0.5]).expand(2, 3))
     assert field.points == 0
 
 
-def test_slab_opacity_and_colour_match_the_closed_form() -> None:
+def test_slab_opacity_and_colour_match_the_closed_form(sampler: str) -> None:
     sigma, a = 2.0, 0.25
     field = SlabField(sigma=sigma, half_width=a)
     rays_o, rays_d = rays_down_z()
-    out = renderer().render_rays(field, rays_o, rays_d)
+    out = renderer(sampler).render_rays(field, rays_o, rays_d)
     opacity = 1.0 - math.exp(-sigma * 2.0 * a)
     expected_rgb = field.albedo.detach() * opacity + (1.0 - opacity) * field.bg
     assert torch.allclose(out["opacity"], torch.full((5,), opacity), atol=1e-2)
@@ -145,16 +171,16 @@ def test_importance_samples_keep_the_closed_form() -> None:
     sigma, a = 2.0, 0.25
     field = SlabField(sigma=sigma, half_width=a)
     rays_o, rays_d = rays_down_z()
-    out = renderer(num_steps=128, upsample_steps=64).render_rays(field, rays_o, rays_d)
+    out = renderer(num_steps=256, upsample_steps=64).render_rays(field, rays_o, rays_d)
     opacity = 1.0 - math.exp(-sigma * 2.0 * a)
     assert torch.allclose(out["opacity"], torch.full((5,), opacity), atol=1e-2)
 
 
-def test_slab_depth_is_the_expected_termination_distance() -> None:
+def test_slab_depth_is_the_expected_termination_distance(sampler: str) -> None:
     sigma, a = 4.0, 0.25
     field = SlabField(sigma=sigma, half_width=a)
     rays_o, rays_d = rays_down_z()
-    out = renderer().render_rays(field, rays_o, rays_d)
+    out = renderer(sampler).render_rays(field, rays_o, rays_d)
     # ∫_0^L σ e^{−σs} (t0 + s) ds with t0 the slab entry and L its thickness.
     t0, length = 2.0 - a, 2.0 * a
     decay = math.exp(-sigma * length)
@@ -209,14 +235,15 @@ def test_occupancy_grid_marks_the_ball_occupied_and_far_cells_empty() -> None:
     assert not vr.grid.occupied[outside].any()
 
 
-def test_grid_skipping_renders_the_same_image_from_fewer_queries() -> None:
+def test_grid_skipping_renders_the_same_image_from_fewer_queries(sampler: str) -> None:
     # The box is aligned with the 16^3 grid's cells, so every cell is fully in or fully out.
     box = BoxField(sigma=20.0, half_width=0.25, background=(0.0, 0.0, 0.0))
     eye = torch.tensor([[1.2, 0.7, 1.5]])
     poses = Poses(look_at(eye), torch.zeros(1), torch.zeros(1), torch.ones(1), torch.tensor([50.0]))
     dense, skipping = Counting(box), Counting(box)
-    without = renderer(num_steps=64, upsample_steps=32).render(dense, poses, 12, 12)
-    vr = renderer(num_steps=64, upsample_steps=32, occupancy_grid=True, grid_resolution=16)
+    settings = {"num_steps": 64, "upsample_steps": 32, "march_steps": 256}
+    without = renderer(sampler, **settings).render(dense, poses, 12, 12)
+    vr = renderer(sampler, **settings, occupancy_grid=True, grid_resolution=16)
     vr.update_occupancy(box, step=0)
     with_grid = vr.render(skipping, poses, 12, 12)
     assert without["opacity"].max() > 0.9
@@ -225,11 +252,11 @@ def test_grid_skipping_renders_the_same_image_from_fewer_queries() -> None:
     assert skipping.points < dense.points / 4
 
 
-def test_lambertian_with_the_light_along_the_normal_equals_albedo() -> None:
+def test_lambertian_with_the_light_along_the_normal_equals_albedo(sampler: str) -> None:
     field = SlabField(sigma=3.0, normal=(0.0, 0.0, 1.0))
     rays_o, rays_d = rays_down_z()
     light = torch.tensor([0.0, 0.0, 1.0]).expand(5, 3)
-    vr = renderer()
+    vr = renderer(sampler)
     lit = vr.render_rays(field, rays_o, rays_d, "lambertian", light, ambient_ratio=0.1)
     flat = vr.render_rays(field, rays_o, rays_d, "albedo")
     assert torch.allclose(lit["rgb"], flat["rgb"], atol=1e-5)
@@ -237,41 +264,45 @@ def test_lambertian_with_the_light_along_the_normal_equals_albedo() -> None:
 
 @pytest.mark.parametrize("light_direction", [(1.0, 0.0, 0.0), (0.0, 0.0, -1.0)])
 def test_lambertian_lit_from_the_side_or_behind_leaves_the_ambient_part(
-    light_direction: tuple[float, float, float],
+    light_direction: tuple[float, float, float], sampler: str
 ) -> None:
     field = SlabField(sigma=50.0, background=(0.0, 0.0, 0.0))
     rays_o, rays_d = rays_down_z()
     light = torch.tensor(light_direction).expand(5, 3)
-    out = renderer().render_rays(field, rays_o, rays_d, "lambertian", light, ambient_ratio=0.25)
+    out = renderer(sampler).render_rays(
+        field, rays_o, rays_d, "lambertian", light, ambient_ratio=0.25
+    )
     expected = 0.25 * field.albedo.detach() * out["opacity"][:, None]
     assert torch.allclose(out["rgb"], expected, atol=1e-5)
 
 
-def test_textureless_shading_of_a_red_field_is_grey() -> None:
+def test_textureless_shading_of_a_red_field_is_grey(sampler: str) -> None:
     field = SlabField(sigma=50.0, albedo=(1.0, 0.0, 0.0), background=(0.0, 0.0, 0.0))
     rays_o, rays_d = rays_down_z()
     light = torch.tensor([0.0, math.sqrt(0.75), 0.5]).expand(5, 3)  # n·l = ½
-    out = renderer().render_rays(field, rays_o, rays_d, "textureless", light, ambient_ratio=0.2)
+    out = renderer(sampler).render_rays(
+        field, rays_o, rays_d, "textureless", light, ambient_ratio=0.2
+    )
     grey = (0.2 + 0.8 * 0.5) * out["opacity"]
     assert out["opacity"].min() > 0.99
-    # Normals stop where T < 1e-4 (the transmittance threshold), which bounds the error.
+    # Samples stop where T < 1e-4 (the transmittance threshold), which bounds the error.
     assert torch.allclose(out["rgb"], grey[:, None].expand(5, 3), atol=1e-4)
 
 
-def test_default_light_in_render_is_a_headlight() -> None:
+def test_default_light_in_render_is_a_headlight(sampler: str) -> None:
     field = SlabField(sigma=50.0, albedo=(0.5, 0.5, 0.5), background=(0.0, 0.0, 0.0))
     eye = torch.tensor([[0.0, 0.0, 2.0]])
     poses = Poses(look_at(eye), torch.zeros(1), torch.zeros(1), torch.ones(1), torch.tensor([40.0]))
-    out = renderer().render(field, poses, 6, 6, shading="lambertian", ambient_ratio=0.0)
+    out = renderer(sampler).render(field, poses, 6, 6, shading="lambertian", ambient_ratio=0.0)
     _, rays_d = get_rays(poses.c2w, poses.fovy, 6, 6)
     expected = 0.5 * (-rays_d[..., 2]) * out["opacity"]
     assert torch.allclose(out["rgb"], expected[..., None].expand(1, 6, 6, 3), atol=1e-4)
 
 
-def test_gradients_reach_the_field_parameters() -> None:
+def test_gradients_reach_the_field_parameters(sampler: str) -> None:
     field = SlabField(sigma=2.0)
     rays_o, rays_d = rays_down_z()
-    vr = VolumeRenderer(RenderConfig(num_steps=32, upsample_steps=16, occupancy_grid=False))
+    vr = renderer(sampler, num_steps=32, upsample_steps=16, march_steps=128)
     out = vr.train().render_rays(field, rays_o, rays_d, "lambertian", -rays_d)
     (out["rgb"].sum() + out["loss_orientation"]).backward()
     assert field.sigma.grad is not None and field.sigma.grad.abs() > 0
@@ -279,50 +310,49 @@ def test_gradients_reach_the_field_parameters() -> None:
     assert field.normal.grad is not None and field.normal.grad.abs().sum() > 0
 
 
-def test_orientation_loss_is_zero_for_normals_facing_the_camera() -> None:
+def test_orientation_loss_is_zero_for_normals_facing_the_camera(sampler: str) -> None:
     field = SlabField(sigma=5.0, normal=(0.0, 0.0, 1.0))
     rays_o, rays_d = rays_down_z()
-    out = renderer(need_normals=True).render_rays(field, rays_o, rays_d)
+    out = renderer(sampler, need_normals=True).render_rays(field, rays_o, rays_d)
     assert out["loss_orientation"].item() == 0.0
 
 
-def test_orientation_loss_counts_normals_facing_away() -> None:
+def test_orientation_loss_counts_normals_facing_away(sampler: str) -> None:
     field = SlabField(sigma=5.0, normal=(0.0, 0.0, -1.0))
     rays_o, rays_d = rays_down_z()
-    out = renderer(need_normals=True).render_rays(field, rays_o, rays_d)
+    out = renderer(sampler, need_normals=True).render_rays(field, rays_o, rays_d)
     # Σ_i w_i (n·d)^2 with n·d = 1 is the opacity.
     assert out["loss_orientation"].item() == pytest.approx(out["opacity"].mean().item(), rel=1e-4)
     assert out["loss_orientation"].item() > 0.9
 
 
-def test_normals_are_not_queried_for_albedo_shading() -> None:
+def test_normals_are_not_queried_for_albedo_shading(sampler: str) -> None:
     class NoNormals(SlabField):
-        def normals(self, x: Tensor) -> Tensor:
+        def normals(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
             raise AssertionError("normals queried")
 
     rays_o, rays_d = rays_down_z()
-    out = renderer().render_rays(NoNormals(), rays_o, rays_d)
+    out = renderer(sampler).render_rays(NoNormals(), rays_o, rays_d)
     assert torch.equal(out["normals"], torch.zeros(5, 3))
     assert out["loss_orientation"].item() == 0.0
 
 
-def test_entropy_and_opacity_regularisers_on_half_transparent_rays() -> None:
+def test_entropy_and_opacity_regularisers_on_half_transparent_rays(sampler: str) -> None:
     # σ · 2a = ln 2 makes every ray exactly half opaque: entropy ln 2, opacity ½.
     field = SlabField(sigma=math.log(2.0) / 0.5, half_width=0.25)
     rays_o, rays_d = rays_down_z()
-    out = renderer().render_rays(field, rays_o, rays_d)
+    out = renderer(sampler).render_rays(field, rays_o, rays_d)
     assert out["loss_opacity"].item() == pytest.approx(0.5, abs=1e-2)
     assert out["loss_entropy"].item() == pytest.approx(math.log(2.0), abs=1e-3)
 
 
-def test_render_returns_images_and_eval_chunks_agree() -> None:
+def test_render_returns_images_and_eval_chunks_agree(sampler: str) -> None:
     field = BallField(sigma=10.0, half_width=0.5)
-    eye = torch.tensor([[0.0, 0.3, 1.5], [1.5, 0.0, 0.0]])
-    poses = Poses(
-        look_at(eye), torch.zeros(2), torch.zeros(2), torch.ones(2), torch.full((2,), 50.0)
-    )
-    whole = renderer(num_steps=32, upsample_steps=8).render(field, poses, 5, 7)
-    chunked = renderer(num_steps=32, upsample_steps=8, chunk_size=9).render(field, poses, 5, 7)
+    poses = two_cameras()
+    settings = {"num_steps": 32, "upsample_steps": 8, "march_steps": 128}
+    whole = renderer(sampler, **settings).render(field, poses, 5, 7)
+    small = {"chunk_size": 9, "chunk_points": 40}
+    chunked = renderer(sampler, **settings, **small).render(field, poses, 5, 7)
     assert whole["rgb"].shape == (2, 5, 7, 3)
     assert whole["normals"].shape == (2, 5, 7, 3)
     assert whole["opacity"].shape == whole["depth"].shape == (2, 5, 7)
@@ -330,10 +360,10 @@ def test_render_returns_images_and_eval_chunks_agree() -> None:
         assert torch.allclose(whole[key], chunked[key], atol=1e-6)
 
 
-def test_training_mode_jitters_the_samples() -> None:
+def test_training_mode_jitters_the_samples(sampler: str) -> None:
     field = BallField(sigma=10.0, half_width=0.5)
     rays_o, rays_d = rays_down_z()
-    vr = VolumeRenderer(RenderConfig(num_steps=16, upsample_steps=0, occupancy_grid=False))
+    vr = renderer(sampler, num_steps=16, march_steps=64)
     first, second = (vr.train().render_rays(field, rays_o, rays_d)["depth"] for _ in range(2))
     assert not torch.equal(first, second)
     vr.eval()
@@ -349,10 +379,10 @@ def test_unknown_shading_is_a_user_error() -> None:
         renderer().render_rays(SlabField(), rays_o, rays_d, shading="phong")
 
 
-def test_perturb_argument_overrides_the_mode() -> None:
+def test_perturb_argument_overrides_the_mode(sampler: str) -> None:
     field = BallField(sigma=10.0, half_width=0.5)
     rays_o, rays_d = rays_down_z()
-    vr = VolumeRenderer(RenderConfig(num_steps=16, upsample_steps=4, occupancy_grid=False))
+    vr = renderer(sampler, num_steps=16, upsample_steps=4, march_steps=64)
     vr.eval()
     jittered = [vr.render_rays(field, rays_o, rays_d, perturb=True)["depth"] for _ in range(2)]
     assert not torch.equal(*jittered)
@@ -361,14 +391,16 @@ def test_perturb_argument_overrides_the_mode() -> None:
     assert torch.equal(*fixed)
 
 
-def test_render_takes_one_background_colour_per_camera() -> None:
+def test_render_takes_one_background_colour_per_camera(sampler: str) -> None:
     empty = SlabField(sigma=0.0)
     eye = torch.tensor([[0.0, 0.0, 2.0], [2.0, 0.0, 0.0]])
     poses = Poses(
         look_at(eye), torch.zeros(2), torch.zeros(2), torch.ones(2), torch.full((2,), 50.0)
     )
     colours = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 1.0]])
-    out = renderer(num_steps=8).render(empty, poses, 3, 4, background=colours)
+    out = renderer(sampler, num_steps=8, march_steps=16).render(
+        empty, poses, 3, 4, background=colours
+    )
     assert torch.equal(out["rgb"], colours[:, None, None, :].expand(2, 3, 4, 3))
 
 

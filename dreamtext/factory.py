@@ -1,0 +1,94 @@
+"""One way to build a run's parts from its config: field, renderer, guidance, optimiser.
+
+The trainer, :func:`dreamtext.checkpoint.load_run`, the exporter and the benchmarks all build
+through these functions, so a setting means the same thing everywhere (which hash-grid backend,
+which sampler, the MLPs' precision, the optimiser's groups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dreamtext.config import TrainConfig
+from dreamtext.field import FieldConfig, NeRFField
+from dreamtext.guidance import ScoreDistillation, make_guidance, resolve_dtype
+from dreamtext.renderer import RenderConfig, VolumeRenderer
+
+ADAM_BETAS = (0.9, 0.99)
+ADAM_EPS = 1e-15
+
+
+@dataclass
+class RunParts:
+    """The live objects of a run (``guidance`` and ``optimizer`` may be left out)."""
+
+    field: NeRFField
+    renderer: VolumeRenderer
+    guidance: ScoreDistillation | None = None
+    optimizer: torch.optim.Optimizer | None = None
+
+
+def mixed_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The MLPs' autocast dtype: fp16 / bf16 with ``--fp16`` / ``--bf16`` on CUDA, else none
+    (the hash table and the compositing always stay float32)."""
+    if device.type != "cuda":
+        return None
+    if cfg.guidance.fp16:
+        return torch.float16
+    if cfg.guidance.bf16:
+        return torch.bfloat16
+    return None
+
+
+def build_field(
+    cfg: FieldConfig, device: torch.device | str, mlp_dtype: torch.dtype | None = None
+) -> NeRFField:
+    """The NeRF field of ``cfg`` on ``device``, its MLPs autocast to ``mlp_dtype`` on CUDA."""
+    field = NeRFField(cfg, device=device)
+    field.mlp_dtype = mlp_dtype
+    return field
+
+
+def build_renderer(cfg: RenderConfig, device: torch.device | str) -> VolumeRenderer:
+    """The volume renderer of ``cfg`` (its sampler and occupancy grid) on ``device``."""
+    return VolumeRenderer(cfg).to(device)
+
+
+def build_optimizer(field: NeRFField, lr: float) -> torch.optim.Adam:
+    """Adam over the field's groups (hash table at ``lr × encoding_lr_scale``), β = (0.9, 0.99),
+    ε = 1e-15 (Instant-NGP's)."""
+    return torch.optim.Adam(field.param_groups(lr), betas=ADAM_BETAS, eps=ADAM_EPS)
+
+
+def build_guidance(cfg: TrainConfig, device: torch.device) -> ScoreDistillation:
+    """The prior of ``cfg.guidance`` in its precision, seeing the run's cameras and render size."""
+    dtype = resolve_dtype(cfg.guidance, device)
+    return make_guidance(cfg.guidance, device, dtype, cfg.cameras, (cfg.h, cfg.w))
+
+
+def build_parts(
+    cfg: TrainConfig,
+    device: torch.device,
+    with_guidance: bool = True,
+    with_optimizer: bool = True,
+) -> RunParts:
+    """Field, renderer and (optionally) guidance and optimiser of a run. The guidance is built
+    first: a bad model id then fails before anything else is allocated."""
+    guidance = build_guidance(cfg, device) if with_guidance else None
+    field = build_field(cfg.field, device, mixed_precision(cfg, device))
+    renderer = build_renderer(cfg.render, device)
+    optimizer = build_optimizer(field, cfg.lr) if with_optimizer else None
+    return RunParts(field, renderer, guidance, optimizer)
+
+
+__all__ = [
+    "RunParts",
+    "build_field",
+    "build_guidance",
+    "build_optimizer",
+    "build_parts",
+    "build_renderer",
+    "mixed_precision",
+]

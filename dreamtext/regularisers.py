@@ -1,0 +1,59 @@
+"""The regularisers of a training render, from the compositor's per-ray outputs.
+
+Each term is a mean over the rays of a per-ray quantity, so a render done in ray chunks can add
+up its parts exactly: ``loss = Σ_chunks Σ_{r ∈ chunk} ℓ_r / N``.
+
+* ``loss_entropy = mean_r(−o_r log o_r − (1 − o_r) log(1 − o_r))``, ``o`` the opacity clamped to
+  ``[1e-5, 1 − 1e-5]``: pushes every ray to be either empty or opaque.
+* ``loss_opacity = mean_r(o_r)``: the amount of matter seen.
+* ``loss_orientation = mean_r(Σ_i stopgrad(w_i) max(0, n_i · d_r)²)`` (DreamFusion): visible
+  normals that face away from the camera. The renderer computes the per-ray sum (``orientation``);
+  it is zero when no normals were computed.
+
+The trainer weighs them with ``lambda_<name>`` and adds them to the SDS loss (:func:`weighted_sum`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+REGULARISERS: tuple[str, ...] = ("entropy", "opacity", "orientation")
+OPACITY_EPS = 1e-5
+
+
+def entropy_per_ray(opacity: Tensor) -> Tensor:
+    """Binary entropy of each ray's opacity ``o [N]`` (clamped away from 0 and 1): ``[N]``."""
+    o = opacity.clamp(OPACITY_EPS, 1.0 - OPACITY_EPS)
+    return -o * torch.log(o) - (1.0 - o) * torch.log(1.0 - o)
+
+
+def per_ray_terms(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``{name: [N]}`` per-ray values of every regulariser, from the renderer's per-ray
+    ``opacity [N]`` and ``orientation [N]``."""
+    opacity = outputs["opacity"].reshape(-1)
+    return {
+        "entropy": entropy_per_ray(opacity),
+        "opacity": opacity,
+        "orientation": outputs["orientation"].reshape(-1),
+    }
+
+
+def regularisers(outputs: dict[str, Tensor], num_rays: int | None = None) -> dict[str, Tensor]:
+    """``{"loss_<name>": scalar}``: each term summed over these rays and divided by
+    ``num_rays`` (default: these rays' count, i.e. the mean)."""
+    terms = per_ray_terms(outputs)
+    n = num_rays if num_rays is not None else terms["opacity"].numel()
+    return {f"loss_{name}": value.sum() / max(n, 1) for name, value in terms.items()}
+
+
+def weighted_sum(losses: dict[str, Tensor], lambdas: dict[str, float]) -> Tensor:
+    """``Σ_name λ_name · loss_name`` over the names in ``lambdas`` (zero weights skipped)."""
+    total = losses[f"loss_{REGULARISERS[0]}"] * 0.0
+    for name, weight in lambdas.items():
+        if weight:
+            total = total + weight * losses[f"loss_{name}"]
+    return total
+
+
+__all__ = ["REGULARISERS", "entropy_per_ray", "per_ray_terms", "regularisers", "weighted_sum"]

@@ -1,0 +1,480 @@
+"""Where along each ray the field is asked: packed ray samples, the occupancy grid, two samplers.
+
+Samples travel *packed*: one flat list of intervals over all rays, no padding,
+
+    RaySamples(ray_indices [S], t_starts [S], t_ends [S])      ray_indices non-decreasing,
+                                                               t increasing within a ray,
+
+and the field is queried at each interval's midpoint ``x = o + ½ (t_start + t_end) d``. Two
+samplers make them, and both are used without gradients (where a sample lies is not trained):
+
+* :class:`DenseSampler` (the reference): ``num_steps`` stratified samples in ``[near, far]``, then
+  ``upsample_steps`` inverse-CDF samples from the coarse weights, keeping those in occupied cells.
+  Every kept sample goes to the grad-carrying pass.
+* :class:`OccupancySampler`: marches each ray in fixed steps ``dt = 2√3 · bound / march_steps``
+  through the cells the occupancy grid marks occupied only, evaluating the field without
+  gradients a few occupied samples per ray at a time, and keeps a sample only if it can still
+  contribute: ``α_i > alpha_threshold`` and ``T_i > transmittance_threshold``. A ray stops once
+  its transmittance falls below the threshold (early termination), so the samples behind a
+  surface are never queried. It returns the densities and albedos it computed, which renders
+  without gradients use directly.
+
+:func:`make_sampler` maps ``RenderConfig.sampler`` to one of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from dreamtext.errors import DreamtextError
+
+if TYPE_CHECKING:
+    from dreamtext.field import Field
+
+SAMPLERS: tuple[str, ...] = ("occupancy", "dense")
+
+
+@dataclass
+class RaySamples:
+    """Packed intervals ``[t_start, t_end]`` along ``num_rays`` rays (see the module docstring).
+
+    ``ray_indices: [S]`` int64, non-decreasing; ``t_starts, t_ends: [S]``.
+    """
+
+    ray_indices: Tensor
+    t_starts: Tensor
+    t_ends: Tensor
+    num_rays: int
+
+    def __len__(self) -> int:
+        return self.ray_indices.shape[0]
+
+    @property
+    def deltas(self) -> Tensor:
+        """Interval lengths ``δ_i = t_end − t_start``: ``[S]``."""
+        return self.t_ends - self.t_starts
+
+    @property
+    def t_mids(self) -> Tensor:
+        return 0.5 * (self.t_starts + self.t_ends)
+
+    def positions(self, origins: Tensor, directions: Tensor) -> Tensor:
+        """Midpoints ``x_i = o_r + ½ (t_start + t_end) d_r``: ``[S, 3]`` for rays ``[N, 3]``."""
+        return origins[self.ray_indices] + self.t_mids[:, None] * directions[self.ray_indices]
+
+    def counts(self) -> Tensor:
+        """Samples per ray: ``[N]`` int64."""
+        return torch.bincount(self.ray_indices, minlength=self.num_rays)
+
+    def offsets(self) -> Tensor:
+        """``[N + 1]``: the samples of ray ``r`` are ``offsets[r] : offsets[r + 1]``."""
+        counts = self.counts()
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+    def masked(self, keep: Tensor) -> RaySamples:
+        """The samples where ``keep [S]`` is true (order kept)."""
+        return RaySamples(
+            self.ray_indices[keep], self.t_starts[keep], self.t_ends[keep], self.num_rays
+        )
+
+    def rays(self, start: int, stop: int, offsets: Tensor | None = None) -> RaySamples:
+        """The samples of rays ``start .. stop − 1``, renumbered from 0 (a contiguous slice)."""
+        offsets = self.offsets() if offsets is None else offsets
+        lo, hi = int(offsets[start]), int(offsets[stop])
+        return RaySamples(
+            self.ray_indices[lo:hi] - start, self.t_starts[lo:hi], self.t_ends[lo:hi], stop - start
+        )
+
+    @staticmethod
+    def empty(num_rays: int, device: torch.device | str, dtype: torch.dtype) -> RaySamples:
+        empty = torch.empty(0, device=device, dtype=dtype)
+        return RaySamples(torch.empty(0, dtype=torch.long, device=device), empty, empty, num_rays)
+
+    @staticmethod
+    def cat(parts: list[RaySamples], ray_offsets: list[int], num_rays: int) -> RaySamples:
+        """Concatenate the samples of consecutive ray ranges (part k starts at ray
+        ``ray_offsets[k]``)."""
+        return RaySamples(
+            torch.cat([p.ray_indices + o for p, o in zip(parts, ray_offsets, strict=True)]),
+            torch.cat([p.t_starts for p in parts]),
+            torch.cat([p.t_ends for p in parts]),
+            num_rays,
+        )
+
+
+@dataclass
+class SampleValues:
+    """What a sampler already computed, without gradients, at its kept samples (fp32):
+    ``sigma: [S]``, ``albedo: [S, 3]``."""
+
+    sigma: Tensor
+    albedo: Tensor
+
+
+def near_far_from_bound(
+    rays_o: Tensor, rays_d: Tensor, bound: float, min_near: float = 0.05
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Entry and exit distances of rays through the cube ``[−bound, bound]^3`` (slab method).
+
+    Per axis k the ray is inside the slab for ``t ∈ [(∓b − o_k) / d_k]`` (ordered); the ray is in
+    the cube on the intersection of the three intervals:
+    ``near = max(min_near, max_k t_k^min)``, ``far = min_k t_k^max``; it hits when ``far > near``.
+
+    Args:
+        rays_o, rays_d: ``[N, 3]``.
+
+    Returns:
+        ``near [N]``, ``far [N]`` (``far = near`` for misses) and ``hit [N]`` (bool).
+    """
+    safe_d = torch.copysign(rays_d.abs().clamp_min(1e-9), rays_d)
+    t_lo = (-bound - rays_o) / safe_d
+    t_hi = (bound - rays_o) / safe_d
+    near = torch.minimum(t_lo, t_hi).amax(dim=-1).clamp_min(min_near)
+    far = torch.maximum(t_lo, t_hi).amin(dim=-1)
+    hit = far > near
+    return near, torch.where(hit, far, near), hit
+
+
+def sample_pdf(edges: Tensor, weights: Tensor, n_samples: int, perturb: bool) -> Tensor:
+    """Inverse-CDF sampling of a piecewise-constant PDF over bins (NeRF's hierarchical sampling).
+
+    ``pdf_k = (w_k + ε) / Σ_j (w_j + ε)``, ``cdf_k = Σ_{j<k} pdf_j``; for ``u_i = (i + ξ_i) / n``
+    (``ξ ~ U[0, 1)`` when ``perturb``, else ``½``) find the bin k with ``cdf_k ≤ u < cdf_{k+1}`` and
+    return ``t = e_k + (u − cdf_k) / pdf_k · (e_{k+1} − e_k)``. No gradient flows through it.
+
+    Args:
+        edges: bin edges ``[N, M + 1]``, increasing along the last axis.
+        weights: non-negative bin weights ``[N, M]``.
+        n_samples: samples per ray.
+        perturb: stratified random ``u`` (training) or evenly spaced ``u`` (evaluation).
+
+    Returns:
+        Sorted samples ``[N, n_samples]``.
+    """
+    edges, weights = edges.detach(), weights.detach()
+    # ε: a ray with no weight samples its bins uniformly instead of dividing by zero.
+    weights = weights + 1e-5
+    pdf = weights / weights.sum(dim=-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), pdf.cumsum(dim=-1)], dim=-1)
+    n_rays = edges.shape[0]
+    offset = (
+        torch.rand(n_rays, n_samples, device=edges.device, dtype=edges.dtype)
+        if perturb
+        else torch.full((n_rays, n_samples), 0.5, device=edges.device, dtype=edges.dtype)
+    )
+    u = (torch.arange(n_samples, device=edges.device, dtype=edges.dtype) + offset) / n_samples
+    bin_index = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(1, pdf.shape[-1]) - 1
+    cdf_lo = cdf.gather(-1, bin_index)
+    pdf_k = pdf.gather(-1, bin_index)
+    e_lo = edges.gather(-1, bin_index)
+    e_hi = edges.gather(-1, bin_index + 1)
+    fraction = ((u - cdf_lo) / pdf_k).clamp(0.0, 1.0)
+    return e_lo + fraction * (e_hi - e_lo)
+
+
+class OccupancyGrid(nn.Module):
+    """A ``R^3`` grid over ``[−bound, bound]^3`` of which cells may hold density (torch-ngp style).
+
+    Each update evaluates the density at one uniformly jittered point per cell and keeps
+    ``g ← max(decay · g, σ(x_cell))``; a cell is occupied when ``g ≥ min(τ, mean(g))`` with ``τ``
+    the density threshold (the mean keeps a faint early scene from vanishing). Until the first
+    update every cell is occupied.
+    """
+
+    def __init__(self, resolution: int, decay: float, threshold: float) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.decay = decay
+        self.threshold = threshold
+        self.register_buffer("density", torch.zeros(resolution, resolution, resolution))
+        self.register_buffer(
+            "occupied", torch.ones(resolution, resolution, resolution, dtype=torch.bool)
+        )
+
+    def cell_index(self, x: Tensor, bound: float) -> Tensor:
+        """Flat cell index ``[...]`` of points ``x [..., 3]`` (points outside are clamped in)."""
+        r = self.resolution
+        ijk = ((x + bound) * (r / (2.0 * bound))).long().clamp_(0, r - 1)
+        return (ijk[..., 0] * r + ijk[..., 1]) * r + ijk[..., 2]
+
+    def is_occupied(self, x: Tensor, bound: float) -> Tensor:
+        """``[...]`` bool: whether each point ``x [..., 3]`` lies in an occupied cell."""
+        return self.occupied.view(-1)[self.cell_index(x, bound)]
+
+    @torch.no_grad()
+    def update(self, field: Field, chunk_points: int) -> None:
+        """Refresh the grid from ``field.density`` at jittered cell centres, ``chunk_points`` at
+        a time."""
+        r, bound = self.resolution, float(field.bound)
+        device = self.density.device
+        axis = torch.arange(r, device=device)
+        ijk = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).view(-1, 3)
+        x = (ijk + torch.rand(ijk.shape, device=device)) / r * (2.0 * bound) - bound
+        sigma = torch.cat([field.density(part).float() for part in x.split(chunk_points)])
+        grid = torch.maximum(self.density * self.decay, sigma.view(r, r, r))
+        self.density.copy_(grid)
+        threshold = min(self.threshold, grid.clamp_min(0.0).mean().item())
+        self.occupied.copy_(grid >= threshold)
+
+
+class Sampler(Protocol):
+    """Makes the packed samples of ``N`` rays, without gradients."""
+
+    def sample(
+        self, field: Field, origins: Tensor, directions: Tensor, perturb: bool
+    ) -> tuple[RaySamples, SampleValues | None]:
+        """``origins, directions: [N, 3]`` → samples, and the field's values at them if the
+        sampler had to compute them anyway (``None`` otherwise)."""
+        ...
+
+
+def query_chunks(field: Field, points: Tensor, chunk_points: int) -> tuple[Tensor, Tensor]:
+    """``field(points)`` ``chunk_points`` at a time (no gradients): ``σ [P]``, ``albedo [P, 3]``
+    in float32."""
+    sigma, albedo = [], []
+    for part in points.split(max(chunk_points, 1)):
+        s, a = field(part)
+        sigma.append(s.float())
+        albedo.append(a.float())
+    if not sigma:
+        return points.new_zeros(0), points.new_zeros(0, 3)
+    return torch.cat(sigma), torch.cat(albedo)
+
+
+class DenseSampler:
+    """The reference sampler: stratified samples plus importance samples, grid-skipped.
+
+    Per hit ray: ``t_k = near + (k + ξ_k) / K · (far − near)`` (``ξ ~ U[0, 1)``, or ``½`` without
+    ``perturb``), ``K = num_steps``; with ``upsample_steps > 0`` the densities at those samples
+    (no gradients) give the weights ``w_k`` of the bins ``[t_k, t_{k+1}]`` (the last one ends at
+    ``far``), and :func:`sample_pdf` draws ``upsample_steps`` more. The merged, sorted points
+    ``t`` become the intervals ``[t_i, t_{i+1}]`` (the last ending at ``far``); intervals whose
+    midpoint lies in an empty cell of the grid are dropped.
+    """
+
+    def __init__(
+        self,
+        num_steps: int,
+        upsample_steps: int,
+        min_near: float,
+        grid: OccupancyGrid | None,
+        chunk_rays: int,
+        chunk_points: int,
+    ) -> None:
+        self.num_steps = num_steps
+        self.upsample_steps = upsample_steps
+        self.min_near = min_near
+        self.grid = grid
+        self.chunk_rays = chunk_rays
+        self.chunk_points = chunk_points
+
+    @torch.no_grad()
+    def sample(
+        self, field: Field, origins: Tensor, directions: Tensor, perturb: bool
+    ) -> tuple[RaySamples, None]:
+        parts, firsts = [], []
+        for start in range(0, origins.shape[0], self.chunk_rays):
+            stop = min(start + self.chunk_rays, origins.shape[0])
+            parts.append(self._sample(field, origins[start:stop], directions[start:stop], perturb))
+            firsts.append(start)
+        if not parts:
+            return RaySamples.empty(0, origins.device, origins.dtype), None
+        return RaySamples.cat(parts, firsts, origins.shape[0]), None
+
+    def _sample(self, field: Field, origins: Tensor, directions: Tensor, perturb: bool):
+        bound = float(field.bound)
+        near, far, hit = near_far_from_bound(origins, directions, bound, self.min_near)
+        steps = self.num_steps
+        shape = (origins.shape[0], steps)
+        offset = (
+            torch.rand(shape, device=origins.device, dtype=origins.dtype)
+            if perturb
+            else torch.full(shape, 0.5, device=origins.device, dtype=origins.dtype)
+        )
+        k = torch.arange(steps, device=origins.device, dtype=origins.dtype)
+        t = near[:, None] + (k + offset) / steps * (far - near)[:, None]
+        if self.upsample_steps > 0:
+            edges = torch.cat([t, far[:, None]], dim=-1)
+            live = self._live(edges, origins, directions, hit, bound)
+            mids = _midpoints(edges, origins, directions)
+            sigma = torch.zeros_like(t)
+            sigma[live] = query_chunks(field, mids[live], self.chunk_points)[0]
+            optical = sigma * (edges[:, 1:] - edges[:, :-1])
+            before = torch.cumsum(optical, dim=-1) - optical
+            weights = torch.exp(-before) * (1.0 - torch.exp(-optical))
+            fine = sample_pdf(edges, weights, self.upsample_steps, perturb)
+            t, _ = torch.sort(torch.cat([t, fine], dim=-1), dim=-1)
+        edges = torch.cat([t, far[:, None]], dim=-1)
+        live = self._live(edges, origins, directions, hit, bound)
+        ray_indices = live.nonzero()[:, 0]
+        return RaySamples(ray_indices, edges[:, :-1][live], edges[:, 1:][live], origins.shape[0])
+
+    def _live(
+        self, edges: Tensor, origins: Tensor, directions: Tensor, hit: Tensor, bound: float
+    ) -> Tensor:
+        """``[N, K]``: intervals of hit rays, non-empty, whose midpoint is in an occupied cell."""
+        live = hit[:, None] & (edges[:, 1:] > edges[:, :-1])
+        if self.grid is not None:
+            live &= self.grid.is_occupied(_midpoints(edges, origins, directions), bound)
+        return live
+
+
+class OccupancySampler:
+    """Occupied-cell ray marching with a no-grad pruning pass (see the module docstring).
+
+    Ray ``r`` is cut into steps ``[near + (k − 1 + ξ) dt, near + (k + ξ) dt] ∩ [near, far]``,
+    ``k = 0, 1, …`` (``ξ ~ U[0, 1)`` per ray, or ``½`` without ``perturb``), so the steps tile
+    ``[near, far]``. Each round takes, for every ray still marching, its next ``window`` steps
+    whose midpoints are in occupied cells (empty steps are skipped for the price of a grid
+    lookup), evaluates ``σ, albedo`` there without gradients, and updates the ray's optical depth.
+    A step is kept when ``α_i = 1 − exp(−σ_i δ_i) > alpha_threshold`` and
+    ``T_i = exp(−Σ_{j<i} σ_j δ_j) > transmittance_threshold``; a ray stops when its ``T`` falls to
+    the threshold or it reaches ``far``.
+    """
+
+    def __init__(
+        self,
+        march_steps: int,
+        window: int,
+        alpha_threshold: float,
+        transmittance_threshold: float,
+        min_near: float,
+        grid: OccupancyGrid | None,
+        chunk_rays: int,
+        chunk_points: int,
+    ) -> None:
+        self.march_steps = march_steps
+        self.window = window
+        self.alpha_threshold = alpha_threshold
+        self.transmittance_threshold = transmittance_threshold
+        self.min_near = min_near
+        self.grid = grid
+        self.chunk_rays = chunk_rays
+        self.chunk_points = chunk_points
+
+    @torch.no_grad()
+    def sample(
+        self, field: Field, origins: Tensor, directions: Tensor, perturb: bool
+    ) -> tuple[RaySamples, SampleValues]:
+        parts, values, firsts = [], [], []
+        for start in range(0, origins.shape[0], self.chunk_rays):
+            stop = min(start + self.chunk_rays, origins.shape[0])
+            samples, vals = self._march(field, origins[start:stop], directions[start:stop], perturb)
+            parts.append(samples)
+            values.append(vals)
+            firsts.append(start)
+        if not parts:
+            empty = origins.new_zeros(0)
+            return RaySamples.empty(0, origins.device, origins.dtype), SampleValues(
+                empty, origins.new_zeros(0, 3)
+            )
+        return RaySamples.cat(parts, firsts, origins.shape[0]), SampleValues(
+            torch.cat([v.sigma for v in values]), torch.cat([v.albedo for v in values])
+        )
+
+    def _march(
+        self, field: Field, origins: Tensor, directions: Tensor, perturb: bool
+    ) -> tuple[RaySamples, SampleValues]:
+        bound = float(field.bound)
+        device, dtype = origins.device, origins.dtype
+        n_rays = origins.shape[0]
+        near, far, hit = near_far_from_bound(origins, directions, bound, self.min_near)
+        dt = 2.0 * math.sqrt(3.0) * bound / self.march_steps
+        phase = (
+            torch.rand(n_rays, device=device, dtype=dtype)
+            if perturb
+            else torch.full((n_rays,), 0.5, device=device, dtype=dtype)
+        )
+        # Steps per ray: k runs while the step's start, near + (k − 1 + ξ) dt, is below far.
+        total_steps = torch.ceil((far - near) / dt + 1.0 - phase).long().clamp_min(0)
+        next_step = torch.zeros(n_rays, dtype=torch.long, device=device)
+        optical_depth = torch.zeros(n_rays, dtype=torch.float32, device=device)
+        alive = hit.nonzero()[:, 0]
+        log_t_min = math.log(self.transmittance_threshold)
+        # Raw steps looked at per round: enough to skip empty space quickly, bounded in memory.
+        step_budget = max(self.chunk_points * 4, self.window * 64)
+
+        kept_rays, kept_starts, kept_ends, kept_sigma, kept_albedo = [], [], [], [], []
+        while alive.numel() > 0:
+            remaining = int((total_steps[alive] - next_step[alive]).max())
+            span = max(self.window, min(remaining, step_budget // alive.numel()))
+            k = next_step[alive, None] + torch.arange(span, device=device)  # [A, W]
+            base = near[alive, None]
+            starts = (base + (k - 1 + phase[alive, None]) * dt).maximum(base)
+            ends = (base + (k + phase[alive, None]) * dt).minimum(far[alive, None])
+            valid = k < total_steps[alive, None]
+            mids = 0.5 * (starts + ends)
+            occupied = valid
+            if self.grid is not None:
+                points = origins[alive, None] + mids[..., None] * directions[alive, None]
+                occupied = valid & self.grid.is_occupied(points, bound)
+            # The first `window` occupied steps of each ray this round; the ray resumes after the
+            # last step it took (or after the whole span when it found fewer).
+            rank = occupied.cumsum(dim=1)
+            take = occupied & (rank <= self.window)
+            full = rank[:, -1] >= self.window
+            last_taken = (take.long() * torch.arange(1, span + 1, device=device)).amax(dim=1)
+            advance = torch.where(full, last_taken, torch.full_like(last_taken, span))
+
+            rows, cols = take.nonzero(as_tuple=True)
+            rays = alive[rows]
+            t0, t1 = starts[rows, cols], ends[rows, cols]
+            x = origins[rays] + (0.5 * (t0 + t1))[:, None] * directions[rays]
+            sigma, albedo = query_chunks(field, x, self.chunk_points)
+            optical = torch.zeros(take.shape, dtype=torch.float32, device=device)
+            optical[rows, cols] = sigma * (t1 - t0).float()
+            before = optical_depth[alive, None] + optical.cumsum(dim=1) - optical
+            alpha = 1.0 - torch.exp(-optical[rows, cols])
+            keep = (alpha > self.alpha_threshold) & (-before[rows, cols] > log_t_min)
+            kept_rays.append(rays[keep])
+            kept_starts.append(t0[keep])
+            kept_ends.append(t1[keep])
+            kept_sigma.append(sigma[keep])
+            kept_albedo.append(albedo[keep])
+
+            optical_depth[alive] += optical.sum(dim=1)
+            next_step[alive] += advance
+            marching = (next_step[alive] < total_steps[alive]) & (-optical_depth[alive] > log_t_min)
+            alive = alive[marching]
+
+        if not kept_rays:
+            return RaySamples.empty(n_rays, device, dtype), SampleValues(
+                origins.new_zeros(0), origins.new_zeros(0, 3)
+            )
+        rays = torch.cat(kept_rays)
+        # Rounds append in march order, so a stable sort by ray keeps each ray's steps in order.
+        order = torch.sort(rays, stable=True).indices
+        samples = RaySamples(
+            rays[order], torch.cat(kept_starts)[order], torch.cat(kept_ends)[order], n_rays
+        )
+        return samples, SampleValues(torch.cat(kept_sigma)[order], torch.cat(kept_albedo)[order])
+
+
+def _midpoints(edges: Tensor, origins: Tensor, directions: Tensor) -> Tensor:
+    """Points at the interval midpoints of ``edges [N, K + 1]``: ``[N, K, 3]``."""
+    t = 0.5 * (edges[:, 1:] + edges[:, :-1])
+    return origins[:, None, :] + t[..., None] * directions[:, None, :]
+
+
+def check_sampler(kind: str) -> None:
+    if kind not in SAMPLERS:
+        raise DreamtextError(f"render.sampler must be one of {', '.join(SAMPLERS)}, got {kind!r}")
+
+
+__all__ = [
+    "SAMPLERS",
+    "DenseSampler",
+    "OccupancyGrid",
+    "OccupancySampler",
+    "RaySamples",
+    "SampleValues",
+    "Sampler",
+    "near_far_from_bound",
+    "query_chunks",
+    "sample_pdf",
+]

@@ -1,0 +1,225 @@
+"""Packed samples: the compositor's segmented sums, the occupancy marcher's pruning, bounded
+renders without gradients, and deferred backprop giving the one-pass gradients."""
+
+import math
+
+import pytest
+import torch
+from test_renderer import BallField, Counting, SlabField, renderer, two_cameras
+
+from dreamtext.compositing import accumulate, exclusive_segment_sum, packed_weights
+from dreamtext.field import FieldConfig, NeRFField
+from dreamtext.regularisers import regularisers, weighted_sum
+from dreamtext.renderer import RenderConfig, VolumeRenderer
+from dreamtext.samplers import SAMPLERS, RaySamples
+
+LAMBDAS = {"entropy": 0.3, "opacity": 0.2, "orientation": 0.5}
+
+
+def ragged(counts: list[int]) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+
+
+def test_exclusive_segment_sum_restarts_at_every_ray() -> None:
+    values = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 5.0])
+    rays = ragged([3, 2, 0, 1])
+    out = exclusive_segment_sum(values, rays, num_rays=4)
+    assert torch.equal(out, torch.tensor([0.0, 1.0, 3.0, 0.0, 10.0, 0.0]))
+
+
+def test_exclusive_segment_sum_gradient_is_the_segmented_suffix_sum() -> None:
+    values = torch.rand(7, dtype=torch.float64, requires_grad=True)
+    rays = ragged([4, 3])
+    assert torch.autograd.gradcheck(lambda v: exclusive_segment_sum(v, rays, 2), (values,))
+    exclusive_segment_sum(values, rays, 2).sum().backward()
+    # Sample j feeds every later sample of its ray: 3, 2, 1, 0 and 2, 1, 0.
+    assert torch.equal(values.grad, torch.tensor([3.0, 2, 1, 0, 2, 1, 0], dtype=torch.float64))
+
+
+def test_packed_weights_equal_the_per_ray_quadrature() -> None:
+    torch.manual_seed(0)
+    counts = [5, 1, 0, 8, 3]
+    rays = ragged(counts)
+    sigma = torch.rand(len(rays)) * 5
+    deltas = torch.rand(len(rays)) * 0.2
+    weights, transmittance, alpha = packed_weights(sigma, deltas, rays, len(counts))
+    start = 0
+    for n in (c for c in counts if c):
+        s, d = sigma[start : start + n], deltas[start : start + n]
+        t = torch.exp(-torch.cat([torch.zeros(1), torch.cumsum(s * d, 0)[:-1]]))
+        a = 1 - torch.exp(-s * d)
+        torch.testing.assert_close(weights[start : start + n], t * a)
+        torch.testing.assert_close(transmittance[start : start + n], t)
+        torch.testing.assert_close(alpha[start : start + n], a)
+        start += n
+    opacity = accumulate(weights, rays, len(counts))
+    assert opacity[2] == 0.0
+    assert (opacity <= 1.0).all()
+
+
+def test_packed_weights_keep_float32_precision_over_many_samples() -> None:
+    # A million samples whose running sum reaches 1e6: each ray's own sums stay exact.
+    n_rays, per_ray = 10_000, 100
+    rays = torch.arange(n_rays).repeat_interleave(per_ray)
+    optical = torch.full((n_rays * per_ray,), 0.01)
+    out = exclusive_segment_sum(optical, rays, n_rays).view(n_rays, per_ray)
+    expected = torch.arange(per_ray) * 0.01
+    torch.testing.assert_close(out[-1], expected, atol=1e-6, rtol=0)
+
+
+def test_marcher_stops_behind_an_opaque_surface() -> None:
+    slab = SlabField(sigma=1000.0, half_width=0.25)
+    opaque = Counting(slab)
+    rays_o = torch.tensor([[0.0, 0.0, 2.0], [0.3, -0.2, 2.0]])
+    rays_d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+    vr = renderer("occupancy", march_steps=512, march_window=8, occupancy_grid=True)
+    vr.update_occupancy(slab, step=0)  # the slab's cells, |z| < 0.25, are the occupied ones
+    with torch.no_grad():
+        out = vr.render_rays(opaque, rays_o, rays_d)
+    assert out["opacity"].min() > 0.999
+    # Each ray crosses ~74 occupied steps of the slab (dt = 2√3/512); it stops after one round
+    # of 8, and the empty space before the slab costs no query.
+    assert opaque.points == 2 * 8
+    samples, values = vr.sampler.sample(opaque, rays_o, rays_d, perturb=False)
+    _, transmittance, alpha = packed_weights(values.sigma, samples.deltas, samples.ray_indices, 2)
+    assert (transmittance > 1e-4).all() and (alpha > 1e-4).all()
+    assert len(samples) < 10
+
+
+def test_marcher_queries_only_occupied_cells() -> None:
+    ball = BallField(sigma=20.0, half_width=0.3)
+    counting = Counting(ball)
+    vr = renderer("occupancy", occupancy_grid=True, grid_resolution=16)
+    vr.update_occupancy(ball, step=0)
+    queried = []
+    original = counting.forward
+
+    def record(x):
+        queried.append(x)
+        return original(x)
+
+    counting.forward = record
+    vr.render(counting, two_cameras(), 8, 8)
+    points = torch.cat(queried)
+    assert len(points) > 0
+    assert vr.grid.is_occupied(points, 1.0).all()
+
+
+@pytest.mark.parametrize("shading", ["albedo", "textureless"])
+def test_marcher_renders_what_the_dense_reference_renders(shading: str) -> None:
+    field = NeRFField(FieldConfig(num_levels=4, log2_hashmap_size=10, hidden_dim=16, num_blocks=1))
+    poses = two_cameras()
+    dense = renderer("dense", num_steps=512, upsample_steps=0).render(
+        field, poses, 6, 6, shading=shading
+    )
+    marched = renderer("occupancy", march_steps=1024).render(field, poses, 6, 6, shading=shading)
+    assert dense["opacity"].max() > 0.5
+    torch.testing.assert_close(marched["rgb"], dense["rgb"], atol=1e-2, rtol=0)
+    torch.testing.assert_close(marched["opacity"], dense["opacity"], atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_renders_without_gradients_never_exceed_chunk_points(sampler: str) -> None:
+    field = Counting(BallField(sigma=10.0, half_width=0.6))
+    vr = renderer(sampler, num_steps=64, upsample_steps=16, march_steps=128, chunk_points=300)
+    with torch.no_grad():
+        vr.render(field, two_cameras(), 10, 10, shading="lambertian")
+    assert 0 < field.largest_call <= 300
+    field.largest_call = 0
+    vr.update_occupancy(field, step=0)
+    assert field.largest_call <= 300
+
+
+def test_normals_are_computed_only_at_the_kept_samples() -> None:
+    field = Counting(SlabField(sigma=1000.0, half_width=0.25))
+    rays_o = torch.tensor([[0.0, 0.0, 2.0]])
+    rays_d = torch.tensor([[0.0, 0.0, -1.0]])
+    vr = renderer("occupancy")
+    samples, _ = vr.sampler.sample(field, rays_o, rays_d, perturb=False)
+    vr.render_rays(field, rays_o, rays_d, shading="lambertian")
+    assert field.normal_points == len(samples) < 10
+
+
+def small_field(seed: int = 0) -> NeRFField:
+    torch.manual_seed(seed)
+    field = NeRFField(
+        FieldConfig(
+            num_levels=4, log2_hashmap_size=10, hidden_dim=16, num_blocks=1, blob_radius=0.6
+        )
+    )
+    with torch.no_grad():
+        field.encoding.params.uniform_(-0.3, 0.3)
+    return field
+
+
+def gradients_of(field: NeRFField, mode: str, sampler: str, shading: str, chunk: int):
+    """Parameter gradients of ``⟨g, rgb⟩ + Σ λ loss`` for a fixed image gradient g."""
+    torch.manual_seed(1)
+    cfg = RenderConfig(
+        sampler=sampler,
+        num_steps=24,
+        upsample_steps=8,
+        march_steps=96,
+        occupancy_grid=False,
+        grad_chunk_points=chunk,
+    )
+    vr = VolumeRenderer(cfg).train()
+    field.zero_grad(set_to_none=True)
+    poses = two_cameras(1.6)
+    render = vr.render_train(field, poses, 7, 5, shading=shading, backprop=mode)
+    images = render.images()
+    g = torch.linspace(-1, 1, images.numel()).view_as(images)
+    loss = (images * g).sum()
+    render.backward(loss, LAMBDAS)
+    grads = {n: p.grad.clone() for n, p in field.named_parameters() if p.grad is not None}
+    return grads, render
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("shading", ["albedo", "lambertian"])
+def test_deferred_backprop_gives_the_one_pass_gradients(sampler: str, shading: str) -> None:
+    field = small_field()
+    direct, one = gradients_of(field, "direct", sampler, shading, chunk=1 << 20)
+    deferred, chunked = gradients_of(field, "deferred", sampler, shading, chunk=200)
+    assert not one.deferred and chunked.deferred
+    assert chunked.chunks > 3
+    assert direct.keys() == deferred.keys() and "encoding.params" in direct
+    for name, grad in direct.items():
+        # Chunks sum the same terms in another order: float32 rounding only.
+        error = (deferred[name] - grad).norm() / grad.norm()
+        assert error < 1e-4, (name, float(error))
+    torch.testing.assert_close(chunked.outputs["rgb"], one.outputs["rgb"].detach())
+    for key in ("loss_entropy", "loss_opacity", "loss_orientation"):
+        torch.testing.assert_close(chunked.outputs[key], one.outputs[key].detach())
+
+
+def test_auto_backprop_defers_only_large_renders() -> None:
+    field = small_field()
+    vr = VolumeRenderer(RenderConfig(march_steps=96, occupancy_grid=False, grad_chunk_points=500))
+    small = vr.render_train(field, two_cameras()[:1], 2, 2)
+    large = vr.render_train(field, two_cameras(), 12, 12)
+    assert not small.deferred
+    assert large.deferred
+
+
+def test_regularisers_of_chunks_add_up_to_the_whole() -> None:
+    opacity = torch.rand(10)
+    orientation = torch.rand(10)
+    whole = regularisers({"opacity": opacity, "orientation": orientation})
+    parts = [
+        regularisers({"opacity": opacity[s], "orientation": orientation[s]}, num_rays=10)
+        for s in (slice(0, 3), slice(3, 10))
+    ]
+    for key, value in whole.items():
+        torch.testing.assert_close(sum(p[key] for p in parts), value)
+    total = weighted_sum(whole, {"entropy": 2.0, "opacity": 0.0, "orientation": 1.0})
+    torch.testing.assert_close(total, 2.0 * whole["loss_entropy"] + whole["loss_orientation"])
+
+
+def test_ray_samples_slice_by_ray_and_renumber() -> None:
+    samples = RaySamples(ragged([2, 0, 3]), torch.arange(5.0), torch.arange(5.0) + 1, 3)
+    part = samples.rays(1, 3)
+    assert part.num_rays == 2
+    assert torch.equal(part.ray_indices, torch.tensor([1, 1, 1]))
+    assert torch.equal(part.t_starts, torch.tensor([2.0, 3.0, 4.0]))
+    assert math.isclose(float(part.deltas.sum()), 3.0)
