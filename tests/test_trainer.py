@@ -128,3 +128,33 @@ def test_resume_drops_log_records_written_after_the_last_checkpoint(tmp_path, ti
     train(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True)
     steps = [json.loads(x)["step"] for x in (workspace / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_out_of_gpu_memory_saves_the_last_step_and_names_the_fixes(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    from dreamtext import trainer
+
+    real_step = trainer.train_step
+
+    def step_then_run_out(run):
+        if run.step == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", step_then_run_out)
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=5))
+    message = str(error.value)
+    assert "\n" not in message
+    for fix in ("out of GPU memory at step 3", "--h/--w", "--fp16", "--resume"):
+        assert fix in message
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
+
+
+def test_log_records_say_how_the_render_was_backpropagated(tmp_path, tiny_sd_path):
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
+    assert {r["backprop"] for r in records} <= {"direct", "deferred"}
+    assert all(r["samples_per_ray"] > 0 for r in records)
+    assert all("gpu_mem_mib" not in r for r in records)  # CPU run: no GPU memory to report
