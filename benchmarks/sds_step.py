@@ -5,6 +5,10 @@
                                                      # CPU: the NeRF part alone
     python benchmarks/sds_step.py --model tiny       # the tiny random test pipeline (CPU-friendly)
     python benchmarks/sds_step.py --model /path/sd   # a real local diffusers folder
+    python benchmarks/sds_step.py --shadings albedo lambertian   # shaded rows too
+    python benchmarks/sds_step.py --trainer --presets default fitfusion --steps 40
+                                                     # the real trainer: it/s and peak memory
+                                                     # of albedo and shaded phases per preset
     python benchmarks/sds_step.py --out benchmarks/RESULTS.md   # append the table there
 
 ``sd21-random`` builds a random-weight model from the SD-2.1-base configs in
@@ -13,8 +17,15 @@ once in diffusers layout and loads it through ``StableDiffusionGuidance`` like a
 nothing is downloaded, and the timings are those of the real architecture (weights do not change
 the cost). The render size is the NeRF's; the VAE always encodes at the model's native size
 (512 px for SD 2.1-base), as Stable-DreamFusion does. ``none`` times the NeRF part alone with
-``loss = mean(rgb)`` in place of the guidance. Peak memory on CUDA is the most allocated during
-the row (model weights included); on the CPU it is the process's peak RSS so far.
+``loss = mean(rgb)`` in place of the guidance. Every part is built by ``dreamtext.factory`` and the
+render goes through ``VolumeRenderer.render_train``, as in the trainer (deferred backprop when
+the render is large). Peak memory on CUDA is the most allocated during the row (model weights
+included) and the most reserved; on the CPU it is the process's peak RSS so far.
+
+``--trainer`` runs ``dreamtext.trainer.train`` itself for ``--steps`` steps per preset and phase
+(albedo: shading never starts; shaded: the thesis's 0.2 / 0.4 / 0.4 mix from the first step),
+without previews or export, and reports the steady it/s (the second half of the steps) and the
+peak reserved memory the trainer logs.
 """
 
 from __future__ import annotations
@@ -38,9 +49,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from dreamtext.cameras import Poses, sample_poses, view_of  # noqa: E402
-from dreamtext.field import FieldConfig, NeRFField  # noqa: E402
-from dreamtext.guidance import GuidanceConfig, ScoreDistillation, make_guidance  # noqa: E402
-from dreamtext.renderer import RenderConfig, VolumeRenderer  # noqa: E402
+from dreamtext.config import resolve_config  # noqa: E402
+from dreamtext.factory import build_parts  # noqa: E402
+from dreamtext.field import NeRFField  # noqa: E402
+from dreamtext.guidance import DEFAULT_MODEL, ScoreDistillation  # noqa: E402
+from dreamtext.renderer import VolumeRenderer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent / "sd21_configs"
 PROMPT = "a red castle"
@@ -112,6 +125,7 @@ def one_step(
     optimizer: torch.optim.Optimizer,
     poses: Poses,
     size: int,
+    shading: str,
     device: torch.device,
 ) -> tuple[float, float, float]:
     """Seconds spent rendering, in the guidance, and in backward + Adam, for one step."""
@@ -120,8 +134,8 @@ def one_step(
     ]
     synchronize(device)
     start = time.perf_counter()
-    out = renderer.render(field, poses, size, size, shading="albedo", perturb=True)
-    images = out["rgb"].permute(0, 3, 1, 2)
+    render = renderer.render_train(field, poses, size, size, shading=shading, perturb=True)
+    images = render.images()
     synchronize(device)
     rendered = time.perf_counter()
     if guidance is None:
@@ -131,37 +145,52 @@ def one_step(
     synchronize(device)
     guided = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    render.backward(loss, {"entropy": 1e-3, "orientation": 1e-2})
     optimizer.step()
     synchronize(device)
     done = time.perf_counter()
     return rendered - start, guided - rendered, done - guided
 
 
+def run_config(model: str | None, precision: str, size: int, device: torch.device):
+    """The ``TrainConfig`` of a default run at ``size`` px with this model and precision."""
+    overrides = {
+        "prompt": PROMPT,
+        "h": size,
+        "w": size,
+        "device": device.type,
+        # Without a model only the NeRF is built; the id is a placeholder that is never loaded.
+        "guidance": {"model": model or DEFAULT_MODEL, **PRECISION_FLAGS[precision]},
+    }
+    return resolve_config(overrides)
+
+
 def measure(
     model: str | None,
     precision: str,
     sizes: list[int],
+    shadings: list[str],
     device: torch.device,
     repeats: int,
     warmup: int,
 ) -> list[dict]:
-    """One row per render size: median times (ms) over ``repeats`` steps and peak memory (MiB)."""
+    """One row per render size and shading: median times (ms) over ``repeats`` steps and peak
+    memory (MiB)."""
     guidance = None
     model_px = "-"
     if model is not None:
-        cfg = GuidanceConfig(model=model, **PRECISION_FLAGS[precision])
-        guidance = make_guidance(cfg, device)
+        cfg = run_config(model, precision, sizes[0], device)
+        guidance = build_parts(cfg, device, with_optimizer=False).guidance
         guidance.set_prompt(PROMPT)
         guidance.seed(0)
         model_px = str(getattr(guidance, "resolution", "-"))
     rows = []
-    for size in sizes:
+    for size, shading in ((s, sh) for s in sizes for sh in shadings):
         torch.manual_seed(0)
-        field = NeRFField(FieldConfig(), device=device)
-        renderer = VolumeRenderer(RenderConfig()).to(device).train()
+        cfg = run_config(model, precision, size, device)
+        parts = build_parts(cfg, device, with_guidance=False)
+        field, renderer, optimizer = parts.field, parts.renderer.train(), parts.optimizer
         renderer.update_occupancy(field, 0)
-        optimizer = torch.optim.Adam(field.param_groups(1e-3), betas=(0.9, 0.99), eps=1e-15)
         generator = torch.Generator().manual_seed(0)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -172,12 +201,13 @@ def measure(
             "encoding": getattr(field, "encoding_backend", "?"),
             "render_px": size,
             "model_px": model_px,
+            "shading": shading,
         }
         try:
             times = []
             for i in range(warmup + repeats):
                 poses = sample_poses(1, generator=generator).to(device)
-                step = one_step(field, renderer, guidance, optimizer, poses, size, device)
+                step = one_step(field, renderer, guidance, optimizer, poses, size, shading, device)
                 if i >= warmup:
                     times.append(step)
         except torch.OutOfMemoryError:
@@ -188,7 +218,8 @@ def measure(
         step_s = statistics.median(sum(t) for t in times)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) / 2**20
-            peak_label = f"{peak:.0f}"
+            reserved = torch.cuda.max_memory_reserved(device) / 2**20
+            peak_label = f"{peak:.0f} ({reserved:.0f} reserved)"
         else:
             peak_label = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} (RSS)"
         rows.append(
@@ -211,6 +242,7 @@ COLUMNS = [
     ("precision", "precision"),
     ("encoding", "hash grid"),
     ("render_px", "render px"),
+    ("shading", "shading"),
     ("model_px", "model px"),
     ("render_ms", "render ms"),
     ("guidance_ms", "guidance ms"),
@@ -225,6 +257,81 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(key, "-")) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def trainer_row(
+    model: str | None,
+    precision: str,
+    preset: str,
+    phase: str,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict:
+    """Run the trainer for ``args.steps`` steps; steady it/s and peak reserved memory."""
+    import tempfile
+
+    from dreamtext.trainer import train
+
+    overrides = {
+        "prompt": PROMPT,
+        "iters": args.steps,
+        "device": device.type,
+        "log_every": 1,
+        "preview_every": 0,
+        "checkpoint_every": 10**9,
+        "export": False,
+        "albedo_epochs": 10**6 if phase == "albedo" else 0,
+        "guidance": {"model": model, **PRECISION_FLAGS[precision]},
+    }
+    row = {"preset": preset, "phase": phase, "precision": precision}
+    with tempfile.TemporaryDirectory() as workspace:
+        overrides["workspace"] = workspace
+        cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
+        row["px"] = cfg.h
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            train(cfg)
+        except Exception as error:  # out of memory is a DreamtextError now: report it
+            return {**row, "status": str(error).split(";")[0]}
+        log = Path(workspace, "log.jsonl").read_text(encoding="utf-8")
+        records = [json.loads(line) for line in log.splitlines()]
+    # Each record's "its" is the mean rate since the start: recover the elapsed times.
+    elapsed = [r["step"] / r["its"] for r in records]
+    half = len(records) // 2
+    rate = (records[-1]["step"] - records[half]["step"]) / (elapsed[-1] - elapsed[half])
+    deferred = sum(r.get("backprop") == "deferred" for r in records)
+    return {
+        **row,
+        "its": f"{rate:.2f}",
+        "peak_mib": f"{max(r.get('gpu_mem_mib', 0.0) for r in records):.0f}",
+        "samples": f"{statistics.median(r['samples_per_ray'] for r in records):.1f}",
+        "deferred": f"{deferred}/{len(records)}",
+        "status": "ok",
+    }
+
+
+TRAINER_COLUMNS = [
+    ("preset", "preset"),
+    ("px", "render px"),
+    ("precision", "precision"),
+    ("phase", "phase"),
+    ("its", "it/s (steady)"),
+    ("peak_mib", "peak reserved MiB"),
+    ("samples", "samples/ray (median)"),
+    ("deferred", "deferred steps"),
+    ("status", "status"),
+]
+
+
+def trainer_table(rows: list[dict]) -> str:
+    lines = [
+        "| " + " | ".join(title for _, title in TRAINER_COLUMNS) + " |",
+        "|" + "---|" * len(TRAINER_COLUMNS),
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(k, "-")) for k, _ in TRAINER_COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -251,6 +358,21 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(PRECISION_FLAGS),
         help="[CUDA: fp32 fp16 bf16; CPU: fp32]",
     )
+    parser.add_argument(
+        "--shadings",
+        nargs="+",
+        default=["albedo", "lambertian"],
+        choices=["albedo", "lambertian", "textureless"],
+        help="[albedo lambertian]",
+    )
+    parser.add_argument("--trainer", action="store_true", help="time the real trainer instead")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=["default", "fitfusion"],
+        help="with --trainer: presets to run (default = no preset) [default fitfusion]",
+    )
+    parser.add_argument("--steps", type=int, default=40, help="with --trainer: steps per phase")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per row [5]")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first [2]")
     parser.add_argument(
@@ -274,12 +396,24 @@ def main(argv: list[str] | None = None) -> int:
         precisions = ["fp32"]
 
     folder = model_folder(model_name, args.cache, device)
-    rows = []
-    for precision in precisions:
-        rows += measure(folder, precision, sizes, device, args.repeats, args.warmup)
-        print(markdown_table(rows[-len(sizes) :]), flush=True)
-
-    table = markdown_table(rows)
+    if args.trainer and folder is None:
+        parser.error("--trainer needs a model: --model tiny on a CPU, sd21-random on CUDA")
+    if args.trainer:
+        rows = []
+        for precision in precisions:
+            for preset in args.presets:
+                for phase in ("albedo", "shaded"):
+                    rows.append(trainer_row(folder, precision, preset, phase, args, device))
+                    print(trainer_table(rows[-1:]), flush=True)
+        table = trainer_table(rows)
+    else:
+        rows = []
+        for precision in precisions:
+            rows += measure(
+                folder, precision, sizes, args.shadings, device, args.repeats, args.warmup
+            )
+            print(markdown_table(rows[-len(sizes) * len(args.shadings) :]), flush=True)
+        table = markdown_table(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/sds_step.py " + " ".join(
         argv if argv is not None else sys.argv[1:]

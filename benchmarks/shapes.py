@@ -21,11 +21,13 @@ and right) and with view-dependent prompts off. Appends a markdown table to
 
     python benchmarks/shapes.py                                # every caption (long)
     python benchmarks/shapes.py --captions "a red cube" "a blue torus"
+    python benchmarks/shapes.py --captions "a red cube" --render '{"sampler": "dense"}' --no-append
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import time
@@ -169,9 +171,11 @@ def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views
     )
 
 
-def run(caption: str, views: str, root: Path, seed: int) -> Result:
+def run(
+    caption: str, views: str, root: Path, seed: int, render: dict | None = None
+) -> Result:
     """Train and export with the built-in preset, as the CLI would, then evaluate. ``views``
-    names one of ``VIEW_SETTINGS``."""
+    names one of ``VIEW_SETTINGS``; ``render`` overrides the preset's render settings."""
     primitive = shapes.find_primitive(caption)
     suffix = "" if views == "split sides" else "_" + views.replace(" ", "_")
     overrides = {
@@ -179,6 +183,7 @@ def run(caption: str, views: str, root: Path, seed: int) -> Result:
         "seed": seed,
         "workspace": str(root / (primitive.caption.replace(" ", "_") + suffix)),
         "guidance": {"model": "builtin:shapes", **VIEW_SETTINGS[views]},
+        "render": render or {},
     }
     cfg = resolve_config(overrides)
     start = time.perf_counter()
@@ -219,6 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=Path("workspace/benchmark"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS.md")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--render", type=json.loads, default={}, help="JSON of render settings over the preset's"
+    )
+    parser.add_argument("--no-append", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/shapes.py" + (
         ""
@@ -230,10 +239,13 @@ def main(argv: list[str] | None = None) -> None:
         primitive = shapes.find_primitive(caption)
         settings = list(VIEW_SETTINGS) if primitive.colour == shapes.COLORFUL else ["split sides"]
         for views in settings:
-            results.append(run(caption, views, args.root, args.seed))
+            results.append(run(caption, views, args.root, args.seed, args.render))
             print(table(results[-1:]).splitlines()[-1], flush=True)
-    with args.out.open("a", encoding="utf-8") as f:
-        f.write(section(results, command))
+    if args.render:
+        command += f" --render '{json.dumps(args.render)}'"
+    if not args.no_append:
+        with args.out.open("a", encoding="utf-8") as f:
+            f.write(section(results, command))
     print(table(results))
 
 

@@ -231,5 +231,11 @@ TINY_TRAIN: dict = {
         "num_blocks": 1,
         "bg_hidden_dim": 8,
     },
-    "render": {"num_steps": 16, "upsample_steps": 4, "grid_resolution": 16, "grid_update_every": 2},
+    "render": {
+        "num_steps": 16,
+        "upsample_steps": 4,
+        "march_steps": 64,
+        "grid_resolution": 16,
+        "grid_update_every": 2,
+    },
 }
