@@ -210,7 +210,7 @@ def measure(
                 step = one_step(field, renderer, guidance, optimizer, poses, size, shading, device)
                 if i >= warmup:
                     times.append(step)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             rows.append({**row, "status": "out of memory"})
             del field, renderer, optimizer
             continue

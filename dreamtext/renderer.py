@@ -89,9 +89,9 @@ class RenderConfig:
     transmittance_threshold: float = 1e-4
     min_near: float = 0.05
     chunk_size: int = 65536
-    chunk_points: int = 1 << 18
+    chunk_points: int = 1 << 19
     backprop: str = "auto"
-    grad_chunk_points: int = 1 << 18
+    grad_chunk_points: int = 1 << 19
     occupancy_grid: bool = True
     grid_resolution: int = 64
     grid_decay: float = 0.95

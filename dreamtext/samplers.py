@@ -397,7 +397,7 @@ class OccupancySampler:
         alive = hit.nonzero()[:, 0]
         log_t_min = math.log(self.transmittance_threshold)
         # Raw steps looked at per round: enough to skip empty space quickly, bounded in memory.
-        step_budget = max(self.chunk_points * 4, self.window * 64)
+        step_budget = max(self.chunk_points * 8, self.window * 64)
 
         kept_rays, kept_starts, kept_ends, kept_sigma, kept_albedo = [], [], [], [], []
         while alive.numel() > 0:

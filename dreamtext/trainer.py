@@ -372,7 +372,7 @@ def out_of_memory_is_a_user_error(run: Run):
     """
     try:
         yield
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         pass  # handled below, outside the except block, so its tensors can be freed
     else:
         return

@@ -69,6 +69,10 @@ def test_default_workspace_is_the_prompt_slug():
         ({"prompt": "x", "bogus": 1}, "unknown config field 'bogus'"),
         ({"prompt": "x", "field": {"nope": 1}}, "unknown config field 'field.nope'"),
         ({"prompt": "x", "h": "big"}, "must be int"),
+        ({"prompt": "x", "render": {"sampler": "nerfacc"}}, "render.sampler must be one of"),
+        ({"prompt": "x", "render": {"backprop": "later"}}, "render.backprop must be one of"),
+        ({"prompt": "x", "render": {"march_steps": 0}}, "render.march_steps must be a positive"),
+        ({"prompt": "x", "render": {"transmittance_threshold": 1.5}}, r"in \[0, 1\)"),
     ],
 )
 def test_bad_values_are_user_errors(overrides, message):

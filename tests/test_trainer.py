@@ -139,7 +139,7 @@ def test_out_of_gpu_memory_saves_the_last_step_and_names_the_fixes(
 
     def step_then_run_out(run):
         if run.step == 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return real_step(run)
 
     monkeypatch.setattr(trainer, "train_step", step_then_run_out)
