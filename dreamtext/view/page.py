@@ -48,7 +48,7 @@ class Links:
     poll_ms: int = 2000
 
 
-def server_links(api: str | None) -> Links:
+def server_links(api: str | None, poll_ms: int = 2000) -> Links:
     def file(run: Run, rel: str) -> str:
         # The file's mtime in the address, so a rewritten final.png or mesh is fetched again.
         version = int(run.mtimes.get(rel, 0) * 1000)
@@ -60,6 +60,7 @@ def server_links(api: str | None) -> Links:
         run=lambda run_id: f"/run/{quote(run_id)}/",
         file=file,
         api=api,
+        poll_ms=poll_ms,
     )
 
 

@@ -108,8 +108,9 @@ class ViewServer(ThreadingHTTPServer):
     # SO_REUSEPORT would let a second server bind a port in use; it must fail instead.
     allow_reuse_port = False
 
-    def __init__(self, address: tuple[str, int], catalog: Catalog):
+    def __init__(self, address: tuple[str, int], catalog: Catalog, poll_ms: int = 2000):
         self.catalog = catalog
+        self.poll_ms = poll_ms
         host = address[0]
         if ":" in host:
             self.address_family = socket.AF_INET6
@@ -155,24 +156,24 @@ class ViewHandler(BaseHTTPRequestHandler):
             return self._send_text(HTTPStatus.FORBIDDEN, "not a local address", send_body)
         path = urlsplit(self.path).path
         parts = path.split("/")[1:]
-        catalog = self.server.catalog
-        if path == "/":
+        catalog, poll_ms = self.server.catalog, self.server.poll_ms
+        if path in ("/", "/api/runs.json"):
             runs = [read_run(run, with_series=False) for run in catalog.runs()]
-            data = gallery_json(runs, server_links("/api/runs.json"))
-            return self._send_html(render_page(data, server_links(None)), send_body)
-        if path == "/api/runs.json":
-            runs = [read_run(run, with_series=False) for run in catalog.runs()]
-            return self._send_json(gallery_json(runs, server_links("/api/runs.json")), send_body)
+            links = server_links("/api/runs.json", poll_ms)
+            data = gallery_json(runs, links)
+            if path == "/":
+                return self._send_html(render_page(data, links), send_body)
+            return self._send_json(data, send_body)
         if len(parts) in (2, 3) and parts[0] == "run" and parts[2:] in ([], [""]):
             location = catalog.find(unquote(parts[1]))
             if location is not None:
-                links = server_links(f"/api/run/{parts[1]}.json")
+                links = server_links(f"/api/run/{parts[1]}.json", poll_ms)
                 data = run_page_json(read_run(location), links)
                 return self._send_html(render_page(data, links), send_body)
         if len(parts) == 3 and parts[:2] == ["api", "run"] and parts[2].endswith(".json"):
             location = catalog.find(unquote(parts[2][: -len(".json")]))
             if location is not None:
-                links = server_links(f"/api/run/{parts[2]}")
+                links = server_links(f"/api/run/{parts[2]}", poll_ms)
                 return self._send_json(run_page_json(read_run(location), links), send_body)
         if len(parts) == 2 and parts[0] == "static" and parts[1] in ASSETS:
             content_type = mimetypes.guess_type(parts[1])[0] or "text/plain"
@@ -250,10 +251,13 @@ def _copy(source, target, length: int, chunk: int = 1 << 16) -> None:
         length -= len(data)
 
 
-def make_server(catalog: Catalog, host: str = "127.0.0.1", port: int = 0) -> ViewServer:
-    """Bind (``port`` 0: any free port) without serving yet; user errors as ``DreamtextError``."""
+def make_server(
+    catalog: Catalog, host: str = "127.0.0.1", port: int = 0, poll_ms: int = 2000
+) -> ViewServer:
+    """Bind (``port`` 0: any free port) without serving yet; user errors as ``DreamtextError``.
+    ``poll_ms``: how often open pages ask for changes."""
     try:
-        return ViewServer((host, port), catalog)
+        return ViewServer((host, port), catalog, poll_ms)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise DreamtextError(

@@ -140,7 +140,7 @@
   function card(run) {
     const thumb = run.thumbnail
       ? el("img", { src: run.thumbnail, alt: `turntable or preview of ${runTitle(run)}`, loading: "lazy" })
-      : el("div", { class: "no-thumb", text: run.workspace ? "no preview yet" : "no workspace" });
+      : el("div", { class: "no-thumb", text: !run.workspace ? "no workspace" : stateOf(run) === "running" ? "no preview yet" : "no preview" });
     const status = run.status || {};
     const body = el(
       "div",
@@ -283,7 +283,7 @@
     }
     function resize() {
       const width = container.clientWidth || 400;
-      const height = Math.round(width * 0.75);
+      const height = Math.round(width * 0.62);
       renderer.setSize(width, height, false);
       camera.aspect = width / height;
       camera.updateProjectionMatrix();
