@@ -328,6 +328,25 @@ def test_static_export_holds_pages_assets_and_the_files_they_show(root: Path, tm
     assert not (cube / "files" / "checkpoints").exists()
 
 
+def page_data(html_file: Path) -> dict:
+    text = html_file.read_text(encoding="utf-8")
+    start = text.index('<script id="dreamtext-data" type="application/json">')
+    body = text[text.index(">", start) + 1 : text.index("</script>", start)]
+    return json.loads(body)
+
+
+def test_static_pages_link_their_copies_and_name_runs_without_local_paths(root, tmp_path):
+    out = export_static([root], tmp_path / "site")
+    gallery = page_data(out / "index.html")
+    assert {r["workspace"] for r in gallery["runs"]} == {"cube", "sphere", "torus"}
+    cube = next(r for r in gallery["runs"] if r["id"] == "cube")
+    assert (out / cube["href"]).is_file() and (out / cube["thumbnail"]).is_file()
+    run = page_data(out / "runs" / "cube" / "index.html")
+    assert run["api"] is None and run["glb_script"] == "mesh.glb.js"
+    for url in [p["url"] for p in run["run"]["previews"]] + list(run["run"]["mesh"].values()):
+        assert (out / "runs" / "cube" / url).is_file()
+
+
 def test_static_export_replaces_an_earlier_export_but_no_other_folder(root: Path, tmp_path: Path):
     out = export_static([root], tmp_path / "site")
     (out / "stale.txt").write_text("from before")

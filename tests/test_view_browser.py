@@ -38,6 +38,8 @@ CHROMIUM_ARGS = [
 POLL_MS = 300
 SCREENSHOTS = os.environ.get("DREAMTEXT_VIEW_SCREENSHOTS")
 STATES = {"a_red_cube": "finished", "a_blue_sphere": "running", "a_green_torus": "failed"}
+SPHERE_SENTENCE = "An image of a <descriptor> sphere"
+SPHERE_CLIP_SENTENCE = "An image of a shiny blue sphere"
 
 
 def _missing() -> str | None:
@@ -84,6 +86,15 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     status = {"state": "running", "step": 30, "iters": 60, "started": "2026-11-30T10:00:00+00:00"}
     status |= {"updated": "2026-11-30T10:00:09+00:00", "error": None, "seconds": 9.0}
     (sphere / "status.json").write_text(json.dumps({**status, "gpu_mem_mib": None}))
+    # An image→3D run (`dreamtext text --diverse` keeps its sampled image in the workspace).
+    (sphere / "diverse").mkdir()
+    shutil.copy(cube / "previews" / "final.png", sphere / "diverse" / "sample_seed0.png")
+    (sphere / "descriptor").mkdir()
+    sentence = {"sentence": SPHERE_CLIP_SENTENCE, "trained_sentence": SPHERE_SENTENCE}
+    sentence["image"] = str(sphere / "diverse" / "sample_seed0.png")
+    (sphere / "descriptor" / "sentence.json").write_text(json.dumps(sentence))
+    steps = [json.dumps({"step": i, "loss": 0.5 / i}) + "\n" for i in range(1, 6)]
+    (sphere / "descriptor" / "log.jsonl").write_text("".join(steps))
 
     torus = root / "a_green_torus"
     torus.mkdir()
@@ -168,7 +179,10 @@ def check_gallery(page) -> None:
 
 def check_run_page(page, root: Path) -> None:
     """The mesh is drawn, one curve point per log line, previews on a slider."""
-    canvas = page.wait_for_selector("#mesh-canvas[data-state=drawn]", timeout=30_000)
+    canvas = page.wait_for_selector(
+        "#mesh-canvas:is([data-state=drawn], [data-state=failed])", timeout=30_000
+    )
+    assert canvas.get_attribute("data-state") == "drawn", "the GLB did not load"
     pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
     background = pixels[2, 2]
     drawn = np.abs(pixels - background).sum(axis=-1) > 40
@@ -235,6 +249,12 @@ def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
     page.goto(server.url + "run/a_blue_sphere/")
     page.wait_for_selector('.chart[data-key="loss"][data-points="3"]')
     assert page.inner_text("#preview-label") == "step 20"
+    # An image run: its learned sentence (as text, "<descriptor>" and all), the source image and
+    # the descriptor's own loss curve.
+    assert page.inner_text("h1") == SPHERE_SENTENCE
+    assert SPHERE_CLIP_SENTENCE in page.inner_text("header")
+    page.wait_for_function("document.querySelector('.source img').naturalWidth > 0")
+    assert page.get_attribute('.chart[data-key="descriptor_loss"]', "data-points") == "5"
     record = {"step": 40, "loss": 1.5, "t": 400.0, "its": 4.0}
     with (sphere / "log.jsonl").open("a") as log:
         log.write(json.dumps(record) + "\n")

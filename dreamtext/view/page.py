@@ -46,6 +46,8 @@ class Links:
     file: Callable[[Run, str], str]
     api: str | None = None
     poll_ms: int = 2000
+    # Show where each workspace lies on this machine (not in a static export, made to be shared).
+    local_paths: bool = True
 
 
 def server_links(api: str | None, poll_ms: int = 2000) -> Links:
@@ -71,7 +73,7 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
         "id": run.id,
         "name": run.name,
         "href": links.run(run.id),
-        "workspace": run.workspace,
+        "workspace": run.workspace if links.local_paths or run.workspace is None else run.name,
         "kind": run.kind,
         "prompt": run.prompt,
         "sentence": run.sentence,

@@ -64,6 +64,7 @@ def _write(catalog: Catalog, out: Path) -> None:
         gallery="index.html",
         run=lambda run_id: f"runs/{run_id}/index.html",
         file=lambda run, rel: f"runs/{run.id}/files/{rel}",
+        local_paths=False,
     )
     gallery = gallery_json(runs, gallery_links)
     (out / "index.html").write_text(render_page(gallery, gallery_links), encoding="utf-8")
@@ -72,6 +73,7 @@ def _write(catalog: Catalog, out: Path) -> None:
         gallery="../../index.html",
         run=lambda run_id: f"../{run_id}/index.html",
         file=lambda run, rel: f"files/{rel}",
+        local_paths=False,
     )
     for run in runs:
         folder = out / "runs" / run.id
