@@ -164,6 +164,7 @@ def test_batch_lines_give_status_and_cards_for_workspaces_never_made(root: Path)
         batch_record(3, "sphere", "finished"),  # a retry: the newest line wins
         batch_record(4, "../outside", "finished"),
     ]
+    make_run(root.parent / "outside", "elsewhere")
     (root / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     catalog = Catalog([root])
     sphere = read_run(location(catalog, "sphere"))
@@ -171,6 +172,8 @@ def test_batch_lines_give_status_and_cards_for_workspaces_never_made(root: Path)
     assert sphere.batch["line"] == 3 and sphere.status["seconds"] == 12.5
     never = read_run(location(catalog, "never_made"))
     assert never.workspace is None and never.status["state"] == "skipped"
+    outside = read_run(location(catalog, "outside"))  # a card from its batch line, no files
+    assert outside.workspace is None and outside.status["state"] == "finished"
     assert all(r.path is None or r.path.is_relative_to(root) for r in catalog.runs())
 
 

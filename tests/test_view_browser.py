@@ -270,6 +270,7 @@ def test_gallery_follows_a_status_change(page, server, root: Path):
     status = json.loads(status_path.read_text())
     page.goto(server.url)
     page.wait_for_selector('.card[data-run="a_blue_sphere"][data-state="running"]')
+    page.eval_on_selector_all(".card img", "images => images.forEach(i => { i.marked = true; })")
     status_path.write_text(json.dumps({**status, "state": "finished", "step": 60}))
     try:
         page.wait_for_selector(
@@ -277,3 +278,5 @@ def test_gallery_follows_a_status_change(page, server, root: Path):
         )
     finally:
         status_path.write_text(json.dumps(status))
+    # The pictures were kept, not loaded again (a turntable GIF would restart at every poll).
+    assert page.eval_on_selector_all(".card img", "images => images.every(i => i.marked)")

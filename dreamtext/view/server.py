@@ -271,13 +271,16 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO = sys.stdout) -
     """Serve the runs under ``folders`` until Ctrl-C; print the address first."""
     catalog = Catalog(folders)
     server = make_server(catalog, host, port)
-    url = server.url
+    url, p = server.url, server.server_port
     n = len(catalog.runs())
     print(f"dreamtext view: {n} run{'s' if n != 1 else ''} at {url}", file=out)
-    if host not in ALL_INTERFACES and _hostname(host) in LOCAL_HOSTS:
-        p = server.server_port
+    if host in ALL_INTERFACES:
+        print("  listening on every network interface of this machine (--host)", file=out)
+    else:
+        target = f"[{host}]" if ":" in host else host
         print(
-            f"  from another machine: ssh -L {p}:127.0.0.1:{p} <this host>, then open {url}",
+            f"  from another machine: ssh -L {p}:{target}:{p} <this host>, "
+            f"then open http://127.0.0.1:{p}/",
             file=out,
         )
     print("  Ctrl-C stops it", file=out, flush=True)

@@ -115,9 +115,8 @@ class Catalog:
                     seen.add(folder)
                     add(folder.name, folder, None, None)
                 continue
-            batch = latest_batch_records(folder)
-            named = {}
-            for record in batch.values():
+            named = {}  # batch.jsonl's workspaces, resolved, with their newest line
+            for record in latest_batch_records(folder).values():
                 path = _batch_workspace(folder, record)
                 if path is not None:
                     named[path] = record
@@ -128,22 +127,17 @@ class Catalog:
                     continue
                 if resolved not in seen:
                     seen.add(resolved)
-                    add(
-                        path.relative_to(folder).as_posix(), resolved, folder, named.pop(path, None)
-                    )
+                    name = path.relative_to(folder).as_posix()
+                    add(name, resolved, folder, named.pop(resolved, None))
             for path, record in named.items():
-                # Named by batch.jsonl, not a direct subfolder (or not made yet).
-                exists = path.is_dir() and path.resolve().is_relative_to(folder)
-                key = path.resolve() if exists else path
-                if key in seen:
+                # Named by batch.jsonl but not a subfolder: deeper, not made, or outside the root
+                # (then shown from its batch line alone: nothing outside the root is served).
+                if path in seen:
                     continue
-                seen.add(key)
-                name = (
-                    path.relative_to(folder).as_posix()
-                    if path.is_relative_to(folder)
-                    else str(record.get("workspace"))
-                )
-                add(name, key if exists else None, folder, record)
+                seen.add(path)
+                inside = path.is_relative_to(folder)
+                name = path.relative_to(folder).as_posix() if inside else str(record["workspace"])
+                add(name, path if inside and path.is_dir() else None, folder, record)
         return found
 
     def find(self, run_id: str) -> RunLocation | None:
@@ -158,14 +152,11 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:
-    """Where a batch line's workspace is; only inside the root (the viewer serves nothing else)."""
+    """A batch line's workspace, resolved (it is relative to the root where possible)."""
     name = record.get("workspace")
     if not isinstance(name, str) or not name:
         return None
-    path = Path(name)
-    path = path if path.is_absolute() else root / path
-    path = Path(os.path.normpath(path))
-    return path if path.is_relative_to(root) else None
+    return Path(os.path.realpath(root / name))
 
 
 def latest_batch_records(root: Path) -> dict[str, dict[str, Any]]:

@@ -137,10 +137,29 @@
     batch: ["batch line", (a, b) => ((a.batch || {}).line || 1e9) - ((b.batch || {}).line || 1e9)],
   };
 
+  function thumbnail(run) {
+    if (run.thumbnail) {
+      return el("img", { src: run.thumbnail, alt: `turntable or preview of ${runTitle(run)}`, loading: "lazy" });
+    }
+    const note = !run.workspace ? "no workspace" : stateOf(run) === "running" ? "no preview yet" : "no preview";
+    return el("div", { class: "no-thumb", text: note });
+  }
+
+  // Cards drawn so far, by run id: redrawn only when their run changed, and keeping their
+  // picture while its address is the same (a GIF would restart at every poll otherwise).
+  const drawnCards = new Map();
+
   function card(run) {
-    const thumb = run.thumbnail
-      ? el("img", { src: run.thumbnail, alt: `turntable or preview of ${runTitle(run)}`, loading: "lazy" })
-      : el("div", { class: "no-thumb", text: !run.workspace ? "no workspace" : stateOf(run) === "running" ? "no preview yet" : "no preview" });
+    const key = JSON.stringify(run);
+    const before = drawnCards.get(run.id);
+    if (before && before.key === key) return before.node;
+    const thumb = before && before.thumbnail === run.thumbnail ? before.thumb : thumbnail(run);
+    const node = cardNode(run, thumb);
+    drawnCards.set(run.id, { key, node, thumb, thumbnail: run.thumbnail });
+    return node;
+  }
+
+  function cardNode(run, thumb) {
     const status = run.status || {};
     const body = el(
       "div",
