@@ -148,6 +148,17 @@ def test_older_runs_without_status_json_get_a_status_from_their_files(root: Path
     assert read_run(location(catalog, "sphere")).status["state"] == "running"
 
 
+def test_a_running_run_whose_files_stopped_changing_says_how_long(root: Path):
+    catalog = Catalog([root])
+    write_json(root / "sphere" / "status.json", {"state": "running", "step": 10, "iters": 20})
+    assert "quiet_minutes" not in read_run(location(catalog, "sphere")).status
+    past = time.time() - 1800
+    for path in (root / "sphere").rglob("*"):
+        os.utime(path, (past, past))
+    status = read_run(location(catalog, "sphere")).status
+    assert status["state"] == "running" and status["quiet_minutes"] == 30
+
+
 def test_peak_gpu_memory_is_the_largest_in_the_log(root: Path):
     lines = [{"step": 10, "loss": 1.0, "gpu_mem_mib": 900.0}, {"step": 20, "loss": 1.0}]
     lines.append({"step": 30, "loss": 1.0, "gpu_mem_mib": 1200.5})

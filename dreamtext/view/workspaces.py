@@ -32,6 +32,9 @@ SENTENCE_FILE = Path("descriptor") / "sentence.json"
 WORKSPACE_MARKERS = ("config.json", "log.jsonl", "status.json")
 # A run without status.json whose log changed this recently counts as running.
 RUNNING_IF_CHANGED_WITHIN_S = 120.0
+# A run whose status.json says running but whose files have not changed for this long may have
+# died without saying so; its status then says how long it has been quiet.
+QUIET_AFTER_S = 600.0
 # The log series the run page plots (each key of a log record that is present and finite).
 SERIES_KEYS = ("loss", "loss_sds", "t", "its", "gpu_mem_mib")
 MESH_FILES = {
@@ -404,6 +407,10 @@ def status_of(
         out["error"] = status_file.get("error")
         out["updated"] = status_file.get("updated")
         out["started"] = status_file.get("started")
+        if out["state"] == "running" and run.updated is not None:
+            quiet = time.time() - run.updated
+            if quiet > QUIET_AFTER_S:
+                out["quiet_minutes"] = int(quiet // 60)  # whole minutes: the page redraws rarely
         return out
     if run.batch is not None and isinstance(run.batch.get("status"), str):
         out.update(source="batch.jsonl", state=run.batch["status"], error=run.batch.get("error"))

@@ -82,6 +82,7 @@
     if (s.gpu_mem_mib !== null && s.gpu_mem_mib !== undefined) {
       parts.push(`${Math.round(s.gpu_mem_mib).toLocaleString("en")} MiB peak`);
     }
+    if (s.quiet_minutes) parts.push(`no change for ${s.quiet_minutes} min`);
     return parts.join(" · ");
   }
 
