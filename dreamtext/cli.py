@@ -292,6 +292,34 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got '{text}'") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {port}")
+    return port
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from dreamtext.view import DEFAULT_ROOT, export_static, serve
+
+    folders = [Path(f) for f in args.folders]
+    if not folders:
+        if not DEFAULT_ROOT.is_dir():
+            raise DreamtextError(
+                f"no {DEFAULT_ROOT}/ folder here; pass a run's folder or a folder of runs"
+            )
+        folders = [DEFAULT_ROOT]
+    if args.static:
+        out = export_static(folders, Path(args.static))
+        print(out / "index.html")
+        return 0
+    serve(folders, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="dreamtext",
@@ -376,6 +404,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image.set_defaults(func=cmd_image)
 
+    view = sub.add_parser(
+        "view",
+        help="a local web page of runs and batches (gallery, 3D mesh, curves, live)",
+        description="Serve a read-only web page of runs: a gallery of cards (turntable, prompt, "
+        "status, steps, time, memory, batch.jsonl), and per run the mesh in 3D, the turntable, "
+        "the previews over training and the curves of log.jsonl, updated while it trains. "
+        "Or write it as a folder that opens from file:// (--static).",
+    )
+    view.add_argument(
+        "folders",
+        nargs="*",
+        metavar="WORKSPACE_OR_ROOT",
+        help="a run's folder, or a folder of runs such as a batch's [workspace/]",
+    )
+    view.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on; 0 picks a free one [8000]"
+    )
+    view.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 opens it to the network [127.0.0.1]",
+    )
+    view.add_argument(
+        "--static",
+        metavar="OUT_DIR",
+        help="write the pages and the files they show into OUT_DIR (opens from file://) "
+        "instead of serving them",
+    )
+    view.set_defaults(func=cmd_view, needs_models=False)
+
     return parser
 
 
@@ -406,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    quiet_libraries()
+    if getattr(args, "needs_models", True):  # `view` starts without torch or diffusers
+        quiet_libraries()
     show_progress_messages()
     try:
         return args.func(args)

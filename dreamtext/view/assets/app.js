@@ -1,0 +1,538 @@
+/* dreamtext view: draws the gallery or a run's page from the JSON in #dreamtext-data.
+ *
+ * A classic script (not a module), so that the same file works from the server and from a
+ * `--static` folder opened as file://. Served pages poll `data.api` and redraw what changed.
+ * Text from the runs (prompts, errors, config) only ever goes into textContent, never into HTML.
+ */
+(function () {
+  "use strict";
+
+  const data = JSON.parse(document.getElementById("dreamtext-data").textContent);
+  const app = document.getElementById("app");
+  const live = Boolean(data.api) && location.protocol.startsWith("http");
+  const STATES = ["running", "finished", "failed", "interrupted", "skipped"];
+
+  // ------------------------------------------------------------------------------- helpers
+
+  /** el("p", {class: "x", text: "hi"}, child, ...): an element; null children are skipped. */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "text") node.textContent = value;
+      else if (key === "class") node.className = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  /** node.replaceChildren, but skipping null children (replaceChildren would write "null"). */
+  function fill(node, ...children) {
+    node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+    return node;
+  }
+
+  const svgNS = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs) {
+    const node = document.createElementNS(svgNS, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+    return node;
+  }
+
+  function formatSeconds(s) {
+    if (s === null || s === undefined) return null;
+    if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+    return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+  }
+
+  function formatNumber(x) {
+    if (x === null || x === undefined) return "–";
+    const a = Math.abs(x);
+    if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(2);
+    return String(Number(x.toPrecision(4)));
+  }
+
+  function stateOf(run) {
+    const state = (run.status && run.status.state) || "unknown";
+    return STATES.includes(state) ? state : "unknown";
+  }
+
+  function badge(run) {
+    const state = stateOf(run);
+    const status = run.status || {};
+    const title = status.source ? `from ${status.source}` : null;
+    return el("span", { class: `badge state-${state}`, text: state, title });
+  }
+
+  /** "step 60 / 1000 · 28 s · 5,120 MiB peak": what status knows, in one line. */
+  function facts(run) {
+    const s = run.status || {};
+    const parts = [];
+    if (s.step !== null && s.step !== undefined) {
+      parts.push(s.iters ? `step ${s.step} / ${s.iters}` : `step ${s.step}`);
+    }
+    const time = formatSeconds(s.seconds);
+    if (time) parts.push(s.inferred ? `≈ ${time}` : time);
+    if (s.gpu_mem_mib !== null && s.gpu_mem_mib !== undefined) {
+      parts.push(`${Math.round(s.gpu_mem_mib).toLocaleString("en")} MiB peak`);
+    }
+    if (s.quiet_minutes) parts.push(`no change for ${s.quiet_minutes} min`);
+    return parts.join(" · ");
+  }
+
+  function batchLine(batch) {
+    if (!batch) return null;
+    const parts = [];
+    if (batch.line !== undefined) parts.push(`batch line ${batch.line}`);
+    if (batch.host) parts.push(batch.host);
+    if (batch.shard) parts.push(`shard ${batch.shard}`);
+    if (batch.its !== null && batch.its !== undefined) parts.push(`${formatNumber(batch.its)} it/s`);
+    if (batch.finished) parts.push(`ended ${batch.finished}`);
+    return parts.join(" · ");
+  }
+
+  function runTitle(run) {
+    return run.trained_sentence || run.prompt || run.name;
+  }
+
+  /** Poll `data.api`; call onChange(newData) when its text changes. Back off while it fails. */
+  function poll(onChange) {
+    if (!live) return;
+    let last = document.getElementById("dreamtext-data").textContent;
+    let delay = data.poll_ms;
+    const indicator = el("p", { class: "offline", hidden: true, text: "server not answering" });
+    document.body.append(indicator);
+    async function tick() {
+      try {
+        const response = await fetch(data.api, { cache: "no-store" });
+        if (!response.ok) throw new Error(String(response.status));
+        const text = await response.text();
+        indicator.hidden = true;
+        delay = data.poll_ms;
+        if (text !== last) {
+          last = text;
+          onChange(JSON.parse(text));
+        }
+      } catch (error) {
+        indicator.hidden = false;
+        delay = Math.min(delay * 2, 30000);
+      }
+      setTimeout(tick, delay);
+    }
+    setTimeout(tick, delay);
+  }
+
+  // ------------------------------------------------------------------------------- gallery
+
+  const SORTS = {
+    newest: ["newest first", (a, b) => (b.updated || 0) - (a.updated || 0)],
+    oldest: ["oldest first", (a, b) => (a.updated || 0) - (b.updated || 0)],
+    prompt: ["prompt A–Z", (a, b) => runTitle(a).localeCompare(runTitle(b))],
+    status: ["status", (a, b) => STATES.indexOf(stateOf(a)) - STATES.indexOf(stateOf(b))],
+    batch: ["batch line", (a, b) => ((a.batch || {}).line || 1e9) - ((b.batch || {}).line || 1e9)],
+  };
+
+  function thumbnail(run) {
+    if (run.thumbnail) {
+      return el("img", { src: run.thumbnail, alt: `turntable or preview of ${runTitle(run)}`, loading: "lazy" });
+    }
+    const note = !run.workspace ? "no workspace" : stateOf(run) === "running" ? "no preview yet" : "no preview";
+    return el("div", { class: "no-thumb", text: note });
+  }
+
+  // Cards drawn so far, by run id: redrawn only when their run changed, and keeping their
+  // picture while its address is the same (a GIF would restart at every poll otherwise).
+  const drawnCards = new Map();
+
+  function card(run) {
+    const key = JSON.stringify(run);
+    const before = drawnCards.get(run.id);
+    if (before && before.key === key) return before.node;
+    const thumb = before && before.thumbnail === run.thumbnail ? before.thumb : thumbnail(run);
+    const node = cardNode(run, thumb);
+    drawnCards.set(run.id, { key, node, thumb, thumbnail: run.thumbnail });
+    return node;
+  }
+
+  function cardNode(run, thumb) {
+    const status = run.status || {};
+    const body = el(
+      "div",
+      { class: "card-body" },
+      el("p", { class: "prompt", text: runTitle(run) }),
+      run.kind === "image" && run.sentence
+        ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
+        : null,
+      el("p", { class: "facts" }, badge(run), " ", facts(run)),
+      run.batch ? el("p", { class: "batch", text: batchLine(run.batch) }) : null,
+      status.error ? el("p", { class: "error", text: String(status.error), title: String(status.error) }) : null,
+      el("p", { class: "name", text: run.name }),
+    );
+    const attrs = { class: "card", dataset: { run: run.id, state: stateOf(run) } };
+    if (run.workspace) return el("a", { ...attrs, href: run.href }, el("div", { class: "thumb" }, thumb), body);
+    return el("div", attrs, el("div", { class: "thumb" }, thumb), body);
+  }
+
+  function summary(runs) {
+    const counts = {};
+    for (const run of runs) counts[stateOf(run)] = (counts[stateOf(run)] || 0) + 1;
+    const parts = [`${runs.length} run${runs.length === 1 ? "" : "s"}`];
+    for (const state of [...STATES, "unknown"]) if (counts[state]) parts.push(`${counts[state]} ${state}`);
+    return parts.join(" · ");
+  }
+
+  function gallery() {
+    const filter = el("input", {
+      type: "search", id: "filter", placeholder: "filter by prompt", "aria-label": "filter by prompt",
+    });
+    const sort = el("select", { id: "sort", "aria-label": "sort" },
+      Object.entries(SORTS).map(([key, [label]]) => el("option", { value: key, text: label })));
+    const hasBatch = data.runs.some((run) => run.batch);
+    sort.value = hasBatch ? "batch" : "newest";
+    const counts = el("p", { class: "summary" });
+    const cards = el("section", { id: "cards", class: "cards" });
+    const none = el("p", { class: "none", hidden: true, text: "No run matches the filter." });
+    fill(app,
+      el("header", { class: "top" }, el("h1", { text: "dreamtext runs" }), counts),
+      el("div", { class: "controls" }, filter, el("label", {}, "sort ", sort)),
+      cards,
+      none,
+    );
+    let runs = data.runs;
+
+    function draw() {
+      const needle = filter.value.trim().toLowerCase();
+      const shown = runs
+        .filter((run) => !needle || [run.prompt, run.trained_sentence, run.sentence, run.name]
+          .some((text) => text && text.toLowerCase().includes(needle)))
+        .sort(SORTS[sort.value][1]);
+      counts.textContent = summary(runs);
+      fill(cards, shown.map(card));
+      none.hidden = shown.length > 0 || runs.length === 0;
+    }
+    filter.addEventListener("input", draw);
+    sort.addEventListener("change", draw);
+    draw();
+    poll((fresh) => {
+      runs = fresh.runs;
+      draw();
+    });
+  }
+
+  // ------------------------------------------------------------------------------- charts
+
+  /** One line chart as SVG: one polyline vertex per finite (step, value) pair. */
+  function chart(key, label, steps, values) {
+    const points = [];
+    values.forEach((y, i) => {
+      if (y === null || y === undefined) return;
+      const x = steps[i] === null || steps[i] === undefined ? i : steps[i];
+      points.push([x, y]);
+    });
+    const figure = el("figure", { class: "chart", dataset: { key, points: points.length } });
+    figure.append(el("figcaption", { text: label }));
+    const W = 320, H = 150, L = 48, R = 8, T = 8, B = 22;
+    const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
+    figure.append(box);
+    if (points.length === 0) {
+      figure.append(el("p", { class: "empty", text: "no values yet" }));
+      return figure;
+    }
+    const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+    let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+    let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    if (x1 === x0) x1 = x0 + 1;
+    if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
+    const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+    const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+    box.append(svg("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "plot" }));
+    const text = (x, y, anchor, content) => {
+      const node = svg("text", { x, y, "text-anchor": anchor });
+      node.textContent = content;
+      return node;
+    };
+    box.append(text(L - 4, T + 8, "end", formatNumber(y1)));
+    box.append(text(L - 4, H - B, "end", formatNumber(y0)));
+    box.append(text(L, H - 6, "start", formatNumber(x0)));
+    box.append(text(W - R, H - 6, "end", `step ${formatNumber(x1)}`));
+    box.append(svg("polyline", {
+      class: "line",
+      points: points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" "),
+    }));
+    return figure;
+  }
+
+  // ------------------------------------------------------------------------------- 3D view
+
+  /** A three.js view of one GLB: orbit with the mouse, zoom with the wheel, PBR texture lit by a
+   * hemisphere and a key light. Draws only when something changes. */
+  function MeshView(container) {
+    const canvas = el("canvas", { id: "mesh-canvas", dataset: { state: "loading" } });
+    container.append(canvas);
+    let renderer;
+    try {
+      renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
+    } catch (error) {
+      canvas.dataset.state = "no-webgl";
+      container.append(el("p", { class: "empty", text: "This browser has no WebGL; download the GLB below." }));
+      return { load() {} };
+    }
+    renderer.outputColorSpace = THREE.SRGBColorSpace;
+    renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
+    const scene = new THREE.Scene();
+    scene.background = new THREE.Color(0xeeeeea);
+    // Sky-and-ground light plus a key light. A prefiltered environment map looks richer, but its
+    // shader takes seconds to compile in software WebGL (remote machines, headless tests).
+    scene.add(new THREE.HemisphereLight(0xffffff, 0x8a8a80, 2.2));
+    const key = new THREE.DirectionalLight(0xffffff, 1.6);
+    key.position.set(2, 3, 4);
+    scene.add(key);
+    const camera = new THREE.PerspectiveCamera(40, 1, 0.01, 100);
+    camera.position.set(1.6, 1.1, 2.2);
+    const controls = new THREE.OrbitControls(camera, canvas);
+    let model = null;
+
+    function draw() {
+      renderer.render(scene, camera);
+    }
+    function resize() {
+      const width = container.clientWidth || 400;
+      const height = Math.round(width * 0.62);
+      renderer.setSize(width, height, false);
+      camera.aspect = width / height;
+      camera.updateProjectionMatrix();
+      draw();
+    }
+    controls.addEventListener("change", draw);
+    new ResizeObserver(resize).observe(container);
+    resize();
+
+    function show(gltf) {
+      if (model) {
+        scene.remove(model);
+        model.traverse((node) => node.geometry && node.geometry.dispose());
+      }
+      model = gltf.scene;
+      scene.add(model);
+      const box = new THREE.Box3().setFromObject(model);
+      const center = box.getCenter(new THREE.Vector3());
+      const size = box.getSize(new THREE.Vector3()).length() || 1;
+      controls.target.copy(center);
+      camera.position.copy(center).add(new THREE.Vector3(0.55, 0.45, 0.75).multiplyScalar(size * 1.3));
+      camera.near = size / 100;
+      camera.far = size * 100;
+      camera.updateProjectionMatrix();
+      controls.update();
+      draw();
+      canvas.dataset.state = "drawn";
+    }
+    function failed(error) {
+      canvas.dataset.state = "failed";
+      container.append(el("p", { class: "error", text: `could not read the GLB: ${error && error.message}` }));
+    }
+    const loader = new THREE.GLTFLoader();
+    return {
+      /** source: a URL, or an ArrayBuffer of GLB bytes. */
+      load(source) {
+        canvas.dataset.state = "loading";
+        if (source instanceof ArrayBuffer) loader.parse(source, "", show, failed);
+        else loader.load(source, show, undefined, failed);
+      },
+    };
+  }
+
+  /** A static export's GLB comes as a script (file:// pages cannot fetch). */
+  function loadGlbScript(src, done) {
+    const script = el("script", { src });
+    script.addEventListener("load", () => {
+      const bytes = Uint8Array.from(atob(window.dreamtextGlb), (c) => c.charCodeAt(0));
+      delete window.dreamtextGlb;
+      done(bytes.buffer);
+    });
+    document.body.append(script);
+  }
+
+  // ------------------------------------------------------------------------------- run page
+
+  function runPage() {
+    const header = el("header", { class: "top" });
+    const viewer = el("figure", { class: "panel viewer" });
+    const turntable = el("figure", { class: "panel turntable" });
+    const previews = el("figure", { class: "panel previews" });
+    const source = el("figure", { class: "panel source", hidden: true });
+    const charts = el("div", { class: "charts" });
+    const details = el("section", { class: "details" });
+    fill(app,
+      el("nav", {}, el("a", { href: data.gallery, text: "← all runs" })),
+      header,
+      el("section", { class: "media" }, viewer, turntable, previews, source),
+      el("section", { class: "curves" }, el("h2", { text: "Training" }), charts),
+      details,
+    );
+
+    const meshView = { view: null, url: null };
+    const previewState = { urls: [], index: -1 };
+    let shownVideo = null;
+
+    function drawHeader(run) {
+      const status = run.status || {};
+      fill(header,
+        el("h1", { class: "prompt", text: runTitle(run) }),
+        el("p", { class: "facts" }, badge(run), " ", facts(run)),
+        status.error ? el("p", { class: "error", text: String(status.error) }) : null,
+        run.kind === "image" ? el("p", { class: "sentence" },
+          "Learned sentence: ", el("q", { text: run.trained_sentence || "not trained yet" }),
+          run.sentence ? [" · CLIP sentence: ", el("q", { text: run.sentence })] : null) : null,
+        el("p", { class: "name", text: run.workspace || run.name }),
+      );
+    }
+
+    function drawViewer(run) {
+      const glb = run.mesh && run.mesh.glb;
+      if (!glb) {
+        fill(viewer, el("figcaption", { text: "3D mesh" }), el("p", { class: "empty", text: "no mesh yet" }));
+        meshView.view = null;
+        meshView.url = null;
+        return;
+      }
+      if (!meshView.view) {
+        const stage = el("div", { class: "stage" });
+        const links = el("p", { class: "downloads" });
+        fill(viewer, el("figcaption", { text: "3D mesh · drag to orbit, wheel to zoom" }), stage, links);
+        meshView.view = MeshView(stage);
+        meshView.links = links;
+      }
+      fill(meshView.links, "download: ",
+        ...[["glb", "GLB"], ["obj", "OBJ"], ["mtl", "MTL"], ["texture", "texture"], ["ply", "PLY"]]
+          .filter(([kind]) => run.mesh[kind])
+          .map(([kind, label]) => el("a", { href: run.mesh[kind], download: true, text: label })));
+      if (meshView.url === glb) return;
+      meshView.url = glb;
+      if (data.glb_script && !live) loadGlbScript(data.glb_script, (buffer) => meshView.view.load(buffer));
+      else meshView.view.load(glb);
+    }
+
+    function drawTurntable(run) {
+      const video = run.video || {};
+      const key = `${video.mp4}|${video.gif}`;
+      if (key === shownVideo) return;
+      shownVideo = key;
+      let media;
+      if (video.mp4) {
+        media = el("video", { src: video.mp4, autoplay: true, muted: true, loop: true, playsinline: true });
+        media.muted = true;
+        if (video.gif) {
+          media.addEventListener("error", () => media.replaceWith(el("img", { src: video.gif, alt: "turntable" })));
+        }
+      } else if (video.gif) {
+        media = el("img", { src: video.gif, alt: "turntable" });
+      } else {
+        media = el("p", { class: "empty", text: "no turntable yet" });
+      }
+      fill(turntable, el("figcaption", { text: "turntable" }), media);
+    }
+
+    function drawPreviews(run) {
+      const list = run.previews || [];
+      const urls = list.map((p) => p.url);
+      if (urls.join("|") === previewState.urls.join("|")) return;
+      const atEnd = previewState.index === previewState.urls.length - 1;
+      previewState.urls = urls;
+      if (list.length === 0) {
+        fill(previews, el("figcaption", { text: "previews" }), el("p", { class: "empty", text: "no previews yet" }));
+        previewState.index = -1;
+        return;
+      }
+      if (atEnd || previewState.index < 0 || previewState.index >= list.length) previewState.index = list.length - 1;
+      const image = el("img", { id: "preview-image", alt: "preview" });
+      const label = el("span", { id: "preview-label" });
+      const slider = el("input", {
+        type: "range", id: "preview-step", min: 0, max: list.length - 1, value: previewState.index,
+        "aria-label": "preview step",
+      });
+      function select(i) {
+        previewState.index = i;
+        image.src = list[i].url;
+        label.textContent = list[i].step === null ? "final" : `step ${list[i].step}`;
+      }
+      slider.addEventListener("input", () => select(Number(slider.value)));
+      select(previewState.index);
+      fill(previews, el("figcaption", {}, "previews over training: ", label), image, slider);
+    }
+
+    function drawSource(run) {
+      source.hidden = !run.source_image;
+      if (run.source_image) {
+        fill(source, el("figcaption", { text: "source image" }), el("img", { src: run.source_image, alt: "source image" }));
+      }
+    }
+
+    function drawCharts(run) {
+      const series = run.series || {};
+      const steps = series.step || [];
+      const wanted = [["loss", "loss"], ["loss_sds", "SDS loss"], ["t", "diffusion t"], ["its", "it/s"], ["gpu_mem_mib", "GPU memory, MiB"]];
+      const figures = wanted.filter(([key]) => series[key]).map(([key, label]) => chart(key, label, steps, series[key]));
+      if (run.descriptor_loss && run.descriptor_loss.length) {
+        const idx = run.descriptor_loss.map((_, i) => i + 1);
+        figures.push(chart("descriptor_loss", "descriptor loss (per logged step)", idx, run.descriptor_loss));
+      }
+      fill(charts, ...(figures.length ? figures : [el("p", { class: "empty", text: "no log.jsonl lines yet" })]));
+    }
+
+    function table(rows) {
+      return el("table", {}, el("tbody", {}, rows.map(([key, value]) =>
+        el("tr", {}, el("th", { text: key }), el("td", { text: typeof value === "object" ? JSON.stringify(value) : String(value) })))));
+    }
+
+    function drawDetails(run) {
+      const parts = [];
+      if (run.mesh_stats) {
+        parts.push(el("h2", { text: "Mesh" }), table(Object.entries(run.mesh_stats)));
+      }
+      if (run.batch) {
+        parts.push(el("h2", { text: "Batch" }), table(Object.entries(run.batch)));
+      }
+      const files = Object.entries(run.data_files || {});
+      if (files.length) {
+        parts.push(el("h2", { text: "Files" }), el("p", { class: "downloads" },
+          files.map(([name, url]) => el("a", { href: url, text: name }))));
+      }
+      if (run.config) {
+        parts.push(el("details", {}, el("summary", { text: "Resolved config (config.json)" }),
+          el("pre", { text: JSON.stringify(run.config, null, 2) })));
+      }
+      fill(details, ...parts);
+    }
+
+    // Each part is redrawn only when what it shows changed (an open <details> stays open).
+    const drawn = {};
+    function redraw(part, value, drawPart, run) {
+      const key = JSON.stringify(value);
+      if (drawn[part] === key) return;
+      drawn[part] = key;
+      drawPart(run);
+    }
+
+    function draw(run) {
+      document.title = `${runTitle(run)} · dreamtext`;
+      redraw("header", [run.status, run.prompt, run.sentence, run.trained_sentence], drawHeader, run);
+      redraw("viewer", run.mesh, drawViewer, run);
+      drawTurntable(run);
+      drawPreviews(run);
+      redraw("source", run.source_image, drawSource, run);
+      redraw("charts", [run.series, run.descriptor_loss], drawCharts, run);
+      redraw("details", [run.mesh_stats, run.batch, run.data_files, run.config], drawDetails, run);
+    }
+    draw(data.run);
+    poll((fresh) => draw(fresh.run));
+  }
+
+  if (data.page === "gallery") gallery();
+  else runPage();
+})();

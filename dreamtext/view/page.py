@@ -1,0 +1,161 @@
+"""The two pages (gallery, run) as HTML with their data inside, for the server and static export.
+
+A page is one template, ``assets/page.html``, plus a JSON object in a ``<script
+type="application/json">`` element that ``assets/app.js`` reads and draws. The data is inside the
+page, not fetched, because a page opened from ``file://`` cannot fetch files; the server's pages
+carry the same data and then poll ``api`` for changes.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+from dreamtext import __version__
+from dreamtext.view.workspaces import Run
+
+# Package files a page loads, by the name it loads them under.
+ASSETS = {
+    "app.js": "app.js",
+    "app.css": "app.css",
+    "three-viewer.min.js": "vendor/three-viewer.min.js",
+    "LICENSE-three.txt": "vendor/LICENSE-three.txt",
+}
+
+
+def asset_bytes(name: str) -> bytes:
+    """One of ``ASSETS`` (by its page name), read from the installed package."""
+    return resources.files("dreamtext.view").joinpath("assets", ASSETS[name]).read_bytes()
+
+
+@dataclass
+class Links:
+    """Where things are, as seen from one page: the server's absolute paths, or the static
+    export's relative ones."""
+
+    static: str
+    gallery: str
+    run: Callable[[str], str]
+    file: Callable[[Run, str], str]
+    api: str | None = None
+    poll_ms: int = 2000
+    # Show where each workspace lies on this machine (not in a static export, made to be shared).
+    local_paths: bool = True
+
+
+def server_links(api: str | None, poll_ms: int = 2000) -> Links:
+    def file(run: Run, rel: str) -> str:
+        # The file's mtime in the address, so a rewritten final.png or mesh is fetched again.
+        version = int(run.mtimes.get(rel, 0) * 1000)
+        return f"/files/{quote(run.id)}/{quote(rel)}?v={version}"
+
+    return Links(
+        static="/static/",
+        gallery="/",
+        run=lambda run_id: f"/run/{quote(run_id)}/",
+        file=file,
+        api=api,
+        poll_ms=poll_ms,
+    )
+
+
+def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
+    """A run as the page's JavaScript reads it; ``full`` adds what only the run page shows."""
+    url = lambda rel: links.file(run, rel)  # noqa: E731
+    data: dict[str, Any] = {
+        "id": run.id,
+        "name": run.name,
+        "href": links.run(run.id),
+        "workspace": run.workspace if links.local_paths or run.workspace is None else run.name,
+        "kind": run.kind,
+        "prompt": run.prompt,
+        "sentence": run.sentence,
+        "trained_sentence": run.trained_sentence,
+        "status": run.status,
+        "batch": run.batch,
+        "log_lines": run.log_lines,
+        "updated": run.updated,
+        "thumbnail": url(run.thumbnail) if run.thumbnail else None,
+    }
+    if full:
+        data.update(
+            config=run.config,
+            series=run.series,
+            descriptor_loss=run.descriptor_loss,
+            previews=[{"step": p["step"], "url": url(p["path"])} for p in run.previews],
+            video={kind: url(rel) for kind, rel in run.video.items()},
+            mesh={kind: url(rel) for kind, rel in run.mesh.items()},
+            mesh_stats=run.mesh_stats,
+            data_files={rel: url(rel) for rel in run.data_files},
+            source_image=url(run.source_image) if run.source_image else None,
+        )
+    return data
+
+
+def gallery_json(runs: list[Run], links: Links) -> dict[str, Any]:
+    return {
+        "page": "gallery",
+        "version": __version__,
+        "api": links.api,
+        "poll_ms": links.poll_ms,
+        "gallery": links.gallery,
+        "runs": [run_json(run, links, full=False) for run in runs],
+    }
+
+
+def run_page_json(run: Run, links: Links, glb_script: str | None = None) -> dict[str, Any]:
+    """``glb_script``: in a static export, the script that holds the GLB (a file:// page cannot
+    fetch the GLB itself)."""
+    return {
+        "page": "run",
+        "version": __version__,
+        "api": links.api,
+        "poll_ms": links.poll_ms,
+        "gallery": links.gallery,
+        "run": run_json(run, links, full=True),
+        "glb_script": glb_script,
+    }
+
+
+def script_json(data: Any) -> str:
+    """JSON that is safe inside a ``<script>`` element: no ``</script>`` or ``<!--`` can form."""
+    text = json.dumps(_finite(data), ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities (which JSON lacks; a run's files may hold them) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def render_page(data: dict[str, Any], links: Links) -> str:
+    """``assets/page.html`` with its title, asset folder and data filled in (in one pass, so
+    nothing a prompt holds is read as a placeholder)."""
+    title = "dreamtext runs"
+    if data["page"] == "run":
+        title = f"{data['run'].get('prompt') or data['run']['name']} · dreamtext"
+    # Only the run page draws in 3D; the gallery does without three.js's 600 kB.
+    vendor = ""
+    if data["page"] == "run":
+        vendor = f'<script src="{html.escape(links.static)}three-viewer.min.js"></script>'
+    values = {
+        "title": html.escape(title),
+        "static": html.escape(links.static),
+        "vendor": vendor,
+        "data": script_json(data),
+    }
+    template = resources.files("dreamtext.view").joinpath("assets", "page.html")
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template.read_text("utf-8"))

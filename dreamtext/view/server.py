@@ -1,0 +1,293 @@
+"""``dreamtext view``'s HTTP server: the two pages, their data, and the runs' files, read-only.
+
+    GET /                        the gallery
+    GET /run/<id>/               one run's page
+    GET /api/runs.json           the gallery's data (the page polls it)
+    GET /api/run/<id>.json       one run's data (polled)
+    GET /static/<name>           the pages' script, style and three.js (package files, by name)
+    GET /files/<id>/<path>       a file in that run's workspace
+
+Anything else is 404, and so is any file request that leaves the workspace: ``..``, an absolute or
+empty segment, an encoded slash or dot (``%2f``, ``%2e%2e``, double encodings), a hidden name, a
+symlink that resolves outside, or a kind of file the pages never show (checkpoints, say).
+Requests whose ``Host`` is not this machine's are refused, so that a web page elsewhere cannot
+read the runs through a DNS name that points at 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mimetypes
+import re
+import socket
+import socketserver
+import sys
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import unquote, urlsplit
+
+from dreamtext.errors import DreamtextError
+from dreamtext.view.page import (
+    ASSETS,
+    asset_bytes,
+    gallery_json,
+    render_page,
+    run_page_json,
+    script_json,
+    server_links,
+)
+from dreamtext.view.workspaces import Catalog, read_run
+
+# The kinds of workspace file the pages link to; nothing else is served.
+SERVED_SUFFIXES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".mp4": "video/mp4",
+    ".glb": "model/gltf-binary",
+    ".obj": "text/plain; charset=utf-8",
+    ".mtl": "text/plain; charset=utf-8",
+    ".ply": "application/octet-stream",
+    ".json": "application/json; charset=utf-8",
+    ".jsonl": "text/plain; charset=utf-8",
+}
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+ALL_INTERFACES = {"0.0.0.0", "::", ""}
+# What the pages may load: their own scripts, styles and data, and the blob: images GLTFLoader
+# makes of a GLB's embedded texture.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self'; "
+    "connect-src 'self' blob: data:; script-src 'self'; style-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def workspace_file(workspace: Path, raw_path: str) -> Path | None:
+    """The file that ``raw_path`` (the still percent-encoded part of the address after
+    ``/files/<id>/``) names inside ``workspace``, or ``None`` when it names anything else."""
+    segments = []
+    for raw in raw_path.split("/"):
+        segment = unquote(raw, errors="strict") if "%" in raw else raw
+        if (
+            segment in ("", ".", "..")
+            or segment.startswith(".")
+            or any(c in segment for c in "/\\%\x00")
+        ):
+            return None
+        segments.append(segment)
+    path = workspace.joinpath(*segments)
+    if path.suffix.lower() not in SERVED_SUFFIXES:
+        return None
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not resolved.is_relative_to(workspace) or not resolved.is_file():
+        return None
+    return resolved
+
+
+def _hostname(host_header: str) -> str:
+    """``Host`` without its port: ``localhost:8000`` → ``localhost``, ``[::1]:80`` → ``::1``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class ViewServer(ThreadingHTTPServer):
+    """A threading HTTP server over one ``Catalog``; its handler threads never block exit."""
+
+    daemon_threads = True
+    # SO_REUSEPORT would let a second server bind a port in use; it must fail instead.
+    allow_reuse_port = False
+
+    def __init__(self, address: tuple[str, int], catalog: Catalog, poll_ms: int = 2000):
+        self.catalog = catalog
+        self.poll_ms = poll_ms
+        host = address[0]
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.allowed_hosts = None if host in ALL_INTERFACES else LOCAL_HOSTS | {host.lower()}
+        super().__init__(address, ViewHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind also looks up the host's DNS name, which can hang offline.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = self.server_address[0]
+        if host in ALL_INTERFACES:
+            host = "127.0.0.1" if self.address_family == socket.AF_INET else "::1"
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.server_port}/"
+
+
+class ViewHandler(BaseHTTPRequestHandler):
+    server: ViewServer
+    server_version = "dreamtext-view"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are not logged: the terminal shows the address and errors only."""
+
+    def _respond(self, send_body: bool) -> None:
+        # The browser may go away mid-answer (a video seek, a closed tab).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._route(send_body)
+
+    def _route(self, send_body: bool) -> None:
+        allowed = self.server.allowed_hosts
+        if allowed is not None and _hostname(self.headers.get("Host", "")) not in allowed:
+            return self._send_text(HTTPStatus.FORBIDDEN, "not a local address", send_body)
+        path = urlsplit(self.path).path
+        parts = path.split("/")[1:]
+        catalog, poll_ms = self.server.catalog, self.server.poll_ms
+        if path in ("/", "/api/runs.json"):
+            runs = [read_run(run, with_series=False) for run in catalog.runs()]
+            links = server_links("/api/runs.json", poll_ms)
+            data = gallery_json(runs, links)
+            if path == "/":
+                return self._send_html(render_page(data, links), send_body)
+            return self._send_json(data, send_body)
+        if len(parts) in (2, 3) and parts[0] == "run" and parts[2:] in ([], [""]):
+            location = catalog.find(unquote(parts[1]))
+            if location is not None:
+                links = server_links(f"/api/run/{parts[1]}.json", poll_ms)
+                data = run_page_json(read_run(location), links)
+                return self._send_html(render_page(data, links), send_body)
+        if len(parts) == 3 and parts[:2] == ["api", "run"] and parts[2].endswith(".json"):
+            location = catalog.find(unquote(parts[2][: -len(".json")]))
+            if location is not None:
+                links = server_links(f"/api/run/{parts[2]}", poll_ms)
+                return self._send_json(run_page_json(read_run(location), links), send_body)
+        if len(parts) == 2 and parts[0] == "static" and parts[1] in ASSETS:
+            content_type = mimetypes.guess_type(parts[1])[0] or "text/plain"
+            if content_type.startswith(("text/", "application/javascript")):
+                content_type += "; charset=utf-8"
+            return self._send_bytes(asset_bytes(parts[1]), content_type, send_body)
+        if len(parts) >= 3 and parts[0] == "files":
+            location = catalog.find(unquote(parts[1]))
+            if location is not None and location.path is not None:
+                file = workspace_file(location.path, "/".join(parts[2:]))
+                if file is not None:
+                    return self._send_file(file, send_body)
+        return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
+
+    def _headers(self, status: int, content_type: str, length: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+
+    def _send_bytes(self, body: bytes, content_type: str, send_body: bool, status=200) -> None:
+        self._headers(status, content_type, len(body))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def _send_text(self, status: int, text: str, send_body: bool) -> None:
+        self._send_bytes((text + "\n").encode(), "text/plain; charset=utf-8", send_body, status)
+
+    def _send_html(self, page: str, send_body: bool) -> None:
+        self._send_bytes(page.encode("utf-8"), "text/html; charset=utf-8", send_body)
+
+    def _send_json(self, data: Any, send_body: bool) -> None:
+        body = script_json(data).encode("utf-8")
+        self._send_bytes(body, "application/json; charset=utf-8", send_body)
+
+    def _send_file(self, file: Path, send_body: bool) -> None:
+        """The file, or the one byte range a ``Range`` header asks for (video seeking)."""
+        content_type = SERVED_SUFFIXES[file.suffix.lower()]
+        with file.open("rb") as f:
+            size = f.seek(0, 2)
+            start, end, status = 0, size - 1, HTTPStatus.OK
+            match = _RANGE.fullmatch(self.headers.get("Range", "").strip())
+            if match and (match.group(1) or match.group(2)):
+                if match.group(1):
+                    start = int(match.group(1))
+                    end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+                else:
+                    start = max(size - int(match.group(2)), 0)
+                if start > end:
+                    self._headers(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, content_type, 0)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.end_headers()
+                    return
+                status = HTTPStatus.PARTIAL_CONTENT
+            self._headers(status, content_type, end - start + 1)
+            self.send_header("Accept-Ranges", "bytes")
+            if status == HTTPStatus.PARTIAL_CONTENT:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            if send_body:
+                f.seek(start)
+                _copy(f, self.wfile, end - start + 1)
+
+
+def _copy(source, target, length: int, chunk: int = 1 << 16) -> None:
+    while length > 0:
+        data = source.read(min(chunk, length))
+        if not data:
+            break
+        target.write(data)
+        length -= len(data)
+
+
+def make_server(
+    catalog: Catalog, host: str = "127.0.0.1", port: int = 0, poll_ms: int = 2000
+) -> ViewServer:
+    """Bind (``port`` 0: any free port) without serving yet; user errors as ``DreamtextError``.
+    ``poll_ms``: how often open pages ask for changes."""
+    try:
+        return ViewServer((host, port), catalog, poll_ms)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise DreamtextError(
+                f"port {port} is in use on {host}; pass another --port (0 picks a free one)"
+            ) from None
+        reason = error.strerror or str(error)
+        raise DreamtextError(f"cannot listen on {host}:{port}: {reason}; check --host") from None
+
+
+def serve(folders: list[Path], host: str, port: int, out: TextIO = sys.stdout) -> None:
+    """Serve the runs under ``folders`` until Ctrl-C; print the address first."""
+    catalog = Catalog(folders)
+    server = make_server(catalog, host, port)
+    url, p = server.url, server.server_port
+    n = len(catalog.runs())
+    print(f"dreamtext view: {n} run{'s' if n != 1 else ''} at {url}", file=out)
+    if host in ALL_INTERFACES:
+        print("  listening on every network interface of this machine (--host)", file=out)
+    else:
+        target = f"[{host}]" if ":" in host else host
+        print(
+            f"  from another machine: ssh -L {p}:{target}:{p} <this host>, "
+            f"then open http://127.0.0.1:{p}/",
+            file=out,
+        )
+    print("  Ctrl-C stops it", file=out, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.25)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    print("dreamtext view: stopped", file=out, flush=True)

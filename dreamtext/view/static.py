@@ -1,0 +1,120 @@
+"""``dreamtext view --static OUT``: the gallery and run pages as a folder that opens from file://.
+
+    OUT/index.html                      the gallery
+    OUT/static/                         app.js, app.css, three.js and its license
+    OUT/runs/<id>/index.html            a run's page
+    OUT/runs/<id>/files/...             the files it shows (previews, turntable, mesh, config, log)
+    OUT/runs/<id>/mesh.glb.js           the GLB as a script: a file:// page cannot fetch() it
+
+The folder is written beside OUT and renamed into place, so an interrupted export leaves nothing
+half-written; an earlier export in OUT is replaced, any other folder with files in it is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+from pathlib import Path
+
+from dreamtext.errors import DreamtextError
+from dreamtext.view.page import (
+    ASSETS,
+    Links,
+    asset_bytes,
+    gallery_json,
+    render_page,
+    run_page_json,
+)
+from dreamtext.view.workspaces import Catalog, Run, read_run
+
+MARKER = ".dreamtext-view"
+GLB_SCRIPT = "mesh.glb.js"
+
+
+def export_static(folders: list[Path], out_dir: Path) -> Path:
+    """Write the pages of the runs under ``folders`` into ``out_dir``; return ``out_dir``."""
+    catalog = Catalog(folders)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DreamtextError(f"{out_dir} is a file; pass a folder to --static")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
+        raise DreamtextError(
+            f"{out_dir} already holds files; pass a new or empty folder to --static "
+            "(an earlier `dreamtext view --static` folder is replaced)"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write(catalog, staging)
+        _replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write(catalog: Catalog, out: Path) -> None:
+    (out / "static").mkdir()
+    for name in ASSETS:
+        (out / "static" / name).write_bytes(asset_bytes(name))
+    runs = [read_run(location) for location in catalog.runs()]
+    gallery_links = Links(
+        static="static/",
+        gallery="index.html",
+        run=lambda run_id: f"runs/{run_id}/index.html",
+        file=lambda run, rel: f"runs/{run.id}/files/{rel}",
+        local_paths=False,
+    )
+    gallery = gallery_json(runs, gallery_links)
+    (out / "index.html").write_text(render_page(gallery, gallery_links), encoding="utf-8")
+    run_links = Links(
+        static="../../static/",
+        gallery="../../index.html",
+        run=lambda run_id: f"../{run_id}/index.html",
+        file=lambda run, rel: f"files/{rel}",
+        local_paths=False,
+    )
+    for run in runs:
+        folder = out / "runs" / run.id
+        folder.mkdir(parents=True)
+        _copy_files(run, folder / "files")
+        glb_script = None
+        if "glb" in run.mesh:
+            glb_script = GLB_SCRIPT
+            _write_glb_script(folder / "files" / run.mesh["glb"], folder / GLB_SCRIPT)
+        page = render_page(run_page_json(run, run_links, glb_script), run_links)
+        (folder / "index.html").write_text(page, encoding="utf-8")
+    (out / MARKER).write_text("written by dreamtext view --static\n", encoding="utf-8")
+
+
+def _copy_files(run: Run, files: Path) -> None:
+    if run.workspace is None:
+        return
+    workspace = Path(run.workspace)
+    for rel in run.files():
+        source = (workspace / rel).resolve()
+        # read_run only lists files inside the workspace; checked again, as the server does.
+        if not source.is_relative_to(workspace) or not source.is_file():
+            continue
+        target = files / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def _write_glb_script(glb: Path, script: Path) -> None:
+    encoded = base64.b64encode(glb.read_bytes()).decode("ascii")
+    script.write_text(f'window.dreamtextGlb = "{encoded}";\n', encoding="ascii")
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    """Move the finished export into place (an earlier export or empty folder gives way)."""
+    (staging).chmod(0o755)
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    old.rmdir()
+    out_dir.rename(old)
+    staging.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)

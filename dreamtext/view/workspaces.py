@@ -1,0 +1,442 @@
+"""What the viewer knows about runs: found from the folders given, read from their files.
+
+    folders given ──► Catalog (which workspaces, under which root, with which id)
+    workspace     ──► read_run ──► Run (prompt, status, log series, previews, mesh, video, ...)
+
+Nothing here writes. Every file is optional: a run being written, an older run without
+``status.json``, a batch line whose workspace was never made, all read as far as their files go.
+Paths in a ``Run`` are relative to its workspace (``previews/final.png``); the server and the static
+export turn them into addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dreamtext.errors import DreamtextError
+
+# The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
+# imports torch, and the viewer starts without it.
+DEFAULT_ROOT = Path("workspace")
+# dreamtext.describe.sentence_path, likewise.
+SENTENCE_FILE = Path("descriptor") / "sentence.json"
+# Files whose presence makes a folder a run's workspace.
+WORKSPACE_MARKERS = ("config.json", "log.jsonl", "status.json")
+# A run without status.json whose log changed this recently counts as running.
+RUNNING_IF_CHANGED_WITHIN_S = 120.0
+# A run whose status.json says running but whose files have not changed for this long may have
+# died without saying so; its status then says how long it has been quiet.
+QUIET_AFTER_S = 600.0
+# The log series the run page plots (each key of a log record that is present and finite).
+SERIES_KEYS = ("loss", "loss_sds", "t", "its", "gpu_mem_mib")
+MESH_FILES = {
+    "glb": "mesh/mesh.glb",
+    "obj": "mesh/mesh.obj",
+    "mtl": "mesh/mesh.mtl",
+    "texture": "mesh/albedo.png",
+    "ply": "mesh/mesh.ply",
+}
+VIDEO_FILES = {"mp4": "video/turntable.mp4", "gif": "video/turntable.gif"}
+# The run's records, linked as they are from the run page.
+DATA_FILES = (
+    "config.json",
+    "log.jsonl",
+    "status.json",
+    "mesh/mesh.json",
+    "descriptor/sentence.json",
+    "descriptor/log.jsonl",
+)
+SOURCE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+_STEP_PREVIEW = re.compile(r"step_(\d+)\.png")
+
+
+def is_workspace(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in WORKSPACE_MARKERS)
+
+
+@dataclass(frozen=True)
+class RunLocation:
+    """One run: ``id`` (its address on the page), ``path`` (its workspace, resolved; ``None`` for a
+    batch line whose workspace does not exist), ``root`` (the folder of runs it was found in)."""
+
+    id: str
+    name: str
+    path: Path | None
+    root: Path | None
+    batch: dict[str, Any] | None = None
+
+
+class Catalog:
+    """The runs under the folders given on the command line, found again on every ``runs()`` call
+    (a batch adds workspaces to its root while the page is open).
+
+    A folder that holds ``config.json``, ``log.jsonl`` or ``status.json`` is one workspace; any
+    other folder is a root: its subfolders that are workspaces, and the workspaces its
+    ``batch.jsonl`` names, are its runs.
+    """
+
+    def __init__(self, folders: list[Path]):
+        self.sources: list[tuple[Path, bool]] = []
+        for folder in folders:
+            if not folder.exists():
+                raise DreamtextError(f"no such folder: {folder}")
+            if not folder.is_dir():
+                raise DreamtextError(f"{folder} is a file; pass a run's folder or a folder of runs")
+            resolved = folder.resolve()
+            self.sources.append((resolved, not is_workspace(resolved)))
+        if not self.runs():
+            shown = ", ".join(str(f) for f in folders)
+            raise DreamtextError(
+                f"no dreamtext runs in {shown}: a run's folder holds config.json or log.jsonl; "
+                "pass a run's folder or the folder that holds runs"
+            )
+
+    def runs(self) -> list[RunLocation]:
+        found: list[RunLocation] = []
+        used: set[str] = set()
+
+        def add(name: str, path: Path | None, root: Path | None, batch: dict | None) -> None:
+            base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+            run_id, n = base, 2
+            while run_id in used:
+                run_id, n = f"{base}-{n}", n + 1
+            used.add(run_id)
+            found.append(RunLocation(run_id, name, path, root, batch))
+
+        seen: set[Path] = set()
+        for folder, is_root in self.sources:
+            if not is_root:
+                if folder not in seen:
+                    seen.add(folder)
+                    add(folder.name, folder, None, None)
+                continue
+            named = {}  # batch.jsonl's workspaces, resolved, with their newest line
+            for record in latest_batch_records(folder).values():
+                path = _batch_workspace(folder, record)
+                if path is not None:
+                    named[path] = record
+            for path in sorted(_subfolders(folder)):
+                # A subfolder that is a link out of the root is not one of its runs.
+                resolved = path.resolve()
+                if not is_workspace(path) or not resolved.is_relative_to(folder):
+                    continue
+                if resolved not in seen:
+                    seen.add(resolved)
+                    name = path.relative_to(folder).as_posix()
+                    add(name, resolved, folder, named.pop(resolved, None))
+            for path, record in named.items():
+                # Named by batch.jsonl but not a subfolder: deeper, not made, or outside the root
+                # (then shown from its batch line alone: nothing outside the root is served).
+                if path in seen:
+                    continue
+                seen.add(path)
+                inside = path.is_relative_to(folder)
+                name = path.relative_to(folder).as_posix() if inside else str(record["workspace"])
+                add(name, path if inside and path.is_dir() else None, folder, record)
+        return found
+
+    def find(self, run_id: str) -> RunLocation | None:
+        return next((run for run in self.runs() if run.id == run_id), None)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:
+    """A batch line's workspace, resolved (it is relative to the root where possible)."""
+    name = record.get("workspace")
+    if not isinstance(name, str) or not name:
+        return None
+    return Path(os.path.realpath(root / name))
+
+
+def latest_batch_records(root: Path) -> dict[str, dict[str, Any]]:
+    """``batch.jsonl``'s newest record per workspace (a prompt retried appends a new line)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in read_jsonl(root / "batch.jsonl"):
+        if isinstance(record.get("workspace"), str):
+            latest[record["workspace"]] = record
+    return latest
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+_jsonl_cache: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+_jsonl_lock = threading.Lock()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file, one per complete line; a line being written (no
+    newline yet) or not an object is left out. Parsed again only when the file changes."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return []
+    key = (stat.st_mtime_ns, stat.st_size)
+    with _jsonl_lock:
+        cached = _jsonl_cache.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    records = []
+    for line in text.split("\n")[:-1]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    with _jsonl_lock:
+        _jsonl_cache[path] = (key, records)
+    return records
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+@dataclass
+class Run:
+    """Everything the pages show of one run. File paths are relative to the workspace."""
+
+    id: str
+    name: str
+    workspace: str | None
+    kind: str = "text"
+    prompt: str | None = None
+    sentence: str | None = None
+    trained_sentence: str | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    batch: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    log_lines: int = 0
+    series: dict[str, list[float | None]] = field(default_factory=dict)
+    descriptor_loss: list[float | None] = field(default_factory=list)
+    previews: list[dict[str, Any]] = field(default_factory=list)
+    video: dict[str, str] = field(default_factory=dict)
+    mesh: dict[str, str] = field(default_factory=dict)
+    mesh_stats: dict[str, Any] | None = None
+    data_files: list[str] = field(default_factory=list)
+    source_image: str | None = None
+    updated: float | None = None
+    mtimes: dict[str, float] = field(default_factory=dict)
+
+    def files(self) -> list[str]:
+        """Every workspace file the pages link to."""
+        out = [p["path"] for p in self.previews]
+        out += list(self.video.values()) + list(self.mesh.values()) + self.data_files
+        if self.source_image:
+            out.append(self.source_image)
+        return out
+
+    @property
+    def thumbnail(self) -> str | None:
+        """The card's picture: the turntable GIF (plays in an ``<img>``), else the last preview."""
+        if "gif" in self.video:
+            return self.video["gif"]
+        return self.previews[-1]["path"] if self.previews else None
+
+
+def read_run(location: RunLocation, with_series: bool = True) -> Run:
+    """Read one run's files. ``with_series=False`` skips the per-step series (the gallery)."""
+    run = Run(
+        id=location.id,
+        name=location.name,
+        workspace=str(location.path) if location.path else None,
+        batch=location.batch,
+    )
+    folder = location.path
+    if folder is None:
+        run.prompt = (location.batch or {}).get("prompt")
+        run.kind = (location.batch or {}).get("kind") or "text"
+        run.status = status_of(run, None, [], None)
+        return run
+
+    run.config = read_json(folder / "config.json")
+    status_file = read_json(folder / "status.json")
+    records = read_jsonl(folder / "log.jsonl")
+    run.log_lines = len(records)
+    if with_series:
+        run.series = {"step": [_number(r.get("step")) for r in records]}
+        for key in SERIES_KEYS:
+            values = [_number(r.get(key)) for r in records]
+            if any(v is not None for v in values):
+                run.series[key] = values
+        descriptor_log = read_jsonl(folder / "descriptor" / "log.jsonl")
+        run.descriptor_loss = [_number(r.get("loss")) for r in descriptor_log]
+
+    if run.config:
+        run.prompt = run.config.get("prompt")
+    if run.prompt is None and location.batch:
+        run.prompt = location.batch.get("prompt")
+    sentence = read_json(folder / SENTENCE_FILE)
+    if sentence is not None or (location.batch or {}).get("kind") == "image":
+        run.kind = "image"
+    if sentence is not None:
+        run.sentence = sentence.get("sentence")
+        run.trained_sentence = sentence.get("trained_sentence")
+        run.source_image = _source_image(folder, sentence.get("image"))
+
+    run.previews = _previews(folder)
+    run.video = {k: rel for k, rel in VIDEO_FILES.items() if _is_file_inside(folder, rel)}
+    run.mesh = {k: rel for k, rel in MESH_FILES.items() if _is_file_inside(folder, rel)}
+    run.mesh_stats = read_json(folder / "mesh" / "mesh.json")
+    run.data_files = [rel for rel in DATA_FILES if _is_file_inside(folder, rel)]
+    for rel in run.files():
+        mtime = _mtime(folder / rel)
+        if mtime is not None:
+            run.mtimes[rel] = mtime
+    changed = [
+        _mtime(folder / name) for name in ("status.json", "log.jsonl", "config.json", "mesh")
+    ]
+    run.updated = max((m for m in changed if m is not None), default=None)
+    run.status = status_of(run, status_file, records, folder)
+    return run
+
+
+def _is_file_inside(folder: Path, rel: str) -> bool:
+    path = folder / rel
+    try:
+        return path.is_file() and path.resolve().is_relative_to(folder)
+    except OSError:
+        return False
+
+
+def _previews(folder: Path) -> list[dict[str, Any]]:
+    """``previews/step_XXXXXX.png`` in step order, then ``final.png``."""
+    out = []
+    try:
+        names = sorted(p.name for p in (folder / "previews").iterdir())
+    except OSError:
+        return out
+    for name in names:
+        match = _STEP_PREVIEW.fullmatch(name)
+        if match and _is_file_inside(folder, f"previews/{name}"):
+            out.append({"step": int(match.group(1)), "path": f"previews/{name}"})
+    out.sort(key=lambda p: p["step"])
+    if _is_file_inside(folder, "previews/final.png"):
+        out.append({"step": None, "path": "previews/final.png"})
+    return out
+
+
+def _source_image(folder: Path, recorded: Any) -> str | None:
+    """The image of an image→3D run, when it lies inside the workspace (``--diverse`` samples it
+    into ``diverse/``; ``descriptor/source.*`` where a run keeps a copy). An image elsewhere on
+    disk is not served: the viewer serves nothing outside the workspaces it was given."""
+    candidates = []
+    if isinstance(recorded, str) and recorded:
+        candidates.append(Path(recorded))
+    candidates += [folder / "descriptor" / f"source{s}" for s in SOURCE_IMAGE_SUFFIXES]
+    for path in candidates:
+        path = path if path.is_absolute() else folder / path
+        if path.suffix.lower() not in SOURCE_IMAGE_SUFFIXES:
+            continue
+        try:
+            resolved = path.resolve()
+        except OSError:
+            continue
+        if resolved.is_file() and resolved.is_relative_to(folder):
+            return resolved.relative_to(folder).as_posix()
+    return None
+
+
+def status_of(
+    run: Run,
+    status_file: dict[str, Any] | None,
+    records: list[dict[str, Any]],
+    folder: Path | None,
+) -> dict[str, Any]:
+    """running / finished / failed / interrupted (or a batch's skipped), with steps, seconds and
+    peak GPU memory, from the first of: ``status.json``, the root's ``batch.jsonl`` line, the files.
+
+    ``source`` says which one; ``inferred`` marks figures estimated from the files.
+    """
+    iters = _number((run.config or {}).get("iters"))
+    last = records[-1] if records else {}
+    log_step = _number(last.get("step"))
+    log_mem = [m for m in (_number(r.get("gpu_mem_mib")) for r in records) if m is not None]
+    out: dict[str, Any] = {
+        "state": None,
+        "source": None,
+        "step": log_step,
+        "iters": iters,
+        "seconds": None,
+        "gpu_mem_mib": max(log_mem) if log_mem else None,
+        "error": None,
+        "inferred": False,
+    }
+    if status_file is not None and isinstance(status_file.get("state"), str):
+        out.update(source="status.json", state=status_file["state"])
+        for key in ("step", "iters", "seconds", "gpu_mem_mib"):
+            value = _number(status_file.get(key))
+            if value is not None:
+                out[key] = value
+        out["error"] = status_file.get("error")
+        out["updated"] = status_file.get("updated")
+        out["started"] = status_file.get("started")
+        if out["state"] == "running" and run.updated is not None:
+            quiet = time.time() - run.updated
+            if quiet > QUIET_AFTER_S:
+                out["quiet_minutes"] = int(quiet // 60)  # whole minutes: the page redraws rarely
+        return out
+    if run.batch is not None and isinstance(run.batch.get("status"), str):
+        out.update(source="batch.jsonl", state=run.batch["status"], error=run.batch.get("error"))
+        for key in ("seconds", "gpu_mem_mib"):
+            value = _number(run.batch.get(key))
+            if value is not None:
+                out[key] = value
+        return out
+    out.update(source="files", inferred=True)
+    its = _number(last.get("its"))
+    if log_step and its:
+        out["seconds"] = log_step / its
+    trained = log_step is not None and iters is not None and log_step >= iters
+    if trained or "glb" in run.mesh or any(p["step"] is None for p in run.previews):
+        out["state"] = "finished"
+    elif folder is not None and _changed_within(folder, RUNNING_IF_CHANGED_WITHIN_S):
+        out["state"] = "running"
+    else:
+        out["state"] = "interrupted"
+    return out
+
+
+def _changed_within(folder: Path, seconds: float) -> bool:
+    now = time.time()
+    for name in ("log.jsonl", "config.json", "previews"):
+        mtime = _mtime(folder / name)
+        if mtime is not None and now - mtime < seconds:
+            return True
+    return False

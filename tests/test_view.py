@@ -1,0 +1,449 @@
+"""`dreamtext view` without a browser: finding runs, reading their status, what the server serves
+and refuses, the static export, the command line. (tests/test_view_browser.py drives Chromium.)"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dreamtext.cli import main
+from dreamtext.errors import DreamtextError
+from dreamtext.view import Catalog, export_static, make_server, read_run
+from dreamtext.view.page import script_json
+from dreamtext.view.server import workspace_file
+from dreamtext.view.workspaces import DEFAULT_ROOT, SENTENCE_FILE, read_jsonl
+
+REPO = Path(__file__).parent.parent
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def write_log(path: Path, steps) -> None:
+    lines = [json.dumps({"step": s, "loss": 1.0 / s, "t": 500.0, "its": 4.0}) for s in steps]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def write_png(path: Path, color=(200, 30, 30)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), color).save(path)
+
+
+def make_run(folder: Path, prompt: str, steps=(10, 20), iters=20, final=True, status=None) -> Path:
+    """A workspace as the trainer leaves it (without checkpoints): config, log, previews, mesh."""
+    write_json(folder / "config.json", {"prompt": prompt, "iters": iters, "workspace": str(folder)})
+    write_log(folder / "log.jsonl", steps)
+    write_png(folder / "previews" / "step_000010.png")
+    if final:
+        write_png(folder / "previews" / "final.png")
+        (folder / "mesh").mkdir()
+        (folder / "mesh" / "mesh.glb").write_bytes(b"glTF-not-really")
+        (folder / "video").mkdir()
+        (folder / "video" / "turntable.mp4").write_bytes(bytes(range(256)) * 4)
+    if status is not None:
+        write_json(folder / "status.json", status)
+    return folder
+
+
+def batch_record(line: int, workspace: str, status: str, error=None) -> dict:
+    """A batch.jsonl line in the format of COORD.md."""
+    return {
+        "line": line,
+        "input": f"prompt {line}",
+        "kind": "text",
+        "prompt": f"prompt {line}",
+        "workspace": workspace,
+        "status": status,
+        "error": error,
+        "seconds": 12.5,
+        "its": 3.0,
+        "gpu_mem_mib": 2048.0,
+        "started": "2026-11-30T10:00:00+00:00",
+        "finished": "2026-11-30T10:00:12+00:00",
+        "host": "node7",
+        "shard": "1/2",
+    }
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A folder of three runs: finished (status.json), failed (status.json), interrupted (old
+    files only), plus a secret beside the root that nothing may serve."""
+    base = tmp_path / "runs"
+    make_run(base / "cube", "a red cube", status={"state": "finished", "step": 20, "iters": 20})
+    make_run(
+        base / "torus",
+        "a green torus",
+        steps=(10,),
+        final=False,
+        status={"state": "failed", "step": 10, "iters": 20, "error": "CUDA out of memory"},
+    )
+    old = make_run(base / "sphere", "a blue sphere", steps=(10,), final=False)
+    past = time.time() - 3600
+    for path in old.rglob("*"):
+        os.utime(path, (past, past))
+    write_png(tmp_path / "secret.png", (0, 0, 0))
+    return base
+
+
+def location(catalog: Catalog, run_id: str):
+    found = catalog.find(run_id)
+    assert found is not None, [r.id for r in catalog.runs()]
+    return found
+
+
+# ------------------------------------------------------------------------- finding and reading
+
+
+def test_a_root_lists_its_workspaces_and_a_workspace_lists_itself(root: Path):
+    assert sorted(r.id for r in Catalog([root]).runs()) == ["cube", "sphere", "torus"]
+    assert [r.id for r in Catalog([root / "cube"]).runs()] == ["cube"]
+
+
+def test_runs_with_the_same_folder_name_get_distinct_ids(tmp_path: Path):
+    make_run(tmp_path / "a" / "run", "one")
+    make_run(tmp_path / "b" / "run", "two")
+    ids = [r.id for r in Catalog([tmp_path / "a" / "run", tmp_path / "b" / "run"]).runs()]
+    assert ids == ["run", "run-2"]
+
+
+@pytest.mark.parametrize("what", ["missing", "empty", "file"])
+def test_folders_without_runs_are_user_errors(tmp_path: Path, what: str):
+    target = tmp_path / what
+    if what == "empty":
+        target.mkdir()
+    if what == "file":
+        target.write_text("x")
+    with pytest.raises(DreamtextError):
+        Catalog([target])
+
+
+def test_status_json_gives_state_steps_time_memory_and_error(root: Path):
+    torus = read_run(location(Catalog([root]), "torus"))
+    assert torus.status["state"] == "failed"
+    assert torus.status["source"] == "status.json"
+    assert torus.status["error"] == "CUDA out of memory"
+    assert (torus.status["step"], torus.status["iters"]) == (10, 20)
+
+
+def test_older_runs_without_status_json_get_a_status_from_their_files(root: Path):
+    catalog = Catalog([root])
+    (root / "cube" / "status.json").unlink()
+    cube = read_run(location(catalog, "cube"))
+    assert (cube.status["state"], cube.status["source"]) == ("finished", "files")
+    sphere = read_run(location(catalog, "sphere"))  # stopped at step 10 of 20, an hour ago
+    assert sphere.status["state"] == "interrupted"
+    write_log(root / "sphere" / "log.jsonl", (10, 20 - 5))  # written just now
+    assert read_run(location(catalog, "sphere")).status["state"] == "running"
+
+
+def test_a_running_run_whose_files_stopped_changing_says_how_long(root: Path):
+    catalog = Catalog([root])
+    write_json(root / "sphere" / "status.json", {"state": "running", "step": 10, "iters": 20})
+    assert "quiet_minutes" not in read_run(location(catalog, "sphere")).status
+    past = time.time() - 1800
+    for path in (root / "sphere").rglob("*"):
+        os.utime(path, (past, past))
+    status = read_run(location(catalog, "sphere")).status
+    assert status["state"] == "running" and status["quiet_minutes"] == 30
+
+
+def test_peak_gpu_memory_is_the_largest_in_the_log(root: Path):
+    lines = [{"step": 10, "loss": 1.0, "gpu_mem_mib": 900.0}, {"step": 20, "loss": 1.0}]
+    lines.append({"step": 30, "loss": 1.0, "gpu_mem_mib": 1200.5})
+    (root / "sphere" / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    sphere = read_run(location(Catalog([root]), "sphere"))
+    assert sphere.status["gpu_mem_mib"] == 1200.5
+    assert sphere.series["gpu_mem_mib"] == [900.0, None, 1200.5]
+
+
+def test_batch_lines_give_status_and_cards_for_workspaces_never_made(root: Path):
+    records = [
+        batch_record(1, "sphere", "failed", "boom"),
+        batch_record(2, "never_made", "skipped"),
+        batch_record(3, "sphere", "finished"),  # a retry: the newest line wins
+        batch_record(4, "../outside", "finished"),
+    ]
+    make_run(root.parent / "outside", "elsewhere")
+    (root / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    catalog = Catalog([root])
+    sphere = read_run(location(catalog, "sphere"))
+    assert (sphere.status["state"], sphere.status["source"]) == ("finished", "batch.jsonl")
+    assert sphere.batch["line"] == 3 and sphere.status["seconds"] == 12.5
+    never = read_run(location(catalog, "never_made"))
+    assert never.workspace is None and never.status["state"] == "skipped"
+    outside = read_run(location(catalog, "outside"))  # a card from its batch line, no files
+    assert outside.workspace is None and outside.status["state"] == "finished"
+    assert all(r.path is None or r.path.is_relative_to(root) for r in catalog.runs())
+
+
+def test_a_log_line_still_being_written_is_left_out(tmp_path: Path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    assert read_jsonl(path) == [{"step": 1, "loss": 2.0}]
+
+
+def test_image_runs_show_their_sentences_and_a_source_image_inside_the_workspace(root: Path):
+    cube = root / "cube"
+    sentence = {"sentence": "An image of a red cube", "trained_sentence": "An image of a <d> cube"}
+    write_json(cube / SENTENCE_FILE, {**sentence, "image": str(root.parent / "secret.png")})
+    run = read_run(location(Catalog([root]), "cube"))
+    assert (run.kind, run.sentence, run.trained_sentence) == ("image", *sentence.values())
+    assert run.source_image is None  # the recorded image lies outside the workspace
+    write_png(cube / "diverse" / "sample_seed0.png")
+    write_json(cube / SENTENCE_FILE, {**sentence, "image": str(cube / "diverse/sample_seed0.png")})
+    assert read_run(location(Catalog([root]), "cube")).source_image == "diverse/sample_seed0.png"
+
+
+def test_viewer_paths_match_the_pipelines_own():
+    from dreamtext.config import DEFAULT_WORKSPACE_ROOT
+    from dreamtext.describe import sentence_path
+
+    assert DEFAULT_ROOT == DEFAULT_WORKSPACE_ROOT
+    assert sentence_path("w") == Path("w") / SENTENCE_FILE
+
+
+def test_page_data_cannot_close_its_script_element():
+    text = script_json({"prompt": "</script><script>alert(1)</script><!--", "x": float("nan")})
+    assert "<" not in text and ">" not in text
+    assert json.loads(text) == {"prompt": "</script><script>alert(1)</script><!--", "x": None}
+
+
+# ------------------------------------------------------------------------- the server
+
+
+@pytest.fixture
+def server(root: Path):
+    srv = make_server(Catalog([root]))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join()
+
+
+def get(server, path: str, headers=None) -> tuple[int, bytes, dict]:
+    """A raw GET: the path goes out exactly as written (no client-side normalising)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+    conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+    for key, value in {"Host": f"127.0.0.1:{server.server_port}", **(headers or {})}.items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, body, dict(response.getheaders())
+
+
+def test_server_serves_pages_data_assets_and_workspace_files(server, root: Path):
+    status, body, headers = get(server, "/")
+    assert status == 200 and b'id="dreamtext-data"' in body
+    assert headers["Content-Security-Policy"].startswith("default-src 'self'")
+    status, body, _ = get(server, "/api/runs.json")
+    assert sorted(r["id"] for r in json.loads(body)["runs"]) == ["cube", "sphere", "torus"]
+    status, body, _ = get(server, "/api/run/cube.json")
+    run = json.loads(body)["run"]
+    assert run["series"]["loss"] == [0.1, 0.05]
+    assert get(server, "/run/cube/")[0] == 200
+    assert get(server, "/static/three-viewer.min.js")[0] == 200
+    status, body, headers = get(server, "/files/cube/previews/final.png")
+    assert status == 200 and body == (root / "cube" / "previews" / "final.png").read_bytes()
+    assert headers["Content-Type"] == "image/png"
+
+
+def test_file_addresses_in_the_data_are_served(server):
+    run = json.loads(get(server, "/api/run/cube.json")[1])["run"]
+    urls = [p["url"] for p in run["previews"]] + list(run["mesh"].values())
+    assert urls and all(get(server, url)[0] == 200 for url in urls)
+
+
+def test_byte_ranges_for_video_seeking(server, root: Path):
+    data = (root / "cube" / "video" / "turntable.mp4").read_bytes()
+    status, body, headers = get(server, "/files/cube/video/turntable.mp4", {"Range": "bytes=10-19"})
+    assert (status, body) == (206, data[10:20])
+    assert headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    assert get(server, "/files/cube/video/turntable.mp4", {"Range": "bytes=-5"})[1] == data[-5:]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/cube/../../secret.png",
+        "/files/cube/../torus/config.json",
+        "/files/cube/%2e%2e/%2e%2e/secret.png",
+        "/files/cube/%2E%2E%2F%2E%2E%2Fsecret.png",
+        "/files/cube/..%2f..%2fsecret.png",
+        "/files/cube/%252e%252e/%252e%252e/secret.png",
+        "/files/cube//etc/passwd",
+        "/files/cube/%2Fetc%2Fpasswd",
+        "/files/cube/previews\\..\\..\\..\\secret.png",
+        "/files/cube/previews/final.png%00.png",
+        "/files/../secret.png",
+        "/files/%2e%2e/secret.png",
+        "/static/../server.py",
+        "/static/%2e%2e%2fserver.py",
+        "/run/../../secret.png",
+        "/files/cube/link_out/secret.png",
+        "/files/cube/previews/link.png",
+        "/files/cube/checkpoints/last.pt",
+        "/files/cube/.hidden.json",
+        "/files/nope/config.json",
+        "/etc/passwd",
+    ],
+)
+def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
+    (root / "cube" / "link_out").symlink_to(root.parent)
+    (root / "cube" / "previews" / "link.png").symlink_to(root.parent / "secret.png")
+    write_json(root / "cube" / "checkpoints" / "last.pt", {})
+    write_json(root / "cube" / ".hidden.json", {})
+    status, body, _ = get(server, path)
+    assert status == 404
+    assert body == b"not found\n"
+
+
+def test_workspace_file_accepts_links_that_stay_inside(root: Path):
+    cube = root.resolve() / "cube"
+    (cube / "previews" / "alias.png").symlink_to(cube / "previews" / "final.png")
+    assert workspace_file(cube, "previews/alias.png") == cube / "previews" / "final.png"
+    assert workspace_file(cube, "previews/final%2Epng") == cube / "previews" / "final.png"
+
+
+def test_other_hosts_are_refused(server):
+    # A page elsewhere that reaches 127.0.0.1 through its own DNS name (DNS rebinding).
+    assert get(server, "/api/runs.json", {"Host": "evil.example:80"})[0] == 403
+    assert get(server, "/api/runs.json", {"Host": "localhost:9999"})[0] == 200
+
+
+# ------------------------------------------------------------------------- the static export
+
+
+def test_static_export_holds_pages_assets_and_the_files_they_show(root: Path, tmp_path: Path):
+    out = export_static([root], tmp_path / "site")
+    assert (out / "index.html").is_file() and (out / "static" / "app.js").is_file()
+    assert (out / "static" / "LICENSE-three.txt").is_file()
+    cube = out / "runs" / "cube"
+    assert (cube / "files" / "previews" / "final.png").read_bytes() == (
+        root / "cube" / "previews" / "final.png"
+    ).read_bytes()
+    script = (cube / "mesh.glb.js").read_text()
+    assert script.startswith("window.dreamtextGlb = ") and "Z2xURi1ub3QtcmVhbGx5" in script
+    assert not (cube / "files" / "checkpoints").exists()
+
+
+def page_data(html_file: Path) -> dict:
+    text = html_file.read_text(encoding="utf-8")
+    start = text.index('<script id="dreamtext-data" type="application/json">')
+    body = text[text.index(">", start) + 1 : text.index("</script>", start)]
+    return json.loads(body)
+
+
+def test_static_pages_link_their_copies_and_name_runs_without_local_paths(root, tmp_path):
+    out = export_static([root], tmp_path / "site")
+    gallery = page_data(out / "index.html")
+    assert {r["workspace"] for r in gallery["runs"]} == {"cube", "sphere", "torus"}
+    cube = next(r for r in gallery["runs"] if r["id"] == "cube")
+    assert (out / cube["href"]).is_file() and (out / cube["thumbnail"]).is_file()
+    run = page_data(out / "runs" / "cube" / "index.html")
+    assert run["api"] is None and run["glb_script"] == "mesh.glb.js"
+    for url in [p["url"] for p in run["run"]["previews"]] + list(run["run"]["mesh"].values()):
+        assert (out / "runs" / "cube" / url).is_file()
+
+
+def test_static_export_replaces_an_earlier_export_but_no_other_folder(root: Path, tmp_path: Path):
+    out = export_static([root], tmp_path / "site")
+    (out / "stale.txt").write_text("from before")
+    export_static([root], out)
+    assert not (out / "stale.txt").exists() and (out / "index.html").is_file()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    with pytest.raises(DreamtextError, match="already holds files"):
+        export_static([root], other)
+    assert [p.name for p in other.iterdir()] == ["mine.txt"]
+
+
+def test_a_failed_static_export_leaves_nothing_behind(root: Path, tmp_path: Path, monkeypatch):
+    import dreamtext.view.static as static
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(static, "_write_glb_script", broken)
+    with pytest.raises(OSError):
+        export_static([root], tmp_path / "site")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "secret.png"]
+
+
+# ------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize("what", ["missing", "empty"])
+def test_view_of_a_folder_without_runs_exits_2_with_one_line(tmp_path: Path, capsys, what):
+    (tmp_path / "empty").mkdir()
+    assert main(["view", str(tmp_path / what)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dreamtext: error: ")
+
+
+def test_view_without_arguments_needs_a_workspace_folder(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["view"]) == 2
+    assert "no workspace/ folder here" in capsys.readouterr().err
+
+
+def test_view_on_a_port_in_use_exits_2(root: Path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["view", str(root), "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is in use" in err
+
+
+def test_view_static_prints_the_page_it_wrote(root: Path, tmp_path: Path, capsys):
+    assert main(["view", str(root), "--static", str(tmp_path / "site")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "site" / "index.html")
+
+
+def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
+    """As a user runs it: a new process, the address on stdout, Ctrl-C (SIGINT) ends it with 0.
+    It imports neither torch nor diffusers, so it starts in a moment."""
+    code = (
+        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules; sys.exit(rc)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "view", str(root), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("dreamtext view: 3 runs at http://127.0.0.1:"), first
+        port = int(first.rsplit(":", 1)[1].strip(" /\n"))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/runs.json")
+        assert conn.getresponse().status == 200
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert out.rstrip().endswith("dreamtext view: stopped")

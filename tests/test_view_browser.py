@@ -1,0 +1,282 @@
+"""`dreamtext view` in a real browser: Debian's Chromium driven by Playwright for Python.
+
+The run is real: a short `builtin:shapes` training run with its export (GLB, turntable), made once
+for this module, in a root beside a running and a failed run. The same checks run on the server's
+pages and on the `--static` folder opened from file://.
+
+Without Chromium or Playwright these tests skip, unless DREAMTEXT_REQUIRE_BROWSER=1 (the CI sets
+it), which makes them fail. DREAMTEXT_VIEW_SCREENSHOTS=DIR saves the README's screenshots there.
+"""
+
+import io
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamtext.view import Catalog, export_static, make_server
+
+CHROMIUM = os.environ.get("DREAMTEXT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Headless Chromium as root on a machine without a GPU or a network: no sandbox, WebGL through
+# SwiftShader, and none of the background connections it would otherwise try.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+POLL_MS = 300
+SCREENSHOTS = os.environ.get("DREAMTEXT_VIEW_SCREENSHOTS")
+STATES = {"a_red_cube": "finished", "a_blue_sphere": "running", "a_green_torus": "failed"}
+SPHERE_SENTENCE = "An image of a <descriptor> sphere"
+SPHERE_CLIP_SENTENCE = "An image of a shiny blue sphere"
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright is not installed (pip install playwright)"
+    if not Path(CHROMIUM).is_file():
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def browser_available():
+    reason = _missing()
+    if reason is not None:
+        if os.environ.get("DREAMTEXT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"DREAMTEXT_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A batch root: a real 60-step builtin:shapes run (finished, exported, no status.json like
+    runs from before it existed), a running run and a failed one, and batch.jsonl."""
+    from dreamtext.cli import main
+
+    root = tmp_path_factory.mktemp("view") / "runs"
+    overrides = root.parent / "previews.yaml"
+    overrides.write_text("preview_every: 20\n")
+    cube = root / "a_red_cube"
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--preset", "builtin-shapes"]
+    argv += ["--iters", "60", "--config", str(overrides), "--workspace", str(cube)]
+    assert main(argv) == 0
+    assert (cube / "mesh" / "mesh.glb").is_file() and (cube / "video" / "turntable.gif").is_file()
+    log = (cube / "log.jsonl").read_text().splitlines(keepends=True)
+
+    sphere = root / "a_blue_sphere"
+    (sphere / "previews").mkdir(parents=True)
+    config = json.loads((cube / "config.json").read_text())
+    (sphere / "config.json").write_text(json.dumps({**config, "prompt": "a blue sphere"}))
+    (sphere / "log.jsonl").write_text("".join(log[:3]))
+    shutil.copy(cube / "previews" / "step_000020.png", sphere / "previews" / "step_000020.png")
+    status = {"state": "running", "step": 30, "iters": 60, "started": "2026-11-30T10:00:00+00:00"}
+    status |= {"updated": "2026-11-30T10:00:09+00:00", "error": None, "seconds": 9.0}
+    (sphere / "status.json").write_text(json.dumps({**status, "gpu_mem_mib": None}))
+    # An image→3D run (`dreamtext text --diverse` keeps its sampled image in the workspace).
+    (sphere / "diverse").mkdir()
+    shutil.copy(cube / "previews" / "final.png", sphere / "diverse" / "sample_seed0.png")
+    (sphere / "descriptor").mkdir()
+    sentence = {"sentence": SPHERE_CLIP_SENTENCE, "trained_sentence": SPHERE_SENTENCE}
+    sentence["image"] = str(sphere / "diverse" / "sample_seed0.png")
+    (sphere / "descriptor" / "sentence.json").write_text(json.dumps(sentence))
+    steps = [json.dumps({"step": i, "loss": 0.5 / i}) + "\n" for i in range(1, 6)]
+    (sphere / "descriptor" / "log.jsonl").write_text("".join(steps))
+
+    torus = root / "a_green_torus"
+    torus.mkdir()
+    (torus / "config.json").write_text(json.dumps({**config, "prompt": "a green torus"}))
+    (torus / "log.jsonl").write_text("".join(log[:1]))
+    error = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    failed = {**status, "state": "failed", "step": 10, "error": error, "gpu_mem_mib": 11264.0}
+    (torus / "status.json").write_text(json.dumps(failed))
+
+    batch = []
+    for line, (name, state) in enumerate(STATES.items(), start=1):
+        prompt = name.replace("_", " ")
+        batch.append(
+            {"line": line, "input": prompt, "kind": "text", "prompt": prompt, "workspace": name}
+            | {"status": state, "error": error if state == "failed" else None, "seconds": 30.0}
+            | {"its": 4.0, "gpu_mem_mib": None, "started": "2026-11-30T10:00:00+00:00"}
+            | {"finished": "2026-11-30T10:00:30+00:00", "host": "node7", "shard": "1/1"}
+        )
+    # The running run has no batch line yet: the batch writes one when a prompt ends.
+    batch = [b for b in batch if b["status"] != "running"]
+    (root / "batch.jsonl").write_text("".join(json.dumps(b) + "\n" for b in batch))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(root: Path):
+    srv = make_server(Catalog([root]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def static_site(root: Path) -> Path:
+    return export_static([root], root.parent / "site")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page whose console errors, uncaught exceptions and failed requests fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    yield page
+    context.close()
+    assert problems == []
+
+
+def cards_by_state(page) -> dict[str, str]:
+    return page.eval_on_selector_all(
+        ".card", "cards => Object.fromEntries(cards.map(c => [c.dataset.run, c.dataset.state]))"
+    )
+
+
+def check_gallery(page) -> None:
+    page.wait_for_selector(".card")
+    assert cards_by_state(page) == STATES
+    failed = page.locator('.card[data-run="a_green_torus"]')
+    assert "CUDA out of memory" in failed.inner_text()
+    assert "batch line 3" in failed.inner_text()
+    assert page.locator('.card[data-run="a_red_cube"] img').count() == 1
+    page.fill("#filter", "torus")
+    assert list(cards_by_state(page)) == ["a_green_torus"]
+    page.fill("#filter", "")
+
+
+def check_run_page(page, root: Path) -> None:
+    """The mesh is drawn, one curve point per log line, previews on a slider."""
+    canvas = page.wait_for_selector(
+        "#mesh-canvas:is([data-state=drawn], [data-state=failed])", timeout=30_000
+    )
+    assert canvas.get_attribute("data-state") == "drawn", "the GLB did not load"
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+    background = pixels[2, 2]
+    drawn = np.abs(pixels - background).sum(axis=-1) > 40
+    assert drawn.mean() > 0.02, "the 3D view shows only background"
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    reddish = (r > 120) & (r > g + 50) & (r > b + 50)
+    assert reddish.mean() > 0.01, "the red cube's texture is not drawn"
+
+    lines = len((root / "a_red_cube" / "log.jsonl").read_text().splitlines())
+    for key in ("loss", "t", "its"):
+        chart = page.locator(f'.chart[data-key="{key}"]')
+        assert chart.get_attribute("data-points") == str(lines)
+        vertices = chart.locator("polyline").get_attribute("points").split()
+        assert len(vertices) == lines
+
+    previews = sorted((root / "a_red_cube" / "previews").glob("*.png"))
+    assert page.get_attribute("#preview-step", "max") == str(len(previews) - 1)
+    assert page.inner_text("#preview-label") == "final"
+    page.fill("#preview-step", "0")
+    assert page.inner_text("#preview-label") == "step 20"
+    hrefs = page.eval_on_selector_all(".downloads a", "links => links.map(a => a.textContent)")
+    assert {"GLB", "OBJ", "PLY"} <= set(hrefs)
+
+
+def test_gallery_shows_a_card_per_run_with_its_status(page, server):
+    page.goto(server.url)
+    check_gallery(page)
+    if SCREENSHOTS:
+        page.set_viewport_size({"width": 1000, "height": 480})
+        page.screenshot(path=str(Path(SCREENSHOTS) / "viewer-gallery.png"))
+
+
+def test_run_page_draws_the_mesh_curves_and_previews(page, server, root: Path):
+    page.goto(server.url + "run/a_red_cube/")
+    check_run_page(page, root)
+    canvas = page.locator("#mesh-canvas")
+    before = canvas.screenshot()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    assert canvas.screenshot() != before, "dragging did not orbit the view"
+    if SCREENSHOTS:
+        page.goto(server.url + "run/a_red_cube/")
+        page.wait_for_selector("#mesh-canvas[data-state=drawn]", timeout=30_000)
+        top = {"x": 0, "y": 0, "width": 1280, "height": 1240}  # down to the curves
+        page.screenshot(path=str(Path(SCREENSHOTS) / "viewer-run.png"), full_page=True, clip=top)
+
+
+def test_static_export_opens_from_file_and_passes_the_same_checks(page, static_site, root):
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((static_site / "index.html").as_uri())
+    check_gallery(page)
+    page.click('.card[data-run="a_red_cube"]')
+    page.wait_for_url("**/runs/a_red_cube/index.html")
+    check_run_page(page, root)
+    assert all(url.startswith(("file://", "blob:", "data:")) for url in requests), requests
+
+
+def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
+    sphere = root / "a_blue_sphere"
+    page.goto(server.url + "run/a_blue_sphere/")
+    page.wait_for_selector('.chart[data-key="loss"][data-points="3"]')
+    assert page.inner_text("#preview-label") == "step 20"
+    # An image run: its learned sentence (as text, "<descriptor>" and all), the source image and
+    # the descriptor's own loss curve.
+    assert page.inner_text("h1") == SPHERE_SENTENCE
+    assert SPHERE_CLIP_SENTENCE in page.inner_text("header")
+    page.wait_for_function("document.querySelector('.source img').naturalWidth > 0")
+    assert page.get_attribute('.chart[data-key="descriptor_loss"]', "data-points") == "5"
+    record = {"step": 40, "loss": 1.5, "t": 400.0, "its": 4.0}
+    with (sphere / "log.jsonl").open("a") as log:
+        log.write(json.dumps(record) + "\n")
+    shutil.copy(sphere / "previews" / "step_000020.png", sphere / "previews" / "step_000040.png")
+    page.wait_for_selector('.chart[data-key="loss"][data-points="4"]', timeout=10_000)
+    page.wait_for_function(
+        "document.querySelector('#preview-label').textContent === 'step 40'", timeout=10_000
+    )
+
+
+def test_gallery_follows_a_status_change(page, server, root: Path):
+    status_path = root / "a_blue_sphere" / "status.json"
+    status = json.loads(status_path.read_text())
+    page.goto(server.url)
+    page.wait_for_selector('.card[data-run="a_blue_sphere"][data-state="running"]')
+    page.eval_on_selector_all(".card img", "images => images.forEach(i => { i.marked = true; })")
+    status_path.write_text(json.dumps({**status, "state": "finished", "step": 60}))
+    try:
+        page.wait_for_selector(
+            '.card[data-run="a_blue_sphere"][data-state="finished"]', timeout=10_000
+        )
+    finally:
+        status_path.write_text(json.dumps(status))
+    # The pictures were kept, not loaded again (a turntable GIF would restart at every poll).
+    assert page.eval_on_selector_all(".card img", "images => images.every(i => i.marked)")
