@@ -1,57 +1,147 @@
-"""Time forward + backward of the default hash grid (16 levels × 2 features, 2^19 table).
+"""Time the hash grid forward and backward and count the bytes it keeps for backward, per backend.
 
-    python benchmarks/encoding_speed.py [--points 65536 262144] [--repeats 3] [--device cpu]
+    python benchmarks/encoding_speed.py [--device cpu|cuda] [--points N ...] [--repeats 3]
+                                        [--backends reference torch triton tcnn]
 
-Prints the best of ``--repeats`` runs per batch size (after one warm-up): wall time, and the
-process's CPU time, which is less distorted than wall time on a shared, busy machine.
+The grid is the default field's: 16 levels × 2 features, table 2^19, resolutions 16–2048.
+``reference`` is the plain differentiable path (``HashGridEncoding.reference_forward``, the grid
+as it was before the lean function); ``torch``, ``triton`` and ``tcnn`` are ``make_encoding``'s
+backends, and one that cannot run on the device is skipped with the reason (triton on the CPU
+would only run in Triton's interpreter, which says nothing about speed).
+
+Per backend and batch size, the best of ``--repeats`` runs after one warm-up:
+- ``fwd+bwd``: ``grid(x).square().sum().backward()``, wall seconds and the process's CPU seconds
+  (less distorted than wall time on a shared, busy machine);
+- ``fwd no-grad``: the forward alone under ``torch.no_grad`` (previews, export, occupancy);
+- ``kept B/pt``: bytes of the tensors autograd keeps for backward, per point (counted with
+  ``torch.autograd.graph.saved_tensors_hooks``, distinct storages, the table itself excluded);
+- on CUDA, ``peak MiB``: the most memory allocated during forward+backward above what was
+  allocated before it.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
 from dreamtext.encoding import make_encoding
+from dreamtext.errors import DreamtextError
+
+BACKENDS = ("reference", "torch", "triton", "tcnn")
 
 
-def time_fwd_bwd(
-    encoding: torch.nn.Module, n: int, repeats: int, device: torch.device
-) -> tuple[float, float]:
-    """Best (wall, CPU) seconds of ``encoding(x).square().sum().backward()`` on ``n`` points."""
-    x = torch.rand(n, 3, device=device) * 2.0 - 1.0
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(run: Callable[[], None], repeats: int, device: torch.device) -> tuple[float, float]:
+    """Best (wall, CPU) seconds of ``run()`` over ``repeats`` runs after one warm-up."""
     best, best_cpu = float("inf"), float("inf")
     for i in range(repeats + 1):
-        encoding.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start, start_cpu = time.perf_counter(), time.process_time()
-        encoding(x).square().sum().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i > 0:  # the first run is a warm-up
+        run()
+        synchronize(device)
+        if i > 0:
             best = min(best, time.perf_counter() - start)
             best_cpu = min(best_cpu, time.process_time() - start_cpu)
     return best, best_cpu
 
 
+def kept_bytes(grid: torch.nn.Module, fn: Callable, x: torch.Tensor) -> int:
+    """Bytes of distinct storages autograd saves for backward in ``fn(x)``, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in grid.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(x)
+    del out
+    return sum(storages.values())
+
+
+def measure(grid: torch.nn.Module, fn: Callable, n: int, repeats: int, device: torch.device):
+    """(fwd+bwd wall, fwd+bwd CPU, no-grad forward wall, kept bytes/point, peak MiB | None)."""
+    x = torch.rand(n, 3, device=device) * 2.0 - 1.0
+
+    def fwd_bwd() -> None:
+        grid.zero_grad(set_to_none=True)
+        fn(x).square().sum().backward()
+
+    def fwd() -> None:
+        with torch.no_grad():
+            fn(x)
+
+    wall, cpu = best_of(fwd_bwd, repeats, device)
+    fwd_wall, _ = best_of(fwd, repeats, device)
+    per_point = kept_bytes(grid, fn, x) / n
+    peak = None
+    if device.type == "cuda":
+        grid.zero_grad(set_to_none=True)
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fwd_bwd()
+        synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    grid.zero_grad(set_to_none=True)
+    return wall, cpu, fwd_wall, per_point, peak
+
+
+def build(name: str, device: torch.device) -> tuple[torch.nn.Module, Callable]:
+    """The grid and the function to time for one row of the table."""
+    if name == "triton" and device.type != "cuda":
+        raise DreamtextError("triton is timed on CUDA only (on the CPU it runs in an interpreter)")
+    grid = make_encoding("torch" if name == "reference" else name, device=device)
+    return grid, (grid.reference_forward if name == "reference" else grid)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, nargs="+", default=[65536, 262144])
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--encoding", default="torch", choices=["auto", "torch", "tcnn"])
+    parser.add_argument(
+        "--points",
+        type=int,
+        nargs="+",
+        help="batch sizes [65536 262144 on the CPU, 262144 1048576 on CUDA]",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    points = args.points or ([262144, 1048576] if device.type == "cuda" else [65536, 262144])
     torch.manual_seed(0)
-    encoding = make_encoding(args.encoding, device=device)
-    print(f"{encoding.backend} grid on {device}, torch threads {torch.get_num_threads()}:")
-    print(f"  {encoding}")
-    for n in args.points:
-        wall, cpu = time_fwd_bwd(encoding, n, args.repeats, device)
-        print(f"  {n:>8} points  fwd+bwd {wall:.3f} s wall, {cpu:.3f} s CPU")
+    print(f"hash grid on {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    columns = ["backend", "points", "fwd+bwd wall s", "fwd+bwd CPU s", "fwd no-grad s"]
+    print("| " + " | ".join([*columns, "kept B/pt", "peak MiB"]) + " |")
+    print("|---" * (len(columns) + 2) + "|")
+    for name in args.backends:
+        try:
+            grid, fn = build(name, device)
+        except DreamtextError as err:
+            print(f"| {name} | skipped: {err} | | | | | |")
+            continue
+        for n in points:
+            wall, cpu, fwd_wall, per_point, peak = measure(grid, fn, n, args.repeats, device)
+            peak_text = "" if peak is None else f"{peak:.0f}"
+            print(
+                f"| {name} | {n} | {wall:.3f} | {cpu:.3f} | {fwd_wall:.3f} | {per_point:.0f} "
+                f"| {peak_text} |",
+                flush=True,
+            )
+        del grid, fn
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

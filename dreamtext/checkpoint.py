@@ -90,8 +90,8 @@ def load_run(
 
     state = load_checkpoint(last_checkpoint(workspace), map_location=device)
     field_cfg = field_config_from_dict(state["field_config"])
-    if state.get("encoding_backend") == "tcnn" and not torch.cuda.is_available():
-        field_cfg.encoding = "torch"
+    if field_cfg.encoding in ("tcnn", "triton") and torch.device(device).type != "cuda":
+        field_cfg.encoding = "torch"  # the CUDA backends read the same parameter table
     field = build_field(field_cfg, device)
     field.load_state_dict(state["field"])
     render_cfg = RenderConfig()

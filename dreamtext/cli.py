@@ -92,8 +92,9 @@ def add_text_to_3d_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negative", help="negative prompt [empty]")
     g.add_argument(
         "--encoding",
-        choices=["auto", "torch", "tcnn"],
-        help="hash-grid backend: tiny-cuda-nn when it imports and runs on CUDA [auto]",
+        choices=["auto", "torch", "triton", "tcnn"],
+        help="hash-grid backend: on CUDA the Triton kernels (then tiny-cuda-nn, then torch), "
+        "on the CPU torch [auto]",
     )
     g.add_argument(
         "--no-view-prompt",

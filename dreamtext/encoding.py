@@ -4,28 +4,45 @@ A point ``x ∈ [−bound, bound]^3`` is mapped to the unit cube and looked up i
 resolution; each level trilinearly interpolates ``F`` trainable features from the 8 cells around the
 point, and the levels are concatenated into a ``[N, L·F]`` feature vector.
 
-The pure-PyTorch :class:`HashGridEncoding` follows tiny-cuda-nn's ``GridEncoding`` arithmetic
-step by step (float32 scales, cell indexing, the prime-XOR hash, the per-level table layout), so one
-flat parameter table gives the same features in both backends and a checkpoint trained with
-tiny-cuda-nn on a GPU can be meshed on a CPU. :class:`TcnnHashGrid` wraps tiny-cuda-nn itself and
-is used only when it imports and the tensors are on CUDA; nothing here imports it at module level.
+Every backend follows tiny-cuda-nn's ``GridEncoding`` arithmetic step by step (float32 scales, cell
+indexing, the prime-XOR hash, the per-level table layout) and reads one flat parameter ``params``,
+so a checkpoint written by any backend loads into any other (state-dict key ``params``):
+
+- :class:`HashGridEncoding` (``backend = "torch"``): pure PyTorch, what CPUs and CI run. Its
+  autograd function keeps only the points for backward and recomputes corner rows and weights
+  there, one level at a time. :meth:`HashGridEncoding.reference_forward`, the plain differentiable
+  version, is the reference every backend is tested against, and the path taken when the points
+  themselves need a gradient (autograd normals).
+- :class:`TritonHashGrid` (``"triton"``): fused Triton kernels on CUDA
+  (:mod:`dreamtext.encoding_triton`).
+- :class:`TcnnHashGrid` (``"tcnn"``): tiny-cuda-nn's own kernels.
+
+:func:`make_encoding` picks one; nothing here imports triton or tiny-cuda-nn at module level.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from dreamtext.errors import DreamtextError
 
 # tiny-cuda-nn's spatial hash: h(x, y, z) = (x·1) XOR (y·2654435761) XOR (z·805459861) mod T.
 HASH_PRIMES: tuple[int, int, int] = (1, 2654435761, 805459861)
 
-ENCODING_KINDS: tuple[str, ...] = ("auto", "torch", "tcnn")
+ENCODING_KINDS: tuple[str, ...] = ("auto", "torch", "triton", "tcnn")
+
+# Points per pass of the lean torch function. Its temporaries for one level (corner rows, weights,
+# gathered features) take about 200 bytes a point, so a pass stays near 50 MB however many points
+# come in.
+CHUNK_POINTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,149 @@ def to_unit_cube(x: Tensor, bound: float) -> Tensor:
     return ((x + bound) / (2.0 * bound)).clamp(0.0, 1.0)
 
 
+def level_corners(u_t: Tensor, layout: GridLayout, level: int) -> tuple[Tensor, Tensor]:
+    """Rows (within the level) and trilinear weights of the 8 corners around each point.
+
+    ``u_t: [3, n]``, unit-cube points axis-major → ``rows: [8, n]`` (int32 where they fit),
+    ``weights: [8, n]``. With ``p = u · s_l + 0.5``, cell ``c = floor(p)`` and fraction
+    ``t = p − c``, corner ``k = k_x + 2 k_y + 4 k_z`` (tiny-cuda-nn's order) has weight
+    ``Π_d (t_d if k_d else 1 − t_d)`` and, for ``(x, y, z) = c + (k_x, k_y, k_z)``, row
+    ``(x + y·res + z·res²) mod size`` on a dense level (a corner at coordinate ``res`` wraps around,
+    as in tiny-cuda-nn) and ``(x·π1 XOR y·π2 XOR z·π3) mod T`` on a hashed one.
+    Corner-major outputs keep every elementwise op on contiguous rows of ``n`` values.
+    """
+    scale, res, size = layout.scales[level], layout.resolutions[level], layout.level_size(level)
+    pos = u_t * scale + 0.5
+    cell = torch.floor(pos)
+    frac = pos - cell
+    weights = _corners_first(*torch.stack([1.0 - frac, frac], dim=1), torch.mul)
+    cx, cy, cz = cell.long()
+    # int32 indices make index_select and index_add_ about twice as fast on CPU.
+    index_dtype = torch.int32 if 2 * size <= 2**31 else torch.int64
+    if layout.hashed[level]:
+        # The CUDA code multiplies and XORs in uint32; T = 2^k divides 2^32, so the low k bits of
+        # the int64 products are those after the uint32 wraparound, and masking each axis before
+        # the XOR gives the same bits.
+        sides = [
+            (torch.stack([c * prime, (c + 1) * prime]) & (size - 1)).to(index_dtype)
+            for c, prime in zip((cx, cy, cz), HASH_PRIMES, strict=True)
+        ]
+        rows = _corners_first(*sides, torch.bitwise_xor)
+    else:
+        base = (cx + cy * res + cz * (res * res)).to(index_dtype)
+        steps = [(k & 1) + (k >> 1 & 1) * res + (k >> 2) * res * res for k in range(8)]
+        rows = base[None, :] + torch.tensor(steps, dtype=index_dtype, device=u_t.device)[:, None]
+        # rows ≤ res + res² + res³ < 2 · size, so one conditional subtraction is the modulo.
+        rows = torch.where(rows >= size, rows - size, rows)
+    return rows, weights
+
+
+def _corners_first(a: Tensor, b: Tensor, c: Tensor, op) -> Tensor:
+    """Per-axis values of the lower and upper side ``[2, n]`` → the 8 corners ``[8, n]``, corner
+    ``k`` taking the upper x value if bit 0 of ``k`` is set, y for bit 1, z for bit 2."""
+    return op(op(a[None, None], b[None, :, None]), c[:, None, None]).view(8, -1)
+
+
+def _flat_units(rows: Tensor) -> Tensor:
+    """``[..., F]`` (contiguous) → a 1-D view of its values: complex pairs when ``F`` is even.
+
+    Gathers and index_add_ along a 1-D tensor are many times faster on CPU than along the rows of
+    a 2-D one, and pairs move 8 bytes per element; complex addition is exactly the per-feature sum
+    a gradient needs, and a real weight times a complex pair scales both features.
+    """
+    if rows.shape[-1] % 2 == 1:
+        return rows.view(-1)
+    return torch.view_as_complex(rows.view(-1, 2))
+
+
+def _units_per_row(features: int) -> int:
+    return features if features % 2 == 1 else features // 2
+
+
+def _unit_index(rows: Tensor, per_row: int) -> Tensor:
+    """Row indices ``[M]`` → their units' indices in :func:`_flat_units`: ``[M · per_row]``."""
+    if per_row == 1:
+        return rows
+    units = torch.arange(per_row, device=rows.device, dtype=rows.dtype)
+    return (rows[:, None] * per_row + units).view(-1)
+
+
+def _units_as_features(units: Tensor, features: int) -> Tensor:
+    """Inverse of :func:`_flat_units` for ``[..., per_row]`` units → ``[..., F]`` real."""
+    if features % 2 == 1:
+        return units
+    return torch.view_as_real(units).flatten(-2)
+
+
+def _table_units(rows: Tensor, layout: GridLayout, level: int, per_row: int) -> Tensor:
+    """A level's corner rows ``[8, n]`` → indices of their units in the whole flat table."""
+    if layout.num_rows * per_row >= 2**31:
+        rows = rows.long()
+    return _unit_index((rows + layout.offsets[level]).view(-1), per_row)
+
+
+def _gather_rows(table: Tensor, rows: Tensor) -> Tensor:
+    """``table[rows]``: ``table: [R, F]``, ``rows: [M]`` → ``[M, F]``."""
+    features = table.shape[1]
+    units = _flat_units(table).index_select(0, _unit_index(rows, _units_per_row(features)))
+    return _units_as_features(units.view(len(rows), -1), features)
+
+
+class _LeanHashGrid(torch.autograd.Function):
+    """Features of the unit-cube points ``u: [N, 3]``, keeping only ``u`` for backward.
+
+    Forward, per level ``l``: ``f_l = Σ_k w_k · T[offset_l + row_k]`` (:func:`level_corners`).
+    Backward recomputes rows and weights and accumulates
+    ``∂L/∂T[offset_l + row_k] += w_k · ∂L/∂f_l`` in float32 (at least) with ``index_add_``, one
+    level and one chunk of :data:`CHUNK_POINTS` points at a time, so neither pass holds more than
+    one level's temporaries. The input points get no gradient: the caller takes the reference path
+    when they need one.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, params: Tensor, grid: HashGridEncoding) -> Tensor:
+        ctx.grid = grid
+        ctx.params_dtype = params.dtype
+        ctx.save_for_backward(u)
+        F, layout = grid.level_dim, grid.layout
+        per_row = _units_per_row(F)
+        table = _flat_units(params.view(-1, F))  # [rows · per_row]
+        out = u.new_empty(u.shape[0], grid.output_dim)
+        for start in range(0, u.shape[0], CHUNK_POINTS):
+            u_t = u[start : start + CHUNK_POINTS].t().contiguous()  # [3, n]
+            n = u_t.shape[1]
+            for level in range(grid.num_levels):
+                rows, weights = level_corners(u_t, layout, level)  # [8, n] each
+                corners = table.index_select(0, _table_units(rows, layout, level, per_row))
+                features = (weights[:, :, None] * corners.view(8, n, per_row)).sum(0)
+                out[start : start + n, level * F : (level + 1) * F] = _units_as_features(
+                    features, F
+                )
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
+        (u,) = ctx.saved_tensors
+        grid = ctx.grid
+        F, layout = grid.level_dim, grid.layout
+        per_row = _units_per_row(F)
+        acc_dtype = torch.promote_types(ctx.params_dtype, torch.float32)
+        grad = grad.to(acc_dtype)
+        grad_table = torch.zeros(layout.num_rows * F, dtype=acc_dtype, device=u.device)
+        grad_units = _flat_units(grad_table.view(-1, F))
+        for start in range(0, u.shape[0], CHUNK_POINTS):
+            u_t = u[start : start + CHUNK_POINTS].t().contiguous()
+            n = u_t.shape[1]
+            for level in range(grid.num_levels):
+                rows, weights = level_corners(u_t, layout, level)
+                grad_level = grad[start : start + n, level * F : (level + 1) * F].contiguous()
+                values = weights.to(acc_dtype)[:, :, None] * _flat_units(grad_level).view(n, -1)
+                index = _table_units(rows, layout, level, per_row)
+                grad_units.index_add_(0, index, values.view(-1))
+        return None, grad_table.to(ctx.params_dtype), None
+
+
 class HashGridEncoding(nn.Module):
     """Pure-PyTorch multi-resolution hash grid: ``x: [N, 3] ∈ [−bound, bound]^3`` → ``[N, L·F]``.
 
@@ -99,6 +259,11 @@ class HashGridEncoding(nn.Module):
     corner)]`` where ``index`` is ``x + y·res + z·res²`` (mod the level size) on dense levels and
     the prime-XOR hash (mod ``T``) on the others. The table is one flat parameter ``params`` of
     ``rows · F`` values, laid out as tiny-cuda-nn's, initialised ``U(−1e-4, 1e-4)``.
+
+    ``forward`` runs the lean autograd function (it keeps 12 bytes a point for backward, the
+    unit-cube points); when the points require grad it runs :meth:`reference_forward`, whose graph
+    also differentiates w.r.t. the points, twice if needed. The grid always runs in the table's
+    precision, autocast or not.
     """
 
     backend = "torch"
@@ -143,6 +308,22 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x: [N, 3]`` (world units) → features ``[N, L·F]``, level-major like tiny-cuda-nn."""
+        with torch.autocast(x.device.type, enabled=False):
+            if x.requires_grad and torch.is_grad_enabled():
+                return self.reference_forward(x)
+            return self._encode(to_unit_cube(x.to(self.params.dtype), self.bound))
+
+    def _encode(self, u: Tensor) -> Tensor:
+        """The backend's autograd function: unit-cube points ``u: [N, 3]`` → ``[N, L·F]``."""
+        return _LeanHashGrid.apply(u, self.params, self)
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """The grid as plain differentiable torch ops: ``x: [N, 3]`` → ``[N, L·F]``.
+
+        The reference for every backend. Autograd keeps its corner indices, weights and gathered
+        features (about 2.5 KiB a point for 16 levels × 2 features) and differentiates w.r.t.
+        ``x`` as well as the table.
+        """
         u = to_unit_cube(x.to(self.params.dtype), self.bound)
         pos = u[:, None, :] * self.scales[None, :, None] + 0.5  # [N, L, 3]
         cell = torch.floor(pos)
@@ -181,16 +362,8 @@ class HashGridEncoding(nn.Module):
         return index.add_(self.offsets[None, :, None])
 
     def _gather(self, rows: Tensor) -> Tensor:
-        """Table rows ``[M, F]`` at ``rows: [M]``, one gather for every level and corner.
-
-        With an even feature count the rows are gathered as complex64 pairs: index_select and its
-        backward (index_add) then move 8 bytes per element, which is about twice as fast on CPU,
-        and complex addition is exactly the per-feature sum the gradient needs.
-        """
-        if self.level_dim % 2 == 1:
-            return self.table.index_select(0, rows)
-        pairs = torch.view_as_complex(self.params.view(-1, self.level_dim // 2, 2))
-        return torch.view_as_real(pairs.index_select(0, rows)).reshape(-1, self.level_dim)
+        """Table rows ``[M, F]`` at ``rows: [M]``, one differentiable gather for every level."""
+        return _gather_rows(self.table, rows)
 
     def extra_repr(self) -> str:
         return (
@@ -201,20 +374,41 @@ class HashGridEncoding(nn.Module):
 
 
 def _sides(x: Tensor, y: Tensor, z: Tensor, steps) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-axis values of the lower and upper corner: ``v`` and ``v + step``, each ``[N, l, 2]``."""
+    """Per-axis values of the lower and upper corner: ``v`` and ``v + step``, each ``[..., 2]``."""
     return tuple(
         torch.stack([v, v + step], dim=-1) for v, step in zip((x, y, z), steps, strict=True)
     )
 
 
 def _corner_combine(a: Tensor, b: Tensor, c: Tensor, op) -> Tensor:
-    """Combine per-axis corner values ``[N, l, 2]`` into the 8 corners ``[N, l, 8]``.
+    """Combine per-axis corner values ``[..., 2]`` into the 8 corners ``[..., 8]``.
 
     Corner ``k`` takes the upper value along x if bit 0 of ``k`` is set, y for bit 1, z for bit 2,
     tiny-cuda-nn's corner order.
     """
     out = op(op(a[..., None, None, :], b[..., None, :, None]), c[..., :, None, None])
     return out.reshape(*a.shape[:-1], 8)
+
+
+class TritonHashGrid(HashGridEncoding):
+    """The same grid run by fused Triton kernels (:mod:`dreamtext.encoding_triton`).
+
+    Forward: one program per block of points and level computes the cell, the 8 corner rows and
+    weights and writes the level's features; backward recomputes them and atomically adds
+    ``w_k · ∂L/∂f_l`` into a float32 table gradient. Only the unit-cube points are kept for
+    backward. Table layout, state dict and :meth:`reference_forward` are
+    :class:`HashGridEncoding`'s. Runs on CUDA, or on CPU tensors through Triton's (slow)
+    interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported.
+    """
+
+    backend = "triton"
+
+    def _encode(self, u: Tensor) -> Tensor:
+        from dreamtext.encoding_triton import TritonHashGridFunction
+
+        if self.params.dtype != torch.float32:
+            raise TypeError(f"the triton hash grid needs a float32 table, got {self.params.dtype}")
+        return TritonHashGridFunction.apply(u.contiguous(), self.params, self)
 
 
 class TcnnHashGrid(nn.Module):
@@ -286,34 +480,122 @@ def _tcnn_available(device: torch.device) -> bool:
     return True
 
 
+def triton_interpreter_on() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET``, read by triton
+    when a kernel is defined, so it must be set before :mod:`dreamtext.encoding_triton` loads)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _triton_problem(device: torch.device, level_dim: int) -> str | None:
+    """Why the triton backend cannot run on ``device``, or ``None`` when it can."""
+    if level_dim not in (1, 2, 4, 8):
+        return f"needs level_dim 1, 2, 4 or 8, not {level_dim}"
+    if device.type == "cpu" and not triton_interpreter_on():
+        return "needs a CUDA device (or TRITON_INTERPRET=1, Triton's slow CPU interpreter)"
+    if device.type not in ("cpu", "cuda") or (
+        device.type == "cuda" and not torch.cuda.is_available()
+    ):
+        return "needs a CUDA device"
+    try:
+        import triton  # noqa: F401
+    except (ImportError, OSError, RuntimeError):
+        return "needs the triton package (Linux CUDA builds of PyTorch ship it)"
+    return None
+
+
+def _self_check(grid: HashGridEncoding, num_points: int = 64) -> None:
+    """Run a few points, some outside the scene, through ``grid`` and its reference path.
+
+    A missing compiler or a broken driver shows up when the first kernel is built, not at import,
+    and a kernel that miscompiles on some GPU gives wrong rows: either is a DreamtextError here.
+    Features must agree within 1e-3 of the table's largest value (a wrong row is off by about the
+    table's magnitude), table gradients within 1e-4 (they are sums of weights in [0, 1]).
+    """
+    g = torch.Generator().manual_seed(0)
+    x = ((torch.rand(num_points, 3, generator=g) * 2.4 - 1.2) * grid.bound).to(grid.params.device)
+    weights = torch.rand(num_points, grid.output_dim, generator=g).to(grid.params.device)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            fast = grid(x)
+            (grad_fast,) = torch.autograd.grad(fast, grid.params, weights)
+            ref = grid.reference_forward(x)
+            (grad_ref,) = torch.autograd.grad(ref, grid.params, weights)
+    except Exception as err:  # compiler and driver errors come in many types
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DreamtextError(
+            f"the {grid.backend} encoding does not run here ({type(err).__name__}: "
+            f"{first_line}): use --encoding torch"
+        ) from err
+    scale = grid.params.detach().abs().max().item()
+    if not (
+        torch.allclose(fast, ref, rtol=0, atol=1e-3 * scale)
+        and torch.allclose(grad_fast, grad_ref, rtol=0, atol=1e-4)
+    ):
+        raise DreamtextError(
+            f"the {grid.backend} encoding disagrees with the torch reference on this device: "
+            "use --encoding torch"
+        )
+
+
 def make_encoding(
     kind: str = "auto", *, device: torch.device | str | None = None, **cfg
 ) -> nn.Module:
-    """Build the hash grid on ``device``: ``"torch"``, ``"tcnn"``, or ``"auto"`` (tcnn if usable).
+    """Build the hash grid on ``device``.
 
-    ``cfg`` holds :class:`HashGridEncoding`'s arguments. The module's ``.backend`` says which one
-    was built. Asking for ``"tcnn"`` without CUDA and tiny-cuda-nn is a user error.
+    ``"torch"``: :class:`HashGridEncoding`. ``"triton"``: :class:`TritonHashGrid` (CUDA, or the
+    CPU interpreter when ``TRITON_INTERPRET=1``), built only after a small self-check against the
+    reference passes. ``"tcnn"``: :class:`TcnnHashGrid` (CUDA and tiny-cuda-nn). ``"auto"``: on
+    CUDA triton when it imports and passes its self-check, else tcnn when it imports, else torch;
+    on any other device torch. ``cfg`` holds :class:`HashGridEncoding`'s arguments; the module's
+    ``.backend`` says which one was built. Asking for a backend that cannot run is a user error.
     """
     if kind not in ENCODING_KINDS:
-        raise DreamtextError(f"unknown encoding {kind!r}: use --encoding auto, torch or tcnn")
-    device = torch.device(device if device is not None else "cpu")
-    use_tcnn = kind != "torch" and _tcnn_available(device)
-    if kind == "tcnn" and not use_tcnn:
         raise DreamtextError(
-            "the tcnn encoding needs a CUDA device and the tinycudann package: use --encoding torch"
+            f"unknown encoding {kind!r}: use --encoding {', '.join(ENCODING_KINDS)}"
         )
-    module = TcnnHashGrid(**cfg) if use_tcnn else HashGridEncoding(**cfg)
-    return module.to(device)
+    device = torch.device(device if device is not None else "cpu")
+    if kind == "torch" or (kind == "auto" and device.type != "cuda"):
+        return HashGridEncoding(**cfg).to(device)
+    level_dim = cfg.get("level_dim", 2)
+    if kind == "triton":
+        problem = _triton_problem(device, level_dim)
+        if problem is not None:
+            raise DreamtextError(f"the triton encoding {problem}: use --encoding torch")
+        grid = TritonHashGrid(**cfg).to(device)
+        _self_check(grid)
+        return grid
+    if kind == "tcnn":
+        if not _tcnn_available(device):
+            raise DreamtextError(
+                "the tcnn encoding needs a CUDA device and the tinycudann package: "
+                "use --encoding torch"
+            )
+        return TcnnHashGrid(**cfg).to(device)
+    # auto, on CUDA
+    if _triton_problem(device, level_dim) is None:
+        grid = TritonHashGrid(**cfg).to(device)
+        try:
+            _self_check(grid)
+            return grid
+        except DreamtextError as err:
+            warnings.warn(f"{err}; falling back to another encoding", stacklevel=2)
+    if _tcnn_available(device):
+        return TcnnHashGrid(**cfg).to(device)
+    return HashGridEncoding(**cfg).to(device)
 
 
 __all__ = [
+    "CHUNK_POINTS",
     "ENCODING_KINDS",
     "HASH_PRIMES",
     "GridLayout",
     "HashGridEncoding",
     "TcnnHashGrid",
+    "TritonHashGrid",
     "grid_layout",
+    "level_corners",
     "make_encoding",
     "per_level_scale",
     "to_unit_cube",
+    "triton_interpreter_on",
 ]

@@ -213,7 +213,8 @@ class NeRFField(nn.Module):
 
     @property
     def encoding_backend(self) -> str:
-        """``"torch"`` or ``"tcnn"``: which grid implementation this field runs on."""
+        """``"torch"``, ``"triton"`` or ``"tcnn"``: which grid implementation this field runs
+        on."""
         return self.encoding.backend
 
     def _raw(self, x: Tensor) -> Tensor:

@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU the Triton hash-grid kernels run in Triton's CPU interpreter. Triton reads the
+# variable when a kernel is defined, so it is set before anything imports triton (diffusers does,
+# through tiny_models below; torch itself does not).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # The repository root (for `dreamtext` without an install) and tests/ (for `tiny_models`).
 sys.path[:0] = [str(Path(__file__).parent.parent), str(Path(__file__).parent)]
 

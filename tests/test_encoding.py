@@ -1,14 +1,28 @@
-"""The pure-torch hash grid against straightforward references of tiny-cuda-nn's arithmetic."""
+"""The pure-torch hash grid against straightforward references of tiny-cuda-nn's arithmetic, its
+lean autograd function, and backend selection. Every backend against the reference:
+test_encoding_backends.py."""
 
 import math
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dreamtext.encoding import HashGridEncoding, TcnnHashGrid, make_encoding
+import dreamtext.encoding as encoding_module
+from dreamtext.encoding import (
+    HashGridEncoding,
+    TcnnHashGrid,
+    TritonHashGrid,
+    _LeanHashGrid,
+    _self_check,
+    make_encoding,
+    to_unit_cube,
+)
 from dreamtext.errors import DreamtextError
 
 # 4 levels, resolutions 4..16: every level fits a 2^14-row table, so all are indexed densely.
@@ -77,7 +91,15 @@ def test_level_rows_follow_tcnn_rounding_rule():
     assert enc.output_dim == 32
 
 
-def test_dense_levels_match_dense_grid_reference():
+# Both ways through the grid: the lean autograd function and the plain differentiable reference.
+PATHS = [
+    pytest.param(lambda enc, x: enc(x), id="lean"),
+    pytest.param(lambda enc, x: enc.reference_forward(x), id="reference"),
+]
+
+
+@pytest.mark.parametrize("run", PATHS)
+def test_dense_levels_match_dense_grid_reference(run):
     enc = HashGridEncoding(finest_resolution=16.0, bound=1.0, **DENSE_CFG)
     assert not any(enc.layout.hashed)
     _random_table(enc)
@@ -90,11 +112,12 @@ def test_dense_levels_match_dense_grid_reference():
     g = torch.Generator().manual_seed(1)
     u = torch.randint(0, 54, (6, 3), generator=g) / 64.0  # exact in float32, interior cells
     expected = _trilinear_reference(enc, u, lambda lvl, x, y, z: grids[lvl][z, y, x])
-    got = enc(u * 2.0 - 1.0)
+    got = run(enc, u * 2.0 - 1.0)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
-def test_hashed_levels_match_per_point_prime_xor_hash():
+@pytest.mark.parametrize("run", PATHS)
+def test_hashed_levels_match_per_point_prime_xor_hash(run):
     enc = HashGridEncoding(finest_resolution=64.0, **HASHED_CFG)
     assert enc.layout.hashed == (False, True, True)
     _random_table(enc, seed=2)
@@ -113,7 +136,7 @@ def test_hashed_levels_match_per_point_prime_xor_hash():
     # The last point sits on the far corner: its upper corners lie at coordinate ``res`` and wrap.
     u = torch.tensor([[9, 45, 27], [58, 3, 42], [64, 64, 64]]) / 64.0
     expected = _trilinear_reference(enc, u, value)
-    torch.testing.assert_close(enc(u * 2.0 - 1.0), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(run(enc, u * 2.0 - 1.0), expected, atol=1e-6, rtol=0)
 
 
 def test_points_outside_bound_are_clamped():
@@ -124,11 +147,12 @@ def test_points_outside_bound_are_clamped():
     torch.testing.assert_close(enc(outside), enc(inside))
 
 
-def test_gradient_reaches_only_the_eight_corner_rows_of_each_level():
+@pytest.mark.parametrize("run", PATHS)
+def test_gradient_reaches_only_the_eight_corner_rows_of_each_level(run):
     enc = HashGridEncoding(finest_resolution=16.0, **DENSE_CFG)
     _random_table(enc)
     u = torch.tensor([[20, 33, 17]]) / 64.0
-    enc(u * 2.0 - 1.0).sum().backward()
+    run(enc, u * 2.0 - 1.0).sum().backward()
     touched = enc.params.grad.view(-1, 2).abs().sum(dim=1).nonzero().flatten()
     expected = set()
     for level, (scale, res) in enumerate(
@@ -170,6 +194,112 @@ def test_make_encoding_torch_backend_on_cpu():
 def test_make_encoding_tcnn_without_cuda_names_the_torch_fallback():
     with pytest.raises(DreamtextError, match="--encoding torch"):
         make_encoding("tcnn", device="cpu", finest_resolution=16.0, **DENSE_CFG)
+
+
+def test_lean_backward_is_the_exact_adjoint_of_its_forward():
+    """The features are linear in the table, so the table gradient is checked in float64
+    against finite differences, hashed levels included."""
+    # Resolutions 4 and 8 in a 2^6-row table: level 0 is dense, level 1 hashed.
+    enc = HashGridEncoding(2, 2, log2_hashmap_size=6, base_resolution=4, finest_resolution=8.0)
+    enc = enc.double()
+    assert enc.layout.hashed == (False, True)
+    g = torch.Generator().manual_seed(5)
+    u = torch.rand(40, 3, generator=g, dtype=torch.float64)
+    table = torch.rand(enc.params.shape, generator=g, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: _LeanHashGrid.apply(u, p, enc), (table,))
+
+
+def test_lean_function_gives_the_same_result_in_chunks(monkeypatch):
+    enc = HashGridEncoding(finest_resolution=64.0, **HASHED_CFG)
+    _random_table(enc, seed=6)
+    x = torch.rand(50, 3) * 2.0 - 1.0
+    w = torch.randn(50, enc.output_dim)
+    whole = enc(x)
+    (whole * w).sum().backward()
+    grad = enc.params.grad.clone()
+    enc.zero_grad()
+    monkeypatch.setattr(encoding_module, "CHUNK_POINTS", 7)
+    chunked = enc(x)
+    (chunked * w).sum().backward()
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(enc.params.grad, grad, atol=1e-6, rtol=0)
+
+
+def test_grid_stays_float32_under_autocast():
+    enc = HashGridEncoding(finest_resolution=16.0, **DENSE_CFG)
+    _random_table(enc)
+    x = torch.rand(10, 3) * 2.0 - 1.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lean = enc(x)
+        reference = enc(x.requires_grad_(True))
+    assert lean.dtype == reference.dtype == torch.float32
+    torch.testing.assert_close(lean, enc.reference_forward(x).detach(), atol=1e-6, rtol=0)
+
+
+def test_importing_the_package_does_not_import_triton():
+    code = (
+        "import sys, dreamtext.encoding, dreamtext.field, dreamtext.checkpoint; "
+        "from dreamtext.encoding import make_encoding; make_encoding('auto'); "
+        "assert 'triton' not in sys.modules, 'triton was imported'"
+    )
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
+
+
+def test_make_encoding_auto_on_cpu_is_the_torch_grid_even_with_the_triton_interpreter(
+    monkeypatch,
+):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert make_encoding("auto", device="cpu", **DENSE_CFG).backend == "torch"
+
+
+def test_make_encoding_triton_on_cpu_without_the_interpreter_names_the_fix(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(DreamtextError, match=r"needs a CUDA device.*--encoding torch"):
+        make_encoding("triton", device="cpu", **DENSE_CFG)
+
+
+def test_make_encoding_triton_rejects_feature_counts_its_kernels_cannot_tile():
+    with pytest.raises(DreamtextError, match=r"level_dim 1, 2, 4 or 8.*--encoding torch"):
+        make_encoding("triton", device="cpu", **{**DENSE_CFG, "level_dim": 3})
+
+
+class _WrongGrid(HashGridEncoding):
+    backend = "broken"
+
+    def _encode(self, u):
+        return super()._encode(u.flip(0))
+
+
+class _CrashingGrid(HashGridEncoding):
+    backend = "broken"
+
+    def _encode(self, u):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC\nmore detail")
+
+
+def test_self_check_rejects_a_backend_that_disagrees_with_the_reference():
+    with pytest.raises(DreamtextError, match=r"disagrees with the torch reference.*encoding torch"):
+        _self_check(_WrongGrid(finest_resolution=64.0, **HASHED_CFG))
+
+
+def test_self_check_turns_a_kernel_build_failure_into_one_line():
+    with pytest.raises(DreamtextError, match=r"RuntimeError: Failed to find C compiler\. Please"):
+        _self_check(_CrashingGrid(finest_resolution=64.0, **HASHED_CFG))
+
+
+def test_self_check_passes_the_torch_grid_and_the_triton_grid():
+    _self_check(HashGridEncoding(finest_resolution=64.0, **HASHED_CFG))
+    if encoding_module.triton_interpreter_on() or torch.cuda.is_available():
+        pytest.importorskip("triton")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        _self_check(TritonHashGrid(finest_resolution=64.0, **HASHED_CFG).to(device))
+
+
+def test_unit_cube_maps_the_scene_onto_zero_one():
+    x = torch.tensor([[-2.0, 0.0, 2.0], [-9.0, 1.0, 9.0]])
+    assert to_unit_cube(x, 2.0).tolist() == [[0.0, 0.5, 1.0], [0.0, 0.75, 1.0]]
 
 
 def test_make_encoding_rejects_unknown_kind():

@@ -158,3 +158,18 @@ def test_log_records_say_how_the_render_was_backpropagated(tmp_path, tiny_sd_pat
     assert {r["backprop"] for r in records} <= {"direct", "deferred"}
     assert all(r["samples_per_ray"] > 0 for r in records)
     assert all("gpu_mem_mib" not in r for r in records)  # CPU run: no GPU memory to report
+
+
+@pytest.mark.parametrize("backend", ["triton", "tcnn"])
+def test_a_run_trained_on_a_cuda_backend_reloads_on_the_cpu(tmp_path, tiny_sd_path, backend):
+    from dreamtext.checkpoint import load_run
+
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=1))
+    path = workspace / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["field_config"]["encoding"] = backend
+    state["encoding_backend"] = backend
+    torch.save(state, path)
+    field, _, _ = load_run(workspace, "cpu")
+    assert field.encoding_backend == "torch"
+    torch.testing.assert_close(field.encoding.params.detach(), state["field"]["encoding.params"])

@@ -1,0 +1,214 @@
+"""Fused Triton kernels for the hash grid of :mod:`dreamtext.encoding`.
+
+Imported only when a :class:`dreamtext.encoding.TritonHashGrid` runs, never at package import. On
+CUDA the kernels compile for the GPU; with ``TRITON_INTERPRET=1`` in the environment before triton
+is imported they run on CPU tensors in Triton's interpreter (slow: for tests only).
+
+One program handles ``BLOCK`` points at one level ``l``. With ``p = u · s_l + 0.5``, cell
+``c = floor(p)``, fraction ``t = p − c`` and, for corner ``k = k_x + 2 k_y + 4 k_z``, weight
+``w_k = Π_d (t_d if k_d else 1 − t_d)`` and row ``r_k``::
+
+    forward:   out[n, l·F : (l+1)·F]  = Σ_k w_k · T[offset_l + r_k]
+    backward:  ∂L/∂T[offset_l + r_k] += w_k · ∂L/∂out[n, l·F : (l+1)·F]      (fp32 atomic adds)
+
+``r_k`` is ``(x + y·res + z·res²) mod size`` on dense levels, in int64 (a corner at coordinate
+``res`` wraps around), and tiny-cuda-nn's hash ``(x·1 XOR y·2654435761 XOR z·805459861) mod T`` in
+uint32 arithmetic on hashed levels: exactly :func:`dreamtext.encoding.level_corners`. Dense and
+hashed levels are separate launches (``HASHED`` is a compile-time constant), so neither pays for
+the other's arithmetic. Table addresses are int64 throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+# Points per program; the GPU session may tune it (with num_warps), the interpreter doesn't care.
+BLOCK = 128
+
+
+@triton.jit
+def _axis(u_ptr, n, mask, AXIS: tl.constexpr, scale):
+    """Cell coordinate (int32) and fraction along one axis: ``p = u·s + 0.5``, ``c = floor(p)``."""
+    p = tl.load(u_ptr + n * 3 + AXIS, mask=mask, other=0.0) * scale + 0.5
+    c = tl.floor(p)
+    return c.to(tl.int32), p - c
+
+
+@triton.jit
+def _corner(cx, cy, cz, tx, ty, tz, res, size, K: tl.constexpr, HASHED: tl.constexpr):
+    """Row within the level (int64) and trilinear weight of corner ``K``."""
+    if K & 1:
+        wx = tx
+        x = cx + 1
+    else:
+        wx = 1.0 - tx
+        x = cx
+    if K & 2:
+        wy = ty
+        y = cy + 1
+    else:
+        wy = 1.0 - ty
+        y = cy
+    if K & 4:
+        wz = tz
+        z = cz + 1
+    else:
+        wz = 1.0 - tz
+        z = cz
+    if HASHED:
+        # uint32 products wrap around like the CUDA code's; T = size is a power of two.
+        hx = x.to(tl.uint32)
+        hy = y.to(tl.uint32) * tl.full([], 2654435761, tl.uint32)
+        hz = z.to(tl.uint32) * tl.full([], 805459861, tl.uint32)
+        row = ((hx ^ hy ^ hz) & (size - 1).to(tl.uint32)).to(tl.int64)
+    else:
+        row = x.to(tl.int64) + y.to(tl.int64) * res + z.to(tl.int64) * res * res
+        row = tl.where(row >= size, row - size, row)
+    return row, wx * wy * wz
+
+
+@triton.jit
+def hash_grid_forward_kernel(
+    u_ptr,
+    table_ptr,
+    out_ptr,
+    scales_ptr,
+    resolutions_ptr,
+    offsets_ptr,
+    sizes_ptr,
+    num_points,
+    first_level,
+    F: tl.constexpr,
+    OUT_DIM: tl.constexpr,
+    HASHED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``out[n, l·F + f] = Σ_k w_k · table[(offset_l + r_k)·F + f]`` for a block of points."""
+    level = first_level + tl.program_id(1)
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < num_points
+    scale = tl.load(scales_ptr + level)
+    res = tl.load(resolutions_ptr + level).to(tl.int64)
+    offset = tl.load(offsets_ptr + level).to(tl.int64)
+    size = tl.load(sizes_ptr + level).to(tl.int64)
+    cx, tx = _axis(u_ptr, n, mask, 0, scale)
+    cy, ty = _axis(u_ptr, n, mask, 1, scale)
+    cz, tz = _axis(u_ptr, n, mask, 2, scale)
+    f = tl.arange(0, F)
+    acc = tl.zeros([BLOCK, F], dtype=tl.float32)
+    for k in tl.static_range(8):
+        row, w = _corner(cx, cy, cz, tx, ty, tz, res, size, k, HASHED)
+        value = tl.load(
+            table_ptr + (offset + row)[:, None] * F + f[None, :], mask=mask[:, None], other=0.0
+        )
+        acc += w[:, None] * value
+    tl.store(out_ptr + n[:, None] * OUT_DIM + level * F + f[None, :], acc, mask=mask[:, None])
+
+
+@triton.jit
+def hash_grid_backward_kernel(
+    u_ptr,
+    grad_out_ptr,
+    grad_table_ptr,
+    scales_ptr,
+    resolutions_ptr,
+    offsets_ptr,
+    sizes_ptr,
+    num_points,
+    first_level,
+    F: tl.constexpr,
+    OUT_DIM: tl.constexpr,
+    HASHED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``grad_table[(offset_l + r_k)·F + f] += w_k · grad_out[n, l·F + f]``, a block of points."""
+    level = first_level + tl.program_id(1)
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < num_points
+    scale = tl.load(scales_ptr + level)
+    res = tl.load(resolutions_ptr + level).to(tl.int64)
+    offset = tl.load(offsets_ptr + level).to(tl.int64)
+    size = tl.load(sizes_ptr + level).to(tl.int64)
+    cx, tx = _axis(u_ptr, n, mask, 0, scale)
+    cy, ty = _axis(u_ptr, n, mask, 1, scale)
+    cz, tz = _axis(u_ptr, n, mask, 2, scale)
+    f = tl.arange(0, F)
+    grad = tl.load(
+        grad_out_ptr + n[:, None] * OUT_DIM + level * F + f[None, :], mask=mask[:, None], other=0.0
+    )
+    for k in tl.static_range(8):
+        row, w = _corner(cx, cy, cz, tx, ty, tz, res, size, k, HASHED)
+        tl.atomic_add(
+            grad_table_ptr + (offset + row)[:, None] * F + f[None, :],
+            w[:, None] * grad,
+            mask=mask[:, None],
+            sem="relaxed",
+        )
+
+
+def _launch(kernel, grid, u: Tensor, source: Tensor, target: Tensor) -> None:
+    """Run ``kernel`` over every block of points, once for the dense and once for the hashed
+    levels of ``grid`` (a :class:`dreamtext.encoding.HashGridEncoding`)."""
+    num_points = u.shape[0]
+    groups = ((0, grid.num_dense, False), (grid.num_dense, grid.num_levels - grid.num_dense, True))
+    device = torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext()
+    with device:
+        for first_level, count, hashed in groups:
+            if count == 0:
+                continue
+            kernel[(triton.cdiv(num_points, BLOCK), count)](
+                u,
+                source,
+                target,
+                grid.scales,
+                grid.resolutions,
+                grid.offsets,
+                grid.sizes,
+                num_points,
+                first_level,
+                F=grid.level_dim,
+                OUT_DIM=grid.output_dim,
+                HASHED=hashed,
+                BLOCK=BLOCK,
+            )
+
+
+class TritonHashGridFunction(torch.autograd.Function):
+    """``u: [N, 3]`` (unit cube, float32, contiguous), ``params`` (float32 table) → ``[N, L·F]``.
+
+    Keeps only ``u`` for backward; the table gradient is a fresh float32 tensor filled by atomic
+    adds. The points get no gradient (the module takes its reference path when they need one).
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, params: Tensor, grid) -> Tensor:
+        ctx.grid = grid
+        ctx.save_for_backward(u)
+        out = torch.empty(u.shape[0], grid.output_dim, device=u.device, dtype=torch.float32)
+        if u.shape[0] > 0:
+            _launch(hash_grid_forward_kernel, grid, u, params.detach(), out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
+        (u,) = ctx.saved_tensors
+        grid = ctx.grid
+        grad_table = torch.zeros_like(grid.params, dtype=torch.float32)
+        if u.shape[0] > 0:
+            _launch(hash_grid_backward_kernel, grid, u, grad.float().contiguous(), grad_table)
+        return None, grad_table, None
+
+
+__all__ = [
+    "BLOCK",
+    "TritonHashGridFunction",
+    "hash_grid_backward_kernel",
+    "hash_grid_forward_kernel",
+]
