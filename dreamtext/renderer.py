@@ -298,7 +298,7 @@ class VolumeRenderer(nn.Module):
             background = field.background(rays.directions)
         rgb = accumulate(weights[:, None] * colour, ray_indices, n)
         rgb = rgb + (1.0 - opacity[:, None]) * background.float()
-        depth = accumulate(weights * samples.t_mids, ray_indices, n)
+        depth = accumulate(weights * samples.t_starts, ray_indices, n)
         return {
             "rgb": rgb,
             "opacity": opacity,
