@@ -40,6 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from dreamtext.cameras import Poses, sample_poses, view_of  # noqa: E402
 from dreamtext.field import FieldConfig, NeRFField  # noqa: E402
 from dreamtext.guidance import GuidanceConfig, ScoreDistillation, make_guidance  # noqa: E402
+from dreamtext.models import clear_cache  # noqa: E402
 from dreamtext.renderer import RenderConfig, VolumeRenderer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent / "sd21_configs"
@@ -150,6 +151,7 @@ def measure(
     guidance = None
     model_px = "-"
     if model is not None:
+        clear_cache()  # the process keeps loaded models; drop the last precision's copy
         cfg = GuidanceConfig(model=model, **PRECISION_FLAGS[precision])
         guidance = make_guidance(cfg, device)
         guidance.set_prompt(PROMPT)
