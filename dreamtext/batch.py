@@ -388,7 +388,7 @@ def run_batch(
     """Run this worker's share of a prompts file; return the ``batch.jsonl`` records written.
 
     ``overrides``, ``preset``, ``config_file``: the text→3D settings of every run, as for
-    ``dreamtext text``. Bad input (the file, the share, an image, a config) is a
+    ``dreamtext text``. Bad input (the file, the share, an image, a config, the model) is a
     :class:`DreamtextError` before anything is written.
     """
     options = options or BatchOptions()
@@ -403,6 +403,9 @@ def run_batch(
                 f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
                 f"{cfg.guidance.model}; pass --model with a diffusers hub id or folder"
             )
+    pending = [cfg for cfg in configs if not is_finished(cfg)]
+    if pending:
+        check_model(pending[0])
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
     if shard is not None:
         _say(f"batch: share {shard_text}: {len(share)} of {len(entries)} prompts")
@@ -421,6 +424,19 @@ def run_batch(
             if record["status"] == "interrupted":
                 break
     return records
+
+
+def check_model(cfg: TrainConfig) -> None:
+    """The device, precision and model every run of the batch uses. Stable Diffusion is loaded
+    here (the runs reuse it), so a wrong ``--model`` or ``--fp16`` on a CPU stops the batch before
+    it writes anything instead of failing every prompt."""
+    from dreamtext.devices import resolve_device
+    from dreamtext.models import load_for, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.guidance, device)
+    if not cfg.guidance.model.startswith("builtin:"):
+        load_for(cfg.guidance, device)
 
 
 def run_entry(

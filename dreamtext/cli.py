@@ -419,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
         "workers can share a list: --shard K/N, or a SLURM job array (SLURM_ARRAY_TASK_ID), and "
         "lock files keep two from training one prompt.",
     )
-    batch.add_argument("prompts", help="text file: one prompt (or image:PATH) per line")
+    batch.add_argument(
+        "prompts", metavar="PROMPTS_FILE", help="text file: one prompt (or image:PATH) per line"
+    )
     add_text_to_3d_arguments(
         batch, workspace_help="root folder of the runs and batch.jsonl (default: workspace)"
     )

@@ -419,6 +419,8 @@ def test_a_bad_shard_is_one_line_on_stderr(tmp_path):
         (["image:ok.png"], ["--model", "builtin:shapes"], "needs a Stable Diffusion model"),
         (["a red cube"], ["--shard", "x/y"], "--shard must be K/N"),
         (["a red cube"], ["--iters", "5", "--epochs", "1"], "--iters or --epochs"),
+        (["a red cube"], ["--model", "no/such-model"], "could not load Stable Diffusion"),
+        (["a red cube"], ["--model", "builtin:shapes", "--fp16"], "--fp16 needs a CUDA GPU"),
     ],
 )
 def test_bad_input_is_a_one_line_error_before_anything_is_written(
