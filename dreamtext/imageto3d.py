@@ -8,6 +8,9 @@ interrupted run continues where it stopped:
           ──► text→3D       W/checkpoints/last.pt                  (SDS with the trained sentence)
           ──► export        W/mesh/                                (unless ``cfg.export`` is off)
 
+CLIP and Stable Diffusion come from :mod:`dreamtext.models`, so descriptor training and text→3D
+share one load, and a batch of image runs loads each model once.
+
 ``run_diverse`` first samples an image of a text prompt with the same Stable Diffusion, then runs
 ``run_image`` on it: SDS alone gives nearly the same object for a prompt whatever the seed; a
 sampled image, different for every seed, pins down one concrete instance.
@@ -37,7 +40,7 @@ from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
-from dreamtext.models import load_for
+from dreamtext.models import clip_encoder, load_for
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
@@ -102,7 +105,9 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
             )
         tqdm.write(f"describe: reusing {record_path}")
     else:
-        sentence = describe(image_path, workspace, replace(options.describe, device=device))
+        describe_options = replace(options.describe, device=device)
+        with clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip:
+            sentence = describe(image_path, workspace, describe_options, encoder=clip)
         tqdm.write(f"describe: {sentence}")
 
     learned = learned_embeds_path(workspace)

@@ -9,9 +9,10 @@
 The SDS guidance (``guidance.StableDiffusionGuidance``), descriptor training
 (``descriptor.DescriptorTrainer``) and the diversity sampler (``imageto3d.sample_image``) take their
 parts from here. The process keeps one instance per (model, dtype, device), so ``dreamtext batch``
-and ``dreamtext image`` read each weight file once. Stages that add tokens (a textual-inversion
-file, the descriptor's placeholders) get copies of the text side (:meth:`StableDiffusionModels.
-text_side`), so the shared tokenizer and encoder stay as they were loaded.
+and ``dreamtext image`` read each weight file once; the image pipeline's CLIP
+(``describe.ClipEncoder``) is kept the same way (:func:`clip_encoder`). Stages that add tokens (a
+textual-inversion file, the descriptor's placeholders) get copies of the text side
+(:meth:`StableDiffusionModels.text_side`), so the shared tokenizer and encoder stay as loaded.
 """
 
 from __future__ import annotations
@@ -401,10 +402,36 @@ def load_for(
     return models
 
 
+_CLIP: dict[str, Any] = {}
+
+
+@contextmanager
+def clip_encoder(model: str, device: torch.device | str, batch_size: int = 256) -> Iterator:
+    """The sentence search's CLIP (``describe.ClipEncoder``, hub id or folder ``model``), loaded
+    once per process: on ``device`` for the ``with`` block, on the CPU between image runs, so
+    that it does not hold GPU memory while Stable Diffusion trains."""
+    from dreamtext import describe
+
+    device = torch.device(device)
+    if model not in _CLIP:
+        _CLIP[model] = describe.ClipEncoder(model, "cpu", batch_size)
+    encoder = _CLIP[model]
+    encoder.batch_size = batch_size
+    encoder.model.to(device)
+    encoder.device = device
+    try:
+        yield encoder
+    finally:
+        encoder.model.to("cpu")
+        encoder.device = torch.device("cpu")
+        free_memory(device)
+
+
 def clear_cache() -> None:
     """Forget every loaded model (they are freed once nothing else holds them)."""
     devices = {models.device for models in _LOADED.values()}
     _LOADED.clear()
+    _CLIP.clear()
     for device in devices:
         free_memory(device)
 
@@ -414,6 +441,7 @@ __all__ = [
     "StableDiffusionModels",
     "TextSide",
     "clear_cache",
+    "clip_encoder",
     "load_for",
     "load_stable_diffusion",
     "locate_model",

@@ -365,15 +365,27 @@ def test_two_workers_on_one_list_train_each_prompt_once(tmp_path, tiny_yaml, sha
 # Stable Diffusion: one load for the whole list, image lines too
 
 
-def test_a_batch_loads_stable_diffusion_once(
-    tmp_path, tiny_yaml, tiny_sd_path, tiny_clip_path, count_loads
+def test_a_batch_loads_each_model_once(
+    tmp_path, tiny_yaml, tiny_sd_path, tiny_clip_path, count_loads, monkeypatch
 ):
-    rgba = np.zeros((48, 48, 4), dtype=np.uint8)
-    rgba[12:36, 12:36] = (220, 30, 30, 255)
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "red_cube.png")
+    import dreamtext.describe
+
+    clips = []
+
+    class CountedClip(dreamtext.describe.ClipEncoder):
+        def __init__(self, *args, **kwargs):
+            clips.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", CountedClip)
+    for name, colour in (("red_cube", (220, 30, 30, 255)), ("blue_cube", (30, 30, 220, 255))):
+        rgba = np.zeros((48, 48, 4), dtype=np.uint8)
+        rgba[12:36, 12:36] = colour
+        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{name}.png")
     (tmp_path / "nouns.txt").write_text("cube\nsphere\n")
     (tmp_path / "adjectives.txt").write_text("red\nblue\n")
-    path = prompts_file(tmp_path, "a red cube", "image:red_cube.png", "a blue sphere")
+    lines = ["a red cube", "image:red_cube.png", "a blue sphere", "image:blue_cube.png"]
+    path = prompts_file(tmp_path, *lines)
     root = tmp_path / "root"
     args = [
         "batch", path, "--model", tiny_sd_path, "--guidance", "10", "--iters", "2",
@@ -383,10 +395,11 @@ def test_a_batch_loads_stable_diffusion_once(
     ]  # fmt: skip
     assert main(list(map(str, args))) == 0
     records = rows(root)
-    assert [r["status"] for r in records] == ["finished"] * 3
+    assert [r["status"] for r in records] == ["finished"] * 4
     assert records[1]["kind"] == "image" and records[1]["workspace"] == "red_cube"
     assert records[1]["prompt"].startswith("An image of")  # the learned sentence
     assert sorted(count_loads) == ["text_encoder", "tokenizer", "unet", "vae"]
+    assert len(clips) == 1
 
 
 # ----------------------------------------------------------------------------------------------
