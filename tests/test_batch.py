@@ -83,6 +83,14 @@ def batch_process(*args, **popen):
 # The list and its shares
 
 
+def test_batch_is_a_subcommand_with_its_own_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["batch", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("PROMPTS_FILE", "--shard", "--lock-timeout", "--model", "--iters", "--clip"):
+        assert flag in out
+
+
 def test_prompts_file_lines_comments_images_and_names(tmp_path):
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "mug.png")

@@ -191,3 +191,12 @@ def test_compile_on_cuda_compiles_the_unet_once(tiny_sd_path: Path, monkeypatch)
     assert on_cuda.sds_unet(compile=True) == "compiled"
     assert compiled == [on_cuda.unet]
     assert on_cuda.sds_unet(compile=False) is on_cuda.unet
+
+
+def test_the_compile_flag_reaches_the_guidance_config():
+    from dreamtext.cli import build_parser, text_overrides
+
+    args = build_parser().parse_args(["text", "a cube", "--compile"])
+    assert text_overrides(args)["guidance"]["compile"] is True
+    args = build_parser().parse_args(["text", "a cube"])
+    assert "compile" not in text_overrides(args).get("guidance", {})
