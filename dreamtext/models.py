@@ -152,6 +152,10 @@ class StableDiffusionModels:
     """
 
     def __init__(self, model: str, device: torch.device | str, dtype: torch.dtype) -> None:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        start = time.perf_counter()
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype
@@ -168,9 +172,6 @@ class StableDiffusionModels:
         self.prediction_type: str = prediction_type
         self.alphas_cumprod = self._alphas_cumprod(self.scheduler_config).to(self.device)
 
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
         self.unet = self._load(UNet2DConditionModel, "unet", low_cpu_mem_usage=True)
         self.vae = self._load(AutoencoderKL, "vae", low_cpu_mem_usage=True)
         if self.unet.config.in_channels != self.vae.config.latent_channels:
@@ -185,6 +186,7 @@ class StableDiffusionModels:
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self._memory_options: tuple[bool, bool, bool, bool] | None = None
         self._compiled_unet: torch.nn.Module | None = None
+        self.load_seconds = time.perf_counter() - start  # reading the weights, not importing
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -378,10 +380,9 @@ def load_stable_diffusion(
     device = torch.device(device)
     key = (locate_model(model), dtype, _device_key(device))
     if key not in _LOADED:
-        start = time.perf_counter()
-        _LOADED[key] = StableDiffusionModels(model, device, dtype)
-        seconds = time.perf_counter() - start
-        logger.info("loaded Stable Diffusion %s (%s, %s) in %.1f s", model, dtype, device, seconds)
+        loaded = _LOADED[key] = StableDiffusionModels(model, device, dtype)
+        seconds = loaded.load_seconds
+        logger.info("loaded Stable Diffusion %s (%s, %s) in %.2f s", model, dtype, device, seconds)
     return _LOADED[key]
 
 
