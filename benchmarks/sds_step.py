@@ -53,6 +53,7 @@ from dreamtext.config import resolve_config  # noqa: E402
 from dreamtext.factory import build_parts  # noqa: E402
 from dreamtext.field import NeRFField  # noqa: E402
 from dreamtext.guidance import DEFAULT_MODEL, ScoreDistillation  # noqa: E402
+from dreamtext.models import clear_cache  # noqa: E402
 from dreamtext.renderer import VolumeRenderer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent / "sd21_configs"
@@ -179,6 +180,7 @@ def measure(
     guidance = None
     model_px = "-"
     if model is not None:
+        clear_cache()  # the process keeps loaded models; drop the last precision's copy
         cfg = run_config(model, precision, sizes[0], device)
         guidance = build_parts(cfg, device, with_optimizer=False).guidance
         guidance.set_prompt(PROMPT)

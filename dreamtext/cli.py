@@ -47,10 +47,14 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"dreamtext {self.prog.split()[-1]}: {message} (see --help)\n")
 
 
-def add_text_to_3d_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags shared by ``text`` and ``image`` (everything that shapes the text→3D stage)."""
+def add_text_to_3d_arguments(
+    p: argparse.ArgumentParser,
+    workspace_help: str = "output folder (default: workspace/<slug of the prompt>)",
+) -> None:
+    """The flags shared by ``text``, ``image`` and ``batch`` (everything that shapes the text→3D
+    stage)."""
     g = p.add_argument_group("text→3D")
-    g.add_argument("--workspace", help="output folder (default: workspace/<slug of the prompt>)")
+    g.add_argument("--workspace", help=workspace_help)
     g.add_argument(
         "--model",
         help="diffusers Stable Diffusion hub id or local folder, or "
@@ -123,6 +127,12 @@ def add_text_to_3d_arguments(p: argparse.ArgumentParser) -> None:
         help="diffusion time range as fractions of the schedule [0.02 0.98]",
     )
     g.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the U-Net (CUDA only; slow first steps, then faster ones)",
+    )
+    g.add_argument(
         "--no-export",
         dest="export",
         action="store_false",
@@ -154,6 +164,7 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "view_dependent": args.view_dependent,
         "perp_neg": args.perp_neg,
         "t_range": tuple(args.t_range) if args.t_range else None,
+        "compile": args.compile,
     }
     out: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     if any(v is not None for v in guidance.values()):
@@ -321,6 +332,28 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from dreamtext.batch import BatchOptions, exit_code, run_batch, summary_table
+    from dreamtext.config import DEFAULT_WORKSPACE_ROOT
+    from dreamtext.imageto3d import ImageOptions
+
+    if args.epochs and args.iters:
+        raise DreamtextError("give --iters or --epochs, not both")
+    overrides = text_overrides(args)
+    overrides.pop("workspace", None)
+    options = BatchOptions(
+        root=Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT,
+        shard=args.shard,
+        lock_timeout=args.lock_timeout,
+        image=ImageOptions(describe=describe_options(args)),
+    )
+    if args.descriptor_iters is not None:
+        options.image.descriptor.iters = args.descriptor_iters
+    records = run_batch(args.prompts, overrides, args.preset, args.config, options)
+    print(summary_table(records))
+    return exit_code(records)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="dreamtext",
@@ -434,6 +467,42 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of serving them",
     )
     view.set_defaults(func=cmd_view, needs_models=False)
+
+
+    batch = sub.add_parser(
+        "batch",
+        help="text→3D (and image→3D) for every line of a prompts file, models loaded once",
+        description="Run every prompt of PROMPTS_FILE (one per line; image:PATH for image→3D; "
+        "# comments) in one process, each in the workspace `dreamtext text` would use, under "
+        "--workspace. Finished prompts are skipped, interrupted ones resume, failures are "
+        "recorded and the batch goes on. Writes ROOT/batch.jsonl and prints a summary. Several "
+        "workers can share a list: --shard K/N, or a SLURM job array (SLURM_ARRAY_TASK_ID), and "
+        "lock files keep two from training one prompt.",
+    )
+    batch.add_argument(
+        "prompts", metavar="PROMPTS_FILE", help="text file: one prompt (or image:PATH) per line"
+    )
+    add_text_to_3d_arguments(
+        batch, workspace_help="root folder of the runs and batch.jsonl (default: workspace)"
+    )
+    batch.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run share K of N (0 ≤ K < N) of the list [SLURM array task's share, else all]",
+    )
+    batch.add_argument(
+        "--lock-timeout",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="take over a workspace lock not refreshed for this long (its worker hung or its "
+        "machine died) [600]",
+    )
+    add_describe_arguments(batch)
+    batch.add_argument(
+        "--descriptor-iters", type=_positive_int, help="descriptor-token training steps [5000]"
+    )
+    batch.set_defaults(func=cmd_batch)
 
     return parser
 

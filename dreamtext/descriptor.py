@@ -30,8 +30,9 @@ from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
 from dreamtext.checkpoint import atomic_write_bytes, load_checkpoint
 from dreamtext.describe import base_sentence, make_sentence, sentence_path
 from dreamtext.errors import DreamtextError
-from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance
+from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
+from dreamtext.models import StableDiffusionModels, free_memory, load_for
 
 DESCRIPTOR_TOKEN = "<descriptor>"
 LEARNED_EMBEDS = "learned_embeds.safetensors"
@@ -133,20 +134,22 @@ class DescriptorTrainer:
 
     ``quantifier``, ``words``, ``noun``: the sentence found by the search. With no words (the
     search found none that raised the score), one descriptor initialised from the noun is put in
-    front of it, so that there is something to train.
+    front of it, so that there is something to train. The placeholders go into a copy of the
+    text side, which stays on the device while the trainer lives; ``models``' own is untouched.
     """
 
     def __init__(
         self,
-        sd: StableDiffusionGuidance,
+        models: StableDiffusionModels,
         quantifier: str,
         words: list[str],
         noun: str,
         options: DescriptorOptions,
     ):
-        self.sd, self.options = sd, options
-        self.device = sd.device
-        self.tokenizer, self.text_encoder = sd.tokenizer, sd.text_encoder
+        self.models, self.options = models, options
+        self.device = models.device
+        text = models.text_side(private=True)
+        self.tokenizer, self.text_encoder = text.tokenizer, text.text_encoder.to(self.device)
         self.words = list(words) or [noun]
         piece_ids = add_placeholders(self.tokenizer, self.text_encoder, options.token, self.words)
         self.n_vectors = len(piece_ids)
@@ -162,7 +165,7 @@ class DescriptorTrainer:
         with torch.no_grad():
             self.tau_base = self.encode(self.base_prompt)
         self.optimizer = torch.optim.Adam([self.placeholders.vectors], lr=options.lr)
-        self.augment = ImageAugmentation(sd.resolution, options.augment)
+        self.augment = ImageAugmentation(models.resolution, options.augment)
         self.step = 0
 
     def token_ids(self, prompt: str) -> Tensor:
@@ -190,11 +193,11 @@ class DescriptorTrainer:
         images = self.augment(image.expand(batch, -1, -1, -1), seed)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            x0 = self.sd.encode_images(images.to(self.device)).float()
-        t = torch.randint(0, self.sd.num_train_timesteps, (batch,), generator=generator)
+            x0 = self.models.encode_images(images.to(self.device)).float()
+        t = torch.randint(0, self.models.num_train_timesteps, (batch,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t = t.to(self.device)
-        ab = self.sd.alphas_cumprod[t].view(-1, 1, 1, 1)
+        ab = self.models.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         return x0, noise, x_t, t
 
@@ -202,14 +205,14 @@ class DescriptorTrainer:
         """Eq. 5.4 on one noised batch (see :func:`descriptor_loss`)."""
         batch = x_t.shape[0]
         tau_full = self.encode(self.full_prompt).expand(batch, -1, -1)
-        dtype = self.sd.dtype
-        pred_full = self.sd.unet(x_t.to(dtype), t, encoder_hidden_states=tau_full).sample.float()
+        unet, unet_in = self.models.unet, self.models.unet_input(x_t)
+        pred_full = unet(unet_in, t, encoder_hidden_states=tau_full).sample.float()
         with torch.no_grad():
             tau_base = self.tau_base.expand(batch, -1, -1)
-            pred_base = self.sd.unet(x_t.to(dtype), t, encoder_hidden_states=tau_base).sample
+            pred_base = unet(unet_in, t, encoder_hidden_states=tau_base).sample
         target = noise
-        if self.sd.prediction_type == "v_prediction":
-            ab = self.sd.alphas_cumprod[t].view(-1, 1, 1, 1)
+        if self.models.prediction_type == "v_prediction":
+            ab = self.models.alphas_cumprod[t].view(-1, 1, 1, 1)
             target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
         return descriptor_loss(pred_full, pred_base.float(), target)
 
@@ -252,28 +255,7 @@ class DescriptorTrainer:
     def pipeline(self):
         """A ``StableDiffusionPipeline`` over these components (placeholders included)."""
         self.placeholders.write_to_table()
-        return make_pipeline(self.sd, self.tokenizer, self.text_encoder)
-
-
-def make_pipeline(sd: StableDiffusionGuidance, tokenizer, text_encoder):
-    """Stable Diffusion's text-to-image pipeline built from already loaded components, with the
-    model's own noise schedule in a DDIM sampler (good images in few steps). SD 2.x ships a PNDM
-    configuration without ``clip_sample``, for which DDIM would default to clipping the latents."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    scheduler_config = dict(DDIMScheduler.load_config(sd.model_path, subfolder="scheduler"))
-    pipe = StableDiffusionPipeline(
-        vae=sd.vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=sd.unet,
-        scheduler=DDIMScheduler.from_config({**scheduler_config, "clip_sample": False}),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        return self.models.pipeline(self.tokenizer, self.text_encoder)
 
 
 def sample_grid(
@@ -322,7 +304,9 @@ def train_descriptor(
 
     Writes ``W/descriptor/learned_embeds.safetensors``, ``log.jsonl``, ``checkpoints/last.pt``
     (every ``checkpoint_every`` steps; a run resumes from it), ``previews/step_XXXXXX.png`` and
-    adds ``trained_sentence`` to sentence.json. ``guidance.model`` names the Stable Diffusion.
+    adds ``trained_sentence`` to sentence.json. ``guidance`` names the Stable Diffusion (model,
+    precision, memory options); it is loaded through :func:`dreamtext.models.load_for`, so the
+    text→3D stage that follows in the same process reuses it.
     """
     from safetensors.torch import save
 
@@ -334,10 +318,11 @@ def train_descriptor(
         raise DreamtextError(f"{record_path} is missing; run `dreamtext describe` first")
     record = json.loads(record_path.read_text(encoding="utf-8"))
     folder = record_path.parent
-    sd_cfg = GuidanceConfig(model=guidance.model, fp16=guidance.fp16, bf16=guidance.bf16)
-    sd = StableDiffusionGuidance(sd_cfg, device)
-    trainer = DescriptorTrainer(sd, record["quantifier"], record["words"], record["noun"], options)
-    image = image_to_tensor(load_image(image_path), sd.resolution)
+    models = load_for(guidance, device)
+    trainer = DescriptorTrainer(
+        models, record["quantifier"], record["words"], record["noun"], options
+    )
+    image = image_to_tensor(load_image(image_path), models.resolution)
 
     checkpoint = folder / "checkpoints" / "last.pt"
     if checkpoint.is_file():
@@ -371,7 +356,7 @@ def train_descriptor(
                     options.preview_steps,
                     options.preview_guidance_scale,
                     options.seed,
-                    sd.resolution,
+                    models.resolution,
                 )
                 _save_row(images, folder / "previews" / f"step_{step:06d}.png")
     _atomic_torch_save(trainer.state(), checkpoint)
@@ -385,4 +370,6 @@ def train_descriptor(
     record["descriptor_words"] = trainer.words
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(record_path, lambda f: f.write(text.encode("utf-8")))
+    del trainer  # and with it the placeholders' text encoder on the device
+    free_memory(models.device)
     return out

@@ -13,7 +13,8 @@ import torch
 
 from dreamtext.config import TrainConfig
 from dreamtext.field import FieldConfig, NeRFField
-from dreamtext.guidance import ScoreDistillation, make_guidance, resolve_dtype
+from dreamtext.guidance import ScoreDistillation, make_guidance
+from dreamtext.models import resolve_dtype
 from dreamtext.renderer import RenderConfig, VolumeRenderer
 
 ADAM_BETAS = (0.9, 0.99)

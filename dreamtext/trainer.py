@@ -42,6 +42,7 @@ from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
+from dreamtext.runstatus import track_status
 
 SHADINGS = ("albedo", "textureless", "lambertian")
 
@@ -290,10 +291,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     Writes ``config.json``, ``log.jsonl`` (one JSON object per logged step), ``previews/*.png`` and
     ``checkpoints/`` (every ``checkpoint_every`` steps and at the end); exports the mesh at the end
     unless ``cfg.export`` is off. Ctrl-C / SIGTERM save a checkpoint and raise
-    ``TrainingInterrupted``.
+    ``TrainingInterrupted``. ``status.json`` says where the run stands (``dreamtext.runstatus``).
     """
     run = build_run(cfg, resume=resume)
-    workspace = run.workspace
+    interrupted = (TrainingInterrupted, KeyboardInterrupt)
+    with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
+        return _train(run, resume)
+
+
+def _train(run: Run, resume: bool) -> Path:
+    cfg, workspace = run.cfg, run.workspace
     workspace.mkdir(parents=True, exist_ok=True)
     write_config(run)
     log_path = workspace / "log.jsonl"

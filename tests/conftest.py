@@ -42,3 +42,21 @@ def tiny_clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_clip import write_clip
 
     return write_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture
+def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The Stable Diffusion parts read from disk from now on (subfolder names, in order); the
+    process's model cache starts empty, so the first use of a model loads it."""
+    import dreamtext.models as models
+
+    models.clear_cache()
+    loads: list[str] = []
+    real = models._from_pretrained
+
+    def counting(cls, path, subfolder, **kwargs):
+        loads.append(subfolder)
+        return real(cls, path, subfolder, **kwargs)
+
+    monkeypatch.setattr(models, "_from_pretrained", counting)
+    return loads

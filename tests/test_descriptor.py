@@ -17,7 +17,8 @@ from dreamtext.descriptor import (
     train_descriptor,
 )
 from dreamtext.errors import DreamtextError
-from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance
+from dreamtext.guidance import GuidanceConfig
+from dreamtext.models import load_stable_diffusion
 
 # "shiny" is not in the tiny tokenizer's vocabulary: it splits into 5 pieces; "red" is one.
 WORDS = ["red", "shiny"]
@@ -31,8 +32,8 @@ def _image() -> Image.Image:
 
 
 def _trainer(model_path, words=WORDS, **options) -> DescriptorTrainer:
-    sd = StableDiffusionGuidance(GuidanceConfig(model=str(model_path)))
-    return DescriptorTrainer(sd, "a", list(words), "cube", DescriptorOptions(**options))
+    models = load_stable_diffusion(str(model_path))
+    return DescriptorTrainer(models, "a", list(words), "cube", DescriptorOptions(**options))
 
 
 # --- augmentations -----------------------------------------------------------------------------
@@ -134,17 +135,17 @@ def test_only_placeholder_rows_change_during_training(tiny_sd_path):
     trainer = _trainer(tiny_sd_path, lr=1e-2)
     frozen = {
         name: p.detach().clone()
-        for module in (trainer.text_encoder, trainer.sd.unet, trainer.sd.vae)
+        for module in (trainer.text_encoder, trainer.models.unet, trainer.models.vae)
         for name, p in module.named_parameters()
     }
     start = trainer.placeholders.vectors.detach().clone()
-    image = image_to_tensor(_image(), trainer.sd.resolution)
+    image = image_to_tensor(_image(), trainer.models.resolution)
     for _ in range(3):
         trainer.train_step(image)
     trainer.placeholders.write_to_table()
     table = trainer.text_encoder.get_input_embeddings().weight
     first = len(trainer.tokenizer) - N_PIECES
-    for module in (trainer.text_encoder, trainer.sd.unet, trainer.sd.vae):
+    for module in (trainer.text_encoder, trainer.models.unet, trainer.models.vae):
         for name, p in module.named_parameters():
             if p is table:
                 assert torch.equal(p[:first], frozen[name][:first])
@@ -156,7 +157,7 @@ def test_only_placeholder_rows_change_during_training(tiny_sd_path):
 
 def test_loss_falls_on_a_fixed_batch(tiny_sd_path):
     trainer = _trainer(tiny_sd_path, lr=2e-2)
-    batch = trainer.noisy_batch(image_to_tensor(_image(), trainer.sd.resolution), step=1)
+    batch = trainer.noisy_batch(image_to_tensor(_image(), trainer.models.resolution), step=1)
     losses = []
     for _ in range(6):
         loss, _ = trainer.loss(*batch)
@@ -175,8 +176,9 @@ def test_v_prediction_model_targets_v(tiny_sd_v_path):
     x0, noise, x_t, t = trainer.noisy_batch(image_to_tensor(_image(), 64), step=1)
     _, info = trainer.loss(x0, noise, x_t, t)
     with torch.no_grad():
-        pred = trainer.sd.unet(x_t, t, encoder_hidden_states=trainer.encode(trainer.full_prompt))
-    ab = trainer.sd.alphas_cumprod[t].view(-1, 1, 1, 1)
+        tau = trainer.encode(trainer.full_prompt)
+        pred = trainer.models.unet(x_t, t, encoder_hidden_states=tau)
+    ab = trainer.models.alphas_cumprod[t].view(-1, 1, 1, 1)
     v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
     assert info["loss_real"] == pytest.approx(float(((pred.sample - v) ** 2).mean()), rel=1e-5)
     assert info["loss_real"] != pytest.approx(float(((pred.sample - noise) ** 2).mean()), rel=1e-3)

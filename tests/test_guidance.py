@@ -1,12 +1,12 @@
-"""Score distillation: the SDS equations, the shared step, and Stable Diffusion loading."""
+"""Score distillation: the SDS equations, the shared step, and SDS with Stable Diffusion."""
 
-import json
 import weakref
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_models import pipeline_variant
 
 from dreamtext.cameras import CameraRange
 from dreamtext.errors import DreamtextError
@@ -222,53 +222,6 @@ def sd(tiny_sd_path: Path) -> StableDiffusionGuidance:
     return StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path)))
 
 
-def variant(source: Path, dest: Path, **config_edits: dict) -> Path:
-    """A copy of a pipeline folder (weights linked) with edits to ``<subfolder>/*config.json``."""
-    for sub in source.iterdir():
-        if sub.is_dir():
-            (dest / sub.name).mkdir(parents=True)
-            for f in sub.iterdir():
-                (dest / sub.name / f.name).symlink_to(f)
-    for subfolder, edits in config_edits.items():
-        name = "scheduler_config.json" if subfolder == "scheduler" else "config.json"
-        path = dest / subfolder / name
-        config = json.loads(path.read_text())
-        path.unlink()
-        path.write_text(json.dumps({**config, **edits}))
-    return dest
-
-
-def test_loads_the_pipeline_folder_frozen(sd: StableDiffusionGuidance):
-    assert sd.prediction_type == "epsilon"
-    assert sd.resolution == 64
-    assert sd.scaling_factor == pytest.approx(0.18215)
-    for module in (sd.unet, sd.vae):
-        assert not module.training
-        assert not any(p.requires_grad for p in module.parameters())
-
-
-def test_alphas_cumprod_come_from_the_saved_scheduler(sd: StableDiffusionGuidance):
-    assert float(sd.alphas_cumprod[20]) == pytest.approx(0.9813, abs=1e-4)
-    assert float(sd.alphas_cumprod[980]) == pytest.approx(0.00584, abs=1e-5)
-
-
-def test_a_linear_schedule_in_the_folder_is_honoured(tiny_sd_path: Path, tmp_path: Path):
-    folder = variant(
-        tiny_sd_path, tmp_path / "linear", scheduler={"beta_schedule": "linear", "beta_end": 0.02}
-    )
-    guidance = StableDiffusionGuidance(GuidanceConfig(model=str(folder)))
-    expected = torch.cumprod(1 - torch.linspace(0.00085, 0.02, 1000, dtype=torch.float64), 0)
-    torch.testing.assert_close(guidance.alphas_cumprod, expected.float())
-
-
-def test_native_resolution_follows_the_configs(tiny_sd_path: Path, tmp_path: Path):
-    folder = variant(tiny_sd_path, tmp_path / "small", unet={"sample_size": 24})
-    guidance = StableDiffusionGuidance(GuidanceConfig(model=str(folder)))
-    assert guidance.resolution == 24 * 2
-    latents = guidance.encode_images(torch.rand(1, 3, 100, 100))
-    assert latents.shape == (1, 4, 24, 24)
-
-
 def test_sds_loss_gives_finite_gradients_on_the_render(sd: StableDiffusionGuidance):
     sd.set_prompt("a red castle")
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
@@ -311,19 +264,27 @@ def test_perp_neg_negative_is_the_front_view_prediction(tiny_sd_path: Path):
     torch.testing.assert_close(side.negative_weights, torch.tensor([[2.0]]))
 
 
-def test_text_encoder_is_freed_after_set_prompt(tiny_sd_path: Path):
-    guidance = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path)))
-    encoder = weakref.ref(guidance.text_encoder)
-    guidance.set_prompt("a cube")
-    assert guidance.text_encoder is None and encoder() is None
-    assert guidance.tokenizer is not None
+def test_after_set_prompt_the_guidance_holds_embeddings_not_a_text_encoder(
+    tiny_sd_path: Path, tmp_path: Path
+):
+    path = tmp_path / "learned_embeds.safetensors"
+    save_file({"<dt-toy>": torch.randn(1, 32)}, str(path))
+    cfg = GuidanceConfig(model=str(tiny_sd_path), textual_inversion=str(path))
+    guidance = StableDiffusionGuidance(cfg)
+    private_encoder = weakref.ref(guidance._text.text_encoder)
+    guidance.set_prompt("a photo of <dt-toy>")
+    assert guidance._text is None and private_encoder() is None
+    assert guidance.prompts.get(["front"])[1].shape == (1, 77, 32)
 
 
-def test_a_second_prompt_reloads_the_text_encoder(sd: StableDiffusionGuidance):
+def test_a_second_prompt_is_encoded_without_reading_the_disk(
+    sd: StableDiffusionGuidance, count_loads
+):
     sd.set_prompt("a cube")
     cube = sd.prompts.get(["front"])[1]
     sd.set_prompt("a sphere")
     assert not torch.allclose(cube, sd.prompts.get(["front"])[1])
+    assert count_loads == []
 
 
 def test_textual_inversion_token_changes_the_embedding(tiny_sd_path: Path, tmp_path: Path):
@@ -340,15 +301,6 @@ def test_textual_inversion_token_changes_the_embedding(tiny_sd_path: Path, tmp_p
         guidance.set_prompt("a photo of <dt-toy>")
         conds.append(guidance.prompts.get(["front"])[1])
     assert not torch.allclose(conds[0], conds[1])
-
-
-def test_memory_options_are_applied(tiny_sd_path: Path):
-    cfg = GuidanceConfig(
-        model=str(tiny_sd_path), vae_slicing=True, vae_tiling=True, channels_last=True
-    )
-    guidance = StableDiffusionGuidance(cfg)
-    assert guidance.vae.use_slicing and guidance.vae.use_tiling
-    assert guidance.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_unknown_hub_id_offline_names_the_local_folder_fix():
@@ -369,7 +321,8 @@ def test_folder_that_is_not_stable_diffusion_is_a_user_error(tmp_path: Path):
 
 
 def test_unsupported_prediction_type_is_a_user_error(tiny_sd_path: Path, tmp_path: Path):
-    folder = variant(tiny_sd_path, tmp_path / "x0", scheduler={"prediction_type": "sample"})
+    edits = {"prediction_type": "sample"}
+    folder = pipeline_variant(tiny_sd_path, tmp_path / "x0", scheduler=edits)
     with pytest.raises(DreamtextError, match="'sample'"):
         StableDiffusionGuidance(GuidanceConfig(model=str(folder)))
 

@@ -13,6 +13,7 @@ from dreamtext.config import resolve_config
 from dreamtext.describe import DescribeOptions
 from dreamtext.descriptor import DESCRIPTOR_TOKEN, DescriptorOptions
 from dreamtext.errors import DreamtextError
+from dreamtext.guidance import GuidanceConfig
 from dreamtext.imageto3d import ImageOptions, run_diverse, run_image, sample_image
 
 
@@ -49,7 +50,9 @@ def _image(tmp_path) -> Image.Image:
     return path
 
 
-def test_run_image_chains_every_stage(tmp_path, tiny_clip_path, tiny_sd_path):
+def test_run_image_chains_every_stage_on_one_load_of_the_model(
+    tmp_path, tiny_clip_path, tiny_sd_path, count_loads
+):
     image = _image(tmp_path)
     workspace = run_image(
         image, _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path)
@@ -66,6 +69,8 @@ def test_run_image_chains_every_stage(tmp_path, tiny_clip_path, tiny_sd_path):
     assert config["prompt"] == record["trained_sentence"]
     assert config["guidance"]["textual_inversion"] == str(learned)
     assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    # descriptor training and text→3D took their parts from one load
+    assert sorted(count_loads) == ["text_encoder", "tokenizer", "unet", "vae"]
 
 
 def _fail(*args, **kwargs):
@@ -139,7 +144,8 @@ def test_builtin_prior_cannot_reconstruct_images(tmp_path, tiny_sd_path):
 
 def test_sampled_images_depend_on_the_seed(tmp_path, tiny_sd_path):
     def sample(seed, name):
-        path = sample_image("a red cube", str(tiny_sd_path), seed, tmp_path / name, steps=2)
+        guidance = GuidanceConfig(model=str(tiny_sd_path))
+        path = sample_image("a red cube", guidance, seed, tmp_path / name, steps=2)
         return np.asarray(Image.open(path))
 
     first, again, other = sample(1, "a.png"), sample(1, "b.png"), sample(2, "c.png")

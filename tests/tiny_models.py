@@ -212,6 +212,23 @@ def write_tiny_sd(
     return folder
 
 
+def pipeline_variant(source: str | Path, dest: str | Path, **config_edits: dict) -> Path:
+    """A copy of a pipeline folder (weights linked) with edits to ``<subfolder>/*config.json``."""
+    source, dest = Path(source), Path(dest)
+    for sub in source.iterdir():
+        if sub.is_dir():
+            (dest / sub.name).mkdir(parents=True)
+            for f in sub.iterdir():
+                (dest / sub.name / f.name).symlink_to(f)
+    for subfolder, edits in config_edits.items():
+        name = "scheduler_config.json" if subfolder == "scheduler" else "config.json"
+        path = dest / subfolder / name
+        config = json.loads(path.read_text())
+        path.unlink()
+        path.write_text(json.dumps({**config, **edits}))
+    return dest
+
+
 # A text→3D run small enough for a unit test: a few hash levels, a narrow MLP, 16×16 renders, no
 # export. Tests merge it into their overrides (``resolve_config({**TINY_TRAIN, ...})``).
 TINY_TRAIN: dict = {

@@ -1,0 +1,635 @@
+"""``dreamtext batch``: a list of prompts in one process, on one GPU, several, or a cluster.
+
+    prompts file ──► entries (line, text prompt or ``image:PATH``) ──► this worker's share
+        each entry:  finished? skip ─► claim ``<workspace>.lock`` ─► text→3D or image→3D ─► record
+    ──► ROOT/batch.jsonl (one line per entry and attempt) and a printed table
+
+The models are loaded once per process (:mod:`dreamtext.models` keeps them), so from the second
+prompt on a run starts training at once. Each prompt gets the workspace ``dreamtext text`` would
+give it, under the root folder; a finished one is skipped, an interrupted one resumes from its
+last checkpoint, a failing one is recorded and the batch goes on. Ctrl-C (or SIGTERM) checkpoints
+the current run and stops the batch.
+
+Several workers can share one list. ``--shard K/N`` (or a SLURM job array's
+``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``) gives each a disjoint share, and every
+workspace is claimed by a lock file holding host, pid and start time, so that two workers never
+train one prompt at the same time even when they run the same share. A lock is taken over when its
+process is gone (same host), when it belongs to this very SLURM array task (a requeued task), or
+when its holder stopped refreshing it for ``--lock-timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dreamtext.checkpoint import last_checkpoint
+from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, resolve_config, slugify
+from dreamtext.errors import DreamtextError
+from dreamtext.imageto3d import ImageOptions
+from dreamtext.runstatus import error_line, now_iso, read_status
+
+BATCH_LOG = "batch.jsonl"
+IMAGE_PREFIX = "image:"
+HOST = socket.gethostname()
+
+
+# ----------------------------------------------------------------------------------------------
+# The list and the shares.
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One prompt of the list: ``line`` (1-based in the file), the raw ``input`` line, its
+    ``kind`` (``"text"`` or ``"image"``), the ``prompt`` (the image's path for image lines) and
+    the ``workspace`` it trains in."""
+
+    line: int
+    input: str
+    kind: str
+    prompt: str
+    workspace: Path
+
+
+def read_prompts(path: str | Path, root: Path) -> list[Entry]:
+    """The entries of a prompts file: one prompt per line, ``image:PATH`` for an image (a
+    relative PATH is taken from the prompts file's folder); blank lines and ``#`` comments are
+    skipped. A line repeating an earlier one is dropped; two prompts whose workspace names clash
+    (``a cat`` and ``A cat!``) get the later one's line number appended. Every image is opened
+    here, so a bad one stops the batch before anything is written."""
+    from dreamtext.images import load_image
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DreamtextError(
+            f"prompts file {path} does not exist; pass a text file with one prompt per line"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DreamtextError(f"cannot read prompts file {path}: {error}") from None
+    entries: list[Entry] = []
+    seen: dict[tuple[str, str], int] = {}
+    names: set[str] = set()
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        kind, prompt = "text", " ".join(text.split())
+        if text.startswith(IMAGE_PREFIX):
+            kind, image = "image", text[len(IMAGE_PREFIX) :].strip()
+            if not image:
+                raise DreamtextError(f"{path}:{number}: '{text}' names no image; write image:PATH")
+            image_path = Path(image).expanduser()
+            if not image_path.is_absolute():
+                image_path = path.parent / image_path
+            try:
+                load_image(image_path)
+            except DreamtextError as error:
+                raise DreamtextError(f"{path}:{number}: {error}") from None
+            prompt = str(image_path)
+        key = (kind, str(Path(prompt).resolve()) if kind == "image" else prompt)
+        if key in seen:
+            _say(f"batch: line {number} repeats line {seen[key]}; it runs once")
+            continue
+        seen[key] = number
+        name = slugify(Path(prompt).stem if kind == "image" else prompt)
+        if name in names:
+            name = f"{name}_line{number}"
+        names.add(name)
+        entries.append(Entry(number, raw.rstrip("\r"), kind, prompt, root / name))
+    if not entries:
+        raise DreamtextError(
+            f"prompts file {path} holds no prompts (blank lines and # comments "
+            "are skipped); write one prompt per line"
+        )
+    return entries
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` → ``(K, N)`` with ``0 ≤ K < N``."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None or not int(match[1]) < int(match[2]):
+        raise DreamtextError(
+            f"--shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four shares; "
+            f"got '{text}'"
+        )
+    return int(match[1]), int(match[2])
+
+
+def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """The share of a SLURM job-array task, or ``None`` outside one.
+
+    ``K = (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`` and ``N =
+    SLURM_ARRAY_TASK_COUNT``, so ``--array=0-7``, ``--array=1-8`` and ``--array=0-14:2`` all give
+    the shares 0/8 … 7/8. An array that is not such a range (``--array=1,5,6``) is an error.
+    """
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return None
+    try:
+        task = int(env["SLURM_ARRAY_TASK_ID"])
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
+        if "SLURM_ARRAY_TASK_COUNT" in env:
+            count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        else:
+            count = (int(env["SLURM_ARRAY_TASK_MAX"]) - first) // step + 1
+    except (KeyError, ValueError):
+        raise DreamtextError(
+            "cannot read this SLURM array task's share from SLURM_ARRAY_TASK_ID/_MIN/_COUNT; "
+            "pass --shard K/N"
+        ) from None
+    index, off_step = divmod(task - first, step)
+    if off_step or not 0 <= index < count:
+        raise DreamtextError(
+            f"SLURM array task {task} is not one of {count} evenly spaced tasks from {first}; "
+            "submit the array as a range (--array=0-7) or pass --shard K/N"
+        )
+    return index, count
+
+
+def resolve_shard(flag: str | None, env: Mapping[str, str]) -> tuple[int, int] | None:
+    """``--shard`` when given, else the SLURM array task's share, else ``None`` (the whole list)."""
+    return parse_shard(flag) if flag is not None else shard_from_environment(env)
+
+
+def select_share(entries: list[Entry], shard: tuple[int, int] | None) -> list[Entry]:
+    """Entries ``K, K + N, K + 2N, …`` of the list: shares ``0 … N − 1`` partition it, and
+    neighbouring lines (often similar prompts, similar run times) are spread over the workers."""
+    if shard is None:
+        return list(entries)
+    k, n = shard
+    return entries[k::n]
+
+
+# ----------------------------------------------------------------------------------------------
+# Claiming a workspace.
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def slurm_task() -> tuple[str | None, int]:
+    """``("<job>_<task>", restarts)`` of this SLURM array task (``"<job>"`` for a plain job),
+    ``(None, 0)`` outside SLURM. A requeued task keeps its id and counts one more restart, which
+    is how it recognises the locks of its earlier, preempted self."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if job is None:
+        return None, 0
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return (f"{job}_{task}" if task is not None else job), restarts
+
+
+class WorkspaceLock:
+    """An exclusive claim on a workspace: the file ``<workspace>.lock`` beside it.
+
+    The file holds ``{"host", "pid", "started", "slurm", "slurm_restart", "token"}``, is written
+    whole to a temp file and hard-linked into place (atomic, also on NFS), and refreshed (its
+    mtime) every ``timeout / 4`` seconds (at most every minute) while held.
+    """
+
+    def __init__(self, workspace: Path, timeout: float) -> None:
+        self.path = workspace.with_name(workspace.name + ".lock")
+        self.timeout = timeout
+        slurm, restarts = slurm_task()
+        self.info = {
+            "host": HOST,
+            "pid": os.getpid(),
+            "started": now_iso(),
+            "slurm": slurm,
+            "slurm_restart": restarts,
+            "token": uuid.uuid4().hex,
+        }
+        self.holder: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Claim the workspace; ``False`` (and ``self.holder`` set) when another worker holds it."""
+        for _ in range(5):
+            if self._create():
+                self._start_heartbeat()
+                return True
+            held = self._read(self.path)
+            if held is None:  # released between our attempt and our look: try again
+                continue
+            info, age = held
+            reason = self._stale_reason(info, age)
+            if reason is None:
+                self.holder = info
+                return False
+            if self._break(info):
+                _say(f"batch: taking over {self.path} ({reason})")
+        return False
+
+    def release(self) -> None:
+        """Stop refreshing and remove the lock, unless another worker has taken it over."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        held = self._read(self.path)
+        if held is not None and held[0].get("token") == self.info["token"]:
+            self.path.unlink(missing_ok=True)
+
+    def describe_holder(self) -> str:
+        info = self.holder or {}
+        return (
+            f"claimed by {info.get('host', '?')} pid {info.get('pid', '?')} "
+            f"since {info.get('started', '?')} ({self.path.name})"
+        )
+
+    def _create(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{self.info['token']}.tmp")
+        tmp.write_text(json.dumps(self.info) + "\n", encoding="utf-8")
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create instead
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(self.info) + "\n")
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[dict[str, Any], float] | None:
+        """``(contents, seconds since last refreshed)``; ``None`` if there is no such file."""
+        try:
+            age = time.time() - path.stat().st_mtime
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(text)
+        except json.JSONDecodeError:
+            info = {}
+        return (info if isinstance(info, dict) else {}), age
+
+    def _stale_reason(self, info: dict[str, Any], age: float) -> str | None:
+        slurm, restart = info.get("slurm"), info.get("slurm_restart")
+        same_task = slurm is not None and slurm == self.info["slurm"]
+        if same_task and isinstance(restart, int) and restart < self.info["slurm_restart"]:
+            return f"it was this SLURM task's ({slurm}) before it was requeued"
+        pid = info.get("pid")
+        if info.get("host") == HOST and isinstance(pid, int) and not pid_alive(pid):
+            return f"its process {pid} on {HOST} is gone"
+        if age > self.timeout:
+            return f"not refreshed for {age:.0f} s > --lock-timeout {self.timeout:g} s"
+        return None
+
+    def _break(self, stale: dict[str, Any]) -> bool:
+        """Remove a stale lock. It is renamed away first and checked: if another worker replaced
+        it in the meantime, theirs is put back."""
+        grave = self.path.with_name(f".{self.path.name}.{self.info['token']}.stale")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return False
+        taken = self._read(grave)
+        if taken is not None and taken[0].get("token") != stale.get("token"):
+            with contextlib.suppress(FileExistsError):
+                os.link(grave, self.path)
+            grave.unlink(missing_ok=True)
+            return False
+        grave.unlink(missing_ok=True)
+        return True
+
+    def _start_heartbeat(self) -> None:
+        interval = min(60.0, self.timeout / 4)
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                with contextlib.suppress(OSError):
+                    os.utime(self.path)
+
+        self._heartbeat = threading.Thread(target=beat, name="dreamtext-lock", daemon=True)
+        self._heartbeat.start()
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the list.
+
+
+@dataclass
+class BatchOptions:
+    """``root``: where the workspaces and ``batch.jsonl`` go. ``shard``: the ``--shard K/N`` text
+    (``None``: SLURM's array task share when set, else the whole list). ``lock_timeout``: seconds
+    after which an unrefreshed lock is taken over. ``image``: describe / descriptor options of
+    ``image:`` lines."""
+
+    root: Path = DEFAULT_WORKSPACE_ROOT
+    shard: str | None = None
+    lock_timeout: float = 600.0
+    image: ImageOptions = field(default_factory=ImageOptions)
+
+
+def entry_config(
+    entry: Entry, overrides: dict[str, Any], preset: str | None, config_file: str | Path | None
+) -> TrainConfig:
+    """The run's config: the batch's flags, with this entry's prompt and workspace. An image
+    line's prompt is the image's name until DreamText learns its sentence (as ``dreamtext
+    image``)."""
+    prompt = entry.prompt
+    if entry.kind == "image":
+        prompt = Path(entry.prompt).stem or "image"
+    mine = {**overrides, "prompt": prompt, "workspace": str(entry.workspace)}
+    return resolve_config(mine, preset=preset, config_file=config_file)
+
+
+def is_finished(cfg: TrainConfig) -> bool:
+    """The run's ``status.json`` says finished at ``cfg.iters`` or beyond (a finished run asked
+    for more iterations resumes)."""
+    status = read_status(cfg.workspace)
+    return status is not None and status["state"] == "finished" and status["step"] >= cfg.iters
+
+
+def run_batch(
+    prompts_file: str | Path,
+    overrides: dict[str, Any],
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    options: BatchOptions | None = None,
+) -> list[dict[str, Any]]:
+    """Run this worker's share of a prompts file; return the ``batch.jsonl`` records written.
+
+    ``overrides``, ``preset``, ``config_file``: the text→3D settings of every run, as for
+    ``dreamtext text``. Bad input (the file, the share, an image, a config, the model) is a
+    :class:`DreamtextError` before anything is written.
+    """
+    options = options or BatchOptions()
+    root = Path(options.root)
+    entries = read_prompts(prompts_file, root)
+    shard = resolve_shard(options.shard, os.environ)
+    share = select_share(entries, shard)
+    configs = [entry_config(e, overrides, preset, config_file) for e in share]
+    for entry, cfg in zip(share, configs, strict=True):
+        if entry.kind == "image" and cfg.guidance.model.startswith("builtin:"):
+            raise DreamtextError(
+                f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
+                f"{cfg.guidance.model}; pass --model with a diffusers hub id or folder"
+            )
+    pending = [cfg for cfg in configs if not is_finished(cfg)]
+    if pending:
+        check_model(pending[0])
+    shard_text = f"{shard[0]}/{shard[1]}" if shard else None
+    if shard is not None:
+        _say(f"batch: share {shard_text}: {len(share)} of {len(entries)} prompts")
+    root.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    with (
+        sigterm_as_interrupt(),
+        tqdm(total=len(share), desc="prompts", unit="prompt", dynamic_ncols=True) as bar,
+    ):
+        for entry, cfg in zip(share, configs, strict=True):
+            bar.set_postfix_str(entry.workspace.name[:40])
+            record = run_entry(entry, cfg, options, root, shard_text)
+            append_record(root / BATCH_LOG, record)
+            records.append(record)
+            bar.update(1)
+            if record["status"] == "interrupted":
+                break
+    return records
+
+
+def check_model(cfg: TrainConfig) -> None:
+    """The device, precision and model every run of the batch uses. Stable Diffusion is loaded
+    here (the runs reuse it), so a wrong ``--model`` or ``--fp16`` on a CPU stops the batch before
+    it writes anything instead of failing every prompt."""
+    from dreamtext.devices import resolve_device
+    from dreamtext.models import load_for, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.guidance, device)
+    if not cfg.guidance.model.startswith("builtin:"):
+        load_for(cfg.guidance, device)
+
+
+def run_entry(
+    entry: Entry, cfg: TrainConfig, options: BatchOptions, root: Path, shard: str | None
+) -> dict[str, Any]:
+    """Skip, or claim and run, one entry; return its ``batch.jsonl`` record."""
+    from dreamtext.trainer import TrainingInterrupted
+
+    started, start = now_iso(), time.perf_counter()
+    result: dict[str, Any] = {"status": "skipped", "error": None}
+    lock = WorkspaceLock(entry.workspace, options.lock_timeout)
+    claimed = False
+    try:
+        if is_finished(cfg):
+            pass
+        elif not (claimed := lock.acquire()):
+            result["error"] = lock.describe_holder()
+        elif not is_finished(cfg):  # another worker may have finished it meanwhile
+            run_one(entry, cfg, options)
+            result["status"] = "finished"
+    except (TrainingInterrupted, KeyboardInterrupt) as stop:
+        result = {"status": "interrupted", "error": None}
+        _say(f"batch: {stop or 'interrupted'}; run the batch again to resume")
+    except DreamtextError as error:
+        result = {"status": "failed", "error": error_line(error)}
+        _say(f"batch: line {entry.line} failed: {error}")
+    except Exception as error:  # a bug or a broken GPU: record it, keep the traceback
+        result = {"status": "failed", "error": error_line(error)}
+        if not isinstance(error, torch.OutOfMemoryError):
+            traceback.print_exc()
+        _say(f"batch: line {entry.line} failed: {error_line(error)}")
+    finally:
+        if claimed:
+            lock.release()
+            _free_device_memory()
+    status = read_status(entry.workspace) if claimed else None
+    return {
+        "line": entry.line,
+        "input": entry.input,
+        "kind": entry.kind,
+        "prompt": _prompt_of(entry),
+        "workspace": _relative(entry.workspace, root),
+        **result,
+        "seconds": round(time.perf_counter() - start, 3),
+        "its": _last_its(entry.workspace) if result["status"] == "finished" else None,
+        "gpu_mem_mib": status.get("gpu_mem_mib") if status else None,
+        "started": started,
+        "finished": now_iso(),
+        "host": HOST,
+        "shard": shard,
+    }
+
+
+def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions) -> None:
+    """Train one entry: text→3D, resumed when it has a checkpoint; or the image→3D chain."""
+    if entry.kind == "image":
+        from dreamtext.imageto3d import run_image
+
+        run_image(entry.prompt, options.image, cfg)
+        return
+    from dreamtext.trainer import train
+
+    workspace = Path(cfg.workspace)
+    resume = last_checkpoint(workspace).is_file()
+    if resume:
+        previous = _saved_prompt(workspace)
+        if previous != cfg.prompt:
+            raise DreamtextError(
+                f"{workspace} holds a run of '{previous}'; move it away or pass another --workspace"
+            )
+    train(cfg, resume=resume)
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """One line appended in one write, so that workers sharing the file do not interleave."""
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def exit_code(records: list[dict[str, Any]]) -> int:
+    """130 when the batch was interrupted, 1 when a prompt failed, else 0."""
+    states = {r["status"] for r in records}
+    if "interrupted" in states:
+        return 130
+    return 1 if "failed" in states else 0
+
+
+def summary_table(records: list[dict[str, Any]]) -> str:
+    """The records as a plain-text table (line, status, time, it/s, GPU MiB, workspace, error)."""
+    header = ("line", "status", "seconds", "it/s", "GPU MiB", "workspace", "error")
+    rows = [
+        (
+            str(r["line"]),
+            r["status"],
+            f"{r['seconds']:.1f}",
+            f"{r['its']:.2f}" if r["its"] is not None else "-",
+            f"{r['gpu_mem_mib']:.0f}" if r["gpu_mem_mib"] is not None else "-",
+            r["workspace"],
+            _shorten(r["error"] or "", 80),
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "skipped", "failed")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's preemption or time limit) acts as Ctrl-C: inside a run the trainer
+    checkpoints and stops; between runs the batch records the interruption and stops."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _say(message: str) -> None:
+    """A progress message on stderr, printed above the progress bars."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _saved_prompt(workspace: Path) -> str | None:
+    try:
+        return json.loads((workspace / "config.json").read_text(encoding="utf-8")).get("prompt")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _prompt_of(entry: Entry) -> str:
+    """The text prompt, or for an image line the sentence DreamText learned (once it has)."""
+    if entry.kind == "image":
+        from dreamtext.describe import sentence_path
+
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            record = json.loads(sentence_path(entry.workspace).read_text(encoding="utf-8"))
+            return record.get("trained_sentence") or record.get("sentence") or entry.prompt
+    return entry.prompt
+
+
+def _last_its(workspace: Path) -> float | None:
+    """it/s of the run's last ``log.jsonl`` record."""
+    with contextlib.suppress(OSError, json.JSONDecodeError, IndexError):
+        lines = (workspace / "log.jsonl").read_text(encoding="utf-8").splitlines()
+        return json.loads(lines[-1]).get("its")
+    return None
+
+
+__all__ = [
+    "BatchOptions",
+    "Entry",
+    "WorkspaceLock",
+    "exit_code",
+    "parse_shard",
+    "read_prompts",
+    "resolve_shard",
+    "run_batch",
+    "select_share",
+    "shard_from_environment",
+    "summary_table",
+]

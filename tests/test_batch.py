@@ -1,0 +1,457 @@
+"""`dreamtext batch`: one process for a list, skips and resumes, shares, locks, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from tiny_models import TINY_TRAIN
+
+import dreamtext.trainer as trainer
+from dreamtext.batch import (
+    HOST,
+    Entry,
+    WorkspaceLock,
+    parse_shard,
+    read_prompts,
+    resolve_shard,
+    select_share,
+    shard_from_environment,
+)
+from dreamtext.cli import main
+from dreamtext.errors import DreamtextError
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILTIN = ["--model", "builtin:shapes", "--iters", "20"]
+
+
+@pytest.fixture(scope="session")
+def shapes_cache(tmp_path_factory):
+    """The built-in prior's rendered image set, cached once for the session (and subprocesses)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DREAMTEXT_CACHE", str(tmp_path_factory.mktemp("dreamtext_cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def outside_slurm(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("SLURM_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY_TRAIN, "preview_every": 0, "log_every": 5}))
+    return path
+
+
+def prompts_file(tmp_path, *lines, name="prompts.txt"):
+    path = tmp_path / name
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def rows(root):
+    return [json.loads(line) for line in (root / "batch.jsonl").read_text().splitlines()]
+
+
+def steps(workspace):
+    return [json.loads(line)["step"] for line in (workspace / "log.jsonl").read_text().splitlines()]
+
+
+def status(workspace):
+    return json.loads((workspace / "status.json").read_text())
+
+
+def batch_process(*args, **popen):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    command = [sys.executable, "-m", "dreamtext.cli", "batch", *map(str, args)]
+    return subprocess.Popen(command, env=env, text=True, **popen)
+
+
+# ----------------------------------------------------------------------------------------------
+# The list and its shares
+
+
+def test_batch_is_a_subcommand_with_its_own_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["batch", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("PROMPTS_FILE", "--shard", "--lock-timeout", "--model", "--iters", "--clip"):
+        assert flag in out
+
+
+def test_prompts_file_lines_comments_images_and_names(tmp_path):
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "mug.png")
+    path = prompts_file(
+        tmp_path,
+        "# a comment",
+        "a red cube",
+        "",
+        "  image: photos/mug.png",
+        "a red cube",
+        "A red cube!",
+    )
+    entries = read_prompts(path, tmp_path / "root")
+    assert [(e.line, e.kind, e.workspace.name) for e in entries] == [
+        (2, "text", "a_red_cube"),
+        (4, "image", "mug"),
+        (6, "text", "a_red_cube_line6"),  # line 5 repeats line 2 and is dropped
+    ]
+    assert entries[1].prompt == str(tmp_path / "photos" / "mug.png")
+    assert entries[1].input == "  image: photos/mug.png"
+
+
+def _entries(n):
+    return [Entry(i + 1, f"p{i}", "text", f"p{i}", Path(f"p{i}")) for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_shares_partition_the_list(n):
+    entries = _entries(7)
+    shares = [select_share(entries, (k, n)) for k in range(n)]
+    together = [e for share in shares for e in share]
+    assert sorted(together, key=lambda e: e.line) == entries  # every entry exactly once
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert shares == [select_share(entries, (k, n)) for k in range(n)]  # deterministic
+
+
+@pytest.mark.parametrize("text", ["3/2", "2/2", "x/y", "1", "-1/3", "1/0", "1/2/3"])
+def test_bad_shards_are_user_errors(text):
+    with pytest.raises(DreamtextError, match="--shard must be K/N"):
+        parse_shard(text)
+
+
+@pytest.mark.parametrize(
+    ("env", "share"),
+    [
+        ({}, None),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "3",
+                "SLURM_ARRAY_TASK_MIN": "0",
+                "SLURM_ARRAY_TASK_COUNT": "4",
+            },
+            (3, 4),
+        ),
+        # --array=1-4: ids start at 1
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "1",
+                "SLURM_ARRAY_TASK_MIN": "1",
+                "SLURM_ARRAY_TASK_COUNT": "4",
+            },
+            (0, 4),
+        ),
+        # --array=10-14:2 (ids 10, 12, 14)
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "14",
+                "SLURM_ARRAY_TASK_MIN": "10",
+                "SLURM_ARRAY_TASK_STEP": "2",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+            },
+            (2, 3),
+        ),
+        # no count: from min, max and step
+        (
+            {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "8"},
+            (6, 8),
+        ),
+    ],
+)
+def test_slurm_variables_select_the_share(env, share):
+    assert shard_from_environment(env) == share
+
+
+def test_a_slurm_array_that_is_not_a_range_is_a_user_error():
+    # --array=1,3,9: three tasks, ids not evenly spaced from 1
+    env = {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
+    with pytest.raises(DreamtextError, match="--shard K/N"):
+        shard_from_environment(env)
+
+
+def test_the_shard_flag_wins_over_slurm():
+    env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
+    assert resolve_shard("0/3", env) == (0, 3)
+    assert resolve_shard(None, env) == (1, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Locks
+
+
+def _lock_file(path, age=0.0, **info):
+    path.write_text(json.dumps({"host": HOST, "pid": 1, "started": "x", "token": "theirs", **info}))
+    then = time.time() - age
+    os.utime(path, (then, then))
+
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_held_workspace_keeps_other_workers_out_until_released(tmp_path):
+    first, second = WorkspaceLock(tmp_path / "a", 60), WorkspaceLock(tmp_path / "a", 60)
+    assert first.acquire()
+    assert not second.acquire()
+    assert f"{HOST} pid {os.getpid()}" in second.describe_holder()
+    first.release()
+    assert not (tmp_path / "a.lock").exists()
+    assert second.acquire()
+    second.release()
+
+
+def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
+    _lock_file(tmp_path / "a.lock", pid=_dead_pid())
+    lock = WorkspaceLock(tmp_path / "a", 600)
+    assert lock.acquire()
+    assert json.loads((tmp_path / "a.lock").read_text())["token"] == lock.info["token"]
+    lock.release()
+
+
+def test_another_hosts_lock_is_taken_over_only_when_older_than_the_timeout(tmp_path):
+    _lock_file(tmp_path / "a.lock", age=30, host="elsewhere")
+    assert not WorkspaceLock(tmp_path / "a", 60).acquire()
+    _lock_file(tmp_path / "a.lock", age=90, host="elsewhere")
+    lock = WorkspaceLock(tmp_path / "a", 60)
+    assert lock.acquire()
+    lock.release()
+
+
+def test_a_requeued_slurm_task_takes_over_its_own_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    # a sibling worker of the same task and incarnation (several GPUs in one job) keeps its lock
+    _lock_file(tmp_path / "a.lock", host="node7", slurm="77_3", slurm_restart=1)
+    assert not WorkspaceLock(tmp_path / "a", 600).acquire()
+    # the task's own lock from before its requeue is taken over
+    _lock_file(tmp_path / "a.lock", host="node7", slurm="77_3", slurm_restart=0)
+    assert WorkspaceLock(tmp_path / "a", 600).acquire()
+
+
+def test_a_held_lock_is_refreshed_and_not_removed_once_taken_over(tmp_path):
+    lock = WorkspaceLock(tmp_path / "a", 0.4)  # refreshed every 0.1 s
+    assert lock.acquire()
+    time.sleep(0.5)
+    assert time.time() - (tmp_path / "a.lock").stat().st_mtime < 0.4
+    _lock_file(tmp_path / "a.lock", host="elsewhere")  # as if another worker took it over
+    lock.release()
+    assert json.loads((tmp_path / "a.lock").read_text())["token"] == "theirs"
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a list (the built-in prior, 20 steps of a tiny field)
+
+
+def test_a_failing_prompt_is_recorded_and_the_others_finish_then_skip(
+    tmp_path, tiny_yaml, shapes_cache, capsys
+):
+    path = prompts_file(tmp_path, "a red cube", "a cat", "a blue sphere")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    first = rows(root)
+    assert [(r["line"], r["status"]) for r in first] == [
+        (1, "finished"),
+        (2, "failed"),
+        (3, "finished"),
+    ]
+    assert "a cat" in first[1]["error"] and first[0]["error"] is None
+    assert first[0]["its"] > 0 and first[0]["shard"] is None and first[0]["host"] == HOST
+    assert first[0]["workspace"] == "a_red_cube"
+    assert not (root / "a_cat").exists()
+    out = capsys.readouterr().out
+    assert "failed" in out and "a_cat" in out and "2 finished, 0 skipped, 1 failed" in out
+    for name in ("a_red_cube", "a_blue_sphere"):
+        assert status(root / name)["state"] == "finished" and steps(root / name)[-1] == 20
+
+    finished_log = (root / "a_red_cube" / "log.jsonl").stat().st_mtime_ns
+    assert main(list(map(str, args))) == 1
+    again = rows(root)[3:]
+    assert [r["status"] for r in again] == ["skipped", "failed", "skipped"]
+    assert (root / "a_red_cube" / "log.jsonl").stat().st_mtime_ns == finished_log
+
+
+def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    args = list(map(str, ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]))
+    real_step = trainer.train_step
+
+    def step_then_ctrl_c(run):
+        record = real_step(run)
+        if run.step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", step_then_ctrl_c)
+    assert main(args) == 130
+    assert [r["status"] for r in rows(root)] == ["interrupted"]
+    assert status(root / "a_red_cube")["state"] == "interrupted"
+    assert not (root / "a_blue_sphere").exists() and not list(root.glob("*.lock"))
+
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    assert main(args) == 0
+    assert [r["status"] for r in rows(root)[1:]] == ["finished", "finished"]
+    assert steps(root / "a_red_cube") == [*range(5, 21, 5)]
+
+
+def test_slurm_array_variables_pick_the_share(tmp_path, tiny_yaml, shapes_cache, monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")  # --array=1-2, the second task
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    assert [(r["line"], r["shard"], r["status"]) for r in rows(root)] == [(2, "1/2", "finished")]
+    assert sorted(p.name for p in root.iterdir()) == ["a_blue_cube", "batch.jsonl"]
+
+
+def test_a_killed_batch_resumes_from_its_last_checkpoint(tmp_path, tiny_yaml, shapes_cache):
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = [path, *BUILTIN[:2], "--iters", "30", "--config", tiny_yaml, "--workspace", root]
+    worker = batch_process(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = root / "a_red_cube" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not checkpoint.is_file() and worker.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert worker.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert status(root / "a_red_cube")["state"] == "running"  # as the killed process left it
+    assert (root / "a_red_cube.lock").is_file()  # held by a process that is gone
+
+    again = batch_process(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "taking over" in err
+    assert [r["status"] for r in rows(root)] == ["finished"]
+    assert steps(root / "a_red_cube") == [5, 10, 15, 20, 25, 30]
+    assert status(root / "a_red_cube")["step"] == 30
+    assert not (root / "a_red_cube.lock").exists()
+
+
+def test_two_workers_on_one_list_train_each_prompt_once(tmp_path, tiny_yaml, shapes_cache):
+    lines = ["a red cube", "a blue cube", "a green cube", "a red sphere"]
+    path = prompts_file(tmp_path, *lines)
+    root = tmp_path / "root"
+    args = [path, *BUILTIN[:2], "--iters", "10", "--config", tiny_yaml, "--workspace", root]
+    workers = [batch_process(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in "ab"]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    records = rows(root)
+    assert len(records) == 2 * len(lines)
+    for line in range(1, len(lines) + 1):
+        mine = sorted(r["status"] for r in records if r["line"] == line)
+        assert mine == ["finished", "skipped"], (line, records)
+    assert len({r["host"] for r in records}) == 1
+    for name in ("a_red_cube", "a_blue_cube", "a_green_cube", "a_red_sphere"):
+        assert steps(root / name) == [5, 10]  # trained once, start to end
+
+
+# ----------------------------------------------------------------------------------------------
+# Stable Diffusion: one load for the whole list, image lines too
+
+
+def test_a_batch_loads_each_model_once(
+    tmp_path, tiny_yaml, tiny_sd_path, tiny_clip_path, count_loads, monkeypatch
+):
+    import dreamtext.describe
+
+    clips = []
+
+    class CountedClip(dreamtext.describe.ClipEncoder):
+        def __init__(self, *args, **kwargs):
+            clips.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", CountedClip)
+    for name, colour in (("red_cube", (220, 30, 30, 255)), ("blue_cube", (30, 30, 220, 255))):
+        rgba = np.zeros((48, 48, 4), dtype=np.uint8)
+        rgba[12:36, 12:36] = colour
+        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{name}.png")
+    (tmp_path / "nouns.txt").write_text("cube\nsphere\n")
+    (tmp_path / "adjectives.txt").write_text("red\nblue\n")
+    lines = ["a red cube", "image:red_cube.png", "a blue sphere", "image:blue_cube.png"]
+    path = prompts_file(tmp_path, *lines)
+    root = tmp_path / "root"
+    args = [
+        "batch", path, "--model", tiny_sd_path, "--guidance", "10", "--iters", "2",
+        "--config", tiny_yaml, "--workspace", root, "--clip", tiny_clip_path,
+        "--nouns", tmp_path / "nouns.txt", "--adjectives", tmp_path / "adjectives.txt",
+        "--max-words", "2", "--descriptor-iters", "2",
+    ]  # fmt: skip
+    assert main(list(map(str, args))) == 0
+    records = rows(root)
+    assert [r["status"] for r in records] == ["finished"] * 4
+    assert records[1]["kind"] == "image" and records[1]["workspace"] == "red_cube"
+    assert records[1]["prompt"].startswith("An image of")  # the learned sentence
+    assert sorted(count_loads) == ["text_encoder", "tokenizer", "unet", "vae"]
+    assert len(clips) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing written
+
+
+def test_a_bad_shard_is_one_line_on_stderr(tmp_path):
+    path = prompts_file(tmp_path, "a red cube")
+    worker = batch_process(
+        path, "--shard", "3/2", "--workspace", tmp_path / "root",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 2
+    assert err.strip().splitlines() == [
+        "dreamtext: error: --shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four "
+        "shares; got '3/2'"
+    ]
+    assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize(
+    ("lines", "extra", "message"),
+    [
+        (None, [], "does not exist"),
+        (["", "# only a comment"], [], "holds no prompts"),
+        (["a red cube", "image:missing.png"], [], "prompts.txt:2: image not found"),
+        (["image:bad.png"], [], "not an image"),
+        (["image:"], [], "names no image"),
+        (["image:ok.png"], ["--model", "builtin:shapes"], "needs a Stable Diffusion model"),
+        (["a red cube"], ["--shard", "x/y"], "--shard must be K/N"),
+        (["a red cube"], ["--iters", "5", "--epochs", "1"], "--iters or --epochs"),
+        (["a red cube"], ["--model", "no/such-model"], "could not load Stable Diffusion"),
+        (["a red cube"], ["--model", "builtin:shapes", "--fp16"], "--fp16 needs a CUDA GPU"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_before_anything_is_written(
+    tmp_path, capsys, lines, extra, message
+):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    path = tmp_path / "missing.txt" if lines is None else prompts_file(tmp_path, *lines)
+    root = tmp_path / "root"
+    assert main(["batch", str(path), "--workspace", str(root), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not root.exists()

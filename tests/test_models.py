@@ -1,0 +1,202 @@
+"""The model loader: Stable Diffusion's parts read once per process, shared, never changed."""
+
+import copy
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny_models import pipeline_variant
+
+import dreamtext.models as models_module
+from dreamtext.descriptor import DescriptorOptions, DescriptorTrainer
+from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance
+from dreamtext.models import load_for, load_stable_diffusion, use_channels_last
+
+PARTS = ["unet", "vae", "tokenizer", "text_encoder"]
+
+
+def test_loads_the_pipeline_folder_frozen(tiny_sd_path: Path):
+    models = load_stable_diffusion(str(tiny_sd_path))
+    assert models.prediction_type == "epsilon"
+    assert models.resolution == 64
+    assert models.scaling_factor == pytest.approx(0.18215)
+    for module in (models.unet, models.vae, models.text_encoder):
+        assert not module.training
+        assert not any(p.requires_grad for p in module.parameters())
+
+
+def test_alphas_cumprod_come_from_the_saved_scheduler(tiny_sd_path: Path):
+    models = load_stable_diffusion(str(tiny_sd_path))
+    assert float(models.alphas_cumprod[20]) == pytest.approx(0.9813, abs=1e-4)
+    assert float(models.alphas_cumprod[980]) == pytest.approx(0.00584, abs=1e-5)
+
+
+def test_a_linear_schedule_in_the_folder_is_honoured(tiny_sd_path: Path, tmp_path: Path):
+    edits = {"beta_schedule": "linear", "beta_end": 0.02}
+    folder = pipeline_variant(tiny_sd_path, tmp_path / "linear", scheduler=edits)
+    models = load_stable_diffusion(str(folder))
+    expected = torch.cumprod(1 - torch.linspace(0.00085, 0.02, 1000, dtype=torch.float64), 0)
+    torch.testing.assert_close(models.alphas_cumprod, expected.float())
+
+
+def test_native_resolution_follows_the_configs(tiny_sd_path: Path, tmp_path: Path):
+    folder = pipeline_variant(tiny_sd_path, tmp_path / "small", unet={"sample_size": 24})
+    models = load_stable_diffusion(str(folder))
+    assert models.resolution == 24 * 2
+    assert models.encode_images(torch.rand(1, 3, 100, 100)).shape == (1, 4, 24, 24)
+
+
+def test_one_load_per_model_dtype_and_device(tiny_sd_path: Path, tmp_path: Path, count_loads):
+    first = load_stable_diffusion(str(tiny_sd_path), "cpu", torch.float32)
+    again = load_stable_diffusion(str(tiny_sd_path), torch.device("cpu"))
+    assert again is first
+    assert sorted(count_loads) == sorted(PARTS)
+    same_folder = tiny_sd_path / ".." / tiny_sd_path.name  # named another way
+    assert load_stable_diffusion(str(same_folder)) is first
+    other = pipeline_variant(tiny_sd_path, tmp_path / "other")
+    assert load_stable_diffusion(str(other)) is not first
+    assert len(count_loads) == 2 * len(PARTS)
+
+
+def test_loads_are_logged_with_their_time(tiny_sd_path: Path, count_loads, caplog):
+    with caplog.at_level(logging.INFO, logger="dreamtext"):
+        load_stable_diffusion(str(tiny_sd_path))
+        load_stable_diffusion(str(tiny_sd_path))
+    loaded = [r.getMessage() for r in caplog.records if "loaded Stable Diffusion" in r.message]
+    assert len(loaded) == 1 and loaded[0].endswith(" s")
+
+
+def test_diffusers_parts_are_loaded_memory_lean(tiny_sd_path: Path, count_loads, monkeypatch):
+    seen = {}
+    real = models_module._from_pretrained
+
+    def record(cls, path, subfolder, **kwargs):
+        seen[subfolder] = kwargs
+        return real(cls, path, subfolder, **kwargs)
+
+    monkeypatch.setattr(models_module, "_from_pretrained", record)
+    load_stable_diffusion(str(tiny_sd_path))
+    assert seen["unet"]["low_cpu_mem_usage"] and seen["vae"]["low_cpu_mem_usage"]
+
+
+def test_guidance_descriptor_and_second_prompt_share_one_load(tiny_sd_path: Path, count_loads):
+    cfg = GuidanceConfig(model=str(tiny_sd_path))
+    guidance = StableDiffusionGuidance(cfg)
+    guidance.set_prompt("a red cube")
+    DescriptorTrainer(guidance.models, "a", ["red"], "cube", DescriptorOptions())
+    second = StableDiffusionGuidance(cfg)
+    second.set_prompt("a blue sphere")
+    assert second.unet is guidance.unet
+    assert sorted(count_loads) == sorted(PARTS)
+
+
+def _vocab_and_table(models):
+    return len(models.tokenizer), models.text_encoder.get_input_embeddings().weight.clone()
+
+
+def test_added_tokens_never_reach_the_shared_text_side(tiny_sd_path: Path, tmp_path: Path):
+    models = load_stable_diffusion(str(tiny_sd_path))
+    vocab, table = _vocab_and_table(models)
+    path = tmp_path / "learned_embeds.safetensors"
+    save_file({"<dt-toy>": torch.randn(2, 32)}, str(path))
+    cfg = GuidanceConfig(model=str(tiny_sd_path), textual_inversion=str(path))
+    StableDiffusionGuidance(cfg).set_prompt("a photo of <dt-toy>")
+    trainer = DescriptorTrainer(models, "a", ["red"], "cube", DescriptorOptions(lr=1e-2))
+    trainer.placeholders.write_to_table()
+    assert len(trainer.tokenizer) == vocab + 1
+    new_vocab, new_table = _vocab_and_table(models)
+    assert new_vocab == vocab and torch.equal(new_table, table)
+
+
+def test_the_text_encoder_waits_where_it_is_used_on_the_cpu(tiny_sd_path: Path):
+    models = load_stable_diffusion(str(tiny_sd_path))
+    assert models.offload_device == torch.device("cpu")
+    with models.text_encoder_on_device() as encoder:
+        assert encoder is models.text_encoder
+    assert next(models.text_encoder.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "dtype", "expected"),
+    [
+        (None, "cuda", torch.float16, True),
+        (None, "cuda", torch.bfloat16, True),
+        (None, "cuda", torch.float32, False),
+        (None, "cpu", torch.float32, False),
+        (False, "cuda", torch.float16, False),
+        (True, "cpu", torch.float32, True),
+    ],
+)
+def test_channels_last_is_on_by_default_for_half_precision_on_cuda(
+    setting, device, dtype, expected
+):
+    assert use_channels_last(setting, torch.device(device), dtype) is expected
+
+
+def _is_channels_last(module) -> bool:
+    return module.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_memory_options_follow_the_newest_config(tiny_sd_path: Path):
+    on = GuidanceConfig(
+        model=str(tiny_sd_path),
+        attention_slicing=True,
+        vae_slicing=True,
+        vae_tiling=True,
+        channels_last=True,
+    )
+    models = load_for(on)
+    assert models.vae.use_slicing and models.vae.use_tiling and models.channels_last
+    assert _is_channels_last(models.unet) and _is_channels_last(models.vae.encoder)
+    processors = {type(p).__name__ for p in models.unet.attn_processors.values()}
+    assert processors == {"SlicedAttnProcessor"}
+    latents = models.encode_images(torch.rand(1, 3, 64, 64))
+    assert torch.isfinite(latents).all()
+
+    models = load_for(GuidanceConfig(model=str(tiny_sd_path)))
+    assert not (models.vae.use_slicing or models.vae.use_tiling or models.channels_last)
+    assert not _is_channels_last(models.unet) and not _is_channels_last(models.vae.encoder)
+    processors = {type(p).__name__ for p in models.unet.attn_processors.values()}
+    assert processors == {"AttnProcessor2_0"}
+
+
+def test_channels_last_gives_the_same_sds_prediction(tiny_sd_path: Path):
+    x_t = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([400])
+    predictions = []
+    for channels_last in (False, True):
+        cfg = GuidanceConfig(model=str(tiny_sd_path), channels_last=channels_last)
+        guidance = StableDiffusionGuidance(cfg)
+        guidance.set_prompt("a red cube")
+        predictions.append(guidance.predict_noise(x_t, t, ["front"]).cond)
+    torch.testing.assert_close(predictions[0], predictions[1], rtol=1e-4, atol=1e-5)
+
+
+def test_compile_is_ignored_with_a_warning_on_the_cpu(tiny_sd_path: Path, caplog):
+    cfg = GuidanceConfig(model=str(tiny_sd_path), compile=True)
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        guidance = StableDiffusionGuidance(cfg)
+    assert guidance.unet is guidance.models.unet
+    assert any("--compile" in r.getMessage() for r in caplog.records)
+
+
+def test_compile_on_cuda_compiles_the_unet_once(tiny_sd_path: Path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or "compiled")
+    on_cuda = copy.copy(load_stable_diffusion(str(tiny_sd_path)))
+    on_cuda.device = torch.device("cuda")  # the decision only, no kernel runs
+    assert on_cuda.sds_unet(compile=True) == "compiled"
+    assert on_cuda.sds_unet(compile=True) == "compiled"
+    assert compiled == [on_cuda.unet]
+    assert on_cuda.sds_unet(compile=False) is on_cuda.unet
+
+
+def test_the_compile_flag_reaches_the_guidance_config():
+    from dreamtext.cli import build_parser, text_overrides
+
+    args = build_parser().parse_args(["text", "a cube", "--compile"])
+    assert text_overrides(args)["guidance"]["compile"] is True
+    args = build_parser().parse_args(["text", "a cube"])
+    assert "compile" not in text_overrides(args).get("guidance", {})

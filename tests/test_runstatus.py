@@ -1,0 +1,112 @@
+"""status.json: written by the trainer when a run starts, finishes, fails or is interrupted."""
+
+import json
+import signal
+from datetime import datetime
+
+import pytest
+from tiny_models import TINY_TRAIN
+
+import dreamtext.trainer as trainer
+from dreamtext.config import resolve_config
+from dreamtext.errors import DreamtextError
+from dreamtext.runstatus import error_line, read_status
+from dreamtext.trainer import TrainingInterrupted, train
+
+KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib"}
+
+
+def tiny_config(tmp_path, model, **overrides):
+    merged = {
+        **TINY_TRAIN,
+        "prompt": "a red sphere",
+        "workspace": str(tmp_path / "run"),
+        "preview_every": 0,
+        "guidance": {"model": str(model), "guidance_scale": 10.0},
+        **overrides,
+    }
+    return resolve_config(merged)
+
+
+def status(tmp_path):
+    return json.loads((tmp_path / "run" / "status.json").read_text())
+
+
+def test_a_finished_run_says_so_after_its_export(tmp_path, tiny_sd_path, monkeypatch):
+    seen_at_export = []
+    monkeypatch.setattr(
+        trainer, "export_trained", lambda run: seen_at_export.append(status(tmp_path))
+    )
+    train(tiny_config(tmp_path, tiny_sd_path, iters=3, export=True))
+    assert [s["state"] for s in seen_at_export] == ["running"]
+    done = status(tmp_path)
+    assert set(done) == KEYS
+    assert done["state"] == "finished" and done["step"] == done["iters"] == 3
+    assert done["error"] is None and done["gpu_mem_mib"] is None and done["seconds"] > 0
+    assert datetime.fromisoformat(done["started"]) <= datetime.fromisoformat(done["updated"])
+
+
+def test_a_run_says_running_from_its_first_step(tmp_path, tiny_sd_path, monkeypatch):
+    seen = []
+    real_step = trainer.train_step
+    monkeypatch.setattr(
+        trainer, "train_step", lambda run: seen.append(status(tmp_path)) or real_step(run)
+    )
+    train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    assert (seen[0]["state"], seen[0]["step"], seen[0]["iters"]) == ("running", 0, 2)
+
+
+def test_a_failing_run_records_the_error_line(tmp_path, tiny_sd_path, monkeypatch):
+    real_step = trainer.train_step
+
+    def fail_at_two(run):
+        if run.step == 1:
+            raise RuntimeError("CUDA error: device-side assert\nmore detail")
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", fail_at_two)
+    with pytest.raises(RuntimeError):
+        train(tiny_config(tmp_path, tiny_sd_path, iters=4))
+    failed = status(tmp_path)
+    assert failed["state"] == "failed" and failed["step"] == 1
+    assert failed["error"] == "RuntimeError: CUDA error: device-side assert"
+
+
+def test_an_interrupted_run_says_interrupted_and_a_resume_finishes(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    real_step = trainer.train_step
+
+    def step_then_signal(run):
+        record = real_step(run)
+        if run.step == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path, tiny_sd_path, iters=4, checkpoint_every=100))
+    assert (status(tmp_path)["state"], status(tmp_path)["step"]) == ("interrupted", 2)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True)
+    assert (status(tmp_path)["state"], status(tmp_path)["step"]) == ("finished", 4)
+
+
+def test_a_run_that_cannot_start_writes_nothing(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path / "no_such_model", iters=2)
+    with pytest.raises(DreamtextError, match="does not exist"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_read_status_ignores_missing_and_broken_files(tmp_path):
+    assert read_status(tmp_path) is None
+    (tmp_path / "status.json").write_text("{not json")
+    assert read_status(tmp_path) is None
+
+
+def test_error_line_is_the_message_of_a_user_error():
+    assert error_line(DreamtextError("unknown caption 'a cat'; use ...")) == (
+        "unknown caption 'a cat'; use ..."
+    )
+    assert error_line(ValueError()) == "ValueError"
