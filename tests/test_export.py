@@ -1,4 +1,5 @@
-"""Export of a field with known answers: files, textures, turntable, atomic writes, bad input."""
+"""Export of a field with known answers and of short trained runs: files, what export reports,
+valid glTF, textures, turntable, atomic writes, bad input."""
 
 import io
 import json
@@ -26,7 +27,6 @@ from dreamtext.export import (
     render_turntable,
     write_all_atomically,
 )
-from dreamtext.mesh import auto_threshold, sample_density_grid
 
 GLTF_DIR = Path(__file__).parent / "gltf"
 SMALL = {"resolution": 48, "threshold": 50.0, "decimate": 2000, "texture_size": 128}
@@ -67,6 +67,7 @@ def test_export_writes_the_mesh_files_and_the_turntable(exported):
     assert sorted(p.name for p in (out / "mesh").iterdir()) == [
         "albedo.png",
         "mesh.glb",
+        "mesh.json",
         "mesh.mtl",
         "mesh.obj",
         "mesh.ply",
@@ -82,7 +83,32 @@ def test_exported_mesh_is_a_closed_outward_sphere_of_the_field_radius(exported):
     assert mesh.is_watertight
     assert mesh.volume > 0
     assert np.einsum("ij,ij->i", mesh.vertex_normals, mesh.vertices).mean() > 0.45
-    assert (result.num_faces, result.num_vertices) == (len(mesh.faces), len(mesh.vertices))
+    assert (result.stats.faces, result.stats.vertices) == (len(mesh.faces), len(mesh.vertices))
+
+
+def test_mesh_json_reports_what_was_made(exported):
+    out, result = exported
+    report = json.loads((out / "mesh" / "mesh.json").read_text())
+    assert report == result.report()
+    ply = trimesh.load(out / "mesh" / "mesh.ply", process=False)
+    assert (report["faces"], report["vertices"]) == (len(ply.faces), len(ply.vertices))
+    assert report["components"] == 1
+    assert report["watertight"] is True and report["manifold"] is True
+    assert report["volume"] == pytest.approx(4 / 3 * np.pi * 0.5**3, rel=0.02)
+    # The given iso-level σ = 50 lies at r = 0.5, inside the renders' surface (r ≈ 0.513): the
+    # IoU measures the mesh against what the renders show, not against the threshold asked for.
+    assert 0.85 < report["iou_field"] < 0.95
+    assert report["threshold"] == 50.0 and report["threshold_is_auto"] is False
+    assert report["resolution"] == 48 and report["smoothing"] == 0
+    assert report["textured_vertices"] > report["vertices"]  # UV seams split
+
+
+def test_summary_says_what_was_made(exported):
+    _, result = exported
+    summary = result.summary()
+    assert f"{result.stats.faces} faces, {result.stats.vertices} vertices" in summary
+    assert "1 component, watertight, manifold" in summary
+    assert f"IoU with the field's occupancy {result.stats.iou_field:.3f}" in summary
 
 
 def test_texture_mean_colour_is_the_albedo(exported):
@@ -210,19 +236,19 @@ def test_turntable_renders_with_the_volume_renderer():
     np.testing.assert_allclose(frames[7][0, 0] / 255.0, 1.0)
 
 
-def test_automatic_threshold_is_used_and_reported(tmp_path):
-    field = SphereField()
-    result = export_field(field, tmp_path, small_options(threshold=None, video=False))
-    expected = auto_threshold(sample_density_grid(field, 48, 1.0), 1.0)
-    assert result.threshold == pytest.approx(expected)
-    assert result.threshold_is_auto
-    assert f"{expected:.4g}" in result.summary() and "automatically" in result.summary()
+def test_by_default_the_surface_is_the_one_the_renders_show(tmp_path):
+    result = export_field(SphereField(), tmp_path, small_options(threshold=None, video=False))
+    report = json.loads((tmp_path / "mesh" / "mesh.json").read_text())
+    assert report["threshold"] is None and report["threshold_is_auto"] is True
+    assert report["surface"] == "transmittance" and report["transmittance"] == 0.5
+    assert report["iou_field"] > 0.95
+    assert "transmittance 0.5" in result.summary()
 
 
 def test_only_the_asked_formats_are_written(tmp_path):
     result = export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
-    assert sorted(result.files) == ["ply"]
-    assert [p.name for p in (tmp_path / "mesh").iterdir()] == ["mesh.ply"]
+    assert sorted(result.files) == ["json", "ply"]
+    assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == ["mesh.json", "mesh.ply"]
     assert not (tmp_path / "video").exists()
 
 
