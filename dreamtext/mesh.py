@@ -211,10 +211,19 @@ def extract_mesh(
                 f"no density above the threshold {threshold:.4g} (the field's largest is "
                 f"{float(grid.max()):.4g}): train longer or lower --threshold"
             )
+    mesh, dropped = solid_surface(values, solid, level, bound)
+    return Extraction(mesh, occupancy, threshold, dropped)
+
+
+def solid_surface(
+    values: np.ndarray, solid: np.ndarray, level: float, bound: float
+) -> tuple[trimesh.Trimesh, int]:
+    """The boundary of ``solid`` without its crumbs (:func:`drop_crumbs`), placed by ``values``
+    (:func:`marching_cubes`), as a closed manifold facing out. Returns ``(mesh, parts
+    dropped)``."""
     solid, dropped = drop_crumbs(solid)
     mesh = marching_cubes(values, solid, level, bound)
-    mesh = drop_small_parts(orient_outward(make_manifold(mesh)))
-    return Extraction(mesh, occupancy, threshold, dropped)
+    return drop_small_parts(orient_outward(make_manifold(mesh))), dropped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,6 +696,7 @@ __all__ = [
     "rasterize_uv",
     "render_occupancy",
     "sample_density_grid",
+    "solid_surface",
     "unwrap_uv",
     "voxelize_solid",
 ]
