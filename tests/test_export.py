@@ -224,12 +224,12 @@ def test_glb_passes_the_khronos_gltf_validator(coloured):
 
 # --- exports of short trained runs, one per primitive ------------------------------------------
 
-TRAINED_STEPS = 150
+TRAINED_STEPS = 60
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """A short `builtin:shapes` run of each primitive (the preset, 32 px, 150 of its 1000 steps),
+    """A short `builtin:shapes` run of each primitive (the preset, 32 px, 60 of its 1000 steps),
     exported at its end by the trainer exactly as a user's run is, without the turntable.
     Maps the shape to the workspace."""
     root = tmp_path_factory.mktemp("trained")
