@@ -4,6 +4,10 @@
 ``normals``, ``background``). Its density is a linear ramp across the sphere of radius ``radius``:
 ``σ(x) = σ_max · clamp((r + w/2 − |x|) / w, 0, 1)``, so the iso-surface ``σ = σ_max / 2`` is exactly
 the sphere ``|x| = r``, and marching cubes interpolates a linear profile without bias.
+
+``SolidField`` (``noisy_ball``, ``hollow_shell``, ``noisy_torus``) is opaque from its surface on,
+with a noisy or empty inside that no ray sees: the renders show the solid, of known volume, and a
+single density iso-level would cut inner shells out of its inside.
 """
 
 from __future__ import annotations
