@@ -139,7 +139,8 @@ class ExportResult:
             surface = f"where light from outside falls to transmittance {SURFACE_TRANSMITTANCE:g}"
         else:
             surface = f"density threshold {self.threshold:.4g} (given), cavities filled"
-        crumbs = f", {self.dropped_components} crumbs dropped" if self.dropped_components else ""
+        n = self.dropped_components
+        crumbs = f", {n} crumb{'s' if n > 1 else ''} dropped" if n else ""
         lines = [
             f"exported {self.out_dir}: {s.faces} faces, {s.vertices} vertices, "
             f"{s.components} {parts}, {closed}",
