@@ -41,7 +41,7 @@ from dreamtext import shapes
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import load_run
 from dreamtext.config import TrainConfig, resolve_config
-from dreamtext.mesh import grid_centres, sample_density_grid
+from dreamtext.mesh import grid_centres, render_occupancy, sample_density_grid
 from dreamtext.trainer import train
 
 IOU_RESOLUTION = 64
@@ -105,24 +105,22 @@ def field_occupancy(field: torch.nn.Module, bound: float) -> tuple[torch.Tensor,
 
     A cell is occupied when, from each of the six axis directions, the optical depth from the
     scene's edge to the cell centre exceeds ln 2, i.e. the transmittance ``T = exp(−∫σ ds)``
-    is below ½ (the renderer's surface is where ``T`` crosses ½). No density threshold is
-    involved: SDS only ever sees the object from outside, so the density inside it is
-    unconstrained (often a dense shell around a thinner core) and any fixed iso-level would
-    measure that instead of the shape.
+    is below ½ (:func:`dreamtext.mesh.render_occupancy`, the solid that export meshes). No
+    density threshold is involved: SDS only ever sees the object from outside, so the density
+    inside it is unconstrained (often a dense shell around a thinner core) and any fixed
+    iso-level would measure that instead of the shape.
     """
-    grid = sample_density_grid(field, IOU_RESOLUTION, bound).astype(np.float64)
-    h = 2.0 * bound / IOU_RESOLUTION
-    occupied = np.ones(grid.shape, dtype=bool)
-    for axis in range(3):
-        for flip in (False, True):
-            sigma = np.flip(grid, axis) if flip else grid
-            # Optical depth to the centre of cell i: all earlier cells plus half of cell i.
-            depth = (np.cumsum(sigma, axis=axis) - 0.5 * sigma) * h
-            depth = np.flip(depth, axis) if flip else depth
-            occupied &= depth > math.log(2.0)
-    axis_points = torch.from_numpy(grid_centres(IOU_RESOLUTION, bound))
+    grid = sample_density_grid(field, IOU_RESOLUTION, bound)
+    occupied = render_occupancy(grid, bound)
+    return torch.from_numpy(occupied).reshape(-1), grid_points(IOU_RESOLUTION, bound)
+
+
+def grid_points(resolution: int, bound: float) -> torch.Tensor:
+    """The cell centres of the ``R³`` grid, in the order of a flattened ``[R, R, R]`` array:
+    ``[R³, 3]``."""
+    axis_points = torch.from_numpy(grid_centres(resolution, bound))
     points = torch.stack(torch.meshgrid(axis_points, axis_points, axis_points, indexing="ij"), -1)
-    return torch.from_numpy(occupied).reshape(-1), points.reshape(-1, 3)
+    return points.reshape(-1, 3)
 
 
 def held_out_poses(cfg: TrainConfig, yaw: float = 0.0) -> Poses:

@@ -390,8 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export",
         help="textured mesh (GLB/OBJ/PLY) and turntable of a run",
-        description="Export a trained workspace: marching cubes, clean-up, "
-        "UV unwrap, CPU texture bake, mesh/ files and a video/ turntable.",
+        description="Export a trained workspace: the solid the renders show as one closed, "
+        "manifold surface per object (marching cubes, decimation), UV unwrap, CPU texture bake, "
+        "mesh/ files with a mesh.json report, and a video/ turntable.",
     )
     export.add_argument("--workspace", help="run to export (default: the newest under workspace/)")
     export.add_argument(
@@ -401,7 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--resolution", type=_positive_int, help="marching-cubes grid [256]")
     export.add_argument(
-        "--threshold", type=float, help="density iso-level [chosen from the field and reported]"
+        "--threshold",
+        type=float,
+        help="mesh the density above this iso-level, cavities filled [default: the surface the "
+        "renders show, where light from outside falls to transmittance 1/2]",
     )
     export.add_argument("--decimate", type=_positive_int, help="target face count [50000]")
     export.add_argument("--texture-size", type=_positive_int, help="texture size in pixels [1024]")

@@ -1,6 +1,6 @@
 """`dreamtext export`: a trained field → textured GLB / OBJ / PLY files and a turntable video.
 
-    field ──► mesh (marching cubes, clean-up, decimation, UV atlas, CPU texture bake) ──► W/mesh/
+    field ──► mesh (occupancy, marching cubes, decimation, UV atlas, CPU texture bake) ──► W/mesh/
     field ──► renderer (orbit of cameras: RGB | depth) ──► W/video/turntable.mp4, turntable.gif
 
 Everything runs on the CPU; a GPU only speeds up the field queries. Every output is computed in
@@ -10,7 +10,9 @@ them are ready, so an error leaves no empty or half-written file behind.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import logging
 import os
 import tempfile
@@ -31,10 +33,13 @@ from dreamtext.checkpoint import last_checkpoint, load_run
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.mesh import (
+    SURFACE_TRANSMITTANCE,
+    MeshStats,
     bake_texture,
     decimate,
     extract_mesh,
     field_device,
+    mesh_stats,
     query_albedo,
     unwrap_uv,
 )
@@ -50,7 +55,8 @@ FRAMES_PER_CHUNK = 4
 
 @dataclass
 class ExportOptions:
-    """What `dreamtext export` makes. ``threshold=None`` picks the iso-level from the field."""
+    """What `dreamtext export` makes. ``threshold=None`` meshes what the renders show (the cells
+    light from outside does not reach); a density ``threshold`` meshes the density above it."""
 
     resolution: int = 256
     threshold: float | None = None
@@ -83,21 +89,63 @@ class ExportOptions:
 
 @dataclass
 class ExportResult:
-    """What was written: ``files`` maps a kind (glb, obj, mtl, texture, ply, mp4, gif) to a path."""
+    """What was written: ``files`` maps a kind (glb, obj, mtl, texture, ply, json, mp4, gif) to a
+    path; ``stats`` measures the mesh (:class:`dreamtext.mesh.MeshStats`).
+
+    ``threshold`` is the density iso-level that was given, ``None`` when the surface is where
+    light from outside falls to transmittance ½ (the default). ``textured_vertices`` counts the
+    GLB / OBJ vertices, UV seams split (0 when neither was written).
+    """
 
     out_dir: Path
     files: dict[str, Path]
-    threshold: float
-    threshold_is_auto: bool
-    num_vertices: int
-    num_faces: int
+    stats: MeshStats
+    threshold: float | None
+    resolution: int
+    dropped_components: int
+    faces_before_decimation: int
+    textured_vertices: int = 0
     frames: int = 0
 
+    @property
+    def threshold_is_auto(self) -> bool:
+        return self.threshold is None
+
+    def report(self) -> dict[str, Any]:
+        """The contents of ``mesh/mesh.json``."""
+        return {
+            **dataclasses.asdict(self.stats),
+            "threshold": self.threshold,
+            "threshold_is_auto": self.threshold_is_auto,
+            "surface": "transmittance" if self.threshold_is_auto else "density",
+            "transmittance": SURFACE_TRANSMITTANCE if self.threshold_is_auto else None,
+            "resolution": self.resolution,
+            "smoothing": 0.0,
+            "dropped_components": self.dropped_components,
+            "faces_before_decimation": self.faces_before_decimation,
+            "textured_vertices": self.textured_vertices,
+        }
+
     def summary(self) -> str:
-        how = "chosen automatically" if self.threshold_is_auto else "given"
+        s = self.stats
+        parts = "component" if s.components == 1 else "components"
+        closed = ", ".join(
+            [
+                "watertight" if s.watertight else "NOT watertight",
+                "manifold" if s.manifold else "NOT manifold",
+            ]
+        )
+        if self.threshold_is_auto:
+            surface = f"where light from outside falls to transmittance {SURFACE_TRANSMITTANCE:g}"
+        else:
+            surface = f"density threshold {self.threshold:.4g} (given), cavities filled"
+        n = self.dropped_components
+        crumbs = f", {n} crumb{'s' if n > 1 else ''} dropped" if n else ""
         lines = [
-            f"exported {self.out_dir}: {self.num_faces} faces, {self.num_vertices} vertices, "
-            f"density threshold {self.threshold:.4g} ({how})"
+            f"exported {self.out_dir}: {s.faces} faces, {s.vertices} vertices, "
+            f"{s.components} {parts}, {closed}",
+            f"  surface {surface}; {self.resolution}^3 grid{crumbs}",
+            f"  volume {s.volume:.4g}, IoU with the field's occupancy {s.iou_field:.3f}",
         ]
         lines += [f"  {kind:8s}{path}" for kind, path in self.files.items()]
         return "\n".join(lines)
@@ -150,15 +198,18 @@ def export_field(
     options = options or ExportOptions()
     options.validate()
     out_dir = Path(out_dir)
-    surface, threshold = extract_mesh(field, options.resolution, options.threshold)
-    log.info("marching cubes at density %.4g: %d faces", threshold, len(surface.faces))
-    surface = decimate(surface, options.decimate)
+    extraction = extract_mesh(field, options.resolution, options.threshold)
+    log.info("marching cubes: %d faces", len(extraction.mesh.faces))
+    surface = decimate(extraction.mesh, options.decimate)
     log.info("decimated to %d faces", len(surface.faces))
+    stats = mesh_stats(surface, extraction.occupancy, float(field.bound))
 
     staged: dict[Path, bytes | Callable[[Path], None]] = {}
     mesh_dir = out_dir / "mesh"
+    textured_vertices = 0
     if {"glb", "obj"} & set(options.formats):
         textured, uv = unwrap_uv(surface, options.texture_size)
+        textured_vertices = len(textured.vertices)
         log.info("UV atlas: %d vertices after seam splits", len(textured.vertices))
         texture = Image.fromarray(bake_texture(field, textured, uv, options.texture_size))
         log.info("texture baked: %d x %d", options.texture_size, options.texture_size)
@@ -187,18 +238,22 @@ def export_field(
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
         staged[video_dir / "turntable.gif"] = _gif_bytes(images)
 
-    written = write_all_atomically(staged)
-    kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
-    files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
-    return ExportResult(
+    result = ExportResult(
         out_dir=out_dir,
-        files=files,
-        threshold=float(threshold),
-        threshold_is_auto=options.threshold is None,
-        num_vertices=len(surface.vertices),
-        num_faces=len(surface.faces),
+        files={},
+        stats=stats,
+        threshold=extraction.threshold,
+        resolution=options.resolution,
+        dropped_components=extraction.dropped_components,
+        faces_before_decimation=len(extraction.mesh.faces),
+        textured_vertices=textured_vertices,
         frames=frames,
     )
+    staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
+    written = write_all_atomically(staged)
+    kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
+    result.files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
+    return result
 
 
 def _material(texture: Image.Image) -> trimesh.visual.material.PBRMaterial:

@@ -1,4 +1,5 @@
-"""Export of a field with known answers: files, textures, turntable, atomic writes, bad input."""
+"""Export of a field with known answers and of short trained runs: files, what export reports,
+valid glTF, textures, turntable, atomic writes, bad input."""
 
 import io
 import json
@@ -16,6 +17,9 @@ from analytic_field import ALBEDO, EmptyField, SphereField, SphereTracer, direct
 from PIL import Image
 
 from dreamtext import export as export_module
+from dreamtext import shapes
+from dreamtext.checkpoint import load_field
+from dreamtext.config import resolve_config
 from dreamtext.errors import DreamtextError
 from dreamtext.export import (
     ExportOptions,
@@ -26,7 +30,14 @@ from dreamtext.export import (
     render_turntable,
     write_all_atomically,
 )
-from dreamtext.mesh import auto_threshold, sample_density_grid
+from dreamtext.mesh import (
+    face_components,
+    is_closed_manifold,
+    render_occupancy,
+    sample_density_grid,
+    voxelize_solid,
+)
+from dreamtext.trainer import train
 
 GLTF_DIR = Path(__file__).parent / "gltf"
 SMALL = {"resolution": 48, "threshold": 50.0, "decimate": 2000, "texture_size": 128}
@@ -67,6 +78,7 @@ def test_export_writes_the_mesh_files_and_the_turntable(exported):
     assert sorted(p.name for p in (out / "mesh").iterdir()) == [
         "albedo.png",
         "mesh.glb",
+        "mesh.json",
         "mesh.mtl",
         "mesh.obj",
         "mesh.ply",
@@ -82,7 +94,32 @@ def test_exported_mesh_is_a_closed_outward_sphere_of_the_field_radius(exported):
     assert mesh.is_watertight
     assert mesh.volume > 0
     assert np.einsum("ij,ij->i", mesh.vertex_normals, mesh.vertices).mean() > 0.45
-    assert (result.num_faces, result.num_vertices) == (len(mesh.faces), len(mesh.vertices))
+    assert (result.stats.faces, result.stats.vertices) == (len(mesh.faces), len(mesh.vertices))
+
+
+def test_mesh_json_reports_what_was_made(exported):
+    out, result = exported
+    report = json.loads((out / "mesh" / "mesh.json").read_text())
+    assert report == result.report()
+    ply = trimesh.load(out / "mesh" / "mesh.ply", process=False)
+    assert (report["faces"], report["vertices"]) == (len(ply.faces), len(ply.vertices))
+    assert report["components"] == 1
+    assert report["watertight"] is True and report["manifold"] is True
+    assert report["volume"] == pytest.approx(4 / 3 * np.pi * 0.5**3, rel=0.02)
+    # The given iso-level σ = 50 lies at r = 0.5, inside the renders' surface (r ≈ 0.513): the
+    # IoU measures the mesh against what the renders show, not against the threshold asked for.
+    assert 0.85 < report["iou_field"] < 0.95
+    assert report["threshold"] == 50.0 and report["threshold_is_auto"] is False
+    assert report["resolution"] == 48 and report["smoothing"] == 0
+    assert report["textured_vertices"] > report["vertices"]  # UV seams split
+
+
+def test_summary_says_what_was_made(exported):
+    _, result = exported
+    summary = result.summary()
+    assert f"{result.stats.faces} faces, {result.stats.vertices} vertices" in summary
+    assert "1 component, watertight, manifold" in summary
+    assert f"IoU with the field's occupancy {result.stats.iou_field:.3f}" in summary
 
 
 def test_texture_mean_colour_is_the_albedo(exported):
@@ -120,13 +157,24 @@ def read_glb(path: Path) -> tuple[dict, bytes]:
 
 
 def accessor_array(tree: dict, binary: bytes, index: int) -> np.ndarray:
+    """One accessor's values ``[count, width]`` (FLOAT, UNSIGNED_INT or UNSIGNED_SHORT)."""
     accessor = tree["accessors"][index]
     view = tree["bufferViews"][accessor["bufferView"]]
-    assert accessor["componentType"] == 5126  # FLOAT
-    width = {"VEC2": 2, "VEC3": 3}[accessor["type"]]
+    dtype = {5126: np.float32, 5125: np.uint32, 5123: np.uint16}[accessor["componentType"]]
+    width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3}[accessor["type"]]
     start = view.get("byteOffset", 0) + accessor.get("byteOffset", 0)
-    flat = np.frombuffer(binary, np.float32, accessor["count"] * width, start)
+    flat = np.frombuffer(binary, dtype, accessor["count"] * width, start)
     return flat.reshape(-1, width)
+
+
+def glb_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(positions [V, 3], normals [V, 3], faces [F, 3])`` of a one-primitive GLB, as stored."""
+    tree, binary = read_glb(path)
+    primitive = tree["meshes"][0]["primitives"][0]
+    positions = accessor_array(tree, binary, primitive["attributes"]["POSITION"])
+    normals = accessor_array(tree, binary, primitive["attributes"]["NORMAL"])
+    faces = accessor_array(tree, binary, primitive["indices"]).reshape(-1, 3).astype(np.int64)
+    return positions, normals, faces
 
 
 def test_glb_texcoords_follow_the_gltf_convention(coloured):
@@ -154,19 +202,96 @@ def test_obj_reloads_with_its_mtl_texture_that_matches_the_surface(coloured):
     assert np.abs(texture_at_vertices(mesh, mesh.visual.material.image) - expected).mean() < 0.03
 
 
-def test_glb_passes_the_khronos_gltf_validator(coloured):
+def khronos_validate(path: Path) -> None:
+    """Run the Khronos glTF validator on ``path``; fail on any error, skip when it is absent."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed: the Khronos glTF validator runs on node")
     if not (GLTF_DIR / "node_modules" / "gltf-validator").is_dir():
         pytest.skip("gltf-validator not installed: run scripts/install-gltf-validator.sh")
     run = subprocess.run(
-        ["node", str(GLTF_DIR / "validate.js"), str(coloured / "mesh" / "mesh.glb")],
+        ["node", str(GLTF_DIR / "validate.js"), str(path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert " 0 errors" in run.stdout
+
+
+def test_glb_passes_the_khronos_gltf_validator(coloured):
+    khronos_validate(coloured / "mesh" / "mesh.glb")
+
+
+# --- exports of short trained runs, one per primitive ------------------------------------------
+
+TRAINED_STEPS = 60
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A short `builtin:shapes` run of each primitive (the preset, 32 px, 60 of its 1000 steps),
+    exported at its end by the trainer exactly as a user's run is, without the turntable.
+    Maps the shape to the workspace."""
+    root = tmp_path_factory.mktemp("trained")
+    runs = {}
+    for shape in shapes.SHAPES:
+        overrides = {
+            "prompt": f"a green {shape}",
+            "guidance": {"model": "builtin:shapes"},
+            "iters": TRAINED_STEPS,
+            "seed": 0,
+            "workspace": str(root / shape),
+            "preview_every": 0,
+            "export_options": {"video": False},
+        }
+        runs[shape] = train(resolve_config(overrides))
+    return runs
+
+
+@pytest.mark.parametrize("shape", shapes.SHAPES)
+def test_trained_glb_passes_the_khronos_gltf_validator(trained, shape):
+    khronos_validate(trained[shape] / "mesh" / "mesh.glb")
+
+
+@pytest.mark.parametrize("shape", shapes.SHAPES)
+def test_trained_glb_has_unit_normals_and_no_degenerate_face(trained, shape):
+    positions, normals, faces = glb_mesh(trained[shape] / "mesh" / "mesh.glb")
+    np.testing.assert_allclose(np.linalg.norm(normals.astype(np.float64), axis=1), 1.0, atol=1e-5)
+    assert (faces[:, 0] != faces[:, 1]).all() and (faces[:, 1] != faces[:, 2]).all()
+    assert (faces[:, 0] != faces[:, 2]).all()
+    corners = positions.astype(np.float64)[faces]
+    area = np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
+    assert area.min() > 0.0
+    assert len(np.unique(faces)) == len(positions)  # no orphan vertex
+
+
+@pytest.mark.parametrize("shape", shapes.SHAPES)
+def test_trained_glb_welded_by_position_is_the_reported_closed_manifold(trained, shape):
+    positions, _, faces = glb_mesh(trained[shape] / "mesh" / "mesh.glb")
+    unique, index = np.unique(positions, axis=0, return_inverse=True)
+    closed = trimesh.Trimesh(unique, index.ravel()[faces], process=False)
+    report = json.loads((trained[shape] / "mesh" / "mesh.json").read_text())
+    assert is_closed_manifold(closed)
+    assert report["watertight"] and report["manifold"]
+    assert face_components(closed).max() + 1 == report["components"]
+    assert (len(closed.faces), len(closed.vertices)) == (report["faces"], report["vertices"])
+    assert len(positions) == report["textured_vertices"]
+
+
+@pytest.mark.parametrize("shape", shapes.SHAPES)
+def test_trained_mesh_solid_is_the_field_occupancy(trained, shape):
+    report = json.loads((trained[shape] / "mesh" / "mesh.json").read_text())
+    assert report["iou_field"] >= 0.95
+    # Measured again from the files: the GLB's solid against the checkpoint's field.
+    field, config = load_field(trained[shape])
+    bound = config["field"]["bound"]
+    occupancy = render_occupancy(sample_density_grid(field, report["resolution"], bound), bound)
+    positions, _, faces = glb_mesh(trained[shape] / "mesh" / "mesh.glb")
+    solid = voxelize_solid(trimesh.Trimesh(positions, faces, process=False), len(occupancy), bound)
+    iou = (solid & occupancy).sum() / (solid | occupancy).sum()
+    assert iou == pytest.approx(report["iou_field"], abs=0.01)
 
 
 def test_turntable_has_60_frames_rendered_a_few_at_a_time(tmp_path):
@@ -210,19 +335,19 @@ def test_turntable_renders_with_the_volume_renderer():
     np.testing.assert_allclose(frames[7][0, 0] / 255.0, 1.0)
 
 
-def test_automatic_threshold_is_used_and_reported(tmp_path):
-    field = SphereField()
-    result = export_field(field, tmp_path, small_options(threshold=None, video=False))
-    expected = auto_threshold(sample_density_grid(field, 48, 1.0), 1.0)
-    assert result.threshold == pytest.approx(expected)
-    assert result.threshold_is_auto
-    assert f"{expected:.4g}" in result.summary() and "automatically" in result.summary()
+def test_by_default_the_surface_is_the_one_the_renders_show(tmp_path):
+    result = export_field(SphereField(), tmp_path, small_options(threshold=None, video=False))
+    report = json.loads((tmp_path / "mesh" / "mesh.json").read_text())
+    assert report["threshold"] is None and report["threshold_is_auto"] is True
+    assert report["surface"] == "transmittance" and report["transmittance"] == 0.5
+    assert report["iou_field"] > 0.95
+    assert "transmittance 0.5" in result.summary()
 
 
 def test_only_the_asked_formats_are_written(tmp_path):
     result = export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
-    assert sorted(result.files) == ["ply"]
-    assert [p.name for p in (tmp_path / "mesh").iterdir()] == ["mesh.ply"]
+    assert sorted(result.files) == ["json", "ply"]
+    assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == ["mesh.json", "mesh.ply"]
     assert not (tmp_path / "video").exists()
 
 

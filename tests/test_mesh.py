@@ -1,24 +1,43 @@
-"""Mesh extraction on fields with known answers: grid convention, iso-level, clean-up, UVs, bake."""
+"""Mesh extraction on fields with known answers: grid convention, occupancy, one closed manifold
+surface, decimation, UVs, bake."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
 import trimesh
-from analytic_field import ALBEDO, SphereField, direction_albedo
+from analytic_field import (
+    ALBEDO,
+    SphereField,
+    direction_albedo,
+    hollow_shell,
+    noisy_ball,
+    noisy_torus,
+)
 
 from dreamtext.errors import DreamtextError
 from dreamtext.mesh import (
-    auto_threshold,
+    SURFACE_DEPTH,
     bake_texture,
-    clean_mesh,
     decimate,
+    defect_vertices,
     dilate,
+    drop_crumbs,
     extract_mesh,
+    face_components,
     grid_centres,
+    is_closed_manifold,
+    make_manifold,
     marching_cubes,
+    mesh_stats,
+    orient_outward,
+    outside_optical_depth,
     rasterize_uv,
+    render_occupancy,
     sample_density_grid,
     unwrap_uv,
+    voxelize_solid,
 )
 
 
@@ -31,12 +50,23 @@ class LinearField(torch.nn.Module):
         return x[:, 0] + 10 * x[:, 1] + 100 * x[:, 2]
 
 
-def ball_grid(resolution: int, bound: float, centre, radius: float) -> np.ndarray:
-    """Cell-centre densities of a ball: σ = 100 clamp((r − |x − c|) / 0.1 + ½)."""
-    axis = grid_centres(resolution, bound)
+def ball(resolution: int, centre, radius: float) -> np.ndarray:
+    """``[R, R, R]`` bool: the cells whose centres lie in a ball (bound 1)."""
+    axis = grid_centres(resolution, 1.0)
     x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
-    distance = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
-    return 100.0 * np.clip((radius - distance) / 0.1 + 0.5, 0.0, 1.0)
+    return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius**2
+
+
+def mesh_of(solid: np.ndarray) -> trimesh.Trimesh:
+    """The boundary of a boolean grid (bound 1), cleaned like an extraction."""
+    values = np.where(solid, 2.0, 0.0)
+    return orient_outward(make_manifold(marching_cubes(values, solid, 1.0, 1.0)))
+
+
+def welded(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Vertices at the same position merged (UVs and normals ignored), nothing else changed."""
+    vertices, index = np.unique(mesh.vertices, axis=0, return_inverse=True)
+    return trimesh.Trimesh(vertices, index.ravel()[mesh.faces], process=False)
 
 
 def test_grid_points_are_cell_centres():
@@ -58,58 +88,211 @@ def test_density_grid_is_the_same_in_any_chunk_size():
     )
 
 
+# --- occupancy: what the renders show -------------------------------------------------------
+
+
+def test_optical_depth_is_the_light_blocked_before_each_cell_centre():
+    # A slab across x from cell 8 to 23 (full in y and z): the least depth comes along x.
+    grid = np.zeros((32, 32, 32))
+    grid[8:24] = 3.0
+    h = 2.0 / 32
+    depth = outside_optical_depth(grid, 1.0)
+    for i in (8, 9, 12):
+        assert depth[i, 5, 7] == pytest.approx(h * 3.0 * (i - 8 + 0.5), rel=1e-5)
+    assert depth[20, 5, 7] == pytest.approx(h * 3.0 * (23 - 20 + 0.5), rel=1e-5)  # from +x
+    assert depth[3, 5, 7] == 0.0
+
+
+def test_a_cavity_behind_an_opaque_wall_is_occupied():
+    grid = np.where(ball(32, (0, 0, 0), 0.6), 100.0, 0.0)
+    grid[ball(32, (0, 0, 0), 0.4)] = 0.0  # empty inside
+    occupied = render_occupancy(grid, 1.0)
+    np.testing.assert_array_equal(occupied, ball(32, (0, 0, 0), 0.6))
+
+
+def test_density_too_thin_to_stop_half_the_light_is_not_occupied():
+    grid = np.where(ball(32, (0, 0, 0), 0.5), 0.3, 0.0)  # optical depth ≤ 0.3 < ln 2 everywhere
+    assert not render_occupancy(grid, 1.0).any()
+
+
+def test_crumbs_are_dropped_and_large_parts_kept():
+    big, twin = ball(48, (-0.5, 0, 0), 0.35), ball(48, (0.5, 0, 0), 0.35)
+    crumb = ball(48, (0.0, 0.7, 0.7), 0.06)  # under 1 % of a big ball's cells
+    solid, dropped = drop_crumbs(big | twin | crumb)
+    np.testing.assert_array_equal(solid, big | twin)
+    assert dropped == 1
+
+
+# --- the surface ------------------------------------------------------------------------------
+
+
 def test_sphere_mesh_has_the_field_radius_in_world_units():
-    mesh, threshold = extract_mesh(SphereField(), resolution=64, threshold=50.0)
+    mesh = extract_mesh(SphereField(), resolution=64, threshold=50.0).mesh
     radius = np.linalg.norm(mesh.vertices, axis=1)
-    assert threshold == 50.0
     assert np.abs(radius - 0.5).max() < 0.01  # 2 % of the radius
 
 
 def test_off_centre_sphere_mesh_is_where_the_field_puts_it():
     # Catches swapped axes and the half-cell shift of mixing up cell centres and corners.
     centre = (0.3, -0.2, 0.1)
-    mesh, _ = extract_mesh(SphereField(radius=0.3, centre=centre), resolution=48, threshold=50.0)
+    field = SphereField(radius=0.3, centre=centre)
+    mesh = extract_mesh(field, resolution=48, threshold=50.0).mesh
     np.testing.assert_allclose(mesh.vertices.mean(axis=0), centre, atol=0.002)
     radius = np.linalg.norm(mesh.vertices - centre, axis=1)
     assert np.abs(radius - 0.3).max() < 0.006
 
 
-def test_sphere_mesh_is_watertight_with_outward_normals():
-    mesh, _ = extract_mesh(SphereField(), resolution=48, threshold=50.0)
-    assert mesh.is_watertight
+def test_default_surface_is_where_light_from_outside_falls_to_one_half():
+    # Density 100 (0.55 − |x|) / 0.1 over the shell [0.45, 0.55]: along an axis, the optical
+    # depth from outside to radius r is 500 (0.55 − r)², which reaches ln 2 at r = 0.5128.
+    expected = 0.55 - math.sqrt(SURFACE_DEPTH / 500)
+    extraction = extract_mesh(SphereField(), resolution=64)
+    assert extraction.threshold is None
+    on_axes = np.abs(extraction.mesh.vertices).max(axis=1) > 0.99 * np.linalg.norm(
+        extraction.mesh.vertices, axis=1
+    )
+    radius = np.linalg.norm(extraction.mesh.vertices[on_axes], axis=1)
+    assert np.abs(radius - expected).max() < 0.003
+
+
+def test_sphere_mesh_is_a_closed_manifold_with_outward_normals():
+    mesh = extract_mesh(SphereField(), resolution=48, threshold=50.0).mesh
+    assert is_closed_manifold(mesh)
     assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.5**3, rel=0.02)
     outward = np.einsum("ij,ij->i", mesh.face_normals, mesh.triangles_center)
     assert (outward > 0).all()
 
 
-def test_normals_of_a_hollow_ball_point_out_of_the_matter():
-    shell = np.minimum(
-        ball_grid(48, 1.0, (0, 0, 0), 0.7), 100.0 - ball_grid(48, 1.0, (0, 0, 0), 0.35)
-    )
-    mesh = clean_mesh(marching_cubes(shell, 1.0, 50.0))
-    radial = np.einsum("ij,ij->i", mesh.face_normals, mesh.triangles_center)
-    outer = np.linalg.norm(mesh.triangles_center, axis=1) > 0.5
-    assert (radial[outer] > 0).all()  # away from the centre on the outside
-    assert (radial[~outer] < 0).all()  # into the cavity on the inside
-    assert mesh.volume == pytest.approx(4 / 3 * np.pi * (0.7**3 - 0.35**3), rel=0.03)
+def test_a_hollow_ball_is_meshed_as_the_ball_without_an_inner_shell():
+    mesh = extract_mesh(hollow_shell(), resolution=48).mesh
+    assert face_components(mesh).max() == 0  # one surface
+    assert np.linalg.norm(mesh.vertices, axis=1).min() > 0.45
+
+
+def test_a_density_threshold_fills_cavities_too():
+    mesh = extract_mesh(hollow_shell(), resolution=48, threshold=10.0).mesh
+    assert face_components(mesh).max() == 0
+    assert np.linalg.norm(mesh.vertices, axis=1).min() > 0.45
 
 
 def test_surface_touching_the_cube_is_closed():
-    grid = np.full((16, 16, 16), 100.0)
-    mesh = clean_mesh(marching_cubes(grid, 1.0, 50.0))
-    assert mesh.is_watertight
+    mesh = mesh_of(np.ones((16, 16, 16), dtype=bool))
+    assert is_closed_manifold(mesh)
     assert mesh.volume > 0
 
 
-def test_small_floaters_are_dropped_and_large_parts_kept():
-    big = ball_grid(48, 1.0, (-0.5, 0.0, 0.0), 0.35)
-    twin = ball_grid(48, 1.0, (0.5, 0.0, 0.0), 0.35)
-    floater = ball_grid(48, 1.0, (0.0, 0.7, 0.7), 0.045)  # ~1.7 % of a big ball's area
-    raw = marching_cubes(np.maximum(np.maximum(big, twin), floater), 1.0, 50.0)
-    assert trimesh.Trimesh(raw.vertices, raw.faces).body_count == 3
-    mesh = clean_mesh(raw)
-    assert mesh.body_count == 2
-    assert np.abs(mesh.vertices[:, 0]).min() > 0.1  # nothing left near the floater at x = 0
+def test_a_hard_wall_sits_halfway_between_cell_centres():
+    # Density jumps from 0 to 10⁴ at |x| = 0.5: on average halfway between the last clear and
+    # the first opaque centre; without clamping the depth it would sit half a cell outward.
+    field = SphereField(radius=0.5, sigma_max=1e4, width=1e-6)
+    volume = extract_mesh(field, resolution=64).mesh.volume
+    assert volume == pytest.approx(4 / 3 * np.pi * 0.5**3, rel=0.01)
+
+
+def test_empty_field_asks_to_train_longer():
+    with pytest.raises(DreamtextError, match="train longer"):
+        extract_mesh(SphereField(sigma_max=0.0), resolution=16)
+
+
+def test_threshold_above_the_field_asks_to_lower_it():
+    with pytest.raises(DreamtextError, match="lower --threshold"):
+        extract_mesh(SphereField(), resolution=16, threshold=500.0)
+
+
+# --- fields whose inside no ray sees, at the default resolution -------------------------------
+
+
+@pytest.fixture(scope="module", params=["noisy ball", "hollow shell", "noisy torus"])
+def solid_export(request):
+    """``(field, extraction, decimated)`` at the export defaults (256³ grid, 50,000 faces)."""
+    field = {"noisy ball": noisy_ball, "hollow shell": hollow_shell, "noisy torus": noisy_torus}[
+        request.param
+    ]()
+    extraction = extract_mesh(field)
+    return field, extraction, decimate(extraction.mesh, 50000)
+
+
+def test_a_noisy_inside_gives_one_closed_manifold_surface(solid_export):
+    _, extraction, _ = solid_export
+    assert is_closed_manifold(extraction.mesh)
+    assert face_components(extraction.mesh).max() == 0
+
+
+def test_the_volume_is_the_solid_the_renders_show(solid_export):
+    field, extraction, _ = solid_export
+    assert extraction.mesh.volume == pytest.approx(field.volume, rel=0.03)
+
+
+def test_decimation_keeps_one_closed_manifold_surface_and_the_volume(solid_export):
+    field, extraction, small = solid_export
+    assert len(small.faces) <= 50000 < len(extraction.mesh.faces)
+    assert is_closed_manifold(small)
+    assert face_components(small).max() == 0
+    assert small.volume == pytest.approx(field.volume, rel=0.03)
+
+
+def test_the_mesh_solid_is_the_field_occupancy(solid_export):
+    _, extraction, small = solid_export
+    stats = mesh_stats(small, extraction.occupancy, 1.0)
+    assert (stats.components, stats.watertight, stats.manifold) == (1, True, True)
+    assert stats.iou_field > 0.98
+
+
+def test_uv_seams_welded_by_position_give_the_closed_surface_back(solid_export):
+    small = decimate(solid_export[2], 5000)  # xatlas takes ~1 min on 50,000 noisy faces
+    unwrapped, _ = unwrap_uv(small, 1024)
+    assert len(unwrapped.vertices) > len(small.vertices)  # seams are split for the formats
+    closed = welded(unwrapped)
+    assert is_closed_manifold(closed)
+    assert len(closed.vertices) == len(small.vertices)
+
+
+# --- topology ---------------------------------------------------------------------------------
+
+
+def box_with(faces_to_add=(), vertices_to_add=()) -> tuple[np.ndarray, np.ndarray]:
+    box = trimesh.creation.box()
+    vertices = np.concatenate([box.vertices, np.reshape(vertices_to_add, (-1, 3))])
+    faces = np.concatenate([box.faces, np.reshape(faces_to_add, (-1, 3))]).astype(np.int64)
+    return vertices, faces
+
+
+def test_a_closed_box_has_no_defects():
+    vertices, faces = box_with()
+    assert not defect_vertices(vertices, faces).any()
+
+
+@pytest.mark.parametrize(
+    "defect",
+    ["hole", "flipped face", "fin", "zero-area face", "two surfaces touching at a vertex"],
+)
+def test_each_kind_of_defect_is_found_and_repaired(defect):
+    box = trimesh.creation.box()
+    vertices, faces = box.vertices, box.faces.copy()
+    if defect == "hole":
+        faces = faces[1:]
+    elif defect == "flipped face":
+        faces[0] = faces[0][::-1]
+    elif defect == "fin":  # two triangles folded onto each other, hanging off an edge
+        vertices, faces = box_with([[0, 1, 8], [8, 1, 0]], [[-0.5, -0.5, 0.9]])
+    elif defect == "zero-area face":  # a vertex in the middle of an edge, fanned
+        a, b = faces[0][0], faces[0][1]
+        vertices = np.concatenate([vertices, (vertices[a] + vertices[b])[None] / 2])
+        faces = np.concatenate([faces, [[a, len(vertices) - 1, b]]])
+    else:  # a second box sharing one corner
+        other = box.vertices + (box.vertices[0] - box.vertices[7])
+        vertices = np.concatenate([vertices, other])
+        faces = np.concatenate([faces, box.faces + 8])
+        faces[faces == 8 + 7] = 0
+    assert defect_vertices(vertices, faces).any()
+    repaired = make_manifold(trimesh.Trimesh(vertices, faces, process=False))
+    assert is_closed_manifold(repaired)
+
+
+def test_a_fin_is_removed_and_the_box_kept():
+    vertices, faces = box_with([[0, 1, 8], [8, 1, 0]], [[-0.5, -0.5, 0.9]])
+    repaired = make_manifold(trimesh.Trimesh(vertices, faces, process=False))
+    assert len(repaired.faces) == 12 and len(repaired.vertices) == 8
 
 
 def test_triangle_soup_is_welded_and_inward_winding_flipped():
@@ -119,57 +302,50 @@ def test_triangle_soup_is_welded_and_inward_winding_flipped():
         faces=np.arange(len(box.faces) * 3).reshape(-1, 3)[:, ::-1],  # inward-facing
         process=False,
     )
-    cleaned = clean_mesh(soup)
+    cleaned = orient_outward(make_manifold(soup))
     assert len(cleaned.vertices) == 8
-    assert cleaned.is_watertight
+    assert is_closed_manifold(cleaned)
     assert cleaned.volume == pytest.approx(1.0)
 
 
-def test_auto_threshold_is_half_the_density_of_a_thin_uniform_cube():
-    # σ h / 2 < ln 2: every axis ray turns half opaque on the plateau, so each votes σ / 2.
-    grid = np.zeros((32, 32, 32))
-    grid[8:24, 8:24, 8:24] = 3.0
-    assert auto_threshold(grid, 1.0) == pytest.approx(1.5)
+# --- the mesh as a solid ----------------------------------------------------------------------
 
 
-def test_auto_threshold_of_a_dense_cube_is_where_its_wall_turns_half_opaque():
-    # σ h / 2 > ln 2: rays reach τ = ln 2 on the linear ramp into the wall, at σ = 2 ln 2 / h.
-    grid = np.zeros((32, 32, 32))
-    grid[8:24, 8:24, 8:24] = 1e4
-    h = 2.0 / 32
-    assert auto_threshold(grid, 1.0) == pytest.approx(2 * np.log(2) / h, rel=1e-6)
+def test_voxelized_box_is_exactly_the_cells_inside_it():
+    box = trimesh.creation.box(extents=(0.8, 0.6, 1.0))
+    solid = voxelize_solid(box, 32, 1.0)
+    axis = grid_centres(32, 1.0)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    expected = (np.abs(x) < 0.4) & (np.abs(y) < 0.3) & (np.abs(z) < 0.5)
+    np.testing.assert_array_equal(solid, expected)
 
 
-def test_auto_threshold_finds_a_surface_between_inside_and_outside():
-    field = SphereField()
-    grid = sample_density_grid(field, 48, 1.0)
-    threshold = auto_threshold(grid, 1.0)
-    assert 0.0 < threshold < field.sigma_max
-    mesh, used = extract_mesh(field, resolution=48)
-    assert used == pytest.approx(threshold)
-    assert 0.5 < np.linalg.norm(mesh.vertices, axis=1).mean() < 0.55  # inside the ramp
+def test_voxelized_mesh_with_an_inner_shell_is_filled():
+    outer = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    inner = trimesh.creation.box(extents=(0.4, 0.4, 0.4))
+    both = trimesh.util.concatenate([outer, inner])
+    np.testing.assert_array_equal(voxelize_solid(both, 32, 1.0), voxelize_solid(outer, 32, 1.0))
 
 
-def test_empty_field_asks_to_train_longer():
-    with pytest.raises(DreamtextError, match="train longer"):
-        auto_threshold(np.zeros((16, 16, 16)), 1.0)
+def test_voxelizing_a_marching_cubes_mesh_on_its_own_grid_gives_its_solid_back():
+    # Marching cubes puts vertices on grid lines, where the columns would hit them exactly.
+    solid = ball(32, (0.1, 0, -0.05), 0.55)
+    np.testing.assert_array_equal(voxelize_solid(mesh_of(solid), 32, 1.0), solid)
 
 
-def test_threshold_above_the_field_asks_to_lower_it():
-    with pytest.raises(DreamtextError, match="lower --threshold"):
-        marching_cubes(ball_grid(16, 1.0, (0, 0, 0), 0.5), 1.0, 500.0)
+# --- decimation, UVs, texture -----------------------------------------------------------------
 
 
 def test_decimation_reaches_the_target_and_keeps_the_shape():
-    mesh, _ = extract_mesh(SphereField(), resolution=48, threshold=50.0)
+    mesh = extract_mesh(SphereField(), resolution=48, threshold=50.0).mesh
     small = decimate(mesh, 1000)
     assert 900 <= len(small.faces) <= 1000
-    assert small.is_watertight
+    assert is_closed_manifold(small)
     assert small.volume == pytest.approx(mesh.volume, rel=0.02)
 
 
 def test_uv_unwrap_keeps_the_surface_and_stays_in_the_unit_square():
-    mesh = decimate(extract_mesh(SphereField(), resolution=32, threshold=50.0)[0], 500)
+    mesh = decimate(extract_mesh(SphereField(), resolution=32, threshold=50.0).mesh, 500)
     unwrapped, uv = unwrap_uv(mesh)
     assert uv.shape == (len(unwrapped.vertices), 2)
     assert uv.min() >= 0.0 and uv.max() <= 1.0
@@ -199,7 +375,8 @@ def test_dilation_grows_colour_into_the_gutter_by_the_given_width():
 
 def test_baked_texture_of_a_uniform_field_is_its_albedo_everywhere():
     field = SphereField()
-    mesh, uv = unwrap_uv(decimate(extract_mesh(field, resolution=32, threshold=50.0)[0], 500), 64)
+    mesh = decimate(extract_mesh(field, resolution=32, threshold=50.0).mesh, 500)
+    mesh, uv = unwrap_uv(mesh, 64)
     texture = bake_texture(field, mesh, uv, 64) / 255.0
     np.testing.assert_allclose(texture.reshape(-1, 3).mean(axis=0), ALBEDO, atol=0.01)
     assert np.abs(texture - ALBEDO).max() < 0.01  # gutters filled, no black background
@@ -207,7 +384,8 @@ def test_baked_texture_of_a_uniform_field_is_its_albedo_everywhere():
 
 def test_baked_texel_under_each_vertex_holds_that_vertex_colour():
     field = SphereField(albedo=direction_albedo)
-    mesh, uv = unwrap_uv(decimate(extract_mesh(field, resolution=48, threshold=50.0)[0], 2000), 256)
+    mesh = decimate(extract_mesh(field, resolution=48, threshold=50.0).mesh, 2000)
+    mesh, uv = unwrap_uv(mesh, 256)
     size = 256
     texture = bake_texture(field, mesh, uv, size) / 255.0
     cols = np.clip((uv[:, 0] * size).astype(int), 0, size - 1)
