@@ -4,6 +4,7 @@
 interrupted run continues where it stopped:
 
     image ──► describe      W/descriptor/sentence.json            (CLIP sentence search)
+                            W/descriptor/source.<ext>             (a copy of the image)
           ──► descriptor    W/descriptor/learned_embeds.safetensors (placeholder-token training)
           ──► text→3D       W/checkpoints/last.pt                  (SDS with the trained sentence)
           ──► export        W/mesh/                                (unless ``cfg.export`` is off)
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import last_checkpoint, load_checkpoint
+from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint, load_checkpoint
 from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, slugify
 from dreamtext.describe import DescribeOptions, describe, sentence_path
 from dreamtext.descriptor import (
@@ -78,6 +79,16 @@ def _text_stage_done(workspace: Path, iters: int) -> bool:
     return path.is_file() and int(load_checkpoint(path)["step"]) >= iters
 
 
+def keep_source_copy(image_path: Path, workspace: Path) -> Path:
+    """Copy the input image into ``W/descriptor/source.<ext>`` (once), so the run folder holds
+    everything that made it: the viewer shows it and a copied run keeps it."""
+    target = workspace / "descriptor" / f"source{image_path.suffix.lower()}"
+    if not target.is_file():
+        data = image_path.read_bytes()
+        atomic_write_bytes(target, lambda f: f.write(data))
+    return target
+
+
 def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: TrainConfig) -> Path:
     """Reconstruct the object of one image in 3D; return the workspace.
 
@@ -109,6 +120,7 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
         with clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip:
             sentence = describe(image_path, workspace, describe_options, encoder=clip)
         tqdm.write(f"describe: {sentence}")
+    keep_source_copy(image_path, workspace)
 
     learned = learned_embeds_path(workspace)
     if learned.is_file():

@@ -65,6 +65,7 @@ def test_run_image_chains_every_stage_on_one_load_of_the_model(
     )
     learned = workspace / "descriptor" / "learned_embeds.safetensors"
     assert learned.is_file()
+    assert (workspace / "descriptor" / "source.png").read_bytes() == image.read_bytes()
     config = json.loads((workspace / "config.json").read_text())
     assert config["prompt"] == record["trained_sentence"]
     assert config["guidance"]["textual_inversion"] == str(learned)
