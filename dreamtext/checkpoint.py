@@ -95,7 +95,10 @@ def load_run(
     field = build_field(field_cfg, device)
     field.load_state_dict(state["field"])
     render_cfg = RenderConfig()
-    apply_overrides(render_cfg, state["config"].get("render", {}), "the checkpoint's config")
+    saved = dict(state["config"].get("render", {}))
+    # Runs saved before there was a choice of sampler were rendered by the dense one.
+    saved.setdefault("sampler", "dense")
+    apply_overrides(render_cfg, saved, "the checkpoint's config")
     renderer = build_renderer(render_cfg, device)
     renderer.load_state_dict(state["renderer"])
     return field.eval(), renderer.eval(), state["config"]

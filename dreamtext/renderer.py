@@ -65,7 +65,9 @@ class RenderConfig:
     * ``sampler``: ``"occupancy"`` (march occupied cells, prune, early termination) or ``"dense"``
       (the reference: ``num_steps`` stratified + ``upsample_steps`` importance samples per ray).
     * ``march_steps``: the marcher's step is ``dt = 2√3 · bound / march_steps`` (that many steps
-      along the cube's diagonal); ``march_window`` occupied steps per ray are evaluated per round.
+      along the cube's diagonal; 256 gives dt = 0.0135 for bound 1, threestudio's DreamFusion
+      step for objects of this size); ``march_window`` occupied steps per ray are evaluated per
+      round.
     * ``alpha_threshold``, ``transmittance_threshold``: the marcher keeps a sample only if
       ``α_i`` and ``T_i`` exceed them (the colour changes by at most about these amounts).
     * ``min_near``: no sample closer to the camera than this.
@@ -83,7 +85,7 @@ class RenderConfig:
     sampler: str = "occupancy"
     num_steps: int = 64
     upsample_steps: int = 32
-    march_steps: int = 512
+    march_steps: int = 256
     march_window: int = 16
     alpha_threshold: float = 1e-4
     transmittance_threshold: float = 1e-4
@@ -109,13 +111,23 @@ class RenderConfig:
             raise DreamtextError(
                 f"render.backprop must be one of {', '.join(BACKPROP_MODES)}, got {self.backprop!r}"
             )
-        for name in ("num_steps", "march_steps", "march_window", "chunk_size", "chunk_points"):
+        positive = (
+            "num_steps",
+            "march_steps",
+            "march_window",
+            "chunk_size",
+            "chunk_points",
+            "grid_update_every",
+        )
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise DreamtextError(f"render.{name} must be a positive integer")
         if self.grad_chunk_points <= 0 or self.grid_resolution <= 0:
             raise DreamtextError("render.grad_chunk_points and render.grid_resolution must be > 0")
         if self.upsample_steps < 0:
             raise DreamtextError("render.upsample_steps must be ≥ 0")
+        if not 0.0 < self.grid_decay <= 1.0:
+            raise DreamtextError("render.grid_decay must be in (0, 1]")
         for name in ("alpha_threshold", "transmittance_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise DreamtextError(f"render.{name} must be in [0, 1)")
@@ -488,10 +500,11 @@ class _Replay:
         self.ambient_ratio = ambient_ratio
         self.per_sample = per_sample
 
-    def backward(self, grad_rgb: Tensor, lambdas: dict[str, float]) -> int:
+    def backward(self, grad_rgb: Tensor, lambdas: dict[str, float], loss_scale: float) -> int:
         """Re-render ray chunks with a graph and back-propagate
-        ``Σ_r ⟨∂L/∂rgb_r, rgb_r⟩ + Σ_name λ_name Σ_{r ∈ chunk} ℓ_name(r) / N`` per chunk, whose
-        parameter gradients sum to those of the one-pass loss. Returns the number of chunks."""
+        ``Σ_r ⟨∂L/∂rgb_r, rgb_r⟩ + s Σ_name λ_name Σ_{r ∈ chunk} ℓ_name(r) / N`` per chunk, whose
+        parameter gradients sum to those of the one-pass loss (``∂L/∂rgb`` already carries the
+        loss scale ``s``). Returns the number of chunks."""
         renderer, samples = self.renderer, self.samples
         offsets = samples.offsets()
         n = len(self.rays)
@@ -506,8 +519,8 @@ class _Replay:
                 self.ambient_ratio,
             )
             loss = (out["rgb"] * grad_rgb[chunk.start : chunk.stop]).sum()
-            loss = loss + weighted_sum(regularisers(out, num_rays=n), lambdas)
-            loss.backward()
+            regs = weighted_sum(regularisers(out, num_rays=n), lambdas)
+            (loss + loss_scale * regs).backward()
         return len(chunks)
 
 
@@ -548,23 +561,26 @@ class TrainingRender:
             self._images = images
         return self._images
 
-    def backward(self, loss: Tensor, lambdas: dict[str, float]) -> Tensor:
-        """Back-propagate ``loss + Σ_name λ_name loss_name`` into the field.
+    def backward(
+        self, loss: Tensor, lambdas: dict[str, float], loss_scale: float = 1.0
+    ) -> Tensor:
+        """Back-propagate ``s (loss + Σ_name λ_name loss_name)`` into the field.
 
         ``loss`` is the caller's loss on :meth:`images` (the SDS loss); ``lambdas`` maps a
-        regulariser name (``entropy``, ``opacity``, ``orientation``) to its weight. Returns the
-        total loss (detached).
+        regulariser name (``entropy``, ``opacity``, ``orientation``) to its weight; ``s`` is a
+        loss scale (fp16 training: the gradients are unscaled before the optimiser step). Returns
+        the unscaled total loss (detached).
         """
         regs = weighted_sum(self.outputs, lambdas)
         if not self.deferred:
             total = loss + regs
-            total.backward()
+            (total * loss_scale).backward()
             return total.detach()
         images = self.images()
-        loss.backward()
+        (loss * loss_scale).backward()
         grad = images.grad if images.grad is not None else torch.zeros_like(images)
         grad_rgb = grad.permute(0, 2, 3, 1).reshape(-1, 3)
-        self.chunks = self.replay.backward(grad_rgb, lambdas)
+        self.chunks = self.replay.backward(grad_rgb, lambdas, loss_scale)
         return (loss + regs).detach()
 
 

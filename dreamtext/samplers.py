@@ -35,8 +35,6 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor, nn
 
-from dreamtext.errors import DreamtextError
-
 if TYPE_CHECKING:
     from dreamtext.field import Field
 
@@ -277,14 +275,10 @@ class DenseSampler:
     def sample(
         self, field: Field, origins: Tensor, directions: Tensor, perturb: bool
     ) -> tuple[RaySamples, None]:
-        parts, firsts = [], []
-        for start in range(0, origins.shape[0], self.chunk_rays):
-            stop = min(start + self.chunk_rays, origins.shape[0])
-            parts.append(self._sample(field, origins[start:stop], directions[start:stop], perturb))
-            firsts.append(start)
-        if not parts:
-            return RaySamples.empty(0, origins.device, origins.dtype), None
-        return RaySamples.cat(parts, firsts, origins.shape[0]), None
+        def chunk(o: Tensor, d: Tensor) -> tuple[RaySamples, None]:
+            return self._sample(field, o, d, perturb), None
+
+        return in_ray_chunks(chunk, origins, directions, self.chunk_rays)
 
     def _sample(self, field: Field, origins: Tensor, directions: Tensor, perturb: bool):
         bound = float(field.bound)
@@ -364,21 +358,10 @@ class OccupancySampler:
     def sample(
         self, field: Field, origins: Tensor, directions: Tensor, perturb: bool
     ) -> tuple[RaySamples, SampleValues]:
-        parts, values, firsts = [], [], []
-        for start in range(0, origins.shape[0], self.chunk_rays):
-            stop = min(start + self.chunk_rays, origins.shape[0])
-            samples, vals = self._march(field, origins[start:stop], directions[start:stop], perturb)
-            parts.append(samples)
-            values.append(vals)
-            firsts.append(start)
-        if not parts:
-            empty = origins.new_zeros(0)
-            return RaySamples.empty(0, origins.device, origins.dtype), SampleValues(
-                empty, origins.new_zeros(0, 3)
-            )
-        return RaySamples.cat(parts, firsts, origins.shape[0]), SampleValues(
-            torch.cat([v.sigma for v in values]), torch.cat([v.albedo for v in values])
-        )
+        def chunk(o: Tensor, d: Tensor) -> tuple[RaySamples, SampleValues]:
+            return self._march(field, o, d, perturb)
+
+        return in_ray_chunks(chunk, origins, directions, self.chunk_rays)
 
     def _march(
         self, field: Field, origins: Tensor, directions: Tensor, perturb: bool
@@ -461,9 +444,27 @@ def _starts(edges: Tensor, origins: Tensor, directions: Tensor) -> Tensor:
     return origins[:, None, :] + edges[:, :-1, None] * directions[:, None, :]
 
 
-def check_sampler(kind: str) -> None:
-    if kind not in SAMPLERS:
-        raise DreamtextError(f"render.sampler must be one of {', '.join(SAMPLERS)}, got {kind!r}")
+def in_ray_chunks(sample, origins: Tensor, directions: Tensor, chunk_rays: int):
+    """Run ``sample(origins_chunk, directions_chunk) -> (RaySamples, SampleValues | None)`` on
+    ``chunk_rays`` rays at a time and join the parts (ray indices renumbered to the whole)."""
+    parts, values, firsts = [], [], []
+    for start in range(0, origins.shape[0], chunk_rays):
+        stop = min(start + chunk_rays, origins.shape[0])
+        samples, vals = sample(origins[start:stop], directions[start:stop])
+        parts.append(samples)
+        values.append(vals)
+        firsts.append(start)
+    if not parts:
+        empty = origins.new_zeros(0)
+        return RaySamples.empty(0, origins.device, origins.dtype), SampleValues(
+            empty, origins.new_zeros(0, 3)
+        )
+    joined = RaySamples.cat(parts, firsts, origins.shape[0])
+    if values[0] is None:
+        return joined, None
+    return joined, SampleValues(
+        torch.cat([v.sigma for v in values]), torch.cat([v.albedo for v in values])
+    )
 
 
 __all__ = [

@@ -68,6 +68,7 @@ class Run:
     guidance: ScoreDistillation
     optimizer: torch.optim.Optimizer
     cameras_rng: torch.Generator
+    scaler: torch.amp.GradScaler
     step: int = 0
 
 
@@ -136,10 +137,19 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         guidance,
         parts.optimizer,
         torch.Generator().manual_seed(cfg.seed + 2),
+        loss_scaler(parts.field, device),
     )
     if resume:
         restore(run, load_checkpoint(last_checkpoint(workspace), map_location=device))
     return run
+
+
+def loss_scaler(field: NeRFField, device: torch.device) -> torch.amp.GradScaler:
+    """Dynamic loss scaling when the field's MLPs run in fp16: their per-sample gradients are
+    small enough to underflow fp16 otherwise (bf16 has float32's range and needs none). The loss
+    is multiplied by ``s`` before backward, the gradients divided by ``s`` before Adam; a step
+    whose gradients overflow is skipped and ``s`` halved."""
+    return torch.amp.GradScaler(device.type, enabled=field.mlp_dtype == torch.float16)
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:
@@ -156,6 +166,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
             "guidance": run.guidance.get_state(),
         },
         "skipped_steps": run.guidance.skipped_steps,
+        "loss_scaler": run.scaler.state_dict(),
         "config": config_to_dict(run.cfg),
         "field_config": field_config_to_dict(run.cfg.field),
         "encoding_backend": run.field.encoding_backend,
@@ -173,6 +184,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.cameras_rng.set_state(state["rng"]["cameras"])
     run.guidance.set_state(state["rng"]["guidance"])
     run.guidance.skipped_steps = int(state.get("skipped_steps", 0))
+    if run.scaler.is_enabled() and state.get("loss_scaler"):
+        run.scaler.load_state_dict(state["loss_scaler"])
 
 
 def train_step(run: Run) -> dict[str, Any]:
@@ -203,8 +216,10 @@ def train_step(run: Run) -> dict[str, Any]:
     )
     run.optimizer.zero_grad(set_to_none=True)
     loss_sds, info = run.guidance.sds_loss(render.images(), labels, step / cfg.iters)
-    loss = render.backward(loss_sds, regulariser_weights(cfg))
-    run.optimizer.step()
+    run.scaler.scale(loss_sds)  # sets the scale up on the loss's device (once)
+    loss = render.backward(loss_sds, regulariser_weights(cfg), run.scaler.get_scale())
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
     run.step = step
     run.renderer.update_occupancy(run.field, step)
     out = render.outputs
@@ -217,6 +232,7 @@ def train_step(run: Run) -> dict[str, Any]:
         "view": labels[0],
         "backprop": "deferred" if render.deferred else "direct",
         "samples_per_ray": render.num_samples / max(out["opacity"].numel(), 1),
+        **({"loss_scale": run.scaler.get_scale()} if run.scaler.is_enabled() else {}),
         **{k: float(v) for k, v in info.items()},
     }
 
@@ -372,10 +388,11 @@ def peak_gpu_memory_mib(device: torch.device) -> float | None:
 @contextmanager
 def out_of_memory_is_a_user_error(run: Run):
     """Turn CUDA's out-of-memory error into a :class:`DreamtextError` naming the fixes, after
-    saving a checkpoint of the last finished step so that ``--resume`` continues from there.
+    saving a checkpoint so that ``--resume`` continues from there.
 
-    The step that ran out never reached ``optimizer.step()``, so the field and the optimiser are
-    those of the last finished step.
+    Memory runs out in the render, the guidance or the backward pass, before ``optimizer.step()``
+    of that step, so the checkpoint holds the last finished step (``run.step``). (Adam's update
+    allocates only its state, on the first step.)
     """
     try:
         yield
@@ -389,7 +406,7 @@ def out_of_memory_is_a_user_error(run: Run):
     path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
     cfg = run.cfg
     raise DreamtextError(
-        f"out of GPU memory at step {run.step + 1} ({cfg.h}x{cfg.w} px, batch {cfg.batch_size}); "
+        f"out of GPU memory after step {run.step} ({cfg.h}x{cfg.w} px, batch {cfg.batch_size}); "
         f"saved {path}; resume with --resume after one of: a smaller --h/--w, --fp16, fewer "
         "samples (render.march_steps), a smaller render.grad_chunk_points"
     )

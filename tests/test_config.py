@@ -72,6 +72,8 @@ def test_default_workspace_is_the_prompt_slug():
         ({"prompt": "x", "render": {"sampler": "nerfacc"}}, "render.sampler must be one of"),
         ({"prompt": "x", "render": {"backprop": "later"}}, "render.backprop must be one of"),
         ({"prompt": "x", "render": {"march_steps": 0}}, "render.march_steps must be a positive"),
+        ({"prompt": "x", "render": {"grid_update_every": 0}}, "grid_update_every must be a posi"),
+        ({"prompt": "x", "render": {"grid_decay": 0.0}}, r"grid_decay must be in \(0, 1\]"),
         ({"prompt": "x", "render": {"transmittance_threshold": 1.5}}, r"in \[0, 1\)"),
     ],
 )

@@ -147,7 +147,7 @@ def test_out_of_gpu_memory_saves_the_last_step_and_names_the_fixes(
         train(tiny_config(tmp_path, tiny_sd_path, iters=5))
     message = str(error.value)
     assert "\n" not in message
-    for fix in ("out of GPU memory at step 3", "--h/--w", "--fp16", "--resume"):
+    for fix in ("out of GPU memory after step 2", "--h/--w", "--fp16", "--resume"):
         assert fix in message
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
 
@@ -173,3 +173,40 @@ def test_a_run_trained_on_a_cuda_backend_reloads_on_the_cpu(tmp_path, tiny_sd_pa
     field, _, _ = load_run(workspace, "cpu")
     assert field.encoding_backend == "torch"
     torch.testing.assert_close(field.encoding.params.detach(), state["field"]["encoding.params"])
+
+
+def test_loss_scaling_leaves_the_updates_unchanged(tmp_path, tiny_sd_path, monkeypatch):
+    """fp16 runs scale the loss by 2^16 and unscale the gradients before Adam; in float32 that
+    is exact, so the trained field must be bit-identical to an unscaled run."""
+    from dreamtext import trainer
+
+    plain = train(tiny_config(tmp_path / "plain", tiny_sd_path, iters=3))
+    scalers = []
+
+    def enabled(field, device):
+        scalers.append(torch.amp.GradScaler("cpu", enabled=True))
+        return scalers[-1]
+
+    monkeypatch.setattr(trainer, "loss_scaler", enabled)
+    scaled = train(tiny_config(tmp_path / "scaled", tiny_sd_path, iters=3))
+    assert scalers and scalers[0].get_scale() == 2.0**16
+    expected, got = field_params(plain), field_params(scaled)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    records = [json.loads(line) for line in (scaled / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss_scale"] == 2.0**16 for r in records)
+    assert load_checkpoint(scaled / "checkpoints" / "last.pt")["loss_scaler"]["scale"] == 2.0**16
+
+
+def test_checkpoints_from_before_the_sampler_choice_reload_with_the_dense_sampler(
+    tmp_path, tiny_sd_path
+):
+    from dreamtext.checkpoint import load_run
+
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=1))
+    path = workspace / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    assert load_run(workspace)[1].cfg.sampler == "occupancy"
+    del state["config"]["render"]["sampler"]
+    torch.save(state, path)
+    assert load_run(workspace)[1].cfg.sampler == "dense"
