@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from dreamtext.cameras import Poses, get_rays
 from dreamtext.compositing import accumulate, packed_weights
@@ -76,6 +77,9 @@ class RenderConfig:
     * ``backprop``: ``"direct"`` (one graph), ``"deferred"`` (image first, then chunked
       re-render + backward) or ``"auto"`` (deferred when the graph would hold more than
       ``grad_chunk_points`` field queries).
+    * ``recompute_field``: keep only the query points of the field for backward and evaluate the
+      field again there (activation checkpointing): tens of bytes per sample instead of several
+      KiB, for one more forward pass of the field.
     * ``occupancy_grid``: skip samples in empty cells of a ``grid_resolution^3`` grid, refreshed
       every ``grid_update_every`` steps with decay ``grid_decay`` and threshold
       ``density_threshold`` (see :class:`~dreamtext.samplers.OccupancyGrid`).
@@ -94,6 +98,7 @@ class RenderConfig:
     chunk_points: int = 1 << 19
     backprop: str = "auto"
     grad_chunk_points: int = 1 << 19
+    recompute_field: bool = True
     occupancy_grid: bool = True
     grid_resolution: int = 64
     grid_decay: float = 0.95
@@ -287,17 +292,17 @@ class VolumeRenderer(nn.Module):
         n = len(rays)
         ray_indices = samples.ray_indices
         x = samples.positions(rays.origins, rays.directions)
+        with_normals = self._needs_normals(shading)
         if values is None:
-            sigma, albedo = field(x)
+            sigma, albedo, normals = self._query(field, x, with_normals)
         else:
             sigma, albedo = values.sigma, values.albedo
+            normals = field.normals(x, sigma).float() if with_normals else None
         weights, _, _ = packed_weights(sigma, samples.deltas, ray_indices, n)
         directions = rays.directions[ray_indices]
-        normals = None
         normal_image = rays.origins.new_zeros(n, 3)
         orientation = rays.origins.new_zeros(n)
-        if self._needs_normals(shading):
-            normals = field.normals(x, sigma).float()
+        if normals is not None:
             normal_image = accumulate(weights[:, None] * normals, ray_indices, n)
             facing_away = (normals * directions).sum(dim=-1).clamp_min(0.0) ** 2
             orientation = accumulate(weights.detach() * facing_away, ray_indices, n)
@@ -318,6 +323,36 @@ class VolumeRenderer(nn.Module):
             "normals": normal_image,
             "orientation": orientation,
         }
+
+    def _query(
+        self, field: Field, x: Tensor, with_normals: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``σ [S]``, ``albedo [S, 3]`` and (when asked) ``normals [S, 3]`` at ``x [S, 3]``.
+
+        With gradients on and ``cfg.recompute_field``, the query is checkpointed: autograd keeps
+        only ``x`` and the outputs and runs the field again in the backward pass, instead of
+        keeping every activation of the hash grid and the MLP for every query (a few KiB per
+        sample). Autograd normals need a graph of their own and are never checkpointed.
+        """
+
+        def query(points: Tensor) -> tuple[Tensor, ...]:
+            sigma, albedo = field(points)
+            if not with_normals:
+                return sigma, albedo
+            return sigma, albedo, field.normals(points, sigma).float()
+
+        autograd_normals = getattr(getattr(field, "cfg", None), "normals", "") == "autograd"
+        recompute = (
+            self.cfg.recompute_field
+            and torch.is_grad_enabled()
+            and x.shape[0] > 0
+            and not (with_normals and autograd_normals)
+        )
+        if recompute:
+            out = checkpoint(query, x, use_reentrant=False)
+        else:
+            out = query(x)
+        return out[0], out[1], (out[2] if with_normals else None)
 
     def ray_chunks(self, samples: RaySamples, points_per_sample: int, budget: int) -> list[range]:
         """Split the rays into consecutive ranges whose samples cost at most ``budget`` field
