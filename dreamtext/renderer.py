@@ -348,10 +348,7 @@ class VolumeRenderer(nn.Module):
             and x.shape[0] > 0
             and not (with_normals and autograd_normals)
         )
-        if recompute:
-            out = checkpoint(query, x, use_reentrant=False)
-        else:
-            out = query(x)
+        out = checkpoint(query, x, use_reentrant=False) if recompute else query(x)
         return out[0], out[1], (out[2] if with_normals else None)
 
     def ray_chunks(self, samples: RaySamples, points_per_sample: int, budget: int) -> list[range]:
