@@ -15,7 +15,9 @@ occupancy grid has been updated once, one random training camera (seed 0), and
 * **render + backward** time (median of ``--repeats`` after one warm-up), on this device.
 
 The script runs against this checkout's renderer and also against older ones that lack
-``render_train`` (they render with a graph in one pass), so the same command measures a change.
+``render_train`` (they render with a graph in one pass), so the same command measures a change;
+that is why it builds the field and renderer from their configs directly rather than through
+``dreamtext.factory``, which older checkouts do not have.
 ``--turntable`` times :func:`dreamtext.export.render_turntable` on a trained workspace (60 frames
 at 256 px by default), with the workspace's own renderer, as ``dreamtext export`` does.
 """
@@ -91,9 +93,9 @@ def render_and_backward(renderer, field, poses, size: int, shading: str, counter
     return saved
 
 
-def measure(size: int, shading: str, repeats: int, render_cfg: dict) -> dict:
+def measure(size: int, shading: str, repeats: int, render_cfg: dict, field_cfg: dict) -> dict:
     torch.manual_seed(0)
-    field = NeRFField(FieldConfig(encoding="torch"))
+    field = NeRFField(FieldConfig(**{"encoding": "torch", **field_cfg}))
     renderer = VolumeRenderer(RenderConfig(**render_cfg)).train()
     renderer.update_occupancy(field, 0)
     generator = torch.Generator().manual_seed(0)
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shadings", nargs="+", default=["albedo", "lambertian"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--render", default="{}", help="JSON of RenderConfig overrides")
+    parser.add_argument("--field", default="{}", help="JSON of FieldConfig overrides")
     parser.add_argument("--turntable", type=Path, help="a trained workspace to time")
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--video-size", type=int, default=256)
@@ -153,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for size in args.sizes:
         for shading in args.shadings:
-            row = measure(size, shading, args.repeats, json.loads(args.render))
+            row = measure(
+                size, shading, args.repeats, json.loads(args.render), json.loads(args.field)
+            )
             print(
                 f"| {row['px']} | {row['shading']} | {row['saved_kib_per_ray']:.2f} "
                 f"| {row['saved_mib']:.1f} | {row['seconds']:.2f} |",
