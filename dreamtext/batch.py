@@ -44,7 +44,7 @@ from dreamtext.checkpoint import last_checkpoint
 from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, resolve_config, slugify
 from dreamtext.errors import DreamtextError
 from dreamtext.imageto3d import ImageOptions
-from dreamtext.runstatus import error_line, now_iso, read_status
+from dreamtext.runstatus import error_line, now_iso, read_status, run_finished
 
 BATCH_LOG = "batch.jsonl"
 IMAGE_PREFIX = "image:"
@@ -373,9 +373,9 @@ def entry_config(
 
 def is_finished(cfg: TrainConfig) -> bool:
     """The run's ``status.json`` says finished at ``cfg.iters`` or beyond (a finished run asked
-    for more iterations resumes)."""
-    status = read_status(cfg.workspace)
-    return status is not None and status["state"] == "finished" and status["step"] >= cfg.iters
+    for more iterations resumes); a run of the old ``scripts/batch.sh``, without ``status.json``,
+    counts by its checkpoint and mesh (:func:`dreamtext.runstatus.run_finished`)."""
+    return run_finished(cfg.workspace, cfg.iters)
 
 
 def run_batch(

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from dreamtext.checkpoint import atomic_write_bytes
+from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint
 from dreamtext.errors import DreamtextError
 
 STATUS = "status.json"
@@ -70,6 +70,39 @@ def read_status(workspace: str | Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) and data.get("state") in STATES else None
+
+
+def run_finished(workspace: str | Path, iters: int) -> bool:
+    """Whether the run in ``workspace`` finished (trained and exported) at ``iters`` steps or more.
+
+    ``status.json`` says so when there is one. A run from before it (the old ``scripts/batch.sh``)
+    counts as finished when ``checkpoints/last.pt`` reached both ``iters`` and the run's own
+    ``iters`` (``config.json``) and ``mesh/mesh.glb`` is there.
+    """
+    workspace = Path(workspace)
+    status = read_status(workspace)
+    if status is not None:
+        return status["state"] == "finished" and status["step"] >= iters
+    if (workspace / STATUS).exists() or not (workspace / "mesh" / "mesh.glb").is_file():
+        return False
+    try:
+        own_iters = json.loads((workspace / "config.json").read_text(encoding="utf-8"))["iters"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+    step = saved_step(workspace)
+    return step is not None and isinstance(own_iters, int) and step >= max(own_iters, iters)
+
+
+def saved_step(workspace: str | Path) -> int | None:
+    """The step of ``checkpoints/last.pt``, or ``None`` without a readable one. Memory-mapped, so
+    the tensors are not read."""
+    try:
+        state = torch.load(
+            last_checkpoint(Path(workspace)), map_location="cpu", weights_only=True, mmap=True
+        )
+        return int(state["step"])
+    except Exception:  # missing, truncated or foreign: not a finished run's checkpoint
+        return None
 
 
 def peak_gpu_mib(device: torch.device) -> float | None:

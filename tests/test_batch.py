@@ -369,6 +369,51 @@ def test_two_workers_on_one_list_train_each_prompt_once(tmp_path, tiny_yaml, sha
         assert steps(root / name) == [5, 10]  # trained once, start to end
 
 
+def _old_batch_sh_run(workspace, step=20, iters=20, mesh=True):
+    """A workspace as scripts/batch.sh left it: config, checkpoint, mesh, no status.json."""
+    import torch
+
+    (workspace / "checkpoints").mkdir(parents=True)
+    (workspace / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": iters}))
+    torch.save({"step": step}, workspace / "checkpoints" / "last.pt")
+    if mesh:
+        (workspace / "mesh").mkdir()
+        (workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+    return workspace
+
+
+@pytest.mark.parametrize(
+    ("run", "asked", "finished"),
+    [
+        ({}, 20, True),
+        ({}, 10, True),
+        ({}, 30, False),  # asked for more iterations: it resumes
+        ({"step": 15}, 20, False),  # stopped before its iters
+        ({"step": 15, "iters": 15}, 20, False),
+        ({"mesh": False}, 20, False),  # trained but not exported
+    ],
+)
+def test_a_run_of_the_old_batch_script_counts_as_finished_by_its_files(
+    tmp_path, run, asked, finished
+):
+    from dreamtext.batch import is_finished
+    from dreamtext.config import resolve_config
+
+    workspace = _old_batch_sh_run(tmp_path / "a_red_cube", **run)
+    cfg = resolve_config({"prompt": "a red cube", "workspace": str(workspace), "iters": asked})
+    assert is_finished(cfg) is finished
+
+
+def test_a_batch_skips_runs_the_old_batch_script_finished(tmp_path, tiny_yaml, shapes_cache):
+    root = tmp_path / "root"
+    workspace = _old_batch_sh_run(root / "a_red_cube")
+    path = prompts_file(tmp_path, "a red cube")
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    assert [r["status"] for r in rows(root)] == ["skipped"]
+    assert not (workspace / "log.jsonl").exists() and not (workspace / "status.json").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Stable Diffusion: one load for the whole list, image lines too
 
