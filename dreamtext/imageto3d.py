@@ -9,6 +9,10 @@ interrupted run continues where it stopped:
           ──► text→3D       W/checkpoints/last.pt                  (SDS with the trained sentence)
           ──► export        W/mesh/                                (unless ``cfg.export`` is off)
 
+text→3D and its export are one ``train`` call, so ``W/status.json`` tracks them like any text→3D
+run and ends ``finished`` after the export; a run stopped during its export resumes at its last
+step, trains nothing and exports.
+
 CLIP and Stable Diffusion come from :mod:`dreamtext.models`, so descriptor training and text→3D
 share one load, and a batch of image runs loads each model once.
 
@@ -28,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint, load_checkpoint
+from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint
 from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, slugify
 from dreamtext.describe import DescribeOptions, describe, sentence_path
 from dreamtext.descriptor import (
@@ -42,6 +46,7 @@ from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.models import clip_encoder, load_for
+from dreamtext.runstatus import run_finished
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
@@ -74,9 +79,12 @@ def _needs_stable_diffusion(model: str, what: str) -> None:
         )
 
 
-def _text_stage_done(workspace: Path, iters: int) -> bool:
-    path = last_checkpoint(workspace)
-    return path.is_file() and int(load_checkpoint(path)["step"]) >= iters
+def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
+    """text→3D finished at ``cfg.iters`` (``status.json``, or for older runs the checkpoint and
+    mesh) and, when ``cfg.export`` asks for one, the mesh is there."""
+    if cfg.export and not any((workspace / "mesh" / name).is_file() for name in MESH_FILES):
+        return False
+    return run_finished(workspace, cfg.iters)
 
 
 def keep_source_copy(image_path: Path, workspace: Path) -> Path:
@@ -132,17 +140,14 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
     record = json.loads(record_path.read_text(encoding="utf-8"))
     cfg.prompt = record["trained_sentence"]
     cfg.guidance.textual_inversion = str(learned)
-    if _text_stage_done(workspace, cfg.iters):
+    if _text_stage_done(workspace, cfg):
         tqdm.write(f"text→3D: reusing {last_checkpoint(workspace)}")
     else:
         from dreamtext.trainer import train
 
+        # A run stopped during its export is already at cfg.iters: resuming trains nothing and
+        # exports, under status.json like any run, which ends "finished".
         train(cfg, resume=last_checkpoint(workspace).is_file())
-
-    if cfg.export and not any((workspace / "mesh" / name).is_file() for name in MESH_FILES):
-        from dreamtext.export import ExportOptions, export_workspace
-
-        export_workspace(workspace, ExportOptions(device=device))
     return workspace
 
 
