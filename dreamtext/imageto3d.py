@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint
@@ -49,6 +50,8 @@ from dreamtext.models import clip_encoder, load_for
 from dreamtext.runstatus import run_finished
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
+# The suffix of descriptor/source.<ext> for each format load_image accepts.
+SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 
 
 @dataclass
@@ -89,8 +92,15 @@ def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
 
 def keep_source_copy(image_path: Path, workspace: Path) -> Path:
     """Copy the input image into ``W/descriptor/source.<ext>`` (once), so the run folder holds
-    everything that made it: the viewer shows it and a copied run keeps it."""
-    target = workspace / "descriptor" / f"source{image_path.suffix.lower()}"
+    everything that made it: the viewer shows it and a copied run keeps it.
+
+    ``<ext>`` is that of the image's format, read from its bytes (``source.png``, ``source.jpg``,
+    ``source.webp``), not its file name's: a PNG without a suffix or a JPEG named ``.jfif`` gets
+    a name the viewer recognises. ``image_path`` must have passed :func:`load_image`.
+    """
+    with Image.open(image_path) as image:
+        suffix = SOURCE_SUFFIXES[image.format]
+    target = workspace / "descriptor" / f"source{suffix}"
     if not target.is_file():
         data = image_path.read_bytes()
         atomic_write_bytes(target, lambda f: f.write(data))

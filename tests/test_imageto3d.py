@@ -74,6 +74,30 @@ def test_run_image_chains_every_stage_on_one_load_of_the_model(
     assert sorted(count_loads) == ["text_encoder", "tokenizer", "unet", "vae"]
 
 
+@pytest.mark.parametrize(
+    ("name", "format", "copy"),
+    [
+        ("photo", "PNG", "source.png"),  # no suffix
+        ("photo.jfif", "JPEG", "source.jpg"),
+        ("photo.JPEG", "JPEG", "source.jpg"),
+        ("photo.png", "WEBP", "source.webp"),  # a misnamed file: its bytes decide
+    ],
+)
+def test_the_source_copy_is_named_by_the_image_format(tmp_path, name, format, copy):
+    image = tmp_path / name
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(image, format=format)
+    target = imageto3d.keep_source_copy(image, tmp_path / "run")
+    assert target == tmp_path / "run" / "descriptor" / copy
+    assert target.read_bytes() == image.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == [copy]
+
+
+def test_every_supported_image_format_has_a_source_copy_name():
+    from dreamtext.images import SUPPORTED_FORMATS
+
+    assert set(imageto3d.SOURCE_SUFFIXES) == set(SUPPORTED_FORMATS)
+
+
 def _fail(*args, **kwargs):
     raise AssertionError("a finished stage ran again")
 
