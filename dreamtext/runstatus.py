@@ -146,12 +146,16 @@ class StatusTracker:
         write_status(self.workspace, status)
         self._written = (step, self.phase)
 
+    def run_guards(self) -> None:
+        """Call the checks :func:`guard_run` registered for the workspace (they raise to stop)."""
+        for check in list(_GUARDS.get(_key(self.workspace), ())):
+            check()
+
     def update(self, phase: str | None = None) -> None:
         """Run the workspace's guards, then rewrite ``running`` with the current step, time and
         memory (and ``phase`` when given). Nothing is written when neither the step nor the phase
         changed since the last write, so a checkpoint on a log line's step costs no second write."""
-        for check in list(_GUARDS.get(_key(self.workspace), ())):
-            check()
+        self.run_guards()
         if phase is not None:
             if phase not in PHASES:
                 raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -203,6 +207,7 @@ def track_status(
         torch.cuda.reset_peak_memory_stats(device)
     tracker = StatusTracker(workspace, iters, step, device)
     key = _key(workspace)
+    tracker.run_guards()
     tracker.write("running")
     _ACTIVE[key] = tracker
     try:
