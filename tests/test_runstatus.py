@@ -134,6 +134,26 @@ def test_an_interrupted_run_says_interrupted_and_a_resume_finishes(
     assert (status(tmp_path)["state"], status(tmp_path)["step"]) == ("finished", 4)
 
 
+def test_a_guard_stops_a_run_and_leaves_status_json_to_the_new_holder(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    steps = []
+
+    def taken_over_at_three():
+        steps.append((read_status(tmp_path / "run") or {}).get("step"))
+        if len(steps) == 3:
+            raise runstatus.RunTakenOver("lock taken over by elsewhere pid 7")
+
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=6, log_every=1, checkpoint_every=100)
+    with (
+        runstatus.guard_run(tmp_path / "run", taken_over_at_three),
+        pytest.raises(runstatus.RunTakenOver),
+    ):
+        train(cfg)
+    assert steps == [None, 0, 1]  # before the first write, then at the log lines of steps 1, 2
+    assert (status(tmp_path)["state"], status(tmp_path)["step"]) == ("running", 1)
+
+
 def test_a_run_that_cannot_start_writes_nothing(tmp_path):
     cfg = tiny_config(tmp_path, tmp_path / "no_such_model", iters=2)
     with pytest.raises(DreamtextError, match="does not exist"):
