@@ -282,14 +282,15 @@ class WorkspaceLock:
             for _ in range(3):
                 try:
                     look, info = self._look(touch=True)
+                    if look == "missing":  # renamed away by a worker checking it: claim it again
+                        self._create()
+                        continue
                 except OSError:  # a filesystem hiccup: look again at the next refresh
-                    return True
-                if look == "ours":
                     return True
                 if look == "theirs":
                     self.lost = info
                     return False
-                self._create()  # renamed away by a worker checking it: claim it again
+                return True
             return True
 
     def check(self) -> None:
