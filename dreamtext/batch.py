@@ -44,7 +44,14 @@ from dreamtext.checkpoint import last_checkpoint
 from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, resolve_config, slugify
 from dreamtext.errors import DreamtextError
 from dreamtext.imageto3d import ImageOptions
-from dreamtext.runstatus import error_line, now_iso, read_status
+from dreamtext.runstatus import (
+    RunTakenOver,
+    error_line,
+    guard_run,
+    now_iso,
+    read_status,
+    run_finished,
+)
 
 BATCH_LOG = "batch.jsonl"
 IMAGE_PREFIX = "image:"
@@ -214,6 +221,14 @@ class WorkspaceLock:
     The file holds ``{"host", "pid", "started", "slurm", "slurm_restart", "token"}``, is written
     whole to a temp file and hard-linked into place (atomic, also on NFS), and refreshed (its
     mtime) every ``timeout / 4`` seconds (at most every minute) while held.
+
+    Taking over a stale lock is not atomic: a worker renames the stale file away, and may rename a
+    fresh one instead (another worker broke the stale lock and claimed the workspace a moment
+    earlier); it puts that one back, unless a third worker claimed the workspace meanwhile. So the
+    file is the truth, and a holder keeps checking it: right after claiming, at every refresh, and
+    at every status update of its run (:meth:`check`). A holder that finds another worker's token
+    there has lost the workspace (``self.lost``): it stops refreshing and its run stops. One that
+    finds no file (renamed away by a worker checking it) claims it again.
     """
 
     def __init__(self, workspace: Path, timeout: float) -> None:
@@ -229,15 +244,23 @@ class WorkspaceLock:
             "token": uuid.uuid4().hex,
         }
         self.holder: dict[str, Any] | None = None
+        self.lost: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._mutex = threading.Lock()  # the heartbeat and the run both check the file
 
     def acquire(self) -> bool:
         """Claim the workspace; ``False`` (and ``self.holder`` set) when another worker holds it."""
         for _ in range(5):
             if self._create():
-                self._start_heartbeat()
-                return True
+                look, info = self._look()
+                if look == "ours":
+                    self._start_heartbeat()
+                    return True
+                if look == "theirs":  # moved away by a worker breaking the stale lock, replaced
+                    self.holder = info
+                    return False
+                continue  # moved away by a worker checking it: claim it again
             held = self._read(self.path)
             if held is None:  # released between our attempt and our look: try again
                 continue
@@ -250,11 +273,39 @@ class WorkspaceLock:
                 _say(f"batch: taking over {self.path} ({reason})")
         return False
 
+    def refresh(self) -> bool:
+        """Refresh the lock file's mtime if it is still ours; ``False`` once it is not (then
+        ``self.lost`` holds the new holder's info and nothing is refreshed again)."""
+        with self._mutex:
+            if self.lost is not None:
+                return False
+            for _ in range(3):
+                try:
+                    look, info = self._look(touch=True)
+                    if look == "missing":  # renamed away by a worker checking it: claim it again
+                        self._create()
+                        continue
+                except OSError:  # a filesystem hiccup: look again at the next refresh
+                    return True
+                if look == "theirs":
+                    self.lost = info
+                    return False
+                return True
+            return True
+
+    def check(self) -> None:
+        """Raise :class:`RunTakenOver` when another worker has taken the workspace over (a run's
+        status updates call this, through :func:`dreamtext.runstatus.guard_run`)."""
+        if not self.refresh():
+            raise RunTakenOver(self.describe_loss())
+
     def release(self) -> None:
         """Stop refreshing and remove the lock, unless another worker has taken it over."""
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
+        if self.lost is not None:
+            return
         held = self._read(self.path)
         if held is not None and held[0].get("token") == self.info["token"]:
             self.path.unlink(missing_ok=True)
@@ -264,6 +315,13 @@ class WorkspaceLock:
         return (
             f"claimed by {info.get('host', '?')} pid {info.get('pid', '?')} "
             f"since {info.get('started', '?')} ({self.path.name})"
+        )
+
+    def describe_loss(self) -> str:
+        info = self.lost or {}
+        return (
+            f"lock taken over by {info.get('host', '?')} pid {info.get('pid', '?')} "
+            f"({self.path.name})"
         )
 
     def _create(self) -> bool:
@@ -285,6 +343,26 @@ class WorkspaceLock:
             return True
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _look(self, touch: bool = False) -> tuple[str, dict[str, Any] | None]:
+        """``("ours" | "theirs", contents)`` of the lock file, or ``("missing", None)``. With
+        ``touch``, our file's mtime is refreshed through the very handle that was read, so a file
+        swapped in meanwhile is never refreshed."""
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+                try:
+                    info = json.loads(text)
+                except json.JSONDecodeError:
+                    info = {}
+                info = info if isinstance(info, dict) else {}
+                if info.get("token") != self.info["token"]:
+                    return "theirs", info
+                if touch:
+                    os.utime(f.fileno() if os.utime in os.supports_fd else self.path)
+                return "ours", info
+        except FileNotFoundError:
+            return "missing", None
 
     @staticmethod
     def _read(path: Path) -> tuple[dict[str, Any], float] | None:
@@ -314,7 +392,12 @@ class WorkspaceLock:
 
     def _break(self, stale: dict[str, Any]) -> bool:
         """Remove a stale lock. It is renamed away first and checked: if another worker replaced
-        it in the meantime, theirs is put back."""
+        it in the meantime, theirs is put back. When a third worker claimed the workspace while
+        it was away, theirs stays and the one renamed away is dropped: its holder finds the third
+        worker's token at its next check and stops."""
+        current = self._read(self.path)
+        if current is None or current[0].get("token") != stale.get("token"):
+            return False  # already replaced: no need to move it
         grave = self.path.with_name(f".{self.path.name}.{self.info['token']}.stale")
         try:
             os.rename(self.path, grave)
@@ -334,8 +417,8 @@ class WorkspaceLock:
 
         def beat() -> None:
             while not self._stop.wait(interval):
-                with contextlib.suppress(OSError):
-                    os.utime(self.path)
+                if not self.refresh():
+                    return  # taken over: the holder's lock is not ours to refresh
 
         self._heartbeat = threading.Thread(target=beat, name="dreamtext-lock", daemon=True)
         self._heartbeat.start()
@@ -373,9 +456,9 @@ def entry_config(
 
 def is_finished(cfg: TrainConfig) -> bool:
     """The run's ``status.json`` says finished at ``cfg.iters`` or beyond (a finished run asked
-    for more iterations resumes)."""
-    status = read_status(cfg.workspace)
-    return status is not None and status["state"] == "finished" and status["step"] >= cfg.iters
+    for more iterations resumes); a run of the old ``scripts/batch.sh``, without ``status.json``,
+    counts by its checkpoint and mesh (:func:`dreamtext.runstatus.run_finished`)."""
+    return run_finished(cfg.workspace, cfg.iters)
 
 
 def run_batch(
@@ -421,7 +504,7 @@ def run_batch(
             append_record(root / BATCH_LOG, record)
             records.append(record)
             bar.update(1)
-            if record["status"] == "interrupted":
+            if stopped_by_user(record):
                 break
     return records
 
@@ -455,8 +538,12 @@ def run_entry(
         elif not (claimed := lock.acquire()):
             result["error"] = lock.describe_holder()
         elif not is_finished(cfg):  # another worker may have finished it meanwhile
-            run_one(entry, cfg, options)
+            with guard_run(entry.workspace, lock.check):
+                run_one(entry, cfg, options)
             result["status"] = "finished"
+    except RunTakenOver as lost:
+        result = {"status": "interrupted", "error": str(lost)}
+        _say(f"batch: line {entry.line} stopped: {lost}")
     except (TrainingInterrupted, KeyboardInterrupt) as stop:
         result = {"status": "interrupted", "error": None}
         _say(f"batch: {stop or 'interrupted'}; run the batch again to resume")
@@ -472,7 +559,7 @@ def run_entry(
         if claimed:
             lock.release()
             _free_device_memory()
-    status = read_status(entry.workspace) if claimed else None
+    status = read_status(entry.workspace) if claimed and lock.lost is None else None
     return {
         "line": entry.line,
         "input": entry.input,
@@ -520,12 +607,17 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def stopped_by_user(record: dict[str, Any]) -> bool:
+    """Ctrl-C or SIGTERM interrupted this line (and the batch). A line whose lock another worker
+    took over is ``interrupted`` too, with the reason as its error, and the batch goes on."""
+    return record["status"] == "interrupted" and record["error"] is None
+
+
 def exit_code(records: list[dict[str, Any]]) -> int:
-    """130 when the batch was interrupted, 1 when a prompt failed, else 0."""
-    states = {r["status"] for r in records}
-    if "interrupted" in states:
+    """130 when the batch was interrupted (Ctrl-C, SIGTERM), 1 when a prompt failed, else 0."""
+    if any(stopped_by_user(r) for r in records):
         return 130
-    return 1 if "failed" in states else 0
+    return 1 if any(r["status"] == "failed" for r in records) else 0
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:

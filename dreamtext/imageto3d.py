@@ -9,6 +9,10 @@ interrupted run continues where it stopped:
           ──► text→3D       W/checkpoints/last.pt                  (SDS with the trained sentence)
           ──► export        W/mesh/                                (unless ``cfg.export`` is off)
 
+text→3D and its export are one ``train`` call, so ``W/status.json`` tracks them like any text→3D
+run and ends ``finished`` after the export; a run stopped during its export resumes at its last
+step, trains nothing and exports.
+
 CLIP and Stable Diffusion come from :mod:`dreamtext.models`, so descriptor training and text→3D
 share one load, and a batch of image runs loads each model once.
 
@@ -26,9 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint, load_checkpoint
+from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint
 from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, slugify
 from dreamtext.describe import DescribeOptions, describe, sentence_path
 from dreamtext.descriptor import (
@@ -42,8 +47,11 @@ from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.models import clip_encoder, load_for
+from dreamtext.runstatus import run_finished
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
+# The suffix of descriptor/source.<ext> for each format load_image accepts.
+SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 
 
 @dataclass
@@ -74,15 +82,25 @@ def _needs_stable_diffusion(model: str, what: str) -> None:
         )
 
 
-def _text_stage_done(workspace: Path, iters: int) -> bool:
-    path = last_checkpoint(workspace)
-    return path.is_file() and int(load_checkpoint(path)["step"]) >= iters
+def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
+    """text→3D finished at ``cfg.iters`` (``status.json``, or for older runs the checkpoint and
+    mesh) and, when ``cfg.export`` asks for one, the mesh is there."""
+    if cfg.export and not any((workspace / "mesh" / name).is_file() for name in MESH_FILES):
+        return False
+    return run_finished(workspace, cfg.iters)
 
 
 def keep_source_copy(image_path: Path, workspace: Path) -> Path:
     """Copy the input image into ``W/descriptor/source.<ext>`` (once), so the run folder holds
-    everything that made it: the viewer shows it and a copied run keeps it."""
-    target = workspace / "descriptor" / f"source{image_path.suffix.lower()}"
+    everything that made it: the viewer shows it and a copied run keeps it.
+
+    ``<ext>`` is that of the image's format, read from its bytes (``source.png``, ``source.jpg``,
+    ``source.webp``), not its file name's: a PNG without a suffix or a JPEG named ``.jfif`` gets
+    a name the viewer recognises. ``image_path`` must have passed :func:`load_image`.
+    """
+    with Image.open(image_path) as image:
+        suffix = SOURCE_SUFFIXES[image.format]
+    target = workspace / "descriptor" / f"source{suffix}"
     if not target.is_file():
         data = image_path.read_bytes()
         atomic_write_bytes(target, lambda f: f.write(data))
@@ -132,17 +150,14 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
     record = json.loads(record_path.read_text(encoding="utf-8"))
     cfg.prompt = record["trained_sentence"]
     cfg.guidance.textual_inversion = str(learned)
-    if _text_stage_done(workspace, cfg.iters):
+    if _text_stage_done(workspace, cfg):
         tqdm.write(f"text→3D: reusing {last_checkpoint(workspace)}")
     else:
         from dreamtext.trainer import train
 
+        # A run stopped during its export is already at cfg.iters: resuming trains nothing and
+        # exports, under status.json like any run, which ends "finished".
         train(cfg, resume=last_checkpoint(workspace).is_file())
-
-    if cfg.export and not any((workspace / "mesh" / name).is_file() for name in MESH_FILES):
-        from dreamtext.export import ExportOptions, export_workspace
-
-        export_workspace(workspace, ExportOptions(device=device))
     return workspace
 
 

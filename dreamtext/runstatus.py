@@ -2,18 +2,27 @@
 
     {"state": "running" | "finished" | "failed" | "interrupted", "step": int, "iters": int,
      "started": iso8601, "updated": iso8601, "error": str | null, "seconds": float,
-     "gpu_mem_mib": float | null}
+     "gpu_mem_mib": float | null, "phase": "train" | "export"}
 
 The trainer wraps a run in :func:`track_status`, which writes the file atomically when the run
 starts, when it ends (``finished``, written after the export), when it fails (with the error's
-first line) and when it is interrupted (Ctrl-C, SIGTERM). ``started`` and ``seconds`` are those of
-this attempt (a resumed run starts again); ``gpu_mem_mib`` is the peak reserved CUDA memory of the
-attempt, ``null`` off CUDA.
+first line) and when it is interrupted (Ctrl-C, SIGTERM). In between, the trainer calls
+:func:`update_status` at every log line and checkpoint, which refreshes ``step``, ``seconds``,
+``gpu_mem_mib`` and ``updated``, and once more with ``phase="export"`` right before the export.
+``phase`` is the stage the run is in, or for an ended run the stage it ended in. ``started`` and
+``seconds`` are those of this attempt (a resumed run starts again); ``gpu_mem_mib`` is the peak
+reserved CUDA memory of the attempt, ``null`` off CUDA.
+
+A caller of ``train`` that must be able to stop a run (``dreamtext batch``, whose lock on a
+workspace can be taken over) registers a check with :func:`guard_run`; every status update calls
+it, and a check that raises :class:`RunTakenOver` stops the run without writing ``status.json``
+again (the workspace is another worker's now).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,11 +32,17 @@ from typing import Any
 
 import torch
 
-from dreamtext.checkpoint import atomic_write_bytes
+from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint
 from dreamtext.errors import DreamtextError
 
 STATUS = "status.json"
 STATES = ("running", "finished", "failed", "interrupted")
+PHASES = ("train", "export")
+
+
+class RunTakenOver(Exception):
+    """Raised by a :func:`guard_run` check when another worker has taken the run's workspace
+    over: the run stops at once, and leaves ``status.json`` to the new holder."""
 
 
 def now_iso() -> str:
@@ -57,11 +72,121 @@ def read_status(workspace: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("state") in STATES else None
 
 
+def run_finished(workspace: str | Path, iters: int) -> bool:
+    """Whether the run in ``workspace`` finished (trained and exported) at ``iters`` steps or more.
+
+    ``status.json`` says so when there is one. A run from before it (the old ``scripts/batch.sh``)
+    counts as finished when ``checkpoints/last.pt`` reached both ``iters`` and the run's own
+    ``iters`` (``config.json``) and ``mesh/mesh.glb`` is there.
+    """
+    workspace = Path(workspace)
+    status = read_status(workspace)
+    if status is not None:
+        return status["state"] == "finished" and status["step"] >= iters
+    if (workspace / STATUS).exists() or not (workspace / "mesh" / "mesh.glb").is_file():
+        return False
+    try:
+        own_iters = json.loads((workspace / "config.json").read_text(encoding="utf-8"))["iters"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+    step = saved_step(workspace)
+    return step is not None and isinstance(own_iters, int) and step >= max(own_iters, iters)
+
+
+def saved_step(workspace: str | Path) -> int | None:
+    """The step of ``checkpoints/last.pt``, or ``None`` without a readable one. Memory-mapped, so
+    the tensors are not read."""
+    try:
+        state = torch.load(
+            last_checkpoint(Path(workspace)), map_location="cpu", weights_only=True, mmap=True
+        )
+        return int(state["step"])
+    except Exception:  # missing, truncated or foreign: not a finished run's checkpoint
+        return None
+
+
 def peak_gpu_mib(device: torch.device) -> float | None:
     """Peak reserved CUDA memory since the last reset, in MiB; ``None`` off CUDA."""
     if device.type != "cuda":
         return None
     return round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+
+
+def _key(workspace: str | Path) -> str:
+    return os.path.abspath(workspace)
+
+
+class StatusTracker:
+    """Writes one run attempt's ``status.json``; see :func:`track_status`."""
+
+    def __init__(
+        self, workspace: str | Path, iters: int, step: Callable[[], int], device: torch.device
+    ) -> None:
+        self.workspace = Path(workspace)
+        self.iters = int(iters)
+        self.step = step
+        self.device = device
+        self.phase = "train"
+        self.started, self.start = now_iso(), time.perf_counter()
+        self._written: tuple[int, str] | None = None
+
+    def write(self, state: str, error: str | None = None) -> None:
+        step = int(self.step())
+        status = {
+            "state": state,
+            "step": step,
+            "iters": self.iters,
+            "started": self.started,
+            "updated": now_iso(),
+            "error": error,
+            "seconds": round(time.perf_counter() - self.start, 3),
+            "gpu_mem_mib": peak_gpu_mib(self.device),
+            "phase": self.phase,
+        }
+        write_status(self.workspace, status)
+        self._written = (step, self.phase)
+
+    def run_guards(self) -> None:
+        """Call the checks :func:`guard_run` registered for the workspace (they raise to stop)."""
+        for check in list(_GUARDS.get(_key(self.workspace), ())):
+            check()
+
+    def update(self, phase: str | None = None) -> None:
+        """Run the workspace's guards, then rewrite ``running`` with the current step, time and
+        memory (and ``phase`` when given). Nothing is written when neither the step nor the phase
+        changed since the last write, so a checkpoint on a log line's step costs no second write."""
+        self.run_guards()
+        if phase is not None:
+            if phase not in PHASES:
+                raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+            self.phase = phase
+        if self._written != (int(self.step()), self.phase):
+            self.write("running")
+
+
+_ACTIVE: dict[str, StatusTracker] = {}
+_GUARDS: dict[str, list[Callable[[], None]]] = {}
+
+
+def update_status(workspace: str | Path, phase: str | None = None) -> None:
+    """:meth:`StatusTracker.update` of the run tracked in ``workspace``; nothing when none is."""
+    tracker = _ACTIVE.get(_key(workspace))
+    if tracker is not None:
+        tracker.update(phase)
+
+
+@contextmanager
+def guard_run(workspace: str | Path, check: Callable[[], None]) -> Iterator[None]:
+    """Call ``check()`` at every status update of a run in ``workspace`` while inside the block;
+    it raises (:class:`RunTakenOver`) to stop the run."""
+    key = _key(workspace)
+    _GUARDS.setdefault(key, []).append(check)
+    try:
+        yield
+    finally:
+        _GUARDS[key].remove(check)
+        if not _GUARDS[key]:
+            del _GUARDS[key]
 
 
 @contextmanager
@@ -71,36 +196,31 @@ def track_status(
     step: Callable[[], int],
     device: torch.device,
     interrupted: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
-) -> Iterator[None]:
+) -> Iterator[StatusTracker]:
     """Keep ``workspace/status.json`` up to date around a run; ``step()`` reads the run's step.
 
-    Exceptions pass through: those in ``interrupted`` are recorded as ``interrupted``, anything
-    else as ``failed`` with :func:`error_line`.
+    Yields the :class:`StatusTracker`, which :func:`update_status` also finds by the workspace.
+    Exceptions pass through: those in ``interrupted`` are recorded as ``interrupted``,
+    :class:`RunTakenOver` not at all, anything else as ``failed`` with :func:`error_line`.
     """
-    started, start = now_iso(), time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def write(state: str, error: str | None = None) -> None:
-        status = {
-            "state": state,
-            "step": int(step()),
-            "iters": int(iters),
-            "started": started,
-            "updated": now_iso(),
-            "error": error,
-            "seconds": round(time.perf_counter() - start, 3),
-            "gpu_mem_mib": peak_gpu_mib(device),
-        }
-        write_status(workspace, status)
-
-    write("running")
+    tracker = StatusTracker(workspace, iters, step, device)
+    key = _key(workspace)
+    tracker.run_guards()
+    tracker.write("running")
+    _ACTIVE[key] = tracker
     try:
-        yield
+        yield tracker
+    except RunTakenOver:
+        raise
     except interrupted:
-        write("interrupted")
+        tracker.write("interrupted")
         raise
     except Exception as error:
-        write("failed", error_line(error))
+        tracker.write("failed", error_line(error))
         raise
-    write("finished")
+    finally:
+        if _ACTIVE.get(key) is tracker:
+            del _ACTIVE[key]
+    tracker.write("finished")

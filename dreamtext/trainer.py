@@ -316,6 +316,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 
 def _train(run: Run, resume: bool) -> Path:
+    from dreamtext.runstatus import update_status  # refreshes train()'s status.json
+
     cfg, workspace = run.cfg, run.workspace
     workspace.mkdir(parents=True, exist_ok=True)
     write_config(run)
@@ -360,11 +362,13 @@ def _train(run: Run, resume: bool) -> Path:
                 record["skipped_total"] = run.guidance.skipped_steps
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                update_status(workspace)
             if cfg.preview_every > 0 and run.step % cfg.preview_every == 0:
                 with out_of_memory_is_a_user_error(run):
                     save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
             if run.step % cfg.checkpoint_every == 0:
                 save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
+                update_status(workspace)
             if stop["stop"]:
                 path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 raise TrainingInterrupted(run.step, path)
@@ -374,6 +378,7 @@ def _train(run: Run, resume: bool) -> Path:
     if run.guidance.skipped_steps:
         tqdm.write(f"skipped {run.guidance.skipped_steps} steps with non-finite guidance")
     if cfg.export:
+        update_status(workspace, phase="export")
         export_trained(run)
     return workspace
 

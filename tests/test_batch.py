@@ -27,6 +27,7 @@ from dreamtext.batch import (
 )
 from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
+from dreamtext.runstatus import RunTakenOver
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN = ["--model", "builtin:shapes", "--iters", "20"]
@@ -254,6 +255,93 @@ def test_a_held_lock_is_refreshed_and_not_removed_once_taken_over(tmp_path):
     assert json.loads((tmp_path / "a.lock").read_text())["token"] == "theirs"
 
 
+def _swap_in(path, age=0.0, **info):
+    """Another worker's lock replaces the file at ``path`` in one step (renamed over it)."""
+    tmp = path.with_name(path.name + ".swap")
+    _lock_file(tmp, age, **info)
+    os.replace(tmp, path)
+
+
+def test_the_heartbeat_stops_refreshing_once_another_worker_holds_the_lock(tmp_path):
+    lock = WorkspaceLock(tmp_path / "a", 0.2)  # checked every 0.05 s
+    assert lock.acquire()
+    _swap_in(tmp_path / "a.lock", age=100, host="elsewhere", pid=7)
+    deadline = time.time() + 1
+    while lock.lost is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert time.time() - (tmp_path / "a.lock").stat().st_mtime > 90  # theirs, not refreshed
+    assert lock.lost["host"] == "elsewhere"
+    with pytest.raises(RunTakenOver, match="lock taken over by elsewhere pid 7 "):
+        lock.check()
+    lock.release()
+    assert json.loads((tmp_path / "a.lock").read_text())["token"] == "theirs"
+
+
+def test_a_lock_moved_away_while_a_stale_one_is_broken_is_lost_by_its_holder(
+    tmp_path, monkeypatch
+):
+    """Three workers: ``first`` claims the workspace just after another worker broke the stale
+    lock; ``breaker`` (which also saw the stale lock) renames first's fresh lock away, sees the
+    token changed and puts it back, but ``third`` claimed the empty place in between."""
+    lock_path = tmp_path / "a.lock"
+    _lock_file(lock_path, pid=_dead_pid())
+    first, breaker, third = (WorkspaceLock(tmp_path / "a", 600) for _ in range(3))
+    real_rename, real_link = os.rename, os.link
+
+    def rename(src, dst):
+        if str(dst).endswith(".stale"):  # the breaker moves the lock away: first's by now
+            Path(src).unlink()
+            assert first.acquire()
+        real_rename(src, dst)
+
+    def link(src, dst):
+        if str(src).endswith(".stale"):  # the breaker puts first's lock back: third was quicker
+            assert third.acquire()
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "link", link)
+    assert not breaker.acquire()
+    monkeypatch.undo()
+    assert breaker.holder["token"] == third.info["token"]
+    third.check()  # third holds the workspace
+    with pytest.raises(RunTakenOver, match=f"lock taken over by {HOST} pid {os.getpid()}"):
+        first.check()  # first finds third's token and stops
+    first.release()
+    assert json.loads(lock_path.read_text())["token"] == third.info["token"]
+    third.release()
+    assert not lock_path.exists()
+
+
+def test_a_takeover_whose_new_lock_is_replaced_at_once_does_not_start(tmp_path, monkeypatch):
+    lock_path = tmp_path / "a.lock"
+    _lock_file(lock_path, pid=_dead_pid())
+    breaker = WorkspaceLock(tmp_path / "a", 600)
+    real_link = os.link
+
+    def link(src, dst):
+        real_link(src, dst)  # FileExistsError while the stale lock is there
+        # the moment after breaker's claim: a worker that saw the stale lock too moves breaker's
+        # lock away, and a third worker claims the workspace
+        _swap_in(lock_path, host="elsewhere", pid=7, token="third")
+
+    monkeypatch.setattr(os, "link", link)
+    assert not breaker.acquire()
+    monkeypatch.undo()
+    assert breaker.holder["token"] == "third"
+    assert json.loads(lock_path.read_text())["token"] == "third"
+
+
+def test_a_lock_renamed_away_for_a_moment_is_claimed_again_by_its_holder(tmp_path):
+    lock = WorkspaceLock(tmp_path / "a", 600)
+    assert lock.acquire()
+    (tmp_path / "a.lock").rename(tmp_path / "checking")  # a worker checking whether it is stale
+    lock.check()
+    assert json.loads((tmp_path / "a.lock").read_text())["token"] == lock.info["token"]
+    lock.release()
+    assert not (tmp_path / "a.lock").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Running a list (the built-in prior, 20 steps of a tiny field)
 
@@ -313,6 +401,36 @@ def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
     assert steps(root / "a_red_cube") == [*range(5, 21, 5)]
 
 
+def test_a_run_whose_lock_is_taken_over_stops_and_the_batch_goes_on(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    trained = []
+    real_step = trainer.train_step
+
+    def step_then_lose_the_lock(run):
+        record = real_step(run)
+        if run.workspace.name == "a_red_cube":
+            trained.append(run.step)
+            if run.step == 3:
+                _swap_in(root / "a_red_cube.lock", host="elsewhere", pid=7)
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", step_then_lose_the_lock)
+    assert main(list(map(str, args))) == 0
+    lost, other = rows(root)
+    assert (lost["status"], lost["error"]) == (
+        "interrupted",
+        "lock taken over by elsewhere pid 7 (a_red_cube.lock)",
+    )
+    assert trained == [1, 2, 3, 4]  # stopped at its next check: the checkpoint at step 4
+    assert status(root / "a_red_cube")["state"] == "running"  # left to the new holder
+    assert json.loads((root / "a_red_cube.lock").read_text())["host"] == "elsewhere"
+    assert other["status"] == "finished"
+
+
 def test_slurm_array_variables_pick_the_share(tmp_path, tiny_yaml, shapes_cache, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")  # --array=1-2, the second task
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
@@ -367,6 +485,51 @@ def test_two_workers_on_one_list_train_each_prompt_once(tmp_path, tiny_yaml, sha
     assert len({r["host"] for r in records}) == 1
     for name in ("a_red_cube", "a_blue_cube", "a_green_cube", "a_red_sphere"):
         assert steps(root / name) == [5, 10]  # trained once, start to end
+
+
+def _old_batch_sh_run(workspace, step=20, iters=20, mesh=True):
+    """A workspace as scripts/batch.sh left it: config, checkpoint, mesh, no status.json."""
+    import torch
+
+    (workspace / "checkpoints").mkdir(parents=True)
+    (workspace / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": iters}))
+    torch.save({"step": step}, workspace / "checkpoints" / "last.pt")
+    if mesh:
+        (workspace / "mesh").mkdir()
+        (workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+    return workspace
+
+
+@pytest.mark.parametrize(
+    ("run", "asked", "finished"),
+    [
+        ({}, 20, True),
+        ({}, 10, True),
+        ({}, 30, False),  # asked for more iterations: it resumes
+        ({"step": 15}, 20, False),  # stopped before its iters
+        ({"step": 15, "iters": 15}, 20, False),
+        ({"mesh": False}, 20, False),  # trained but not exported
+    ],
+)
+def test_a_run_of_the_old_batch_script_counts_as_finished_by_its_files(
+    tmp_path, run, asked, finished
+):
+    from dreamtext.batch import is_finished
+    from dreamtext.config import resolve_config
+
+    workspace = _old_batch_sh_run(tmp_path / "a_red_cube", **run)
+    cfg = resolve_config({"prompt": "a red cube", "workspace": str(workspace), "iters": asked})
+    assert is_finished(cfg) is finished
+
+
+def test_a_batch_skips_runs_the_old_batch_script_finished(tmp_path, tiny_yaml, shapes_cache):
+    root = tmp_path / "root"
+    workspace = _old_batch_sh_run(root / "a_red_cube")
+    path = prompts_file(tmp_path, "a red cube")
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    assert [r["status"] for r in rows(root)] == ["skipped"]
+    assert not (workspace / "log.jsonl").exists() and not (workspace / "status.json").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -74,12 +74,37 @@ def test_run_image_chains_every_stage_on_one_load_of_the_model(
     assert sorted(count_loads) == ["text_encoder", "tokenizer", "unet", "vae"]
 
 
+@pytest.mark.parametrize(
+    ("name", "format", "copy"),
+    [
+        ("photo", "PNG", "source.png"),  # no suffix
+        ("photo.jfif", "JPEG", "source.jpg"),
+        ("photo.JPEG", "JPEG", "source.jpg"),
+        ("photo.png", "WEBP", "source.webp"),  # a misnamed file: its bytes decide
+    ],
+)
+def test_the_source_copy_is_named_by_the_image_format(tmp_path, name, format, copy):
+    image = tmp_path / name
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(image, format=format)
+    target = imageto3d.keep_source_copy(image, tmp_path / "run")
+    assert target == tmp_path / "run" / "descriptor" / copy
+    assert target.read_bytes() == image.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == [copy]
+
+
+def test_every_supported_image_format_has_a_source_copy_name():
+    from dreamtext.images import SUPPORTED_FORMATS
+
+    assert set(imageto3d.SOURCE_SUFFIXES) == set(SUPPORTED_FORMATS)
+
+
 def _fail(*args, **kwargs):
     raise AssertionError("a finished stage ran again")
 
 
-def _finished_workspace(tmp_path, iters):
-    """A workspace whose describe and descriptor stages are done and text→3D reached ``iters``."""
+def _finished_workspace(tmp_path, iters, status=True):
+    """A workspace whose describe and descriptor stages are done and text→3D reached ``iters``
+    (and says so in status.json unless ``status`` is off)."""
     workspace = tmp_path / "run"
     (workspace / "descriptor").mkdir(parents=True)
     image = _image(tmp_path)
@@ -91,6 +116,10 @@ def _finished_workspace(tmp_path, iters):
     import torch
 
     torch.save({"step": iters}, workspace / "checkpoints" / "last.pt")
+    (workspace / "config.json").write_text(json.dumps({"iters": iters}))
+    if status:
+        finished = {"state": "finished", "step": iters, "iters": iters}
+        (workspace / "status.json").write_text(json.dumps(finished))
     return image, workspace
 
 
@@ -102,22 +131,62 @@ def test_finished_stages_are_skipped(tmp_path, tiny_sd_path, monkeypatch):
     assert run_image(image, None, _config(tmp_path, tiny_sd_path)) == workspace
 
 
-def test_unfinished_text_stage_resumes_and_export_follows(tmp_path, tiny_sd_path, monkeypatch):
-    image, workspace = _finished_workspace(tmp_path, iters=2)
+def test_a_run_from_before_status_json_with_its_mesh_is_skipped(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    image, workspace = _finished_workspace(tmp_path, iters=2, status=False)
+    (workspace / "mesh").mkdir()
+    (workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+    monkeypatch.setattr("dreamtext.trainer.train", _fail)
+    assert run_image(image, None, _config(tmp_path, tiny_sd_path, export=True)) == workspace
+
+
+def test_unfinished_text_stage_resumes_and_the_trainer_exports(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    image, _ = _finished_workspace(tmp_path, iters=2)
     calls = []
     monkeypatch.setattr(imageto3d, "describe", _fail)
     monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
     monkeypatch.setattr(
         "dreamtext.trainer.train", lambda cfg, resume: calls.append(("train", cfg, resume))
     )
-    monkeypatch.setattr(
-        "dreamtext.export.export_workspace", lambda ws, options: calls.append(("export", ws))
-    )
+    monkeypatch.setattr("dreamtext.export.export_workspace", _fail)
     run_image(image, None, _config(tmp_path, tiny_sd_path, iters=5, export=True))
-    (_, cfg, resume), export = calls
-    assert resume and cfg.iters == 5
+    [(_, cfg, resume)] = calls
+    assert resume and cfg.iters == 5 and cfg.export
     assert cfg.prompt == f"An image of a {DESCRIPTOR_TOKEN} cube"
-    assert export == ("export", workspace)
+
+
+def test_an_export_interrupted_after_training_is_redone_under_status_json(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    from dreamtext.batch import is_finished
+
+    def fake_export(run_or_workspace, *args, **kwargs):
+        workspace = getattr(run_or_workspace, "workspace", run_or_workspace)
+        (workspace / "mesh").mkdir(exist_ok=True)
+        (workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+
+    def ctrl_c(run):
+        raise KeyboardInterrupt
+
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    cfg = _config(tmp_path, tiny_sd_path, export=True)
+    monkeypatch.setattr("dreamtext.trainer.export_trained", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_image(image, options, cfg)
+    status_path = tmp_path / "run" / "status.json"
+    assert json.loads(status_path.read_text())["state"] == "interrupted"
+    assert not is_finished(cfg)
+
+    monkeypatch.setattr("dreamtext.trainer.export_trained", fake_export)
+    monkeypatch.setattr("dreamtext.export.export_workspace", fake_export)
+    workspace = run_image(image, options, cfg)
+    done = json.loads(status_path.read_text())
+    assert (done["state"], done["step"], done["phase"]) == ("finished", 2, "export")
+    assert (workspace / "mesh" / "mesh.glb").is_file()
+    assert is_finished(cfg)
 
 
 def test_workspace_of_another_image_is_refused(tmp_path, tiny_sd_path):

@@ -7,13 +7,14 @@ from datetime import datetime
 import pytest
 from tiny_models import TINY_TRAIN
 
+import dreamtext.runstatus as runstatus
 import dreamtext.trainer as trainer
 from dreamtext.config import resolve_config
 from dreamtext.errors import DreamtextError
 from dreamtext.runstatus import error_line, read_status
 from dreamtext.trainer import TrainingInterrupted, train
 
-KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib"}
+KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
 
 
 def tiny_config(tmp_path, model, **overrides):
@@ -38,22 +39,63 @@ def test_a_finished_run_says_so_after_its_export(tmp_path, tiny_sd_path, monkeyp
         trainer, "export_trained", lambda run: seen_at_export.append(status(tmp_path))
     )
     train(tiny_config(tmp_path, tiny_sd_path, iters=3, export=True))
-    assert [s["state"] for s in seen_at_export] == ["running"]
+    at_export = [(s["state"], s["phase"], s["step"]) for s in seen_at_export]
+    assert at_export == [("running", "export", 3)]
     done = status(tmp_path)
     assert set(done) == KEYS
     assert done["state"] == "finished" and done["step"] == done["iters"] == 3
+    assert done["phase"] == "export"
     assert done["error"] is None and done["gpu_mem_mib"] is None and done["seconds"] > 0
     assert datetime.fromisoformat(done["started"]) <= datetime.fromisoformat(done["updated"])
 
 
-def test_a_run_says_running_from_its_first_step(tmp_path, tiny_sd_path, monkeypatch):
+def test_a_run_says_running_from_its_first_step_and_its_step_advances(
+    tmp_path, tiny_sd_path, monkeypatch
+):
     seen = []
     real_step = trainer.train_step
     monkeypatch.setattr(
         trainer, "train_step", lambda run: seen.append(status(tmp_path)) or real_step(run)
     )
-    train(tiny_config(tmp_path, tiny_sd_path, iters=2))
-    assert (seen[0]["state"], seen[0]["step"], seen[0]["iters"]) == ("running", 0, 2)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=4, log_every=1))
+    assert (seen[0]["state"], seen[0]["step"], seen[0]["iters"]) == ("running", 0, 4)
+    assert [s["step"] for s in seen] == [0, 1, 2, 3]  # refreshed at every log line
+    assert {(s["state"], s["phase"]) for s in seen} == {("running", "train")}
+    seconds = [s["seconds"] for s in seen]
+    assert seconds == sorted(seconds) and seconds[-1] > seconds[0]
+    assert seen[0]["started"] == seen[-1]["started"]
+
+
+def test_status_is_written_at_most_once_per_log_line(tmp_path, tiny_sd_path, monkeypatch):
+    written = []
+    real_write = runstatus.write_status
+    monkeypatch.setattr(
+        runstatus,
+        "write_status",
+        lambda ws, s: written.append((s["state"], s["step"])) or real_write(ws, s),
+    )
+    # logs at 3 and 6 (and the last step, 7); checkpoints at 2, 4, 6 (6 is a log step too)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=7, log_every=3, checkpoint_every=2))
+    assert written == [
+        ("running", 0),
+        ("running", 2),
+        ("running", 3),
+        ("running", 4),
+        ("running", 6),
+        ("running", 7),
+        ("finished", 7),
+    ]
+
+
+def test_a_failing_export_says_failed_in_the_export_phase(tmp_path, tiny_sd_path, monkeypatch):
+    def broken_export(run):
+        raise RuntimeError("marching cubes found no surface")
+
+    monkeypatch.setattr(trainer, "export_trained", broken_export)
+    with pytest.raises(RuntimeError):
+        train(tiny_config(tmp_path, tiny_sd_path, iters=2, export=True))
+    failed = status(tmp_path)
+    assert (failed["state"], failed["phase"], failed["step"]) == ("failed", "export", 2)
 
 
 def test_a_failing_run_records_the_error_line(tmp_path, tiny_sd_path, monkeypatch):
@@ -90,6 +132,26 @@ def test_an_interrupted_run_says_interrupted_and_a_resume_finishes(
     monkeypatch.setattr(trainer, "train_step", real_step)
     train(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True)
     assert (status(tmp_path)["state"], status(tmp_path)["step"]) == ("finished", 4)
+
+
+def test_a_guard_stops_a_run_and_leaves_status_json_to_the_new_holder(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    steps = []
+
+    def taken_over_at_three():
+        steps.append((read_status(tmp_path / "run") or {}).get("step"))
+        if len(steps) == 3:
+            raise runstatus.RunTakenOver("lock taken over by elsewhere pid 7")
+
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=6, log_every=1, checkpoint_every=100)
+    with (
+        runstatus.guard_run(tmp_path / "run", taken_over_at_three),
+        pytest.raises(runstatus.RunTakenOver),
+    ):
+        train(cfg)
+    assert steps == [None, 0, 1]  # before the first write, then at the log lines of steps 1, 2
+    assert (status(tmp_path)["state"], status(tmp_path)["step"]) == ("running", 1)
 
 
 def test_a_run_that_cannot_start_writes_nothing(tmp_path):
