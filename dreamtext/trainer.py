@@ -42,7 +42,7 @@ from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
-from dreamtext.runstatus import track_status
+from dreamtext.runstatus import peak_gpu_mib, track_status, update_status
 
 SHADINGS = ("albedo", "textureless", "lambertian")
 
@@ -316,8 +316,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 
 def _train(run: Run, resume: bool) -> Path:
-    from dreamtext.runstatus import update_status  # refreshes train()'s status.json
-
     cfg, workspace = run.cfg, run.workspace
     workspace.mkdir(parents=True, exist_ok=True)
     write_config(run)
@@ -351,7 +349,7 @@ def _train(run: Run, resume: bool) -> Path:
                 record = train_step(run)
             bar.update(1)
             postfix = {"loss": f"{record['loss']:.4g}", "t": f"{record.get('t', 0):.0f}"}
-            memory = peak_gpu_memory_mib(run.device)
+            memory = peak_gpu_mib(run.device)
             if memory is not None:
                 record["gpu_mem_mib"] = memory
                 postfix["mem"] = f"{memory:.0f}MiB"
@@ -381,13 +379,6 @@ def _train(run: Run, resume: bool) -> Path:
         update_status(workspace, phase="export")
         export_trained(run)
     return workspace
-
-
-def peak_gpu_memory_mib(device: torch.device) -> float | None:
-    """Peak GPU memory reserved by PyTorch since the run started, in MiB (``None`` off CUDA)."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_reserved(device) / 2**20
 
 
 @contextmanager
