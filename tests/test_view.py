@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -277,6 +278,12 @@ def test_byte_ranges_for_video_seeking(server, root: Path):
     assert get(server, "/files/cube/video/turntable.mp4", {"Range": "bytes=-5"})[1] == data[-5:]
 
 
+def test_a_range_longer_than_any_number_is_ignored(server, root: Path):
+    data = (root / "cube" / "video" / "turntable.mp4").read_bytes()
+    huge = {"Range": "bytes=" + "9" * 5000 + "-"}  # int() refuses more than 4300 digits
+    assert get(server, "/files/cube/video/turntable.mp4", huge)[:2] == (200, data)
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -301,6 +308,19 @@ def test_byte_ranges_for_video_seeking(server, root: Path):
         "/files/cube/.hidden.json",
         "/files/nope/config.json",
         "/etc/passwd",
+        # Percent-encodings that are not UTF-8, overlong encodings of "." and "/" among them.
+        "/files/cube/%ff.png",
+        "/files/cube/previews/%ff%fe.png",
+        "/files/cube/%C0%AE%C0%AE/x.png",
+        "/files/cube/%C0%AE%C0%AE/%C0%AE%C0%AE/secret.png",
+        "/files/cube/%C0%AE%C0%AE%C0%AFsecret.png",
+        "/files/cube/%E0%80%AE%E0%80%AE/secret.png",
+        "/files/cube/%ED%A0%80.png",
+        "/files/%ff/config.json",
+        "/run/%ff/",
+        "/api/run/%ff.json",
+        "/static/%ff",
+        "http://[::1/files/cube/config.json",
     ],
 )
 def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
@@ -311,6 +331,82 @@ def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
     status, body, _ = get(server, path)
     assert status == 404
     assert body == b"not found\n"
+
+
+@pytest.fixture
+def logged_server(root: Path):
+    """A server whose error lines go to a list, and an event set after each ``handle_error``."""
+    from dreamtext.view.server import ViewServer
+
+    lines: list[str] = []
+    handled = threading.Event()
+
+    class Log:
+        def write(self, text: str) -> None:
+            lines.extend(line for line in text.split("\n") if line)
+
+        def flush(self) -> None:
+            pass
+
+    srv = make_server(Catalog([root]), log=Log())
+    original = srv.handle_error
+
+    def handle_error(*args) -> None:
+        original(*args)
+        handled.set()
+
+    srv.handle_error = handle_error
+    assert isinstance(srv, ViewServer)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield srv, lines, handled
+    srv.shutdown()
+    srv.server_close()
+    thread.join()
+
+
+def test_a_bug_while_answering_is_a_500_and_one_line(logged_server, monkeypatch, capfd):
+    import dreamtext.view.server as server_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(server_module, "read_run", broken)
+    srv, lines, _ = logged_server
+    assert get(srv, "/api/runs.json")[:2] == (500, b"internal error\n")
+    assert lines == [
+        "dreamtext view: error answering GET '/api/runs.json': RuntimeError: disk on fire"
+    ]
+    assert get(srv, "/static/app.js")[0] == 200  # and it goes on serving
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_bug_outside_the_handler_is_one_line_too(logged_server, monkeypatch, capfd):
+    from dreamtext.view.server import ViewHandler
+
+    def broken(self):
+        raise RuntimeError("parser broke")
+
+    monkeypatch.setattr(ViewHandler, "parse_request", broken)
+    srv, lines, handled = logged_server
+    with pytest.raises(http.client.RemoteDisconnected):
+        get(srv, "/")
+    assert handled.wait(10)
+    assert lines == [
+        "dreamtext view: error with a request from 127.0.0.1: RuntimeError: parser broke"
+    ]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_client_that_resets_mid_request_prints_nothing(logged_server, capfd):
+    srv, lines, handled = logged_server
+    client = socket.create_connection(("127.0.0.1", srv.server_port), timeout=10)
+    client.sendall(b"GET / HTTP/1.1\r\n")  # the headers never come: the server waits for them
+    time.sleep(0.2)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # linger on, 0 s: a reset, not a clean close
+    assert handled.wait(10)
+    assert lines == [] and capfd.readouterr().err == ""
 
 
 def test_workspace_file_accepts_links_that_stay_inside(root: Path):
@@ -436,10 +532,11 @@ def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
         first = proc.stdout.readline()
         assert first.startswith("dreamtext view: 3 runs at http://127.0.0.1:"), first
         port = int(first.rsplit(":", 1)[1].strip(" /\n"))
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/api/runs.json")
-        assert conn.getresponse().status == 200
-        conn.close()
+        for path, expected in [("/api/runs.json", 200), ("/files/cube/%ff.png", 404)]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", path)
+            assert conn.getresponse().status == expected, path
+            conn.close()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
