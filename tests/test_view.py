@@ -160,6 +160,82 @@ def test_a_running_run_whose_files_stopped_changing_says_how_long(root: Path):
     assert status["state"] == "running" and status["quiet_minutes"] == 30
 
 
+def age(folder: Path, seconds: float) -> None:
+    """Make every file and folder under ``folder`` ``seconds`` old."""
+    past = time.time() - seconds
+    for path in folder.rglob("*"):
+        os.utime(path, (past, past))
+
+
+def write_records(path: Path, records) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+RUNNING = {"state": "running", "step": 10, "iters": 100, "gpu_mem_mib": 900.0, "seconds": 5.0}
+
+
+def test_a_running_run_shows_the_log_step_when_status_json_is_behind(root: Path):
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", RUNNING)  # written at the start, not since
+    write_records(sphere / "log.jsonl", [{"step": s, "loss": 1.0} for s in (10, 20, 40)])
+    assert read_run(location(Catalog([root]), "sphere")).status["step"] == 40
+    write_json(sphere / "status.json", {**RUNNING, "step": 50})  # refreshed after the last line
+    assert read_run(location(Catalog([root]), "sphere")).status["step"] == 50
+
+
+def test_a_running_run_shows_the_larger_peak_memory_of_status_json_and_the_log(root: Path):
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", RUNNING)
+    write_records(sphere / "log.jsonl", [{"step": 10, "gpu_mem_mib": 1500.0}, {"step": 20}])
+    assert read_run(location(Catalog([root]), "sphere")).status["gpu_mem_mib"] == 1500.0
+    write_json(sphere / "status.json", {**RUNNING, "gpu_mem_mib": 2048.0})
+    assert read_run(location(Catalog([root]), "sphere")).status["gpu_mem_mib"] == 2048.0
+
+
+def test_an_ended_run_keeps_status_json_figures(root: Path):
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", {**RUNNING, "state": "interrupted", "step": 20})
+    write_records(sphere / "log.jsonl", [{"step": 30, "gpu_mem_mib": 1500.0}])
+    status = read_run(location(Catalog([root]), "sphere")).status
+    assert (status["step"], status["gpu_mem_mib"]) == (20, 900.0)
+
+
+@pytest.mark.parametrize(
+    "fresh", ["status.json", "log.jsonl", "previews/step_000010.png", "mesh/mesh.glb"]
+)
+def test_a_running_run_is_quiet_only_when_none_of_its_files_changed(root: Path, fresh: str):
+    """status.json may be stale (an old trainer, the export, which logs no lines): a new preview
+    or mesh file also shows the run is alive. Touching a file in place leaves its folder's mtime
+    as it was, so this checks the files themselves."""
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", RUNNING)
+    write_png(sphere / "previews" / "step_000010.png")
+    (sphere / "mesh").mkdir()
+    (sphere / "mesh" / "mesh.glb").write_bytes(b"glTF")
+    age(sphere, 1800)
+    assert read_run(location(Catalog([root]), "sphere")).status["quiet_minutes"] == 30
+    os.utime(sphere / fresh)
+    assert "quiet_minutes" not in read_run(location(Catalog([root]), "sphere")).status
+
+
+@pytest.mark.parametrize(
+    "state, phase, activity",
+    [
+        ("running", "export", "exporting"),
+        ("running", "train", None),
+        ("running", None, None),
+        ("failed", "export", "in export"),
+        ("finished", "export", None),
+    ],
+)
+def test_status_json_phase_says_what_the_run_is_doing(root: Path, state, phase, activity):
+    status = {**RUNNING, "state": state} | ({"phase": phase} if phase else {})
+    write_json(root / "sphere" / "status.json", status)
+    status = read_run(location(Catalog([root]), "sphere")).status
+    assert (status["phase"], status["activity"]) == (phase, activity)
+
+
 def test_peak_gpu_memory_is_the_largest_in_the_log(root: Path):
     lines = [{"step": 10, "loss": 1.0, "gpu_mem_mib": 900.0}, {"step": 20, "loss": 1.0}]
     lines.append({"step": 30, "loss": 1.0, "gpu_mem_mib": 1200.5})

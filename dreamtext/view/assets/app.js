@@ -70,10 +70,14 @@
     return el("span", { class: `badge state-${state}`, text: state, title });
   }
 
-  /** "step 60 / 1000 · 28 s · 5,120 MiB peak": what status knows, in one line. */
+  /** "exporting · step 60 / 1000 · 28 s · 5,120 MiB peak": what status knows, in one line. */
   function facts(run) {
     const s = run.status || {};
     const parts = [];
+    if (s.activity) parts.push(s.activity);
+    if (s.stage === "descriptor" && s.descriptor_step !== null && s.descriptor_step !== undefined) {
+      parts.push(`descriptor step ${s.descriptor_step}`);
+    }
     if (s.step !== null && s.step !== undefined) {
       parts.push(s.iters ? `step ${s.step} / ${s.iters}` : `step ${s.step}`);
     }
