@@ -219,6 +219,14 @@ def test_a_running_run_is_quiet_only_when_none_of_its_files_changed(root: Path, 
     assert "quiet_minutes" not in read_run(location(Catalog([root]), "sphere")).status
 
 
+def test_a_running_status_json_that_vanished_after_reading_is_not_quiet():
+    """status.json read, then replaced or removed before its mtime was taken: no file time."""
+    from dreamtext.view.workspaces import Run, status_of
+
+    status = status_of(Run(id="x", name="x", workspace=None), RUNNING, [], None)
+    assert status["state"] == "running" and "quiet_minutes" not in status
+
+
 @pytest.mark.parametrize(
     "state, phase, activity",
     [

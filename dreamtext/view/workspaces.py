@@ -491,7 +491,7 @@ def status_of(
         if out["state"] == "running":
             out["step"] = _largest(out["step"], log_step)
             out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], max(log_mem, default=None))
-            if since_change > QUIET_AFTER_S:
+            if QUIET_AFTER_S < since_change < math.inf:
                 out["quiet_minutes"] = int(since_change // 60)  # whole: the page redraws rarely
         out["activity"] = _activity(out)
         return out
