@@ -154,6 +154,8 @@ def page(browser):
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    # wait_for_function takes "() => ...": a bare expression is eval()ed while it polls, which
+    # the pages' Content-Security-Policy (no 'unsafe-eval') refuses.
     yield page
     context.close()
     assert problems == []
@@ -253,7 +255,7 @@ def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
     # the descriptor's own loss curve.
     assert page.inner_text("h1") == SPHERE_SENTENCE
     assert SPHERE_CLIP_SENTENCE in page.inner_text("header")
-    page.wait_for_function("document.querySelector('.source img').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('.source img').naturalWidth > 0")
     assert page.get_attribute('.chart[data-key="descriptor_loss"]', "data-points") == "5"
     record = {"step": 40, "loss": 1.5, "t": 400.0, "its": 4.0}
     with (sphere / "log.jsonl").open("a") as log:
@@ -261,7 +263,7 @@ def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
     shutil.copy(sphere / "previews" / "step_000020.png", sphere / "previews" / "step_000040.png")
     page.wait_for_selector('.chart[data-key="loss"][data-points="4"]', timeout=10_000)
     page.wait_for_function(
-        "document.querySelector('#preview-label').textContent === 'step 40'", timeout=10_000
+        "() => document.querySelector('#preview-label').textContent === 'step 40'", timeout=10_000
     )
 
 
