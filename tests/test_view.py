@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -291,12 +292,144 @@ def test_image_runs_show_their_sentences_and_a_source_image_inside_the_workspace
     assert read_run(location(Catalog([root]), "cube")).source_image == "diverse/sample_seed0.png"
 
 
-def test_viewer_paths_match_the_pipelines_own():
+CLIP_SENTENCE = "An image of a shiny red apple"
+TRAINED_SENTENCE = "An image of a <descriptor> apple"
+
+
+def make_image_run(folder: Path, stage: str, source=True, image=None) -> Path:
+    """An image→3D workspace as `dreamtext image` leaves it at the end of a stage's writing:
+    ``describe`` (the sentence, and the image's copy unless ``source`` is off), ``descriptor``
+    (its checkpoints folder, previews folder and log, at step 1200), ``embeds`` (the learned
+    file and trained sentence: the text stage has not written yet)."""
+    sentence = {"sentence": CLIP_SENTENCE, "quantifier": "a", "words": ["shiny", "red"]}
+    sentence |= {"noun": "apple", "image": str(image or folder.parent / "apple.jpg")}
+    write_json(folder / SENTENCE_FILE, sentence)
+    if source:
+        write_png(folder / "descriptor" / "source.jpg", (220, 20, 20))
+    if stage in ("descriptor", "embeds"):
+        (folder / "descriptor" / "checkpoints").mkdir()
+        (folder / "descriptor" / "previews").mkdir()
+        records = [{"step": s, "loss": 1.0 / s} for s in range(10, 1201, 10)]
+        write_records(folder / "descriptor" / "log.jsonl", records)
+    if stage == "embeds":
+        (folder / "descriptor" / "checkpoints" / "last.pt").write_bytes(b"torch")
+        (folder / "descriptor" / "learned_embeds.safetensors").write_bytes(b"embeds")
+        write_json(folder / SENTENCE_FILE, {**sentence, "trained_sentence": TRAINED_SENTENCE})
+    return folder
+
+
+def test_an_image_run_is_a_run_from_its_first_file(tmp_path: Path):
+    """Before the text stage writes config.json, an image→3D workspace has only descriptor/;
+    it is one run, whether its folder or the folder of runs is given."""
+    apple = make_image_run(tmp_path / "runs" / "apple", "describe")
+    assert [r.id for r in Catalog([tmp_path / "runs"]).runs()] == ["apple"]
+    only = Catalog([apple]).runs()
+    assert [(r.id, r.path) for r in only] == [("apple", apple.resolve())]
+
+
+@pytest.mark.parametrize(
+    "stage, shown, activity, descriptor_step",
+    [
+        ("describe", "describe", "starting descriptor training", None),
+        ("descriptor", "descriptor", "training descriptor", 1200),
+        ("embeds", "text", None, None),
+    ],
+)
+def test_an_image_run_shows_its_stage_while_it_runs(
+    tmp_path: Path, stage, shown, activity, descriptor_step
+):
+    apple = make_image_run(tmp_path / "apple", stage)
+    status = read_run(location(Catalog([apple]), "apple")).status
+    assert (status["state"], status["source"]) == ("running", "files")
+    assert (status["stage"], status["activity"]) == (shown, activity)
+    assert status["descriptor_step"] == descriptor_step and status["step"] is None
+
+
+@pytest.mark.parametrize(
+    "stage, activity",
+    [("describe", "after describe"), ("descriptor", "in descriptor training")],
+)
+def test_an_image_run_that_stopped_says_in_which_stage(tmp_path: Path, stage, activity):
+    apple = make_image_run(tmp_path / "apple", stage)
+    age(apple, 3600)
+    status = read_run(location(Catalog([apple]), "apple")).status
+    assert (status["state"], status["activity"]) == ("interrupted", activity)
+
+
+def test_describe_alone_is_a_finished_run(tmp_path: Path):
+    """`dreamtext describe` writes the sentence and nothing more (no copy of the image)."""
+    apple = make_image_run(tmp_path / "apple", "describe", source=False)
+    status = read_run(location(Catalog([apple]), "apple")).status
+    assert (status["state"], status["activity"]) == ("finished", "described")
+
+
+def test_an_image_run_shows_its_source_image_and_sentence_before_the_text_stage(tmp_path: Path):
+    apple = make_image_run(tmp_path / "runs" / "apple", "descriptor")
+    run = read_run(location(Catalog([tmp_path / "runs"]), "apple"))
+    assert (run.kind, run.sentence, run.trained_sentence) == ("image", CLIP_SENTENCE, None)
+    assert run.source_image == "descriptor/source.jpg"
+    assert run.thumbnail == "descriptor/source.jpg"  # no preview yet: the card shows the image
+    assert run.descriptor_loss[-1] == 1.0 / 1200
+    srv = make_server(Catalog([tmp_path / "runs"]))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        card = json.loads(get(srv, "/api/runs.json")[1])["runs"][0]
+        assert card["status"]["activity"] == "training descriptor" and card["kind"] == "image"
+        status, body, _ = get(srv, card["thumbnail"])
+        assert status == 200 and body == (apple / "descriptor" / "source.jpg").read_bytes()
+        page = json.loads(get(srv, "/api/run/apple.json")[1])["run"]
+        assert get(srv, page["source_image"])[0] == 200
+        assert get(srv, "/files/apple/descriptor/checkpoints/last.pt")[0] == 404
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_an_image_run_in_its_text_stage_is_read_as_a_text_run(tmp_path: Path):
+    apple = make_image_run(tmp_path / "apple", "embeds")
+    make_run(apple, TRAINED_SENTENCE, steps=(10,), final=False, status=RUNNING)
+    run = read_run(location(Catalog([apple]), "apple"))
+    assert (run.kind, run.prompt, run.trained_sentence) == ("image", *[TRAINED_SENTENCE] * 2)
+    assert (run.status["stage"], run.status["source"], run.status["step"]) == (
+        "text",
+        "status.json",
+        10,
+    )
+    assert run.thumbnail == "previews/step_000010.png"
+
+
+def test_a_batch_line_of_an_earlier_attempt_does_not_hide_a_retry(tmp_path: Path):
+    root = tmp_path / "runs"
+    apple = make_image_run(root / "apple", "descriptor")
+    earlier = {**batch_record(1, "apple", "failed", "CUDA out of memory"), "kind": "image"}
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    earlier["finished"] = an_hour_ago.isoformat(timespec="seconds")
+    write_records(root / "batch.jsonl", [earlier])
+    status = read_run(location(Catalog([root]), "apple")).status
+    assert (status["state"], status["source"]) == ("running", "files")
+    age(apple, 2 * 3600)  # the files are older than the line: the line says it all
+    status = read_run(location(Catalog([root]), "apple")).status
+    assert (status["state"], status["source"]) == ("failed", "batch.jsonl")
+    assert status["activity"] == "in descriptor training"
+
+
+def test_viewer_paths_match_the_pipelines_own(tmp_path: Path):
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
     from dreamtext.describe import sentence_path
+    from dreamtext.descriptor import learned_embeds_path
+    from dreamtext.imageto3d import keep_source_copy
+    from dreamtext.view.workspaces import LEARNED_EMBEDS
 
     assert DEFAULT_ROOT == DEFAULT_WORKSPACE_ROOT
     assert sentence_path("w") == Path("w") / SENTENCE_FILE
+    assert learned_embeds_path("w") == Path("w") / LEARNED_EMBEDS
+    write_png(tmp_path / "apple.JPG")
+    workspace = make_image_run(tmp_path / "w", "describe", source=False)
+    copy = keep_source_copy(tmp_path / "apple.JPG", workspace)
+    run = read_run(location(Catalog([workspace]), "w"))
+    assert run.source_image == copy.relative_to(workspace).as_posix() == "descriptor/source.jpg"
 
 
 def test_page_data_cannot_close_its_script_element():
