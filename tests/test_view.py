@@ -6,10 +6,12 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,90 @@ def test_a_running_run_whose_files_stopped_changing_says_how_long(root: Path):
     assert status["state"] == "running" and status["quiet_minutes"] == 30
 
 
+def age(folder: Path, seconds: float) -> None:
+    """Make every file and folder under ``folder`` ``seconds`` old."""
+    past = time.time() - seconds
+    for path in folder.rglob("*"):
+        os.utime(path, (past, past))
+
+
+def write_records(path: Path, records) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+RUNNING = {"state": "running", "step": 10, "iters": 100, "gpu_mem_mib": 900.0, "seconds": 5.0}
+
+
+def test_a_running_run_shows_the_log_step_when_status_json_is_behind(root: Path):
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", RUNNING)  # written at the start, not since
+    write_records(sphere / "log.jsonl", [{"step": s, "loss": 1.0} for s in (10, 20, 40)])
+    assert read_run(location(Catalog([root]), "sphere")).status["step"] == 40
+    write_json(sphere / "status.json", {**RUNNING, "step": 50})  # refreshed after the last line
+    assert read_run(location(Catalog([root]), "sphere")).status["step"] == 50
+
+
+def test_a_running_run_shows_the_larger_peak_memory_of_status_json_and_the_log(root: Path):
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", RUNNING)
+    write_records(sphere / "log.jsonl", [{"step": 10, "gpu_mem_mib": 1500.0}, {"step": 20}])
+    assert read_run(location(Catalog([root]), "sphere")).status["gpu_mem_mib"] == 1500.0
+    write_json(sphere / "status.json", {**RUNNING, "gpu_mem_mib": 2048.0})
+    assert read_run(location(Catalog([root]), "sphere")).status["gpu_mem_mib"] == 2048.0
+
+
+def test_an_ended_run_keeps_status_json_figures(root: Path):
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", {**RUNNING, "state": "interrupted", "step": 20})
+    write_records(sphere / "log.jsonl", [{"step": 30, "gpu_mem_mib": 1500.0}])
+    status = read_run(location(Catalog([root]), "sphere")).status
+    assert (status["step"], status["gpu_mem_mib"]) == (20, 900.0)
+
+
+@pytest.mark.parametrize(
+    "fresh", ["status.json", "log.jsonl", "previews/step_000010.png", "mesh/mesh.glb"]
+)
+def test_a_running_run_is_quiet_only_when_none_of_its_files_changed(root: Path, fresh: str):
+    """status.json may be stale (an old trainer, the export, which logs no lines): a new preview
+    or mesh file also shows the run is alive. Touching a file in place leaves its folder's mtime
+    as it was, so this checks the files themselves."""
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", RUNNING)
+    write_png(sphere / "previews" / "step_000010.png")
+    (sphere / "mesh").mkdir()
+    (sphere / "mesh" / "mesh.glb").write_bytes(b"glTF")
+    age(sphere, 1800)
+    assert read_run(location(Catalog([root]), "sphere")).status["quiet_minutes"] == 30
+    os.utime(sphere / fresh)
+    assert "quiet_minutes" not in read_run(location(Catalog([root]), "sphere")).status
+
+
+def test_a_running_status_json_that_vanished_after_reading_is_not_quiet():
+    """status.json read, then replaced or removed before its mtime was taken: no file time."""
+    from dreamtext.view.workspaces import Run, status_of
+
+    status = status_of(Run(id="x", name="x", workspace=None), RUNNING, [], None)
+    assert status["state"] == "running" and "quiet_minutes" not in status
+
+
+@pytest.mark.parametrize(
+    "state, phase, activity",
+    [
+        ("running", "export", "exporting"),
+        ("running", "train", None),
+        ("running", None, None),
+        ("failed", "export", "in export"),
+        ("finished", "export", None),
+    ],
+)
+def test_status_json_phase_says_what_the_run_is_doing(root: Path, state, phase, activity):
+    status = {**RUNNING, "state": state} | ({"phase": phase} if phase else {})
+    write_json(root / "sphere" / "status.json", status)
+    status = read_run(location(Catalog([root]), "sphere")).status
+    assert (status["phase"], status["activity"]) == (phase, activity)
+
+
 def test_peak_gpu_memory_is_the_largest_in_the_log(root: Path):
     lines = [{"step": 10, "loss": 1.0, "gpu_mem_mib": 900.0}, {"step": 20, "loss": 1.0}]
     lines.append({"step": 30, "loss": 1.0, "gpu_mem_mib": 1200.5})
@@ -206,12 +292,144 @@ def test_image_runs_show_their_sentences_and_a_source_image_inside_the_workspace
     assert read_run(location(Catalog([root]), "cube")).source_image == "diverse/sample_seed0.png"
 
 
-def test_viewer_paths_match_the_pipelines_own():
+CLIP_SENTENCE = "An image of a shiny red apple"
+TRAINED_SENTENCE = "An image of a <descriptor> apple"
+
+
+def make_image_run(folder: Path, stage: str, source=True, image=None) -> Path:
+    """An image→3D workspace as `dreamtext image` leaves it at the end of a stage's writing:
+    ``describe`` (the sentence, and the image's copy unless ``source`` is off), ``descriptor``
+    (its checkpoints folder, previews folder and log, at step 1200), ``embeds`` (the learned
+    file and trained sentence: the text stage has not written yet)."""
+    sentence = {"sentence": CLIP_SENTENCE, "quantifier": "a", "words": ["shiny", "red"]}
+    sentence |= {"noun": "apple", "image": str(image or folder.parent / "apple.jpg")}
+    write_json(folder / SENTENCE_FILE, sentence)
+    if source:
+        write_png(folder / "descriptor" / "source.jpg", (220, 20, 20))
+    if stage in ("descriptor", "embeds"):
+        (folder / "descriptor" / "checkpoints").mkdir()
+        (folder / "descriptor" / "previews").mkdir()
+        records = [{"step": s, "loss": 1.0 / s} for s in range(10, 1201, 10)]
+        write_records(folder / "descriptor" / "log.jsonl", records)
+    if stage == "embeds":
+        (folder / "descriptor" / "checkpoints" / "last.pt").write_bytes(b"torch")
+        (folder / "descriptor" / "learned_embeds.safetensors").write_bytes(b"embeds")
+        write_json(folder / SENTENCE_FILE, {**sentence, "trained_sentence": TRAINED_SENTENCE})
+    return folder
+
+
+def test_an_image_run_is_a_run_from_its_first_file(tmp_path: Path):
+    """Before the text stage writes config.json, an image→3D workspace has only descriptor/;
+    it is one run, whether its folder or the folder of runs is given."""
+    apple = make_image_run(tmp_path / "runs" / "apple", "describe")
+    assert [r.id for r in Catalog([tmp_path / "runs"]).runs()] == ["apple"]
+    only = Catalog([apple]).runs()
+    assert [(r.id, r.path) for r in only] == [("apple", apple.resolve())]
+
+
+@pytest.mark.parametrize(
+    "stage, shown, activity, descriptor_step",
+    [
+        ("describe", "describe", "starting descriptor training", None),
+        ("descriptor", "descriptor", "training descriptor", 1200),
+        ("embeds", "text", None, None),
+    ],
+)
+def test_an_image_run_shows_its_stage_while_it_runs(
+    tmp_path: Path, stage, shown, activity, descriptor_step
+):
+    apple = make_image_run(tmp_path / "apple", stage)
+    status = read_run(location(Catalog([apple]), "apple")).status
+    assert (status["state"], status["source"]) == ("running", "files")
+    assert (status["stage"], status["activity"]) == (shown, activity)
+    assert status["descriptor_step"] == descriptor_step and status["step"] is None
+
+
+@pytest.mark.parametrize(
+    "stage, activity",
+    [("describe", "after describe"), ("descriptor", "in descriptor training")],
+)
+def test_an_image_run_that_stopped_says_in_which_stage(tmp_path: Path, stage, activity):
+    apple = make_image_run(tmp_path / "apple", stage)
+    age(apple, 3600)
+    status = read_run(location(Catalog([apple]), "apple")).status
+    assert (status["state"], status["activity"]) == ("interrupted", activity)
+
+
+def test_describe_alone_is_a_finished_run(tmp_path: Path):
+    """`dreamtext describe` writes the sentence and nothing more (no copy of the image)."""
+    apple = make_image_run(tmp_path / "apple", "describe", source=False)
+    status = read_run(location(Catalog([apple]), "apple")).status
+    assert (status["state"], status["activity"]) == ("finished", "described")
+
+
+def test_an_image_run_shows_its_source_image_and_sentence_before_the_text_stage(tmp_path: Path):
+    apple = make_image_run(tmp_path / "runs" / "apple", "descriptor")
+    run = read_run(location(Catalog([tmp_path / "runs"]), "apple"))
+    assert (run.kind, run.sentence, run.trained_sentence) == ("image", CLIP_SENTENCE, None)
+    assert run.source_image == "descriptor/source.jpg"
+    assert run.thumbnail == "descriptor/source.jpg"  # no preview yet: the card shows the image
+    assert run.descriptor_loss[-1] == 1.0 / 1200
+    srv = make_server(Catalog([tmp_path / "runs"]))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        card = json.loads(get(srv, "/api/runs.json")[1])["runs"][0]
+        assert card["status"]["activity"] == "training descriptor" and card["kind"] == "image"
+        status, body, _ = get(srv, card["thumbnail"])
+        assert status == 200 and body == (apple / "descriptor" / "source.jpg").read_bytes()
+        page = json.loads(get(srv, "/api/run/apple.json")[1])["run"]
+        assert get(srv, page["source_image"])[0] == 200
+        assert get(srv, "/files/apple/descriptor/checkpoints/last.pt")[0] == 404
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_an_image_run_in_its_text_stage_is_read_as_a_text_run(tmp_path: Path):
+    apple = make_image_run(tmp_path / "apple", "embeds")
+    make_run(apple, TRAINED_SENTENCE, steps=(10,), final=False, status=RUNNING)
+    run = read_run(location(Catalog([apple]), "apple"))
+    assert (run.kind, run.prompt, run.trained_sentence) == ("image", *[TRAINED_SENTENCE] * 2)
+    assert (run.status["stage"], run.status["source"], run.status["step"]) == (
+        "text",
+        "status.json",
+        10,
+    )
+    assert run.thumbnail == "previews/step_000010.png"
+
+
+def test_a_batch_line_of_an_earlier_attempt_does_not_hide_a_retry(tmp_path: Path):
+    root = tmp_path / "runs"
+    apple = make_image_run(root / "apple", "descriptor")
+    earlier = {**batch_record(1, "apple", "failed", "CUDA out of memory"), "kind": "image"}
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    earlier["finished"] = an_hour_ago.isoformat(timespec="seconds")
+    write_records(root / "batch.jsonl", [earlier])
+    status = read_run(location(Catalog([root]), "apple")).status
+    assert (status["state"], status["source"]) == ("running", "files")
+    age(apple, 2 * 3600)  # the files are older than the line: the line says it all
+    status = read_run(location(Catalog([root]), "apple")).status
+    assert (status["state"], status["source"]) == ("failed", "batch.jsonl")
+    assert status["activity"] == "in descriptor training"
+
+
+def test_viewer_paths_match_the_pipelines_own(tmp_path: Path):
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
     from dreamtext.describe import sentence_path
+    from dreamtext.descriptor import learned_embeds_path
+    from dreamtext.imageto3d import keep_source_copy
+    from dreamtext.view.workspaces import LEARNED_EMBEDS
 
     assert DEFAULT_ROOT == DEFAULT_WORKSPACE_ROOT
     assert sentence_path("w") == Path("w") / SENTENCE_FILE
+    assert learned_embeds_path("w") == Path("w") / LEARNED_EMBEDS
+    write_png(tmp_path / "apple.JPG")
+    workspace = make_image_run(tmp_path / "w", "describe", source=False)
+    copy = keep_source_copy(tmp_path / "apple.JPG", workspace)
+    run = read_run(location(Catalog([workspace]), "w"))
+    assert run.source_image == copy.relative_to(workspace).as_posix() == "descriptor/source.jpg"
 
 
 def test_page_data_cannot_close_its_script_element():
@@ -277,6 +495,12 @@ def test_byte_ranges_for_video_seeking(server, root: Path):
     assert get(server, "/files/cube/video/turntable.mp4", {"Range": "bytes=-5"})[1] == data[-5:]
 
 
+def test_a_range_longer_than_any_number_is_ignored(server, root: Path):
+    data = (root / "cube" / "video" / "turntable.mp4").read_bytes()
+    huge = {"Range": "bytes=" + "9" * 5000 + "-"}  # int() refuses more than 4300 digits
+    assert get(server, "/files/cube/video/turntable.mp4", huge)[:2] == (200, data)
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -301,6 +525,19 @@ def test_byte_ranges_for_video_seeking(server, root: Path):
         "/files/cube/.hidden.json",
         "/files/nope/config.json",
         "/etc/passwd",
+        # Percent-encodings that are not UTF-8, overlong encodings of "." and "/" among them.
+        "/files/cube/%ff.png",
+        "/files/cube/previews/%ff%fe.png",
+        "/files/cube/%C0%AE%C0%AE/x.png",
+        "/files/cube/%C0%AE%C0%AE/%C0%AE%C0%AE/secret.png",
+        "/files/cube/%C0%AE%C0%AE%C0%AFsecret.png",
+        "/files/cube/%E0%80%AE%E0%80%AE/secret.png",
+        "/files/cube/%ED%A0%80.png",
+        "/files/%ff/config.json",
+        "/run/%ff/",
+        "/api/run/%ff.json",
+        "/static/%ff",
+        "http://[::1/files/cube/config.json",
     ],
 )
 def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
@@ -311,6 +548,82 @@ def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
     status, body, _ = get(server, path)
     assert status == 404
     assert body == b"not found\n"
+
+
+@pytest.fixture
+def logged_server(root: Path):
+    """A server whose error lines go to a list, and an event set after each ``handle_error``."""
+    from dreamtext.view.server import ViewServer
+
+    lines: list[str] = []
+    handled = threading.Event()
+
+    class Log:
+        def write(self, text: str) -> None:
+            lines.extend(line for line in text.split("\n") if line)
+
+        def flush(self) -> None:
+            pass
+
+    srv = make_server(Catalog([root]), log=Log())
+    original = srv.handle_error
+
+    def handle_error(*args) -> None:
+        original(*args)
+        handled.set()
+
+    srv.handle_error = handle_error
+    assert isinstance(srv, ViewServer)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield srv, lines, handled
+    srv.shutdown()
+    srv.server_close()
+    thread.join()
+
+
+def test_a_bug_while_answering_is_a_500_and_one_line(logged_server, monkeypatch, capfd):
+    import dreamtext.view.server as server_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(server_module, "read_run", broken)
+    srv, lines, _ = logged_server
+    assert get(srv, "/api/runs.json")[:2] == (500, b"internal error\n")
+    assert lines == [
+        "dreamtext view: error answering GET '/api/runs.json': RuntimeError: disk on fire"
+    ]
+    assert get(srv, "/static/app.js")[0] == 200  # and it goes on serving
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_bug_outside_the_handler_is_one_line_too(logged_server, monkeypatch, capfd):
+    from dreamtext.view.server import ViewHandler
+
+    def broken(self):
+        raise RuntimeError("parser broke")
+
+    monkeypatch.setattr(ViewHandler, "parse_request", broken)
+    srv, lines, handled = logged_server
+    with pytest.raises(http.client.RemoteDisconnected):
+        get(srv, "/")
+    assert handled.wait(10)
+    assert lines == [
+        "dreamtext view: error with a request from 127.0.0.1: RuntimeError: parser broke"
+    ]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_client_that_resets_mid_request_prints_nothing(logged_server, capfd):
+    srv, lines, handled = logged_server
+    client = socket.create_connection(("127.0.0.1", srv.server_port), timeout=10)
+    client.sendall(b"GET / HTTP/1.1\r\n")  # the headers never come: the server waits for them
+    time.sleep(0.2)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # linger on, 0 s: a reset, not a clean close
+    assert handled.wait(10)
+    assert lines == [] and capfd.readouterr().err == ""
 
 
 def test_workspace_file_accepts_links_that_stay_inside(root: Path):
@@ -436,10 +749,11 @@ def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
         first = proc.stdout.readline()
         assert first.startswith("dreamtext view: 3 runs at http://127.0.0.1:"), first
         port = int(first.rsplit(":", 1)[1].strip(" /\n"))
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/api/runs.json")
-        assert conn.getresponse().status == 200
-        conn.close()
+        for path, expected in [("/api/runs.json", 200), ("/files/cube/%ff.png", 404)]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", path)
+            assert conn.getresponse().status == expected, path
+            conn.close()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,10 @@ CHROMIUM_ARGS = [
 POLL_MS = 300
 SCREENSHOTS = os.environ.get("DREAMTEXT_VIEW_SCREENSHOTS")
 STATES = {"a_red_cube": "finished", "a_blue_sphere": "running", "a_green_torus": "failed"}
+STATES |= {"an_apple": "interrupted"}
 SPHERE_SENTENCE = "An image of a <descriptor> sphere"
 SPHERE_CLIP_SENTENCE = "An image of a shiny blue sphere"
+APPLE_CLIP_SENTENCE = "An image of a shiny red apple"
 
 
 def _missing() -> str | None:
@@ -64,7 +67,8 @@ def browser_available():
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A batch root: a real 60-step builtin:shapes run (finished, exported, no status.json like
-    runs from before it existed), a running run and a failed one, and batch.jsonl."""
+    runs from before it existed), a running run and a failed one, batch.jsonl, and an image→3D
+    run that stopped in its descriptor training (no trainer files yet)."""
     from dreamtext.cli import main
 
     root = tmp_path_factory.mktemp("view") / "runs"
@@ -104,8 +108,20 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     failed = {**status, "state": "failed", "step": 10, "error": error, "gpu_mem_mib": 11264.0}
     (torus / "status.json").write_text(json.dumps(failed))
 
+    apple = root / "an_apple" / "descriptor"
+    apple.mkdir(parents=True)
+    shutil.copy(cube / "previews" / "final.png", apple / "source.png")
+    sentence = {"sentence": APPLE_CLIP_SENTENCE, "image": "/elsewhere/apple.png"}
+    (apple / "sentence.json").write_text(json.dumps(sentence))
+    (apple / "checkpoints").mkdir()
+    steps = [json.dumps({"step": i, "loss": 10.0 / i}) + "\n" for i in range(10, 1201, 10)]
+    (apple / "log.jsonl").write_text("".join(steps))
+    for path in [*apple.rglob("*"), apple]:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+
     batch = []
-    for line, (name, state) in enumerate(STATES.items(), start=1):
+    for line, name in enumerate(["a_red_cube", "a_blue_sphere", "a_green_torus"], start=1):
+        state = STATES[name]
         prompt = name.replace("_", " ")
         batch.append(
             {"line": line, "input": prompt, "kind": "text", "prompt": prompt, "workspace": name}
@@ -154,6 +170,8 @@ def page(browser):
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    # wait_for_function takes "() => ...": a bare expression is eval()ed while it polls, which
+    # the pages' Content-Security-Policy (no 'unsafe-eval') refuses.
     yield page
     context.close()
     assert problems == []
@@ -253,7 +271,7 @@ def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
     # the descriptor's own loss curve.
     assert page.inner_text("h1") == SPHERE_SENTENCE
     assert SPHERE_CLIP_SENTENCE in page.inner_text("header")
-    page.wait_for_function("document.querySelector('.source img').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('.source img').naturalWidth > 0")
     assert page.get_attribute('.chart[data-key="descriptor_loss"]', "data-points") == "5"
     record = {"step": 40, "loss": 1.5, "t": 400.0, "its": 4.0}
     with (sphere / "log.jsonl").open("a") as log:
@@ -261,8 +279,40 @@ def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
     shutil.copy(sphere / "previews" / "step_000020.png", sphere / "previews" / "step_000040.png")
     page.wait_for_selector('.chart[data-key="loss"][data-points="4"]', timeout=10_000)
     page.wait_for_function(
-        "document.querySelector('#preview-label').textContent === 'step 40'", timeout=10_000
+        "() => document.querySelector('#preview-label').textContent === 'step 40'", timeout=10_000
     )
+
+
+def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):
+    page.goto(server.url)
+    card = page.locator('.card[data-run="an_apple"]')
+    card.wait_for()
+    assert card.locator(".prompt").inner_text() == APPLE_CLIP_SENTENCE
+    assert "in descriptor training · descriptor step 1200" in card.inner_text()
+    page.wait_for_function(
+        "() => document.querySelector('.card[data-run=\"an_apple\"] img').naturalWidth > 0"
+    )
+    page.goto(server.url + "run/an_apple/")
+    assert page.inner_text("h1") == APPLE_CLIP_SENTENCE
+    page.wait_for_function("() => document.querySelector('.source img').naturalWidth > 0")
+    assert page.get_attribute('.chart[data-key="descriptor_loss"]', "data-points") == "120"
+    assert page.title() == f"{APPLE_CLIP_SENTENCE} · dreamtext"
+
+
+def test_a_card_says_when_its_run_exports(page, server, root: Path):
+    status_path = root / "a_blue_sphere" / "status.json"
+    status = json.loads(status_path.read_text())
+    page.goto(server.url)
+    card = page.locator('.card[data-run="a_blue_sphere"] .facts')
+    card.wait_for()
+    assert "exporting" not in card.inner_text()
+    status_path.write_text(json.dumps({**status, "phase": "export"}))
+    try:
+        page.wait_for_selector(
+            '.card[data-run="a_blue_sphere"] .facts:has-text("exporting")', timeout=10_000
+        )
+    finally:
+        status_path.write_text(json.dumps(status))
 
 
 def test_gallery_follows_a_status_change(page, server, root: Path):

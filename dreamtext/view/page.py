@@ -146,7 +146,11 @@ def render_page(data: dict[str, Any], links: Links) -> str:
     nothing a prompt holds is read as a placeholder)."""
     title = "dreamtext runs"
     if data["page"] == "run":
-        title = f"{data['run'].get('prompt') or data['run']['name']} · dreamtext"
+        run = data["run"]
+        named = [run.get("prompt")]
+        if run.get("kind") == "image":  # as app.js's runTitle
+            named = [run.get("trained_sentence"), run.get("sentence"), run.get("prompt")]
+        title = f"{next((t for t in named if t), run['name'])} · dreamtext"
     # Only the run page draws in 3D; the gallery does without three.js's 600 kB.
     vendor = ""
     if data["page"] == "run":

@@ -8,10 +8,13 @@
     GET /files/<id>/<path>       a file in that run's workspace
 
 Anything else is 404, and so is any file request that leaves the workspace: ``..``, an absolute or
-empty segment, an encoded slash or dot (``%2f``, ``%2e%2e``, double encodings), a hidden name, a
-symlink that resolves outside, or a kind of file the pages never show (checkpoints, say).
+empty segment, an encoded slash or dot (``%2f``, ``%2e%2e``, double encodings), a percent-encoding
+that is not UTF-8 (``%ff``, the overlong ``%c0%ae``), a hidden name, a symlink that resolves
+outside, or a kind of file the pages never show (checkpoints, say).
 Requests whose ``Host`` is not this machine's are refused, so that a web page elsewhere cannot
 read the runs through a DNS name that points at 127.0.0.1.
+
+No request prints a traceback: a bug met while answering one is a 500 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self' blob: data:; script-src 'self'; style-src 'self'; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# Longer numbers than any file's size are not a range (int() refuses over 4300 digits).
+_RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
 
 
 def workspace_file(workspace: Path, raw_path: str) -> Path | None:
@@ -73,7 +77,10 @@ def workspace_file(workspace: Path, raw_path: str) -> Path | None:
     ``/files/<id>/``) names inside ``workspace``, or ``None`` when it names anything else."""
     segments = []
     for raw in raw_path.split("/"):
-        segment = unquote(raw, errors="strict") if "%" in raw else raw
+        try:
+            segment = unquote(raw, errors="strict") if "%" in raw else raw
+        except UnicodeDecodeError:  # %ff, or an overlong %c0%ae standing for "."
+            return None
         if (
             segment in ("", ".", "..")
             or segment.startswith(".")
@@ -108,9 +115,16 @@ class ViewServer(ThreadingHTTPServer):
     # SO_REUSEPORT would let a second server bind a port in use; it must fail instead.
     allow_reuse_port = False
 
-    def __init__(self, address: tuple[str, int], catalog: Catalog, poll_ms: int = 2000):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        catalog: Catalog,
+        poll_ms: int = 2000,
+        log: TextIO | None = None,
+    ):
         self.catalog = catalog
         self.poll_ms = poll_ms
+        self._log = log
         host = address[0]
         if ":" in host:
             self.address_family = socket.AF_INET6
@@ -121,6 +135,18 @@ class ViewServer(ThreadingHTTPServer):
         # HTTPServer.server_bind also looks up the host's DNS name, which can hang offline.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def log_line(self, text: str) -> None:
+        """One line on the terminal (stderr unless the server was given ``log``)."""
+        print(f"dreamtext view: {text}", file=self._log or sys.stderr, flush=True)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception outside the handler's own catch-all (reading the request, say): one line
+        instead of socketserver's traceback; a client that hung up is not worth one."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        self.log_line(f"error with a request from {client_address[0]}: {_describe(error)}")
 
     @property
     def url(self) -> str:
@@ -146,15 +172,28 @@ class ViewHandler(BaseHTTPRequestHandler):
         """Requests are not logged: the terminal shows the address and errors only."""
 
     def _respond(self, send_body: bool) -> None:
-        # The browser may go away mid-answer (a video seek, a closed tab).
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        self._answering = False  # set once the status line is out: too late for a 500
+        try:
             self._route(send_body)
+        except ConnectionError:
+            # The browser went away mid-answer (a video seek, a closed tab).
+            self.close_connection = True
+        except Exception as error:
+            shown = self.path if len(self.path) <= 200 else self.path[:200] + "…"
+            self.server.log_line(f"error answering {self.command} {shown!r}: {_describe(error)}")
+            self.close_connection = True
+            if not self._answering:
+                with contextlib.suppress(OSError):
+                    self._send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", send_body)
 
     def _route(self, send_body: bool) -> None:
         allowed = self.server.allowed_hosts
         if allowed is not None and _hostname(self.headers.get("Host", "")) not in allowed:
             return self._send_text(HTTPStatus.FORBIDDEN, "not a local address", send_body)
-        path = urlsplit(self.path).path
+        try:
+            path = urlsplit(self.path).path
+        except ValueError:  # "http://[::1/...": not an address this server has
+            return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
         parts = path.split("/")[1:]
         catalog, poll_ms = self.server.catalog, self.server.poll_ms
         if path in ("/", "/api/runs.json"):
@@ -189,6 +228,7 @@ class ViewHandler(BaseHTTPRequestHandler):
         return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
 
     def _headers(self, status: int, content_type: str, length: int) -> None:
+        self._answering = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
@@ -242,6 +282,12 @@ class ViewHandler(BaseHTTPRequestHandler):
                 _copy(f, self.wfile, end - start + 1)
 
 
+def _describe(error: BaseException | None) -> str:
+    """``Type: first line`` of an exception, for a one-line log."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def _copy(source, target, length: int, chunk: int = 1 << 16) -> None:
     while length > 0:
         data = source.read(min(chunk, length))
@@ -252,12 +298,16 @@ def _copy(source, target, length: int, chunk: int = 1 << 16) -> None:
 
 
 def make_server(
-    catalog: Catalog, host: str = "127.0.0.1", port: int = 0, poll_ms: int = 2000
+    catalog: Catalog,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    poll_ms: int = 2000,
+    log: TextIO | None = None,
 ) -> ViewServer:
     """Bind (``port`` 0: any free port) without serving yet; user errors as ``DreamtextError``.
-    ``poll_ms``: how often open pages ask for changes."""
+    ``poll_ms``: how often open pages ask for changes; ``log``: where errors go (stderr)."""
     try:
-        return ViewServer((host, port), catalog, poll_ms)
+        return ViewServer((host, port), catalog, poll_ms, log)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise DreamtextError(

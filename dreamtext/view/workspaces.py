@@ -3,6 +3,11 @@
     folders given ──► Catalog (which workspaces, under which root, with which id)
     workspace     ──► read_run ──► Run (prompt, status, log series, previews, mesh, video, ...)
 
+An image→3D run is a run from its first file on: ``descriptor/sentence.json`` (describe), then the
+descriptor training's ``descriptor/log.jsonl`` and ``checkpoints/``, then
+``learned_embeds.safetensors``, then the trainer's files as for text→3D. Its status says which of
+these stages it is in.
+
 Nothing here writes. Every file is optional: a run being written, an older run without
 ``status.json``, a batch line whose workspace was never made, all read as far as their files go.
 Paths in a ``Run`` are relative to its workspace (``previews/final.png``); the server and the static
@@ -18,6 +23,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +32,16 @@ from dreamtext.errors import DreamtextError
 # The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
 # imports torch, and the viewer starts without it.
 DEFAULT_ROOT = Path("workspace")
-# dreamtext.describe.sentence_path, likewise.
+# dreamtext.describe.sentence_path, likewise (and the descriptor's files beside it, from
+# dreamtext.descriptor; dreamtext.imageto3d.keep_source_copy's descriptor/source.<ext>).
 SENTENCE_FILE = Path("descriptor") / "sentence.json"
-# Files whose presence makes a folder a run's workspace.
-WORKSPACE_MARKERS = ("config.json", "log.jsonl", "status.json")
-# A run without status.json whose log changed this recently counts as running.
+DESCRIPTOR_LOG = Path("descriptor") / "log.jsonl"
+DESCRIPTOR_CHECKPOINTS = Path("descriptor") / "checkpoints"
+LEARNED_EMBEDS = Path("descriptor") / "learned_embeds.safetensors"
+# Files whose presence makes a folder a run's workspace: the trainer's, or the sentence an
+# image→3D run writes first (its describe stage), long before the trainer starts.
+WORKSPACE_MARKERS = ("config.json", "log.jsonl", "status.json", SENTENCE_FILE.as_posix())
+# A run without status.json whose files changed this recently counts as running.
 RUNNING_IF_CHANGED_WITHIN_S = 120.0
 # A run whose status.json says running but whose files have not changed for this long may have
 # died without saying so; its status then says how long it has been quiet.
@@ -55,6 +66,24 @@ DATA_FILES = (
     "descriptor/log.jsonl",
 )
 SOURCE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Files and folders (whose mtime changes when a file in them is made or replaced) that a working
+# run keeps touching, besides the files the pages link to: how recently a run did anything.
+ACTIVITY_PATHS = (
+    "status.json",
+    "log.jsonl",
+    "config.json",
+    "previews",
+    "mesh",
+    "video",
+    "checkpoints",
+    "descriptor",
+    "descriptor/previews",
+    DESCRIPTOR_CHECKPOINTS.as_posix(),
+    f"{DESCRIPTOR_CHECKPOINTS.as_posix()}/last.pt",
+    LEARNED_EMBEDS.as_posix(),
+)
+# What a run is doing, in words, by status.json's phase (while running; "train" needs none).
+PHASE_ACTIVITY = {"export": "exporting"}
 _STEP_PREVIEW = re.compile(r"step_(\d+)\.png")
 
 
@@ -78,9 +107,9 @@ class Catalog:
     """The runs under the folders given on the command line, found again on every ``runs()`` call
     (a batch adds workspaces to its root while the page is open).
 
-    A folder that holds ``config.json``, ``log.jsonl`` or ``status.json`` is one workspace; any
-    other folder is a root: its subfolders that are workspaces, and the workspaces its
-    ``batch.jsonl`` names, are its runs.
+    A folder that holds ``config.json``, ``log.jsonl``, ``status.json`` or
+    ``descriptor/sentence.json`` is one workspace; any other folder is a root: its subfolders that
+    are workspaces, and the workspaces its ``batch.jsonl`` names, are its runs.
     """
 
     def __init__(self, folders: list[Path]):
@@ -95,7 +124,8 @@ class Catalog:
         if not self.runs():
             shown = ", ".join(str(f) for f in folders)
             raise DreamtextError(
-                f"no dreamtext runs in {shown}: a run's folder holds config.json or log.jsonl; "
+                f"no dreamtext runs in {shown}: a run's folder holds config.json, log.jsonl or "
+                "descriptor/sentence.json; "
                 "pass a run's folder or the folder that holds runs"
             )
 
@@ -228,6 +258,17 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
+def _iso_timestamp(value: Any) -> float | None:
+    """An ISO 8601 time with its offset (``2026-11-30T10:00:12+00:00``) as a Unix time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
 @dataclass
 class Run:
     """Everything the pages show of one run. File paths are relative to the workspace."""
@@ -264,10 +305,11 @@ class Run:
 
     @property
     def thumbnail(self) -> str | None:
-        """The card's picture: the turntable GIF (plays in an ``<img>``), else the last preview."""
+        """The card's picture: the turntable GIF (plays in an ``<img>``), else the last preview,
+        else (an image run before its text stage) the source image."""
         if "gif" in self.video:
             return self.video["gif"]
-        return self.previews[-1]["path"] if self.previews else None
+        return self.previews[-1]["path"] if self.previews else self.source_image
 
 
 def read_run(location: RunLocation, with_series: bool = True) -> Run:
@@ -303,12 +345,12 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
     if run.prompt is None and location.batch:
         run.prompt = location.batch.get("prompt")
     sentence = read_json(folder / SENTENCE_FILE)
-    if sentence is not None or (location.batch or {}).get("kind") == "image":
-        run.kind = "image"
     if sentence is not None:
-        run.sentence = sentence.get("sentence")
-        run.trained_sentence = sentence.get("trained_sentence")
-        run.source_image = _source_image(folder, sentence.get("image"))
+        run.sentence = _text(sentence.get("sentence"))
+        run.trained_sentence = _text(sentence.get("trained_sentence"))
+    run.source_image = _source_image(folder, (sentence or {}).get("image"))
+    if sentence is not None or run.source_image or (location.batch or {}).get("kind") == "image":
+        run.kind = "image"
 
     run.previews = _previews(folder)
     run.video = {k: rel for k, rel in VIDEO_FILES.items() if _is_file_inside(folder, rel)}
@@ -319,12 +361,36 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
         mtime = _mtime(folder / rel)
         if mtime is not None:
             run.mtimes[rel] = mtime
-    changed = [
-        _mtime(folder / name) for name in ("status.json", "log.jsonl", "config.json", "mesh")
-    ]
+    # The newest change of anything the run writes: a stale status.json, a fresh preview.
+    changed = [_mtime(folder / rel) for rel in ACTIVITY_PATHS] + list(run.mtimes.values())
     run.updated = max((m for m in changed if m is not None), default=None)
-    run.status = status_of(run, status_file, records, folder)
+    stage = "text" if run.kind == "text" else image_stage(folder)
+    descriptor_step = None
+    if stage == "descriptor":
+        steps = [_number(r.get("step")) for r in read_jsonl(folder / DESCRIPTOR_LOG)]
+        descriptor_step = next((s for s in reversed(steps) if s is not None), None)
+    run.status = status_of(run, status_file, records, folder, stage, descriptor_step)
     return run
+
+
+def image_stage(folder: Path) -> str:
+    """Which stage of image→3D the files of ``folder`` show it in:
+
+    ``"describe"``   only the sentence (describe writes it at its end; the descriptor comes next)
+    ``"descriptor"`` the descriptor's training has made its checkpoints folder or its log
+    ``"text"``       its learned embedding is saved, or the trainer has written its files
+    """
+    if any((folder / name).is_file() for name in ("config.json", "log.jsonl", "status.json")):
+        return "text"
+    if (folder / LEARNED_EMBEDS).is_file():
+        return "text"
+    if (folder / DESCRIPTOR_LOG).is_file() or (folder / DESCRIPTOR_CHECKPOINTS).is_dir():
+        return "descriptor"
+    return "describe"
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _is_file_inside(folder: Path, rel: str) -> bool:
@@ -378,11 +444,19 @@ def status_of(
     status_file: dict[str, Any] | None,
     records: list[dict[str, Any]],
     folder: Path | None,
+    stage: str = "text",
+    descriptor_step: float | None = None,
 ) -> dict[str, Any]:
     """running / finished / failed / interrupted (or a batch's skipped), with steps, seconds and
     peak GPU memory, from the first of: ``status.json``, the root's ``batch.jsonl`` line, the files.
 
-    ``source`` says which one; ``inferred`` marks figures estimated from the files.
+    ``source`` says which one; ``inferred`` marks figures estimated from the files. ``stage`` is
+    image→3D's (``describe``, ``descriptor``, ``text``; a text run's is ``text``), ``phase``
+    status.json's (``train``, ``export``), ``activity`` what the run is doing, in words.
+
+    A running run's status.json is written at its start and then at each log line, so the files
+    may be fresher: its step and peak memory are the largest of status.json's and the log's, and
+    it is quiet (``quiet_minutes``) only when nothing the run writes has changed for a while.
     """
     iters = _number((run.config or {}).get("iters"))
     last = records[-1] if records else {}
@@ -397,7 +471,12 @@ def status_of(
         "gpu_mem_mib": max(log_mem) if log_mem else None,
         "error": None,
         "inferred": False,
+        "stage": stage,
+        "descriptor_step": descriptor_step,
+        "phase": None,
+        "activity": None,
     }
+    since_change = time.time() - run.updated if run.updated is not None else math.inf
     if status_file is not None and isinstance(status_file.get("state"), str):
         out.update(source="status.json", state=status_file["state"])
         for key in ("step", "iters", "seconds", "gpu_mem_mib"):
@@ -407,36 +486,67 @@ def status_of(
         out["error"] = status_file.get("error")
         out["updated"] = status_file.get("updated")
         out["started"] = status_file.get("started")
-        if out["state"] == "running" and run.updated is not None:
-            quiet = time.time() - run.updated
-            if quiet > QUIET_AFTER_S:
-                out["quiet_minutes"] = int(quiet // 60)  # whole minutes: the page redraws rarely
+        if isinstance(status_file.get("phase"), str):
+            out["phase"] = status_file["phase"]
+        if out["state"] == "running":
+            out["step"] = _largest(out["step"], log_step)
+            out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], max(log_mem, default=None))
+            if QUIET_AFTER_S < since_change < math.inf:
+                out["quiet_minutes"] = int(since_change // 60)  # whole: the page redraws rarely
+        out["activity"] = _activity(out)
         return out
-    if run.batch is not None and isinstance(run.batch.get("status"), str):
-        out.update(source="batch.jsonl", state=run.batch["status"], error=run.batch.get("error"))
+    batch = run.batch or {}
+    # A batch line of an earlier attempt says nothing of the files a retry is writing now (its
+    # "finished" has whole seconds, and the run's last files come just before the line).
+    ended = _iso_timestamp(batch.get("finished"))
+    retried = ended is not None and run.updated is not None and run.updated > ended + 2
+    if isinstance(batch.get("status"), str) and not (
+        retried and since_change < RUNNING_IF_CHANGED_WITHIN_S
+    ):
+        out.update(source="batch.jsonl", state=batch["status"], error=batch.get("error"))
         for key in ("seconds", "gpu_mem_mib"):
-            value = _number(run.batch.get(key))
+            value = _number(batch.get(key))
             if value is not None:
                 out[key] = value
+        out["activity"] = _activity(out)
         return out
     out.update(source="files", inferred=True)
     its = _number(last.get("its"))
     if log_step and its:
         out["seconds"] = log_step / its
     trained = log_step is not None and iters is not None and log_step >= iters
-    if trained or "glb" in run.mesh or any(p["step"] is None for p in run.previews):
+    if stage == "describe" and run.source_image is None:
+        # `dreamtext describe` alone: the sentence is all it makes (an image→3D run copies its
+        # image into descriptor/ next).
         out["state"] = "finished"
-    elif folder is not None and _changed_within(folder, RUNNING_IF_CHANGED_WITHIN_S):
+    elif stage == "text" and (
+        trained or "glb" in run.mesh or any(p["step"] is None for p in run.previews)
+    ):
+        out["state"] = "finished"
+    elif folder is not None and since_change < RUNNING_IF_CHANGED_WITHIN_S:
         out["state"] = "running"
     else:
         out["state"] = "interrupted"
+    out["activity"] = _activity(out)
     return out
 
 
-def _changed_within(folder: Path, seconds: float) -> bool:
-    now = time.time()
-    for name in ("log.jsonl", "config.json", "previews"):
-        mtime = _mtime(folder / name)
-        if mtime is not None and now - mtime < seconds:
-            return True
-    return False
+def _largest(a: float | None, b: float | None) -> float | None:
+    return max((v for v in (a, b) if v is not None), default=None)
+
+
+def _activity(status: dict[str, Any]) -> str | None:
+    """What the run is doing (or, ended, where it stopped), in words for the cards."""
+    state, stage, phase = status["state"], status["stage"], status["phase"]
+    running = state == "running"
+    if stage == "describe":
+        if state == "finished":
+            return "described"
+        return "starting descriptor training" if running else "after describe"
+    if stage == "descriptor":
+        return "training descriptor" if running else "in descriptor training"
+    if phase is None or phase == "train":
+        return None
+    if running:
+        return PHASE_ACTIVITY.get(phase, phase)
+    return None if state == "finished" else f"in {phase}"

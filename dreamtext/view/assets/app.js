@@ -70,10 +70,14 @@
     return el("span", { class: `badge state-${state}`, text: state, title });
   }
 
-  /** "step 60 / 1000 · 28 s · 5,120 MiB peak": what status knows, in one line. */
+  /** "exporting · step 60 / 1000 · 28 s · 5,120 MiB peak": what status knows, in one line. */
   function facts(run) {
     const s = run.status || {};
     const parts = [];
+    if (s.activity) parts.push(s.activity);
+    if (s.stage === "descriptor" && s.descriptor_step !== null && s.descriptor_step !== undefined) {
+      parts.push(`descriptor step ${s.descriptor_step}`);
+    }
     if (s.step !== null && s.step !== undefined) {
       parts.push(s.iters ? `step ${s.step} / ${s.iters}` : `step ${s.step}`);
     }
@@ -97,8 +101,10 @@
     return parts.join(" · ");
   }
 
+  /** An image run's learned sentence, else (before its descriptor is trained) CLIP's sentence. */
   function runTitle(run) {
-    return run.trained_sentence || run.prompt || run.name;
+    if (run.kind === "image") return run.trained_sentence || run.sentence || run.prompt || run.name;
+    return run.prompt || run.name;
   }
 
   /** Poll `data.api`; call onChange(newData) when its text changes. Back off while it fails. */
@@ -140,7 +146,7 @@
 
   function thumbnail(run) {
     if (run.thumbnail) {
-      return el("img", { src: run.thumbnail, alt: `turntable or preview of ${runTitle(run)}`, loading: "lazy" });
+      return el("img", { src: run.thumbnail, alt: `picture of ${runTitle(run)}`, loading: "lazy" });
     }
     const note = !run.workspace ? "no workspace" : stateOf(run) === "running" ? "no preview yet" : "no preview";
     return el("div", { class: "no-thumb", text: note });
@@ -166,7 +172,7 @@
       "div",
       { class: "card-body" },
       el("p", { class: "prompt", text: runTitle(run) }),
-      run.kind === "image" && run.sentence
+      run.kind === "image" && run.sentence && run.sentence !== runTitle(run)
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
         : null,
       el("p", { class: "facts" }, badge(run), " ", facts(run)),
