@@ -74,6 +74,32 @@ def _corner(cx, cy, cz, tx, ty, tz, res, size, K: tl.constexpr, HASHED: tl.const
 
 
 @triton.jit
+def _block(
+    u_ptr,
+    scales_ptr,
+    resolutions_ptr,
+    offsets_ptr,
+    sizes_ptr,
+    num_points,
+    first_level,
+    BLOCK: tl.constexpr,
+):
+    """This program's level and block of points: their indices ``n``, mask, the level's
+    resolution, table offset and size, and each point's cell and fraction per axis."""
+    level = first_level + tl.program_id(1)
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < num_points
+    scale = tl.load(scales_ptr + level)
+    res = tl.load(resolutions_ptr + level).to(tl.int64)
+    offset = tl.load(offsets_ptr + level).to(tl.int64)
+    size = tl.load(sizes_ptr + level).to(tl.int64)
+    cx, tx = _axis(u_ptr, n, mask, 0, scale)
+    cy, ty = _axis(u_ptr, n, mask, 1, scale)
+    cz, tz = _axis(u_ptr, n, mask, 2, scale)
+    return level, n, mask, res, offset, size, cx, cy, cz, tx, ty, tz
+
+
+@triton.jit
 def hash_grid_forward_kernel(
     u_ptr,
     table_ptr,
@@ -90,16 +116,9 @@ def hash_grid_forward_kernel(
     BLOCK: tl.constexpr,
 ):
     """``out[n, l·F + f] = Σ_k w_k · table[(offset_l + r_k)·F + f]`` for a block of points."""
-    level = first_level + tl.program_id(1)
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = n < num_points
-    scale = tl.load(scales_ptr + level)
-    res = tl.load(resolutions_ptr + level).to(tl.int64)
-    offset = tl.load(offsets_ptr + level).to(tl.int64)
-    size = tl.load(sizes_ptr + level).to(tl.int64)
-    cx, tx = _axis(u_ptr, n, mask, 0, scale)
-    cy, ty = _axis(u_ptr, n, mask, 1, scale)
-    cz, tz = _axis(u_ptr, n, mask, 2, scale)
+    level, n, mask, res, offset, size, cx, cy, cz, tx, ty, tz = _block(
+        u_ptr, scales_ptr, resolutions_ptr, offsets_ptr, sizes_ptr, num_points, first_level, BLOCK
+    )
     f = tl.arange(0, F)
     acc = tl.zeros([BLOCK, F], dtype=tl.float32)
     for k in tl.static_range(8):
@@ -128,16 +147,9 @@ def hash_grid_backward_kernel(
     BLOCK: tl.constexpr,
 ):
     """``grad_table[(offset_l + r_k)·F + f] += w_k · grad_out[n, l·F + f]``, a block of points."""
-    level = first_level + tl.program_id(1)
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = n < num_points
-    scale = tl.load(scales_ptr + level)
-    res = tl.load(resolutions_ptr + level).to(tl.int64)
-    offset = tl.load(offsets_ptr + level).to(tl.int64)
-    size = tl.load(sizes_ptr + level).to(tl.int64)
-    cx, tx = _axis(u_ptr, n, mask, 0, scale)
-    cy, ty = _axis(u_ptr, n, mask, 1, scale)
-    cz, tz = _axis(u_ptr, n, mask, 2, scale)
+    level, n, mask, res, offset, size, cx, cy, cz, tx, ty, tz = _block(
+        u_ptr, scales_ptr, resolutions_ptr, offsets_ptr, sizes_ptr, num_points, first_level, BLOCK
+    )
     f = tl.arange(0, F)
     grad = tl.load(
         grad_out_ptr + n[:, None] * OUT_DIM + level * F + f[None, :], mask=mask[:, None], other=0.0

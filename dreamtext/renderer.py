@@ -511,26 +511,17 @@ class VolumeRenderer(nn.Module):
         return TrainingRender(out, shape, len(samples), replay)
 
 
+@dataclass
 class _Replay:
     """What a deferred training render needs to re-render its rays with a graph."""
 
-    def __init__(
-        self,
-        renderer: VolumeRenderer,
-        field: Field,
-        rays: RayBundle,
-        samples: RaySamples,
-        shading: str,
-        ambient_ratio: float,
-        per_sample: int,
-    ) -> None:
-        self.renderer = renderer
-        self.field = field
-        self.rays = rays
-        self.samples = samples
-        self.shading = shading
-        self.ambient_ratio = ambient_ratio
-        self.per_sample = per_sample
+    renderer: VolumeRenderer
+    field: Field
+    rays: RayBundle
+    samples: RaySamples
+    shading: str
+    ambient_ratio: float
+    per_sample: int
 
     def backward(self, grad_rgb: Tensor, lambdas: dict[str, float], loss_scale: float) -> int:
         """Re-render ray chunks with a graph and back-propagate

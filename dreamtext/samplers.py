@@ -244,6 +244,7 @@ def query_chunks(field: Field, points: Tensor, chunk_points: int) -> tuple[Tenso
     return torch.cat(sigma), torch.cat(albedo)
 
 
+@dataclass
 class DenseSampler:
     """The reference sampler: stratified samples plus importance samples, grid-skipped.
 
@@ -255,21 +256,12 @@ class DenseSampler:
     start lies in an empty cell of the grid are dropped.
     """
 
-    def __init__(
-        self,
-        num_steps: int,
-        upsample_steps: int,
-        min_near: float,
-        grid: OccupancyGrid | None,
-        chunk_rays: int,
-        chunk_points: int,
-    ) -> None:
-        self.num_steps = num_steps
-        self.upsample_steps = upsample_steps
-        self.min_near = min_near
-        self.grid = grid
-        self.chunk_rays = chunk_rays
-        self.chunk_points = chunk_points
+    num_steps: int
+    upsample_steps: int
+    min_near: float
+    grid: OccupancyGrid | None
+    chunk_rays: int
+    chunk_points: int
 
     @torch.no_grad()
     def sample(
@@ -318,6 +310,7 @@ class DenseSampler:
         return live
 
 
+@dataclass
 class OccupancySampler:
     """Occupied-cell ray marching with a no-grad pruning pass (see the module docstring).
 
@@ -334,25 +327,14 @@ class OccupancySampler:
     the threshold or it reaches ``far``.
     """
 
-    def __init__(
-        self,
-        march_steps: int,
-        window: int,
-        alpha_threshold: float,
-        transmittance_threshold: float,
-        min_near: float,
-        grid: OccupancyGrid | None,
-        chunk_rays: int,
-        chunk_points: int,
-    ) -> None:
-        self.march_steps = march_steps
-        self.window = window
-        self.alpha_threshold = alpha_threshold
-        self.transmittance_threshold = transmittance_threshold
-        self.min_near = min_near
-        self.grid = grid
-        self.chunk_rays = chunk_rays
-        self.chunk_points = chunk_points
+    march_steps: int
+    window: int
+    alpha_threshold: float
+    transmittance_threshold: float
+    min_near: float
+    grid: OccupancyGrid | None
+    chunk_rays: int
+    chunk_points: int
 
     @torch.no_grad()
     def sample(
