@@ -78,8 +78,9 @@ class RenderConfig:
       re-render + backward) or ``"auto"`` (deferred when the graph would hold more than
       ``grad_chunk_points`` field queries).
     * ``recompute_field``: keep only the query points of the field for backward and evaluate the
-      field again there (activation checkpointing): tens of bytes per sample instead of several
-      KiB, for one more forward pass of the field.
+      field again there, ``chunk_points`` queries at a time (activation checkpointing): tens of
+      bytes per query instead of several KiB, for one more forward pass of the field. With it
+      off, lower ``grad_chunk_points`` to about ``2^19``: each query then keeps ~3-6 KiB.
     * ``occupancy_grid``: skip samples in empty cells of a ``grid_resolution^3`` grid, refreshed
       every ``grid_update_every`` steps with decay ``grid_decay`` and threshold
       ``density_threshold`` (see :class:`~dreamtext.samplers.OccupancyGrid`).
@@ -97,7 +98,7 @@ class RenderConfig:
     chunk_size: int = 65536
     chunk_points: int = 1 << 19
     backprop: str = "auto"
-    grad_chunk_points: int = 1 << 19
+    grad_chunk_points: int = 1 << 22
     recompute_field: bool = True
     occupancy_grid: bool = True
     grid_resolution: int = 64
@@ -329,10 +330,12 @@ class VolumeRenderer(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``σ [S]``, ``albedo [S, 3]`` and (when asked) ``normals [S, 3]`` at ``x [S, 3]``.
 
-        With gradients on and ``cfg.recompute_field``, the query is checkpointed: autograd keeps
-        only ``x`` and the outputs and runs the field again in the backward pass, instead of
-        keeping every activation of the hash grid and the MLP for every query (a few KiB per
-        sample). Autograd normals need a graph of their own and are never checkpointed.
+        With gradients on and ``cfg.recompute_field``, the query is checkpointed piece by piece
+        (at most ``cfg.chunk_points`` field queries a piece, normals counted): autograd keeps only
+        ``x`` and the outputs, and the backward pass runs one piece of the field again at a time,
+        instead of keeping every activation of the hash grid and the MLP for every query (a few
+        KiB per sample). The peak is one piece's activations, whatever the number of samples.
+        Autograd normals need a graph of their own and are never checkpointed.
         """
 
         def query(points: Tensor) -> tuple[Tensor, ...]:
@@ -348,7 +351,13 @@ class VolumeRenderer(nn.Module):
             and x.shape[0] > 0
             and not (with_normals and autograd_normals)
         )
-        out = checkpoint(query, x, use_reentrant=False) if recompute else query(x)
+        if not recompute:
+            out = query(x)
+            return out[0], out[1], (out[2] if with_normals else None)
+        per_piece = max(self.cfg.chunk_points // self._queries_per_sample(field, "lambertian"), 1)
+        size = per_piece if with_normals else self.cfg.chunk_points
+        pieces = [checkpoint(query, part, use_reentrant=False) for part in x.split(size)]
+        out = [torch.cat(parts) for parts in zip(*pieces, strict=True)]
         return out[0], out[1], (out[2] if with_normals else None)
 
     def ray_chunks(self, samples: RaySamples, points_per_sample: int, budget: int) -> list[range]:

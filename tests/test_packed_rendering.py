@@ -254,3 +254,45 @@ def test_recomputing_the_field_gives_the_same_gradients_and_keeps_little(shading
     # compositing's per-sample values remain.
     assert kept[False] > 15 * kept[True]
     assert kept[True] < 400
+
+
+class LargestCall(torch.nn.Module):
+    """Wraps a field and records the largest number of points any query asked about."""
+
+    def __init__(self, inner: NeRFField) -> None:
+        super().__init__()
+        self.inner, self.bound, self.largest = inner, inner.bound, 0
+
+    def forward(self, x):
+        self.largest = max(self.largest, x.shape[0])
+        return self.inner(x)
+
+    def density(self, x):
+        self.largest = max(self.largest, x.shape[0])
+        return self.inner.density(x)
+
+    def normals(self, x, sigma=None):
+        return NeRFField.normals(self, x, sigma)
+
+    @property
+    def cfg(self):
+        return self.inner.cfg
+
+    @property
+    def normal_queries(self):
+        return self.inner.normal_queries
+
+    def background(self, dirs):
+        return self.inner.background(dirs)
+
+
+def test_a_recomputed_training_render_queries_at_most_chunk_points_at_once() -> None:
+    """Forward, pruning and the recomputation in backward all run the field on at most
+    ``chunk_points`` points per call, so a training render's peak is one piece of the field."""
+    field = LargestCall(small_field())
+    vr = VolumeRenderer(RenderConfig(march_steps=96, occupancy_grid=False, chunk_points=64))
+    render = vr.train().render_train(field, two_cameras(), 9, 9, shading="lambertian")
+    assert render.num_samples > 10 * 64 and not render.deferred
+    render.backward(render.images().mean(), LAMBDAS)
+    assert 0 < field.largest <= 64
+    assert field.inner.encoding.params.grad.abs().sum() > 0
