@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from dreamtext.cameras import Poses, get_rays
@@ -285,20 +286,17 @@ class VolumeRenderer(nn.Module):
     ) -> dict[str, Tensor]:
         """Shade and composite ``samples`` of ``rays`` in one pass (differentiable when grad is on).
 
-        ``values``: the field's density and albedo at the samples, already computed; ``None``
-        queries the field. Returns per-ray ``rgb [N, 3]``, ``opacity [N]``, ``depth [N]``
-        (``Σ w_i t_i``, not divided by the opacity: empty rays have depth 0), ``normals [N, 3]``
-        (``Σ w_i n_i``) and ``orientation [N]`` (``Σ_i stopgrad(w_i) max(0, n_i·d)²``).
+        ``values``: the field's density and albedo at the samples, already computed without
+        gradients (the marcher's); ``None`` queries the field. Returns per-ray ``rgb [N, 3]``,
+        ``opacity [N]``, ``depth [N]`` (``Σ w_i t_i``, not divided by the opacity: empty rays
+        have depth 0), ``normals [N, 3]`` (``Σ w_i n_i``) and ``orientation [N]``
+        (``Σ_i stopgrad(w_i) max(0, n_i·d)²``).
         """
         n = len(rays)
         ray_indices = samples.ray_indices
         x = samples.positions(rays.origins, rays.directions)
         with_normals = self._needs_normals(shading)
-        if values is None:
-            sigma, albedo, normals = self._query(field, x, with_normals)
-        else:
-            sigma, albedo = values.sigma, values.albedo
-            normals = field.normals(x, sigma).float() if with_normals else None
+        sigma, albedo, normals = self._query(field, x, with_normals, values)
         weights, _, _ = packed_weights(sigma, samples.deltas, ray_indices, n)
         directions = rays.directions[ray_indices]
         normal_image = rays.origins.new_zeros(n, 3)
@@ -326,24 +324,32 @@ class VolumeRenderer(nn.Module):
         }
 
     def _query(
-        self, field: Field, x: Tensor, with_normals: bool
+        self, field: Field, x: Tensor, with_normals: bool, values: SampleValues | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``σ [S]``, ``albedo [S, 3]`` and (when asked) ``normals [S, 3]`` at ``x [S, 3]``.
 
-        With gradients on and ``cfg.recompute_field``, the query is checkpointed piece by piece
-        (at most ``cfg.chunk_points`` field queries a piece, normals counted): autograd keeps only
-        ``x`` and the outputs, and the backward pass runs one piece of the field again at a time,
-        instead of keeping every activation of the hash grid and the MLP for every query (a few
-        KiB per sample). The peak is one piece's activations, whatever the number of samples.
-        Autograd normals need a graph of their own and are never checkpointed.
+        Without gradients, ``values`` (when given) are used as they are. With gradients on and
+        ``cfg.recompute_field``, autograd keeps only ``x`` and the outputs, and the backward pass
+        runs the field again one piece (at most ``cfg.chunk_points`` field queries, normals
+        counted) at a time, instead of keeping every activation of the hash grid and the MLP for
+        every query (a few KiB per sample): the peak is one piece's activations, whatever the
+        number of samples. Given ``values``, the forward pass does not run the field at all
+        (:class:`_ReplayField`); otherwise each piece is checkpointed. Autograd normals need a
+        graph of their own and are never recomputed.
         """
+
+        def normals_of(points: Tensor, sigma: Tensor) -> Tensor:
+            return field.normals(points, sigma).float()
 
         def query(points: Tensor) -> tuple[Tensor, ...]:
             sigma, albedo = field(points)
             if not with_normals:
                 return sigma, albedo
-            return sigma, albedo, field.normals(points, sigma).float()
+            return sigma, albedo, normals_of(points, sigma)
 
+        if not torch.is_grad_enabled() and values is not None:
+            normals = normals_of(x, values.sigma) if with_normals else None
+            return values.sigma, values.albedo, normals
         autograd_normals = getattr(getattr(field, "cfg", None), "normals", "") == "autograd"
         recompute = (
             self.cfg.recompute_field
@@ -354,11 +360,19 @@ class VolumeRenderer(nn.Module):
         if not recompute:
             out = query(x)
             return out[0], out[1], (out[2] if with_normals else None)
-        per_piece = max(self.cfg.chunk_points // self._queries_per_sample(field, "lambertian"), 1)
-        size = per_piece if with_normals else self.cfg.chunk_points
-        pieces = [checkpoint(query, part, use_reentrant=False) for part in x.split(size)]
-        out = [torch.cat(parts) for parts in zip(*pieces, strict=True)]
-        return out[0], out[1], (out[2] if with_normals else None)
+        per_sample = self._queries_per_sample(field, "lambertian") if with_normals else 1
+        size = max(self.cfg.chunk_points // per_sample, 1)
+        if values is None:
+            pieces = [checkpoint(query, part, use_reentrant=False) for part in x.split(size)]
+            out = [torch.cat(parts) for parts in zip(*pieces, strict=True)]
+            return out[0], out[1], (out[2] if with_normals else None)
+        sigma, albedo = replay_field(field, x, values, self.cfg.chunk_points)
+        normals = None
+        if with_normals:
+            parts = zip(x.split(size), sigma.split(size), strict=True)
+            pieces = [checkpoint(normals_of, p, s, use_reentrant=False) for p, s in parts]
+            normals = torch.cat(pieces)
+        return sigma, albedo, normals
 
     def ray_chunks(self, samples: RaySamples, points_per_sample: int, budget: int) -> list[range]:
         """Split the rays into consecutive ranges whose samples cost at most ``budget`` field
@@ -391,9 +405,7 @@ class VolumeRenderer(nn.Module):
         for chunk in self.ray_chunks(samples, queries, self.cfg.chunk_points):
             part = samples.rays(chunk.start, chunk.stop, offsets)
             lo, hi = int(offsets[chunk.start]), int(offsets[chunk.stop])
-            vals = None
-            if values is not None:
-                vals = SampleValues(values.sigma[lo:hi], values.albedo[lo:hi])
+            vals = values.slice(lo, hi) if values is not None else None
             sub = rays[chunk.start : chunk.stop]
             parts.append(self.composite(field, sub, part, shading, ambient_ratio, vals))
         if not parts:
@@ -451,7 +463,7 @@ class VolumeRenderer(nn.Module):
         perturb = self.training if perturb is None else perturb
         samples, values = self.sampler.sample(field, rays.origins, rays.directions, perturb)
         if torch.is_grad_enabled():
-            return self.composite(field, rays, samples, shading, ambient_ratio)
+            return self.composite(field, rays, samples, shading, ambient_ratio, values)
         return self.composite_bounded(field, rays, samples, shading, ambient_ratio, values)
 
     def render(
@@ -513,11 +525,57 @@ class VolumeRenderer(nn.Module):
             mode = "deferred" if too_big else "direct"
         shape = (len(poses), height, width)
         if mode == "direct":
-            out = self.composite(field, rays, samples, shading, ambient_ratio)
+            out = self.composite(field, rays, samples, shading, ambient_ratio, values)
             return TrainingRender(out, shape, len(samples))
         out = self.composite_bounded(field, rays, samples, shading, ambient_ratio, values)
-        replay = _Replay(self, field, rays, samples, shading, ambient_ratio, per_sample)
+        replay = _Replay(self, field, rays, samples, values, shading, ambient_ratio, per_sample)
         return TrainingRender(out, shape, len(samples), replay)
+
+
+class _ReplayField(torch.autograd.Function):
+    """Field outputs computed earlier without gradients, whose backward runs the field again.
+
+    Forward returns ``σ, albedo`` as given (no field evaluation). Backward evaluates the field at
+    the saved points, ``chunk_points`` at a time, and back-propagates the incoming gradients
+    through each piece into the field's parameters (accumulated in their ``.grad``, as
+    ``loss.backward()`` does). ``anchor`` is one of the field's parameters: it makes the outputs
+    part of the graph; its own returned gradient is ``None`` because the pieces put theirs in
+    place.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, x, sigma, albedo, field, chunk_points):
+        ctx.field, ctx.chunk_points = field, chunk_points
+        ctx.save_for_backward(x)
+        return sigma.clone(), albedo.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_sigma, grad_albedo):
+        (x,) = ctx.saved_tensors
+        step = ctx.chunk_points
+        with torch.enable_grad():
+            for start in range(0, x.shape[0], step):
+                sigma, albedo = ctx.field(x[start : start + step])
+                outputs, grads = [], []
+                for out, grad in ((sigma, grad_sigma), (albedo, grad_albedo)):
+                    if grad is not None:
+                        outputs.append(out.float())
+                        grads.append(grad[start : start + step])
+                if outputs:
+                    torch.autograd.backward(outputs, grads)
+        return None, None, None, None, None, None
+
+
+def replay_field(
+    field: Field, x: Tensor, values: SampleValues, chunk_points: int
+) -> tuple[Tensor, Tensor]:
+    """``values`` as differentiable outputs of ``field`` at ``x`` (see :class:`_ReplayField`)."""
+    parameters = field.parameters() if isinstance(field, nn.Module) else ()
+    anchor = next((p for p in parameters if p.requires_grad), None)
+    if anchor is None:
+        return values.sigma, values.albedo
+    return _ReplayField.apply(anchor, x, values.sigma, values.albedo, field, chunk_points)
 
 
 @dataclass
@@ -528,6 +586,7 @@ class _Replay:
     field: Field
     rays: RayBundle
     samples: RaySamples
+    values: SampleValues | None
     shading: str
     ambient_ratio: float
     per_sample: int
@@ -543,12 +602,14 @@ class _Replay:
         chunks = renderer.ray_chunks(samples, self.per_sample, renderer.cfg.grad_chunk_points)
         for chunk in chunks:
             part = samples.rays(chunk.start, chunk.stop, offsets)
+            lo, hi = int(offsets[chunk.start]), int(offsets[chunk.stop])
             out = renderer.composite(
                 self.field,
                 self.rays[chunk.start : chunk.stop],
                 part,
                 self.shading,
                 self.ambient_ratio,
+                self.values.slice(lo, hi) if self.values is not None else None,
             )
             loss = (out["rgb"] * grad_rgb[chunk.start : chunk.stop]).sum()
             regs = weighted_sum(regularisers(out, num_rays=n), lambdas)

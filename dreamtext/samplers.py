@@ -113,6 +113,10 @@ class SampleValues:
     sigma: Tensor
     albedo: Tensor
 
+    def slice(self, start: int, stop: int) -> SampleValues:
+        """The values of samples ``start .. stop − 1``."""
+        return SampleValues(self.sigma[start:stop], self.albedo[start:stop])
+
 
 def near_far_from_bound(
     rays_o: Tensor, rays_d: Tensor, bound: float, min_near: float = 0.05
