@@ -14,6 +14,8 @@ from dreamtext.renderer import RenderConfig, VolumeRenderer
 from dreamtext.samplers import SAMPLERS, RaySamples
 
 LAMBDAS = {"entropy": 0.3, "opacity": 0.2, "orientation": 0.5}
+# The gradient tests run on a GPU where there is one (a GPU session runs this file as it is).
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def ragged(counts: list[int]) -> torch.Tensor:
@@ -145,7 +147,8 @@ def small_field(seed: int = 0) -> NeRFField:
     field = NeRFField(
         FieldConfig(
             num_levels=4, log2_hashmap_size=10, hidden_dim=16, num_blocks=1, blob_radius=0.6
-        )
+        ),
+        device=DEVICE,
     )
     with torch.no_grad():
         field.encoding.params.uniform_(-0.3, 0.3)
@@ -166,12 +169,12 @@ def gradients_of(
         grad_chunk_points=chunk,
         recompute_field=recompute,
     )
-    vr = VolumeRenderer(cfg).train()
+    vr = VolumeRenderer(cfg).to(DEVICE).train()
     field.zero_grad(set_to_none=True)
     poses = two_cameras(1.6)
     render = vr.render_train(field, poses, 7, 5, shading=shading, backprop=mode)
     images = render.images()
-    g = torch.linspace(-1, 1, images.numel()).view_as(images)
+    g = torch.linspace(-1, 1, images.numel(), device=images.device).view_as(images)
     loss = (images * g).sum()
     render.backward(loss, LAMBDAS)
     grads = {n: p.grad.clone() for n, p in field.named_parameters() if p.grad is not None}
@@ -198,7 +201,8 @@ def test_deferred_backprop_gives_the_one_pass_gradients(sampler: str, shading: s
 
 def test_auto_backprop_defers_only_large_renders() -> None:
     field = small_field()
-    vr = VolumeRenderer(RenderConfig(march_steps=96, occupancy_grid=False, grad_chunk_points=500))
+    cfg = RenderConfig(march_steps=96, occupancy_grid=False, grad_chunk_points=500)
+    vr = VolumeRenderer(cfg).to(DEVICE)
     small = vr.render_train(field, two_cameras()[:1], 2, 2)
     large = vr.render_train(field, two_cameras(), 12, 12)
     assert not small.deferred
@@ -233,7 +237,7 @@ def test_recomputing_the_field_gives_the_same_gradients_and_keeps_little(shading
     """What a training render keeps for its backward pass, counted with saved-tensor hooks
     between the render and ``backward``: with recomputation only tens of bytes per sample."""
     torch.manual_seed(0)
-    field = NeRFField(FieldConfig())  # the default architecture: 16 levels, 4 × 96 MLP
+    field = NeRFField(FieldConfig(), device=DEVICE)  # the default: 16 levels, 4 × 96 MLP
     kept, grads = {}, {}
     for recompute in (False, True):
         saved = 0
@@ -244,14 +248,15 @@ def test_recomputing_the_field_gives_the_same_gradients_and_keeps_little(shading
             return tensor
 
         cfg = RenderConfig(march_steps=96, occupancy_grid=False, recompute_field=recompute)
-        vr = VolumeRenderer(cfg).train()
+        vr = VolumeRenderer(cfg).to(DEVICE).train()
         field.zero_grad(set_to_none=True)
         torch.manual_seed(1)
         with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
             render = vr.render_train(field, two_cameras(1.6), 7, 5, shading=shading)
         assert not render.deferred
         images = render.images()
-        render.backward((images * torch.linspace(-1, 1, images.numel()).view_as(images)).sum(), {})
+        g = torch.linspace(-1, 1, images.numel(), device=DEVICE).view_as(images)
+        render.backward((images * g).sum(), {})
         kept[recompute] = saved / render.num_samples
         grads[recompute] = {
             n: p.grad.clone() for n, p in field.named_parameters() if p.grad is not None
@@ -299,7 +304,8 @@ def test_a_recomputed_training_render_queries_at_most_chunk_points_at_once() -> 
     """Forward, pruning and the recomputation in backward all run the field on at most
     ``chunk_points`` points per call, so a training render's peak is one piece of the field."""
     field = LargestCall(small_field())
-    vr = VolumeRenderer(RenderConfig(march_steps=96, occupancy_grid=False, chunk_points=64))
+    cfg = RenderConfig(march_steps=96, occupancy_grid=False, chunk_points=64)
+    vr = VolumeRenderer(cfg).to(DEVICE)
     render = vr.train().render_train(field, two_cameras(), 9, 9, shading="lambertian")
     assert render.num_samples > 10 * 64 and not render.deferred
     render.backward(render.images().mean(), LAMBDAS)

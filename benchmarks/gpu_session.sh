@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Every GPU check of the renderer work, as one prepared run for a session that is lent a GPU
+# (/work/.library/device/README.md: 15 minutes of device time, machine start included).
+#
+#   run: bash benchmarks/gpu_session.sh           (with carry: [".whl"] when wheels are needed)
+#
+# The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
+# trimesh, PyMCubes, xatlas, fast-simplification, inflect or kornia: download them here first, as
+# the device README's "Notes" say (Python 3.12, manylinux x86_64, --no-deps), into .whl/.
+# Each check has its own timeout and writes $OUT/<check>.log; the sums stay inside 9 minutes so a
+# second run fits the session. Results go to benchmarks/RESULTS.md by hand, with device and date.
+set -u
+OUT=${OUT:-/tmp/dreamtext-gpu}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+python3 - <<'PY' | tee "$OUT/environment.log"
+import importlib, torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))
+for name in ("triton", "diffusers", "transformers", "trimesh", "mcubes", "xatlas",
+             "fast_simplification", "inflect", "kornia"):
+    try:
+        module = importlib.import_module(name)
+        print(name, getattr(module, "__version__", "?"))
+    except Exception as error:  # report every missing wheel at once
+        print(name, "MISSING", type(error).__name__)
+PY
+
+check() {  # check NAME SECONDS COMMAND...
+    local name=$1 seconds=$2
+    shift 2
+    echo "== $name (timeout ${seconds}s)"
+    timeout "$seconds" "$@" >"$OUT/$name.log" 2>&1
+    echo "exit $?" >>"$OUT/$name.log"
+    tail -n 12 "$OUT/$name.log"
+}
+
+# 1. The Triton hash grid compiled for real, and the packed renderer's gradient tests on CUDA.
+check tests 120 python3 -m pytest -q -x -p no:cacheprovider \
+    tests/test_encoding_backends.py tests/test_packed_rendering.py
+# 2. Hash-grid backends: time and bytes kept per point.
+check encoding 45 python3 benchmarks/encoding_speed.py --device cuda --points 262144 1048576
+# 3. One SDS step with SD-2.1-base shapes (random weights), fp16, albedo and lambertian.
+check sds_step 150 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
+    --sizes 64 256 512 --shadings albedo lambertian --repeats 3 --warmup 2
+# 4. The real trainer: it/s and peak reserved memory, default (64 px) and FitFusion (256 px),
+#    albedo and shaded phases.
+check trainer 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 30
+# 5. The built-in prior on CUDA (its image set follows the run's device).
+check builtin 45 python3 -m dreamtext.cli text "a red cube" --model builtin:shapes \
+    --device cuda --iters 100 --no-export --workspace /tmp/dreamtext-builtin
