@@ -222,10 +222,10 @@ class _LeanHashGrid(torch.autograd.Function):
             for level in range(grid.num_levels):
                 rows, weights = level_corners(u_t, layout, level)  # [8, n] each
                 corners = table.index_select(0, _table_units(rows, layout, level, per_row))
-                features = (weights[:, :, None] * corners.view(8, n, per_row)).sum(0)
-                out[start : start + n, level * F : (level + 1) * F] = _units_as_features(
-                    features, F
-                )
+                # Real weights times the corners' real features: no complex promotion.
+                corners = _units_as_features(corners, F).view(8, n, F)
+                features = (weights[:, :, None] * corners).sum(0)
+                out[start : start + n, level * F : (level + 1) * F] = features
         return out
 
     @staticmethod
@@ -245,9 +245,9 @@ class _LeanHashGrid(torch.autograd.Function):
             for level in range(grid.num_levels):
                 rows, weights = level_corners(u_t, layout, level)
                 grad_level = grad[start : start + n, level * F : (level + 1) * F].contiguous()
-                values = weights.to(acc_dtype)[:, :, None] * _flat_units(grad_level).view(n, -1)
+                values = weights.to(acc_dtype)[:, :, None] * grad_level  # [8, n, F], real
                 index = _table_units(rows, layout, level, per_row)
-                grad_units.index_add_(0, index, values.view(-1))
+                grad_units.index_add_(0, index, _flat_units(values))
         return None, grad_table.to(ctx.params_dtype), None
 
 

@@ -36,6 +36,13 @@ NORMAL_METHODS: tuple[str, ...] = (
 BG_FREQUENCIES = 4
 # exp's gradient is clamped above this raw density, as in stable-dreamfusion's trunc_exp.
 EXP_GRAD_CLAMP = 15.0
+# On the CPU the field's MLP runs on at most this many points at a time. Its activations are then
+# 12 MiB a tensor, which the allocator reuses, instead of hundreds of MiB mapped, zero-filled and
+# unmapped for every operation: measured on 2 cores (default field, 2^19 points) the whole query
+# went from 4.1 to 1.9 µs a point without gradients, 8.6 → 5.5 µs with forward + backward. The hash
+# grid is faster on large batches (0.94 µs a point at 2^19 against 1.7 at 2^15) and keeps one
+# backward call, so it is not split. GPUs take the whole batch at once.
+CPU_QUERY_PIECE = 1 << 15
 
 
 class Field(Protocol):
@@ -222,15 +229,21 @@ class NeRFField(nn.Module):
 
         The hash grid runs in float32; with ``mlp_dtype`` set (``--fp16`` / ``--bf16`` on CUDA)
         the MLP runs under autocast in that precision and its output is cast back to float32.
+        On the CPU the MLP runs on ``CPU_QUERY_PIECE`` points at a time.
         """
         features = self.encoding(x)
-        if self.mlp_dtype is None or x.device.type != "cuda":
-            h = F.silu(self.input_layer(features))
-            return self.output_layer(self.blocks(h))
+        if x.device.type == "cpu":
+            parts = [self._mlp(part) for part in features.split(CPU_QUERY_PIECE)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if self.mlp_dtype is None:
+            return self._mlp(features)
         with torch.autocast("cuda", dtype=self.mlp_dtype):
-            h = F.silu(self.input_layer(features))
-            raw = self.output_layer(self.blocks(h))
+            raw = self._mlp(features)
         return raw.float()
+
+    def _mlp(self, features: Tensor) -> Tensor:
+        """``linear → SiLU → residual blocks → linear``: grid features ``[N, L·F]`` → ``[N, 4]``."""
+        return self.output_layer(self.blocks(F.silu(self.input_layer(features))))
 
     def blob(self, x: Tensor) -> Tensor:
         """Density bias of ch. 6.1.6: ``d = v (1 − |x| / b)``, ``x: [N, 3]`` → ``[N]``."""

@@ -245,3 +245,29 @@ def test_forward_differences_reuse_the_given_density_and_query_three_points():
     torch.testing.assert_close(with_sigma, field.normals(x))
     assert field.normal_queries == 3
     assert blob_only(normals="central_difference").normal_queries == 6
+
+
+def test_cpu_queries_run_the_mlp_in_pieces_with_the_same_values_and_gradients(monkeypatch):
+    """Above ``CPU_QUERY_PIECE`` points the MLP runs piecewise; outputs and parameter gradients
+    are those of one pass over all points, and each piece is at most the piece size."""
+    import dreamtext.field as field_module
+
+    field = small_field()
+    x = random_points(23)
+    sigma, albedo = field(x)
+    (sigma.sum() + albedo.square().sum()).backward()
+    whole = {name: p.grad.clone() for name, p in field.named_parameters() if p.grad is not None}
+    field.zero_grad(set_to_none=True)
+
+    monkeypatch.setattr(field_module, "CPU_QUERY_PIECE", 5)
+    sizes = []
+    original = field._mlp
+    monkeypatch.setattr(field, "_mlp", lambda f: sizes.append(f.shape[0]) or original(f))
+    sigma_p, albedo_p = field(x)
+    (sigma_p.sum() + albedo_p.square().sum()).backward()
+    assert sizes == [5, 5, 5, 5, 3]
+    torch.testing.assert_close(sigma_p, sigma)
+    torch.testing.assert_close(albedo_p, albedo)
+    for name, p in field.named_parameters():
+        if name in whole:
+            torch.testing.assert_close(p.grad, whole[name], msg=name)
