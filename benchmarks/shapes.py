@@ -169,9 +169,7 @@ def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views
     )
 
 
-def run(
-    caption: str, views: str, root: Path, seed: int, render: dict | None = None
-) -> Result:
+def run(caption: str, views: str, root: Path, seed: int, render: dict | None = None) -> Result:
     """Train and export with the built-in preset, as the CLI would, then evaluate. ``views``
     names one of ``VIEW_SETTINGS``; ``render`` overrides the preset's render settings."""
     primitive = shapes.find_primitive(caption)

@@ -472,7 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     view.set_defaults(func=cmd_view, needs_models=False)
 
-
     batch = sub.add_parser(
         "batch",
         help="text→3D (and image→3D) for every line of a prompts file, models loaded once",

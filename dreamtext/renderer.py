@@ -654,9 +654,7 @@ class TrainingRender:
             self._images = images
         return self._images
 
-    def backward(
-        self, loss: Tensor, lambdas: dict[str, float], loss_scale: float = 1.0
-    ) -> Tensor:
+    def backward(self, loss: Tensor, lambdas: dict[str, float], loss_scale: float = 1.0) -> Tensor:
         """Back-propagate ``s (loss + Σ_name λ_name loss_name)`` into the field.
 
         ``loss`` is the caller's loss on :meth:`images` (the SDS loss); ``lambdas`` maps a

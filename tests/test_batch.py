@@ -277,9 +277,7 @@ def test_the_heartbeat_stops_refreshing_once_another_worker_holds_the_lock(tmp_p
     assert json.loads((tmp_path / "a.lock").read_text())["token"] == "theirs"
 
 
-def test_a_lock_moved_away_while_a_stale_one_is_broken_is_lost_by_its_holder(
-    tmp_path, monkeypatch
-):
+def test_a_lock_moved_away_while_a_stale_one_is_broken_is_lost_by_its_holder(tmp_path, monkeypatch):
     """Three workers: ``first`` claims the workspace just after another worker broke the stale
     lock; ``breaker`` (which also saw the stale lock) renames first's fresh lock away, sees the
     token changed and puts it back, but ``third`` claimed the empty place in between."""

@@ -141,9 +141,7 @@ def test_a_run_from_before_status_json_with_its_mesh_is_skipped(
     assert run_image(image, None, _config(tmp_path, tiny_sd_path, export=True)) == workspace
 
 
-def test_unfinished_text_stage_resumes_and_the_trainer_exports(
-    tmp_path, tiny_sd_path, monkeypatch
-):
+def test_unfinished_text_stage_resumes_and_the_trainer_exports(tmp_path, tiny_sd_path, monkeypatch):
     image, _ = _finished_workspace(tmp_path, iters=2)
     calls = []
     monkeypatch.setattr(imageto3d, "describe", _fail)

@@ -255,9 +255,7 @@ def test_every_tensor_of_the_prior_follows_its_device(cache_dir, monkeypatch):
     on_meta = ShapesPrior(GuidanceConfig(model="builtin:shapes"), CAMERAS, 8, 8, device="meta")
     on_meta.set_prompt("a red sphere")
     tensors = {
-        name: value
-        for name, value in vars(on_meta).items()
-        if isinstance(value, torch.Tensor)
+        name: value for name, value in vars(on_meta).items() if isinstance(value, torch.Tensor)
     }
     tensors.update({f"cond[{k}]": v for k, v in on_meta._cond.items()})
     assert "_flat" in tensors and "alphas_cumprod" in tensors
