@@ -43,6 +43,11 @@ ENCODING_KINDS: tuple[str, ...] = ("auto", "torch", "triton", "tcnn")
 # gathered features) take about 200 bytes a point, so a pass stays near 50 MB however many points
 # come in.
 CHUNK_POINTS = 1 << 18
+# A call whose corner indices and weights (8 bytes a corner, 8 corners, every level) take at most
+# this many bytes keeps them for backward instead of recomputing them. Small renders (the built-in
+# preset: 32 px, ~10k points a step) then pay no recomputation, ~14% of a step; large ones (the
+# default field at 64 px: ~150k samples, 150 MB of corners) keep only their points.
+KEEP_CORNERS_BYTES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -203,17 +208,21 @@ class _LeanHashGrid(torch.autograd.Function):
     Backward recomputes rows and weights and accumulates
     ``∂L/∂T[offset_l + row_k] += w_k · ∂L/∂f_l`` in float32 (at least) with ``index_add_``, one
     level and one chunk of :data:`CHUNK_POINTS` points at a time, so neither pass holds more than
-    one level's temporaries. The input points get no gradient: the caller takes the reference path
-    when they need one.
+    one level's temporaries. A call whose corners take at most :data:`KEEP_CORNERS_BYTES` keeps
+    them instead (one chunk, nothing recomputed). The input points get no gradient: the caller
+    takes the reference path when they need one.
     """
 
     @staticmethod
     def forward(ctx, u: Tensor, params: Tensor, grid: HashGridEncoding) -> Tensor:
         ctx.grid = grid
         ctx.params_dtype = params.dtype
-        ctx.save_for_backward(u)
         F, layout = grid.level_dim, grid.layout
         per_row = _units_per_row(F)
+        n_all = u.shape[0]
+        small = n_all <= CHUNK_POINTS and n_all * grid.num_levels * 64 <= KEEP_CORNERS_BYTES
+        keep = ctx.needs_input_grad[1] and small
+        kept: list[Tensor] = []
         table = _flat_units(params.view(-1, F))  # [rows · per_row]
         out = u.new_empty(u.shape[0], grid.output_dim)
         for start in range(0, u.shape[0], CHUNK_POINTS):
@@ -221,17 +230,21 @@ class _LeanHashGrid(torch.autograd.Function):
             n = u_t.shape[1]
             for level in range(grid.num_levels):
                 rows, weights = level_corners(u_t, layout, level)  # [8, n] each
-                corners = table.index_select(0, _table_units(rows, layout, level, per_row))
+                index = _table_units(rows, layout, level, per_row)
+                corners = table.index_select(0, index)
                 # Real weights times the corners' real features: no complex promotion.
                 corners = _units_as_features(corners, F).view(8, n, F)
                 features = (weights[:, :, None] * corners).sum(0)
                 out[start : start + n, level * F : (level + 1) * F] = features
+                if keep:
+                    kept += [index, weights]
+        ctx.save_for_backward(u, *kept)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
-        (u,) = ctx.saved_tensors
+        u, *kept = ctx.saved_tensors
         grid = ctx.grid
         F, layout = grid.level_dim, grid.layout
         per_row = _units_per_row(F)
@@ -243,10 +256,13 @@ class _LeanHashGrid(torch.autograd.Function):
             u_t = u[start : start + CHUNK_POINTS].t().contiguous()
             n = u_t.shape[1]
             for level in range(grid.num_levels):
-                rows, weights = level_corners(u_t, layout, level)
+                if kept:  # one chunk
+                    index, weights = kept[2 * level], kept[2 * level + 1]
+                else:
+                    rows, weights = level_corners(u_t, layout, level)
+                    index = _table_units(rows, layout, level, per_row)
                 grad_level = grad[start : start + n, level * F : (level + 1) * F].contiguous()
                 values = weights.to(acc_dtype)[:, :, None] * grad_level  # [8, n, F], real
-                index = _table_units(rows, layout, level, per_row)
                 grad_units.index_add_(0, index, _flat_units(values))
         return None, grad_table.to(ctx.params_dtype), None
 

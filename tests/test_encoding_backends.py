@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+import dreamtext.encoding as encoding_module
 from dreamtext.encoding import (
     HashGridEncoding,
     _tcnn_available,
@@ -188,9 +189,11 @@ def test_grid_runs_without_a_graph(backend, mode):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_only_the_points_are_kept_for_backward(backend):
+def test_only_the_points_are_kept_for_backward(backend, monkeypatch):
     """12 bytes a point (the unit-cube coordinates in float32); the reference keeps its corner
-    indices, weights and features (>10× more with 3 levels, ~200× with the default 16)."""
+    indices, weights and features (>10× more with 3 levels, ~200× with the default 16). The torch
+    function's small calls, which keep their corners, are turned off here (next test)."""
+    monkeypatch.setattr(encoding_module, "KEEP_CORNERS_BYTES", 0)
     grid = build(backend, **HASHED)
     n = 64
     x = points(n - 15, 1.0)
@@ -236,3 +239,35 @@ def test_suite_cases_cover_dense_and_hashed_levels():
     assert all((0.5 * s + 0.5) == math.floor(0.5 * s + 0.5) for s in scales)
     u = to_unit_cube(torch.zeros(1, 3), 1.0)
     assert u.tolist() == [[0.5, 0.5, 0.5]]
+
+
+def test_small_torch_calls_keep_their_corners_with_the_same_gradients(monkeypatch):
+    """Under ``KEEP_CORNERS_BYTES`` the torch function keeps each level's corner indices and
+    weights (64 bytes a point and level) and its backward reuses them; gradients are the same as
+    when it recomputes them."""
+    grid = build("torch", **HASHED)
+    x = points(49, 1.0)
+    n = x.shape[0]
+    weights = torch.randn(n, grid.output_dim, generator=torch.Generator().manual_seed(1))
+
+    def run() -> tuple[int, torch.Tensor]:
+        saved = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        grid.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = grid(x)
+        (out * weights).sum().backward()
+        return sum(saved), grid.params.grad.clone()
+
+    levels = grid.num_levels
+    kept_bytes, kept_grad = run()
+    assert kept_bytes == n * 3 * 4 + levels * n * 64
+    monkeypatch.setattr(encoding_module, "KEEP_CORNERS_BYTES", 0)
+    lean_bytes, lean_grad = run()
+    assert lean_bytes == n * 3 * 4
+    torch.testing.assert_close(kept_grad, lean_grad)
+    assert kept_grad.abs().sum() > 0
