@@ -253,10 +253,11 @@ class _LeanHashGrid(torch.autograd.Function):
         grad_table = torch.zeros(layout.num_rows * F, dtype=acc_dtype, device=u.device)
         grad_units = _flat_units(grad_table.view(-1, F))
         for start in range(0, u.shape[0], CHUNK_POINTS):
-            u_t = u[start : start + CHUNK_POINTS].t().contiguous()
-            n = u_t.shape[1]
+            n = min(CHUNK_POINTS, u.shape[0] - start)
+            # Kept corners come from one chunk; otherwise they are recomputed from the points.
+            u_t = None if kept else u[start : start + n].t().contiguous()
             for level in range(grid.num_levels):
-                if kept:  # one chunk
+                if u_t is None:
                     index, weights = kept[2 * level], kept[2 * level + 1]
                 else:
                     rows, weights = level_corners(u_t, layout, level)
