@@ -227,19 +227,19 @@ class NeRFField(nn.Module):
     def _raw(self, x: Tensor) -> Tensor:
         """``x: [N, 3]`` → raw MLP output ``[N, 4]`` float32 (density logit, albedo logits).
 
-        The hash grid runs in float32; with ``mlp_dtype`` set (``--fp16`` / ``--bf16`` on CUDA)
-        the MLP runs under autocast in that precision and its output is cast back to float32.
-        On the CPU the MLP runs on ``CPU_QUERY_PIECE`` points at a time.
+        The hash grid runs in float32; with ``mlp_dtype`` set (``--fp16`` / ``--bf16`` on CUDA;
+        the tests set it on the CPU too) the MLP runs under autocast in that precision on ``x``'s
+        device and its output is cast back to float32. On the CPU the MLP runs on
+        ``CPU_QUERY_PIECE`` points at a time.
         """
         features = self.encoding(x)
-        if x.device.type == "cpu":
-            parts = [self._mlp(part) for part in features.split(CPU_QUERY_PIECE)]
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        pieces = features.split(CPU_QUERY_PIECE) if x.device.type == "cpu" else (features,)
         if self.mlp_dtype is None:
-            return self._mlp(features)
-        with torch.autocast("cuda", dtype=self.mlp_dtype):
-            raw = self._mlp(features)
-        return raw.float()
+            parts = [self._mlp(piece) for piece in pieces]
+        else:
+            with torch.autocast(x.device.type, dtype=self.mlp_dtype):
+                parts = [self._mlp(piece).float() for piece in pieces]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _mlp(self, features: Tensor) -> Tensor:
         """``linear → SiLU → residual blocks → linear``: grid features ``[N, L·F]`` → ``[N, 4]``."""

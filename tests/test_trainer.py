@@ -1,6 +1,7 @@
 """The SDS trainer on the tiny random Stable Diffusion: workspace contents, resume, interruption."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -210,3 +211,33 @@ def test_checkpoints_from_before_the_sampler_choice_reload_with_the_dense_sample
     del state["config"]["render"]["sampler"]
     torch.save(state, path)
     assert load_run(workspace)[1].cfg.sampler == "dense"
+
+
+def test_an_fp16_run_trains_shaded_steps_with_loss_scaling(tmp_path, tiny_sd_path, monkeypatch):
+    """The ``--fp16`` trainer path (MLP under autocast, GradScaler), run on the CPU: shaded
+    steps from the first, finite updates, the scale in the log and checkpoint, and a resume
+    that continues it."""
+    from dreamtext import factory
+    from dreamtext.field import NeRFField
+
+    monkeypatch.setattr(factory, "mixed_precision", lambda cfg, device: torch.float16)
+    mlp, dtypes = NeRFField._mlp, set()
+
+    def spying(self, features):
+        out = mlp(self, features)
+        dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(NeRFField, "_mlp", spying)
+    overrides = {"albedo_epochs": 0, "shading_probs": [0.0, 0.5, 0.5]}
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=4, **overrides))
+    records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
+    assert dtypes == {torch.float16}
+    assert {r["shading"] for r in records} <= {"textureless", "lambertian"}
+    assert all(math.isfinite(r["loss"]) and r["loss_scale"] > 1.0 for r in records)  # scaled
+    state = load_checkpoint(workspace / "checkpoints" / "last.pt")
+    assert state["loss_scaler"]["scale"] == records[-1]["loss_scale"]
+    assert all(torch.isfinite(value).all() for value in state["field"].values())
+    before = field_params(workspace)["encoding.params"].clone()
+    train(tiny_config(tmp_path, tiny_sd_path, iters=6, **overrides), resume=True)
+    assert not torch.equal(field_params(workspace)["encoding.params"], before)
