@@ -255,11 +255,16 @@ COLUMNS = [
 ]
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def table_of(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A markdown table of ``rows`` with ``columns`` ``(key, title)``; missing values are ``-``."""
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(str(row.get(key, "-")) for key, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(str(row.get(key, "-")) for key, _ in columns) + " |")
     return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    return table_of(rows, COLUMNS)
 
 
 def trainer_row(
@@ -297,6 +302,8 @@ def trainer_row(
             train(cfg)
         except Exception as error:  # out of memory is a DreamtextError now: report it
             return {**row, "status": str(error).split(";")[0]}
+        # The trainer resets the peak statistics when its loop starts.
+        allocated = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0
         log = Path(workspace, "log.jsonl").read_text(encoding="utf-8")
         records = [json.loads(line) for line in log.splitlines()]
     # Each record's "its" is the mean rate since the start: recover the elapsed times.
@@ -308,6 +315,7 @@ def trainer_row(
         **row,
         "its": f"{rate:.2f}",
         "peak_mib": f"{max(r.get('gpu_mem_mib', 0.0) for r in records):.0f}",
+        "allocated_mib": f"{allocated:.0f}",
         "samples": f"{statistics.median(r['samples_per_ray'] for r in records):.1f}",
         "deferred": f"{deferred}/{len(records)}",
         "status": "ok",
@@ -321,6 +329,7 @@ TRAINER_COLUMNS = [
     ("phase", "phase"),
     ("its", "it/s (steady)"),
     ("peak_mib", "peak reserved MiB"),
+    ("allocated_mib", "peak allocated MiB (cf. memory_model.py)"),
     ("samples", "samples/ray (median)"),
     ("deferred", "deferred steps"),
     ("status", "status"),
@@ -328,13 +337,7 @@ TRAINER_COLUMNS = [
 
 
 def trainer_table(rows: list[dict]) -> str:
-    lines = [
-        "| " + " | ".join(title for _, title in TRAINER_COLUMNS) + " |",
-        "|" + "---|" * len(TRAINER_COLUMNS),
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(k, "-")) for k, _ in TRAINER_COLUMNS) + " |")
-    return "\n".join(lines)
+    return table_of(rows, TRAINER_COLUMNS)
 
 
 def device_name(device: torch.device) -> str:

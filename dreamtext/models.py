@@ -80,6 +80,13 @@ def resolve_dtype(cfg: GuidanceConfig, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def check_precision(dtype: torch.dtype, device: torch.device) -> None:
+    """Half-precision models run on CUDA only (``benchmarks/memory_model.py`` lifts this to count
+    a half-precision run's bytes on the CPU)."""
+    if dtype != torch.float32 and device.type != "cuda":
+        raise DreamtextError(f"{dtype} needs a CUDA GPU; drop --fp16/--bf16 to run in fp32")
+
+
 def use_channels_last(setting: bool | None, device: torch.device, dtype: torch.dtype) -> bool:
     """``channels_last`` of a :class:`~dreamtext.guidance.GuidanceConfig`: ``None`` (the default)
     means on for a half-precision model on CUDA, where cuDNN's convolutions work in NHWC and an
@@ -159,8 +166,7 @@ class StableDiffusionModels:
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype
-        if dtype != torch.float32 and self.device.type != "cuda":
-            raise DreamtextError(f"{dtype} needs a CUDA GPU; drop --fp16/--bf16 to run in fp32")
+        check_precision(dtype, self.device)
         self.path = locate_model(model)
         self.scheduler_config = self._load_scheduler_config()
         prediction_type = self.scheduler_config.get("prediction_type", "epsilon")

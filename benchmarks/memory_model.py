@@ -1,0 +1,267 @@
+"""Predict a GPU run's peak memory from a CPU run: the trainer at SD-2.1-base shapes, bytes counted.
+
+    python benchmarks/memory_model.py                              # default 64 px and FitFusion
+    python benchmarks/memory_model.py --presets fitfusion --phases albedo --steps 1 --size 512 \
+        --no-preview
+    python benchmarks/memory_model.py --out benchmarks/RESULTS.md  # append the table there
+
+Without a GPU, ``torch.cuda.max_memory_allocated`` cannot be read, but the bytes behind it can be
+counted: this runs ``dreamtext.trainer.train`` itself (model loading, steps, the final checkpoint
+and preview) on the CPU under ``torch.profiler`` with ``profile_memory=True``, and replays the
+profiler's allocation and free events in time order to get the most bytes alive at once. The
+run is made to hold what a ``--fp16`` CUDA run holds:
+
+- the SD-2.1-base-shaped model of ``benchmarks/sds_step.py`` (random weights; the cost does not
+  depend on them) in bfloat16, which takes the same 2 bytes a value as float16 (float16 is refused
+  on the CPU); U-Net and VAE channels-last, as on CUDA;
+- the field's MLP under bfloat16 autocast, on whole chunks (on the CPU it otherwise runs in
+  pieces of ``CPU_QUERY_PIECE`` points);
+- the text encoder: a CUDA run parks it on the CPU once the prompt is encoded; here everything is
+  on the CPU, so its bytes are left out of the figures (``text encoder`` column).
+
+What the figures do not hold: the CUDA caching allocator's rounding and cached blocks (reserved
+is typically 10-30 % above allocated), cuDNN workspaces, CUDA context (~0.5 GB), and the Triton
+hash grid's fusion (this runs the torch grid, whose per-level temporaries are counted: the
+figures are an upper bound for the grid). ``shaded`` steps are all lambertian (the most a step
+can cost: textureless costs the same normals); ``albedo`` steps never shade.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
+
+from sds_step import PROMPT, table_of, write_sd21_random  # noqa: E402
+
+from dreamtext import factory, field, models, trainer  # noqa: E402
+from dreamtext.config import resolve_config  # noqa: E402
+
+HALF = torch.bfloat16  # the CPU's 2-byte stand-in for float16
+MIB = 2**20
+
+
+def as_on_cuda(monkey: list) -> None:
+    """Make the CPU run hold what a ``--fp16`` CUDA run holds (undone by :func:`undo`)."""
+
+    def setattr_(obj, name, value):
+        monkey.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    setattr_(factory, "resolve_dtype", lambda cfg, device: HALF)
+    setattr_(factory, "mixed_precision", lambda cfg, device: HALF)
+    setattr_(models, "check_precision", lambda dtype, device: None)
+    setattr_(models, "use_channels_last", lambda setting, device, dtype: True)
+    setattr_(field, "CPU_QUERY_PIECE", 1 << 62)
+
+
+def undo(monkey: list) -> None:
+    for obj, name, value in reversed(monkey):
+        setattr(obj, name, value)
+    monkey.clear()
+
+
+def live_bytes(prof) -> tuple[list[int], list[int]]:
+    """Times (ns) and bytes alive after each allocator event of the profiled region."""
+    events = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+    )
+    times, alive, total = [], [], 0
+    for when, nbytes in events:
+        total += nbytes
+        times.append(when)
+        alive.append(total)
+    return times, alive
+
+
+def peak_between(times: list[int], alive: list[int], start: int, end: int) -> int:
+    inside = [a for t, a in zip(times, alive, strict=True) if start <= t <= end]
+    return max(inside, default=0)
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def device_bytes(run) -> int:
+    """What a CUDA run holds on the GPU when its first step starts: U-Net, VAE, field, renderer
+    (occupancy grid) and the prompt embeddings. Counted from the objects, because weights read
+    from safetensors files partly bypass the allocator the profiler watches."""
+    models_ = run.guidance.models
+    total = sum(tensor_bytes(m) for m in (models_.unet, models_.vae, run.field, run.renderer))
+    prompts = run.guidance.prompts
+    for value in vars(prompts).values() if prompts is not None else ():
+        tensors = value.values() if isinstance(value, dict) else [value]
+        total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return total
+
+
+def module_bytes(name: str) -> int:
+    """Parameter bytes of the loaded models' ``name`` part (``unet``, ``vae``, ``text_encoder``)."""
+    total = 0
+    for loaded in models._LOADED.values():
+        module = getattr(loaded, name, None)
+        if module is not None:
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+    return total
+
+
+def model_row(
+    model: str, preset: str, phase: str, size: int | None, steps: int, preview: bool = True
+) -> dict:
+    """Run the trainer for ``steps`` steps under the profiler; the peaks in MiB. Without
+    ``preview`` the final preview is skipped (it takes minutes on the CPU at 512 px)."""
+    overrides = {
+        "prompt": PROMPT,
+        "iters": steps,
+        "device": "cpu",
+        "log_every": 1,
+        "preview_every": 0,
+        "checkpoint_every": 10**9,
+        "export": False,
+        "albedo_epochs": 10**6 if phase == "albedo" else 0,
+        "shading_probs": [0.0, 0.0, 1.0],
+        "guidance": {"model": model},
+    }
+    if size is not None:
+        overrides.update(h=size, w=size)
+    windows: list[tuple[int, int]] = []
+    resident: list[int] = []
+    step = trainer.train_step
+
+    def timed_step(run):
+        if not resident:
+            resident.append(device_bytes(run))
+        start = time.time_ns()
+        try:
+            return step(run)
+        finally:
+            windows.append((start, time.time_ns()))
+
+    monkey: list = []
+    as_on_cuda(monkey)
+    monkey.append((trainer, "train_step", step))
+    trainer.train_step = timed_step
+    if not preview:
+        monkey.append((trainer, "save_preview", trainer.save_preview))
+        trainer.save_preview = lambda run, path: None
+    models.clear_cache()
+    try:
+        with tempfile.TemporaryDirectory() as workspace:
+            overrides["workspace"] = workspace
+            cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
+            started = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                trainer.train(cfg)
+            seconds = time.perf_counter() - started
+            records = [
+                json.loads(line)
+                for line in Path(workspace, "log.jsonl").read_text(encoding="utf-8").splitlines()
+            ]
+            text = module_bytes("text_encoder")
+            weights = module_bytes("unet") + module_bytes("vae")
+    finally:
+        undo(monkey)
+        models.clear_cache()
+    # The profiler's clock and time.time_ns() are both the wall clock in ns.
+    times, alive = live_bytes(prof)
+    steps_peak = max(peak_between(times, alive, s, e) for s, e in windows)
+    first = windows[0][0]
+    before = max((a for t, a in zip(times, alive, strict=True) if t < first), default=0)
+    at_start = next((a for t, a in zip(times, alive, strict=True) if t >= first), 0)
+    # What the GPU would hold: its resident bytes, plus what the steps allocate above the bytes
+    # alive when they began.
+    grow_steps, grow_run = steps_peak - at_start, max(alive) - at_start
+    return {
+        "preset": preset,
+        "px": cfg.h,
+        "phase": phase,
+        "steps": len(windows),
+        "deferred": f"{sum(r.get('backprop') == 'deferred' for r in records)}/{len(records)}",
+        "samples": f"{records[-1]['samples_per_ray']:.1f}",
+        "weights": f"{weights / MIB:.0f}",
+        "resident": f"{resident[0] / MIB:.0f}",
+        "grow_steps": f"{grow_steps / MIB:.0f}",
+        "step_peak": f"{(resident[0] + grow_steps) / MIB:.0f}",
+        "run_peak": f"{(resident[0] + grow_run) / MIB:.0f}" if preview else "(no preview)",
+        "loading": f"{(before - text) / MIB:.0f}",
+        "text": f"{text / MIB:.0f}",
+        "seconds": f"{seconds:.0f}",
+    }
+
+
+COLUMNS = [
+    ("preset", "preset"),
+    ("px", "render px"),
+    ("phase", "phase"),
+    ("steps", "steps"),
+    ("deferred", "deferred"),
+    ("samples", "samples/ray"),
+    ("weights", "U-Net + VAE MiB"),
+    ("resident", "resident MiB at step 1"),
+    ("grow_steps", "steps allocate MiB"),
+    ("step_peak", "predicted peak MiB, steps"),
+    ("run_peak", "predicted peak MiB, run"),
+    ("loading", "loading, counted MiB"),
+    ("text", "text encoder MiB (on the CPU)"),
+    ("seconds", "CPU s"),
+]
+
+
+def table(rows: list[dict]) -> str:
+    return table_of(rows, COLUMNS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["default", "fitfusion"])
+    parser.add_argument("--phases", nargs="+", default=["albedo", "shaded"])
+    parser.add_argument("--size", type=int, help="render size (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=2, help="trainer steps per row [2]")
+    parser.add_argument(
+        "--cache", type=Path, default=Path("/tmp/dreamtext-bench"), help="random model cache"
+    )
+    parser.add_argument(
+        "--no-preview", action="store_true", help="skip the run's final preview (slow at 512 px)"
+    )
+    parser.add_argument("--out", type=Path, help="append the table to this markdown file")
+    args = parser.parse_args(argv)
+    model = str(write_sd21_random(args.cache / "sd21-random", torch.device("cpu")))
+    rows = []
+    for preset in args.presets:
+        for phase in args.phases:
+            row = model_row(model, preset, phase, args.size, args.steps, not args.no_preview)
+            rows.append(row)
+            print(table(rows[-1:]), flush=True)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    header = (
+        f"Memory model ({when}, CPU {platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads): `python benchmarks/memory_model.py "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`"
+    )
+    text = f"{header}\n\n{table(rows)}\n"
+    print("\n" + text)
+    if args.out:
+        with args.out.open("a", encoding="utf-8") as out:
+            out.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

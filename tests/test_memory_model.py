@@ -1,0 +1,65 @@
+"""benchmarks/memory_model.py: the replay of allocator events, and one tiny run through it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from dreamtext import factory, field, models
+from dreamtext.errors import DreamtextError
+
+
+@pytest.fixture(scope="module")
+def memory_model():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_model.py"
+    spec = importlib.util.spec_from_file_location("memory_model", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["memory_model"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replayed_events_give_the_most_bytes_alive_at_once(memory_model):
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        a = torch.ones(1 << 20, dtype=torch.uint8)
+        b = torch.ones(2 << 20, dtype=torch.uint8)
+        del a
+        c = torch.ones(1 << 20, dtype=torch.uint8)
+        del b, c
+    times, alive = memory_model.live_bytes(prof)
+    assert times == sorted(times)
+    assert max(alive) == 3 << 20  # a and b; c came after a was freed
+    assert alive[-1] == 0
+    assert memory_model.peak_between(times, alive, times[2], times[2]) == 2 << 20  # a freed
+
+
+def test_the_cpu_run_is_set_up_as_a_half_precision_cuda_run_and_restored(memory_model):
+    cpu = torch.device("cpu")
+    monkey: list = []
+    memory_model.as_on_cuda(monkey)
+    try:
+        assert factory.mixed_precision(None, cpu) == torch.bfloat16
+        assert factory.resolve_dtype(None, cpu) == torch.bfloat16
+        models.check_precision(torch.bfloat16, cpu)  # allowed while set up
+        assert field.CPU_QUERY_PIECE > 1 << 40
+    finally:
+        memory_model.undo(monkey)
+    assert field.CPU_QUERY_PIECE == 1 << 15
+    with pytest.raises(DreamtextError, match="needs a CUDA GPU"):
+        models.check_precision(torch.bfloat16, cpu)
+
+
+def test_a_tiny_run_is_counted(memory_model, tiny_sd_path):
+    row = memory_model.model_row(str(tiny_sd_path), "default", "shaded", 16, 1)
+    resident, grow = int(row["resident"]), int(row["grow_steps"])
+    # The GPU would hold at least the default field; a step allocates at least its Adam state.
+    default_field = memory_model.tensor_bytes(field.NeRFField(field.FieldConfig())) >> 20
+    assert resident >= default_field > 0 and grow > 0
+    assert int(row["step_peak"]) == resident + grow
+    assert int(row["run_peak"]) >= int(row["step_peak"])
+    assert row["steps"] == 1 and row["px"] == 16
