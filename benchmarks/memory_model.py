@@ -7,9 +7,10 @@
 
 Without a GPU, ``torch.cuda.max_memory_allocated`` cannot be read, but the bytes behind it can be
 counted: this runs ``dreamtext.trainer.train`` itself (model loading, steps, the final checkpoint
-and preview) on the CPU under ``torch.profiler`` with ``profile_memory=True``, and replays the
-profiler's allocation and free events in time order to get the most bytes alive at once. The
-run is made to hold what a ``--fp16`` CUDA run holds:
+and preview; with ``--export`` the export that ends a user's run) on the CPU under
+``torch.profiler`` with ``profile_memory=True``, and replays the profiler's allocation and free
+events in time order to get the most bytes alive at once. The run is made to hold what a
+``--fp16`` CUDA run holds:
 
 - the SD-2.1-base-shaped model of ``benchmarks/sds_step.py`` (random weights; the cost does not
   depend on them) in bfloat16, which takes the same 2 bytes a value as float16 (float16 is refused
@@ -123,10 +124,17 @@ def module_bytes(name: str) -> int:
 
 
 def model_row(
-    model: str, preset: str, phase: str, size: int | None, steps: int, preview: bool = True
+    model: str,
+    preset: str,
+    phase: str,
+    size: int | None,
+    steps: int,
+    preview: bool = True,
+    export: bool = False,
 ) -> dict:
     """Run the trainer for ``steps`` steps under the profiler; the peaks in MiB. Without
-    ``preview`` the final preview is skipped (it takes minutes on the CPU at 512 px)."""
+    ``preview`` the final preview is skipped (it takes minutes on the CPU at 512 px); with
+    ``export`` the run ends with its default export (mesh files and turntable), as a user's."""
     overrides = {
         "prompt": PROMPT,
         "iters": steps,
@@ -134,7 +142,7 @@ def model_row(
         "log_every": 1,
         "preview_every": 0,
         "checkpoint_every": 10**9,
-        "export": False,
+        "export": export,
         "albedo_epochs": 10**6 if phase == "albedo" else 0,
         "shading_probs": [0.0, 0.0, 1.0],
         "guidance": {"model": model},
@@ -183,8 +191,7 @@ def model_row(
     times, alive = live_bytes(prof)
     steps_peak = max(peak_between(times, alive, s, e) for s, e in windows)
     first = windows[0][0]
-    before = max((a for t, a in zip(times, alive, strict=True) if t < first), default=0)
-    at_start = next((a for t, a in zip(times, alive, strict=True) if t >= first), 0)
+    at_start = ([0] + [a for t, a in zip(times, alive, strict=True) if t < first])[-1]
     # What the GPU would hold: its resident bytes, plus what the steps allocate above the bytes
     # alive when they began.
     grow_steps, grow_run = steps_peak - at_start, max(alive) - at_start
@@ -200,7 +207,7 @@ def model_row(
         "grow_steps": f"{grow_steps / MIB:.0f}",
         "step_peak": f"{(resident[0] + grow_steps) / MIB:.0f}",
         "run_peak": f"{(resident[0] + grow_run) / MIB:.0f}" if preview else "(no preview)",
-        "loading": f"{(before - text) / MIB:.0f}",
+        "export": "yes" if export else "no",
         "text": f"{text / MIB:.0f}",
         "seconds": f"{seconds:.0f}",
     }
@@ -218,7 +225,7 @@ COLUMNS = [
     ("grow_steps", "steps allocate MiB"),
     ("step_peak", "predicted peak MiB, steps"),
     ("run_peak", "predicted peak MiB, run"),
-    ("loading", "loading, counted MiB"),
+    ("export", "run exports"),
     ("text", "text encoder MiB (on the CPU)"),
     ("seconds", "CPU s"),
 ]
@@ -240,13 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-preview", action="store_true", help="skip the run's final preview (slow at 512 px)"
     )
+    parser.add_argument(
+        "--export", action="store_true", help="end each run with its export, as a user's does"
+    )
     parser.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
     model = str(write_sd21_random(args.cache / "sd21-random", torch.device("cpu")))
     rows = []
     for preset in args.presets:
         for phase in args.phases:
-            row = model_row(model, preset, phase, args.size, args.steps, not args.no_preview)
+            row = model_row(
+                model, preset, phase, args.size, args.steps, not args.no_preview, args.export
+            )
             rows.append(row)
             print(table(rows[-1:]), flush=True)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
