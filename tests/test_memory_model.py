@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from torch.profiler import ProfilerActivity, profile
 
 from dreamtext import factory, field, models
@@ -16,12 +13,7 @@ from dreamtext.errors import DreamtextError
 
 @pytest.fixture(scope="module")
 def memory_model():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_model.py"
-    spec = importlib.util.spec_from_file_location("memory_model", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_model"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("memory_model", "memory_model")
 
 
 def test_replayed_events_give_the_most_bytes_alive_at_once(memory_model):

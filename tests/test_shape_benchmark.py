@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from analytic_field import SphereField
+from benchmark_scripts import load_benchmark
 
 from dreamtext import shapes
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes.py"
-    spec = importlib.util.spec_from_file_location("shape_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["shape_benchmark"] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("shapes", "shape_benchmark")
     # Coarser than the benchmark's 64³ grid and 5° turns, to keep the tests fast.
     module.IOU_RESOLUTION, module.ROTATION_STEP_DEG = 32, 15.0
     return module
