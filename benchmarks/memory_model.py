@@ -30,14 +30,18 @@ can cost: textureless costs the same normals); ``albedo`` steps never shade.
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -47,7 +51,7 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from sds_step import PROMPT, table_of, write_sd21_random  # noqa: E402
+from sds_step import PROMPT, publish, table_of, write_sd21_random  # noqa: E402
 
 from dreamtext import factory, field, models, trainer  # noqa: E402
 from dreamtext.config import resolve_config  # noqa: E402
@@ -56,24 +60,20 @@ HALF = torch.bfloat16  # the CPU's 2-byte stand-in for float16
 MIB = 2**20
 
 
-def as_on_cuda(monkey: list) -> None:
-    """Make the CPU run hold what a ``--fp16`` CUDA run holds (undone by :func:`undo`)."""
-
-    def setattr_(obj, name, value):
-        monkey.append((obj, name, getattr(obj, name)))
-        setattr(obj, name, value)
-
-    setattr_(factory, "resolve_dtype", lambda cfg, device: HALF)
-    setattr_(factory, "mixed_precision", lambda cfg, device: HALF)
-    setattr_(models, "check_precision", lambda dtype, device: None)
-    setattr_(models, "use_channels_last", lambda setting, device, dtype: True)
-    setattr_(field, "CPU_QUERY_PIECE", 1 << 62)
-
-
-def undo(monkey: list) -> None:
-    for obj, name, value in reversed(monkey):
-        setattr(obj, name, value)
-    monkey.clear()
+@contextlib.contextmanager
+def as_on_cuda() -> Iterator[contextlib.ExitStack]:
+    """Within the block, the CPU run holds what a ``--fp16`` CUDA run holds. The stack it gives
+    takes further patches, undone with these on leaving."""
+    with contextlib.ExitStack() as stack:
+        for obj, name, value in (
+            (factory, "resolve_dtype", lambda cfg, device: HALF),
+            (factory, "mixed_precision", lambda cfg, device: HALF),
+            (models, "check_precision", lambda dtype, device: None),
+            (models, "use_channels_last", lambda setting, device, dtype: True),
+            (field, "CPU_QUERY_PIECE", 1 << 62),
+        ):
+            stack.enter_context(mock.patch.object(obj, name, value))
+        yield stack
 
 
 def live_bytes(prof) -> tuple[list[int], list[int]]:
@@ -92,12 +92,24 @@ def live_bytes(prof) -> tuple[list[int], list[int]]:
 
 
 def peak_between(times: list[int], alive: list[int], start: int, end: int) -> int:
-    inside = [a for t, a in zip(times, alive, strict=True) if start <= t <= end]
+    """The most bytes alive after any event in ``[start, end]`` (``times`` is sorted)."""
+    inside = alive[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)]
     return max(inside, default=0)
 
 
+def alive_before(times: list[int], alive: list[int], when: int) -> int:
+    """Bytes alive just before ``when``: after the last event earlier than it."""
+    i = bisect.bisect_left(times, when)
+    return alive[i - 1] if i else 0
+
+
+def nbytes(tensors: Iterable) -> int:
+    """Bytes of the tensors among ``tensors`` (anything else is skipped)."""
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
 def tensor_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return nbytes((*module.parameters(), *module.buffers()))
 
 
 def device_bytes(run) -> int:
@@ -108,19 +120,14 @@ def device_bytes(run) -> int:
     total = sum(tensor_bytes(m) for m in (models_.unet, models_.vae, run.field, run.renderer))
     prompts = run.guidance.prompts
     for value in vars(prompts).values() if prompts is not None else ():
-        tensors = value.values() if isinstance(value, dict) else [value]
-        total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        total += nbytes(value.values() if isinstance(value, dict) else [value])
     return total
 
 
 def module_bytes(name: str) -> int:
     """Parameter bytes of the loaded models' ``name`` part (``unet``, ``vae``, ``text_encoder``)."""
-    total = 0
-    for loaded in models._LOADED.values():
-        module = getattr(loaded, name, None)
-        if module is not None:
-            total += sum(p.numel() * p.element_size() for p in module.parameters())
-    return total
+    parts = (getattr(loaded, name, None) for loaded in models._LOADED.values())
+    return sum(nbytes(part.parameters()) for part in parts if part is not None)
 
 
 def model_row(
@@ -162,16 +169,12 @@ def model_row(
         finally:
             windows.append((start, time.time_ns()))
 
-    monkey: list = []
-    as_on_cuda(monkey)
-    monkey.append((trainer, "train_step", step))
-    trainer.train_step = timed_step
-    if not preview:
-        monkey.append((trainer, "save_preview", trainer.save_preview))
-        trainer.save_preview = lambda run, path: None
     models.clear_cache()
     try:
-        with tempfile.TemporaryDirectory() as workspace:
+        with as_on_cuda() as patches, tempfile.TemporaryDirectory() as workspace:
+            patches.enter_context(mock.patch.object(trainer, "train_step", timed_step))
+            if not preview:
+                patches.enter_context(mock.patch.object(trainer, "save_preview", lambda r, p: None))
             overrides["workspace"] = workspace
             cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
             started = time.perf_counter()
@@ -185,13 +188,11 @@ def model_row(
             text = module_bytes("text_encoder")
             weights = module_bytes("unet") + module_bytes("vae")
     finally:
-        undo(monkey)
         models.clear_cache()
     # The profiler's clock and time.time_ns() are both the wall clock in ns.
     times, alive = live_bytes(prof)
     steps_peak = max(peak_between(times, alive, s, e) for s, e in windows)
-    first = windows[0][0]
-    at_start = ([0] + [a for t, a in zip(times, alive, strict=True) if t < first])[-1]
+    at_start = alive_before(times, alive, windows[0][0])
     # What the GPU would hold: its resident bytes, plus what the steps allocate above the bytes
     # alive when they began.
     grow_steps, grow_run = steps_peak - at_start, max(alive) - at_start
@@ -270,11 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads): `python benchmarks/memory_model.py "
         f"{' '.join(argv if argv is not None else sys.argv[1:])}`"
     )
-    text = f"{header}\n\n{table(rows)}\n"
-    print("\n" + text)
-    if args.out:
-        with args.out.open("a", encoding="utf-8") as out:
-            out.write("\n" + text)
+    publish(f"\n{header}\n\n{table(rows)}\n", args.out)
     return 0
 
 

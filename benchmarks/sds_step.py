@@ -340,6 +340,14 @@ def trainer_table(rows: list[dict]) -> str:
     return table_of(rows, TRAINER_COLUMNS)
 
 
+def publish(report: str, out: Path | None) -> None:
+    """Print ``report`` and, with ``out``, append it to that markdown file."""
+    print(report)
+    if out:
+        with out.open("a", encoding="utf-8") as f:
+            f.write(report)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -428,10 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command.strip()}` (torch {torch.__version__}, median of {args.repeats} steps "
         f"after {args.warmup} warm-up, batch 1)\n\n{table}\n"
     )
-    print(report)
-    if args.out:
-        with args.out.open("a", encoding="utf-8") as f:
-            f.write(report)
+    publish(report, args.out)
     return 0
 
 

@@ -32,15 +32,11 @@ def test_replayed_events_give_the_most_bytes_alive_at_once(memory_model):
 
 def test_the_cpu_run_is_set_up_as_a_half_precision_cuda_run_and_restored(memory_model):
     cpu = torch.device("cpu")
-    monkey: list = []
-    memory_model.as_on_cuda(monkey)
-    try:
+    with memory_model.as_on_cuda():
         assert factory.mixed_precision(None, cpu) == torch.bfloat16
         assert factory.resolve_dtype(None, cpu) == torch.bfloat16
         models.check_precision(torch.bfloat16, cpu)  # allowed while set up
         assert field.CPU_QUERY_PIECE > 1 << 40
-    finally:
-        memory_model.undo(monkey)
     assert field.CPU_QUERY_PIECE == 1 << 15
     with pytest.raises(DreamtextError, match="needs a CUDA GPU"):
         models.check_precision(torch.bfloat16, cpu)
