@@ -9,6 +9,8 @@
     python benchmarks/sds_step.py --trainer --presets default fitfusion --steps 40
                                                      # the real trainer: it/s and peak memory
                                                      # of albedo and shaded phases per preset
+    python benchmarks/sds_step.py --trainer --presets default --compile
+                                                     # the same with the U-Net compiled
     python benchmarks/sds_step.py --out benchmarks/RESULTS.md   # append the table there
 
 ``sd21-random`` builds a random-weight model from the SD-2.1-base configs in
@@ -25,7 +27,9 @@ included) and the most reserved; on the CPU it is the process's peak RSS so far.
 ``--trainer`` runs ``dreamtext.trainer.train`` itself for ``--steps`` steps per preset and phase
 (albedo: shading never starts; shaded: the thesis's 0.2 / 0.4 / 0.4 mix from the first step),
 without previews or export, and reports the steady it/s (the second half of the steps) and the
-peak reserved memory the trainer logs.
+peak reserved memory the trainer logs. ``--compile`` runs every row with ``torch.compile``d U-Net
+(``dreamtext text --compile``; CUDA only, the trainer ignores it on a CPU): the compilation falls
+in the warm-up steps (or the first half of a trainer row), so give those enough steps.
 """
 
 from __future__ import annotations
@@ -153,15 +157,29 @@ def one_step(
     return rendered - start, guided - rendered, done - guided
 
 
-def run_config(model: str | None, precision: str, size: int, device: torch.device):
+def guidance_overrides(model: str | None, precision: str, compile: bool) -> dict:
+    """The ``guidance`` section of a benchmark run's config."""
+    # Without a model only the NeRF is built; the id is a placeholder that is never loaded.
+    return {"model": model or DEFAULT_MODEL, "compile": compile, **PRECISION_FLAGS[precision]}
+
+
+def compile_label(compile: bool, device: torch.device) -> str:
+    """What a row's U-Net ran as: the guidance compiles on CUDA only."""
+    if not compile:
+        return "off"
+    return "on" if device.type == "cuda" else "ignored (CPU)"
+
+
+def run_config(
+    model: str | None, precision: str, size: int, device: torch.device, compile: bool = False
+):
     """The ``TrainConfig`` of a default run at ``size`` px with this model and precision."""
     overrides = {
         "prompt": PROMPT,
         "h": size,
         "w": size,
         "device": device.type,
-        # Without a model only the NeRF is built; the id is a placeholder that is never loaded.
-        "guidance": {"model": model or DEFAULT_MODEL, **PRECISION_FLAGS[precision]},
+        "guidance": guidance_overrides(model, precision, compile),
     }
     return resolve_config(overrides)
 
@@ -174,6 +192,7 @@ def measure(
     device: torch.device,
     repeats: int,
     warmup: int,
+    compile: bool = False,
 ) -> list[dict]:
     """One row per render size and shading: median times (ms) over ``repeats`` steps and peak
     memory (MiB)."""
@@ -181,7 +200,7 @@ def measure(
     model_px = "-"
     if model is not None:
         clear_cache()  # the process keeps loaded models; drop the last precision's copy
-        cfg = run_config(model, precision, sizes[0], device)
+        cfg = run_config(model, precision, sizes[0], device, compile)
         guidance = build_parts(cfg, device, with_optimizer=False).guidance
         guidance.set_prompt(PROMPT)
         guidance.seed(0)
@@ -200,6 +219,7 @@ def measure(
         row = {
             "model": Path(model).name if model else "none (NeRF only)",
             "precision": precision if model else "fp32",
+            "compile": compile_label(compile and model is not None, device),
             "encoding": getattr(field, "encoding_backend", "?"),
             "render_px": size,
             "model_px": model_px,
@@ -242,6 +262,7 @@ def measure(
 COLUMNS = [
     ("model", "model"),
     ("precision", "precision"),
+    ("compile", "compiled U-Net"),
     ("encoding", "hash grid"),
     ("render_px", "render px"),
     ("shading", "shading"),
@@ -289,9 +310,14 @@ def trainer_row(
         "checkpoint_every": 10**9,
         "export": False,
         "albedo_epochs": 10**6 if phase == "albedo" else 0,
-        "guidance": {"model": model, **PRECISION_FLAGS[precision]},
+        "guidance": guidance_overrides(model, precision, args.compile),
     }
-    row = {"preset": preset, "phase": phase, "precision": precision}
+    row = {
+        "preset": preset,
+        "phase": phase,
+        "precision": precision,
+        "compile": compile_label(args.compile, device),
+    }
     with tempfile.TemporaryDirectory() as workspace:
         overrides["workspace"] = workspace
         cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
@@ -326,6 +352,7 @@ TRAINER_COLUMNS = [
     ("preset", "preset"),
     ("px", "render px"),
     ("precision", "precision"),
+    ("compile", "compiled U-Net"),
     ("phase", "phase"),
     ("its", "it/s (steady)"),
     ("peak_mib", "peak reserved MiB"),
@@ -386,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         help="with --trainer: presets to run (default = no preset) [default fitfusion]",
     )
     parser.add_argument("--steps", type=int, default=40, help="with --trainer: steps per phase")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the U-Net (CUDA only), as --compile"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per row [5]")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first [2]")
     parser.add_argument(
@@ -423,7 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for precision in precisions:
             rows += measure(
-                folder, precision, sizes, args.shadings, device, args.repeats, args.warmup
+                folder,
+                precision,
+                sizes,
+                args.shadings,
+                device,
+                args.repeats,
+                args.warmup,
+                args.compile,
             )
             print(markdown_table(rows[-len(sizes) * len(args.shadings) :]), flush=True)
         table = markdown_table(rows)

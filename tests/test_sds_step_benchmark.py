@@ -1,0 +1,47 @@
+"""benchmarks/sds_step.py: what its rows are configured with."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from benchmark_scripts import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def sds_step():
+    return load_benchmark("sds_step", "sds_step")
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_row_runs_the_guidance_a_user_would_get_with_those_flags(sds_step, compile):
+    cfg = sds_step.run_config("some/model", "fp16", 128, torch.device("cpu"), compile)
+    assert (cfg.h, cfg.w) == (128, 128)
+    assert cfg.guidance.model == "some/model"
+    assert cfg.guidance.fp16 is True
+    assert cfg.guidance.compile is compile
+    # The trainer rows take the same guidance section.
+    assert sds_step.guidance_overrides("m", "bf16", compile) == {
+        "model": "m",
+        "compile": compile,
+        "bf16": True,
+    }
+
+
+def test_a_row_says_compiled_only_where_the_guidance_compiles(sds_step):
+    assert sds_step.compile_label(True, torch.device("cuda")) == "on"
+    assert sds_step.compile_label(True, torch.device("cpu")) == "ignored (CPU)"
+    assert sds_step.compile_label(False, torch.device("cuda")) == "off"
+
+
+def test_the_compile_flag_is_parsed(sds_step, monkeypatch):
+    seen = {}
+
+    def fake_trainer_row(model, precision, preset, phase, args, device):
+        seen["compile"] = args.compile
+        return {"preset": preset, "phase": phase, "status": "ok"}
+
+    monkeypatch.setattr(sds_step, "trainer_row", fake_trainer_row)
+    monkeypatch.setattr(sds_step, "model_folder", lambda name, cache, device: "folder")
+    argv = ["--trainer", "--device", "cpu", "--model", "tiny", "--presets", "default", "--compile"]
+    assert sds_step.main(argv) == 0
+    assert seen["compile"] is True
