@@ -7,8 +7,9 @@
 #        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name)
 #
 # The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
-# trimesh, PyMCubes, xatlas, fast-simplification, inflect or kornia: download them here first, as
-# the device README's "Notes" say (Python 3.12, manylinux x86_64, --no-deps), into .whl/.
+# trimesh, PyMCubes, xatlas, fast-simplification, inflect or kornia: `bash benchmarks/gpu_wheels.sh`
+# downloads them here first into .whl/ (Python 3.12, manylinux x86_64, 15 MB), at this
+# environment's versions; the device call then names .whl in its carry.
 # Each check has its own timeout and writes $OUT/<check>.log; the sums stay inside 9 minutes so a
 # second run fits the session. Results go to benchmarks/RESULTS.md by hand, with device and date.
 set -u
