@@ -283,11 +283,14 @@ class VolumeRenderer(nn.Module):
         shading: str,
         ambient_ratio: float,
         values: SampleValues | None = None,
+        collect: list[SampleValues] | None = None,
     ) -> dict[str, Tensor]:
         """Shade and composite ``samples`` of ``rays`` in one pass (differentiable when grad is on).
 
-        ``values``: the field's density and albedo at the samples, already computed without
-        gradients (the marcher's); ``None`` queries the field. Returns per-ray ``rgb [N, 3]``,
+        ``values``: the field's density and albedo (and normals) at the samples, already computed
+        without gradients (the marcher's); ``None`` queries the field. ``collect`` (renders
+        without gradients): a list that gets the field's values at these samples, normals
+        included when the shading computed them. Returns per-ray ``rgb [N, 3]``,
         ``opacity [N]``, ``depth [N]`` (``Σ w_i t_i``, not divided by the opacity: empty rays
         have depth 0), ``normals [N, 3]`` (``Σ w_i n_i``) and ``orientation [N]``
         (``Σ_i stopgrad(w_i) max(0, n_i·d)²``).
@@ -297,6 +300,8 @@ class VolumeRenderer(nn.Module):
         x = samples.positions(rays.origins, rays.directions)
         with_normals = self._needs_normals(shading)
         sigma, albedo, normals = self._query(field, x, with_normals, values)
+        if collect is not None:
+            collect.append(SampleValues(sigma.float(), albedo.float(), normals))
         weights, _, _ = packed_weights(sigma, samples.deltas, ray_indices, n)
         directions = rays.directions[ray_indices]
         normal_image = rays.origins.new_zeros(n, 3)
@@ -328,14 +333,15 @@ class VolumeRenderer(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``σ [S]``, ``albedo [S, 3]`` and (when asked) ``normals [S, 3]`` at ``x [S, 3]``.
 
-        Without gradients, ``values`` (when given) are used as they are. With gradients on and
-        ``cfg.recompute_field``, autograd keeps only ``x`` and the outputs, and the backward pass
-        runs the field again one piece (at most ``cfg.chunk_points`` field queries, normals
-        counted) at a time, instead of keeping every activation of the hash grid and the MLP for
-        every query (a few KiB per sample): the peak is one piece's activations, whatever the
-        number of samples. Given ``values``, the forward pass does not run the field at all
-        (:class:`_ReplayField`); otherwise each piece is checkpointed. Autograd normals need a
-        graph of their own and are never recomputed.
+        The field runs one piece of at most ``cfg.chunk_points`` queries (normals counted) at a
+        time. Without gradients, ``values`` (when given) are used as they are, normals included
+        when they have them. With gradients on and ``cfg.recompute_field``, autograd keeps only
+        ``x`` and the outputs, and the backward pass runs the field again piece by piece, instead
+        of keeping every activation of the hash grid and the MLP for every query (a few KiB per
+        sample): the peak is one piece's activations, whatever the number of samples. Given
+        ``values``, the forward pass does not run the field for them at all
+        (:class:`_ReplayField`, :class:`_ReplayNormals`); what they lack is checkpointed piece by
+        piece. Autograd normals need a graph of their own and are never recomputed.
         """
 
         def normals_of(points: Tensor, sigma: Tensor) -> Tensor:
@@ -347,31 +353,31 @@ class VolumeRenderer(nn.Module):
                 return sigma, albedo
             return sigma, albedo, normals_of(points, sigma)
 
-        if not torch.is_grad_enabled() and values is not None:
-            normals = normals_of(x, values.sigma) if with_normals else None
-            return values.sigma, values.albedo, normals
-        autograd_normals = getattr(getattr(field, "cfg", None), "normals", "") == "autograd"
-        recompute = (
-            self.cfg.recompute_field
-            and torch.is_grad_enabled()
-            and x.shape[0] > 0
-            and not (with_normals and autograd_normals)
-        )
-        if not recompute:
-            out = query(x)
-            return out[0], out[1], (out[2] if with_normals else None)
         per_sample = self._queries_per_sample(field, "lambertian") if with_normals else 1
         size = max(self.cfg.chunk_points // per_sample, 1)
+        if not torch.is_grad_enabled():
+            if values is None:
+                out = in_pieces(query, size, x)
+                return out[0], out[1], (out[2] if with_normals else None)
+            normals = values.normals if with_normals else None
+            if with_normals and normals is None:
+                (normals,) = in_pieces(normals_of, size, x, values.sigma)
+            return values.sigma, values.albedo, normals
+        autograd_normals = getattr(getattr(field, "cfg", None), "normals", "") == "autograd"
+        if not self.cfg.recompute_field or x.shape[0] == 0 or (with_normals and autograd_normals):
+            out = query(x)
+            return out[0], out[1], (out[2] if with_normals else None)
         if values is None:
-            pieces = [checkpoint(query, part, use_reentrant=False) for part in x.split(size)]
-            out = [torch.cat(parts) for parts in zip(*pieces, strict=True)]
+            out = in_pieces(lambda p: checkpoint(query, p, use_reentrant=False), size, x)
             return out[0], out[1], (out[2] if with_normals else None)
         sigma, albedo = replay_field(field, x, values, self.cfg.chunk_points)
         normals = None
-        if with_normals:
-            parts = zip(x.split(size), sigma.split(size), strict=True)
-            pieces = [checkpoint(normals_of, p, s, use_reentrant=False) for p, s in parts]
-            normals = torch.cat(pieces)
+        if with_normals and values.normals is not None:
+            normals = replay_normals(field, x, sigma, values.normals, size)
+        elif with_normals:
+            (normals,) = in_pieces(
+                lambda p, s: checkpoint(normals_of, p, s, use_reentrant=False), size, x, sigma
+            )
         return sigma, albedo, normals
 
     def ray_chunks(self, samples: RaySamples, points_per_sample: int, budget: int) -> list[range]:
@@ -397,6 +403,7 @@ class VolumeRenderer(nn.Module):
         shading: str,
         ambient_ratio: float,
         values: SampleValues | None = None,
+        collect: list[SampleValues] | None = None,
     ) -> dict[str, Tensor]:
         """:meth:`composite` without gradients, at most ``chunk_points`` field queries a call."""
         queries = self._queries_per_sample(field, shading) - (0 if values is None else 1)
@@ -407,9 +414,9 @@ class VolumeRenderer(nn.Module):
             lo, hi = int(offsets[chunk.start]), int(offsets[chunk.stop])
             vals = values.slice(lo, hi) if values is not None else None
             sub = rays[chunk.start : chunk.stop]
-            parts.append(self.composite(field, sub, part, shading, ambient_ratio, vals))
+            parts.append(self.composite(field, sub, part, shading, ambient_ratio, vals, collect))
         if not parts:
-            return self.composite(field, rays, samples, shading, ambient_ratio, values)
+            return self.composite(field, rays, samples, shading, ambient_ratio, values, collect)
         return {key: torch.cat([p[key] for p in parts]) for key in RAY_OUTPUTS}
 
     # ------------------------------------------------------------------------------------------
@@ -527,9 +534,27 @@ class VolumeRenderer(nn.Module):
         if mode == "direct":
             out = self.composite(field, rays, samples, shading, ambient_ratio, values)
             return TrainingRender(out, shape, len(samples))
-        out = self.composite_bounded(field, rays, samples, shading, ambient_ratio, values)
+        # The replay re-renders these samples with a graph: what the field gives there now
+        # (normals too) becomes its forward values, so it runs the field only in backward.
+        collected: list[SampleValues] = []
+        out = self.composite_bounded(
+            field, rays, samples, shading, ambient_ratio, values, collected
+        )
+        if values is None:  # the dense sampler: keep what the field gave
+            values = SampleValues.cat(collected)
+        elif collected[0].normals is not None:
+            normals = torch.cat([part.normals for part in collected])
+            values = SampleValues(values.sigma, values.albedo, normals)
         replay = _Replay(self, field, rays, samples, values, shading, ambient_ratio, per_sample)
         return TrainingRender(out, shape, len(samples), replay)
+
+
+def in_pieces(fn, size: int, *inputs: Tensor) -> tuple[Tensor, ...]:
+    """``fn`` (a tensor or a tuple of tensors out) on consecutive pieces of at most ``size``
+    rows of ``inputs``, its outputs joined."""
+    outputs = [fn(*piece) for piece in zip(*(t.split(size) for t in inputs), strict=True)]
+    outputs = [out if isinstance(out, tuple) else (out,) for out in outputs]
+    return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
 
 class _ReplayField(torch.autograd.Function):
@@ -576,6 +601,48 @@ def replay_field(
     if anchor is None:
         return values.sigma, values.albedo
     return _ReplayField.apply(anchor, x, values.sigma, values.albedo, field, chunk_points)
+
+
+class _ReplayNormals(torch.autograd.Function):
+    """Normals computed earlier without gradients, whose backward runs the field again.
+
+    Forward returns ``normals`` as given. Backward evaluates ``field.normals(x, σ)`` at the saved
+    points, ``piece`` points at a time, with gradients on, back-propagates the incoming gradient
+    into the field's parameters (accumulated in their ``.grad``) and returns the gradient with
+    respect to ``σ`` (forward differences reuse ``σ(x)``). ``anchor``: as in
+    :class:`_ReplayField`.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, x, sigma, normals, field, piece):
+        ctx.field, ctx.piece = field, piece
+        ctx.save_for_backward(x, sigma)
+        return normals.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_normals):
+        x, sigma = ctx.saved_tensors
+        grad_sigma = torch.zeros_like(sigma)
+        with torch.enable_grad():
+            for start in range(0, x.shape[0], ctx.piece):
+                stop = start + ctx.piece
+                centre = sigma[start:stop].detach().requires_grad_(True)
+                normals = ctx.field.normals(x[start:stop], centre).float()
+                torch.autograd.backward(normals, grad_normals[start:stop])
+                if centre.grad is not None:
+                    grad_sigma[start:stop] = centre.grad
+        return None, None, grad_sigma, None, None, None
+
+
+def replay_normals(field: Field, x: Tensor, sigma: Tensor, normals: Tensor, piece: int) -> Tensor:
+    """``normals`` (computed without gradients at ``x``, from ``σ = sigma``) as differentiable
+    outputs of ``field.normals(x, sigma)`` (see :class:`_ReplayNormals`)."""
+    parameters = field.parameters() if isinstance(field, nn.Module) else ()
+    anchor = next((p for p in parameters if p.requires_grad), None)
+    if anchor is None and not sigma.requires_grad:
+        return normals
+    return _ReplayNormals.apply(anchor, x, sigma, normals, field, piece)
 
 
 @dataclass

@@ -107,15 +107,29 @@ class RaySamples:
 
 @dataclass
 class SampleValues:
-    """What a sampler already computed, without gradients, at its kept samples (fp32):
-    ``sigma: [S]``, ``albedo: [S, 3]``."""
+    """What the field gave, without gradients, at a render's samples (fp32): ``sigma: [S]``,
+    ``albedo: [S, 3]`` (the marcher's), and ``normals: [S, 3]`` once a shaded render without
+    gradients has computed them (a deferred training render keeps them for its replay)."""
 
     sigma: Tensor
     albedo: Tensor
+    normals: Tensor | None = None
 
     def slice(self, start: int, stop: int) -> SampleValues:
         """The values of samples ``start .. stop − 1``."""
-        return SampleValues(self.sigma[start:stop], self.albedo[start:stop])
+        normals = None if self.normals is None else self.normals[start:stop]
+        return SampleValues(self.sigma[start:stop], self.albedo[start:stop], normals)
+
+    @staticmethod
+    def cat(parts: list[SampleValues]) -> SampleValues:
+        """The values of consecutive runs of samples, joined (normals kept if every part has
+        them)."""
+        normals = [p.normals for p in parts]
+        return SampleValues(
+            torch.cat([p.sigma for p in parts]),
+            torch.cat([p.albedo for p in parts]),
+            None if any(n is None for n in normals) else torch.cat(normals),
+        )
 
 
 def near_far_from_bound(
@@ -448,9 +462,7 @@ def in_ray_chunks(sample, origins: Tensor, directions: Tensor, chunk_rays: int):
     joined = RaySamples.cat(parts, firsts, origins.shape[0])
     if values[0] is None:
         return joined, None
-    return joined, SampleValues(
-        torch.cat([v.sigma for v in values]), torch.cat([v.albedo for v in values])
-    )
+    return joined, SampleValues.cat(values)
 
 
 __all__ = [

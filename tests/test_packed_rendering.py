@@ -272,18 +272,23 @@ def test_recomputing_the_field_gives_the_same_gradients_and_keeps_little(shading
 
 
 class LargestCall(torch.nn.Module):
-    """Wraps a field and records the largest number of points any query asked about."""
+    """Wraps a field and records the largest number of points any query asked about, and the
+    number of points all queries asked about."""
 
     def __init__(self, inner: NeRFField) -> None:
         super().__init__()
-        self.inner, self.bound, self.largest = inner, inner.bound, 0
+        self.inner, self.bound, self.largest, self.points = inner, inner.bound, 0, 0
+
+    def _count(self, x):
+        self.largest = max(self.largest, x.shape[0])
+        self.points += x.shape[0]
 
     def forward(self, x):
-        self.largest = max(self.largest, x.shape[0])
+        self._count(x)
         return self.inner(x)
 
     def density(self, x):
-        self.largest = max(self.largest, x.shape[0])
+        self._count(x)
         return self.inner.density(x)
 
     def normals(self, x, sigma=None):
@@ -301,17 +306,47 @@ class LargestCall(torch.nn.Module):
         return self.inner.background(dirs)
 
 
-def test_a_recomputed_training_render_queries_at_most_chunk_points_at_once() -> None:
+@pytest.mark.parametrize("mode", ["direct", "deferred"])
+def test_a_recomputed_training_render_queries_at_most_chunk_points_at_once(mode: str) -> None:
     """Forward, pruning and the recomputation in backward all run the field on at most
     ``chunk_points`` points per call, so a training render's peak is one piece of the field."""
     field = LargestCall(small_field())
     cfg = RenderConfig(march_steps=96, occupancy_grid=False, chunk_points=64)
     vr = VolumeRenderer(cfg).to(DEVICE)
-    render = vr.train().render_train(field, two_cameras(), 9, 9, shading="lambertian")
-    assert render.num_samples > 10 * 64 and not render.deferred
+    render = vr.train().render_train(
+        field, two_cameras(), 9, 9, shading="lambertian", backprop=mode
+    )
+    assert render.num_samples > 10 * 64 and render.deferred == (mode == "deferred")
     render.backward(render.images().mean(), LAMBDAS)
     assert 0 < field.largest <= 64
     assert field.inner.encoding.params.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_deferred_shaded_render_runs_the_field_no_more_than_a_direct_one(sampler: str) -> None:
+    """The deferred replay takes σ, albedo and normals from its render without gradients and
+    runs the field again only in backward, as the direct render's recomputation does: per
+    sample, both query the field at the same number of points (the dense sampler's and the
+    marcher's own passes included). Before, the replay's forward ran the normals (and, behind
+    the dense sampler, the field) once more."""
+    points = {}
+    for mode in ("direct", "deferred"):
+        field = LargestCall(small_field())
+        cfg = RenderConfig(
+            sampler=sampler,
+            num_steps=24,
+            upsample_steps=8,
+            march_steps=96,
+            occupancy_grid=False,
+            grad_chunk_points=200 if mode == "deferred" else 1 << 20,
+        )
+        vr = VolumeRenderer(cfg).to(DEVICE).train()
+        torch.manual_seed(1)
+        render = vr.render_train(field, two_cameras(1.6), 7, 5, shading="lambertian", backprop=mode)
+        render.backward(render.images().mean(), LAMBDAS)
+        assert render.deferred == (mode == "deferred") and render.chunks > (mode == "deferred")
+        points[mode] = (field.points, render.num_samples)
+    assert points["deferred"] == points["direct"]
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
