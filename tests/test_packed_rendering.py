@@ -200,6 +200,20 @@ def test_deferred_backprop_gives_the_one_pass_gradients(sampler: str, shading: s
         torch.testing.assert_close(chunked.outputs[key], one.outputs[key].detach())
 
 
+@pytest.mark.parametrize("normals", ["central_difference", "autograd"])
+def test_deferred_backprop_gives_the_one_pass_gradients_with_other_normals(normals: str) -> None:
+    """Central differences do not reuse σ(x) (the replayed normals give it no gradient);
+    autograd normals are never recomputed (the chunks run the field with a graph)."""
+    field = small_field()
+    field.cfg.normals = normals
+    direct, _ = gradients_of(field, "direct", "occupancy", "lambertian", chunk=1 << 20)
+    deferred, chunked = gradients_of(field, "deferred", "occupancy", "lambertian", chunk=200)
+    assert chunked.deferred and chunked.chunks > 3
+    for name, grad in direct.items():
+        error = (deferred[name] - grad).norm() / grad.norm()
+        assert error < 1e-4, (name, float(error))
+
+
 def test_auto_backprop_defers_only_large_renders() -> None:
     field = small_field()
     cfg = RenderConfig(march_steps=96, occupancy_grid=False, grad_chunk_points=500)
