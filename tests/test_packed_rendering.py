@@ -344,20 +344,9 @@ def test_a_deferred_shaded_render_runs_the_field_no_more_than_a_direct_one(sampl
     marcher's own passes included). Before, the replay's forward ran the normals (and, behind
     the dense sampler, the field) once more."""
     points = {}
-    for mode in ("direct", "deferred"):
+    for mode, chunk in (("direct", 1 << 20), ("deferred", 200)):
         field = LargestCall(small_field())
-        cfg = RenderConfig(
-            sampler=sampler,
-            num_steps=24,
-            upsample_steps=8,
-            march_steps=96,
-            occupancy_grid=False,
-            grad_chunk_points=200 if mode == "deferred" else 1 << 20,
-        )
-        vr = VolumeRenderer(cfg).to(DEVICE).train()
-        torch.manual_seed(1)
-        render = vr.render_train(field, two_cameras(1.6), 7, 5, shading="lambertian", backprop=mode)
-        render.backward(render.images().mean(), LAMBDAS)
+        _, render = gradients_of(field, mode, sampler, "lambertian", chunk)
         assert render.deferred == (mode == "deferred") and render.chunks > (mode == "deferred")
         points[mode] = (field.points, render.num_samples)
     assert points["deferred"] == points["direct"]
