@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
 from dreamtext.cameras import Poses, get_rays
 from dreamtext.compositing import accumulate, packed_weights
@@ -333,15 +332,16 @@ class VolumeRenderer(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``σ [S]``, ``albedo [S, 3]`` and (when asked) ``normals [S, 3]`` at ``x [S, 3]``.
 
-        The field runs one piece of at most ``cfg.chunk_points`` queries (normals counted) at a
-        time. Without gradients, ``values`` (when given) are used as they are, normals included
-        when they have them. With gradients on and ``cfg.recompute_field``, autograd keeps only
-        ``x`` and the outputs, and the backward pass runs the field again piece by piece, instead
-        of keeping every activation of the hash grid and the MLP for every query (a few KiB per
-        sample): the peak is one piece's activations, whatever the number of samples. Given
-        ``values``, the forward pass does not run the field for them at all
-        (:class:`_ReplayField`, :class:`_ReplayNormals`); what they lack is checkpointed piece by
-        piece. Autograd normals need a graph of their own and are never recomputed.
+        The field runs without a graph, one piece of at most ``cfg.chunk_points`` queries
+        (normals counted) at a time, only for what ``values`` (the sampler's σ and albedo, or a
+        render's σ, albedo and normals) does not already hold. With gradients on and
+        ``cfg.recompute_field``, those values become differentiable outputs of the field
+        (:class:`_ReplayField`, :class:`_ReplayNormals`): autograd keeps only ``x`` and the
+        outputs, and the backward pass runs the field again piece by piece, instead of keeping
+        every activation of the hash grid and the MLP for every query (a few KiB per sample), so
+        the peak is one piece's activations, whatever the number of samples. Without
+        ``recompute_field``, and for autograd normals (which need a graph of their own), the
+        field runs once with a graph.
         """
 
         def normals_of(points: Tensor, sigma: Tensor) -> Tensor:
@@ -355,29 +355,28 @@ class VolumeRenderer(nn.Module):
 
         per_sample = self._queries_per_sample(field, "lambertian") if with_normals else 1
         size = max(self.cfg.chunk_points // per_sample, 1)
-        if not torch.is_grad_enabled():
+        grad = torch.is_grad_enabled()
+        autograd_normals = getattr(getattr(field, "cfg", None), "normals", "") == "autograd"
+        if grad and (
+            not self.cfg.recompute_field or x.shape[0] == 0 or (with_normals and autograd_normals)
+        ):
+            out = query(x)  # one graph that keeps every activation
+            return out[0], out[1], (out[2] if with_normals else None)
+        # What the field gives at the samples, without a graph (what `values` has is reused).
+        with torch.no_grad():
             if values is None:
                 out = in_pieces(query, size, x)
-                return out[0], out[1], (out[2] if with_normals else None)
-            normals = values.normals if with_normals else None
-            if with_normals and normals is None:
+                values = SampleValues(out[0], out[1], out[2] if with_normals else None)
+            elif with_normals and values.normals is None:
                 (normals,) = in_pieces(normals_of, size, x, values.sigma)
+                values = SampleValues(values.sigma, values.albedo, normals)
+        normals = values.normals if with_normals else None
+        if not grad:
             return values.sigma, values.albedo, normals
-        autograd_normals = getattr(getattr(field, "cfg", None), "normals", "") == "autograd"
-        if not self.cfg.recompute_field or x.shape[0] == 0 or (with_normals and autograd_normals):
-            out = query(x)
-            return out[0], out[1], (out[2] if with_normals else None)
-        if values is None:
-            out = in_pieces(lambda p: checkpoint(query, p, use_reentrant=False), size, x)
-            return out[0], out[1], (out[2] if with_normals else None)
+        # The same values as outputs of the field, whose backward runs it again piece by piece.
         sigma, albedo = replay_field(field, x, values, self.cfg.chunk_points)
-        normals = None
-        if with_normals and values.normals is not None:
-            normals = replay_normals(field, x, sigma, values.normals, size)
-        elif with_normals:
-            (normals,) = in_pieces(
-                lambda p, s: checkpoint(normals_of, p, s, use_reentrant=False), size, x, sigma
-            )
+        if normals is not None:
+            normals = replay_normals(field, x, sigma, normals, size)
         return sigma, albedo, normals
 
     def ray_chunks(self, samples: RaySamples, points_per_sample: int, budget: int) -> list[range]:
