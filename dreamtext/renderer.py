@@ -591,12 +591,18 @@ class _ReplayField(torch.autograd.Function):
         return None, None, None, None, None, None
 
 
+def trainable_anchor(field: Field) -> Tensor | None:
+    """One of the field's trainable parameters (``None`` if it has none): the input that puts a
+    replay's outputs in the graph (see :class:`_ReplayField`)."""
+    parameters = field.parameters() if isinstance(field, nn.Module) else ()
+    return next((p for p in parameters if p.requires_grad), None)
+
+
 def replay_field(
     field: Field, x: Tensor, values: SampleValues, chunk_points: int
 ) -> tuple[Tensor, Tensor]:
     """``values`` as differentiable outputs of ``field`` at ``x`` (see :class:`_ReplayField`)."""
-    parameters = field.parameters() if isinstance(field, nn.Module) else ()
-    anchor = next((p for p in parameters if p.requires_grad), None)
+    anchor = trainable_anchor(field)
     if anchor is None:
         return values.sigma, values.albedo
     return _ReplayField.apply(anchor, x, values.sigma, values.albedo, field, chunk_points)
@@ -637,8 +643,7 @@ class _ReplayNormals(torch.autograd.Function):
 def replay_normals(field: Field, x: Tensor, sigma: Tensor, normals: Tensor, piece: int) -> Tensor:
     """``normals`` (computed without gradients at ``x``, from ``σ = sigma``) as differentiable
     outputs of ``field.normals(x, sigma)`` (see :class:`_ReplayNormals`)."""
-    parameters = field.parameters() if isinstance(field, nn.Module) else ()
-    anchor = next((p for p in parameters if p.requires_grad), None)
+    anchor = trainable_anchor(field)
     if anchor is None and not sigma.requires_grad:
         return normals
     return _ReplayNormals.apply(anchor, x, sigma, normals, field, piece)
