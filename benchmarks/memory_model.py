@@ -16,7 +16,7 @@ events in time order to get the most bytes alive at once. The run is made to hol
   depend on them) in bfloat16, which takes the same 2 bytes a value as float16 (float16 is refused
   on the CPU); U-Net and VAE channels-last, as on CUDA;
 - the field's MLP under bfloat16 autocast, on whole chunks (on the CPU it otherwise runs in
-  pieces of ``CPU_QUERY_PIECE`` points);
+  pieces of ``CPU_QUERY_PIECE`` / ``CPU_NO_GRAD_PIECE`` points);
 - the text encoder: a CUDA run parks it on the CPU once the prompt is encoded; here everything is
   on the CPU, so its bytes are left out of the figures (``text encoder`` column).
 
@@ -71,6 +71,7 @@ def as_on_cuda() -> Iterator[contextlib.ExitStack]:
             (models, "check_precision", lambda dtype, device: None),
             (models, "use_channels_last", lambda setting, device, dtype: True),
             (field, "CPU_QUERY_PIECE", 1 << 62),
+            (field, "CPU_NO_GRAD_PIECE", 1 << 62),
         ):
             stack.enter_context(mock.patch.object(obj, name, value))
         yield stack

@@ -113,41 +113,72 @@ def to_unit_cube(x: Tensor, bound: float) -> Tensor:
     return ((x + bound) / (2.0 * bound)).clamp(0.0, 1.0)
 
 
-def level_corners(u_t: Tensor, layout: GridLayout, level: int) -> tuple[Tensor, Tensor]:
-    """Rows (within the level) and trilinear weights of the 8 corners around each point.
+def level_cells(u_t: Tensor, layout: GridLayout, level: int) -> tuple[Tensor, Tensor]:
+    """Rows (within the level) of the 8 corners around each point, and the point's fraction in
+    its cell.
 
     ``u_t: [3, n]``, unit-cube points axis-major → ``rows: [8, n]`` (int32 where they fit),
-    ``weights: [8, n]``. With ``p = u · s_l + 0.5``, cell ``c = floor(p)`` and fraction
-    ``t = p − c``, corner ``k = k_x + 2 k_y + 4 k_z`` (tiny-cuda-nn's order) has weight
-    ``Π_d (t_d if k_d else 1 − t_d)`` and, for ``(x, y, z) = c + (k_x, k_y, k_z)``, row
-    ``(x + y·res + z·res²) mod size`` on a dense level (a corner at coordinate ``res`` wraps around,
-    as in tiny-cuda-nn) and ``(x·π1 XOR y·π2 XOR z·π3) mod T`` on a hashed one.
+    ``frac: [3, n]``. With ``p = u · s_l + 0.5``, cell ``c = floor(p)`` and fraction
+    ``t = p − c``, corner ``k = k_x + 2 k_y + 4 k_z`` (tiny-cuda-nn's order) sits at
+    ``(x, y, z) = c + (k_x, k_y, k_z)`` and has row ``(x + y·res + z·res²) mod size`` on a dense
+    level (a corner at coordinate ``res`` wraps around, as in tiny-cuda-nn) and
+    ``(x·π1 XOR y·π2 XOR z·π3) mod T`` on a hashed one.
     Corner-major outputs keep every elementwise op on contiguous rows of ``n`` values.
     """
     scale, res, size = layout.scales[level], layout.resolutions[level], layout.level_size(level)
     pos = u_t * scale + 0.5
     cell = torch.floor(pos)
-    frac = pos - cell
-    weights = _corners_first(*torch.stack([1.0 - frac, frac], dim=1), torch.mul)
-    cx, cy, cz = cell.long()
+    frac = pos.sub_(cell)
     # int32 indices make index_select and index_add_ about twice as fast on CPU.
     index_dtype = torch.int32 if 2 * size <= 2**31 else torch.int64
     if layout.hashed[level]:
-        # The CUDA code multiplies and XORs in uint32; T = 2^k divides 2^32, so the low k bits of
-        # the int64 products are those after the uint32 wraparound, and masking each axis before
-        # the XOR gives the same bits.
-        sides = [
-            (torch.stack([c * prime, (c + 1) * prime]) & (size - 1)).to(index_dtype)
-            for c, prime in zip((cx, cy, cz), HASH_PRIMES, strict=True)
-        ]
-        rows = _corners_first(*sides, torch.bitwise_xor)
+        # The CUDA code multiplies and XORs in uint32. T = 2^k divides 2^32, so only the low k bits
+        # of each product count, and those are the bits of c · (π mod T): with c ≤ res + 1 that
+        # product fits int32 whenever (res + 2) · T ≤ 2^31 (every default level).
+        mask = size - 1
+        dtype = torch.int32 if (res + 2) * size <= 2**31 else torch.int64
+        sides = []
+        for c, prime in zip(cell.to(dtype), HASH_PRIMES, strict=True):
+            low = c * (prime & mask)
+            sides.append(torch.stack([low, low + (prime & mask)]).bitwise_and_(mask))
+        rows = _corners_first(*sides, torch.bitwise_xor).to(index_dtype)
     else:
-        base = (cx + cy * res + cz * (res * res)).to(index_dtype)
+        # rows ≤ res + res² + res³ < 2 · size: index_dtype holds every intermediate.
+        cx, cy, cz = cell.to(index_dtype)
+        base = cx + cy * res + cz * (res * res)
         steps = [(k & 1) + (k >> 1 & 1) * res + (k >> 2) * res * res for k in range(8)]
         rows = base[None, :] + torch.tensor(steps, dtype=index_dtype, device=u_t.device)[:, None]
-        # rows ≤ res + res² + res³ < 2 · size, so one conditional subtraction is the modulo.
+        # One conditional subtraction is the modulo.
         rows = torch.where(rows >= size, rows - size, rows)
-    return rows, weights
+    return rows, frac
+
+
+def corner_weights(frac: Tensor) -> Tensor:
+    """Trilinear weights ``w_k = Π_d (t_d if k_d else 1 − t_d)``: ``frac: [3, n]`` → ``[8, n]``."""
+    return _corners_first(*torch.stack([1.0 - frac, frac], dim=1), torch.mul)
+
+
+def level_corners(u_t: Tensor, layout: GridLayout, level: int) -> tuple[Tensor, Tensor]:
+    """Rows ``[8, n]`` (:func:`level_cells`) and trilinear weights ``[8, n]``
+    (:func:`corner_weights`) of the 8 corners around each of the points ``u_t: [3, n]``."""
+    rows, frac = level_cells(u_t, layout, level)
+    return rows, corner_weights(frac)
+
+
+def trilinear(corners: Tensor, frac: Tensor, out: Tensor) -> None:
+    """``out = Σ_k w_k · corners_k`` as three interpolations, along x, then y, then z.
+
+    ``corners: [8, n, F]`` in :func:`level_cells`'s order, ``frac: [3, n]``, ``out: [n, F]``
+    (contiguous). ``lerp(a, b, t) = a + t (b − a)`` pairs corners differing in one axis, so the
+    weights are never formed: equal to the weighted sum up to float rounding, with about half the
+    memory traffic on the CPU.
+    """
+    n, features = corners.shape[1:]
+    c = corners.reshape(2, 2, 2, n * features)  # [z, y, x, n·F]
+    t = frac[:, :, None].expand(3, n, features).reshape(3, n * features)
+    along_x = torch.lerp(c[:, :, 0], c[:, :, 1], t[0])  # [z, y, n·F]
+    along_y = torch.lerp(along_x[:, 0], along_x[:, 1], t[1])  # [z, n·F]
+    torch.lerp(along_y[0], along_y[1], t[2], out=out.view(n * features))
 
 
 def _corners_first(a: Tensor, b: Tensor, c: Tensor, op) -> Tensor:
@@ -204,7 +235,8 @@ def _gather_rows(table: Tensor, rows: Tensor) -> Tensor:
 class _LeanHashGrid(torch.autograd.Function):
     """Features of the unit-cube points ``u: [N, 3]``, keeping only ``u`` for backward.
 
-    Forward, per level ``l``: ``f_l = Σ_k w_k · T[offset_l + row_k]`` (:func:`level_corners`).
+    Forward, per level ``l``: ``f_l = Σ_k w_k · T[offset_l + row_k]`` (:func:`level_cells`,
+    :func:`trilinear`).
     Backward recomputes rows and weights and accumulates
     ``∂L/∂T[offset_l + row_k] += w_k · ∂L/∂f_l`` in float32 (at least) with ``index_add_``, one
     level and one chunk of :data:`CHUNK_POINTS` points at a time, so neither pass holds more than
@@ -228,16 +260,15 @@ class _LeanHashGrid(torch.autograd.Function):
         for start in range(0, u.shape[0], CHUNK_POINTS):
             u_t = u[start : start + CHUNK_POINTS].t().contiguous()  # [3, n]
             n = u_t.shape[1]
+            levels = u.new_empty(grid.num_levels, n, F)  # level-major: contiguous writes
             for level in range(grid.num_levels):
-                rows, weights = level_corners(u_t, layout, level)  # [8, n] each
+                rows, frac = level_cells(u_t, layout, level)  # [8, n], [3, n]
                 index = _table_units(rows, layout, level, per_row)
-                corners = table.index_select(0, index)
-                # Real weights times the corners' real features: no complex promotion.
-                corners = _units_as_features(corners, F).view(8, n, F)
-                features = (weights[:, :, None] * corners).sum(0)
-                out[start : start + n, level * F : (level + 1) * F] = features
+                corners = _units_as_features(table.index_select(0, index), F).view(8, n, F)
+                trilinear(corners, frac, levels[level])
                 if keep:
-                    kept += [index, weights]
+                    kept += [index, corner_weights(frac)]
+            out[start : start + n].view(n, grid.num_levels, F).copy_(levels.transpose(0, 1))
         ctx.save_for_backward(u, *kept)
         return out
 
@@ -609,10 +640,13 @@ __all__ = [
     "HashGridEncoding",
     "TcnnHashGrid",
     "TritonHashGrid",
+    "corner_weights",
     "grid_layout",
+    "level_cells",
     "level_corners",
     "make_encoding",
     "per_level_scale",
     "to_unit_cube",
+    "trilinear",
     "triton_interpreter_on",
 ]

@@ -43,6 +43,11 @@ EXP_GRAD_CLAMP = 15.0
 # grid is faster on large batches (0.94 µs a point at 2^19 against 1.7 at 2^15) and keeps one
 # backward call, so it is not split. GPUs take the whole batch at once.
 CPU_QUERY_PIECE = 1 << 15
+# Without autograd the MLP overwrites its own activations (:meth:`NeRFField._mlp_no_grad`) and
+# takes pieces small enough for the core's cache: 2^13 points, 3 MiB a tensor. Measured on 2 cores
+# (default field, 2^19 points, no grad): 1.1-1.6 µs a point in 2^15 pieces out of place, 0.72-0.89
+# in place in 2^13 pieces. With gradients the piece size made no measurable difference.
+CPU_NO_GRAD_PIECE = 1 << 13
 
 
 class Field(Protocol):
@@ -176,6 +181,11 @@ class ResidualBlock(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         return F.silu(h + self.norm(self.linear(h)))
 
+    def forward_in_place(self, h: Tensor) -> Tensor:
+        """The same values as :meth:`forward` (``h`` is added last, in the same order of terms),
+        computed in the block's own new buffer: only without autograd."""
+        return F.silu(self.norm(self.linear(h)).add_(h), inplace=True)
+
 
 class NeRFField(nn.Module):
     """Density and albedo of the scene cube ``[−bound, bound]^3``, plus its background.
@@ -230,20 +240,33 @@ class NeRFField(nn.Module):
         The hash grid runs in float32; with ``mlp_dtype`` set (``--fp16`` / ``--bf16`` on CUDA;
         the tests set it on the CPU too) the MLP runs under autocast in that precision on ``x``'s
         device and its output is cast back to float32. On the CPU the MLP runs on
-        ``CPU_QUERY_PIECE`` points at a time.
+        ``CPU_QUERY_PIECE`` points at a time, ``CPU_NO_GRAD_PIECE`` when no graph is built.
         """
         features = self.encoding(x)
-        pieces = features.split(CPU_QUERY_PIECE) if x.device.type == "cpu" else (features,)
+        graph = torch.is_grad_enabled()
+        mlp = self._mlp if graph else self._mlp_no_grad
+        if x.device.type == "cpu":
+            pieces = features.split(CPU_QUERY_PIECE if graph else CPU_NO_GRAD_PIECE)
+        else:
+            pieces = (features,)
         if self.mlp_dtype is None:
-            parts = [self._mlp(piece) for piece in pieces]
+            parts = [mlp(piece) for piece in pieces]
         else:
             with torch.autocast(x.device.type, dtype=self.mlp_dtype):
-                parts = [self._mlp(piece).float() for piece in pieces]
+                parts = [mlp(piece).float() for piece in pieces]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _mlp(self, features: Tensor) -> Tensor:
         """``linear → SiLU → residual blocks → linear``: grid features ``[N, L·F]`` → ``[N, 4]``."""
         return self.output_layer(self.blocks(F.silu(self.input_layer(features))))
+
+    def _mlp_no_grad(self, features: Tensor) -> Tensor:
+        """:meth:`_mlp`'s function, each layer overwriting the activations it reads: only for
+        calls that build no graph."""
+        h = F.silu(self.input_layer(features), inplace=True)
+        for block in self.blocks:
+            h = block.forward_in_place(h)
+        return self.output_layer(h)
 
     def blob(self, x: Tensor) -> Tensor:
         """Density bias of ch. 6.1.6: ``d = v (1 − |x| / b)``, ``x: [N, 3]`` → ``[N]``."""

@@ -15,11 +15,13 @@ import torch
 
 import dreamtext.encoding as encoding_module
 from dreamtext.encoding import (
+    GridLayout,
     HashGridEncoding,
     TcnnHashGrid,
     TritonHashGrid,
     _LeanHashGrid,
     _self_check,
+    level_cells,
     make_encoding,
     to_unit_cube,
 )
@@ -137,6 +139,26 @@ def test_hashed_levels_match_per_point_prime_xor_hash(run):
     u = torch.tensor([[9, 45, 27], [58, 3, 42], [64, 64, 64]]) / 64.0
     expected = _trilinear_reference(enc, u, value)
     torch.testing.assert_close(run(enc, u * 2.0 - 1.0), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("log2_size", [19, 22])
+def test_hashed_rows_equal_the_uint32_hash_with_int32_and_int64_arithmetic(log2_size):
+    """Rows of a hashed level at resolution 4000: a 2^19 table takes the int32 path
+    (4002 · 2^19 < 2^31), a 2^22 one the int64 path; both equal tiny-cuda-nn's uint32 hash."""
+    size, scale = 1 << log2_size, 3999.0
+    layout = GridLayout(scales=(scale,), resolutions=(4000,), offsets=(0, size), hashed=(True,))
+    u = torch.tensor([[0.0, 0.5, 1.0], [0.9999, 0.123, 0.77], [1.0, 1.0, 1.0]])
+    rows, frac = level_cells(u.t().contiguous(), layout, 0)
+    expected_rows = []
+    for point in u.tolist():
+        cell = [math.floor(c * scale + 0.5) for c in point]
+        for k in range(8):
+            x, y, z = (cell[d] + (k >> d & 1) for d in range(3))
+            h = (x * 1 ^ y * 2654435761 ^ z * 805459861) % 2**32
+            expected_rows.append(h % size)
+    assert rows.dtype == torch.int32
+    assert rows.t().reshape(-1).tolist() == expected_rows
+    torch.testing.assert_close(frac.t(), u * scale + 0.5 - torch.floor(u * scale + 0.5))
 
 
 def test_points_outside_bound_are_clamped():

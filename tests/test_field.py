@@ -247,6 +247,34 @@ def test_forward_differences_reuse_the_given_density_and_query_three_points():
     assert blob_only(normals="central_difference").normal_queries == 6
 
 
+def test_queries_without_a_graph_run_the_in_place_mlp_in_its_own_pieces(monkeypatch):
+    """Without autograd the MLP runs in place, in pieces of ``CPU_NO_GRAD_PIECE`` points, and gives
+    the graph-building MLP's values (up to the rounding of other matmul sizes); with autograd the
+    ordinary MLP runs."""
+    import dreamtext.field as field_module
+
+    field = small_field()
+    x = random_points(23)
+    sigma, albedo = field(x)
+    monkeypatch.setattr(field_module, "CPU_NO_GRAD_PIECE", 7)
+    calls: dict[str, list[int]] = {"graph": [], "no_grad": []}
+    for name, key in (("_mlp", "graph"), ("_mlp_no_grad", "no_grad")):
+        original = getattr(field, name)
+
+        def counted(f, original=original, key=key):
+            calls[key].append(f.shape[0])
+            return original(f)
+
+        monkeypatch.setattr(field, name, counted)
+    with torch.no_grad():
+        sigma_n, albedo_n = field(x)
+    assert calls == {"graph": [], "no_grad": [7, 7, 7, 2]}
+    torch.testing.assert_close(sigma_n, sigma.detach())
+    torch.testing.assert_close(albedo_n, albedo.detach())
+    field(x)[0].sum().backward()
+    assert calls["graph"] == [23]
+
+
 def test_cpu_queries_run_the_mlp_in_pieces_with_the_same_values_and_gradients(monkeypatch):
     """Above ``CPU_QUERY_PIECE`` points the MLP runs piecewise; outputs and parameter gradients
     are those of one pass over all points, and each piece is at most the piece size."""
