@@ -141,8 +141,9 @@ def level_cells(u_t: Tensor, layout: GridLayout, level: int) -> tuple[Tensor, Te
         dtype = torch.int32 if (res + 2) * size <= 2**31 else torch.int64
         sides = []
         for c, prime in zip(cell.to(dtype), HASH_PRIMES, strict=True):
-            low = c * (prime & mask)
-            sides.append(torch.stack([low, low + (prime & mask)]).bitwise_and_(mask))
+            step = prime & mask  # (c + 1) · π ≡ c · π + step (mod T)
+            low = c * step
+            sides.append(torch.stack([low, low + step]).bitwise_and_(mask))
         rows = _corners_first(*sides, torch.bitwise_xor).to(index_dtype)
     else:
         # rows ≤ res + res² + res³ < 2 · size: index_dtype holds every intermediate.
