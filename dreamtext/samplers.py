@@ -371,31 +371,37 @@ class OccupancySampler:
         n_rays = origins.shape[0]
         near, far, hit = near_far_from_bound(origins, directions, bound, self.min_near)
         dt = 2.0 * math.sqrt(3.0) * bound / self.march_steps
-        next_step = torch.zeros(n_rays, dtype=torch.long, device=device)
-        last_cut = near.clone()  # e_{k−1} of each ray's next step
-        optical_depth = torch.zeros(n_rays, dtype=torch.float32, device=device)
-        alive = hit.nonzero()[:, 0]
         log_t_min = math.log(self.transmittance_threshold)
         # Raw steps looked at per round: enough to skip empty space quickly, bounded in memory.
         step_budget = max(self.chunk_points * 8, self.window * 64)
 
+        # The marching rays only, one row each, compacted once a round as rays stop (each
+        # gather or mask is a kernel launch and each mask a host sync on CUDA): the ray's index,
+        # [origin, direction, near, far, e_{k−1} (its last cut)], its next step k, and its
+        # optical depth so far.
+        ids = hit.nonzero()[:, 0]
+        state = torch.cat([origins, directions, near[:, None], far[:, None], near[:, None]], 1)
+        state = state[ids]
+        next_step = torch.zeros(ids.shape[0], dtype=torch.long, device=device)
+        optical_depth = torch.zeros(ids.shape[0], dtype=torch.float32, device=device)
+
         kept_rays, kept_starts, kept_ends, kept_sigma, kept_albedo = [], [], [], [], []
-        while alive.numel() > 0:
-            remaining = int(torch.ceil((far[alive] - last_cut[alive]).max() / dt)) + 1
-            span = max(self.window, min(remaining, step_budget // alive.numel()))
-            k = next_step[alive, None] + torch.arange(span, device=device)  # [A, W]
+        while ids.numel() > 0:
+            ray_near, ray_far, last_cut = state[:, 6], state[:, 7], state[:, 8]
+            remaining = int(torch.ceil((ray_far - last_cut).max() / dt)) + 1
+            span = max(self.window, min(remaining, step_budget // ids.numel()))
+            k = next_step[:, None] + torch.arange(span, device=device)  # [A, W]
             phase = (
                 torch.rand(k.shape, device=device, dtype=dtype)
                 if perturb
                 else torch.full(k.shape, 0.5, device=device, dtype=dtype)
             )
-            ends = (near[alive, None] + (k + phase) * dt).minimum(far[alive, None])
-            starts = torch.cat([last_cut[alive, None], ends[:, :-1]], dim=1)
-            valid = starts < far[alive, None]
-            occupied = valid
+            ends = (ray_near[:, None] + (k + phase) * dt).minimum(ray_far[:, None])
+            starts = torch.cat([last_cut[:, None], ends[:, :-1]], dim=1)
+            occupied = starts < ray_far[:, None]
             if self.grid is not None:
-                points = origins[alive, None] + starts[..., None] * directions[alive, None]
-                occupied = valid & self.grid.is_occupied(points, bound)
+                points = state[:, None, 0:3] + starts[..., None] * state[:, None, 3:6]
+                occupied = occupied & self.grid.is_occupied(points, bound)
             # The first `window` occupied steps of each ray this round; the ray resumes after the
             # last step it took (or after the whole span when it found fewer).
             rank = occupied.cumsum(dim=1)
@@ -405,26 +411,30 @@ class OccupancySampler:
             advance = torch.where(full, last_taken, torch.full_like(last_taken, span))
 
             rows, cols = take.nonzero(as_tuple=True)
-            rays = alive[rows]
             t0, t1 = starts[rows, cols], ends[rows, cols]
-            x = origins[rays] + t0[:, None] * directions[rays]
+            rays = state[rows, 0:6]  # origin and direction of each step's ray
+            x = rays[:, 0:3] + t0[:, None] * rays[:, 3:6]
             sigma, albedo = query_chunks(field, x, self.chunk_points)
+            sample_optical = sigma * (t1 - t0).float()
             optical = torch.zeros(take.shape, dtype=torch.float32, device=device)
-            optical[rows, cols] = sigma * (t1 - t0).float()
-            before = optical_depth[alive, None] + optical.cumsum(dim=1) - optical
-            alpha = 1.0 - torch.exp(-optical[rows, cols])
+            optical[rows, cols] = sample_optical
+            before = optical_depth[:, None] + optical.cumsum(dim=1) - optical
+            alpha = 1.0 - torch.exp(-sample_optical)
             keep = (alpha > self.alpha_threshold) & (-before[rows, cols] > log_t_min)
-            kept_rays.append(rays[keep])
-            kept_starts.append(t0[keep])
-            kept_ends.append(t1[keep])
-            kept_sigma.append(sigma[keep])
-            kept_albedo.append(albedo[keep])
+            kept = keep.nonzero()[:, 0]
+            kept_rays.append(ids[rows.index_select(0, kept)])
+            kept_starts.append(t0.index_select(0, kept))
+            kept_ends.append(t1.index_select(0, kept))
+            kept_sigma.append(sigma.index_select(0, kept))
+            kept_albedo.append(albedo.index_select(0, kept))
 
-            optical_depth[alive] += optical.sum(dim=1)
-            next_step[alive] += advance
-            last_cut[alive] = ends.gather(1, (advance - 1)[:, None])[:, 0]
-            marching = (last_cut[alive] < far[alive]) & (-optical_depth[alive] > log_t_min)
-            alive = alive[marching]
+            optical_depth = optical_depth + optical.sum(dim=1)
+            next_step = next_step + advance
+            state[:, 8] = ends.gather(1, (advance - 1)[:, None])[:, 0]
+            marching = (state[:, 8] < ray_far) & (-optical_depth > log_t_min)
+            going = marching.nonzero()[:, 0]
+            ids, state = ids[going], state[going]
+            next_step, optical_depth = next_step[going], optical_depth[going]
 
         if not kept_rays:
             return RaySamples.empty(n_rays, device, dtype), SampleValues(
