@@ -16,11 +16,20 @@ import torch
 from torch import Tensor
 
 
+def segment_offsets(ray_indices: Tensor, num_rays: int) -> Tensor:
+    """``[N + 1]`` int64: the samples of ray ``r`` are ``offsets[r] : offsets[r + 1]``.
+
+    ``offsets[r]`` is the number of samples of the rays before ``r``, the first ``i`` with
+    ``ray_indices[i] ≥ r``: a binary search per ray in the sorted indices. Unlike a ``bincount``
+    it needs no host sync on CUDA (the output's length is known without reading the indices).
+    """
+    rays = torch.arange(num_rays + 1, device=ray_indices.device, dtype=ray_indices.dtype)
+    return torch.searchsorted(ray_indices, rays)
+
+
 def segment_starts(ray_indices: Tensor, num_rays: int) -> Tensor:
     """For each sample, the index of its ray's first sample: ``[S]`` int64."""
-    counts = torch.bincount(ray_indices, minlength=num_rays)
-    first = counts.cumsum(0) - counts
-    return first[ray_indices]
+    return segment_offsets(ray_indices, num_rays)[ray_indices]
 
 
 def exclusive_segment_sum(values: Tensor, ray_indices: Tensor, num_rays: int) -> Tensor:
@@ -64,4 +73,10 @@ def accumulate(values: Tensor, ray_indices: Tensor, num_rays: int) -> Tensor:
     return out.index_add(0, ray_indices, values)
 
 
-__all__ = ["accumulate", "exclusive_segment_sum", "packed_weights", "segment_starts"]
+__all__ = [
+    "accumulate",
+    "exclusive_segment_sum",
+    "packed_weights",
+    "segment_offsets",
+    "segment_starts",
+]

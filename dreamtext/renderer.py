@@ -31,6 +31,7 @@ otherwise.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -379,15 +380,23 @@ class VolumeRenderer(nn.Module):
             normals = replay_normals(field, x, sigma, normals, size)
         return sigma, albedo, normals
 
-    def ray_chunks(self, samples: RaySamples, points_per_sample: int, budget: int) -> list[range]:
+    def ray_chunks(
+        self,
+        samples: RaySamples,
+        points_per_sample: int,
+        budget: int,
+        offsets: list[int] | None = None,
+    ) -> list[range]:
         """Split the rays into consecutive ranges whose samples cost at most ``budget`` field
-        queries (a ray costing more gets a range of its own) and at most ``chunk_size`` rays."""
-        offsets = samples.offsets().cpu()
+        queries (a ray costing more gets a range of its own) and at most ``chunk_size`` rays.
+        ``offsets``: ``samples.offsets()`` as a list, when the caller has it already."""
+        if offsets is None:
+            offsets = samples.offsets().tolist()
         per_chunk = max(budget // max(points_per_sample, 1), 1)
         chunks, start, n = [], 0, samples.num_rays
         while start < n:
-            limit = int(offsets[start]) + per_chunk
-            stop = int(torch.searchsorted(offsets, limit, right=True)) - 1
+            limit = offsets[start] + per_chunk
+            stop = bisect.bisect_right(offsets, limit) - 1
             stop = min(max(stop, start + 1), start + self.cfg.chunk_size, n)
             chunks.append(range(start, stop))
             start = stop
@@ -406,11 +415,11 @@ class VolumeRenderer(nn.Module):
     ) -> dict[str, Tensor]:
         """:meth:`composite` without gradients, at most ``chunk_points`` field queries a call."""
         queries = self._queries_per_sample(field, shading) - (0 if values is None else 1)
-        offsets = samples.offsets()
+        offsets = samples.offsets().tolist()  # on the host: one sync, not two a chunk
         parts = []
-        for chunk in self.ray_chunks(samples, queries, self.cfg.chunk_points):
+        for chunk in self.ray_chunks(samples, queries, self.cfg.chunk_points, offsets):
             part = samples.rays(chunk.start, chunk.stop, offsets)
-            lo, hi = int(offsets[chunk.start]), int(offsets[chunk.stop])
+            lo, hi = offsets[chunk.start], offsets[chunk.stop]
             vals = values.slice(lo, hi) if values is not None else None
             sub = rays[chunk.start : chunk.stop]
             parts.append(self.composite(field, sub, part, shading, ambient_ratio, vals, collect))
@@ -668,12 +677,13 @@ class _Replay:
         parameter gradients sum to those of the one-pass loss (``∂L/∂rgb`` already carries the
         loss scale ``s``). Returns the number of chunks."""
         renderer, samples = self.renderer, self.samples
-        offsets = samples.offsets()
+        offsets = samples.offsets().tolist()  # on the host: one sync, not two a chunk
         n = len(self.rays)
-        chunks = renderer.ray_chunks(samples, self.per_sample, renderer.cfg.grad_chunk_points)
+        budget = renderer.cfg.grad_chunk_points
+        chunks = renderer.ray_chunks(samples, self.per_sample, budget, offsets)
         for chunk in chunks:
             part = samples.rays(chunk.start, chunk.stop, offsets)
-            lo, hi = int(offsets[chunk.start]), int(offsets[chunk.stop])
+            lo, hi = offsets[chunk.start], offsets[chunk.stop]
             out = renderer.composite(
                 self.field,
                 self.rays[chunk.start : chunk.stop],

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor, nn
 
+from dreamtext.compositing import segment_offsets
+
 if TYPE_CHECKING:
     from dreamtext.field import Field
 
@@ -67,12 +69,11 @@ class RaySamples:
 
     def counts(self) -> Tensor:
         """Samples per ray: ``[N]`` int64."""
-        return torch.bincount(self.ray_indices, minlength=self.num_rays)
+        return self.offsets().diff()
 
     def offsets(self) -> Tensor:
         """``[N + 1]``: the samples of ray ``r`` are ``offsets[r] : offsets[r + 1]``."""
-        counts = self.counts()
-        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        return segment_offsets(self.ray_indices, self.num_rays)
 
     def masked(self, keep: Tensor) -> RaySamples:
         """The samples where ``keep [S]`` is true (order kept)."""
@@ -80,8 +81,9 @@ class RaySamples:
             self.ray_indices[keep], self.t_starts[keep], self.t_ends[keep], self.num_rays
         )
 
-    def rays(self, start: int, stop: int, offsets: Tensor | None = None) -> RaySamples:
-        """The samples of rays ``start .. stop − 1``, renumbered from 0 (a contiguous slice)."""
+    def rays(self, start: int, stop: int, offsets: Tensor | list[int] | None = None) -> RaySamples:
+        """The samples of rays ``start .. stop − 1``, renumbered from 0 (a contiguous slice).
+        ``offsets``: :meth:`offsets`, as a tensor or (no host sync per call) a list."""
         offsets = self.offsets() if offsets is None else offsets
         lo, hi = int(offsets[start]), int(offsets[stop])
         return RaySamples(

@@ -8,7 +8,7 @@ from benchmark_scripts import load_benchmark
 
 from dreamtext.compositing import segment_starts
 from dreamtext.field import FieldConfig, NeRFField
-from dreamtext.samplers import OccupancySampler
+from dreamtext.samplers import OccupancySampler, RaySamples
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,15 @@ def test_kernels_are_counted_and_views_and_allocations_are_not(launch_count):
 
 
 def test_syncs_are_counted_where_dreamtext_makes_them(launch_count):
-    rays = torch.tensor([0, 0, 1])
+    samples = RaySamples(torch.tensor([0, 0, 1]), torch.zeros(3), torch.ones(3), 2)
     value = torch.tensor(1.0)
     with launch_count.LaunchCounter() as counter:
-        segment_starts(rays, 2)  # torch.bincount: the host needs the output's length
+        samples.rays(1, 2)  # reads two offsets on the host
         value.item()  # made here, not by dreamtext
+        # The segment offsets are binary searches: their size is known without a sync.
+        segment_starts(samples.ray_indices, 2)
     ((_, site),) = counter.syncs
-    assert counter.sync_total() == 1 and site.startswith("compositing.py:")
+    assert counter.sync_total() == 2 and site.startswith("samplers.py:")
 
 
 def test_the_marcher_waits_for_the_device_four_times_a_round(launch_count):
