@@ -380,25 +380,25 @@ class VolumeRenderer(nn.Module):
             normals = replay_normals(field, x, sigma, normals, size)
         return sigma, albedo, normals
 
-    def ray_chunks(
-        self,
-        samples: RaySamples,
-        points_per_sample: int,
-        budget: int,
-        offsets: list[int] | None = None,
-    ) -> list[range]:
+    def sample_chunks(
+        self, samples: RaySamples, points_per_sample: int, budget: int
+    ) -> list[tuple[range, RaySamples, int, int]]:
         """Split the rays into consecutive ranges whose samples cost at most ``budget`` field
         queries (a ray costing more gets a range of its own) and at most ``chunk_size`` rays.
-        ``offsets``: ``samples.offsets()`` as a list, when the caller has it already."""
-        if offsets is None:
-            offsets = samples.offsets().tolist()
+
+        Returns, per range, the rays, their samples (renumbered from 0) and where those samples
+        start and stop in ``samples``. The offsets are read to the host once (one sync on CUDA,
+        not two a chunk).
+        """
+        offsets = samples.offsets().tolist()
         per_chunk = max(budget // max(points_per_sample, 1), 1)
         chunks, start, n = [], 0, samples.num_rays
         while start < n:
             limit = offsets[start] + per_chunk
             stop = bisect.bisect_right(offsets, limit) - 1
             stop = min(max(stop, start + 1), start + self.cfg.chunk_size, n)
-            chunks.append(range(start, stop))
+            part = samples.rays(start, stop, offsets)
+            chunks.append((range(start, stop), part, offsets[start], offsets[stop]))
             start = stop
         return chunks
 
@@ -415,11 +415,8 @@ class VolumeRenderer(nn.Module):
     ) -> dict[str, Tensor]:
         """:meth:`composite` without gradients, at most ``chunk_points`` field queries a call."""
         queries = self._queries_per_sample(field, shading) - (0 if values is None else 1)
-        offsets = samples.offsets().tolist()  # on the host: one sync, not two a chunk
         parts = []
-        for chunk in self.ray_chunks(samples, queries, self.cfg.chunk_points, offsets):
-            part = samples.rays(chunk.start, chunk.stop, offsets)
-            lo, hi = offsets[chunk.start], offsets[chunk.stop]
+        for chunk, part, lo, hi in self.sample_chunks(samples, queries, self.cfg.chunk_points):
             vals = values.slice(lo, hi) if values is not None else None
             sub = rays[chunk.start : chunk.stop]
             parts.append(self.composite(field, sub, part, shading, ambient_ratio, vals, collect))
@@ -677,13 +674,9 @@ class _Replay:
         parameter gradients sum to those of the one-pass loss (``∂L/∂rgb`` already carries the
         loss scale ``s``). Returns the number of chunks."""
         renderer, samples = self.renderer, self.samples
-        offsets = samples.offsets().tolist()  # on the host: one sync, not two a chunk
         n = len(self.rays)
-        budget = renderer.cfg.grad_chunk_points
-        chunks = renderer.ray_chunks(samples, self.per_sample, budget, offsets)
-        for chunk in chunks:
-            part = samples.rays(chunk.start, chunk.stop, offsets)
-            lo, hi = offsets[chunk.start], offsets[chunk.stop]
+        chunks = renderer.sample_chunks(samples, self.per_sample, renderer.cfg.grad_chunk_points)
+        for chunk, part, lo, hi in chunks:
             out = renderer.composite(
                 self.field,
                 self.rays[chunk.start : chunk.stop],

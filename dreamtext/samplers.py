@@ -67,10 +67,6 @@ class RaySamples:
         """Where the field is queried, ``x_i = o_r + t_start d_r``: ``[S, 3]`` (rays ``[N, 3]``)."""
         return origins[self.ray_indices] + self.t_starts[:, None] * directions[self.ray_indices]
 
-    def counts(self) -> Tensor:
-        """Samples per ray: ``[N]`` int64."""
-        return self.offsets().diff()
-
     def offsets(self) -> Tensor:
         """``[N + 1]``: the samples of ray ``r`` are ``offsets[r] : offsets[r + 1]``."""
         return segment_offsets(self.ray_indices, self.num_rays)
