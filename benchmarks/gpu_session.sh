@@ -4,6 +4,7 @@
 #
 #   run: bash benchmarks/gpu_session.sh           (with carry: [".whl"] when wheels are needed)
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
+#        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
 #        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name)
 #
 # The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
@@ -66,3 +67,8 @@ check builtin 45 python3 -m dreamtext.cli text "a red cube" --model builtin:shap
 #    the 20 it/s target of 64 px depends on it; compiling takes the first steps of the albedo row.
 check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default --steps 80 --compile
+# 7. Not in the default set: the shaded SDS step with analytic normals (one grid lookup with its
+#    Jacobian instead of three more lookups; on 2 CPU cores it is 19% slower, bound by the MLP's
+#    elementwise passes) beside forward differences, to choose the GPU's default.
+check normals 120 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
+    --sizes 64 256 --shadings lambertian --normals analytic --repeats 3 --warmup 2

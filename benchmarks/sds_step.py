@@ -171,9 +171,15 @@ def compile_label(compile: bool, device: torch.device) -> str:
 
 
 def run_config(
-    model: str | None, precision: str, size: int, device: torch.device, compile: bool = False
+    model: str | None,
+    precision: str,
+    size: int,
+    device: torch.device,
+    compile: bool = False,
+    normals: str | None = None,
 ):
-    """The ``TrainConfig`` of a default run at ``size`` px with this model and precision."""
+    """The ``TrainConfig`` of a default run at ``size`` px with this model and precision (and
+    ``field.normals``, when given)."""
     overrides = {
         "prompt": PROMPT,
         "h": size,
@@ -181,6 +187,8 @@ def run_config(
         "device": device.type,
         "guidance": guidance_overrides(model, precision, compile),
     }
+    if normals is not None:
+        overrides["field"] = {"normals": normals}
     return resolve_config(overrides)
 
 
@@ -193,6 +201,7 @@ def measure(
     repeats: int,
     warmup: int,
     compile: bool = False,
+    normals: str | None = None,
 ) -> list[dict]:
     """One row per render size and shading: median times (ms) over ``repeats`` steps and peak
     memory (MiB)."""
@@ -208,7 +217,7 @@ def measure(
     rows = []
     for size, shading in ((s, sh) for s in sizes for sh in shadings):
         torch.manual_seed(0)
-        cfg = run_config(model, precision, size, device)
+        cfg = run_config(model, precision, size, device, normals=normals)
         parts = build_parts(cfg, device, with_guidance=False)
         field, renderer, optimizer = parts.field, parts.renderer.train(), parts.optimizer
         renderer.update_occupancy(field, 0)
@@ -224,6 +233,7 @@ def measure(
             "render_px": size,
             "model_px": model_px,
             "shading": shading,
+            "normals": cfg.field.normals if shading != "albedo" else "-",
         }
         try:
             times = []
@@ -266,6 +276,7 @@ COLUMNS = [
     ("encoding", "hash grid"),
     ("render_px", "render px"),
     ("shading", "shading"),
+    ("normals", "normals"),
     ("model_px", "model px"),
     ("render_ms", "render ms"),
     ("guidance_ms", "guidance ms"),
@@ -312,6 +323,8 @@ def trainer_row(
         "albedo_epochs": 10**6 if phase == "albedo" else 0,
         "guidance": guidance_overrides(model, precision, args.compile),
     }
+    if args.normals is not None:
+        overrides["field"] = {"normals": args.normals}
     row = {
         "preset": preset,
         "phase": phase,
@@ -322,6 +335,7 @@ def trainer_row(
         overrides["workspace"] = workspace
         cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
         row["px"] = cfg.h
+        row["normals"] = cfg.field.normals
         if device.type == "cuda":
             torch.cuda.empty_cache()
         try:
@@ -354,6 +368,7 @@ TRAINER_COLUMNS = [
     ("precision", "precision"),
     ("compile", "compiled U-Net"),
     ("phase", "phase"),
+    ("normals", "normals"),
     ("its", "it/s (steady)"),
     ("peak_mib", "peak reserved MiB"),
     ("allocated_mib", "peak allocated MiB (cf. memory_model.py)"),
@@ -404,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         default=["albedo", "lambertian"],
         choices=["albedo", "lambertian", "textureless"],
         help="[albedo lambertian]",
+    )
+    parser.add_argument(
+        "--normals",
+        choices=["forward_difference", "central_difference", "analytic"],
+        help="field.normals of every row [the config's default]",
     )
     parser.add_argument("--trainer", action="store_true", help="time the real trainer instead")
     parser.add_argument(
@@ -461,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.repeats,
                 args.warmup,
                 args.compile,
+                args.normals,
             )
             print(markdown_table(rows[-len(sizes) * len(args.shadings) :]), flush=True)
         table = markdown_table(rows)

@@ -12,7 +12,8 @@ so a checkpoint written by any backend loads into any other (state-dict key ``pa
   autograd function keeps only the points for backward and recomputes corner rows and weights
   there, one level at a time. :meth:`HashGridEncoding.reference_forward`, the plain differentiable
   version, is the reference every backend is tested against, and the path taken when the points
-  themselves need a gradient (autograd normals).
+  themselves need a gradient. :func:`features_and_jacobian` adds the features' spatial Jacobian
+  (analytic normals), on any backend's table.
 - :class:`TritonHashGrid` (``"triton"``): fused Triton kernels on CUDA
   (:mod:`dreamtext.encoding_triton`).
 - :class:`TcnnHashGrid` (``"tcnn"``): tiny-cuda-nn's own kernels.
@@ -300,6 +301,135 @@ class _LeanHashGrid(torch.autograd.Function):
                 values = weights.to(acc_dtype)[:, :, None] * grad_level  # [8, n, F], real
                 grad_units.index_add_(0, index, _flat_units(values))
         return None, grad_table.to(ctx.params_dtype), None
+
+
+def _corner_slopes(frac: Tensor) -> tuple[Tensor, Tensor]:
+    """Trilinear weights ``w_k [8, n]`` and their derivatives ``∂w_k/∂t_d [3, 8, n]``.
+
+    ``w_k = Π_e a_e(k)`` with ``a_e = t_e`` or ``1 − t_e``, so ``∂w_k/∂t_d = ±Π_{e≠d} a_e(k)``
+    (``+`` where corner ``k`` takes the upper side along ``d``). ``frac: [3, n]``.
+    """
+    a = torch.stack([1.0 - frac, frac], dim=1)  # [3 axes, 2 sides, n]
+    sign = torch.tensor([-1.0, 1.0], dtype=frac.dtype, device=frac.device)[:, None].expand_as(a[0])
+    weights = _corners_first(*a, torch.mul)
+    slopes = torch.stack(
+        [
+            _corners_first(sign, a[1], a[2], torch.mul),
+            _corners_first(a[0], sign, a[2], torch.mul),
+            _corners_first(a[0], a[1], sign, torch.mul),
+        ]
+    )
+    return weights, slopes
+
+
+def trilinear_with_slopes(corners: Tensor, frac: Tensor, out: Tensor, slopes: Tensor) -> None:
+    """:func:`trilinear`'s ``out = Σ_k w_k c_k`` and its derivatives ``slopes[d] = ∂out/∂t_d``.
+
+    ``corners: [8, n, F]``, ``frac: [3, n]``, ``out: [n, F]``, ``slopes: [3, n, F]``. The
+    interpolation is linear along each axis, so ``∂out/∂t_x`` is the bilinear (y, z)
+    interpolation of the corner differences along x, and likewise for y and z.
+    """
+    n, features = corners.shape[1:]
+    c = corners.reshape(2, 2, 2, n * features)  # [z, y, x, n·F]
+    t = frac[:, :, None].expand(3, n, features).reshape(3, n * features)
+    along_x = torch.lerp(c[:, :, 0], c[:, :, 1], t[0])  # [z, y, n·F]
+    step_x = c[:, :, 1] - c[:, :, 0]  # [z, y, n·F]
+    along_y = torch.lerp(along_x[:, 0], along_x[:, 1], t[1])  # [z, n·F]
+    step_y = along_x[:, 1] - along_x[:, 0]  # [z, n·F]
+    step_x = torch.lerp(step_x[:, 0], step_x[:, 1], t[1])  # [z, n·F]
+    torch.lerp(along_y[0], along_y[1], t[2], out=out.view(n * features))
+    flat = slopes.view(3, n * features)
+    torch.lerp(step_x[0], step_x[1], t[2], out=flat[0])
+    torch.lerp(step_y[0], step_y[1], t[2], out=flat[1])
+    torch.sub(along_y[1], along_y[0], out=flat[2])
+
+
+class _LeanGridJacobian(torch.autograd.Function):
+    """Features of the points ``x: [N, 3]`` (world units) and their spatial Jacobian, keeping
+    only ``x`` for backward.
+
+    Per level ``l``: ``f_l = Σ_k w_k T_k`` and ``∂f_l/∂x_d = (s_l / 2b) Σ_k ∂w_k/∂t_d T_k`` where
+    ``−b ≤ x_d ≤ b`` (0 outside, where the lookup is clamped onto the cube), ``s_l`` the level's
+    scale, ``b`` the bound. Both are linear in the table, so backward is one ``index_add_`` of
+    ``w_k ∂L/∂f_l + Σ_d ∂w_k/∂x_d ∂L/∂(∂f_l/∂x_d)`` per level and chunk, the rows and weights
+    recomputed as in :class:`_LeanHashGrid`. The points get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, params: Tensor, grid: nn.Module) -> tuple[Tensor, Tensor]:
+        ctx.grid = grid
+        ctx.params_dtype = params.dtype
+        F, layout, levels = grid.level_dim, grid.layout, grid.num_levels
+        table = _flat_units(params.view(-1, F))
+        per_row = _units_per_row(F)
+        features = x.new_empty(x.shape[0], levels * F)
+        jacobian = x.new_empty(x.shape[0], levels * F, 3)
+        for start in range(0, x.shape[0], CHUNK_POINTS):
+            u_t, slope = _unit_points(x[start : start + CHUNK_POINTS], grid.bound)
+            n = u_t.shape[1]
+            level_features = x.new_empty(levels, n, F)
+            level_slopes = x.new_empty(levels, 3, n, F)
+            for level in range(levels):
+                rows, frac = level_cells(u_t, layout, level)
+                index = _table_units(rows, layout, level, per_row)
+                corners = _units_as_features(table.index_select(0, index), F).view(8, n, F)
+                trilinear_with_slopes(corners, frac, level_features[level], level_slopes[level])
+                level_slopes[level] *= (slope * layout.scales[level])[:, :, None]
+            chunk = slice(start, start + n)
+            features[chunk].view(n, levels, F).copy_(level_features.transpose(0, 1))
+            jacobian[chunk].view(n, levels, F, 3).copy_(level_slopes.permute(2, 0, 3, 1))
+        ctx.save_for_backward(x)
+        return features, jacobian
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_features: Tensor | None, grad_jacobian: Tensor | None):
+        (x,) = ctx.saved_tensors
+        grid = ctx.grid
+        F, layout = grid.level_dim, grid.layout
+        per_row = _units_per_row(F)
+        acc_dtype = torch.promote_types(ctx.params_dtype, torch.float32)
+        grad_table = torch.zeros(layout.num_rows * F, dtype=acc_dtype, device=x.device)
+        grad_units = _flat_units(grad_table.view(-1, F))
+        for start in range(0, x.shape[0], CHUNK_POINTS):
+            u_t, slope = _unit_points(x[start : start + CHUNK_POINTS], grid.bound)
+            n = u_t.shape[1]
+            for level in range(grid.num_levels):
+                rows, frac = level_cells(u_t, layout, level)
+                index = _table_units(rows, layout, level, per_row)
+                weights, slopes = _corner_slopes(frac)
+                columns = slice(level * F, (level + 1) * F)
+                values = x.new_zeros(8, n, F, dtype=acc_dtype)
+                if grad_features is not None:
+                    grad_f = grad_features[start : start + n, columns].to(acc_dtype)
+                    values += weights.to(acc_dtype)[:, :, None] * grad_f
+                if grad_jacobian is not None:
+                    slopes = slopes * (slope * layout.scales[level])[:, None, :]
+                    grad_j = grad_jacobian[start : start + n, columns].to(acc_dtype)  # [n, F, 3]
+                    for d in range(3):
+                        values += slopes[d].to(acc_dtype)[:, :, None] * grad_j[:, :, d]
+                grad_units.index_add_(0, index, _flat_units(values))
+        return None, grad_table.to(ctx.params_dtype), None
+
+
+def _unit_points(x: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """``x: [n, 3]`` → unit-cube points axis-major ``[3, n]`` and ``∂u/∂x [3, n]``: ``1 / 2b``
+    inside the scene along that axis, 0 where the point is clamped onto it."""
+    x_t = x.t()
+    inside = (x_t >= -bound) & (x_t <= bound)
+    return to_unit_cube(x, bound).t().contiguous(), inside.to(x.dtype) / (2.0 * bound)
+
+
+def features_and_jacobian(grid: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The grid's features ``[N, L·F]`` at ``x: [N, 3]`` (world units) and their Jacobian
+    ``∂f/∂x: [N, L·F, 3]`` (:class:`_LeanGridJacobian`), in the table's precision.
+
+    Runs in PyTorch on the table of any backend (they share one layout), so analytic normals
+    work whichever grid computes the features.
+    """
+    params = grid.params
+    with torch.autocast(x.device.type, enabled=False):
+        return _LeanGridJacobian.apply(x.to(params.dtype), params, grid)
 
 
 class HashGridEncoding(nn.Module):
@@ -644,6 +774,7 @@ __all__ = [
     "TcnnHashGrid",
     "TritonHashGrid",
     "corner_weights",
+    "features_and_jacobian",
     "grid_layout",
     "level_cells",
     "level_corners",
@@ -651,5 +782,6 @@ __all__ = [
     "per_level_scale",
     "to_unit_cube",
     "trilinear",
+    "trilinear_with_slopes",
     "triton_interpreter_on",
 ]

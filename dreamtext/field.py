@@ -8,6 +8,7 @@ density blob around the origin, a background MLP on the view direction, and surf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -17,19 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamtext.encoding import ENCODING_KINDS, make_encoding
+from dreamtext.encoding import ENCODING_KINDS, features_and_jacobian, make_encoding
 from dreamtext.errors import DreamtextError
 
 DENSITY_ACTIVATIONS: tuple[str, ...] = ("softplus", "exp")
 # "random": the trainer draws a solid colour per image; the field itself shows background_color.
 BACKGROUNDS: tuple[str, ...] = ("mlp", "white", "black", "color", "random")
-# Finite differences of the density: forward (3 extra density queries, reusing σ(x)) or central (6);
-# "finite_difference" is the older name of "central_difference", kept so old checkpoints load.
+# Finite differences of the density: forward (3 extra density queries, reusing σ(x)) or central
+# (6); or the exact gradient ("analytic": the grid's Jacobian through the MLP's input gradient).
+# "finite_difference" and "autograd" are the older names of "central_difference" and "analytic",
+# kept so old checkpoints load.
 NORMAL_METHODS: tuple[str, ...] = (
     "forward_difference",
     "central_difference",
-    "autograd",
+    "analytic",
     "finite_difference",
+    "autograd",
 )
 # The background MLP sees the view direction d and sin/cos(2^k π d) for k < BG_FREQUENCIES: enough
 # for a smooth sky, too few to paint the object into the background.
@@ -78,7 +82,8 @@ class FieldConfig:
     ``d = blob_density (1 − |x| / blob_radius)`` is added to the raw density before the activation.
     ``normal_eps`` is the finite-difference step (world units); ``normals`` picks forward
     differences (the default: 3 density queries per normal, measured in benchmarks/RESULTS.md),
-    central differences (6) or autograd. The hash table trains at ``lr × encoding_lr_scale``.
+    central differences (6) or the analytic gradient. The hash table trains at
+    ``lr × encoding_lr_scale``.
     """
 
     bound: float = 1.0
@@ -161,6 +166,21 @@ def activate_density(raw: Tensor, kind: str) -> Tensor:
     if kind == "softplus":
         return F.softplus(raw)
     return _TruncExp.apply(raw)
+
+
+def density_slope(raw: Tensor, kind: str) -> Tensor:
+    """``dσ/draw``: ``sigmoid(raw)`` for softplus, ``exp(min(raw, 15))`` for exp (the same
+    truncation as :func:`activate_density`'s gradient)."""
+    if kind == "softplus":
+        return torch.sigmoid(raw)
+    return torch.exp(raw.clamp(max=EXP_GRAD_CLAMP))
+
+
+def silu_slope(s: Tensor, silu: Tensor | None = None) -> Tensor:
+    """``d SiLU(s)/ds = σ(s) (1 + s (1 − σ(s))) = SiLU(s) + σ(s) (1 − SiLU(s))``, ``σ`` the
+    logistic function (``silu``: ``SiLU(s)`` when already computed)."""
+    silu = F.silu(s) if silu is None else silu
+    return torch.addcmul(silu, torch.sigmoid(s), 1.0 - silu)
 
 
 def frequency_encoding(d: Tensor, num_frequencies: int = BG_FREQUENCIES) -> Tensor:
@@ -252,9 +272,15 @@ class NeRFField(nn.Module):
         if self.mlp_dtype is None:
             parts = [mlp(piece) for piece in pieces]
         else:
-            with torch.autocast(x.device.type, dtype=self.mlp_dtype):
+            with self._mlp_precision(x.device.type):
                 parts = [mlp(piece).float() for piece in pieces]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _mlp_precision(self, device_type: str) -> contextlib.AbstractContextManager:
+        """Autocast to ``mlp_dtype`` when it is set, else nothing."""
+        if self.mlp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.mlp_dtype)
 
     def _mlp(self, features: Tensor) -> Tensor:
         """``linear → SiLU → residual blocks → linear``: grid features ``[N, L·F]`` → ``[N, 4]``."""
@@ -267,6 +293,73 @@ class NeRFField(nn.Module):
         for block in self.blocks:
             h = block.forward_in_place(h)
         return self.output_layer(h)
+
+    def _mlp_with_input_gradient(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`_mlp`'s output ``raw [n, 4]`` and ``∂raw_0/∂features [n, L·F]``, both as
+        differentiable ops (so training back-propagates through the gradient too).
+
+        Forward, per block: ``l = W h + b``, ``x̂ = (l − μ) r`` with ``r = 1/√(var + ε)``,
+        ``s = h + γ x̂ + β``, ``h' = SiLU(s)``. Backward from ``g = ∂raw_0/∂h_last = W_out[0]``,
+        per block in reverse: ``g_s = g SiLU'(s)``, ``g_x̂ = γ g_s``,
+        ``g_l = r (g_x̂ − mean(g_x̂) − x̂ mean(g_x̂ x̂))``, ``g ← g_s + g_l W``; finally
+        ``∂raw_0/∂features = (g SiLU'(a_0)) W_in`` where ``a_0`` is the input layer's output.
+        ``native_layer_norm`` gives ``x̂`` in one pass and ``SiLU'(s)`` is written as
+        ``h' + σ(s)(1 − h')``: elementwise passes, not matrix products, bound this on the CPU.
+        LayerNorm statistics and the elementwise terms run in float32 under autocast.
+        """
+        pre = self.input_layer(features).float()  # a_0
+        h = F.silu(pre)
+        saved = []
+        for block in self.blocks:
+            linear = block.linear(h).float()
+            # native_layer_norm passes no gradient back from its mean and rstd outputs, so r
+            # is computed again from a differentiable variance (a [n, 1] column: cheap).
+            normed = torch.native_layer_norm(linear, linear.shape[-1:], None, None, block.norm.eps)[
+                0
+            ]
+            rstd = torch.rsqrt(linear.var(dim=-1, correction=0, keepdim=True) + block.norm.eps)
+            s = torch.addcmul(block.norm.bias, normed, block.norm.weight).add_(h)
+            h = F.silu(s)
+            saved.append((silu_slope(s, h), normed, rstd))
+        raw = self.output_layer(h).float()
+        grad = self.output_layer.weight[0].float().expand_as(h)
+        for block, (slope, normed, rstd) in zip(
+            reversed(self.blocks), reversed(saved), strict=True
+        ):
+            grad_s = grad * slope
+            grad_normed = grad_s * block.norm.weight
+            centred = grad_normed - grad_normed.mean(dim=-1, keepdim=True)
+            along = (grad_normed * normed).mean(dim=-1, keepdim=True)
+            grad_linear = torch.addcmul(centred, normed, along, value=-1.0).mul_(rstd)
+            grad = torch.addmm(grad_s, grad_linear, block.linear.weight.to(grad_linear.dtype))
+        grad_pre = grad * silu_slope(pre)
+        return raw, (grad_pre @ self.input_layer.weight).float()
+
+    def _analytic_normals(self, x: Tensor) -> Tensor:
+        """``∇σ(x) = act'(z) (J_grid(x)ᵀ ∂raw_0/∂f + ∇d(x))`` with ``z = raw_0 + d(x)``:
+        ``x: [N, 3]`` → ``[N, 3]``, float32.
+
+        ``J_grid = ∂f/∂x`` comes from :func:`features_and_jacobian`, ``∂raw_0/∂f`` from
+        :meth:`_mlp_with_input_gradient`, and the blob's gradient is ``∇d = −(v / b) x / |x|``.
+        On the CPU the MLP runs in pieces, as in :meth:`_raw`.
+        """
+        features, jacobian = features_and_jacobian(self.encoding, x)
+        if x.device.type == "cpu":
+            size = CPU_QUERY_PIECE if torch.is_grad_enabled() else CPU_NO_GRAD_PIECE
+            pieces = features.split(size)
+        else:
+            pieces = (features,)
+        with self._mlp_precision(x.device.type):
+            parts = [self._mlp_with_input_gradient(piece) for piece in pieces]
+        raw = torch.cat([part[0] for part in parts])
+        grad_features = torch.cat([part[1] for part in parts])
+        xf = x.float()
+        z = raw[:, 0] + self.blob(xf)
+        blob_grad = F.normalize(xf, dim=-1, eps=1e-12) * (
+            -self.cfg.blob_density / self.cfg.blob_radius
+        )
+        grad_z = (grad_features[:, :, None] * jacobian.float()).sum(dim=1) + blob_grad
+        return density_slope(z, self.cfg.density_activation)[:, None] * grad_z
 
     def blob(self, x: Tensor) -> Tensor:
         """Density bias of ch. 6.1.6: ``d = v (1 − |x| / b)``, ``x: [N, 3]`` → ``[N]``."""
@@ -287,27 +380,21 @@ class NeRFField(nn.Module):
 
         ``forward_difference``: ``∂σ/∂x_i ≈ (σ(x + ε e_i) − σ(x)) / ε``, three density queries
         (``sigma``, when given, is ``σ(x)`` and is reused). ``central_difference``:
-        ``(σ(x + ε e_i) − σ(x − ε e_i)) / 2ε``, six queries. ``autograd``: the exact gradient,
-        built with ``create_graph`` when grad is enabled. All stay differentiable w.r.t. the
-        field's parameters, so the orientation regulariser and shading train through them. Where
-        ``∇σ = 0`` the normal is zero. Under ``torch.inference_mode`` no graph can be built, so
-        central differences are used there instead of autograd.
+        ``(σ(x + ε e_i) − σ(x − ε e_i)) / 2ε``, six queries. ``analytic``: the exact gradient
+        (:meth:`_analytic_normals`: one grid lookup with its Jacobian and one pass of the MLP
+        with its input gradient; ``sigma`` is not needed). All stay differentiable w.r.t. the
+        field's parameters, so the orientation regulariser and shading train through them, and
+        all work under ``no_grad`` and ``inference_mode``. Where ``∇σ = 0`` the normal is zero.
         """
         method = self.cfg.normals
-        if method == "autograd" and torch.is_inference_mode_enabled():
-            method = "central_difference"
         eps = self.cfg.normal_eps
         offsets = eps * torch.eye(3, device=x.device, dtype=x.dtype)
         if method == "forward_difference":
             ahead = self.density((x[:, None, :] + offsets).reshape(-1, 3)).view(x.shape[0], 3)
             centre = self.density(x) if sigma is None else sigma
             grad = (ahead - centre.to(ahead.dtype)[:, None]) / eps
-        elif method == "autograd":
-            create_graph = torch.is_grad_enabled()
-            with torch.enable_grad():
-                xg = x if x.requires_grad else x.detach().requires_grad_(True)
-                density = self.density(xg)
-                (grad,) = torch.autograd.grad(density.sum(), xg, create_graph=create_graph)
+        elif method in ("analytic", "autograd"):
+            grad = self._analytic_normals(x)
         else:  # central differences ("finite_difference" is its old name)
             probes = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets])  # [2N, 3, 3]
             density = self.density(probes.reshape(-1, 3)).view(2, x.shape[0], 3)
@@ -317,7 +404,8 @@ class NeRFField(nn.Module):
     @property
     def normal_queries(self) -> int:
         """Density queries one normal costs (for sizing chunks): 3, or 6 for central
-        differences (autograd costs about as much as 3)."""
+        differences (an analytic normal's grid Jacobian and MLP input gradient cost about as
+        much as 3)."""
         return 6 if self.cfg.normals in ("central_difference", "finite_difference") else 3
 
     def background(self, dirs: Tensor) -> Tensor:
@@ -352,6 +440,7 @@ __all__ = [
     "NeRFField",
     "ResidualBlock",
     "activate_density",
+    "density_slope",
     "field_config_from_dict",
     "field_config_to_dict",
     "frequency_encoding",

@@ -341,8 +341,7 @@ class VolumeRenderer(nn.Module):
         outputs, and the backward pass runs the field again piece by piece, instead of keeping
         every activation of the hash grid and the MLP for every query (a few KiB per sample), so
         the peak is one piece's activations, whatever the number of samples. Without
-        ``recompute_field``, and for autograd normals (which need a graph of their own), the
-        field runs once with a graph.
+        ``recompute_field`` the field runs once with a graph.
         """
 
         def normals_of(points: Tensor, sigma: Tensor) -> Tensor:
@@ -357,10 +356,7 @@ class VolumeRenderer(nn.Module):
         per_sample = self._queries_per_sample(field, "lambertian") if with_normals else 1
         size = max(self.cfg.chunk_points // per_sample, 1)
         grad = torch.is_grad_enabled()
-        autograd_normals = getattr(getattr(field, "cfg", None), "normals", "") == "autograd"
-        if grad and (
-            not self.cfg.recompute_field or x.shape[0] == 0 or (with_normals and autograd_normals)
-        ):
+        if grad and (not self.cfg.recompute_field or x.shape[0] == 0):
             out = query(x)  # one graph that keeps every activation
             return out[0], out[1], (out[2] if with_normals else None)
         # What the field gives at the samples, without a graph (what `values` has is reused).

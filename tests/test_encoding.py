@@ -21,6 +21,7 @@ from dreamtext.encoding import (
     TritonHashGrid,
     _LeanHashGrid,
     _self_check,
+    features_and_jacobian,
     level_cells,
     make_encoding,
     to_unit_cube,
@@ -362,3 +363,75 @@ def test_tcnn_wrapper_shares_one_table_and_state_dict_with_the_torch_grid(monkey
     torch.testing.assert_close(tcnn_grid(x), torch_grid(x))
     tcnn_grid(x).sum().backward()
     assert tcnn_grid.params.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("level_dim", [1, 2, 4])
+@pytest.mark.parametrize("cfg", [DENSE_CFG, HASHED_CFG], ids=["dense", "hashed"])
+def test_features_and_jacobian_match_the_reference_and_its_gradient(monkeypatch, cfg, level_dim):
+    """``features_and_jacobian``: the lean features, and ``∂f/∂x`` equal to autograd's gradient of
+    :meth:`reference_forward` (zero along an axis where the point is clamped onto the cube),
+    in several chunks."""
+    monkeypatch.setattr(encoding_module, "CHUNK_POINTS", 16)
+    enc = HashGridEncoding(**{**cfg, "level_dim": level_dim}, finest_resolution=32.0, bound=1.5)
+    _random_table(enc)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(40, 3, generator=g) * 2 - 1) * 1.8  # about a sixth outside per axis
+    features, jacobian = features_and_jacobian(enc, x)
+    torch.testing.assert_close(features, enc(x).detach(), atol=1e-6, rtol=0)
+    xr = x.clone().requires_grad_(True)
+    reference = enc.reference_forward(xr)
+    columns = [
+        torch.autograd.grad(reference[:, j].sum(), xr, retain_graph=True)[0]
+        for j in range(enc.output_dim)
+    ]
+    torch.testing.assert_close(jacobian, torch.stack(columns, dim=1), atol=1e-4, rtol=1e-5)
+    outside = x.abs() > 1.5
+    assert outside.any() and (jacobian.permute(0, 2, 1)[outside] == 0).all()
+    assert jacobian.abs().max() > 1.0  # slopes of order s_l / 2b, not a zero array
+
+
+@pytest.mark.parametrize("cfg", [DENSE_CFG, HASHED_CFG], ids=["dense", "hashed"])
+def test_jacobian_table_gradient_is_the_reference_double_backward(monkeypatch, cfg):
+    """Features and Jacobian are linear in the table: their backward (one index_add_ of corner
+    weights and weight slopes) equals autograd through the reference's ``∂f/∂x`` built with
+    ``create_graph``."""
+    monkeypatch.setattr(encoding_module, "CHUNK_POINTS", 16)
+    enc = HashGridEncoding(**cfg, finest_resolution=32.0)
+    _random_table(enc)
+    g = torch.Generator().manual_seed(2)
+    x = (torch.rand(30, 3, generator=g) * 2 - 1) * 1.1
+    w_f = torch.randn(30, enc.output_dim, generator=g)
+    w_j = torch.randn(30, enc.output_dim, 3, generator=g)
+    features, jacobian = features_and_jacobian(enc, x)
+    (grad,) = torch.autograd.grad((features * w_f).sum() + (jacobian * w_j).sum(), enc.params)
+    xr = x.clone().requires_grad_(True)
+    reference = enc.reference_forward(xr)
+    total = (reference * w_f).sum()
+    for j in range(enc.output_dim):
+        (column,) = torch.autograd.grad(reference[:, j].sum(), xr, create_graph=True)
+        total = total + (column * w_j[:, j]).sum()
+    (expected,) = torch.autograd.grad(total, enc.params)
+    torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-5)
+    assert expected.abs().max() > 1.0
+
+
+def test_jacobian_of_a_table_holding_the_x_coordinate_is_the_scale():
+    """A dense level whose rows hold their corner's x index interpolates ``p_x = u_x s + 0.5``:
+    ``∂f/∂x = s / 2b`` along x and 0 along y and z."""
+    enc = HashGridEncoding(
+        num_levels=1,
+        level_dim=1,
+        log2_hashmap_size=14,
+        base_resolution=8,
+        finest_resolution=8.0,
+        bound=2.0,
+    )
+    res = enc.layout.resolutions[0]
+    with torch.no_grad():
+        enc.params.copy_((torch.arange(enc.params.numel()) % res).float())
+    x = (torch.rand(20, 3) * 2 - 1) * 1.2  # u ≤ 0.8: no corner wraps around
+    features, jacobian = features_and_jacobian(enc, x)
+    scale = enc.layout.scales[0]
+    torch.testing.assert_close(features[:, 0], (x[:, 0] + 2.0) / 4.0 * scale + 0.5)
+    expected = torch.tensor([scale / 4.0, 0.0, 0.0]).expand(20, 3)
+    torch.testing.assert_close(jacobian[:, 0], expected, atol=1e-5, rtol=0)

@@ -86,7 +86,7 @@ def test_finest_resolution_scales_with_bound():
     assert field.bound == 2.0
 
 
-NORMALS = ["forward_difference", "central_difference", "autograd", "finite_difference"]
+NORMALS = ["forward_difference", "central_difference", "analytic", "finite_difference", "autograd"]
 
 
 @pytest.mark.parametrize("method", NORMALS)
@@ -124,12 +124,12 @@ def test_normals_work_without_grad_and_are_detached(method, mode):
 
 
 @pytest.mark.parametrize("method", ["forward_difference", "central_difference"])
-def test_autograd_and_finite_difference_normals_agree_on_a_smooth_field(method):
+def test_analytic_and_finite_difference_normals_agree_on_a_smooth_field(method):
     fd = blob_only(normals=method, normal_eps=1e-3)
     with torch.no_grad():  # a grid-driven, non-radial perturbation of the blob
         fd.encoding.params.uniform_(-1.0, 1.0)
         fd.output_layer.weight.normal_(0, 0.5)
-    ag = blob_only(normals="autograd")
+    ag = blob_only(normals="analytic")
     ag.load_state_dict(fd.state_dict())
     x = random_points(64, scale=0.4)
     x = x[x.norm(dim=-1) > 0.1]
@@ -299,3 +299,52 @@ def test_cpu_queries_run_the_mlp_in_pieces_with_the_same_values_and_gradients(mo
     for name, p in field.named_parameters():
         if name in whole:
             torch.testing.assert_close(p.grad, whole[name], msg=name)
+
+
+def textured_field(**overrides) -> NeRFField:
+    """A small field with a grid, LayerNorm and output of order one: every term of ∇σ counts."""
+    field = small_field(**overrides)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        field.encoding.params.copy_(torch.rand(field.encoding.params.shape, generator=g) * 2 - 1)
+        for block in field.blocks:
+            block.norm.weight.copy_(1.0 + 0.3 * torch.randn(block.norm.weight.shape, generator=g))
+            block.norm.bias.copy_(0.3 * torch.randn(block.norm.bias.shape, generator=g))
+        field.output_layer.weight.mul_(5.0)
+    return field
+
+
+@pytest.mark.parametrize("activation", ["softplus", "exp"])
+def test_analytic_normals_are_the_exact_gradient_and_train_like_it(activation):
+    """``analytic`` normals equal ``−∇σ/|∇σ|`` from autograd through the reference grid, and the
+    parameters' gradients of a loss on them equal autograd's double backward."""
+    field = textured_field(normals="analytic", density_activation=activation)
+    g = torch.Generator().manual_seed(6)
+    x = (torch.rand(64, 3, generator=g) * 2 - 1) * 1.1  # some outside the cube
+    weights = torch.randn(64, 3, generator=g)
+    xr = x.clone().requires_grad_(True)  # the encoding takes its reference path
+    (grad_sigma,) = torch.autograd.grad(field.density(xr).sum(), xr, create_graph=True)
+    expected = F.normalize(-grad_sigma, dim=-1, eps=1e-12)
+    normals = field.normals(x)
+    torch.testing.assert_close(normals, expected, atol=1e-5, rtol=0)
+    params = [p for name, p in field.named_parameters() if not name.startswith("background")]
+    got = torch.autograd.grad((normals * weights).sum(), params, allow_unused=True)
+    want = torch.autograd.grad((expected * weights).sum(), params, allow_unused=True)
+    for (name, _), a, b in zip(field.named_parameters(), got, want, strict=False):
+        if name == "output_layer.bias":  # normalising removes the slope it scales: ~0 either way
+            continue
+        scale = b.abs().max().item()
+        assert scale > 1e-3, name
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+def test_analytic_normals_under_autocast_stay_close_to_float32():
+    """With ``mlp_dtype`` set (``--bf16``; run on the CPU here) the MLP's matrix products run in
+    bfloat16 and the normals come out float32, within bfloat16's rounding of the exact ones."""
+    field = textured_field(normals="analytic")
+    x = random_points(64, scale=0.6)
+    exact = field.normals(x)
+    field.mlp_dtype = torch.bfloat16
+    half = field.normals(x)
+    assert half.dtype == torch.float32
+    assert (half - exact).norm(dim=-1).median() < 0.05

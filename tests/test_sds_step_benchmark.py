@@ -45,3 +45,21 @@ def test_the_compile_flag_is_parsed(sds_step, monkeypatch):
     argv = ["--trainer", "--device", "cpu", "--model", "tiny", "--presets", "default", "--compile"]
     assert sds_step.main(argv) == 0
     assert seen["compile"] is True
+
+
+def test_rows_take_the_normals_asked_for_and_the_config_default_otherwise(sds_step, monkeypatch):
+    analytic = sds_step.run_config("m", "fp32", 64, torch.device("cpu"), normals="analytic")
+    assert analytic.field.normals == "analytic"
+    assert sds_step.run_config("m", "fp32", 64, torch.device("cpu")).field.normals == (
+        "forward_difference"
+    )
+    seen = {}
+
+    def fake_measure(model, precision, sizes, shadings, device, repeats, warmup, compile, normals):
+        seen["normals"] = normals
+        return []
+
+    monkeypatch.setattr(sds_step, "measure", fake_measure)
+    monkeypatch.setattr(sds_step, "model_folder", lambda name, cache, device: None)
+    assert sds_step.main(["--device", "cpu", "--model", "none", "--normals", "analytic"]) == 0
+    assert seen["normals"] == "analytic"
