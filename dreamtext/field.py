@@ -314,10 +314,9 @@ class NeRFField(nn.Module):
             linear = block.linear(h).float()
             # native_layer_norm passes no gradient back from its mean and rstd outputs, so r
             # is computed again from a differentiable variance (a [n, 1] column: cheap).
-            normed = torch.native_layer_norm(linear, linear.shape[-1:], None, None, block.norm.eps)[
-                0
-            ]
-            rstd = torch.rsqrt(linear.var(dim=-1, correction=0, keepdim=True) + block.norm.eps)
+            eps = block.norm.eps
+            normed, _, _ = torch.native_layer_norm(linear, linear.shape[-1:], None, None, eps)
+            rstd = torch.rsqrt(linear.var(dim=-1, correction=0, keepdim=True) + eps)
             s = torch.addcmul(block.norm.bias, normed, block.norm.weight).add_(h)
             h = F.silu(s)
             saved.append((silu_slope(s, h), normed, rstd))
