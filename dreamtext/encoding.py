@@ -177,12 +177,20 @@ def trilinear(corners: Tensor, frac: Tensor, out: Tensor) -> None:
     weights are never formed: equal to the weighted sum up to float rounding, with about half the
     memory traffic on the CPU.
     """
+    _, t, _, along_y = _along_xy(corners, frac)
+    torch.lerp(along_y[0], along_y[1], t[2], out=out.view(-1))
+
+
+def _along_xy(corners: Tensor, frac: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The first two steps of :func:`trilinear`: ``corners [8, n, F]`` as ``c [z, y, x, n·F]``,
+    the fractions per value ``t [3, n·F]``, and the corners interpolated along x
+    (``[z, y, n·F]``), then along y (``[z, n·F]``)."""
     n, features = corners.shape[1:]
-    c = corners.reshape(2, 2, 2, n * features)  # [z, y, x, n·F]
+    c = corners.reshape(2, 2, 2, n * features)
     t = frac[:, :, None].expand(3, n, features).reshape(3, n * features)
-    along_x = torch.lerp(c[:, :, 0], c[:, :, 1], t[0])  # [z, y, n·F]
-    along_y = torch.lerp(along_x[:, 0], along_x[:, 1], t[1])  # [z, n·F]
-    torch.lerp(along_y[0], along_y[1], t[2], out=out.view(n * features))
+    along_x = torch.lerp(c[:, :, 0], c[:, :, 1], t[0])
+    along_y = torch.lerp(along_x[:, 0], along_x[:, 1], t[1])
+    return c, t, along_x, along_y
 
 
 def _corners_first(a: Tensor, b: Tensor, c: Tensor, op) -> Tensor:
@@ -329,16 +337,12 @@ def trilinear_with_slopes(corners: Tensor, frac: Tensor, out: Tensor, slopes: Te
     interpolation is linear along each axis, so ``∂out/∂t_x`` is the bilinear (y, z)
     interpolation of the corner differences along x, and likewise for y and z.
     """
-    n, features = corners.shape[1:]
-    c = corners.reshape(2, 2, 2, n * features)  # [z, y, x, n·F]
-    t = frac[:, :, None].expand(3, n, features).reshape(3, n * features)
-    along_x = torch.lerp(c[:, :, 0], c[:, :, 1], t[0])  # [z, y, n·F]
+    c, t, along_x, along_y = _along_xy(corners, frac)
     step_x = c[:, :, 1] - c[:, :, 0]  # [z, y, n·F]
-    along_y = torch.lerp(along_x[:, 0], along_x[:, 1], t[1])  # [z, n·F]
     step_y = along_x[:, 1] - along_x[:, 0]  # [z, n·F]
     step_x = torch.lerp(step_x[:, 0], step_x[:, 1], t[1])  # [z, n·F]
-    torch.lerp(along_y[0], along_y[1], t[2], out=out.view(n * features))
-    flat = slopes.view(3, n * features)
+    torch.lerp(along_y[0], along_y[1], t[2], out=out.view(-1))
+    flat = slopes.view(3, -1)
     torch.lerp(step_x[0], step_x[1], t[2], out=flat[0])
     torch.lerp(step_y[0], step_y[1], t[2], out=flat[1])
     torch.sub(along_y[1], along_y[0], out=flat[2])

@@ -146,6 +146,14 @@ def field_config_from_dict(data: dict[str, Any]) -> FieldConfig:
     return FieldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+def _mlp_pieces(features: Tensor) -> tuple[Tensor, ...]:
+    """The rows the MLP takes at once: on the CPU pieces of ``CPU_QUERY_PIECE`` points with a
+    graph, ``CPU_NO_GRAD_PIECE`` without; elsewhere all of them."""
+    if features.device.type != "cpu":
+        return (features,)
+    return features.split(CPU_QUERY_PIECE if torch.is_grad_enabled() else CPU_NO_GRAD_PIECE)
+
+
 class _TruncExp(torch.autograd.Function):
     """``exp(x)`` whose gradient uses ``exp(min(x, 15))``, so a large raw density cannot blow up
     the update. The backward is made of differentiable ops, so it works under double backward."""
@@ -158,7 +166,7 @@ class _TruncExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return grad * torch.exp(x.clamp(max=EXP_GRAD_CLAMP))
+        return grad * density_slope(x, "exp")
 
 
 def activate_density(raw: Tensor, kind: str) -> Tensor:
@@ -263,12 +271,8 @@ class NeRFField(nn.Module):
         ``CPU_QUERY_PIECE`` points at a time, ``CPU_NO_GRAD_PIECE`` when no graph is built.
         """
         features = self.encoding(x)
-        graph = torch.is_grad_enabled()
-        mlp = self._mlp if graph else self._mlp_no_grad
-        if x.device.type == "cpu":
-            pieces = features.split(CPU_QUERY_PIECE if graph else CPU_NO_GRAD_PIECE)
-        else:
-            pieces = (features,)
+        mlp = self._mlp if torch.is_grad_enabled() else self._mlp_no_grad
+        pieces = _mlp_pieces(features)
         if self.mlp_dtype is None:
             parts = [mlp(piece) for piece in pieces]
         else:
@@ -343,13 +347,8 @@ class NeRFField(nn.Module):
         On the CPU the MLP runs in pieces, as in :meth:`_raw`.
         """
         features, jacobian = features_and_jacobian(self.encoding, x)
-        if x.device.type == "cpu":
-            size = CPU_QUERY_PIECE if torch.is_grad_enabled() else CPU_NO_GRAD_PIECE
-            pieces = features.split(size)
-        else:
-            pieces = (features,)
         with self._mlp_precision(x.device.type):
-            parts = [self._mlp_with_input_gradient(piece) for piece in pieces]
+            parts = [self._mlp_with_input_gradient(piece) for piece in _mlp_pieces(features)]
         raw = torch.cat([part[0] for part in parts])
         grad_features = torch.cat([part[1] for part in parts])
         xf = x.float()
