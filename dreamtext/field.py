@@ -60,7 +60,10 @@ class Field(Protocol):
     ``bound``: the scene is ``[−bound, bound]^3``. ``density(x [N, 3]) → σ [N]``;
     ``forward(x) → (σ [N], albedo [N, 3])``; ``normals(x, sigma=None) → [N, 3]`` unit outward
     normals (``sigma``, when given, is ``density(x)`` already computed, which forward differences
-    reuse); ``background(dirs [N, 3]) → [N, 3]``.
+    reuse); ``background(dirs [N, 3]) → [N, 3]``. A field may also have
+    ``forward_with_normals(x) → (σ, albedo, normals)`` and ``joint_normals``, true when that one
+    call costs less than ``forward`` then ``normals`` (:class:`NeRFField` with analytic
+    normals): the renderer then uses it.
     """
 
     bound: float
@@ -338,9 +341,9 @@ class NeRFField(nn.Module):
         grad_pre = grad * silu_slope(pre)
         return raw, (grad_pre @ self.input_layer.weight).float()
 
-    def _analytic_normals(self, x: Tensor) -> Tensor:
-        """``∇σ(x) = act'(z) (J_grid(x)ᵀ ∂raw_0/∂f + ∇d(x))`` with ``z = raw_0 + d(x)``:
-        ``x: [N, 3]`` → ``[N, 3]``, float32.
+    def _analytic(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``z = raw_0 + d(x)``, ``raw [N, 4]`` and ``∇σ(x) = act'(z) (J_grid(x)ᵀ ∂raw_0/∂f +
+        ∇d(x))``: ``x: [N, 3]``, float32 out.
 
         ``J_grid = ∂f/∂x`` comes from :func:`features_and_jacobian`, ``∂raw_0/∂f`` from
         :meth:`_mlp_with_input_gradient`, and the blob's gradient is ``∇d = −(v / b) x / |x|``.
@@ -357,7 +360,7 @@ class NeRFField(nn.Module):
             -self.cfg.blob_density / self.cfg.blob_radius
         )
         grad_z = (grad_features[:, :, None] * jacobian.float()).sum(dim=1) + blob_grad
-        return density_slope(z, self.cfg.density_activation)[:, None] * grad_z
+        return z, raw, density_slope(z, self.cfg.density_activation)[:, None] * grad_z
 
     def blob(self, x: Tensor) -> Tensor:
         """Density bias of ch. 6.1.6: ``d = v (1 − |x| / b)``, ``x: [N, 3]`` → ``[N]``."""
@@ -379,7 +382,7 @@ class NeRFField(nn.Module):
         ``forward_difference``: ``∂σ/∂x_i ≈ (σ(x + ε e_i) − σ(x)) / ε``, three density queries
         (``sigma``, when given, is ``σ(x)`` and is reused). ``central_difference``:
         ``(σ(x + ε e_i) − σ(x − ε e_i)) / 2ε``, six queries. ``analytic``: the exact gradient
-        (:meth:`_analytic_normals`: one grid lookup with its Jacobian and one pass of the MLP
+        (:meth:`_analytic`: one grid lookup with its Jacobian and one pass of the MLP
         with its input gradient; ``sigma`` is not needed). All stay differentiable w.r.t. the
         field's parameters, so the orientation regulariser and shading train through them, and
         all work under ``no_grad`` and ``inference_mode``. Where ``∇σ = 0`` the normal is zero.
@@ -392,12 +395,30 @@ class NeRFField(nn.Module):
             centre = self.density(x) if sigma is None else sigma
             grad = (ahead - centre.to(ahead.dtype)[:, None]) / eps
         elif method in ("analytic", "autograd"):
-            grad = self._analytic_normals(x)
+            grad = self._analytic(x)[2]
         else:  # central differences ("finite_difference" is its old name)
             probes = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets])  # [2N, 3, 3]
             density = self.density(probes.reshape(-1, 3)).view(2, x.shape[0], 3)
             grad = (density[0] - density[1]) / (2.0 * eps)
         return F.normalize(-grad, dim=-1, eps=1e-12)
+
+    @property
+    def joint_normals(self) -> bool:
+        """Whether :meth:`forward_with_normals` costs less than :meth:`forward` then
+        :meth:`normals`: with analytic normals, which compute σ and albedo on the way."""
+        return self.cfg.normals in ("analytic", "autograd")
+
+    def forward_with_normals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x: [N, 3]`` → ``(σ [N], albedo [N, 3], normals [N, 3])``: :meth:`forward` and
+        :meth:`normals` together. Analytic normals take all three from one grid lookup and one
+        pass of the MLP (the σ and albedo that pass computes anyway); the differences reuse
+        ``σ(x)``."""
+        if self.cfg.normals not in ("analytic", "autograd"):
+            sigma, albedo = self(x)
+            return sigma, albedo, self.normals(x, sigma)
+        z, raw, grad = self._analytic(x)
+        sigma = activate_density(z, self.cfg.density_activation)
+        return sigma, torch.sigmoid(raw[:, 1:]), F.normalize(-grad, dim=-1, eps=1e-12)
 
     @property
     def normal_queries(self) -> int:

@@ -337,8 +337,8 @@ class VolumeRenderer(nn.Module):
         (normals counted) at a time, only for what ``values`` (the sampler's σ and albedo, or a
         render's σ, albedo and normals) does not already hold. With gradients on and
         ``cfg.recompute_field``, those values become differentiable outputs of the field
-        (:class:`_ReplayField`, :class:`_ReplayNormals`): autograd keeps only ``x`` and the
-        outputs, and the backward pass runs the field again piece by piece, instead of keeping
+        (:class:`_ReplayField`): autograd keeps only ``x`` and the outputs, and the backward
+        pass runs the field again piece by piece (normals with σ and albedo), instead of keeping
         every activation of the hash grid and the MLP for every query (a few KiB per sample), so
         the peak is one piece's activations, whatever the number of samples. Without
         ``recompute_field`` the field runs once with a graph.
@@ -347,34 +347,24 @@ class VolumeRenderer(nn.Module):
         def normals_of(points: Tensor, sigma: Tensor) -> Tensor:
             return field.normals(points, sigma).float()
 
-        def query(points: Tensor) -> tuple[Tensor, ...]:
-            sigma, albedo = field(points)
-            if not with_normals:
-                return sigma, albedo
-            return sigma, albedo, normals_of(points, sigma)
-
         per_sample = self._queries_per_sample(field, "lambertian") if with_normals else 1
         size = max(self.cfg.chunk_points // per_sample, 1)
         grad = torch.is_grad_enabled()
         if grad and (not self.cfg.recompute_field or x.shape[0] == 0):
-            out = query(x)  # one graph that keeps every activation
+            out = query_field(field, x, with_normals)  # one graph that keeps every activation
             return out[0], out[1], (out[2] if with_normals else None)
         # What the field gives at the samples, without a graph (what `values` has is reused).
         with torch.no_grad():
             if values is None:
-                out = in_pieces(query, size, x)
+                out = in_pieces(lambda points: query_field(field, points, with_normals), size, x)
                 values = SampleValues(out[0], out[1], out[2] if with_normals else None)
             elif with_normals and values.normals is None:
                 (normals,) = in_pieces(normals_of, size, x, values.sigma)
                 values = SampleValues(values.sigma, values.albedo, normals)
-        normals = values.normals if with_normals else None
         if not grad:
-            return values.sigma, values.albedo, normals
+            return values.sigma, values.albedo, values.normals if with_normals else None
         # The same values as outputs of the field, whose backward runs it again piece by piece.
-        sigma, albedo = replay_field(field, x, values, self.cfg.chunk_points)
-        if normals is not None:
-            normals = replay_normals(field, x, sigma, normals, size)
-        return sigma, albedo, normals
+        return replay_field(field, x, values, size, with_normals)
 
     def sample_chunks(
         self, samples: RaySamples, points_per_sample: int, budget: int
@@ -558,39 +548,66 @@ def in_pieces(fn, size: int, *inputs: Tensor) -> tuple[Tensor, ...]:
     return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
 
+def query_field(field: Field, x: Tensor, with_normals: bool) -> tuple[Tensor, ...]:
+    """``(σ [S], albedo [S, 3])`` of ``field`` at ``x [S, 3]``, and ``normals [S, 3]`` (float32)
+    when ``with_normals``: from ``field.forward_with_normals`` where the field's
+    ``joint_normals`` says one pass gives all three, else ``field(x)`` then
+    ``field.normals(x, σ)``."""
+    if with_normals and getattr(field, "joint_normals", False):
+        sigma, albedo, normals = field.forward_with_normals(x)
+        return sigma, albedo, normals.float()
+    sigma, albedo = field(x)
+    if not with_normals:
+        return sigma, albedo
+    return sigma, albedo, field.normals(x, sigma).float()
+
+
 class _ReplayField(torch.autograd.Function):
     """Field outputs computed earlier without gradients, whose backward runs the field again.
 
-    Forward returns ``σ, albedo`` as given (no field evaluation). Backward evaluates the field at
-    the saved points, ``chunk_points`` at a time, and back-propagates the incoming gradients
-    through each piece into the field's parameters (accumulated in their ``.grad``, as
-    ``loss.backward()`` does). ``anchor`` is one of the field's parameters: it makes the outputs
-    part of the graph; its own returned gradient is ``None`` because the pieces put theirs in
-    place.
+    Forward returns ``values`` (``σ, albedo`` and optionally ``normals``) as given, with no field
+    evaluation. Backward runs the field again at the saved points, ``piece`` points at a time,
+    and back-propagates the incoming gradients through each piece into the field's parameters
+    (accumulated in their ``.grad``, as ``loss.backward()`` does). Normals that get a gradient
+    are replayed first, from the saved ``σ(x)`` as a leaf (forward differences reuse it), and
+    their gradient with respect to it is added to σ's before σ and albedo are replayed: one
+    piece's graph at a time. A field with ``joint_normals`` (analytic normals) replays all three
+    from one pass instead. ``anchor`` is one of the field's parameters: it makes the outputs part
+    of the graph; its own returned gradient is ``None`` because the pieces put theirs in place.
     """
 
     @staticmethod
-    def forward(ctx, anchor, x, sigma, albedo, field, chunk_points):
-        ctx.field, ctx.chunk_points = field, chunk_points
-        ctx.save_for_backward(x)
-        return sigma.clone(), albedo.clone()
+    def forward(ctx, anchor, x, field, piece, *values):
+        ctx.field, ctx.piece = field, piece
+        ctx.save_for_backward(x, values[0])
+        return tuple(value.clone() for value in values)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_sigma, grad_albedo):
-        (x,) = ctx.saved_tensors
-        step = ctx.chunk_points
+    def backward(ctx, *grads):
+        x, sigma = ctx.saved_tensors
+        field = ctx.field
+        grad_normals = grads[2] if len(grads) == 3 else None
+        joint = grad_normals is not None and getattr(field, "joint_normals", False)
         with torch.enable_grad():
-            for start in range(0, x.shape[0], step):
-                sigma, albedo = ctx.field(x[start : start + step])
-                outputs, grads = [], []
-                for out, grad in ((sigma, grad_sigma), (albedo, grad_albedo)):
-                    if grad is not None:
-                        outputs.append(out.float())
-                        grads.append(grad[start : start + step])
-                if outputs:
-                    torch.autograd.backward(outputs, grads)
-        return None, None, None, None, None, None
+            for start in range(0, x.shape[0], ctx.piece):
+                piece = slice(start, start + ctx.piece)
+                wanted = [None if grad is None else grad[piece] for grad in grads]
+                if grad_normals is not None and not joint:
+                    centre = sigma[piece].detach().requires_grad_(True)
+                    normals = field.normals(x[piece], centre).float()
+                    torch.autograd.backward(normals, grad_normals[piece])
+                    if centre.grad is not None:
+                        wanted[0] = centre.grad if wanted[0] is None else wanted[0] + centre.grad
+                outputs = query_field(field, x[piece], joint)
+                pairs = [
+                    (out.float(), grad)
+                    for out, grad in zip(outputs, wanted, strict=False)
+                    if grad is not None
+                ]
+                if pairs:
+                    torch.autograd.backward(*zip(*pairs, strict=True))
+        return (None,) * (4 + len(grads))
 
 
 def trainable_anchor(field: Field) -> Tensor | None:
@@ -601,54 +618,15 @@ def trainable_anchor(field: Field) -> Tensor | None:
 
 
 def replay_field(
-    field: Field, x: Tensor, values: SampleValues, chunk_points: int
-) -> tuple[Tensor, Tensor]:
-    """``values`` as differentiable outputs of ``field`` at ``x`` (see :class:`_ReplayField`)."""
+    field: Field, x: Tensor, values: SampleValues, piece: int, with_normals: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``values`` (σ, albedo and, ``with_normals``, normals) as differentiable outputs of
+    ``field`` at ``x`` (see :class:`_ReplayField`); normals ``None`` without them."""
+    outputs = (values.sigma, values.albedo) + ((values.normals,) if with_normals else ())
     anchor = trainable_anchor(field)
-    if anchor is None:
-        return values.sigma, values.albedo
-    return _ReplayField.apply(anchor, x, values.sigma, values.albedo, field, chunk_points)
-
-
-class _ReplayNormals(torch.autograd.Function):
-    """Normals computed earlier without gradients, whose backward runs the field again.
-
-    Forward returns ``normals`` as given. Backward evaluates ``field.normals(x, σ)`` at the saved
-    points, ``piece`` points at a time, with gradients on, back-propagates the incoming gradient
-    into the field's parameters (accumulated in their ``.grad``) and returns the gradient with
-    respect to ``σ`` (forward differences reuse ``σ(x)``). ``anchor``: as in
-    :class:`_ReplayField`.
-    """
-
-    @staticmethod
-    def forward(ctx, anchor, x, sigma, normals, field, piece):
-        ctx.field, ctx.piece = field, piece
-        ctx.save_for_backward(x, sigma)
-        return normals.clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_normals):
-        x, sigma = ctx.saved_tensors
-        grad_sigma = torch.zeros_like(sigma)
-        with torch.enable_grad():
-            for start in range(0, x.shape[0], ctx.piece):
-                stop = start + ctx.piece
-                centre = sigma[start:stop].detach().requires_grad_(True)
-                normals = ctx.field.normals(x[start:stop], centre).float()
-                torch.autograd.backward(normals, grad_normals[start:stop])
-                if centre.grad is not None:
-                    grad_sigma[start:stop] = centre.grad
-        return None, None, grad_sigma, None, None, None
-
-
-def replay_normals(field: Field, x: Tensor, sigma: Tensor, normals: Tensor, piece: int) -> Tensor:
-    """``normals`` (computed without gradients at ``x``, from ``σ = sigma``) as differentiable
-    outputs of ``field.normals(x, sigma)`` (see :class:`_ReplayNormals`)."""
-    anchor = trainable_anchor(field)
-    if anchor is None and not sigma.requires_grad:
-        return normals
-    return _ReplayNormals.apply(anchor, x, sigma, normals, field, piece)
+    if anchor is not None:
+        outputs = _ReplayField.apply(anchor, x, field, piece, *outputs)
+    return outputs[0], outputs[1], outputs[2] if with_normals else None
 
 
 @dataclass

@@ -348,3 +348,37 @@ def test_analytic_normals_under_autocast_stay_close_to_float32():
     half = field.normals(x)
     assert half.dtype == torch.float32
     assert (half - exact).norm(dim=-1).median() < 0.05
+
+
+@pytest.mark.parametrize("method", ["forward_difference", "central_difference", "analytic"])
+def test_forward_with_normals_is_forward_and_normals_together(method, monkeypatch):
+    """``forward_with_normals`` gives :meth:`forward`'s σ and albedo and :meth:`normals`, and
+    trains the same; analytic normals take all three from one grid lookup and no other query."""
+    field = textured_field(normals=method)
+    g = torch.Generator().manual_seed(8)
+    x = (torch.rand(48, 3, generator=g) * 2 - 1) * 1.1  # some outside the cube
+    weights = [torch.randn(48, *shape, generator=g) for shape in ((), (3,), (3,))]
+    params = [p for name, p in field.named_parameters() if not name.startswith("background")]
+
+    def loss_and_grads(outputs):
+        loss = sum((out * w).sum() for out, w in zip(outputs, weights, strict=True))
+        return outputs, torch.autograd.grad(loss, params, allow_unused=True)
+
+    calls = {"grid": 0}
+    grid = field.encoding.forward
+    monkeypatch.setattr(
+        field.encoding, "forward", lambda p: calls.__setitem__("grid", 1) or grid(p)
+    )
+    together, got = loss_and_grads(field.forward_with_normals(x))
+    assert calls["grid"] == (method != "analytic")  # analytic: only features_and_jacobian
+    assert field.joint_normals == (method == "analytic")
+    sigma, albedo = field(x)
+    apart, want = loss_and_grads((sigma, albedo, field.normals(x, sigma)))
+    for a, b in zip(together, apart, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for (name, _), a, b in zip(field.named_parameters(), got, want, strict=False):
+        if b is None:
+            assert a is None, name
+            continue
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a, b, atol=1e-5 * max(scale, 1e-3), rtol=1e-4, msg=name)

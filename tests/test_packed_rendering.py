@@ -363,6 +363,42 @@ def test_a_deferred_shaded_render_runs_the_field_no_more_than_a_direct_one(sampl
     assert points["deferred"] == points["direct"]
 
 
+@pytest.mark.parametrize(("normals", "lookups"), [("forward_difference", 4), ("analytic", 1)])
+def test_the_training_replay_looks_up_the_grid_once_a_sample_with_analytic_normals(
+    normals: str, lookups: int, monkeypatch
+) -> None:
+    """Backward of a shaded training render replays σ, albedo and normals: forward
+    differences look the grid up at the sample and its three neighbours; analytic normals take
+    all three from one lookup with its Jacobian (``joint_normals``), not one lookup for σ and
+    albedo and another for the normals."""
+    import dreamtext.field as field_module
+
+    field = small_field()
+    field.cfg.normals = normals
+    points = {"plain": 0, "jacobian": 0}
+    grid, jacobian = field.encoding.forward, field_module.features_and_jacobian
+
+    def plain(x):
+        points["plain"] += x.shape[0]
+        return grid(x)
+
+    def with_jacobian(encoding, x):
+        points["jacobian"] += x.shape[0]
+        return jacobian(encoding, x)
+
+    monkeypatch.setattr(field.encoding, "forward", plain)
+    monkeypatch.setattr(field_module, "features_and_jacobian", with_jacobian)
+    vr = VolumeRenderer(RenderConfig(march_steps=96, occupancy_grid=False)).to(DEVICE).train()
+    render = vr.render_train(field, two_cameras(1.6), 7, 5, shading="lambertian")
+    images = render.images()
+    points.update(plain=0, jacobian=0)  # count the backward pass only
+    render.backward(images.mean(), LAMBDAS)
+    assert render.num_samples > 20
+    assert sum(points.values()) == lookups * render.num_samples
+    assert points["jacobian"] == (render.num_samples if normals == "analytic" else 0)
+    assert field.encoding.params.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_every_hash_grid_backend_renders_and_trains_like_the_reference(backend: str) -> None:
     """The renderer conformance for hash-grid backends: the same field state gives the same
