@@ -38,7 +38,7 @@ def test_the_cpu_run_is_set_up_as_a_half_precision_cuda_run_and_restored(memory_
         models.check_precision(torch.bfloat16, cpu)  # allowed while set up
         assert field.CPU_QUERY_PIECE > 1 << 40
         assert field.CPU_NO_GRAD_PIECE > 1 << 40
-    assert field.CPU_QUERY_PIECE == 1 << 15
+    assert field.CPU_QUERY_PIECE == 1 << 13
     assert field.CPU_NO_GRAD_PIECE == 1 << 13
     with pytest.raises(DreamtextError, match="needs a CUDA GPU"):
         models.check_precision(torch.bfloat16, cpu)
