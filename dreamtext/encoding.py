@@ -395,23 +395,29 @@ class _LeanGridJacobian(torch.autograd.Function):
         acc_dtype = torch.promote_types(ctx.params_dtype, torch.float32)
         grad_table = torch.zeros(layout.num_rows * F, dtype=acc_dtype, device=x.device)
         grad_units = _flat_units(grad_table.view(-1, F))
+        levels = grid.num_levels
         for start in range(0, x.shape[0], CHUNK_POINTS):
             u_t, slope = _unit_points(x[start : start + CHUNK_POINTS], grid.bound)
             n = u_t.shape[1]
-            for level in range(grid.num_levels):
+            # Level-major copies of the incoming gradients ([L, n, F] and [L, 3, n, F]), made
+            # once: a level's columns of the point-major ones are strided reads of every row.
+            if grad_features is not None:
+                grad_f = grad_features[start : start + n].to(acc_dtype).view(n, levels, F)
+                grad_f = grad_f.transpose(0, 1).contiguous()
+            if grad_jacobian is not None:
+                grad_j = grad_jacobian[start : start + n].to(acc_dtype).view(n, levels, F, 3)
+                grad_j = grad_j.permute(1, 3, 0, 2).contiguous()
+            for level in range(levels):
                 rows, frac = level_cells(u_t, layout, level)
                 index = _table_units(rows, layout, level, per_row)
                 weights, slopes = _corner_slopes(frac)
-                columns = slice(level * F, (level + 1) * F)
                 values = x.new_zeros(8, n, F, dtype=acc_dtype)
                 if grad_features is not None:
-                    grad_f = grad_features[start : start + n, columns].to(acc_dtype)
-                    values += weights.to(acc_dtype)[:, :, None] * grad_f
+                    values += weights.to(acc_dtype)[:, :, None] * grad_f[level]
                 if grad_jacobian is not None:
                     slopes = slopes * (slope * layout.scales[level])[:, None, :]
-                    grad_j = grad_jacobian[start : start + n, columns].to(acc_dtype)  # [n, F, 3]
                     for d in range(3):
-                        values += slopes[d].to(acc_dtype)[:, :, None] * grad_j[:, :, d]
+                        values += slopes[d].to(acc_dtype)[:, :, None] * grad_j[level, d]
                 grad_units.index_add_(0, index, _flat_units(values))
         return None, grad_table.to(ctx.params_dtype), None
 
