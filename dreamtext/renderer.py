@@ -579,13 +579,14 @@ class _ReplayField(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, x, field, piece, *values):
         ctx.field, ctx.piece = field, piece
-        ctx.save_for_backward(x, values[0])
+        # σ(x) too when there are normals: they are replayed from it.
+        ctx.save_for_backward(*((x, values[0]) if len(values) == 3 else (x,)))
         return tuple(value.clone() for value in values)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        x, sigma = ctx.saved_tensors
+        x, *sigma = ctx.saved_tensors
         field = ctx.field
         grad_normals = grads[2] if len(grads) == 3 else None
         joint = grad_normals is not None and getattr(field, "joint_normals", False)
@@ -594,7 +595,7 @@ class _ReplayField(torch.autograd.Function):
                 piece = slice(start, start + ctx.piece)
                 wanted = [None if grad is None else grad[piece] for grad in grads]
                 if grad_normals is not None and not joint:
-                    centre = sigma[piece].detach().requires_grad_(True)
+                    centre = sigma[0][piece].detach().requires_grad_(True)
                     normals = field.normals(x[piece], centre).float()
                     torch.autograd.backward(normals, grad_normals[piece])
                     if centre.grad is not None:
