@@ -245,6 +245,7 @@ def test_forward_differences_reuse_the_given_density_and_query_three_points():
     torch.testing.assert_close(with_sigma, field.normals(x))
     assert field.normal_queries == 3
     assert blob_only(normals="central_difference").normal_queries == 6
+    assert blob_only(normals="analytic").normal_queries == 4
 
 
 def test_queries_without_a_graph_run_the_in_place_mlp_in_its_own_pieces(monkeypatch):
