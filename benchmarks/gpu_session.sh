@@ -67,8 +67,9 @@ check builtin 45 python3 -m dreamtext.cli text "a red cube" --model builtin:shap
 #    the 20 it/s target of 64 px depends on it; compiling takes the first steps of the albedo row.
 check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default --steps 80 --compile
-# 7. Not in the default set: the shaded SDS step with analytic normals (one grid lookup with its
-#    Jacobian instead of three more lookups; on 2 CPU cores it is 19% slower, bound by the MLP's
-#    elementwise passes) beside forward differences, to choose the GPU's default.
+# 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
+#    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
+#    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to
+#    choose the GPU's default.
 check normals 120 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
     --sizes 64 256 --shadings lambertian --normals analytic --repeats 3 --warmup 2
