@@ -417,7 +417,7 @@ class NeRFField(nn.Module):
         :meth:`normals` together. Analytic normals take all three from one grid lookup and one
         pass of the MLP (the σ and albedo that pass computes anyway); the differences reuse
         ``σ(x)``."""
-        if self.cfg.normals not in ("analytic", "autograd"):
+        if not self.joint_normals:
             sigma, albedo = self(x)
             return sigma, albedo, self.normals(x, sigma)
         z, raw, grad = self._analytic(x)
@@ -433,7 +433,7 @@ class NeRFField(nn.Module):
         points holds about as much as forward differences' ``chunk_points / 4``."""
         if self.cfg.normals in ("central_difference", "finite_difference"):
             return 6
-        return 4 if self.cfg.normals in ("analytic", "autograd") else 3
+        return 4 if self.joint_normals else 3
 
     def background(self, dirs: Tensor) -> Tensor:
         """Colour where rays along ``dirs: [N, 3]`` leave the scene → ``[N, 3]`` in [0, 1]."""
