@@ -87,8 +87,10 @@ class FieldConfig:
     ``finest_resolution_factor × bound`` is the finest hash-grid resolution. The blob
     ``d = blob_density (1 − |x| / blob_radius)`` is added to the raw density before the activation.
     ``normal_eps`` is the finite-difference step (world units); ``normals`` picks forward
-    differences (the default: 3 density queries per normal, measured in benchmarks/RESULTS.md),
-    central differences (6) or the analytic gradient. The hash table trains at
+    differences (the default: 3 density queries per normal), central differences (6; the most
+    accurate angles) or the analytic gradient (the fastest on the CPU, the worst shading: 1.3-2×
+    forward differences' error on fitted shapes, ``benchmarks/normal_quality.py``; measured in
+    benchmarks/RESULTS.md). The hash table trains at
     ``lr × encoding_lr_scale``.
     """
 

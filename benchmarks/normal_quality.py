@@ -1,0 +1,250 @@
+"""How true are the field's normals? Forward, central differences and the analytic gradient on a
+default field fitted to a known shape.
+
+Shading (lambertian, textureless) lights each sample by its normal ``n = −∇σ/|∇σ|``, so a noisy
+normal is noise in every shaded image SDS sees. For each primitive (sphere, cube, torus of
+:mod:`dreamtext.shapes`):
+
+1. fit the default field's density (``FieldConfig()``: 16 levels, 2^19 table, finest resolution
+   2048) to ``σ*(x) = σ_max · sigmoid(−sdf(x) / τ)`` by regression, half the points uniform in the
+   scene cube and half within ``--band`` (0.05) of the surface, Adam at the trainer's learning
+   rates (the hash table at ``lr × encoding_lr_scale``);
+2. render the fitted field from ``--views`` cameras around it with the default renderer
+   (occupancy marcher, grid refreshed from the fitted field), once per normal method;
+3. compare the rendered normal image ``Σ w_i n_i`` (normalised) with the true outward normal
+   ``∇sdf`` where the camera ray first hits the primitive (``shapes.cast``), on pixels the
+   primitive covers and the field renders opaque (> ½): mean, median and 90th percentile of
+   the angle.
+
+A proxy, not an SDS run: a field fitted by regression has the hash grid's collisions and the
+finest levels' detail that a trained one has, but not the geometry SDS would give it. Appends a
+markdown section to ``benchmarks/RESULTS.md``::
+
+    python benchmarks/normal_quality.py
+    python benchmarks/normal_quality.py --shapes sphere --steps 300 --no-append
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dreamtext import shapes
+from dreamtext.cameras import orbit_poses, position_from_angles
+from dreamtext.config import TrainConfig
+from dreamtext.factory import build_optimizer
+from dreamtext.field import FieldConfig, NeRFField
+from dreamtext.renderer import RenderConfig, VolumeRenderer
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("forward_difference", "central_difference", "analytic")
+
+
+def sdf(shape: str, points: torch.Tensor) -> torch.Tensor:
+    """Signed distance to the primitive ``shape``: ``[N, 3] → [N]`` (negative inside)."""
+    if shape == "sphere":
+        return points.norm(dim=-1) - shapes.SPHERE_RADIUS
+    if shape == "cube":
+        q = points.abs() - shapes.CUBE_HALF
+        outside = q.clamp_min(0.0).norm(dim=-1)
+        return outside + q.amax(dim=-1).clamp_max(0.0)
+    if shape == "torus":
+        return shapes.torus_sdf(points)
+    raise ValueError(f"no SDF for {shape!r}; use sphere, cube or torus")
+
+
+def true_normals(shape: str, points: torch.Tensor) -> torch.Tensor:
+    """Unit outward normals ``∇sdf / |∇sdf|`` at ``points [N, 3]``."""
+    with torch.enable_grad():
+        x = points.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(sdf(shape, x).sum(), x)
+    return torch.nn.functional.normalize(grad, dim=-1)
+
+
+def target_density(shape: str, points: torch.Tensor, sigma_max: float, tau: float) -> torch.Tensor:
+    """``σ*(x) = σ_max · sigmoid(−sdf(x) / τ)``."""
+    return sigma_max * torch.sigmoid(-sdf(shape, points) / tau)
+
+
+def training_points(shape: str, n: int, band: float, generator: torch.Generator) -> torch.Tensor:
+    """``n`` points: half uniform in ``[−1, 1]^3``, half uniform within ``band`` of the surface."""
+    uniform = torch.rand(n // 2, 3, generator=generator) * 2 - 1
+    near: list[torch.Tensor] = []
+    have = 0
+    while have < n - n // 2:
+        pool = torch.rand(1 << 18, 3, generator=generator) * 2 - 1
+        keep = pool[sdf(shape, pool).abs() < band]
+        near.append(keep)
+        have += keep.shape[0]
+    return torch.cat([uniform, torch.cat(near)[: n - n // 2]])
+
+
+def fit(shape: str, args: argparse.Namespace) -> tuple[NeRFField, float]:
+    """The default field fitted to ``shape``'s density; returns it and the fit's final RMSE
+    relative to ``σ_max``."""
+    settings = (args.steps, args.points, args.sigma_max, args.tau, args.band, args.seed)
+    key = "-".join([shape, *(f"{value:g}" for value in settings)])
+    cached = args.cache / f"{key}.pt" if args.cache is not None else None
+    if cached is not None and cached.exists():
+        state = torch.load(cached)
+        field = NeRFField(FieldConfig())
+        field.load_state_dict(state["field"])
+        return field, state["rmse"]
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    field = NeRFField(FieldConfig())
+    train_cfg = TrainConfig()
+    optimizer = build_optimizer(field, train_cfg.lr)
+    loss = torch.zeros(())
+    for _ in range(args.steps):
+        x = training_points(shape, args.points, args.band, generator)
+        target = target_density(shape, x, args.sigma_max, args.tau)
+        loss = ((field.density(x) - target) / args.sigma_max).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    rmse = math.sqrt(loss.item())
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"field": field.state_dict(), "rmse": rmse}, cached)
+    return field, rmse
+
+
+def variants(eps_values: list[float]) -> list[tuple[str, float | None]]:
+    """The (method, ε) pairs to compare: each difference at every ε, the analytic gradient once."""
+    pairs: list[tuple[str, float | None]] = []
+    for method in METHODS:
+        if method == "analytic":
+            pairs.append((method, None))
+        else:
+            pairs.extend((method, eps) for eps in eps_values)
+    return pairs
+
+
+@torch.no_grad()
+def normal_errors(field: NeRFField, shape: str, args: argparse.Namespace) -> dict[str, dict]:
+    """Per normal method (and ε): angle statistics (degrees) of the rendered normals against the
+    true ones, the textureless shading's mean absolute error, and the render's time."""
+    renderer = VolumeRenderer(RenderConfig()).eval()
+    for _ in range(4):  # the grid keeps max(decay · g, σ): a few updates settle it
+        renderer.grid.update(field, renderer.cfg.chunk_points)
+    poses = orbit_poses(args.views, polar=args.polar, radius=2.0, fovy=40.0, start=20.0)
+    # A light 45° round from each camera and 30° higher, so shading varies across the object.
+    lights = position_from_angles(poses.polar - 30.0, poses.azimuth + 45.0, poses.radius * 1.5)
+    size = args.size
+    rays = renderer.camera_rays(poses, size, size, lights)
+    t = shapes.cast(shape, rays.origins, rays.directions)
+    hit = torch.isfinite(t)
+    hit_points = rays.origins[hit] + t[hit, None] * rays.directions[hit]
+    truth = true_normals(shape, hit_points)
+    ambient = TrainConfig().ambient_ratio
+    true_shade = ambient + (1 - ambient) * (truth * rays.light_dirs[hit]).sum(-1).clamp_min(0.0)
+    rows = {}
+    default_eps = field.cfg.normal_eps
+    for method, eps in variants(args.eps):
+        field.cfg.normals = method
+        field.cfg.normal_eps = default_eps if eps is None else eps
+        start = time.perf_counter()
+        out = renderer.render(
+            field, poses, size, size, "textureless", lights, ambient, torch.zeros(3)
+        )
+        seconds = time.perf_counter() - start
+        opacity = out["opacity"].reshape(-1)[hit]
+        opaque = opacity > 0.5
+        normals = torch.nn.functional.normalize(out["normals"].reshape(-1, 3)[hit], dim=-1)
+        cosine = (normals * truth).sum(dim=-1).clamp(-1.0, 1.0)[opaque]
+        angle = torch.rad2deg(torch.arccos(cosine.double()))
+        # Black background: the pixel is Σ w_i s_i, so its shading is that over the opacity.
+        shade = out["rgb"].reshape(-1, 3)[hit][:, 0] / opacity.clamp_min(1e-6)
+        label = method if eps is None else f"{method} ε={eps:g}"
+        rows[label] = {
+            "mean": angle.mean().item(),
+            "median": angle.median().item(),
+            "p90": torch.quantile(angle, 0.9).item(),
+            "shade": (shade - true_shade)[opaque].abs().mean().item(),
+            "pixels": int(opaque.sum()),
+            "covered": int(hit.sum()),
+            "seconds": seconds,
+        }
+    field.cfg.normals, field.cfg.normal_eps = FieldConfig().normals, default_eps
+    return rows
+
+
+def section(results: dict[str, tuple[float, dict]], args: argparse.Namespace, command: str) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    head = (
+        f"## Normal quality of the default field (issue 9) — CPU ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads) — {stamp}\n\n"
+        f"`{command}` (torch {torch.__version__}): default field fitted for {args.steps} steps of "
+        f"{args.points} points to σ* = {args.sigma_max:g} · sigmoid(−sdf / {args.tau:g}); "
+        f"{args.views} views at {args.size} px, polar {args.polar:g}°. Angle between the rendered "
+        "normal and the primitive's, on covered pixels the field renders opaque.\n\n"
+        "| shape | fit RMSE / σ_max | normals | mean ° | median ° | 90th pct ° | shading error | "
+        "pixels | render s |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for shape, (rmse, rows) in results.items():
+        for method, r in rows.items():
+            lines.append(
+                f"| {shape} | {rmse:.3f} | {method} | {r['mean']:.1f} | {r['median']:.1f} | "
+                f"{r['p90']:.1f} | {r['shade']:.4f} | {r['pixels']}/{r['covered']} | "
+                f"{r['seconds']:.1f} |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["sphere", "cube", "torus"])
+    parser.add_argument("--steps", type=int, default=800, help="fitting steps [800]")
+    parser.add_argument("--points", type=int, default=1 << 14, help="points per step [16384]")
+    parser.add_argument("--sigma-max", type=float, default=50.0, help="density inside [50]")
+    parser.add_argument("--tau", type=float, default=0.005, help="surface width (world) [0.005]")
+    parser.add_argument("--band", type=float, default=0.05, help="near-surface band [0.05]")
+    parser.add_argument(
+        "--eps",
+        type=float,
+        nargs="+",
+        default=[FieldConfig().normal_eps],
+        help="finite-difference steps to compare [the default normal_eps]",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="keep fitted fields here and reuse them"
+    )
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--size", type=int, default=128, help="render px [128]")
+    parser.add_argument("--polar", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args(argv)
+    results = {}
+    for shape in args.shapes:
+        start = time.perf_counter()
+        field, rmse = fit(shape, args)
+        print(f"{shape}: fitted in {time.perf_counter() - start:.0f} s, RMSE/σ_max {rmse:.3f}")
+        rows = normal_errors(field, shape, args)
+        for method, r in rows.items():
+            print(
+                f"  {method:27s} mean {r['mean']:5.1f}°  median {r['median']:5.1f}°  "
+                f"p90 {r['p90']:5.1f}°  shading {r['shade']:.4f}  ({r['pixels']} px, "
+                f"{r['seconds']:.1f} s)"
+            )
+        results[shape] = (rmse, rows)
+    words = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/normal_quality.py " + " ".join(words)
+    text = section(results, args, command.strip())
+    print(text)
+    if not args.no_append:
+        with args.out.open("a") as handle:
+            handle.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
