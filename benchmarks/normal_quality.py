@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from dreamtext import shapes
 from dreamtext.cameras import orbit_poses, position_from_angles
@@ -102,7 +103,7 @@ def fit(shape: str, args: argparse.Namespace) -> tuple[NeRFField, float]:
     train_cfg = TrainConfig()
     optimizer = build_optimizer(field, train_cfg.lr)
     loss = torch.zeros(())
-    for _ in range(args.steps):
+    for _ in tqdm(range(args.steps), desc=f"fitting the {shape}", unit="step", leave=False):
         x = training_points(shape, args.points, args.band, generator)
         target = target_density(shape, x, args.sigma_max, args.tau)
         loss = ((field.density(x) - target) / args.sigma_max).square().mean()
