@@ -369,7 +369,9 @@ class OccupancySampler:
         n_rays = origins.shape[0]
         near, far, hit = near_far_from_bound(origins, directions, bound, self.min_near)
         dt = 2.0 * math.sqrt(3.0) * bound / self.march_steps
-        log_t_min = math.log(self.transmittance_threshold)
+        # A threshold of 0 keeps every step until the ray leaves the scene (no early stop).
+        t_min = self.transmittance_threshold
+        log_t_min = math.log(t_min) if t_min > 0 else -math.inf
         # Raw steps looked at per round: enough to skip empty space quickly, bounded in memory.
         step_budget = max(self.chunk_points * 8, self.window * 64)
 

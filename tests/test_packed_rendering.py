@@ -89,6 +89,28 @@ def test_marcher_stops_behind_an_opaque_surface() -> None:
     assert len(samples) < 10
 
 
+def test_marcher_with_zero_thresholds_keeps_every_step_to_the_far_side() -> None:
+    """Thresholds of 0 (allowed by the config) turn pruning and early termination off: every
+    step through the opaque slab is kept, where the defaults stop after a few."""
+    slab = SlabField(sigma=1000.0, half_width=0.25)
+    rays_o = torch.tensor([[0.0, 0.0, 2.0]])
+    rays_d = torch.tensor([[0.0, 0.0, -1.0]])
+    vr = renderer(
+        "occupancy",
+        march_steps=512,
+        occupancy_grid=True,
+        alpha_threshold=0.0,
+        transmittance_threshold=0.0,
+    )
+    vr.update_occupancy(slab, step=0)
+    samples, _ = vr.sampler.sample(slab, rays_o, rays_d, perturb=False)
+    dt = 2.0 * math.sqrt(3.0) / 512
+    # The occupied cells are the slab's, |z| ≤ 0.25 (a boundary of the 64³ grid's cells): 74 steps.
+    assert len(samples) == pytest.approx(0.5 / dt, abs=1.5)
+    with torch.no_grad():
+        assert vr.render_rays(slab, rays_o, rays_d)["opacity"].item() > 0.999
+
+
 def test_marcher_queries_only_occupied_cells() -> None:
     ball = BallField(sigma=20.0, half_width=0.3)
     counting = Counting(ball)
