@@ -71,7 +71,11 @@ class RenderConfig:
       step for objects of this size); ``march_window`` occupied steps per ray are evaluated per
       round.
     * ``alpha_threshold``, ``transmittance_threshold``: the marcher keeps a sample only if
-      ``α_i`` and ``T_i`` exceed them (the colour changes by at most about these amounts).
+      ``α_i`` and ``T_i`` exceed them, and stops a ray once ``T`` falls to the second (what the
+      rest of the ray adds is then at most ``T ≤ 1e-3`` of the colour: a quarter of an 8-bit
+      level). Measured against no pruning (``benchmarks/pruning.py``): on fitted shapes 1.7-3.8×
+      fewer samples, images within 0.12 levels, gradients within 0.14%; ``T`` 1e-3 instead of
+      1e-4 takes 18-19% fewer samples, ``α`` 1e-3 instead of 1e-4 about 1% for 5-8× the error.
     * ``min_near``: no sample closer to the camera than this.
     * ``chunk_size``: rays per sampling pass; ``chunk_points``: field queries per call without
       gradients (grid updates, previews, turntables).
@@ -94,7 +98,7 @@ class RenderConfig:
     march_steps: int = 256
     march_window: int = 16
     alpha_threshold: float = 1e-4
-    transmittance_threshold: float = 1e-4
+    transmittance_threshold: float = 1e-3
     min_near: float = 0.05
     chunk_size: int = 65536
     chunk_points: int = 1 << 19

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ class _RadialSphere(torch.nn.Module):
         return self.density(x), torch.full_like(x, 0.5)
 
     def normals(self, x, sigma=None):
-        c, s = torch.cos(torch.tensor(self.tilt)), torch.sin(torch.tensor(self.tilt))
+        c, s = math.cos(self.tilt), math.sin(self.tilt)
         turn = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
         return torch.nn.functional.normalize(x, dim=-1) @ turn.T
 
