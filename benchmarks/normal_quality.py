@@ -200,6 +200,21 @@ def section(results: dict[str, tuple[float, dict]], args: argparse.Namespace, co
     return head + "\n".join(lines) + "\n"
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that ran ``benchmarks/<script>`` (``argv``: its arguments, ``None`` for the
+    process's own), for a section's header."""
+    words = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{script}", *words])
+
+
+def publish(text: str, args: argparse.Namespace) -> None:
+    """Print a markdown section and append it to ``args.out`` unless ``args.no_append``."""
+    print(text)
+    if not args.no_append:
+        with args.out.open("a", encoding="utf-8") as handle:
+            handle.write("\n" + text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["sphere", "cube", "torus"])
@@ -238,13 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['seconds']:.1f} s)"
             )
         results[shape] = (rmse, rows)
-    words = sys.argv[1:] if argv is None else argv
-    command = "python benchmarks/normal_quality.py " + " ".join(words)
-    text = section(results, args, command.strip())
-    print(text)
-    if not args.no_append:
-        with args.out.open("a") as handle:
-            handle.write("\n" + text)
+    publish(section(results, args, command_line("normal_quality.py", argv)), args)
 
 
 if __name__ == "__main__":

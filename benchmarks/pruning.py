@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from normal_quality import fit  # benchmarks/normal_quality.py
+from normal_quality import command_line, fit, publish  # benchmarks/normal_quality.py
 
 from dreamtext.cameras import sample_poses
 from dreamtext.field import FieldConfig, NeRFField
@@ -179,12 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     for shape in args.shapes:
         field, _ = fit(shape, fit_args)
         rows += sweep(shape, field, 4, args)
-    words = sys.argv[1:] if argv is None else argv
-    text = section(rows, args, ("python benchmarks/pruning.py " + " ".join(words)).strip())
-    print(text)
-    if not args.no_append:
-        with args.out.open("a") as handle:
-            handle.write("\n" + text)
+    publish(section(rows, args, command_line("pruning.py", argv)), args)
 
 
 if __name__ == "__main__":
