@@ -35,6 +35,8 @@ NORMAL_METHODS: tuple[str, ...] = (
     "finite_difference",
     "autograd",
 )
+# The older names, and the method each now means.
+_NORMAL_ALIASES = {"finite_difference": "central_difference", "autograd": "analytic"}
 # The background MLP sees the view direction d and sin/cos(2^k π d) for k < BG_FREQUENCIES: enough
 # for a smooth sky, too few to paint the object into the background.
 BG_FREQUENCIES = 4
@@ -90,8 +92,7 @@ class FieldConfig:
     differences (the default: 3 density queries per normal), central differences (6; the most
     accurate angles) or the analytic gradient (the fastest on the CPU, the worst shading: 1.3-2×
     forward differences' error on fitted shapes, ``benchmarks/normal_quality.py``; measured in
-    benchmarks/RESULTS.md). The hash table trains at
-    ``lr × encoding_lr_scale``.
+    benchmarks/RESULTS.md). The hash table trains at ``lr × encoding_lr_scale``.
     """
 
     bound: float = 1.0
@@ -152,6 +153,11 @@ def field_config_from_dict(data: dict[str, Any]) -> FieldConfig:
             "version; re-export with that version"
         )
     return FieldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def normal_method(name: str) -> str:
+    """The normal method ``name`` means: itself, or what an older name now is called."""
+    return _NORMAL_ALIASES.get(name, name)
 
 
 def _mlp_pieces(features: Tensor) -> tuple[Tensor, ...]:
@@ -315,7 +321,7 @@ class NeRFField(nn.Module):
         per block in reverse: ``g_s = g SiLU'(s)``, ``g_x̂ = γ g_s``,
         ``g_l = r (g_x̂ − mean(g_x̂) − x̂ mean(g_x̂ x̂))``, ``g ← g_s + g_l W``; finally
         ``∂raw_0/∂features = (g SiLU'(a_0)) W_in`` where ``a_0`` is the input layer's output.
-        ``native_layer_norm`` gives ``x̂`` in one pass and ``SiLU'(s)`` is written as
+        LayerNorm is written out (its ``r`` carries a gradient) and ``SiLU'(s)`` as
         ``h' + σ(s)(1 − h')``: elementwise passes, not matrix products, bound this on the CPU.
         LayerNorm statistics and the elementwise terms run in float32 under autocast.
         """
@@ -393,16 +399,16 @@ class NeRFField(nn.Module):
         field's parameters, so the orientation regulariser and shading train through them, and
         all work under ``no_grad`` and ``inference_mode``. Where ``∇σ = 0`` the normal is zero.
         """
-        method = self.cfg.normals
+        method = normal_method(self.cfg.normals)
         eps = self.cfg.normal_eps
         offsets = eps * torch.eye(3, device=x.device, dtype=x.dtype)
         if method == "forward_difference":
             ahead = self.density((x[:, None, :] + offsets).reshape(-1, 3)).view(x.shape[0], 3)
             centre = self.density(x) if sigma is None else sigma
             grad = (ahead - centre.to(ahead.dtype)[:, None]) / eps
-        elif method in ("analytic", "autograd"):
+        elif method == "analytic":
             grad = self._analytic(x)[2]
-        else:  # central differences ("finite_difference" is its old name)
+        else:  # central differences
             probes = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets])  # [2N, 3, 3]
             density = self.density(probes.reshape(-1, 3)).view(2, x.shape[0], 3)
             grad = (density[0] - density[1]) / (2.0 * eps)
@@ -412,7 +418,7 @@ class NeRFField(nn.Module):
     def joint_normals(self) -> bool:
         """Whether :meth:`forward_with_normals` costs less than :meth:`forward` then
         :meth:`normals`: with analytic normals, which compute σ and albedo on the way."""
-        return self.cfg.normals in ("analytic", "autograd")
+        return normal_method(self.cfg.normals) == "analytic"
 
     def forward_with_normals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``x: [N, 3]`` → ``(σ [N], albedo [N, 3], normals [N, 3])``: :meth:`forward` and
@@ -433,7 +439,7 @@ class NeRFField(nn.Module):
         point for backward against 6.6 for a plain query and 16.7 for forward differences'
         three (default field, saved-tensor hooks), so a replay piece of ``chunk_points / 5``
         points holds about as much as forward differences' ``chunk_points / 4``."""
-        if self.cfg.normals in ("central_difference", "finite_difference"):
+        if normal_method(self.cfg.normals) == "central_difference":
             return 6
         return 4 if self.joint_normals else 3
 
