@@ -87,19 +87,21 @@ def training_points(shape: str, n: int, band: float, generator: torch.Generator)
 
 
 def fit(shape: str, args: argparse.Namespace) -> tuple[NeRFField, float]:
-    """The default field fitted to ``shape``'s density; returns it and the fit's final RMSE
-    relative to ``σ_max``."""
+    """The default field (with ``args.density_head``) fitted to ``shape``'s density; returns it
+    and the fit's final RMSE relative to ``σ_max``."""
     settings = (args.steps, args.points, args.sigma_max, args.tau, args.band, args.seed)
     key = "-".join([shape, *(f"{value:g}" for value in settings)])
+    if args.density_head != "shared":
+        key += f"-{args.density_head}"
     cached = args.cache / f"{key}.pt" if args.cache is not None else None
     if cached is not None and cached.exists():
         state = torch.load(cached)
-        field = NeRFField(FieldConfig())
+        field = NeRFField(FieldConfig(density_head=args.density_head))
         field.load_state_dict(state["field"])
         return field, state["rmse"]
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    field = NeRFField(FieldConfig())
+    field = NeRFField(FieldConfig(density_head=args.density_head))
     train_cfg = TrainConfig()
     optimizer = build_optimizer(field, train_cfg.lr)
     loss = torch.zeros(())
@@ -182,7 +184,8 @@ def section(results: dict[str, tuple[float, dict]], args: argparse.Namespace, co
     head = (
         f"## Normal quality of the default field (issue 9) — CPU ({platform.machine()}, "
         f"{torch.get_num_threads()} threads) — {stamp}\n\n"
-        f"`{command}` (torch {torch.__version__}): default field fitted for {args.steps} steps of "
+        f"`{command}` (torch {torch.__version__}): default field (density head: "
+        f"{args.density_head}) fitted for {args.steps} steps of "
         f"{args.points} points to σ* = {args.sigma_max:g} · sigmoid(−sdf / {args.tau:g}); "
         f"{args.views} views at {args.size} px, polar {args.polar:g}°. Angle between the rendered "
         "normal and the primitive's, on covered pixels the field renders opaque.\n\n"
@@ -232,6 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--cache", type=Path, default=None, help="keep fitted fields here and reuse them"
+    )
+    parser.add_argument(
+        "--density-head",
+        choices=["shared", "separate"],
+        default=FieldConfig().density_head,
+        help="field.density_head of the fitted field [shared]",
     )
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--size", type=int, default=128, help="render px [128]")

@@ -176,10 +176,10 @@ def run_config(
     size: int,
     device: torch.device,
     compile: bool = False,
-    normals: str | None = None,
+    field: dict | None = None,
 ):
     """The ``TrainConfig`` of a default run at ``size`` px with this model and precision (and
-    ``field.normals``, when given)."""
+    the ``field`` section's overrides, e.g. ``{"normals": "analytic"}``, when given)."""
     overrides = {
         "prompt": PROMPT,
         "h": size,
@@ -187,9 +187,15 @@ def run_config(
         "device": device.type,
         "guidance": guidance_overrides(model, precision, compile),
     }
-    if normals is not None:
-        overrides["field"] = {"normals": normals}
+    if field:
+        overrides["field"] = dict(field)
     return resolve_config(overrides)
+
+
+def field_overrides(args: argparse.Namespace) -> dict:
+    """The ``field`` section the command line asks for (``--normals``, ``--density-head``)."""
+    wanted = {"normals": args.normals, "density_head": args.density_head}
+    return {key: value for key, value in wanted.items() if value is not None}
 
 
 def measure(
@@ -201,7 +207,7 @@ def measure(
     repeats: int,
     warmup: int,
     compile: bool = False,
-    normals: str | None = None,
+    field_config: dict | None = None,
 ) -> list[dict]:
     """One row per render size and shading: median times (ms) over ``repeats`` steps and peak
     memory (MiB)."""
@@ -217,7 +223,7 @@ def measure(
     rows = []
     for size, shading in ((s, sh) for s in sizes for sh in shadings):
         torch.manual_seed(0)
-        cfg = run_config(model, precision, size, device, normals=normals)
+        cfg = run_config(model, precision, size, device, field=field_config)
         parts = build_parts(cfg, device, with_guidance=False)
         field, renderer, optimizer = parts.field, parts.renderer.train(), parts.optimizer
         renderer.update_occupancy(field, 0)
@@ -234,6 +240,7 @@ def measure(
             "model_px": model_px,
             "shading": shading,
             "normals": cfg.field.normals if shading != "albedo" else "-",
+            "density_head": cfg.field.density_head,
         }
         try:
             times = []
@@ -277,6 +284,7 @@ COLUMNS = [
     ("render_px", "render px"),
     ("shading", "shading"),
     ("normals", "normals"),
+    ("density_head", "density head"),
     ("model_px", "model px"),
     ("render_ms", "render ms"),
     ("guidance_ms", "guidance ms"),
@@ -323,8 +331,8 @@ def trainer_row(
         "albedo_epochs": 10**6 if phase == "albedo" else 0,
         "guidance": guidance_overrides(model, precision, args.compile),
     }
-    if args.normals is not None:
-        overrides["field"] = {"normals": args.normals}
+    if field_overrides(args):
+        overrides["field"] = field_overrides(args)
     row = {
         "preset": preset,
         "phase": phase,
@@ -336,6 +344,7 @@ def trainer_row(
         cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
         row["px"] = cfg.h
         row["normals"] = cfg.field.normals
+        row["density_head"] = cfg.field.density_head
         if device.type == "cuda":
             torch.cuda.empty_cache()
         try:
@@ -369,6 +378,7 @@ TRAINER_COLUMNS = [
     ("compile", "compiled U-Net"),
     ("phase", "phase"),
     ("normals", "normals"),
+    ("density_head", "density head"),
     ("its", "it/s (steady)"),
     ("peak_mib", "peak reserved MiB"),
     ("allocated_mib", "peak allocated MiB (cf. memory_model.py)"),
@@ -424,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         "--normals",
         choices=["forward_difference", "central_difference", "analytic"],
         help="field.normals of every row [the config's default]",
+    )
+    parser.add_argument(
+        "--density-head",
+        choices=["shared", "separate"],
+        help="field.density_head of every row [the config's default: shared]",
     )
     parser.add_argument("--trainer", action="store_true", help="time the real trainer instead")
     parser.add_argument(
@@ -481,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.repeats,
                 args.warmup,
                 args.compile,
-                args.normals,
+                field_overrides(args),
             )
             print(markdown_table(rows[-len(sizes) * len(args.shadings) :]), flush=True)
         table = markdown_table(rows)

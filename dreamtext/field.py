@@ -4,6 +4,11 @@ density blob around the origin, a background MLP on the view direction, and surf
     x [N, 3] ──► hash grid [N, L·F] ──► linear → 4 residual blocks (SiLU) → linear ──► raw [N, 4]
     raw[:, 0] + blob(x) ──► softplus | exp ──► σ [N]        sigmoid(raw[:, 1:]) ──► albedo [N, 3]
     dirs [N, 3] ──► frequencies ──► 2 × 64 ReLU ──► sigmoid ──► background [N, 3]
+
+With ``density_head: separate`` (not the thesis's design; an option) ``raw[:, 0]`` comes from a
+small MLP of its own on the same grid features (linear → SiLU → linear) and the residual MLP
+gives the albedo logits only, so a density-only query (normals by differences, the occupancy
+grid, the marcher's pruning pass, mesh extraction) skips the residual MLP.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +41,9 @@ NORMAL_METHODS: tuple[str, ...] = (
     "finite_difference",
     "autograd",
 )
+# Where σ's logit comes from: the residual MLP that also gives the albedo (the thesis, ch. 6.1.3),
+# or a small MLP of its own on the grid features.
+DENSITY_HEADS: tuple[str, ...] = ("shared", "separate")
 # The older names, and the method each now means.
 _NORMAL_ALIASES = {"finite_difference": "central_difference", "autograd": "analytic"}
 # The background MLP sees the view direction d and sin/cos(2^k π d) for k < BG_FREQUENCIES: enough
@@ -93,6 +102,12 @@ class FieldConfig:
     accurate angles) or the analytic gradient (the fastest on the CPU, the worst shading: 1.3-2×
     forward differences' error on fitted shapes, ``benchmarks/normal_quality.py``; measured in
     benchmarks/RESULTS.md). The hash table trains at ``lr × encoding_lr_scale``.
+
+    ``density_head``: ``shared`` (the thesis: σ's logit is the residual MLP's first output) or
+    ``separate`` (σ's logit from ``linear(L·F → density_hidden_dim) → SiLU → linear(→ 1)`` on the
+    grid features, as threestudio's implicit volume has; the residual MLP then gives the albedo
+    only). With ``separate`` a density query costs the grid and that small MLP, so normals by
+    differences cost far less (benchmarks/RESULTS.md, "A density head of its own").
     """
 
     bound: float = 1.0
@@ -114,6 +129,8 @@ class FieldConfig:
     normals: str = "forward_difference"
     normal_eps: float = 1e-2
     encoding_lr_scale: float = 10.0
+    density_head: str = "shared"
+    density_hidden_dim: int = 64
 
     def __post_init__(self) -> None:
         self.background_color = tuple(float(c) for c in self.background_color)
@@ -126,6 +143,7 @@ class FieldConfig:
             "density_activation": DENSITY_ACTIVATIONS,
             "background": BACKGROUNDS,
             "normals": NORMAL_METHODS,
+            "density_head": DENSITY_HEADS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -136,6 +154,8 @@ class FieldConfig:
             raise DreamtextError("field.background_color must be three numbers in [0, 1]")
         if self.bound <= 0 or self.blob_radius <= 0 or self.normal_eps <= 0:
             raise DreamtextError("field.bound, field.blob_radius and field.normal_eps must be > 0")
+        if self.density_hidden_dim < 1:
+            raise DreamtextError("field.density_hidden_dim must be a positive integer")
 
 
 def field_config_to_dict(cfg: FieldConfig) -> dict[str, Any]:
@@ -253,7 +273,18 @@ class NeRFField(nn.Module):
         )
         self.input_layer = nn.Linear(self.encoding.output_dim, cfg.hidden_dim)
         self.blocks = nn.Sequential(*(ResidualBlock(cfg.hidden_dim) for _ in range(cfg.num_blocks)))
-        self.output_layer = nn.Linear(cfg.hidden_dim, 4)
+        separate = cfg.density_head == "separate"
+        # With a density head of its own the residual MLP gives the three albedo logits only.
+        self.output_layer = nn.Linear(cfg.hidden_dim, 3 if separate else 4)
+        self.density_net = (
+            nn.Sequential(
+                nn.Linear(self.encoding.output_dim, cfg.density_hidden_dim),
+                nn.SiLU(),
+                nn.Linear(cfg.density_hidden_dim, 1),
+            )
+            if separate
+            else None
+        )
         self.background_net = self._background_mlp(cfg) if cfg.background == "mlp" else None
         # Mixed precision of the MLPs on CUDA (set by dreamtext.factory from --fp16 / --bf16).
         self.mlp_dtype: torch.dtype | None = None
@@ -285,14 +316,45 @@ class NeRFField(nn.Module):
         ``CPU_QUERY_PIECE`` points at a time, ``CPU_NO_GRAD_PIECE`` when no graph is built.
         """
         features = self.encoding(x)
-        mlp = self._mlp if torch.is_grad_enabled() else self._mlp_no_grad
+        raw = self._in_pieces(self._mlp if torch.is_grad_enabled() else self._mlp_no_grad, features)
+        if self.density_net is None:
+            return raw
+        return torch.cat([self._density_logit(features)[:, None], raw], dim=1)
+
+    def _in_pieces(self, mlp: Callable[[Tensor], Tensor], features: Tensor) -> Tensor:
+        """``mlp`` on ``features`` in :func:`_mlp_pieces`, under ``mlp_dtype``'s autocast when it
+        is set (then cast back to float32), the pieces joined."""
         pieces = _mlp_pieces(features)
         if self.mlp_dtype is None:
             parts = [mlp(piece) for piece in pieces]
         else:
-            with self._mlp_precision(x.device.type):
+            with self._mlp_precision(features.device.type):
                 parts = [mlp(piece).float() for piece in pieces]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _density_logit(self, features: Tensor) -> Tensor:
+        """σ's logit from the separate density head: grid features ``[N, L·F]`` → ``[N]``."""
+        assert self.density_net is not None
+        return self._in_pieces(self.density_net, features)[:, 0]
+
+    def _density_head_with_input_gradient(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """The separate head's ``raw_0 = w_2ᵀ SiLU(a) + b_2``, ``a = W_1 f + b_1``, and
+        ``∂raw_0/∂f = (w_2 ⊙ SiLU'(a)) W_1``: ``[n]`` and ``[n, L·F]``, float32, both
+        differentiable."""
+        assert self.density_net is not None
+        first, _, last = self.density_net
+        pre = first(features).float()
+        raw = last(F.silu(pre)).float()[:, 0]
+        grad = (last.weight[0].float() * silu_slope(pre)) @ first.weight.float()
+        return raw, grad
+
+    def _with_input_gradient(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``raw [n, 4]`` and ``∂raw_0/∂features [n, L·F]`` from whichever network gives σ."""
+        if self.density_net is None:
+            return self._mlp_with_input_gradient(features)
+        raw, grad = self._density_head_with_input_gradient(features)
+        mlp = self._mlp if torch.is_grad_enabled() else self._mlp_no_grad
+        return torch.cat([raw[:, None], mlp(features).float()], dim=1), grad
 
     def _mlp_precision(self, device_type: str) -> contextlib.AbstractContextManager:
         """Autocast to ``mlp_dtype`` when it is set, else nothing."""
@@ -358,12 +420,14 @@ class NeRFField(nn.Module):
         ∇d(x))``: ``x: [N, 3]``, float32 out.
 
         ``J_grid = ∂f/∂x`` comes from :func:`features_and_jacobian`, ``∂raw_0/∂f`` from
-        :meth:`_mlp_with_input_gradient`, and the blob's gradient is ``∇d = −(v / b) x / |x|``.
+        :meth:`_mlp_with_input_gradient` (or the separate density head's
+        :meth:`_density_head_with_input_gradient`), and the blob's gradient is
+        ``∇d = −(v / b) x / |x|``.
         On the CPU the MLP runs in pieces, as in :meth:`_raw`.
         """
         features, jacobian = features_and_jacobian(self.encoding, x)
         with self._mlp_precision(x.device.type):
-            parts = [self._mlp_with_input_gradient(piece) for piece in _mlp_pieces(features)]
+            parts = [self._with_input_gradient(piece) for piece in _mlp_pieces(features)]
         raw = torch.cat([part[0] for part in parts])
         grad_features = torch.cat([part[1] for part in parts])
         xf = x.float()
@@ -379,8 +443,13 @@ class NeRFField(nn.Module):
         return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
 
     def density(self, x: Tensor) -> Tensor:
-        """``σ = act(raw_0(x) + d(x))``: ``x: [N, 3]`` → ``σ: [N]`` (≥ 0)."""
-        return activate_density(self._raw(x)[:, 0] + self.blob(x), self.cfg.density_activation)
+        """``σ = act(raw_0(x) + d(x))``: ``x: [N, 3]`` → ``σ: [N]`` (≥ 0). With a separate
+        density head the residual MLP does not run."""
+        if self.density_net is None:
+            raw = self._raw(x)[:, 0]
+        else:
+            raw = self._density_logit(self.encoding(x))
+        return activate_density(raw + self.blob(x), self.cfg.density_activation)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x: [N, 3]`` → ``(σ: [N], albedo: [N, 3] in [0, 1])``."""
@@ -469,6 +538,7 @@ class NeRFField(nn.Module):
 __all__ = [
     "BACKGROUNDS",
     "DENSITY_ACTIVATIONS",
+    "DENSITY_HEADS",
     "NORMAL_METHODS",
     "Field",
     "FieldConfig",

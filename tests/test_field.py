@@ -383,3 +383,90 @@ def test_forward_with_normals_is_forward_and_normals_together(method, monkeypatc
             continue
         scale = b.abs().max().item()
         torch.testing.assert_close(a, b, atol=1e-5 * max(scale, 1e-3), rtol=1e-4, msg=name)
+
+
+def separate_field(**overrides) -> NeRFField:
+    """A textured field whose σ comes from a density head of its own."""
+    field = textured_field(density_head="separate", density_hidden_dim=8, **overrides)
+    with torch.no_grad():
+        field.density_net[0].weight.mul_(4.0)  # order-one logits: every term of ∇σ counts
+    return field
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["graph", "no_grad"])
+def test_a_separate_density_head_gives_sigma_without_the_residual_mlp(grad, monkeypatch):
+    """``σ = act(w_2ᵀ SiLU(W_1 f + b_1) + b_2 + d(x))`` on the grid features ``f``; the residual
+    MLP gives the three albedo logits and never runs for a density query."""
+    field = separate_field()
+    x = random_points(40)
+    assert field.output_layer.out_features == 3 and field.density_net[0].out_features == 8
+    first, _, last = field.density_net
+    with torch.no_grad():
+        f = field.encoding(x)
+        logit = (F.silu(f @ first.weight.T + first.bias) @ last.weight.T + last.bias)[:, 0]
+        blob = 10.0 * (1 - x.norm(dim=-1) / 0.5)
+        albedo = torch.sigmoid(field._mlp(f))
+    with torch.set_grad_enabled(grad):
+        sigma, got_albedo = field(x)
+        torch.testing.assert_close(sigma, F.softplus(logit + blob), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_albedo, albedo, atol=1e-6, rtol=1e-5)
+
+        def refuse(features):
+            raise AssertionError("the residual MLP ran for a density query")
+
+        monkeypatch.setattr(field, "_mlp", refuse)
+        monkeypatch.setattr(field, "_mlp_no_grad", refuse)
+        torch.testing.assert_close(field.density(x), sigma)
+        normals = field.normals(x, sigma)  # forward differences: three density queries
+    assert normals.shape == (40, 3) and normals.requires_grad == grad
+
+
+def test_a_separate_density_head_trains_sigma_and_albedo_apart():
+    """σ's gradient reaches the density head and the table, not the residual MLP; the albedo's
+    reaches the residual MLP and the table, not the density head."""
+    field = separate_field()
+    x = random_points(32)
+    sigma, albedo = field(x)
+    mlp = ("input_layer.", "blocks.", "output_layer.")
+    for out, used, unused in ((sigma, ("density_net.",), mlp), (albedo, mlp, ("density_net.",))):
+        field.zero_grad(set_to_none=True)
+        out.sum().backward(retain_graph=True)
+        for name, p in field.named_parameters():
+            if name.startswith(used) or name == "encoding.params":
+                assert p.grad is not None and p.grad.abs().sum() > 0, name
+            elif name.startswith(unused):
+                assert p.grad is None or not p.grad.any(), name
+
+
+@pytest.mark.parametrize("activation", ["softplus", "exp"])
+def test_analytic_normals_with_a_separate_density_head_are_the_exact_gradient(activation):
+    """The head's input gradient ``(w_2 ⊙ SiLU'(a)) W_1`` through the grid's Jacobian gives
+    autograd's ``−∇σ/|∇σ|``, and trains like autograd's double backward."""
+    field = separate_field(normals="analytic", density_activation=activation)
+    g = torch.Generator().manual_seed(9)
+    x = (torch.rand(64, 3, generator=g) * 2 - 1) * 1.1
+    weights = torch.randn(64, 3, generator=g)
+    xr = x.clone().requires_grad_(True)
+    (grad_sigma,) = torch.autograd.grad(field.density(xr).sum(), xr, create_graph=True)
+    expected = F.normalize(-grad_sigma, dim=-1, eps=1e-12)
+    normals = field.normals(x)
+    torch.testing.assert_close(normals, expected, atol=1e-5, rtol=0)
+    assert (normals - F.normalize(x, dim=-1)).norm(dim=-1).mean() > 0.05  # not the blob alone
+    params = dict(field.named_parameters())
+    names = ["encoding.params", "density_net.0.weight", "density_net.0.bias"]
+    names.append("density_net.2.weight")
+    got = torch.autograd.grad((normals * weights).sum(), [params[n] for n in names])
+    want = torch.autograd.grad((expected * weights).sum(), [params[n] for n in names])
+    for name, a, b in zip(names, got, want, strict=True):
+        scale = b.abs().max().item()
+        assert scale > 1e-3, name
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4, msg=name)
+    sigma, albedo, joint = field.forward_with_normals(x)
+    torch.testing.assert_close(joint, normals, atol=1e-6, rtol=0)
+    torch.testing.assert_close((sigma, albedo), field(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"density_head": "tiny"}, {"density_hidden_dim": 0}])
+def test_density_head_values_are_user_errors(bad):
+    with pytest.raises(DreamtextError, match="density_h"):
+        FieldConfig(**bad)

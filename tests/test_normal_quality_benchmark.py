@@ -109,3 +109,14 @@ def test_a_short_run_writes_one_row_per_method_and_step(bench, tmp_path, monkeyp
     monkeypatch.setattr(bench, "training_points", no_fitting)
     bench.main(argv)
     assert len(out.read_text().splitlines()) > len(text.splitlines())
+
+
+def test_a_separate_density_head_is_fitted_and_cached_apart(bench, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    argv = ["--shapes", "sphere", "--steps", "2", "--points", "256", "--size", "16", "--views"]
+    argv += ["1", "--out", str(out), "--cache", str(tmp_path), "--density-head", "separate"]
+    bench.main(argv)
+    assert "density head: separate" in out.read_text()
+    (cached,) = tmp_path.glob("sphere-*.pt")
+    assert cached.name.endswith("-separate.pt")
+    assert "density_net.0.weight" in torch.load(cached)["field"]

@@ -47,19 +47,26 @@ def test_the_compile_flag_is_parsed(sds_step, monkeypatch):
     assert seen["compile"] is True
 
 
-def test_rows_take_the_normals_asked_for_and_the_config_default_otherwise(sds_step, monkeypatch):
-    analytic = sds_step.run_config("m", "fp32", 64, torch.device("cpu"), normals="analytic")
-    assert analytic.field.normals == "analytic"
-    assert sds_step.run_config("m", "fp32", 64, torch.device("cpu")).field.normals == (
-        "forward_difference"
-    )
+def test_rows_take_the_field_settings_asked_for_and_the_config_defaults_otherwise(
+    sds_step, monkeypatch
+):
+    cpu = torch.device("cpu")
+    asked = sds_step.run_config("m", "fp32", 64, cpu, field={"normals": "analytic"})
+    assert asked.field.normals == "analytic"
+    default = sds_step.run_config("m", "fp32", 64, cpu)
+    assert (default.field.normals, default.field.density_head) == ("forward_difference", "shared")
     seen = {}
 
-    def fake_measure(model, precision, sizes, shadings, device, repeats, warmup, compile, normals):
-        seen["normals"] = normals
+    def fake_measure(model, precision, sizes, shadings, device, repeats, warmup, compile, field):
+        seen["field"] = field
         return []
 
     monkeypatch.setattr(sds_step, "measure", fake_measure)
     monkeypatch.setattr(sds_step, "model_folder", lambda name, cache, device: None)
     assert sds_step.main(["--device", "cpu", "--model", "none", "--normals", "analytic"]) == 0
-    assert seen["normals"] == "analytic"
+    assert seen["field"] == {"normals": "analytic"}
+    argv = ["--device", "cpu", "--model", "none", "--density-head", "separate"]
+    assert sds_step.main(argv) == 0
+    assert seen["field"] == {"density_head": "separate"}
+    separate = sds_step.run_config("m", "fp32", 64, cpu, field=seen["field"])
+    assert separate.field.density_head == "separate"

@@ -241,3 +241,28 @@ def test_an_fp16_run_trains_shaded_steps_with_loss_scaling(tmp_path, tiny_sd_pat
     before = field_params(workspace)["encoding.params"].clone()
     train(tiny_config(tmp_path, tiny_sd_path, iters=6, **overrides), resume=True)
     assert not torch.equal(field_params(workspace)["encoding.params"], before)
+
+
+def test_a_run_with_a_separate_density_head_records_it_and_reloads(tmp_path, tiny_sd_path):
+    """``field.density_head: separate`` (a YAML override) trains, is in config.json and the
+    checkpoint, and ``load_run`` rebuilds the same field: same σ and albedo."""
+    from tiny_models import TINY_TRAIN
+
+    from dreamtext.checkpoint import load_run
+
+    fields = {**TINY_TRAIN["field"], "density_head": "separate", "density_hidden_dim": 8}
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2, field=fields))
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["field"]["density_head"] == "separate"
+    assert config["field"]["density_hidden_dim"] == 8
+    saved = field_params(workspace)
+    assert saved["density_net.0.weight"].shape == (8, 8)  # 4 levels × 2 features in
+    assert saved["output_layer.weight"].shape[0] == 3
+    field, _, _ = load_run(workspace)
+    x = torch.rand(64, 3) * 1.6 - 0.8
+    with torch.no_grad():
+        sigma, albedo = field(x)
+        torch.testing.assert_close(field.density(x), sigma)
+    assert albedo.shape == (64, 3) and sigma.shape == (64,)
+    for name, value in saved.items():
+        torch.testing.assert_close(field.state_dict()[name], value, msg=name)
