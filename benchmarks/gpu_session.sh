@@ -5,6 +5,7 @@
 #   run: bash benchmarks/gpu_session.sh           (with carry: [".whl"] when wheels are needed)
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
+#        bash benchmarks/gpu_session.sh separate separate_analytic   (a density head of its own)
 #        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name)
 #
 # The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
@@ -73,3 +74,11 @@ check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
 #    choose the GPU's default.
 check normals 120 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
     --sizes 64 256 --shadings lambertian --normals analytic --repeats 3 --warmup 2
+# 8. Not in the default set: the field with a density head of its own (field.density_head:
+#    separate), forward differences and analytic normals, albedo and lambertian; on 2 CPU cores
+#    its shaded step took 2.4x / 1.5x its albedo one against 3.3x with the shared MLP.
+check separate 150 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
+    --sizes 64 256 --shadings albedo lambertian --density-head separate --repeats 3 --warmup 2
+check separate_analytic 150 python3 benchmarks/sds_step.py --model sd21-random \
+    --precisions fp16 --sizes 64 256 --shadings lambertian --density-head separate \
+    --normals analytic --repeats 3 --warmup 2

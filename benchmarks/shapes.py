@@ -22,6 +22,7 @@ and right) and with view-dependent prompts off. Appends a markdown table to
     python benchmarks/shapes.py                                # every caption (long)
     python benchmarks/shapes.py --captions "a red cube" "a blue torus"
     python benchmarks/shapes.py --captions "a red cube" --render '{"sampler": "dense"}' --no-append
+    python benchmarks/shapes.py --field '{"density_head": "separate"}'
 """
 
 from __future__ import annotations
@@ -169,9 +170,16 @@ def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views
     )
 
 
-def run(caption: str, views: str, root: Path, seed: int, render: dict | None = None) -> Result:
+def run(
+    caption: str,
+    views: str,
+    root: Path,
+    seed: int,
+    render: dict | None = None,
+    field: dict | None = None,
+) -> Result:
     """Train and export with the built-in preset, as the CLI would, then evaluate. ``views``
-    names one of ``VIEW_SETTINGS``; ``render`` overrides the preset's render settings."""
+    names one of ``VIEW_SETTINGS``; ``render`` and ``field`` override the preset's settings."""
     primitive = shapes.find_primitive(caption)
     suffix = "" if views == "split sides" else "_" + views.replace(" ", "_")
     overrides = {
@@ -180,6 +188,7 @@ def run(caption: str, views: str, root: Path, seed: int, render: dict | None = N
         "workspace": str(root / (primitive.caption.replace(" ", "_") + suffix)),
         "guidance": {"model": "builtin:shapes", **VIEW_SETTINGS[views]},
         "render": render or {},
+        "field": field or {},
     }
     cfg = resolve_config(overrides)
     start = time.perf_counter()
@@ -223,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--render", type=json.loads, default={}, help="JSON of render settings over the preset's"
     )
+    parser.add_argument(
+        "--field", type=json.loads, default={}, help="JSON of field settings over the preset's"
+    )
     parser.add_argument("--no-append", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/shapes.py" + (
@@ -235,10 +247,12 @@ def main(argv: list[str] | None = None) -> None:
         primitive = shapes.find_primitive(caption)
         settings = list(VIEW_SETTINGS) if primitive.colour == shapes.COLORFUL else ["split sides"]
         for views in settings:
-            results.append(run(caption, views, args.root, args.seed, args.render))
+            results.append(run(caption, views, args.root, args.seed, args.render, args.field))
             print(table(results[-1:]).splitlines()[-1], flush=True)
     if args.render:
         command += f" --render '{json.dumps(args.render)}'"
+    if args.field:
+        command += f" --field '{json.dumps(args.field)}'"
     if not args.no_append:
         with args.out.open("a", encoding="utf-8") as f:
             f.write(section(results, command))

@@ -339,10 +339,11 @@ def test_analytic_normals_are_the_exact_gradient_and_train_like_it(activation):
         torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
-def test_analytic_normals_under_autocast_stay_close_to_float32():
+@pytest.mark.parametrize("head", ["shared", "separate"])
+def test_analytic_normals_under_autocast_stay_close_to_float32(head):
     """With ``mlp_dtype`` set (``--bf16``; run on the CPU here) the MLP's matrix products run in
     bfloat16 and the normals come out float32, within bfloat16's rounding of the exact ones."""
-    field = textured_field(normals="analytic")
+    field = textured_field(normals="analytic", density_head=head)
     x = random_points(64, scale=0.6)
     exact = field.normals(x)
     field.mlp_dtype = torch.bfloat16

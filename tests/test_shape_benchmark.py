@@ -42,3 +42,28 @@ def test_best_iou_undoes_a_turn_about_y(bench):
     iou, yaw = bench.best_iou(turned_cube, points, "cube")
     assert iou == pytest.approx(1.0)
     assert yaw % 90.0 == pytest.approx(30.0)  # the cube looks the same every 90°
+
+
+def test_a_run_takes_the_field_and_render_settings_over_the_preset(bench, tmp_path, monkeypatch):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(cfg):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    with pytest.raises(Stop):
+        bench.run(
+            "a red cube",
+            "split sides",
+            tmp_path,
+            0,
+            {"sampler": "dense"},
+            {"density_head": "separate"},
+        )
+    cfg = seen["cfg"]
+    assert cfg.field.density_head == "separate" and cfg.render.sampler == "dense"
+    assert cfg.field.num_levels == 8  # the rest is still the builtin-shapes preset's
