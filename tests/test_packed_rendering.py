@@ -165,11 +165,18 @@ def test_normals_are_computed_only_at_the_kept_samples() -> None:
     assert field.normal_points == len(samples) < 10
 
 
-def small_field(seed: int = 0) -> NeRFField:
+def small_field(seed: int = 0, **overrides) -> NeRFField:
     torch.manual_seed(seed)
     field = NeRFField(
         FieldConfig(
-            num_levels=4, log2_hashmap_size=10, hidden_dim=16, num_blocks=1, blob_radius=0.6
+            **{
+                "num_levels": 4,
+                "log2_hashmap_size": 10,
+                "hidden_dim": 16,
+                "num_blocks": 1,
+                "blob_radius": 0.6,
+                **overrides,
+            }
         ),
         device=DEVICE,
     )
@@ -249,23 +256,9 @@ def test_deferred_backprop_with_a_separate_density_head_gives_the_one_pass_gradi
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        torch.manual_seed(0)
-        field = NeRFField(
-            FieldConfig(
-                num_levels=4,
-                log2_hashmap_size=10,
-                hidden_dim=16,
-                num_blocks=1,
-                blob_radius=0.6,
-                encoding="torch",
-                density_head="separate",
-                density_hidden_dim=8,
-                normals=normals,
-            ),
-            device=DEVICE,
+        field = small_field(
+            encoding="torch", density_head="separate", density_hidden_dim=8, normals=normals
         )
-        with torch.no_grad():
-            field.encoding.params.uniform_(-0.3, 0.3)
         direct, _ = gradients_of(field, "direct", "occupancy", "lambertian", chunk=1 << 20)
         deferred, chunked = gradients_of(field, "deferred", "occupancy", "lambertian", chunk=200)
     finally:
