@@ -331,8 +331,9 @@ def trainer_row(
         "albedo_epochs": 10**6 if phase == "albedo" else 0,
         "guidance": guidance_overrides(model, precision, args.compile),
     }
-    if field_overrides(args):
-        overrides["field"] = field_overrides(args)
+    field = field_overrides(args)
+    if field:
+        overrides["field"] = field
     row = {
         "preset": preset,
         "phase": phase,
