@@ -11,6 +11,8 @@ normal is noise in every shaded image SDS sees. For each primitive (sphere, cube
    rates (the hash table at ``lr × encoding_lr_scale``);
 2. render the fitted field from ``--views`` cameras around it with the default renderer
    (occupancy marcher, grid refreshed from the fitted field), once per normal method;
+   (``--precisions fp16 bf16``: also with the field's MLP under autocast, as ``--fp16`` /
+   ``--bf16`` run it on CUDA: differences of σ are then differences of rounded values);
 3. compare the rendered normal image ``Σ w_i n_i`` (normalised) with the true outward normal
    ``∇sdf`` where the camera ray first hits the primitive (``shapes.cast``), on pixels the
    primitive covers and the field renders opaque (> ½): mean, median and 90th percentile of
@@ -22,11 +24,13 @@ markdown section to ``benchmarks/RESULTS.md``::
 
     python benchmarks/normal_quality.py
     python benchmarks/normal_quality.py --shapes sphere --steps 300 --no-append
+    python benchmarks/normal_quality.py --cache /tmp/nq --precisions fp32 fp16 bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import platform
 import sys
@@ -45,6 +49,10 @@ from dreamtext.renderer import RenderConfig, VolumeRenderer
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("forward_difference", "central_difference", "analytic")
+# The field's MLP precision while its normals are taken (``NeRFField.mlp_dtype``): what
+# ``--fp16`` / ``--bf16`` set on CUDA. On the CPU, autocast rounds the same matrix products'
+# outputs to the same format (their accumulation order differs).
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def sdf(shape: str, points: torch.Tensor) -> torch.Tensor:
@@ -132,8 +140,9 @@ def variants(eps_values: list[float]) -> list[tuple[str, float | None]]:
 
 @torch.no_grad()
 def normal_errors(field: NeRFField, shape: str, args: argparse.Namespace) -> dict[str, dict]:
-    """Per normal method (and ε): angle statistics (degrees) of the rendered normals against the
-    true ones, the textureless shading's mean absolute error, and the render's time."""
+    """Per normal method (and ε, and MLP precision): angle statistics (degrees) of the rendered
+    normals against the true ones, the textureless shading's mean absolute error, and the
+    render's time."""
     renderer = VolumeRenderer(RenderConfig()).eval()
     for _ in range(4):  # the grid keeps max(decay · g, σ): a few updates settle it
         renderer.grid.update(field, renderer.cfg.chunk_points)
@@ -150,9 +159,12 @@ def normal_errors(field: NeRFField, shape: str, args: argparse.Namespace) -> dic
     true_shade = ambient + (1 - ambient) * (truth * rays.light_dirs[hit]).sum(-1).clamp_min(0.0)
     rows = {}
     default_eps = field.cfg.normal_eps
-    for method, eps in variants(args.eps):
+    precisions = getattr(args, "precisions", ["fp32"])
+    for (method, eps), precision in itertools.product(variants(args.eps), precisions):
         field.cfg.normals = method
         field.cfg.normal_eps = default_eps if eps is None else eps
+        if precision != "fp32" or hasattr(field, "mlp_dtype"):
+            field.mlp_dtype = PRECISIONS[precision]
         start = time.perf_counter()
         out = renderer.render(
             field, poses, size, size, "textureless", lights, ambient, torch.zeros(3)
@@ -166,6 +178,8 @@ def normal_errors(field: NeRFField, shape: str, args: argparse.Namespace) -> dic
         # Black background: the pixel is Σ w_i s_i, so its shading is that over the opacity.
         shade = out["rgb"].reshape(-1, 3)[hit][:, 0] / opacity.clamp_min(1e-6)
         label = method if eps is None else f"{method} ε={eps:g}"
+        if len(precisions) > 1 or precision != "fp32":
+            label += f", MLP {precision}"
         rows[label] = {
             "mean": angle.mean().item(),
             "median": angle.median().item(),
@@ -176,6 +190,8 @@ def normal_errors(field: NeRFField, shape: str, args: argparse.Namespace) -> dic
             "seconds": seconds,
         }
     field.cfg.normals, field.cfg.normal_eps = FieldConfig().normals, default_eps
+    if hasattr(field, "mlp_dtype"):
+        field.mlp_dtype = None
     return rows
 
 
@@ -241,6 +257,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=["shared", "separate"],
         default=FieldConfig().density_head,
         help="field.density_head of the fitted field [shared]",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=list(PRECISIONS),
+        default=["fp32"],
+        help="MLP precisions to take the normals in (--fp16 / --bf16 on CUDA) [fp32]",
     )
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--size", type=int, default=128, help="render px [128]")

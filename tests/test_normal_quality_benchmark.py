@@ -120,3 +120,28 @@ def test_a_separate_density_head_is_fitted_and_cached_apart(bench, tmp_path):
     (cached,) = tmp_path.glob("sphere-*.pt")
     assert cached.name.endswith("-separate.pt")
     assert "density_net.0.weight" in torch.load(cached)["field"]
+
+
+def test_normals_are_taken_in_each_mlp_precision_asked(bench, monkeypatch):
+    """A row per method and precision, each taken with the field's ``mlp_dtype`` set to that
+    precision, and the field left in float32 afterwards."""
+    field = _RadialSphere()
+    field.mlp_dtype = None
+    seen = []
+    original = field.normals
+
+    def normals(x, sigma=None):
+        seen.append(field.mlp_dtype)
+        return original(x, sigma)
+
+    monkeypatch.setattr(field, "normals", normals)
+    rows = bench.normal_errors(field, "sphere", _args(precisions=["fp32", "bf16"]))
+    assert set(rows) == {
+        f"{method}, MLP {precision}"
+        for method in ("forward_difference ε=0.01", "central_difference ε=0.01", "analytic")
+        for precision in ("fp32", "bf16")
+    }
+    assert set(seen) == {None, torch.bfloat16}
+    assert field.mlp_dtype is None
+    for row in rows.values():
+        assert row["mean"] < 2.0
