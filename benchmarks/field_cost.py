@@ -2,6 +2,7 @@
 
     python benchmarks/field_cost.py [--points 131072] [--repeats 3] [--device cpu|cuda]
                                     [--field '{"normals": "analytic"}' ...] [--out FILE]
+                                    [--mlp-precision fp32|fp16|bf16]
 
 A training render queries the field twice at every kept sample: once without a graph for the
 image, and again with one in backward (``render.recompute_field``, the default: the replay).
@@ -40,7 +41,7 @@ from encoding_speed import best_of
 
 from dreamtext.field import NeRFField, field_config_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+MLP_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def per_point_costs(field: NeRFField, x: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -117,7 +118,7 @@ def section(rows: list[tuple[str, dict, dict]], args: argparse.Namespace, comman
         f"## Field cost per sample (issue 9) — {device} ({platform.machine()}, "
         f"{torch.get_num_threads()} threads) — {stamp}\n\n"
         f"`{command}` (torch {torch.__version__}), {args.points} points in [−0.6, 0.6]³, "
-        f"best of {args.repeats}; µs a point.\n\n"
+        f"MLP {args.mlp_precision}, best of {args.repeats}; µs a point.\n\n"
         "| field | σ, albedo no graph | σ, albedo fwd+bwd | normals no graph | normals fwd+bwd "
         "| grid no graph | grid fwd+bwd | F_a | F_s | F_s / F_a | rest for 2× |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -152,6 +153,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[{}],
         help="FieldConfig overrides as JSON, one row each [{} = the default field]",
     )
+    parser.add_argument(
+        "--mlp-precision",
+        choices=list(MLP_PRECISIONS),
+        default="fp32",
+        help="the MLPs under autocast, as --fp16 / --bf16 run them on CUDA [fp32]",
+    )
     parser.add_argument("--out", type=Path, default=None, help="append the section to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     for overrides in args.field:
         torch.manual_seed(0)
         field = NeRFField(field_config_from_dict(overrides), device=device)
+        field.mlp_dtype = MLP_PRECISIONS[args.mlp_precision]
         costs = per_point_costs(field, x, args.repeats)
         summary = summarise(costs, getattr(field, "joint_normals", False))
         label = json.dumps(overrides)

@@ -6,6 +6,7 @@
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
 #        bash benchmarks/gpu_session.sh separate separate_analytic   (a density head of its own)
+#        bash benchmarks/gpu_session.sh field_cost   (the field's work per sample, by part)
 #        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name)
 #
 # The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
@@ -82,3 +83,10 @@ check separate 150 python3 benchmarks/sds_step.py --model sd21-random --precisio
 check separate_analytic 150 python3 benchmarks/sds_step.py --model sd21-random \
     --precisions fp16 --sizes 64 256 --shadings lambertian --density-head separate \
     --normals analytic --repeats 3 --warmup 2
+# 9. Not in the default set: what the field costs per sample on the GPU, albedo against shaded,
+#    for each normal method and density head (benchmarks/field_cost.py; on 2 CPU cores the default
+#    field's shaded sample is 4.0x its albedo one, and a step's ratio is (F_s + r) / (F_a + r)).
+check field_cost 90 python3 benchmarks/field_cost.py --device cuda --points 1048576 \
+    --mlp-precision fp16 --field \
+    '{}' '{"normals": "analytic"}' '{"density_head": "separate"}' \
+    '{"density_head": "separate", "normals": "analytic"}'

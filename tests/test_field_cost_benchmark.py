@@ -57,10 +57,11 @@ def test_every_part_is_timed_and_leaves_no_gradient(bench):
 def test_a_row_per_field_and_the_section_appended(bench, tmp_path, capsys):
     out = tmp_path / "RESULTS.md"
     fields = [json.dumps(SMALL), json.dumps({**SMALL, "density_head": "separate"})]
-    bench.main(["--points", "64", "--repeats", "1", "--field", *fields, "--out", str(out)])
+    argv = ["--points", "64", "--repeats", "1", "--mlp-precision", "bf16", "--out", str(out)]
+    bench.main([*argv, "--field", *fields])
     text = out.read_text()
     assert "## Field cost per sample" in text
     rows = [line for line in text.splitlines() if line.startswith("| `{")]
     assert len(rows) == 2 and '"density_head": "separate"' in rows[1]
-    assert "python benchmarks/field_cost.py --points 64" in text
+    assert "python benchmarks/field_cost.py --points 64" in text and "MLP bf16" in text
     assert "ratio" in capsys.readouterr().out
