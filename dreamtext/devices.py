@@ -1,6 +1,10 @@
-"""Which torch device a run uses."""
+"""Which torch device a run uses, and running out of its memory."""
 
 from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -17,3 +21,23 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise DreamtextError(f"unknown --device '{name}'; use auto, cpu or cuda") from None
+
+
+@contextmanager
+def out_of_gpu_memory_is_a_user_error(explain: Callable[[], str]) -> Iterator[None]:
+    """Run the body; if CUDA runs out of memory there, free what the failed work held and raise
+    a :class:`DreamtextError` whose one line is ``explain()``.
+
+    ``explain`` is called after the memory is freed, so it may save files (a checkpoint) and
+    name them. Any other error passes through unchanged.
+    """
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        pass  # handled below, outside the except block, so its frames' tensors can be freed
+    else:
+        return
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    raise DreamtextError(explain())

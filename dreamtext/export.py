@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from dreamtext.cameras import orbit_poses
 from dreamtext.checkpoint import last_checkpoint, load_run
-from dreamtext.devices import resolve_device
+from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
@@ -193,11 +193,30 @@ def export_field(
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
-    ``DreamtextError`` (writing nothing) for an empty field.
+    ``DreamtextError`` (writing nothing) for an empty field, and for a GPU that runs out of
+    memory on the way (naming the settings that need less).
     """
     options = options or ExportOptions()
     options.validate()
     out_dir = Path(out_dir)
+
+    def explain() -> str:
+        return (
+            f"out of GPU memory while exporting {out_dir} (marching cubes at "
+            f"{options.resolution}^3, {options.texture_size} px texture, {options.video_size} px "
+            "turntable); nothing was written and the trained run is kept: run `dreamtext export "
+            f"--workspace {out_dir}` with a smaller --resolution or --texture-size, --no-video, "
+            "or --device cpu"
+        )
+
+    with out_of_gpu_memory_is_a_user_error(explain):
+        return _export_field(field, out_dir, options, renderer)
+
+
+def _export_field(
+    field: torch.nn.Module, out_dir: Path, options: ExportOptions, renderer: Any
+) -> ExportResult:
+    """:func:`export_field`'s work, files staged in memory and written together at the end."""
     extraction = extract_mesh(field, options.resolution, options.threshold)
     log.info("marching cubes: %d faces", len(extraction.mesh.faces))
     surface = decimate(extraction.mesh, options.decimate)

@@ -12,8 +12,8 @@ checkpoints, resuming and Ctrl-C. The trainer composes the parts; the parts neve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import gc
 import json
 import signal
 import time
@@ -35,7 +35,7 @@ from dreamtext.checkpoint import (
     save_checkpoint,
 )
 from dreamtext.config import ITERS_PER_EPOCH, TrainConfig, config_to_dict
-from dreamtext.devices import resolve_device
+from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
@@ -381,8 +381,7 @@ def _train(run: Run, resume: bool) -> Path:
     return workspace
 
 
-@contextmanager
-def out_of_memory_is_a_user_error(run: Run):
+def out_of_memory_is_a_user_error(run: Run) -> contextlib.AbstractContextManager:
     """Turn CUDA's out-of-memory error into a :class:`DreamtextError` naming the fixes, after
     saving a checkpoint so that ``--resume`` continues from there.
 
@@ -390,22 +389,19 @@ def out_of_memory_is_a_user_error(run: Run):
     of that step, so the checkpoint holds the last finished step (``run.step``). (Adam's update
     allocates only its state, on the first step.)
     """
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError:
-        pass  # handled below, outside the except block, so its tensors can be freed
-    else:
-        return
-    run.optimizer.zero_grad(set_to_none=True)
-    gc.collect()
-    torch.cuda.empty_cache()
-    path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
-    cfg = run.cfg
-    raise DreamtextError(
-        f"out of GPU memory after step {run.step} ({cfg.h}x{cfg.w} px, batch {cfg.batch_size}); "
-        f"saved {path}; resume with --resume after one of: a smaller --h/--w, --fp16, fewer "
-        "samples (render.march_steps), a smaller render.grad_chunk_points"
-    )
+
+    def explain() -> str:
+        run.optimizer.zero_grad(set_to_none=True)
+        path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+        cfg = run.cfg
+        return (
+            f"out of GPU memory after step {run.step} ({cfg.h}x{cfg.w} px, batch "
+            f"{cfg.batch_size}); saved {path}; resume with --resume after one of: a smaller "
+            "--h/--w, --fp16, fewer samples (render.march_steps), a smaller "
+            "render.grad_chunk_points"
+        )
+
+    return out_of_gpu_memory_is_a_user_error(explain)
 
 
 def export_trained(run: Run) -> None:

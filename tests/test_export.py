@@ -435,3 +435,48 @@ def test_export_without_workspace_takes_the_latest_run(tmp_path, monkeypatch):
     assert loaded == [Path("workspace/new-run")]
     assert result.summary().startswith("exported workspace/new-run:")
     assert result.files["ply"].resolve() == (newest / "mesh" / "mesh.ply").resolve()
+
+
+@pytest.mark.parametrize("stage", ["bake_texture", "render_turntable"])
+def test_out_of_gpu_memory_in_export_names_the_fixes_and_writes_nothing(
+    tmp_path, monkeypatch, stage
+):
+    def run_out(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(export_module, stage, run_out)
+    with pytest.raises(DreamtextError) as error:
+        export_field(SphereField(), tmp_path / "run", small_options(), renderer=SphereTracer())
+    message = str(error.value)
+    assert "\n" not in message
+    for fix in ("out of GPU memory", "--resolution", "--texture-size", "--no-video", "--device"):
+        assert fix in message
+    assert f"--workspace {tmp_path / 'run'}" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_dreamtext_export_out_of_gpu_memory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000)
+    monkeypatch.setattr(export_module, "load_run", lambda ws, device: (SphereField(), None, {}))
+
+    def run_out(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(export_module, "extract_mesh", run_out)
+    code = main(["export", "--workspace", str(workspace)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "out of GPU memory" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
+
+
+def test_other_errors_in_export_are_not_taken_for_memory(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(export_module, "bake_texture", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        export_field(SphereField(), tmp_path, small_options(video=False))
