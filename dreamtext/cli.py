@@ -545,6 +545,33 @@ def main(argv: list[str] | None = None) -> int:
     except DreamtextError as error:
         print(f"dreamtext: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as error:
+        if not is_out_of_gpu_memory(error):
+            raise
+        # Where a command has no handler of its own (training and export name their fixes).
+        print(f"dreamtext: error: {out_of_memory_line(args, error)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def is_out_of_gpu_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch's out-of-memory error (torch imported only if already loaded:
+    ``view`` runs without it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+
+
+def out_of_memory_line(args: argparse.Namespace, error: BaseException) -> str:
+    """One line for an out-of-memory error: the command, torch's first sentence of it (how much
+    it tried to allocate) and the fixes among the command's own flags."""
+    detail = str(error).splitlines()[0].split(" GPU ")[0].strip().rstrip(".") if str(error) else ""
+    flags = {"fp16": "--fp16", "h": "a smaller --h/--w", "device": "--device cpu"}
+    fixes = [fix for name, fix in flags.items() if hasattr(args, name)]
+    return (
+        f"out of GPU memory in `dreamtext {args.command}`"
+        + (f" ({detail})" if detail else "")
+        + "; free the GPU of other work"
+        + (f", or run again with {', '.join(fixes)}" if fixes else "")
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from tiny_models import TINY_TRAIN
 
@@ -266,3 +267,40 @@ def test_image_with_a_missing_file_is_a_user_error(tmp_path, capsys, tiny_sd_pat
     missing = tmp_path / "nowhere.png"
     code, err = run_main(["image", missing, "--model", tiny_sd_path], capsys)
     assert_user_error(code, err, "nowhere.png")
+
+
+@pytest.mark.parametrize(
+    ("command", "fixes", "absent"),
+    [
+        (["image", "mug.png"], ["--fp16", "a smaller --h/--w", "--device cpu"], []),
+        (["describe", "mug.png"], ["--device cpu"], ["--fp16", "--h/--w"]),
+    ],
+)
+def test_out_of_gpu_memory_anywhere_is_one_line_with_the_commands_own_fixes(
+    monkeypatch, capsys, command, fixes, absent
+):
+    from dreamtext import cli
+
+    def run_out(args):
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+            "11.76 GiB of which 1.02 GiB is free.\nOf the allocated memory ..."
+        )
+
+    monkeypatch.setattr(cli, f"cmd_{command[0]}", run_out)
+    code, err = run_main(command, capsys)
+    assert_user_error(code, err, f"`dreamtext {command[0]}`", "Tried to allocate 2.00 GiB", *fixes)
+    for fix in absent:
+        assert fix not in err
+    assert "capacity" not in err
+
+
+def test_other_errors_still_raise(monkeypatch, capsys):
+    from dreamtext import cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_describe", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["describe", "mug.png"])
