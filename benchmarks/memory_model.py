@@ -4,6 +4,8 @@
     python benchmarks/memory_model.py --presets fitfusion --phases albedo --steps 1 --size 512 \
         --no-preview
     python benchmarks/memory_model.py --out benchmarks/RESULTS.md  # append the table there
+    python benchmarks/memory_model.py --descriptor --presets --steps 2  # `dreamtext image`'s
+                                                   # descriptor training alone
 
 Without a GPU, ``torch.cuda.max_memory_allocated`` cannot be read, but the bytes behind it can be
 counted: this runs ``dreamtext.trainer.train`` itself (model loading, steps, the final checkpoint
@@ -215,6 +217,82 @@ def model_row(
     }
 
 
+def descriptor_row(model: str, steps: int, preview: bool = True) -> dict:
+    """``dreamtext image``'s descriptor training (``train_descriptor``: the text encoder's
+    placeholder vectors trained through the frozen U-Net, eq. 5.4) for ``steps`` steps under the
+    profiler, ending with a preview (the pipeline sampling 2 images) unless not ``preview``; the
+    peaks in MiB. Resident: U-Net, VAE and the trainer's own text encoder, which stays on the
+    GPU while it trains."""
+    from PIL import Image
+
+    from dreamtext import descriptor
+    from dreamtext.describe import sentence_path
+    from dreamtext.guidance import GuidanceConfig
+
+    windows: list[tuple[int, int]] = []
+    resident: list[int] = []
+    resolution: list[int] = []
+    step = descriptor.DescriptorTrainer.train_step
+
+    def timed_step(self, image):
+        if not resident:
+            parts = (self.models.unet, self.models.vae, self.text_encoder)
+            resident.append(sum(tensor_bytes(part) for part in parts))
+            resolution.append(self.models.resolution)
+        start = time.time_ns()
+        try:
+            return step(self, image)
+        finally:
+            windows.append((start, time.time_ns()))
+
+    options = descriptor.DescriptorOptions(
+        iters=steps, checkpoint_every=0, preview_every=steps if preview else 0, preview_steps=2
+    )
+    models.clear_cache()
+    try:
+        with as_on_cuda() as patches, tempfile.TemporaryDirectory() as workspace:
+            patches.enter_context(mock.patch.object(models, "resolve_dtype", lambda c, d: HALF))
+            patches.enter_context(
+                mock.patch.object(descriptor.DescriptorTrainer, "train_step", timed_step)
+            )
+            record = sentence_path(workspace)
+            record.parent.mkdir(parents=True)
+            words = {"quantifier": "a", "words": ["red", "shiny"], "noun": "mug"}
+            record.write_text(json.dumps(words), encoding="utf-8")
+            image = Path(workspace, "mug.png")
+            Image.new("RGB", (512, 512), (200, 40, 40)).save(image)
+            started = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                descriptor.train_descriptor(
+                    image, workspace, GuidanceConfig(model=model, fp16=True), options, "cpu"
+                )
+            seconds = time.perf_counter() - started
+            weights = module_bytes("unet") + module_bytes("vae")
+    finally:
+        models.clear_cache()
+    times, alive = live_bytes(prof)
+    steps_peak = max(peak_between(times, alive, s, e) for s, e in windows)
+    at_start = alive_before(times, alive, windows[0][0])
+    grow_steps, grow_run = steps_peak - at_start, max(alive) - at_start
+    return {
+        "preset": "descriptor (`dreamtext image`)",
+        "px": resolution[0],
+        "phase": "descriptor",
+        "steps": len(windows),
+        "deferred": "-",
+        "samples": "-",
+        "weights": f"{weights / MIB:.0f}",
+        "resident": f"{resident[0] / MIB:.0f}",
+        "grow_steps": f"{grow_steps / MIB:.0f}",
+        "step_peak": f"{(resident[0] + grow_steps) / MIB:.0f}",
+        "run_peak": f"{(resident[0] + grow_run) / MIB:.0f}" if preview else "(no preview)",
+        "export": "no",
+        "text": "(on the GPU: in resident)",
+        "seconds": f"{seconds:.0f}",
+        "bytes": {"resident": resident[0], "grow_steps": grow_steps, "grow_run": grow_run},
+    }
+
+
 COLUMNS = [
     ("preset", "preset"),
     ("px", "render px"),
@@ -239,7 +317,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["default", "fitfusion"])
+    parser.add_argument("--presets", nargs="*", default=["default", "fitfusion"])
     parser.add_argument("--phases", nargs="+", default=["albedo", "shaded"])
     parser.add_argument("--size", type=int, help="render size (default: the preset's)")
     parser.add_argument("--steps", type=int, default=2, help="trainer steps per row [2]")
@@ -255,10 +333,18 @@ def main(argv: list[str] | None = None) -> int:
         help="end each run with its export, as a user's does (on 2 CPU cores: ~50 min and ~24 GB "
         "of RSS for the profiler's events, at 64 px)",
     )
+    parser.add_argument(
+        "--descriptor",
+        action="store_true",
+        help="also `dreamtext image`'s descriptor training (--steps steps, then a preview)",
+    )
     parser.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
     model = str(write_sd21_random(args.cache / "sd21-random", torch.device("cpu")))
     rows = []
+    if args.descriptor:
+        rows.append(descriptor_row(model, args.steps, not args.no_preview))
+        print(table(rows[-1:]), flush=True)
     for preset in args.presets:
         for phase in args.phases:
             row = model_row(

@@ -53,3 +53,27 @@ def test_a_tiny_run_is_counted(memory_model, tiny_sd_path):
     assert int(row["step_peak"]) == resident + grow
     assert int(row["run_peak"]) >= int(row["step_peak"])
     assert row["steps"] == 1 and row["px"] == 16
+
+
+def test_a_tiny_descriptor_training_is_counted(memory_model, tiny_sd_path, monkeypatch):
+    from dreamtext import descriptor
+
+    built = []
+    real_init = descriptor.DescriptorTrainer.__init__
+
+    def keep(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(descriptor.DescriptorTrainer, "__init__", keep)
+    row = memory_model.descriptor_row(str(tiny_sd_path), 2)
+    assert row["steps"] == 2 and row["phase"] == "descriptor"
+    counted = row["bytes"]
+    (trainer,) = built
+    parts = (trainer.models.unet, trainer.models.vae, trainer.text_encoder)
+    # Resident: the frozen U-Net and VAE and the trainer's own text encoder, which trains.
+    assert counted["resident"] == sum(memory_model.tensor_bytes(part) for part in parts)
+    assert counted["grow_steps"] > 0  # the step's activations
+    assert counted["grow_run"] >= counted["grow_steps"]  # the preview comes after the steps
+    assert int(row["step_peak"]) == round((counted["resident"] + counted["grow_steps"]) / 2**20)
+    assert factory.mixed_precision(None, torch.device("cpu")) is None  # patches undone
