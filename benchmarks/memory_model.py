@@ -106,6 +106,17 @@ def alive_before(times: list[int], alive: list[int], when: int) -> int:
     return alive[i - 1] if i else 0
 
 
+def growth(prof, windows: list[tuple[int, int]]) -> tuple[int, int]:
+    """The most bytes the steps (their ``(start, end)`` wall-clock ns in ``windows``) and the
+    whole profiled run allocate above what was alive when the first step began: what the GPU
+    would hold on top of its resident bytes. The profiler's clock and ``time.time_ns()`` are
+    both the wall clock in ns."""
+    times, alive = live_bytes(prof)
+    steps_peak = max(peak_between(times, alive, s, e) for s, e in windows)
+    at_start = alive_before(times, alive, windows[0][0])
+    return steps_peak - at_start, max(alive) - at_start
+
+
 def nbytes(tensors: Iterable) -> int:
     """Bytes of the tensors among ``tensors`` (anything else is skipped)."""
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
@@ -192,13 +203,7 @@ def model_row(
             weights = module_bytes("unet") + module_bytes("vae")
     finally:
         models.clear_cache()
-    # The profiler's clock and time.time_ns() are both the wall clock in ns.
-    times, alive = live_bytes(prof)
-    steps_peak = max(peak_between(times, alive, s, e) for s, e in windows)
-    at_start = alive_before(times, alive, windows[0][0])
-    # What the GPU would hold: its resident bytes, plus what the steps allocate above the bytes
-    # alive when they began.
-    grow_steps, grow_run = steps_peak - at_start, max(alive) - at_start
+    grow_steps, grow_run = growth(prof, windows)
     return {
         "preset": preset,
         "px": cfg.h,
@@ -270,10 +275,7 @@ def descriptor_row(model: str, steps: int, preview: bool = True) -> dict:
             weights = module_bytes("unet") + module_bytes("vae")
     finally:
         models.clear_cache()
-    times, alive = live_bytes(prof)
-    steps_peak = max(peak_between(times, alive, s, e) for s, e in windows)
-    at_start = alive_before(times, alive, windows[0][0])
-    grow_steps, grow_run = steps_peak - at_start, max(alive) - at_start
+    grow_steps, grow_run = growth(prof, windows)
     return {
         "preset": "descriptor (`dreamtext image`)",
         "px": resolution[0],
