@@ -7,6 +7,7 @@
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
 #        bash benchmarks/gpu_session.sh separate separate_analytic   (a density head of its own)
 #        bash benchmarks/gpu_session.sh field_cost   (the field's work per sample, by part)
+#        bash benchmarks/gpu_session.sh descriptor   (dreamtext image's descriptor training)
 #        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name)
 #
 # The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
@@ -90,3 +91,8 @@ check field_cost 90 python3 benchmarks/field_cost.py --device cuda --points 1048
     --mlp-precision fp16 --field \
     '{}' '{"normals": "analytic"}' '{"density_head": "separate"}' \
     '{"density_head": "separate", "normals": "analytic"}'
+# 10. Not in the default set: `dreamtext image`'s descriptor training (eq. 5.4 through the U-Net),
+#    step time and peak memory in fp16 and fp32; benchmarks/memory_model.py --descriptor predicts
+#    3.1 GB allocated in fp16 (RESULTS.md).
+check descriptor 150 python3 benchmarks/sds_step.py --descriptor --model sd21-random \
+    --precisions fp16 fp32 --repeats 5 --warmup 2

@@ -11,6 +11,9 @@
                                                      # of albedo and shaded phases per preset
     python benchmarks/sds_step.py --trainer --presets default --compile
                                                      # the same with the U-Net compiled
+    python benchmarks/sds_step.py --descriptor --model sd21-random --precisions fp16
+                                                     # `dreamtext image`'s descriptor training:
+                                                     # step time and peak memory
     python benchmarks/sds_step.py --out benchmarks/RESULTS.md   # append the table there
 
 ``sd21-random`` builds a random-weight model from the SD-2.1-base configs in
@@ -393,6 +396,59 @@ def trainer_table(rows: list[dict]) -> str:
     return table_of(rows, TRAINER_COLUMNS)
 
 
+def descriptor_row(
+    model: str, precision: str, device: torch.device, repeats: int, warmup: int
+) -> dict:
+    """``dreamtext image``'s descriptor training (eq. 5.4, :class:`DescriptorTrainer`): median
+    step time of ``repeats`` steps after ``warmup``, and peak memory (CUDA: allocated and
+    reserved since the models were loaded, weights included; CPU: the process's peak RSS)."""
+    from dreamtext.descriptor import DescriptorOptions, DescriptorTrainer
+    from dreamtext.guidance import GuidanceConfig
+    from dreamtext.models import load_for
+
+    clear_cache()
+    models = load_for(GuidanceConfig(model=model, **PRECISION_FLAGS[precision]), device)
+    trainer = DescriptorTrainer(models, "a", ["red", "shiny"], "mug", DescriptorOptions())
+    image = torch.rand(1, 3, models.resolution, models.resolution)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(warmup + repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        trainer.train_step(image)
+        synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    step, resolution = statistics.median(times), models.resolution
+    if device.type == "cuda":
+        allocated = torch.cuda.max_memory_allocated(device) / 2**20
+        reserved = torch.cuda.max_memory_reserved(device) / 2**20
+        peak = f"{allocated:.0f} ({reserved:.0f} reserved)"
+    else:
+        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} (RSS)"
+    del trainer, models
+    clear_cache()
+    return {
+        "model": Path(model).name,
+        "precision": precision,
+        "model_px": str(resolution),
+        "step_ms": f"{step * 1e3:.1f}",
+        "its": f"{1 / step:.2f}",
+        "peak_mib": peak,
+    }
+
+
+DESCRIPTOR_COLUMNS = [
+    ("model", "model"),
+    ("precision", "precision"),
+    ("model_px", "model px"),
+    ("step_ms", "descriptor step ms"),
+    ("its", "it/s"),
+    ("peak_mib", "peak MiB"),
+]
+
+
 def publish(report: str, out: Path | None) -> None:
     """Print ``report`` and, with ``out``, append it to that markdown file."""
     print(report)
@@ -443,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--trainer", action="store_true", help="time the real trainer instead")
     parser.add_argument(
+        "--descriptor",
+        action="store_true",
+        help="time `dreamtext image`'s descriptor training steps instead (needs a model)",
+    )
+    parser.add_argument(
         "--presets",
         nargs="+",
         default=["default", "fitfusion"],
@@ -475,9 +536,12 @@ def main(argv: list[str] | None = None) -> int:
         precisions = ["fp32"]
 
     folder = model_folder(model_name, args.cache, device)
-    if args.trainer and folder is None:
-        parser.error("--trainer needs a model: --model tiny on a CPU, sd21-random on CUDA")
-    if args.trainer:
+    if (args.trainer or args.descriptor) and folder is None:
+        parser.error("--trainer and --descriptor need a model: --model tiny on a CPU, sd21-random")
+    if args.descriptor:
+        rows = [descriptor_row(folder, p, device, args.repeats, args.warmup) for p in precisions]
+        table = table_of(rows, DESCRIPTOR_COLUMNS)
+    elif args.trainer:
         rows = []
         for precision in precisions:
             for preset in args.presets:
@@ -506,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     report = (
-        f"\n## SDS step — {device_name(device)} — {stamp}\n\n"
+        f"\n## {'Descriptor step' if args.descriptor else 'SDS step'} — {device_name(device)} — "
+        f"{stamp}\n\n"
         f"`{command.strip()}` (torch {torch.__version__}, median of {args.repeats} steps "
         f"after {args.warmup} warm-up, batch 1)\n\n{table}\n"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from benchmark_scripts import load_benchmark
@@ -70,3 +72,40 @@ def test_rows_take_the_field_settings_asked_for_and_the_config_defaults_otherwis
     assert seen["field"] == {"density_head": "separate"}
     separate = sds_step.run_config("m", "fp32", 64, cpu, field=seen["field"])
     assert separate.field.density_head == "separate"
+
+
+def test_descriptor_rows_time_the_trainers_steps_on_the_model_asked_for(
+    sds_step, tiny_sd_path, monkeypatch, tmp_path, capsys
+):
+    from dreamtext import descriptor
+
+    steps = []
+    real_step = descriptor.DescriptorTrainer.train_step
+
+    def counted(self, image):
+        steps.append((self.models.resolution, tuple(image.shape)))
+        return real_step(self, image)
+
+    monkeypatch.setattr(descriptor.DescriptorTrainer, "train_step", counted)
+    monkeypatch.setattr(sds_step, "model_folder", lambda name, cache, device: str(tiny_sd_path))
+    out = tmp_path / "RESULTS.md"
+    argv = ["--descriptor", "--device", "cpu", "--model", "tiny", "--repeats", "2"]
+    assert sds_step.main([*argv, "--warmup", "1", "--out", str(out)]) == 0
+    assert len(steps) == 3  # one warm-up, two timed
+    resolution = steps[0][0]
+    assert steps[0][1] == (1, 3, resolution, resolution)
+    text = out.read_text()
+    assert "## Descriptor step — " in text
+    name = Path(tiny_sd_path).name
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| {name} ")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:3] == [name, "fp32", str(resolution)]
+    step_ms, its = float(cells[3]), float(cells[4])
+    assert its == pytest.approx(1000.0 / step_ms, rel=0.01)
+    assert cells[5].endswith("(RSS)")
+
+
+def test_descriptor_rows_need_a_model(sds_step, capsys):
+    with pytest.raises(SystemExit):
+        sds_step.main(["--descriptor", "--device", "cpu", "--model", "none"])
+    assert "need a model" in capsys.readouterr().err
