@@ -160,6 +160,16 @@ def one_step(
     return rendered - start, guided - rendered, done - guided
 
 
+def peak_memory_label(device: torch.device) -> str:
+    """Peak memory in MiB as a row shows it: on CUDA the most allocated since the last reset of
+    the peak statistics, with the most reserved beside it; on the CPU the process's peak RSS."""
+    if device.type == "cuda":
+        allocated = torch.cuda.max_memory_allocated(device) / 2**20
+        reserved = torch.cuda.max_memory_reserved(device) / 2**20
+        return f"{allocated:.0f} ({reserved:.0f} reserved)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} (RSS)"
+
+
 def guidance_overrides(model: str | None, precision: str, compile: bool) -> dict:
     """The ``guidance`` section of a benchmark run's config."""
     # Without a model only the NeRF is built; the id is a placeholder that is never loaded.
@@ -258,12 +268,7 @@ def measure(
             continue
         render_s, guide_s, backward_s = (statistics.median(t) for t in zip(*times, strict=True))
         step_s = statistics.median(sum(t) for t in times)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) / 2**20
-            reserved = torch.cuda.max_memory_reserved(device) / 2**20
-            peak_label = f"{peak:.0f} ({reserved:.0f} reserved)"
-        else:
-            peak_label = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} (RSS)"
+        peak_label = peak_memory_label(device)
         rows.append(
             {
                 **row,
@@ -421,12 +426,7 @@ def descriptor_row(
         if i >= warmup:
             times.append(time.perf_counter() - start)
     step, resolution = statistics.median(times), models.resolution
-    if device.type == "cuda":
-        allocated = torch.cuda.max_memory_allocated(device) / 2**20
-        reserved = torch.cuda.max_memory_reserved(device) / 2**20
-        peak = f"{allocated:.0f} ({reserved:.0f} reserved)"
-    else:
-        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} (RSS)"
+    peak = peak_memory_label(device)
     del trainer, models
     clear_cache()
     return {
