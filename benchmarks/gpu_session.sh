@@ -50,8 +50,9 @@ check() {  # check NAME SECONDS COMMAND...   (skipped unless NAME is one of $CHE
     tail -n 12 "$OUT/$name.log"
 }
 
-# 1. The Triton hash grid compiled for real, and the packed renderer's gradient tests on CUDA.
-check tests 120 python3 -m pytest -q -x -p no:cacheprovider \
+# 1. The Triton hash grid compiled for real, and the packed renderer's gradient tests on CUDA
+#    (without -x: one run shows every failure).
+check tests 120 python3 -m pytest -q -p no:cacheprovider \
     tests/test_encoding_backends.py tests/test_packed_rendering.py
 # 2. Hash-grid backends: time and bytes kept per point.
 check encoding 45 python3 benchmarks/encoding_speed.py --device cuda --points 262144 1048576

@@ -88,7 +88,9 @@ def load_run(
     from dreamtext.field import field_config_from_dict
     from dreamtext.renderer import RenderConfig
 
-    state = load_checkpoint(last_checkpoint(workspace), map_location=device)
+    # Read on the CPU: the modules below copy what they need to ``device``, and the optimiser's
+    # moments and the random generators' states never reach it.
+    state = load_checkpoint(last_checkpoint(workspace))
     field_cfg = field_config_from_dict(state["field_config"])
     if field_cfg.encoding in ("tcnn", "triton") and torch.device(device).type != "cuda":
         field_cfg.encoding = "torch"  # the CUDA backends read the same parameter table

@@ -140,7 +140,9 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         loss_scaler(parts.field, device),
     )
     if resume:
-        restore(run, load_checkpoint(last_checkpoint(workspace), map_location=device))
+        # Loaded on the CPU: the random generators' states must stay there (``set_rng_state``
+        # takes only a CPU byte tensor), and ``load_state_dict`` copies the rest to the device.
+        restore(run, load_checkpoint(last_checkpoint(workspace)))
     return run
 
 

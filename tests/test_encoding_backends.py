@@ -273,6 +273,7 @@ def test_small_torch_calls_keep_their_corners_with_the_same_gradients(monkeypatc
     x = points(49, 1.0)
     n = x.shape[0]
     weights = torch.randn(n, grid.output_dim, generator=torch.Generator().manual_seed(1))
+    weights = weights.to(DEVICE)
 
     def run() -> tuple[int, torch.Tensor]:
         saved = []

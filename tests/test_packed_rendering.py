@@ -266,9 +266,12 @@ def test_deferred_backprop_with_a_separate_density_head_gives_the_one_pass_gradi
     assert chunked.deferred and chunked.chunks > 3
     assert {"density_net.0.weight", "blocks.0.linear.weight", "encoding.params"} <= direct.keys()
     assert direct["density_net.0.weight"].dtype == dtype
+    # Compositing sums in float32 whatever the field's type: on the CPU both renders sum a ray
+    # in the same order, bit for bit; CUDA's atomic adds may round a ray's sums differently.
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-10 if DEVICE.type == "cpu" else 1e-5
     for name, grad in direct.items():
         error = (deferred[name] - grad).norm() / grad.norm()
-        assert error < (1e-10 if dtype == torch.float64 else 1e-4), (name, float(error))
+        assert error < tolerance, (name, float(error))
 
 
 def test_auto_backprop_defers_only_large_renders() -> None:
@@ -467,7 +470,7 @@ def test_every_hash_grid_backend_renders_and_trains_like_the_reference(backend: 
         pytest.importorskip("triton")
         if DEVICE.type == "cpu" and not triton_interpreter_on():
             pytest.skip("no GPU and TRITON_INTERPRET is not set")
-    reference = small_field()
+    reference = small_field(encoding="torch")  # "auto" is Triton itself on CUDA
     config = dict(num_levels=4, log2_hashmap_size=10, hidden_dim=16, num_blocks=1, blob_radius=0.6)
     other = NeRFField(FieldConfig(**config, encoding=backend), device=DEVICE)
     other.load_state_dict(reference.state_dict())

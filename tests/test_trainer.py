@@ -122,6 +122,27 @@ def test_a_workspace_reloads_with_its_own_render_settings_and_occupancy_grid(
     assert config["prompt"] == "a red sphere" and not field.training
 
 
+@pytest.mark.filterwarnings("ignore:for .*meta parameter")
+def test_resume_onto_another_device_keeps_the_random_states_on_the_cpu(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A CUDA resume: ``torch.set_rng_state`` and ``Generator.set_state`` take only CPU byte
+    tensors, so a checkpoint mapped onto the run's device could not be restored. The meta
+    device stands in for CUDA here (no data, but the same device checks); the optimiser's
+    moments still end up beside their parameters."""
+    from dreamtext import trainer
+    from dreamtext.trainer import build_run
+
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    saved = load_checkpoint(workspace / "checkpoints" / "last.pt")
+    monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("meta"))
+    run = build_run(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True)
+    assert run.step == 2 and run.field.encoding.params.device.type == "meta"
+    assert torch.equal(run.cameras_rng.get_state(), saved["rng"]["cameras"])
+    moments = [s["exp_avg"] for s in run.optimizer.state.values()]
+    assert moments and all(m.device.type == "meta" for m in moments)
+
+
 def test_resume_drops_log_records_written_after_the_last_checkpoint(tmp_path, tiny_sd_path):
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
     with (workspace / "log.jsonl").open("a") as log:  # as if killed at step 3, before a checkpoint
