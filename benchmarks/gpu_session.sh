@@ -52,7 +52,7 @@ check() {  # check NAME SECONDS COMMAND...   (skipped unless NAME is one of $CHE
 
 # 1. The Triton hash grid compiled for real, and the packed renderer's gradient tests on CUDA
 #    (without -x: one run shows every failure).
-check tests 120 python3 -m pytest -q -p no:cacheprovider \
+check tests 100 python3 -m pytest -q -p no:cacheprovider \
     tests/test_encoding_backends.py tests/test_packed_rendering.py
 # 2. Hash-grid backends: time and bytes kept per point.
 check encoding 45 python3 benchmarks/encoding_speed.py --device cuda --points 262144 1048576
@@ -63,9 +63,15 @@ check sds_step 150 python3 benchmarks/sds_step.py --model sd21-random --precisio
 #    albedo and shaded phases.
 check trainer 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 30
-# 5. The built-in prior on CUDA (its image set follows the run's device).
-check builtin 45 python3 -m dreamtext.cli text "a red cube" --model builtin:shapes \
-    --device cuda --iters 100 --no-export --workspace /tmp/dreamtext-builtin
+# 5. The built-in prior on CUDA (its image set follows the run's device), a resume on CUDA
+#    (checkpoints load on the CPU first) and the export on CUDA (no turntable: the machine has
+#    no ffmpeg); mesh.json says what the user's files hold.
+check builtin 90 bash -c 'set -ex
+    run="python3 -m dreamtext.cli text \"a red cube\" --model builtin:shapes --device cuda"
+    eval "$run --iters 100 --no-export --workspace /tmp/dreamtext-builtin"
+    eval "$run --iters 150 --no-export --workspace /tmp/dreamtext-builtin --resume"
+    python3 -m dreamtext.cli export --workspace /tmp/dreamtext-builtin --no-video --device cuda
+    cat /tmp/dreamtext-builtin/mesh/mesh.json'
 # 6. Not in the default set (one command may run 600 s at most): the 64 px trainer with the U-Net
 #    compiled (--compile). The guidance alone took 50 ms a step on the H200 before this work, so
 #    the 20 it/s target of 64 px depends on it; compiling takes the first steps of the albedo row.
