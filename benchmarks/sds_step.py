@@ -371,6 +371,7 @@ def trainer_row(
     deferred = sum(r.get("backprop") == "deferred" for r in records)
     return {
         **row,
+        "scaler": loss_scaler_summary(records),
         "its": f"{rate:.2f}",
         "peak_mib": f"{max(r.get('gpu_mem_mib', 0.0) for r in records):.0f}",
         "allocated_mib": f"{allocated:.0f}",
@@ -378,6 +379,19 @@ def trainer_row(
         "deferred": f"{deferred}/{len(records)}",
         "status": "ok",
     }
+
+
+def loss_scaler_summary(records: list[dict]) -> str:
+    """How the fp16 loss scaler fared: the steps it skipped (each halving of ``loss_scale`` from
+    GradScaler's initial 2^16 is a step whose gradients overflowed and updated nothing) and the
+    scale at the end; "off" when the run had none (fp32, bf16)."""
+    scales = [r["loss_scale"] for r in records if "loss_scale" in r]
+    if not scales:
+        return "off"
+    initial = torch.amp.GradScaler("cpu", enabled=True).get_scale()
+    before = [initial, *scales[:-1]]
+    skipped = sum(now < then for then, now in zip(before, scales, strict=True))
+    return f"{skipped} skipped, scale {scales[-1]:g}"
 
 
 TRAINER_COLUMNS = [
@@ -393,6 +407,7 @@ TRAINER_COLUMNS = [
     ("allocated_mib", "peak allocated MiB (cf. memory_model.py)"),
     ("samples", "samples/ray (median)"),
     ("deferred", "deferred steps"),
+    ("scaler", "fp16 loss scaler"),
     ("status", "status"),
 ]
 
@@ -569,11 +584,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/sds_step.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
+    if args.trainer:
+        timing = f"{args.steps} trainer steps a row, it/s over the second half"
+    else:
+        timing = f"median of {args.repeats} steps after {args.warmup} warm-up"
     report = (
         f"\n## {'Descriptor step' if args.descriptor else 'SDS step'} — {device_name(device)} — "
         f"{stamp}\n\n"
-        f"`{command.strip()}` (torch {torch.__version__}, median of {args.repeats} steps "
-        f"after {args.warmup} warm-up, batch 1)\n\n{table}\n"
+        f"`{command.strip()}` (torch {torch.__version__}, {timing}, batch 1)\n\n{table}\n"
     )
     publish(report, args.out)
     return 0

@@ -35,7 +35,7 @@ def test_a_row_says_compiled_only_where_the_guidance_compiles(sds_step):
     assert sds_step.compile_label(False, torch.device("cuda")) == "off"
 
 
-def test_the_compile_flag_is_parsed(sds_step, monkeypatch):
+def test_the_compile_flag_is_parsed(sds_step, monkeypatch, capsys):
     seen = {}
 
     def fake_trainer_row(model, precision, preset, phase, args, device):
@@ -47,6 +47,9 @@ def test_the_compile_flag_is_parsed(sds_step, monkeypatch):
     argv = ["--trainer", "--device", "cpu", "--model", "tiny", "--presets", "default", "--compile"]
     assert sds_step.main(argv) == 0
     assert seen["compile"] is True
+    header = capsys.readouterr().out
+    assert "40 trainer steps a row, it/s over the second half" in header
+    assert "median of" not in header
 
 
 def test_rows_take_the_field_settings_asked_for_and_the_config_defaults_otherwise(
@@ -109,3 +112,12 @@ def test_descriptor_rows_need_a_model(sds_step, capsys):
     with pytest.raises(SystemExit):
         sds_step.main(["--descriptor", "--device", "cpu", "--model", "none"])
     assert "need a model" in capsys.readouterr().err
+
+
+def test_trainer_rows_count_the_steps_the_loss_scaler_skipped(sds_step):
+    """Each halving of the logged scale is a skipped step; a doubling (growth) is not."""
+    assert sds_step.loss_scaler_summary([{"step": 1}, {"step": 2}]) == "off"
+    scales = [2.0**15, 2.0**14, 2.0**14, 2.0**15, 2.0**14]
+    records = [{"step": i + 1, "loss_scale": s} for i, s in enumerate(scales)]
+    assert sds_step.loss_scaler_summary(records) == "3 skipped, scale 16384"
+    assert sds_step.loss_scaler_summary([{"loss_scale": 2.0**16}]) == "0 skipped, scale 65536"
