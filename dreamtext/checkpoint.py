@@ -18,6 +18,12 @@ from dreamtext.errors import DreamtextError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+# Hash-grid backends that run only on CUDA (the CPU's Triton interpreter is for tests).
+CUDA_BACKENDS = ("tcnn", "triton")
+
+
+def is_cuda(device: str | torch.device) -> bool:
+    return torch.device(device).type == "cuda"
 
 
 def checkpoint_dir(workspace: Path) -> Path:
@@ -80,8 +86,8 @@ def load_run(
 
     Returns ``(field, renderer, config_dict)``, both modules in eval mode on ``device``; the
     renderer has the run's render settings and its trained occupancy grid. The field is built with
-    the encoding backend that wrote the checkpoint when it is available, else the torch one (both
-    read the same parameter table).
+    the encoding backend that wrote the checkpoint when it runs here, else with the torch one off
+    CUDA and the ``auto`` choice on CUDA (all read the same parameter table).
     """
     from dreamtext.config import apply_overrides
     from dreamtext.factory import build_field, build_renderer
@@ -92,9 +98,18 @@ def load_run(
     # moments and the random generators' states never reach it.
     state = load_checkpoint(last_checkpoint(workspace))
     field_cfg = field_config_from_dict(state["field_config"])
-    if field_cfg.encoding in ("tcnn", "triton") and torch.device(device).type != "cuda":
+    cuda_backend = field_cfg.encoding in CUDA_BACKENDS
+    if cuda_backend and not is_cuda(device):
         field_cfg.encoding = "torch"  # the CUDA backends read the same parameter table
-    field = build_field(field_cfg, device)
+    try:
+        field = build_field(field_cfg, device)
+    except DreamtextError:
+        if not cuda_backend:
+            raise
+        # This GPU machine lacks the backend that trained the run (or it failed its
+        # self-check): whichever of the others runs here reads the same table.
+        field_cfg.encoding = "auto"
+        field = build_field(field_cfg, device)
     field.load_state_dict(state["field"])
     render_cfg = RenderConfig()
     saved = dict(state["config"].get("render", {}))

@@ -163,7 +163,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "rng": {
             "torch": torch.get_rng_state(),
             # The renderer's sample jitter draws from the device's generator.
-            "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
+            "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
             "cameras": run.cameras_rng.get_state(),
             "guidance": run.guidance.get_state(),
         },
@@ -181,13 +181,29 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.renderer.load_state_dict(state["renderer"])
     torch.set_rng_state(state["rng"]["torch"])
-    if run.device.type == "cuda" and state["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    restore_cuda_rng(state["rng"].get("cuda"), run.device)
     run.cameras_rng.set_state(state["rng"]["cameras"])
     run.guidance.set_state(state["rng"]["guidance"])
     run.guidance.skipped_steps = int(state.get("skipped_steps", 0))
     if run.scaler.is_enabled() and state.get("loss_scaler"):
         run.scaler.load_state_dict(state["loss_scaler"])
+
+
+def restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: torch.device) -> None:
+    """Give the run's GPU the generator state it had when the checkpoint was written.
+
+    ``saved`` is that GPU's state, ``None`` for a run on the CPU, or (checkpoints written before
+    this) one state per GPU then visible: the run's own index is taken from it when present. A
+    resume on another machine, or with another ``CUDA_VISIBLE_DEVICES``, may see fewer GPUs.
+    """
+    if device.type != "cuda" or saved is None:
+        return
+    if isinstance(saved, list | tuple):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, device)
 
 
 def train_step(run: Run) -> dict[str, Any]:

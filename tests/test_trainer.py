@@ -143,6 +143,26 @@ def test_resume_onto_another_device_keeps_the_random_states_on_the_cpu(
     assert moments and all(m.device.type == "meta" for m in moments)
 
 
+def test_a_cuda_resume_restores_the_runs_own_gpu_generator(monkeypatch):
+    """Checkpoints keep the run's GPU's generator state; older ones kept one per visible GPU,
+    and a resume that sees fewer GPUs (another ``CUDA_VISIBLE_DEVICES``) must not fail on
+    them. ``torch.cuda`` is replaced by a recorder: no GPU here."""
+    from dreamtext.trainer import restore_cuda_rng
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: calls.append((int(s[0]), d)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(2)]
+    gpu1, gpu = torch.device("cuda", 1), torch.device("cuda")
+    restore_cuda_rng(states[1], gpu1)
+    restore_cuda_rng(states, gpu1)  # an older checkpoint, GPU 1 still visible
+    restore_cuda_rng(states[:1], gpu1)  # fewer GPUs visible now: nothing to restore
+    restore_cuda_rng(states, gpu)  # "cuda": the current device's
+    restore_cuda_rng(None, gpu)  # written by a CPU run
+    restore_cuda_rng(states[1], torch.device("cpu"))
+    assert calls == [(1, gpu1), (1, gpu1), (0, gpu)]
+
+
 def test_resume_drops_log_records_written_after_the_last_checkpoint(tmp_path, tiny_sd_path):
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
     with (workspace / "log.jsonl").open("a") as log:  # as if killed at step 3, before a checkpoint
@@ -192,6 +212,28 @@ def test_a_run_trained_on_a_cuda_backend_reloads_on_the_cpu(tmp_path, tiny_sd_pa
     state["field_config"]["encoding"] = backend
     state["encoding_backend"] = backend
     torch.save(state, path)
+    field, _, _ = load_run(workspace, "cpu")
+    assert field.encoding_backend == "torch"
+    torch.testing.assert_close(field.encoding.params.detach(), state["field"]["encoding.params"])
+
+
+@pytest.mark.parametrize("backend", ["triton", "tcnn"])
+def test_a_gpu_without_the_runs_backend_reloads_it_with_another(
+    tmp_path, tiny_sd_path, backend, monkeypatch
+):
+    """``dreamtext export`` on a CUDA machine that lacks the backend the run trained with
+    (tiny-cuda-nn not installed, Triton failing its self-check) takes ``auto``'s choice instead
+    of failing. Here the CPU plays that machine: neither backend can be built on it."""
+    from dreamtext import checkpoint
+    from dreamtext.checkpoint import load_run
+
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=1))
+    path = workspace / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["field_config"]["encoding"] = backend
+    torch.save(state, path)
+    monkeypatch.setattr(checkpoint, "is_cuda", lambda device: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     field, _, _ = load_run(workspace, "cpu")
     assert field.encoding_backend == "torch"
     torch.testing.assert_close(field.encoding.params.detach(), state["field"]["encoding.params"])
