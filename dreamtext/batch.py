@@ -57,6 +57,13 @@ BATCH_LOG = "batch.jsonl"
 IMAGE_PREFIX = "image:"
 HOST = socket.gethostname()
 
+# CUDA's own errors (torch ≥ 2.8). Most (an illegal address, a device-side assert, a lost GPU)
+# leave the process's CUDA context unusable, so the batch stops at the first; running out of
+# memory (torch.OutOfMemoryError, not one of them) does not, and the next line may fit.
+GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
+    kind for kind in (getattr(torch, "AcceleratorError", None),) if kind is not None
+)
+
 
 # ----------------------------------------------------------------------------------------------
 # The list and the shares.
@@ -504,7 +511,7 @@ def run_batch(
             append_record(root / BATCH_LOG, record)
             records.append(record)
             bar.update(1)
-            if stopped_by_user(record):
+            if stopped_by_user(record) or gpu_unusable(record):
                 break
     return records
 
@@ -550,7 +557,14 @@ def run_entry(
     except DreamtextError as error:
         result = {"status": "failed", "error": error_line(error)}
         _say(f"batch: line {entry.line} failed: {error}")
-    except Exception as error:  # a bug or a broken GPU: record it, keep the traceback
+    except GPU_ERRORS as error:  # the process's CUDA context is unusable from here on
+        result = {"status": "failed", "error": error_line(error)}
+        traceback.print_exc()
+        _say(
+            f"batch: line {entry.line} failed: {error_line(error)}; this process cannot use the "
+            "GPU any more: the batch stops here (run it again to go on)"
+        )
+    except Exception as error:  # a bug: record it, keep the traceback
         result = {"status": "failed", "error": error_line(error)}
         if not isinstance(error, torch.OutOfMemoryError):
             traceback.print_exc()
@@ -558,7 +572,8 @@ def run_entry(
     finally:
         if claimed:
             lock.release()
-            _free_device_memory()
+            with contextlib.suppress(Exception):  # a broken CUDA context raises here too
+                _free_device_memory()
     status = read_status(entry.workspace) if claimed and lock.lost is None else None
     return {
         "line": entry.line,
@@ -605,6 +620,15 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def gpu_unusable(record: dict[str, Any]) -> bool:
+    """The line failed with CUDA's own error (an illegal address, a device-side assert, a lost
+    GPU): every later line of this process would fail too."""
+    error = record["error"] or ""
+    return record["status"] == "failed" and any(
+        error.startswith(f"{kind.__name__}:") for kind in GPU_ERRORS
+    )
 
 
 def stopped_by_user(record: dict[str, Any]) -> bool:

@@ -12,15 +12,28 @@ from dreamtext.errors import DreamtextError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a user error."""
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a user error.
+
+    ``cuda:N`` must name a visible GPU, and becomes the current CUDA device: libraries that
+    launch on the current device (tiny-cuda-nn, memory statistics) then use the run's GPU.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DreamtextError(f"--device {name} was asked for but no CUDA GPU is visible; use cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise DreamtextError(f"unknown --device '{name}'; use auto, cpu or cuda") from None
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise DreamtextError(
+                f"--device {name}: this process sees {count} CUDA GPU(s), cuda:0 to "
+                f"cuda:{count - 1} (CUDA_VISIBLE_DEVICES renumbers them); use one of those"
+            )
+        torch.cuda.set_device(device)
+    return device
 
 
 @contextmanager

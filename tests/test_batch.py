@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from tiny_models import TINY_TRAIN
@@ -371,6 +372,43 @@ def test_a_failing_prompt_is_recorded_and_the_others_finish_then_skip(
     again = rows(root)[3:]
     assert [r["status"] for r in again] == ["skipped", "failed", "skipped"]
     assert (root / "a_red_cube" / "log.jsonl").stat().st_mtime_ns == finished_log
+
+
+@pytest.mark.skipif(not hasattr(torch, "AcceleratorError"), reason="torch < 2.8")
+def test_a_cuda_error_stops_the_batch_with_its_record_and_a_rerun_goes_on(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """After CUDA's own error (here raised by hand) the process's GPU is unusable: the line is
+    recorded as failed, even though freeing GPU memory fails too, and the batch stops instead
+    of failing every later line; run again, it resumes that line and goes on."""
+    from dreamtext import batch
+
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    args = list(map(str, ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]))
+    real_step, real_free = trainer.train_step, batch._free_device_memory
+
+    def step_then_crash(run):
+        if run.step == 10:
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        return real_step(run)
+
+    def free_on_a_broken_gpu():
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(trainer, "train_step", step_then_crash)
+    monkeypatch.setattr(batch, "_free_device_memory", free_on_a_broken_gpu)
+    assert main(args) == 1
+    [record] = rows(root)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("AcceleratorError: CUDA error: an illegal memory access")
+    assert "the batch stops here" in capsys.readouterr().err
+    assert not (root / "a_blue_sphere").exists() and not list(root.glob("*.lock"))
+
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(batch, "_free_device_memory", real_free)
+    assert main(args) == 0
+    assert [r["status"] for r in rows(root)[1:]] == ["finished", "finished"]
 
 
 def test_ctrl_c_saves_the_current_run_and_stops_the_batch(

@@ -191,6 +191,26 @@ def test_fp16_without_cuda_is_a_user_error(tmp_path, monkeypatch, capsys, tiny_s
     assert not (tmp_path / "workspace").exists()
 
 
+def test_a_gpu_index_must_be_visible_and_becomes_the_current_device(monkeypatch):
+    """``--device cuda:N`` on a machine (or under a CUDA_VISIBLE_DEVICES) with fewer GPUs is a
+    user error, not CUDA's "invalid device ordinal" deep in model loading; a visible one is made
+    current. ``torch.cuda`` is replaced: no GPU here."""
+    from dreamtext.devices import resolve_device
+    from dreamtext.errors import DreamtextError
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
+    assert resolve_device("cuda") == torch.device("cuda") and len(current) == 1
+    with pytest.raises(
+        DreamtextError, match=r"--device cuda:2: .* 2 CUDA GPU\(s\), cuda:0 to cuda:1"
+    ):
+        resolve_device("cuda:2")
+
+
 def test_unreadable_config_is_a_user_error(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("h: [unclosed\n")
