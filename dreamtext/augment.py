@@ -100,7 +100,9 @@ class ImageAugmentation(nn.Module):
         """
         device = images.device
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only: torch.manual_seed would reseed every GPU's too, which
+            # fork_rng(devices=[]) does not put back.
+            torch.random.default_generator.manual_seed(seed)
             x = images.detach().float().cpu()
             x = self.flip(x)
             x = self.rotation(x)

@@ -210,16 +210,17 @@ def train_step(run: Run) -> dict[str, Any]:
     """One SDS step on a batch of random cameras; returns the numbers worth logging."""
     cfg, rng = run.cfg, run.cameras_rng
     step = run.step + 1
-    poses = sample_poses(cfg.batch_size, cfg.cameras, rng).to(run.device)
+    poses = sample_poses(cfg.batch_size, cfg.cameras, rng)
+    labels = [  # read on the CPU, where the poses are drawn: no wait for the GPU
+        view_of(float(p), float(a), cfg.guidance.views).label
+        for p, a in zip(poses.polar.tolist(), poses.azimuth.tolist(), strict=True)
+    ]
+    poses = poses.to(run.device)
     shading = shading_for_step(step, cfg, rng)
     lights = light_positions(poses, cfg.light_jitter, rng)
     background = None
     if cfg.field.background == "random":
         background = random_backgrounds(cfg.batch_size, rng).to(run.device)
-    labels = [
-        view_of(float(p), float(a), cfg.guidance.views).label
-        for p, a in zip(poses.polar.tolist(), poses.azimuth.tolist(), strict=True)
-    ]
 
     render = run.renderer.render_train(
         run.field,

@@ -39,15 +39,18 @@ def _trainer(model_path, words=WORDS, **options) -> DescriptorTrainer:
 # --- augmentations -----------------------------------------------------------------------------
 
 
-def test_same_seed_same_augmentation_and_global_rng_untouched():
+def test_same_seed_same_augmentation_and_global_rng_untouched(monkeypatch):
     augment = ImageAugmentation(32)
     image = torch.rand(1, 3, 40, 40)
+    reseeded = []  # the GPUs' generators: torch.manual_seed would reseed them all
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
     a, b = augment(image, seed=5), augment(image, seed=5)
     assert torch.equal(a, b)
     assert torch.equal(torch.rand(3), before)
+    assert reseeded == [123, 123]  # the test's own calls, none by the augmentation
     assert a.shape == (1, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
 
 
