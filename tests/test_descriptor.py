@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from PIL import Image
+from torch.amp import GradScaler
 
 from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
 from dreamtext.descriptor import (
@@ -156,6 +157,34 @@ def test_only_placeholder_rows_change_during_training(tiny_sd_path):
             else:
                 assert torch.equal(p, frozen[name]), name
     assert not torch.equal(trainer.placeholders.vectors, start)
+
+
+def test_loss_scaling_is_on_for_fp16_only_and_leaves_the_updates_unchanged(
+    tiny_sd_path, monkeypatch
+):
+    """``--fp16`` descriptor training scales its loss (see ``descriptor.loss_scaler``); scaling
+    by a power of two and unscaling before Adam is exact in float32, so the trained vectors
+    must be bit-identical to an unscaled run's, and the scale is logged and checkpointed."""
+    from dreamtext import descriptor
+
+    cpu = torch.device("cpu")
+    assert descriptor.loss_scaler(torch.float16, cpu).is_enabled()
+    assert not descriptor.loss_scaler(torch.bfloat16, cpu).is_enabled()
+    assert not descriptor.loss_scaler(torch.float32, cpu).is_enabled()
+
+    def train(**options) -> tuple[DescriptorTrainer, list[dict]]:
+        trainer = _trainer(tiny_sd_path, lr=1e-2, **options)
+        image = image_to_tensor(_image(), trainer.models.resolution)
+        return trainer, [trainer.train_step(image) for _ in range(3)]
+
+    plain, plain_info = train()
+    monkeypatch.setattr(descriptor, "loss_scaler", lambda dtype, device: GradScaler("cpu"))
+    scaled, scaled_info = train()
+    assert scaled.scaler.is_enabled() and not plain.scaler.is_enabled()
+    assert torch.equal(scaled.placeholders.vectors, plain.placeholders.vectors)
+    assert [i["loss_scale"] for i in scaled_info] == [2.0**16] * 3
+    assert "loss_scale" not in plain_info[0]
+    assert scaled.state()["loss_scaler"]["scale"] == 2.0**16
 
 
 def test_loss_falls_on_a_fixed_batch(tiny_sd_path):
