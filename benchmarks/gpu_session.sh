@@ -8,6 +8,7 @@
 #        bash benchmarks/gpu_session.sh separate separate_analytic   (a density head of its own)
 #        bash benchmarks/gpu_session.sh field_cost   (the field's work per sample, by part)
 #        bash benchmarks/gpu_session.sh descriptor   (dreamtext image's descriptor training)
+#        bash benchmarks/gpu_session.sh suite   (the whole test suite, CUDA wherever --device is auto)
 #        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name)
 #
 # The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
@@ -103,3 +104,11 @@ check field_cost 90 python3 benchmarks/field_cost.py --device cuda --points 1048
 #    3.1 GB allocated in fp16 (RESULTS.md).
 check descriptor 150 python3 benchmarks/sds_step.py --descriptor --model sd21-random \
     --precisions fp16 fp32 --repeats 5 --warmup 2
+# 11. Not in the default set: the whole test suite on the GPU machine. Every test that leaves the
+#     device at auto (the trainer, resume, batch, image->3D with its descriptor, export) runs on
+#     CUDA there: the only run of those paths short of a user's. Expect the browser, glTF
+#     validator and tiny-cuda-nn tests to skip (not on that machine), tests that write the
+#     turntable's mp4 to fail (no imageio-ffmpeg there: its wheel is over the transfer limit),
+#     and tests that compare two runs bit for bit to be able to differ in the last bits on CUDA
+#     (its atomic adds).
+check suite 420 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15
