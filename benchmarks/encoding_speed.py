@@ -10,8 +10,9 @@ backends, and one that cannot run on the device is skipped with the reason (trit
 would only run in Triton's interpreter, which says nothing about speed).
 
 Per backend and batch size, the best of ``--repeats`` runs after one warm-up:
-- ``fwd+bwd``: ``grid(x).square().sum().backward()``, wall seconds and the process's CPU seconds
-  (less distorted than wall time on a shared, busy machine);
+- ``fwd+bwd``: ``grid(x).square().sum().backward()``, wall seconds and, on the CPU, the process's
+  CPU seconds (less distorted than wall time on a shared, busy machine; on CUDA the host spins in
+  ``synchronize`` for the whole time, so that column is left empty);
 - ``fwd no-grad``: the forward alone under ``torch.no_grad`` (previews, export, occupancy);
 - ``kept B/pt``: bytes of the tensors autograd keeps for backward, per point (counted with
   ``torch.autograd.graph.saved_tensors_hooks``, distinct storages, the table itself excluded);
@@ -134,8 +135,9 @@ def main() -> None:
         for n in points:
             wall, cpu, fwd_wall, per_point, peak = measure(grid, fn, n, args.repeats, device)
             peak_text = "" if peak is None else f"{peak:.0f}"
+            cpu_text = "" if device.type == "cuda" else f"{cpu:.3f}"
             print(
-                f"| {name} | {n} | {wall:.3f} | {cpu:.3f} | {fwd_wall:.3f} | {per_point:.0f} "
+                f"| {name} | {n} | {wall:.3f} | {cpu_text} | {fwd_wall:.3f} | {per_point:.0f} "
                 f"| {peak_text} |",
                 flush=True,
             )

@@ -38,6 +38,7 @@ in the warm-up steps (or the first half of a trainer row), so give those enough 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -45,6 +46,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -57,6 +59,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from dreamtext.cameras import Poses, sample_poses, view_of  # noqa: E402
 from dreamtext.config import resolve_config  # noqa: E402
+from dreamtext.errors import DreamtextError  # noqa: E402
 from dreamtext.factory import build_parts  # noqa: E402
 from dreamtext.field import NeRFField  # noqa: E402
 from dreamtext.guidance import DEFAULT_MODEL, ScoreDistillation  # noqa: E402
@@ -221,9 +224,10 @@ def measure(
     warmup: int,
     compile: bool = False,
     field_config: dict | None = None,
+    report: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """One row per render size and shading: median times (ms) over ``repeats`` steps and peak
-    memory (MiB)."""
+    memory (MiB). ``report`` gets each row as soon as it is measured (a later row may not end)."""
     guidance = None
     model_px = "-"
     if model is not None:
@@ -241,9 +245,7 @@ def measure(
         field, renderer, optimizer = parts.field, parts.renderer.train(), parts.optimizer
         renderer.update_occupancy(field, 0)
         generator = torch.Generator().manual_seed(0)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
+        free_device_memory(device)
         row = {
             "model": Path(model).name if model else "none (NeRF only)",
             "precision": precision if model else "fp32",
@@ -264,6 +266,8 @@ def measure(
                     times.append(step)
         except torch.cuda.OutOfMemoryError:
             rows.append({**row, "status": "out of memory"})
+            if report:
+                report(rows[-1])
             del field, renderer, optimizer
             continue
         render_s, guide_s, backward_s = (statistics.median(t) for t in zip(*times, strict=True))
@@ -280,8 +284,20 @@ def measure(
                 "status": "ok",
             }
         )
+        if report:
+            report(rows[-1])
         del field, renderer, optimizer
     return rows
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Before a row's figures: collect what the last row left in reference cycles (the first
+    optimiser's import of torch._dynamo keeps its caller's frames in one), hand the allocator's
+    cache back, and start the peak statistics afresh."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 COLUMNS = [
@@ -328,7 +344,7 @@ def trainer_row(
 
     from dreamtext.trainer import train
 
-    overrides = {
+    overrides: dict = {
         "prompt": PROMPT,
         "iters": args.steps,
         "device": device.type,
@@ -342,23 +358,27 @@ def trainer_row(
     field = field_overrides(args)
     if field:
         overrides["field"] = field
+    if args.px:
+        overrides["h"] = overrides["w"] = args.px
     row = {
         "preset": preset,
         "phase": phase,
         "precision": precision,
         "compile": compile_label(args.compile, device),
     }
-    with tempfile.TemporaryDirectory() as workspace:
+    # In memory where there is /dev/shm: the trainer fsyncs status.json at every logged step
+    # (every step here, every 10th in a user's run), which a disk would add to the step time.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=shm) as workspace:
         overrides["workspace"] = workspace
         cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
         row["px"] = cfg.h
         row["normals"] = cfg.field.normals
         row["density_head"] = cfg.field.density_head
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_device_memory(device)
         try:
             train(cfg)
-        except Exception as error:  # out of memory is a DreamtextError now: report it
+        except DreamtextError as error:  # out of memory, as a user sees it: report, go on
             return {**row, "status": str(error).split(";")[0]}
         # The trainer resets the peak statistics when its loop starts.
         allocated = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0
@@ -430,8 +450,7 @@ def descriptor_row(
     models = load_for(GuidanceConfig(model=model, **PRECISION_FLAGS[precision]), device)
     trainer = DescriptorTrainer(models, "a", ["red", "shiny"], "mug", DescriptorOptions())
     image = torch.rand(1, 3, models.resolution, models.resolution)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    free_device_memory(device)  # loading's channels-last copies leave freed blocks cached
     times = []
     for i in range(warmup + repeats):
         synchronize(device)
@@ -526,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=40, help="with --trainer: steps per phase")
     parser.add_argument(
+        "--px",
+        type=int,
+        help="with --trainer: render size (--h/--w) of every row [each preset's own]",
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the U-Net (CUDA only), as --compile"
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per row [5]")
@@ -577,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.warmup,
                 args.compile,
                 field_overrides(args),
+                report=lambda row: print(markdown_table([row]), flush=True),
             )
-            print(markdown_table(rows[-len(sizes) * len(args.shadings) :]), flush=True)
         table = markdown_table(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/sds_step.py " + " ".join(

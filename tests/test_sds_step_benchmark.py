@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,9 @@ def test_rows_take_the_field_settings_asked_for_and_the_config_defaults_otherwis
     assert (default.field.normals, default.field.density_head) == ("forward_difference", "shared")
     seen = {}
 
-    def fake_measure(model, precision, sizes, shadings, device, repeats, warmup, compile, field):
+    def fake_measure(
+        model, precision, sizes, shadings, device, repeats, warmup, compile, field, report
+    ):
         seen["field"] = field
         return []
 
@@ -121,3 +125,84 @@ def test_trainer_rows_count_the_steps_the_loss_scaler_skipped(sds_step):
     records = [{"step": i + 1, "loss_scale": s} for i, s in enumerate(scales)]
     assert sds_step.loss_scaler_summary(records) == "3 skipped, scale 16384"
     assert sds_step.loss_scaler_summary([{"loss_scale": 2.0**16}]) == "0 skipped, scale 65536"
+
+
+def fake_trainer(records: list[dict], error: Exception | None = None):
+    """A stand-in for ``dreamtext.trainer.train`` that writes ``records`` as its log."""
+    seen = {}
+
+    def train(cfg):
+        seen["cfg"] = cfg
+        if error is not None:
+            raise error
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        (Path(cfg.workspace) / "log.jsonl").write_text(lines, encoding="utf-8")
+
+    return train, seen
+
+
+def trainer_args(*extra) -> argparse.Namespace:
+    args = argparse.Namespace(steps=4, compile=False, normals=None, density_head=None, px=None)
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        setattr(args, flag, value)
+    return args
+
+
+def test_trainer_rows_take_the_size_asked_for_and_the_steady_rate(sds_step, monkeypatch):
+    """``--px`` overrides the preset's render size (FitFusion at 512 px); the steady it/s is
+    the second half's steps over its time, recovered from the records' running means."""
+    # Steps 1-2 take 10 s (loading, compiling), then 0.5 s each: elapsed 10, 10, 10.5, 11.
+    records = [
+        {"step": step, "its": step / elapsed, "gpu_mem_mib": mib, "samples_per_ray": 9.0}
+        for step, elapsed, mib in [
+            (1, 10.0, 100.0),
+            (2, 10.0, 300.0),
+            (3, 10.5, 200.0),
+            (4, 11.0, 250.0),
+        ]
+    ]
+    train, seen = fake_trainer(records)
+    monkeypatch.setattr("dreamtext.trainer.train", train)
+    cpu = torch.device("cpu")
+    row = sds_step.trainer_row("m", "fp32", "fitfusion", "shaded", trainer_args("px", 512), cpu)
+    assert (seen["cfg"].h, seen["cfg"].w, row["px"]) == (512, 512, 512)
+    assert row["its"] == "2.00" and row["peak_mib"] == "300" and row["status"] == "ok"
+    row = sds_step.trainer_row("m", "fp32", "fitfusion", "shaded", trainer_args(), cpu)
+    assert seen["cfg"].h == 256 == row["px"]  # the preset's own
+
+
+def test_trainer_rows_report_running_out_of_memory_but_not_a_timeout(sds_step, monkeypatch):
+    """Out of memory (a user error, as a user's run sees it) is the row's status and the next
+    row runs; a SIGTERM from the session's per-check timeout (the trainer's
+    TrainingInterrupted) ends the script, as the timeout means it to."""
+    from dreamtext.errors import DreamtextError
+    from dreamtext.trainer import TrainingInterrupted
+
+    cpu = torch.device("cpu")
+    full = DreamtextError("out of GPU memory after step 3; use a smaller --h/--w")
+    monkeypatch.setattr("dreamtext.trainer.train", fake_trainer([], full)[0])
+    row = sds_step.trainer_row("m", "fp16", "default", "albedo", trainer_args(), cpu)
+    assert row["status"] == "out of GPU memory after step 3"
+    stopped = TrainingInterrupted(3, Path("last.pt"))
+    monkeypatch.setattr("dreamtext.trainer.train", fake_trainer([], stopped)[0])
+    with pytest.raises(TrainingInterrupted):
+        sds_step.trainer_row("m", "fp16", "default", "albedo", trainer_args(), cpu)
+
+
+def test_each_sds_row_is_reported_as_soon_as_it_is_measured(sds_step):
+    """A later row may be cut off by the check's timeout: the earlier ones are out already."""
+    reported = []
+    field = {"num_levels": 2, "log2_hashmap_size": 8, "hidden_dim": 8, "num_blocks": 1}
+    rows = sds_step.measure(
+        None,
+        "fp32",
+        [8, 12],
+        ["albedo"],
+        torch.device("cpu"),
+        1,
+        0,
+        field_config=field,
+        report=reported.append,
+    )
+    assert reported == rows and [r["render_px"] for r in rows] == [8, 12]
+    assert all(r["status"] == "ok" for r in rows)
