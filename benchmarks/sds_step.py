@@ -386,8 +386,11 @@ def trainer_row(
         records = [json.loads(line) for line in log.splitlines()]
     # Each record's "its" is the mean rate since the start: recover the elapsed times.
     elapsed = [r["step"] / r["its"] for r in records]
-    half = len(records) // 2
-    rate = (records[-1]["step"] - records[half]["step"]) / (elapsed[-1] - elapsed[half])
+    half = min(len(records) // 2, len(records) - 2)  # at least one step after it
+    if half >= 0:
+        rate = (records[-1]["step"] - records[half]["step"]) / (elapsed[-1] - elapsed[half])
+    else:  # a one-step run: its only rate
+        rate = records[-1]["its"]
     deferred = sum(r.get("backprop") == "deferred" for r in records)
     return {
         **row,

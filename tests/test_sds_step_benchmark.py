@@ -169,6 +169,12 @@ def test_trainer_rows_take_the_size_asked_for_and_the_steady_rate(sds_step, monk
     assert row["its"] == "2.00" and row["peak_mib"] == "300" and row["status"] == "ok"
     row = sds_step.trainer_row("m", "fp32", "fitfusion", "shaded", trainer_args(), cpu)
     assert seen["cfg"].h == 256 == row["px"]  # the preset's own
+    short = {"gpu_mem_mib": 1.0, "samples_per_ray": 9.0}
+    two = [{"step": 1, "its": 0.1, **short}, {"step": 2, "its": 2 / 10.5, **short}]
+    for log, its in ((two, "2.00"), (two[:1], "0.10")):  # runs too short for a second half
+        monkeypatch.setattr("dreamtext.trainer.train", fake_trainer(log)[0])
+        row = sds_step.trainer_row("m", "fp32", "default", "shaded", trainer_args(), cpu)
+        assert row["its"] == its, len(log)
 
 
 def test_trainer_rows_report_running_out_of_memory_but_not_a_timeout(sds_step, monkeypatch):
