@@ -38,7 +38,6 @@ in the warm-up steps (or the first half of a trainer row), so give those enough 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -63,7 +62,7 @@ from dreamtext.errors import DreamtextError  # noqa: E402
 from dreamtext.factory import build_parts  # noqa: E402
 from dreamtext.field import NeRFField  # noqa: E402
 from dreamtext.guidance import DEFAULT_MODEL, ScoreDistillation  # noqa: E402
-from dreamtext.models import clear_cache  # noqa: E402
+from dreamtext.models import clear_cache, free_memory  # noqa: E402
 from dreamtext.renderer import VolumeRenderer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent / "sd21_configs"
@@ -293,10 +292,9 @@ def measure(
 def free_device_memory(device: torch.device) -> None:
     """Before a row's figures: collect what the last row left in reference cycles (the first
     optimiser's import of torch._dynamo keeps its caller's frames in one), hand the allocator's
-    cache back, and start the peak statistics afresh."""
-    gc.collect()
+    cache back (:func:`dreamtext.models.free_memory`), and start the peak statistics afresh."""
+    free_memory(device)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 

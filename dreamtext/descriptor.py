@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
 from dreamtext.checkpoint import atomic_write_bytes, load_checkpoint
 from dreamtext.describe import base_sentence, make_sentence, sentence_path
+from dreamtext.devices import fp16_loss_scaler
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
@@ -129,16 +130,6 @@ def descriptor_loss(pred_full: Tensor, pred_base: Tensor, target: Tensor) -> tup
     return loss_real + loss_base, parts
 
 
-def loss_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
-    """Dynamic loss scaling when Stable Diffusion runs in fp16 (``--fp16``): eq. 5.4's gradient
-    at the prediction is ``2 (ε̂ − ε) / (B·4·h·w)``, about 1e-4 at 64 × 64 latents, the bottom
-    of fp16's normal range, and it still has the U-Net's cross-attention and the text encoder to
-    pass back through to the placeholder vectors. The loss is multiplied by ``s`` before
-    backward and the gradients divided by ``s`` before Adam; a step whose gradients overflow is
-    skipped and ``s`` halved. bf16 has float32's range and needs none."""
-    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-
 class DescriptorTrainer:
     """The frozen Stable Diffusion, the placeholder vectors and their Adam optimiser.
 
@@ -175,7 +166,10 @@ class DescriptorTrainer:
         with torch.no_grad():
             self.tau_base = self.encode(self.base_prompt)
         self.optimizer = torch.optim.Adam([self.placeholders.vectors], lr=options.lr)
-        self.scaler = loss_scaler(models.dtype, self.device)
+        # With --fp16, eq. 5.4's gradient at the prediction, 2 (ε̂ − ε) / (B·4·h·w), is about
+        # 1e-4 at 64 × 64 latents (the bottom of fp16's normal range), and it still has the
+        # U-Net's cross-attention and the text encoder to pass back through to the vectors.
+        self.scaler = fp16_loss_scaler(models.dtype, self.device)
         self.augment = ImageAugmentation(models.resolution, options.augment)
         self.step = 0
 

@@ -36,6 +36,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def fp16_loss_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for a backward pass through ``dtype`` modules: on for fp16, whose
+    small gradients underflow otherwise (bf16 has float32's range and needs none). The loss is
+    multiplied by ``s`` before backward, the gradients divided by ``s`` before the optimiser; a
+    step whose gradients overflow is skipped and ``s`` halved."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 @contextmanager
 def out_of_gpu_memory_is_a_user_error(explain: Callable[[], str]) -> Iterator[None]:
     """Run the body; if CUDA runs out of memory there, free what the failed work held and raise

@@ -35,7 +35,11 @@ from dreamtext.checkpoint import (
     save_checkpoint,
 )
 from dreamtext.config import ITERS_PER_EPOCH, TrainConfig, config_to_dict
-from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
+from dreamtext.devices import (
+    fp16_loss_scaler,
+    out_of_gpu_memory_is_a_user_error,
+    resolve_device,
+)
 from dreamtext.errors import DreamtextError
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
@@ -147,11 +151,9 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
 
 
 def loss_scaler(field: NeRFField, device: torch.device) -> torch.amp.GradScaler:
-    """Dynamic loss scaling when the field's MLPs run in fp16: their per-sample gradients are
-    small enough to underflow fp16 otherwise (bf16 has float32's range and needs none). The loss
-    is multiplied by ``s`` before backward, the gradients divided by ``s`` before Adam; a step
-    whose gradients overflow is skipped and ``s`` halved."""
-    return torch.amp.GradScaler(device.type, enabled=field.mlp_dtype == torch.float16)
+    """:func:`dreamtext.devices.fp16_loss_scaler` for the field's MLPs, whose per-sample
+    gradients are small enough to underflow fp16 unscaled."""
+    return fp16_loss_scaler(field.mlp_dtype, device)
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:

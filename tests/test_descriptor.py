@@ -162,15 +162,15 @@ def test_only_placeholder_rows_change_during_training(tiny_sd_path):
 def test_loss_scaling_is_on_for_fp16_only_and_leaves_the_updates_unchanged(
     tiny_sd_path, monkeypatch
 ):
-    """``--fp16`` descriptor training scales its loss (see ``descriptor.loss_scaler``); scaling
+    """``--fp16`` descriptor training scales its loss (``devices.fp16_loss_scaler``); scaling
     by a power of two and unscaling before Adam is exact in float32, so the trained vectors
     must be bit-identical to an unscaled run's, and the scale is logged and checkpointed."""
     from dreamtext import descriptor
 
     cpu = torch.device("cpu")
-    assert descriptor.loss_scaler(torch.float16, cpu).is_enabled()
-    assert not descriptor.loss_scaler(torch.bfloat16, cpu).is_enabled()
-    assert not descriptor.loss_scaler(torch.float32, cpu).is_enabled()
+    assert descriptor.fp16_loss_scaler(torch.float16, cpu).is_enabled()
+    assert not descriptor.fp16_loss_scaler(torch.bfloat16, cpu).is_enabled()
+    assert not descriptor.fp16_loss_scaler(torch.float32, cpu).is_enabled()
 
     def train(**options) -> tuple[DescriptorTrainer, list[dict]]:
         trainer = _trainer(tiny_sd_path, lr=1e-2, **options)
@@ -178,7 +178,7 @@ def test_loss_scaling_is_on_for_fp16_only_and_leaves_the_updates_unchanged(
         return trainer, [trainer.train_step(image) for _ in range(3)]
 
     plain, plain_info = train()
-    monkeypatch.setattr(descriptor, "loss_scaler", lambda dtype, device: GradScaler("cpu"))
+    monkeypatch.setattr(descriptor, "fp16_loss_scaler", lambda dtype, device: GradScaler("cpu"))
     scaled, scaled_info = train()
     assert scaled.scaler.is_enabled() and not plain.scaler.is_enabled()
     assert torch.equal(scaled.placeholders.vectors, plain.placeholders.vectors)
