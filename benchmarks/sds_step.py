@@ -58,11 +58,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from dreamtext.cameras import Poses, sample_poses, view_of  # noqa: E402
 from dreamtext.config import resolve_config  # noqa: E402
+from dreamtext.devices import free_memory  # noqa: E402
 from dreamtext.errors import DreamtextError  # noqa: E402
 from dreamtext.factory import build_parts  # noqa: E402
 from dreamtext.field import NeRFField  # noqa: E402
 from dreamtext.guidance import DEFAULT_MODEL, ScoreDistillation  # noqa: E402
-from dreamtext.models import clear_cache, free_memory  # noqa: E402
+from dreamtext.models import clear_cache  # noqa: E402
 from dreamtext.renderer import VolumeRenderer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent / "sd21_configs"
@@ -292,7 +293,7 @@ def measure(
 def free_device_memory(device: torch.device) -> None:
     """Before a row's figures: collect what the last row left in reference cycles (the first
     optimiser's import of torch._dynamo keeps its caller's frames in one), hand the allocator's
-    cache back (:func:`dreamtext.models.free_memory`), and start the peak statistics afresh."""
+    cache back (:func:`dreamtext.devices.free_memory`), and start the peak statistics afresh."""
     free_memory(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

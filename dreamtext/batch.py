@@ -21,7 +21,6 @@ when its holder stopped refreshing it for ``--lock-timeout`` seconds.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import re
@@ -42,6 +41,7 @@ from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import last_checkpoint
 from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, resolve_config, slugify
+from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
 from dreamtext.imageto3d import ImageOptions
 from dreamtext.runstatus import (
@@ -694,9 +694,7 @@ def _say(message: str) -> None:
 
 
 def _free_device_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_memory()
 
 
 def _shorten(text: str, width: int) -> str:

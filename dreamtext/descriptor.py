@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
 from dreamtext.checkpoint import atomic_write_bytes, load_checkpoint
 from dreamtext.describe import base_sentence, make_sentence, sentence_path
-from dreamtext.devices import fp16_loss_scaler
+from dreamtext.devices import fp16_loss_scaler, free_memory
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
-from dreamtext.models import StableDiffusionModels, free_memory, load_for
+from dreamtext.models import StableDiffusionModels, load_for
 
 DESCRIPTOR_TOKEN = "<descriptor>"
 LEARNED_EMBEDS = "learned_embeds.safetensors"

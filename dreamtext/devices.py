@@ -44,6 +44,15 @@ def fp16_loss_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.Grad
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
+def free_memory(device: torch.device | None = None) -> None:
+    """Collect unreachable tensors and return the CUDA cache's free blocks to the GPU (after
+    dropping a stage's modules, or after a failed step). ``device=None``: whenever CUDA is
+    present; otherwise only when ``device`` is a CUDA device."""
+    gc.collect()
+    if torch.cuda.is_available() if device is None else device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 @contextmanager
 def out_of_gpu_memory_is_a_user_error(explain: Callable[[], str]) -> Iterator[None]:
     """Run the body; if CUDA runs out of memory there, free what the failed work held and raise
@@ -58,7 +67,5 @@ def out_of_gpu_memory_is_a_user_error(explain: Callable[[], str]) -> Iterator[No
         pass  # handled below, outside the except block, so its frames' tensors can be freed
     else:
         return
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_memory()
     raise DreamtextError(explain())

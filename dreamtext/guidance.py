@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 
 from dreamtext.cameras import CameraRange, ViewThresholds
+from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
-from dreamtext.models import DEFAULT_MODEL, TextSide, free_memory, load_for
+from dreamtext.models import DEFAULT_MODEL, TextSide, load_for
 from dreamtext.prompts import PromptEmbeddings, expand_tokens
 
 

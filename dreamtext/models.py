@@ -18,7 +18,6 @@ textual-inversion file, the descriptor's placeholders) get copies of the text si
 from __future__ import annotations
 
 import copy
-import gc
 import logging
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
 
 if TYPE_CHECKING:
@@ -363,13 +363,6 @@ class StableDiffusionModels:
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
-
-
-def free_memory(device: torch.device) -> None:
-    """Return freed blocks to the GPU (after dropping a stage's modules)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------

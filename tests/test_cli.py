@@ -211,6 +211,24 @@ def test_a_gpu_index_must_be_visible_and_becomes_the_current_device(monkeypatch)
         resolve_device("cuda:2")
 
 
+def test_free_memory_empties_the_cuda_cache_only_where_cuda_is_used(monkeypatch):
+    """One helper frees memory for the trainer's out-of-memory path, the batch loop and the
+    model stages: with no device it empties the cache whenever CUDA is present; with a device,
+    only for a CUDA one. ``torch.cuda`` is replaced: no GPU here."""
+    from dreamtext.devices import free_memory
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    for available in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
+        free_memory(torch.device("cpu"))
+        assert emptied == []
+        free_memory(torch.device("cuda", 0))
+        free_memory()
+        assert len(emptied) == (2 if available else 1)
+        emptied.clear()
+
+
 def test_unreadable_config_is_a_user_error(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("h: [unclosed\n")
