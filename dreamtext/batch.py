@@ -573,7 +573,7 @@ def run_entry(
         if claimed:
             lock.release()
             with contextlib.suppress(Exception):  # a broken CUDA context raises here too
-                _free_device_memory()
+                free_memory()
     status = read_status(entry.workspace) if claimed and lock.lost is None else None
     return {
         "line": entry.line,
@@ -691,10 +691,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def _say(message: str) -> None:
     """A progress message on stderr, printed above the progress bars."""
     tqdm.write(message, file=sys.stderr)
-
-
-def _free_device_memory() -> None:
-    free_memory()
 
 
 def _shorten(text: str, width: int) -> str:

@@ -141,19 +141,14 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         guidance,
         parts.optimizer,
         torch.Generator().manual_seed(cfg.seed + 2),
-        loss_scaler(parts.field, device),
+        # The field's MLPs in fp16: per-sample gradients small enough to underflow unscaled.
+        fp16_loss_scaler(parts.field.mlp_dtype, device),
     )
     if resume:
         # Loaded on the CPU: the random generators' states must stay there (``set_rng_state``
         # takes only a CPU byte tensor), and ``load_state_dict`` copies the rest to the device.
         restore(run, load_checkpoint(last_checkpoint(workspace)))
     return run
-
-
-def loss_scaler(field: NeRFField, device: torch.device) -> torch.amp.GradScaler:
-    """:func:`dreamtext.devices.fp16_loss_scaler` for the field's MLPs, whose per-sample
-    gradients are small enough to underflow fp16 unscaled."""
-    return fp16_loss_scaler(field.mlp_dtype, device)
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:

@@ -386,7 +386,7 @@ def test_a_cuda_error_stops_the_batch_with_its_record_and_a_rerun_goes_on(
     path = prompts_file(tmp_path, "a red cube", "a blue sphere")
     root = tmp_path / "root"
     args = list(map(str, ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]))
-    real_step, real_free = trainer.train_step, batch._free_device_memory
+    real_step, real_free = trainer.train_step, batch.free_memory
 
     def step_then_crash(run):
         if run.step == 10:
@@ -397,7 +397,7 @@ def test_a_cuda_error_stops_the_batch_with_its_record_and_a_rerun_goes_on(
         raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(trainer, "train_step", step_then_crash)
-    monkeypatch.setattr(batch, "_free_device_memory", free_on_a_broken_gpu)
+    monkeypatch.setattr(batch, "free_memory", free_on_a_broken_gpu)
     assert main(args) == 1
     [record] = rows(root)
     assert record["status"] == "failed"
@@ -406,7 +406,7 @@ def test_a_cuda_error_stops_the_batch_with_its_record_and_a_rerun_goes_on(
     assert not (root / "a_blue_sphere").exists() and not list(root.glob("*.lock"))
 
     monkeypatch.setattr(trainer, "train_step", real_step)
-    monkeypatch.setattr(batch, "_free_device_memory", real_free)
+    monkeypatch.setattr(batch, "free_memory", real_free)
     assert main(args) == 0
     assert [r["status"] for r in rows(root)[1:]] == ["finished", "finished"]
 

@@ -247,11 +247,11 @@ def test_loss_scaling_leaves_the_updates_unchanged(tmp_path, tiny_sd_path, monke
     plain = train(tiny_config(tmp_path / "plain", tiny_sd_path, iters=3))
     scalers = []
 
-    def enabled(field, device):
+    def enabled(dtype, device):
         scalers.append(torch.amp.GradScaler("cpu", enabled=True))
         return scalers[-1]
 
-    monkeypatch.setattr(trainer, "loss_scaler", enabled)
+    monkeypatch.setattr(trainer, "fp16_loss_scaler", enabled)
     scaled = train(tiny_config(tmp_path / "scaled", tiny_sd_path, iters=3))
     assert scalers and scalers[0].get_scale() == 2.0**16
     expected, got = field_params(plain), field_params(scaled)
