@@ -265,27 +265,20 @@ def measure(
                 if i >= warmup:
                     times.append(step)
         except torch.cuda.OutOfMemoryError:
-            rows.append({**row, "status": "out of memory"})
-            if report:
-                report(rows[-1])
-            del field, renderer, optimizer
-            continue
-        render_s, guide_s, backward_s = (statistics.median(t) for t in zip(*times, strict=True))
-        step_s = statistics.median(sum(t) for t in times)
-        peak_label = peak_memory_label(device)
-        rows.append(
-            {
-                **row,
+            row["status"] = "out of memory"
+        else:
+            render_s, guide_s, backward_s = (statistics.median(t) for t in zip(*times, strict=True))
+            row |= {
                 "render_ms": f"{render_s * 1e3:.1f}",
                 "guidance_ms": f"{guide_s * 1e3:.1f}" if guidance else "-",
                 "backward_ms": f"{backward_s * 1e3:.1f}",
-                "step_ms": f"{step_s * 1e3:.1f}",
-                "peak_mib": peak_label,
+                "step_ms": f"{statistics.median(sum(t) for t in times) * 1e3:.1f}",
+                "peak_mib": peak_memory_label(device),
                 "status": "ok",
             }
-        )
+        rows.append(row)
         if report:
-            report(rows[-1])
+            report(row)
         del field, renderer, optimizer
     return rows
 

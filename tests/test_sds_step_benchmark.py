@@ -212,3 +212,31 @@ def test_each_sds_row_is_reported_as_soon_as_it_is_measured(sds_step):
     )
     assert reported == rows and [r["render_px"] for r in rows] == [8, 12]
     assert all(r["status"] == "ok" for r in rows)
+
+
+def test_an_sds_row_that_runs_out_of_memory_is_reported_and_the_next_row_runs(
+    sds_step, monkeypatch
+):
+    real_step = sds_step.one_step
+
+    def one_step(field, renderer, guidance, optimizer, poses, size, *rest):
+        if size == 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_step(field, renderer, guidance, optimizer, poses, size, *rest)
+
+    monkeypatch.setattr(sds_step, "one_step", one_step)
+    reported = []
+    field = {"num_levels": 2, "log2_hashmap_size": 8, "hidden_dim": 8, "num_blocks": 1}
+    rows = sds_step.measure(
+        None,
+        "fp32",
+        [8, 12],
+        ["albedo"],
+        torch.device("cpu"),
+        1,
+        0,
+        field_config=field,
+        report=reported.append,
+    )
+    assert reported == rows and [r["status"] for r in rows] == ["out of memory", "ok"]
+    assert "step_ms" not in rows[0] and float(rows[1]["step_ms"]) > 0
