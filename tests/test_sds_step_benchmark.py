@@ -195,9 +195,9 @@ def test_trainer_rows_report_running_out_of_memory_but_not_a_timeout(sds_step, m
         sds_step.trainer_row("m", "fp16", "default", "albedo", trainer_args(), cpu)
 
 
-def test_each_sds_row_is_reported_as_soon_as_it_is_measured(sds_step):
-    """A later row may be cut off by the check's timeout: the earlier ones are out already."""
-    reported = []
+def measure_two_tiny_rows(sds_step) -> tuple[list[dict], list[dict]]:
+    """NeRF-only rows at 8 and 12 px of a tiny field, one step each: (rows, rows reported)."""
+    reported: list[dict] = []
     field = {"num_levels": 2, "log2_hashmap_size": 8, "hidden_dim": 8, "num_blocks": 1}
     rows = sds_step.measure(
         None,
@@ -210,6 +210,12 @@ def test_each_sds_row_is_reported_as_soon_as_it_is_measured(sds_step):
         field_config=field,
         report=reported.append,
     )
+    return rows, reported
+
+
+def test_each_sds_row_is_reported_as_soon_as_it_is_measured(sds_step):
+    """A later row may be cut off by the check's timeout: the earlier ones are out already."""
+    rows, reported = measure_two_tiny_rows(sds_step)
     assert reported == rows and [r["render_px"] for r in rows] == [8, 12]
     assert all(r["status"] == "ok" for r in rows)
 
@@ -225,18 +231,6 @@ def test_an_sds_row_that_runs_out_of_memory_is_reported_and_the_next_row_runs(
         return real_step(field, renderer, guidance, optimizer, poses, size, *rest)
 
     monkeypatch.setattr(sds_step, "one_step", one_step)
-    reported = []
-    field = {"num_levels": 2, "log2_hashmap_size": 8, "hidden_dim": 8, "num_blocks": 1}
-    rows = sds_step.measure(
-        None,
-        "fp32",
-        [8, 12],
-        ["albedo"],
-        torch.device("cpu"),
-        1,
-        0,
-        field_config=field,
-        report=reported.append,
-    )
+    rows, reported = measure_two_tiny_rows(sds_step)
     assert reported == rows and [r["status"] for r in rows] == ["out of memory", "ok"]
     assert "step_ms" not in rows[0] and float(rows[1]["step_ms"]) > 0
