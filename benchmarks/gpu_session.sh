@@ -5,6 +5,7 @@
 #   run: bash benchmarks/gpu_session.sh           (with carry: [".whl"] when wheels are needed)
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
 #        bash benchmarks/gpu_session.sh trainer512   (the trainer at 512 px)
+#        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
 #        bash benchmarks/gpu_session.sh separate separate_analytic   (a density head of its own)
 #        bash benchmarks/gpu_session.sh field_cost   (the field's work per sample, by part)
@@ -36,7 +37,9 @@ else
     export PYTHONPATH=$PWD
 fi
 python3 - <<'PY' | tee "$OUT/environment.log"
-import importlib, torch
+import importlib, os, torch
+from dreamtext.devices import ALLOCATOR_VARIABLES, use_expandable_segments
+asked = use_expandable_segments()  # as `dreamtext` and sds_step.py do, before CUDA starts
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))
 for name in ("triton", "diffusers", "transformers", "trimesh", "mcubes", "xatlas",
              "fast_simplification", "inflect", "kornia"):
@@ -45,6 +48,14 @@ for name in ("triton", "diffusers", "transformers", "trimesh", "mcubes", "xatlas
         print(name, getattr(module, "__version__", "?"))
     except Exception as error:  # report every missing wheel at once
         print(name, "MISSING", type(error).__name__)
+try:
+    probe = torch.empty(2**20, device="cuda")
+    segments = torch.cuda.memory._snapshot()["segments"]
+    expandable = [segment.get("is_expandable") for segment in segments]
+except Exception as error:
+    expandable = repr(error)
+print("allocator", {n: os.environ.get(n) for n in ALLOCATOR_VARIABLES}, "set by dreamtext:",
+      asked, "expandable segments:", expandable)
 PY
 
 check() {  # check NAME SECONDS COMMAND...   (skipped unless NAME is one of $CHECKS)
@@ -85,6 +96,13 @@ check builtin 90 bash -c 'set -ex
 #    the 20 it/s target of 64 px depends on it; compiling takes the first steps of the albedo row.
 check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default --steps 96 --compile
+# 6a. Not in the default set: FitFusion's trainer rows of check 4 with torch's default CUDA
+#    allocator (fixed-size segments) instead of the expandable segments `dreamtext` asks for
+#    (devices.use_expandable_segments): what growing segments in place saves in peak reserved
+#    memory when the number of samples changes every step, and what it costs in it/s.
+check allocator 150 env PYTORCH_ALLOC_CONF=expandable_segments:False python3 \
+    benchmarks/sds_step.py --trainer --model sd21-random --precisions fp16 --presets fitfusion \
+    --steps 32
 # 6b. Not in the default set: the real trainer at 512 px (FitFusion's settings otherwise), for
 #    the issue's "512 px: peak <= 12 GB" as a run holds it (check 3 has the step alone).
 check trainer512 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \

@@ -25,7 +25,10 @@ the cost). The render size is the NeRF's; the VAE always encodes at the model's 
 ``loss = mean(rgb)`` in place of the guidance. Every part is built by ``dreamtext.factory`` and the
 render goes through ``VolumeRenderer.render_train``, as in the trainer (deferred backprop when
 the render is large). Peak memory on CUDA is the most allocated during the row (model weights
-included) and the most reserved; on the CPU it is the process's peak RSS so far.
+included) and the most reserved; on the CPU it is the process's peak RSS so far. The CUDA
+allocator grows its segments in place, as the ``dreamtext`` command sets it up
+(``devices.use_expandable_segments``); ``PYTORCH_ALLOC_CONF=expandable_segments:False`` in the
+environment measures torch's default allocator instead.
 
 ``--trainer`` runs ``dreamtext.trainer.train`` itself for ``--steps`` steps per preset and phase
 (albedo: shading never starts; shaded: the thesis's 0.2 / 0.4 / 0.4 mix from the first step),
@@ -58,7 +61,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from dreamtext.cameras import Poses, sample_poses, view_of  # noqa: E402
 from dreamtext.config import resolve_config  # noqa: E402
-from dreamtext.devices import free_memory  # noqa: E402
+from dreamtext.devices import free_memory, use_expandable_segments  # noqa: E402
 from dreamtext.errors import DreamtextError  # noqa: E402
 from dreamtext.factory import build_parts  # noqa: E402
 from dreamtext.field import NeRFField  # noqa: E402
@@ -557,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
+    use_expandable_segments()  # as the dreamtext command does, before CUDA starts
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

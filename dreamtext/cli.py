@@ -538,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     if getattr(args, "needs_models", True):  # `view` starts without torch or diffusers
+        from dreamtext.devices import use_expandable_segments
+
+        use_expandable_segments()
         quiet_libraries()
     show_progress_messages()
     try:

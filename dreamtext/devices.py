@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
+import os
+import sys
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 
 import torch
+from torch.torch_version import TorchVersion
 
 from dreamtext.errors import DreamtextError
 
@@ -34,6 +37,37 @@ def resolve_device(name: str) -> torch.device:
             )
         torch.cuda.set_device(device)
     return device
+
+
+# The variables that configure torch's GPU caching allocator: PYTORCH_ALLOC_CONF from torch 2.9
+# on (the older name is then read too, with a deprecation warning), PYTORCH_CUDA_ALLOC_CONF before.
+ALLOCATOR_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def use_expandable_segments(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """Let torch's CUDA caching allocator grow its memory segments in place
+    (``expandable_segments:True``) unless the user has configured the allocator; returns the
+    variable set, or ``None`` when nothing was set.
+
+    A training step's packed samples change in number every step, so its tensors change in size
+    every step: the very pattern that leaves the default allocator's fixed-size segments
+    fragmented, reserving memory that no tensor uses. With expandable segments one segment per
+    stream grows and shrinks by pages instead. Set only for a CUDA build of torch on Linux (the
+    platform where torch supports it) and only before CUDA is initialised (the allocator reads
+    its settings when it starts); ``PYTORCH_ALLOC_CONF=expandable_segments:False`` turns it off.
+    ``environ``: the environment to change (``os.environ``).
+    """
+    environ = os.environ if environ is None else environ
+    if any(name in environ for name in ALLOCATOR_VARIABLES):
+        return None
+    if torch.version.cuda is None or not sys.platform.startswith("linux"):
+        return None
+    if torch.cuda.is_initialized():
+        return None
+    name = ALLOCATOR_VARIABLES[0 if TorchVersion(torch.__version__) >= (2, 9) else 1]
+    environ[name] = EXPANDABLE_SEGMENTS
+    return name
 
 
 def fp16_loss_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:

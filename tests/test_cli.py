@@ -229,6 +229,65 @@ def test_free_memory_empties_the_cuda_cache_only_where_cuda_is_used(monkeypatch)
         emptied.clear()
 
 
+@pytest.fixture
+def cuda_build_on_linux(monkeypatch):
+    """torch as a CUDA build on Linux whose CUDA has not started (no GPU here)."""
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+
+
+def test_expandable_segments_are_asked_for_unless_the_user_set_up_the_allocator(
+    monkeypatch, cuda_build_on_linux
+):
+    """The allocator's setting goes in the variable this torch reads, only where it can work,
+    and never over a user's own setting."""
+    from dreamtext.devices import use_expandable_segments
+
+    environ = {}
+    assert use_expandable_segments(environ) == "PYTORCH_ALLOC_CONF"
+    assert environ == {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    for users in (
+        {"PYTORCH_ALLOC_CONF": "expandable_segments:False"},
+        {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"},
+    ):
+        environ = dict(users)
+        assert use_expandable_segments(environ) is None
+        assert environ == users
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.4.1+cu121"))
+    environ = {}
+    assert use_expandable_segments(environ) == "PYTORCH_CUDA_ALLOC_CONF"
+    assert environ == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    too_late, windows, cpu_build = (
+        (torch.cuda, "is_initialized", lambda: True),
+        (sys, "platform", "win32"),
+        (torch.version, "cuda", None),
+    )
+    for where, name, value in (too_late, windows, cpu_build):
+        with monkeypatch.context() as m:
+            m.setattr(where, name, value)
+            environ = {}
+            assert use_expandable_segments(environ) is None
+            assert environ == {}
+
+
+def test_model_commands_set_up_the_gpu_allocator_before_cuda_starts(
+    monkeypatch, tmp_path, capsys, cuda_build_on_linux
+):
+    """`dreamtext export` (any command that loads torch) asks for expandable segments; `view`,
+    which runs without torch, leaves the environment alone."""
+    missing = tmp_path / "no-run"
+    for command, expected in (
+        (["view", missing], None),
+        (["export", "--workspace", missing], "expandable_segments:True"),
+    ):
+        environ = {}
+        monkeypatch.setattr(os, "environ", environ)
+        code, err = run_main(command, capsys)
+        assert_user_error(code, err, str(missing))
+        assert environ.get("PYTORCH_ALLOC_CONF") == expected
+
+
 def test_unreadable_config_is_a_user_error(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("h: [unclosed\n")
