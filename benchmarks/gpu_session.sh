@@ -6,6 +6,7 @@
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
 #        bash benchmarks/gpu_session.sh trainer512   (the trainer at 512 px)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
+#        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
 #        bash benchmarks/gpu_session.sh separate separate_analytic   (a density head of its own)
 #        bash benchmarks/gpu_session.sh field_cost   (the field's work per sample, by part)
@@ -103,7 +104,16 @@ check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
 check allocator 150 env PYTORCH_ALLOC_CONF=expandable_segments:False python3 \
     benchmarks/sds_step.py --trainer --model sd21-random --precisions fp16 --presets fitfusion \
     --steps 32
-# 6b. Not in the default set: the real trainer at 512 px (FitFusion's settings otherwise), for
+# 6b. Not in the default set: the trainer rows of check 4 held to 11 GiB, what a 12 GB card
+#    leaves a run after its CUDA context and a desktop (sds_step.py --gpu-memory-gib): whether
+#    the user's card runs them and how fast, with expandable segments (card12) and with torch's
+#    default allocator (card12_fixed), which near the limit frees its cache and retries.
+check card12 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 32 --gpu-memory-gib 11
+check card12_fixed 200 env PYTORCH_ALLOC_CONF=expandable_segments:False python3 \
+    benchmarks/sds_step.py --trainer --model sd21-random --precisions fp16 \
+    --presets default fitfusion --steps 32 --gpu-memory-gib 11
+# 6c. Not in the default set: the real trainer at 512 px (FitFusion's settings otherwise), for
 #    the "512 px: peak <= 12 GB" as a run holds it (check 3 has the step alone).
 check trainer512 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets fitfusion --px 512 --steps 32

@@ -28,7 +28,9 @@ the render is large). Peak memory on CUDA is the most allocated during the row (
 included) and the most reserved; on the CPU it is the process's peak RSS so far. The CUDA
 allocator grows its segments in place, as the ``dreamtext`` command sets it up
 (``devices.use_expandable_segments``); ``PYTORCH_ALLOC_CONF=expandable_segments:False`` in the
-environment measures torch's default allocator instead.
+environment measures torch's default allocator instead. ``--gpu-memory-gib 11`` holds a run to what
+a 12 GB card leaves it: out of memory, or the allocator's freeing and retrying near the limit,
+shows in the rows as it would there.
 
 ``--trainer`` runs ``dreamtext.trainer.train`` itself for ``--steps`` steps per preset and phase
 (albedo: shading never starts; shaded: the thesis's 0.2 / 0.4 / 0.4 mix from the first step),
@@ -489,6 +491,21 @@ def publish(report: str, out: Path | None) -> None:
             f.write(report)
 
 
+def cap_gpu_memory(device: torch.device, gib: float) -> float:
+    """Let this process's CUDA allocator hold at most ``gib`` GiB of ``device``, as a card with
+    that much memory free would: past it the allocator frees its cache and retries, then runs
+    out of memory. Returns the fraction of the GPU's memory that is (torch's
+    ``set_per_process_memory_fraction``)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    if not 0 < gib * 2**30 <= total:
+        raise DreamtextError(
+            f"--gpu-memory-gib {gib:g}: this GPU has {total / 2**30:.1f} GiB; give at most that"
+        )
+    fraction = gib * 2**30 / total
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -558,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("/tmp/dreamtext-bench"),
         help="where generated random models are kept [/tmp/dreamtext-bench]",
     )
+    parser.add_argument(
+        "--gpu-memory-gib",
+        type=float,
+        help="CUDA: let the run hold at most this much GPU memory, as on a smaller card (11 for "
+        "a 12 GB card less its CUDA context and a desktop) [the whole GPU]",
+    )
     parser.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
     use_expandable_segments()  # as the dreamtext command does, before CUDA starts
@@ -567,6 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if args.gpu_memory_gib is not None:
+        if not cuda:
+            parser.error("--gpu-memory-gib needs a CUDA device")
+        try:
+            cap_gpu_memory(device, args.gpu_memory_gib)
+        except DreamtextError as error:
+            parser.error(str(error))
     model_name = args.model or ("sd21-random" if cuda else "none")
     sizes = args.sizes or ([64, 256, 512] if cuda else [64])
     precisions = args.precisions or (["fp32", "fp16", "bf16"] if cuda else ["fp32"])

@@ -234,3 +234,32 @@ def test_an_sds_row_that_runs_out_of_memory_is_reported_and_the_next_row_runs(
     rows, reported = measure_two_tiny_rows(sds_step)
     assert reported == rows and [r["status"] for r in rows] == ["out of memory", "ok"]
     assert "step_ms" not in rows[0] and float(rows[1]["step_ms"]) > 0
+
+
+def test_the_gpu_memory_cap_gives_a_run_what_a_smaller_card_would(sds_step, monkeypatch):
+    """``--gpu-memory-gib`` sets torch's per-process fraction of the GPU (replaced here: no GPU)."""
+    from types import SimpleNamespace
+
+    from dreamtext.errors import DreamtextError
+
+    cuda = torch.device("cuda", 0)
+    caps = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=140 * 2**30)
+    )
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, d: caps.append((f, d))
+    )
+    assert sds_step.cap_gpu_memory(cuda, 11) == pytest.approx(11 / 140)
+    assert caps == [(pytest.approx(11 / 140), cuda)]
+    for too_much in (141, 0):
+        with pytest.raises(DreamtextError, match=r"this GPU has 140\.0 GiB"):
+            sds_step.cap_gpu_memory(cuda, too_much)
+    assert len(caps) == 1
+
+
+def test_the_gpu_memory_cap_needs_cuda(sds_step, capsys):
+    with pytest.raises(SystemExit) as done:
+        sds_step.main(["--device", "cpu", "--gpu-memory-gib", "11"])
+    assert done.value.code == 2
+    assert "--gpu-memory-gib needs a CUDA device" in capsys.readouterr().err
