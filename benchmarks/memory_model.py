@@ -22,10 +22,16 @@ events in time order to get the most bytes alive at once. The run is made to hol
 - the text encoder: a CUDA run parks it on the CPU once the prompt is encoded; here everything is
   on the CPU, so its bytes are left out of the figures (``text encoder`` column).
 
-What the figures do not hold: the CUDA caching allocator's rounding and cached blocks (reserved
-is typically 10-30 % above allocated), cuDNN workspaces, CUDA context (~0.5 GB), and the Triton
-hash grid's fusion (this runs the torch grid, whose per-level temporaries are counted: the
-figures are an upper bound for the grid). ``shaded`` steps are all lambertian (the most a step
+What the GPU reserves above that: the same allocations and frees, from the first step on (the
+resident tensors first), go through ``benchmarks/allocator_model.py``, a model of torch's CUDA
+caching allocator, with its default fixed-size segments and with the expandable segments
+``dreamtext`` asks for: the peak it reserves without a limit, and the least memory (in 64 MiB
+steps) the run fits in, emptying its cache as the allocator does when it reaches the limit.
+The CPU run's allocations stand for the GPU's: its kernels' temporaries may differ.
+
+What the figures do not hold: cuDNN and cuBLAS workspaces, the CUDA context (~0.5 GB), and the
+Triton hash grid's fusion (this runs the torch grid, whose per-level temporaries are counted:
+the figures are an upper bound for the grid). ``shaded`` steps are all lambertian (the most a step
 can cost: textureless costs the same normals); ``albedo`` steps never shade.
 """
 
@@ -53,6 +59,7 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
+from allocator_model import LAYOUTS, replay  # noqa: E402
 from sds_step import PROMPT, publish, table_of, write_sd21_random  # noqa: E402
 
 from dreamtext import factory, field, models, trainer  # noqa: E402
@@ -117,25 +124,80 @@ def growth(prof, windows: list[tuple[int, int]]) -> tuple[int, int]:
     return steps_peak - at_start, max(alive) - at_start
 
 
+def allocation_events(prof, since_ns: int) -> list[tuple[int, int]]:
+    """The profiled allocations and frees from ``since_ns`` (wall clock) on, in time order, as
+    ``(address, bytes)`` with negative bytes for a free: what :func:`allocator_model.replay`
+    takes. At equal times frees come first (an address is freed before it is reused)."""
+    found = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        fields = node.extra_fields
+        if hasattr(fields, "alloc_size") and node.start_time_ns >= since_ns:
+            found.append((node.start_time_ns, fields.alloc_size > 0, fields.ptr, fields.alloc_size))
+    found.sort()
+    return [(address, size) for _, _, address, size in found]
+
+
+def smallest_limit(events: list[tuple[int, int]], layout: str, unlimited: dict) -> int:
+    """The least memory, in steps of 64 MiB, under which ``events`` run through the allocator
+    model without running out (``unlimited``: their replay without a limit)."""
+    step = 64 * MIB
+    lo = unlimited["allocated"] // step  # below what is in use at once: out of memory
+    hi = -(-unlimited["reserved"] // step)  # what it took without a limit: enough
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if replay(events, layout, mid * step)["out_of_memory"]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return hi * step
+
+
+def caching_allocator_columns(resident: list[int], events: list[tuple[int, int]]) -> dict:
+    """What the CUDA caching allocator would reserve (``benchmarks/allocator_model.py``) for the
+    resident tensors (``resident``: their sizes, allocated first) and then ``events``: per
+    layout, the peak reserved without a limit and the least memory the run fits in."""
+    events = [(-1 - i, size) for i, size in enumerate(resident)] + events
+    columns = {}
+    for layout in LAYOUTS:
+        unlimited = replay(events, layout)
+        columns[f"reserved_{layout}"] = f"{unlimited['reserved'] / MIB:.0f}"
+        columns[f"fits_{layout}"] = f"{smallest_limit(events, layout, unlimited) / MIB:.0f}"
+    return columns
+
+
+def tensor_sizes(tensors: Iterable) -> list[int]:
+    """Bytes of each tensor among ``tensors`` (anything else is skipped)."""
+    return [t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)]
+
+
 def nbytes(tensors: Iterable) -> int:
-    """Bytes of the tensors among ``tensors`` (anything else is skipped)."""
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return sum(tensor_sizes(tensors))
+
+
+def module_tensors(module: torch.nn.Module) -> tuple:
+    return (*module.parameters(), *module.buffers())
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
-    return nbytes((*module.parameters(), *module.buffers()))
+    return nbytes(module_tensors(module))
 
 
-def device_bytes(run) -> int:
-    """What a CUDA run holds on the GPU when its first step starts: U-Net, VAE, field, renderer
-    (occupancy grid) and the prompt embeddings. Counted from the objects, because weights read
-    from safetensors files partly bypass the allocator the profiler watches."""
+def device_tensors(run) -> list[int]:
+    """The sizes of the tensors a CUDA run holds on the GPU when its first step starts: U-Net,
+    VAE, field, renderer (occupancy grid) and the prompt embeddings. Read from the objects,
+    because weights read from safetensors files partly bypass the allocator the profiler
+    watches."""
     models_ = run.guidance.models
-    total = sum(tensor_bytes(m) for m in (models_.unet, models_.vae, run.field, run.renderer))
+    tensors = []
+    for module in (models_.unet, models_.vae, run.field, run.renderer):
+        tensors += module_tensors(module)
     prompts = run.guidance.prompts
     for value in vars(prompts).values() if prompts is not None else ():
-        total += nbytes(value.values() if isinstance(value, dict) else [value])
-    return total
+        tensors += value.values() if isinstance(value, dict) else [value]
+    return tensor_sizes(tensors)
 
 
 def module_bytes(name: str) -> int:
@@ -176,7 +238,7 @@ def model_row(
 
     def timed_step(run):
         if not resident:
-            resident.append(device_bytes(run))
+            resident.extend(device_tensors(run))
         start = time.time_ns()
         try:
             return step(run)
@@ -204,6 +266,9 @@ def model_row(
     finally:
         models.clear_cache()
     grow_steps, grow_run = growth(prof, windows)
+    caching = caching_allocator_columns(resident, allocation_events(prof, windows[0][0]))
+    del prof
+    resident_bytes = sum(resident)
     return {
         "preset": preset,
         "px": cfg.h,
@@ -212,10 +277,11 @@ def model_row(
         "deferred": f"{sum(r.get('backprop') == 'deferred' for r in records)}/{len(records)}",
         "samples": f"{records[-1]['samples_per_ray']:.1f}",
         "weights": f"{weights / MIB:.0f}",
-        "resident": f"{resident[0] / MIB:.0f}",
+        "resident": f"{resident_bytes / MIB:.0f}",
         "grow_steps": f"{grow_steps / MIB:.0f}",
-        "step_peak": f"{(resident[0] + grow_steps) / MIB:.0f}",
-        "run_peak": f"{(resident[0] + grow_run) / MIB:.0f}" if preview else "(no preview)",
+        "step_peak": f"{(resident_bytes + grow_steps) / MIB:.0f}",
+        "run_peak": f"{(resident_bytes + grow_run) / MIB:.0f}" if preview else "(no preview)",
+        **caching,
         "export": "yes" if export else "no",
         "text": f"{text / MIB:.0f}",
         "seconds": f"{seconds:.0f}",
@@ -241,8 +307,8 @@ def descriptor_row(model: str, steps: int, preview: bool = True) -> dict:
 
     def timed_step(self, image):
         if not resident:
-            parts = (self.models.unet, self.models.vae, self.text_encoder)
-            resident.append(sum(tensor_bytes(part) for part in parts))
+            for part in (self.models.unet, self.models.vae, self.text_encoder):
+                resident.extend(tensor_sizes(module_tensors(part)))
             resolution.append(self.models.resolution)
         start = time.time_ns()
         try:
@@ -276,6 +342,9 @@ def descriptor_row(model: str, steps: int, preview: bool = True) -> dict:
     finally:
         models.clear_cache()
     grow_steps, grow_run = growth(prof, windows)
+    caching = caching_allocator_columns(resident, allocation_events(prof, windows[0][0]))
+    del prof
+    resident_bytes = sum(resident)
     return {
         "preset": "descriptor (`dreamtext image`)",
         "px": resolution[0],
@@ -284,14 +353,15 @@ def descriptor_row(model: str, steps: int, preview: bool = True) -> dict:
         "deferred": "-",
         "samples": "-",
         "weights": f"{weights / MIB:.0f}",
-        "resident": f"{resident[0] / MIB:.0f}",
+        "resident": f"{resident_bytes / MIB:.0f}",
         "grow_steps": f"{grow_steps / MIB:.0f}",
-        "step_peak": f"{(resident[0] + grow_steps) / MIB:.0f}",
-        "run_peak": f"{(resident[0] + grow_run) / MIB:.0f}" if preview else "(no preview)",
+        "step_peak": f"{(resident_bytes + grow_steps) / MIB:.0f}",
+        "run_peak": f"{(resident_bytes + grow_run) / MIB:.0f}" if preview else "(no preview)",
+        **caching,
         "export": "no",
         "text": "(on the GPU: in resident)",
         "seconds": f"{seconds:.0f}",
-        "bytes": {"resident": resident[0], "grow_steps": grow_steps, "grow_run": grow_run},
+        "bytes": {"resident": resident_bytes, "grow_steps": grow_steps, "grow_run": grow_run},
     }
 
 
@@ -307,6 +377,10 @@ COLUMNS = [
     ("grow_steps", "steps allocate MiB"),
     ("step_peak", "predicted peak MiB, steps"),
     ("run_peak", "predicted peak MiB, run"),
+    ("reserved_fixed", "reserved MiB, torch's default allocator"),
+    ("reserved_expandable", "reserved MiB, expandable segments"),
+    ("fits_fixed", "fits in MiB, default allocator"),
+    ("fits_expandable", "fits in MiB, expandable segments"),
     ("export", "run exports"),
     ("text", "text encoder MiB (on the CPU)"),
     ("seconds", "CPU s"),

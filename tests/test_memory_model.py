@@ -30,6 +30,23 @@ def test_replayed_events_give_the_most_bytes_alive_at_once(memory_model):
     assert memory_model.peak_between(times, alive, times[2], times[2]) == 2 << 20  # a freed
 
 
+def test_allocations_and_frees_are_read_by_address_in_time_order(memory_model):
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        a = torch.ones(1 << 20, dtype=torch.uint8)
+        b = torch.ones(2 << 20, dtype=torch.uint8)
+        address_a, address_b = a.data_ptr(), b.data_ptr()
+        del a, b
+    events = memory_model.allocation_events(prof, 0)
+    mine = [e for e in events if e[0] in (address_a, address_b)]
+    assert mine == [
+        (address_a, 1 << 20),
+        (address_b, 2 << 20),
+        (address_a, -(1 << 20)),
+        (address_b, -(2 << 20)),
+    ]
+    assert memory_model.allocation_events(prof, 2**63 - 1) == []
+
+
 def test_the_cpu_run_is_set_up_as_a_half_precision_cuda_run_and_restored(memory_model):
     cpu = torch.device("cpu")
     with memory_model.as_on_cuda():
@@ -53,6 +70,12 @@ def test_a_tiny_run_is_counted(memory_model, tiny_sd_path):
     assert int(row["step_peak"]) == resident + grow
     assert int(row["run_peak"]) >= int(row["step_peak"])
     assert row["steps"] == 1 and row["px"] == 16
+    # The caching allocator reserves at least what is allocated at once; under a limit it
+    # needs no more than that reserve, and no less than what is in use at once (64 MiB steps).
+    for layout in ("fixed", "expandable"):
+        reserved, fits = int(row[f"reserved_{layout}"]), int(row[f"fits_{layout}"])
+        assert reserved >= int(row["step_peak"]) - 1
+        assert fits % 64 == 0 and int(row["step_peak"]) - 1 <= fits < reserved + 64
 
 
 def test_a_tiny_descriptor_training_is_counted(memory_model, tiny_sd_path, monkeypatch):
