@@ -12,9 +12,9 @@ the allocator gives the reserve, for its two layouts:
   the large one); a freed block merges with free neighbours of its own segment. A segment goes
   back to the GPU only when wholly free, and only when a request does not fit under the limit.
 * ``expandable`` (``expandable_segments:True``): one segment per pool whose address range is
-  mapped in 2 MiB pages as needed; a request no cached block fits maps pages at the segment's
-  end (extending a free block there). Under the limit, free pages are unmapped and the request
-  is tried again.
+  mapped in pages as needed (2 MiB in the small pool, 20 MiB in the large one); a request no
+  cached block fits maps pages at the segment's end (extending a free block there). Under the
+  limit, the pages no block in use covers are unmapped and the request is tried again.
 
 Sizes are rounded up to 512 bytes, as the allocator does. One stream, default settings
 (no ``max_split_size_mb``, no garbage-collection threshold). A model of the algorithm in
@@ -34,7 +34,8 @@ SMALL_BUFFER = 2 * MIB  # a small-pool segment
 LARGE_BUFFER = 20 * MIB  # a large-pool segment for requests under MIN_LARGE_ALLOC
 MIN_LARGE_ALLOC = 10 * MIB
 ROUND_LARGE = 2 * MIB  # larger requests get a segment of their size rounded up to this
-PAGE = 2 * MIB  # expandable segments map memory in pages of this size
+# Expandable segments map memory in pages of a pool's segment size: 2 MiB small, 20 MiB large.
+PAGE = {True: SMALL_BUFFER, False: LARGE_BUFFER}
 LAYOUTS = ("fixed", "expandable")
 
 
@@ -79,7 +80,7 @@ class CachingAllocator:
 
     Blocks live in address ranges (segments) far apart, so blocks of two segments are never
     neighbours. With expandable segments each pool has one range, grown at its end as needed,
-    and what is reserved is the set of 2 MiB pages mapped in it: a page is mapped when a block
+    and what is reserved is the pages mapped in it: a page is mapped when a block
     in use first covers it and unmapped only when the cache is emptied while no block in use
     covers it.
     """
@@ -95,8 +96,9 @@ class CachingAllocator:
     _by_start: dict[int, _Block] = field(default_factory=dict)
     _by_end: dict[int, _Block] = field(default_factory=dict)
     _segments: dict[int, list[int]] = field(default_factory=dict)  # id → [start, end]
-    _mapped: set[int] = field(default_factory=set)  # expandable: mapped pages (address // PAGE)
-    _covers: dict[int, int] = field(default_factory=dict)  # page → blocks in use on it
+    # Expandable: the mapped pages, as (small pool?, page number), and the blocks in use on each.
+    _mapped: set[tuple[bool, int]] = field(default_factory=set)
+    _covers: dict[tuple[bool, int], int] = field(default_factory=dict)
     _next_segment: int = 0
 
     def __post_init__(self) -> None:
@@ -147,10 +149,16 @@ class CachingAllocator:
 
     # ------------------------------------------------------------------------------------------
 
-    def _pages(self, block: _Block) -> range:
+    def _pages(self, block: _Block) -> list[tuple[bool, int]]:
         if self.layout == "fixed":
-            return range(0)
-        return range(block.addr // PAGE, -(-(block.addr + block.size) // PAGE))
+            return []
+        return self._pages_of(block.small, block.addr, block.size)
+
+    def _pages_of(self, small: bool, address: int, size: int) -> list[tuple[bool, int]]:
+        """The pages of the range ``[address, address + size)`` of a pool's segment."""
+        start, page = self._segments[0 if small else 1][0], PAGE[small]
+        first, end = (address - start) // page, -(-(address + size - start) // page)
+        return [(small, number) for number in range(first, end)]
 
     def _link(self, block: _Block) -> None:
         self._by_start[block.addr] = block
@@ -231,9 +239,9 @@ class CachingAllocator:
         if that goes over the limit (nothing mapped then)."""
         if self.layout == "fixed":
             return True
-        pages = range(address // PAGE, -(-(address + size) // PAGE))
-        new = [page for page in pages if page not in self._mapped]
-        if not self._take_from_gpu(len(new) * PAGE):
+        small = self._by_start[address].small
+        new = [page for page in self._pages_of(small, address, size) if page not in self._mapped]
+        if not self._take_from_gpu(len(new) * PAGE[small]):
             return False
         self._mapped.update(new)
         return True
@@ -244,7 +252,7 @@ class CachingAllocator:
         self.releases += 1
         if self.layout == "expandable":
             self._mapped = {page for page in self._mapped if page in self._covers}
-            self.reserved = len(self._mapped) * PAGE
+            self.reserved = sum(PAGE[small] for small, _ in self._mapped)
             return
         for segment, (start, end) in list(self._segments.items()):
             block = self._by_start.get(start)

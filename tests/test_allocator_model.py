@@ -54,35 +54,43 @@ def test_growing_requests_reserve_anew_in_fixed_segments_and_extend_an_expandabl
             allocator.free(allocator.malloc(mib * MIB))
         figures[layout] = (allocator.peak_allocated, allocator.peak_reserved)
     assert figures["fixed"] == (104 * MIB, (100 + 102 + 104) * MIB)
-    assert figures["expandable"] == (104 * MIB, 104 * MIB)
+    assert figures["expandable"] == (104 * MIB, 120 * MIB)  # six 20 MiB pages
 
 
 def test_under_a_limit_the_cache_is_emptied_and_the_request_tried_again(model):
+    """40 MiB cached, 40 in use, 50 asked for under a 100 MiB limit: the fixed allocator gives
+    the free 40 MiB segment back; the expandable one unmaps the free pages (two of 20 MiB) and
+    maps three at its end."""
+    reserved = {}
     for layout in model.LAYOUTS:
-        allocator = model.CachingAllocator(layout, limit=24 * MIB)
-        a = allocator.malloc(10 * MIB)
-        allocator.malloc(10 * MIB)
+        allocator = model.CachingAllocator(layout, limit=100 * MIB)
+        a = allocator.malloc(40 * MIB)
+        allocator.malloc(40 * MIB)
         allocator.free(a)
-        allocator.malloc(12 * MIB)  # 32 MiB without giving a's memory back
-        assert (allocator.reserved, allocator.releases) == (22 * MIB, 1), layout
+        allocator.malloc(50 * MIB)
+        assert allocator.releases == 1
+        reserved[layout] = allocator.reserved
+    assert reserved == {"fixed": 90 * MIB, "expandable": 100 * MIB}
 
 
-def test_a_hole_in_a_fixed_segment_runs_out_where_expandable_pages_fit(model):
-    """Two 6 MiB blocks share a 20 MiB segment; the first is freed. A 9 MiB request fits in
-    neither hole, and a second segment would pass the 24 MiB limit, while the segment is not
-    wholly free: out of memory. Expandable, it maps 5 more pages (22 MiB in all)."""
-    events = [(1, 6 * MIB), (2, 6 * MIB), (1, -6 * MIB), (3, 9 * MIB)]
-    fixed = model.replay(events, "fixed", limit=24 * MIB)
+def test_holes_in_fixed_segments_run_out_where_expandable_pages_fit(model):
+    """Four 6 MiB blocks take two 20 MiB segments; freeing the first and third leaves holes of
+    6, 8 and 14 MiB, none of them whole segments. Two 15 MiB requests under a 60 MiB limit:
+    fixed, each needs a 16 MiB segment of its own, and the second one runs out; expandable, the
+    four blocks and the two requests lie end to end in three 20 MiB pages."""
+    events = [(k, 6 * MIB) for k in (1, 2, 3, 4)] + [(1, -6 * MIB), (3, -6 * MIB)]
+    events += [(5, 15 * MIB), (6, 15 * MIB)]
+    fixed = model.replay(events, "fixed", limit=60 * MIB)
     assert fixed == {
-        "allocated": 12 * MIB,
-        "reserved": 20 * MIB,
+        "allocated": 28 * MIB,
+        "reserved": 56 * MIB,
         "releases": 1,
         "out_of_memory": True,
     }
-    expandable = model.replay(events, "expandable", limit=24 * MIB)
+    expandable = model.replay(events, "expandable", limit=60 * MIB)
     assert expandable == {
-        "allocated": 15 * MIB,
-        "reserved": 22 * MIB,
+        "allocated": 42 * MIB,
+        "reserved": 60 * MIB,
         "releases": 0,
         "out_of_memory": False,
     }
@@ -120,7 +128,7 @@ def assert_consistent(model, allocator):
     if allocator.layout == "fixed":
         assert allocator.reserved == sum(end - start for start, end in allocator._segments.values())
     else:
-        assert allocator.reserved == len(allocator._mapped) * model.PAGE
+        assert allocator.reserved == sum(model.PAGE[small] for small, _ in allocator._mapped)
         assert set(allocator._covers) <= allocator._mapped
     if allocator.limit is not None:
         assert allocator.reserved <= allocator.limit
