@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import sys
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -53,21 +54,30 @@ def use_expandable_segments(environ: MutableMapping[str, str] | None = None) -> 
     A training step's packed samples change in number every step, so its tensors change in size
     every step: the very pattern that leaves the default allocator's fixed-size segments
     fragmented, reserving memory that no tensor uses. With expandable segments one segment per
-    stream grows and shrinks by pages instead. Set only for a CUDA build of torch on Linux (the
-    platform where torch supports it) and only before CUDA is initialised (the allocator reads
-    its settings when it starts); ``PYTORCH_ALLOC_CONF=expandable_segments:False`` turns it off.
-    ``environ``: the environment to change (``os.environ``).
+    pool grows and shrinks by pages instead (``benchmarks/allocator_model.py`` models both).
+    Set only for a CUDA build of torch on native Linux, and only before CUDA is initialised (the
+    allocator reads its settings when it starts): not on Windows, which torch does not support
+    it on, nor under WSL, where the driver can refuse the virtual-memory calls it makes (pytorch
+    issue 192330: the first allocation fails). ``PYTORCH_ALLOC_CONF=expandable_segments:False``
+    turns it off. ``environ``: the environment to change (``os.environ``).
     """
     environ = os.environ if environ is None else environ
     if any(name in environ for name in ALLOCATOR_VARIABLES):
         return None
-    if torch.version.cuda is None or not sys.platform.startswith("linux"):
+    if torch.version.cuda is None or not sys.platform.startswith("linux") or under_wsl(environ):
         return None
     if torch.cuda.is_initialized():
         return None
     name = ALLOCATOR_VARIABLES[0 if TorchVersion(torch.__version__) >= (2, 9) else 1]
     environ[name] = EXPANDABLE_SEGMENTS
     return name
+
+
+def under_wsl(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Whether this Linux runs under Windows (WSL): its kernel's release names Microsoft, or
+    WSL set ``WSL_DISTRO_NAME``."""
+    environ = os.environ if environ is None else environ
+    return "WSL_DISTRO_NAME" in environ or "microsoft" in platform.uname().release.lower()
 
 
 def fp16_loss_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:

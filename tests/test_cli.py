@@ -231,10 +231,14 @@ def test_free_memory_empties_the_cuda_cache_only_where_cuda_is_used(monkeypatch)
 
 @pytest.fixture
 def cuda_build_on_linux(monkeypatch):
-    """torch as a CUDA build on Linux whose CUDA has not started (no GPU here)."""
+    """torch as a CUDA build on native Linux whose CUDA has not started (no GPU here)."""
+    import platform
+
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    native = platform.uname()._replace(release="6.8.0-49-generic")
+    monkeypatch.setattr(platform, "uname", lambda: native)
 
 
 def test_expandable_segments_are_asked_for_unless_the_user_set_up_the_allocator(
@@ -258,17 +262,24 @@ def test_expandable_segments_are_asked_for_unless_the_user_set_up_the_allocator(
     environ = {}
     assert use_expandable_segments(environ) == "PYTORCH_CUDA_ALLOC_CONF"
     assert environ == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-    too_late, windows, cpu_build = (
+    import platform
+
+    wsl = platform.uname()._replace(release="5.15.167.4-microsoft-standard-WSL2")
+    too_late, windows, under_wsl, cpu_build = (
         (torch.cuda, "is_initialized", lambda: True),
         (sys, "platform", "win32"),
+        (platform, "uname", lambda: wsl),
         (torch.version, "cuda", None),
     )
-    for where, name, value in (too_late, windows, cpu_build):
+    for where, name, value in (too_late, windows, under_wsl, cpu_build):
         with monkeypatch.context() as m:
             m.setattr(where, name, value)
             environ = {}
             assert use_expandable_segments(environ) is None
             assert environ == {}
+    environ = {"WSL_DISTRO_NAME": "Ubuntu"}  # WSL, whatever its kernel says
+    assert use_expandable_segments(environ) is None
+    assert environ == {"WSL_DISTRO_NAME": "Ubuntu"}
 
 
 def test_model_commands_set_up_the_gpu_allocator_before_cuda_starts(
