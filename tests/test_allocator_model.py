@@ -80,19 +80,10 @@ def test_holes_in_fixed_segments_run_out_where_expandable_pages_fit(model):
     four blocks and the two requests lie end to end in three 20 MiB pages."""
     events = [(k, 6 * MIB) for k in (1, 2, 3, 4)] + [(1, -6 * MIB), (3, -6 * MIB)]
     events += [(5, 15 * MIB), (6, 15 * MIB)]
-    fixed = model.replay(events, "fixed", limit=60 * MIB)
-    assert fixed == {
-        "allocated": 28 * MIB,
-        "reserved": 56 * MIB,
-        "releases": 1,
-        "out_of_memory": True,
-    }
-    expandable = model.replay(events, "expandable", limit=60 * MIB)
-    assert expandable == {
-        "allocated": 42 * MIB,
-        "reserved": 60 * MIB,
-        "releases": 0,
-        "out_of_memory": False,
+    figures = {layout: model.replay(events, layout, limit=60 * MIB) for layout in model.LAYOUTS}
+    assert figures == {
+        "fixed": dict(allocated=28 * MIB, reserved=56 * MIB, releases=1, out_of_memory=True),
+        "expandable": dict(allocated=42 * MIB, reserved=60 * MIB, releases=0, out_of_memory=False),
     }
 
 
