@@ -17,7 +17,9 @@ the allocator gives the reserve, for its two layouts:
   limit, the pages no block in use covers are unmapped and the request is tried again.
 
 Sizes are rounded up to 512 bytes, as the allocator does. One stream, default settings
-(no ``max_split_size_mb``, no garbage-collection threshold). A model of the algorithm in
+(no ``max_split_size_mb``, no garbage-collection threshold). Once pages have been unmapped, the
+expandable model takes the best-fitting free block whether or not its pages are mapped, where
+torch prefers mapped ones: only the figures under a limit can feel it. A model of the algorithm in
 ``c10/cuda/CUDACachingAllocator.cpp`` as documented and read, not its code: the rows built on it
 are predictions, to be checked on a GPU.
 """
