@@ -168,6 +168,25 @@ def caching_allocator_columns(resident: list[int], events: list[tuple[int, int]]
     return columns
 
 
+def memory_columns(
+    prof, windows: list[tuple[int, int]], resident: list[int], preview: bool
+) -> dict:
+    """A row's memory figures in MiB from the profiled run: resident (``resident``: the sizes
+    of the tensors on the GPU when the first step starts), what the steps (their ``windows``)
+    and the whole run allocate above it, the predicted peaks (the run's only with its final
+    ``preview``) and the caching allocator's columns; ``bytes`` has the first three in bytes."""
+    grow_steps, grow_run = growth(prof, windows)
+    resident_bytes = sum(resident)
+    return {
+        "resident": f"{resident_bytes / MIB:.0f}",
+        "grow_steps": f"{grow_steps / MIB:.0f}",
+        "step_peak": f"{(resident_bytes + grow_steps) / MIB:.0f}",
+        "run_peak": f"{(resident_bytes + grow_run) / MIB:.0f}" if preview else "(no preview)",
+        **caching_allocator_columns(resident, allocation_events(prof, windows[0][0])),
+        "bytes": {"resident": resident_bytes, "grow_steps": grow_steps, "grow_run": grow_run},
+    }
+
+
 def tensor_sizes(tensors: Iterable) -> list[int]:
     """Bytes of each tensor among ``tensors`` (anything else is skipped)."""
     return [t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)]
@@ -265,10 +284,6 @@ def model_row(
             weights = module_bytes("unet") + module_bytes("vae")
     finally:
         models.clear_cache()
-    grow_steps, grow_run = growth(prof, windows)
-    caching = caching_allocator_columns(resident, allocation_events(prof, windows[0][0]))
-    del prof
-    resident_bytes = sum(resident)
     return {
         "preset": preset,
         "px": cfg.h,
@@ -277,11 +292,7 @@ def model_row(
         "deferred": f"{sum(r.get('backprop') == 'deferred' for r in records)}/{len(records)}",
         "samples": f"{records[-1]['samples_per_ray']:.1f}",
         "weights": f"{weights / MIB:.0f}",
-        "resident": f"{resident_bytes / MIB:.0f}",
-        "grow_steps": f"{grow_steps / MIB:.0f}",
-        "step_peak": f"{(resident_bytes + grow_steps) / MIB:.0f}",
-        "run_peak": f"{(resident_bytes + grow_run) / MIB:.0f}" if preview else "(no preview)",
-        **caching,
+        **memory_columns(prof, windows, resident, preview),
         "export": "yes" if export else "no",
         "text": f"{text / MIB:.0f}",
         "seconds": f"{seconds:.0f}",
@@ -341,10 +352,6 @@ def descriptor_row(model: str, steps: int, preview: bool = True) -> dict:
             weights = module_bytes("unet") + module_bytes("vae")
     finally:
         models.clear_cache()
-    grow_steps, grow_run = growth(prof, windows)
-    caching = caching_allocator_columns(resident, allocation_events(prof, windows[0][0]))
-    del prof
-    resident_bytes = sum(resident)
     return {
         "preset": "descriptor (`dreamtext image`)",
         "px": resolution[0],
@@ -353,15 +360,10 @@ def descriptor_row(model: str, steps: int, preview: bool = True) -> dict:
         "deferred": "-",
         "samples": "-",
         "weights": f"{weights / MIB:.0f}",
-        "resident": f"{resident_bytes / MIB:.0f}",
-        "grow_steps": f"{grow_steps / MIB:.0f}",
-        "step_peak": f"{(resident_bytes + grow_steps) / MIB:.0f}",
-        "run_peak": f"{(resident_bytes + grow_run) / MIB:.0f}" if preview else "(no preview)",
-        **caching,
+        **memory_columns(prof, windows, resident, preview),
         "export": "no",
         "text": "(on the GPU: in resident)",
         "seconds": f"{seconds:.0f}",
-        "bytes": {"resident": resident_bytes, "grow_steps": grow_steps, "grow_run": grow_run},
     }
 
 

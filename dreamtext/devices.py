@@ -6,7 +6,7 @@ import gc
 import os
 import platform
 import sys
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
 import torch
@@ -73,10 +73,9 @@ def use_expandable_segments(environ: MutableMapping[str, str] | None = None) -> 
     return name
 
 
-def under_wsl(environ: MutableMapping[str, str] | None = None) -> bool:
+def under_wsl(environ: Mapping[str, str]) -> bool:
     """Whether this Linux runs under Windows (WSL): its kernel's release names Microsoft, or
-    WSL set ``WSL_DISTRO_NAME``."""
-    environ = os.environ if environ is None else environ
+    WSL set ``WSL_DISTRO_NAME`` in ``environ``."""
     return "WSL_DISTRO_NAME" in environ or "microsoft" in platform.uname().release.lower()
 
 
