@@ -164,31 +164,42 @@ def hash_grid_backward_kernel(
         )
 
 
+def launch_groups(grid) -> list[tuple[int, int, bool]]:
+    """``(first_level, count, hashed)`` of each launch over ``grid`` (a
+    :class:`dreamtext.encoding.HashGridEncoding`): its dense levels, then its hashed ones."""
+    groups = ((0, grid.num_dense, False), (grid.num_dense, grid.num_levels - grid.num_dense, True))
+    return [group for group in groups if group[1] > 0]
+
+
+def kernel_arguments(
+    grid, u: Tensor, source: Tensor, target: Tensor, first_level: int, hashed: bool
+) -> tuple[tuple, dict]:
+    """The positional and compile-time arguments of one launch of either kernel: ``u``, the
+    tensor read (table or output gradient), the tensor written, the grid's level buffers, the
+    point count and first level; ``F``, ``OUT_DIM``, ``HASHED`` and ``BLOCK``."""
+    args = (
+        u,
+        source,
+        target,
+        grid.scales,
+        grid.resolutions,
+        grid.offsets,
+        grid.sizes,
+        u.shape[0],
+        first_level,
+    )
+    constexprs = {"F": grid.level_dim, "OUT_DIM": grid.output_dim, "HASHED": hashed, "BLOCK": BLOCK}
+    return args, constexprs
+
+
 def _launch(kernel, grid, u: Tensor, source: Tensor, target: Tensor) -> None:
     """Run ``kernel`` over every block of points, once for the dense and once for the hashed
     levels of ``grid`` (a :class:`dreamtext.encoding.HashGridEncoding`)."""
-    num_points = u.shape[0]
-    groups = ((0, grid.num_dense, False), (grid.num_dense, grid.num_levels - grid.num_dense, True))
     device = torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext()
     with device:
-        for first_level, count, hashed in groups:
-            if count == 0:
-                continue
-            kernel[(triton.cdiv(num_points, BLOCK), count)](
-                u,
-                source,
-                target,
-                grid.scales,
-                grid.resolutions,
-                grid.offsets,
-                grid.sizes,
-                num_points,
-                first_level,
-                F=grid.level_dim,
-                OUT_DIM=grid.output_dim,
-                HASHED=hashed,
-                BLOCK=BLOCK,
-            )
+        for first_level, count, hashed in launch_groups(grid):
+            args, constexprs = kernel_arguments(grid, u, source, target, first_level, hashed)
+            kernel[(triton.cdiv(u.shape[0], BLOCK), count)](*args, **constexprs)
 
 
 class TritonHashGridFunction(torch.autograd.Function):
@@ -223,4 +234,6 @@ __all__ = [
     "TritonHashGridFunction",
     "hash_grid_backward_kernel",
     "hash_grid_forward_kernel",
+    "kernel_arguments",
+    "launch_groups",
 ]
