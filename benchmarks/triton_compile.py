@@ -121,17 +121,38 @@ def atomic_opcodes(opcodes: list[str]) -> list[str]:
 def _tool(name: str) -> str | None:
     import triton
 
-    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
-    return str(bundled) if bundled.exists() else shutil.which(name)
+    root = Path(triton.__file__).parent
+    # Where Triton keeps its CUDA tools: backends/ since 3.0, third_party/ before.
+    for folder in (root / "backends" / "nvidia" / "bin", root / "third_party" / "cuda" / "bin"):
+        if (folder / name).exists():
+            return str(folder / name)
+    return shutil.which(name)
 
 
-def _attrs(aligned: list[int]):
-    """Triton's alignment hints for ``aligned`` in the form this Triton version takes."""
+def kernel_source(kernel, args: tuple, constexprs: dict):
+    """``triton.compiler.ASTSource`` of one launch, in the form this Triton version takes: 3.3
+    and later name the arguments and give alignment as ``tt.divisibility`` attributes; 3.2 takes
+    an ``AttrsDescriptor`` of hints; 2.3 to 3.1 number the arguments and leave the compile-time
+    ones out of the signature."""
+    from triton.compiler import ASTSource
+
+    signature, aligned = signature_of(kernel.arg_names, args, constexprs)
     try:
         from triton.backends.compiler import AttrsDescriptor  # triton 3.2
+    except ImportError:  # triton.backends is missing before 3.0
+        pass
+    else:
+        hints = AttrsDescriptor.from_hints({index: 16 for index in aligned})
+        return ASTSource(kernel, signature, constexprs, hints)
+    try:
+        from triton.compiler.compiler import AttrsDescriptor  # triton 2.3-3.1
     except ImportError:
-        return {(index,): [["tt.divisibility", 16]] for index in aligned}
-    return AttrsDescriptor.from_hints({index: 16 for index in aligned})
+        attrs = {(index,): [["tt.divisibility", 16]] for index in aligned}
+        return ASTSource(kernel, signature, constexprs, attrs)
+    index = {name: i for i, name in enumerate(kernel.arg_names)}
+    numbered = {index[name]: kind for name, kind in signature.items() if kind != "constexpr"}
+    constants = {index[name]: value for name, value in constexprs.items()}
+    return ASTSource(kernel, numbered, constants, AttrsDescriptor(divisible_by_16=set(aligned)))
 
 
 def error_summary(err: Exception, width: int = 300) -> str:
@@ -145,13 +166,16 @@ def error_summary(err: Exception, width: int = 300) -> str:
 def compile_kernel(kernel, args: tuple, constexprs: dict, arch: int) -> dict:
     """Build ``kernel`` for ``sm_<arch>`` and read its resources: a row of the report."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    signature, aligned = signature_of(kernel.arg_names, args, constexprs)
-    source = ASTSource(kernel, signature, constexprs, _attrs(aligned))
     try:
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+        from triton.backends.compiler import GPUTarget
+    except ImportError:  # triton 2.x names a target by a tuple
+        target = ("cuda", arch)
+    else:
+        target = GPUTarget("cuda", arch, 32)
+    source = kernel_source(kernel, args, constexprs)
+    try:
+        compiled = triton.compile(source, target=target)
     except Exception as err:  # compiler errors come in many types
         return {"compiled": False, "error": error_summary(err)}
     row = {"compiled": True, "cubin_bytes": len(compiled.asm["cubin"])}
@@ -251,9 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["TRITON_INTERPRET"] = "0"
     try:
         import triton
+        from triton.compiler import ASTSource  # noqa: F401
         from triton.runtime.jit import JITFunction
     except ImportError:
-        parser.error("needs the triton package: pip install triton")
+        parser.error("needs the triton package, 2.3 or later: pip install triton")
     from dreamtext.encoding_triton import hash_grid_forward_kernel
 
     if not isinstance(hash_grid_forward_kernel, JITFunction):

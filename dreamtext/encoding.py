@@ -671,6 +671,10 @@ def _tcnn_available(device: torch.device) -> bool:
     return True
 
 
+# The oldest Triton whose compiler builds dreamtext.encoding_triton's kernels (3.0, PyTorch 2.4).
+MIN_TRITON_MAJOR = 3
+
+
 def triton_interpreter_on() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET``, read by triton
     when a kernel is defined, so it must be set before :mod:`dreamtext.encoding_triton` loads)."""
@@ -688,10 +692,22 @@ def _triton_problem(device: torch.device, level_dim: int) -> str | None:
     ):
         return "needs a CUDA device"
     try:
-        import triton  # noqa: F401
+        import triton
     except (ImportError, OSError, RuntimeError):
         return "needs the triton package (Linux CUDA builds of PyTorch ship it)"
+    if _major_version(getattr(triton, "__version__", "0")) < MIN_TRITON_MAJOR:
+        # Triton 2.x lacks tl.floor, which the kernels use (benchmarks/triton_compile.py).
+        return (
+            f"needs triton {MIN_TRITON_MAJOR}.0 or later (PyTorch 2.4 and later ship it), "
+            f"not {triton.__version__}"
+        )
     return None
+
+
+def _major_version(version: str) -> int:
+    """``3`` of ``"3.2.0+git1234"``; 0 when the string does not start with a number."""
+    digits = version.split(".")[0]
+    return int(digits) if digits.isdigit() else 0
 
 
 def _self_check(grid: HashGridEncoding, num_points: int = 64) -> None:

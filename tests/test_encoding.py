@@ -435,3 +435,15 @@ def test_jacobian_of_a_table_holding_the_x_coordinate_is_the_scale():
     torch.testing.assert_close(features[:, 0], (x[:, 0] + 2.0) / 4.0 * scale + 0.5)
     expected = torch.tensor([scale / 4.0, 0.0, 0.0]).expand(20, 3)
     torch.testing.assert_close(jacobian[:, 0], expected, atol=1e-5, rtol=0)
+
+
+def test_make_encoding_triton_names_the_fix_for_a_triton_too_old_for_its_kernels(monkeypatch):
+    fake = types.ModuleType("triton")
+    fake.__version__ = "2.3.1"  # PyTorch 2.3's: no tl.floor
+    monkeypatch.setitem(sys.modules, "triton", fake)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(DreamtextError, match=r"triton 3\.0 or later .*not 2\.3\.1.*encoding torch"):
+        make_encoding("triton", device="cpu", **DENSE_CFG)
+    for version in ("3.0.0", "3.6.0+git9f1c2a", "10.1"):
+        fake.__version__ = version
+        assert encoding_module._triton_problem(torch.device("cpu"), 2) is None
