@@ -15,13 +15,18 @@ its dense and its hashed levels, with the arguments that
 integer types, and the 16-byte alignment hints that Triton takes from torch's allocations.
 
 Per build, read from the cubin with the ``cuobjdump`` Triton ships: registers a thread, local
-memory a thread (``LOCAL`` > 0 means register spills), shared memory, the number of machine
-(SASS) instructions, and the atomic ones (``RED``: an add that returns nothing, the cheap kind;
-``ATOM`` would wait for the old value). ``warps/SM`` is how many
-warps of ``num_warps`` the registers let one SM hold (65,536 registers, allocated per warp in
-units of 256), at most the architecture's limit (32 on sm_75, 48 on sm_86 / sm_89, 64 on sm_80 /
-sm_90): a gather-bound kernel hides memory latency with warps. Triton releases drop and add
-architectures, so a failed build prints its first error line instead of stopping the others.
+memory a thread (``LOCAL`` > 0 means register spills), shared memory (static, and what Triton
+allocates at launch for moving a tensor between thread layouts), the number of machine (SASS)
+instructions and of barriers among them (a layout change through shared memory needs them), and
+the atomic instructions, counted (``RED``: an add that returns nothing, the cheap kind; ``ATOM``
+would wait for the old value). The backward is built with the atomics its launch picks for that
+architecture and this Triton (:func:`dreamtext.encoding_triton.vector_atomics_for`).
+
+``warps/SM`` is how many warps of ``num_warps`` the registers let one SM hold (65,536
+registers, allocated per warp in units of 256), at most the architecture's limit (32 on sm_75,
+48 on sm_86 / sm_89, 64 on sm_80 / sm_90): a gather-bound kernel hides memory latency with
+warps. Triton releases drop and add architectures, so a failed build prints its error in one
+line instead of stopping the others.
 """
 
 from __future__ import annotations
@@ -194,7 +199,15 @@ def compile_kernel(kernel, args: tuple, constexprs: dict, arch: int) -> dict:
         row["warps_per_sm"] = warps_per_sm(row["registers"], arch)
         opcodes = sass_opcodes(sass)
         row["instructions"] = len(opcodes)
+        row["barriers"] = sum(op.startswith("BAR") for op in opcodes)
         row["atomics"] = atomic_opcodes(opcodes)
+        row["atomic_instructions"] = sum(op.startswith(("RED", "ATOM")) for op in opcodes)
+    # Shared memory Triton allocates at launch (layout conversions), beside any static use.
+    metadata = getattr(compiled, "metadata", None)
+    dynamic = getattr(metadata, "shared", None) if metadata is not None else None
+    if dynamic is None:
+        dynamic = getattr(compiled, "shared", 0)
+    row["shared"] = row.get("shared", 0) + int(dynamic)
     return row
 
 
@@ -206,6 +219,7 @@ def report(arches: list[int], grid_config: dict) -> list[dict]:
         hash_grid_forward_kernel,
         kernel_arguments,
         launch_groups,
+        vector_atomics_for,
     )
 
     grid = HashGridEncoding(**grid_config)
@@ -213,17 +227,24 @@ def report(arches: list[int], grid_config: dict) -> list[dict]:
     u = torch.empty(points, 3)
     features = torch.empty(points, grid.output_dim)
     table = grid.params.detach()
-    kernels = (
-        ("forward", hash_grid_forward_kernel, table, features),
-        ("backward", hash_grid_backward_kernel, features, torch.empty_like(table)),
-    )
     rows = []
     for arch in arches:
-        for name, kernel, source, target in kernels:
+        # The backward's atomics as the launch picks them on this architecture.
+        vector = vector_atomics_for(divmod(arch, 10))
+        kernels = (
+            ("forward", hash_grid_forward_kernel, table, features, {}),
+            ("backward", hash_grid_backward_kernel, features, torch.empty_like(table),
+             {"VECTOR_ATOMICS": vector}),
+        )  # fmt: skip
+        for name, kernel, source, target, extra in kernels:
             for first_level, count, hashed in launch_groups(grid):
-                args, constexprs = kernel_arguments(grid, u, source, target, first_level, hashed)
+                args, constexprs = kernel_arguments(
+                    grid, u, source, target, first_level, hashed, **extra
+                )
                 row = compile_kernel(kernel, args, constexprs, arch)
                 row.update(arch=arch, kernel=name, levels="hashed" if hashed else "dense")
+                if "VECTOR_ATOMICS" in extra:
+                    row["vector_atomics"] = extra["VECTOR_ATOMICS"]
                 row["level_count"] = count
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -236,21 +257,25 @@ def section(rows: list[dict], command: str, triton_version: str) -> str:
         f"## Triton hash-grid kernels, compiled without a GPU (issue 9) — triton {triton_version} "
         f"— {stamp}\n\n`{command}` (torch {torch.__version__}), num_warps {NUM_WARPS}:\n\n"
         "| arch | kernel | levels | compiled | registers | local (spills) | shared | warps/SM "
-        "| SASS instructions | atomics |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| SASS instructions | barriers | atomics |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for row in rows:
         if not row["compiled"]:
             lines.append(
                 f"| sm_{row['arch']} | {row['kernel']} | {row['levels']} | no: "
-                f"{row['error'].replace('|', '/')} | | | | | | |"
+                f"{row['error'].replace('|', '/')} | | | | | | | |"
             )
             continue
         atomics = ", ".join(f"`{a}`" for a in row.get("atomics", [])) or "none"
+        if row.get("atomic_instructions"):
+            atomics = f"{row['atomic_instructions']} × {atomics}"
         lines.append(
             f"| sm_{row['arch']} | {row['kernel']} | {row['levels']} | yes | "
             f"{row.get('registers', '?')} | {row.get('local', '?')} | {row.get('shared', '?')} | "
-            f"{row.get('warps_per_sm', '?')} | {row.get('instructions', '?')} | {atomics} |"
+            f"{row.get('warps_per_sm', '?')} | {row.get('instructions', '?')} | "
+            f"{row.get('barriers', '?')} | {atomics} |"
         )
     return head + "\n".join(lines) + "\n"
 

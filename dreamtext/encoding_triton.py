@@ -15,12 +15,15 @@ One program handles ``BLOCK`` points at one level ``l``. With ``p = u · s_l + 0
 ``res`` wraps around), and tiny-cuda-nn's hash ``(x·1 XOR y·2654435761 XOR z·805459861) mod T`` in
 uint32 arithmetic on hashed levels: exactly :func:`dreamtext.encoding.level_corners`. Dense and
 hashed levels are separate launches (``HASHED`` is a compile-time constant), so neither pays for
-the other's arithmetic. Table addresses are int64 throughout.
+the other's arithmetic. Table addresses are int64 throughout. The backward's atomics add a
+point's ``F`` values at once on GPUs that have vector float atomics (sm_90 on), one feature at a
+time elsewhere (:func:`vector_atomics_for`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 import triton
@@ -145,23 +148,56 @@ def hash_grid_backward_kernel(
     OUT_DIM: tl.constexpr,
     HASHED: tl.constexpr,
     BLOCK: tl.constexpr,
+    VECTOR_ATOMICS: tl.constexpr,
 ):
-    """``grad_table[(offset_l + r_k)·F + f] += w_k · grad_out[n, l·F + f]``, a block of points."""
+    """``grad_table[(offset_l + r_k)·F + f] += w_k · grad_out[n, l·F + f]``, a block of points.
+
+    With ``VECTOR_ATOMICS`` a point's ``F`` values go in one vector atomic per corner
+    (``[BLOCK, F]`` tiles); without, feature by feature (``[BLOCK]`` tiles, see
+    :func:`uses_vector_atomics`)."""
     level, n, mask, res, offset, size, cx, cy, cz, tx, ty, tz = _block(
         u_ptr, scales_ptr, resolutions_ptr, offsets_ptr, sizes_ptr, num_points, first_level, BLOCK
     )
-    f = tl.arange(0, F)
-    grad = tl.load(
-        grad_out_ptr + n[:, None] * OUT_DIM + level * F + f[None, :], mask=mask[:, None], other=0.0
-    )
-    for k in tl.static_range(8):
-        row, w = _corner(cx, cy, cz, tx, ty, tz, res, size, k, HASHED)
-        tl.atomic_add(
-            grad_table_ptr + (offset + row)[:, None] * F + f[None, :],
-            w[:, None] * grad,
-            mask=mask[:, None],
-            sem="relaxed",
-        )
+    grad_row = grad_out_ptr + n * OUT_DIM + level * F
+    if VECTOR_ATOMICS:
+        f = tl.arange(0, F)
+        grad = tl.load(grad_row[:, None] + f[None, :], mask=mask[:, None], other=0.0)
+        for k in tl.static_range(8):
+            row, w = _corner(cx, cy, cz, tx, ty, tz, res, size, k, HASHED)
+            tl.atomic_add(
+                grad_table_ptr + (offset + row)[:, None] * F + f[None, :],
+                w[:, None] * grad,
+                mask=mask[:, None],
+                sem="relaxed",
+            )
+    else:
+        for f in tl.static_range(F):
+            grad = tl.load(grad_row + f, mask=mask, other=0.0)
+            for k in tl.static_range(8):
+                row, w = _corner(cx, cy, cz, tx, ty, tz, res, size, k, HASHED)
+                tl.atomic_add(
+                    grad_table_ptr + (offset + row) * F + f, w * grad, mask=mask, sem="relaxed"
+                )
+
+
+def vector_atomics_for(capability: tuple[int, int], triton_version: str | None = None) -> bool:
+    """Whether the backward kernel adds a point's features with vector atomics on a GPU of
+    compute ``capability``: from sm_90 on, where PTX has ``red.global.add.v2.f32`` (and ``v4``),
+    with Triton 3.2 or later (``triton_version``, the installed one by default), which emits them.
+
+    Otherwise the GPU or the compiler has scalar float atomics only, and the kernel adds feature
+    by feature: a ``[BLOCK, F]`` tile would go through shared memory to change its thread layout
+    at every corner (31 barriers a program, against none, with Triton 3.8+ on sm_86 and 3.0-3.1
+    on sm_90; ``benchmarks/triton_compile.py``).
+    """
+    version = triton.__version__ if triton_version is None else triton_version
+    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    return tuple(capability) >= (9, 0) and release >= (3, 2)
+
+
+def uses_vector_atomics(device: torch.device) -> bool:
+    """:func:`vector_atomics_for` the GPU of ``device``; never in the CPU interpreter."""
+    return device.type == "cuda" and vector_atomics_for(torch.cuda.get_device_capability(device))
 
 
 def launch_groups(grid) -> list[tuple[int, int, bool]]:
@@ -172,11 +208,12 @@ def launch_groups(grid) -> list[tuple[int, int, bool]]:
 
 
 def kernel_arguments(
-    grid, u: Tensor, source: Tensor, target: Tensor, first_level: int, hashed: bool
+    grid, u: Tensor, source: Tensor, target: Tensor, first_level: int, hashed: bool, **extra
 ) -> tuple[tuple, dict]:
     """The positional and compile-time arguments of one launch of either kernel: ``u``, the
     tensor read (table or output gradient), the tensor written, the grid's level buffers, the
-    point count and first level; ``F``, ``OUT_DIM``, ``HASHED`` and ``BLOCK``."""
+    point count and first level; ``F``, ``OUT_DIM``, ``HASHED``, ``BLOCK`` and the kernel's own
+    ``extra`` ones (the backward's ``VECTOR_ATOMICS``)."""
     args = (
         u,
         source,
@@ -189,16 +226,16 @@ def kernel_arguments(
         first_level,
     )
     constexprs = {"F": grid.level_dim, "OUT_DIM": grid.output_dim, "HASHED": hashed, "BLOCK": BLOCK}
-    return args, constexprs
+    return args, {**constexprs, **extra}
 
 
-def _launch(kernel, grid, u: Tensor, source: Tensor, target: Tensor) -> None:
+def _launch(kernel, grid, u: Tensor, source: Tensor, target: Tensor, **extra) -> None:
     """Run ``kernel`` over every block of points, once for the dense and once for the hashed
     levels of ``grid`` (a :class:`dreamtext.encoding.HashGridEncoding`)."""
     device = torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext()
     with device:
-        for first_level, count, hashed in launch_groups(grid):
-            args, constexprs = kernel_arguments(grid, u, source, target, first_level, hashed)
+        for first, count, hashed in launch_groups(grid):
+            args, constexprs = kernel_arguments(grid, u, source, target, first, hashed, **extra)
             kernel[(triton.cdiv(u.shape[0], BLOCK), count)](*args, **constexprs)
 
 
@@ -225,7 +262,14 @@ class TritonHashGridFunction(torch.autograd.Function):
         grid = ctx.grid
         grad_table = torch.zeros_like(grid.params, dtype=torch.float32)
         if u.shape[0] > 0:
-            _launch(hash_grid_backward_kernel, grid, u, grad.float().contiguous(), grad_table)
+            _launch(
+                hash_grid_backward_kernel,
+                grid,
+                u,
+                grad.float().contiguous(),
+                grad_table,
+                VECTOR_ATOMICS=uses_vector_atomics(u.device),
+            )
         return None, grad_table, None
 
 
@@ -236,4 +280,6 @@ __all__ = [
     "hash_grid_forward_kernel",
     "kernel_arguments",
     "launch_groups",
+    "uses_vector_atomics",
+    "vector_atomics_for",
 ]
