@@ -1,13 +1,17 @@
 """Time the hash grid forward and backward and count the bytes it keeps for backward, per backend.
 
     python benchmarks/encoding_speed.py [--device cpu|cuda] [--points N ...] [--repeats 3]
-                                        [--backends reference torch triton tcnn]
+                                        [--backends reference torch triton
+                                                    triton-per-feature tcnn]
 
 The grid is the default field's: 16 levels × 2 features, table 2^19, resolutions 16–2048.
 ``reference`` is the plain differentiable path (``HashGridEncoding.reference_forward``, the grid
 as it was before the lean function); ``torch``, ``triton`` and ``tcnn`` are ``make_encoding``'s
 backends, and one that cannot run on the device is skipped with the reason (triton on the CPU
-would only run in Triton's interpreter, which says nothing about speed).
+would only run in Triton's interpreter, which says nothing about speed). ``triton-per-feature``
+is triton with the backward's atomics one feature at a time, as GPUs before sm_90 run it: on an
+sm_90 GPU, where ``triton`` uses vector atomics, the two rows are the A/B of that choice
+(``dreamtext.encoding_triton.vector_atomics_for``).
 
 Per backend and batch size, the best of ``--repeats`` runs after one warm-up:
 - ``fwd+bwd``: ``grid(x).square().sum().backward()``, wall seconds and, on the CPU, the process's
@@ -31,7 +35,7 @@ import torch
 from dreamtext.encoding import make_encoding
 from dreamtext.errors import DreamtextError
 
-BACKENDS = ("reference", "torch", "triton", "tcnn")
+BACKENDS = ("reference", "torch", "triton", "triton-per-feature", "tcnn")
 
 
 def synchronize(device: torch.device) -> None:
@@ -100,9 +104,12 @@ def measure(grid: torch.nn.Module, fn: Callable, n: int, repeats: int, device: t
 
 def build(name: str, device: torch.device) -> tuple[torch.nn.Module, Callable]:
     """The grid and the function to time for one row of the table."""
-    if name == "triton" and device.type != "cuda":
+    if name.startswith("triton") and device.type != "cuda":
         raise DreamtextError("triton is timed on CUDA only (on the CPU it runs in an interpreter)")
-    grid = make_encoding("torch" if name == "reference" else name, device=device)
+    kind = {"reference": "torch", "triton-per-feature": "triton"}.get(name, name)
+    grid = make_encoding(kind, device=device)
+    if name == "triton-per-feature":
+        grid.vector_atomics = False
     return grid, (grid.reference_forward if name == "reference" else grid)
 
 

@@ -593,6 +593,10 @@ class TritonHashGrid(HashGridEncoding):
     """
 
     backend = "triton"
+    # How the backward adds a point's features into the table gradient: None picks by the GPU
+    # (vector atomics from sm_90 on, dreamtext.encoding_triton.vector_atomics_for); True or False
+    # forces one form, for tests and benchmarks/encoding_speed.py's A/B.
+    vector_atomics: bool | None = None
 
     def _encode(self, u: Tensor) -> Tensor:
         from dreamtext.encoding_triton import TritonHashGridFunction

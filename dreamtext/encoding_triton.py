@@ -195,8 +195,12 @@ def vector_atomics_for(capability: tuple[int, int], triton_version: str | None =
     return tuple(capability) >= (9, 0) and release >= (3, 2)
 
 
-def uses_vector_atomics(device: torch.device) -> bool:
-    """:func:`vector_atomics_for` the GPU of ``device``; never in the CPU interpreter."""
+def uses_vector_atomics(device: torch.device, choice: bool | None = None) -> bool:
+    """The atomics of a backward on ``device``: ``choice`` when given (a grid's
+    ``vector_atomics``), else :func:`vector_atomics_for` its GPU; in the CPU interpreter,
+    per feature unless chosen."""
+    if choice is not None:
+        return choice
     return device.type == "cuda" and vector_atomics_for(torch.cuda.get_device_capability(device))
 
 
@@ -268,7 +272,7 @@ class TritonHashGridFunction(torch.autograd.Function):
                 u,
                 grad.float().contiguous(),
                 grad_table,
-                VECTOR_ATOMICS=uses_vector_atomics(u.device),
+                VECTOR_ATOMICS=uses_vector_atomics(u.device, grid.vector_atomics),
             )
         return None, grad_table, None
 

@@ -166,3 +166,4 @@ def test_vector_atomics_only_where_the_gpu_and_triton_have_them():
     assert not vector_atomics_for((7, 5), "3.9.0")
     assert not vector_atomics_for((9, 0), "3.1.0")  # PyTorch 2.5's Triton: no red.v2 emitted
     assert not uses_vector_atomics(torch.device("cpu"))
+    assert uses_vector_atomics(torch.device("cpu"), True)  # a grid's own choice wins
