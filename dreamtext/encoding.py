@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -675,8 +676,8 @@ def _tcnn_available(device: torch.device) -> bool:
     return True
 
 
-# The oldest Triton whose compiler builds dreamtext.encoding_triton's kernels (3.0, PyTorch 2.4).
-MIN_TRITON_MAJOR = 3
+# The oldest Triton whose compiler builds dreamtext.encoding_triton's kernels (PyTorch 2.4's).
+MIN_TRITON = (3, 0)
 
 
 def triton_interpreter_on() -> bool:
@@ -699,19 +700,19 @@ def _triton_problem(device: torch.device, level_dim: int) -> str | None:
         import triton
     except (ImportError, OSError, RuntimeError):
         return "needs the triton package (Linux CUDA builds of PyTorch ship it)"
-    if _major_version(getattr(triton, "__version__", "0")) < MIN_TRITON_MAJOR:
+    if release_of(getattr(triton, "__version__", "")) < MIN_TRITON:
         # Triton 2.x lacks tl.floor, which the kernels use (benchmarks/triton_compile.py).
         return (
-            f"needs triton {MIN_TRITON_MAJOR}.0 or later (PyTorch 2.4 and later ship it), "
-            f"not {triton.__version__}"
+            f"needs triton {'.'.join(map(str, MIN_TRITON))} or later (PyTorch 2.4 and later "
+            f"ship it), not {triton.__version__}"
         )
     return None
 
 
-def _major_version(version: str) -> int:
-    """``3`` of ``"3.2.0+git1234"``; 0 when the string does not start with a number."""
-    digits = version.split(".")[0]
-    return int(digits) if digits.isdigit() else 0
+def release_of(version: str) -> tuple[int, int]:
+    """``(3, 2)`` of ``"3.2.0+git1234"``: a version's first two numbers, 0 where missing."""
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
+    return tuple(numbers + [0] * (2 - len(numbers)))
 
 
 def _self_check(grid: HashGridEncoding, num_points: int = 64) -> None:
@@ -810,6 +811,7 @@ __all__ = [
     "level_corners",
     "make_encoding",
     "per_level_scale",
+    "release_of",
     "to_unit_cube",
     "trilinear",
     "trilinear_with_slopes",

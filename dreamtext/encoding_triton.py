@@ -23,13 +23,14 @@ time elsewhere (:func:`vector_atomics_for`).
 from __future__ import annotations
 
 import contextlib
-import re
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from dreamtext.encoding import release_of
 
 # Points per program; the GPU session may tune it (with num_warps), the interpreter doesn't care.
 BLOCK = 128
@@ -191,8 +192,7 @@ def vector_atomics_for(capability: tuple[int, int], triton_version: str | None =
     on sm_90; ``benchmarks/triton_compile.py``).
     """
     version = triton.__version__ if triton_version is None else triton_version
-    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-    return tuple(capability) >= (9, 0) and release >= (3, 2)
+    return tuple(capability) >= (9, 0) and release_of(version) >= (3, 2)
 
 
 def uses_vector_atomics(device: torch.device, choice: bool | None = None) -> bool:

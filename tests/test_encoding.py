@@ -447,3 +447,9 @@ def test_make_encoding_triton_names_the_fix_for_a_triton_too_old_for_its_kernels
     for version in ("3.0.0", "3.6.0+git9f1c2a", "10.1"):
         fake.__version__ = version
         assert encoding_module._triton_problem(torch.device("cpu"), 2) is None
+
+
+def test_release_of_reads_the_first_two_numbers_of_a_version():
+    assert encoding_module.release_of("3.2.0+git1234") == (3, 2)
+    assert encoding_module.release_of("10") == (10, 0)
+    assert encoding_module.release_of("") == (0, 0)
