@@ -1,13 +1,14 @@
 """Compile the Triton hash-grid kernels for NVIDIA GPUs, without one, and report what they use.
 
-    python benchmarks/triton_compile.py [--arch 75 80 86 89 90] [--level-dim 2]
+    python benchmarks/triton_compile.py [--arch 75 80 86 89 90 120] [--level-dim 2]
                                         [--num-levels 16] [--log2-hashmap-size 19]
                                         [--json FILE] [--out FILE]
 
 The tests run the kernels of :mod:`dreamtext.encoding_triton` in Triton's CPU interpreter, which
 checks their arithmetic but not that Triton's compiler accepts them. This script runs that
 compiler as a GPU would at the first launch, for each ``--arch`` (compute capability × 10: 75
-Turing, 80 A100, 86 RTX 30xx such as the 12 GB RTX 3060, 89 RTX 40xx, 90 H100 / H200), through
+Turing, 80 A100, 86 RTX 30xx such as the 12 GB RTX 3060, 89 RTX 40xx, 90 H100 / H200, 120
+RTX 50xx such as the 12 GB RTX 5070; 100 is the B200), through
 ``triton.compile`` with a ``GPUTarget``: Triton's own LLVM and ``ptxas`` build the cubin; no GPU
 or CUDA driver is needed. Each kernel (forward, backward) is built for both launches of a grid,
 its dense and its hashed levels, with the arguments that
@@ -24,9 +25,9 @@ architecture and this Triton (:func:`dreamtext.encoding_triton.vector_atomics_fo
 
 ``warps/SM`` is how many warps of ``num_warps`` the registers let one SM hold (65,536
 registers, allocated per warp in units of 256), at most the architecture's limit (32 on sm_75,
-48 on sm_86 / sm_89, 64 on sm_80 / sm_90): a gather-bound kernel hides memory latency with
-warps. Triton releases drop and add architectures, so a failed build prints its error in one
-line instead of stopping the others.
+48 on sm_86 / sm_89 / sm_120, 64 on sm_80 / sm_90 / sm_100): a gather-bound kernel hides memory
+latency with warps. Triton releases drop and add architectures, so a failed build prints its
+error in one line instead of stopping the others.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_ARCHES = (75, 80, 86, 89, 90)
+DEFAULT_ARCHES = (75, 80, 86, 89, 90, 120)
 # Resident warps an SM holds at most, by compute capability × 10 (CUDA programming guide, table
 # of technical specifications).
-MAX_WARPS_PER_SM = {75: 32, 80: 64, 86: 48, 87: 48, 89: 48, 90: 64}
+MAX_WARPS_PER_SM = {75: 32, 80: 64, 86: 48, 87: 48, 89: 48, 90: 64, 100: 64, 120: 48}
 REGISTERS_PER_SM = 65536
 REGISTER_UNIT = 256  # registers are allocated to a warp in units of 256
 NUM_WARPS = 4  # Triton's default; encoding_triton launches with it
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         type=int,
         default=list(DEFAULT_ARCHES),
-        help="compute capabilities × 10 to build for [75 80 86 89 90]",
+        help="compute capabilities × 10 to build for [75 80 86 89 90 120]",
     )
     parser.add_argument("--level-dim", type=int, default=2, help="features a level [2]")
     parser.add_argument("--num-levels", type=int, default=16, help="grid levels [16]")
