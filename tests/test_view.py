@@ -730,6 +730,10 @@ def test_view_static_prints_the_page_it_wrote(root: Path, tmp_path: Path, capsys
     assert capsys.readouterr().out.strip() == str(tmp_path / "site" / "index.html")
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
     """As a user runs it: a new process, the address on stdout, Ctrl-C (SIGINT) ends it with 0.
     It imports neither torch nor diffusers, so it starts in a moment."""
@@ -744,6 +748,9 @@ def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # A terminal's Ctrl-C, even when pytest itself was started in the background by a
+        # shell without job control, which leaves SIGINT ignored for every child.
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     try:
         first = proc.stdout.readline()
