@@ -23,6 +23,7 @@ time elsewhere (:func:`vector_atomics_for`).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -181,6 +182,8 @@ def hash_grid_backward_kernel(
                 )
 
 
+# Asked at every backward: read the version once per (GPU, Triton) pair.
+@functools.cache
 def vector_atomics_for(capability: tuple[int, int], triton_version: str | None = None) -> bool:
     """Whether the backward kernel adds a point's features with vector atomics on a GPU of
     compute ``capability``: from sm_90 on, where PTX has ``red.global.add.v2.f32`` (and ``v4``),
