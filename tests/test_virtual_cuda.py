@@ -1,0 +1,227 @@
+"""The CUDA code paths, run on the CPU under CUDA's device rules (tests/virtual_cuda.py).
+
+The first part checks the emulation itself: each rule CUDA enforces raises here too, and what
+CUDA allows passes. The second runs whole ``dreamtext`` commands with ``--device cuda`` under it,
+so a tensor left on the host in any CUDA branch (the built-in prior's image set once was) fails a
+test on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from virtual_cuda import DeviceMismatch, virtual_cuda
+
+from dreamtext.cameras import CameraRange
+from dreamtext.guidance import GuidanceConfig
+from dreamtext.prior import ShapesPrior
+
+HARNESS = Path(__file__).with_name("virtual_cuda.py")
+# A small field and renderer, as tests/tiny_models.py's TINY_TRAIN, for a --config file.
+TINY_CONFIG = """\
+field: {num_levels: 4, log2_hashmap_size: 10, base_resolution: 4, finest_resolution_factor: 32.0,
+        hidden_dim: 16, num_blocks: 1, bg_hidden_dim: 8}
+render: {num_steps: 16, upsample_steps: 4, march_steps: 64, grid_resolution: 16,
+         grid_update_every: 2}
+preview_every: 2
+checkpoint_every: 2
+"""
+
+
+def test_a_gpu_tensor_reports_cuda_and_meets_only_gpu_tensors_and_scalars():
+    with virtual_cuda():
+        x = torch.ones(3, device="cuda")
+        assert x.device == torch.device("cuda", 0) and x.is_cuda and not x.is_cpu
+        assert torch.ones(1).is_cpu and not torch.ones(1).is_cuda
+        assert (x + torch.ones(3, device="cuda")).device.type == "cuda"
+        assert (x * torch.tensor(2.0)).tolist() == [2.0, 2.0, 2.0]  # a CPU scalar is allowed
+        with pytest.raises(DeviceMismatch, match="cuda:0 and cpu"):
+            x + torch.ones(3)
+        with pytest.raises(DeviceMismatch):
+            torch.cat([x, torch.zeros(2)])
+
+
+def test_moves_copy_so_the_tensor_left_behind_stays_on_the_host():
+    with virtual_cuda():
+        host = torch.ones(3)
+        gpu = host.to("cuda")
+        assert gpu.device.type == "cuda" and host.device.type == "cpu"
+        with pytest.raises(DeviceMismatch):
+            host + gpu
+        back = gpu.cpu()
+        assert back.device.type == "cpu" and back.numpy().tolist() == [1.0, 1.0, 1.0]
+        with pytest.raises(DeviceMismatch, match="numpy"):
+            gpu.numpy()
+        assert torch.zeros(2, device=gpu.device).device.type == "cuda"
+        assert host.to(gpu).device.type == "cuda"  # .to(other) takes other's device
+
+
+def test_tensors_the_mode_never_saw_count_as_host_memory():
+    with virtual_cuda():
+        loaded = torch.from_numpy(np.ones(3, dtype=np.float32))  # not a torch function call
+        with pytest.raises(DeviceMismatch):
+            loaded + torch.ones(3, device="cuda")
+
+
+def test_a_module_moved_to_the_gpu_trains_there_and_an_unmoved_input_fails():
+    with virtual_cuda():
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(3, 2).to("cuda")
+        assert {p.device.type for p in layer.parameters()} == {"cuda"}
+        with pytest.raises(DeviceMismatch, match="linear"):
+            layer(torch.randn(4, 3))
+        layer(torch.randn(4, 3).cuda()).square().sum().backward()
+        assert layer.weight.grad.device.type == "cuda"
+        torch.optim.Adam(layer.parameters()).step()
+        # A module that was never moved stays on the host.
+        with pytest.raises(DeviceMismatch):
+            torch.nn.Linear(3, 2)(torch.randn(4, 3, device="cuda"))
+
+
+def test_generators_must_be_on_the_device_they_draw_for():
+    with virtual_cuda():
+        gpu_generator = torch.Generator("cuda").manual_seed(0)
+        assert gpu_generator.device.type == "cuda" and isinstance(gpu_generator, torch.Generator)
+        assert torch.randn(3, generator=gpu_generator, device="cuda").device.type == "cuda"
+        with pytest.raises(DeviceMismatch, match="generator"):
+            torch.randn(3, generator=torch.Generator().manual_seed(0), device="cuda")
+        with pytest.raises(DeviceMismatch, match="generator"):
+            torch.randn(3, generator=gpu_generator)
+
+
+def test_cuda_autocast_lowers_matrix_products():
+    with virtual_cuda():
+        layer = torch.nn.Linear(4, 4).to("cuda")
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = layer(torch.randn(2, 4, device="cuda"))
+        assert out.dtype == torch.float16 and out.device.type == "cuda"
+        assert torch.cuda.get_device_capability() == (8, 6)
+
+
+def test_catches_the_prior_image_set_left_on_the_host(tmp_path, monkeypatch):
+    """The bug the first GPU run met (issue 9): x_t on the GPU times an image set on the CPU."""
+    monkeypatch.setenv("DREAMTEXT_CACHE", str(tmp_path))
+    cfg = GuidanceConfig(model="builtin:shapes")
+    x_t, t = torch.zeros(1, 3, 8, 8), torch.tensor([500])
+    with virtual_cuda():
+        prior = ShapesPrior(cfg, CameraRange(), 8, 8, device="cuda")
+        prior.set_prompt("a red sphere")
+        prediction = prior.predict_noise(x_t.cuda(), t.cuda(), ["front"])
+        assert prediction.cond.device.type == "cuda"
+        prior._flat = prior._flat.cpu()
+        prior.set_prompt("a red sphere")
+        with pytest.raises(DeviceMismatch, match="matmul"):
+            prior.predict_noise(x_t.cuda(), t.cuda(), ["front"])
+
+
+def run_on_virtual_cuda(command: str, cwd: Path, **env: str) -> str:
+    """``python tests/virtual_cuda.py COMMAND`` (``dreamtext COMMAND`` under the emulation) in a
+    fresh process; returns its stderr after checking that it succeeded and that GPU tensors did
+    the work."""
+    result = subprocess.run(
+        [sys.executable, str(HARNESS), *shlex.split(command)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    calls = re.search(r"virtual CUDA: (\d+) torch calls on the GPU", result.stderr)
+    assert calls is not None and int(calls[1]) > 1000, result.stderr[-3000:]
+    return result.stderr
+
+
+def test_text_to_3d_and_its_export_run_on_cuda_with_the_builtin_prior(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
+    run_on_virtual_cuda(
+        "text 'a red cube' --model builtin:shapes --device cuda --config tiny.yaml "
+        "--encoding torch --iters 4 --workspace run",
+        tmp_path,
+        DREAMTEXT_CACHE=str(tmp_path / "cache"),
+    )
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["device"] == "cuda"
+    assert (run / "mesh" / "mesh.glb").is_file() and (run / "video" / "turntable.mp4").is_file()
+
+
+def test_image_to_3d_runs_on_cuda_in_fp16(tmp_path, tiny_sd_path, tiny_clip_path):
+    """describe (CLIP) → descriptor training with loss scaling → text→3D, in fp16."""
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
+    (tmp_path / "nouns.txt").write_text("cube\nsphere\n")
+    (tmp_path / "adjectives.txt").write_text("red\nblue\n")
+    rgba = np.zeros((48, 48, 4), dtype=np.uint8)
+    rgba[12:36, 12:36] = (220, 30, 30, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "red.png")
+    run_on_virtual_cuda(
+        f"image red.png --model '{tiny_sd_path}' --clip '{tiny_clip_path}' --nouns nouns.txt "
+        "--adjectives adjectives.txt --max-words 2 --descriptor-iters 2 --device cuda "
+        "--encoding torch --fp16 --h 32 --w 32 --iters 2 --config tiny.yaml --no-export "
+        "--workspace run",
+        tmp_path,
+    )
+    sentence = json.loads((tmp_path / "run" / "descriptor" / "sentence.json").read_text())
+    assert sentence["sentence"].startswith("An image of")
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+TRITON_ON_CUDA = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from virtual_cuda import virtual_cuda
+from dreamtext.factory import build_field
+from dreamtext.field import FieldConfig
+
+small = dict(num_levels=4, log2_hashmap_size=10, base_resolution=4, hidden_dim=16, num_blocks=1)
+report = {}
+for capability in [(8, 6), (9, 0)]:
+    with virtual_cuda(capability):
+        torch.manual_seed(0)
+        fields = {name: build_field(FieldConfig(encoding=name, **small), "cuda")
+                  for name in ("auto", "torch")}
+        fields["torch"].load_state_dict(fields["auto"].state_dict())
+        x = torch.rand(300, 3, device="cuda") - 0.5
+        grads = {}
+        for name, field in fields.items():
+            sigma, albedo = field(x)
+            (sigma.sum() + albedo.square().sum()).backward()
+            grads[name] = field.encoding.params.grad
+        from dreamtext.encoding_triton import uses_vector_atomics
+        report[str(capability)] = {
+            "backend": fields["auto"].encoding_backend,
+            "device": str(grads["auto"].device),
+            "vector_atomics": uses_vector_atomics(x.device),
+            "difference": (grads["auto"] - grads["torch"]).abs().max().item(),
+            "scale": grads["torch"].abs().max().item(),
+        }
+print(json.dumps(report))
+"""
+
+
+def test_the_triton_hash_grid_is_chosen_on_cuda_and_gives_the_torch_gradient():
+    """On CUDA ``--encoding auto`` picks the Triton kernels, with vector atomics from sm_90 on;
+    here they run in Triton's interpreter through the same launch code as on a GPU."""
+    result = subprocess.run(
+        [sys.executable, "-c", TRITON_ON_CUDA, str(HARNESS.parent)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    for capability, vector in (("(8, 6)", False), ("(9, 0)", True)):
+        row = report[capability]
+        assert row["backend"] == "triton" and row["device"] == "cuda:0"
+        assert row["vector_atomics"] is vector
+        assert row["difference"] <= 1e-5 * row["scale"] and row["scale"] > 0

@@ -1,0 +1,289 @@
+"""CUDA code paths run on the CPU, with CUDA's device rules enforced.
+
+A CPU build of torch cannot make a CUDA tensor, so without a GPU the ``--device cuda`` branches of
+dreamtext (autocast, ``channels_last``, the text encoder waiting on the CPU, memory logging, the
+Triton launch, CUDA random states) never run, and the commonest first-GPU-run bug goes unseen: a
+tensor left on the CPU meeting one on the GPU ("Expected all tensors to be on the same device").
+Under :func:`virtual_cuda` a tensor put on CUDA (``device="cuda"``, ``.to("cuda")``, ``.cuda()``,
+a module's ``.to``) is a CPU tensor that remembers it lives on the GPU: it reports ``cuda:0`` as
+its device, so the code under test takes its CUDA branches, and every torch call that mixes such a
+tensor with a host tensor raises :class:`DeviceMismatch` where CUDA would raise, as does
+``.numpy()`` of a GPU tensor and a CPU generator drawing GPU numbers.
+
+What counts as a host tensor: one made by a factory without a device (``torch.zeros(3)``,
+``torch.tensor(...)``), moved with ``.cpu()`` / ``.to("cpu")``, or never seen by the mode
+(``torch.from_numpy``, ``torch.load``) while its memory is the CPU's. 0-dim tensors mix freely,
+as CPU scalars do on CUDA. Copies, moves and indexing take tensors on either side, as on CUDA.
+
+Not emulated: speed, memory (``torch.cuda.max_memory_reserved`` is 0), CUDA's own autocast op
+lists (``torch.autocast("cuda", ...)`` runs the CPU's, which lower the same matrix products and
+convolutions), and anything compiled (Triton kernels run in Triton's interpreter when
+``TRITON_INTERPRET=1`` is set before triton is imported).
+
+Run any ``dreamtext`` command this way::
+
+    python tests/virtual_cuda.py text "a red cube" --model builtin:shapes --device cuda --iters 20
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+# Where a tensor lives, as an attribute of its Python object: torch keeps a tensor's Python object
+# (and so this attribute) alive as long as the tensor, once the object has attributes of its own.
+TAG = "_virtual_device"
+GPU, HOST = "cuda", "cpu"
+CUDA_DEVICE = torch.device("cuda", 0)
+
+# Torch calls that take tensors on different devices on CUDA too: copies and moves, indexing a GPU
+# tensor with CPU indices, metadata checks.
+CROSS_DEVICE = frozenset(
+    {
+        "to",
+        "cuda",
+        "cpu",
+        "copy_",
+        "__getitem__",
+        "__setitem__",
+        "_has_compatible_shallow_copy_type",
+        "is_same_size",
+    }
+)
+
+
+class DeviceMismatch(RuntimeError):
+    """What CUDA would have raised: tensors on two devices in one call, or a GPU tensor to numpy."""
+
+
+class VirtualCudaGenerator(torch.Generator):
+    """``torch.Generator(device="cuda")``: a CPU generator that says it is the GPU's."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return CUDA_DEVICE
+
+
+def place(tensor: torch.Tensor) -> str | None:
+    """``"cuda"``, ``"cpu"`` or ``None`` (never seen by the mode) for ``tensor``."""
+    return getattr(tensor, TAG, None)
+
+
+def _mark(value: Any, where: str | None) -> Any:
+    if where in (GPU, HOST) and isinstance(value, torch.Tensor):
+        object.__setattr__(value, TAG, where)
+    return value
+
+
+def _device_type(device: Any) -> str:
+    if isinstance(device, int):  # a GPU index
+        return GPU
+    return torch.device(device).type
+
+
+def _is_host(tensor: torch.Tensor) -> bool:
+    where = place(tensor)
+    return where == HOST or (where is None and tensor.device.type == "cpu")
+
+
+def _describe(tensors: list[torch.Tensor]) -> str:
+    return ", ".join(f"{place(t) or 'cpu'} {list(t.shape)}" for t in tensors)
+
+
+class VirtualCuda(TorchFunctionMode):
+    """The torch-function mode behind :func:`virtual_cuda`; ``calls`` counts the torch calls that
+    touched GPU tensors (``"cuda"``) and host ones only (``"cpu"``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = {GPU: 0, HOST: 0}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        name = getattr(func, "__name__", "")
+        owner = getattr(getattr(func, "__self__", None), "__name__", "")
+        if name == "__get__":
+            return self._get(owner, func, args)
+        if name == "__set__" and owner == "data":  # param.data = moved (Module.to)
+            func(*args)
+            return _mark(args[0], place(args[1]))
+        if name == "get_device":
+            return 0 if place(args[0]) == GPU else -1
+        if name == "numpy" and place(args[0]) == GPU:
+            raise DeviceMismatch(
+                "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
+                "tensor to host memory first."
+            )
+        func, args, kwargs, target = self._placement(func, name, args, kwargs)
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        arrays = [t for t in tensors if t.dim() > 0]
+        on_gpu = any(place(t) == GPU for t in arrays)
+        if on_gpu and name not in CROSS_DEVICE and any(_is_host(t) for t in arrays):
+            raise DeviceMismatch(
+                f"{name}: Expected all tensors to be on the same device, but found at least two "
+                f"devices, cuda:0 and cpu! ({_describe(arrays)})"
+            )
+        self._check_generator(name, kwargs.get("generator"), target, on_gpu)
+        out = func(*args, **kwargs)
+        if target is None:  # where its inputs are; a factory without a device: the host
+            places = {place(t) for t in tensors}
+            target = GPU if GPU in places else HOST if HOST in places or not tensors else None
+        if target in self.calls:
+            self.calls[target] += 1
+        return tree_map(lambda value: _mark(value, target), out)
+
+    def _get(self, attribute: str, func, args) -> Any:
+        """Property reads: the device a tensor reports, and tensors read off it (``.grad``,
+        ``.T``, ``.data``) on its device."""
+        tensor = args[0]
+        if attribute == "device":
+            return CUDA_DEVICE if place(tensor) == GPU else func(*args)
+        if attribute == "is_cuda":
+            return place(tensor) == GPU
+        if attribute == "is_cpu":
+            return place(tensor) != GPU and func(*args)
+        value = func(*args)
+        if isinstance(value, torch.Tensor) and place(value) is None:
+            _mark(value, place(tensor))
+        return value
+
+    def _placement(self, func, name: str, args: tuple, kwargs: dict):
+        """The call with every CUDA device replaced by the CPU, and where its outputs live
+        (``None``: where its inputs are)."""
+        if name in ("cuda", "cpu"):
+            tensor = args[0]
+            wanted = GPU if name == "cuda" else HOST
+            if place(tensor) == wanted or (wanted == HOST and place(tensor) is None):
+                return (lambda t: t), (tensor,), {}, wanted
+            return torch.Tensor.clone, (tensor,), {}, wanted
+        if name == "to":
+            return self._to(func, args, kwargs)
+        if "device" in kwargs:
+            device = kwargs["device"]
+            if device is None or _device_type(device) == HOST:
+                return func, args, kwargs, HOST
+            if _device_type(device) == GPU:
+                return func, args, {**kwargs, "device": "cpu"}, GPU
+            return func, args, kwargs, "other"  # meta: not ours
+        return func, args, kwargs, None
+
+    def _to(self, func, args: tuple, kwargs: dict):
+        """``tensor.to(device | other | dtype, ...)``: a copy when the tensor changes sides, so
+        the tensor left behind keeps its place."""
+        tensor, rest, device = args[0], list(args[1:]), kwargs.get("device")
+        for i, arg in enumerate(rest):
+            if isinstance(arg, torch.Tensor):  # .to(other): other's device and dtype
+                device, rest[i] = (CUDA_DEVICE if place(arg) == GPU else "cpu"), arg.dtype
+            elif isinstance(arg, str | torch.device | int) and not isinstance(arg, bool):
+                device = arg
+                if _device_type(arg) == GPU:
+                    rest[i] = "cpu"
+        if device is not None and _device_type(device) == GPU:
+            kwargs = {**kwargs, "device": "cpu"} if "device" in kwargs else kwargs
+        target = None
+        if device is not None:
+            kind = _device_type(device)
+            target = kind if kind in (GPU, HOST) else "other"
+            if target in (GPU, HOST) and target != (place(tensor) or HOST):
+                kwargs = {**kwargs, "copy": True}
+        return func, (tensor, *rest), kwargs, target
+
+    @staticmethod
+    def _check_generator(name: str, generator, target: str | None, on_gpu: bool) -> None:
+        if generator is None:
+            return
+        gpu_numbers = target == GPU or (target is None and on_gpu)
+        if gpu_numbers != isinstance(generator, VirtualCudaGenerator):
+            wanted, found = ("cuda", "cpu") if gpu_numbers else ("cpu", "cuda")
+            raise DeviceMismatch(
+                f"{name}: Expected a '{wanted}' device type for generator but found '{found}'"
+            )
+
+
+@contextlib.contextmanager
+def virtual_cuda(capability: tuple[int, int] = (8, 6)) -> Iterator[VirtualCuda]:
+    """Inside, torch says it has one CUDA GPU of compute ``capability`` (an RTX 30xx by default),
+    and :class:`VirtualCuda` enforces its device rules on CPU tensors (module docstring)."""
+    real_generator, real_parameter = torch.Generator, torch.nn.Parameter.__new__
+    real_autocast = torch.autocast.__init__
+
+    class GeneratorType(type):
+        # torch.Generator as code inside sees it: a class (annotations such as
+        # `torch.Generator | None` still work) whose instances are torch's own generators
+        def __call__(cls, device: Any = "cpu") -> torch.Generator:
+            if _device_type(device) == GPU:
+                return VirtualCudaGenerator()
+            return real_generator(device)
+
+        def __instancecheck__(cls, instance: Any) -> bool:
+            return isinstance(instance, real_generator)
+
+    class Generator(metaclass=GeneratorType):
+        pass
+
+    def parameter(cls, data=None, requires_grad=True, **attributes):
+        # accelerate re-creates parameters with their __dict__ (our tag) as keyword arguments
+        where = attributes.pop(TAG, None)
+        made = real_parameter(cls, data, requires_grad, **attributes)
+        return _mark(made, place(data) if data is not None and place(data) else where)
+
+    def autocast(self, device_type: str, *args, **kwargs) -> None:
+        real_autocast(self, "cpu" if device_type == GPU else device_type, *args, **kwargs)
+
+    def set_rng_state(state: torch.Tensor, device: Any = "cuda") -> None:
+        if place(state) == GPU or state.dtype != torch.uint8:
+            raise DeviceMismatch("set_rng_state takes a CPU torch.ByteTensor")
+
+    cuda = torch.cuda
+    patches = [
+        mock.patch.object(cuda, "is_available", lambda: True),
+        mock.patch.object(cuda, "is_initialized", lambda: True),
+        mock.patch.object(cuda, "device_count", lambda: 1),
+        mock.patch.object(cuda, "current_device", lambda: 0),
+        mock.patch.object(cuda, "set_device", lambda device: None),
+        mock.patch.object(cuda, "device", lambda device=None: contextlib.nullcontext()),
+        mock.patch.object(cuda, "get_device_capability", lambda device=None: capability),
+        mock.patch.object(cuda, "get_device_name", lambda device=None: "virtual CUDA (CPU)"),
+        mock.patch.object(cuda, "synchronize", lambda device=None: None),
+        mock.patch.object(cuda, "empty_cache", lambda: None),
+        mock.patch.object(cuda, "memory_reserved", lambda device=None: 0),
+        mock.patch.object(cuda, "max_memory_reserved", lambda device=None: 0),
+        mock.patch.object(cuda, "max_memory_allocated", lambda device=None: 0),
+        mock.patch.object(cuda, "reset_peak_memory_stats", lambda device=None: None),
+        mock.patch.object(cuda, "get_rng_state", lambda device="cuda": torch.get_rng_state()),
+        mock.patch.object(cuda, "set_rng_state", set_rng_state),
+        mock.patch.object(torch, "Generator", Generator),
+        mock.patch.object(torch.nn.Parameter, "__new__", parameter),
+        mock.patch.object(torch.autocast, "__init__", autocast),
+    ]
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        yield stack.enter_context(VirtualCuda())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``dreamtext`` with ``argv`` under :func:`virtual_cuda`; prints what the mode saw."""
+    from dreamtext import cli
+
+    with virtual_cuda() as mode:
+        try:
+            status = cli.main(argv)
+        except SystemExit as stop:
+            status = stop.code if isinstance(stop.code, int) else 1
+    print(
+        f"virtual CUDA: {mode.calls[GPU]} torch calls on the GPU, {mode.calls[HOST]} on the host",
+        file=sys.stderr,
+    )
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
