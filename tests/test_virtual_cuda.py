@@ -142,17 +142,22 @@ def run_on_virtual_cuda(command: str, cwd: Path, **env: str) -> str:
     return result.stderr
 
 
-def test_text_to_3d_and_its_export_run_on_cuda_with_the_builtin_prior(tmp_path):
+def test_text_to_3d_its_export_and_a_resume_run_on_cuda_with_the_builtin_prior(tmp_path):
+    """Training, the export at its end, then a resume: checkpoints load on the CPU and the
+    GPU's random state is restored from them."""
     (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
-    run_on_virtual_cuda(
+    command = (
         "text 'a red cube' --model builtin:shapes --device cuda --config tiny.yaml "
-        "--encoding torch --iters 4 --workspace run",
-        tmp_path,
-        DREAMTEXT_CACHE=str(tmp_path / "cache"),
+        "--encoding torch --workspace run"
     )
+    cache = str(tmp_path / "cache")
+    run_on_virtual_cuda(f"{command} --iters 4", tmp_path, DREAMTEXT_CACHE=cache)
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text())["device"] == "cuda"
     assert (run / "mesh" / "mesh.glb").is_file() and (run / "video" / "turntable.mp4").is_file()
+    resume = f"{command} --iters 6 --resume --no-export"
+    run_on_virtual_cuda(resume, tmp_path, DREAMTEXT_CACHE=cache)
+    assert (run / "checkpoints" / "step_000006.pt").is_file()
 
 
 def test_image_to_3d_runs_on_cuda_in_fp16(tmp_path, tiny_sd_path, tiny_clip_path):
@@ -225,3 +230,22 @@ def test_the_triton_hash_grid_is_chosen_on_cuda_and_gives_the_torch_gradient():
         assert row["backend"] == "triton" and row["device"] == "cuda:0"
         assert row["vector_atomics"] is vector
         assert row["difference"] <= 1e-5 * row["scale"] and row["scale"] > 0
+
+
+def test_a_script_runs_under_the_emulation_with_its_arguments_and_sibling_modules(tmp_path):
+    (tmp_path / "sibling.py").write_text("import torch\nSIZE = 3\n")
+    (tmp_path / "script.py").write_text(
+        "import sys, torch\n"
+        "from sibling import SIZE\n"
+        "x = torch.ones(SIZE, device=sys.argv[1])\n"
+        "print(x.device, (x * 2).sum().item())\n"
+        "x + torch.ones(SIZE)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(HARNESS), str(tmp_path / "script.py"), "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.splitlines() == ["cuda:0 6.0"]
+    assert result.returncode != 0 and "DeviceMismatch: add" in result.stderr

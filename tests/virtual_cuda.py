@@ -20,16 +20,20 @@ lists (``torch.autocast("cuda", ...)`` runs the CPU's, which lower the same matr
 convolutions), and anything compiled (Triton kernels run in Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set before triton is imported).
 
-Run any ``dreamtext`` command this way::
+Run any ``dreamtext`` command, or a benchmark script, this way::
 
     python tests/virtual_cuda.py text "a red cube" --model builtin:shapes --device cuda --iters 20
+    python tests/virtual_cuda.py benchmarks/sds_step.py --model tiny --device cuda --sizes 64
 """
 
 from __future__ import annotations
 
 import contextlib
+import runpy
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -209,8 +213,9 @@ class VirtualCuda(TorchFunctionMode):
 
 @contextlib.contextmanager
 def virtual_cuda(capability: tuple[int, int] = (8, 6)) -> Iterator[VirtualCuda]:
-    """Inside, torch says it has one CUDA GPU of compute ``capability`` (an RTX 30xx by default),
-    and :class:`VirtualCuda` enforces its device rules on CPU tensors (module docstring)."""
+    """Inside, torch says it has one 12 GiB CUDA GPU of compute ``capability`` (an RTX 30xx by
+    default), and :class:`VirtualCuda` enforces its device rules on CPU tensors (module
+    docstring)."""
     real_generator, real_parameter = torch.Generator, torch.nn.Parameter.__new__
     real_autocast = torch.autocast.__init__
 
@@ -241,6 +246,9 @@ def virtual_cuda(capability: tuple[int, int] = (8, 6)) -> Iterator[VirtualCuda]:
         if place(state) == GPU or state.dtype != torch.uint8:
             raise DeviceMismatch("set_rng_state takes a CPU torch.ByteTensor")
 
+    properties = SimpleNamespace(
+        name="virtual CUDA (CPU)", major=capability[0], minor=capability[1], total_memory=12 << 30
+    )
     cuda = torch.cuda
     patches = [
         mock.patch.object(cuda, "is_available", lambda: True),
@@ -250,7 +258,10 @@ def virtual_cuda(capability: tuple[int, int] = (8, 6)) -> Iterator[VirtualCuda]:
         mock.patch.object(cuda, "set_device", lambda device: None),
         mock.patch.object(cuda, "device", lambda device=None: contextlib.nullcontext()),
         mock.patch.object(cuda, "get_device_capability", lambda device=None: capability),
-        mock.patch.object(cuda, "get_device_name", lambda device=None: "virtual CUDA (CPU)"),
+        mock.patch.object(cuda, "get_device_name", lambda device=None: properties.name),
+        mock.patch.object(cuda, "get_device_properties", lambda device=None: properties),
+        mock.patch.object(cuda, "set_per_process_memory_fraction", lambda f, device=None: None),
+        mock.patch.object(cuda, "memory_allocated", lambda device=None: 0),
         mock.patch.object(cuda, "synchronize", lambda device=None: None),
         mock.patch.object(cuda, "empty_cache", lambda: None),
         mock.patch.object(cuda, "memory_reserved", lambda device=None: 0),
@@ -270,12 +281,21 @@ def virtual_cuda(capability: tuple[int, int] = (8, 6)) -> Iterator[VirtualCuda]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``dreamtext`` with ``argv`` under :func:`virtual_cuda`; prints what the mode saw."""
-    from dreamtext import cli
-
+    """``dreamtext ARGS``, or ``SCRIPT.py ARGS`` (a benchmark), under :func:`virtual_cuda`;
+    prints what the mode saw."""
+    argv = sys.argv[1:] if argv is None else argv
     with virtual_cuda() as mode:
         try:
-            status = cli.main(argv)
+            if argv and argv[0].endswith(".py"):
+                script = Path(argv[0]).resolve()
+                sys.argv = [str(script), *argv[1:]]
+                sys.path.insert(0, str(script.parent))  # its sibling modules, as `python` does
+                runpy.run_path(str(script), run_name="__main__")
+                status = 0
+            else:
+                from dreamtext import cli
+
+                status = cli.main(argv)
         except SystemExit as stop:
             status = stop.code if isinstance(stop.code, int) else 1
     print(
