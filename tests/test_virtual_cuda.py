@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
+from tiny_models import TINY_TRAIN
 from virtual_cuda import DeviceMismatch, virtual_cuda
 
 from dreamtext.cameras import CameraRange
@@ -27,15 +29,10 @@ from dreamtext.guidance import GuidanceConfig
 from dreamtext.prior import ShapesPrior
 
 HARNESS = Path(__file__).with_name("virtual_cuda.py")
-# A small field and renderer, as tests/tiny_models.py's TINY_TRAIN, for a --config file.
-TINY_CONFIG = """\
-field: {num_levels: 4, log2_hashmap_size: 10, base_resolution: 4, finest_resolution_factor: 32.0,
-        hidden_dim: 16, num_blocks: 1, bg_hidden_dim: 8}
-render: {num_steps: 16, upsample_steps: 4, march_steps: 64, grid_resolution: 16,
-         grid_update_every: 2}
-preview_every: 2
-checkpoint_every: 2
-"""
+# The tests' small field and renderer (tiny_models.TINY_TRAIN) as a --config file.
+TINY_CONFIG = yaml.safe_dump(
+    {"field": TINY_TRAIN["field"], "render": TINY_TRAIN["render"], "checkpoint_every": 2}
+)
 
 
 def test_a_gpu_tensor_reports_cuda_and_meets_only_gpu_tensors_and_scalars():
