@@ -181,6 +181,7 @@ TRITON_ON_CUDA = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from virtual_cuda import virtual_cuda
+from dreamtext.encoding_triton import uses_vector_atomics
 from dreamtext.factory import build_field
 from dreamtext.field import FieldConfig
 
@@ -198,7 +199,6 @@ for capability in [(8, 6), (9, 0)]:
             sigma, albedo = field(x)
             (sigma.sum() + albedo.square().sum()).backward()
             grads[name] = field.encoding.params.grad
-        from dreamtext.encoding_triton import uses_vector_atomics
         report[str(capability)] = {
             "backend": fields["auto"].encoding_backend,
             "device": str(grads["auto"].device),

@@ -45,6 +45,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 # (and so this attribute) alive as long as the tensor, once the object has attributes of its own.
 TAG = "_virtual_device"
 GPU, HOST = "cuda", "cpu"
+ELSEWHERE = "other"  # the meta device: not ours to place or check
 CUDA_DEVICE = torch.device("cuda", 0)
 
 # Torch calls that take tensors on different devices on CUDA too: copies and moves, indexing a GPU
@@ -170,12 +171,10 @@ class VirtualCuda(TorchFunctionMode):
         if name == "to":
             return self._to(func, args, kwargs)
         if "device" in kwargs:
-            device = kwargs["device"]
-            if device is None or _device_type(device) == HOST:
-                return func, args, kwargs, HOST
-            if _device_type(device) == GPU:
+            kind = HOST if kwargs["device"] is None else _device_type(kwargs["device"])
+            if kind == GPU:
                 return func, args, {**kwargs, "device": "cpu"}, GPU
-            return func, args, kwargs, "other"  # meta: not ours
+            return func, args, kwargs, kind if kind == HOST else ELSEWHERE
         return func, args, kwargs, None
 
     def _to(self, func, args: tuple, kwargs: dict):
@@ -189,15 +188,16 @@ class VirtualCuda(TorchFunctionMode):
                 device = arg
                 if _device_type(arg) == GPU:
                     rest[i] = "cpu"
-        if device is not None and _device_type(device) == GPU:
-            kwargs = {**kwargs, "device": "cpu"} if "device" in kwargs else kwargs
-        target = None
-        if device is not None:
-            kind = _device_type(device)
-            target = kind if kind in (GPU, HOST) else "other"
-            if target in (GPU, HOST) and target != (place(tensor) or HOST):
-                kwargs = {**kwargs, "copy": True}
-        return func, (tensor, *rest), kwargs, target
+        if device is None:
+            return func, (tensor, *rest), kwargs, None
+        kind = _device_type(device)
+        if kind not in (GPU, HOST):
+            return func, (tensor, *rest), kwargs, ELSEWHERE
+        if kind == GPU and "device" in kwargs:
+            kwargs = {**kwargs, "device": "cpu"}
+        if kind != (place(tensor) or HOST):
+            kwargs = {**kwargs, "copy": True}
+        return func, (tensor, *rest), kwargs, kind
 
     @staticmethod
     def _check_generator(name: str, generator, target: str | None, on_gpu: bool) -> None:
