@@ -6,6 +6,7 @@ User errors (``DreamtextError``) print one line on stderr and exit with status 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -226,20 +227,50 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dreamtext.export import ExportOptions, export_workspace
+    """Flags over the run's recorded ``export_options`` (what its own export used) over the
+    defaults, as training resolves its config."""
+    from dreamtext.export import (
+        ExportOptions,
+        export_workspace,
+        recorded_options,
+        resolve_workspace,
+    )
 
-    options = ExportOptions()
-    for name in ("resolution", "threshold", "decimate", "texture_size", "device"):
+    workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
+    options = recorded_options(workspace)
+    recorded = {
+        name: value
+        for name, value in dataclasses.asdict(options).items()
+        if value != getattr(ExportOptions(), name)
+    }
+    for name in ("resolution", "decimate", "texture_size", "device"):
         value = getattr(args, name)
         if value is not None:
             setattr(options, name, value)
+    if args.threshold is not None:
+        options.threshold = None if args.threshold == "auto" else args.threshold
     if args.formats is not None:
         options.formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
-    if args.no_video:
-        options.video = False
-    result = export_workspace(Path(args.workspace) if args.workspace else None, options)
+    if args.video is not None:
+        options.video = args.video
+    if recorded:
+        settings = ", ".join(f"{name} {_setting(value)}" for name, value in recorded.items())
+        print(
+            f"dreamtext: the run's export options: {settings} (flags override them)",
+            file=sys.stderr,
+        )
+    result = export_workspace(workspace, options)
     print(result.summary())
     return 0
+
+
+def _setting(value: Any) -> str:
+    return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _threshold(text: str) -> float | str:
+    """``--threshold``: a positive density, or ``auto`` for the renders' surface."""
+    return text if text == "auto" else _positive_float(text)
 
 
 def add_describe_arguments(p: argparse.ArgumentParser) -> None:
@@ -392,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="textured mesh (GLB/OBJ/PLY) and turntable of a run",
         description="Export a trained workspace: the solid the renders show as one closed, "
         "manifold surface per object (marching cubes, decimation), UV unwrap, CPU texture bake, "
-        "mesh/ files with a mesh.json report, and a video/ turntable.",
+        "mesh/ files with a mesh.json report, and a video/ turntable. Settings not given "
+        "are the run's own (export_options in its config.json, which its last export used), "
+        "else the defaults in brackets.",
     )
     export.add_argument("--workspace", help="run to export (default: the newest under workspace/)")
     export.add_argument(
@@ -400,17 +433,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accepted for compatibility; the mesh is always exported",
     )
+    # Unset flags keep what the run's own export used (its config.json's export_options), else
+    # the defaults in brackets.
     export.add_argument("--resolution", type=_positive_int, help="marching-cubes grid [256]")
     export.add_argument(
         "--threshold",
-        type=float,
-        help="mesh the density above this iso-level, cavities filled [default: the surface the "
-        "renders show, where light from outside falls to transmittance 1/2]",
+        type=_threshold,
+        help="mesh the density above this iso-level, cavities filled; auto: the surface the "
+        "renders show, where light from outside falls to transmittance 1/2 [auto]",
     )
     export.add_argument("--decimate", type=_positive_int, help="target face count [50000]")
     export.add_argument("--texture-size", type=_positive_int, help="texture size in pixels [1024]")
     export.add_argument("--formats", help="comma-separated subset of glb,obj,ply [all]")
-    export.add_argument("--no-video", action="store_true", help="skip the turntable")
+    export.add_argument(
+        "--video",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the turntable; --no-video skips it [on]",
+    )
     export.add_argument("--device", help="auto, cpu or cuda [auto]")
     export.set_defaults(func=cmd_export)
 

@@ -163,10 +163,9 @@ def find_latest_workspace(root: Path) -> Path:
     return newest.parent.parent
 
 
-def export_workspace(workspace: Path | None, options: ExportOptions | None = None) -> ExportResult:
-    """Export the trained field of ``workspace`` (default: the newest run under ``workspace/``)."""
-    options = options or ExportOptions()
-    options.validate()
+def resolve_workspace(workspace: Path | None) -> Path:
+    """The run to export: ``workspace``, or the newest run under ``workspace/`` when ``None``.
+    Raises ``DreamtextError`` when it has no checkpoint."""
     if workspace is None:
         # config imports every module's config (diffusers included): only load it when needed.
         from dreamtext.config import DEFAULT_WORKSPACE_ROOT
@@ -179,6 +178,33 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
             f"no checkpoint at {last_checkpoint(workspace)}: train first with "
             "`dreamtext text PROMPT` (or pass the --workspace of a trained run)"
         )
+    return workspace
+
+
+def recorded_options(workspace: Path) -> ExportOptions:
+    """The export options the run was trained with: ``export_options`` in its ``config.json``,
+    which the export at the end of training used (a preset's or a ``--config``'s), over the
+    defaults. The device is not taken from the run: it belongs to the machine that exports.
+    A run without a readable ``config.json`` gets the defaults."""
+    from dreamtext.config import apply_overrides
+
+    options = ExportOptions()
+    path = Path(workspace) / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")).get("export_options") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return options
+    saved = {key: value for key, value in saved.items() if key != "device"}
+    apply_overrides(options, saved, str(path), prefix="export_options.")
+    return options
+
+
+def export_workspace(workspace: Path | None, options: ExportOptions | None = None) -> ExportResult:
+    """Export the trained field of ``workspace`` (default: the newest run under ``workspace/``)
+    with ``options``, by default the run's own (:func:`recorded_options`)."""
+    workspace = resolve_workspace(workspace)
+    options = options or recorded_options(workspace)
+    options.validate()
     field, renderer, _ = load_run(workspace, resolve_device(options.device))
     return export_field(field, workspace, options, renderer=renderer)
 
@@ -450,6 +476,8 @@ __all__ = [
     "export_field",
     "export_workspace",
     "find_latest_workspace",
+    "recorded_options",
     "render_turntable",
+    "resolve_workspace",
     "write_all_atomically",
 ]

@@ -1,12 +1,14 @@
 """Export of a field with known answers and of short trained runs: files, what export reports,
 valid glTF, textures, turntable, atomic writes, bad input."""
 
+import dataclasses
 import io
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import imageio.v2 as imageio
 import numpy as np
@@ -480,3 +482,90 @@ def test_other_errors_in_export_are_not_taken_for_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "bake_texture", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         export_field(SphereField(), tmp_path, small_options(video=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# `dreamtext export` of a run: the run's own export options, flags over them
+
+
+def test_re_export_of_a_trained_run_makes_the_mesh_its_training_made(trained, tmp_path, capsys):
+    from dreamtext.cli import main
+
+    copy = tmp_path / "cube"
+    shutil.copytree(trained["cube"], copy, ignore=shutil.ignore_patterns("mesh"))
+    assert main(["export", "--workspace", str(copy), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "the run's export options: resolution 96, decimate 8000, texture_size 256" in err
+    assert "video False" in err
+    original = json.loads((trained["cube"] / "mesh" / "mesh.json").read_text())
+    again = json.loads((copy / "mesh" / "mesh.json").read_text())
+    assert again == original
+    assert not (copy / "video").exists()
+
+
+def recorded_run(root: Path, export_options: dict) -> Path:
+    workspace = make_run(root, "run", 1_000_000)
+    config = {"prompt": "a ball", "export_options": export_options}
+    (workspace / "config.json").write_text(json.dumps(config))
+    return workspace
+
+
+def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
+    """The options ``dreamtext export --workspace W FLAGS`` exports with (the export stubbed)."""
+    from dreamtext.cli import main
+
+    used = []
+    monkeypatch.setattr(export_module, "load_run", lambda ws, device: (SphereField(), None, {}))
+
+    def fake_export(field, out_dir, options, renderer):
+        used.append(options)
+        return SimpleNamespace(summary=lambda: f"exported {out_dir}")
+
+    monkeypatch.setattr(export_module, "export_field", fake_export)
+    assert main(["export", "--workspace", str(workspace), *flags]) == 0
+    return used[0]
+
+
+def test_export_takes_the_runs_recorded_options_but_not_its_device(tmp_path, monkeypatch):
+    recorded = {
+        "resolution": 40, "threshold": 12.5, "decimate": 900, "texture_size": 64,
+        "formats": ["ply"], "video": False, "frames": 72, "video_size": 48, "device": "cuda",
+    }  # fmt: skip
+    workspace = recorded_run(tmp_path, recorded)
+    options = exported_with(monkeypatch, workspace)
+    assert dataclasses.asdict(options) == {**recorded, "formats": ("ply",), "device": "auto"}
+
+
+def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
+    recorded = {"resolution": 40, "threshold": 12.5, "formats": ["ply"], "video": False}
+    workspace = recorded_run(tmp_path, recorded)
+    flags = ["--resolution", "64", "--threshold", "auto", "--formats", "glb,obj", "--video"]
+    options = exported_with(monkeypatch, workspace, *flags)
+    assert (options.resolution, options.threshold) == (64, None)
+    assert (options.formats, options.video) == (("glb", "obj"), True)
+    assert options.decimate == ExportOptions().decimate
+    options = exported_with(monkeypatch, recorded_run(tmp_path / "b", {}), "--no-video")
+    assert dataclasses.asdict(options) == dataclasses.asdict(ExportOptions(video=False))
+
+
+def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch):
+    workspace = recorded_run(tmp_path, {"resolution": 40})
+    (workspace / "config.json").write_text("{ not json")
+    assert dataclasses.asdict(exported_with(monkeypatch, workspace)) == dataclasses.asdict(
+        ExportOptions()
+    )
+    (workspace / "config.json").unlink()
+    assert export_module.recorded_options(workspace) == ExportOptions()
+
+
+@pytest.mark.parametrize("threshold", ["0", "-3", "dense"])
+def test_a_bad_threshold_flag_is_one_line_and_exit_2(tmp_path, threshold):
+    workspace = recorded_run(tmp_path, {})
+    done = subprocess.run(
+        ["dreamtext", "export", "--workspace", str(workspace), "--threshold", threshold],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) <= 2  # argparse: usage line + the error
+    assert "--threshold" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
