@@ -117,17 +117,19 @@ def add_placeholders(tokenizer, text_encoder: nn.Module, token: str, words: list
     return piece_ids
 
 
-def descriptor_loss(pred_full: Tensor, pred_base: Tensor, target: Tensor) -> tuple[Tensor, dict]:
+def descriptor_loss(
+    pred_full: Tensor, pred_base: Tensor, target: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Eq. 5.4: ``L = ‖ε_φ(x_t, t, τ_θ(y)) − ε‖² + ‖ε_φ(x_t, t, τ_θ(y)) − ε_φ(x_t, t, τ_b)‖²``.
 
     ``pred_full``, ``pred_base``, ``target``: ``[B, 4, h, w]``; both terms are means (MSE).
     ``target`` is ε, or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 for a v-prediction model. ``pred_base`` is
-    treated as a constant (τ_b is frozen).
+    treated as a constant (τ_b is frozen). The two terms come back as 0-dim tensors on the
+    device (``loss_real``, ``loss_base``), read back by the caller with the loss in one sync.
     """
     loss_real = F.mse_loss(pred_full, target)
     loss_base = F.mse_loss(pred_full, pred_base.detach())
-    parts = {"loss_real": loss_real.item(), "loss_base": loss_base.item()}
-    return loss_real + loss_base, parts
+    return loss_real + loss_base, {"loss_real": loss_real.detach(), "loss_base": loss_base.detach()}
 
 
 class DescriptorTrainer:
@@ -206,7 +208,9 @@ class DescriptorTrainer:
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         return x0, noise, x_t, t
 
-    def loss(self, x0: Tensor, noise: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, dict]:
+    def loss(
+        self, x0: Tensor, noise: Tensor, x_t: Tensor, t: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 5.4 on one noised batch (see :func:`descriptor_loss`)."""
         batch = x_t.shape[0]
         tau_full = self.encode(self.full_prompt).expand(batch, -1, -1)
@@ -222,16 +226,19 @@ class DescriptorTrainer:
         return descriptor_loss(pred_full, pred_base.float(), target)
 
     def train_step(self, image: Tensor) -> dict:
-        """One Adam step on a fresh noised batch of ``image``; returns the losses."""
+        """One Adam step on a fresh noised batch of ``image``; returns the losses (read back
+        from the device together: one host sync, besides the fp16 loss scaler's own)."""
         step = self.step + 1
-        loss, info = self.loss(*self.noisy_batch(image, step))
+        loss, parts = self.loss(*self.noisy_batch(image, step))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)  # skipped when the fp16 gradients overflowed
         self.scaler.update()
         self.step = step
+        values = torch.stack([loss.detach(), *parts.values()]).tolist()
+        info = {"loss": values[0], **dict(zip(parts, values[1:], strict=True))}
         scale = {"loss_scale": self.scaler.get_scale()} if self.scaler.is_enabled() else {}
-        return {"step": step, "loss": loss.item(), **info, **scale}
+        return {"step": step, **info, **scale}
 
     def state(self) -> dict:
         """A checkpoint: plain tensors, numbers and strings (loadable with ``weights_only``)."""

@@ -108,7 +108,10 @@ def test_descriptor_loss_is_both_mean_squared_errors():
     )
     loss, info = descriptor_loss(pred_full, pred_base, target)
     assert float(loss) == pytest.approx((1 - 3) ** 2 + 1**2)
-    assert info == {"loss_real": 4.0, "loss_base": 1.0}
+    assert {name: float(value) for name, value in info.items()} == {
+        "loss_real": 4.0,
+        "loss_base": 1.0,
+    }
 
 
 # --- placeholders ------------------------------------------------------------------------------
