@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -30,8 +31,8 @@ def _positive(convert: type, what: str):
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        if not 0 < value < math.inf:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
         return value
 
     return parse
@@ -229,6 +230,7 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_export(args: argparse.Namespace) -> int:
     """Flags over the run's recorded ``export_options`` (what its own export used) over the
     defaults, as training resolves its config."""
+    from dreamtext.devices import resolve_device
     from dreamtext.export import (
         ExportOptions,
         export_workspace,
@@ -253,6 +255,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         options.formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
     if args.video is not None:
         options.video = args.video
+    # A bad flag or a missing GPU is the only line on stderr.
+    options.validate()
+    resolve_device(options.device)
     if recorded:
         settings = ", ".join(f"{name} {_setting(value)}" for name, value in recorded.items())
         print(

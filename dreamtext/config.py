@@ -9,6 +9,7 @@ A preset is a YAML file of field overrides; nested sections (``field:``, ``rende
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -96,6 +97,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         item = args[0] if args else Any
         return tuple(_coerce(v, item, where) for v in value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise DreamtextError(f"config field '{where}' must be a finite number, got {value}")
         return float(value)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise DreamtextError(f"config field '{where}' must be {hint.__name__}, got {value!r}")

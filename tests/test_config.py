@@ -1,5 +1,7 @@
 """Config resolution: thesis defaults, presets, YAML files, explicit flags, and their precedence."""
 
+import math
+
 import pytest
 
 from dreamtext.config import (
@@ -75,6 +77,9 @@ def test_default_workspace_is_the_prompt_slug():
         ({"prompt": "x", "render": {"grid_update_every": 0}}, "grid_update_every must be a posi"),
         ({"prompt": "x", "render": {"grid_decay": 0.0}}, r"grid_decay must be in \(0, 1\]"),
         ({"prompt": "x", "render": {"transmittance_threshold": 1.5}}, r"in \[0, 1\)"),
+        ({"prompt": "x", "lr": math.nan}, "config field 'lr' must be a finite number, got nan"),
+        ({"prompt": "x", "guidance": {"guidance_scale": math.inf}}, "'guidance.guidance_scale'"),
+        ({"prompt": "x", "guidance": {"t_range": [0.02, math.nan]}}, "'guidance.t_range' must"),
     ],
 )
 def test_bad_values_are_user_errors(overrides, message):
@@ -89,6 +94,10 @@ def test_unreadable_or_missing_config_files_are_user_errors(tmp_path):
         resolve_config({"prompt": "x"}, config_file=broken)
     with pytest.raises(DreamtextError, match="does not exist"):
         resolve_config({"prompt": "x"}, config_file=tmp_path / "missing.yaml")
+    not_a_number = tmp_path / "nan.yaml"
+    not_a_number.write_text("guidance:\n  guidance_scale: .nan\n")
+    with pytest.raises(DreamtextError, match=r"'guidance\.guidance_scale' must be a finite number"):
+        resolve_config({"prompt": "x"}, config_file=not_a_number)
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(DreamtextError, match="mapping"):

@@ -569,3 +569,16 @@ def test_a_bad_threshold_flag_is_one_line_and_exit_2(tmp_path, threshold):
     assert len(done.stderr.strip().splitlines()) <= 2  # argparse: usage line + the error
     assert "--threshold" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [(["--formats", "xyz"], "unknown --formats xyz"), (["--resolution", "4"], "--resolution")],
+)
+def test_a_bad_export_flag_is_the_only_line_on_stderr(tmp_path, capsys, flags, fragment):
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {"resolution": 40})
+    assert main(["export", "--workspace", str(workspace), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
