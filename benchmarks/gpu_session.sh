@@ -88,7 +88,7 @@ check trainer 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
 #    no ffmpeg); mesh.json says what the user's files hold.
 check builtin 90 bash -c 'set -ex
     run="python3 -m dreamtext.cli text \"a red cube\" --model builtin:shapes --device cuda"
-    eval "$run --iters 100 --no-export --workspace /tmp/dreamtext-builtin"
+    eval "$run --iters 100 --no-export --workspace /tmp/dreamtext-builtin --overwrite"
     eval "$run --iters 150 --no-export --workspace /tmp/dreamtext-builtin --resume"
     python3 -m dreamtext.cli export --workspace /tmp/dreamtext-builtin --no-video --device cuda
     cat /tmp/dreamtext-builtin/mesh/mesh.json'

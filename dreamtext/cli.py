@@ -184,6 +184,13 @@ def cmd_text(args: argparse.Namespace) -> int:
 
     if args.epochs and args.iters:
         raise DreamtextError("give --iters or --epochs, not both")
+    if args.resume and args.overwrite:
+        raise DreamtextError("give --resume or --overwrite, not both")
+    if args.diverse and args.overwrite:
+        raise DreamtextError(
+            "--diverse runs pick up where they stopped; to start one over, pass --workspace "
+            "NEW_FOLDER or remove the old one"
+        )
     overrides = text_overrides(args)
     base = None
     if args.resume:
@@ -201,7 +208,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         workspace = run_diverse(cfg)
     else:
         try:
-            workspace = train(cfg, resume=args.resume)
+            workspace = train(cfg, resume=args.resume, overwrite=args.overwrite)
         except TrainingInterrupted as stop:
             print(f"dreamtext: {stop}; continue with --resume", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -414,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the workspace's run from checkpoints/last.pt up to --iters",
+    )
+    text.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again from scratch in a workspace that holds a run of this prompt, "
+        "removing that run's checkpoints, previews, mesh and turntable",
     )
     text.add_argument(
         "--diverse",

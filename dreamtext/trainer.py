@@ -46,9 +46,18 @@ from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
-from dreamtext.runstatus import peak_gpu_mib, track_status, update_status
+from dreamtext.runstatus import peak_gpu_mib, read_status, track_status, update_status
 
 SHADINGS = ("albedo", "textureless", "lambertian")
+# What a run writes besides log.jsonl, config.json and status.json (all three rewritten): a new
+# run in the workspace of an earlier one removes them first.
+EARLIER_RUN_FILES = (
+    "checkpoints/*.pt",
+    "previews/*.png",
+    "mesh/mesh.*",
+    "mesh/albedo.png",
+    "video/turntable.*",
+)
 
 
 class TrainingInterrupted(Exception):
@@ -97,8 +106,10 @@ def random_backgrounds(batch: int, rng: torch.Generator) -> torch.Tensor:
     return torch.rand(batch, 3, generator=rng)
 
 
-def check_workspace(workspace: Path, prompt: str, resume: bool) -> None:
-    """Refuse to mix two prompts' runs in one folder, and to resume a run that is not there."""
+def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool = False) -> None:
+    """Refuse to mix two prompts' runs in one folder, to resume a run that is not there, and to
+    start over on a run of the same prompt that has a checkpoint unless ``overwrite``: typing the
+    training command again must not wipe hours of training."""
     saved = workspace / "config.json"
     if resume:
         if not last_checkpoint(workspace).is_file():
@@ -117,15 +128,23 @@ def check_workspace(workspace: Path, prompt: str, resume: bool) -> None:
                 f"{workspace} holds a run of '{previous}'; pass --resume to continue "
                 "it, or --workspace NEW_FOLDER for this prompt"
             )
+    if last_checkpoint(workspace).is_file() and not overwrite:
+        status = read_status(workspace) or {}
+        where = f" at step {status['step']}" if isinstance(status.get("step"), int) else ""
+        raise DreamtextError(
+            f"{workspace} already holds a run of this prompt{where}; pass --resume to continue "
+            "it, --overwrite to train it again from scratch, or --workspace NEW_FOLDER"
+        )
 
 
-def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
+def build_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Run:
     """Load the prior, build field / renderer / optimiser, and restore a checkpoint when resuming.
 
     The prior is loaded before anything is written, so a bad model id leaves no workspace behind.
+    ``overwrite`` lets a new run replace a run of the same prompt that has checkpoints.
     """
     workspace = Path(cfg.workspace)
-    check_workspace(workspace, cfg.prompt, resume)
+    check_workspace(workspace, cfg.prompt, resume, overwrite)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, device)
@@ -317,7 +336,7 @@ def truncate_log(log_path: Path, step: int) -> None:
     atomic_write_bytes(log_path, lambda f: f.write(text.encode()))
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
 
     Writes ``config.json``, ``log.jsonl`` (one JSON object per logged step), ``previews/*.png`` and
@@ -325,7 +344,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     unless ``cfg.export`` is off. Ctrl-C / SIGTERM save a checkpoint and raise
     ``TrainingInterrupted``. ``status.json`` says where the run stands (``dreamtext.runstatus``).
     """
-    run = build_run(cfg, resume=resume)
+    run = build_run(cfg, resume=resume, overwrite=overwrite)
     interrupted = (TrainingInterrupted, KeyboardInterrupt)
     with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
         return _train(run, resume)
@@ -340,8 +359,9 @@ def _train(run: Run, resume: bool) -> Path:
         truncate_log(log_path, run.step)
     else:
         log_path.unlink(missing_ok=True)
-        for old in (workspace / "checkpoints").glob("*.pt"):
-            old.unlink()
+        for pattern in EARLIER_RUN_FILES:  # an --overwrite leaves nothing of the run it replaces
+            for old in workspace.glob(pattern):
+                old.unlink()
     if run.step >= cfg.iters:
         tqdm.write(
             f"{workspace}: already at step {run.step} ≥ --iters {cfg.iters}; nothing to train"

@@ -171,6 +171,8 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--model", "nobody/no-such-model"], ["--model"]),
         (["text", "a castle", "--iters", "5", "--epochs", "1"], ["not both"]),
         (["text", "a castle", "--resume"], ["nothing to resume"]),
+        (["text", "a castle", "--resume", "--overwrite"], ["--resume or --overwrite"]),
+        (["text", "a castle", "--diverse", "--overwrite"], ["--diverse", "NEW_FOLDER"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -415,3 +417,15 @@ def test_other_errors_still_raise(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_describe", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["describe", "mug.png"])
+
+
+def test_typing_the_training_command_again_does_not_wipe_the_run(tmp_path):
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "3", "--no-export"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    last = tmp_path / "workspace" / "a_red_cube" / "checkpoints" / "last.pt"
+    saved = last.read_bytes()
+    again = run_cli(*args, "--iters", "2", cwd=tmp_path)
+    assert_one_line_user_error(again, "already holds a run of this prompt at step 3", "--resume")
+    assert last.read_bytes() == saved
+    assert run_cli(*args, "--iters", "2", "--overwrite", cwd=tmp_path).returncode == 0
+    assert last.read_bytes() != saved

@@ -50,8 +50,8 @@ def test_a_run_takes_the_field_and_render_settings_over_the_preset(bench, tmp_pa
     class Stop(Exception):
         pass
 
-    def fake_train(cfg):
-        seen["cfg"] = cfg
+    def fake_train(cfg, overwrite=False):
+        seen["cfg"], seen["overwrite"] = cfg, overwrite
         raise Stop
 
     monkeypatch.setattr(bench, "train", fake_train)
@@ -65,5 +65,6 @@ def test_a_run_takes_the_field_and_render_settings_over_the_preset(bench, tmp_pa
             {"density_head": "separate"},
         )
     cfg = seen["cfg"]
+    assert seen["overwrite"]  # a rerun of the benchmark in the same --root trains afresh
     assert cfg.field.density_head == "separate" and cfg.render.sampler == "dense"
     assert cfg.field.num_levels == 8  # the rest is still the builtin-shapes preset's

@@ -91,6 +91,45 @@ def test_workspace_of_another_prompt_is_refused_without_resume(tmp_path, tiny_sd
         train(tiny_config(tmp_path, tiny_sd_path, iters=1, prompt="a blue cube"))
 
 
+def test_a_new_run_of_the_same_prompt_needs_overwrite_and_then_replaces_the_old_one(
+    tmp_path, tiny_sd_path
+):
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=4, preview_every=1))
+    (workspace / "mesh").mkdir()
+    (workspace / "mesh" / "mesh.glb").write_bytes(b"the old run's mesh")
+    (workspace / "video").mkdir()
+    (workspace / "video" / "turntable.mp4").write_bytes(b"the old run's turntable")
+    before = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
+    with pytest.raises(DreamtextError) as refused:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    message = str(refused.value)
+    assert "already holds a run of this prompt at step 4" in message
+    for fix in ("--resume", "--overwrite", "--workspace"):
+        assert fix in message
+    assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
+
+    train(tiny_config(tmp_path, tiny_sd_path, iters=2), overwrite=True)
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    assert sorted(p.name for p in (workspace / "checkpoints").glob("*.pt")) == [
+        "last.pt",
+        "step_000002.pt",
+    ]
+    records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    # Nothing of the old run is left: its later previews, its mesh, its turntable.
+    assert not (workspace / "previews" / "step_000004.png").exists()
+    assert not (workspace / "mesh" / "mesh.glb").exists()
+    assert not (workspace / "video" / "turntable.mp4").exists()
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_starts_again(tmp_path, tiny_sd_path):
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / "config.json").write_text(json.dumps({"prompt": "a red sphere"}))
+    train(tiny_config(tmp_path, tiny_sd_path, iters=1))
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 1
+
+
 def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, tiny_sd_path):
     with pytest.raises(DreamtextError, match="nothing to resume"):
         train(tiny_config(tmp_path, tiny_sd_path, iters=2), resume=True)
