@@ -63,6 +63,36 @@ def test_moves_copy_so_the_tensor_left_behind_stays_on_the_host():
         assert host.to(gpu).device.type == "cuda"  # .to(other) takes other's device
 
 
+def test_writing_into_a_tensor_keeps_its_device():
+    with virtual_cuda():
+        gpu = torch.ones(3, device="cuda")
+        host = torch.zeros(3)
+        host.copy_(gpu)  # a copy across devices, as on CUDA
+        assert host.device.type == "cpu" and (host + torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
+        with pytest.raises(DeviceMismatch):
+            host + gpu
+        gpu.mul_(torch.tensor(2.0)).add_(1.0)
+        gpu += torch.ones(3, device="cuda")
+        assert gpu.device.type == "cuda" and gpu.cpu().tolist() == [4.0, 4.0, 4.0]
+        # A module on the host loading a state saved from the GPU stays on the host.
+        layer = torch.nn.Linear(3, 2)
+        layer.load_state_dict(torch.nn.Linear(3, 2).cuda().state_dict())
+        assert layer(torch.ones(1, 3)).device.type == "cpu"
+
+
+def test_a_loaded_tensor_goes_where_map_location_says(tmp_path):
+    path = tmp_path / "state.pt"
+    with virtual_cuda():
+        torch.save({"w": torch.ones(2, device="cuda"), "steps": [torch.zeros(1).cuda()]}, path)
+        same = torch.load(path)  # no map_location: where it was saved
+        assert same["w"].device.type == "cuda" and same["steps"][0].device.type == "cuda"
+        host = torch.load(path, map_location="cpu")
+        assert host["w"].device.type == "cpu" and host["steps"][0].device.type == "cpu"
+        with pytest.raises(DeviceMismatch):
+            host["w"] + same["w"]
+        assert torch.load(path, map_location=torch.device("cuda"))["w"].device.type == "cuda"
+
+
 def test_tensors_the_mode_never_saw_count_as_host_memory():
     with virtual_cuda():
         loaded = torch.from_numpy(np.ones(3, dtype=np.float32))  # not a torch function call

@@ -29,6 +29,7 @@ Run any ``dreamtext`` command, or a benchmark script, this way::
 from __future__ import annotations
 
 import contextlib
+import re
 import runpy
 import sys
 from collections.abc import Iterator
@@ -62,6 +63,19 @@ CROSS_DEVICE = frozenset(
         "is_same_size",
     }
 )
+
+
+# Calls that write into their first argument, which keeps its device whatever it is given.
+IN_PLACE_OPERATORS = re.compile(
+    r"__i(add|sub|mul|truediv|floordiv|mod|pow|and|or|xor|lshift|rshift|matmul)__"
+)
+
+
+def _in_place(name: str) -> bool:
+    """``add_``, ``copy_``, ``__iadd__``, ...; not the ``_foreach_*_`` ops, which write lists."""
+    return (name.endswith("_") and not name.startswith("_")) or bool(
+        IN_PLACE_OPERATORS.fullmatch(name)
+    )
 
 
 class DeviceMismatch(RuntimeError):
@@ -127,6 +141,8 @@ class VirtualCuda(TorchFunctionMode):
                 "tensor to host memory first."
             )
         func, args, kwargs, target = self._placement(func, name, args, kwargs)
+        if target is None and _in_place(name) and args and isinstance(args[0], torch.Tensor):
+            target = place(args[0]) or HOST  # e.g. a CPU parameter copied from a GPU tensor
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         arrays = [t for t in tensors if t.dim() > 0]
         on_gpu = any(place(t) == GPU for t in arrays)
@@ -217,7 +233,7 @@ def virtual_cuda(capability: tuple[int, int] = (8, 6)) -> Iterator[VirtualCuda]:
     default), and :class:`VirtualCuda` enforces its device rules on CPU tensors (module
     docstring)."""
     real_generator, real_parameter = torch.Generator, torch.nn.Parameter.__new__
-    real_autocast = torch.autocast.__init__
+    real_autocast, real_load = torch.autocast.__init__, torch.load
 
     class GeneratorType(type):
         # torch.Generator as code inside sees it: a class (annotations such as
@@ -241,6 +257,18 @@ def virtual_cuda(capability: tuple[int, int] = (8, 6)) -> Iterator[VirtualCuda]:
 
     def autocast(self, device_type: str, *args, **kwargs) -> None:
         real_autocast(self, "cpu" if device_type == GPU else device_type, *args, **kwargs)
+
+    def load(f, map_location=None, *args, **kwargs):
+        # A saved tensor's Python attributes, our tag among them, are pickled with it: without
+        # map_location it comes back where it was saved, as on CUDA; with one, it goes there.
+        try:
+            where = None if map_location is None else _device_type(map_location)
+        except (TypeError, RuntimeError):  # a dict or a function: left where it was saved
+            where = None
+        if where == GPU:
+            map_location = "cpu"
+        loaded = real_load(f, map_location, *args, **kwargs)
+        return loaded if where is None else tree_map(lambda value: _mark(value, where), loaded)
 
     def set_rng_state(state: torch.Tensor, device: Any = "cuda") -> None:
         if place(state) == GPU or state.dtype != torch.uint8:
@@ -273,6 +301,7 @@ def virtual_cuda(capability: tuple[int, int] = (8, 6)) -> Iterator[VirtualCuda]:
         mock.patch.object(torch, "Generator", Generator),
         mock.patch.object(torch.nn.Parameter, "__new__", parameter),
         mock.patch.object(torch.autocast, "__init__", autocast),
+        mock.patch.object(torch, "load", load),
     ]
     with contextlib.ExitStack() as stack:
         for patch in patches:
