@@ -246,11 +246,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
 
     workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
-    options = recorded_options(workspace)
+    options, defaults = recorded_options(workspace), ExportOptions()
     recorded = {
         name: value
         for name, value in dataclasses.asdict(options).items()
-        if value != getattr(ExportOptions(), name)
+        if value != getattr(defaults, name)
     }
     for name in ("resolution", "decimate", "texture_size", "device"):
         value = getattr(args, name)

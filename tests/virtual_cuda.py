@@ -11,9 +11,11 @@ tensor with a host tensor raises :class:`DeviceMismatch` where CUDA would raise,
 ``.numpy()`` of a GPU tensor and a CPU generator drawing GPU numbers.
 
 What counts as a host tensor: one made by a factory without a device (``torch.zeros(3)``,
-``torch.tensor(...)``), moved with ``.cpu()`` / ``.to("cpu")``, or never seen by the mode
-(``torch.from_numpy``, ``torch.load``) while its memory is the CPU's. 0-dim tensors mix freely,
-as CPU scalars do on CUDA. Copies, moves and indexing take tensors on either side, as on CUDA.
+``torch.tensor(...)``), moved with ``.cpu()`` / ``.to("cpu")``, loaded with
+``torch.load(map_location="cpu")`` (without ``map_location`` a tensor comes back where it was
+saved), or never seen by the mode (``torch.from_numpy``) while its memory is the CPU's. 0-dim
+tensors mix freely, as CPU scalars do on CUDA. Copies, moves and indexing take tensors on either
+side, as on CUDA, and a tensor written into (``copy_``, ``add_``, ``+=``) keeps its device.
 
 Not emulated: speed, memory (``torch.cuda.max_memory_reserved`` is 0), CUDA's own autocast op
 lists (``torch.autocast("cuda", ...)`` runs the CPU's, which lower the same matrix products and
@@ -141,8 +143,6 @@ class VirtualCuda(TorchFunctionMode):
                 "tensor to host memory first."
             )
         func, args, kwargs, target = self._placement(func, name, args, kwargs)
-        if target is None and _in_place(name) and args and isinstance(args[0], torch.Tensor):
-            target = place(args[0]) or HOST  # e.g. a CPU parameter copied from a GPU tensor
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         arrays = [t for t in tensors if t.dim() > 0]
         on_gpu = any(place(t) == GPU for t in arrays)
@@ -177,7 +177,7 @@ class VirtualCuda(TorchFunctionMode):
 
     def _placement(self, func, name: str, args: tuple, kwargs: dict):
         """The call with every CUDA device replaced by the CPU, and where its outputs live
-        (``None``: where its inputs are)."""
+        (``None``: where its inputs are; a tensor written into keeps its own place)."""
         if name in ("cuda", "cpu"):
             tensor = args[0]
             wanted = GPU if name == "cuda" else HOST
@@ -191,6 +191,8 @@ class VirtualCuda(TorchFunctionMode):
             if kind == GPU:
                 return func, args, {**kwargs, "device": "cpu"}, GPU
             return func, args, kwargs, kind if kind == HOST else ELSEWHERE
+        if _in_place(name) and args and isinstance(args[0], torch.Tensor):
+            return func, args, kwargs, place(args[0]) or HOST  # e.g. a CPU param.copy_(gpu)
         return func, args, kwargs, None
 
     def _to(self, func, args: tuple, kwargs: dict):
