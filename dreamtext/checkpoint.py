@@ -30,8 +30,32 @@ def checkpoint_dir(workspace: Path) -> Path:
     return Path(workspace) / CHECKPOINT_DIR
 
 
+def file_mode() -> int:
+    """The mode an ordinary new file gets here (``0o666`` less the umask, usually ``0o644``):
+    ``mkstemp`` makes private ``0o600`` files, but a run's files are for the people it is shared
+    with, on a cluster's file system too."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def check_writable(folder: Path, fix: str) -> None:
+    """Raise a :class:`DreamtextError` unless ``folder`` is, or can be made, a folder this process
+    can write in; ``fix`` says what to do instead. Checked before any work, so that a read-only
+    or mistyped location costs a line, not a traceback after the work."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise DreamtextError(f"{folder} cannot be a folder: {existing} is a file; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DreamtextError(f"cannot write in {existing} (permission denied); {fix}")
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temp file beside ``path``, then rename it into place.
+    """Call ``write(file_object)`` on a temp file beside ``path``, then rename it into place
+    (with the mode of :func:`file_mode`).
 
     A crash or Ctrl-C mid-write leaves the old file (or none), never a truncated one.
     """
@@ -43,6 +67,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -21,6 +22,8 @@ from dreamtext.errors import DreamtextError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# File-system errors that are the machine's state, not a bug: one line, not a traceback.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def _positive(convert: type, what: str):
@@ -43,10 +46,21 @@ _positive_float = _positive(float, "a positive number")
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line on stderr and exit 2 (no usage dump)."""
+    """argparse, but usage errors are one line on stderr and exit 2 (no usage dump), named after
+    the command they belong to (``dreamtext batch: ... (see dreamtext batch --help)``)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"dreamtext {self.prog.split()[-1]}: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    def parse_command_line(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """``parse_args``, with a flag the command does not know reported by that command's parser
+        (argparse leaves them to the top-level one, which does not know which command it was)."""
+        args, unknown = self.parse_known_args(argv)
+        if unknown:
+            commands = getattr(self, "commands", {})  # set on the top-level parser
+            owner = commands.get(getattr(args, "command", None) or "", self)
+            owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return args
 
 
 def add_text_to_3d_arguments(
@@ -202,16 +216,17 @@ def cmd_text(args: argparse.Namespace) -> int:
             f"{cfg.workspace} holds a run of '{base.get('prompt')}'; "
             "resume it with that prompt, or drop --resume"
         )
-    if args.diverse:
-        from dreamtext.imageto3d import run_diverse
+    try:
+        if args.diverse:
+            from dreamtext.imageto3d import run_diverse
 
-        workspace = run_diverse(cfg)
-    else:
-        try:
+            workspace = run_diverse(cfg)
+        else:
             workspace = train(cfg, resume=args.resume, overwrite=args.overwrite)
-        except TrainingInterrupted as stop:
-            print(f"dreamtext: {stop}; continue with --resume", file=sys.stderr)
-            return EXIT_INTERRUPTED
+    except TrainingInterrupted as stop:
+        again = "run the same command again" if args.diverse else "continue with --resume"
+        print(f"dreamtext: {stop}; {again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(workspace)
     return 0
 
@@ -407,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dreamtext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     sub.required = True
+    parser.commands = sub.choices
 
     text = sub.add_parser(
         "text",
@@ -594,7 +610,7 @@ def show_progress_messages() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_command_line(argv)
     if getattr(args, "needs_models", True):  # `view` starts without torch or diffusers
         from dreamtext.devices import use_expandable_segments
 
@@ -605,6 +621,19 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DreamtextError as error:
         print(f"dreamtext: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C outside the loops that save a checkpoint and say so
+        print(f"dreamtext {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(
+            f"dreamtext: error: {error.strerror}{where}; free disk space or pick a folder you "
+            "can write (--workspace)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except Exception as error:
         if not is_out_of_gpu_memory(error):

@@ -94,13 +94,21 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise DreamtextError(f"config field '{where}' must be a list, got {value!r}")
         args = typing.get_args(hint)
-        item = args[0] if args else Any
-        return tuple(_coerce(v, item, where) for v in value)
+        if not args or args[-1] is Ellipsis:
+            item = args[0] if args else Any
+            return tuple(_coerce(v, item, where) for v in value)
+        if len(value) != len(args):
+            raise DreamtextError(
+                f"config field '{where}' must be a list of {len(args)} values, got {list(value)}"
+            )
+        return tuple(_coerce(v, item, where) for v, item in zip(value, args, strict=True))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise DreamtextError(f"config field '{where}' must be a finite number, got {value}")
         return float(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
+    # YAML's true / false are ints to Python (bool subclasses int); an int field wants a number.
+    wrong_bool = hint is int and isinstance(value, bool)
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or wrong_bool):
         raise DreamtextError(f"config field '{where}' must be {hint.__name__}, got {value!r}")
     return value
 
@@ -164,10 +172,49 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def builtin_preset_name(model: str) -> str | None:
-    """``builtin:shapes`` → ``builtin-shapes`` (the preset that suits that prior)."""
-    if model.startswith("builtin:"):
-        return "builtin-" + model.split(":", 1)[1]
-    return None
+    """``builtin:shapes`` → ``builtin-shapes`` (the preset that suits that prior); an unknown
+    built-in name is a :class:`DreamtextError` listing the known ones."""
+    if not model.startswith("builtin:"):
+        return None
+    from dreamtext.prior import BUILTIN_MODELS
+
+    if model not in BUILTIN_MODELS:
+        raise DreamtextError(
+            f"unknown built-in model '{model}'; available: {', '.join(BUILTIN_MODELS)}"
+        )
+    return "builtin-" + model.split(":", 1)[1]
+
+
+# What a resumed run cannot change: its random state continues from the checkpoint (``seed``),
+# and the checkpoint's tensors have the shapes these settings gave them (the field's architecture,
+# the occupancy grid). ``field.encoding`` picks an implementation of the same hash grid.
+RESUME_FIXED = ("seed", "field", "render.grid_resolution")
+RESUME_FREE = ("field.encoding",)
+
+
+def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The settings of ``cfg`` that differ from ``saved`` (a run's recorded config) and that a
+    resumed run cannot change, as ``"name saved → new"``."""
+    before = TrainConfig()
+    apply_overrides(before, saved, "the workspace's config.json")
+    old, new = _flat_fields(config_to_dict(before)), _flat_fields(config_to_dict(cfg))
+    return [
+        f"{name} {old[name]} → {new[name]}"
+        for name in old
+        if name not in RESUME_FREE
+        and any(name == key or name.startswith(key + ".") for key in RESUME_FIXED)
+        and old[name] != new[name]
+    ]
+
+
+def _flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def resolve_config(
@@ -178,36 +225,61 @@ def resolve_config(
 ) -> TrainConfig:
     """Build the run's ``TrainConfig``.
 
-    ``base`` (a saved ``config.json``, when resuming) replaces the defaults; ``overrides`` are the
-    explicit flags, as a nested dict, and win over everything.
+    ``base`` (a saved ``config.json``, when resuming) replaces the defaults and the built-in
+    prior's preset; ``preset``, ``config_file`` and then ``overrides`` (the explicit flags, as a
+    nested dict) apply over it, so the command that started a run, typed again with ``--resume``,
+    resolves to the same config. A resumed run that would change what it cannot
+    (:data:`RESUME_FIXED`) is a :class:`DreamtextError`.
     """
     cfg = TrainConfig()
+    layers: list[tuple[dict[str, Any], str]] = []
+    if preset is not None:
+        layers.append((read_yaml(preset_path(preset)), f"preset '{preset}'"))
+    if config_file is not None:
+        layers.append((read_yaml(Path(config_file)), str(config_file)))
     if base is not None:
-        apply_overrides(cfg, base, "the workspace's config.json")
+        layers.insert(0, (base, "the workspace's config.json"))
     else:
         model = overrides.get("guidance", {}).get("model")
-        layers: list[tuple[dict[str, Any], str]] = []
-        if preset is not None:
-            layers.append((read_yaml(preset_path(preset)), f"preset '{preset}'"))
-        if config_file is not None:
-            layers.append((read_yaml(Path(config_file)), str(config_file)))
         if model is None:
             for data, _ in layers:
                 model = data.get("guidance", {}).get("model", model)
         builtin = builtin_preset_name(model or cfg.guidance.model)
         if builtin is not None:
             layers.insert(0, (read_yaml(preset_path(builtin)), f"preset '{builtin}'"))
-        for data, source in layers:
-            apply_overrides(cfg, data, source)
+    for data, source in layers:
+        apply_overrides(cfg, data, source)
     apply_overrides(cfg, overrides, "the command line")
-    validate(cfg)
+    export_source = next(
+        (
+            source
+            for data, source in reversed([*layers, (overrides, "the command line")])
+            if "export_options" in data
+        ),
+        "the defaults",
+    )
+    validate(cfg, export_source)
+    if base is not None:
+        changed = resume_conflicts(base, cfg)
+        if changed:
+            raise DreamtextError(resume_refusal(changed))
     if not cfg.workspace:
         cfg.workspace = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Reject values no run can use, with the flag to fix."""
+def resume_refusal(changed: list[str]) -> str:
+    """The one line that refuses to resume a run with settings it cannot change."""
+    return (
+        f"a resumed run keeps its seed, field and occupancy grid, but these settings would "
+        f"change them: {'; '.join(changed)}; resume with the run's own (its config.json), or "
+        "start a new run with --overwrite or --workspace NEW_FOLDER"
+    )
+
+
+def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
+    """Reject values no run can use, with the flag or config field to fix; ``export_source``
+    names where ``export_options`` came from (they are checked before training, not after)."""
     if not cfg.prompt.strip():
         raise DreamtextError(
             'the prompt is empty; give a text prompt, e.g. dreamtext text "a castle"'
@@ -220,9 +292,15 @@ def validate(cfg: TrainConfig) -> None:
                 else "--" + name.replace("_", "-")
             )
             raise DreamtextError(f"{what} must be a positive integer, got {getattr(cfg, name)}")
+    for name in ("preview_views", "keep_checkpoints"):
+        if getattr(cfg, name) <= 0:
+            raise DreamtextError(
+                f"config field '{name}' must be a positive integer, got {getattr(cfg, name)}"
+            )
     if cfg.lr <= 0:
         raise DreamtextError(f"--lr must be positive, got {cfg.lr}")
     cfg.render.validate()
+    cfg.export_options.validate(export_source)
     t_min, t_max = cfg.guidance.t_range
     if not 0.0 <= t_min < t_max <= 1.0:
         raise DreamtextError(
@@ -251,5 +329,7 @@ __all__ = [
     "preset_path",
     "read_yaml",
     "resolve_config",
+    "resume_conflicts",
+    "resume_refusal",
     "slugify",
 ]

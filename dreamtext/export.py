@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dreamtext.cameras import orbit_poses
-from dreamtext.checkpoint import last_checkpoint, load_run
+from dreamtext.checkpoint import check_writable, file_mode, last_checkpoint, load_run
 from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.mesh import (
@@ -68,23 +68,39 @@ class ExportOptions:
     video_size: int = 256
     device: str = "auto"
 
-    def validate(self) -> None:
-        """Raise ``DreamtextError`` naming the option to fix."""
+    def validate(self, source: str | None = None) -> None:
+        """Raise ``DreamtextError`` naming the option to fix: its ``dreamtext export`` flag, or
+        with ``source`` (a config file, a preset) its config field ``export_options.NAME``."""
+
+        def name(option: str) -> str:
+            if source is None:
+                return "--" + option.replace("_", "-")
+            return f"config field 'export_options.{option}' (in {source})"
+
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
-            raise DreamtextError(
-                f"unknown --formats {','.join(unknown) or '(none)'}: use a subset of glb,obj,ply"
+            listed = ",".join(unknown) or "(none)"
+            what = (
+                f"unknown --formats {listed}"
+                if source is None
+                else f"{name('formats')} has unknown formats {listed}"
             )
+            raise DreamtextError(f"{what}: use a subset of glb,obj,ply")
         if self.resolution < 8:
-            raise DreamtextError("--resolution must be at least 8")
+            raise DreamtextError(f"{name('resolution')} must be at least 8")
         if self.texture_size < 8:
-            raise DreamtextError("--texture-size must be at least 8")
+            raise DreamtextError(f"{name('texture_size')} must be at least 8")
         if self.threshold is not None and self.threshold <= 0:
-            raise DreamtextError("--threshold must be a positive density")
+            raise DreamtextError(f"{name('threshold')} must be a positive density")
         if self.video and self.frames < MIN_FRAMES:
-            raise DreamtextError(f"a turntable needs at least {MIN_FRAMES} frames")
+            raise DreamtextError(
+                f"a turntable needs at least {MIN_FRAMES} frames ({name('frames')})"
+            )
         if self.video and (self.video_size < 16 or self.video_size % 2):
-            raise DreamtextError("the video size must be an even number of pixels, at least 16")
+            raise DreamtextError(
+                f"the video size ({name('video_size')}) must be an even number of pixels, "
+                "at least 16"
+            )
 
 
 @dataclass
@@ -205,6 +221,10 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     workspace = resolve_workspace(workspace)
     options = options or recorded_options(workspace)
     options.validate()
+    for folder in ("mesh", "video") if options.video else ("mesh",):
+        check_writable(
+            workspace / folder, "copy the run to a folder you can write and export it there"
+        )
     field, renderer, _ = load_run(workspace, resolve_device(options.device))
     return export_field(field, workspace, options, renderer=renderer)
 
@@ -296,6 +316,11 @@ def _export_field(
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     written = write_all_atomically(staged)
+    # An earlier export's other formats describe another mesh (mesh.json is this one's): remove.
+    for pattern in ("mesh.*", "albedo.png"):
+        for old in mesh_dir.glob(pattern):
+            if old not in staged:
+                old.unlink(missing_ok=True)
     kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
     result.files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
     return result
@@ -456,7 +481,7 @@ def write_all_atomically(files: dict[Path, bytes | Callable[[Path], None]]) -> l
                     f.write(content)
             if not isinstance(content, bytes):
                 content(Path(tmp))
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; exports are meant to be shared
+            os.chmod(tmp, file_mode())  # mkstemp makes 0600 files; exports are meant to be shared
         for path, tmp in temps.items():
             os.replace(tmp, path)
     except BaseException:

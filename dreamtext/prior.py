@@ -16,6 +16,9 @@ This is what a perfectly trained diffusion model of S would predict. Images live
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +29,19 @@ from dreamtext.guidance import GuidanceConfig, NoisePrediction, ScoreDistillatio
 from dreamtext.shapes import ShapesDataset, find_primitive, load_dataset
 
 BUILTIN_MODELS = ("builtin:shapes",)
+MAX_DATASET_SIZE = 64
+"""The longest side of the prior's images: larger renders are compared at this size (their
+noise prediction is taken on the downscaled render, as Stable Diffusion's is on its latent grid).
+The image set grows with the square of its size (6,696 images: 0.6 GB at 64 px, 15 GB at 256)."""
+
+log = logging.getLogger(__name__)
+
+
+def dataset_size(height: int, width: int) -> tuple[int, int]:
+    """The prior's image size for renders of ``height × width``: the same, or scaled down (aspect
+    kept, at least 1 px a side) so that its longest side is :data:`MAX_DATASET_SIZE`."""
+    scale = min(1.0, MAX_DATASET_SIZE / max(height, width))
+    return max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5))
 
 
 def posterior_logits(x_t: Tensor, images: Tensor, alpha_bar: Tensor) -> Tensor:
@@ -68,8 +84,9 @@ class ShapesPrior(ScoreDistillation):
     unconditional set is every view of the negative prompt's object, or of the prompt's own object
     when there is no negative prompt. The empty prompt stands for every image of the dataset.
     The dataset is rendered for ``cameras`` at ``height × width``: the training camera range and
-    render size, so that every training view has dataset images within 5° of it. Perp-Neg does not
-    apply (the sets are already view-specific), so only CFG is used.
+    render size (scaled down to at most :data:`MAX_DATASET_SIZE` a side, :func:`dataset_size`), so
+    that every training view has dataset images within 5° of it. Perp-Neg does not apply (the sets
+    are already view-specific), so only CFG is used; ``compile`` has no network to compile.
     """
 
     def __init__(
@@ -81,6 +98,10 @@ class ShapesPrior(ScoreDistillation):
         device: torch.device | str = "cpu",
     ):
         super().__init__(cfg, device, torch.float32)
+        for flag, on in (("--perp-neg", cfg.perp_neg), ("--compile", cfg.compile)):
+            if on:
+                log.warning("%s does not apply to the built-in prior; ignored", flag)
+        height, width = dataset_size(height, width)
         self.dataset: ShapesDataset = load_dataset(cameras, height, width, cfg.views)
         self.height, self.width = height, width
         # The image set lives where the renders do: x_t @ images.T needs both on one device.
@@ -180,7 +201,9 @@ def make_builtin_prior(
 
 __all__ = [
     "BUILTIN_MODELS",
+    "MAX_DATASET_SIZE",
     "ShapesPrior",
+    "dataset_size",
     "ideal_denoiser",
     "ideal_epsilon",
     "make_builtin_prior",

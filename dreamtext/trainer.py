@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import signal
+import sys
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -30,11 +31,18 @@ from tqdm import tqdm
 from dreamtext.cameras import Poses, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
     atomic_write_bytes,
+    check_writable,
     last_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from dreamtext.config import ITERS_PER_EPOCH, TrainConfig, config_to_dict
+from dreamtext.config import (
+    ITERS_PER_EPOCH,
+    TrainConfig,
+    config_to_dict,
+    resume_conflicts,
+    resume_refusal,
+)
 from dreamtext.devices import (
     fp16_loss_scaler,
     out_of_gpu_memory_is_a_user_error,
@@ -61,12 +69,15 @@ EARLIER_RUN_FILES = (
 
 
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C / SIGTERM once the checkpoint of the last finished step is on disk."""
+    """Raised after Ctrl-C / SIGTERM once the checkpoint of the last finished step is on disk
+    (``in_export``: the run had trained to its end and was exporting)."""
 
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"interrupted after step {step}; saved {checkpoint}")
+    def __init__(self, step: int, checkpoint: Path, in_export: bool = False):
+        where = "in the export, " if in_export else ""
+        super().__init__(f"interrupted {where}after step {step}; saved {checkpoint}")
         self.step = step
         self.checkpoint = checkpoint
+        self.in_export = in_export
 
 
 @dataclass
@@ -110,6 +121,7 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
     """Refuse to mix two prompts' runs in one folder, to resume a run that is not there, and to
     start over on a run of the same prompt that has a checkpoint unless ``overwrite``: typing the
     training command again must not wipe hours of training."""
+    check_writable(workspace, "pass --workspace a folder you can write")
     saved = workspace / "config.json"
     if resume:
         if not last_checkpoint(workspace).is_file():
@@ -192,9 +204,22 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
 
 
 def restore(run: Run, state: dict[str, Any]) -> None:
+    """Continue ``run`` from a checkpoint: its step, tensors, optimiser state and random states.
+
+    The optimiser's learning rates are the run's own (``cfg.lr``, which ``--lr`` may have changed
+    on ``--resume``), not the checkpoint's. A config that changes what a checkpoint fixes (the
+    seed, the field's architecture, the occupancy grid) is a :class:`DreamtextError`.
+    """
+    if isinstance(state.get("config"), dict):
+        changed = resume_conflicts(state["config"], run.cfg)
+        if changed:
+            raise DreamtextError(resume_refusal(changed))
     run.step = int(state["step"])
     run.field.load_state_dict(state["field"])
+    rates = [group["lr"] for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(state["optimizer"])
+    for group, lr in zip(run.optimizer.param_groups, rates, strict=True):
+        group["lr"] = lr
     run.renderer.load_state_dict(state["renderer"])
     torch.set_rng_state(state["rng"]["torch"])
     restore_cuda_rng(state["rng"].get("cuda"), run.device)
@@ -364,7 +389,8 @@ def _train(run: Run, resume: bool) -> Path:
                 old.unlink()
     if run.step >= cfg.iters:
         tqdm.write(
-            f"{workspace}: already at step {run.step} ≥ --iters {cfg.iters}; nothing to train"
+            f"{workspace}: already at step {run.step} ≥ --iters {cfg.iters}; nothing to train",
+            file=sys.stderr,
         )
     start_time, start_step = time.perf_counter(), run.step
     if run.device.type == "cuda":
@@ -410,11 +436,36 @@ def _train(run: Run, resume: bool) -> Path:
     with out_of_memory_is_a_user_error(run):
         save_preview(run, workspace / "previews" / "final.png")
     if run.guidance.skipped_steps:
-        tqdm.write(f"skipped {run.guidance.skipped_steps} steps with non-finite guidance")
+        tqdm.write(
+            f"skipped {run.guidance.skipped_steps} steps with non-finite guidance", file=sys.stderr
+        )
     if cfg.export:
         update_status(workspace, phase="export")
-        export_trained(run)
+        try:
+            with sigterm_interrupts():
+                export_trained(run)
+        except KeyboardInterrupt:  # the export writes its files all at once: none is half-written
+            checkpoint = last_checkpoint(workspace)
+            raise TrainingInterrupted(run.step, checkpoint, in_export=True) from None
     return workspace
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does (a batch scheduler's stop, or ``kill``),
+    so that work outside the training loop ends recorded as interrupted, not killed mid-line."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {}
+    with suppress(ValueError):  # not the main thread: leave signals alone
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def out_of_memory_is_a_user_error(run: Run) -> contextlib.AbstractContextManager:
@@ -447,4 +498,4 @@ def export_trained(run: Run) -> None:
 
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
     result = export_field(run.field.eval(), run.workspace, options, renderer=run.renderer)
-    tqdm.write(result.summary())
+    tqdm.write(result.summary(), file=sys.stderr)

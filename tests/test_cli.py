@@ -1,9 +1,11 @@
 """The `dreamtext` command as a user runs it: help, an end-to-end run, and bad input."""
 
+import errno
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import yaml
 from tiny_models import TINY_TRAIN
 
 from dreamtext.cli import build_parser, main
+from dreamtext.errors import DreamtextError
 
 
 def run_cli(*args, cwd=None):
@@ -429,3 +432,168 @@ def test_typing_the_training_command_again_does_not_wipe_the_run(tmp_path):
     assert last.read_bytes() == saved
     assert run_cli(*args, "--iters", "2", "--overwrite", cwd=tmp_path).returncode == 0
     assert last.read_bytes() != saved
+
+
+BUILTIN_RUN = ["text", "a red cube", "--model", "builtin:shapes", "--no-export"]
+
+
+def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp_path):
+    assert run_cli(*BUILTIN_RUN, "--iters", "2", cwd=tmp_path).returncode == 0
+    config = tmp_path / "more_logs.yaml"
+    config.write_text("log_every: 1\n")
+    again = run_cli(
+        *BUILTIN_RUN, "--iters", "4", "--resume", "--lr", "0.5", "--config", config, cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    workspace = tmp_path / "workspace" / "a_red_cube"
+    recorded = json.loads((workspace / "config.json").read_text())
+    assert (recorded["lr"], recorded["log_every"]) == (0.5, 1)
+    state = torch.load(workspace / "checkpoints" / "last.pt", weights_only=True)
+    # The hash table trains at lr × encoding_lr_scale, the MLPs at lr.
+    assert sorted(g["lr"] for g in state["optimizer"]["param_groups"]) == [0.5, 5.0]
+    steps = [
+        json.loads(line)["step"] for line in (workspace / "log.jsonl").read_text().splitlines()
+    ]
+    assert steps == [2, 3, 4]  # log_every 10 (the preset's) before, 1 after
+
+
+def test_resume_refuses_to_change_the_seed_or_the_field_before_loading_anything(tmp_path):
+    assert run_cli(*BUILTIN_RUN, "--iters", "2", cwd=tmp_path).returncode == 0
+    last = tmp_path / "workspace" / "a_red_cube" / "checkpoints" / "last.pt"
+    saved = last.read_bytes()
+    seeded = run_cli(*BUILTIN_RUN, "--iters", "4", "--resume", "--seed", "5", cwd=tmp_path)
+    assert_one_line_user_error(seeded, "seed 0 → 5", "--overwrite")
+    wider = tmp_path / "wider.yaml"
+    wider.write_text("field:\n  hidden_dim: 48\n")
+    widened = run_cli(*BUILTIN_RUN, "--iters", "4", "--resume", "--config", wider, cwd=tmp_path)
+    assert_one_line_user_error(widened, "field.hidden_dim 32 → 48")
+    assert last.read_bytes() == saved
+
+
+def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_not_a_state_dict_error(tmp_path):
+    """A path that resumes without reading config.json first (batch, image) meets the same
+    refusal in the trainer."""
+    from dreamtext.config import resolve_config
+    from dreamtext.trainer import train
+
+    overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
+    overrides.update(workspace=str(tmp_path / "run"), export=False)
+    train(resolve_config(overrides))
+    overrides.update(iters=3, field={"hidden_dim": 48})
+    with pytest.raises(DreamtextError, match=r"field\.hidden_dim 32 → 48"):
+        train(resolve_config(overrides), resume=True)
+
+
+def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
+    tmp_path, monkeypatch, capsys
+):
+    from dreamtext import trainer
+
+    def interrupted_export(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "export_trained", interrupted_export)
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2"]
+    code, err = run_main(args, capsys)
+    assert code == 130
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("dreamtext: interrupted in the export, after step 2; saved ")
+    )
+    assert err.strip().endswith("; continue with --resume")
+    status = json.loads((tmp_path / "workspace" / "a_red_cube" / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("interrupted", "export")
+
+
+def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
+    from dreamtext import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_export", interrupted)
+    assert run_main(["export"], capsys) == (130, "dreamtext export: interrupted\n")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "w/checkpoints/last.pt"), 2),
+        (PermissionError(errno.EACCES, "Permission denied", "w/config.json"), 2),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "dreamtext/x.yaml"), None),
+    ],
+)
+def test_a_full_disk_or_a_refused_write_is_one_line_other_os_errors_raise(
+    monkeypatch, capsys, error, expected
+):
+    from dreamtext import cli
+
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_export", failing)
+    if expected is None:  # a file of ours that is missing is a bug: keep its traceback
+        with pytest.raises(FileNotFoundError):
+            main(["export"])
+        return
+    code, err = run_main(["export"], capsys)
+    assert_user_error(code, err, error.strerror, error.filename, "--workspace")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["view", "--bogus"], "dreamtext view: unrecognized arguments: --bogus "),
+        (["batch", "p.txt", "--nope"], "dreamtext batch: unrecognized arguments: --nope "),
+        (["--bogus"], "dreamtext: "),
+        (["text"], "dreamtext text: the following arguments are required: prompt "),
+    ],
+)
+def test_a_usage_error_names_the_command_and_its_help(capsys, args, line):
+    code, err = run_main(args, capsys)
+    command = " ".join(["dreamtext", *[a for a in args[:1] if not a.startswith("-")]])
+    assert_user_error(code, err, line, f"(see {command} --help)")
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_workspace_that_cannot_be_a_folder_is_one_line_before_the_prior_loads(
+    tmp_path, monkeypatch, capsys, under
+):
+    (tmp_path / "afile").write_text("")
+    workspace = tmp_path / "afile" / "run" if under else tmp_path / "afile"
+    from dreamtext import prior
+
+    monkeypatch.setattr(prior, "load_dataset", lambda *a, **k: pytest.fail("prior loaded"))
+    code, err = run_main([*BUILTIN_RUN, "--workspace", workspace], capsys)
+    assert_user_error(code, err, f"{tmp_path / 'afile'} is a file", "--workspace")
+
+
+def test_a_workspace_without_write_permission_is_one_line(tmp_path, monkeypatch, capsys):
+    """Root writes anywhere, so the refusal is simulated at ``os.access``."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
+    code, err = run_main([*BUILTIN_RUN, "--workspace", locked / "run"], capsys)
+    assert_user_error(code, err, f"cannot write in {locked} (permission denied)")
+    assert not (locked / "run").exists()
+
+
+def test_text_prints_only_the_workspace_on_stdout_and_makes_files_others_can_read(tmp_path):
+    quick = tmp_path / "quick.yaml"
+    quick.write_text("export_options:\n  video: false\n  resolution: 32\n")
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--config", quick]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    again = run_cli(*args, "--resume", cwd=tmp_path)  # "nothing to train", then the export
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "workspace/a_red_cube\n"
+    assert "nothing to train" in again.stderr and "faces" in again.stderr
+    workspace = tmp_path / again.stdout.strip()
+    old = os.umask(0o022)
+    os.umask(old)
+    for name in ("config.json", "status.json", "checkpoints/last.pt", "mesh/mesh.glb"):
+        assert (workspace / name).stat().st_mode & 0o777 == 0o666 & ~old, name

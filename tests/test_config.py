@@ -80,6 +80,20 @@ def test_default_workspace_is_the_prompt_slug():
         ({"prompt": "x", "lr": math.nan}, "config field 'lr' must be a finite number, got nan"),
         ({"prompt": "x", "guidance": {"guidance_scale": math.inf}}, "'guidance.guidance_scale'"),
         ({"prompt": "x", "guidance": {"t_range": [0.02, math.nan]}}, "'guidance.t_range' must"),
+        ({"prompt": "x", "iters": True}, "config field 'iters' must be int, got True"),
+        ({"prompt": "x", "field": {"num_levels": False}}, "'field.num_levels' must be int"),
+        (
+            {"prompt": "x", "cameras": {"radius_range": [1.8]}},
+            "'cameras.radius_range' must be a list of 2 values",
+        ),
+        ({"prompt": "x", "shading_probs": [0.5, 0.5]}, "'shading_probs' must be a list of 3"),
+        ({"prompt": "x", "preview_views": 0}, "'preview_views' must be a positive integer"),
+        ({"prompt": "x", "keep_checkpoints": -1}, "'keep_checkpoints' must be a positive"),
+        (
+            {"prompt": "x", "export_options": {"formats": ["stl"]}},
+            "config field "
+            r"'export_options.formats' \(in the command line\) has unknown formats stl",
+        ),
     ],
 )
 def test_bad_values_are_user_errors(overrides, message):
@@ -112,3 +126,47 @@ def test_saved_config_round_trips_as_a_resume_base():
     assert again.prompt == "a castle" and again.h == 32 and again.iters == 50
     assert again.guidance.guidance_scale == 7.5
     assert config_to_dict(again) == {**config_to_dict(cfg), "iters": 50}
+
+
+def test_export_options_of_a_config_file_are_checked_before_the_run_naming_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("export_options:\n  resolution: 4\n")
+    with pytest.raises(DreamtextError) as caught:
+        resolve_config({"prompt": "x"}, config_file=path)
+    assert str(caught.value) == (
+        f"config field 'export_options.resolution' (in {path}) must be at least 8"
+    )
+
+
+def test_a_mistyped_builtin_model_is_named_as_a_model_not_a_preset():
+    with pytest.raises(DreamtextError) as caught:
+        resolve_config({"prompt": "x", "guidance": {"model": "builtin:shape"}})
+    assert str(caught.value) == "unknown built-in model 'builtin:shape'; available: builtin:shapes"
+
+
+def test_a_resumed_run_takes_its_config_file_and_preset_over_its_saved_config(tmp_path):
+    saved = config_to_dict(resolve_config({"prompt": "a castle", "h": 32}))
+    path = tmp_path / "mine.yaml"
+    path.write_text("log_every: 2\nrender:\n  march_steps: 128\n")
+    again = resolve_config({"lr": 0.5}, config_file=path, base=saved)
+    assert (again.h, again.log_every, again.render.march_steps, again.lr) == (32, 2, 128, 0.5)
+    fitfusion = resolve_config({}, preset="fitfusion", base=saved)
+    assert (fitfusion.h, fitfusion.guidance.guidance_scale) == (256, 1000.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "changed"),
+    [
+        ({"seed": 5}, "seed 0 → 5"),
+        ({"field": {"hidden_dim": 32}}, "field.hidden_dim 96 → 32"),
+        ({"render": {"grid_resolution": 32}}, "render.grid_resolution 64 → 32"),
+    ],
+)
+def test_a_resumed_run_cannot_change_what_its_checkpoint_fixes(overrides, changed):
+    saved = config_to_dict(resolve_config({"prompt": "a castle"}))
+    with pytest.raises(DreamtextError, match="a resumed run keeps its seed") as caught:
+        resolve_config(overrides, base=saved)
+    assert changed in str(caught.value) and "--overwrite" in str(caught.value)
+    # What does not change a checkpoint's tensors may change.
+    again = resolve_config({"field": {"encoding": "torch"}, "h": 128}, base=saved)
+    assert (again.field.encoding, again.h) == ("torch", 128)

@@ -582,3 +582,28 @@ def test_a_bad_export_flag_is_the_only_line_on_stderr(tmp_path, capsys, flags, f
     assert main(["export", "--workspace", str(workspace), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+def test_a_re_export_removes_the_formats_of_the_export_before(tmp_path):
+    """mesh.json describes this export's mesh: another resolution's PLY must not stay beside it."""
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply", "obj")))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("glb",)))
+    assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == ["mesh.glb", "mesh.json"]
+
+
+def test_exporting_a_run_in_a_folder_it_cannot_write_is_one_line_before_the_work(
+    tmp_path, monkeypatch, capsys
+):
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {})
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != workspace and real_access(path, mode)
+    )
+    monkeypatch.setattr(export_module, "load_run", lambda *a: pytest.fail("the run was loaded"))
+    assert main(["export", "--workspace", str(workspace)]) == 2
+    assert capsys.readouterr().err == (
+        f"dreamtext: error: cannot write in {workspace} (permission denied); copy the run to a "
+        "folder you can write and export it there\n"
+    )

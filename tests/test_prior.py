@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
+from dreamtext import prior as prior_module
 from dreamtext import shapes
 from dreamtext.cameras import CameraRange, view_of, with_view
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig, sd_alphas_cumprod
 from dreamtext.prior import (
     ShapesPrior,
+    dataset_size,
     ideal_denoiser,
     ideal_epsilon,
     make_builtin_prior,
@@ -264,3 +268,29 @@ def test_every_tensor_of_the_prior_follows_its_device(cache_dir, monkeypatch):
     t = torch.tensor([500, 20], device="meta")
     prediction = on_meta.predict_noise(x_t, t, ["front", "side"])
     assert prediction.cond.device.type == "meta" and prediction.cond.shape == x_t.shape
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((32, 32), (32, 32)), ((64, 64), (64, 64)), ((256, 256), (64, 64)), ((512, 256), (64, 32))],
+)
+def test_the_image_set_is_at_most_64_px_a_side_whatever_the_render_size(size, expected):
+    """At FitFusion's 256 px the 6,696 images would take 15 GB of RAM."""
+    assert dataset_size(*size) == expected
+
+
+def test_a_large_render_is_compared_with_the_image_set_at_its_own_size(cache_dir, monkeypatch):
+    monkeypatch.setenv("DREAMTEXT_CACHE", str(cache_dir))
+    monkeypatch.setattr(prior_module, "MAX_DATASET_SIZE", 8)
+    p = ShapesPrior(GuidanceConfig(model="builtin:shapes"), CAMERAS, 16, 16)
+    assert (p.height, p.width) == (8, 8) and p.dataset.images.shape[-2:] == (8, 8)
+    assert p.encode_images(torch.ones(1, 3, 16, 16)).shape == (1, 3, 8, 8)
+
+
+def test_flags_the_prior_cannot_use_are_named_in_a_warning(prior, caplog):
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        prior(perp_neg=True, compile=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--perp-neg does not apply to the built-in prior; ignored",
+        "--compile does not apply to the built-in prior; ignored",
+    ]
