@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamtext.errors import DreamtextError
@@ -20,6 +21,8 @@ from dreamtext.errors import DreamtextError
 # here so that no other code changing ``Image.MAX_IMAGE_PIXELS`` can lift it) is refused before
 # decoding.
 MAX_PIXELS = 89_478_485
+# Pillow's modes of a 16-bit grayscale PNG ("I" in older Pillow): values 0 … 65535.
+WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_SIZE = 1024
 
@@ -70,7 +73,14 @@ def load_image(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Image.Imag
 
 
 def _to_rgb_on_white(image: Image.Image) -> Image.Image:
-    """Any Pillow mode → RGB, transparent pixels composited on white."""
+    """Any Pillow mode → RGB, transparent pixels composited on white.
+
+    16-bit grayscale is scaled to 8 bits, ``v8 = round(v16 · 255 / 65535)``: Pillow's own
+    conversion clips it instead, turning everything above 255 / 65535 white.
+    """
+    if image.mode in WIDE_GRAY_MODES:
+        wide = np.asarray(image).astype(np.int64).clip(0, 65535)
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode in ("P", "L", "RGB") and "transparency" in image.info
     )

@@ -132,3 +132,13 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     path.write_bytes(data)
     with pytest.raises(DreamtextError, match="decompression bomb"):
         load_image(path)
+
+
+def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "gradient16.png"
+    gradient = np.linspace(0, 65535, 32).astype(np.uint16)
+    Image.fromarray(np.tile(gradient, (4, 1))).save(path)
+    pixels = np.asarray(load_image(path))
+    expected = np.round(gradient / 257).astype(np.uint8)
+    assert np.array_equal(pixels[0, :, 0], expected)
+    assert (pixels[..., 0] == pixels[..., 2]).all()
