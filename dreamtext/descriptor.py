@@ -33,6 +33,7 @@ from dreamtext.devices import fp16_loss_scaler, free_memory
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
+from dreamtext.interrupts import TrainingInterrupted, stop_on_signal, truncate_log
 from dreamtext.models import StableDiffusionModels, load_for
 
 DESCRIPTOR_TOKEN = "<descriptor>"
@@ -250,13 +251,17 @@ class DescriptorTrainer:
             "full_prompt": self.full_prompt,
         }
 
-    def load_state(self, state: dict) -> None:
+    def load_state(
+        self, state: dict, folder: Path | str = "WORKSPACE/descriptor/checkpoints"
+    ) -> None:
+        """Continue from a checkpoint of :meth:`state` (``folder``: where it lies, for the
+        message refusing one of another sentence)."""
         if state["full_prompt"] != self.full_prompt or state["vectors"].shape != (
             self.placeholders.vectors.shape
         ):
             raise DreamtextError(
-                "the descriptor checkpoint belongs to another sentence; delete "
-                "WORKSPACE/descriptor/checkpoints to start the descriptor training afresh"
+                f"the descriptor checkpoint belongs to another sentence; delete {folder} to "
+                "start the descriptor training afresh"
             )
         with torch.no_grad():
             self.placeholders.vectors.copy_(state["vectors"])
@@ -321,9 +326,12 @@ def train_descriptor(
 
     Writes ``W/descriptor/learned_embeds.safetensors``, ``log.jsonl``, ``checkpoints/last.pt``
     (every ``checkpoint_every`` steps; a run resumes from it), ``previews/step_XXXXXX.png`` and
-    adds ``trained_sentence`` to sentence.json. ``guidance`` names the Stable Diffusion (model,
-    precision, memory options); it is loaded through :func:`dreamtext.models.load_for`, so the
-    text→3D stage that follows in the same process reuses it.
+    adds ``trained_sentence`` to sentence.json. Ctrl-C / SIGTERM save ``last.pt`` at the step
+    they interrupt and raise :class:`~dreamtext.interrupts.TrainingInterrupted`; the next call
+    continues from that step (log lines past it are dropped, not written twice). ``guidance``
+    names the Stable Diffusion (model, precision, memory options); it is loaded through
+    :func:`dreamtext.models.load_for`, so the text→3D stage that follows in the same process
+    reuses it.
     """
     from safetensors.torch import save
 
@@ -343,10 +351,12 @@ def train_descriptor(
 
     checkpoint = folder / "checkpoints" / "last.pt"
     if checkpoint.is_file():
-        trainer.load_state(load_checkpoint(checkpoint))
+        trainer.load_state(load_checkpoint(checkpoint), checkpoint.parent)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     (folder / "previews").mkdir(exist_ok=True)
+    truncate_log(folder / "log.jsonl", trainer.step)  # steps logged after the checkpoint
     with (
+        stop_on_signal() as stop,
         (folder / "log.jsonl").open("a", encoding="utf-8") as log,
         tqdm(
             total=options.iters,
@@ -376,6 +386,9 @@ def train_descriptor(
                     models.resolution,
                 )
                 _save_row(images, folder / "previews" / f"step_{step:06d}.png")
+            if stop["stop"]:
+                _atomic_torch_save(trainer.state(), checkpoint)
+                raise TrainingInterrupted(step, checkpoint, stage="descriptor training")
     _atomic_torch_save(trainer.state(), checkpoint)
 
     out = learned_embeds_path(workspace)

@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import signal
 import sys
 import time
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,12 @@ from dreamtext.errors import DreamtextError
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
+from dreamtext.interrupts import (  # TrainingInterrupted is imported from here too
+    TrainingInterrupted,
+    sigterm_interrupts,
+    stop_on_signal,
+    truncate_log,
+)
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import peak_gpu_mib, read_status, track_status, update_status
@@ -66,18 +70,6 @@ EARLIER_RUN_FILES = (
     "mesh/albedo.png",
     "video/turntable.*",
 )
-
-
-class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C / SIGTERM once the checkpoint of the last finished step is on disk
-    (``in_export``: the run had trained to its end and was exporting)."""
-
-    def __init__(self, step: int, checkpoint: Path, in_export: bool = False):
-        where = "in the export, " if in_export else ""
-        super().__init__(f"interrupted {where}after step {step}; saved {checkpoint}")
-        self.step = step
-        self.checkpoint = checkpoint
-        self.in_export = in_export
 
 
 @dataclass
@@ -318,47 +310,11 @@ def save_preview(run: Run, path: Path) -> None:
     atomic_write_bytes(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
-@contextmanager
-def stop_on_signal():
-    """Turn the first Ctrl-C / SIGTERM into a flag the loop checks after each step; a second
-    Ctrl-C interrupts at once."""
-    flag = {"stop": False}
-    previous = {}
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def write_config(run: Run) -> None:
     data = config_to_dict(run.cfg)
     data["encoding_backend"] = run.field.encoding_backend
     text = json.dumps(data, indent=2) + "\n"
     atomic_write_bytes(run.workspace / "config.json", lambda f: f.write(text.encode()))
-
-
-def truncate_log(log_path: Path, step: int) -> None:
-    """Drop log records past ``step``: a run killed after its last checkpoint logged steps that
-    the resumed run is about to log again."""
-    if not log_path.is_file():
-        return
-    kept = [
-        line
-        for line in log_path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
-    text = "".join(line + "\n" for line in kept)
-    atomic_write_bytes(log_path, lambda f: f.write(text.encode()))
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
@@ -448,24 +404,6 @@ def _train(run: Run, resume: bool) -> Path:
             checkpoint = last_checkpoint(workspace)
             raise TrainingInterrupted(run.step, checkpoint, in_export=True) from None
     return workspace
-
-
-@contextmanager
-def sigterm_interrupts():
-    """SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does (a batch scheduler's stop, or ``kill``),
-    so that work outside the training loop ends recorded as interrupted, not killed mid-line."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {}
-    with suppress(ValueError):  # not the main thread: leave signals alone
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def out_of_memory_is_a_user_error(run: Run) -> contextlib.AbstractContextManager:

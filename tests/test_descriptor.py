@@ -289,3 +289,69 @@ def test_checkpoint_of_another_sentence_is_refused(tiny_sd_path, tmp_path):
     record_path.write_text(json.dumps({**record, "words": ["blue"]}))
     with pytest.raises(DreamtextError, match="another sentence"):
         train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2))
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_last_finished_step_and_the_rerun_continues_it(
+    tiny_sd_path, tmp_path, monkeypatch, signal_name
+):
+    import signal
+
+    from safetensors.torch import load_file
+
+    from dreamtext.checkpoint import load_checkpoint
+    from dreamtext.interrupts import TrainingInterrupted
+
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    options = DescriptorOptions(iters=4, log_every=1, checkpoint_every=0, preview_every=0)
+    straight_image, straight = _workspace(tmp_path / "a")
+    train_descriptor(straight_image, straight, guidance, options)
+
+    real_step = DescriptorTrainer.train_step
+
+    def step_then_signal(self, image):
+        info = real_step(self, image)
+        if self.step == 2:
+            signal.raise_signal(getattr(signal, signal_name))
+        return info
+
+    image_path, workspace = _workspace(tmp_path / "b")
+    monkeypatch.setattr(DescriptorTrainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted, match="descriptor training interrupted after step 2"):
+        train_descriptor(image_path, workspace, guidance, options)
+    folder = workspace / "descriptor"
+    assert load_checkpoint(folder / "checkpoints" / "last.pt")["step"] == 2
+    assert not learned_embeds_path(workspace).exists()
+
+    monkeypatch.setattr(DescriptorTrainer, "train_step", real_step)
+    train_descriptor(image_path, workspace, guidance, options)
+    steps = [json.loads(line)["step"] for line in (folder / "log.jsonl").open()]
+    assert steps == [1, 2, 3, 4]
+    a = load_file(str(learned_embeds_path(straight)))[DESCRIPTOR_TOKEN]
+    b = load_file(str(learned_embeds_path(workspace)))[DESCRIPTOR_TOKEN]
+    assert torch.equal(a, b)
+
+
+def test_log_lines_past_the_checkpoint_are_not_written_twice(tiny_sd_path, tmp_path):
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2, log_every=1))
+    log = workspace / "descriptor" / "log.jsonl"
+    # a run killed after step 3, its checkpoint still at step 2
+    log.write_text(log.read_text() + json.dumps({"step": 3, "loss": 1.0}) + "\n")
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=4, log_every=1))
+    steps = [json.loads(line)["step"] for line in log.open()]
+    assert steps == [1, 2, 3, 4]
+    assert json.loads(log.read_text().splitlines()[2])["loss"] != 1.0
+
+
+def test_the_refusal_of_another_sentences_checkpoint_names_its_folder(tiny_sd_path, tmp_path):
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=1))
+    record_path = workspace / "descriptor" / "sentence.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "words": ["blue"]}))
+    with pytest.raises(DreamtextError) as refused:
+        train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2))
+    assert f"delete {workspace / 'descriptor' / 'checkpoints'} " in str(refused.value)
