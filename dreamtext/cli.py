@@ -332,9 +332,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from dreamtext.devices import resolve_device
     from dreamtext.imageto3d import default_workspace
 
+    from dreamtext.interrupts import sigterm_interrupts
+
     device = str(resolve_device(args.device or "auto"))
     workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
-    print(describe(args.image, workspace, describe_options(args, device)))
+    with sigterm_interrupts():  # SIGTERM ends it as Ctrl-C does: one line, exit 130
+        print(describe(args.image, workspace, describe_options(args, device)))
     return 0
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import atomic_write_bytes
+from dreamtext.checkpoint import atomic_write_bytes, check_writable
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
 
@@ -270,7 +270,51 @@ class DescribeOptions:
 
 
 def sentence_path(workspace: str | Path) -> Path:
+    """``W/descriptor/sentence.json``: the sentence found, and once trained, the learned one."""
     return Path(workspace) / "descriptor" / "sentence.json"
+
+
+def read_record(workspace: str | Path) -> dict | None:
+    """The workspace's ``sentence.json`` as a dict, ``None`` when there is none; an unreadable
+    one is a :class:`DreamtextError`."""
+    path = sentence_path(workspace)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DreamtextError(
+            f"{path} is unreadable ({type(error).__name__}); delete it to describe the image "
+            "again, or pass --workspace NEW_FOLDER"
+        ) from None
+    if not isinstance(record, dict):
+        raise DreamtextError(f"{path} is not a sentence record; delete it or pass --workspace")
+    return record
+
+
+def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> None:
+    """Refuse, before any work, a workspace where a new sentence would wreck what is there: the
+    record of another image, or of an image→3D run whose descriptor training has started (its
+    checkpoints and learned tokens belong to the old sentence). A record of this image that no
+    training has used yet is replaced."""
+    workspace = Path(workspace)
+    check_writable(workspace, "pass --workspace a folder you can write")
+    record = read_record(workspace)
+    if record is None:
+        return
+    previous = record.get("image")
+    if previous is not None and Path(previous).resolve() != Path(image_path).resolve():
+        raise DreamtextError(
+            f"{workspace} holds the sentence of {previous}; pass --workspace NEW_FOLDER to "
+            f"describe {image_path}"
+        )
+    folder = sentence_path(workspace).parent
+    trained = "trained_sentence" in record or (folder / "checkpoints" / "last.pt").is_file()
+    if trained:
+        raise DreamtextError(
+            f"{workspace} holds the image→3D run of '{record.get('sentence')}', whose descriptor "
+            "training has started; to describe the image again, pass --workspace NEW_FOLDER"
+        )
 
 
 def describe(
@@ -281,6 +325,8 @@ def describe(
 ) -> str:
     """Find the sentence for an image, write ``W/descriptor/sentence.json``, return the sentence.
 
+    A workspace holding another image's record, or a trained one, is refused before the search
+    (:func:`check_describe_workspace`).
     ``encoder`` defaults to CLIP loaded from ``options.clip``; tests pass a fake one.
     """
     options = options or DescribeOptions()
@@ -291,6 +337,7 @@ def describe(
     nouns = read_vocabulary(options.nouns, "nouns.txt")
     adjectives = read_vocabulary(options.adjectives, "adjectives.txt")
     image = load_image(image_path)
+    check_describe_workspace(workspace, image_path)
     encoder = encoder or ClipEncoder(options.clip, options.device, options.batch_size)
     score = SentenceScores(encoder, encoder.encode_image(image))
     result = search_sentence(

@@ -258,3 +258,75 @@ def test_describe_writes_the_record(tiny_clip_path, tmp_path):
 def test_unavailable_clip_names_the_clip_flag(tmp_path):
     with pytest.raises(DreamtextError, match="--clip /path/to/folder"):
         ClipEncoder(str(tmp_path / "no_such_clip"))
+
+
+def _described(tmp_path, **extra):
+    """A workspace whose sentence.json describes ``mug.png`` (plus ``extra`` fields)."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    record_path = tmp_path / "ws" / "descriptor" / "sentence.json"
+    record_path.parent.mkdir(parents=True)
+    record = {"sentence": "An image of a red mug", "image": str(image_path.resolve()), **extra}
+    record_path.write_text(json.dumps(record))
+    return image_path, record_path
+
+
+def _vocabulary(tmp_path) -> DescribeOptions:
+    nouns, adjectives = tmp_path / "n.txt", tmp_path / "a.txt"
+    nouns.write_text("\n".join(NOUNS))
+    adjectives.write_text("\n".join(ADJECTIVES))
+    return DescribeOptions(nouns=nouns, adjectives=adjectives, max_words=2)
+
+
+def test_describe_refuses_the_workspace_of_a_trained_image_run(tmp_path):
+    image_path, record_path = _described(tmp_path, trained_sentence="An image of a <d> mug")
+    before = record_path.read_text()
+    with pytest.raises(DreamtextError, match="--workspace NEW_FOLDER"):
+        describe(image_path, tmp_path / "ws", _vocabulary(tmp_path), encoder=HashEncoder())
+    assert record_path.read_text() == before
+
+
+def test_describe_refuses_a_workspace_whose_descriptor_training_has_started(tmp_path):
+    image_path, record_path = _described(tmp_path)
+    (record_path.parent / "checkpoints").mkdir()
+    (record_path.parent / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(DreamtextError, match="--workspace NEW_FOLDER"):
+        describe(image_path, tmp_path / "ws", _vocabulary(tmp_path), encoder=HashEncoder())
+
+
+def test_describe_refuses_the_workspace_of_another_image(tmp_path):
+    _, record_path = _described(tmp_path)
+    other = tmp_path / "cup.png"
+    Image.new("RGB", (16, 16)).save(other)
+    before = record_path.read_text()
+    with pytest.raises(DreamtextError, match=r"holds the sentence of .*mug\.png.*--workspace"):
+        describe(other, tmp_path / "ws", _vocabulary(tmp_path), encoder=HashEncoder())
+    assert record_path.read_text() == before
+
+
+def test_describe_replaces_an_untrained_sentence_of_the_same_image(tmp_path):
+    image_path, record_path = _described(tmp_path)
+    sentence = describe(image_path, tmp_path / "ws", _vocabulary(tmp_path), encoder=HashEncoder())
+    assert json.loads(record_path.read_text())["sentence"] == sentence
+
+
+def test_describe_into_a_file_is_one_line_before_the_search(tmp_path):
+    image_path, _ = _described(tmp_path)
+    (tmp_path / "afile").write_text("hi")
+
+    class NoSearch(HashEncoder):
+        def encode_image(self, image):
+            raise AssertionError("the search started")
+
+    with pytest.raises(DreamtextError, match="is a file"):
+        describe(image_path, tmp_path / "afile", _vocabulary(tmp_path), encoder=NoSearch())
+
+
+def test_describe_cli_refusal_is_one_line_and_exit_2(tmp_path, capsys):
+    from dreamtext.cli import main
+
+    image_path, _ = _described(tmp_path, trained_sentence="An image of a <d> mug")
+    code = main(["describe", str(image_path), "--workspace", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "--workspace NEW_FOLDER" in err
