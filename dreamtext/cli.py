@@ -331,7 +331,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from dreamtext.describe import describe
     from dreamtext.devices import resolve_device
     from dreamtext.imageto3d import default_workspace
-
     from dreamtext.interrupts import sigterm_interrupts
 
     device = str(resolve_device(args.device or "auto"))
