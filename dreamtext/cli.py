@@ -341,8 +341,16 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_image(args: argparse.Namespace) -> int:
+    """A rerun on a workspace whose text→3D stage has started resolves as ``text --resume``
+    does: the run's ``config.json``, then ``--preset``, ``--config`` and the flags over it."""
     from dreamtext.config import resolve_config
-    from dreamtext.imageto3d import ImageOptions, default_workspace, run_image
+    from dreamtext.images import load_image
+    from dreamtext.imageto3d import (
+        ImageOptions,
+        check_image_workspace,
+        default_workspace,
+        run_image,
+    )
     from dreamtext.trainer import TrainingInterrupted
 
     if args.epochs and args.iters:
@@ -350,8 +358,18 @@ def cmd_image(args: argparse.Namespace) -> int:
     overrides = text_overrides(args)
     # The prompt is the sentence DreamText learns; the image's name stands in until then.
     overrides["prompt"] = Path(args.image).stem or "image"
-    overrides.setdefault("workspace", str(default_workspace(args.image)))
-    cfg = resolve_config(overrides, preset=args.preset, config_file=args.config)
+    workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
+    load_image(args.image)  # a bad image is the first thing reported
+    base = check_image_workspace(workspace, Path(args.image))
+    if base is not None:
+        base.pop("encoding_backend", None)
+    cfg = resolve_config(
+        overrides,
+        preset=args.preset,
+        config_file=args.config,
+        base=base,
+        new_run="pass --workspace NEW_FOLDER for a new run",
+    )
     options = ImageOptions(describe=describe_options(args))
     if args.descriptor_iters is not None:
         options.descriptor.iters = args.descriptor_iters

@@ -222,6 +222,7 @@ def resolve_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     base: dict[str, Any] | None = None,
+    new_run: str = "start a new run with --overwrite or --workspace NEW_FOLDER",
 ) -> TrainConfig:
     """Build the run's ``TrainConfig``.
 
@@ -229,7 +230,8 @@ def resolve_config(
     prior's preset; ``preset``, ``config_file`` and then ``overrides`` (the explicit flags, as a
     nested dict) apply over it, so the command that started a run, typed again with ``--resume``,
     resolves to the same config. A resumed run that would change what it cannot
-    (:data:`RESUME_FIXED`) is a :class:`DreamtextError`.
+    (:data:`RESUME_FIXED`) is a :class:`DreamtextError`, whose line ends with ``new_run`` (how
+    the command starts a new run instead).
     """
     cfg = TrainConfig()
     layers: list[tuple[dict[str, Any], str]] = []
@@ -262,18 +264,21 @@ def resolve_config(
     if base is not None:
         changed = resume_conflicts(base, cfg)
         if changed:
-            raise DreamtextError(resume_refusal(changed))
+            raise DreamtextError(resume_refusal(changed, new_run))
     if not cfg.workspace:
         cfg.workspace = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
     return cfg
 
 
-def resume_refusal(changed: list[str]) -> str:
-    """The one line that refuses to resume a run with settings it cannot change."""
+def resume_refusal(
+    changed: list[str], new_run: str = "start a new run with --overwrite or --workspace NEW_FOLDER"
+) -> str:
+    """The one line that refuses to resume a run with settings it cannot change; ``new_run``
+    says how the command starts a new run instead."""
     return (
         f"a resumed run keeps its seed, field and occupancy grid, but these settings would "
         f"change them: {'; '.join(changed)}; resume with the run's own (its config.json), or "
-        "start a new run with --overwrite or --workspace NEW_FOLDER"
+        f"{new_run}"
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,9 +34,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint
+from dreamtext.checkpoint import atomic_write_bytes, check_writable, last_checkpoint
 from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, slugify
-from dreamtext.describe import DescribeOptions, describe, sentence_path
+from dreamtext.describe import DescribeOptions, describe, read_record, sentence_path
 from dreamtext.descriptor import (
     DescriptorOptions,
     learned_embeds_path,
@@ -46,6 +47,7 @@ from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
+from dreamtext.interrupts import sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.runstatus import run_finished
 
@@ -107,12 +109,57 @@ def keep_source_copy(image_path: Path, workspace: Path) -> Path:
     return target
 
 
+def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
+    """Refuse, before any work, a workspace that holds something other than this image's run:
+    a file, a folder this process cannot write, the run of another image, or a text→3D run of
+    some prompt (which the text→3D stage would otherwise continue as this image's). Returns the
+    run's recorded ``config.json`` (``None`` before the text→3D stage has started)."""
+    check_writable(workspace, "pass --workspace a folder you can write")
+    record = read_record(workspace)
+    previous = record.get("image") if record else None
+    if previous is not None and Path(previous).resolve() != image_path.resolve():
+        raise DreamtextError(
+            f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
+            "for this image"
+        )
+    saved_path = workspace / "config.json"
+    if not saved_path.is_file():
+        return None
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DreamtextError(
+            f"{saved_path} is unreadable; delete it or pass --workspace NEW_FOLDER"
+        ) from None
+    if record is None or not saved.get("guidance", {}).get("textual_inversion"):
+        raise DreamtextError(
+            f"{workspace} holds a text→3D run of '{saved.get('prompt')}'; pass --workspace "
+            "NEW_FOLDER for this image"
+        )
+    return saved
+
+
+def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
+    """What the later stages need, checked before the first one runs, so that a bad flag costs
+    a line and not the sentence search and the descriptor training: the precision on this
+    device, the hash-grid backend (a field is built and dropped), and the Stable Diffusion,
+    loaded here through :func:`dreamtext.models.load_for` (the stages reuse the load)."""
+    from dreamtext.factory import build_field
+    from dreamtext.models import resolve_dtype
+
+    resolve_dtype(cfg.guidance, device)
+    build_field(cfg.field, device)  # an encoding that cannot run here raises
+    load_for(cfg.guidance, device)
+
+
 def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: TrainConfig) -> Path:
     """Reconstruct the object of one image in 3D; return the workspace.
 
     ``train_cfg`` is the text→3D configuration (its prompt is replaced by the trained sentence,
     its ``guidance.textual_inversion`` by the learned file). An empty ``train_cfg.workspace``
     becomes ``workspace/<image file name>``. ``train_cfg.seed`` also seeds descriptor training.
+    Everything that can be checked cheaply (the image, the workspace, the device, precision,
+    encoding and model) is checked before the first stage runs. Stage notes go to stderr.
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
@@ -122,36 +169,35 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
     if not cfg.workspace:
         cfg.workspace = str(default_workspace(image_path))
     workspace = Path(cfg.workspace)
-    device = str(resolve_device(cfg.device))
+    check_image_workspace(workspace, image_path)
+    device = resolve_device(cfg.device)
+    if not _text_stage_done(workspace, cfg):
+        check_text_stage(cfg, device)
 
     record_path = sentence_path(workspace)
     if record_path.is_file():
-        previous = json.loads(record_path.read_text(encoding="utf-8")).get("image")
-        if previous is not None and Path(previous).resolve() != image_path.resolve():
-            raise DreamtextError(
-                f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
-                "for this image"
-            )
-        tqdm.write(f"describe: reusing {record_path}")
+        _note(f"describe: reusing {record_path}")
     else:
-        describe_options = replace(options.describe, device=device)
-        with clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip:
+        describe_options = replace(options.describe, device=str(device))
+        with (
+            sigterm_interrupts(),
+            clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip,
+        ):
             sentence = describe(image_path, workspace, describe_options, encoder=clip)
-        tqdm.write(f"describe: {sentence}")
+        _note(f"describe: {sentence}")
     keep_source_copy(image_path, workspace)
 
     learned = learned_embeds_path(workspace)
-    if learned.is_file():
-        tqdm.write(f"descriptor: reusing {learned}")
+    if learned.is_file() and "trained_sentence" in (read_record(workspace) or {}):
+        _note(f"descriptor: reusing {learned}")
     else:
         descriptor_options = replace(options.descriptor, seed=cfg.seed)
-        train_descriptor(image_path, workspace, cfg.guidance, descriptor_options, device)
+        train_descriptor(image_path, workspace, cfg.guidance, descriptor_options, str(device))
 
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    cfg.prompt = record["trained_sentence"]
+    cfg.prompt = read_record(workspace)["trained_sentence"]
     cfg.guidance.textual_inversion = str(learned)
     if _text_stage_done(workspace, cfg):
-        tqdm.write(f"text→3D: reusing {last_checkpoint(workspace)}")
+        _note(f"text→3D: reusing {last_checkpoint(workspace)}")
     else:
         from dreamtext.trainer import train
 
@@ -159,6 +205,12 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
         # exports, under status.json like any run, which ends "finished".
         train(cfg, resume=last_checkpoint(workspace).is_file())
     return workspace
+
+
+def _note(line: str) -> None:
+    """A stage's note, on stderr: stdout carries only the workspace, for
+    ``ws=$(dreamtext image …)``."""
+    tqdm.write(line, file=sys.stderr)
 
 
 def sample_image(
@@ -199,7 +251,7 @@ def run_diverse(train_cfg: TrainConfig, options: ImageOptions | None = None) -> 
         cfg.workspace = f"{default}_diverse_seed{cfg.seed}"
     image_path = Path(cfg.workspace) / "diverse" / f"sample_seed{cfg.seed}.png"
     if image_path.is_file():
-        tqdm.write(f"diverse: reusing {image_path}")
+        _note(f"diverse: reusing {image_path}")
     else:
         device = str(resolve_device(cfg.device))
         sample_image(

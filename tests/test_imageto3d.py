@@ -15,6 +15,7 @@ from dreamtext.descriptor import DESCRIPTOR_TOKEN, DescriptorOptions
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.imageto3d import ImageOptions, run_diverse, run_image, sample_image
+from dreamtext.interrupts import TrainingInterrupted
 
 
 def _config(tmp_path, model, **overrides):
@@ -116,7 +117,9 @@ def _finished_workspace(tmp_path, iters, status=True):
     import torch
 
     torch.save({"step": iters}, workspace / "checkpoints" / "last.pt")
-    (workspace / "config.json").write_text(json.dumps({"iters": iters}))
+    learned = str(workspace / "descriptor" / "learned_embeds.safetensors")
+    saved = {"iters": iters, "guidance": {"textual_inversion": learned}}
+    (workspace / "config.json").write_text(json.dumps(saved))
     if status:
         finished = {"state": "finished", "step": iters, "iters": iters}
         (workspace / "status.json").write_text(json.dumps(finished))
@@ -172,7 +175,7 @@ def test_an_export_interrupted_after_training_is_redone_under_status_json(
     image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
     cfg = _config(tmp_path, tiny_sd_path, export=True)
     monkeypatch.setattr("dreamtext.trainer.export_trained", ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match="in the export"):
         run_image(image, options, cfg)
     status_path = tmp_path / "run" / "status.json"
     assert json.loads(status_path.read_text())["state"] == "interrupted"
@@ -241,3 +244,105 @@ def test_diverse_runs_image_to_3d_on_a_sample_in_a_per_seed_workspace(
     assert workspace == "workspace/a_red_cube_diverse_seed3"
     assert seen["image"].is_file()
     assert seen["image"].parent.parent.as_posix() == workspace
+
+
+def test_a_record_without_its_trained_sentence_trains_the_descriptor_again(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    image, workspace = _finished_workspace(tmp_path, iters=2)
+    record_path = workspace / "descriptor" / "sentence.json"
+    record = json.loads(record_path.read_text())
+    del record["trained_sentence"]  # as `dreamtext describe` used to leave it
+    record_path.write_text(json.dumps(record))
+    calls = []
+
+    def fake_train_descriptor(image_path, workspace, guidance, options, device):
+        calls.append(options.iters)
+        trained = {**record, "trained_sentence": f"An image of a {DESCRIPTOR_TOKEN} cube"}
+        record_path.write_text(json.dumps(trained))
+
+    monkeypatch.setattr(imageto3d, "train_descriptor", fake_train_descriptor)
+    monkeypatch.setattr("dreamtext.trainer.train", _fail)
+    assert run_image(image, None, _config(tmp_path, tiny_sd_path)) == workspace
+    assert len(calls) == 1
+
+
+def test_the_workspace_of_a_text_run_is_refused_before_anything_is_written(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / "config.json").write_text(json.dumps({"prompt": "a red cube", "guidance": {}}))
+    monkeypatch.setattr(imageto3d, "describe", _fail)
+    with pytest.raises(DreamtextError, match=r"holds a text→3D run of 'a red cube'.*--workspace"):
+        run_image(_image(tmp_path), None, _config(tmp_path, tiny_sd_path))
+    assert [p.name for p in workspace.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"field": {**TINY_TRAIN["field"], "encoding": "tcnn"}}, "tcnn encoding"),
+        ({"guidance": {"fp16": True}}, "--fp16 needs a CUDA GPU"),
+        ({"guidance": {"model": "/no/such/sd"}}, "does not exist"),
+        ({"guidance": {"model": "NOT_AN_SD"}}, "not a diffusers"),
+    ],
+)
+def test_text_stage_options_are_checked_before_the_sentence_search(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, overrides, message
+):
+    (tmp_path / "NOT_AN_SD").mkdir()
+    monkeypatch.chdir(tmp_path)
+    guidance = {"model": str(tiny_sd_path), **overrides.pop("guidance", {})}
+    cfg = _config(tmp_path, tiny_sd_path, guidance=guidance, **overrides)
+    monkeypatch.setattr(imageto3d, "describe", _fail)
+    with pytest.raises(DreamtextError, match=message):
+        run_image(_image(tmp_path), _options(tmp_path, tiny_clip_path), cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_as_workspace_is_refused_before_the_search(tmp_path, tiny_sd_path, monkeypatch):
+    (tmp_path / "afile").write_text("hi")
+    monkeypatch.setattr(imageto3d, "describe", _fail)
+    cfg = _config(tmp_path, tiny_sd_path, workspace=str(tmp_path / "afile"))
+    with pytest.raises(DreamtextError, match="is a file"):
+        run_image(_image(tmp_path), None, cfg)
+
+
+def _cli_image(tmp_path, image, sd, clip, *flags):
+    from dreamtext.cli import main
+
+    nouns, adjectives = tmp_path / "nouns.txt", tmp_path / "adjectives.txt"
+    common = ["--model", str(sd), "--clip", str(clip), "--nouns", str(nouns)]
+    common += ["--adjectives", str(adjectives), "--max-words", "2", "--descriptor-iters", "2"]
+    common += ["--workspace", str(tmp_path / "run"), "--h", "16", "--w", "16", "--no-export"]
+    return main(["image", str(image), *common, *flags])
+
+
+def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
+    tmp_path, tiny_clip_path, tiny_sd_path, capsys
+):
+    import yaml
+
+    image = _image(tmp_path)
+    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
+    flags = ("--iters", "2", "--config", str(tiny))
+    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags) == 0
+    capsys.readouterr()
+    # the rerun leaves out --config: the run's config.json supplies the tiny field
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, "--iters", "3")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out == f"{tmp_path / 'run'}\n"
+    assert "describe: reusing" in err
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["field"]["num_levels"] == TINY_TRAIN["field"]["num_levels"]
+
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, "--iters", "4", "--seed", "5")
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "seed 0 → 5" in err and "--workspace NEW_FOLDER" in err
+    assert "--overwrite" not in err
