@@ -200,6 +200,11 @@ def cmd_text(args: argparse.Namespace) -> int:
         raise DreamtextError("give --iters or --epochs, not both")
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
+    if args.diverse and args.resume:
+        raise DreamtextError(
+            "--diverse runs resume on their own (in workspace/<prompt>_diverse_seed<N>): run the "
+            "same command again without --resume"
+        )
     if args.diverse and args.overwrite:
         raise DreamtextError(
             "--diverse runs pick up where they stopped; to start one over, pass --workspace "

@@ -346,3 +346,16 @@ def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "seed 0 → 5" in err and "--workspace NEW_FOLDER" in err
     assert "--overwrite" not in err
+
+
+def test_diverse_with_resume_says_diverse_runs_resume_by_the_same_command(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["text", "a red cube", "--diverse", "--resume", "--model", str(tiny_sd_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "run the same command again without --resume" in err
+    assert not (tmp_path / "workspace").exists()
