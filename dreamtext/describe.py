@@ -78,6 +78,11 @@ class ClipEncoder:
             self.processor = CLIPProcessor.from_pretrained(model)
             self.model = CLIPModel.from_pretrained(model).to(device).eval()
         except (OSError, ValueError) as error:
+            if Path(model).expanduser().is_dir():
+                raise DreamtextError(
+                    f"{model} is not a CLIP model in transformers layout "
+                    f"({type(error).__name__}); pass --clip a CLIP folder or hub id"
+                ) from None
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             where = "offline" if offline else "from the hub or disk"
             raise DreamtextError(
@@ -334,6 +339,8 @@ def describe(
         raise DreamtextError("--max-words must be 0 or more")
     if options.quantifier is not None and not options.quantifier.strip():
         raise DreamtextError("--quantifier is empty; give one such as 'a' or 'some'")
+    if options.noun is not None and not options.noun.strip():
+        raise DreamtextError("--noun is empty; give one such as 'mug', or leave it out to search")
     nouns = read_vocabulary(options.nouns, "nouns.txt")
     adjectives = read_vocabulary(options.adjectives, "adjectives.txt")
     image = load_image(image_path)

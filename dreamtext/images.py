@@ -37,6 +37,8 @@ def load_image(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Image.Imag
     orientation is applied so that the object stands the way the user sees it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DreamtextError(f"{path} is a folder, not an image; pass a PNG, JPEG or WebP file")
     if not path.is_file():
         raise DreamtextError(f"image not found: {path} (check the path)")
     try:

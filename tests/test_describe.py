@@ -330,3 +330,17 @@ def test_describe_cli_refusal_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "--workspace NEW_FOLDER" in err
+
+
+@pytest.mark.parametrize("noun", ["", "   "])
+def test_an_empty_noun_is_refused_not_ignored(tmp_path, noun):
+    image_path, _ = _described(tmp_path)
+    options = _vocabulary(tmp_path)
+    options.noun = noun
+    with pytest.raises(DreamtextError, match="--noun is empty"):
+        describe(image_path, tmp_path / "new", options, encoder=HashEncoder())
+
+
+def test_a_folder_that_is_not_clip_is_named_so(tmp_path, tiny_sd_path):
+    with pytest.raises(DreamtextError, match="is not a CLIP model in transformers layout"):
+        ClipEncoder(str(tiny_sd_path))

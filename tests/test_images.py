@@ -142,3 +142,10 @@ def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
     expected = np.round(gradient / 257).astype(np.uint8)
     assert np.array_equal(pixels[0, :, 0], expected)
     assert (pixels[..., 0] == pixels[..., 2]).all()
+
+
+def test_a_folder_is_reported_as_a_folder(tmp_path):
+    folder = tmp_path / "photo.png"
+    folder.mkdir()
+    with pytest.raises(DreamtextError, match="is a folder, not an image"):
+        load_image(folder)
