@@ -354,6 +354,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         ImageOptions,
         check_image_workspace,
         default_workspace,
+        ignored_flags,
         run_image,
     )
     from dreamtext.trainer import TrainingInterrupted
@@ -378,6 +379,14 @@ def cmd_image(args: argparse.Namespace) -> int:
     options = ImageOptions(describe=describe_options(args))
     if args.descriptor_iters is not None:
         options.descriptor.iters = args.descriptor_iters
+    given = {name: getattr(args, name) for name in ("noun", "quantifier", "clip", "max_words")}
+    ignored = ignored_flags(workspace, {**given, "descriptor_iters": args.descriptor_iters})
+    if ignored:
+        print(
+            f"dreamtext: {workspace} reuses its finished describe/descriptor stages, so these "
+            f"flags are ignored: {', '.join(ignored)}; pass --workspace NEW_FOLDER to redo them",
+            file=sys.stderr,
+        )
     try:
         workspace = run_image(args.image, options, cfg)
     except TrainingInterrupted as stop:

@@ -360,6 +360,7 @@ def describe(
         **asdict(result),
         "image": str(Path(image_path).resolve()),
         "clip": options.clip,
+        "max_words": options.max_words,
         "sentences_scored": len(score.cache),
     }
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"

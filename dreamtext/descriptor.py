@@ -398,6 +398,7 @@ def train_descriptor(
     record["descriptor_token"] = options.token
     record["descriptor_vectors"] = trainer.n_vectors
     record["descriptor_words"] = trainer.words
+    record["descriptor_iters"] = trainer.step
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(record_path, lambda f: f.write(text.encode("utf-8")))
     del trainer  # and with it the placeholders' text encoder on the device

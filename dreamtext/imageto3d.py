@@ -152,6 +152,23 @@ def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
     load_for(cfg.guidance, device)
 
 
+def ignored_flags(workspace: Path, given: dict[str, object]) -> list[str]:
+    """The explicitly given ``given`` settings (``noun``, ``quantifier``, ``clip``, ``max_words``
+    of describe; ``descriptor_iters``) that differ from what the workspace's finished describe /
+    descriptor stages used, which a rerun reuses, as ``"--flag value (the run's: old)"``."""
+    record = read_record(workspace) or {}
+    done = {"noun", "quantifier", "clip", "max_words"} if record else set()
+    if "trained_sentence" in record:
+        done.add("descriptor_iters")
+    out = []
+    for name, value in given.items():
+        recorded = record.get(name)
+        if value is None or name not in done or recorded is None or recorded == value:
+            continue
+        out.append(f"--{name.replace('_', '-')} {value} (the run's: {recorded})")
+    return out
+
+
 def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: TrainConfig) -> Path:
     """Reconstruct the object of one image in 3D; return the workspace.
 

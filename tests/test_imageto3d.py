@@ -359,3 +359,15 @@ def test_diverse_with_resume_says_diverse_runs_resume_by_the_same_command(
     assert code == 2 and err.count("\n") == 1
     assert "run the same command again without --resume" in err
     assert not (tmp_path / "workspace").exists()
+
+
+def test_flags_of_finished_stages_that_a_rerun_ignores_are_named(tmp_path):
+    _, workspace = _finished_workspace(tmp_path, iters=2)
+    record_path = workspace / "descriptor" / "sentence.json"
+    record = json.loads(record_path.read_text())
+    record.update(clip="openai/clip", max_words=2, descriptor_iters=2)
+    record_path.write_text(json.dumps(record))
+    given = {"noun": "dog", "quantifier": "a", "clip": None, "max_words": 2}
+    ignored = imageto3d.ignored_flags(workspace, {**given, "descriptor_iters": 50})
+    assert ignored == ["--noun dog (the run's: cube)", "--descriptor-iters 50 (the run's: 2)"]
+    assert imageto3d.ignored_flags(tmp_path / "new", {**given, "descriptor_iters": 50}) == []
