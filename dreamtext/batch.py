@@ -92,7 +92,8 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
 
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: files saved by Windows editors start with a BOM, which strip() keeps.
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"

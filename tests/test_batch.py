@@ -115,6 +115,21 @@ def test_prompts_file_lines_comments_images_and_names(tmp_path):
     assert entries[1].input == "  image: photos/mug.png"
 
 
+def test_a_byte_order_mark_before_the_first_line_is_ignored(tmp_path):
+    """Windows editors start a UTF-8 file with a BOM: the comment stays a comment."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeff# my prompts\r\na red cube\r\n".encode())
+    [entry] = read_prompts(path, tmp_path / "root")
+    assert (entry.line, entry.prompt, entry.input) == (2, "a red cube", "a red cube")
+
+
+def test_an_image_line_after_a_byte_order_mark_is_an_image(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeffimage:nope.png\r\n".encode())
+    with pytest.raises(DreamtextError, match=r"prompts\.txt:1: image not found"):
+        read_prompts(path, tmp_path / "root")
+
+
 def _entries(n):
     return [Entry(i + 1, f"p{i}", "text", f"p{i}", Path(f"p{i}")) for i in range(n)]
 
