@@ -554,7 +554,8 @@ def run_entry(
         _say(f"batch: line {entry.line} stopped: {lost}")
     except (TrainingInterrupted, KeyboardInterrupt) as stop:
         result = {"status": "interrupted", "error": None}
-        _say(f"batch: {stop or 'interrupted'}; run the batch again to resume")
+        # str(KeyboardInterrupt()) is "": Ctrl-C or SIGTERM outside training (the export).
+        _say(f"batch: {str(stop) or 'interrupted'}; run the batch again to resume")
     except DreamtextError as error:
         result = {"status": "failed", "error": error_line(error)}
         _say(f"batch: line {entry.line} failed: {error}")
@@ -665,7 +666,8 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     for row in [header, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
-    counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "skipped", "failed")}
+    statuses = ("finished", "skipped", "failed", "interrupted")
+    counts = {s: sum(r["status"] == s for r in records) for s in statuses}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ from dreamtext.batch import (
     resolve_shard,
     select_share,
     shard_from_environment,
+    summary_table,
 )
 from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
@@ -450,6 +451,41 @@ def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
     assert main(args) == 0
     assert [r["status"] for r in rows(root)[1:]] == ["finished", "finished"]
     assert steps(root / "a_red_cube") == [*range(5, 21, 5)]
+
+
+def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    exports = []
+
+    def terminated_in_export(run):
+        exports.append(run.step)
+        if len(exports) == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(trainer, "export_trained", terminated_in_export)
+    assert main(list(map(str, args))) == 130
+    assert "batch: interrupted; run the batch again to resume" in capsys.readouterr().err
+    assert (status(root / "a_red_cube")["state"], status(root / "a_red_cube")["phase"]) == (
+        "interrupted",
+        "export",
+    )
+    assert main(list(map(str, args))) == 0
+    assert exports == [5, 5]  # the rerun trains nothing and exports
+    assert [r["status"] for r in rows(root)] == ["interrupted", "finished"]
+
+
+def test_the_summary_counts_every_status_of_its_rows():
+    record = {"line": 1, "seconds": 1.0, "its": None, "gpu_mem_mib": None, "workspace": "a"}
+    statuses = ["finished", "skipped", "failed", "interrupted", "interrupted"]
+    records = [{**record, "status": s, "error": None} for s in statuses]
+    assert summary_table(records).splitlines()[-1] == (
+        "1 finished, 1 skipped, 1 failed, 2 interrupted"
+    )
 
 
 def test_a_run_whose_lock_is_taken_over_stops_and_the_batch_goes_on(
