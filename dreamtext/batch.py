@@ -484,6 +484,7 @@ def run_batch(
     """
     options = options or BatchOptions()
     root = Path(options.root)
+    check_root(root)
     entries = read_prompts(prompts_file, root)
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
@@ -500,7 +501,13 @@ def run_batch(
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
     if shard is not None:
         _say(f"batch: share {shard_text}: {len(share)} of {len(entries)} prompts")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DreamtextError(
+            f"cannot create --workspace {root}: {error.strerror or error}; pass a folder you "
+            "can write to"
+        ) from None
     records: list[dict[str, Any]] = []
     with (
         sigterm_as_interrupt(),
@@ -515,6 +522,19 @@ def run_batch(
             if stopped_by_user(record) or gpu_unusable(record):
                 break
     return records
+
+
+def check_root(root: Path) -> None:
+    """``--workspace ROOT`` is a folder, or nothing yet, inside a folder (not inside a file)."""
+    if root.exists() and not root.is_dir():
+        raise DreamtextError(f"--workspace {root} is a file; pass a folder")
+    for parent in root.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DreamtextError(
+                    f"--workspace {root} is inside the file {parent}; pass a folder"
+                )
+            return
 
 
 def check_model(cfg: TrainConfig) -> None:
@@ -541,6 +561,11 @@ def run_entry(
     lock = WorkspaceLock(entry.workspace, options.lock_timeout)
     claimed = False
     try:
+        if entry.workspace.exists() and not entry.workspace.is_dir():
+            raise DreamtextError(
+                f"{entry.workspace} is a file, where this prompt's run folder goes; move it "
+                "away and run the batch again"
+            )
         if is_finished(cfg):
             pass
         elif not (claimed := lock.acquire()):

@@ -619,6 +619,24 @@ def test_a_batch_skips_runs_the_old_batch_script_finished(tmp_path, tiny_yaml, s
     assert not (workspace / "log.jsonl").exists() and not (workspace / "status.json").exists()
 
 
+def test_a_file_where_a_prompts_folder_goes_fails_that_prompt_and_the_batch_goes_on(
+    tmp_path, tiny_yaml, shapes_cache, capsys
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a_red_cube").write_text("notes")
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    failed, finished = rows(root)
+    assert (failed["status"], finished["status"]) == ("failed", "finished")
+    message = f"{root / 'a_red_cube'} is a file, where this prompt's run folder goes; move it away"
+    assert failed["error"].startswith(message)
+    err = capsys.readouterr().err
+    assert f"batch: line 1 failed: {message}" in err and "Traceback" not in err
+    assert (root / "a_red_cube").read_text() == "notes" and not (root / "a_red_cube.lock").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Stable Diffusion: one load for the whole list, image lines too
 
@@ -677,6 +695,24 @@ def test_a_bad_shard_is_one_line_on_stderr(tmp_path):
         "shares; got '3/2'"
     ]
     assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize(
+    ("workspace", "message"),
+    [("afile.txt", "--workspace {} is a file; pass a folder"),
+     ("afile.txt/sub", "--workspace {} is inside the file afile.txt; pass a folder")],
+)  # fmt: skip
+def test_a_workspace_root_that_is_or_lies_in_a_file_is_a_one_line_error(
+    tmp_path, capsys, monkeypatch, workspace, message
+):
+    monkeypatch.chdir(tmp_path)
+    path = prompts_file(tmp_path, "a red cube")
+    Path("afile.txt").write_text("notes")
+    assert main(["batch", str(path), "--model", "builtin:shapes", "--workspace", workspace]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dreamtext: error: " + message.format(workspace)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "prompts.txt"]
+    assert Path("afile.txt").read_text() == "notes"
 
 
 @pytest.mark.parametrize(
