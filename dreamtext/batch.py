@@ -6,9 +6,10 @@
 
 The models are loaded once per process (:mod:`dreamtext.models` keeps them), so from the second
 prompt on a run starts training at once. Each prompt gets the workspace ``dreamtext text`` would
-give it, under the root folder; a finished one is skipped, an interrupted one resumes from its
-last checkpoint, a failing one is recorded and the batch goes on. Ctrl-C (or SIGTERM) checkpoints
-the current run and stops the batch.
+give it, under the root folder, or that name with a short hash of the prompt where the name is
+another prompt's (:func:`workspace_name`); a finished run of the prompt is skipped, an
+interrupted one resumes from its last checkpoint, a failing one is recorded and the batch goes on.
+Ctrl-C (or SIGTERM) checkpoints the current run and stops the batch.
 
 Several workers can share one list. ``--shard K/N`` (or a SLURM job array's
 ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``) gives each a disjoint share, and every
@@ -21,6 +22,7 @@ when its holder stopped refreshing it for ``--lock-timeout`` seconds.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -32,7 +34,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +83,23 @@ class Entry:
     prompt: str
     workspace: Path
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """What a run of this entry records (:func:`run_owner`): ``("text", prompt)``, or
+        ``("image", absolute image path)``."""
+        return self.kind, _key_value(self.kind, self.prompt)
+
+
+def _key_value(kind: str, prompt: str) -> str:
+    return str(Path(prompt).resolve()) if kind == "image" else prompt
+
 
 def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     """The entries of a prompts file: one prompt per line, ``image:PATH`` for an image (a
     relative PATH is taken from the prompts file's folder); blank lines and ``#`` comments are
-    skipped. A line repeating an earlier one is dropped; two prompts whose workspace names clash
-    (``a cat`` and ``A cat!``) get the later one's line number appended. Every image is opened
-    here, so a bad one stops the batch before anything is written."""
+    skipped. A line repeating an earlier one is dropped. Each entry's workspace under ``root`` is
+    :func:`workspace_name`'s. Every image is opened here, so a bad one stops the batch before
+    anything is written."""
     from dreamtext.images import load_image
 
     path = Path(path)
@@ -100,9 +112,8 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise DreamtextError(f"cannot read prompts file {path}: {error}") from None
-    entries: list[Entry] = []
+    found: list[Entry] = []  # workspaces named once the whole list is known
     seen: dict[tuple[str, str], int] = {}
-    names: set[str] = set()
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
         if not text or text.startswith("#"):
@@ -120,22 +131,68 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             except DreamtextError as error:
                 raise DreamtextError(f"{path}:{number}: {error}") from None
             prompt = str(image_path)
-        key = (kind, str(Path(prompt).resolve()) if kind == "image" else prompt)
-        if key in seen:
-            _say(f"batch: line {number} repeats line {seen[key]}; it runs once")
+        entry = Entry(number, raw.rstrip("\r"), kind, prompt, root)
+        if entry.key in seen:
+            _say(f"batch: line {number} repeats line {seen[entry.key]}; it runs once")
             continue
-        seen[key] = number
-        name = slugify(Path(prompt).stem if kind == "image" else prompt)
-        if name in names:
-            name = f"{name}_line{number}"
-        names.add(name)
-        entries.append(Entry(number, raw.rstrip("\r"), kind, prompt, root / name))
-    if not entries:
+        seen[entry.key] = number
+        found.append(entry)
+    if not found:
         raise DreamtextError(
             f"prompts file {path} holds no prompts (blank lines and # comments "
             "are skipped); write one prompt per line"
         )
-    return entries
+    slugs = [_slug(e) for e in found]
+    return [
+        replace(e, workspace=root / workspace_name(root, e.key, slug, slugs.count(slug) > 1))
+        for e, slug in zip(found, slugs, strict=True)
+    ]
+
+
+def _slug(entry: Entry) -> str:
+    return slugify(Path(entry.prompt).stem if entry.kind == "image" else entry.prompt)
+
+
+def workspace_name(root: Path, key: tuple[str, str], slug: str, shared: bool) -> str:
+    """The folder under ``root`` of the prompt (or image) ``key`` whose slug is ``slug``.
+
+    It is ``slug``, the workspace ``dreamtext text`` would use, unless that folder holds another
+    prompt's run or ``shared`` (another line of the list has the same slug: ``a cat`` and ``A
+    cat!``, prompts that differ after 60 characters or only in non-Latin letters): then it is
+    ``<slug>_<8 hex digits of the prompt's SHA-256>``. The name depends on the prompt and the
+    folders there, never on the line order, so an edited or re-ordered list keeps each prompt's
+    run. A folder that already holds this prompt's run keeps it: ``slug``, the hashed name, or a
+    ``<slug>_line<N>`` of the batches that named clashes by their line number.
+    """
+    hashed = f"{slug}_{hashlib.sha256(key[1].encode('utf-8')).hexdigest()[:8]}"
+    owner = run_owner(root / slug)
+    if owner == key:
+        return slug
+    if (root / hashed).exists():
+        return hashed
+    for old in sorted(root.glob(f"{slug}_line*")):
+        if re.fullmatch(rf"{re.escape(slug)}_line\d+", old.name) and run_owner(old) == key:
+            return old.name
+    return hashed if shared or owner is not None else slug
+
+
+def run_owner(workspace: Path) -> tuple[str, str] | None:
+    """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
+    (``descriptor/sentence.json``), ``("text", prompt)`` for a text→3D run (``config.json``),
+    ``None`` when it holds neither (no folder, or a run that has not written them yet)."""
+    from dreamtext.describe import sentence_path
+
+    for path, kind, name in (
+        (sentence_path(workspace), "image", "image"),
+        (workspace / "config.json", "text", "prompt"),
+    ):
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")).get(name)
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(value, str):
+            return kind, _key_value(kind, value)
+    return None
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -462,6 +519,12 @@ def entry_config(
     return resolve_config(mine, preset=preset, config_file=config_file)
 
 
+def finished_here(entry: Entry, cfg: TrainConfig) -> bool:
+    """The entry's workspace holds a finished run (:func:`is_finished`) of this very prompt or
+    image: a finished run of another prompt is not this one's."""
+    return is_finished(cfg) and run_owner(entry.workspace) == entry.key
+
+
 def is_finished(cfg: TrainConfig) -> bool:
     """The run's ``status.json`` says finished at ``cfg.iters`` or beyond (a finished run asked
     for more iterations resumes); a run of the old ``scripts/batch.sh``, without ``status.json``,
@@ -495,7 +558,7 @@ def run_batch(
                 f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
                 f"{cfg.guidance.model}; pass --model with a diffusers hub id or folder"
             )
-    pending = [cfg for cfg in configs if not is_finished(cfg)]
+    pending = [cfg for e, cfg in zip(share, configs, strict=True) if not finished_here(e, cfg)]
     if pending:
         check_model(pending[0])
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
@@ -566,11 +629,18 @@ def run_entry(
                 f"{entry.workspace} is a file, where this prompt's run folder goes; move it "
                 "away and run the batch again"
             )
-        if is_finished(cfg):
+        owner = run_owner(entry.workspace)
+        if owner is not None and owner != entry.key:
+            what = f"image {owner[1]}" if owner[0] == "image" else f"'{owner[1]}'"
+            raise DreamtextError(
+                f"{entry.workspace} holds a run of {what}; move that folder away and run the "
+                "batch again"
+            )
+        if finished_here(entry, cfg):
             pass
         elif not (claimed := lock.acquire()):
             result["error"] = lock.describe_holder()
-        elif not is_finished(cfg):  # another worker may have finished it meanwhile
+        elif not finished_here(entry, cfg):  # another worker may have finished it meanwhile
             with guard_run(entry.workspace, lock.check):
                 run_one(entry, cfg, options)
             result["status"] = "finished"
@@ -628,15 +698,7 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions) -> None:
         return
     from dreamtext.trainer import train
 
-    workspace = Path(cfg.workspace)
-    resume = last_checkpoint(workspace).is_file()
-    if resume:
-        previous = _saved_prompt(workspace)
-        if previous != cfg.prompt:
-            raise DreamtextError(
-                f"{workspace} holds a run of '{previous}'; move it away or pass another --workspace"
-            )
-    train(cfg, resume=resume)
+    train(cfg, resume=last_checkpoint(Path(cfg.workspace)).is_file())
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -732,13 +794,6 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _saved_prompt(workspace: Path) -> str | None:
-    try:
-        return json.loads((workspace / "config.json").read_text(encoding="utf-8")).get("prompt")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _prompt_of(entry: Entry) -> str:
     """The text prompt, or for an image line the sentence DreamText learned (once it has)."""
     if entry.kind == "image":
@@ -767,7 +822,9 @@ __all__ = [
     "read_prompts",
     "resolve_shard",
     "run_batch",
+    "run_owner",
     "select_share",
     "shard_from_environment",
     "summary_table",
+    "workspace_name",
 ]

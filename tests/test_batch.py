@@ -1,5 +1,6 @@
 """`dreamtext batch`: one process for a list, skips and resumes, shares, locks, bad input."""
 
+import hashlib
 import json
 import os
 import signal
@@ -108,12 +109,74 @@ def test_prompts_file_lines_comments_images_and_names(tmp_path):
     )
     entries = read_prompts(path, tmp_path / "root")
     assert [(e.line, e.kind, e.workspace.name) for e in entries] == [
-        (2, "text", "a_red_cube"),
+        (2, "text", f"a_red_cube_{sha('a red cube')}"),  # two lines' names clash: both hashed
         (4, "image", "mug"),
-        (6, "text", "a_red_cube_line6"),  # line 5 repeats line 2 and is dropped
+        (6, "text", f"a_red_cube_{sha('A red cube!')}"),  # line 5 repeats line 2: dropped
     ]
     assert entries[1].prompt == str(tmp_path / "photos" / "mug.png")
     assert entries[1].input == "  image: photos/mug.png"
+
+
+def sha(prompt):
+    return hashlib.sha256(prompt.encode()).hexdigest()[:8]
+
+
+def ran(workspace, prompt, iters=20):
+    """``workspace`` as a finished run of ``prompt`` leaves it (config.json and status.json)."""
+    workspace.mkdir(parents=True)
+    config = {"prompt": prompt, "workspace": str(workspace), "iters": iters}
+    (workspace / "config.json").write_text(json.dumps(config))
+    (workspace / "status.json").write_text(json.dumps({"state": "finished", "step": iters}))
+    return workspace
+
+
+def names(path, root):
+    return {e.prompt: e.workspace.name for e in read_prompts(path, root)}
+
+
+def test_names_of_clashing_prompts_do_not_depend_on_the_line_order(tmp_path):
+    lines = [
+        "一只猫",
+        "a cat",
+        "一只狗",
+        "A cat!",
+    ]  # the first two slug to run, the others to a_cat
+    forward = names(prompts_file(tmp_path, *lines), tmp_path / "root")
+    backward = names(prompts_file(tmp_path, *reversed(lines)), tmp_path / "root")
+    assert (
+        forward
+        == backward
+        == {
+            "一只猫": f"run_{sha('一只猫')}",
+            "a cat": f"a_cat_{sha('a cat')}",
+            "一只狗": f"run_{sha('一只狗')}",
+            "A cat!": f"a_cat_{sha('A cat!')}",
+        }
+    )
+
+
+def test_a_folder_holding_another_prompts_run_gives_the_prompt_a_hashed_name(tmp_path):
+    root = tmp_path / "root"
+    ran(root / "a_red_cube", "a red cube")
+    path = prompts_file(tmp_path, "A red cube!", "a red cube", "a blue cube")
+    assert names(path, root) == {
+        "A red cube!": f"a_red_cube_{sha('A red cube!')}",
+        "a red cube": "a_red_cube",  # its own run keeps its folder
+        "a blue cube": "a_blue_cube",
+    }
+
+
+def test_a_rerun_keeps_the_folders_that_line_numbers_named(tmp_path):
+    """Batches before hashed names gave the later of two clashing prompts ``<name>_line<N>``."""
+    root = tmp_path / "root"
+    ran(root / "a_red_cube", "a red cube")
+    ran(root / "a_red_cube_line3", "A red cube!")
+    path = prompts_file(tmp_path, "A red cube!", "a blue cube", "a red cube")  # edited, reordered
+    assert names(path, root) == {
+        "A red cube!": "a_red_cube_line3",
+        "a blue cube": "a_blue_cube",
+        "a red cube": "a_red_cube",
+    }
 
 
 def test_a_byte_order_mark_before_the_first_line_is_ignored(tmp_path):
@@ -617,6 +680,41 @@ def test_a_batch_skips_runs_the_old_batch_script_finished(tmp_path, tiny_yaml, s
     assert main(list(map(str, args))) == 0
     assert [r["status"] for r in rows(root)] == ["skipped"]
     assert not (workspace / "log.jsonl").exists() and not (workspace / "status.json").exists()
+
+
+def test_a_finished_run_of_another_prompt_with_the_same_name_is_not_skipped(
+    tmp_path, tiny_yaml, shapes_cache
+):
+    root = tmp_path / "root"
+    ran(root / "a_red_cube", "A red cube!")  # from another list into the same root
+    done = (root / "a_red_cube" / "status.json").read_text()
+    path = prompts_file(tmp_path, "a red cube")
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    [record] = rows(root)
+    assert record["status"] == "finished"
+    assert record["workspace"] == f"a_red_cube_{sha('a red cube')}"
+    config = json.loads((root / record["workspace"] / "config.json").read_text())
+    assert config["prompt"] == "a red cube"
+    assert (root / "a_red_cube" / "status.json").read_text() == done  # untouched
+
+
+def test_a_finished_run_in_the_entrys_folder_counts_only_for_its_own_prompt(tmp_path, capsys):
+    """Whatever the names: a folder holding a finished run of another prompt is never skipped."""
+    from dreamtext.batch import BatchOptions, entry_config, run_entry
+
+    root = tmp_path / "root"
+    ran(root / "a_red_cube", "a red cube")
+    entry = Entry(1, "A red cube!", "text", "A red cube!", root / "a_red_cube")
+    cfg = entry_config(entry, {"iters": 20, "guidance": {"model": "builtin:shapes"}}, None, None)
+    record = run_entry(entry, cfg, BatchOptions(root=root), root, None)
+    assert record["status"] == "failed"
+    assert record["error"] == (
+        f"{root / 'a_red_cube'} holds a run of 'a red cube'; move that folder away and run the "
+        "batch again"
+    )
+    mine = Entry(1, "a red cube", "text", "a red cube", root / "a_red_cube")
+    assert run_entry(mine, cfg, BatchOptions(root=root), root, None)["status"] == "skipped"
 
 
 def test_a_file_where_a_prompts_folder_goes_fails_that_prompt_and_the_batch_goes_on(
