@@ -42,7 +42,13 @@ import torch
 from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import last_checkpoint
-from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, resolve_config, slugify
+from dreamtext.config import (
+    DEFAULT_WORKSPACE_ROOT,
+    TrainConfig,
+    config_to_dict,
+    resolve_config,
+    slugify,
+)
 from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
 from dreamtext.imageto3d import ImageOptions
@@ -58,6 +64,35 @@ from dreamtext.runstatus import (
 BATCH_LOG = "batch.jsonl"
 IMAGE_PREFIX = "image:"
 HOST = socket.gethostname()
+
+# Fields of a run's config that do not change what it makes: its name and length (a finished run
+# asked for more iterations resumes), where and how fast it runs, how often it reports. A skipped
+# run whose config.json differs from the batch's in any other field gets a warning.
+NOT_COMPARED = frozenset(
+    {
+        "prompt",
+        "workspace",
+        "iters",
+        "device",
+        "log_every",
+        "preview_every",
+        "preview_views",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "field.encoding",
+        "render.chunk_size",
+        "render.chunk_points",
+        "render.backprop",
+        "render.grad_chunk_points",
+        "render.recompute_field",
+        "guidance.attention_slicing",
+        "guidance.vae_slicing",
+        "guidance.vae_tiling",
+        "guidance.channels_last",
+        "guidance.compile",
+        "export_options.device",
+    }
+)
 
 # CUDA's own errors (torch ≥ 2.8). Most (an illegal address, a device-side assert, a lost GPU)
 # leave the process's CUDA context unusable, so the batch stops at the first; running out of
@@ -498,12 +533,14 @@ class BatchOptions:
     """``root``: where the workspaces and ``batch.jsonl`` go. ``shard``: the ``--shard K/N`` text
     (``None``: SLURM's array task share when set, else the whole list). ``lock_timeout``: seconds
     after which an unrefreshed lock is taken over. ``image``: describe / descriptor options of
-    ``image:`` lines."""
+    ``image:`` lines. ``overwrite``: train every prompt of the share again from scratch (text
+    lines only)."""
 
     root: Path = DEFAULT_WORKSPACE_ROOT
     shard: str | None = None
     lock_timeout: float = 600.0
     image: ImageOptions = field(default_factory=ImageOptions)
+    overwrite: bool = False
 
 
 def entry_config(
@@ -523,6 +560,37 @@ def finished_here(entry: Entry, cfg: TrainConfig) -> bool:
     """The entry's workspace holds a finished run (:func:`is_finished`) of this very prompt or
     image: a finished run of another prompt is not this one's."""
     return is_finished(cfg) and run_owner(entry.workspace) == entry.key
+
+
+def changed_settings(entry: Entry, cfg: TrainConfig) -> list[str]:
+    """``"name old → new"`` for every field the run in the entry's workspace recorded in its
+    ``config.json`` with another value than ``cfg`` has, leaving out :data:`NOT_COMPARED` (and
+    for an image line its learned sentence and token, which ``cfg`` does not know yet). Fields
+    one of the two does not have (a run of an older dreamtext) are not compared."""
+    try:
+        saved = json.loads((entry.workspace / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    before, now = _flat(saved), _flat(config_to_dict(cfg))
+    ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if entry.kind == "image" else set())
+    return [
+        f"{name} {_shorten(json.dumps(before[name]), 40)} → {_shorten(json.dumps(value), 40)}"
+        for name, value in now.items()
+        if name in before and name not in ignored and before[name] != value
+    ]
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"guidance.guidance_scale": 100.0, ...}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def is_finished(cfg: TrainConfig) -> bool:
@@ -549,6 +617,12 @@ def run_batch(
     root = Path(options.root)
     check_root(root)
     entries = read_prompts(prompts_file, root)
+    images = [e.line for e in entries if e.kind == "image"]
+    if options.overwrite and images:
+        raise DreamtextError(
+            f"--overwrite trains text prompts again, not image lines (line {images[0]}): "
+            "remove those lines' folders to train them again, or drop --overwrite"
+        )
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
     configs = [entry_config(e, overrides, preset, config_file) for e in share]
@@ -558,7 +632,14 @@ def run_batch(
                 f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
                 f"{cfg.guidance.model}; pass --model with a diffusers hub id or folder"
             )
-    pending = [cfg for e, cfg in zip(share, configs, strict=True) if not finished_here(e, cfg)]
+    # --overwrite retrains a run unless its status.json changes after this, when a worker
+    # sharing the list (with --overwrite too) has trained it again already.
+    before = {e.workspace: read_status(e.workspace) for e in share}
+    pending = [
+        cfg
+        for e, cfg in zip(share, configs, strict=True)
+        if options.overwrite or not finished_here(e, cfg)
+    ]
     if pending:
         check_model(pending[0])
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
@@ -578,7 +659,7 @@ def run_batch(
     ):
         for entry, cfg in zip(share, configs, strict=True):
             bar.set_postfix_str(entry.workspace.name[:40])
-            record = run_entry(entry, cfg, options, root, shard_text)
+            record = run_entry(entry, cfg, options, root, shard_text, before[entry.workspace])
             append_record(root / BATCH_LOG, record)
             records.append(record)
             bar.update(1)
@@ -614,9 +695,20 @@ def check_model(cfg: TrainConfig) -> None:
 
 
 def run_entry(
-    entry: Entry, cfg: TrainConfig, options: BatchOptions, root: Path, shard: str | None
+    entry: Entry,
+    cfg: TrainConfig,
+    options: BatchOptions,
+    root: Path,
+    shard: str | None,
+    before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Skip, or claim and run, one entry; return its ``batch.jsonl`` record."""
+    """Skip, or claim and run, one entry; return its ``batch.jsonl`` record.
+
+    A finished run of the entry is skipped, with a warning when it used other settings
+    (:func:`changed_settings`). With ``options.overwrite`` it trains from scratch instead, unless
+    its ``status.json`` is no longer ``before`` (what it was when the batch started): then another
+    worker of this batch has trained it again, and it is skipped or resumed as without.
+    """
     from dreamtext.trainer import TrainingInterrupted
 
     started, start = now_iso(), time.perf_counter()
@@ -636,14 +728,23 @@ def run_entry(
                 f"{entry.workspace} holds a run of {what}; move that folder away and run the "
                 "batch again"
             )
-        if finished_here(entry, cfg):
-            pass
+        fresh = options.overwrite and read_status(entry.workspace) == before
+        if not fresh and finished_here(entry, cfg):
+            changed = changed_settings(entry, cfg)
+            if changed:
+                _say(
+                    f"batch: line {entry.line}: {entry.workspace} finished with other settings "
+                    f"({', '.join(changed)}); skipped, --overwrite trains it again with these"
+                )
         elif not (claimed := lock.acquire()):
             result["error"] = lock.describe_holder()
-        elif not finished_here(entry, cfg):  # another worker may have finished it meanwhile
-            with guard_run(entry.workspace, lock.check):
-                run_one(entry, cfg, options)
-            result["status"] = "finished"
+        else:
+            # another worker may have finished (or, with --overwrite, retrained) it meanwhile
+            fresh = options.overwrite and read_status(entry.workspace) == before
+            if fresh or not finished_here(entry, cfg):
+                with guard_run(entry.workspace, lock.check):
+                    run_one(entry, cfg, options, overwrite=fresh)
+                result["status"] = "finished"
     except RunTakenOver as lost:
         result = {"status": "interrupted", "error": str(lost)}
         _say(f"batch: line {entry.line} stopped: {lost}")
@@ -689,8 +790,9 @@ def run_entry(
     }
 
 
-def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions) -> None:
-    """Train one entry: text→3D, resumed when it has a checkpoint; or the image→3D chain."""
+def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bool = False) -> None:
+    """Train one entry: text→3D, resumed when it has a checkpoint (from scratch with
+    ``overwrite``); or the image→3D chain."""
     if entry.kind == "image":
         from dreamtext.imageto3d import run_image
 
@@ -698,7 +800,10 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions) -> None:
         return
     from dreamtext.trainer import train
 
-    train(cfg, resume=last_checkpoint(Path(cfg.workspace)).is_file())
+    if overwrite:
+        train(cfg, resume=False, overwrite=True)
+    else:
+        train(cfg, resume=last_checkpoint(Path(cfg.workspace)).is_file())
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -438,6 +438,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         shard=args.shard,
         lock_timeout=args.lock_timeout,
         image=ImageOptions(describe=describe_options(args)),
+        overwrite=args.overwrite,
     )
     if args.descriptor_iters is not None:
         options.image.descriptor.iters = args.descriptor_iters
@@ -585,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="text→3D (and image→3D) for every line of a prompts file, models loaded once",
         description="Run every prompt of PROMPTS_FILE (one per line; image:PATH for image→3D; "
         "# comments) in one process, each in the workspace `dreamtext text` would use, under "
-        "--workspace. Finished prompts are skipped, interrupted ones resume, failures are "
+        "--workspace. Finished prompts are skipped (--overwrite trains them again), interrupted "
+        "ones resume, failures are "
         "recorded and the batch goes on. Writes ROOT/batch.jsonl and prints a summary. Several "
         "workers can share a list: --shard K/N, or a SLURM job array (SLURM_ARRAY_TASK_ID), and "
         "lock files keep two from training one prompt.",
@@ -608,6 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="take over a workspace lock not refreshed for this long (its worker hung or its "
         "machine died) [600]",
+    )
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train every prompt of this worker's share again from scratch, replacing finished "
+        "and interrupted runs (text prompts only); without it a finished run is skipped, with a "
+        "warning when it used other settings",
     )
     add_describe_arguments(batch)
     batch.add_argument(

@@ -91,7 +91,8 @@ def test_batch_is_a_subcommand_with_its_own_flags(capsys):
     with pytest.raises(SystemExit):
         main(["batch", "--help"])
     out = capsys.readouterr().out
-    for flag in ("PROMPTS_FILE", "--shard", "--lock-timeout", "--model", "--iters", "--clip"):
+    flags = ("PROMPTS_FILE", "--shard", "--lock-timeout", "--overwrite", "--model", "--clip")
+    for flag in flags:
         assert flag in out
 
 
@@ -717,6 +718,71 @@ def test_a_finished_run_in_the_entrys_folder_counts_only_for_its_own_prompt(tmp_
     assert run_entry(mine, cfg, BatchOptions(root=root), root, None)["status"] == "skipped"
 
 
+def test_a_skipped_run_with_other_settings_is_named_in_one_warning_line(
+    tmp_path, tiny_yaml, shapes_cache, capsys
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    capsys.readouterr()
+    assert main(list(map(str, args))) == 0  # same settings: skipped without a word
+    assert "other settings" not in capsys.readouterr().err
+    changed = ["--seed", "7", "--lr", "0.5", "--guidance", "50", "--iters", "3"]  # fewer iters: ok
+    assert main(list(map(str, [*args, *changed]))) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
+    assert warnings == [
+        f"batch: line {n}: {root / name} finished with other settings (seed 0 → 7, lr 0.02 → 0.5, "
+        "guidance.guidance_scale 5.0 → 50.0); skipped, --overwrite trains it again with these"
+        for n, name in ((1, "a_red_cube"), (2, "a_blue_cube"))
+    ]
+    assert [r["status"] for r in rows(root)[4:]] == ["skipped", "skipped"]
+    assert json.loads((root / "a_red_cube" / "config.json").read_text())["seed"] == 0
+
+
+def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    real_step = trainer.train_step
+
+    def ctrl_c_in_the_second(run):
+        record = real_step(run)
+        if run.workspace.name == "a_blue_cube" and run.step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", ctrl_c_in_the_second)
+    assert main(list(map(str, args))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    started, real_train = [], trainer.train
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
+    )
+    assert main(list(map(str, [*args, "--overwrite", "--seed", "3"]))) == 0
+    assert [r["status"] for r in rows(root)] == ["finished", "interrupted", "finished", "finished"]
+    assert started == [{"resume": False, "overwrite": True}] * 2
+    for name in ("a_red_cube", "a_blue_cube"):
+        assert steps(root / name) == [5, 6]  # one run from step 0
+        assert json.loads((root / name / "config.json").read_text())["seed"] == 3
+
+
+def test_overwrite_leaves_a_run_another_worker_of_the_batch_has_trained_again(tmp_path):
+    """Workers sharing a list with --overwrite: a run whose status.json changed since the batch
+    started was trained again by another of them, and is skipped."""
+    from dreamtext.batch import BatchOptions, entry_config, run_entry
+
+    root = tmp_path / "root"
+    workspace = ran(root / "a_red_cube", "a red cube")
+    entry = Entry(1, "a red cube", "text", "a red cube", workspace)
+    cfg = entry_config(entry, {"iters": 20, "guidance": {"model": "builtin:shapes"}}, None, None)
+    seen_at_start = {"state": "finished", "step": 20, "started": "2026-01-01T00:00:00+00:00"}
+    options = BatchOptions(root=root, overwrite=True)
+    assert run_entry(entry, cfg, options, root, None, seen_at_start)["status"] == "skipped"
+
+
 def test_a_file_where_a_prompts_folder_goes_fails_that_prompt_and_the_batch_goes_on(
     tmp_path, tiny_yaml, shapes_cache, capsys
 ):
@@ -826,6 +892,7 @@ def test_a_workspace_root_that_is_or_lies_in_a_file_is_a_one_line_error(
         (["a red cube"], ["--iters", "5", "--epochs", "1"], "--iters or --epochs"),
         (["a red cube"], ["--model", "no/such-model"], "could not load Stable Diffusion"),
         (["a red cube"], ["--model", "builtin:shapes", "--fp16"], "--fp16 needs a CUDA GPU"),
+        (["a red cube", "image:ok.png"], ["--overwrite"], "--overwrite trains text prompts again"),
     ],
 )
 def test_bad_input_is_a_one_line_error_before_anything_is_written(
