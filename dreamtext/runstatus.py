@@ -9,9 +9,11 @@ starts, when it ends (``finished``, written after the export), when it fails (wi
 first line) and when it is interrupted (Ctrl-C, SIGTERM). In between, the trainer calls
 :func:`update_status` at every log line and checkpoint, which refreshes ``step``, ``seconds``,
 ``gpu_mem_mib`` and ``updated``, and once more with ``phase="export"`` right before the export.
-``phase`` is the stage the run is in, or for an ended run the stage it ended in. ``started`` and
-``seconds`` are those of this attempt (a resumed run starts again); ``gpu_mem_mib`` is the peak
-reserved CUDA memory of the attempt, ``null`` off CUDA.
+``phase`` is the stage the run is in, or for an ended run the stage it ended in. ``seconds`` is
+the run's time over all its attempts: a resumed run (one that starts past step 0) adds its own to
+the ``seconds`` its status.json held, a run that starts at step 0 counts from 0. ``started`` is
+when this attempt started; ``gpu_mem_mib`` is the peak reserved CUDA memory of the attempt,
+``null`` off CUDA.
 
 A caller of ``train`` that must be able to stop a run (``dreamtext batch``, whose lock on a
 workspace can be taken over) registers a check with :func:`guard_run`; every status update calls
@@ -22,6 +24,7 @@ again (the workspace is another worker's now).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -117,7 +120,8 @@ def _key(workspace: str | Path) -> str:
 
 
 class StatusTracker:
-    """Writes one run attempt's ``status.json``; see :func:`track_status`."""
+    """Writes one run attempt's ``status.json``; see :func:`track_status`. ``earlier_seconds``:
+    the time of the run's earlier attempts, when this one resumes it."""
 
     def __init__(
         self, workspace: str | Path, iters: int, step: Callable[[], int], device: torch.device
@@ -128,6 +132,10 @@ class StatusTracker:
         self.device = device
         self.phase = "train"
         self.started, self.start = now_iso(), time.perf_counter()
+        earlier = read_status(self.workspace) if int(step()) > 0 else None
+        seconds = (earlier or {}).get("seconds")
+        valid = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+        self.earlier_seconds = float(seconds) if valid and math.isfinite(seconds) else 0.0
         self._written: tuple[int, str] | None = None
 
     def write(self, state: str, error: str | None = None) -> None:
@@ -139,7 +147,7 @@ class StatusTracker:
             "started": self.started,
             "updated": now_iso(),
             "error": error,
-            "seconds": round(time.perf_counter() - self.start, 3),
+            "seconds": round(self.earlier_seconds + time.perf_counter() - self.start, 3),
             "gpu_mem_mib": peak_gpu_mib(self.device),
             "phase": self.phase,
         }

@@ -510,11 +510,15 @@ def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
     assert [r["status"] for r in rows(root)] == ["interrupted"]
     assert status(root / "a_red_cube")["state"] == "interrupted"
     assert not (root / "a_blue_sphere").exists() and not list(root.glob("*.lock"))
+    # as if the first attempt had trained for 1000 s: the card's time is that of both attempts
+    interrupted = {**status(root / "a_red_cube"), "seconds": 1000.0}
+    (root / "a_red_cube" / "status.json").write_text(json.dumps(interrupted))
 
     monkeypatch.setattr(trainer, "train_step", real_step)
     assert main(args) == 0
     assert [r["status"] for r in rows(root)[1:]] == ["finished", "finished"]
     assert steps(root / "a_red_cube") == [*range(5, 21, 5)]
+    assert 1000.0 < status(root / "a_red_cube")["seconds"] < 1100.0
 
 
 def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(

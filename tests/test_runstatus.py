@@ -5,13 +5,14 @@ import signal
 from datetime import datetime
 
 import pytest
+import torch
 from tiny_models import TINY_TRAIN
 
 import dreamtext.runstatus as runstatus
 import dreamtext.trainer as trainer
 from dreamtext.config import resolve_config
 from dreamtext.errors import DreamtextError
-from dreamtext.runstatus import error_line, read_status
+from dreamtext.runstatus import StatusTracker, error_line, read_status, write_status
 from dreamtext.trainer import TrainingInterrupted, train
 
 KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
@@ -132,6 +133,24 @@ def test_an_interrupted_run_says_interrupted_and_a_resume_finishes(
     monkeypatch.setattr(trainer, "train_step", real_step)
     train(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True)
     assert (status(tmp_path)["state"], status(tmp_path)["step"]) == ("finished", 4)
+
+
+def _earlier_attempt(workspace, seconds=100.0):
+    write_status(workspace, {"state": "interrupted", "step": 10, "iters": 20, "seconds": seconds})
+
+
+def test_a_resumed_run_adds_its_time_to_its_earlier_attempts(tmp_path):
+    _earlier_attempt(tmp_path)
+    tracker = StatusTracker(tmp_path, 20, lambda: 10, torch.device("cpu"))  # resumed at step 10
+    tracker.write("running")
+    assert 100.0 <= read_status(tmp_path)["seconds"] < 110.0
+
+
+def test_a_run_started_from_step_zero_counts_its_time_from_zero(tmp_path):
+    _earlier_attempt(tmp_path)
+    tracker = StatusTracker(tmp_path, 20, lambda: 0, torch.device("cpu"))  # --overwrite
+    tracker.write("running")
+    assert read_status(tmp_path)["seconds"] < 10.0
 
 
 def test_a_guard_stops_a_run_and_leaves_status_json_to_the_new_holder(
