@@ -46,6 +46,7 @@ from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
     config_to_dict,
+    flat_fields,
     resolve_config,
     slugify,
 )
@@ -573,24 +574,13 @@ def changed_settings(entry: Entry, cfg: TrainConfig) -> list[str]:
         return []
     if not isinstance(saved, dict):
         return []
-    before, now = _flat(saved), _flat(config_to_dict(cfg))
+    before, now = flat_fields(saved), flat_fields(config_to_dict(cfg))
     ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if entry.kind == "image" else set())
     return [
         f"{name} {_shorten(json.dumps(before[name]), 40)} → {_shorten(json.dumps(value), 40)}"
         for name, value in now.items()
         if name in before and name not in ignored and before[name] != value
     ]
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as ``{"guidance.guidance_scale": 100.0, ...}``."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def is_finished(cfg: TrainConfig) -> bool:

@@ -197,7 +197,7 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     resumed run cannot change, as ``"name saved → new"``."""
     before = TrainConfig()
     apply_overrides(before, saved, "the workspace's config.json")
-    old, new = _flat_fields(config_to_dict(before)), _flat_fields(config_to_dict(cfg))
+    old, new = flat_fields(config_to_dict(before)), flat_fields(config_to_dict(cfg))
     return [
         f"{name} {old[name]} → {new[name]}"
         for name in old
@@ -207,11 +207,12 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     ]
 
 
-def _flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"guidance.guidance_scale": 100.0, ...}``."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            out.update(_flat_fields(value, f"{prefix}{key}."))
+            out.update(flat_fields(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -331,6 +332,7 @@ __all__ = [
     "apply_overrides",
     "available_presets",
     "config_to_dict",
+    "flat_fields",
     "preset_path",
     "read_yaml",
     "resolve_config",
