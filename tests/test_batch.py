@@ -537,7 +537,9 @@ def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(
 
     monkeypatch.setattr(trainer, "export_trained", terminated_in_export)
     assert main(list(map(str, args))) == 130
-    assert "batch: interrupted; run the batch again to resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "batch: interrupted in the export, after step 5; saved " in err
+    assert "; run the batch again to resume" in err
     assert (status(root / "a_red_cube")["state"], status(root / "a_red_cube")["phase"]) == (
         "interrupted",
         "export",
