@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 SURFACE_TRANSMITTANCE = 0.5
 SURFACE_DEPTH = math.log(1.0 / SURFACE_TRANSMITTANCE)  # the optical depth where T = ½
+# Densities above this are all opaque to any ray through one cell (σ·h ≫ 1); larger ones (an
+# overflowed exp: inf) are set to it, so that optical depths stay finite.
+MAX_DENSITY = 1e6
 # Parts of the solid under this fraction of the largest part's cells are crumbs.
 MIN_COMPONENT_FRACTION = 0.01
 
@@ -194,7 +197,7 @@ def extract_mesh(
     is solid.
     """
     bound = float(field.bound)
-    grid = sample_density_grid(field, resolution, bound, chunk)
+    grid = finite_density(sample_density_grid(field, resolution, bound, chunk))
     depth = outside_optical_depth(grid, bound)
     occupancy = depth > SURFACE_DEPTH
     if threshold is None:
@@ -212,7 +215,26 @@ def extract_mesh(
                 f"{float(grid.max()):.4g}): train longer or lower --threshold"
             )
     mesh, dropped = solid_surface(values, solid, level, bound)
+    if len(mesh.faces) == 0:
+        raise DreamtextError(
+            f"the field's solid is too small or too broken up to mesh at {resolution}^3 "
+            f"({dropped} crumbs dropped): train longer, or pass a higher --resolution or a "
+            "--threshold"
+        )
     return Extraction(mesh, occupancy, threshold, dropped)
+
+
+def finite_density(grid: np.ndarray) -> np.ndarray:
+    """``grid`` with infinite densities set to :data:`MAX_DENSITY`: an ``exp`` activation
+    overflows float32 above σ ≈ 3.4e38, and such a cell is as opaque as any dense one. A NaN
+    density is a field that diverged: a :class:`DreamtextError` naming the fix."""
+    bad = np.isnan(grid)
+    if bad.any():
+        raise DreamtextError(
+            f"the field's density is NaN at {int(bad.sum())} of {grid.size} grid points: its "
+            "training diverged (see the loss in log.jsonl); train again with a smaller --lr"
+        )
+    return np.minimum(grid, MAX_DENSITY)
 
 
 def solid_surface(
@@ -685,6 +707,7 @@ __all__ = [
     "extract_mesh",
     "face_components",
     "field_device",
+    "finite_density",
     "grid_centres",
     "is_closed_manifold",
     "make_manifold",

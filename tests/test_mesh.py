@@ -199,6 +199,39 @@ def test_threshold_above_the_field_asks_to_lower_it():
         extract_mesh(SphereField(), resolution=16, threshold=500.0)
 
 
+class OverflowingSphere(SphereField):
+    """A sphere whose core density overflowed to infinity (an ``exp`` activation, diverged)."""
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = super().density(x)
+        return torch.where(x.norm(dim=-1) < 0.3, torch.full_like(sigma, math.inf), sigma)
+
+
+def test_an_infinite_density_is_opaque_and_meshes_like_a_large_one():
+    """Infinite density made the optical depths NaN, and the export wrote a mesh of 0 faces."""
+    overflowing = extract_mesh(OverflowingSphere(), resolution=32)
+    finite = extract_mesh(SphereField(), resolution=32)
+    assert len(overflowing.mesh.faces) == len(finite.mesh.faces) > 0
+    assert np.allclose(overflowing.mesh.vertices, finite.mesh.vertices, atol=1e-5)
+
+
+def test_a_nan_density_says_the_training_diverged():
+    class NanField(SphereField):
+        def density(self, x: torch.Tensor) -> torch.Tensor:
+            return super().density(x) * torch.nan
+
+    with pytest.raises(DreamtextError, match=r"diverged.*smaller --lr"):
+        extract_mesh(NanField(), resolution=16)
+
+
+def test_a_solid_left_with_no_faces_is_an_error_not_an_empty_mesh(monkeypatch):
+    from dreamtext import mesh as mesh_module
+
+    monkeypatch.setattr(mesh_module, "solid_surface", lambda *a: (trimesh.Trimesh(), 7))
+    with pytest.raises(DreamtextError, match=r"too broken up to mesh at 16\^3 \(7 crumbs"):
+        extract_mesh(SphereField(), resolution=16)
+
+
 # --- fields whose inside no ray sees, at the default resolution -------------------------------
 
 
