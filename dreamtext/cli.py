@@ -210,6 +210,10 @@ def cmd_text(args: argparse.Namespace) -> int:
             "--diverse runs pick up where they stopped; to start one over, pass --workspace "
             "NEW_FOLDER or remove the old one"
         )
+    given = [name for name in (*DESCRIBE_FLAGS, "descriptor_iters") if getattr(args, name)]
+    if given and not args.diverse:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise DreamtextError(f"{flags}: for --diverse's image only; add --diverse or drop them")
     overrides = text_overrides(args)
     base = None
     if args.resume:
@@ -225,7 +229,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         if args.diverse:
             from dreamtext.imageto3d import run_diverse
 
-            workspace = run_diverse(cfg)
+            workspace = run_diverse(cfg, image_options(args), named=args.workspace is not None)
         else:
             workspace = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
@@ -305,8 +309,13 @@ def _threshold(text: str) -> float | str:
     return text if text == "auto" else _positive_float(text)
 
 
-def add_describe_arguments(p: argparse.ArgumentParser) -> None:
-    """The sentence-search flags shared by ``describe`` and ``image``."""
+DESCRIBE_FLAGS = ("clip", "nouns", "adjectives", "noun", "quantifier", "max_words")
+
+
+def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False) -> None:
+    """The sentence-search flags shared by ``describe``, ``image``, ``batch`` and ``text
+    --diverse``; with ``descriptor`` also ``--descriptor-iters`` (the commands that train the
+    words)."""
     g = p.add_argument_group("sentence search (DreamText ch. 5.2.1)")
     g.add_argument(
         "--clip",
@@ -317,18 +326,33 @@ def add_describe_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noun", help="fix the noun (skips the noun search)")
     g.add_argument("--quantifier", help="fix the quantifier, e.g. a, some, many")
     g.add_argument("--max-words", type=int, help="most descriptor words [15]")
+    if descriptor:
+        g.add_argument(
+            "--descriptor-iters", type=_positive_int, help="descriptor-token training steps [5000]"
+        )
 
 
 def describe_options(args: argparse.Namespace, device: str | None = None):
     from dreamtext.describe import DescribeOptions
 
     options = DescribeOptions()
-    for name in ("clip", "nouns", "adjectives", "noun", "quantifier", "max_words"):
+    for name in DESCRIBE_FLAGS:
         value = getattr(args, name)
         if value is not None:
             setattr(options, name, value)
     if device is not None:
         options.device = device
+    return options
+
+
+def image_options(args: argparse.Namespace):
+    """The describe and descriptor stages' options of ``image``, ``batch`` and ``text
+    --diverse``, from their flags."""
+    from dreamtext.imageto3d import ImageOptions
+
+    options = ImageOptions(describe=describe_options(args))
+    if args.descriptor_iters is not None:
+        options.descriptor.iters = args.descriptor_iters
     return options
 
 
@@ -351,7 +375,6 @@ def cmd_image(args: argparse.Namespace) -> int:
     from dreamtext.config import resolve_config
     from dreamtext.images import load_image
     from dreamtext.imageto3d import (
-        ImageOptions,
         check_image_workspace,
         default_workspace,
         ignored_flags,
@@ -376,9 +399,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         base=base,
         new_run="pass --workspace NEW_FOLDER for a new run",
     )
-    options = ImageOptions(describe=describe_options(args))
-    if args.descriptor_iters is not None:
-        options.descriptor.iters = args.descriptor_iters
+    options = image_options(args)
     given = {name: getattr(args, name) for name in ("noun", "quantifier", "clip", "max_words")}
     ignored = ignored_flags(workspace, {**given, "descriptor_iters": args.descriptor_iters})
     if ignored:
@@ -427,7 +448,6 @@ def cmd_view(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from dreamtext.batch import BatchOptions, exit_code, run_batch, summary_table
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
-    from dreamtext.imageto3d import ImageOptions
 
     if args.epochs and args.iters:
         raise DreamtextError("give --iters or --epochs, not both")
@@ -437,11 +457,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         root=Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT,
         shard=args.shard,
         lock_timeout=args.lock_timeout,
-        image=ImageOptions(describe=describe_options(args)),
+        image=image_options(args),
         overwrite=args.overwrite,
     )
-    if args.descriptor_iters is not None:
-        options.image.descriptor.iters = args.descriptor_iters
     records = run_batch(args.prompts, overrides, args.preset, args.config, options)
     print(summary_table(records))
     return exit_code(records)
@@ -483,8 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--diverse",
         action="store_true",
         help="diversity augmentation (ch. 5.3): sample an image of the prompt with "
-        "the same model, then run image→3D on it",
+        "the same model, then run image→3D on it (the sentence-search flags below apply); "
+        "workspace: workspace/<slug>_diverse_seed<N> unless --workspace",
     )
+    add_describe_arguments(text, descriptor=True)
     text.set_defaults(func=cmd_text)
 
     export = sub.add_parser(
@@ -545,10 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image.add_argument("image", help="PNG, JPEG or WebP image of one object")
     add_text_to_3d_arguments(image)
-    add_describe_arguments(image)
-    image.add_argument(
-        "--descriptor-iters", type=_positive_int, help="descriptor-token training steps [5000]"
-    )
+    add_describe_arguments(image, descriptor=True)
     image.set_defaults(func=cmd_image)
 
     view = sub.add_parser(
@@ -618,10 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and interrupted runs (text prompts only); without it a finished run is skipped, with a "
         "warning when it used other settings",
     )
-    add_describe_arguments(batch)
-    batch.add_argument(
-        "--descriptor-iters", type=_positive_int, help="descriptor-token training steps [5000]"
-    )
+    add_describe_arguments(batch, descriptor=True)
     batch.set_defaults(func=cmd_batch)
 
     return parser

@@ -254,17 +254,20 @@ def sample_image(
     return out_path
 
 
-def run_diverse(train_cfg: TrainConfig, options: ImageOptions | None = None) -> Path:
+def run_diverse(
+    train_cfg: TrainConfig, options: ImageOptions | None = None, named: bool = False
+) -> Path:
     """``dreamtext text PROMPT --diverse``: sample an image of the prompt, then image→3D on it.
 
     The default workspace (``workspace/<prompt slug>``) gets a ``_diverse_seed<seed>`` suffix, so
-    runs with different seeds (different images, hence different objects) do not collide.
+    runs with different seeds (different images, hence different objects) do not collide; a
+    workspace the user ``named`` (``--workspace``) is taken as it is.
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
     _needs_stable_diffusion(cfg.guidance.model, "--diverse")
     default = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
-    if not cfg.workspace or cfg.workspace == default:
+    if not named and (not cfg.workspace or cfg.workspace == default):
         cfg.workspace = f"{default}_diverse_seed{cfg.seed}"
     image_path = Path(cfg.workspace) / "diverse" / f"sample_seed{cfg.seed}.png"
     if image_path.is_file():

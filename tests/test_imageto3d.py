@@ -371,3 +371,45 @@ def test_flags_of_finished_stages_that_a_rerun_ignores_are_named(tmp_path):
     ignored = imageto3d.ignored_flags(workspace, {**given, "descriptor_iters": 50})
     assert ignored == ["--noun dog (the run's: cube)", "--descriptor-iters 50 (the run's: 2)"]
     assert imageto3d.ignored_flags(tmp_path / "new", {**given, "descriptor_iters": 50}) == []
+
+
+def test_diverse_takes_the_sentence_search_flags_and_a_named_workspace(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """`text --diverse` had no --clip (which its own error asked for) nor --descriptor-iters, and
+    moved a --workspace equal to the default name to <name>_diverse_seed<N>."""
+    from dreamtext.cli import main
+
+    seen = {}
+
+    def fake_run_image(image_path, options, cfg):
+        seen.update(workspace=cfg.workspace, clip=options.describe.clip)
+        seen.update(iters=options.descriptor.iters, noun=options.describe.noun)
+        return cfg.workspace
+
+    monkeypatch.setattr(imageto3d, "run_image", fake_run_image)
+    monkeypatch.setattr(imageto3d, "sample_image", lambda *a: a[3])
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--diverse", "--model", str(tiny_sd_path), "--clip", "my/clip"]
+    named = ["--workspace", "workspace/a_red_cube", "--descriptor-iters", "7", "--noun", "cube"]
+    assert main([*args, *named]) == 0
+    assert seen == {
+        "workspace": "workspace/a_red_cube",
+        "clip": "my/clip",
+        "iters": 7,
+        "noun": "cube",
+    }
+    assert main(args) == 0
+    assert seen["workspace"] == "workspace/a_red_cube_diverse_seed0"
+
+
+def test_sentence_search_flags_without_diverse_are_refused(tmp_path, monkeypatch, capsys):
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["text", "a red cube", "--clip", "my/clip", "--descriptor-iters", "3"]) == 2
+    assert capsys.readouterr().err == (
+        "dreamtext: error: --clip, --descriptor-iters: for --diverse's image only; add --diverse "
+        "or drop them\n"
+    )
+    assert not (tmp_path / "workspace").exists()
