@@ -26,14 +26,13 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import sys
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,14 @@ from dreamtext.config import (
     TrainConfig,
     config_to_dict,
     flat_fields,
+    read_run_config,
     resolve_config,
     slugify,
 )
 from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
 from dreamtext.imageto3d import ImageOptions
+from dreamtext.interrupts import sigterm_interrupts
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -569,10 +570,10 @@ def changed_settings(entry: Entry, cfg: TrainConfig) -> list[str]:
     for an image line its learned sentence and token, which ``cfg`` does not know yet). Fields
     one of the two does not have (a run of an older dreamtext) are not compared."""
     try:
-        saved = json.loads((entry.workspace / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        saved = read_run_config(entry.workspace, "")
+    except DreamtextError:  # an unreadable record compares with nothing
         return []
-    if not isinstance(saved, dict):
+    if saved is None:
         return []
     before, now = flat_fields(saved), flat_fields(config_to_dict(cfg))
     ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if entry.kind == "image" else set())
@@ -644,7 +645,7 @@ def run_batch(
         ) from None
     records: list[dict[str, Any]] = []
     with (
-        sigterm_as_interrupt(),
+        sigterm_interrupts(),  # a scheduler's preemption or time limit acts as Ctrl-C
         tqdm(total=len(share), desc="prompts", unit="prompt", dynamic_ncols=True) as bar,
     ):
         for entry, cfg in zip(share, configs, strict=True):
@@ -852,25 +853,6 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     counts = {s: sum(r["status"] == s for r in records) for s in statuses}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's preemption or time limit) acts as Ctrl-C: inside a run the trainer
-    checkpoints and stops; between runs the batch records the interruption and stops."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _say(message: str) -> None:

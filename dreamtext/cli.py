@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import json
 import logging
 import math
 import os
@@ -241,19 +240,14 @@ def cmd_text(args: argparse.Namespace) -> int:
 
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
-    from dreamtext.config import DEFAULT_WORKSPACE_ROOT, slugify
+    from dreamtext.config import DEFAULT_WORKSPACE_ROOT, read_run_config, slugify
 
     workspace = Path(args.workspace or DEFAULT_WORKSPACE_ROOT / slugify(args.prompt))
-    path = workspace / "config.json"
-    if not path.is_file():
+    data = read_run_config(workspace, "drop --resume to start over")
+    if data is None:
         raise DreamtextError(
             f"nothing to resume in {workspace}: no config.json; drop --resume to start a new run"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise DreamtextError(f"{path} is unreadable; drop --resume to start over") from None
-    data.pop("encoding_backend", None)
     data["workspace"] = str(workspace)
     return data
 
@@ -390,8 +384,6 @@ def cmd_image(args: argparse.Namespace) -> int:
     workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
     load_image(args.image)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
-    if base is not None:
-        base.pop("encoding_backend", None)
     cfg = resolve_config(
         overrides,
         preset=args.preset,

@@ -9,6 +9,7 @@ A preset is a YAML file of field overrides; nested sections (``field:``, ``rende
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -168,6 +169,23 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise DreamtextError(f"config file '{path}' must hold a mapping of field: value")
+    return data
+
+
+def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
+    """The run config a workspace recorded (its ``config.json``), as a resume base: ``None``
+    when there is none, a :class:`DreamtextError` ending in ``fix`` when it cannot be read.
+    ``encoding_backend`` (which backend ran, not a setting) is left out."""
+    path = Path(workspace) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DreamtextError(f"{path} is unreadable; {fix}") from None
+    if not isinstance(data, dict):
+        raise DreamtextError(f"{path} is not a run config; {fix}")
+    data.pop("encoding_backend", None)
     return data
 
 
@@ -334,6 +352,7 @@ __all__ = [
     "config_to_dict",
     "flat_fields",
     "preset_path",
+    "read_run_config",
     "read_yaml",
     "resolve_config",
     "resume_conflicts",

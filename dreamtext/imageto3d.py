@@ -24,7 +24,6 @@ sampled image, different for every seed, pins down one concrete instance.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import atomic_write_bytes, check_writable, last_checkpoint
-from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, slugify
+from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, read_run_config, slugify
 from dreamtext.describe import DescribeOptions, describe, read_record, sentence_path
 from dreamtext.descriptor import (
     DescriptorOptions,
@@ -122,15 +121,9 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
             f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
             "for this image"
         )
-    saved_path = workspace / "config.json"
-    if not saved_path.is_file():
+    saved = read_run_config(workspace, "delete it or pass --workspace NEW_FOLDER")
+    if saved is None:
         return None
-    try:
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise DreamtextError(
-            f"{saved_path} is unreadable; delete it or pass --workspace NEW_FOLDER"
-        ) from None
     if record is None or not saved.get("guidance", {}).get("textual_inversion"):
         raise DreamtextError(
             f"{workspace} holds a text→3D run of '{saved.get('prompt')}'; pass --workspace "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -34,25 +34,33 @@ class TrainingInterrupted(Exception):
 
 
 @contextmanager
+def _handling(signals: tuple[signal.Signals, ...], handler: Callable) -> Iterator[None]:
+    """``handler`` for ``signals`` inside the block, the previous handlers restored after it.
+    Off the main thread, where Python refuses to set handlers, signals are left alone."""
+    previous = {}
+    for sig in signals:
+        with suppress(ValueError):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
 def stop_on_signal() -> Iterator[dict[str, bool]]:
     """Turn the first Ctrl-C / SIGTERM into a flag the loop checks after each step; a second
     Ctrl-C interrupts at once."""
     flag = {"stop": False}
-    previous = {}
 
     def handler(signum, frame):
         if flag["stop"]:
             raise KeyboardInterrupt
         flag["stop"] = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-    try:
+    with _handling((signal.SIGINT, signal.SIGTERM), handler):
         yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextmanager
@@ -63,14 +71,8 @@ def sigterm_interrupts() -> Iterator[None]:
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    previous = {}
-    with suppress(ValueError):  # not the main thread: leave signals alone
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, handler)
-    try:
+    with _handling((signal.SIGTERM,), handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def truncate_log(log_path: Path, step: int) -> None:
