@@ -15,6 +15,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# A sample's optical depth σδ is capped here: its α is then 1 − e⁻⁵⁰ (opaque to float32) and what
+# lies behind it gets T ≤ e⁻⁵⁰, so no rendered value changes. Uncapped, an infinite σ (an exp
+# activation that overflowed) made T = exp(−(∞ − ∞)) NaN, and a huge finite one swamped the float64
+# prefix sum of every ray after it (exclusive_segment_sum).
+MAX_OPTICAL_DEPTH = 50.0
+
+
+def optical_depths(sigma: Tensor, deltas: Tensor) -> Tensor:
+    """``min(σ_i δ_i, MAX_OPTICAL_DEPTH)`` in float32, any shape. NaN stays NaN.
+
+    The cap's gradient is zero above it, where ``∂α/∂σ = δ e^{−σδ}`` is below ``e⁻⁵⁰`` anyway.
+    """
+    return (sigma.float() * deltas.float()).clamp(max=MAX_OPTICAL_DEPTH)
+
 
 def segment_offsets(ray_indices: Tensor, num_rays: int) -> Tensor:
     """``[N + 1]`` int64: the samples of ray ``r`` are ``offsets[r] : offsets[r + 1]``.
@@ -60,7 +74,7 @@ def packed_weights(
         ``weights [S]``, ``transmittance [S]`` (``T_i``, light reaching the sample) and
         ``alpha [S]``, all float32.
     """
-    optical = sigma.float() * deltas.float()
+    optical = optical_depths(sigma, deltas)
     alpha = 1.0 - torch.exp(-optical)
     transmittance = torch.exp(-exclusive_segment_sum(optical, ray_indices, num_rays))
     return transmittance * alpha, transmittance, alpha
@@ -74,8 +88,10 @@ def accumulate(values: Tensor, ray_indices: Tensor, num_rays: int) -> Tensor:
 
 
 __all__ = [
+    "MAX_OPTICAL_DEPTH",
     "accumulate",
     "exclusive_segment_sum",
+    "optical_depths",
     "packed_weights",
     "segment_offsets",
     "segment_starts",

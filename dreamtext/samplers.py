@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor, nn
 
-from dreamtext.compositing import segment_offsets
+from dreamtext.compositing import optical_depths, segment_offsets
 
 if TYPE_CHECKING:
     from dreamtext.field import Field
@@ -306,7 +306,7 @@ class DenseSampler:
             points = _starts(edges, origins, directions)
             sigma = torch.zeros_like(t)
             sigma[live] = query_chunks(field, points[live], self.chunk_points)[0]
-            optical = sigma * (edges[:, 1:] - edges[:, :-1])
+            optical = optical_depths(sigma, edges[:, 1:] - edges[:, :-1])
             before = torch.cumsum(optical, dim=-1) - optical
             weights = torch.exp(-before) * (1.0 - torch.exp(-optical))
             fine = sample_pdf(edges, weights, self.upsample_steps, perturb)
@@ -415,7 +415,7 @@ class OccupancySampler:
             rays = state[rows, 0:6]  # origin and direction of each step's ray
             x = rays[:, 0:3] + t0[:, None] * rays[:, 3:6]
             sigma, albedo = query_chunks(field, x, self.chunk_points)
-            sample_optical = sigma * (t1 - t0).float()
+            sample_optical = optical_depths(sigma, t1 - t0)
             optical = torch.zeros(take.shape, dtype=torch.float32, device=device)
             optical[rows, cols] = sample_optical
             before = optical_depth[:, None] + optical.cumsum(dim=1) - optical

@@ -12,6 +12,7 @@ checkpoints, resuming and Ctrl-C. The trainer composes the parts; the parts neve
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -70,6 +71,10 @@ EARLIER_RUN_FILES = (
     "mesh/albedo.png",
     "video/turntable.*",
 )
+# A run whose gradients were not finite in this many of its last DIVERGENCE_WINDOW steps has
+# diverged: it stops (fp16's loss scaler skips its first ~16 steps while it finds its scale).
+DIVERGED_AFTER = 50
+DIVERGENCE_WINDOW = 100
 
 
 @dataclass
@@ -86,6 +91,12 @@ class Run:
     cameras_rng: torch.Generator
     scaler: torch.amp.GradScaler
     step: int = 0
+    # Whether each of the last DIVERGENCE_WINDOW steps skipped its update for non-finite
+    # gradients (see ``optimizer_step``), and how many steps of the run did.
+    recent_skips: collections.deque = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=DIVERGENCE_WINDOW)
+    )
+    skipped_updates: int = 0
 
 
 def shading_for_step(step: int, cfg: TrainConfig, rng: torch.Generator) -> str:
@@ -188,6 +199,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
             "guidance": run.guidance.get_state(),
         },
         "skipped_steps": run.guidance.skipped_steps,
+        "skipped_updates": run.skipped_updates,
         "loss_scaler": run.scaler.state_dict(),
         "config": config_to_dict(run.cfg),
         "field_config": field_config_to_dict(run.cfg.field),
@@ -218,6 +230,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.cameras_rng.set_state(state["rng"]["cameras"])
     run.guidance.set_state(state["rng"]["guidance"])
     run.guidance.skipped_steps = int(state.get("skipped_steps", 0))
+    run.skipped_updates = int(state.get("skipped_updates", 0))
     if run.scaler.is_enabled() and state.get("loss_scaler"):
         run.scaler.load_state_dict(state["loss_scaler"])
 
@@ -270,8 +283,9 @@ def train_step(run: Run) -> dict[str, Any]:
     loss_sds, info = run.guidance.sds_loss(render.images(), labels, step / cfg.iters)
     run.scaler.scale(loss_sds)  # sets the scale up on the loss's device (once)
     loss = render.backward(loss_sds, regulariser_weights(cfg), run.scaler.get_scale())
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+    updated = optimizer_step(run)
+    run.recent_skips.append(not updated)
+    run.skipped_updates += not updated
     run.step = step
     run.renderer.update_occupancy(run.field, step)
     out = render.outputs
@@ -284,9 +298,52 @@ def train_step(run: Run) -> dict[str, Any]:
         "view": labels[0],
         "backprop": "deferred" if render.deferred else "direct",
         "samples_per_ray": render.num_samples / max(out["opacity"].numel(), 1),
+        **({} if updated else {"update_skipped": True}),
         **({"loss_scale": run.scaler.get_scale()} if run.scaler.is_enabled() else {}),
         **{k: float(v) for k, v in info.items()},
     }
+
+
+def gradients_are_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every parameter's gradient is free of NaN and ±inf (one host sync)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    checks = [torch.isfinite(g).all() for g in grads if g is not None]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def optimizer_step(run: Run) -> bool:
+    """Apply the step's gradients unless one of them is not finite; return whether it did.
+
+    One NaN gradient would make Adam's moments, and then every parameter, NaN for good: the
+    field would render nothing from then on while the run went on. In fp16 the loss scaler
+    already skips such steps (and halves its scale, which is how a skip shows); otherwise the
+    step is skipped here. The step still counts, so the run's length is unchanged.
+    """
+    if run.scaler.is_enabled():
+        scale = run.scaler.get_scale()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        return run.scaler.get_scale() >= scale
+    if not gradients_are_finite(run.optimizer):
+        return False
+    run.optimizer.step()
+    return True
+
+
+def check_diverged(run: Run) -> None:
+    """Stop a run that skipped its update in ``DIVERGED_AFTER`` of its last
+    ``DIVERGENCE_WINDOW`` steps: save a checkpoint (no skipped step changed the field) and say
+    so in one line, instead of going on for hours with a field that renders NaN."""
+    skipped = sum(run.recent_skips)
+    if skipped < DIVERGED_AFTER:
+        return
+    path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+    raise DreamtextError(
+        f"the training diverged: the gradients were NaN or infinite in {skipped} of the "
+        f"{len(run.recent_skips)} steps up to step {run.step}, which left the field unchanged; "
+        f"saved {path}; continue with --resume and a smaller --lr (this run's is "
+        f"{run.cfg.lr:g}), or start again with another --seed"
+    )
 
 
 def regulariser_weights(cfg: TrainConfig) -> dict[str, float]:
@@ -385,6 +442,7 @@ def _train(run: Run, resume: bool) -> Path:
             if run.step % cfg.checkpoint_every == 0:
                 save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 update_status(workspace)
+            check_diverged(run)
             if stop["stop"]:
                 path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 raise TrainingInterrupted(run.step, path)
@@ -394,6 +452,11 @@ def _train(run: Run, resume: bool) -> Path:
     if run.guidance.skipped_steps:
         tqdm.write(
             f"skipped {run.guidance.skipped_steps} steps with non-finite guidance", file=sys.stderr
+        )
+    if run.skipped_updates:
+        tqdm.write(
+            f"skipped the update of {run.skipped_updates} steps with non-finite gradients",
+            file=sys.stderr,
         )
     if cfg.export:
         update_status(workspace, phase="export")

@@ -70,6 +70,39 @@ def test_packed_weights_keep_float32_precision_over_many_samples() -> None:
     torch.testing.assert_close(out[-1], expected, atol=1e-6, rtol=0)
 
 
+def test_an_infinite_density_is_opaque_and_leaves_every_ray_after_it_exact() -> None:
+    """An ``exp`` density that overflowed (σ = inf), or a huge finite one, is an opaque sample:
+    its α is 1 and nothing behind it is seen. It made the transmittance NaN (∞ − ∞ in the
+    prefix sum), and a huge finite one swamped the float64 prefix sum of the rays after it."""
+    counts = [3, 2, 2]
+    rays = ragged(counts)
+    sigma = torch.tensor([0.5, math.inf, 0.3, 1e30, 2.0, 0.7, 0.2])
+    deltas = torch.full((7,), 0.1)
+    weights, transmittance, alpha = packed_weights(sigma, deltas, rays, 3)
+    assert torch.isfinite(weights).all() and torch.isfinite(transmittance).all()
+    assert alpha[1] == 1.0 and alpha[3] == 1.0
+    assert transmittance[2] < 1e-20 and transmittance[4] < 1e-20
+    torch.testing.assert_close(weights[1], transmittance[1])  # all that reaches it stops there
+    alone = packed_weights(sigma[5:], deltas[5:], torch.zeros(2, dtype=torch.long), 1)
+    for got, expected in zip((weights, transmittance, alpha), alone, strict=True):
+        torch.testing.assert_close(got[5:], expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("sampler", ["dense", "occupancy"])
+def test_a_field_with_infinite_density_renders_finite_images_and_gradients(sampler: str) -> None:
+    """A ball whose density overflowed to inf: the samplers and the compositor render it as an
+    opaque ball, and its gradients are finite (they were NaN and poisoned the optimiser)."""
+    ball = BallField(sigma=math.inf, half_width=0.4)
+    vr = renderer(sampler, **({"upsample_steps": 8} if sampler == "dense" else {}))
+    out = vr.render(ball, two_cameras(), 16, 16, shading="albedo", perturb=False)
+    for key in ("rgb", "opacity", "depth"):
+        assert torch.isfinite(out[key]).all(), key
+    assert out["opacity"].max() == 1.0 and out["opacity"].min() == 0.0
+    out["rgb"].sum().backward()
+    assert torch.isfinite(ball.albedo.grad).all() and (ball.albedo.grad > 0).all()
+    assert torch.isfinite(ball.sigma.grad)
+
+
 def test_marcher_stops_behind_an_opaque_surface() -> None:
     slab = SlabField(sigma=1000.0, half_width=0.25)
     opaque = Counting(slab)

@@ -233,6 +233,49 @@ def test_out_of_gpu_memory_saves_the_last_step_and_names_the_fixes(
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
 
 
+@pytest.mark.parametrize("loss_scaling", [False, True])
+def test_nan_gradients_skip_the_update_and_a_run_that_keeps_them_stops(
+    tmp_path, tiny_sd_path, monkeypatch, loss_scaling
+):
+    """From step 3 on every step backpropagates NaN: no update may reach the field (Adam would
+    make it NaN for good), and once most steps of the window skip, the run stops with one line
+    and a checkpoint, instead of training on for hours. In fp16 the loss scaler is the one that
+    skips (and halves its scale)."""
+    from dreamtext import trainer
+    from dreamtext.guidance import ScoreDistillation
+
+    two = train(tiny_config(tmp_path / "two", tiny_sd_path, iters=2))
+    real = ScoreDistillation.sds_loss
+    calls = []
+
+    def nan_from_step_3(self, *args, **kwargs):
+        loss, info = real(self, *args, **kwargs)
+        calls.append(1)
+        return (loss * math.nan if len(calls) >= 3 else loss), info
+
+    monkeypatch.setattr(ScoreDistillation, "sds_loss", nan_from_step_3)
+    if loss_scaling:
+        scaler = lambda dtype, device: torch.amp.GradScaler("cpu", enabled=True)  # noqa: E731
+        monkeypatch.setattr(trainer, "fp16_loss_scaler", scaler)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path / "nan", tiny_sd_path, iters=20))
+    message = str(error.value)
+    assert "\n" not in message
+    for part in ("diverged", "in 3 of the 4 steps up to step 5", "--lr", "--resume"):
+        assert part in message
+    workspace = tmp_path / "nan" / "run"
+    state = load_checkpoint(workspace / "checkpoints" / "last.pt")
+    assert state["step"] == 5 and state["skipped_updates"] == 3
+    for name, value in field_params(two).items():  # steps 3-5 left the field as step 2 did
+        assert torch.equal(state["field"][name], value), name
+    records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
+    assert [r.get("update_skipped", False) for r in records] == [False, False, True, True, True]
+    status = json.loads((workspace / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == message
+
+
 def test_log_records_say_how_the_render_was_backpropagated(tmp_path, tiny_sd_path):
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
     records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
