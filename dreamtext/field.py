@@ -51,6 +51,10 @@ _NORMAL_ALIASES = {"finite_difference": "central_difference", "autograd": "analy
 BG_FREQUENCIES = 4
 # exp's gradient is clamped above this raw density, as in stable-dreamfusion's trunc_exp.
 EXP_GRAD_CLAMP = 15.0
+# Densities above this are opaque to any ray through them (σ·δ ≫ 1 for every step size used);
+# larger ones, and an overflowed exp (inf), are set to it where differences of densities are
+# taken (normals; the export's grid), which would otherwise be ∞ − ∞ = NaN.
+MAX_DENSITY = 1e6
 # On the CPU the field's MLP runs on at most this many points at a time. Its activations are then
 # 3 MiB a tensor, which the allocator reuses and the core's cache holds, instead of hundreds of MiB
 # mapped, zero-filled and unmapped for every operation: measured on 2 cores (default field, 2^19
@@ -464,7 +468,9 @@ class NeRFField(nn.Module):
         (``sigma``, when given, is ``σ(x)`` and is reused). ``central_difference``:
         ``(σ(x + ε e_i) − σ(x − ε e_i)) / 2ε``, six queries. ``analytic``: the exact gradient
         (:meth:`_analytic`: one grid lookup with its Jacobian and one pass of the MLP
-        with its input gradient; ``sigma`` is not needed). All stay differentiable w.r.t. the
+        with its input gradient; ``sigma`` is not needed). The differences take densities
+        capped at :data:`MAX_DENSITY`, so an infinite one gives a normal, not NaN. All stay
+        differentiable w.r.t. the
         field's parameters, so the orientation regulariser and shading train through them, and
         all work under ``no_grad`` and ``inference_mode``. Where ``∇σ = 0`` the normal is zero.
         """
@@ -474,12 +480,14 @@ class NeRFField(nn.Module):
         if method == "forward_difference":
             ahead = self.density((x[:, None, :] + offsets).reshape(-1, 3)).view(x.shape[0], 3)
             centre = self.density(x) if sigma is None else sigma
-            grad = (ahead - centre.to(ahead.dtype)[:, None]) / eps
+            centre = centre.to(ahead.dtype).clamp(max=MAX_DENSITY)
+            grad = (ahead.clamp(max=MAX_DENSITY) - centre[:, None]) / eps
         elif method == "analytic":
             grad = self._analytic(x)[2]
         else:  # central differences
             probes = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets])  # [2N, 3, 3]
             density = self.density(probes.reshape(-1, 3)).view(2, x.shape[0], 3)
+            density = density.clamp(max=MAX_DENSITY)
             grad = (density[0] - density[1]) / (2.0 * eps)
         return F.normalize(-grad, dim=-1, eps=1e-12)
 

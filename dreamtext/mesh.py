@@ -39,14 +39,12 @@ from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from dreamtext.errors import DreamtextError
+from dreamtext.field import MAX_DENSITY
 
 log = logging.getLogger(__name__)
 
 SURFACE_TRANSMITTANCE = 0.5
 SURFACE_DEPTH = math.log(1.0 / SURFACE_TRANSMITTANCE)  # the optical depth where T = ½
-# Densities above this are all opaque to any ray through one cell (σ·h ≫ 1); larger ones (an
-# overflowed exp: inf) are set to it, so that optical depths stay finite.
-MAX_DENSITY = 1e6
 # Parts of the solid under this fraction of the largest part's cells are crumbs.
 MIN_COMPONENT_FRACTION = 0.01
 

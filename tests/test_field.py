@@ -100,6 +100,26 @@ def test_normals_of_the_blob_point_outward(method):
 
 
 @pytest.mark.parametrize("method", NORMALS)
+def test_normals_where_the_exp_density_overflowed_are_not_nan(method):
+    """σ = exp(blob) overflows to inf inside |x| < 0.3 (blob 400 · (1 − |x| / 0.5) > 88.7): the
+    differences there were ∞ − ∞ = NaN, which made every shaded render and the orientation loss
+    NaN. Inside, the normal is zero (no direction) or outward; around it, outward."""
+    field = blob_only(normals=method, density_activation="exp", blob_density=400.0)
+    x = random_points(64, scale=0.45)
+    x = x[x.norm(dim=-1) > 0.05]
+    sigma = field.density(x)
+    assert torch.isinf(sigma).any() and torch.isfinite(sigma).any()
+    n = field.normals(x)
+    assert torch.isfinite(n).all()
+    length = n.norm(dim=-1)
+    assert (length <= 1 + 1e-5).all()
+    outward = (n * F.normalize(x, dim=-1)).sum(-1)
+    assert (outward[length > 0.5] > 0.0).all()  # steep: differences bend it, never inward
+    dense = (sigma > 1.0) & (sigma < 100.0)  # where σ and its neighbours are below the cap
+    assert dense.any() and (length[dense] > 0.99).all()
+
+
+@pytest.mark.parametrize("method", NORMALS)
 def test_normals_are_differentiable_for_the_orientation_loss(method):
     field = small_field(normals=method)
     with torch.no_grad():
