@@ -48,6 +48,7 @@ from dreamtext.config import (
     flat_fields,
     read_run_config,
     resolve_config,
+    resume_conflicts,
     slugify,
 )
 from dreamtext.devices import free_memory
@@ -584,6 +585,23 @@ def changed_settings(entry: Entry, cfg: TrainConfig) -> list[str]:
     ]
 
 
+def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
+    """Before an unfinished run is resumed: one warning line naming the settings the batch
+    changes from its ``config.json`` (:func:`changed_settings`), which apply from its last
+    checkpoint on. Changes a resumed run cannot take (the seed, the field) are left to the
+    trainer, which refuses them."""
+    if not last_checkpoint(entry.workspace).is_file():
+        return
+    changed = changed_settings(entry, cfg)
+    saved = read_run_config(entry.workspace, "") if changed else None
+    if changed and not (saved is not None and resume_conflicts(saved, cfg)):
+        _say(
+            f"batch: line {entry.line}: {entry.workspace} resumes with other settings than it "
+            f"started with ({', '.join(changed)}); they apply from its last checkpoint on, "
+            "--overwrite trains it again from scratch with them"
+        )
+
+
 def is_finished(cfg: TrainConfig) -> bool:
     """The run's ``status.json`` says finished at ``cfg.iters`` or beyond (a finished run asked
     for more iterations resumes); a run of the old ``scripts/batch.sh``, without ``status.json``,
@@ -733,6 +751,8 @@ def run_entry(
             # another worker may have finished (or, with --overwrite, retrained) it meanwhile
             fresh = options.overwrite and read_status(entry.workspace) == before
             if fresh or not finished_here(entry, cfg):
+                if not fresh:
+                    warn_resuming_with_other_settings(entry, cfg)
                 with guard_run(entry.workspace, lock.check):
                     run_one(entry, cfg, options, overwrite=fresh)
                 result["status"] = "finished"

@@ -746,6 +746,42 @@ def test_a_skipped_run_with_other_settings_is_named_in_one_warning_line(
     assert json.loads((root / "a_red_cube" / "config.json").read_text())["seed"] == 0
 
 
+def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A rerun that resumes an interrupted prompt with other flags says which settings change
+    from its last checkpoint on (they used to apply without a word); one the checkpoint fixes
+    (the seed) is the trainer's one-line refusal, not a warning."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    real_step = trainer.train_step
+
+    def ctrl_c_at_step_3(run):
+        record = real_step(run)
+        if run.step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", ctrl_c_at_step_3)
+    assert main(list(map(str, args))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    capsys.readouterr()
+    assert main(list(map(str, [*args, "--seed", "7"]))) == 1  # refused by the trainer
+    assert rows(root)[-1]["status"] == "failed" and "seed 0 → 7" in rows(root)[-1]["error"]
+    assert "other settings" not in capsys.readouterr().err
+    assert main(list(map(str, [*args, "--lr", "0.5", "--guidance", "50"]))) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
+    assert warnings == [
+        f"batch: line 1: {root / 'a_red_cube'} resumes with other settings than it started with "
+        "(lr 0.02 → 0.5, guidance.guidance_scale 5.0 → 50.0); they apply from its last "
+        "checkpoint on, --overwrite trains it again from scratch with them"
+    ]
+    assert [r["status"] for r in rows(root)] == ["interrupted", "failed", "finished"]
+    saved = json.loads((root / "a_red_cube" / "config.json").read_text())
+    assert saved["lr"] == 0.5 and saved["guidance"]["guidance_scale"] == 50.0
+
+
 def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch
 ):
