@@ -6,6 +6,7 @@ User errors (``DreamtextError``) print one line on stderr and exit with status 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -354,12 +355,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from dreamtext.describe import describe
     from dreamtext.devices import resolve_device
     from dreamtext.imageto3d import default_workspace
-    from dreamtext.interrupts import sigterm_interrupts
 
     device = str(resolve_device(args.device or "auto"))
     workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
-    with sigterm_interrupts():  # SIGTERM ends it as Ctrl-C does: one line, exit 130
-        print(describe(args.image, workspace, describe_options(args, device)))
+    print(describe(args.image, workspace, describe_options(args, device)))
     return 0
 
 
@@ -660,14 +659,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_command_line(argv)
+    stop_on_sigterm: contextlib.AbstractContextManager = contextlib.nullcontext()
     if getattr(args, "needs_models", True):  # `view` starts without torch or diffusers
         from dreamtext.devices import use_expandable_segments
+        from dreamtext.interrupts import sigterm_interrupts
 
         use_expandable_segments()
         quiet_libraries()
+        # SIGTERM (a scheduler's stop, `kill`) ends the command as Ctrl-C does, wherever it
+        # lands: loading a model included. The training loops turn it into a checkpoint first.
+        stop_on_sigterm = sigterm_interrupts()
     show_progress_messages()
     try:
-        return args.func(args)
+        with stop_on_sigterm:
+            return args.func(args)
     except DreamtextError as error:
         print(f"dreamtext: error: {error}", file=sys.stderr)
         return EXIT_USAGE
