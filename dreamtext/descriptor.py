@@ -18,6 +18,7 @@ per file. The trained sentence is ``"An image of <q> <descriptor> <noun>"``.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,19 +282,35 @@ class DescriptorTrainer:
 
 
 def sample_grid(
-    pipe, prompt: str, n: int, steps: int, guidance_scale: float, seed: int, size: int
+    pipe,
+    prompt: str,
+    n: int,
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    size: int,
+    desc: str = "sampling",
 ) -> list:
-    """``n`` seeded samples of ``prompt`` (PIL images, ``size`` × ``size``)."""
+    """``n`` seeded samples of ``prompt`` (PIL images, ``size`` × ``size``), with a tqdm bar
+    ``desc`` over the denoising steps on stderr (the pipeline's own bar is off: see
+    :meth:`dreamtext.models.StableDiffusionModels.pipeline`)."""
     generator = torch.Generator(pipe.device).manual_seed(seed)
-    return pipe(
-        prompt,
-        num_images_per_prompt=n,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        generator=generator,
-        height=size,
-        width=size,
-    ).images
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, file=sys.stderr) as bar:
+
+        def step_done(pipe, index: int, timestep, tensors: dict) -> dict:
+            bar.update(1)
+            return tensors
+
+        return pipe(
+            prompt,
+            num_images_per_prompt=n,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            height=size,
+            width=size,
+            callback_on_step_end=step_done,
+        ).images
 
 
 def _save_row(images: list, path: Path) -> None:
@@ -384,6 +401,7 @@ def train_descriptor(
                     options.preview_guidance_scale,
                     options.seed,
                     models.resolution,
+                    desc="descriptor preview",
                 )
                 _save_row(images, folder / "previews" / f"step_{step:06d}.png")
             if stop["stop"]:

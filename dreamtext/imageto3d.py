@@ -238,7 +238,8 @@ def sample_image(
     models = load_for(guidance, device)
     with torch.no_grad(), models.text_encoder_on_device() as text_encoder:
         pipe = models.pipeline(text_encoder=text_encoder)
-        image = sample_grid(pipe, prompt, 1, steps, guidance_scale, seed, models.resolution)[0]
+        size = models.resolution
+        image = sample_grid(pipe, prompt, 1, steps, guidance_scale, seed, size, "diverse image")[0]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")

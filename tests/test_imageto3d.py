@@ -413,3 +413,12 @@ def test_sentence_search_flags_without_diverse_are_refused(tmp_path, monkeypatch
         "or drop them\n"
     )
     assert not (tmp_path / "workspace").exists()
+
+
+def test_the_diverse_image_sampling_shows_a_progress_bar_on_stderr(tmp_path, tiny_sd_path, capsys):
+    """50 denoising steps are minutes of a CPU's time; they ran in silence."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    sample_image("a red cube", guidance, 0, tmp_path / "a.png", steps=3)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "diverse image" in err and "/3 [" in err
