@@ -774,6 +774,7 @@ def run_entry(
         "seconds": round(time.perf_counter() - start, 3),
         "its": _last_its(entry.workspace) if result["status"] == "finished" else None,
         "gpu_mem_mib": status.get("gpu_mem_mib") if status else None,
+        "phase": status.get("phase") if status else None,
         "started": started,
         "finished": now_iso(),
         "host": HOST,
@@ -835,7 +836,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     rows = [
         (
             str(r["line"]),
-            r["status"],
+            _status_cell(r),
             f"{r['seconds']:.1f}",
             f"{r['its']:.2f}" if r["its"] is not None else "-",
             f"{r['gpu_mem_mib']:.0f}" if r["gpu_mem_mib"] is not None else "-",
@@ -853,6 +854,15 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     counts = {s: sum(r["status"] == s for r in records) for s in statuses}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)
+
+
+def _status_cell(record: dict[str, Any]) -> str:
+    """``failed in descriptor``: a run that ended before its end says in which stage (the
+    ``phase`` of its status.json: sample, describe, descriptor, train, export)."""
+    phase = record.get("phase")
+    if record["status"] in ("failed", "interrupted") and phase:
+        return f"{record['status']} in {phase}"
+    return record["status"]
 
 
 def _say(message: str) -> None:

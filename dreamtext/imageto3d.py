@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,9 +47,9 @@ from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
-from dreamtext.interrupts import sigterm_interrupts
+from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
-from dreamtext.runstatus import run_finished
+from dreamtext.runstatus import run_finished, track_status
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
@@ -190,6 +191,7 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
     else:
         describe_options = replace(options.describe, device=str(device))
         with (
+            stage_status(workspace, "describe", device),
             sigterm_interrupts(),
             clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip,
         ):
@@ -215,6 +217,13 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
         # exports, under status.json like any run, which ends "finished".
         train(cfg, resume=last_checkpoint(workspace).is_file())
     return workspace
+
+
+def stage_status(workspace: str | Path, phase: str, device: torch.device) -> AbstractContextManager:
+    """``status.json`` around a stage without steps of its own (``sample``, ``describe``):
+    running in ``phase``, then failed or interrupted there, or running on into the next stage."""
+    interrupted = (TrainingInterrupted, KeyboardInterrupt)
+    return track_status(workspace, 0, lambda: 0, device, interrupted, phase, finishes=False)
 
 
 def _note(line: str) -> None:
@@ -267,14 +276,15 @@ def run_diverse(
     if image_path.is_file():
         _note(f"diverse: reusing {image_path}")
     else:
-        device = str(resolve_device(cfg.device))
-        sample_image(
-            cfg.prompt,
-            cfg.guidance,
-            cfg.seed,
-            image_path,
-            device,
-            options.sample_steps,
-            options.sample_guidance_scale,
-        )
+        device = resolve_device(cfg.device)
+        with stage_status(cfg.workspace, "sample", device):
+            sample_image(
+                cfg.prompt,
+                cfg.guidance,
+                cfg.seed,
+                image_path,
+                str(device),
+                options.sample_steps,
+                options.sample_guidance_scale,
+            )
     return run_image(image_path, options, cfg)

@@ -422,3 +422,35 @@ def test_the_diverse_image_sampling_shows_a_progress_bar_on_stderr(tmp_path, tin
     out, err = capsys.readouterr()
     assert out == ""
     assert "diverse image" in err and "/3 [" in err
+
+
+def test_the_describe_stage_says_in_status_json_where_it_stopped(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """Ctrl-C during the CLIP search left no status.json: the viewer and a batch could not tell
+    an image run stopped in describe from one that never started."""
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageto3d, "describe", ctrl_c)
+    options, cfg = _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_image(_image(tmp_path), options, cfg)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("interrupted", "describe")
+
+
+def test_the_diverse_sampling_says_in_status_json_that_it_failed(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("sampler broke")
+
+    monkeypatch.setattr(imageto3d, "sample_image", broken)
+    cfg = _config(tmp_path, tiny_sd_path, prompt="a red cube")
+    with pytest.raises(RuntimeError):
+        run_diverse(cfg, _options(tmp_path, tiny_clip_path), named=True)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("failed", "sample")
+    assert status["error"] == "RuntimeError: sampler broke"
