@@ -175,7 +175,6 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--iters", "5", "--epochs", "1"], ["not both"]),
         (["text", "a castle", "--resume"], ["nothing to resume"]),
         (["text", "a castle", "--resume", "--overwrite"], ["--resume or --overwrite"]),
-        (["text", "a castle", "--diverse", "--overwrite"], ["--diverse", "NEW_FOLDER"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
