@@ -260,15 +260,15 @@ def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
 def check_stages(
     workspace: Path, cfg: TrainConfig, options: ImageOptions, device: torch.device, overwrite: bool
 ) -> None:
-    """Everything the stages still to run need, checked before the first one: the text→3D
-    stage's (:func:`check_text_stage`), and unless the sentence is found already, the describe
-    options and the CLIP model (loaded here, on the CPU; the search reuses the load)."""
-    if overwrite or not _text_stage_done(workspace, cfg):
-        check_text_stage(cfg, device)
+    """Everything the stages still to run need, checked before the first one: unless the
+    sentence is found already, the describe options and the CLIP model (loaded here, on the CPU;
+    the search reuses the load), then the text→3D stage's (:func:`check_text_stage`)."""
     if not sentence_path(workspace).is_file():
         check_options(options.describe)
         with clip_encoder(options.describe.clip, "cpu", options.describe.batch_size):
             pass
+    if overwrite or not _text_stage_done(workspace, cfg):
+        check_text_stage(cfg, device)
 
 
 def ignored_flags(workspace: Path, given: dict[str, object]) -> list[str]:

@@ -540,6 +540,20 @@ def test_diverse_checks_clip_before_it_samples_its_image(
     assert not (tmp_path / "run").exists()
 
 
+def test_diverse_with_a_clip_that_does_not_load_is_one_line_before_anything_loads(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    from dreamtext.cli import main
+
+    monkeypatch.setattr(imageto3d, "sample_image", _fail)
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--diverse", "--model", str(tiny_sd_path), "--clip", "./nope"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CLIP folder ./nope does not exist" in err
+    assert not (tmp_path / "workspace").exists()
+
+
 def _fake_sample(prompt, guidance, seed, out_path, *args):
     out_path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (32, 32), (200, 30, 30)).save(out_path)
