@@ -599,7 +599,7 @@ def test_text_prints_only_the_workspace_on_stdout_and_makes_files_others_can_rea
 
 
 def test_sigterm_while_stable_diffusion_loads_before_describe_is_one_line_and_exit_130(
-    tmp_path, tiny_sd_path, red_square_and_vocabulary
+    tmp_path, tiny_sd_path, tiny_clip_path, red_square_and_vocabulary
 ):
     """The image command loads Stable Diffusion up front, before any stage has a signal handler
     of its own: SIGTERM there killed the process (-15) with nothing said."""
@@ -616,7 +616,8 @@ def test_sigterm_while_stable_diffusion_loads_before_describe_is_one_line_and_ex
         "sys.exit(main(sys.argv[1:]))\n"
     )
     workspace = tmp_path / "run"
-    args = ["image", image, "--model", tiny_sd_path, "--workspace", workspace]
+    args = ["image", image, "--model", tiny_sd_path, "--clip", tiny_clip_path]
+    args += ["--workspace", workspace]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(script), *map(str, args)],
