@@ -53,7 +53,6 @@ from dreamtext.config import (
 )
 from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
-from dreamtext.imageto3d import ImageOptions
 from dreamtext.interrupts import sigterm_interrupts
 from dreamtext.runstatus import (
     RunTakenOver,
@@ -216,16 +215,20 @@ def workspace_name(root: Path, key: tuple[str, str], slug: str, shared: bool) ->
 
 def run_owner(workspace: Path) -> tuple[str, str] | None:
     """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
-    (``descriptor/sentence.json``), ``("text", prompt)`` for a text→3D run (``config.json``),
-    ``None`` when it holds neither (no folder, or a run that has not written them yet)."""
+    (``descriptor/sentence.json``, or before it config.json's ``image_to_3d`` section),
+    ``("text", prompt)`` for a text→3D run (``config.json``), ``None`` when it holds neither (no
+    folder, or a run that has not written them yet)."""
     from dreamtext.describe import sentence_path
 
-    for path, kind, name in (
-        (sentence_path(workspace), "image", "image"),
-        (workspace / "config.json", "text", "prompt"),
+    for path, kind, keys in (
+        (sentence_path(workspace), "image", ("image",)),
+        (workspace / "config.json", "image", ("image_to_3d", "image")),
+        (workspace / "config.json", "text", ("prompt",)),
     ):
         try:
-            value = json.loads(path.read_text(encoding="utf-8")).get(name)
+            value = json.loads(path.read_text(encoding="utf-8"))
+            for key in keys:
+                value = value.get(key)
         except (OSError, json.JSONDecodeError, AttributeError):
             continue
         if isinstance(value, str):
@@ -535,14 +538,15 @@ class WorkspaceLock:
 class BatchOptions:
     """``root``: where the workspaces and ``batch.jsonl`` go. ``shard``: the ``--shard K/N`` text
     (``None``: SLURM's array task share when set, else the whole list). ``lock_timeout``: seconds
-    after which an unrefreshed lock is taken over. ``image``: describe / descriptor options of
-    ``image:`` lines. ``overwrite``: train every prompt of the share again from scratch (text
-    lines only)."""
+    after which an unrefreshed lock is taken over. ``image``: describe / descriptor flags of
+    ``image:`` lines (``{"describe": {...}, "descriptor": {...}}``, over what each run recorded:
+    :func:`dreamtext.imageto3d.resolve_image_options`). ``overwrite``: train every prompt of the
+    share again from scratch (text lines only)."""
 
     root: Path = DEFAULT_WORKSPACE_ROOT
     shard: str | None = None
     lock_timeout: float = 600.0
-    image: ImageOptions = field(default_factory=ImageOptions)
+    image: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
 
 
@@ -794,6 +798,7 @@ def run_entry(
         "seconds": round(time.perf_counter() - start, 3),
         "its": _last_its(entry.workspace) if result["status"] == "finished" else None,
         "gpu_mem_mib": status.get("gpu_mem_mib") if status else None,
+        "phase": status.get("phase") if status else None,
         "started": started,
         "finished": now_iso(),
         "host": HOST,
@@ -805,9 +810,9 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
     """Train one entry: text→3D, resumed when it has a checkpoint (from scratch with
     ``overwrite``); or the image→3D chain."""
     if entry.kind == "image":
-        from dreamtext.imageto3d import run_image
+        from dreamtext.imageto3d import resolve_image_options, run_image
 
-        run_image(entry.prompt, options.image, cfg)
+        run_image(entry.prompt, resolve_image_options(options.image, entry.workspace), cfg)
         return
     from dreamtext.trainer import train
 
@@ -855,7 +860,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     rows = [
         (
             str(r["line"]),
-            r["status"],
+            _status_cell(r),
             f"{r['seconds']:.1f}",
             f"{r['its']:.2f}" if r["its"] is not None else "-",
             f"{r['gpu_mem_mib']:.0f}" if r["gpu_mem_mib"] is not None else "-",
@@ -873,6 +878,15 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     counts = {s: sum(r["status"] == s for r in records) for s in statuses}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)
+
+
+def _status_cell(record: dict[str, Any]) -> str:
+    """``failed in descriptor``: a run that ended before its end says in which stage (the
+    ``phase`` of its status.json: sample, describe, descriptor, train, export)."""
+    phase = record.get("phase")
+    if record["status"] in ("failed", "interrupted") and phase:
+        return f"{record['status']} in {phase}"
+    return record["status"]
 
 
 def _say(message: str) -> None:

@@ -6,6 +6,7 @@ User errors (``DreamtextError``) print one line on stderr and exit with status 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -204,11 +205,6 @@ def cmd_text(args: argparse.Namespace) -> int:
             "--diverse runs resume on their own (in workspace/<prompt>_diverse_seed<N>): run the "
             "same command again without --resume"
         )
-    if args.diverse and args.overwrite:
-        raise DreamtextError(
-            "--diverse runs pick up where they stopped; to start one over, pass --workspace "
-            "NEW_FOLDER or remove the old one"
-        )
     given = [name for name in (*DESCRIBE_FLAGS, "descriptor_iters") if getattr(args, name)]
     if given and not args.diverse:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
@@ -226,9 +222,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         )
     try:
         if args.diverse:
-            from dreamtext.imageto3d import run_diverse
-
-            workspace = run_diverse(cfg, image_options(args), named=args.workspace is not None)
+            workspace = _run_diverse(args, overrides, cfg)
         else:
             workspace = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
@@ -237,6 +231,32 @@ def cmd_text(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(workspace)
     return 0
+
+
+def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Path:
+    """``text --diverse``: a rerun resolves over the run's config.json (and its recorded describe,
+    descriptor and sampler options) as ``image`` reruns and ``text --resume`` do."""
+    from dreamtext.config import resolve_config
+    from dreamtext.imageto3d import (
+        check_diverse_workspace,
+        diverse_workspace,
+        resolve_image_options,
+        run_diverse,
+    )
+
+    workspace = diverse_workspace(cfg, named=args.workspace is not None)
+    base = check_diverse_workspace(workspace, cfg)
+    if base is not None:
+        cfg = resolve_config(
+            {**overrides, "workspace": workspace},
+            preset=args.preset,
+            config_file=args.config,
+            base=base,
+            new_run="pass --workspace NEW_FOLDER for a new run",
+        )
+    cfg.workspace = workspace
+    options = resolve_image_options(image_overrides(args), workspace)
+    return run_diverse(cfg, options, named=True, overwrite=args.overwrite)
 
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -322,7 +342,10 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
     g.add_argument("--max-words", type=int, help="most descriptor words [15]")
     if descriptor:
         g.add_argument(
-            "--descriptor-iters", type=_positive_int, help="descriptor-token training steps [5000]"
+            "--descriptor-iters",
+            type=_positive_int,
+            help="descriptor-token training steps; more than a finished descriptor has trains it "
+            "on [5000]",
         )
 
 
@@ -339,39 +362,37 @@ def describe_options(args: argparse.Namespace, device: str | None = None):
     return options
 
 
-def image_options(args: argparse.Namespace):
-    """The describe and descriptor stages' options of ``image``, ``batch`` and ``text
-    --diverse``, from their flags."""
-    from dreamtext.imageto3d import ImageOptions
-
-    options = ImageOptions(describe=describe_options(args))
-    if args.descriptor_iters is not None:
-        options.descriptor.iters = args.descriptor_iters
-    return options
+def image_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The describe and descriptor flags given to ``image``, ``batch`` and ``text --diverse``, as
+    overrides of what a run recorded (:func:`dreamtext.imageto3d.resolve_image_options`)."""
+    describe = {name: getattr(args, name) for name in DESCRIBE_FLAGS}
+    out: dict[str, Any] = {"describe": {k: v for k, v in describe.items() if v is not None}}
+    out["descriptor"] = {"iters": args.descriptor_iters} if args.descriptor_iters else {}
+    return out
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
     from dreamtext.describe import describe
     from dreamtext.devices import resolve_device
     from dreamtext.imageto3d import default_workspace
-    from dreamtext.interrupts import sigterm_interrupts
 
     device = str(resolve_device(args.device or "auto"))
     workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
-    with sigterm_interrupts():  # SIGTERM ends it as Ctrl-C does: one line, exit 130
-        print(describe(args.image, workspace, describe_options(args, device)))
+    print(describe(args.image, workspace, describe_options(args, device)))
     return 0
 
 
 def cmd_image(args: argparse.Namespace) -> int:
-    """A rerun on a workspace whose text→3D stage has started resolves as ``text --resume``
-    does: the run's ``config.json``, then ``--preset``, ``--config`` and the flags over it."""
+    """A rerun resolves as ``text --resume`` does: the run's ``config.json``, then ``--preset``,
+    ``--config`` and the flags over it; its describe and descriptor options likewise over the
+    ones it recorded."""
     from dreamtext.config import resolve_config
     from dreamtext.images import load_image
     from dreamtext.imageto3d import (
         check_image_workspace,
         default_workspace,
         ignored_flags,
+        resolve_image_options,
         run_image,
     )
     from dreamtext.trainer import TrainingInterrupted
@@ -391,17 +412,17 @@ def cmd_image(args: argparse.Namespace) -> int:
         base=base,
         new_run="pass --workspace NEW_FOLDER for a new run",
     )
-    options = image_options(args)
+    options = resolve_image_options(image_overrides(args), workspace)
     given = {name: getattr(args, name) for name in ("noun", "quantifier", "clip", "max_words")}
-    ignored = ignored_flags(workspace, {**given, "descriptor_iters": args.descriptor_iters})
+    ignored = ignored_flags(workspace, given)
     if ignored:
         print(
-            f"dreamtext: {workspace} reuses its finished describe/descriptor stages, so these "
-            f"flags are ignored: {', '.join(ignored)}; pass --workspace NEW_FOLDER to redo them",
+            f"dreamtext: {workspace} reuses its finished describe stage, so these flags are "
+            f"ignored: {', '.join(ignored)}; pass --workspace NEW_FOLDER to redo it",
             file=sys.stderr,
         )
     try:
-        workspace = run_image(args.image, options, cfg)
+        workspace = run_image(args.image, options, cfg, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
         print(f"dreamtext: {stop}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -449,7 +470,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         root=Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT,
         shard=args.shard,
         lock_timeout=args.lock_timeout,
-        image=image_options(args),
+        image=image_overrides(args),
         overwrite=args.overwrite,
     )
     records = run_batch(args.prompts, overrides, args.preset, args.config, options)
@@ -487,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="train again from scratch in a workspace that holds a run of this prompt, "
-        "removing that run's checkpoints, previews, mesh and turntable",
+        "removing that run's checkpoints, previews, mesh and turntable (with --diverse: as "
+        "image --overwrite; the sampled image is kept)",
     )
     text.add_argument(
         "--diverse",
@@ -553,10 +575,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="image→3D (DreamText): describe, train the words, text→3D, export",
         description="DreamText: describe the image with CLIP, train the "
         "descriptor words' embeddings on it, run text→3D with the learned "
-        "sentence, export. Finished stages are skipped, so rerunning resumes.",
+        "sentence, export. Finished stages are skipped, so rerunning resumes; a rerun keeps "
+        "the settings config.json recorded unless flags change them. A larger "
+        "--descriptor-iters trains a finished descriptor on from its checkpoint (with "
+        "--overwrite once text→3D has started: text→3D then starts over on the new "
+        "embedding); a smaller one keeps it as it is.",
     )
     image.add_argument("image", help="PNG, JPEG or WebP image of one object")
     add_text_to_3d_arguments(image)
+    image.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train the text→3D stage again from scratch, removing its checkpoints, previews, "
+        "mesh and turntable; describe and the descriptor are kept. Needed to train a finished "
+        "descriptor on (a larger --descriptor-iters) once text→3D has started on it",
+    )
     add_describe_arguments(image, descriptor=True)
     image.set_defaults(func=cmd_image)
 
@@ -660,14 +693,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_command_line(argv)
+    stop_on_sigterm: contextlib.AbstractContextManager = contextlib.nullcontext()
     if getattr(args, "needs_models", True):  # `view` starts without torch or diffusers
         from dreamtext.devices import use_expandable_segments
+        from dreamtext.interrupts import sigterm_interrupts
 
         use_expandable_segments()
         quiet_libraries()
+        # SIGTERM (a scheduler's stop, `kill`) ends the command as Ctrl-C does, wherever it
+        # lands: loading a model included. The training loops turn it into a checkpoint first.
+        stop_on_sigterm = sigterm_interrupts()
     show_progress_messages()
     try:
-        return args.func(args)
+        with stop_on_sigterm:
+            return args.func(args)
     except DreamtextError as error:
         print(f"dreamtext: error: {error}", file=sys.stderr)
         return EXIT_USAGE

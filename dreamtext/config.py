@@ -172,11 +172,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
-    """The run config a workspace recorded (its ``config.json``), as a resume base: ``None``
-    when there is none, a :class:`DreamtextError` ending in ``fix`` when it cannot be read.
-    ``encoding_backend`` (which backend ran, not a setting) is left out."""
-    path = Path(workspace) / "config.json"
+# Sections of a run's config.json that are not TrainConfig fields: the settings of the stages
+# before text→3D, recorded by dreamtext.imageto3d from the start of such a run. ``image_to_3d``:
+# ``{"image", "describe": DescribeOptions, "descriptor": DescriptorOptions}``; ``diverse``
+# (``text --diverse``): ``{"prompt", "seed", "sample_steps", "sample_guidance_scale", "image"}``.
+STAGE_SECTIONS = ("image_to_3d", "diverse")
+# Keys of config.json that a rewrite of the file keeps unless it gives them anew.
+KEPT_KEYS = ("encoding_backend", *STAGE_SECTIONS)
+
+
+def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
@@ -185,8 +190,44 @@ def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
         raise DreamtextError(f"{path} is unreadable; {fix}") from None
     if not isinstance(data, dict):
         raise DreamtextError(f"{path} is not a run config; {fix}")
-    data.pop("encoding_backend", None)
     return data
+
+
+def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
+    """The run config a workspace recorded (its ``config.json``), as a resume base: ``None``
+    when there is none, a :class:`DreamtextError` ending in ``fix`` when it cannot be read.
+    ``encoding_backend`` (which backend ran, not a setting) and the :data:`STAGE_SECTIONS`
+    (:func:`read_stage_sections`) are left out."""
+    data = _read_config_json(Path(workspace) / "config.json", fix)
+    if data is None:
+        return None
+    for key in KEPT_KEYS:
+        data.pop(key, None)
+    return data
+
+
+def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:
+    """The :data:`STAGE_SECTIONS` a workspace's ``config.json`` holds (``{}`` for a text→3D run,
+    a run from before they were recorded, or no config.json)."""
+    data = _read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
+    return {k: data[k] for k in STAGE_SECTIONS if isinstance((data or {}).get(k), dict)}
+
+
+def write_run_config(
+    workspace: str | Path, cfg: TrainConfig, extra: dict[str, Any] | None = None
+) -> None:
+    """Write ``W/config.json``: ``cfg``'s fields, then ``extra``'s keys. The :data:`KEPT_KEYS`
+    the file already holds (an earlier stage's sections, the backend that ran) are kept unless
+    ``extra`` gives them anew."""
+    from dreamtext.checkpoint import atomic_write_bytes
+
+    path = Path(workspace) / "config.json"
+    earlier = _read_config_json(path, "delete it or pass --workspace") or {}
+    data = config_to_dict(cfg)
+    data.update({key: earlier[key] for key in KEPT_KEYS if key in earlier})
+    data.update(extra or {})
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def builtin_preset_name(model: str) -> str | None:
@@ -346,6 +387,7 @@ def slugify(prompt: str, max_length: int = 60) -> str:
 __all__ = [
     "DEFAULT_WORKSPACE_ROOT",
     "ITERS_PER_EPOCH",
+    "STAGE_SECTIONS",
     "TrainConfig",
     "apply_overrides",
     "available_presets",
@@ -353,9 +395,11 @@ __all__ = [
     "flat_fields",
     "preset_path",
     "read_run_config",
+    "read_stage_sections",
     "read_yaml",
     "resolve_config",
     "resume_conflicts",
     "resume_refusal",
     "slugify",
+    "write_run_config",
 ]

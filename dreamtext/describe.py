@@ -322,6 +322,20 @@ def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> N
         )
 
 
+def check_options(options: DescribeOptions) -> tuple[list[str], list[str]]:
+    """Refuse options no search can use (``--max-words`` below 0, an empty ``--noun`` or
+    ``--quantifier``, an unreadable or empty word list); return the nouns and adjectives."""
+    if options.max_words < 0:
+        raise DreamtextError("--max-words must be 0 or more")
+    if options.quantifier is not None and not options.quantifier.strip():
+        raise DreamtextError("--quantifier is empty; give one such as 'a' or 'some'")
+    if options.noun is not None and not options.noun.strip():
+        raise DreamtextError("--noun is empty; give one such as 'mug', or leave it out to search")
+    nouns = read_vocabulary(options.nouns, "nouns.txt")
+    adjectives = read_vocabulary(options.adjectives, "adjectives.txt")
+    return nouns, adjectives
+
+
 def describe(
     image_path: str | Path,
     workspace: str | Path,
@@ -335,14 +349,7 @@ def describe(
     ``encoder`` defaults to CLIP loaded from ``options.clip``; tests pass a fake one.
     """
     options = options or DescribeOptions()
-    if options.max_words < 0:
-        raise DreamtextError("--max-words must be 0 or more")
-    if options.quantifier is not None and not options.quantifier.strip():
-        raise DreamtextError("--quantifier is empty; give one such as 'a' or 'some'")
-    if options.noun is not None and not options.noun.strip():
-        raise DreamtextError("--noun is empty; give one such as 'mug', or leave it out to search")
-    nouns = read_vocabulary(options.nouns, "nouns.txt")
-    adjectives = read_vocabulary(options.adjectives, "adjectives.txt")
+    nouns, adjectives = check_options(options)
     image = load_image(image_path)
     check_describe_workspace(workspace, image_path)
     encoder = encoder or ClipEncoder(options.clip, options.device, options.batch_size)

@@ -18,6 +18,7 @@ per file. The trained sentence is ``"An image of <q> <descriptor> <noun>"``.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, stop_on_signal, truncate_log
 from dreamtext.models import StableDiffusionModels, load_for
+from dreamtext.runstatus import track_status, update_status
 
 DESCRIPTOR_TOKEN = "<descriptor>"
 LEARNED_EMBEDS = "learned_embeds.safetensors"
@@ -281,19 +283,35 @@ class DescriptorTrainer:
 
 
 def sample_grid(
-    pipe, prompt: str, n: int, steps: int, guidance_scale: float, seed: int, size: int
+    pipe,
+    prompt: str,
+    n: int,
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    size: int,
+    desc: str = "sampling",
 ) -> list:
-    """``n`` seeded samples of ``prompt`` (PIL images, ``size`` × ``size``)."""
+    """``n`` seeded samples of ``prompt`` (PIL images, ``size`` × ``size``), with a tqdm bar
+    ``desc`` over the denoising steps on stderr (the pipeline's own bar is off: see
+    :meth:`dreamtext.models.StableDiffusionModels.pipeline`)."""
     generator = torch.Generator(pipe.device).manual_seed(seed)
-    return pipe(
-        prompt,
-        num_images_per_prompt=n,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        generator=generator,
-        height=size,
-        width=size,
-    ).images
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, file=sys.stderr) as bar:
+
+        def step_done(pipe, index: int, timestep, tensors: dict) -> dict:
+            bar.update(1)
+            return tensors
+
+        return pipe(
+            prompt,
+            num_images_per_prompt=n,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            height=size,
+            width=size,
+            callback_on_step_end=step_done,
+        ).images
 
 
 def _save_row(images: list, path: Path) -> None:
@@ -326,15 +344,15 @@ def train_descriptor(
 
     Writes ``W/descriptor/learned_embeds.safetensors``, ``log.jsonl``, ``checkpoints/last.pt``
     (every ``checkpoint_every`` steps; a run resumes from it), ``previews/step_XXXXXX.png`` and
-    adds ``trained_sentence`` to sentence.json. Ctrl-C / SIGTERM save ``last.pt`` at the step
-    they interrupt and raise :class:`~dreamtext.interrupts.TrainingInterrupted`; the next call
-    continues from that step (log lines past it are dropped, not written twice). ``guidance``
+    adds ``trained_sentence`` to sentence.json; ``W/status.json`` says ``phase: "descriptor"``
+    with the descriptor's step (running, failed, interrupted; ``running`` at its end, for the
+    text→3D stage that follows). Ctrl-C / SIGTERM save ``last.pt`` at the step they interrupt
+    and raise :class:`~dreamtext.interrupts.TrainingInterrupted`; the next call continues from
+    that step (log lines past it are dropped, not written twice). ``guidance``
     names the Stable Diffusion (model, precision, memory options); it is loaded through
     :func:`dreamtext.models.load_for`, so the text→3D stage that follows in the same process
     reuses it.
     """
-    from safetensors.torch import save
-
     options = options or DescriptorOptions()
     if options.iters < 0:
         raise DreamtextError("--descriptor-iters must be 0 or more")
@@ -355,6 +373,55 @@ def train_descriptor(
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     (folder / "previews").mkdir(exist_ok=True)
     truncate_log(folder / "log.jsonl", trainer.step)  # steps logged after the checkpoint
+    out = _train_and_save(trainer, image, Path(workspace), record, options)
+    del trainer  # and with it the placeholders' text encoder on the device
+    free_memory(models.device)
+    return out
+
+
+def _train_and_save(
+    trainer: DescriptorTrainer,
+    image: Tensor,
+    workspace: Path,
+    record: dict,
+    options: DescriptorOptions,
+) -> Path:
+    """Train to ``options.iters`` under ``status.json``, then save the learned embedding and the
+    trained sentence (``record`` is sentence.json's, updated and rewritten)."""
+    from safetensors.torch import save
+
+    record_path = sentence_path(workspace)
+    with track_status(
+        workspace,
+        options.iters,
+        lambda: trainer.step,
+        trainer.device,
+        (TrainingInterrupted, KeyboardInterrupt),
+        phase="descriptor",
+        finishes=False,  # text→3D follows
+    ):
+        _train_loop(trainer, image, record_path.parent, options)
+        out = learned_embeds_path(workspace)
+        embeds = save(trainer.learned_embeds())
+        atomic_write_bytes(out, lambda f: f.write(embeds))
+        record["trained_sentence"] = trainer.trained_sentence
+        record["descriptor_token"] = options.token
+        record["descriptor_vectors"] = trainer.n_vectors
+        record["descriptor_words"] = trainer.words
+        record["descriptor_iters"] = trainer.step
+        text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+        atomic_write_bytes(record_path, lambda f: f.write(text.encode("utf-8")))
+    return out
+
+
+def _train_loop(
+    trainer: DescriptorTrainer, image: Tensor, folder: Path, options: DescriptorOptions
+) -> None:
+    """Steps from ``trainer.step`` to ``options.iters``: log lines, checkpoints (``last.pt``,
+    also at the end and on Ctrl-C / SIGTERM), previews, and a ``status.json`` refresh at each log
+    line and checkpoint."""
+    workspace = folder.parent
+    checkpoint = folder / "checkpoints" / "last.pt"
     with (
         stop_on_signal() as stop,
         (folder / "log.jsonl").open("a", encoding="utf-8") as log,
@@ -373,8 +440,10 @@ def train_descriptor(
             if options.log_every and (step % options.log_every == 0 or step == options.iters):
                 log.write(json.dumps(info) + "\n")
                 log.flush()
+                update_status(workspace)
             if options.checkpoint_every and step % options.checkpoint_every == 0:
                 _atomic_torch_save(trainer.state(), checkpoint)
+                update_status(workspace)
             if options.preview_every and step % options.preview_every == 0:
                 images = sample_grid(
                     trainer.pipeline(),
@@ -383,24 +452,11 @@ def train_descriptor(
                     options.preview_steps,
                     options.preview_guidance_scale,
                     options.seed,
-                    models.resolution,
+                    trainer.models.resolution,
+                    desc="descriptor preview",
                 )
                 _save_row(images, folder / "previews" / f"step_{step:06d}.png")
             if stop["stop"]:
                 _atomic_torch_save(trainer.state(), checkpoint)
                 raise TrainingInterrupted(step, checkpoint, stage="descriptor training")
     _atomic_torch_save(trainer.state(), checkpoint)
-
-    out = learned_embeds_path(workspace)
-    embeds = save(trainer.learned_embeds())
-    atomic_write_bytes(out, lambda f: f.write(embeds))
-    record["trained_sentence"] = trainer.trained_sentence
-    record["descriptor_token"] = options.token
-    record["descriptor_vectors"] = trainer.n_vectors
-    record["descriptor_words"] = trainer.words
-    record["descriptor_iters"] = trainer.step
-    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
-    atomic_write_bytes(record_path, lambda f: f.write(text.encode("utf-8")))
-    del trainer  # and with it the placeholders' text encoder on the device
-    free_memory(models.device)
-    return out

@@ -11,7 +11,19 @@ interrupted run continues where it stopped:
 
 text→3D and its export are one ``train`` call, so ``W/status.json`` tracks them like any text→3D
 run and ends ``finished`` after the export; a run stopped during its export resumes at its last
-step, trains nothing and exports.
+step, trains nothing and exports. The stages before it write ``status.json`` too, with their
+phase (``sample``, ``describe``, ``descriptor``).
+
+``W/config.json`` is written once the checks have passed, before the first stage: the text→3D
+config (its prompt is the image's name, or ``--diverse``'s prompt, until the descriptor is
+trained), with the sections ``image_to_3d`` (the image, the describe and descriptor options) and,
+for ``--diverse``, ``diverse`` (the prompt, seed and sampler). A rerun resolves over them
+(:func:`resolve_image_options`), as the text→3D settings resolve over the rest of the file.
+
+A rerun whose ``--descriptor-iters`` is larger than the trained descriptor's trains it on from
+its last checkpoint; the text→3D stage must then start over on the new embedding, which a run
+whose text→3D stage has begun does only with ``overwrite`` (``--overwrite``). A smaller count
+keeps the descriptor as it is, with a note.
 
 CLIP and Stable Diffusion come from :mod:`dreamtext.models`, so descriptor training and text→3D
 share one load, and a batch of image runs loads each model once.
@@ -26,16 +38,33 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import atomic_write_bytes, check_writable, last_checkpoint
-from dreamtext.config import DEFAULT_WORKSPACE_ROOT, TrainConfig, read_run_config, slugify
-from dreamtext.describe import DescribeOptions, describe, read_record, sentence_path
+from dreamtext.config import (
+    DEFAULT_WORKSPACE_ROOT,
+    TrainConfig,
+    apply_overrides,
+    config_to_dict,
+    read_run_config,
+    read_stage_sections,
+    slugify,
+    write_run_config,
+)
+from dreamtext.describe import (
+    DescribeOptions,
+    check_options,
+    describe,
+    read_record,
+    sentence_path,
+)
 from dreamtext.descriptor import (
     DescriptorOptions,
     learned_embeds_path,
@@ -46,9 +75,9 @@ from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
-from dreamtext.interrupts import sigterm_interrupts
+from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
-from dreamtext.runstatus import run_finished
+from dreamtext.runstatus import run_finished, track_status
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
@@ -112,10 +141,11 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     """Refuse, before any work, a workspace that holds something other than this image's run:
     a file, a folder this process cannot write, the run of another image, or a text→3D run of
     some prompt (which the text→3D stage would otherwise continue as this image's). Returns the
-    run's recorded ``config.json`` (``None`` before the text→3D stage has started)."""
+    run's recorded ``config.json`` without its stage sections (``None`` before it has one)."""
     check_writable(workspace, "pass --workspace a folder you can write")
     record = read_record(workspace)
-    previous = record.get("image") if record else None
+    sections = read_stage_sections(workspace)
+    previous = sections.get("image_to_3d", {}).get("image") or (record or {}).get("image")
     if previous is not None and Path(previous).resolve() != image_path.resolve():
         raise DreamtextError(
             f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
@@ -124,12 +154,94 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     saved = read_run_config(workspace, "delete it or pass --workspace NEW_FOLDER")
     if saved is None:
         return None
-    if record is None or not saved.get("guidance", {}).get("textual_inversion"):
+    # An image run's config.json: its stage sections, or for a run from before them the
+    # learned embedding of a sentence record.
+    learned = record is not None and saved.get("guidance", {}).get("textual_inversion")
+    if not sections and not learned:
         raise DreamtextError(
             f"{workspace} holds a text→3D run of '{saved.get('prompt')}'; pass --workspace "
             "NEW_FOLDER for this image"
         )
     return saved
+
+
+def image_section(image_path: Path, options: ImageOptions) -> dict[str, Any]:
+    """config.json's ``image_to_3d`` section: the image (absolute), the describe options (word
+    lists as absolute paths, ``null`` for the built-in ones; the device is the run's) and the
+    descriptor options."""
+    describe_options = asdict(options.describe)
+    describe_options.pop("device")
+    for name in ("nouns", "adjectives"):
+        path = describe_options[name]
+        describe_options[name] = str(Path(path).resolve()) if path is not None else None
+    return {
+        "image": str(image_path.resolve()),
+        "describe": describe_options,
+        "descriptor": config_to_dict(options.descriptor),
+    }
+
+
+def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> ImageOptions:
+    """The describe / descriptor / sampler options of a run: the defaults, then what the run in
+    ``workspace`` recorded (config.json's ``image_to_3d`` and ``diverse`` sections; for a run from
+    before them, sentence.json's descriptor step count), then ``overrides`` (the flags given, as
+    ``{"describe": {...}, "descriptor": {...}}``). A rerun typed without the first run's flags
+    thus keeps its settings, as ``text --resume`` does."""
+    options = ImageOptions()
+    sections = read_stage_sections(workspace)
+    source = f"{Path(workspace) / 'config.json'}"
+    recorded = sections.get("image_to_3d")
+    if recorded is not None:
+        apply_overrides(options.describe, recorded.get("describe", {}), source, "describe.")
+        apply_overrides(options.descriptor, recorded.get("descriptor", {}), source, "descriptor.")
+    else:
+        done = (read_record(workspace) or {}).get("descriptor_iters")
+        if isinstance(done, int) and not isinstance(done, bool):
+            options.descriptor.iters = done
+    diverse = sections.get("diverse", {})
+    for name in ("sample_steps", "sample_guidance_scale"):
+        if name in diverse:
+            setattr(options, name, diverse[name])
+    apply_overrides(options.describe, overrides.get("describe", {}), "the command line")
+    apply_overrides(options.descriptor, overrides.get("descriptor", {}), "the command line")
+    for name in ("nouns", "adjectives"):
+        value = getattr(options.describe, name)
+        setattr(options.describe, name, Path(value) if value is not None else None)
+    return options
+
+
+def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool, int]:
+    """Whether the descriptor stage trains, and to how many steps, for ``iters`` asked.
+
+    Untrained: it trains (resuming its checkpoint). Trained to ``iters``: it is reused. Trained to
+    fewer: it trains on from its checkpoint, unless the text→3D stage has started on the old
+    embedding and ``overwrite`` is off (a :class:`DreamtextError`: the text→3D run would mix two
+    embeddings). Trained to more: kept, with a note."""
+    record = read_record(workspace) or {}
+    if "trained_sentence" not in record or not learned_embeds_path(workspace).is_file():
+        return True, iters
+    done = record.get("descriptor_iters")
+    if not isinstance(done, int) or isinstance(done, bool) or done == iters:
+        return False, done if isinstance(done, int) else iters
+    if iters < done:
+        _note(
+            f"descriptor: trained to step {done} already; --descriptor-iters {iters} is fewer, so "
+            f"it is kept as it is (pass --workspace NEW_FOLDER to train one to step {iters})"
+        )
+        return False, done
+    checkpoint = sentence_path(workspace).parent / "checkpoints" / "last.pt"
+    if not checkpoint.is_file():
+        raise DreamtextError(
+            f"{workspace}'s descriptor has no checkpoint ({checkpoint}) to train on from step "
+            f"{done}; pass --workspace NEW_FOLDER to train one to step {iters}"
+        )
+    if last_checkpoint(workspace).is_file() and not overwrite:
+        raise DreamtextError(
+            f"{workspace}'s text→3D stage trained on the descriptor of step {done}; to train the "
+            f"descriptor on to step {iters} and text→3D again from scratch, add --overwrite, or "
+            "pass --workspace NEW_FOLDER"
+        )
+    return True, iters
 
 
 def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
@@ -145,14 +257,26 @@ def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
     load_for(cfg.guidance, device)
 
 
+def check_stages(
+    workspace: Path, cfg: TrainConfig, options: ImageOptions, device: torch.device, overwrite: bool
+) -> None:
+    """Everything the stages still to run need, checked before the first one: unless the
+    sentence is found already, the describe options and the CLIP model (loaded here, on the CPU;
+    the search reuses the load), then the text→3D stage's (:func:`check_text_stage`)."""
+    if not sentence_path(workspace).is_file():
+        check_options(options.describe)
+        with clip_encoder(options.describe.clip, "cpu", options.describe.batch_size):
+            pass
+    if overwrite or not _text_stage_done(workspace, cfg):
+        check_text_stage(cfg, device)
+
+
 def ignored_flags(workspace: Path, given: dict[str, object]) -> list[str]:
     """The explicitly given ``given`` settings (``noun``, ``quantifier``, ``clip``, ``max_words``
-    of describe; ``descriptor_iters``) that differ from what the workspace's finished describe /
-    descriptor stages used, which a rerun reuses, as ``"--flag value (the run's: old)"``."""
+    of describe) that differ from what the workspace's finished describe stage used, which a
+    rerun reuses, as ``"--flag value (the run's: old)"``."""
     record = read_record(workspace) or {}
     done = {"noun", "quantifier", "clip", "max_words"} if record else set()
-    if "trained_sentence" in record:
-        done.add("descriptor_iters")
     out = []
     for name, value in given.items():
         recorded = record.get(name)
@@ -162,14 +286,23 @@ def ignored_flags(workspace: Path, given: dict[str, object]) -> list[str]:
     return out
 
 
-def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: TrainConfig) -> Path:
+def run_image(
+    image_path: str | Path,
+    options: ImageOptions | None,
+    train_cfg: TrainConfig,
+    overwrite: bool = False,
+    sections: dict[str, Any] | None = None,
+) -> Path:
     """Reconstruct the object of one image in 3D; return the workspace.
 
     ``train_cfg`` is the text→3D configuration (its prompt is replaced by the trained sentence,
     its ``guidance.textual_inversion`` by the learned file). An empty ``train_cfg.workspace``
     becomes ``workspace/<image file name>``. ``train_cfg.seed`` also seeds descriptor training.
-    Everything that can be checked cheaply (the image, the workspace, the device, precision,
-    encoding and model) is checked before the first stage runs. Stage notes go to stderr.
+    Everything that can be checked cheaply (the image, the workspace, the descriptor step count,
+    the device, precision, encoding, model, the describe options and CLIP) is checked before
+    anything is written. ``overwrite`` trains the text→3D stage again from scratch (describe and
+    the descriptor are kept). ``sections``: more config.json sections to record (``--diverse``'s).
+    Stage notes go to stderr.
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
@@ -180,9 +313,19 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
         cfg.workspace = str(default_workspace(image_path))
     workspace = Path(cfg.workspace)
     check_image_workspace(workspace, image_path)
+    train_words, iters = descriptor_plan(workspace, options.descriptor.iters, overwrite)
     device = resolve_device(cfg.device)
-    if not _text_stage_done(workspace, cfg):
-        check_text_stage(cfg, device)
+    check_stages(workspace, cfg, options, device, overwrite)
+
+    # Checked: from here on the run writes.
+    if overwrite:
+        from dreamtext.trainer import remove_earlier_run
+
+        remove_earlier_run(workspace)
+        (workspace / "status.json").unlink(missing_ok=True)
+    options = replace(options, descriptor=replace(options.descriptor, seed=cfg.seed, iters=iters))
+    learned = learned_embeds_path(workspace)
+    record_config(workspace, cfg, image_path, options, sections)
 
     record_path = sentence_path(workspace)
     if record_path.is_file():
@@ -190,6 +333,7 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
     else:
         describe_options = replace(options.describe, device=str(device))
         with (
+            stage_status(workspace, "describe", device),
             sigterm_interrupts(),
             clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip,
         ):
@@ -197,15 +341,12 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
         _note(f"describe: {sentence}")
     keep_source_copy(image_path, workspace)
 
-    learned = learned_embeds_path(workspace)
-    if learned.is_file() and "trained_sentence" in (read_record(workspace) or {}):
-        _note(f"descriptor: reusing {learned}")
+    if train_words:
+        train_descriptor(image_path, workspace, cfg.guidance, options.descriptor, str(device))
     else:
-        descriptor_options = replace(options.descriptor, seed=cfg.seed)
-        train_descriptor(image_path, workspace, cfg.guidance, descriptor_options, str(device))
+        _note(f"descriptor: reusing {learned}")
+    record_config(workspace, cfg, image_path, options, sections)
 
-    cfg.prompt = read_record(workspace)["trained_sentence"]
-    cfg.guidance.textual_inversion = str(learned)
     if _text_stage_done(workspace, cfg):
         _note(f"text→3D: reusing {last_checkpoint(workspace)}")
     else:
@@ -215,6 +356,31 @@ def run_image(image_path: str | Path, options: ImageOptions | None, train_cfg: T
         # exports, under status.json like any run, which ends "finished".
         train(cfg, resume=last_checkpoint(workspace).is_file())
     return workspace
+
+
+def record_config(
+    workspace: Path,
+    cfg: TrainConfig,
+    image_path: Path,
+    options: ImageOptions,
+    sections: dict[str, Any] | None = None,
+) -> None:
+    """Write config.json with the ``image_to_3d`` section (and ``sections``); once the descriptor
+    is trained, ``cfg``'s prompt and ``guidance.textual_inversion`` become the trained sentence
+    and the learned file first (before, the prompt is the name the caller gave)."""
+    record = read_record(workspace) or {}
+    if "trained_sentence" in record:
+        cfg.prompt = record["trained_sentence"]
+        cfg.guidance.textual_inversion = str(learned_embeds_path(workspace))
+    extra = {"image_to_3d": image_section(image_path, options), **(sections or {})}
+    write_run_config(workspace, cfg, extra)
+
+
+def stage_status(workspace: str | Path, phase: str, device: torch.device) -> AbstractContextManager:
+    """``status.json`` around a stage without steps of its own (``sample``, ``describe``):
+    running in ``phase``, then failed or interrupted there, or running on into the next stage."""
+    interrupted = (TrainingInterrupted, KeyboardInterrupt)
+    return track_status(workspace, 0, lambda: 0, device, interrupted, phase, finishes=False)
 
 
 def _note(line: str) -> None:
@@ -238,7 +404,8 @@ def sample_image(
     models = load_for(guidance, device)
     with torch.no_grad(), models.text_encoder_on_device() as text_encoder:
         pipe = models.pipeline(text_encoder=text_encoder)
-        image = sample_grid(pipe, prompt, 1, steps, guidance_scale, seed, models.resolution)[0]
+        size = models.resolution
+        image = sample_grid(pipe, prompt, 1, steps, guidance_scale, seed, size, "diverse image")[0]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -247,33 +414,79 @@ def sample_image(
     return out_path
 
 
+def diverse_workspace(cfg: TrainConfig, named: bool) -> str:
+    """``--diverse``'s workspace: ``cfg.workspace`` when the user ``named`` it (``--workspace``),
+    else the default one (``workspace/<prompt slug>``) with a ``_diverse_seed<seed>`` suffix, so
+    runs with different seeds (different images, hence different objects) do not collide."""
+    default = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
+    if not named and (not cfg.workspace or cfg.workspace == default):
+        return f"{default}_diverse_seed{cfg.seed}"
+    return cfg.workspace
+
+
+def diverse_image(workspace: str | Path, seed: int) -> Path:
+    """Where ``--diverse`` samples its image: ``W/diverse/sample_seed<seed>.png``."""
+    return Path(workspace) / "diverse" / f"sample_seed{seed}.png"
+
+
+def check_diverse_workspace(workspace: str | Path, cfg: TrainConfig) -> dict | None:
+    """:func:`check_image_workspace` for ``--diverse``'s image, and a workspace holding the
+    ``--diverse`` run of another prompt is refused. Returns the run's recorded config (the base
+    a rerun resolves over), ``None`` for a new run."""
+    workspace = Path(workspace)
+    check_writable(workspace, "pass --workspace a folder you can write")
+    recorded = read_stage_sections(workspace).get("diverse", {}).get("prompt")
+    if recorded is not None and recorded != cfg.prompt:
+        raise DreamtextError(
+            f"{workspace} holds the --diverse run of '{recorded}'; pass --workspace NEW_FOLDER "
+            f"for '{cfg.prompt}'"
+        )
+    return check_image_workspace(workspace, diverse_image(workspace, cfg.seed))
+
+
 def run_diverse(
-    train_cfg: TrainConfig, options: ImageOptions | None = None, named: bool = False
+    train_cfg: TrainConfig,
+    options: ImageOptions | None = None,
+    named: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """``dreamtext text PROMPT --diverse``: sample an image of the prompt, then image→3D on it.
 
-    The default workspace (``workspace/<prompt slug>``) gets a ``_diverse_seed<seed>`` suffix, so
-    runs with different seeds (different images, hence different objects) do not collide; a
-    workspace the user ``named`` (``--workspace``) is taken as it is.
+    The workspace is :func:`diverse_workspace`'s. Before the image is sampled, the workspace, the
+    text→3D settings, the describe options and CLIP are checked (:func:`check_stages`) and
+    config.json records the run, with the ``diverse`` section (the prompt, seed and sampler).
+    ``overwrite``: as :func:`run_image`'s (the sampled image is kept too).
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
     _needs_stable_diffusion(cfg.guidance.model, "--diverse")
-    default = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
-    if not named and (not cfg.workspace or cfg.workspace == default):
-        cfg.workspace = f"{default}_diverse_seed{cfg.seed}"
-    image_path = Path(cfg.workspace) / "diverse" / f"sample_seed{cfg.seed}.png"
+    cfg.workspace = diverse_workspace(cfg, named)
+    workspace = Path(cfg.workspace)
+    image_path = diverse_image(workspace, cfg.seed)
+    check_diverse_workspace(workspace, cfg)
+    section = {
+        "diverse": {
+            "prompt": cfg.prompt,
+            "seed": cfg.seed,
+            "sample_steps": options.sample_steps,
+            "sample_guidance_scale": options.sample_guidance_scale,
+            "image": str(image_path.resolve()),
+        }
+    }
     if image_path.is_file():
         _note(f"diverse: reusing {image_path}")
     else:
-        device = str(resolve_device(cfg.device))
-        sample_image(
-            cfg.prompt,
-            cfg.guidance,
-            cfg.seed,
-            image_path,
-            device,
-            options.sample_steps,
-            options.sample_guidance_scale,
-        )
-    return run_image(image_path, options, cfg)
+        device = resolve_device(cfg.device)
+        check_stages(workspace, cfg, options, device, overwrite)
+        record_config(workspace, cfg, image_path, options, section)
+        with stage_status(workspace, "sample", device):
+            sample_image(
+                cfg.prompt,
+                cfg.guidance,
+                cfg.seed,
+                image_path,
+                str(device),
+                options.sample_steps,
+                options.sample_guidance_scale,
+            )
+    return run_image(image_path, options, cfg, overwrite, section)

@@ -2,18 +2,27 @@
 
     {"state": "running" | "finished" | "failed" | "interrupted", "step": int, "iters": int,
      "started": iso8601, "updated": iso8601, "error": str | null, "seconds": float,
-     "gpu_mem_mib": float | null, "phase": "train" | "export"}
+     "gpu_mem_mib": float | null,
+     "phase": "sample" | "describe" | "descriptor" | "train" | "export"}
 
 The trainer wraps a run in :func:`track_status`, which writes the file atomically when the run
 starts, when it ends (``finished``, written after the export), when it fails (with the error's
 first line) and when it is interrupted (Ctrl-C, SIGTERM). In between, the trainer calls
 :func:`update_status` at every log line and checkpoint, which refreshes ``step``, ``seconds``,
 ``gpu_mem_mib`` and ``updated``, and once more with ``phase="export"`` right before the export.
-``phase`` is the stage the run is in, or for an ended run the stage it ended in. ``seconds`` is
-the run's time over all its attempts: a resumed run (one that starts past step 0) adds its own to
-the ``seconds`` its status.json held, a run that starts at step 0 counts from 0. ``started`` is
-when this attempt started; ``gpu_mem_mib`` is the peak reserved CUDA memory of the attempt,
-``null`` off CUDA.
+``phase`` is the stage the run is in, or for an ended run the stage it ended in.
+
+An image→3D run's stages before text→3D are tracked the same way, each in a block of its own that
+does not finish the run (``finishes=False``: at its end the file says ``running``, and the next
+stage takes over): ``--diverse``'s image sampling (``sample``), the CLIP sentence search
+(``describe``), the descriptor training (``descriptor``; ``step`` and ``iters`` are then the
+descriptor's). ``state`` is that stage's: an image run that failed in its descriptor training
+reads ``failed`` with ``phase: "descriptor"``.
+
+``seconds`` is the stage's time over all its attempts: a resumed stage (one that starts past step
+0) adds its own to the ``seconds`` its status.json held, a stage that starts at step 0 counts from
+0. ``started`` is when this attempt started; ``gpu_mem_mib`` is the peak reserved CUDA memory of
+the attempt, ``null`` off CUDA.
 
 A caller of ``train`` that must be able to stop a run (``dreamtext batch``, whose lock on a
 workspace can be taken over) registers a check with :func:`guard_run`; every status update calls
@@ -40,7 +49,7 @@ from dreamtext.errors import DreamtextError
 
 STATUS = "status.json"
 STATES = ("running", "finished", "failed", "interrupted")
-PHASES = ("train", "export")
+PHASES = ("sample", "describe", "descriptor", "train", "export")
 
 
 class RunTakenOver(Exception):
@@ -121,16 +130,24 @@ def _key(workspace: str | Path) -> str:
 
 class StatusTracker:
     """Writes one run attempt's ``status.json``; see :func:`track_status`. ``earlier_seconds``:
-    the time of the run's earlier attempts, when this one resumes it."""
+    the time of the run's earlier attempts, when this one resumes it. ``phase``: the stage it
+    starts in (one of :data:`PHASES`)."""
 
     def __init__(
-        self, workspace: str | Path, iters: int, step: Callable[[], int], device: torch.device
+        self,
+        workspace: str | Path,
+        iters: int,
+        step: Callable[[], int],
+        device: torch.device,
+        phase: str = "train",
     ) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         self.workspace = Path(workspace)
         self.iters = int(iters)
         self.step = step
         self.device = device
-        self.phase = "train"
+        self.phase = phase
         self.started, self.start = now_iso(), time.perf_counter()
         earlier = read_status(self.workspace) if int(step()) > 0 else None
         seconds = (earlier or {}).get("seconds")
@@ -204,16 +221,21 @@ def track_status(
     step: Callable[[], int],
     device: torch.device,
     interrupted: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
+    phase: str = "train",
+    finishes: bool = True,
 ) -> Iterator[StatusTracker]:
     """Keep ``workspace/status.json`` up to date around a run; ``step()`` reads the run's step.
 
     Yields the :class:`StatusTracker`, which :func:`update_status` also finds by the workspace.
     Exceptions pass through: those in ``interrupted`` are recorded as ``interrupted``,
     :class:`RunTakenOver` not at all, anything else as ``failed`` with :func:`error_line`.
+    ``phase``: the stage the block starts in. ``finishes``: whether the block's end finishes the
+    run (text→3D and its export); a stage that another follows (``sample``, ``describe``,
+    ``descriptor``) ends it ``running``.
     """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tracker = StatusTracker(workspace, iters, step, device)
+    tracker = StatusTracker(workspace, iters, step, device, phase)
     key = _key(workspace)
     tracker.run_guards()
     tracker.write("running")
@@ -231,4 +253,4 @@ def track_status(
     finally:
         if _ACTIVE.get(key) is tracker:
             del _ACTIVE[key]
-    tracker.write("finished")
+    tracker.write("finished" if finishes else "running")

@@ -41,6 +41,7 @@ from dreamtext.config import (
     config_to_dict,
     resume_conflicts,
     resume_refusal,
+    write_run_config,
 )
 from dreamtext.devices import (
     fp16_loss_scaler,
@@ -368,10 +369,18 @@ def save_preview(run: Run, path: Path) -> None:
 
 
 def write_config(run: Run) -> None:
-    data = config_to_dict(run.cfg)
-    data["encoding_backend"] = run.field.encoding_backend
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write_bytes(run.workspace / "config.json", lambda f: f.write(text.encode()))
+    """``config.json``: the resolved config and the hash-grid backend that runs it (an image run's
+    sections of its earlier stages are kept: :func:`dreamtext.config.write_run_config`)."""
+    write_run_config(run.workspace, run.cfg, {"encoding_backend": run.field.encoding_backend})
+
+
+def remove_earlier_run(workspace: Path) -> None:
+    """Remove what a run of this workspace wrote besides ``config.json`` and ``status.json``
+    (both rewritten): its log, checkpoints, previews, mesh and turntable."""
+    (workspace / "log.jsonl").unlink(missing_ok=True)
+    for pattern in EARLIER_RUN_FILES:
+        for old in workspace.glob(pattern):
+            old.unlink()
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
@@ -396,10 +405,7 @@ def _train(run: Run, resume: bool) -> Path:
     if resume:
         truncate_log(log_path, run.step)
     else:
-        log_path.unlink(missing_ok=True)
-        for pattern in EARLIER_RUN_FILES:  # an --overwrite leaves nothing of the run it replaces
-            for old in workspace.glob(pattern):
-                old.unlink()
+        remove_earlier_run(workspace)  # an --overwrite leaves nothing of the run it replaces
     if run.step >= cfg.iters:
         tqdm.write(
             f"{workspace}: already at step {run.step} ≥ --iters {cfg.iters}; nothing to train",

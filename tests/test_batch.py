@@ -948,3 +948,27 @@ def test_bad_input_is_a_one_line_error_before_anything_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not root.exists()
+
+
+def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    """The descriptor training and describe wrote no status.json, so the batch's line and
+    summary could only say 'failed', after hours of a 5000-step descriptor training."""
+    import dreamtext.imageto3d
+    from dreamtext.runstatus import write_status
+
+    def fails_in_descriptor(image, options, cfg):
+        write_status(cfg.workspace, {"state": "failed", "phase": "descriptor", "step": 40})
+        raise DreamtextError("the descriptor broke")
+
+    monkeypatch.setattr(dreamtext.imageto3d, "run_image", fails_in_descriptor)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
+    root = tmp_path / "root"
+    path = prompts_file(tmp_path, "image:mug.png")
+    args = ["batch", path, "--model", tiny_sd_path, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    [record] = rows(root)
+    assert (record["status"], record["phase"]) == ("failed", "descriptor")
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:4] == ["1", "failed", "in", "descriptor"]

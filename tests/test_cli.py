@@ -175,7 +175,6 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--iters", "5", "--epochs", "1"], ["not both"]),
         (["text", "a castle", "--resume"], ["nothing to resume"]),
         (["text", "a castle", "--resume", "--overwrite"], ["--resume or --overwrite"]),
-        (["text", "a castle", "--diverse", "--overwrite"], ["--diverse", "NEW_FOLDER"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -597,3 +596,35 @@ def test_text_prints_only_the_workspace_on_stdout_and_makes_files_others_can_rea
     os.umask(old)
     for name in ("config.json", "status.json", "checkpoints/last.pt", "mesh/mesh.glb"):
         assert (workspace / name).stat().st_mode & 0o777 == 0o666 & ~old, name
+
+
+def test_sigterm_while_stable_diffusion_loads_before_describe_is_one_line_and_exit_130(
+    tmp_path, tiny_sd_path, tiny_clip_path, red_square_and_vocabulary
+):
+    """The image command loads Stable Diffusion up front, before any stage has a signal handler
+    of its own: SIGTERM there killed the process (-15) with nothing said."""
+    image, _ = red_square_and_vocabulary
+    script = tmp_path / "sigterm_in_load.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "import dreamtext.imageto3d as imageto3d\n"
+        "def load_for(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "imageto3d.load_for = load_for\n"
+        "from dreamtext.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    workspace = tmp_path / "run"
+    args = ["image", image, "--model", tiny_sd_path, "--clip", tiny_clip_path]
+    args += ["--workspace", workspace]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (result.returncode, result.stderr) == (130, "dreamtext image: interrupted\n")
+    assert not workspace.exists()

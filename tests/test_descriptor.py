@@ -323,6 +323,8 @@ def test_a_signal_saves_the_last_finished_step_and_the_rerun_continues_it(
     folder = workspace / "descriptor"
     assert load_checkpoint(folder / "checkpoints" / "last.pt")["step"] == 2
     assert not learned_embeds_path(workspace).exists()
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["phase"], status["step"]) == ("interrupted", "descriptor", 2)
 
     monkeypatch.setattr(DescriptorTrainer, "train_step", real_step)
     train_descriptor(image_path, workspace, guidance, options)
@@ -344,3 +346,38 @@ def test_log_lines_past_the_checkpoint_are_not_written_twice(tiny_sd_path, tmp_p
     steps = [json.loads(line)["step"] for line in log.open()]
     assert steps == [1, 2, 3, 4]
     assert json.loads(log.read_text().splitlines()[2])["loss"] != 1.0
+
+
+def test_descriptor_training_says_in_status_json_that_it_runs_or_failed(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """`dreamtext view` and `batch` read status.json: a descriptor training wrote none, so an
+    image run that failed there showed as nothing, or as a text→3D run that never started."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    options = DescriptorOptions(iters=2, log_every=1, checkpoint_every=0, preview_every=0)
+    image_path, workspace = _workspace(tmp_path)
+    seen = []
+    real_step = DescriptorTrainer.train_step
+
+    def step_and_look(self, image):
+        seen.append(json.loads((workspace / "status.json").read_text()))
+        if self.step == 1 and len(seen) > 2:
+            raise RuntimeError("the GPU fell off")
+        return real_step(self, image)
+
+    monkeypatch.setattr(DescriptorTrainer, "train_step", step_and_look)
+    train_descriptor(image_path, workspace, guidance, options)
+    assert [(s["state"], s["phase"], s["step"], s["iters"]) for s in seen] == [
+        ("running", "descriptor", 0, 2),
+        ("running", "descriptor", 1, 2),
+    ]
+    done = json.loads((workspace / "status.json").read_text())
+    assert (done["state"], done["phase"], done["step"]) == ("running", "descriptor", 2)
+
+    # again from step 0 (no checkpoint now), failing at its second step
+    (workspace / "descriptor" / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(RuntimeError):
+        train_descriptor(image_path, workspace, guidance, options)
+    failed = json.loads((workspace / "status.json").read_text())
+    assert (failed["state"], failed["phase"]) == ("failed", "descriptor")
+    assert failed["error"] == "RuntimeError: the GPU fell off"

@@ -1,6 +1,7 @@
 """Image→3D: describe → descriptor → text→3D → export, stages skipped when done; --diverse."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,11 +227,11 @@ def test_sampled_images_depend_on_the_seed(tmp_path, tiny_sd_path):
 
 
 def test_diverse_runs_image_to_3d_on_a_sample_in_a_per_seed_workspace(
-    tmp_path, tiny_sd_path, monkeypatch
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
 ):
     seen = {}
 
-    def fake_run_image(image_path, options, cfg):
+    def fake_run_image(image_path, options, cfg, *more):
         seen.update(image=image_path, workspace=cfg.workspace)
         return cfg.workspace
 
@@ -239,7 +240,7 @@ def test_diverse_runs_image_to_3d_on_a_sample_in_a_per_seed_workspace(
     cfg = resolve_config(
         {"prompt": "a red cube", "seed": 3, "guidance": {"model": str(tiny_sd_path)}}
     )
-    options = ImageOptions(sample_steps=2)
+    options = ImageOptions(describe=DescribeOptions(clip=str(tiny_clip_path)), sample_steps=2)
     workspace = run_diverse(cfg, options)
     assert workspace == "workspace/a_red_cube_diverse_seed3"
     assert seen["image"].is_file()
@@ -368,13 +369,12 @@ def test_flags_of_finished_stages_that_a_rerun_ignores_are_named(tmp_path):
     record.update(clip="openai/clip", max_words=2, descriptor_iters=2)
     record_path.write_text(json.dumps(record))
     given = {"noun": "dog", "quantifier": "a", "clip": None, "max_words": 2}
-    ignored = imageto3d.ignored_flags(workspace, {**given, "descriptor_iters": 50})
-    assert ignored == ["--noun dog (the run's: cube)", "--descriptor-iters 50 (the run's: 2)"]
-    assert imageto3d.ignored_flags(tmp_path / "new", {**given, "descriptor_iters": 50}) == []
+    assert imageto3d.ignored_flags(workspace, given) == ["--noun dog (the run's: cube)"]
+    assert imageto3d.ignored_flags(tmp_path / "new", given) == []
 
 
 def test_diverse_takes_the_sentence_search_flags_and_a_named_workspace(
-    tmp_path, tiny_sd_path, monkeypatch
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
 ):
     """`text --diverse` had no --clip (which its own error asked for) nor --descriptor-iters, and
     moved a --workspace equal to the default name to <name>_diverse_seed<N>."""
@@ -382,7 +382,7 @@ def test_diverse_takes_the_sentence_search_flags_and_a_named_workspace(
 
     seen = {}
 
-    def fake_run_image(image_path, options, cfg):
+    def fake_run_image(image_path, options, cfg, *more):
         seen.update(workspace=cfg.workspace, clip=options.describe.clip)
         seen.update(iters=options.descriptor.iters, noun=options.describe.noun)
         return cfg.workspace
@@ -390,12 +390,13 @@ def test_diverse_takes_the_sentence_search_flags_and_a_named_workspace(
     monkeypatch.setattr(imageto3d, "run_image", fake_run_image)
     monkeypatch.setattr(imageto3d, "sample_image", lambda *a: a[3])
     monkeypatch.chdir(tmp_path)
-    args = ["text", "a red cube", "--diverse", "--model", str(tiny_sd_path), "--clip", "my/clip"]
+    clip = str(tiny_clip_path)
+    args = ["text", "a red cube", "--diverse", "--model", str(tiny_sd_path), "--clip", clip]
     named = ["--workspace", "workspace/a_red_cube", "--descriptor-iters", "7", "--noun", "cube"]
     assert main([*args, *named]) == 0
     assert seen == {
         "workspace": "workspace/a_red_cube",
-        "clip": "my/clip",
+        "clip": clip,
         "iters": 7,
         "noun": "cube",
     }
@@ -413,3 +414,287 @@ def test_sentence_search_flags_without_diverse_are_refused(tmp_path, monkeypatch
         "or drop them\n"
     )
     assert not (tmp_path / "workspace").exists()
+
+
+def test_the_diverse_image_sampling_shows_a_progress_bar_on_stderr(tmp_path, tiny_sd_path, capsys):
+    """50 denoising steps are minutes of a CPU's time; they ran in silence."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    sample_image("a red cube", guidance, 0, tmp_path / "a.png", steps=3)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "diverse image" in err and "/3 [" in err
+
+
+def test_the_describe_stage_says_in_status_json_where_it_stopped(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """Ctrl-C during the CLIP search left no status.json: the viewer and a batch could not tell
+    an image run stopped in describe from one that never started."""
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageto3d, "describe", ctrl_c)
+    options, cfg = _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_image(_image(tmp_path), options, cfg)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("interrupted", "describe")
+
+
+def test_the_diverse_sampling_says_in_status_json_that_it_failed(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("sampler broke")
+
+    monkeypatch.setattr(imageto3d, "sample_image", broken)
+    cfg = _config(tmp_path, tiny_sd_path, prompt="a red cube")
+    with pytest.raises(RuntimeError):
+        run_diverse(cfg, _options(tmp_path, tiny_clip_path), named=True)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("failed", "sample")
+    assert status["error"] == "RuntimeError: sampler broke"
+
+
+# --- config.json from the start; reruns over it; the descriptor trained on ---------------------
+
+
+def test_config_json_records_the_stages_settings_before_the_first_stage_runs(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """config.json was written only when text→3D started: a run stopped in describe or the
+    descriptor had no record of its settings, and the describe / descriptor ones were nowhere."""
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageto3d, "describe", ctrl_c)
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    options.describe.noun, options.describe.quantifier = "cube", "some"
+    with pytest.raises(KeyboardInterrupt):
+        run_image(image, options, _config(tmp_path, tiny_sd_path, seed=3))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["prompt"] == "replaced by the trained sentence"  # until the descriptor is
+    assert config["seed"] == 3 and config["guidance"]["model"] == str(tiny_sd_path)
+    section = config["image_to_3d"]
+    assert section["image"] == str(image.resolve())
+    describe = section["describe"]
+    assert (describe["clip"], describe["noun"], describe["quantifier"]) == (
+        str(tiny_clip_path),
+        "cube",
+        "some",
+    )
+    assert describe["nouns"] == str((tmp_path / "nouns.txt").resolve())
+    assert describe["max_words"] == 2 and "device" not in describe
+    descriptor = section["descriptor"]
+    assert (descriptor["iters"], descriptor["seed"], descriptor["lr"]) == (2, 3, 3e-4)
+    assert descriptor["augment"]["flip_p"] == 0.5
+
+
+def test_the_text_stage_keeps_the_image_section_in_config_json(
+    tmp_path, tiny_clip_path, tiny_sd_path
+):
+    workspace = run_image(
+        _image(tmp_path), _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path)
+    )
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["prompt"].startswith("An image of") and config["encoding_backend"] == "torch"
+    assert config["image_to_3d"]["descriptor"]["iters"] == 2
+
+
+def test_diverse_records_its_prompt_and_sampler_before_it_samples(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """`text --diverse`'s prompt and sampler settings appeared nowhere in its workspace."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("sampler broke")
+
+    monkeypatch.setattr(imageto3d, "sample_image", broken)
+    cfg = _config(tmp_path, tiny_sd_path, prompt="a red cube", seed=4)
+    with pytest.raises(RuntimeError):
+        run_diverse(cfg, _options(tmp_path, tiny_clip_path), named=True)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    sample = str((tmp_path / "run" / "diverse" / "sample_seed4.png").resolve())
+    assert config["diverse"] == {
+        "prompt": "a red cube",
+        "seed": 4,
+        "sample_steps": 50,
+        "sample_guidance_scale": 7.5,
+        "image": sample,
+    }
+    assert config["prompt"] == "a red cube" and config["image_to_3d"]["image"] == sample
+
+
+def test_diverse_checks_clip_before_it_samples_its_image(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """It sampled for ~30 s, wrote the image, then failed on CLIP."""
+    monkeypatch.setattr(imageto3d, "sample_image", _fail)
+    options = _options(tmp_path, tiny_clip_path)
+    options.describe.clip = str(tmp_path / "no_clip_here")
+    cfg = _config(tmp_path, tiny_sd_path, prompt="a red cube")
+    with pytest.raises(DreamtextError, match="no_clip_here does not exist"):
+        run_diverse(cfg, options, named=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_diverse_with_a_clip_that_does_not_load_is_one_line_before_anything_loads(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    from dreamtext.cli import main
+
+    monkeypatch.setattr(imageto3d, "sample_image", _fail)
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--diverse", "--model", str(tiny_sd_path), "--clip", "./nope"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CLIP folder ./nope does not exist" in err
+    assert not (tmp_path / "workspace").exists()
+
+
+def _fake_sample(prompt, guidance, seed, out_path, *args):
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(out_path)
+    return out_path
+
+
+def test_a_diverse_rerun_resolves_over_the_runs_config_and_recorded_options(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    """A rerun left out the first run's --config, --descriptor-iters and --clip: it took the
+    defaults (and with them a field that does not fit the checkpoint)."""
+    import yaml
+
+    from dreamtext.cli import main
+
+    seen = {}
+
+    def fake_run_image(image_path, options, cfg, *more):
+        seen.update(cfg=cfg, options=options)
+        return cfg.workspace
+
+    monkeypatch.setattr(imageto3d, "sample_image", _fake_sample)
+    monkeypatch.setattr(imageto3d, "run_image", fake_run_image)
+    monkeypatch.chdir(tmp_path)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(TINY_TRAIN))
+    args = ["text", "a red cube", "--diverse", "--model", str(tiny_sd_path)]
+    first = ["--config", str(tiny), "--clip", str(tiny_clip_path), "--descriptor-iters", "3"]
+    assert main([*args, *first]) == 0
+    assert main(args) == 0
+    assert seen["cfg"].field.num_levels == TINY_TRAIN["field"]["num_levels"]
+    assert seen["cfg"].workspace == "workspace/a_red_cube_diverse_seed0"
+    assert seen["options"].describe.clip == str(tiny_clip_path)
+    assert seen["options"].descriptor.iters == 3
+
+    capsys.readouterr()
+    named = ["--workspace", "workspace/a_red_cube_diverse_seed0"]
+    assert main(["text", "a blue cube", "--diverse", "--model", str(tiny_sd_path), *named]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "holds the --diverse run of 'a red cube'; pass --workspace NEW_FOLDER" in err
+
+
+def _trained_run(tmp_path, tiny_clip_path, tiny_sd_path):
+    """A finished image run (no export): descriptor at step 2, text→3D at step 2."""
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    options.descriptor.log_every = 1
+    run_image(image, options, _config(tmp_path, tiny_sd_path))
+    return image, options, tmp_path / "run"
+
+
+def test_a_larger_descriptor_iters_trains_on_and_text_to_3d_starts_over_on_the_new_words(
+    tmp_path, tiny_clip_path, tiny_sd_path
+):
+    """A larger --descriptor-iters on a finished descriptor only warned."""
+    import torch
+    from safetensors.torch import load_file
+
+    image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
+    learned = workspace / "descriptor" / "learned_embeds.safetensors"
+    before = load_file(str(learned))[DESCRIPTOR_TOKEN]
+    options.descriptor.iters = 4
+    # text→3D trained on the step-2 words: training them on needs --overwrite
+    refusal = r"step 2; to train the descriptor on to step 4 .*--overwrite"
+    with pytest.raises(DreamtextError, match=refusal):
+        run_image(image, options, _config(tmp_path, tiny_sd_path))
+    assert load_checkpoint(workspace / "descriptor" / "checkpoints" / "last.pt")["step"] == 2
+
+    run_image(image, options, _config(tmp_path, tiny_sd_path, iters=3), overwrite=True)
+    assert load_checkpoint(workspace / "descriptor" / "checkpoints" / "last.pt")["step"] == 4
+    log = (workspace / "descriptor" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4]
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert record["descriptor_iters"] == 4
+    assert not torch.equal(load_file(str(learned))[DESCRIPTOR_TOKEN], before)
+    # text→3D started over (its log from step 1) on the new file, recorded in config.json
+    text_log = (workspace / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in text_log] == [1, 2, 3]
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["image_to_3d"]["descriptor"]["iters"] == 4
+    assert config["guidance"]["textual_inversion"] == str(learned)
+    assert learned.stat().st_mtime <= (workspace / "checkpoints" / "last.pt").stat().st_mtime
+
+
+def test_a_smaller_descriptor_iters_keeps_the_descriptor_with_one_line(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
+    capsys.readouterr()
+    monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
+    options.descriptor.iters = 1
+    run_image(image, options, _config(tmp_path, tiny_sd_path))
+    err = capsys.readouterr().err
+    assert "descriptor: trained to step 2 already; --descriptor-iters 1 is fewer" in err
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["image_to_3d"]["descriptor"]["iters"] == 2
+
+
+def test_a_descriptor_whose_text_stage_has_not_started_trains_on_without_overwrite(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
+    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
+        path.unlink()  # as if stopped between the descriptor and text→3D
+    options.descriptor.iters = 3
+    run_image(image, options, _config(tmp_path, tiny_sd_path))
+    assert load_checkpoint(workspace / "descriptor" / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_the_descriptor_refusal_from_the_command_line_is_one_line(
+    tmp_path, tiny_clip_path, tiny_sd_path, capsys
+):
+    image = _image(tmp_path)
+    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
+    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, "--iters", "1") == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    code = _cli_image(
+        tmp_path, image, tiny_sd_path, tiny_clip_path, "--iters", "1", "--descriptor-iters", "3"
+    )
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "add --overwrite, or pass --workspace NEW_FOLDER" in err
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+
+
+def test_options_resolve_over_the_recorded_ones_and_old_runs_over_their_record(tmp_path):
+    """A rerun without --descriptor-iters must not train a finished descriptor on to the
+    default 5000 steps: the recorded count is its base (for a run from before config.json's
+    sections, sentence.json's)."""
+    _, workspace = _finished_workspace(tmp_path, iters=2)
+    record_path = workspace / "descriptor" / "sentence.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "descriptor_iters": 7}))
+    assert imageto3d.resolve_image_options({}, workspace).descriptor.iters == 7
+    config = json.loads((workspace / "config.json").read_text())
+    describe = {"clip": "my/clip", "nouns": "/w/nouns.txt"}
+    config["image_to_3d"] = {"describe": describe, "descriptor": {"iters": 9, "lr": 0.01}}
+    (workspace / "config.json").write_text(json.dumps(config))
+    flags = {"describe": {"max_words": 3}, "descriptor": {"iters": 11}}
+    options = imageto3d.resolve_image_options(flags, workspace)
+    assert (options.describe.clip, options.describe.nouns) == ("my/clip", Path("/w/nouns.txt"))
+    assert (options.describe.max_words, options.descriptor.iters) == (3, 11)
+    assert options.descriptor.lr == 0.01

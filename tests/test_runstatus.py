@@ -191,3 +191,23 @@ def test_error_line_is_the_message_of_a_user_error():
         "unknown caption 'a cat'; use ..."
     )
     assert error_line(ValueError()) == "ValueError"
+
+
+def test_a_stage_that_another_follows_ends_running_in_its_phase(tmp_path):
+    """Image→3D's stages before text→3D (sample, describe, descriptor) are tracked too, but their
+    end is not the run's: the file says running until the next stage takes over."""
+    step = {"n": 0}
+    with runstatus.track_status(
+        tmp_path, 4, lambda: step["n"], torch.device("cpu"), phase="descriptor", finishes=False
+    ):
+        assert read_status(tmp_path)["phase"] == "descriptor"
+        step["n"] = 4
+    done = read_status(tmp_path)
+    assert (done["state"], done["phase"], done["step"], done["iters"]) == (
+        "running",
+        "descriptor",
+        4,
+        4,
+    )
+    with pytest.raises(ValueError, match="phase"):
+        StatusTracker(tmp_path, 4, lambda: 0, torch.device("cpu"), phase="search")

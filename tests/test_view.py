@@ -768,3 +768,38 @@ def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert out.rstrip().endswith("dreamtext view: stopped")
+
+
+@pytest.mark.parametrize(
+    "status_file, stage, activity",
+    [
+        ({"state": "running", "phase": "describe"}, "describe", "describing the image"),
+        ({"state": "interrupted", "phase": "describe"}, "describe", "in describe"),
+        ({"state": "failed", "phase": "descriptor"}, "descriptor", "in descriptor training"),
+        ({"state": "running", "phase": "descriptor"}, "descriptor", "training descriptor"),
+    ],
+)
+def test_an_image_run_before_its_text_stage_reads_its_state_and_phase_from_status_json(
+    tmp_path: Path, status_file, stage, activity
+):
+    """describe and the descriptor training wrote no status.json: a failed or interrupted one
+    showed as running for two minutes after its last file, then as interrupted."""
+    apple = make_image_run(tmp_path / "apple", "describe")
+    write_json(apple / "config.json", {"prompt": "apple", "iters": 100, "image_to_3d": {}})
+    write_json(apple / "status.json", {**status_file, "step": 40, "iters": 500, "seconds": 9.0})
+    status = read_run(location(Catalog([apple]), "apple")).status
+    assert (status["state"], status["source"]) == (status_file["state"], "status.json")
+    assert (status["stage"], status["activity"]) == (stage, activity)
+    assert (status["step"], status["iters"]) == (None, 100)  # the text stage's
+    if stage == "descriptor":
+        assert (status["descriptor_step"], status["descriptor_iters"]) == (40, 500)
+
+
+def test_a_diverse_run_sampling_its_image_is_an_image_run(tmp_path: Path):
+    """Before its image exists, a --diverse run has only config.json and status.json."""
+    cube = tmp_path / "cube"
+    write_json(cube / "config.json", {"prompt": "a red cube", "diverse": {"prompt": "a red cube"}})
+    write_json(cube / "status.json", {"state": "running", "phase": "sample", "step": 0})
+    run = read_run(location(Catalog([cube]), "cube"))
+    assert (run.kind, run.prompt) == ("image", "a red cube")
+    assert (run.status["stage"], run.status["activity"]) == ("sample", "sampling the image")

@@ -3,10 +3,12 @@
     folders given ──► Catalog (which workspaces, under which root, with which id)
     workspace     ──► read_run ──► Run (prompt, status, log series, previews, mesh, video, ...)
 
-An image→3D run is a run from its first file on: ``descriptor/sentence.json`` (describe), then the
-descriptor training's ``descriptor/log.jsonl`` and ``checkpoints/``, then
-``learned_embeds.safetensors``, then the trainer's files as for text→3D. Its status says which of
-these stages it is in.
+An image→3D run is a run from its first file on: ``config.json`` (with the stages' settings, from
+the start of the run), ``status.json`` (its phase: ``sample`` for ``--diverse``'s image, then
+``describe``, ``descriptor``), ``descriptor/sentence.json`` (describe), then the descriptor
+training's ``descriptor/log.jsonl`` and ``checkpoints/``, then ``learned_embeds.safetensors``, then
+the trainer's files as for text→3D. Its status says which of these stages it is in; runs from
+before status.json covered these stages are read from their files.
 
 Nothing here writes. Every file is optional: a run being written, an older run without
 ``status.json``, a batch line whose workspace was never made, all read as far as their files go.
@@ -84,6 +86,11 @@ ACTIVITY_PATHS = (
 )
 # What a run is doing, in words, by status.json's phase (while running; "train" needs none).
 PHASE_ACTIVITY = {"export": "exporting"}
+# status.json's phases of an image→3D run before its text stage (dreamtext.runstatus.PHASES), and
+# the config.json sections that mark an image→3D run (dreamtext.config.STAGE_SECTIONS): not
+# imported, for the reason DEFAULT_ROOT is not.
+IMAGE_PHASES = ("sample", "describe", "descriptor")
+IMAGE_SECTIONS = ("image_to_3d", "diverse")
 _STEP_PREVIEW = re.compile(r"step_(\d+)\.png")
 
 
@@ -349,7 +356,9 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
         run.sentence = _text(sentence.get("sentence"))
         run.trained_sentence = _text(sentence.get("trained_sentence"))
     run.source_image = _source_image(folder, (sentence or {}).get("image"))
-    if sentence is not None or run.source_image or (location.batch or {}).get("kind") == "image":
+    sections = any(name in (run.config or {}) for name in IMAGE_SECTIONS)
+    batch_image = (location.batch or {}).get("kind") == "image"
+    if sentence is not None or run.source_image or sections or batch_image:
         run.kind = "image"
 
     run.previews = _previews(folder)
@@ -364,7 +373,7 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
     # The newest change of anything the run writes: a stale status.json, a fresh preview.
     changed = [_mtime(folder / rel) for rel in ACTIVITY_PATHS] + list(run.mtimes.values())
     run.updated = max((m for m in changed if m is not None), default=None)
-    stage = "text" if run.kind == "text" else image_stage(folder)
+    stage = "text" if run.kind == "text" else image_stage(folder, status_file)
     descriptor_step = None
     if stage == "descriptor":
         steps = [_number(r.get("step")) for r in read_jsonl(folder / DESCRIPTOR_LOG)]
@@ -373,14 +382,18 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
     return run
 
 
-def image_stage(folder: Path) -> str:
-    """Which stage of image→3D the files of ``folder`` show it in:
+def image_stage(folder: Path, status_file: dict[str, Any] | None = None) -> str:
+    """Which stage of image→3D ``folder``'s run is in: status.json's phase when it is one of
+    :data:`IMAGE_PHASES`, else what the files show (runs from before those phases were recorded):
 
     ``"describe"``   only the sentence (describe writes it at its end; the descriptor comes next)
     ``"descriptor"`` the descriptor's training has made its checkpoints folder or its log
     ``"text"``       its learned embedding is saved, or the trainer has written its files
     """
-    if any((folder / name).is_file() for name in ("config.json", "log.jsonl", "status.json")):
+    phase = (status_file or {}).get("phase")
+    if phase in IMAGE_PHASES:
+        return phase
+    if any((folder / name).is_file() for name in ("log.jsonl", "status.json")):
         return "text"
     if (folder / LEARNED_EMBEDS).is_file():
         return "text"
@@ -451,8 +464,10 @@ def status_of(
     peak GPU memory, from the first of: ``status.json``, the root's ``batch.jsonl`` line, the files.
 
     ``source`` says which one; ``inferred`` marks figures estimated from the files. ``stage`` is
-    image→3D's (``describe``, ``descriptor``, ``text``; a text run's is ``text``), ``phase``
-    status.json's (``train``, ``export``), ``activity`` what the run is doing, in words.
+    image→3D's (``sample``, ``describe``, ``descriptor``, ``text``; a text run's is ``text``),
+    ``phase`` status.json's, ``activity`` what the run is doing, in words. In the stages before
+    text→3D, status.json's step and iters are the descriptor's (``descriptor_step``,
+    ``descriptor_iters``); ``step`` is then the text stage's (none yet) and ``iters`` its config's.
 
     A running run's status.json is written at its start and then at each log line, so the files
     may be fresher: its step and peak memory are the largest of status.json's and the log's, and
@@ -473,6 +488,7 @@ def status_of(
         "inferred": False,
         "stage": stage,
         "descriptor_step": descriptor_step,
+        "descriptor_iters": None,
         "phase": None,
         "activity": None,
     }
@@ -488,6 +504,11 @@ def status_of(
         out["started"] = status_file.get("started")
         if isinstance(status_file.get("phase"), str):
             out["phase"] = status_file["phase"]
+        if stage in IMAGE_PHASES:
+            if stage == "descriptor":
+                out["descriptor_step"] = _largest(out["step"], descriptor_step)
+                out["descriptor_iters"] = out["iters"]
+            out["step"], out["iters"] = None, iters
         if out["state"] == "running":
             out["step"] = _largest(out["step"], log_step)
             out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], max(log_mem, default=None))
@@ -539,6 +560,10 @@ def _activity(status: dict[str, Any]) -> str | None:
     """What the run is doing (or, ended, where it stopped), in words for the cards."""
     state, stage, phase = status["state"], status["stage"], status["phase"]
     running = state == "running"
+    if stage == "sample":
+        return "sampling the image" if running else "in image sampling"
+    if stage == "describe" and status["source"] == "status.json":
+        return "describing the image" if running else "in describe"
     if stage == "describe":
         if state == "finished":
             return "described"

@@ -76,7 +76,8 @@
     const parts = [];
     if (s.activity) parts.push(s.activity);
     if (s.stage === "descriptor" && s.descriptor_step !== null && s.descriptor_step !== undefined) {
-      parts.push(`descriptor step ${s.descriptor_step}`);
+      const of = s.descriptor_iters ? ` / ${s.descriptor_iters}` : "";
+      parts.push(`descriptor step ${s.descriptor_step}${of}`);
     }
     if (s.step !== null && s.step !== undefined) {
       parts.push(s.iters ? `step ${s.step} / ${s.iters}` : `step ${s.step}`);
