@@ -76,6 +76,21 @@ def status(workspace):
     return json.loads((workspace / "status.json").read_text())
 
 
+def ctrl_c_at_step(monkeypatch, step, workspace_name=None):
+    """Ctrl-C right after ``step`` of the run in ``workspace_name`` (any run: ``None``); returns
+    the real ``train_step`` to put back."""
+    real_step = trainer.train_step
+
+    def step_then_ctrl_c(run):
+        record = real_step(run)
+        if run.step == step and workspace_name in (None, run.workspace.name):
+            signal.raise_signal(signal.SIGINT)
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", step_then_ctrl_c)
+    return real_step
+
+
 def batch_process(*args, **popen):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
@@ -497,15 +512,7 @@ def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
     path = prompts_file(tmp_path, "a red cube", "a blue sphere")
     root = tmp_path / "root"
     args = list(map(str, ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]))
-    real_step = trainer.train_step
-
-    def step_then_ctrl_c(run):
-        record = real_step(run)
-        if run.step == 3:
-            signal.raise_signal(signal.SIGINT)
-        return record
-
-    monkeypatch.setattr(trainer, "train_step", step_then_ctrl_c)
+    real_step = ctrl_c_at_step(monkeypatch, 3)
     assert main(args) == 130
     assert [r["status"] for r in rows(root)] == ["interrupted"]
     assert status(root / "a_red_cube")["state"] == "interrupted"
@@ -755,15 +762,7 @@ def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
     path = prompts_file(tmp_path, "a red cube")
     root = tmp_path / "root"
     args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
-    real_step = trainer.train_step
-
-    def ctrl_c_at_step_3(run):
-        record = real_step(run)
-        if run.step == 3:
-            signal.raise_signal(signal.SIGINT)
-        return record
-
-    monkeypatch.setattr(trainer, "train_step", ctrl_c_at_step_3)
+    real_step = ctrl_c_at_step(monkeypatch, 3)
     assert main(list(map(str, args))) == 130
     monkeypatch.setattr(trainer, "train_step", real_step)
     capsys.readouterr()
@@ -788,15 +787,7 @@ def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
     path = prompts_file(tmp_path, "a red cube", "a blue cube")
     root = tmp_path / "root"
     args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
-    real_step = trainer.train_step
-
-    def ctrl_c_in_the_second(run):
-        record = real_step(run)
-        if run.workspace.name == "a_blue_cube" and run.step == 3:
-            signal.raise_signal(signal.SIGINT)
-        return record
-
-    monkeypatch.setattr(trainer, "train_step", ctrl_c_in_the_second)
+    real_step = ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")
     assert main(list(map(str, args))) == 130
     monkeypatch.setattr(trainer, "train_step", real_step)
     started, real_train = [], trainer.train
