@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import trimesh
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreamtext.cameras import orbit_poses
+from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import check_writable, file_mode, last_checkpoint, load_run
 from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
@@ -51,6 +52,10 @@ FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 MIN_FRAMES = 60
 VIDEO_FPS = 30
 FRAMES_PER_CHUNK = 4
+TURNTABLE_POLAR = 75.0
+TURNTABLE_FOVY = 55.0
+# The object's bounding sphere spans this fraction of the turntable's field of view.
+TURNTABLE_FILL = 0.9
 
 
 @dataclass
@@ -297,7 +302,8 @@ def _export_field(
 
     frames = 0
     if options.video:
-        images = render_turntable(field, options.frames, options.video_size, renderer)
+        poses = turntable_poses(options.frames, surface.vertices)
+        images = render_turntable(field, options.frames, options.video_size, renderer, poses)
         frames = len(images)
         video_dir = out_dir / "video"
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
@@ -367,8 +373,31 @@ def _obj_files(mesh: trimesh.Trimesh, folder: Path) -> dict[Path, bytes]:
     return files
 
 
+def turntable_poses(frames: int, vertices: np.ndarray) -> Poses:
+    """``frames`` cameras on a circle around the object whose surface has ``vertices: [V, 3]``,
+    framed to show all of it, centred.
+
+    They look at the centre ``c`` of the vertices' bounding box, from ``TURNTABLE_POLAR``, at the
+    distance where the bounding sphere about ``c`` (radius ``r = max |v − c|``) fills
+    ``TURNTABLE_FILL`` of the field of view: ``d = r / sin(f · fovy / 2)``, f the fill. (A sphere
+    of radius ``r`` at distance ``d`` subtends the half-angle ``asin(r / d)``.) The training
+    cameras' fixed distance, which SDS fills, would crop an object that reaches beyond it.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    centre = 0.5 * (vertices.min(axis=0) + vertices.max(axis=0))
+    reach = float(np.linalg.norm(vertices - centre, axis=1).max())
+    half_angle = math.radians(TURNTABLE_FILL * TURNTABLE_FOVY / 2.0)
+    distance = max(reach, 1e-3) / math.sin(half_angle)
+    target = (float(centre[0]), float(centre[1]), float(centre[2]))
+    return orbit_poses(frames, TURNTABLE_POLAR, distance, TURNTABLE_FOVY, target=target)
+
+
 def render_turntable(
-    field: torch.nn.Module, frames: int, size: int, renderer: Any = None
+    field: torch.nn.Module,
+    frames: int,
+    size: int,
+    renderer: Any = None,
+    poses: Poses | None = None,
 ) -> list[np.ndarray]:
     """``frames`` views on a circle around the object: RGB (albedo on white) | depth.
 
@@ -379,6 +408,9 @@ def render_turntable(
     d_near) / (d_far − d_near)`` (near dark), ``d_near, d_far`` its range over the pixels with
     ``o > ½`` in all frames, composited on white: ``(1 − o) + o g``.
 
+    ``poses``: the ``frames`` cameras (:func:`turntable_poses` frames a mesh); by default a
+    circle about the origin at the training cameras' distance.
+
     Returns ``frames`` uint8 images ``[size, 2 size, 3]``.
     """
     renderer = renderer if renderer is not None else default_renderer(field)
@@ -386,7 +418,8 @@ def render_turntable(
     if isinstance(renderer, torch.nn.Module):
         renderer.eval()
     white = torch.ones(3, device=field_device(field))
-    poses = orbit_poses(frames)
+    if poses is None:
+        poses = orbit_poses(frames, TURNTABLE_POLAR, fovy=TURNTABLE_FOVY)
     rgb, depth, opacity = [], [], []
     try:
         with torch.no_grad():
@@ -504,5 +537,6 @@ __all__ = [
     "recorded_options",
     "render_turntable",
     "resolve_workspace",
+    "turntable_poses",
     "write_all_atomically",
 ]

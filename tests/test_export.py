@@ -330,6 +330,22 @@ def test_turntable_frame_shows_rgb_beside_depth_on_white():
     np.testing.assert_allclose(depth[0, 0], 1.0)
 
 
+def test_turntable_shows_all_of_an_object_that_reaches_past_the_training_view(tmp_path):
+    # A sphere of radius 0.7 below the origin: from the training cameras' distance (1.3) it
+    # spans more than their field of view, and its bottom would be cut off.
+    field = SphereField(radius=0.7, centre=(0.0, -0.25, 0.0))
+    export_field(field, tmp_path, small_options(formats=("ply",), video_size=48), SphereTracer())
+    frames = imageio.mimread(tmp_path / "video" / "turntable.gif")
+    for frame in frames[::15]:
+        rgb = np.asarray(frame)[:, :48, :3].astype(int)
+        drawn = (rgb < 250).any(axis=-1)
+        border = np.concatenate([drawn[0], drawn[-1], drawn[:, 0], drawn[:, -1]])
+        assert not border.any(), "the object touches the edge of the frame"
+        rows, cols = np.nonzero(drawn)
+        assert abs(rows.mean() - 23.5) < 1.0 and abs(cols.mean() - 23.5) < 1.0  # centred
+        assert drawn.mean() > 0.3  # and not lost in the distance
+
+
 def test_turntable_renders_with_the_volume_renderer():
     frames = render_turntable(SphereField(), 60, 16)
     assert len(frames) == 60
