@@ -363,14 +363,38 @@ def _set_buffer_view_targets(tree: dict) -> None:
             tree["bufferViews"][view]["target"] = kinds.pop()
 
 
+# The GLB's matte dielectric (metallic 0, roughness 1) in MTL terms: no ambient or specular
+# colour, diffuse only (illum 1), and the PBR extension's roughness and metalness, which
+# Blender's OBJ importer reads. trimesh's default (Ka = Ks = 0.4, Ns = 1) is a broad grey sheen
+# in Phong viewers (three.js's MTLLoader) and, with an illum that enables reflection, 40 %
+# metallic in Blender.
+MTL_MATTE = {"Ka": "0 0 0", "Ks": "0 0 0", "Ns": "0", "illum": "1", "Pr": "1", "Pm": "0"}
+
+
 def _obj_files(mesh: trimesh.Trimesh, folder: Path) -> dict[Path, bytes]:
-    """``mesh.obj``, ``mesh.mtl`` and the texture it names (``albedo.png``), as bytes."""
+    """``mesh.obj``, ``mesh.mtl`` (a matte material, :data:`MTL_MATTE`) and the texture it names
+    (``albedo.png``), as bytes."""
     text, extra = trimesh.exchange.obj.export_obj(
         mesh, include_normals=True, return_texture=True, mtl_name="mesh.mtl"
     )
     files = {folder / "mesh.obj": text.encode("utf-8")}
     files.update({folder / name: data for name, data in extra.items()})
+    mtl = folder / "mesh.mtl"
+    files[mtl] = _matte_mtl(files[mtl].decode("utf-8")).encode("utf-8")
     return files
+
+
+def _matte_mtl(text: str) -> str:
+    """An MTL with every material's statements of :data:`MTL_MATTE` set to its values (the
+    others, ``newmtl``, ``Kd``, ``map_Kd``, kept)."""
+    lines = []
+    for line in text.splitlines():
+        if line.split(" ", 1)[0] in MTL_MATTE:
+            continue
+        lines.append(line)
+        if line.startswith("newmtl "):
+            lines += [f"{key} {value}" for key, value in MTL_MATTE.items()]
+    return "\n".join(lines) + "\n"
 
 
 def turntable_poses(frames: int, vertices: np.ndarray) -> Poses:

@@ -204,6 +204,20 @@ def test_obj_reloads_with_its_mtl_texture_that_matches_the_surface(coloured):
     assert np.abs(texture_at_vertices(mesh, mesh.visual.material.image) - expected).mean() < 0.03
 
 
+def test_obj_material_is_matte_like_the_glb(coloured):
+    # The GLB says metallic 0, roughness 1; the MTL must not add a specular sheen (Ks with a
+    # low Ns in Phong viewers) or an ambient grey that Blender may read as metallic.
+    statements = {}
+    for line in (coloured / "mesh" / "mesh.mtl").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        text = key in ("newmtl", "map_Kd", "#", "")
+        statements[key] = value if text else [float(v) for v in value.split()]
+    assert statements["Kd"] == [1.0, 1.0, 1.0] and statements["map_Kd"] == "albedo.png"
+    assert statements["Ka"] == [0.0, 0.0, 0.0] and statements["Ks"] == [0.0, 0.0, 0.0]
+    assert statements["illum"] == [1.0]  # diffuse only
+    assert statements["Pr"] == [1.0] and statements["Pm"] == [0.0]
+
+
 def khronos_validate(path: Path) -> None:
     """Run the Khronos glTF validator on ``path``; fail on any error, skip when it is absent."""
     if shutil.which("node") is None:
