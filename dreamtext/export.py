@@ -56,6 +56,12 @@ TURNTABLE_POLAR = 75.0
 TURNTABLE_FOVY = 55.0
 # The object's bounding sphere spans this fraction of the turntable's field of view.
 TURNTABLE_FILL = 0.9
+# Peak host memory of an export per grid cell (density, optical depths, the clamped and padded
+# copies marching cubes takes: 31 B measured at 128^3 to 384^3) and per texel of the texture
+# (UV raster, barycentric coordinates, bake points, dilation: 158 B measured at 2048^2), with
+# `/usr/bin/time -v dreamtext export` on a builtin:shapes run; rounded up.
+BYTES_PER_CELL = 32
+BYTES_PER_TEXEL = 170
 
 
 @dataclass
@@ -172,6 +178,46 @@ class ExportResult:
         return "\n".join(lines)
 
 
+def export_memory(options: ExportOptions) -> int:
+    """Bytes of host memory an export with ``options`` needs at its peak, about.
+
+    Meshing and texturing run one after the other, so the peak is the larger of the two:
+    ``max(c R³, R³ + t S²)`` with ``c = BYTES_PER_CELL``, ``t = BYTES_PER_TEXEL`` (``t S²`` only
+    when a GLB or OBJ is written; the occupancy, one byte a cell, stays for the texture bake).
+    """
+    cells = options.resolution**3
+    texels = options.texture_size**2 if {"glb", "obj"} & set(options.formats) else 0
+    return max(BYTES_PER_CELL * cells, cells + BYTES_PER_TEXEL * texels)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give a new allocation without swapping (Linux's
+    ``MemAvailable``), or ``None`` where it does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(options: ExportOptions) -> None:
+    """Raise ``DreamtextError`` naming the flags to lower when the export would need more memory
+    than is available (:func:`export_memory`), instead of being killed by the system after
+    minutes of work."""
+    need, available = export_memory(options), available_memory()
+    if available is None or need <= available:
+        return
+    raise DreamtextError(
+        f"an export at --resolution {options.resolution} with a {options.texture_size} px "
+        f"texture needs about {need / 1e9:.1f} GB of memory and {available / 1e9:.1f} GB is "
+        "available: lower --resolution (half of it needs an eighth of the memory) or "
+        "--texture-size"
+    )
+
+
 def find_latest_workspace(root: Path) -> Path:
     """The run under ``root`` whose ``checkpoints/last.pt`` was modified most recently."""
     candidates = list(Path(root).glob("**/checkpoints/last.pt")) if Path(root).is_dir() else []
@@ -226,6 +272,7 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     workspace = resolve_workspace(workspace)
     options = options or recorded_options(workspace)
     options.validate()
+    check_memory(options)
     for folder in ("mesh", "video") if options.video else ("mesh",):
         check_writable(
             workspace / folder, "copy the run to a folder you can write and export it there"
@@ -249,6 +296,7 @@ def export_field(
     """
     options = options or ExportOptions()
     options.validate()
+    check_memory(options)
     out_dir = Path(out_dir)
 
     def explain() -> str:
@@ -555,7 +603,10 @@ __all__ = [
     "FORMATS",
     "ExportOptions",
     "ExportResult",
+    "available_memory",
+    "check_memory",
     "export_field",
+    "export_memory",
     "export_workspace",
     "find_latest_workspace",
     "recorded_options",

@@ -614,6 +614,44 @@ def test_a_bad_export_flag_is_the_only_line_on_stderr(tmp_path, capsys, flags, f
     assert len(err) == 1 and fragment in err[0], err
 
 
+class UntouchableField(SphereField):
+    def density(self, x):
+        pytest.fail("the field was sampled")
+
+
+def test_an_export_bigger_than_the_memory_is_refused_before_the_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "available_memory", lambda: 8 * 10**9, raising=False)
+    options = small_options(resolution=1024)  # 1024^3 cells: about 34 GB
+    with pytest.raises(DreamtextError, match=r"needs about 34\.4 GB .* 8\.0 GB is available"):
+        export_field(UntouchableField(), tmp_path, options, SphereTracer())
+    with pytest.raises(DreamtextError, match="--texture-size"):  # 16384^2 texels: 46 GB
+        export_field(UntouchableField(), tmp_path, small_options(texture_size=16384))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_export_fits_in_a_small_machine(monkeypatch):
+    monkeypatch.setattr(export_module, "available_memory", lambda: 2 * 10**9)
+    export_module.check_memory(ExportOptions())  # 256^3 grid, 1024 px texture: 0.6 GB
+    # A texture only costs memory when a format carries one.
+    export_module.check_memory(ExportOptions(texture_size=8192, formats=("ply",)))
+    monkeypatch.setattr(export_module, "available_memory", lambda: None)  # unknown: no check
+    export_module.check_memory(ExportOptions(resolution=4096))
+
+
+def test_dreamtext_export_too_big_for_the_memory_is_one_line_and_exit_2(
+    tmp_path, monkeypatch, capsys
+):
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {})
+    monkeypatch.setattr(export_module, "available_memory", lambda: 8 * 10**9, raising=False)
+    monkeypatch.setattr(export_module, "load_run", lambda *a: pytest.fail("the run was loaded"))
+    assert main(["export", "--workspace", str(workspace), "--resolution", "1024"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resolution 1024" in err[0] and "lower --resolution" in err[0]
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
+
+
 def test_a_re_export_removes_the_formats_of_the_export_before(tmp_path):
     """mesh.json describes this export's mesh: another resolution's PLY must not stay beside it."""
     export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply", "obj")))
