@@ -652,6 +652,27 @@ def test_dreamtext_export_too_big_for_the_memory_is_one_line_and_exit_2(
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
 
 
+def test_sigterm_while_dreamtext_export_writes_is_exit_130_and_leaves_no_temp_file(
+    tmp_path, monkeypatch, capsys
+):
+    import signal
+
+    from dreamtext.cli import main
+
+    options = {**SMALL, "video_size": 32}
+    workspace = recorded_run(tmp_path, options)
+    monkeypatch.setattr(export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}))
+
+    def terminated_while_encoding(images, path):
+        path.write_bytes(b"half a video")
+        signal.raise_signal(signal.SIGTERM)  # a batch scheduler's stop, or `kill`
+
+    monkeypatch.setattr(export_module, "_write_mp4", terminated_while_encoding)
+    assert main(["export", "--workspace", str(workspace)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "dreamtext export: interrupted"
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
+
+
 def test_a_re_export_removes_the_formats_of_the_export_before(tmp_path):
     """mesh.json describes this export's mesh: another resolution's PLY must not stay beside it."""
     export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply", "obj")))
