@@ -30,6 +30,7 @@ from dreamtext.export import (
     export_workspace,
     find_latest_workspace,
     render_turntable,
+    turntable_poses,
     write_all_atomically,
 )
 from dreamtext.mesh import (
@@ -325,7 +326,8 @@ def test_turntable_has_60_frames_rendered_a_few_at_a_time(tmp_path):
 def test_gif_frames_keep_the_colours_and_a_pure_white_background(tmp_path):
     field = SphereField(albedo=direction_albedo)
     export_field(field, tmp_path, small_options(formats=("ply",)), SphereTracer())
-    rendered = render_turntable(field, 60, 32, SphereTracer())[10].astype(float)
+    poses = turntable_poses(60, trimesh.load(tmp_path / "mesh" / "mesh.ply").vertices)
+    rendered = render_turntable(field, 60, 32, SphereTracer(), poses)[10].astype(float)
     gif = Image.open(tmp_path / "video" / "turntable.gif")
     gif.seek(10)
     frame = np.asarray(gif.convert("RGB")).astype(float)
