@@ -537,7 +537,7 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
 
 
 def _gif_bytes(images: list[np.ndarray]) -> bytes:
-    """The frames as an endless GIF.
+    """The frames as an endless GIF, as long as the MP4 (:func:`gif_durations`).
 
     Pillow merges identical consecutive frames, so a rotationally symmetric, uniformly coloured
     object gives fewer, longer frames: the same animation.
@@ -549,10 +549,19 @@ def _gif_bytes(images: list[np.ndarray]) -> bytes:
         format="GIF",
         save_all=True,
         append_images=rest,
-        duration=round(1000 / VIDEO_FPS),
+        duration=gif_durations(len(images), VIDEO_FPS),
         loop=0,
     )
     return buffer.getvalue()
+
+
+def gif_durations(frames: int, fps: float) -> list[int]:
+    """Milliseconds each of ``frames`` GIF frames shows so that frame ``k`` ends at
+    ``round_10((k + 1) · 1000 / fps)``: GIF delays are whole hundredths of a second, so a
+    constant ``1000 / 30`` ms would be stored as 30 ms and play 10 % fast; this alternates
+    30 and 40 ms (30, 40, 30, 30, 40, ...) and lasts ``frames / fps`` seconds to the hundredth."""
+    ends = [10 * round((k + 1) * 100 / fps) for k in range(frames)]
+    return [int(d) for d in np.diff([0, *ends])]
 
 
 def _gif_frame(image: np.ndarray) -> Image.Image:

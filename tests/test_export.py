@@ -335,6 +335,23 @@ def test_gif_frames_keep_the_colours_and_a_pure_white_background(tmp_path):
     np.testing.assert_array_equal(frame[0, 0], [255, 255, 255])
 
 
+def test_gif_turns_as_fast_as_the_mp4(tmp_path):
+    # GIF delays are whole hundredths of a second: 33 ms a frame would be stored as 30 ms.
+    export_field(
+        SphereField(albedo=direction_albedo), tmp_path, small_options(formats=("ply",)),
+        SphereTracer(),
+    )  # fmt: skip
+    gif = Image.open(tmp_path / "video" / "turntable.gif")
+    durations = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        durations.append(gif.info["duration"])
+    mp4 = imageio.get_reader(tmp_path / "video" / "turntable.mp4")
+    mp4_ms = 1000 * mp4.count_frames() / mp4.get_meta_data()["fps"]
+    assert sum(durations) == pytest.approx(mp4_ms) == 2000
+    assert set(durations) <= {30, 40}
+
+
 def test_turntable_frame_shows_rgb_beside_depth_on_white():
     first = render_turntable(SphereField(), 60, 32, SphereTracer())[0] / 255.0
     np.testing.assert_allclose(first[16, 16], ALBEDO, atol=0.01)
