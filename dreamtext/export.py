@@ -54,6 +54,7 @@ VIDEO_FPS = 30
 FRAMES_PER_CHUNK = 4
 TURNTABLE_POLAR = 75.0
 TURNTABLE_FOVY = 55.0
+TURNTABLE_RADIUS = 1.3  # within the training cameras' radius range, U[1.0, 1.5]
 # The object's bounding sphere spans this fraction of the turntable's field of view.
 TURNTABLE_FILL = 0.9
 # Peak host memory of an export per grid cell (density, optical depths, the clamped and padded
@@ -450,16 +451,18 @@ def turntable_poses(frames: int, vertices: np.ndarray) -> Poses:
     framed to show all of it, centred.
 
     They look at the centre ``c`` of the vertices' bounding box, from ``TURNTABLE_POLAR``, at the
-    distance where the bounding sphere about ``c`` (radius ``r = max |v − c|``) fills
-    ``TURNTABLE_FILL`` of the field of view: ``d = r / sin(f · fovy / 2)``, f the fill. (A sphere
-    of radius ``r`` at distance ``d`` subtends the half-angle ``asin(r / d)``.) The training
-    cameras' fixed distance, which SDS fills, would crop an object that reaches beyond it.
+    training cameras' distance ``TURNTABLE_RADIUS``, or farther where the bounding sphere about
+    ``c`` (radius ``r = max |v − c|``) would fill more than ``TURNTABLE_FILL`` of the field of
+    view: ``d = max(d_0, r / sin(f · fovy / 2))``, f the fill. (A sphere of radius ``r`` at
+    distance ``d`` subtends the half-angle ``asin(r / d)``.) SDS fills the training views, so at
+    their distance alone an object reaching beyond them is cropped; a camera brought closer
+    than it to a small mesh would sit inside whatever faint density surrounds it.
     """
     vertices = np.asarray(vertices, dtype=np.float64)
     centre = 0.5 * (vertices.min(axis=0) + vertices.max(axis=0))
     reach = float(np.linalg.norm(vertices - centre, axis=1).max())
     half_angle = math.radians(TURNTABLE_FILL * TURNTABLE_FOVY / 2.0)
-    distance = max(reach, 1e-3) / math.sin(half_angle)
+    distance = max(TURNTABLE_RADIUS, reach / math.sin(half_angle))
     target = (float(centre[0]), float(centre[1]), float(centre[2]))
     return orbit_poses(frames, TURNTABLE_POLAR, distance, TURNTABLE_FOVY, target=target)
 
@@ -491,7 +494,7 @@ def render_turntable(
         renderer.eval()
     white = torch.ones(3, device=field_device(field))
     if poses is None:
-        poses = orbit_poses(frames, TURNTABLE_POLAR, fovy=TURNTABLE_FOVY)
+        poses = orbit_poses(frames, TURNTABLE_POLAR, TURNTABLE_RADIUS, TURNTABLE_FOVY)
     rgb, depth, opacity = [], [], []
     try:
         with torch.no_grad():

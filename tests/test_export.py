@@ -379,6 +379,18 @@ def test_turntable_shows_all_of_an_object_that_reaches_past_the_training_view(tm
         assert drawn.mean() > 0.3  # and not lost in the distance
 
 
+def test_turntable_keeps_the_training_distance_from_a_small_object():
+    # Closer, the cameras of a small mesh would sit inside the faint density around it.
+    small = trimesh.creation.icosphere(radius=0.2)
+    small.apply_translation([0.1, 0.2, 0.0])
+    poses = turntable_poses(60, small.vertices)
+    np.testing.assert_allclose(poses.radius.numpy(), 1.3)
+    distance = (poses.eye - torch.tensor([0.1, 0.2, 0.0])).norm(dim=-1)
+    np.testing.assert_allclose(distance, 1.3, rtol=1e-5)
+    large = trimesh.creation.icosphere(radius=0.8).vertices
+    assert (turntable_poses(60, large).radius > 1.9).all()  # 0.8 / sin(0.9 · 27.5°)
+
+
 def test_turntable_renders_with_the_volume_renderer():
     frames = render_turntable(SphereField(), 60, 16)
     assert len(frames) == 60
