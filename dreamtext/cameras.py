@@ -211,13 +211,21 @@ def sample_poses(
 
 
 def orbit_poses(
-    n: int, polar: float = 75.0, radius: float = 1.3, fovy: float = 55.0, start: float = 0.0
+    n: int,
+    polar: float = 75.0,
+    radius: float = 1.3,
+    fovy: float = 55.0,
+    start: float = 0.0,
+    target: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> Poses:
-    """``n`` cameras evenly spaced in azimuth on one circle (previews, turntables, evaluation)."""
+    """``n`` cameras evenly spaced in azimuth on one circle (previews, turntables, evaluation),
+    looking at ``target``: ``eye = target + p(polar, azimuth, radius)`` (angles and radius are
+    taken about the target)."""
     azimuth = start + torch.arange(n, dtype=torch.float32) * (360.0 / n)
     pol, rad = torch.full((n,), float(polar)), torch.full((n,), float(radius))
-    eye = position_from_angles(pol, azimuth, rad)
-    return Poses(look_at(eye), pol, azimuth % 360.0, rad, torch.full((n,), float(fovy)))
+    centre = torch.tensor(target, dtype=torch.float32).expand(n, 3)
+    eye = centre + position_from_angles(pol, azimuth, rad)
+    return Poses(look_at(eye, centre), pol, azimuth % 360.0, rad, torch.full((n,), float(fovy)))
 
 
 def focal_from_fovy(fovy_deg: Tensor | float, height: int) -> Tensor:

@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import trimesh
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreamtext.cameras import orbit_poses
+from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import check_writable, file_mode, last_checkpoint, load_run
 from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
@@ -51,6 +52,17 @@ FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 MIN_FRAMES = 60
 VIDEO_FPS = 30
 FRAMES_PER_CHUNK = 4
+TURNTABLE_POLAR = 75.0
+TURNTABLE_FOVY = 55.0
+TURNTABLE_RADIUS = 1.3  # within the training cameras' radius range, U[1.0, 1.5]
+# The object's bounding sphere spans this fraction of the turntable's field of view.
+TURNTABLE_FILL = 0.9
+# Peak host memory of an export per grid cell (density, optical depths, the clamped and padded
+# copies marching cubes takes: 31 B measured at 128^3 to 384^3) and per texel of the texture
+# (UV raster, barycentric coordinates, bake points, dilation: 158 B measured at 2048^2), with
+# `/usr/bin/time -v dreamtext export` on a builtin:shapes run; rounded up.
+BYTES_PER_CELL = 32
+BYTES_PER_TEXEL = 170
 
 
 @dataclass
@@ -167,6 +179,46 @@ class ExportResult:
         return "\n".join(lines)
 
 
+def export_memory(options: ExportOptions) -> int:
+    """Bytes of host memory an export with ``options`` needs at its peak, about.
+
+    Meshing and texturing run one after the other, so the peak is the larger of the two:
+    ``max(c R³, R³ + t S²)`` with ``c = BYTES_PER_CELL``, ``t = BYTES_PER_TEXEL`` (``t S²`` only
+    when a GLB or OBJ is written; the occupancy, one byte a cell, stays for the texture bake).
+    """
+    cells = options.resolution**3
+    texels = options.texture_size**2 if {"glb", "obj"} & set(options.formats) else 0
+    return max(BYTES_PER_CELL * cells, cells + BYTES_PER_TEXEL * texels)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give a new allocation without swapping (Linux's
+    ``MemAvailable``), or ``None`` where it does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(options: ExportOptions) -> None:
+    """Raise ``DreamtextError`` naming the flags to lower when the export would need more memory
+    than is available (:func:`export_memory`), instead of being killed by the system after
+    minutes of work."""
+    need, available = export_memory(options), available_memory()
+    if available is None or need <= available:
+        return
+    raise DreamtextError(
+        f"an export at --resolution {options.resolution} with a {options.texture_size} px "
+        f"texture needs about {need / 1e9:.1f} GB of memory and {available / 1e9:.1f} GB is "
+        "available: lower --resolution (half of it needs an eighth of the memory) or "
+        "--texture-size"
+    )
+
+
 def find_latest_workspace(root: Path) -> Path:
     """The run under ``root`` whose ``checkpoints/last.pt`` was modified most recently."""
     candidates = list(Path(root).glob("**/checkpoints/last.pt")) if Path(root).is_dir() else []
@@ -221,6 +273,7 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     workspace = resolve_workspace(workspace)
     options = options or recorded_options(workspace)
     options.validate()
+    check_memory(options)
     for folder in ("mesh", "video") if options.video else ("mesh",):
         check_writable(
             workspace / folder, "copy the run to a folder you can write and export it there"
@@ -244,6 +297,7 @@ def export_field(
     """
     options = options or ExportOptions()
     options.validate()
+    check_memory(options)
     out_dir = Path(out_dir)
 
     def explain() -> str:
@@ -297,7 +351,8 @@ def _export_field(
 
     frames = 0
     if options.video:
-        images = render_turntable(field, options.frames, options.video_size, renderer)
+        poses = turntable_poses(options.frames, surface.vertices)
+        images = render_turntable(field, options.frames, options.video_size, renderer, poses)
         frames = len(images)
         video_dir = out_dir / "video"
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
@@ -357,18 +412,67 @@ def _set_buffer_view_targets(tree: dict) -> None:
             tree["bufferViews"][view]["target"] = kinds.pop()
 
 
+# The GLB's matte dielectric (metallic 0, roughness 1) in MTL terms: no ambient or specular
+# colour, diffuse only (illum 1), and the PBR extension's roughness and metalness, which
+# Blender's OBJ importer reads. trimesh's default (Ka = Ks = 0.4, Ns = 1) is a broad grey sheen
+# in Phong viewers (three.js's MTLLoader) and, with an illum that enables reflection, 40 %
+# metallic in Blender.
+MTL_MATTE = {"Ka": "0 0 0", "Ks": "0 0 0", "Ns": "0", "illum": "1", "Pr": "1", "Pm": "0"}
+
+
 def _obj_files(mesh: trimesh.Trimesh, folder: Path) -> dict[Path, bytes]:
-    """``mesh.obj``, ``mesh.mtl`` and the texture it names (``albedo.png``), as bytes."""
+    """``mesh.obj``, ``mesh.mtl`` (a matte material, :data:`MTL_MATTE`) and the texture it names
+    (``albedo.png``), as bytes."""
     text, extra = trimesh.exchange.obj.export_obj(
         mesh, include_normals=True, return_texture=True, mtl_name="mesh.mtl"
     )
     files = {folder / "mesh.obj": text.encode("utf-8")}
     files.update({folder / name: data for name, data in extra.items()})
+    mtl = folder / "mesh.mtl"
+    files[mtl] = _matte_mtl(files[mtl].decode("utf-8")).encode("utf-8")
     return files
 
 
+def _matte_mtl(text: str) -> str:
+    """An MTL with every material's statements of :data:`MTL_MATTE` set to its values (the
+    others, ``newmtl``, ``Kd``, ``map_Kd``, kept)."""
+    lines = []
+    for line in text.splitlines():
+        if line.split(" ", 1)[0] in MTL_MATTE:
+            continue
+        lines.append(line)
+        if line.startswith("newmtl "):
+            lines += [f"{key} {value}" for key, value in MTL_MATTE.items()]
+    return "\n".join(lines) + "\n"
+
+
+def turntable_poses(frames: int, vertices: np.ndarray) -> Poses:
+    """``frames`` cameras on a circle around the object whose surface has ``vertices: [V, 3]``,
+    framed to show all of it, centred.
+
+    They look at the centre ``c`` of the vertices' bounding box, from ``TURNTABLE_POLAR``, at the
+    training cameras' distance ``TURNTABLE_RADIUS``, or farther where the bounding sphere about
+    ``c`` (radius ``r = max |v − c|``) would fill more than ``TURNTABLE_FILL`` of the field of
+    view: ``d = max(d_0, r / sin(f · fovy / 2))``, f the fill. (A sphere of radius ``r`` at
+    distance ``d`` subtends the half-angle ``asin(r / d)``.) SDS fills the training views, so at
+    their distance alone an object reaching beyond them is cropped; a camera brought closer
+    than it to a small mesh would sit inside whatever faint density surrounds it.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    centre = 0.5 * (vertices.min(axis=0) + vertices.max(axis=0))
+    reach = float(np.linalg.norm(vertices - centre, axis=1).max())
+    half_angle = math.radians(TURNTABLE_FILL * TURNTABLE_FOVY / 2.0)
+    distance = max(TURNTABLE_RADIUS, reach / math.sin(half_angle))
+    target = (float(centre[0]), float(centre[1]), float(centre[2]))
+    return orbit_poses(frames, TURNTABLE_POLAR, distance, TURNTABLE_FOVY, target=target)
+
+
 def render_turntable(
-    field: torch.nn.Module, frames: int, size: int, renderer: Any = None
+    field: torch.nn.Module,
+    frames: int,
+    size: int,
+    renderer: Any = None,
+    poses: Poses | None = None,
 ) -> list[np.ndarray]:
     """``frames`` views on a circle around the object: RGB (albedo on white) | depth.
 
@@ -379,6 +483,9 @@ def render_turntable(
     d_near) / (d_far − d_near)`` (near dark), ``d_near, d_far`` its range over the pixels with
     ``o > ½`` in all frames, composited on white: ``(1 − o) + o g``.
 
+    ``poses``: the ``frames`` cameras (:func:`turntable_poses` frames a mesh); by default a
+    circle about the origin at the training cameras' distance.
+
     Returns ``frames`` uint8 images ``[size, 2 size, 3]``.
     """
     renderer = renderer if renderer is not None else default_renderer(field)
@@ -386,7 +493,8 @@ def render_turntable(
     if isinstance(renderer, torch.nn.Module):
         renderer.eval()
     white = torch.ones(3, device=field_device(field))
-    poses = orbit_poses(frames)
+    if poses is None:
+        poses = orbit_poses(frames, TURNTABLE_POLAR, TURNTABLE_RADIUS, TURNTABLE_FOVY)
     rgb, depth, opacity = [], [], []
     try:
         with torch.no_grad():
@@ -432,7 +540,7 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
 
 
 def _gif_bytes(images: list[np.ndarray]) -> bytes:
-    """The frames as an endless GIF.
+    """The frames as an endless GIF, as long as the MP4 (:func:`gif_durations`).
 
     Pillow merges identical consecutive frames, so a rotationally symmetric, uniformly coloured
     object gives fewer, longer frames: the same animation.
@@ -444,10 +552,19 @@ def _gif_bytes(images: list[np.ndarray]) -> bytes:
         format="GIF",
         save_all=True,
         append_images=rest,
-        duration=round(1000 / VIDEO_FPS),
+        duration=gif_durations(len(images), VIDEO_FPS),
         loop=0,
     )
     return buffer.getvalue()
+
+
+def gif_durations(frames: int, fps: float) -> list[int]:
+    """Milliseconds each of ``frames`` GIF frames shows so that frame ``k`` ends at
+    ``round_10((k + 1) · 1000 / fps)``: GIF delays are whole hundredths of a second, so a
+    constant ``1000 / 30`` ms would be stored as 30 ms and play 10 % fast; this alternates
+    30 and 40 ms (30, 40, 30, 30, 40, ...) and lasts ``frames / fps`` seconds to the hundredth."""
+    ends = [10 * round((k + 1) * 100 / fps) for k in range(frames)]
+    return [int(d) for d in np.diff([0, *ends])]
 
 
 def _gif_frame(image: np.ndarray) -> Image.Image:
@@ -498,11 +615,15 @@ __all__ = [
     "FORMATS",
     "ExportOptions",
     "ExportResult",
+    "available_memory",
+    "check_memory",
     "export_field",
+    "export_memory",
     "export_workspace",
     "find_latest_workspace",
     "recorded_options",
     "render_turntable",
     "resolve_workspace",
+    "turntable_poses",
     "write_all_atomically",
 ]

@@ -154,6 +154,17 @@ def test_orbit_poses_are_evenly_spaced():
     assert torch.allclose(r, torch.full((6,), 1.2), atol=1e-5)
 
 
+def test_orbit_poses_about_a_target_circle_it_and_look_at_it():
+    target = torch.tensor([0.1, -0.3, 0.2])
+    poses = orbit_poses(4, polar=60.0, radius=1.5, target=(0.1, -0.3, 0.2))
+    p, _, r = angles_from_position(poses.eye - target)
+    assert torch.allclose(p, torch.full((4,), 60.0), atol=1e-4)
+    assert torch.allclose(r, torch.full((4,), 1.5), atol=1e-5)
+    forward = -poses.c2w[:, :3, 2]
+    to_target = torch.nn.functional.normalize(target - poses.eye, dim=-1)
+    assert torch.allclose(forward, to_target, atol=1e-5)
+
+
 def test_poses_slice_and_move_keep_every_field_together():
     poses = orbit_poses(6, polar=60.0)
     part = poses[2:4].to("cpu")

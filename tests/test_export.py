@@ -30,6 +30,7 @@ from dreamtext.export import (
     export_workspace,
     find_latest_workspace,
     render_turntable,
+    turntable_poses,
     write_all_atomically,
 )
 from dreamtext.mesh import (
@@ -204,6 +205,20 @@ def test_obj_reloads_with_its_mtl_texture_that_matches_the_surface(coloured):
     assert np.abs(texture_at_vertices(mesh, mesh.visual.material.image) - expected).mean() < 0.03
 
 
+def test_obj_material_is_matte_like_the_glb(coloured):
+    # The GLB says metallic 0, roughness 1; the MTL must not add a specular sheen (Ks with a
+    # low Ns in Phong viewers) or an ambient grey that Blender may read as metallic.
+    statements = {}
+    for line in (coloured / "mesh" / "mesh.mtl").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        text = key in ("newmtl", "map_Kd", "#", "")
+        statements[key] = value if text else [float(v) for v in value.split()]
+    assert statements["Kd"] == [1.0, 1.0, 1.0] and statements["map_Kd"] == "albedo.png"
+    assert statements["Ka"] == [0.0, 0.0, 0.0] and statements["Ks"] == [0.0, 0.0, 0.0]
+    assert statements["illum"] == [1.0]  # diffuse only
+    assert statements["Pr"] == [1.0] and statements["Pm"] == [0.0]
+
+
 def khronos_validate(path: Path) -> None:
     """Run the Khronos glTF validator on ``path``; fail on any error, skip when it is absent."""
     if shutil.which("node") is None:
@@ -311,12 +326,30 @@ def test_turntable_has_60_frames_rendered_a_few_at_a_time(tmp_path):
 def test_gif_frames_keep_the_colours_and_a_pure_white_background(tmp_path):
     field = SphereField(albedo=direction_albedo)
     export_field(field, tmp_path, small_options(formats=("ply",)), SphereTracer())
-    rendered = render_turntable(field, 60, 32, SphereTracer())[10].astype(float)
+    poses = turntable_poses(60, trimesh.load(tmp_path / "mesh" / "mesh.ply").vertices)
+    rendered = render_turntable(field, 60, 32, SphereTracer(), poses)[10].astype(float)
     gif = Image.open(tmp_path / "video" / "turntable.gif")
     gif.seek(10)
     frame = np.asarray(gif.convert("RGB")).astype(float)
     assert np.abs(frame - rendered).mean() < 4.0  # of 255: dithering, no banding into patches
     np.testing.assert_array_equal(frame[0, 0], [255, 255, 255])
+
+
+def test_gif_turns_as_fast_as_the_mp4(tmp_path):
+    # GIF delays are whole hundredths of a second: 33 ms a frame would be stored as 30 ms.
+    export_field(
+        SphereField(albedo=direction_albedo), tmp_path, small_options(formats=("ply",)),
+        SphereTracer(),
+    )  # fmt: skip
+    gif = Image.open(tmp_path / "video" / "turntable.gif")
+    durations = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        durations.append(gif.info["duration"])
+    mp4 = imageio.get_reader(tmp_path / "video" / "turntable.mp4")
+    mp4_ms = 1000 * mp4.count_frames() / mp4.get_meta_data()["fps"]
+    assert sum(durations) == pytest.approx(mp4_ms) == 2000
+    assert set(durations) <= {30, 40}
 
 
 def test_turntable_frame_shows_rgb_beside_depth_on_white():
@@ -328,6 +361,34 @@ def test_turntable_frame_shows_rgb_beside_depth_on_white():
     assert depth[16, 16] < depth[16, 21] < depth[16, 25] < 0.8  # farther towards the rim
     np.testing.assert_allclose(first[0, 0], 1.0)
     np.testing.assert_allclose(depth[0, 0], 1.0)
+
+
+def test_turntable_shows_all_of_an_object_that_reaches_past_the_training_view(tmp_path):
+    # A sphere of radius 0.7 below the origin: from the training cameras' distance (1.3) it
+    # spans more than their field of view, and its bottom would be cut off.
+    field = SphereField(radius=0.7, centre=(0.0, -0.25, 0.0))
+    export_field(field, tmp_path, small_options(formats=("ply",), video_size=48), SphereTracer())
+    frames = imageio.mimread(tmp_path / "video" / "turntable.gif")
+    for frame in frames[::15]:
+        rgb = np.asarray(frame)[:, :48, :3].astype(int)
+        drawn = (rgb < 250).any(axis=-1)
+        border = np.concatenate([drawn[0], drawn[-1], drawn[:, 0], drawn[:, -1]])
+        assert not border.any(), "the object touches the edge of the frame"
+        rows, cols = np.nonzero(drawn)
+        assert abs(rows.mean() - 23.5) < 1.0 and abs(cols.mean() - 23.5) < 1.0  # centred
+        assert drawn.mean() > 0.3  # and not lost in the distance
+
+
+def test_turntable_keeps_the_training_distance_from_a_small_object():
+    # Closer, the cameras of a small mesh would sit inside the faint density around it.
+    small = trimesh.creation.icosphere(radius=0.2)
+    small.apply_translation([0.1, 0.2, 0.0])
+    poses = turntable_poses(60, small.vertices)
+    np.testing.assert_allclose(poses.radius.numpy(), 1.3)
+    distance = (poses.eye - torch.tensor([0.1, 0.2, 0.0])).norm(dim=-1)
+    np.testing.assert_allclose(distance, 1.3, rtol=1e-5)
+    large = trimesh.creation.icosphere(radius=0.8).vertices
+    assert (turntable_poses(60, large).radius > 1.9).all()  # 0.8 / sin(0.9 · 27.5°)
 
 
 def test_turntable_renders_with_the_volume_renderer():
@@ -582,6 +643,65 @@ def test_a_bad_export_flag_is_the_only_line_on_stderr(tmp_path, capsys, flags, f
     assert main(["export", "--workspace", str(workspace), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+class UntouchableField(SphereField):
+    def density(self, x):
+        pytest.fail("the field was sampled")
+
+
+def test_an_export_bigger_than_the_memory_is_refused_before_the_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "available_memory", lambda: 8 * 10**9, raising=False)
+    options = small_options(resolution=1024)  # 1024^3 cells: about 34 GB
+    with pytest.raises(DreamtextError, match=r"needs about 34\.4 GB .* 8\.0 GB is available"):
+        export_field(UntouchableField(), tmp_path, options, SphereTracer())
+    with pytest.raises(DreamtextError, match="--texture-size"):  # 16384^2 texels: 46 GB
+        export_field(UntouchableField(), tmp_path, small_options(texture_size=16384))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_export_fits_in_a_small_machine(monkeypatch):
+    monkeypatch.setattr(export_module, "available_memory", lambda: 2 * 10**9)
+    export_module.check_memory(ExportOptions())  # 256^3 grid, 1024 px texture: 0.6 GB
+    # A texture only costs memory when a format carries one.
+    export_module.check_memory(ExportOptions(texture_size=8192, formats=("ply",)))
+    monkeypatch.setattr(export_module, "available_memory", lambda: None)  # unknown: no check
+    export_module.check_memory(ExportOptions(resolution=4096))
+
+
+def test_dreamtext_export_too_big_for_the_memory_is_one_line_and_exit_2(
+    tmp_path, monkeypatch, capsys
+):
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {})
+    monkeypatch.setattr(export_module, "available_memory", lambda: 8 * 10**9, raising=False)
+    monkeypatch.setattr(export_module, "load_run", lambda *a: pytest.fail("the run was loaded"))
+    assert main(["export", "--workspace", str(workspace), "--resolution", "1024"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resolution 1024" in err[0] and "lower --resolution" in err[0]
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
+
+
+def test_sigterm_while_dreamtext_export_writes_is_exit_130_and_leaves_no_temp_file(
+    tmp_path, monkeypatch, capsys
+):
+    import signal
+
+    from dreamtext.cli import main
+
+    options = {**SMALL, "video_size": 32}
+    workspace = recorded_run(tmp_path, options)
+    monkeypatch.setattr(export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}))
+
+    def terminated_while_encoding(images, path):
+        path.write_bytes(b"half a video")
+        signal.raise_signal(signal.SIGTERM)  # a batch scheduler's stop, or `kill`
+
+    monkeypatch.setattr(export_module, "_write_mp4", terminated_while_encoding)
+    assert main(["export", "--workspace", str(workspace)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "dreamtext export: interrupted"
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
 
 
 def test_a_re_export_removes_the_formats_of_the_export_before(tmp_path):
