@@ -282,8 +282,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         recorded_options,
         resolve_workspace,
     )
-    from dreamtext.interrupts import sigterm_interrupts
-
     workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
     options, defaults = recorded_options(workspace), ExportOptions()
     recorded = {
@@ -310,8 +308,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"dreamtext: the run's export options: {settings} (flags override them)",
             file=sys.stderr,
         )
-    with sigterm_interrupts():  # SIGTERM ends it as Ctrl-C does: temp files removed, exit 130
-        result = export_workspace(workspace, options)
+    result = export_workspace(workspace, options)  # SIGTERM: as Ctrl-C (main), temps removed
     print(result.summary())
     return 0
 
