@@ -282,6 +282,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         recorded_options,
         resolve_workspace,
     )
+
     workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
     options, defaults = recorded_options(workspace), ExportOptions()
     recorded = {

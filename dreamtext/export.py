@@ -204,18 +204,32 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(options: ExportOptions) -> None:
-    """Raise ``DreamtextError`` naming the flags to lower when the export would need more memory
-    than is available (:func:`export_memory`), instead of being killed by the system after
-    minutes of work."""
+def check_memory(options: ExportOptions, after_training: bool = False) -> None:
+    """Raise ``DreamtextError`` naming the settings to lower when the export would need more
+    memory than is available (:func:`export_memory`), instead of being killed by the system
+    after minutes of work. ``after_training``: the export that ends a training run, checked
+    before the training (its settings are ``export_options`` fields, not flags)."""
     need, available = export_memory(options), available_memory()
     if available is None or need <= available:
         return
+    if after_training:
+        what = (
+            f"the export after training (export_options.resolution {options.resolution}, "
+            f"texture_size {options.texture_size})"
+        )
+        fix = (
+            "lower export_options.resolution or texture_size in a --config, or pass --no-export "
+            "and export later with `dreamtext export` on a larger machine"
+        )
+    else:
+        what = (
+            f"an export at --resolution {options.resolution} with a {options.texture_size} px "
+            "texture"
+        )
+        fix = "lower --resolution (half of it needs an eighth of the memory) or --texture-size"
     raise DreamtextError(
-        f"an export at --resolution {options.resolution} with a {options.texture_size} px "
-        f"texture needs about {need / 1e9:.1f} GB of memory and {available / 1e9:.1f} GB is "
-        "available: lower --resolution (half of it needs an eighth of the memory) or "
-        "--texture-size"
+        f"{what} needs about {need / 1e9:.1f} GB of memory and {available / 1e9:.1f} GB is "
+        f"available: {fix}"
     )
 
 

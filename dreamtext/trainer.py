@@ -161,6 +161,10 @@ def build_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     """
     workspace = Path(cfg.workspace)
     check_workspace(workspace, cfg.prompt, resume, overwrite)
+    if cfg.export:  # not after hours of training
+        from dreamtext.export import check_memory
+
+        check_memory(cfg.export_options, after_training=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, device)

@@ -276,6 +276,26 @@ def test_nan_gradients_skip_the_update_and_a_run_that_keeps_them_stops(
     assert status["state"] == "failed" and status["error"] == message
 
 
+def test_an_export_too_big_for_the_memory_is_refused_before_the_training(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """The export that ends a run is checked against the memory before the run trains (it was
+    checked only when the export began, after the training), naming the settings to change."""
+    from dreamtext import export
+
+    monkeypatch.setattr(export, "available_memory", lambda: 8 * 10**9)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=2, export=True)
+    cfg.export_options.resolution = 1024  # about 34 GB
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    message = str(error.value)
+    for part in ("export_options.resolution 1024", "34.4 GB", "--config", "--no-export"):
+        assert part in message
+    assert not (tmp_path / "run").exists()
+    cfg.export = False  # nothing to check without the export
+    assert train(cfg) == tmp_path / "run"
+
+
 def test_log_records_say_how_the_render_was_backpropagated(tmp_path, tiny_sd_path):
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
     records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
