@@ -45,6 +45,19 @@ _positive_int = _positive(int, "a positive integer")
 _positive_float = _positive(float, "a positive number")
 
 
+def _face_count(text: str) -> int:
+    """``--decimate``: a face count, or 0 for every face (as ``export_options.decimate: 0``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a face count (0 keeps every face), got '{text}'"
+        )
+    return value
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but usage errors are one line on stderr and exit 2 (no usage dump), named after
     the command they belong to (``dreamtext batch: ... (see dreamtext batch --help)``)."""
@@ -545,7 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="mesh the density above this iso-level, cavities filled; auto: the surface the "
         "renders show, where light from outside falls to transmittance 1/2 [auto]",
     )
-    export.add_argument("--decimate", type=_positive_int, help="target face count [50000]")
+    export.add_argument(
+        "--decimate", type=_face_count, help="target face count; 0 keeps every face [50000]"
+    )
     export.add_argument("--texture-size", type=_positive_int, help="texture size in pixels [1024]")
     export.add_argument("--formats", help="comma-separated subset of glb,obj,ply [all]")
     export.add_argument(

@@ -100,6 +100,8 @@ class ExportOptions:
             raise DreamtextError(f"{what}: use a subset of glb,obj,ply")
         if self.resolution < 8:
             raise DreamtextError(f"{name('resolution')} must be at least 8")
+        if self.decimate < 0:
+            raise DreamtextError(f"{name('decimate')} must be a face count, or 0 for every face")
         if self.texture_size < 8:
             raise DreamtextError(f"{name('texture_size')} must be at least 8")
         if self.threshold is not None and self.threshold <= 0:

@@ -632,6 +632,30 @@ def test_a_bad_threshold_flag_is_one_line_and_exit_2(tmp_path, threshold):
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
 
 
+def test_decimate_0_keeps_every_face_as_in_a_config(tmp_path, monkeypatch, capsys):
+    """``export_options.decimate: 0`` in a config keeps every face; ``--decimate 0`` was refused
+    ("must be positive") though it is the same setting."""
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {"resolution": 40, "threshold": 50.0, "texture_size": 64})
+    monkeypatch.setattr(export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}))
+
+    def faces(*flags):
+        assert main(["export", "--workspace", str(workspace), "--no-video", *flags]) == 0
+        return json.loads((workspace / "mesh" / "mesh.json").read_text())["faces"]
+
+    every, fewer = faces("--decimate", "0"), faces("--decimate", "300")
+    assert fewer <= 300 < every
+    with pytest.raises(SystemExit) as bad:
+        main(["export", "--workspace", str(workspace), "--decimate", "-1"])
+    assert bad.value.code == 2
+    assert "--decimate: expected a face count (0 keeps every face), got '-1'" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(DreamtextError, match=r"export_options\.decimate"):
+        ExportOptions(decimate=-1).validate("c.yaml")
+
+
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [(["--formats", "xyz"], "unknown --formats xyz"), (["--resolution", "4"], "--resolution")],
