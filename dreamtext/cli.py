@@ -686,8 +686,12 @@ def quiet_libraries() -> None:
     what is printed there is dreamtext's own progress and errors."""
     warnings.filterwarnings("ignore", module=r"(huggingface_hub|diffusers|transformers)(\..*)?")
     import diffusers.utils.logging
+    import huggingface_hub.utils.logging
     import transformers.utils.logging
 
+    # Without network the hub retries each file five times, a warning line each time: the one
+    # line that says so is dreamtext's (models.hub_unreachable).
+    huggingface_hub.utils.logging.set_verbosity_error()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()

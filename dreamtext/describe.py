@@ -85,8 +85,14 @@ class ClipEncoder:
                 ) from None
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             where = "offline" if offline else "from the hub or disk"
+            from dreamtext.models import hub_unreachable
+
+            reason = type(error).__name__
+            network = None if offline else hub_unreachable(error)
+            if network is not None:
+                where, reason = "from the hub, which could not be reached", network
             raise DreamtextError(
-                f"CLIP model {model!r} is not available {where} ({type(error).__name__}); download"
+                f"CLIP model {model!r} is not available {where} ({reason}); download"
                 " it once in transformers layout and pass --clip /path/to/folder"
             ) from None
         self.device = torch.device(device)

@@ -116,11 +116,42 @@ def _is_hub_error(error: Exception) -> bool:
     return isinstance(error, (OSError, ValueError, EntryNotFoundError))
 
 
+def hub_unreachable(error: BaseException) -> str | None:
+    """Why the hub could not be reached, when that is what made a load fail (huggingface_hub's
+    ``LocalEntryNotFoundError``: not cached, and the download failed): the innermost error of the
+    chain, e.g. ``[Errno -2] Name or service not known``. ``None`` for any other failure.
+
+    The loaders' own message names a consequence instead ("does not appear to have a file named
+    scheduler_config.json"), which sends a user without network looking for a broken model."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    unreachable, seen, cause = False, set(), error
+    innermost = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        unreachable = unreachable or isinstance(cause, LocalEntryNotFoundError)
+        innermost = cause
+        cause = cause.__cause__ or cause.__context__
+    if not unreachable:
+        return None
+    return (
+        str(innermost).strip().splitlines()[0]
+        if str(innermost).strip()
+        else type(innermost).__name__
+    )
+
+
 def _hub_error_message(model: str, error: Exception) -> str:
     from huggingface_hub import constants
 
+    network = hub_unreachable(error)
     if constants.HF_HUB_OFFLINE:
         reason = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"
+    elif network is not None:
+        reason = (
+            f"the Hugging Face hub could not be reached: {network}; and it is not in the "
+            "Hugging Face cache"
+        )
     else:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (

@@ -628,3 +628,19 @@ def test_sigterm_while_stable_diffusion_loads_before_describe_is_one_line_and_ex
     )
     assert (result.returncode, result.stderr) == (130, "dreamtext image: interrupted\n")
     assert not workspace.exists()
+
+
+def test_the_hubs_retry_warnings_stay_off_stderr():
+    """Without network huggingface_hub warns "Retrying in 8s [Retry 4/5]" ten times before the
+    load fails; dreamtext's one line says what happened (models.hub_unreachable)."""
+    import logging
+
+    from dreamtext.cli import quiet_libraries
+
+    logger = logging.getLogger("huggingface_hub.utils._http")
+    before = logging.getLogger("huggingface_hub").level
+    try:
+        quiet_libraries()
+        assert not logger.isEnabledFor(logging.WARNING)
+    finally:
+        logging.getLogger("huggingface_hub").setLevel(before)

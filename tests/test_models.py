@@ -200,3 +200,69 @@ def test_the_compile_flag_reaches_the_guidance_config():
     assert text_overrides(args)["guidance"]["compile"] is True
     args = build_parser().parse_args(["text", "a cube"])
     assert "compile" not in text_overrides(args).get("guidance", {})
+
+
+def hub_failure_without_network() -> OSError:
+    """The chain diffusers and transformers raise when the hub cannot be reached and the files
+    are not cached: a consequence ("does not appear to have a file named ...") caused by
+    huggingface_hub's LocalEntryNotFoundError caused by the network error."""
+    import socket
+
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        try:
+            try:
+                raise socket.gaierror(-2, "Name or service not known")
+            except OSError as network:
+                raise LocalEntryNotFoundError("not in the local cache") from network
+        except LocalEntryNotFoundError as missing:
+            raise OSError(
+                "m does not appear to have a file named scheduler_config.json."
+            ) from missing
+    except OSError as error:
+        return error
+
+
+def test_a_load_without_network_says_the_hub_was_not_reached(tmp_path, monkeypatch):
+    """Without network a hub id failed with "... does not appear to have a file named
+    scheduler_config.json", which sends the user looking for a broken model."""
+    from huggingface_hub import constants
+
+    from dreamtext.errors import DreamtextError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(*args, **kwargs):
+        raise hub_failure_without_network()
+
+    monkeypatch.setattr(models_module, "_from_pretrained", unreachable)
+    monkeypatch.setattr(
+        "diffusers.DDPMScheduler.load_config", staticmethod(unreachable), raising=True
+    )
+    with pytest.raises(DreamtextError) as error:
+        load_stable_diffusion("someone/some-model")
+    message = str(error.value)
+    assert (
+        "the Hugging Face hub could not be reached: [Errno -2] Name or service not known" in message
+    )
+    assert "does not appear" not in message and "\n" not in message
+    other = OSError("m does not appear to have a file named unet/config.json.")
+    assert models_module.hub_unreachable(other) is None  # a real missing file keeps its words
+    assert "does not appear" in models_module._hub_error_message("m", other)
+
+
+def test_clip_without_network_says_the_hub_was_not_reached(monkeypatch):
+    from transformers import CLIPProcessor
+
+    from dreamtext.describe import ClipEncoder
+    from dreamtext.errors import DreamtextError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise hub_failure_without_network()
+
+    monkeypatch.setattr(CLIPProcessor, "from_pretrained", unreachable)
+    with pytest.raises(DreamtextError, match=r"could not be reached \(\[Errno -2\] Name or"):
+        ClipEncoder("openai/clip-vit-base-patch32", "cpu")
