@@ -51,8 +51,10 @@ class TrainConfig:
     shading_probs: tuple[float, float, float] = (0.2, 0.4, 0.4)  # albedo, textureless, lambertian
     ambient_ratio: float = 0.1
     light_jitter: float = 0.5  # std of the light position's Gaussian noise around the camera
-    # Regulariser weights (the renderer computes the terms).
-    lambda_entropy: float = 1e-3
+    # Regulariser weights (the renderer computes the terms). The thesis gives none; these are
+    # those of the Stable-DreamFusion fork it ran (March 2023): entropy 1e-4 on the opacity's
+    # entropy in bits, orientation 1e-2, opacity off.
+    lambda_entropy: float = 1e-4
     lambda_opacity: float = 0.0
     lambda_orientation: float = 1e-2
     # Bookkeeping.
