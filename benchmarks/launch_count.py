@@ -174,7 +174,7 @@ def count_step(size: int, shading: str, seed: int = 0) -> LaunchCounter:
                 render = renderer.render_train(field, poses, size, size, shading=shading)
                 loss = render.images().mean()
                 counter.stage = "backward"
-                render.backward(loss, {"entropy": 1e-3, "orientation": 1e-2})
+                render.backward(loss, {"entropy": 1e-4, "orientation": 1e-2})
         counter.backprop = "deferred" if render.deferred else "direct"
         counter.samples_per_ray = render.num_samples / (size * size)
     return counter

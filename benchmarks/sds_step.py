@@ -161,7 +161,7 @@ def one_step(
     synchronize(device)
     guided = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    render.backward(loss, {"entropy": 1e-3, "orientation": 1e-2})
+    render.backward(loss, {"entropy": 1e-4, "orientation": 1e-2})
     optimizer.step()
     synchronize(device)
     done = time.perf_counter()

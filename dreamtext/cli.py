@@ -358,7 +358,7 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
             "--descriptor-iters",
             type=_positive_int,
             help="descriptor-token training steps; more than a finished descriptor has trains it "
-            "on [5000]",
+            "on [10000]",
         )
 
 

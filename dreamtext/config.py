@@ -50,9 +50,13 @@ class TrainConfig:
     albedo_epochs: int = 10
     shading_probs: tuple[float, float, float] = (0.2, 0.4, 0.4)  # albedo, textureless, lambertian
     ambient_ratio: float = 0.1
-    light_jitter: float = 0.5  # std of the light position's Gaussian noise around the camera
-    # Regulariser weights (the renderer computes the terms).
-    lambda_entropy: float = 1e-3
+    # Std of the light position's Gaussian noise around the camera (ch. 6.1.4): 1, the standard
+    # normal of the thesis's code (``rays_o[0] + torch.randn(3)``).
+    light_jitter: float = 1.0
+    # Regulariser weights (the renderer computes the terms). The thesis gives none; these are
+    # those of the Stable-DreamFusion fork it ran (March 2023): entropy 1e-4 on the opacity's
+    # entropy in bits, orientation 1e-2, opacity off.
+    lambda_entropy: float = 1e-4
     lambda_opacity: float = 0.0
     lambda_orientation: float = 1e-2
     # Bookkeeping.

@@ -5,7 +5,7 @@ One SDS step, shared by every prior (:class:`ScoreDistillation`):
     x_0 = E(g(θ))                         the render, encoded (SD: VAE latents; built-in: pixels)
     t ~ U{t_min·T, …, t_max·T},  ε ~ N(0, I)
     x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
-    ε̂ = ε(x_t; ∅) + s (ε(x_t; y) − ε(x_t; ∅))          classifier-free guidance (or Perp-Neg)
+    ε̂ = ε(x_t; y) + s (ε(x_t; y) − ε(x_t; ∅))          classifier-free guidance, eq. 3.8 / 5.1
     ∇_θ L_SDS = w(t) (ε̂ − ε) ∂x_0/∂θ                   no U-Net Jacobian
 
 A subclass only says how images become ``x_0`` (:meth:`ScoreDistillation.encode_images`) and how
@@ -86,8 +86,14 @@ class GuidanceConfig:
 
 
 def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
-    """``ε̂ = ε_u + s (ε_c − ε_u)`` (Ho & Salimans 2022); any matching shapes."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
+    """``ε̂ = ε_c + s (ε_c − ε_u)``: thesis eq. 3.8 and FitFusion's eq. 5.1; any matching shapes.
+
+    This is Ho & Salimans' form, and the one Stable-DreamFusion ran from Dec 2022 to Apr 2023,
+    which covers the thesis's March 2023 fork (``noise_pred_text + s * (text - uncond)``).
+    diffusers' pipelines, and Stable-DreamFusion before and after, write ``ε_u + s (ε_c − ε_u)``:
+    their scale is this one's ``s + 1``, so guidance 100 here is their 101.
+    """
+    return eps_cond + scale * (eps_cond - eps_uncond)
 
 
 def perp_neg_guidance(
@@ -97,11 +103,13 @@ def perp_neg_guidance(
 
     With ``Δ = ε_c − ε_u`` and ``Δ_k = ε_k − ε_u`` for the negative prompts k,
 
-        Δ_k^⊥ = Δ_k − (⟨Δ_k, Δ⟩ / ‖Δ‖²) Δ,        ε̂ = ε_u + s (Δ − Σ_k w_k Δ_k^⊥),
+        Δ_k^⊥ = Δ_k − (⟨Δ_k, Δ⟩ / ‖Δ‖²) Δ,        ε̂ = ε_c + s (Δ − Σ_k w_k Δ_k^⊥),
 
     inner products taken per sample over all of ``C, H, W``. A negative that overlaps the prompt
-    (``Δ_k ∥ Δ``) removes nothing, unlike a plain negative prompt. ``eps_uncond, eps_cond:
-    [B, C, H, W]``, ``eps_neg: [B, K, C, H, W]``, ``weights: [B, K]``; K = 0 is plain CFG.
+    (``Δ_k ∥ Δ``) removes nothing, unlike a plain negative prompt. The paper starts from ``ε_u``;
+    here the base is ``ε_c``, as in the thesis's guidance (:func:`classifier_free_guidance`), so
+    that K = 0 is exactly that CFG. ``eps_uncond, eps_cond: [B, C, H, W]``,
+    ``eps_neg: [B, K, C, H, W]``, ``weights: [B, K]``.
     """
     delta = eps_cond - eps_uncond
     delta_neg = eps_neg - eps_uncond[:, None]
@@ -109,7 +117,7 @@ def perp_neg_guidance(
     along = (flat_neg * flat).sum(-1) / (flat * flat).sum(-1).clamp_min(1e-12)
     perpendicular = delta_neg - along[..., None, None, None] * delta[:, None]
     combined = delta - (weights[..., None, None, None].to(delta) * perpendicular).sum(1)
-    return eps_uncond + scale * combined
+    return eps_cond + scale * combined
 
 
 def v_to_epsilon(v: Tensor, x_t: Tensor, alphas_cumprod_t: Tensor) -> Tensor:

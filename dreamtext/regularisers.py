@@ -3,8 +3,9 @@
 Each term is a mean over the rays of a per-ray quantity, so a render done in ray chunks can add
 up its parts exactly: ``loss = Σ_chunks Σ_{r ∈ chunk} ℓ_r / N``.
 
-* ``loss_entropy = mean_r(−o_r log o_r − (1 − o_r) log(1 − o_r))``, ``o`` the opacity clamped to
-  ``[1e-5, 1 − 1e-5]``: pushes every ray to be either empty or opaque.
+* ``loss_entropy = mean_r(−o_r log₂ o_r − (1 − o_r) log₂(1 − o_r))``, ``o`` the opacity clamped to
+  ``[1e-5, 1 − 1e-5]``: pushes every ray to be either empty or opaque. In bits, as in the
+  Stable-DreamFusion code the thesis ran (its ``lambda_entropy`` 1e-4 weighs this value).
 * ``loss_opacity = mean_r(o_r)``: the amount of matter seen.
 * ``loss_orientation = mean_r(Σ_i stopgrad(w_i) max(0, n_i · d_r)²)`` (DreamFusion): visible
   normals that face away from the camera. The renderer computes the per-ray sum (``orientation``);
@@ -23,9 +24,10 @@ OPACITY_EPS = 1e-5
 
 
 def entropy_per_ray(opacity: Tensor) -> Tensor:
-    """Binary entropy of each ray's opacity ``o [N]`` (clamped away from 0 and 1): ``[N]``."""
+    """Binary entropy in bits of each ray's opacity ``o [N]`` (clamped away from 0 and 1):
+    ``−o log₂ o − (1 − o) log₂(1 − o)``, ``[N]``; 1 for a half-opaque ray."""
     o = opacity.clamp(OPACITY_EPS, 1.0 - OPACITY_EPS)
-    return -o * torch.log(o) - (1.0 - o) * torch.log(1.0 - o)
+    return -o * torch.log2(o) - (1.0 - o) * torch.log2(1.0 - o)
 
 
 def per_ray_terms(outputs: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -746,7 +746,7 @@ def test_a_skipped_run_with_other_settings_is_named_in_one_warning_line(
     warnings = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
     assert warnings == [
         f"batch: line {n}: {root / name} finished with other settings (seed 0 → 7, lr 0.02 → 0.5, "
-        "guidance.guidance_scale 5.0 → 50.0); skipped, --overwrite trains it again with these"
+        "guidance.guidance_scale 4.0 → 50.0); skipped, --overwrite trains it again with these"
         for n, name in ((1, "a_red_cube"), (2, "a_blue_cube"))
     ]
     assert [r["status"] for r in rows(root)[4:]] == ["skipped", "skipped"]
@@ -773,7 +773,7 @@ def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
     warnings = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
     assert warnings == [
         f"batch: line 1: {root / 'a_red_cube'} resumes with other settings than it started with "
-        "(lr 0.02 → 0.5, guidance.guidance_scale 5.0 → 50.0); they apply from its last "
+        "(lr 0.02 → 0.5, guidance.guidance_scale 4.0 → 50.0); they apply from its last "
         "checkpoint on, --overwrite trains it again from scratch with them"
     ]
     assert [r["status"] for r in rows(root)] == ["interrupted", "failed", "finished"]

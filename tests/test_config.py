@@ -25,6 +25,13 @@ def test_defaults_follow_stable_dreamfusion_and_the_thesis():
     assert cfg.albedo_epochs == 10 and cfg.shading_probs == (0.2, 0.4, 0.4)
 
 
+def test_regulariser_weights_are_those_of_the_thesis_fork_of_stable_dreamfusion():
+    """The thesis names no weights; its March 2023 Stable-DreamFusion ran --lambda_entropy 1e-4
+    (on the entropy in bits), --lambda_orient 1e-2 and --lambda_opacity 0."""
+    cfg = TrainConfig()
+    assert (cfg.lambda_entropy, cfg.lambda_orientation, cfg.lambda_opacity) == (1e-4, 1e-2, 0.0)
+
+
 def test_fitfusion_preset_is_table_5_1():
     cfg = resolve_config({"prompt": "a castle"}, preset="fitfusion")
     assert (cfg.h, cfg.w, cfg.guidance.guidance_scale, cfg.iters) == (256, 256, 1000.0, 20_000)

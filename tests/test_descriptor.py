@@ -100,6 +100,12 @@ def test_image_to_tensor_pads_to_square_with_white():
 # --- the loss ----------------------------------------------------------------------------------
 
 
+def test_descriptor_defaults_are_the_thesis_training():
+    """Ch. 6.1.10: Adam at 3e-4 with torch's defaults; ch. 6.3.3: around 10,000 iterations."""
+    options = DescriptorOptions()
+    assert (options.iters, options.lr, options.batch_size) == (10_000, 3e-4, 1)
+
+
 def test_descriptor_loss_is_both_mean_squared_errors():
     pred_full, pred_base, target = (
         torch.ones(1, 4, 2, 2),

@@ -48,13 +48,16 @@ def test_sds_loss_value_is_half_the_squared_gradient_norm():
     torch.testing.assert_close(loss, expected)
 
 
-def test_classifier_free_guidance_extrapolates_from_uncond():
+def test_classifier_free_guidance_is_the_thesis_form_conditional_plus_scaled_difference():
+    """Eq. 3.8 / 5.1: ε̂ = ε_c + s (ε_c − ε_u). With s = 0 it is the conditional prediction, and
+    ``s`` here is ``s + 1`` in diffusers' ε_u + s (ε_c − ε_u)."""
     uncond, cond = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
     torch.testing.assert_close(
-        classifier_free_guidance(uncond, cond, 7.5), torch.tensor([16.0, 13.0])
+        classifier_free_guidance(uncond, cond, 7.5), torch.tensor([18.0, 15.0])
     )
-    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 1.0), cond)
-    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 0.0), uncond)
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 0.0), cond)
+    diffusers_form = uncond + 1001.0 * (cond - uncond)
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 1000.0), diffusers_form)
 
 
 def test_v_to_epsilon_recovers_the_noise_of_a_v_target():
@@ -84,7 +87,8 @@ def test_perp_neg_subtracts_the_perpendicular_part_of_a_negative():
     uncond, cond = _perp_neg_inputs()
     negative = torch.tensor([4.0, 1.0]).reshape(1, 1, 1, 1, 2)  # perpendicular part (0, 1)
     out = perp_neg_guidance(uncond, cond, negative, torch.tensor([[2.0]]), 5.0)
-    torch.testing.assert_close(out, 5.0 * torch.tensor([1.0, -2.0]).reshape(1, 1, 1, 2))
+    expected = cond + 5.0 * torch.tensor([1.0, -2.0]).reshape(1, 1, 1, 2)  # ε_c + s (Δ − w Δ⊥)
+    torch.testing.assert_close(out, expected)
 
 
 def test_perp_neg_without_negatives_is_classifier_free_guidance():
@@ -165,7 +169,7 @@ def test_shared_step_gradient_is_weighted_guided_residual():
     ab = sd_alphas_cumprod()[t][:, None, None, None]
     x0 = images.detach() * 2 - 1
     noise = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-    eps_hat = 3.0 * x_t
+    eps_hat = x_t + 3.0 * (x_t - 0.0)  # ε_c + s (ε_c − ε_u), eq. 3.8
     # d loss / d images = d loss / d x0 · 2 (x0 = 2 images − 1)
     expected = 2 * (1 - ab) * (eps_hat - noise) / 2
     torch.testing.assert_close(images.grad, expected, rtol=1e-4, atol=1e-5)

@@ -682,7 +682,7 @@ def test_the_descriptor_refusal_from_the_command_line_is_one_line(
 
 def test_options_resolve_over_the_recorded_ones_and_old_runs_over_their_record(tmp_path):
     """A rerun without --descriptor-iters must not train a finished descriptor on to the
-    default 5000 steps: the recorded count is its base (for a run from before config.json's
+    default 10,000 steps: the recorded count is its base (for a run from before config.json's
     sections, sentence.json's)."""
     _, workspace = _finished_workspace(tmp_path, iters=2)
     record_path = workspace / "descriptor" / "sentence.json"

@@ -338,12 +338,12 @@ def test_normals_are_not_queried_for_albedo_shading(sampler: str) -> None:
 
 
 def test_entropy_and_opacity_regularisers_on_half_transparent_rays(sampler: str) -> None:
-    # σ · 2a = ln 2 makes every ray exactly half opaque: entropy ln 2, opacity ½.
+    # σ · 2a = ln 2 makes every ray exactly half opaque: entropy 1 bit, opacity ½.
     field = SlabField(sigma=math.log(2.0) / 0.5, half_width=0.25)
     rays_o, rays_d = rays_down_z()
     out = renderer(sampler).render_rays(field, rays_o, rays_d)
     assert out["loss_opacity"].item() == pytest.approx(0.5, abs=1e-2)
-    assert out["loss_entropy"].item() == pytest.approx(math.log(2.0), abs=1e-3)
+    assert out["loss_entropy"].item() == pytest.approx(1.0, abs=1e-3)
 
 
 def test_render_returns_images_and_eval_chunks_agree(sampler: str) -> None:

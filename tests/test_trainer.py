@@ -7,10 +7,11 @@ import pytest
 import torch
 from tiny_models import TINY_TRAIN
 
+from dreamtext.cameras import sample_poses
 from dreamtext.checkpoint import load_checkpoint
-from dreamtext.config import resolve_config
+from dreamtext.config import TrainConfig, resolve_config
 from dreamtext.errors import DreamtextError
-from dreamtext.trainer import TrainingInterrupted, shading_for_step, train
+from dreamtext.trainer import TrainingInterrupted, light_positions, shading_for_step, train
 
 
 def tiny_config(tmp_path, model, **overrides):
@@ -144,6 +145,16 @@ def test_shading_is_albedo_for_the_first_ten_epochs_then_mixed():
     assert abs(fractions["albedo"] - 0.2) < 0.03
     assert abs(fractions["textureless"] - 0.4) < 0.03
     assert abs(fractions["lambertian"] - 0.4) < 0.03
+
+
+def test_default_light_is_standard_gaussian_noise_around_the_camera():
+    """Ch. 6.1.4: the light is Gaussian noise around the ray origin; the thesis's code drew it as
+    ``rays_o[0] + torch.randn(3)``, i.e. a standard normal (std 1) about the camera."""
+    rng = torch.Generator().manual_seed(0)
+    poses = sample_poses(20000, generator=torch.Generator().manual_seed(1))
+    offsets = light_positions(poses, TrainConfig().light_jitter, rng) - poses.eye
+    assert offsets.mean(dim=0).abs().max() < 0.03
+    assert torch.allclose(offsets.std(dim=0), torch.ones(3), atol=0.03)
 
 
 def test_a_workspace_reloads_with_its_own_render_settings_and_occupancy_grid(
