@@ -63,6 +63,8 @@ TURNTABLE_FILL = 0.9
 # `/usr/bin/time -v dreamtext export` on a builtin:shapes run; rounded up.
 BYTES_PER_CELL = 32
 BYTES_PER_TEXEL = 170
+# What an export writes into mesh/ (the formats, mesh.json, the texture), as glob patterns.
+MESH_OUTPUTS = ("mesh.*", "albedo.png")
 
 
 @dataclass
@@ -388,7 +390,7 @@ def _export_field(
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     written = write_all_atomically(staged)
     # An earlier export's other formats describe another mesh (mesh.json is this one's): remove.
-    for pattern in ("mesh.*", "albedo.png"):
+    for pattern in MESH_OUTPUTS:
         for old in mesh_dir.glob(pattern):
             if old not in staged:
                 old.unlink(missing_ok=True)

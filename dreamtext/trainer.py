@@ -49,6 +49,7 @@ from dreamtext.devices import (
     resolve_device,
 )
 from dreamtext.errors import DreamtextError
+from dreamtext.export import MESH_OUTPUTS, check_memory, export_field
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
@@ -68,8 +69,7 @@ SHADINGS = ("albedo", "textureless", "lambertian")
 EARLIER_RUN_FILES = (
     "checkpoints/*.pt",
     "previews/*.png",
-    "mesh/mesh.*",
-    "mesh/albedo.png",
+    *(f"mesh/{pattern}" for pattern in MESH_OUTPUTS),
     "video/turntable.*",
 )
 # A run whose gradients were not finite in this many of its last DIVERGENCE_WINDOW steps has
@@ -162,8 +162,6 @@ def build_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     workspace = Path(cfg.workspace)
     check_workspace(workspace, cfg.prompt, resume, overwrite)
     if cfg.export:  # not after hours of training
-        from dreamtext.export import check_memory
-
         check_memory(cfg.export_options, after_training=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -505,8 +503,6 @@ def out_of_memory_is_a_user_error(run: Run) -> contextlib.AbstractContextManager
 def export_trained(run: Run) -> None:
     """The seam to mesh export: the trained field, rendered by the run's own renderer (its
     settings and occupancy grid), with the run's ``export_options``."""
-    from dreamtext.export import export_field
-
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
     result = export_field(run.field.eval(), run.workspace, options, renderer=run.renderer)
     tqdm.write(result.summary(), file=sys.stderr)
