@@ -82,7 +82,12 @@ def add_text_to_3d_arguments(
 ) -> None:
     """The flags shared by ``text``, ``image`` and ``batch`` (everything that shapes the text→3D
     stage)."""
-    g = p.add_argument_group("text→3D")
+    g = p.add_argument_group(
+        "text→3D",
+        "Defaults in brackets are the thesis's; --model builtin:shapes starts from its own preset "
+        "instead (configs/builtin-shapes.yaml: 32 px, 1000 iterations, lr 0.02, batch 2, "
+        "guidance 4, t-range 0.2 0.8, split side views).",
+    )
     g.add_argument("--workspace", help=workspace_help)
     g.add_argument(
         "--model",
@@ -92,7 +97,10 @@ def add_text_to_3d_arguments(
     g.add_argument("--preset", help="named preset: stable-dreamfusion, fitfusion, builtin-shapes")
     g.add_argument("--config", help="YAML file of config overrides (see configs/)")
     g.add_argument(
-        "--guidance", type=_positive_float, help="classifier-free guidance scale s [100]"
+        "--guidance",
+        type=_positive_float,
+        help="classifier-free guidance scale s of ε̂ = ε_c + s (ε_c − ε_u), the thesis's form "
+        "(diffusers' scale is s + 1) [100]",
     )
     g.add_argument("--h", type=_positive_int, help="render height in pixels [64]")
     g.add_argument("--w", type=_positive_int, help="render width in pixels [64]")
@@ -109,18 +117,18 @@ def add_text_to_3d_arguments(
     )
     g.add_argument("--batch-size", type=_positive_int, help="cameras per step [1]")
     g.add_argument("--seed", type=int, help="random seed [0]")
-    g.add_argument("--device", help="auto, cpu or cuda [auto]")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
     g.add_argument(
         "--fp16",
         action="store_true",
         default=None,
-        help="run the diffusion model in fp16 (CUDA only)",
+        help="run the diffusion model in fp16, the field's MLPs under fp16 autocast (CUDA only)",
     )
     g.add_argument(
         "--bf16",
         action="store_true",
         default=None,
-        help="run the diffusion model in bf16 (CUDA only)",
+        help="run the diffusion model in bf16, the field's MLPs under bf16 autocast (CUDA only)",
     )
     g.add_argument("--negative", help="negative prompt [empty]")
     g.add_argument(
@@ -507,8 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
         "text",
         help="optimise a NeRF from a text prompt with SDS",
         description="Text→3D with Score Distillation Sampling. Writes config.json, "
-        "log.jsonl, previews/, checkpoints/ and (unless --no-export) mesh/ and "
-        "video/ in the workspace.",
+        "status.json, log.jsonl, previews/, checkpoints/ and (unless --no-export) mesh/ and "
+        "video/ in the workspace, and prints its path.",
     )
     text.add_argument("prompt", help='what to make, e.g. "a castle"')
     add_text_to_3d_arguments(text)
@@ -569,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the turntable; --no-video skips it [on]",
     )
-    export.add_argument("--device", help="auto, cpu or cuda [auto]")
+    export.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
     export.set_defaults(func=cmd_export)
 
     describe = sub.add_parser(
@@ -581,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("image", help="PNG, JPEG or WebP image of one object")
     describe.add_argument("--workspace", help="output folder (default: workspace/<image name>)")
-    describe.add_argument("--device", help="auto, cpu or cuda [auto]")
+    describe.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
     add_describe_arguments(describe)
     describe.set_defaults(func=cmd_describe)
 
@@ -597,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
         "embedding); a smaller one keeps it as it is.",
     )
     image.add_argument("image", help="PNG, JPEG or WebP image of one object")
-    add_text_to_3d_arguments(image)
+    add_text_to_3d_arguments(
+        image, workspace_help="output folder (default: workspace/<image name>, as describe's)"
+    )
     image.add_argument(
         "--overwrite",
         action="store_true",

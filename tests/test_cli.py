@@ -76,6 +76,70 @@ def test_help_lists_every_subcommand_and_the_text_flags(capsys):
         assert flag in text_help
 
 
+def _help_defaults(command: str) -> dict[str, str]:
+    """``{"--flag": "text in its help's last [brackets]"}`` for every flag of ``command``."""
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    out = {}
+    for action in parser._actions:
+        text = action.help or ""
+        if action.option_strings and text.endswith("]") and "[" in text:
+            out[action.option_strings[0]] = text[text.rindex("[") + 1 : -1]
+    return out
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_help_defaults_in_brackets_are_the_configs_defaults():
+    """What `--help` prints in brackets is what a run without the flag gets (README and help
+    drifted before: the descriptor's 5000 → 10,000 steps, the export's --decimate)."""
+    from dreamtext.batch import BatchOptions
+    from dreamtext.config import TrainConfig
+    from dreamtext.describe import DescribeOptions
+    from dreamtext.descriptor import DescriptorOptions
+    from dreamtext.export import ExportOptions
+
+    cfg, describe, descriptor = TrainConfig(), DescribeOptions(), DescriptorOptions()
+    numbers = {
+        "--guidance": cfg.guidance.guidance_scale,
+        "--h": cfg.h,
+        "--w": cfg.w,
+        "--iters": cfg.iters,
+        "--lr": cfg.lr,
+        "--batch-size": cfg.batch_size,
+        "--seed": cfg.seed,
+        "--max-words": describe.max_words,
+        "--descriptor-iters": descriptor.iters,
+    }
+    for command in ("text", "image", "batch"):
+        shown = _help_defaults(command)
+        for flag, value in numbers.items():
+            assert _number(shown[flag]) == value, (command, flag, shown[flag])
+        assert [float(t) for t in shown["--t-range"].split()] == list(cfg.guidance.t_range)
+        assert shown["--model"].replace(" ", "") == cfg.guidance.model
+        assert shown["--clip"] == describe.clip
+        assert shown["--device"] == cfg.device
+        assert shown["--encoding"] == cfg.field.encoding
+    export, options = _help_defaults("export"), ExportOptions()
+    for flag, value in (
+        ("--resolution", options.resolution),
+        ("--decimate", options.decimate),
+        ("--texture-size", options.texture_size),
+    ):
+        assert _number(export[flag]) == value, (flag, export[flag])
+    assert _number(_help_defaults("batch")["--lock-timeout"]) == BatchOptions().lock_timeout
+
+
+def test_image_help_names_the_image_workspace_it_uses(tmp_path):
+    from dreamtext.imageto3d import default_workspace
+
+    image_help = build_parser()._subparsers._group_actions[0].choices["image"].format_help()
+    assert "workspace/<image name>" in " ".join(image_help.split())
+    assert "<slug of the prompt>" not in image_help
+    assert default_workspace(tmp_path / "My Mug.png").as_posix() == "workspace/my_mug"
+
+
 def test_text_end_to_end_on_the_tiny_pipeline(tmp_path, tiny_sd_path, tiny_yaml):
     workspace = tmp_path / "castle"
     result = run_cli(
