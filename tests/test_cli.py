@@ -131,6 +131,22 @@ def test_help_defaults_in_brackets_are_the_configs_defaults():
     assert _number(_help_defaults("batch")["--lock-timeout"]) == BatchOptions().lock_timeout
 
 
+def test_help_states_the_builtin_presets_own_defaults():
+    from dreamtext.config import resolve_config
+
+    cfg = resolve_config({"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}})
+    t_min, t_max = cfg.guidance.t_range
+    expected = (
+        f"{cfg.h} px, {cfg.iters} iterations, lr {cfg.lr:g}, batch {cfg.batch_size}, "
+        f"guidance {cfg.guidance.guidance_scale:g}, t-range {t_min:g} {t_max:g}, "
+        f"{'split' if cfg.guidance.views.split_sides else 'one'} side views"
+    )
+    assert cfg.h == cfg.w
+    text = build_parser()._subparsers._group_actions[0].choices["text"]
+    (group,) = [g for g in text._action_groups if g.title == "text→3D"]
+    assert expected in group.description, group.description
+
+
 def test_image_help_names_the_image_workspace_it_uses(tmp_path):
     from dreamtext.imageto3d import default_workspace
 
