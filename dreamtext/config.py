@@ -3,7 +3,7 @@
 Precedence, lowest first: dataclass defaults (the thesis's values) → the built-in prior's preset
 when ``--model builtin:...`` → ``--preset NAME`` → ``--config FILE`` → explicit command-line flags.
 A preset is a YAML file of field overrides; nested sections (``field:``, ``render:``, ``guidance:``,
-``cameras:``) override fields of the module configs they name.
+``cameras:``, ``export_options:``) override fields of the module configs they name.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class DescriptorOptions:
     ``iters``: the thesis trained the tokens "around 10.000 iterations" (ch. 6.3.3, 2 h 10 min);
     its reference ``descriptor.py`` defaults ``--iterations`` to 5000, but where the two differ
     the thesis is followed. ``checkpoint_every`` / ``preview_every`` of 0 turn checkpoints /
-    previews off.
+    previews off; ``preview_guidance_scale`` is diffusers' pipeline's (``ε_u + s (ε_c − ε_u)``).
     """
 
     iters: int = 10_000

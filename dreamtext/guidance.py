@@ -47,6 +47,8 @@ class GuidanceConfig:
     """The 2D prior and how its score is distilled.
 
     ``model``: a diffusers SD-1.x/2.x hub id or local folder, or ``builtin:shapes``.
+    ``guidance_scale``: s in ``ε̂ = ε_c + s (ε_c − ε_u)`` (:func:`classifier_free_guidance`;
+    diffusers' scale for the same ε̂ is s + 1).
     ``t_range``: t ~ U[t_min, t_max] as fractions of the T training steps. With ``t_anneal`` the
     upper end shrinks linearly with training progress r ∈ [0, 1]:
     ``t_max(r) = t_max − r (t_max − max(t_anneal_end, t_min))`` (late steps refine detail).

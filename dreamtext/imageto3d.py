@@ -89,7 +89,9 @@ class ImageOptions:
     """``dreamtext image`` options beyond the text→3D ones (``--clip --nouns --adjectives --noun
     --quantifier --max-words`` go to ``describe``, ``--descriptor-iters`` to ``descriptor.iters``).
 
-    ``sample_steps`` / ``sample_guidance_scale``: the sampler of ``--diverse``'s input image.
+    ``sample_steps`` / ``sample_guidance_scale``: the sampler of ``--diverse``'s input image
+    (diffusers' pipeline, whose scale is that of ``ε_u + s (ε_c − ε_u)``, not SDS's
+    ``guidance_scale``).
     """
 
     describe: DescribeOptions = field(default_factory=DescribeOptions)
