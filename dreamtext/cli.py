@@ -548,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained workspace: the solid the renders show as one closed, "
         "manifold surface per object (marching cubes, decimation), UV unwrap, CPU texture bake, "
         "mesh/ files with a mesh.json report, and a video/ turntable. Settings not given "
-        "are the run's own (export_options in its config.json, which its last export used), "
-        "else the defaults in brackets.",
+        "are the run's own (export_options in its config.json, which the export that ended its "
+        "training used; a re-export's flags are not recorded), else the defaults in brackets.",
     )
     export.add_argument("--workspace", help="run to export (default: the newest under workspace/)")
     export.add_argument(
