@@ -9,8 +9,8 @@ and the field is queried at each interval's start, ``x = o + t_start d``: NeRF's
 ``α_i = 1 − exp(−σ(t_i) δ_i)``, ``δ_i = t_{i+1} − t_i``. The samplers cut rays at stratified
 random points, so that start is uniformly distributed in its bin; evaluating at the midpoint of
 two such cuts (their average) measured worse on the built-in torus (IoU 0.69 against 0.72 for the
-dense sampler, benchmarks/RESULTS.md). Two samplers make them, and both are used without
-gradients (where a sample lies is not trained):
+dense sampler; measured for commit 82db70e, not in benchmarks/RESULTS.md). Two samplers make
+them, and both are used without gradients (where a sample lies is not trained):
 
 * :class:`DenseSampler` (the reference): ``num_steps`` stratified samples in ``[near, far]``, then
   ``upsample_steps`` inverse-CDF samples from the coarse weights, keeping those in occupied cells.
@@ -334,10 +334,10 @@ class OccupancySampler:
     U[0, 1)`` drawn for every cut, or ``½`` without ``perturb``) into the steps
     ``[e_{k−1}, e_k] ∩ [near, far]`` with ``e_{−1} = near``, which tile ``[near, far]``. (One
     random phase per ray instead of one per cut measured worse on the built-in torus: IoU 0.66
-    against 0.69 for the same dense sampler, benchmarks/RESULTS.md.) Each round takes, for every
-    ray still marching, its next ``window`` steps whose starts are in occupied cells (empty steps
-    are skipped for the price of a grid lookup), evaluates ``σ, albedo`` there without
-    gradients, and updates the ray's optical depth.
+    against 0.69 for the same dense sampler, for commit 82db70e; not in benchmarks/RESULTS.md.)
+    Each round takes, for every ray still marching, its next ``window`` steps whose starts are in
+    occupied cells (empty steps are skipped for the price of a grid lookup), evaluates
+    ``σ, albedo`` there without gradients, and updates the ray's optical depth.
     A step is kept when ``α_i = 1 − exp(−σ_i δ_i) > alpha_threshold`` and
     ``T_i = exp(−Σ_{j<i} σ_j δ_j) > transmittance_threshold``; a ray stops when its ``T`` falls to
     the threshold or it reaches ``far``.
