@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -44,9 +45,11 @@ from dreamtext.config import (
     write_run_config,
 )
 from dreamtext.devices import (
+    describe_device,
     fp16_loss_scaler,
     out_of_gpu_memory_is_a_user_error,
     resolve_device,
+    software_versions,
 )
 from dreamtext.errors import DreamtextError
 from dreamtext.export import MESH_OUTPUTS, check_memory, export_field
@@ -59,6 +62,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     stop_on_signal,
     truncate_log,
 )
+from dreamtext.models import model_revision
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import peak_gpu_mib, read_status, track_status, update_status
@@ -370,10 +374,28 @@ def save_preview(run: Run, path: Path) -> None:
     atomic_write_bytes(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
+def ran_on(run: Run) -> dict[str, Any]:
+    """What this process trains ``run`` with, where the config says only ``auto`` or nothing:
+    the device (and what it is), the guidance's and the field MLPs' dtypes, the host, the hub
+    commit of the model (``None`` for a folder or the built-in prior) and the software versions."""
+    return {
+        "device": str(run.device),
+        "device_name": describe_device(run.device),
+        "guidance_dtype": str(run.guidance.dtype).removeprefix("torch."),
+        # The MLPs run in their parameters' float32 unless autocast (--fp16/--bf16 on CUDA).
+        "field_mlp_dtype": str(run.field.mlp_dtype or torch.float32).removeprefix("torch."),
+        "host": socket.gethostname(),
+        "model_revision": model_revision(run.cfg.guidance.model),
+        "versions": software_versions(),
+    }
+
+
 def write_config(run: Run) -> None:
-    """``config.json``: the resolved config and the hash-grid backend that runs it (an image run's
-    sections of its earlier stages are kept: :func:`dreamtext.config.write_run_config`)."""
-    write_run_config(run.workspace, run.cfg, {"encoding_backend": run.field.encoding_backend})
+    """``config.json``: the resolved config, the hash-grid backend that runs it and what the run
+    runs on (:func:`ran_on`); an image run's sections of its earlier stages are kept
+    (:func:`dreamtext.config.write_run_config`)."""
+    extra = {"encoding_backend": run.field.encoding_backend, "ran_on": ran_on(run)}
+    write_run_config(run.workspace, run.cfg, extra)
 
 
 def remove_earlier_run(workspace: Path) -> None:
