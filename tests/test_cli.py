@@ -644,3 +644,26 @@ def test_the_hubs_retry_warnings_stay_off_stderr():
         assert not logger.isEnabledFor(logging.WARNING)
     finally:
         logging.getLogger("huggingface_hub").setLevel(before)
+
+
+def test_the_hubs_download_bars_stay_on_and_the_libraries_loading_bars_off(monkeypatch):
+    """transformers' switch for its loading bars turns off the hub's download bars too, so the
+    first run of a hub model downloaded its gigabytes without a word; the user's
+    HF_HUB_DISABLE_PROGRESS_BARS still turns them off."""
+    import huggingface_hub.constants
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging
+
+    from dreamtext.cli import quiet_libraries
+
+    was_disabled = hub_utils.are_progress_bars_disabled()
+    try:
+        quiet_libraries()
+        assert not hub_utils.are_progress_bars_disabled()
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+        quiet_libraries()
+        assert hub_utils.are_progress_bars_disabled()
+    finally:
+        monkeypatch.undo()
+        (hub_utils.disable_progress_bars if was_disabled else hub_utils.enable_progress_bars)()
