@@ -40,6 +40,7 @@ from dreamtext.config import (
     ITERS_PER_EPOCH,
     TrainConfig,
     config_to_dict,
+    read_run_config,
     resume_conflicts,
     resume_refusal,
     write_run_config,
@@ -130,7 +131,8 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
     start over on a run of the same prompt that has a checkpoint unless ``overwrite``: typing the
     training command again must not wipe hours of training."""
     check_writable(workspace, "pass --workspace a folder you can write")
-    saved = workspace / "config.json"
+    # Read first: a config.json that is not a run's fails here, before anything is written.
+    previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")
     if resume:
         if not last_checkpoint(workspace).is_file():
             raise DreamtextError(
@@ -138,16 +140,11 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
                 "drop --resume to start a new run"
             )
         return
-    if saved.is_file():
-        try:
-            previous = json.loads(saved.read_text(encoding="utf-8")).get("prompt")
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        if previous is not None and previous != prompt:
-            raise DreamtextError(
-                f"{workspace} holds a run of '{previous}'; pass --resume to continue "
-                "it, or --workspace NEW_FOLDER for this prompt"
-            )
+    if previous is not None and previous != prompt:
+        raise DreamtextError(
+            f"{workspace} holds a run of '{previous}'; pass --resume to continue "
+            "it, or --workspace NEW_FOLDER for this prompt"
+        )
     if last_checkpoint(workspace).is_file() and not overwrite:
         status = read_status(workspace) or {}
         where = f" at step {status['step']}" if isinstance(status.get("step"), int) else ""

@@ -569,6 +569,25 @@ def test_a_workspace_that_cannot_be_a_folder_is_one_line_before_the_prior_loads(
     assert_user_error(code, err, f"{tmp_path / 'afile'} is a file", "--workspace")
 
 
+@pytest.mark.parametrize(
+    ("text", "says"), [("[]", "is not a run config"), ("{bad", "is unreadable")]
+)
+def test_a_workspace_whose_config_json_is_not_a_runs_is_one_line_before_the_prior_loads(
+    tmp_path, monkeypatch, capsys, text, says
+):
+    """A JSON list there was a traceback (``list.get``); broken JSON failed only after the prior
+    loaded, leaving a status.json behind."""
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / "config.json").write_text(text)
+    from dreamtext import prior
+
+    monkeypatch.setattr(prior, "load_dataset", lambda *a, **k: pytest.fail("prior loaded"))
+    code, err = run_main([*BUILTIN_RUN, "--workspace", workspace], capsys)
+    assert_user_error(code, err, f"{workspace / 'config.json'} {says}", "delete it")
+    assert [p.name for p in workspace.iterdir()] == ["config.json"]
+
+
 def test_a_workspace_without_write_permission_is_one_line(tmp_path, monkeypatch, capsys):
     """Root writes anywhere, so the refusal is simulated at ``os.access``."""
     locked = tmp_path / "locked"
