@@ -696,6 +696,7 @@ def quiet_libraries() -> None:
     what is printed there is dreamtext's own progress and errors."""
     warnings.filterwarnings("ignore", module=r"(huggingface_hub|diffusers|transformers)(\..*)?")
     import diffusers.utils.logging
+    import huggingface_hub.constants
     import huggingface_hub.utils.logging
     import transformers.utils.logging
 
@@ -706,6 +707,10 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    # ... which turns off the hub's download bars too, and the first run of a hub model then
+    # downloads its gigabytes without a word: keep those, unless the user turned them off.
+    if not huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS:
+        huggingface_hub.utils.enable_progress_bars()
 
 
 def show_progress_messages() -> None:

@@ -181,8 +181,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 # ``{"image", "describe": DescribeOptions, "descriptor": DescriptorOptions}``; ``diverse``
 # (``text --diverse``): ``{"prompt", "seed", "sample_steps", "sample_guidance_scale", "image"}``.
 STAGE_SECTIONS = ("image_to_3d", "diverse")
-# Keys of config.json that a rewrite of the file keeps unless it gives them anew.
-KEPT_KEYS = ("encoding_backend", *STAGE_SECTIONS)
+# Keys of config.json that a rewrite of the file keeps unless it gives them anew: besides the
+# stage sections, records of what ran (not settings): the hash-grid backend, and ``ran_on``
+# (device, dtypes, host, model commit and versions of the process that trained it last).
+KEPT_KEYS = ("encoding_backend", "ran_on", *STAGE_SECTIONS)
 
 
 def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
@@ -200,8 +202,8 @@ def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
 def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
     """The run config a workspace recorded (its ``config.json``), as a resume base: ``None``
     when there is none, a :class:`DreamtextError` ending in ``fix`` when it cannot be read.
-    ``encoding_backend`` (which backend ran, not a setting) and the :data:`STAGE_SECTIONS`
-    (:func:`read_stage_sections`) are left out."""
+    The records of what ran (``encoding_backend``, ``ran_on``: not settings) and the
+    :data:`STAGE_SECTIONS` (:func:`read_stage_sections`) are left out."""
     data = _read_config_json(Path(workspace) / "config.json", fix)
     if data is None:
         return None

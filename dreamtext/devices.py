@@ -73,6 +73,33 @@ def use_expandable_segments(environ: MutableMapping[str, str] | None = None) -> 
     return name
 
 
+def describe_device(device: torch.device) -> str:
+    """What ``device`` is, in words: ``"NVIDIA H200, 139.8 GiB"`` for a GPU, ``"x86_64 CPU, 2
+    threads"`` for the CPU (the threads torch uses)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name}, {props.total_memory / 2**30:.1f} GiB"
+    return f"{platform.machine() or 'unknown'} CPU, {torch.get_num_threads()} threads"
+
+
+def software_versions() -> dict[str, str | None]:
+    """The versions a run's numbers depend on: Python, torch (and its CUDA, ``None`` on a CPU
+    build), and dreamtext's model libraries (``None`` where one is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+    for package in ("dreamtext", "diffusers", "transformers", "triton"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
 def under_wsl(environ: Mapping[str, str]) -> bool:
     """Whether this Linux runs under Windows (WSL): its kernel's release names Microsoft, or
     WSL set ``WSL_DISTRO_NAME`` in ``environ``."""

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -39,14 +40,17 @@ from dreamtext.config import (
     ITERS_PER_EPOCH,
     TrainConfig,
     config_to_dict,
+    read_run_config,
     resume_conflicts,
     resume_refusal,
     write_run_config,
 )
 from dreamtext.devices import (
+    describe_device,
     fp16_loss_scaler,
     out_of_gpu_memory_is_a_user_error,
     resolve_device,
+    software_versions,
 )
 from dreamtext.errors import DreamtextError
 from dreamtext.export import MESH_OUTPUTS, check_memory, export_field
@@ -59,6 +63,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     stop_on_signal,
     truncate_log,
 )
+from dreamtext.models import model_revision
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import peak_gpu_mib, read_status, track_status, update_status
@@ -126,7 +131,8 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
     start over on a run of the same prompt that has a checkpoint unless ``overwrite``: typing the
     training command again must not wipe hours of training."""
     check_writable(workspace, "pass --workspace a folder you can write")
-    saved = workspace / "config.json"
+    # Read first: a config.json that is not a run's fails here, before anything is written.
+    previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")
     if resume:
         if not last_checkpoint(workspace).is_file():
             raise DreamtextError(
@@ -134,16 +140,11 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
                 "drop --resume to start a new run"
             )
         return
-    if saved.is_file():
-        try:
-            previous = json.loads(saved.read_text(encoding="utf-8")).get("prompt")
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        if previous is not None and previous != prompt:
-            raise DreamtextError(
-                f"{workspace} holds a run of '{previous}'; pass --resume to continue "
-                "it, or --workspace NEW_FOLDER for this prompt"
-            )
+    if previous is not None and previous != prompt:
+        raise DreamtextError(
+            f"{workspace} holds a run of '{previous}'; pass --resume to continue "
+            "it, or --workspace NEW_FOLDER for this prompt"
+        )
     if last_checkpoint(workspace).is_file() and not overwrite:
         status = read_status(workspace) or {}
         where = f" at step {status['step']}" if isinstance(status.get("step"), int) else ""
@@ -370,10 +371,28 @@ def save_preview(run: Run, path: Path) -> None:
     atomic_write_bytes(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
+def ran_on(run: Run) -> dict[str, Any]:
+    """What this process trains ``run`` with, where the config says only ``auto`` or nothing:
+    the device (and what it is), the guidance's and the field MLPs' dtypes, the host, the hub
+    commit of the model (``None`` for a folder or the built-in prior) and the software versions."""
+    return {
+        "device": str(run.device),
+        "device_name": describe_device(run.device),
+        "guidance_dtype": str(run.guidance.dtype).removeprefix("torch."),
+        # The MLPs run in their parameters' float32 unless autocast (--fp16/--bf16 on CUDA).
+        "field_mlp_dtype": str(run.field.mlp_dtype or torch.float32).removeprefix("torch."),
+        "host": socket.gethostname(),
+        "model_revision": model_revision(run.cfg.guidance.model),
+        "versions": software_versions(),
+    }
+
+
 def write_config(run: Run) -> None:
-    """``config.json``: the resolved config and the hash-grid backend that runs it (an image run's
-    sections of its earlier stages are kept: :func:`dreamtext.config.write_run_config`)."""
-    write_run_config(run.workspace, run.cfg, {"encoding_backend": run.field.encoding_backend})
+    """``config.json``: the resolved config, the hash-grid backend that runs it and what the run
+    runs on (:func:`ran_on`); an image run's sections of its earlier stages are kept
+    (:func:`dreamtext.config.write_run_config`)."""
+    extra = {"encoding_backend": run.field.encoding_backend, "ran_on": ran_on(run)}
+    write_run_config(run.workspace, run.cfg, extra)
 
 
 def remove_earlier_run(workspace: Path) -> None:

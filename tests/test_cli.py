@@ -649,6 +649,25 @@ def test_a_workspace_that_cannot_be_a_folder_is_one_line_before_the_prior_loads(
     assert_user_error(code, err, f"{tmp_path / 'afile'} is a file", "--workspace")
 
 
+@pytest.mark.parametrize(
+    ("text", "says"), [("[]", "is not a run config"), ("{bad", "is unreadable")]
+)
+def test_a_workspace_whose_config_json_is_not_a_runs_is_one_line_before_the_prior_loads(
+    tmp_path, monkeypatch, capsys, text, says
+):
+    """A JSON list there was a traceback (``list.get``); broken JSON failed only after the prior
+    loaded, leaving a status.json behind."""
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / "config.json").write_text(text)
+    from dreamtext import prior
+
+    monkeypatch.setattr(prior, "load_dataset", lambda *a, **k: pytest.fail("prior loaded"))
+    code, err = run_main([*BUILTIN_RUN, "--workspace", workspace], capsys)
+    assert_user_error(code, err, f"{workspace / 'config.json'} {says}", "delete it")
+    assert [p.name for p in workspace.iterdir()] == ["config.json"]
+
+
 def test_a_workspace_without_write_permission_is_one_line(tmp_path, monkeypatch, capsys):
     """Root writes anywhere, so the refusal is simulated at ``os.access``."""
     locked = tmp_path / "locked"
@@ -724,3 +743,26 @@ def test_the_hubs_retry_warnings_stay_off_stderr():
         assert not logger.isEnabledFor(logging.WARNING)
     finally:
         logging.getLogger("huggingface_hub").setLevel(before)
+
+
+def test_the_hubs_download_bars_stay_on_and_the_libraries_loading_bars_off(monkeypatch):
+    """transformers' switch for its loading bars turns off the hub's download bars too, so the
+    first run of a hub model downloaded its gigabytes without a word; the user's
+    HF_HUB_DISABLE_PROGRESS_BARS still turns them off."""
+    import huggingface_hub.constants
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging
+
+    from dreamtext.cli import quiet_libraries
+
+    was_disabled = hub_utils.are_progress_bars_disabled()
+    try:
+        quiet_libraries()
+        assert not hub_utils.are_progress_bars_disabled()
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+        quiet_libraries()
+        assert hub_utils.are_progress_bars_disabled()
+    finally:
+        monkeypatch.undo()
+        (hub_utils.disable_progress_bars if was_disabled else hub_utils.enable_progress_bars)()

@@ -266,3 +266,19 @@ def test_clip_without_network_says_the_hub_was_not_reached(monkeypatch):
     monkeypatch.setattr(CLIPProcessor, "from_pretrained", unreachable)
     with pytest.raises(DreamtextError, match=r"could not be reached \(\[Errno -2\] Name or"):
         ClipEncoder("openai/clip-vit-base-patch32", "cpu")
+
+
+def test_the_model_revision_is_the_cached_snapshot_a_hub_id_loads(tmp_path, tiny_sd_path):
+    """A run records which commit of a hub model it loaded: the snapshot that the cache's
+    ``refs/main`` names (where ``from_pretrained`` reads the files offline)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--someone--some-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    assert models_module.model_revision("someone/some-model", cache_dir=tmp_path) == commit
+    assert models_module.model_revision("someone/other-model", cache_dir=tmp_path) is None
+    assert models_module.model_revision(str(tiny_sd_path), cache_dir=tmp_path) is None
+    assert models_module.model_revision("builtin:shapes", cache_dir=tmp_path) is None

@@ -1,5 +1,6 @@
 """The SDS trainer on the tiny random Stable Diffusion: workspace contents, resume, interruption."""
 
+import importlib.metadata
 import json
 import math
 
@@ -35,6 +36,15 @@ def test_a_run_leaves_config_log_previews_and_checkpoints(tmp_path, tiny_sd_path
     assert config["prompt"] == "a red sphere" and config["iters"] == 4
     assert config["guidance"]["model"] == str(tiny_sd_path)
     assert config["encoding_backend"] == "torch"
+    # What the config's "auto"s became, and what ran them.
+    ran_on = config["ran_on"]
+    assert ran_on["device"] == "cpu" and ran_on["device_name"].endswith(
+        f"CPU, {torch.get_num_threads()} threads"
+    )
+    assert ran_on["guidance_dtype"] == "float32" and ran_on["field_mlp_dtype"] == "float32"
+    assert ran_on["model_revision"] is None  # a folder, not a hub id
+    assert ran_on["versions"]["torch"] == torch.__version__
+    assert ran_on["versions"]["diffusers"] == importlib.metadata.version("diffusers")
     records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
