@@ -110,7 +110,8 @@ def use_channels_last(setting: bool | None, device: torch.device, dtype: torch.d
     """``channels_last`` of a :class:`~dreamtext.guidance.GuidanceConfig`: ``None`` (the default)
     means on for a half-precision model on CUDA, where cuDNN's convolutions work in NHWC and an
     NCHW model pays a transpose around each of them (6 of 34 ms GPU time per guidance call on an
-    H200, FACTS.md); off elsewhere, where nothing measured says it helps."""
+    H200, the 2026-11-30 GPU session's profile, not in benchmarks/RESULTS.md); off elsewhere,
+    where nothing measured says it helps."""
     if setting is not None:
         return setting
     return device.type == "cuda" and dtype in HALF_DTYPES
