@@ -1064,3 +1064,27 @@ def test_a_finished_run_with_other_export_settings_is_pointed_at_dreamtext_expor
         f"{resolution} → 64); skipped, dreamtext export --workspace {workspace} exports it again "
         "with these"
     ]
+
+
+@pytest.mark.parametrize(("batch_exit", "requeued"), [(0, False), (1, False), (130, True)])
+def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus_and_requeues_if_stopped(
+    tmp_path, batch_exit, requeued
+):
+    """scripts/slurm_array.sbatch with stand-ins for srun and scontrol: dreamtext batch runs as a
+    job step with the task's CPUs (srun does not pass them on by itself in every Slurm version),
+    and only an interrupted batch (exit 130: the time limit's SIGTERM) requeues the task."""
+    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    tools.mkdir()
+    for name, code in (("srun", batch_exit), ("scontrol", 0)):
+        (tools / name).write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\nexit {code}\n')
+        (tools / name).chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    args = ["bash", script, "prompts.txt", "/shared/runs", "--fp16"]
+    done = subprocess.run(args, env={**env, "SLURM_CPUS_PER_TASK": "4"}, cwd=tmp_path)
+    assert done.returncode == batch_exit
+    assert calls.read_text().splitlines() == [
+        "srun --kill-on-bad-exit=1 --cpus-per-task=4 dreamtext batch prompts.txt --workspace "
+        "/shared/runs --fp16",
+        *(["scontrol requeue 41_3"] if requeued else []),
+    ]
