@@ -302,6 +302,33 @@ def test_a_curve_of_one_log_line_shows_its_point_at_its_step(page, server, root:
     assert chart.locator("text").all_text_contents()[-1] == f"step {first['step']}"
 
 
+def test_a_run_finished_without_an_export_says_how_to_make_its_mesh(page, root: Path, tmp_path):
+    """A finished --no-export run said "no mesh yet" and "no turntable yet": none was coming."""
+    run = tmp_path / "runs" / "a_red_cube"
+    (run / "previews").mkdir(parents=True)
+    config = json.loads((root / "a_red_cube" / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "export": False}))
+    shutil.copy(root / "a_red_cube" / "previews" / "final.png", run / "previews" / "final.png")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 60, "iters": 60}))
+    srv = make_server(Catalog([run.parent]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector(".viewer .empty")
+        command = f"dreamtext export --workspace {run.resolve()}"
+        assert page.inner_text(".viewer .empty") == (
+            f"not exported (--no-export): {command} makes the mesh"
+        )
+        assert page.inner_text(".turntable .empty") == (
+            f"not exported (--no-export): {command} makes the turntable"
+        )
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
 def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):
     page.goto(server.url)
     card = page.locator('.card[data-run="an_apple"]')

@@ -409,10 +409,19 @@
       );
     }
 
+    /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
+     * none to come, and how to make them. */
+    function noExport(run, what) {
+      const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
+      if (!finished) return `no ${what} yet`;
+      const where = run.workspace ? ` --workspace ${run.workspace}` : "";
+      return `not exported (--no-export): dreamtext export${where} makes the ${what}`;
+    }
+
     function drawViewer(run) {
       const glb = run.mesh && run.mesh.glb;
       if (!glb) {
-        fill(viewer, el("figcaption", { text: "3D mesh" }), el("p", { class: "empty", text: "no mesh yet" }));
+        fill(viewer, el("figcaption", { text: "3D mesh" }), el("p", { class: "empty", text: noExport(run, "mesh") }));
         meshView.view = null;
         meshView.url = null;
         return;
@@ -436,7 +445,7 @@
 
     function drawTurntable(run) {
       const video = run.video || {};
-      const key = `${video.mp4}|${video.gif}`;
+      const key = `${video.mp4}|${video.gif}|${noExport(run, "turntable")}`;
       if (key === shownVideo) return;
       shownVideo = key;
       let media;
@@ -449,7 +458,7 @@
       } else if (video.gif) {
         media = el("img", { src: video.gif, alt: "turntable" });
       } else {
-        media = el("p", { class: "empty", text: "no turntable yet" });
+        media = el("p", { class: "empty", text: noExport(run, "turntable") });
       }
       fill(turntable, el("figcaption", { text: "turntable" }), media);
     }
@@ -540,7 +549,7 @@
     function draw(run) {
       document.title = `${runTitle(run)} · dreamtext`;
       redraw("header", [run.status, run.prompt, run.sentence, run.trained_sentence], drawHeader, run);
-      redraw("viewer", run.mesh, drawViewer, run);
+      redraw("viewer", [run.mesh, noExport(run, "mesh")], drawViewer, run);
       drawTurntable(run);
       drawPreviews(run);
       redraw("source", run.source_image, drawSource, run);
