@@ -58,6 +58,7 @@ from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
     guard_run,
+    has_mesh,
     now_iso,
     read_status,
     run_finished,
@@ -783,6 +784,12 @@ def run_entry(
         fresh = options.overwrite and read_status(entry.workspace) == before
         if not fresh and finished_here(entry, cfg):
             changed = changed_settings(entry, cfg)
+            if cfg.export and not has_mesh(entry.workspace):
+                _say(
+                    f"batch: line {entry.line}: {entry.workspace} finished without a mesh and "
+                    "has no checkpoint left to export it from; skipped, --overwrite trains it "
+                    "again"
+                )
             if changed:
                 # Export settings need no training: `dreamtext export` applies them.
                 export_only = all(c.startswith("export_options.") for c in changed)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -1042,6 +1043,29 @@ def test_a_run_finished_without_its_export_is_exported_when_the_batch_asks_for_o
     assert main(list(map(str, args))) == 0  # now it has its mesh
     assert exports == [5]
     assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped"]
+
+
+def test_a_run_finished_without_its_export_and_checkpoints_is_skipped_with_a_warning(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """Checkpoints removed to save space: there is nothing to export from, and resuming would
+    train the run again from scratch (it did, saying "exporting it")."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0  # tiny.yaml: export false
+    shutil.rmtree(root / "a_red_cube" / "checkpoints")
+    monkeypatch.setattr(trainer, "export_trained", lambda run: pytest.fail("exported"))
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    capsys.readouterr()
+    assert main(list(map(str, args))) == 0
+    assert steps(root / "a_red_cube") == [5]  # not trained again
+    assert [r["status"] for r in rows(root)] == ["finished", "skipped"]
+    warning = (
+        f"batch: line 1: {root / 'a_red_cube'} finished without a mesh and has no checkpoint "
+        "left to export it from; skipped, --overwrite trains it again"
+    )
+    assert capsys.readouterr().err.count(warning) == 1
 
 
 def test_a_finished_run_with_other_export_settings_is_pointed_at_dreamtext_export(tmp_path, capsys):
