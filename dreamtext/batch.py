@@ -58,6 +58,7 @@ from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
     guard_run,
+    has_mesh,
     now_iso,
     read_status,
     run_finished,
@@ -68,13 +69,15 @@ IMAGE_PREFIX = "image:"
 HOST = socket.gethostname()
 
 # Fields of a run's config that do not change what it makes: its name and length (a finished run
-# asked for more iterations resumes), where and how fast it runs, how often it reports. A skipped
-# run whose config.json differs from the batch's in any other field gets a warning.
+# asked for more iterations resumes), whether it exports (a finished run without a mesh asked for
+# one resumes to export it), where and how fast it runs, how often it reports. A skipped run whose
+# config.json differs from the batch's in any other field gets a warning.
 NOT_COMPARED = frozenset(
     {
         "prompt",
         "workspace",
         "iters",
+        "export",
         "device",
         "log_every",
         "preview_every",
@@ -147,7 +150,12 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"
         ) from None
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        raise DreamtextError(
+            f"prompts file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+            "save it as UTF-8 text with one prompt per line"
+        ) from None
+    except OSError as error:
         raise DreamtextError(f"cannot read prompts file {path}: {error}") from None
     found: list[Entry] = []  # workspaces named once the whole list is known
     seen: dict[tuple[str, str], int] = {}
@@ -269,6 +277,11 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
             "cannot read this SLURM array task's share from SLURM_ARRAY_TASK_ID/_MIN/_COUNT; "
             "pass --shard K/N"
         ) from None
+    if step < 1:
+        raise DreamtextError(
+            f"SLURM_ARRAY_TASK_STEP is {step}, not a step of an array range; submit the array "
+            "as a range (--array=0-7) or pass --shard K/N"
+        )
     index, off_step = divmod(task - first, step)
     if off_step or not 0 <= index < count:
         raise DreamtextError(
@@ -608,9 +621,11 @@ def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
 
 def is_finished(cfg: TrainConfig) -> bool:
     """The run's ``status.json`` says finished at ``cfg.iters`` or beyond (a finished run asked
-    for more iterations resumes); a run of the old ``scripts/batch.sh``, without ``status.json``,
-    counts by its checkpoint and mesh (:func:`dreamtext.runstatus.run_finished`)."""
-    return run_finished(cfg.workspace, cfg.iters)
+    for more iterations resumes) and, when ``cfg.export`` asks for a mesh, the mesh is there (a
+    run trained with ``--no-export`` resumes at its last step, which exports it); a run of the old
+    ``scripts/batch.sh``, without ``status.json``, counts by its checkpoint and mesh
+    (:func:`dreamtext.runstatus.run_finished`)."""
+    return run_finished(cfg.workspace, cfg.iters, needs_mesh=cfg.export)
 
 
 def run_batch(
@@ -649,12 +664,13 @@ def run_batch(
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}
     pending = [
-        cfg
+        (e, cfg)
         for e, cfg in zip(share, configs, strict=True)
         if options.overwrite or not finished_here(e, cfg)
     ]
     if pending:
-        check_model(pending[0])
+        check_model(pending[0][1])
+        check_image_lines([e for e, _ in pending], options)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
     if shard is not None:
         _say(f"batch: share {shard_text}: {len(share)} of {len(entries)} prompts")
@@ -695,16 +711,40 @@ def check_root(root: Path) -> None:
 
 
 def check_model(cfg: TrainConfig) -> None:
-    """The device, precision and model every run of the batch uses. Stable Diffusion is loaded
-    here (the runs reuse it), so a wrong ``--model`` or ``--fp16`` on a CPU stops the batch before
-    it writes anything instead of failing every prompt."""
+    """The device, precision, hash-grid backend and model every run of the batch uses. Stable
+    Diffusion is loaded here (the runs reuse it) and a field is built and dropped, so a wrong
+    ``--model``, ``--fp16`` or ``--encoding`` on a CPU stops the batch before it writes anything
+    instead of failing every prompt."""
     from dreamtext.devices import resolve_device
+    from dreamtext.factory import build_field
     from dreamtext.models import load_for, resolve_dtype
 
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.guidance, device)
+    build_field(cfg.field, device)  # an encoding that cannot run here raises
     if not cfg.guidance.model.startswith("builtin:"):
         load_for(cfg.guidance, device)
+
+
+def check_image_lines(entries: list[Entry], options: BatchOptions) -> None:
+    """The sentence search of every image line still to be described: its options (word lists,
+    ``--max-words``, ...) and its CLIP, loaded here once per model (the runs reuse the load), so
+    that a bad ``--clip`` stops the batch before it trains the text lines ahead of the images
+    instead of failing every image line after them."""
+    from dreamtext.describe import check_options, sentence_path
+    from dreamtext.imageto3d import resolve_image_options
+    from dreamtext.models import clip_encoder
+
+    for entry in entries:
+        if entry.kind != "image" or sentence_path(entry.workspace).is_file():
+            continue
+        try:
+            describe = resolve_image_options(options.image, entry.workspace).describe
+        except DreamtextError:  # a run's unreadable record: that line fails on its own
+            continue
+        check_options(describe)
+        with clip_encoder(describe.clip, "cpu", describe.batch_size):
+            pass
 
 
 def run_entry(
@@ -744,10 +784,23 @@ def run_entry(
         fresh = options.overwrite and read_status(entry.workspace) == before
         if not fresh and finished_here(entry, cfg):
             changed = changed_settings(entry, cfg)
+            if cfg.export and not has_mesh(entry.workspace):
+                _say(
+                    f"batch: line {entry.line}: {entry.workspace} finished without a mesh and "
+                    "has no checkpoint left to export it from; skipped, --overwrite trains it "
+                    "again"
+                )
             if changed:
+                # Export settings need no training: `dreamtext export` applies them.
+                export_only = all(c.startswith("export_options.") for c in changed)
+                advice = (
+                    f"dreamtext export --workspace {entry.workspace} exports it again with these"
+                    if export_only
+                    else "--overwrite trains it again with these"
+                )
                 _say(
                     f"batch: line {entry.line}: {entry.workspace} finished with other settings "
-                    f"({', '.join(changed)}); skipped, --overwrite trains it again with these"
+                    f"({', '.join(changed)}); skipped, {advice}"
                 )
         elif not (claimed := lock.acquire()):
             result["error"] = lock.describe_holder()
@@ -757,6 +810,11 @@ def run_entry(
             if fresh or not finished_here(entry, cfg):
                 if not fresh:
                     warn_resuming_with_other_settings(entry, cfg)
+                    if run_finished(entry.workspace, cfg.iters) and cfg.export:
+                        _say(
+                            f"batch: line {entry.line}: {entry.workspace} finished without a "
+                            "mesh; exporting it"
+                        )
                 with guard_run(entry.workspace, lock.check):
                     run_one(entry, cfg, options, overwrite=fresh)
                 result["status"] = "finished"

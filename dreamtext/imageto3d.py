@@ -79,7 +79,6 @@ from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.runstatus import run_finished, track_status
 
-MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
 SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 
@@ -117,9 +116,7 @@ def _needs_stable_diffusion(model: str, what: str) -> None:
 def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
     """text→3D finished at ``cfg.iters`` (``status.json``, or for older runs the checkpoint and
     mesh) and, when ``cfg.export`` asks for one, the mesh is there."""
-    if cfg.export and not any((workspace / "mesh" / name).is_file() for name in MESH_FILES):
-        return False
-    return run_finished(workspace, cfg.iters)
+    return run_finished(workspace, cfg.iters, needs_mesh=cfg.export)
 
 
 def keep_source_copy(image_path: Path, workspace: Path) -> Path:

@@ -50,6 +50,8 @@ from dreamtext.errors import DreamtextError
 STATUS = "status.json"
 STATES = ("running", "finished", "failed", "interrupted")
 PHASES = ("sample", "describe", "descriptor", "train", "export")
+# The meshes an export writes (any of them, by --formats), under the workspace's mesh/.
+MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
 
 class RunTakenOver(Exception):
@@ -84,16 +86,22 @@ def read_status(workspace: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("state") in STATES else None
 
 
-def run_finished(workspace: str | Path, iters: int) -> bool:
+def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) -> bool:
     """Whether the run in ``workspace`` finished (trained and exported) at ``iters`` steps or more.
 
-    ``status.json`` says so when there is one. A run from before it (the old ``scripts/batch.sh``)
-    counts as finished when ``checkpoints/last.pt`` reached both ``iters`` and the run's own
-    ``iters`` (``config.json``) and ``mesh/mesh.glb`` is there.
+    ``status.json`` says so when there is one; with ``needs_mesh`` (the run asked of it exports
+    one) a mesh (:data:`MESH_FILES`) must be there too, for a run trained with ``--no-export``
+    finished without one, unless it has no checkpoint left to export it from (its checkpoints
+    were removed to save space: resuming would train it again from scratch). A run from before
+    status.json (the old ``scripts/batch.sh``) counts as finished when ``checkpoints/last.pt``
+    reached both ``iters`` and the run's own ``iters`` (``config.json``) and ``mesh/mesh.glb`` is
+    there.
     """
     workspace = Path(workspace)
     status = read_status(workspace)
     if status is not None:
+        if needs_mesh and not has_mesh(workspace) and last_checkpoint(workspace).is_file():
+            return False
         return status["state"] == "finished" and status["step"] >= iters
     if (workspace / STATUS).exists() or not (workspace / "mesh" / "mesh.glb").is_file():
         return False
@@ -103,6 +111,11 @@ def run_finished(workspace: str | Path, iters: int) -> bool:
         return False
     step = saved_step(workspace)
     return step is not None and isinstance(own_iters, int) and step >= max(own_iters, iters)
+
+
+def has_mesh(workspace: str | Path) -> bool:
+    """Whether the run's export wrote a mesh (any of :data:`MESH_FILES`)."""
+    return any((Path(workspace) / "mesh" / name).is_file() for name in MESH_FILES)
 
 
 def saved_step(workspace: str | Path) -> int | None:

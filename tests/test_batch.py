@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,11 +139,13 @@ def sha(prompt):
 
 
 def ran(workspace, prompt, iters=20):
-    """``workspace`` as a finished run of ``prompt`` leaves it (config.json and status.json)."""
-    workspace.mkdir(parents=True)
+    """``workspace`` as a finished, exported run of ``prompt`` leaves it (config.json,
+    status.json and its mesh)."""
+    (workspace / "mesh").mkdir(parents=True)
     config = {"prompt": prompt, "workspace": str(workspace), "iters": iters}
     (workspace / "config.json").write_text(json.dumps(config))
     (workspace / "status.json").write_text(json.dumps({"state": "finished", "step": iters}))
+    (workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
     return workspace
 
 
@@ -276,6 +279,14 @@ def test_a_slurm_array_that_is_not_a_range_is_a_user_error():
     # --array=1,3,9: three tasks, ids not evenly spaced from 1
     env = {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
     with pytest.raises(DreamtextError, match="--shard K/N"):
+        shard_from_environment(env)
+
+
+@pytest.mark.parametrize("step", ["0", "-2"])
+def test_a_slurm_array_step_below_one_is_a_user_error(step):
+    """SLURM_ARRAY_TASK_STEP=0 was a ZeroDivisionError traceback; a negative step gave a share."""
+    env = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_ARRAY_TASK_STEP": step}
+    with pytest.raises(DreamtextError, match=f"SLURM_ARRAY_TASK_STEP is {step}, .*--shard K/N"):
         shard_from_environment(env)
 
 
@@ -925,6 +936,11 @@ def test_a_workspace_root_that_is_or_lies_in_a_file_is_a_one_line_error(
         (["a red cube"], ["--iters", "5", "--epochs", "1"], "--iters or --epochs"),
         (["a red cube"], ["--model", "no/such-model"], "could not load Stable Diffusion"),
         (["a red cube"], ["--model", "builtin:shapes", "--fp16"], "--fp16 needs a CUDA GPU"),
+        (
+            ["a red cube", "a blue cube"],
+            ["--model", "builtin:shapes", "--device", "cpu", "--encoding", "tcnn"],
+            "the tcnn encoding needs a CUDA device",
+        ),  # each prompt used to fail on it, with a batch.jsonl line
         (["a red cube", "image:ok.png"], ["--overwrite"], "--overwrite trains text prompts again"),
     ],
 )
@@ -941,8 +957,21 @@ def test_bad_input_is_a_one_line_error_before_anything_is_written(
     assert not root.exists()
 
 
+def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsys):
+    """It said only "'utf-8' codec can't decode byte 0x8c in position 1: invalid start byte"."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red cube\n".encode("utf-16"))  # Windows' "Unicode" text: not UTF-8
+    root = tmp_path / "root"
+    assert main(["batch", str(path), "--model", "builtin:shapes", "--workspace", str(root)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: prompts file {path} is not UTF-8 text (invalid start byte at byte 0); "
+        "save it as UTF-8 text with one prompt per line"
+    ]
+    assert not root.exists()
+
+
 def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
-    tmp_path, tiny_sd_path, monkeypatch, capsys
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
 ):
     """The descriptor training and describe wrote no status.json, so the batch's line and
     summary could only say 'failed', after hours of a 5000-step descriptor training."""
@@ -957,9 +986,129 @@ def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
     Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
     root = tmp_path / "root"
     path = prompts_file(tmp_path, "image:mug.png")
-    args = ["batch", path, "--model", tiny_sd_path, "--workspace", root]
+    args = ["batch", path, "--model", tiny_sd_path, "--clip", tiny_clip_path, "--workspace", root]
     assert main(list(map(str, args))) == 1
     [record] = rows(root)
     assert (record["status"], record["phase"]) == ("failed", "descriptor")
     table = capsys.readouterr().out.splitlines()
     assert table[1].split()[:4] == ["1", "failed", "in", "descriptor"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--clip", "dreamtext: error: CLIP folder {} does not exist"),
+     ("--nouns", "dreamtext: error: cannot read word list {}")],
+)  # fmt: skip
+def test_the_sentence_search_of_image_lines_is_checked_before_any_line_trains(
+    tmp_path, tiny_sd_path, tiny_yaml, capsys, flag, message
+):
+    """A bad --clip or word list failed every image line only when the batch reached it, after
+    the text lines before it had trained (hours each with Stable Diffusion)."""
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
+    path = prompts_file(tmp_path, "a red cube", "image:mug.png")
+    root, missing = tmp_path / "root", tmp_path / "missing"
+    args = ["batch", path, "--model", tiny_sd_path, "--config", tiny_yaml, "--iters", "1"]
+    assert main(list(map(str, [*args, "--workspace", root, flag, missing]))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message.format(missing)), err
+    assert not root.exists()
+
+
+def test_a_run_finished_without_its_export_is_exported_when_the_batch_asks_for_one(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A list trained with --no-export, run again without it, was skipped ("finished with other
+    settings (export false → true) ... --overwrite trains it again"): no mesh without training
+    every prompt again from scratch."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0  # tiny.yaml: export false
+    exports = []
+
+    def fake_export(run):
+        exports.append(run.step)
+        (run.workspace / "mesh").mkdir()
+        (run.workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+
+    monkeypatch.setattr(trainer, "export_trained", fake_export)
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    capsys.readouterr()
+    assert main(list(map(str, args))) == 0
+    assert exports == [5]  # exported at its last step, nothing trained again
+    assert steps(root / "a_red_cube") == [5]
+    err = capsys.readouterr().err
+    assert f"batch: line 1: {root / 'a_red_cube'} finished without a mesh; exporting it" in err
+    assert "other settings" not in err
+    assert main(list(map(str, args))) == 0  # now it has its mesh
+    assert exports == [5]
+    assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped"]
+
+
+def test_a_run_finished_without_its_export_and_checkpoints_is_skipped_with_a_warning(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """Checkpoints removed to save space: there is nothing to export from, and resuming would
+    train the run again from scratch (it did, saying "exporting it")."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0  # tiny.yaml: export false
+    shutil.rmtree(root / "a_red_cube" / "checkpoints")
+    monkeypatch.setattr(trainer, "export_trained", lambda run: pytest.fail("exported"))
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    capsys.readouterr()
+    assert main(list(map(str, args))) == 0
+    assert steps(root / "a_red_cube") == [5]  # not trained again
+    assert [r["status"] for r in rows(root)] == ["finished", "skipped"]
+    warning = (
+        f"batch: line 1: {root / 'a_red_cube'} finished without a mesh and has no checkpoint "
+        "left to export it from; skipped, --overwrite trains it again"
+    )
+    assert capsys.readouterr().err.count(warning) == 1
+
+
+def test_a_finished_run_with_other_export_settings_is_pointed_at_dreamtext_export(tmp_path, capsys):
+    """Export settings need no training, so the advice is the export command, not --overwrite
+    (which trains the run again from scratch)."""
+    from dreamtext.batch import BatchOptions, entry_config, run_entry
+    from dreamtext.config import config_to_dict
+
+    root = tmp_path / "root"
+    workspace = ran(root / "a_red_cube", "a red cube")
+    entry = Entry(1, "a red cube", "text", "a red cube", workspace)
+    flags = {"iters": 20, "guidance": {"model": "builtin:shapes"}}
+    saved = config_to_dict(entry_config(entry, flags, None, None))
+    (workspace / "config.json").write_text(json.dumps(saved))
+    resolution = saved["export_options"]["resolution"]
+    cfg = entry_config(entry, {**flags, "export_options": {"resolution": 64}}, None, None)
+    assert run_entry(entry, cfg, BatchOptions(root=root), root, None)["status"] == "skipped"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"batch: line 1: {workspace} finished with other settings (export_options.resolution "
+        f"{resolution} → 64); skipped, dreamtext export --workspace {workspace} exports it again "
+        "with these"
+    ]
+
+
+@pytest.mark.parametrize(("batch_exit", "requeued"), [(0, False), (1, False), (130, True)])
+def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus_and_requeues_if_stopped(
+    tmp_path, batch_exit, requeued
+):
+    """scripts/slurm_array.sbatch with stand-ins for srun and scontrol: dreamtext batch runs as a
+    job step with the task's CPUs (srun does not pass them on by itself in every Slurm version),
+    and only an interrupted batch (exit 130: the time limit's SIGTERM) requeues the task."""
+    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    tools.mkdir()
+    for name, code in (("srun", batch_exit), ("scontrol", 0)):
+        (tools / name).write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\nexit {code}\n')
+        (tools / name).chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    args = ["bash", script, "prompts.txt", "/shared/runs", "--fp16"]
+    done = subprocess.run(args, env={**env, "SLURM_CPUS_PER_TASK": "4"}, cwd=tmp_path)
+    assert done.returncode == batch_exit
+    assert calls.read_text().splitlines() == [
+        "srun --kill-on-bad-exit=1 --cpus-per-task=4 dreamtext batch prompts.txt --workspace "
+        "/shared/runs --fp16",
+        *(["scontrol requeue 41_3"] if requeued else []),
+    ]

@@ -274,6 +274,22 @@ def test_batch_lines_give_status_and_cards_for_workspaces_never_made(root: Path)
     assert all(r.path is None or r.path.is_relative_to(root) for r in catalog.runs())
 
 
+def test_prompts_and_errors_that_are_not_text_reach_the_page_as_text(tmp_path: Path):
+    """A config.json or batch.jsonl prompt that is a number (a hand-edited or foreign file) broke
+    the gallery's sort by prompt and its filter, which call string methods on it; an error that
+    is an object showed as "[object Object]"."""
+    base = tmp_path / "runs"
+    failed = {"state": "failed", "step": 10, "iters": 20, "error": {"code": 7}}
+    make_run(base / "numbered", 123, status=failed)
+    ghost = {**batch_record(2, "ghost", "failed", ["out of memory"]), "prompt": 42}
+    (base / "batch.jsonl").write_text(json.dumps(ghost) + "\n")
+    catalog = Catalog([base])
+    numbered = read_run(location(catalog, "numbered"))
+    assert (numbered.prompt, numbered.status["error"]) == (None, '{"code": 7}')
+    never_made = read_run(location(catalog, "ghost"))
+    assert (never_made.prompt, never_made.status["error"]) == (None, '["out of memory"]')
+
+
 def test_a_log_line_still_being_written_is_left_out(tmp_path: Path):
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
@@ -370,6 +386,7 @@ def test_an_image_run_shows_its_source_image_and_sentence_before_the_text_stage(
     assert run.source_image == "descriptor/source.jpg"
     assert run.thumbnail == "descriptor/source.jpg"  # no preview yet: the card shows the image
     assert run.descriptor_loss[-1] == 1.0 / 1200
+    assert run.descriptor_steps[:2] == [10, 20] and run.descriptor_steps[-1] == 1200
     srv = make_server(Catalog([tmp_path / "runs"]))
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()

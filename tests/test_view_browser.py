@@ -169,7 +169,15 @@ def page(browser):
     problems: list[str] = []
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    # A poll in flight when a test navigates to the next page is aborted by the browser: that is
+    # no failure of the page's (it made the test's teardown fail at random).
+    page.on(
+        "requestfailed",
+        lambda r: (
+            r.failure != "net::ERR_ABORTED"
+            and problems.append(f"request failed: {r.url} {r.failure}")
+        ),
+    )
     # wait_for_function takes "() => ...": a bare expression is eval()ed while it polls, which
     # the pages' Content-Security-Policy (no 'unsafe-eval') refuses.
     yield page
@@ -283,6 +291,44 @@ def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
     )
 
 
+def test_a_curve_of_one_log_line_shows_its_point_at_its_step(page, server, root: Path):
+    """A run's first log line drew an empty chart (a polyline of one vertex draws nothing),
+    with its step between two made-up ones on the axis."""
+    first = json.loads((root / "a_green_torus" / "log.jsonl").read_text().splitlines()[0])
+    page.goto(server.url + "run/a_green_torus/")
+    chart = page.locator('.chart[data-key="loss"][data-points="1"]')
+    chart.wait_for()
+    assert chart.locator("circle.point").count() == 1
+    assert chart.locator("text").all_text_contents()[-1] == f"step {first['step']}"
+
+
+def test_a_run_finished_without_an_export_says_how_to_make_its_mesh(page, root: Path, tmp_path):
+    """A finished --no-export run said "no mesh yet" and "no turntable yet": none was coming."""
+    run = tmp_path / "runs" / "a_red_cube"
+    (run / "previews").mkdir(parents=True)
+    config = json.loads((root / "a_red_cube" / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "export": False}))
+    shutil.copy(root / "a_red_cube" / "previews" / "final.png", run / "previews" / "final.png")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 60, "iters": 60}))
+    srv = make_server(Catalog([run.parent]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector(".viewer .empty")
+        command = f"dreamtext export --workspace {run.resolve()}"
+        assert page.inner_text(".viewer .empty") == (
+            f"not exported (--no-export): {command} makes the mesh"
+        )
+        assert page.inner_text(".turntable .empty") == (
+            f"not exported (--no-export): {command} makes the turntable"
+        )
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
 def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):
     page.goto(server.url)
     card = page.locator('.card[data-run="an_apple"]')
@@ -296,6 +342,9 @@ def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):
     assert page.inner_text("h1") == APPLE_CLIP_SENTENCE
     page.wait_for_function("() => document.querySelector('.source img').naturalWidth > 0")
     assert page.get_attribute('.chart[data-key="descriptor_loss"]', "data-points") == "120"
+    # on the descriptor's steps (10 … 1200), not the log's line numbers (1 … 120)
+    labels = page.locator('.chart[data-key="descriptor_loss"] text').all_text_contents()
+    assert labels[-2:] == ["10", "step 1200"]
     assert page.title() == f"{APPLE_CLIP_SENTENCE} · dreamtext"
 
 

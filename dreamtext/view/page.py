@@ -88,6 +88,7 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
         data.update(
             config=run.config,
             series=run.series,
+            descriptor_steps=run.descriptor_steps,
             descriptor_loss=run.descriptor_loss,
             previews=[{"step": p["step"], "url": url(p["path"])} for p in run.previews],
             video={kind: url(rel) for kind, rel in run.video.items()},

@@ -292,6 +292,7 @@ class Run:
     config: dict[str, Any] | None = None
     log_lines: int = 0
     series: dict[str, list[float | None]] = field(default_factory=dict)
+    descriptor_steps: list[float | None] = field(default_factory=list)
     descriptor_loss: list[float | None] = field(default_factory=list)
     previews: list[dict[str, Any]] = field(default_factory=list)
     video: dict[str, str] = field(default_factory=dict)
@@ -329,7 +330,7 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
     )
     folder = location.path
     if folder is None:
-        run.prompt = (location.batch or {}).get("prompt")
+        run.prompt = _text((location.batch or {}).get("prompt"))
         run.kind = (location.batch or {}).get("kind") or "text"
         run.status = status_of(run, None, [], None)
         return run
@@ -345,12 +346,15 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
             if any(v is not None for v in values):
                 run.series[key] = values
         descriptor_log = read_jsonl(folder / "descriptor" / "log.jsonl")
+        run.descriptor_steps = [_number(r.get("step")) for r in descriptor_log]
         run.descriptor_loss = [_number(r.get("loss")) for r in descriptor_log]
 
+    # Text only: a hand-edited or foreign file's number or list would break the page's sorting
+    # and filtering, which compare prompts as strings.
     if run.config:
-        run.prompt = run.config.get("prompt")
+        run.prompt = _text(run.config.get("prompt"))
     if run.prompt is None and location.batch:
-        run.prompt = location.batch.get("prompt")
+        run.prompt = _text(location.batch.get("prompt"))
     sentence = read_json(folder / SENTENCE_FILE)
     if sentence is not None:
         run.sentence = _text(sentence.get("sentence"))
@@ -404,6 +408,13 @@ def image_stage(folder: Path, status_file: dict[str, Any] | None = None) -> str:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _error(value: Any) -> str | None:
+    """An error as the cards show it: its text (a file's other JSON values as JSON)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def _is_file_inside(folder: Path, rel: str) -> bool:
@@ -499,7 +510,7 @@ def status_of(
             value = _number(status_file.get(key))
             if value is not None:
                 out[key] = value
-        out["error"] = status_file.get("error")
+        out["error"] = _error(status_file.get("error"))
         out["updated"] = status_file.get("updated")
         out["started"] = status_file.get("started")
         if isinstance(status_file.get("phase"), str):
@@ -524,7 +535,7 @@ def status_of(
     if isinstance(batch.get("status"), str) and not (
         retried and since_change < RUNNING_IF_CHANGED_WITHIN_S
     ):
-        out.update(source="batch.jsonl", state=batch["status"], error=batch.get("error"))
+        out.update(source="batch.jsonl", state=batch["status"], error=_error(batch.get("error")))
         for key in ("seconds", "gpu_mem_mib"):
             value = _number(batch.get(key))
             if value is not None:

@@ -234,7 +234,8 @@
 
   // ------------------------------------------------------------------------------- charts
 
-  /** One line chart as SVG: one polyline vertex per finite (step, value) pair. */
+  /** One line chart as SVG: one polyline vertex per finite (step, value) pair; a lone pair (a
+   * run's first log line) is a dot in the middle, labelled with its step. */
   function chart(key, label, steps, values) {
     const points = [];
     values.forEach((y, i) => {
@@ -254,7 +255,8 @@
     const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
     let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
     let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
-    if (x1 === x0) x1 = x0 + 1;
+    const oneStep = x1 === x0;
+    if (oneStep) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
     const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
     const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
@@ -266,12 +268,19 @@
     };
     box.append(text(L - 4, T + 8, "end", formatNumber(y1)));
     box.append(text(L - 4, H - B, "end", formatNumber(y0)));
-    box.append(text(L, H - 6, "start", formatNumber(x0)));
-    box.append(text(W - R, H - 6, "end", `step ${formatNumber(x1)}`));
+    if (oneStep) {
+      box.append(text(sx(xs[0]), H - 6, "middle", `step ${formatNumber(xs[0])}`));
+    } else {
+      box.append(text(L, H - 6, "start", formatNumber(x0)));
+      box.append(text(W - R, H - 6, "end", `step ${formatNumber(x1)}`));
+    }
     box.append(svg("polyline", {
       class: "line",
       points: points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" "),
     }));
+    if (points.length === 1) {
+      box.append(svg("circle", { class: "point", cx: sx(xs[0]).toFixed(1), cy: sy(ys[0]).toFixed(1), r: 3 }));
+    }
     return figure;
   }
 
@@ -400,10 +409,19 @@
       );
     }
 
+    /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
+     * none to come, and how to make them. */
+    function noExport(run, what) {
+      const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
+      if (!finished) return `no ${what} yet`;
+      const where = run.workspace ? ` --workspace ${run.workspace}` : "";
+      return `not exported (--no-export): dreamtext export${where} makes the ${what}`;
+    }
+
     function drawViewer(run) {
       const glb = run.mesh && run.mesh.glb;
       if (!glb) {
-        fill(viewer, el("figcaption", { text: "3D mesh" }), el("p", { class: "empty", text: "no mesh yet" }));
+        fill(viewer, el("figcaption", { text: "3D mesh" }), el("p", { class: "empty", text: noExport(run, "mesh") }));
         meshView.view = null;
         meshView.url = null;
         return;
@@ -427,7 +445,7 @@
 
     function drawTurntable(run) {
       const video = run.video || {};
-      const key = `${video.mp4}|${video.gif}`;
+      const key = `${video.mp4}|${video.gif}|${noExport(run, "turntable")}`;
       if (key === shownVideo) return;
       shownVideo = key;
       let media;
@@ -440,7 +458,7 @@
       } else if (video.gif) {
         media = el("img", { src: video.gif, alt: "turntable" });
       } else {
-        media = el("p", { class: "empty", text: "no turntable yet" });
+        media = el("p", { class: "empty", text: noExport(run, "turntable") });
       }
       fill(turntable, el("figcaption", { text: "turntable" }), media);
     }
@@ -486,8 +504,10 @@
       const wanted = [["loss", "loss"], ["loss_sds", "SDS loss"], ["t", "diffusion t"], ["its", "it/s"], ["gpu_mem_mib", "GPU memory, MiB"]];
       const figures = wanted.filter(([key]) => series[key]).map(([key, label]) => chart(key, label, steps, series[key]));
       if (run.descriptor_loss && run.descriptor_loss.length) {
-        const idx = run.descriptor_loss.map((_, i) => i + 1);
-        figures.push(chart("descriptor_loss", "descriptor loss (per logged step)", idx, run.descriptor_loss));
+        // By the descriptor's own steps (a line without one is placed by its index).
+        const steps = run.descriptor_steps || [];
+        const x = run.descriptor_loss.map((_, i) => (steps[i] === null || steps[i] === undefined ? i + 1 : steps[i]));
+        figures.push(chart("descriptor_loss", "descriptor loss", x, run.descriptor_loss));
       }
       fill(charts, ...(figures.length ? figures : [el("p", { class: "empty", text: "no log.jsonl lines yet" })]));
     }
@@ -529,11 +549,11 @@
     function draw(run) {
       document.title = `${runTitle(run)} · dreamtext`;
       redraw("header", [run.status, run.prompt, run.sentence, run.trained_sentence], drawHeader, run);
-      redraw("viewer", run.mesh, drawViewer, run);
+      redraw("viewer", [run.mesh, noExport(run, "mesh")], drawViewer, run);
       drawTurntable(run);
       drawPreviews(run);
       redraw("source", run.source_image, drawSource, run);
-      redraw("charts", [run.series, run.descriptor_loss], drawCharts, run);
+      redraw("charts", [run.series, run.descriptor_steps, run.descriptor_loss], drawCharts, run);
       redraw("details", [run.mesh_stats, run.batch, run.data_files, run.config], drawDetails, run);
     }
     draw(data.run);
