@@ -164,7 +164,8 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         if not text or text.startswith("#"):
             continue
         kind, prompt = "text", " ".join(text.split())
-        if text.startswith(IMAGE_PREFIX):
+        # Any case: with Stable Diffusion, 'Image:mug.png' trained as a text prompt is hours lost.
+        if text[: len(IMAGE_PREFIX)].lower() == IMAGE_PREFIX:
             kind, image = "image", text[len(IMAGE_PREFIX) :].strip()
             if not image:
                 raise DreamtextError(f"{path}:{number}: '{text}' names no image; write image:PATH")

@@ -134,6 +134,13 @@ def test_prompts_file_lines_comments_images_and_names(tmp_path):
     assert entries[1].input == "  image: photos/mug.png"
 
 
+def test_the_image_prefix_is_read_in_any_case(tmp_path):
+    """``IMAGE:mug.png`` was a text prompt: hours of Stable Diffusion on a typo."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "mug.png")
+    entries = read_prompts(prompts_file(tmp_path, "IMAGE:mug.png", "Image: mug.png"), tmp_path)
+    assert [(e.kind, e.prompt) for e in entries] == [("image", str(tmp_path / "mug.png"))]
+
+
 def sha(prompt):
     return hashlib.sha256(prompt.encode()).hexdigest()[:8]
 
