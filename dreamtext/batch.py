@@ -53,7 +53,7 @@ from dreamtext.config import (
 )
 from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
-from dreamtext.interrupts import sigterm_interrupts
+from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -583,6 +583,18 @@ def finished_here(entry: Entry, cfg: TrainConfig) -> bool:
     return is_finished(cfg) and run_owner(entry.workspace) == entry.key
 
 
+def interruption_line(entry: Entry, stop: BaseException) -> str:
+    """What a Ctrl-C or SIGTERM left of the entry's run and how to go on. The trainer's
+    :class:`TrainingInterrupted` names the checkpoint it saved; after a bare ``KeyboardInterrupt``
+    (outside training: loading, the export; or a second Ctrl-C, which does not wait for the
+    step's end) the run goes on from its newest checkpoint, if it has one."""
+    if isinstance(stop, TrainingInterrupted):
+        return f"{stop}; run the batch again to resume"
+    if last_checkpoint(entry.workspace).is_file():
+        return "interrupted; run the batch again to resume from the last checkpoint"
+    return "interrupted before the run's first checkpoint; run the batch again to start it again"
+
+
 def changed_settings(entry: Entry, cfg: TrainConfig) -> list[str]:
     """``"name old → new"`` for every field the run in the entry's workspace recorded in its
     ``config.json`` with another value than ``cfg`` has, leaving out :data:`NOT_COMPARED` (and
@@ -763,8 +775,6 @@ def run_entry(
     its ``status.json`` is no longer ``before`` (what it was when the batch started): then another
     worker of this batch has trained it again, and it is skipped or resumed as without.
     """
-    from dreamtext.trainer import TrainingInterrupted
-
     started, start = now_iso(), time.perf_counter()
     result: dict[str, Any] = {"status": "skipped", "error": None}
     lock = WorkspaceLock(entry.workspace, options.lock_timeout)
@@ -824,8 +834,7 @@ def run_entry(
         _say(f"batch: line {entry.line} stopped: {lost}")
     except (TrainingInterrupted, KeyboardInterrupt) as stop:
         result = {"status": "interrupted", "error": None}
-        # str(KeyboardInterrupt()) is "": Ctrl-C or SIGTERM outside training (the export).
-        _say(f"batch: {str(stop) or 'interrupted'}; run the batch again to resume")
+        _say(f"batch: {interruption_line(entry, stop)}")
     except DreamtextError as error:
         result = {"status": "failed", "error": error_line(error)}
         _say(f"batch: line {entry.line} failed: {error}")

@@ -546,6 +546,38 @@ def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
     assert 1000.0 < status(root / "a_red_cube")["seconds"] < 1100.0
 
 
+@pytest.mark.parametrize("checkpoint_every", [2, 100])
+def test_a_second_ctrl_c_says_whether_the_rerun_resumes_or_starts_again(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys, checkpoint_every
+):
+    """A second Ctrl-C stops inside a step, without the step's checkpoint; the line said "run the
+    batch again to resume" also when the run had no checkpoint to resume from."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    config = {**yaml.safe_load(tiny_yaml.read_text()), "checkpoint_every": checkpoint_every}
+    tiny_yaml.write_text(yaml.safe_dump(config))
+    real_step = trainer.train_step
+
+    def twice_at_step_3(run):
+        if run.step == 2:  # inside step 3: the first Ctrl-C sets the flag, the second raises
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", twice_at_step_3)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 130
+    err = capsys.readouterr().err
+    if checkpoint_every == 2:
+        assert "batch: interrupted; run the batch again to resume from the last checkpoint" in err
+    else:
+        assert (
+            "batch: interrupted before the run's first checkpoint; run the batch again to start "
+            "it again" in err
+        )
+    assert rows(root)[-1]["status"] == "interrupted"
+
+
 def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
