@@ -678,7 +678,8 @@ class PrefixProxy:
         from urllib.parse import urlsplit
 
         assert prefix.startswith("/") and prefix.endswith("/") and host in ("client", "upstream")
-        self.prefix, self.seen_hosts = prefix, []
+        self.prefix, self.host, self.upstream_port = prefix, host, upstream_port
+        self.seen_hosts: list[str] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -148,19 +148,21 @@ class ViewServer(ThreadingHTTPServer):
         super().__init__(address, ViewHandler)
 
     def host_allowed(self, host_header: str) -> bool:
-        """Whether a request with this ``Host`` is answered (always, on every interface).
+        """Whether to answer a request with this ``Host`` (any, when listening on every
+        interface).
 
-        The check is against DNS rebinding: a web page elsewhere points a name of its own at
-        this machine, and the browser, taking the server for that page's, lets the page read the
-        runs. The browser then sends the page's name, and the port it connected to: this
-        server's, or that of a port forward to it (``ssh -L 9000:127.0.0.1:8000``); both are
-        ports other than the web's standard ones, which a browser writes in ``Host`` (a page on
-        port 80 would reach this server only if it listened on port 80 itself, and one on 443
-        never, speaking TLS). So a foreign name is answered when ``Host`` has no port: that is a
-        web server on the standard port passing the browser's ``Host`` on, a reverse proxy that
-        serves these pages under a path of its own (jupyter-server-proxy does, and Open OnDemand
-        with ProxyPreserveHost; a proxy that sends this server's own address is let through as
-        local). A proxy on a port of its own with a name that is not this machine's is refused.
+        What the check stops is DNS rebinding: a web page elsewhere points a name of its own at
+        this machine, and the browser, taking this server for the page's own, lets the page read
+        the runs. Such a request names the page's host and the port the browser connected to:
+        this server's, or that of a port forward to it (``ssh -L 9000:127.0.0.1:8000``). A
+        browser leaves the port out of ``Host`` only for the standard ones: 80, which reaches
+        this server only if it (or a forward that root set up) listens there, and 443, TLS,
+        which this server does not speak. A reverse proxy that serves these pages under a path
+        of its own is a web server on a standard port, so when it passes the browser's ``Host``
+        on (jupyter-server-proxy does; Open OnDemand with ProxyPreserveHost) there is no port in
+        it. Hence: this machine's names with any port, other names only without one, and not
+        when this server is on port 80. A proxy that sends this server's own address (Apache's
+        default) counts as local; one on a port of its own that passes its name on is refused.
         """
         if self.allowed_hosts is None:
             return True
@@ -229,7 +231,10 @@ class ViewHandler(BaseHTTPRequestHandler):
 
     def _route(self, send_body: bool) -> None:
         if not self.server.host_allowed(self.headers.get("Host", "")):
-            return self._send_text(HTTPStatus.FORBIDDEN, "not a local address", send_body)
+            refused = (
+                "not a local address: open it as 127.0.0.1 or through a proxy on port 80 or 443"
+            )
+            return self._send_text(HTTPStatus.FORBIDDEN, refused, send_body)
         try:
             path = urlsplit(self.path).path
         except ValueError:  # "http://[::1/...": not an address this server has
