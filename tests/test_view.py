@@ -4,6 +4,7 @@ and refuses, the static export, the command line. (tests/test_view_browser.py dr
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -13,6 +14,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 from PIL import Image
@@ -20,7 +22,7 @@ from PIL import Image
 from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
 from dreamtext.view import Catalog, export_static, make_server, read_run
-from dreamtext.view.page import script_json
+from dreamtext.view.page import page_base, script_json
 from dreamtext.view.server import workspace_file
 from dreamtext.view.workspaces import DEFAULT_ROOT, SENTENCE_FILE, read_jsonl
 
@@ -470,7 +472,11 @@ def server(root: Path):
 
 
 def get(server, path: str, headers=None) -> tuple[int, bytes, dict]:
-    """A raw GET: the path goes out exactly as written (no client-side normalising)."""
+    """A raw GET: the path goes out exactly as written (no client-side normalising), except
+    that an address from the pages' data, relative to the server's root (the pages' ``<base>``),
+    gets its root."""
+    if not path.startswith("/") and "://" not in path:
+        path = "/" + path
     conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
     conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
     for key, value in {"Host": f"127.0.0.1:{server.server_port}", **(headers or {})}.items():
@@ -650,10 +656,228 @@ def test_workspace_file_accepts_links_that_stay_inside(root: Path):
     assert workspace_file(cube, "previews/final%2Epng") == cube / "previews" / "final.png"
 
 
+# ------------------------------------------------------------------------- behind a web proxy
+
+# Headers a proxy does not pass on (RFC 9110 7.6.1), and Content-Length, which it recomputes.
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"}
+HOP_BY_HOP |= {"upgrade", "proxy-authorization", "proxy-authenticate", "content-length"}
+PUBLIC_HOST = "ondemand.example"
+
+
+class PrefixProxy:
+    """A reverse proxy that serves the viewer under ``prefix`` and forwards each request with the
+    prefix taken off, as Open OnDemand's ``/rnode/<host>/<port>/`` and jupyter-server-proxy's
+    ``/proxy/<port>/`` do. ``host``: ``"client"`` passes the browser's ``Host`` on (jupyter-server-
+    proxy; Open OnDemand with ProxyPreserveHost), ``"upstream"`` sends the viewer's own address
+    (Apache's default). It also answers a browser that uses it as its HTTP proxy (an absolute
+    address in the request line), so a browser can load ``http://ondemand.example/<prefix>``:
+    the name a real proxy on the standard port has, with no port in ``Host``."""
+
+    def __init__(self, upstream_port: int, prefix: str, host: str = "client"):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        assert prefix.startswith("/") and prefix.endswith("/") and host in ("client", "upstream")
+        self.prefix, self.host, self.upstream_port = prefix, host, upstream_port
+        self.seen_hosts: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):
+                pass
+
+            def do_GET(self):
+                self.forward(send_body=True)
+
+            def do_HEAD(self):
+                self.forward(send_body=False)
+
+            def forward(self, send_body: bool) -> None:
+                address = urlsplit(self.path)
+                path = address.path + (f"?{address.query}" if address.query else "")
+                if not (path + "/").startswith(prefix):
+                    return self.answer(404, [], b"not under the proxy's prefix\n", send_body)
+                upstream_path = "/" + path[len(prefix) :]
+                headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
+                headers = [(k, v) for k, v in headers if k.lower() != "host"]
+                client_host = self.headers.get("Host", "")
+                sent_host = client_host if host == "client" else f"127.0.0.1:{upstream_port}"
+                proxy.seen_hosts.append(sent_host)
+                headers += [("Host", sent_host), ("X-Forwarded-Host", client_host)]
+                headers += [("X-Forwarded-Prefix", prefix.rstrip("/"))]
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+                try:
+                    conn.putrequest(
+                        self.command, upstream_path, skip_host=True, skip_accept_encoding=True
+                    )
+                    for key, value in headers:
+                        conn.putheader(key, value)
+                    conn.endheaders()
+                    response = conn.getresponse()
+                    body = response.read()
+                finally:
+                    conn.close()
+                kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
+                self.answer(response.status, kept, body, send_body)
+
+            def answer(self, status, headers, body: bytes, send_body: bool) -> None:
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_port
+        self.url = f"http://{PUBLIC_HOST}{prefix}"
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
+
+    def __enter__(self) -> "PrefixProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+
 def test_other_hosts_are_refused(server):
     # A page elsewhere that reaches 127.0.0.1 through its own DNS name (DNS rebinding).
     assert get(server, "/api/runs.json", {"Host": "evil.example:80"})[0] == 403
     assert get(server, "/api/runs.json", {"Host": "localhost:9999"})[0] == 200
+
+
+@pytest.mark.parametrize(
+    "host, answered",
+    [
+        ("127.0.0.1:{port}", True),
+        ("localhost", True),
+        ("[::1]:{port}", True),
+        # DNS rebinding: the browser names the port it connected to, this server's or that of a
+        # port forward to it (ssh -L 9000:127.0.0.1:{port}).
+        ("evil.example:{port}", False),
+        ("evil.example:9000", False),
+        ("EVIL.example:443", False),
+        # A reverse proxy on the web's standard port passing the browser's Host on.
+        ("ondemand.example", True),
+        ("Hub.Example.EDU", True),
+        # What no browser sends.
+        ("", False),
+        ("::1", False),
+        ("evil.example:", False),
+        ("evil.example:80x", False),
+        ("[::1", False),
+        ("[::1]x", False),
+    ],
+)
+def test_host_check_refuses_dns_rebinding_but_not_a_proxy_on_the_standard_port(
+    server, host: str, answered: bool
+):
+    host = host.format(port=server.server_port)
+    assert get(server, "/api/runs.json", {"Host": host})[0] == (200 if answered else 403)
+
+
+def test_a_server_on_port_80_refuses_foreign_names_without_a_port(root: Path):
+    """On port 80 a browser omits the port when it talks to the server itself."""
+    srv = make_server(Catalog([root]))
+    try:
+        srv.server_port = 80  # as if bound there (which needs root)
+        assert not srv.host_allowed("evil.example")
+        assert srv.host_allowed("localhost")
+    finally:
+        srv.server_close()
+
+
+def test_a_server_on_every_interface_answers_any_host(root: Path):
+    """--host 0.0.0.0 opens it to the network: what Open OnDemand's proxy on another machine
+    needs, whichever Host it sends."""
+    srv = make_server(Catalog([root]), host="0.0.0.0")
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        for host in ("node01:8765", f"evil.example:{srv.server_port}"):
+            assert get(srv, "/api/runs.json", {"Host": host})[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    "path, base",
+    [("/", "./"), ("/run/cube/", "../../"), ("/run/cube", "../"), ("/a/b/c/", "../../../")],
+)
+def test_a_page_base_is_the_server_root_seen_from_the_page(path: str, base: str):
+    assert page_base(path) == base
+    assert urljoin(urljoin(f"http://h/prefix/p{path}", base), "static/app.js") == (
+        "http://h/prefix/p/static/app.js"
+    )
+
+
+def page_addresses(body: bytes) -> tuple[str, list[str], dict]:
+    """A served page's ``<base href>``, every address it holds (in its HTML: scripts, style;
+    in its data: runs, files, the address it polls) and its data."""
+    text = body.decode("utf-8")
+    (base,) = re.findall(r'<base href="([^"]*)">', text)
+    addresses = re.findall(r'(?:src|href)="([^"]*)"', text.replace(f'<base href="{base}">', ""))
+    start = text.index('<script id="dreamtext-data" type="application/json">')
+    data = json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
+    runs = data["runs"] if data["page"] == "gallery" else [data["run"]]
+    addresses += [data["api"], data["gallery"]]
+    for run in runs:
+        addresses += [run["href"], run["thumbnail"], run.get("source_image")]
+        addresses += [p["url"] for p in run.get("previews", [])]
+        for kind in ("mesh", "video", "data_files"):
+            addresses += list(run.get(kind, {}).values())
+    return base, [a for a in addresses if a and a != "data:,"], data
+
+
+def via_proxy(proxy: "PrefixProxy", url: str, headers=None) -> tuple[int, bytes]:
+    """GET ``url`` (an http://ondemand.example/... address) from the proxy, as a browser that
+    reached it on the standard port would: ``Host`` without a port."""
+    address = urlsplit(url)
+    assert address.netloc == PUBLIC_HOST, url
+    path = address.path + (f"?{address.query}" if address.query else "")
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("GET", path, headers={"Host": PUBLIC_HOST, **(headers or {})})
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+@pytest.mark.parametrize("host", ["client", "upstream"])
+@pytest.mark.parametrize("page", ["", "run/cube/", "run/cube"])
+def test_behind_a_proxy_under_a_path_every_address_of_a_page_is_served(
+    server, host: str, page: str
+):
+    """Open OnDemand's /rnode/<node>/<port>/ and jupyter-server-proxy's /proxy/<port>/ take
+    their path off before forwarding: absolute addresses (/static/app.js) left it (404), and
+    the browser's Host (the proxy's name) was refused (403)."""
+    prefix = f"/rnode/node01/{server.server_port}/"
+    with PrefixProxy(server.server_port, prefix, host=host) as proxy:
+        page_url = proxy.url + page
+        status, body = via_proxy(proxy, page_url)
+        assert status == 200, body
+        base, addresses, data = page_addresses(body)
+        root = urljoin(page_url, base)
+        assert root == proxy.url
+        assert len(addresses) >= (5 if page == "" else 10)
+        for address in addresses:
+            url = urljoin(root, address)
+            assert url.startswith(proxy.url), address
+            assert via_proxy(proxy, url)[0] == 200, address
+        # What the page polls is its own data again, addresses and all, wherever the page is.
+        status, polled = via_proxy(proxy, urljoin(root, data["api"]))
+        assert status == 200 and json.loads(polled) == data
 
 
 # ------------------------------------------------------------------------- the static export

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_view import PrefixProxy
 
 from dreamtext.view import Catalog, export_static, make_server
 
@@ -163,8 +164,33 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    """A fresh page whose console errors, uncaught exceptions and failed requests fail the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    """A fresh page, watched (``watched_page``)."""
+    yield from watched_page(browser.new_context(viewport={"width": 1280, "height": 900}))
+
+
+@pytest.fixture(params=["client", "upstream"])
+def proxy(request, server):
+    """The server behind a reverse proxy under /rnode/node01/<port>/, as Open OnDemand serves it
+    (and jupyter-server-proxy under /proxy/<port>/), passing on the browser's Host or sending
+    the server's own."""
+    prefix = f"/rnode/node01/{server.server_port}/"
+    with PrefixProxy(server.server_port, prefix, host=request.param) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxied_page(browser, proxy):
+    """A page (watched as ``page``) whose browser reaches http://ondemand.example/ through
+    ``proxy``, as it would reach a proxy on the web's standard port: no port in Host."""
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, proxy={"server": f"http://127.0.0.1:{proxy.port}"}
+    )
+    yield from watched_page(context)
+
+
+def watched_page(context):
+    """A page of ``context`` whose console errors, uncaught exceptions, failed requests and
+    error answers (4xx, 5xx) fail the test; the context is closed after it."""
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
@@ -178,6 +204,7 @@ def page(browser):
             and problems.append(f"request failed: {r.url} {r.failure}")
         ),
     )
+    page.on("response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status}: {r.url}"))
     # wait_for_function takes "() => ...": a bare expression is eval()ed while it polls, which
     # the pages' Content-Security-Policy (no 'unsafe-eval') refuses.
     yield page
@@ -268,6 +295,54 @@ def test_static_export_opens_from_file_and_passes_the_same_checks(page, static_s
     page.wait_for_url("**/runs/a_red_cube/index.html")
     check_run_page(page, root)
     assert all(url.startswith(("file://", "blob:", "data:")) for url in requests), requests
+
+
+def test_behind_a_proxy_under_a_path_the_gallery_and_a_run_page_work(proxied_page, proxy, root):
+    """Through a proxy that serves the viewer under /rnode/node01/<port>/ and strips that
+    before forwarding: every page was a 403 (the proxy's Host) or drew nothing (/static/app.js
+    and the other absolute addresses left the prefix, 404)."""
+    page = proxied_page
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(proxy.url)
+    check_gallery(page)
+    page.click('.card[data-run="a_red_cube"]')
+    page.wait_for_url(proxy.url + "run/a_red_cube/")
+    check_run_page(page, root)
+    turntable = page.locator(".turntable video, .turntable img")
+    page.wait_for_function(
+        "() => { const m = document.querySelector('.turntable video, .turntable img');"
+        " return m && (m.naturalWidth > 0 || m.readyState >= 2); }"
+    )
+    assert turntable.count() == 1
+    page.click("nav a")
+    page.wait_for_url(proxy.url)
+    page.wait_for_selector(".card")
+    assert requests and all(url.startswith((proxy.url, "blob:", "data:")) for url in requests)
+    assert set(proxy.seen_hosts) == {
+        "ondemand.example" if proxy.host == "client" else f"127.0.0.1:{proxy.upstream_port}"
+    }
+
+
+def test_behind_a_proxy_pages_follow_a_run_as_it_trains(proxied_page, proxy, root: Path):
+    """Polling goes through the proxy too: the run page's curve and the gallery's card."""
+    page = proxied_page
+    sphere = root / "a_blue_sphere"
+    log = (sphere / "log.jsonl").read_text()
+    status = (sphere / "status.json").read_text()
+    try:
+        page.goto(proxy.url + "run/a_blue_sphere/")
+        points = int(page.get_attribute('.chart[data-key="loss"]', "data-points"))
+        with (sphere / "log.jsonl").open("a") as f:
+            f.write(json.dumps({"step": 50, "loss": 1.25, "t": 300.0, "its": 4.0}) + "\n")
+        page.wait_for_selector(f'.chart[data-key="loss"][data-points="{points + 1}"]')
+        page.goto(proxy.url)
+        page.wait_for_selector('.card[data-run="a_blue_sphere"][data-state="running"]')
+        (sphere / "status.json").write_text(json.dumps({**json.loads(status), "state": "failed"}))
+        page.wait_for_selector('.card[data-run="a_blue_sphere"][data-state="failed"]')
+    finally:
+        (sphere / "log.jsonl").write_text(log)
+        (sphere / "status.json").write_text(status)
 
 
 def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):

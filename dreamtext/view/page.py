@@ -37,8 +37,13 @@ def asset_bytes(name: str) -> bytes:
 
 @dataclass
 class Links:
-    """Where things are, as seen from one page: the server's absolute paths, or the static
-    export's relative ones."""
+    """Where things are, as relative addresses: relative to the page itself (the static
+    export), or, where ``base`` is set, to the page's ``<base href>``, the server's root.
+
+    No address is absolute: behind a web proxy that serves the viewer under a path (Open
+    OnDemand's ``/rnode/<node>/<port>/``, jupyter-server-proxy's ``/proxy/<port>/``) and strips
+    it before forwarding, ``/static/app.js`` would leave that path, while ``static/app.js``
+    against a base of ``../../`` (a run page, ``run/<id>/``) stays inside it, whatever it is."""
 
     static: str
     gallery: str
@@ -48,22 +53,36 @@ class Links:
     poll_ms: int = 2000
     # Show where each workspace lies on this machine (not in a static export, made to be shared).
     local_paths: bool = True
+    # The server's root as seen from the page ("./", "../../"), or None: links are page-relative.
+    base: str | None = None
 
 
-def server_links(api: str | None, poll_ms: int = 2000) -> Links:
+def server_links(api: str | None, poll_ms: int = 2000, base: str | None = None) -> Links:
+    """The server's links, relative to its root: the same for every page, so the data that
+    ``api`` answers (polled by pages at any depth) holds the same addresses as the page's.
+    ``base``: the root as seen from the page (``page_base``), for the page's ``<base href>``."""
+
     def file(run: Run, rel: str) -> str:
         # The file's mtime in the address, so a rewritten final.png or mesh is fetched again.
         version = int(run.mtimes.get(rel, 0) * 1000)
-        return f"/files/{quote(run.id)}/{quote(rel)}?v={version}"
+        return f"files/{quote(run.id)}/{quote(rel)}?v={version}"
 
     return Links(
-        static="/static/",
-        gallery="/",
-        run=lambda run_id: f"/run/{quote(run_id)}/",
+        static="static/",
+        gallery="./",
+        run=lambda run_id: f"run/{quote(run_id)}/",
         file=file,
         api=api,
         poll_ms=poll_ms,
+        base=base,
     )
+
+
+def page_base(path: str) -> str:
+    """The server's root, relative to the page at ``path`` (the request's path, which a proxy
+    may have taken a prefix off; the browser resolves against its own longer address, which
+    ends the same way): ``/`` → ``./``, ``/run/a/`` → ``../../``, ``/run/a`` → ``../``."""
+    return "../" * (path.count("/") - 1) or "./"
 
 
 def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
@@ -143,8 +162,8 @@ def _finite(value: Any) -> Any:
 
 
 def render_page(data: dict[str, Any], links: Links) -> str:
-    """``assets/page.html`` with its title, asset folder and data filled in (in one pass, so
-    nothing a prompt holds is read as a placeholder)."""
+    """``assets/page.html`` with its title, base, asset folder and data filled in (in one pass,
+    so nothing a prompt holds is read as a placeholder)."""
     title = "dreamtext runs"
     if data["page"] == "run":
         run = data["run"]
@@ -156,8 +175,12 @@ def render_page(data: dict[str, Any], links: Links) -> str:
     vendor = ""
     if data["page"] == "run":
         vendor = f'<script src="{html.escape(links.static)}three-viewer.min.js"></script>'
+    base = ""
+    if links.base is not None:
+        base = f'<base href="{html.escape(links.base)}">'
     values = {
         "title": html.escape(title),
+        "base": base,
         "static": html.escape(links.static),
         "vendor": vendor,
         "data": script_json(data),

@@ -12,7 +12,10 @@ empty segment, an encoded slash or dot (``%2f``, ``%2e%2e``, double encodings), 
 that is not UTF-8 (``%ff``, the overlong ``%c0%ae``), a hidden name, a symlink that resolves
 outside, or a kind of file the pages never show (checkpoints, say).
 Requests whose ``Host`` is not this machine's are refused, so that a web page elsewhere cannot
-read the runs through a DNS name that points at 127.0.0.1.
+read the runs through a DNS name that points at 127.0.0.1; a reverse proxy on the web's standard
+port is let through (``ViewServer.host_allowed`` says why that is safe).
+
+Every address in the pages is relative, so a proxy can serve them under a path of its own.
 
 No request prints a traceback: a bug met while answering one is a 500 and one line on stderr.
 """
@@ -37,6 +40,7 @@ from dreamtext.view.page import (
     ASSETS,
     asset_bytes,
     gallery_json,
+    page_base,
     render_page,
     run_page_json,
     script_json,
@@ -62,11 +66,11 @@ SERVED_SUFFIXES = {
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 ALL_INTERFACES = {"0.0.0.0", "::", ""}
 # What the pages may load: their own scripts, styles and data, and the blob: images GLTFLoader
-# makes of a GLB's embedded texture.
+# makes of a GLB's embedded texture. base-uri 'self': a page's <base href> is this server's root.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; media-src 'self'; "
     "connect-src 'self' blob: data:; script-src 'self'; style-src 'self'; object-src 'none'; "
-    "base-uri 'none'; frame-ancestors 'none'"
+    "base-uri 'self'; frame-ancestors 'none'"
 )
 # Longer numbers than any file's size are not a range (int() refuses over 4300 digits).
 _RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
@@ -100,12 +104,24 @@ def workspace_file(workspace: Path, raw_path: str) -> Path | None:
     return resolved
 
 
-def _hostname(host_header: str) -> str:
-    """``Host`` without its port: ``localhost:8000`` → ``localhost``, ``[::1]:80`` → ``::1``."""
+def _host_and_port(host_header: str) -> tuple[str, int | None] | None:
+    """``Host`` as (name, port or None): ``localhost:8000`` → (``localhost``, 8000),
+    ``[::1]`` → (``::1``, None); ``None`` for what no browser sends (``::1`` unbracketed, a
+    port that is not a number)."""
     host = host_header.strip().lower()
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return None
+        port = port[1:] if port else None
+    elif host.count(":") > 1:
+        return None
+    else:
+        name, _, port = host.partition(":")
+        port = port if ":" in host else None
+    if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5):
+        return None
+    return name, None if port is None else int(port)
 
 
 class ViewServer(ThreadingHTTPServer):
@@ -130,6 +146,33 @@ class ViewServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.allowed_hosts = None if host in ALL_INTERFACES else LOCAL_HOSTS | {host.lower()}
         super().__init__(address, ViewHandler)
+
+    def host_allowed(self, host_header: str) -> bool:
+        """Whether to answer a request with this ``Host`` (any, when listening on every
+        interface).
+
+        What the check stops is DNS rebinding: a web page elsewhere points a name of its own at
+        this machine, and the browser, taking this server for the page's own, lets the page read
+        the runs. Such a request names the page's host and the port the browser connected to:
+        this server's, or that of a port forward to it (``ssh -L 9000:127.0.0.1:8000``). A
+        browser leaves the port out of ``Host`` only for the standard ones: 80, which reaches
+        this server only if it (or a forward that root set up) listens there, and 443, TLS,
+        which this server does not speak. A reverse proxy that serves these pages under a path
+        of its own is a web server on a standard port, so when it passes the browser's ``Host``
+        on (jupyter-server-proxy does; Open OnDemand with ProxyPreserveHost) there is no port in
+        it. Hence: this machine's names with any port, other names only without one, and not
+        when this server is on port 80. A proxy that sends this server's own address (Apache's
+        default) counts as local; one on a port of its own that passes its name on is refused.
+        """
+        if self.allowed_hosts is None:
+            return True
+        parsed = _host_and_port(host_header)
+        if parsed is None:
+            return False
+        name, port = parsed
+        if name in self.allowed_hosts:
+            return True
+        return port is None and name != "" and self.server_port != 80
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind also looks up the host's DNS name, which can hang offline.
@@ -187,18 +230,22 @@ class ViewHandler(BaseHTTPRequestHandler):
                     self._send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", send_body)
 
     def _route(self, send_body: bool) -> None:
-        allowed = self.server.allowed_hosts
-        if allowed is not None and _hostname(self.headers.get("Host", "")) not in allowed:
-            return self._send_text(HTTPStatus.FORBIDDEN, "not a local address", send_body)
+        if not self.server.host_allowed(self.headers.get("Host", "")):
+            refused = (
+                "not a local address: open it as 127.0.0.1 or through a proxy on port 80 or 443"
+            )
+            return self._send_text(HTTPStatus.FORBIDDEN, refused, send_body)
         try:
             path = urlsplit(self.path).path
         except ValueError:  # "http://[::1/...": not an address this server has
             return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
         parts = path.split("/")[1:]
         catalog, poll_ms = self.server.catalog, self.server.poll_ms
+        # Every address in a page and its data is relative (see page.Links): a proxy may serve
+        # this server under a path of its own, and a page's <base> is the root it sees.
         if path in ("/", "/api/runs.json"):
             runs = [read_run(run, with_series=False) for run in catalog.runs()]
-            links = server_links("/api/runs.json", poll_ms)
+            links = server_links("api/runs.json", poll_ms, base=page_base(path))
             data = gallery_json(runs, links)
             if path == "/":
                 return self._send_html(render_page(data, links), send_body)
@@ -206,13 +253,13 @@ class ViewHandler(BaseHTTPRequestHandler):
         if len(parts) in (2, 3) and parts[0] == "run" and parts[2:] in ([], [""]):
             location = catalog.find(unquote(parts[1]))
             if location is not None:
-                links = server_links(f"/api/run/{parts[1]}.json", poll_ms)
+                links = server_links(f"api/run/{parts[1]}.json", poll_ms, base=page_base(path))
                 data = run_page_json(read_run(location), links)
                 return self._send_html(render_page(data, links), send_body)
         if len(parts) == 3 and parts[:2] == ["api", "run"] and parts[2].endswith(".json"):
             location = catalog.find(unquote(parts[2][: -len(".json")]))
             if location is not None:
-                links = server_links(f"/api/run/{parts[2]}", poll_ms)
+                links = server_links(f"api/run/{parts[2]}", poll_ms)
                 return self._send_json(run_page_json(read_run(location), links), send_body)
         if len(parts) == 2 and parts[0] == "static" and parts[1] in ASSETS:
             content_type = mimetypes.guess_type(parts[1])[0] or "text/plain"

@@ -2,6 +2,8 @@
  *
  * A classic script (not a module), so that the same file works from the server and from a
  * `--static` folder opened as file://. Served pages poll `data.api` and redraw what changed.
+ * Every address in the data is relative: a served page's <base href> is the server's root as
+ * seen from it, so the pages also work under a proxy's path (/rnode/<node>/<port>/, /proxy/<port>/).
  * Text from the runs (prompts, errors, config) only ever goes into textContent, never into HTML.
  */
 (function () {
