@@ -23,7 +23,10 @@ from dreamtext.errors import DreamtextError
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 # File-system errors that are the machine's state, not a bug: one line, not a traceback.
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+# EFBIG: a file over the file-size limit (ulimit -f, a file system's largest file).
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+)
 
 
 def _positive(convert: type, what: str):

@@ -520,6 +520,7 @@ def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
     ("error", "expected"),
     [
         (OSError(errno.ENOSPC, "No space left on device", "w/checkpoints/last.pt"), 2),
+        (OSError(errno.EFBIG, "File too large", "w/checkpoints/last.pt"), 2),  # ulimit -f
         (PermissionError(errno.EACCES, "Permission denied", "w/config.json"), 2),
         (FileNotFoundError(errno.ENOENT, "No such file or directory", "dreamtext/x.yaml"), None),
     ],
