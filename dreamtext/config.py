@@ -369,6 +369,9 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
     if cfg.lr <= 0:
         raise DreamtextError(f"--lr must be positive, got {cfg.lr}")
     cfg.render.validate()
+    cfg.field.validate()
+    cfg.guidance.validate()
+    validate_cameras(cfg.cameras)
     cfg.export_options.validate(export_source)
     t_min, t_max = cfg.guidance.t_range
     if not 0.0 <= t_min < t_max <= 1.0:
@@ -380,6 +383,26 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
             "shading_probs must be three probabilities (albedo, textureless, "
             f"lambertian) summing to 1, got {cfg.shading_probs}"
         )
+
+
+def validate_cameras(cameras: CameraRange) -> None:
+    """Each ``cameras.*_range`` is ``[low, high]`` with low ≤ high, inside what a camera can be:
+    a radius above 0, a vertical field of view in (0°, 180°), a polar angle in [0°, 180°]."""
+    limits = {
+        "radius_range": (0.0, math.inf, False),
+        "fovy_range": (0.0, 180.0, False),
+        "polar_range": (0.0, 180.0, True),
+        "azimuth_range": (-math.inf, math.inf, True),
+    }
+    for name, (low, high, closed) in limits.items():
+        a, b = getattr(cameras, name)
+        inside = (low <= a and b <= high) if closed else (low < a and b < high)
+        if not (a <= b and inside):
+            bounds = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
+            raise DreamtextError(
+                f"config field 'cameras.{name}' must be [low, high] with low ≤ high in "
+                f"{bounds}, got {[a, b]}"
+            )
 
 
 def slugify(prompt: str, max_length: int = 60) -> str:
