@@ -516,6 +516,18 @@ def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
     assert run_main(["export"], capsys) == (130, "dreamtext export: interrupted\n")
 
 
+def test_ctrl_c_while_the_libraries_load_is_one_line(monkeypatch, capsys):
+    """Importing torch and diffusers takes seconds before a command starts; a Ctrl-C then
+    printed a KeyboardInterrupt traceback from the imports."""
+    from dreamtext import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "quiet_libraries", interrupted)
+    assert run_main(["export"], capsys) == (130, "dreamtext export: interrupted\n")
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
