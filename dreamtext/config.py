@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -316,6 +317,7 @@ def resolve_config(
     for data, source in layers:
         apply_overrides(cfg, data, source)
     apply_overrides(cfg, overrides, "the command line")
+    cfg.guidance.model = absolute_model_folder(cfg.guidance.model)
     export_source = next(
         (
             source
@@ -332,6 +334,17 @@ def resolve_config(
     if not cfg.workspace:
         cfg.workspace = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
     return cfg
+
+
+def absolute_model_folder(model: str) -> str:
+    """A ``--model`` that names a folder here, as an absolute path (symlinks kept); anything else
+    (a hub id, ``builtin:...``) unchanged. The run records it: a relative folder would not be
+    found by a resume or a batch rerun from another directory, and ``models/sd21`` would then be
+    taken for a hub id."""
+    path = Path(model).expanduser()
+    if model.startswith("builtin:") or not path.is_dir():
+        return model
+    return os.path.abspath(path)
 
 
 def resume_refusal(

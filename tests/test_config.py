@@ -192,3 +192,17 @@ def test_a_resumed_run_cannot_change_what_its_checkpoint_fixes(overrides, change
     # What does not change a checkpoint's tensors may change.
     again = resolve_config({"field": {"encoding": "torch"}, "h": 128}, base=saved)
     assert (again.field.encoding, again.h) == ("torch", 128)
+
+
+def test_a_model_folder_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    """config.json recorded `--model models/sd21` as given: a resume from another directory
+    then took it for a hub id ("not in the Hugging Face cache")."""
+    (tmp_path / "models" / "sd21").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config({"prompt": "x", "guidance": {"model": "models/sd21"}})
+    assert cfg.guidance.model == str(tmp_path / "models" / "sd21")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert resolve_config(config_to_dict(cfg)).guidance.model == str(tmp_path / "models" / "sd21")
+    hub = {"prompt": "x", "guidance": {"model": "owner/name"}}
+    assert resolve_config(hub).guidance.model == "owner/name"  # no such folder here: a hub id
