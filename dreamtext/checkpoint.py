@@ -7,6 +7,7 @@ weights_only=True)`` reads it without unpickling arbitrary objects:
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -75,29 +76,59 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
 
 
 def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``checkpoints/step_XXXXXX.pt`` and ``last.pt``; keep the newest ``keep`` steps."""
+    """Write ``checkpoints/step_XXXXXX.pt`` and ``last.pt``; keep the newest ``keep`` steps.
+
+    The state is serialised once, in memory, and its bytes written to both files: a full disk
+    then raises ``OSError`` (ENOSPC), which the CLI reports in one line, where ``torch.save``
+    writing to the file raised a bare ``RuntimeError`` ("unexpected pos ...")."""
     folder = checkpoint_dir(workspace)
     path = folder / f"step_{int(state['step']):06d}.pt"
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
-    atomic_write_bytes(folder / LAST, lambda f: torch.save(state, f))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    atomic_write_bytes(path, lambda f: f.write(data))
+    atomic_write_bytes(folder / LAST, lambda f: f.write(data))
     steps = sorted(folder.glob("step_*.pt"))
     for old in steps[: max(0, len(steps) - keep)]:
         old.unlink(missing_ok=True)
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without unpickling code (``weights_only=True``)."""
+# What every text→3D run checkpoint holds (``trainer.checkpoint_state``), and what reloading one
+# needs: ``load_run`` reads the last three, a resume all of them.
+RUN_KEYS = ("step", "field", "optimizer", "renderer", "rng", "config", "field_config")
+
+
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Load a checkpoint without unpickling code (``weights_only=True``). A file that cannot be
+    read, or that lacks one of the ``required`` keys, is a :class:`DreamtextError` that names
+    the newest other checkpoint of its folder to go on from."""
     path = Path(path)
     if not path.is_file():
         raise DreamtextError(f"no checkpoint at {path}; train first with `dreamtext text PROMPT`")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a corrupt or foreign file, not a bug of ours
         raise DreamtextError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}); "
-            "delete it or resume from another step"
+            f"cannot read checkpoint {path} ({type(exc).__name__}); {_instead(path)}"
         ) from None
+    missing = [key for key in required if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise DreamtextError(
+            f"{path} is not a dreamtext run checkpoint (it lacks {', '.join(missing)}); "
+            f"{_instead(path)}"
+        )
+    return state
+
+
+def _instead(path: Path) -> str:
+    """What to do about an unreadable checkpoint: go on from the newest other one, if any."""
+    others = sorted(p for p in path.parent.glob("step_*.pt") if p.name != path.name)
+    if path.name != LAST or not others:
+        return "delete it to start over"
+    return f"copy {others[-1]} over it to go on from there"
 
 
 def last_checkpoint(workspace: Path) -> Path:
@@ -121,7 +152,7 @@ def load_run(
 
     # Read on the CPU: the modules below copy what they need to ``device``, and the optimiser's
     # moments and the random generators' states never reach it.
-    state = load_checkpoint(last_checkpoint(workspace))
+    state = load_checkpoint(last_checkpoint(workspace), required=RUN_KEYS)
     field_cfg = field_config_from_dict(state["field_config"])
     cuda_backend = field_cfg.encoding in CUDA_BACKENDS
     if cuda_backend and not is_cuda(device):

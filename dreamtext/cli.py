@@ -23,7 +23,10 @@ from dreamtext.errors import DreamtextError
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 # File-system errors that are the machine's state, not a bug: one line, not a traceback.
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+# EFBIG: a file over the file-size limit (ulimit -f, a file system's largest file).
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+)
 
 
 def _positive(convert: type, what: str):
@@ -733,23 +736,29 @@ def show_progress_messages() -> None:
     logger.setLevel(logging.INFO)
 
 
+def start_libraries(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Load and quieten torch and the model libraries for a command that needs them (``view``
+    starts without); return the context in which the command runs: SIGTERM (a scheduler's stop,
+    `kill`) ends it as Ctrl-C does, wherever it lands, loading a model included. The training
+    loops turn it into a checkpoint first."""
+    if not getattr(args, "needs_models", True):
+        return contextlib.nullcontext()
+    from dreamtext.devices import use_expandable_segments
+    from dreamtext.interrupts import sigterm_interrupts
+
+    use_expandable_segments()
+    quiet_libraries()
+    return sigterm_interrupts()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_command_line(argv)
-    stop_on_sigterm: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if getattr(args, "needs_models", True):  # `view` starts without torch or diffusers
-        from dreamtext.devices import use_expandable_segments
-        from dreamtext.interrupts import sigterm_interrupts
-
-        use_expandable_segments()
-        quiet_libraries()
-        # SIGTERM (a scheduler's stop, `kill`) ends the command as Ctrl-C does, wherever it
-        # lands: loading a model included. The training loops turn it into a checkpoint first.
-        stop_on_sigterm = sigterm_interrupts()
     show_progress_messages()
     try:
-        with stop_on_sigterm:
+        # Importing torch and diffusers takes seconds: a Ctrl-C then is handled below too.
+        with start_libraries(args):
             return args.func(args)
     except DreamtextError as error:
         print(f"dreamtext: error: {error}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -318,6 +319,7 @@ def resolve_config(
     for data, source in layers:
         apply_overrides(cfg, data, source)
     apply_overrides(cfg, overrides, "the command line")
+    cfg.guidance.model = absolute_model_folder(cfg.guidance.model)
     export_source = next(
         (
             source
@@ -334,6 +336,17 @@ def resolve_config(
     if not cfg.workspace:
         cfg.workspace = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
     return cfg
+
+
+def absolute_model_folder(model: str) -> str:
+    """A ``--model`` that names a folder here, as an absolute path (symlinks kept); anything else
+    (a hub id, ``builtin:...``) unchanged. The run records it: a relative folder would not be
+    found by a resume or a batch rerun from another directory, and ``models/sd21`` would then be
+    taken for a hub id."""
+    path = Path(model).expanduser()
+    if model.startswith("builtin:") or not path.is_dir():
+        return model
+    return os.path.abspath(path)
 
 
 def resume_refusal(
@@ -371,6 +384,9 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
     if cfg.lr <= 0:
         raise DreamtextError(f"--lr must be positive, got {cfg.lr}")
     cfg.render.validate()
+    cfg.field.validate()
+    cfg.guidance.validate()
+    validate_cameras(cfg.cameras)
     cfg.export_options.validate(export_source)
     t_min, t_max = cfg.guidance.t_range
     if not 0.0 <= t_min < t_max <= 1.0:
@@ -382,6 +398,26 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
             "shading_probs must be three probabilities (albedo, textureless, "
             f"lambertian) summing to 1, got {cfg.shading_probs}"
         )
+
+
+def validate_cameras(cameras: CameraRange) -> None:
+    """Each ``cameras.*_range`` is ``[low, high]`` with low ≤ high, inside what a camera can be:
+    a radius above 0, a vertical field of view in (0°, 180°), a polar angle in [0°, 180°]."""
+    limits = {
+        "radius_range": (0.0, math.inf, False),
+        "fovy_range": (0.0, 180.0, False),
+        "polar_range": (0.0, 180.0, True),
+        "azimuth_range": (-math.inf, math.inf, True),
+    }
+    for name, (low, high, closed) in limits.items():
+        a, b = getattr(cameras, name)
+        inside = (low <= a and b <= high) if closed else (low < a and b < high)
+        if not (a <= b and inside):
+            bounds = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
+            raise DreamtextError(
+                f"config field 'cameras.{name}' must be [low, high] with low ≤ high in "
+                f"{bounds}, got {[a, b]}"
+            )
 
 
 def slugify(prompt: str, max_length: int = 60) -> str:

@@ -158,8 +158,14 @@ class FieldConfig:
             raise DreamtextError("field.background_color must be three numbers in [0, 1]")
         if self.bound <= 0 or self.blob_radius <= 0 or self.normal_eps <= 0:
             raise DreamtextError("field.bound, field.blob_radius and field.normal_eps must be > 0")
-        if self.density_hidden_dim < 1:
-            raise DreamtextError("field.density_hidden_dim must be a positive integer")
+        sizes = ("num_levels", "level_dim", "base_resolution", "hidden_dim", "bg_hidden_dim")
+        for name in ("density_hidden_dim", *sizes):
+            if getattr(self, name) < 1:
+                raise DreamtextError(f"field.{name} must be a positive integer")
+        if self.num_blocks < 0 or self.bg_num_layers < 0 or self.log2_hashmap_size < 1:
+            raise DreamtextError(
+                "field.num_blocks and field.bg_num_layers must be ≥ 0, field.log2_hashmap_size ≥ 1"
+            )
 
 
 def field_config_to_dict(cfg: FieldConfig) -> dict[str, Any]:

@@ -15,6 +15,7 @@ the diffusers implementation, over the parts :mod:`dreamtext.models` loads.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,39 @@ class GuidanceConfig:
     compile: bool = False
     textual_inversion: str | None = None
 
+    def validate(self) -> None:
+        """Raise a :class:`DreamtextError` naming the first setting a user got wrong (before the
+        model loads and anything is written)."""
+        if self.fp16 and self.bf16:
+            raise DreamtextError("give --fp16 or --bf16, not both")
+        if self.guidance_scale < 0:
+            raise DreamtextError(
+                f"the guidance scale (--guidance, guidance.guidance_scale) must be ≥ 0, got "
+                f"{self.guidance_scale:g}"
+            )
+        if self.weighting not in SDS_WEIGHTINGS:
+            raise DreamtextError(
+                f"guidance.weighting must be one of {', '.join(SDS_WEIGHTINGS)}, got "
+                f"{self.weighting!r}"
+            )
+        if not 0.0 <= self.t_anneal_end <= 1.0:
+            raise DreamtextError(
+                f"guidance.t_anneal_end must be in [0, 1], got {self.t_anneal_end:g}"
+            )
+        weights = self.perp_neg_weights
+        if not isinstance(weights, dict) or not all(
+            isinstance(negatives, dict)
+            and all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                for w in negatives.values()
+            )
+            for negatives in weights.values()
+        ):
+            raise DreamtextError(
+                "guidance.perp_neg_weights must map view labels to {negative view label: "
+                f"weight}}, e.g. {{side: {{front: 2.0}}}}; got {weights!r}"
+            )
+
 
 # ----------------------------------------------------------------------------------------------
 # The SDS equations, as plain functions of tensors.
@@ -129,6 +163,9 @@ def v_to_epsilon(v: Tensor, x_t: Tensor, alphas_cumprod_t: Tensor) -> Tensor:
     """
     ab = _per_sample(alphas_cumprod_t, v)
     return ab.sqrt() * v + (1 - ab).sqrt() * x_t
+
+
+SDS_WEIGHTINGS = ("sds", "uniform")
 
 
 def sds_weight(alphas_cumprod_t: Tensor, kind: str) -> Tensor:

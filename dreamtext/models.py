@@ -117,6 +117,35 @@ def use_channels_last(setting: bool | None, device: torch.device, dtype: torch.d
     return device.type == "cuda" and dtype in HALF_DTYPES
 
 
+def check_text_to_image_unet(model: str, unet_config, text_encoder_config) -> None:
+    """Refuse a U-Net that needs more than SD 1.x/2.x's text conditioning, or text embeddings of
+    another width than the folder's encoder gives: SDXL's (``addition_embed_type``: pooled text
+    and image-size embeddings from a second encoder), an upscaler's or unCLIP's (class labels).
+    Such a folder has every part an SD folder has, and would otherwise fail inside the U-Net at
+    the first training step, after the workspace is written."""
+    if unet_config.get("addition_embed_type") is not None:
+        raise DreamtextError(
+            f"'{model}' is an SDXL-style model (its U-Net also needs "
+            f"'{unet_config.addition_embed_type}' conditioning); dreamtext runs SD 1.x/2.x "
+            "text-to-image models: pass one with --model"
+        )
+    if (
+        unet_config.get("class_embed_type") is not None
+        or unet_config.get("num_class_embeds") is not None
+    ):
+        raise DreamtextError(
+            f"'{model}' has a U-Net conditioned on class labels (an upscaler or unCLIP model); "
+            "dreamtext runs SD 1.x/2.x text-to-image models: pass one with --model"
+        )
+    width, text_width = unet_config.cross_attention_dim, text_encoder_config.hidden_size
+    widths = set(width) if isinstance(width, (list, tuple)) else {width}  # or one per block
+    if widths != {text_width}:
+        raise DreamtextError(
+            f"'{model}' has a U-Net that attends to {width}-wide text embeddings, but its "
+            f"text_encoder gives {text_width}: the folder mixes parts of different models"
+        )
+
+
 def native_resolution(unet_config, vae_config) -> int:
     """The pixel size the model was trained at: ``sample_size · 2^(len(vae blocks) − 1)``."""
     return int(unet_config.sample_size) * 2 ** (len(vae_config.block_out_channels) - 1)
@@ -158,6 +187,19 @@ def hub_unreachable(error: BaseException) -> str | None:
         str(innermost).strip().splitlines()[0]
         if str(innermost).strip()
         else type(innermost).__name__
+    )
+
+
+def _load_error_message(model: str, path: str, subfolder: str, error: Exception) -> str:
+    """The one line for a failed load of ``model``'s ``subfolder`` from ``path``: for a local
+    folder what is wrong with its files (the hub and its cache have nothing to do with it), for a
+    hub id :func:`_hub_error_message`."""
+    if not Path(path).is_dir():
+        return _hub_error_message(model, error)
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"could not load the {subfolder} of '{model}' ({reason}); the folder's files are "
+        "damaged or incomplete: copy or download the model again"
     )
 
 
@@ -239,6 +281,7 @@ class StableDiffusionModels:
         self.tokenizer = self._read(CLIPTokenizer, "tokenizer")
         # transformers reads weights straight into place already (low_cpu_mem_usage is gone there).
         self.text_encoder = self._load(CLIPTextModel, "text_encoder", on=self.offload_device)
+        check_text_to_image_unet(model, self.unet.config, self.text_encoder.config)
         self.resolution = native_resolution(self.unet.config, self.vae.config)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self._memory_options: tuple[bool, bool, bool, bool] | None = None
@@ -258,7 +301,8 @@ class StableDiffusionModels:
         except Exception as error:
             if not _is_hub_error(error):
                 raise
-            raise DreamtextError(_hub_error_message(self.model, error)) from error
+            message = _load_error_message(self.model, self.path, subfolder, error)
+            raise DreamtextError(message) from error
 
     def _load(self, cls: Any, subfolder: str, on: torch.device | None = None, **kwargs: Any):
         """``cls.from_pretrained(model, subfolder)`` in ``self.dtype``, frozen, in eval mode, on
@@ -274,7 +318,8 @@ class StableDiffusionModels:
         except Exception as error:
             if not _is_hub_error(error):
                 raise
-            raise DreamtextError(_hub_error_message(self.model, error)) from error
+            message = _load_error_message(self.model, self.path, "scheduler", error)
+            raise DreamtextError(message) from error
 
     @staticmethod
     def _alphas_cumprod(scheduler_config: dict) -> Tensor:

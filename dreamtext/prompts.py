@@ -66,6 +66,7 @@ class PromptEmbeddings:
         self.labels = tuple(labels)
         self.prompt, self.negative, self.view_dependent = prompt, negative, view_dependent
         texts = {label: self.text_for(label) for label in self.labels}
+        check_lengths(tokenizer, list(texts.values()), negative, view_dependent)
         ordered = [negative, *texts.values()]
         encoded = encode_texts(tokenizer, text_encoder, ordered)
         encoded = encoded.to(device=device or encoded.device, dtype=dtype or encoded.dtype)
@@ -98,6 +99,22 @@ class PromptEmbeddings:
                 embeds[b, j] = self.cond[negative_label]
                 weights[b, j] = weight
         return embeds, weights
+
+
+def check_lengths(tokenizer, texts: Sequence[str], negative: str, view_dependent: bool) -> None:
+    """Refuse texts the text encoder would cut off: it reads ``model_max_length`` tokens (77 for
+    CLIP, start and end included) and the tokenizer silently drops the rest. The view label comes
+    last, so a long prompt would lose it first, and every view would get the same conditioning.
+    ``texts``: the prompt's text per view label (:meth:`PromptEmbeddings.text_for`)."""
+    limit = tokenizer.model_max_length
+    prompt = "the prompt with its view label" if view_dependent else "the prompt"
+    for text, what in [*((text, prompt) for text in texts), (negative, "the negative prompt")]:
+        count = len(tokenizer(text, truncation=False).input_ids)
+        if count > limit:
+            raise DreamtextError(
+                f"{what} is {count} tokens, but the text encoder reads {limit} (start and end "
+                f"included) and would cut off the rest; shorten {what.split(' with')[0]}"
+            )
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from dreamtext.cameras import Poses, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
+    RUN_KEYS,
     atomic_write_bytes,
     check_writable,
     last_checkpoint,
@@ -185,7 +186,7 @@ def build_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     if resume:
         # Loaded on the CPU: the random generators' states must stay there (``set_rng_state``
         # takes only a CPU byte tensor), and ``load_state_dict`` copies the rest to the device.
-        restore(run, load_checkpoint(last_checkpoint(workspace)))
+        restore(run, load_checkpoint(last_checkpoint(workspace), required=RUN_KEYS))
     return run
 
 

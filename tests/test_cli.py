@@ -611,10 +611,23 @@ def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
     assert run_main(["export"], capsys) == (130, "dreamtext export: interrupted\n")
 
 
+def test_ctrl_c_while_the_libraries_load_is_one_line(monkeypatch, capsys):
+    """Importing torch and diffusers takes seconds before a command starts; a Ctrl-C then
+    printed a KeyboardInterrupt traceback from the imports."""
+    from dreamtext import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "quiet_libraries", interrupted)
+    assert run_main(["export"], capsys) == (130, "dreamtext export: interrupted\n")
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
         (OSError(errno.ENOSPC, "No space left on device", "w/checkpoints/last.pt"), 2),
+        (OSError(errno.EFBIG, "File too large", "w/checkpoints/last.pt"), 2),  # ulimit -f
         (PermissionError(errno.EACCES, "Permission denied", "w/config.json"), 2),
         (FileNotFoundError(errno.ENOENT, "No such file or directory", "dreamtext/x.yaml"), None),
     ],

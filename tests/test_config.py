@@ -96,6 +96,21 @@ def test_default_workspace_is_the_prompt_slug():
         ({"prompt": "x", "shading_probs": [0.5, 0.5]}, "'shading_probs' must be a list of 3"),
         ({"prompt": "x", "preview_views": 0}, "'preview_views' must be a positive integer"),
         ({"prompt": "x", "keep_checkpoints": -1}, "'keep_checkpoints' must be a positive"),
+        # Found at the first step (weighting: after writing the workspace) or never before.
+        ({"prompt": "x", "guidance": {"weighting": "foo"}}, "guidance.weighting must be one of"),
+        ({"prompt": "x", "guidance": {"perp_neg_weights": 5}}, "perp_neg_weights must map"),
+        (
+            {"prompt": "x", "guidance": {"perp_neg_weights": {"side": {"front": "heavy"}}}},
+            "perp_neg_weights must map view labels",
+        ),
+        ({"prompt": "x", "guidance": {"guidance_scale": -5}}, "guidance scale .* must be ≥ 0"),
+        ({"prompt": "x", "guidance": {"t_anneal_end": 2}}, r"t_anneal_end must be in \[0, 1\]"),
+        ({"prompt": "x", "guidance": {"fp16": True, "bf16": True}}, "--fp16 or --bf16, not both"),
+        ({"prompt": "x", "cameras": {"radius_range": [2.0, 1.0]}}, "'cameras.radius_range' must"),
+        ({"prompt": "x", "cameras": {"fovy_range": [0, 0]}}, "'cameras.fovy_range' must"),
+        ({"prompt": "x", "cameras": {"polar_range": [100, 200]}}, "'cameras.polar_range' must"),
+        ({"prompt": "x", "field": {"hidden_dim": 0}}, "field.hidden_dim must be a positive"),
+        ({"prompt": "x", "field": {"num_levels": 0}}, "field.num_levels must be a positive"),
         (
             {"prompt": "x", "export_options": {"formats": ["stl"]}},
             "config field "
@@ -177,3 +192,17 @@ def test_a_resumed_run_cannot_change_what_its_checkpoint_fixes(overrides, change
     # What does not change a checkpoint's tensors may change.
     again = resolve_config({"field": {"encoding": "torch"}, "h": 128}, base=saved)
     assert (again.field.encoding, again.h) == ("torch", 128)
+
+
+def test_a_model_folder_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    """config.json recorded `--model models/sd21` as given: a resume from another directory
+    then took it for a hub id ("not in the Hugging Face cache")."""
+    (tmp_path / "models" / "sd21").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config({"prompt": "x", "guidance": {"model": "models/sd21"}})
+    assert cfg.guidance.model == str(tmp_path / "models" / "sd21")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert resolve_config(config_to_dict(cfg)).guidance.model == str(tmp_path / "models" / "sd21")
+    hub = {"prompt": "x", "guidance": {"model": "owner/name"}}
+    assert resolve_config(hub).guidance.model == "owner/name"  # no such folder here: a hub id

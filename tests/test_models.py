@@ -282,3 +282,66 @@ def test_the_model_revision_is_the_cached_snapshot_a_hub_id_loads(tmp_path, tiny
     assert models_module.model_revision("someone/other-model", cache_dir=tmp_path) is None
     assert models_module.model_revision(str(tiny_sd_path), cache_dir=tmp_path) is None
     assert models_module.model_revision("builtin:shapes", cache_dir=tmp_path) is None
+
+
+def folder_with_unet(tiny_sd_path: Path, dest: Path, **unet_edits) -> Path:
+    """A copy of the tiny pipeline (links) whose U-Net is a fresh one with ``unet_edits`` to its
+    constructor arguments, saved with weights that fit them."""
+    import tiny_models
+
+    folder = pipeline_variant(tiny_sd_path, dest)
+    for link in (folder / "unet").iterdir():
+        link.unlink()
+    unet = tiny_models.tiny_unet()
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    type(unet)(**{**config, **unet_edits}).save_pretrained(folder / "unet")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("edits", "words"),
+    [
+        (  # SDXL: pooled text and image-size embeddings from a second text encoder
+            {
+                "addition_embed_type": "text_time",
+                "addition_time_embed_dim": 8,
+                "projection_class_embeddings_input_dim": 80,
+            },
+            "SDXL-style",
+        ),
+        (  # an upscaler / unCLIP: class labels
+            {"class_embed_type": "projection", "projection_class_embeddings_input_dim": 32},
+            "class labels",
+        ),
+        ({"cross_attention_dim": 64}, "attends to 64-wide text embeddings"),
+    ],
+)
+def test_a_unet_that_needs_other_conditioning_is_refused_at_load(
+    tiny_sd_path: Path, tmp_path: Path, edits: dict, words: str
+):
+    """These folders have every part an SD folder has: they loaded, and the first training step
+    failed inside the U-Net with a traceback, after the workspace was written."""
+    from dreamtext.errors import DreamtextError
+
+    folder = folder_with_unet(tiny_sd_path, tmp_path / "other", **edits)
+    with pytest.raises(DreamtextError, match=words) as error:
+        load_stable_diffusion(str(folder))
+    assert "\n" not in str(error.value)
+
+
+def test_a_damaged_local_folder_names_its_part_not_the_hub(tiny_sd_path: Path, tmp_path: Path):
+    """A half-copied folder was reported as "HF_HUB_OFFLINE is set and it is not in the Hugging
+    Face cache; download it once with network", which has nothing to do with a local folder."""
+    from dreamtext.errors import DreamtextError
+
+    folder = pipeline_variant(tiny_sd_path, tmp_path / "damaged")
+    weights = next((folder / "unet").glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(data[: len(data) // 2])  # the link replaced by half the file
+    with pytest.raises(DreamtextError) as error:
+        load_stable_diffusion(str(folder))
+    message = str(error.value)
+    assert message.startswith("could not load the unet of")
+    assert "damaged or incomplete" in message
+    assert "HF_HUB_OFFLINE" not in message and "cache" not in message

@@ -205,3 +205,35 @@ def test_read_textual_inversion_round_trips_the_file(tmp_path: Path):
 def test_read_textual_inversion_missing_file_is_a_user_error(tmp_path: Path):
     with pytest.raises(DreamtextError, match="does not exist"):
         read_textual_inversion(tmp_path / "nope.safetensors")
+
+
+def tokens_of(tokenizer, text: str) -> int:
+    return len(tokenizer(text, truncation=False).input_ids)
+
+
+def test_a_prompt_whose_view_label_would_be_cut_off_is_refused(tokenizer, text_encoder):
+    """The tokenizer truncates at 77 tokens, the view label last: such a prompt trained every
+    view on the same text, view-dependent prompting silently off."""
+    prompt = " ".join(["red"] * 73)  # 75 tokens; with ", overhead view" 78
+    assert tokens_of(tokenizer, prompt) <= tokenizer.model_max_length
+    assert tokens_of(tokenizer, f"{prompt}, overhead view") > tokenizer.model_max_length
+    with pytest.raises(DreamtextError, match=r"with its view label is \d+ tokens.*reads 77"):
+        PromptEmbeddings(tokenizer, text_encoder, prompt)
+    # Without view labels the same prompt fits, and is encoded whole.
+    PromptEmbeddings(tokenizer, text_encoder, prompt, view_dependent=False)
+
+
+def test_a_prompt_that_fits_with_every_view_label_is_accepted(tokenizer, text_encoder):
+    limit = tokenizer.model_max_length
+    prompt = " ".join(["red"] * 60)
+    longest = max(tokens_of(tokenizer, f"{prompt}, {label} view") for label in VIEW_LABELS)
+    prompt = " ".join(["red"] * (60 + limit - longest))  # the longest view text is exactly 77
+    longest = max(tokens_of(tokenizer, f"{prompt}, {label} view") for label in VIEW_LABELS)
+    assert longest == limit
+    prompts = PromptEmbeddings(tokenizer, text_encoder, prompt)
+    assert not torch.equal(prompts.cond["front"], prompts.cond["overhead"])
+
+
+def test_a_negative_prompt_longer_than_the_encoder_reads_is_refused(tokenizer, text_encoder):
+    with pytest.raises(DreamtextError, match="negative prompt is 82 tokens"):
+        PromptEmbeddings(tokenizer, text_encoder, "a cube", negative=" ".join(["blurry"] * 80))
