@@ -29,6 +29,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise DreamtextError(f"unknown --device '{name}'; use auto, cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, ...: never run, so not offered
+        raise DreamtextError(f"--device {name}: dreamtext runs on cpu or cuda; use one of those")
     if device.type == "cuda" and device.index is not None:
         count = torch.cuda.device_count()
         if device.index >= count:

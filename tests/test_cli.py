@@ -293,6 +293,17 @@ def test_fp16_without_cuda_is_a_user_error(tmp_path, monkeypatch, capsys, tiny_s
     assert not (tmp_path / "workspace").exists()
 
 
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta"])
+def test_a_device_dreamtext_does_not_run_on_is_one_line_before_anything_loads(
+    tmp_path, monkeypatch, capsys, device
+):
+    """``--device mps`` was a valid torch device, and the run failed later with a traceback."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--device", device], capsys)
+    assert_user_error(code, err, f"--device {device}: dreamtext runs on cpu or cuda")
+    assert not (tmp_path / "workspace").exists()
+
+
 def test_a_gpu_index_must_be_visible_and_becomes_the_current_device(monkeypatch):
     """``--device cuda:N`` on a machine (or under a CUDA_VISIBLE_DEVICES) with fewer GPUs is a
     user error, not CUDA's "invalid device ordinal" deep in model loading; a visible one is made
