@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -565,7 +565,10 @@ class BatchOptions:
 
 
 def entry_config(
-    entry: Entry, overrides: dict[str, Any], preset: str | None, config_file: str | Path | None
+    entry: Entry,
+    overrides: dict[str, Any],
+    preset: str | None,
+    config_file: str | Path | Sequence[str | Path] | None,
 ) -> TrainConfig:
     """The run's config: the batch's flags, with this entry's prompt and workspace. An image
     line's prompt is the image's name until DreamText learns its sentence (as ``dreamtext
@@ -645,7 +648,7 @@ def run_batch(
     prompts_file: str | Path,
     overrides: dict[str, Any],
     preset: str | None = None,
-    config_file: str | Path | None = None,
+    config_file: str | Path | Sequence[str | Path] | None = None,
     options: BatchOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Run this worker's share of a prompts file; return the ``batch.jsonl`` records written.

@@ -105,7 +105,13 @@ def add_text_to_3d_arguments(
     )
     presets = "stable-dreamfusion, fitfusion" + (", builtin-shapes" if builtin else "")
     g.add_argument("--preset", help=f"named preset: {presets}")
-    g.add_argument("--config", help="YAML file of config overrides (see configs/)")
+    g.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE.yaml",
+        help="YAML file of config overrides (see configs/); give several and each applies over "
+        "the one before",
+    )
     g.add_argument(
         "--guidance",
         type=_positive_float,

@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,25 +288,28 @@ def flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def resolve_config(
     overrides: dict[str, Any],
     preset: str | None = None,
-    config_file: str | Path | None = None,
+    config_file: str | Path | Sequence[str | Path] | None = None,
     base: dict[str, Any] | None = None,
     new_run: str = "start a new run with --overwrite or --workspace NEW_FOLDER",
 ) -> TrainConfig:
     """Build the run's ``TrainConfig``.
 
     ``base`` (a saved ``config.json``, when resuming) replaces the defaults and the built-in
-    prior's preset; ``preset``, ``config_file`` and then ``overrides`` (the explicit flags, as a
-    nested dict) apply over it, so the command that started a run, typed again with ``--resume``,
-    resolves to the same config. A resumed run that would change what it cannot
-    (:data:`RESUME_FIXED`) is a :class:`DreamtextError`, whose line ends with ``new_run`` (how
-    the command starts a new run instead).
+    prior's preset; ``preset``, ``config_file`` (one YAML file or several, each over the one
+    before) and then ``overrides`` (the explicit flags, as a nested dict) apply over it, so the
+    command that started a run, typed again with ``--resume``, resolves to the same config. A
+    resumed run that would change what it cannot (:data:`RESUME_FIXED`) is a
+    :class:`DreamtextError`, whose line ends with ``new_run`` (how the command starts a new run
+    instead).
     """
     cfg = TrainConfig()
     layers: list[tuple[dict[str, Any], str]] = []
     if preset is not None:
         layers.append((read_yaml(preset_path(preset)), f"preset '{preset}'"))
-    if config_file is not None:
-        layers.append((read_yaml(Path(config_file)), str(config_file)))
+    if isinstance(config_file, (str, Path)):
+        config_file = [config_file]
+    for path in config_file or ():
+        layers.append((read_yaml(Path(path)), str(path)))
     if base is not None:
         layers.insert(0, (base, "the workspace's config.json"))
     else:

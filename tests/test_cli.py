@@ -805,3 +805,17 @@ def test_the_hubs_download_bars_stay_on_and_the_libraries_loading_bars_off(monke
     finally:
         monkeypatch.undo()
         (hub_utils.disable_progress_bars if was_disabled else hub_utils.enable_progress_bars)()
+
+
+def test_several_config_files_apply_in_order(tmp_path, monkeypatch, capsys):
+    """A second ``--config`` replaced the first, silently: its settings were all lost."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gpu.yaml").write_text("log_every: 2\nrender:\n  march_steps: 128\n")
+    (tmp_path / "run.yaml").write_text("log_every: 5\nlr: 0.01\n")
+    args = [*BUILTIN_RUN, "--iters", "4", "--config", "gpu.yaml", "--config", "run.yaml"]
+    code, err = run_main([*args, "--lr", "0.03"], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "workspace" / "a_red_cube" / "config.json").read_text())
+    assert config["render"]["march_steps"] == 128  # the first file's
+    assert config["log_every"] == 5  # the second file over the first
+    assert config["lr"] == 0.03  # a flag over both
