@@ -271,14 +271,18 @@ def recorded_options(workspace: Path) -> ExportOptions:
     """The export options the run was trained with: ``export_options`` in its ``config.json``,
     which the export at the end of training used (a preset's or a ``--config``'s), over the
     defaults. The device is not taken from the run: it belongs to the machine that exports.
-    A run without a readable ``config.json`` gets the defaults."""
+    A run without a ``config.json`` gets the defaults; one whose ``config.json`` cannot be read
+    gets them with a warning (its run may have asked for others)."""
     from dreamtext.config import apply_overrides
 
     options = ExportOptions()
     path = Path(workspace) / "config.json"
+    if not path.exists():
+        return options
     try:
         saved = json.loads(path.read_text(encoding="utf-8")).get("export_options") or {}
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        log.warning("%s is unreadable; exporting with the default export settings", path)
         return options
     saved = {key: value for key, value in saved.items() if key != "device"}
     apply_overrides(options, saved, str(path), prefix="export_options.")

@@ -609,14 +609,20 @@ def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
     assert dataclasses.asdict(options) == dataclasses.asdict(ExportOptions(video=False))
 
 
-def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch):
+def test_a_run_without_a_readable_config_exports_with_the_defaults(
+    tmp_path, monkeypatch, capsys
+):
+    """... and says so when the file is there: the run's own settings may have been others."""
     workspace = recorded_run(tmp_path, {"resolution": 40})
     (workspace / "config.json").write_text("{ not json")
     assert dataclasses.asdict(exported_with(monkeypatch, workspace)) == dataclasses.asdict(
         ExportOptions()
     )
+    err = capsys.readouterr().err
+    assert "config.json is unreadable; exporting with the default export settings" in err
     (workspace / "config.json").unlink()
     assert export_module.recorded_options(workspace) == ExportOptions()
+    assert "unreadable" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("threshold", ["0", "-3", "dense"])
