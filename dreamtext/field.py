@@ -95,6 +95,9 @@ class Field(Protocol):
     def background(self, dirs: Tensor) -> Tensor: ...
 
 
+MAX_LOG2_HASHMAP_SIZE = 24
+
+
 @dataclass
 class FieldConfig:
     """The field's architecture; defaults follow the thesis (ch. 6.1.3, 6.1.6), stable-dreamfusion.
@@ -162,9 +165,14 @@ class FieldConfig:
         for name in ("density_hidden_dim", *sizes):
             if getattr(self, name) < 1:
                 raise DreamtextError(f"field.{name} must be a positive integer")
-        if self.num_blocks < 0 or self.bg_num_layers < 0 or self.log2_hashmap_size < 1:
+        if self.num_blocks < 0 or self.bg_num_layers < 0:
+            raise DreamtextError("field.num_blocks and field.bg_num_layers must be ≥ 0")
+        # Instant-NGP's tables range over T = 2^14 ... 2^24 (Müller et al. 2022, Table 1); 2^24
+        # is already 2 GiB of float32 for 16 levels × 2 features, and larger failed at allocation.
+        if not 1 <= self.log2_hashmap_size <= MAX_LOG2_HASHMAP_SIZE:
             raise DreamtextError(
-                "field.num_blocks and field.bg_num_layers must be ≥ 0, field.log2_hashmap_size ≥ 1"
+                f"field.log2_hashmap_size must be in [1, {MAX_LOG2_HASHMAP_SIZE}] (a table of "
+                f"2^{MAX_LOG2_HASHMAP_SIZE} entries a level at most), got {self.log2_hashmap_size}"
             )
 
 

@@ -112,6 +112,10 @@ def test_default_workspace_is_the_prompt_slug():
         ({"prompt": "x", "field": {"hidden_dim": 0}}, "field.hidden_dim must be a positive"),
         ({"prompt": "x", "field": {"num_levels": 0}}, "field.num_levels must be a positive"),
         (
+            {"prompt": "x", "field": {"log2_hashmap_size": 40}},
+            r"log2_hashmap_size must be in \[1, 24\]",
+        ),
+        (
             {"prompt": "x", "export_options": {"formats": ["stl"]}},
             "config field "
             r"'export_options.formats' \(in the command line\) has unknown formats stl",
