@@ -749,6 +749,25 @@ def _self_check(grid: HashGridEncoding, num_points: int = 64) -> None:
         )
 
 
+def check_encoding(kind: str, device: torch.device, level_dim: int = 2) -> None:
+    """Raise the :class:`DreamtextError` :func:`make_encoding` would for an unknown backend or
+    one that cannot run on ``device``, without building anything: a run checks this before it
+    loads its model, which takes minutes for Stable Diffusion."""
+    if kind not in ENCODING_KINDS:
+        raise DreamtextError(
+            f"unknown encoding {kind!r}: use --encoding {', '.join(ENCODING_KINDS)}"
+        )
+    if kind == "triton":
+        problem = _triton_problem(device, level_dim)
+        if problem is not None:
+            raise DreamtextError(f"the triton encoding {problem}: use --encoding torch")
+    if kind == "tcnn" and not _tcnn_available(device):
+        raise DreamtextError(
+            "the tcnn encoding needs a CUDA device and the tinycudann package: "
+            "use --encoding torch"
+        )
+
+
 def make_encoding(
     kind: str = "auto", *, device: torch.device | str | None = None, **cfg
 ) -> nn.Module:
@@ -761,27 +780,16 @@ def make_encoding(
     on any other device torch. ``cfg`` holds :class:`HashGridEncoding`'s arguments; the module's
     ``.backend`` says which one was built. Asking for a backend that cannot run is a user error.
     """
-    if kind not in ENCODING_KINDS:
-        raise DreamtextError(
-            f"unknown encoding {kind!r}: use --encoding {', '.join(ENCODING_KINDS)}"
-        )
     device = torch.device(device if device is not None else "cpu")
+    level_dim = cfg.get("level_dim", 2)
+    check_encoding(kind, device, level_dim)
     if kind == "torch" or (kind == "auto" and device.type != "cuda"):
         return HashGridEncoding(**cfg).to(device)
-    level_dim = cfg.get("level_dim", 2)
     if kind == "triton":
-        problem = _triton_problem(device, level_dim)
-        if problem is not None:
-            raise DreamtextError(f"the triton encoding {problem}: use --encoding torch")
         grid = TritonHashGrid(**cfg).to(device)
         _self_check(grid)
         return grid
     if kind == "tcnn":
-        if not _tcnn_available(device):
-            raise DreamtextError(
-                "the tcnn encoding needs a CUDA device and the tinycudann package: "
-                "use --encoding torch"
-            )
         return TcnnHashGrid(**cfg).to(device)
     # auto, on CUDA
     if _triton_problem(device, level_dim) is None:
@@ -804,6 +812,7 @@ __all__ = [
     "HashGridEncoding",
     "TcnnHashGrid",
     "TritonHashGrid",
+    "check_encoding",
     "corner_weights",
     "features_and_jacobian",
     "grid_layout",

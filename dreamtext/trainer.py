@@ -53,6 +53,7 @@ from dreamtext.devices import (
     resolve_device,
     software_versions,
 )
+from dreamtext.encoding import check_encoding
 from dreamtext.errors import DreamtextError
 from dreamtext.export import MESH_OUTPUTS, check_memory, export_field
 from dreamtext.factory import build_parts
@@ -166,6 +167,7 @@ def build_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     if cfg.export:  # not after hours of training
         check_memory(cfg.export_options, after_training=True)
     device = resolve_device(cfg.device)
+    check_encoding(cfg.field.encoding, device, cfg.field.level_dim)  # before minutes of loading
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, device)
     guidance = parts.guidance

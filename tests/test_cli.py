@@ -819,3 +819,22 @@ def test_several_config_files_apply_in_order(tmp_path, monkeypatch, capsys):
     assert config["render"]["march_steps"] == 128  # the first file's
     assert config["log_every"] == 5  # the second file over the first
     assert config["lr"] == 0.03  # a flag over both
+
+
+@pytest.mark.parametrize("encoding", ["tcnn", "triton"])
+def test_an_encoding_that_cannot_run_here_is_one_line_before_the_model_loads(
+    tmp_path, monkeypatch, capsys, tiny_sd_path, encoding
+):
+    """It was found when the field was built, after Stable Diffusion had loaded (minutes)."""
+    from dreamtext import models
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        models, "load_stable_diffusion", lambda *a, **k: pytest.fail("the model loaded")
+    )
+    code, err = run_main(
+        ["text", "a castle", "--model", tiny_sd_path, "--encoding", encoding], capsys
+    )
+    assert_user_error(code, err, f"the {encoding} encoding", "use --encoding torch")
+    assert not (tmp_path / "workspace").exists()
