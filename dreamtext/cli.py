@@ -757,6 +757,14 @@ def start_libraries(args: argparse.Namespace) -> contextlib.AbstractContextManag
     return sigterm_interrupts()
 
 
+# Where a command that could not write can write instead. export writes into the run it exports
+# (its --workspace names that run), view --static into the folder it is given.
+WRITE_ELSEWHERE = {
+    "export": "copy the run to a disk with room (or one you can write) and export it there",
+    "view": "give --static a folder you can write",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -776,9 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
         where = f" ({error.filename})" if error.filename else ""
+        elsewhere = WRITE_ELSEWHERE.get(args.command, "pick a folder you can write (--workspace)")
         print(
-            f"dreamtext: error: {error.strerror}{where}; free disk space or pick a folder you "
-            "can write (--workspace)",
+            f"dreamtext: error: {error.strerror}{where}; free disk space or {elsewhere}",
             file=sys.stderr,
         )
         return EXIT_USAGE

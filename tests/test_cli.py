@@ -652,12 +652,17 @@ def test_a_full_disk_or_a_refused_write_is_one_line_other_os_errors_raise(
         raise error
 
     monkeypatch.setattr(cli, "cmd_export", failing)
+    monkeypatch.setattr(cli, "cmd_text", failing)
     if expected is None:  # a file of ours that is missing is a bug: keep its traceback
         with pytest.raises(FileNotFoundError):
             main(["export"])
         return
-    code, err = run_main(["export"], capsys)
+    code, err = run_main(["text", "a castle"], capsys)
     assert_user_error(code, err, error.strerror, error.filename, "--workspace")
+    # export's --workspace names the run it writes into: another one would not help
+    code, err = run_main(["export"], capsys)
+    assert_user_error(code, err, error.strerror, error.filename, "copy the run to a disk")
+    assert "--workspace" not in err
 
 
 @pytest.mark.parametrize(
