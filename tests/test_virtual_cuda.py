@@ -180,7 +180,10 @@ def test_text_to_3d_its_export_and_a_resume_run_on_cuda_with_the_builtin_prior(t
     cache = str(tmp_path / "cache")
     run_on_virtual_cuda(f"{command} --iters 4", tmp_path, DREAMTEXT_CACHE=cache)
     run = tmp_path / "run"
-    assert json.loads((run / "config.json").read_text())["device"] == "cuda"
+    config = json.loads((run / "config.json").read_text())
+    assert config["device"] == "cuda"
+    assert config["ran_on"]["device"] == "cuda"
+    assert config["ran_on"]["device_name"] == "virtual CUDA (CPU), 12.0 GiB"
     assert (run / "mesh" / "mesh.glb").is_file() and (run / "video" / "turntable.mp4").is_file()
     resume = f"{command} --iters 6 --resume --no-export"
     run_on_virtual_cuda(resume, tmp_path, DREAMTEXT_CACHE=cache)
@@ -205,6 +208,8 @@ def test_image_to_3d_runs_on_cuda_in_fp16(tmp_path, tiny_sd_path, tiny_clip_path
     sentence = json.loads((tmp_path / "run" / "descriptor" / "sentence.json").read_text())
     assert sentence["sentence"].startswith("An image of")
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    ran_on = json.loads((tmp_path / "run" / "config.json").read_text())["ran_on"]
+    assert (ran_on["guidance_dtype"], ran_on["field_mlp_dtype"]) == ("float16", "float16")
 
 
 TRITON_ON_CUDA = """
