@@ -118,8 +118,14 @@ def add_text_to_3d_arguments(
         help="classifier-free guidance scale s of ε̂ = ε_c + s (ε_c − ε_u), the thesis's form "
         "(diffusers' scale is s + 1) [100]",
     )
-    g.add_argument("--h", type=_positive_int, help="render height in pixels [64]")
-    g.add_argument("--w", type=_positive_int, help="render width in pixels [64]")
+    g.add_argument(
+        "--h",
+        type=_positive_int,
+        help="render height in pixels; renders are square, so --h alone sets --w too [64]",
+    )
+    g.add_argument(
+        "--w", type=_positive_int, help="render width in pixels (= --h; one sets both) [64]"
+    )
     g.add_argument("--iters", type=_positive_int, help="training iterations [10000]")
     g.add_argument(
         "--epochs",

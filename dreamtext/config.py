@@ -321,8 +321,8 @@ def resolve_config(
         if builtin is not None:
             layers.insert(0, (read_yaml(preset_path(builtin)), f"preset '{builtin}'"))
     for data, source in layers:
-        apply_overrides(cfg, data, source)
-    apply_overrides(cfg, overrides, "the command line")
+        apply_overrides(cfg, square(data), source)
+    apply_overrides(cfg, square(overrides), "the command line")
     cfg.guidance.model = absolute_model_folder(cfg.guidance.model)
     export_source = next(
         (
@@ -340,6 +340,15 @@ def resolve_config(
     if not cfg.workspace:
         cfg.workspace = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
     return cfg
+
+
+def square(data: dict[str, Any]) -> dict[str, Any]:
+    """A layer of settings that gives one side of the render (``--h 256``, ``h: 96``) gives the
+    other too: renders are square (:func:`validate`), so ``--h 256`` means 256 × 256 px."""
+    if isinstance(data, dict) and ("h" in data) != ("w" in data):
+        side = data["h"] if "h" in data else data["w"]
+        return {**data, "h": side, "w": side}
+    return data
 
 
 def absolute_model_folder(model: str) -> str:
@@ -385,6 +394,14 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
             raise DreamtextError(
                 f"config field '{name}' must be a positive integer, got {getattr(cfg, name)}"
             )
+    if cfg.h != cfg.w:
+        # The priors see every render at their square native size (Stable Diffusion's 512 px,
+        # the built-in prior's 64 px): a non-square one would reach them stretched.
+        raise DreamtextError(
+            f"--h and --w must be equal (--h alone sets both): the diffusion model sees the "
+            f"render resized to its square native size, so a {cfg.w}×{cfg.h} render would be "
+            f"stretched; got --h {cfg.h} --w {cfg.w}"
+        )
     if cfg.lr <= 0:
         raise DreamtextError(f"--lr must be positive, got {cfg.lr}")
     cfg.render.validate()

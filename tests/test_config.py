@@ -41,10 +41,11 @@ def test_fitfusion_preset_is_table_5_1():
 
 def test_flags_override_config_file_which_overrides_preset(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("h: 128\nguidance:\n  guidance_scale: 500\n  t_range: [0.1, 0.9]\n")
-    cfg = resolve_config({"prompt": "a castle", "h": 96}, preset="fitfusion", config_file=path)
-    assert cfg.h == 96  # flag
-    assert cfg.w == 256  # preset
+    path.write_text("h: 128\nw: 128\nguidance:\n  guidance_scale: 500\n  t_range: [0.1, 0.9]\n")
+    flags = {"prompt": "a castle", "h": 96, "w": 96}
+    cfg = resolve_config(flags, preset="fitfusion", config_file=path)
+    assert (cfg.h, cfg.w) == (96, 96)  # flags over file
+    assert cfg.iters == 20_000  # preset
     assert cfg.guidance.guidance_scale == 500.0  # file over preset
     assert cfg.guidance.t_range == (0.1, 0.9)  # YAML list → tuple
 
@@ -72,7 +73,12 @@ def test_default_workspace_is_the_prompt_slug():
         ({"prompt": "  "}, "prompt is empty"),
         ({"prompt": "x", "iters": 0}, "--iters must be a positive integer"),
         ({"prompt": "x", "h": -4}, "--h must be a positive integer"),
-        ({"prompt": "x", "w": 0}, "--w must be a positive integer"),
+        ({"prompt": "x", "h": 64, "w": 0}, "--w must be a positive integer"),
+        # A non-square render reached the prior stretched to its square size.
+        (
+            {"prompt": "x", "h": 64, "w": 128},
+            r"--h and --w must be equal \(--h alone .* got --h 64 --w 128",
+        ),
         ({"prompt": "x", "checkpoint_every": 0}, "'checkpoint_every' must be a positive integer"),
         ({"prompt": "x", "guidance": {"t_range": (0.9, 0.1)}}, "t_range"),
         ({"prompt": "x", "bogus": 1}, "unknown config field 'bogus'"),
@@ -147,7 +153,9 @@ def test_unreadable_or_missing_config_files_are_user_errors(tmp_path):
 
 
 def test_saved_config_round_trips_as_a_resume_base():
-    cfg = resolve_config({"prompt": "a castle", "h": 32, "guidance": {"guidance_scale": 7.5}})
+    cfg = resolve_config(
+        {"prompt": "a castle", "h": 32, "w": 32, "guidance": {"guidance_scale": 7.5}}
+    )
     again = resolve_config({"iters": 50}, base=config_to_dict(cfg))
     assert again.prompt == "a castle" and again.h == 32 and again.iters == 50
     assert again.guidance.guidance_scale == 7.5
@@ -171,7 +179,7 @@ def test_a_mistyped_builtin_model_is_named_as_a_model_not_a_preset():
 
 
 def test_a_resumed_run_takes_its_config_file_and_preset_over_its_saved_config(tmp_path):
-    saved = config_to_dict(resolve_config({"prompt": "a castle", "h": 32}))
+    saved = config_to_dict(resolve_config({"prompt": "a castle", "h": 32, "w": 32}))
     path = tmp_path / "mine.yaml"
     path.write_text("log_every: 2\nrender:\n  march_steps: 128\n")
     again = resolve_config({"lr": 0.5}, config_file=path, base=saved)
@@ -194,7 +202,7 @@ def test_a_resumed_run_cannot_change_what_its_checkpoint_fixes(overrides, change
         resolve_config(overrides, base=saved)
     assert changed in str(caught.value) and "--overwrite" in str(caught.value)
     # What does not change a checkpoint's tensors may change.
-    again = resolve_config({"field": {"encoding": "torch"}, "h": 128}, base=saved)
+    again = resolve_config({"field": {"encoding": "torch"}, "h": 128, "w": 128}, base=saved)
     assert (again.field.encoding, again.h) == ("torch", 128)
 
 
@@ -210,3 +218,14 @@ def test_a_model_folder_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
     assert resolve_config(config_to_dict(cfg)).guidance.model == str(tmp_path / "models" / "sd21")
     hub = {"prompt": "x", "guidance": {"model": "owner/name"}}
     assert resolve_config(hub).guidance.model == "owner/name"  # no such folder here: a hub id
+
+
+def test_one_side_of_the_render_gives_both():
+    """``dreamtext text "a castle" --guidance 1000 --h 256`` (the FitFusion command as people
+    type it) rendered 256 × 64 px, which the model saw stretched to a square."""
+    assert (
+        resolve_config({"prompt": "x", "h": 256}).w,
+        resolve_config({"prompt": "x", "w": 96}).h,
+    ) == (256, 96)
+    cfg = resolve_config({"prompt": "x", "h": 128}, preset="fitfusion")  # flag over 256 × 256
+    assert (cfg.h, cfg.w) == (128, 128)
