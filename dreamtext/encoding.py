@@ -763,8 +763,7 @@ def check_encoding(kind: str, device: torch.device, level_dim: int = 2) -> None:
             raise DreamtextError(f"the triton encoding {problem}: use --encoding torch")
     if kind == "tcnn" and not _tcnn_available(device):
         raise DreamtextError(
-            "the tcnn encoding needs a CUDA device and the tinycudann package: "
-            "use --encoding torch"
+            "the tcnn encoding needs a CUDA device and the tinycudann package: use --encoding torch"
         )
 
 
