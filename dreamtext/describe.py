@@ -248,6 +248,7 @@ def search_sentence(
 def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
     """Words of a file, one per line (blank lines and ``#`` comments skipped), in file order.
 
+    A UTF-8 byte order mark (Windows Notepad writes one) is not part of the first word.
     ``path=None`` reads the list shipped in ``dreamtext/data/<default>``.
     """
     if path is None:
@@ -255,7 +256,7 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
         source = f"dreamtext/data/{default}"
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
             raise DreamtextError(f"cannot read word list {path}: {error}") from None
         source = str(path)

@@ -202,6 +202,12 @@ def test_vocabulary_file_keeps_order_and_skips_blanks(tmp_path):
     assert read_vocabulary(path, "nouns.txt") == ["mug", "box", "teddy bear"]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path):
+    path = tmp_path / "nouns.txt"
+    path.write_bytes("\ufeffmug\r\nbox\r\n".encode())
+    assert read_vocabulary(path, "nouns.txt") == ["mug", "box"]
+
+
 def test_empty_vocabulary_file_is_a_user_error(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_text("\n  \n")
