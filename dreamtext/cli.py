@@ -451,7 +451,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         new_run="pass --workspace NEW_FOLDER for a new run",
     )
     options = resolve_image_options(image_overrides(args), workspace)
-    given = {name: getattr(args, name) for name in ("noun", "quantifier", "clip", "max_words")}
+    given = {name: getattr(args, name) for name in DESCRIBE_FLAGS}
     ignored = ignored_flags(workspace, given)
     if ignored:
         print(

@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import atomic_write_bytes, check_writable
+from dreamtext.config import absolute_model_folder
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
 
@@ -329,6 +330,24 @@ def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> N
         )
 
 
+def used_options(options: DescribeOptions) -> dict[str, object]:
+    """The options a search ran with, as sentence.json records them (``options``): a ``--clip``
+    folder and the word lists as absolute paths (``null``: the built-in lists), so that a rerun
+    from another directory finds them and compares like with like."""
+
+    def absolute(path: Path | str | None) -> str | None:
+        return str(Path(path).resolve()) if path is not None else None
+
+    return {
+        "clip": absolute_model_folder(options.clip),
+        "nouns": absolute(options.nouns),
+        "adjectives": absolute(options.adjectives),
+        "noun": options.noun,
+        "quantifier": options.quantifier,
+        "max_words": options.max_words,
+    }
+
+
 def check_options(options: DescribeOptions) -> tuple[list[str], list[str]]:
     """Refuse options no search can use (``--max-words`` below 0, an empty ``--noun`` or
     ``--quantifier``, an unreadable or empty word list); return the nouns and adjectives."""
@@ -350,6 +369,9 @@ def describe(
     encoder: ImageTextEncoder | None = None,
 ) -> str:
     """Find the sentence for an image, write ``W/descriptor/sentence.json``, return the sentence.
+
+    The record holds the sentence, its parts and scores, the image and the options the search ran
+    with (:func:`used_options`).
 
     A workspace holding another image's record, or a trained one, is refused before the search
     (:func:`check_describe_workspace`).
@@ -373,8 +395,9 @@ def describe(
         "sentence": result.sentence,
         **asdict(result),
         "image": str(Path(image_path).resolve()),
-        "clip": options.clip,
+        "clip": absolute_model_folder(options.clip),
         "max_words": options.max_words,
+        "options": used_options(options),
         "sentences_scored": len(score.cache),
     }
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"

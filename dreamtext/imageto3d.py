@@ -39,7 +39,7 @@ import copy
 import os
 import sys
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from dreamtext.checkpoint import atomic_write_bytes, check_writable, last_checkp
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
+    absolute_model_folder,
     apply_overrides,
     config_to_dict,
     read_run_config,
@@ -64,6 +65,7 @@ from dreamtext.describe import (
     describe,
     read_record,
     sentence_path,
+    used_options,
 )
 from dreamtext.descriptor import (
     DescriptorOptions,
@@ -165,14 +167,10 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
 
 
 def image_section(image_path: Path, options: ImageOptions) -> dict[str, Any]:
-    """config.json's ``image_to_3d`` section: the image (absolute), the describe options (word
-    lists as absolute paths, ``null`` for the built-in ones; the device is the run's) and the
-    descriptor options."""
-    describe_options = asdict(options.describe)
-    describe_options.pop("device")
-    for name in ("nouns", "adjectives"):
-        path = describe_options[name]
-        describe_options[name] = str(Path(path).resolve()) if path is not None else None
+    """config.json's ``image_to_3d`` section: the image (absolute), the describe options (a
+    ``--clip`` folder and the word lists as absolute paths, ``null`` for the built-in lists; the
+    device is the run's) and the descriptor options."""
+    describe_options = {**used_options(options.describe), "batch_size": options.describe.batch_size}
     return {
         "image": str(image_path.resolve()),
         "describe": describe_options,
@@ -185,7 +183,10 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
     ``workspace`` recorded (config.json's ``image_to_3d`` and ``diverse`` sections; for a run from
     before them, sentence.json's descriptor step count), then ``overrides`` (the flags given, as
     ``{"describe": {...}, "descriptor": {...}}``). A rerun typed without the first run's flags
-    thus keeps its settings, as ``text --resume`` does."""
+    thus keeps its settings, as ``text --resume`` does. Once the describe stage is done, its
+    options are the ones sentence.json says it ran with (``options``), whatever the flags: the
+    stage is reused, and config.json must not record flags it ignored
+    (:func:`ignored_flags` names them)."""
     options = ImageOptions()
     sections = read_stage_sections(workspace)
     source = f"{Path(workspace) / 'config.json'}"
@@ -201,7 +202,12 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
     for name in ("sample_steps", "sample_guidance_scale"):
         if name in diverse:
             setattr(options, name, diverse[name])
-    apply_overrides(options.describe, overrides.get("describe", {}), "the command line")
+    used = (read_record(workspace) or {}).get("options")
+    if isinstance(used, dict):
+        apply_overrides(options.describe, used, str(sentence_path(workspace)))
+    else:
+        apply_overrides(options.describe, overrides.get("describe", {}), "the command line")
+    options.describe.clip = absolute_model_folder(options.describe.clip)
     apply_overrides(options.descriptor, overrides.get("descriptor", {}), "the command line")
     for name in ("nouns", "adjectives"):
         value = getattr(options.describe, name)
@@ -271,17 +277,30 @@ def check_stages(
 
 
 def ignored_flags(workspace: Path, given: dict[str, object]) -> list[str]:
-    """The explicitly given ``given`` settings (``noun``, ``quantifier``, ``clip``, ``max_words``
-    of describe) that differ from what the workspace's finished describe stage used, which a
-    rerun reuses, as ``"--flag value (the run's: old)"``."""
+    """The explicitly given ``given`` describe settings (``clip``, ``nouns``, ``adjectives``,
+    ``noun``, ``quantifier``, ``max_words``) that differ from what the workspace's finished
+    describe stage used, which a rerun reuses, as ``"--flag value (the run's: old)"``. The stage's
+    options are sentence.json's ``options``; a record from before it names only its ``clip`` and
+    ``max_words`` and the chosen ``noun`` and ``quantifier``."""
     record = read_record(workspace) or {}
-    done = {"noun", "quantifier", "clip", "max_words"} if record else set()
+    used = record.get("options")
+    if isinstance(used, dict):
+        record, done = used, set(used)
+    else:
+        done = {"noun", "quantifier", "clip", "max_words"} if record else set()
     out = []
     for name, value in given.items():
+        if name == "clip" and value is not None:
+            value = absolute_model_folder(str(value))
+        elif name in ("nouns", "adjectives") and value is not None:
+            value = str(Path(value).resolve())
         recorded = record.get(name)
-        if value is None or name not in done or recorded is None or recorded == value:
+        if value is None or name not in done or recorded == value:
             continue
-        out.append(f"--{name.replace('_', '-')} {value} (the run's: {recorded})")
+        if recorded is None and not isinstance(used, dict):
+            continue  # a record from before "options" does not say
+        was = "not given" if recorded is None else recorded
+        out.append(f"--{name.replace('_', '-')} {value} (the run's: {was})")
     return out
 
 
