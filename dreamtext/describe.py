@@ -111,23 +111,23 @@ class ClipEncoder:
         ids = tokenizer(texts, truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out = torch.empty(len(texts), self.model.config.projection_dim)
-        bar = tqdm(
+        # A with block: Ctrl-C clears the bar too, so the CLI's one line starts a line of its own.
+        with tqdm(
             total=len(texts),
             desc="CLIP sentences",
             unit="sentence",
             leave=False,
             disable=len(texts) <= self.batch_size,
-        )
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
-            features = self.model.get_text_features(
-                input_ids=padded["input_ids"].to(self.device),
-                attention_mask=padded["attention_mask"].to(self.device),
-            )
-            out[batch] = _unit(_pooled(features)).float().cpu()
-            bar.update(len(batch))
-        bar.close()
+        ) as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+                features = self.model.get_text_features(
+                    input_ids=padded["input_ids"].to(self.device),
+                    attention_mask=padded["attention_mask"].to(self.device),
+                )
+                out[batch] = _unit(_pooled(features)).float().cpu()
+                bar.update(len(batch))
         return out
 
     @torch.no_grad()
