@@ -425,8 +425,8 @@ def cmd_image(args: argparse.Namespace) -> int:
     ``--config`` and the flags over it; its describe and descriptor options likewise over the
     ones it recorded."""
     from dreamtext.config import resolve_config
-    from dreamtext.images import load_image
     from dreamtext.imageto3d import (
+        check_image,
         check_image_workspace,
         default_workspace,
         ignored_flags,
@@ -441,7 +441,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     # The prompt is the sentence DreamText learns; the image's name stands in until then.
     overrides["prompt"] = Path(args.image).stem or "image"
     workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
-    load_image(args.image)  # a bad image is the first thing reported
+    check_image(Path(args.image), workspace)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
     cfg = resolve_config(
         overrides,

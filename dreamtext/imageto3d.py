@@ -138,16 +138,58 @@ def keep_source_copy(image_path: Path, workspace: Path) -> Path:
     return target
 
 
+def source_copy(workspace: Path) -> Path | None:
+    """The run's copy of its image (``W/descriptor/source.<ext>``), ``None`` before it has one."""
+    copies = (workspace / "descriptor" / f"source{suffix}" for suffix in SOURCE_SUFFIXES.values())
+    return next((copy for copy in copies if copy.is_file()), None)
+
+
+def same_image(image_path: Path, previous: Path, workspace: Path) -> bool:
+    """Whether ``image_path`` is the image of the run in ``workspace``, recorded as ``previous``:
+    the same path, or the same bytes as that file or as the run's copy (:func:`source_copy`), so
+    that a run whose image was moved or deleted continues from the moved file or the copy."""
+    if previous.resolve() == image_path.resolve():
+        return True
+    if not image_path.is_file():
+        return False
+    data = image_path.read_bytes()
+    return any(
+        path is not None and path.is_file() and path.read_bytes() == data
+        for path in (previous, source_copy(workspace))
+    )
+
+
+def recorded_image(workspace: Path) -> str | None:
+    """The image the run in ``workspace`` recorded (config.json's ``image_to_3d``, else
+    sentence.json's), ``None`` for a new run."""
+    section = read_stage_sections(workspace).get("image_to_3d", {})
+    return section.get("image") or (read_record(workspace) or {}).get("image")
+
+
+def check_image(image_path: Path, workspace: Path) -> None:
+    """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
+    it is named with the run's copy to pass instead (the run can continue from it)."""
+    if not image_path.exists() and workspace.is_dir():
+        previous, copy = recorded_image(workspace), source_copy(workspace)
+        if previous is not None and copy is not None and Path(previous) == image_path.resolve():
+            raise DreamtextError(
+                f"image not found: {image_path}; to continue the run in {workspace}, pass its "
+                f"copy {copy} (or the image's new path)"
+            )
+    load_image(image_path)
+
+
 def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     """Refuse, before any work, a workspace that holds something other than this image's run:
-    a file, a folder this process cannot write, the run of another image, or a text→3D run of
-    some prompt (which the text→3D stage would otherwise continue as this image's). Returns the
-    run's recorded ``config.json`` without its stage sections (``None`` before it has one)."""
+    a file, a folder this process cannot write, the run of another image (:func:`same_image`),
+    or a text→3D run of some prompt (which the text→3D stage would otherwise continue as this
+    image's). Returns the run's recorded ``config.json`` without its stage sections (``None``
+    before it has one)."""
     check_writable(workspace, "pass --workspace a folder you can write")
     record = read_record(workspace)
     sections = read_stage_sections(workspace)
-    previous = sections.get("image_to_3d", {}).get("image") or (record or {}).get("image")
-    if previous is not None and Path(previous).resolve() != image_path.resolve():
+    previous = recorded_image(workspace)
+    if previous is not None and not same_image(image_path, Path(previous), workspace):
         raise DreamtextError(
             f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
             "for this image"
@@ -326,10 +368,10 @@ def run_image(
     cfg = copy.deepcopy(train_cfg)
     _needs_stable_diffusion(cfg.guidance.model, "image→3D")
     image_path = Path(image_path)
-    load_image(image_path)  # a bad image fails here, before any model is loaded
     if not cfg.workspace:
         cfg.workspace = str(default_workspace(image_path))
     workspace = Path(cfg.workspace)
+    check_image(image_path, workspace)  # a bad image fails here, before any model is loaded
     check_image_workspace(workspace, image_path)
     train_words, iters = descriptor_plan(workspace, options.descriptor.iters, overwrite)
     device = resolve_device(cfg.device)

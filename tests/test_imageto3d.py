@@ -744,3 +744,25 @@ def test_a_relative_clip_folder_is_recorded_as_an_absolute_path(
     assert record["clip"] == record["options"]["clip"] == str(tiny_clip_path.resolve())
     given = {"clip": tiny_clip_path.name, "max_words": 2}
     assert imageto3d.ignored_flags(tmp_path / "run", given) == []
+
+
+def test_a_run_whose_image_was_moved_continues_from_the_moved_file_or_the_runs_copy(tmp_path):
+    """Once the image was moved or deleted, neither its old path, its new one nor the run's own
+    copy was accepted: the only way on was --workspace NEW_FOLDER, from scratch."""
+    image = _image(tmp_path)
+    workspace = tmp_path / "run"
+    (workspace / "descriptor").mkdir(parents=True)
+    record = {"sentence": "An image of a cube", "image": str(image.resolve())}
+    (workspace / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    copy = imageto3d.keep_source_copy(image, workspace)
+    moved = image.rename(tmp_path / "moved.png")
+
+    with pytest.raises(DreamtextError, match=f"pass its copy {copy}"):
+        imageto3d.check_image(image, workspace)
+    for path in (moved, copy):
+        imageto3d.check_image(path, workspace)
+        assert imageto3d.check_image_workspace(workspace, path) is None
+    other = tmp_path / "other.png"
+    Image.new("RGB", (48, 48), (0, 0, 255)).save(other)
+    with pytest.raises(DreamtextError, match="holds the image→3D run of"):
+        imageto3d.check_image_workspace(workspace, other)
