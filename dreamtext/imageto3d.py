@@ -491,15 +491,22 @@ def diverse_image(workspace: str | Path, seed: int) -> Path:
 
 def check_diverse_workspace(workspace: str | Path, cfg: TrainConfig) -> dict | None:
     """:func:`check_image_workspace` for ``--diverse``'s image, and a workspace holding the
-    ``--diverse`` run of another prompt is refused. Returns the run's recorded config (the base
-    a rerun resolves over), ``None`` for a new run."""
+    ``--diverse`` run of another prompt or seed (another sampled image) is refused. Returns the
+    run's recorded config (the base a rerun resolves over), ``None`` for a new run."""
     workspace = Path(workspace)
     check_writable(workspace, "pass --workspace a folder you can write")
-    recorded = read_stage_sections(workspace).get("diverse", {}).get("prompt")
+    diverse = read_stage_sections(workspace).get("diverse", {})
+    recorded, seed = diverse.get("prompt"), diverse.get("seed")
     if recorded is not None and recorded != cfg.prompt:
         raise DreamtextError(
             f"{workspace} holds the --diverse run of '{recorded}'; pass --workspace NEW_FOLDER "
             f"for '{cfg.prompt}'"
+        )
+    if recorded is not None and seed is not None and seed != cfg.seed:
+        raise DreamtextError(
+            f"{workspace} holds the --diverse run of '{recorded}' with --seed {seed} (its sampled "
+            f"image); pass --seed {seed} to continue it, or --workspace NEW_FOLDER for --seed "
+            f"{cfg.seed}"
         )
     return check_image_workspace(workspace, diverse_image(workspace, cfg.seed))
 

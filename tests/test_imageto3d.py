@@ -766,3 +766,19 @@ def test_a_run_whose_image_was_moved_continues_from_the_moved_file_or_the_runs_c
     Image.new("RGB", (48, 48), (0, 0, 255)).save(other)
     with pytest.raises(DreamtextError, match="holds the image→3D run of"):
         imageto3d.check_image_workspace(workspace, other)
+
+
+def test_a_diverse_workspace_of_another_seed_is_refused_naming_both_seeds(tmp_path):
+    """The refusal named the other seed's sampled file as 'the image→3D run of …/
+    sample_seed1.png', a file the user never gave, and not the --seed that would continue it."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    section = {"diverse": {"prompt": "a red cube", "seed": 1}}
+    (workspace / "config.json").write_text(json.dumps(section))
+    cfg = resolve_config({"prompt": "a red cube", "seed": 2, "workspace": str(workspace)})
+    with pytest.raises(DreamtextError) as refusal:
+        imageto3d.check_diverse_workspace(workspace, cfg)
+    assert "with --seed 1" in str(refusal.value)
+    assert "pass --seed 1 to continue it, or --workspace NEW_FOLDER for --seed 2" in str(
+        refusal.value
+    )
