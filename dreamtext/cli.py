@@ -431,8 +431,8 @@ def cmd_image(args: argparse.Namespace) -> int:
     ``--config`` and the flags over it; its describe and descriptor options likewise over the
     ones it recorded."""
     from dreamtext.config import resolve_config
-    from dreamtext.images import load_image
     from dreamtext.imageto3d import (
+        check_image,
         check_image_workspace,
         default_workspace,
         ignored_flags,
@@ -447,7 +447,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     # The prompt is the sentence DreamText learns; the image's name stands in until then.
     overrides["prompt"] = Path(args.image).stem or "image"
     workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
-    load_image(args.image)  # a bad image is the first thing reported
+    check_image(Path(args.image), workspace)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
     cfg = resolve_config(
         overrides,
@@ -457,7 +457,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         new_run="pass --workspace NEW_FOLDER for a new run",
     )
     options = resolve_image_options(image_overrides(args), workspace)
-    given = {name: getattr(args, name) for name in ("noun", "quantifier", "clip", "max_words")}
+    given = {name: getattr(args, name) for name in DESCRIBE_FLAGS}
     ignored = ignored_flags(workspace, given)
     if ignored:
         print(

@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import atomic_write_bytes, check_writable
+from dreamtext.config import absolute_model_folder
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
 
@@ -110,23 +111,23 @@ class ClipEncoder:
         ids = tokenizer(texts, truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out = torch.empty(len(texts), self.model.config.projection_dim)
-        bar = tqdm(
+        # A with block: Ctrl-C clears the bar too, so the CLI's one line starts a line of its own.
+        with tqdm(
             total=len(texts),
             desc="CLIP sentences",
             unit="sentence",
             leave=False,
             disable=len(texts) <= self.batch_size,
-        )
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
-            features = self.model.get_text_features(
-                input_ids=padded["input_ids"].to(self.device),
-                attention_mask=padded["attention_mask"].to(self.device),
-            )
-            out[batch] = _unit(_pooled(features)).float().cpu()
-            bar.update(len(batch))
-        bar.close()
+        ) as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+                features = self.model.get_text_features(
+                    input_ids=padded["input_ids"].to(self.device),
+                    attention_mask=padded["attention_mask"].to(self.device),
+                )
+                out[batch] = _unit(_pooled(features)).float().cpu()
+                bar.update(len(batch))
         return out
 
     @torch.no_grad()
@@ -248,6 +249,7 @@ def search_sentence(
 def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
     """Words of a file, one per line (blank lines and ``#`` comments skipped), in file order.
 
+    A UTF-8 byte order mark (Windows Notepad writes one) is not part of the first word.
     ``path=None`` reads the list shipped in ``dreamtext/data/<default>``.
     """
     if path is None:
@@ -255,7 +257,7 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
         source = f"dreamtext/data/{default}"
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
             raise DreamtextError(f"cannot read word list {path}: {error}") from None
         source = str(path)
@@ -328,6 +330,24 @@ def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> N
         )
 
 
+def used_options(options: DescribeOptions) -> dict[str, object]:
+    """The options a search ran with, as sentence.json records them (``options``): a ``--clip``
+    folder and the word lists as absolute paths (``null``: the built-in lists), so that a rerun
+    from another directory finds them and compares like with like."""
+
+    def absolute(path: Path | str | None) -> str | None:
+        return str(Path(path).resolve()) if path is not None else None
+
+    return {
+        "clip": absolute_model_folder(options.clip),
+        "nouns": absolute(options.nouns),
+        "adjectives": absolute(options.adjectives),
+        "noun": options.noun,
+        "quantifier": options.quantifier,
+        "max_words": options.max_words,
+    }
+
+
 def check_options(options: DescribeOptions) -> tuple[list[str], list[str]]:
     """Refuse options no search can use (``--max-words`` below 0, an empty ``--noun`` or
     ``--quantifier``, an unreadable or empty word list); return the nouns and adjectives."""
@@ -349,6 +369,9 @@ def describe(
     encoder: ImageTextEncoder | None = None,
 ) -> str:
     """Find the sentence for an image, write ``W/descriptor/sentence.json``, return the sentence.
+
+    The record holds the sentence, its parts and scores, the image and the options the search ran
+    with (:func:`used_options`).
 
     A workspace holding another image's record, or a trained one, is refused before the search
     (:func:`check_describe_workspace`).
@@ -372,8 +395,9 @@ def describe(
         "sentence": result.sentence,
         **asdict(result),
         "image": str(Path(image_path).resolve()),
-        "clip": options.clip,
+        "clip": absolute_model_folder(options.clip),
         "max_words": options.max_words,
+        "options": used_options(options),
         "sentences_scored": len(score.cache),
     }
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"

@@ -78,11 +78,18 @@ def _to_rgb_on_white(image: Image.Image) -> Image.Image:
     """Any Pillow mode → RGB, transparent pixels composited on white.
 
     16-bit grayscale is scaled to 8 bits, ``v8 = round(v16 · 255 / 65535)``: Pillow's own
-    conversion clips it instead, turning everything above 255 / 65535 white.
+    conversion clips it instead, turning everything above 255 / 65535 white. Its transparent
+    gray value (a PNG tRNS chunk), if any, stays transparent.
     """
     if image.mode in WIDE_GRAY_MODES:
         wide = np.asarray(image).astype(np.int64).clip(0, 65535)
-        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):  # a tRNS gray value: those pixels are transparent
+            alpha = np.where(wide == transparent, 0, 255).astype(np.uint8)
+            image = Image.fromarray(np.stack([gray, alpha], axis=-1), "LA")
+        else:
+            image = Image.fromarray(gray, "L")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode in ("P", "L", "RGB") and "transparency" in image.info
     )

@@ -39,7 +39,7 @@ import copy
 import os
 import sys
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from dreamtext.checkpoint import atomic_write_bytes, check_writable, last_checkp
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
+    absolute_model_folder,
     apply_overrides,
     config_to_dict,
     read_run_config,
@@ -64,6 +65,7 @@ from dreamtext.describe import (
     describe,
     read_record,
     sentence_path,
+    used_options,
 )
 from dreamtext.descriptor import (
     DescriptorOptions,
@@ -136,16 +138,58 @@ def keep_source_copy(image_path: Path, workspace: Path) -> Path:
     return target
 
 
+def source_copy(workspace: Path) -> Path | None:
+    """The run's copy of its image (``W/descriptor/source.<ext>``), ``None`` before it has one."""
+    copies = (workspace / "descriptor" / f"source{suffix}" for suffix in SOURCE_SUFFIXES.values())
+    return next((copy for copy in copies if copy.is_file()), None)
+
+
+def same_image(image_path: Path, previous: Path, workspace: Path) -> bool:
+    """Whether ``image_path`` is the image of the run in ``workspace``, recorded as ``previous``:
+    the same path, or the same bytes as that file or as the run's copy (:func:`source_copy`), so
+    that a run whose image was moved or deleted continues from the moved file or the copy."""
+    if previous.resolve() == image_path.resolve():
+        return True
+    if not image_path.is_file():
+        return False
+    data = image_path.read_bytes()
+    return any(
+        path is not None and path.is_file() and path.read_bytes() == data
+        for path in (previous, source_copy(workspace))
+    )
+
+
+def recorded_image(workspace: Path) -> str | None:
+    """The image the run in ``workspace`` recorded (config.json's ``image_to_3d``, else
+    sentence.json's), ``None`` for a new run."""
+    section = read_stage_sections(workspace).get("image_to_3d", {})
+    return section.get("image") or (read_record(workspace) or {}).get("image")
+
+
+def check_image(image_path: Path, workspace: Path) -> None:
+    """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
+    it is named with the run's copy to pass instead (the run can continue from it)."""
+    if not image_path.exists() and workspace.is_dir():
+        previous, copy = recorded_image(workspace), source_copy(workspace)
+        if previous is not None and copy is not None and Path(previous) == image_path.resolve():
+            raise DreamtextError(
+                f"image not found: {image_path}; to continue the run in {workspace}, pass its "
+                f"copy {copy} (or the image's new path)"
+            )
+    load_image(image_path)
+
+
 def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     """Refuse, before any work, a workspace that holds something other than this image's run:
-    a file, a folder this process cannot write, the run of another image, or a text→3D run of
-    some prompt (which the text→3D stage would otherwise continue as this image's). Returns the
-    run's recorded ``config.json`` without its stage sections (``None`` before it has one)."""
+    a file, a folder this process cannot write, the run of another image (:func:`same_image`),
+    or a text→3D run of some prompt (which the text→3D stage would otherwise continue as this
+    image's). Returns the run's recorded ``config.json`` without its stage sections (``None``
+    before it has one)."""
     check_writable(workspace, "pass --workspace a folder you can write")
     record = read_record(workspace)
     sections = read_stage_sections(workspace)
-    previous = sections.get("image_to_3d", {}).get("image") or (record or {}).get("image")
-    if previous is not None and Path(previous).resolve() != image_path.resolve():
+    previous = recorded_image(workspace)
+    if previous is not None and not same_image(image_path, Path(previous), workspace):
         raise DreamtextError(
             f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
             "for this image"
@@ -165,14 +209,10 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
 
 
 def image_section(image_path: Path, options: ImageOptions) -> dict[str, Any]:
-    """config.json's ``image_to_3d`` section: the image (absolute), the describe options (word
-    lists as absolute paths, ``null`` for the built-in ones; the device is the run's) and the
-    descriptor options."""
-    describe_options = asdict(options.describe)
-    describe_options.pop("device")
-    for name in ("nouns", "adjectives"):
-        path = describe_options[name]
-        describe_options[name] = str(Path(path).resolve()) if path is not None else None
+    """config.json's ``image_to_3d`` section: the image (absolute), the describe options (a
+    ``--clip`` folder and the word lists as absolute paths, ``null`` for the built-in lists; the
+    device is the run's) and the descriptor options."""
+    describe_options = {**used_options(options.describe), "batch_size": options.describe.batch_size}
     return {
         "image": str(image_path.resolve()),
         "describe": describe_options,
@@ -185,7 +225,10 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
     ``workspace`` recorded (config.json's ``image_to_3d`` and ``diverse`` sections; for a run from
     before them, sentence.json's descriptor step count), then ``overrides`` (the flags given, as
     ``{"describe": {...}, "descriptor": {...}}``). A rerun typed without the first run's flags
-    thus keeps its settings, as ``text --resume`` does."""
+    thus keeps its settings, as ``text --resume`` does. Once the describe stage is done, its
+    options are the ones sentence.json says it ran with (``options``), whatever the flags: the
+    stage is reused, and config.json must not record flags it ignored
+    (:func:`ignored_flags` names them)."""
     options = ImageOptions()
     sections = read_stage_sections(workspace)
     source = f"{Path(workspace) / 'config.json'}"
@@ -201,7 +244,12 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
     for name in ("sample_steps", "sample_guidance_scale"):
         if name in diverse:
             setattr(options, name, diverse[name])
-    apply_overrides(options.describe, overrides.get("describe", {}), "the command line")
+    used = (read_record(workspace) or {}).get("options")
+    if isinstance(used, dict):
+        apply_overrides(options.describe, used, str(sentence_path(workspace)))
+    else:
+        apply_overrides(options.describe, overrides.get("describe", {}), "the command line")
+    options.describe.clip = absolute_model_folder(options.describe.clip)
     apply_overrides(options.descriptor, overrides.get("descriptor", {}), "the command line")
     for name in ("nouns", "adjectives"):
         value = getattr(options.describe, name)
@@ -271,17 +319,30 @@ def check_stages(
 
 
 def ignored_flags(workspace: Path, given: dict[str, object]) -> list[str]:
-    """The explicitly given ``given`` settings (``noun``, ``quantifier``, ``clip``, ``max_words``
-    of describe) that differ from what the workspace's finished describe stage used, which a
-    rerun reuses, as ``"--flag value (the run's: old)"``."""
+    """The explicitly given ``given`` describe settings (``clip``, ``nouns``, ``adjectives``,
+    ``noun``, ``quantifier``, ``max_words``) that differ from what the workspace's finished
+    describe stage used, which a rerun reuses, as ``"--flag value (the run's: old)"``. The stage's
+    options are sentence.json's ``options``; a record from before it names only its ``clip`` and
+    ``max_words`` and the chosen ``noun`` and ``quantifier``."""
     record = read_record(workspace) or {}
-    done = {"noun", "quantifier", "clip", "max_words"} if record else set()
+    used = record.get("options")
+    if isinstance(used, dict):
+        record, done = used, set(used)
+    else:
+        done = {"noun", "quantifier", "clip", "max_words"} if record else set()
     out = []
     for name, value in given.items():
+        if name == "clip" and value is not None:
+            value = absolute_model_folder(str(value))
+        elif name in ("nouns", "adjectives") and value is not None:
+            value = str(Path(value).resolve())
         recorded = record.get(name)
-        if value is None or name not in done or recorded is None or recorded == value:
+        if value is None or name not in done or recorded == value:
             continue
-        out.append(f"--{name.replace('_', '-')} {value} (the run's: {recorded})")
+        if recorded is None and not isinstance(used, dict):
+            continue  # a record from before "options" does not say
+        was = "not given" if recorded is None else recorded
+        out.append(f"--{name.replace('_', '-')} {value} (the run's: {was})")
     return out
 
 
@@ -307,10 +368,10 @@ def run_image(
     cfg = copy.deepcopy(train_cfg)
     _needs_stable_diffusion(cfg.guidance.model, "image→3D")
     image_path = Path(image_path)
-    load_image(image_path)  # a bad image fails here, before any model is loaded
     if not cfg.workspace:
         cfg.workspace = str(default_workspace(image_path))
     workspace = Path(cfg.workspace)
+    check_image(image_path, workspace)  # a bad image fails here, before any model is loaded
     check_image_workspace(workspace, image_path)
     train_words, iters = descriptor_plan(workspace, options.descriptor.iters, overwrite)
     device = resolve_device(cfg.device)
@@ -430,15 +491,22 @@ def diverse_image(workspace: str | Path, seed: int) -> Path:
 
 def check_diverse_workspace(workspace: str | Path, cfg: TrainConfig) -> dict | None:
     """:func:`check_image_workspace` for ``--diverse``'s image, and a workspace holding the
-    ``--diverse`` run of another prompt is refused. Returns the run's recorded config (the base
-    a rerun resolves over), ``None`` for a new run."""
+    ``--diverse`` run of another prompt or seed (another sampled image) is refused. Returns the
+    run's recorded config (the base a rerun resolves over), ``None`` for a new run."""
     workspace = Path(workspace)
     check_writable(workspace, "pass --workspace a folder you can write")
-    recorded = read_stage_sections(workspace).get("diverse", {}).get("prompt")
+    diverse = read_stage_sections(workspace).get("diverse", {})
+    recorded, seed = diverse.get("prompt"), diverse.get("seed")
     if recorded is not None and recorded != cfg.prompt:
         raise DreamtextError(
             f"{workspace} holds the --diverse run of '{recorded}'; pass --workspace NEW_FOLDER "
             f"for '{cfg.prompt}'"
+        )
+    if recorded is not None and seed is not None and seed != cfg.seed:
+        raise DreamtextError(
+            f"{workspace} holds the --diverse run of '{recorded}' with --seed {seed} (its sampled "
+            f"image); pass --seed {seed} to continue it, or --workspace NEW_FOLDER for --seed "
+            f"{cfg.seed}"
         )
     return check_image_workspace(workspace, diverse_image(workspace, cfg.seed))
 

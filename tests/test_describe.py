@@ -202,6 +202,12 @@ def test_vocabulary_file_keeps_order_and_skips_blanks(tmp_path):
     assert read_vocabulary(path, "nouns.txt") == ["mug", "box", "teddy bear"]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path):
+    path = tmp_path / "nouns.txt"
+    path.write_bytes("\ufeffmug\r\nbox\r\n".encode())
+    assert read_vocabulary(path, "nouns.txt") == ["mug", "box"]
+
+
 def test_empty_vocabulary_file_is_a_user_error(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_text("\n  \n")
@@ -344,3 +350,29 @@ def test_an_empty_noun_is_refused_not_ignored(tmp_path, noun):
 def test_a_folder_that_is_not_clip_is_named_so(tmp_path, tiny_sd_path):
     with pytest.raises(DreamtextError, match="is not a CLIP model in transformers layout"):
         ClipEncoder(str(tiny_sd_path))
+
+
+def test_ctrl_c_during_the_sentence_encoding_clears_its_progress_bar(
+    tiny_clip_path, monkeypatch, capsys
+):
+    """The CLI's 'interrupted' line was glued to the end of the unfinished bar."""
+    encoder = ClipEncoder(str(tiny_clip_path), batch_size=1)
+    encode = encoder.model.get_text_features
+    calls = []
+
+    def interrupted_on_the_second_batch(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode(**kwargs)
+
+    monkeypatch.setattr(encoder.model, "get_text_features", interrupted_on_the_second_batch)
+    capsys.readouterr()
+    try:
+        encoder.encode_texts(["An image of a mug", "An image of a box", "An image of a cup"])
+    except KeyboardInterrupt:
+        err = capsys.readouterr().err  # while the traceback still holds the encoding's frame
+    else:
+        pytest.fail("the interrupt did not reach the caller")
+    assert "CLIP sentences" in err
+    assert err.endswith("\r") and err.rsplit("\r", 2)[-2].strip() == ""

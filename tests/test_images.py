@@ -149,3 +149,13 @@ def test_a_folder_is_reported_as_a_folder(tmp_path):
     folder.mkdir()
     with pytest.raises(DreamtextError, match="is a folder, not an image"):
         load_image(folder)
+
+
+def test_16_bit_grayscale_png_keeps_its_transparent_gray_value_transparent(tmp_path):
+    """A 16-bit gray PNG with a tRNS chunk: its transparent pixels came out black."""
+    path = tmp_path / "gray16_trns.png"
+    values = np.array([[0, 65535, 32768, 0]], dtype=np.uint16)
+    Image.fromarray(values).save(path, transparency=0)
+    assert Image.open(path).info.get("transparency") == 0
+    rgb = np.asarray(load_image(path))
+    assert rgb[0, :, 0].tolist() == [255, 255, 128, 255]

@@ -1,6 +1,7 @@
 """Image→3D: describe → descriptor → text→3D → export, stages skipped when done; --diverse."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from tiny_models import TINY_TRAIN
 import dreamtext.imageto3d as imageto3d
 from dreamtext.checkpoint import load_checkpoint
 from dreamtext.config import resolve_config
-from dreamtext.describe import DescribeOptions
+from dreamtext.describe import DescribeOptions, describe
 from dreamtext.descriptor import DESCRIPTOR_TOKEN, DescriptorOptions
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
@@ -698,3 +699,86 @@ def test_options_resolve_over_the_recorded_ones_and_old_runs_over_their_record(t
     assert (options.describe.clip, options.describe.nouns) == ("my/clip", Path("/w/nouns.txt"))
     assert (options.describe.max_words, options.descriptor.iters) == (3, 11)
     assert options.descriptor.lr == 0.01
+
+
+def test_a_rerun_records_the_describe_options_the_stage_ran_with_not_the_ignored_flags(
+    tmp_path, tiny_clip_path
+):
+    """config.json's image_to_3d.describe recorded a rerun's --nouns and --max-words although the
+    finished describe stage was reused, and the warning did not name --nouns."""
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    workspace = tmp_path / "run"
+    describe(image, workspace, options.describe)
+    other = tmp_path / "other_nouns.txt"
+    other.write_text("mug\n")
+    flags = {"describe": {"nouns": other, "max_words": 5}, "descriptor": {}}
+
+    resolved = imageto3d.resolve_image_options(flags, workspace)
+    assert resolved.describe.nouns == options.describe.nouns.resolve()
+    assert resolved.describe.max_words == 2
+    section = imageto3d.image_section(image, resolved)["describe"]
+    assert section["nouns"] == str(options.describe.nouns.resolve())
+    given = {"clip": None, "nouns": other, "adjectives": None, "noun": "cube", "max_words": 5}
+    assert imageto3d.ignored_flags(workspace, given) == [
+        f"--nouns {other.resolve()} (the run's: {options.describe.nouns.resolve()})",
+        "--noun cube (the run's: not given)",
+        "--max-words 5 (the run's: 2)",
+    ]
+
+
+def test_a_relative_clip_folder_is_recorded_as_an_absolute_path(
+    tmp_path, tiny_clip_path, monkeypatch
+):
+    """A run interrupted in describe and typed again from another directory looked for
+    --clip clip in the wrong place (or on the hub), as --model did before config's fix."""
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    monkeypatch.chdir(tiny_clip_path.parent)
+    relative = replace(options.describe, clip=tiny_clip_path.name)
+    flags = {"describe": {"clip": tiny_clip_path.name}, "descriptor": {}}
+    resolved = imageto3d.resolve_image_options(flags, tmp_path / "new")
+    assert resolved.describe.clip == str(tiny_clip_path.resolve())
+    assert imageto3d.image_section(image, resolved)["describe"]["clip"] == resolved.describe.clip
+
+    describe(image, tmp_path / "run", relative)
+    record = json.loads((tmp_path / "run" / "descriptor" / "sentence.json").read_text())
+    assert record["clip"] == record["options"]["clip"] == str(tiny_clip_path.resolve())
+    given = {"clip": tiny_clip_path.name, "max_words": 2}
+    assert imageto3d.ignored_flags(tmp_path / "run", given) == []
+
+
+def test_a_run_whose_image_was_moved_continues_from_the_moved_file_or_the_runs_copy(tmp_path):
+    """Once the image was moved or deleted, neither its old path, its new one nor the run's own
+    copy was accepted: the only way on was --workspace NEW_FOLDER, from scratch."""
+    image = _image(tmp_path)
+    workspace = tmp_path / "run"
+    (workspace / "descriptor").mkdir(parents=True)
+    record = {"sentence": "An image of a cube", "image": str(image.resolve())}
+    (workspace / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    copy = imageto3d.keep_source_copy(image, workspace)
+    moved = image.rename(tmp_path / "moved.png")
+
+    with pytest.raises(DreamtextError, match=f"pass its copy {copy}"):
+        imageto3d.check_image(image, workspace)
+    for path in (moved, copy):
+        imageto3d.check_image(path, workspace)
+        assert imageto3d.check_image_workspace(workspace, path) is None
+    other = tmp_path / "other.png"
+    Image.new("RGB", (48, 48), (0, 0, 255)).save(other)
+    with pytest.raises(DreamtextError, match="holds the image→3D run of"):
+        imageto3d.check_image_workspace(workspace, other)
+
+
+def test_a_diverse_workspace_of_another_seed_is_refused_naming_both_seeds(tmp_path):
+    """The refusal named the other seed's sampled file as 'the image→3D run of …/
+    sample_seed1.png', a file the user never gave, and not the --seed that would continue it."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    section = {"diverse": {"prompt": "a red cube", "seed": 1}}
+    (workspace / "config.json").write_text(json.dumps(section))
+    cfg = resolve_config({"prompt": "a red cube", "seed": 2, "workspace": str(workspace)})
+    with pytest.raises(DreamtextError) as refusal:
+        imageto3d.check_diverse_workspace(workspace, cfg)
+    assert "with --seed 1" in str(refusal.value)
+    assert "pass --seed 1 to continue it, or --workspace NEW_FOLDER for --seed 2" in str(
+        refusal.value
+    )
