@@ -609,9 +609,7 @@ def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
     assert dataclasses.asdict(options) == dataclasses.asdict(ExportOptions(video=False))
 
 
-def test_a_run_without_a_readable_config_exports_with_the_defaults(
-    tmp_path, monkeypatch, capsys
-):
+def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch, capsys):
     """... and says so when the file is there: the run's own settings may have been others."""
     workspace = recorded_run(tmp_path, {"resolution": 40})
     (workspace / "config.json").write_text("{ not json")
