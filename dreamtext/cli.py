@@ -738,11 +738,24 @@ def quiet_libraries() -> None:
         huggingface_hub.utils.enable_progress_bars()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record is logged (a redirect,
+    pytest's capture), not to the stream it was when the handler was made."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def show_progress_messages() -> None:
     """dreamtext's own INFO logs (which run is exported, each export stage) on stderr."""
     logger = logging.getLogger("dreamtext")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("dreamtext: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
