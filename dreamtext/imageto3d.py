@@ -182,9 +182,9 @@ def check_image(image_path: Path, workspace: Path) -> None:
 def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     """Refuse, before any work, a workspace that holds something other than this image's run:
     a file, a folder this process cannot write, the run of another image (:func:`same_image`),
-    or a text→3D run of some prompt (which the text→3D stage would otherwise continue as this
-    image's). Returns the run's recorded ``config.json`` without its stage sections (``None``
-    before it has one)."""
+    this image edited since the run copied it, or a text→3D run of some prompt (which the
+    text→3D stage would otherwise continue as this image's). Returns the run's recorded
+    ``config.json`` without its stage sections (``None`` before it has one)."""
     check_writable(workspace, "pass --workspace a folder you can write")
     record = read_record(workspace)
     sections = read_stage_sections(workspace)
@@ -193,6 +193,16 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
         raise DreamtextError(
             f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
             "for this image"
+        )
+    copy = source_copy(workspace)
+    edited = (
+        image_path.is_file() and copy is not None and image_path.read_bytes() != copy.read_bytes()
+    )
+    if previous is not None and edited:
+        # Edited in place: the run's sentence and descriptor were made from the copy.
+        raise DreamtextError(
+            f"{image_path} has changed since the run in {workspace} started from it; pass "
+            f"--workspace NEW_FOLDER for the new image, or its copy {copy} to continue the run"
         )
     saved = read_run_config(workspace, "delete it or pass --workspace NEW_FOLDER")
     if saved is None:

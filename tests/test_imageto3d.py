@@ -782,3 +782,21 @@ def test_a_diverse_workspace_of_another_seed_is_refused_naming_both_seeds(tmp_pa
     assert "pass --seed 1 to continue it, or --workspace NEW_FOLDER for --seed 2" in str(
         refusal.value
     )
+
+
+def test_an_image_edited_in_place_is_refused_naming_the_runs_copy(tmp_path):
+    """Same path, new pixels: an interrupted descriptor went on training on the new image with
+    the sentence found for the old one."""
+    image = _image(tmp_path)
+    workspace = tmp_path / "run"
+    (workspace / "descriptor").mkdir(parents=True)
+    record = {"sentence": "An image of a cube", "image": str(image.resolve())}
+    (workspace / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    copy = imageto3d.keep_source_copy(image, workspace)
+    assert imageto3d.check_image_workspace(workspace, image) is None  # unchanged: continues
+    Image.new("RGB", (48, 48), (0, 0, 255)).save(image)
+    with pytest.raises(
+        DreamtextError, match=f"has changed since .* or its copy {copy} to continue"
+    ):
+        imageto3d.check_image_workspace(workspace, image)
+    assert imageto3d.check_image_workspace(workspace, copy) is None
