@@ -746,15 +746,21 @@ def test_a_relative_clip_folder_is_recorded_as_an_absolute_path(
     assert imageto3d.ignored_flags(tmp_path / "run", given) == []
 
 
-def test_a_run_whose_image_was_moved_continues_from_the_moved_file_or_the_runs_copy(tmp_path):
-    """Once the image was moved or deleted, neither its old path, its new one nor the run's own
-    copy was accepted: the only way on was --workspace NEW_FOLDER, from scratch."""
+def _described_run(tmp_path):
+    """An image, and a workspace whose describe stage ran on it (sentence.json and the run's
+    copy of the image): ``(image, workspace, copy)``."""
     image = _image(tmp_path)
     workspace = tmp_path / "run"
     (workspace / "descriptor").mkdir(parents=True)
     record = {"sentence": "An image of a cube", "image": str(image.resolve())}
     (workspace / "descriptor" / "sentence.json").write_text(json.dumps(record))
-    copy = imageto3d.keep_source_copy(image, workspace)
+    return image, workspace, imageto3d.keep_source_copy(image, workspace)
+
+
+def test_a_run_whose_image_was_moved_continues_from_the_moved_file_or_the_runs_copy(tmp_path):
+    """Once the image was moved or deleted, neither its old path, its new one nor the run's own
+    copy was accepted: the only way on was --workspace NEW_FOLDER, from scratch."""
+    image, workspace, copy = _described_run(tmp_path)
     moved = image.rename(tmp_path / "moved.png")
 
     with pytest.raises(DreamtextError, match=f"pass its copy {copy}"):
@@ -787,12 +793,7 @@ def test_a_diverse_workspace_of_another_seed_is_refused_naming_both_seeds(tmp_pa
 def test_an_image_edited_in_place_is_refused_naming_the_runs_copy(tmp_path):
     """Same path, new pixels: an interrupted descriptor went on training on the new image with
     the sentence found for the old one."""
-    image = _image(tmp_path)
-    workspace = tmp_path / "run"
-    (workspace / "descriptor").mkdir(parents=True)
-    record = {"sentence": "An image of a cube", "image": str(image.resolve())}
-    (workspace / "descriptor" / "sentence.json").write_text(json.dumps(record))
-    copy = imageto3d.keep_source_copy(image, workspace)
+    image, workspace, copy = _described_run(tmp_path)
     assert imageto3d.check_image_workspace(workspace, image) is None  # unchanged: continues
     Image.new("RGB", (48, 48), (0, 0, 255)).save(image)
     with pytest.raises(
