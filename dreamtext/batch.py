@@ -22,6 +22,7 @@ when its holder stopped refreshing it for ``--lock-timeout`` seconds.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -44,11 +45,14 @@ from dreamtext.checkpoint import last_checkpoint
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
+    ascii_slug,
     config_to_dict,
     flat_fields,
+    owner_value,
     read_run_config,
     resolve_config,
     resume_conflicts,
+    run_owner,
     slugify,
 )
 from dreamtext.devices import free_memory
@@ -127,11 +131,7 @@ class Entry:
     def key(self) -> tuple[str, str]:
         """What a run of this entry records (:func:`run_owner`): ``("text", prompt)``, or
         ``("image", absolute image path)``."""
-        return self.kind, _key_value(self.kind, self.prompt)
-
-
-def _key_value(kind: str, prompt: str) -> str:
-    return str(Path(prompt).resolve()) if kind == "image" else prompt
+        return self.kind, owner_value(self.kind, self.prompt)
 
 
 def read_prompts(path: str | Path, root: Path) -> list[Entry]:
@@ -188,61 +188,46 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             f"prompts file {path} holds no prompts (blank lines and # comments "
             "are skipped); write one prompt per line"
         )
-    slugs = [_slug(e) for e in found]
+    slugs = [slugify(_name(e)) for e in found]
     return [
-        replace(e, workspace=root / workspace_name(root, e.key, slug, slugs.count(slug) > 1))
+        replace(
+            e,
+            workspace=root
+            / workspace_name(root, e.key, slug, slugs.count(slug) > 1, ascii_slug(_name(e))),
+        )
         for e, slug in zip(found, slugs, strict=True)
     ]
 
 
-def _slug(entry: Entry) -> str:
-    return slugify(Path(entry.prompt).stem if entry.kind == "image" else entry.prompt)
+def _name(entry: Entry) -> str:
+    return Path(entry.prompt).stem if entry.kind == "image" else entry.prompt
 
 
-def workspace_name(root: Path, key: tuple[str, str], slug: str, shared: bool) -> str:
+def workspace_name(
+    root: Path, key: tuple[str, str], slug: str, shared: bool, legacy: str | None = None
+) -> str:
     """The folder under ``root`` of the prompt (or image) ``key`` whose slug is ``slug``.
 
     It is ``slug``, the workspace ``dreamtext text`` would use, unless that folder holds another
     prompt's run or ``shared`` (another line of the list has the same slug: ``a cat`` and ``A
-    cat!``, prompts that differ after 60 characters or only in non-Latin letters): then it is
-    ``<slug>_<8 hex digits of the prompt's SHA-256>``. The name depends on the prompt and the
-    folders there, never on the line order, so an edited or re-ordered list keeps each prompt's
-    run. A folder that already holds this prompt's run keeps it: ``slug``, the hashed name, or a
-    ``<slug>_line<N>`` of the batches that named clashes by their line number.
+    cat!``, prompts that differ after 60 characters): then it is ``<slug>_<8 hex digits of the
+    prompt's SHA-256>``. The name depends on the prompt and the folders there, never on the line
+    order, so an edited or re-ordered list keeps each prompt's run. A folder that already holds
+    this prompt's run keeps it: ``slug``, the hashed name, or a ``<slug>_line<N>`` of the batches
+    that named clashes by their line number; and the same names made from ``legacy``, the slug an
+    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`).
     """
-    hashed = f"{slug}_{hashlib.sha256(key[1].encode('utf-8')).hexdigest()[:8]}"
-    owner = run_owner(root / slug)
-    if owner == key:
-        return slug
-    if (root / hashed).exists():
-        return hashed
-    for old in sorted(root.glob(f"{slug}_line*")):
-        if re.fullmatch(rf"{re.escape(slug)}_line\d+", old.name) and run_owner(old) == key:
-            return old.name
-    return hashed if shared or owner is not None else slug
-
-
-def run_owner(workspace: Path) -> tuple[str, str] | None:
-    """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
-    (``descriptor/sentence.json``, or before it config.json's ``image_to_3d`` section),
-    ``("text", prompt)`` for a text→3D run (``config.json``), ``None`` when it holds neither (no
-    folder, or a run that has not written them yet)."""
-    from dreamtext.describe import sentence_path
-
-    for path, kind, keys in (
-        (sentence_path(workspace), "image", ("image",)),
-        (workspace / "config.json", "image", ("image_to_3d", "image")),
-        (workspace / "config.json", "text", ("prompt",)),
-    ):
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-            for key in keys:
-                value = value.get(key)
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(value, str):
-            return kind, _key_value(kind, value)
-    return None
+    digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
+    for name in dict.fromkeys(n for n in (slug, legacy) if n):
+        if run_owner(root / name) == key:
+            return name
+        if (root / f"{name}_{digest}").exists():
+            return f"{name}_{digest}"
+        for old in sorted(root.glob(f"{glob.escape(name)}_line*")):
+            if re.fullmatch(rf"{re.escape(name)}_line\d+", old.name) and run_owner(old) == key:
+                return old.name
+    taken = run_owner(root / slug) is not None
+    return f"{slug}_{digest}" if shared or taken else slug
 
 
 def parse_shard(text: str) -> tuple[int, int]:

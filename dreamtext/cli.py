@@ -304,9 +304,10 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
 
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
-    from dreamtext.config import DEFAULT_WORKSPACE_ROOT, read_run_config, slugify
+    from dreamtext.config import DEFAULT_WORKSPACE_ROOT, prompt_workspace, read_run_config
 
-    workspace = Path(args.workspace or DEFAULT_WORKSPACE_ROOT / slugify(args.prompt))
+    key = ("text", args.prompt)
+    workspace = Path(args.workspace or prompt_workspace(DEFAULT_WORKSPACE_ROOT, args.prompt, key))
     data = read_run_config(workspace, "drop --resume to start over")
     if data is None:
         raise DreamtextError(

@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,7 +339,8 @@ def resolve_config(
         if changed:
             raise DreamtextError(resume_refusal(changed, new_run))
     if not cfg.workspace:
-        cfg.workspace = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
+        key = ("text", cfg.prompt)
+        cfg.workspace = str(prompt_workspace(DEFAULT_WORKSPACE_ROOT, cfg.prompt, key))
     return cfg
 
 
@@ -442,9 +444,64 @@ def validate_cameras(cameras: CameraRange) -> None:
 
 
 def slugify(prompt: str, max_length: int = 60) -> str:
-    """A folder name for a prompt, words joined by '_' (``"A castle!"`` → ``a_castle``)."""
+    """A folder name for a prompt: its words (letters and digits of any script, lower case)
+    joined by '_' (``"A castle!"`` → ``a_castle``, ``"Crème brûlée"`` → ``crème_brûlée``,
+    ``"一座城堡"`` → ``一座城堡``), at most ``max_length`` characters; ``run`` when it has none.
+    The prompt is NFC-normalised first, so an accent typed as a combining mark gives the same
+    folder as the precomposed letter."""
+    text = unicodedata.normalize("NFC", prompt).lower()
+    slug = re.sub(r"[\W_]+", "_", text).strip("_")
+    return slug[:max_length].rstrip("_") or "run"
+
+
+def ascii_slug(prompt: str, max_length: int = 60) -> str:
+    """The folder name dreamtext gave a prompt before :func:`slugify` kept letters of every
+    script: ASCII letters and digits only (``"Crème brûlée"`` → ``cr_me_br_l_e``, every
+    non-Latin prompt → ``run``). Only looked up, so that a run made then is found again
+    (:func:`prompt_workspace`)."""
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
     return slug[:max_length].rstrip("_") or "run"
+
+
+def run_owner(workspace: Path) -> tuple[str, str] | None:
+    """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
+    (``descriptor/sentence.json``, or before it config.json's ``image_to_3d`` section),
+    ``("text", prompt)`` for a text→3D run (``config.json``), ``None`` when it holds neither (no
+    folder, or a run that has not written them yet)."""
+    from dreamtext.describe import sentence_path
+
+    for path, kind, keys in (
+        (sentence_path(workspace), "image", ("image",)),
+        (workspace / "config.json", "image", ("image_to_3d", "image")),
+        (workspace / "config.json", "text", ("prompt",)),
+    ):
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+            for key in keys:
+                value = value.get(key)
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(value, str):
+            return kind, owner_value(kind, value)
+    return None
+
+
+def owner_value(kind: str, prompt: str) -> str:
+    """How :func:`run_owner` names a run's prompt: the prompt itself for text→3D, the image's
+    absolute path for image→3D."""
+    return str(Path(prompt).resolve()) if kind == "image" else prompt
+
+
+def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
+    """The default workspace under ``root`` of the run ``key`` (:func:`run_owner`'s form) whose
+    folder is named after ``name`` (the prompt, or the image file's stem): ``root/<slugify(name)>``,
+    or the folder an earlier version named it (:func:`ascii_slug`) when that one holds this run
+    and the new one does not exist."""
+    folder = root / slugify(name)
+    legacy = root / ascii_slug(name)
+    if legacy != folder and not folder.exists() and run_owner(legacy) == key:
+        return legacy
+    return folder
 
 
 __all__ = [
@@ -453,16 +510,20 @@ __all__ = [
     "STAGE_SECTIONS",
     "TrainConfig",
     "apply_overrides",
+    "ascii_slug",
     "available_presets",
     "config_to_dict",
     "flat_fields",
+    "owner_value",
     "preset_path",
+    "prompt_workspace",
     "read_run_config",
     "read_stage_sections",
     "read_yaml",
     "resolve_config",
     "resume_conflicts",
     "resume_refusal",
+    "run_owner",
     "slugify",
     "write_run_config",
 ]

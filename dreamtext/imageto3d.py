@@ -53,7 +53,10 @@ from dreamtext.config import (
     TrainConfig,
     absolute_model_folder,
     apply_overrides,
+    ascii_slug,
     config_to_dict,
+    owner_value,
+    prompt_workspace,
     read_run_config,
     read_stage_sections,
     slugify,
@@ -104,7 +107,8 @@ class ImageOptions:
 def default_workspace(image_path: str | Path) -> Path:
     """``workspace/<image file name>``: where ``dreamtext describe`` and ``dreamtext image`` write
     by default, so that ``image`` reuses the sentence ``describe`` found."""
-    return DEFAULT_WORKSPACE_ROOT / slugify(Path(image_path).stem)
+    key = ("image", owner_value("image", str(image_path)))
+    return prompt_workspace(DEFAULT_WORKSPACE_ROOT, Path(image_path).stem, key)
 
 
 def _needs_stable_diffusion(model: str, what: str) -> None:
@@ -488,10 +492,23 @@ def diverse_workspace(cfg: TrainConfig, named: bool) -> str:
     """``--diverse``'s workspace: ``cfg.workspace`` when the user ``named`` it (``--workspace``),
     else the default one (``workspace/<prompt slug>``) with a ``_diverse_seed<seed>`` suffix, so
     runs with different seeds (different images, hence different objects) do not collide."""
-    default = str(DEFAULT_WORKSPACE_ROOT / slugify(cfg.prompt))
-    if not named and (not cfg.workspace or cfg.workspace == default):
-        return f"{default}_diverse_seed{cfg.seed}"
-    return cfg.workspace
+    if named or cfg.workspace not in ("", *(str(f) for f in _slug_folders(cfg.prompt, ""))):
+        return cfg.workspace
+    folder, legacy = _slug_folders(cfg.prompt, f"_diverse_seed{cfg.seed}")
+    if legacy != folder and not folder.exists():
+        try:
+            recorded = read_stage_sections(legacy).get("diverse", {}).get("prompt")
+        except DreamtextError:
+            recorded = None
+        if recorded == cfg.prompt:
+            return str(legacy)  # made before slugs kept non-ASCII letters
+    return str(folder)
+
+
+def _slug_folders(prompt: str, suffix: str) -> tuple[Path, Path]:
+    """``workspace/<slug><suffix>`` of :func:`slugify` and of :func:`ascii_slug`."""
+    root = DEFAULT_WORKSPACE_ROOT
+    return root / f"{slugify(prompt)}{suffix}", root / f"{ascii_slug(prompt)}{suffix}"
 
 
 def diverse_image(workspace: str | Path, seed: int) -> Path:

@@ -161,24 +161,48 @@ def names(path, root):
 
 
 def test_names_of_clashing_prompts_do_not_depend_on_the_line_order(tmp_path):
-    lines = [
-        "一只猫",
-        "a cat",
-        "一只狗",
-        "A cat!",
-    ]  # the first two slug to run, the others to a_cat
+    lines = ["一只猫", "a cat", "一只猫!", "A cat!"]  # the first two and the last two clash
     forward = names(prompts_file(tmp_path, *lines), tmp_path / "root")
     backward = names(prompts_file(tmp_path, *reversed(lines)), tmp_path / "root")
     assert (
         forward
         == backward
         == {
-            "一只猫": f"run_{sha('一只猫')}",
+            "一只猫": f"一只猫_{sha('一只猫')}",
             "a cat": f"a_cat_{sha('a cat')}",
-            "一只狗": f"run_{sha('一只狗')}",
+            "一只猫!": f"一只猫_{sha('一只猫!')}",
             "A cat!": f"a_cat_{sha('A cat!')}",
         }
     )
+
+
+def test_prompts_in_other_scripts_get_folders_of_their_own_words(tmp_path):
+    """Every non-Latin prompt was ``run`` (then ``run_<hash>``): folders no one could tell apart."""
+    path = prompts_file(tmp_path, "一只猫", "一只狗", "Crème brûlée", "кот")
+    assert names(path, tmp_path / "root") == {
+        "一只猫": "一只猫",
+        "一只狗": "一只狗",
+        "Crème brûlée": "crème_brûlée",
+        "кот": "кот",
+    }
+
+
+def test_a_rerun_keeps_the_folders_that_ascii_slugs_named(tmp_path):
+    """Batches before Unicode slugs named a non-Latin prompt ``run`` or ``run_<hash>``, an
+    accented one with its accents cut out: a rerun finds those runs instead of starting over."""
+    root = tmp_path / "root"
+    ran(root / "run", "一只猫")
+    ran(root / f"run_{sha('一只狗')}", "一只狗")
+    ran(root / "cr_me_br_l_e", "Crème brûlée")
+    ran(root / "cr_me_br_l_e_line2", "crème brûlée!")
+    path = prompts_file(tmp_path, "一只狗", "crème brûlée!", "一只猫", "Crème brûlée", "一只鸟")
+    assert names(path, root) == {
+        "一只狗": f"run_{sha('一只狗')}",
+        "crème brûlée!": "cr_me_br_l_e_line2",
+        "一只猫": "run",
+        "Crème brûlée": "cr_me_br_l_e",
+        "一只鸟": "一只鸟",
+    }
 
 
 def test_a_folder_holding_another_prompts_run_gives_the_prompt_a_hashed_name(tmp_path):

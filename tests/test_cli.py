@@ -280,6 +280,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert not (tmp_path / "workspace").exists()
 
 
+def test_resume_finds_a_run_in_the_folder_an_ascii_slug_named(tmp_path, monkeypatch, capsys):
+    """``text "一只猫"`` ran in ``workspace/run`` before slugs kept non-Latin letters."""
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "workspace" / "run"
+    old.mkdir(parents=True)
+    config = {"prompt": "一只猫", "guidance": {"model": "builtin:shapes"}}
+    (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    code, err = run_main(["text", "一只猫", "--resume"], capsys)
+    assert_user_error(code, err, "nothing to resume in workspace/run:", "last.pt")
+    code, err = run_main(["text", "一只狗", "--resume"], capsys)
+    assert_user_error(code, err, "nothing to resume in workspace/一只狗:", "no config.json")
+
+
 def test_a_user_error_in_a_real_process_has_no_traceback(tmp_path):
     result = run_cli("text", "a castle", "--model", tmp_path / "missing", cwd=tmp_path)
     assert_one_line_user_error(result, "missing")

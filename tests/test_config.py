@@ -1,5 +1,6 @@
 """Config resolution: thesis defaults, presets, YAML files, explicit flags, and their precedence."""
 
+import json
 import math
 
 import pytest
@@ -65,6 +66,35 @@ def test_default_workspace_is_the_prompt_slug():
         == "workspace/a_castle_on_a_hill"
     )
     assert slugify("   ") == "run"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "slug"),
+    [
+        ("A castle, on a hill!", "a_castle_on_a_hill"),
+        ("Crème brûlée", "crème_brûlée"),
+        ("Cre\u0300me bru\u0302le\u0301e", "crème_brûlée"),  # combining accents: same folder
+        ("一座城堡", "一座城堡"),
+        ("Ein Schloß__am  See", "ein_schloß_am_see"),
+        ("🏰 !!", "run"),
+        ("x" * 70, "x" * 60),
+    ],
+)
+def test_slugs_keep_the_letters_of_every_script(prompt, slug):
+    """Every non-Latin prompt was the folder ``run``: a second one was refused as another
+    prompt's run; accented letters were cut out (``cr_me_br_l_e``)."""
+    assert slugify(prompt) == slug
+
+
+def test_a_run_in_the_folder_an_ascii_slug_named_is_found_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "workspace" / "run"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"prompt": "一座城堡"}), encoding="utf-8")
+    assert resolve_config({"prompt": "一座城堡"}).workspace == "workspace/run"
+    assert resolve_config({"prompt": "一只猫"}).workspace == "workspace/一只猫"
+    (tmp_path / "workspace" / "一座城堡").mkdir()  # a new-style folder exists: it wins
+    assert resolve_config({"prompt": "一座城堡"}).workspace == "workspace/一座城堡"
 
 
 @pytest.mark.parametrize(

@@ -801,3 +801,29 @@ def test_an_image_edited_in_place_is_refused_naming_the_runs_copy(tmp_path):
     ):
         imageto3d.check_image_workspace(workspace, image)
     assert imageto3d.check_image_workspace(workspace, copy) is None
+
+
+def test_image_and_diverse_runs_in_folders_that_ascii_slugs_named_are_found_again(
+    tmp_path, monkeypatch
+):
+    """Before Unicode slugs, ``crème.png`` ran in ``workspace/cr_me`` and ``--diverse`` of
+    "Crème brûlée" in ``workspace/cr_me_br_l_e_diverse_seed1``: a rerun continues them there."""
+    monkeypatch.chdir(tmp_path)
+    assert imageto3d.default_workspace("crème.png").as_posix() == "workspace/crème"
+    old = tmp_path / "workspace" / "cr_me" / "descriptor"
+    old.mkdir(parents=True)
+    record = {"image": str(tmp_path / "crème.png")}
+    (old / "sentence.json").write_text(json.dumps(record), encoding="utf-8")
+    assert imageto3d.default_workspace("crème.png").as_posix() == "workspace/cr_me"
+    assert imageto3d.default_workspace("cràme.png").as_posix() == "workspace/cràme"
+
+    cfg = resolve_config({"prompt": "Crème brûlée", "seed": 1})
+    new = "workspace/crème_brûlée_diverse_seed1"
+    assert imageto3d.diverse_workspace(cfg, named=False) == new
+    diverse = tmp_path / "workspace" / "cr_me_br_l_e_diverse_seed1"
+    diverse.mkdir()
+    section = {"diverse": {"prompt": "Crème brûlée", "seed": 1}}
+    (diverse / "config.json").write_text(json.dumps(section), encoding="utf-8")
+    assert imageto3d.diverse_workspace(cfg, named=False) == diverse.relative_to(tmp_path).as_posix()
+    other = resolve_config({"prompt": "Crème brûlée!", "seed": 1})
+    assert imageto3d.diverse_workspace(other, named=False) == new
