@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
 from PIL import Image
@@ -120,6 +120,15 @@ def test_runs_with_the_same_folder_name_get_distinct_ids(tmp_path: Path):
     make_run(tmp_path / "b" / "run", "two")
     ids = [r.id for r in Catalog([tmp_path / "a" / "run", tmp_path / "b" / "run"]).runs()]
     assert ids == ["run", "run-2"]
+
+
+def test_runs_in_folders_of_other_scripts_keep_their_names_as_ids(tmp_path: Path):
+    """Workspaces are named in the prompt's own letters (``一只猫``, ``crème_brûlée``); their
+    ids were all ``run``, ``run-2``…: addresses that change when a run is added."""
+    make_run(tmp_path / "一只猫", "一只猫")
+    make_run(tmp_path / "crème_brûlée", "Crème brûlée")
+    make_run(tmp_path / "a cat (2)", "a cat")
+    assert sorted(r.id for r in Catalog([tmp_path]).runs()) == ["a_cat_2", "crème_brûlée", "一只猫"]
 
 
 @pytest.mark.parametrize("what", ["missing", "empty", "file"])
@@ -913,6 +922,32 @@ def test_static_pages_link_their_copies_and_name_runs_without_local_paths(root, 
     assert run["api"] is None and run["glb_script"] == "mesh.glb.js"
     for url in [p["url"] for p in run["run"]["previews"]] + list(run["run"]["mesh"].values()):
         assert (out / "runs" / "cube" / url).is_file()
+
+
+def test_runs_named_in_other_scripts_are_served_and_exported(tmp_path: Path):
+    root = tmp_path / "runs"
+    make_run(root / "一只猫", "一只猫", status={"state": "finished", "step": 20, "iters": 20})
+    srv = make_server(Catalog([root]))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        [run] = json.loads(get(srv, "/api/runs.json")[1])["runs"]
+        assert run["href"] == "run/%E4%B8%80%E5%8F%AA%E7%8C%AB/"
+        assert get(srv, run["href"])[0] == 200
+        page = json.loads(get(srv, "/api/run/%E4%B8%80%E5%8F%AA%E7%8C%AB.json")[1])["run"]
+        urls = [p["url"] for p in page["previews"]] + list(page["mesh"].values())
+        assert urls and all(get(srv, url)[0] == 200 for url in urls)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+    out = export_static([root], tmp_path / "site")
+    [card] = page_data(out / "index.html")["runs"]
+    assert card["href"] == "runs/%E4%B8%80%E5%8F%AA%E7%8C%AB/index.html"
+    assert (out / unquote(card["href"])).is_file() and (out / unquote(card["thumbnail"])).is_file()
+    run = page_data(out / "runs" / "一只猫" / "index.html")["run"]
+    for url in [p["url"] for p in run["previews"]] + list(run["mesh"].values()):
+        assert (out / "runs" / "一只猫" / unquote(url)).is_file()
 
 
 def test_static_export_replaces_an_earlier_export_but_no_other_folder(root: Path, tmp_path: Path):

@@ -16,6 +16,7 @@ import base64
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 from dreamtext.errors import DreamtextError
 from dreamtext.view.page import (
@@ -62,8 +63,8 @@ def _write(catalog: Catalog, out: Path) -> None:
     gallery_links = Links(
         static="static/",
         gallery="index.html",
-        run=lambda run_id: f"runs/{run_id}/index.html",
-        file=lambda run, rel: f"runs/{run.id}/files/{rel}",
+        run=lambda run_id: f"runs/{quote(run_id)}/index.html",
+        file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(rel)}",
         local_paths=False,
     )
     gallery = gallery_json(runs, gallery_links)
@@ -71,8 +72,8 @@ def _write(catalog: Catalog, out: Path) -> None:
     run_links = Links(
         static="../../static/",
         gallery="../../index.html",
-        run=lambda run_id: f"../{run_id}/index.html",
-        file=lambda run, rel: f"files/{rel}",
+        run=lambda run_id: f"../{quote(run_id)}/index.html",
+        file=lambda run, rel: f"files/{quote(rel)}",
         local_paths=False,
     )
     for run in runs:

@@ -141,7 +141,8 @@ class Catalog:
         used: set[str] = set()
 
         def add(name: str, path: Path | None, root: Path | None, batch: dict | None) -> None:
-            base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+            # Letters of any script stay (workspace folders keep them: config.slugify).
+            base = re.sub(r"[^\w.-]+", "_", name).strip("._") or "run"
             run_id, n = base, 2
             while run_id in used:
                 run_id, n = f"{base}-{n}", n + 1
