@@ -3,7 +3,9 @@
     {"state": "running" | "finished" | "failed" | "interrupted", "step": int, "iters": int,
      "started": iso8601, "updated": iso8601, "error": str | null, "seconds": float,
      "gpu_mem_mib": float | null,
-     "phase": "sample" | "describe" | "descriptor" | "train" | "export"}
+     "phase": "sample" | "describe" | "descriptor" | "train" | "export",
+     "stages": {stage: {"seconds": float, "gpu_mem_mib": float | null}},
+     "total_seconds": float, "peak_gpu_mem_mib": float | null}
 
 The trainer wraps a run in :func:`track_status`, which writes the file atomically when the run
 starts, when it ends (``finished``, written after the export), when it fails (with the error's
@@ -23,6 +25,12 @@ reads ``failed`` with ``phase: "descriptor"``.
 0) adds its own to the ``seconds`` its status.json held, a stage that starts at step 0 counts from
 0. ``started`` is when this attempt started; ``gpu_mem_mib`` is the peak reserved CUDA memory of
 the attempt, ``null`` off CUDA.
+
+What the whole run cost, every stage and attempt: ``stages`` has each stage's ``seconds`` and its
+peak ``gpu_mem_mib`` over its attempts (stages are ``sample``, ``describe``, ``descriptor`` and
+``train``, which includes its export; a text→3D run has only ``train``); ``total_seconds`` is
+their sum and ``peak_gpu_mem_mib`` their largest. A stage that runs again from its start (an
+image run's text→3D with ``--overwrite``) replaces its own record and drops the later stages'.
 
 A caller of ``train`` that must be able to stop a run (``dreamtext batch``, whose lock on a
 workspace can be taken over) registers a check with :func:`guard_run`; every status update calls
@@ -50,6 +58,8 @@ from dreamtext.errors import DreamtextError
 STATUS = "status.json"
 STATES = ("running", "finished", "failed", "interrupted")
 PHASES = ("sample", "describe", "descriptor", "train", "export")
+# The phases a tracker starts in: a run's stages (``train`` goes on into ``export``).
+STAGES = PHASES[:-1]
 # The meshes an export writes (any of them, by --formats), under the workspace's mesh/.
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
@@ -161,11 +171,15 @@ class StatusTracker:
         self.step = step
         self.device = device
         self.phase = phase
+        self.stage = phase
         self.started, self.start = now_iso(), time.perf_counter()
-        earlier = read_status(self.workspace) if int(step()) > 0 else None
-        seconds = (earlier or {}).get("seconds")
-        valid = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
-        self.earlier_seconds = float(seconds) if valid and math.isfinite(seconds) else 0.0
+        before = read_status(self.workspace)
+        # A resumed stage (past step 0) goes on from the attempts of that stage.
+        resumed = int(step()) > 0 and _stage_of((before or {}).get("phase")) == self.stage
+        earlier = before if resumed else None
+        self.earlier_seconds = _finite((earlier or {}).get("seconds")) or 0.0
+        self.earlier_peak = _finite((earlier or {}).get("gpu_mem_mib"))
+        self.earlier_stages = _earlier_stages(before, self.stage)
         self._written: tuple[int, str] | None = None
 
     def write(self, state: str, error: str | None = None) -> None:
@@ -181,6 +195,17 @@ class StatusTracker:
             "gpu_mem_mib": peak_gpu_mib(self.device),
             "phase": self.phase,
         }
+        peak = status["gpu_mem_mib"]
+        if self.earlier_peak is not None:
+            peak = max(peak or 0.0, self.earlier_peak)
+        stages = {
+            **self.earlier_stages,
+            self.stage: {"seconds": status["seconds"], "gpu_mem_mib": peak},
+        }
+        status["stages"] = stages
+        status["total_seconds"] = round(sum(v["seconds"] for v in stages.values()), 3)
+        peaks = [v["gpu_mem_mib"] for v in stages.values() if v["gpu_mem_mib"] is not None]
+        status["peak_gpu_mem_mib"] = max(peaks) if peaks else None
         write_status(self.workspace, status)
         self._written = (step, self.phase)
 
@@ -200,6 +225,40 @@ class StatusTracker:
             self.phase = phase
         if self._written != (int(self.step()), self.phase):
             self.write("running")
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else ``None``."""
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if valid and math.isfinite(value) else None
+
+
+def _stage_of(phase: Any) -> str:
+    """The stage a status.json's ``phase`` belongs to (``export`` is text→3D's, ``train``)."""
+    return phase if phase in STAGES else "train"
+
+
+def _earlier_stages(earlier: dict[str, Any] | None, stage: str) -> dict[str, dict[str, Any]]:
+    """The ``stages`` of an earlier status.json that an attempt at ``stage`` keeps: the stages
+    before it (an image run's sentence search and descriptor, before its text→3D). Its own
+    record the tracker writes anew (a resumed stage adds the earlier attempts' time to it); the
+    stages after it are dropped, as a stage that runs again makes them anew. A status.json from
+    before ``stages`` were recorded gives its one stage (``phase``'s)."""
+    if earlier is None:
+        return {}
+    recorded = earlier.get("stages")
+    if not isinstance(recorded, dict):
+        recorded = {_stage_of(earlier.get("phase")): earlier}
+    kept = {}
+    for name, figures in recorded.items():
+        if name in STAGES and PHASES.index(name) < PHASES.index(stage):
+            seconds = _finite(figures.get("seconds")) if isinstance(figures, dict) else None
+            if seconds is not None:
+                kept[name] = {
+                    "seconds": seconds,
+                    "gpu_mem_mib": _finite(figures.get("gpu_mem_mib")),
+                }
+    return kept
 
 
 _ACTIVE: dict[str, StatusTracker] = {}

@@ -16,6 +16,7 @@ from dreamtext.runstatus import StatusTracker, error_line, read_status, write_st
 from dreamtext.trainer import TrainingInterrupted, train
 
 KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
+KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib"}
 
 
 def tiny_config(tmp_path, model, **overrides):
@@ -211,3 +212,62 @@ def test_a_stage_that_another_follows_ends_running_in_its_phase(tmp_path):
     )
     with pytest.raises(ValueError, match="phase"):
         StatusTracker(tmp_path, 4, lambda: 0, torch.device("cpu"), phase="search")
+
+
+def _stage(workspace, phase, step, clock=None, peak=None, finishes=False, interrupt=False):
+    """One stage's block of ``track_status``; it takes 10 s of ``clock`` and peaks at ``peak``."""
+    if clock is not None:
+        clock["peak"] = None  # track_status resets CUDA's peak at its start
+    with runstatus.track_status(
+        workspace, 10, lambda: step, torch.device("cpu"), phase=phase, finishes=finishes
+    ):
+        if clock is not None:
+            clock.update(t=clock["t"] + 10.0, peak=peak)
+        if interrupt:
+            raise KeyboardInterrupt
+    return read_status(workspace)
+
+
+def test_an_image_runs_status_adds_up_every_stage_and_attempt(tmp_path, monkeypatch):
+    """status.json's ``seconds`` and ``gpu_mem_mib`` are the current stage's: the viewer's card
+    and batch.jsonl showed an image run's text→3D time alone, not its descriptor's hours."""
+    clock = {"t": 0.0, "peak": None}
+    monkeypatch.setattr(runstatus.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(runstatus, "peak_gpu_mib", lambda device: clock["peak"])
+    _stage(tmp_path, "describe", 0, clock)
+    _stage(tmp_path, "descriptor", 0, clock, peak=3000.0)
+    with pytest.raises(KeyboardInterrupt):  # interrupted, then resumed at step 6
+        _stage(tmp_path, "train", 0, clock, peak=4000.0, interrupt=True)
+    done = _stage(tmp_path, "train", 6, clock, peak=2500.0, finishes=True)
+    assert done["stages"] == {
+        "describe": {"seconds": 10.0, "gpu_mem_mib": None},
+        "descriptor": {"seconds": 10.0, "gpu_mem_mib": 3000.0},
+        "train": {"seconds": 20.0, "gpu_mem_mib": 4000.0},
+    }
+    assert (done["state"], done["seconds"], done["gpu_mem_mib"]) == ("finished", 20.0, 2500.0)
+    assert (done["total_seconds"], done["peak_gpu_mem_mib"]) == (40.0, 4000.0)
+
+
+def test_a_stage_run_again_from_its_start_drops_its_record_and_the_later_ones(tmp_path):
+    stages = {
+        "describe": {"seconds": 5.0, "gpu_mem_mib": None},
+        "descriptor": {"seconds": 300.0, "gpu_mem_mib": 3000.0},
+        "train": {"seconds": 900.0, "gpu_mem_mib": 5000.0},
+    }
+    write_status(tmp_path, {"state": "finished", "step": 10, "iters": 10, "stages": stages})
+    again = _stage(tmp_path, "descriptor", 0)  # the descriptor trained again
+    assert set(again["stages"]) == {"describe", "descriptor"}
+    assert again["stages"]["describe"] == stages["describe"]
+    assert again["stages"]["descriptor"]["seconds"] < 10.0
+    assert 5.0 <= again["total_seconds"] < 15.0
+    assert again["peak_gpu_mem_mib"] is None
+
+
+def test_a_status_from_before_stages_gives_its_one_stage(tmp_path):
+    old = {"state": "interrupted", "step": 4, "iters": 10, "seconds": 50.0, "phase": "export"}
+    write_status(tmp_path, {**old, "gpu_mem_mib": 1234.5})
+    resumed = _stage(tmp_path, "train", 4, finishes=True)
+    assert 50.0 <= resumed["stages"]["train"]["seconds"] == resumed["total_seconds"] < 60.0
+    assert resumed["peak_gpu_mem_mib"] == 1234.5
+    write_status(tmp_path, {**old, "phase": "descriptor", "stages": "broken"})
+    assert set(_stage(tmp_path, "train", 0)["stages"]) == {"descriptor", "train"}

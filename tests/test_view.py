@@ -122,6 +122,23 @@ def test_runs_with_the_same_folder_name_get_distinct_ids(tmp_path: Path):
     assert ids == ["run", "run-2"]
 
 
+def test_a_runs_status_is_its_whole_time_and_peak_over_every_stage(tmp_path: Path):
+    stages = {"descriptor": {"seconds": 300.0, "gpu_mem_mib": 3000.0}}
+    stages |= {"train": {"seconds": 60.0, "gpu_mem_mib": 2048.0}, "bad": "x"}
+    status = {"state": "finished", "step": 20, "iters": 20, "seconds": 60.0, "gpu_mem_mib": 2048.0}
+    status |= {"stages": stages, "total_seconds": 360.0, "peak_gpu_mem_mib": 3000.0}
+    make_run(tmp_path / "apple", "an apple", status=status)
+    [run] = Catalog([tmp_path]).runs()
+    shown = read_run(run).status
+    assert (shown["seconds"], shown["gpu_mem_mib"]) == (360.0, 3000.0)
+    assert shown["stage_seconds"] == {"descriptor": 300.0, "train": 60.0}
+    make_run(
+        tmp_path / "old", "an old run", status={**status, "stages": None, "total_seconds": None}
+    )
+    shown = read_run(Catalog([tmp_path / "old"]).runs()[0]).status
+    assert (shown["seconds"], shown["gpu_mem_mib"]) == (60.0, 2048.0)
+
+
 def test_runs_in_folders_of_other_scripts_keep_their_names_as_ids(tmp_path: Path):
     """Workspaces are named in the prompt's own letters (``一只猫``, ``crème_brûlée``); their
     ids were all ``run``, ``run-2``…: addresses that change when a run is added."""

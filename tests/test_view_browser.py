@@ -439,6 +439,26 @@ def test_a_card_says_when_its_run_exports(page, server, root: Path):
         status_path.write_text(json.dumps(status))
 
 
+def test_a_card_shows_the_whole_runs_time_with_each_stage(page, server, root: Path):
+    """An image run's card showed its current stage's time and peak alone."""
+    status_path = root / "a_blue_sphere" / "status.json"
+    status = json.loads(status_path.read_text())
+    stages = {"describe": {"seconds": 5.0, "gpu_mem_mib": None}}
+    stages |= {"descriptor": {"seconds": 35.0, "gpu_mem_mib": 3000.0}}
+    stages |= {"train": {"seconds": 60.0, "gpu_mem_mib": 2048.0}}
+    whole = {"stages": stages, "total_seconds": 100.0, "peak_gpu_mem_mib": 3000.0}
+    status_path.write_text(json.dumps({**status, "seconds": 60.0, "gpu_mem_mib": 2048.0, **whole}))
+    try:
+        page.goto(server.url)
+        facts = page.locator('.card[data-run="a_blue_sphere"] .facts')
+        facts.wait_for()
+        text = facts.inner_text()
+        assert "1 min 40 s (describe 5.0 s, descriptor 35 s, text→3D 1 min 0 s)" in text, text
+        assert "3,000 MiB peak" in text, text
+    finally:
+        status_path.write_text(json.dumps(status))
+
+
 def test_gallery_follows_a_status_change(page, server, root: Path):
     status_path = root / "a_blue_sphere" / "status.json"
     status = json.loads(status_path.read_text())

@@ -480,6 +480,8 @@ def status_of(
     ``phase`` status.json's, ``activity`` what the run is doing, in words. In the stages before
     text→3D, status.json's step and iters are the descriptor's (``descriptor_step``,
     ``descriptor_iters``); ``step`` is then the text stage's (none yet) and ``iters`` its config's.
+    ``seconds`` and ``gpu_mem_mib`` are the whole run's, every stage and attempt, where status.json
+    records them (``total_seconds``, ``peak_gpu_mem_mib``), and ``stage_seconds`` each stage's time.
 
     A running run's status.json is written at its start and then at each log line, so the files
     may be fresher: its step and peak memory are the largest of status.json's and the log's, and
@@ -511,6 +513,19 @@ def status_of(
             value = _number(status_file.get(key))
             if value is not None:
                 out[key] = value
+        # The whole run's time and peak, every stage and attempt, where status.json has them.
+        total = _number(status_file.get("total_seconds"))
+        if total is not None:
+            out["seconds"] = total
+            out["gpu_mem_mib"] = _number(status_file.get("peak_gpu_mem_mib"))
+        stages = status_file.get("stages")
+        if isinstance(stages, dict):
+            out["stage_seconds"] = {
+                name: seconds
+                for name, figures in stages.items()
+                if isinstance(figures, dict)
+                and (seconds := _number(figures.get("seconds"))) is not None
+            }
         out["error"] = _error(status_file.get("error"))
         out["updated"] = status_file.get("updated")
         out["started"] = status_file.get("started")

@@ -46,6 +46,9 @@
     return node;
   }
 
+  // status.json's stages, as the time of each is shown: "10 min (describe 4 s, text→3D 9 min)".
+  const STAGE_NAMES = { sample: "sampling", describe: "describe", descriptor: "descriptor", train: "text→3D" };
+
   function formatSeconds(s) {
     if (s === null || s === undefined) return null;
     if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
@@ -85,7 +88,13 @@
       parts.push(s.iters ? `step ${s.step} / ${s.iters}` : `step ${s.step}`);
     }
     const time = formatSeconds(s.seconds);
-    if (time) parts.push(s.inferred ? `≈ ${time}` : time);
+    const stages = Object.entries(s.stage_seconds || {});
+    if (time && stages.length > 1) {
+      const each = stages.map(([name, t]) => `${STAGE_NAMES[name] || name} ${formatSeconds(t)}`);
+      parts.push(`${time} (${each.join(", ")})`);
+    } else if (time) {
+      parts.push(s.inferred ? `≈ ${time}` : time);
+    }
     if (s.gpu_mem_mib !== null && s.gpu_mem_mib !== undefined) {
       parts.push(`${Math.round(s.gpu_mem_mib).toLocaleString("en")} MiB peak`);
     }
