@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import secrets
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +58,12 @@ def check_writable(folder: Path, fix: str) -> None:
         raise DreamtextError(f"cannot write in {existing} (permission denied); {fix}")
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
+def atomic_write_bytes(
+    path: Path, write: Any, before_replace: Callable[[], None] | None = None
+) -> None:
     """Call ``write(file_object)`` on a temp file beside ``path``, then rename it into place
-    (with the mode of :func:`file_mode`).
+    (with the mode of :func:`file_mode`). ``before_replace``: called when the new file is
+    written, right before it replaces the old one.
 
     A crash or Ctrl-C mid-write leaves the old file (or none), never a truncated one.
     """
@@ -69,29 +76,80 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``checkpoints/step_XXXXXX.pt`` and ``last.pt``; keep the newest ``keep`` steps.
+def _give_name(source: Path, name: Path) -> None:
+    """Make ``name`` (replacing any file there) a hard link of ``source``, or a copy of it where
+    the file system has no hard links; ``source`` keeps its own name."""
+    tmp = name.with_name(f".{name.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    try:
+        os.replace(tmp, name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
-    The state is serialised once, in memory, and its bytes written to both files: a full disk
-    then raises ``OSError`` (ENOSPC), which the CLI reports in one line, where ``torch.save``
-    writing to the file raised a bare ``RuntimeError`` ("unexpected pos ...")."""
+
+def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``state`` as ``checkpoints/last.pt`` and return that path; the ``last.pt`` it
+    replaces, of an earlier step, stays as ``step_XXXXXX.pt``, and the newest ``keep − 1`` of
+    those older steps are kept: ``keep`` checkpoints in all, no two of them the same state (a
+    default-field checkpoint is 148 MB). Step files past ``state``'s step (a run rolled back by
+    copying an older one over ``last.pt``) are left alone until a save reaches their step, which
+    removes them.
+
+    The old ``last.pt`` gets its step file name (a hard link) before the new one replaces it, so
+    at every instant ``last.pt`` is a whole checkpoint. The state is serialised once, in memory,
+    before any file is touched: a full disk then raises ``OSError`` (ENOSPC), which the CLI
+    reports in one line, where ``torch.save`` writing to the file raised a bare ``RuntimeError``
+    ("unexpected pos ...")."""
     folder = checkpoint_dir(workspace)
-    path = folder / f"step_{int(state['step']):06d}.pt"
+    last = folder / LAST
+    step = int(state["step"])
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getbuffer()
-    atomic_write_bytes(path, lambda f: f.write(data))
-    atomic_write_bytes(folder / LAST, lambda f: f.write(data))
-    steps = sorted(folder.glob("step_*.pt"))
-    for old in steps[: max(0, len(steps) - keep)]:
+    previous = checkpoint_step(last)
+
+    def keep_previous() -> None:
+        if previous is not None and previous != step and keep > 1:
+            _give_name(last, step_path(folder, previous))
+
+    atomic_write_bytes(last, lambda f: f.write(data), before_replace=keep_previous)
+    steps = sorted(
+        (int(m[1]), p)
+        for p in folder.glob("step_*.pt")
+        if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))
+    )
+    older = [p for s, p in steps if s < step]
+    same = [p for s, p in steps if s == step]  # a rolled-back run's, now last.pt's step
+    for old in older[: max(0, len(older) - (keep - 1))] + same:
         old.unlink(missing_ok=True)
-    return path
+    return last
+
+
+def step_path(folder: Path, step: int) -> Path:
+    """``folder/step_XXXXXX.pt``: the checkpoint of ``step`` once a newer one is ``last.pt``."""
+    return Path(folder) / f"step_{int(step):06d}.pt"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of the checkpoint at ``path``, or ``None`` without a readable one. Memory-mapped,
+    so its tensors are not read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["step"])
+    except Exception:  # missing, truncated or foreign: no step to keep it under
+        return None
 
 
 # What every text→3D run checkpoint holds (``trainer.checkpoint_state``), and what reloading one

@@ -67,7 +67,7 @@ class TrainConfig:
     preview_every: int = 500
     preview_views: int = 4
     checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # last.pt and the 2 step files before it
     export: bool = True
     # Mesh / turntable settings of the export that ends the run (`dreamtext export` flags).
     export_options: ExportOptions = dataclasses.field(default_factory=ExportOptions)

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from dreamtext.checkpoint import atomic_write_bytes, last_checkpoint
+from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
 from dreamtext.errors import DreamtextError
 
 STATUS = "status.json"
@@ -129,15 +129,8 @@ def has_mesh(workspace: str | Path) -> bool:
 
 
 def saved_step(workspace: str | Path) -> int | None:
-    """The step of ``checkpoints/last.pt``, or ``None`` without a readable one. Memory-mapped, so
-    the tensors are not read."""
-    try:
-        state = torch.load(
-            last_checkpoint(Path(workspace)), map_location="cpu", weights_only=True, mmap=True
-        )
-        return int(state["step"])
-    except Exception:  # missing, truncated or foreign: not a finished run's checkpoint
-        return None
+    """The step of ``checkpoints/last.pt``, or ``None`` without a readable one."""
+    return checkpoint_step(last_checkpoint(Path(workspace)))
 
 
 def peak_gpu_mib(device: torch.device) -> float | None:

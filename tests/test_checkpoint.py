@@ -2,14 +2,16 @@
 
 import contextlib
 import errno
+import os
 import resource
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from dreamtext.checkpoint import load_checkpoint, save_checkpoint
+from dreamtext.checkpoint import checkpoint_step, load_checkpoint, save_checkpoint
 from dreamtext.errors import DreamtextError
 
 
@@ -39,14 +41,55 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_an_os_error(tmp_path: Pat
         save_checkpoint(tmp_path, a_state(10))  # 400 kB
     assert error.value.errno in (errno.EFBIG, errno.ENOSPC)
     folder = tmp_path / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "step_000005.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]
     assert load_checkpoint(folder / "last.pt")["step"] == 5  # the last good one stays
 
 
-def test_both_checkpoint_files_hold_the_same_state(tmp_path: Path):
+def steps_on_disk(folder: Path) -> dict[str, int]:
+    return {p.name: checkpoint_step(p) for p in sorted(folder.glob("*.pt"))}
+
+
+def test_the_replaced_last_checkpoint_stays_as_its_step_file_and_nothing_is_kept_twice(
+    tmp_path: Path,
+):
+    """last.pt was a second full copy of the newest step file: 148 MB more in every run."""
+    folder = tmp_path / "checkpoints"
     path = save_checkpoint(tmp_path, a_state(7))
-    assert path.read_bytes() == (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    assert path == folder / "last.pt"
     assert torch.equal(load_checkpoint(path)["field"]["table"], a_state(7)["field"]["table"])
+    assert steps_on_disk(folder) == {"last.pt": 7}
+    save_checkpoint(tmp_path, a_state(7))  # again at the same step (an interrupt after a save)
+    assert steps_on_disk(folder) == {"last.pt": 7}
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, a_state(step))
+    assert steps_on_disk(folder) == {"last.pt": 30, "step_000010.pt": 10, "step_000020.pt": 20}
+    assert not (folder / "last.pt").samefile(folder / "step_000020.pt")
+    # copying an older one over last.pt (a rollback) leaves the newer step files whole
+    shutil.copyfile(folder / "step_000010.pt", folder / "last.pt")
+    assert steps_on_disk(folder) == {"last.pt": 10, "step_000010.pt": 10, "step_000020.pt": 20}
+    save_checkpoint(tmp_path, a_state(15))  # the rolled-back run goes on
+    assert steps_on_disk(folder) == {"last.pt": 15, "step_000010.pt": 10, "step_000020.pt": 20}
+    save_checkpoint(tmp_path, a_state(20))  # reaching step 20 again replaces the old branch's
+    assert steps_on_disk(folder) == {"last.pt": 20, "step_000010.pt": 10, "step_000015.pt": 15}
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_keep_counts_last_pt_among_the_checkpoints_kept(tmp_path: Path, keep: int):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, a_state(step), keep=keep)
+    expected = {"last.pt": 4} if keep == 1 else {"last.pt": 4, "step_000003.pt": 3}
+    assert steps_on_disk(tmp_path / "checkpoints") == expected
+
+
+def test_a_file_system_without_hard_links_gets_a_copy(tmp_path: Path, monkeypatch):
+    def no_links(*args):
+        raise PermissionError("hard links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    save_checkpoint(tmp_path, a_state(1))
+    save_checkpoint(tmp_path, a_state(2))
+    assert steps_on_disk(tmp_path / "checkpoints") == {"last.pt": 2, "step_000001.pt": 1}
 
 
 def test_a_checkpoint_without_a_runs_state_is_a_user_error_naming_an_older_one(tmp_path: Path):
@@ -54,7 +97,8 @@ def test_a_checkpoint_without_a_runs_state_is_a_user_error_naming_an_older_one(t
     failed the resume and the export with KeyError tracebacks."""
     from dreamtext.checkpoint import RUN_KEYS, load_run
 
-    save_checkpoint(tmp_path, a_state(5))  # step_000005.pt and last.pt
+    save_checkpoint(tmp_path, a_state(5))
+    save_checkpoint(tmp_path, a_state(10))  # step_000005.pt and last.pt (step 10)
     torch.save({"weights": torch.zeros(3)}, tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(DreamtextError) as error:
         load_checkpoint(tmp_path / "checkpoints" / "last.pt", required=RUN_KEYS)
@@ -71,4 +115,4 @@ def test_an_unreadable_last_checkpoint_names_the_step_file_to_go_on_from(tmp_pat
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"hello")
     with pytest.raises(DreamtextError) as error:
         load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert str(error.value).endswith("step_000010.pt over it to go on from there")
+    assert str(error.value).endswith("step_000005.pt over it to go on from there")

@@ -53,7 +53,9 @@ def test_a_run_leaves_config_log_previews_and_checkpoints(tmp_path, tiny_sd_path
     assert (workspace / "previews" / "final.png").is_file()
     state = load_checkpoint(workspace / "checkpoints" / "last.pt")
     assert state["step"] == 4
-    assert (workspace / "checkpoints" / "step_000004.pt").is_file()
+    # last.pt is the newest; the one it replaced keeps its step's name (no second copy of step 4)
+    assert load_checkpoint(workspace / "checkpoints" / "step_000002.pt")["step"] == 2
+    assert not (workspace / "checkpoints" / "step_000004.pt").exists()
 
 
 def test_training_changes_the_field(tmp_path, tiny_sd_path):
@@ -121,10 +123,7 @@ def test_a_new_run_of_the_same_prompt_needs_overwrite_and_then_replaces_the_old_
 
     train(tiny_config(tmp_path, tiny_sd_path, iters=2), overwrite=True)
     assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
-    assert sorted(p.name for p in (workspace / "checkpoints").glob("*.pt")) == [
-        "last.pt",
-        "step_000002.pt",
-    ]
+    assert sorted(p.name for p in (workspace / "checkpoints").glob("*.pt")) == ["last.pt"]
     records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     # Nothing of the old run is left: its later previews, its mesh, its turntable.

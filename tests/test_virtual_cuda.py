@@ -25,6 +25,7 @@ from tiny_models import TINY_TRAIN
 from virtual_cuda import DeviceMismatch, virtual_cuda
 
 from dreamtext.cameras import CameraRange
+from dreamtext.checkpoint import checkpoint_step
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.prior import ShapesPrior
 
@@ -187,7 +188,8 @@ def test_text_to_3d_its_export_and_a_resume_run_on_cuda_with_the_builtin_prior(t
     assert (run / "mesh" / "mesh.glb").is_file() and (run / "video" / "turntable.mp4").is_file()
     resume = f"{command} --iters 6 --resume --no-export"
     run_on_virtual_cuda(resume, tmp_path, DREAMTEXT_CACHE=cache)
-    assert (run / "checkpoints" / "step_000006.pt").is_file()
+    assert checkpoint_step(run / "checkpoints" / "last.pt") == 6
+    assert checkpoint_step(run / "checkpoints" / "step_000004.pt") == 4
 
 
 def test_image_to_3d_runs_on_cuda_in_fp16(tmp_path, tiny_sd_path, tiny_clip_path):
