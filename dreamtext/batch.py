@@ -692,8 +692,10 @@ def run_batch(
             record = run_entry(entry, cfg, options, root, shard_text, before[entry.workspace])
             append_record(root / BATCH_LOG, record)
             records.append(record)
+            if stopped_by_user(record):
+                break  # not done: the bar does not count it
             bar.update(1)
-            if stopped_by_user(record) or gpu_unusable(record):
+            if gpu_unusable(record):
                 break
     return records
 

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -568,6 +569,18 @@ def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
     assert [r["status"] for r in rows(root)[1:]] == ["finished", "finished"]
     assert steps(root / "a_red_cube") == [*range(5, 21, 5)]
     assert 1000.0 < status(root / "a_red_cube")["seconds"] < 1100.0
+
+
+def test_the_prompts_bar_does_not_count_an_interrupted_prompt_as_done(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A one-line batch stopped by Ctrl-C ended with its bar at 1/1, 100%."""
+    path = prompts_file(tmp_path, "a red cube")
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", tmp_path / "root"]
+    ctrl_c_at_step(monkeypatch, 3)
+    assert main(list(map(str, args))) == 130
+    bars = re.findall(r"prompts:[^\r\n]*?(\d+)/1 ", capsys.readouterr().err)
+    assert bars and bars[-1] == "0", bars
 
 
 @pytest.mark.parametrize("checkpoint_every", [2, 100])
