@@ -57,7 +57,8 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out.mkdir()
     sdist = _build("build_sdist", source, out)
     with tarfile.open(sdist) as tar:
-        tar.extractall(tmp / "unpacked", filter="data")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12
+        tar.extractall(tmp / "unpacked", **safe)
     wheel = _build("build_wheel", tmp / "unpacked" / sdist.name.removesuffix(".tar.gz"), out)
     site = tmp / "site"
     with zipfile.ZipFile(wheel) as z:
