@@ -62,12 +62,9 @@ class ImageAugmentation(nn.Module):
         self.crop_fraction = cfg.crop_fraction
         self.crop_p = cfg.crop_p
         self.flip = K.RandomHorizontalFlip(p=cfg.flip_p)
-        self.rotation = K.RandomAffine(
-            degrees=cfg.rotation_degrees,
-            padding_mode="fill",
-            fill_value=torch.ones(3),
-            p=cfg.rotation_p,
-        )
+        # Zero padding, applied to x − 1 (see ``rotate``): kornia's own white fill (fill_value)
+        # needs kornia 0.8.3, which needs Python 3.11.
+        self.rotation = K.RandomAffine(degrees=cfg.rotation_degrees, p=cfg.rotation_p)
         self.blur = K.RandomGaussianBlur(
             (cfg.blur_kernel, cfg.blur_kernel), cfg.blur_sigma, p=cfg.blur_p
         )
@@ -92,6 +89,14 @@ class ImageAugmentation(nn.Module):
             out.append(image)
         return torch.cat(out)
 
+    def rotate(self, x: Tensor) -> Tensor:
+        """Each image with probability ``rotation_p``: rotated, the corners filled with white.
+
+        Bilinear resampling is linear with weights that sum to 1, and zero padding adds nothing,
+        so ``R(x − 1) + 1`` is ``R(x)`` with 1 (white) wherever the rotation reaches outside.
+        """
+        return self.rotation(x - 1.0) + 1.0
+
     @torch.no_grad()
     def forward(self, images: Tensor, seed: int) -> Tensor:
         """Augment with a fixed ``seed`` (the same seed gives the same copy; global RNG untouched).
@@ -105,7 +110,7 @@ class ImageAugmentation(nn.Module):
             torch.random.default_generator.manual_seed(seed)
             x = images.detach().float().cpu()
             x = self.flip(x)
-            x = self.rotation(x)
+            x = self.rotate(x)
             x = self.blur(x)
             x = self.crop(x)
             x = self.grayscale(x)

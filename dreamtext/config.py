@@ -138,10 +138,14 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: st
             setattr(cfg, key, _coerce(value, hints[key], where))
 
 
-def preset_dirs() -> list[Path]:
-    """Where presets live: the installed package's copy, then a source checkout's ``configs/``."""
-    here = Path(__file__).resolve().parent
-    return [here / "configs", here.parent / "configs"]
+def preset_dirs(package: Path | None = None) -> list[Path]:
+    """Where presets live: the installed package's ``configs/``, else (a source checkout, where
+    the presets sit beside the package) the checkout's ``configs/``. An installed package never
+    looks beside itself: there, ``site-packages/configs/`` would be another distribution's."""
+    here = package or Path(__file__).resolve().parent
+    if (here / "configs").is_dir():
+        return [here / "configs"]
+    return [here.parent / "configs"]
 
 
 def available_presets() -> list[str]:

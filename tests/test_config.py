@@ -9,6 +9,7 @@ from dreamtext.config import (
     TrainConfig,
     available_presets,
     config_to_dict,
+    preset_dirs,
     resolve_config,
     slugify,
 )
@@ -58,6 +59,18 @@ def test_builtin_model_pulls_in_its_preset_under_explicit_flags():
     assert cfg.iters == 7
     assert cfg.field.background != "mlp"  # the builtin preset renders on a plain background
     assert "builtin-shapes" in available_presets()
+
+
+def test_an_installed_package_takes_presets_from_its_own_folder_only(tmp_path):
+    site = tmp_path / "site-packages"
+    (site / "dreamtext" / "configs").mkdir(parents=True)
+    (site / "configs").mkdir()  # another distribution's top-level folder
+    assert preset_dirs(site / "dreamtext") == [site / "dreamtext" / "configs"]
+
+
+def test_a_source_checkout_takes_presets_from_its_configs_folder(tmp_path):
+    (tmp_path / "dreamtext").mkdir()
+    assert preset_dirs(tmp_path / "dreamtext") == [tmp_path / "configs"]
 
 
 def test_default_workspace_is_the_prompt_slug():

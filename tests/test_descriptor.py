@@ -75,6 +75,39 @@ def test_rotation_fills_the_corners_white():
     assert sum(white_corners) >= 6
 
 
+def test_rotation_is_kornias_rotation_with_a_white_fill():
+    K = pytest.importorskip("kornia.augmentation")
+    try:
+        white = K.RandomAffine(degrees=10.0, padding_mode="fill", fill_value=torch.ones(3), p=1.0)
+    except TypeError:
+        pytest.skip("this kornia has no fill_value (it came in 0.8.3)")
+    augment = ImageAugmentation(32, _only(rotation_p=1.0, rotation_degrees=10.0))
+    images = torch.rand(4, 3, 32, 32)
+    torch.manual_seed(3)
+    ours = augment.rotate(images)
+    torch.manual_seed(3)
+    expected = white(images)
+    assert (ours - images).abs().amax() > 0.1  # rotated
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_augmentation_runs_on_a_kornia_without_fill_value(monkeypatch):
+    # kornia < 0.8.3 (the newest on Python 3.10) has no fill_value: white fill must not need it.
+    import kornia.augmentation as K
+
+    real = K.RandomAffine
+
+    def affine_without_fill_value(*args, **kwargs):
+        if "fill_value" in kwargs:
+            raise TypeError("RandomAffine.__init__() got an unexpected keyword argument")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "RandomAffine", affine_without_fill_value)
+    augment = ImageAugmentation(32, _only(rotation_p=1.0, rotation_degrees=10.0))
+    out = augment(torch.zeros(1, 3, 32, 32), seed=1)
+    assert out[0, :, [0, 0, -1, -1], [0, -1, 0, -1]].max() > 0.3  # a white corner
+
+
 def test_crop_keeps_the_size_and_magnifies():
     augment = ImageAugmentation(40, _only(crop_p=1.0, crop_fraction=0.8))
     image = torch.zeros(1, 3, 40, 40)

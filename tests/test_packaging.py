@@ -1,0 +1,200 @@
+"""What `pip install dreamtext` gives a newcomer: the sdist, the wheel built from it (as
+`python -m build` builds them), and the package run from the wheel's files, not the checkout."""
+
+import ast
+import email
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Imported only where their hardware is: tiny-cuda-nn (not on PyPI; CUDA only) and Triton (ships
+# inside Linux CUDA builds of torch; the dev extras add it for the CPU interpreter tests).
+OPTIONAL_IMPORTS = {"tinycudann", "triton"}
+# Declared but never imported by name: diffusers loads through accelerate (low_cpu_mem_usage),
+# imageio finds its ffmpeg plugin by itself.
+USED_THROUGH_OTHERS = {"accelerate", "imageio-ffmpeg"}
+
+_NOT_SOURCE = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "node_modules", ".*", "workspace"
+)
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _build(backend_call: str, source: Path, out: Path) -> Path:
+    """Run ``setuptools.build_meta.<backend_call>(out)`` in ``source``; the file it wrote."""
+    code = f"from setuptools import build_meta as b; print(b.{backend_call}({str(out)!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=source, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The sdist of a copy of this source tree, and the wheel built from that sdist alone."""
+    setuptools = pytest.importorskip("setuptools", reason="building needs setuptools (dev extras)")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {setuptools.__version__} < 77 (pyproject's build requirement)")
+    tmp = tmp_path_factory.mktemp("dists")
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
+    out = tmp / "out"
+    out.mkdir()
+    sdist = _build("build_sdist", source, out)
+    with tarfile.open(sdist) as tar:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12
+        tar.extractall(tmp / "unpacked", **safe)
+    wheel = _build("build_wheel", tmp / "unpacked" / sdist.name.removesuffix(".tar.gz"), out)
+    site = tmp / "site"
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)  # a pure wheel installs as exactly these files
+    return {"sdist": sdist, "wheel": wheel, "site": site, "source": source}
+
+
+def _wheel_names(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as z:
+        return set(z.namelist())
+
+
+def _metadata(wheel: Path) -> email.message.Message:
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        return email.message_from_bytes(z.read(name))
+
+
+def _run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python *args`` seeing dreamtext only as the wheel's files (outside the checkout)."""
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_wheel_holds_the_presets_word_lists_viewer_assets_and_license(dists):
+    names = _wheel_names(dists["wheel"])
+    wanted = [f"dreamtext/configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")]
+    wanted += [f"dreamtext/data/{p.name}" for p in (ROOT / "dreamtext/data").glob("*.txt")]
+    assets = ROOT / "dreamtext/view/assets"
+    wanted += [
+        f"dreamtext/view/assets/{p.relative_to(assets).as_posix()}"
+        for p in assets.rglob("*")
+        if p.is_file()
+    ]
+    assert len(wanted) >= 10  # 3 presets, 2 word lists, page, script, style, vendor JS, its license
+    assert sorted(set(wanted) - names) == []
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+def test_the_wheel_holds_only_the_package(dists):
+    package = re.compile(r"dreamtext(/|-[^/]+\.dist-info/)")
+    assert sorted(n for n in _wheel_names(dists["wheel"]) if not package.match(n)) == []
+
+
+def test_the_sdist_carries_the_files_its_tests_need(dists):
+    with tarfile.open(dists["sdist"]) as tar:
+        top = dists["sdist"].name.removesuffix(".tar.gz")
+        names = {m.name.removeprefix(top + "/") for m in tar.getmembers() if m.isfile()}
+    # Every test file with its helpers (conftest, tiny models, virtual CUDA, fixtures), and the
+    # benchmark and helper scripts the tests import or run.
+    needed = {
+        p.relative_to(dists["source"]).as_posix()
+        for folder in ("tests", "benchmarks", "scripts")
+        for p in (dists["source"] / folder).rglob("*")
+        if p.is_file()
+    }
+    assert {"tests/conftest.py", "tests/tiny_models.py", "benchmarks/sds_step.py"} <= needed
+    assert sorted(needed - names) == []
+    assert {"README.md", "LICENSE", "ARCHITECTURE.md", "pyproject.toml"} <= names
+    assert [n for n in names if "__pycache__" in n or "node_modules" in n] == []
+
+
+def test_the_installed_wheel_finds_its_data_through_importlib_resources(dists, tmp_path):
+    script = (
+        "from importlib import resources\n"
+        "import dreamtext\n"
+        "from dreamtext.config import available_presets\n"
+        "from dreamtext.view.page import ASSETS, asset_bytes\n"
+        "import json\n"
+        "yamls = resources.files('dreamtext.configs').iterdir()\n"
+        "nouns = resources.files('dreamtext.data').joinpath('nouns.txt').read_text()\n"
+        "print(json.dumps({'file': dreamtext.__file__,\n"
+        "    'yamls': sorted(p.name for p in yamls if p.name.endswith('.yaml')),\n"
+        "    'presets': available_presets(), 'nouns': len(nouns.split()),\n"
+        "    'smallest_asset': min(len(asset_bytes(name)) for name in ASSETS)}))\n"
+    )
+    done = _run_installed(dists["site"], tmp_path, "-c", script)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert Path(found["file"]).is_relative_to(dists["site"])
+    assert found["yamls"] == sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+    assert {"fitfusion", "stable-dreamfusion", "builtin-shapes"} <= set(found["presets"])
+    assert found["nouns"] > 1000
+    assert found["smallest_asset"] > 100
+
+
+def test_python_dash_m_dreamtext_is_the_command_and_says_the_wheels_version(dists, tmp_path):
+    done = _run_installed(dists["site"], tmp_path, "-m", "dreamtext", "--version")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == f"dreamtext {_metadata(dists['wheel'])['Version']}"
+
+
+def _third_party_imports() -> dict[str, list[str]]:
+    """``{top-level module: [where]}`` for every import in dreamtext/ outside the stdlib."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "dreamtext").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "dreamtext":
+                    where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                    found.setdefault(top, []).append(where)
+    return found
+
+
+def _declared(wheel: Path) -> set[str]:
+    requires = _metadata(wheel).get_all("Requires-Dist") or []
+    return {
+        _normalise(re.match(r"[A-Za-z0-9_.-]+", r).group()) for r in requires if "extra ==" not in r
+    }
+
+
+def test_every_third_party_import_is_a_declared_dependency(dists):
+    declared = _declared(dists["wheel"])
+    owners = packages_distributions()
+    undeclared = {}
+    for module, where in _third_party_imports().items():
+        if module in OPTIONAL_IMPORTS:
+            continue
+        distributions = {_normalise(d) for d in owners.get(module, [module])}
+        if not distributions & declared:
+            undeclared[module] = where[:3]
+    assert undeclared == {}
+
+
+def test_declared_dependencies_not_imported_are_only_those_used_through_others(dists):
+    owners = packages_distributions()
+    imported = {
+        _normalise(d) for module in _third_party_imports() for d in owners.get(module, [module])
+    }
+    assert _declared(dists["wheel"]) - imported == USED_THROUGH_OTHERS
