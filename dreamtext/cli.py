@@ -91,7 +91,7 @@ def add_text_to_3d_arguments(
     g = p.add_argument_group(
         "text→3D",
         f"{defaults}; --model builtin:shapes starts from its own preset instead "
-        "(configs/builtin-shapes.yaml: 32 px, 1000 iterations, lr 0.02, batch 2, guidance 4, "
+        "(preset builtin-shapes: 32 px, 1000 iterations, lr 0.02, batch 2, guidance 4, "
         "t-range 0.2 0.8, split side views)."
         if builtin
         else f"{defaults}.",
@@ -109,8 +109,8 @@ def add_text_to_3d_arguments(
         "--config",
         action="append",
         metavar="FILE.yaml",
-        help="YAML file of config overrides (see configs/); give several and each applies over "
-        "the one before",
+        help="YAML file of config overrides, keys as in a run's config.json (e.g. "
+        "'render: {march_steps: 256}'); give several and each applies over the one before",
     )
     g.add_argument(
         "--guidance",

@@ -9,6 +9,7 @@ A preset is a YAML file of field overrides; nested sections (``field:``, ``rende
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -121,6 +122,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _unknown_field(where: str, key: Any, names: list[str], prefix: str, source: str) -> str:
+    """The line for a config key that is no field: the nearest field's name when one is close,
+    and the fields there are (a run's config.json holds them all, with their values)."""
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown config field '{where}' in {source}; did you mean '{prefix}{close[0]}'?"
+    section = f"section '{prefix[:-1]}'" if prefix else "top level"
+    return (
+        f"unknown config field '{where}' in {source}; the {section} has: {', '.join(names)} "
+        "(a run's config.json lists every field with its value)"
+    )
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: str = "") -> None:
     """Set the fields named in ``overrides`` (nested dicts for nested configs) on ``cfg``."""
     hints = typing.get_type_hints(type(cfg))
@@ -128,7 +142,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: st
     for key, value in overrides.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise DreamtextError(f"unknown config field '{where}' in {source}; see configs/*.yaml")
+            raise DreamtextError(_unknown_field(where, key, sorted(names), prefix, source))
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
