@@ -232,6 +232,17 @@ def test_resume_drops_log_records_written_after_the_last_checkpoint(tmp_path, ti
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("tail", ['{"step": 3, "lo', "\0" * 40], ids=["torn", "nul"])
+def test_resume_drops_a_torn_last_log_line(tmp_path, tiny_sd_path, tail):
+    """A node that died mid-write (power loss, a full disk) can leave half a line or NUL bytes."""
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    with (workspace / "log.jsonl").open("a") as log:
+        log.write(tail)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=3), resume=True)
+    steps = [json.loads(x)["step"] for x in (workspace / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
 def test_out_of_gpu_memory_saves_the_last_step_and_names_the_fixes(
     tmp_path, tiny_sd_path, monkeypatch
 ):
