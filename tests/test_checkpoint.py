@@ -43,6 +43,24 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_an_os_error(tmp_path: Pat
     assert load_checkpoint(folder / "last.pt")["step"] == 5  # the last good one stays
 
 
+def test_a_checkpoint_removes_the_temp_files_of_writes_that_were_killed(tmp_path: Path):
+    """SIGKILL during a save (a scheduler's grace period ending, the OOM killer) leaves the
+    hidden temp file, as large as a checkpoint; no later save replaced or removed it."""
+    import tempfile
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    killed = [
+        tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)[1]
+        for name in ("last.pt", "step_000005.pt")
+    ]
+    for path in killed:
+        Path(path).write_bytes(b"half a checkpoint")
+    (folder / ".notes.tmp").write_bytes(b"not ours")
+    save_checkpoint(tmp_path, a_state(10))
+    assert sorted(p.name for p in folder.iterdir()) == [".notes.tmp", "last.pt", "step_000010.pt"]
+
+
 def test_both_checkpoint_files_hold_the_same_state(tmp_path: Path):
     path = save_checkpoint(tmp_path, a_state(7))
     assert path.read_bytes() == (tmp_path / "checkpoints" / "last.pt").read_bytes()
