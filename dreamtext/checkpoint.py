@@ -99,6 +99,25 @@ def _give_name(source: Path, name: Path) -> None:
         raise
 
 
+def remove_stale_temps(folder: Path, names: str) -> list[Path]:
+    """Remove the temp files that writes into ``folder`` left behind when they were killed
+    midway (SIGKILL from the OOM killer or a scheduler's grace period running out, a lost node):
+    hidden, never renamed into place, and as large as the file they were to become. ``names``:
+    a regular expression of the destinations' names without their extension in
+    ``export.write_all_atomically``'s ``.<stem>.XXXXXXXX<suffix>``, or with it in
+    :func:`atomic_write_bytes`'s ``.<name>.XXXXXXXX.tmp`` (``XXXXXXXX``: ``mkstemp``'s eight
+    characters). Only for folders no other process writes at the same time (a run's own
+    workspace, which a ``batch`` lock or the single ``text`` command owns). Returns what it
+    removed."""
+    pattern = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}\.[A-Za-z0-9]+")
+    removed = []
+    for candidate in Path(folder).glob(".*"):
+        if pattern.fullmatch(candidate.name) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Path:
     """Write ``state`` as ``checkpoints/last.pt`` and return that path; the ``last.pt`` it
     replaces, of an earlier step, stays as ``step_XXXXXX.pt``, and the newest ``keep − 1`` of
@@ -134,6 +153,9 @@ def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Pa
     same = [p for s, p in steps if s == step]  # a rolled-back run's, now last.pt's step
     for old in older[: max(0, len(older) - (keep - 1))] + same:
         old.unlink(missing_ok=True)
+    # A checkpoint write that was killed (a scheduler's grace period can end during the save of
+    # its SIGTERM) left a hidden temp file the size of a checkpoint, which no later write replaces.
+    remove_stale_temps(folder, r"step_\d+\.pt|last\.pt")
     return last
 
 

@@ -30,7 +30,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dreamtext.cameras import Poses, orbit_poses
-from dreamtext.checkpoint import check_writable, file_mode, last_checkpoint, load_run
+from dreamtext.checkpoint import (
+    check_writable,
+    file_mode,
+    last_checkpoint,
+    load_run,
+    remove_stale_temps,
+)
 from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.mesh import (
@@ -398,6 +404,10 @@ def _export_field(
         for old in mesh_dir.glob(pattern):
             if old not in staged:
                 old.unlink(missing_ok=True)
+    # An export killed midway (the OOM killer, a scheduler) left its hidden temp files.
+    remove_stale_temps(mesh_dir, "mesh|albedo")
+    if (out_dir / "video").is_dir():
+        remove_stale_temps(out_dir / "video", "turntable")
     kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
     result.files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
     return result

@@ -77,13 +77,18 @@ def sigterm_interrupts() -> Iterator[None]:
 
 def truncate_log(log_path: Path, step: int) -> None:
     """Drop log records past ``step``: a run killed after its last checkpoint logged steps that
-    the resumed run is about to log again."""
+    the resumed run is about to log again. A line that is not a whole JSON object is dropped too:
+    a run killed with its node (power loss, a full disk) can leave its last line torn, or
+    a tail of NUL bytes, and the resumed run appends after it."""
     if not log_path.is_file():
         return
-    kept = [
-        line
-        for line in log_path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
+    kept = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
     text = "".join(line + "\n" for line in kept)
     atomic_write_bytes(log_path, lambda f: f.write(text.encode()))

@@ -68,7 +68,12 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 from dreamtext.models import model_revision
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
-from dreamtext.runstatus import peak_gpu_mib, read_status, track_status, update_status
+from dreamtext.runstatus import (
+    peak_gpu_mib,
+    saved_step,
+    track_status,
+    update_status,
+)
 
 SHADINGS = ("albedo", "textureless", "lambertian")
 # What a run writes besides log.jsonl, config.json and status.json (all three rewritten): a new
@@ -148,8 +153,10 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
             "it, or --workspace NEW_FOLDER for this prompt"
         )
     if last_checkpoint(workspace).is_file() and not overwrite:
-        status = read_status(workspace) or {}
-        where = f" at step {status['step']}" if isinstance(status.get("step"), int) else ""
+        # The checkpoint's step, where --resume continues: status.json's can be later (a run
+        # killed without warning logged steps after its last checkpoint).
+        step = saved_step(workspace)
+        where = f" at step {step}" if step is not None else ""
         raise DreamtextError(
             f"{workspace} already holds a run of this prompt{where}; pass --resume to continue "
             "it, --overwrite to train it again from scratch, or --workspace NEW_FOLDER"

@@ -45,6 +45,24 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_an_os_error(tmp_path: Pat
     assert load_checkpoint(folder / "last.pt")["step"] == 5  # the last good one stays
 
 
+def test_a_checkpoint_removes_the_temp_files_of_writes_that_were_killed(tmp_path: Path):
+    """SIGKILL during a save (a scheduler's grace period ending, the OOM killer) leaves the
+    hidden temp file, as large as a checkpoint; no later save replaced or removed it."""
+    import tempfile
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    killed = [
+        tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)[1]
+        for name in ("last.pt", "step_000005.pt")
+    ]
+    for path in killed:
+        Path(path).write_bytes(b"half a checkpoint")
+    (folder / ".notes.tmp").write_bytes(b"not ours")
+    save_checkpoint(tmp_path, a_state(10))
+    assert sorted(p.name for p in folder.iterdir()) == [".notes.tmp", "last.pt"]
+
+
 def steps_on_disk(folder: Path) -> dict[str, int]:
     return {p.name: checkpoint_step(p) for p in sorted(folder.glob("*.pt"))}
 

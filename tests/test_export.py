@@ -440,6 +440,23 @@ def test_failed_write_leaves_old_files_and_no_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mesh", "mesh.glb"]
 
 
+def test_an_export_removes_the_temp_files_of_an_export_that_was_killed(tmp_path):
+    """SIGKILL mid-export (the OOM killer) leaves hidden half-written files such as
+    ``mesh/.mesh.k2j4x9ab.glb``; the next export of the workspace removes them."""
+    import tempfile
+
+    killed = []
+    for folder, name in (("mesh", "mesh.glb"), ("mesh", "albedo.png"), ("video", "turntable.mp4")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        stem, suffix = name.split(".")
+        path = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".{suffix}", dir=tmp_path / folder)[1]
+        Path(path).write_bytes(b"half")
+        killed.append(Path(path))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
+    assert not any(path.exists() for path in killed)
+    assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == ["mesh.json", "mesh.ply"]
+
+
 def test_atomic_write_renames_complete_readable_files(tmp_path):
     written = write_all_atomically({tmp_path / "a" / "x.bin": b"12345"})
     assert written == [tmp_path / "a" / "x.bin"]

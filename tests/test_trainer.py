@@ -132,6 +132,17 @@ def test_a_new_run_of_the_same_prompt_needs_overwrite_and_then_replaces_the_old_
     assert not (workspace / "video" / "turntable.mp4").exists()
 
 
+def test_the_refusal_names_the_step_resume_continues_from(tmp_path, tiny_sd_path):
+    """A run killed without warning (SIGKILL) logged steps after its last checkpoint: its
+    status.json says `running` at a later step than the checkpoint --resume continues from."""
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    status = json.loads((workspace / "status.json").read_text())
+    status.update(state="running", step=5)
+    (workspace / "status.json").write_text(json.dumps(status))
+    with pytest.raises(DreamtextError, match="a run of this prompt at step 2;"):
+        train(tiny_config(tmp_path, tiny_sd_path, iters=6))
+
+
 def test_a_run_that_stopped_before_its_first_checkpoint_starts_again(tmp_path, tiny_sd_path):
     workspace = tmp_path / "run"
     workspace.mkdir()
@@ -229,6 +240,17 @@ def test_resume_drops_log_records_written_after_the_last_checkpoint(tmp_path, ti
     train(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True)
     steps = [json.loads(x)["step"] for x in (workspace / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("tail", ['{"step": 3, "lo', "\0" * 40], ids=["torn", "nul"])
+def test_resume_drops_a_torn_last_log_line(tmp_path, tiny_sd_path, tail):
+    """A node that died mid-write (power loss, a full disk) can leave half a line or NUL bytes."""
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    with (workspace / "log.jsonl").open("a") as log:
+        log.write(tail)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=3), resume=True)
+    steps = [json.loads(x)["step"] for x in (workspace / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
 
 
 def test_out_of_gpu_memory_saves_the_last_step_and_names_the_fixes(
