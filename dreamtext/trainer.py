@@ -431,12 +431,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
 def _train(run: Run, resume: bool) -> Path:
     cfg, workspace = run.cfg, run.workspace
     workspace.mkdir(parents=True, exist_ok=True)
-    write_config(run)
     log_path = workspace / "log.jsonl"
     if resume:
         truncate_log(log_path, run.step)
     else:
-        remove_earlier_run(workspace)  # an --overwrite leaves nothing of the run it replaces
+        # An --overwrite leaves nothing of the run it replaces; removed before the new
+        # config.json is written, so that a process killed in between leaves no old checkpoint
+        # for --resume to continue under the new settings.
+        remove_earlier_run(workspace)
+    write_config(run)
     if run.step >= cfg.iters:
         tqdm.write(
             f"{workspace}: already at step {run.step} ≥ --iters {cfg.iters}; nothing to train",

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny_models import TINY_TRAIN
 
+import dreamtext.trainer as trainer
 from dreamtext.cameras import sample_poses
 from dreamtext.checkpoint import load_checkpoint
 from dreamtext.config import TrainConfig, resolve_config
@@ -102,6 +103,23 @@ def test_workspace_of_another_prompt_is_refused_without_resume(tmp_path, tiny_sd
     train(tiny_config(tmp_path, tiny_sd_path, iters=1))
     with pytest.raises(DreamtextError, match=r"holds a run of 'a red sphere'.*--resume"):
         train(tiny_config(tmp_path, tiny_sd_path, iters=1, prompt="a blue cube"))
+
+
+def test_an_overwrite_removes_the_old_checkpoints_before_writing_its_config(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A process killed between the new config.json and the removal left the old checkpoints
+    beside the new settings: --resume then continued the old run under them."""
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=4))
+
+    def killed(run):
+        raise KeyboardInterrupt  # the moment the new config.json would be written
+
+    monkeypatch.setattr(trainer, "write_config", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, tiny_sd_path, iters=2, lr=0.5), overwrite=True)
+    assert not list((workspace / "checkpoints").glob("*.pt"))
+    assert json.loads((workspace / "config.json").read_text())["lr"] != 0.5
 
 
 def test_a_new_run_of_the_same_prompt_needs_overwrite_and_then_replaces_the_old_one(
