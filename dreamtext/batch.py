@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -58,6 +57,7 @@ from dreamtext.config import (
 from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
+from dreamtext.processes import HOST, pid_alive
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -70,7 +70,6 @@ from dreamtext.runstatus import (
 
 BATCH_LOG = "batch.jsonl"
 IMAGE_PREFIX = "image:"
-HOST = socket.gethostname()
 
 # Fields of a run's config that do not change what it makes: its name and length (a finished run
 # asked for more iterations resumes), whether it exports (a finished run without a mesh asked for
@@ -293,19 +292,6 @@ def select_share(entries: list[Entry], shard: tuple[int, int] | None) -> list[En
 
 # ----------------------------------------------------------------------------------------------
 # Claiming a workspace.
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def slurm_task() -> tuple[str | None, int]:

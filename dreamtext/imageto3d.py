@@ -82,7 +82,7 @@ from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
-from dreamtext.runstatus import run_finished, track_status
+from dreamtext.runstatus import check_not_running, run_finished, track_status
 
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
 SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
@@ -188,8 +188,10 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     a file, a folder this process cannot write, the run of another image (:func:`same_image`),
     this image edited since the run copied it, or a text→3D run of some prompt (which the
     text→3D stage would otherwise continue as this image's). Returns the run's recorded
-    ``config.json`` without its stage sections (``None`` before it has one)."""
+    ``config.json`` without its stage sections (``None`` before it has one). A run that another
+    process of this machine is running is refused too (:func:`check_not_running`)."""
     check_writable(workspace, "pass --workspace a folder you can write")
+    check_not_running(workspace)
     record = read_record(workspace)
     sections = read_stage_sections(workspace)
     previous = recorded_image(workspace)

@@ -5,7 +5,7 @@
      "gpu_mem_mib": float | null,
      "phase": "sample" | "describe" | "descriptor" | "train" | "export",
      "stages": {stage: {"seconds": float, "gpu_mem_mib": float | null}},
-     "total_seconds": float, "peak_gpu_mem_mib": float | null}
+     "total_seconds": float, "peak_gpu_mem_mib": float | null, "host": str, "pid": int}
 
 The trainer wraps a run in :func:`track_status`, which writes the file atomically when the run
 starts, when it ends (``finished``, written after the export), when it fails (with the error's
@@ -32,6 +32,11 @@ peak ``gpu_mem_mib`` over its attempts (stages are ``sample``, ``describe``, ``d
 their sum and ``peak_gpu_mem_mib`` their largest. A stage that runs again from its start (an
 image run's text→3D with ``--overwrite``) replaces its own record and drops the later stages'.
 
+``host`` and ``pid`` name the process that wrote the file. A run that another live process of
+this machine is running (``running`` with its ``pid``) is refused by :func:`track_status`, and
+by the commands before they load anything (:func:`check_not_running`); a ``running`` whose process
+is gone was killed without warning (SIGKILL), and the viewer says so.
+
 A caller of ``train`` that must be able to stop a run (``dreamtext batch``, whose lock on a
 workspace can be taken over) registers a check with :func:`guard_run`; every status update calls
 it, and a check that raises :class:`RunTakenOver` stops the run without writing ``status.json``
@@ -54,6 +59,7 @@ import torch
 
 from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
 from dreamtext.errors import DreamtextError
+from dreamtext.processes import HOST, pid_alive
 
 STATUS = "status.json"
 STATES = ("running", "finished", "failed", "interrupted")
@@ -133,6 +139,31 @@ def saved_step(workspace: str | Path) -> int | None:
     return checkpoint_step(last_checkpoint(Path(workspace)))
 
 
+def running_elsewhere(status: dict[str, Any] | None) -> int | None:
+    """The process id of another process of this machine that ``status`` says is running the
+    run and that is alive, else ``None`` (a run ended, or recorded on another machine, or whose
+    process is gone: killed without warning)."""
+    pid = (status or {}).get("pid")
+    if (status or {}).get("state") != "running" or status.get("host") != HOST:
+        return None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid == os.getpid():
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def check_not_running(workspace: str | Path) -> None:
+    """Refuse a workspace that another live process of this machine is running a run in (the
+    same command typed in a second terminal): both would write its checkpoints and files."""
+    status = read_status(workspace)
+    pid = running_elsewhere(status)
+    if pid is not None:
+        raise DreamtextError(
+            f"{workspace} is in use: process {pid} on this machine is running its run "
+            f"({status.get('phase')} phase, step {status.get('step')}); wait for it to end or "
+            "stop it, or pass --workspace NEW_FOLDER"
+        )
+
+
 def peak_gpu_mib(device: torch.device) -> float | None:
     """Peak reserved CUDA memory since the last reset, in MiB; ``None`` off CUDA."""
     if device.type != "cuda":
@@ -187,6 +218,8 @@ class StatusTracker:
             "seconds": round(self.earlier_seconds + time.perf_counter() - self.start, 3),
             "gpu_mem_mib": peak_gpu_mib(self.device),
             "phase": self.phase,
+            "host": HOST,
+            "pid": os.getpid(),
         }
         peak = status["gpu_mem_mib"]
         if self.earlier_peak is not None:
@@ -298,6 +331,7 @@ def track_status(
     run (text→3D and its export); a stage that another follows (``sample``, ``describe``,
     ``descriptor``) ends it ``running``.
     """
+    check_not_running(workspace)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tracker = StatusTracker(workspace, iters, step, device, phase)

@@ -69,6 +69,7 @@ from dreamtext.models import model_revision
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import (
+    check_not_running,
     peak_gpu_mib,
     saved_step,
     track_status,
@@ -138,6 +139,7 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
     start over on a run of the same prompt that has a checkpoint unless ``overwrite``: typing the
     training command again must not wipe hours of training."""
     check_writable(workspace, "pass --workspace a folder you can write")
+    check_not_running(workspace)
     # Read first: a config.json that is not a run's fails here, before anything is written.
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")
     if resume:

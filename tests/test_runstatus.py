@@ -1,7 +1,10 @@
 """status.json: written by the trainer when a run starts, finishes, fails or is interrupted."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
@@ -16,7 +19,7 @@ from dreamtext.runstatus import StatusTracker, error_line, read_status, write_st
 from dreamtext.trainer import TrainingInterrupted, train
 
 KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
-KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib"}
+KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib", "host", "pid"}
 
 
 def tiny_config(tmp_path, model, **overrides):
@@ -271,3 +274,44 @@ def test_a_status_from_before_stages_gives_its_one_stage(tmp_path):
     assert resumed["peak_gpu_mem_mib"] == 1234.5
     write_status(tmp_path, {**old, "phase": "descriptor", "stages": "broken"})
     assert set(_stage(tmp_path, "train", 0)["stages"]) == {"descriptor", "train"}
+
+
+@pytest.fixture
+def other_process():
+    """A live process of this machine, not this one."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def test_a_run_another_live_process_is_running_is_refused_before_anything(tmp_path, other_process):
+    """The same command typed in a second terminal trained the same workspace twice at once."""
+    from dreamtext.processes import HOST
+
+    status = {"state": "running", "step": 7, "iters": 20, "phase": "train"}
+    write_status(tmp_path, {**status, "host": HOST, "pid": other_process})
+    before = (tmp_path / "status.json").read_bytes()
+    with pytest.raises(DreamtextError, match=f"in use: process {other_process} on this machine"):
+        trainer.check_workspace(tmp_path, "a red cube", resume=True)
+    with (
+        pytest.raises(DreamtextError, match="in use"),
+        runstatus.track_status(tmp_path, 20, lambda: 7, torch.device("cpu")),
+    ):
+        pass
+    assert (tmp_path / "status.json").read_bytes() == before  # the other run's, untouched
+    for other in ({"host": "another-node"}, {"state": "interrupted"}, {"pid": os.getpid()}):
+        write_status(tmp_path, {**status, "host": HOST, "pid": other_process, **other})
+        _stage(tmp_path, "train", 0, finishes=True)  # not refused
+
+
+def test_a_run_whose_process_is_gone_is_taken_over(tmp_path):
+    from dreamtext.processes import HOST, gone_process
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record = {"state": "running", "step": 7, "iters": 20, "host": HOST, "pid": dead.pid}
+    assert gone_process(record) == dead.pid
+    assert gone_process({**record, "host": "another-node"}) is None
+    write_status(tmp_path, record)
+    assert _stage(tmp_path, "train", 7, finishes=True)["pid"] == os.getpid()

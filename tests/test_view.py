@@ -139,6 +139,23 @@ def test_a_runs_status_is_its_whole_time_and_peak_over_every_stage(tmp_path: Pat
     assert (shown["seconds"], shown["gpu_mem_mib"]) == (60.0, 2048.0)
 
 
+def test_a_running_run_whose_process_is_gone_shows_as_interrupted(tmp_path: Path):
+    """SIGKILL (the out-of-memory killer) leaves status.json "running": the card said running
+    for ten minutes, then "no change for N min", forever."""
+    from dreamtext.processes import HOST
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    status = {"state": "running", "step": 10, "iters": 20, "host": HOST, "pid": dead.pid}
+    make_run(tmp_path / "killed", "a red cube", final=False, status=status)
+    make_run(tmp_path / "elsewhere", "a blue cube", final=False, status={**status, "host": "n7"})
+    make_run(tmp_path / "alive", "a cube", final=False, status={**status, "pid": os.getpid()})
+    shown = {r.id: read_run(r).status for r in Catalog([tmp_path]).runs()}
+    assert (shown["killed"]["state"], shown["killed"]["process_gone"]) == ("interrupted", dead.pid)
+    assert shown["elsewhere"]["state"] == shown["alive"]["state"] == "running"
+    assert "process_gone" not in shown["alive"]
+
+
 def test_runs_in_folders_of_other_scripts_keep_their_names_as_ids(tmp_path: Path):
     """Workspaces are named in the prompt's own letters (``一只猫``, ``crème_brûlée``); their
     ids were all ``run``, ``run-2``…: addresses that change when a run is added."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamtext.errors import DreamtextError
+from dreamtext.processes import gone_process
 
 # The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
 # imports torch, and the viewer starts without it.
@@ -485,7 +486,9 @@ def status_of(
 
     A running run's status.json is written at its start and then at each log line, so the files
     may be fresher: its step and peak memory are the largest of status.json's and the log's, and
-    it is quiet (``quiet_minutes``) only when nothing the run writes has changed for a while.
+    it is quiet (``quiet_minutes``) only when nothing the run writes has changed for a while. A
+    running run whose process, of this machine, is gone (``process_gone``, its pid) was killed
+    without warning: it is shown ``interrupted``.
     """
     iters = _number((run.config or {}).get("iters"))
     last = records[-1] if records else {}
@@ -536,6 +539,9 @@ def status_of(
                 out["descriptor_step"] = _largest(out["step"], descriptor_step)
                 out["descriptor_iters"] = out["iters"]
             out["step"], out["iters"] = None, iters
+        if out["state"] == "running" and (pid := gone_process(status_file)) is not None:
+            # Killed without warning (SIGKILL, the out-of-memory killer): stopped, resumable.
+            out.update(state="interrupted", process_gone=pid)
         if out["state"] == "running":
             out["step"] = _largest(out["step"], log_step)
             out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], max(log_mem, default=None))
