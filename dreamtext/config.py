@@ -466,9 +466,12 @@ def slugify(prompt: str, max_length: int = 60) -> str:
     joined by '_' (``"A castle!"`` → ``a_castle``, ``"Crème brûlée"`` → ``crème_brûlée``,
     ``"一座城堡"`` → ``一座城堡``), at most ``max_length`` characters; ``run`` when it has none.
     The prompt is NFC-normalised first, so an accent typed as a combining mark gives the same
-    folder as the precomposed letter."""
+    folder as the precomposed letter. Combining marks stay with their letters: the vowel signs and
+    viramas of Devanagari or Thai (``"नमस्ते"`` → ``नमस्ते``, not ``नमस_त``), Arabic's harakat,
+    the dot of a lower-cased ``İ``."""
     text = unicodedata.normalize("NFC", prompt).lower()
-    slug = re.sub(r"[\W_]+", "_", text).strip("_")
+    kept = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in text)
+    slug = "_".join(kept.split())
     return slug[:max_length].rstrip("_") or "run"
 
 
