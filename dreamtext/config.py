@@ -508,9 +508,20 @@ def run_owner(workspace: Path) -> tuple[str, str] | None:
 
 
 def owner_value(kind: str, prompt: str) -> str:
-    """How :func:`run_owner` names a run's prompt: the prompt itself for text→3D, the image's
-    absolute path for image→3D."""
-    return str(Path(prompt).resolve()) if kind == "image" else prompt
+    """How :func:`run_owner` names a run's prompt: the prompt NFC-normalised for text→3D (an
+    accent typed as a combining mark is the same prompt, in the same folder: :func:`slugify`),
+    the image's absolute path for image→3D."""
+    if kind == "image":
+        return str(Path(prompt).resolve())
+    return unicodedata.normalize("NFC", prompt)
+
+
+def same_prompt(recorded: object, prompt: str) -> bool:
+    """Whether ``recorded`` (a run's prompt, read from its files) is the text prompt ``prompt``,
+    up to Unicode normalisation (:func:`owner_value`)."""
+    return isinstance(recorded, str) and owner_value("text", recorded) == owner_value(
+        "text", prompt
+    )
 
 
 def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
@@ -545,6 +556,7 @@ __all__ = [
     "resume_conflicts",
     "resume_refusal",
     "run_owner",
+    "same_prompt",
     "slugify",
     "write_run_config",
 ]

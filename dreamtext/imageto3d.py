@@ -59,6 +59,7 @@ from dreamtext.config import (
     prompt_workspace,
     read_run_config,
     read_stage_sections,
+    same_prompt,
     slugify,
     write_run_config,
 )
@@ -502,7 +503,7 @@ def diverse_workspace(cfg: TrainConfig, named: bool) -> str:
             recorded = read_stage_sections(legacy).get("diverse", {}).get("prompt")
         except DreamtextError:
             recorded = None
-        if recorded == cfg.prompt:
+        if same_prompt(recorded, cfg.prompt):
             return str(legacy)  # made before slugs kept non-ASCII letters
     return str(folder)
 
@@ -526,7 +527,7 @@ def check_diverse_workspace(workspace: str | Path, cfg: TrainConfig) -> dict | N
     check_writable(workspace, "pass --workspace a folder you can write")
     diverse = read_stage_sections(workspace).get("diverse", {})
     recorded, seed = diverse.get("prompt"), diverse.get("seed")
-    if recorded is not None and recorded != cfg.prompt:
+    if recorded is not None and not same_prompt(recorded, cfg.prompt):
         raise DreamtextError(
             f"{workspace} holds the --diverse run of '{recorded}'; pass --workspace NEW_FOLDER "
             f"for '{cfg.prompt}'"
