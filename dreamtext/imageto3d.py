@@ -83,7 +83,7 @@ from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
-from dreamtext.runstatus import check_not_running, run_finished, track_status
+from dreamtext.runstatus import check_not_running, restart_stage, run_finished, track_status
 
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
 SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
@@ -399,7 +399,7 @@ def run_image(
         from dreamtext.trainer import remove_earlier_run
 
         remove_earlier_run(workspace)
-        (workspace / "status.json").unlink(missing_ok=True)
+        restart_stage(workspace, "train")  # describe's and the descriptor's figures stay
     options = replace(options, descriptor=replace(options.descriptor, seed=cfg.seed, iters=iters))
     learned = learned_embeds_path(workspace)
     record_config(workspace, cfg, image_path, options, sections)
