@@ -461,6 +461,12 @@ def validate_cameras(cameras: CameraRange) -> None:
             )
 
 
+# The most UTF-8 bytes of a slug: 60 CJK letters. Names made from it must stay under the 255
+# bytes of a file name: batch's ``<slug>_<8 hex>`` and the temp file of its lock beside it,
+# ``.<that>.lock.<32 hex>.tmp`` (232 bytes), and ``--diverse``'s ``<slug>_diverse_seed<N>``.
+SLUG_MAX_BYTES = 180
+
+
 def slugify(prompt: str, max_length: int = 60) -> str:
     """A folder name for a prompt: its words (letters and digits of any script, lower case)
     joined by '_' (``"A castle!"`` → ``a_castle``, ``"Crème brûlée"`` → ``crème_brûlée``,
@@ -468,11 +474,15 @@ def slugify(prompt: str, max_length: int = 60) -> str:
     The prompt is NFC-normalised first, so an accent typed as a combining mark gives the same
     folder as the precomposed letter. Combining marks stay with their letters: the vowel signs and
     viramas of Devanagari or Thai (``"नमस्ते"`` → ``नमस्ते``, not ``नमस_त``), Arabic's harakat,
-    the dot of a lower-cased ``İ``."""
+    the dot of a lower-cased ``İ``. At most :data:`SLUG_MAX_BYTES` bytes in UTF-8 too: 60
+    letters of four bytes each (``𝓪``, the letters of pasted "fancy text") left no room for what
+    batch adds to the name."""
     text = unicodedata.normalize("NFC", prompt).lower()
     kept = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in text)
-    slug = "_".join(kept.split())
-    return slug[:max_length].rstrip("_") or "run"
+    slug = "_".join(kept.split())[:max_length]
+    while len(slug.encode("utf-8")) > SLUG_MAX_BYTES:
+        slug = slug[:-1]
+    return slug.rstrip("_") or "run"
 
 
 def ascii_slug(prompt: str, max_length: int = 60) -> str:
@@ -539,6 +549,7 @@ def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
 __all__ = [
     "DEFAULT_WORKSPACE_ROOT",
     "ITERS_PER_EPOCH",
+    "SLUG_MAX_BYTES",
     "STAGE_SECTIONS",
     "TrainConfig",
     "apply_overrides",
