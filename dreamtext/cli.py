@@ -237,7 +237,7 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_text(args: argparse.Namespace) -> int:
-    from dreamtext.config import resolve_config
+    from dreamtext.config import resolve_config, same_prompt
     from dreamtext.trainer import TrainingInterrupted, train
 
     if args.epochs and args.iters:
@@ -259,7 +259,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         base = _saved_config(args)
         overrides.pop("prompt", None)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
-    if base is not None and base.get("prompt") != args.prompt:
+    if base is not None and not same_prompt(base.get("prompt"), args.prompt):
         raise DreamtextError(
             f"{cfg.workspace} holds a run of '{base.get('prompt')}'; "
             "resume it with that prompt, or drop --resume"

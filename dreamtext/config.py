@@ -461,15 +461,28 @@ def validate_cameras(cameras: CameraRange) -> None:
             )
 
 
+# The most UTF-8 bytes of a slug: 60 CJK letters. Names made from it must stay under the 255
+# bytes of a file name: batch's ``<slug>_<8 hex>`` and the temp file of its lock beside it,
+# ``.<that>.lock.<32 hex>.tmp`` (232 bytes), and ``--diverse``'s ``<slug>_diverse_seed<N>``.
+SLUG_MAX_BYTES = 180
+
+
 def slugify(prompt: str, max_length: int = 60) -> str:
     """A folder name for a prompt: its words (letters and digits of any script, lower case)
     joined by '_' (``"A castle!"`` → ``a_castle``, ``"Crème brûlée"`` → ``crème_brûlée``,
     ``"一座城堡"`` → ``一座城堡``), at most ``max_length`` characters; ``run`` when it has none.
     The prompt is NFC-normalised first, so an accent typed as a combining mark gives the same
-    folder as the precomposed letter."""
+    folder as the precomposed letter. Combining marks stay with their letters: the vowel signs and
+    viramas of Devanagari or Thai (``"नमस्ते"`` → ``नमस्ते``, not ``नमस_त``), Arabic's harakat,
+    the dot of a lower-cased ``İ``. At most :data:`SLUG_MAX_BYTES` bytes in UTF-8 too: 60
+    letters of four bytes each (``𝓪``, the letters of pasted "fancy text") left no room for what
+    batch adds to the name."""
     text = unicodedata.normalize("NFC", prompt).lower()
-    slug = re.sub(r"[\W_]+", "_", text).strip("_")
-    return slug[:max_length].rstrip("_") or "run"
+    kept = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in text)
+    slug = "_".join(kept.split())[:max_length]
+    while len(slug.encode("utf-8")) > SLUG_MAX_BYTES:
+        slug = slug[:-1]
+    return slug.rstrip("_") or "run"
 
 
 def ascii_slug(prompt: str, max_length: int = 60) -> str:
@@ -505,9 +518,20 @@ def run_owner(workspace: Path) -> tuple[str, str] | None:
 
 
 def owner_value(kind: str, prompt: str) -> str:
-    """How :func:`run_owner` names a run's prompt: the prompt itself for text→3D, the image's
-    absolute path for image→3D."""
-    return str(Path(prompt).resolve()) if kind == "image" else prompt
+    """How :func:`run_owner` names a run's prompt: the prompt NFC-normalised for text→3D (an
+    accent typed as a combining mark is the same prompt, in the same folder: :func:`slugify`),
+    the image's absolute path for image→3D."""
+    if kind == "image":
+        return str(Path(prompt).resolve())
+    return unicodedata.normalize("NFC", prompt)
+
+
+def same_prompt(recorded: object, prompt: str) -> bool:
+    """Whether ``recorded`` (a run's prompt, read from its files) is the text prompt ``prompt``,
+    up to Unicode normalisation (:func:`owner_value`)."""
+    return isinstance(recorded, str) and owner_value("text", recorded) == owner_value(
+        "text", prompt
+    )
 
 
 def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
@@ -525,6 +549,7 @@ def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
 __all__ = [
     "DEFAULT_WORKSPACE_ROOT",
     "ITERS_PER_EPOCH",
+    "SLUG_MAX_BYTES",
     "STAGE_SECTIONS",
     "TrainConfig",
     "apply_overrides",
@@ -542,6 +567,7 @@ __all__ = [
     "resume_conflicts",
     "resume_refusal",
     "run_owner",
+    "same_prompt",
     "slugify",
     "write_run_config",
 ]

@@ -59,6 +59,7 @@ from dreamtext.config import (
     prompt_workspace,
     read_run_config,
     read_stage_sections,
+    same_prompt,
     slugify,
     write_run_config,
 )
@@ -82,7 +83,7 @@ from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
-from dreamtext.runstatus import check_not_running, run_finished, track_status
+from dreamtext.runstatus import check_not_running, restart_stage, run_finished, track_status
 
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
 SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
@@ -398,7 +399,7 @@ def run_image(
         from dreamtext.trainer import remove_earlier_run
 
         remove_earlier_run(workspace)
-        (workspace / "status.json").unlink(missing_ok=True)
+        restart_stage(workspace, "train")  # describe's and the descriptor's figures stay
     options = replace(options, descriptor=replace(options.descriptor, seed=cfg.seed, iters=iters))
     learned = learned_embeds_path(workspace)
     record_config(workspace, cfg, image_path, options, sections)
@@ -502,7 +503,7 @@ def diverse_workspace(cfg: TrainConfig, named: bool) -> str:
             recorded = read_stage_sections(legacy).get("diverse", {}).get("prompt")
         except DreamtextError:
             recorded = None
-        if recorded == cfg.prompt:
+        if same_prompt(recorded, cfg.prompt):
             return str(legacy)  # made before slugs kept non-ASCII letters
     return str(folder)
 
@@ -526,7 +527,7 @@ def check_diverse_workspace(workspace: str | Path, cfg: TrainConfig) -> dict | N
     check_writable(workspace, "pass --workspace a folder you can write")
     diverse = read_stage_sections(workspace).get("diverse", {})
     recorded, seed = diverse.get("prompt"), diverse.get("seed")
-    if recorded is not None and recorded != cfg.prompt:
+    if recorded is not None and not same_prompt(recorded, cfg.prompt):
         raise DreamtextError(
             f"{workspace} holds the --diverse run of '{recorded}'; pass --workspace NEW_FOLDER "
             f"for '{cfg.prompt}'"

@@ -228,11 +228,7 @@ class StatusTracker:
             **self.earlier_stages,
             self.stage: {"seconds": status["seconds"], "gpu_mem_mib": peak},
         }
-        status["stages"] = stages
-        status["total_seconds"] = round(sum(v["seconds"] for v in stages.values()), 3)
-        peaks = [v["gpu_mem_mib"] for v in stages.values() if v["gpu_mem_mib"] is not None]
-        status["peak_gpu_mem_mib"] = max(peaks) if peaks else None
-        write_status(self.workspace, status)
+        write_status(self.workspace, {**status, **_whole_run(stages)})
         self._written = (step, self.phase)
 
     def run_guards(self) -> None:
@@ -262,6 +258,44 @@ def _finite(value: Any) -> float | None:
 def _stage_of(phase: Any) -> str:
     """The stage a status.json's ``phase`` belongs to (``export`` is text→3D's, ``train``)."""
     return phase if phase in STAGES else "train"
+
+
+def _whole_run(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """status.json's whole-run figures of ``stages``: themselves, ``total_seconds`` (their sum)
+    and ``peak_gpu_mem_mib`` (their largest, ``null`` when none was measured)."""
+    peaks = [v["gpu_mem_mib"] for v in stages.values() if v["gpu_mem_mib"] is not None]
+    return {
+        "stages": stages,
+        "total_seconds": round(sum(v["seconds"] for v in stages.values()), 3),
+        "peak_gpu_mem_mib": max(peaks) if peaks else None,
+    }
+
+
+def restart_stage(workspace: str | Path, stage: str) -> None:
+    """Rewrite ``status.json`` for ``stage`` run again from its start (an image run's text→3D
+    with ``--overwrite``): it keeps the stages before ``stage`` (:func:`_earlier_stages`) and
+    says ``running`` in the last of them, as between two stages of a first run, so the old
+    attempt's ``finished`` no longer counts. Without earlier stages the file is removed."""
+    path = Path(workspace) / STATUS
+    earlier = _earlier_stages(read_status(workspace), stage)
+    if not earlier:
+        path.unlink(missing_ok=True)
+        return
+    phase = max(earlier, key=PHASES.index)
+    status = {
+        "state": "running",
+        "step": 0,
+        "iters": 0,
+        "started": now_iso(),
+        "updated": now_iso(),
+        "error": None,
+        "seconds": earlier[phase]["seconds"],
+        "gpu_mem_mib": earlier[phase]["gpu_mem_mib"],
+        "phase": phase,
+        "host": HOST,
+        "pid": os.getpid(),
+    }
+    write_status(workspace, {**status, **_whole_run(earlier)})
 
 
 def _earlier_stages(earlier: dict[str, Any] | None, stage: str) -> dict[str, dict[str, Any]]:

@@ -44,6 +44,7 @@ from dreamtext.config import (
     read_run_config,
     resume_conflicts,
     resume_refusal,
+    same_prompt,
     write_run_config,
 )
 from dreamtext.devices import (
@@ -149,7 +150,7 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
                 "drop --resume to start a new run"
             )
         return
-    if previous is not None and previous != prompt:
+    if previous is not None and not same_prompt(previous, prompt):
         raise DreamtextError(
             f"{workspace} holds a run of '{previous}'; pass --resume to continue "
             "it, or --workspace NEW_FOLDER for this prompt"

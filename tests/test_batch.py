@@ -355,6 +355,22 @@ def test_a_held_workspace_keeps_other_workers_out_until_released(tmp_path):
     second.release()
 
 
+def test_prompts_of_long_four_byte_letters_get_workspaces_their_locks_fit(tmp_path):
+    """60 letters of four bytes (𝓪, pasted "fancy text") made a 240-byte slug; with the hash
+    of two prompts that share it and the lock's temp file, the name passed 255 bytes: both
+    lines failed with 'OSError: [Errno 36] File name too long'."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("𝓪" * 60 + "𝓫" * 10 + "\n" + "𝓪" * 60 + "𝓬" * 10 + "\n", encoding="utf-8")
+    entries = read_prompts(prompts, tmp_path / "root")
+    assert len({e.workspace for e in entries}) == 2
+    for entry in entries:
+        entry.workspace.parent.mkdir(exist_ok=True)
+        lock = WorkspaceLock(entry.workspace, 60)
+        assert lock.acquire()
+        entry.workspace.mkdir()
+        lock.release()
+
+
 def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
     _lock_file(tmp_path / "a.lock", pid=_dead_pid())
     lock = WorkspaceLock(tmp_path / "a", 600)

@@ -91,6 +91,13 @@ def test_default_workspace_is_the_prompt_slug():
         ("Ein Schloß__am  See", "ein_schloß_am_see"),
         ("🏰 !!", "run"),
         ("x" * 70, "x" * 60),
+        # Combining marks belong to their letters (they were cut as separators: नमस_त_द_न_य).
+        ("नमस्ते दुनिया", "नमस्ते_दुनिया"),
+        ("สวัสดีครับ", "สวัสดีครับ"),
+        ("مَرْحَبًا", "مَرْحَبًا"),
+        ("İstanbul", "i\u0307stanbul"),
+        ("一" * 70, "一" * 60),  # 180 bytes
+        ("𝓪" * 70, "𝓪" * 45),  # 4-byte letters: 60 of them (240 bytes) left no room for batch's
     ],
 )
 def test_slugs_keep_the_letters_of_every_script(prompt, slug):

@@ -827,3 +827,29 @@ def test_image_and_diverse_runs_in_folders_that_ascii_slugs_named_are_found_agai
     assert imageto3d.diverse_workspace(cfg, named=False) == diverse.relative_to(tmp_path).as_posix()
     other = resolve_config({"prompt": "Crème brûlée!", "seed": 1})
     assert imageto3d.diverse_workspace(other, named=False) == new
+
+
+def test_overwriting_the_text_stage_keeps_the_earlier_stages_time_in_status(
+    tmp_path, tiny_clip_path, tiny_sd_path
+):
+    """image --overwrite keeps describe and the descriptor but removed status.json, so the run's
+    ``stages`` and ``total_seconds`` (the viewer's card) lost the sentence search's and the
+    descriptor's time, and a descriptor trained on afterwards counted from 0."""
+    image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
+    before = json.loads((workspace / "status.json").read_text())["stages"]
+    assert set(before) == {"describe", "descriptor", "train"}
+    run_image(image, options, _config(tmp_path, tiny_sd_path, iters=3), overwrite=True)
+    after = json.loads((workspace / "status.json").read_text())
+    assert (after["state"], after["step"]) == ("finished", 3)
+    assert set(after["stages"]) == {"describe", "descriptor", "train"}
+    for stage in ("describe", "descriptor"):
+        assert after["stages"][stage] == before[stage]
+    assert after["total_seconds"] == pytest.approx(
+        sum(s["seconds"] for s in after["stages"].values())
+    )
+
+    options.descriptor.iters = 4  # trains on from step 2: adds to its earlier time
+    run_image(image, options, _config(tmp_path, tiny_sd_path, iters=3), overwrite=True)
+    again = json.loads((workspace / "status.json").read_text())["stages"]
+    assert again["describe"] == before["describe"]
+    assert again["descriptor"]["seconds"] > before["descriptor"]["seconds"]

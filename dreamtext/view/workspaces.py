@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -142,8 +143,12 @@ class Catalog:
         used: set[str] = set()
 
         def add(name: str, path: Path | None, root: Path | None, batch: dict | None) -> None:
-            # Letters of any script stay (workspace folders keep them: config.slugify).
-            base = re.sub(r"[^\w.-]+", "_", name).strip("._") or "run"
+            # Letters of any script stay, with their combining marks (workspace folders keep
+            # them: config.slugify).
+            kept = "".join(
+                c if c in ".-" or unicodedata.category(c)[0] in "LNM" else "_" for c in name
+            )
+            base = re.sub(r"_+", "_", kept).strip("._") or "run"
             run_id, n = base, 2
             while run_id in used:
                 run_id, n = f"{base}-{n}", n + 1
