@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import math
 import os
@@ -470,19 +471,26 @@ SLUG_MAX_BYTES = 180
 def slugify(prompt: str, max_length: int = 60) -> str:
     """A folder name for a prompt: its words (letters and digits of any script, lower case)
     joined by '_' (``"A castle!"`` → ``a_castle``, ``"Crème brûlée"`` → ``crème_brûlée``,
-    ``"一座城堡"`` → ``一座城堡``), at most ``max_length`` characters; ``run`` when it has none.
+    ``"一座城堡"`` → ``一座城堡``), at most ``max_length`` characters. A prompt
+    without letters or digits (``"🐱"``) is ``run_<8 hex digits of its SHA-256>``, so
+    that two of them do not share a folder; a blank one is ``run``.
+
     The prompt is NFC-normalised first, so an accent typed as a combining mark gives the same
-    folder as the precomposed letter. Combining marks stay with their letters: the vowel signs and
-    viramas of Devanagari or Thai (``"नमस्ते"`` → ``नमस्ते``, not ``नमस_त``), Arabic's harakat,
-    the dot of a lower-cased ``İ``. At most :data:`SLUG_MAX_BYTES` bytes in UTF-8 too: 60
-    letters of four bytes each (``𝓪``, the letters of pasted "fancy text") left no room for what
-    batch adds to the name."""
-    text = unicodedata.normalize("NFC", prompt).lower()
-    kept = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in text)
+    folder as the precomposed letter. Combining marks stay with their letters: the vowel signs
+    and viramas of Devanagari or Thai (``"नमस्ते"`` → ``नमस्ते``, not ``नमस_त``), Arabic's
+    harakat, the dot of a lower-cased ``İ``. At most :data:`SLUG_MAX_BYTES` bytes in UTF-8 too:
+    60 letters of four bytes each (``𝓪``, the letters of pasted "fancy text") left no room for
+    what batch adds to the name."""
+    normal = unicodedata.normalize("NFC", prompt)
+    kept = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in normal.lower())
     slug = "_".join(kept.split())[:max_length]
     while len(slug.encode("utf-8")) > SLUG_MAX_BYTES:
         slug = slug[:-1]
-    return slug.rstrip("_") or "run"
+    if slug.rstrip("_"):
+        return slug.rstrip("_")
+    if not normal.strip():
+        return "run"
+    return f"run_{hashlib.sha256(normal.encode('utf-8')).hexdigest()[:8]}"
 
 
 def ascii_slug(prompt: str, max_length: int = 60) -> str:

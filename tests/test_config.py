@@ -89,7 +89,7 @@ def test_default_workspace_is_the_prompt_slug():
         ("Cre\u0300me bru\u0302le\u0301e", "crème_brûlée"),  # combining accents: same folder
         ("一座城堡", "一座城堡"),
         ("Ein Schloß__am  See", "ein_schloß_am_see"),
-        ("🏰 !!", "run"),
+        ("🏰 !!", "run_605c0a37"),  # no letters: its own folder, not every emoji prompt's "run"
         ("x" * 70, "x" * 60),
         # Combining marks belong to their letters (they were cut as separators: नमस_त_द_न_य).
         ("नमस्ते दुनिया", "नमस्ते_दुनिया"),
@@ -104,6 +104,18 @@ def test_slugs_keep_the_letters_of_every_script(prompt, slug):
     """Every non-Latin prompt was the folder ``run``: a second one was refused as another
     prompt's run; accented letters were cut out (``cr_me_br_l_e``)."""
     assert slugify(prompt) == slug
+
+
+def test_prompts_without_letters_get_folders_of_their_own(tmp_path, monkeypatch):
+    """Every emoji-only prompt was the folder ``run``: a second one was refused as another
+    prompt's run. A run of one in ``run`` (earlier versions) is found there again."""
+    monkeypatch.chdir(tmp_path)
+    cat, dog = (resolve_config({"prompt": p}).workspace for p in ("🐱", "🐶"))
+    assert cat != dog and cat.startswith("workspace/run_") and dog.startswith("workspace/run_")
+    (tmp_path / "workspace" / "run").mkdir(parents=True)
+    (tmp_path / "workspace" / "run" / "config.json").write_text(json.dumps({"prompt": "🐱"}))
+    assert resolve_config({"prompt": "🐱"}).workspace == "workspace/run"
+    assert resolve_config({"prompt": "🐶"}).workspace == dog
 
 
 def test_a_run_in_the_folder_an_ascii_slug_named_is_found_again(tmp_path, monkeypatch):
