@@ -5,7 +5,8 @@
      "gpu_mem_mib": float | null,
      "phase": "sample" | "describe" | "descriptor" | "train" | "export",
      "stages": {stage: {"seconds": float, "gpu_mem_mib": float | null}},
-     "total_seconds": float, "peak_gpu_mem_mib": float | null, "host": str, "pid": int}
+     "total_seconds": float, "peak_gpu_mem_mib": float | null, "host": str, "pid": int,
+     "pid_start": int | null}
 
 The trainer wraps a run in :func:`track_status`, which writes the file atomically when the run
 starts, when it ends (``finished``, written after the export), when it fails (with the error's
@@ -59,9 +60,12 @@ import torch
 
 from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
 from dreamtext.errors import DreamtextError
-from dreamtext.processes import HOST, pid_alive
+from dreamtext.processes import HOST, process_start, record_alive
 
 STATUS = "status.json"
+# This process's start (``processes.process_start``): with the pid, it tells this process from
+# a later one that got the same pid.
+PID_START = process_start(os.getpid())
 STATES = ("running", "finished", "failed", "interrupted")
 PHASES = ("sample", "describe", "descriptor", "train", "export")
 # The phases a tracker starts in: a run's stages (``train`` goes on into ``export``).
@@ -143,12 +147,9 @@ def running_elsewhere(status: dict[str, Any] | None) -> int | None:
     """The process id of another process of this machine that ``status`` says is running the
     run and that is alive, else ``None`` (a run ended, or recorded on another machine, or whose
     process is gone: killed without warning)."""
-    pid = (status or {}).get("pid")
-    if (status or {}).get("state") != "running" or status.get("host") != HOST:
+    if (status or {}).get("state") != "running" or status.get("pid") == os.getpid():
         return None
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid == os.getpid():
-        return None
-    return pid if pid_alive(pid) else None
+    return status["pid"] if record_alive(status) else None
 
 
 def check_not_running(workspace: str | Path) -> None:
@@ -220,6 +221,7 @@ class StatusTracker:
             "phase": self.phase,
             "host": HOST,
             "pid": os.getpid(),
+            "pid_start": PID_START,
         }
         peak = status["gpu_mem_mib"]
         if self.earlier_peak is not None:

@@ -19,7 +19,7 @@ from dreamtext.runstatus import StatusTracker, error_line, read_status, write_st
 from dreamtext.trainer import TrainingInterrupted, train
 
 KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
-KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib", "host", "pid"}
+KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib", "host", "pid", "pid_start"}
 
 
 def tiny_config(tmp_path, model, **overrides):
@@ -315,3 +315,20 @@ def test_a_run_whose_process_is_gone_is_taken_over(tmp_path):
     assert gone_process({**record, "host": "another-node"}) is None
     write_status(tmp_path, record)
     assert _stage(tmp_path, "train", 7, finishes=True)["pid"] == os.getpid()
+
+
+def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_process):
+    """After a reboot or a container's restart an unrelated process can get the killed run's pid:
+    the workspace looked in use, and the viewer showed the run running."""
+    from dreamtext.processes import HOST, process_start, record_alive
+
+    started = process_start(other_process)
+    assert isinstance(started, int) and process_start(os.getpid()) == runstatus.PID_START
+    record = {"state": "running", "host": HOST, "pid": other_process, "pid_start": started}
+    assert record_alive(record) is True
+    assert record_alive({**record, "pid_start": None}) is True  # recorded before pid_start
+    reused = {**record, "pid_start": started - 1}
+    assert record_alive(reused) is False
+    write_status(tmp_path, {**reused, "step": 7, "iters": 20, "phase": "train"})
+    assert runstatus.running_elsewhere(read_status(tmp_path)) is None
+    trainer.check_workspace(tmp_path, "a red cube", resume=False)  # not refused
