@@ -57,7 +57,7 @@ from dreamtext.config import (
 from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
-from dreamtext.processes import HOST, pid_alive
+from dreamtext.processes import HOST, gone_process
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -474,8 +474,8 @@ class WorkspaceLock:
         same_task = slurm is not None and slurm == self.info["slurm"]
         if same_task and isinstance(restart, int) and restart < self.info["slurm_restart"]:
             return f"it was this SLURM task's ({slurm}) before it was requeued"
-        pid = info.get("pid")
-        if info.get("host") == HOST and isinstance(pid, int) and not pid_alive(pid):
+        pid = gone_process(info)
+        if pid is not None:
             return f"its process {pid} on {HOST} is gone"
         if age > self.timeout:
             return f"not refreshed for {age:.0f} s > --lock-timeout {self.timeout:g} s"

@@ -219,9 +219,7 @@ class StatusTracker:
             "seconds": round(self.earlier_seconds + time.perf_counter() - self.start, 3),
             "gpu_mem_mib": peak_gpu_mib(self.device),
             "phase": self.phase,
-            "host": HOST,
-            "pid": os.getpid(),
-            "pid_start": PID_START,
+            **_this_process(),
         }
         peak = status["gpu_mem_mib"]
         if self.earlier_peak is not None:
@@ -249,6 +247,11 @@ class StatusTracker:
             self.phase = phase
         if self._written != (int(self.step()), self.phase):
             self.write("running")
+
+
+def _this_process() -> dict[str, Any]:
+    """status.json's record of the process that writes it (:func:`running_elsewhere`)."""
+    return {"host": HOST, "pid": os.getpid(), "pid_start": PID_START}
 
 
 def _finite(value: Any) -> float | None:
@@ -294,8 +297,7 @@ def restart_stage(workspace: str | Path, stage: str) -> None:
         "seconds": earlier[phase]["seconds"],
         "gpu_mem_mib": earlier[phase]["gpu_mem_mib"],
         "phase": phase,
-        "host": HOST,
-        "pid": os.getpid(),
+        **_this_process(),
     }
     write_status(workspace, {**status, **_whole_run(earlier)})
 
