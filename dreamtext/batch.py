@@ -57,7 +57,7 @@ from dreamtext.config import (
 from dreamtext.devices import free_memory
 from dreamtext.errors import DreamtextError
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
-from dreamtext.processes import HOST, gone_process
+from dreamtext.processes import HOST, gone_process, this_process
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -309,7 +309,8 @@ def slurm_task() -> tuple[str | None, int]:
 class WorkspaceLock:
     """An exclusive claim on a workspace: the file ``<workspace>.lock`` beside it.
 
-    The file holds ``{"host", "pid", "started", "slurm", "slurm_restart", "token"}``, is written
+    The file holds ``{"host", "pid", "pid_start", "started", "slurm", "slurm_restart",
+    "token"}``, is written
     whole to a temp file and hard-linked into place (atomic, also on NFS), and refreshed (its
     mtime) every ``timeout / 4`` seconds (at most every minute) while held.
 
@@ -327,8 +328,7 @@ class WorkspaceLock:
         self.timeout = timeout
         slurm, restarts = slurm_task()
         self.info = {
-            "host": HOST,
-            "pid": os.getpid(),
+            **this_process(),  # host, pid, pid_start: a pid reused later is not this worker
             "started": now_iso(),
             "slurm": slurm,
             "slurm_restart": restarts,

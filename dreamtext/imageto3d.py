@@ -83,6 +83,7 @@ from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
+from dreamtext.processes import claim_workspace
 from dreamtext.runstatus import check_not_running, restart_stage, run_finished, track_status
 
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
@@ -389,6 +390,18 @@ def run_image(
         cfg.workspace = str(default_workspace(image_path))
     workspace = Path(cfg.workspace)
     check_image(image_path, workspace)  # a bad image fails here, before any model is loaded
+    with claim_workspace(workspace):  # from the checks on (processes.claim_workspace)
+        return _run_image(image_path, options, cfg, workspace, overwrite, sections)
+
+
+def _run_image(
+    image_path: Path,
+    options: ImageOptions,
+    cfg: TrainConfig,
+    workspace: Path,
+    overwrite: bool,
+    sections: dict[str, Any] | None,
+) -> Path:
     check_image_workspace(workspace, image_path)
     train_words, iters = descriptor_plan(workspace, options.descriptor.iters, overwrite)
     device = resolve_device(cfg.device)
@@ -559,6 +572,11 @@ def run_diverse(
     _needs_stable_diffusion(cfg.guidance.model, "--diverse")
     cfg.workspace = diverse_workspace(cfg, named)
     workspace = Path(cfg.workspace)
+    with claim_workspace(workspace):  # from the checks on (processes.claim_workspace)
+        return _run_diverse(cfg, options, workspace, overwrite)
+
+
+def _run_diverse(cfg: TrainConfig, options: ImageOptions, workspace: Path, overwrite: bool) -> Path:
     image_path = diverse_image(workspace, cfg.seed)
     check_diverse_workspace(workspace, cfg)
     section = {

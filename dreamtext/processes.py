@@ -1,10 +1,23 @@
-"""Which machine and process wrote a record (status.json, batch's locks), and whether that
-process still runs. Imports nothing heavy: ``dreamtext view`` uses it without torch."""
+"""Which machine and process wrote a record (status.json, batch's locks), whether that
+process still runs, and the lock a run holds on its workspace (:func:`claim_workspace`).
+Imports nothing heavy: ``dreamtext view`` uses it without torch."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from dreamtext.errors import DreamtextError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 # The machine this process runs on, as status.json and batch's locks record it.
 HOST = socket.gethostname()
@@ -57,4 +70,150 @@ def gone_process(record: dict | None) -> int | None:
     return record["pid"] if record_alive(record) is False else None
 
 
-__all__ = ["HOST", "gone_process", "pid_alive", "process_start", "record_alive"]
+# The lock file a run holds in its workspace (:func:`claim_workspace`).
+LOCK_NAME = ".dreamtext.lock"
+# The workspaces this process holds: real path → [open lock file, claims, folders it made].
+_HELD: dict[str, list] = {}
+
+
+def this_process() -> dict:
+    """The record of this process (``host``, ``pid``, ``pid_start``) that status.json and the
+    workspace lock carry (:func:`record_alive` reads it)."""
+    return {"host": HOST, "pid": os.getpid(), "pid_start": process_start(os.getpid())}
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; return those it made, deepest first."""
+    made = []
+    for missing in reversed([folder, *folder.parents]):
+        if not missing.exists():
+            # What checkpoint.check_writable asks, so that a folder it refuses is not made.
+            if not os.access(missing.parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"cannot write in {missing.parent}")
+            missing.mkdir()
+            made.append(missing)
+    return made[::-1]
+
+
+def _holder(lock: Path) -> dict:
+    try:
+        record = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _in_use(workspace: Path, holder: dict) -> DreamtextError:
+    pid, host = holder.get("pid"), holder.get("host")
+    if isinstance(pid, int) and host == HOST:
+        who = f"process {pid} on this machine"
+    elif isinstance(pid, int) and isinstance(host, str):
+        who = f"process {pid} on {host}"
+    else:
+        who = "another process"
+    return DreamtextError(
+        f"{workspace} is in use: {who} is running a run in it; wait for it to end or stop it, "
+        "or pass --workspace NEW_FOLDER"
+    )
+
+
+@contextlib.contextmanager
+def claim_workspace(workspace: str | Path) -> Iterator[None]:
+    """Hold ``workspace``'s lock (``flock`` on ``workspace/.dreamtext.lock``) for the block:
+    a second process that claims it meanwhile, here or on another machine of a shared file
+    system whose locks reach across machines (NFS), gets a :class:`DreamtextError` that names
+    this one. The kernel drops the lock when its process ends, however it ends, so a killed run
+    leaves no lock to clear. Claims nest within one process. The block's end removes the lock
+    file, and the folders the claim made when nothing else was written in them (a run refused
+    while it loads leaves no workspace behind).
+
+    Where no lock can be taken (a folder that cannot be made or written, whose checks report
+    it; a file system without locks), the block runs without one."""
+    key = os.path.realpath(workspace)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    folder = Path(workspace)
+    lock = folder / LOCK_NAME
+    try:
+        made = _make_folder(folder)
+    except OSError:  # a file in the way, permission denied: the workspace checks say so
+        made, handle = [], None
+    else:
+        try:
+            handle = _lock(lock)
+        except DreamtextError:
+            _remove_empty(made)
+            raise
+    _HELD[key] = [handle, 1, made]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            handle.close()  # after the unlink: a claim that opened the file sees it gone
+        _remove_empty(made)
+
+
+def _lock(lock: Path) -> IO[str] | None:
+    """Open and ``flock`` the lock file ``lock``, write this process's record in it and return
+    it open; ``None`` where the file system refuses (the run goes on unlocked). Raises
+    :class:`DreamtextError` when another process holds it."""
+    if fcntl is None:  # not a POSIX system
+        return None
+    while True:
+        try:
+            handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 (held past this call)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise _in_use(lock.parent, _holder(lock)) from None
+        except OSError:  # no locks here (Lustre's noflock, NFS without its lock daemon)
+            handle.close()
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            return None
+        # The holder before this one removes the file when it ends: if it did so after this
+        # process opened it, this lock is on a removed file, so lock the one now there.
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(handle.fileno()), current):
+            break
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(this_process()))
+    handle.flush()
+    return handle
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that hold nothing."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+__all__ = [
+    "HOST",
+    "LOCK_NAME",
+    "claim_workspace",
+    "gone_process",
+    "pid_alive",
+    "process_start",
+    "record_alive",
+    "this_process",
+]

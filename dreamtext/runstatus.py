@@ -60,12 +60,9 @@ import torch
 
 from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
 from dreamtext.errors import DreamtextError
-from dreamtext.processes import HOST, process_start, record_alive
+from dreamtext.processes import record_alive, this_process
 
 STATUS = "status.json"
-# This process's start (``processes.process_start``): with the pid, it tells this process from
-# a later one that got the same pid.
-PID_START = process_start(os.getpid())
 STATES = ("running", "finished", "failed", "interrupted")
 PHASES = ("sample", "describe", "descriptor", "train", "export")
 # The phases a tracker starts in: a run's stages (``train`` goes on into ``export``).
@@ -219,7 +216,7 @@ class StatusTracker:
             "seconds": round(self.earlier_seconds + time.perf_counter() - self.start, 3),
             "gpu_mem_mib": peak_gpu_mib(self.device),
             "phase": self.phase,
-            **_this_process(),
+            **this_process(),
         }
         peak = status["gpu_mem_mib"]
         if self.earlier_peak is not None:
@@ -247,11 +244,6 @@ class StatusTracker:
             self.phase = phase
         if self._written != (int(self.step()), self.phase):
             self.write("running")
-
-
-def _this_process() -> dict[str, Any]:
-    """status.json's record of the process that writes it (:func:`running_elsewhere`)."""
-    return {"host": HOST, "pid": os.getpid(), "pid_start": PID_START}
 
 
 def _finite(value: Any) -> float | None:
@@ -297,7 +289,7 @@ def restart_stage(workspace: str | Path, stage: str) -> None:
         "seconds": earlier[phase]["seconds"],
         "gpu_mem_mib": earlier[phase]["gpu_mem_mib"],
         "phase": phase,
-        **_this_process(),
+        **this_process(),
     }
     write_status(workspace, {**status, **_whole_run(earlier)})
 

@@ -67,6 +67,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     truncate_log,
 )
 from dreamtext.models import model_revision
+from dreamtext.processes import claim_workspace
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import (
@@ -424,11 +425,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
     ``checkpoints/`` (every ``checkpoint_every`` steps and at the end); exports the mesh at the end
     unless ``cfg.export`` is off. Ctrl-C / SIGTERM save a checkpoint and raise
     ``TrainingInterrupted``. ``status.json`` says where the run stands (``dreamtext.runstatus``).
+    The run holds the workspace's lock (:func:`dreamtext.processes.claim_workspace`) throughout.
     """
-    run = build_run(cfg, resume=resume, overwrite=overwrite)
-    interrupted = (TrainingInterrupted, KeyboardInterrupt)
-    with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
-        return _train(run, resume)
+    # Held from before the checks to the end: a second process on the workspace is refused
+    # even while this one still loads its models (claim_workspace).
+    with claim_workspace(cfg.workspace):
+        run = build_run(cfg, resume=resume, overwrite=overwrite)
+        interrupted = (TrainingInterrupted, KeyboardInterrupt)
+        with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
+            return _train(run, resume)
 
 
 def _train(run: Run, resume: bool) -> Path:
@@ -539,5 +544,7 @@ def export_trained(run: Run) -> None:
     """The seam to mesh export: the trained field, rendered by the run's own renderer (its
     settings and occupancy grid), with the run's ``export_options``."""
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
-    result = export_field(run.field.eval(), run.workspace, options, renderer=run.renderer)
+    result = export_field(
+        run.field.eval(), run.workspace, options, renderer=run.renderer, step=run.step
+    )
     tqdm.write(result.summary(), file=sys.stderr)

@@ -4,6 +4,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers read it at import
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +61,35 @@ def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(models, "_from_pretrained", counting)
     return loads
+
+
+# A process that claims a workspace (processes.claim_workspace), says so, and holds it.
+HOLD = """
+import sys, time
+from dreamtext.processes import claim_workspace
+with claim_workspace(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def holder():
+    """Returns a function that starts another process holding a workspace's lock (``another
+    terminal's run``) and returns that process once it holds it; all are killed at the end."""
+    started = []
+    root = str(Path(__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+    def hold(workspace) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(workspace)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        started.append(process)
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    yield hold
+    for process in started:
+        process.kill()
+        process.wait()

@@ -379,6 +379,27 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
     lock.release()
 
 
+def test_a_lock_whose_pid_another_process_got_is_taken_over(tmp_path):
+    """The lock recorded no process start time: after a reboot or a container's restart, an
+    unrelated process with the dead worker's pid kept the prompt locked until --lock-timeout."""
+    from dreamtext.processes import process_start
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = process_start(sleeper.pid)
+        _lock_file(tmp_path / "a.lock", pid=sleeper.pid, pid_start=started)
+        assert not WorkspaceLock(tmp_path / "a", 600).acquire()  # its worker: alive
+        _lock_file(tmp_path / "a.lock", pid=sleeper.pid, pid_start=started - 1)
+        lock = WorkspaceLock(tmp_path / "a", 600)
+        assert lock.acquire()  # the pid is another process's now
+        recorded = json.loads((tmp_path / "a.lock").read_text())
+        assert recorded["pid_start"] == process_start(os.getpid())
+        lock.release()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_another_hosts_lock_is_taken_over_only_when_older_than_the_timeout(tmp_path):
     _lock_file(tmp_path / "a.lock", age=30, host="elsewhere")
     assert not WorkspaceLock(tmp_path / "a", 60).acquire()

@@ -208,6 +208,16 @@ def test_bad_image_fails_before_any_model_loads(tmp_path, tiny_sd_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_image_run_holds_its_workspace_from_its_checks_on(tmp_path, tiny_sd_path, holder):
+    """A second `image` on the same workspace, started before the first writes status.json
+    (while it loads CLIP), is refused: both would have trained the same descriptor."""
+    other = holder(tmp_path / "run")
+    with pytest.raises(DreamtextError, match=f"in use: process {other.pid}"):
+        run_image(_image(tmp_path), None, _config(tmp_path, tiny_sd_path))
+    with pytest.raises(DreamtextError, match=f"in use: process {other.pid}"):
+        run_diverse(_config(tmp_path, tiny_sd_path, prompt="a red cube"), None, named=True)
+
+
 def test_builtin_prior_cannot_reconstruct_images(tmp_path, tiny_sd_path):
     cfg = _config(tmp_path, tiny_sd_path)
     cfg.guidance.model = "builtin:shapes"

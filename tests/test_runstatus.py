@@ -305,6 +305,49 @@ def test_a_run_another_live_process_is_running_is_refused_before_anything(tmp_pa
         _stage(tmp_path, "train", 0, finishes=True)  # not refused
 
 
+def test_a_second_run_is_refused_while_the_first_still_loads(tmp_path, holder, tiny_sd_path):
+    """Two commands started at the same time both passed the status.json check: the first
+    writes status.json only once its models are loaded. The workspace lock closes that gap,
+    and a run killed without warning leaves no lock behind (the kernel drops it)."""
+    from dreamtext.processes import LOCK_NAME
+
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=1, export=False)
+    first = holder(tmp_path / "run")
+    with pytest.raises(DreamtextError, match=f"in use: process {first.pid} on this machine"):
+        train(cfg)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [LOCK_NAME]  # nothing written
+    first.kill()
+    first.wait()
+    train(cfg)
+    assert status(tmp_path)["state"] == "finished"
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_a_claim_nests_and_leaves_no_folder_it_made_empty(tmp_path, holder):
+    from dreamtext.processes import LOCK_NAME, claim_workspace
+
+    workspace = tmp_path / "root" / "run"
+    with claim_workspace(workspace):
+        with claim_workspace(workspace):  # the text stage of an image run
+            assert (workspace / LOCK_NAME).is_file()
+        assert (workspace / LOCK_NAME).is_file()  # still held by the outer claim
+        lock = json.loads((workspace / LOCK_NAME).read_text())
+        assert lock["pid"] == os.getpid() and "host" in lock and "pid_start" in lock
+    assert not (tmp_path / "root").exists()  # a refused or failed run leaves no workspace
+    with claim_workspace(workspace):
+        (workspace / "config.json").write_text("{}")
+    assert sorted(p.name for p in workspace.iterdir()) == ["config.json"]
+    other = holder(workspace)
+    with pytest.raises(DreamtextError, match=f"process {other.pid}"), claim_workspace(workspace):
+        pass
+    assert workspace.is_dir()  # the holder's folder: not removed by the refused claim
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("x")
+    with claim_workspace(in_the_way / "run"):  # no lock: the workspace checks say what is wrong
+        pass
+    assert in_the_way.read_text() == "x"
+
+
 def test_a_run_whose_process_is_gone_is_taken_over(tmp_path):
     from dreamtext.processes import HOST, gone_process
 
@@ -320,10 +363,15 @@ def test_a_run_whose_process_is_gone_is_taken_over(tmp_path):
 def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_process):
     """After a reboot or a container's restart an unrelated process can get the killed run's pid:
     the workspace looked in use, and the viewer showed the run running."""
-    from dreamtext.processes import HOST, process_start, record_alive
+    from dreamtext.processes import HOST, process_start, record_alive, this_process
 
     started = process_start(other_process)
-    assert isinstance(started, int) and process_start(os.getpid()) == runstatus.PID_START
+    assert isinstance(started, int)
+    assert this_process() == {
+        "host": HOST,
+        "pid": os.getpid(),
+        "pid_start": process_start(os.getpid()),
+    }
     record = {"state": "running", "host": HOST, "pid": other_process, "pid_start": started}
     assert record_alive(record) is True
     assert record_alive({**record, "pid_start": None}) is True  # recorded before pid_start
