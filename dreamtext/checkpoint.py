@@ -217,10 +217,11 @@ def last_checkpoint(workspace: Path) -> Path:
 
 def load_run(
     workspace: Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+) -> tuple[torch.nn.Module, torch.nn.Module, dict, int]:
     """Rebuild the trained field and renderer of a workspace from its newest checkpoint.
 
-    Returns ``(field, renderer, config_dict)``, both modules in eval mode on ``device``; the
+    Returns ``(field, renderer, config_dict, step)``, both modules in eval mode on ``device``
+    (``step``: the checkpoint's, which an export records); the
     renderer has the run's render settings and its trained occupancy grid. The field is built with
     the encoding backend that wrote the checkpoint when it runs here, else with the torch one off
     CUDA and the ``auto`` choice on CUDA (all read the same parameter table).
@@ -254,10 +255,10 @@ def load_run(
     apply_overrides(render_cfg, saved, "the checkpoint's config")
     renderer = build_renderer(render_cfg, device)
     renderer.load_state_dict(state["renderer"])
-    return field.eval(), renderer.eval(), state["config"]
+    return field.eval(), renderer.eval(), state["config"], int(state["step"])
 
 
 def load_field(workspace: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """The trained ``NeRFField`` of a workspace (see :func:`load_run`) and the run's config."""
-    field, _, config = load_run(workspace, device)
+    field, _, config, _ = load_run(workspace, device)
     return field, config

@@ -327,6 +327,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         recorded_options,
         resolve_workspace,
     )
+    from dreamtext.runstatus import read_status, running_elsewhere
 
     workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
     options, defaults = recorded_options(workspace), ExportOptions()
@@ -352,6 +353,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         settings = ", ".join(f"{name} {_setting(value)}" for name, value in recorded.items())
         print(
             f"dreamtext: the run's export options: {settings} (flags override them)",
+            file=sys.stderr,
+        )
+    status = read_status(workspace)
+    training = running_elsewhere(status)
+    if training is not None:
+        print(
+            f"dreamtext: process {training} is still training {workspace} (step "
+            f"{status.get('step')}): this exports its newest checkpoint, and the run's own "
+            "export replaces these files when it ends",
             file=sys.stderr,
         )
     result = export_workspace(workspace, options)  # SIGTERM: as Ctrl-C (main), temps removed
@@ -422,8 +432,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from dreamtext.imageto3d import default_workspace
 
     device = str(resolve_device(args.device or "auto"))
+    from dreamtext.processes import claim_workspace
+
     workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
-    print(describe(args.image, workspace, describe_options(args, device)))
+    with claim_workspace(workspace):
+        print(describe(args.image, workspace, describe_options(args, device)))
     return 0
 
 

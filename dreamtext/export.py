@@ -132,7 +132,8 @@ class ExportResult:
 
     ``threshold`` is the density iso-level that was given, ``None`` when the surface is where
     light from outside falls to transmittance ½ (the default). ``textured_vertices`` counts the
-    GLB / OBJ vertices, UV seams split (0 when neither was written).
+    GLB / OBJ vertices, UV seams split (0 when neither was written). ``step``: the training
+    step of the checkpoint the mesh was made from (``None``: a field given without one).
     """
 
     out_dir: Path
@@ -144,6 +145,7 @@ class ExportResult:
     faces_before_decimation: int
     textured_vertices: int = 0
     frames: int = 0
+    step: int | None = None
 
     @property
     def threshold_is_auto(self) -> bool:
@@ -152,6 +154,7 @@ class ExportResult:
     def report(self) -> dict[str, Any]:
         """The contents of ``mesh/mesh.json``."""
         return {
+            "step": self.step,
             **dataclasses.asdict(self.stats),
             "threshold": self.threshold,
             "threshold_is_auto": self.threshold_is_auto,
@@ -166,6 +169,7 @@ class ExportResult:
 
     def summary(self) -> str:
         s = self.stats
+        at = f" (step {self.step})" if self.step is not None else ""
         parts = "component" if s.components == 1 else "components"
         closed = ", ".join(
             [
@@ -180,7 +184,7 @@ class ExportResult:
         n = self.dropped_components
         crumbs = f", {n} crumb{'s' if n > 1 else ''} dropped" if n else ""
         lines = [
-            f"exported {self.out_dir}: {s.faces} faces, {s.vertices} vertices, "
+            f"exported {self.out_dir}{at}: {s.faces} faces, {s.vertices} vertices, "
             f"{s.components} {parts}, {closed}",
             f"  surface {surface}; {self.resolution}^3 grid{crumbs}",
             f"  volume {s.volume:.4g}, IoU with the field's occupancy {s.iou_field:.3f}",
@@ -306,8 +310,8 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
         check_writable(
             workspace / folder, "copy the run to a folder you can write and export it there"
         )
-    field, renderer, _ = load_run(workspace, resolve_device(options.device))
-    return export_field(field, workspace, options, renderer=renderer)
+    field, renderer, _, step = load_run(workspace, resolve_device(options.device))
+    return export_field(field, workspace, options, renderer=renderer, step=step)
 
 
 def export_field(
@@ -315,8 +319,10 @@ def export_field(
     out_dir: Path,
     options: ExportOptions | None = None,
     renderer: Any = None,
+    step: int | None = None,
 ) -> ExportResult:
-    """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``.
+    """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``step``, the
+    training step of the field, is recorded in ``mesh.json``.
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
@@ -338,11 +344,15 @@ def export_field(
         )
 
     with out_of_gpu_memory_is_a_user_error(explain):
-        return _export_field(field, out_dir, options, renderer)
+        return _export_field(field, out_dir, options, renderer, step)
 
 
 def _export_field(
-    field: torch.nn.Module, out_dir: Path, options: ExportOptions, renderer: Any
+    field: torch.nn.Module,
+    out_dir: Path,
+    options: ExportOptions,
+    renderer: Any,
+    step: int | None,
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end."""
     extraction = extract_mesh(field, options.resolution, options.threshold)
@@ -396,6 +406,7 @@ def _export_field(
         faces_before_decimation=len(extraction.mesh.faces),
         textured_vertices=textured_vertices,
         frames=frames,
+        step=step,
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     written = write_all_atomically(staged)

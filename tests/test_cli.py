@@ -466,7 +466,7 @@ def red_square_and_vocabulary(tmp_path):
 
 
 def test_describe_prints_the_sentence_and_records_it(
-    tmp_path, capsys, tiny_clip_path, red_square_and_vocabulary
+    tmp_path, capsys, tiny_clip_path, red_square_and_vocabulary, holder
 ):
     image, vocabulary = red_square_and_vocabulary
     workspace = tmp_path / "described"
@@ -479,6 +479,11 @@ def test_describe_prints_the_sentence_and_records_it(
     record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
     assert out == record["sentence"]
     assert out.startswith(f"An image of {record['quantifier']} ") and out.endswith(record["noun"])
+    # A workspace another process holds (its run, still loading) is refused in one line.
+    other = holder(workspace)
+    args = ["describe", image, "--clip", tiny_clip_path, "--workspace", workspace]
+    code, err = run_main(args, capsys)
+    assert code == 2 and f"in use: process {other.pid}" in err and err.count("\n") == 1
 
 
 def test_image_runs_every_stage_from_the_command_line(
@@ -623,6 +628,38 @@ def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
     assert err.strip().endswith("; continue with --resume")
     status = json.loads((tmp_path / "workspace" / "a_red_cube" / "status.json").read_text())
     assert (status["state"], status["phase"]) == ("interrupted", "export")
+
+
+def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys):
+    """An export while the run trains is allowed (a look at it so far); it said nothing of the
+    run's own export replacing its files, nor which step the mesh is of."""
+    import subprocess
+    import sys
+
+    from dreamtext.config import resolve_config
+    from dreamtext.processes import HOST, process_start
+    from dreamtext.runstatus import read_status, write_status
+    from dreamtext.trainer import train
+
+    overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
+    workspace = train(resolve_config({**overrides, "workspace": str(tmp_path / "run")}))
+    args = ["export", "--workspace", workspace, "--resolution", 32, "--formats", "ply"]
+    code, err = run_main([*args, "--no-video"], capsys)
+    assert code == 0 and "still training" not in err
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
+    try:
+        write_status(
+            workspace,
+            {**read_status(workspace), "state": "running", **record},
+        )
+        code, err = run_main([*args, "--no-video"], capsys)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert code == 0
+    assert f"process {sleeper.pid} is still training {workspace} (step 2)" in err
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 2
 
 
 def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):

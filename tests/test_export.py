@@ -303,6 +303,7 @@ def test_trained_mesh_solid_is_the_field_occupancy(trained, shape):
     assert report["iou_field"] >= 0.95
     # Measured again from the files: the GLB's solid against the checkpoint's field.
     field, config = load_field(trained[shape])
+    assert report["step"] == config["iters"]  # the run's own export: of its last step
     bound = config["field"]["bound"]
     occupancy = render_occupancy(sample_density_grid(field, report["resolution"], bound), bound)
     positions, _, faces = glb_mesh(trained[shape] / "mesh" / "mesh.glb")
@@ -508,13 +509,15 @@ def test_export_without_workspace_takes_the_latest_run(tmp_path, monkeypatch):
 
     def fake_load_run(workspace, device):
         loaded.append(Path(workspace))
-        return SphereField(), None, {}
+        return SphereField(), None, {}, 7
 
     monkeypatch.setattr(export_module, "load_run", fake_load_run)
     result = export_workspace(None, small_options(video=False, formats=("ply",)))
     assert loaded == [Path("workspace/new-run")]
-    assert result.summary().startswith("exported workspace/new-run:")
+    assert result.summary().startswith("exported workspace/new-run (step 7):")
     assert result.files["ply"].resolve() == (newest / "mesh" / "mesh.ply").resolve()
+    # mesh.json says which checkpoint step the mesh is of (a run may have trained on since).
+    assert json.loads((newest / "mesh" / "mesh.json").read_text())["step"] == 7
 
 
 @pytest.mark.parametrize("stage", ["bake_texture", "render_turntable"])
@@ -539,7 +542,7 @@ def test_dreamtext_export_out_of_gpu_memory_is_one_line_and_exit_2(tmp_path, mon
     from dreamtext.cli import main
 
     workspace = make_run(tmp_path, "run", 1_000_000)
-    monkeypatch.setattr(export_module, "load_run", lambda ws, device: (SphereField(), None, {}))
+    monkeypatch.setattr(export_module, "load_run", lambda ws, device: (SphereField(), None, {}, 1))
 
     def run_out(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory.")
@@ -593,9 +596,9 @@ def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
     from dreamtext.cli import main
 
     used = []
-    monkeypatch.setattr(export_module, "load_run", lambda ws, device: (SphereField(), None, {}))
+    monkeypatch.setattr(export_module, "load_run", lambda ws, device: (SphereField(), None, {}, 1))
 
-    def fake_export(field, out_dir, options, renderer):
+    def fake_export(field, out_dir, options, renderer, step):
         used.append(options)
         return SimpleNamespace(summary=lambda: f"exported {out_dir}")
 
@@ -659,7 +662,9 @@ def test_decimate_0_keeps_every_face_as_in_a_config(tmp_path, monkeypatch, capsy
     from dreamtext.cli import main
 
     workspace = recorded_run(tmp_path, {"resolution": 40, "threshold": 50.0, "texture_size": 64})
-    monkeypatch.setattr(export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}))
+    monkeypatch.setattr(
+        export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}, 1)
+    )
 
     def faces(*flags):
         assert main(["export", "--workspace", str(workspace), "--no-video", *flags]) == 0
@@ -737,7 +742,9 @@ def test_sigterm_while_dreamtext_export_writes_is_exit_130_and_leaves_no_temp_fi
 
     options = {**SMALL, "video_size": 32}
     workspace = recorded_run(tmp_path, options)
-    monkeypatch.setattr(export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}))
+    monkeypatch.setattr(
+        export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}, 1)
+    )
 
     def terminated_while_encoding(images, path):
         path.write_bytes(b"half a video")

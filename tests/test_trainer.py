@@ -202,7 +202,7 @@ def test_a_workspace_reloads_with_its_own_render_settings_and_occupancy_grid(
     from dreamtext.trainer import build_run
 
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=4))
-    field, renderer, config = load_run(workspace)
+    field, renderer, config, _ = load_run(workspace)
     assert renderer.cfg.num_steps == 16 and renderer.cfg.grid_resolution == 16
     trained = build_run(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True).renderer
     assert torch.equal(renderer.grid.density, trained.grid.density)
@@ -374,7 +374,7 @@ def test_a_run_trained_on_a_cuda_backend_reloads_on_the_cpu(tmp_path, tiny_sd_pa
     state["field_config"]["encoding"] = backend
     state["encoding_backend"] = backend
     torch.save(state, path)
-    field, _, _ = load_run(workspace, "cpu")
+    field, _, _, _ = load_run(workspace, "cpu")
     assert field.encoding_backend == "torch"
     torch.testing.assert_close(field.encoding.params.detach(), state["field"]["encoding.params"])
 
@@ -396,7 +396,7 @@ def test_a_gpu_without_the_runs_backend_reloads_it_with_another(
     torch.save(state, path)
     monkeypatch.setattr(checkpoint, "is_cuda", lambda device: True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    field, _, _ = load_run(workspace, "cpu")
+    field, _, _, _ = load_run(workspace, "cpu")
     assert field.encoding_backend == "torch"
     torch.testing.assert_close(field.encoding.params.detach(), state["field"]["encoding.params"])
 
@@ -483,7 +483,7 @@ def test_a_run_with_a_separate_density_head_records_it_and_reloads(tmp_path, tin
     saved = field_params(workspace)
     assert saved["density_net.0.weight"].shape == (8, 8)  # 4 levels × 2 features in
     assert saved["output_layer.weight"].shape[0] == 3
-    field, _, _ = load_run(workspace)
+    field, _, _, _ = load_run(workspace)
     x = torch.rand(64, 3) * 1.6 - 0.8
     with torch.no_grad():
         sigma, albedo = field(x)
