@@ -553,6 +553,25 @@ def test_server_serves_pages_data_assets_and_workspace_files(server, root: Path)
     assert headers["Content-Type"] == "image/png"
 
 
+def test_only_the_gallery_runs_an_inline_script_and_the_policy_allows_just_that_one(server):
+    """The gallery adds its own final "/" (behind a proxy's prefix opened without it); the
+    Content-Security-Policy lets exactly that script's text run, and no page has another."""
+    import base64
+    import hashlib
+    import re
+
+    inline = re.compile(rb"<script>(.*?)</script>", re.S)
+    status, body, headers = get(server, "/")
+    scripts = inline.findall(body)
+    assert status == 200 and len(scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0]).digest()).decode()
+    policy = headers["Content-Security-Policy"]
+    assert f"script-src 'self' 'sha256-{digest}';" in policy and "unsafe-inline" not in policy
+    assert body.index(b"<script>") < body.index(b"<base ") < body.index(b"app.css")
+    for path in ("/run/cube/", "/run/cube"):  # below the root: their <base> already works
+        assert inline.findall(get(server, path)[1]) == []
+
+
 def test_file_addresses_in_the_data_are_served(server):
     run = json.loads(get(server, "/api/run/cube.json")[1])["run"]
     urls = [p["url"] for p in run["previews"]] + list(run["mesh"].values())
@@ -943,6 +962,8 @@ def test_static_export_holds_pages_assets_and_the_files_they_show(root: Path, tm
     script = (cube / "mesh.glb.js").read_text()
     assert script.startswith("window.dreamtextGlb = ") and "Z2xURi1ub3QtcmVhbGx5" in script
     assert not (cube / "files" / "checkpoints").exists()
+    # A file's address never ends in "/": the server gallery's slash-adding script is not here.
+    assert "<script>" not in (out / "index.html").read_text(encoding="utf-8")
 
 
 def page_data(html_file: Path) -> dict:

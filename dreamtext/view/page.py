@@ -8,6 +8,8 @@ carry the same data and then poll ``api`` for changes.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import math
@@ -76,6 +78,19 @@ def server_links(api: str | None, poll_ms: int = 2000, base: str | None = None) 
         poll_ms=poll_ms,
         base=base,
     )
+
+
+# The gallery served at the server's root, opened through a proxy's prefix without its final
+# "/" (/rnode/node01/8765): the server sees "/" either way, but the browser resolves every
+# relative address one level up. This script, before anything loads, adds the "/". The
+# Content-Security-Policy lets exactly this script run (its hash, SLASH_SCRIPT_HASH).
+SLASH_SCRIPT = (
+    'if(!location.pathname.endsWith("/"))'
+    'location.replace(location.pathname+"/"+location.search+location.hash)'
+)
+SLASH_SCRIPT_HASH = (
+    "'sha256-" + base64.b64encode(hashlib.sha256(SLASH_SCRIPT.encode()).digest()).decode() + "'"
+)
 
 
 def page_base(path: str) -> str:
@@ -178,6 +193,8 @@ def render_page(data: dict[str, Any], links: Links) -> str:
     base = ""
     if links.base is not None:
         base = f'<base href="{html.escape(links.base)}">'
+    if links.base == "./":  # the server's root page (a static export's page is a file)
+        base = f"<script>{SLASH_SCRIPT}</script>\n{base}"
     values = {
         "title": html.escape(title),
         "base": base,

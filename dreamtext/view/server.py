@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 from dreamtext.errors import DreamtextError
 from dreamtext.view.page import (
     ASSETS,
+    SLASH_SCRIPT_HASH,
     asset_bytes,
     gallery_json,
     page_base,
@@ -66,11 +67,12 @@ SERVED_SUFFIXES = {
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 ALL_INTERFACES = {"0.0.0.0", "::", ""}
 # What the pages may load: their own scripts, styles and data, and the blob: images GLTFLoader
-# makes of a GLB's embedded texture. base-uri 'self': a page's <base href> is this server's root.
+# makes of a GLB's embedded texture, and the gallery's one inline script (page.SLASH_SCRIPT).
+# base-uri 'self': a page's <base href> is this server's root.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; media-src 'self'; "
-    "connect-src 'self' blob: data:; script-src 'self'; style-src 'self'; object-src 'none'; "
-    "base-uri 'self'; frame-ancestors 'none'"
+    f"connect-src 'self' blob: data:; script-src 'self' {SLASH_SCRIPT_HASH}; style-src 'self'; "
+    "object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
 )
 # Longer numbers than any file's size are not a range (int() refuses over 4300 digits).
 _RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
