@@ -234,6 +234,15 @@ def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
     return data
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A ``--config`` file's settings. A run's ``config.json`` is one too, so that the run can be
+    typed again from it (``--config RUN/config.json``): its :data:`KEPT_KEYS` (what ran, and the
+    stages before text→3D) are records, not ``TrainConfig`` fields, and are left out as a
+    resume leaves them out (:func:`read_run_config`)."""
+    data = read_yaml(path)
+    return {key: value for key, value in data.items() if key not in KEPT_KEYS}
+
+
 def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:
     """The :data:`STAGE_SECTIONS` a workspace's ``config.json`` holds (``{}`` for a text→3D run,
     a run from before they were recorded, or no config.json)."""
@@ -329,7 +338,7 @@ def resolve_config(
     if isinstance(config_file, (str, Path)):
         config_file = [config_file]
     for path in config_file or ():
-        layers.append((read_yaml(Path(path)), str(path)))
+        layers.append((read_config_file(Path(path)), str(path)))
     if base is not None:
         layers.insert(0, (base, "the workspace's config.json"))
     else:
@@ -568,6 +577,7 @@ __all__ = [
     "owner_value",
     "preset_path",
     "prompt_workspace",
+    "read_config_file",
     "read_run_config",
     "read_stage_sections",
     "read_yaml",

@@ -79,6 +79,27 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_sd_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_typed_again_from_its_config_json_trains_the_same_field(tmp_path, tiny_sd_path):
+    """``--config RUN/config.json`` refused the file every run writes: its records of what ran
+    (``encoding_backend``, ``ran_on``) were taken for unknown fields."""
+    first = train(tiny_config(tmp_path / "first", tiny_sd_path, iters=3))
+    again = resolve_config(
+        {"prompt": "a red sphere", "workspace": str(tmp_path / "again")},
+        config_file=first / "config.json",
+    )
+    rerun = train(again)
+    expected, got = field_params(first), field_params(rerun)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+    def losses(workspace):
+        lines = (workspace / "log.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"], r["t"]) for r in map(json.loads, lines)]
+
+    assert losses(rerun) == losses(first)
+
+
 def test_sigterm_saves_a_checkpoint_of_the_last_finished_step(tmp_path, tiny_sd_path, monkeypatch):
     import signal
 
