@@ -225,14 +225,27 @@ def load_run(
     the encoding backend that wrote the checkpoint when it runs here, else with the torch one off
     CUDA and the ``auto`` choice on CUDA (all read the same parameter table).
     """
+    # Read on the CPU: the modules below copy what they need to ``device``, and the optimiser's
+    # moments and the random generators' states never reach it.
+    return run_from_state(read_run_checkpoint(workspace), device)
+
+
+def read_run_checkpoint(workspace: Path) -> dict[str, Any]:
+    """The newest checkpoint of a text→3D run (``last.pt``), on the CPU, with every key that
+    :func:`run_from_state` reads."""
+    return load_checkpoint(last_checkpoint(workspace), required=RUN_KEYS)
+
+
+def run_from_state(
+    state: dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """:func:`load_run`'s field, renderer and config from a run checkpoint already read
+    (:func:`read_run_checkpoint`), so that a caller can keep what else it holds (its step)."""
     from dreamtext.config import apply_overrides
     from dreamtext.factory import build_field, build_renderer
     from dreamtext.field import field_config_from_dict
     from dreamtext.renderer import RenderConfig
 
-    # Read on the CPU: the modules below copy what they need to ``device``, and the optimiser's
-    # moments and the random generators' states never reach it.
-    state = load_checkpoint(last_checkpoint(workspace), required=RUN_KEYS)
     field_cfg = field_config_from_dict(state["field_config"])
     cuda_backend = field_cfg.encoding in CUDA_BACKENDS
     if cuda_backend and not is_cuda(device):

@@ -539,5 +539,7 @@ def export_trained(run: Run) -> None:
     """The seam to mesh export: the trained field, rendered by the run's own renderer (its
     settings and occupancy grid), with the run's ``export_options``."""
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
-    result = export_field(run.field.eval(), run.workspace, options, renderer=run.renderer)
+    result = export_field(
+        run.field.eval(), run.workspace, options, renderer=run.renderer, step=run.step
+    )
     tqdm.write(result.summary(), file=sys.stderr)
