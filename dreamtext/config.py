@@ -204,9 +204,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 # (``text --diverse``): ``{"prompt", "seed", "sample_steps", "sample_guidance_scale", "image"}``.
 STAGE_SECTIONS = ("image_to_3d", "diverse")
 # Keys of config.json that a rewrite of the file keeps unless it gives them anew: besides the
-# stage sections, records of what ran (not settings): the hash-grid backend, and ``ran_on``
-# (device, dtypes, host, model commit and versions of the process that trained it last).
-KEPT_KEYS = ("encoding_backend", "ran_on", *STAGE_SECTIONS)
+# stage sections, records of what ran (not settings): the hash-grid backend, ``ran_on``
+# (device, dtypes, host, model commit and versions of the process that trained it last) and
+# ``resumes`` (each resume's step and the settings it changed: :func:`changed_settings`).
+KEPT_KEYS = ("encoding_backend", "ran_on", "resumes", *STAGE_SECTIONS)
 
 
 def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
@@ -232,6 +233,14 @@ def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
     for key in KEPT_KEYS:
         data.pop(key, None)
     return data
+
+
+def read_resumes(workspace: str | Path) -> list[dict[str, Any]]:
+    """The ``resumes`` a workspace's ``config.json`` records (``[]`` for a run never resumed,
+    one from before they were recorded, or no config.json)."""
+    data = _read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
+    resumes = (data or {}).get("resumes")
+    return resumes if isinstance(resumes, list) else []
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -301,6 +310,16 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
         and any(name == key or name.startswith(key + ".") for key in RESUME_FIXED)
         and old[name] != new[name]
     ]
+
+
+def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, list[Any]]:
+    """The settings of ``cfg`` that differ from ``saved`` (the config a run's checkpoint was
+    trained with), as ``{"lr": [old, new], "guidance.guidance_scale": [old, new]}``: what a
+    resume changed from its step on, which the run's config.json alone would not tell."""
+    before = TrainConfig()
+    apply_overrides(before, saved, "the checkpoint's config")
+    old, new = flat_fields(config_to_dict(before)), flat_fields(config_to_dict(cfg))
+    return {name: [old[name], new[name]] for name in old if old[name] != new[name]}
 
 
 def flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -572,12 +591,14 @@ __all__ = [
     "apply_overrides",
     "ascii_slug",
     "available_presets",
+    "changed_settings",
     "config_to_dict",
     "flat_fields",
     "owner_value",
     "preset_path",
     "prompt_workspace",
     "read_config_file",
+    "read_resumes",
     "read_run_config",
     "read_stage_sections",
     "read_yaml",

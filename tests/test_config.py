@@ -229,12 +229,14 @@ def test_saved_config_round_trips_as_a_resume_base():
 
 
 def test_a_runs_config_json_is_a_config_file_whose_records_are_not_settings(tmp_path):
-    """What ran (``encoding_backend``, ``ran_on``) and the image→3D stages' sections are records
-    in config.json, not fields: ``--config RUN/config.json`` resolves to the run's config."""
+    """What ran (``encoding_backend``, ``ran_on``, ``resumes``) and the image→3D stages'
+    sections are records in config.json, not fields: ``--config RUN/config.json`` resolves to
+    the run's config."""
     cfg = resolve_config({"prompt": "a castle", "h": 32, "seed": 7, "workspace": "w"})
     records = {
         "encoding_backend": "torch",
         "ran_on": {"device": "cpu", "versions": {"torch": "2.13.0"}},
+        "resumes": [{"step": 500, "changed": {"lr": [0.001, 0.0005]}}],
         "image_to_3d": {"image": "/x/mug.png", "describe": {}, "descriptor": {}},
         "diverse": {"prompt": "a castle", "seed": 7},
     }

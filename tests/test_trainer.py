@@ -100,6 +100,29 @@ def test_a_run_typed_again_from_its_config_json_trains_the_same_field(tmp_path, 
     assert losses(rerun) == losses(first)
 
 
+def test_config_json_records_each_resume_and_the_settings_it_changed(tmp_path, tiny_sd_path):
+    """``--resume --lr 5e-4`` rewrote config.json with the new lr alone: nothing said that the
+    steps before the resume trained with another, so a rerun from config.json was another run."""
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2, lr=0.01))
+    assert json.loads((workspace / "config.json").read_text())["resumes"] == []
+    train(tiny_config(tmp_path, tiny_sd_path, iters=4, lr=0.002), resume=True)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=5, lr=0.002), resume=True)
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["lr"] == 0.002
+    assert config["resumes"] == [
+        {"step": 2, "changed": {"iters": [2, 4], "lr": [0.01, 0.002]}},
+        {"step": 4, "changed": {"iters": [4, 5]}},
+    ]
+    # A record, not a setting: the file resumes and reruns as before (--config RUN/config.json).
+    again = resolve_config(
+        {"workspace": str(tmp_path / "again")}, config_file=workspace / "config.json"
+    )
+    assert again.lr == 0.002
+    # A new run in the folder starts with no resumes of the one it replaces.
+    train(tiny_config(tmp_path, tiny_sd_path, iters=1), overwrite=True)
+    assert json.loads((workspace / "config.json").read_text())["resumes"] == []
+
+
 def test_sigterm_saves_a_checkpoint_of_the_last_finished_step(tmp_path, tiny_sd_path, monkeypatch):
     import signal
 
