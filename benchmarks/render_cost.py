@@ -122,7 +122,7 @@ def time_turntable(workspace: Path, frames: int, size: int) -> float:
     from dreamtext.checkpoint import load_run
     from dreamtext.export import render_turntable
 
-    field, renderer, _, _ = load_run(workspace)
+    field, renderer, _ = load_run(workspace)
     start = time.perf_counter()
     render_turntable(field, frames, size, renderer)
     return time.perf_counter() - start

@@ -139,7 +139,7 @@ def held_out_poses(cfg: TrainConfig, yaw: float = 0.0) -> Poses:
 
 @torch.no_grad()
 def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views: str) -> Result:
-    field, renderer, config, _ = load_run(workspace)
+    field, renderer, config = load_run(workspace)
     cfg = resolve_config({}, base=config)
     occupied, points = field_occupancy(field, cfg.field.bound)
     fits = {shape: best_iou(occupied, points, shape) for shape in shapes.SHAPES}

@@ -217,23 +217,35 @@ def last_checkpoint(workspace: Path) -> Path:
 
 def load_run(
     workspace: Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, torch.nn.Module, dict, int]:
+) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """Rebuild the trained field and renderer of a workspace from its newest checkpoint.
 
-    Returns ``(field, renderer, config_dict, step)``, both modules in eval mode on ``device``
-    (``step``: the checkpoint's, which an export records); the
+    Returns ``(field, renderer, config_dict)``, both modules in eval mode on ``device``; the
     renderer has the run's render settings and its trained occupancy grid. The field is built with
     the encoding backend that wrote the checkpoint when it runs here, else with the torch one off
     CUDA and the ``auto`` choice on CUDA (all read the same parameter table).
     """
+    # Read on the CPU: the modules below copy what they need to ``device``, and the optimiser's
+    # moments and the random generators' states never reach it.
+    return run_from_state(read_run_checkpoint(workspace), device)
+
+
+def read_run_checkpoint(workspace: Path) -> dict[str, Any]:
+    """The newest checkpoint of a text→3D run (``last.pt``), on the CPU, with every key that
+    :func:`run_from_state` reads."""
+    return load_checkpoint(last_checkpoint(workspace), required=RUN_KEYS)
+
+
+def run_from_state(
+    state: dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """:func:`load_run`'s field, renderer and config from a run checkpoint already read
+    (:func:`read_run_checkpoint`), so that a caller can keep what else it holds (its step)."""
     from dreamtext.config import apply_overrides
     from dreamtext.factory import build_field, build_renderer
     from dreamtext.field import field_config_from_dict
     from dreamtext.renderer import RenderConfig
 
-    # Read on the CPU: the modules below copy what they need to ``device``, and the optimiser's
-    # moments and the random generators' states never reach it.
-    state = load_checkpoint(last_checkpoint(workspace), required=RUN_KEYS)
     field_cfg = field_config_from_dict(state["field_config"])
     cuda_backend = field_cfg.encoding in CUDA_BACKENDS
     if cuda_backend and not is_cuda(device):
@@ -255,10 +267,10 @@ def load_run(
     apply_overrides(render_cfg, saved, "the checkpoint's config")
     renderer = build_renderer(render_cfg, device)
     renderer.load_state_dict(state["renderer"])
-    return field.eval(), renderer.eval(), state["config"], int(state["step"])
+    return field.eval(), renderer.eval(), state["config"]
 
 
 def load_field(workspace: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """The trained ``NeRFField`` of a workspace (see :func:`load_run`) and the run's config."""
-    field, _, config, _ = load_run(workspace, device)
+    field, _, config = load_run(workspace, device)
     return field, config

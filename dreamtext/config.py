@@ -204,9 +204,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 # (``text --diverse``): ``{"prompt", "seed", "sample_steps", "sample_guidance_scale", "image"}``.
 STAGE_SECTIONS = ("image_to_3d", "diverse")
 # Keys of config.json that a rewrite of the file keeps unless it gives them anew: besides the
-# stage sections, records of what ran (not settings): the hash-grid backend, and ``ran_on``
-# (device, dtypes, host, model commit and versions of the process that trained it last).
-KEPT_KEYS = ("encoding_backend", "ran_on", *STAGE_SECTIONS)
+# stage sections, records of what ran (not settings): the hash-grid backend, ``ran_on``
+# (device, dtypes, host, model commit and versions of the process that trained it last) and
+# ``resumes`` (each resume's step and the settings it changed: :func:`changed_settings`).
+KEPT_KEYS = ("encoding_backend", "ran_on", "resumes", *STAGE_SECTIONS)
 
 
 def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
@@ -232,6 +233,23 @@ def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
     for key in KEPT_KEYS:
         data.pop(key, None)
     return data
+
+
+def read_resumes(workspace: str | Path) -> list[dict[str, Any]]:
+    """The ``resumes`` a workspace's ``config.json`` records (``[]`` for a run never resumed,
+    one from before they were recorded, or no config.json)."""
+    data = _read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
+    resumes = (data or {}).get("resumes")
+    return resumes if isinstance(resumes, list) else []
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A ``--config`` file's settings. A run's ``config.json`` is one too, so that the run can be
+    typed again from it (``--config RUN/config.json``): its :data:`KEPT_KEYS` (what ran, and the
+    stages before text→3D) are records, not ``TrainConfig`` fields, and are left out as a
+    resume leaves them out (:func:`read_run_config`)."""
+    data = read_yaml(path)
+    return {key: value for key, value in data.items() if key not in KEPT_KEYS}
 
 
 def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:
@@ -294,6 +312,16 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     ]
 
 
+def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, list[Any]]:
+    """The settings of ``cfg`` that differ from ``saved`` (the config a run's checkpoint was
+    trained with), as ``{"lr": [old, new], "guidance.guidance_scale": [old, new]}``: what a
+    resume changed from its step on, which the run's config.json alone would not tell."""
+    before = TrainConfig()
+    apply_overrides(before, saved, "the checkpoint's config")
+    old, new = flat_fields(config_to_dict(before)), flat_fields(config_to_dict(cfg))
+    return {name: [old[name], new[name]] for name in old if old[name] != new[name]}
+
+
 def flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config dict as ``{"guidance.guidance_scale": 100.0, ...}``."""
     out: dict[str, Any] = {}
@@ -329,7 +357,7 @@ def resolve_config(
     if isinstance(config_file, (str, Path)):
         config_file = [config_file]
     for path in config_file or ():
-        layers.append((read_yaml(Path(path)), str(path)))
+        layers.append((read_config_file(Path(path)), str(path)))
     if base is not None:
         layers.insert(0, (base, "the workspace's config.json"))
     else:
@@ -563,11 +591,14 @@ __all__ = [
     "apply_overrides",
     "ascii_slug",
     "available_presets",
+    "changed_settings",
     "config_to_dict",
     "flat_fields",
     "owner_value",
     "preset_path",
     "prompt_workspace",
+    "read_config_file",
+    "read_resumes",
     "read_run_config",
     "read_stage_sections",
     "read_yaml",

@@ -34,8 +34,9 @@ from dreamtext.checkpoint import (
     check_writable,
     file_mode,
     last_checkpoint,
-    load_run,
+    read_run_checkpoint,
     remove_stale_temps,
+    run_from_state,
 )
 from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
@@ -132,8 +133,9 @@ class ExportResult:
 
     ``threshold`` is the density iso-level that was given, ``None`` when the surface is where
     light from outside falls to transmittance ½ (the default). ``textured_vertices`` counts the
-    GLB / OBJ vertices, UV seams split (0 when neither was written). ``step``: the training
-    step of the checkpoint the mesh was made from (``None``: a field given without one).
+    GLB / OBJ vertices, UV seams split (0 when neither was written). ``step`` is the training
+    step of the checkpoint the field came from (``None`` for a field of no run), ``options``
+    the export options that made the files, their device the one that ran.
     """
 
     out_dir: Path
@@ -146,6 +148,7 @@ class ExportResult:
     textured_vertices: int = 0
     frames: int = 0
     step: int | None = None
+    options: ExportOptions | None = None
 
     @property
     def threshold_is_auto(self) -> bool:
@@ -154,7 +157,6 @@ class ExportResult:
     def report(self) -> dict[str, Any]:
         """The contents of ``mesh/mesh.json``."""
         return {
-            "step": self.step,
             **dataclasses.asdict(self.stats),
             "threshold": self.threshold,
             "threshold_is_auto": self.threshold_is_auto,
@@ -165,6 +167,8 @@ class ExportResult:
             "dropped_components": self.dropped_components,
             "faces_before_decimation": self.faces_before_decimation,
             "textured_vertices": self.textured_vertices,
+            "step": self.step,
+            "options": None if self.options is None else config_dict(self.options),
         }
 
     def summary(self) -> str:
@@ -191,6 +195,11 @@ class ExportResult:
         ]
         lines += [f"  {kind:8s}{path}" for kind, path in self.files.items()]
         return "\n".join(lines)
+
+
+def config_dict(options: ExportOptions) -> dict[str, Any]:
+    """``options`` as JSON-ready values (the formats as a list), as config.json records them."""
+    return {**dataclasses.asdict(options), "formats": list(options.formats)}
 
 
 def export_memory(options: ExportOptions) -> int:
@@ -310,8 +319,11 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
         check_writable(
             workspace / folder, "copy the run to a folder you can write and export it there"
         )
-    field, renderer, _, step = load_run(workspace, resolve_device(options.device))
-    return export_field(field, workspace, options, renderer=renderer, step=step)
+    device = resolve_device(options.device)
+    state = read_run_checkpoint(workspace)
+    field, renderer, _ = run_from_state(state, device)
+    options = dataclasses.replace(options, device=str(device))
+    return export_field(field, workspace, options, renderer=renderer, step=int(state["step"]))
 
 
 def export_field(
@@ -321,8 +333,9 @@ def export_field(
     renderer: Any = None,
     step: int | None = None,
 ) -> ExportResult:
-    """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``step``, the
-    training step of the field, is recorded in ``mesh.json``.
+    """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
+    records what was made, with ``step`` (the training step of the field's checkpoint) and
+    ``options``.
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
@@ -348,11 +361,7 @@ def export_field(
 
 
 def _export_field(
-    field: torch.nn.Module,
-    out_dir: Path,
-    options: ExportOptions,
-    renderer: Any,
-    step: int | None,
+    field: torch.nn.Module, out_dir: Path, options: ExportOptions, renderer: Any, step: int | None
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end."""
     extraction = extract_mesh(field, options.resolution, options.threshold)
@@ -407,6 +416,7 @@ def _export_field(
         textured_vertices=textured_vertices,
         frames=frames,
         step=step,
+        options=options,
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     written = write_all_atomically(staged)

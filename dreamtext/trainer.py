@@ -40,7 +40,9 @@ from dreamtext.checkpoint import (
 from dreamtext.config import (
     ITERS_PER_EPOCH,
     TrainConfig,
+    changed_settings,
     config_to_dict,
+    read_resumes,
     read_run_config,
     resume_conflicts,
     resume_refusal,
@@ -113,6 +115,9 @@ class Run:
         default_factory=lambda: collections.deque(maxlen=DIVERGENCE_WINDOW)
     )
     skipped_updates: int = 0
+    # A resumed run: the step it resumed at and the settings it changed then
+    # (:func:`dreamtext.config.changed_settings`), recorded in config.json's ``resumes``.
+    resumed: dict[str, Any] | None = None
 
 
 def shading_for_step(step: int, cfg: TrainConfig, rng: torch.Generator) -> str:
@@ -232,11 +237,14 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     on ``--resume``), not the checkpoint's. A config that changes what a checkpoint fixes (the
     seed, the field's architecture, the occupancy grid) is a :class:`DreamtextError`.
     """
+    changed: dict[str, list[Any]] = {}
     if isinstance(state.get("config"), dict):
-        changed = resume_conflicts(state["config"], run.cfg)
-        if changed:
-            raise DreamtextError(resume_refusal(changed))
+        conflicts = resume_conflicts(state["config"], run.cfg)
+        if conflicts:
+            raise DreamtextError(resume_refusal(conflicts))
+        changed = changed_settings(state["config"], run.cfg)
     run.step = int(state["step"])
+    run.resumed = {"step": run.step, "changed": changed}
     run.field.load_state_dict(state["field"])
     rates = [group["lr"] for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(state["optimizer"])
@@ -402,10 +410,18 @@ def ran_on(run: Run) -> dict[str, Any]:
 
 
 def write_config(run: Run) -> None:
-    """``config.json``: the resolved config, the hash-grid backend that runs it and what the run
-    runs on (:func:`ran_on`); an image run's sections of its earlier stages are kept
-    (:func:`dreamtext.config.write_run_config`)."""
-    extra = {"encoding_backend": run.field.encoding_backend, "ran_on": ran_on(run)}
+    """``config.json``: the resolved config, the hash-grid backend that runs it, what the run
+    runs on (:func:`ran_on`) and ``resumes``: one ``{"step", "changed"}`` for each time the run
+    was resumed, with the settings that differed from then on (a new run: none). An image run's
+    sections of its earlier stages are kept (:func:`dreamtext.config.write_run_config`)."""
+    resumes: list[dict[str, Any]] = []
+    if run.resumed is not None:
+        resumes = [*read_resumes(run.workspace), run.resumed]
+    extra = {
+        "encoding_backend": run.field.encoding_backend,
+        "ran_on": ran_on(run),
+        "resumes": resumes,
+    }
     write_run_config(run.workspace, run.cfg, extra)
 
 

@@ -12,6 +12,7 @@ from dreamtext.config import (
     preset_dirs,
     resolve_config,
     slugify,
+    write_run_config,
 )
 from dreamtext.errors import DreamtextError
 
@@ -225,6 +226,23 @@ def test_saved_config_round_trips_as_a_resume_base():
     assert again.prompt == "a castle" and again.h == 32 and again.iters == 50
     assert again.guidance.guidance_scale == 7.5
     assert config_to_dict(again) == {**config_to_dict(cfg), "iters": 50}
+
+
+def test_a_runs_config_json_is_a_config_file_whose_records_are_not_settings(tmp_path):
+    """What ran (``encoding_backend``, ``ran_on``, ``resumes``) and the image→3D stages'
+    sections are records in config.json, not fields: ``--config RUN/config.json`` resolves to
+    the run's config."""
+    cfg = resolve_config({"prompt": "a castle", "h": 32, "seed": 7, "workspace": "w"})
+    records = {
+        "encoding_backend": "torch",
+        "ran_on": {"device": "cpu", "versions": {"torch": "2.13.0"}},
+        "resumes": [{"step": 500, "changed": {"lr": [0.001, 0.0005]}}],
+        "image_to_3d": {"image": "/x/mug.png", "describe": {}, "descriptor": {}},
+        "diverse": {"prompt": "a castle", "seed": 7},
+    }
+    write_run_config(tmp_path, cfg, extra=records)
+    again = resolve_config({"prompt": "a castle"}, config_file=tmp_path / "config.json")
+    assert config_to_dict(again) == config_to_dict(cfg)
 
 
 def test_export_options_of_a_config_file_are_checked_before_the_run_naming_the_file(tmp_path):

@@ -20,10 +20,12 @@ from PIL import Image
 
 from dreamtext import export as export_module
 from dreamtext import shapes
-from dreamtext.checkpoint import load_field
+from dreamtext.checkpoint import load_checkpoint, load_field, save_checkpoint
 from dreamtext.config import resolve_config
+from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.export import (
+    FORMATS,
     ExportOptions,
     ExportResult,
     export_field,
@@ -115,6 +117,8 @@ def test_mesh_json_reports_what_was_made(exported):
     assert report["threshold"] == 50.0 and report["threshold_is_auto"] is False
     assert report["resolution"] == 48 and report["smoothing"] == 0
     assert report["textured_vertices"] > report["vertices"]  # UV seams split
+    assert report["step"] is None  # a field of no run
+    assert report["options"] == {**dataclasses.asdict(small_options()), "formats": list(FORMATS)}
 
 
 def test_summary_says_what_was_made(exported):
@@ -475,6 +479,15 @@ def test_bad_options_name_the_fix(tmp_path, overrides, message):
         export_field(SphereField(), tmp_path, small_options(**overrides))
 
 
+def stub_run(monkeypatch, field, renderer, step: int = 7) -> None:
+    """``dreamtext export`` of a workspace loads ``field`` and ``renderer``, trained ``step``
+    steps, instead of its checkpoint."""
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda workspace: {"step": step})
+    monkeypatch.setattr(
+        export_module, "run_from_state", lambda state, device: (field, renderer, {})
+    )
+
+
 def make_run(root: Path, name: str, mtime: float) -> Path:
     last = root / name / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
@@ -507,11 +520,14 @@ def test_export_without_workspace_takes_the_latest_run(tmp_path, monkeypatch):
     newest = make_run(tmp_path / "workspace", "new-run", 2_000_000)
     loaded = []
 
-    def fake_load_run(workspace, device):
+    def fake_read(workspace):
         loaded.append(Path(workspace))
-        return SphereField(), None, {}, 7
+        return {"step": 7}
 
-    monkeypatch.setattr(export_module, "load_run", fake_load_run)
+    monkeypatch.setattr(export_module, "read_run_checkpoint", fake_read)
+    monkeypatch.setattr(
+        export_module, "run_from_state", lambda state, device: (SphereField(), None, {})
+    )
     result = export_workspace(None, small_options(video=False, formats=("ply",)))
     assert loaded == [Path("workspace/new-run")]
     assert result.summary().startswith("exported workspace/new-run (step 7):")
@@ -542,7 +558,7 @@ def test_dreamtext_export_out_of_gpu_memory_is_one_line_and_exit_2(tmp_path, mon
     from dreamtext.cli import main
 
     workspace = make_run(tmp_path, "run", 1_000_000)
-    monkeypatch.setattr(export_module, "load_run", lambda ws, device: (SphereField(), None, {}, 1))
+    stub_run(monkeypatch, SphereField(), None)
 
     def run_out(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory.")
@@ -584,6 +600,31 @@ def test_re_export_of_a_trained_run_makes_the_mesh_its_training_made(trained, tm
     assert not (copy / "video").exists()
 
 
+def test_mesh_json_names_the_checkpoint_step_and_the_options_of_the_export(trained, tmp_path):
+    """mesh.json said neither which step's field the mesh is nor with what options it was made:
+    after ``--resume --iters N --no-export`` or ``dreamtext export --texture-size 512`` nothing
+    told the mesh on disk from another."""
+    from dreamtext.cli import main
+
+    made = json.loads((trained["cube"] / "mesh" / "mesh.json").read_text())
+    assert made["step"] == TRAINED_STEPS
+    recorded = json.loads((trained["cube"] / "config.json").read_text())["export_options"]
+    assert made["options"] == {**recorded, "device": "cpu"}  # the device that ran
+    copy = tmp_path / "cube"
+    shutil.copytree(trained["cube"], copy, ignore=shutil.ignore_patterns("mesh"))
+    state = load_checkpoint(copy / "checkpoints" / "last.pt")
+    state["step"] = 45
+    save_checkpoint(copy, state, keep=1)
+    flags = ["--texture-size", "64", "--formats", "ply,glb", "--decimate", "2000"]
+    assert main(["export", "--workspace", str(copy), *flags]) == 0
+    again = json.loads((copy / "mesh" / "mesh.json").read_text())
+    assert again["step"] == 45
+    assert again["options"] == {
+        **recorded, "texture_size": 64, "formats": ["ply", "glb"], "decimate": 2000,
+        "device": "cpu",
+    }  # fmt: skip
+
+
 def recorded_run(root: Path, export_options: dict) -> Path:
     workspace = make_run(root, "run", 1_000_000)
     config = {"prompt": "a ball", "export_options": export_options}
@@ -596,7 +637,7 @@ def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
     from dreamtext.cli import main
 
     used = []
-    monkeypatch.setattr(export_module, "load_run", lambda ws, device: (SphereField(), None, {}, 1))
+    stub_run(monkeypatch, SphereField(), None)
 
     def fake_export(field, out_dir, options, renderer, step):
         used.append(options)
@@ -614,7 +655,8 @@ def test_export_takes_the_runs_recorded_options_but_not_its_device(tmp_path, mon
     }  # fmt: skip
     workspace = recorded_run(tmp_path, recorded)
     options = exported_with(monkeypatch, workspace)
-    assert dataclasses.asdict(options) == {**recorded, "formats": ("ply",), "device": "auto"}
+    here = str(resolve_device("auto"))  # the machine that exports, not the run's
+    assert dataclasses.asdict(options) == {**recorded, "formats": ("ply",), "device": here}
 
 
 def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
@@ -626,16 +668,17 @@ def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
     assert (options.formats, options.video) == (("glb", "obj"), True)
     assert options.decimate == ExportOptions().decimate
     options = exported_with(monkeypatch, recorded_run(tmp_path / "b", {}), "--no-video")
-    assert dataclasses.asdict(options) == dataclasses.asdict(ExportOptions(video=False))
+    here = str(resolve_device("auto"))
+    expected = ExportOptions(video=False, device=here)
+    assert dataclasses.asdict(options) == dataclasses.asdict(expected)
 
 
 def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch, capsys):
     """... and says so when the file is there: the run's own settings may have been others."""
     workspace = recorded_run(tmp_path, {"resolution": 40})
     (workspace / "config.json").write_text("{ not json")
-    assert dataclasses.asdict(exported_with(monkeypatch, workspace)) == dataclasses.asdict(
-        ExportOptions()
-    )
+    defaults = ExportOptions(device=str(resolve_device("auto")))
+    assert dataclasses.asdict(exported_with(monkeypatch, workspace)) == dataclasses.asdict(defaults)
     err = capsys.readouterr().err
     assert "config.json is unreadable; exporting with the default export settings" in err
     (workspace / "config.json").unlink()
@@ -662,9 +705,7 @@ def test_decimate_0_keeps_every_face_as_in_a_config(tmp_path, monkeypatch, capsy
     from dreamtext.cli import main
 
     workspace = recorded_run(tmp_path, {"resolution": 40, "threshold": 50.0, "texture_size": 64})
-    monkeypatch.setattr(
-        export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}, 1)
-    )
+    stub_run(monkeypatch, SphereField(), SphereTracer())
 
     def faces(*flags):
         assert main(["export", "--workspace", str(workspace), "--no-video", *flags]) == 0
@@ -726,7 +767,9 @@ def test_dreamtext_export_too_big_for_the_memory_is_one_line_and_exit_2(
 
     workspace = recorded_run(tmp_path, {})
     monkeypatch.setattr(export_module, "available_memory", lambda: 8 * 10**9, raising=False)
-    monkeypatch.setattr(export_module, "load_run", lambda *a: pytest.fail("the run was loaded"))
+    monkeypatch.setattr(
+        export_module, "read_run_checkpoint", lambda *a: pytest.fail("the run was loaded")
+    )
     assert main(["export", "--workspace", str(workspace), "--resolution", "1024"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resolution 1024" in err[0] and "lower --resolution" in err[0]
@@ -742,9 +785,7 @@ def test_sigterm_while_dreamtext_export_writes_is_exit_130_and_leaves_no_temp_fi
 
     options = {**SMALL, "video_size": 32}
     workspace = recorded_run(tmp_path, options)
-    monkeypatch.setattr(
-        export_module, "load_run", lambda *a: (SphereField(), SphereTracer(), {}, 1)
-    )
+    stub_run(monkeypatch, SphereField(), SphereTracer())
 
     def terminated_while_encoding(images, path):
         path.write_bytes(b"half a video")
@@ -773,7 +814,9 @@ def test_exporting_a_run_in_a_folder_it_cannot_write_is_one_line_before_the_work
     monkeypatch.setattr(
         os, "access", lambda path, mode: Path(path) != workspace and real_access(path, mode)
     )
-    monkeypatch.setattr(export_module, "load_run", lambda *a: pytest.fail("the run was loaded"))
+    monkeypatch.setattr(
+        export_module, "read_run_checkpoint", lambda *a: pytest.fail("the run was loaded")
+    )
     assert main(["export", "--workspace", str(workspace)]) == 2
     assert capsys.readouterr().err == (
         f"dreamtext: error: cannot write in {workspace} (permission denied); copy the run to a "

@@ -79,6 +79,50 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_sd_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_typed_again_from_its_config_json_trains_the_same_field(tmp_path, tiny_sd_path):
+    """``--config RUN/config.json`` refused the file every run writes: its records of what ran
+    (``encoding_backend``, ``ran_on``) were taken for unknown fields."""
+    first = train(tiny_config(tmp_path / "first", tiny_sd_path, iters=3))
+    again = resolve_config(
+        {"prompt": "a red sphere", "workspace": str(tmp_path / "again")},
+        config_file=first / "config.json",
+    )
+    rerun = train(again)
+    expected, got = field_params(first), field_params(rerun)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+    def losses(workspace):
+        lines = (workspace / "log.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"], r["t"]) for r in map(json.loads, lines)]
+
+    assert losses(rerun) == losses(first)
+
+
+def test_config_json_records_each_resume_and_the_settings_it_changed(tmp_path, tiny_sd_path):
+    """``--resume --lr 5e-4`` rewrote config.json with the new lr alone: nothing said that the
+    steps before the resume trained with another, so a rerun from config.json was another run."""
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2, lr=0.01))
+    assert json.loads((workspace / "config.json").read_text())["resumes"] == []
+    train(tiny_config(tmp_path, tiny_sd_path, iters=4, lr=0.002), resume=True)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=5, lr=0.002), resume=True)
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["lr"] == 0.002
+    assert config["resumes"] == [
+        {"step": 2, "changed": {"iters": [2, 4], "lr": [0.01, 0.002]}},
+        {"step": 4, "changed": {"iters": [4, 5]}},
+    ]
+    # A record, not a setting: the file resumes and reruns as before (--config RUN/config.json).
+    again = resolve_config(
+        {"workspace": str(tmp_path / "again")}, config_file=workspace / "config.json"
+    )
+    assert again.lr == 0.002
+    # A new run in the folder starts with no resumes of the one it replaces.
+    train(tiny_config(tmp_path, tiny_sd_path, iters=1), overwrite=True)
+    assert json.loads((workspace / "config.json").read_text())["resumes"] == []
+
+
 def test_sigterm_saves_a_checkpoint_of_the_last_finished_step(tmp_path, tiny_sd_path, monkeypatch):
     import signal
 
@@ -202,7 +246,7 @@ def test_a_workspace_reloads_with_its_own_render_settings_and_occupancy_grid(
     from dreamtext.trainer import build_run
 
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=4))
-    field, renderer, config, _ = load_run(workspace)
+    field, renderer, config = load_run(workspace)
     assert renderer.cfg.num_steps == 16 and renderer.cfg.grid_resolution == 16
     trained = build_run(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True).renderer
     assert torch.equal(renderer.grid.density, trained.grid.density)
@@ -374,7 +418,7 @@ def test_a_run_trained_on_a_cuda_backend_reloads_on_the_cpu(tmp_path, tiny_sd_pa
     state["field_config"]["encoding"] = backend
     state["encoding_backend"] = backend
     torch.save(state, path)
-    field, _, _, _ = load_run(workspace, "cpu")
+    field, _, _ = load_run(workspace, "cpu")
     assert field.encoding_backend == "torch"
     torch.testing.assert_close(field.encoding.params.detach(), state["field"]["encoding.params"])
 
@@ -396,7 +440,7 @@ def test_a_gpu_without_the_runs_backend_reloads_it_with_another(
     torch.save(state, path)
     monkeypatch.setattr(checkpoint, "is_cuda", lambda device: True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    field, _, _, _ = load_run(workspace, "cpu")
+    field, _, _ = load_run(workspace, "cpu")
     assert field.encoding_backend == "torch"
     torch.testing.assert_close(field.encoding.params.detach(), state["field"]["encoding.params"])
 
@@ -483,7 +527,7 @@ def test_a_run_with_a_separate_density_head_records_it_and_reloads(tmp_path, tin
     saved = field_params(workspace)
     assert saved["density_net.0.weight"].shape == (8, 8)  # 4 levels × 2 features in
     assert saved["output_layer.weight"].shape[0] == 3
-    field, _, _, _ = load_run(workspace)
+    field, _, _ = load_run(workspace)
     x = torch.rand(64, 3) * 1.6 - 0.8
     with torch.no_grad():
         sigma, albedo = field(x)
