@@ -559,6 +559,39 @@ def test_file_addresses_in_the_data_are_served(server):
     assert urls and all(get(server, url)[0] == 200 for url in urls)
 
 
+def test_a_gallerys_pictures_are_served_without_a_scan_of_the_folders_each(
+    tmp_path: Path, monkeypatch
+):
+    import dreamtext.view.workspaces as workspaces
+
+    root = tmp_path / "runs"
+    for i in range(30):
+        make_run(root / f"run{i:02d}", f"prompt {i}")
+    scans = []
+    listed = workspaces._subfolders
+    monkeypatch.setattr(workspaces, "_subfolders", lambda folder: scans.append(1) or listed(folder))
+    srv = make_server(Catalog([root]))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        scans.clear()
+        runs = json.loads(get(srv, "/api/runs.json")[1])["runs"]
+        assert len(runs) == 30 and all(get(srv, r["thumbnail"])[0] == 200 for r in runs)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+    assert len(scans) <= 2  # the gallery's own scan, and at most one more if the machine is slow
+
+
+def test_a_run_made_after_the_last_scan_is_found(root: Path):
+    catalog = Catalog([root])
+    assert catalog.find("cube") is not None
+    make_run(root / "cone", "a red cone")
+    assert location(catalog, "cone").path == (root / "cone").resolve()
+    assert catalog.find("no-such-run") is None
+
+
 def test_byte_ranges_for_video_seeking(server, root: Path):
     data = (root / "cube" / "video" / "turntable.mp4").read_bytes()
     status, body, headers = get(server, "/files/cube/video/turntable.mp4", {"Range": "bytes=10-19"})
