@@ -919,6 +919,66 @@ def test_overwrite_leaves_a_run_another_worker_of_the_batch_has_trained_again(tm
     assert run_entry(entry, cfg, options, root, None, seen_at_start)["status"] == "skipped"
 
 
+def _failed_run(workspace, prompt, error):
+    """``workspace`` as a run that failed at step 10 of 20 leaves it."""
+    workspace.mkdir(parents=True)
+    config = {"prompt": prompt, "workspace": str(workspace), "iters": 20}
+    (workspace / "config.json").write_text(json.dumps(config))
+    failed = {"state": "failed", "step": 10, "iters": 20, "error": error}
+    (workspace / "status.json").write_text(json.dumps({**failed, "updated": "2026-12-01T10:00Z"}))
+    return failed
+
+
+def _entry_and_config(root, prompt):
+    from dreamtext.batch import entry_config, workspace_name
+
+    name = workspace_name(root, ("text", prompt), prompt.replace(" ", "_"), False)
+    entry = Entry(1, prompt, "text", prompt, root / name)
+    cfg = entry_config(entry, {"iters": 20, "guidance": {"model": "builtin:shapes"}}, None, None)
+    return entry, cfg
+
+
+def test_a_prompt_another_worker_failed_since_the_batch_started_is_not_run_again(
+    tmp_path, monkeypatch
+):
+    """Workers sharing a list: the run's status.json says failed and did not at the start (or its
+    batch.jsonl line failed: a prompt refused before the run wrote anything), so the failure is
+    recorded once instead of once per worker."""
+    import dreamtext.batch as batch
+
+    trained = []
+    monkeypatch.setattr(batch, "run_one", lambda entry, *rest, **how: trained.append(entry.line))
+    root = tmp_path / "root"
+    entry, cfg = _entry_and_config(root, "a red cube")
+    others = batch.BatchLog(root / "batch.jsonl")  # this worker starts: nothing there yet
+    _failed_run(entry.workspace, "a red cube", "torch.OutOfMemoryError: CUDA out of memory")
+    record = batch.run_entry(entry, cfg, batch.BatchOptions(root=root), root, None, None, others)
+    assert record["status"] == "skipped" and trained == []
+    assert record["error"] == (
+        "failed in another worker of this batch: torch.OutOfMemoryError: CUDA out of memory"
+    )
+
+    refused, cfg = _entry_and_config(root, "a blue cube")
+    batch.append_record(root / "batch.jsonl", {"workspace": "a_blue_cube", "status": "failed"})
+    record = batch.run_entry(refused, cfg, batch.BatchOptions(root=root), root, None, None, others)
+    assert record["status"] == "skipped" and trained == []
+
+
+def test_a_prompt_that_failed_before_the_batch_started_is_tried_again(tmp_path, monkeypatch):
+    import dreamtext.batch as batch
+
+    trained = []
+    monkeypatch.setattr(batch, "run_one", lambda entry, *rest, **how: trained.append(entry.line))
+    root = tmp_path / "root"
+    entry, cfg = _entry_and_config(root, "a red cube")
+    _failed_run(entry.workspace, "a red cube", "torch.OutOfMemoryError: CUDA out of memory")
+    batch.append_record(root / "batch.jsonl", {"workspace": "a_red_cube", "status": "failed"})
+    before = batch.read_status(entry.workspace)
+    others = batch.BatchLog(root / "batch.jsonl")  # the failure is older than this worker
+    record = batch.run_entry(entry, cfg, batch.BatchOptions(root=root), root, None, before, others)
+    assert record["status"] == "finished" and trained == [1]
+
+
 def test_a_file_where_a_prompts_folder_goes_fails_that_prompt_and_the_batch_goes_on(
     tmp_path, tiny_yaml, shapes_cache, capsys
 ):

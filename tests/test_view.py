@@ -325,6 +325,21 @@ def test_batch_lines_give_status_and_cards_for_workspaces_never_made(root: Path)
     assert all(r.path is None or r.path.is_relative_to(root) for r in catalog.runs())
 
 
+def test_a_skipped_batch_line_does_not_hide_the_attempt_before_it(tmp_path: Path):
+    """Workers sharing a list: one failed a prompt the model refused (no workspace was made),
+    another skipped it; and a rerun skipped a finished run. The cards show the attempts."""
+    root = tmp_path / "runs"
+    make_run(root / "cube", "a red cube")  # finished, without status.json: from its batch line
+    failed = batch_record(1, "a_cat", "failed", "the built-in prior does not know 'a cat'")
+    done = batch_record(2, "cube", "finished")
+    skipped = batch_record(1, "a_cat", "skipped", "failed in another worker of this batch: ...")
+    write_records(root / "batch.jsonl", [failed, done, skipped, batch_record(2, "cube", "skipped")])
+    runs = {r.id: read_run(r) for r in Catalog([root]).runs()}
+    assert runs["a_cat"].status["state"] == "failed"
+    assert runs["a_cat"].status["error"] == failed["error"]
+    assert runs["cube"].batch == done
+
+
 def test_prompts_and_errors_that_are_not_text_reach_the_page_as_text(tmp_path: Path):
     """A config.json or batch.jsonl prompt that is a number (a hand-edited or foreign file) broke
     the gallery's sort by prompt and its filter, which call string methods on it; an error that

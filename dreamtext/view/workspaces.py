@@ -229,11 +229,14 @@ def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:
 
 
 def latest_batch_records(root: Path) -> dict[str, dict[str, Any]]:
-    """``batch.jsonl``'s newest record per workspace (a prompt retried appends a new line)."""
+    """``batch.jsonl``'s newest record per workspace (a prompt retried appends a new line). A
+    ``skipped`` line (the run had finished, or another worker sharing the list held it or had
+    failed it) is not an attempt: it does not hide the attempt recorded before it."""
     latest: dict[str, dict[str, Any]] = {}
     for record in read_jsonl(root / "batch.jsonl"):
-        if isinstance(record.get("workspace"), str):
-            latest[record["workspace"]] = record
+        name = record.get("workspace")
+        if isinstance(name, str) and not (record.get("status") == "skipped" and name in latest):
+            latest[name] = record
     return latest
 
 
