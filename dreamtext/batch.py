@@ -22,7 +22,6 @@ when its holder stopped refreshing it for ``--lock-timeout`` seconds.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -188,14 +188,31 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             "are skipped); write one prompt per line"
         )
     slugs = [slugify(_name(e)) for e in found]
+    uses = Counter(slugs)
+    line_named = line_named_folders(root)  # listed once: a list of n prompts costs n, not n²
     return [
         replace(
             e,
             workspace=root
-            / workspace_name(root, e.key, slug, slugs.count(slug) > 1, ascii_slug(_name(e))),
+            / workspace_name(root, e.key, slug, uses[slug] > 1, ascii_slug(_name(e)), line_named),
         )
         for e, slug in zip(found, slugs, strict=True)
     ]
+
+
+def line_named_folders(root: Path) -> dict[str, list[str]]:
+    """The ``<name>_line<N>`` entries of ``root`` (runs of batches that named clashes by their
+    line number), sorted, by ``<name>``."""
+    found: dict[str, list[str]] = {}
+    try:
+        names = sorted(entry.name for entry in os.scandir(root))
+    except OSError:  # no root yet, or not a folder (check_root says so)
+        return found
+    for name in names:
+        match = re.fullmatch(r"(.+)_line\d+", name)
+        if match and not name.startswith("."):
+            found.setdefault(match[1], []).append(name)
+    return found
 
 
 def _name(entry: Entry) -> str:
@@ -203,7 +220,12 @@ def _name(entry: Entry) -> str:
 
 
 def workspace_name(
-    root: Path, key: tuple[str, str], slug: str, shared: bool, legacy: str | None = None
+    root: Path,
+    key: tuple[str, str],
+    slug: str,
+    shared: bool,
+    legacy: str | None = None,
+    line_named: Mapping[str, list[str]] | None = None,
 ) -> str:
     """The folder under ``root`` of the prompt (or image) ``key`` whose slug is ``slug``.
 
@@ -214,17 +236,20 @@ def workspace_name(
     order, so an edited or re-ordered list keeps each prompt's run. A folder that already holds
     this prompt's run keeps it: ``slug``, the hashed name, or a ``<slug>_line<N>`` of the batches
     that named clashes by their line number; and the same names made from ``legacy``, the slug an
-    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`).
+    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). ``line_named``:
+    :func:`line_named_folders` of ``root``, when the caller has listed it already.
     """
     digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
+    if line_named is None:
+        line_named = line_named_folders(root)
     for name in dict.fromkeys(n for n in (slug, legacy) if n):
         if run_owner(root / name) == key:
             return name
         if (root / f"{name}_{digest}").exists():
             return f"{name}_{digest}"
-        for old in sorted(root.glob(f"{glob.escape(name)}_line*")):
-            if re.fullmatch(rf"{re.escape(name)}_line\d+", old.name) and run_owner(old) == key:
-                return old.name
+        for old in line_named.get(name, []):
+            if run_owner(root / old) == key:
+                return old
     taken = run_owner(root / slug) is not None
     return f"{slug}_{digest}" if shared or taken else slug
 
