@@ -22,7 +22,6 @@ when its holder stopped refreshing it for ``--lock-timeout`` seconds.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -188,14 +188,31 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             "are skipped); write one prompt per line"
         )
     slugs = [slugify(_name(e)) for e in found]
+    uses = Counter(slugs)
+    line_named = line_named_folders(root)  # listed once: a list of n prompts costs n, not n²
     return [
         replace(
             e,
             workspace=root
-            / workspace_name(root, e.key, slug, slugs.count(slug) > 1, ascii_slug(_name(e))),
+            / workspace_name(root, e.key, slug, uses[slug] > 1, ascii_slug(_name(e)), line_named),
         )
         for e, slug in zip(found, slugs, strict=True)
     ]
+
+
+def line_named_folders(root: Path) -> dict[str, list[str]]:
+    """The ``<name>_line<N>`` entries of ``root`` (runs of batches that named clashes by their
+    line number), sorted, by ``<name>``."""
+    found: dict[str, list[str]] = {}
+    try:
+        names = sorted(entry.name for entry in os.scandir(root))
+    except OSError:  # no root yet, or not a folder (check_root says so)
+        return found
+    for name in names:
+        match = re.fullmatch(r"(.+)_line\d+", name)
+        if match and not name.startswith("."):
+            found.setdefault(match[1], []).append(name)
+    return found
 
 
 def _name(entry: Entry) -> str:
@@ -203,7 +220,12 @@ def _name(entry: Entry) -> str:
 
 
 def workspace_name(
-    root: Path, key: tuple[str, str], slug: str, shared: bool, legacy: str | None = None
+    root: Path,
+    key: tuple[str, str],
+    slug: str,
+    shared: bool,
+    legacy: str | None = None,
+    line_named: Mapping[str, list[str]] | None = None,
 ) -> str:
     """The folder under ``root`` of the prompt (or image) ``key`` whose slug is ``slug``.
 
@@ -214,17 +236,20 @@ def workspace_name(
     order, so an edited or re-ordered list keeps each prompt's run. A folder that already holds
     this prompt's run keeps it: ``slug``, the hashed name, or a ``<slug>_line<N>`` of the batches
     that named clashes by their line number; and the same names made from ``legacy``, the slug an
-    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`).
+    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). ``line_named``:
+    :func:`line_named_folders` of ``root``, when the caller has listed it already.
     """
     digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
+    if line_named is None:
+        line_named = line_named_folders(root)
     for name in dict.fromkeys(n for n in (slug, legacy) if n):
         if run_owner(root / name) == key:
             return name
         if (root / f"{name}_{digest}").exists():
             return f"{name}_{digest}"
-        for old in sorted(root.glob(f"{glob.escape(name)}_line*")):
-            if re.fullmatch(rf"{re.escape(name)}_line\d+", old.name) and run_owner(old) == key:
-                return old.name
+        for old in line_named.get(name, []):
+            if run_owner(root / old) == key:
+                return old
     taken = run_owner(root / slug) is not None
     return f"{slug}_{digest}" if shared or taken else slug
 
@@ -650,6 +675,7 @@ def run_batch(
     # --overwrite retrains a run unless its status.json changes after this, when a worker
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}
+    others = BatchLog(root / BATCH_LOG)
     pending = [
         (e, cfg)
         for e, cfg in zip(share, configs, strict=True)
@@ -675,7 +701,9 @@ def run_batch(
     ):
         for entry, cfg in zip(share, configs, strict=True):
             bar.set_postfix_str(entry.workspace.name[:40])
-            record = run_entry(entry, cfg, options, root, shard_text, before[entry.workspace])
+            record = run_entry(
+                entry, cfg, options, root, shard_text, before[entry.workspace], others
+            )
             append_record(root / BATCH_LOG, record)
             records.append(record)
             if stopped_by_user(record):
@@ -743,13 +771,17 @@ def run_entry(
     root: Path,
     shard: str | None,
     before: dict[str, Any] | None = None,
+    others: BatchLog | None = None,
 ) -> dict[str, Any]:
     """Skip, or claim and run, one entry; return its ``batch.jsonl`` record.
 
     A finished run of the entry is skipped, with a warning when it used other settings
     (:func:`changed_settings`). With ``options.overwrite`` it trains from scratch instead, unless
     its ``status.json`` is no longer ``before`` (what it was when the batch started): then another
-    worker of this batch has trained it again, and it is skipped or resumed as without.
+    worker of this batch has trained it again, and it is skipped or resumed as without. An entry
+    that another worker sharing the list failed since this batch started is skipped too
+    (:func:`failed_meanwhile`; ``others`` follows their ``batch.jsonl`` records): the failure is
+    recorded once, and running the batch again retries it.
     """
     started, start = now_iso(), time.perf_counter()
     result: dict[str, Any] = {"status": "skipped", "error": None}
@@ -794,7 +826,14 @@ def run_entry(
         else:
             # another worker may have finished (or, with --overwrite, retrained) it meanwhile
             fresh = options.overwrite and read_status(entry.workspace) == before
-            if fresh or not finished_here(entry, cfg):
+            failure = failed_meanwhile(entry, root, before, others)
+            if failure is not None:
+                result["error"] = f"failed in another worker of this batch: {failure}"
+                _say(
+                    f"batch: line {entry.line}: another worker of this batch failed it "
+                    f"({_shorten(failure, 80)}); skipped, run the batch again to retry it"
+                )
+            elif fresh or not finished_here(entry, cfg):
                 if not fresh:
                     warn_resuming_with_other_settings(entry, cfg)
                     if run_finished(entry.workspace, cfg.iters) and cfg.export:
@@ -848,6 +887,58 @@ def run_entry(
         "host": HOST,
         "shard": shard,
     }
+
+
+class BatchLog:
+    """The ``batch.jsonl`` records appended after this worker started (by the workers sharing its
+    list, and its own): which workspaces' newest such attempt failed. Each look reads on from
+    where the last one stopped, so a list of any length costs one pass over the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.offset = path.stat().st_size
+        except OSError:
+            self.offset = 0
+        self.failed: dict[str, str] = {}  # workspace as recorded → its error
+        self._partial = b""
+
+    def failed_since_start(self, workspace: str) -> str | None:
+        """The error of ``workspace``'s newest attempt since this worker started, if it failed."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return self.failed.get(workspace)
+        self.offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            name = record.get("workspace") if isinstance(record, dict) else None
+            if not isinstance(name, str) or record.get("status") == "skipped":
+                continue
+            if record.get("status") == "failed":
+                self.failed[name] = str(record.get("error") or "failed")
+            else:
+                self.failed.pop(name, None)
+        return self.failed.get(workspace)
+
+
+def failed_meanwhile(
+    entry: Entry, root: Path, before: dict[str, Any] | None, others: BatchLog | None
+) -> str | None:
+    """The error with which another worker sharing the list failed this entry since this worker
+    started: its ``status.json`` says ``failed`` and is no longer ``before``, or (a failure before
+    the run wrote one: a prompt the model refuses) its newest record in ``others`` failed.
+    ``None`` when it did not; a run that failed before this batch started is tried again."""
+    now = read_status(entry.workspace)
+    if now is not None and now != before and now.get("state") == "failed":
+        return str(now.get("error") or "failed")
+    return others.failed_since_start(_relative(entry.workspace, root)) if others else None
 
 
 def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bool = False) -> None:

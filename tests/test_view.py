@@ -325,6 +325,21 @@ def test_batch_lines_give_status_and_cards_for_workspaces_never_made(root: Path)
     assert all(r.path is None or r.path.is_relative_to(root) for r in catalog.runs())
 
 
+def test_a_skipped_batch_line_does_not_hide_the_attempt_before_it(tmp_path: Path):
+    """Workers sharing a list: one failed a prompt the model refused (no workspace was made),
+    another skipped it; and a rerun skipped a finished run. The cards show the attempts."""
+    root = tmp_path / "runs"
+    make_run(root / "cube", "a red cube")  # finished, without status.json: from its batch line
+    failed = batch_record(1, "a_cat", "failed", "the built-in prior does not know 'a cat'")
+    done = batch_record(2, "cube", "finished")
+    skipped = batch_record(1, "a_cat", "skipped", "failed in another worker of this batch: ...")
+    write_records(root / "batch.jsonl", [failed, done, skipped, batch_record(2, "cube", "skipped")])
+    runs = {r.id: read_run(r) for r in Catalog([root]).runs()}
+    assert runs["a_cat"].status["state"] == "failed"
+    assert runs["a_cat"].status["error"] == failed["error"]
+    assert runs["cube"].batch == done
+
+
 def test_prompts_and_errors_that_are_not_text_reach_the_page_as_text(tmp_path: Path):
     """A config.json or batch.jsonl prompt that is a number (a hand-edited or foreign file) broke
     the gallery's sort by prompt and its filter, which call string methods on it; an error that
@@ -576,6 +591,39 @@ def test_file_addresses_in_the_data_are_served(server):
     run = json.loads(get(server, "/api/run/cube.json")[1])["run"]
     urls = [p["url"] for p in run["previews"]] + list(run["mesh"].values())
     assert urls and all(get(server, url)[0] == 200 for url in urls)
+
+
+def test_a_gallerys_pictures_are_served_without_a_scan_of_the_folders_each(
+    tmp_path: Path, monkeypatch
+):
+    import dreamtext.view.workspaces as workspaces
+
+    root = tmp_path / "runs"
+    for i in range(30):
+        make_run(root / f"run{i:02d}", f"prompt {i}")
+    scans = []
+    listed = workspaces._subfolders
+    monkeypatch.setattr(workspaces, "_subfolders", lambda folder: scans.append(1) or listed(folder))
+    srv = make_server(Catalog([root]))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        scans.clear()
+        runs = json.loads(get(srv, "/api/runs.json")[1])["runs"]
+        assert len(runs) == 30 and all(get(srv, r["thumbnail"])[0] == 200 for r in runs)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+    assert len(scans) <= 2  # the gallery's own scan, and at most one more if the machine is slow
+
+
+def test_a_run_made_after_the_last_scan_is_found(root: Path):
+    catalog = Catalog([root])
+    assert catalog.find("cube") is not None
+    make_run(root / "cone", "a red cone")
+    assert location(catalog, "cone").path == (root / "cone").resolve()
+    assert catalog.find("no-such-run") is None
 
 
 def test_byte_ranges_for_video_seeking(server, root: Path):

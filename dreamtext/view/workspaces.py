@@ -50,6 +50,10 @@ RUNNING_IF_CHANGED_WITHIN_S = 120.0
 # A run whose status.json says running but whose files have not changed for this long may have
 # died without saying so; its status then says how long it has been quiet.
 QUIET_AFTER_S = 600.0
+# How long find() answers from the last scan of the folders. A page's requests come together (a
+# gallery's thumbnails: one per card), and a scan reads every workspace: one scan per request
+# made a gallery of 250 runs cost 250 scans, 28 s of the server's time, to show its pictures.
+FIND_REUSES_SCAN_S = 2.0
 # The log series the run page plots (each key of a log record that is present and finite).
 SERIES_KEYS = ("loss", "loss_sds", "t", "its", "gpu_mem_mib")
 MESH_FILES = {
@@ -123,6 +127,8 @@ class Catalog:
 
     def __init__(self, folders: list[Path]):
         self.sources: list[tuple[Path, bool]] = []
+        self._last_scan: tuple[float, dict[str, RunLocation]] | None = None
+        self._scan_lock = threading.Lock()
         for folder in folders:
             if not folder.exists():
                 raise DreamtextError(f"no such folder: {folder}")
@@ -139,6 +145,25 @@ class Catalog:
             )
 
     def runs(self) -> list[RunLocation]:
+        """Every run, from a fresh scan of the folders."""
+        found = self._scan()
+        with self._scan_lock:
+            self._last_scan = (time.monotonic(), {run.id: run for run in found})
+        return found
+
+    def find(self, run_id: str) -> RunLocation | None:
+        """The run with this id: from the last scan when it is under
+        :data:`FIND_REUSES_SCAN_S` old and has the run, else from a fresh scan (so a run that
+        appeared since is found)."""
+        with self._scan_lock:
+            last = self._last_scan
+        if last is not None and time.monotonic() - last[0] < FIND_REUSES_SCAN_S:
+            run = last[1].get(run_id)
+            if run is not None:
+                return run
+        return next((run for run in self.runs() if run.id == run_id), None)
+
+    def _scan(self) -> list[RunLocation]:
         found: list[RunLocation] = []
         used: set[str] = set()
 
@@ -187,9 +212,6 @@ class Catalog:
                 add(name, path if inside and path.is_dir() else None, folder, record)
         return found
 
-    def find(self, run_id: str) -> RunLocation | None:
-        return next((run for run in self.runs() if run.id == run_id), None)
-
 
 def _subfolders(folder: Path) -> list[Path]:
     try:
@@ -207,11 +229,14 @@ def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:
 
 
 def latest_batch_records(root: Path) -> dict[str, dict[str, Any]]:
-    """``batch.jsonl``'s newest record per workspace (a prompt retried appends a new line)."""
+    """``batch.jsonl``'s newest record per workspace (a prompt retried appends a new line). A
+    ``skipped`` line (the run had finished, or another worker sharing the list held it or had
+    failed it) is not an attempt: it does not hide the attempt recorded before it."""
     latest: dict[str, dict[str, Any]] = {}
     for record in read_jsonl(root / "batch.jsonl"):
-        if isinstance(record.get("workspace"), str):
-            latest[record["workspace"]] = record
+        name = record.get("workspace")
+        if isinstance(name, str) and not (record.get("status") == "skipped" and name in latest):
+            latest[name] = record
     return latest
 
 
