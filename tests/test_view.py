@@ -1087,12 +1087,36 @@ def test_a_failed_static_export_leaves_nothing_behind(root: Path, tmp_path: Path
 # ------------------------------------------------------------------------- the command line
 
 
-@pytest.mark.parametrize("what", ["missing", "empty"])
-def test_view_of_a_folder_without_runs_exits_2_with_one_line(tmp_path: Path, capsys, what):
+@pytest.mark.parametrize("what, static", [("missing", False), ("missing", True), ("empty", True)])
+def test_view_of_a_folder_without_runs_exits_2_with_one_line(tmp_path, capsys, what, static):
     (tmp_path / "empty").mkdir()
-    assert main(["view", str(tmp_path / what)]) == 2
+    extra = ["--static", str(tmp_path / "site")] if static else []
+    assert main(["view", str(tmp_path / what), *extra]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("dreamtext: error: ")
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_server_started_before_a_batchs_first_run_shows_runs_as_they_start(tmp_path):
+    """`dreamtext batch … &` then `dreamtext view ROOT` in the next moment exited 2 ("no
+    dreamtext runs"): the sweep's viewer had to be started again once a run existed."""
+    empty = tmp_path / "sweep"
+    empty.mkdir()
+    with pytest.raises(DreamtextError, match="no dreamtext runs"):
+        Catalog([empty])  # a static export of nothing is still refused
+    srv = make_server(Catalog([empty], empty_ok=True))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        status, body, _ = get(srv, "/")
+        assert status == 200 and b'id="dreamtext-data"' in body
+        assert json.loads(get(srv, "/api/runs.json")[1])["runs"] == []
+        make_run(empty / "cube", "a red cube")
+        assert [r["id"] for r in json.loads(get(srv, "/api/runs.json")[1])["runs"]] == ["cube"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
 
 
 def test_view_without_arguments_needs_a_workspace_folder(tmp_path: Path, capsys, monkeypatch):
@@ -1153,6 +1177,24 @@ def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert out.rstrip().endswith("dreamtext view: stopped")
+
+
+def test_view_of_a_root_without_runs_yet_serves_it_and_says_so(tmp_path: Path):
+    (tmp_path / "sweep").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamtext", "view", str(tmp_path / "sweep"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+    assert first.startswith("dreamtext view: 0 runs at http://127.0.0.1:"), first
+    assert second.strip().startswith(f"no runs in {tmp_path / 'sweep'} yet: the page shows them")
 
 
 @pytest.mark.parametrize(

@@ -325,6 +325,27 @@ def test_behind_a_proxy_under_a_path_the_gallery_and_a_run_page_work(proxied_pag
     }
 
 
+def test_a_gallery_of_a_root_without_runs_yet_shows_the_first_as_it_starts(page, root, tmp_path):
+    """The viewer started beside a batch, before its first run: it exited 2 ("no dreamtext
+    runs"); now the page says none is there yet and draws the first when it appears."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    srv = make_server(Catalog([sweep], empty_ok=True), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        page.goto(srv.url)
+        page.wait_for_selector("text=No runs yet: they appear here as they start.")
+        assert page.locator(".card").count() == 0
+        shutil.copytree(root / "a_red_cube", sweep / "a_red_cube")
+        page.wait_for_selector('.card[data-run="a_red_cube"]')
+        assert page.locator("p.none").is_hidden()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
 def test_behind_a_proxy_the_gallery_opened_without_its_final_slash_adds_it(proxied_page, proxy):
     """/rnode/node01/<port> without its "/": the server sees "/" either way, and the browser
     resolved every relative address one level up (/rnode/node01/static/app.js): the page

@@ -367,12 +367,20 @@ def make_server(
 
 
 def serve(folders: list[Path], host: str, port: int, out: TextIO = sys.stdout) -> None:
-    """Serve the runs under ``folders`` until Ctrl-C; print the address first."""
-    catalog = Catalog(folders)
+    """Serve the runs under ``folders`` until Ctrl-C; print the address first. Folders without
+    runs yet are served too (the viewer started beside a batch), with a line that says so."""
+    catalog = Catalog(folders, empty_ok=True)
     server = make_server(catalog, host, port)
     url, p = server.url, server.server_port
     n = len(catalog.runs())
     print(f"dreamtext view: {n} run{'s' if n != 1 else ''} at {url}", file=out)
+    if n == 0:  # a batch about to start, or the wrong folder: say which it looks in
+        shown = ", ".join(str(f) for f in folders)
+        print(
+            f"  no runs in {shown} yet: the page shows them as they start (a run's folder "
+            "holds config.json, log.jsonl or descriptor/sentence.json)",
+            file=out,
+        )
     if host in ALL_INTERFACES:
         print("  listening on every network interface of this machine (--host)", file=out)
     else:

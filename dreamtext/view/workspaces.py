@@ -122,10 +122,11 @@ class Catalog:
 
     A folder that holds ``config.json``, ``log.jsonl``, ``status.json`` or
     ``descriptor/sentence.json`` is one workspace; any other folder is a root: its subfolders that
-    are workspaces, and the workspaces its ``batch.jsonl`` names, are its runs.
+    are workspaces, and the workspaces its ``batch.jsonl`` names, are its runs. Folders without
+    runs are refused unless ``empty_ok`` (a server started before a batch's first run).
     """
 
-    def __init__(self, folders: list[Path]):
+    def __init__(self, folders: list[Path], empty_ok: bool = False):
         self.sources: list[tuple[Path, bool]] = []
         self._last_scan: tuple[float, dict[str, RunLocation]] | None = None
         self._scan_lock = threading.Lock()
@@ -136,7 +137,7 @@ class Catalog:
                 raise DreamtextError(f"{folder} is a file; pass a run's folder or a folder of runs")
             resolved = folder.resolve()
             self.sources.append((resolved, not is_workspace(resolved)))
-        if not self.runs():
+        if not empty_ok and not self.runs():
             shown = ", ".join(str(f) for f in folders)
             raise DreamtextError(
                 f"no dreamtext runs in {shown}: a run's folder holds config.json, log.jsonl or "

@@ -216,7 +216,7 @@
     sort.value = hasBatch ? "batch" : "newest";
     const counts = el("p", { class: "summary" });
     const cards = el("section", { id: "cards", class: "cards" });
-    const none = el("p", { class: "none", hidden: true, text: "No run matches the filter." });
+    const none = el("p", { class: "none", hidden: true });
     fill(app,
       el("header", { class: "top" }, el("h1", { text: "dreamtext runs" }), counts),
       el("div", { class: "controls" }, filter, el("label", {}, "sort ", sort)),
@@ -233,7 +233,10 @@
         .sort(SORTS[sort.value][1]);
       counts.textContent = summary(runs);
       fill(cards, shown.map(card));
-      none.hidden = shown.length > 0 || runs.length === 0;
+      none.hidden = shown.length > 0;
+      none.textContent = runs.length
+        ? "No run matches the filter."
+        : "No runs yet: they appear here as they start.";
     }
     filter.addEventListener("input", draw);
     sort.addEventListener("change", draw);
