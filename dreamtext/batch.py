@@ -54,7 +54,7 @@ from dreamtext.config import (
     run_owner,
     slugify,
 )
-from dreamtext.devices import free_memory
+from dreamtext.devices import free_memory, memory_that_ran_out
 from dreamtext.errors import DreamtextError
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process
@@ -104,7 +104,8 @@ NOT_COMPARED = frozenset(
 
 # CUDA's own errors (torch ≥ 2.8). Most (an illegal address, a device-side assert, a lost GPU)
 # leave the process's CUDA context unusable, so the batch stops at the first; running out of
-# memory (torch.OutOfMemoryError, not one of them) does not, and the next line may fit.
+# memory (torch.OutOfMemoryError, not one of them) does not, and the next line may fit; nor
+# does the host's (devices.memory_that_ran_out).
 GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
     kind for kind in (getattr(torch, "AcceleratorError", None),) if kind is not None
 )
@@ -823,7 +824,7 @@ def run_entry(
         )
     except Exception as error:  # a bug: record it, keep the traceback
         result = {"status": "failed", "error": error_line(error)}
-        if not isinstance(error, torch.OutOfMemoryError):
+        if memory_that_ran_out(error) is None:
             traceback.print_exc()
         _say(f"batch: line {entry.line} failed: {error_line(error)}")
     finally:

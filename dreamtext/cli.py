@@ -12,6 +12,7 @@ import errno
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -811,30 +812,44 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     except Exception as error:
-        if not is_out_of_gpu_memory(error):
+        memory = memory_that_ran_out(error)
+        if memory is None:
             raise
         # Where a command has no handler of its own (training and export name their fixes).
-        print(f"dreamtext: error: {out_of_memory_line(args, error)}", file=sys.stderr)
+        print(f"dreamtext: error: {out_of_memory_line(args, error, memory)}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def is_out_of_gpu_memory(error: BaseException) -> bool:
-    """Whether ``error`` is torch's out-of-memory error (torch imported only if already loaded:
-    ``view`` runs without it)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+def memory_that_ran_out(error: BaseException) -> str | None:
+    """``"GPU memory"`` or ``"memory"`` (the host's) when ``error`` says it ran out, else
+    ``None`` (:func:`dreamtext.devices.memory_that_ran_out`; torch is not imported for it:
+    ``view`` runs without)."""
+    if "torch" not in sys.modules:
+        return "memory" if isinstance(error, MemoryError) else None
+    from dreamtext.devices import memory_that_ran_out as torch_memory_that_ran_out
+
+    return torch_memory_that_ran_out(error)
 
 
-def out_of_memory_line(args: argparse.Namespace, error: BaseException) -> str:
-    """One line for an out-of-memory error: the command, torch's first sentence of it (how much
-    it tried to allocate) and the fixes among the command's own flags."""
-    detail = str(error).splitlines()[0].split(" GPU ")[0].strip().rstrip(".") if str(error) else ""
-    flags = {"fp16": "--fp16", "h": "a smaller --h/--w", "device": "--device cpu"}
+def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: str) -> str:
+    """One line for an out-of-memory error: the command, how much it tried to allocate (torch's
+    first sentence for the GPU, its byte count for the host) and the fixes among the command's
+    own flags."""
+    if memory == "GPU memory":
+        text = str(error).splitlines()[0] if str(error) else ""
+        detail = text.split(" GPU ")[0].strip().rstrip(".")
+        flags = {"fp16": "--fp16", "h": "a smaller --h/--w", "device": "--device cpu"}
+        free = "free the GPU of other work"
+    else:
+        tried = re.search(r"allocate (\d+) bytes", str(error))
+        detail = f"tried to allocate {int(tried[1]) / 2**20:.0f} MiB" if tried else ""
+        flags = {"h": "a smaller --h/--w"}
+        free = "close other programs"
     fixes = [fix for name, fix in flags.items() if hasattr(args, name)]
     return (
-        f"out of GPU memory in `dreamtext {args.command}`"
+        f"out of {memory} in `dreamtext {args.command}`"
         + (f" ({detail})" if detail else "")
-        + "; free the GPU of other work"
+        + f"; {free}"
         + (f", or run again with {', '.join(fixes)}" if fixes else "")
     )
 

@@ -37,7 +37,7 @@ from dreamtext.checkpoint import (
     load_run,
     remove_stale_temps,
 )
-from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
+from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
@@ -320,24 +320,25 @@ def export_field(
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
-    ``DreamtextError`` (writing nothing) for an empty field, and for a GPU that runs out of
-    memory on the way (naming the settings that need less).
+    ``DreamtextError`` (writing nothing) for an empty field, and for a GPU or host that runs
+    out of memory on the way (naming the settings that need less).
     """
     options = options or ExportOptions()
     options.validate()
     check_memory(options)
     out_dir = Path(out_dir)
 
-    def explain() -> str:
+    def explain(memory: str) -> str:
+        on_the_gpu = ", or --device cpu" if memory == "GPU memory" else ""
         return (
-            f"out of GPU memory while exporting {out_dir} (marching cubes at "
+            f"out of {memory} while exporting {out_dir} (marching cubes at "
             f"{options.resolution}^3, {options.texture_size} px texture, {options.video_size} px "
             "turntable); nothing was written and the trained run is kept: run `dreamtext export "
-            f"--workspace {out_dir}` with a smaller --resolution or --texture-size, --no-video, "
-            "or --device cpu"
+            f"--workspace {out_dir}` with a smaller --resolution or --texture-size, or --no-video"
+            f"{on_the_gpu}"
         )
 
-    with out_of_gpu_memory_is_a_user_error(explain):
+    with out_of_memory_is_a_user_error(explain):
         return _export_field(field, out_dir, options, renderer)
 
 

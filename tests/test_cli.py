@@ -529,6 +529,38 @@ def test_out_of_gpu_memory_anywhere_is_one_line_with_the_commands_own_fixes(
     assert "capacity" not in err
 
 
+@pytest.mark.parametrize(
+    ("error", "detail"),
+    [
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                "allocate memory: you tried to allocate 3221225472 bytes. Error code 12 "
+                "(Cannot allocate memory)"
+            ),
+            "tried to allocate 3072 MiB",
+        ),
+        (MemoryError(), None),
+    ],
+    ids=["cpu-allocator", "memory-error"],
+)
+def test_out_of_host_memory_anywhere_is_one_line_naming_what_to_reduce(
+    monkeypatch, capsys, error, detail
+):
+    """ulimit -v or a full RAM: torch's CPU allocator raises a RuntimeError, numpy a
+    MemoryError; both were tracebacks (exit 1)."""
+    from dreamtext import cli
+
+    def run_out(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_image", run_out)
+    code, err = run_main(["image", "mug.png"], capsys)
+    expected = ["out of memory in `dreamtext image`", "close other programs", "--h/--w"]
+    assert_user_error(code, err, *expected, *([detail] if detail else []))
+    assert "GPU" not in err and "--fp16" not in err and "enforce" not in err
+
+
 def test_other_errors_still_raise(monkeypatch, capsys):
     from dreamtext import cli
 

@@ -518,19 +518,37 @@ def test_export_without_workspace_takes_the_latest_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("stage", ["bake_texture", "render_turntable"])
-def test_out_of_gpu_memory_in_export_names_the_fixes_and_writes_nothing(
-    tmp_path, monkeypatch, stage
+@pytest.mark.parametrize(
+    ("error", "memory"),
+    [
+        (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB"), "GPU"),
+        (  # torch's CPU allocator (ulimit -v, a full RAM)
+            lambda: RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes."
+            ),
+            "CPU",
+        ),
+        (lambda: MemoryError(), "CPU"),  # numpy's, marching cubes' and the texture's arrays
+    ],
+    ids=["gpu", "cpu-allocator", "memory-error"],
+)
+def test_out_of_memory_in_export_names_the_fixes_and_writes_nothing(
+    tmp_path, monkeypatch, stage, error, memory
 ):
     def run_out(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+        raise error()
 
     monkeypatch.setattr(export_module, stage, run_out)
-    with pytest.raises(DreamtextError) as error:
+    with pytest.raises(DreamtextError) as raised:
         export_field(SphereField(), tmp_path / "run", small_options(), renderer=SphereTracer())
-    message = str(error.value)
+    message = str(raised.value)
     assert "\n" not in message
-    for fix in ("out of GPU memory", "--resolution", "--texture-size", "--no-video", "--device"):
+    for fix in ("--resolution", "--texture-size", "--no-video"):
         assert fix in message
+    if memory == "GPU":
+        assert "out of GPU memory" in message and "--device cpu" in message
+    else:
+        assert "out of memory" in message and "GPU" not in message and "--device" not in message
     assert f"--workspace {tmp_path / 'run'}" in message
     assert not (tmp_path / "run").exists()
 
