@@ -562,14 +562,60 @@ def default_renderer(field: torch.nn.Module) -> torch.nn.Module:
 
 
 def _write_mp4(images: list[np.ndarray], path: Path) -> None:
+    """Encode ``images`` with ffmpeg into ``path``; raise a :class:`DreamtextError` when ffmpeg
+    stopped before the file was whole (a full disk or quota, a file-size limit).
+
+    imageio-ffmpeg ignores ffmpeg's exit status: an ffmpeg that could not write its last bytes
+    (the index) leaves a truncated file and no error, one killed mid-stream (SIGXFSZ) an
+    ``OSError`` without an errno, 'Broken pipe' and the whole ffmpeg command line. So the file
+    is checked instead.
+    """
     writer = imageio.get_writer(
         path, format="FFMPEG", fps=VIDEO_FPS, codec="libx264", quality=8, macro_block_size=2
     )
+    stopped = False
     try:
         for image in images:
             writer.append_data(image)
+    except OSError as error:
+        if error.errno is not None:  # a real file error of this process: the CLI says it
+            raise
+        stopped = True  # ffmpeg stopped reading frames: it has exited
     finally:
         writer.close()
+    if stopped or not mp4_is_whole(path):
+        raise DreamtextError(
+            "ffmpeg could not finish the turntable video (a full disk or quota, or a file-size "
+            "limit; its own message, if any, is above): free space and export again, or "
+            "export with --no-video"
+        )
+
+
+def mp4_is_whole(path: Path) -> bool:
+    """Whether ``path``'s top-level MP4 boxes (a 32-bit size, 1 for a 64-bit one that follows
+    the type, 0 for up to the end; then a 4-letter type) fill the file exactly and include the
+    index (``moov``) and the frames (``mdat``): a file cut short fails one of the two."""
+    found, end = set(), path.stat().st_size
+    with path.open("rb") as f:
+        at = 0
+        while at < end:
+            header = f.read(8)
+            if len(header) < 8:
+                return False
+            size, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if size == 1:
+                large = f.read(8)
+                if len(large) < 8:
+                    return False
+                size = int.from_bytes(large, "big")
+            elif size == 0:
+                size = end - at
+            if size < 8 or at + size > end:
+                return False
+            found.add(kind)
+            at += size
+            f.seek(at)
+    return {b"moov", b"mdat"} <= found
 
 
 def _gif_bytes(images: list[np.ndarray]) -> bytes:
@@ -654,6 +700,7 @@ __all__ = [
     "export_memory",
     "export_workspace",
     "find_latest_workspace",
+    "mp4_is_whole",
     "recorded_options",
     "render_turntable",
     "resolve_workspace",

@@ -5,8 +5,10 @@ import dataclasses
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ import torch
 import trimesh
 from analytic_field import ALBEDO, EmptyField, SphereField, SphereTracer, direction_albedo
 from PIL import Image
+from test_checkpoint import files_limited_to
 
 from dreamtext import export as export_module
 from dreamtext import shapes
@@ -29,6 +32,7 @@ from dreamtext.export import (
     export_field,
     export_workspace,
     find_latest_workspace,
+    mp4_is_whole,
     render_turntable,
     turntable_poses,
     write_all_atomically,
@@ -438,6 +442,59 @@ def test_failed_write_leaves_old_files_and_no_temp_files(tmp_path):
         write_all_atomically({old: b"new", tmp_path / "video" / "turntable.mp4": broken_encoder})
     assert old.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mesh", "mesh.glb"]
+
+
+def test_a_turntable_ffmpeg_could_not_finish_is_an_error_and_no_file(tmp_path):
+    """A file-size limit (as a full disk) stops ffmpeg while it writes the index at the end:
+    imageio-ffmpeg took that for success, and the export renamed a truncated turntable.mp4 into
+    place."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(60)]
+    mp4 = tmp_path / "video" / "turntable.mp4"
+    with files_limited_to(20_000), pytest.raises(DreamtextError) as raised:
+        write_all_atomically({mp4: lambda path: export_module._write_mp4(images, path)})
+    assert "--no-video" in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "video").exists()
+
+
+def test_an_ffmpeg_killed_mid_stream_is_an_error_not_a_traceback(tmp_path):
+    """Under `ulimit -f` ffmpeg is killed (SIGXFSZ) while frames still come: imageio-ffmpeg
+    raised an OSError without an errno ('Broken pipe' and ffmpeg's command line), which the CLI
+    shows as a traceback. Run in a process of its own, as the shell's limit applies (Python
+    ignores SIGXFSZ and gives ffmpeg the default action back)."""
+    script = f"""
+import numpy as np
+from pathlib import Path
+from dreamtext import export
+from dreamtext.errors import DreamtextError
+images = [np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)] * 60
+mp4 = Path({str(tmp_path / "video" / "turntable.mp4")!r})
+try:
+    export.write_all_atomically({{mp4: lambda path: export._write_mp4(images, path)}})
+except DreamtextError:
+    print("DreamtextError")
+"""
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=limit_files
+    )
+    assert done.stdout.strip() == "DreamtextError", done.stderr[-2000:]
+    assert not (tmp_path / "video").exists()
+
+
+def test_a_whole_mp4_is_told_from_one_cut_short(tmp_path):
+    rng = np.random.default_rng(0)
+    mp4 = tmp_path / "whole.mp4"
+    export_module._write_mp4([rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)] * 30, mp4)
+    data = mp4.read_bytes()
+    assert mp4_is_whole(mp4)
+    for cut in (len(data) - 1, len(data) // 2, 7):
+        short = tmp_path / f"cut{cut}.mp4"
+        short.write_bytes(data[:cut])
+        assert not mp4_is_whole(short), cut
 
 
 def test_an_export_removes_the_temp_files_of_an_export_that_was_killed(tmp_path):
