@@ -789,6 +789,11 @@ WRITE_ELSEWHERE = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The workspace's path printed at the end of a run must not turn it into a traceback where
+    # stdout cannot encode a prompt's letters (PYTHONIOENCODING=ascii, a Latin-1 locale): what
+    # it cannot show is escaped, as Python does on stderr.
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_command_line(argv)
     show_progress_messages()
     try:
