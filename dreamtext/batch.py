@@ -55,7 +55,7 @@ from dreamtext.config import (
     slugify,
 )
 from dreamtext.devices import free_memory, memory_that_ran_out
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process
 from dreamtext.runstatus import (
@@ -109,6 +109,15 @@ NOT_COMPARED = frozenset(
 GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
     kind for kind in (getattr(torch, "AcceleratorError", None),) if kind is not None
 )
+
+
+def the_machines_state(error: BaseException) -> bool:
+    """Whether ``error`` is the machine's, not a bug of dreamtext's: out of memory, a full disk
+    or quota, a file-size limit, a refused write. Its one line in the record and on stderr says
+    it all; a traceback would not help."""
+    if memory_that_ran_out(error) is not None:
+        return True
+    return isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -824,7 +833,7 @@ def run_entry(
         )
     except Exception as error:  # a bug: record it, keep the traceback
         result = {"status": "failed", "error": error_line(error)}
-        if memory_that_ran_out(error) is None:
+        if not the_machines_state(error):
             traceback.print_exc()
         _say(f"batch: line {entry.line} failed: {error_line(error)}")
     finally:

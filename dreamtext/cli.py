@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import logging
 import math
 import os
@@ -19,15 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from dreamtext import __version__
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-# File-system errors that are the machine's state, not a bug: one line, not a traceback.
-# EFBIG: a file over the file-size limit (ulimit -f, a file system's largest file).
-ENVIRONMENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
-)
 
 
 def _positive(convert: type, what: str):
