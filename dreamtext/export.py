@@ -35,6 +35,7 @@ from dreamtext.checkpoint import (
     file_mode,
     last_checkpoint,
     load_run,
+    naming_the_file,
     remove_stale_temps,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
@@ -672,11 +673,12 @@ def write_all_atomically(files: dict[Path, bytes | Callable[[Path], None]]) -> l
                     created.append(folder)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
             temps[path] = Path(tmp)
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(content, bytes):
-                    f.write(content)
-            if not isinstance(content, bytes):
-                content(Path(tmp))
+            with naming_the_file(path):
+                with os.fdopen(fd, "wb") as f:
+                    if isinstance(content, bytes):
+                        f.write(content)
+                if not isinstance(content, bytes):
+                    content(Path(tmp))
             os.chmod(tmp, file_mode())  # mkstemp makes 0600 files; exports are meant to be shared
         for path, tmp in temps.items():
             os.replace(tmp, path)

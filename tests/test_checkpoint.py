@@ -45,6 +45,15 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_an_os_error(tmp_path: Pat
     assert load_checkpoint(folder / "last.pt")["step"] == 5  # the last good one stays
 
 
+def test_a_write_that_does_not_fit_names_its_file(tmp_path: Path):
+    """The CLI's line was 'File too large; free disk space …' without the file: an error of
+    writing to an open file carries no name."""
+    with files_limited_to(100_000), pytest.raises(OSError) as error:
+        save_checkpoint(tmp_path, a_state(10))  # 400 kB
+    assert error.value.errno in (errno.EFBIG, errno.ENOSPC)
+    assert error.value.filename == str(tmp_path / "checkpoints" / "last.pt")
+
+
 def test_a_checkpoint_removes_the_temp_files_of_writes_that_were_killed(tmp_path: Path):
     """SIGKILL during a save (a scheduler's grace period ending, the OOM killer) leaves the
     hidden temp file, as large as a checkpoint; no later save replaced or removed it."""

@@ -2,6 +2,7 @@
 valid glTF, textures, turntable, atomic writes, bad input."""
 
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -495,6 +496,16 @@ def test_a_whole_mp4_is_told_from_one_cut_short(tmp_path):
         short = tmp_path / f"cut{cut}.mp4"
         short.write_bytes(data[:cut])
         assert not mp4_is_whole(short), cut
+
+
+def test_an_export_file_that_does_not_fit_is_named(tmp_path):
+    """ulimit -f or a full disk: 'File too large (…/mesh/mesh.glb)', not a nameless error."""
+    glb = tmp_path / "mesh" / "mesh.glb"
+    with files_limited_to(20_000), pytest.raises(OSError) as error:
+        write_all_atomically({tmp_path / "mesh" / "mesh.json": b"{}", glb: bytes(50_000)})
+    assert error.value.errno in (errno.EFBIG, errno.ENOSPC)
+    assert error.value.filename == str(glb)
+    assert not (tmp_path / "mesh").exists()
 
 
 def test_an_export_removes_the_temp_files_of_an_export_that_was_killed(tmp_path):
