@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from dreamtext.devices import memory_that_ran_out
 from dreamtext.errors import DreamtextError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -203,7 +204,14 @@ def load_checkpoint(
         raise DreamtextError(f"no checkpoint at {path}; train first with `dreamtext text PROMPT`")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError as exc:  # a whole checkpoint this user may not read: keep it
+        raise DreamtextError(
+            f"cannot read checkpoint {path} ({exc.strerror}); give this user read access to it "
+            "(its owner can: chmod a+r) and run again"
+        ) from None
     except Exception as exc:  # a corrupt or foreign file, not a bug of ours
+        if memory_that_ran_out(exc) is not None:  # the machine's, and said as such by the CLI
+            raise
         raise DreamtextError(
             f"cannot read checkpoint {path} ({type(exc).__name__}); {_instead(path)}"
         ) from None

@@ -136,6 +136,40 @@ def test_a_checkpoint_without_a_runs_state_is_a_user_error_naming_an_older_one(t
         load_run(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied"), DreamtextError),
+        (
+            RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"
+            ),
+            RuntimeError,
+        ),
+    ],
+    ids=["permission-denied", "out-of-memory"],
+)
+def test_a_checkpoint_the_machine_cannot_read_is_not_called_damaged(
+    tmp_path: Path, monkeypatch, error, expected
+):
+    """A last.pt this user may not read (another user's run, a restrictive umask), or a load
+    that runs out of memory, was 'cannot read checkpoint …; copy step_000005.pt over it' (or
+    'delete it to start over'): advice that throws a whole checkpoint away."""
+    save_checkpoint(tmp_path, a_state(5))
+    save_checkpoint(tmp_path, a_state(10))
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(expected) as raised:
+        load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    message = str(raised.value)
+    assert "over it" not in message and "delete" not in message
+    if expected is DreamtextError:
+        assert "Permission denied" in message and "read access" in message
+
+
 def test_an_unreadable_last_checkpoint_names_the_step_file_to_go_on_from(tmp_path: Path):
     save_checkpoint(tmp_path, a_state(5))
     save_checkpoint(tmp_path, a_state(10))
