@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -801,6 +802,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreamtext {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:  # a path the user typed (--workspace, --static)
+            print(
+                f"dreamtext: error: {error.strerror} ({error.filename}); give a shorter path "
+                "(a folder's or file's name is at most 255 bytes)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
         where = f" ({error.filename})" if error.filename else ""

@@ -657,6 +657,22 @@ def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
     assert (status["state"], status["phase"]) == ("interrupted", "export")
 
 
+@pytest.mark.parametrize("command", ["text", "view"])
+def test_a_path_name_too_long_is_one_line(tmp_path, capsys, command):
+    """A folder name over 255 bytes (--workspace, --static) was an OSError traceback (ENAMETOOLONG),
+    before anything loaded."""
+    long = tmp_path / ("x" * 300)
+    run = tmp_path / "runs" / "a_red_cube"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"prompt": "a red cube"}')
+    args = {
+        "text": ["text", "a red cube", "--model", "builtin:shapes", "--workspace", long],
+        "view": ["view", run, "--static", long],
+    }[command]
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, "File name too long", "give a shorter path")
+
+
 def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
     from dreamtext import cli
 
