@@ -54,8 +54,8 @@ from dreamtext.config import (
     run_owner,
     slugify,
 )
-from dreamtext.devices import free_memory
-from dreamtext.errors import DreamtextError
+from dreamtext.devices import free_memory, memory_that_ran_out
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, this_process
 from dreamtext.runstatus import (
@@ -104,10 +104,20 @@ NOT_COMPARED = frozenset(
 
 # CUDA's own errors (torch ≥ 2.8). Most (an illegal address, a device-side assert, a lost GPU)
 # leave the process's CUDA context unusable, so the batch stops at the first; running out of
-# memory (torch.OutOfMemoryError, not one of them) does not, and the next line may fit.
+# memory (torch.OutOfMemoryError, not one of them) does not, and the next line may fit; nor
+# does the host's (devices.memory_that_ran_out).
 GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
     kind for kind in (getattr(torch, "AcceleratorError", None),) if kind is not None
 )
+
+
+def the_machines_state(error: BaseException) -> bool:
+    """Whether ``error`` is the machine's, not a bug of dreamtext's: out of memory, a full disk
+    or quota, a file-size limit, a refused write. Its one line in the record and on stderr says
+    it all; a traceback would not help."""
+    if memory_that_ran_out(error) is not None:
+        return True
+    return isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -862,7 +872,7 @@ def run_entry(
         )
     except Exception as error:  # a bug: record it, keep the traceback
         result = {"status": "failed", "error": error_line(error)}
-        if not isinstance(error, torch.OutOfMemoryError):
+        if not the_machines_state(error):
             traceback.print_exc()
         _say(f"batch: line {entry.line} failed: {error_line(error)}")
     finally:

@@ -13,12 +13,14 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dreamtext.devices import memory_that_ran_out
 from dreamtext.errors import DreamtextError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -71,7 +73,7 @@ def atomic_write_bytes(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming_the_file(path), os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -82,6 +84,18 @@ def atomic_write_bytes(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def naming_the_file(path: Path) -> Iterator[None]:
+    """Give an ``OSError`` of writing to an open file (no name: a full disk, ``ulimit -f``) the
+    name of the file being written, so that the CLI's one line says which."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def _give_name(source: Path, name: Path) -> None:
@@ -190,7 +204,14 @@ def load_checkpoint(
         raise DreamtextError(f"no checkpoint at {path}; train first with `dreamtext text PROMPT`")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError as exc:  # a whole checkpoint this user may not read: keep it
+        raise DreamtextError(
+            f"cannot read checkpoint {path} ({exc.strerror}); give this user read access to it "
+            "(its owner can: chmod a+r) and run again"
+        ) from None
     except Exception as exc:  # a corrupt or foreign file, not a bug of ours
+        if memory_that_ran_out(exc) is not None:  # the machine's, and said as such by the CLI
+            raise
         raise DreamtextError(
             f"cannot read checkpoint {path} ({type(exc).__name__}); {_instead(path)}"
         ) from None

@@ -12,21 +12,17 @@ import errno
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from dreamtext import __version__
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-# File-system errors that are the machine's state, not a bug: one line, not a traceback.
-# EFBIG: a file over the file-size limit (ulimit -f, a file system's largest file).
-ENVIRONMENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
-)
 
 
 def _positive(convert: type, what: str):
@@ -801,6 +797,11 @@ WRITE_ELSEWHERE = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The workspace's path printed at the end of a run must not turn it into a traceback where
+    # stdout cannot encode a prompt's letters (PYTHONIOENCODING=ascii, a Latin-1 locale): what
+    # it cannot show is escaped, as Python does on stderr.
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_command_line(argv)
     show_progress_messages()
     try:
@@ -814,6 +815,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreamtext {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:  # a path the user typed (--workspace, --static)
+            print(
+                f"dreamtext: error: {error.strerror} ({error.filename}); give a shorter path "
+                "(a folder's or file's name is at most 255 bytes)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
         where = f" ({error.filename})" if error.filename else ""
@@ -824,30 +832,44 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     except Exception as error:
-        if not is_out_of_gpu_memory(error):
+        memory = memory_that_ran_out(error)
+        if memory is None:
             raise
         # Where a command has no handler of its own (training and export name their fixes).
-        print(f"dreamtext: error: {out_of_memory_line(args, error)}", file=sys.stderr)
+        print(f"dreamtext: error: {out_of_memory_line(args, error, memory)}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def is_out_of_gpu_memory(error: BaseException) -> bool:
-    """Whether ``error`` is torch's out-of-memory error (torch imported only if already loaded:
-    ``view`` runs without it)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+def memory_that_ran_out(error: BaseException) -> str | None:
+    """``"GPU memory"`` or ``"memory"`` (the host's) when ``error`` says it ran out, else
+    ``None`` (:func:`dreamtext.devices.memory_that_ran_out`; torch is not imported for it:
+    ``view`` runs without)."""
+    if "torch" not in sys.modules:
+        return "memory" if isinstance(error, MemoryError) else None
+    from dreamtext.devices import memory_that_ran_out as torch_memory_that_ran_out
+
+    return torch_memory_that_ran_out(error)
 
 
-def out_of_memory_line(args: argparse.Namespace, error: BaseException) -> str:
-    """One line for an out-of-memory error: the command, torch's first sentence of it (how much
-    it tried to allocate) and the fixes among the command's own flags."""
-    detail = str(error).splitlines()[0].split(" GPU ")[0].strip().rstrip(".") if str(error) else ""
-    flags = {"fp16": "--fp16", "h": "a smaller --h/--w", "device": "--device cpu"}
+def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: str) -> str:
+    """One line for an out-of-memory error: the command, how much it tried to allocate (torch's
+    first sentence for the GPU, its byte count for the host) and the fixes among the command's
+    own flags."""
+    if memory == "GPU memory":
+        text = str(error).splitlines()[0] if str(error) else ""
+        detail = text.split(" GPU ")[0].strip().rstrip(".")
+        flags = {"fp16": "--fp16", "h": "a smaller --h/--w", "device": "--device cpu"}
+        free = "free the GPU of other work"
+    else:
+        tried = re.search(r"allocate (\d+) bytes", str(error))
+        detail = f"tried to allocate {int(tried[1]) / 2**20:.0f} MiB" if tried else ""
+        flags = {"h": "a smaller --h/--w"}
+        free = "close other programs"
     fixes = [fix for name, fix in flags.items() if hasattr(args, name)]
     return (
-        f"out of GPU memory in `dreamtext {args.command}`"
+        f"out of {memory} in `dreamtext {args.command}`"
         + (f" ({detail})" if detail else "")
-        + "; free the GPU of other work"
+        + f"; {free}"
         + (f", or run again with {', '.join(fixes)}" if fixes else "")
     )
 

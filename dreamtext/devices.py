@@ -125,19 +125,41 @@ def free_memory(device: torch.device | None = None) -> None:
         torch.cuda.empty_cache()
 
 
+# How torch's CPU allocator reports a failed allocation (c10's alloc_cpu.cpp): a RuntimeError
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes", not a MemoryError.
+CPU_ALLOCATION_FAILED = "can't allocate memory"
+
+
+def memory_that_ran_out(error: BaseException) -> str | None:
+    """``"GPU memory"`` for CUDA's out-of-memory error, ``"memory"`` for the host's (Python's
+    and numpy's ``MemoryError``, torch's CPU allocator's ``RuntimeError``: RAM full, or a
+    ``ulimit -v`` / cgroup limit reached), ``None`` for any other error."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return "GPU memory"
+    if isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and CPU_ALLOCATION_FAILED in str(error)
+    ):
+        return "memory"
+    return None
+
+
 @contextmanager
-def out_of_gpu_memory_is_a_user_error(explain: Callable[[], str]) -> Iterator[None]:
-    """Run the body; if CUDA runs out of memory there, free what the failed work held and raise
-    a :class:`DreamtextError` whose one line is ``explain()``.
+def out_of_memory_is_a_user_error(explain: Callable[[str], str]) -> Iterator[None]:
+    """Run the body; if the GPU or the host runs out of memory there, free what the failed work
+    held and raise a :class:`DreamtextError` whose one line is ``explain(memory)``, ``memory``
+    being :func:`memory_that_ran_out`'s ``"GPU memory"`` or ``"memory"``.
 
     ``explain`` is called after the memory is freed, so it may save files (a checkpoint) and
     name them. Any other error passes through unchanged.
     """
     try:
         yield
-    except torch.OutOfMemoryError:
-        pass  # handled below, outside the except block, so its frames' tensors can be freed
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        memory = memory_that_ran_out(error)
+        if memory is None:
+            raise
+        # handled below, outside the except block, so its frames' tensors can be freed
     else:
         return
     free_memory()
-    raise DreamtextError(explain())
+    raise DreamtextError(explain(memory))

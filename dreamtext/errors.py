@@ -1,8 +1,17 @@
 """The one exception type a user can cause.
 
 A ``DreamtextError`` carries a one-line message that names the fix. The CLI prints it to stderr
-without a traceback and exits with status 2; every other exception is a bug and stays a traceback.
+without a traceback and exits with status 2; every other exception is a bug and stays a traceback,
+except the file-system errors that are the machine's state (:data:`ENVIRONMENT_ERRNOS`).
 """
+
+import errno
+
+# File-system errors that are the machine's state, not a bug: one line, not a traceback.
+# EFBIG: a file over the file-size limit (ulimit -f, a file system's largest file).
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+)
 
 
 class DreamtextError(Exception):

@@ -34,11 +34,12 @@ from dreamtext.checkpoint import (
     check_writable,
     file_mode,
     last_checkpoint,
+    naming_the_file,
     read_run_checkpoint,
     remove_stale_temps,
     run_from_state,
 )
-from dreamtext.devices import out_of_gpu_memory_is_a_user_error, resolve_device
+from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
@@ -339,24 +340,25 @@ def export_field(
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
-    ``DreamtextError`` (writing nothing) for an empty field, and for a GPU that runs out of
-    memory on the way (naming the settings that need less).
+    ``DreamtextError`` (writing nothing) for an empty field, and for a GPU or host that runs
+    out of memory on the way (naming the settings that need less).
     """
     options = options or ExportOptions()
     options.validate()
     check_memory(options)
     out_dir = Path(out_dir)
 
-    def explain() -> str:
+    def explain(memory: str) -> str:
+        on_the_gpu = ", or --device cpu" if memory == "GPU memory" else ""
         return (
-            f"out of GPU memory while exporting {out_dir} (marching cubes at "
+            f"out of {memory} while exporting {out_dir} (marching cubes at "
             f"{options.resolution}^3, {options.texture_size} px texture, {options.video_size} px "
             "turntable); nothing was written and the trained run is kept: run `dreamtext export "
-            f"--workspace {out_dir}` with a smaller --resolution or --texture-size, --no-video, "
-            "or --device cpu"
+            f"--workspace {out_dir}` with a smaller --resolution or --texture-size, or --no-video"
+            f"{on_the_gpu}"
         )
 
-    with out_of_gpu_memory_is_a_user_error(explain):
+    with out_of_memory_is_a_user_error(explain):
         return _export_field(field, out_dir, options, renderer, step)
 
 
@@ -582,14 +584,60 @@ def default_renderer(field: torch.nn.Module) -> torch.nn.Module:
 
 
 def _write_mp4(images: list[np.ndarray], path: Path) -> None:
+    """Encode ``images`` with ffmpeg into ``path``; raise a :class:`DreamtextError` when ffmpeg
+    stopped before the file was whole (a full disk or quota, a file-size limit).
+
+    imageio-ffmpeg ignores ffmpeg's exit status: an ffmpeg that could not write its last bytes
+    (the index) leaves a truncated file and no error, one killed mid-stream (SIGXFSZ) an
+    ``OSError`` without an errno, 'Broken pipe' and the whole ffmpeg command line. So the file
+    is checked instead.
+    """
     writer = imageio.get_writer(
         path, format="FFMPEG", fps=VIDEO_FPS, codec="libx264", quality=8, macro_block_size=2
     )
+    stopped = False
     try:
         for image in images:
             writer.append_data(image)
+    except OSError as error:
+        if error.errno is not None:  # a real file error of this process: the CLI says it
+            raise
+        stopped = True  # ffmpeg stopped reading frames: it has exited
     finally:
         writer.close()
+    if stopped or not mp4_is_whole(path):
+        raise DreamtextError(
+            "ffmpeg could not finish the turntable video (a full disk or quota, or a file-size "
+            "limit; its own message, if any, is above): free space and export again, or "
+            "export with --no-video"
+        )
+
+
+def mp4_is_whole(path: Path) -> bool:
+    """Whether ``path``'s top-level MP4 boxes (a 32-bit size, 1 for a 64-bit one that follows
+    the type, 0 for up to the end; then a 4-letter type) fill the file exactly and include the
+    index (``moov``) and the frames (``mdat``): a file cut short fails one of the two."""
+    found, end = set(), path.stat().st_size
+    with path.open("rb") as f:
+        at = 0
+        while at < end:
+            header = f.read(8)
+            if len(header) < 8:
+                return False
+            size, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if size == 1:
+                large = f.read(8)
+                if len(large) < 8:
+                    return False
+                size = int.from_bytes(large, "big")
+            elif size == 0:
+                size = end - at
+            if size < 8 or at + size > end:
+                return False
+            found.add(kind)
+            at += size
+            f.seek(at)
+    return {b"moov", b"mdat"} <= found
 
 
 def _gif_bytes(images: list[np.ndarray]) -> bytes:
@@ -646,11 +694,12 @@ def write_all_atomically(files: dict[Path, bytes | Callable[[Path], None]]) -> l
                     created.append(folder)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
             temps[path] = Path(tmp)
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(content, bytes):
-                    f.write(content)
-            if not isinstance(content, bytes):
-                content(Path(tmp))
+            with naming_the_file(path):
+                with os.fdopen(fd, "wb") as f:
+                    if isinstance(content, bytes):
+                        f.write(content)
+                if not isinstance(content, bytes):
+                    content(Path(tmp))
             os.chmod(tmp, file_mode())  # mkstemp makes 0600 files; exports are meant to be shared
         for path, tmp in temps.items():
             os.replace(tmp, path)
@@ -674,6 +723,7 @@ __all__ = [
     "export_memory",
     "export_workspace",
     "find_latest_workspace",
+    "mp4_is_whole",
     "recorded_options",
     "render_turntable",
     "resolve_workspace",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +54,18 @@ def locate_model(model: str) -> str:
     :class:`DreamtextError` naming the fix."""
     path = Path(model).expanduser()
     if path.exists():
+        # A folder this user may not read is not a damaged one (nor a full disk, as an
+        # OSError's line would say): name it and the fix.
+        unreadable = [
+            folder
+            for folder in (path, *(path / sub for sub in SD_SUBFOLDERS))
+            if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK)
+        ]
+        if unreadable:
+            raise DreamtextError(
+                f"cannot read the model folder {unreadable[0]} (permission denied); give this "
+                f"user read access to {path} (its owner can: chmod -R a+rX)"
+            )
         missing = [sub for sub in SD_SUBFOLDERS if not (path / sub).is_dir()]
         if missing:
             raise DreamtextError(

@@ -16,6 +16,7 @@ takes one ray through each pixel centre, as the trainer's renderer does (``DATAS
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import tempfile
@@ -37,6 +38,8 @@ from dreamtext.cameras import (
     with_view,
 )
 from dreamtext.errors import DreamtextError
+
+log = logging.getLogger(__name__)
 
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder", "cone", "torus")
 
@@ -470,7 +473,8 @@ def load_dataset(
 
     The file is ``shapes-<key>.npz`` (key: a hash of every parameter that changes the images),
     images stored as 8-bit, written to a temporary file and renamed so that concurrent runs never
-    read half a file.
+    read half a file. A cache that cannot be written (read-only, full, ``HOME`` unset) is a
+    warning: the rendered dataset is returned all the same.
     """
     directory = Path(directory) if directory is not None else cache_dir()
     path = directory / f"shapes-{_cache_key(cameras, height, width, thresholds)}.npz"
@@ -487,6 +491,21 @@ def load_dataset(
     # The returned dataset is the quantised one, so a fresh render and a cache hit are identical.
     images8 = (dataset.images * 255.0).round().clamp(0, 255).to(torch.uint8)
     dataset.images = images8.float() / 255.0
+    try:
+        _write_cache(path, dataset, images8)
+    except OSError as error:  # the images are here; only the next run's time is lost
+        log.warning(
+            "could not keep the built-in prior's images in %s (%s); the next run renders them "
+            "again: set DREAMTEXT_CACHE to a folder you can write",
+            directory,
+            error.strerror or error,
+        )
+    return dataset
+
+
+def _write_cache(path: Path, dataset: ShapesDataset, images8: Tensor) -> None:
+    """``dataset`` (its images as ``images8``) into the cache file ``path``, atomically."""
+    directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
     try:
@@ -504,7 +523,6 @@ def load_dataset(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return dataset
 
 
 __all__ = [

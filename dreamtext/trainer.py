@@ -52,7 +52,7 @@ from dreamtext.config import (
 from dreamtext.devices import (
     describe_device,
     fp16_loss_scaler,
-    out_of_gpu_memory_is_a_user_error,
+    out_of_memory_is_a_user_error,
     resolve_device,
     software_versions,
 )
@@ -484,7 +484,7 @@ def _train(run: Run, resume: bool) -> Path:
         ) as bar,
     ):
         while run.step < cfg.iters:
-            with out_of_memory_is_a_user_error(run):
+            with out_of_memory_saves_a_checkpoint(run):
                 record = train_step(run)
             bar.update(1)
             postfix = {"loss": f"{record['loss']:.4g}", "t": f"{record.get('t', 0):.0f}"}
@@ -501,7 +501,7 @@ def _train(run: Run, resume: bool) -> Path:
                 log.flush()
                 update_status(workspace)
             if cfg.preview_every > 0 and run.step % cfg.preview_every == 0:
-                with out_of_memory_is_a_user_error(run):
+                with out_of_memory_saves_a_checkpoint(run):
                     save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
             if run.step % cfg.checkpoint_every == 0:
                 save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
@@ -511,7 +511,7 @@ def _train(run: Run, resume: bool) -> Path:
                 path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 raise TrainingInterrupted(run.step, path)
     save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
-    with out_of_memory_is_a_user_error(run):
+    with out_of_memory_saves_a_checkpoint(run):
         save_preview(run, workspace / "previews" / "final.png")
     if run.guidance.skipped_steps:
         tqdm.write(
@@ -533,27 +533,30 @@ def _train(run: Run, resume: bool) -> Path:
     return workspace
 
 
-def out_of_memory_is_a_user_error(run: Run) -> contextlib.AbstractContextManager:
-    """Turn CUDA's out-of-memory error into a :class:`DreamtextError` naming the fixes, after
-    saving a checkpoint so that ``--resume`` continues from there.
+def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextManager:
+    """Turn running out of GPU or host memory into a :class:`DreamtextError` naming the fixes,
+    after saving a checkpoint so that ``--resume`` continues from there.
 
     Memory runs out in the render, the guidance or the backward pass, before ``optimizer.step()``
     of that step, so the checkpoint holds the last finished step (``run.step``). (Adam's update
     allocates only its state, on the first step.)
     """
 
-    def explain() -> str:
+    def explain(memory: str) -> str:
         run.optimizer.zero_grad(set_to_none=True)
         path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
         cfg = run.cfg
+        # --fp16 halves the GPU's share; the host's is the render's samples and the prior.
+        first = "--fp16, " if memory == "GPU memory" else "a smaller --batch-size, "
+        last = "" if memory == "GPU memory" else ", or close other programs"
         return (
-            f"out of GPU memory after step {run.step} ({cfg.h}x{cfg.w} px, batch "
+            f"out of {memory} after step {run.step} ({cfg.h}x{cfg.w} px, batch "
             f"{cfg.batch_size}); saved {path}; resume with --resume after one of: a smaller "
-            "--h/--w, --fp16, fewer samples (render.march_steps), a smaller "
-            "render.grad_chunk_points"
+            f"--h/--w, {first}fewer samples (render.march_steps), a smaller "
+            f"render.grad_chunk_points{last}"
         )
 
-    return out_of_gpu_memory_is_a_user_error(explain)
+    return out_of_memory_is_a_user_error(explain)
 
 
 def export_trained(run: Run) -> None:

@@ -1,5 +1,6 @@
 """`dreamtext batch`: one process for a list, skips and resumes, shares, locks, bad input."""
 
+import errno
 import hashlib
 import json
 import os
@@ -1032,6 +1033,35 @@ def test_a_file_where_a_prompts_folder_goes_fails_that_prompt_and_the_batch_goes
     err = capsys.readouterr().err
     assert f"batch: line 1 failed: {message}" in err and "Traceback" not in err
     assert (root / "a_red_cube").read_text() == "notes" and not (root / "a_red_cube.lock").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EFBIG, "File too large"),  # ulimit -f
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"),
+    ],
+    ids=["disk-full", "file-too-large", "out-of-memory"],
+)
+def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, error
+):
+    """A full disk or RAM is not a bug of dreamtext's: each line it failed printed a traceback."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+
+    def step_then_fail(run):
+        raise error
+
+    monkeypatch.setattr(trainer, "train_step", step_then_fail)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    (failed,) = rows(root)
+    assert failed["status"] == "failed"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"batch: line 1 failed: {failed['error']}" in err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -45,6 +45,15 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_an_os_error(tmp_path: Pat
     assert load_checkpoint(folder / "last.pt")["step"] == 5  # the last good one stays
 
 
+def test_a_write_that_does_not_fit_names_its_file(tmp_path: Path):
+    """The CLI's line was 'File too large; free disk space …' without the file: an error of
+    writing to an open file carries no name."""
+    with files_limited_to(100_000), pytest.raises(OSError) as error:
+        save_checkpoint(tmp_path, a_state(10))  # 400 kB
+    assert error.value.errno in (errno.EFBIG, errno.ENOSPC)
+    assert error.value.filename == str(tmp_path / "checkpoints" / "last.pt")
+
+
 def test_a_checkpoint_removes_the_temp_files_of_writes_that_were_killed(tmp_path: Path):
     """SIGKILL during a save (a scheduler's grace period ending, the OOM killer) leaves the
     hidden temp file, as large as a checkpoint; no later save replaced or removed it."""
@@ -125,6 +134,40 @@ def test_a_checkpoint_without_a_runs_state_is_a_user_error_naming_an_older_one(t
     assert message.endswith("step_000005.pt over it to go on from there")
     with pytest.raises(DreamtextError, match="not a dreamtext run checkpoint"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied"), DreamtextError),
+        (
+            RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"
+            ),
+            RuntimeError,
+        ),
+    ],
+    ids=["permission-denied", "out-of-memory"],
+)
+def test_a_checkpoint_the_machine_cannot_read_is_not_called_damaged(
+    tmp_path: Path, monkeypatch, error, expected
+):
+    """A last.pt this user may not read (another user's run, a restrictive umask), or a load
+    that runs out of memory, was 'cannot read checkpoint …; copy step_000005.pt over it' (or
+    'delete it to start over'): advice that throws a whole checkpoint away."""
+    save_checkpoint(tmp_path, a_state(5))
+    save_checkpoint(tmp_path, a_state(10))
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(expected) as raised:
+        load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    message = str(raised.value)
+    assert "over it" not in message and "delete" not in message
+    if expected is DreamtextError:
+        assert "Permission denied" in message and "read access" in message
 
 
 def test_an_unreadable_last_checkpoint_names_the_step_file_to_go_on_from(tmp_path: Path):

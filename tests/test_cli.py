@@ -534,6 +534,38 @@ def test_out_of_gpu_memory_anywhere_is_one_line_with_the_commands_own_fixes(
     assert "capacity" not in err
 
 
+@pytest.mark.parametrize(
+    ("error", "detail"),
+    [
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                "allocate memory: you tried to allocate 3221225472 bytes. Error code 12 "
+                "(Cannot allocate memory)"
+            ),
+            "tried to allocate 3072 MiB",
+        ),
+        (MemoryError(), None),
+    ],
+    ids=["cpu-allocator", "memory-error"],
+)
+def test_out_of_host_memory_anywhere_is_one_line_naming_what_to_reduce(
+    monkeypatch, capsys, error, detail
+):
+    """ulimit -v or a full RAM: torch's CPU allocator raises a RuntimeError, numpy a
+    MemoryError; both were tracebacks (exit 1)."""
+    from dreamtext import cli
+
+    def run_out(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_image", run_out)
+    code, err = run_main(["image", "mug.png"], capsys)
+    expected = ["out of memory in `dreamtext image`", "close other programs", "--h/--w"]
+    assert_user_error(code, err, *expected, *([detail] if detail else []))
+    assert "GPU" not in err and "--fp16" not in err and "enforce" not in err
+
+
 def test_other_errors_still_raise(monkeypatch, capsys):
     from dreamtext import cli
 
@@ -660,6 +692,22 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys):
     assert code == 0
     assert f"process {sleeper.pid} is still training {workspace} (step 2)" in err
     assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("command", ["text", "view"])
+def test_a_path_name_too_long_is_one_line(tmp_path, capsys, command):
+    """A folder name over 255 bytes (--workspace, --static) was an OSError traceback (ENAMETOOLONG),
+    before anything loaded."""
+    long = tmp_path / ("x" * 300)
+    run = tmp_path / "runs" / "a_red_cube"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"prompt": "a red cube"}')
+    args = {
+        "text": ["text", "a red cube", "--model", "builtin:shapes", "--workspace", long],
+        "view": ["view", run, "--static", long],
+    }[command]
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, "File name too long", "give a shorter path")
 
 
 def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):

@@ -2,11 +2,14 @@
 valid glTF, textures, turntable, atomic writes, bad input."""
 
 import dataclasses
+import errno
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +20,7 @@ import torch
 import trimesh
 from analytic_field import ALBEDO, EmptyField, SphereField, SphereTracer, direction_albedo
 from PIL import Image
+from test_checkpoint import files_limited_to
 
 from dreamtext import export as export_module
 from dreamtext import shapes
@@ -31,6 +35,7 @@ from dreamtext.export import (
     export_field,
     export_workspace,
     find_latest_workspace,
+    mp4_is_whole,
     render_turntable,
     turntable_poses,
     write_all_atomically,
@@ -445,6 +450,69 @@ def test_failed_write_leaves_old_files_and_no_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mesh", "mesh.glb"]
 
 
+def test_a_turntable_ffmpeg_could_not_finish_is_an_error_and_no_file(tmp_path):
+    """A file-size limit (as a full disk) stops ffmpeg while it writes the index at the end:
+    imageio-ffmpeg took that for success, and the export renamed a truncated turntable.mp4 into
+    place."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(60)]
+    mp4 = tmp_path / "video" / "turntable.mp4"
+    with files_limited_to(20_000), pytest.raises(DreamtextError) as raised:
+        write_all_atomically({mp4: lambda path: export_module._write_mp4(images, path)})
+    assert "--no-video" in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "video").exists()
+
+
+def test_an_ffmpeg_killed_mid_stream_is_an_error_not_a_traceback(tmp_path):
+    """Under `ulimit -f` ffmpeg is killed (SIGXFSZ) while frames still come: imageio-ffmpeg
+    raised an OSError without an errno ('Broken pipe' and ffmpeg's command line), which the CLI
+    shows as a traceback. Run in a process of its own, as the shell's limit applies (Python
+    ignores SIGXFSZ and gives ffmpeg the default action back)."""
+    script = f"""
+import numpy as np
+from pathlib import Path
+from dreamtext import export
+from dreamtext.errors import DreamtextError
+images = [np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)] * 60
+mp4 = Path({str(tmp_path / "video" / "turntable.mp4")!r})
+try:
+    export.write_all_atomically({{mp4: lambda path: export._write_mp4(images, path)}})
+except DreamtextError:
+    print("DreamtextError")
+"""
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=limit_files
+    )
+    assert done.stdout.strip() == "DreamtextError", done.stderr[-2000:]
+    assert not (tmp_path / "video").exists()
+
+
+def test_a_whole_mp4_is_told_from_one_cut_short(tmp_path):
+    rng = np.random.default_rng(0)
+    mp4 = tmp_path / "whole.mp4"
+    export_module._write_mp4([rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)] * 30, mp4)
+    data = mp4.read_bytes()
+    assert mp4_is_whole(mp4)
+    for cut in (len(data) - 1, len(data) // 2, 7):
+        short = tmp_path / f"cut{cut}.mp4"
+        short.write_bytes(data[:cut])
+        assert not mp4_is_whole(short), cut
+
+
+def test_an_export_file_that_does_not_fit_is_named(tmp_path):
+    """ulimit -f or a full disk: 'File too large (…/mesh/mesh.glb)', not a nameless error."""
+    glb = tmp_path / "mesh" / "mesh.glb"
+    with files_limited_to(20_000), pytest.raises(OSError) as error:
+        write_all_atomically({tmp_path / "mesh" / "mesh.json": b"{}", glb: bytes(50_000)})
+    assert error.value.errno in (errno.EFBIG, errno.ENOSPC)
+    assert error.value.filename == str(glb)
+    assert not (tmp_path / "mesh").exists()
+
+
 def test_an_export_removes_the_temp_files_of_an_export_that_was_killed(tmp_path):
     """SIGKILL mid-export (the OOM killer) leaves hidden half-written files such as
     ``mesh/.mesh.k2j4x9ab.glb``; the next export of the workspace removes them."""
@@ -537,19 +605,37 @@ def test_export_without_workspace_takes_the_latest_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("stage", ["bake_texture", "render_turntable"])
-def test_out_of_gpu_memory_in_export_names_the_fixes_and_writes_nothing(
-    tmp_path, monkeypatch, stage
+@pytest.mark.parametrize(
+    ("error", "memory"),
+    [
+        (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB"), "GPU"),
+        (  # torch's CPU allocator (ulimit -v, a full RAM)
+            lambda: RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes."
+            ),
+            "CPU",
+        ),
+        (lambda: MemoryError(), "CPU"),  # numpy's, marching cubes' and the texture's arrays
+    ],
+    ids=["gpu", "cpu-allocator", "memory-error"],
+)
+def test_out_of_memory_in_export_names_the_fixes_and_writes_nothing(
+    tmp_path, monkeypatch, stage, error, memory
 ):
     def run_out(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+        raise error()
 
     monkeypatch.setattr(export_module, stage, run_out)
-    with pytest.raises(DreamtextError) as error:
+    with pytest.raises(DreamtextError) as raised:
         export_field(SphereField(), tmp_path / "run", small_options(), renderer=SphereTracer())
-    message = str(error.value)
+    message = str(raised.value)
     assert "\n" not in message
-    for fix in ("out of GPU memory", "--resolution", "--texture-size", "--no-video", "--device"):
+    for fix in ("--resolution", "--texture-size", "--no-video"):
         assert fix in message
+    if memory == "GPU":
+        assert "out of GPU memory" in message and "--device cpu" in message
+    else:
+        assert "out of memory" in message and "GPU" not in message and "--device" not in message
     assert f"--workspace {tmp_path / 'run'}" in message
     assert not (tmp_path / "run").exists()
 

@@ -11,6 +11,7 @@ from tiny_models import pipeline_variant
 
 import dreamtext.models as models_module
 from dreamtext.descriptor import DescriptorOptions, DescriptorTrainer
+from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance
 from dreamtext.models import load_for, load_stable_diffusion, use_channels_last
 
@@ -345,3 +346,24 @@ def test_a_damaged_local_folder_names_its_part_not_the_hub(tiny_sd_path: Path, t
     assert message.startswith("could not load the unet of")
     assert "damaged or incomplete" in message
     assert "HF_HUB_OFFLINE" not in message and "cache" not in message
+
+
+def test_a_model_folder_this_user_may_not_read_is_named_not_called_damaged(
+    tmp_path: Path, monkeypatch
+):
+    """chmod 000 on the folder was 'Permission denied (…/unet); free disk space or pick a folder
+    you can write (--workspace)'; on one part, 'the folder's files are damaged or incomplete:
+    copy or download the model again'. Root reads anything, so the refusal is simulated."""
+    import os
+
+    for part in models_module.SD_SUBFOLDERS:
+        (tmp_path / "sd" / part).mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: Path(p).name != "unet" and real_access(p, mode)
+    )
+    with pytest.raises(DreamtextError) as raised:
+        models_module.locate_model(str(tmp_path / "sd"))
+    message = str(raised.value)
+    assert f"cannot read the model folder {tmp_path / 'sd' / 'unet'} (permission denied)" in message
+    assert "read access" in message and "damaged" not in message

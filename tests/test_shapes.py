@@ -185,6 +185,18 @@ def test_dataset_is_cached_once_and_reloaded_identically(tmp_path):
     assert other.images.shape[-1] == 12 and len(list(tmp_path.glob("shapes-*.npz"))) == 2
 
 
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, caplog):
+    """HOME=/nonexistent, a read-only or full cache disk: the images were rendered already; the
+    run stopped there (exit 2, 'Permission denied (…/.cache/dreamtext); … pick a folder you can
+    write (--workspace)', which names the wrong folder)."""
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    fresh = shapes.load_dataset(SMALL, 8, 8, directory=blocked / "cache")
+    assert torch.equal(fresh.images, shapes.load_dataset(SMALL, 8, 8, directory=tmp_path).images)
+    assert "DREAMTEXT_CACHE" in caplog.text and str(blocked / "cache") in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".npz") == ["a file"]
+
+
 def test_coverage_is_the_fraction_of_each_pixel_the_shape_covers():
     poses = orbit_poses(1, polar=90.0, radius=1.8, fovy=45.0)
     cover = shapes.coverage("cube", poses, 16, 16)[0]

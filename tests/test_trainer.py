@@ -315,8 +315,32 @@ def test_resume_drops_a_torn_last_log_line(tmp_path, tiny_sd_path, tail):
     assert steps == [1, 2, 3]
 
 
-def test_out_of_gpu_memory_saves_the_last_step_and_names_the_fixes(
-    tmp_path, tiny_sd_path, monkeypatch
+# torch's CPU allocator's own words (c10 alloc_cpu.cpp), as a ulimit -v or a full RAM gives them.
+CPU_OUT_OF_MEMORY = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 1048576 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "fixes", "absent"),
+    [
+        (
+            lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"),
+            ["out of GPU memory after step 2", "--h/--w", "--fp16", "--resume"],
+            ["--batch-size"],
+        ),
+        (
+            lambda: RuntimeError(CPU_OUT_OF_MEMORY),
+            ["out of memory after step 2", "--h/--w", "--batch-size", "--resume", "programs"],
+            ["GPU", "--fp16"],
+        ),
+        (lambda: MemoryError(), ["out of memory after step 2", "--resume"], ["GPU"]),
+    ],
+    ids=["gpu", "cpu-allocator", "memory-error"],
+)
+def test_out_of_memory_saves_the_last_step_and_names_the_fixes(
+    tmp_path, tiny_sd_path, monkeypatch, error, fixes, absent
 ):
     from dreamtext import trainer
 
@@ -324,16 +348,18 @@ def test_out_of_gpu_memory_saves_the_last_step_and_names_the_fixes(
 
     def step_then_run_out(run):
         if run.step == 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            raise error()
         return real_step(run)
 
     monkeypatch.setattr(trainer, "train_step", step_then_run_out)
-    with pytest.raises(DreamtextError) as error:
+    with pytest.raises(DreamtextError) as raised:
         train(tiny_config(tmp_path, tiny_sd_path, iters=5))
-    message = str(error.value)
+    message = str(raised.value)
     assert "\n" not in message
-    for fix in ("out of GPU memory after step 2", "--h/--w", "--fp16", "--resume"):
+    for fix in fixes:
         assert fix in message
+    for fix in absent:
+        assert fix not in message
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
 
 

@@ -1139,6 +1139,23 @@ def test_view_static_prints_the_page_it_wrote(root: Path, tmp_path: Path, capsys
     assert capsys.readouterr().out.strip() == str(tmp_path / "site" / "index.html")
 
 
+def test_a_path_stdout_cannot_encode_is_escaped_not_a_traceback(root: Path, tmp_path: Path):
+    """stdout in ASCII (PYTHONIOENCODING=ascii, a Latin-1 locale): printing a folder named in
+    another script was a UnicodeEncodeError traceback (exit 1) after the work was done; `text`
+    ends the same way, printing its workspace."""
+    site = tmp_path / "café 一只猫"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamtext.cli", "view", str(root), "--static", str(site)],
+        capture_output=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    escaped = str(site / "index.html").encode("ascii", "backslashreplace")
+    assert done.stdout.strip() == escaped
+    assert (site / "index.html").is_file()
+
+
 def _sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
