@@ -794,6 +794,30 @@ WRITE_ELSEWHERE = {
 }
 
 
+# The arguments that name files or folders. A shell expands ~ only at a word's start, so
+# "--workspace=~/runs" and a quoted "~/runs" reached the command as they were typed, which made
+# a folder named "~" (while --model and image paths were expanded).
+PATH_ARGUMENTS = ("workspace", "config", "image", "folders", "static", "prompts", "nouns")
+PATH_ARGUMENTS += ("adjectives", "clip", "model")
+
+
+def expand_home(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with a leading ``~`` or ``~user`` of every path argument expanded
+    (``os.path.expanduser``); hub ids and prompts are left alone."""
+
+    def expanded(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return type(value)(expanded(v) for v in value)
+        if isinstance(value, (str, Path)) and str(value).startswith("~"):
+            return type(value)(os.path.expanduser(value))
+        return value
+
+    for name in PATH_ARGUMENTS:
+        if hasattr(args, name):
+            setattr(args, name, expanded(getattr(args, name)))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -802,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     # it cannot show is escaped, as Python does on stderr.
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_command_line(argv)
+    args = expand_home(build_parser().parse_command_line(argv))
     show_progress_messages()
     try:
         # Importing torch and diffusers takes seconds: a Ctrl-C then is handled below too.

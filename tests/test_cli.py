@@ -710,6 +710,28 @@ def test_a_path_name_too_long_is_one_line(tmp_path, capsys, command):
     assert_user_error(code, err, "File name too long", "give a shorter path")
 
 
+def test_a_quoted_tilde_in_a_path_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """A shell expands ~ only at a word's start: --workspace=~/runs/cube (or a quoted "~/…")
+    reached dreamtext as typed and made a folder named "~" in the current one, while --model
+    and image paths were expanded (probe-res)."""
+    from dreamtext.cli import build_parser, expand_home
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
+    code, err = run_main([*args, "--workspace=~/runs/cube"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "home" / "runs" / "cube" / "config.json").is_file()
+    assert not (tmp_path / "~").exists()
+    parsed = expand_home(
+        build_parser().parse_command_line(["view", "~/a", "b", "--static", "~/site"])
+    )
+    assert parsed.folders == [str(tmp_path / "home" / "a"), "b"]
+    assert parsed.static == str(tmp_path / "home" / "site")
+    text = expand_home(build_parser().parse_command_line(["text", "~ a cube", "--config", "~/c"]))
+    assert text.prompt == "~ a cube" and text.config == [str(tmp_path / "home" / "c")]
+
+
 def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
     from dreamtext import cli
 
