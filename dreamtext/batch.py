@@ -712,9 +712,15 @@ def run_batch(
         for entry, cfg in zip(share, configs, strict=True):
             bar.set_postfix_str(entry.workspace.name[:40])
             record = run_entry(
-                entry, cfg, options, root, shard_text, before[entry.workspace], others
+                entry,
+                cfg,
+                options,
+                root,
+                shard_text,
+                before[entry.workspace],
+                others,
+                log=root / BATCH_LOG,
             )
-            append_record(root / BATCH_LOG, record)
             records.append(record)
             if stopped_by_user(record):
                 break  # not done: the bar does not count it
@@ -782,8 +788,11 @@ def run_entry(
     shard: str | None,
     before: dict[str, Any] | None = None,
     others: BatchLog | None = None,
+    log: Path | None = None,
 ) -> dict[str, Any]:
-    """Skip, or claim and run, one entry; return its ``batch.jsonl`` record.
+    """Skip, or claim and run, one entry; return its ``batch.jsonl`` record, appended to ``log``
+    (when given) while the entry's lock is still held, so that the worker that claims it next
+    finds the record (:func:`failed_meanwhile`).
 
     A finished run of the entry is skipped, with a warning when it used other settings
     (:func:`changed_settings`). With ``options.overwrite`` it trains from scratch instead, unless
@@ -875,12 +884,34 @@ def run_entry(
         if not the_machines_state(error):
             traceback.print_exc()
         _say(f"batch: line {entry.line} failed: {error_line(error)}")
+    except BaseException:  # SystemExit and the like: no record, the lock given back
+        if claimed:
+            lock.release()
+        raise
+    record = _record(entry, root, shard, result, claimed and lock.lost is None, started, start)
+    try:
+        if log is not None:
+            append_record(log, record)  # before the lock goes (see above)
     finally:
         if claimed:
             lock.release()
             with contextlib.suppress(Exception):  # a broken CUDA context raises here too
                 free_memory()
-    status = read_status(entry.workspace) if claimed and lock.lost is None else None
+    return record
+
+
+def _record(
+    entry: Entry,
+    root: Path,
+    shard: str | None,
+    result: dict[str, Any],
+    ran: bool,
+    started: str,
+    start: float,
+) -> dict[str, Any]:
+    """:func:`run_entry`'s ``batch.jsonl`` record; ``ran``: this worker held the entry's run
+    to its end (its status.json is this attempt's)."""
+    status = read_status(entry.workspace) if ran else None
     return {
         "line": entry.line,
         "input": entry.input,

@@ -1002,6 +1002,33 @@ def test_a_prompt_another_worker_failed_since_the_batch_started_is_not_run_again
     assert record["status"] == "skipped" and trained == []
 
 
+def test_a_failed_prompts_record_is_written_before_its_lock_is_released(tmp_path, monkeypatch):
+    """The record was appended after the lock was given back (and after a garbage collection):
+    a worker claiming the prompt in between found neither a failed status.json (the model
+    refused it before the run wrote one) nor the record, and failed it again (probe-scale)."""
+    import dreamtext.batch as batch
+
+    def refused(entry, *rest, **how):
+        raise DreamtextError("the model refuses this prompt")
+
+    monkeypatch.setattr(batch, "run_one", refused)
+    root = tmp_path / "root"
+    entry, cfg = _entry_and_config(root, "a red cube")
+    seen_at_release = []
+    release = batch.WorkspaceLock.release
+
+    def watched_release(lock):
+        log = root / "batch.jsonl"
+        seen_at_release.append(log.read_text().splitlines() if log.exists() else [])
+        release(lock)
+
+    monkeypatch.setattr(batch.WorkspaceLock, "release", watched_release)
+    log = root / "batch.jsonl"
+    record = batch.run_entry(entry, cfg, batch.BatchOptions(root=root), root, None, log=log)
+    assert record["status"] == "failed"
+    assert [json.loads(line) for line in seen_at_release[0]] == [record]
+
+
 def test_a_prompt_that_failed_before_the_batch_started_is_tried_again(tmp_path, monkeypatch):
     import dreamtext.batch as batch
 
