@@ -618,6 +618,21 @@ def test_a_gallerys_pictures_are_served_without_a_scan_of_the_folders_each(
     assert len(scans) <= 2  # the gallery's own scan, and at most one more if the machine is slow
 
 
+def test_links_among_a_roots_folders_count_where_they_point(tmp_path: Path):
+    """A subfolder or batch line that is a link: a run inside the root is listed once; a run
+    outside is not served (a batch line names it: its card has no files)."""
+    root = tmp_path / "runs"
+    make_run(root / "cube", "a red cube")
+    make_run(tmp_path / "elsewhere", "a secret")
+    (root / "alias").symlink_to(root / "cube")
+    (root / "out").symlink_to(tmp_path / "elsewhere")
+    write_records(root / "batch.jsonl", [batch_record(1, "out", "finished")])
+    runs = Catalog([root]).runs()
+    assert [r.path for r in runs if r.path is not None] == [(root / "cube").resolve()]
+    outside = [r for r in runs if r.path is None]
+    assert len(runs) == 2 and outside[0].name == "out" and outside[0].batch is not None
+
+
 def test_a_run_made_after_the_last_scan_is_found(root: Path):
     catalog = Catalog([root])
     assert catalog.find("cube") is not None

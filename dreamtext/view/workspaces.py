@@ -198,8 +198,9 @@ class Catalog:
                 if path is not None:
                     named[path] = record
             for path in sorted(_subfolders(folder)):
-                # A subfolder that is a link out of the root is not one of its runs.
-                resolved = path.resolve()
+                # A subfolder that is a link out of the root is not one of its runs. (The root
+                # is resolved: a subfolder that is no link is resolved as it is.)
+                resolved = path.resolve() if path.is_symlink() else path
                 if not is_workspace(path) or not resolved.is_relative_to(folder):
                     continue
                 if resolved not in seen:
@@ -230,7 +231,10 @@ def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:
     name = record.get("workspace")
     if not isinstance(name, str) or not name:
         return None
-    return Path(os.path.realpath(root / name))
+    path = root / name
+    if "/" not in name and os.sep not in name and name not in (".", "..") and not path.is_symlink():
+        return path  # a folder of the (resolved) root, no link: resolved as it is
+    return Path(os.path.realpath(path))
 
 
 def latest_batch_records(root: Path) -> dict[str, dict[str, Any]]:
