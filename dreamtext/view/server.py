@@ -47,7 +47,7 @@ from dreamtext.view.page import (
     script_json,
     server_links,
 )
-from dreamtext.view.workspaces import Catalog, read_run
+from dreamtext.view.workspaces import Catalog, GalleryCache, read_run
 
 # The kinds of workspace file the pages link to; nothing else is served.
 SERVED_SUFFIXES = {
@@ -141,6 +141,9 @@ class ViewServer(ThreadingHTTPServer):
         log: TextIO | None = None,
     ):
         self.catalog = catalog
+        # Each open gallery asks for every run every poll_ms; a run is read again only when its
+        # files change.
+        self.gallery = GalleryCache()
         self.poll_ms = poll_ms
         self._log = log
         host = address[0]
@@ -246,7 +249,7 @@ class ViewHandler(BaseHTTPRequestHandler):
         # Every address in a page and its data is relative (see page.Links): a proxy may serve
         # this server under a path of its own, and a page's <base> is the root it sees.
         if path in ("/", "/api/runs.json"):
-            runs = [read_run(run, with_series=False) for run in catalog.runs()]
+            runs = self.server.gallery.runs(catalog.runs())
             links = server_links("api/runs.json", poll_ms, base=page_base(path))
             data = gallery_json(runs, links)
             if path == "/":

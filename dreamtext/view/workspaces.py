@@ -2,6 +2,7 @@
 
     folders given ──► Catalog (which workspaces, under which root, with which id)
     workspace     ──► read_run ──► Run (prompt, status, log series, previews, mesh, video, ...)
+    runs          ──► GalleryCache ──► the gallery's Runs, each read again when its files change
 
 An image→3D run is a run from its first file on: ``config.json`` (with the stages' settings, from
 the start of the run), ``status.json`` (its phase: ``sample`` for ``--diverse``'s image, then
@@ -25,7 +26,7 @@ import re
 import threading
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ QUIET_AFTER_S = 600.0
 # gallery's thumbnails: one per card), and a scan reads every workspace: one scan per request
 # made a gallery of 250 runs cost 250 scans, 28 s of the server's time, to show its pictures.
 FIND_REUSES_SCAN_S = 2.0
+# A file changed this close to the time a run was read may change again without its stat
+# changing (file times advance in ticks of up to a few milliseconds, of 1-2 s on some file
+# systems): the gallery reads such a run again at its next poll instead of trusting the stat.
+STAT_SETTLES_AFTER_S = 2.0
 # The log series the run page plots (each key of a log record that is present and finite).
 SERIES_KEYS = ("loss", "loss_sds", "t", "its", "gpu_mem_mib")
 MESH_FILES = {
@@ -194,8 +199,9 @@ class Catalog:
                 if path is not None:
                     named[path] = record
             for path in sorted(_subfolders(folder)):
-                # A subfolder that is a link out of the root is not one of its runs.
-                resolved = path.resolve()
+                # A subfolder that is a link out of the root is not one of its runs. (The root
+                # is resolved: a subfolder that is no link is resolved as it is.)
+                resolved = path.resolve() if path.is_symlink() else path
                 if not is_workspace(path) or not resolved.is_relative_to(folder):
                     continue
                 if resolved not in seen:
@@ -226,7 +232,10 @@ def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:
     name = record.get("workspace")
     if not isinstance(name, str) or not name:
         return None
-    return Path(os.path.realpath(root / name))
+    path = root / name
+    if "/" not in name and os.sep not in name and name not in (".", "..") and not path.is_symlink():
+        return path  # a folder of the (resolved) root, no link: resolved as it is
+    return Path(os.path.realpath(path))
 
 
 def latest_batch_records(root: Path) -> dict[str, dict[str, Any]]:
@@ -355,6 +364,38 @@ class Run:
 
 def read_run(location: RunLocation, with_series: bool = True) -> Run:
     """Read one run's files. ``with_series=False`` skips the per-step series (the gallery)."""
+    run, status_inputs = _read_files(location, with_series)
+    run.status = status_inputs.status(run)
+    return run
+
+
+@dataclass(frozen=True)
+class _StatusInputs:
+    """What a run's status is judged from besides its ``Run``: what its files held when they were
+    read. The judgement also asks the clock and the processes of this machine, so it is made
+    again at every poll (:meth:`status`); these stay until the files change."""
+
+    status_file: dict[str, Any] | None
+    last_record: dict[str, Any]
+    log_peak_mem: float | None
+    folder: Path | None
+    stage: str = "text"
+    descriptor_step: float | None = None
+
+    def status(self, run: Run) -> dict[str, Any]:
+        return _status(
+            run,
+            self.status_file,
+            self.last_record,
+            self.log_peak_mem,
+            self.folder,
+            self.stage,
+            self.descriptor_step,
+        )
+
+
+def _read_files(location: RunLocation, with_series: bool) -> tuple[Run, _StatusInputs]:
+    """One run's files as a ``Run`` without its status, and what its status is judged from."""
     run = Run(
         id=location.id,
         name=location.name,
@@ -365,8 +406,7 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
     if folder is None:
         run.prompt = _text((location.batch or {}).get("prompt"))
         run.kind = (location.batch or {}).get("kind") or "text"
-        run.status = status_of(run, None, [], None)
-        return run
+        return run, _StatusInputs(None, {}, None, None)
 
     run.config = read_json(folder / "config.json")
     status_file = read_json(folder / "status.json")
@@ -415,8 +455,114 @@ def read_run(location: RunLocation, with_series: bool = True) -> Run:
     if stage == "descriptor":
         steps = [_number(r.get("step")) for r in read_jsonl(folder / DESCRIPTOR_LOG)]
         descriptor_step = next((s for s in reversed(steps) if s is not None), None)
-    run.status = status_of(run, status_file, records, folder, stage, descriptor_step)
-    return run
+    last = records[-1] if records else {}
+    inputs = _StatusInputs(status_file, last, _peak_memory(records), folder, stage, descriptor_step)
+    return run, inputs
+
+
+def _peak_memory(records: list[dict[str, Any]]) -> float | None:
+    return max(
+        (m for m in (_number(r.get("gpu_mem_mib")) for r in records) if m is not None), default=None
+    )
+
+
+# Besides the files the pages link to (Run.files) and the files and folders whose time says how
+# recently a run did anything (ACTIVITY_PATHS): everything _read_files reads or lists for the
+# gallery. A folder's time changes when a file in it is made, replaced or removed.
+READ_PATHS = tuple(dict.fromkeys((".", *ACTIVITY_PATHS, *DATA_FILES)))
+
+
+@dataclass(frozen=True)
+class _GalleryEntry:
+    """A run as the gallery read it, with the stat of each file and folder it was read from."""
+
+    location: RunLocation
+    run: Run
+    status_inputs: _StatusInputs
+    paths: tuple[str, ...]
+    stamps: tuple[tuple[int, ...] | None, ...]
+    settled: bool
+
+
+def _stamp(path: str) -> tuple[int, ...] | None:
+    """What tells a file's versions apart: its time of change, size, inode and type."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
+
+
+class GalleryCache:
+    """The gallery's runs (``read_run(location, with_series=False)``), each read again only when
+    one of the files or folders it was read from changed, or its batch line did: a poll of a
+    gallery of a finished sweep stats its files and reads none.
+
+    A run's status is judged again at every poll from what its files held (:class:`_StatusInputs`):
+    whether a running run is quiet depends on the clock, whether its process is gone on the
+    processes of this machine. Safe to share between the server's threads.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _GalleryEntry] = {}
+        self._lock = threading.Lock()
+
+    def runs(self, locations: list[RunLocation]) -> list[Run]:
+        with self._lock:
+            entries = self._entries
+        current: dict[str, _GalleryEntry] = {}
+        out = []
+        for location in locations:
+            entry = entries.get(location.id)
+            if entry is None or not self._still_valid(entry, location):
+                entry = _read_gallery_entry(location)
+            current[location.id] = entry
+            out.append(replace(entry.run, status=entry.status_inputs.status(entry.run)))
+        with self._lock:  # runs no longer listed are forgotten
+            self._entries = current
+        return out
+
+    @staticmethod
+    def _still_valid(entry: _GalleryEntry, location: RunLocation) -> bool:
+        return (
+            entry.settled
+            and entry.location == location
+            and all(
+                _stamp(path) == stamp for path, stamp in zip(entry.paths, entry.stamps, strict=True)
+            )
+        )
+
+
+def _read_gallery_entry(location: RunLocation) -> _GalleryEntry:
+    """Read a run for the gallery and stat what it was read from: the fixed files and folders
+    first (their contents are read after, so a change while reading shows as a new stat next
+    time), the files the run links to after (found by reading)."""
+    started = time.time()
+    folder = location.path
+    fixed = [os.path.join(folder, rel) for rel in READ_PATHS] if folder is not None else []
+    stamps = [_stamp(path) for path in fixed]
+    run, status_inputs = _read_files(location, with_series=False)
+    linked = []
+    if folder is not None:
+        linked = [os.path.join(folder, rel) for rel in run.files()]
+    if folder is not None and run.kind == "image":
+        # The image sentence.json names, which may appear after it (only then is it linked).
+        recorded = (read_json(folder / SENTENCE_FILE) or {}).get("image")
+        if isinstance(recorded, str) and recorded:
+            linked.append(os.path.join(folder, recorded))
+    linked_stamps = [_stamp(path) for path in linked]
+    # A linked file changed between its reading and its stat: its time in run.mtimes is stale.
+    consistent = all(
+        stamp is not None and abs(stamp[0] / 1e9 - run.mtimes.get(rel, -1.0)) < 1e-6
+        for rel, stamp in zip(run.files(), linked_stamps, strict=False)
+    )
+    # The change time (ctime), not the mtime: every write sets it to the clock's time, while an
+    # mtime may be set back or ahead (a copy that keeps times, a node with another clock).
+    newest = max((s[1] for s in stamps + linked_stamps if s), default=0)
+    settled = consistent and newest / 1e9 < started - STAT_SETTLES_AFTER_S
+    return _GalleryEntry(
+        location, run, status_inputs, tuple(fixed + linked), tuple(stamps + linked_stamps), settled
+    )
 
 
 def image_stage(folder: Path, status_file: dict[str, Any] | None = None) -> str:
@@ -521,17 +667,29 @@ def status_of(
     running run whose process, of this machine, is gone (``process_gone``, its pid) was killed
     without warning: it is shown ``interrupted``.
     """
-    iters = _number((run.config or {}).get("iters"))
     last = records[-1] if records else {}
+    return _status(run, status_file, last, _peak_memory(records), folder, stage, descriptor_step)
+
+
+def _status(
+    run: Run,
+    status_file: dict[str, Any] | None,
+    last: dict[str, Any],
+    log_peak_mem: float | None,
+    folder: Path | None,
+    stage: str,
+    descriptor_step: float | None,
+) -> dict[str, Any]:
+    """:func:`status_of` from the log's last record and peak memory instead of the whole log."""
+    iters = _number((run.config or {}).get("iters"))
     log_step = _number(last.get("step"))
-    log_mem = [m for m in (_number(r.get("gpu_mem_mib")) for r in records) if m is not None]
     out: dict[str, Any] = {
         "state": None,
         "source": None,
         "step": log_step,
         "iters": iters,
         "seconds": None,
-        "gpu_mem_mib": max(log_mem) if log_mem else None,
+        "gpu_mem_mib": log_peak_mem,
         "error": None,
         "inferred": False,
         "stage": stage,
@@ -575,7 +733,7 @@ def status_of(
             out.update(state="interrupted", process_gone=pid)
         if out["state"] == "running":
             out["step"] = _largest(out["step"], log_step)
-            out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], max(log_mem, default=None))
+            out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], log_peak_mem)
             if QUIET_AFTER_S < since_change < math.inf:
                 out["quiet_minutes"] = int(since_change // 60)  # whole: the page redraws rarely
         out["activity"] = _activity(out)

@@ -1,0 +1,165 @@
+"""What one open gallery costs the `dreamtext view` server: time per ``api/runs.json`` (the page
+polls it every 2 s) and the server's CPU while one client polls.
+
+    python benchmarks/view_poll.py 1000                   # 1,000 runs in a temporary folder
+    python benchmarks/view_poll.py 250 --seconds 60 --live 4 --code /path/to/other/checkout
+
+Writes N runs as a finished sweep leaves them (config, a 100-line log, previews every 250 steps,
+final preview, mesh files, turntable, checkpoint, status.json, all three hours old; every 33rd
+failed, running or without status.json) and a ``batch.jsonl`` naming them, starts ``dreamtext
+view`` on them with the code at ``--code`` (this checkout by default) in its own process, then:
+the first request, 10 back to back, and polling every 2 s for ``--seconds`` while ``--live`` of
+the running runs get a log line and a new status.json every 2 s. The server's CPU is its
+process's user + system time over the polling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# A 1x1 PNG: the viewer never decodes pictures, it lists and serves them.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763"
+    "f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
+)
+
+
+def write_runs(n: int, root: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from dreamtext.processes import HOST, process_start
+
+    root.mkdir(parents=True)
+    batch = []
+    past = time.time() - 3 * 3600
+    for i in range(n):
+        name = f"prompt_{i:05d}"
+        ws = root / name
+        (ws / "previews").mkdir(parents=True)
+        kind = {1: "failed", 2: "running", 3: "old"}.get(i % 33, "finished")
+        iters, last = 1000, 1000 if kind != "running" else 490
+        config = {"prompt": f"prompt number {i}", "workspace": str(ws), "iters": iters}
+        (ws / "config.json").write_text(json.dumps(config, indent=2))
+        lines = (
+            {"step": s, "loss": 1.0 / s, "t": 500.0, "its": 4.0, "gpu_mem_mib": 2048.0 + s}
+            for s in range(10, last + 1, 10)
+        )
+        (ws / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        for s in range(250, last + 1, 250):
+            (ws / "previews" / f"step_{s:06d}.png").write_bytes(PNG)
+        (ws / "checkpoints").mkdir()
+        (ws / "checkpoints" / "last.pt").write_bytes(b"x" * 1000)
+        status = {"state": kind, "step": last, "iters": iters, "seconds": 250.0, "error": None}
+        if kind == "finished":
+            (ws / "previews" / "final.png").write_bytes(PNG)
+            (ws / "mesh").mkdir()
+            for f in ("mesh.glb", "mesh.obj", "mesh.mtl", "albedo.png", "mesh.ply"):
+                (ws / "mesh" / f).write_bytes(b"m" * 2000)
+            (ws / "mesh" / "mesh.json").write_text(json.dumps({"vertices": 8000}))
+            (ws / "video").mkdir()
+            (ws / "video" / "turntable.mp4").write_bytes(b"v" * 5000)
+            (ws / "video" / "turntable.gif").write_bytes(b"g" * 5000)
+        if kind == "failed":
+            status["error"] = "CUDA out of memory"
+        if kind == "running":  # a live process of this machine: pid 1
+            status.update(host=HOST, pid=1, pid_start=process_start(1))
+        if kind != "old":
+            (ws / "status.json").write_text(json.dumps(status, indent=2))
+        if kind != "running":
+            for p in [ws, *ws.rglob("*")]:
+                os.utime(p, (past, past))
+            batch.append({"line": i + 1, "prompt": config["prompt"], "workspace": name,
+                          "status": "finished" if kind == "finished" else "failed",
+                          "error": status["error"], "seconds": 250.0, "its": 4.0,
+                          "started": "2026-11-30T10:00:00+00:00",
+                          "finished": "2026-11-30T10:04:10+00:00"})  # fmt: skip
+    (root / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in batch))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def keep_running(runs: list[Path], stop: threading.Event) -> None:
+    """What a training run does every few seconds: a log line, then status.json replaced."""
+    step = 1000
+    while not stop.wait(2.0):
+        step += 10
+        for ws in runs:
+            with open(ws / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "loss": 0.1, "its": 4.0}) + "\n")
+            status = json.loads((ws / "status.json").read_text()) | {"step": step}
+            (ws / "status.tmp").write_text(json.dumps(status))
+            os.replace(ws / "status.tmp", ws / "status.json")
+
+
+def measure(code: Path, root: Path, seconds: float, live: int) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(code))
+    command = [sys.executable, "-m", "dreamtext.cli", "view", str(root), "--port", str(port)]
+    server = subprocess.Popen(command, cwd=code, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        server.stdout.readline()  # its address: it listens
+        url = f"http://127.0.0.1:{port}/api/runs.json"
+
+        def fetch() -> tuple[float, bytes]:
+            start = time.perf_counter()
+            body = urllib.request.urlopen(url, timeout=120).read()
+            return time.perf_counter() - start, body
+
+        first, body = fetch()
+        burst = [fetch()[0] for _ in range(10)]
+        running = sorted(p.parent for p in root.glob("*/status.json") if "running" in p.read_text())
+        stop = threading.Event()
+        writer = threading.Thread(target=keep_running, args=(running[:live], stop))
+        writer.start()
+        cpu0, t0, polls = cpu_seconds(server.pid), time.monotonic(), []
+        while time.monotonic() - t0 < seconds:
+            took, _ = fetch()
+            polls.append(took)
+            time.sleep(max(0.0, 2.0 - took))
+        cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+        stop.set()
+        writer.join()
+        per_min = (cpu1 - cpu0) / (t1 - t0) * 60
+        n = len(json.loads(body)["runs"])
+        print(
+            f"{n} runs, {len(body) // 1024} KiB: first {first:.2f} s; back to back median "
+            f"{statistics.median(burst) * 1000:.0f} ms; polled every 2 s for {t1 - t0:.0f} s "
+            f"(median {statistics.median(polls) * 1000:.0f} ms): server CPU {per_min:.1f} s/min "
+            f"({per_min / 60 * 100:.1f} % of a core)"
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=int)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--live", type=int, default=4, help="running runs that keep writing")
+    parser.add_argument("--code", type=Path, default=REPO, help="checkout whose viewer to run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "runs"
+        write_runs(args.runs, root)
+        measure(args.code.resolve(), root, args.seconds, args.live)
+
+
+if __name__ == "__main__":
+    main()
