@@ -55,7 +55,7 @@ from dreamtext.config import (
     slugify,
 )
 from dreamtext.devices import free_memory, memory_that_ran_out
-from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, WorkspaceInUse
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, this_process
 from dreamtext.runstatus import (
@@ -800,12 +800,13 @@ def run_entry(
     worker of this batch has trained it again, and it is skipped or resumed as without. An entry
     that another worker sharing the list failed since this batch started is skipped too
     (:func:`failed_meanwhile`; ``others`` follows their ``batch.jsonl`` records): the failure is
-    recorded once, and running the batch again retries it.
+    recorded once, and running the batch again retries it. So is one another process, not a
+    worker of this batch, is running (a ``dreamtext text`` of its workspace: ``WorkspaceInUse``).
     """
     started, start = now_iso(), time.perf_counter()
     result: dict[str, Any] = {"status": "skipped", "error": None}
     lock = WorkspaceLock(entry.workspace, options.lock_timeout)
-    claimed = False
+    claimed = busy = False
     try:
         if entry.workspace.exists() and not entry.workspace.is_dir():
             raise DreamtextError(
@@ -869,6 +870,13 @@ def run_entry(
     except (TrainingInterrupted, KeyboardInterrupt) as stop:
         result = {"status": "interrupted", "error": None}
         _say(f"batch: {interruption_line(entry, stop)}")
+    except WorkspaceInUse as in_use:  # a `dreamtext text` (not a worker of this batch) runs it
+        busy = True
+        result = {"status": "skipped", "error": f"in use by {in_use.holder}"}
+        _say(
+            f"batch: line {entry.line}: {entry.workspace} is in use by {in_use.holder}, which "
+            "is not a worker of this batch; skipped, run the batch again once it ends"
+        )
     except DreamtextError as error:
         result = {"status": "failed", "error": error_line(error)}
         _say(f"batch: line {entry.line} failed: {error}")
@@ -888,7 +896,9 @@ def run_entry(
         if claimed:
             lock.release()
         raise
-    record = _record(entry, root, shard, result, claimed and lock.lost is None, started, start)
+    # A line skipped for another process's run: its status.json is that run's, not this line's.
+    ours = claimed and lock.lost is None and not busy
+    record = _record(entry, root, shard, result, ours, started, start)
     try:
         if log is not None:
             append_record(log, record)  # before the lock goes (see above)

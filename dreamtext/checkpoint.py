@@ -52,8 +52,13 @@ def check_writable(folder: Path, fix: str) -> None:
     or mistyped location costs a line, not a traceback after the work."""
     folder = Path(folder)
     existing = folder
-    while not existing.exists() and existing.parent != existing:
+    while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
         existing = existing.parent
+    if existing.is_symlink() and not existing.exists():  # no folder can be made in its place
+        raise DreamtextError(
+            f"{folder} cannot be a folder: {existing} is a link to {os.readlink(existing)}, "
+            f"which does not exist; make that folder, or {fix}"
+        )
     if existing.exists() and not existing.is_dir():
         raise DreamtextError(f"{folder} cannot be a folder: {existing} is a file; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):

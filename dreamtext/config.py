@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import sys
 import types
 import typing
 import unicodedata
@@ -247,8 +248,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """A ``--config`` file's settings. A run's ``config.json`` is one too, so that the run can be
     typed again from it (``--config RUN/config.json``): its :data:`KEPT_KEYS` (what ran, and the
     stages before text→3D) are records, not ``TrainConfig`` fields, and are left out as a
-    resume leaves them out (:func:`read_run_config`)."""
+    resume leaves them out (:func:`read_run_config`). A run whose ``resumes`` changed more than
+    ``iters`` trained its steps with other settings than its last, which is all this file holds:
+    a line on stderr says so."""
     data = read_yaml(path)
+    changed = {
+        f"{name} at step {resume.get('step')}"
+        for resume in data.get("resumes") or []
+        if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
+        for name in resume["changed"]
+        if name != "iters"
+    }
+    if changed:
+        print(
+            f"dreamtext: {path} is of a run whose resumes changed {', '.join(sorted(changed))}: "
+            "this run trains every step with its last settings, so it is not that run again",
+            file=sys.stderr,
+        )
     return {key: value for key, value in data.items() if key not in KEPT_KEYS}
 
 

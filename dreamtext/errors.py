@@ -16,3 +16,13 @@ ENVIRONMENT_ERRNOS = frozenset(
 
 class DreamtextError(Exception):
     """A problem with the user's input, with a message that says what to do."""
+
+
+class WorkspaceInUse(DreamtextError):
+    """Another live process is running a run in the workspace (its lock or its ``status.json``
+    says so). ``holder`` names that process in words (``process 123 on this machine``): a batch
+    skips such a line, as it skips one another worker holds, instead of failing it."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder

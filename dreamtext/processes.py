@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, WorkspaceInUse
 
 try:
     import fcntl
@@ -103,7 +103,7 @@ def _holder(lock: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _in_use(workspace: Path, holder: dict) -> DreamtextError:
+def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
     pid, host = holder.get("pid"), holder.get("host")
     if isinstance(pid, int) and host == HOST:
         who = f"process {pid} on this machine"
@@ -111,9 +111,10 @@ def _in_use(workspace: Path, holder: dict) -> DreamtextError:
         who = f"process {pid} on {host}"
     else:
         who = "another process"
-    return DreamtextError(
+    return WorkspaceInUse(
         f"{workspace} is in use: {who} is running a run in it; wait for it to end or stop it, "
-        "or pass --workspace NEW_FOLDER"
+        "or pass --workspace NEW_FOLDER",
+        who,
     )
 
 

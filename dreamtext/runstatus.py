@@ -59,7 +59,7 @@ from typing import Any
 import torch
 
 from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, WorkspaceInUse
 from dreamtext.processes import record_alive, this_process
 
 STATUS = "status.json"
@@ -155,10 +155,11 @@ def check_not_running(workspace: str | Path) -> None:
     status = read_status(workspace)
     pid = running_elsewhere(status)
     if pid is not None:
-        raise DreamtextError(
+        raise WorkspaceInUse(
             f"{workspace} is in use: process {pid} on this machine is running its run "
             f"({status.get('phase')} phase, step {status.get('step')}); wait for it to end or "
-            "stop it, or pass --workspace NEW_FOLDER"
+            "stop it, or pass --workspace NEW_FOLDER",
+            f"process {pid} on this machine",
         )
 
 

@@ -1358,3 +1358,23 @@ def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus_and_requeues_if
         "/shared/runs --fp16",
         *(["scontrol requeue 41_3"] if requeued else []),
     ]
+
+
+def test_a_prompt_another_command_is_running_is_skipped_not_failed(
+    tmp_path, tiny_yaml, shapes_cache, holder, capsys
+):
+    """A `dreamtext text` of the prompt's workspace runs it (it holds the workspace's lock, not
+    a batch lock): the line was 'failed in train', with the other run's phase, the advice
+    '--workspace NEW_FOLDER' and exit 1, and other workers sharing the list then skipped it as
+    failed. Now it is skipped as a line another worker holds is, naming the process."""
+    root = tmp_path / "root"
+    other = holder(root / "a_red_cube")
+    args = ["batch", str(prompts_file(tmp_path, "a red cube", "a blue cube")), *BUILTIN]
+    code = main([*args, "--config", str(tiny_yaml), "--workspace", str(root)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    line1, line2 = rows(root)
+    assert line1["status"] == "skipped" and line1["phase"] is None
+    assert line1["error"] == f"in use by process {other.pid} on this machine"
+    assert "not a worker of this batch; skipped" in err and "NEW_FOLDER" not in err
+    assert line2["status"] == "finished"

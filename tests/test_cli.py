@@ -978,3 +978,19 @@ def test_a_prompt_typed_with_combining_accents_is_the_same_run(tmp_path, tiny_sd
     assert [p.name for p in (tmp_path / "workspace").iterdir()] == ["crème_brûlée"]
     status = json.loads((tmp_path / "workspace" / "crème_brûlée" / "status.json").read_text())
     assert (status["state"], status["step"]) == ("finished", 3)
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_workspace_through_a_link_to_nothing_is_one_line_before_the_prior_loads(
+    tmp_path, monkeypatch, capsys, under
+):
+    """A link to a folder that was moved away: the check walked past it to its writable parent,
+    and the first write (status.json's mkdir) was a FileExistsError traceback (exit 1)."""
+    (tmp_path / "gone").symlink_to(tmp_path / "moved")
+    workspace = tmp_path / "gone" / "run" if under else tmp_path / "gone"
+    from dreamtext import prior
+
+    monkeypatch.setattr(prior, "load_dataset", lambda *a, **k: pytest.fail("prior loaded"))
+    code, err = run_main([*BUILTIN_RUN, "--workspace", workspace], capsys)
+    assert_user_error(code, err, f"{tmp_path / 'gone'} is a link to", "does not exist")
+    assert not (tmp_path / "moved").exists()

@@ -312,3 +312,24 @@ def test_one_side_of_the_render_gives_both():
     ) == (256, 96)
     cfg = resolve_config({"prompt": "x", "h": 128}, preset="fitfusion")  # flag over 256 × 256
     assert (cfg.h, cfg.w) == (128, 128)
+
+
+def test_a_runs_config_json_whose_resumes_changed_settings_says_a_rerun_is_not_that_run(
+    tmp_path, capsys
+):
+    """Trained 10 steps at lr 0.02, resumed to 20 at lr 0.005: config.json holds lr 0.005 alone,
+    so ``--config RUN/config.json`` trains all 20 at 0.005, silently not the run it names. A
+    resume that only raised ``iters`` changes nothing of the steps before it."""
+    cfg = resolve_config({"prompt": "a castle", "lr": 0.005, "iters": 20, "workspace": "w"})
+    resumes = [{"step": 10, "changed": {"iters": [10, 20], "lr": [0.02, 0.005]}}]
+    write_run_config(tmp_path, cfg, extra={"resumes": resumes})
+    again = resolve_config({"prompt": "a castle"}, config_file=tmp_path / "config.json")
+    assert again.lr == 0.005
+    err = capsys.readouterr().err
+    assert "resumes changed lr at step 10: this run trains every step with its last" in err
+    assert "iters" not in err
+
+    longer = [{"step": 10, "changed": {"iters": [10, 20]}}]
+    write_run_config(tmp_path, cfg, extra={"resumes": longer})
+    resolve_config({"prompt": "a castle"}, config_file=tmp_path / "config.json")
+    assert capsys.readouterr().err == ""

@@ -1297,6 +1297,17 @@ def test_static_export_replaces_an_earlier_export_but_no_other_folder(root: Path
     assert [p.name for p in other.iterdir()] == ["mine.txt"]
 
 
+def test_static_export_into_a_link_to_nothing_is_one_line_and_leaves_nothing(
+    root: Path, tmp_path: Path
+):
+    """A link to a folder that was moved away: the page was written, then its rename into
+    place was a NotADirectoryError traceback."""
+    (tmp_path / "site").symlink_to(tmp_path / "moved")
+    with pytest.raises(DreamtextError, match=r"is a link to .*, which does not exist"):
+        export_static([root], tmp_path / "site")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_a_failed_static_export_leaves_nothing_behind(root: Path, tmp_path: Path, monkeypatch):
     import dreamtext.view.static as static
 

@@ -13,6 +13,7 @@ half-written; an earlier export in OUT is replaced, any other folder with files 
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,6 +40,11 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DreamtextError(f"{out_dir} is a file; pass a folder to --static")
+    if out_dir.is_symlink() and not out_dir.exists():  # the rename into place would fail
+        raise DreamtextError(
+            f"{out_dir} is a link to {os.readlink(out_dir)}, which does not exist; make that "
+            "folder, or pass another folder to --static"
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
         raise DreamtextError(
             f"{out_dir} already holds files; pass a new or empty folder to --static "
