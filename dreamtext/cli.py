@@ -323,6 +323,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         recorded_options,
         resolve_workspace,
     )
+    from dreamtext.processes import workspace_holder
     from dreamtext.runstatus import read_status, running_elsewhere
 
     workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
@@ -358,6 +359,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"dreamtext: process {training} is still training {workspace} (step "
             f"{status.get('step')}): this exports its newest checkpoint, and the run's own "
             "export replaces these files when it ends",
+            file=sys.stderr,
+        )
+    elif (loading := workspace_holder(workspace)) is not None:  # before its status.json says so
+        print(
+            f"dreamtext: process {loading} is starting a run in {workspace}: this exports the "
+            "newest checkpoint there now, which that run may replace",
             file=sys.stderr,
         )
     result = export_workspace(workspace, options)  # SIGTERM: as Ctrl-C (main), temps removed

@@ -103,6 +103,16 @@ def _holder(lock: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def workspace_holder(workspace: str | Path) -> int | None:
+    """The pid of another live process of this machine that holds ``workspace``'s lock
+    (:func:`claim_workspace`), read from the record in its lock file without taking the lock;
+    ``None`` when none does (or the holder runs on another machine, which cannot be checked)."""
+    record = _holder(Path(workspace) / LOCK_NAME)
+    if record.get("pid") == os.getpid() or record_alive(record) is not True:
+        return None
+    return record["pid"]
+
+
 def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
     pid, host = holder.get("pid"), holder.get("host")
     if isinstance(pid, int) and host == HOST:
@@ -217,4 +227,5 @@ __all__ = [
     "process_start",
     "record_alive",
     "this_process",
+    "workspace_holder",
 ]

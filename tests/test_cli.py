@@ -662,7 +662,7 @@ def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
     assert (status["state"], status["phase"]) == ("interrupted", "export")
 
 
-def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys):
+def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder):
     """An export while the run trains is allowed (a look at it so far); it said nothing of the
     run's own export replacing its files, nor which step the mesh is of."""
     import subprocess
@@ -692,6 +692,10 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys):
     assert code == 0
     assert f"process {sleeper.pid} is still training {workspace} (step 2)" in err
     assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 2
+    # A run still loading (text --overwrite, say) holds the lock before status.json says so.
+    starting = holder(workspace)
+    code, err = run_main([*args, "--no-video"], capsys)
+    assert code == 0 and f"process {starting.pid} is starting a run in {workspace}" in err
 
 
 @pytest.mark.parametrize("command", ["text", "view"])
