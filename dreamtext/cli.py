@@ -354,6 +354,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     status = read_status(workspace)
     training = running_elsewhere(status)
+    loading = workspace_holder(workspace) if training is None else None
     if training is not None:
         print(
             f"dreamtext: process {training} is still training {workspace} (step "
@@ -361,7 +362,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             "export replaces these files when it ends",
             file=sys.stderr,
         )
-    elif (loading := workspace_holder(workspace)) is not None:  # before its status.json says so
+    elif loading is not None:  # a run still loading: its status.json does not say so yet
         print(
             f"dreamtext: process {loading} is starting a run in {workspace}: this exports the "
             "newest checkpoint there now, which that run may replace",

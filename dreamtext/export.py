@@ -271,7 +271,8 @@ def find_latest_workspace(root: Path) -> Path:
 
 def resolve_workspace(workspace: Path | None) -> Path:
     """The run to export: ``workspace``, or the newest run under ``workspace/`` when ``None``.
-    Raises ``DreamtextError`` when it has no checkpoint."""
+    Raises ``DreamtextError`` when it has no checkpoint (naming the process that trains it,
+    when one does)."""
     if workspace is None:
         # config imports every module's config (diffusers included): only load it when needed.
         from dreamtext.config import DEFAULT_WORKSPACE_ROOT
@@ -280,6 +281,15 @@ def resolve_workspace(workspace: Path | None) -> Path:
         log.info("exporting the most recent run: %s", workspace)
     workspace = Path(workspace)
     if not last_checkpoint(workspace).is_file():
+        from dreamtext.processes import workspace_holder
+        from dreamtext.runstatus import read_status, running_elsewhere
+
+        training = running_elsewhere(read_status(workspace)) or workspace_holder(workspace)
+        if training is not None:  # a run before its first checkpoint
+            raise DreamtextError(
+                f"{workspace} has no checkpoint yet: process {training} is training it and "
+                "saves one every checkpoint_every steps; export once it has"
+            )
         raise DreamtextError(
             f"no checkpoint at {last_checkpoint(workspace)}: train first with "
             "`dreamtext text PROMPT` (or pass the --workspace of a trained run)"

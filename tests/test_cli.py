@@ -696,6 +696,10 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder
     starting = holder(workspace)
     code, err = run_main([*args, "--no-video"], capsys)
     assert code == 0 and f"process {starting.pid} is starting a run in {workspace}" in err
+    # Before its first checkpoint: not "train first with dreamtext text PROMPT".
+    (workspace / "checkpoints" / "last.pt").rename(tmp_path / "last.pt")
+    code, err = run_main([*args, "--no-video"], capsys)
+    assert_user_error(code, err, f"process {starting.pid} is training it", "export once it has")
 
 
 @pytest.mark.parametrize("command", ["text", "view"])
