@@ -323,8 +323,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         recorded_options,
         resolve_workspace,
     )
-    from dreamtext.processes import workspace_holder
-    from dreamtext.runstatus import read_status, running_elsewhere
+    from dreamtext.runstatus import live_run
 
     workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
     options, defaults = recorded_options(workspace), ExportOptions()
@@ -352,19 +351,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"dreamtext: the run's export options: {settings} (flags override them)",
             file=sys.stderr,
         )
-    status = read_status(workspace)
-    training = running_elsewhere(status)
-    loading = workspace_holder(workspace) if training is None else None
-    if training is not None:
+    live = live_run(workspace)
+    if live is not None and live[1] is not None:
         print(
-            f"dreamtext: process {training} is still training {workspace} (step "
-            f"{status.get('step')}): this exports its newest checkpoint, and the run's own "
+            f"dreamtext: process {live[0]} is still training {workspace} (step "
+            f"{live[1].get('step')}): this exports its newest checkpoint, and the run's own "
             "export replaces these files when it ends",
             file=sys.stderr,
         )
-    elif loading is not None:  # a run still loading: its status.json does not say so yet
+    elif live is not None:  # a run still loading: its status.json does not say so yet
         print(
-            f"dreamtext: process {loading} is starting a run in {workspace}: this exports the "
+            f"dreamtext: process {live[0]} is starting a run in {workspace}: this exports the "
             "newest checkpoint there now, which that run may replace",
             file=sys.stderr,
         )
@@ -434,10 +431,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from dreamtext.describe import describe
     from dreamtext.devices import resolve_device
     from dreamtext.imageto3d import default_workspace
-
-    device = str(resolve_device(args.device or "auto"))
     from dreamtext.processes import claim_workspace
 
+    device = str(resolve_device(args.device or "auto"))
     workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
     with claim_workspace(workspace):
         print(describe(args.image, workspace, describe_options(args, device)))

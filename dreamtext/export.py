@@ -157,6 +157,9 @@ class ExportResult:
 
     def report(self) -> dict[str, Any]:
         """The contents of ``mesh/mesh.json``."""
+        # config imports this module (its ExportOptions): imported here, not at the top.
+        from dreamtext.config import config_to_dict
+
         return {
             **dataclasses.asdict(self.stats),
             "threshold": self.threshold,
@@ -169,7 +172,7 @@ class ExportResult:
             "faces_before_decimation": self.faces_before_decimation,
             "textured_vertices": self.textured_vertices,
             "step": self.step,
-            "options": None if self.options is None else config_dict(self.options),
+            "options": None if self.options is None else config_to_dict(self.options),
         }
 
     def summary(self) -> str:
@@ -196,11 +199,6 @@ class ExportResult:
         ]
         lines += [f"  {kind:8s}{path}" for kind, path in self.files.items()]
         return "\n".join(lines)
-
-
-def config_dict(options: ExportOptions) -> dict[str, Any]:
-    """``options`` as JSON-ready values (the formats as a list), as config.json records them."""
-    return {**dataclasses.asdict(options), "formats": list(options.formats)}
 
 
 def export_memory(options: ExportOptions) -> int:
@@ -281,13 +279,12 @@ def resolve_workspace(workspace: Path | None) -> Path:
         log.info("exporting the most recent run: %s", workspace)
     workspace = Path(workspace)
     if not last_checkpoint(workspace).is_file():
-        from dreamtext.processes import workspace_holder
-        from dreamtext.runstatus import read_status, running_elsewhere
+        from dreamtext.runstatus import live_run
 
-        training = running_elsewhere(read_status(workspace)) or workspace_holder(workspace)
+        training = live_run(workspace)
         if training is not None:  # a run before its first checkpoint
             raise DreamtextError(
-                f"{workspace} has no checkpoint yet: process {training} is training it and "
+                f"{workspace} has no checkpoint yet: process {training[0]} is training it and "
                 "saves one every checkpoint_every steps; export once it has"
             )
         raise DreamtextError(

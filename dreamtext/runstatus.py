@@ -60,7 +60,7 @@ import torch
 
 from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
 from dreamtext.errors import DreamtextError, WorkspaceInUse
-from dreamtext.processes import record_alive, this_process
+from dreamtext.processes import record_alive, this_process, workspace_holder
 
 STATUS = "status.json"
 STATES = ("running", "finished", "failed", "interrupted")
@@ -147,6 +147,19 @@ def running_elsewhere(status: dict[str, Any] | None) -> int | None:
     if (status or {}).get("state") != "running" or status.get("pid") == os.getpid():
         return None
     return status["pid"] if record_alive(status) else None
+
+
+def live_run(workspace: str | Path) -> tuple[int, dict[str, Any] | None] | None:
+    """Another live process of this machine running a run in ``workspace``: its pid and the
+    ``status.json`` that says so (:func:`running_elsewhere`), or ``None`` for the status while
+    the run holds the workspace's lock but has not written one yet (it still loads:
+    :func:`~dreamtext.processes.workspace_holder`). ``None`` when no such process runs."""
+    status = read_status(workspace)
+    pid = running_elsewhere(status)
+    if pid is not None:
+        return pid, status
+    holder = workspace_holder(workspace)
+    return None if holder is None else (holder, None)
 
 
 def check_not_running(workspace: str | Path) -> None:
