@@ -711,7 +711,8 @@ def write_all_atomically(
     all of them are written, and each folder is then swapped for its new copy by two renames
     (:func:`finish_replacements`; the folder of the last file in ``files``, an export's
     ``mesh.json``, last). Of the old folder's files, those ``files`` or a glob of ``replaced``
-    name are dropped, the others (a user's own) carried over. If a write fails, the staging
+    name are dropped, and hidden ones; the others (a user's own) are carried over (a moment
+    after the swap: :func:`_retire`). If a write fails, the staging
     folder and any folder this call made are removed and no destination is touched.
     Returns the paths written.
     """
@@ -783,7 +784,7 @@ def finish_replacements(parent: Path, replaced: tuple[str, ...] = ()) -> None:
             names += sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in names)
             for name in names:
                 _swap_in(folder / name, parent / name, replaced)
-            shutil.rmtree(folder)
+            shutil.rmtree(folder, ignore_errors=True)
         for old in parent.glob(OLD_PREFIX + "*"):
             _swap_in(None, parent / old.name[len(OLD_PREFIX) :], replaced)
 
@@ -809,15 +810,19 @@ def _swap_in(new: Path | None, dest: Path, replaced: tuple[str, ...]) -> None:
 def _retire(old: Path, dest: Path, replaced: tuple[str, ...]) -> None:
     """Carry the entries of ``old`` that ``dest`` lacks and ``replaced`` does not name into
     ``dest``, then remove ``old``; with no ``dest`` (a swap cut between its renames, whose new
-    folder is gone) ``old`` becomes ``dest`` again."""
+    folder is gone) ``old`` becomes ``dest`` again.
+
+    Hidden entries are not carried: NFS renames a file removed while a reader has it open (the
+    viewer sending the old GLB) to ``.nfsXXXX`` until it is closed, which also keeps ``old``
+    from being removed now; a later export removes it."""
     if not dest.exists():
         os.rename(old, dest)
         return
     for entry in old.iterdir():
         kept = not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in replaced)
-        if kept and not os.path.lexists(dest / entry.name):
+        if kept and not entry.name.startswith(".") and not os.path.lexists(dest / entry.name):
             os.rename(entry, dest / entry.name)
-    shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _move_files_into(new: Path, target: Path, replaced: tuple[str, ...]) -> None:
