@@ -15,8 +15,10 @@ Several workers can share one list. ``--shard K/N`` (or a SLURM job array's
 ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``) gives each a disjoint share, and every
 workspace is claimed by a lock file holding host, pid and start time, so that two workers never
 train one prompt at the same time even when they run the same share. A lock is taken over when its
-process is gone (same host), when it belongs to this very SLURM array task (a requeued task), or
-when its holder stopped refreshing it for ``--lock-timeout`` seconds.
+process is gone (same host), when it belongs to this very SLURM array task (a requeued task), when
+its record cannot be read a few seconds after it was made (empty: a full disk, or a writer killed
+between creating and writing it), or when its holder stopped refreshing it for ``--lock-timeout``
+seconds.
 """
 
 from __future__ import annotations
@@ -341,6 +343,12 @@ def slurm_task() -> tuple[str | None, int]:
     return (f"{job}_{task}" if task is not None else job), restarts
 
 
+# A lock file whose record cannot be read (empty: its writer died, or the disk was full, between
+# creating it and writing it; or corrupt) is stale once it is this many seconds old: its writer
+# writes the record right after creating the file.
+UNREADABLE_LOCK_AFTER_S = 10.0
+
+
 class WorkspaceLock:
     """An exclusive claim on a workspace: the file ``<workspace>.lock`` beside it.
 
@@ -464,8 +472,12 @@ class WorkspaceLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(self.info) + "\n")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(self.info) + "\n")
+            except BaseException:  # a full disk: no empty lock left to block the prompt
+                self.path.unlink(missing_ok=True)
+                raise
             return True
         finally:
             tmp.unlink(missing_ok=True)
@@ -512,6 +524,10 @@ class WorkspaceLock:
         pid = gone_process(info)
         if pid is not None:
             return f"its process {pid} on {HOST} is gone"
+        if not info and age > UNREADABLE_LOCK_AFTER_S:
+            # Written whole when it is made (or right after, where there are no hard links):
+            # its writer died or its disk was full, and no holder refreshes a lock it cannot read.
+            return f"it is {age:.0f} s old and its record is empty or unreadable"
         if age > self.timeout:
             return f"not refreshed for {age:.0f} s > --lock-timeout {self.timeout:g} s"
         return None

@@ -436,7 +436,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device or "auto"))
     workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
     with claim_workspace(workspace):
-        print(describe(args.image, workspace, describe_options(args, device)))
+        print(describe(args.image, workspace, describe_options(args, device), status=True))
     return 0
 
 

@@ -32,8 +32,10 @@ from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import atomic_write_bytes, check_writable
 from dreamtext.config import absolute_model_folder
+from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
+from dreamtext.runstatus import track_status
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 QUANTIFIERS: tuple[str, ...] = ("a", "an", "some", "a few", "a little", "a lot of", "much", "many")
@@ -367,6 +369,7 @@ def describe(
     workspace: str | Path,
     options: DescribeOptions | None = None,
     encoder: ImageTextEncoder | None = None,
+    status: bool = False,
 ) -> str:
     """Find the sentence for an image, write ``W/descriptor/sentence.json``, return the sentence.
 
@@ -376,12 +379,32 @@ def describe(
     A workspace holding another image's record, or a trained one, is refused before the search
     (:func:`check_describe_workspace`).
     ``encoder`` defaults to CLIP loaded from ``options.clip``; tests pass a fake one.
+    ``status``: keep ``W/status.json`` of the search as a run of its own (``dreamtext describe``:
+    ``running`` in phase ``describe``, then ``finished``, ``failed`` or ``interrupted``), written
+    once the checks have passed and CLIP is loaded; image→3D tracks its describe stage itself.
     """
     options = options or DescribeOptions()
     nouns, adjectives = check_options(options)
     image = load_image(image_path)
     check_describe_workspace(workspace, image_path)
     encoder = encoder or ClipEncoder(options.clip, options.device, options.batch_size)
+    if not status:
+        return _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
+    device = resolve_device(options.device)
+    with track_status(workspace, 0, lambda: 0, device, phase="describe"):
+        return _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
+
+
+def _describe(
+    image: Image.Image,
+    image_path: str | Path,
+    workspace: str | Path,
+    options: DescribeOptions,
+    encoder: ImageTextEncoder,
+    nouns: list[str],
+    adjectives: list[str],
+) -> str:
+    """:func:`describe`'s search and record, its checks passed."""
     score = SentenceScores(encoder, encoder.encode_image(image))
     result = search_sentence(
         score,

@@ -4,20 +4,27 @@
     field ──► renderer (orbit of cameras: RGB | depth) ──► W/video/turntable.mp4, turntable.gif
 
 Everything runs on the CPU; a GPU only speeds up the field queries. Every output is computed in
-memory (or into a temp file beside its destination) first and renamed into place only when all of
-them are ready, so an error leaves no empty or half-written file behind.
+memory first, written into a hidden staging folder of W, and mesh/ and video/ are then each
+swapped for their new copy by renames (:func:`write_all_atomically`): an error leaves no empty or
+half-written file behind, and a kill at any moment leaves each folder's old files or its new
+ones, never a mix (the next export finishes a swap a kill cut short).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
 import io
 import json
 import logging
 import math
 import os
+import secrets
+import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +59,13 @@ from dreamtext.mesh import (
     query_albedo,
     unwrap_uv,
 )
+from dreamtext.processes import record_alive, this_process
 from dreamtext.renderer import RenderConfig
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +86,10 @@ BYTES_PER_CELL = 32
 BYTES_PER_TEXEL = 170
 # What an export writes into mesh/ (the formats, mesh.json, the texture), as glob patterns.
 MESH_OUTPUTS = ("mesh.*", "albedo.png")
+# What of an earlier export's mesh/ and video/ the next export drops (the rest, a user's own
+# files, it keeps): its outputs, and the hidden temp files of the versions that wrote them into
+# these folders (``.mesh.k2j4x9ab.glb``).
+REPLACED_OUTPUTS = (*MESH_OUTPUTS, "turntable.*", ".mesh.*", ".albedo.*", ".turntable.*")
 
 
 @dataclass
@@ -323,10 +340,10 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     options = options or recorded_options(workspace)
     options.validate()
     check_memory(options)
-    for folder in ("mesh", "video") if options.video else ("mesh",):
-        check_writable(
-            workspace / folder, "copy the run to a folder you can write and export it there"
-        )
+    # The workspace too: mesh/ and video/ are replaced by renames in it.
+    folders = [workspace, workspace / "mesh"] + [workspace / "video"] * options.video
+    for folder in folders:
+        check_writable(folder, "copy the run to a folder you can write and export it there")
     device = resolve_device(options.device)
     state = read_run_checkpoint(workspace)
     field, renderer, _ = run_from_state(state, device)
@@ -365,6 +382,9 @@ def export_field(
             f"{on_the_gpu}"
         )
 
+    # An earlier export killed while it swapped its files in is finished first.
+    if out_dir.is_dir():
+        finish_replacements(out_dir, REPLACED_OUTPUTS)
     with out_of_memory_is_a_user_error(explain):
         return _export_field(field, out_dir, options, renderer, step)
 
@@ -428,15 +448,9 @@ def _export_field(
         options=options,
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
-    written = write_all_atomically(staged)
-    # An earlier export's other formats describe another mesh (mesh.json is this one's): remove.
-    for pattern in MESH_OUTPUTS:
-        for old in mesh_dir.glob(pattern):
-            if old not in staged:
-                old.unlink(missing_ok=True)
-    # An export killed midway (the OOM killer, a scheduler) left its hidden temp files.
-    remove_stale_temps(mesh_dir, "mesh|albedo")
-    if (out_dir / "video").is_dir():
+    # mesh/ (and video/) replaced whole: an earlier export's other formats describe another mesh.
+    written = write_all_atomically(staged, REPLACED_OUTPUTS)
+    if (out_dir / "video").is_dir():  # a --no-video export leaves the folder as it is
         remove_stale_temps(out_dir / "video", "turntable")
     kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
     result.files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
@@ -684,40 +698,186 @@ def _gif_frame(image: np.ndarray) -> Image.Image:
     return rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
 
 
-def write_all_atomically(files: dict[Path, bytes | Callable[[Path], None]]) -> list[Path]:
-    """Write every file to a temp file beside its destination, then rename them all into place.
+def write_all_atomically(
+    files: dict[Path, bytes | Callable[[Path], None]], replaced: tuple[str, ...] = ()
+) -> list[Path]:
+    """Replace the folders of ``files`` (``W/mesh``, ``W/video``: folders of one parent ``W``),
+    each as a whole, by folders that hold ``files``: a reader, or a kill at any moment, sees
+    each folder's old set of files or its new one, never a mix of the two.
 
     A value is the file's bytes, or a function that writes the file at the path it is given (for
-    encoders that need a real file, e.g. ffmpeg). If anything fails, the temp files and any folder
-    this call created are removed and no destination is touched. Returns the paths written.
+    encoders that need a real file, e.g. ffmpeg). The files are written into a hidden staging
+    folder ``W/.export-partial-XXXXXXXX/<folder>/``, which is renamed ``W/.export-ready-…`` once
+    all of them are written, and each folder is then swapped for its new copy by two renames
+    (:func:`finish_replacements`; the folder of the last file in ``files``, an export's
+    ``mesh.json``, last). Of the old folder's files, those ``files`` or a glob of ``replaced``
+    name are dropped, and hidden ones; the others (a user's own) are carried over (a moment
+    after the swap: :func:`_retire`). If a write fails, the staging
+    folder and any folder this call made are removed and no destination is touched.
+    Returns the paths written.
     """
+    folders = list(dict.fromkeys(path.parent for path in reversed(list(files))))[::-1]
+    parent = folders[0].parent
+    if any(folder.parent != parent for folder in folders):
+        raise ValueError(f"the folders of one replacement need one parent: {folders}")
     created: list[Path] = []
-    temps: dict[Path, Path] = {}
+    for folder in reversed([parent, *parent.parents]):
+        if not folder.exists():
+            folder.mkdir()
+            created.append(folder)
+    staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent))
     try:
+        record = {**this_process(), "folders": [folder.name for folder in folders]}
+        (staging / RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
         for path, content in files.items():
-            for folder in reversed([path.parent, *path.parent.parents]):
-                if not folder.exists():
-                    folder.mkdir()
-                    created.append(folder)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-            temps[path] = Path(tmp)
+            staged = staging / path.parent.name / path.name
+            staged.parent.mkdir(exist_ok=True)
             with naming_the_file(path):
-                with os.fdopen(fd, "wb") as f:
-                    if isinstance(content, bytes):
-                        f.write(content)
-                if not isinstance(content, bytes):
-                    content(Path(tmp))
-            os.chmod(tmp, file_mode())  # mkstemp makes 0600 files; exports are meant to be shared
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
+                if isinstance(content, bytes):
+                    staged.write_bytes(content)
+                else:
+                    content(staged)
+            os.chmod(staged, file_mode())
+        for folder in folders:  # the new folder as shared as the old one (mkdir's mode else)
+            if folder.is_dir() and not folder.is_symlink():
+                os.chmod(staging / folder.name, folder.stat().st_mode & 0o7777)
+        os.rename(staging, parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :]))
     except BaseException:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
         for folder in reversed(created):
             if folder.exists() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
+    finish_replacements(parent, replaced)
     return list(files)
+
+
+# write_all_atomically's leftovers in a folder W of the folders it replaces (all hidden):
+# files still being written (or left by a writer that was killed), files written whole that wait
+# to be swapped in, and an old folder W/<name> moved aside while its new copy moves in.
+PARTIAL_PREFIX = ".export-partial-"
+READY_PREFIX = ".export-ready-"
+OLD_PREFIX = ".export-old-"
+# In a staging folder: the process that writes it and the folders it holds, in swap order.
+RECORD_FILE = ".record.json"
+# A staging folder without a readable record this much older than now lost its writer before
+# the writer wrote the record (which it does right after making the folder).
+RECORD_GRACE_S = 60.0
+
+
+def finish_replacements(parent: Path, replaced: tuple[str, ...] = ()) -> None:
+    """Finish :func:`write_all_atomically`'s replacements of folders of ``parent``, its own and
+    those of writers that were killed, which left only hidden leftovers: swap in every folder
+    written whole (``.export-ready-*``, oldest first), finish a swap cut between its two
+    renames or before the old folder was removed (``.export-old-*``), and remove what writers
+    no longer alive left half-written (``.export-partial-*``). Runs under an ``flock`` on
+    ``parent`` where the file system has one, so that two exports of a run take turns."""
+    parent = Path(parent)
+    with _locked_folder(parent):
+        for partial in parent.glob(PARTIAL_PREFIX + "*"):
+            if _abandoned(partial):
+                shutil.rmtree(partial, ignore_errors=True)
+        ready = sorted(parent.glob(READY_PREFIX + "*"), key=lambda p: p.stat().st_ctime)
+        for folder in ready:
+            record = _staging_record(folder) or {}
+            names = [n for n in record.get("folders", []) if isinstance(n, str)]
+            names += sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in names)
+            for name in names:
+                _swap_in(folder / name, parent / name, replaced)
+            shutil.rmtree(folder, ignore_errors=True)
+        for old in parent.glob(OLD_PREFIX + "*"):
+            _swap_in(None, parent / old.name[len(OLD_PREFIX) :], replaced)
+
+
+def _swap_in(new: Path | None, dest: Path, replaced: tuple[str, ...]) -> None:
+    """Make the folder ``new`` (``None``: no new folder, only finish an earlier swap) the folder
+    ``dest``: ``dest`` → ``.export-old-<name>``, ``new`` → ``dest``; then carry the files of
+    the old folder that ``new`` lacks and ``replaced`` does not name over, and remove it."""
+    old = dest.with_name(OLD_PREFIX + dest.name)
+    if new is not None and new.is_dir():
+        if dest.is_symlink():  # keep the user's link: fill the folder it names file by file
+            _move_files_into(new, Path(os.path.realpath(dest)), replaced)
+            return
+        if dest.exists():
+            if old.exists():  # an earlier swap's old folder, never removed
+                _retire(old, dest, replaced)
+            os.rename(dest, old)
+        os.rename(new, dest)
+    if old.is_dir() and not old.is_symlink():
+        _retire(old, dest, replaced)
+
+
+def _retire(old: Path, dest: Path, replaced: tuple[str, ...]) -> None:
+    """Carry the entries of ``old`` that ``dest`` lacks and ``replaced`` does not name into
+    ``dest``, then remove ``old``; with no ``dest`` (a swap cut between its renames, whose new
+    folder is gone) ``old`` becomes ``dest`` again.
+
+    Hidden entries are not carried: NFS renames a file removed while a reader has it open (the
+    viewer sending the old GLB) to ``.nfsXXXX`` until it is closed, which also keeps ``old``
+    from being removed now; a later export removes it."""
+    if not dest.exists():
+        os.rename(old, dest)
+        return
+    for entry in old.iterdir():
+        kept = not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in replaced)
+        if kept and not entry.name.startswith(".") and not os.path.lexists(dest / entry.name):
+            os.rename(entry, dest / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_files_into(new: Path, target: Path, replaced: tuple[str, ...]) -> None:
+    """The swap of a ``dest`` that is a link to a folder: each file of ``new`` replaces its
+    namesake in ``target`` (the link's folder, on any file system) on its own, then the files
+    ``replaced`` names that ``new`` lacks are removed. Not atomic as a set."""
+    for path in new.iterdir():
+        tmp = target / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        shutil.copyfile(path, tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, target / path.name)
+    for entry in target.iterdir():
+        stale = any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in replaced)
+        if stale and entry.is_file() and not (new / entry.name).exists():
+            entry.unlink()
+    shutil.rmtree(new)
+
+
+def _staging_record(staging: Path) -> dict | None:
+    try:
+        record = json.loads((staging / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _abandoned(partial: Path) -> bool:
+    """Whether the staging folder ``partial`` lost its writer: the process its record names is
+    gone (:func:`dreamtext.processes.record_alive`), or it has no record well after it was made.
+    One written from another machine whose process is unknown here is left alone."""
+    record = _staging_record(partial)
+    if record is None:
+        try:
+            return time.time() - partial.stat().st_mtime > RECORD_GRACE_S
+        except OSError:
+            return False
+    return record_alive(record) is False
+
+
+@contextlib.contextmanager
+def _locked_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` for the block, where the system and file system
+    have them (else the block runs unlocked)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None and fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing drops the lock
 
 
 __all__ = [
@@ -730,6 +890,7 @@ __all__ = [
     "export_memory",
     "export_workspace",
     "find_latest_workspace",
+    "finish_replacements",
     "mp4_is_whole",
     "recorded_options",
     "render_turntable",

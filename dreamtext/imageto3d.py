@@ -150,19 +150,19 @@ def source_copy(workspace: Path) -> Path | None:
     return next((copy for copy in copies if copy.is_file()), None)
 
 
-def same_image(image_path: Path, previous: Path, workspace: Path) -> bool:
-    """Whether ``image_path`` is the image of the run in ``workspace``, recorded as ``previous``:
-    the same path, or the same bytes as that file or as the run's copy (:func:`source_copy`), so
-    that a run whose image was moved or deleted continues from the moved file or the copy."""
+def same_image(
+    image_path: Path, previous: Path, data: bytes | None, copy_data: bytes | None
+) -> bool:
+    """Whether ``image_path`` is the image of a run that recorded ``previous``: the same path,
+    or the same bytes as that file or as the run's copy (:func:`source_copy`), so that a run
+    whose image was moved or deleted continues from the moved file or the copy. ``data``: the
+    bytes of ``image_path`` (``None`` when it is no file), ``copy_data`` the copy's (``None``
+    without one): the caller reads each once."""
     if previous.resolve() == image_path.resolve():
         return True
-    if not image_path.is_file():
+    if data is None:
         return False
-    data = image_path.read_bytes()
-    return any(
-        path is not None and path.is_file() and path.read_bytes() == data
-        for path in (previous, source_copy(workspace))
-    )
+    return copy_data == data or (previous.is_file() and previous.read_bytes() == data)
 
 
 def recorded_image(workspace: Path) -> str | None:
@@ -197,16 +197,19 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     record = read_record(workspace)
     sections = read_stage_sections(workspace)
     previous = recorded_image(workspace)
-    if previous is not None and not same_image(image_path, Path(previous), workspace):
+    copy = source_copy(workspace)
+    # The image and the copy are read once each (an image may be tens of megabytes), and only
+    # for a run that recorded one.
+    data = image_path.read_bytes() if previous is not None and image_path.is_file() else None
+    copy_data = None
+    if data is not None and copy is not None:
+        copy_data = data if copy.resolve() == image_path.resolve() else copy.read_bytes()
+    if previous is not None and not same_image(image_path, Path(previous), data, copy_data):
         raise DreamtextError(
             f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
             "for this image"
         )
-    copy = source_copy(workspace)
-    edited = (
-        image_path.is_file() and copy is not None and image_path.read_bytes() != copy.read_bytes()
-    )
-    if previous is not None and edited:
+    if copy_data is not None and copy_data != data:
         # Edited in place: the run's sentence and descriptor were made from the copy.
         raise DreamtextError(
             f"{image_path} has changed since the run in {workspace} started from it; pass "

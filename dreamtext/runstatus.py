@@ -20,7 +20,9 @@ does not finish the run (``finishes=False``: at its end the file says ``running`
 stage takes over): ``--diverse``'s image sampling (``sample``), the CLIP sentence search
 (``describe``), the descriptor training (``descriptor``; ``step`` and ``iters`` are then the
 descriptor's). ``state`` is that stage's: an image run that failed in its descriptor training
-reads ``failed`` with ``phase: "descriptor"``.
+reads ``failed`` with ``phase: "descriptor"``. ``dreamtext describe`` alone is a run of that one
+stage: ``running`` in phase ``describe``, then ``finished`` (or ``failed``, ``interrupted``) in
+it, ``step`` and ``iters`` 0; an image→3D run that reuses its sentence counts its time.
 
 ``seconds`` is the stage's time over all its attempts: a resumed stage (one that starts past step
 0) adds its own to the ``seconds`` its status.json held, a stage that starts at step 0 counts from

@@ -426,6 +426,47 @@ def test_another_hosts_lock_is_taken_over_only_when_older_than_the_timeout(tmp_p
     lock.release()
 
 
+@pytest.mark.parametrize("record", ["", '{"host": "elsew', "[]"])
+def test_a_lock_whose_record_cannot_be_read_is_taken_over_after_a_few_seconds(
+    tmp_path, capsys, record
+):
+    """An empty lock (a full disk, or a worker killed between creating the file and writing it
+    where there are no hard links) or a corrupt one kept its prompt for --lock-timeout (600 s)
+    as 'claimed by ? pid ? since ?'. Its writer writes the record at once: a few seconds on, it
+    never will, and no holder refreshes a lock it cannot read."""
+    path = tmp_path / "a.lock"
+    path.write_text(record)
+    assert not WorkspaceLock(tmp_path / "a", 600).acquire()  # just made: the record may follow
+    old = time.time() - 30
+    os.utime(path, (old, old))
+    lock = WorkspaceLock(tmp_path / "a", 600)
+    assert lock.acquire()
+    assert json.loads(path.read_text())["token"] == lock.info["token"]
+    assert "record is empty or unreadable" in capsys.readouterr().err
+    lock.release()
+
+
+def test_a_lock_that_the_disk_has_no_room_for_is_not_left_empty(tmp_path, monkeypatch):
+    """Without hard links the lock is made empty, then written: a full disk left a zero-length
+    lock that kept the prompt from every worker."""
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    real_fdopen = os.fdopen
+
+    def full_disk(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        f.write = lambda text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left"))
+        return f
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "fdopen", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        WorkspaceLock(tmp_path / "a", 600).acquire()
+    assert not (tmp_path / "a.lock").exists()
+
+
 def test_a_requeued_slurm_task_takes_over_its_own_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")

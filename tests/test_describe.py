@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -376,3 +377,63 @@ def test_ctrl_c_during_the_sentence_encoding_clears_its_progress_bar(
         pytest.fail("the interrupt did not reach the caller")
     assert "CLIP sentences" in err
     assert err.endswith("\r") and err.rsplit("\r", 2)[-2].strip() == ""
+
+
+def test_dreamtext_describe_records_its_run_in_status_json(tiny_clip_path, tmp_path, capsys):
+    """`dreamtext describe IMAGE` wrote no status.json: the viewer, batch and another command
+    could not tell a search in progress from one that ended or was killed."""
+    from dreamtext.cli import main
+
+    image_path, _ = _described(tmp_path)
+    workspace = tmp_path / "described"
+    vocabulary = _vocabulary(tmp_path)
+    flags = ["--nouns", str(vocabulary.nouns), "--adjectives", str(vocabulary.adjectives)]
+    flags += ["--clip", str(tiny_clip_path), "--workspace", str(workspace), "--device", "cpu"]
+    assert main(["describe", str(image_path), *flags]) == 0
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["phase"], status["error"]) == ("finished", "describe", None)
+    assert status["pid"] == os.getpid() and status["stages"].keys() == {"describe"}
+    assert status["total_seconds"] == status["seconds"] > 0
+
+
+def test_a_describe_in_progress_is_running_in_its_status(tmp_path):
+    image_path, _ = _described(tmp_path)
+    seen = []
+
+    class Watched(HashEncoder):
+        def encode_image(self, image):
+            if image is not None:  # the search starts
+                seen.append(json.loads((tmp_path / "new" / "status.json").read_text()))
+            return super().encode_image(image)
+
+    describe(image_path, tmp_path / "new", _vocabulary(tmp_path), encoder=Watched(), status=True)
+    assert [(s["state"], s["phase"], s["pid"]) for s in seen] == [
+        ("running", "describe", os.getpid())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raised", "state", "error"),
+    [
+        (KeyboardInterrupt(), "interrupted", None),  # Ctrl-C, or SIGTERM (the CLI makes it one)
+        (RuntimeError("CLIP broke"), "failed", "RuntimeError: CLIP broke"),
+    ],
+)
+def test_a_describe_that_stops_says_so_in_its_status(tmp_path, raised, state, error):
+    image_path, _ = _described(tmp_path)
+
+    class Broken(HashEncoder):
+        def encode_texts(self, texts):
+            raise raised
+
+    with pytest.raises(type(raised)):
+        describe(image_path, tmp_path / "new", _vocabulary(tmp_path), Broken(), status=True)
+    status = json.loads((tmp_path / "new" / "status.json").read_text())
+    assert (status["state"], status["phase"], status["error"]) == (state, "describe", error)
+
+
+def test_a_refused_describe_writes_no_status(tmp_path):
+    image_path, _ = _described(tmp_path, trained_sentence="An image of a <d> mug")
+    with pytest.raises(DreamtextError):
+        describe(image_path, tmp_path / "ws", _vocabulary(tmp_path), HashEncoder(), status=True)
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["descriptor"]

@@ -908,3 +908,143 @@ def test_exporting_a_run_in_a_folder_it_cannot_write_is_one_line_before_the_work
         f"dreamtext: error: cannot write in {workspace} (permission denied); copy the run to a "
         "folder you can write and export it there\n"
     )
+
+
+class Killed(BaseException):
+    """A SIGKILL, simulated: nothing after it runs, no handler cleans up."""
+
+
+def kill_at_rename(monkeypatch, n: int) -> None:
+    """Make the ``n``-th rename of a file or folder from now, or removal of a folder
+    (``os.rename``, ``os.replace``, ``shutil.rmtree``, counted together), kill the process
+    instead."""
+    count = [0]
+    for module, name in ((os, "rename"), (os, "replace"), (shutil, "rmtree")):
+        real = getattr(module, name)
+
+        def renamed(*args, _real=real, **kwargs):
+            count[0] += 1
+            if count[0] == n:
+                raise Killed
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, renamed)
+
+
+def mesh_set(workspace: Path) -> tuple[int, list[str]] | None:
+    """(mesh.json's resolution, the files of mesh/) after checking that mesh/ holds what its
+    mesh.json describes: the files of its formats, each of its face count; ``None`` without
+    mesh/."""
+    folder = workspace / "mesh"
+    if not folder.exists():
+        return None
+    report = json.loads((folder / "mesh.json").read_text())
+    per_format = {"glb": ["mesh.glb"], "obj": ["albedo.png", "mesh.mtl", "mesh.obj"]}
+    per_format["ply"] = ["mesh.ply"]
+    files = sorted(["mesh.json"] + [n for f in report["options"]["formats"] for n in per_format[f]])
+    assert sorted(p.name for p in folder.iterdir()) == files
+    if "ply" in report["options"]["formats"]:
+        assert len(trimesh.load(folder / "mesh.ply", process=False).faces) == report["faces"]
+    if "glb" in report["options"]["formats"]:
+        glb = trimesh.load(folder / "mesh.glb", process=False)
+        assert sum(len(g.faces) for g in glb.geometry.values()) == report["faces"]
+    return report["resolution"], files
+
+
+def test_a_kill_at_any_rename_of_a_re_export_leaves_the_old_set_or_the_new_one(
+    tmp_path, monkeypatch
+):
+    """SIGKILL (the OOM killer, a scheduler) while a re-export renamed its files into mesh/ one
+    at a time left the new GLB and PLY beside the old OBJ and a mesh.json of the old mesh. Now
+    mesh/ holds the old export's files or the new one's (or, between the two renames of the
+    swap, is absent for a moment), and the next export finishes what the kill cut short."""
+    old_export = tmp_path / "old"  # every face kept: the two meshes differ in their counts
+    export_field(SphereField(), old_export, small_options(video=False, resolution=32, decimate=0))
+    new_options = small_options(video=False, resolution=40, decimate=0, formats=("glb", "ply"))
+    seen = []
+    for n in range(1, 10):
+        workspace = tmp_path / f"kill{n}"
+        shutil.copytree(old_export, workspace)
+        with monkeypatch.context() as patch:
+            kill_at_rename(patch, n)
+            try:
+                export_field(SphereField(), workspace, new_options)
+            except Killed:
+                pass
+            else:
+                break  # the export renamed fewer than n times
+        state = mesh_set(workspace)
+        assert state is None or state[0] in (32, 40), state
+        seen.append((workspace, None if state is None else state[0]))
+    states = [state for _, state in seen]
+    assert states[0] == 32 and None in states and states[-1] == 40  # before, within, after
+    recovered = []
+    for workspace, _ in seen:
+        export_module.finish_replacements(workspace, export_module.REPLACED_OUTPUTS)
+        recovered.append(mesh_set(workspace)[0])
+        assert not [p.name for p in workspace.iterdir() if p.name.startswith(".")]
+    # The first rename makes the staged files the ones to swap in: a kill before it keeps the
+    # old export, one after it ends, at the next export, in the new one.
+    assert recovered == [32] + [40] * (len(seen) - 1)
+
+
+def test_the_next_export_finishes_the_swap_a_kill_cut_short(tmp_path, monkeypatch):
+    export_field(SphereField(), tmp_path, small_options(video=False, resolution=32))
+    with monkeypatch.context() as patch:
+        kill_at_rename(patch, 3)  # staging folder committed, mesh/ moved aside, new one in
+        with pytest.raises(Killed):
+            export_field(SphereField(), tmp_path, small_options(video=False, resolution=40))
+    assert mesh_set(tmp_path) is None
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    export_workspace(tmp_path, small_options(video=False, resolution=36, formats=("ply",)))
+    assert mesh_set(tmp_path)[0] == 36
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "mesh"]
+
+
+def test_a_re_export_replaces_mesh_and_video_and_keeps_a_users_own_files(tmp_path):
+    export_field(SphereField(), tmp_path, small_options(), renderer=SphereTracer())
+    (tmp_path / "mesh" / "notes.txt").write_text("mine")
+    (tmp_path / "video" / "shots").mkdir()
+    (tmp_path / "mesh").chmod(0o775)
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), renderer=SphereTracer())
+    assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == [
+        "mesh.json",
+        "mesh.ply",
+        "notes.txt",
+    ]
+    assert (tmp_path / "mesh" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "video").iterdir()) == [
+        "shots",
+        "turntable.gif",
+        "turntable.mp4",
+    ]
+    assert (tmp_path / "mesh").stat().st_mode & 0o777 == 0o775
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh", "video"]
+
+
+def test_a_staging_folder_of_a_live_export_is_left_and_a_killed_ones_removed(tmp_path):
+    """Two exports of one run may overlap (`dreamtext export` while its training exports): one
+    must not remove the files the other is still writing."""
+    from dreamtext.processes import this_process
+
+    live, dead = tmp_path / ".export-partial-live0001", tmp_path / ".export-partial-dead0001"
+    for folder, record in ((live, this_process()), (dead, {**this_process(), "pid": 2**22 + 7})):
+        (folder / "mesh").mkdir(parents=True)
+        (folder / export_module.RECORD_FILE).write_text(json.dumps(record))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
+    assert live.is_dir() and not dead.exists()
+
+
+def test_a_mesh_folder_that_is_a_link_stays_a_link(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mesh.obj").write_text("an older export's")
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / "mesh").symlink_to(elsewhere)
+    export_field(SphereField(), workspace, small_options(video=False, formats=("ply",)))
+    assert (workspace / "mesh").is_symlink()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["mesh.json", "mesh.ply"]
+    assert sorted(p.name for p in workspace.iterdir()) == ["mesh"]

@@ -863,3 +863,20 @@ def test_overwriting_the_text_stage_keeps_the_earlier_stages_time_in_status(
     again = json.loads((workspace / "status.json").read_text())["stages"]
     assert again["describe"] == before["describe"]
     assert again["descriptor"]["seconds"] > before["descriptor"]["seconds"]
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_the_workspace_check_reads_the_image_and_the_runs_copy_once_each(
+    tmp_path, monkeypatch, moved
+):
+    """For a run whose image was moved, the check read the image twice (comparing it with the
+    recorded file or the copy, then with the copy again), and the copy twice when the recorded
+    file was gone: twice the megabytes of a large photo, at every rerun."""
+    image, workspace, copy = _described_run(tmp_path)
+    if moved:
+        image = image.rename(tmp_path / "moved.png")
+    reads = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: reads.append(path) or read_bytes(path))
+    assert imageto3d.check_image_workspace(workspace, image) is None
+    assert sorted(reads) == sorted([image, copy])

@@ -1483,3 +1483,13 @@ def test_a_diverse_run_sampling_its_image_is_an_image_run(tmp_path: Path):
     run = read_run(location(Catalog([cube]), "cube"))
     assert (run.kind, run.prompt) == ("image", "a red cube")
     assert (run.status["stage"], run.status["activity"]) == ("sample", "sampling the image")
+
+
+def test_describe_alone_with_its_status_json_is_a_finished_run(tmp_path: Path):
+    """`dreamtext describe` records its run in status.json: finished in phase describe reads as
+    described, not as an image→3D run stopped after its describe stage."""
+    apple = make_image_run(tmp_path / "apple", "describe", source=False)
+    write_json(apple / "status.json", {"state": "finished", "phase": "describe", "step": 0})
+    status = read_run(location(Catalog([apple]), "apple")).status
+    assert (status["state"], status["source"]) == ("finished", "status.json")
+    assert (status["stage"], status["activity"]) == ("describe", "described")

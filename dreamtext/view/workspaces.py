@@ -784,11 +784,11 @@ def _activity(status: dict[str, Any]) -> str | None:
     running = state == "running"
     if stage == "sample":
         return "sampling the image" if running else "in image sampling"
+    if stage == "describe" and state == "finished":
+        return "described"  # `dreamtext describe` alone (image→3D's describe runs on)
     if stage == "describe" and status["source"] == "status.json":
         return "describing the image" if running else "in describe"
     if stage == "describe":
-        if state == "finished":
-            return "described"
         return "starting descriptor training" if running else "after describe"
     if stage == "descriptor":
         return "training descriptor" if running else "in descriptor training"
