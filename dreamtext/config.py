@@ -244,6 +244,14 @@ def read_resumes(workspace: str | Path) -> list[dict[str, Any]]:
     return resumes if isinstance(resumes, list) else []
 
 
+def read_ran_on(workspace: str | Path) -> dict[str, Any] | None:
+    """The ``ran_on`` a workspace's ``config.json`` records: what its latest attempt ran on
+    (``None`` for a run from before it was recorded, or no config.json)."""
+    data = _read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
+    ran_on = (data or {}).get("ran_on")
+    return ran_on if isinstance(ran_on, dict) else None
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """A ``--config`` file's settings. A run's ``config.json`` is one too, so that the run can be
     typed again from it (``--config RUN/config.json``): its :data:`KEPT_KEYS` (what ran, and the
@@ -614,6 +622,7 @@ __all__ = [
     "preset_path",
     "prompt_workspace",
     "read_config_file",
+    "read_ran_on",
     "read_resumes",
     "read_run_config",
     "read_stage_sections",

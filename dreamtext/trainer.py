@@ -42,6 +42,7 @@ from dreamtext.config import (
     TrainConfig,
     changed_settings,
     config_to_dict,
+    read_ran_on,
     read_resumes,
     read_run_config,
     resume_conflicts,
@@ -410,13 +411,19 @@ def ran_on(run: Run) -> dict[str, Any]:
 
 
 def write_config(run: Run) -> None:
-    """``config.json``: the resolved config, the hash-grid backend that runs it, what the run
-    runs on (:func:`ran_on`) and ``resumes``: one ``{"step", "changed"}`` for each time the run
-    was resumed, with the settings that differed from then on (a new run: none). An image run's
-    sections of its earlier stages are kept (:func:`dreamtext.config.write_run_config`)."""
+    """``config.json``: the resolved config, the hash-grid backend that runs it, what this
+    attempt runs on (:func:`ran_on`) and ``resumes``: one ``{"step", "changed", "ran_on_before"}``
+    for each time the run was resumed, with the settings that differed from then on and what the
+    attempt that trained up to that step ran on (its ``ran_on``, which this attempt's replaces;
+    left out for a run from before it was recorded). A new run has none. An image run's sections
+    of its earlier stages are kept (:func:`dreamtext.config.write_run_config`)."""
     resumes: list[dict[str, Any]] = []
     if run.resumed is not None:
-        resumes = [*read_resumes(run.workspace), run.resumed]
+        resume = dict(run.resumed)
+        before = read_ran_on(run.workspace)
+        if before is not None:
+            resume["ran_on_before"] = before
+        resumes = [*read_resumes(run.workspace), resume]
     extra = {
         "encoding_backend": run.field.encoding_backend,
         "ran_on": ran_on(run),
