@@ -233,7 +233,7 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_text(args: argparse.Namespace) -> int:
-    from dreamtext.config import resolve_config, same_prompt
+    from dreamtext.config import own_config_file, resolve_config, same_prompt
     from dreamtext.trainer import TrainingInterrupted, train
 
     if args.epochs and args.iters:
@@ -264,7 +264,8 @@ def cmd_text(args: argparse.Namespace) -> int:
         if args.diverse:
             workspace = _run_diverse(args, overrides, cfg)
         else:
-            workspace = train(cfg, resume=args.resume, overwrite=args.overwrite)
+            own = own_config_file(args.config, cfg.workspace)  # RUN/config.json without --workspace
+            workspace = train(cfg, resume=args.resume, overwrite=args.overwrite, own_config=own)
     except TrainingInterrupted as stop:
         again = "run the same command again" if args.diverse else "continue with --resume"
         print(f"dreamtext: {stop}; {again}", file=sys.stderr)
@@ -300,10 +301,22 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
 
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
-    from dreamtext.config import DEFAULT_WORKSPACE_ROOT, prompt_workspace, read_run_config
+    """The config.json of the run ``--resume`` continues: in ``--workspace``, else the folder the
+    ``--config`` files name (where the same command without ``--resume`` trains: a run's own
+    config.json names its folder), else the prompt's default folder."""
+    from dreamtext.config import (
+        DEFAULT_WORKSPACE_ROOT,
+        configured_workspace,
+        prompt_workspace,
+        read_run_config,
+    )
 
     key = ("text", args.prompt)
-    workspace = Path(args.workspace or prompt_workspace(DEFAULT_WORKSPACE_ROOT, args.prompt, key))
+    workspace = Path(
+        args.workspace
+        or configured_workspace(args.config)
+        or prompt_workspace(DEFAULT_WORKSPACE_ROOT, args.prompt, key)
+    )
     data = read_run_config(workspace, "drop --resume to start over")
     if data is None:
         raise DreamtextError(

@@ -252,14 +252,17 @@ def read_ran_on(workspace: str | Path) -> dict[str, Any] | None:
     return ran_on if isinstance(ran_on, dict) else None
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     """A ``--config`` file's settings. A run's ``config.json`` is one too, so that the run can be
     typed again from it (``--config RUN/config.json``): its :data:`KEPT_KEYS` (what ran, and the
     stages before text→3D) are records, not ``TrainConfig`` fields, and are left out as a
     resume leaves them out (:func:`read_run_config`). A run whose ``resumes`` changed more than
     ``iters`` trained its steps with other settings than its last, which is all this file holds:
-    a line on stderr says so."""
+    when the file starts a run from step 0 (``rerun``; not a resume, which continues from a
+    checkpoint with them) a line on stderr says so."""
     data = read_yaml(path)
+    if not rerun:
+        return {key: value for key, value in data.items() if key not in KEPT_KEYS}
     changed = {
         f"{name} at step {resume.get('step')}"
         for resume in data.get("resumes") or []
@@ -274,6 +277,34 @@ def read_config_file(path: Path) -> dict[str, Any]:
             file=sys.stderr,
         )
     return {key: value for key, value in data.items() if key not in KEPT_KEYS}
+
+
+def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """``--config``'s files as a list (one file, several, or none)."""
+    if isinstance(config_file, (str, Path)):
+        config_file = [config_file]
+    return [Path(path) for path in config_file or ()]
+
+
+def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
+    """The ``workspace`` the ``--config`` files name (the last that names one; a run's
+    config.json names its own folder), ``None`` when none does: where a command without
+    ``--workspace`` runs, and so where its ``--resume`` looks."""
+    named = [read_yaml(path).get("workspace") for path in config_files_list(config_file)]
+    named = [name for name in named if isinstance(name, str) and name]
+    return named[-1] if named else None
+
+
+def own_config_file(
+    config_file: str | Path | Sequence[str | Path] | None, workspace: str | Path
+) -> Path | None:
+    """The ``--config`` file that lies in ``workspace`` (the folder the command runs in), such
+    as ``RUN/config.json`` typed without ``--workspace``: the run recorded there is the one the
+    command would continue or replace, not a new one beside it. ``None`` when none does."""
+    folder = Path(workspace).resolve()
+    return next(
+        (path for path in config_files_list(config_file) if path.resolve().parent == folder), None
+    )
 
 
 def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:
@@ -378,10 +409,8 @@ def resolve_config(
     layers: list[tuple[dict[str, Any], str]] = []
     if preset is not None:
         layers.append((read_yaml(preset_path(preset)), f"preset '{preset}'"))
-    if isinstance(config_file, (str, Path)):
-        config_file = [config_file]
-    for path in config_file or ():
-        layers.append((read_config_file(Path(path)), str(path)))
+    for path in config_files_list(config_file):
+        layers.append((read_config_file(path, rerun=base is None), str(path)))
     if base is not None:
         layers.insert(0, (base, "the workspace's config.json"))
     else:
@@ -616,8 +645,11 @@ __all__ = [
     "ascii_slug",
     "available_presets",
     "changed_settings",
+    "config_files_list",
     "config_to_dict",
+    "configured_workspace",
     "flat_fields",
+    "own_config_file",
     "owner_value",
     "preset_path",
     "prompt_workspace",

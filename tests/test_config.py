@@ -10,6 +10,7 @@ from dreamtext.config import (
     available_presets,
     config_to_dict,
     preset_dirs,
+    read_run_config,
     resolve_config,
     slugify,
     write_run_config,
@@ -332,4 +333,19 @@ def test_a_runs_config_json_whose_resumes_changed_settings_says_a_rerun_is_not_t
     longer = [{"step": 10, "changed": {"iters": [10, 20]}}]
     write_run_config(tmp_path, cfg, extra={"resumes": longer})
     resolve_config({"prompt": "a castle"}, config_file=tmp_path / "config.json")
+    assert capsys.readouterr().err == ""
+
+
+def test_resuming_with_a_config_json_whose_resumes_changed_settings_says_nothing_of_reruns(
+    tmp_path, capsys
+):
+    """``--resume --config RUN/config.json`` continues from the checkpoint with the file's last
+    settings, which is what they were: the line that a rerun from step 0 is not that run did
+    not apply, and it was printed."""
+    cfg = resolve_config({"prompt": "a castle", "lr": 0.005, "iters": 20, "workspace": "w"})
+    resumes = [{"step": 10, "changed": {"iters": [10, 20], "lr": [0.02, 0.005]}}]
+    write_run_config(tmp_path, cfg, extra={"resumes": resumes})
+    base = read_run_config(tmp_path, "")
+    again = resolve_config({}, config_file=tmp_path / "config.json", base=base)
+    assert again.lr == 0.005
     assert capsys.readouterr().err == ""
