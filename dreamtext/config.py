@@ -307,6 +307,45 @@ def own_config_file(
     )
 
 
+# The keys of the stage sections; ``image`` and ``diverse``'s ``prompt`` and ``seed`` are records
+# of the run (its input), the others options of its stages.
+STAGE_KEYS = {
+    "image_to_3d": ("image", "describe", "descriptor"),
+    "diverse": ("prompt", "seed", "sample_steps", "sample_guidance_scale", "image"),
+}
+
+
+def config_file_stage_sections(
+    config_file: str | Path | Sequence[str | Path] | None,
+) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """The :data:`STAGE_SECTIONS` of the ``--config`` files, as ``(file, {section: mapping})``
+    in their order (a file without them is left out): a run's config.json records them, so
+    that ``image IMG --config RUN/config.json`` runs the stages with the run's options
+    (:func:`dreamtext.imageto3d.resolve_image_options`); a YAML may give them too. A section
+    that is no mapping, or a key no section has, is a :class:`DreamtextError`."""
+    out = []
+    for path in config_files_list(config_file):
+        data = read_yaml(path)
+        sections = {}
+        for name in STAGE_SECTIONS:
+            if name not in data:
+                continue
+            section = data[name]
+            if not isinstance(section, dict):
+                raise DreamtextError(f"config section '{name}' in {path} must be a mapping")
+            for key in section:
+                if key not in STAGE_KEYS[name]:
+                    raise DreamtextError(
+                        _unknown_field(
+                            f"{name}.{key}", key, list(STAGE_KEYS[name]), f"{name}.", str(path)
+                        )
+                    )
+            sections[name] = section
+        if sections:
+            out.append((str(path), sections))
+    return out
+
+
 def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:
     """The :data:`STAGE_SECTIONS` a workspace's ``config.json`` holds (``{}`` for a text→3D run,
     a run from before they were recorded, or no config.json)."""
@@ -645,6 +684,7 @@ __all__ = [
     "ascii_slug",
     "available_presets",
     "changed_settings",
+    "config_file_stage_sections",
     "config_files_list",
     "config_to_dict",
     "configured_workspace",
