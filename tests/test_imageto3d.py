@@ -777,6 +777,26 @@ def test_a_diverse_run_typed_again_from_its_config_json_takes_its_sampler_settin
     assert (got.describe.clip, got.descriptor.iters) == (str(tiny_clip_path), 7)
 
 
+def test_a_batch_image_line_with_a_runs_config_json_takes_its_stage_options(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    from dreamtext.cli import main
+
+    seen = _capture_run_image(monkeypatch)
+    first = tmp_path / "first"
+    image, _ = _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, first)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"image:{image}\n")
+    root = tmp_path / "batch"
+    code = main(
+        ["batch", str(prompts), "--config", str(first / "config.json"), "--workspace", str(root)]
+    )
+    assert code == 0
+    got = seen["options"]
+    assert (got.describe.clip, got.describe.noun) == (str(tiny_clip_path), "cube")
+    assert (got.descriptor.iters, got.descriptor.lr) == (7, 0.01)
+
+
 def test_an_image_command_on_the_folder_of_its_own_config_json_says_it_continues_that_run(
     tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
 ):
