@@ -470,11 +470,13 @@ def record_config(
 ) -> None:
     """Write config.json with the ``image_to_3d`` section (and ``sections``); once the descriptor
     is trained, ``cfg``'s prompt and ``guidance.textual_inversion`` become the trained sentence
-    and the learned file first (before, the prompt is the name the caller gave)."""
+    and the learned file first (before, the prompt is the name the caller gave). The file is
+    recorded as an absolute path, as the model folder is: a ``text --config RUN/config.json``
+    from another directory must find it."""
     record = read_record(workspace) or {}
     if "trained_sentence" in record:
         cfg.prompt = record["trained_sentence"]
-        cfg.guidance.textual_inversion = str(learned_embeds_path(workspace))
+        cfg.guidance.textual_inversion = os.path.abspath(learned_embeds_path(workspace))
     extra = {"image_to_3d": image_section(image_path, options), **(sections or {})}
     write_run_config(workspace, cfg, extra)
 

@@ -503,6 +503,23 @@ def test_config_json_records_the_stages_settings_before_the_first_stage_runs(
     assert descriptor["augment"]["flip_p"] == 0.5
 
 
+def test_config_json_names_the_learned_file_of_a_relative_workspace_by_its_absolute_path(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """``image IMG --workspace run`` recorded ``run/descriptor/learned_embeds.safetensors``, so
+    ``text SENTENCE --config run/config.json`` typed from another directory did not find it."""
+    monkeypatch.chdir(tmp_path)
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    (tmp_path / "run" / "descriptor").mkdir(parents=True)
+    record = {"image": str(image), "trained_sentence": f"An image of a {DESCRIPTOR_TOKEN} cube"}
+    (tmp_path / "run" / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    cfg = _config(tmp_path, tiny_sd_path, workspace="run")
+    imageto3d.record_config(Path("run"), cfg, image, options)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    learned = tmp_path / "run" / "descriptor" / "learned_embeds.safetensors"
+    assert config["guidance"]["textual_inversion"] == str(learned)
+
+
 def test_the_text_stage_keeps_the_image_section_in_config_json(
     tmp_path, tiny_clip_path, tiny_sd_path
 ):
