@@ -261,11 +261,9 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     when the file starts a run from step 0 (``rerun``; not a resume, which continues from a
     checkpoint with them) a line on stderr says so."""
     data = read_yaml(path)
-    if not rerun:
-        return {key: value for key, value in data.items() if key not in KEPT_KEYS}
     changed = {
         f"{name} at step {resume.get('step')}"
-        for resume in data.get("resumes") or []
+        for resume in (data.get("resumes") or [] if rerun else [])
         if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
         for name in resume["changed"]
         if name != "iters"
