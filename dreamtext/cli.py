@@ -233,7 +233,7 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_text(args: argparse.Namespace) -> int:
-    from dreamtext.config import resolve_config, same_prompt
+    from dreamtext.config import own_config_file, resolve_config, same_prompt
     from dreamtext.trainer import TrainingInterrupted, train
 
     if args.epochs and args.iters:
@@ -264,7 +264,8 @@ def cmd_text(args: argparse.Namespace) -> int:
         if args.diverse:
             workspace = _run_diverse(args, overrides, cfg)
         else:
-            workspace = train(cfg, resume=args.resume, overwrite=args.overwrite)
+            own = own_config_file(args.config, cfg.workspace)  # RUN/config.json without --workspace
+            workspace = train(cfg, resume=args.resume, overwrite=args.overwrite, own_config=own)
     except TrainingInterrupted as stop:
         again = "run the same command again" if args.diverse else "continue with --resume"
         print(f"dreamtext: {stop}; {again}", file=sys.stderr)
@@ -295,15 +296,28 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
             new_run="pass --workspace NEW_FOLDER for a new run",
         )
     cfg.workspace = workspace
+    note_own_record(args.config, workspace)
     options = resolve_image_options(image_overrides(args), workspace)
     return run_diverse(cfg, options, named=True, overwrite=args.overwrite)
 
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
-    from dreamtext.config import DEFAULT_WORKSPACE_ROOT, prompt_workspace, read_run_config
+    """The config.json of the run ``--resume`` continues: in ``--workspace``, else the folder the
+    ``--config`` files name (where the same command without ``--resume`` trains: a run's own
+    config.json names its folder), else the prompt's default folder."""
+    from dreamtext.config import (
+        DEFAULT_WORKSPACE_ROOT,
+        configured_workspace,
+        prompt_workspace,
+        read_run_config,
+    )
 
     key = ("text", args.prompt)
-    workspace = Path(args.workspace or prompt_workspace(DEFAULT_WORKSPACE_ROOT, args.prompt, key))
+    workspace = Path(
+        args.workspace
+        or configured_workspace(args.config)
+        or prompt_workspace(DEFAULT_WORKSPACE_ROOT, args.prompt, key)
+    )
     data = read_run_config(workspace, "drop --resume to start over")
     if data is None:
         raise DreamtextError(
@@ -419,12 +433,33 @@ def describe_options(args: argparse.Namespace, device: str | None = None):
 
 
 def image_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The describe and descriptor flags given to ``image``, ``batch`` and ``text --diverse``, as
-    overrides of what a run recorded (:func:`dreamtext.imageto3d.resolve_image_options`)."""
+    """The stage sections of the ``--config`` files (a run's config.json records its describe,
+    descriptor and sampler options there) and the describe and descriptor flags given to
+    ``image``, ``batch`` and ``text --diverse``, as overrides of what a run recorded
+    (:func:`dreamtext.imageto3d.resolve_image_options`)."""
+    from dreamtext.config import config_file_stage_sections
+
     describe = {name: getattr(args, name) for name in DESCRIBE_FLAGS}
-    out: dict[str, Any] = {"describe": {k: v for k, v in describe.items() if v is not None}}
+    out: dict[str, Any] = {"configs": config_file_stage_sections(args.config)}
+    out["describe"] = {k: v for k, v in describe.items() if v is not None}
     out["descriptor"] = {"iters": args.descriptor_iters} if args.descriptor_iters else {}
     return out
+
+
+def note_own_record(config_file: list[str] | None, workspace: str | Path) -> None:
+    """One line on stderr when a ``--config`` file is the record of the run in ``workspace``
+    (``image IMG --config RUN/config.json`` without ``--workspace``, RUN being the image's
+    folder): that run goes on, its finished stages reused, rather than run again."""
+    from dreamtext.config import own_config_file
+
+    own = own_config_file(config_file, workspace)
+    if own is not None:
+        print(
+            f"dreamtext: --config {own} is the record of the run in {workspace}, so this "
+            "continues that run (its finished stages are reused); pass --workspace NEW_FOLDER "
+            "to run it again beside it",
+            file=sys.stderr,
+        )
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -470,13 +505,18 @@ def cmd_image(args: argparse.Namespace) -> int:
         base=base,
         new_run="pass --workspace NEW_FOLDER for a new run",
     )
-    options = resolve_image_options(image_overrides(args), workspace)
-    given = {name: getattr(args, name) for name in DESCRIBE_FLAGS}
-    ignored = ignored_flags(workspace, given)
+    note_own_record(args.config, workspace)
+    image_options = image_overrides(args)
+    options = resolve_image_options(image_options, workspace)
+    ignored = []
+    for source, sections in image_options["configs"]:
+        recorded = sections.get("image_to_3d", {}).get("describe", {})
+        ignored += ignored_flags(workspace, recorded, source)
+    ignored += ignored_flags(workspace, {name: getattr(args, name) for name in DESCRIBE_FLAGS})
     if ignored:
         print(
-            f"dreamtext: {workspace} reuses its finished describe stage, so these flags are "
-            f"ignored: {', '.join(ignored)}; pass --workspace NEW_FOLDER to redo it",
+            f"dreamtext: {workspace} reuses its finished describe stage, so these are ignored: "
+            f"{', '.join(ignored)}; pass --workspace NEW_FOLDER to redo it",
             file=sys.stderr,
         )
     try:

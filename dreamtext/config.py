@@ -244,17 +244,26 @@ def read_resumes(workspace: str | Path) -> list[dict[str, Any]]:
     return resumes if isinstance(resumes, list) else []
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_ran_on(workspace: str | Path) -> dict[str, Any] | None:
+    """The ``ran_on`` a workspace's ``config.json`` records: what its latest attempt ran on
+    (``None`` for a run from before it was recorded, or no config.json)."""
+    data = _read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
+    ran_on = (data or {}).get("ran_on")
+    return ran_on if isinstance(ran_on, dict) else None
+
+
+def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     """A ``--config`` file's settings. A run's ``config.json`` is one too, so that the run can be
     typed again from it (``--config RUN/config.json``): its :data:`KEPT_KEYS` (what ran, and the
     stages before text→3D) are records, not ``TrainConfig`` fields, and are left out as a
     resume leaves them out (:func:`read_run_config`). A run whose ``resumes`` changed more than
     ``iters`` trained its steps with other settings than its last, which is all this file holds:
-    a line on stderr says so."""
+    when the file starts a run from step 0 (``rerun``; not a resume, which continues from a
+    checkpoint with them) a line on stderr says so."""
     data = read_yaml(path)
     changed = {
         f"{name} at step {resume.get('step')}"
-        for resume in data.get("resumes") or []
+        for resume in (data.get("resumes") or [] if rerun else [])
         if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
         for name in resume["changed"]
         if name != "iters"
@@ -266,6 +275,73 @@ def read_config_file(path: Path) -> dict[str, Any]:
             file=sys.stderr,
         )
     return {key: value for key, value in data.items() if key not in KEPT_KEYS}
+
+
+def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """``--config``'s files as a list (one file, several, or none)."""
+    if isinstance(config_file, (str, Path)):
+        config_file = [config_file]
+    return [Path(path) for path in config_file or ()]
+
+
+def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
+    """The ``workspace`` the ``--config`` files name (the last that names one; a run's
+    config.json names its own folder), ``None`` when none does: where a command without
+    ``--workspace`` runs, and so where its ``--resume`` looks."""
+    named = [read_yaml(path).get("workspace") for path in config_files_list(config_file)]
+    named = [name for name in named if isinstance(name, str) and name]
+    return named[-1] if named else None
+
+
+def own_config_file(
+    config_file: str | Path | Sequence[str | Path] | None, workspace: str | Path
+) -> Path | None:
+    """The ``--config`` file that lies in ``workspace`` (the folder the command runs in), such
+    as ``RUN/config.json`` typed without ``--workspace``: the run recorded there is the one the
+    command would continue or replace, not a new one beside it. ``None`` when none does."""
+    folder = Path(workspace).resolve()
+    return next(
+        (path for path in config_files_list(config_file) if path.resolve().parent == folder), None
+    )
+
+
+# The keys of the stage sections; ``image`` and ``diverse``'s ``prompt`` and ``seed`` are records
+# of the run (its input), the others options of its stages.
+STAGE_KEYS = {
+    "image_to_3d": ("image", "describe", "descriptor"),
+    "diverse": ("prompt", "seed", "sample_steps", "sample_guidance_scale", "image"),
+}
+
+
+def config_file_stage_sections(
+    config_file: str | Path | Sequence[str | Path] | None,
+) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """The :data:`STAGE_SECTIONS` of the ``--config`` files, as ``(file, {section: mapping})``
+    in their order (a file without them is left out): a run's config.json records them, so
+    that ``image IMG --config RUN/config.json`` runs the stages with the run's options
+    (:func:`dreamtext.imageto3d.resolve_image_options`); a YAML may give them too. A section
+    that is no mapping, or a key no section has, is a :class:`DreamtextError`."""
+    out = []
+    for path in config_files_list(config_file):
+        data = read_yaml(path)
+        sections = {}
+        for name in STAGE_SECTIONS:
+            if name not in data:
+                continue
+            section = data[name]
+            if not isinstance(section, dict):
+                raise DreamtextError(f"config section '{name}' in {path} must be a mapping")
+            for key in section:
+                if key not in STAGE_KEYS[name]:
+                    raise DreamtextError(
+                        _unknown_field(
+                            f"{name}.{key}", key, list(STAGE_KEYS[name]), f"{name}.", str(path)
+                        )
+                    )
+            sections[name] = section
+        if sections:
+            out.append((str(path), sections))
+    return out
 
 
 def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:
@@ -370,10 +446,8 @@ def resolve_config(
     layers: list[tuple[dict[str, Any], str]] = []
     if preset is not None:
         layers.append((read_yaml(preset_path(preset)), f"preset '{preset}'"))
-    if isinstance(config_file, (str, Path)):
-        config_file = [config_file]
-    for path in config_file or ():
-        layers.append((read_config_file(Path(path)), str(path)))
+    for path in config_files_list(config_file):
+        layers.append((read_config_file(path, rerun=base is None), str(path)))
     if base is not None:
         layers.insert(0, (base, "the workspace's config.json"))
     else:
@@ -608,12 +682,17 @@ __all__ = [
     "ascii_slug",
     "available_presets",
     "changed_settings",
+    "config_file_stage_sections",
+    "config_files_list",
     "config_to_dict",
+    "configured_workspace",
     "flat_fields",
+    "own_config_file",
     "owner_value",
     "preset_path",
     "prompt_workspace",
     "read_config_file",
+    "read_ran_on",
     "read_resumes",
     "read_run_config",
     "read_stage_sections",

@@ -244,27 +244,23 @@ def image_section(image_path: Path, options: ImageOptions) -> dict[str, Any]:
 def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> ImageOptions:
     """The describe / descriptor / sampler options of a run: the defaults, then what the run in
     ``workspace`` recorded (config.json's ``image_to_3d`` and ``diverse`` sections; for a run from
-    before them, sentence.json's descriptor step count), then ``overrides`` (the flags given, as
-    ``{"describe": {...}, "descriptor": {...}}``). A rerun typed without the first run's flags
+    before them, sentence.json's descriptor step count), then ``overrides``: the ``--config``
+    files' sections (``"configs"``, :func:`dreamtext.config.config_file_stage_sections`, each over
+    the one before: ``image IMG --config RUN/config.json`` runs with RUN's options), then the
+    flags given (``"describe"``, ``"descriptor"``). A rerun typed without the first run's flags
     thus keeps its settings, as ``text --resume`` does. Once the describe stage is done, its
-    options are the ones sentence.json says it ran with (``options``), whatever the flags: the
-    stage is reused, and config.json must not record flags it ignored
+    options are the ones sentence.json says it ran with (``options``), whatever the flags and
+    files: the stage is reused, and config.json must not record options it ignored
     (:func:`ignored_flags` names them)."""
     options = ImageOptions()
     sections = read_stage_sections(workspace)
-    source = f"{Path(workspace) / 'config.json'}"
-    recorded = sections.get("image_to_3d")
-    if recorded is not None:
-        apply_overrides(options.describe, recorded.get("describe", {}), source, "describe.")
-        apply_overrides(options.descriptor, recorded.get("descriptor", {}), source, "descriptor.")
-    else:
+    if "image_to_3d" not in sections:
         done = (read_record(workspace) or {}).get("descriptor_iters")
         if isinstance(done, int) and not isinstance(done, bool):
             options.descriptor.iters = done
-    diverse = sections.get("diverse", {})
-    for name in ("sample_steps", "sample_guidance_scale"):
-        if name in diverse:
-            setattr(options, name, diverse[name])
+    layers = [(f"{Path(workspace) / 'config.json'}", sections), *overrides.get("configs", ())]
+    for source, stages in layers:
+        apply_overrides(options, stage_options(stages), source)
     used = (read_record(workspace) or {}).get("options")
     if isinstance(used, dict):
         apply_overrides(options.describe, used, str(sentence_path(workspace)))
@@ -276,6 +272,16 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
         value = getattr(options.describe, name)
         setattr(options.describe, name, Path(value) if value is not None else None)
     return options
+
+
+def stage_options(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The :class:`ImageOptions` fields that config.json's stage sections hold, as overrides:
+    ``image_to_3d``'s ``describe`` and ``descriptor``, ``diverse``'s sampler settings (the image,
+    the prompt and the seed are the run's input, not options)."""
+    image, diverse = sections.get("image_to_3d", {}), sections.get("diverse", {})
+    out = {name: image[name] for name in ("describe", "descriptor") if name in image}
+    out.update({k: diverse[k] for k in ("sample_steps", "sample_guidance_scale") if k in diverse})
+    return out
 
 
 def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool, int]:
@@ -339,11 +345,15 @@ def check_stages(
         check_text_stage(cfg, device)
 
 
-def ignored_flags(workspace: Path, given: dict[str, object]) -> list[str]:
+def ignored_flags(
+    workspace: Path, given: dict[str, object], source: str | None = None
+) -> list[str]:
     """The explicitly given ``given`` describe settings (``clip``, ``nouns``, ``adjectives``,
     ``noun``, ``quantifier``, ``max_words``) that differ from what the workspace's finished
-    describe stage used, which a rerun reuses, as ``"--flag value (the run's: old)"``. The stage's
-    options are sentence.json's ``options``; a record from before it names only its ``clip`` and
+    describe stage used, which a rerun reuses, as ``"--flag value (the run's: old)"``; with
+    ``source`` (a ``--config`` file whose ``image_to_3d.describe`` they are) as
+    ``"image_to_3d.describe.name value in source (the run's: old)"``. The stage's options are
+    sentence.json's ``options``; a record from before it names only its ``clip`` and
     ``max_words`` and the chosen ``noun`` and ``quantifier``."""
     record = read_record(workspace) or {}
     used = record.get("options")
@@ -363,7 +373,10 @@ def ignored_flags(workspace: Path, given: dict[str, object]) -> list[str]:
         if recorded is None and not isinstance(used, dict):
             continue  # a record from before "options" does not say
         was = "not given" if recorded is None else recorded
-        out.append(f"--{name.replace('_', '-')} {value} (the run's: {was})")
+        if source is None:
+            out.append(f"--{name.replace('_', '-')} {value} (the run's: {was})")
+        else:
+            out.append(f"image_to_3d.describe.{name} {value} in {source} (the run's: {was})")
     return out
 
 
@@ -460,11 +473,13 @@ def record_config(
 ) -> None:
     """Write config.json with the ``image_to_3d`` section (and ``sections``); once the descriptor
     is trained, ``cfg``'s prompt and ``guidance.textual_inversion`` become the trained sentence
-    and the learned file first (before, the prompt is the name the caller gave)."""
+    and the learned file first (before, the prompt is the name the caller gave). The file is
+    recorded as an absolute path, as the model folder is: a ``text --config RUN/config.json``
+    from another directory must find it."""
     record = read_record(workspace) or {}
     if "trained_sentence" in record:
         cfg.prompt = record["trained_sentence"]
-        cfg.guidance.textual_inversion = str(learned_embeds_path(workspace))
+        cfg.guidance.textual_inversion = os.path.abspath(learned_embeds_path(workspace))
     extra = {"image_to_3d": image_section(image_path, options), **(sections or {})}
     write_run_config(workspace, cfg, extra)
 

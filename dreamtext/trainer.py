@@ -42,6 +42,7 @@ from dreamtext.config import (
     TrainConfig,
     changed_settings,
     config_to_dict,
+    read_ran_on,
     read_resumes,
     read_run_config,
     resume_conflicts,
@@ -141,10 +142,19 @@ def random_backgrounds(batch: int, rng: torch.Generator) -> torch.Tensor:
     return torch.rand(batch, 3, generator=rng)
 
 
-def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool = False) -> None:
+def check_workspace(
+    workspace: Path,
+    prompt: str,
+    resume: bool,
+    overwrite: bool = False,
+    own_config: Path | None = None,
+) -> None:
     """Refuse to mix two prompts' runs in one folder, to resume a run that is not there, and to
     start over on a run of the same prompt that has a checkpoint unless ``overwrite``: typing the
-    training command again must not wipe hours of training."""
+    training command again must not wipe hours of training. ``own_config``: the ``--config`` file
+    that is the workspace's own record (:func:`dreamtext.config.own_config_file`): a user typing
+    the run again from it wants it reproduced, so the refusal names a new folder, not
+    ``--overwrite``, which would delete the run."""
     check_writable(workspace, "pass --workspace a folder you can write")
     check_not_running(workspace)
     # Read first: a config.json that is not a run's fails here, before anything is written.
@@ -157,6 +167,12 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
             )
         return
     if previous is not None and not same_prompt(previous, prompt):
+        if own_config is not None:
+            raise DreamtextError(
+                f"--config {own_config} is the record of the run of '{previous}' in {workspace}, "
+                "where this command would train; pass --workspace NEW_FOLDER to train this "
+                "prompt with its settings beside it"
+            )
         raise DreamtextError(
             f"{workspace} holds a run of '{previous}'; pass --resume to continue "
             "it, or --workspace NEW_FOLDER for this prompt"
@@ -166,20 +182,29 @@ def check_workspace(workspace: Path, prompt: str, resume: bool, overwrite: bool 
         # killed without warning logged steps after its last checkpoint).
         step = saved_step(workspace)
         where = f" at step {step}" if step is not None else ""
+        if own_config is not None:
+            raise DreamtextError(
+                f"--config {own_config} is the record of the run in {workspace}{where}, where "
+                "this command would train; pass --workspace NEW_FOLDER to train it again beside "
+                "it, or --resume to continue it"
+            )
         raise DreamtextError(
             f"{workspace} already holds a run of this prompt{where}; pass --resume to continue "
             "it, --overwrite to train it again from scratch, or --workspace NEW_FOLDER"
         )
 
 
-def build_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Run:
+def build_run(
+    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, own_config: Path | None = None
+) -> Run:
     """Load the prior, build field / renderer / optimiser, and restore a checkpoint when resuming.
 
     The prior is loaded before anything is written, so a bad model id leaves no workspace behind.
-    ``overwrite`` lets a new run replace a run of the same prompt that has checkpoints.
+    ``overwrite`` lets a new run replace a run of the same prompt that has checkpoints;
+    ``own_config`` as for :func:`check_workspace`.
     """
     workspace = Path(cfg.workspace)
-    check_workspace(workspace, cfg.prompt, resume, overwrite)
+    check_workspace(workspace, cfg.prompt, resume, overwrite, own_config)
     if cfg.export:  # not after hours of training
         check_memory(cfg.export_options, after_training=True)
     device = resolve_device(cfg.device)
@@ -410,13 +435,19 @@ def ran_on(run: Run) -> dict[str, Any]:
 
 
 def write_config(run: Run) -> None:
-    """``config.json``: the resolved config, the hash-grid backend that runs it, what the run
-    runs on (:func:`ran_on`) and ``resumes``: one ``{"step", "changed"}`` for each time the run
-    was resumed, with the settings that differed from then on (a new run: none). An image run's
-    sections of its earlier stages are kept (:func:`dreamtext.config.write_run_config`)."""
+    """``config.json``: the resolved config, the hash-grid backend that runs it, what this
+    attempt runs on (:func:`ran_on`) and ``resumes``: one ``{"step", "changed", "ran_on_before"}``
+    for each time the run was resumed, with the settings that differed from then on and what the
+    attempt that trained up to that step ran on (its ``ran_on``, which this attempt's replaces;
+    left out for a run from before it was recorded). A new run has none. An image run's sections
+    of its earlier stages are kept (:func:`dreamtext.config.write_run_config`)."""
     resumes: list[dict[str, Any]] = []
     if run.resumed is not None:
-        resumes = [*read_resumes(run.workspace), run.resumed]
+        resume = dict(run.resumed)
+        before = read_ran_on(run.workspace)
+        if before is not None:
+            resume["ran_on_before"] = before
+        resumes = [*read_resumes(run.workspace), resume]
     extra = {
         "encoding_backend": run.field.encoding_backend,
         "ran_on": ran_on(run),
@@ -434,7 +465,9 @@ def remove_earlier_run(workspace: Path) -> None:
             old.unlink()
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+def train(
+    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, own_config: Path | None = None
+) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
 
     Writes ``config.json``, ``log.jsonl`` (one JSON object per logged step), ``previews/*.png`` and
@@ -442,11 +475,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
     unless ``cfg.export`` is off. Ctrl-C / SIGTERM save a checkpoint and raise
     ``TrainingInterrupted``. ``status.json`` says where the run stands (``dreamtext.runstatus``).
     The run holds the workspace's lock (:func:`dreamtext.processes.claim_workspace`) throughout.
+    ``own_config``: the ``--config`` file that is the workspace's own record
+    (:func:`check_workspace`).
     """
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):
-        run = build_run(cfg, resume=resume, overwrite=overwrite)
+        run = build_run(cfg, resume=resume, overwrite=overwrite, own_config=own_config)
         interrupted = (TrainingInterrupted, KeyboardInterrupt)
         with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
             return _train(run, resume)

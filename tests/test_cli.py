@@ -592,6 +592,37 @@ def test_typing_the_training_command_again_does_not_wipe_the_run(tmp_path):
 BUILTIN_RUN = ["text", "a red cube", "--model", "builtin:shapes", "--no-export"]
 
 
+def test_a_run_typed_again_from_its_own_config_json_is_pointed_beside_it_not_to_overwrite(
+    tmp_path,
+):
+    """``text PROMPT --config RUN/config.json`` without --workspace trains in RUN (the file names
+    it): the refusal offered --overwrite, which deletes the run the user means to reproduce, and
+    the --resume it offered looked in workspace/<prompt> instead of RUN."""
+    run = tmp_path / "run"
+    assert run_cli(*BUILTIN_RUN, "--iters", "2", "--workspace", run, cwd=tmp_path).returncode == 0
+    last = run / "checkpoints" / "last.pt"
+    saved = last.read_bytes()
+    config = run / "config.json"
+    again = run_cli("text", "a red cube", "--config", config, cwd=tmp_path)
+    assert_one_line_user_error(
+        again, f"--config {config} is the record of the run in {run} at step 2", "--resume"
+    )
+    assert "--workspace NEW_FOLDER to train it again beside it" in again.stderr
+    assert "--overwrite" not in again.stderr
+    other = run_cli("text", "a blue cube", "--config", config, cwd=tmp_path)
+    assert_one_line_user_error(other, "run of 'a red cube'", "--workspace NEW_FOLDER")
+    assert "--resume" not in other.stderr and "--overwrite" not in other.stderr
+    assert last.read_bytes() == saved
+    # the --resume it names continues that run, as --workspace RUN --resume does
+    resumed = run_cli(
+        "text", "a red cube", "--config", config, "--resume", "--iters", "3", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == str(run)
+    assert torch.load(last, weights_only=True)["step"] == 3
+    assert not (tmp_path / "workspace").exists()
+
+
 def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp_path):
     assert run_cli(*BUILTIN_RUN, "--iters", "2", cwd=tmp_path).returncode == 0
     config = tmp_path / "more_logs.yaml"

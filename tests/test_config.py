@@ -8,8 +8,10 @@ import pytest
 from dreamtext.config import (
     TrainConfig,
     available_presets,
+    config_file_stage_sections,
     config_to_dict,
     preset_dirs,
+    read_run_config,
     resolve_config,
     slugify,
     write_run_config,
@@ -333,3 +335,37 @@ def test_a_runs_config_json_whose_resumes_changed_settings_says_a_rerun_is_not_t
     write_run_config(tmp_path, cfg, extra={"resumes": longer})
     resolve_config({"prompt": "a castle"}, config_file=tmp_path / "config.json")
     assert capsys.readouterr().err == ""
+
+
+def test_resuming_with_a_config_json_whose_resumes_changed_settings_says_nothing_of_reruns(
+    tmp_path, capsys
+):
+    """``--resume --config RUN/config.json`` continues from the checkpoint with the file's last
+    settings, which is what they were: the line that a rerun from step 0 is not that run did
+    not apply, and it was printed."""
+    cfg = resolve_config({"prompt": "a castle", "lr": 0.005, "iters": 20, "workspace": "w"})
+    resumes = [{"step": 10, "changed": {"iters": [10, 20], "lr": [0.02, 0.005]}}]
+    write_run_config(tmp_path, cfg, extra={"resumes": resumes})
+    base = read_run_config(tmp_path, "")
+    again = resolve_config({}, config_file=tmp_path / "config.json", base=base)
+    assert again.lr == 0.005
+    assert capsys.readouterr().err == ""
+
+
+def test_the_stage_sections_of_config_files_are_read_in_order_and_checked(tmp_path):
+    """``image --config`` takes the describe / descriptor / sampler options of the files'
+    ``image_to_3d`` and ``diverse`` sections; a key no section has is a typo, not ignored."""
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("image_to_3d:\n  descriptor: {iters: 5}\nlr: 0.01\n")
+    second.write_text("lr: 0.02\n")
+    assert config_file_stage_sections([first, second]) == [
+        (str(first), {"image_to_3d": {"descriptor": {"iters": 5}}})
+    ]
+    second.write_text("image_to_3d:\n  descriptors: {iters: 5}\n")
+    with pytest.raises(
+        DreamtextError, match=r"'image_to_3d.descriptors' in .*'image_to_3d.descriptor'"
+    ):
+        config_file_stage_sections([first, second])
+    second.write_text("diverse: 3\n")
+    with pytest.raises(DreamtextError, match=r"section 'diverse' in .* must be a mapping"):
+        config_file_stage_sections(second)

@@ -503,6 +503,23 @@ def test_config_json_records_the_stages_settings_before_the_first_stage_runs(
     assert descriptor["augment"]["flip_p"] == 0.5
 
 
+def test_config_json_names_the_learned_file_of_a_relative_workspace_by_its_absolute_path(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """``image IMG --workspace run`` recorded ``run/descriptor/learned_embeds.safetensors``, so
+    ``text SENTENCE --config run/config.json`` typed from another directory did not find it."""
+    monkeypatch.chdir(tmp_path)
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    (tmp_path / "run" / "descriptor").mkdir(parents=True)
+    record = {"image": str(image), "trained_sentence": f"An image of a {DESCRIPTOR_TOKEN} cube"}
+    (tmp_path / "run" / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    cfg = _config(tmp_path, tiny_sd_path, workspace="run")
+    imageto3d.record_config(Path("run"), cfg, image, options)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    learned = tmp_path / "run" / "descriptor" / "learned_embeds.safetensors"
+    assert config["guidance"]["textual_inversion"] == str(learned)
+
+
 def test_the_text_stage_keeps_the_image_section_in_config_json(
     tmp_path, tiny_clip_path, tiny_sd_path
 ):
@@ -689,6 +706,152 @@ def test_the_descriptor_refusal_from_the_command_line_is_one_line(
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "add --overwrite, or pass --workspace NEW_FOLDER" in err
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+
+
+def _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, folder):
+    """``folder``/config.json as an image run writes it before its first stage
+    (:func:`imageto3d.record_config`), with describe and descriptor options that are not the
+    defaults; returns the image and those options."""
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    options.describe.noun, options.describe.quantifier = "cube", "some"
+    augment = replace(options.descriptor.augment, flip_p=0.0)
+    options.descriptor = replace(options.descriptor, iters=7, lr=0.01, augment=augment)
+    folder.mkdir(parents=True)
+    cfg = _config(tmp_path, tiny_sd_path, workspace=str(folder))
+    imageto3d.record_config(folder, cfg, image, options)
+    return image, options
+
+
+def _capture_run_image(monkeypatch) -> dict:
+    seen: dict = {}
+
+    def fake_run_image(image_path, options, cfg, *more, **kwargs):
+        seen.update(options=options, cfg=cfg)
+        return cfg.workspace
+
+    monkeypatch.setattr(imageto3d, "run_image", fake_run_image)
+    return seen
+
+
+def test_an_image_run_typed_again_from_its_config_json_takes_its_stage_options(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """``image IMG --config RUN/config.json --workspace NEW`` dropped the file's ``image_to_3d``
+    section: the describe and descriptor options took their defaults (the hub's CLIP, which
+    fails offline; the built-in word lists; 10,000 descriptor steps at the default lr), so the
+    rerun was not the run it was typed from."""
+    from dreamtext.cli import main
+
+    seen = _capture_run_image(monkeypatch)
+    first = tmp_path / "first"
+    image, recorded = _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, first)
+    args = ["image", str(image), "--config", str(first / "config.json")]
+    args += ["--workspace", str(tmp_path / "again")]
+    assert main(args) == 0
+    got = seen["options"]
+    assert seen["cfg"].workspace == str(tmp_path / "again")
+    assert got.describe.clip == str(tiny_clip_path)
+    assert got.describe.nouns == recorded.describe.nouns.resolve()
+    assert got.describe.adjectives == recorded.describe.adjectives.resolve()
+    assert (got.describe.noun, got.describe.quantifier, got.describe.max_words) == (
+        "cube",
+        "some",
+        2,
+    )
+    assert (got.descriptor.iters, got.descriptor.lr, got.descriptor.augment.flip_p) == (
+        7,
+        0.01,
+        0.0,
+    )
+    # the flags still win over the file
+    assert main([*args, "--descriptor-iters", "9", "--noun", "mug"]) == 0
+    got = seen["options"]
+    assert (got.descriptor.iters, got.describe.noun, got.descriptor.lr) == (9, "mug", 0.01)
+
+
+def test_a_diverse_run_typed_again_from_its_config_json_takes_its_sampler_settings(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    from dreamtext.cli import main
+
+    seen = {}
+
+    def fake_run_diverse(cfg, options, *more, **kwargs):
+        seen.update(options=options)
+        return cfg.workspace
+
+    monkeypatch.setattr(imageto3d, "run_diverse", fake_run_diverse)
+    first = tmp_path / "first"
+    image, _ = _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, first)
+    config = json.loads((first / "config.json").read_text())
+    config["diverse"] = {"prompt": "a red cube", "seed": 0, "sample_steps": 3}
+    config["diverse"].update(sample_guidance_scale=5.0, image=str(image))
+    (first / "config.json").write_text(json.dumps(config))
+    args = ["text", "a red cube", "--diverse", "--config", str(first / "config.json")]
+    assert main([*args, "--workspace", str(tmp_path / "again")]) == 0
+    got = seen["options"]
+    assert (got.sample_steps, got.sample_guidance_scale) == (3, 5.0)
+    assert (got.describe.clip, got.descriptor.iters) == (str(tiny_clip_path), 7)
+
+
+def test_a_batch_image_line_with_a_runs_config_json_takes_its_stage_options(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    from dreamtext.cli import main
+
+    seen = _capture_run_image(monkeypatch)
+    first = tmp_path / "first"
+    image, _ = _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, first)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"image:{image}\n")
+    root = tmp_path / "batch"
+    code = main(
+        ["batch", str(prompts), "--config", str(first / "config.json"), "--workspace", str(root)]
+    )
+    assert code == 0
+    got = seen["options"]
+    assert (got.describe.clip, got.describe.noun) == (str(tiny_clip_path), "cube")
+    assert (got.descriptor.iters, got.descriptor.lr) == (7, 0.01)
+
+
+def test_an_image_command_on_the_folder_of_its_own_config_json_says_it_continues_that_run(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    """``image IMG --config workspace/IMG/config.json`` (its default folder) reused every stage
+    of the run and printed its folder, without a word that nothing was run again."""
+    from dreamtext.cli import main
+
+    _capture_run_image(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    folder = Path("workspace") / "red_cube"
+    image, _ = _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, tmp_path / folder)
+    capsys.readouterr()
+    assert main(["image", str(image), "--config", str(folder / "config.json")]) == 0
+    err = capsys.readouterr().err
+    assert f"--config {folder / 'config.json'} is the record of the run in {folder}" in err
+    assert "pass --workspace NEW_FOLDER to run it again beside it" in err
+    assert main(["image", str(image), "--workspace", "elsewhere"]) == 0
+    assert "is the record of the run" not in capsys.readouterr().err
+
+
+def test_config_describe_options_a_finished_describe_stage_ignores_are_named(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    """A rerun into a workspace whose sentence is found keeps that sentence's options: a
+    ``--config`` file's other ones are named, as ignored flags are."""
+    from dreamtext.cli import main
+
+    seen = _capture_run_image(monkeypatch)
+    image, recorded = _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, tmp_path / "first")
+    workspace = tmp_path / "run"
+    describe(image, workspace, replace(recorded.describe, noun="chair"))
+    capsys.readouterr()
+    config = tmp_path / "first" / "config.json"
+    assert main(["image", str(image), "--config", str(config), "--workspace", str(workspace)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"image_to_3d.describe.noun cube in {config} (the run's: chair)" in err
+    assert seen["options"].describe.noun == "chair"
 
 
 def test_options_resolve_over_the_recorded_ones_and_old_runs_over_their_record(tmp_path):

@@ -109,7 +109,7 @@ def test_config_json_records_each_resume_and_the_settings_it_changed(tmp_path, t
     train(tiny_config(tmp_path, tiny_sd_path, iters=5, lr=0.002), resume=True)
     config = json.loads((workspace / "config.json").read_text())
     assert config["lr"] == 0.002
-    assert config["resumes"] == [
+    assert [{k: r[k] for k in ("step", "changed")} for r in config["resumes"]] == [
         {"step": 2, "changed": {"iters": [2, 4], "lr": [0.01, 0.002]}},
         {"step": 4, "changed": {"iters": [4, 5]}},
     ]
@@ -121,6 +121,26 @@ def test_config_json_records_each_resume_and_the_settings_it_changed(tmp_path, t
     # A new run in the folder starts with no resumes of the one it replaces.
     train(tiny_config(tmp_path, tiny_sd_path, iters=1), overwrite=True)
     assert json.loads((workspace / "config.json").read_text())["resumes"] == []
+
+
+def test_each_resume_keeps_what_the_attempt_before_it_ran_on(tmp_path, tiny_sd_path, monkeypatch):
+    """config.json's ``ran_on`` was the latest attempt's alone: a run trained on one machine and
+    resumed on another said nothing of the first, whose steps the checkpoint holds."""
+    hosts = iter(["gpu-node-1", "gpu-node-2", "laptop"])
+    monkeypatch.setattr(trainer, "ran_on", lambda run: {"host": next(hosts)})
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    train(tiny_config(tmp_path, tiny_sd_path, iters=3), resume=True)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True)
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["ran_on"] == {"host": "laptop"}  # steps 3 to 4
+    assert [(r["step"], r["ran_on_before"]) for r in config["resumes"]] == [
+        (2, {"host": "gpu-node-1"}),  # steps 0 to 2
+        (3, {"host": "gpu-node-2"}),  # steps 2 to 3
+    ]
+    # A record, not a setting: a rerun from the file takes none of it.
+    rerun = {"workspace": str(tmp_path / "b")}
+    again = resolve_config(rerun, config_file=workspace / "config.json")
+    assert again.iters == 4
 
 
 def test_sigterm_saves_a_checkpoint_of_the_last_finished_step(tmp_path, tiny_sd_path, monkeypatch):
