@@ -16,12 +16,13 @@ import collections
 import contextlib
 import dataclasses
 import json
+import os
 import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from dreamtext.checkpoint import (
     check_writable,
     last_checkpoint,
     load_checkpoint,
+    naming_the_file,
     save_checkpoint,
 )
 from dreamtext.config import (
@@ -474,7 +476,7 @@ def _train(run: Run, resume: bool) -> Path:
         torch.cuda.reset_peak_memory_stats(run.device)
     with (
         stop_on_signal() as stop,
-        log_path.open("a", encoding="utf-8") as log,
+        log_path.open("ab", buffering=0) as log,  # nothing buffered: closing cannot fail
         tqdm(
             total=cfg.iters,
             initial=run.step,
@@ -497,8 +499,7 @@ def _train(run: Run, resume: bool) -> Path:
                 elapsed = time.perf_counter() - start_time
                 record["its"] = (run.step - start_step) / max(elapsed, 1e-9)
                 record["skipped_total"] = run.guidance.skipped_steps
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                append_log_line(log, log_path, record)
                 update_status(workspace)
             if cfg.preview_every > 0 and run.step % cfg.preview_every == 0:
                 with out_of_memory_saves_a_checkpoint(run):
@@ -531,6 +532,23 @@ def _train(run: Run, resume: bool) -> Path:
             checkpoint = last_checkpoint(workspace)
             raise TrainingInterrupted(run.step, checkpoint, in_export=True) from None
     return workspace
+
+
+def append_log_line(log: BinaryIO, path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to ``log`` (the unbuffered ``log.jsonl`` at ``path``) as one whole line,
+    or nothing: a write that does not fit (a full disk or quota, a file-size limit) is cut back
+    off and raised naming ``path``. (A buffered file kept the rest, the closing retried it and
+    its second, nameless error replaced the first; and a torn line stayed.)"""
+    data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+    end = log.seek(0, os.SEEK_END)
+    try:
+        with naming_the_file(path):
+            while data:  # a write that fits only in part writes less; the next one says why
+                data = data[log.write(data) :]
+    except OSError:
+        with contextlib.suppress(OSError):
+            log.truncate(end)
+        raise
 
 
 def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextManager:
