@@ -60,6 +60,7 @@ from dreamtext.devices import free_memory, memory_that_ran_out
 from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, WorkspaceInUse
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, this_process
+from dreamtext.progress import bar_options
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -744,7 +745,9 @@ def run_batch(
     records: list[dict[str, Any]] = []
     with (
         sigterm_interrupts(),  # a scheduler's preemption or time limit acts as Ctrl-C
-        tqdm(total=len(share), desc="prompts", unit="prompt", dynamic_ncols=True) as bar,
+        tqdm(
+            total=len(share), desc="prompts", unit="prompt", dynamic_ncols=True, **bar_options()
+        ) as bar,
     ):
         for entry, cfg in zip(share, configs, strict=True):
             bar.set_postfix_str(entry.workspace.name[:40])

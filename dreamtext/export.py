@@ -56,6 +56,7 @@ from dreamtext.mesh import (
     query_albedo,
     unwrap_uv,
 )
+from dreamtext.progress import bar_options
 from dreamtext.renderer import RenderConfig
 
 log = logging.getLogger(__name__)
@@ -565,7 +566,9 @@ def render_turntable(
     rgb, depth, opacity = [], [], []
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, frames, FRAMES_PER_CHUNK), desc="turntable", unit="chunk"):
+            for start in tqdm(
+                range(0, frames, FRAMES_PER_CHUNK), desc="turntable", unit="chunk", **bar_options()
+            ):
                 chunk = poses[start : start + FRAMES_PER_CHUNK]
                 out = renderer.render(field, chunk, size, size, shading="albedo", background=white)
                 o = out["opacity"].float().clamp(0, 1)

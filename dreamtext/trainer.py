@@ -15,14 +15,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import json
-import os
 import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,11 +30,11 @@ from tqdm import tqdm
 from dreamtext.cameras import Poses, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
     RUN_KEYS,
+    append_log_line,
     atomic_write_bytes,
     check_writable,
     last_checkpoint,
     load_checkpoint,
-    naming_the_file,
     save_checkpoint,
 )
 from dreamtext.config import (
@@ -72,6 +70,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 )
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace
+from dreamtext.progress import bar_options
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import (
@@ -476,25 +475,27 @@ def _train(run: Run, resume: bool) -> Path:
         torch.cuda.reset_peak_memory_stats(run.device)
     with (
         stop_on_signal() as stop,
-        log_path.open("ab", buffering=0) as log,  # nothing buffered: closing cannot fail
+        log_path.open("ab", buffering=0) as log,  # nothing buffered (append_log_line)
         tqdm(
             total=cfg.iters,
             initial=run.step,
             desc=f"text→3D {cfg.prompt[:40]!r}",
             unit="it",
             dynamic_ncols=True,
+            **bar_options(),
         ) as bar,
     ):
         while run.step < cfg.iters:
             with out_of_memory_saves_a_checkpoint(run):
                 record = train_step(run)
-            bar.update(1)
             postfix = {"loss": f"{record['loss']:.4g}", "t": f"{record.get('t', 0):.0f}"}
             memory = peak_gpu_mib(run.device)
             if memory is not None:
                 record["gpu_mem_mib"] = memory
                 postfix["mem"] = f"{memory:.0f}MiB"
-            bar.set_postfix(postfix)
+            # shown by the update's redraw: a redraw of its own doubled a log file's lines
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
             if run.step % cfg.log_every == 0 or run.step == cfg.iters:
                 elapsed = time.perf_counter() - start_time
                 record["its"] = (run.step - start_step) / max(elapsed, 1e-9)
@@ -532,23 +533,6 @@ def _train(run: Run, resume: bool) -> Path:
             checkpoint = last_checkpoint(workspace)
             raise TrainingInterrupted(run.step, checkpoint, in_export=True) from None
     return workspace
-
-
-def append_log_line(log: BinaryIO, path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` to ``log`` (the unbuffered ``log.jsonl`` at ``path``) as one whole line,
-    or nothing: a write that does not fit (a full disk or quota, a file-size limit) is cut back
-    off and raised naming ``path``. (A buffered file kept the rest, the closing retried it and
-    its second, nameless error replaced the first; and a torn line stayed.)"""
-    data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
-    end = log.seek(0, os.SEEK_END)
-    try:
-        with naming_the_file(path):
-            while data:  # a write that fits only in part writes less; the next one says why
-                data = data[log.write(data) :]
-    except OSError:
-        with contextlib.suppress(OSError):
-            log.truncate(end)
-        raise
 
 
 def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextManager:

@@ -344,6 +344,18 @@ def test_a_log_line_that_does_not_fit_is_the_error_reported_and_leaves_no_torn_l
     assert lines[-1].endswith("\n")
 
 
+def test_a_bar_written_to_a_file_is_drawn_a_few_times_not_twice_a_step(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    """stderr to a file (a SLURM log): tqdm drew the bar at every step and again for its
+    postfix, ~2 MB per 10,000 steps."""
+    monkeypatch.delenv("DREAMTEXT_PROGRESS_SECONDS", raising=False)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=30, preview_every=0, checkpoint_every=100))
+    draws = [d for d in capsys.readouterr().err.replace("\n", "\r").split("\r") if "text→3D" in d]
+    assert 2 <= len(draws) <= 4  # the first and the last, and one every 30 s
+    assert "30/30" in draws[-1] and "loss=" in draws[-1]
+
+
 # torch's CPU allocator's own words (c10 alloc_cpu.cpp), as a ulimit -v or a full RAM gives them.
 CPU_OUT_OF_MEMORY = (
     "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
