@@ -9,7 +9,8 @@ prompt on a run starts training at once. Each prompt gets the workspace ``dreamt
 give it, under the root folder, or that name with a short hash of the prompt where the name is
 another prompt's (:func:`workspace_name`); a finished run of the prompt is skipped, an
 interrupted one resumes from its last checkpoint, a failing one is recorded and the batch goes on.
-Ctrl-C (or SIGTERM) checkpoints the current run and stops the batch.
+Ctrl-C (or SIGTERM) checkpoints the current run and stops the batch; so does a full disk or quota
+(the lines after it are left as they are, for the same command to go on with once there is space).
 
 Several workers can share one list. ``--shard K/N`` (or a SLURM job array's
 ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``) gives each a disjoint share, and every
@@ -24,6 +25,7 @@ seconds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -42,7 +44,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import last_checkpoint
+from dreamtext.checkpoint import last_checkpoint, naming_the_file
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
@@ -60,6 +62,7 @@ from dreamtext.devices import free_memory, memory_that_ran_out
 from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, WorkspaceInUse
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, this_process
+from dreamtext.progress import bar_options
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -111,6 +114,41 @@ NOT_COMPARED = frozenset(
 GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
     kind for kind in (getattr(torch, "AcceleratorError", None),) if kind is not None
 )
+
+
+# A full disk or quota: every next line would fail the same way (after loading its prompt's
+# models, and writing what fits), so the batch stops at the first. A file-size limit (EFBIG) or a
+# refused write (EACCES) can be one line's own, and the batch goes on.
+OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def out_of_space_error(error: BaseException) -> bool:
+    """``error`` says the disk or the quota is full (ENOSPC, EDQUOT)."""
+    return isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS
+
+
+def out_of_space(record: dict[str, Any]) -> bool:
+    """The line (or the writing of its record) ran out of disk space or quota: the batch stopped
+    there (:func:`out_of_space_error`; the record's error is ``OSError: [Errno 28] …``)."""
+    found = re.match(r"\w+: \[Errno (\d+)\]", record["error"] or "")
+    return found is not None and int(found[1]) in OUT_OF_SPACE_ERRNOS
+
+
+def out_of_space_line(entry: Entry, error: OSError, finished: bool = False) -> str:
+    """The one line with which a full disk or quota stops the batch at ``entry``: what filled
+    up, and that the same command, run again once there is space, goes on from there."""
+    where = f" ({error.filename})" if error.filename else ""
+    if finished:
+        this = f"line {entry.line} finished"
+    elif last_checkpoint(entry.workspace).is_file():
+        this = f"line {entry.line} resumes from its last checkpoint"
+    else:
+        this = f"line {entry.line} starts again"
+    return (
+        f"batch: line {entry.line}: {error.strerror or error}{where}; the batch stops here, as "
+        "every next line would fail the same way: free space on that disk (or quota), then run "
+        f"the same command again ({this}, finished lines are kept)"
+    )
 
 
 def the_machines_state(error: BaseException) -> bool:
@@ -723,7 +761,9 @@ def run_batch(
     records: list[dict[str, Any]] = []
     with (
         sigterm_interrupts(),  # a scheduler's preemption or time limit acts as Ctrl-C
-        tqdm(total=len(share), desc="prompts", unit="prompt", dynamic_ncols=True) as bar,
+        tqdm(
+            total=len(share), desc="prompts", unit="prompt", dynamic_ncols=True, **bar_options()
+        ) as bar,
     ):
         for entry, cfg in zip(share, configs, strict=True):
             bar.set_postfix_str(entry.workspace.name[:40])
@@ -741,7 +781,7 @@ def run_batch(
             if stopped_by_user(record):
                 break  # not done: the bar does not count it
             bar.update(1)
-            if gpu_unusable(record):
+            if gpu_unusable(record) or out_of_space(record):
                 break
     return records
 
@@ -905,9 +945,12 @@ def run_entry(
         )
     except Exception as error:  # a bug: record it, keep the traceback
         result = {"status": "failed", "error": error_line(error)}
-        if not the_machines_state(error):
-            traceback.print_exc()
-        _say(f"batch: line {entry.line} failed: {error_line(error)}")
+        if out_of_space_error(error):
+            _say(out_of_space_line(entry, error))
+        else:
+            if not the_machines_state(error):
+                traceback.print_exc()
+            _say(f"batch: line {entry.line} failed: {error_line(error)}")
     except BaseException:  # SystemExit and the like: no record, the lock given back
         if claimed:
             lock.release()
@@ -918,6 +961,12 @@ def run_entry(
     try:
         if log is not None:
             append_record(log, record)  # before the lock goes (see above)
+    except OSError as error:
+        if not out_of_space_error(error):
+            raise
+        if not out_of_space(record):  # the line's own end did not say it yet
+            _say(out_of_space_line(entry, error, finished=result["status"] == "finished"))
+            record = {**record, "error": error_line(error)}
     finally:
         if claimed:
             lock.release()
@@ -1029,7 +1078,9 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
+        with naming_the_file(path):
+            while data:  # a write that fits only in part writes less; the next one says why
+                data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
 
@@ -1050,9 +1101,12 @@ def stopped_by_user(record: dict[str, Any]) -> bool:
 
 
 def exit_code(records: list[dict[str, Any]]) -> int:
-    """130 when the batch was interrupted (Ctrl-C, SIGTERM), 1 when a prompt failed, else 0."""
+    """130 when the batch was interrupted (Ctrl-C, SIGTERM), 2 when it stopped for a full disk
+    or quota (:func:`out_of_space`), 1 when a prompt failed, else 0."""
     if any(stopped_by_user(r) for r in records):
         return 130
+    if any(out_of_space(r) for r in records):
+        return 2
     return 1 if any(r["status"] == "failed" for r in records) else 0
 
 

@@ -8,15 +8,16 @@ weights_only=True)`` reads it without unpickling arbitrary objects:
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -101,6 +102,23 @@ def naming_the_file(path: Path) -> Iterator[None]:
         if error.filename is not None or error.errno is None:
             raise
         raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def append_log_line(log: BinaryIO, path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to ``log`` (the unbuffered ``log.jsonl`` at ``path``) as one whole line,
+    or nothing: a write that does not fit (a full disk or quota, a file-size limit) is cut back
+    off and raised naming ``path``. (A buffered file kept the rest, the closing retried it and
+    its second, nameless error replaced the first; and a torn line stayed.)"""
+    data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+    end = log.seek(0, os.SEEK_END)
+    try:
+        with naming_the_file(path):
+            while data:  # a write that fits only in part writes less; the next one says why
+                data = data[log.write(data) :]
+    except OSError:
+        with suppress(OSError):
+            log.truncate(end)
+        raise
 
 
 def _give_name(source: Path, name: Path) -> None:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
-from dreamtext.checkpoint import atomic_write_bytes, load_checkpoint
+from dreamtext.checkpoint import append_log_line, atomic_write_bytes, load_checkpoint
 from dreamtext.describe import base_sentence, make_sentence, sentence_path
 from dreamtext.devices import fp16_loss_scaler, free_memory
 from dreamtext.errors import DreamtextError
@@ -36,6 +36,7 @@ from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, stop_on_signal, truncate_log
 from dreamtext.models import StableDiffusionModels, load_for
+from dreamtext.progress import bar_options
 from dreamtext.runstatus import track_status, update_status
 
 DESCRIPTOR_TOKEN = "<descriptor>"
@@ -427,22 +428,22 @@ def _train_loop(
     checkpoint = folder / "checkpoints" / "last.pt"
     with (
         stop_on_signal() as stop,
-        (folder / "log.jsonl").open("a", encoding="utf-8") as log,
+        (folder / "log.jsonl").open("ab", buffering=0) as log,  # nothing buffered
         tqdm(
             total=options.iters,
             initial=min(trainer.step, options.iters),
             desc="descriptor",
             unit="it",
+            **bar_options(),
         ) as bar,
     ):
         while trainer.step < options.iters:
             info = trainer.train_step(image)
+            bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)  # the update redraws
             bar.update(1)
-            bar.set_postfix(loss=f"{info['loss']:.4g}")
             step = trainer.step
             if options.log_every and (step % options.log_every == 0 or step == options.iters):
-                log.write(json.dumps(info) + "\n")
-                log.flush()
+                append_log_line(log, folder / "log.jsonl", info)
                 update_status(workspace)
             if options.checkpoint_every and step % options.checkpoint_every == 0:
                 _atomic_torch_save(trainer.state(), checkpoint)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import io
 import json
@@ -22,14 +23,16 @@ import math
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 import trimesh
@@ -60,6 +63,7 @@ from dreamtext.mesh import (
     unwrap_uv,
 )
 from dreamtext.processes import record_alive, this_process
+from dreamtext.progress import bar_options
 from dreamtext.renderer import RenderConfig
 
 try:
@@ -72,6 +76,7 @@ log = logging.getLogger(__name__)
 FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 MIN_FRAMES = 60
 VIDEO_FPS = 30
+VIDEO_CRF = 10  # H.264's constant rate factor: 0 lossless … 51 worst; 10 keeps fine texture
 FRAMES_PER_CHUNK = 4
 TURNTABLE_POLAR = 75.0
 TURNTABLE_FOVY = 55.0
@@ -574,7 +579,9 @@ def render_turntable(
     rgb, depth, opacity = [], [], []
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, frames, FRAMES_PER_CHUNK), desc="turntable", unit="chunk"):
+            for start in tqdm(
+                range(0, frames, FRAMES_PER_CHUNK), desc="turntable", unit="chunk", **bar_options()
+            ):
                 chunk = poses[start : start + FRAMES_PER_CHUNK]
                 out = renderer.render(field, chunk, size, size, shading="albedo", background=white)
                 o = out["opacity"].float().clamp(0, 1)
@@ -605,33 +612,80 @@ def default_renderer(field: torch.nn.Module) -> torch.nn.Module:
 
 
 def _write_mp4(images: list[np.ndarray], path: Path) -> None:
-    """Encode ``images`` with ffmpeg into ``path``; raise a :class:`DreamtextError` when ffmpeg
-    stopped before the file was whole (a full disk or quota, a file-size limit).
+    """Encode ``images`` (uint8 ``[H, W, 3]``, all one size) with ffmpeg into ``path``: H.264,
+    yuv420p (what players take; an odd width or height is scaled up to an even one),
+    ``VIDEO_FPS`` frames a second.
 
-    imageio-ffmpeg ignores ffmpeg's exit status: an ffmpeg that could not write its last bytes
-    (the index) leaves a truncated file and no error, one killed mid-stream (SIGXFSZ) an
-    ``OSError`` without an errno, 'Broken pipe' and the whole ffmpeg command line. So the file
-    is checked instead.
+    ffmpeg's own messages are kept from stderr, where they came before dreamtext's one line:
+    a full disk or quota, a file-size limit or a refused write is raised as that ``OSError``
+    (the CLI's line names the file; a batch stops at a full disk), any other failure as a
+    :class:`DreamtextError` ending in ffmpeg's last words. A file ffmpeg left cut short without
+    saying so fails :func:`mp4_is_whole`.
     """
-    writer = imageio.get_writer(
-        path, format="FFMPEG", fps=VIDEO_FPS, codec="libx264", quality=8, macro_block_size=2
+    from imageio_ffmpeg import get_ffmpeg_exe  # only where a video is made: --no-video needs none
+
+    height, width = images[0].shape[:2]
+    command = [get_ffmpeg_exe(), "-y", "-loglevel", "error", "-nostdin"]
+    command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
+    command += ["-r", str(VIDEO_FPS), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    command += ["-crf", str(VIDEO_CRF)]
+    if width % 2 or height % 2:
+        command += ["-vf", f"scale={width + width % 2}:{height + height % 2}"]
+    command.append(str(path))
+    ffmpeg = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    stopped = False
+    said: list[bytes] = []  # read as it comes: a full pipe would stop ffmpeg, and the frames
+    reader = threading.Thread(target=lambda: said.append(ffmpeg.stderr.read()), daemon=True)
+    reader.start()
     try:
-        for image in images:
-            writer.append_data(image)
-    except OSError as error:
-        if error.errno is not None:  # a real file error of this process: the CLI says it
-            raise
-        stopped = True  # ffmpeg stopped reading frames: it has exited
+        try:
+            for image in images:
+                ffmpeg.stdin.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+            ffmpeg.stdin.close()
+        except BrokenPipeError:  # ffmpeg stopped reading: it has exited, and says why
+            pass
+        status = ffmpeg.wait()
+    except BaseException:  # Ctrl-C, SIGTERM: no ffmpeg left behind
+        ffmpeg.kill()
+        ffmpeg.wait()
+        raise
     finally:
-        writer.close()
-    if stopped or not mp4_is_whole(path):
-        raise DreamtextError(
-            "ffmpeg could not finish the turntable video (a full disk or quota, or a file-size "
-            "limit; its own message, if any, is above): free space and export again, or "
-            "export with --no-video"
-        )
+        reader.join()
+        with contextlib.suppress(BrokenPipeError):
+            ffmpeg.stdin.close()
+    if status != 0 or not mp4_is_whole(path):
+        raise ffmpeg_failure(status, b"".join(said).decode("utf-8", errors="replace"))
+
+
+# What ffmpeg writes for the machine's errors (strerror's words), and what a file-size limit does
+# to it (SIGXFSZ kills it; subprocess gives it back the default action, which Python ignores).
+FFMPEG_OS_ERRORS = tuple(
+    (os.strerror(number), number)
+    for number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS)
+)
+
+
+def ffmpeg_failure(status: int, said: str) -> Exception:
+    """The error for an ffmpeg that exited with ``status`` after writing ``said`` on stderr: the
+    machine's ``OSError`` (no file name: :func:`write_all_atomically` gives it the video's), else
+    a :class:`DreamtextError` that ends in ffmpeg's last line, shortened."""
+    if status == -signal.SIGXFSZ:
+        return OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    for words, number in FFMPEG_OS_ERRORS:
+        if words in said:
+            return OSError(number, os.strerror(number))
+    last = said.strip().splitlines()[-1].strip() if said.strip() else ""
+    if len(last) > 160:
+        last = last[:159] + "…"
+    how = f"exit status {status}" if status >= 0 else f"killed by signal {-status}"
+    if status == 0:
+        how = "it left the file cut short"
+    return DreamtextError(
+        f"ffmpeg could not write the turntable video ({how}"
+        + (f": {last}" if last else "")
+        + "); export again, or export with --no-video"
+    )
 
 
 def mp4_is_whole(path: Path) -> bool:

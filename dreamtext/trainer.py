@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import json
 import socket
 import sys
 import time
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from dreamtext.cameras import Poses, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
     RUN_KEYS,
+    append_log_line,
     atomic_write_bytes,
     check_writable,
     last_checkpoint,
@@ -71,6 +71,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 )
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace
+from dreamtext.progress import bar_options
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import (
@@ -509,31 +510,32 @@ def _train(run: Run, resume: bool) -> Path:
         torch.cuda.reset_peak_memory_stats(run.device)
     with (
         stop_on_signal() as stop,
-        log_path.open("a", encoding="utf-8") as log,
+        log_path.open("ab", buffering=0) as log,  # nothing buffered (append_log_line)
         tqdm(
             total=cfg.iters,
             initial=run.step,
             desc=f"text→3D {cfg.prompt[:40]!r}",
             unit="it",
             dynamic_ncols=True,
+            **bar_options(),
         ) as bar,
     ):
         while run.step < cfg.iters:
             with out_of_memory_saves_a_checkpoint(run):
                 record = train_step(run)
-            bar.update(1)
             postfix = {"loss": f"{record['loss']:.4g}", "t": f"{record.get('t', 0):.0f}"}
             memory = peak_gpu_mib(run.device)
             if memory is not None:
                 record["gpu_mem_mib"] = memory
                 postfix["mem"] = f"{memory:.0f}MiB"
-            bar.set_postfix(postfix)
+            # shown by the update's redraw: a redraw of its own doubled a log file's lines
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
             if run.step % cfg.log_every == 0 or run.step == cfg.iters:
                 elapsed = time.perf_counter() - start_time
                 record["its"] = (run.step - start_step) / max(elapsed, 1e-9)
                 record["skipped_total"] = run.guidance.skipped_steps
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                append_log_line(log, log_path, record)
                 update_status(workspace)
             if cfg.preview_every > 0 and run.step % cfg.preview_every == 0:
                 with out_of_memory_saves_a_checkpoint(run):

@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 from tiny_models import TINY_TRAIN
 
+import dreamtext.batch
 import dreamtext.trainer as trainer
 from dreamtext.batch import (
     HOST,
@@ -1106,11 +1107,11 @@ def test_a_file_where_a_prompts_folder_goes_fails_that_prompt_and_the_batch_goes
 @pytest.mark.parametrize(
     "error",
     [
-        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EACCES, "Permission denied"),
         OSError(errno.EFBIG, "File too large"),  # ulimit -f
         RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"),
     ],
-    ids=["disk-full", "file-too-large", "out-of-memory"],
+    ids=["refused-write", "file-too-large", "out-of-memory"],
 )
 def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
     tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, error
@@ -1130,6 +1131,76 @@ def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"batch: line 1 failed: {failed['error']}" in err
+
+
+@pytest.mark.parametrize(
+    "number, text",
+    [(errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded")],
+)
+def test_a_full_disk_stops_the_batch_in_one_line_and_the_same_command_goes_on(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, number, text
+):
+    """Every line after a full disk failed the same way, each after loading its models."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere", "a green cone")
+    root = tmp_path / "root"
+    real_step = trainer.train_step
+
+    def disk_full_at_step_3_of_line_2(run):
+        if run.workspace.name == "a_blue_sphere" and run.step == 3:
+            raise OSError(number, text, str(run.workspace / "log.jsonl"))
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", disk_full_at_step_3_of_line_2)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    first, second = rows(root)
+    assert (first["status"], second["status"]) == ("finished", "failed")
+    assert second["error"].startswith(f"OSError: [Errno {number}] {text}")
+    assert not (root / "a_green_cone").exists()
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "batch:" in line]
+    assert len(said) == 1 and "Traceback" not in err
+    assert said[0].endswith(
+        f"batch: line 2: {text} ({root / 'a_blue_sphere' / 'log.jsonl'}); the batch stops here, "
+        "as every next line would fail the same way: free space on that disk (or quota), then "
+        "run the same command again (line 2 resumes from its last checkpoint, finished lines "
+        "are kept)"
+    )
+
+    trained = []
+
+    def counted_step(run):  # space freed
+        trained.append((run.workspace.name, run.step))
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", counted_step)
+    assert main(list(map(str, args))) == 0
+    assert [r["status"] for r in rows(root)[2:]] == ["skipped", "finished", "finished"]
+    # on from its checkpoint at step 2
+    assert [step for name, step in trained if name == "a_blue_sphere"] == [2, 3, 4]
+    assert status(root / "a_green_cone")["state"] == "finished"
+
+
+def test_a_batch_record_that_does_not_fit_stops_the_batch(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+
+    def disk_full(log, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(log))
+
+    monkeypatch.setattr(dreamtext.batch, "append_record", disk_full)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "2", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    assert status(root / "a_red_cube")["state"] == "finished"
+    assert not (root / "a_blue_sphere").exists()
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if "batch:" in line]
+    assert len(said) == 1 and "Traceback" not in err
+    assert f"batch: line 1: No space left on device ({root / 'batch.jsonl'}); " in said[0]
+    assert "(line 1 finished, finished lines are kept)" in said[0]
+    assert "1 finished, 0 skipped, 0 failed" in out
 
 
 # ----------------------------------------------------------------------------------------------

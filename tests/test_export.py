@@ -450,20 +450,20 @@ def test_failed_write_leaves_old_files_and_no_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mesh", "mesh.glb"]
 
 
-def test_a_turntable_ffmpeg_could_not_finish_is_an_error_and_no_file(tmp_path):
+def test_a_turntable_ffmpeg_could_not_finish_is_the_file_size_error_and_no_file(tmp_path):
     """A file-size limit (as a full disk) stops ffmpeg while it writes the index at the end:
     imageio-ffmpeg took that for success, and the export renamed a truncated turntable.mp4 into
     place."""
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(60)]
     mp4 = tmp_path / "video" / "turntable.mp4"
-    with files_limited_to(20_000), pytest.raises(DreamtextError) as raised:
+    with files_limited_to(20_000), pytest.raises(OSError) as raised:
         write_all_atomically({mp4: lambda path: export_module._write_mp4(images, path)})
-    assert "--no-video" in str(raised.value) and "\n" not in str(raised.value)
+    assert (raised.value.errno, raised.value.filename) == (errno.EFBIG, str(mp4))
     assert not (tmp_path / "video").exists()
 
 
-def test_an_ffmpeg_killed_mid_stream_is_an_error_not_a_traceback(tmp_path):
+def test_an_ffmpeg_killed_mid_stream_is_the_file_size_error_not_a_traceback(tmp_path):
     """Under `ulimit -f` ffmpeg is killed (SIGXFSZ) while frames still come: imageio-ffmpeg
     raised an OSError without an errno ('Broken pipe' and ffmpeg's command line), which the CLI
     shows as a traceback. Run in a process of its own, as the shell's limit applies (Python
@@ -472,13 +472,12 @@ def test_an_ffmpeg_killed_mid_stream_is_an_error_not_a_traceback(tmp_path):
 import numpy as np
 from pathlib import Path
 from dreamtext import export
-from dreamtext.errors import DreamtextError
 images = [np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)] * 60
 mp4 = Path({str(tmp_path / "video" / "turntable.mp4")!r})
 try:
     export.write_all_atomically({{mp4: lambda path: export._write_mp4(images, path)}})
-except DreamtextError:
-    print("DreamtextError")
+except OSError as error:
+    print(error.errno, error.filename == str(mp4))
 """
 
     def limit_files() -> None:
@@ -487,8 +486,72 @@ except DreamtextError:
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=limit_files
     )
-    assert done.stdout.strip() == "DreamtextError", done.stderr[-2000:]
+    assert done.stdout.strip() == f"{errno.EFBIG} True", done.stderr[-2000:]
     assert not (tmp_path / "video").exists()
+
+
+def fake_ffmpeg(tmp_path: Path, monkeypatch, said: str, status: int) -> None:
+    """An ffmpeg (imageio-ffmpeg's ``IMAGEIO_FFMPEG_EXE``) that reads the frames, writes
+    ``said`` on stderr as the real one does when it fails, and exits with ``status``."""
+    exe = tmp_path / "ffmpeg"
+    exe.write_text(f"#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' {said!r} >&2\nexit {status}\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(exe))
+
+
+@pytest.mark.parametrize(
+    "words, number",
+    [
+        ("No space left on device", errno.ENOSPC),
+        ("Disk quota exceeded", errno.EDQUOT),
+        ("Permission denied", errno.EACCES),
+    ],
+)
+def test_ffmpegs_own_lines_stay_off_stderr_and_a_full_disk_is_its_os_error(
+    tmp_path, monkeypatch, capfd, words, number
+):
+    """ffmpeg's lines came on stderr before dreamtext's one line; a full disk during the video
+    now stops a batch as any other full disk does (an OSError, not a DreamtextError)."""
+    fake_ffmpeg(tmp_path, monkeypatch, f"[out#0/mp4 @ 0x5579] Error writing trailer: {words}", 228)
+    mp4 = tmp_path / "video" / "turntable.mp4"
+    images = [np.zeros((32, 64, 3), dtype=np.uint8)] * 4
+    with pytest.raises(OSError) as raised:
+        write_all_atomically({mp4: lambda path: export_module._write_mp4(images, path)})
+    assert (raised.value.errno, raised.value.filename) == (number, str(mp4))
+    assert capfd.readouterr().err == ""
+    assert not (tmp_path / "video").exists()
+
+
+def test_another_ffmpeg_failure_ends_its_one_line_with_ffmpegs_last_words(tmp_path, capfd):
+    """A failure that is not the machine's (here a folder that does not exist) keeps ffmpeg's
+    reason, short, at the end of dreamtext's line, and nothing of ffmpeg's on stderr."""
+    images = [np.zeros((32, 64, 3), dtype=np.uint8)] * 4
+    capfd.readouterr()
+    with pytest.raises(DreamtextError) as raised:
+        export_module._write_mp4(images, tmp_path / "missing" / "turntable.mp4")
+    message = str(raised.value)
+    assert message.startswith("ffmpeg could not write the turntable video (exit status ")
+    assert "No such file or directory" in message and "\n" not in message
+    assert message.endswith("); export again, or export with --no-video")
+    assert capfd.readouterr().err == ""
+
+
+def test_a_full_disk_in_the_turntable_is_one_line_of_dreamtext_export(tmp_path, monkeypatch, capfd):
+    from dreamtext.cli import main
+
+    fake_ffmpeg(tmp_path, monkeypatch, "Error writing trailer: No space left on device", 228)
+    workspace = recorded_run(tmp_path, {**SMALL, "video_size": 32})
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    capfd.readouterr()
+    assert main(["export", "--workspace", str(workspace)]) == 2
+    err = capfd.readouterr().err.replace("\r", "\n").splitlines()
+    ours = [line for line in err if "dreamtext: error:" in line or "trailer" in line]
+    assert ours == [
+        f"dreamtext: error: No space left on device ({workspace / 'video' / 'turntable.mp4'}); "
+        "free disk space or copy the run to a disk with room (or one you can write) and export "
+        "it there"
+    ]
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
 
 
 def test_a_whole_mp4_is_told_from_one_cut_short(tmp_path):

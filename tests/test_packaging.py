@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Imported only where their hardware is: tiny-cuda-nn (not on PyPI; CUDA only) and Triton (ships
 # inside Linux CUDA builds of torch; the dev extras add it for the CPU interpreter tests).
 OPTIONAL_IMPORTS = {"tinycudann", "triton"}
-# Declared but never imported by name: diffusers loads through accelerate (low_cpu_mem_usage),
-# imageio finds its ffmpeg plugin by itself.
-USED_THROUGH_OTHERS = {"accelerate", "imageio-ffmpeg"}
+# Declared but never imported by name: diffusers loads through accelerate (low_cpu_mem_usage).
+USED_THROUGH_OTHERS = {"accelerate"}
 
 _NOT_SOURCE = shutil.ignore_patterns(
     "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "node_modules", ".*", "workspace"

@@ -1,11 +1,15 @@
 """The SDS trainer on the tiny random Stable Diffusion: workspace contents, resume, interruption."""
 
+import contextlib
+import errno
 import importlib.metadata
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoint import files_limited_to
 from tiny_models import TINY_TRAIN
 
 import dreamtext.trainer as trainer
@@ -333,6 +337,43 @@ def test_resume_drops_a_torn_last_log_line(tmp_path, tiny_sd_path, tail):
     train(tiny_config(tmp_path, tiny_sd_path, iters=3), resume=True)
     steps = [json.loads(x)["step"] for x in (workspace / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_a_log_line_that_does_not_fit_is_the_error_reported_and_leaves_no_torn_line(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """The file-size limit (as a full disk) stops a log.jsonl write midway: the buffered rest
+    made the file's closing fail again, and that nameless error replaced the first."""
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=8, checkpoint_every=100, preview_every=0)
+    log_path = Path(cfg.workspace) / "log.jsonl"
+    real_step = trainer.train_step
+    limit = contextlib.ExitStack()
+
+    def step_then_fill_the_disk(run):
+        record = real_step(run)
+        if run.step == 4:  # its line fits only in part
+            limit.enter_context(files_limited_to(log_path.stat().st_size + 100))
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", step_then_fill_the_disk)
+    with limit, pytest.raises(OSError) as raised:
+        train(cfg)
+    assert (raised.value.errno, raised.value.filename) == (errno.EFBIG, str(log_path))
+    lines = log_path.read_bytes().decode().splitlines(keepends=True)
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]  # step 4 did not fit
+    assert lines[-1].endswith("\n")
+
+
+def test_a_bar_written_to_a_file_is_drawn_a_few_times_not_twice_a_step(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    """stderr to a file (a SLURM log): tqdm drew the bar at every step and again for its
+    postfix, ~2 MB per 10,000 steps."""
+    monkeypatch.delenv("DREAMTEXT_PROGRESS_SECONDS", raising=False)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=30, preview_every=0, checkpoint_every=100))
+    draws = [d for d in capsys.readouterr().err.replace("\n", "\r").split("\r") if "text→3D" in d]
+    assert 2 <= len(draws) <= 4  # the first and the last, and one every 30 s
+    assert "30/30" in draws[-1] and "loss=" in draws[-1]
 
 
 # torch's CPU allocator's own words (c10 alloc_cpu.cpp), as a ulimit -v or a full RAM gives them.
