@@ -35,6 +35,7 @@ from dreamtext.config import absolute_model_folder
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
+from dreamtext.progress import bar_options
 from dreamtext.runstatus import track_status
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -120,6 +121,7 @@ class ClipEncoder:
             unit="sentence",
             leave=False,
             disable=len(texts) <= self.batch_size,
+            **bar_options(),
         ) as bar:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]

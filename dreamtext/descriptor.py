@@ -300,7 +300,9 @@ def sample_grid(
     ``desc`` over the denoising steps on stderr (the pipeline's own bar is off: see
     :meth:`dreamtext.models.StableDiffusionModels.pipeline`)."""
     generator = torch.Generator(pipe.device).manual_seed(seed)
-    with tqdm(total=steps, desc=desc, unit="step", leave=False, file=sys.stderr) as bar:
+    with tqdm(
+        total=steps, desc=desc, unit="step", leave=False, file=sys.stderr, **bar_options()
+    ) as bar:
 
         def step_done(pipe, index: int, timestep, tensors: dict) -> dict:
             bar.update(1)

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from dreamtext.errors import DreamtextError
 from dreamtext.field import MAX_DENSITY
+from dreamtext.progress import bar_options
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def sample_density_grid(
     axis = torch.from_numpy(grid_centres(resolution, bound)).to(device)
     total = resolution**3
     grid = np.empty(total, dtype=np.float32)
-    for start in tqdm(range(0, total, chunk), desc="density grid", leave=False, unit="chunk"):
+    for start in tqdm(
+        range(0, total, chunk), desc="density grid", leave=False, unit="chunk", **bar_options()
+    ):
         index = torch.arange(start, min(start + chunk, total), device=device)
         i, rest = index // (resolution * resolution), index % (resolution * resolution)
         j, k = rest // resolution, rest % resolution
@@ -573,7 +576,9 @@ def query_albedo(field: torch.nn.Module, points: np.ndarray, chunk: int = 1 << 1
     """The field's albedo ``[N, 3]`` in [0, 1] at ``points: [N, 3]``, ``chunk`` points at a time."""
     device = field_device(field)
     albedo = np.empty((len(points), 3), dtype=np.float32)
-    for start in tqdm(range(0, len(points), chunk), desc="albedo", leave=False, unit="chunk"):
+    for start in tqdm(
+        range(0, len(points), chunk), desc="albedo", leave=False, unit="chunk", **bar_options()
+    ):
         x = torch.from_numpy(points[start : start + chunk].astype(np.float32)).to(device)
         albedo[start : start + chunk] = field(x)[1].float().clamp(0, 1).cpu().numpy()
     return albedo

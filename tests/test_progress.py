@@ -37,3 +37,24 @@ def test_the_seconds_between_redraws_in_a_file_come_from_the_environment(
 ):
     monkeypatch.setenv(PROGRESS_SECONDS, value)
     assert bar_options(io.StringIO()) == options
+
+
+def test_every_progress_bar_of_the_package_takes_the_file_redraw_interval():
+    """Each ``tqdm(...)`` in dreamtext/ passes ``**bar_options()``: a bar without it writes ten
+    redraws a second into a SLURM log (the mesh's and CLIP's bars once did)."""
+    import ast
+    from pathlib import Path
+
+    import dreamtext
+
+    missing = []
+    for path in sorted(Path(dreamtext.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "tqdm"):
+                continue
+            spread = [k.value for k in node.keywords if k.arg is None]
+            if not any(
+                getattr(getattr(v, "func", None), "id", None) == "bar_options" for v in spread
+            ):
+                missing.append(f"{path.name}:{node.lineno}")
+    assert missing == []
