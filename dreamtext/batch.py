@@ -61,7 +61,7 @@ from dreamtext.config import (
 from dreamtext.devices import free_memory, memory_that_ran_out
 from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, WorkspaceInUse
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
-from dreamtext.processes import HOST, gone_process, this_process
+from dreamtext.processes import HOST, enclosing_run, gone_process, this_process
 from dreamtext.progress import bar_options
 from dreamtext.runstatus import (
     RunTakenOver,
@@ -787,9 +787,18 @@ def run_batch(
 
 
 def check_root(root: Path) -> None:
-    """``--workspace ROOT`` is a folder, or nothing yet, inside a folder (not inside a file)."""
+    """``--workspace ROOT`` is a folder, or nothing yet, inside a folder (not inside a file), and
+    neither a run's folder nor inside one (:func:`dreamtext.processes.enclosing_run`): the
+    batch's runs are its subfolders."""
     if root.exists() and not root.is_dir():
         raise DreamtextError(f"--workspace {root} is a file; pass a folder")
+    run = enclosing_run(root)
+    if run is not None:
+        where = "is the folder of a run" if run == root else f"is inside the run in {run}"
+        raise DreamtextError(
+            f"--workspace {root} {where}; batch's --workspace is the folder that holds its "
+            "runs: pass a folder outside any run"
+        )
     for parent in root.parents:
         if parent.exists():
             if not parent.is_dir():

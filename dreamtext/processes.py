@@ -128,6 +128,60 @@ def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
     )
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a dreamtext run: a ``config.json`` with a ``prompt`` (what every
+    run writes first), a checkpoint, or a describe's ``descriptor/sentence.json``. Another
+    tool's ``config.json`` does not count."""
+    if (folder / "checkpoints" / "last.pt").is_file():
+        return True
+    if (folder / "descriptor" / "sentence.json").is_file():
+        return True
+    try:
+        with open(folder / "config.json", "rb") as f:
+            record = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "prompt" in record
+
+
+def enclosing_run(path: Path, itself: bool = True) -> Path | None:
+    """The run folder (:func:`is_run_folder`) that ``path`` is (when ``itself``) or lies in;
+    relative to the working folder when ``path`` is (``ws/a`` for ``ws/a/mesh``); ``None``."""
+    absolute = Path(os.path.abspath(path))
+    for folder in ([absolute] if itself else []) + list(absolute.parents):
+        if is_run_folder(folder):
+            return folder if Path(path).is_absolute() else Path(os.path.relpath(folder))
+    return None
+
+
+def check_own_folder(workspace: str | Path, flag: str = "--workspace") -> None:
+    """Refuse a run's folder that lies inside another run's folder, or that holds runs (a batch's
+    ``--workspace ROOT``, ``workspace/`` itself): the viewer takes a run's folder for one run
+    and a folder of runs for its subfolders, so the runs would hide each other, and one run's
+    export would replace files of the other's (``W/mesh`` as a workspace)."""
+    folder = Path(os.path.abspath(workspace))
+    outer = enclosing_run(Path(workspace), itself=False)
+    if outer is not None:
+        raise DreamtextError(
+            f"{workspace} is inside the run in {outer}: a run needs a folder of its own; "
+            f"pass {flag} a folder outside it"
+        )
+    if not folder.is_dir() or is_run_folder(folder):
+        return
+    held = "batch.jsonl" if (folder / "batch.jsonl").is_file() else None
+    if held is None:
+        try:
+            subfolders = [entry for entry in os.scandir(folder) if entry.is_dir()]
+        except OSError:  # unreadable: the workspace checks say so
+            return
+        held = next((e.name for e in subfolders if is_run_folder(Path(e.path))), None)
+    if held is not None:
+        raise DreamtextError(
+            f"{workspace} holds runs ({held}): a run needs a folder of its own; pass "
+            f"{flag} {Path(workspace) / 'NEW_FOLDER'}"
+        )
+
+
 @contextlib.contextmanager
 def claim_workspace(workspace: str | Path) -> Iterator[None]:
     """Hold ``workspace``'s lock (``flock`` on ``workspace/.dreamtext.lock``) for the block:
@@ -148,6 +202,7 @@ def claim_workspace(workspace: str | Path) -> Iterator[None]:
         finally:
             _HELD[key][1] -= 1
         return
+    check_own_folder(workspace)
     folder = Path(workspace)
     lock = folder / LOCK_NAME
     try:

@@ -1282,6 +1282,29 @@ def test_a_workspace_root_that_is_or_lies_in_a_file_is_a_one_line_error(
 
 
 @pytest.mark.parametrize(
+    ("workspace", "message"),
+    [("ws/a_red_cube", "--workspace {} is the folder of a run; "),
+     ("ws/a_red_cube/sub", "--workspace {} is inside the run in ws/a_red_cube; ")],
+)  # fmt: skip
+def test_a_workspace_root_that_is_or_lies_in_a_run_is_a_one_line_error(
+    tmp_path, capsys, monkeypatch, workspace, message
+):
+    """The batch's runs would be runs inside a run, which the viewer does not show."""
+    monkeypatch.chdir(tmp_path)
+    path = prompts_file(tmp_path, "a red cube")
+    run = Path("ws") / "a_red_cube"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    assert main(["batch", str(path), "--model", "builtin:shapes", "--workspace", workspace]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "dreamtext: error: " + message.format(workspace) + "batch's --workspace is the folder "
+        "that holds its runs: pass a folder outside any run"
+    ]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize(
     ("lines", "extra", "message"),
     [
         (None, [], "does not exist"),

@@ -1033,3 +1033,24 @@ def test_a_workspace_through_a_link_to_nothing_is_one_line_before_the_prior_load
     code, err = run_main([*BUILTIN_RUN, "--workspace", workspace], capsys)
     assert_user_error(code, err, f"{tmp_path / 'gone'} is a link to", "does not exist")
     assert not (tmp_path / "moved").exists()
+
+
+def test_a_run_in_the_folder_of_runs_or_inside_a_run_is_refused_in_one_line(tmp_path, tiny_yaml):
+    """`text --workspace workspace` made the folder of runs one run (the viewer then showed that
+    run alone), and `--workspace RUN/mesh` a run inside a run, which RUN's export replaces."""
+    common = ["--model", "builtin:shapes", "--iters", "2", "--config", tiny_yaml, "--no-export"]
+    first = run_cli("text", "a red cube", *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    files = sorted(str(p) for p in (tmp_path / "workspace").rglob("*"))
+    for workspace, message in [
+        ("workspace", "workspace holds runs (a_red_cube): a run needs a folder of its own; "
+         "pass --workspace workspace/NEW_FOLDER"),
+        ("workspace/a_red_cube/mesh", "workspace/a_red_cube/mesh is inside the run in "
+         "workspace/a_red_cube: a run needs a folder of its own; pass --workspace a folder "
+         "outside it"),
+    ]:  # fmt: skip
+        result = run_cli("text", "a blue cube", *common, "--workspace", workspace, cwd=tmp_path)
+        assert_one_line_user_error(result, message)
+        refused = run_cli("describe", "x.png", "--workspace", workspace, cwd=tmp_path)
+        assert refused.returncode == 2 and "a run needs a folder of its own" in refused.stderr
+    assert sorted(str(p) for p in (tmp_path / "workspace").rglob("*")) == files

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
@@ -380,3 +381,57 @@ def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_proces
     write_status(tmp_path, {**reused, "step": 7, "iters": 20, "phase": "train"})
     assert runstatus.running_elsewhere(read_status(tmp_path)) is None
     trainer.check_workspace(tmp_path, "a red cube", resume=False)  # not refused
+
+
+def test_a_run_folder_is_told_from_a_folder_with_another_tools_config(tmp_path):
+    from dreamtext.processes import enclosing_run, is_run_folder
+
+    run, other = tmp_path / "run", tmp_path / "project"
+    run.mkdir()
+    other.mkdir()
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 10}))
+    (other / "config.json").write_text(json.dumps({"name": "another tool"}))
+    assert is_run_folder(run) and not is_run_folder(other) and not is_run_folder(tmp_path)
+    described = tmp_path / "described"
+    (described / "descriptor").mkdir(parents=True)
+    (described / "descriptor" / "sentence.json").write_text("{}")
+    assert is_run_folder(described)
+    assert enclosing_run(run / "mesh" / "deeper") == run
+    assert enclosing_run(run) == run and enclosing_run(run, itself=False) is None
+    assert enclosing_run(other / "sub") is None
+
+
+def test_a_claim_refuses_a_folder_inside_a_run_or_one_that_holds_runs(tmp_path, monkeypatch):
+    """``--workspace workspace`` (the folder of runs, or a batch's root) made it one run, which
+    the viewer then showed alone; ``--workspace RUN/mesh`` put a run where RUN's export swaps
+    its files."""
+    from dreamtext.processes import claim_workspace
+
+    monkeypatch.chdir(tmp_path)
+    run = Path("root") / "a_red_cube"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    before = sorted(str(p) for p in Path("root").rglob("*"))
+    with pytest.raises(DreamtextError) as inside, claim_workspace(run / "mesh"):
+        pass
+    assert str(inside.value) == (
+        "root/a_red_cube/mesh is inside the run in root/a_red_cube: a run needs a folder of its "
+        "own; pass --workspace a folder outside it"
+    )
+    with pytest.raises(DreamtextError) as holds, claim_workspace("root"):
+        pass
+    assert str(holds.value) == (
+        "root holds runs (a_red_cube): a run needs a folder of its own; pass --workspace "
+        "root/NEW_FOLDER"
+    )
+    batch_root = Path("sweep")
+    batch_root.mkdir()
+    (batch_root / "batch.jsonl").write_text("")
+    refused = pytest.raises(DreamtextError, match=r"^sweep holds runs \(batch.jsonl\)")
+    with refused, claim_workspace(batch_root):
+        pass
+    assert sorted(str(p) for p in Path("root").rglob("*")) == before  # nothing made
+    with claim_workspace(run):  # the run's own folder, and a new one beside it
+        pass
+    with claim_workspace(Path("root") / "a_blue_cube"):
+        pass
