@@ -504,23 +504,28 @@ class GalleryCache:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, _GalleryEntry] = {}
+        # Per run id: its entry, and the Run last handed out for it (with its status).
+        self._entries: dict[str, tuple[_GalleryEntry, Run]] = {}
         self._lock = threading.Lock()
 
     def runs(self, locations: list[RunLocation]) -> list[Run]:
+        """The runs at ``locations``. A run whose entry and status are those of the last call is
+        the same ``Run`` object as then (``page.GalleryText`` keeps its JSON by that); callers
+        must not change the ``Run``s."""
         with self._lock:
             entries = self._entries
-        current: dict[str, _GalleryEntry] = {}
-        out = []
+        current: dict[str, tuple[_GalleryEntry, Run]] = {}
         for location in locations:
-            entry = entries.get(location.id)
+            entry, shown = entries.get(location.id, (None, None))
             if entry is None or not self._still_valid(entry, location):
                 entry = _read_gallery_entry(location)
-            current[location.id] = entry
-            out.append(replace(entry.run, status=entry.status_inputs.status(entry.run)))
+            status = entry.status_inputs.status(entry.run)
+            if shown is None or entry is not entries[location.id][0] or shown.status != status:
+                shown = replace(entry.run, status=status)
+            current[location.id] = (entry, shown)
         with self._lock:  # runs no longer listed are forgotten
             self._entries = current
-        return out
+        return [current[location.id][1] for location in locations]
 
     @staticmethod
     def _still_valid(entry: _GalleryEntry, location: RunLocation) -> bool:
