@@ -755,6 +755,10 @@ def _change(root: Path, what: str) -> None:
         write_records(root / "batch.jsonl", [batch_record(1, "cube", "failed", "refused")])
     elif what == "workspace made":
         make_run(root / "cone", "a cone")
+    elif what == "descriptor checkpoint saved":
+        (root / "pear" / "descriptor" / "checkpoints" / "last.pt").write_bytes(b"torch")
+    elif what == "learned embedding saved":
+        (root / "pear" / "descriptor" / "learned_embeds.safetensors").write_bytes(b"embeds")
     elif what == "workspace removed":
         shutil.rmtree(cube)
     elif what == "mesh exported":
@@ -778,6 +782,8 @@ CHANGES = [
     "workspace made",
     "workspace removed",
     "mesh exported",
+    "descriptor checkpoint saved",
+    "learned embedding saved",
 ]
 
 
@@ -788,6 +794,7 @@ def test_each_change_to_a_runs_files_shows_at_the_next_poll(tmp_path: Path, monk
     make_run(root / "cube", "a red cube", status={"state": "finished", "step": 20, "iters": 20})
     make_run(root / "sphere", "a sphere", steps=(10, 20), final=False, status=RUNNING)
     make_image_run(root / "apple", "describe", source=False, image="diverse/sample.png")
+    make_image_run(root / "pear", "descriptor")
     age(root, 3600)
     settle_at_once(monkeypatch)
     srv, thread = serving(Catalog([root]))
@@ -806,6 +813,33 @@ def test_each_change_to_a_runs_files_shows_at_the_next_poll(tmp_path: Path, monk
         assert shown == json.loads(script_json(fresh))
     finally:
         stop(srv, thread)
+
+
+def test_a_poll_stats_no_path_a_run_lacks_but_the_folder_it_would_be_in(
+    tmp_path: Path, monkeypatch
+):
+    """A poll stat'ed ~32 paths a run, seven of them an image run's descriptor files that a text
+    run never has; making one changes its folder's time, which the poll stats anyway."""
+    import dreamtext.view.workspaces as workspaces
+
+    make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    age(tmp_path, 3600)
+    settle_at_once(monkeypatch)
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    locations = catalog.runs()
+    gallery.runs(locations)
+    stat, stats = os.stat, []
+    monkeypatch.setattr(
+        os, "stat", lambda path, *a, **k: stats.append(str(path)) or stat(path, *a, **k)
+    )
+    gallery.runs(locations)
+    monkeypatch.undo()
+    cube = str(tmp_path / "cube")
+    shown = sorted(os.path.relpath(p, cube) for p in stats if p.startswith(cube + os.sep))
+    assert not [p for p in shown if "descriptor" in p]
+    assert len(shown) == len(set(shown))  # each once
+    present = [p for p in shown if os.path.exists(os.path.join(cube, p))]
+    assert shown == present
 
 
 def test_an_unchanged_answer_to_a_poll_is_304_without_a_body(tmp_path: Path, monkeypatch):
