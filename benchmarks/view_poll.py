@@ -12,12 +12,14 @@ the first request, 10 back to back (whole answers), 10 naming the last answer's 
 asks when nothing changed: a 304 without a body, where the code has ETags), and polling every 2 s
 for ``--seconds`` as the page does (naming its last answer) while ``--live`` of the running runs
 get a log line and a new status.json every 2 s. The server's CPU is its process's user + system
-time over the polling; KiB/min the answers' bodies.
+time over the polling; KiB/min the answers' bodies as sent (the requests take gzip, as
+browsers' do).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import socket
@@ -120,8 +122,10 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
         url = f"http://127.0.0.1:{port}/api/runs.json"
 
         def fetch(tag: str | None = None) -> tuple[float, int, bytes, str | None]:
-            """One request, as the page polls: naming the answer it has (``tag``)."""
-            request = urllib.request.Request(url, headers={"If-None-Match": tag} if tag else {})
+            """One request, as the page's browser polls: taking gzip, naming the answer it has
+            (``tag``). The body as it came (gzipped where the server gzips)."""
+            headers = {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
+            request = urllib.request.Request(url, headers=headers)
             start = time.perf_counter()
             try:
                 with urllib.request.urlopen(request, timeout=120) as response:
@@ -150,13 +154,15 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
         stop.set()
         writer.join()
         per_min = (cpu1 - cpu0) / (t1 - t0) * 60
-        n = len(json.loads(body)["runs"])
+        text = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+        n = len(json.loads(text)["runs"])
         conditional = "no ETag"
         if unchanged:
             took = statistics.median(t for t, _ in unchanged) * 1000
             conditional = f"{took:.0f} ms ({sum(s == 304 for _, s in unchanged)}/10 were 304)"
         print(
-            f"{n} runs, {len(body) // 1024} KiB: first {first:.2f} s; back to back median "
+            f"{n} runs, {len(text) // 1024} KiB ({len(body) // 1024} KiB sent): first "
+            f"{first:.2f} s; back to back median "
             f"{statistics.median(burst) * 1000:.0f} ms, naming the last answer {conditional}; "
             f"polled every 2 s for {t1 - t0:.0f} s (median {statistics.median(polls) * 1000:.0f} "
             f"ms, {not_modified}/{len(polls)} were 304, {sent / (t1 - t0) * 60 / 1024:.0f} KiB/min "

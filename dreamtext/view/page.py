@@ -182,7 +182,8 @@ def json_etag(text: str) -> str:
     """An HTTP entity tag for a JSON answer: a digest of its text, so any change of the text
     changes it (a polling page sends it back in ``If-None-Match`` and gets a 304 while the
     answer is the same)."""
-    return '"' + hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest() + '"'
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    return f'W/"{digest}"'  # weak: it stands for the text, gzipped or not
 
 
 def run_page_json(run: Run, links: Links, glb_script: str | None = None) -> dict[str, Any]:

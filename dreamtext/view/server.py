@@ -16,7 +16,8 @@ read the runs through a DNS name that points at 127.0.0.1; a reverse proxy on th
 port is let through (``ViewServer.host_allowed`` says why that is safe).
 
 The two ``api`` answers carry an ``ETag`` (a digest of their text); a poll that sends it back in
-``If-None-Match`` while the answer is the same gets ``304 Not Modified`` and no body.
+``If-None-Match`` while the answer is the same gets ``304 Not Modified`` and no body. Pages and
+``api`` answers go gzipped to clients that take it (JSON of many runs shrinks ~25 times).
 
 Every address in the pages is relative, so a proxy can serve them under a path of its own.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import mimetypes
 import re
 import socket
@@ -79,6 +81,8 @@ CONTENT_SECURITY_POLICY = (
     f"connect-src 'self' blob: data:; script-src 'self' {SLASH_SCRIPT_HASH}; style-src 'self'; "
     "object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
 )
+# Pages and data at least this long go gzipped to clients that take it.
+COMPRESS_FROM_BYTES = 2048
 # Longer numbers than any file's size are not a range (int() refuses over 4300 digits).
 _RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
 
@@ -285,11 +289,17 @@ class ViewHandler(BaseHTTPRequestHandler):
                     return self._send_file(file, send_body)
         return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
 
-    def _headers(self, status: int, content_type: str, length: int) -> None:
+    def _headers(
+        self, status: int, content_type: str, length: int, encoding: str | None = None
+    ) -> None:
         self._answering = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
+        if encoding is not None:
+            self.send_header("Content-Encoding", encoding)
+        if content_type.startswith(("text/html", "application/json")):
+            self.send_header("Vary", "Accept-Encoding")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
@@ -305,7 +315,18 @@ class ViewHandler(BaseHTTPRequestHandler):
         self._send_bytes((text + "\n").encode(), "text/plain; charset=utf-8", send_body, status)
 
     def _send_html(self, page: str, send_body: bool) -> None:
-        self._send_bytes(page.encode("utf-8"), "text/html; charset=utf-8", send_body)
+        body, encoding = self._compressed(page.encode("utf-8"))
+        self._headers(HTTPStatus.OK, "text/html; charset=utf-8", len(body), encoding)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def _compressed(self, body: bytes) -> tuple[bytes, str | None]:
+        """``body`` gzipped when the client takes gzip and it is worth it (a page or the data of
+        many runs: a gallery's 850 KiB of JSON is 35 KiB, in ~1.5 ms at level 1)."""
+        if len(body) < COMPRESS_FROM_BYTES or not _takes_gzip(self.headers.get("Accept-Encoding")):
+            return body, None
+        return gzip.compress(body, compresslevel=1, mtime=0), "gzip"
 
     def _send_json_text(self, text: str, send_body: bool) -> None:
         """JSON, tagged; ``304 Not Modified`` without it when the request's ``If-None-Match``
@@ -318,8 +339,8 @@ class ViewHandler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
             return
-        body = text.encode("utf-8")
-        self._headers(HTTPStatus.OK, "application/json; charset=utf-8", len(body))
+        body, encoding = self._compressed(text.encode("utf-8"))
+        self._headers(HTTPStatus.OK, "application/json; charset=utf-8", len(body), encoding)
         self.send_header("ETag", etag)
         self.end_headers()
         if send_body:
@@ -360,7 +381,17 @@ def _names_tag(if_none_match: str | None, etag: str) -> bool:
     if not if_none_match:
         return False
     tags = [tag.strip() for tag in if_none_match.split(",")]
-    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
+    return "*" in tags or etag.removeprefix("W/") in (tag.removeprefix("W/") for tag in tags)
+
+
+def _takes_gzip(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` header (``gzip, deflate, br``; ``gzip;q=0`` refuses it)
+    takes gzip."""
+    for item in (accept_encoding or "").split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip().lower() in ("gzip", "x-gzip"):
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def _describe(error: BaseException | None) -> str:
