@@ -71,7 +71,7 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
             after, t1 = metrics(), time.monotonic()
             stop.set()
             writer.join()
-            sizes = [len(r.body()) if r.status == 200 else 0 for r in answers]
+            sizes = [r.request.sizes()["responseBodySize"] for r in answers]  # as sent
             browser.close()
         per_min = {k: (after[k] - before[k]) / (t1 - t0) * 60 for k in METRICS}
         print(
