@@ -8,14 +8,18 @@ Writes N runs as a finished sweep leaves them (config, a 100-line log, previews 
 final preview, mesh files, turntable, checkpoint, status.json, all three hours old; every 33rd
 failed, running or without status.json) and a ``batch.jsonl`` naming them, starts ``dreamtext
 view`` on them with the code at ``--code`` (this checkout by default) in its own process, then:
-the first request, 10 back to back, and polling every 2 s for ``--seconds`` while ``--live`` of
-the running runs get a log line and a new status.json every 2 s. The server's CPU is its
-process's user + system time over the polling.
+the first request, 10 back to back (whole answers), 10 naming the last answer's ETag (as the page
+asks when nothing changed: a 304 without a body, where the code has ETags), and polling every 2 s
+for ``--seconds`` as the page does (naming its last answer) while ``--live`` of the running runs
+get a log line and a new status.json every 2 s. The server's CPU is its process's user + system
+time over the polling; KiB/min the answers' bodies as sent (the requests take gzip, as
+browsers' do).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import socket
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -116,32 +121,52 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
         server.stdout.readline()  # its address: it listens
         url = f"http://127.0.0.1:{port}/api/runs.json"
 
-        def fetch() -> tuple[float, bytes]:
+        def fetch(tag: str | None = None) -> tuple[float, int, bytes, str | None]:
+            """One request, as the page's browser polls: taking gzip, naming the answer it has
+            (``tag``). The body as it came (gzipped where the server gzips)."""
+            headers = {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
+            request = urllib.request.Request(url, headers=headers)
             start = time.perf_counter()
-            body = urllib.request.urlopen(url, timeout=120).read()
-            return time.perf_counter() - start, body
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    status, body, etag = response.status, response.read(), response.headers["ETag"]
+            except urllib.error.HTTPError as answer:  # urllib raises on a 304
+                if answer.code != 304:
+                    raise
+                status, body, etag = 304, answer.read(), tag
+            return time.perf_counter() - start, status, body, etag
 
-        first, body = fetch()
+        first, _, body, tag = fetch()
         burst = [fetch()[0] for _ in range(10)]
+        unchanged = [fetch(tag)[:2] for _ in range(10)] if tag else []
         running = sorted(p.parent for p in root.glob("*/status.json") if "running" in p.read_text())
         stop = threading.Event()
         writer = threading.Thread(target=keep_running, args=(running[:live], stop))
         writer.start()
-        cpu0, t0, polls = cpu_seconds(server.pid), time.monotonic(), []
+        cpu0, t0, polls, sent, not_modified = cpu_seconds(server.pid), time.monotonic(), [], 0, 0
         while time.monotonic() - t0 < seconds:
-            took, _ = fetch()
+            took, status, answer, tag = fetch(tag)
             polls.append(took)
+            sent += len(answer)
+            not_modified += status == 304
             time.sleep(max(0.0, 2.0 - took))
         cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
         stop.set()
         writer.join()
         per_min = (cpu1 - cpu0) / (t1 - t0) * 60
-        n = len(json.loads(body)["runs"])
+        text = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+        n = len(json.loads(text)["runs"])
+        conditional = "no ETag"
+        if unchanged:
+            took = statistics.median(t for t, _ in unchanged) * 1000
+            conditional = f"{took:.0f} ms ({sum(s == 304 for _, s in unchanged)}/10 were 304)"
         print(
-            f"{n} runs, {len(body) // 1024} KiB: first {first:.2f} s; back to back median "
-            f"{statistics.median(burst) * 1000:.0f} ms; polled every 2 s for {t1 - t0:.0f} s "
-            f"(median {statistics.median(polls) * 1000:.0f} ms): server CPU {per_min:.1f} s/min "
-            f"({per_min / 60 * 100:.1f} % of a core)"
+            f"{n} runs, {len(text) // 1024} KiB ({len(body) // 1024} KiB sent): first "
+            f"{first:.2f} s; back to back median "
+            f"{statistics.median(burst) * 1000:.0f} ms, naming the last answer {conditional}; "
+            f"polled every 2 s for {t1 - t0:.0f} s (median {statistics.median(polls) * 1000:.0f} "
+            f"ms, {not_modified}/{len(polls)} were 304, {sent / (t1 - t0) * 60 / 1024:.0f} KiB/min "
+            f"of answers): server CPU {per_min:.1f} s/min ({per_min / 60 * 100:.1f} % of a core)"
         )
     finally:
         server.terminate()

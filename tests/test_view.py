@@ -1,10 +1,13 @@
 """`dreamtext view` without a browser: finding runs, reading their status, what the server serves
 and refuses, the static export, the command line. (tests/test_view_browser.py drives Chromium.)"""
 
+import gzip
+import html
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -753,6 +756,14 @@ def _change(root: Path, what: str) -> None:
         write_records(root / "batch.jsonl", [batch_record(1, "cube", "failed", "refused")])
     elif what == "workspace made":
         make_run(root / "cone", "a cone")
+    elif what == "descriptor checkpoint saved":
+        (root / "pear" / "descriptor" / "checkpoints" / "last.pt").write_bytes(b"torch")
+    elif what == "learned embedding saved":
+        (root / "pear" / "descriptor" / "learned_embeds.safetensors").write_bytes(b"embeds")
+    elif what == "workspace removed":
+        shutil.rmtree(cube)
+    elif what == "mesh exported":
+        (cube / "mesh" / "mesh.obj").write_text("v 0 0 0\n")
 
 
 CHANGES = [
@@ -770,6 +781,10 @@ CHANGES = [
     "image sentence.json names appears",
     "batch line",
     "workspace made",
+    "workspace removed",
+    "mesh exported",
+    "descriptor checkpoint saved",
+    "learned embedding saved",
 ]
 
 
@@ -780,18 +795,124 @@ def test_each_change_to_a_runs_files_shows_at_the_next_poll(tmp_path: Path, monk
     make_run(root / "cube", "a red cube", status={"state": "finished", "step": 20, "iters": 20})
     make_run(root / "sphere", "a sphere", steps=(10, 20), final=False, status=RUNNING)
     make_image_run(root / "apple", "describe", source=False, image="diverse/sample.png")
+    make_image_run(root / "pear", "descriptor")
     age(root, 3600)
     settle_at_once(monkeypatch)
     srv, thread = serving(Catalog([root]))
     try:
-        before = json.loads(get(srv, "/api/runs.json")[1])["runs"]
+        _, body, headers = get(srv, "/api/runs.json")
+        before, etag = json.loads(body)["runs"], headers["ETag"]
         time.sleep(0.05)  # a later tick of the file clock
         _change(root, what)
-        shown = json.loads(get(srv, "/api/runs.json")[1])["runs"]
+        # The page's poll, which names its last answer: a change must not be a 304.
+        status, body, headers = get(srv, "/api/runs.json", {"If-None-Match": etag})
+        shown = json.loads(body)["runs"]
         links = server_links("api/runs.json")
         fresh = [run_json(read_run(r, with_series=False), links, False) for r in srv.catalog.runs()]
+        assert status == 200 and headers["ETag"] != etag
         assert shown != before
         assert shown == json.loads(script_json(fresh))
+    finally:
+        stop(srv, thread)
+
+
+def test_a_poll_stats_no_path_a_run_lacks_but_the_folder_it_would_be_in(
+    tmp_path: Path, monkeypatch
+):
+    """A poll stat'ed ~32 paths a run, seven of them an image run's descriptor files that a text
+    run never has; making one changes its folder's time, which the poll stats anyway."""
+    import dreamtext.view.workspaces as workspaces
+
+    make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    age(tmp_path, 3600)
+    settle_at_once(monkeypatch)
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    locations = catalog.runs()
+    gallery.runs(locations)
+    stat, stats = os.stat, []
+    monkeypatch.setattr(
+        os, "stat", lambda path, *a, **k: stats.append(str(path)) or stat(path, *a, **k)
+    )
+    gallery.runs(locations)
+    monkeypatch.undo()
+    cube = str(tmp_path / "cube")
+    shown = sorted(os.path.relpath(p, cube) for p in stats if p.startswith(cube + os.sep))
+    assert not [p for p in shown if "descriptor" in p]
+    assert len(shown) == len(set(shown))  # each once
+    present = [p for p in shown if os.path.exists(os.path.join(cube, p))]
+    assert shown == present
+
+
+def test_an_unchanged_answer_to_a_poll_is_304_without_a_body(tmp_path: Path, monkeypatch):
+    """An open gallery asks for every run every 2 s; the whole answer (~1 MB at 1,000 runs) was
+    sent and parsed each time. The page names the answer it has (If-None-Match: its ETag)."""
+    root = tmp_path / "runs"
+    for i in range(5):
+        make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
+    age(root, 3600)
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([root]))
+    try:
+        for api in ("/api/runs.json", "/api/run/run3.json"):
+            status, full, headers = get(srv, api)
+            etag = headers["ETag"]
+            assert status == 200 and json.loads(full) and re.fullmatch(r'W/"[0-9a-f]{32}"', etag)
+            status, body, headers = get(srv, api, {"If-None-Match": etag})
+            assert (status, body, headers["ETag"]) == (304, b"", etag)
+            strong = etag.removeprefix("W/")  # compared weakly, either form names it
+            assert get(srv, api, {"If-None-Match": f'"other", {strong}'})[0] == 304
+            assert get(srv, api, {"If-None-Match": '"other"'})[:2] == (200, full)
+        # The pages carry their data's tag: their first poll is a conditional one too.
+        for page, api in (("/", "/api/runs.json"), ("/run/run3/", "/api/run/run3.json")):
+            text = get(srv, page)[1].decode()
+            (tag,) = re.findall(r'id="dreamtext-data"[^>]* data-etag="([^"]*)"', text)
+            assert get(srv, api, {"If-None-Match": html.unescape(tag)})[0] == 304
+    finally:
+        stop(srv, thread)
+
+
+def test_pages_and_data_go_gzipped_to_a_client_that_takes_it(tmp_path: Path):
+    """A gallery of 1,000 runs answered 850 KiB of JSON at every poll that saw a change (every
+    poll while a batch runs): 25 MB a minute through an ssh tunnel. Gzipped: ~35 KiB."""
+    for i in range(40):
+        make_run(tmp_path / f"run{i:02d}", f"prompt {i}", status={"state": "finished"})
+    write_log(tmp_path / "run07" / "log.jsonl", range(10, 2001, 10))  # a run page's curves
+    srv, thread = serving(Catalog([tmp_path]))
+    took = {"Accept-Encoding": "gzip, deflate, br"}
+    try:
+        for path in ("/", "/api/runs.json", "/api/run/run07.json"):
+            _, plain, headers = get(srv, path)
+            assert "Content-Encoding" not in headers
+            _, body, headers = get(srv, path, took)
+            assert headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"
+            assert gzip.decompress(body) == plain and int(headers["Content-Length"]) == len(body)
+            assert len(body) < len(plain) / 3
+            _, body, headers = get(srv, path, {"Accept-Encoding": "gzip;q=0, identity"})
+            assert body == plain and "Content-Encoding" not in headers
+        _, body, headers = get(srv, "/files/run07/previews/final.png", took)
+        assert "Content-Encoding" not in headers and body[:4] == b"\x89PNG"
+    finally:
+        stop(srv, thread)
+
+
+def test_a_status_that_follows_the_clock_changes_the_answer(tmp_path: Path, monkeypatch):
+    """A running run's files unchanged, its card still changes ("no change for 12 min"): the
+    answer kept for the run must not outlive its status."""
+    import dreamtext.view.workspaces as workspaces
+
+    make_run(tmp_path / "cube", "a red cube", final=False, status=RUNNING)
+    age(tmp_path / "cube", 11 * 60)
+    os.utime(tmp_path / "cube", (time.time() - 11 * 60,) * 2)
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([tmp_path]))
+    try:
+        _, body, headers = get(srv, "/api/runs.json")
+        assert json.loads(body)["runs"][0]["status"]["quiet_minutes"] == 11
+        assert get(srv, "/api/runs.json", {"If-None-Match": headers["ETag"]})[0] == 304
+        real_time = time.time
+        monkeypatch.setattr(workspaces.time, "time", lambda: real_time() + 60)
+        status, body, _ = get(srv, "/api/runs.json", {"If-None-Match": headers["ETag"]})
+        assert status == 200 and json.loads(body)["runs"][0]["status"]["quiet_minutes"] == 12
     finally:
         stop(srv, thread)
 
@@ -1169,7 +1290,7 @@ def page_addresses(body: bytes) -> tuple[str, list[str], dict]:
     text = body.decode("utf-8")
     (base,) = re.findall(r'<base href="([^"]*)">', text)
     addresses = re.findall(r'(?:src|href)="([^"]*)"', text.replace(f'<base href="{base}">', ""))
-    start = text.index('<script id="dreamtext-data" type="application/json">')
+    start = text.index('<script id="dreamtext-data"')
     data = json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
     runs = data["runs"] if data["page"] == "gallery" else [data["run"]]
     addresses += [data["api"], data["gallery"]]
@@ -1241,7 +1362,7 @@ def test_static_export_holds_pages_assets_and_the_files_they_show(root: Path, tm
 
 def page_data(html_file: Path) -> dict:
     text = html_file.read_text(encoding="utf-8")
-    start = text.index('<script id="dreamtext-data" type="application/json">')
+    start = text.index('<script id="dreamtext-data"')
     body = text[text.index(">", start) + 1 : text.index("</script>", start)]
     return json.loads(body)
 

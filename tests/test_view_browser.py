@@ -516,3 +516,102 @@ def test_gallery_follows_a_status_change(page, server, root: Path):
         status_path.write_text(json.dumps(status))
     # The pictures were kept, not loaded again (a turntable GIF would restart at every poll).
     assert page.eval_on_selector_all(".card img", "images => images.every(i => i.marked)")
+
+
+def test_an_unchanged_gallery_polls_with_its_tag_and_gets_304s(page, server):
+    """Each poll used to fetch and compare the whole answer; now it names the answer it has and,
+    nothing having changed, gets a 304 without a body (a thousand runs: ~1 MB every 2 s)."""
+    polls = []
+    page.on("response", lambda r: "api/runs.json" in r.url and polls.append(r))
+    page.goto(server.url)
+    page.wait_for_selector(".card")
+    page.wait_for_timeout(POLL_MS * 6)
+    assert len(polls) >= 3
+    assert [r.status for r in polls] == [304] * len(polls)
+    tags = {r.request.all_headers().get("if-none-match") for r in polls}
+    assert tags == {polls[0].all_headers()["etag"]}
+
+
+def write_many_runs(root: Path, n: int) -> None:
+    """``n`` finished runs, each with its picture (a few hundred bytes)."""
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(picture, format="PNG")
+    for i in range(n):
+        ws = root / f"run_{i:03d}"
+        (ws / "previews").mkdir(parents=True)
+        (ws / "config.json").write_text(json.dumps({"prompt": f"prompt {i:03d}", "iters": 10}))
+        (ws / "status.json").write_text(json.dumps({"state": "finished", "step": 10, "iters": 10}))
+        (ws / "previews" / "final.png").write_bytes(picture.getvalue())
+
+
+@pytest.fixture
+def many_runs(tmp_path: Path):
+    """A server over 300 runs."""
+    root = tmp_path / "sweep"
+    write_many_runs(root, 300)
+    srv = make_server(Catalog([root]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield srv, root
+    srv.shutdown()
+    srv.server_close()
+    thread.join()
+
+
+# Whether the browser draws a card's contents (false where content-visibility skips them).
+DRAWN = "(card) => card.firstElementChild.checkVisibility({contentVisibilityAuto: true})"
+
+
+def test_a_gallery_of_hundreds_of_runs_draws_only_the_cards_near_the_screen(page, many_runs):
+    """300 cards made a 16,000 px page that the browser laid out and painted whole at every
+    change. Cards off the screen are now skipped; filter and sort still cover every run."""
+    srv, _ = many_runs
+    page.goto(srv.url)
+    page.wait_for_selector(".card")
+    cards = page.locator(".card")
+    assert cards.count() == 300
+    assert cards.first.evaluate(DRAWN) is True
+    assert cards.last.evaluate(DRAWN) is False
+    drawn = page.eval_on_selector_all(".card", f"cards => cards.filter({DRAWN}).length")
+    assert drawn < 60
+    cards.last.scroll_into_view_if_needed()
+    page.wait_for_function(f"() => ({DRAWN})(document.querySelector('.card:last-child'))")
+    page.fill("#filter", "prompt 299")
+    assert list(cards_by_state(page)) == ["run_299"]
+    assert cards.first.evaluate(DRAWN) is True
+    page.fill("#filter", "")
+    page.select_option("#sort", "prompt")
+    page.evaluate("() => window.scrollTo(0, 0)")
+    assert list(cards_by_state(page))[:2] == ["run_000", "run_001"]
+    page.locator("#sort").select_option("newest")
+    assert len(cards_by_state(page)) == 300
+
+
+def test_a_poll_that_changes_one_card_of_hundreds_replaces_only_that_card(page, many_runs):
+    """A running batch changes a card or two each poll: every card was taken out of the page and
+    put back (all laid out again); now only the changed card is swapped in, at its new place."""
+    srv, root = many_runs
+    page.goto(srv.url)
+    page.wait_for_selector(".card")
+    page.evaluate(
+        """() => {
+        window.mutations = {added: 0, removed: 0};
+        new MutationObserver((records) => records.forEach((r) => {
+          window.mutations.added += r.addedNodes.length;
+          window.mutations.removed += r.removedNodes.length;
+        })).observe(document.getElementById("cards"), {childList: true});
+      }"""
+    )
+    before = list(cards_by_state(page))
+    for sort, run, place in (("newest", "run_150", 0), ("oldest", "run_020", -1)):
+        page.select_option("#sort", sort)
+        order = list(cards_by_state(page))
+        page.evaluate("() => { window.mutations = {added: 0, removed: 0}; }")
+        status = {"state": "failed", "step": 5, "iters": 10, "error": "CUDA out of memory"}
+        (root / run / "status.json").write_text(json.dumps(status))
+        page.wait_for_selector(f'.card[data-run="{run}"][data-state="failed"]', timeout=10_000)
+        assert page.evaluate("() => window.mutations") == {"added": 1, "removed": 1}
+        order.remove(run)
+        order.insert(len(order) if place == -1 else place, run)
+        assert list(cards_by_state(page)) == order
+    assert sorted(before) == sorted(cards_by_state(page))

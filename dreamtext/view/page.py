@@ -14,6 +14,7 @@ import html
 import json
 import math
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -145,6 +146,46 @@ def gallery_json(runs: list[Run], links: Links) -> dict[str, Any]:
     }
 
 
+class GalleryText:
+    """``script_json(gallery_json(runs, links))``, made of each run's JSON text, kept from the
+    last call while the run is the same ``Run`` object (``GalleryCache`` hands out the same one
+    while a run's files and status stay the same): a poll of an unchanged gallery of 1,000 runs
+    joins texts instead of encoding ~1 MB of JSON again.
+
+    For one kind of ``Links`` (the server's): a run's text is kept whatever ``links`` says.
+    Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[str, tuple[Run, str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, runs: list[Run], links: Links) -> str:
+        with self._lock:
+            kept = self._texts
+        texts: dict[str, tuple[Run, str]] = {}
+        for run in runs:
+            before = kept.get(run.id)
+            if before is not None and before[0] is run:
+                texts[run.id] = before
+            else:
+                texts[run.id] = (run, script_json(run_json(run, links, full=False)))
+        with self._lock:  # runs no longer listed are forgotten
+            self._texts = texts
+        head = gallery_json([], links)
+        del head["runs"]  # the last key, written after the others as json.dumps would
+        listed = ", ".join(texts[run.id][1] for run in runs)
+        return script_json(head)[:-1] + ', "runs": [' + listed + "]}"
+
+
+def json_etag(text: str) -> str:
+    """An HTTP entity tag for a JSON answer: a digest of its text, so any change of the text
+    changes it (a polling page sends it back in ``If-None-Match`` and gets a 304 while the
+    answer is the same)."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    return f'W/"{digest}"'  # weak: it stands for the text, gzipped or not
+
+
 def run_page_json(run: Run, links: Links, glb_script: str | None = None) -> dict[str, Any]:
     """``glb_script``: in a static export, the script that holds the GLB (a file:// page cannot
     fetch the GLB itself)."""
@@ -195,12 +236,16 @@ def render_page(data: dict[str, Any], links: Links) -> str:
         base = f'<base href="{html.escape(links.base)}">'
     if links.base == "./":  # the server's root page (a static export's page is a file)
         base = f"<script>{SLASH_SCRIPT}</script>\n{base}"
+    text = script_json(data)
     values = {
         "title": html.escape(title),
         "base": base,
         "static": html.escape(links.static),
         "vendor": vendor,
-        "data": script_json(data),
+        "data": text,
+        # What the data's answer from api/ is tagged with, so the page's first poll can be a
+        # conditional one (none in a static export: nothing to poll).
+        "etag": html.escape(json_etag(text)) if links.api else "",
     }
     template = resources.files("dreamtext.view").joinpath("assets", "page.html")
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template.read_text("utf-8"))

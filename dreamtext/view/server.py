@@ -15,6 +15,10 @@ Requests whose ``Host`` is not this machine's are refused, so that a web page el
 read the runs through a DNS name that points at 127.0.0.1; a reverse proxy on the web's standard
 port is let through (``ViewServer.host_allowed`` says why that is safe).
 
+The two ``api`` answers carry an ``ETag`` (a digest of their text); a poll that sends it back in
+``If-None-Match`` while the answer is the same gets ``304 Not Modified`` and no body. Pages and
+``api`` answers go gzipped to clients that take it (JSON of many runs shrinks ~25 times).
+
 Every address in the pages is relative, so a proxy can serve them under a path of its own.
 
 No request prints a traceback: a bug met while answering one is a 500 and one line on stderr.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import mimetypes
 import re
 import socket
@@ -39,8 +44,10 @@ from dreamtext.errors import DreamtextError
 from dreamtext.view.page import (
     ASSETS,
     SLASH_SCRIPT_HASH,
+    GalleryText,
     asset_bytes,
     gallery_json,
+    json_etag,
     page_base,
     render_page,
     run_page_json,
@@ -74,6 +81,8 @@ CONTENT_SECURITY_POLICY = (
     f"connect-src 'self' blob: data:; script-src 'self' {SLASH_SCRIPT_HASH}; style-src 'self'; "
     "object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
 )
+# Pages and data at least this long go gzipped to clients that take it.
+COMPRESS_FROM_BYTES = 2048
 # Longer numbers than any file's size are not a range (int() refuses over 4300 digits).
 _RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
 
@@ -144,6 +153,7 @@ class ViewServer(ThreadingHTTPServer):
         # Each open gallery asks for every run every poll_ms; a run is read again only when its
         # files change.
         self.gallery = GalleryCache()
+        self.gallery_text = GalleryText()
         self.poll_ms = poll_ms
         self._log = log
         host = address[0]
@@ -251,10 +261,9 @@ class ViewHandler(BaseHTTPRequestHandler):
         if path in ("/", "/api/runs.json"):
             runs = self.server.gallery.runs(catalog.runs())
             links = server_links("api/runs.json", poll_ms, base=page_base(path))
-            data = gallery_json(runs, links)
             if path == "/":
-                return self._send_html(render_page(data, links), send_body)
-            return self._send_json(data, send_body)
+                return self._send_html(render_page(gallery_json(runs, links), links), send_body)
+            return self._send_json_text(self.server.gallery_text(runs, links), send_body)
         if len(parts) in (2, 3) and parts[0] == "run" and parts[2:] in ([], [""]):
             location = catalog.find(unquote(parts[1]))
             if location is not None:
@@ -265,7 +274,8 @@ class ViewHandler(BaseHTTPRequestHandler):
             location = catalog.find(unquote(parts[2][: -len(".json")]))
             if location is not None:
                 links = server_links(f"api/run/{parts[2]}", poll_ms)
-                return self._send_json(run_page_json(read_run(location), links), send_body)
+                text = script_json(run_page_json(read_run(location), links))
+                return self._send_json_text(text, send_body)
         if len(parts) == 2 and parts[0] == "static" and parts[1] in ASSETS:
             content_type = mimetypes.guess_type(parts[1])[0] or "text/plain"
             if content_type.startswith(("text/", "application/javascript")):
@@ -279,11 +289,17 @@ class ViewHandler(BaseHTTPRequestHandler):
                     return self._send_file(file, send_body)
         return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
 
-    def _headers(self, status: int, content_type: str, length: int) -> None:
+    def _headers(
+        self, status: int, content_type: str, length: int, encoding: str | None = None
+    ) -> None:
         self._answering = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
+        if encoding is not None:
+            self.send_header("Content-Encoding", encoding)
+        if content_type.startswith(("text/html", "application/json")):
+            self.send_header("Vary", "Accept-Encoding")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
@@ -299,11 +315,36 @@ class ViewHandler(BaseHTTPRequestHandler):
         self._send_bytes((text + "\n").encode(), "text/plain; charset=utf-8", send_body, status)
 
     def _send_html(self, page: str, send_body: bool) -> None:
-        self._send_bytes(page.encode("utf-8"), "text/html; charset=utf-8", send_body)
+        body, encoding = self._compressed(page.encode("utf-8"))
+        self._headers(HTTPStatus.OK, "text/html; charset=utf-8", len(body), encoding)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
 
-    def _send_json(self, data: Any, send_body: bool) -> None:
-        body = script_json(data).encode("utf-8")
-        self._send_bytes(body, "application/json; charset=utf-8", send_body)
+    def _compressed(self, body: bytes) -> tuple[bytes, str | None]:
+        """``body`` gzipped when the client takes gzip and it is worth it (a page or the data of
+        many runs: a gallery's 850 KiB of JSON is 35 KiB, in ~1.5 ms at level 1)."""
+        if len(body) < COMPRESS_FROM_BYTES or not _takes_gzip(self.headers.get("Accept-Encoding")):
+            return body, None
+        return gzip.compress(body, compresslevel=1, mtime=0), "gzip"
+
+    def _send_json_text(self, text: str, send_body: bool) -> None:
+        """JSON, tagged; ``304 Not Modified`` without it when the request's ``If-None-Match``
+        names the tag (the page's last answer)."""
+        etag = json_etag(text)
+        if _names_tag(self.headers.get("If-None-Match"), etag):
+            self._answering = True
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self.send_header("ETag", etag)
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            return
+        body, encoding = self._compressed(text.encode("utf-8"))
+        self._headers(HTTPStatus.OK, "application/json; charset=utf-8", len(body), encoding)
+        self.send_header("ETag", etag)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
 
     def _send_file(self, file: Path, send_body: bool) -> None:
         """The file, or the one byte range a ``Range`` header asks for (video seeking)."""
@@ -332,6 +373,25 @@ class ViewHandler(BaseHTTPRequestHandler):
             if send_body:
                 f.seek(start)
                 _copy(f, self.wfile, end - start + 1)
+
+
+def _names_tag(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header (``"a", W/"b"`` or ``*``) names ``etag``: compared
+    weakly, as RFC 9110 asks for this header."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return "*" in tags or etag.removeprefix("W/") in (tag.removeprefix("W/") for tag in tags)
+
+
+def _takes_gzip(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` header (``gzip, deflate, br``; ``gzip;q=0`` refuses it)
+    takes gzip."""
+    for item in (accept_encoding or "").split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip().lower() in ("gzip", "x-gzip"):
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def _describe(error: BaseException | None) -> str:

@@ -19,9 +19,11 @@ export turn them into addresses.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import posixpath
 import re
 import threading
 import time
@@ -174,12 +176,7 @@ class Catalog:
         used: set[str] = set()
 
         def add(name: str, path: Path | None, root: Path | None, batch: dict | None) -> None:
-            # Letters of any script stay, with their combining marks (workspace folders keep
-            # them: config.slugify).
-            kept = "".join(
-                c if c in ".-" or unicodedata.category(c)[0] in "LNM" else "_" for c in name
-            )
-            base = re.sub(r"_+", "_", kept).strip("._") or "run"
+            base = _id_of(name)
             run_id, n = base, 2
             while run_id in used:
                 run_id, n = f"{base}-{n}", n + 1
@@ -198,15 +195,16 @@ class Catalog:
                 path = _batch_workspace(folder, record)
                 if path is not None:
                     named[path] = record
-            for path in sorted(_subfolders(folder)):
+            for name, is_link in _subfolders(folder):
+                if not _holds_run(os.path.join(folder, name)):
+                    continue
                 # A subfolder that is a link out of the root is not one of its runs. (The root
                 # is resolved: a subfolder that is no link is resolved as it is.)
-                resolved = path.resolve() if path.is_symlink() else path
-                if not is_workspace(path) or not resolved.is_relative_to(folder):
+                resolved = (folder / name).resolve() if is_link else folder / name
+                if is_link and not resolved.is_relative_to(folder):
                     continue
                 if resolved not in seen:
                     seen.add(resolved)
-                    name = path.relative_to(folder).as_posix()
                     add(name, resolved, folder, named.pop(resolved, None))
             for path, record in named.items():
                 # Named by batch.jsonl but not a subfolder: deeper, not made, or outside the root
@@ -220,11 +218,32 @@ class Catalog:
         return found
 
 
-def _subfolders(folder: Path) -> list[Path]:
+def _subfolders(folder: Path) -> list[tuple[str, bool]]:
+    """The names of ``folder``'s subfolders (links to folders too), not hidden, sorted, each with
+    whether it is a link. One listing: the kind of each entry comes with it."""
     try:
-        return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        with os.scandir(folder) as entries:
+            found = [
+                (entry.name, entry.is_symlink())
+                for entry in entries
+                if not entry.name.startswith(".") and entry.is_dir()
+            ]
     except OSError:
         return []
+    return sorted(found)
+
+
+def _holds_run(folder: str) -> bool:
+    """:func:`is_workspace` for a path as text (the scan asks it of every subfolder each poll)."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in WORKSPACE_MARKERS)
+
+
+@functools.lru_cache(maxsize=65536)
+def _id_of(name: str) -> str:
+    """A run's address from its folder's name: letters of any script stay, with their combining
+    marks (workspace folders keep them: config.slugify); anything else is ``_``."""
+    kept = "".join(c if c in ".-" or unicodedata.category(c)[0] in "LNM" else "_" for c in name)
+    return re.sub(r"_+", "_", kept).strip("._") or "run"
 
 
 def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:
@@ -504,65 +523,107 @@ class GalleryCache:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, _GalleryEntry] = {}
+        # Per run id: its entry, and the Run last handed out for it (with its status).
+        self._entries: dict[str, tuple[_GalleryEntry, Run]] = {}
         self._lock = threading.Lock()
 
     def runs(self, locations: list[RunLocation]) -> list[Run]:
+        """The runs at ``locations``. A run whose entry and status are those of the last call is
+        the same ``Run`` object as then (``page.GalleryText`` keeps its JSON by that); callers
+        must not change the ``Run``s."""
         with self._lock:
             entries = self._entries
-        current: dict[str, _GalleryEntry] = {}
-        out = []
+        current: dict[str, tuple[_GalleryEntry, Run]] = {}
         for location in locations:
-            entry = entries.get(location.id)
+            entry, shown = entries.get(location.id, (None, None))
             if entry is None or not self._still_valid(entry, location):
                 entry = _read_gallery_entry(location)
-            current[location.id] = entry
-            out.append(replace(entry.run, status=entry.status_inputs.status(entry.run)))
+            status = entry.status_inputs.status(entry.run)
+            if shown is None or entry is not entries[location.id][0] or shown.status != status:
+                shown = replace(entry.run, status=status)
+            current[location.id] = (entry, shown)
         with self._lock:  # runs no longer listed are forgotten
             self._entries = current
-        return out
+        return [current[location.id][1] for location in locations]
 
     @staticmethod
     def _still_valid(entry: _GalleryEntry, location: RunLocation) -> bool:
-        return (
-            entry.settled
-            and entry.location == location
-            and all(
-                _stamp(path) == stamp for path, stamp in zip(entry.paths, entry.stamps, strict=True)
-            )
-        )
+        if not entry.settled or entry.location != location:
+            return False
+        # _stamp, inline: this loop stats every kept path of every run at every poll.
+        stat = os.stat
+        for path, stamp in zip(entry.paths, entry.stamps, strict=True):
+            try:
+                st = stat(path)
+            except (OSError, ValueError):
+                if stamp is not None:
+                    return False
+                continue
+            if stamp != (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode):
+                return False
+        return True
 
 
 def _read_gallery_entry(location: RunLocation) -> _GalleryEntry:
     """Read a run for the gallery and stat what it was read from: the fixed files and folders
     first (their contents are read after, so a change while reading shows as a new stat next
-    time), the files the run links to after (found by reading)."""
+    time), the files the run links to after (found by reading).
+
+    Each path is stat'ed once, and a path that is absent is left out where the folder it would
+    appear in (or the nearest folder above that exists) is kept: making, renaming or removing
+    an entry changes its folder's time, so that folder's stat stands for its absent entries
+    (an image run's seven descriptor paths in a text run, say)."""
     started = time.time()
     folder = location.path
-    fixed = [os.path.join(folder, rel) for rel in READ_PATHS] if folder is not None else []
-    stamps = [_stamp(path) for path in fixed]
+    if folder is None:
+        run, status_inputs = _read_files(location, with_series=False)
+        return _GalleryEntry(location, run, status_inputs, (), (), True)
+    stamps = {rel: _stamp(os.path.join(folder, rel)) for rel in READ_PATHS}
     run, status_inputs = _read_files(location, with_series=False)
-    linked = []
-    if folder is not None:
-        linked = [os.path.join(folder, rel) for rel in run.files()]
-    if folder is not None and run.kind == "image":
+    linked = [rel for rel in run.files() if rel not in stamps]
+    if run.kind == "image":
         # The image sentence.json names, which may appear after it (only then is it linked).
         recorded = (read_json(folder / SENTENCE_FILE) or {}).get("image")
-        if isinstance(recorded, str) and recorded:
-            linked.append(os.path.join(folder, recorded))
-    linked_stamps = [_stamp(path) for path in linked]
+        if isinstance(recorded, str) and recorded and recorded not in stamps:
+            linked.append(recorded)
+    for rel in linked:
+        stamps[rel] = _stamp(os.path.join(folder, rel))
     # A linked file changed between its reading and its stat: its time in run.mtimes is stale.
     consistent = all(
-        stamp is not None and abs(stamp[0] / 1e9 - run.mtimes.get(rel, -1.0)) < 1e-6
-        for rel, stamp in zip(run.files(), linked_stamps, strict=False)
+        (stamp := stamps[rel]) is not None
+        and abs(stamp[0] / 1e9 - run.mtimes.get(rel, -1.0)) < 1e-6
+        for rel in run.files()
     )
     # The change time (ctime), not the mtime: every write sets it to the clock's time, while an
     # mtime may be set back or ahead (a copy that keeps times, a node with another clock).
-    newest = max((s[1] for s in stamps + linked_stamps if s), default=0)
+    newest = max((s[1] for s in stamps.values() if s), default=0)
     settled = consistent and newest / 1e9 < started - STAT_SETTLES_AFTER_S
+    covered = {
+        rel
+        for rel, stamp in list(stamps.items())
+        if stamp is None and _covered(rel, stamps, folder)
+    }
+    kept = [rel for rel in stamps if rel not in covered]
+    paths = tuple(os.path.join(folder, rel) for rel in kept)
     return _GalleryEntry(
-        location, run, status_inputs, tuple(fixed + linked), tuple(stamps + linked_stamps), settled
+        location, run, status_inputs, paths, tuple(stamps[rel] for rel in kept), settled
     )
+
+
+def _covered(rel: str, stamps: dict[str, tuple[int, ...] | None], folder: Path) -> bool:
+    """Whether an absent ``rel`` would show in ``stamps`` by appearing: the nearest folder above
+    it that exists, inside the workspace, is stat'ed in ``stamps`` (added to it when not yet)."""
+    if os.path.isabs(rel) or ".." in rel.split("/"):
+        return False  # outside the workspace, or may be: stat'ed itself
+    parent = posixpath.dirname(rel) or "."
+    while True:
+        if parent not in stamps:
+            stamps[parent] = _stamp(os.path.join(folder, parent))
+        if stamps[parent] is not None:
+            return True
+        if parent == ".":
+            return False  # the workspace itself is gone
+        parent = posixpath.dirname(parent) or "."
 
 
 def image_stage(folder: Path, status_file: dict[str, Any] | None = None) -> str:

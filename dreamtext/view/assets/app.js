@@ -120,23 +120,32 @@
     return run.prompt || run.name;
   }
 
-  /** Poll `data.api`; call onChange(newData) when its text changes. Back off while it fails. */
+  /** Poll `data.api`; call onChange(newData) when its text changes. Back off while it fails.
+   * Each poll sends the tag of the last answer (If-None-Match): while nothing changed the server
+   * answers 304 without a body, and there is nothing to read, compare or draw. */
   function poll(onChange) {
     if (!live) return;
-    let last = document.getElementById("dreamtext-data").textContent;
+    const script = document.getElementById("dreamtext-data");
+    let last = script.textContent;
+    let etag = script.dataset.etag || null;
     let delay = data.poll_ms;
     const indicator = el("p", { class: "offline", hidden: true, text: "server not answering" });
     document.body.append(indicator);
     async function tick() {
       try {
-        const response = await fetch(data.api, { cache: "no-store" });
-        if (!response.ok) throw new Error(String(response.status));
-        const text = await response.text();
+        // no-store: the tag is ours to send, and a 304 comes to this code as it is.
+        const headers = etag ? { "If-None-Match": etag } : {};
+        const response = await fetch(data.api, { cache: "no-store", headers });
+        if (response.status !== 304 && !response.ok) throw new Error(String(response.status));
         indicator.hidden = true;
         delay = data.poll_ms;
-        if (text !== last) {
-          last = text;
-          onChange(JSON.parse(text));
+        if (response.status !== 304) {
+          const text = await response.text();
+          etag = response.headers.get("ETag");
+          if (text !== last) {
+            last = text;
+            onChange(JSON.parse(text));
+          }
         }
       } catch (error) {
         indicator.hidden = false;
@@ -198,6 +207,30 @@
     return el("div", attrs, el("div", { class: "thumb" }, thumb), body);
   }
 
+  /** Make `nodes` the children of `parent`, touching only those that changed: a poll while a
+   * batch runs redraws a card or two, which may move (newest first); the hundreds of others stay
+   * in the page, and the browser lays out again only around what moved. A child whose place
+   * comes later (the one before `node`) is taken out and put back when its turn comes. */
+  function place(parent, nodes) {
+    const wanted = new Set(nodes);
+    let cursor = parent.firstChild;
+    for (const node of nodes) {
+      while (cursor && (!wanted.has(cursor) || (cursor !== node && cursor.nextSibling === node))) {
+        const next = cursor.nextSibling;
+        cursor.remove();
+        cursor = next;
+      }
+      if (node === cursor) cursor = cursor.nextSibling;
+      else parent.insertBefore(node, cursor);
+    }
+    while (cursor) {
+      const next = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
+    }
+    return parent;
+  }
+
   function summary(runs) {
     const counts = {};
     for (const run of runs) counts[stateOf(run)] = (counts[stateOf(run)] || 0) + 1;
@@ -232,7 +265,7 @@
           .some((text) => text && text.toLowerCase().includes(needle)))
         .sort(SORTS[sort.value][1]);
       counts.textContent = summary(runs);
-      fill(cards, shown.map(card));
+      place(cards, shown.map(card));
       none.hidden = shown.length > 0;
       none.textContent = runs.length
         ? "No run matches the filter."
