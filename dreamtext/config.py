@@ -223,17 +223,37 @@ def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
     return data
 
 
+# Where an image→3D run keeps its learned tokens, in its folder (dreamtext.descriptor).
+RUN_LEARNED_EMBEDS = ("descriptor", "learned_embeds.safetensors")
+
+
+def own_learned_embeds(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data``, a run's config.json read from the run's ``folder``, with the run's own learned
+    tokens (``guidance.textual_inversion``, a ``…/descriptor/learned_embeds.safetensors``) named
+    by the file in ``folder``. The record names it by the path it had when the run was made, so
+    a run folder moved or copied since (another disk, another machine) resumed the text stage
+    with the file of the folder it was copied from, or failed where that is gone."""
+    guidance = data.get("guidance")
+    recorded = guidance.get("textual_inversion") if isinstance(guidance, dict) else None
+    own = folder.joinpath(*RUN_LEARNED_EMBEDS)
+    its_own = isinstance(recorded, str) and Path(recorded).parts[-2:] == RUN_LEARNED_EMBEDS
+    if its_own and own.is_file():
+        guidance["textual_inversion"] = os.path.abspath(own)
+    return data
+
+
 def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
     """The run config a workspace recorded (its ``config.json``), as a resume base: ``None``
     when there is none, a :class:`DreamtextError` ending in ``fix`` when it cannot be read.
     The records of what ran (``encoding_backend``, ``ran_on``: not settings) and the
-    :data:`STAGE_SECTIONS` (:func:`read_stage_sections`) are left out."""
+    :data:`STAGE_SECTIONS` (:func:`read_stage_sections`) are left out; the run's own learned
+    tokens are the file in ``workspace`` (:func:`own_learned_embeds`)."""
     data = _read_config_json(Path(workspace) / "config.json", fix)
     if data is None:
         return None
     for key in KEPT_KEYS:
         data.pop(key, None)
-    return data
+    return own_learned_embeds(data, Path(workspace))
 
 
 def read_resumes(workspace: str | Path) -> list[dict[str, Any]]:
@@ -259,7 +279,8 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     resume leaves them out (:func:`read_run_config`). A run whose ``resumes`` changed more than
     ``iters`` trained its steps with other settings than its last, which is all this file holds:
     when the file starts a run from step 0 (``rerun``; not a resume, which continues from a
-    checkpoint with them) a line on stderr says so."""
+    checkpoint with them) a line on stderr says so. A run's own learned tokens are the file
+    beside its config.json (:func:`own_learned_embeds`)."""
     data = read_yaml(path)
     changed = {
         f"{name} at step {resume.get('step')}"
@@ -274,7 +295,8 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
             "this run trains every step with its last settings, so it is not that run again",
             file=sys.stderr,
         )
-    return {key: value for key, value in data.items() if key not in KEPT_KEYS}
+    data = {key: value for key, value in data.items() if key not in KEPT_KEYS}
+    return own_learned_embeds(data, path.parent) if path.name == "config.json" else data
 
 
 def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -688,6 +710,7 @@ __all__ = [
     "configured_workspace",
     "flat_fields",
     "own_config_file",
+    "own_learned_embeds",
     "owner_value",
     "preset_path",
     "prompt_workspace",

@@ -352,6 +352,32 @@ def test_resuming_with_a_config_json_whose_resumes_changed_settings_says_nothing
     assert capsys.readouterr().err == ""
 
 
+def test_a_moved_or_copied_image_run_names_its_own_learned_tokens(tmp_path):
+    """An image run's config.json names its learned tokens by the absolute path they had. A run
+    folder moved since failed `text SENTENCE --resume` ('textual inversion file … does not
+    exist'), and a copy resumed with the original's file. Read from the run's folder (a resume
+    base, or --config RUN/config.json), the file is the one in that folder."""
+    made = tmp_path / "made"
+    cfg = resolve_config({"prompt": "An image of a <descriptor> mug", "workspace": str(made)})
+    cfg.guidance.textual_inversion = str(made / "descriptor" / "learned_embeds.safetensors")
+    write_run_config(made, cfg)
+    (made / "descriptor").mkdir()
+    (made / "descriptor" / "learned_embeds.safetensors").write_bytes(b"tokens")
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    made.rename(moved)
+    own = str(moved / "descriptor" / "learned_embeds.safetensors")
+    assert read_run_config(moved, "")["guidance"]["textual_inversion"] == own
+    rerun = resolve_config({}, config_file=moved / "config.json")
+    assert rerun.guidance.textual_inversion == own
+
+    # A text run given another run's tokens (it has no descriptor of its own) keeps them.
+    text_run = tmp_path / "text_run"
+    write_run_config(text_run, cfg)
+    recorded = str(made / "descriptor" / "learned_embeds.safetensors")
+    assert read_run_config(text_run, "")["guidance"]["textual_inversion"] == recorded
+
+
 def test_the_stage_sections_of_config_files_are_read_in_order_and_checked(tmp_path):
     """``image --config`` takes the describe / descriptor / sampler options of the files'
     ``image_to_3d`` and ``diverse`` sections; a key no section has is a typo, not ignored."""
