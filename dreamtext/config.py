@@ -280,14 +280,15 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     ``iters`` trained its steps with other settings than its last, which is all this file holds:
     when the file starts a run from step 0 (``rerun``; not a resume, which continues from a
     checkpoint with them) a line on stderr says so. A run's own learned tokens are the file
-    beside its config.json (:func:`own_learned_embeds`)."""
+    beside its config.json (:func:`own_learned_embeds`), and its workspace the folder the
+    config.json is in (:func:`is_run_folder`)."""
     data = read_yaml(path)
     changed = {
         f"{name} at step {resume.get('step')}"
         for resume in (data.get("resumes") or [] if rerun else [])
         if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
         for name in resume["changed"]
-        if name != "iters"
+        if name not in ("iters", "workspace")  # where it trained is no setting of its steps
     }
     if changed:
         print(
@@ -296,7 +297,20 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
             file=sys.stderr,
         )
     data = {key: value for key, value in data.items() if key not in KEPT_KEYS}
-    return own_learned_embeds(data, path.parent) if path.name == "config.json" else data
+    if path.name != "config.json":
+        return data
+    if isinstance(data.get("workspace"), str) and is_run_folder(path.parent):
+        data["workspace"] = str(path.parent)
+    return own_learned_embeds(data, path.parent)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run (its status.json or checkpoints/): the ``workspace`` its
+    config.json names is ``folder`` itself. The file records it as typed, relative to the
+    directory the run was started in, so ``--config RUN/config.json`` typed from another
+    directory (or after the run folder moved) named another folder: ``--resume`` found
+    'nothing to resume', and without it a new run started there."""
+    return (folder / "status.json").is_file() or (folder / "checkpoints").is_dir()
 
 
 def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -308,10 +322,15 @@ def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> 
 
 def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
     """The ``workspace`` the ``--config`` files name (the last that names one; a run's
-    config.json names its own folder), ``None`` when none does: where a command without
-    ``--workspace`` runs, and so where its ``--resume`` looks."""
-    named = [read_yaml(path).get("workspace") for path in config_files_list(config_file)]
-    named = [name for name in named if isinstance(name, str) and name]
+    config.json names its own folder: :func:`is_run_folder`), ``None`` when none does: where
+    a command without ``--workspace`` runs, and so where its ``--resume`` looks."""
+    named = []
+    for path in config_files_list(config_file):
+        name = read_yaml(path).get("workspace")
+        if isinstance(name, str) and name and path.name == "config.json":
+            name = str(path.parent) if is_run_folder(path.parent) else name
+        if isinstance(name, str) and name:
+            named.append(name)
     return named[-1] if named else None
 
 
@@ -709,6 +728,7 @@ __all__ = [
     "config_to_dict",
     "configured_workspace",
     "flat_fields",
+    "is_run_folder",
     "own_config_file",
     "own_learned_embeds",
     "owner_value",

@@ -10,6 +10,7 @@ from dreamtext.config import (
     available_presets,
     config_file_stage_sections,
     config_to_dict,
+    configured_workspace,
     preset_dirs,
     read_run_config,
     resolve_config,
@@ -376,6 +377,30 @@ def test_a_moved_or_copied_image_run_names_its_own_learned_tokens(tmp_path):
     write_run_config(text_run, cfg)
     recorded = str(made / "descriptor" / "learned_embeds.safetensors")
     assert read_run_config(text_run, "")["guidance"]["textual_inversion"] == recorded
+
+
+def test_a_runs_config_json_names_the_folder_it_is_in_from_any_directory(
+    tmp_path, monkeypatch, capsys
+):
+    """config.json records the workspace as typed, relative to where the run was started:
+    `text P --config RUN/config.json --resume` typed elsewhere found 'nothing to resume in
+    run', and without --resume trained a new run in ./run. A resume from there recorded the
+    workspace as changed, and a rerun's line then said the run's resumes changed settings."""
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config({"prompt": "a castle", "workspace": "run"})
+    resumes = [{"step": 5, "changed": {"workspace": ["run", "there/run"], "iters": [5, 10]}}]
+    write_run_config(tmp_path / "there" / "run", cfg, extra={"resumes": resumes})
+    (tmp_path / "there" / "run" / "checkpoints").mkdir()
+    record = tmp_path / "there" / "run" / "config.json"
+    assert configured_workspace(record) == str(record.parent)
+    assert resolve_config({}, config_file=record).workspace == str(record.parent)
+    assert capsys.readouterr().err == ""
+
+    template = tmp_path / "templates" / "config.json"  # a copy that is no run's record
+    template.parent.mkdir()
+    template.write_text(record.read_text())
+    assert configured_workspace(template) == "run"
+    assert resolve_config({}, config_file=template).workspace == "run"
 
 
 def test_the_stage_sections_of_config_files_are_read_in_order_and_checked(tmp_path):
