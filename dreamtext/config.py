@@ -287,8 +287,8 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
         f"{name} at step {resume.get('step')}"
         for resume in (data.get("resumes") or [] if rerun else [])
         if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
-        for name in resume["changed"]
-        if name not in ("iters", "workspace")  # where it trained is no setting of its steps
+        for name, values in resume["changed"].items()
+        if not _moved_not_changed(name, values)
     }
     if changed:
         print(
@@ -302,6 +302,17 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     if isinstance(data.get("workspace"), str) and is_run_folder(path.parent):
         data["workspace"] = str(path.parent)
     return own_learned_embeds(data, path.parent)
+
+
+def _moved_not_changed(name: str, values: Any) -> bool:
+    """Whether a resume's change of ``name`` (``[old, new]``) left every step's settings as they
+    were: the iterations, where the run is (``workspace``), or the path of its own learned
+    tokens (the run folder moved: :func:`own_learned_embeds`)."""
+    if name in ("iters", "workspace"):
+        return True
+    paths = values if isinstance(values, list) else []
+    own = [isinstance(p, str) and Path(p).parts[-2:] == RUN_LEARNED_EMBEDS for p in paths]
+    return name == "guidance.textual_inversion" and len(own) == 2 and all(own)
 
 
 def is_run_folder(folder: Path) -> bool:

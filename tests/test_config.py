@@ -388,7 +388,14 @@ def test_a_runs_config_json_names_the_folder_it_is_in_from_any_directory(
     workspace as changed, and a rerun's line then said the run's resumes changed settings."""
     monkeypatch.chdir(tmp_path)
     cfg = resolve_config({"prompt": "a castle", "workspace": "run"})
-    resumes = [{"step": 5, "changed": {"workspace": ["run", "there/run"], "iters": [5, 10]}}]
+    moved = [
+        "run/descriptor/learned_embeds.safetensors",
+        "/a/run/descriptor/learned_embeds.safetensors",
+    ]
+    resumes = [
+        {"step": 5, "changed": {"workspace": ["run", "there/run"], "iters": [5, 10]}},
+        {"step": 10, "changed": {"guidance.textual_inversion": moved}},
+    ]
     write_run_config(tmp_path / "there" / "run", cfg, extra={"resumes": resumes})
     (tmp_path / "there" / "run" / "checkpoints").mkdir()
     record = tmp_path / "there" / "run" / "config.json"
