@@ -223,17 +223,37 @@ def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
     return data
 
 
+# Where an image→3D run keeps its learned tokens, in its folder (dreamtext.descriptor).
+RUN_LEARNED_EMBEDS = ("descriptor", "learned_embeds.safetensors")
+
+
+def own_learned_embeds(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data``, a run's config.json read from the run's ``folder``, with the run's own learned
+    tokens (``guidance.textual_inversion``, a ``…/descriptor/learned_embeds.safetensors``) named
+    by the file in ``folder``. The record names it by the path it had when the run was made, so
+    a run folder moved or copied since (another disk, another machine) resumed the text stage
+    with the file of the folder it was copied from, or failed where that is gone."""
+    guidance = data.get("guidance")
+    recorded = guidance.get("textual_inversion") if isinstance(guidance, dict) else None
+    own = folder.joinpath(*RUN_LEARNED_EMBEDS)
+    its_own = isinstance(recorded, str) and Path(recorded).parts[-2:] == RUN_LEARNED_EMBEDS
+    if its_own and own.is_file():
+        guidance["textual_inversion"] = os.path.abspath(own)
+    return data
+
+
 def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
     """The run config a workspace recorded (its ``config.json``), as a resume base: ``None``
     when there is none, a :class:`DreamtextError` ending in ``fix`` when it cannot be read.
     The records of what ran (``encoding_backend``, ``ran_on``: not settings) and the
-    :data:`STAGE_SECTIONS` (:func:`read_stage_sections`) are left out."""
+    :data:`STAGE_SECTIONS` (:func:`read_stage_sections`) are left out; the run's own learned
+    tokens are the file in ``workspace`` (:func:`own_learned_embeds`)."""
     data = _read_config_json(Path(workspace) / "config.json", fix)
     if data is None:
         return None
     for key in KEPT_KEYS:
         data.pop(key, None)
-    return data
+    return own_learned_embeds(data, Path(workspace))
 
 
 def read_resumes(workspace: str | Path) -> list[dict[str, Any]]:
@@ -259,14 +279,16 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     resume leaves them out (:func:`read_run_config`). A run whose ``resumes`` changed more than
     ``iters`` trained its steps with other settings than its last, which is all this file holds:
     when the file starts a run from step 0 (``rerun``; not a resume, which continues from a
-    checkpoint with them) a line on stderr says so."""
+    checkpoint with them) a line on stderr says so. A run's own learned tokens are the file
+    beside its config.json (:func:`own_learned_embeds`), and its workspace the folder the
+    config.json is in (:func:`is_run_folder`)."""
     data = read_yaml(path)
     changed = {
         f"{name} at step {resume.get('step')}"
         for resume in (data.get("resumes") or [] if rerun else [])
         if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
-        for name in resume["changed"]
-        if name != "iters"
+        for name, values in resume["changed"].items()
+        if not _moved_not_changed(name, values)
     }
     if changed:
         print(
@@ -274,7 +296,32 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
             "this run trains every step with its last settings, so it is not that run again",
             file=sys.stderr,
         )
-    return {key: value for key, value in data.items() if key not in KEPT_KEYS}
+    data = {key: value for key, value in data.items() if key not in KEPT_KEYS}
+    if path.name != "config.json":
+        return data
+    if isinstance(data.get("workspace"), str) and is_run_folder(path.parent):
+        data["workspace"] = str(path.parent)
+    return own_learned_embeds(data, path.parent)
+
+
+def _moved_not_changed(name: str, values: Any) -> bool:
+    """Whether a resume's change of ``name`` (``[old, new]``) left every step's settings as they
+    were: the iterations, where the run is (``workspace``), or the path of its own learned
+    tokens (the run folder moved: :func:`own_learned_embeds`)."""
+    if name in ("iters", "workspace"):
+        return True
+    paths = values if isinstance(values, list) else []
+    own = [isinstance(p, str) and Path(p).parts[-2:] == RUN_LEARNED_EMBEDS for p in paths]
+    return name == "guidance.textual_inversion" and len(own) == 2 and all(own)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run (its status.json or checkpoints/): the ``workspace`` its
+    config.json names is ``folder`` itself. The file records it as typed, relative to the
+    directory the run was started in, so ``--config RUN/config.json`` typed from another
+    directory (or after the run folder moved) named another folder: ``--resume`` found
+    'nothing to resume', and without it a new run started there."""
+    return (folder / "status.json").is_file() or (folder / "checkpoints").is_dir()
 
 
 def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -286,10 +333,15 @@ def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> 
 
 def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
     """The ``workspace`` the ``--config`` files name (the last that names one; a run's
-    config.json names its own folder), ``None`` when none does: where a command without
-    ``--workspace`` runs, and so where its ``--resume`` looks."""
-    named = [read_yaml(path).get("workspace") for path in config_files_list(config_file)]
-    named = [name for name in named if isinstance(name, str) and name]
+    config.json names its own folder: :func:`is_run_folder`), ``None`` when none does: where
+    a command without ``--workspace`` runs, and so where its ``--resume`` looks."""
+    named = []
+    for path in config_files_list(config_file):
+        name = read_yaml(path).get("workspace")
+        if isinstance(name, str) and name and path.name == "config.json":
+            name = str(path.parent) if is_run_folder(path.parent) else name
+        if isinstance(name, str) and name:
+            named.append(name)
     return named[-1] if named else None
 
 
@@ -687,7 +739,9 @@ __all__ = [
     "config_to_dict",
     "configured_workspace",
     "flat_fields",
+    "is_run_folder",
     "own_config_file",
+    "own_learned_embeds",
     "owner_value",
     "preset_path",
     "prompt_workspace",

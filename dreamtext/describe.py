@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import atomic_write_bytes, check_writable
-from dreamtext.config import absolute_model_folder
+from dreamtext.config import absolute_model_folder, read_run_config, read_stage_sections
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
@@ -312,12 +312,20 @@ def read_record(workspace: str | Path) -> dict | None:
 def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> None:
     """Refuse, before any work, a workspace where a new sentence would wreck what is there: the
     record of another image, or of an image→3D run whose descriptor training has started (its
-    checkpoints and learned tokens belong to the old sentence). A record of this image that no
-    training has used yet is replaced."""
+    checkpoints and learned tokens belong to the old sentence), or a text→3D run. A record of
+    this image that no training has used yet is replaced."""
     workspace = Path(workspace)
     check_writable(workspace, "pass --workspace a folder you can write")
     record = read_record(workspace)
     if record is None:
+        # A text→3D run's folder (its config.json has no image→3D section): the sentence and
+        # describe's status.json would make it read as an image run and hide its steps.
+        saved = read_run_config(workspace, "delete it or pass --workspace NEW_FOLDER")
+        if saved is not None and not read_stage_sections(workspace):
+            raise DreamtextError(
+                f"{workspace} holds the text→3D run of '{saved.get('prompt')}'; pass --workspace "
+                f"NEW_FOLDER to describe {image_path}"
+            )
         return
     previous = record.get("image")
     if previous is not None and Path(previous).resolve() != Path(image_path).resolve():

@@ -59,7 +59,13 @@ from dreamtext.devices import (
 )
 from dreamtext.encoding import check_encoding
 from dreamtext.errors import DreamtextError
-from dreamtext.export import MESH_OUTPUTS, check_memory, export_field
+from dreamtext.export import (
+    MESH_OUTPUTS,
+    REPLACED_OUTPUTS,
+    check_memory,
+    export_field,
+    finish_replacements,
+)
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
@@ -459,7 +465,14 @@ def write_config(run: Run) -> None:
 
 def remove_earlier_run(workspace: Path) -> None:
     """Remove what a run of this workspace wrote besides ``config.json`` and ``status.json``
-    (both rewritten): its log, checkpoints, previews, mesh and turntable."""
+    (both rewritten): its log, checkpoints, previews, mesh and turntable.
+
+    An export of it that a kill cut short is finished first: its staged folders
+    (``.export-ready-*``, ``.export-old-*``) would else be swapped in by the new run's first
+    export, and one with ``--no-video`` kept the old run's turntable beside the new mesh. A
+    user's own files in them land in mesh/ and video/, where they are kept."""
+    if workspace.is_dir():
+        finish_replacements(workspace, REPLACED_OUTPUTS)
     (workspace / "log.jsonl").unlink(missing_ok=True)
     for pattern in EARLIER_RUN_FILES:
         for old in workspace.glob(pattern):

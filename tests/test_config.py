@@ -10,6 +10,7 @@ from dreamtext.config import (
     available_presets,
     config_file_stage_sections,
     config_to_dict,
+    configured_workspace,
     preset_dirs,
     read_run_config,
     resolve_config,
@@ -350,6 +351,63 @@ def test_resuming_with_a_config_json_whose_resumes_changed_settings_says_nothing
     again = resolve_config({}, config_file=tmp_path / "config.json", base=base)
     assert again.lr == 0.005
     assert capsys.readouterr().err == ""
+
+
+def test_a_moved_or_copied_image_run_names_its_own_learned_tokens(tmp_path):
+    """An image run's config.json names its learned tokens by the absolute path they had. A run
+    folder moved since failed `text SENTENCE --resume` ('textual inversion file … does not
+    exist'), and a copy resumed with the original's file. Read from the run's folder (a resume
+    base, or --config RUN/config.json), the file is the one in that folder."""
+    made = tmp_path / "made"
+    cfg = resolve_config({"prompt": "An image of a <descriptor> mug", "workspace": str(made)})
+    cfg.guidance.textual_inversion = str(made / "descriptor" / "learned_embeds.safetensors")
+    write_run_config(made, cfg)
+    (made / "descriptor").mkdir()
+    (made / "descriptor" / "learned_embeds.safetensors").write_bytes(b"tokens")
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    made.rename(moved)
+    own = str(moved / "descriptor" / "learned_embeds.safetensors")
+    assert read_run_config(moved, "")["guidance"]["textual_inversion"] == own
+    rerun = resolve_config({}, config_file=moved / "config.json")
+    assert rerun.guidance.textual_inversion == own
+
+    # A text run given another run's tokens (it has no descriptor of its own) keeps them.
+    text_run = tmp_path / "text_run"
+    write_run_config(text_run, cfg)
+    recorded = str(made / "descriptor" / "learned_embeds.safetensors")
+    assert read_run_config(text_run, "")["guidance"]["textual_inversion"] == recorded
+
+
+def test_a_runs_config_json_names_the_folder_it_is_in_from_any_directory(
+    tmp_path, monkeypatch, capsys
+):
+    """config.json records the workspace as typed, relative to where the run was started:
+    `text P --config RUN/config.json --resume` typed elsewhere found 'nothing to resume in
+    run', and without --resume trained a new run in ./run. A resume from there recorded the
+    workspace as changed, and a rerun's line then said the run's resumes changed settings."""
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config({"prompt": "a castle", "workspace": "run"})
+    moved = [
+        "run/descriptor/learned_embeds.safetensors",
+        "/a/run/descriptor/learned_embeds.safetensors",
+    ]
+    resumes = [
+        {"step": 5, "changed": {"workspace": ["run", "there/run"], "iters": [5, 10]}},
+        {"step": 10, "changed": {"guidance.textual_inversion": moved}},
+    ]
+    write_run_config(tmp_path / "there" / "run", cfg, extra={"resumes": resumes})
+    (tmp_path / "there" / "run" / "checkpoints").mkdir()
+    record = tmp_path / "there" / "run" / "config.json"
+    assert configured_workspace(record) == str(record.parent)
+    assert resolve_config({}, config_file=record).workspace == str(record.parent)
+    assert capsys.readouterr().err == ""
+
+    template = tmp_path / "templates" / "config.json"  # a copy that is no run's record
+    template.parent.mkdir()
+    template.write_text(record.read_text())
+    assert configured_workspace(template) == "run"
+    assert resolve_config({}, config_file=template).workspace == "run"
 
 
 def test_the_stage_sections_of_config_files_are_read_in_order_and_checked(tmp_path):

@@ -311,6 +311,36 @@ def test_describe_refuses_the_workspace_of_another_image(tmp_path):
     assert record_path.read_text() == before
 
 
+def test_describe_refuses_the_workspace_of_a_text_run(tmp_path):
+    """A text→3D run's folder: describe wrote its sentence there and replaced the run's
+    status.json (finished at step 10) by its own (finished, phase describe, step 0), so the run
+    read as an image run that had only been described."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), "red").save(image_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 10}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 10, "iters": 10}))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(
+        DreamtextError, match=r"text→3D run of 'a red cube'.*--workspace NEW_FOLDER"
+    ):
+        describe(image_path, run, _vocabulary(tmp_path), encoder=HashEncoder(), status=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_describe_goes_on_in_the_workspace_of_an_image_run_before_its_sentence(tmp_path):
+    """image→3D records its config.json (with its image_to_3d section) before describing."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), "red").save(image_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    section = {"image": str(image_path), "describe": {}, "descriptor": {}}
+    (run / "config.json").write_text(json.dumps({"prompt": "mug", "image_to_3d": section}))
+    sentence = describe(image_path, run, _vocabulary(tmp_path), encoder=HashEncoder())
+    assert json.loads((run / "descriptor" / "sentence.json").read_text())["sentence"] == sentence
+
+
 def test_describe_replaces_an_untrained_sentence_of_the_same_image(tmp_path):
     image_path, record_path = _described(tmp_path)
     sentence = describe(image_path, tmp_path / "ws", _vocabulary(tmp_path), encoder=HashEncoder())

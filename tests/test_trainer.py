@@ -218,6 +218,29 @@ def test_a_new_run_of_the_same_prompt_needs_overwrite_and_then_replaces_the_old_
     assert not (workspace / "video" / "turntable.mp4").exists()
 
 
+def test_an_overwrite_leaves_nothing_of_an_export_of_the_old_run_that_a_kill_cut_short(
+    tmp_path, tiny_sd_path
+):
+    """An export killed mid-swap leaves its folders hidden in the run (export.write_all_atomically).
+    --overwrite left them, and the new run's first export swapped them in: with --no-video the
+    old run's turntable stayed beside the new mesh. A user's own file in them is kept."""
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    old_mesh = workspace / ".export-old-mesh"  # cut between mesh/'s two renames
+    old_mesh.mkdir()
+    (old_mesh / "mesh.glb").write_bytes(b"the old run's mesh")
+    (old_mesh / "notes.txt").write_text("mine")
+    ready = workspace / ".export-ready-k1ll3d00"  # written whole, not swapped in yet
+    (ready / "video").mkdir(parents=True)
+    (ready / "video" / "turntable.mp4").write_bytes(b"the old run's turntable")
+    (ready / ".record.json").write_text(json.dumps({"folders": ["video"]}))
+
+    train(tiny_config(tmp_path, tiny_sd_path, iters=1), overwrite=True)
+    assert not list(workspace.glob(".export-*"))
+    assert not (workspace / "mesh" / "mesh.glb").exists()
+    assert not (workspace / "video" / "turntable.mp4").exists()
+    assert (workspace / "mesh" / "notes.txt").read_text() == "mine"
+
+
 def test_the_refusal_names_the_step_resume_continues_from(tmp_path, tiny_sd_path):
     """A run killed without warning (SIGKILL) logged steps after its last checkpoint: its
     status.json says `running` at a later step than the checkpoint --resume continues from."""

@@ -448,6 +448,30 @@ def test_describe_alone_is_a_finished_run(tmp_path: Path):
     assert (status["state"], status["activity"]) == ("finished", "described")
 
 
+@pytest.mark.parametrize(
+    "state, activity",
+    [
+        ("running", "describing the image"),
+        ("interrupted", "in describe"),
+        ("failed", "in describe"),
+    ],
+)
+def test_describe_alone_before_its_sentence_is_an_image_run_in_describe(
+    tmp_path: Path, state, activity
+):
+    """`dreamtext describe` writes status.json before its sentence.json: running, or stopped by
+    Ctrl-C or an error, it was read as a text run with no prompt, in phase 'text'."""
+    apple = tmp_path / "apple"
+    write_json(
+        apple / "status.json",
+        {"state": state, "phase": "describe", "step": 0, "iters": 0, "host": "elsewhere"},
+    )
+    run = read_run(location(Catalog([apple]), "apple"))
+    assert run.kind == "image"
+    assert (run.status["state"], run.status["stage"]) == (state, "describe")
+    assert run.status["activity"] == activity
+
+
 def test_an_image_run_shows_its_source_image_and_sentence_before_the_text_stage(tmp_path: Path):
     apple = make_image_run(tmp_path / "runs" / "apple", "descriptor")
     run = read_run(location(Catalog([tmp_path / "runs"]), "apple"))

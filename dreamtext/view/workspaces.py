@@ -454,7 +454,9 @@ def _read_files(location: RunLocation, with_series: bool) -> tuple[Run, _StatusI
     run.source_image = _source_image(folder, (sentence or {}).get("image"))
     sections = any(name in (run.config or {}) for name in IMAGE_SECTIONS)
     batch_image = (location.batch or {}).get("kind") == "image"
-    if sentence is not None or run.source_image or sections or batch_image:
+    # `dreamtext describe` running, or stopped before its sentence.json: only its status says so.
+    image_phase = (status_file or {}).get("phase") in IMAGE_PHASES
+    if sentence is not None or run.source_image or sections or batch_image or image_phase:
         run.kind = "image"
 
     run.previews = _previews(folder)
