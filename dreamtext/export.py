@@ -812,6 +812,8 @@ def write_all_atomically(
 PARTIAL_PREFIX = ".export-partial-"
 READY_PREFIX = ".export-ready-"
 OLD_PREFIX = ".export-old-"
+# What NFS names a removed file that a reader still has open ("silly rename").
+NFS_PREFIX = ".nfs"
 # In a staging folder: the process that writes it and the folders it holds, in swap order.
 RECORD_FILE = ".record.json"
 # A staging folder without a readable record this much older than now lost its writer before
@@ -866,15 +868,20 @@ def _retire(old: Path, dest: Path, replaced: tuple[str, ...]) -> None:
     ``dest``, then remove ``old``; with no ``dest`` (a swap cut between its renames, whose new
     folder is gone) ``old`` becomes ``dest`` again.
 
-    Hidden entries are not carried: NFS renames a file removed while a reader has it open (the
-    viewer sending the old GLB) to ``.nfsXXXX`` until it is closed, which also keeps ``old``
-    from being removed now; a later export removes it."""
+    A user's hidden files (``.notes``) are carried too, but not NFS's ``.nfsXXXX``: NFS renames
+    a file removed while a reader has it open (the viewer sending the old GLB) to that name
+    until it is closed, which also keeps ``old`` from being removed now; a later export
+    removes it."""
     if not dest.exists():
         os.rename(old, dest)
         return
     for entry in old.iterdir():
         kept = not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in replaced)
-        if kept and not entry.name.startswith(".") and not os.path.lexists(dest / entry.name):
+        if (
+            kept
+            and not entry.name.startswith(NFS_PREFIX)
+            and not os.path.lexists(dest / entry.name)
+        ):
             os.rename(entry, dest / entry.name)
     shutil.rmtree(old, ignore_errors=True)
 

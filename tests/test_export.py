@@ -1069,14 +1069,18 @@ def test_the_next_export_finishes_the_swap_a_kill_cut_short(tmp_path, monkeypatc
 def test_a_re_export_replaces_mesh_and_video_and_keeps_a_users_own_files(tmp_path):
     export_field(SphereField(), tmp_path, small_options(), renderer=SphereTracer())
     (tmp_path / "mesh" / "notes.txt").write_text("mine")
+    (tmp_path / "mesh" / ".notes").write_text("mine too")  # hidden, and a user's
+    (tmp_path / "mesh" / ".nfs000000001").write_text("NFS: a removed file a reader holds")
     (tmp_path / "video" / "shots").mkdir()
     (tmp_path / "mesh").chmod(0o775)
     export_field(SphereField(), tmp_path, small_options(formats=("ply",)), renderer=SphereTracer())
     assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == [
+        ".notes",
         "mesh.json",
         "mesh.ply",
         "notes.txt",
     ]
+    assert (tmp_path / "mesh" / ".notes").read_text() == "mine too"
     assert (tmp_path / "mesh" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "video").iterdir()) == [
         "shots",
