@@ -3,6 +3,7 @@
     folders given ──► Catalog (which workspaces, under which root, with which id)
     workspace     ──► read_run ──► Run (prompt, status, log series, previews, mesh, video, ...)
     runs          ──► GalleryCache ──► the gallery's Runs, each read again when its files change
+    *.jsonl       ──► JsonlFollower ──► what the pages show of a log, parsed as far as it grew
 
 An image→3D run is a run from its first file on: ``config.json`` (with the stages' settings, from
 the start of the run), ``status.json`` (its phase: ``sample`` for ``--diverse``'s image, then
