@@ -3,8 +3,10 @@ polls it every 2 s) and the server's CPU while one client polls.
 
     python benchmarks/view_poll.py 1000                   # 1,000 runs in a temporary folder
     python benchmarks/view_poll.py 250 --seconds 60 --live 4 --code /path/to/other/checkout
+    python benchmarks/view_poll.py 1000 --log-lines 1000 --live 4   # 10,000-step runs
 
-Writes N runs as a finished sweep leaves them (config, a 100-line log, previews every 250 steps,
+Writes N runs as a finished sweep leaves them (config, a ``--log-lines`` log of lines shaped as
+the trainer writes them (~370 bytes, 15 keys), previews every 250 steps,
 final preview, mesh files, turntable, checkpoint, status.json, all three hours old; every 33rd
 failed, running or without status.json) and a ``batch.jsonl`` naming them, starts ``dreamtext
 view`` on them with the code at ``--code`` (this checkout by default) in its own process, then:
@@ -13,7 +15,8 @@ asks when nothing changed: a 304 without a body, where the code has ETags), and 
 for ``--seconds`` as the page does (naming its last answer) while ``--live`` of the running runs
 get a log line and a new status.json every 2 s. The server's CPU is its process's user + system
 time over the polling; KiB/min the answers' bodies as sent (the requests take gzip, as
-browsers' do).
+browsers' do); its memory the process's resident set (``VmRSS``) after the first answer and at the
+end, and its peak (``VmHWM``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,18 @@ PNG = bytes.fromhex(
 )
 
 
-def write_runs(n: int, root: Path) -> None:
+def log_record(step: int, loss: float) -> dict:
+    """A log.jsonl line as the trainer writes it (the keys of a `dreamtext text` run's log)."""
+    return {
+        "step": step, "loss": loss, "loss_sds": loss, "loss_entropy": 0.12239475548267365,
+        "loss_opacity": 0.5059474110603333, "loss_orientation": 0.0, "shading": "lambertian",
+        "view": "left side", "backprop": "direct", "samples_per_ray": 5.5224609375,
+        "t": 494.0, "w": 0.7141202688217163, "skipped": 0.0, "its": 4.0 + step % 7 / 10,
+        "skipped_total": 0, "gpu_mem_mib": 2048.0 + step % 97,
+    }  # fmt: skip
+
+
+def write_runs(n: int, root: Path, log_lines: int = 100) -> None:
     sys.path.insert(0, str(REPO))
     from dreamtext.processes import HOST, process_start
 
@@ -53,15 +67,13 @@ def write_runs(n: int, root: Path) -> None:
         ws = root / name
         (ws / "previews").mkdir(parents=True)
         kind = {1: "failed", 2: "running", 3: "old"}.get(i % 33, "finished")
-        iters, last = 1000, 1000 if kind != "running" else 490
+        iters = log_lines * 10
+        last = iters if kind != "running" else iters // 2 - 10
         config = {"prompt": f"prompt number {i}", "workspace": str(ws), "iters": iters}
         (ws / "config.json").write_text(json.dumps(config, indent=2))
-        lines = (
-            {"step": s, "loss": 1.0 / s, "t": 500.0, "its": 4.0, "gpu_mem_mib": 2048.0 + s}
-            for s in range(10, last + 1, 10)
-        )
+        lines = (log_record(s, 1.0 / s) for s in range(10, last + 1, 10))
         (ws / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-        for s in range(250, last + 1, 250):
+        for s in range(iters // 4, last + 1, iters // 4):
             (ws / "previews" / f"step_{s:06d}.png").write_bytes(PNG)
         (ws / "checkpoints").mkdir()
         (ws / "checkpoints" / "last.pt").write_bytes(b"x" * 1000)
@@ -97,15 +109,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """The process's resident set now (VmRSS) and at its peak (VmHWM), KiB."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
+
+
 def keep_running(runs: list[Path], stop: threading.Event) -> None:
     """What a training run does every few seconds: a log line, then status.json replaced."""
-    step = 1000
     while not stop.wait(2.0):
-        step += 10
         for ws in runs:
+            status = json.loads((ws / "status.json").read_text())
+            status["step"] += 10
             with open(ws / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "loss": 0.1, "its": 4.0}) + "\n")
-            status = json.loads((ws / "status.json").read_text()) | {"step": step}
+                f.write(json.dumps(log_record(status["step"], 0.1)) + "\n")
             (ws / "status.tmp").write_text(json.dumps(status))
             os.replace(ws / "status.tmp", ws / "status.json")
 
@@ -137,6 +155,7 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
             return time.perf_counter() - start, status, body, etag
 
         first, _, body, tag = fetch()
+        memory_first = memory_kib(server.pid)
         burst = [fetch()[0] for _ in range(10)]
         unchanged = [fetch(tag)[:2] for _ in range(10)] if tag else []
         running = sorted(p.parent for p in root.glob("*/status.json") if "running" in p.read_text())
@@ -151,6 +170,7 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
             not_modified += status == 304
             time.sleep(max(0.0, 2.0 - took))
         cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+        memory = memory_kib(server.pid)
         stop.set()
         writer.join()
         per_min = (cpu1 - cpu0) / (t1 - t0) * 60
@@ -166,7 +186,9 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
             f"{statistics.median(burst) * 1000:.0f} ms, naming the last answer {conditional}; "
             f"polled every 2 s for {t1 - t0:.0f} s (median {statistics.median(polls) * 1000:.0f} "
             f"ms, {not_modified}/{len(polls)} were 304, {sent / (t1 - t0) * 60 / 1024:.0f} KiB/min "
-            f"of answers): server CPU {per_min:.1f} s/min ({per_min / 60 * 100:.1f} % of a core)"
+            f"of answers): server CPU {per_min:.1f} s/min ({per_min / 60 * 100:.1f} % of a core); "
+            f"server memory {memory_first['VmRSS'] / 1024:.0f} MiB after the first answer, "
+            f"{memory['VmRSS'] / 1024:.0f} MiB at the end, peak {memory['VmHWM'] / 1024:.0f} MiB"
         )
     finally:
         server.terminate()
@@ -178,11 +200,12 @@ def main() -> None:
     parser.add_argument("runs", type=int)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--live", type=int, default=4, help="running runs that keep writing")
+    parser.add_argument("--log-lines", type=int, default=100, help="lines of a finished run's log")
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose viewer to run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "runs"
-        write_runs(args.runs, root)
+        write_runs(args.runs, root, args.log_lines)
         measure(args.code.resolve(), root, args.seconds, args.live)
 
 

@@ -27,7 +27,7 @@ from dreamtext.errors import DreamtextError
 from dreamtext.view import Catalog, export_static, make_server, read_run
 from dreamtext.view.page import page_base, run_json, script_json, server_links
 from dreamtext.view.server import workspace_file
-from dreamtext.view.workspaces import DEFAULT_ROOT, SENTENCE_FILE, read_jsonl
+from dreamtext.view.workspaces import DEFAULT_ROOT, SENTENCE_FILE, log_curves, log_figures
 
 REPO = Path(__file__).parent.parent
 
@@ -362,7 +362,201 @@ def test_prompts_and_errors_that_are_not_text_reach_the_page_as_text(tmp_path: P
 def test_a_log_line_still_being_written_is_left_out(tmp_path: Path):
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
-    assert read_jsonl(path) == [{"step": 1, "loss": 2.0}]
+    figures = log_figures(path)
+    assert (figures.lines, figures.last) == (1, {"step": 1, "loss": 2.0})
+    assert log_curves(path)[1]["loss"] == [2.0]
+
+
+# -------------------------------------------------------------------- logs followed as they grow
+
+
+def log_record(step: int, scale: float = 1.0, **extra) -> dict:
+    """A log line shaped as the trainer's (several keys the pages never show among them)."""
+    return {
+        "step": step,
+        "loss": scale / step,
+        "loss_sds": scale / step,
+        "shading": "lambertian",
+        "view": "front",
+        "t": 500.0 + step % 3,
+        "its": 4.0 + step % 5,
+        "gpu_mem_mib": 1000.0 + step % 7,
+        **extra,
+    }
+
+
+def write_lines(path: Path, records, mode: str = "a") -> None:
+    with open(path, mode, encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+
+
+def shown_of_log(path: Path) -> dict:
+    """What the pages should show of a log, from its complete lines, read here directly."""
+    text = path.read_text(encoding="utf-8")
+    records = [json.JSONDecoder().decode(line) for line in text.split("\n")[:-1]]  # not counted
+    columns = {k: [r.get(k) for r in records] for k in ("loss", "loss_sds", "t", "its")}
+    columns["gpu_mem_mib"] = [r.get("gpu_mem_mib") for r in records]
+    return {
+        "log_lines": len(records),
+        "step": records[-1]["step"] if records else None,
+        "gpu_mem_mib": max(filter(None, columns["gpu_mem_mib"]), default=None),
+        # A curve for each key some record has.
+        "series": {"step": [r.get("step") for r in records]}
+        | {k: values for k, values in columns.items() if any(v is not None for v in values)},
+    }
+
+
+def shown_by_viewer(gallery, catalog: Catalog, run_id: str) -> dict:
+    """What the gallery (a poll) and the run page show of a run's log."""
+    card = next(r for r in gallery.runs(catalog.runs()) if r.id == run_id)
+    page = read_run(location(catalog, run_id))
+    assert (page.log_lines, page.status) == (card.log_lines, card.status)
+    return {
+        "log_lines": card.log_lines,
+        "step": card.status["step"],
+        "gpu_mem_mib": card.status["gpu_mem_mib"],
+        "series": page.series,
+    }
+
+
+def count_log_lines_parsed(monkeypatch) -> list[str]:
+    """The log lines (those holding "shading") json.loads is asked to parse from now on."""
+    parsed, loads = [], json.loads
+
+    def counting(text, *args, **kwargs):
+        if "shading" in (text if isinstance(text, str) else text.decode(errors="replace")):
+            parsed.append(text)
+        return loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    return parsed
+
+
+def test_a_growing_log_is_parsed_only_where_it_grew(tmp_path: Path, monkeypatch):
+    """A live run appends a line every log_every steps: the viewer parsed its whole log again
+    for each (a 10,000-step run's 1,000 lines, for the gallery and again for the run page)."""
+    import dreamtext.view.workspaces as workspaces
+
+    live = make_run(tmp_path / "live", "a cube", iters=5000, final=False)
+    write_lines(live / "log.jsonl", (log_record(s) for s in range(10, 2001, 10)), "w")
+    write_json(live / "status.json", {"state": "running", "step": 2000, "iters": 5000})
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    assert shown_by_viewer(gallery, catalog, "live") == shown_of_log(live / "log.jsonl")
+    parsed = count_log_lines_parsed(monkeypatch)
+    for step in (2010, 2020):
+        time.sleep(0.01)  # a later mtime on file systems with coarse clocks
+        write_lines(live / "log.jsonl", [log_record(step, gpu_mem_mib=9000.0)])
+        shown = shown_by_viewer(gallery, catalog, "live")
+        assert shown == shown_of_log(live / "log.jsonl")
+        assert shown["log_lines"] == 200 + (step - 2000) // 10
+    # Each appended line once for the gallery's figures and once for the run page's curves.
+    assert len(parsed) == 4
+
+
+# Each change of a 100-line log (with a line being written after them), and its lines after.
+LOG_CHANGES = {
+    "resumed: truncated to an earlier step, then appended": 79,
+    "truncated in place, then appended past the old size": 150,
+    "rewritten in place with other records, longer": 120,
+    "rewritten in place, same size": 100,
+    "last line completed": 101,
+    "emptied": 0,
+}
+
+
+@pytest.mark.parametrize("change", LOG_CHANGES)
+def test_a_log_rewritten_or_truncated_shows_as_it_is_now(tmp_path: Path, change: str):
+    """A resume truncates log.jsonl to the checkpoint's step and appends from there; a copy or
+    an editor may rewrite it in place. The pages show the log as it is, never records kept
+    from before with records appended after."""
+    import dreamtext.view.workspaces as workspaces
+    from dreamtext.interrupts import truncate_log
+
+    run = make_run(tmp_path / "run", "a cube", iters=5000, final=False)
+    log = run / "log.jsonl"
+    write_lines(log, (log_record(s) for s in range(10, 1001, 10)), "w")
+    with open(log, "a") as f:
+        f.write('{"step": 1010, "loss": 0.5, "sha')  # a line being written
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    assert shown_by_viewer(gallery, catalog, "run") == shown_of_log(log)
+    time.sleep(0.02)  # a later mtime on file systems with coarse clocks
+    if change.startswith("resumed"):
+        truncate_log(log, 500)
+        write_lines(log, (log_record(s, scale=3.0) for s in range(510, 800, 10)))
+    elif change.startswith("truncated in place"):
+        write_lines(log, (log_record(s, scale=2.0) for s in range(10, 301, 10)), "w")
+        write_lines(log, (log_record(s, scale=5.0) for s in range(310, 1501, 10)))
+    elif change.startswith("rewritten in place with other records"):
+        write_lines(log, (log_record(s, scale=7.0) for s in range(10, 1201, 10)), "w")
+    elif change.startswith("rewritten in place, same size"):
+        log.write_text(log.read_text().replace('"t": 50', '"t": 60'))
+    elif change == "last line completed":
+        with open(log, "a") as f:
+            f.write('dow": 1.0}\n')
+    elif change == "emptied":
+        log.write_text("")
+    shown = shown_by_viewer(gallery, catalog, "run")
+    assert shown == shown_of_log(log)
+    assert shown["log_lines"] == LOG_CHANGES[change]
+
+
+def test_the_viewer_keeps_of_a_log_what_the_pages_show_not_its_records(tmp_path: Path):
+    """A sweep of 1,000 runs of 10,000 steps is a million log lines, ~2 KB each as parsed
+    records: the viewer kept them all (a gigabyte and more). It keeps a log's figures (lines,
+    last record, peak memory) for the gallery and the curves of the runs whose pages are open."""
+    import tracemalloc
+
+    import dreamtext.view.workspaces as workspaces
+
+    for i in range(10):
+        run = make_run(tmp_path / f"run{i}", f"prompt {i}", iters=10_000, final=False)
+        write_lines(run / "log.jsonl", (log_record(s) for s in range(10, 10_001, 10)), "w")
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        runs = gallery.runs(catalog.runs())
+        page = read_run(location(catalog, "run3"))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert [r.log_lines for r in runs] == [1000] * 10
+    assert page.series["loss"][-1] == 1 / 10_000
+    # 10,000 records parsed; the curves of one page (6 × 1,000 numbers) as lists for its answer.
+    assert held < 1_500_000, held
+
+
+def test_the_logs_of_removed_runs_are_forgotten(tmp_path: Path, monkeypatch):
+    """What the viewer kept of a log stayed for as long as it ran, after its run was removed."""
+    import tracemalloc
+
+    import dreamtext.view.workspaces as workspaces
+
+    make_run(tmp_path / "kept", "a cube")
+    big = {"note": "x" * 20_000}  # lines of 20 KB: what is kept of each log shows
+    for i in range(10):
+        run = make_run(tmp_path / f"gone{i}", f"prompt {i}", final=False)
+        write_lines(run / "log.jsonl", (log_record(s, **big) for s in range(10, 201, 10)), "w")
+    write_records(
+        tmp_path / "batch.jsonl", [batch_record(i, f"gone{i}", "failed") for i in range(10)]
+    )
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert len(gallery.runs(catalog.runs())) == 11
+        read_run(location(catalog, "gone3"))  # a run page's curves
+        assert tracemalloc.get_traced_memory()[0] - before > 10 * 20_000
+        for i in range(10):
+            shutil.rmtree(tmp_path / f"gone{i}")
+        (tmp_path / "batch.jsonl").unlink()
+        real_monotonic = time.monotonic
+        monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + 3600)  # an hour later
+        assert [r.id for r in gallery.runs(catalog.runs())] == ["kept"]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 20_000, held
 
 
 def test_image_runs_show_their_sentences_and_a_source_image_inside_the_workspace(root: Path):

@@ -3,6 +3,7 @@
     folders given ──► Catalog (which workspaces, under which root, with which id)
     workspace     ──► read_run ──► Run (prompt, status, log series, previews, mesh, video, ...)
     runs          ──► GalleryCache ──► the gallery's Runs, each read again when its files change
+    *.jsonl       ──► JsonlFollower ──► what the pages show of a log, parsed as far as it grew
 
 An image→3D run is a run from its first file on: ``config.json`` (with the stages' settings, from
 the start of the run), ``status.json`` (its phase: ``sample`` for ``--diverse``'s image, then
@@ -28,6 +29,9 @@ import re
 import threading
 import time
 import unicodedata
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +65,9 @@ FIND_REUSES_SCAN_S = 2.0
 # changing (file times advance in ticks of up to a few milliseconds, of 1-2 s on some file
 # systems): the gallery reads such a run again at its next poll instead of trusting the stat.
 STAT_SETTLES_AFTER_S = 2.0
+# How often the figures kept of each log (JsonlFollower) are checked for logs that are gone: a
+# removed run's are dropped within this time (a stat of each log kept).
+FORGET_GONE_LOGS_EVERY_S = 60.0
 # The log series the run page plots (each key of a log record that is present and finite).
 SERIES_KEYS = ("loss", "loss_sds", "t", "its", "gpu_mem_mib")
 MESH_FILES = {
@@ -258,51 +265,239 @@ def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:
 
 
 def latest_batch_records(root: Path) -> dict[str, dict[str, Any]]:
+    """``batch.jsonl``'s newest record per workspace (:class:`LatestBatchRecords`)."""
+    return _batch_records.read(root / "batch.jsonl")
+
+
+# ----------------------------------------------------------------- logs, followed as they grow
+#
+# A run's log.jsonl gains a line every log_every steps, and a sweep's 1,000 runs of 10,000 steps
+# hold a million lines (~2 KB each as Python dicts). The viewer keeps of each log only what the
+# pages show (a fold of its records: counts, the last record, the largest memory; the run page's
+# curves as numbers) and, when the file grows, parses only the lines appended since.
+
+
+class LogFigures:
+    """What the gallery and a run's status need of a log: how many records (``lines``), the last
+    one, the largest ``gpu_mem_mib`` (``peak_mem``) and the last ``step`` that is a number."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.last: dict[str, Any] = {}
+        self.peak_mem: float | None = None
+        self.last_step: float | None = None
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.lines += 1
+        self.last = record
+        memory = _number(record.get("gpu_mem_mib"))
+        if memory is not None and (self.peak_mem is None or memory > self.peak_mem):
+            self.peak_mem = memory
+        step = _number(record.get("step"))
+        if step is not None:
+            self.last_step = step
+
+    def snapshot(self) -> LogFigures:
+        copy = LogFigures()
+        copy.lines, copy.last, copy.peak_mem = self.lines, self.last, self.peak_mem
+        copy.last_step = self.last_step
+        return copy
+
+
+# The columns a run page's curves are drawn from: the trainer's log's (step and SERIES_KEYS),
+# the descriptor log's (step and loss).
+CURVE_KEYS = tuple(dict.fromkeys(("step", "loss", *SERIES_KEYS)))
+
+
+class LogCurves:
+    """A log's :class:`LogFigures` and, per key of :data:`CURVE_KEYS`, that key's value in every
+    record (``None`` where it is absent or not a finite number), kept as 8-byte floats."""
+
+    def __init__(self) -> None:
+        self.figures = LogFigures()
+        self.columns = {key: array("d") for key in CURVE_KEYS}
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.figures.add(record)
+        for key, column in self.columns.items():
+            value = _number(record.get(key))
+            column.append(math.nan if value is None else value)  # _number gives no NaN
+
+    def snapshot(self) -> tuple[LogFigures, dict[str, list[float | None]]]:
+        curves = {
+            key: [None if v != v else v for v in column] for key, column in self.columns.items()
+        }
+        return self.figures.snapshot(), curves
+
+
+class LatestBatchRecords:
     """``batch.jsonl``'s newest record per workspace (a prompt retried appends a new line). A
     ``skipped`` line (the run had finished, or another worker sharing the list held it or had
     failed it) is not an attempt: it does not hide the attempt recorded before it."""
-    latest: dict[str, dict[str, Any]] = {}
-    for record in read_jsonl(root / "batch.jsonl"):
+
+    def __init__(self) -> None:
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def add(self, record: dict[str, Any]) -> None:
         name = record.get("workspace")
-        if isinstance(name, str) and not (record.get("status") == "skipped" and name in latest):
-            latest[name] = record
-    return latest
+        skipped = record.get("status") == "skipped"
+        if isinstance(name, str) and not (skipped and name in self.latest):
+            self.latest[name] = record
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return dict(self.latest)
+
+
+# Bytes kept from before where a log was parsed to: a file that grew but does not hold them there
+# any more was rewritten (a resume's truncated log is a new file, a copy may rewrite one in place),
+# and is parsed again from its start.
+_TAIL_BYTES = 64
+
+
+class _Followed:
+    """One file as far as it was parsed: its identity and size and time when it was stat'ed,
+    where its last complete line ends (``parsed_to``), the bytes before that, the fold."""
+
+    __slots__ = ("fold", "identity", "lock", "parsed_to", "seen", "tail")
+
+    def __init__(self, fold: Any) -> None:
+        self.fold = fold
+        self.identity: tuple[int, int] | None = None
+        self.seen: tuple[int, int] | None = None  # (mtime_ns, size)
+        self.parsed_to = 0
+        self.tail = b""
+        self.lock = threading.Lock()
+
+
+class JsonlFollower:
+    """Per ``.jsonl`` file, a fold (``make_fold()``: an object with ``add(record)`` and
+    ``snapshot()``) over its JSON objects, one per complete line (a line being written, without
+    its newline yet, or not an object, is left out), kept up to date as the file changes:
+
+    * unchanged (same file, time and size): the fold as it is;
+    * grown, the same file (device and inode) still holding the bytes before where it was
+      parsed to: only the lines after that are parsed;
+    * anything else (replaced, truncated, rewritten in place): parsed again from its start.
+
+    A file that is gone is forgotten when it is asked for, and by :meth:`forget_gone` (a
+    removed run's log is never asked for again). ``max_files``: keep at most that many, the
+    least recently asked for dropped first. Safe to share between threads.
+    """
+
+    def __init__(self, make_fold: Callable[[], Any], max_files: int | None = None) -> None:
+        self.make_fold = make_fold
+        self.max_files = max_files
+        self._files: OrderedDict[Path, _Followed] = OrderedDict()
+        self._lock = threading.Lock()
+        self._swept = time.monotonic()
+
+    def read(self, path: Path) -> Any:
+        """The fold's ``snapshot()`` over ``path``'s records (over none when it cannot be read)."""
+        with self._lock:
+            followed = self._files.get(path)
+            if followed is None:
+                followed = self._files[path] = _Followed(self.make_fold())
+                while self.max_files is not None and len(self._files) > self.max_files:
+                    self._files.popitem(last=False)
+            self._files.move_to_end(path)
+        with followed.lock:
+            if self._update(followed, path):
+                return followed.fold.snapshot()
+        with self._lock:
+            if self._files.get(path) is followed:
+                del self._files[path]
+        return self.make_fold().snapshot()
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __contains__(self, path: Path) -> bool:
+        return path in self._files
+
+    def _update(self, followed: _Followed, path: Path) -> bool:
+        """Bring ``followed`` up to ``path``'s contents; ``False`` when it cannot be read."""
+        try:
+            with open(path, "rb") as file:
+                st = os.fstat(file.fileno())
+                identity, seen = (st.st_dev, st.st_ino), (st.st_mtime_ns, st.st_size)
+                if identity == followed.identity and seen == followed.seen:
+                    return True
+                grown = (
+                    identity == followed.identity
+                    and st.st_size >= followed.parsed_to
+                    and st.st_size != followed.seen[1]
+                )
+                if not (grown and self._parse(followed, file, followed.tail)):
+                    followed.fold, followed.parsed_to, followed.tail = self.make_fold(), 0, b""
+                    self._parse(followed, file, b"")
+                followed.identity, followed.seen = identity, seen
+        except OSError:
+            return False
+        return True
+
+    @staticmethod
+    def _parse(followed: _Followed, file: Any, tail: bytes) -> bool:
+        """Parse the complete lines after ``followed.parsed_to`` into its fold; ``False`` (and
+        nothing parsed) when the file does not hold ``tail`` just before that."""
+        file.seek(followed.parsed_to - len(tail))
+        data = file.read()
+        if data[: len(tail)] != tail:
+            return False
+        end = data.rfind(b"\n") + 1
+        if end <= len(tail):
+            return True  # no complete line yet
+        text = data[len(tail) : end].decode("utf-8", errors="replace")
+        for line in text.split("\n")[:-1]:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                followed.fold.add(record)
+        followed.parsed_to += end - len(tail)
+        followed.tail = data[max(0, end - _TAIL_BYTES) : end]
+        return True
+
+    def forget_gone(self) -> None:
+        """Forget the files that are gone, at most every :data:`FORGET_GONE_LOGS_EVERY_S` (a stat of
+        each file kept)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._swept < FORGET_GONE_LOGS_EVERY_S:
+                return
+            self._swept = now
+            paths = list(self._files)
+        gone = [path for path in paths if not os.path.isfile(path)]
+        with self._lock:
+            for path in gone:
+                self._files.pop(path, None)
+
+
+# Every run's log.jsonl and descriptor/log.jsonl (the gallery's and the status's figures); the
+# curves of the runs whose page was asked for lately; each root's batch.jsonl.
+_log_figures = JsonlFollower(LogFigures)
+_log_curves = JsonlFollower(LogCurves, max_files=64)
+_batch_records = JsonlFollower(LatestBatchRecords)
+
+
+def forget_gone_logs() -> None:
+    """Forget the logs that are gone (:meth:`JsonlFollower.forget_gone`); each gallery poll asks."""
+    for follower in (_log_figures, _log_curves, _batch_records):
+        follower.forget_gone()
+
+
+def log_figures(path: Path) -> LogFigures:
+    """A log's :class:`LogFigures`, parsed only as far as it grew since last asked."""
+    return _log_figures.read(path)
+
+
+def log_curves(path: Path) -> tuple[LogFigures, dict[str, list[float | None]]]:
+    """A log's :class:`LogFigures` and its curves (:class:`LogCurves`), parsed only as far as it
+    grew since last asked (for the 64 logs asked for last; any other is parsed whole)."""
+    return _log_curves.read(path)
 
 
 # --------------------------------------------------------------------------------------- reading
-
-
-_jsonl_cache: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
-_jsonl_lock = threading.Lock()
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a ``.jsonl`` file, one per complete line; a line being written (no
-    newline yet) or not an object is left out. Parsed again only when the file changes."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return []
-    key = (stat.st_mtime_ns, stat.st_size)
-    with _jsonl_lock:
-        cached = _jsonl_cache.get(path)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    records = []
-    for line in text.split("\n")[:-1]:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    with _jsonl_lock:
-        _jsonl_cache[path] = (key, records)
-    return records
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -429,17 +624,18 @@ def _read_files(location: RunLocation, with_series: bool) -> tuple[Run, _StatusI
 
     run.config = read_json(folder / "config.json")
     status_file = read_json(folder / "status.json")
-    records = read_jsonl(folder / "log.jsonl")
-    run.log_lines = len(records)
     if with_series:
-        run.series = {"step": [_number(r.get("step")) for r in records]}
+        log, curves = log_curves(folder / "log.jsonl")
+        run.series = {"step": curves["step"]}
         for key in SERIES_KEYS:
-            values = [_number(r.get(key)) for r in records]
-            if any(v is not None for v in values):
-                run.series[key] = values
-        descriptor_log = read_jsonl(folder / "descriptor" / "log.jsonl")
-        run.descriptor_steps = [_number(r.get("step")) for r in descriptor_log]
-        run.descriptor_loss = [_number(r.get("loss")) for r in descriptor_log]
+            if any(v is not None for v in curves[key]):
+                run.series[key] = curves[key]
+        descriptor_log, descriptor_curves = log_curves(folder / DESCRIPTOR_LOG)
+        run.descriptor_steps = descriptor_curves["step"]
+        run.descriptor_loss = descriptor_curves["loss"]
+    else:
+        log = log_figures(folder / "log.jsonl")
+    run.log_lines = log.lines
 
     # Text only: a hand-edited or foreign file's number or list would break the page's sorting
     # and filtering, which compare prompts as strings.
@@ -474,10 +670,10 @@ def _read_files(location: RunLocation, with_series: bool) -> tuple[Run, _StatusI
     stage = "text" if run.kind == "text" else image_stage(folder, status_file)
     descriptor_step = None
     if stage == "descriptor":
-        steps = [_number(r.get("step")) for r in read_jsonl(folder / DESCRIPTOR_LOG)]
-        descriptor_step = next((s for s in reversed(steps) if s is not None), None)
-    last = records[-1] if records else {}
-    inputs = _StatusInputs(status_file, last, _peak_memory(records), folder, stage, descriptor_step)
+        if not with_series:
+            descriptor_log = log_figures(folder / DESCRIPTOR_LOG)
+        descriptor_step = descriptor_log.last_step
+    inputs = _StatusInputs(status_file, log.last, log.peak_mem, folder, stage, descriptor_step)
     return run, inputs
 
 
@@ -546,6 +742,7 @@ class GalleryCache:
             current[location.id] = (entry, shown)
         with self._lock:  # runs no longer listed are forgotten
             self._entries = current
+        forget_gone_logs()  # and, within a minute, what was kept of their logs
         return [current[location.id][1] for location in locations]
 
     @staticmethod
