@@ -885,6 +885,7 @@ def run_entry(
                 f"{entry.workspace} holds a run of {what}; move that folder away and run the "
                 "batch again"
             )
+        finish_cut_export(entry.workspace)
         fresh = options.overwrite and read_status(entry.workspace) == before
         if not fresh and finished_here(entry, cfg):
             changed = changed_settings(entry, cfg)
@@ -1064,6 +1065,20 @@ def failed_meanwhile(
     if now is not None and now != before and now.get("state") == "failed":
         return str(now.get("error") or "failed")
     return others.failed_since_start(_relative(entry.workspace, root)) if others else None
+
+
+def finish_cut_export(workspace: Path) -> None:
+    """Finish the swap of an export killed after it had written all its files (its new mesh/
+    waits in a hidden folder, the old one may be moved aside): the run then has its mesh again,
+    and a finished run is skipped instead of exported a second time."""
+    from dreamtext.export import OLD_PREFIX, READY_PREFIX, REPLACED_OUTPUTS, finish_replacements
+
+    try:
+        cut = any(workspace.glob(OLD_PREFIX + "*")) or any(workspace.glob(READY_PREFIX + "*"))
+    except OSError:  # unreadable: the run's own checks say so
+        return
+    if cut:
+        finish_replacements(workspace, REPLACED_OUTPUTS)
 
 
 def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bool = False) -> None:

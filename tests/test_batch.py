@@ -1426,6 +1426,40 @@ def test_a_run_finished_without_its_export_is_exported_when_the_batch_asks_for_o
     assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped"]
 
 
+def test_a_run_whose_export_was_killed_mid_swap_gets_its_mesh_back_without_a_new_export(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A kill between an export's two renames leaves no mesh/ (the old one moved aside, the new
+    one waiting): the batch exported the finished run again, minutes at a large resolution."""
+    from dreamtext.export import OLD_PREFIX, READY_PREFIX
+
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    exports = []
+
+    def fake_export(run):
+        exports.append(run.step)
+        (run.workspace / "mesh").mkdir()
+        (run.workspace / "mesh" / "mesh.glb").write_bytes(b"old")
+
+    monkeypatch.setattr(trainer, "export_trained", fake_export)
+    assert main(list(map(str, args))) == 0
+    run = root / "a_red_cube"
+    (run / "mesh").rename(run / (OLD_PREFIX + "mesh"))  # cut between the two renames
+    ready = run / (READY_PREFIX + "abc12345")
+    (ready / "mesh").mkdir(parents=True)
+    (ready / "mesh" / "mesh.glb").write_bytes(b"new")
+    capsys.readouterr()
+    assert main(list(map(str, args))) == 0
+    assert exports == [5]  # not exported again
+    assert (run / "mesh" / "mesh.glb").read_bytes() == b"new"
+    assert not list(run.glob(".export-*"))
+    assert [r["status"] for r in rows(root)] == ["finished", "skipped"]
+    assert "exporting it" not in capsys.readouterr().err
+
+
 def test_a_run_finished_without_its_export_and_checkpoints_is_skipped_with_a_warning(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
