@@ -61,7 +61,9 @@ def check_writable(folder: Path, fix: str) -> None:
             f"which does not exist; make that folder, or {fix}"
         )
     if existing.exists() and not existing.is_dir():
-        raise DreamtextError(f"{folder} cannot be a folder: {existing} is a file; {fix}")
+        raise DreamtextError(
+            f"{folder} cannot be a folder: {existing} is a file; move that file away, or {fix}"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise DreamtextError(f"cannot write in {existing} (permission denied); {fix}")
 

@@ -177,3 +177,16 @@ def test_an_unreadable_last_checkpoint_names_the_step_file_to_go_on_from(tmp_pat
     with pytest.raises(DreamtextError) as error:
         load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert str(error.value).endswith("step_000005.pt over it to go on from there")
+
+
+def test_a_file_where_a_folder_goes_is_named_and_moving_it_is_the_first_fix(tmp_path):
+    """`mesh` a file in a run: the line said only 'copy the run to a folder you can write'."""
+    from dreamtext.checkpoint import check_writable
+
+    (tmp_path / "mesh").write_text("x")
+    with pytest.raises(DreamtextError) as refused:
+        check_writable(tmp_path / "mesh", "copy the run elsewhere")
+    assert str(refused.value) == (
+        f"{tmp_path / 'mesh'} cannot be a folder: {tmp_path / 'mesh'} is a file; move that file "
+        "away, or copy the run elsewhere"
+    )
