@@ -12,10 +12,7 @@ answers. Needs Playwright and a Chromium (``DREAMTEXT_CHROMIUM``, else ``/usr/bi
 
 from __future__ import annotations
 
-import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from view_poll import REPO, keep_running, write_runs
+from view_poll import arguments, keep_running, start_server, write_runs
 
 CHROMIUM = os.environ.get("DREAMTEXT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
@@ -33,14 +30,8 @@ METRICS = ("TaskDuration", "ScriptDuration", "RecalcStyleDuration", "LayoutDurat
 def measure(code: Path, root: Path, seconds: float, live: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(code))
-    command = [sys.executable, "-m", "dreamtext.cli", "view", str(root), "--port", str(port)]
-    server = subprocess.Popen(command, cwd=code, env=env, stdout=subprocess.PIPE, text=True)
+    server, port = start_server(code, root)
     try:
-        server.stdout.readline()
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -87,12 +78,7 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=int)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--live", type=int, default=4, help="running runs that keep writing")
-    parser.add_argument("--code", type=Path, default=REPO, help="checkout whose viewer to run")
-    args = parser.parse_args()
+    args = arguments(__doc__.split("\n\n")[0]).parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "runs"
         write_runs(args.runs, root)

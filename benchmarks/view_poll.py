@@ -128,15 +128,31 @@ def keep_running(runs: list[Path], stop: threading.Event) -> None:
             os.replace(ws / "status.tmp", ws / "status.json")
 
 
-def measure(code: Path, root: Path, seconds: float, live: int) -> None:
+def start_server(code: Path, root: Path) -> tuple[subprocess.Popen, int]:
+    """``dreamtext view ROOT`` of the checkout ``code`` on a free port, once it listens."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(code))
     command = [sys.executable, "-m", "dreamtext.cli", "view", str(root), "--port", str(port)]
     server = subprocess.Popen(command, cwd=code, env=env, stdout=subprocess.PIPE, text=True)
+    server.stdout.readline()  # its address: it listens
+    return server, port
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments this benchmark and ``view_browser.py`` share."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("runs", type=int)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--live", type=int, default=4, help="running runs that keep writing")
+    parser.add_argument("--code", type=Path, default=REPO, help="checkout whose viewer to run")
+    return parser
+
+
+def measure(code: Path, root: Path, seconds: float, live: int) -> None:
+    server, port = start_server(code, root)
     try:
-        server.stdout.readline()  # its address: it listens
         url = f"http://127.0.0.1:{port}/api/runs.json"
 
         def fetch(tag: str | None = None) -> tuple[float, int, bytes, str | None]:
@@ -196,12 +212,8 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=int)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--live", type=int, default=4, help="running runs that keep writing")
+    parser = arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--log-lines", type=int, default=100, help="lines of a finished run's log")
-    parser.add_argument("--code", type=Path, default=REPO, help="checkout whose viewer to run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "runs"
