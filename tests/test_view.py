@@ -367,6 +367,36 @@ def test_a_log_line_still_being_written_is_left_out(tmp_path: Path):
     assert log_curves(path)[1]["loss"] == [2.0]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    ['{"step": ' + "1" * 5000 + "}", "[" * 100_000, '{"a": ' * 100_000],
+    ids=["int-of-5000-digits", "nested-arrays", "nested-objects"],
+)
+def test_a_log_line_python_cannot_read_is_left_out_and_the_gallery_still_answers(
+    tmp_path: Path, bad: str
+):
+    """json.loads refuses such a line with a plain ValueError (int digits) or a RecursionError,
+    not a JSONDecodeError: one such line (a torn write, garbage, a hand edit) in one run's log
+    made every answer of the gallery and the run's page a 500. The same text as a run's
+    config.json or status.json is read as no file."""
+    run = make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    with open(run / "log.jsonl", "a", encoding="utf-8") as log:
+        log.write(bad + "\n" + json.dumps({"step": 30, "loss": 0.5}) + "\n")
+    other = make_run(tmp_path / "torus", "a green torus")
+    (other / "config.json").write_text(bad)
+    (other / "status.json").write_text(bad)
+    srv, thread = serving(Catalog([tmp_path]))
+    try:
+        status, body, _ = get(srv, "/api/runs.json")
+        assert status == 200
+        runs = {r["id"]: r for r in json.loads(body)["runs"]}
+        assert runs["cube"]["log_lines"] == 3 and runs["torus"]["prompt"] is None
+        status, body, _ = get(srv, "/api/run/cube.json")
+        assert status == 200 and json.loads(body)["run"]["series"]["step"] == [10, 20, 30]
+    finally:
+        stop(srv, thread)
+
+
 # -------------------------------------------------------------------- logs followed as they grow
 
 
