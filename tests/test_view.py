@@ -1107,6 +1107,8 @@ def test_an_unchanged_answer_to_a_poll_is_304_without_a_body(tmp_path: Path, mon
             assert status == 200 and json.loads(full) and re.fullmatch(r'W/"[0-9a-f]{32}"', etag)
             status, body, headers = get(srv, api, {"If-None-Match": etag})
             assert (status, body, headers["ETag"]) == (304, b"", etag)
+            # RFC 9110 15.4.5: a 304 carries the Vary a 200 would (gzipped or not).
+            assert headers["Vary"] == "Accept-Encoding"
             strong = etag.removeprefix("W/")  # compared weakly, either form names it
             assert get(srv, api, {"If-None-Match": f'"other", {strong}'})[0] == 304
             assert get(srv, api, {"If-None-Match": '"other"'})[:2] == (200, full)
