@@ -397,6 +397,39 @@ def test_a_log_line_python_cannot_read_is_left_out_and_the_gallery_still_answers
         stop(srv, thread)
 
 
+def test_a_folder_name_that_is_not_utf8_or_an_escaped_surrogate_does_not_break_the_pages(
+    tmp_path: Path,
+):
+    """Python holds a folder name's byte that is not UTF-8 as a lone surrogate (U+DCFF), and
+    json.loads makes one of a "\\udcff" escape; neither can be written as UTF-8. One such run
+    made every answer of the gallery a 500 and `view --static` a traceback. Now the pages carry
+    it as its JSON escape (the same string in JavaScript) and the title as U+FFFD."""
+    root = tmp_path / "runs"
+    odd = root / os.fsdecode(b"caf\xe9")  # Latin-1 "café", as a copy from an old machine names it
+    make_run(odd, "a red cube", status={"state": "finished", "step": 20, "iters": 20})
+    make_run(root / "torus", "a green torus")
+    (root / "torus" / "config.json").write_text('{"prompt": "torus \\udcff", "iters": 20}')
+    srv, thread = serving(Catalog([root]))
+    try:
+        status, body, _ = get(srv, "/api/runs.json")
+        assert status == 200
+        runs = {r["id"]: r for r in json.loads(body)["runs"]}
+        assert runs["caf"]["name"] == odd.name and runs["torus"]["prompt"] == "torus \udcff"
+        for path in ("/", "/run/caf/", "/api/run/caf.json", "/run/torus/", "/api/run/torus.json"):
+            status, body, _ = get(srv, path)
+            assert status == 200, path
+            body.decode("utf-8")  # strict
+        assert "<title>torus \ufffd · dreamtext</title>" in get(srv, "/run/torus/")[1].decode()
+        assert get(srv, "/" + runs["caf"]["thumbnail"])[0] == 200
+    finally:
+        stop(srv, thread)
+    site = export_static([root], tmp_path / "site")
+    assert (site / "runs" / "caf" / "index.html").is_file()
+    assert '"prompt": "torus \\udcff"' in (site / "runs" / "torus" / "index.html").read_text(
+        "utf-8"
+    )
+
+
 # -------------------------------------------------------------------- logs followed as they grow
 
 
