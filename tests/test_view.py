@@ -367,6 +367,69 @@ def test_a_log_line_still_being_written_is_left_out(tmp_path: Path):
     assert log_curves(path)[1]["loss"] == [2.0]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    ['{"step": ' + "1" * 5000 + "}", "[" * 100_000, '{"a": ' * 100_000],
+    ids=["int-of-5000-digits", "nested-arrays", "nested-objects"],
+)
+def test_a_log_line_python_cannot_read_is_left_out_and_the_gallery_still_answers(
+    tmp_path: Path, bad: str
+):
+    """json.loads refuses such a line with a plain ValueError (int digits) or a RecursionError,
+    not a JSONDecodeError: one such line (a torn write, garbage, a hand edit) in one run's log
+    made every answer of the gallery and the run's page a 500. The same text as a run's
+    config.json or status.json is read as no file."""
+    run = make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    with open(run / "log.jsonl", "a", encoding="utf-8") as log:
+        log.write(bad + "\n" + json.dumps({"step": 30, "loss": 0.5}) + "\n")
+    other = make_run(tmp_path / "torus", "a green torus")
+    (other / "config.json").write_text(bad)
+    (other / "status.json").write_text(bad)
+    srv, thread = serving(Catalog([tmp_path]))
+    try:
+        status, body, _ = get(srv, "/api/runs.json")
+        assert status == 200
+        runs = {r["id"]: r for r in json.loads(body)["runs"]}
+        assert runs["cube"]["log_lines"] == 3 and runs["torus"]["prompt"] is None
+        status, body, _ = get(srv, "/api/run/cube.json")
+        assert status == 200 and json.loads(body)["run"]["series"]["step"] == [10, 20, 30]
+    finally:
+        stop(srv, thread)
+
+
+def test_a_folder_name_that_is_not_utf8_or_an_escaped_surrogate_does_not_break_the_pages(
+    tmp_path: Path,
+):
+    """Python holds a folder name's byte that is not UTF-8 as a lone surrogate (U+DCFF), and
+    json.loads makes one of a "\\udcff" escape; neither can be written as UTF-8. One such run
+    made every answer of the gallery a 500 and `view --static` a traceback. Now the pages carry
+    it as its JSON escape (the same string in JavaScript) and the title as U+FFFD."""
+    root = tmp_path / "runs"
+    odd = root / os.fsdecode(b"caf\xe9")  # Latin-1 "café", as a copy from an old machine names it
+    make_run(odd, "a red cube", status={"state": "finished", "step": 20, "iters": 20})
+    make_run(root / "torus", "a green torus")
+    (root / "torus" / "config.json").write_text('{"prompt": "torus \\udcff", "iters": 20}')
+    srv, thread = serving(Catalog([root]))
+    try:
+        status, body, _ = get(srv, "/api/runs.json")
+        assert status == 200
+        runs = {r["id"]: r for r in json.loads(body)["runs"]}
+        assert runs["caf"]["name"] == odd.name and runs["torus"]["prompt"] == "torus \udcff"
+        for path in ("/", "/run/caf/", "/api/run/caf.json", "/run/torus/", "/api/run/torus.json"):
+            status, body, _ = get(srv, path)
+            assert status == 200, path
+            body.decode("utf-8")  # strict
+        assert "<title>torus \ufffd · dreamtext</title>" in get(srv, "/run/torus/")[1].decode()
+        assert get(srv, "/" + runs["caf"]["thumbnail"])[0] == 200
+    finally:
+        stop(srv, thread)
+    site = export_static([root], tmp_path / "site")
+    assert (site / "runs" / "caf" / "index.html").is_file()
+    assert '"prompt": "torus \\udcff"' in (site / "runs" / "torus" / "index.html").read_text(
+        "utf-8"
+    )
+
+
 # -------------------------------------------------------------------- logs followed as they grow
 
 
@@ -1077,6 +1140,8 @@ def test_an_unchanged_answer_to_a_poll_is_304_without_a_body(tmp_path: Path, mon
             assert status == 200 and json.loads(full) and re.fullmatch(r'W/"[0-9a-f]{32}"', etag)
             status, body, headers = get(srv, api, {"If-None-Match": etag})
             assert (status, body, headers["ETag"]) == (304, b"", etag)
+            # RFC 9110 15.4.5: a 304 carries the Vary a 200 would (gzipped or not).
+            assert headers["Vary"] == "Accept-Encoding"
             strong = etag.removeprefix("W/")  # compared weakly, either form names it
             assert get(srv, api, {"If-None-Match": f'"other", {strong}'})[0] == 304
             assert get(srv, api, {"If-None-Match": '"other"'})[:2] == (200, full)

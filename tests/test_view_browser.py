@@ -532,6 +532,22 @@ def test_an_unchanged_gallery_polls_with_its_tag_and_gets_304s(page, server):
     assert tags == {polls[0].all_headers()["etag"]}
 
 
+def test_an_answer_that_is_not_the_data_keeps_saying_the_server_is_not_answering(page, server):
+    """Behind a proxy whose session ended, a poll is redirected to its login page: 200, HTML.
+    The page said "server not answering" at the first such poll and, that text being its "last
+    answer" from then on, hid it at the next while it showed data that no longer changed."""
+    login = "<!doctype html><title>Sign in</title><form>password</form>"
+    page.goto(server.url)
+    page.wait_for_selector(".card")
+    page.route("**/api/runs.json", lambda route: route.fulfill(status=200, body=login))
+    page.wait_for_selector(".offline:not([hidden])", timeout=10_000)
+    page.wait_for_timeout(POLL_MS * 8)  # backing off: 0.6, 1.2 s, ... at least two more polls
+    assert page.is_visible(".offline"), "a login page was taken for the server's answer"
+    page.unroute("**/api/runs.json")
+    page.wait_for_selector(".offline", state="hidden", timeout=15_000)
+    assert cards_by_state(page) == STATES
+
+
 def write_many_runs(root: Path, n: int) -> None:
     """``n`` finished runs, each with its picture (a few hundred bytes)."""
     picture = io.BytesIO()

@@ -335,7 +335,9 @@ class ViewHandler(BaseHTTPRequestHandler):
         if _names_tag(self.headers.get("If-None-Match"), etag):
             self._answering = True
             self.send_response(HTTPStatus.NOT_MODIFIED)
+            # What the 200 would carry of these (RFC 9110, 15.4.5): a cache keeps Vary's choice.
             self.send_header("ETag", etag)
+            self.send_header("Vary", "Accept-Encoding")
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
             return

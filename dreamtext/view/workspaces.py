@@ -450,7 +450,7 @@ class JsonlFollower:
         for line in text.split("\n")[:-1]:
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON; an int of 4,300+ digits; [[[[…
                 continue
             if isinstance(record, dict):
                 followed.fold.add(record)
@@ -503,7 +503,7 @@ def log_curves(path: Path) -> tuple[LogFigures, dict[str, list[float | None]]]:
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # as a log line (JsonlFollower._parse)
         return None
     return data if isinstance(data, dict) else None
 

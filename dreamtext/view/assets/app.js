@@ -137,16 +137,20 @@
         const headers = etag ? { "If-None-Match": etag } : {};
         const response = await fetch(data.api, { cache: "no-store", headers });
         if (response.status !== 304 && !response.ok) throw new Error(String(response.status));
-        indicator.hidden = true;
-        delay = data.poll_ms;
         if (response.status !== 304) {
           const text = await response.text();
-          etag = response.headers.get("ETag");
           if (text !== last) {
+            // Parsed before it counts as the last answer: a page that is not ours (a proxy's
+            // login page once its session ended, 200 after a redirect) fails every poll, and
+            // the page says so, instead of once and then never again.
+            const fresh = JSON.parse(text);
             last = text;
-            onChange(JSON.parse(text));
+            onChange(fresh);
           }
+          etag = response.headers.get("ETag");
         }
+        indicator.hidden = true;
+        delay = data.poll_ms;
       } catch (error) {
         indicator.hidden = false;
         delay = Math.min(delay * 2, 30000);
