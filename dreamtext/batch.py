@@ -59,7 +59,7 @@ from dreamtext.config import (
     slugify,
 )
 from dreamtext.devices import free_memory, memory_that_ran_out
-from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, WorkspaceInUse
+from dreamtext.errors import ENVIRONMENT_ERRNOS, UNREADABLE_JSON, DreamtextError, WorkspaceInUse
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, enclosing_run, gone_process, this_process
 from dreamtext.progress import bar_options
@@ -529,7 +529,7 @@ class WorkspaceLock:
                 text = f.read().decode("utf-8", errors="replace")
                 try:
                     info = json.loads(text)
-                except json.JSONDecodeError:
+                except UNREADABLE_JSON:
                     info = {}
                 info = info if isinstance(info, dict) else {}
                 if info.get("token") != self.info["token"]:
@@ -550,7 +550,7 @@ class WorkspaceLock:
             return None
         try:
             info = json.loads(text)
-        except json.JSONDecodeError:
+        except UNREADABLE_JSON:
             info = {}
         return (info if isinstance(info, dict) else {}), age
 
@@ -1190,7 +1190,7 @@ def _prompt_of(entry: Entry) -> str:
     if entry.kind == "image":
         from dreamtext.describe import sentence_path
 
-        with contextlib.suppress(OSError, json.JSONDecodeError):
+        with contextlib.suppress(OSError, *UNREADABLE_JSON):
             record = json.loads(sentence_path(entry.workspace).read_text(encoding="utf-8"))
             return record.get("trained_sentence") or record.get("sentence") or entry.prompt
     return entry.prompt
@@ -1198,7 +1198,7 @@ def _prompt_of(entry: Entry) -> str:
 
 def _last_its(workspace: Path) -> float | None:
     """it/s of the run's last ``log.jsonl`` record."""
-    with contextlib.suppress(OSError, json.JSONDecodeError, IndexError):
+    with contextlib.suppress(OSError, *UNREADABLE_JSON, IndexError):
         lines = (workspace / "log.jsonl").read_text(encoding="utf-8").splitlines()
         return json.loads(lines[-1]).get("its")
     return None

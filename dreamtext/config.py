@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from dreamtext.cameras import CameraRange
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.export import ExportOptions
 from dreamtext.field import FieldConfig
 from dreamtext.guidance import GuidanceConfig
@@ -216,7 +216,7 @@ def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, *UNREADABLE_JSON):
         raise DreamtextError(f"{path} is unreadable; {fix}") from None
     if not isinstance(data, dict):
         raise DreamtextError(f"{path} is not a run config; {fix}")
@@ -688,7 +688,7 @@ def run_owner(workspace: Path) -> tuple[str, str] | None:
             value = json.loads(path.read_text(encoding="utf-8"))
             for key in keys:
                 value = value.get(key)
-        except (OSError, json.JSONDecodeError, AttributeError):
+        except (OSError, *UNREADABLE_JSON, AttributeError):
             continue
         if isinstance(value, str):
             return kind, owner_value(kind, value)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from dreamtext.checkpoint import atomic_write_bytes, check_writable
 from dreamtext.config import absolute_model_folder, read_run_config, read_stage_sections
 from dreamtext.devices import resolve_device
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.images import load_image
 from dreamtext.progress import bar_options
 from dreamtext.runstatus import track_status
@@ -299,7 +299,7 @@ def read_record(workspace: str | Path) -> dict | None:
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, *UNREADABLE_JSON) as error:
         raise DreamtextError(
             f"{path} is unreadable ({type(error).__name__}); delete it to describe the image "
             "again, or pass --workspace NEW_FOLDER"

@@ -13,6 +13,11 @@ ENVIRONMENT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 )
 
+# What reading a JSON file the run wrote can raise besides OSError when the file is damaged:
+# bytes that are not UTF-8 (UnicodeDecodeError), not JSON (json.JSONDecodeError), a number
+# of over 4,300 digits (ValueError), nesting deeper than Python's recursion limit.
+UNREADABLE_JSON = (ValueError, RecursionError)
+
 
 class DreamtextError(Exception):
     """A problem with the user's input, with a message that says what to do."""

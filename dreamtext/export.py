@@ -50,7 +50,7 @@ from dreamtext.checkpoint import (
     run_from_state,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
     MeshStats,
@@ -330,7 +330,7 @@ def recorded_options(workspace: Path) -> ExportOptions:
         return options
     try:
         saved = json.loads(path.read_text(encoding="utf-8")).get("export_options") or {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except (OSError, *UNREADABLE_JSON, AttributeError):
         log.warning("%s is unreadable; exporting with the default export settings", path)
         return options
     saved = {key: value for key, value in saved.items() if key != "device"}

@@ -61,7 +61,7 @@ from typing import Any
 import torch
 
 from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
-from dreamtext.errors import DreamtextError, WorkspaceInUse
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
 from dreamtext.processes import record_alive, this_process, workspace_holder
 
 STATUS = "status.json"
@@ -100,7 +100,7 @@ def read_status(workspace: str | Path) -> dict[str, Any] | None:
     """The workspace's status, or ``None`` when there is none (or it is unreadable)."""
     try:
         data = json.loads((Path(workspace) / STATUS).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, *UNREADABLE_JSON):
         return None
     return data if isinstance(data, dict) and data.get("state") in STATES else None
 
@@ -126,7 +126,7 @@ def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) ->
         return False
     try:
         own_iters = json.loads((workspace / "config.json").read_text(encoding="utf-8"))["iters"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, *UNREADABLE_JSON, KeyError, TypeError):
         return False
     step = saved_step(workspace)
     return step is not None and isinstance(own_iters, int) and step >= max(own_iters, iters)

@@ -435,3 +435,20 @@ def test_a_claim_refuses_a_folder_inside_a_run_or_one_that_holds_runs(tmp_path, 
         pass
     with claim_workspace(Path("root") / "a_blue_cube"):
         pass
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [b"\xff\xfe{", b'{"step": 1' + b"0" * 5000 + b"}", b"[" * 100_000],
+    ids=["not-utf8", "a-5001-digit-number", "nested-too-deep"],
+)
+def test_a_damaged_status_reads_as_none_and_a_damaged_config_is_one_line(tmp_path, damaged):
+    """Bytes that are not UTF-8, a number json.loads refuses (ValueError, not a JSON error) and
+    nesting deeper than the recursion limit were tracebacks of `text --resume` and `batch`."""
+    from dreamtext.config import read_run_config
+
+    (tmp_path / "status.json").write_bytes(damaged)
+    (tmp_path / "config.json").write_bytes(damaged)
+    assert read_status(tmp_path) is None
+    with pytest.raises(DreamtextError, match=r"config.json is unreadable; delete it"):
+        read_run_config(tmp_path, "delete it")
