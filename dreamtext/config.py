@@ -31,6 +31,7 @@ from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.export import ExportOptions
 from dreamtext.field import FieldConfig
 from dreamtext.guidance import GuidanceConfig
+from dreamtext.processes import is_run_folder
 from dreamtext.renderer import RenderConfig
 
 ITERS_PER_EPOCH = 100
@@ -299,6 +300,9 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     data = {key: value for key, value in data.items() if key not in KEPT_KEYS}
     if path.name != "config.json":
         return data
+    # The record names its workspace as typed, relative to where the run was started: typed from
+    # another directory (or after the folder moved) it named another folder, where --resume
+    # found nothing and a new run started. A config.json beside its run names that run's folder.
     if isinstance(data.get("workspace"), str) and is_run_folder(path.parent):
         data["workspace"] = str(path.parent)
     return own_learned_embeds(data, path.parent)
@@ -313,15 +317,6 @@ def _moved_not_changed(name: str, values: Any) -> bool:
     paths = values if isinstance(values, list) else []
     own = [isinstance(p, str) and Path(p).parts[-2:] == RUN_LEARNED_EMBEDS for p in paths]
     return name == "guidance.textual_inversion" and len(own) == 2 and all(own)
-
-
-def is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds a run (its status.json or checkpoints/): the ``workspace`` its
-    config.json names is ``folder`` itself. The file records it as typed, relative to the
-    directory the run was started in, so ``--config RUN/config.json`` typed from another
-    directory (or after the run folder moved) named another folder: ``--resume`` found
-    'nothing to resume', and without it a new run started there."""
-    return (folder / "status.json").is_file() or (folder / "checkpoints").is_dir()
 
 
 def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -739,7 +734,6 @@ __all__ = [
     "config_to_dict",
     "configured_workspace",
     "flat_fields",
-    "is_run_folder",
     "own_config_file",
     "own_learned_embeds",
     "owner_value",

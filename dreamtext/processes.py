@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from dreamtext.errors import DreamtextError, WorkspaceInUse
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
 
 try:
     import fcntl
@@ -129,19 +129,20 @@ def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
 
 
 def is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds a dreamtext run: a ``config.json`` with a ``prompt`` (what every
-    run writes first), a checkpoint, or a describe's ``descriptor/sentence.json``. Another
-    tool's ``config.json`` does not count."""
+    """Whether ``folder`` holds a dreamtext run: its status.json (a record with a ``state``), its
+    checkpoint (``checkpoints/last.pt``), or a describe's ``descriptor/sentence.json``. A
+    ``config.json`` alone does not count: one copied out of a run (to keep its settings) is no
+    run, nor is another tool's ``config.json``, ``status.json`` or ``checkpoints/``."""
     if (folder / "checkpoints" / "last.pt").is_file():
         return True
     if (folder / "descriptor" / "sentence.json").is_file():
         return True
     try:
-        with open(folder / "config.json", "rb") as f:
+        with open(folder / "status.json", "rb") as f:
             record = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
+    except (OSError, *UNREADABLE_JSON):
         return False
-    return isinstance(record, dict) and "prompt" in record
+    return isinstance(record, dict) and "state" in record
 
 
 def enclosing_run(path: Path, itself: bool = True) -> Path | None:

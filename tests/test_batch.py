@@ -1294,14 +1294,14 @@ def test_a_workspace_root_that_is_or_lies_in_a_run_is_a_one_line_error(
     path = prompts_file(tmp_path, "a red cube")
     run = Path("ws") / "a_red_cube"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished"}))
     assert main(["batch", str(path), "--model", "builtin:shapes", "--workspace", workspace]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "dreamtext: error: " + message.format(workspace) + "batch's --workspace is the folder "
         "that holds its runs: pass a folder outside any run"
     ]
-    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["status.json"]
 
 
 @pytest.mark.parametrize(

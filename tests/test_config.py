@@ -397,7 +397,7 @@ def test_a_runs_config_json_names_the_folder_it_is_in_from_any_directory(
         {"step": 10, "changed": {"guidance.textual_inversion": moved}},
     ]
     write_run_config(tmp_path / "there" / "run", cfg, extra={"resumes": resumes})
-    (tmp_path / "there" / "run" / "checkpoints").mkdir()
+    (tmp_path / "there" / "run" / "status.json").write_text('{"state": "finished", "step": 10}')
     record = tmp_path / "there" / "run" / "config.json"
     assert configured_workspace(record) == str(record.parent)
     assert resolve_config({}, config_file=record).workspace == str(record.parent)

@@ -389,8 +389,10 @@ def test_a_run_folder_is_told_from_a_folder_with_another_tools_config(tmp_path):
     run, other = tmp_path / "run", tmp_path / "project"
     run.mkdir()
     other.mkdir()
-    (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 10}))
-    (other / "config.json").write_text(json.dumps({"name": "another tool"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 10}))
+    (other / "config.json").write_text(json.dumps({"prompt": "a copied run's settings"}))
+    (other / "status.json").write_text(json.dumps({"name": "another tool"}))
+    (other / "checkpoints").mkdir()  # another tool's (PyTorch Lightning's last.ckpt)
     assert is_run_folder(run) and not is_run_folder(other) and not is_run_folder(tmp_path)
     described = tmp_path / "described"
     (described / "descriptor").mkdir(parents=True)
@@ -410,7 +412,7 @@ def test_a_claim_refuses_a_folder_inside_a_run_or_one_that_holds_runs(tmp_path, 
     monkeypatch.chdir(tmp_path)
     run = Path("root") / "a_red_cube"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished"}))
     before = sorted(str(p) for p in Path("root").rglob("*"))
     with pytest.raises(DreamtextError) as inside, claim_workspace(run / "mesh"):
         pass
