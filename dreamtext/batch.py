@@ -1071,13 +1071,9 @@ def finish_cut_export(workspace: Path) -> None:
     """Finish the swap of an export killed after it had written all its files (its new mesh/
     waits in a hidden folder, the old one may be moved aside): the run then has its mesh again,
     and a finished run is skipped instead of exported a second time."""
-    from dreamtext.export import OLD_PREFIX, READY_PREFIX, REPLACED_OUTPUTS, finish_replacements
+    from dreamtext.export import REPLACED_OUTPUTS, finish_replacements
 
-    try:
-        cut = any(workspace.glob(OLD_PREFIX + "*")) or any(workspace.glob(READY_PREFIX + "*"))
-    except OSError:  # unreadable: the run's own checks say so
-        return
-    if cut:
+    if workspace.is_dir():  # as export and --overwrite call it
         finish_replacements(workspace, REPLACED_OUTPUTS)
 
 
