@@ -677,12 +677,6 @@ def _read_files(location: RunLocation, with_series: bool) -> tuple[Run, _StatusI
     return run, inputs
 
 
-def _peak_memory(records: list[dict[str, Any]]) -> float | None:
-    return max(
-        (m for m in (_number(r.get("gpu_mem_mib")) for r in records) if m is not None), default=None
-    )
-
-
 # Besides the files the pages link to (Run.files) and the files and folders whose time says how
 # recently a run did anything (ACTIVITY_PATHS): everything _read_files reads or lists for the
 # gallery. A folder's time changes when a file in it is made, replaced or removed.
@@ -927,8 +921,10 @@ def status_of(
     running run whose process, of this machine, is gone (``process_gone``, its pid) was killed
     without warning: it is shown ``interrupted``.
     """
-    last = records[-1] if records else {}
-    return _status(run, status_file, last, _peak_memory(records), folder, stage, descriptor_step)
+    figures = LogFigures()
+    for record in records:
+        figures.add(record)
+    return _status(run, status_file, figures.last, figures.peak_mem, folder, stage, descriptor_step)
 
 
 def _status(
