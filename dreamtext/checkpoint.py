@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so ``torch.load(...,
 weights_only=True)`` reads it without unpickling arbitrary objects:
-``{"step", "field", "optimizer", "renderer", "rng", "config", "field_config", "encoding_backend"}``.
+``{"step", "field", "optimizer", "renderer", "rng", "config", "field_config", "encoding_backend",
+"run_id"}``.
 """
 
 from __future__ import annotations
@@ -210,6 +211,18 @@ def checkpoint_step(path: Path) -> int | None:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return int(state["step"])
     except Exception:  # missing, truncated or foreign: no step to keep it under
+        return None
+
+
+def checkpoint_run(path: Path) -> str | None:
+    """The ``run_id`` of the checkpoint at ``path``: the identity a run draws when it starts and
+    keeps through its resumes (``trainer.Run.run_id``), ``""`` for a checkpoint from before runs
+    had one; ``None`` without a readable checkpoint. Memory-mapped, so its tensors are not
+    read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return str(state.get("run_id", ""))
+    except Exception:  # missing, truncated or foreign: no run's
         return None
 
 

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import (
     check_writable,
+    checkpoint_run,
     file_mode,
     last_checkpoint,
     naming_the_file,
@@ -62,14 +63,9 @@ from dreamtext.mesh import (
     query_albedo,
     unwrap_uv,
 )
-from dreamtext.processes import record_alive, this_process
+from dreamtext.processes import lock_folder, record_alive, this_process
 from dreamtext.progress import bar_options
 from dreamtext.renderer import RenderConfig
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +349,18 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     state = read_run_checkpoint(workspace)
     field, renderer, _ = run_from_state(state, device)
     options = dataclasses.replace(options, device=str(device))
-    return export_field(field, workspace, options, renderer=renderer, step=int(state["step"]))
+    run = state.get("run_id", "")
+
+    def still_the_run() -> None:
+        # A new run in the folder (text --overwrite) cleared this one's checkpoints, or has
+        # written its own: the files of this field would describe a run that is gone.
+        if checkpoint_run(last_checkpoint(workspace)) != run:
+            raise DreamtextError(
+                f"{workspace} was replaced by a new run while exporting; export it again"
+            )
+
+    step = int(state["step"])
+    return export_field(field, workspace, options, renderer, step, check=still_the_run)
 
 
 def export_field(
@@ -362,10 +369,12 @@ def export_field(
     options: ExportOptions | None = None,
     renderer: Any = None,
     step: int | None = None,
+    check: Callable[[], None] | None = None,
 ) -> ExportResult:
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
-    ``options``.
+    ``options``. ``check`` is called right before the files are swapped in, under the folder's
+    lock (:func:`write_all_atomically`); if it raises, nothing is written.
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
@@ -391,11 +400,16 @@ def export_field(
     if out_dir.is_dir():
         finish_replacements(out_dir, REPLACED_OUTPUTS)
     with out_of_memory_is_a_user_error(explain):
-        return _export_field(field, out_dir, options, renderer, step)
+        return _export_field(field, out_dir, options, renderer, step, check)
 
 
 def _export_field(
-    field: torch.nn.Module, out_dir: Path, options: ExportOptions, renderer: Any, step: int | None
+    field: torch.nn.Module,
+    out_dir: Path,
+    options: ExportOptions,
+    renderer: Any,
+    step: int | None,
+    check: Callable[[], None] | None,
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end."""
     extraction = extract_mesh(field, options.resolution, options.threshold)
@@ -454,7 +468,7 @@ def _export_field(
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     # mesh/ (and video/) replaced whole: an earlier export's other formats describe another mesh.
-    written = write_all_atomically(staged, REPLACED_OUTPUTS)
+    written = write_all_atomically(staged, REPLACED_OUTPUTS, check)
     if (out_dir / "video").is_dir():  # a --no-video export leaves the folder as it is
         remove_stale_temps(out_dir / "video", "turntable")
     kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
@@ -753,7 +767,9 @@ def _gif_frame(image: np.ndarray) -> Image.Image:
 
 
 def write_all_atomically(
-    files: dict[Path, bytes | Callable[[Path], None]], replaced: tuple[str, ...] = ()
+    files: dict[Path, bytes | Callable[[Path], None]],
+    replaced: tuple[str, ...] = (),
+    check: Callable[[], None] | None = None,
 ) -> list[Path]:
     """Replace the folders of ``files`` (``W/mesh``, ``W/video``: folders of one parent ``W``),
     each as a whole, by folders that hold ``files``: a reader, or a kill at any moment, sees
@@ -768,7 +784,11 @@ def write_all_atomically(
     name are dropped, and hidden ones; the others (a user's own) are carried over (a moment
     after the swap: :func:`_retire`). If a write fails, the staging
     folder and any folder this call made are removed and no destination is touched.
-    Returns the paths written.
+
+    ``check`` (when given) is called once the files are staged, under ``W``'s lock
+    (:func:`dreamtext.processes.lock_folder`), which is held on through the swap: whatever it
+    checks of ``W`` still holds when the files arrive. If it raises, the staged files are
+    removed as for a failed write. Returns the paths written.
     """
     folders = list(dict.fromkeys(path.parent for path in reversed(list(files))))[::-1]
     parent = folders[0].parent
@@ -780,29 +800,33 @@ def write_all_atomically(
             folder.mkdir()
             created.append(folder)
     staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent))
-    try:
-        record = {**this_process(), "folders": [folder.name for folder in folders]}
-        (staging / RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
-        for path, content in files.items():
-            staged = staging / path.parent.name / path.name
-            staged.parent.mkdir(exist_ok=True)
-            with naming_the_file(path):
-                if isinstance(content, bytes):
-                    staged.write_bytes(content)
-                else:
-                    content(staged)
-            os.chmod(staged, file_mode())
-        for folder in folders:  # the new folder as shared as the old one (mkdir's mode else)
-            if folder.is_dir() and not folder.is_symlink():
-                os.chmod(staging / folder.name, folder.stat().st_mode & 0o7777)
-        os.rename(staging, parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :]))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in reversed(created):
-            if folder.exists() and not any(folder.iterdir()):
-                folder.rmdir()
-        raise
-    finish_replacements(parent, replaced)
+    with contextlib.ExitStack() as held:
+        try:
+            record = {**this_process(), "folders": [folder.name for folder in folders]}
+            (staging / RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
+            for path, content in files.items():
+                staged = staging / path.parent.name / path.name
+                staged.parent.mkdir(exist_ok=True)
+                with naming_the_file(path):
+                    if isinstance(content, bytes):
+                        staged.write_bytes(content)
+                    else:
+                        content(staged)
+                os.chmod(staged, file_mode())
+            for folder in folders:  # the new folder as shared as the old one (mkdir's mode else)
+                if folder.is_dir() and not folder.is_symlink():
+                    os.chmod(staging / folder.name, folder.stat().st_mode & 0o7777)
+            held.enter_context(lock_folder(parent))
+            if check is not None:
+                check()
+            os.rename(staging, parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :]))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in reversed(created):
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
+        finish_replacements(parent, replaced)
     return list(files)
 
 
@@ -826,10 +850,10 @@ def finish_replacements(parent: Path, replaced: tuple[str, ...] = ()) -> None:
     those of writers that were killed, which left only hidden leftovers: swap in every folder
     written whole (``.export-ready-*``, oldest first), finish a swap cut between its two
     renames or before the old folder was removed (``.export-old-*``), and remove what writers
-    no longer alive left half-written (``.export-partial-*``). Runs under an ``flock`` on
-    ``parent`` where the file system has one, so that two exports of a run take turns."""
+    no longer alive left half-written (``.export-partial-*``). Runs under ``parent``'s lock
+    (:func:`dreamtext.processes.lock_folder`), so that two exports of a run take turns."""
     parent = Path(parent)
-    with _locked_folder(parent):
+    with lock_folder(parent):
         for partial in parent.glob(PARTIAL_PREFIX + "*"):
             if _abandoned(partial):
                 shutil.rmtree(partial, ignore_errors=True)
@@ -921,24 +945,6 @@ def _abandoned(partial: Path) -> bool:
         except OSError:
             return False
     return record_alive(record) is False
-
-
-@contextlib.contextmanager
-def _locked_folder(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` for the block, where the system and file system
-    have them (else the block runs unlocked)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        fd = None
-    try:
-        if fd is not None and fcntl is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)  # closing drops the lock
 
 
 __all__ = [

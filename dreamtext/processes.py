@@ -1,6 +1,7 @@
 """Which machine and process wrote a record (status.json, batch's locks), whether that
-process still runs, and the lock a run holds on its workspace (:func:`claim_workspace`).
-Imports nothing heavy: ``dreamtext view`` uses it without torch."""
+process still runs, and the two locks of a run's folder: the one a run holds on its workspace
+while it runs (:func:`claim_workspace`) and the one under which its files are swapped
+(:func:`lock_folder`). Imports nothing heavy: ``dreamtext view`` uses it without torch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -228,6 +230,44 @@ def claim_workspace(workspace: str | Path) -> Iterator[None]:
         _remove_empty(made)
 
 
+# The folders :func:`lock_folder` holds: (thread, real path) → how many blocks hold it.
+_FOLDERS: dict[tuple[int, str], int] = {}
+
+
+@contextlib.contextmanager
+def lock_folder(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the folder ``folder`` itself for the block, waiting while
+    another process (or thread) holds it, where the system and file system have such locks
+    (else the block runs unlocked). Under it an export swaps its files into a run's folder and
+    a new run clears the run it replaces (``dreamtext.export.write_all_atomically``,
+    ``dreamtext.trainer.remove_earlier_run``), so each sees the other's work whole.
+
+    Held for a moment, not for a run: :func:`claim_workspace` is the lock of a run that trains.
+    Blocks nest within a thread (a second ``flock`` of the folder would wait for itself)."""
+    key = (threading.get_ident(), os.path.realpath(folder))
+    if key in _FOLDERS:
+        _FOLDERS[key] += 1
+        try:
+            yield
+        finally:
+            _FOLDERS[key] -= 1
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        fd = None
+    _FOLDERS[key] = 1
+    try:
+        if fd is not None and fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        del _FOLDERS[key]
+        if fd is not None:
+            os.close(fd)  # closing drops the lock
+
+
 def _lock(lock: Path) -> IO[str] | None:
     """Open and ``flock`` the lock file ``lock``, write this process's record in it and return
     it open; ``None`` where the file system refuses (the run goes on unlocked). Raises
@@ -279,6 +319,7 @@ __all__ = [
     "LOCK_NAME",
     "claim_workspace",
     "gone_process",
+    "lock_folder",
     "pid_alive",
     "process_start",
     "record_alive",

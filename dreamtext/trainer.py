@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import secrets
 import socket
 import sys
 import time
@@ -76,7 +77,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     truncate_log,
 )
 from dreamtext.models import model_revision
-from dreamtext.processes import claim_workspace
+from dreamtext.processes import claim_workspace, lock_folder
 from dreamtext.progress import bar_options
 from dreamtext.regularisers import REGULARISERS
 from dreamtext.renderer import VolumeRenderer
@@ -126,6 +127,10 @@ class Run:
     # A resumed run: the step it resumed at and the settings it changed then
     # (:func:`dreamtext.config.changed_settings`), recorded in config.json's ``resumes``.
     resumed: dict[str, Any] | None = None
+    # Who this run is: drawn when it starts, kept in its checkpoints and through its resumes,
+    # so that an export of an earlier run of the folder can tell it was replaced
+    # (dreamtext.export.export_workspace).
+    run_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
 
 
 def shading_for_step(step: int, cfg: TrainConfig, rng: torch.Generator) -> str:
@@ -259,6 +264,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "config": config_to_dict(run.cfg),
         "field_config": field_config_to_dict(run.cfg.field),
         "encoding_backend": run.field.encoding_backend,
+        "run_id": run.run_id,
     }
 
 
@@ -277,6 +283,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         changed = changed_settings(state["config"], run.cfg)
     run.step = int(state["step"])
     run.resumed = {"step": run.step, "changed": changed}
+    run.run_id = str(state.get("run_id", ""))  # "": a run from before runs had one
     run.field.load_state_dict(state["field"])
     rates = [group["lr"] for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(state["optimizer"])
@@ -470,13 +477,19 @@ def remove_earlier_run(workspace: Path) -> None:
     An export of it that a kill cut short is finished first: its staged folders
     (``.export-ready-*``, ``.export-old-*``) would else be swapped in by the new run's first
     export, and one with ``--no-video`` kept the old run's turntable beside the new mesh. A
-    user's own files in them land in mesh/ and video/, where they are kept."""
-    if workspace.is_dir():
+    user's own files in them land in mesh/ and video/, where they are kept.
+
+    All under the folder's lock, which an export holds while it checks that the run it read is
+    still there and swaps its files in (:func:`dreamtext.export.write_all_atomically`): such an
+    export lands before this, which removes its files, or after, and finds the run gone."""
+    if not workspace.is_dir():
+        return
+    with lock_folder(workspace):
         finish_replacements(workspace, REPLACED_OUTPUTS)
-    (workspace / "log.jsonl").unlink(missing_ok=True)
-    for pattern in EARLIER_RUN_FILES:
-        for old in workspace.glob(pattern):
-            old.unlink()
+        (workspace / "log.jsonl").unlink(missing_ok=True)
+        for pattern in EARLIER_RUN_FILES:
+            for old in workspace.glob(pattern):
+                old.unlink()
 
 
 def train(

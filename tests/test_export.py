@@ -619,10 +619,12 @@ def stub_run(monkeypatch, field, renderer, step: int = 7) -> None:
     )
 
 
-def make_run(root: Path, name: str, mtime: float) -> Path:
+def make_run(root: Path, name: str, mtime: float, run_id: str | None = None) -> Path:
+    """A run folder whose ``last.pt`` holds a step and, when given, the run's ``run_id`` (what an
+    export checks before its swap); its field comes from :func:`stub_run`."""
     last = root / name / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
-    last.write_bytes(b"")
+    torch.save({"step": 0, **({} if run_id is None else {"run_id": run_id})}, last)
     os.utime(last, (mtime, mtime))
     return root / name
 
@@ -721,6 +723,70 @@ def test_dreamtext_export_out_of_gpu_memory_is_one_line_and_exit_2(tmp_path, mon
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
 
 
+def replace_run_while_meshing(monkeypatch, workspace: Path, new_run: str | None) -> None:
+    """Start a new run in ``workspace`` (as ``text --overwrite`` does: the old run's files
+    cleared, then, with ``new_run``, its first checkpoint) after the export has read the old
+    run's checkpoint and before it swaps its files in."""
+    from dreamtext.trainer import remove_earlier_run
+
+    meshing = export_module.extract_mesh
+
+    def replaced_meanwhile(*args, **kwargs):
+        remove_earlier_run(workspace)
+        if new_run is not None:
+            torch.save({"step": 3, "run_id": new_run}, workspace / "checkpoints" / "last.pt")
+        return meshing(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "extract_mesh", replaced_meanwhile)
+
+
+@pytest.mark.parametrize("new_run", [None, "b2"], ids=["cleared", "new-checkpoint"])
+def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(tmp_path, monkeypatch, new_run):
+    """An export started before `text --overwrite` and ending after it swapped the old run's
+    mesh/ and video/ into the new run's folder: the new run (--no-export) ended with a mesh of
+    a run that is no longer there."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    replace_run_while_meshing(monkeypatch, workspace, new_run)
+    with pytest.raises(DreamtextError, match="run was replaced by a new run while exporting; e"):
+        export_workspace(workspace, small_options(formats=("ply",)))
+    assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
+    assert not list(workspace.glob(".export-*"))
+
+
+def test_an_export_while_its_run_trains_on_swaps_its_files_in(tmp_path, monkeypatch):
+    """Export while the run trains is allowed: a later checkpoint of the same run replaces the
+    one the export read, and the export's mesh is of the step it read."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    meshing = export_module.extract_mesh
+
+    def trained_on(*args, **kwargs):
+        save_checkpoint(workspace, {"step": 9, "run_id": "a1"}, keep=1)
+        return meshing(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "extract_mesh", trained_on)
+    export_workspace(workspace, small_options(video=False, formats=("ply",)))
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 7
+
+
+def test_dreamtext_export_of_a_replaced_run_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000)  # a run from before runs had an id
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    replace_run_while_meshing(monkeypatch, workspace, "b2")
+    code = main(["export", "--workspace", str(workspace), "--formats", "ply", "--no-video"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"dreamtext: error: {workspace} was replaced by a new run while exporting; export it again"
+    )
+    assert not (workspace / "mesh").exists()
+
+
 def test_other_errors_in_export_are_not_taken_for_memory(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
@@ -788,7 +854,7 @@ def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
     used = []
     stub_run(monkeypatch, SphereField(), None)
 
-    def fake_export(field, out_dir, options, renderer, step):
+    def fake_export(field, out_dir, options, renderer, step, check=None):
         used.append(options)
         return SimpleNamespace(summary=lambda: f"exported {out_dir}")
 
@@ -1060,7 +1126,7 @@ def test_the_next_export_finishes_the_swap_a_kill_cut_short(tmp_path, monkeypatc
     assert mesh_set(tmp_path) is None
     stub_run(monkeypatch, SphereField(), SphereTracer())
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    torch.save({"step": 0}, tmp_path / "checkpoints" / "last.pt")
     export_workspace(tmp_path, small_options(video=False, resolution=36, formats=("ply",)))
     assert mesh_set(tmp_path)[0] == 36
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "mesh"]

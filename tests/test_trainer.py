@@ -2,9 +2,12 @@
 
 import contextlib
 import errno
+import fcntl
 import importlib.metadata
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from tiny_models import TINY_TRAIN
 
 import dreamtext.trainer as trainer
 from dreamtext.cameras import sample_poses
-from dreamtext.checkpoint import load_checkpoint
+from dreamtext.checkpoint import checkpoint_run, load_checkpoint
 from dreamtext.config import TrainConfig, resolve_config
 from dreamtext.errors import DreamtextError
 from dreamtext.trainer import TrainingInterrupted, light_positions, shading_for_step, train
@@ -239,6 +242,50 @@ def test_an_overwrite_leaves_nothing_of_an_export_of_the_old_run_that_a_kill_cut
     assert not (workspace / "mesh" / "mesh.glb").exists()
     assert not (workspace / "video" / "turntable.mp4").exists()
     assert (workspace / "mesh" / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_keeps_its_id_through_resumes_and_an_overwrite_draws_a_new_one(
+    tmp_path, tiny_sd_path
+):
+    """The id in a run's checkpoints is how an export tells the run it read from a new run of
+    the folder (export.export_workspace)."""
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    first = checkpoint_run(last)
+    assert re.fullmatch("[0-9a-f]{16}", first)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=3), resume=True)
+    assert checkpoint_run(last) == first
+    train(tiny_config(tmp_path, tiny_sd_path, iters=1), overwrite=True)
+    assert checkpoint_run(last) not in (first, None)
+
+
+def test_a_new_run_clears_the_old_one_under_the_lock_an_export_swaps_under(tmp_path, monkeypatch):
+    """An export checks that its run is still in the folder and swaps its files in under the
+    folder's lock (export.write_all_atomically). The clearing by a new run took that lock only
+    to finish earlier swaps and removed the old run's files after releasing it: an export could
+    check, find the old checkpoint, and swap its files in between two of the removals."""
+    workspace = tmp_path / "run"
+    for name in ("checkpoints/last.pt", "previews/step_000001.png", "mesh/mesh.glb"):
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / name).write_bytes(b"of the old run")
+    locked_at_removal = []
+    unlink = Path.unlink
+
+    def recording_unlink(path, *args, **kwargs):
+        fd = os.open(workspace, os.O_RDONLY)  # another holder's try, as an export's
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked_at_removal.append(False)
+        except BlockingIOError:
+            locked_at_removal.append(True)
+        finally:
+            os.close(fd)
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", recording_unlink)
+    trainer.remove_earlier_run(workspace)
+    assert not (workspace / "checkpoints" / "last.pt").exists()
+    assert len(locked_at_removal) >= 3 and all(locked_at_removal)
 
 
 def test_the_refusal_names_the_step_resume_continues_from(tmp_path, tiny_sd_path):
