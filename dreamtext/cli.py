@@ -44,6 +44,23 @@ _positive_int = _positive(int, "a positive integer")
 _positive_float = _positive(float, "a positive number")
 
 
+SEED_MAX = 2**32 - 1
+"""The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
+batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer from 0 to :data:`SEED_MAX` (a larger one made torch raise an
+    overflow traceback once the run had started)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text}'") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {SEED_MAX}, got {text}")
+    return value
+
+
 def _face_count(text: str) -> int:
     """``--decimate``: a face count, or 0 for every face (as ``export_options.decimate: 0``)."""
     try:
@@ -134,7 +151,7 @@ def add_text_to_3d_arguments(
         help="learning rate of the MLPs; the hash table gets 10× [1e-3]",
     )
     g.add_argument("--batch-size", type=_positive_int, help="cameras per step [1]")
-    g.add_argument("--seed", type=int, help="random seed [0]")
+    g.add_argument("--seed", type=_seed, help=f"random seed, 0 to {SEED_MAX} [0]")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
     g.add_argument(
         "--fp16",

@@ -263,6 +263,9 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--w", "0"], ["--w", "positive"]),
         (["text", "a castle", "--guidance", "inf"], ["--guidance", "finite"]),
         (["text", "a castle", "--lr", "nan"], ["--lr", "finite"]),
+        # torch.manual_seed raised an overflow traceback once the run had started.
+        (["text", "a castle", "--seed", str(2**64)], ["--seed", "0 to 4294967295"]),
+        (["text", "a castle", "--seed", "-1"], ["--seed", "0 to 4294967295"]),
         (["export", "--workspace", "workspace/run", "--threshold", "nan"], ["--threshold"]),
         (["text", "a castle", "--preset", "nope"], ["unknown preset"]),
         (["text", "a castle", "--model", "/no/such/folder"], ["/no/such/folder"]),
