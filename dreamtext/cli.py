@@ -61,6 +61,18 @@ def _seed(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    """``--t-range``: a fraction of the diffusion schedule, from 0 to 1 (a NaN or 1.5 was
+    reported as the config field ``guidance.t_range``, which no flag of the command names)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got '{text}'") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def _face_count(text: str) -> int:
     """``--decimate``: a face count, or 0 for every face (as ``export_options.decimate: 0``)."""
     try:
@@ -194,7 +206,7 @@ def add_text_to_3d_arguments(
     )
     g.add_argument(
         "--t-range",
-        type=float,
+        type=_fraction,
         nargs=2,
         metavar=("T_MIN", "T_MAX"),
         help="diffusion time range as fractions of the schedule [0.02 0.98]",

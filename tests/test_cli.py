@@ -266,6 +266,9 @@ def assert_user_error(code, stderr, *fragments):
         # torch.manual_seed raised an overflow traceback once the run had started.
         (["text", "a castle", "--seed", str(2**64)], ["--seed", "0 to 4294967295"]),
         (["text", "a castle", "--seed", "-1"], ["--seed", "0 to 4294967295"]),
+        # Named the config field 'guidance.t_range' instead of the flag the user typed.
+        (["text", "a castle", "--t-range", "nan", "0.5"], ["--t-range", "from 0 to 1"]),
+        (["text", "a castle", "--t-range", "0.2", "1.5"], ["--t-range", "from 0 to 1"]),
         (["export", "--workspace", "workspace/run", "--threshold", "nan"], ["--threshold"]),
         (["text", "a castle", "--preset", "nope"], ["unknown preset"]),
         (["text", "a castle", "--model", "/no/such/folder"], ["/no/such/folder"]),
