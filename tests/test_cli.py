@@ -148,6 +148,22 @@ def test_help_states_the_builtin_presets_own_defaults():
     assert expected in group.description, group.description
 
 
+def test_help_says_which_column_of_the_thesis_the_defaults_are_and_where_fitfusion_is():
+    """The bare defaults (guidance 100) are Stable-DreamFusion's column of the thesis's Table 5.1;
+    the help called them just "the thesis's", whose own method FitFusion uses guidance 1000."""
+    from dreamtext.config import TrainConfig, preset_path, read_yaml
+
+    cfg, fitfusion = TrainConfig(), read_yaml(preset_path("fitfusion"))
+    sdf = f"Stable-DreamFusion settings (Table 5.1: {cfg.h} px, guidance "
+    sdf += f"{cfg.guidance.guidance_scale:g}, {cfg.iters // 100} epochs)"
+    ff = f"--preset fitfusion gives its FitFusion ones ({fitfusion['h']} px, guidance "
+    ff += f"{fitfusion['guidance']['guidance_scale']:g}, {fitfusion['iters'] // 100} epochs)"
+    for command in ("text", "image", "batch"):
+        parser = build_parser()._subparsers._group_actions[0].choices[command]
+        (group,) = [g for g in parser._action_groups if g.title == "text→3D"]
+        assert sdf in group.description and ff in group.description, group.description
+
+
 def test_image_help_names_the_image_workspace_it_uses(tmp_path):
     from dreamtext.imageto3d import default_workspace
 
