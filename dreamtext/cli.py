@@ -44,6 +44,35 @@ _positive_int = _positive(int, "a positive integer")
 _positive_float = _positive(float, "a positive number")
 
 
+SEED_MAX = 2**32 - 1
+"""The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
+batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer from 0 to :data:`SEED_MAX` (a larger one made torch raise an
+    overflow traceback once the run had started)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text}'") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {SEED_MAX}, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """``--t-range``: a fraction of the diffusion schedule, from 0 to 1 (a NaN or 1.5 was
+    reported as the config field ``guidance.t_range``, which no flag of the command names)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got '{text}'") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def _face_count(text: str) -> int:
     """``--decimate``: a face count, or 0 for every face (as ``export_options.decimate: 0``)."""
     try:
@@ -83,7 +112,13 @@ def add_text_to_3d_arguments(
     """The flags shared by ``text``, ``image`` and ``batch`` (everything that shapes the text→3D
     stage); ``builtin``: whether the command takes ``--model builtin:shapes`` (``image`` does not:
     DreamText needs Stable Diffusion)."""
-    defaults = "Defaults in brackets are the thesis's"
+    # The thesis's Table 5.1 has two columns; the bare defaults are the Stable-DreamFusion one, so
+    # a reader who knows FitFusion's guidance 1000 is told where it is.
+    defaults = (
+        "Defaults in brackets are the thesis's Stable-DreamFusion settings (Table 5.1: 64 px, "
+        "guidance 100, 100 epochs); --preset fitfusion gives its FitFusion ones (256 px, "
+        "guidance 1000, 200 epochs)"
+    )
     g = p.add_argument_group(
         "text→3D",
         f"{defaults}; --model builtin:shapes starts from its own preset instead "
@@ -134,7 +169,7 @@ def add_text_to_3d_arguments(
         help="learning rate of the MLPs; the hash table gets 10× [1e-3]",
     )
     g.add_argument("--batch-size", type=_positive_int, help="cameras per step [1]")
-    g.add_argument("--seed", type=int, help="random seed [0]")
+    g.add_argument("--seed", type=_seed, help=f"random seed, 0 to {SEED_MAX} [0]")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
     g.add_argument(
         "--fp16",
@@ -177,7 +212,7 @@ def add_text_to_3d_arguments(
     )
     g.add_argument(
         "--t-range",
-        type=float,
+        type=_fraction,
         nargs=2,
         metavar=("T_MIN", "T_MAX"),
         help="diffusion time range as fractions of the schedule [0.02 0.98]",

@@ -98,8 +98,9 @@ EARLIER_RUN_FILES = (
     *(f"mesh/{pattern}" for pattern in MESH_OUTPUTS),
     "video/turntable.*",
 )
-# A run whose gradients were not finite in this many of its last DIVERGENCE_WINDOW steps has
-# diverged: it stops (fp16's loss scaler skips its first ~16 steps while it finds its scale).
+# A run whose gradients, or whose guided noise prediction ε̂, were not finite in this many of its
+# last DIVERGENCE_WINDOW steps has diverged: it stops (fp16's loss scaler skips its first ~16
+# steps while it finds its scale).
 DIVERGED_AFTER = 50
 DIVERGENCE_WINDOW = 100
 
@@ -118,8 +119,10 @@ class Run:
     cameras_rng: torch.Generator
     scaler: torch.amp.GradScaler
     step: int = 0
-    # Whether each of the last DIVERGENCE_WINDOW steps skipped its update for non-finite
-    # gradients (see ``optimizer_step``), and how many steps of the run did.
+    # Why each of the last DIVERGENCE_WINDOW steps taught the field nothing: "guidance" (ε̂ was not
+    # finite, so the guidance gave no gradient), "gradients" (its update was skipped for
+    # non-finite gradients, see ``optimizer_step``) or None (it did); and how many steps of the
+    # run skipped their update.
     recent_skips: collections.deque = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=DIVERGENCE_WINDOW)
     )
@@ -349,7 +352,10 @@ def train_step(run: Run) -> dict[str, Any]:
     run.scaler.scale(loss_sds)  # sets the scale up on the loss's device (once)
     loss = render.backward(loss_sds, regulariser_weights(cfg), run.scaler.get_scale())
     updated = optimizer_step(run)
-    run.recent_skips.append(not updated)
+    # A step whose ε̂ was not finite has a zero SDS loss: even where the regularisers still
+    # update the field, the prior taught it nothing, and a run of such steps only looks trained.
+    unguided = bool(info.get("skipped"))
+    run.recent_skips.append("guidance" if unguided else None if updated else "gradients")
     run.skipped_updates += not updated
     run.step = step
     run.renderer.update_occupancy(run.field, step)
@@ -396,18 +402,28 @@ def optimizer_step(run: Run) -> bool:
 
 
 def check_diverged(run: Run) -> None:
-    """Stop a run that skipped its update in ``DIVERGED_AFTER`` of its last
-    ``DIVERGENCE_WINDOW`` steps: save a checkpoint (no skipped step changed the field) and say
-    so in one line, instead of going on for hours with a field that renders NaN."""
-    skipped = sum(run.recent_skips)
-    if skipped < DIVERGED_AFTER:
+    """Stop a run that learned nothing in ``DIVERGED_AFTER`` of its last ``DIVERGENCE_WINDOW``
+    steps (their update skipped, or their ε̂ not finite): save a checkpoint and say so in one
+    line, naming the fix for the cause most of them had, instead of going on for hours with a
+    field that renders NaN, or finishing "trained" with the field it started from."""
+    causes = [cause for cause in run.recent_skips if cause]
+    if len(causes) < DIVERGED_AFTER:
         return
     path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+    steps = f"in {len(causes)} of the {len(run.recent_skips)} steps up to step {run.step}"
+    if causes.count("guidance") * 2 > len(causes):
+        guidance = run.cfg.guidance
+        precision = " or without --fp16" if guidance.fp16 else ""
+        raise DreamtextError(
+            f"the training diverged: the diffusion model's guided noise prediction was NaN or "
+            f"infinite {steps}, so they taught the field nothing; saved {path}; continue with "
+            f"--resume and a smaller --guidance (this run's is {guidance.guidance_scale:g})"
+            f"{precision}"
+        )
     raise DreamtextError(
-        f"the training diverged: the gradients were NaN or infinite in {skipped} of the "
-        f"{len(run.recent_skips)} steps up to step {run.step}, which left the field unchanged; "
-        f"saved {path}; continue with --resume and a smaller --lr (this run's is "
-        f"{run.cfg.lr:g}), or start again with another --seed"
+        f"the training diverged: the gradients were NaN or infinite {steps}, which left the "
+        f"field unchanged; saved {path}; continue with --resume and a smaller --lr (this run's "
+        f"is {run.cfg.lr:g}), or start again with another --seed"
     )
 
 

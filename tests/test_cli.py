@@ -148,6 +148,22 @@ def test_help_states_the_builtin_presets_own_defaults():
     assert expected in group.description, group.description
 
 
+def test_help_says_which_column_of_the_thesis_the_defaults_are_and_where_fitfusion_is():
+    """The bare defaults (guidance 100) are Stable-DreamFusion's column of the thesis's Table 5.1;
+    the help called them just "the thesis's", whose own method FitFusion uses guidance 1000."""
+    from dreamtext.config import TrainConfig, preset_path, read_yaml
+
+    cfg, fitfusion = TrainConfig(), read_yaml(preset_path("fitfusion"))
+    sdf = f"Stable-DreamFusion settings (Table 5.1: {cfg.h} px, guidance "
+    sdf += f"{cfg.guidance.guidance_scale:g}, {cfg.iters // 100} epochs)"
+    ff = f"--preset fitfusion gives its FitFusion ones ({fitfusion['h']} px, guidance "
+    ff += f"{fitfusion['guidance']['guidance_scale']:g}, {fitfusion['iters'] // 100} epochs)"
+    for command in ("text", "image", "batch"):
+        parser = build_parser()._subparsers._group_actions[0].choices[command]
+        (group,) = [g for g in parser._action_groups if g.title == "text→3D"]
+        assert sdf in group.description and ff in group.description, group.description
+
+
 def test_image_help_names_the_image_workspace_it_uses(tmp_path):
     from dreamtext.imageto3d import default_workspace
 
@@ -263,6 +279,12 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--w", "0"], ["--w", "positive"]),
         (["text", "a castle", "--guidance", "inf"], ["--guidance", "finite"]),
         (["text", "a castle", "--lr", "nan"], ["--lr", "finite"]),
+        # torch.manual_seed raised an overflow traceback once the run had started.
+        (["text", "a castle", "--seed", str(2**64)], ["--seed", "0 to 4294967295"]),
+        (["text", "a castle", "--seed", "-1"], ["--seed", "0 to 4294967295"]),
+        # Named the config field 'guidance.t_range' instead of the flag the user typed.
+        (["text", "a castle", "--t-range", "nan", "0.5"], ["--t-range", "from 0 to 1"]),
+        (["text", "a castle", "--t-range", "0.2", "1.5"], ["--t-range", "from 0 to 1"]),
         (["export", "--workspace", "workspace/run", "--threshold", "nan"], ["--threshold"]),
         (["text", "a castle", "--preset", "nope"], ["unknown preset"]),
         (["text", "a castle", "--model", "/no/such/folder"], ["/no/such/folder"]),

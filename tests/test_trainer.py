@@ -537,6 +537,33 @@ def test_nan_gradients_skip_the_update_and_a_run_that_keeps_them_stops(
     assert status["state"] == "failed" and status["error"] == message
 
 
+def test_a_run_whose_guidance_is_never_finite_stops_instead_of_finishing_untrained(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """``--guidance 1e308`` (or a model whose fp16 noise prediction overflows) makes every ε̂
+    infinite: the guidance skips each step with a zero loss. Those steps were not counted as
+    diverged, so such a run finished "trained", exit 0, with the field it started from (the
+    built-in prior at --guidance 1e308: "skipped 60 steps with non-finite guidance", state
+    finished). It stops as a diverged run does, naming --guidance."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20)
+    cfg.guidance.guidance_scale = 1e308  # ε_c + s (ε_c − ε_u) overflows to ±inf
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    message = str(error.value)
+    assert "\n" not in message
+    for part in ("diverged", "in 3 of the 3 steps up to step 3", "--guidance", "1e+308"):
+        assert part in message, message
+    assert "--lr" not in message
+    workspace = tmp_path / "run"
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 3
+    status = json.loads((workspace / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == message
+
+
 def test_an_export_too_big_for_the_memory_is_refused_before_the_training(
     tmp_path, tiny_sd_path, monkeypatch
 ):
