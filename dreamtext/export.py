@@ -628,7 +628,8 @@ def default_renderer(field: torch.nn.Module) -> torch.nn.Module:
 def _write_mp4(images: list[np.ndarray], path: Path) -> None:
     """Encode ``images`` (uint8 ``[H, W, 3]``, all one size) with ffmpeg into ``path``: H.264,
     yuv420p (what players take; an odd width or height is scaled up to an even one),
-    ``VIDEO_FPS`` frames a second.
+    ``VIDEO_FPS`` frames a second, the index (``moov``) before the frames (``+faststart``), so
+    that a browser plays it from any web server before the whole file has arrived.
 
     ffmpeg's own messages are kept from stderr, where they came before dreamtext's one line:
     a full disk or quota, a file-size limit or a refused write is raised as that ``OSError``
@@ -642,7 +643,7 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
     command = [get_ffmpeg_exe(), "-y", "-loglevel", "error", "-nostdin"]
     command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
     command += ["-r", str(VIDEO_FPS), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
-    command += ["-crf", str(VIDEO_CRF)]
+    command += ["-crf", str(VIDEO_CRF), "-movflags", "+faststart"]
     if width % 2 or height % 2:
         command += ["-vf", f"scale={width + width % 2}:{height + height % 2}"]
     command.append(str(path))
@@ -703,30 +704,38 @@ def ffmpeg_failure(status: int, said: str) -> Exception:
 
 
 def mp4_is_whole(path: Path) -> bool:
-    """Whether ``path``'s top-level MP4 boxes (a 32-bit size, 1 for a 64-bit one that follows
-    the type, 0 for up to the end; then a 4-letter type) fill the file exactly and include the
-    index (``moov``) and the frames (``mdat``): a file cut short fails one of the two."""
-    found, end = set(), path.stat().st_size
+    """Whether ``path``'s top-level MP4 boxes (:func:`mp4_boxes`) fill the file exactly and
+    include the index (``moov``) and the frames (``mdat``): a file cut short fails one of the
+    two."""
+    found = mp4_boxes(path)
+    return found is not None and {b"moov", b"mdat"} <= set(found)
+
+
+def mp4_boxes(path: Path) -> list[bytes] | None:
+    """The types of ``path``'s top-level MP4 boxes in file order (each a 32-bit size, 1 for a
+    64-bit one that follows the type, 0 for up to the end; then a 4-letter type), or ``None``
+    where they do not fill the file exactly."""
+    found, end = [], path.stat().st_size
     with path.open("rb") as f:
         at = 0
         while at < end:
             header = f.read(8)
             if len(header) < 8:
-                return False
+                return None
             size, kind = int.from_bytes(header[:4], "big"), header[4:]
             if size == 1:
                 large = f.read(8)
                 if len(large) < 8:
-                    return False
+                    return None
                 size = int.from_bytes(large, "big")
             elif size == 0:
                 size = end - at
             if size < 8 or at + size > end:
-                return False
-            found.add(kind)
+                return None
+            found.append(kind)
             at += size
             f.seek(at)
-    return {b"moov", b"mdat"} <= found
+    return found
 
 
 def _gif_bytes(images: list[np.ndarray]) -> bytes:

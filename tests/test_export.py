@@ -362,6 +362,20 @@ def test_gif_turns_as_fast_as_the_mp4(tmp_path):
     assert set(durations) <= {30, 40}
 
 
+def test_the_mp4_has_its_index_before_its_frames(tmp_path):
+    """ffmpeg writes the index (moov) after the frames unless told +faststart: a browser then
+    needs the whole file, or a server that answers byte ranges, before it plays a frame."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(10)]
+    mp4 = tmp_path / "turntable.mp4"
+    export_module._write_mp4(images, mp4)
+    boxes = export_module.mp4_boxes(mp4)
+    assert boxes is not None and boxes.index(b"moov") < boxes.index(b"mdat")
+    assert export_module.mp4_is_whole(mp4)
+    mp4.write_bytes(mp4.read_bytes()[:-100])  # cut short: its boxes no longer fill it
+    assert export_module.mp4_boxes(mp4) is None and not export_module.mp4_is_whole(mp4)
+
+
 def test_turntable_frame_shows_rgb_beside_depth_on_white():
     first = render_turntable(SphereField(), 60, 32, SphereTracer())[0] / 255.0
     np.testing.assert_allclose(first[16, 16], ALBEDO, atol=0.01)
