@@ -44,6 +44,20 @@ _positive_int = _positive(int, "a positive integer")
 _positive_float = _positive(float, "a positive number")
 
 
+def _size_from_8(text: str) -> int:
+    """``export --resolution`` and ``--texture-size``: an integer of at least 8, the bound of
+    ``ExportOptions.validate``, checked here before the export's imports (torch: seconds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer of at least 8, got '{text}'"
+        ) from None
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8, got {text}")
+    return value
+
+
 SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
 batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
@@ -671,7 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Unset flags keep what the run's own export used (its config.json's export_options), else
     # the defaults in brackets.
-    export.add_argument("--resolution", type=_positive_int, help="marching-cubes grid [256]")
+    export.add_argument(
+        "--resolution", type=_size_from_8, help="marching-cubes grid, at least 8 [256]"
+    )
     export.add_argument(
         "--threshold",
         type=_threshold,
@@ -681,7 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--decimate", type=_face_count, help="target face count; 0 keeps every face [50000]"
     )
-    export.add_argument("--texture-size", type=_positive_int, help="texture size in pixels [1024]")
+    export.add_argument(
+        "--texture-size", type=_size_from_8, help="texture size in pixels, at least 8 [1024]"
+    )
     export.add_argument("--formats", help="comma-separated subset of glb,obj,ply [all]")
     export.add_argument(
         "--video",

@@ -286,6 +286,9 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--t-range", "nan", "0.5"], ["--t-range", "from 0 to 1"]),
         (["text", "a castle", "--t-range", "0.2", "1.5"], ["--t-range", "from 0 to 1"]),
         (["export", "--workspace", "workspace/run", "--threshold", "nan"], ["--threshold"]),
+        # Refused by ExportOptions.validate only after torch had loaded (10-15 s).
+        (["export", "--workspace", "workspace/run", "--resolution", "4"], ["--resolution", "8"]),
+        (["export", "--workspace", "workspace/run", "--texture-size", "1"], ["--texture", "8"]),
         (["text", "a castle", "--preset", "nope"], ["unknown preset"]),
         (["text", "a castle", "--model", "/no/such/folder"], ["/no/such/folder"]),
         (["text", "a castle", "--model", "nobody/no-such-model"], ["--model"]),
