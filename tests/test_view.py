@@ -917,6 +917,20 @@ def test_links_among_a_roots_folders_count_where_they_point(tmp_path: Path):
     assert len(runs) == 2 and outside[0].name == "out" and outside[0].batch is not None
 
 
+def test_a_removed_runs_data_is_404_saying_it_is_gone(server, root: Path):
+    """An open run page polls its data: once the run's folder is removed (or moved) the answer
+    says so, in JSON, so that the page can tell it from a server that does not answer. Right
+    after the removal too, while ``find`` answers from the scan that still listed the run."""
+    assert get(server, "/api/run/cube.json")[0] == 200
+    shutil.rmtree(root / "cube")
+    status, body, headers = get(server, "/api/run/cube.json")
+    assert status == 404
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(body) == {"gone": "cube"}
+    status, body, _ = get(server, "/api/run/never-was.json")
+    assert (status, json.loads(body)) == (404, {"gone": "never-was"})
+
+
 def test_a_run_made_after_the_last_scan_is_found(root: Path):
     catalog = Catalog([root])
     assert catalog.find("cube") is not None
@@ -1315,7 +1329,10 @@ def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
     write_json(root / "cube" / ".hidden.json", {})
     status, body, _ = get(server, path)
     assert status == 404
-    assert body == b"not found\n"
+    if path.startswith("/api/run/"):  # a run page's poll is told its run is not there
+        assert json.loads(body) == {"gone": "\ufffd"}
+    else:
+        assert body == b"not found\n"
 
 
 @pytest.fixture

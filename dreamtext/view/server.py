@@ -3,7 +3,8 @@
     GET /                        the gallery
     GET /run/<id>/               one run's page
     GET /api/runs.json           the gallery's data (the page polls it)
-    GET /api/run/<id>.json       one run's data (polled)
+    GET /api/run/<id>.json       one run's data (polled); 404 ``{"gone": "<id>"}`` once the run
+                                 is not there (its folder removed or moved)
     GET /static/<name>           the pages' script, style and three.js (package files, by name)
     GET /files/<id>/<path>       a file in that run's workspace
 
@@ -54,7 +55,7 @@ from dreamtext.view.page import (
     script_json,
     server_links,
 )
-from dreamtext.view.workspaces import Catalog, GalleryCache, read_run
+from dreamtext.view.workspaces import Catalog, GalleryCache, RunLocation, read_run
 
 # The kinds of workspace file the pages link to; nothing else is served.
 SERVED_SUFFIXES = {
@@ -271,11 +272,17 @@ class ViewHandler(BaseHTTPRequestHandler):
                 data = run_page_json(read_run(location), links)
                 return self._send_html(render_page(data, links), send_body)
         if len(parts) == 3 and parts[:2] == ["api", "run"] and parts[2].endswith(".json"):
-            location = catalog.find(unquote(parts[2][: -len(".json")]))
-            if location is not None:
-                links = server_links(f"api/run/{parts[2]}", poll_ms)
-                text = script_json(run_page_json(read_run(location), links))
-                return self._send_json_text(text, send_body)
+            run_id = unquote(parts[2][: -len(".json")])
+            location = catalog.find(run_id)
+            if location is None or _removed(location):
+                # Said in JSON, so that the run's open page tells "the run is gone" from "the
+                # server is not answering" (a proxy's error page, a stopped server).
+                gone = script_json({"gone": run_id}).encode()
+                content_type = "application/json; charset=utf-8"
+                return self._send_bytes(gone, content_type, send_body, HTTPStatus.NOT_FOUND)
+            links = server_links(f"api/run/{parts[2]}", poll_ms)
+            text = script_json(run_page_json(read_run(location), links))
+            return self._send_json_text(text, send_body)
         if len(parts) == 2 and parts[0] == "static" and parts[1] in ASSETS:
             content_type = mimetypes.guess_type(parts[1])[0] or "text/plain"
             if content_type.startswith(("text/", "application/javascript")):
@@ -375,6 +382,12 @@ class ViewHandler(BaseHTTPRequestHandler):
             if send_body:
                 f.seek(start)
                 _copy(f, self.wfile, end - start + 1)
+
+
+def _removed(location: RunLocation) -> bool:
+    """Whether a run's workspace is gone since the scan that found it (``Catalog.find`` answers
+    from a scan up to :data:`~dreamtext.view.workspaces.FIND_REUSES_SCAN_S` old)."""
+    return location.path is not None and not location.path.is_dir()
 
 
 def _names_tag(if_none_match: str | None, etag: str) -> bool:
