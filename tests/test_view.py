@@ -1660,6 +1660,68 @@ def test_static_export_holds_pages_assets_and_the_files_they_show(root: Path, tm
     assert "<script>" not in (out / "index.html").read_text(encoding="utf-8")
 
 
+def test_a_static_export_holds_one_runs_curves_at_a_time(root: Path, tmp_path: Path, monkeypatch):
+    """The export read every run, curves and all, before writing any page: ~270 MB for 1,000
+    runs of 1,000 log lines (benchmarks/view_static.py). Now each run is written as it is read
+    and its curves let go before the next is read, and none are kept for a server's next read."""
+    import weakref
+
+    from dreamtext.view import static, workspaces
+
+    for i in range(4):
+        make_run(root / f"extra_{i}", f"prompt {i}", steps=tuple(range(10, 210, 10)))
+    read, runs, most = static.read_run, [], []
+
+    def reading(location, *args, **kwargs):
+        # How many runs read, with their curves, are still held when the next is read.
+        most.append(sum(ref() is not None for ref in runs))
+        run = read(location, *args, **kwargs)
+        runs.append(weakref.ref(run))
+        return run
+
+    monkeypatch.setattr(static, "read_run", reading)
+    out = export_static([root], tmp_path / "site")
+    assert len(most) == 7 and max(most) <= 1, most
+    assert not any(workspaces._log_curves.__contains__(p) for p in root.rglob("log.jsonl"))
+    # Yet every page has its curves and the gallery every card.
+    extra = page_data(out / "runs" / "extra_3" / "index.html")["run"]
+    assert extra["series"]["step"] == list(range(10, 210, 10))
+    assert len(page_data(out / "index.html")["runs"]) == 7
+
+
+def test_static_pages_are_the_pages_of_the_runs_read_whole(root: Path, tmp_path: Path):
+    """Written run by run, the export holds the same bytes as pages made from every run read
+    whole (as it was written before), an image run with its descriptor's curve among them."""
+    from urllib.parse import quote
+
+    from dreamtext.view.page import Links, gallery_json, render_page, run_page_json
+
+    make_image_run(root / "apple", "descriptor")
+    out = export_static([root], tmp_path / "site")
+    runs = [read_run(location) for location in Catalog([root]).runs()]
+    assert len(runs) == 4 and any(run.descriptor_loss for run in runs)
+    gallery_links = Links(
+        static="static/",
+        gallery="index.html",
+        run=lambda run_id: f"runs/{quote(run_id)}/index.html",
+        file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(rel)}",
+        local_paths=False,
+    )
+    gallery = render_page(gallery_json(runs, gallery_links), gallery_links)
+    assert (out / "index.html").read_text(encoding="utf-8") == gallery
+    run_links = Links(
+        static="../../static/",
+        gallery="../../index.html",
+        run=lambda run_id: f"../{quote(run_id)}/index.html",
+        file=lambda run, rel: f"files/{quote(rel)}",
+        local_paths=False,
+    )
+    for run in runs:
+        glb = "mesh.glb.js" if "glb" in run.mesh else None
+        page = render_page(run_page_json(run, run_links, glb), run_links)
+        assert (out / "runs" / run.id / "index.html").read_text(encoding="utf-8") == page
+
+
 def page_data(html_file: Path) -> dict:
     text = html_file.read_text(encoding="utf-8")
     start = text.index('<script id="dreamtext-data"')

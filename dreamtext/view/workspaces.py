@@ -497,6 +497,11 @@ def log_curves(path: Path) -> tuple[LogFigures, dict[str, list[float | None]]]:
     return _log_curves.read(path)
 
 
+def read_log_curves(path: Path) -> tuple[LogFigures, dict[str, list[float | None]]]:
+    """:func:`log_curves`, parsed whole and kept nowhere (a static export reads each log once)."""
+    return JsonlFollower(LogCurves).read(path)
+
+
 # --------------------------------------------------------------------------------------- reading
 
 
@@ -576,9 +581,10 @@ class Run:
         return self.previews[-1]["path"] if self.previews else self.source_image
 
 
-def read_run(location: RunLocation, with_series: bool = True) -> Run:
-    """Read one run's files. ``with_series=False`` skips the per-step series (the gallery)."""
-    run, status_inputs = _read_files(location, with_series)
+def read_run(location: RunLocation, with_series: bool = True, follow_logs: bool = True) -> Run:
+    """Read one run's files. ``with_series=False`` skips the per-step series (the gallery);
+    ``follow_logs=False`` keeps nothing of its logs for the next read (:func:`read_log_curves`)."""
+    run, status_inputs = _read_files(location, with_series, follow_logs)
     run.status = status_inputs.status(run)
     return run
 
@@ -608,7 +614,9 @@ class _StatusInputs:
         )
 
 
-def _read_files(location: RunLocation, with_series: bool) -> tuple[Run, _StatusInputs]:
+def _read_files(
+    location: RunLocation, with_series: bool, follow_logs: bool = True
+) -> tuple[Run, _StatusInputs]:
     """One run's files as a ``Run`` without its status, and what its status is judged from."""
     run = Run(
         id=location.id,
@@ -625,12 +633,13 @@ def _read_files(location: RunLocation, with_series: bool) -> tuple[Run, _StatusI
     run.config = read_json(folder / "config.json")
     status_file = read_json(folder / "status.json")
     if with_series:
-        log, curves = log_curves(folder / "log.jsonl")
+        curves_of = log_curves if follow_logs else read_log_curves
+        log, curves = curves_of(folder / "log.jsonl")
         run.series = {"step": curves["step"]}
         for key in SERIES_KEYS:
             if any(v is not None for v in curves[key]):
                 run.series[key] = curves[key]
-        descriptor_log, descriptor_curves = log_curves(folder / DESCRIPTOR_LOG)
+        descriptor_log, descriptor_curves = curves_of(folder / DESCRIPTOR_LOG)
         run.descriptor_steps = descriptor_curves["step"]
         run.descriptor_loss = descriptor_curves["loss"]
     else:
