@@ -589,6 +589,44 @@ def test_the_viewer_keeps_of_a_log_what_the_pages_show_not_its_records(tmp_path:
     assert held < 1_500_000, held
 
 
+def test_a_long_logs_curves_keep_their_range_spikes_and_ends_in_at_most_2000_records(
+    tmp_path: Path,
+):
+    """A run page got every record of its log at each poll: 100,000 log lines were 7.5 MB of
+    JSON (1.9 MB gzipped) every 2 s (benchmarks/view_run_poll.py). A long log's curves are now
+    drawn from at most 2,000 of its records, each a true record, keeping every curve's first and
+    last step, its smallest and largest value and a spike; a key some lines lack keeps its own."""
+    import random
+
+    rng = random.Random(0)
+    records = []
+    for step in range(1, 20_001):
+        record = {"step": step, "loss": 1 / step + rng.random() * 1e-4, "t": rng.uniform(20, 980)}
+        record |= {"its": 4.0 + rng.random()}
+        if step % 7 == 0:
+            record["gpu_mem_mib"] = 1000.0 + step % 13
+        records.append(record)
+    records[12_345]["loss"] = 50.0  # a spike, far from the curve's other large values
+    records[15_000]["t"] = 0.5  # an outlier low
+    run = make_run(tmp_path / "long", "a long run", iters=20_000, final=False)
+    write_lines(run / "log.jsonl", records, "w")
+    shown = read_run(Catalog([run]).runs()[0]).series
+    steps = shown["step"]
+    assert 100 < len(steps) <= 2000
+    assert steps == sorted(steps) and steps[0] == 1 and steps[-1] == 20_000
+    by_step = {r["step"]: r for r in records}
+    for key in ("loss", "t", "its", "gpu_mem_mib"):
+        kept = shown[key]
+        assert kept == [by_step[s].get(key) for s in steps], key  # true records' values
+        every = [r[key] for r in records if key in r]
+        values = [v for v in kept if v is not None]
+        assert (min(values), max(values)) == (min(every), max(every)), key
+    assert 12_346 in steps and 15_001 in steps
+    # A log within the limit is drawn from every record.
+    write_lines(run / "log.jsonl", records[:2000], "w")
+    assert read_run(Catalog([run]).runs()[0]).series["step"] == list(range(1, 2001))
+
+
 def test_the_logs_of_removed_runs_are_forgotten(tmp_path: Path, monkeypatch):
     """What the viewer kept of a log stayed for as long as it ran, after its run was removed."""
     import tracemalloc

@@ -680,3 +680,41 @@ def test_a_run_page_whose_run_is_removed_says_so_and_polls_slowly(page, tmp_path
     assert answers and len(logged) == len(answers)
     assert sorted(answers + logged) == sorted(page.problems)
     page.problems.clear()
+
+
+def test_a_long_runs_chart_shows_its_true_range_from_a_bounded_poll(page, tmp_path: Path):
+    """A live run's page got every record of its log at each poll (100,000 lines: 1.9 MB
+    gzipped every 2 s). It gets at most 2,000 of them, chosen so that the chart still shows the
+    log's first and last step and its smallest and largest value, and follows a new spike."""
+    run = tmp_path / "runs" / "a_long_run"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a long run", "iters": 40_000}))
+    records = [{"step": s, "loss": 2.0 + (s % 97) / 100} for s in range(1, 20_001)]
+    records[7_777]["loss"] = 9.5
+    records[13_000]["loss"] = 0.25
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    srv = make_server(Catalog([run.parent]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    answers: list[int] = []
+    page.on("response", lambda r: "api/run/" in r.url and r.status == 200 and answers.append(r))
+    try:
+        page.goto(srv.url + "run/a_long_run/")
+        chart = page.locator('.chart[data-key="loss"]')
+        chart.wait_for()
+        assert chart.locator("text").all_text_contents() == ["9.5", "0.25", "1", "step 20000"]
+        vertices = len(chart.locator("polyline").get_attribute("points").split())
+        assert 100 < vertices <= 2000
+        with (run / "log.jsonl").open("a") as log:
+            log.write(json.dumps({"step": 21_000, "loss": 12.0}) + "\n")
+        page.wait_for_function(
+            "() => document.querySelector('.chart[data-key=\"loss\"] text').textContent === '12'",
+            timeout=10_000,
+        )
+        labels = chart.locator("text").all_text_contents()
+        assert labels == ["12", "0.25", "1", "step 21000"]
+        assert answers and all(len(r.body()) < 150_000 for r in answers)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()

@@ -37,6 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dreamtext.errors import DreamtextError
 from dreamtext.processes import gone_process
 
@@ -307,11 +309,57 @@ class LogFigures:
 # The columns a run page's curves are drawn from: the trainer's log's (step and SERIES_KEYS),
 # the descriptor log's (step and loss).
 CURVE_KEYS = tuple(dict.fromkeys(("step", "loss", *SERIES_KEYS)))
+# The most records a run page's curves are drawn from. A longer log (a 100,000-step run) is
+# drawn from a selection of its records that keeps each curve's shape (curve_records): a chart
+# is a few hundred pixels wide, and a live run's page gets its curves again at every poll (the
+# whole of a 100,000-line log was 7.5 MB of JSON, 1.9 MB gzipped, every 2 s).
+CURVE_RECORDS = 2000
+
+
+def curve_records(columns: dict[str, array], limit: int = CURVE_RECORDS) -> list[int] | None:
+    """The records (indices, in order) of a log of more than ``limit`` records that its curves
+    are drawn from; ``None`` for a shorter log (all of them).
+
+    The records are cut into ``B`` runs of ``w = ceil(n / B)`` consecutive ones; kept are the
+    first and last record, and in each run, for each key of ``columns`` but ``step`` that has
+    values, the record where it is smallest and the one where it is largest:
+
+        kept = {0, n - 1} ∪ ⋃_key ⋃_b {argmin_(i in run b) key_i, argmax_(i in run b) key_i}
+
+    ``B = (limit - 2) // (2 K)`` for ``K`` keys with values, so at most ``limit`` are kept. Each
+    curve keeps its first and last step and, in every run of records (a pixel or two of a
+    chart), its extremes: its range, spikes and envelope are drawn as from every record.
+    """
+    n = len(columns["step"])
+    if n <= limit:
+        return None
+    curves = []
+    for key, column in columns.items():
+        values = np.array(column, dtype=np.float64)  # a copy: the fold appends to the column
+        if key != "step" and not np.isnan(values).all():
+            curves.append(values)
+    kept = {0, n - 1}
+    if not curves:
+        return sorted(kept)
+    buckets = max(1, (limit - 2) // (2 * len(curves)))
+    width = -(-n // buckets)
+    rows = np.arange(buckets)
+    for values in curves:
+        grid = np.full(buckets * width, np.nan)
+        grid[:n] = values
+        grid = grid.reshape(buckets, width)
+        absent = np.isnan(grid)
+        for pick, fill in ((np.argmin, np.inf), (np.argmax, -np.inf)):
+            column = pick(np.where(absent, fill, grid), axis=1)
+            present = ~absent[rows, column]
+            kept.update((rows[present] * width + column[present]).tolist())
+    return sorted(kept)
 
 
 class LogCurves:
     """A log's :class:`LogFigures` and, per key of :data:`CURVE_KEYS`, that key's value in every
-    record (``None`` where it is absent or not a finite number), kept as 8-byte floats."""
+    record (``None`` where it is absent or not a finite number), kept as 8-byte floats. Its
+    snapshot's curves are those of every record, or of :func:`curve_records`' of a long log."""
 
     def __init__(self) -> None:
         self.figures = LogFigures()
@@ -324,9 +372,11 @@ class LogCurves:
             column.append(math.nan if value is None else value)  # _number gives no NaN
 
     def snapshot(self) -> tuple[LogFigures, dict[str, list[float | None]]]:
-        curves = {
-            key: [None if v != v else v for v in column] for key, column in self.columns.items()
-        }
+        kept = curve_records(self.columns)
+        curves = {}
+        for key, column in self.columns.items():
+            values = column if kept is None else (column[i] for i in kept)
+            curves[key] = [None if v != v else v for v in values]
         return self.figures.snapshot(), curves
 
 
