@@ -967,6 +967,20 @@ def test_a_removed_runs_data_is_404_saying_it_is_gone(server, root: Path):
     assert json.loads(body) == {"gone": "cube"}
     status, body, _ = get(server, "/api/run/never-was.json")
     assert (status, json.loads(body)) == (404, {"gone": "never-was"})
+    # The run's page, opened again: a page (404) that says the run is gone.
+    status, body, headers = get(server, "/run/cube/")
+    assert (status, headers["Content-Type"]) == (404, "text/html; charset=utf-8")
+    data = page_data_of(body)
+    assert (data["page"], data["gone"], data["api"]) == ("gone", "cube", None)
+    assert data["gallery"] == "./"  # against the page's <base>: the server's root
+    assert '<base href="../../">' in body.decode()
+
+
+def page_data_of(body: bytes) -> dict:
+    """The data in a page's ``<script id="dreamtext-data">``."""
+    text = body.decode("utf-8")
+    start = text.index('<script id="dreamtext-data"')
+    return json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
 
 
 def test_a_run_made_after_the_last_scan_is_found(root: Path):
@@ -1369,6 +1383,8 @@ def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
     assert status == 404
     if path.startswith("/api/run/"):  # a run page's poll is told its run is not there
         assert json.loads(body) == {"gone": "\ufffd"}
+    elif path.startswith("/run/%"):  # and so is a run page asked for
+        assert page_data_of(body)["gone"] == "\ufffd"
     else:
         assert body == b"not found\n"
 
@@ -1761,10 +1777,7 @@ def test_static_pages_are_the_pages_of_the_runs_read_whole(root: Path, tmp_path:
 
 
 def page_data(html_file: Path) -> dict:
-    text = html_file.read_text(encoding="utf-8")
-    start = text.index('<script id="dreamtext-data"')
-    body = text[text.index(">", start) + 1 : text.index("</script>", start)]
-    return json.loads(body)
+    return page_data_of(html_file.read_bytes())
 
 
 def test_static_pages_link_their_copies_and_name_runs_without_local_paths(root, tmp_path):

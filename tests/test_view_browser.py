@@ -669,13 +669,21 @@ def test_a_run_page_whose_run_is_removed_says_so_and_polls_slowly(page, tmp_path
         with (root / "moved" / "log.jsonl").open("a") as log:
             log.write(json.dumps({"step": 30, "loss": 1 / 30}) + "\n")
         page.wait_for_selector('.chart[data-key="loss"][data-points="3"]', timeout=10_000)
+        # Opened when it is not there (reloaded after its removal, say): a page that says so.
+        page.goto(srv.url + "run/never-was/")
+        assert page.inner_text(".gone") == (
+            "This run is gone: its folder was removed or moved. See all runs"
+        )
+        assert page.eval_on_selector(".gone a", "a => a.href") == srv.url
+        assert page.title() == "run gone · dreamtext"
     finally:
         srv.shutdown()
         srv.server_close()
         thread.join()
-    # The 404s were the server's answers about the gone run (and Chromium's console line for
+    # The 404s were the server's answers about the gone runs (and Chromium's console line for
     # each), and only those.
-    answers = [p for p in page.problems if p.startswith("HTTP 404") and "api/run/moved" in p]
+    gone = ("api/run/moved.json", "run/never-was/")
+    answers = [p for p in page.problems if p.startswith("HTTP 404") and p.endswith(gone)]
     logged = [p for p in page.problems if p.startswith("console: Failed to load") and "404" in p]
     assert answers and len(logged) == len(answers)
     assert sorted(answers + logged) == sorted(page.problems)

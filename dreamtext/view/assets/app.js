@@ -637,9 +637,8 @@
       redraw("details", [run.mesh_stats, run.batch, run.data_files, run.config], drawDetails, run);
     }
     // Said at the top when the run's folder is removed or moved while its page is open.
-    const goneNotice = el("p", { class: "gone", role: "alert", hidden: true },
-      "This run is gone: its folder was removed or moved. ",
-      el("a", { href: data.gallery, text: "See all runs" }));
+    const goneNotice = goneNote();
+    goneNotice.hidden = true;
     app.prepend(goneNotice);
     function showGone(gone) {
       goneNotice.hidden = !gone;
@@ -650,6 +649,20 @@
     poll((fresh) => draw(fresh.run), showGone);
   }
 
+  // ------------------------------------------------------------------------------- gone
+
+  function goneNote() {
+    return el("p", { class: "gone", role: "alert" },
+      "This run is gone: its folder was removed or moved. ",
+      el("a", { href: data.gallery, text: "See all runs" }));
+  }
+
+  /** The page of a run that is not there (opened again after its folder was removed). */
+  function gonePage() {
+    fill(app, el("nav", {}, el("a", { href: data.gallery, text: "← all runs" })), goneNote());
+  }
+
   if (data.page === "gallery") gallery();
+  else if (data.page === "gone") gonePage();
   else runPage();
 })();
