@@ -27,14 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from view_poll import REPO, write_runs
 
 
-def tree_digest(folder: Path) -> tuple[str, int, int]:
-    """A digest of every file's path and bytes under ``folder``; its file count and bytes."""
-    digest, files, size = hashlib.sha256(), 0, 0
+def tree_digest(folder: Path) -> tuple[str, str, int, int]:
+    """A digest of every file's path and bytes under ``folder``, one of all but ``static/`` (the
+    package's script and style, which differ between checkouts that write the same pages), the
+    number of files and their bytes."""
+    digest, pages, files, size = hashlib.sha256(), hashlib.sha256(), 0, 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = path.read_bytes()
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + data + b"\0")
+        rel = path.relative_to(folder).as_posix()
+        for d in (digest,) if rel.startswith("static/") else (digest, pages):
+            d.update(rel.encode() + b"\0" + data + b"\0")
         files, size = files + 1, size + len(data)
-    return digest.hexdigest()[:16], files, size
+    return digest.hexdigest()[:16], pages.hexdigest()[:16], files, size
 
 
 def export(code: Path, root: Path, out: Path) -> tuple[float, float]:
@@ -66,11 +70,11 @@ def main() -> None:
             write_runs(args.runs, root, args.log_lines)
         out = Path(tmp) / "site"
         peak, seconds = export(args.code.resolve(), root, out)
-        digest, files, size = tree_digest(out)
+        digest, pages, files, size = tree_digest(out)
         print(
             f"{args.code.resolve()}: {args.runs} runs ({args.log_lines}-line logs): peak RSS "
             f"{peak:.0f} MiB, {seconds:.1f} s; wrote {files} files, {size / 2**20:.1f} MiB, "
-            f"digest {digest}"
+            f"digest {digest} (without static/: {pages})"
         )
 
 

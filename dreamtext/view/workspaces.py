@@ -37,8 +37,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dreamtext.errors import DreamtextError
 from dreamtext.processes import gone_process
 
@@ -333,6 +331,9 @@ def curve_records(columns: dict[str, array], limit: int = CURVE_RECORDS) -> list
     n = len(columns["step"])
     if n <= limit:
         return None
+    # Imported here: only a long log needs it, and it adds ~12 MB to the viewer's memory.
+    import numpy as np
+
     curves = []
     for key, column in columns.items():
         values = np.array(column, dtype=np.float64)  # a copy: the fold appends to the column
