@@ -403,6 +403,8 @@ class LatestBatchRecords:
 # any more was rewritten (a resume's truncated log is a new file, a copy may rewrite one in place),
 # and is parsed again from its start.
 _TAIL_BYTES = 64
+# How much of a log is read at a time.
+_PARSE_BLOCK_BYTES = 1 << 18
 
 
 class _Followed:
@@ -489,24 +491,28 @@ class JsonlFollower:
     @staticmethod
     def _parse(followed: _Followed, file: Any, tail: bytes) -> bool:
         """Parse the complete lines after ``followed.parsed_to`` into its fold; ``False`` (and
-        nothing parsed) when the file does not hold ``tail`` just before that."""
+        nothing parsed) when the file does not hold ``tail`` just before that. Read a block at
+        a time: a 100,000-line log is 37 MB, which read whole took ~120 MB to parse."""
         file.seek(followed.parsed_to - len(tail))
-        data = file.read()
-        if data[: len(tail)] != tail:
+        if file.read(len(tail)) != tail:
             return False
-        end = data.rfind(b"\n") + 1
-        if end <= len(tail):
-            return True  # no complete line yet
-        text = data[len(tail) : end].decode("utf-8", errors="replace")
-        for line in text.split("\n")[:-1]:
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):  # not JSON; an int of 4,300+ digits; [[[[…
-                continue
-            if isinstance(record, dict):
-                followed.fold.add(record)
-        followed.parsed_to += end - len(tail)
-        followed.tail = data[max(0, end - _TAIL_BYTES) : end]
+        pending = b""  # the start of a line whose end is in the next block
+        while block := file.read(_PARSE_BLOCK_BYTES):
+            data = pending + block
+            end = data.rfind(b"\n") + 1
+            pending = data[end:]
+            if end == 0:
+                continue  # no complete line yet
+            # Whole lines: "\n" is no part of any other character's UTF-8 bytes.
+            for line in data[:end].decode("utf-8", errors="replace").split("\n")[:-1]:
+                try:
+                    record = json.loads(line)
+                except (ValueError, RecursionError):  # not JSON; an int of 4,300+ digits; [[[[…
+                    continue
+                if isinstance(record, dict):
+                    followed.fold.add(record)
+            followed.parsed_to += end
+            followed.tail = (followed.tail + data[max(0, end - _TAIL_BYTES) : end])[-_TAIL_BYTES:]
         return True
 
     def forget_gone(self) -> None:
