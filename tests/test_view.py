@@ -589,6 +589,67 @@ def test_the_viewer_keeps_of_a_log_what_the_pages_show_not_its_records(tmp_path:
     assert held < 1_500_000, held
 
 
+def test_a_long_logs_curves_keep_their_range_spikes_and_ends_in_at_most_2000_records(
+    tmp_path: Path,
+):
+    """A run page got every record of its log at each poll: 100,000 log lines were 7.5 MB of
+    JSON (1.9 MB gzipped) every 2 s (benchmarks/view_run_poll.py). A long log's curves are now
+    drawn from at most 2,000 of its records, each a true record, keeping every curve's first and
+    last step, its smallest and largest value and a spike; a key some lines lack keeps its own."""
+    import random
+
+    rng = random.Random(0)
+    records = []
+    for step in range(1, 20_001):
+        record = {"step": step, "loss": 1 / step + rng.random() * 1e-4, "t": rng.uniform(20, 980)}
+        record |= {"its": 4.0 + rng.random()}
+        if step % 7 == 0:
+            record["gpu_mem_mib"] = 1000.0 + step % 13
+        records.append(record)
+    records[12_345]["loss"] = 50.0  # a spike, far from the curve's other large values
+    records[15_000]["t"] = 0.5  # an outlier low
+    run = make_run(tmp_path / "long", "a long run", iters=20_000, final=False)
+    write_lines(run / "log.jsonl", records, "w")
+    shown = read_run(Catalog([run]).runs()[0]).series
+    steps = shown["step"]
+    assert 100 < len(steps) <= 2000
+    assert steps == sorted(steps) and steps[0] == 1 and steps[-1] == 20_000
+    by_step = {r["step"]: r for r in records}
+    for key in ("loss", "t", "its", "gpu_mem_mib"):
+        kept = shown[key]
+        assert kept == [by_step[s].get(key) for s in steps], key  # true records' values
+        every = [r[key] for r in records if key in r]
+        values = [v for v in kept if v is not None]
+        assert (min(values), max(values)) == (min(every), max(every)), key
+    assert 12_346 in steps and 15_001 in steps
+    # A log within the limit is drawn from every record.
+    write_lines(run / "log.jsonl", records[:2000], "w")
+    assert read_run(Catalog([run]).runs()[0]).series["step"] == list(range(1, 2001))
+
+
+def test_a_log_is_parsed_a_block_at_a_time(tmp_path: Path):
+    """A log was read whole to be parsed: its bytes, their text and its lines at once, ~3 times
+    its size (120 MB for a 100,000-line log, in the server and in each run of a static export).
+    Now it is parsed a block at a time; every record still counts."""
+    import tracemalloc
+
+    from dreamtext.view.workspaces import JsonlFollower, LogCurves
+
+    path = tmp_path / "log.jsonl"
+    write_lines(path, (log_record(s, note="x" * 300) for s in range(1, 20_001)), "w")
+    size = path.stat().st_size
+    assert size > 8_000_000
+    tracemalloc.start()
+    try:
+        figures, curves = JsonlFollower(LogCurves).read(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert figures.lines == 20_000 and figures.last["step"] == 20_000
+    assert curves["step"][0] == 1 and curves["step"][-1] == 20_000
+    assert peak < size / 2, (peak, size)
+
+
 def test_the_logs_of_removed_runs_are_forgotten(tmp_path: Path, monkeypatch):
     """What the viewer kept of a log stayed for as long as it ran, after its run was removed."""
     import tracemalloc
@@ -915,6 +976,34 @@ def test_links_among_a_roots_folders_count_where_they_point(tmp_path: Path):
     assert [r.path for r in runs if r.path is not None] == [(root / "cube").resolve()]
     outside = [r for r in runs if r.path is None]
     assert len(runs) == 2 and outside[0].name == "out" and outside[0].batch is not None
+
+
+def test_a_removed_runs_data_is_404_saying_it_is_gone(server, root: Path):
+    """An open run page polls its data: once the run's folder is removed (or moved) the answer
+    says so, in JSON, so that the page can tell it from a server that does not answer. Right
+    after the removal too, while ``find`` answers from the scan that still listed the run."""
+    assert get(server, "/api/run/cube.json")[0] == 200
+    shutil.rmtree(root / "cube")
+    status, body, headers = get(server, "/api/run/cube.json")
+    assert status == 404
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(body) == {"gone": "cube"}
+    status, body, _ = get(server, "/api/run/never-was.json")
+    assert (status, json.loads(body)) == (404, {"gone": "never-was"})
+    # The run's page, opened again: a page (404) that says the run is gone.
+    status, body, headers = get(server, "/run/cube/")
+    assert (status, headers["Content-Type"]) == (404, "text/html; charset=utf-8")
+    data = page_data_of(body)
+    assert (data["page"], data["gone"], data["api"]) == ("gone", "cube", None)
+    assert data["gallery"] == "./"  # against the page's <base>: the server's root
+    assert '<base href="../../">' in body.decode()
+
+
+def page_data_of(body: bytes) -> dict:
+    """The data in a page's ``<script id="dreamtext-data">``."""
+    text = body.decode("utf-8")
+    start = text.index('<script id="dreamtext-data"')
+    return json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
 
 
 def test_a_run_made_after_the_last_scan_is_found(root: Path):
@@ -1315,7 +1404,12 @@ def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
     write_json(root / "cube" / ".hidden.json", {})
     status, body, _ = get(server, path)
     assert status == 404
-    assert body == b"not found\n"
+    if path.startswith("/api/run/"):  # a run page's poll is told its run is not there
+        assert json.loads(body) == {"gone": "\ufffd"}
+    elif path.startswith("/run/%"):  # and so is a run page asked for
+        assert page_data_of(body)["gone"] == "\ufffd"
+    else:
+        assert body == b"not found\n"
 
 
 @pytest.fixture
@@ -1643,11 +1737,70 @@ def test_static_export_holds_pages_assets_and_the_files_they_show(root: Path, tm
     assert "<script>" not in (out / "index.html").read_text(encoding="utf-8")
 
 
+def test_a_static_export_holds_one_runs_curves_at_a_time(root: Path, tmp_path: Path, monkeypatch):
+    """The export read every run, curves and all, before writing any page: ~270 MB for 1,000
+    runs of 1,000 log lines (benchmarks/view_static.py). Now each run is written as it is read
+    and its curves let go before the next is read, and none are kept for a server's next read."""
+    import weakref
+
+    from dreamtext.view import static, workspaces
+
+    for i in range(4):
+        make_run(root / f"extra_{i}", f"prompt {i}", steps=tuple(range(10, 210, 10)))
+    read, runs, most = static.read_run, [], []
+
+    def reading(location, *args, **kwargs):
+        # How many runs read, with their curves, are still held when the next is read.
+        most.append(sum(ref() is not None for ref in runs))
+        run = read(location, *args, **kwargs)
+        runs.append(weakref.ref(run))
+        return run
+
+    monkeypatch.setattr(static, "read_run", reading)
+    out = export_static([root], tmp_path / "site")
+    assert len(most) == 7 and max(most) <= 1, most
+    assert not any(workspaces._log_curves.__contains__(p) for p in root.rglob("log.jsonl"))
+    # Yet every page has its curves and the gallery every card.
+    extra = page_data(out / "runs" / "extra_3" / "index.html")["run"]
+    assert extra["series"]["step"] == list(range(10, 210, 10))
+    assert len(page_data(out / "index.html")["runs"]) == 7
+
+
+def test_static_pages_are_the_pages_of_the_runs_read_whole(root: Path, tmp_path: Path):
+    """Written run by run, the export holds the same bytes as pages made from every run read
+    whole (as it was written before), an image run with its descriptor's curve among them."""
+    from urllib.parse import quote
+
+    from dreamtext.view.page import Links, gallery_json, render_page, run_page_json
+
+    make_image_run(root / "apple", "descriptor")
+    out = export_static([root], tmp_path / "site")
+    runs = [read_run(location) for location in Catalog([root]).runs()]
+    assert len(runs) == 4 and any(run.descriptor_loss for run in runs)
+    gallery_links = Links(
+        static="static/",
+        gallery="index.html",
+        run=lambda run_id: f"runs/{quote(run_id)}/index.html",
+        file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(rel)}",
+        local_paths=False,
+    )
+    gallery = render_page(gallery_json(runs, gallery_links), gallery_links)
+    assert (out / "index.html").read_text(encoding="utf-8") == gallery
+    run_links = Links(
+        static="../../static/",
+        gallery="../../index.html",
+        run=lambda run_id: f"../{quote(run_id)}/index.html",
+        file=lambda run, rel: f"files/{quote(rel)}",
+        local_paths=False,
+    )
+    for run in runs:
+        glb = "mesh.glb.js" if "glb" in run.mesh else None
+        page = render_page(run_page_json(run, run_links, glb), run_links)
+        assert (out / "runs" / run.id / "index.html").read_text(encoding="utf-8") == page
+
+
 def page_data(html_file: Path) -> dict:
-    text = html_file.read_text(encoding="utf-8")
-    start = text.index('<script id="dreamtext-data"')
-    body = text[text.index(">", start) + 1 : text.index("</script>", start)]
-    return json.loads(body)
+    return page_data_of(html_file.read_bytes())
 
 
 def test_static_pages_link_their_copies_and_name_runs_without_local_paths(root, tmp_path):

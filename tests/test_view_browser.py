@@ -631,3 +631,98 @@ def test_a_poll_that_changes_one_card_of_hundreds_replaces_only_that_card(page, 
         order.insert(len(order) if place == -1 else place, run)
         assert list(cards_by_state(page)) == order
     assert sorted(before) == sorted(cards_by_state(page))
+
+
+def test_a_run_page_whose_run_is_removed_says_so_and_polls_slowly(page, tmp_path: Path):
+    """The page of a run whose folder was removed said "server not answering" (the server
+    answered 404) and went on asking at 0.6, 1.2, 2.4 s... Now it says the run is gone, links to
+    the gallery, asks every 15 poll intervals, and follows the run again if it comes back."""
+    root = tmp_path / "runs"
+    for name in ("kept", "moved"):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text(json.dumps({"prompt": name, "iters": 30}))
+        records = [json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in (10, 20)]
+        (root / name / "log.jsonl").write_text("".join(records))
+    srv = make_server(Catalog([root]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    polls: list[float] = []  # when each poll of the run's data was answered
+    page.on("response", lambda r: "api/run/" in r.url and polls.append(time.monotonic()))
+    try:
+        page.goto(srv.url + "run/moved/")
+        page.wait_for_selector('.chart[data-key="loss"][data-points="2"]')
+        assert page.is_hidden(".gone")
+        (root / "moved").rename(tmp_path / "elsewhere")
+        page.wait_for_selector(".gone:not([hidden])", timeout=10_000)
+        assert page.inner_text(".gone") == (
+            "This run is gone: its folder was removed or moved. See all runs"
+        )
+        assert page.eval_on_selector(".gone a", "a => a.href") == srv.url  # the gallery
+        assert page.is_hidden(".offline")  # the server answers: it is not "not answering"
+        gone_at = time.monotonic()
+        page.wait_for_timeout(POLL_MS * 10)
+        assert [t for t in polls if t > gone_at] == [], "a gone run is still polled often"
+        assert page.is_hidden(".offline")
+        # Moved back: the page follows it again (within 15 poll intervals), drawing what it has.
+        (tmp_path / "elsewhere").rename(root / "moved")
+        page.wait_for_selector(".gone", state="hidden", timeout=15_000)
+        with (root / "moved" / "log.jsonl").open("a") as log:
+            log.write(json.dumps({"step": 30, "loss": 1 / 30}) + "\n")
+        page.wait_for_selector('.chart[data-key="loss"][data-points="3"]', timeout=10_000)
+        # Opened when it is not there (reloaded after its removal, say): a page that says so.
+        page.goto(srv.url + "run/never-was/")
+        assert page.inner_text(".gone") == (
+            "This run is gone: its folder was removed or moved. See all runs"
+        )
+        assert page.eval_on_selector(".gone a", "a => a.href") == srv.url
+        assert page.title() == "run gone · dreamtext"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+    # The 404s were the server's answers about the gone runs (and Chromium's console line for
+    # each), and only those.
+    gone = ("api/run/moved.json", "run/never-was/")
+    answers = [p for p in page.problems if p.startswith("HTTP 404") and p.endswith(gone)]
+    logged = [p for p in page.problems if p.startswith("console: Failed to load") and "404" in p]
+    assert answers and len(logged) == len(answers)
+    assert sorted(answers + logged) == sorted(page.problems)
+    page.problems.clear()
+
+
+def test_a_long_runs_chart_shows_its_true_range_from_a_bounded_poll(page, tmp_path: Path):
+    """A live run's page got every record of its log at each poll (100,000 lines: 1.9 MB
+    gzipped every 2 s). It gets at most 2,000 of them, chosen so that the chart still shows the
+    log's first and last step and its smallest and largest value, and follows a new spike."""
+    run = tmp_path / "runs" / "a_long_run"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a long run", "iters": 40_000}))
+    records = [{"step": s, "loss": 2.0 + (s % 97) / 100} for s in range(1, 20_001)]
+    records[7_777]["loss"] = 9.5
+    records[13_000]["loss"] = 0.25
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    srv = make_server(Catalog([run.parent]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    answers: list[int] = []
+    page.on("response", lambda r: "api/run/" in r.url and r.status == 200 and answers.append(r))
+    try:
+        page.goto(srv.url + "run/a_long_run/")
+        chart = page.locator('.chart[data-key="loss"]')
+        chart.wait_for()
+        assert chart.locator("text").all_text_contents() == ["9.5", "0.25", "1", "step 20000"]
+        vertices = len(chart.locator("polyline").get_attribute("points").split())
+        assert 100 < vertices <= 2000
+        with (run / "log.jsonl").open("a") as log:
+            log.write(json.dumps({"step": 21_000, "loss": 12.0}) + "\n")
+        page.wait_for_function(
+            "() => document.querySelector('.chart[data-key=\"loss\"] text').textContent === '12'",
+            timeout=10_000,
+        )
+        labels = chart.locator("text").all_text_contents()
+        assert labels == ["12", "0.25", "1", "step 21000"]
+        assert answers and all(len(r.body()) < 150_000 for r in answers)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()

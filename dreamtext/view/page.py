@@ -200,6 +200,19 @@ def run_page_json(run: Run, links: Links, glb_script: str | None = None) -> dict
     }
 
 
+def gone_page_json(run_id: str, links: Links) -> dict[str, Any]:
+    """The page of a run that is not there (its folder removed or moved): it says so and links
+    to the gallery."""
+    return {
+        "page": "gone",
+        "version": __version__,
+        "api": None,
+        "poll_ms": links.poll_ms,
+        "gallery": links.gallery,
+        "gone": run_id,
+    }
+
+
 # A str's lone surrogates: a folder or file name that is not UTF-8 (Python keeps its bytes as
 # U+DC80-U+DCFF), or a "\udcff" escape in a run's JSON. UTF-8 cannot encode them.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -230,6 +243,8 @@ def render_page(data: dict[str, Any], links: Links) -> str:
     """``assets/page.html`` with its title, base, asset folder and data filled in (in one pass,
     so nothing a prompt holds is read as a placeholder)."""
     title = "dreamtext runs"
+    if data["page"] == "gone":
+        title = "run gone · dreamtext"
     if data["page"] == "run":
         run = data["run"]
         named = [run.get("prompt")]

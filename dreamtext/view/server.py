@@ -1,9 +1,11 @@
 """``dreamtext view``'s HTTP server: the two pages, their data, and the runs' files, read-only.
 
     GET /                        the gallery
-    GET /run/<id>/               one run's page
+    GET /run/<id>/               one run's page (404, a page that says the run is gone, once it is
+                                 not there)
     GET /api/runs.json           the gallery's data (the page polls it)
-    GET /api/run/<id>.json       one run's data (polled)
+    GET /api/run/<id>.json       one run's data (polled); 404 ``{"gone": "<id>"}`` once the run
+                                 is not there (its folder removed or moved)
     GET /static/<name>           the pages' script, style and three.js (package files, by name)
     GET /files/<id>/<path>       a file in that run's workspace
 
@@ -47,6 +49,7 @@ from dreamtext.view.page import (
     GalleryText,
     asset_bytes,
     gallery_json,
+    gone_page_json,
     json_etag,
     page_base,
     render_page,
@@ -54,7 +57,7 @@ from dreamtext.view.page import (
     script_json,
     server_links,
 )
-from dreamtext.view.workspaces import Catalog, GalleryCache, read_run
+from dreamtext.view.workspaces import Catalog, GalleryCache, RunLocation, read_run
 
 # The kinds of workspace file the pages link to; nothing else is served.
 SERVED_SUFFIXES = {
@@ -265,17 +268,27 @@ class ViewHandler(BaseHTTPRequestHandler):
                 return self._send_html(render_page(gallery_json(runs, links), links), send_body)
             return self._send_json_text(self.server.gallery_text(runs, links), send_body)
         if len(parts) in (2, 3) and parts[0] == "run" and parts[2:] in ([], [""]):
-            location = catalog.find(unquote(parts[1]))
-            if location is not None:
-                links = server_links(f"api/run/{parts[1]}.json", poll_ms, base=page_base(path))
-                data = run_page_json(read_run(location), links)
-                return self._send_html(render_page(data, links), send_body)
+            run_id = unquote(parts[1])
+            location = catalog.find(run_id)
+            links = server_links(f"api/run/{parts[1]}.json", poll_ms, base=page_base(path))
+            if location is None or _removed(location):
+                # A run page opened again after its run was removed: a page that says so.
+                page = render_page(gone_page_json(run_id, links), links)
+                return self._send_html(page, send_body, HTTPStatus.NOT_FOUND)
+            data = run_page_json(read_run(location), links)
+            return self._send_html(render_page(data, links), send_body)
         if len(parts) == 3 and parts[:2] == ["api", "run"] and parts[2].endswith(".json"):
-            location = catalog.find(unquote(parts[2][: -len(".json")]))
-            if location is not None:
-                links = server_links(f"api/run/{parts[2]}", poll_ms)
-                text = script_json(run_page_json(read_run(location), links))
-                return self._send_json_text(text, send_body)
+            run_id = unquote(parts[2][: -len(".json")])
+            location = catalog.find(run_id)
+            if location is None or _removed(location):
+                # Said in JSON, so that the run's open page tells "the run is gone" from "the
+                # server is not answering" (a proxy's error page, a stopped server).
+                gone = script_json({"gone": run_id}).encode()
+                content_type = "application/json; charset=utf-8"
+                return self._send_bytes(gone, content_type, send_body, HTTPStatus.NOT_FOUND)
+            links = server_links(f"api/run/{parts[2]}", poll_ms)
+            text = script_json(run_page_json(read_run(location), links))
+            return self._send_json_text(text, send_body)
         if len(parts) == 2 and parts[0] == "static" and parts[1] in ASSETS:
             content_type = mimetypes.guess_type(parts[1])[0] or "text/plain"
             if content_type.startswith(("text/", "application/javascript")):
@@ -314,9 +327,9 @@ class ViewHandler(BaseHTTPRequestHandler):
     def _send_text(self, status: int, text: str, send_body: bool) -> None:
         self._send_bytes((text + "\n").encode(), "text/plain; charset=utf-8", send_body, status)
 
-    def _send_html(self, page: str, send_body: bool) -> None:
+    def _send_html(self, page: str, send_body: bool, status: int = HTTPStatus.OK) -> None:
         body, encoding = self._compressed(page.encode("utf-8"))
-        self._headers(HTTPStatus.OK, "text/html; charset=utf-8", len(body), encoding)
+        self._headers(status, "text/html; charset=utf-8", len(body), encoding)
         self.end_headers()
         if send_body:
             self.wfile.write(body)
@@ -375,6 +388,12 @@ class ViewHandler(BaseHTTPRequestHandler):
             if send_body:
                 f.seek(start)
                 _copy(f, self.wfile, end - start + 1)
+
+
+def _removed(location: RunLocation) -> bool:
+    """Whether a run's workspace is gone since the scan that found it (``Catalog.find`` answers
+    from a scan up to :data:`~dreamtext.view.workspaces.FIND_REUSES_SCAN_S` old)."""
+    return location.path is not None and not location.path.is_dir()
 
 
 def _names_tag(if_none_match: str | None, etag: str) -> bool:

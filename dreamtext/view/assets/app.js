@@ -120,15 +120,34 @@
     return run.prompt || run.name;
   }
 
+  // A run page whose run is gone asks again this many poll intervals later (2 s → 30 s): the
+  // folder may be moved back, but the page no longer asks as if the run were training.
+  const GONE_POLL_FACTOR = 15;
+
+  /** Whether a 404 is the server saying the polled run is not there ({"gone": id}), rather than
+   * some other answer (a proxy's page for an address it does not know). */
+  async function isGoneAnswer(response) {
+    if (response.status !== 404) return false;
+    try {
+      const answer = await response.json();
+      return answer !== null && typeof answer === "object" && "gone" in answer;
+    } catch (error) {
+      return false;
+    }
+  }
+
   /** Poll `data.api`; call onChange(newData) when its text changes. Back off while it fails.
    * Each poll sends the tag of the last answer (If-None-Match): while nothing changed the server
-   * answers 304 without a body, and there is nothing to read, compare or draw. */
-  function poll(onChange) {
+   * answers 304 without a body, and there is nothing to read, compare or draw.
+   * onGone(true) when the server says the run is gone (its folder removed or moved: the page
+   * polls slowly then), onGone(false) when it is back. */
+  function poll(onChange, onGone) {
     if (!live) return;
     const script = document.getElementById("dreamtext-data");
     let last = script.textContent;
     let etag = script.dataset.etag || null;
     let delay = data.poll_ms;
+    let gone = false;
     const indicator = el("p", { class: "offline", hidden: true, text: "server not answering" });
     document.body.append(indicator);
     async function tick() {
@@ -136,7 +155,16 @@
         // no-store: the tag is ours to send, and a 304 comes to this code as it is.
         const headers = etag ? { "If-None-Match": etag } : {};
         const response = await fetch(data.api, { cache: "no-store", headers });
+        if (onGone && (await isGoneAnswer(response))) {
+          if (!gone) onGone(true);
+          gone = true;
+          indicator.hidden = true;
+          setTimeout(tick, data.poll_ms * GONE_POLL_FACTOR);
+          return;
+        }
         if (response.status !== 304 && !response.ok) throw new Error(String(response.status));
+        if (gone) onGone(false);
+        gone = false;
         if (response.status !== 304) {
           const text = await response.text();
           if (text !== last) {
@@ -608,10 +636,33 @@
       redraw("charts", [run.series, run.descriptor_steps, run.descriptor_loss], drawCharts, run);
       redraw("details", [run.mesh_stats, run.batch, run.data_files, run.config], drawDetails, run);
     }
+    // Said at the top when the run's folder is removed or moved while its page is open.
+    const goneNotice = goneNote();
+    goneNotice.hidden = true;
+    app.prepend(goneNotice);
+    function showGone(gone) {
+      goneNotice.hidden = !gone;
+      app.classList.toggle("run-gone", gone);
+    }
+
     draw(data.run);
-    poll((fresh) => draw(fresh.run));
+    poll((fresh) => draw(fresh.run), showGone);
+  }
+
+  // ------------------------------------------------------------------------------- gone
+
+  function goneNote() {
+    return el("p", { class: "gone", role: "alert" },
+      "This run is gone: its folder was removed or moved. ",
+      el("a", { href: data.gallery, text: "See all runs" }));
+  }
+
+  /** The page of a run that is not there (opened again after its folder was removed). */
+  function gonePage() {
+    fill(app, el("nav", {}, el("a", { href: data.gallery, text: "← all runs" })), goneNote());
   }
 
   if (data.page === "gallery") gallery();
+  else if (data.page === "gone") gonePage();
   else runPage();
 })();

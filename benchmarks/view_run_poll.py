@@ -1,0 +1,89 @@
+"""What a live run's page costs per poll when its log is long: the bytes of ``api/run/<id>.json``
+(as sent, gzipped, and unzipped) and the server's time to answer, for one running run whose
+``log.jsonl`` holds N lines shaped as the trainer's (``view_poll.log_record``), each poll right
+after the run appended a line (a live run changes at every log line, so its page's polls get
+whole answers, not 304s).
+
+    python benchmarks/view_run_poll.py 100000
+    python benchmarks/view_run_poll.py 100000 --code /path/to/other/checkout
+
+Also the run page itself (its first load) and the curve points in the answer. Medians of
+``--polls`` polls. The server runs the checkout at ``--code`` in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from view_poll import REPO, log_record, start_server
+
+
+def fetch(url: str, tag: str | None = None) -> tuple[float, int, bytes, str | None]:
+    """One request as a browser's poll: taking gzip, naming its last answer. (seconds, status,
+    body as sent, ETag)."""
+    headers = {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as response:
+            status, body, etag = response.status, response.read(), response.headers["ETag"]
+    except urllib.error.HTTPError as answer:  # a 304
+        status, body, etag = answer.code, answer.read(), tag
+    return time.perf_counter() - start, status, body, etag
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("lines", type=int)
+    parser.add_argument("--polls", type=int, default=5)
+    parser.add_argument("--code", type=Path, default=REPO, help="checkout whose viewer to run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp) / "runs" / "long_run"
+        ws.mkdir(parents=True)
+        iters = args.lines * 20
+        config = {"prompt": "a long run", "iters": iters}
+        (ws / "config.json").write_text(json.dumps(config))
+        records = (log_record(s, 1.0 / s) for s in range(10, args.lines * 10 + 1, 10))
+        (ws / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        server, port = start_server(args.code.resolve(), ws.parent)
+        try:
+            base = f"http://127.0.0.1:{port}/"
+            took, _, page, _ = fetch(base + "run/long_run/")
+            page_text = gzip.decompress(page) if page[:2] == b"\x1f\x8b" else page
+            url = base + "api/run/long_run.json"
+            fetch(url)
+            step, tag, polls = args.lines * 10, None, []
+            for _ in range(args.polls):
+                step += 10
+                with open(ws / "log.jsonl", "a") as f:
+                    f.write(json.dumps(log_record(step, 1.0 / step)) + "\n")
+                polls.append(fetch(url, tag))
+                tag = polls[-1][3]
+            statuses = {status for _, status, _, _ in polls}
+            sent = statistics.median(len(body) for _, _, body, _ in polls)
+            text = gzip.decompress(polls[-1][2])
+            points = len(json.loads(text)["run"]["series"]["step"])
+            seconds = statistics.median(t for t, _, _, _ in polls)
+            print(
+                f"{args.code.resolve()}: a {args.lines}-line log: run page {len(page) / 1024:.0f} "
+                f"KiB sent ({len(page_text) / 1024:.0f} KiB unzipped, {took:.2f} s); a poll after "
+                f"a new line: HTTP {sorted(statuses)}, {sent / 1024:.1f} KiB sent "
+                f"({len(text) / 1024:.1f} KiB unzipped, {points} curve points), "
+                f"{seconds * 1000:.0f} ms (median of {len(polls)})"
+            )
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+if __name__ == "__main__":
+    main()
