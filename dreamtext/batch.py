@@ -25,6 +25,7 @@ seconds.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import hashlib
 import json
@@ -633,11 +634,31 @@ def entry_config(
     """The run's config: the batch's flags, with this entry's prompt and workspace. An image
     line's prompt is the image's name until DreamText learns its sentence (as ``dreamtext
     image``)."""
-    prompt = entry.prompt
-    if entry.kind == "image":
-        prompt = Path(entry.prompt).stem or "image"
-    mine = {**overrides, "prompt": prompt, "workspace": str(entry.workspace)}
+    mine = {**overrides, "prompt": _config_prompt(entry), "workspace": str(entry.workspace)}
     return resolve_config(mine, preset=preset, config_file=config_file)
+
+
+def entry_configs(
+    entries: list[Entry],
+    overrides: dict[str, Any],
+    preset: str | None,
+    config_file: str | Path | Sequence[str | Path] | None,
+) -> list[TrainConfig]:
+    """:func:`entry_config` of every entry, the preset and ``--config`` files read once for the
+    batch: the entries differ only in their prompt and workspace, which the command line's layer
+    sets over everything else, so the first entry's config with those two replaced is each
+    other's."""
+    if not entries:
+        return []
+    first = entry_config(entries[0], overrides, preset, config_file)
+    return [first] + [
+        replace(copy.deepcopy(first), prompt=_config_prompt(e), workspace=str(e.workspace))
+        for e in entries[1:]
+    ]
+
+
+def _config_prompt(entry: Entry) -> str:
+    return (Path(entry.prompt).stem or "image") if entry.kind == "image" else entry.prompt
 
 
 def finished_here(entry: Entry, cfg: TrainConfig) -> bool:
@@ -729,7 +750,7 @@ def run_batch(
         )
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
-    configs = [entry_config(e, overrides, preset, config_file) for e in share]
+    configs = entry_configs(share, overrides, preset, config_file)
     for entry, cfg in zip(share, configs, strict=True):
         if entry.kind == "image" and cfg.guidance.model.startswith("builtin:"):
             raise DreamtextError(
@@ -980,9 +1001,17 @@ def run_entry(
     finally:
         if claimed:
             lock.release()
-            with contextlib.suppress(Exception):  # a broken CUDA context raises here too
-                free_memory()
+            if runs_on_cuda(cfg):  # on the CPU the collection found nothing and took 0.4 s
+                with contextlib.suppress(Exception):  # a broken CUDA context raises here too
+                    free_memory()
     return record
+
+
+def runs_on_cuda(cfg: TrainConfig) -> bool:
+    """Whether the run of ``cfg`` used a CUDA device, whose cached blocks the next line needs
+    back (:func:`~dreamtext.devices.free_memory`). A run on the CPU leaves no reference cycles
+    holding tensors: its memory went back when the run returned."""
+    return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
 
 
 def _record(
