@@ -50,8 +50,7 @@ from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
     ascii_slug,
-    config_to_dict,
-    flat_fields,
+    changed_settings,
     owner_value,
     read_run_config,
     resolve_config,
@@ -679,34 +678,32 @@ def interruption_line(entry: Entry, stop: BaseException) -> str:
     return "interrupted before the run's first checkpoint; run the batch again to start it again"
 
 
-def changed_settings(entry: Entry, cfg: TrainConfig) -> list[str]:
-    """``"name old → new"`` for every field the run in the entry's workspace recorded in its
-    ``config.json`` with another value than ``cfg`` has, leaving out :data:`NOT_COMPARED` (and
-    for an image line its learned sentence and token, which ``cfg`` does not know yet). Fields
-    one of the two does not have (a run of an older dreamtext) are not compared."""
+def changed_setting_lines(entry: Entry, cfg: TrainConfig) -> list[str]:
+    """``"name old → new"`` for every setting of ``cfg`` that differs from the run's in the
+    entry's workspace (its ``config.json``, :func:`dreamtext.config.changed_settings`), leaving
+    out :data:`NOT_COMPARED` (and for an image line its learned sentence and token, which ``cfg``
+    does not know yet)."""
     try:
         saved = read_run_config(entry.workspace, "")
     except DreamtextError:  # an unreadable record compares with nothing
         return []
-    if saved is None:
-        return []
-    before, now = flat_fields(saved), flat_fields(config_to_dict(cfg))
+    changed = {} if saved is None else changed_settings(saved, cfg)
     ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if entry.kind == "image" else set())
     return [
-        f"{name} {_shorten(json.dumps(before[name]), 40)} → {_shorten(json.dumps(value), 40)}"
-        for name, value in now.items()
-        if name in before and name not in ignored and before[name] != value
+        f"{name} {_shorten(json.dumps(old), 40)} → {_shorten(json.dumps(new), 40)}"
+        for name, (old, new) in changed.items()
+        if name not in ignored
     ]
 
 
 def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
     """Before an unfinished run is resumed: one warning line naming the settings the batch
-    changes from its ``config.json`` (:func:`changed_settings`), which apply from its last
+    changes from its ``config.json`` (:func:`changed_setting_lines`), which apply from its last
     checkpoint on. Changes a resumed run cannot take (the seed, the field) are left to the
     trainer, which refuses them."""
     if not last_checkpoint(entry.workspace).is_file():
         return
-    changed = changed_settings(entry, cfg)
+    changed = changed_setting_lines(entry, cfg)
     saved = read_run_config(entry.workspace, "") if changed else None
     if changed and not (saved is not None and resume_conflicts(saved, cfg)):
         _say(
@@ -881,10 +878,10 @@ def run_entry(
     finds the record (:func:`failed_meanwhile`).
 
     A finished run of the entry is skipped, with a warning when it used other settings
-    (:func:`changed_settings`). With ``options.overwrite`` it trains from scratch instead, unless
-    its ``status.json`` is no longer ``before`` (what it was when the batch started): then another
-    worker of this batch has trained it again, and it is skipped or resumed as without. An entry
-    that another worker sharing the list failed since this batch started is skipped too
+    (:func:`changed_setting_lines`). With ``options.overwrite`` it trains from scratch instead,
+    unless its ``status.json`` is no longer ``before`` (what it was when the batch started): then
+    another worker of this batch has trained it again, and it is skipped or resumed as without.
+    An entry that another worker sharing the list failed since this batch started is skipped too
     (:func:`failed_meanwhile`; ``others`` follows their ``batch.jsonl`` records): the failure is
     recorded once, and running the batch again retries it. So is one another process, not a
     worker of this batch, is running (a ``dreamtext text`` of its workspace: ``WorkspaceInUse``).
@@ -909,7 +906,7 @@ def run_entry(
         finish_cut_export(entry.workspace)
         fresh = options.overwrite and read_status(entry.workspace) == before
         if not fresh and finished_here(entry, cfg):
-            changed = changed_settings(entry, cfg)
+            changed = changed_setting_lines(entry, cfg)
             if cfg.export and not has_mesh(entry.workspace):
                 _say(
                     f"batch: line {entry.line}: {entry.workspace} finished without a mesh and "
