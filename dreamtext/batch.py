@@ -958,8 +958,8 @@ def run_entry(
         busy = True
         result = {"status": "skipped", "error": f"in use by {in_use.holder}"}
         _say(
-            f"batch: line {entry.line}: {entry.workspace} is in use by {in_use.holder}, which "
-            "is not a worker of this batch; skipped, run the batch again once it ends"
+            f"batch: line {entry.line}: {in_use.situation}, not a worker of this batch; "
+            "skipped, run the batch again once it ends"
         )
     except DreamtextError as error:
         result = {"status": "failed", "error": error_line(error)}

@@ -179,10 +179,9 @@ def check_not_running(workspace: str | Path) -> None:
     pid = running_elsewhere(status)
     if pid is not None:
         raise WorkspaceInUse(
-            f"{workspace} is in use: process {pid} on this machine is running its run "
-            f"({status.get('phase')} phase, step {status.get('step')}); wait for it to end or "
-            "stop it, or pass --workspace NEW_FOLDER",
+            workspace,
             f"process {pid} on this machine",
+            f"its run ({status.get('phase')} phase, step {status.get('step')})",
         )
 
 
