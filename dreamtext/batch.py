@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import last_checkpoint, naming_the_file
+from dreamtext.checkpoint import last_checkpoint, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
@@ -1120,13 +1120,13 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """One line appended in one write, so that workers sharing the file do not interleave."""
+    """One line appended in one write, so that workers sharing the file do not interleave.
+    Unlike a run's own log (:func:`~dreamtext.checkpoint.append_log_line`), a line that does
+    not fit is not cut back off: another worker may have appended after it."""
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        with naming_the_file(path):
-            while data:  # a write that fits only in part writes less; the next one says why
-                data = data[os.write(fd, data) :]
+        write_whole(lambda rest: os.write(fd, rest), data, path)
     finally:
         os.close(fd)
 
