@@ -25,6 +25,7 @@ seconds.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import hashlib
 import json
@@ -44,13 +45,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import last_checkpoint, naming_the_file
+from dreamtext.checkpoint import last_checkpoint, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
     ascii_slug,
-    config_to_dict,
-    flat_fields,
+    changed_settings,
     owner_value,
     read_run_config,
     resolve_config,
@@ -633,11 +633,31 @@ def entry_config(
     """The run's config: the batch's flags, with this entry's prompt and workspace. An image
     line's prompt is the image's name until DreamText learns its sentence (as ``dreamtext
     image``)."""
-    prompt = entry.prompt
-    if entry.kind == "image":
-        prompt = Path(entry.prompt).stem or "image"
-    mine = {**overrides, "prompt": prompt, "workspace": str(entry.workspace)}
+    mine = {**overrides, "prompt": _config_prompt(entry), "workspace": str(entry.workspace)}
     return resolve_config(mine, preset=preset, config_file=config_file)
+
+
+def entry_configs(
+    entries: list[Entry],
+    overrides: dict[str, Any],
+    preset: str | None,
+    config_file: str | Path | Sequence[str | Path] | None,
+) -> list[TrainConfig]:
+    """:func:`entry_config` of every entry, the preset and ``--config`` files read once for the
+    batch: the entries differ only in their prompt and workspace, which the command line's layer
+    sets over everything else, so the first entry's config with those two replaced is each
+    other's."""
+    if not entries:
+        return []
+    first = entry_config(entries[0], overrides, preset, config_file)
+    return [first] + [
+        replace(copy.deepcopy(first), prompt=_config_prompt(e), workspace=str(e.workspace))
+        for e in entries[1:]
+    ]
+
+
+def _config_prompt(entry: Entry) -> str:
+    return (Path(entry.prompt).stem or "image") if entry.kind == "image" else entry.prompt
 
 
 def finished_here(entry: Entry, cfg: TrainConfig) -> bool:
@@ -658,34 +678,32 @@ def interruption_line(entry: Entry, stop: BaseException) -> str:
     return "interrupted before the run's first checkpoint; run the batch again to start it again"
 
 
-def changed_settings(entry: Entry, cfg: TrainConfig) -> list[str]:
-    """``"name old → new"`` for every field the run in the entry's workspace recorded in its
-    ``config.json`` with another value than ``cfg`` has, leaving out :data:`NOT_COMPARED` (and
-    for an image line its learned sentence and token, which ``cfg`` does not know yet). Fields
-    one of the two does not have (a run of an older dreamtext) are not compared."""
+def changed_setting_lines(entry: Entry, cfg: TrainConfig) -> list[str]:
+    """``"name old → new"`` for every setting of ``cfg`` that differs from the run's in the
+    entry's workspace (its ``config.json``, :func:`dreamtext.config.changed_settings`), leaving
+    out :data:`NOT_COMPARED` (and for an image line its learned sentence and token, which ``cfg``
+    does not know yet)."""
     try:
         saved = read_run_config(entry.workspace, "")
     except DreamtextError:  # an unreadable record compares with nothing
         return []
-    if saved is None:
-        return []
-    before, now = flat_fields(saved), flat_fields(config_to_dict(cfg))
+    changed = {} if saved is None else changed_settings(saved, cfg)
     ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if entry.kind == "image" else set())
     return [
-        f"{name} {_shorten(json.dumps(before[name]), 40)} → {_shorten(json.dumps(value), 40)}"
-        for name, value in now.items()
-        if name in before and name not in ignored and before[name] != value
+        f"{name} {_shorten(json.dumps(old), 40)} → {_shorten(json.dumps(new), 40)}"
+        for name, (old, new) in changed.items()
+        if name not in ignored
     ]
 
 
 def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
     """Before an unfinished run is resumed: one warning line naming the settings the batch
-    changes from its ``config.json`` (:func:`changed_settings`), which apply from its last
+    changes from its ``config.json`` (:func:`changed_setting_lines`), which apply from its last
     checkpoint on. Changes a resumed run cannot take (the seed, the field) are left to the
     trainer, which refuses them."""
     if not last_checkpoint(entry.workspace).is_file():
         return
-    changed = changed_settings(entry, cfg)
+    changed = changed_setting_lines(entry, cfg)
     saved = read_run_config(entry.workspace, "") if changed else None
     if changed and not (saved is not None and resume_conflicts(saved, cfg)):
         _say(
@@ -729,7 +747,7 @@ def run_batch(
         )
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
-    configs = [entry_config(e, overrides, preset, config_file) for e in share]
+    configs = entry_configs(share, overrides, preset, config_file)
     for entry, cfg in zip(share, configs, strict=True):
         if entry.kind == "image" and cfg.guidance.model.startswith("builtin:"):
             raise DreamtextError(
@@ -860,10 +878,10 @@ def run_entry(
     finds the record (:func:`failed_meanwhile`).
 
     A finished run of the entry is skipped, with a warning when it used other settings
-    (:func:`changed_settings`). With ``options.overwrite`` it trains from scratch instead, unless
-    its ``status.json`` is no longer ``before`` (what it was when the batch started): then another
-    worker of this batch has trained it again, and it is skipped or resumed as without. An entry
-    that another worker sharing the list failed since this batch started is skipped too
+    (:func:`changed_setting_lines`). With ``options.overwrite`` it trains from scratch instead,
+    unless its ``status.json`` is no longer ``before`` (what it was when the batch started): then
+    another worker of this batch has trained it again, and it is skipped or resumed as without.
+    An entry that another worker sharing the list failed since this batch started is skipped too
     (:func:`failed_meanwhile`; ``others`` follows their ``batch.jsonl`` records): the failure is
     recorded once, and running the batch again retries it. So is one another process, not a
     worker of this batch, is running (a ``dreamtext text`` of its workspace: ``WorkspaceInUse``).
@@ -888,7 +906,7 @@ def run_entry(
         finish_cut_export(entry.workspace)
         fresh = options.overwrite and read_status(entry.workspace) == before
         if not fresh and finished_here(entry, cfg):
-            changed = changed_settings(entry, cfg)
+            changed = changed_setting_lines(entry, cfg)
             if cfg.export and not has_mesh(entry.workspace):
                 _say(
                     f"batch: line {entry.line}: {entry.workspace} finished without a mesh and "
@@ -940,8 +958,8 @@ def run_entry(
         busy = True
         result = {"status": "skipped", "error": f"in use by {in_use.holder}"}
         _say(
-            f"batch: line {entry.line}: {entry.workspace} is in use by {in_use.holder}, which "
-            "is not a worker of this batch; skipped, run the batch again once it ends"
+            f"batch: line {entry.line}: {in_use.situation}, not a worker of this batch; "
+            "skipped, run the batch again once it ends"
         )
     except DreamtextError as error:
         result = {"status": "failed", "error": error_line(error)}
@@ -980,9 +998,17 @@ def run_entry(
     finally:
         if claimed:
             lock.release()
-            with contextlib.suppress(Exception):  # a broken CUDA context raises here too
-                free_memory()
+            if runs_on_cuda(cfg):  # on the CPU the collection found nothing and took 0.4 s
+                with contextlib.suppress(Exception):  # a broken CUDA context raises here too
+                    free_memory()
     return record
+
+
+def runs_on_cuda(cfg: TrainConfig) -> bool:
+    """Whether the run of ``cfg`` used a CUDA device, whose cached blocks the next line needs
+    back (:func:`~dreamtext.devices.free_memory`). A run on the CPU leaves no reference cycles
+    holding tensors: its memory went back when the run returned."""
+    return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
 
 
 def _record(
@@ -1094,13 +1120,13 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """One line appended in one write, so that workers sharing the file do not interleave."""
+    """One line appended in one write, so that workers sharing the file do not interleave.
+    Unlike a run's own log (:func:`~dreamtext.checkpoint.append_log_line`), a line that does
+    not fit is not cut back off: another worker may have appended after it."""
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        with naming_the_file(path):
-            while data:  # a write that fits only in part writes less; the next one says why
-                data = data[os.write(fd, data) :]
+        write_whole(lambda rest: os.write(fd, rest), data, path)
     finally:
         os.close(fd)
 

@@ -107,17 +107,25 @@ def naming_the_file(path: Path) -> Iterator[None]:
         raise OSError(error.errno, error.strerror, str(path)) from error
 
 
+def write_whole(write: Callable[[memoryview], int], data: bytes, path: Path) -> None:
+    """Write all of ``data`` with ``write`` (an unbuffered file's, or ``os.write`` on a
+    descriptor), an ``OSError`` naming ``path``: a write that fits only in part (a full disk or
+    quota, a file-size limit) writes less, and the next one raises why."""
+    rest = memoryview(data)
+    with naming_the_file(path):
+        while rest:
+            rest = rest[write(rest) :]
+
+
 def append_log_line(log: BinaryIO, path: Path, record: dict[str, Any]) -> None:
     """Append ``record`` to ``log`` (the unbuffered ``log.jsonl`` at ``path``) as one whole line,
     or nothing: a write that does not fit (a full disk or quota, a file-size limit) is cut back
     off and raised naming ``path``. (A buffered file kept the rest, the closing retried it and
     its second, nameless error replaced the first; and a torn line stayed.)"""
-    data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+    data = (json.dumps(record) + "\n").encode("utf-8")
     end = log.seek(0, os.SEEK_END)
     try:
-        with naming_the_file(path):
-            while data:  # a write that fits only in part writes less; the next one says why
-                data = data[log.write(data) :]
+        write_whole(log.write, data, path)
     except OSError:
         with suppress(OSError):
             log.truncate(end)

@@ -452,13 +452,19 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 
 
 def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, list[Any]]:
-    """The settings of ``cfg`` that differ from ``saved`` (the config a run's checkpoint was
-    trained with), as ``{"lr": [old, new], "guidance.guidance_scale": [old, new]}``: what a
-    resume changed from its step on, which the run's config.json alone would not tell."""
-    before = TrainConfig()
-    apply_overrides(before, saved, "the checkpoint's config")
-    old, new = flat_fields(config_to_dict(before)), flat_fields(config_to_dict(cfg))
-    return {name: [old[name], new[name]] for name in old if old[name] != new[name]}
+    """The settings of ``cfg`` that differ from ``saved`` (the config a run was trained with: its
+    checkpoint's, or its config.json), as ``{"lr": [old, new], "guidance.guidance_scale": [old,
+    new]}``: what a resume changed from its step on, which the run's config.json alone would not
+    tell, or what a batch would change in a run it skips. Only the settings both have are
+    compared: one that ``saved`` lacks (a run of an older dreamtext) has no old value to compare
+    (the defaults are not it: the run may have had a preset's), and one that ``cfg`` lacks (a
+    setting dreamtext no longer has) no new one."""
+    old, new = flat_fields(saved), flat_fields(config_to_dict(cfg))
+    return {
+        name: [old[name], value]
+        for name, value in new.items()
+        if name in old and old[name] != value
+    }
 
 
 def flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

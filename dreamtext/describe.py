@@ -36,7 +36,7 @@ from dreamtext.devices import resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.images import load_image
 from dreamtext.progress import bar_options
-from dreamtext.runstatus import track_status
+from dreamtext.runstatus import HEARTBEAT_SECONDS, track_status
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 QUANTIFIERS: tuple[str, ...] = ("a", "an", "some", "a few", "a little", "a lot of", "much", "many")
@@ -390,8 +390,9 @@ def describe(
     (:func:`check_describe_workspace`).
     ``encoder`` defaults to CLIP loaded from ``options.clip``; tests pass a fake one.
     ``status``: keep ``W/status.json`` of the search as a run of its own (``dreamtext describe``:
-    ``running`` in phase ``describe``, then ``finished``, ``failed`` or ``interrupted``), written
-    once the checks have passed and CLIP is loaded; image→3D tracks its describe stage itself.
+    ``running`` in phase ``describe``, rewritten every :data:`HEARTBEAT_SECONDS` with the time
+    so far, then ``finished``, ``failed`` or ``interrupted``), written once the checks have
+    passed and CLIP is loaded; image→3D tracks its describe stage itself.
     """
     options = options or DescribeOptions()
     nouns, adjectives = check_options(options)
@@ -401,7 +402,9 @@ def describe(
     if not status:
         return _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
     device = resolve_device(options.device)
-    with track_status(workspace, 0, lambda: 0, device, phase="describe"):
+    with track_status(
+        workspace, 0, lambda: 0, device, phase="describe", heartbeat=HEARTBEAT_SECONDS
+    ):
         return _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
 
 

@@ -26,8 +26,13 @@ class DreamtextError(Exception):
 class WorkspaceInUse(DreamtextError):
     """Another live process is running a run in the workspace (its lock or its ``status.json``
     says so). ``holder`` names that process in words (``process 123 on this machine``): a batch
-    skips such a line, as it skips one another worker holds, instead of failing it."""
+    skips such a line, as it skips one another worker holds, instead of failing it. The one
+    line every command says: ``situation`` (``W is in use: HOLDER is running WHAT``, which a
+    batch's skip line reuses), then what to do."""
 
-    def __init__(self, message: str, holder: str) -> None:
-        super().__init__(message)
+    def __init__(self, workspace: object, holder: str, what: str = "a run in it") -> None:
+        self.situation = f"{workspace} is in use: {holder} is running {what}"
+        super().__init__(
+            f"{self.situation}; wait for it to end or stop it, or pass --workspace NEW_FOLDER"
+        )
         self.holder = holder

@@ -84,7 +84,13 @@ from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
-from dreamtext.runstatus import check_not_running, restart_stage, run_finished, track_status
+from dreamtext.runstatus import (
+    HEARTBEAT_SECONDS,
+    check_not_running,
+    restart_stage,
+    run_finished,
+    track_status,
+)
 
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
 SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
@@ -486,9 +492,19 @@ def record_config(
 
 def stage_status(workspace: str | Path, phase: str, device: torch.device) -> AbstractContextManager:
     """``status.json`` around a stage without steps of its own (``sample``, ``describe``):
-    running in ``phase``, then failed or interrupted there, or running on into the next stage."""
+    running in ``phase`` (with its time so far every :data:`HEARTBEAT_SECONDS`), then failed or
+    interrupted there, or running on into the next stage."""
     interrupted = (TrainingInterrupted, KeyboardInterrupt)
-    return track_status(workspace, 0, lambda: 0, device, interrupted, phase, finishes=False)
+    return track_status(
+        workspace,
+        0,
+        lambda: 0,
+        device,
+        interrupted,
+        phase,
+        finishes=False,
+        heartbeat=HEARTBEAT_SECONDS,
+    )
 
 
 def _note(line: str) -> None:

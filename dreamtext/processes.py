@@ -123,11 +123,7 @@ def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
         who = f"process {pid} on {host}"
     else:
         who = "another process"
-    return WorkspaceInUse(
-        f"{workspace} is in use: {who} is running a run in it; wait for it to end or stop it, "
-        "or pass --workspace NEW_FOLDER",
-        who,
-    )
+    return WorkspaceInUse(workspace, who)
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -13,6 +13,9 @@ starts, when it ends (``finished``, written after the export), when it fails (wi
 first line) and when it is interrupted (Ctrl-C, SIGTERM). In between, the trainer calls
 :func:`update_status` at every log line and checkpoint, which refreshes ``step``, ``seconds``,
 ``gpu_mem_mib`` and ``updated``, and once more with ``phase="export"`` right before the export.
+A stage without steps to report at (``describe``, ``sample``) is given a ``heartbeat`` instead:
+a thread rewrites its ``running`` status every :data:`HEARTBEAT_SECONDS`, so that one killed
+without warning (SIGKILL) still records the time it ran.
 ``phase`` is the stage the run is in, or for an ended run the stage it ended in.
 
 An image→3D run's stages before text→3D are tracked the same way, each in a block of its own that
@@ -51,6 +54,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,6 +74,10 @@ PHASES = ("sample", "describe", "descriptor", "train", "export")
 # The phases a tracker starts in: a run's stages (``train`` goes on into ``export``).
 STAGES = PHASES[:-1]
 # The meshes an export writes (any of them, by --formats), under the workspace's mesh/.
+# How often a stage without steps (a sentence search, image sampling) rewrites its ``running``
+# status: a search stopped without warning then records its time to within this.
+HEARTBEAT_SECONDS = 10.0
+
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
 
@@ -171,10 +179,9 @@ def check_not_running(workspace: str | Path) -> None:
     pid = running_elsewhere(status)
     if pid is not None:
         raise WorkspaceInUse(
-            f"{workspace} is in use: process {pid} on this machine is running its run "
-            f"({status.get('phase')} phase, step {status.get('step')}); wait for it to end or "
-            "stop it, or pass --workspace NEW_FOLDER",
+            workspace,
             f"process {pid} on this machine",
+            f"its run ({status.get('phase')} phase, step {status.get('step')})",
         )
 
 
@@ -219,8 +226,13 @@ class StatusTracker:
         self.earlier_peak = _finite((earlier or {}).get("gpu_mem_mib"))
         self.earlier_stages = _earlier_stages(before, self.stage)
         self._written: tuple[int, str] | None = None
+        self._writing = threading.Lock()  # the heartbeat's thread writes too
 
     def write(self, state: str, error: str | None = None) -> None:
+        with self._writing:
+            self._write(state, error)
+
+    def _write(self, state: str, error: str | None) -> None:
         step = int(self.step())
         status = {
             "state": state,
@@ -260,6 +272,35 @@ class StatusTracker:
             self.phase = phase
         if self._written != (int(self.step()), self.phase):
             self.write("running")
+
+
+@contextmanager
+def _heartbeat(tracker: StatusTracker, every: float | None) -> Iterator[None]:
+    """Rewrite ``tracker``'s ``running`` status every ``every`` seconds from a thread while
+    inside the block (nothing when ``every`` is ``None``). The thread stops at the block's end,
+    before the block's last status is written, and for good once a guard of the workspace
+    (:func:`guard_run`) raises (the workspace is another worker's) or a write fails (a full
+    disk: the block's own last write says so)."""
+    if every is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                tracker.run_guards()
+                tracker.write("running")
+            except Exception:  # the main thread's next write reports a failed one
+                return
+
+    thread = threading.Thread(target=beat, name="dreamtext-status-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _finite(value: Any) -> float | None:
@@ -367,6 +408,7 @@ def track_status(
     interrupted: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
     phase: str = "train",
     finishes: bool = True,
+    heartbeat: float | None = None,
 ) -> Iterator[StatusTracker]:
     """Keep ``workspace/status.json`` up to date around a run; ``step()`` reads the run's step.
 
@@ -375,7 +417,8 @@ def track_status(
     :class:`RunTakenOver` not at all, anything else as ``failed`` with :func:`error_line`.
     ``phase``: the stage the block starts in. ``finishes``: whether the block's end finishes the
     run (text→3D and its export); a stage that another follows (``sample``, ``describe``,
-    ``descriptor``) ends it ``running``.
+    ``descriptor``) ends it ``running``. ``heartbeat``: for a stage that calls no
+    :func:`update_status`, rewrite ``running`` every so many seconds (:func:`_heartbeat`).
     """
     check_not_running(workspace)
     if device.type == "cuda":
@@ -386,7 +429,8 @@ def track_status(
     tracker.write("running")
     _ACTIVE[key] = tracker
     try:
-        yield tracker
+        with _heartbeat(tracker, heartbeat):
+            yield tracker
     except RunTakenOver:
         raise
     except interrupted:

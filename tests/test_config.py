@@ -427,3 +427,17 @@ def test_the_stage_sections_of_config_files_are_read_in_order_and_checked(tmp_pa
     second.write_text("diverse: 3\n")
     with pytest.raises(DreamtextError, match=r"section 'diverse' in .* must be a mapping"):
         config_file_stage_sections(second)
+
+
+def test_changed_settings_compares_only_what_the_older_config_recorded():
+    """A run of an older dreamtext has no record of a setting added since: the trainer's resume
+    record called it changed from the thesis default, which that run (on a preset) may never
+    have had. The batch's warning, the other copy of this comparison, already left it out."""
+    from dreamtext.config import changed_settings
+
+    cfg = resolve_config({"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}})
+    saved = config_to_dict(cfg)
+    del saved["guidance"]["guidance_scale"], saved["lr"]  # not recorded then
+    saved["seed"] = 7
+    saved["field"]["a_setting_removed_since"] = 1
+    assert changed_settings(saved, cfg) == {"seed": [7, cfg.seed]}

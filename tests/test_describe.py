@@ -467,3 +467,29 @@ def test_a_refused_describe_writes_no_status(tmp_path):
     with pytest.raises(DreamtextError):
         describe(image_path, tmp_path / "ws", _vocabulary(tmp_path), HashEncoder(), status=True)
     assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["descriptor"]
+
+
+def test_a_describe_records_its_time_while_it_searches(tmp_path, monkeypatch):
+    """status.json was written at the search's start and end only: a describe killed without
+    warning (SIGKILL, after minutes of CLIP) recorded 0.0 s. It is rewritten while it runs."""
+    import time
+
+    import dreamtext.describe
+
+    monkeypatch.setattr(dreamtext.describe, "HEARTBEAT_SECONDS", 0.05, raising=False)
+    image_path, _ = _described(tmp_path)
+    seen = []
+
+    class Slow(HashEncoder):
+        def encode_texts(self, texts):
+            if not seen:  # the first scoring round takes a while, then looks
+                time.sleep(0.5)
+                seen.append(json.loads((tmp_path / "new" / "status.json").read_text()))
+            return super().encode_texts(texts)
+
+    describe(image_path, tmp_path / "new", _vocabulary(tmp_path), encoder=Slow(), status=True)
+    [running] = seen
+    assert (running["state"], running["phase"]) == ("running", "describe")
+    assert running["seconds"] > 0.3 and running["stages"]["describe"]["seconds"] > 0.3
+    status = json.loads((tmp_path / "new" / "status.json").read_text())
+    assert status["state"] == "finished" and status["seconds"] >= running["seconds"]

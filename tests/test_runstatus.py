@@ -454,3 +454,54 @@ def test_a_damaged_status_reads_as_none_and_a_damaged_config_is_one_line(tmp_pat
     assert read_status(tmp_path) is None
     with pytest.raises(DreamtextError, match=r"config.json is unreadable; delete it"):
         read_run_config(tmp_path, "delete it")
+
+
+def test_a_heartbeat_stops_before_the_blocks_last_status(tmp_path):
+    """The heartbeat's thread must not write ``running`` over the ``interrupted`` (or
+    ``finished``) that the block's end writes."""
+    import time
+
+    with (
+        pytest.raises(KeyboardInterrupt),
+        runstatus.track_status(
+            tmp_path, 0, lambda: 0, torch.device("cpu"), phase="describe", heartbeat=0.01
+        ),
+    ):
+        time.sleep(0.1)
+        raise KeyboardInterrupt
+    time.sleep(0.1)
+    assert read_status(tmp_path)["state"] == "interrupted"
+
+
+def test_a_heartbeat_stops_once_the_workspace_is_another_workers(tmp_path):
+    import time
+
+    class TakenOver(Exception):
+        pass
+
+    def taken_over():
+        raise TakenOver
+
+    with (
+        runstatus.guard_run(tmp_path, taken_over),
+        pytest.raises(TakenOver),  # the block's start checks it too
+        runstatus.track_status(
+            tmp_path, 0, lambda: 0, torch.device("cpu"), phase="describe", heartbeat=0.01
+        ),
+    ):
+        pass
+    calls = []
+
+    def taken_over_later():
+        calls.append(1)
+        if len(calls) > 1:  # the heartbeat's first check
+            raise TakenOver
+
+    with (
+        runstatus.guard_run(tmp_path, taken_over_later),
+        runstatus.track_status(
+            tmp_path, 0, lambda: 0, torch.device("cpu"), phase="describe", heartbeat=0.01
+        ),
+    ):
+        time.sleep(0.2)
+        assert len(calls) == 2  # it stopped at the check that raised
