@@ -94,34 +94,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Convert a YAML/JSON value to the annotated type (lists → tuples, ints → floats)."""
+def _coerce(value: Any, hint: Any, where: str, source: str = "") -> Any:
+    """Convert a YAML/JSON value to the annotated type (lists → tuples, ints → floats); a value
+    of another type is a :class:`DreamtextError` naming the field ``where`` and the file or
+    preset ``source`` it came from."""
+    name, found_in = f"config field '{where}'", f" (in {source})" if source else ""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, options[0], where) if len(options) == 1 else value
+        return _coerce(value, options[0], where, source) if len(options) == 1 else value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise DreamtextError(f"config field '{where}' must be a list, got {value!r}")
+            raise DreamtextError(f"{name} must be a list, got {value!r}{found_in}")
         args = typing.get_args(hint)
         if not args or args[-1] is Ellipsis:
             item = args[0] if args else Any
-            return tuple(_coerce(v, item, where) for v in value)
+            return tuple(_coerce(v, item, where, source) for v in value)
         if len(value) != len(args):
             raise DreamtextError(
-                f"config field '{where}' must be a list of {len(args)} values, got {list(value)}"
+                f"{name} must be a list of {len(args)} values, got {list(value)}{found_in}"
             )
-        return tuple(_coerce(v, item, where) for v, item in zip(value, args, strict=True))
+        return tuple(_coerce(v, item, where, source) for v, item in zip(value, args, strict=True))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
-            raise DreamtextError(f"config field '{where}' must be a finite number, got {value}")
+            raise DreamtextError(f"{name} must be a finite number, got {value}{found_in}")
         return float(value)
     # YAML's true / false are ints to Python (bool subclasses int); an int field wants a number.
     wrong_bool = hint is int and isinstance(value, bool)
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or wrong_bool):
-        raise DreamtextError(f"config field '{where}' must be {hint.__name__}, got {value!r}")
+        raise DreamtextError(f"{name} must be {hint.__name__}, got {value!r}{found_in}")
     return value
 
 
@@ -152,7 +155,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: st
                 raise DreamtextError(f"config section '{where}' in {source} must be a mapping")
             apply_overrides(current, value, source, prefix=f"{where}.")
         else:
-            setattr(cfg, key, _coerce(value, hints[key], where))
+            setattr(cfg, key, _coerce(value, hints[key], where, source))
 
 
 def preset_dirs(package: Path | None = None) -> list[Path]:
@@ -179,10 +182,35 @@ def preset_path(name: str) -> Path:
     raise DreamtextError(f"unknown preset '{name}'; available presets: {known}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: ``5e-3`` and ``1e3`` are floats.
+    PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent (``5.0e-3``), so
+    ``lr: 5e-3`` was the string ``'5e-3'``, and refused as one."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a config YAML file into a dict, turning every failure into a one-line user error."""
+    """Read a config YAML file into a dict, turning every failure into a one-line user error.
+    Numbers are read as YAML 1.2 reads them (:class:`_Loader`)."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
     except FileNotFoundError:
         raise DreamtextError(
             f"config file '{path}' does not exist; check the --config path"
@@ -596,6 +624,13 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
         )
     if cfg.lr <= 0:
         raise DreamtextError(f"--lr must be positive, got {cfg.lr}")
+    from dreamtext.cli import SEED_MAX  # the flag's bound (the CLI module imports no torch)
+
+    # torch.manual_seed takes -2^63 to 2^64 - 1; a seed past that was a torch traceback once
+    # the run had started. Negative seeds are refused by --seed, but runs made before that
+    # still resume with theirs.
+    if not -(2**63) <= cfg.seed <= SEED_MAX:
+        raise DreamtextError(f"config field 'seed' must be from 0 to {SEED_MAX}, got {cfg.seed}")
     cfg.render.validate()
     cfg.field.validate()
     cfg.guidance.validate()

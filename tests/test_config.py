@@ -202,6 +202,43 @@ def test_bad_values_are_user_errors(overrides, message):
         resolve_config(overrides)
 
 
+def test_config_files_read_numbers_as_yaml_1_2(tmp_path):
+    """PyYAML (YAML 1.1) reads ``5e-3`` and ``1e3`` as strings: ``lr: 5e-3`` was refused as
+    'must be float, got '5e-3''."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("lr: 5e-3\nguidance:\n  guidance_scale: 1e3\n  t_range: [2E-2, .98]\n")
+    cfg = resolve_config({"prompt": "x"}, config_file=path)
+    assert cfg.lr == 0.005
+    assert cfg.guidance.guidance_scale == 1000.0
+    assert cfg.guidance.t_range == (0.02, 0.98)
+    path.write_text("prompt: 1e3\niters: 1_000\n")  # still YAML's ints; a string field refuses
+    with pytest.raises(DreamtextError, match="'prompt' must be str, got 1000.0"):
+        resolve_config({}, config_file=path)
+
+
+def test_a_wrong_type_names_the_file_it_came_from(tmp_path):
+    """With a preset and several --config files, 'must be int' did not say which one held it."""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("iters: 5\n")
+    bad.write_text("field:\n  num_levels: 1.5\n")
+    with pytest.raises(DreamtextError, match=r"'field\.num_levels' must be int, got 1\.5 \(in "):
+        resolve_config({"prompt": "x"}, config_file=[good, bad])
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=[good, bad])
+    assert str(bad) in str(raised.value) and str(good) not in str(raised.value)
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**70, -(2**63) - 1, 2**32])
+def test_a_seed_torch_cannot_take_is_refused_before_the_run(tmp_path, seed):
+    """``seed: 99999999999999999999`` in a config file was a torch overflow traceback once the
+    run had started; the flag's range (0 to 2^32 - 1) bounds it, as --seed does."""
+    path = tmp_path / "seed.yaml"
+    path.write_text(f"seed: {seed}\n")
+    with pytest.raises(DreamtextError, match=r"config field 'seed' must be from 0 to 4294967295"):
+        resolve_config({"prompt": "x"}, config_file=path)
+    assert resolve_config({"prompt": "x", "seed": -5}).seed == -5  # a run from before the bound
+
+
 def test_unreadable_or_missing_config_files_are_user_errors(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("h: [1, 2\n")
