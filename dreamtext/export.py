@@ -334,6 +334,17 @@ def recorded_options(workspace: Path) -> ExportOptions:
     return options
 
 
+def _unreadable(path: Path) -> str:
+    """Why ``path``, a file :func:`checkpoint_run` could not read, cannot be read: the system's
+    words when it cannot be opened (``Permission denied``), else that it is no checkpoint."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return "not a whole checkpoint"
+
+
 def export_workspace(workspace: Path | None, options: ExportOptions | None = None) -> ExportResult:
     """Export the trained field of ``workspace`` (default: the newest run under ``workspace/``)
     with ``options``, by default the run's own (:func:`recorded_options`)."""
@@ -353,11 +364,27 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
 
     def still_the_run() -> None:
         # A new run in the folder (text --overwrite) cleared this one's checkpoints, or has
-        # written its own: the files of this field would describe a run that is gone.
-        if checkpoint_run(last_checkpoint(workspace)) != run:
+        # written its own: the files of this field would describe a run that is gone. A
+        # last.pt that is gone or unreadable is not taken for this run either, but the message
+        # says which it was: "replaced by a new run" sends a user who deleted checkpoints/ or
+        # chmod-ed last.pt looking for a run that never started.
+        last = last_checkpoint(workspace)
+        now = checkpoint_run(last)
+        if now == run:
+            return
+        if now is not None:
             raise DreamtextError(
                 f"{workspace} was replaced by a new run while exporting; export it again"
             )
+        if not last.exists():
+            raise DreamtextError(
+                f"{last} was removed while exporting (a new run started in {workspace}, or "
+                "the checkpoints were deleted); nothing was written"
+            )
+        raise DreamtextError(
+            f"cannot read {last} ({_unreadable(last)}) to check that it is still the run this "
+            "export read; nothing was written: make it readable and export again"
+        )
 
     step = int(state["step"])
     return export_field(field, workspace, options, renderer, step, check=still_the_run)

@@ -740,8 +740,17 @@ def replace_run_while_meshing(monkeypatch, workspace: Path, new_run: str | None)
     monkeypatch.setattr(export_module, "extract_mesh", replaced_meanwhile)
 
 
-@pytest.mark.parametrize("new_run", [None, "b2"], ids=["cleared", "new-checkpoint"])
-def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(tmp_path, monkeypatch, new_run):
+@pytest.mark.parametrize(
+    ("new_run", "message"),
+    [
+        (None, r"last\.pt was removed while exporting \(a new run started in .*run, or the chec"),
+        ("b2", "run was replaced by a new run while exporting; export it again"),
+    ],
+    ids=["cleared", "new-checkpoint"],
+)
+def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(
+    tmp_path, monkeypatch, new_run, message
+):
     """An export started before `text --overwrite` and ending after it swapped the old run's
     mesh/ and video/ into the new run's folder: the new run (--no-export) ended with a mesh of
     a run that is no longer there."""
@@ -749,10 +758,52 @@ def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(tmp_path, monkey
     stub_run(monkeypatch, SphereField(), SphereTracer())
     monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
     replace_run_while_meshing(monkeypatch, workspace, new_run)
-    with pytest.raises(DreamtextError, match="run was replaced by a new run while exporting; e"):
+    with pytest.raises(DreamtextError, match=message):
         export_workspace(workspace, small_options(formats=("ply",)))
     assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
     assert not list(workspace.glob(".export-*"))
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "line"),
+    [
+        (
+            lambda last: shutil.rmtree(last.parent),
+            "{last} was removed while exporting (a new run started in {workspace}, or the "
+            "checkpoints were deleted); nothing was written",
+        ),
+        (
+            lambda last: last.write_bytes(b"not a checkpoint"),
+            "cannot read {last} (not a whole checkpoint) to check that it is still the run this "
+            "export read; nothing was written: make it readable and export again",
+        ),
+    ],
+    ids=["checkpoints-deleted", "last-unreadable"],
+)
+def test_an_export_whose_checkpoint_went_away_says_so_not_that_a_new_run_came(
+    tmp_path, monkeypatch, capsys, meanwhile, line
+):
+    """`rm -rf RUN/checkpoints` (or a last.pt made unreadable) while `dreamtext export RUN` ran
+    ended in "RUN was replaced by a new run while exporting; export it again": no new run had
+    started, and exporting again cannot work. The line says what happened to last.pt."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    last = workspace / "checkpoints" / "last.pt"
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    meshing = export_module.extract_mesh
+
+    def went_away(*args, **kwargs):
+        meanwhile(last)
+        return meshing(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "extract_mesh", went_away)
+    code = main(["export", "--workspace", str(workspace), "--formats", "ply", "--no-video"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == "dreamtext: error: " + line.format(last=last, workspace=workspace)
+    assert not (workspace / "mesh").exists() and not list(workspace.glob(".export-*"))
 
 
 def test_an_export_while_its_run_trains_on_swaps_its_files_in(tmp_path, monkeypatch):
