@@ -802,7 +802,8 @@ def test_an_export_whose_checkpoint_went_away_says_so_not_that_a_new_run_came(
     code = main(["export", "--workspace", str(workspace), "--formats", "ply", "--no-video"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err
-    assert err.splitlines()[-1] == "dreamtext: error: " + line.format(last=last, workspace=workspace)
+    expected = "dreamtext: error: " + line.format(last=last, workspace=workspace)
+    assert err.splitlines()[-1] == expected
     assert not (workspace / "mesh").exists() and not list(workspace.glob(".export-*"))
 
 
