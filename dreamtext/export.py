@@ -361,6 +361,7 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     field, renderer, _ = run_from_state(state, device)
     options = dataclasses.replace(options, device=str(device))
     run = state.get("run_id", "")
+    folder = workspace.stat()
 
     def still_the_run() -> None:
         # A new run in the folder (text --overwrite) cleared this one's checkpoints, or has
@@ -372,6 +373,12 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
         now = checkpoint_run(last)
         if now == run:
             return
+        here = workspace.stat()  # the write made it again if it was gone
+        if (here.st_dev, here.st_ino) != (folder.st_dev, folder.st_ino):
+            raise DreamtextError(
+                f"{workspace} was moved or deleted while exporting; nothing was written: "
+                "export the run where it is now"
+            )
         if now is not None:
             raise DreamtextError(
                 f"{workspace} was replaced by a new run while exporting; export it again"

@@ -777,15 +777,21 @@ def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(
             "cannot read {last} (not a whole checkpoint) to check that it is still the run this "
             "export read; nothing was written: make it readable and export again",
         ),
+        (
+            lambda last: last.parent.parent.rename(last.parent.parent.with_name("moved")),
+            "{workspace} was moved or deleted while exporting; nothing was written: export the "
+            "run where it is now",
+        ),
     ],
-    ids=["checkpoints-deleted", "last-unreadable"],
+    ids=["checkpoints-deleted", "last-unreadable", "folder-moved"],
 )
 def test_an_export_whose_checkpoint_went_away_says_so_not_that_a_new_run_came(
     tmp_path, monkeypatch, capsys, meanwhile, line
 ):
-    """`rm -rf RUN/checkpoints` (or a last.pt made unreadable) while `dreamtext export RUN` ran
-    ended in "RUN was replaced by a new run while exporting; export it again": no new run had
-    started, and exporting again cannot work. The line says what happened to last.pt."""
+    """`rm -rf RUN/checkpoints` (or a last.pt made unreadable, or `mv RUN ELSEWHERE`) while
+    `dreamtext export RUN` ran ended in "RUN was replaced by a new run while exporting; export
+    it again": no new run had started, and exporting RUN again cannot work. The line says what
+    happened; the folder a moved run left is not made again."""
     from dreamtext.cli import main
 
     workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
@@ -805,6 +811,7 @@ def test_an_export_whose_checkpoint_went_away_says_so_not_that_a_new_run_came(
     expected = "dreamtext: error: " + line.format(last=last, workspace=workspace)
     assert err.splitlines()[-1] == expected
     assert not (workspace / "mesh").exists() and not list(workspace.glob(".export-*"))
+    assert workspace.is_dir() != ("was moved" in line)  # not made again where the run was
 
 
 def test_an_export_while_its_run_trains_on_swaps_its_files_in(tmp_path, monkeypatch):
