@@ -361,7 +361,10 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     field, renderer, _ = run_from_state(state, device)
     options = dataclasses.replace(options, device=str(device))
     run = state.get("run_id", "")
+    step = int(state["step"])
     folder = workspace.stat()
+    report = workspace / "mesh" / "mesh.json"
+    exported = _identity(report)  # the export in the folder now, if any
 
     def still_the_run() -> None:
         # A new run in the folder (text --overwrite) cleared this one's checkpoints, or has
@@ -372,6 +375,14 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
         last = last_checkpoint(workspace)
         now = checkpoint_run(last)
         if now == run:
+            # The run trained on while this ran and exported itself (or another export of a
+            # later step landed): its newer files are kept, not swapped for this step's.
+            newer = _exported_step(report) if _identity(report) != exported else None
+            if newer is not None and newer > step:
+                raise DreamtextError(
+                    f"{workspace} was exported at step {newer} while this export of step {step} "
+                    "ran; its newer files are kept and nothing was written"
+                )
             return
         here = workspace.stat()  # the write made it again if it was gone
         if (here.st_dev, here.st_ino) != (folder.st_dev, folder.st_ino):
@@ -393,8 +404,26 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
             "export read; nothing was written: make it readable and export again"
         )
 
-    step = int(state["step"])
     return export_field(field, workspace, options, renderer, step, check=still_the_run)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``(inode, mtime_ns)`` of ``path``, ``None`` if there is none: every export swaps in a
+    new ``mesh/mesh.json``, so a changed identity is an export that landed meanwhile."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _exported_step(report: Path) -> int | None:
+    """The training ``step`` a ``mesh.json`` records, ``None`` if it cannot be read."""
+    try:
+        step = json.loads(report.read_text(encoding="utf-8")).get("step")
+    except (OSError, *UNREADABLE_JSON, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def export_field(

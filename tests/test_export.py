@@ -831,6 +831,50 @@ def test_an_export_while_its_run_trains_on_swaps_its_files_in(tmp_path, monkeypa
     assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 7
 
 
+def _exported_meanwhile(monkeypatch, workspace: Path, step: int) -> None:
+    """While the export meshes, an export of ``step`` of the same run lands in the folder (the
+    run's own at the end of its training, or one from another shell)."""
+    meshing = export_module.extract_mesh
+
+    def landed(*args, **kwargs):
+        write_all_atomically({workspace / "mesh" / "mesh.json": b'{"step": %d}' % step})
+        return meshing(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "extract_mesh", landed)
+
+
+def test_an_export_does_not_swap_its_step_over_a_newer_one_that_landed_meanwhile(
+    tmp_path, monkeypatch
+):
+    """`dreamtext export RUN` (step 20) while `text --resume --iters 30` trained on and exported
+    step 30 at its end: the export, finishing 2 s later, swapped step 20's mesh/ and video/ over
+    the run's own; the run ended "finished" at step 30 with a mesh of step 20."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    _exported_meanwhile(monkeypatch, workspace, 9)
+    with pytest.raises(DreamtextError, match="run was exported at step 9 while this export of st"):
+        export_workspace(workspace, small_options(formats=("ply",)))
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text()) == {"step": 9}
+    assert not (workspace / "video").exists() and not list(workspace.glob(".export-*"))
+
+
+@pytest.mark.parametrize("meanwhile", [None, 7], ids=["older-export-kept-as-it-was", "same-step"])
+def test_an_export_swaps_in_over_an_older_or_same_step_export(tmp_path, monkeypatch, meanwhile):
+    """What the newer-export refusal must not refuse: a re-export of a run rolled back (its
+    mesh.json, of a later step, was there before the export began), and two exports of one
+    step from two shells."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    (workspace / "mesh").mkdir()
+    (workspace / "mesh" / "mesh.json").write_text('{"step": 30}')
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    if meanwhile is not None:
+        _exported_meanwhile(monkeypatch, workspace, meanwhile)
+    export_workspace(workspace, small_options(video=False, formats=("ply",)))
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 7
+
+
 def test_dreamtext_export_of_a_replaced_run_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     from dreamtext.cli import main
 
