@@ -334,6 +334,17 @@ def recorded_options(workspace: Path) -> ExportOptions:
     return options
 
 
+def _unreadable(path: Path) -> str:
+    """Why ``path``, a file :func:`checkpoint_run` could not read, cannot be read: the system's
+    words when it cannot be opened (``Permission denied``), else that it is no checkpoint."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return "not a whole checkpoint"
+
+
 def export_workspace(workspace: Path | None, options: ExportOptions | None = None) -> ExportResult:
     """Export the trained field of ``workspace`` (default: the newest run under ``workspace/``)
     with ``options``, by default the run's own (:func:`recorded_options`)."""
@@ -350,17 +361,69 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     field, renderer, _ = run_from_state(state, device)
     options = dataclasses.replace(options, device=str(device))
     run = state.get("run_id", "")
+    step = int(state["step"])
+    folder = workspace.stat()
+    report = workspace / "mesh" / "mesh.json"
+    exported = _identity(report)  # the export in the folder now, if any
 
     def still_the_run() -> None:
         # A new run in the folder (text --overwrite) cleared this one's checkpoints, or has
-        # written its own: the files of this field would describe a run that is gone.
-        if checkpoint_run(last_checkpoint(workspace)) != run:
+        # written its own: the files of this field would describe a run that is gone. A
+        # last.pt that is gone or unreadable is not taken for this run either, but the message
+        # says which it was: "replaced by a new run" sends a user who deleted checkpoints/ or
+        # chmod-ed last.pt looking for a run that never started.
+        last = last_checkpoint(workspace)
+        now = checkpoint_run(last)
+        if now == run:
+            # The run trained on while this ran and exported itself (or another export of a
+            # later step landed): its newer files are kept, not swapped for this step's.
+            newer = _exported_step(report) if _identity(report) != exported else None
+            if newer is not None and newer > step:
+                raise DreamtextError(
+                    f"{workspace} was exported at step {newer} while this export of step {step} "
+                    "ran; its newer files are kept and nothing was written"
+                )
+            return
+        here = workspace.stat()  # the write made it again if it was gone
+        if (here.st_dev, here.st_ino) != (folder.st_dev, folder.st_ino):
+            raise DreamtextError(
+                f"{workspace} was moved or deleted while exporting; nothing was written: "
+                "export the run where it is now"
+            )
+        if now is not None:
             raise DreamtextError(
                 f"{workspace} was replaced by a new run while exporting; export it again"
             )
+        if not last.exists():
+            raise DreamtextError(
+                f"{last} was removed while exporting (a new run started in {workspace}, or "
+                "the checkpoints were deleted); nothing was written"
+            )
+        raise DreamtextError(
+            f"cannot read {last} ({_unreadable(last)}) to check that it is still the run this "
+            "export read; nothing was written: make it readable and export again"
+        )
 
-    step = int(state["step"])
     return export_field(field, workspace, options, renderer, step, check=still_the_run)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``(inode, mtime_ns)`` of ``path``, ``None`` if there is none: every export swaps in a
+    new ``mesh/mesh.json``, so a changed identity is an export that landed meanwhile."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _exported_step(report: Path) -> int | None:
+    """The training ``step`` a ``mesh.json`` records, ``None`` if it cannot be read."""
+    try:
+        step = json.loads(report.read_text(encoding="utf-8")).get("step")
+    except (OSError, *UNREADABLE_JSON, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def export_field(

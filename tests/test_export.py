@@ -754,8 +754,17 @@ def replace_run_while_meshing(monkeypatch, workspace: Path, new_run: str | None)
     monkeypatch.setattr(export_module, "extract_mesh", replaced_meanwhile)
 
 
-@pytest.mark.parametrize("new_run", [None, "b2"], ids=["cleared", "new-checkpoint"])
-def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(tmp_path, monkeypatch, new_run):
+@pytest.mark.parametrize(
+    ("new_run", "message"),
+    [
+        (None, r"last\.pt was removed while exporting \(a new run started in .*run, or the chec"),
+        ("b2", "run was replaced by a new run while exporting; export it again"),
+    ],
+    ids=["cleared", "new-checkpoint"],
+)
+def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(
+    tmp_path, monkeypatch, new_run, message
+):
     """An export started before `text --overwrite` and ending after it swapped the old run's
     mesh/ and video/ into the new run's folder: the new run (--no-export) ended with a mesh of
     a run that is no longer there."""
@@ -763,10 +772,60 @@ def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(tmp_path, monkey
     stub_run(monkeypatch, SphereField(), SphereTracer())
     monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
     replace_run_while_meshing(monkeypatch, workspace, new_run)
-    with pytest.raises(DreamtextError, match="run was replaced by a new run while exporting; e"):
+    with pytest.raises(DreamtextError, match=message):
         export_workspace(workspace, small_options(formats=("ply",)))
     assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
     assert not list(workspace.glob(".export-*"))
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "line"),
+    [
+        (
+            lambda last: shutil.rmtree(last.parent),
+            "{last} was removed while exporting (a new run started in {workspace}, or the "
+            "checkpoints were deleted); nothing was written",
+        ),
+        (
+            lambda last: last.write_bytes(b"not a checkpoint"),
+            "cannot read {last} (not a whole checkpoint) to check that it is still the run this "
+            "export read; nothing was written: make it readable and export again",
+        ),
+        (
+            lambda last: last.parent.parent.rename(last.parent.parent.with_name("moved")),
+            "{workspace} was moved or deleted while exporting; nothing was written: export the "
+            "run where it is now",
+        ),
+    ],
+    ids=["checkpoints-deleted", "last-unreadable", "folder-moved"],
+)
+def test_an_export_whose_checkpoint_went_away_says_so_not_that_a_new_run_came(
+    tmp_path, monkeypatch, capsys, meanwhile, line
+):
+    """`rm -rf RUN/checkpoints` (or a last.pt made unreadable, or `mv RUN ELSEWHERE`) while
+    `dreamtext export RUN` ran ended in "RUN was replaced by a new run while exporting; export
+    it again": no new run had started, and exporting RUN again cannot work. The line says what
+    happened; the folder a moved run left is not made again."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    last = workspace / "checkpoints" / "last.pt"
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    meshing = export_module.extract_mesh
+
+    def went_away(*args, **kwargs):
+        meanwhile(last)
+        return meshing(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "extract_mesh", went_away)
+    code = main(["export", "--workspace", str(workspace), "--formats", "ply", "--no-video"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    expected = "dreamtext: error: " + line.format(last=last, workspace=workspace)
+    assert err.splitlines()[-1] == expected
+    assert not (workspace / "mesh").exists() and not list(workspace.glob(".export-*"))
+    assert workspace.is_dir() != ("was moved" in line)  # not made again where the run was
 
 
 def test_an_export_while_its_run_trains_on_swaps_its_files_in(tmp_path, monkeypatch):
@@ -782,6 +841,50 @@ def test_an_export_while_its_run_trains_on_swaps_its_files_in(tmp_path, monkeypa
         return meshing(*args, **kwargs)
 
     monkeypatch.setattr(export_module, "extract_mesh", trained_on)
+    export_workspace(workspace, small_options(video=False, formats=("ply",)))
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 7
+
+
+def _exported_meanwhile(monkeypatch, workspace: Path, step: int) -> None:
+    """While the export meshes, an export of ``step`` of the same run lands in the folder (the
+    run's own at the end of its training, or one from another shell)."""
+    meshing = export_module.extract_mesh
+
+    def landed(*args, **kwargs):
+        write_all_atomically({workspace / "mesh" / "mesh.json": b'{"step": %d}' % step})
+        return meshing(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "extract_mesh", landed)
+
+
+def test_an_export_does_not_swap_its_step_over_a_newer_one_that_landed_meanwhile(
+    tmp_path, monkeypatch
+):
+    """`dreamtext export RUN` (step 20) while `text --resume --iters 30` trained on and exported
+    step 30 at its end: the export, finishing 2 s later, swapped step 20's mesh/ and video/ over
+    the run's own; the run ended "finished" at step 30 with a mesh of step 20."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    _exported_meanwhile(monkeypatch, workspace, 9)
+    with pytest.raises(DreamtextError, match="run was exported at step 9 while this export of st"):
+        export_workspace(workspace, small_options(formats=("ply",)))
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text()) == {"step": 9}
+    assert not (workspace / "video").exists() and not list(workspace.glob(".export-*"))
+
+
+@pytest.mark.parametrize("meanwhile", [None, 7], ids=["older-export-kept-as-it-was", "same-step"])
+def test_an_export_swaps_in_over_an_older_or_same_step_export(tmp_path, monkeypatch, meanwhile):
+    """What the newer-export refusal must not refuse: a re-export of a run rolled back (its
+    mesh.json, of a later step, was there before the export began), and two exports of one
+    step from two shells."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    (workspace / "mesh").mkdir()
+    (workspace / "mesh" / "mesh.json").write_text('{"step": 30}')
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    if meanwhile is not None:
+        _exported_meanwhile(monkeypatch, workspace, meanwhile)
     export_workspace(workspace, small_options(video=False, formats=("ply",)))
     assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 7
 
