@@ -547,12 +547,22 @@ def cmd_image(args: argparse.Namespace) -> int:
     workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
     check_image(Path(args.image), workspace)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
+    # --overwrite trains text→3D from scratch (another field, another grid may be asked for) on
+    # the descriptor the run keeps, which its seed trained.
     cfg = resolve_config(
         overrides,
         preset=args.preset,
         config_file=args.config,
         base=base,
         new_run="pass --workspace NEW_FOLDER for a new run",
+        **(
+            {
+                "fixed": ("seed",),
+                "kept": "image --overwrite keeps the run's descriptor, which its seed trained",
+            }
+            if args.overwrite
+            else {}
+        ),
     )
     note_own_record(args.config, workspace)
     image_options = image_overrides(args)

@@ -464,9 +464,11 @@ RESUME_FIXED = ("seed", "field", "render.grid_resolution")
 RESUME_FREE = ("field.encoding",)
 
 
-def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+def resume_conflicts(
+    saved: dict[str, Any], cfg: TrainConfig, fixed: tuple[str, ...] = RESUME_FIXED
+) -> list[str]:
     """The settings of ``cfg`` that differ from ``saved`` (a run's recorded config) and that a
-    resumed run cannot change, as ``"name saved → new"``."""
+    resumed run cannot change (``fixed``), as ``"name saved → new"``."""
     before = TrainConfig()
     apply_overrides(before, saved, "the workspace's config.json")
     old, new = flat_fields(config_to_dict(before)), flat_fields(config_to_dict(cfg))
@@ -474,7 +476,7 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
         f"{name} {old[name]} → {new[name]}"
         for name in old
         if name not in RESUME_FREE
-        and any(name == key or name.startswith(key + ".") for key in RESUME_FIXED)
+        and any(name == key or name.startswith(key + ".") for key in fixed)
         and old[name] != new[name]
     ]
 
@@ -512,6 +514,8 @@ def resolve_config(
     config_file: str | Path | Sequence[str | Path] | None = None,
     base: dict[str, Any] | None = None,
     new_run: str = "start a new run with --overwrite or --workspace NEW_FOLDER",
+    fixed: tuple[str, ...] = RESUME_FIXED,
+    kept: str = "a resumed run keeps its seed, field and occupancy grid",
 ) -> TrainConfig:
     """Build the run's ``TrainConfig``.
 
@@ -519,9 +523,9 @@ def resolve_config(
     prior's preset; ``preset``, ``config_file`` (one YAML file or several, each over the one
     before) and then ``overrides`` (the explicit flags, as a nested dict) apply over it, so the
     command that started a run, typed again with ``--resume``, resolves to the same config. A
-    resumed run that would change what it cannot (:data:`RESUME_FIXED`) is a
-    :class:`DreamtextError`, whose line ends with ``new_run`` (how the command starts a new run
-    instead).
+    resumed run that would change what it cannot (``fixed``, :data:`RESUME_FIXED`) is a
+    :class:`DreamtextError` that says why (``kept``) and ends with ``new_run`` (how the command
+    starts a new run instead).
     """
     cfg = TrainConfig()
     layers: list[tuple[dict[str, Any], str]] = []
@@ -553,9 +557,9 @@ def resolve_config(
     )
     validate(cfg, export_source)
     if base is not None:
-        changed = resume_conflicts(base, cfg)
+        changed = resume_conflicts(base, cfg, fixed)
         if changed:
-            raise DreamtextError(resume_refusal(changed, new_run))
+            raise DreamtextError(resume_refusal(changed, new_run, kept))
     if not cfg.workspace:
         key = ("text", cfg.prompt)
         cfg.workspace = str(prompt_workspace(DEFAULT_WORKSPACE_ROOT, cfg.prompt, key))
@@ -583,14 +587,15 @@ def absolute_model_folder(model: str) -> str:
 
 
 def resume_refusal(
-    changed: list[str], new_run: str = "start a new run with --overwrite or --workspace NEW_FOLDER"
+    changed: list[str],
+    new_run: str = "start a new run with --overwrite or --workspace NEW_FOLDER",
+    kept: str = "a resumed run keeps its seed, field and occupancy grid",
 ) -> str:
-    """The one line that refuses to resume a run with settings it cannot change; ``new_run``
-    says how the command starts a new run instead."""
+    """The one line that refuses to resume a run with settings it cannot change: ``kept``, what
+    the run keeps; ``new_run``, how the command starts a new run instead."""
     return (
-        f"a resumed run keeps its seed, field and occupancy grid, but these settings would "
-        f"change them: {'; '.join(changed)}; resume with the run's own (its config.json), or "
-        f"{new_run}"
+        f"{kept}, but these settings differ from the run's: {'; '.join(changed)}; keep the "
+        f"run's own (its config.json), or {new_run}"
     )
 
 

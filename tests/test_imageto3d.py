@@ -1043,3 +1043,31 @@ def test_the_workspace_check_reads_the_image_and_the_runs_copy_once_each(
     monkeypatch.setattr(Path, "read_bytes", lambda path: reads.append(path) or read_bytes(path))
     assert imageto3d.check_image_workspace(workspace, image) is None
     assert sorted(reads) == sorted([image, copy])
+
+
+def test_image_overwrite_may_change_the_field_but_not_the_seed_of_the_descriptor_it_keeps(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    """``image --overwrite`` trains text→3D again from scratch on the descriptor the run keeps:
+    a field of another size is a new run's setting; another seed is not (it trained that
+    descriptor). Both were refused as 'a resumed run keeps its seed, field and occupancy grid'."""
+    from dreamtext.cli import main
+
+    image, workspace = _finished_workspace(tmp_path, 3)
+    ran = []
+    monkeypatch.setattr(imageto3d, "run_image", lambda image, options, cfg, **kw: ran.append(cfg))
+    bigger = tmp_path / "bigger.yaml"
+    bigger.write_text("field:\n  num_levels: 4\n")
+    common = ["image", str(image), "--workspace", str(workspace), "--model", str(tiny_sd_path)]
+    common += ["--config", str(bigger)]
+    assert main([*common, "--overwrite"]) == 0, capsys.readouterr().err
+    assert ran[-1].field.num_levels == 4
+    capsys.readouterr()
+    assert main([*common, "--overwrite", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "keeps the run's descriptor, which its seed trained" in err
+    assert "seed 0 → 5" in err and "num_levels" not in err and "resumed" not in err
+    assert main(common) == 2  # without --overwrite the run resumes: its field stays
+    err = capsys.readouterr().err
+    assert "a resumed run keeps its seed, field and occupancy grid" in err and "num_levels" in err
+    assert len(ran) == 1
