@@ -597,7 +597,8 @@ def test_a_long_logs_curves_keep_their_range_spikes_and_ends_in_at_most_2000_rec
     """A run page got every record of its log at each poll: 100,000 log lines were 7.5 MB of
     JSON (1.9 MB gzipped) every 2 s (benchmarks/view_run_poll.py). A long log's curves are now
     drawn from at most 2,000 of its records, each a true record, keeping every curve's first and
-    last step, its smallest and largest value and a spike; a key some lines lack keeps its own."""
+    last step, its smallest and largest value, a spike and its extremes in each bucket of a
+    power-of-two number of records; a key some lines lack keeps its own."""
     import random
 
     rng = random.Random(0)
@@ -624,6 +625,18 @@ def test_a_long_logs_curves_keep_their_range_spikes_and_ends_in_at_most_2000_rec
         values = [v for v in kept if v is not None]
         assert (min(values), max(values)) == (min(every), max(every)), key
     assert 12_346 in steps and 15_001 in steps
+    # Each curve's extremes in every bucket of w records, w the smallest power of two that
+    # makes at most (2000 - 2) // (2 · 4 curves) = 249 buckets: 128 (157 buckets).
+    width = 128
+    assert -(-20_000 // width) <= 249 < -(-20_000 // (width // 2))
+    for key in ("loss", "t", "its", "gpu_mem_mib"):
+        for start in range(0, 20_000, width):
+            every = [r[key] for r in records[start : start + width] if key in r]
+            drawn = [
+                v for s, v in zip(steps, shown[key], strict=True) if start < s <= start + width
+            ]
+            drawn = [v for v in drawn if v is not None]
+            assert (min(drawn), max(drawn)) == (min(every), max(every)), (key, start)
     # A log within the limit is drawn from every record.
     write_lines(run / "log.jsonl", records[:2000], "w")
     assert read_run(Catalog([run]).runs()[0]).series["step"] == list(range(1, 2001))
@@ -770,25 +783,25 @@ def test_a_run_pages_data_from_the_bounded_curves_is_that_of_every_record(
 
 
 def test_a_long_logs_curves_are_kept_in_bounded_memory(tmp_path: Path):
-    """A 100,000-line log's curves were kept as 6 columns of 8-byte numbers (5.6 MB with the
-    arrays' slack; 64 such pages open: ~360 MB of the server). Now each curve's extremes per
-    bucket: ~110 KB whatever the log's length."""
+    """A log's curves were kept as 6 columns of 8-byte numbers per record (a 100,000-line log:
+    5.6 MB with the arrays' slack; 64 such pages open: ~360 MB of the server; 30,000 lines here:
+    1.6 MB). Now each curve's extremes per bucket: ~110 KB whatever the log's length."""
     import tracemalloc
 
     from dreamtext.view.workspaces import JsonlFollower, LogCurves
 
     path = tmp_path / "log.jsonl"
-    write_lines(path, (log_record(s) for s in range(1, 100_001)), "w")
+    write_lines(path, (log_record(s) for s in range(1, 30_001)), "w")
     follower = JsonlFollower(LogCurves)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         figures, curves = follower.read(path)
-        assert figures.lines == 100_000 and len(curves["step"]) <= 2000
+        assert figures.lines == 30_000 and len(curves["step"]) <= 2000
         del curves
         held = tracemalloc.get_traced_memory()[0] - before
-        write_lines(path, (log_record(s) for s in range(100_001, 100_101)))
-        assert follower.read(path)[0].lines == 100_100
+        write_lines(path, (log_record(s) for s in range(30_001, 40_001)))
+        assert follower.read(path)[0].lines == 40_000
         held_grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

@@ -348,30 +348,36 @@ class LogCurves:
     chart), its extremes: range, spikes and envelope are drawn as from every record.
 
     Widths are powers of two so the fold stays small as the log grows: per curve key, the
-    record of each bucket's smallest and largest value (:data:`_SLOT` numbers each); when ``n``
-    outgrows ``B`` buckets (or a key gains its first value, so ``B`` shrinks), pairs of
-    buckets merge into the buckets of twice the width, whose extremes are the extremes of the
-    pair's. Every record (``rows``) is kept only while ``n <= limit``.
+    record of each bucket's smallest and largest value (:data:`_SLOT` numbers each; the last
+    bucket's, still filling, in lists); when ``n`` outgrows ``B`` buckets (or a key gains its
+    first value, so ``B`` shrinks), pairs of buckets merge into the buckets of twice the width,
+    whose extremes are the extremes of the pair's. Every record (``rows``) is kept only while
+    ``n <= limit``.
     """
 
     def __init__(self, limit: int = CURVE_RECORDS) -> None:
         self.figures = LogFigures()
         self.limit = limit
         self.rows: array | None = array("d")  # every record, while there are at most `limit`
-        self.first = self.last = _NO_RECORD
+        self.first: Any = _NO_RECORD
+        self.last: Any = _NO_RECORD
         self.width = 1
-        self.buckets = 0  # ceil(n / width)
+        self.closed = 0  # the buckets before the last one, whose records are all in
         self.most = curve_buckets(0, limit)  # the most buckets: B for the curves so far
         self.curves: list[int] = []  # the positions in CURVE_KEYS of the keys with values
-        self.lows: dict[int, array] = {}  # per curve, each bucket's record of its smallest value
-        self.highs: dict[int, array] = {}  # and of its largest
+        self.lows: dict[int, array] = {}  # per curve, each closed bucket's record of its
+        self.highs: dict[int, array] = {}  # smallest value, and of its largest
+        # The last bucket's, by position in CURVE_KEYS: the smallest and largest value, records.
+        self.low = [math.inf] * len(CURVE_KEYS)
+        self.high = [-math.inf] * len(CURVE_KEYS)
+        self.low_rows: list[Any] = [_NO_RECORD] * len(CURVE_KEYS)
+        self.high_rows: list[Any] = [_NO_RECORD] * len(CURVE_KEYS)
 
     def add(self, record: dict[str, Any]) -> None:
         self.figures.add(record)
         index = self.figures.lines - 1
         values = [_number(record.get(key)) for key in CURVE_KEYS]
-        row = array("d", [index])
-        row.extend(math.nan if v is None else v for v in values)  # _number gives no NaN
+        row = [index, *[math.nan if v is None else v for v in values]]  # _number gives no NaN
         if index == 0:
             self.first = row
         self.last = row
@@ -384,32 +390,53 @@ class LogCurves:
             for position in range(1, len(CURVE_KEYS)):
                 if values[position] is not None and position not in self.lows:
                     self.curves.append(position)
-                    self.lows[position] = _NO_RECORD * self.buckets
-                    self.highs[position] = _NO_RECORD * self.buckets
+                    self.lows[position] = _NO_RECORD * self.closed
+                    self.highs[position] = _NO_RECORD * self.closed
                     self.most = curve_buckets(len(self.curves), self.limit)
         while index >= self.width * self.most:  # ceil((index + 1) / width) > most
             self._double()
-        bucket = index // self.width
-        if bucket == self.buckets:
-            self.buckets += 1
-            for position in self.curves:
-                self.lows[position].extend(_NO_RECORD)
-                self.highs[position].extend(_NO_RECORD)
-        at = bucket * _SLOT
+        if index // self.width > self.closed:
+            self._close()
+        low, high = self.low, self.high
         for position in self.curves:
             value = values[position]
             if value is None:
                 continue
-            low, high = self.lows[position], self.highs[position]
-            if low[at] < 0 or value < low[at + 1 + position]:
-                low[at : at + _SLOT] = row
-            if high[at] < 0 or value > high[at + 1 + position]:
-                high[at : at + _SLOT] = row
+            if value < low[position]:  # strictly: the first record of equal values stays
+                low[position] = value
+                self.low_rows[position] = row
+            if value > high[position]:
+                high[position] = value
+                self.high_rows[position] = row
+
+    def _close(self) -> None:
+        """The last bucket is full: its records go with the closed ones; a new one starts."""
+        for position in self.curves:
+            self.lows[position].extend(self.low_rows[position])
+            self.highs[position].extend(self.high_rows[position])
+        self.closed += 1
+        self.low = [math.inf] * len(CURVE_KEYS)
+        self.high = [-math.inf] * len(CURVE_KEYS)
+        self.low_rows = [_NO_RECORD] * len(CURVE_KEYS)
+        self.high_rows = [_NO_RECORD] * len(CURVE_KEYS)
 
     def _double(self) -> None:
         """Buckets of twice the width: each pair's extremes, the earlier record on a tie."""
         self.width *= 2
-        self.buckets = -(-self.buckets // 2)
+        if self.closed % 2:  # the last closed bucket and the filling one are one bucket now
+            self.closed -= 1
+            for position in self.curves:
+                value = 1 + position
+                lows, highs = self.lows[position], self.highs[position]
+                earlier_low, earlier_high = lows[-_SLOT:], highs[-_SLOT:]
+                del lows[-_SLOT:], highs[-_SLOT:]
+                if earlier_low[0] >= 0 and earlier_low[value] <= self.low[position]:
+                    self.low[position] = earlier_low[value]
+                    self.low_rows[position] = earlier_low
+                if earlier_high[0] >= 0 and earlier_high[value] >= self.high[position]:
+                    self.high[position] = earlier_high[value]
+                    self.high_rows[position] = earlier_high
+        self.closed //= 2
         for position in self.curves:
             self.lows[position] = _merge_pairs(self.lows[position], position, lower=True)
             self.highs[position] = _merge_pairs(self.highs[position], position, lower=False)
@@ -424,6 +451,9 @@ class LogCurves:
                     for at in range(0, len(extremes), _SLOT):
                         if extremes[at] >= 0:
                             kept[int(extremes[at])] = extremes[at : at + _SLOT]
+                for last in (self.low_rows[position], self.high_rows[position]):
+                    if last[0] >= 0:
+                        kept[int(last[0])] = last
             rows = array("d")
             for index in sorted(kept):
                 rows.extend(kept[index])
