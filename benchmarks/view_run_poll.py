@@ -6,6 +6,11 @@ whole answers, not 304s).
 
     python benchmarks/view_run_poll.py 100000
     python benchmarks/view_run_poll.py 100000 --code /path/to/other/checkout
+    python benchmarks/view_run_poll.py 100000 --runs 64   # the server's memory, 64 pages read
+
+``--runs N``: N runs with such logs (the others finished: hard links to one file), each run's
+``api/run/<id>.json`` asked for once before the polls (the server keeps the curves of the 64
+logs asked for last), then the server's resident memory (``VmRSS``, and its peak ``VmHWM``).
 
 Also the run page itself (its first load) and the curve points in the answer. Medians of
 ``--polls`` polls. The server runs the checkout at ``--code`` in its own process.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -24,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from view_poll import REPO, log_record, start_server
+from view_poll import REPO, log_record, memory_kib, start_server
 
 
 def fetch(url: str, tag: str | None = None) -> tuple[float, int, bytes, str | None]:
@@ -45,6 +51,7 @@ def main() -> None:
     parser.add_argument("lines", type=int)
     parser.add_argument("--polls", type=int, default=5)
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose viewer to run")
+    parser.add_argument("--runs", type=int, default=1, help="runs whose page data is read once")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "runs" / "long_run"
@@ -54,9 +61,27 @@ def main() -> None:
         (ws / "config.json").write_text(json.dumps(config))
         records = (log_record(s, 1.0 / s) for s in range(10, args.lines * 10 + 1, 10))
         (ws / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        others = []
+        for i in range(1, args.runs):
+            other = ws.parent / f"finished_{i:03d}"
+            other.mkdir()
+            (other / "config.json").write_text(json.dumps(config))
+            os.link(ws / "log.jsonl", other / "log.jsonl")
+            others.append(other.name)
         server, port = start_server(args.code.resolve(), ws.parent)
         try:
             base = f"http://127.0.0.1:{port}/"
+            memory = memory_kib(server.pid)
+            start = time.perf_counter()
+            for name in others:
+                fetch(base + f"api/run/{name}.json")
+            if others:
+                memory = memory_kib(server.pid)
+                print(
+                    f"{len(others)} other runs' data read in {time.perf_counter() - start:.1f} "
+                    f"s: server memory {memory['VmRSS'] / 1024:.0f} MiB (peak "
+                    f"{memory['VmHWM'] / 1024:.0f} MiB)"
+                )
             took, _, page, _ = fetch(base + "run/long_run/")
             page_text = gzip.decompress(page) if page[:2] == b"\x1f\x8b" else page
             url = base + "api/run/long_run.json"
@@ -73,12 +98,16 @@ def main() -> None:
             text = gzip.decompress(polls[-1][2])
             points = len(json.loads(text)["run"]["series"]["step"])
             seconds = statistics.median(t for t, _, _, _ in polls)
+            memory = memory_kib(server.pid)
             print(
                 f"{args.code.resolve()}: a {args.lines}-line log: run page {len(page) / 1024:.0f} "
                 f"KiB sent ({len(page_text) / 1024:.0f} KiB unzipped, {took:.2f} s); a poll after "
                 f"a new line: HTTP {sorted(statuses)}, {sent / 1024:.1f} KiB sent "
                 f"({len(text) / 1024:.1f} KiB unzipped, {points} curve points), "
-                f"{seconds * 1000:.0f} ms (median of {len(polls)})"
+                f"{seconds * 1000:.0f} ms (median of {len(polls)}, slowest "
+                f"{max(t for t, _, _, _ in polls) * 1000:.0f} ms); {args.runs} runs' pages read: "
+                f"server memory {memory['VmRSS'] / 1024:.0f} MiB (peak "
+                f"{memory['VmHWM'] / 1024:.0f} MiB)"
             )
         finally:
             server.terminate()

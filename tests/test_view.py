@@ -4,7 +4,9 @@ and refuses, the static export, the command line. (tests/test_view_browser.py dr
 import gzip
 import html
 import http.client
+import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -595,7 +597,8 @@ def test_a_long_logs_curves_keep_their_range_spikes_and_ends_in_at_most_2000_rec
     """A run page got every record of its log at each poll: 100,000 log lines were 7.5 MB of
     JSON (1.9 MB gzipped) every 2 s (benchmarks/view_run_poll.py). A long log's curves are now
     drawn from at most 2,000 of its records, each a true record, keeping every curve's first and
-    last step, its smallest and largest value and a spike; a key some lines lack keeps its own."""
+    last step, its smallest and largest value, a spike and its extremes in each bucket of a
+    power-of-two number of records; a key some lines lack keeps its own."""
     import random
 
     rng = random.Random(0)
@@ -622,9 +625,188 @@ def test_a_long_logs_curves_keep_their_range_spikes_and_ends_in_at_most_2000_rec
         values = [v for v in kept if v is not None]
         assert (min(values), max(values)) == (min(every), max(every)), key
     assert 12_346 in steps and 15_001 in steps
+    # Each curve's extremes in every bucket of w records, w the smallest power of two that
+    # makes at most (2000 - 2) // (2 · 4 curves) = 249 buckets: 128 (157 buckets).
+    width = 128
+    assert -(-20_000 // width) <= 249 < -(-20_000 // (width // 2))
+    for key in ("loss", "t", "its", "gpu_mem_mib"):
+        for start in range(0, 20_000, width):
+            every = [r[key] for r in records[start : start + width] if key in r]
+            drawn = [
+                v for s, v in zip(steps, shown[key], strict=True) if start < s <= start + width
+            ]
+            drawn = [v for v in drawn if v is not None]
+            assert (min(drawn), max(drawn)) == (min(every), max(every)), (key, start)
     # A log within the limit is drawn from every record.
     write_lines(run / "log.jsonl", records[:2000], "w")
     assert read_run(Catalog([run]).runs()[0]).series["step"] == list(range(1, 2001))
+
+
+class EveryRecordCurves:
+    """A run page's curves as the viewer kept them before its fold was bounded: every record's
+    value of each key (a 100,000-line log: 5.6 MB), the records drawn chosen from the whole
+    columns by the rule :class:`LogCurves` states, written plainly: the reference it must equal.
+
+    Kept of a log of ``n > 2000`` records: the first and last, and for each curve (a key but
+    step with a value somewhere) the first record of its smallest and of its largest value in
+    each bucket of ``w`` consecutive records, ``w`` the smallest power of two with
+    ``ceil(n / w) <= (2000 - 2) // (2 K)`` for ``K`` curves."""
+
+    def __init__(self) -> None:
+        from dreamtext.view.workspaces import CURVE_KEYS, LogFigures
+
+        self.figures = LogFigures()
+        self.columns: dict[str, list] = {key: [] for key in CURVE_KEYS}
+
+    def add(self, record: dict) -> None:
+        self.figures.add(record)
+        for key, column in self.columns.items():
+            value = record.get(key)
+            finite = isinstance(value, (int, float)) and not isinstance(value, bool)
+            column.append(float(value) if finite and math.isfinite(value) else None)
+
+    def snapshot(self) -> tuple:
+        n = len(self.columns["step"])
+        kept = list(range(n))
+        curves = [
+            column
+            for key, column in self.columns.items()
+            if key != "step" and any(v is not None for v in column)
+        ]
+        if n > 2000:
+            kept = {0, n - 1}
+            width = 1
+            while curves and -(-n // width) > (2000 - 2) // (2 * len(curves)):
+                width *= 2
+            for column in curves:
+                for start in range(0, n, width):
+                    present = [
+                        i for i in range(start, min(n, start + width)) if column[i] is not None
+                    ]
+                    if present:  # min and max give the first of equal values
+                        kept |= {min(present, key=column.__getitem__)}
+                        kept |= {max(present, key=column.__getitem__)}
+            kept = sorted(kept)
+        return self.figures.snapshot(), {k: [c[i] for i in kept] for k, c in self.columns.items()}
+
+
+def uneven_records(steps, seed: int = 0) -> list[dict]:
+    """Log records whose curve keys are now absent, now NaN, ±Infinity, a string, a bool or
+    null; a key (gpu_mem_mib) only from the middle on; repeated values (ties); a spike."""
+    import random
+
+    rng = random.Random(seed)
+    odd = [float("nan"), float("inf"), float("-inf"), "1.5", True, None]
+    records = []
+    steps = list(steps)
+    for i, step in enumerate(steps):
+        record = {"step": step, "loss": round(1 / step + rng.random() * 0.01, 3), "shading": "x"}
+        record["t"] = float(rng.randrange(20, 30))  # many ties
+        record["its"] = 4.0 + rng.random()
+        if i >= len(steps) // 2:
+            record["gpu_mem_mib"] = 1000.0 + rng.randrange(5)
+        for key in ("loss", "t", "its", "gpu_mem_mib"):
+            roll = rng.random()
+            if roll < 0.05:
+                record.pop(key, None)
+            elif roll < 0.08:
+                record[key] = rng.choice(odd)
+        if rng.random() < 0.01:
+            record.pop("step")
+        records.append(record)
+    if len(records) > 10:
+        records[len(records) // 3]["loss"] = 99.0
+    return records
+
+
+def api_run_body(server, run_id: str) -> bytes:
+    status, body, _ = get(server, f"api/run/{run_id}.json")
+    assert status == 200
+    return body
+
+
+@pytest.mark.parametrize("lines", [1000, 2001, 100_000])
+def test_a_run_pages_data_from_the_bounded_curves_is_that_of_every_record(
+    tmp_path: Path, monkeypatch, lines: int
+):
+    """The viewer kept every record's curve values of the 64 logs whose pages were asked for
+    last (64 pages of 100,000-line runs held ~360 MB). It keeps per curve each bucket's extremes
+    (LogCurves); ``api/run/<id>.json`` is byte for byte what every record kept gives, read whole,
+    as the log grows by appends (parsed from where it was), is rolled back by a resume, and
+    grows again."""
+    import dreamtext.view.workspaces as workspaces
+    from dreamtext.interrupts import truncate_log
+    from dreamtext.view.workspaces import JsonlFollower
+
+    run = make_run(tmp_path / "runs" / "long", "a long run", iters=10 * lines, final=False)
+    write_json(run / "status.json", {"state": "finished", "step": 10 * lines, "iters": 10 * lines})
+    records = uneven_records(range(10, 10 * lines + 1, 10))
+    log = run / "log.jsonl"
+    grown = [len(records) // 2, len(records) - 7, len(records) - 1, len(records)]
+    log.write_text("")
+    srv = make_server(Catalog([tmp_path / "runs"]))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    bounded = workspaces._log_curves
+
+    def both() -> tuple[bytes, bytes]:
+        new = api_run_body(srv, "long")
+        monkeypatch.setattr(workspaces, "_log_curves", JsonlFollower(EveryRecordCurves))
+        every = api_run_body(srv, "long")
+        monkeypatch.setattr(workspaces, "_log_curves", bounded)
+        return new, every
+
+    try:
+        for start, end in itertools.pairwise([0, *grown]):
+            write_lines(log, records[start:end])
+            new, every = both()
+            assert new == every, end
+        shown = json.loads(new)["run"]
+        assert shown["log_lines"] == lines
+        assert (
+            len(shown["series"]["step"]) == lines
+            if lines <= 2000
+            else 500 < len(shown["series"]["step"]) <= 2000
+        )
+        truncate_log(log, 10 * lines // 3)  # a resume from a checkpoint a third of the way
+        new, every = both()
+        assert new == every
+        kept_lines = len(log.read_text().splitlines())
+        assert json.loads(new)["run"]["log_lines"] == kept_lines < lines // 2
+        write_lines(log, uneven_records(range(10 * lines // 3 + 10, 10 * lines // 2, 10), 1))
+        new, every = both()
+        assert new == every
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_a_long_logs_curves_are_kept_in_bounded_memory(tmp_path: Path):
+    """A log's curves were kept as 6 columns of 8-byte numbers per record (a 100,000-line log:
+    5.6 MB with the arrays' slack; 64 such pages open: ~360 MB of the server; 30,000 lines here:
+    1.6 MB). Now each curve's extremes per bucket: ~110 KB whatever the log's length."""
+    import tracemalloc
+
+    from dreamtext.view.workspaces import JsonlFollower, LogCurves
+
+    path = tmp_path / "log.jsonl"
+    write_lines(path, (log_record(s) for s in range(1, 30_001)), "w")
+    follower = JsonlFollower(LogCurves)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        figures, curves = follower.read(path)
+        assert figures.lines == 30_000 and len(curves["step"]) <= 2000
+        del curves
+        held = tracemalloc.get_traced_memory()[0] - before
+        write_lines(path, (log_record(s) for s in range(30_001, 40_001)))
+        assert follower.read(path)[0].lines == 40_000
+        held_grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 200_000, held
+    assert held_grown < 200_000, held_grown
 
 
 def test_a_log_is_parsed_a_block_at_a_time(tmp_path: Path):
