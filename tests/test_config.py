@@ -212,7 +212,7 @@ def test_config_files_read_numbers_as_yaml_1_2(tmp_path):
     assert cfg.guidance.guidance_scale == 1000.0
     assert cfg.guidance.t_range == (0.02, 0.98)
     path.write_text("prompt: 1e3\niters: 1_000\n")  # still YAML's ints; a string field refuses
-    with pytest.raises(DreamtextError, match="'prompt' must be str, got 1000.0"):
+    with pytest.raises(DreamtextError, match=r"'prompt' must be str, got 1000\.0"):
         resolve_config({}, config_file=path)
 
 
