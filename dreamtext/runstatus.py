@@ -275,14 +275,16 @@ class StatusTracker:
 
 
 @contextmanager
-def _heartbeat(tracker: StatusTracker, every: float | None) -> Iterator[None]:
+def _heartbeat(tracker: StatusTracker, every: float | None) -> Iterator[list[Exception]]:
     """Rewrite ``tracker``'s ``running`` status every ``every`` seconds from a thread while
     inside the block (nothing when ``every`` is ``None``). The thread stops at the block's end,
     before the block's last status is written, and for good once a guard of the workspace
     (:func:`guard_run`) raises (the workspace is another worker's) or a write fails (a full
-    disk: the block's own last write says so)."""
+    disk: the block's own last write says so). Yields the list that holds what a guard raised
+    in the thread, for :func:`track_status` to raise in the main thread at the block's end."""
+    lost: list[Exception] = []
     if every is None:
-        yield
+        yield lost
         return
     stop = threading.Event()
 
@@ -290,6 +292,10 @@ def _heartbeat(tracker: StatusTracker, every: float | None) -> Iterator[None]:
         while not stop.wait(every):
             try:
                 tracker.run_guards()
+            except Exception as error:  # the block's end raises it in the main thread
+                lost.append(error)
+                return
+            try:
                 tracker.write("running")
             except Exception:  # the main thread's next write reports a failed one
                 return
@@ -297,7 +303,7 @@ def _heartbeat(tracker: StatusTracker, every: float | None) -> Iterator[None]:
     thread = threading.Thread(target=beat, name="dreamtext-status-heartbeat", daemon=True)
     thread.start()
     try:
-        yield
+        yield lost
     finally:
         stop.set()
         thread.join()
@@ -428,18 +434,23 @@ def track_status(
     tracker.run_guards()
     tracker.write("running")
     _ACTIVE[key] = tracker
+    lost: list[Exception] = []
     try:
-        with _heartbeat(tracker, heartbeat):
+        with _heartbeat(tracker, heartbeat) as lost:
             yield tracker
     except RunTakenOver:
         raise
     except interrupted:
-        tracker.write("interrupted")
+        if not lost:  # a workspace taken over is the new holder's to record
+            tracker.write("interrupted")
         raise
     except Exception as error:
-        tracker.write("failed", error_line(error))
+        if not lost:
+            tracker.write("failed", error_line(error))
         raise
     finally:
         if _ACTIVE.get(key) is tracker:
             del _ACTIVE[key]
+    if lost:  # the heartbeat's guard found the workspace another worker's: stop here
+        raise lost[0]
     tracker.write("finished" if finishes else "running")

@@ -216,6 +216,16 @@ def test_config_files_read_numbers_as_yaml_1_2(tmp_path):
         resolve_config({}, config_file=path)
 
 
+def test_signed_numbers_without_a_leading_digit_are_numbers(tmp_path):
+    """YAML 1.2 reads ``-.5`` and ``+.25e1`` as floats (``[-+]? ( . [0-9]+ | ... )``); the
+    loader read ``.5`` as 0.5 but ``-.5`` as the string '-.5'."""
+    from dreamtext.config import read_yaml
+
+    path = tmp_path / "signed.yaml"
+    path.write_text("a: -.5\nb: +.25e1\nc: [-.02, .98]\n")
+    assert read_yaml(path) == {"a": -0.5, "b": 2.5, "c": [-0.02, 0.98]}
+
+
 def test_a_wrong_type_names_the_file_it_came_from(tmp_path):
     """With a preset and several --config files, 'must be int' did not say which one held it."""
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"

@@ -499,9 +499,43 @@ def test_a_heartbeat_stops_once_the_workspace_is_another_workers(tmp_path):
 
     with (
         runstatus.guard_run(tmp_path, taken_over_later),
+        pytest.raises(TakenOver),  # raised in the main thread at the block's end
         runstatus.track_status(
             tmp_path, 0, lambda: 0, torch.device("cpu"), phase="describe", heartbeat=0.01
         ),
     ):
         time.sleep(0.2)
         assert len(calls) == 2  # it stopped at the check that raised
+
+
+@pytest.mark.parametrize("ending", ["finishes", "interrupted", "fails"])
+def test_a_stage_taken_over_during_its_heartbeat_leaves_the_new_holders_status(tmp_path, ending):
+    """A batch worker's image run whose workspace another worker took over during its sentence
+    search (only the heartbeat's thread checks the lock there) went on searching and then
+    wrote its own status.json over the new holder's. The block's end now raises the takeover
+    (a run that ends on its own) or passes its own exception on, writing nothing."""
+    import time
+
+    checks = []
+
+    def taken_over_later():
+        checks.append(1)
+        if len(checks) > 1:
+            raise runstatus.RunTakenOver("lock taken over by other pid 1")
+
+    raised = {"finishes": runstatus.RunTakenOver, "interrupted": KeyboardInterrupt}
+    with (
+        runstatus.guard_run(tmp_path, taken_over_later),
+        pytest.raises(raised.get(ending, RuntimeError)),
+        runstatus.track_status(
+            tmp_path, 0, lambda: 0, torch.device("cpu"), phase="describe", heartbeat=0.01
+        ),
+    ):
+        time.sleep(0.2)
+        theirs = {**read_status(tmp_path), "pid": 1, "host": "other", "updated": "theirs"}
+        runstatus.write_status(tmp_path, theirs)
+        if ending == "interrupted":
+            raise KeyboardInterrupt
+        if ending == "fails":
+            raise RuntimeError("CLIP failed")
+    assert read_status(tmp_path) == theirs

@@ -1948,6 +1948,28 @@ def test_a_static_export_holds_one_runs_curves_at_a_time(root: Path, tmp_path: P
     assert len(page_data(out / "index.html")["runs"]) == 7
 
 
+def test_a_static_export_leaves_out_a_run_removed_while_it_writes(
+    root: Path, tmp_path: Path, monkeypatch
+):
+    """A run whose folder was removed after the scan found it got a page and a card of an empty
+    run, 'interrupted', with no prompt. It is left out, as a scan after the removal would."""
+    from dreamtext.view import static
+
+    make_run(root / "doomed", "a doomed run", steps=(10, 20))
+    read = static.read_run
+
+    def reading(location, *args, **kwargs):
+        if location.name == "doomed":
+            shutil.rmtree(location.path)
+        return read(location, *args, **kwargs)
+
+    monkeypatch.setattr(static, "read_run", reading)
+    out = export_static([root], tmp_path / "site")
+    names = [card["name"] for card in page_data(out / "index.html")["runs"]]
+    assert names and "doomed" not in names
+    assert not (out / "runs" / "doomed").exists()
+
+
 def test_static_pages_are_the_pages_of_the_runs_read_whole(root: Path, tmp_path: Path):
     """Written run by run, the export holds the same bytes as pages made from every run read
     whole (as it was written before), an image run with its descriptor's curve among them."""

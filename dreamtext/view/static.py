@@ -78,6 +78,8 @@ def _write(catalog: Catalog, out: Path) -> None:
     cards = []
     for location in catalog.runs():
         run = read_run(location, follow_logs=False)
+        if location.path is not None and not location.path.is_dir():
+            continue  # removed since the scan found it: read as an empty run, shown 'interrupted'
         _write_run(run, out / "runs" / run.id, run_links)
         # A card shows none of the curves (run_json without ``full``).
         cards.append(replace(run, series={}, descriptor_steps=[], descriptor_loss=[]))
