@@ -183,15 +183,34 @@ def preset_path(name: str) -> Path:
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading numbers as YAML 1.2 does: ``5e-3`` and ``1e3`` are floats.
-    PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent (``5.0e-3``), so
-    ``lr: 5e-3`` was the string ``'5e-3'``, and refused as one."""
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does. PyYAML follows YAML 1.1, whose
+    floats need a dot and a signed exponent (``5.0e-3``), so ``lr: 5e-3`` was the string
+    ``'5e-3'``, and refused as one; and whose integers with a leading 0 are octal (``seed: 010``
+    was 8) and ``12:30`` base 60 (750). Here ``5e-3`` and ``1e3`` are floats, ``010`` is 10,
+    ``0o10`` 8, ``0x10`` 16, and ``12:30`` a string. Digits may be grouped with ``_``
+    (``1_000``), as PyYAML allows. Booleans keep YAML 1.1's words (``yes``, ``on``)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """An integer scalar by YAML 1.2's rules: decimal, ``0o`` octal or ``0x`` hex."""
+        text = str(self.construct_scalar(node)).replace("_", "")
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        if digits[:2] in ("0o", "0x"):
+            return sign * int(digits[2:], 8 if digits[1] == "o" else 16)
+        return sign * int(digits, 10)
 
 
+_NUMBER_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER_TAGS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*|0o[0-7][0-7_]*|0x[0-9a-fA-F][0-9a-fA-F_]*)$"),
+    list("-+0123456789"),
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(

@@ -226,6 +226,19 @@ def test_signed_numbers_without_a_leading_digit_are_numbers(tmp_path):
     assert read_yaml(path) == {"a": -0.5, "b": 2.5, "c": [-0.02, 0.98]}
 
 
+def test_integers_in_config_files_are_read_as_yaml_1_2_reads_them(tmp_path):
+    """YAML 1.1 (PyYAML) read ``seed: 010`` as the octal 8 and ``12:30`` as base 60 (750)."""
+    from dreamtext.config import read_yaml
+
+    path = tmp_path / "ints.yaml"
+    path.write_text("a: 010\nb: 0o10\nc: -0x1F\nd: 12:30\ne: 1_000\nf: +7\ng: 0o_\nh: yes\n")
+    assert read_yaml(path) == {
+        "a": 10, "b": 8, "c": -31, "d": "12:30", "e": 1000, "f": 7, "g": "0o_", "h": True
+    }  # fmt: skip
+    path.write_text("seed: 010\n")
+    assert resolve_config({"prompt": "x"}, config_file=path).seed == 10
+
+
 def test_a_wrong_type_names_the_file_it_came_from(tmp_path):
     """With a preset and several --config files, 'must be int' did not say which one held it."""
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
