@@ -50,12 +50,12 @@ from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
     ascii_slug,
-    changed_settings,
     owner_value,
     read_run_config,
     resolve_config,
     resume_conflicts,
     run_owner,
+    setting_change_lines,
     slugify,
 )
 from dreamtext.devices import free_memory, memory_that_ran_out
@@ -687,13 +687,10 @@ def changed_setting_lines(entry: Entry, cfg: TrainConfig) -> list[str]:
         saved = read_run_config(entry.workspace, "")
     except DreamtextError:  # an unreadable record compares with nothing
         return []
-    changed = {} if saved is None else changed_settings(saved, cfg)
+    if saved is None:
+        return []
     ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if entry.kind == "image" else set())
-    return [
-        f"{name} {_shorten(json.dumps(old), 40)} → {_shorten(json.dumps(new), 40)}"
-        for name, (old, new) in changed.items()
-        if name not in ignored
-    ]
+    return setting_change_lines(saved, cfg, ignored)
 
 
 def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:

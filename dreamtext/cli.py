@@ -282,7 +282,12 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_text(args: argparse.Namespace) -> int:
-    from dreamtext.config import own_config_file, resolve_config, same_prompt
+    from dreamtext.config import (
+        own_config_file,
+        resolve_config,
+        same_prompt,
+        setting_change_lines,
+    )
     from dreamtext.trainer import TrainingInterrupted, train
 
     if args.epochs and args.iters:
@@ -308,6 +313,13 @@ def cmd_text(args: argparse.Namespace) -> int:
         raise DreamtextError(
             f"{cfg.workspace} holds a run of '{base.get('prompt')}'; "
             "resume it with that prompt, or drop --resume"
+        )
+    changes = [] if base is None else setting_change_lines(base, cfg, {"prompt", "workspace"})
+    if changes:  # recorded in config.json's resumes too, but a resume said nothing of them
+        print(
+            f"dreamtext: resuming {cfg.workspace} with other settings than it ran with, from its "
+            f"last checkpoint on: {'; '.join(changes)}",
+            file=sys.stderr,
         )
     try:
         if args.diverse:

@@ -516,6 +516,23 @@ def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, list[
     }
 
 
+def setting_change_lines(
+    saved: dict[str, Any], cfg: TrainConfig, ignored: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """:func:`changed_settings` as ``"name old → new"`` lines (each value as JSON, cut to 40
+    characters), leaving out the settings named in ``ignored``."""
+
+    def short(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:39] + "…"
+
+    return [
+        f"{name} {short(old)} → {short(new)}"
+        for name, (old, new) in changed_settings(saved, cfg).items()
+        if name not in ignored
+    ]
+
+
 def flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config dict as ``{"guidance.guidance_scale": 100.0, ...}``."""
     out: dict[str, Any] = {}
@@ -815,6 +832,7 @@ __all__ = [
     "resume_refusal",
     "run_owner",
     "same_prompt",
+    "setting_change_lines",
     "slugify",
     "write_run_config",
 ]

@@ -657,6 +657,12 @@ def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp
     )
     assert again.returncode == 0, again.stderr
     workspace = tmp_path / "workspace" / "a_red_cube"
+    # said on stderr, not only recorded (a resume said nothing of what it changed)
+    notes = [line for line in again.stderr.splitlines() if "other settings" in line]
+    assert notes == [
+        f"dreamtext: resuming {workspace.relative_to(tmp_path)} with other settings than it ran "
+        "with, from its last checkpoint on: iters 2 → 4; lr 0.02 → 0.5; log_every 10 → 1"
+    ], again.stderr
     recorded = json.loads((workspace / "config.json").read_text())
     assert (recorded["lr"], recorded["log_every"]) == (0.5, 1)
     state = torch.load(workspace / "checkpoints" / "last.pt", weights_only=True)
