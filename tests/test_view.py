@@ -1973,33 +1973,18 @@ def test_a_static_export_leaves_out_a_run_removed_while_it_writes(
 def test_static_pages_are_the_pages_of_the_runs_read_whole(root: Path, tmp_path: Path):
     """Written run by run, the export holds the same bytes as pages made from every run read
     whole (as it was written before), an image run with its descriptor's curve among them."""
-    from urllib.parse import quote
-
-    from dreamtext.view.page import Links, gallery_json, render_page, run_page_json
+    from dreamtext.view.page import gallery_json, render_page, run_page_json
+    from dreamtext.view.static import GALLERY_LINKS, RUN_LINKS
 
     make_image_run(root / "apple", "descriptor")
     out = export_static([root], tmp_path / "site")
     runs = [read_run(location) for location in Catalog([root]).runs()]
     assert len(runs) == 4 and any(run.descriptor_loss for run in runs)
-    gallery_links = Links(
-        static="static/",
-        gallery="index.html",
-        run=lambda run_id: f"runs/{quote(run_id)}/index.html",
-        file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(rel)}",
-        local_paths=False,
-    )
-    gallery = render_page(gallery_json(runs, gallery_links), gallery_links)
+    gallery = render_page(gallery_json(runs, GALLERY_LINKS), GALLERY_LINKS)
     assert (out / "index.html").read_text(encoding="utf-8") == gallery
-    run_links = Links(
-        static="../../static/",
-        gallery="../../index.html",
-        run=lambda run_id: f"../{quote(run_id)}/index.html",
-        file=lambda run, rel: f"files/{quote(rel)}",
-        local_paths=False,
-    )
     for run in runs:
         glb = "mesh.glb.js" if "glb" in run.mesh else None
-        page = render_page(run_page_json(run, run_links, glb), run_links)
+        page = render_page(run_page_json(run, RUN_LINKS, glb), RUN_LINKS)
         assert (out / "runs" / run.id / "index.html").read_text(encoding="utf-8") == page
 
 

@@ -62,36 +62,39 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
     return out_dir
 
 
+# The addresses of the exported pages: a run's page lies in ``runs/<id>/``, the gallery at the top.
+RUN_LINKS = Links(
+    static="../../static/",
+    gallery="../../index.html",
+    run=lambda run_id: f"../{quote(run_id)}/index.html",
+    file=lambda run, rel: f"files/{quote(rel)}",
+    local_paths=False,
+)
+GALLERY_LINKS = Links(
+    static="static/",
+    gallery="index.html",
+    run=lambda run_id: f"runs/{quote(run_id)}/index.html",
+    file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(rel)}",
+    local_paths=False,
+)
+
+
 def _write(catalog: Catalog, out: Path) -> None:
     """Each run's folder written as its run is read (one run's curves in memory at a time: 1,000
     runs' at once took ~270 MB), then the gallery from what the cards show of each."""
     (out / "static").mkdir()
     for name in ASSETS:
         (out / "static" / name).write_bytes(asset_bytes(name))
-    run_links = Links(
-        static="../../static/",
-        gallery="../../index.html",
-        run=lambda run_id: f"../{quote(run_id)}/index.html",
-        file=lambda run, rel: f"files/{quote(rel)}",
-        local_paths=False,
-    )
     cards = []
     for location in catalog.runs():
         run = read_run(location, follow_logs=False)
         if location.path is not None and not location.path.is_dir():
             continue  # removed since the scan found it: read as an empty run, shown 'interrupted'
-        _write_run(run, out / "runs" / run.id, run_links)
+        _write_run(run, out / "runs" / run.id, RUN_LINKS)
         # A card shows none of the curves (run_json without ``full``).
         cards.append(replace(run, series={}, descriptor_steps=[], descriptor_loss=[]))
-    gallery_links = Links(
-        static="static/",
-        gallery="index.html",
-        run=lambda run_id: f"runs/{quote(run_id)}/index.html",
-        file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(rel)}",
-        local_paths=False,
-    )
-    gallery = gallery_json(cards, gallery_links)
-    (out / "index.html").write_text(render_page(gallery, gallery_links), encoding="utf-8")
+    gallery = gallery_json(cards, GALLERY_LINKS)
+    (out / "index.html").write_text(render_page(gallery, GALLERY_LINKS), encoding="utf-8")
     (out / MARKER).write_text("written by dreamtext view --static\n", encoding="utf-8")
 
 
