@@ -73,11 +73,10 @@ STATES = ("running", "finished", "failed", "interrupted")
 PHASES = ("sample", "describe", "descriptor", "train", "export")
 # The phases a tracker starts in: a run's stages (``train`` goes on into ``export``).
 STAGES = PHASES[:-1]
-# The meshes an export writes (any of them, by --formats), under the workspace's mesh/.
 # How often a stage without steps (a sentence search, image sampling) rewrites its ``running``
 # status: a search stopped without warning then records its time to within this.
 HEARTBEAT_SECONDS = 10.0
-
+# The meshes an export writes (any of them, by --formats), under the workspace's mesh/.
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
 
