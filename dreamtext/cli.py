@@ -44,47 +44,36 @@ _positive_int = _positive(int, "a positive integer")
 _positive_float = _positive(float, "a positive number")
 
 
-def _size_from_8(text: str) -> int:
-    """``export --resolution`` and ``--texture-size``: an integer of at least 8, the bound of
-    ``ExportOptions.validate``, checked here before the export's imports (torch: seconds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer of at least 8, got '{text}'"
-        ) from None
-    if value < 8:
-        raise argparse.ArgumentTypeError(f"must be at least 8, got {text}")
-    return value
+def _within(convert: type, low: int, high: float, what: str):
+    """An argparse ``type=`` that accepts values of ``convert`` from ``low`` to ``high``
+    (``math.inf``: no upper bound), NaN refused; ``what`` names what it expects."""
+    bounds = f"at least {low}" if high == math.inf else f"from {low} to {high}"
 
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
+# ``export --resolution`` and ``--texture-size``: the bound of ``ExportOptions.validate``,
+# checked here before the export's imports (torch: seconds).
+_size_from_8 = _within(int, 8, math.inf, "an integer of at least 8")
 
 SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
 batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
 
-
-def _seed(text: str) -> int:
-    """``--seed``: an integer from 0 to :data:`SEED_MAX` (a larger one made torch raise an
-    overflow traceback once the run had started)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text}'") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {SEED_MAX}, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """``--t-range``: a fraction of the diffusion schedule, from 0 to 1 (a NaN or 1.5 was
-    reported as the config field ``guidance.t_range``, which no flag of the command names)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got '{text}'") from None
-    if not 0.0 <= value <= 1.0:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
-    return value
+# ``--seed`` (a larger one made torch raise an overflow traceback once the run had started).
+_seed = _within(int, 0, SEED_MAX, "an integer seed")
+# ``--t-range``: fractions of the diffusion schedule (a NaN or 1.5 was reported as the config
+# field ``guidance.t_range``, which no flag of the command names).
+_fraction = _within(float, 0, 1, "a number from 0 to 1")
 
 
 def _face_count(text: str) -> int:
