@@ -745,12 +745,8 @@ def run_batch(
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
     configs = entry_configs(share, overrides, preset, config_file)
-    for entry, cfg in zip(share, configs, strict=True):
-        if entry.kind == "image" and cfg.guidance.model.startswith("builtin:"):
-            raise DreamtextError(
-                f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
-                f"{cfg.guidance.model}; pass --model with a diffusers hub id or folder"
-            )
+    if configs and configs[0].guidance.model.startswith("builtin:"):
+        check_builtin_prior(entries, configs[0], Path(prompts_file))
     # --overwrite retrains a run unless its status.json changes after this, when a worker
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}
@@ -821,6 +817,46 @@ def check_root(root: Path) -> None:
                     f"--workspace {root} is inside the file {parent}; pass a folder"
                 )
             return
+
+
+# How many of the prompts the built-in prior does not know its one line names.
+UNKNOWN_PROMPTS_SHOWN = 3
+
+
+def check_builtin_prior(entries: list[Entry], cfg: TrainConfig, prompts_file: Path) -> None:
+    """With a built-in prior (``--model builtin:shapes``), every line of the list, not only this
+    worker's share (the workers of one list refuse it alike), is a caption it knows, as is
+    ``--negative``: ``dreamtext text`` refuses any other prompt before it writes anything, and a
+    batch that found out line by line trained the lines before each, then recorded it failed.
+    ``image:`` lines need Stable Diffusion (their prompt is the sentence DreamText learns)."""
+    from dreamtext.shapes import captions, captions_in_words, find_primitive, normalise_caption
+
+    model = cfg.guidance.model
+    for entry in entries:
+        if entry.kind == "image":
+            raise DreamtextError(
+                f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
+                f"{model}; pass --model with a diffusers hub id or folder"
+            )
+    if cfg.guidance.negative.strip():
+        try:
+            find_primitive(cfg.guidance.negative)
+        except DreamtextError as error:
+            raise DreamtextError(f"--negative: {error}") from None
+    known = set(captions())  # as find_primitive matches them
+    unknown = [e for e in entries if normalise_caption(e.prompt) not in known]
+    if not unknown:
+        return
+    shown = [f'{e.line} ("{_shorten(e.prompt, 40)}")' for e in unknown[:UNKNOWN_PROMPTS_SHOWN]]
+    more = len(unknown) - len(shown)
+    which = ", ".join(shown) + (f" and {more} more line{'s' if more > 1 else ''}" if more else "")
+    many = len(unknown) > 1
+    raise DreamtextError(
+        f"{prompts_file}: {model} does not know the prompt{'s' if many else ''} of "
+        f"line{'s' if many else ''} {which}; it knows {captions_in_words()}: change "
+        f"{'those lines' if many else 'that line'}, or pass --model with a Stable Diffusion "
+        "model (a diffusers hub id or folder)"
+    )
 
 
 def check_model(cfg: TrainConfig) -> None:

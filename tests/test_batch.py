@@ -581,8 +581,11 @@ def test_a_lock_renamed_away_for_a_moment_is_claimed_again_by_its_holder(tmp_pat
 
 
 def test_a_failing_prompt_is_recorded_and_the_others_finish_then_skip(
-    tmp_path, tiny_yaml, shapes_cache, capsys
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
 ):
+    """The line "a cat", which the built-in prior refuses only as its run starts: the batch's
+    up-front check of the prompts is left out, as for a prompt a Stable Diffusion model refuses."""
+    monkeypatch.setattr(dreamtext.batch, "check_builtin_prior", lambda *args: None)
     path = prompts_file(tmp_path, "a red cube", "a cat", "a blue sphere")
     root = tmp_path / "root"
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
@@ -1315,6 +1318,11 @@ def test_a_workspace_root_that_is_or_lies_in_a_run_is_a_one_line_error(
         (["image:bad.png"], [], "not an image"),
         (["image:"], [], "names no image"),
         (["image:ok.png"], ["--model", "builtin:shapes"], "needs a Stable Diffusion model"),
+        (
+            ["a red cube"],
+            ["--model", "builtin:shapes", "--negative", "a dog"],
+            '--negative: the built-in prior does not know "a dog"',
+        ),
         (["a red cube"], ["--shard", "x/y"], "--shard must be K/N"),
         (["a red cube"], ["--iters", "5", "--epochs", "1"], "--iters or --epochs"),
         (["a red cube"], ["--model", "no/such-model"], "could not load Stable Diffusion"),
@@ -1337,6 +1345,40 @@ def test_bad_input_is_a_one_line_error_before_anything_is_written(
     assert main(["batch", str(path), "--workspace", str(root), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+    assert not root.exists()
+
+
+def test_prompts_the_builtin_prior_does_not_know_refuse_the_batch_before_any_line_trains(
+    tmp_path, capsys
+):
+    """Each such line failed as its run started, after the lines before it had trained, while
+    `dreamtext text` refuses the prompt up front. The line names every unknown line, a few of
+    them with their prompts; captions are matched as the prior matches them (case, a full stop)."""
+    lines = ["a red cube", "a purple dragon", "A Blue Sphere.", "a cat", "the moon", "a dog"]
+    path = prompts_file(tmp_path, *lines)
+    root = tmp_path / "root"
+    args = ["batch", path, "--model", "builtin:shapes", "--iters", "3", "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    assert said.startswith(
+        f'dreamtext: error: {path}: builtin:shapes does not know the prompts of lines 2 ("a '
+        'purple dragon"), 4 ("a cat"), 5 ("the moon") and 1 more line; it knows "a COLOUR SHAPE"'
+    )
+    assert said.endswith("change those lines, or pass --model with a Stable Diffusion model "
+                         "(a diffusers hub id or folder)")  # fmt: skip
+    assert not root.exists()
+
+
+def test_a_prompt_the_builtin_prior_does_not_know_refuses_every_share_of_the_list(tmp_path, capsys):
+    """Not only the share that holds it: the workers of one list refuse it alike."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a cat")
+    root = tmp_path / "root"
+    for share in ("0/3", "1/3", "2/3"):
+        args = ["batch", path, "--model", "builtin:shapes", "--shard", share, "--workspace", root]
+        assert main(list(map(str, args))) == 2
+        [said] = capsys.readouterr().err.strip().splitlines()
+        assert 'does not know the prompt of line 3 ("a cat")' in said
+        assert "change that line" in said
     assert not root.exists()
 
 
