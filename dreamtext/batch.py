@@ -73,6 +73,11 @@ from dreamtext.runstatus import (
     run_finished,
 )
 
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: appends go unlocked
+    fcntl = None  # type: ignore[assignment]
+
 BATCH_LOG = "batch.jsonl"
 IMAGE_PREFIX = "image:"
 
@@ -1155,13 +1160,29 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """One line appended in one write, so that workers sharing the file do not interleave.
     Unlike a run's own log (:func:`~dreamtext.checkpoint.append_log_line`), a line that does
-    not fit is not cut back off: another worker may have appended after it."""
+    not fit is not cut back off: another worker may have appended after it. Instead the next
+    record starts on a line of its own where the file does not end in a newline (a line torn by
+    a full disk, or a writer killed mid-write), so that readers lose the torn line only, not the
+    next one glued onto it. The look at the file's end and the write are one step under an
+    ``flock`` of the file, where the file system has locks, so that two workers do not both add
+    that newline (a blank line, which readers skip as well)."""
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except PermissionError:  # a file this worker may append to but not read: no look at its end
+        fd, readable = os.open(path, os.O_WRONLY | os.O_APPEND), False
+    else:
+        readable = True
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # no locks here (Lustre's noflock, NFS without)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        end = os.fstat(fd).st_size if readable else 0
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            data = b"\n" + data
         write_whole(lambda rest: os.write(fd, rest), data, path)
     finally:
-        os.close(fd)
+        os.close(fd)  # drops the lock
 
 
 def gpu_unusable(record: dict[str, Any]) -> bool:

@@ -1076,6 +1076,41 @@ def test_a_failed_prompts_record_is_written_before_its_lock_is_released(tmp_path
     assert [json.loads(line) for line in seen_at_release[0]] == [record]
 
 
+def test_a_record_torn_by_a_full_disk_loses_only_itself_not_the_next_workers_record(
+    tmp_path, monkeypatch
+):
+    """A record that fits only in part stays (other workers may have appended after it), without
+    its newline: the next worker's record was glued onto it, and readers (the workers' own look
+    at batch.jsonl, the viewer) dropped both as one line that is not JSON."""
+    import dreamtext.batch as batch
+    from dreamtext.view.workspaces import latest_batch_records
+
+    log = tmp_path / "batch.jsonl"
+    batch.append_record(log, {"workspace": "a_red_cube", "status": "finished"})
+    others = batch.BatchLog(log)  # a worker that started before the disk filled up
+    real_write, written = os.write, []
+
+    def fits_in_part(fd, data):  # 10 bytes fit, then the disk is full
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(real_write(fd, bytes(data[:10])))
+        return written[-1]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", fits_in_part)
+        with pytest.raises(OSError, match="No space left"):
+            batch.append_record(log, {"workspace": "a_blue_cube", "status": "finished"})
+    batch.append_record(log, {"workspace": "a_cat", "status": "failed", "error": "refused"})
+    lines = log.read_text().split("\n")
+    assert lines[1] == '{"workspac' and lines[-1] == ""  # the torn one, on a line of its own
+    assert json.loads(lines[2])["workspace"] == "a_cat"
+    assert others.failed_since_start("a_cat") == "refused"
+    assert sorted(latest_batch_records(tmp_path)) == ["a_cat", "a_red_cube"]
+
+    batch.append_record(log, {"workspace": "a_cat", "status": "finished"})  # ends in a newline
+    assert log.read_text().split("\n")[3:] == ['{"workspace": "a_cat", "status": "finished"}', ""]
+
+
 def test_a_prompt_that_failed_before_the_batch_started_is_tried_again(tmp_path, monkeypatch):
     import dreamtext.batch as batch
 
