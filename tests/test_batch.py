@@ -1173,14 +1173,34 @@ def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
     assert f"batch: line 1 failed: {failed['error']}" in err
 
 
+SPACE = "free space on that disk (or quota)"
+
+
 @pytest.mark.parametrize(
-    "number, text",
-    [(errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded")],
+    "number, text, advice",
+    [
+        (errno.ENOSPC, "No space left on device", SPACE),
+        (errno.EDQUOT, "Disk quota exceeded", SPACE),
+        (
+            errno.EROFS,
+            "Read-only file system",
+            "make that file system writable again (a disk error can make the system remount it "
+            "read-only: ask its administrator) or pass --workspace a folder elsewhere",
+        ),
+        (
+            errno.EIO,
+            "Input/output error",
+            "check that disk or file server (an I/O error: the system log says more) or pass "
+            "--workspace a folder elsewhere",
+        ),
+    ],
+    ids=["disk-full", "quota", "read-only", "io-error"],
 )
-def test_a_full_disk_stops_the_batch_in_one_line_and_the_same_command_goes_on(
-    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, number, text
+def test_a_full_or_failing_disk_stops_the_batch_in_one_line_and_the_same_command_goes_on(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, number, text, advice
 ):
-    """Every line after a full disk failed the same way, each after loading its models."""
+    """Every line after a full disk failed the same way, each after loading its models; after a
+    file system gone read-only or failing too (each with a traceback for an I/O error)."""
     path = prompts_file(tmp_path, "a red cube", "a blue sphere", "a green cone")
     root = tmp_path / "root"
     real_step = trainer.train_step
@@ -1202,9 +1222,8 @@ def test_a_full_disk_stops_the_batch_in_one_line_and_the_same_command_goes_on(
     assert len(said) == 1 and "Traceback" not in err
     assert said[0].endswith(
         f"batch: line 2: {text} ({root / 'a_blue_sphere' / 'log.jsonl'}); the batch stops here, "
-        "as every next line would fail the same way: free space on that disk (or quota), then "
-        "run the same command again (line 2 resumes from its last checkpoint, finished lines "
-        "are kept)"
+        f"as every next line would fail the same way: {advice}, then run the same command again "
+        "(line 2 resumes from its last checkpoint, finished lines are kept)"
     )
 
     trained = []
@@ -1241,6 +1260,80 @@ def test_a_batch_record_that_does_not_fit_stops_the_batch(
     assert f"batch: line 1: No space left on device ({root / 'batch.jsonl'}); " in said[0]
     assert "(line 1 finished, finished lines are kept)" in said[0]
     assert "1 finished, 0 skipped, 0 failed" in out
+
+
+def test_a_file_system_gone_read_only_stops_the_batch_with_its_summary_in_one_line(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    """Read-only from step 3 of line 1 on: the record and the lock's removal fail as well. The
+    lock's error replaced the line's, and the batch ended in a second line without its table."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    real_step, real_unlink = trainer.train_step, Path.unlink
+    read_only = []
+
+    def refused(path):
+        return OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def goes_read_only_at_step_3(run):
+        if run.step == 3:
+            read_only.append(True)
+        if read_only:
+            raise refused(run.workspace / "log.jsonl")
+        return real_step(run)
+
+    def unlink(path, missing_ok=False):
+        if read_only:
+            raise refused(path)
+        return real_unlink(path, missing_ok=missing_ok)
+
+    def append_record(log, record):
+        raise refused(log)
+
+    monkeypatch.setattr(trainer, "train_step", goes_read_only_at_step_3)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(dreamtext.batch, "append_record", append_record)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if "batch:" in line or "error" in line]
+    assert len(said) == 1 and "Traceback" not in err
+    assert f"batch: line 1: Read-only file system ({root / 'a_red_cube' / 'log.jsonl'})" in said[0]
+    assert "0 finished, 0 skipped, 1 failed" in out
+    assert not (root / "a_blue_sphere").exists()
+
+
+@pytest.mark.parametrize(
+    "number, text",
+    [
+        (errno.EACCES, "Permission denied"),  # another user's folder
+        (errno.EROFS, "Read-only file system"),
+        (errno.ENOSPC, "No space left on device"),
+    ],
+)
+def test_a_workspace_root_the_batch_cannot_write_in_is_refused_before_the_first_line(
+    tmp_path, capsys, monkeypatch, number, text
+):
+    """Every line failed on it one after another (at its lock file, beside its run folder)."""
+    import tempfile
+
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+
+    def refused(*args, dir=None, **kwargs):
+        raise OSError(number, text, str(Path(dir) / ".dreamtext-write-check.x"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    args = ["batch", path, *BUILTIN, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    space = "free space on its disk (or quota) or " if number == errno.ENOSPC else ""
+    assert said == (
+        f"dreamtext: error: cannot write in --workspace {root}: {text}; {space}pass a folder "
+        "you can write to"
+    )
+    assert list(root.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------
