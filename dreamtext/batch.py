@@ -1216,7 +1216,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     except PermissionError:  # a file this worker may append to but not read: no look at its end
-        fd, readable = os.open(path, os.O_WRONLY | os.O_APPEND), False
+        fd, readable = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), False
     else:
         readable = True
     try:

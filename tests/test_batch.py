@@ -1111,6 +1111,31 @@ def test_a_record_torn_by_a_full_disk_loses_only_itself_not_the_next_workers_rec
     assert log.read_text().split("\n")[3:] == ['{"workspace": "a_cat", "status": "finished"}', ""]
 
 
+def test_a_batch_log_this_worker_may_append_to_but_not_read_still_gets_its_record(
+    tmp_path, monkeypatch
+):
+    """The look at the file's end needs it open for reading too; without that, the record is
+    appended as before (a torn line before it then glues onto it)."""
+    import dreamtext.batch as batch
+
+    log = tmp_path / "batch.jsonl"
+    log.write_text('{"workspace": "a_red_cube"}\n')
+    real_open = os.open
+
+    def append_only(path, flags, *mode):
+        if flags & os.O_RDWR and Path(path) == log:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(os, "open", append_only)
+    batch.append_record(log, {"workspace": "a_blue_cube"})
+    monkeypatch.undo()
+    assert [json.loads(line)["workspace"] for line in log.read_text().splitlines()] == [
+        "a_red_cube",
+        "a_blue_cube",
+    ]
+
+
 def test_a_prompt_that_failed_before_the_batch_started_is_tried_again(tmp_path, monkeypatch):
     import dreamtext.batch as batch
 
