@@ -9,8 +9,9 @@ prompt on a run starts training at once. Each prompt gets the workspace ``dreamt
 give it, under the root folder, or that name with a short hash of the prompt where the name is
 another prompt's (:func:`workspace_name`); a finished run of the prompt is skipped, an
 interrupted one resumes from its last checkpoint, a failing one is recorded and the batch goes on.
-Ctrl-C (or SIGTERM) checkpoints the current run and stops the batch; so does a full disk or quota
-(the lines after it are left as they are, for the same command to go on with once there is space).
+Ctrl-C (or SIGTERM) checkpoints the current run and stops the batch; so does a full disk or quota,
+a file system gone read-only or an I/O error (the lines after it are left as they are, for the
+same command to go on with once there is space).
 
 Several workers can share one list. ``--shard K/N`` (or a SLURM job array's
 ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``) gives each a disjoint share, and every
@@ -32,6 +33,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -72,6 +74,11 @@ from dreamtext.runstatus import (
     read_status,
     run_finished,
 )
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: appends go unlocked
+    fcntl = None  # type: ignore[assignment]
 
 BATCH_LOG = "batch.jsonl"
 IMAGE_PREFIX = "image:"
@@ -116,37 +123,53 @@ GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
 )
 
 
-# A full disk or quota: every next line would fail the same way (after loading its prompt's
-# models, and writing what fits), so the batch stops at the first. A file-size limit (EFBIG) or a
-# refused write (EACCES) can be one line's own, and the batch goes on.
-OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# File-system errors after which every next line would fail the same way (after loading its
+# prompt's models, and writing what fits), so the batch stops at the first, with what to do:
+# a full disk or quota; a file system that went read-only (Linux remounts one so after a disk
+# error) or a disk or file server that fails to read or write (EIO). A file-size limit (EFBIG) or
+# a refused write (EACCES, EPERM: a run folder of another user's) can be one line's own, and the
+# batch goes on; a --workspace ROOT the batch cannot write in is refused before the first line
+# (check_root_writable).
+BATCH_STOPPING_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "free space on that disk (or quota)",
+    errno.EDQUOT: "free space on that disk (or quota)",
+    errno.EROFS: "make that file system writable again (a disk error can make the system "
+    "remount it read-only: ask its administrator) or pass --workspace a folder elsewhere",
+    errno.EIO: "check that disk or file server (an I/O error: the system log says more) or "
+    "pass --workspace a folder elsewhere",
+}
 
 
-def out_of_space_error(error: BaseException) -> bool:
-    """``error`` says the disk or the quota is full (ENOSPC, EDQUOT)."""
-    return isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS
+def stops_the_batch(error: BaseException) -> bool:
+    """``error`` is one every next line would meet too (:data:`BATCH_STOPPING_ERRNOS`)."""
+    return isinstance(error, OSError) and error.errno in BATCH_STOPPING_ERRNOS
 
 
-def out_of_space(record: dict[str, Any]) -> bool:
-    """The line (or the writing of its record) ran out of disk space or quota: the batch stopped
-    there (:func:`out_of_space_error`; the record's error is ``OSError: [Errno 28] …``)."""
+def stopped_the_batch(record: dict[str, Any]) -> bool:
+    """The line (or the writing of its record) met an error every next line would meet too: the
+    batch stopped there (:func:`stops_the_batch`; the record's error is ``OSError: [Errno 28]
+    …``)."""
     found = re.match(r"\w+: \[Errno (\d+)\]", record["error"] or "")
-    return found is not None and int(found[1]) in OUT_OF_SPACE_ERRNOS
+    return found is not None and int(found[1]) in BATCH_STOPPING_ERRNOS
 
 
-def out_of_space_line(entry: Entry, error: OSError, finished: bool = False) -> str:
-    """The one line with which a full disk or quota stops the batch at ``entry``: what filled
-    up, and that the same command, run again once there is space, goes on from there."""
+def batch_stop_line(entry: Entry, error: OSError, finished: bool = False) -> str:
+    """The one line with which such an error stops the batch at ``entry``: the error and its
+    file, what to do, and that the same command, run again then, goes on from there."""
     where = f" ({error.filename})" if error.filename else ""
+    try:
+        resumes = last_checkpoint(entry.workspace).is_file()
+    except OSError:  # the disk that failed
+        resumes = False
     if finished:
         this = f"line {entry.line} finished"
-    elif last_checkpoint(entry.workspace).is_file():
+    elif resumes:
         this = f"line {entry.line} resumes from its last checkpoint"
     else:
         this = f"line {entry.line} starts again"
     return (
         f"batch: line {entry.line}: {error.strerror or error}{where}; the batch stops here, as "
-        "every next line would fail the same way: free space on that disk (or quota), then run "
+        f"every next line would fail the same way: {BATCH_STOPPING_ERRNOS[error.errno]}, then run "
         f"the same command again ({this}, finished lines are kept)"
     )
 
@@ -478,9 +501,12 @@ class WorkspaceLock:
             self._heartbeat.join()
         if self.lost is not None:
             return
-        held = self._read(self.path)
-        if held is not None and held[0].get("token") == self.info["token"]:
-            self.path.unlink(missing_ok=True)
+        # One that cannot be removed (a file system gone read-only or failing, which stops the
+        # batch) is left: once this worker has ended, its process is gone and it is taken over.
+        with contextlib.suppress(OSError):
+            held = self._read(self.path)
+            if held is not None and held[0].get("token") == self.info["token"]:
+                self.path.unlink(missing_ok=True)
 
     def describe_holder(self) -> str:
         info = self.holder or {}
@@ -735,6 +761,8 @@ def run_batch(
     options = options or BatchOptions()
     root = Path(options.root)
     check_root(root)
+    if root.is_dir():  # before minutes of loading a model (a new one is checked once made)
+        check_root_writable(root)
     entries = read_prompts(prompts_file, root)
     images = [e.line for e in entries if e.kind == "image"]
     if options.overwrite and images:
@@ -745,12 +773,8 @@ def run_batch(
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
     configs = entry_configs(share, overrides, preset, config_file)
-    for entry, cfg in zip(share, configs, strict=True):
-        if entry.kind == "image" and cfg.guidance.model.startswith("builtin:"):
-            raise DreamtextError(
-                f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
-                f"{cfg.guidance.model}; pass --model with a diffusers hub id or folder"
-            )
+    if configs and configs[0].guidance.model.startswith("builtin:"):
+        check_builtin_prior(entries, configs[0], Path(prompts_file))
     # --overwrite retrains a run unless its status.json changes after this, when a worker
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}
@@ -766,6 +790,7 @@ def run_batch(
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
     if shard is not None:
         _say(f"batch: share {shard_text}: {len(share)} of {len(entries)} prompts")
+    existed = root.is_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -773,6 +798,8 @@ def run_batch(
             f"cannot create --workspace {root}: {error.strerror or error}; pass a folder you "
             "can write to"
         ) from None
+    if not existed:
+        check_root_writable(root)
     records: list[dict[str, Any]] = []
     with (
         sigterm_interrupts(),  # a scheduler's preemption or time limit acts as Ctrl-C
@@ -796,7 +823,7 @@ def run_batch(
             if stopped_by_user(record):
                 break  # not done: the bar does not count it
             bar.update(1)
-            if gpu_unusable(record) or out_of_space(record):
+            if gpu_unusable(record) or stopped_the_batch(record):
                 break
     return records
 
@@ -821,6 +848,66 @@ def check_root(root: Path) -> None:
                     f"--workspace {root} is inside the file {parent}; pass a folder"
                 )
             return
+
+
+# How many of the prompts the built-in prior does not know its one line names.
+UNKNOWN_PROMPTS_SHOWN = 3
+
+
+def check_builtin_prior(entries: list[Entry], cfg: TrainConfig, prompts_file: Path) -> None:
+    """With a built-in prior (``--model builtin:shapes``), every line of the list, not only this
+    worker's share (the workers of one list refuse it alike), is a caption it knows, as is
+    ``--negative``: ``dreamtext text`` refuses any other prompt before it writes anything, and a
+    batch that found out line by line trained the lines before each, then recorded it failed.
+    ``image:`` lines need Stable Diffusion (their prompt is the sentence DreamText learns)."""
+    from dreamtext.shapes import captions, captions_in_words, find_primitive, normalise_caption
+
+    model = cfg.guidance.model
+    for entry in entries:
+        if entry.kind == "image":
+            raise DreamtextError(
+                f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
+                f"{model}; pass --model with a diffusers hub id or folder"
+            )
+    if cfg.guidance.negative.strip():
+        try:
+            find_primitive(cfg.guidance.negative)
+        except DreamtextError as error:
+            raise DreamtextError(f"--negative: {error}") from None
+    known = set(captions())  # as find_primitive matches them
+    unknown = [e for e in entries if normalise_caption(e.prompt) not in known]
+    if not unknown:
+        return
+    shown = [f'{e.line} ("{_shorten(e.prompt, 40)}")' for e in unknown[:UNKNOWN_PROMPTS_SHOWN]]
+    more = len(unknown) - len(shown)
+    which = ", ".join(shown) + (f" and {more} more line{'s' if more > 1 else ''}" if more else "")
+    many = len(unknown) > 1
+    raise DreamtextError(
+        f"{prompts_file}: {model} does not know the prompt{'s' if many else ''} of "
+        f"line{'s' if many else ''} {which}; it knows {captions_in_words()}: change "
+        f"{'those lines' if many else 'that line'}, or pass --model with a Stable Diffusion "
+        "model (a diffusers hub id or folder)"
+    )
+
+
+def check_root_writable(root: Path) -> None:
+    """A file can be made, written and removed in ``root``, where every line's lock and
+    ``batch.jsonl`` go: a read-only file system, a folder of another user's or a full disk
+    would otherwise fail every line, one after another."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dreamtext-write-check.", dir=root)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as error:
+        space = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise DreamtextError(
+            f"cannot write in --workspace {root}: {error.strerror or error}; "
+            + ("free space on its disk (or quota) or " if space else "")
+            + "pass a folder you can write to"
+        ) from None
 
 
 def check_model(cfg: TrainConfig) -> None:
@@ -970,8 +1057,8 @@ def run_entry(
         )
     except Exception as error:  # a bug: record it, keep the traceback
         result = {"status": "failed", "error": error_line(error)}
-        if out_of_space_error(error):
-            _say(out_of_space_line(entry, error))
+        if stops_the_batch(error):
+            _say(batch_stop_line(entry, error))
         else:
             if not the_machines_state(error):
                 traceback.print_exc()
@@ -987,10 +1074,10 @@ def run_entry(
         if log is not None:
             append_record(log, record)  # before the lock goes (see above)
     except OSError as error:
-        if not out_of_space_error(error):
+        if not stops_the_batch(error):
             raise
-        if not out_of_space(record):  # the line's own end did not say it yet
-            _say(out_of_space_line(entry, error, finished=result["status"] == "finished"))
+        if not stopped_the_batch(record):  # the line's own end did not say it yet
+            _say(batch_stop_line(entry, error, finished=result["status"] == "finished"))
             record = {**record, "error": error_line(error)}
     finally:
         if claimed:
@@ -1119,13 +1206,29 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """One line appended in one write, so that workers sharing the file do not interleave.
     Unlike a run's own log (:func:`~dreamtext.checkpoint.append_log_line`), a line that does
-    not fit is not cut back off: another worker may have appended after it."""
+    not fit is not cut back off: another worker may have appended after it. Instead the next
+    record starts on a line of its own where the file does not end in a newline (a line torn by
+    a full disk, or a writer killed mid-write), so that readers lose the torn line only, not the
+    next one glued onto it. The look at the file's end and the write are one step under an
+    ``flock`` of the file, where the file system has locks, so that two workers do not both add
+    that newline (a blank line, which readers skip as well)."""
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except PermissionError:  # a file this worker may append to but not read: no look at its end
+        fd, readable = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), False
+    else:
+        readable = True
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # no locks here (Lustre's noflock, NFS without)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        end = os.fstat(fd).st_size if readable else 0
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            data = b"\n" + data
         write_whole(lambda rest: os.write(fd, rest), data, path)
     finally:
-        os.close(fd)
+        os.close(fd)  # drops the lock
 
 
 def gpu_unusable(record: dict[str, Any]) -> bool:
@@ -1145,10 +1248,11 @@ def stopped_by_user(record: dict[str, Any]) -> bool:
 
 def exit_code(records: list[dict[str, Any]]) -> int:
     """130 when the batch was interrupted (Ctrl-C, SIGTERM), 2 when it stopped for a full disk
-    or quota (:func:`out_of_space`), 1 when a prompt failed, else 0."""
+    or quota, a read-only file system or an I/O error (:func:`stopped_the_batch`), 1 when a
+    prompt failed, else 0."""
     if any(stopped_by_user(r) for r in records):
         return 130
-    if any(out_of_space(r) for r in records):
+    if any(stopped_the_batch(r) for r in records):
         return 2
     return 1 if any(r["status"] == "failed" for r in records) else 0
 

@@ -106,6 +106,15 @@ def captions() -> list[str]:
     return [p.caption for p in primitives()]
 
 
+def captions_in_words() -> str:
+    """The captions of :func:`captions` in one short phrase, for a message that cannot list all
+    of them: ``"a COLOUR SHAPE" (COLOUR: red, …; SHAPE: cube, …) or "a colorful cube"``."""
+    return (
+        f'"a COLOUR SHAPE" (COLOUR: {", ".join(COLOURS)}; SHAPE: {", ".join(SHAPES)}) or '
+        f'"a {COLORFUL} cube"'
+    )
+
+
 def normalise_caption(prompt: str) -> str:
     """Lower case, single spaces, no final full stop, the right article ("a orange" → "an")."""
     words = prompt.strip().rstrip(".").lower().split()
@@ -536,6 +545,7 @@ __all__ = [
     "build_dataset",
     "cache_dir",
     "captions",
+    "captions_in_words",
     "cast",
     "coverage",
     "dataset_poses",

@@ -581,8 +581,11 @@ def test_a_lock_renamed_away_for_a_moment_is_claimed_again_by_its_holder(tmp_pat
 
 
 def test_a_failing_prompt_is_recorded_and_the_others_finish_then_skip(
-    tmp_path, tiny_yaml, shapes_cache, capsys
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
 ):
+    """The line "a cat", which the built-in prior refuses only as its run starts: the batch's
+    up-front check of the prompts is left out, as for a prompt a Stable Diffusion model refuses."""
+    monkeypatch.setattr(dreamtext.batch, "check_builtin_prior", lambda *args: None)
     path = prompts_file(tmp_path, "a red cube", "a cat", "a blue sphere")
     root = tmp_path / "root"
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
@@ -1073,6 +1076,66 @@ def test_a_failed_prompts_record_is_written_before_its_lock_is_released(tmp_path
     assert [json.loads(line) for line in seen_at_release[0]] == [record]
 
 
+def test_a_record_torn_by_a_full_disk_loses_only_itself_not_the_next_workers_record(
+    tmp_path, monkeypatch
+):
+    """A record that fits only in part stays (other workers may have appended after it), without
+    its newline: the next worker's record was glued onto it, and readers (the workers' own look
+    at batch.jsonl, the viewer) dropped both as one line that is not JSON."""
+    import dreamtext.batch as batch
+    from dreamtext.view.workspaces import latest_batch_records
+
+    log = tmp_path / "batch.jsonl"
+    batch.append_record(log, {"workspace": "a_red_cube", "status": "finished"})
+    others = batch.BatchLog(log)  # a worker that started before the disk filled up
+    real_write, written = os.write, []
+
+    def fits_in_part(fd, data):  # 10 bytes fit, then the disk is full
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(real_write(fd, bytes(data[:10])))
+        return written[-1]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", fits_in_part)
+        with pytest.raises(OSError, match="No space left"):
+            batch.append_record(log, {"workspace": "a_blue_cube", "status": "finished"})
+    batch.append_record(log, {"workspace": "a_cat", "status": "failed", "error": "refused"})
+    lines = log.read_text().split("\n")
+    assert lines[1] == '{"workspac' and lines[-1] == ""  # the torn one, on a line of its own
+    assert json.loads(lines[2])["workspace"] == "a_cat"
+    assert others.failed_since_start("a_cat") == "refused"
+    assert sorted(latest_batch_records(tmp_path)) == ["a_cat", "a_red_cube"]
+
+    batch.append_record(log, {"workspace": "a_cat", "status": "finished"})  # ends in a newline
+    assert log.read_text().split("\n")[3:] == ['{"workspace": "a_cat", "status": "finished"}', ""]
+
+
+def test_a_batch_log_this_worker_may_append_to_but_not_read_still_gets_its_record(
+    tmp_path, monkeypatch
+):
+    """The look at the file's end needs it open for reading too; without that, the record is
+    appended as before (a torn line before it then glues onto it)."""
+    import dreamtext.batch as batch
+
+    log = tmp_path / "batch.jsonl"
+    log.write_text('{"workspace": "a_red_cube"}\n')
+    real_open = os.open
+
+    def append_only(path, flags, *mode):
+        if flags & os.O_RDWR and Path(path) == log:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(os, "open", append_only)
+    batch.append_record(log, {"workspace": "a_blue_cube"})
+    monkeypatch.undo()
+    assert [json.loads(line)["workspace"] for line in log.read_text().splitlines()] == [
+        "a_red_cube",
+        "a_blue_cube",
+    ]
+
+
 def test_a_prompt_that_failed_before_the_batch_started_is_tried_again(tmp_path, monkeypatch):
     import dreamtext.batch as batch
 
@@ -1135,14 +1198,34 @@ def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
     assert f"batch: line 1 failed: {failed['error']}" in err
 
 
+SPACE = "free space on that disk (or quota)"
+
+
 @pytest.mark.parametrize(
-    "number, text",
-    [(errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded")],
+    "number, text, advice",
+    [
+        (errno.ENOSPC, "No space left on device", SPACE),
+        (errno.EDQUOT, "Disk quota exceeded", SPACE),
+        (
+            errno.EROFS,
+            "Read-only file system",
+            "make that file system writable again (a disk error can make the system remount it "
+            "read-only: ask its administrator) or pass --workspace a folder elsewhere",
+        ),
+        (
+            errno.EIO,
+            "Input/output error",
+            "check that disk or file server (an I/O error: the system log says more) or pass "
+            "--workspace a folder elsewhere",
+        ),
+    ],
+    ids=["disk-full", "quota", "read-only", "io-error"],
 )
-def test_a_full_disk_stops_the_batch_in_one_line_and_the_same_command_goes_on(
-    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, number, text
+def test_a_full_or_failing_disk_stops_the_batch_in_one_line_and_the_same_command_goes_on(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, number, text, advice
 ):
-    """Every line after a full disk failed the same way, each after loading its models."""
+    """Every line after a full disk failed the same way, each after loading its models; after a
+    file system gone read-only or failing too (each with a traceback for an I/O error)."""
     path = prompts_file(tmp_path, "a red cube", "a blue sphere", "a green cone")
     root = tmp_path / "root"
     real_step = trainer.train_step
@@ -1164,9 +1247,8 @@ def test_a_full_disk_stops_the_batch_in_one_line_and_the_same_command_goes_on(
     assert len(said) == 1 and "Traceback" not in err
     assert said[0].endswith(
         f"batch: line 2: {text} ({root / 'a_blue_sphere' / 'log.jsonl'}); the batch stops here, "
-        "as every next line would fail the same way: free space on that disk (or quota), then "
-        "run the same command again (line 2 resumes from its last checkpoint, finished lines "
-        "are kept)"
+        f"as every next line would fail the same way: {advice}, then run the same command again "
+        "(line 2 resumes from its last checkpoint, finished lines are kept)"
     )
 
     trained = []
@@ -1203,6 +1285,80 @@ def test_a_batch_record_that_does_not_fit_stops_the_batch(
     assert f"batch: line 1: No space left on device ({root / 'batch.jsonl'}); " in said[0]
     assert "(line 1 finished, finished lines are kept)" in said[0]
     assert "1 finished, 0 skipped, 0 failed" in out
+
+
+def test_a_file_system_gone_read_only_stops_the_batch_with_its_summary_in_one_line(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    """Read-only from step 3 of line 1 on: the record and the lock's removal fail as well. The
+    lock's error replaced the line's, and the batch ended in a second line without its table."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    real_step, real_unlink = trainer.train_step, Path.unlink
+    read_only = []
+
+    def refused(path):
+        return OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def goes_read_only_at_step_3(run):
+        if run.step == 3:
+            read_only.append(True)
+        if read_only:
+            raise refused(run.workspace / "log.jsonl")
+        return real_step(run)
+
+    def unlink(path, missing_ok=False):
+        if read_only:
+            raise refused(path)
+        return real_unlink(path, missing_ok=missing_ok)
+
+    def append_record(log, record):
+        raise refused(log)
+
+    monkeypatch.setattr(trainer, "train_step", goes_read_only_at_step_3)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(dreamtext.batch, "append_record", append_record)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if "batch:" in line or "error" in line]
+    assert len(said) == 1 and "Traceback" not in err
+    assert f"batch: line 1: Read-only file system ({root / 'a_red_cube' / 'log.jsonl'})" in said[0]
+    assert "0 finished, 0 skipped, 1 failed" in out
+    assert not (root / "a_blue_sphere").exists()
+
+
+@pytest.mark.parametrize(
+    "number, text",
+    [
+        (errno.EACCES, "Permission denied"),  # another user's folder
+        (errno.EROFS, "Read-only file system"),
+        (errno.ENOSPC, "No space left on device"),
+    ],
+)
+def test_a_workspace_root_the_batch_cannot_write_in_is_refused_before_the_first_line(
+    tmp_path, capsys, monkeypatch, number, text
+):
+    """Every line failed on it one after another (at its lock file, beside its run folder)."""
+    import tempfile
+
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+
+    def refused(*args, dir=None, **kwargs):
+        raise OSError(number, text, str(Path(dir) / ".dreamtext-write-check.x"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    args = ["batch", path, *BUILTIN, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    space = "free space on its disk (or quota) or " if number == errno.ENOSPC else ""
+    assert said == (
+        f"dreamtext: error: cannot write in --workspace {root}: {text}; {space}pass a folder "
+        "you can write to"
+    )
+    assert list(root.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1315,6 +1471,11 @@ def test_a_workspace_root_that_is_or_lies_in_a_run_is_a_one_line_error(
         (["image:bad.png"], [], "not an image"),
         (["image:"], [], "names no image"),
         (["image:ok.png"], ["--model", "builtin:shapes"], "needs a Stable Diffusion model"),
+        (
+            ["a red cube"],
+            ["--model", "builtin:shapes", "--negative", "a dog"],
+            '--negative: the built-in prior does not know "a dog"',
+        ),
         (["a red cube"], ["--shard", "x/y"], "--shard must be K/N"),
         (["a red cube"], ["--iters", "5", "--epochs", "1"], "--iters or --epochs"),
         (["a red cube"], ["--model", "no/such-model"], "could not load Stable Diffusion"),
@@ -1337,6 +1498,40 @@ def test_bad_input_is_a_one_line_error_before_anything_is_written(
     assert main(["batch", str(path), "--workspace", str(root), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+    assert not root.exists()
+
+
+def test_prompts_the_builtin_prior_does_not_know_refuse_the_batch_before_any_line_trains(
+    tmp_path, capsys
+):
+    """Each such line failed as its run started, after the lines before it had trained, while
+    `dreamtext text` refuses the prompt up front. The line names every unknown line, a few of
+    them with their prompts; captions are matched as the prior matches them (case, a full stop)."""
+    lines = ["a red cube", "a purple dragon", "A Blue Sphere.", "a cat", "the moon", "a dog"]
+    path = prompts_file(tmp_path, *lines)
+    root = tmp_path / "root"
+    args = ["batch", path, "--model", "builtin:shapes", "--iters", "3", "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    assert said.startswith(
+        f'dreamtext: error: {path}: builtin:shapes does not know the prompts of lines 2 ("a '
+        'purple dragon"), 4 ("a cat"), 5 ("the moon") and 1 more line; it knows "a COLOUR SHAPE"'
+    )
+    assert said.endswith("change those lines, or pass --model with a Stable Diffusion model "
+                         "(a diffusers hub id or folder)")  # fmt: skip
+    assert not root.exists()
+
+
+def test_a_prompt_the_builtin_prior_does_not_know_refuses_every_share_of_the_list(tmp_path, capsys):
+    """Not only the share that holds it: the workers of one list refuse it alike."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a cat")
+    root = tmp_path / "root"
+    for share in ("0/3", "1/3", "2/3"):
+        args = ["batch", path, "--model", "builtin:shapes", "--shard", share, "--workspace", root]
+        assert main(list(map(str, args))) == 2
+        [said] = capsys.readouterr().err.strip().splitlines()
+        assert 'does not know the prompt of line 3 ("a cat")' in said
+        assert "change that line" in said
     assert not root.exists()
 
 
