@@ -371,7 +371,9 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
         # written its own: the files of this field would describe a run that is gone. A
         # last.pt that is gone or unreadable is not taken for this run either, but the message
         # says which it was: "replaced by a new run" sends a user who deleted checkpoints/ or
-        # chmod-ed last.pt looking for a run that never started.
+        # chmod-ed last.pt looking for a run that never started. Checked at the swap, under
+        # the folder's lock, and on the way (after meshing, before each turntable chunk), so
+        # that an export that would be refused stops early rather than minutes later.
         last = last_checkpoint(workspace)
         now = checkpoint_run(last)
         if now == run:
@@ -384,8 +386,11 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
                     "ran; its newer files are kept and nothing was written"
                 )
             return
-        here = workspace.stat()  # the write made it again if it was gone
-        if (here.st_dev, here.st_ino) != (folder.st_dev, folder.st_ino):
+        try:
+            here = workspace.stat()  # at the swap: the write made it again if it was gone
+        except FileNotFoundError:  # on the way: gone
+            here = None
+        if here is None or (here.st_dev, here.st_ino) != (folder.st_dev, folder.st_ino):
             raise DreamtextError(
                 f"{workspace} was moved or deleted while exporting; nothing was written: "
                 "export the run where it is now"
@@ -437,7 +442,8 @@ def export_field(
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
     ``options``. ``check`` is called right before the files are swapped in, under the folder's
-    lock (:func:`write_all_atomically`); if it raises, nothing is written.
+    lock (:func:`write_all_atomically`), and on the way (after meshing, before each turntable
+    chunk), so that an export it refuses stops early; if it raises, nothing is written.
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
@@ -475,8 +481,10 @@ def _export_field(
     check: Callable[[], None] | None,
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end."""
+    on_the_way = check if check is not None else lambda: None
     extraction = extract_mesh(field, options.resolution, options.threshold)
     log.info("marching cubes: %d faces", len(extraction.mesh.faces))
+    on_the_way()
     surface = decimate(extraction.mesh, options.decimate)
     log.info("decimated to %d faces", len(surface.faces))
     stats = mesh_stats(surface, extraction.occupancy, float(field.bound))
@@ -510,7 +518,9 @@ def _export_field(
     frames = 0
     if options.video:
         poses = turntable_poses(options.frames, surface.vertices)
-        images = render_turntable(field, options.frames, options.video_size, renderer, poses)
+        images = render_turntable(
+            field, options.frames, options.video_size, renderer, poses, check=on_the_way
+        )
         frames = len(images)
         video_dir = out_dir / "video"
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
@@ -631,6 +641,7 @@ def render_turntable(
     size: int,
     renderer: Any = None,
     poses: Poses | None = None,
+    check: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """``frames`` views on a circle around the object: RGB (albedo on white) | depth.
 
@@ -642,7 +653,8 @@ def render_turntable(
     ``o > ½`` in all frames, composited on white: ``(1 − o) + o g``.
 
     ``poses``: the ``frames`` cameras (:func:`turntable_poses` frames a mesh); by default a
-    circle about the origin at the training cameras' distance.
+    circle about the origin at the training cameras' distance. ``check`` (when given) is
+    called before each chunk; what it raises stops the turntable.
 
     Returns ``frames`` uint8 images ``[size, 2 size, 3]``.
     """
@@ -659,6 +671,8 @@ def render_turntable(
             for start in tqdm(
                 range(0, frames, FRAMES_PER_CHUNK), desc="turntable", unit="chunk", **bar_options()
             ):
+                if check is not None:
+                    check()
                 chunk = poses[start : start + FRAMES_PER_CHUNK]
                 out = renderer.render(field, chunk, size, size, shading="albedo", background=white)
                 o = out["opacity"].float().clamp(0, 1)

@@ -778,6 +778,81 @@ def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(
     assert not list(workspace.glob(".export-*"))
 
 
+def counted(monkeypatch, stage: str) -> list[int]:
+    """One entry per call of ``export_module.<stage>``, appended as the export makes it."""
+    calls, original = [], getattr(export_module, stage)
+
+    def count(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, stage, count)
+    return calls
+
+
+def test_an_export_of_a_run_replaced_while_it_meshes_stops_before_texture_and_turntable(
+    tmp_path, monkeypatch, capsys
+):
+    """`text RUN --overwrite` while `dreamtext export RUN` meshed: the export went on to bake
+    the texture and render all 60 turntable frames (minutes on a real run) and was refused only
+    at its swap. It stops after meshing, with the swap's one line and exit 2."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    tracer = SphereTracer()
+    stub_run(monkeypatch, SphereField(), tracer)
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    replace_run_while_meshing(monkeypatch, workspace, "b2")
+    baked = counted(monkeypatch, "bake_texture")
+    code = main(["export", "--workspace", str(workspace), "--resolution", "48"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"dreamtext: error: {workspace} was replaced by a new run while exporting; export it again"
+    )
+    assert baked == [] and tracer.calls == []
+    assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
+    assert not list(workspace.glob(".export-*"))
+
+
+def test_an_export_of_a_run_replaced_during_its_turntable_renders_no_further_chunk(
+    tmp_path, monkeypatch
+):
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    tracer = SphereTracer()
+    render = tracer.render
+
+    def replaced_after_two_chunks(*args, **kwargs):
+        out = render(*args, **kwargs)
+        if len(tracer.calls) == 2:
+            shutil.rmtree(workspace / "checkpoints")
+            save_checkpoint(workspace, {"step": 3, "run_id": "b2"}, keep=1)
+        return out
+
+    tracer.render = replaced_after_two_chunks
+    stub_run(monkeypatch, SphereField(), tracer)
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    with pytest.raises(DreamtextError, match="run was replaced by a new run while exporting"):
+        export_workspace(workspace, small_options(formats=("ply",)))
+    assert tracer.calls == [export_module.FRAMES_PER_CHUNK] * 2
+    assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
+    assert not list(workspace.glob(".export-*"))
+
+
+def test_an_export_of_its_run_checks_it_once_per_turntable_chunk_not_per_frame(
+    tmp_path, monkeypatch
+):
+    """The check reads last.pt (memory-mapped) each time: a few hundredths of a second, once
+    after meshing, once before each chunk and once at the swap."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    reads = counted(monkeypatch, "checkpoint_run")
+    result = export_workspace(workspace, small_options(formats=("ply",)))
+    chunks = -(-60 // export_module.FRAMES_PER_CHUNK)
+    assert result.frames == 60 and len(reads) == 1 + chunks + 1
+
+
 @pytest.mark.parametrize(
     ("meanwhile", "line"),
     [
