@@ -63,7 +63,13 @@ from dreamtext.mesh import (
     query_albedo,
     unwrap_uv,
 )
-from dreamtext.processes import lock_folder, record_alive, this_process
+from dreamtext.processes import (
+    lock_folder,
+    record_alive,
+    record_held,
+    this_process,
+    write_held_record,
+)
 from dreamtext.progress import bar_options
 from dreamtext.renderer import RenderConfig
 
@@ -886,10 +892,13 @@ def write_all_atomically(
             folder.mkdir()
             created.append(folder)
     staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent))
+    owner = None
     with contextlib.ExitStack() as held:
         try:
+            # Its lock, held until the staged files are committed, tells other exports (of
+            # any machine) that this staging folder is still being written (_abandoned).
             record = {**this_process(), "folders": [folder.name for folder in folders]}
-            (staging / RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
+            owner = write_held_record(staging / RECORD_FILE, record)
             for path, content in files.items():
                 staged = staging / path.parent.name / path.name
                 staged.parent.mkdir(exist_ok=True)
@@ -907,11 +916,14 @@ def write_all_atomically(
                 check()
             os.rename(staging, parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :]))
         except BaseException:
+            if owner is not None:  # closed before the removal: NFS keeps open files (.nfsXXXX)
+                owner.close()
             shutil.rmtree(staging, ignore_errors=True)
             for folder in reversed(created):
                 if folder.exists() and not any(folder.iterdir()):
                     folder.rmdir()
             raise
+        owner.close()  # committed: the ready folder is swapped in, whoever finds it
         finish_replacements(parent, replaced)
     return list(files)
 
@@ -1021,15 +1033,21 @@ def _staging_record(staging: Path) -> dict | None:
 
 
 def _abandoned(partial: Path) -> bool:
-    """Whether the staging folder ``partial`` lost its writer: the process its record names is
-    gone (:func:`dreamtext.processes.record_alive`), or it has no record well after it was made.
-    One written from another machine whose process is unknown here is left alone."""
+    """Whether the staging folder ``partial`` lost its writer: nobody holds the lock of its
+    record (:func:`dreamtext.processes.record_held`; the kernel drops it when the writer ends,
+    however it ends, and NFS when a writer on another machine does), or, where its record has
+    no lock (a file system without locks, an older writer), the process it names is gone
+    (:func:`dreamtext.processes.record_alive`), or it has no record well after it was made.
+    One of another machine that neither a lock nor a process here can tell is left alone."""
     record = _staging_record(partial)
     if record is None:
         try:
             return time.time() - partial.stat().st_mtime > RECORD_GRACE_S
         except OSError:
             return False
+    held = record_held(partial / RECORD_FILE) if record.get("locked") is True else None
+    if held is not None:
+        return not held
     return record_alive(record) is False
 
 

@@ -1366,6 +1366,59 @@ def test_a_staging_folder_of_a_live_export_is_left_and_a_killed_ones_removed(tmp
     assert live.is_dir() and not dead.exists()
 
 
+# An export on another machine: it stages one file and waits there, until it is killed.
+EXPORT_ELSEWHERE = """
+import sys, time
+from pathlib import Path
+from dreamtext import processes
+processes.HOST = "another-machine"
+from dreamtext.export import write_all_atomically
+
+def wait(path):
+    path.write_bytes(b"half")
+    print("staged", flush=True)
+    time.sleep(600)
+
+write_all_atomically({Path(sys.argv[1]) / "mesh" / "mesh.json": wait})
+"""
+
+
+def test_a_staging_folder_of_another_machines_export_is_removed_once_it_was_killed(tmp_path):
+    """A staging folder left by an export killed on another machine of a shared file system
+    was never removed: its process cannot be checked from here. The lock its writer holds on
+    its record while it writes (dropped when the writer ends, however it ends) tells."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", EXPORT_ELSEWHERE, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    try:
+        assert writer.stdout.readline() == "staged\n"
+        (staging,) = tmp_path.glob(".export-partial-*")
+        record = json.loads((staging / export_module.RECORD_FILE).read_text())
+        assert record["host"] == "another-machine" and record["locked"] is True
+        export_module.finish_replacements(tmp_path)  # while it writes: left alone
+        assert (staging / "mesh" / "mesh.json").read_bytes() == b"half"
+    finally:
+        writer.kill()
+        writer.wait()
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
+    assert not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh"]
+
+
+def test_a_staging_folder_of_another_machine_without_a_lock_is_left_alone(tmp_path):
+    """Where its writer took no lock (a file system without locks, or a dreamtext from before
+    the lock), nothing here can tell whether it still writes."""
+    staging = tmp_path / ".export-partial-other001"
+    (staging / "mesh").mkdir(parents=True)
+    record = {"host": "another-machine", "pid": 12, "pid_start": 3, "folders": ["mesh"]}
+    (staging / export_module.RECORD_FILE).write_text(json.dumps(record))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
+    assert (staging / "mesh").is_dir()
+
+
 def test_a_mesh_folder_that_is_a_link_stays_a_link(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
