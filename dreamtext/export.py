@@ -64,6 +64,7 @@ from dreamtext.mesh import (
     unwrap_uv,
 )
 from dreamtext.processes import (
+    HOST,
     lock_folder,
     record_alive,
     record_held,
@@ -941,6 +942,10 @@ RECORD_FILE = ".record.json"
 # A staging folder without a readable record this much older than now lost its writer before
 # the writer wrote the record (which it does right after making the folder).
 RECORD_GRACE_S = 60.0
+# A staging folder of another machine whose record's lock is free is removed only once the record
+# is this old: where locks do not reach across machines (NFS mounted local_lock=flock, Lustre's
+# localflock) a live writer's lock looks free from here, and no export writes its files this long.
+ELSEWHERE_GRACE_S = 3600.0
 
 
 def finish_replacements(parent: Path, replaced: tuple[str, ...] = ()) -> None:
@@ -1034,21 +1039,27 @@ def _staging_record(staging: Path) -> dict | None:
 
 def _abandoned(partial: Path) -> bool:
     """Whether the staging folder ``partial`` lost its writer: nobody holds the lock of its
-    record (:func:`dreamtext.processes.record_held`; the kernel drops it when the writer ends,
-    however it ends, and NFS when a writer on another machine does), or, where its record has
-    no lock (a file system without locks, an older writer), the process it names is gone
+    record (:func:`dreamtext.processes.record_held`; the system drops it when the writer ends,
+    however it ends, on another machine of a file system whose locks reach across machines
+    too: then once the record is :data:`ELSEWHERE_GRACE_S` old), or, where its record has no
+    lock (a file system without locks, an older writer), the process it names is gone
     (:func:`dreamtext.processes.record_alive`), or it has no record well after it was made.
-    One of another machine that neither a lock nor a process here can tell is left alone."""
+    One of another machine that no lock can tell of is left alone."""
     record = _staging_record(partial)
     if record is None:
-        try:
-            return time.time() - partial.stat().st_mtime > RECORD_GRACE_S
-        except OSError:
-            return False
+        return _age(partial) > RECORD_GRACE_S
     held = record_held(partial / RECORD_FILE) if record.get("locked") is True else None
-    if held is not None:
-        return not held
-    return record_alive(record) is False
+    if held is False:
+        return record.get("host") == HOST or _age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
+    return held is None and record_alive(record) is False
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last modified; 0 if it cannot be told."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 __all__ = [

@@ -10,6 +10,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1386,7 +1387,8 @@ write_all_atomically({Path(sys.argv[1]) / "mesh" / "mesh.json": wait})
 def test_a_staging_folder_of_another_machines_export_is_removed_once_it_was_killed(tmp_path):
     """A staging folder left by an export killed on another machine of a shared file system
     was never removed: its process cannot be checked from here. The lock its writer holds on
-    its record while it writes (dropped when the writer ends, however it ends) tells."""
+    its record while it writes (dropped when the writer ends, however it ends) tells, and the
+    record's age: where locks are local to each machine, a live writer's looks free."""
     writer = subprocess.Popen(
         [sys.executable, "-c", EXPORT_ELSEWHERE, str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -1403,9 +1405,26 @@ def test_a_staging_folder_of_another_machines_export_is_removed_once_it_was_kill
     finally:
         writer.kill()
         writer.wait()
+    export_module.finish_replacements(tmp_path)  # killed a moment ago: its lock could be local
+    assert staging.is_dir()
+    an_hour_ago = time.time() - export_module.ELSEWHERE_GRACE_S - 1
+    os.utime(staging / export_module.RECORD_FILE, (an_hour_ago, an_hour_ago))
     export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
     assert not staging.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh"]
+
+
+def test_a_staging_folder_of_this_machine_whose_lock_is_free_is_removed(tmp_path):
+    """Its writer held the lock from before its record said so until it committed the folder:
+    a free lock is a writer gone, even where the pid it names runs (another process by now, or
+    a writer in another pid namespace under the same host name)."""
+    from dreamtext.processes import this_process, write_held_record
+
+    staging = tmp_path / ".export-partial-here0001"
+    (staging / "mesh").mkdir(parents=True)
+    write_held_record(staging / export_module.RECORD_FILE, this_process()).close()
+    export_module.finish_replacements(tmp_path)
+    assert not staging.exists()
 
 
 def test_a_staging_folder_of_another_machine_without_a_lock_is_left_alone(tmp_path):
