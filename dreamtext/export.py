@@ -63,7 +63,14 @@ from dreamtext.mesh import (
     query_albedo,
     unwrap_uv,
 )
-from dreamtext.processes import lock_folder, record_alive, this_process
+from dreamtext.processes import (
+    HOST,
+    lock_folder,
+    record_alive,
+    record_held,
+    this_process,
+    write_held_record,
+)
 from dreamtext.progress import bar_options
 from dreamtext.renderer import RenderConfig
 
@@ -371,7 +378,9 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
         # written its own: the files of this field would describe a run that is gone. A
         # last.pt that is gone or unreadable is not taken for this run either, but the message
         # says which it was: "replaced by a new run" sends a user who deleted checkpoints/ or
-        # chmod-ed last.pt looking for a run that never started.
+        # chmod-ed last.pt looking for a run that never started. Checked at the swap, under
+        # the folder's lock, and on the way (after meshing, before each turntable chunk), so
+        # that an export that would be refused stops early rather than minutes later.
         last = last_checkpoint(workspace)
         now = checkpoint_run(last)
         if now == run:
@@ -384,8 +393,11 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
                     "ran; its newer files are kept and nothing was written"
                 )
             return
-        here = workspace.stat()  # the write made it again if it was gone
-        if (here.st_dev, here.st_ino) != (folder.st_dev, folder.st_ino):
+        try:
+            here = workspace.stat()  # at the swap: the write made it again if it was gone
+        except FileNotFoundError:  # on the way: gone
+            here = None
+        if here is None or (here.st_dev, here.st_ino) != (folder.st_dev, folder.st_ino):
             raise DreamtextError(
                 f"{workspace} was moved or deleted while exporting; nothing was written: "
                 "export the run where it is now"
@@ -437,7 +449,8 @@ def export_field(
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
     ``options``. ``check`` is called right before the files are swapped in, under the folder's
-    lock (:func:`write_all_atomically`); if it raises, nothing is written.
+    lock (:func:`write_all_atomically`), and on the way (after meshing, before each turntable
+    chunk), so that an export it refuses stops early; if it raises, nothing is written.
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
@@ -475,8 +488,10 @@ def _export_field(
     check: Callable[[], None] | None,
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end."""
+    on_the_way = check if check is not None else lambda: None
     extraction = extract_mesh(field, options.resolution, options.threshold)
     log.info("marching cubes: %d faces", len(extraction.mesh.faces))
+    on_the_way()
     surface = decimate(extraction.mesh, options.decimate)
     log.info("decimated to %d faces", len(surface.faces))
     stats = mesh_stats(surface, extraction.occupancy, float(field.bound))
@@ -510,7 +525,9 @@ def _export_field(
     frames = 0
     if options.video:
         poses = turntable_poses(options.frames, surface.vertices)
-        images = render_turntable(field, options.frames, options.video_size, renderer, poses)
+        images = render_turntable(
+            field, options.frames, options.video_size, renderer, poses, check=on_the_way
+        )
         frames = len(images)
         video_dir = out_dir / "video"
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
@@ -631,6 +648,7 @@ def render_turntable(
     size: int,
     renderer: Any = None,
     poses: Poses | None = None,
+    check: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """``frames`` views on a circle around the object: RGB (albedo on white) | depth.
 
@@ -642,7 +660,8 @@ def render_turntable(
     ``o > ½`` in all frames, composited on white: ``(1 − o) + o g``.
 
     ``poses``: the ``frames`` cameras (:func:`turntable_poses` frames a mesh); by default a
-    circle about the origin at the training cameras' distance.
+    circle about the origin at the training cameras' distance. ``check`` (when given) is
+    called before each chunk; what it raises stops the turntable.
 
     Returns ``frames`` uint8 images ``[size, 2 size, 3]``.
     """
@@ -659,6 +678,8 @@ def render_turntable(
             for start in tqdm(
                 range(0, frames, FRAMES_PER_CHUNK), desc="turntable", unit="chunk", **bar_options()
             ):
+                if check is not None:
+                    check()
                 chunk = poses[start : start + FRAMES_PER_CHUNK]
                 out = renderer.render(field, chunk, size, size, shading="albedo", background=white)
                 o = out["opacity"].float().clamp(0, 1)
@@ -872,10 +893,13 @@ def write_all_atomically(
             folder.mkdir()
             created.append(folder)
     staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent))
+    owner = None
     with contextlib.ExitStack() as held:
         try:
+            # Its lock, held until the staged files are committed, tells other exports (of
+            # any machine) that this staging folder is still being written (_abandoned).
             record = {**this_process(), "folders": [folder.name for folder in folders]}
-            (staging / RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
+            owner = write_held_record(staging / RECORD_FILE, record)
             for path, content in files.items():
                 staged = staging / path.parent.name / path.name
                 staged.parent.mkdir(exist_ok=True)
@@ -893,11 +917,14 @@ def write_all_atomically(
                 check()
             os.rename(staging, parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :]))
         except BaseException:
+            if owner is not None:  # closed before the removal: NFS keeps open files (.nfsXXXX)
+                owner.close()
             shutil.rmtree(staging, ignore_errors=True)
             for folder in reversed(created):
                 if folder.exists() and not any(folder.iterdir()):
                     folder.rmdir()
             raise
+        owner.close()  # committed: the ready folder is swapped in, whoever finds it
         finish_replacements(parent, replaced)
     return list(files)
 
@@ -915,6 +942,10 @@ RECORD_FILE = ".record.json"
 # A staging folder without a readable record this much older than now lost its writer before
 # the writer wrote the record (which it does right after making the folder).
 RECORD_GRACE_S = 60.0
+# A staging folder of another machine whose record's lock is free is removed only once the record
+# is this old: where locks do not reach across machines (NFS mounted local_lock=flock, Lustre's
+# localflock) a live writer's lock looks free from here, and no export writes its files this long.
+ELSEWHERE_GRACE_S = 3600.0
 
 
 def finish_replacements(parent: Path, replaced: tuple[str, ...] = ()) -> None:
@@ -1007,16 +1038,28 @@ def _staging_record(staging: Path) -> dict | None:
 
 
 def _abandoned(partial: Path) -> bool:
-    """Whether the staging folder ``partial`` lost its writer: the process its record names is
-    gone (:func:`dreamtext.processes.record_alive`), or it has no record well after it was made.
-    One written from another machine whose process is unknown here is left alone."""
+    """Whether the staging folder ``partial`` lost its writer: nobody holds the lock of its
+    record (:func:`dreamtext.processes.record_held`; the system drops it when the writer ends,
+    however it ends, on another machine of a file system whose locks reach across machines
+    too: then once the record is :data:`ELSEWHERE_GRACE_S` old), or, where its record has no
+    lock (a file system without locks, an older writer), the process it names is gone
+    (:func:`dreamtext.processes.record_alive`), or it has no record well after it was made.
+    One of another machine that no lock can tell of is left alone."""
     record = _staging_record(partial)
     if record is None:
-        try:
-            return time.time() - partial.stat().st_mtime > RECORD_GRACE_S
-        except OSError:
-            return False
-    return record_alive(record) is False
+        return _age(partial) > RECORD_GRACE_S
+    held = record_held(partial / RECORD_FILE) if record.get("locked") is True else None
+    if held is False:
+        return record.get("host") == HOST or _age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
+    return held is None and record_alive(record) is False
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last modified; 0 if it cannot be told."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Which machine and process wrote a record (status.json, batch's locks), whether that
 process still runs, and the two locks of a run's folder: the one a run holds on its workspace
 while it runs (:func:`claim_workspace`) and the one under which its files are swapped
-(:func:`lock_folder`). Imports nothing heavy: ``dreamtext view`` uses it without torch."""
+(:func:`lock_folder`); and a record whose lock says its writer is still there
+(:func:`write_held_record`). Imports nothing heavy: ``dreamtext view`` uses it without torch."""
 
 from __future__ import annotations
 
@@ -264,6 +265,44 @@ def lock_folder(folder: str | Path) -> Iterator[None]:
             os.close(fd)  # closing drops the lock
 
 
+def write_held_record(path: Path, record: dict) -> IO[str]:
+    """Create the file ``path`` holding ``record`` (JSON) and an exclusive ``flock`` on it, held
+    until the returned file is closed, or the process ends, however it ends. The record says
+    ``"locked": true`` when the lock was taken (not where the file system has no locks), for
+    :func:`record_held` to tell, from any machine that shares the file system's locks (NFS),
+    whether its writer is still there: the lock is taken before the record says so."""
+    handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 (held past this call)
+    locked = False
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+    handle.write(json.dumps({**record, **({"locked": True} if locked else {})}))
+    handle.flush()
+    return handle
+
+
+def record_held(path: Path) -> bool | None:
+    """Whether a process holds the lock of the record file ``path``
+    (:func:`write_held_record`), on any machine whose locks reach this one's file system;
+    ``None`` where that cannot be told (no such file, no locks here)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing drops a shared lock this took
+    return False
+
+
 def _lock(lock: Path) -> IO[str] | None:
     """Open and ``flock`` the lock file ``lock``, write this process's record in it and return
     it open; ``None`` where the file system refuses (the run goes on unlocked). Raises
@@ -319,6 +358,8 @@ __all__ = [
     "pid_alive",
     "process_start",
     "record_alive",
+    "record_held",
     "this_process",
     "workspace_holder",
+    "write_held_record",
 ]

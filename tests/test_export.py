@@ -10,6 +10,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -778,6 +779,81 @@ def test_an_export_of_a_run_replaced_meanwhile_swaps_nothing_in(
     assert not list(workspace.glob(".export-*"))
 
 
+def counted(monkeypatch, stage: str) -> list[int]:
+    """One entry per call of ``export_module.<stage>``, appended as the export makes it."""
+    calls, original = [], getattr(export_module, stage)
+
+    def count(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, stage, count)
+    return calls
+
+
+def test_an_export_of_a_run_replaced_while_it_meshes_stops_before_texture_and_turntable(
+    tmp_path, monkeypatch, capsys
+):
+    """`text RUN --overwrite` while `dreamtext export RUN` meshed: the export went on to bake
+    the texture and render all 60 turntable frames (minutes on a real run) and was refused only
+    at its swap. It stops after meshing, with the swap's one line and exit 2."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    tracer = SphereTracer()
+    stub_run(monkeypatch, SphereField(), tracer)
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    replace_run_while_meshing(monkeypatch, workspace, "b2")
+    baked = counted(monkeypatch, "bake_texture")
+    code = main(["export", "--workspace", str(workspace), "--resolution", "48"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"dreamtext: error: {workspace} was replaced by a new run while exporting; export it again"
+    )
+    assert baked == [] and tracer.calls == []
+    assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
+    assert not list(workspace.glob(".export-*"))
+
+
+def test_an_export_of_a_run_replaced_during_its_turntable_renders_no_further_chunk(
+    tmp_path, monkeypatch
+):
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    tracer = SphereTracer()
+    render = tracer.render
+
+    def replaced_after_two_chunks(*args, **kwargs):
+        out = render(*args, **kwargs)
+        if len(tracer.calls) == 2:
+            shutil.rmtree(workspace / "checkpoints")
+            save_checkpoint(workspace, {"step": 3, "run_id": "b2"}, keep=1)
+        return out
+
+    tracer.render = replaced_after_two_chunks
+    stub_run(monkeypatch, SphereField(), tracer)
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    with pytest.raises(DreamtextError, match="run was replaced by a new run while exporting"):
+        export_workspace(workspace, small_options(formats=("ply",)))
+    assert tracer.calls == [export_module.FRAMES_PER_CHUNK] * 2
+    assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
+    assert not list(workspace.glob(".export-*"))
+
+
+def test_an_export_of_its_run_checks_it_once_per_turntable_chunk_not_per_frame(
+    tmp_path, monkeypatch
+):
+    """The check reads last.pt (memory-mapped) each time: a few hundredths of a second, once
+    after meshing, once before each chunk and once at the swap."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    reads = counted(monkeypatch, "checkpoint_run")
+    result = export_workspace(workspace, small_options(formats=("ply",)))
+    chunks = -(-60 // export_module.FRAMES_PER_CHUNK)
+    assert result.frames == 60 and len(reads) == 1 + chunks + 1
+
+
 @pytest.mark.parametrize(
     ("meanwhile", "line"),
     [
@@ -1289,6 +1365,77 @@ def test_a_staging_folder_of_a_live_export_is_left_and_a_killed_ones_removed(tmp
         (folder / export_module.RECORD_FILE).write_text(json.dumps(record))
     export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
     assert live.is_dir() and not dead.exists()
+
+
+# An export on another machine: it stages one file and waits there, until it is killed.
+EXPORT_ELSEWHERE = """
+import sys, time
+from pathlib import Path
+from dreamtext import processes
+processes.HOST = "another-machine"
+from dreamtext.export import write_all_atomically
+
+def wait(path):
+    path.write_bytes(b"half")
+    print("staged", flush=True)
+    time.sleep(600)
+
+write_all_atomically({Path(sys.argv[1]) / "mesh" / "mesh.json": wait})
+"""
+
+
+def test_a_staging_folder_of_another_machines_export_is_removed_once_it_was_killed(tmp_path):
+    """A staging folder left by an export killed on another machine of a shared file system
+    was never removed: its process cannot be checked from here. The lock its writer holds on
+    its record while it writes (dropped when the writer ends, however it ends) tells, and the
+    record's age: where locks are local to each machine, a live writer's looks free."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", EXPORT_ELSEWHERE, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    try:
+        assert writer.stdout.readline() == "staged\n"
+        (staging,) = tmp_path.glob(".export-partial-*")
+        record = json.loads((staging / export_module.RECORD_FILE).read_text())
+        assert record["host"] == "another-machine" and record["locked"] is True
+        export_module.finish_replacements(tmp_path)  # while it writes: left alone
+        assert (staging / "mesh" / "mesh.json").read_bytes() == b"half"
+    finally:
+        writer.kill()
+        writer.wait()
+    export_module.finish_replacements(tmp_path)  # killed a moment ago: its lock could be local
+    assert staging.is_dir()
+    an_hour_ago = time.time() - export_module.ELSEWHERE_GRACE_S - 1
+    os.utime(staging / export_module.RECORD_FILE, (an_hour_ago, an_hour_ago))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
+    assert not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh"]
+
+
+def test_a_staging_folder_of_this_machine_whose_lock_is_free_is_removed(tmp_path):
+    """Its writer held the lock from before its record said so until it committed the folder:
+    a free lock is a writer gone, even where the pid it names runs (another process by now, or
+    a writer in another pid namespace under the same host name)."""
+    from dreamtext.processes import this_process, write_held_record
+
+    staging = tmp_path / ".export-partial-here0001"
+    (staging / "mesh").mkdir(parents=True)
+    write_held_record(staging / export_module.RECORD_FILE, this_process()).close()
+    export_module.finish_replacements(tmp_path)
+    assert not staging.exists()
+
+
+def test_a_staging_folder_of_another_machine_without_a_lock_is_left_alone(tmp_path):
+    """Where its writer took no lock (a file system without locks, or a dreamtext from before
+    the lock), nothing here can tell whether it still writes."""
+    staging = tmp_path / ".export-partial-other001"
+    (staging / "mesh").mkdir(parents=True)
+    record = {"host": "another-machine", "pid": 12, "pid_start": 3, "folders": ["mesh"]}
+    (staging / export_module.RECORD_FILE).write_text(json.dumps(record))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
+    assert (staging / "mesh").is_dir()
 
 
 def test_a_mesh_folder_that_is_a_link_stays_a_link(tmp_path):
