@@ -1353,18 +1353,115 @@ def test_each_change_to_a_runs_files_shows_at_the_next_poll(tmp_path: Path, monk
     srv, thread = serving(Catalog([root]))
     try:
         _, body, headers = get(srv, "/api/runs.json")
-        before, etag = json.loads(body)["runs"], headers["ETag"]
+        first, etag = json.loads(body), headers["ETag"]
+        before = first["runs"]
         time.sleep(0.05)  # a later tick of the file clock
         _change(root, what)
-        # The page's poll, which names its last answer: a change must not be a 304.
-        status, body, headers = get(srv, "/api/runs.json", {"If-None-Match": etag})
-        shown = json.loads(body)["runs"]
+        # The page's poll, which names its last answer and its cursor: a change must not be a
+        # 304, and the runs the answer changes, as the page applies it, are the runs now.
+        since = "/api/runs.json?since=" + first["cursor"]
+        status, body, headers = get(srv, since, {"If-None-Match": etag})
+        answer = json.loads(body)
+        shown = apply_answer(before, answer)
         links = server_links("api/runs.json")
         fresh = [run_json(read_run(r, with_series=False), links, False) for r in srv.catalog.runs()]
         assert status == 200 and headers["ETag"] != etag
+        assert answer["since"] == first["cursor"] and len(answer["changed"]) < len(before)
         assert shown != before
         assert shown == json.loads(script_json(fresh))
+        # Its tag is that of the whole gallery it makes: the next poll, nothing changed, is a 304.
+        assert get(srv, "/api/runs.json")[2]["ETag"] == headers["ETag"]
+        since = "/api/runs.json?since=" + answer["cursor"]
+        assert get(srv, since, {"If-None-Match": headers["ETag"]})[0] == 304
     finally:
+        stop(srv, thread)
+
+
+def apply_answer(runs: list[dict], answer: dict) -> list[dict]:
+    """The gallery's runs after a poll's answer, as app.js's ``afterAnswer`` makes them: the
+    whole list, or (an answer to the page's cursor) the runs it had with those that changed put
+    in, in the order of ``ids`` where that list changed."""
+    if "since" not in answer:
+        return answer["runs"]
+    by_id = {run["id"]: run for run in runs} | {run["id"]: run for run in answer["changed"]}
+    return [by_id[run_id] for run_id in answer.get("ids", [run["id"] for run in runs])]
+
+
+def poll_since(srv, cursor: str) -> dict:
+    return json.loads(get(srv, f"/api/runs.json?since={cursor}")[1])
+
+
+def test_a_poll_after_one_runs_change_sends_that_run_alone(tmp_path: Path, monkeypatch):
+    """Each change of one run's status resent every card: a batch of 1,000 runs, 860 KB of JSON
+    (37 KB gzipped) at every poll that saw a change. The page sends back the cursor of what it
+    has and gets the runs that changed since."""
+    root = tmp_path / "runs"
+    for i in range(20):
+        make_run(root / f"run{i:02d}", f"prompt {i}", status={"state": "finished", "step": 20})
+    age(root, 3600)
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([root]))
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        page = page_data_of(get(srv, "/")[1])
+        assert page["cursor"] == first["cursor"] and len(first["runs"]) == 20
+        time.sleep(0.05)
+        write_json(root / "run07" / "status.json", {"state": "failed", "error": "out of memory"})
+        answer = poll_since(srv, first["cursor"])
+        (changed,) = answer["changed"]
+        assert changed["id"] == "run07" and changed["status"]["error"] == "out of memory"
+        assert "runs" not in answer and "ids" not in answer
+        assert answer["cursor"] != first["cursor"]
+        whole = json.loads(get(srv, "/api/runs.json")[1])
+        assert apply_answer(first["runs"], answer) == whole["runs"]
+        # Nothing changed since: nothing sent; an older cursor still gets what changed after it.
+        assert poll_since(srv, answer["cursor"])["changed"] == []
+        assert poll_since(srv, first["cursor"])["changed"] == [changed]
+    finally:
+        stop(srv, thread)
+
+
+def test_a_poll_after_runs_came_and_went_gets_the_list_of_ids(tmp_path: Path, monkeypatch):
+    root = tmp_path / "runs"
+    for i in range(6):
+        make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
+    age(root, 3600)
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([root]))
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        shutil.rmtree(root / "run2")
+        make_run(root / "run10", "prompt 10", status={"state": "running", "step": 5})
+        answer = poll_since(srv, first["cursor"])
+        assert [run["id"] for run in answer["changed"]] == ["run10"]
+        assert answer["ids"] == ["run0", "run1", "run10", "run3", "run4", "run5"]
+        whole = json.loads(get(srv, "/api/runs.json")[1])
+        assert apply_answer(first["runs"], answer) == whole["runs"]
+    finally:
+        stop(srv, thread)
+
+
+def test_a_cursor_the_server_did_not_give_gets_the_whole_gallery(tmp_path: Path, monkeypatch):
+    """A page open across a restart of the server, or an address typed by hand: the whole."""
+    for i in range(4):
+        make_run(tmp_path / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([tmp_path]))
+    other, other_thread = serving(Catalog([tmp_path]))
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        elsewhere = json.loads(get(other, "/api/runs.json")[1])["cursor"]
+        epoch, _, number = first["cursor"].partition("-")
+        for cursor in ("", "x", elsewhere, f"{epoch}-{int(number) + 1}", f"{epoch}-1e3"):
+            answer = poll_since(srv, cursor)
+            assert "since" not in answer and answer["runs"] == first["runs"], cursor
+        # Most runs changed: the whole gallery is as short as the changes.
+        for i in range(3):
+            write_json(tmp_path / f"run{i}" / "status.json", {"state": "failed"})
+        answer = poll_since(srv, first["cursor"])
+        assert "since" not in answer and len(answer["runs"]) == 4
+    finally:
+        stop(other, other_thread)
         stop(srv, thread)
 
 
