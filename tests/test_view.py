@@ -1316,6 +1316,11 @@ def _change(root: Path, what: str) -> None:
         shutil.rmtree(cube)
     elif what == "mesh exported":
         (cube / "mesh" / "mesh.obj").write_text("v 0 0 0\n")
+    elif what == "exported again":  # as `dreamtext export` replaces a finished run's files
+        from dreamtext.export import write_all_atomically
+
+        files = {cube / "mesh" / "mesh.glb": b"glTF-again", cube / "video" / "turntable.mp4": b"v"}
+        write_all_atomically(files)
 
 
 CHANGES = [
@@ -1335,6 +1340,7 @@ CHANGES = [
     "workspace made",
     "workspace removed",
     "mesh exported",
+    "exported again",
     "descriptor checkpoint saved",
     "learned embedding saved",
 ]
@@ -1490,6 +1496,71 @@ def test_a_poll_stats_no_path_a_run_lacks_but_the_folder_it_would_be_in(
     assert len(shown) == len(set(shown))  # each once
     present = [p for p in shown if os.path.exists(os.path.join(cube, p))]
     assert shown == present
+
+
+def count_stats(gallery, locations, folder: Path, polls: int = 1) -> list[list[str]]:
+    """The paths inside ``folder`` that each of ``polls`` gallery polls stats, relative."""
+    stat, stats = os.stat, []
+    os.stat = lambda path, *a, **k: stats[-1].append(str(path)) or stat(path, *a, **k)
+    try:
+        for _ in range(polls):
+            stats.append([])
+            gallery.runs(locations)
+    finally:
+        os.stat = stat
+    inside = str(folder) + os.sep
+    return [[os.path.relpath(p, folder) for p in poll if p.startswith(inside)] for poll in stats]
+
+
+def test_a_finished_runs_poll_stats_what_the_gallery_reads_and_its_picture(
+    tmp_path: Path, monkeypatch
+):
+    """A finished run's poll stat'ed every file its run page links to (~22 paths a run: 22,000
+    stats a poll of a sweep of 1,000). Those files are written by renaming them into their
+    folder (or the folder swapped whole), whose time the poll stats: each poll now stats the
+    run's records, its folders and the card's picture, and its other files at one poll in
+    LINKED_FILES_EVERY_POLLS (a file rewritten in place by another tool shows then)."""
+    import dreamtext.view.workspaces as workspaces
+
+    make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    age(tmp_path, 3600)
+    settle_at_once(monkeypatch)
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    locations = catalog.runs()
+    gallery.runs(locations)
+    every = workspaces.LINKED_FILES_EVERY_POLLS
+    polls = count_stats(gallery, locations, tmp_path / "cube", every)
+    each_poll = [".", "config.json", "log.jsonl", "mesh", "previews", "previews/final.png"]
+    each_poll += ["status.json", "video"]
+    linked = ["mesh/mesh.glb", "previews/step_000010.png", "video/turntable.mp4"]
+    assert sorted(map(sorted, polls), key=len) == [each_poll] * (every - 1) + [
+        sorted(each_poll + linked)
+    ]
+    # A running run's, every poll.
+    write_json(tmp_path / "cube" / "status.json", RUNNING)
+    age(tmp_path, 3600)
+    gallery.runs(locations)
+    polls = count_stats(gallery, locations, tmp_path / "cube", 3)
+    assert [sorted(poll) for poll in polls] == [sorted(each_poll + linked)] * 3
+
+
+def test_a_finished_runs_file_rewritten_in_place_shows_within_its_turn(tmp_path: Path, monkeypatch):
+    """``cp`` of a run over an older copy rewrites its files in place, no folder's time
+    changes: a finished run's mesh so rewritten shows (the card's time) within
+    LINKED_FILES_EVERY_POLLS polls."""
+    import dreamtext.view.workspaces as workspaces
+
+    make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    age(tmp_path, 3600)
+    settle_at_once(monkeypatch)
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    before = gallery.runs(catalog.runs())[0].updated
+    glb = tmp_path / "cube" / "mesh" / "mesh.glb"
+    glb.write_bytes(glb.read_bytes())  # same size, same inode: its times alone change
+    shown = [
+        gallery.runs(catalog.runs())[0].updated for _ in range(workspaces.LINKED_FILES_EVERY_POLLS)
+    ]
+    assert before < shown[-1] == glb.stat().st_mtime
 
 
 def test_an_unchanged_answer_to_a_poll_is_304_without_a_body(tmp_path: Path, monkeypatch):
