@@ -1522,25 +1522,28 @@ def test_a_finished_runs_poll_stats_what_the_gallery_reads_and_its_picture(
     LINKED_FILES_EVERY_POLLS (a file rewritten in place by another tool shows then)."""
     import dreamtext.view.workspaces as workspaces
 
-    make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    cube = make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    write_json(cube / "mesh" / "mesh.json", {"vertices": 8})
+    (cube / "checkpoints").mkdir()
+    (cube / "checkpoints" / "last.pt").write_bytes(b"torch")
     age(tmp_path, 3600)
     settle_at_once(monkeypatch)
     catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
     locations = catalog.runs()
     gallery.runs(locations)
     every = workspaces.LINKED_FILES_EVERY_POLLS
-    polls = count_stats(gallery, locations, tmp_path / "cube", every)
-    each_poll = [".", "config.json", "log.jsonl", "mesh", "previews", "previews/final.png"]
-    each_poll += ["status.json", "video"]
-    linked = ["mesh/mesh.glb", "previews/step_000010.png", "video/turntable.mp4"]
+    polls = count_stats(gallery, locations, cube, every)
+    each_poll = [".", "checkpoints", "config.json", "log.jsonl", "mesh", "previews"]
+    each_poll += ["previews/final.png", "status.json", "video"]
+    linked = ["mesh/mesh.glb", "mesh/mesh.json", "previews/step_000010.png", "video/turntable.mp4"]
     assert sorted(map(sorted, polls), key=len) == [each_poll] * (every - 1) + [
         sorted(each_poll + linked)
     ]
     # A running run's, every poll.
-    write_json(tmp_path / "cube" / "status.json", RUNNING)
+    write_json(cube / "status.json", RUNNING)
     age(tmp_path, 3600)
     gallery.runs(locations)
-    polls = count_stats(gallery, locations, tmp_path / "cube", 3)
+    polls = count_stats(gallery, locations, cube, 3)
     assert [sorted(poll) for poll in polls] == [sorted(each_poll + linked)] * 3
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any
 
 from dreamtext.errors import DreamtextError
@@ -66,13 +67,17 @@ FIND_REUSES_SCAN_S = 2.0
 # changing (file times advance in ticks of up to a few milliseconds, of 1-2 s on some file
 # systems): the gallery reads such a run again at its next poll instead of trusting the stat.
 STAT_SETTLES_AFTER_S = 2.0
-# A run that is not running has the files its pages link to inside its folders (previews, mesh,
-# video, its source image; not the files the gallery reads, nor the card's picture) stat'ed at one
-# gallery poll in this many, each run at its own: dreamtext writes them by renaming them into
-# their folder, or swaps the folder whole (an export), and either changes a time that is stat'ed
-# every poll (the folder's, the workspace's); a file rewritten in place by another tool (``cp``
-# over an older copy) shows within this many polls (30 s at the default 2 s), in the card's time.
+# A run that is not running has its files other than those its card is made of (CARD_FILES, the
+# card's picture) stat'ed at one gallery poll in this many, each run at its own; its folders every
+# poll. dreamtext writes those files (previews, mesh, video, checkpoints, mesh.json) by renaming
+# them into their folder, or swaps the folder whole (an export), and either changes a time that is
+# stat'ed every poll (the folder's, the workspace's); a file rewritten in place by another tool
+# (``cp`` over an older copy) shows within this many polls (30 s at the default 2 s), in the card's
+# time.
 LINKED_FILES_EVERY_POLLS = 15
+# The files a card's text comes from (prompt, status, steps, sentence, descriptor step).
+CARD_FILES = ("config.json", "status.json", "log.jsonl", SENTENCE_FILE.as_posix())
+CARD_FILES += (DESCRIPTOR_LOG.as_posix(),)
 # How often the figures kept of each log (JsonlFollower) are checked for logs that are gone: a
 # removed run's are dropped within this time (a stat of each log kept).
 FORGET_GONE_LOGS_EVERY_S = 60.0
@@ -864,8 +869,8 @@ READ_PATHS = tuple(dict.fromkeys((".", *ACTIVITY_PATHS, *DATA_FILES)))
 @dataclass(frozen=True)
 class _GalleryEntry:
     """A run as the gallery read it, with the stat of each file and folder it was read from:
-    the first ``every_poll`` of ``paths`` are what the gallery reads and lists and the card's
-    picture, the others the files the run page links to (:data:`LINKED_FILES_EVERY_POLLS`)."""
+    the first ``every_poll`` of ``paths`` are its folders and the files its card is made of,
+    the others its other files (:data:`LINKED_FILES_EVERY_POLLS`)."""
 
     location: RunLocation
     run: Run
@@ -890,7 +895,7 @@ class GalleryCache:
     """The gallery's runs (``read_run(location, with_series=False)``), each read again only when
     one of the files or folders it was read from changed, or its batch line did: a poll of a
     gallery of a finished sweep stats its files and reads none (of a run that is not running,
-    the files only its run page links to at one poll in :data:`LINKED_FILES_EVERY_POLLS`).
+    the files its card is not made of at one poll in :data:`LINKED_FILES_EVERY_POLLS`).
 
     A run's status is judged again at every poll from what its files held (:class:`_StatusInputs`):
     whether a running run is quiet depends on the clock, whether its process is gone on the
@@ -961,8 +966,8 @@ def _read_gallery_entry(location: RunLocation) -> _GalleryEntry:
     Each path is stat'ed once, and a path that is absent is left out where the folder it would
     appear in (or the nearest folder above that exists) is kept: making, renaming or removing
     an entry changes its folder's time, so that folder's stat stands for its absent entries
-    (an image run's seven descriptor paths in a text run, say). The files only the run page
-    links to come last: a run that is not running has them stat'ed at one poll in
+    (an image run's seven descriptor paths in a text run, say). The files the card is not made
+    of come last: a run that is not running has them stat'ed at one poll in
     :data:`LINKED_FILES_EVERY_POLLS`."""
     started = time.time()
     folder = location.path
@@ -994,12 +999,17 @@ def _read_gallery_entry(location: RunLocation) -> _GalleryEntry:
         for rel, stamp in list(stamps.items())
         if stamp is None and _covered(rel, stamps, folder)
     }
-    # What the gallery reads and lists (and the folders that stand for absent paths) and the
-    # card's picture first; the files the run page links to after (LINKED_FILES_EVERY_POLLS).
-    linked_only = set(linked) - {run.thumbnail}
-    kept = [rel for rel in stamps if rel not in covered and rel not in linked_only]
+
+    # The folders (the workspace's too), the files the card is made of and its picture first;
+    # the other files after (LINKED_FILES_EVERY_POLLS). A path that is absent and stands for
+    # itself (outside the workspace, say) goes first too.
+    def each_poll(rel: str) -> bool:
+        stamp = stamps[rel]
+        return stamp is None or S_ISDIR(stamp[4]) or rel in CARD_FILES or rel == run.thumbnail
+
+    kept = [rel for rel in stamps if rel not in covered and each_poll(rel)]
     every_poll = len(kept)
-    kept += [rel for rel in stamps if rel not in covered and rel in linked_only]
+    kept += [rel for rel in stamps if rel not in covered and not each_poll(rel)]
     paths = tuple(os.path.join(folder, rel) for rel in kept)
     turn = zlib.crc32(location.id.encode("utf-8", "surrogateescape")) % LINKED_FILES_EVERY_POLLS
     return _GalleryEntry(
