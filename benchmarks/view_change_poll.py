@@ -14,7 +14,8 @@ server's memory (``VmRSS``, peak ``VmHWM``) at the end.
 
 Then, in a process of its own with the same code: ``os.stat`` calls (``os.path.isfile`` and
 ``exists`` included) of one ``GalleryCache`` poll over the same runs with nothing changed, per
-run, after two polls that read them (their files' times settled).
+run, after two polls that read them (their files' times settled), and the CPU time of such a poll
+(``time.process_time``: less swayed by other jobs on the machine than its wall time).
 """
 
 from __future__ import annotations
@@ -54,8 +55,14 @@ for _ in range(30):
     counts.append(0)
     gallery.runs(catalog.runs())
 os.stat = stat
+cpu = []
+for _ in range(30):
+    start = time.process_time()
+    gallery.runs(catalog.runs())
+    cpu.append(time.process_time() - start)
 n = len(catalog.runs())
 print(f"{min(counts) / n:.1f} {sum(counts) / len(counts) / n:.1f} {max(counts) / n:.1f}")
+print(f"{sorted(cpu)[len(cpu) // 2] * 1000:.0f}")
 """
 
 
@@ -137,7 +144,7 @@ def measure(code: Path, root: Path, rounds: int) -> None:
         f"(peak {memory['VmHWM'] / 1024:.0f} MiB)"
     )
     env = dict(os.environ, PYTHONPATH=str(code))
-    counted = subprocess.run(
+    *counted, cpu = subprocess.run(
         [sys.executable, "-c", COUNT_STATS, str(root)],
         env=env,
         cwd=code,
@@ -147,7 +154,8 @@ def measure(code: Path, root: Path, rounds: int) -> None:
     ).stdout.split()
     print(
         f"os.stat per run per poll, nothing changed (min / mean / max of 30 polls): "
-        f"{' / '.join(counted)}"
+        f"{' / '.join(counted)}; CPU of such a poll (folder scan, stats, statuses; median of "
+        f"30): {cpu} ms"
     )
 
 
