@@ -646,7 +646,8 @@ def test_a_poll_after_one_change_gets_that_card_alone_and_the_page_shows_it(page
     page.goto(srv.url)
     page.wait_for_selector(".card")
     status = {"state": "failed", "step": 5, "iters": 10, "error": "CUDA out of memory"}
-    (root / "run_123" / "status.json").write_text(json.dumps(status))
+    (root / "run_123" / "status.tmp").write_text(json.dumps(status))  # whole, as the trainer's
+    os.replace(root / "run_123" / "status.tmp", root / "run_123" / "status.json")
     page.wait_for_selector('.card[data-run="run_123"][data-state="failed"]', timeout=10_000)
     (answer,) = answers
     body = answer.json()
