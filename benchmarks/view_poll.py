@@ -12,7 +12,8 @@ failed, running or without status.json) and a ``batch.jsonl`` naming them, start
 view`` on them with the code at ``--code`` (this checkout by default) in its own process, then:
 the first request, 10 back to back (whole answers), 10 naming the last answer's ETag (as the page
 asks when nothing changed: a 304 without a body, where the code has ETags), and polling every 2 s
-for ``--seconds`` as the page does (naming its last answer) while ``--live`` of the running runs
+for ``--seconds`` as the page does (naming its last answer and sending back its cursor, where the
+code gives one: the runs that changed since) while ``--live`` of the running runs
 get a log line and a new status.json every 2 s. The server's CPU is its process's user + system
 time over the polling; KiB/min the answers' bodies as sent (the requests take gzip, as
 browsers' do); its memory the process's resident set (``VmRSS``) after the first answer and at the
@@ -155,11 +156,15 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
     try:
         url = f"http://127.0.0.1:{port}/api/runs.json"
 
+        cursor: list[str | None] = [None]  # the last answer's, where the server gives one
+
         def fetch(tag: str | None = None) -> tuple[float, int, bytes, str | None]:
             """One request, as the page's browser polls: taking gzip, naming the answer it has
-            (``tag``). The body as it came (gzipped where the server gzips)."""
+            (``tag``) and, after a tagged answer, sending back its cursor (``?since=``). The
+            body as it came (gzipped where the server gzips)."""
             headers = {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
-            request = urllib.request.Request(url, headers=headers)
+            since = f"?since={cursor[0]}" if tag and cursor[0] else ""
+            request = urllib.request.Request(url + since, headers=headers)
             start = time.perf_counter()
             try:
                 with urllib.request.urlopen(request, timeout=120) as response:
@@ -168,7 +173,11 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
                 if answer.code != 304:
                     raise
                 status, body, etag = 304, answer.read(), tag
-            return time.perf_counter() - start, status, body, etag
+            took = time.perf_counter() - start
+            if body:
+                text = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+                cursor[0] = json.loads(text).get("cursor")
+            return took, status, body, etag
 
         first, _, body, tag = fetch()
         memory_first = memory_kib(server.pid)

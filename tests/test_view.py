@@ -1316,6 +1316,11 @@ def _change(root: Path, what: str) -> None:
         shutil.rmtree(cube)
     elif what == "mesh exported":
         (cube / "mesh" / "mesh.obj").write_text("v 0 0 0\n")
+    elif what == "exported again":  # as `dreamtext export` replaces a finished run's files
+        from dreamtext.export import write_all_atomically
+
+        files = {cube / "mesh" / "mesh.glb": b"glTF-again", cube / "video" / "turntable.mp4": b"v"}
+        write_all_atomically(files)
 
 
 CHANGES = [
@@ -1335,6 +1340,7 @@ CHANGES = [
     "workspace made",
     "workspace removed",
     "mesh exported",
+    "exported again",
     "descriptor checkpoint saved",
     "learned embedding saved",
 ]
@@ -1353,18 +1359,115 @@ def test_each_change_to_a_runs_files_shows_at_the_next_poll(tmp_path: Path, monk
     srv, thread = serving(Catalog([root]))
     try:
         _, body, headers = get(srv, "/api/runs.json")
-        before, etag = json.loads(body)["runs"], headers["ETag"]
+        first, etag = json.loads(body), headers["ETag"]
+        before = first["runs"]
         time.sleep(0.05)  # a later tick of the file clock
         _change(root, what)
-        # The page's poll, which names its last answer: a change must not be a 304.
-        status, body, headers = get(srv, "/api/runs.json", {"If-None-Match": etag})
-        shown = json.loads(body)["runs"]
+        # The page's poll, which names its last answer and its cursor: a change must not be a
+        # 304, and the runs the answer changes, as the page applies it, are the runs now.
+        since = "/api/runs.json?since=" + first["cursor"]
+        status, body, headers = get(srv, since, {"If-None-Match": etag})
+        answer = json.loads(body)
+        shown = apply_answer(before, answer)
         links = server_links("api/runs.json")
         fresh = [run_json(read_run(r, with_series=False), links, False) for r in srv.catalog.runs()]
         assert status == 200 and headers["ETag"] != etag
+        assert answer["since"] == first["cursor"] and len(answer["changed"]) < len(before)
         assert shown != before
         assert shown == json.loads(script_json(fresh))
+        # Its tag is that of the whole gallery it makes: the next poll, nothing changed, is a 304.
+        assert get(srv, "/api/runs.json")[2]["ETag"] == headers["ETag"]
+        since = "/api/runs.json?since=" + answer["cursor"]
+        assert get(srv, since, {"If-None-Match": headers["ETag"]})[0] == 304
     finally:
+        stop(srv, thread)
+
+
+def apply_answer(runs: list[dict], answer: dict) -> list[dict]:
+    """The gallery's runs after a poll's answer, as app.js's ``afterAnswer`` makes them: the
+    whole list, or (an answer to the page's cursor) the runs it had with those that changed put
+    in, in the order of ``ids`` where that list changed."""
+    if "since" not in answer:
+        return answer["runs"]
+    by_id = {run["id"]: run for run in runs} | {run["id"]: run for run in answer["changed"]}
+    return [by_id[run_id] for run_id in answer.get("ids", [run["id"] for run in runs])]
+
+
+def poll_since(srv, cursor: str) -> dict:
+    return json.loads(get(srv, f"/api/runs.json?since={cursor}")[1])
+
+
+def test_a_poll_after_one_runs_change_sends_that_run_alone(tmp_path: Path, monkeypatch):
+    """Each change of one run's status resent every card: a batch of 1,000 runs, 860 KB of JSON
+    (37 KB gzipped) at every poll that saw a change. The page sends back the cursor of what it
+    has and gets the runs that changed since."""
+    root = tmp_path / "runs"
+    for i in range(20):
+        make_run(root / f"run{i:02d}", f"prompt {i}", status={"state": "finished", "step": 20})
+    age(root, 3600)
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([root]))
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        page = page_data_of(get(srv, "/")[1])
+        assert page["cursor"] == first["cursor"] and len(first["runs"]) == 20
+        time.sleep(0.05)
+        write_json(root / "run07" / "status.json", {"state": "failed", "error": "out of memory"})
+        answer = poll_since(srv, first["cursor"])
+        (changed,) = answer["changed"]
+        assert changed["id"] == "run07" and changed["status"]["error"] == "out of memory"
+        assert "runs" not in answer and "ids" not in answer
+        assert answer["cursor"] != first["cursor"]
+        whole = json.loads(get(srv, "/api/runs.json")[1])
+        assert apply_answer(first["runs"], answer) == whole["runs"]
+        # Nothing changed since: nothing sent; an older cursor still gets what changed after it.
+        assert poll_since(srv, answer["cursor"])["changed"] == []
+        assert poll_since(srv, first["cursor"])["changed"] == [changed]
+    finally:
+        stop(srv, thread)
+
+
+def test_a_poll_after_runs_came_and_went_gets_the_list_of_ids(tmp_path: Path, monkeypatch):
+    root = tmp_path / "runs"
+    for i in range(6):
+        make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
+    age(root, 3600)
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([root]))
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        shutil.rmtree(root / "run2")
+        make_run(root / "run10", "prompt 10", status={"state": "running", "step": 5})
+        answer = poll_since(srv, first["cursor"])
+        assert [run["id"] for run in answer["changed"]] == ["run10"]
+        assert answer["ids"] == ["run0", "run1", "run10", "run3", "run4", "run5"]
+        whole = json.loads(get(srv, "/api/runs.json")[1])
+        assert apply_answer(first["runs"], answer) == whole["runs"]
+    finally:
+        stop(srv, thread)
+
+
+def test_a_cursor_the_server_did_not_give_gets_the_whole_gallery(tmp_path: Path, monkeypatch):
+    """A page open across a restart of the server, or an address typed by hand: the whole."""
+    for i in range(4):
+        make_run(tmp_path / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([tmp_path]))
+    other, other_thread = serving(Catalog([tmp_path]))
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        elsewhere = json.loads(get(other, "/api/runs.json")[1])["cursor"]
+        epoch, _, number = first["cursor"].partition("-")
+        for cursor in ("", "x", elsewhere, f"{epoch}-{int(number) + 1}", f"{epoch}-1e3"):
+            answer = poll_since(srv, cursor)
+            assert "since" not in answer and answer["runs"] == first["runs"], cursor
+        # Most runs changed: the whole gallery is as short as the changes.
+        for i in range(3):
+            write_json(tmp_path / f"run{i}" / "status.json", {"state": "failed"})
+        answer = poll_since(srv, first["cursor"])
+        assert "since" not in answer and len(answer["runs"]) == 4
+    finally:
+        stop(other, other_thread)
         stop(srv, thread)
 
 
@@ -1393,6 +1496,74 @@ def test_a_poll_stats_no_path_a_run_lacks_but_the_folder_it_would_be_in(
     assert len(shown) == len(set(shown))  # each once
     present = [p for p in shown if os.path.exists(os.path.join(cube, p))]
     assert shown == present
+
+
+def count_stats(gallery, locations, folder: Path, polls: int = 1) -> list[list[str]]:
+    """The paths inside ``folder`` that each of ``polls`` gallery polls stats, relative."""
+    stat, stats = os.stat, []
+    os.stat = lambda path, *a, **k: stats[-1].append(str(path)) or stat(path, *a, **k)
+    try:
+        for _ in range(polls):
+            stats.append([])
+            gallery.runs(locations)
+    finally:
+        os.stat = stat
+    inside = str(folder) + os.sep
+    return [[os.path.relpath(p, folder) for p in poll if p.startswith(inside)] for poll in stats]
+
+
+def test_a_finished_runs_poll_stats_what_the_gallery_reads_and_its_picture(
+    tmp_path: Path, monkeypatch
+):
+    """A finished run's poll stat'ed every file its run page links to (~22 paths a run: 22,000
+    stats a poll of a sweep of 1,000). Those files are written by renaming them into their
+    folder (or the folder swapped whole), whose time the poll stats: each poll now stats the
+    run's records, its folders and the card's picture, and its other files at one poll in
+    LINKED_FILES_EVERY_POLLS (a file rewritten in place by another tool shows then)."""
+    import dreamtext.view.workspaces as workspaces
+
+    cube = make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    write_json(cube / "mesh" / "mesh.json", {"vertices": 8})
+    (cube / "checkpoints").mkdir()
+    (cube / "checkpoints" / "last.pt").write_bytes(b"torch")
+    age(tmp_path, 3600)
+    settle_at_once(monkeypatch)
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    locations = catalog.runs()
+    gallery.runs(locations)
+    every = workspaces.LINKED_FILES_EVERY_POLLS
+    polls = count_stats(gallery, locations, cube, every)
+    each_poll = [".", "checkpoints", "config.json", "log.jsonl", "mesh", "previews"]
+    each_poll += ["previews/final.png", "status.json", "video"]
+    linked = ["mesh/mesh.glb", "mesh/mesh.json", "previews/step_000010.png", "video/turntable.mp4"]
+    assert sorted(map(sorted, polls), key=len) == [each_poll] * (every - 1) + [
+        sorted(each_poll + linked)
+    ]
+    # A running run's, every poll.
+    write_json(cube / "status.json", RUNNING)
+    age(tmp_path, 3600)
+    gallery.runs(locations)
+    polls = count_stats(gallery, locations, cube, 3)
+    assert [sorted(poll) for poll in polls] == [sorted(each_poll + linked)] * 3
+
+
+def test_a_finished_runs_file_rewritten_in_place_shows_within_its_turn(tmp_path: Path, monkeypatch):
+    """``cp`` of a run over an older copy rewrites its files in place, no folder's time
+    changes: a finished run's mesh so rewritten shows (the card's time) within
+    LINKED_FILES_EVERY_POLLS polls."""
+    import dreamtext.view.workspaces as workspaces
+
+    make_run(tmp_path / "cube", "a red cube", status={"state": "finished", "step": 20})
+    age(tmp_path, 3600)
+    settle_at_once(monkeypatch)
+    catalog, gallery = Catalog([tmp_path]), workspaces.GalleryCache()
+    before = gallery.runs(catalog.runs())[0].updated
+    glb = tmp_path / "cube" / "mesh" / "mesh.glb"
+    glb.write_bytes(glb.read_bytes())  # same size, same inode: its times alone change
+    shown = [
+        gallery.runs(catalog.runs())[0].updated for _ in range(workspaces.LINKED_FILES_EVERY_POLLS)
+    ]
+    assert before < shown[-1] == glb.stat().st_mtime
 
 
 def test_an_unchanged_answer_to_a_poll_is_304_without_a_body(tmp_path: Path, monkeypatch):

@@ -539,11 +539,12 @@ def test_an_answer_that_is_not_the_data_keeps_saying_the_server_is_not_answering
     login = "<!doctype html><title>Sign in</title><form>password</form>"
     page.goto(server.url)
     page.wait_for_selector(".card")
-    page.route("**/api/runs.json", lambda route: route.fulfill(status=200, body=login))
+    polls = "**/api/runs.json*"  # with the page's cursor: api/runs.json?since=...
+    page.route(polls, lambda route: route.fulfill(status=200, body=login))
     page.wait_for_selector(".offline:not([hidden])", timeout=10_000)
     page.wait_for_timeout(POLL_MS * 8)  # backing off: 0.6, 1.2 s, ... at least two more polls
     assert page.is_visible(".offline"), "a login page was taken for the server's answer"
-    page.unroute("**/api/runs.json")
+    page.unroute(polls)
     page.wait_for_selector(".offline", state="hidden", timeout=15_000)
     assert cards_by_state(page) == STATES
 
@@ -631,6 +632,35 @@ def test_a_poll_that_changes_one_card_of_hundreds_replaces_only_that_card(page, 
         order.insert(len(order) if place == -1 else place, run)
         assert list(cards_by_state(page)) == order
     assert sorted(before) == sorted(cards_by_state(page))
+
+
+def test_a_poll_after_one_change_gets_that_card_alone_and_the_page_shows_it(page, many_runs):
+    """A poll after one run of hundreds changed got every card (a batch of 1,000 runs: 860 KB of
+    JSON at each change). The page now sends back its cursor and gets only the card that
+    changed, or, when runs went, the list of ids as well; it puts them in among the others."""
+    srv, root = many_runs
+    answers = []
+    page.on(
+        "response", lambda r: "api/runs.json" in r.url and r.status == 200 and answers.append(r)
+    )
+    page.goto(srv.url)
+    page.wait_for_selector(".card")
+    status = {"state": "failed", "step": 5, "iters": 10, "error": "CUDA out of memory"}
+    (root / "run_123" / "status.tmp").write_text(json.dumps(status))  # whole, as the trainer's
+    os.replace(root / "run_123" / "status.tmp", root / "run_123" / "status.json")
+    page.wait_for_selector('.card[data-run="run_123"][data-state="failed"]', timeout=10_000)
+    (answer,) = answers
+    body = answer.json()
+    assert "?since=" in answer.url and "runs" not in body
+    assert [run["id"] for run in body["changed"]] == ["run_123"]
+    assert "CUDA out of memory" in page.inner_text('.card[data-run="run_123"]')
+    assert page.inner_text(".summary") == "300 runs · 299 finished · 1 failed"
+    shutil.rmtree(root / "run_200")
+    page.wait_for_selector('.card[data-run="run_200"]', state="detached", timeout=10_000)
+    body = answers[-1].json()
+    assert body["changed"] == [] and len(body["ids"]) == 299 and "run_200" not in body["ids"]
+    assert len(cards_by_state(page)) == 299
+    assert page.inner_text(".summary") == "299 runs · 298 finished · 1 failed"
 
 
 def test_a_run_page_whose_run_is_removed_says_so_and_polls_slowly(page, tmp_path: Path):

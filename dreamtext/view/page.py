@@ -14,6 +14,7 @@ import html
 import json
 import math
 import re
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,47 +136,102 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
     return data
 
 
-def gallery_json(runs: list[Run], links: Links) -> dict[str, Any]:
-    return {
+def gallery_json(runs: list[Run], links: Links, cursor: str | None = None) -> dict[str, Any]:
+    """The gallery's data; ``cursor`` (the server's): what a poll sends back to be answered with
+    the runs that changed since (:class:`GalleryText`)."""
+    data = {
         "page": "gallery",
         "version": __version__,
         "api": links.api,
         "poll_ms": links.poll_ms,
         "gallery": links.gallery,
-        "runs": [run_json(run, links, full=False) for run in runs],
     }
+    if cursor is not None:
+        data["cursor"] = cursor
+    data["runs"] = [run_json(run, links, full=False) for run in runs]
+    return data
+
+
+@dataclass(frozen=True)
+class GalleryAnswer:
+    """What a gallery poll is answered from: ``text``, the whole gallery
+    (``script_json(gallery_json(runs, links, cursor))``), its ``etag``, and ``delta``, the text
+    of the runs that changed since the poll's cursor (``None``: the cursor is not one this
+    server can answer, or most runs changed: then ``text``)."""
+
+    text: str
+    etag: str
+    delta: str | None = None
 
 
 class GalleryText:
-    """``script_json(gallery_json(runs, links))``, made of each run's JSON text, kept from the
-    last call while the run is the same ``Run`` object (``GalleryCache`` hands out the same one
-    while a run's files and status stay the same): a poll of an unchanged gallery of 1,000 runs
-    joins texts instead of encoding ~1 MB of JSON again.
+    """The gallery's JSON text, made of each run's JSON text, kept from the last call while the
+    run is the same ``Run`` object (``GalleryCache`` hands out the same one while a run's files
+    and status stay the same): a poll of an unchanged gallery of 1,000 runs joins texts instead
+    of encoding ~1 MB of JSON again.
+
+    And the answer to a poll that names what it has (its ``cursor``): only the runs whose text
+    changed since. Each run's text carries the number of the change that made it; the cursor is
+    this object's ``<epoch>-<number of its last change>``, the epoch a random word per server
+    (a page open across a restart has a cursor of another epoch: it gets the whole gallery).
+    The list of ids in order is a change too (a run added or removed, or a folder renamed): a
+    delta since before it carries ``ids``, the whole list, and the page drops the runs it does
+    not name. Nothing is kept per client: any cursor this object gave out can be answered.
 
     For one kind of ``Links`` (the server's): a run's text is kept whatever ``links`` says.
     Safe to share between threads.
     """
 
     def __init__(self) -> None:
-        self._texts: dict[str, tuple[Run, str]] = {}
+        self._texts: dict[str, tuple[Run, str, int]] = {}  # id: (run, its text, its change)
+        self._ids: tuple[str, ...] = ()
+        self._ids_changed = 0  # the change that made the list of ids what it is
+        self._changes = 0
+        self._epoch = secrets.token_hex(4)
         self._lock = threading.Lock()
 
-    def __call__(self, runs: list[Run], links: Links) -> str:
-        with self._lock:
-            kept = self._texts
-        texts: dict[str, tuple[Run, str]] = {}
-        for run in runs:
-            before = kept.get(run.id)
-            if before is not None and before[0] is run:
-                texts[run.id] = before
-            else:
-                texts[run.id] = (run, script_json(run_json(run, links, full=False)))
-        with self._lock:  # runs no longer listed are forgotten
-            self._texts = texts
-        head = gallery_json([], links)
+    def __call__(self, runs: list[Run], links: Links, since: str | None = None) -> GalleryAnswer:
+        with self._lock:  # changes are numbered in one order for every poll
+            kept, texts = self._texts, {}
+            for run in runs:
+                before = kept.get(run.id)
+                if before is not None and before[0] is run:
+                    texts[run.id] = before
+                    continue
+                text = script_json(run_json(run, links, full=False))
+                if before is None or before[1] != text:
+                    self._changes += 1
+                    before = (run, text, self._changes)
+                texts[run.id] = (run, text, before[2])
+            ids = tuple(texts)
+            if ids != self._ids:
+                self._changes += 1
+                self._ids, self._ids_changed = ids, self._changes
+            self._texts = texts  # runs no longer listed are forgotten
+            cursor = f"{self._epoch}-{self._changes}"
+            ids_changed, after = self._ids_changed, self._change_of(since)
+        head = gallery_json([], links, cursor)
         del head["runs"]  # the last key, written after the others as json.dumps would
-        listed = ", ".join(texts[run.id][1] for run in runs)
-        return script_json(head)[:-1] + ', "runs": [' + listed + "]}"
+        head_text = script_json(head)[:-1]
+        listed = ", ".join(texts[run_id][1] for run_id in ids)
+        text = head_text + ', "runs": [' + listed + "]}"
+        delta = None
+        if after is not None:
+            changed = [texts[run_id][1] for run_id in ids if texts[run_id][2] > after]
+            if len(changed) * 2 <= len(ids):  # else the whole gallery is as short
+                delta = head_text + f', "since": {script_json(since)}, "changed": ['
+                delta += ", ".join(changed) + "]"
+                if ids_changed > after:
+                    delta += f', "ids": {script_json(list(ids))}'
+                delta += "}"
+        return GalleryAnswer(text, json_etag(text), delta)
+
+    def _change_of(self, cursor: str | None) -> int | None:
+        """The number of the change a cursor of this object names; ``None`` for any other."""
+        epoch, _, number = (cursor or "").partition("-")
+        if epoch != self._epoch or not (number.isascii() and number.isdigit()) or len(number) > 18:
+            return None
+        return int(number) if int(number) <= self._changes else None
 
 
 def json_etag(text: str) -> str:
@@ -239,9 +295,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def render_page(data: dict[str, Any], links: Links) -> str:
+def render_page(data: dict[str, Any], links: Links, text: str | None = None) -> str:
     """``assets/page.html`` with its title, base, asset folder and data filled in (in one pass,
-    so nothing a prompt holds is read as a placeholder)."""
+    so nothing a prompt holds is read as a placeholder). ``text``: the data as
+    :func:`script_json` writes it, where it is already written (the gallery's, by
+    :class:`GalleryText`); ``data`` then needs only its ``page``."""
     title = "dreamtext runs"
     if data["page"] == "gone":
         title = "run gone · dreamtext"
@@ -260,7 +318,8 @@ def render_page(data: dict[str, Any], links: Links) -> str:
         base = f'<base href="{html.escape(links.base)}">'
     if links.base == "./":  # the server's root page (a static export's page is a file)
         base = f"<script>{SLASH_SCRIPT}</script>\n{base}"
-    text = script_json(data)
+    if text is None:
+        text = script_json(data)
     values = {
         "title": html.escape(_SURROGATE.sub("\ufffd", title)),
         "base": base,

@@ -3,7 +3,8 @@
     GET /                        the gallery
     GET /run/<id>/               one run's page (404, a page that says the run is gone, once it is
                                  not there)
-    GET /api/runs.json           the gallery's data (the page polls it)
+    GET /api/runs.json           the gallery's data; ``?since=<cursor>`` (the page polls so):
+                                 only the runs that changed since the answer that gave it
     GET /api/run/<id>.json       one run's data (polled); 404 ``{"gone": "<id>"}`` once the run
                                  is not there (its folder removed or moved)
     GET /static/<name>           the pages' script, style and three.js (package files, by name)
@@ -17,9 +18,13 @@ Requests whose ``Host`` is not this machine's are refused, so that a web page el
 read the runs through a DNS name that points at 127.0.0.1; a reverse proxy on the web's standard
 port is let through (``ViewServer.host_allowed`` says why that is safe).
 
-The two ``api`` answers carry an ``ETag`` (a digest of their text); a poll that sends it back in
-``If-None-Match`` while the answer is the same gets ``304 Not Modified`` and no body. Pages and
-``api`` answers go gzipped to clients that take it (JSON of many runs shrinks ~25 times).
+The two ``api`` answers carry an ``ETag`` (a digest of their text; for an answer to a cursor,
+that of the whole gallery it makes of the page's runs); a poll that sends it back in
+``If-None-Match`` while the answer is the same gets ``304 Not Modified`` and no body. A gallery
+poll whose cursor this server gave out gets the cards that changed since (and the list of ids,
+when runs came or went) instead of every card; any other cursor, the whole gallery
+(``page.GalleryText``). Pages and ``api`` answers go gzipped to clients that take it (JSON of
+many runs shrinks ~25 times).
 
 Every address in the pages is relative, so a proxy can serve them under a path of its own.
 
@@ -40,7 +45,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from dreamtext.errors import DreamtextError
 from dreamtext.view.page import (
@@ -48,7 +53,6 @@ from dreamtext.view.page import (
     SLASH_SCRIPT_HASH,
     GalleryText,
     asset_bytes,
-    gallery_json,
     gone_page_json,
     json_etag,
     page_base,
@@ -254,7 +258,8 @@ class ViewHandler(BaseHTTPRequestHandler):
             )
             return self._send_text(HTTPStatus.FORBIDDEN, refused, send_body)
         try:
-            path = urlsplit(self.path).path
+            address = urlsplit(self.path)
+            path, query = address.path, address.query
         except ValueError:  # "http://[::1/...": not an address this server has
             return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
         parts = path.split("/")[1:]
@@ -264,9 +269,13 @@ class ViewHandler(BaseHTTPRequestHandler):
         if path in ("/", "/api/runs.json"):
             runs = self.server.gallery.runs(catalog.runs())
             links = server_links("api/runs.json", poll_ms, base=page_base(path))
+            since = parse_qs(query).get("since", [None])[0] if path != "/" else None
+            answer = self.server.gallery_text(runs, links, since)
             if path == "/":
-                return self._send_html(render_page(gallery_json(runs, links), links), send_body)
-            return self._send_json_text(self.server.gallery_text(runs, links), send_body)
+                page = render_page({"page": "gallery"}, links, answer.text)
+                return self._send_html(page, send_body)
+            text = answer.text if answer.delta is None else answer.delta
+            return self._send_json_text(text, send_body, answer.etag)
         if len(parts) in (2, 3) and parts[0] == "run" and parts[2:] in ([], [""]):
             run_id = unquote(parts[1])
             location = catalog.find(run_id)
@@ -341,10 +350,12 @@ class ViewHandler(BaseHTTPRequestHandler):
             return body, None
         return gzip.compress(body, compresslevel=1, mtime=0), "gzip"
 
-    def _send_json_text(self, text: str, send_body: bool) -> None:
-        """JSON, tagged; ``304 Not Modified`` without it when the request's ``If-None-Match``
-        names the tag (the page's last answer)."""
-        etag = json_etag(text)
+    def _send_json_text(self, text: str, send_body: bool, etag: str | None = None) -> None:
+        """JSON, tagged (``etag``, else a digest of ``text``); ``304 Not Modified`` without it
+        when the request's ``If-None-Match`` names the tag (the page's last answer). A gallery's
+        answer of the runs that changed since the poll's cursor is tagged as the whole gallery
+        it makes of the page's runs (the page sends that tag back)."""
+        etag = etag or json_etag(text)
         if _names_tag(self.headers.get("If-None-Match"), etag):
             self._answering = True
             self.send_response(HTTPStatus.NOT_MODIFIED)

@@ -29,12 +29,14 @@ import re
 import threading
 import time
 import unicodedata
+import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any
 
 from dreamtext.errors import DreamtextError
@@ -65,6 +67,17 @@ FIND_REUSES_SCAN_S = 2.0
 # changing (file times advance in ticks of up to a few milliseconds, of 1-2 s on some file
 # systems): the gallery reads such a run again at its next poll instead of trusting the stat.
 STAT_SETTLES_AFTER_S = 2.0
+# A run that is not running has its files other than those its card is made of (CARD_FILES, the
+# card's picture) stat'ed at one gallery poll in this many, each run at its own; its folders every
+# poll. dreamtext writes those files (previews, mesh, video, checkpoints, mesh.json) by renaming
+# them into their folder, or swaps the folder whole (an export), and either changes a time that is
+# stat'ed every poll (the folder's, the workspace's); a file rewritten in place by another tool
+# (``cp`` over an older copy) shows within this many polls (30 s at the default 2 s), in the card's
+# time.
+LINKED_FILES_EVERY_POLLS = 15
+# The files a card's text comes from (prompt, status, steps, sentence, descriptor step).
+CARD_FILES = ("config.json", "status.json", "log.jsonl", SENTENCE_FILE.as_posix())
+CARD_FILES += (DESCRIPTOR_LOG.as_posix(),)
 # How often the figures kept of each log (JsonlFollower) are checked for logs that are gone: a
 # removed run's are dropped within this time (a stat of each log kept).
 FORGET_GONE_LOGS_EVERY_S = 60.0
@@ -855,7 +868,9 @@ READ_PATHS = tuple(dict.fromkeys((".", *ACTIVITY_PATHS, *DATA_FILES)))
 
 @dataclass(frozen=True)
 class _GalleryEntry:
-    """A run as the gallery read it, with the stat of each file and folder it was read from."""
+    """A run as the gallery read it, with the stat of each file and folder it was read from:
+    the first ``every_poll`` of ``paths`` are its folders and the files its card is made of,
+    the others its other files (:data:`LINKED_FILES_EVERY_POLLS`)."""
 
     location: RunLocation
     run: Run
@@ -863,6 +878,8 @@ class _GalleryEntry:
     paths: tuple[str, ...]
     stamps: tuple[tuple[int, ...] | None, ...]
     settled: bool
+    every_poll: int = 0
+    turn: int = 0  # the polls at which its linked files are stat'ed: n % EVERY_POLLS == turn
 
 
 def _stamp(path: str) -> tuple[int, ...] | None:
@@ -877,7 +894,8 @@ def _stamp(path: str) -> tuple[int, ...] | None:
 class GalleryCache:
     """The gallery's runs (``read_run(location, with_series=False)``), each read again only when
     one of the files or folders it was read from changed, or its batch line did: a poll of a
-    gallery of a finished sweep stats its files and reads none.
+    gallery of a finished sweep stats its files and reads none (of a run that is not running,
+    the files its card is not made of at one poll in :data:`LINKED_FILES_EVERY_POLLS`).
 
     A run's status is judged again at every poll from what its files held (:class:`_StatusInputs`):
     whether a running run is quiet depends on the clock, whether its process is gone on the
@@ -888,6 +906,7 @@ class GalleryCache:
         # Per run id: its entry, and the Run last handed out for it (with its status).
         self._entries: dict[str, tuple[_GalleryEntry, Run]] = {}
         self._lock = threading.Lock()
+        self._polls = 0
 
     def runs(self, locations: list[RunLocation]) -> list[Run]:
         """The runs at ``locations``. A run whose entry and status are those of the last call is
@@ -895,10 +914,17 @@ class GalleryCache:
         must not change the ``Run``s."""
         with self._lock:
             entries = self._entries
+            self._polls += 1
+            turn = self._polls % LINKED_FILES_EVERY_POLLS
         current: dict[str, tuple[_GalleryEntry, Run]] = {}
         for location in locations:
             entry, shown = entries.get(location.id, (None, None))
-            if entry is None or not self._still_valid(entry, location):
+            if entry is not None:
+                # A run that is not running: its linked files at its turn only.
+                every = shown.status.get("state") == "running" or entry.turn == turn
+                if not self._still_valid(entry, location, every):
+                    entry = None
+            if entry is None:
                 entry = _read_gallery_entry(location)
             status = entry.status_inputs.status(entry.run)
             if shown is None or entry is not entries[location.id][0] or shown.status != status:
@@ -910,12 +936,17 @@ class GalleryCache:
         return [current[location.id][1] for location in locations]
 
     @staticmethod
-    def _still_valid(entry: _GalleryEntry, location: RunLocation) -> bool:
+    def _still_valid(entry: _GalleryEntry, location: RunLocation, linked: bool = True) -> bool:
+        """Whether ``entry`` still holds for the run at ``location``: what it was read from has
+        the same stat (of its linked files too where ``linked``)."""
         if not entry.settled or entry.location != location:
             return False
-        # _stamp, inline: this loop stats every kept path of every run at every poll.
+        # _stamp, inline: this loop stats the kept paths of every run at every poll.
         stat = os.stat
-        for path, stamp in zip(entry.paths, entry.stamps, strict=True):
+        paths, stamps = entry.paths, entry.stamps
+        if not linked:
+            paths, stamps = paths[: entry.every_poll], stamps[: entry.every_poll]
+        for path, stamp in zip(paths, stamps, strict=True):
             try:
                 st = stat(path)
             except (OSError, ValueError):
@@ -935,7 +966,9 @@ def _read_gallery_entry(location: RunLocation) -> _GalleryEntry:
     Each path is stat'ed once, and a path that is absent is left out where the folder it would
     appear in (or the nearest folder above that exists) is kept: making, renaming or removing
     an entry changes its folder's time, so that folder's stat stands for its absent entries
-    (an image run's seven descriptor paths in a text run, say)."""
+    (an image run's seven descriptor paths in a text run, say). The files the card is not made
+    of come last: a run that is not running has them stat'ed at one poll in
+    :data:`LINKED_FILES_EVERY_POLLS`."""
     started = time.time()
     folder = location.path
     if folder is None:
@@ -966,10 +999,28 @@ def _read_gallery_entry(location: RunLocation) -> _GalleryEntry:
         for rel, stamp in list(stamps.items())
         if stamp is None and _covered(rel, stamps, folder)
     }
-    kept = [rel for rel in stamps if rel not in covered]
+
+    # The folders (the workspace's too), the files the card is made of and its picture first;
+    # the other files after (LINKED_FILES_EVERY_POLLS). A path that is absent and stands for
+    # itself (outside the workspace, say) goes first too.
+    def each_poll(rel: str) -> bool:
+        stamp = stamps[rel]
+        return stamp is None or S_ISDIR(stamp[4]) or rel in CARD_FILES or rel == run.thumbnail
+
+    kept = [rel for rel in stamps if rel not in covered and each_poll(rel)]
+    every_poll = len(kept)
+    kept += [rel for rel in stamps if rel not in covered and not each_poll(rel)]
     paths = tuple(os.path.join(folder, rel) for rel in kept)
+    turn = zlib.crc32(location.id.encode("utf-8", "surrogateescape")) % LINKED_FILES_EVERY_POLLS
     return _GalleryEntry(
-        location, run, status_inputs, paths, tuple(stamps[rel] for rel in kept), settled
+        location,
+        run,
+        status_inputs,
+        paths,
+        tuple(stamps[rel] for rel in kept),
+        settled,
+        every_poll,
+        turn,
     )
 
 

@@ -140,8 +140,10 @@
    * Each poll sends the tag of the last answer (If-None-Match): while nothing changed the server
    * answers 304 without a body, and there is nothing to read, compare or draw.
    * onGone(true) when the server says the run is gone (its folder removed or moved: the page
-   * polls slowly then), onGone(false) when it is back. */
-  function poll(onChange, onGone) {
+   * polls slowly then), onGone(false) when it is back. since(): a cursor to send (`?since=`),
+   * or null. onChange returns false when it could not apply the answer: the next poll names
+   * no tag, so that the server answers in full. */
+  function poll(onChange, onGone, since) {
     if (!live) return;
     const script = document.getElementById("dreamtext-data");
     let last = script.textContent;
@@ -154,7 +156,9 @@
       try {
         // no-store: the tag is ours to send, and a 304 comes to this code as it is.
         const headers = etag ? { "If-None-Match": etag } : {};
-        const response = await fetch(data.api, { cache: "no-store", headers });
+        const cursor = since ? since() : null;
+        const url = cursor ? `${data.api}?since=${encodeURIComponent(cursor)}` : data.api;
+        const response = await fetch(url, { cache: "no-store", headers });
         if (onGone && (await isGoneAnswer(response))) {
           if (!gone) onGone(true);
           gone = true;
@@ -167,15 +171,16 @@
         gone = false;
         if (response.status !== 304) {
           const text = await response.text();
+          let applied = true;
           if (text !== last) {
             // Parsed before it counts as the last answer: a page that is not ours (a proxy's
             // login page once its session ended, 200 after a redirect) fails every poll, and
             // the page says so, instead of once and then never again.
             const fresh = JSON.parse(text);
             last = text;
-            onChange(fresh);
+            applied = onChange(fresh) !== false;
           }
-          etag = response.headers.get("ETag");
+          etag = applied ? response.headers.get("ETag") : null;
         }
         indicator.hidden = true;
         delay = data.poll_ms;
@@ -211,13 +216,29 @@
   const drawnCards = new Map();
 
   function card(run) {
-    const key = JSON.stringify(run);
     const before = drawnCards.get(run.id);
-    if (before && before.key === key) return before.node;
+    if (before && before.run === run) return before.node;  // a run no answer has sent again
+    const key = JSON.stringify(run);
+    if (before && before.key === key) {
+      before.run = run;
+      return before.node;
+    }
     const thumb = before && before.thumbnail === run.thumbnail ? before.thumb : thumbnail(run);
     const node = cardNode(run, thumb);
-    drawnCards.set(run.id, { key, node, thumb, thumbnail: run.thumbnail });
+    drawnCards.set(run.id, { run, key, node, thumb, thumbnail: run.thumbnail });
     return node;
+  }
+
+  /** The gallery's runs after a poll's answer: its whole list, or, from an answer to the page's
+   * cursor (`since`), the runs it has with those that changed put in, in the order of `ids`
+   * where the list changed (runs added, removed). null when the answer names a run the page
+   * does not have. */
+  function afterAnswer(runs, answer) {
+    if (!answer.since) return answer.runs;
+    const byId = new Map(runs.map((run) => [run.id, run]));
+    for (const run of answer.changed) byId.set(run.id, run);
+    const after = (answer.ids || runs.map((run) => run.id)).map((id) => byId.get(id));
+    return after.includes(undefined) ? null : after;
   }
 
   function cardNode(run, thumb) {
@@ -306,10 +327,17 @@
     filter.addEventListener("input", draw);
     sort.addEventListener("change", draw);
     draw();
+    // What the page has, as the server numbers its changes: a poll gets only the runs that
+    // changed since (a batch of 1,000 runs resent every card at each change of one).
+    let cursor = data.cursor || null;
     poll((fresh) => {
-      runs = fresh.runs;
+      const after = afterAnswer(runs, fresh);
+      cursor = after ? fresh.cursor || null : null;
+      if (!after) return false;
+      runs = after;
       draw();
-    });
+      return true;
+    }, null, () => cursor);
   }
 
   // ------------------------------------------------------------------------------- charts
