@@ -279,6 +279,10 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     seed, the field's architecture, the occupancy grid) is a :class:`DreamtextError`.
     """
     changed: dict[str, list[Any]] = {}
+    # A resume never shortens a run: asked for fewer steps than it has (a batch with a smaller
+    # --iters exporting a run trained by hand), it keeps them, so that status.json and
+    # config.json say the run's own iters, not the command's, beside its step.
+    run.cfg.iters = max(run.cfg.iters, int(state["step"]))
     if isinstance(state.get("config"), dict):
         conflicts = resume_conflicts(state["config"], run.cfg)
         if conflicts:
@@ -544,7 +548,7 @@ def _train(run: Run, resume: bool) -> Path:
     write_config(run)
     if run.step >= cfg.iters:
         tqdm.write(
-            f"{workspace}: already at step {run.step} ≥ --iters {cfg.iters}; nothing to train",
+            f"{workspace}: already at step {run.step} of {cfg.iters}; nothing to train",
             file=sys.stderr,
         )
     start_time, start_step = time.perf_counter(), run.step
