@@ -304,18 +304,22 @@ def cmd_text(args: argparse.Namespace) -> int:
             "resume it with that prompt, or drop --resume"
         )
     changes = [] if base is None else setting_change_lines(base, cfg, {"prompt", "workspace"})
-    if changes:  # recorded in config.json's resumes too, but a resume said nothing of them
-        print(
+    # Recorded in config.json's resumes too, but a resume said nothing of them; printed once the
+    # run is loaded (train's note).
+    note = None
+    if changes:
+        note = (
             f"dreamtext: resuming {cfg.workspace} with other settings than it ran with, from its "
-            f"last checkpoint on: {'; '.join(changes)}",
-            file=sys.stderr,
+            f"last checkpoint on: {'; '.join(changes)}"
         )
     try:
         if args.diverse:
             workspace = _run_diverse(args, overrides, cfg)
         else:
             own = own_config_file(args.config, cfg.workspace)  # RUN/config.json without --workspace
-            workspace = train(cfg, resume=args.resume, overwrite=args.overwrite, own_config=own)
+            workspace = train(
+                cfg, resume=args.resume, overwrite=args.overwrite, own_config=own, note=note
+            )
     except TrainingInterrupted as stop:
         again = "run the same command again" if args.diverse else "continue with --resume"
         print(f"dreamtext: {stop}; {again}", file=sys.stderr)

@@ -513,7 +513,11 @@ def remove_earlier_run(workspace: Path) -> None:
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, own_config: Path | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    own_config: Path | None = None,
+    note: str | None = None,
 ) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
 
@@ -523,12 +527,16 @@ def train(
     ``TrainingInterrupted``. ``status.json`` says where the run stands (``dreamtext.runstatus``).
     The run holds the workspace's lock (:func:`dreamtext.processes.claim_workspace`) throughout.
     ``own_config``: the ``--config`` file that is the workspace's own record
-    (:func:`check_workspace`).
+    (:func:`check_workspace`). ``note``: the command's line for stderr (such as the settings a
+    resume changes), printed once the run is checked and loaded: a run refused then (a model
+    folder gone) does not say it goes on.
     """
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):
         run = build_run(cfg, resume=resume, overwrite=overwrite, own_config=own_config)
+        if note is not None:
+            tqdm.write(note, file=sys.stderr)
         interrupted = (TrainingInterrupted, KeyboardInterrupt)
         with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
             return _train(run, resume)
