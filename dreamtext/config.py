@@ -496,14 +496,19 @@ def resume_conflicts(
     saved: dict[str, Any], cfg: TrainConfig, fixed: tuple[str, ...] = RESUME_FIXED
 ) -> list[str]:
     """The settings of ``cfg`` that differ from ``saved`` (a run's recorded config) and that a
-    resumed run cannot change (``fixed``), as ``"name saved → new"``."""
+    resumed run cannot change (``fixed``), as ``"name saved → new"``. A setting ``saved`` lacks
+    (an older dreamtext's checkpoint, from before it existed) has no old value to compare, as in
+    :func:`changed_settings`: the default is not it (a resume takes the run's preset's,
+    :func:`fill_from_presets`)."""
     before = TrainConfig()
     apply_overrides(before, saved, "the workspace's config.json")
     old, new = flat_fields(config_to_dict(before)), flat_fields(config_to_dict(cfg))
+    recorded = flat_fields(saved)
     return [
         f"{name} {old[name]} → {new[name]}"
         for name in old
-        if name not in RESUME_FREE
+        if name in recorded
+        and name not in RESUME_FREE
         and any(name == key or name.startswith(key + ".") for key in fixed)
         and old[name] != new[name]
     ]
