@@ -496,19 +496,14 @@ def resume_conflicts(
     saved: dict[str, Any], cfg: TrainConfig, fixed: tuple[str, ...] = RESUME_FIXED
 ) -> list[str]:
     """The settings of ``cfg`` that differ from ``saved`` (a run's recorded config) and that a
-    resumed run cannot change (``fixed``), as ``"name saved → new"``. A setting ``saved`` lacks
-    (an older dreamtext's checkpoint, from before it existed) has no old value to compare, as in
-    :func:`changed_settings`: the default is not it (a resume takes the run's preset's,
-    :func:`fill_from_presets`)."""
+    resumed run cannot change (``fixed``), as ``"name saved → new"``."""
     before = TrainConfig()
     apply_overrides(before, saved, "the workspace's config.json")
     old, new = flat_fields(config_to_dict(before)), flat_fields(config_to_dict(cfg))
-    recorded = flat_fields(saved)
     return [
         f"{name} {old[name]} → {new[name]}"
         for name in old
-        if name in recorded
-        and name not in RESUME_FREE
+        if name not in RESUME_FREE
         and any(name == key or name.startswith(key + ".") for key in fixed)
         and old[name] != new[name]
     ]
@@ -651,12 +646,13 @@ def fill_missing(saved: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def fill_from_presets(saved: dict[str, Any], where: str) -> dict[str, Any]:
+def fill_from_presets(saved: dict[str, Any], where: str | None = None) -> dict[str, Any]:
     """A resume base (``saved``, the run's config.json, :func:`read_run_config`) with the
     settings it lacks (it was written by a dreamtext from before they existed) taken from the
     run's own presets (:func:`recorded_presets`), as a new run of it would have them, not from
     the defaults. When the record does not say which presets the run had, the settings it lacks
-    keep the defaults, and a line on stderr names them (``where``: the run's folder)."""
+    keep the defaults, and a line on stderr names them (``where``: the run's folder; none for
+    ``None``, as for a checkpoint's config, which its config.json's resume has named)."""
     names = recorded_presets(saved)
     layer: dict[str, Any] = {}
     for name in names or []:
@@ -669,7 +665,7 @@ def fill_from_presets(saved: dict[str, Any], where: str) -> dict[str, Any]:
         return fill_missing({**saved, "presets": names}, layer)
     lacking = sorted(set(flat_fields(config_to_dict(TrainConfig()))) - set(flat_fields(saved)))
     lacking = [name for name in lacking if name != "presets"]
-    if lacking:
+    if lacking and where is not None:
         defaults = flat_fields(config_to_dict(TrainConfig()))
         shown = ", ".join(f"{name} {json.dumps(defaults[name])}" for name in lacking)
         print(

@@ -43,6 +43,7 @@ from dreamtext.config import (
     TrainConfig,
     changed_settings,
     config_to_dict,
+    fill_from_presets,
     read_ran_on,
     read_resumes,
     read_run_config,
@@ -284,10 +285,13 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     # config.json say the run's own iters, not the command's, beside its step.
     run.cfg.iters = max(run.cfg.iters, int(state["step"]))
     if isinstance(state.get("config"), dict):
-        conflicts = resume_conflicts(state["config"], run.cfg)
+        # An older dreamtext's checkpoint lacks the settings added since: they were its
+        # presets', as the resumed config takes them (fill_from_presets), not the defaults.
+        saved = fill_from_presets(state["config"])
+        conflicts = resume_conflicts(saved, run.cfg)
         if conflicts:
             raise DreamtextError(resume_refusal(conflicts))
-        changed = changed_settings(state["config"], run.cfg)
+        changed = changed_settings(saved, run.cfg)
     run.step = int(state["step"])
     run.resumed = {"step": run.step, "changed": changed}
     run.run_id = str(state.get("run_id", ""))  # "": a run from before runs had one

@@ -14,7 +14,6 @@ from dreamtext.config import (
     preset_dirs,
     read_run_config,
     resolve_config,
-    resume_conflicts,
     slugify,
     write_run_config,
 )
@@ -572,14 +571,3 @@ def test_a_yaml_config_file_cannot_claim_presets_it_does_not_apply(tmp_path):
     path.write_text("presets: [fitfusion]\n")
     with pytest.raises(DreamtextError, match="name a preset with --preset NAME"):
         resolve_config(A_RUN, config_file=path)
-
-
-def test_a_fixed_setting_an_older_checkpoint_lacks_is_no_conflict():
-    """An older builtin:shapes run's checkpoint has no ``field.density_activation``: its resume
-    takes the preset's ``exp`` (:func:`fill_from_presets`), which against the default the
-    checkpoint was read over looked like a change of the field, and the resume was refused."""
-    cfg = resolve_config({**A_RUN, "guidance": {"model": "builtin:shapes"}})
-    older = _older_record(cfg, "field.density_activation")
-    assert cfg.field.density_activation != TrainConfig().field.density_activation
-    assert resume_conflicts(older, cfg) == []
-    assert resume_conflicts({**older, "seed": 3}, cfg) == ["seed 3 → 0"]
