@@ -578,9 +578,10 @@ def resolve_config(
         layers.append((read_yaml(preset_path(preset)), f"preset '{preset}'"))
     for path in config_files_list(config_file):
         layers.append((read_config_file(path, rerun=base is None), str(path)))
-    builtin = None
+    builtin, lacking = None, None
     if base is not None:
-        base = fill_from_presets(base, overrides.get("workspace") or base.get("workspace", ""))
+        where = overrides.get("workspace") or base.get("workspace", "")
+        base, lacking = fill_from_presets(base, where)
         layers.insert(0, (base, "the workspace's config.json"))
     else:
         model = overrides.get("guidance", {}).get("model")
@@ -613,6 +614,8 @@ def resolve_config(
         changed = resume_conflicts(base, cfg, fixed)
         if changed:
             raise DreamtextError(resume_refusal(changed, new_run, kept))
+    if lacking is not None:  # once the config is one the run can resume with
+        print(lacking, file=sys.stderr)
     if not cfg.workspace:
         key = ("text", cfg.prompt)
         cfg.workspace = str(prompt_workspace(DEFAULT_WORKSPACE_ROOT, cfg.prompt, key))
@@ -646,13 +649,13 @@ def fill_missing(saved: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def fill_from_presets(saved: dict[str, Any], where: str | None = None) -> dict[str, Any]:
-    """A resume base (``saved``, the run's config.json, :func:`read_run_config`) with the
-    settings it lacks (it was written by a dreamtext from before they existed) taken from the
-    run's own presets (:func:`recorded_presets`), as a new run of it would have them, not from
-    the defaults. When the record does not say which presets the run had, the settings it lacks
-    keep the defaults, and a line on stderr names them (``where``: the run's folder; none for
-    ``None``, as for a checkpoint's config, which its config.json's resume has named)."""
+def fill_from_presets(saved: dict[str, Any], where: str = "") -> tuple[dict[str, Any], str | None]:
+    """A resume base (``saved``, the run's config.json, :func:`read_run_config`, or a
+    checkpoint's config) with the settings it lacks (it was written by a dreamtext from before
+    they existed) taken from the run's own presets (:func:`recorded_presets`), as a new run of
+    it would have them, not from the defaults; and ``None``. When the record does not say which
+    presets the run had, the settings it lacks keep the defaults, and the second value is the
+    line for stderr that names them (``where``: the run's folder)."""
     names = recorded_presets(saved)
     layer: dict[str, Any] = {}
     for name in names or []:
@@ -662,19 +665,19 @@ def fill_from_presets(saved: dict[str, Any], where: str | None = None) -> dict[s
             names = None
             break
     if names is not None:
-        return fill_missing({**saved, "presets": names}, layer)
-    lacking = sorted(set(flat_fields(config_to_dict(TrainConfig()))) - set(flat_fields(saved)))
-    lacking = [name for name in lacking if name != "presets"]
-    if lacking and where is not None:
-        defaults = flat_fields(config_to_dict(TrainConfig()))
-        shown = ", ".join(f"{name} {json.dumps(defaults[name])}" for name in lacking)
-        print(
-            f"dreamtext: {where}'s config.json (an older dreamtext's) has no {', '.join(lacking)} "
-            f"and does not say which preset the run had, so it resumes with the defaults "
-            f"({shown}); give the run's values with --config FILE if its preset set others",
-            file=sys.stderr,
-        )
-    return saved
+        return fill_missing({**saved, "presets": names}, layer), None
+    defaults = flat_fields(config_to_dict(TrainConfig()))
+    lacking = [
+        name for name in sorted(set(defaults) - set(flat_fields(saved))) if name != "presets"
+    ]
+    if not lacking:
+        return saved, None
+    shown = ", ".join(f"{name} {json.dumps(defaults[name])}" for name in lacking)
+    return saved, (
+        f"dreamtext: {where}'s config.json (an older dreamtext's) has no {', '.join(lacking)} "
+        f"and does not say which preset the run had, so it resumes with the defaults ({shown}); "
+        "give the run's values with --config FILE if its preset set others"
+    )
 
 
 def square(data: dict[str, Any]) -> dict[str, Any]:

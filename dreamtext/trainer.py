@@ -287,7 +287,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     if isinstance(state.get("config"), dict):
         # An older dreamtext's checkpoint lacks the settings added since: they were its
         # presets', as the resumed config takes them (fill_from_presets), not the defaults.
-        saved = fill_from_presets(state["config"])
+        saved, _ = fill_from_presets(state["config"])
         conflicts = resume_conflicts(saved, run.cfg)
         if conflicts:
             raise DreamtextError(resume_refusal(conflicts))
