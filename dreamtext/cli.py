@@ -304,18 +304,22 @@ def cmd_text(args: argparse.Namespace) -> int:
             "resume it with that prompt, or drop --resume"
         )
     changes = [] if base is None else setting_change_lines(base, cfg, {"prompt", "workspace"})
-    if changes:  # recorded in config.json's resumes too, but a resume said nothing of them
-        print(
+    # Recorded in config.json's resumes too, but a resume said nothing of them; printed once the
+    # run is loaded (train's note).
+    note = None
+    if changes:
+        note = (
             f"dreamtext: resuming {cfg.workspace} with other settings than it ran with, from its "
-            f"last checkpoint on: {'; '.join(changes)}",
-            file=sys.stderr,
+            f"last checkpoint on: {'; '.join(changes)}"
         )
     try:
         if args.diverse:
             workspace = _run_diverse(args, overrides, cfg)
         else:
             own = own_config_file(args.config, cfg.workspace)  # RUN/config.json without --workspace
-            workspace = train(cfg, resume=args.resume, overwrite=args.overwrite, own_config=own)
+            workspace = train(
+                cfg, resume=args.resume, overwrite=args.overwrite, own_config=own, note=note
+            )
     except TrainingInterrupted as stop:
         again = "run the same command again" if args.diverse else "continue with --resume"
         print(f"dreamtext: {stop}; {again}", file=sys.stderr)
@@ -346,9 +350,9 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
             new_run="pass --workspace NEW_FOLDER for a new run",
         )
     cfg.workspace = workspace
-    note_own_record(args.config, workspace)
     options = resolve_image_options(image_overrides(args), workspace)
-    return run_diverse(cfg, options, named=True, overwrite=args.overwrite)
+    note = own_record_note(args.config, workspace)
+    return run_diverse(cfg, options, named=True, overwrite=args.overwrite, note=note)
 
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -496,20 +500,22 @@ def image_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def note_own_record(config_file: list[str] | None, workspace: str | Path) -> None:
-    """One line on stderr when a ``--config`` file is the record of the run in ``workspace``
+def own_record_note(config_file: list[str] | None, workspace: str | Path) -> str | None:
+    """The line for stderr when a ``--config`` file is the record of the run in ``workspace``
     (``image IMG --config RUN/config.json`` without ``--workspace``, RUN being the image's
-    folder): that run goes on, its finished stages reused, rather than run again."""
+    folder): that run goes on, its finished stages reused, rather than run again. ``None`` when
+    none is. :func:`dreamtext.imageto3d.run_image` prints it once its checks pass: a run it
+    then refuses does not continue."""
     from dreamtext.config import own_config_file
 
     own = own_config_file(config_file, workspace)
-    if own is not None:
-        print(
-            f"dreamtext: --config {own} is the record of the run in {workspace}, so this "
-            "continues that run (its finished stages are reused); pass --workspace NEW_FOLDER "
-            "to run it again beside it",
-            file=sys.stderr,
-        )
+    if own is None:
+        return None
+    return (
+        f"dreamtext: --config {own} is the record of the run in {workspace}, so this continues "
+        "that run (its finished stages are reused); pass --workspace NEW_FOLDER to run it again "
+        "beside it"
+    )
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -565,7 +571,6 @@ def cmd_image(args: argparse.Namespace) -> int:
             else {}
         ),
     )
-    note_own_record(args.config, workspace)
     image_options = image_overrides(args)
     options = resolve_image_options(image_options, workspace)
     ignored = []
@@ -580,7 +585,8 @@ def cmd_image(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        workspace = run_image(args.image, options, cfg, overwrite=args.overwrite)
+        note = own_record_note(args.config, workspace)
+        workspace = run_image(args.image, options, cfg, overwrite=args.overwrite, note=note)
     except TrainingInterrupted as stop:
         print(f"dreamtext: {stop}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -79,6 +79,10 @@ class TrainConfig:
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
     cameras: CameraRange = dataclasses.field(default_factory=CameraRange)
+    # A record, set by :func:`resolve_config`: the named presets this config was built on, lowest
+    # first (the built-in prior's, then ``--preset``'s). A resume fills a setting the run's
+    # config.json lacks (one written before the setting existed) from them (:func:`fill_missing`).
+    presets: tuple[str, ...] = ()
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -346,6 +350,11 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
         )
     data = {key: value for key, value in data.items() if key not in KEPT_KEYS}
     if path.name != "config.json":
+        if "presets" in data:
+            raise DreamtextError(
+                f"'presets' in {path} is what a run's config.json records it was built on; name "
+                "a preset with --preset NAME"
+            )
         return data
     # The record names its workspace as typed, relative to where the run was started: typed from
     # another directory (or after the folder moved) it named another folder, where --resume
@@ -569,7 +578,10 @@ def resolve_config(
         layers.append((read_yaml(preset_path(preset)), f"preset '{preset}'"))
     for path in config_files_list(config_file):
         layers.append((read_config_file(path, rerun=base is None), str(path)))
+    builtin, lacking = None, None
     if base is not None:
+        where = overrides.get("workspace") or base.get("workspace", "")
+        base, lacking = fill_from_presets(base, where)
         layers.insert(0, (base, "the workspace's config.json"))
     else:
         model = overrides.get("guidance", {}).get("model")
@@ -582,6 +594,12 @@ def resolve_config(
     for data, source in layers:
         apply_overrides(cfg, square(data), source)
     apply_overrides(cfg, square(overrides), "the command line")
+    # The built-in prior's preset, those the resumed run (or a run's config.json given as a
+    # --config) was built on, and --preset's.
+    names = [builtin] if builtin is not None else []
+    names += [name for data, _ in layers for name in data.get("presets") or []]
+    names += [preset] if preset is not None else []
+    cfg.presets = tuple(dict.fromkeys(names))
     cfg.guidance.model = absolute_model_folder(cfg.guidance.model)
     export_source = next(
         (
@@ -596,10 +614,70 @@ def resolve_config(
         changed = resume_conflicts(base, cfg, fixed)
         if changed:
             raise DreamtextError(resume_refusal(changed, new_run, kept))
+    if lacking is not None:  # once the config is one the run can resume with
+        print(lacking, file=sys.stderr)
     if not cfg.workspace:
         key = ("text", cfg.prompt)
         cfg.workspace = str(prompt_workspace(DEFAULT_WORKSPACE_ROOT, cfg.prompt, key))
     return cfg
+
+
+def recorded_presets(saved: dict[str, Any]) -> list[str] | None:
+    """The named presets a run's recorded config was built on: its ``presets`` record, else (a
+    config.json from before it was recorded) the built-in prior's preset when its model is one
+    (:func:`resolve_config` puts it under every such run), else ``None``: not said."""
+    names = saved.get("presets")
+    if isinstance(names, list) and all(isinstance(name, str) for name in names):
+        return names
+    model = (saved.get("guidance") or {}).get("model") if "presets" not in saved else None
+    try:
+        builtin = builtin_preset_name(model) if isinstance(model, str) else None
+    except DreamtextError:
+        return None
+    return [builtin] if builtin is not None else None
+
+
+def fill_missing(saved: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with each setting it lacks, and ``layer`` gives, taken from ``layer`` (nested
+    sections filled key by key); ``saved``'s own values are kept."""
+    out = dict(saved)
+    for key, value in layer.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = fill_missing(out[key], value)
+    return out
+
+
+def fill_from_presets(saved: dict[str, Any], where: str = "") -> tuple[dict[str, Any], str | None]:
+    """A resume base (``saved``, the run's config.json, :func:`read_run_config`, or a
+    checkpoint's config) with the settings it lacks (it was written by a dreamtext from before
+    they existed) taken from the run's own presets (:func:`recorded_presets`), as a new run of
+    it would have them, not from the defaults; and ``None``. When the record does not say which
+    presets the run had, the settings it lacks keep the defaults, and the second value is the
+    line for stderr that names them (``where``: the run's folder)."""
+    names = recorded_presets(saved)
+    layer: dict[str, Any] = {}
+    for name in names or []:
+        try:
+            layer = fill_missing(square(read_yaml(preset_path(name))), layer)
+        except DreamtextError:  # a preset this dreamtext no longer has: not said either
+            names = None
+            break
+    if names is not None:
+        return fill_missing({**saved, "presets": names}, layer), None
+    defaults = flat_fields(config_to_dict(TrainConfig()))
+    lacking = [
+        name for name in sorted(set(defaults) - set(flat_fields(saved))) if name != "presets"
+    ]
+    if not lacking:
+        return saved, None
+    shown = ", ".join(f"{name} {json.dumps(defaults[name])}" for name in lacking)
+    return saved, (
+        f"dreamtext: {where}'s config.json (an older dreamtext's) has no {', '.join(lacking)} "
+        f"and does not say which preset the run had, so it resumes with the defaults ({shown}); "
+        "give the run's values with --config FILE if its preset set others"
+    )
 
 
 def square(data: dict[str, Any]) -> dict[str, Any]:

@@ -254,7 +254,9 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
     """Words of a file, one per line (blank lines and ``#`` comments skipped), in file order.
 
     A UTF-8 byte order mark (Windows Notepad writes one) is not part of the first word.
-    ``path=None`` reads the list shipped in ``dreamtext/data/<default>``.
+    ``path=None`` reads the list shipped in ``dreamtext/data/<default>``. A file that cannot be
+    read names the flag that gives it (``--nouns`` for ``nouns.txt``): a run's config.json
+    records the file by its path, which a copy of the run on another machine may not have.
     """
     if path is None:
         text = resources.files("dreamtext").joinpath("data", default).read_text(encoding="utf-8")
@@ -263,7 +265,12 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
         try:
             text = Path(path).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
-            raise DreamtextError(f"cannot read word list {path}: {error}") from None
+            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
+            flag = "--" + Path(default).stem
+            raise DreamtextError(
+                f"cannot read word list {path} ({reason or error}); pass {flag} with the "
+                "word list's path"
+            ) from None
         source = str(path)
     lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
     words = list(dict.fromkeys(" ".join(line.split()) for line in lines if line))

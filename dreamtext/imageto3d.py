@@ -392,6 +392,7 @@ def run_image(
     train_cfg: TrainConfig,
     overwrite: bool = False,
     sections: dict[str, Any] | None = None,
+    note: str | None = None,
 ) -> Path:
     """Reconstruct the object of one image in 3D; return the workspace.
 
@@ -402,7 +403,8 @@ def run_image(
     the device, precision, encoding, model, the describe options and CLIP) is checked before
     anything is written. ``overwrite`` trains the text→3D stage again from scratch (describe and
     the descriptor are kept). ``sections``: more config.json sections to record (``--diverse``'s).
-    Stage notes go to stderr.
+    Stage notes go to stderr; ``note`` (the command's own, such as that it continues a run)
+    too, once the checks pass, so that a run they refuse does not say it goes on.
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
@@ -413,7 +415,7 @@ def run_image(
     workspace = Path(cfg.workspace)
     check_image(image_path, workspace)  # a bad image fails here, before any model is loaded
     with claim_workspace(workspace):  # from the checks on (processes.claim_workspace)
-        return _run_image(image_path, options, cfg, workspace, overwrite, sections)
+        return _run_image(image_path, options, cfg, workspace, overwrite, sections, note)
 
 
 def _run_image(
@@ -423,6 +425,7 @@ def _run_image(
     workspace: Path,
     overwrite: bool,
     sections: dict[str, Any] | None,
+    note: str | None,
 ) -> Path:
     check_image_workspace(workspace, image_path)
     train_words, iters = descriptor_plan(workspace, options.descriptor.iters, overwrite)
@@ -430,6 +433,8 @@ def _run_image(
     check_stages(workspace, cfg, options, device, overwrite)
 
     # Checked: from here on the run writes.
+    if note is not None:
+        _note(note)
     if overwrite:
         from dreamtext.trainer import remove_earlier_run
 
@@ -479,13 +484,16 @@ def record_config(
 ) -> None:
     """Write config.json with the ``image_to_3d`` section (and ``sections``); once the descriptor
     is trained, ``cfg``'s prompt and ``guidance.textual_inversion`` become the trained sentence
-    and the learned file first (before, the prompt is the name the caller gave). The file is
-    recorded as an absolute path, as the model folder is: a ``text --config RUN/config.json``
-    from another directory must find it."""
+    and the learned file first (before, the prompt is the name the caller gave, and there is no
+    learned file: one a ``--config OTHER_RUN/config.json`` named is that run's, not this one's).
+    The file is recorded as an absolute path, as the model folder is: a ``text --config
+    RUN/config.json`` from another directory must find it."""
     record = read_record(workspace) or {}
     if "trained_sentence" in record:
         cfg.prompt = record["trained_sentence"]
         cfg.guidance.textual_inversion = os.path.abspath(learned_embeds_path(workspace))
+    else:
+        cfg.guidance.textual_inversion = None
     extra = {"image_to_3d": image_section(image_path, options), **(sections or {})}
     write_run_config(workspace, cfg, extra)
 
@@ -593,13 +601,15 @@ def run_diverse(
     options: ImageOptions | None = None,
     named: bool = False,
     overwrite: bool = False,
+    note: str | None = None,
 ) -> Path:
     """``dreamtext text PROMPT --diverse``: sample an image of the prompt, then image→3D on it.
 
     The workspace is :func:`diverse_workspace`'s. Before the image is sampled, the workspace, the
     text→3D settings, the describe options and CLIP are checked (:func:`check_stages`) and
     config.json records the run, with the ``diverse`` section (the prompt, seed and sampler).
-    ``overwrite``: as :func:`run_image`'s (the sampled image is kept too).
+    ``overwrite``: as :func:`run_image`'s (the sampled image is kept too); ``note`` as
+    :func:`run_image`'s, printed once the checks pass.
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
@@ -607,10 +617,12 @@ def run_diverse(
     cfg.workspace = diverse_workspace(cfg, named)
     workspace = Path(cfg.workspace)
     with claim_workspace(workspace):  # from the checks on (processes.claim_workspace)
-        return _run_diverse(cfg, options, workspace, overwrite)
+        return _run_diverse(cfg, options, workspace, overwrite, note)
 
 
-def _run_diverse(cfg: TrainConfig, options: ImageOptions, workspace: Path, overwrite: bool) -> Path:
+def _run_diverse(
+    cfg: TrainConfig, options: ImageOptions, workspace: Path, overwrite: bool, note: str | None
+) -> Path:
     image_path = diverse_image(workspace, cfg.seed)
     check_diverse_workspace(workspace, cfg)
     section = {
@@ -627,6 +639,9 @@ def _run_diverse(cfg: TrainConfig, options: ImageOptions, workspace: Path, overw
     else:
         device = resolve_device(cfg.device)
         check_stages(workspace, cfg, options, device, overwrite)
+        if note is not None:
+            _note(note)
+            note = None
         record_config(workspace, cfg, image_path, options, section)
         with stage_status(workspace, "sample", device):
             sample_image(
@@ -638,4 +653,4 @@ def _run_diverse(cfg: TrainConfig, options: ImageOptions, workspace: Path, overw
                 options.sample_steps,
                 options.sample_guidance_scale,
             )
-    return run_image(image_path, options, cfg, overwrite, section)
+    return run_image(image_path, options, cfg, overwrite, section, note)

@@ -43,6 +43,7 @@ from dreamtext.config import (
     TrainConfig,
     changed_settings,
     config_to_dict,
+    fill_from_presets,
     read_ran_on,
     read_resumes,
     read_run_config,
@@ -279,11 +280,18 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     seed, the field's architecture, the occupancy grid) is a :class:`DreamtextError`.
     """
     changed: dict[str, list[Any]] = {}
+    # A resume never shortens a run: asked for fewer steps than it has (a batch with a smaller
+    # --iters exporting a run trained by hand), it keeps them, so that status.json and
+    # config.json say the run's own iters, not the command's, beside its step.
+    run.cfg.iters = max(run.cfg.iters, int(state["step"]))
     if isinstance(state.get("config"), dict):
-        conflicts = resume_conflicts(state["config"], run.cfg)
+        # An older dreamtext's checkpoint lacks the settings added since: they were its
+        # presets', as the resumed config takes them (fill_from_presets), not the defaults.
+        saved, _ = fill_from_presets(state["config"])
+        conflicts = resume_conflicts(saved, run.cfg)
         if conflicts:
             raise DreamtextError(resume_refusal(conflicts))
-        changed = changed_settings(state["config"], run.cfg)
+        changed = changed_settings(saved, run.cfg)
     run.step = int(state["step"])
     run.resumed = {"step": run.step, "changed": changed}
     run.run_id = str(state.get("run_id", ""))  # "": a run from before runs had one
@@ -509,7 +517,11 @@ def remove_earlier_run(workspace: Path) -> None:
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, own_config: Path | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    own_config: Path | None = None,
+    note: str | None = None,
 ) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
 
@@ -519,12 +531,16 @@ def train(
     ``TrainingInterrupted``. ``status.json`` says where the run stands (``dreamtext.runstatus``).
     The run holds the workspace's lock (:func:`dreamtext.processes.claim_workspace`) throughout.
     ``own_config``: the ``--config`` file that is the workspace's own record
-    (:func:`check_workspace`).
+    (:func:`check_workspace`). ``note``: the command's line for stderr (such as the settings a
+    resume changes), printed once the run is checked and loaded: a run refused then (a model
+    folder gone) does not say it goes on.
     """
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):
         run = build_run(cfg, resume=resume, overwrite=overwrite, own_config=own_config)
+        if note is not None:
+            tqdm.write(note, file=sys.stderr)
         interrupted = (TrainingInterrupted, KeyboardInterrupt)
         with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
             return _train(run, resume)
@@ -544,7 +560,7 @@ def _train(run: Run, resume: bool) -> Path:
     write_config(run)
     if run.step >= cfg.iters:
         tqdm.write(
-            f"{workspace}: already at step {run.step} ≥ --iters {cfg.iters}; nothing to train",
+            f"{workspace}: already at step {run.step} of {cfg.iters}; nothing to train",
             file=sys.stderr,
         )
     start_time, start_step = time.perf_counter(), run.step

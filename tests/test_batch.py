@@ -1623,6 +1623,27 @@ def test_a_run_finished_without_its_export_is_exported_when_the_batch_asks_for_o
     assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped"]
 
 
+def test_a_run_a_batch_only_exports_keeps_its_own_iters_in_status_and_config_json(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    """A run trained by hand to step 10 without a mesh, then exported by a batch with --iters 5:
+    status.json said ``iters`` 5 beside ``step`` 10 (and config.json iters 5), the batch's, not
+    the run's."""
+    root = tmp_path / "root"
+    text = ["text", "a red cube", *BUILTIN[:2], "--iters", "10", "--config", tiny_yaml]
+    assert main(list(map(str, [*text, "--workspace", root / "a_red_cube"]))) == 0
+    monkeypatch.setattr(trainer, "export_trained", lambda run: None)
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    path = prompts_file(tmp_path, "a red cube")
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    assert [r["status"] for r in rows(root)] == ["finished"]
+    done = status(root / "a_red_cube")
+    assert (done["state"], done["step"], done["iters"]) == ("finished", 10, 10)
+    config = json.loads((root / "a_red_cube" / "config.json").read_text())
+    assert config["iters"] == 10 and "iters" not in config["resumes"][-1]["changed"]
+
+
 def test_a_run_whose_export_was_killed_mid_swap_gets_its_mesh_back_without_a_new_export(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):

@@ -1085,3 +1085,29 @@ def test_a_run_in_the_folder_of_runs_or_inside_a_run_is_refused_in_one_line(tmp_
         refused = run_cli("describe", "x.png", "--workspace", workspace, cwd=tmp_path)
         assert refused.returncode == 2 and "a run needs a folder of its own" in refused.stderr
     assert sorted(str(p) for p in (tmp_path / "workspace").rglob("*")) == files
+
+
+def test_a_copied_run_whose_model_folder_moved_is_refused_in_one_line_naming_model(
+    tmp_path, tiny_sd_path, capsys
+):
+    """A run copied elsewhere (its config.json names the model folder by its absolute path),
+    resumed after that folder moved: the refusal came after a line saying the run resumed with
+    other settings, as if it went on."""
+    import shutil
+
+    model = shutil.copytree(tiny_sd_path, tmp_path / "sd")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY_TRAIN, "preview_every": 0}))
+    run = ["text", "a red cube", "--config", str(config), "--iters", "2"]
+    assert main([*run, "--model", str(model), "--workspace", str(tmp_path / "run")]) == 0
+    copy = shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")
+    model.rename(tmp_path / "sd.moved")
+    capsys.readouterr()
+    again = ["text", "a red cube", "--workspace", str(copy), "--resume", "--iters", "4"]
+    assert main(again) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"model folder '{model}' does not exist" in err[0], err
+    assert "--model" in err[0]
+    assert main([*again, "--model", str(tmp_path / "sd.moved")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
+    assert len(notes) == 1 and "guidance.model" in notes[0]

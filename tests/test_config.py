@@ -501,3 +501,73 @@ def test_changed_settings_compares_only_what_the_older_config_recorded():
     saved["seed"] = 7
     saved["field"]["a_setting_removed_since"] = 1
     assert changed_settings(saved, cfg) == {"seed": [7, cfg.seed]}
+
+
+A_RUN = {"prompt": "a red cube", "workspace": "runs/a_red_cube"}
+
+
+def _older_record(cfg: TrainConfig, *missing: str) -> dict:
+    """``cfg``'s config.json as a dreamtext from before the settings ``missing`` (dotted names)
+    and the ``presets`` record existed wrote it."""
+    saved = config_to_dict(cfg)
+    saved.pop("presets", None)
+    for name in missing:
+        *sections, key = name.split(".")
+        section = saved
+        for part in sections:
+            section = section[part]
+        section.pop(key)
+    return saved
+
+
+def test_a_run_records_the_presets_it_was_built_on():
+    cfg = resolve_config({**A_RUN, "guidance": {"model": "builtin:shapes"}}, preset="fitfusion")
+    assert cfg.presets == ("builtin-shapes", "fitfusion")
+    assert resolve_config(A_RUN).presets == ()
+    again = resolve_config({"iters": 5}, base=config_to_dict(cfg))
+    assert again.presets == ("builtin-shapes", "fitfusion")
+
+
+def test_a_resume_fills_a_setting_its_older_config_json_lacks_from_the_builtin_prior_preset(
+    capsys,
+):
+    """A builtin:shapes run whose config.json predates ``render.recompute_field`` and
+    ``guidance.views`` resumed with the defaults (recompute on, one "side" label), not its
+    preset's (off, split sides): the resume changed how the run trains."""
+    cfg = resolve_config({**A_RUN, "guidance": {"model": "builtin:shapes"}})
+    saved = _older_record(cfg, "render.recompute_field", "guidance.views")
+    again = resolve_config({}, base=saved)
+    assert again.render.recompute_field is False and again.guidance.views.split_sides is True
+    assert again.guidance.views == cfg.guidance.views
+    assert again.presets == ("builtin-shapes",)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_resume_fills_a_setting_its_config_json_lacks_from_its_recorded_preset():
+    cfg = resolve_config(A_RUN, preset="fitfusion")
+    saved = {**_older_record(cfg, "h", "w", "guidance.guidance_scale"), "presets": ["fitfusion"]}
+    again = resolve_config({}, base=saved)
+    assert (again.h, again.w, again.guidance.guidance_scale) == (256, 256, 1000.0)
+    mine = {**saved, "lr": 0.5}  # what the record has is kept
+    assert resolve_config({}, base=mine).lr == 0.5
+
+
+def test_a_resume_whose_config_json_does_not_say_its_preset_keeps_the_defaults_and_says_so(
+    capsys,
+):
+    cfg = resolve_config({**A_RUN, "workspace": "runs/old"}, preset="fitfusion")
+    saved = _older_record(cfg, "guidance.guidance_scale", "light_jitter")
+    again = resolve_config({}, base=saved)
+    assert again.guidance.guidance_scale == 100.0 and again.presets == ()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "runs/old's config.json (an older dreamtext's) has no guidance.guidance_scale, " in err
+    assert "light_jitter" in err and "does not say which preset" in err
+    assert "guidance.guidance_scale 100.0" in err and "--config FILE" in err
+
+
+def test_a_yaml_config_file_cannot_claim_presets_it_does_not_apply(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("presets: [fitfusion]\n")
+    with pytest.raises(DreamtextError, match="name a preset with --preset NAME"):
+        resolve_config(A_RUN, config_file=path)

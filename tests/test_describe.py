@@ -216,6 +216,18 @@ def test_empty_vocabulary_file_is_a_user_error(tmp_path):
         read_vocabulary(path, "nouns.txt")
 
 
+def test_a_word_list_that_is_gone_names_the_flag_that_gives_it(tmp_path):
+    """A run copied to another machine resumed with the word list its config.json names, which
+    is not there: the line said only the OS error, not what to pass."""
+    for default, flag in (("nouns.txt", "--nouns"), ("adjectives.txt", "--adjectives")):
+        with pytest.raises(DreamtextError) as error:
+            read_vocabulary(tmp_path / "moved.txt", default)
+        assert str(error.value) == (
+            f"cannot read word list {tmp_path / 'moved.txt'} (No such file or directory); "
+            f"pass {flag} with the word list's path"
+        )
+
+
 def test_shipped_vocabularies_are_large_and_single_spaced():
     nouns = read_vocabulary(None, "nouns.txt")
     adjectives = read_vocabulary(None, "adjectives.txt")

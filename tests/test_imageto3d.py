@@ -520,6 +520,37 @@ def test_config_json_names_the_learned_file_of_a_relative_workspace_by_its_absol
     assert config["guidance"]["textual_inversion"] == str(learned)
 
 
+def test_an_image_run_from_another_runs_config_json_records_no_learned_file_of_that_run(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """``image IMG --config OTHER/config.json --workspace NEW`` recorded OTHER's
+    ``guidance.textual_inversion`` in NEW's config.json until NEW's own descriptor was trained:
+    a rerun or resume from that record, or a reader of it, took another run's tokens."""
+    from dreamtext.cli import main
+
+    image, options = _image(tmp_path), _options(tmp_path, tiny_clip_path)
+    other = tmp_path / "other"
+    (other / "descriptor").mkdir(parents=True)
+    record = {"image": str(image), "trained_sentence": f"An image of a {DESCRIPTOR_TOKEN} cube"}
+    (other / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    (other / "descriptor" / "learned_embeds.safetensors").write_bytes(b"")
+    imageto3d.record_config(
+        other, _config(tmp_path, tiny_sd_path, workspace=str(other)), image, options
+    )
+    assert json.loads((other / "config.json").read_text())["guidance"]["textual_inversion"]
+
+    def stop(*args, **kwargs):
+        raise DreamtextError("stopped in describe")
+
+    monkeypatch.setattr(imageto3d, "describe", stop)
+    new = tmp_path / "new"
+    args = ["image", str(image), "--config", str(other / "config.json"), "--workspace", str(new)]
+    assert main(args) == 2
+    config = json.loads((new / "config.json").read_text())
+    assert config["guidance"]["textual_inversion"] is None
+    assert config["prompt"] == image.stem
+
+
 def test_the_text_stage_keeps_the_image_section_in_config_json(
     tmp_path, tiny_clip_path, tiny_sd_path
 ):
@@ -725,8 +756,8 @@ def _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, folder):
 def _capture_run_image(monkeypatch) -> dict:
     seen: dict = {}
 
-    def fake_run_image(image_path, options, cfg, *more, **kwargs):
-        seen.update(options=options, cfg=cfg)
+    def fake_run_image(image_path, options, cfg, *more, note=None, **kwargs):
+        seen.update(options=options, cfg=cfg, note=note)
         return cfg.workspace
 
     monkeypatch.setattr(imageto3d, "run_image", fake_run_image)
@@ -821,17 +852,35 @@ def test_an_image_command_on_the_folder_of_its_own_config_json_says_it_continues
     of the run and printed its folder, without a word that nothing was run again."""
     from dreamtext.cli import main
 
-    _capture_run_image(monkeypatch)
+    seen = _capture_run_image(monkeypatch)  # which prints the note once its checks pass
     monkeypatch.chdir(tmp_path)
     folder = Path("workspace") / "red_cube"
     image, _ = _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, tmp_path / folder)
-    capsys.readouterr()
     assert main(["image", str(image), "--config", str(folder / "config.json")]) == 0
-    err = capsys.readouterr().err
-    assert f"--config {folder / 'config.json'} is the record of the run in {folder}" in err
-    assert "pass --workspace NEW_FOLDER to run it again beside it" in err
+    note = seen["note"]
+    assert f"--config {folder / 'config.json'} is the record of the run in {folder}" in note
+    assert "pass --workspace NEW_FOLDER to run it again beside it" in note
     assert main(["image", str(image), "--workspace", "elsewhere"]) == 0
-    assert "is the record of the run" not in capsys.readouterr().err
+    assert seen["note"] is None
+
+
+def test_an_image_run_refused_by_its_checks_does_not_say_it_continues(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    """The "this continues that run" note printed before the stage checks: a run they then
+    refused (here its recorded noun list is gone) said it continued, and then that it could
+    not."""
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    folder = Path("workspace") / "red_cube"
+    image, recorded = _recorded_run(tmp_path, tiny_clip_path, tiny_sd_path, tmp_path / folder)
+    recorded.describe.nouns.unlink()
+    capsys.readouterr()
+    assert main(["image", str(image), "--config", str(folder / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(recorded.describe.nouns.name) in err, err
+    assert "continues that run" not in err
 
 
 def test_config_describe_options_a_finished_describe_stage_ignores_are_named(

@@ -719,3 +719,28 @@ def test_a_run_with_a_separate_density_head_records_it_and_reloads(tmp_path, tin
     assert albedo.shape == (64, 3) and sigma.shape == (64,)
     for name, value in saved.items():
         torch.testing.assert_close(field.state_dict()[name], value, msg=name)
+
+
+def test_an_older_builtin_run_resumes_with_its_presets_settings_it_did_not_record(tmp_path):
+    """A builtin:shapes run whose config.json and checkpoint predate
+    ``field.density_activation`` and ``render.recompute_field`` resumed with the defaults
+    (softplus, recompute on), not its preset's (exp, off); once the resume took the preset's,
+    the checkpoint's lack of them must not read as a change of the field (a refusal)."""
+    from dreamtext.config import read_run_config
+
+    cfg = tiny_config(tmp_path, "builtin:shapes", iters=1, preview_every=0)
+    assert (cfg.field.density_activation, cfg.render.recompute_field) == ("exp", False)
+    workspace = train(cfg)
+    path = workspace / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    for config in (state["config"], saved := json.loads((workspace / "config.json").read_text())):
+        config.pop("presets", None)
+        del config["field"]["density_activation"], config["render"]["recompute_field"]
+    torch.save(state, path)
+    (workspace / "config.json").write_text(json.dumps(saved))
+    again = resolve_config({"iters": 2}, base=read_run_config(workspace, ""))
+    assert (again.field.density_activation, again.render.recompute_field) == ("exp", False)
+    train(again, resume=True)
+    resumed = json.loads((workspace / "config.json").read_text())
+    assert resumed["resumes"][-1]["changed"] == {"iters": [1, 2]}
+    assert resumed["field"]["density_activation"] == "exp"
