@@ -539,3 +539,51 @@ def test_a_stage_taken_over_during_its_heartbeat_leaves_the_new_holders_status(t
         if ending == "fails":
             raise RuntimeError("CLIP failed")
     assert read_status(tmp_path) == theirs
+
+
+class _Stopped(Exception):
+    """An interrupt that carries a message (as TrainingInterrupted names its checkpoint)."""
+
+
+def _second_signal_during(state: str, monkeypatch) -> None:
+    """A second Ctrl-C / SIGTERM lands inside the status write of ``state``."""
+    write = runstatus.write_status
+
+    def signalled(workspace, status):
+        if status["state"] == state:
+            signal.raise_signal(signal.SIGTERM)
+        write(workspace, status)
+
+    monkeypatch.setattr(runstatus, "write_status", signalled)
+
+
+def test_a_second_signal_during_the_interrupted_write_leaves_it_interrupted(tmp_path, monkeypatch):
+    """Two SIGTERMs 1 ms apart: the second cut the 'interrupted' write short, status.json
+    stayed 'running' (1 in 8 trials), and its KeyboardInterrupt replaced the first interrupt."""
+    from dreamtext.interrupts import sigterm_interrupts
+
+    _second_signal_during("interrupted", monkeypatch)
+    raised = None
+    with sigterm_interrupts():
+        try:
+            with runstatus.track_status(tmp_path, 5, lambda: 2, torch.device("cpu"), (_Stopped,)):
+                raise _Stopped("interrupted after step 2")
+        except BaseException as error:  # a KeyboardInterrupt must not end pytest
+            raised = error
+    assert type(raised) is _Stopped  # the run's own interrupt, with its message
+    assert read_status(tmp_path)["state"] == "interrupted"
+
+
+def test_a_signal_during_the_finished_write_interrupts_once_it_is_written(tmp_path, monkeypatch):
+    from dreamtext.interrupts import sigterm_interrupts
+
+    _second_signal_during("finished", monkeypatch)
+    raised = None
+    with sigterm_interrupts():
+        try:
+            with runstatus.track_status(tmp_path, 5, lambda: 5, torch.device("cpu")):
+                pass
+        except BaseException as error:
+            raised = error
+    assert isinstance(raised, KeyboardInterrupt)
+    assert read_status(tmp_path)["state"] == "finished"
