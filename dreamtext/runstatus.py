@@ -308,7 +308,10 @@ def _heartbeat(tracker: StatusTracker, every: float | None) -> Iterator[list[Exc
         yield lost
     finally:
         stop.set()
-        thread.join()
+        # A second Ctrl-C / SIGTERM must not cut this wait short: a beat still under way would
+        # then write "running" after the block's last status. It is delivered after the wait.
+        with signals_held():
+            thread.join()
 
 
 def _finite(value: Any) -> float | None:

@@ -587,3 +587,40 @@ def test_a_signal_during_the_finished_write_interrupts_once_it_is_written(tmp_pa
             raised = error
     assert isinstance(raised, KeyboardInterrupt)
     assert read_status(tmp_path)["state"] == "finished"
+
+
+def test_a_second_signal_while_the_heartbeat_ends_leaves_no_late_running(tmp_path):
+    """A second SIGTERM cut short the wait for the heartbeat's thread at the block's end; a beat
+    under way then wrote 'running' over the block's 'interrupted'."""
+    import threading
+    import time
+
+    from dreamtext.interrupts import sigterm_interrupts
+
+    in_beat, beat_returned = threading.Event(), threading.Event()
+
+    def beat_under_way():
+        if threading.current_thread().name != "dreamtext-status-heartbeat" or in_beat.is_set():
+            return
+        in_beat.set()
+        time.sleep(0.2)  # the main thread is waiting for this beat by now
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # the second signal
+        deadline = time.monotonic() + 2
+        while read_status(tmp_path)["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.01)  # the old code wrote 'interrupted' meanwhile; this beat follows it
+        beat_returned.set()
+
+    with sigterm_interrupts(), runstatus.guard_run(tmp_path, beat_under_way):
+        try:
+            with runstatus.track_status(
+                tmp_path, 0, lambda: 0, torch.device("cpu"), heartbeat=0.01
+            ):
+                in_beat.wait(5)
+                raise KeyboardInterrupt  # the first signal
+        except KeyboardInterrupt:
+            pass
+    # The old code left the beat going (and a join cut short marks its thread ended): wait for
+    # it to return from the guard and write.
+    beat_returned.wait(5)
+    time.sleep(0.3)
+    assert read_status(tmp_path)["state"] == "interrupted"
