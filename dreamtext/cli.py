@@ -932,6 +932,43 @@ def expand_home(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def run_command(args: argparse.Namespace) -> int:
+    """``args.func(args)``. An error that follows a Ctrl-C or SIGTERM whose ``KeyboardInterrupt``
+    a library swallowed (trimesh's optional imports catch everything, and a module cut short
+    mid-import then fails where it is used) is that interrupt: the user asked to stop."""
+    from dreamtext.interrupts import stop_requested
+
+    try:
+        return args.func(args)
+    except Exception:
+        if stop_requested():
+            raise KeyboardInterrupt from None
+        raise
+
+
+def interrupted_line(args: argparse.Namespace) -> str:
+    """The line for a Ctrl-C / SIGTERM outside the training loops (which name their checkpoint):
+    what it stopped and how to go on, which each command's rerun does its own way."""
+    if args.command == "text":
+        again = (
+            "run the same command again"
+            if args.resume or args.diverse
+            else "run the same command again, with --resume if the run has a checkpoint"
+        )
+    else:
+        again = INTERRUPTED_NEXT.get(args.command)
+    return f"dreamtext {args.command}: interrupted" + (f"; {again}" if again else "")
+
+
+# How to go on after a Ctrl-C / SIGTERM outside the training loops (view's is how it stops).
+INTERRUPTED_NEXT = {
+    "export": "run the same command again",
+    "describe": "run the same command again to search again from the start",
+    "image": "run the same command again to go on (it reuses the stages that finished)",
+    "batch": "run the batch again to go on (finished prompts are skipped)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamtext`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -945,12 +982,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Importing torch and diffusers takes seconds: a Ctrl-C then is handled below too.
         with start_libraries(args):
-            return args.func(args)
+            return run_command(args)
     except DreamtextError as error:
         print(f"dreamtext: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C outside the loops that save a checkpoint and say so
-        print(f"dreamtext {args.command}: interrupted", file=sys.stderr)
+        print(interrupted_line(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:  # a path the user typed (--workspace, --static)

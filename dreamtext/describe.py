@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
@@ -35,8 +35,9 @@ from dreamtext.config import absolute_model_folder, read_run_config, read_stage_
 from dreamtext.devices import resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.images import load_image
+from dreamtext.interrupts import raise_if_stop_requested
 from dreamtext.progress import bar_options
-from dreamtext.runstatus import HEARTBEAT_SECONDS, track_status
+from dreamtext.runstatus import HEARTBEAT_SECONDS, check_guards, track_status
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 QUANTIFIERS: tuple[str, ...] = ("a", "an", "some", "a few", "a little", "a lot of", "much", "many")
@@ -124,6 +125,7 @@ class ClipEncoder:
             **bar_options(),
         ) as bar:
             for start in range(0, len(order), self.batch_size):
+                raise_if_stop_requested()  # a Ctrl-C that a library swallowed stops it here
                 batch = order[start : start + self.batch_size]
                 padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
                 features = self.model.get_text_features(
@@ -152,17 +154,27 @@ def _unit(x: Tensor) -> Tensor:
 
 
 class SentenceScores:
-    """Cosine similarity of sentences with one image, each sentence encoded at most once."""
+    """Cosine similarity of sentences with one image, each sentence encoded at most once.
+    ``check`` is called before each round of encoding: it raises to stop the search (Ctrl-C,
+    a workspace another worker took over)."""
 
-    def __init__(self, encoder: ImageTextEncoder, image_embedding: Tensor):
+    def __init__(
+        self,
+        encoder: ImageTextEncoder,
+        image_embedding: Tensor,
+        check: Callable[[], None] | None = None,
+    ):
         self.encoder = encoder
         self.image_embedding = image_embedding
+        self.check = check
         self.cache: dict[str, float] = {}
 
     def __call__(self, sentences: list[str]) -> Tensor:
         """``[N]`` sentences → ``[N]`` scores ``s = ê_text · ê_image`` (both unit vectors)."""
         new = [s for s in dict.fromkeys(sentences) if s not in self.cache]
         if new:
+            if self.check is not None:
+                self.check()
             scores = self.encoder.encode_texts(new) @ self.image_embedding
             self.cache.update(zip(new, scores.tolist(), strict=True))
         return torch.tensor([self.cache[s] for s in sentences], dtype=torch.float64)
@@ -406,6 +418,8 @@ def describe(
     image = load_image(image_path)
     check_describe_workspace(workspace, image_path)
     encoder = encoder or ClipEncoder(options.clip, options.device, options.batch_size)
+    # A Ctrl-C / SIGTERM while CLIP loaded can have been swallowed (raised in a finalizer).
+    raise_if_stop_requested()
     if not status:
         return _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
     device = resolve_device(options.device)
@@ -424,8 +438,15 @@ def _describe(
     nouns: list[str],
     adjectives: list[str],
 ) -> str:
-    """:func:`describe`'s search and record, its checks passed."""
-    score = SentenceScores(encoder, encoder.encode_image(image))
+    """:func:`describe`'s search and record, its checks passed. Between rounds of scoring, and
+    before the record is written, the search stops on a Ctrl-C / SIGTERM whose
+    ``KeyboardInterrupt`` was lost and on a workspace another worker took over (``batch``)."""
+
+    def check() -> None:
+        raise_if_stop_requested()
+        check_guards(workspace)
+
+    score = SentenceScores(encoder, encoder.encode_image(image), check)
     result = search_sentence(
         score,
         nouns,
@@ -444,5 +465,6 @@ def _describe(
         "sentences_scored": len(score.cache),
     }
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    check()
     atomic_write_bytes(sentence_path(workspace), lambda f: f.write(text.encode("utf-8")))
     return result.sentence

@@ -87,6 +87,7 @@ from dreamtext.processes import claim_workspace
 from dreamtext.runstatus import (
     HEARTBEAT_SECONDS,
     check_not_running,
+    interrupts_between_stages,
     restart_stage,
     run_finished,
     track_status,
@@ -414,7 +415,8 @@ def run_image(
         cfg.workspace = str(default_workspace(image_path))
     workspace = Path(cfg.workspace)
     check_image(image_path, workspace)  # a bad image fails here, before any model is loaded
-    with claim_workspace(workspace):  # from the checks on (processes.claim_workspace)
+    # The workspace's lock from the checks on (processes.claim_workspace).
+    with claim_workspace(workspace), interrupts_between_stages(workspace):
         return _run_image(image_path, options, cfg, workspace, overwrite, sections, note)
 
 
@@ -616,7 +618,8 @@ def run_diverse(
     _needs_stable_diffusion(cfg.guidance.model, "--diverse")
     cfg.workspace = diverse_workspace(cfg, named)
     workspace = Path(cfg.workspace)
-    with claim_workspace(workspace):  # from the checks on (processes.claim_workspace)
+    # The workspace's lock from the checks on (processes.claim_workspace).
+    with claim_workspace(workspace), interrupts_between_stages(workspace):
         return _run_diverse(cfg, options, workspace, overwrite, note)
 
 

@@ -3,12 +3,19 @@ with a checkpoint of that step on disk, instead of a traceback and lost steps.
 
 The text→3D trainer and descriptor training both use these, so a stopped stage says the same
 thing and resumes the same way, whichever it was.
+
+Outside the training loops a signal raises ``KeyboardInterrupt`` (:func:`sigterm_interrupts`),
+which a library can swallow: one raised in an object's ``__del__`` (Python prints "Exception
+ignored in ...") or under a library's ``except BaseException`` (trimesh's optional imports) is
+lost. The handler also records the request, so work without steps (the sentence search) stops
+at its next :func:`raise_if_stop_requested` and a training loop after its first step.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -33,6 +40,28 @@ class TrainingInterrupted(Exception):
         self.stage = stage
 
 
+# The signals that stop a command: Ctrl-C, and a scheduler's stop or `kill`.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Whether Ctrl-C or SIGTERM arrived inside the outermost :func:`sigterm_interrupts` block, and
+# how many such blocks are open (an image run's describe stage opens one inside the command's).
+_REQUEST = {"stop": False, "depth": 0}
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl-C or SIGTERM has arrived since the command started (inside
+    :func:`sigterm_interrupts`), whether or not its ``KeyboardInterrupt`` got through."""
+    return _REQUEST["stop"]
+
+
+def raise_if_stop_requested() -> None:
+    """Raise ``KeyboardInterrupt`` when Ctrl-C or SIGTERM has arrived (:func:`stop_requested`):
+    work without steps calls this between its pieces, so that a signal whose
+    ``KeyboardInterrupt`` a library swallowed still stops it."""
+    if _REQUEST["stop"]:
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def _handling(signals: tuple[signal.Signals, ...], handler: Callable) -> Iterator[None]:
     """``handler`` for ``signals`` inside the block, the previous handlers restored after it.
@@ -51,28 +80,61 @@ def _handling(signals: tuple[signal.Signals, ...], handler: Callable) -> Iterato
 @contextmanager
 def stop_on_signal() -> Iterator[dict[str, bool]]:
     """Turn the first Ctrl-C / SIGTERM into a flag the loop checks after each step; a second
-    Ctrl-C interrupts at once."""
-    flag = {"stop": False}
+    Ctrl-C interrupts at once. A signal that arrived before the loop and whose
+    ``KeyboardInterrupt`` was lost (:func:`stop_requested`) counts as the first."""
+    flag = {"stop": stop_requested()}
 
     def handler(signum, frame):
         if flag["stop"]:
             raise KeyboardInterrupt
         flag["stop"] = True
 
-    with _handling((signal.SIGINT, signal.SIGTERM), handler):
+    with _handling(STOP_SIGNALS, handler):
         yield flag
 
 
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does (a batch scheduler's stop, or ``kill``),
-    so that work outside the training loop ends recorded as interrupted, not killed mid-line."""
+    so that work outside the training loop ends recorded as interrupted, not killed mid-line.
+    Both are also recorded (:func:`stop_requested`), from the outermost such block's start."""
 
     def handler(signum, frame):
+        _REQUEST["stop"] = True
         raise KeyboardInterrupt
 
-    with _handling((signal.SIGTERM,), handler):
+    if _REQUEST["depth"] == 0:
+        _REQUEST["stop"] = False
+    _REQUEST["depth"] += 1
+    try:
+        with _handling(STOP_SIGNALS, handler):
+            yield
+    finally:
+        _REQUEST["depth"] -= 1
+        if _REQUEST["depth"] == 0:
+            _REQUEST["stop"] = False
+
+
+@contextmanager
+def signals_held(drop: bool = False) -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back inside the block, so that a write in it (a run's last
+    ``status.json``) is not cut short: one that arrives is delivered to the handler it would
+    have reached when the block ends, or with ``drop`` dropped (the block is part of stopping for
+    an earlier one). Off the main thread, where handlers cannot be set, nothing is held.
+
+    The signals are caught, not masked: ``pthread_sigmask`` masks them in this thread only, and a
+    ``kill`` then reaches one of torch's threads, whose Python handler still runs in this one.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    arrived: list[int] = []
+    try:
+        with _handling(STOP_SIGNALS, lambda signum, frame: arrived.append(signum)):
+            yield
+    finally:
+        if arrived and not drop:
+            signal.raise_signal(arrived[0])
 
 
 def truncate_log(log_path: Path, step: int) -> None:

@@ -17,6 +17,8 @@ A stage without steps to report at (``describe``, ``sample``) is given a ``heart
 a thread rewrites its ``running`` status every :data:`HEARTBEAT_SECONDS`, so that one killed
 without warning (SIGKILL) still records the time it ran.
 ``phase`` is the stage the run is in, or for an ended run the stage it ended in.
+The block's last write holds Ctrl-C and SIGTERM back until it is whole
+(:func:`~dreamtext.interrupts.signals_held`): a second signal would leave ``running`` behind.
 
 An image→3D run's stages before text→3D are tracked the same way, each in a block of its own that
 does not finish the run (``finishes=False``: at its end the file says ``running``, and the next
@@ -46,7 +48,8 @@ is gone was killed without warning (SIGKILL), and the viewer says so.
 A caller of ``train`` that must be able to stop a run (``dreamtext batch``, whose lock on a
 workspace can be taken over) registers a check with :func:`guard_run`; every status update calls
 it, and a check that raises :class:`RunTakenOver` stops the run without writing ``status.json``
-again (the workspace is another worker's now).
+again (the workspace is another worker's now). A stage without status updates (the sentence
+search) calls the checks itself (:func:`check_guards`) between its pieces of work.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ import torch
 
 from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.interrupts import signals_held
 from dreamtext.processes import record_alive, this_process, workspace_holder
 
 STATUS = "status.json"
@@ -257,8 +261,7 @@ class StatusTracker:
 
     def run_guards(self) -> None:
         """Call the checks :func:`guard_run` registered for the workspace (they raise to stop)."""
-        for check in list(_GUARDS.get(_key(self.workspace), ())):
-            check()
+        check_guards(self.workspace)
 
     def update(self, phase: str | None = None) -> None:
         """Run the workspace's guards, then rewrite ``running`` with the current step, time and
@@ -305,7 +308,10 @@ def _heartbeat(tracker: StatusTracker, every: float | None) -> Iterator[list[Exc
         yield lost
     finally:
         stop.set()
-        thread.join()
+        # A second Ctrl-C / SIGTERM must not cut this wait short: a beat still under way would
+        # then write "running" after the block's last status. It is delivered after the wait.
+        with signals_held():
+            thread.join()
 
 
 def _finite(value: Any) -> float | None:
@@ -383,6 +389,33 @@ _ACTIVE: dict[str, StatusTracker] = {}
 _GUARDS: dict[str, list[Callable[[], None]]] = {}
 
 
+def check_guards(workspace: str | Path) -> None:
+    """Call the checks :func:`guard_run` registered for a run in ``workspace``; one raises
+    :class:`RunTakenOver` when another worker has taken it over. A stage without steps (the
+    sentence search) calls this between its pieces of work, to stop before it writes into a
+    workspace that is no longer its own."""
+    for check in list(_GUARDS.get(_key(workspace), ())):
+        check()
+
+
+@contextmanager
+def interrupts_between_stages(workspace: str | Path) -> Iterator[None]:
+    """Around a run of several stages (image→3D): a Ctrl-C / SIGTERM that lands between two of
+    them (the next one loading its model), where no stage's :func:`track_status` records it,
+    leaves ``status.json`` ``interrupted`` instead of the last stage's ``running`` (which the
+    viewer reads as a process killed without warning). A status.json of another process, or of
+    a run that ended, is left as it is."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        status = read_status(workspace)
+        ours = all(status.get(k) == v for k, v in this_process().items()) if status else False
+        if ours and status["state"] == "running":
+            with signals_held(drop=True):
+                write_status(workspace, {**status, "state": "interrupted", "updated": now_iso()})
+        raise
+
+
 def update_status(workspace: str | Path, phase: str | None = None) -> None:
     """:meth:`StatusTracker.update` of the run tracked in ``workspace``; nothing when none is."""
     tracker = _ACTIVE.get(_key(workspace))
@@ -441,15 +474,20 @@ def track_status(
         raise
     except interrupted:
         if not lost:  # a workspace taken over is the new holder's to record
-            tracker.write("interrupted")
+            # A second Ctrl-C / SIGTERM must not cut this write short (status.json would stay
+            # "running"); the run is stopping for the first already, so it is dropped.
+            with signals_held(drop=True):
+                tracker.write("interrupted")
         raise
     except Exception as error:
         if not lost:
-            tracker.write("failed", error_line(error))
+            with signals_held():
+                tracker.write("failed", error_line(error))
         raise
     finally:
         if _ACTIVE.get(key) is tracker:
             del _ACTIVE[key]
     if lost:  # the heartbeat's guard found the workspace another worker's: stop here
         raise lost[0]
-    tracker.write("finished" if finishes else "running")
+    with signals_held():  # a signal meanwhile interrupts once the state is written whole
+        tracker.write("finished" if finishes else "running")

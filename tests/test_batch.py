@@ -783,6 +783,34 @@ def test_a_run_whose_lock_is_taken_over_stops_and_the_batch_goes_on(
     assert other["status"] == "finished"
 
 
+def test_an_image_line_taken_over_mid_search_writes_no_sentence(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
+):
+    """Another worker took over an image line's workspace while its sentence search ran: the
+    search went on and wrote sentence.json into the new holder's workspace."""
+    import dreamtext.describe
+
+    real_encode = dreamtext.describe.ClipEncoder.encode_texts
+
+    def encode_then_lose_the_lock(self, texts):
+        _swap_in(root / "mug.lock", host="elsewhere", pid=7)
+        return real_encode(self, texts)
+
+    monkeypatch.setattr(dreamtext.describe.ClipEncoder, "encode_texts", encode_then_lose_the_lock)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
+    root = tmp_path / "root"
+    path = prompts_file(tmp_path, "image:mug.png")
+    args = ["batch", path, "--model", tiny_sd_path, "--clip", tiny_clip_path, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    [record] = rows(root)
+    assert (record["status"], record["error"]) == (
+        "interrupted",
+        "lock taken over by elsewhere pid 7 (mug.lock)",
+    )
+    assert not (root / "mug" / "descriptor" / "sentence.json").exists()
+    assert status(root / "mug")["state"] == "running"  # left to the new holder
+
+
 def test_slurm_array_variables_pick_the_share(tmp_path, tiny_yaml, shapes_cache, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")  # --array=1-2, the second task
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")

@@ -809,7 +809,37 @@ def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "cmd_export", interrupted)
-    assert run_main(["export"], capsys) == (130, "dreamtext export: interrupted\n")
+    assert run_main(["export"], capsys) == (
+        130,
+        "dreamtext export: interrupted; run the same command again\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "next_step"),
+    [
+        (
+            ["text", "a red cube"],
+            "run the same command again, with --resume if the run has a checkpoint",
+        ),
+        (["text", "a red cube", "--resume"], "run the same command again"),
+        (["describe", "mug.png"], "run the same command again to search again from the start"),
+        (
+            ["image", "mug.png"],
+            "run the same command again to go on (it reuses the stages that finished)",
+        ),
+        (["batch", "prompts.txt"], "run the batch again to go on (finished prompts are skipped)"),
+    ],
+)
+def test_ctrl_c_outside_the_training_loops_says_how_to_go_on(argv, next_step, monkeypatch, capsys):
+    """describe's and image's 'interrupted' line said nothing of what to do next."""
+    from dreamtext import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"cmd_{argv[0]}", interrupted)
+    assert run_main(argv, capsys) == (130, f"dreamtext {argv[0]}: interrupted; {next_step}\n")
 
 
 def test_ctrl_c_while_the_libraries_load_is_one_line(monkeypatch, capsys):
@@ -821,7 +851,10 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "quiet_libraries", interrupted)
-    assert run_main(["export"], capsys) == (130, "dreamtext export: interrupted\n")
+    assert run_main(["export"], capsys) == (
+        130,
+        "dreamtext export: interrupted; run the same command again\n",
+    )
 
 
 @pytest.mark.parametrize(
@@ -959,7 +992,11 @@ def test_sigterm_while_stable_diffusion_loads_before_describe_is_one_line_and_ex
         text=True,
         timeout=120,
     )
-    assert (result.returncode, result.stderr) == (130, "dreamtext image: interrupted\n")
+    assert (result.returncode, result.stderr) == (
+        130,
+        "dreamtext image: interrupted; run the same command again to go on (it reuses the "
+        "stages that finished)\n",
+    )
     assert not workspace.exists()
 
 

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import signal
 
 import pytest
 import torch
@@ -505,3 +506,112 @@ def test_a_describe_records_its_time_while_it_searches(tmp_path, monkeypatch):
     assert running["seconds"] > 0.3 and running["stages"]["describe"]["seconds"] > 0.3
     status = json.loads((tmp_path / "new" / "status.json").read_text())
     assert status["state"] == "finished" and status["seconds"] >= running["seconds"]
+
+
+class _SwallowsASignal:
+    """What a library's finalizer does to a Ctrl-C / SIGTERM that lands in it: the handler's
+    ``KeyboardInterrupt`` is raised inside ``__del__``, which Python prints as "Exception ignored"
+    and drops. (A library's ``except BaseException`` loses it the same way.)"""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+
+def _lose_a_signal() -> None:
+    _SwallowsASignal()  # dropped at once: its finalizer runs here
+
+
+def _describe_flags(tmp_path) -> list[str]:
+    image_path, _ = _described(tmp_path)
+    vocabulary = _vocabulary(tmp_path)
+    return [
+        "describe",
+        str(image_path),
+        *["--nouns", str(vocabulary.nouns), "--adjectives", str(vocabulary.adjectives)],
+        *["--clip", "unused", "--workspace", str(tmp_path / "new"), "--device", "cpu"],
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # on purpose
+def test_a_signal_lost_while_clip_loads_still_stops_the_describe(tmp_path, monkeypatch, capsys):
+    """A SIGTERM that landed in a finalizer while CLIP loaded was lost: the describe ran on to
+    `finished`, exit 0."""
+    import dreamtext.describe
+    from dreamtext.cli import main
+
+    class LoadsWhileASignalIsLost(HashEncoder):
+        def __init__(self, *args):
+            _lose_a_signal()
+
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", LoadsWhileASignalIsLost)
+    assert main(_describe_flags(tmp_path)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dreamtext describe: interrupted; run the same command again")
+    assert not (tmp_path / "new" / "descriptor" / "sentence.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # on purpose
+def test_a_signal_lost_during_the_search_ends_it_interrupted(tmp_path, monkeypatch, capsys):
+    import dreamtext.describe
+    from dreamtext.cli import main
+
+    class SearchesWhileASignalIsLost(HashEncoder):
+        def __init__(self, *args):
+            self.rounds = 0
+
+        def encode_texts(self, texts):
+            self.rounds += 1
+            if self.rounds == 1:
+                _lose_a_signal()
+            return super().encode_texts(texts)
+
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", SearchesWhileASignalIsLost)
+    assert main(_describe_flags(tmp_path)) == 130
+    assert "dreamtext describe: interrupted" in capsys.readouterr().err
+    status = json.loads((tmp_path / "new" / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("interrupted", "describe")
+    assert not (tmp_path / "new" / "descriptor" / "sentence.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # on purpose
+def test_an_error_that_follows_a_lost_signal_is_reported_as_the_interrupt(
+    tmp_path, monkeypatch, capsys
+):
+    """A SIGTERM swallowed by trimesh's optional imports left a module half-imported: the
+    describe ended in a TypeError traceback, exit 1, instead of the interrupted line."""
+    import dreamtext.cli
+
+    def cut_short_import(args):
+        _lose_a_signal()
+        raise TypeError("unsupported operand type(s) for |: 'ExceptionWrapper' and 'NoneType'")
+
+    monkeypatch.setattr(dreamtext.cli, "cmd_describe", cut_short_import)
+    assert dreamtext.cli.main(_describe_flags(tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert "dreamtext describe: interrupted" in err and "Traceback" not in err
+
+
+def test_a_workspace_taken_over_mid_search_stops_it_before_the_sentence(tmp_path):
+    """batch: another worker took over an image line's workspace while its sentence search ran;
+    the heartbeat noticed, but the search went on and wrote sentence.json into the new holder's
+    workspace."""
+    from dreamtext.runstatus import RunTakenOver, guard_run
+
+    image_path, _ = _described(tmp_path)
+    workspace = tmp_path / "new"
+    taken = []
+
+    def lock_check():
+        if taken:
+            raise RunTakenOver("lock taken over by worker 2")
+
+    class TakenOverMidSearch(HashEncoder):
+        def encode_texts(self, texts):
+            taken.append(True)  # another worker takes the workspace over now
+            return super().encode_texts(texts)
+
+    with guard_run(workspace, lock_check), pytest.raises(RunTakenOver):
+        describe(image_path, workspace, _vocabulary(tmp_path), TakenOverMidSearch(), status=True)
+    assert not (workspace / "descriptor" / "sentence.json").exists()
+    # The last status is the one written before the takeover: the new holder's to replace.
+    assert json.loads((workspace / "status.json").read_text())["state"] == "running"

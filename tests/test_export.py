@@ -1205,7 +1205,8 @@ def test_sigterm_while_dreamtext_export_writes_is_exit_130_and_leaves_no_temp_fi
 
     monkeypatch.setattr(export_module, "_write_mp4", terminated_while_encoding)
     assert main(["export", "--workspace", str(workspace)]) == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "dreamtext export: interrupted"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "dreamtext export: interrupted; run the same command again"
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
 
 

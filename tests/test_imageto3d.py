@@ -453,6 +453,25 @@ def test_the_describe_stage_says_in_status_json_where_it_stopped(
     assert (status["state"], status["phase"]) == ("interrupted", "describe")
 
 
+def test_a_ctrl_c_between_two_stages_leaves_the_run_interrupted(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """Ctrl-C after the sentence search, before the descriptor's block started (its model
+    loading), left status.json 'running' in phase describe with the process gone: the viewer
+    read the run as killed without warning."""
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageto3d, "keep_source_copy", ctrl_c)  # runs between the two stages
+    options, cfg = _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_image(_image(tmp_path), options, cfg)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("interrupted", "describe")
+    assert (tmp_path / "run" / "descriptor" / "sentence.json").is_file()  # the rerun reuses it
+
+
 def test_the_diverse_sampling_says_in_status_json_that_it_failed(
     tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
 ):

@@ -539,3 +539,88 @@ def test_a_stage_taken_over_during_its_heartbeat_leaves_the_new_holders_status(t
         if ending == "fails":
             raise RuntimeError("CLIP failed")
     assert read_status(tmp_path) == theirs
+
+
+class _Stopped(Exception):
+    """An interrupt that carries a message (as TrainingInterrupted names its checkpoint)."""
+
+
+def _second_signal_during(state: str, monkeypatch) -> None:
+    """A second Ctrl-C / SIGTERM lands inside the status write of ``state``."""
+    write = runstatus.write_status
+
+    def signalled(workspace, status):
+        if status["state"] == state:
+            signal.raise_signal(signal.SIGTERM)
+        write(workspace, status)
+
+    monkeypatch.setattr(runstatus, "write_status", signalled)
+
+
+def test_a_second_signal_during_the_interrupted_write_leaves_it_interrupted(tmp_path, monkeypatch):
+    """Two SIGTERMs 1 ms apart: the second cut the 'interrupted' write short, status.json
+    stayed 'running' (1 in 8 trials), and its KeyboardInterrupt replaced the first interrupt."""
+    from dreamtext.interrupts import sigterm_interrupts
+
+    _second_signal_during("interrupted", monkeypatch)
+    raised = None
+    with sigterm_interrupts():
+        try:
+            with runstatus.track_status(tmp_path, 5, lambda: 2, torch.device("cpu"), (_Stopped,)):
+                raise _Stopped("interrupted after step 2")
+        except BaseException as error:  # a KeyboardInterrupt must not end pytest
+            raised = error
+    assert type(raised) is _Stopped  # the run's own interrupt, with its message
+    assert read_status(tmp_path)["state"] == "interrupted"
+
+
+def test_a_signal_during_the_finished_write_interrupts_once_it_is_written(tmp_path, monkeypatch):
+    from dreamtext.interrupts import sigterm_interrupts
+
+    _second_signal_during("finished", monkeypatch)
+    raised = None
+    with sigterm_interrupts():
+        try:
+            with runstatus.track_status(tmp_path, 5, lambda: 5, torch.device("cpu")):
+                pass
+        except BaseException as error:
+            raised = error
+    assert isinstance(raised, KeyboardInterrupt)
+    assert read_status(tmp_path)["state"] == "finished"
+
+
+def test_a_second_signal_while_the_heartbeat_ends_leaves_no_late_running(tmp_path):
+    """A second SIGTERM cut short the wait for the heartbeat's thread at the block's end; a beat
+    under way then wrote 'running' over the block's 'interrupted'."""
+    import threading
+    import time
+
+    from dreamtext.interrupts import sigterm_interrupts
+
+    in_beat, beat_returned = threading.Event(), threading.Event()
+
+    def beat_under_way():
+        if threading.current_thread().name != "dreamtext-status-heartbeat" or in_beat.is_set():
+            return
+        in_beat.set()
+        time.sleep(0.2)  # the main thread is waiting for this beat by now
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # the second signal
+        deadline = time.monotonic() + 2
+        while read_status(tmp_path)["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.01)  # the old code wrote 'interrupted' meanwhile; this beat follows it
+        beat_returned.set()
+
+    with sigterm_interrupts(), runstatus.guard_run(tmp_path, beat_under_way):
+        try:
+            with runstatus.track_status(
+                tmp_path, 0, lambda: 0, torch.device("cpu"), heartbeat=0.01
+            ):
+                in_beat.wait(5)
+                raise KeyboardInterrupt  # the first signal
+        except KeyboardInterrupt:
+            pass
+    # The old code left the beat going (and a join cut short marks its thread ended): wait for
+    # it to return from the guard and write.
+    beat_returned.wait(5)
+    time.sleep(0.3)
+    assert read_status(tmp_path)["state"] == "interrupted"

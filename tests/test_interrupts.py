@@ -1,0 +1,54 @@
+"""Ctrl-C / SIGTERM outside the training loops: a signal whose KeyboardInterrupt a library
+swallowed is still recorded, and a write can hold signals back until it is whole."""
+
+import signal
+
+import pytest
+
+from dreamtext.interrupts import (
+    signals_held,
+    sigterm_interrupts,
+    stop_on_signal,
+    stop_requested,
+)
+
+
+class _SwallowsASignal:
+    """A finalizer the signal lands in: the handler's KeyboardInterrupt is raised inside
+    ``__del__``, which Python prints as "Exception ignored" and drops."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def test_a_swallowed_signal_is_recorded_until_the_outermost_block_ends():
+    with sigterm_interrupts():
+        with sigterm_interrupts():  # an image run's describe stage, inside the command's block
+            _SwallowsASignal()
+        assert stop_requested()
+    assert not stop_requested()  # the next command in this process starts afresh
+
+
+def test_a_signal_lost_before_a_training_loop_stops_it_after_its_first_step():
+    """A SIGTERM swallowed while Stable Diffusion loaded was forgotten by the loop's handler:
+    the descriptor (or text→3D) trained on to its end."""
+    with sigterm_interrupts():
+        _SwallowsASignal()
+        with stop_on_signal() as stop:
+            assert stop["stop"]
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_held_signal_arrives_after_the_block_or_is_dropped(drop):
+    done = []
+    with sigterm_interrupts():
+        try:
+            with signals_held(drop=drop):
+                signal.raise_signal(signal.SIGTERM)
+                done.append("the write")  # not cut short
+        except KeyboardInterrupt:
+            done.append("interrupted")
+    assert done == ["the write"] if drop else ["the write", "interrupted"]
