@@ -564,10 +564,46 @@ def test_a_full_disk_in_the_turntable_is_one_line_of_dreamtext_export(tmp_path, 
     ours = [line for line in err if "dreamtext: error:" in line or "trailer" in line]
     assert ours == [
         f"dreamtext: error: No space left on device ({workspace / 'video' / 'turntable.mp4'}); "
-        "free disk space or copy the run to a disk with room (or one you can write) and export "
-        "it there"
+        "free space on that disk (or quota) or copy the run to a disk with room (or one you can "
+        "write) and export it there"
     ]
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
+
+
+@pytest.mark.parametrize(
+    ("number", "fix"),
+    [
+        (errno.EIO, "check that disk or file server (an I/O error: the system log says more)"),
+        (errno.ESTALE, "run the command again once the file server is back (a stale NFS file"),
+        (errno.ENOTCONN, "mount that file system again (its network or FUSE connection is gone)"),
+    ],
+    ids=["EIO", "ESTALE", "ENOTCONN"],
+)
+def test_a_failing_disk_or_file_server_in_dreamtext_export_is_one_line_that_fits_it(
+    tmp_path, monkeypatch, capsys, number, fix
+):
+    """An export reading its run's last.pt on NFS (its check after meshing) that met EIO,
+    ESTALE or ENOTCONN printed a traceback; it is one line with what to do, and nothing is
+    written."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    last = workspace / "checkpoints" / "last.pt"
+
+    def unreadable(path):
+        raise OSError(number, os.strerror(number), str(last))
+
+    monkeypatch.setattr(export_module, "checkpoint_run", unreadable)
+    code = main(["export", "--workspace", str(workspace), "--resolution", "32", "--no-video"])
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("dreamtext: error")]
+    assert code == 2 and "Traceback" not in err and len(said) == 1, err
+    assert said[0].startswith(f"dreamtext: error: {os.strerror(number)} ({last}); {fix}")
+    assert said[0].endswith(
+        " or copy the run to a disk with room (or one you can write) and export it there"
+    )
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
 
 
 def test_a_whole_mp4_is_told_from_one_cut_short(tmp_path):
