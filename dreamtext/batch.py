@@ -61,7 +61,13 @@ from dreamtext.config import (
     slugify,
 )
 from dreamtext.devices import free_memory, memory_that_ran_out
-from dreamtext.errors import ENVIRONMENT_ERRNOS, UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.errors import (
+    ENVIRONMENT_ERRNOS,
+    UNREADABLE_JSON,
+    DreamtextError,
+    WorkspaceInUse,
+    file_system_fix,
+)
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, enclosing_run, gone_process, this_process
 from dreamtext.progress import bar_options
@@ -131,12 +137,8 @@ GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
 # batch goes on; a --workspace ROOT the batch cannot write in is refused before the first line
 # (check_root_writable).
 BATCH_STOPPING_ERRNOS: dict[int, str] = {
-    errno.ENOSPC: "free space on that disk (or quota)",
-    errno.EDQUOT: "free space on that disk (or quota)",
-    errno.EROFS: "make that file system writable again (a disk error can make the system "
-    "remount it read-only: ask its administrator) or pass --workspace a folder elsewhere",
-    errno.EIO: "check that disk or file server (an I/O error: the system log says more) or "
-    "pass --workspace a folder elsewhere",
+    number: file_system_fix(OSError(number, ""), "pass --workspace a folder elsewhere")
+    for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 }
 
 

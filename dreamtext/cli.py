@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamtext import __version__
-from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, file_system_fix
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -1002,7 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({error.filename})" if error.filename else ""
         elsewhere = WRITE_ELSEWHERE.get(args.command, "pick a folder you can write (--workspace)")
         print(
-            f"dreamtext: error: {error.strerror}{where}; free disk space or {elsewhere}",
+            f"dreamtext: error: {error.strerror or error}{where}; "
+            f"{file_system_fix(error, elsewhere)}",
             file=sys.stderr,
         )
         return EXIT_USAGE

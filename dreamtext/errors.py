@@ -7,11 +7,25 @@ except the file-system errors that are the machine's state (:data:`ENVIRONMENT_E
 
 import errno
 
+# What to do about each file-system error that is the machine's state, not a bug: the first half
+# of its one line, which the command ends with where else it can write (file_system_fix). EIO is
+# a disk or file server failing to read or write; ESTALE, an NFS file handle the server no longer
+# knows (the file replaced or removed from another machine, or the server restarted); ENOTCONN, a
+# network or FUSE mount whose connection is gone. A refused write (EACCES, EPERM) has nothing to
+# fix but the place.
+FILE_SYSTEM_FIXES: dict[int, str] = {
+    errno.ENOSPC: "free space on that disk (or quota)",
+    errno.EDQUOT: "free space on that disk (or quota)",
+    errno.EFBIG: "raise the file-size limit (ulimit -f; a file system's largest file)",
+    errno.EROFS: "make that file system writable again (a disk error can make the system "
+    "remount it read-only: ask its administrator)",
+    errno.EIO: "check that disk or file server (an I/O error: the system log says more)",
+    errno.ESTALE: "run the command again once the file server is back (a stale NFS file "
+    "handle: the file was replaced or removed from another machine, or the server restarted)",
+    errno.ENOTCONN: "mount that file system again (its network or FUSE connection is gone)",
+}
 # File-system errors that are the machine's state, not a bug: one line, not a traceback.
-# EFBIG: a file over the file-size limit (ulimit -f, a file system's largest file).
-ENVIRONMENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
-)
+ENVIRONMENT_ERRNOS = frozenset({*FILE_SYSTEM_FIXES, errno.EACCES, errno.EPERM})
 
 # What reading a JSON file the run wrote can raise besides OSError when the file is damaged:
 # bytes that are not UTF-8 (UnicodeDecodeError), not JSON (json.JSONDecodeError), a number
@@ -36,3 +50,10 @@ class WorkspaceInUse(DreamtextError):
             f"{self.situation}; wait for it to end or stop it, or pass --workspace NEW_FOLDER"
         )
         self.holder = holder
+
+
+def file_system_fix(error: OSError, elsewhere: str) -> str:
+    """What to do about ``error`` (one of :data:`ENVIRONMENT_ERRNOS`): its fix
+    (:data:`FILE_SYSTEM_FIXES`) ``or`` ``elsewhere``, the command's other place to write."""
+    fix = FILE_SYSTEM_FIXES.get(error.errno)
+    return f"{fix} or {elsewhere}" if fix is not None else elsewhere

@@ -379,8 +379,8 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
         # last.pt that is gone or unreadable is not taken for this run either, but the message
         # says which it was: "replaced by a new run" sends a user who deleted checkpoints/ or
         # chmod-ed last.pt looking for a run that never started. Checked at the swap, under
-        # the folder's lock, and on the way (after meshing, before each turntable chunk), so
-        # that an export that would be refused stops early rather than minutes later.
+        # the folder's lock, and on the way (while meshing, after it, before each turntable
+        # chunk), so that an export that would be refused stops early rather than minutes later.
         last = last_checkpoint(workspace)
         now = checkpoint_run(last)
         if now == run:
@@ -449,8 +449,9 @@ def export_field(
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
     ``options``. ``check`` is called right before the files are swapped in, under the folder's
-    lock (:func:`write_all_atomically`), and on the way (after meshing, before each turntable
-    chunk), so that an export it refuses stops early; if it raises, nothing is written.
+    lock (:func:`write_all_atomically`), and on the way (about once a second while the density
+    grid is sampled, after meshing, before each turntable chunk), so that an export it refuses
+    stops early; if it raises, nothing is written.
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
@@ -489,7 +490,7 @@ def _export_field(
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end."""
     on_the_way = check if check is not None else lambda: None
-    extraction = extract_mesh(field, options.resolution, options.threshold)
+    extraction = extract_mesh(field, options.resolution, options.threshold, check=on_the_way)
     log.info("marching cubes: %d faces", len(extraction.mesh.faces))
     on_the_way()
     surface = decimate(extraction.mesh, options.decimate)

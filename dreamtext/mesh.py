@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import fast_simplification
@@ -48,6 +49,10 @@ SURFACE_TRANSMITTANCE = 0.5
 SURFACE_DEPTH = math.log(1.0 / SURFACE_TRANSMITTANCE)  # the optical depth where T = ½
 # Parts of the solid under this fraction of the largest part's cells are crumbs.
 MIN_COMPONENT_FRACTION = 0.01
+# How often, at most, the density grid calls its ``check`` between chunks (an export's "is the run
+# still there": a memory-mapped read of last.pt, milliseconds). A 256^3 grid takes minutes on a
+# CPU and a chunk a fraction of a second, so a check per chunk would cost more than it tells.
+CHECK_EVERY_S = 1.0
 
 
 def field_device(field: torch.nn.Module) -> torch.device:
@@ -65,20 +70,30 @@ def grid_centres(resolution: int, bound: float) -> np.ndarray:
 
 @torch.no_grad()
 def sample_density_grid(
-    field: torch.nn.Module, resolution: int, bound: float, chunk: int = 1 << 18
+    field: torch.nn.Module,
+    resolution: int,
+    bound: float,
+    chunk: int = 1 << 18,
+    check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Density ``σ(x_i, y_j, z_k)`` at the cell centres of an ``R^3`` grid: ``[R, R, R]`` float32.
 
     Points are generated and evaluated ``chunk`` at a time, so memory is ``O(R^3)`` floats for the
     result plus ``O(chunk)`` for the field, whatever ``R`` is. Axis order is (x, y, z).
+    ``check`` (when given) is called between chunks, at most once in :data:`CHECK_EVERY_S`
+    seconds; what it raises stops the sampling.
     """
     device = field_device(field)
     axis = torch.from_numpy(grid_centres(resolution, bound)).to(device)
     total = resolution**3
     grid = np.empty(total, dtype=np.float32)
+    checked = time.monotonic()
     for start in tqdm(
         range(0, total, chunk), desc="density grid", leave=False, unit="chunk", **bar_options()
     ):
+        if check is not None and time.monotonic() - checked >= CHECK_EVERY_S:
+            check()
+            checked = time.monotonic()
         index = torch.arange(start, min(start + chunk, total), device=device)
         i, rest = index // (resolution * resolution), index % (resolution * resolution)
         j, k = rest // resolution, rest % resolution
@@ -187,6 +202,7 @@ def extract_mesh(
     resolution: int = 256,
     threshold: float | None = None,
     chunk: int = 1 << 18,
+    check: Callable[[], None] | None = None,
 ) -> Extraction:
     """Sample the field's density, decide what is solid, mesh its boundary.
 
@@ -195,10 +211,10 @@ def extract_mesh(
     ``threshold`` meshes the cells denser than it instead, flood-filled from outside, with the
     surface where the density crosses it. Either way, crumbs (parts under
     ``MIN_COMPONENT_FRACTION`` of the largest) are dropped. Raises ``DreamtextError`` when nothing
-    is solid.
+    is solid. ``check`` is called while the density is sampled (:func:`sample_density_grid`).
     """
     bound = float(field.bound)
-    grid = finite_density(sample_density_grid(field, resolution, bound, chunk))
+    grid = finite_density(sample_density_grid(field, resolution, bound, chunk, check))
     depth = outside_optical_depth(grid, bound)
     occupancy = depth > SURFACE_DEPTH
     if threshold is None:
@@ -696,6 +712,7 @@ def bake_texture(
 
 
 __all__ = [
+    "CHECK_EVERY_S",
     "SURFACE_DEPTH",
     "SURFACE_TRANSMITTANCE",
     "Extraction",

@@ -15,7 +15,10 @@ first line) and when it is interrupted (Ctrl-C, SIGTERM). In between, the traine
 ``gpu_mem_mib`` and ``updated``, and once more with ``phase="export"`` right before the export.
 A stage without steps to report at (``describe``, ``sample``) is given a ``heartbeat`` instead:
 a thread rewrites its ``running`` status every :data:`HEARTBEAT_SECONDS`, so that one killed
-without warning (SIGKILL) still records the time it ran.
+without warning (SIGKILL) still records the time it ran. The export at the end of a run has one
+too (:func:`status_heartbeat`): it writes its files into hidden staging folders for minutes (a
+256^3 density grid, a turntable on a CPU), and a ``running`` status that none of the run's
+files refreshed for 10 minutes is what ``dreamtext view`` shows as "no change for N min".
 ``phase`` is the stage the run is in, or for an ended run the stage it ended in.
 The block's last write holds Ctrl-C and SIGTERM back until it is whole
 (:func:`~dreamtext.interrupts.signals_held`): a second signal would leave ``running`` behind.
@@ -435,6 +438,28 @@ def guard_run(workspace: str | Path, check: Callable[[], None]) -> Iterator[None
         _GUARDS[key].remove(check)
         if not _GUARDS[key]:
             del _GUARDS[key]
+
+
+@contextmanager
+def status_heartbeat(workspace: str | Path) -> Iterator[Callable[[], None]]:
+    """Rewrite the ``running`` status of the run tracked in ``workspace`` every
+    :data:`HEARTBEAT_SECONDS` while inside the block, for work of the run that reaches no
+    :func:`update_status` for minutes (its export). Yields a check for that work to call on the
+    way: it raises what a guard of the workspace (:func:`guard_run`) raised in the heartbeat's
+    thread (the workspace is another worker's now); the block's end raises it too. Nothing is
+    written, and the check passes, when no run is tracked in ``workspace``."""
+    tracker = _ACTIVE.get(_key(workspace))
+    if tracker is None:
+        yield lambda: None
+        return
+    with _heartbeat(tracker, HEARTBEAT_SECONDS) as lost:
+
+        def still_ours() -> None:
+            if lost:
+                raise lost[0]
+
+        yield still_ours
+    still_ours()
 
 
 @contextmanager

@@ -86,6 +86,7 @@ from dreamtext.runstatus import (
     check_not_running,
     peak_gpu_mib,
     saved_step,
+    status_heartbeat,
     track_status,
     update_status,
 )
@@ -656,9 +657,17 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
 
 def export_trained(run: Run) -> None:
     """The seam to mesh export: the trained field, rendered by the run's own renderer (its
-    settings and occupancy grid), with the run's ``export_options``."""
+    settings and occupancy grid), with the run's ``export_options``. Its files go to hidden
+    staging folders for minutes, so status.json is kept fresh meanwhile
+    (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the way."""
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
-    result = export_field(
-        run.field.eval(), run.workspace, options, renderer=run.renderer, step=run.step
-    )
+    with status_heartbeat(run.workspace) as still_ours:
+        result = export_field(
+            run.field.eval(),
+            run.workspace,
+            options,
+            renderer=run.renderer,
+            step=run.step,
+            check=still_ours,
+        )
     tqdm.write(result.summary(), file=sys.stderr)

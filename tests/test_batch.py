@@ -1226,7 +1226,7 @@ def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
     assert f"batch: line 1 failed: {failed['error']}" in err
 
 
-SPACE = "free space on that disk (or quota)"
+SPACE = "free space on that disk (or quota) or pass --workspace a folder elsewhere"
 
 
 @pytest.mark.parametrize(

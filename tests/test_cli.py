@@ -882,10 +882,50 @@ def test_a_full_disk_or_a_refused_write_is_one_line_other_os_errors_raise(
         return
     code, err = run_main(["text", "a castle"], capsys)
     assert_user_error(code, err, error.strerror, error.filename, "--workspace")
+    # "free disk space" was said to a refused write and a file-size limit too
+    assert ("free space on that disk" in err) == (error.errno == errno.ENOSPC)
     # export's --workspace names the run it writes into: another one would not help
     code, err = run_main(["export"], capsys)
     assert_user_error(code, err, error.strerror, error.filename, "copy the run to a disk")
     assert "--workspace" not in err
+
+
+# The errors of a failing disk or file server: errno, what the system calls it, what to do.
+FAILING_FILE_SYSTEMS = [
+    (errno.EIO, "check that disk or file server (an I/O error: the system log says more)"),
+    (errno.ESTALE, "run the command again once the file server is back (a stale NFS file handle"),
+    (errno.ENOTCONN, "mount that file system again (its network or FUSE connection is gone)"),
+]
+
+
+@pytest.mark.parametrize(("number", "fix"), FAILING_FILE_SYSTEMS, ids=["EIO", "ESTALE", "ENOTCONN"])
+def test_a_failing_disk_or_file_server_in_a_run_is_one_line_that_fits_it(
+    tmp_path, monkeypatch, capsys, number, fix
+):
+    """EIO, ESTALE and ENOTCONN in `text` were a traceback: main knew only full disks and
+    refused writes, and said "free disk space or …" to those. The run records its failure as
+    for any error; nothing else changes (no checkpoint is saved for it)."""
+    import dreamtext.trainer as trainer
+
+    workspace, real_step = tmp_path / "run", trainer.train_step
+    log = workspace / "log.jsonl"
+
+    def failing(run):
+        if run.step == 3:
+            raise OSError(number, os.strerror(number), str(log))
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", failing)
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "5"]
+    code, err = run_main([*argv, "--workspace", workspace], capsys)
+    said = [line for line in err.splitlines() if line.startswith("dreamtext")]  # not the bar's
+    assert code == 2 and "Traceback" not in err and len(said) == 1, err
+    assert said[0].startswith(f"dreamtext: error: {os.strerror(number)} ({log}); {fix}")
+    assert said[0].endswith(" or pick a folder you can write (--workspace)")
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("failed", 3)
+    assert status["error"].startswith(f"OSError: [Errno {number}]")
+    assert not (workspace / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ valid glTF, textures, turntable, atomic writes, bad input."""
 
 import dataclasses
 import errno
+import functools
 import io
 import json
 import os
@@ -563,10 +564,46 @@ def test_a_full_disk_in_the_turntable_is_one_line_of_dreamtext_export(tmp_path, 
     ours = [line for line in err if "dreamtext: error:" in line or "trailer" in line]
     assert ours == [
         f"dreamtext: error: No space left on device ({workspace / 'video' / 'turntable.mp4'}); "
-        "free disk space or copy the run to a disk with room (or one you can write) and export "
-        "it there"
+        "free space on that disk (or quota) or copy the run to a disk with room (or one you can "
+        "write) and export it there"
     ]
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
+
+
+@pytest.mark.parametrize(
+    ("number", "fix"),
+    [
+        (errno.EIO, "check that disk or file server (an I/O error: the system log says more)"),
+        (errno.ESTALE, "run the command again once the file server is back (a stale NFS file"),
+        (errno.ENOTCONN, "mount that file system again (its network or FUSE connection is gone)"),
+    ],
+    ids=["EIO", "ESTALE", "ENOTCONN"],
+)
+def test_a_failing_disk_or_file_server_in_dreamtext_export_is_one_line_that_fits_it(
+    tmp_path, monkeypatch, capsys, number, fix
+):
+    """An export reading its run's last.pt on NFS (its check after meshing) that met EIO,
+    ESTALE or ENOTCONN printed a traceback; it is one line with what to do, and nothing is
+    written."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    last = workspace / "checkpoints" / "last.pt"
+
+    def unreadable(path):
+        raise OSError(number, os.strerror(number), str(last))
+
+    monkeypatch.setattr(export_module, "checkpoint_run", unreadable)
+    code = main(["export", "--workspace", str(workspace), "--resolution", "32", "--no-video"])
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("dreamtext: error")]
+    assert code == 2 and "Traceback" not in err and len(said) == 1, err
+    assert said[0].startswith(f"dreamtext: error: {os.strerror(number)} ({last}); {fix}")
+    assert said[0].endswith(
+        " or copy the run to a disk with room (or one you can write) and export it there"
+    )
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
 
 
 def test_a_whole_mp4_is_told_from_one_cut_short(tmp_path):
@@ -814,6 +851,51 @@ def test_an_export_of_a_run_replaced_while_it_meshes_stops_before_texture_and_tu
     assert baked == [] and tracer.calls == []
     assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
     assert not list(workspace.glob(".export-*"))
+
+
+class SlowSphere(SphereField):
+    """A sphere whose density queries take ``seconds`` each on a clock of its own (``now``, the
+    one the density grid reads), and that calls ``meanwhile`` at its ``at``-th query."""
+
+    def __init__(self, seconds: float, at: int, meanwhile) -> None:
+        super().__init__()
+        self.seconds, self.at, self.meanwhile, self.now, self.queries = seconds, at, meanwhile, 0, 0
+
+    def density(self, x):
+        self.now += self.seconds
+        self.queries += 1
+        if self.queries == self.at:
+            self.meanwhile()
+        return super().density(x)
+
+
+def test_an_export_of_a_run_replaced_while_it_samples_the_density_grid_stops_there(
+    tmp_path, monkeypatch
+):
+    """The check ran only after marching cubes: a run replaced early in an image run's 256^3
+    density grid (~8 min on a CPU) let the export sample the rest first. It stops within a
+    second's worth of chunks: 1/8 s each, replaced in the 12th of 2,744, stopped after the 16th."""
+    import dreamtext.mesh as mesh_module
+    from dreamtext.trainer import remove_earlier_run
+
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+
+    def replaced() -> None:
+        remove_earlier_run(workspace)
+        torch.save({"step": 3, "run_id": "b2"}, workspace / "checkpoints" / "last.pt")
+
+    field = SlowSphere(0.125, at=12, meanwhile=replaced)
+    monkeypatch.setattr(mesh_module, "time", SimpleNamespace(monotonic=lambda: field.now))
+    small_chunks = functools.partial(mesh_module.extract_mesh, chunk=64)
+    monkeypatch.setattr(export_module, "extract_mesh", small_chunks)
+    stub_run(monkeypatch, field, SphereTracer())
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    surfaces = []
+    monkeypatch.setattr(mesh_module, "solid_surface", lambda *a: surfaces.append(1))
+    with pytest.raises(DreamtextError, match="run was replaced by a new run while exporting"):
+        export_workspace(workspace, small_options(resolution=56, formats=("ply",)))
+    assert field.queries == 16 and surfaces == []
+    assert not (workspace / "mesh").exists() and not list(workspace.glob(".export-*"))
 
 
 def test_an_export_of_a_run_replaced_during_its_turntable_renders_no_further_chunk(

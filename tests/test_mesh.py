@@ -2,6 +2,7 @@
 surface, decimation, UVs, bake."""
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from analytic_field import (
     noisy_torus,
 )
 
+import dreamtext.mesh as mesh_module
 from dreamtext.errors import DreamtextError
 from dreamtext.mesh import (
     SURFACE_DEPTH,
@@ -86,6 +88,51 @@ def test_density_grid_is_the_same_in_any_chunk_size():
     np.testing.assert_array_equal(
         sample_density_grid(field, 12, 1.0, chunk=7), sample_density_grid(field, 12, 1.0)
     )
+
+
+class ClockedSphere(SphereField):
+    """A sphere whose every density query takes ``seconds`` on a clock of its own (``now``),
+    the clock :func:`sample_density_grid` reads in these tests."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.now, self.queries = seconds, 0.0, 0
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        self.now += self.seconds
+        self.queries += 1
+        return super().density(x)
+
+
+def clocked(monkeypatch, seconds: float) -> ClockedSphere:
+    field = ClockedSphere(seconds)
+    monkeypatch.setattr(mesh_module, "time", types.SimpleNamespace(monotonic=lambda: field.now))
+    return field
+
+
+def test_the_density_grid_calls_its_check_once_a_second_not_per_chunk(monkeypatch):
+    """An export's "is the run still there" (milliseconds) runs while a 256^3 grid is sampled
+    (minutes on a CPU), but not at each of its thousands of chunks: 144 chunks of ¼ s are 36 s,
+    checked after the 4th, 8th, … 140th chunk."""
+    field, checks = clocked(monkeypatch, 0.25), []
+    grid = sample_density_grid(field, 12, 1.0, chunk=12, check=lambda: checks.append(field.now))
+    assert field.queries == 144 and len(checks) == 35
+    assert checks == [1.0 * k for k in range(1, 36)]
+    np.testing.assert_array_equal(grid, sample_density_grid(SphereField(), 12, 1.0))
+
+
+def test_a_check_that_raises_stops_the_density_grid_there(monkeypatch):
+    field = clocked(monkeypatch, 0.25)
+    checks = []
+
+    def refused() -> None:
+        checks.append(1)
+        if len(checks) == 2:
+            raise DreamtextError("the run was replaced")
+
+    with pytest.raises(DreamtextError, match="the run was replaced"):
+        extract_mesh(field, resolution=12, chunk=12, check=refused)
+    assert field.queries == 8  # two seconds' worth, of 144
 
 
 # --- occupancy: what the renders show -------------------------------------------------------

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -53,6 +54,77 @@ def test_a_finished_run_says_so_after_its_export(tmp_path, tiny_sd_path, monkeyp
     assert done["phase"] == "export"
     assert done["error"] is None and done["gpu_mem_mib"] is None and done["seconds"] > 0
     assert datetime.fromisoformat(done["started"]) <= datetime.fromisoformat(done["updated"])
+
+
+def test_a_run_exporting_longer_than_the_viewers_quiet_time_is_shown_exporting_not_quiet(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """The export writes into hidden staging folders and status.json was last written as it
+    began: one over 10 minutes (a CPU turntable, a 256^3 mesh) showed "exporting · no change
+    for N min" while it worked. Here the quiet time is ½ s and the meshing takes 1 s."""
+    from analytic_field import SphereField
+
+    import dreamtext.export as export_module
+    import dreamtext.view.workspaces as workspaces
+    from dreamtext.view import Catalog, read_run
+
+    monkeypatch.setattr(runstatus, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(workspaces, "QUIET_AFTER_S", 0.5)
+    meshing, seen = export_module.extract_mesh, []
+
+    def slow_meshing(field, *args, **kwargs):
+        time.sleep(1.0)
+        seen.append(read_run(Catalog([tmp_path]).find("run")).status)
+        return meshing(SphereField(), *args, **kwargs)  # a mesh whatever 3 steps trained
+
+    monkeypatch.setattr(export_module, "extract_mesh", slow_meshing)
+    options = {"resolution": 32, "formats": ["ply"], "video": False}
+    train(tiny_config(tmp_path, tiny_sd_path, iters=3, export=True, export_options=options))
+    [during] = seen
+    assert (during["state"], during["phase"], during["activity"]) == (
+        "running",
+        "export",
+        workspaces.PHASE_ACTIVITY["export"],
+    )
+    assert "quiet_minutes" not in during
+    done = status(tmp_path)  # the heartbeat stopped before the run's last write
+    assert (done["state"], done["phase"], done["step"]) == ("finished", "export", 3)
+    assert (tmp_path / "run" / "mesh" / "mesh.ply").is_file()
+    time.sleep(0.2)
+    assert status(tmp_path) == done
+
+
+def test_a_run_taken_over_while_it_exports_stops_and_writes_no_files(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A batch worker whose lock was taken over during its export (no status update there, so
+    no guard ran) exported on and swapped its files in over the new holder's. The export's
+    heartbeat runs the guards; what one raises stops the export at its next check."""
+    from analytic_field import SphereField
+
+    import dreamtext.export as export_module
+    from dreamtext.runstatus import RunTakenOver, guard_run
+
+    monkeypatch.setattr(runstatus, "HEARTBEAT_SECONDS", 0.05)
+    meshing, exporting = export_module.extract_mesh, []
+
+    def slow_meshing(field, *args, **kwargs):
+        exporting.append(1)
+        time.sleep(0.5)
+        return meshing(SphereField(), *args, **kwargs)
+
+    def lock_lost() -> None:
+        if exporting:
+            raise RunTakenOver("another worker holds the lock")
+
+    monkeypatch.setattr(export_module, "extract_mesh", slow_meshing)
+    options = {"resolution": 32, "formats": ["ply"], "video": False}
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=3, export=True, export_options=options)
+    with guard_run(cfg.workspace, lock_lost), pytest.raises(RunTakenOver):
+        train(cfg)
+    assert status(tmp_path)["state"] == "running"  # left to the new holder
+    assert not (tmp_path / "run" / "mesh").exists()
+    assert not list((tmp_path / "run").glob(".export-*"))
 
 
 def test_a_run_says_running_from_its_first_step_and_its_step_advances(
