@@ -773,8 +773,11 @@ def run_batch(
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
     configs = entry_configs(share, overrides, preset, config_file)
-    if configs and configs[0].guidance.model.startswith("builtin:"):
-        check_builtin_prior(entries, configs[0], Path(prompts_file))
+    # An empty share (more workers than lines) checks the settings and the list as every other
+    # share does: the workers of one list refuse it alike.
+    first = configs[0] if configs else entry_config(entries[0], overrides, preset, config_file)
+    if first.guidance.model.startswith("builtin:"):
+        check_builtin_prior(entries, first, Path(prompts_file))
     # --overwrite retrains a run unless its status.json changes after this, when a worker
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}

@@ -1535,6 +1535,25 @@ def test_a_prompt_the_builtin_prior_does_not_know_refuses_every_share_of_the_lis
     assert not root.exists()
 
 
+def test_an_empty_share_refuses_the_list_and_its_settings_as_the_other_shares_do(tmp_path, capsys):
+    """More workers than lines (--shard 3/4 of 3 prompts): the worker whose share is empty
+    checked nothing and ended 0 where its siblings refused the list or its --config (exit 2)."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a cat")
+    root = tmp_path / "root"
+    args = ["batch", path, "--model", "builtin:shapes", "--shard", "3/4", "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    assert 'does not know the prompt of line 3 ("a cat")' in said
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("renderr: {march_steps: 8}\n", encoding="utf-8")
+    good = prompts_file(tmp_path, "a red cube", name="good.txt")
+    args = ["batch", good, "--model", "builtin:shapes", "--shard", "1/2", "--workspace", root]
+    assert main([*map(str, args), "--config", str(bad)]) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    assert "unknown config field 'renderr'" in said
+    assert not root.exists()
+
+
 def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsys):
     """It said only "'utf-8' codec can't decode byte 0x8c in position 1: invalid start byte"."""
     path = tmp_path / "prompts.txt"
