@@ -668,14 +668,16 @@ def entry_configs(
     overrides: dict[str, Any],
     preset: str | None,
     config_file: str | Path | Sequence[str | Path] | None,
+    first: TrainConfig | None = None,
 ) -> list[TrainConfig]:
     """:func:`entry_config` of every entry, the preset and ``--config`` files read once for the
     batch: the entries differ only in their prompt and workspace, which the command line's layer
     sets over everything else, so the first entry's config with those two replaced is each
-    other's."""
+    other's. ``first``: the first entry's config, where it is made already."""
     if not entries:
         return []
-    first = entry_config(entries[0], overrides, preset, config_file)
+    if first is None:
+        first = entry_config(entries[0], overrides, preset, config_file)
     return [first] + [
         replace(copy.deepcopy(first), prompt=_config_prompt(e), workspace=str(e.workspace))
         for e in entries[1:]
@@ -772,12 +774,13 @@ def run_batch(
         )
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
-    configs = entry_configs(share, overrides, preset, config_file)
-    # An empty share (more workers than lines) checks the settings and the list as every other
-    # share does: the workers of one list refuse it alike.
-    first = configs[0] if configs else entry_config(entries[0], overrides, preset, config_file)
+    # The settings and the list are checked before every line's config is made (a list of
+    # 50,000 lines takes seconds), and by a worker whose share is empty (more workers than
+    # lines) too, as by every other: the workers of one list refuse it alike.
+    first = entry_config((share or entries)[0], overrides, preset, config_file)
     if first.guidance.model.startswith("builtin:"):
         check_builtin_prior(entries, first, Path(prompts_file))
+    configs = entry_configs(share, overrides, preset, config_file, first) if share else []
     # --overwrite retrains a run unless its status.json changes after this, when a worker
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}

@@ -1554,6 +1554,23 @@ def test_an_empty_share_refuses_the_list_and_its_settings_as_the_other_shares_do
     assert not root.exists()
 
 
+def test_a_list_the_builtin_prior_refuses_is_refused_before_each_lines_config_is_made(
+    tmp_path, monkeypatch, capsys
+):
+    """The configs of every line of the share (a deep copy each: 6 s of a 50,000-line list,
+    half the wait for the refusal) were made before the list was checked."""
+    import dreamtext.batch
+
+    def made(*args, **kwargs):
+        raise AssertionError("every line's config made before the list was checked")
+
+    monkeypatch.setattr(dreamtext.batch, "entry_configs", made)
+    path = prompts_file(tmp_path, "a red cube", "a cat")
+    args = ["batch", path, "--model", "builtin:shapes", "--workspace", tmp_path / "root"]
+    assert main(list(map(str, args))) == 2
+    assert 'line 2 ("a cat")' in capsys.readouterr().err
+
+
 def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsys):
     """It said only "'utf-8' codec can't decode byte 0x8c in position 1: invalid start byte"."""
     path = tmp_path / "prompts.txt"
