@@ -217,7 +217,10 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     path = Path(path)
     try:
         # utf-8-sig: files saved by Windows editors start with a BOM, which strip() keeps.
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        # Lines end at a newline only (\r\n and \r read as one), as editors, wc and sed number
+        # them: splitlines() also split at a form feed or U+2028, and the messages named lines
+        # after it by numbers the file does not have.
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"

@@ -1571,6 +1571,16 @@ def test_a_list_the_builtin_prior_refuses_is_refused_before_each_lines_config_is
     assert 'line 2 ("a cat")' in capsys.readouterr().err
 
 
+def test_lines_are_numbered_as_an_editor_numbers_them(tmp_path, capsys):
+    """A form feed (a page break pasted from a document) or U+2028 made a line of its own, and
+    the lines after it were named by numbers one too high."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red cube\x0c\r\na blue cube\u2028\na cat\n", encoding="utf-8")
+    args = ["batch", path, "--model", "builtin:shapes", "--workspace", tmp_path / "root"]
+    assert main(list(map(str, args))) == 2
+    assert 'the prompt of line 3 ("a cat")' in capsys.readouterr().err
+
+
 def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsys):
     """It said only "'utf-8' codec can't decode byte 0x8c in position 1: invalid start byte"."""
     path = tmp_path / "prompts.txt"
