@@ -219,7 +219,10 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     path = Path(path)
     try:
         # utf-8-sig: files saved by Windows editors start with a BOM, which strip() keeps.
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        # Lines end at a newline only (\r\n and \r read as one), as editors, wc and sed number
+        # them: splitlines() also split at a form feed or U+2028, and the messages named lines
+        # after it by numbers the file does not have.
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"
@@ -670,14 +673,16 @@ def entry_configs(
     overrides: dict[str, Any],
     preset: str | None,
     config_file: str | Path | Sequence[str | Path] | None,
+    first: TrainConfig | None = None,
 ) -> list[TrainConfig]:
     """:func:`entry_config` of every entry, the preset and ``--config`` files read once for the
     batch: the entries differ only in their prompt and workspace, which the command line's layer
     sets over everything else, so the first entry's config with those two replaced is each
-    other's."""
+    other's. ``first``: the first entry's config, where it is made already."""
     if not entries:
         return []
-    first = entry_config(entries[0], overrides, preset, config_file)
+    if first is None:
+        first = entry_config(entries[0], overrides, preset, config_file)
     return [first] + [
         replace(copy.deepcopy(first), prompt=_config_prompt(e), workspace=str(e.workspace))
         for e in entries[1:]
@@ -774,9 +779,13 @@ def run_batch(
         )
     shard = resolve_shard(options.shard, os.environ)
     share = select_share(entries, shard)
-    configs = entry_configs(share, overrides, preset, config_file)
-    if configs and configs[0].guidance.model.startswith("builtin:"):
-        check_builtin_prior(entries, configs[0], Path(prompts_file))
+    # The settings and the list are checked before every line's config is made (a list of
+    # 50,000 lines takes seconds), and by a worker whose share is empty (more workers than
+    # lines) too, as by every other: the workers of one list refuse it alike.
+    first = entry_config((share or entries)[0], overrides, preset, config_file)
+    if first.guidance.model.startswith("builtin:"):
+        check_builtin_prior(entries, first, Path(prompts_file))
+    configs = entry_configs(share, overrides, preset, config_file, first) if share else []
     # --overwrite retrains a run unless its status.json changes after this, when a worker
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}

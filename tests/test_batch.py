@@ -1563,6 +1563,52 @@ def test_a_prompt_the_builtin_prior_does_not_know_refuses_every_share_of_the_lis
     assert not root.exists()
 
 
+def test_an_empty_share_refuses_the_list_and_its_settings_as_the_other_shares_do(tmp_path, capsys):
+    """More workers than lines (--shard 3/4 of 3 prompts): the worker whose share is empty
+    checked nothing and ended 0 where its siblings refused the list or its --config (exit 2)."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a cat")
+    root = tmp_path / "root"
+    args = ["batch", path, "--model", "builtin:shapes", "--shard", "3/4", "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    assert 'does not know the prompt of line 3 ("a cat")' in said
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("renderr: {march_steps: 8}\n", encoding="utf-8")
+    good = prompts_file(tmp_path, "a red cube", name="good.txt")
+    args = ["batch", good, "--model", "builtin:shapes", "--shard", "1/2", "--workspace", root]
+    assert main([*map(str, args), "--config", str(bad)]) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    assert "unknown config field 'renderr'" in said
+    assert not root.exists()
+
+
+def test_a_list_the_builtin_prior_refuses_is_refused_before_each_lines_config_is_made(
+    tmp_path, monkeypatch, capsys
+):
+    """The configs of every line of the share (a deep copy each: 6 s of a 50,000-line list,
+    half the wait for the refusal) were made before the list was checked."""
+    import dreamtext.batch
+
+    def made(*args, **kwargs):
+        raise AssertionError("every line's config made before the list was checked")
+
+    monkeypatch.setattr(dreamtext.batch, "entry_configs", made)
+    path = prompts_file(tmp_path, "a red cube", "a cat")
+    args = ["batch", path, "--model", "builtin:shapes", "--workspace", tmp_path / "root"]
+    assert main(list(map(str, args))) == 2
+    assert 'line 2 ("a cat")' in capsys.readouterr().err
+
+
+def test_lines_are_numbered_as_an_editor_numbers_them(tmp_path, capsys):
+    """A form feed (a page break pasted from a document) or U+2028 made a line of its own, and
+    the lines after it were named by numbers one too high."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red cube\x0c\r\na blue cube\u2028\na cat\n", encoding="utf-8")
+    args = ["batch", path, "--model", "builtin:shapes", "--workspace", tmp_path / "root"]
+    assert main(list(map(str, args))) == 2
+    assert 'the prompt of line 3 ("a cat")' in capsys.readouterr().err
+
+
 def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsys):
     """It said only "'utf-8' codec can't decode byte 0x8c in position 1: invalid start byte"."""
     path = tmp_path / "prompts.txt"
