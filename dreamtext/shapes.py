@@ -129,9 +129,9 @@ def find_primitive(prompt: str) -> Primitive:
     for primitive in primitives():
         if primitive.caption == wanted:
             return primitive
-    known = ", ".join(f'"{c}"' for c in captions())
     raise DreamtextError(
-        f'the built-in prior does not know "{prompt}"; use one of its captions: {known}'
+        f'the built-in prior does not know "{prompt}"; use one of its captions: '
+        f"{captions_in_words()}"
     )
 
 
