@@ -345,6 +345,19 @@ def test_a_skipped_batch_line_does_not_hide_the_attempt_before_it(tmp_path: Path
     assert runs["cube"].batch == done
 
 
+def test_a_batch_jsonl_an_editor_saved_with_a_bom_keeps_its_first_record(tmp_path: Path):
+    """A batch.jsonl saved by an editor that starts files with a UTF-8 BOM: batch's own reader
+    reads its first record (json.loads of bytes); the viewer dropped it."""
+    root = tmp_path / "runs"
+    first = batch_record(1, "a_cat", "failed", "out of memory")
+    second = batch_record(2, "cube", "finished")
+    text = "".join(json.dumps(r) + "\n" for r in (first, second))
+    (root / "batch.jsonl").parent.mkdir(parents=True)
+    (root / "batch.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    runs = {r.id: read_run(r) for r in Catalog([root]).runs()}
+    assert runs["a_cat"].status["state"] == "failed" and runs["cube"].batch == second
+
+
 def test_prompts_and_errors_that_are_not_text_reach_the_page_as_text(tmp_path: Path):
     """A config.json or batch.jsonl prompt that is a number (a hand-edited or foreign file) broke
     the gallery's sort by prompt and its filter, which call string methods on it; an error that

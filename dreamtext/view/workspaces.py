@@ -623,7 +623,9 @@ class JsonlFollower:
             # Whole lines: "\n" is no part of any other character's UTF-8 bytes.
             for line in data[:end].decode("utf-8", errors="replace").split("\n")[:-1]:
                 try:
-                    record = json.loads(line)
+                    # A file saved by an editor that starts it with a BOM: batch's own reader
+                    # (json.loads of the bytes) reads its first record; so does this.
+                    record = json.loads(line.removeprefix("\ufeff"))
                 except (ValueError, RecursionError):  # not JSON; an int of 4,300+ digits; [[[[…
                     continue
                 if isinstance(record, dict):
