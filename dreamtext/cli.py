@@ -935,13 +935,14 @@ def expand_home(args: argparse.Namespace) -> argparse.Namespace:
 def run_command(args: argparse.Namespace) -> int:
     """``args.func(args)``. An error that follows a Ctrl-C or SIGTERM whose ``KeyboardInterrupt``
     a library swallowed (trimesh's optional imports catch everything, and a module cut short
-    mid-import then fails where it is used) is that interrupt: the user asked to stop."""
-    from dreamtext.interrupts import stop_requested
-
+    mid-import then fails where it is used) is that interrupt: the user asked to stop.
+    Only a command that installed the handlers can have recorded one; ``dreamtext.interrupts``
+    is not imported here, since it imports torch, which ``view`` never loads."""
     try:
         return args.func(args)
     except Exception:
-        if stop_requested():
+        interrupts = sys.modules.get("dreamtext.interrupts")
+        if interrupts is not None and interrupts.stop_requested():
             raise KeyboardInterrupt from None
         raise
 
