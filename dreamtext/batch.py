@@ -132,13 +132,14 @@ GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
 # File-system errors after which every next line would fail the same way (after loading its
 # prompt's models, and writing what fits), so the batch stops at the first, with what to do:
 # a full disk or quota; a file system that went read-only (Linux remounts one so after a disk
-# error) or a disk or file server that fails to read or write (EIO). A file-size limit (EFBIG) or
-# a refused write (EACCES, EPERM: a run folder of another user's) can be one line's own, and the
-# batch goes on; a --workspace ROOT the batch cannot write in is refused before the first line
-# (check_root_writable).
+# error); a disk or file server that fails to read or write (EIO); a network or FUSE mount whose
+# connection is gone (ENOTCONN). A stale NFS handle (ESTALE) is one file's; a file-size limit
+# (EFBIG) or a refused write (EACCES, EPERM: a run folder of another user's) can be one line's
+# own, and the batch goes on; a --workspace ROOT the batch cannot write in is refused before the
+# first line (check_root_writable).
 BATCH_STOPPING_ERRNOS: dict[int, str] = {
     number: file_system_fix(OSError(number, ""), "pass --workspace a folder elsewhere")
-    for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+    for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOTCONN)
 }
 
 

@@ -1246,8 +1246,14 @@ SPACE = "free space on that disk (or quota) or pass --workspace a folder elsewhe
             "check that disk or file server (an I/O error: the system log says more) or pass "
             "--workspace a folder elsewhere",
         ),
+        (
+            errno.ENOTCONN,
+            "Transport endpoint is not connected",
+            "mount that file system again (its network or FUSE connection is gone) or pass "
+            "--workspace a folder elsewhere",
+        ),
     ],
-    ids=["disk-full", "quota", "read-only", "io-error"],
+    ids=["disk-full", "quota", "read-only", "io-error", "mount-gone"],
 )
 def test_a_full_or_failing_disk_stops_the_batch_in_one_line_and_the_same_command_goes_on(
     tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, number, text, advice
