@@ -149,9 +149,9 @@ def test_negative_prompt_sets_the_unconditional_set_and_empty_prompt_is_everythi
     assert p._uncond.shape[0] == len(p.dataset.objects)
 
 
-def test_unknown_prompt_is_a_user_error_listing_the_captions(prior):
+def test_unknown_prompt_is_a_user_error_naming_the_captions(prior):
     p = prior()
-    with pytest.raises(DreamtextError, match='"a purple cone"'):
+    with pytest.raises(DreamtextError, match=r'"a hamburger".*"a COLOUR SHAPE" \(COLOUR: red'):
         p.set_prompt("a hamburger")
 
 
