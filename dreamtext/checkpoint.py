@@ -66,7 +66,14 @@ def check_writable(folder: Path, fix: str) -> None:
             f"{folder} cannot be a folder: {existing} is a file; move that file away, or {fix}"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise DreamtextError(f"cannot write in {existing} (permission denied); {fix}")
+        # access() fails alike for a mode bit and a file system mounted read-only (EROFS): name
+        # the one it is, since chmod cannot help the second.
+        try:
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "a read-only file system" if read_only else "permission denied"
+        raise DreamtextError(f"cannot write in {existing} ({why}); {fix}")
 
 
 def atomic_write_bytes(
