@@ -66,7 +66,14 @@ def check_writable(folder: Path, fix: str) -> None:
             f"{folder} cannot be a folder: {existing} is a file; move that file away, or {fix}"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise DreamtextError(f"cannot write in {existing} (permission denied); {fix}")
+        # access() fails alike for a mode bit and a file system mounted read-only (EROFS): name
+        # the one it is, since chmod cannot help the second.
+        try:
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "a read-only file system" if read_only else "permission denied"
+        raise DreamtextError(f"cannot write in {existing} ({why}); {fix}")
 
 
 def atomic_write_bytes(
@@ -308,12 +315,20 @@ def run_from_state(
 ) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """:func:`load_run`'s field, renderer and config from a run checkpoint already read
     (:func:`read_run_checkpoint`), so that a caller can keep what else it holds (its step)."""
-    from dreamtext.config import apply_overrides
+    from dreamtext.config import apply_overrides, fill_from_presets, fill_missing
     from dreamtext.factory import build_field, build_renderer
     from dreamtext.field import field_config_from_dict
     from dreamtext.renderer import RenderConfig
 
-    field_cfg = field_config_from_dict(state["field_config"])
+    config = dict(state["config"])
+    # Runs saved before there was a choice of sampler were rendered by the dense one.
+    config["render"] = {"sampler": "dense", **config.get("render", {})}
+    # An older dreamtext's checkpoint lacks the settings added since: the run had its presets'
+    # (a builtin:shapes run: an exp density), as a resume of it takes them, not the defaults.
+    config, _ = fill_from_presets(config)
+    field_cfg = field_config_from_dict(
+        fill_missing(state["field_config"], config.get("field") or {})
+    )
     cuda_backend = field_cfg.encoding in CUDA_BACKENDS
     if cuda_backend and not is_cuda(device):
         field_cfg.encoding = "torch"  # the CUDA backends read the same parameter table
@@ -328,13 +343,10 @@ def run_from_state(
         field = build_field(field_cfg, device)
     field.load_state_dict(state["field"])
     render_cfg = RenderConfig()
-    saved = dict(state["config"].get("render", {}))
-    # Runs saved before there was a choice of sampler were rendered by the dense one.
-    saved.setdefault("sampler", "dense")
-    apply_overrides(render_cfg, saved, "the checkpoint's config")
+    apply_overrides(render_cfg, config["render"], "the checkpoint's config")
     renderer = build_renderer(render_cfg, device)
     renderer.load_state_dict(state["renderer"])
-    return field.eval(), renderer.eval(), state["config"]
+    return field.eval(), renderer.eval(), config
 
 
 def load_field(workspace: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

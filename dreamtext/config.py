@@ -361,6 +361,9 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     # found nothing and a new run started. A config.json beside its run names that run's folder.
     if isinstance(data.get("workspace"), str) and is_run_folder(path.parent):
         data["workspace"] = str(path.parent)
+    # An older dreamtext's config.json lacks the settings added since: the run had its presets',
+    # which it records (``presets``), so a rerun takes them, as a resume does, not the defaults.
+    data, _ = fill_from_presets(data)
     return own_learned_embeds(data, path.parent)
 
 
@@ -629,7 +632,8 @@ def recorded_presets(saved: dict[str, Any]) -> list[str] | None:
     names = saved.get("presets")
     if isinstance(names, list) and all(isinstance(name, str) for name in names):
         return names
-    model = (saved.get("guidance") or {}).get("model") if "presets" not in saved else None
+    guidance = saved.get("guidance")
+    model = guidance.get("model") if isinstance(guidance, dict) and "presets" not in saved else None
     try:
         builtin = builtin_preset_name(model) if isinstance(model, str) else None
     except DreamtextError:

@@ -325,14 +325,17 @@ def recorded_options(workspace: Path) -> ExportOptions:
     defaults. The device is not taken from the run: it belongs to the machine that exports.
     A run without a ``config.json`` gets the defaults; one whose ``config.json`` cannot be read
     gets them with a warning (its run may have asked for others)."""
-    from dreamtext.config import apply_overrides
+    from dreamtext.config import apply_overrides, fill_from_presets
 
     options = ExportOptions()
     path = Path(workspace) / "config.json"
     if not path.exists():
         return options
     try:
-        saved = json.loads(path.read_text(encoding="utf-8")).get("export_options") or {}
+        # An older dreamtext's config.json lacks the options added since: they were its
+        # presets' (a builtin:shapes run: a 96³ mesh), as a resume of it takes them.
+        saved = fill_from_presets(json.loads(path.read_text(encoding="utf-8")))[0]
+        saved = saved.get("export_options") or {}
     except (OSError, *UNREADABLE_JSON, AttributeError):
         log.warning("%s is unreadable; exporting with the default export settings", path)
         return options

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -985,6 +986,30 @@ def test_a_workspace_without_write_permission_is_one_line(tmp_path, monkeypatch,
     )
     code, err = run_main([*BUILTIN_RUN, "--workspace", locked / "run"], capsys)
     assert_user_error(code, err, f"cannot write in {locked} (permission denied)")
+    assert not (locked / "run").exists()
+
+
+def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
+    tmp_path, monkeypatch, capsys
+):
+    """access() fails alike on a read-only mount (EROFS), where chmod cannot help: the line said
+    "permission denied" (seen with a read-only bind mount); simulated at ``os.access`` and
+    ``os.statvfs`` since a test cannot mount."""
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real_access, real_statvfs = os.access, os.statvfs
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
+    monkeypatch.setattr(
+        os,
+        "statvfs",
+        lambda path: (
+            SimpleNamespace(f_flag=os.ST_RDONLY) if Path(path) == locked else real_statvfs(path)
+        ),
+    )
+    code, err = run_main([*BUILTIN_RUN, "--workspace", locked / "run"], capsys)
+    assert_user_error(code, err, f"cannot write in {locked} (a read-only file system)")
     assert not (locked / "run").exists()
 
 

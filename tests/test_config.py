@@ -552,6 +552,20 @@ def test_a_resume_fills_a_setting_its_config_json_lacks_from_its_recorded_preset
     assert resolve_config({}, base=mine).lr == 0.5
 
 
+def test_a_rerun_from_a_config_json_fills_a_setting_it_lacks_from_its_recorded_preset(tmp_path):
+    """``text PROMPT --config RUN/config.json`` trains that run again, but a config.json from
+    before a setting existed gave it the default (guidance scale 100), not the recorded preset's
+    (fitfusion: 1000) that the run had, while the new run recorded fitfusion all the same."""
+    cfg = resolve_config(A_RUN, preset="fitfusion")
+    saved = {**_older_record(cfg, "h", "w", "guidance.guidance_scale"), "presets": ["fitfusion"]}
+    path = tmp_path / "run" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(saved))
+    again = resolve_config({"workspace": str(tmp_path / "rerun")}, config_file=path)
+    assert (again.h, again.w, again.guidance.guidance_scale) == (256, 256, 1000.0)
+    assert again.presets == ("fitfusion",)
+
+
 def test_a_resume_whose_config_json_does_not_say_its_preset_keeps_the_defaults_and_says_so(
     capsys,
 ):

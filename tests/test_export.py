@@ -1532,3 +1532,30 @@ def test_a_mesh_folder_that_is_a_link_stays_a_link(tmp_path):
     assert (workspace / "mesh").is_symlink()
     assert sorted(p.name for p in elsewhere.iterdir()) == ["mesh.json", "mesh.ply"]
     assert sorted(p.name for p in workspace.iterdir()) == ["mesh"]
+
+
+def test_an_older_builtin_run_exports_with_its_presets_settings_it_did_not_record(tmp_path):
+    """A builtin:shapes run whose checkpoint and config.json predate ``field.density_activation``
+    and ``export_options`` was rebuilt with the defaults (softplus density, a 256³ mesh), not its
+    preset's (exp, 96³) that it trained and exported with: ``export`` made another mesh (a 30-step
+    red cube: volume 0.10 and 50,000 faces instead of 0.47 and 8,000)."""
+    from test_trainer import tiny_config
+
+    from dreamtext.checkpoint import load_run
+
+    cfg = tiny_config(tmp_path, "builtin:shapes", iters=1, preview_every=0)
+    workspace = train(cfg)
+    path = workspace / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    saved = json.loads((workspace / "config.json").read_text())
+    for config in (state["config"], saved):
+        config.pop("presets", None)
+        config.pop("export_options", None)
+        del config["field"]["density_activation"], config["render"]["recompute_field"]
+    del state["field_config"]["density_activation"]
+    torch.save(state, path)
+    (workspace / "config.json").write_text(json.dumps(saved))
+    field, renderer, config = load_run(workspace)
+    assert field.cfg.density_activation == "exp"
+    assert config["render"]["recompute_field"] is renderer.cfg.recompute_field is False
+    assert export_module.recorded_options(workspace).resolution == 96
