@@ -272,6 +272,7 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_text(args: argparse.Namespace) -> int:
     from dreamtext.config import (
+        TrainConfig,
         own_config_file,
         resolve_config,
         same_prompt,
@@ -303,15 +304,21 @@ def cmd_text(args: argparse.Namespace) -> int:
             f"{cfg.workspace} holds a run of '{base.get('prompt')}'; "
             "resume it with that prompt, or drop --resume"
         )
-    changes = [] if base is None else setting_change_lines(base, cfg, {"prompt", "workspace"})
-    # Recorded in config.json's resumes too, but a resume said nothing of them; printed once the
-    # run is loaded (train's note).
-    note = None
-    if changes:
-        note = (
-            f"dreamtext: resuming {cfg.workspace} with other settings than it ran with, from its "
-            f"last checkpoint on: {'; '.join(changes)}"
+
+    def note(loaded: TrainConfig) -> str | None:
+        """The settings a resume changes, recorded in config.json's resumes too but said on
+        stderr once the run is loaded (train's note): from the loaded config, whose iters a
+        checkpoint past ``--iters`` keeps (``iters 6 → 3`` said of a run kept at 6 was untrue)."""
+        if base is None:
+            return None
+        changes = setting_change_lines(base, loaded, {"prompt", "workspace"})
+        if not changes:
+            return None
+        return (
+            f"dreamtext: resuming {loaded.workspace} with other settings than it ran with, from "
+            f"its last checkpoint on: {'; '.join(changes)}"
         )
+
     try:
         if args.diverse:
             workspace = _run_diverse(args, overrides, cfg)

@@ -597,12 +597,18 @@ def resolve_config(
     for data, source in layers:
         apply_overrides(cfg, square(data), source)
     apply_overrides(cfg, square(overrides), "the command line")
-    # The built-in prior's preset, those the resumed run (or a run's config.json given as a
-    # --config) was built on, and --preset's.
-    names = [builtin] if builtin is not None else []
-    names += [name for data, _ in layers for name in data.get("presets") or []]
-    names += [preset] if preset is not None else []
-    cfg.presets = tuple(dict.fromkeys(names))
+    # The built-in prior's preset, --preset's, and those the resumed run (or a run's config.json
+    # given as a --config) was built on, in the order their layers applied: fill_from_presets
+    # takes a later one over an earlier one, so --preset under a run's config.json counts
+    # before that run's presets (it was recorded last), and a name given twice where it applied
+    # last.
+    names: list[str] = []
+    for data, source in layers:
+        if source == f"preset '{builtin}'" or source == f"preset '{preset}'":
+            names.append(source[len("preset '") : -1])
+        else:
+            names += data.get("presets") or []
+    cfg.presets = tuple(reversed(dict.fromkeys(reversed(names))))
     cfg.guidance.model = absolute_model_folder(cfg.guidance.model)
     export_source = next(
         (

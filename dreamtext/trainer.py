@@ -19,6 +19,7 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -522,7 +523,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     own_config: Path | None = None,
-    note: str | None = None,
+    note: str | Callable[[TrainConfig], str | None] | None = None,
 ) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
 
@@ -534,14 +535,16 @@ def train(
     ``own_config``: the ``--config`` file that is the workspace's own record
     (:func:`check_workspace`). ``note``: the command's line for stderr (such as the settings a
     resume changes), printed once the run is checked and loaded: a run refused then (a model
-    folder gone) does not say it goes on.
+    folder gone) does not say it goes on. A callable makes the line from the loaded run's config
+    (a resume keeps a checkpoint's step as its iters where ``--iters`` asks for fewer).
     """
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):
         run = build_run(cfg, resume=resume, overwrite=overwrite, own_config=own_config)
-        if note is not None:
-            tqdm.write(note, file=sys.stderr)
+        line = note(run.cfg) if callable(note) else note
+        if line is not None:
+            tqdm.write(line, file=sys.stderr)
         interrupted = (TrainingInterrupted, KeyboardInterrupt)
         with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
             return _train(run, resume)

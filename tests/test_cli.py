@@ -675,6 +675,26 @@ def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp
     assert steps == [2, 3, 4]  # log_every 10 (the preset's) before, 1 after
 
 
+def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(tmp_path):
+    # The run keeps its step as its iters (a resume never shortens a run): the line said
+    # "iters 3 → 2" of a run that status.json and config.json then gave 3 steps.
+    assert run_cli(*BUILTIN_RUN, "--iters", "3", cwd=tmp_path).returncode == 0
+    again = run_cli(*BUILTIN_RUN, "--iters", "2", "--resume", "--lr", "0.5", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    workspace = tmp_path / "workspace" / "a_red_cube"
+    notes = [line for line in again.stderr.splitlines() if "other settings" in line]
+    assert notes == [
+        f"dreamtext: resuming {workspace.relative_to(tmp_path)} with other settings than it ran "
+        "with, from its last checkpoint on: lr 0.02 → 0.5"
+    ], again.stderr
+    assert "already at step 3 of 3; nothing to train" in again.stderr
+    assert json.loads((workspace / "config.json").read_text())["iters"] == 3
+    # only iters asked lower: nothing changes, nothing is said
+    third = run_cli(*BUILTIN_RUN, "--iters", "1", "--lr", "0.5", "--resume", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert "other settings" not in third.stderr, third.stderr
+
+
 def test_resume_refuses_to_change_the_seed_or_the_field_before_loading_anything(tmp_path):
     assert run_cli(*BUILTIN_RUN, "--iters", "2", cwd=tmp_path).returncode == 0
     last = tmp_path / "workspace" / "a_red_cube" / "checkpoints" / "last.pt"

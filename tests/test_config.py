@@ -528,6 +528,27 @@ def test_a_run_records_the_presets_it_was_built_on():
     assert again.presets == ("builtin-shapes", "fitfusion")
 
 
+def test_a_preset_under_a_runs_config_json_is_recorded_before_that_runs_presets(tmp_path):
+    """``--config RUN/config.json --preset stable-dreamfusion``: RUN's values (fitfusion's) are
+    applied over the preset's, but the record named stable-dreamfusion last, so a resume that
+    fills a setting its config.json lacks took stable-dreamfusion's (guidance 100, not 1000)."""
+    first = resolve_config(A_RUN, preset="fitfusion")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config_to_dict(first)))
+    cfg = resolve_config(
+        {**A_RUN, "workspace": "runs/other"}, preset="stable-dreamfusion", config_file=path
+    )
+    assert cfg.guidance.guidance_scale == 1000.0
+    assert cfg.presets == ("stable-dreamfusion", "fitfusion")
+    saved = {**_older_record(cfg, "guidance.guidance_scale"), "presets": list(cfg.presets)}
+    assert resolve_config({}, base=saved).guidance.guidance_scale == 1000.0
+    # a name given twice counts where it applied last
+    builtin = resolve_config({**A_RUN, "guidance": {"model": "builtin:shapes"}}, preset="fitfusion")
+    path.write_text(json.dumps(config_to_dict(builtin)))
+    again = resolve_config({**A_RUN, "workspace": "runs/x"}, config_file=path)
+    assert again.presets == ("builtin-shapes", "fitfusion")
+
+
 def test_a_resume_fills_a_setting_its_older_config_json_lacks_from_the_builtin_prior_preset(
     capsys,
 ):
