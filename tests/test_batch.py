@@ -69,6 +69,24 @@ def prompts_file(tmp_path, *lines, name="prompts.txt"):
     return path
 
 
+def mug_batch(tmp_path, tiny_sd_path, tiny_clip_path):
+    """A list of one image line (a small red mug.png) and the batch command over it: its root,
+    its arguments."""
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
+    root = tmp_path / "root"
+    path = prompts_file(tmp_path, "image:mug.png")
+    return root, [
+        "batch",
+        path,
+        "--model",
+        tiny_sd_path,
+        "--clip",
+        tiny_clip_path,
+        "--workspace",
+        root,
+    ]
+
+
 def rows(root):
     return [json.loads(line) for line in (root / "batch.jsonl").read_text().splitlines()]
 
@@ -797,10 +815,7 @@ def test_an_image_line_taken_over_mid_search_writes_no_sentence(
         return real_encode(self, texts)
 
     monkeypatch.setattr(dreamtext.describe.ClipEncoder, "encode_texts", encode_then_lose_the_lock)
-    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
-    root = tmp_path / "root"
-    path = prompts_file(tmp_path, "image:mug.png")
-    args = ["batch", path, "--model", tiny_sd_path, "--clip", tiny_clip_path, "--workspace", root]
+    root, args = mug_batch(tmp_path, tiny_sd_path, tiny_clip_path)
     assert main(list(map(str, args))) == 0
     [record] = rows(root)
     assert (record["status"], record["error"]) == (
@@ -1641,10 +1656,7 @@ def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
         raise DreamtextError("the descriptor broke")
 
     monkeypatch.setattr(dreamtext.imageto3d, "run_image", fails_in_descriptor)
-    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
-    root = tmp_path / "root"
-    path = prompts_file(tmp_path, "image:mug.png")
-    args = ["batch", path, "--model", tiny_sd_path, "--clip", tiny_clip_path, "--workspace", root]
+    root, args = mug_batch(tmp_path, tiny_sd_path, tiny_clip_path)
     assert main(list(map(str, args))) == 1
     [record] = rows(root)
     assert (record["status"], record["phase"]) == ("failed", "descriptor")
