@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from dreamtext import __version__
-from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, file_system_fix
+from dreamtext.errors import (
+    ENVIRONMENT_ERRNOS,
+    DreamtextError,
+    file_system_fix,
+    trained_run_line,
+)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -1007,6 +1012,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
+        trained = getattr(error, "trained_run", None)  # in the export at the end of a run
+        if trained is not None:
+            print(f"dreamtext: error: {trained_run_line(error, trained)}", file=sys.stderr)
+            return EXIT_USAGE
         where = f" ({error.filename})" if error.filename else ""
         elsewhere = WRITE_ELSEWHERE.get(args.command, "pick a folder you can write (--workspace)")
         print(

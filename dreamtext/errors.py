@@ -6,6 +6,8 @@ except the file-system errors that are the machine's state (:data:`ENVIRONMENT_E
 """
 
 import errno
+from dataclasses import dataclass
+from pathlib import Path
 
 # What to do about each file-system error that is the machine's state, not a bug: the first half
 # of its one line, which the command ends with where else it can write (file_system_fix). EIO is
@@ -50,6 +52,30 @@ class WorkspaceInUse(DreamtextError):
             f"{self.situation}; wait for it to end or stop it, or pass --workspace NEW_FOLDER"
         )
         self.holder = holder
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What a file-system error in the export at the end of a run carries (``trained_run``):
+    the step the run trained to, its checkpoint of that step and its folder."""
+
+    step: int
+    checkpoint: Path | None
+    workspace: Path
+
+
+def trained_run_line(error: OSError, trained: TrainedRun) -> str:
+    """The line for a file-system error (one of :data:`ENVIRONMENT_ERRNOS`) in the export at the
+    end of a run: the run is trained and saved, so the fix is followed by an export of it, not a
+    new run in another folder (which would train it again from the start)."""
+    where = f" ({error.filename})" if error.filename else ""
+    saved = f" and is saved ({trained.checkpoint})" if trained.checkpoint else ""
+    fix = FILE_SYSTEM_FIXES.get(error.errno, "make its folder writable")
+    return (
+        f"{error.strerror or error}{where} in the export; the run trained to step "
+        f"{trained.step}{saved}: {fix}, then run `dreamtext export {trained.workspace}` (or "
+        "copy the run to a disk with room, or one you can write, and export it there)"
+    )
 
 
 def file_system_fix(error: OSError, elsewhere: str) -> str:

@@ -61,7 +61,7 @@ from dreamtext.devices import (
     software_versions,
 )
 from dreamtext.encoding import check_encoding
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, TrainedRun
 from dreamtext.export import (
     MESH_OUTPUTS,
     REPLACED_OUTPUTS,
@@ -629,6 +629,12 @@ def _train(run: Run, resume: bool) -> Path:
         except KeyboardInterrupt:  # the export writes its files all at once: none is half-written
             checkpoint = last_checkpoint(workspace)
             raise TrainingInterrupted(run.step, checkpoint, in_export=True) from None
+        except OSError as error:
+            # A full or failing disk in the export: the run is trained and saved, so what to do
+            # once it is fixed is to export it, not to train it again elsewhere (the CLI's line,
+            # errors.trained_run_line). The error itself goes on: a batch stops on it.
+            error.trained_run = TrainedRun(run.step, last_checkpoint(workspace), workspace)
+            raise
     return workspace
 
 

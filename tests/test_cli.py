@@ -950,6 +950,41 @@ def test_a_failing_disk_or_file_server_in_a_run_is_one_line_that_fits_it(
 
 
 @pytest.mark.parametrize(
+    ("number", "fix"),
+    [(errno.ENOSPC, "free space on that disk (or quota)"), *FAILING_FILE_SYSTEMS[:1]],
+    ids=["ENOSPC", "EIO"],
+)
+def test_a_full_or_failing_disk_in_a_runs_own_export_says_to_export_the_trained_run(
+    tmp_path, monkeypatch, capsys, number, fix
+):
+    """The run had trained to its end and saved its checkpoint when its export failed to write,
+    and the line said "... or pick a folder you can write (--workspace)": a new run there trains
+    it again from the start. It says to export the saved run once the disk is fixed."""
+    import dreamtext.trainer as trainer
+
+    workspace = tmp_path / "run"
+    glb = workspace / ".export-partial-x" / "mesh" / "mesh.glb"
+
+    def failing_export(run):
+        raise OSError(number, os.strerror(number), str(glb))
+
+    monkeypatch.setattr(trainer, "export_trained", failing_export)
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "3"]
+    code, err = run_main([*argv, "--workspace", workspace], capsys)
+    said = [line for line in err.splitlines() if line.startswith("dreamtext")]  # not the bar's
+    assert code == 2 and "Traceback" not in err and len(said) == 1, err
+    checkpoint = workspace / "checkpoints" / "last.pt"
+    assert said[0] == (
+        f"dreamtext: error: {os.strerror(number)} ({glb}) in the export; the run trained to step "
+        f"3 and is saved ({checkpoint}): {fix}, then run `dreamtext export {workspace}` (or copy "
+        "the run to a disk with room, or one you can write, and export it there)"
+    )
+    assert torch.load(checkpoint, weights_only=True)["step"] == 3
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("failed", "export")
+
+
+@pytest.mark.parametrize(
     ("args", "line"),
     [
         (["view", "--bogus"], "dreamtext view: unrecognized arguments: --bogus "),
