@@ -67,6 +67,7 @@ from dreamtext.errors import (
     DreamtextError,
     WorkspaceInUse,
     file_system_fix,
+    what_failed,
 )
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, enclosing_run, gone_process, this_process
@@ -159,7 +160,6 @@ def stopped_the_batch(record: dict[str, Any]) -> bool:
 def batch_stop_line(entry: Entry, error: OSError, finished: bool = False) -> str:
     """The one line with which such an error stops the batch at ``entry``: the error and its
     file, what to do, and that the same command, run again then, goes on from there."""
-    where = f" ({error.filename})" if error.filename else ""
     try:
         resumes = last_checkpoint(entry.workspace).is_file()
     except OSError:  # the disk that failed
@@ -171,7 +171,7 @@ def batch_stop_line(entry: Entry, error: OSError, finished: bool = False) -> str
     else:
         this = f"line {entry.line} starts again"
     return (
-        f"batch: line {entry.line}: {error.strerror or error}{where}; the batch stops here, as "
+        f"batch: line {entry.line}: {what_failed(error)}; the batch stops here, as "
         f"every next line would fail the same way: {BATCH_STOPPING_ERRNOS[error.errno]}, then run "
         f"the same command again ({this}, finished lines are kept)"
     )

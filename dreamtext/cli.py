@@ -24,6 +24,7 @@ from dreamtext.errors import (
     DreamtextError,
     file_system_fix,
     trained_run_line,
+    what_failed,
 )
 
 EXIT_USAGE = 2
@@ -1016,11 +1017,9 @@ def main(argv: list[str] | None = None) -> int:
         if trained is not None:
             print(f"dreamtext: error: {trained_run_line(error, trained)}", file=sys.stderr)
             return EXIT_USAGE
-        where = f" ({error.filename})" if error.filename else ""
         elsewhere = WRITE_ELSEWHERE.get(args.command, "pick a folder you can write (--workspace)")
         print(
-            f"dreamtext: error: {error.strerror or error}{where}; "
-            f"{file_system_fix(error, elsewhere)}",
+            f"dreamtext: error: {what_failed(error)}; {file_system_fix(error, elsewhere)}",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -64,15 +64,21 @@ class TrainedRun:
     workspace: Path
 
 
+def what_failed(error: OSError) -> str:
+    """The first half of a file-system error's line: what the system calls it, and its file
+    where it has one (``No space left on device (W/log.jsonl)``)."""
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror or error}{where}"
+
+
 def trained_run_line(error: OSError, trained: TrainedRun) -> str:
     """The line for a file-system error (one of :data:`ENVIRONMENT_ERRNOS`) in the export at the
     end of a run: the run is trained and saved, so the fix is followed by an export of it, not a
     new run in another folder (which would train it again from the start)."""
-    where = f" ({error.filename})" if error.filename else ""
     saved = f" and is saved ({trained.checkpoint})" if trained.checkpoint else ""
     fix = FILE_SYSTEM_FIXES.get(error.errno, "make its folder writable")
     return (
-        f"{error.strerror or error}{where} in the export; the run trained to step "
+        f"{what_failed(error)} in the export; the run trained to step "
         f"{trained.step}{saved}: {fix}, then run `dreamtext export {trained.workspace}` (or "
         "copy the run to a disk with room, or one you can write, and export it there)"
     )
