@@ -276,6 +276,98 @@ def test_a_running_run_is_quiet_only_when_none_of_its_files_changed(root: Path, 
     assert "quiet_minutes" not in read_run(location(Catalog([root]), "sphere")).status
 
 
+def file_server_clock(folder: Path, offset: float) -> None:
+    """Give every file and folder under ``folder`` (and itself) the time it would have on a file
+    server whose clock is ``offset`` seconds ahead of this machine's, written just now."""
+    when = time.time() + offset
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (when, when))
+
+
+def iso(seconds_from_now: float) -> str:
+    moment = datetime.now(timezone.utc) + timedelta(seconds=seconds_from_now)
+    return moment.isoformat(timespec="seconds")
+
+
+@pytest.mark.parametrize("offset", [-600.0, 600.0])
+def test_a_live_run_on_a_file_server_with_another_clock_is_not_quiet(root: Path, offset: float):
+    """The run wrote just now (status.json's "updated", the writer's clock), but its files'
+    times are the file server's, 10 minutes behind or ahead: neither makes it quiet."""
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", {**RUNNING, "updated": iso(0)})
+    file_server_clock(sphere, offset)
+    status = read_run(location(Catalog([root]), "sphere")).status
+    assert status["state"] == "running" and "quiet_minutes" not in status
+
+
+@pytest.mark.parametrize("offset", [-600.0, 600.0])
+def test_a_dead_run_on_a_file_server_with_another_clock_is_quiet_for_its_real_time(
+    root: Path, offset: float
+):
+    """Its last write was 11 minutes ago by the writer's clock; its file times are off by 10
+    minutes either way: it has been quiet for 11 minutes, not 1 or 21."""
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", {**RUNNING, "updated": iso(-11 * 60)})
+    file_server_clock(sphere, offset - 11 * 60)
+    status = read_run(location(Catalog([root]), "sphere")).status
+    assert status["state"] == "running" and status["quiet_minutes"] == 11
+
+
+def test_a_watched_run_is_not_quiet_after_it_writes_whatever_its_file_times_say(
+    root: Path, monkeypatch
+):
+    """No "updated" in status.json to tell the file server's clock by: a file server 10 minutes
+    behind makes the first look quiet, but once the viewer has seen the run's files change it
+    counts by its own clock from that look: not quiet, then quiet 11 minutes later."""
+    import dreamtext.view.workspaces as workspaces
+
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", RUNNING)
+    file_server_clock(sphere, -630)
+    catalog = Catalog([root])
+    assert read_run(location(catalog, "sphere")).status["quiet_minutes"] == 10
+    write_records(sphere / "log.jsonl", [{"step": 10}, {"step": 20}])
+    file_server_clock(sphere, -625)  # the new line, in the file server's time
+    assert "quiet_minutes" not in read_run(location(catalog, "sphere")).status
+    real_time = time.time
+    monkeypatch.setattr(workspaces.time, "time", lambda: real_time() + 11 * 60)
+    assert read_run(location(catalog, "sphere")).status["quiet_minutes"] == 11
+
+
+def test_a_watched_run_on_a_file_server_ahead_turns_quiet_by_the_viewers_clock(
+    root: Path, monkeypatch
+):
+    """File times 10 minutes in the future, no "updated": the run looks fresh, and after 11
+    minutes of this viewer's time without a change it is quiet (its file times alone said 1)."""
+    import dreamtext.view.workspaces as workspaces
+
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", RUNNING)
+    file_server_clock(sphere, 600)
+    catalog = Catalog([root])
+    assert "quiet_minutes" not in read_run(location(catalog, "sphere")).status
+    real_time = time.time
+    monkeypatch.setattr(workspaces.time, "time", lambda: real_time() + 11 * 60)
+    assert read_run(location(catalog, "sphere")).status["quiet_minutes"] == 11
+
+
+def test_a_run_without_status_json_on_a_file_server_ahead_stops_counting_as_running(
+    root: Path, monkeypatch
+):
+    """A run from before status.json counts as running while its files change; on a file server
+    10 minutes ahead its last write looked 10 minutes younger, so it stayed "running" 12
+    minutes after it stopped. Watched, it is interrupted 3 minutes after its last change."""
+    import dreamtext.view.workspaces as workspaces
+
+    sphere = root / "sphere"
+    file_server_clock(sphere, 600)
+    catalog = Catalog([root])
+    assert read_run(location(catalog, "sphere")).status["state"] == "running"
+    real_time = time.time
+    monkeypatch.setattr(workspaces.time, "time", lambda: real_time() + 3 * 60)
+    assert read_run(location(catalog, "sphere")).status["state"] == "interrupted"
+
+
 def test_a_running_status_json_that_vanished_after_reading_is_not_quiet():
     """status.json read, then replaced or removed before its mtime was taken: no file time."""
     from dreamtext.view.workspaces import Run, status_of
