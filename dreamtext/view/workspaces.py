@@ -463,9 +463,10 @@ class LogCurves:
             self.lows[position] = _merge_pairs(self.lows[position], position, lower=True)
             self.highs[position] = _merge_pairs(self.highs[position], position, lower=False)
 
-    def snapshot(self) -> tuple[LogFigures, dict[str, list[float | None]]]:
+    def snapshot(self) -> tuple[LogFigures, Curves]:
         if self.rows is not None:
             rows = self.rows
+            settled = len(rows) // _SLOT
         else:
             kept = {int(self.first[0]): self.first, int(self.last[0]): self.last}
             for position in self.curves:
@@ -479,11 +480,24 @@ class LogCurves:
             rows = array("d")
             for index in sorted(kept):
                 rows.extend(kept[index])
-        curves = {}
+            # The first record and the closed buckets' come before the last bucket's.
+            settled = sum(index < self.closed * self.width for index in kept)
+        curves = Curves()
         for position, key in enumerate(CURVE_KEYS):
             values = rows[1 + position :: _SLOT]
             curves[key] = [None if v != v else v for v in values]
+        curves.settled = settled
         return self.figures.snapshot(), curves
+
+
+class Curves(dict):
+    """A log's curves by key (:data:`CURVE_KEYS`), each a list of values (``None`` where a record
+    has none), and ``settled``: how many of their first records stay as they are while the log
+    grows (until its bucket width doubles, or the file is rewritten). While every record is
+    kept, all of them; after, the first record and the closed buckets' extremes. A run page's
+    poll sends only the records after those its page has (``page.RunText``)."""
+
+    settled: int = 0
 
 
 def _merge_pairs(extremes: array, position: int, lower: bool) -> array:
@@ -678,13 +692,13 @@ def log_figures(path: Path) -> LogFigures:
     return _log_figures.read(path)
 
 
-def log_curves(path: Path) -> tuple[LogFigures, dict[str, list[float | None]]]:
+def log_curves(path: Path) -> tuple[LogFigures, Curves]:
     """A log's :class:`LogFigures` and its curves (:class:`LogCurves`), parsed only as far as it
     grew since last asked (for the 64 logs asked for last; any other is parsed whole)."""
     return _log_curves.read(path)
 
 
-def read_log_curves(path: Path) -> tuple[LogFigures, dict[str, list[float | None]]]:
+def read_log_curves(path: Path) -> tuple[LogFigures, Curves]:
     """:func:`log_curves`, parsed whole and kept nowhere (a static export reads each log once)."""
     return JsonlFollower(LogCurves).read(path)
 
@@ -742,6 +756,10 @@ class Run:
     series: dict[str, list[float | None]] = field(default_factory=dict)
     descriptor_steps: list[float | None] = field(default_factory=list)
     descriptor_loss: list[float | None] = field(default_factory=list)
+    # How many of the first records of the series (and of the descriptor's) stay as they are while
+    # the log grows (Curves.settled).
+    series_settled: int = 0
+    descriptor_settled: int = 0
     previews: list[dict[str, Any]] = field(default_factory=list)
     video: dict[str, str] = field(default_factory=dict)
     mesh: dict[str, str] = field(default_factory=dict)
@@ -829,6 +847,8 @@ def _read_files(
         descriptor_log, descriptor_curves = curves_of(folder / DESCRIPTOR_LOG)
         run.descriptor_steps = descriptor_curves["step"]
         run.descriptor_loss = descriptor_curves["loss"]
+        run.series_settled = getattr(curves, "settled", 0)
+        run.descriptor_settled = getattr(descriptor_curves, "settled", 0)
     else:
         log = log_figures(folder / "log.jsonl")
     run.log_lines = log.lines
