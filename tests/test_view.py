@@ -1597,7 +1597,8 @@ def test_a_cursor_the_server_did_not_give_gets_the_whole_run(tmp_path: Path):
         elsewhere = json.loads(get(other, "/api/run/cube.json")[1])["cursor"]
         counts, _, signature = first["cursor"].rpartition(".")
         made_up = counts.replace("2.", "1.", 1) + "." + signature
-        for cursor in ("", "x", "1.2.3", ball, elsewhere, made_up, first["cursor"][:-1]):
+        odd = ("", "x", "1.2.3", "%C3%A9", "%ff.%00", first["cursor"][:-1] + "%C3%A9")
+        for cursor in (*odd, ball, elsewhere, made_up, first["cursor"][:-1]):
             answer = json.loads(get(srv, f"/api/run/cube.json?since={cursor}")[1])
             assert "since" not in answer and answer["run"] == first["run"], cursor
         answer = json.loads(get(srv, f"/api/run/cube.json?since={first['cursor']}")[1])

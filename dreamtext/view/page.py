@@ -355,11 +355,14 @@ class RunText:
         if not cursor or len(cursor) > 400:
             return None
         body, _, signature = cursor.rpartition(".")
-        if not hmac.compare_digest(signature, self._sign(run_id, body)):
+        given = signature.encode("utf-8", "surrogateescape")  # compared as bytes: any text
+        if not hmac.compare_digest(given, self._sign(run_id, body).encode()):
             return None
         fields = body.split(".")
         counts, digests = fields[0::2], fields[1::2]
-        if len(fields) != 2 * len(RUN_PARTS) or not all(c.isdigit() for c in counts):
+        if len(fields) != 2 * len(RUN_PARTS) or not all(
+            c.isascii() and c.isdigit() for c in counts
+        ):
             return None
         return {name: (int(c), d) for name, c, d in zip(RUN_PARTS, counts, digests, strict=True)}
 
