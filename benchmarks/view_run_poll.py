@@ -2,7 +2,8 @@
 (as sent, gzipped, and unzipped) and the server's time to answer, for one running run whose
 ``log.jsonl`` holds N lines shaped as the trainer's (``view_poll.log_record``), each poll right
 after the run appended a line (a live run changes at every log line, so its page's polls get
-whole answers, not 304s).
+answers, not 304s). Each poll sends back the last answer's cursor where the code gives one (as
+the page does: it is then answered with what changed since), and its ETag.
 
     python benchmarks/view_run_poll.py 100000
     python benchmarks/view_run_poll.py 100000 --code /path/to/other/checkout
@@ -28,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from view_poll import REPO, log_record, memory_kib, start_server
@@ -44,6 +46,10 @@ def fetch(url: str, tag: str | None = None) -> tuple[float, int, bytes, str | No
     except urllib.error.HTTPError as answer:  # a 304
         status, body, etag = answer.code, answer.read(), tag
     return time.perf_counter() - start, status, body, etag
+
+
+def unzipped(body: bytes) -> bytes:
+    return gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
 
 
 def main() -> None:
@@ -83,27 +89,30 @@ def main() -> None:
                     f"{memory['VmHWM'] / 1024:.0f} MiB)"
                 )
             took, _, page, _ = fetch(base + "run/long_run/")
-            page_text = gzip.decompress(page) if page[:2] == b"\x1f\x8b" else page
+            page_text = unzipped(page)
             url = base + "api/run/long_run.json"
             fetch(url)
-            step, tag, polls = args.lines * 10, None, []
+            step, tag, polls, texts = args.lines * 10, None, [], []
+            cursor = json.loads(unzipped(fetch(url)[2])).get("cursor")
             for _ in range(args.polls):
                 step += 10
                 with open(ws / "log.jsonl", "a") as f:
                     f.write(json.dumps(log_record(step, 1.0 / step)) + "\n")
-                polls.append(fetch(url, tag))
+                polls.append(fetch(url + (f"?since={quote(cursor)}" if cursor else ""), tag))
                 tag = polls[-1][3]
+                texts.append(unzipped(polls[-1][2]))
+                cursor = json.loads(texts[-1]).get("cursor")
             statuses = {status for _, status, _, _ in polls}
             sent = statistics.median(len(body) for _, _, body, _ in polls)
-            text = gzip.decompress(polls[-1][2])
-            points = len(json.loads(text)["run"]["series"]["step"])
+            text = statistics.median(len(text) for text in texts)
+            points = len(json.loads(unzipped(fetch(url)[2]))["run"]["series"]["step"])
             seconds = statistics.median(t for t, _, _, _ in polls)
             memory = memory_kib(server.pid)
             print(
                 f"{args.code.resolve()}: a {args.lines}-line log: run page {len(page) / 1024:.0f} "
                 f"KiB sent ({len(page_text) / 1024:.0f} KiB unzipped, {took:.2f} s); a poll after "
                 f"a new line: HTTP {sorted(statuses)}, {sent / 1024:.1f} KiB sent "
-                f"({len(text) / 1024:.1f} KiB unzipped, {points} curve points), "
+                f"({text / 1024:.1f} KiB unzipped; {points} curve points in the run), "
                 f"{seconds * 1000:.0f} ms (median of {len(polls)}, slowest "
                 f"{max(t for t, _, _, _ in polls) * 1000:.0f} ms); {args.runs} runs' pages read: "
                 f"server memory {memory['VmRSS'] / 1024:.0f} MiB (peak "

@@ -388,7 +388,11 @@ def test_behind_a_proxy_pages_follow_a_run_as_it_trains(proxied_page, proxy, roo
 
 
 def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
+    """The page sends back its cursor and gets the new log record and preview, not its whole
+    curves (2,000 records of each at every log line of a live run), and puts them in."""
     sphere = root / "a_blue_sphere"
+    answers = []
+    page.on("response", lambda r: "api/run/" in r.url and r.status == 200 and answers.append(r))
     page.goto(server.url + "run/a_blue_sphere/")
     page.wait_for_selector('.chart[data-key="loss"][data-points="3"]')
     assert page.inner_text("#preview-label") == "step 20"
@@ -406,6 +410,14 @@ def test_run_page_follows_a_run_as_it_trains(page, server, root: Path):
     page.wait_for_function(
         "() => document.querySelector('#preview-label').textContent === 'step 40'", timeout=10_000
     )
+    assert answers and all("?since=" in answer.url for answer in answers)
+    bodies = [answer.json() for answer in answers]
+    assert not any("series" in body["run"] or "previews" in body["run"] for body in bodies)
+    added = [body["tails"]["series"]["add"]["step"] for body in bodies]
+    assert [step for steps in added for step in steps] == [40]
+    assert page.get_attribute('.chart[data-key="descriptor_loss"]', "data-points") == "5"
+    previews = len(list((sphere / "previews").glob("*.png")))  # the old ones, and step 40
+    assert page.locator("#preview-step").get_attribute("max") == str(previews - 1)
 
 
 def test_a_curve_of_one_log_line_shows_its_point_at_its_step(page, server, root: Path):
@@ -713,7 +725,10 @@ def test_a_run_page_whose_run_is_removed_says_so_and_polls_slowly(page, tmp_path
     # The 404s were the server's answers about the gone runs (and Chromium's console line for
     # each), and only those.
     gone = ("api/run/moved.json", "run/never-was/")
-    answers = [p for p in page.problems if p.startswith("HTTP 404") and p.endswith(gone)]
+    # (A poll names its cursor: ?since=...)
+    answers = [
+        p for p in page.problems if p.startswith("HTTP 404") and p.split("?")[0].endswith(gone)
+    ]
     logged = [p for p in page.problems if p.startswith("console: Failed to load") and "404" in p]
     assert answers and len(logged) == len(answers)
     assert sorted(answers + logged) == sorted(page.problems)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import html
 import json
 import math
@@ -254,6 +255,154 @@ def run_page_json(run: Run, links: Links, glb_script: str | None = None) -> dict
         "run": run_json(run, links, full=True),
         "glb_script": glb_script,
     }
+
+
+@dataclass(frozen=True)
+class RunAnswer:
+    """What a run page's poll is answered from: ``data``, the whole run page's data (with its
+    ``cursor``), ``text`` its JSON, ``etag`` that of ``text``, and ``delta``, the text of what
+    changed since the poll's cursor (``None``: no cursor this server gave, or not shorter)."""
+
+    data: dict[str, Any]
+    text: str
+    etag: str
+    delta: str | None = None
+
+
+# The parts of a run's page data that a poll sends only the new end of (or nothing of, when
+# they did not change), by name: the run's fields each is made of, and whether the part grows
+# at its end. Every other field (status, log_lines, mesh, video, ...) is small and is sent at
+# every answer that changed.
+RUN_PARTS = {
+    "series": (("series",), True),
+    "descriptor": (("descriptor_steps", "descriptor_loss"), True),
+    "previews": (("previews",), True),
+    "config": (("config",), False),
+}
+
+
+class RunText:
+    """A run page's data, and the answer to a poll that names what the page has (its
+    ``cursor``): the run's small fields, and of its curves and previews only the records after
+    those the page has, of its config nothing unless it changed.
+
+    The cursor says, for each of :data:`RUN_PARTS`, how many first records of it the page has
+    (``n``: the log's settled records, ``Curves.settled``, every preview) and a digest of them;
+    a poll is answered with ``{"keep": n, "add": [the records after]}`` where the run's part
+    still starts with records of that digest, else with the part whole. Nothing is kept per
+    page or per run: the cursor is signed with a key of this object (a random one per server),
+    so any cursor it did not give out (another server's, another run's, one made up) gets the
+    whole run. A growing log's poll then carries its new records, not its 2,000.
+
+    Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(16)
+
+    def __call__(self, run: Run, links: Links, since: str | None = None) -> RunAnswer:
+        data = run_page_json(run, links)
+        shown = data["run"]
+        parts = {name: self._part(run, shown, name) for name in RUN_PARTS}
+        data["cursor"] = self._cursor(run.id, parts)
+        text = script_json(data)
+        had = self._read(run.id, since)
+        delta = None
+        if had is not None:
+            changed = {k: v for k, v in shown.items() if k not in _PART_FIELDS}
+            tails = {}
+            for name, (fields, grows) in RUN_PARTS.items():
+                n, digest = had[name]
+                columns = {f: shown[f] for f in fields}
+                if n == parts[name][0]:  # as often: this answer's digest is the one to match
+                    same = digest == parts[name][1]
+                else:
+                    same = digest == _prefix_digest(columns, n if grows else None)
+                if same and grows:
+                    for f in fields:
+                        tails[f] = {"keep": n, "add": _after(shown[f], n)}
+                elif not same:
+                    changed.update(columns)
+            answer = {k: v for k, v in data.items() if k != "run"}
+            answer.update(since=since, run=changed, tails=tails)
+            delta = script_json(answer)
+            if len(delta) >= len(text):
+                delta = None
+        return RunAnswer(data, text, json_etag(text), delta)
+
+    @staticmethod
+    def _part(run: Run, shown: dict[str, Any], name: str) -> tuple[int, str]:
+        """A part's settled records (how many; their digest) as a cursor names them."""
+        fields, grows = RUN_PARTS[name]
+        columns = {f: shown[f] for f in fields}
+        if not grows:
+            return 0, _prefix_digest(columns, None)
+        length = min(len(v) for v in _columns(columns))
+        settled = {"series": run.series_settled, "descriptor": run.descriptor_settled}
+        n = min(settled.get(name, length), length)
+        return n, _prefix_digest(columns, n)
+
+    def _cursor(self, run_id: str, parts: dict[str, tuple[int, str]]) -> str:
+        body = ".".join(f"{n}.{digest}" for n, digest in parts.values())
+        return f"{body}.{self._sign(run_id, body)}"
+
+    def _sign(self, run_id: str, body: str) -> str:
+        message = f"{run_id}\n{body}".encode("utf-8", "surrogateescape")
+        return hashlib.blake2b(message, key=self._key, digest_size=8).hexdigest()
+
+    def _read(self, run_id: str, cursor: str | None) -> dict[str, tuple[int, str]] | None:
+        """What a cursor of this object for this run names; ``None`` for any other."""
+        if not cursor or len(cursor) > 400:
+            return None
+        body, _, signature = cursor.rpartition(".")
+        given = signature.encode("utf-8", "surrogateescape")  # compared as bytes: any text
+        if not hmac.compare_digest(given, self._sign(run_id, body).encode()):
+            return None
+        fields = body.split(".")
+        counts, digests = fields[0::2], fields[1::2]
+        if len(fields) != 2 * len(RUN_PARTS) or not all(
+            c.isascii() and c.isdigit() for c in counts
+        ):
+            return None
+        return {name: (int(c), d) for name, c, d in zip(RUN_PARTS, counts, digests, strict=True)}
+
+
+# The run's fields that RUN_PARTS are made of.
+_PART_FIELDS = {field for fields, _ in RUN_PARTS.values() for field in fields}
+
+
+def _columns(columns: dict[str, Any]) -> list[list[Any]]:
+    """A part's lists of records: the series' by key, a field's that is a list, else none."""
+    out = []
+    for value in columns.values():
+        if isinstance(value, dict):
+            out += list(value.values())
+        elif isinstance(value, list):
+            out.append(value)
+    return out or [[]]
+
+
+def _after(value: Any, n: int) -> Any:
+    """The records of a field after its first ``n`` (a series': of each key's list)."""
+    if isinstance(value, dict):
+        return {key: values[n:] for key, values in value.items()}
+    return value[n:]
+
+
+def _prefix_digest(columns: dict[str, Any], n: int | None) -> str:
+    """A digest of a part's first ``n`` records (of every key of a series), or of all of it
+    (``None``): two parts with the same digest start with the same records, under the same keys."""
+    if n is not None:
+        columns = {field: _first(value, n) for field, value in columns.items()}
+    text = json.dumps(columns, allow_nan=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def _first(value: Any, n: int) -> Any:
+    """A field's first ``n`` records (a series': of each key's list)."""
+    if isinstance(value, dict):
+        return {key: values[:n] for key, values in value.items()}
+    return value[:n] if isinstance(value, list) else value
 
 
 def gone_page_json(run_id: str, links: Links) -> dict[str, Any]:

@@ -5,7 +5,9 @@
                                  not there)
     GET /api/runs.json           the gallery's data; ``?since=<cursor>`` (the page polls so):
                                  only the runs that changed since the answer that gave it
-    GET /api/run/<id>.json       one run's data (polled); 404 ``{"gone": "<id>"}`` once the run
+    GET /api/run/<id>.json       one run's data (polled); ``?since=<cursor>`` (the page polls
+                                 so): its small fields, and of its curves, previews and config
+                                 only what changed since; 404 ``{"gone": "<id>"}`` once the run
                                  is not there (its folder removed or moved)
     GET /static/<name>           the pages' script, style and three.js (package files, by name)
     GET /files/<id>/<path>       a file in that run's workspace
@@ -19,12 +21,13 @@ read the runs through a DNS name that points at 127.0.0.1; a reverse proxy on th
 port is let through (``ViewServer.host_allowed`` says why that is safe).
 
 The two ``api`` answers carry an ``ETag`` (a digest of their text; for an answer to a cursor,
-that of the whole gallery it makes of the page's runs); a poll that sends it back in
+that of the whole gallery or run it makes of what the page has); a poll that sends it back in
 ``If-None-Match`` while the answer is the same gets ``304 Not Modified`` and no body. A gallery
 poll whose cursor this server gave out gets the cards that changed since (and the list of ids,
 when runs came or went) instead of every card; any other cursor, the whole gallery
-(``page.GalleryText``). Pages and ``api`` answers go gzipped to clients that take it (JSON of
-many runs shrinks ~25 times).
+(``page.GalleryText``). A run page's poll likewise gets only the log records and previews after
+those its cursor names (``page.RunText``). Pages and ``api`` answers go gzipped to clients that
+take it (JSON of many runs shrinks ~25 times).
 
 Every address in the pages is relative, so a proxy can serve them under a path of its own.
 
@@ -52,12 +55,12 @@ from dreamtext.view.page import (
     ASSETS,
     SLASH_SCRIPT_HASH,
     GalleryText,
+    RunText,
     asset_bytes,
     gone_page_json,
     json_etag,
     page_base,
     render_page,
-    run_page_json,
     script_json,
     server_links,
 )
@@ -161,6 +164,7 @@ class ViewServer(ThreadingHTTPServer):
         # files change.
         self.gallery = GalleryCache()
         self.gallery_text = GalleryText()
+        self.run_text = RunText()
         self.poll_ms = poll_ms
         self._log = log
         host = address[0]
@@ -284,8 +288,8 @@ class ViewHandler(BaseHTTPRequestHandler):
                 # A run page opened again after its run was removed: a page that says so.
                 page = render_page(gone_page_json(run_id, links), links)
                 return self._send_html(page, send_body, HTTPStatus.NOT_FOUND)
-            data = run_page_json(read_run(location), links)
-            return self._send_html(render_page(data, links), send_body)
+            answer = self.server.run_text(read_run(location), links)
+            return self._send_html(render_page(answer.data, links, answer.text), send_body)
         if len(parts) == 3 and parts[:2] == ["api", "run"] and parts[2].endswith(".json"):
             run_id = unquote(parts[2][: -len(".json")])
             location = catalog.find(run_id)
@@ -296,8 +300,10 @@ class ViewHandler(BaseHTTPRequestHandler):
                 content_type = "application/json; charset=utf-8"
                 return self._send_bytes(gone, content_type, send_body, HTTPStatus.NOT_FOUND)
             links = server_links(f"api/run/{parts[2]}", poll_ms)
-            text = script_json(run_page_json(read_run(location), links))
-            return self._send_json_text(text, send_body)
+            since = parse_qs(query).get("since", [None])[0]
+            answer = self.server.run_text(read_run(location), links, since)
+            text = answer.text if answer.delta is None else answer.delta
+            return self._send_json_text(text, send_body, answer.etag)
         if len(parts) == 2 and parts[0] == "static" and parts[1] in ASSETS:
             content_type = mimetypes.guess_type(parts[1])[0] or "text/plain"
             if content_type.startswith(("text/", "application/javascript")):

@@ -57,8 +57,14 @@ WORKSPACE_MARKERS = ("config.json", "log.jsonl", "status.json", SENTENCE_FILE.as
 # A run without status.json whose files changed this recently counts as running.
 RUNNING_IF_CHANGED_WITHIN_S = 120.0
 # A run whose status.json says running but whose files have not changed for this long may have
-# died without saying so; its status then says how long it has been quiet.
+# died without saying so; its status then says how long it has been quiet (ChangeClock: by this
+# viewer's clock, whatever the file server's).
 QUIET_AFTER_S = 600.0
+# status.json's "updated" is in whole seconds: a difference from its mtime under this is its
+# rounding, not a file server's clock being off.
+CLOCK_SKEW_FROM_S = 2.0
+# The most runs ChangeClock remembers (the least recently asked about are forgotten first).
+CHANGE_CLOCK_RUNS = 20000
 # How long find() answers from the last scan of the folders. A page's requests come together (a
 # gallery's thumbnails: one per card), and a scan reads every workspace: one scan per request
 # made a gallery of 250 runs cost 250 scans, 28 s of the server's time, to show its pictures.
@@ -457,9 +463,10 @@ class LogCurves:
             self.lows[position] = _merge_pairs(self.lows[position], position, lower=True)
             self.highs[position] = _merge_pairs(self.highs[position], position, lower=False)
 
-    def snapshot(self) -> tuple[LogFigures, dict[str, list[float | None]]]:
+    def snapshot(self) -> tuple[LogFigures, Curves]:
         if self.rows is not None:
             rows = self.rows
+            settled = len(rows) // _SLOT
         else:
             kept = {int(self.first[0]): self.first, int(self.last[0]): self.last}
             for position in self.curves:
@@ -473,11 +480,24 @@ class LogCurves:
             rows = array("d")
             for index in sorted(kept):
                 rows.extend(kept[index])
-        curves = {}
+            # The first record and the closed buckets' come before the last bucket's.
+            settled = sum(index < self.closed * self.width for index in kept)
+        curves = Curves()
         for position, key in enumerate(CURVE_KEYS):
             values = rows[1 + position :: _SLOT]
             curves[key] = [None if v != v else v for v in values]
+        curves.settled = settled
         return self.figures.snapshot(), curves
+
+
+class Curves(dict):
+    """A log's curves by key (:data:`CURVE_KEYS`), each a list of values (``None`` where a record
+    has none), and ``settled``: how many of their first records stay as they are while the log
+    grows (until its bucket width doubles, or the file is rewritten). While every record is
+    kept, all of them; after, the first record and the closed buckets' extremes. A run page's
+    poll sends only the records after those its page has (``page.RunText``)."""
+
+    settled: int = 0
 
 
 def _merge_pairs(extremes: array, position: int, lower: bool) -> array:
@@ -657,9 +677,14 @@ _batch_records = JsonlFollower(LatestBatchRecords)
 
 
 def forget_gone_logs() -> None:
-    """Forget the logs that are gone (:meth:`JsonlFollower.forget_gone`); each gallery poll asks."""
+    """Forget the logs that are gone (:meth:`JsonlFollower.forget_gone`), and the change times of
+    the runs that are (:meth:`ChangeClock.forget_gone`), at most every
+    :data:`FORGET_GONE_LOGS_EVERY_S`; each gallery poll asks."""
+    swept = _log_figures._swept
     for follower in (_log_figures, _log_curves, _batch_records):
         follower.forget_gone()
+    if _log_figures._swept != swept:
+        _change_clock.forget_gone()
 
 
 def log_figures(path: Path) -> LogFigures:
@@ -667,13 +692,13 @@ def log_figures(path: Path) -> LogFigures:
     return _log_figures.read(path)
 
 
-def log_curves(path: Path) -> tuple[LogFigures, dict[str, list[float | None]]]:
+def log_curves(path: Path) -> tuple[LogFigures, Curves]:
     """A log's :class:`LogFigures` and its curves (:class:`LogCurves`), parsed only as far as it
     grew since last asked (for the 64 logs asked for last; any other is parsed whole)."""
     return _log_curves.read(path)
 
 
-def read_log_curves(path: Path) -> tuple[LogFigures, dict[str, list[float | None]]]:
+def read_log_curves(path: Path) -> tuple[LogFigures, Curves]:
     """:func:`log_curves`, parsed whole and kept nowhere (a static export reads each log once)."""
     return JsonlFollower(LogCurves).read(path)
 
@@ -731,6 +756,10 @@ class Run:
     series: dict[str, list[float | None]] = field(default_factory=dict)
     descriptor_steps: list[float | None] = field(default_factory=list)
     descriptor_loss: list[float | None] = field(default_factory=list)
+    # How many of the first records of the series (and of the descriptor's) stay as they are while
+    # the log grows (Curves.settled).
+    series_settled: int = 0
+    descriptor_settled: int = 0
     previews: list[dict[str, Any]] = field(default_factory=list)
     video: dict[str, str] = field(default_factory=dict)
     mesh: dict[str, str] = field(default_factory=dict)
@@ -818,6 +847,8 @@ def _read_files(
         descriptor_log, descriptor_curves = curves_of(folder / DESCRIPTOR_LOG)
         run.descriptor_steps = descriptor_curves["step"]
         run.descriptor_loss = descriptor_curves["loss"]
+        run.series_settled = getattr(curves, "settled", 0)
+        run.descriptor_settled = getattr(descriptor_curves, "settled", 0)
     else:
         log = log_figures(folder / "log.jsonl")
     run.log_lines = log.lines
@@ -1140,7 +1171,8 @@ def status_of(
 
     A running run's status.json is written at its start and then at each log line, so the files
     may be fresher: its step and peak memory are the largest of status.json's and the log's, and
-    it is quiet (``quiet_minutes``) only when nothing the run writes has changed for a while. A
+    it is quiet (``quiet_minutes``) only when nothing the run writes has changed for a while (by
+    this viewer's clock, whatever the file server's: :class:`ChangeClock`). A
     running run whose process, of this machine, is gone (``process_gone``, its pid) was killed
     without warning: it is shown ``interrupted``.
     """
@@ -1177,7 +1209,8 @@ def _status(
         "phase": None,
         "activity": None,
     }
-    since_change = time.time() - run.updated if run.updated is not None else math.inf
+    # Asked only where a judgement needs it: ChangeClock remembers the runs it is asked about.
+    since_change = functools.partial(_change_clock.since_change, run, status_file, folder)
     if status_file is not None and isinstance(status_file.get("state"), str):
         out.update(source="status.json", state=status_file["state"])
         for key in ("step", "iters", "seconds", "gpu_mem_mib"):
@@ -1213,8 +1246,8 @@ def _status(
         if out["state"] == "running":
             out["step"] = _largest(out["step"], log_step)
             out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], log_peak_mem)
-            if QUIET_AFTER_S < since_change < math.inf:
-                out["quiet_minutes"] = int(since_change // 60)  # whole: the page redraws rarely
+            if QUIET_AFTER_S < (quiet := since_change()) < math.inf:
+                out["quiet_minutes"] = int(quiet // 60)  # whole: the page redraws rarely
         out["activity"] = _activity(out)
         return out
     batch = run.batch or {}
@@ -1223,7 +1256,7 @@ def _status(
     ended = _iso_timestamp(batch.get("finished"))
     retried = ended is not None and run.updated is not None and run.updated > ended + 2
     if isinstance(batch.get("status"), str) and not (
-        retried and since_change < RUNNING_IF_CHANGED_WITHIN_S
+        retried and since_change() < RUNNING_IF_CHANGED_WITHIN_S
     ):
         out.update(source="batch.jsonl", state=batch["status"], error=_error(batch.get("error")))
         for key in ("seconds", "gpu_mem_mib"):
@@ -1245,12 +1278,96 @@ def _status(
         trained or "glb" in run.mesh or any(p["step"] is None for p in run.previews)
     ):
         out["state"] = "finished"
-    elif folder is not None and since_change < RUNNING_IF_CHANGED_WITHIN_S:
+    elif folder is not None and since_change() < RUNNING_IF_CHANGED_WITHIN_S:
         out["state"] = "running"
     else:
         out["state"] = "interrupted"
     out["activity"] = _activity(out)
     return out
+
+
+class ChangeClock:
+    """How long ago, in seconds of this viewer's clock, a run's files last changed.
+
+    A run's files carry the file server's times (on NFS the server sets a file's mtime), and the
+    viewer reads them on another machine (a login node): a file server whose clock is 10 minutes
+    behind made every live run "no change for 10 min", one 10 minutes ahead never showed a dead
+    one quiet. So file times are only compared with file times, and with the viewer's clock only
+    through the viewer's own observations:
+
+    * a run this viewer has seen before: its files' signature (their newest mtime, ``Run.updated``)
+      is remembered with the viewer's time of the look that found it. The same signature at a
+      later look: quiet for ``age then + (now - then)``, the viewer's clock alone. A newer one:
+      the run wrote since the previous look, so it changed at most ``now - previous look`` ago
+      (the estimate below, clamped to that).
+    * the first look at a run (or a signature that went back: times set by a copy): an estimate.
+      status.json's ``updated`` is the writer's clock at the write that gave status.json its
+      mtime, so ``updated - mtime(status.json)`` is the writer's clock less the file server's,
+      and the newest change is ``newest mtime + that`` on the writer's clock, which a cluster's
+      nodes keep in step with the viewer's (NTP): ``age = now - (newest mtime + skew)``. Without
+      ``updated`` (a run from before it, a run without status.json) the skew is taken as 0; a
+      time in the future counts as just now. Either way the viewer's own clock takes over from
+      the next look.
+
+    Skews under :data:`CLOCK_SKEW_FROM_S` are ``updated``'s rounding and are ignored. Keyed by
+    workspace; safe to share between threads.
+    """
+
+    def __init__(self, max_runs: int = CHANGE_CLOCK_RUNS) -> None:
+        # Per workspace, the least recently asked about first: (signature, viewer time of the
+        # look that found it, its age then, viewer time of the last look).
+        self._seen: dict[Path, tuple[float, float, float, float]] = {}
+        self._lock = threading.Lock()
+        self.max_runs = max_runs
+
+    def since_change(
+        self, run: Run, status_file: dict[str, Any] | None, folder: Path | None
+    ) -> float:
+        """Seconds since ``run``'s files last changed (``inf`` when it has no file times)."""
+        if run.updated is None:
+            return math.inf
+        now = time.time()
+        estimate = max(0.0, now - (run.updated + _writer_skew(run, status_file)))
+        if folder is None:
+            return estimate
+        with self._lock:
+            before = self._seen.pop(folder, None)
+            if before is None or run.updated < before[0]:
+                age = estimate
+                seen = (run.updated, now, age, now)
+            elif run.updated == before[0]:
+                age = before[2] + max(0.0, now - before[1])
+                seen = (*before[:3], now)
+            else:  # written since the last look
+                age = min(estimate, max(0.0, now - before[3]))
+                seen = (run.updated, now, age, now)
+            self._seen[folder] = seen
+            while len(self._seen) > self.max_runs:
+                del self._seen[next(iter(self._seen))]
+        return age
+
+    def forget_gone(self) -> None:
+        """Forget the runs whose workspace is gone (a removed run is never asked about again)."""
+        with self._lock:
+            keys = list(self._seen)
+        gone = [key for key in keys if not os.path.isdir(key)]
+        with self._lock:
+            for key in gone:
+                self._seen.pop(key, None)
+
+
+def _writer_skew(run: Run, status_file: dict[str, Any] | None) -> float:
+    """The writer's clock less the file server's, by status.json's ``updated`` and its mtime
+    (:class:`ChangeClock`); 0 where unknown or within :data:`CLOCK_SKEW_FROM_S`."""
+    written = _iso_timestamp((status_file or {}).get("updated"))
+    mtime = run.mtimes.get("status.json")
+    if written is None or mtime is None:
+        return 0.0
+    skew = written - mtime
+    return skew if abs(skew) >= CLOCK_SKEW_FROM_S else 0.0
+
+
+_change_clock = ChangeClock()
 
 
 def _largest(a: float | None, b: float | None) -> float | None:

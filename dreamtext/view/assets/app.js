@@ -674,7 +674,41 @@
     }
 
     draw(data.run);
-    poll((fresh) => draw(fresh.run), showGone);
+    // What the page has, as a cursor of the server's: a poll gets the run's new log records and
+    // previews, not its whole curves (2,000 records of each, at every log line of a live run).
+    let shown = data.run;
+    let cursor = data.cursor || null;
+    poll((fresh) => {
+      const run = fresh.since ? runAfter(shown, fresh) : fresh.run;
+      cursor = run ? fresh.cursor || null : null;
+      if (!run) return false;
+      shown = run;
+      draw(run);
+      return true;
+    }, showGone, () => cursor);
+  }
+
+  /** A run after an answer to the page's cursor: its fields put in, and each list of `tails` (a
+   * series': each key's) as the first `keep` records the page has followed by `add`. null when
+   * the page has fewer records than that. */
+  function runAfter(run, answer) {
+    const after = { ...run, ...answer.run };
+    for (const [field, tail] of Object.entries(answer.tails || {})) {
+      const before = run[field];
+      if (Array.isArray(tail.add)) {
+        if (!Array.isArray(before) || before.length < tail.keep) return null;
+        after[field] = before.slice(0, tail.keep).concat(tail.add);
+        continue;
+      }
+      const columns = {};
+      for (const [key, add] of Object.entries(tail.add)) {
+        const kept = before && before[key];
+        if (!Array.isArray(kept) || kept.length < tail.keep) return null;
+        columns[key] = kept.slice(0, tail.keep).concat(add);
+      }
+      after[field] = columns;
+    }
+    return after;
   }
 
   // ------------------------------------------------------------------------------- gone
