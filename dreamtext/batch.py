@@ -12,7 +12,8 @@ interrupted one resumes from its last checkpoint, a failing one is recorded and 
 Ctrl-C (or SIGTERM) checkpoints the current run and stops the batch; so does a full disk or quota,
 a file system gone read-only or an I/O error, or a root folder that refuses writes (the lines
 after it are left as they are, for the same command to go on with once there is space). A line
-whose run folder links to another file system fails alone where that one fails.
+whose run folder links to another file system fails alone where that one fails; a stale NFS file
+handle has its line tried once more.
 
 Several workers can share one list. ``--shard K/N`` (or a SLURM job array's
 ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``) gives each a disjoint share, and every
@@ -138,11 +139,11 @@ GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
 # error); a disk or file server that fails to read or write (EIO); a network or FUSE mount whose
 # connection is gone (ENOTCONN). Unless the file is in a run folder that is a link to another
 # file system than ROOT's, and ROOT can still be written: then it is that line's own, and the
-# batch goes on (:func:`batch_stop`). A stale NFS handle (ESTALE) is one file's; a file-size
-# limit (EFBIG) or a refused write (EACCES, EPERM: a run folder of another user's) can be one
-# line's own, and the batch goes on unless ROOT itself refuses a write too (a chmod, an expired
-# Kerberos ticket); a --workspace ROOT the batch cannot write in is refused before the first
-# line (check_root_writable).
+# batch goes on (:func:`batch_stop`). A stale NFS handle (ESTALE) is one file's (the line is tried
+# once more, :func:`run_one_retrying_stale`); a file-size limit (EFBIG) or a refused write
+# (EACCES, EPERM: a run folder of another user's) can be one line's own, and the batch goes on
+# unless ROOT itself refuses a write too (a chmod, an expired Kerberos ticket); a --workspace ROOT
+# the batch cannot write in is refused before the first line (check_root_writable).
 BATCH_STOPPING_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOTCONN}
 )
@@ -1135,7 +1136,7 @@ def run_entry(
                             "mesh; exporting it"
                         )
                 with guard_run(entry.workspace, lock.check):
-                    run_one(entry, cfg, options, overwrite=fresh)
+                    run_one_retrying_stale(entry, cfg, options, overwrite=fresh)
                 result["status"] = "finished"
     except RunTakenOver as lost:
         result = {"status": "interrupted", "error": str(lost)}
@@ -1312,6 +1313,28 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
         train(cfg, resume=False, overwrite=True)
     else:
         train(cfg, resume=last_checkpoint(Path(cfg.workspace)).is_file())
+
+
+def run_one_retrying_stale(
+    entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bool = False
+) -> None:
+    """:func:`run_one`, tried once more where it meets a stale NFS file handle (ESTALE): a file
+    server that failed over or restarted, or a file replaced from another machine, leaves handles
+    the server no longer knows, and the second try looks every file up afresh, resuming from the
+    last checkpoint (from the start with ``overwrite``; an image line reuses the stages that
+    finished). At once: while a hard-mounted server is away, its calls wait rather than fail. A
+    second stale handle fails the line (or stops the batch, where ROOT itself is stale:
+    :func:`batch_stop`)."""
+    try:
+        run_one(entry, cfg, options, overwrite=overwrite)
+    except OSError as error:
+        if error.errno != errno.ESTALE:
+            raise
+        _say(
+            f"batch: line {entry.line}: {what_failed(error)}; trying the line once more (a file "
+            "server that failed over or restarted gives its files new handles)"
+        )
+        run_one(entry, cfg, options, overwrite=overwrite)
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

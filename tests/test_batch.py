@@ -1547,6 +1547,58 @@ def test_a_read_only_file_system_linked_from_one_run_folder_fails_only_that_line
     assert "2 finished, 0 skipped, 1 failed" in out
 
 
+def test_a_stale_file_handle_tries_the_line_once_more_from_its_last_checkpoint(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    """An NFS server that failed over: the line failed, though a second look finds its files."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    real_step = trainer.train_step
+    trained, stale = [], []
+
+    def stale_once_at_step_3_of_line_1(run):
+        if run.workspace.name == "a_red_cube" and run.step == 3 and not stale:
+            stale.append(True)
+            raise OSError(errno.ESTALE, "Stale file handle", str(run.workspace / "log.jsonl"))
+        trained.append((run.workspace.name, run.step))
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", stale_once_at_step_3_of_line_1)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    assert [r["status"] for r in rows(root)] == ["finished", "finished"]
+    # on from its checkpoint at step 2
+    assert [step for name, step in trained if name == "a_red_cube"] == [0, 1, 2, 2, 3, 4]
+    said = [line for line in capsys.readouterr().err.splitlines() if "batch:" in line]
+    assert said == [
+        f"batch: line 1: Stale file handle ({root / 'a_red_cube' / 'log.jsonl'}); trying the "
+        "line once more (a file server that failed over or restarted gives its files new "
+        "handles)"
+    ]
+
+
+def test_a_handle_stale_twice_fails_its_line_and_the_batch_goes_on(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    real_step = trainer.train_step
+    attempts = []
+
+    def always_stale_in_line_1(run):
+        if run.workspace.name == "a_red_cube" and run.step == 3:
+            attempts.append(run.step)
+            raise OSError(errno.ESTALE, "Stale file handle", str(run.workspace / "log.jsonl"))
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", always_stale_in_line_1)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    assert len(attempts) == 2
+    assert [r["status"] for r in rows(root)] == ["failed", "finished"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "number, text",
     [
