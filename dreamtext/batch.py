@@ -10,8 +10,10 @@ give it, under the root folder, or that name with a short hash of the prompt whe
 another prompt's (:func:`workspace_name`); a finished run of the prompt is skipped, an
 interrupted one resumes from its last checkpoint, a failing one is recorded and the batch goes on.
 Ctrl-C (or SIGTERM) checkpoints the current run and stops the batch; so does a full disk or quota,
-a file system gone read-only or an I/O error (the lines after it are left as they are, for the
-same command to go on with once there is space).
+a file system gone read-only or an I/O error, or a root folder that refuses writes (the lines
+after it are left as they are, for the same command to go on with once there is space). A line
+whose run folder links to another file system fails alone where that one fails; a stale NFS file
+handle has its line tried once more.
 
 Several workers can share one list. ``--shard K/N`` (or a SLURM job array's
 ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``) gives each a disjoint share, and every
@@ -63,6 +65,7 @@ from dreamtext.config import (
 from dreamtext.devices import free_memory, memory_that_ran_out
 from dreamtext.errors import (
     ENVIRONMENT_ERRNOS,
+    FILE_SYSTEM_FIXES,
     UNREADABLE_JSON,
     DreamtextError,
     WorkspaceInUse,
@@ -134,32 +137,114 @@ GPU_ERRORS: tuple[type[BaseException], ...] = tuple(
 # prompt's models, and writing what fits), so the batch stops at the first, with what to do:
 # a full disk or quota; a file system that went read-only (Linux remounts one so after a disk
 # error); a disk or file server that fails to read or write (EIO); a network or FUSE mount whose
-# connection is gone (ENOTCONN). A stale NFS handle (ESTALE) is one file's; a file-size limit
-# (EFBIG) or a refused write (EACCES, EPERM: a run folder of another user's) can be one line's
-# own, and the batch goes on; a --workspace ROOT the batch cannot write in is refused before the
-# first line (check_root_writable).
-BATCH_STOPPING_ERRNOS: dict[int, str] = {
-    number: file_system_fix(OSError(number, ""), "pass --workspace a folder elsewhere")
-    for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOTCONN)
-}
-
-
-def stops_the_batch(error: BaseException) -> bool:
-    """``error`` is one every next line would meet too (:data:`BATCH_STOPPING_ERRNOS`)."""
-    return isinstance(error, OSError) and error.errno in BATCH_STOPPING_ERRNOS
+# connection is gone (ENOTCONN). Unless the file is in a run folder that is a link to another
+# file system than ROOT's, and ROOT can still be written: then it is that line's own, and the
+# batch goes on (:func:`batch_stop`). A stale NFS handle (ESTALE) is one file's (the line is tried
+# once more, :func:`run_one_retrying_stale`); a file-size limit (EFBIG) or a refused write
+# (EACCES, EPERM: a run folder of another user's) can be one line's own, and the batch goes on
+# unless ROOT itself refuses a write too (a chmod, an expired Kerberos ticket); a --workspace ROOT
+# the batch cannot write in is refused before the first line (check_root_writable).
+BATCH_STOPPING_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOTCONN}
+)
+REFUSED = (errno.EACCES, errno.EPERM)
 
 
 def stopped_the_batch(record: dict[str, Any]) -> bool:
-    """The line (or the writing of its record) met an error every next line would meet too: the
-    batch stopped there (:func:`stops_the_batch`; the record's error is ``OSError: [Errno 28]
-    …``)."""
-    found = re.match(r"\w+: \[Errno (\d+)\]", record["error"] or "")
-    return found is not None and int(found[1]) in BATCH_STOPPING_ERRNOS
+    """The line (or the writing of its record) met a file-system error every next line would
+    meet too: the batch stopped there (:func:`batch_stop`)."""
+    return bool(record.get("stopped_batch"))
 
 
-def batch_stop_line(entry: Entry, error: OSError, finished: bool = False) -> str:
+def root_write_error(root: Path) -> OSError | None:
+    """Why a file cannot be made, written and removed in ``root`` (the error, with ``root`` as
+    its file), or ``None`` when it can: every line's lock and ``batch.jsonl`` go there."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dreamtext-write-check.", dir=root)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as error:
+        return OSError(error.errno, error.strerror or str(error), str(root))
+    return None
+
+
+def _file_system(path: Path) -> int | None:
+    """The device number of the file system ``path`` is on, through links: that of its nearest
+    folder that can be looked at where the file itself cannot (not made yet, or failing). The
+    links are followed first, so that a run folder linking to a mount whose connection is gone
+    is not taken for ROOT, its parent."""
+    resolved = Path(os.path.realpath(path))
+    for place in (resolved, *resolved.parents):
+        try:
+            return os.stat(place).st_dev
+        except OSError:
+            continue
+    return None
+
+
+def on_a_linked_file_system(error: OSError, entry: Entry, root: Path) -> bool:
+    """``error``'s file is inside ``entry``'s run folder, and on another file system than
+    ``root``'s (the folder, or one inside it, is a link to another disk or mount)."""
+    if not error.filename:
+        return False
+    failed = Path(os.path.abspath(os.fsdecode(error.filename)))
+    if not failed.is_relative_to(os.path.abspath(entry.workspace)):
+        return False
+    here, there = _file_system(root), _file_system(failed)
+    return here is not None and there is not None and here != there
+
+
+def batch_stop(
+    error: BaseException, entry: Entry, root: Path, record_write: bool = False
+) -> OSError | None:
+    """The error with which ``error``, failing ``entry``, stops the batch, or ``None`` when the
+    next lines can go on.
+
+    A file-system error (:data:`~dreamtext.errors.ENVIRONMENT_ERRNOS`) first has ROOT looked at
+    (:func:`root_write_error`): where ROOT refuses a write too (permissions changed, a Kerberos
+    ticket expired, the disk full or gone read-only), every next line would fail at its lock, so
+    the batch stops with ROOT's error. ROOT being writable, one of :data:`BATCH_STOPPING_ERRNOS`
+    stops it unless its file is on another file system, through a link in the line's own run
+    folder (:func:`on_a_linked_file_system`). ``record_write``: the error came from appending
+    the line's record to ``batch.jsonl``, which every next line appends to as well, so any
+    file-system error stops the batch."""
+    if not isinstance(error, OSError) or error.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    refused = root_write_error(root)
+    if refused is not None:
+        return refused
+    if record_write:
+        return error
+    if error.errno in BATCH_STOPPING_ERRNOS and not on_a_linked_file_system(error, entry, root):
+        return error
+    return None
+
+
+def at_root(error: OSError, root: Path) -> bool:
+    """``error`` is ROOT's own (:func:`root_write_error`), not one file's."""
+    return error.filename is not None and Path(os.fsdecode(error.filename)) == root
+
+
+def stop_fix(error: OSError, root: Path) -> str:
+    """What to do about ``error``, which stopped the batch: a refused write in ROOT (or in
+    ``batch.jsonl``) gets its own, any other its file system's (:data:`BATCH_STOPPING_ERRNOS`)."""
+    if error.errno in REFUSED:
+        if at_root(error, root):
+            return (
+                f"make {root} writable for you again (its permissions, or on NFS or AFS a "
+                "Kerberos ticket that expired: kinit) or pass --workspace a folder elsewhere"
+            )
+        return "make that file writable for you again or pass --workspace a folder elsewhere"
+    return file_system_fix(error, "pass --workspace a folder elsewhere")
+
+
+def batch_stop_line(entry: Entry, error: OSError, root: Path, finished: bool = False) -> str:
     """The one line with which such an error stops the batch at ``entry``: the error and its
-    file, what to do, and that the same command, run again then, goes on from there."""
+    file (or ROOT, where ROOT itself refused a write), what to do, and that the same command, run
+    again then, goes on from there."""
     try:
         resumes = last_checkpoint(entry.workspace).is_file()
     except OSError:  # the disk that failed
@@ -170,10 +255,25 @@ def batch_stop_line(entry: Entry, error: OSError, finished: bool = False) -> str
         this = f"line {entry.line} resumes from its last checkpoint"
     else:
         this = f"line {entry.line} starts again"
+    if at_root(error, root):
+        what = f"cannot write in --workspace {root}: {error.strerror}"
+    else:
+        what = what_failed(error)
     return (
-        f"batch: line {entry.line}: {what_failed(error)}; the batch stops here, as "
-        f"every next line would fail the same way: {BATCH_STOPPING_ERRNOS[error.errno]}, then run "
-        f"the same command again ({this}, finished lines are kept)"
+        f"batch: line {entry.line}: {what}; the batch stops here, as every next line would fail "
+        f"the same way: {stop_fix(error, root)}, then run the same command again ({this}, "
+        "finished lines are kept)"
+    )
+
+
+def linked_failure_line(entry: Entry, error: OSError, root: Path) -> str:
+    """The line of a :data:`BATCH_STOPPING_ERRNOS` error on another file system than ROOT's,
+    reached through a link in the line's run folder: that line fails, the batch goes on."""
+    return (
+        f"batch: line {entry.line} failed: {what_failed(error)}, on another file system than "
+        f"--workspace {root} (its run folder, or a folder in it, is a link there): "
+        f"{FILE_SYSTEM_FIXES.get(error.errno, 'fix that file system')}, then run the same "
+        "command again to go on with it; the other lines go on"
     )
 
 
@@ -903,23 +1003,17 @@ def check_builtin_prior(entries: list[Entry], cfg: TrainConfig, prompts_file: Pa
 
 
 def check_root_writable(root: Path) -> None:
-    """A file can be made, written and removed in ``root``, where every line's lock and
-    ``batch.jsonl`` go: a read-only file system, a folder of another user's or a full disk
-    would otherwise fail every line, one after another."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".dreamtext-write-check.", dir=root)
-        try:
-            os.write(fd, b"\n")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as error:
+    """A file can be made, written and removed in ``root`` (:func:`root_write_error`): a
+    read-only file system, a folder of another user's or a full disk would otherwise fail every
+    line, one after another."""
+    error = root_write_error(root)
+    if error is not None:
         space = error.errno in (errno.ENOSPC, errno.EDQUOT)
         raise DreamtextError(
-            f"cannot write in --workspace {root}: {error.strerror or error}; "
+            f"cannot write in --workspace {root}: {error.strerror}; "
             + ("free space on its disk (or quota) or " if space else "")
             + "pass a folder you can write to"
-        ) from None
+        )
 
 
 def check_model(cfg: TrainConfig) -> None:
@@ -985,7 +1079,7 @@ def run_entry(
     started, start = now_iso(), time.perf_counter()
     result: dict[str, Any] = {"status": "skipped", "error": None}
     lock = WorkspaceLock(entry.workspace, options.lock_timeout)
-    claimed = busy = False
+    claimed = busy = stopped = False
     try:
         if entry.workspace.exists() and not entry.workspace.is_dir():
             raise DreamtextError(
@@ -1042,7 +1136,7 @@ def run_entry(
                             "mesh; exporting it"
                         )
                 with guard_run(entry.workspace, lock.check):
-                    run_one(entry, cfg, options, overwrite=fresh)
+                    run_one_retrying_stale(entry, cfg, options, overwrite=fresh)
                 result["status"] = "finished"
     except RunTakenOver as lost:
         result = {"status": "interrupted", "error": str(lost)}
@@ -1069,8 +1163,12 @@ def run_entry(
         )
     except Exception as error:  # a bug: record it, keep the traceback
         result = {"status": "failed", "error": error_line(error)}
-        if stops_the_batch(error):
-            _say(batch_stop_line(entry, error))
+        stop = batch_stop(error, entry, root)
+        if stop is not None:
+            stopped = True
+            _say(batch_stop_line(entry, stop, root))
+        elif isinstance(error, OSError) and error.errno in BATCH_STOPPING_ERRNOS:
+            _say(linked_failure_line(entry, error, root))  # another file system, through a link
         else:
             if not the_machines_state(error):
                 traceback.print_exc()
@@ -1081,16 +1179,18 @@ def run_entry(
         raise
     # A line skipped for another process's run: its status.json is that run's, not this line's.
     ours = claimed and lock.lost is None and not busy
-    record = _record(entry, root, shard, result, ours, started, start)
+    record = {**_record(entry, root, shard, result, ours, started, start), "stopped_batch": stopped}
     try:
         if log is not None:
             append_record(log, record)  # before the lock goes (see above)
     except OSError as error:
-        if not stops_the_batch(error):
+        stop = batch_stop(error, entry, root, record_write=True)
+        if stop is None:
             raise
-        if not stopped_the_batch(record):  # the line's own end did not say it yet
-            _say(batch_stop_line(entry, error, finished=result["status"] == "finished"))
-            record = {**record, "error": error_line(error)}
+        if not stopped:  # the line's own end did not say it yet
+            finished = result["status"] == "finished"
+            _say(batch_stop_line(entry, stop, root, finished=finished))
+            record = {**record, "error": error_line(error), "stopped_batch": True}
     finally:
         if claimed:
             lock.release()
@@ -1213,6 +1313,28 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
         train(cfg, resume=False, overwrite=True)
     else:
         train(cfg, resume=last_checkpoint(Path(cfg.workspace)).is_file())
+
+
+def run_one_retrying_stale(
+    entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bool = False
+) -> None:
+    """:func:`run_one`, tried once more where it meets a stale NFS file handle (ESTALE): a file
+    server that failed over or restarted, or a file replaced from another machine, leaves handles
+    the server no longer knows, and the second try looks every file up afresh, resuming from the
+    last checkpoint (from the start with ``overwrite``; an image line reuses the stages that
+    finished). At once: while a hard-mounted server is away, its calls wait rather than fail. A
+    second stale handle fails the line (or stops the batch, where ROOT itself is stale:
+    :func:`batch_stop`)."""
+    try:
+        run_one(entry, cfg, options, overwrite=overwrite)
+    except OSError as error:
+        if error.errno != errno.ESTALE:
+            raise
+        _say(
+            f"batch: line {entry.line}: {what_failed(error)}; trying the line once more (a file "
+            "server that failed over or restarted gives its files new handles)"
+        )
+        run_one(entry, cfg, options, overwrite=overwrite)
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

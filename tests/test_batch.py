@@ -1377,6 +1377,228 @@ def test_a_file_system_gone_read_only_stops_the_batch_with_its_summary_in_one_li
     assert not (root / "a_blue_sphere").exists()
 
 
+def refuse_writes_in_root_from(monkeypatch, root, start, also_records=False):
+    """From when ``start()`` says so, ROOT refuses new files (a chmod of it; a worker's lock
+    file is the first made there), and with ``also_records`` the appends to batch.jsonl too
+    (an expired Kerberos ticket refuses everything). Root bypasses permission bits, so they are
+    refused here where the batch makes them."""
+    import tempfile
+
+    real_mkstemp, real_append = tempfile.mkstemp, dreamtext.batch.append_record
+    real_create = WorkspaceLock._create
+
+    def refused(path):
+        return PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if start() and Path(dir) == root:
+            raise refused(Path(dir) / ".dreamtext-write-check.x")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def create(lock):
+        if start():
+            raise refused(lock.path.with_name(f".{lock.path.name}.x.tmp"))
+        return real_create(lock)
+
+    def append_record(log, record):
+        if start() and also_records:
+            raise refused(log)
+        return real_append(log, record)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(WorkspaceLock, "_create", create)
+    monkeypatch.setattr(dreamtext.batch, "append_record", append_record)
+
+
+@pytest.mark.parametrize("also_records", [False, True], ids=["chmod", "kerberos-expired"])
+def test_a_workspace_root_refusing_writes_mid_batch_stops_it_in_one_line_with_its_summary(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, also_records
+):
+    """ROOT made unwritable while line 1 trains: every next line failed at its lock, one by one
+    (exit 1), or, its records refused too, the batch ended in a second line without its table."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere", "a green cone")
+    root = tmp_path / "root"
+    real_step = trainer.train_step
+    refusing = []
+
+    def refused_from_step_3_of_line_1(run):
+        if run.step == 3:
+            refusing.append(True)
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", refused_from_step_3_of_line_1)
+    refuse_writes_in_root_from(monkeypatch, root, lambda: bool(refusing), also_records)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if "batch:" in line or "error" in line]
+    assert len(said) == 1 and "Traceback" not in err
+    fix = (
+        f"make {root} writable for you again (its permissions, or on NFS or AFS a Kerberos "
+        "ticket that expired: kinit) or pass --workspace a folder elsewhere"
+    )
+    if also_records:  # line 1's record is refused: it stops there, finished
+        assert said[0].endswith(
+            f"batch: line 1: cannot write in --workspace {root}: Permission denied; the batch "
+            f"stops here, as every next line would fail the same way: {fix}, then run the same "
+            "command again (line 1 finished, finished lines are kept)"
+        )
+        assert "1 finished, 0 skipped, 0 failed" in out
+        assert not (root / "batch.jsonl").exists()
+    else:  # line 2 cannot make its lock
+        assert said[0].startswith(
+            f"batch: line 2: cannot write in --workspace {root}: Permission denied; the batch "
+            f"stops here, as every next line would fail the same way: {fix}, then run"
+        )
+        assert "1 finished, 0 skipped, 1 failed" in out
+        assert [(r["line"], r["status"]) for r in rows(root)] == [(1, "finished"), (2, "failed")]
+    assert status(root / "a_red_cube")["state"] == "finished"
+    assert not (root / "a_blue_sphere").exists() and not (root / "a_green_cone").exists()
+
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    refusing.clear()  # writable again: the same command goes on
+    assert main(list(map(str, args))) == 0
+    assert [r["status"] for r in rows(root)[-3:]] == ["skipped", "finished", "finished"]
+
+
+def test_a_refused_write_in_one_run_folder_fails_that_line_only_where_root_is_writable(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    """ROOT is looked at, not the errno alone: another user's run folder stays one line's."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    real_step = trainer.train_step
+
+    def refused_in_line_1(run):
+        if run.workspace.name == "a_red_cube":
+            raise PermissionError(errno.EACCES, "Permission denied", str(run.workspace))
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", refused_in_line_1)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    assert [r["status"] for r in rows(root)] == ["failed", "finished"]
+    assert not any(r["stopped_batch"] for r in rows(root))
+
+
+def test_a_record_refused_where_root_is_writable_stops_the_batch_with_its_summary(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    """batch.jsonl alone refused (made read-only for its owner): every next record would be
+    too; the batch ended in a traceback-less line without its table."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+
+    def refused(log, record):
+        raise PermissionError(errno.EACCES, "Permission denied", str(log))
+
+    monkeypatch.setattr(dreamtext.batch, "append_record", refused)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "2", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if "batch:" in line or "error" in line]
+    assert len(said) == 1 and "Traceback" not in err
+    assert said[0].startswith(
+        f"batch: line 1: Permission denied ({root / 'batch.jsonl'}); the batch stops here, as "
+        "every next line would fail the same way: make that file writable for you again or "
+        "pass --workspace a folder elsewhere, then run"
+    )
+    assert "1 finished, 0 skipped, 0 failed" in out and not (root / "a_blue_sphere").exists()
+
+
+def test_a_read_only_file_system_linked_from_one_run_folder_fails_only_that_line(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    """Line 2's folder is a link to another disk, which goes read-only: every other line is on
+    ROOT's, which is fine, and goes on (the batch stopped at line 2)."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere", "a green cone")
+    root = tmp_path / "root"
+    other_disk = tmp_path / "scratch" / "blue"
+    other_disk.mkdir(parents=True)
+    root.mkdir()
+    (root / "a_blue_sphere").symlink_to(other_disk)
+    real_step, real_file_system = trainer.train_step, dreamtext.batch._file_system
+
+    def another_device_under_scratch(place):  # the test's disks are one; a mount's are not
+        device = real_file_system(place)
+        scratch = os.path.realpath(place).startswith(str(tmp_path / "scratch"))
+        return device + 1 if scratch and device is not None else device
+
+    def read_only_at_step_3_of_line_2(run):
+        if run.workspace.name == "a_blue_sphere" and run.step == 3:
+            raise OSError(errno.EROFS, "Read-only file system", str(run.workspace / "log.jsonl"))
+        return real_step(run)
+
+    monkeypatch.setattr(dreamtext.batch, "_file_system", another_device_under_scratch)
+    monkeypatch.setattr(trainer, "train_step", read_only_at_step_3_of_line_2)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    assert [r["status"] for r in rows(root)] == ["finished", "failed", "finished"]
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if "batch:" in line]
+    assert len(said) == 1 and "Traceback" not in err
+    assert said[0] == (
+        f"batch: line 2 failed: Read-only file system ({root / 'a_blue_sphere' / 'log.jsonl'}), "
+        f"on another file system than --workspace {root} (its run folder, or a folder in it, is "
+        "a link there): make that file system writable again (a disk error can make the system "
+        "remount it read-only: ask its administrator), then run the same command again to go on "
+        "with it; the other lines go on"
+    )
+    assert "2 finished, 0 skipped, 1 failed" in out
+
+
+def test_a_stale_file_handle_tries_the_line_once_more_from_its_last_checkpoint(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    """An NFS server that failed over: the line failed, though a second look finds its files."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    real_step = trainer.train_step
+    trained, stale = [], []
+
+    def stale_once_at_step_3_of_line_1(run):
+        if run.workspace.name == "a_red_cube" and run.step == 3 and not stale:
+            stale.append(True)
+            raise OSError(errno.ESTALE, "Stale file handle", str(run.workspace / "log.jsonl"))
+        trained.append((run.workspace.name, run.step))
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", stale_once_at_step_3_of_line_1)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    assert [r["status"] for r in rows(root)] == ["finished", "finished"]
+    # on from its checkpoint at step 2
+    assert [step for name, step in trained if name == "a_red_cube"] == [0, 1, 2, 2, 3, 4]
+    said = [line for line in capsys.readouterr().err.splitlines() if "batch:" in line]
+    assert said == [
+        f"batch: line 1: Stale file handle ({root / 'a_red_cube' / 'log.jsonl'}); trying the "
+        "line once more (a file server that failed over or restarted gives its files new "
+        "handles)"
+    ]
+
+
+def test_a_handle_stale_twice_fails_its_line_and_the_batch_goes_on(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    real_step = trainer.train_step
+    attempts = []
+
+    def always_stale_in_line_1(run):
+        if run.workspace.name == "a_red_cube" and run.step == 3:
+            attempts.append(run.step)
+            raise OSError(errno.ESTALE, "Stale file handle", str(run.workspace / "log.jsonl"))
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", always_stale_in_line_1)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    assert len(attempts) == 2
+    assert [r["status"] for r in rows(root)] == ["failed", "finished"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "number, text",
     [
