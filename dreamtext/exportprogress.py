@@ -62,6 +62,7 @@ class ExportProgress:
         self.path = Path(folder) / PROGRESS_FILE
         self.step = step
         self.started = _now_iso()
+        self._process = this_process()  # read once: /proc/<pid>/stat at every write is waste
         self._held: IO[str] | None = None
         self._stage: str | None = None
         self._written_at = -float("inf")
@@ -101,7 +102,7 @@ class ExportProgress:
             "started": self.started,
             "updated": _now_iso(),
             "step": self.step,
-            **this_process(),
+            **self._process,
         }
         if self._write(record):
             self._stage, self._written_at = name, now
