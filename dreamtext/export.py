@@ -52,6 +52,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
+from dreamtext.exportprogress import ExportProgress
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
     MeshStats,
@@ -64,6 +65,7 @@ from dreamtext.mesh import (
     unwrap_uv,
 )
 from dreamtext.processes import (
+    ELSEWHERE_GRACE_S,
     HOST,
     lock_folder,
     record_alive,
@@ -367,8 +369,24 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     for folder in folders:
         check_writable(folder, "copy the run to a folder you can write and export it there")
     device = resolve_device(options.device)
-    state = read_run_checkpoint(workspace)
-    field, renderer, _ = run_from_state(state, device)
+    with ExportProgress(workspace) as progress:
+        progress.stage("loading the run")
+        state = read_run_checkpoint(workspace)
+        field, renderer, _ = run_from_state(state, device)
+        return _export_run(workspace, options, device, state, field, renderer, progress)
+
+
+def _export_run(
+    workspace: Path,
+    options: ExportOptions,
+    device: torch.device,
+    state: dict[str, Any],
+    field: torch.nn.Module,
+    renderer: Any,
+    progress: ExportProgress,
+) -> ExportResult:
+    """:func:`export_workspace`'s export of the run it read (``state``, its checkpoint), checked
+    on the way to be still the run in ``workspace``."""
     options = dataclasses.replace(options, device=str(device))
     run = state.get("run_id", "")
     step = int(state["step"])
@@ -382,8 +400,9 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
         # last.pt that is gone or unreadable is not taken for this run either, but the message
         # says which it was: "replaced by a new run" sends a user who deleted checkpoints/ or
         # chmod-ed last.pt looking for a run that never started. Checked at the swap, under
-        # the folder's lock, and on the way (while meshing, after it, before each turntable
-        # chunk), so that an export that would be refused stops early rather than minutes later.
+        # the folder's lock, and on the way (while meshing, after each stage, before each
+        # turntable chunk), so that an export that would be refused stops early rather than
+        # minutes later.
         last = last_checkpoint(workspace)
         now = checkpoint_run(last)
         if now == run:
@@ -419,7 +438,9 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
             "export read; nothing was written: make it readable and export again"
         )
 
-    return export_field(field, workspace, options, renderer, step, check=still_the_run)
+    return export_field(
+        field, workspace, options, renderer, step, check=still_the_run, progress=progress
+    )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -448,13 +469,18 @@ def export_field(
     renderer: Any = None,
     step: int | None = None,
     check: Callable[[], None] | None = None,
+    progress: ExportProgress | None = None,
 ) -> ExportResult:
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
     ``options``. ``check`` is called right before the files are swapped in, under the folder's
     lock (:func:`write_all_atomically`), and on the way (about once a second while the density
-    grid is sampled, after meshing, before each turntable chunk), so that an export it refuses
-    stops early; if it raises, nothing is written.
+    grid is sampled, after meshing, decimation, UV unwrapping and texture baking, before each
+    turntable chunk), so that an export it refuses stops early; if it raises, nothing is written.
+
+    Where it stands is recorded in ``out_dir``'s progress file for ``dreamtext view``
+    (:mod:`dreamtext.exportprogress`; ``progress``: the caller's record, by default one of its
+    own), which is removed when the export ends.
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
     default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
@@ -479,8 +505,12 @@ def export_field(
     # An earlier export killed while it swapped its files in is finished first.
     if out_dir.is_dir():
         finish_replacements(out_dir, REPLACED_OUTPUTS)
-    with out_of_memory_is_a_user_error(explain):
-        return _export_field(field, out_dir, options, renderer, step, check)
+    with contextlib.ExitStack() as stack:
+        if progress is None:
+            progress = stack.enter_context(ExportProgress(out_dir))
+        progress.step = step
+        with out_of_memory_is_a_user_error(explain):
+            return _export_field(field, out_dir, options, renderer, step, check, progress)
 
 
 def _export_field(
@@ -490,25 +520,40 @@ def _export_field(
     renderer: Any,
     step: int | None,
     check: Callable[[], None] | None,
+    progress: ExportProgress,
 ) -> ExportResult:
-    """:func:`export_field`'s work, files staged in memory and written together at the end."""
+    """:func:`export_field`'s work, files staged in memory and written together at the end.
+    ``check`` runs between stages: each of decimation, UV unwrapping and texture baking takes
+    seconds to minutes on a large mesh, which a run replaced meanwhile should not cost."""
     on_the_way = check if check is not None else lambda: None
-    extraction = extract_mesh(field, options.resolution, options.threshold, check=on_the_way)
+    extraction = extract_mesh(
+        field,
+        options.resolution,
+        options.threshold,
+        check=on_the_way,
+        progress=progress.counter("meshing"),
+    )
     log.info("marching cubes: %d faces", len(extraction.mesh.faces))
     on_the_way()
+    progress.stage("decimating")
     surface = decimate(extraction.mesh, options.decimate)
     log.info("decimated to %d faces", len(surface.faces))
     stats = mesh_stats(surface, extraction.occupancy, float(field.bound))
+    on_the_way()
 
     staged: dict[Path, bytes | Callable[[Path], None]] = {}
     mesh_dir = out_dir / "mesh"
     textured_vertices = 0
     if {"glb", "obj"} & set(options.formats):
+        progress.stage("UV unwrapping")
         textured, uv = unwrap_uv(surface, options.texture_size)
         textured_vertices = len(textured.vertices)
         log.info("UV atlas: %d vertices after seam splits", len(textured.vertices))
+        on_the_way()
+        progress.stage("texture baking")
         texture = Image.fromarray(bake_texture(field, textured, uv, options.texture_size))
         log.info("texture baked: %d x %d", options.texture_size, options.texture_size)
+        on_the_way()
         textured.visual = trimesh.visual.TextureVisuals(uv=uv, material=_material(texture))
         if "glb" in options.formats:
             staged[mesh_dir / "mesh.glb"] = textured.export(
@@ -517,6 +562,7 @@ def _export_field(
         if "obj" in options.formats:
             staged.update(_obj_files(textured, mesh_dir))
     if "ply" in options.formats:
+        progress.stage("vertex colours")
         colours = query_albedo(field, surface.vertices.astype(np.float32))
         coloured = trimesh.Trimesh(
             vertices=surface.vertices,
@@ -530,9 +576,16 @@ def _export_field(
     if options.video:
         poses = turntable_poses(options.frames, surface.vertices)
         images = render_turntable(
-            field, options.frames, options.video_size, renderer, poses, check=on_the_way
+            field,
+            options.frames,
+            options.video_size,
+            renderer,
+            poses,
+            check=on_the_way,
+            progress=progress.counter("turntable"),
         )
         frames = len(images)
+        progress.stage("writing files")
         video_dir = out_dir / "video"
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
         staged[video_dir / "turntable.gif"] = _gif_bytes(images)
@@ -551,6 +604,7 @@ def _export_field(
         options=options,
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
+    progress.stage("writing files")
     # mesh/ (and video/) replaced whole: an earlier export's other formats describe another mesh.
     written = write_all_atomically(staged, REPLACED_OUTPUTS, check)
     if (out_dir / "video").is_dir():  # a --no-video export leaves the folder as it is
@@ -653,6 +707,7 @@ def render_turntable(
     renderer: Any = None,
     poses: Poses | None = None,
     check: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """``frames`` views on a circle around the object: RGB (albedo on white) | depth.
 
@@ -665,7 +720,8 @@ def render_turntable(
 
     ``poses``: the ``frames`` cameras (:func:`turntable_poses` frames a mesh); by default a
     circle about the origin at the training cameras' distance. ``check`` (when given) is
-    called before each chunk; what it raises stops the turntable.
+    called before each chunk; what it raises stops the turntable. ``progress(done, chunks)``
+    (when given) too, and after the last.
 
     Returns ``frames`` uint8 images ``[size, 2 size, 3]``.
     """
@@ -677,6 +733,7 @@ def render_turntable(
     if poses is None:
         poses = orbit_poses(frames, TURNTABLE_POLAR, TURNTABLE_RADIUS, TURNTABLE_FOVY)
     rgb, depth, opacity = [], [], []
+    chunks = -(-frames // FRAMES_PER_CHUNK)
     try:
         with torch.no_grad():
             for start in tqdm(
@@ -684,12 +741,16 @@ def render_turntable(
             ):
                 if check is not None:
                     check()
+                if progress is not None:
+                    progress(start // FRAMES_PER_CHUNK, chunks)
                 chunk = poses[start : start + FRAMES_PER_CHUNK]
                 out = renderer.render(field, chunk, size, size, shading="albedo", background=white)
                 o = out["opacity"].float().clamp(0, 1)
                 rgb.append(out["rgb"].float().clamp(0, 1).cpu().numpy())
                 depth.append((out["depth"].float() / o.clamp_min(1e-6)).cpu().numpy())
                 opacity.append(o.cpu().numpy())
+        if progress is not None:
+            progress(chunks, chunks)
     finally:
         if isinstance(renderer, torch.nn.Module):
             renderer.train(was_training)
@@ -896,7 +957,10 @@ def write_all_atomically(
         if not folder.exists():
             folder.mkdir()
             created.append(folder)
-    staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent))
+    except OSError as error:  # named W/.export-partial-k2j4x9ab, a name the user never saw
+        raise OSError(error.errno, error.strerror, str(parent)) from error
     owner = None
     with contextlib.ExitStack() as held:
         try:
@@ -920,17 +984,36 @@ def write_all_atomically(
             if check is not None:
                 check()
             os.rename(staging, parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :]))
-        except BaseException:
+        except BaseException as error:
             if owner is not None:  # closed before the removal: NFS keeps open files (.nfsXXXX)
                 owner.close()
             shutil.rmtree(staging, ignore_errors=True)
             for folder in reversed(created):
                 if folder.exists() and not any(folder.iterdir()):
                     folder.rmdir()
+            renamed = _named_in_the_run(error, staging, parent)
+            if renamed is not None:
+                raise renamed from error
             raise
         owner.close()  # committed: the ready folder is swapped in, whoever finds it
         finish_replacements(parent, replaced)
     return list(files)
+
+
+def _named_in_the_run(error: BaseException, staging: Path, parent: Path) -> OSError | None:
+    """``error`` (an ``open`` refused in the staging folder ``staging``, removed by now) naming
+    instead the place in the run's folder ``parent`` that the user knows:
+    ``W/.export-partial-k2j4x9ab/mesh/mesh.glb`` → ``W/mesh/mesh.glb``, the staging folder
+    itself or its record → ``W``. ``None`` when ``error`` names no path in ``staging``."""
+    if not isinstance(error, OSError) or error.filename is None:
+        return None
+    try:
+        named = Path(os.path.abspath(os.fsdecode(error.filename)))
+        inside = named.relative_to(os.path.abspath(staging))
+    except (TypeError, ValueError):
+        return None
+    place = parent if inside.parts in ((), (RECORD_FILE,)) else parent / inside
+    return OSError(error.errno, error.strerror, str(place))
 
 
 # write_all_atomically's leftovers in a folder W of the folders it replaces (all hidden):
@@ -947,9 +1030,7 @@ RECORD_FILE = ".record.json"
 # the writer wrote the record (which it does right after making the folder).
 RECORD_GRACE_S = 60.0
 # A staging folder of another machine whose record's lock is free is removed only once the record
-# is this old: where locks do not reach across machines (NFS mounted local_lock=flock, Lustre's
-# localflock) a live writer's lock looks free from here, and no export writes its files this long.
-ELSEWHERE_GRACE_S = 3600.0
+# is ELSEWHERE_GRACE_S old (dreamtext.processes).
 
 
 def finish_replacements(parent: Path, replaced: tuple[str, ...] = ()) -> None:

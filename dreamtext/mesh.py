@@ -75,24 +75,32 @@ def sample_density_grid(
     bound: float,
     chunk: int = 1 << 18,
     check: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Density ``σ(x_i, y_j, z_k)`` at the cell centres of an ``R^3`` grid: ``[R, R, R]`` float32.
 
     Points are generated and evaluated ``chunk`` at a time, so memory is ``O(R^3)`` floats for the
     result plus ``O(chunk)`` for the field, whatever ``R`` is. Axis order is (x, y, z).
     ``check`` (when given) is called between chunks, at most once in :data:`CHECK_EVERY_S`
-    seconds; what it raises stops the sampling.
+    seconds; what it raises stops the sampling. ``progress(done, chunks)`` (when given) is
+    called then too, and before the first chunk.
     """
     device = field_device(field)
     axis = torch.from_numpy(grid_centres(resolution, bound)).to(device)
     total = resolution**3
+    chunks = -(-total // chunk)
     grid = np.empty(total, dtype=np.float32)
     checked = time.monotonic()
+    if progress is not None:
+        progress(0, chunks)
     for start in tqdm(
         range(0, total, chunk), desc="density grid", leave=False, unit="chunk", **bar_options()
     ):
-        if check is not None and time.monotonic() - checked >= CHECK_EVERY_S:
-            check()
+        if time.monotonic() - checked >= CHECK_EVERY_S:
+            if check is not None:
+                check()
+            if progress is not None:
+                progress(start // chunk, chunks)
             checked = time.monotonic()
         index = torch.arange(start, min(start + chunk, total), device=device)
         i, rest = index // (resolution * resolution), index % (resolution * resolution)
@@ -203,6 +211,7 @@ def extract_mesh(
     threshold: float | None = None,
     chunk: int = 1 << 18,
     check: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Extraction:
     """Sample the field's density, decide what is solid, mesh its boundary.
 
@@ -211,10 +220,11 @@ def extract_mesh(
     ``threshold`` meshes the cells denser than it instead, flood-filled from outside, with the
     surface where the density crosses it. Either way, crumbs (parts under
     ``MIN_COMPONENT_FRACTION`` of the largest) are dropped. Raises ``DreamtextError`` when nothing
-    is solid. ``check`` is called while the density is sampled (:func:`sample_density_grid`).
+    is solid. ``check`` and ``progress`` are called while the density is sampled
+    (:func:`sample_density_grid`).
     """
     bound = float(field.bound)
-    grid = finite_density(sample_density_grid(field, resolution, bound, chunk, check))
+    grid = finite_density(sample_density_grid(field, resolution, bound, chunk, check, progress))
     depth = outside_optical_depth(grid, bound)
     occupancy = depth > SURFACE_DEPTH
     if threshold is None:

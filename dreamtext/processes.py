@@ -24,6 +24,11 @@ except ImportError:  # Windows
 
 # The machine this process runs on, as status.json and batch's locks record it.
 HOST = socket.gethostname()
+# A record of another machine whose lock is free is taken for a dead writer's only once it is
+# this old: where locks do not reach across machines (NFS mounted local_lock=flock, Lustre's
+# localflock) a live writer's lock looks free from here, and no export writes its files this long
+# (dreamtext.export's staging folders, dreamtext.exportprogress's record).
+ELSEWHERE_GRACE_S = 3600.0
 
 
 def pid_alive(pid: int) -> bool:
@@ -350,6 +355,7 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 __all__ = [
+    "ELSEWHERE_GRACE_S",
     "HOST",
     "LOCK_NAME",
     "claim_workspace",

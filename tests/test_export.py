@@ -926,14 +926,14 @@ def test_an_export_of_its_run_checks_it_once_per_turntable_chunk_not_per_frame(
     tmp_path, monkeypatch
 ):
     """The check reads last.pt (memory-mapped) each time: a few hundredths of a second, once
-    after meshing, once before each chunk and once at the swap."""
+    after meshing, once after decimation, once before each chunk and once at the swap."""
     workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
     stub_run(monkeypatch, SphereField(), SphereTracer())
     monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
     reads = counted(monkeypatch, "checkpoint_run")
     result = export_workspace(workspace, small_options(formats=("ply",)))
     chunks = -(-60 // export_module.FRAMES_PER_CHUNK)
-    assert result.frames == 60 and len(reads) == 1 + chunks + 1
+    assert result.frames == 60 and len(reads) == 1 + 1 + chunks + 1
 
 
 @pytest.mark.parametrize(
@@ -1129,7 +1129,7 @@ def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
     used = []
     stub_run(monkeypatch, SphereField(), None)
 
-    def fake_export(field, out_dir, options, renderer, step, check=None):
+    def fake_export(field, out_dir, options, renderer, step, check=None, progress=None):
         used.append(options)
         return SimpleNamespace(summary=lambda: f"exported {out_dir}")
 
@@ -1326,12 +1326,16 @@ class Killed(BaseException):
 def kill_at_rename(monkeypatch, n: int) -> None:
     """Make the ``n``-th rename of a file or folder from now, or removal of a folder
     (``os.rename``, ``os.replace``, ``shutil.rmtree``, counted together), kill the process
-    instead."""
+    instead. The renames of the export's progress record (for the viewer) are not counted."""
+    from dreamtext.exportprogress import PROGRESS_FILE
+
     count = [0]
     for module, name in ((os, "rename"), (os, "replace"), (shutil, "rmtree")):
         real = getattr(module, name)
 
         def renamed(*args, _real=real, **kwargs):
+            if len(args) > 1 and os.path.basename(args[1]) == PROGRESS_FILE:
+                return _real(*args, **kwargs)
             count[0] += 1
             if count[0] == n:
                 raise Killed
@@ -1559,3 +1563,184 @@ def test_an_older_builtin_run_exports_with_its_presets_settings_it_did_not_recor
     assert field.cfg.density_activation == "exp"
     assert config["render"]["recompute_field"] is renderer.cfg.recompute_field is False
     assert export_module.recorded_options(workspace).resolution == 96
+
+
+# ------------------------------------------------------------------ the progress of an export
+
+
+def watch_progress(monkeypatch, workspace: Path, tracer) -> list[dict | None]:
+    """The progress record of ``workspace`` (``None``: no file) as each stage of its export
+    starts (decimation, UV unwrapping, texture baking, vertex colours) and at each turntable
+    chunk; every record written (not one a second)."""
+    import dreamtext.exportprogress as progress_module
+
+    monkeypatch.setattr(progress_module, "WRITE_EVERY_S", 0.0)
+    seen: list[dict | None] = []
+    for stage in ("decimate", "unwrap_uv", "bake_texture", "query_albedo"):
+        original = getattr(export_module, stage)
+
+        def noting(*args, _original=original, **kwargs):
+            seen.append(progress_module.read_progress(workspace))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(export_module, stage, noting)
+    render = tracer.render
+
+    def rendering(*args, **kwargs):
+        seen.append(progress_module.read_progress(workspace))
+        return render(*args, **kwargs)
+
+    tracer.render = rendering
+    return seen
+
+
+def test_an_export_records_its_stage_beside_the_run_and_removes_the_record_at_its_end(
+    tmp_path, monkeypatch
+):
+    """`dreamtext export` of a finished run left status.json `finished` (as it must) and said
+    nowhere that it worked: the viewer showed a finished run for minutes of meshing and
+    turntable. Its stage is in W/.export-progress.json while it works, and gone after."""
+    from dreamtext.cli import main
+    from dreamtext.processes import HOST
+
+    workspace = make_run(tmp_path, "run", 1_000_000)
+    status = b'{\n  "state": "finished",\n  "step": 7\n}\n'
+    (workspace / "status.json").write_bytes(status)
+    tracer = SphereTracer()
+    stub_run(monkeypatch, SphereField(), tracer)
+    seen = watch_progress(monkeypatch, workspace, tracer)
+    code = main(["export", "--workspace", str(workspace), "--resolution", "40"])
+    assert code == 0
+    stages = [(r["stage"], r["done"], r["total"]) for r in seen]
+    chunks = -(-60 // export_module.FRAMES_PER_CHUNK)
+    assert stages == [
+        ("decimating", None, None),
+        ("UV unwrapping", None, None),
+        ("texture baking", None, None),
+        ("vertex colours", None, None),
+        *[("turntable", k, chunks) for k in range(chunks)],
+    ]
+    record = seen[-1]
+    assert (record["host"], record["pid"], record["step"]) == (HOST, os.getpid(), 7)
+    assert record["started"] <= record["updated"]
+    assert (workspace / "status.json").read_bytes() == status
+    assert not list(workspace.glob(".export-progress*"))
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        DreamtextError("the field is empty"),
+        RuntimeError("a bug"),
+        KeyboardInterrupt(),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ],
+    ids=["refused", "bug", "ctrl-c", "disk-full"],
+)
+def test_an_export_that_stops_removes_its_progress_record(tmp_path, monkeypatch, stop):
+    workspace = make_run(tmp_path, "run", 1_000_000)
+    tracer = SphereTracer()
+    stub_run(monkeypatch, SphereField(), tracer)
+    seen = watch_progress(monkeypatch, workspace, tracer)
+    bake = export_module.bake_texture
+
+    def stopped(*args, **kwargs):
+        bake(*args, **kwargs)
+        raise stop
+
+    monkeypatch.setattr(export_module, "bake_texture", stopped)
+    with pytest.raises(type(stop)):
+        export_workspace(workspace, small_options())
+    assert seen[-1]["stage"] == "texture baking"
+    assert not list(workspace.glob(".export-progress*"))
+
+
+def test_the_export_at_the_end_of_training_records_its_stage_too(tmp_path, monkeypatch):
+    """export_field (the trainer's export, `text`, `image`, `batch`) records it as the standalone
+    export does, with the step it was given."""
+    tracer = SphereTracer()
+    seen = watch_progress(monkeypatch, tmp_path, tracer)
+    export_field(SphereField(), tmp_path, small_options(), tracer, step=12)
+    assert [r["stage"] for r in seen][:2] == ["decimating", "UV unwrapping"]
+    assert seen[-1]["stage"] == "turntable" and seen[-1]["step"] == 12
+    assert not list(tmp_path.glob(".export-progress*"))
+
+
+def test_the_density_grid_reports_its_chunks_about_once_a_second(monkeypatch):
+    """`meshing k/N`: the chunks done of the density grid, at most once in CHECK_EVERY_S."""
+    import dreamtext.mesh as mesh_module
+
+    clock = {"now": 0.0}
+
+    class Ticking(SphereField):
+        def density(self, x):
+            clock["now"] += 0.5
+            return super().density(x)
+
+    monkeypatch.setattr(mesh_module, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    reported = []
+    mesh_module.sample_density_grid(
+        Ticking(), 8, 1.0, chunk=64, progress=lambda done, total: reported.append((done, total))
+    )
+    assert reported == [(0, 8), (2, 8), (4, 8), (6, 8)]
+
+
+@pytest.mark.parametrize(
+    ("during", "not_reached"),
+    [
+        ("decimate", "unwrap_uv"),
+        ("unwrap_uv", "bake_texture"),
+        ("bake_texture", "query_albedo"),
+    ],
+)
+def test_an_export_of_a_run_replaced_during_a_mesh_stage_stops_before_the_next(
+    tmp_path, monkeypatch, during, not_reached
+):
+    """Decimation, UV unwrapping and texture baking ran unchecked: a run replaced while one
+    of them ran (minutes each on a 50,000-face mesh at a 2048 px texture) went on through the
+    others and the turntable before the swap refused it. Each is followed by the check."""
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    tracer = SphereTracer()
+    stub_run(monkeypatch, SphereField(), tracer)
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
+    original = getattr(export_module, during)
+
+    def replaced_meanwhile(*args, **kwargs):
+        out = original(*args, **kwargs)
+        shutil.rmtree(workspace / "checkpoints")
+        save_checkpoint(workspace, {"step": 3, "run_id": "b2"}, keep=1)
+        return out
+
+    monkeypatch.setattr(export_module, during, replaced_meanwhile)
+    later = counted(monkeypatch, not_reached)
+    with pytest.raises(DreamtextError, match="run was replaced by a new run while exporting"):
+        export_workspace(workspace, small_options())
+    assert later == [] and tracer.calls == []
+    assert not (workspace / "mesh").exists() and not list(workspace.glob(".export-*"))
+
+
+def test_a_file_the_export_cannot_open_is_named_in_the_run_not_in_its_staging_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """An open() refused in the staging folder (a full disk of inodes, a quota) said
+    'No space left on device (RUN/.export-partial-k2j4x9ab/mesh/mesh.glb)': a folder the user
+    never saw, removed by the time the line is read. It names RUN/mesh/mesh.glb."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000)
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    write_bytes = Path.write_bytes
+
+    def refused(self, data):
+        if self.name == "mesh.glb":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refused)
+    code = main(["export", "--workspace", str(workspace), "--no-video"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith(
+        f"dreamtext: error: {os.strerror(errno.ENOSPC)} ({workspace / 'mesh' / 'mesh.glb'}); "
+    )
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]

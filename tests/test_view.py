@@ -2635,3 +2635,136 @@ def test_describe_alone_with_its_status_json_is_a_finished_run(tmp_path: Path):
     status = read_run(location(Catalog([apple]), "apple")).status
     assert (status["state"], status["source"]) == ("finished", "status.json")
     assert (status["stage"], status["activity"]) == ("describe", "described")
+
+
+# ------------------------------------------------------------------ an export at work
+
+
+def test_a_finished_run_being_exported_shows_its_export_stage_and_stays_finished(root: Path):
+    """`dreamtext export` of a finished run leaves status.json `finished` (byte for byte), so
+    the card showed a finished run, idle, for minutes of meshing and turntable. The export's
+    progress record says what it does: the card reads `finished`, `exporting · turntable 7/15`."""
+    from dreamtext.exportprogress import ExportProgress
+    from dreamtext.processes import HOST
+
+    cube = root / "cube"
+    with ExportProgress(cube, step=20) as progress:
+        progress.stage("turntable", 7, 15)
+        status = read_run(location(Catalog([root]), "cube")).status
+        assert status["state"] == "finished" and status["activity"] == "exporting · turntable 7/15"
+        assert status["export"]["stage"] == "turntable" and status["export"]["step"] == 20
+        assert (status["export"]["host"], status["export"]["pid"]) == (HOST, os.getpid())
+        assert status["export"]["started"] == progress.started
+        progress.stage("texture baking")
+        status = read_run(location(Catalog([root]), "cube")).status
+        assert status["activity"] == "exporting · texture baking"
+    status = read_run(location(Catalog([root]), "cube")).status
+    assert status["state"] == "finished" and status["activity"] is None and "export" not in status
+
+
+def test_a_running_run_in_its_export_phase_shows_the_stage(root: Path):
+    from dreamtext.exportprogress import ExportProgress
+
+    sphere = root / "sphere"
+    write_json(sphere / "status.json", {**RUNNING, "phase": "export"})
+    assert read_run(location(Catalog([root]), "sphere")).status["activity"] == "exporting"
+    with ExportProgress(sphere) as progress:
+        progress.stage("meshing", 12, 64)
+        status = read_run(location(Catalog([root]), "sphere")).status
+    assert status["state"] == "running" and status["activity"] == "exporting · meshing 12/64"
+
+
+EXPORTER = """
+import sys, time
+from dreamtext.exportprogress import ExportProgress
+with ExportProgress(sys.argv[1]) as progress:
+    progress.stage("turntable", 3, 15)
+    print("written", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_exporters_progress_record_shows_no_export(root: Path, monkeypatch):
+    """SIGKILL (the out-of-memory killer) leaves the record behind; the viewer tells it from a
+    live export's by the lock its writer held (dropped with the process), and the gallery's
+    delta poll sends the card again without it although no file changed."""
+    settle_at_once(monkeypatch)
+    cube = root / "cube"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    exporter = subprocess.Popen(
+        [sys.executable, "-c", EXPORTER, str(cube)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    srv, thread = serving(Catalog([root]))
+    try:
+        assert exporter.stdout.readline().strip() == "written"
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        (card,) = [run for run in first["runs"] if run["id"] == "cube"]
+        assert card["status"]["activity"] == "exporting · turntable 3/15"
+        assert card["status"]["export"]["pid"] == exporter.pid
+        exporter.kill()
+        exporter.wait()
+        assert (cube / ".export-progress.json").exists()
+        answer = poll_since(srv, first["cursor"])
+        (changed,) = answer["changed"]
+        assert changed["id"] == "cube" and changed["status"]["state"] == "finished"
+        assert changed["status"]["activity"] is None and "export" not in changed["status"]
+    finally:
+        exporter.kill()
+        exporter.wait()
+        stop(srv, thread)
+
+
+def test_a_gallery_poll_sends_a_run_whose_export_moved_on(root: Path, monkeypatch):
+    """A progress record that appears, moves to the next stage or goes is a change of its run:
+    the page's ?since= poll gets that card, and only it."""
+    from dreamtext.exportprogress import ExportProgress
+
+    age(root, 3600)
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([root]))
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        cursor, activities = first["cursor"], []
+        with ExportProgress(root / "cube") as progress:
+            for stage in ("meshing", "turntable"):
+                time.sleep(0.05)  # a tick of the file clock
+                progress.stage(stage, 1, 15)
+                answer = poll_since(srv, cursor)
+                cursor = answer["cursor"]
+                activities.append([run["status"]["activity"] for run in answer["changed"]])
+        time.sleep(0.05)
+        answer = poll_since(srv, cursor)
+        activities.append([(run["id"], run["status"]["activity"]) for run in answer["changed"]])
+        assert activities == [
+            ["exporting · meshing 1/15"],
+            ["exporting · turntable 1/15"],
+            [("cube", None)],
+        ]
+    finally:
+        stop(srv, thread)
+
+
+@pytest.mark.parametrize(
+    ("record", "seconds_old", "shown"),
+    [
+        ({"host": "another-node", "pid": 4242}, 60, True),  # cannot be checked: recent enough
+        ({"host": "another-node", "pid": 4242}, 7200, False),  # no export runs this long
+        ({"host": "another-node", "pid": 4242, "locked": True}, 60, True),  # locks stay local
+        ({"host": "another-node", "pid": 4242, "locked": True}, 7200, False),
+        ({"pid": 2**22 + 1}, 60, False),  # of this machine, and the process is gone
+        ({"locked": True}, 60, False),  # of this machine, and nobody holds its lock
+    ],
+    ids=["elsewhere", "elsewhere-old", "elsewhere-locked", "elsewhere-locked-old", "gone", "freed"],
+)
+def test_an_export_record_is_live_only_while_its_writer_can_be_there(
+    root: Path, record, seconds_old, shown
+):
+    from dreamtext.processes import HOST
+
+    path = root / "cube" / ".export-progress.json"
+    write_json(path, {"stage": "turntable", "done": 2, "total": 15, "host": HOST, **record})
+    past = time.time() - seconds_old
+    os.utime(path, (past, past))
+    status = read_run(location(Catalog([root]), "cube")).status
+    assert ("export" in status) == shown
+    assert status["activity"] == ("exporting · turntable 2/15" if shown else None)

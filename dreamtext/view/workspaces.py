@@ -40,6 +40,7 @@ from stat import S_ISDIR
 from typing import Any
 
 from dreamtext.errors import DreamtextError
+from dreamtext.exportprogress import PROGRESS_FILE, export_alive, progress_words, read_progress
 from dreamtext.processes import gone_process
 
 # The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
@@ -83,7 +84,7 @@ STAT_SETTLES_AFTER_S = 2.0
 LINKED_FILES_EVERY_POLLS = 15
 # The files a card's text comes from (prompt, status, steps, sentence, descriptor step).
 CARD_FILES = ("config.json", "status.json", "log.jsonl", SENTENCE_FILE.as_posix())
-CARD_FILES += (DESCRIPTOR_LOG.as_posix(),)
+CARD_FILES += (DESCRIPTOR_LOG.as_posix(), PROGRESS_FILE)
 # How often the figures kept of each log (JsonlFollower) are checked for logs that are gone: a
 # removed run's are dropped within this time (a stat of each log kept).
 FORGET_GONE_LOGS_EVERY_S = 60.0
@@ -806,9 +807,10 @@ class _StatusInputs:
     folder: Path | None
     stage: str = "text"
     descriptor_step: float | None = None
+    export_progress: dict[str, Any] | None = None
 
     def status(self, run: Run) -> dict[str, Any]:
-        return _status(
+        out = _status(
             run,
             self.status_file,
             self.last_record,
@@ -817,6 +819,23 @@ class _StatusInputs:
             self.stage,
             self.descriptor_step,
         )
+        if self.export_progress is not None and self.folder is not None:
+            _add_export(out, self.export_progress, self.folder / PROGRESS_FILE)
+        return out
+
+
+def _add_export(status: dict[str, Any], record: dict[str, Any], path: Path) -> None:
+    """Add to ``status`` what an export of the run that still works (``record``, its progress
+    file ``path``: :mod:`dreamtext.exportprogress`) is doing: ``export`` (its stage, ``done`` of
+    ``total`` pieces, when it started, its process) and the activity ``exporting · turntable
+    7/15``. Judged at every poll, as a status is: a killed exporter's file shows nothing. The
+    run's own state stays status.json's (a finished run re-exported is still ``finished``)."""
+    if not export_alive(path, record):
+        return
+    status["export"] = {
+        key: record.get(key) for key in ("stage", "done", "total", "started", "step", "host", "pid")
+    }
+    status["activity"] = f"exporting · {progress_words(record)}"
 
 
 def _read_files(
@@ -889,14 +908,22 @@ def _read_files(
         if not with_series:
             descriptor_log = log_figures(folder / DESCRIPTOR_LOG)
         descriptor_step = descriptor_log.last_step
-    inputs = _StatusInputs(status_file, log.last, log.peak_mem, folder, stage, descriptor_step)
+    inputs = _StatusInputs(
+        status_file,
+        log.last,
+        log.peak_mem,
+        folder,
+        stage,
+        descriptor_step,
+        read_progress(folder),
+    )
     return run, inputs
 
 
 # Besides the files the pages link to (Run.files) and the files and folders whose time says how
 # recently a run did anything (ACTIVITY_PATHS): everything _read_files reads or lists for the
 # gallery. A folder's time changes when a file in it is made, replaced or removed.
-READ_PATHS = tuple(dict.fromkeys((".", *ACTIVITY_PATHS, *DATA_FILES)))
+READ_PATHS = tuple(dict.fromkeys((".", *ACTIVITY_PATHS, *DATA_FILES, PROGRESS_FILE)))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,197 @@
+"""Where a working export stands, for ``dreamtext view``: the sidecar ``W/.export-progress.json``
+of the run folder ``W`` it exports, there only while it works.
+
+    {"stage": "loading the run" | "meshing" | "decimating" | "UV unwrapping" | "texture baking"
+              | "vertex colours" | "turntable" | "writing files",
+     "done": int | null, "total": int | null,   # meshing: density chunks; turntable: chunks
+     "started": iso8601, "updated": iso8601, "step": int | null,
+     "host": str, "pid": int, "pid_start": int | null, "locked": true}
+
+``status.json`` is the training run's record and stays as it is (a finished run stays
+``finished``, byte for byte, while ``dreamtext export`` works on it); this file says what the
+export is doing. It is written whole (a temp file renamed over it, as ``status.json`` is) at
+each stage and at most once in :data:`WRITE_EVERY_S` within one, and removed when the export
+ends, however it ends short of SIGKILL. Each version's writer holds a ``flock`` on it
+(:func:`dreamtext.processes.write_held_record`), so a reader on any machine whose locks reach
+the file system tells a killed exporter's leftover from a live one (:func:`export_alive`).
+
+Imports nothing heavy: ``dreamtext view`` reads it without torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from dreamtext.processes import (
+    ELSEWHERE_GRACE_S,
+    HOST,
+    record_alive,
+    record_held,
+    this_process,
+    write_held_record,
+)
+
+PROGRESS_FILE = ".export-progress.json"
+# Within one stage, the record is rewritten at most this often (a 256^3 density grid has 64
+# chunks, a turntable 15): a rename a second is nothing beside the work, even over NFS.
+WRITE_EVERY_S = 1.0
+# A temp file of a writer killed between writing it and renaming it is removed by the next
+# export once it is this old, where no lock tells (its writer renames it within milliseconds).
+TEMP_GRACE_S = 60.0
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ExportProgress:
+    """The writer of ``folder``'s :data:`PROGRESS_FILE`, for the block it is entered in.
+
+    A write that fails (a folder not made yet, a full disk) is skipped: the progress is for
+    people watching, and the export's own writes say what is wrong with the disk."""
+
+    def __init__(self, folder: str | Path, step: int | None = None) -> None:
+        self.path = Path(folder) / PROGRESS_FILE
+        self.step = step
+        self.started = _now_iso()
+        self._process = this_process()  # read once: /proc/<pid>/stat at every write is waste
+        self._held: IO[str] | None = None
+        self._stage: str | None = None
+        self._written_at = -float("inf")
+
+    def __enter__(self) -> ExportProgress:
+        _remove_dead_temps(self.path)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        try:  # only this export's record: another export of the run may have written since
+            ours = os.path.samestat(os.fstat(held.fileno()), os.stat(self.path))
+        except OSError:
+            ours = False
+        held.close()
+        if ours:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def stage(self, name: str, done: int | None = None, total: int | None = None) -> None:
+        """Record that the export is at ``name`` (``done`` of ``total`` pieces of it): written
+        at once for a new stage, else at most once in :data:`WRITE_EVERY_S`."""
+        now = time.monotonic()
+        if name == self._stage and now - self._written_at < WRITE_EVERY_S:
+            return
+        record = {
+            "stage": name,
+            "done": done,
+            "total": total,
+            "started": self.started,
+            "updated": _now_iso(),
+            "step": self.step,
+            **self._process,
+        }
+        if self._write(record):
+            self._stage, self._written_at = name, now
+
+    def counter(self, name: str) -> Any:
+        """``stage(name, done, total)`` as a function of ``done, total``, for a loop's callback."""
+        return lambda done, total: self.stage(name, done, total)
+
+    def _write(self, record: dict[str, Any]) -> bool:
+        temp = self.path.with_name(f"{PROGRESS_FILE}.{secrets.token_hex(4)}.tmp")
+        handle = None
+        try:
+            handle = write_held_record(temp, record)
+            os.replace(temp, self.path)
+        except OSError:
+            if handle is not None:
+                handle.close()
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            return False
+        if self._held is not None:
+            self._held.close()  # its file is replaced: closing drops the lock on it
+        self._held = handle
+        return True
+
+
+def read_progress(folder: str | Path) -> dict[str, Any] | None:
+    """``folder``'s progress record as written, live or not; ``None`` when there is none."""
+    try:
+        with open(Path(folder) / PROGRESS_FILE, "rb") as f:
+            record = json.loads(f.read(1 << 16))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("stage"), str) else None
+
+
+def export_alive(path: Path, record: dict[str, Any]) -> bool:
+    """Whether the export that wrote ``record`` (the file ``path``) still works, judged as
+    ``dreamtext.export`` judges a staging folder's writer: the lock of its file is held; or,
+    free, it ran on another machine where locks may not reach across (NFS mounted
+    ``local_lock=flock``) and wrote within :data:`ELSEWHERE_GRACE_S`; or, where the file has no
+    lock, its process runs on this machine (or, of another, it wrote within the grace)."""
+    held = record_held(path) if record.get("locked") is True else None
+    if held is True:
+        return True
+    if held is False:
+        return record.get("host") != HOST and _age(path) <= ELSEWHERE_GRACE_S
+    alive = record_alive(record)
+    return alive if alive is not None else _age(path) <= ELSEWHERE_GRACE_S
+
+
+def live_export(folder: str | Path) -> dict[str, Any] | None:
+    """The progress record of an export of ``folder`` that still works (:func:`export_alive`),
+    ``None`` when none does (no record, or a killed exporter's)."""
+    record = read_progress(folder)
+    if record is None or not export_alive(Path(folder) / PROGRESS_FILE, record):
+        return None
+    return record
+
+
+def progress_words(record: dict[str, Any]) -> str:
+    """The record in words: ``turntable 7/15``, ``texture baking``."""
+    done, total = record.get("done"), record.get("total")
+    counted = all(isinstance(n, int) and not isinstance(n, bool) for n in (done, total))
+    return f"{record['stage']} {done}/{total}" if counted else str(record["stage"])
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Remove the temp files of :class:`ExportProgress` writers killed before their rename."""
+    for temp in path.parent.glob(f"{PROGRESS_FILE}.*.tmp"):
+        held = record_held(temp)
+        if held is False or (held is None and _age(temp) > TEMP_GRACE_S):
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last modified; 0 if it cannot be told."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+__all__ = [
+    "PROGRESS_FILE",
+    "ExportProgress",
+    "export_alive",
+    "live_export",
+    "progress_words",
+    "read_progress",
+]
