@@ -602,14 +602,14 @@ MTL_MATTE = {"Ka": "0 0 0", "Ks": "0 0 0", "Ns": "0", "illum": "1", "Pr": "1", "
 def _obj_files(mesh: trimesh.Trimesh, folder: Path) -> dict[Path, bytes]:
     """``mesh.obj``, ``mesh.mtl`` (a matte material, :data:`MTL_MATTE`) and the texture it names
     (``albedo.png``), as bytes. ``mesh``: the UV-unwrapped surface, its vertices split at seams."""
-    _, extra = trimesh.exchange.obj.export_obj(
-        mesh, include_normals=False, return_texture=True, mtl_name="mesh.mtl"
-    )
-    material = mesh.visual.material.name
+    # trimesh's material writer: the MTL (``newmtl``, ``Kd``, ``map_Kd``) and the texture it names.
+    material_files, material = mesh.visual.material.to_simple().to_obj()
     files = {folder / "mesh.obj": _obj_text(mesh, "mesh.mtl", material).encode("utf-8")}
-    files.update({folder / name: data for name, data in extra.items()})
-    mtl = folder / "mesh.mtl"
-    files[mtl] = _matte_mtl(files[mtl].decode("utf-8")).encode("utf-8")
+    for name, data in material_files.items():
+        if name.lower().endswith(".mtl"):
+            files[folder / "mesh.mtl"] = _matte_mtl(data.decode("utf-8")).encode("utf-8")
+        else:
+            files[folder / name] = data
     return files
 
 
