@@ -655,15 +655,39 @@ MTL_MATTE = {"Ka": "0 0 0", "Ks": "0 0 0", "Ns": "0", "illum": "1", "Pr": "1", "
 
 def _obj_files(mesh: trimesh.Trimesh, folder: Path) -> dict[Path, bytes]:
     """``mesh.obj``, ``mesh.mtl`` (a matte material, :data:`MTL_MATTE`) and the texture it names
-    (``albedo.png``), as bytes."""
-    text, extra = trimesh.exchange.obj.export_obj(
-        mesh, include_normals=True, return_texture=True, mtl_name="mesh.mtl"
-    )
-    files = {folder / "mesh.obj": text.encode("utf-8")}
-    files.update({folder / name: data for name, data in extra.items()})
-    mtl = folder / "mesh.mtl"
-    files[mtl] = _matte_mtl(files[mtl].decode("utf-8")).encode("utf-8")
+    (``albedo.png``), as bytes. ``mesh``: the UV-unwrapped surface, its vertices split at seams."""
+    # trimesh's material writer: the MTL (``newmtl``, ``Kd``, ``map_Kd``) and the texture it names.
+    material_files, material = mesh.visual.material.to_simple().to_obj()
+    files = {folder / "mesh.obj": _obj_text(mesh, "mesh.mtl", material).encode("utf-8")}
+    for name, data in material_files.items():
+        if name.lower().endswith(".mtl"):
+            files[folder / "mesh.mtl"] = _matte_mtl(data.decode("utf-8")).encode("utf-8")
+        else:
+            files[folder / name] = data
     return files
+
+
+def _obj_text(mesh: trimesh.Trimesh, mtl_name: str, material: str) -> str:
+    """The OBJ of a UV-unwrapped surface with one ``v`` (and ``vn``) per position and one ``vt``
+    per split vertex: OBJ indexes positions and UVs separately, so only the UVs split at seams
+    and a reader that builds its mesh from the positions (Blender, MeshLab, slicers) gets the
+    closed surface back, not one cut open along every seam as the GLB's vertices must be."""
+    positions, first, corner_position = np.unique(
+        np.asarray(mesh.vertices), axis=0, return_index=True, return_inverse=True
+    )
+    normals = np.asarray(mesh.vertex_normals)[first]  # unwrap_uv keeps the welded normals
+    uv = np.asarray(mesh.visual.uv)
+    position = corner_position.ravel()[mesh.faces] + 1
+    texcoord = np.asarray(mesh.faces) + 1
+    lines = [f"mtllib {mtl_name}", f"usemtl {material}"]
+    lines += [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in positions]
+    lines += [f"vt {u:.8f} {v:.8f}" for u, v in uv]
+    lines += [f"vn {x:.8f} {y:.8f} {z:.8f}" for x, y, z in normals]
+    lines += [
+        "f " + " ".join(f"{p}/{t}/{p}" for p, t in zip(ps, ts, strict=True))
+        for ps, ts in zip(position, texcoord, strict=True)
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _matte_mtl(text: str) -> str:

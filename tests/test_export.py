@@ -216,6 +216,34 @@ def test_obj_reloads_with_its_mtl_texture_that_matches_the_surface(coloured):
     assert np.abs(texture_at_vertices(mesh, mesh.visual.material.image) - expected).mean() < 0.03
 
 
+def obj_statements(path: Path) -> dict[str, list[list[str]]]:
+    """The OBJ's statements by keyword: ``{"v": [["0.1", "0.2", "0.3"], ...], "f": ...}``."""
+    statements: dict[str, list[list[str]]] = {}
+    for line in path.read_text().splitlines():
+        if line.split():
+            key, *values = line.split()
+            statements.setdefault(key, []).append(values)
+    return statements
+
+
+def test_obj_shares_positions_across_uv_seams_so_its_faces_close_the_surface(coloured):
+    # OBJ indexes positions and UVs separately: only the UVs split at seams, so Blender, MeshLab
+    # and slicers read one closed surface (the GLB, whose vertices carry both, must split).
+    obj = obj_statements(coloured / "mesh" / "mesh.obj")
+    positions = np.array(obj["v"], dtype=np.float64)
+    corners = [[corner.split("/") for corner in face] for face in obj["f"]]
+    faces = np.array([[int(c[0]) - 1 for c in face] for face in corners])
+    assert len(np.unique(positions, axis=0)) == len(positions)  # no position written twice
+    mesh = trimesh.Trimesh(positions, faces, process=False)
+    assert is_closed_manifold(mesh) and mesh.volume > 0
+    report = json.loads((coloured / "mesh" / "mesh.json").read_text())
+    assert len(positions) == report["vertices"] and len(faces) == report["faces"]
+    assert len(obj["vt"]) == report["textured_vertices"]  # the UVs still split at the seams
+    normals = np.array(obj["vn"], dtype=np.float64)[[[int(c[2]) - 1 for c in f] for f in corners]]
+    outward = positions[faces] / np.linalg.norm(positions[faces], axis=-1, keepdims=True)
+    assert (np.einsum("fkc,fkc->fk", normals, outward) > 0.9).all()  # one normal a position
+
+
 def test_obj_material_is_matte_like_the_glb(coloured):
     # The GLB says metallic 0, roughness 1; the MTL must not add a specular sheen (Ks with a
     # low Ns in Phong viewers) or an ambient grey that Blender may read as metallic.
