@@ -976,9 +976,14 @@ def test_a_full_or_failing_disk_in_a_runs_own_export_says_to_export_the_trained_
     checkpoint = workspace / "checkpoints" / "last.pt"
     assert said[0] == (
         f"dreamtext: error: {os.strerror(number)} ({glb}) in the export; the run trained to step "
-        f"3 and is saved ({checkpoint}): {fix}, then run `dreamtext export {workspace}` (or copy "
-        "the run to a disk with room, or one you can write, and export it there)"
+        f"3 and is saved ({checkpoint}): {fix}, then run `dreamtext export --workspace "
+        f"{workspace}` (or copy the run to a disk with room, or one you can write, and export it "
+        "there)"
     )
+    # The command it names is one `dreamtext` takes, for this very run.
+    named = said[0].split("`")[1].split()
+    assert named[0] == "dreamtext"
+    assert Path(build_parser().parse_command_line(named[1:]).workspace) == workspace
     assert torch.load(checkpoint, weights_only=True)["step"] == 3
     status = json.loads((workspace / "status.json").read_text())
     assert (status["state"], status["phase"]) == ("failed", "export")
@@ -997,6 +1002,18 @@ def test_a_usage_error_names_the_command_and_its_help(capsys, args, line):
     code, err = run_main(args, capsys)
     command = " ".join(["dreamtext", *[a for a in args[:1] if not a.startswith("-")]])
     assert_user_error(code, err, line, f"(see {command} --help)")
+
+
+def test_export_given_the_run_as_a_positional_says_to_pass_it_with_workspace(capsys):
+    """`dreamtext export workspace/a_cat`, as `view` and `image` take their paths, was refused
+    as "unrecognized arguments: workspace/a_cat" alone: the line names the folder's flag."""
+    code, err = run_main(["export", "workspace/a_cat", "--no-video"], capsys)
+    assert_user_error(
+        code,
+        err,
+        "dreamtext export: unrecognized arguments: workspace/a_cat; name the folder with "
+        "--workspace workspace/a_cat (see dreamtext export --help)",
+    )
 
 
 @pytest.mark.parametrize("under", [False, True])
