@@ -343,6 +343,14 @@ def test_a_device_dreamtext_does_not_run_on_is_one_line_before_anything_loads(
     assert not (tmp_path / "workspace").exists()
 
 
+def test_cuda_without_a_gpu_names_the_flag_to_pass_instead(tmp_path, monkeypatch, capsys):
+    """It said "...; use cpu": a value, not the flag that takes it."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--device", "cuda"], capsys)
+    assert_user_error(code, err, "no CUDA GPU is visible; use --device cpu")
+    assert not (tmp_path / "workspace").exists()
+
+
 def test_a_gpu_index_must_be_visible_and_becomes_the_current_device(monkeypatch):
     """``--device cuda:N`` on a machine (or under a CUDA_VISIBLE_DEVICES) with fewer GPUs is a
     user error, not CUDA's "invalid device ordinal" deep in model loading; a visible one is made
