@@ -978,7 +978,8 @@ def check_builtin_prior(entries: list[Entry], cfg: TrainConfig, prompts_file: Pa
     for entry in entries:
         if entry.kind == "image":
             raise DreamtextError(
-                f"line {entry.line} is an image, which needs a Stable Diffusion model, not "
+                f"{prompts_file}: line {entry.line} is an image, which needs a Stable "
+                f"Diffusion model, not "
                 f"{model}; pass --model with a diffusers hub id or folder"
             )
     if cfg.guidance.negative.strip():

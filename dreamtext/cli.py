@@ -109,7 +109,14 @@ class _OneLineParser(argparse.ArgumentParser):
         if unknown:
             commands = getattr(self, "commands", {})  # set on the top-level parser
             owner = commands.get(getattr(args, "command", None) or "", self)
-            owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+            # `dreamtext export RUN`, as `view RUN` and `image IMG` take their paths: say which
+            # flag the folder belongs to instead of leaving the user to find it in --help.
+            stray = next((word for word in unknown if not word.startswith("-")), None)
+            flag = getattr(owner, "positional_flag", None)
+            if stray is not None and flag is not None:
+                message += f"; name the folder with {flag} {stray}"
+            owner.error(message)
         return args
 
 
@@ -708,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "training used; a re-export's flags are not recorded), else the defaults in brackets.",
     )
     export.add_argument("--workspace", help="run to export (default: the newest under workspace/)")
+    export.positional_flag = "--workspace"  # type: ignore[attr-defined]
     export.add_argument(
         "--mesh",
         action="store_true",

@@ -24,7 +24,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DreamtextError(f"--device {name} was asked for but no CUDA GPU is visible; use cpu")
+        raise DreamtextError(
+            f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu"
+        )
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -79,8 +79,9 @@ def trained_run_line(error: OSError, trained: TrainedRun) -> str:
     fix = FILE_SYSTEM_FIXES.get(error.errno, "make its folder writable")
     return (
         f"{what_failed(error)} in the export; the run trained to step "
-        f"{trained.step}{saved}: {fix}, then run `dreamtext export {trained.workspace}` (or "
-        "copy the run to a disk with room, or one you can write, and export it there)"
+        f"{trained.step}{saved}: {fix}, then run `dreamtext export --workspace "
+        f"{trained.workspace}` (or copy the run to a disk with room, or one you can write, and "
+        "export it there)"
     )
 
 

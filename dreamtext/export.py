@@ -277,9 +277,16 @@ def check_memory(options: ExportOptions, after_training: bool = False) -> None:
         )
         fix = "lower --resolution (half of it needs an eighth of the memory) or --texture-size"
     raise DreamtextError(
-        f"{what} needs about {need / 1e9:.1f} GB of memory and {available / 1e9:.1f} GB is "
+        f"{what} needs about {_gigabytes(need)} of memory and {_gigabytes(available)} is "
         f"available: {fix}"
     )
+
+
+def _gigabytes(size: int | float) -> str:
+    """``size`` bytes for a message: ``34.4 GB``; from 1,000 GB on whole, with thousands
+    separators (``--resolution 100000`` needs ``32,000,000 GB``, not ``32000000.0 GB``)."""
+    gigabytes = size / 1e9
+    return f"{gigabytes:.1f} GB" if gigabytes < 1000 else f"{gigabytes:,.0f} GB"
 
 
 def find_latest_workspace(root: Path) -> Path:
@@ -313,6 +320,20 @@ def resolve_workspace(workspace: Path | None) -> Path:
             raise DreamtextError(
                 f"{workspace} has no checkpoint yet: process {training[0]} is training it and "
                 "saves one every checkpoint_every steps; export once it has"
+            )
+        # A mistyped path and a folder of runs (workspace/ itself, a batch's root) are the
+        # likely mistakes here: "train first" would send the user to train what they have.
+        if not workspace.exists():
+            raise DreamtextError(
+                f"no such folder: {workspace}; pass --workspace the folder of a trained run "
+                "(the one that holds checkpoints/)"
+            )
+        runs = sorted(workspace.glob("*/checkpoints/last.pt")) if workspace.is_dir() else []
+        if runs:
+            newest = max(runs, key=lambda p: p.stat().st_mtime).parent.parent
+            raise DreamtextError(
+                f"{workspace} holds {len(runs)} run{'s' if len(runs) > 1 else ''}, not one: "
+                f"pass --workspace one run's folder, such as {newest} (the newest)"
             )
         raise DreamtextError(
             f"no checkpoint at {last_checkpoint(workspace)}: train first with "

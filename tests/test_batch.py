@@ -1793,6 +1793,19 @@ def test_prompts_the_builtin_prior_does_not_know_refuse_the_batch_before_any_lin
     assert not root.exists()
 
 
+def test_an_image_line_under_the_builtin_prior_names_the_prompts_file(tmp_path, capsys):
+    """The line said "line 2 is an image, ..." without the file, while an unknown caption's line
+    names it ("p.txt: builtin:shapes does not know ...")."""
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "mug.png")
+    path = prompts_file(tmp_path, "a red cube", "image:mug.png")
+    root = tmp_path / "root"
+    args = ["batch", path, "--model", "builtin:shapes", "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    [said] = capsys.readouterr().err.strip().splitlines()
+    assert said.startswith(f"dreamtext: error: {path}: line 2 is an image, which needs a Stable ")
+    assert not root.exists()
+
+
 def test_a_prompt_the_builtin_prior_does_not_know_refuses_every_share_of_the_list(tmp_path, capsys):
     """Not only the share that holds it: the workers of one list refuse it alike."""
     path = prompts_file(tmp_path, "a red cube", "a blue cube", "a cat")
@@ -1897,6 +1910,7 @@ def test_the_sentence_search_of_image_lines_is_checked_before_any_line_trains(
     """A bad --clip or word list failed every image line only when the batch reached it, after
     the text lines before it had trained (hours each with Stable Diffusion)."""
     Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "mug.png")
     path = prompts_file(tmp_path, "a red cube", "image:mug.png")
     root, missing = tmp_path / "root", tmp_path / "missing"
     args = ["batch", path, "--model", tiny_sd_path, "--config", tiny_yaml, "--iters", "1"]

@@ -343,6 +343,14 @@ def test_a_device_dreamtext_does_not_run_on_is_one_line_before_anything_loads(
     assert not (tmp_path / "workspace").exists()
 
 
+def test_cuda_without_a_gpu_names_the_flag_to_pass_instead(tmp_path, monkeypatch, capsys):
+    """It said "...; use cpu": a value, not the flag that takes it."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--device", "cuda"], capsys)
+    assert_user_error(code, err, "no CUDA GPU is visible; use --device cpu")
+    assert not (tmp_path / "workspace").exists()
+
+
 def test_a_gpu_index_must_be_visible_and_becomes_the_current_device(monkeypatch):
     """``--device cuda:N`` on a machine (or under a CUDA_VISIBLE_DEVICES) with fewer GPUs is a
     user error, not CUDA's "invalid device ordinal" deep in model loading; a visible one is made
@@ -976,9 +984,14 @@ def test_a_full_or_failing_disk_in_a_runs_own_export_says_to_export_the_trained_
     checkpoint = workspace / "checkpoints" / "last.pt"
     assert said[0] == (
         f"dreamtext: error: {os.strerror(number)} ({glb}) in the export; the run trained to step "
-        f"3 and is saved ({checkpoint}): {fix}, then run `dreamtext export {workspace}` (or copy "
-        "the run to a disk with room, or one you can write, and export it there)"
+        f"3 and is saved ({checkpoint}): {fix}, then run `dreamtext export --workspace "
+        f"{workspace}` (or copy the run to a disk with room, or one you can write, and export it "
+        "there)"
     )
+    # The command it names is one `dreamtext` takes, for this very run.
+    named = said[0].split("`")[1].split()
+    assert named[0] == "dreamtext"
+    assert Path(build_parser().parse_command_line(named[1:]).workspace) == workspace
     assert torch.load(checkpoint, weights_only=True)["step"] == 3
     status = json.loads((workspace / "status.json").read_text())
     assert (status["state"], status["phase"]) == ("failed", "export")
@@ -997,6 +1010,18 @@ def test_a_usage_error_names_the_command_and_its_help(capsys, args, line):
     code, err = run_main(args, capsys)
     command = " ".join(["dreamtext", *[a for a in args[:1] if not a.startswith("-")]])
     assert_user_error(code, err, line, f"(see {command} --help)")
+
+
+def test_export_given_the_run_as_a_positional_says_to_pass_it_with_workspace(capsys):
+    """`dreamtext export workspace/a_cat`, as `view` and `image` take their paths, was refused
+    as "unrecognized arguments: workspace/a_cat" alone: the line names the folder's flag."""
+    code, err = run_main(["export", "workspace/a_cat", "--no-video"], capsys)
+    assert_user_error(
+        code,
+        err,
+        "dreamtext export: unrecognized arguments: workspace/a_cat; name the folder with "
+        "--workspace workspace/a_cat (see dreamtext export --help)",
+    )
 
 
 @pytest.mark.parametrize("under", [False, True])

@@ -727,6 +727,37 @@ def test_workspace_without_checkpoint_names_the_path_and_the_fix(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_of_a_mistyped_folder_says_there_is_no_such_folder(tmp_path, capsys):
+    """`export --workspace workspace/a_rde_cube` said "no checkpoint at .../checkpoints/last.pt:
+    train first", sending the user to train a run they have."""
+    from dreamtext.cli import main
+
+    missing = tmp_path / "a_rde_cube"
+    assert main(["export", "--workspace", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"dreamtext: error: no such folder: {missing}; pass --workspace the folder of a trained "
+        "run (the one that holds checkpoints/)"
+    ]
+    assert not missing.exists()
+
+
+def test_export_of_a_folder_of_runs_names_its_newest_run(tmp_path, capsys):
+    """`export --workspace workspace` (or a batch's root) said "no checkpoint at
+    workspace/checkpoints/last.pt: train first" although it holds trained runs."""
+    from dreamtext.cli import main
+
+    make_run(tmp_path, "a_red_cube", 1_000_000)
+    newest = make_run(tmp_path, "a_blue_sphere", 2_000_000)
+    assert main(["export", "--workspace", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"dreamtext: error: {tmp_path} holds 2 runs, not one: pass --workspace one run's "
+        f"folder, such as {newest} (the newest)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_blue_sphere", "a_red_cube"]
+
+
 def test_export_without_workspace_takes_the_latest_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_run(tmp_path / "workspace", "old-run", 1_000_000)
@@ -1271,6 +1302,13 @@ def test_an_export_bigger_than_the_memory_is_refused_before_the_work(tmp_path, m
     with pytest.raises(DreamtextError, match="--texture-size"):  # 16384^2 texels: 46 GB
         export_field(UntouchableField(), tmp_path, small_options(texture_size=16384))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hopeless_export_size_is_written_in_whole_gigabytes(monkeypatch):
+    """`--resolution 100000` was refused as needing "about 32000000.0 GB"."""
+    monkeypatch.setattr(export_module, "available_memory", lambda: 8 * 10**9)
+    with pytest.raises(DreamtextError, match=r"needs about 32,000,000 GB of memory and 8\.0 GB"):
+        export_module.check_memory(ExportOptions(resolution=100_000))
 
 
 def test_the_default_export_fits_in_a_small_machine(monkeypatch):
