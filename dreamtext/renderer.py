@@ -42,6 +42,7 @@ from dreamtext.cameras import Poses, get_rays
 from dreamtext.compositing import accumulate, packed_weights
 from dreamtext.errors import DreamtextError
 from dreamtext.field import Field
+from dreamtext.interrupts import raise_if_stop_in_step
 from dreamtext.regularisers import regularisers, weighted_sum
 from dreamtext.samplers import (
     SAMPLERS,
@@ -407,6 +408,7 @@ class VolumeRenderer(nn.Module):
         queries = self._queries_per_sample(field, shading) - (0 if values is None else 1)
         parts = []
         for chunk, part, lo, hi in self.sample_chunks(samples, queries, self.cfg.chunk_points):
+            raise_if_stop_in_step()  # Ctrl-C ends a step this big between chunks, not after it
             vals = values.slice(lo, hi) if values is not None else None
             sub = rays[chunk.start : chunk.stop]
             parts.append(self.composite(field, sub, part, shading, ambient_ratio, vals, collect))
@@ -547,7 +549,10 @@ class VolumeRenderer(nn.Module):
 def in_pieces(fn, size: int, *inputs: Tensor) -> tuple[Tensor, ...]:
     """``fn`` (a tensor or a tuple of tensors out) on consecutive pieces of at most ``size``
     rows of ``inputs``, its outputs joined."""
-    outputs = [fn(*piece) for piece in zip(*(t.split(size) for t in inputs), strict=True)]
+    outputs = []
+    for piece in zip(*(t.split(size) for t in inputs), strict=True):
+        raise_if_stop_in_step()
+        outputs.append(fn(*piece))
     outputs = [out if isinstance(out, tuple) else (out,) for out in outputs]
     return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
@@ -596,6 +601,7 @@ class _ReplayField(torch.autograd.Function):
         joint = grad_normals is not None and getattr(field, "joint_normals", False)
         with torch.enable_grad():
             for start in range(0, x.shape[0], ctx.piece):
+                raise_if_stop_in_step()
                 piece = slice(start, start + ctx.piece)
                 wanted = [None if grad is None else grad[piece] for grad in grads]
                 if grad_normals is not None and not joint:
@@ -656,6 +662,7 @@ class _Replay:
         n = len(self.rays)
         chunks = renderer.sample_chunks(samples, self.per_sample, renderer.cfg.grad_chunk_points)
         for chunk, part, lo, hi in chunks:
+            raise_if_stop_in_step()
             out = renderer.composite(
                 self.field,
                 self.rays[chunk.start : chunk.stop],

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamtext.compositing import optical_depths, segment_offsets
+from dreamtext.interrupts import raise_if_stop_in_step
 
 if TYPE_CHECKING:
     from dreamtext.field import Field
@@ -252,6 +253,7 @@ def query_chunks(field: Field, points: Tensor, chunk_points: int) -> tuple[Tenso
     in float32."""
     sigma, albedo = [], []
     for part in points.split(max(chunk_points, 1)):
+        raise_if_stop_in_step()  # Ctrl-C ends a step this big between chunks, not after it
         s, a = field(part)
         sigma.append(s.float())
         albedo.append(a.float())
@@ -387,6 +389,7 @@ class OccupancySampler:
 
         kept_rays, kept_starts, kept_ends, kept_sigma, kept_albedo = [], [], [], [], []
         while ids.numel() > 0:
+            raise_if_stop_in_step()
             ray_near, ray_far, last_cut = state[:, 6], state[:, 7], state[:, 8]
             remaining = int(torch.ceil((ray_far - last_cut).max() / dt)) + 1
             span = max(self.window, min(remaining, step_budget // ids.numel()))
@@ -459,6 +462,7 @@ def in_ray_chunks(sample, origins: Tensor, directions: Tensor, chunk_rays: int):
     ``chunk_rays`` rays at a time and join the parts (ray indices renumbered to the whole)."""
     parts, values, firsts = [], [], []
     for start in range(0, origins.shape[0], chunk_rays):
+        raise_if_stop_in_step()
         stop = min(start + chunk_rays, origins.shape[0])
         samples, vals = sample(origins[start:stop], directions[start:stop])
         parts.append(samples)

@@ -73,6 +73,7 @@ from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
 from dreamtext.interrupts import (  # TrainingInterrupted is imported from here too
+    StepStopped,
     TrainingInterrupted,
     sigterm_interrupts,
     stop_on_signal,
@@ -330,8 +331,39 @@ def restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: to
     torch.cuda.set_rng_state(saved, device)
 
 
+def random_states(run: Run) -> dict[str, Any]:
+    """What a step draws from and counts: the random generators' states and the guidance's count
+    of skipped steps, to put back when the step is abandoned (:func:`train_step`)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+        "cameras": run.cameras_rng.get_state(),
+        "guidance": run.guidance.get_state(),
+        "skipped_steps": run.guidance.skipped_steps,
+    }
+
+
 def train_step(run: Run) -> dict[str, Any]:
-    """One SDS step on a batch of random cameras; returns the numbers worth logging."""
+    """One SDS step on a batch of random cameras; returns the numbers worth logging.
+
+    A stop requested mid-step (:class:`~dreamtext.interrupts.StepStopped`, raised between the
+    renderer's chunks) abandons it before the optimiser step: its gradients are dropped and the
+    random states put back, so that the run is exactly at its last whole step and a resume
+    draws the same cameras and noise as a run that was never stopped."""
+    before = random_states(run)
+    try:
+        return _train_step(run)
+    except StepStopped:
+        run.optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(before["torch"])
+        restore_cuda_rng(before["cuda"], run.device)
+        run.cameras_rng.set_state(before["cameras"])
+        run.guidance.set_state(before["guidance"])
+        run.guidance.skipped_steps = before["skipped_steps"]
+        raise
+
+
+def _train_step(run: Run) -> dict[str, Any]:
     cfg, rng = run.cfg, run.cameras_rng
     step = run.step + 1
     poses = sample_poses(cfg.batch_size, cfg.cameras, rng)
@@ -583,8 +615,12 @@ def _train(run: Run, resume: bool) -> Path:
         ) as bar,
     ):
         while run.step < cfg.iters:
-            with out_of_memory_saves_a_checkpoint(run):
-                record = train_step(run)
+            try:
+                with out_of_memory_saves_a_checkpoint(run):
+                    record = train_step(run)
+            except StepStopped:  # stopped mid-step: train_step left the last whole one as it was
+                path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
+                raise TrainingInterrupted(run.step, path) from None
             postfix = {"loss": f"{record['loss']:.4g}", "t": f"{record.get('t', 0):.0f}"}
             memory = peak_gpu_mib(run.device)
             if memory is not None:
@@ -600,8 +636,11 @@ def _train(run: Run, resume: bool) -> Path:
                 append_log_line(log, log_path, record)
                 update_status(workspace)
             if cfg.preview_every > 0 and run.step % cfg.preview_every == 0:
-                with out_of_memory_saves_a_checkpoint(run):
-                    save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
+                try:
+                    with out_of_memory_saves_a_checkpoint(run):
+                        save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
+                except StepStopped:  # the step itself is whole: its checkpoint, no preview
+                    stop["stop"] = True
             if run.step % cfg.checkpoint_every == 0:
                 save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 update_status(workspace)

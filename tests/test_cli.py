@@ -1293,3 +1293,51 @@ def test_a_copied_run_whose_model_folder_moved_is_refused_in_one_line_naming_mod
     assert main([*again, "--model", str(tmp_path / "sd.moved")]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
     assert len(notes) == 1 and "guidance.model" in notes[0]
+
+
+def test_sigterm_mid_render_drops_that_step_saves_the_last_whole_one_and_exits_130(
+    tmp_path, monkeypatch, capsys
+):
+    """A SIGTERM was honoured only between steps: a step too big to end (``--h 4096``) ran on
+    past a scheduler's stop until SIGKILL, leaving status.json "running" and nothing saved. It
+    now stops at the sampler's next chunk of rays, without that step's update."""
+    import signal
+
+    from dreamtext import samplers, trainer
+    from dreamtext.checkpoint import load_checkpoint
+
+    real_step, real_sample = trainer.train_step, samplers.DenseSampler._sample
+    armed = []
+
+    def step(run):
+        if run.step == 1:
+            armed.append(True)  # the signal lands in step 2's first chunk of rays
+        return real_step(run)
+
+    def sample(self, *args, **kwargs):
+        if armed:
+            armed.clear()
+            signal.raise_signal(signal.SIGTERM)
+        return real_sample(self, *args, **kwargs)
+
+    chunked = tmp_path / "chunked.yaml"
+    chunked.write_text("render: {chunk_size: 256}\n")  # 8 chunks of rays a render
+    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(samplers.DenseSampler, "_sample", sample)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--iters", "3", "--config", chunked], capsys)
+    assert code == 130, err
+    assert "interrupted after step 1; saved " in err.strip().splitlines()[-1]
+    workspace = tmp_path / "workspace" / "a_red_cube"
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("interrupted", 1)
+    saved = load_checkpoint(workspace / "checkpoints" / "last.pt")
+    assert saved["step"] == 1
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(samplers.DenseSampler, "_sample", real_sample)
+    one = ["--iters", "1", "--config", chunked, "--workspace", "one"]
+    code, err = run_main([*BUILTIN_RUN, *one], capsys)
+    assert code == 0, err
+    one_step = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["field"]
+    for key, value in one_step.items():  # the field is step 1's: step 2's update was dropped
+        assert torch.equal(saved["field"][key], value), key

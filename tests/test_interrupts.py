@@ -6,6 +6,8 @@ import signal
 import pytest
 
 from dreamtext.interrupts import (
+    StepStopped,
+    raise_if_stop_in_step,
     signals_held,
     sigterm_interrupts,
     stop_on_signal,
@@ -52,3 +54,15 @@ def test_a_held_signal_arrives_after_the_block_or_is_dropped(drop):
         except KeyboardInterrupt:
             done.append("interrupted")
     assert done == ["the write"] if drop else ["the write", "interrupted"]
+
+
+def test_a_stop_in_a_training_loop_stops_the_chunks_of_its_step_and_nothing_outside_it():
+    """The renderer's chunk loops call raise_if_stop_in_step: inside a training loop a first
+    Ctrl-C / SIGTERM ends the step at its next chunk; outside one (an export) it is a no-op."""
+    with sigterm_interrupts():
+        with stop_on_signal():
+            raise_if_stop_in_step()  # nothing asked yet
+            signal.raise_signal(signal.SIGTERM)
+            with pytest.raises(StepStopped):
+                raise_if_stop_in_step()
+        raise_if_stop_in_step()  # the loop is over: its flag no longer applies

@@ -86,6 +86,50 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_sd_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_stop_mid_backward_drops_the_step_and_the_resume_equals_an_uninterrupted_run(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """Ctrl-C / SIGTERM inside a step (here between the chunks of a deferred backward, after the
+    SDS gradient) ends it there: no update, the checkpoint of the step before, the random states
+    of that step, so a resume trains the run an unstopped one would. A stop was honoured only
+    after the step, which a step too big to end never reached."""
+    import signal
+
+    from dreamtext.renderer import VolumeRenderer
+
+    render = {**TINY_TRAIN["render"], "backprop": "deferred", "grad_chunk_points": 1024}
+    chunked = {"render": render, "preview_every": 0}
+    whole = train(tiny_config(tmp_path / "whole", tiny_sd_path, iters=4, **chunked))
+    real_step, real_composite = trainer.train_step, VolumeRenderer.composite
+    armed = []
+
+    def step(run):
+        if run.step == 2:
+            armed.append(True)
+        return real_step(run)
+
+    def composite(self, *args, **kwargs):
+        if armed and torch.is_grad_enabled():  # step 3's first chunk of the replay's backward
+            armed.clear()
+            signal.raise_signal(signal.SIGTERM)
+        return real_composite(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(VolumeRenderer, "composite", composite)
+    cfg = tiny_config(tmp_path / "split", tiny_sd_path, iters=4, checkpoint_every=100, **chunked)
+    with pytest.raises(TrainingInterrupted, match="interrupted after step 2; saved "):
+        train(cfg)
+    split = Path(cfg.workspace)
+    assert load_checkpoint(split / "checkpoints" / "last.pt")["step"] == 2
+    assert json.loads((split / "status.json").read_text())["state"] == "interrupted"
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(VolumeRenderer, "composite", real_composite)
+    resumed = train(tiny_config(tmp_path / "split", tiny_sd_path, iters=4, **chunked), resume=True)
+    expected, got = field_params(whole), field_params(resumed)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
 def test_a_run_typed_again_from_its_config_json_trains_the_same_field(tmp_path, tiny_sd_path):
     """``--config RUN/config.json`` refused the file every run writes: its records of what ran
     (``encoding_backend``, ``ran_on``) were taken for unknown fields."""
