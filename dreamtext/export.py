@@ -277,12 +277,12 @@ def check_memory(options: ExportOptions, after_training: bool = False) -> None:
         )
         fix = "lower --resolution (half of it needs an eighth of the memory) or --texture-size"
     raise DreamtextError(
-        f"{what} needs about {_gigabytes(need)} of memory and {_gigabytes(available)} is "
-        f"available: {fix}"
+        f"{what} needs about {format_gigabytes(need)} of memory and "
+        f"{format_gigabytes(available)} is available: {fix}"
     )
 
 
-def _gigabytes(size: int | float) -> str:
+def format_gigabytes(size: int | float) -> str:
     """``size`` bytes for a message: ``34.4 GB``; from 1,000 GB on whole, with thousands
     separators (``--resolution 100000`` needs ``32,000,000 GB``, not ``32000000.0 GB``)."""
     gigabytes = size / 1e9

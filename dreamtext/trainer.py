@@ -65,9 +65,11 @@ from dreamtext.errors import DreamtextError, TrainedRun
 from dreamtext.export import (
     MESH_OUTPUTS,
     REPLACED_OUTPUTS,
+    available_memory,
     check_memory,
     export_field,
     finish_replacements,
+    format_gigabytes,
 )
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
@@ -213,6 +215,45 @@ def check_workspace(
         )
 
 
+# Bytes every ray of a training render holds at once, however its samples are chunked: its origin
+# and direction (6 float32) and its outputs (rgb 3, opacity, depth, orientation: 6 float32; the
+# normals of a shaded step come on top). A lower bound: the samples, the field's activations and
+# the guidance model come on top of it, and the occupancy grid can skip nearly every sample, so
+# no number of samples per ray is certain.
+BYTES_PER_RAY_AT_LEAST = 48
+
+
+def render_memory_at_least(cfg: TrainConfig) -> int:
+    """Bytes a training step of ``cfg`` needs at the very least: ``48 · batch_size · h · w``
+    (:data:`BYTES_PER_RAY_AT_LEAST`): 6.3 MB at 256 px, 1.6 GB at 4096 px, 960 GB at 100,000 px,
+    for a batch of 2."""
+    return BYTES_PER_RAY_AT_LEAST * cfg.batch_size * cfg.h * cfg.w
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes ``device`` can give now: a GPU's free memory, the host's available memory
+    (:func:`~dreamtext.export.available_memory`) for the CPU; ``None`` where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory()
+
+
+def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before anything is loaded or written, a render size whose rays alone cannot fit
+    (:func:`render_memory_at_least`): such a run wrote a workspace and then ran out of memory
+    at its first step, or (a size that nearly fits) swapped for minutes. A lower bound, so it
+    never refuses a run that could fit; sizes below it still meet the out-of-memory line."""
+    need, available = render_memory_at_least(cfg), device_memory(device)
+    if available is None or need <= available:
+        return
+    memory = "GPU memory" if device.type == "cuda" else "memory"
+    raise DreamtextError(
+        f"--h {cfg.h} --w {cfg.w} with batch {cfg.batch_size}: its rays alone need at least "
+        f"{format_gigabytes(need)} of {memory} and {format_gigabytes(available)} is available; "
+        "lower --h (the thesis's FitFusion renders 256 px; 64 is the default)"
+    )
+
+
 def build_run(
     cfg: TrainConfig, resume: bool = False, overwrite: bool = False, own_config: Path | None = None
 ) -> Run:
@@ -227,6 +268,7 @@ def build_run(
     if cfg.export:  # not after hours of training
         check_memory(cfg.export_options, after_training=True)
     device = resolve_device(cfg.device)
+    check_render_memory(cfg, device)
     check_encoding(cfg.field.encoding, device, cfg.field.level_dim)  # before minutes of loading
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, device)

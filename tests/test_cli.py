@@ -600,6 +600,26 @@ def test_out_of_host_memory_anywhere_is_one_line_naming_what_to_reduce(
     assert "GPU" not in err and "--fp16" not in err and "enforce" not in err
 
 
+def test_a_render_whose_rays_alone_cannot_fit_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    """--h 100000 wrote a workspace and a step-0 checkpoint, then ran out of memory; a size that
+    nearly fit swapped for minutes in its first step. 48 B a ray at least: 8192² px, batch 2 is
+    6.4 GB, refused where 1 GB is available; 64 px (0.4 MB) goes on."""
+    from dreamtext import trainer
+
+    cfg = SimpleNamespace(h=256, w=256, batch_size=2)
+    assert trainer.render_memory_at_least(cfg) == 48 * 2 * 256 * 256  # 6.3 MB
+    monkeypatch.setattr(trainer, "available_memory", lambda: 10**9)
+    workspace = tmp_path / "big"
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--no-export"]
+    code, err = run_main([*args, "--h", "8192", "--workspace", workspace], capsys)
+    assert_user_error(code, err, "--h 8192", "at least 6.4 GB of memory", "1.0 GB is available")
+    assert not workspace.exists()
+    code, err = run_main([*args, "--iters", "1", "--workspace", workspace], capsys)
+    assert code == 0, err
+
+
 def test_other_errors_still_raise(monkeypatch, capsys):
     from dreamtext import cli
 
