@@ -773,18 +773,20 @@ def early_batch(args: argparse.Namespace) -> None:
     read_prompt_lines(Path(args.prompts))
 
 
+# Each command function's early checks, by the function (a command replaced, as tests replace
+# them, brings no checks of the one it replaces).
 EARLY_CHECKS = {
-    "text": early_text,
-    "image": early_image,
-    "describe": early_describe,
-    "batch": early_batch,
+    cmd_text: early_text,
+    cmd_image: early_image,
+    cmd_describe: early_describe,
+    cmd_batch: early_batch,
 }
 
 
 def check_before_loading(args: argparse.Namespace) -> None:
-    """The checks of ``args.command`` that need no torch (:data:`EARLY_CHECKS`); a
+    """The checks of ``args.func`` that need no torch (:data:`EARLY_CHECKS`); a
     :class:`DreamtextError` is the line the command would have stopped with after loading it."""
-    check = EARLY_CHECKS.get(args.command)
+    check = EARLY_CHECKS.get(args.func)
     if check is not None:
         check(args)
 
