@@ -26,19 +26,6 @@ from dreamtext.errors import (
     trained_run_line,
     what_failed,
 )
-from dreamtext.inputs import (
-    DEFAULT_WORKSPACE_ROOT,
-    STAGE_SECTIONS,
-    ascii_slug,
-    check_image_path,
-    check_root,
-    check_root_writable,
-    preset_path,
-    read_prompt_lines,
-    read_yaml,
-    slugify,
-)
-from dreamtext.processes import check_own_folder
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -664,7 +651,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 # mistyped path or flag is its one line at once. Each refuses only what the command itself would
 # refuse first, with the same line: it repeats the command's own steps in their order, with the
 # torch-free functions those steps call, and stops (leaving the rest to the command) at the
-# first step whose outcome it cannot know without torch.
+# first step whose outcome it cannot know without torch. Their modules are imported here, not at
+# the top: `view` and `export` start without them.
 
 
 def _iters_or_epochs(args: argparse.Namespace) -> None:
@@ -680,6 +668,8 @@ def _read_config_files(
     the command checks further, or says something of, before it reads the next: one holding a
     key of ``unsure``, or with ``run_configs`` a run's ``config.json``; ``True`` when all were
     read."""
+    from dreamtext.inputs import read_yaml
+
     for path in map(Path, files or ()):
         data = read_yaml(path)
         if any(key in data for key in unsure) or (run_configs and path.name == "config.json"):
@@ -691,6 +681,8 @@ def _default_workspace_free(image: str) -> Path | None:
     """The folder ``describe`` and ``image`` default to for ``image``
     (:func:`dreamtext.imageto3d.default_workspace`) when neither name it can have exists,
     ``None`` when one does (which of them it is takes torch-side modules to say)."""
+    from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT, ascii_slug, slugify
+
     stem = Path(image).stem
     folders = {DEFAULT_WORKSPACE_ROOT / slugify(stem), DEFAULT_WORKSPACE_ROOT / ascii_slug(stem)}
     if any(os.path.lexists(folder) for folder in folders):
@@ -719,6 +711,8 @@ def early_text(args: argparse.Namespace) -> None:
             _read_config_files(args.config)
         return
     if args.preset is not None:
+        from dreamtext.inputs import preset_path
+
         preset_path(args.preset)
     # read_config_file refuses a YAML's 'presets' and warns of a run's 'resumes' before it
     # reads the next file.
@@ -730,9 +724,13 @@ def early_image(args: argparse.Namespace) -> None:
     :func:`dreamtext.imageto3d.check_image` checks it first, where its line for a moved image
     (a run in the workspace holding a copy) cannot apply: the path exists (a folder), or the
     workspace does not."""
+    from dreamtext.inputs import check_image_path
+
     _iters_or_epochs(args)
     image = Path(args.image)
-    workspace = Path(args.workspace) if args.workspace else _default_workspace_free(args.image)
+    # As cmd_image takes it: --workspace "" is the current folder.
+    explicit = args.workspace is not None
+    workspace = Path(args.workspace) if explicit else _default_workspace_free(args.image)
     if image.exists() or (workspace is not None and not workspace.is_dir()):
         check_image_path(image)
 
@@ -743,6 +741,9 @@ def early_describe(args: argparse.Namespace) -> None:
     other process holds it) whose place :func:`dreamtext.processes.check_own_folder` accepts,
     and sentence-search flags :func:`dreamtext.describe.check_options` accepts without reading
     a word list."""
+    from dreamtext.inputs import check_image_path
+    from dreamtext.processes import check_own_folder
+
     if args.device not in (None, "auto", "cpu"):
         return
     workspace = Path(args.workspace) if args.workspace else _default_workspace_free(args.image)
@@ -762,6 +763,14 @@ def early_batch(args: argparse.Namespace) -> None:
     """``batch``: ``--iters`` with ``--epochs``, the ``--config`` files as
     :func:`image_overrides` reads them, then ``--workspace ROOT`` and the prompts file as
     :func:`dreamtext.batch.run_batch` checks them first."""
+    from dreamtext.inputs import (
+        DEFAULT_WORKSPACE_ROOT,
+        STAGE_SECTIONS,
+        check_root,
+        check_root_writable,
+        read_prompt_lines,
+    )
+
     _iters_or_epochs(args)
     # config_file_stage_sections checks a file's stage sections before it reads the next.
     if not _read_config_files(args.config, unsure=STAGE_SECTIONS):
