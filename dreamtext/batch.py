@@ -35,7 +35,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -72,8 +71,9 @@ from dreamtext.errors import (
     file_system_fix,
     what_failed,
 )
+from dreamtext.inputs import check_root, check_root_writable, read_prompt_lines, root_write_error
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
-from dreamtext.processes import HOST, enclosing_run, gone_process, this_process
+from dreamtext.processes import HOST, gone_process, this_process
 from dreamtext.progress import bar_options
 from dreamtext.runstatus import (
     RunTakenOver,
@@ -154,21 +154,6 @@ def stopped_the_batch(record: dict[str, Any]) -> bool:
     """The line (or the writing of its record) met a file-system error every next line would
     meet too: the batch stopped there (:func:`batch_stop`)."""
     return bool(record.get("stopped_batch"))
-
-
-def root_write_error(root: Path) -> OSError | None:
-    """Why a file cannot be made, written and removed in ``root`` (the error, with ``root`` as
-    its file), or ``None`` when it can: every line's lock and ``batch.jsonl`` go there."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".dreamtext-write-check.", dir=root)
-        try:
-            os.write(fd, b"\n")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as error:
-        return OSError(error.errno, error.strerror or str(error), str(root))
-    return None
 
 
 def _file_system(path: Path) -> int | None:
@@ -318,23 +303,7 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     from dreamtext.images import load_image
 
     path = Path(path)
-    try:
-        # utf-8-sig: files saved by Windows editors start with a BOM, which strip() keeps.
-        # Lines end at a newline only (\r\n and \r read as one), as editors, wc and sed number
-        # them: splitlines() also split at a form feed or U+2028, and the messages named lines
-        # after it by numbers the file does not have.
-        lines = path.read_text(encoding="utf-8-sig").split("\n")
-    except FileNotFoundError:
-        raise DreamtextError(
-            f"prompts file {path} does not exist; pass a text file with one prompt per line"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise DreamtextError(
-            f"prompts file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
-            "save it as UTF-8 text with one prompt per line"
-        ) from None
-    except OSError as error:
-        raise DreamtextError(f"cannot read prompts file {path}: {error}") from None
+    lines = read_prompt_lines(path)
     found: list[Entry] = []  # workspaces named once the whole list is known
     seen: dict[tuple[str, str], int] = {}
     for number, raw in enumerate(lines, start=1):
@@ -940,28 +909,6 @@ def run_batch(
     return records
 
 
-def check_root(root: Path) -> None:
-    """``--workspace ROOT`` is a folder, or nothing yet, inside a folder (not inside a file), and
-    neither a run's folder nor inside one (:func:`dreamtext.processes.enclosing_run`): the
-    batch's runs are its subfolders."""
-    if root.exists() and not root.is_dir():
-        raise DreamtextError(f"--workspace {root} is a file; pass a folder")
-    run = enclosing_run(root)
-    if run is not None:
-        where = "is the folder of a run" if run == root else f"is inside the run in {run}"
-        raise DreamtextError(
-            f"--workspace {root} {where}; batch's --workspace is the folder that holds its "
-            "runs: pass a folder outside any run"
-        )
-    for parent in root.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise DreamtextError(
-                    f"--workspace {root} is inside the file {parent}; pass a folder"
-                )
-            return
-
-
 # How many of the prompts the built-in prior does not know its one line names.
 UNKNOWN_PROMPTS_SHOWN = 3
 
@@ -1001,20 +948,6 @@ def check_builtin_prior(entries: list[Entry], cfg: TrainConfig, prompts_file: Pa
         f"{'those lines' if many else 'that line'}, or pass --model with a Stable Diffusion "
         "model (a diffusers hub id or folder)"
     )
-
-
-def check_root_writable(root: Path) -> None:
-    """A file can be made, written and removed in ``root`` (:func:`root_write_error`): a
-    read-only file system, a folder of another user's or a full disk would otherwise fail every
-    line, one after another."""
-    error = root_write_error(root)
-    if error is not None:
-        space = error.errno in (errno.ENOSPC, errno.EDQUOT)
-        raise DreamtextError(
-            f"cannot write in --workspace {root}: {error.strerror}; "
-            + ("free space on its disk (or quota) or " if space else "")
-            + "pass a folder you can write to"
-        )
 
 
 def check_model(cfg: TrainConfig) -> None:

@@ -293,19 +293,7 @@ def cmd_text(args: argparse.Namespace) -> int:
     )
     from dreamtext.trainer import TrainingInterrupted, train
 
-    if args.epochs and args.iters:
-        raise DreamtextError("give --iters or --epochs, not both")
-    if args.resume and args.overwrite:
-        raise DreamtextError("give --resume or --overwrite, not both")
-    if args.diverse and args.resume:
-        raise DreamtextError(
-            "--diverse runs resume on their own (in workspace/<prompt>_diverse_seed<N>): run the "
-            "same command again without --resume"
-        )
-    given = [name for name in (*DESCRIBE_FLAGS, "descriptor_iters") if getattr(args, name)]
-    if given and not args.diverse:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise DreamtextError(f"{flags}: for --diverse's image only; add --diverse or drop them")
+    # The flags' own conflicts were refused before torch was imported (early_text).
     overrides = text_overrides(args)
     base = None
     if args.resume:
@@ -566,9 +554,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     )
     from dreamtext.trainer import TrainingInterrupted
 
-    if args.epochs and args.iters:
-        raise DreamtextError("give --iters or --epochs, not both")
-    overrides = text_overrides(args)
+    overrides = text_overrides(args)  # --iters with --epochs was refused by early_image
     # The prompt is the sentence DreamText learns; the image's name stands in until then.
     overrides["prompt"] = Path(args.image).stem or "image"
     workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
@@ -646,9 +632,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from dreamtext.batch import BatchOptions, exit_code, run_batch, summary_table
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
 
-    if args.epochs and args.iters:
-        raise DreamtextError("give --iters or --epochs, not both")
-    overrides = text_overrides(args)
+    overrides = text_overrides(args)  # --iters with --epochs was refused by early_batch
     overrides.pop("workspace", None)
     options = BatchOptions(
         root=Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT,
@@ -660,6 +644,160 @@ def cmd_batch(args: argparse.Namespace) -> int:
     records = run_batch(args.prompts, overrides, args.preset, args.config, options)
     print(summary_table(records))
     return exit_code(records)
+
+
+# The checks below run before torch and the model libraries are imported (start_libraries:
+# seconds and hundreds of MB, tens of seconds on a cluster's network home directory), so that a
+# mistyped path or flag is its one line at once. Each refuses only what the command itself would
+# refuse first, with the same line: it repeats the command's own steps in their order, with the
+# torch-free functions those steps call, and stops (leaving the rest to the command) at the
+# first step whose outcome it cannot know without torch. Their modules are imported here, not at
+# the top: `view` and `export` start without them.
+
+
+def _iters_or_epochs(args: argparse.Namespace) -> None:
+    if args.epochs and args.iters:
+        raise DreamtextError("give --iters or --epochs, not both")
+
+
+def _read_config_files(
+    files: list[str] | None, unsure: tuple[str, ...] = (), run_configs: bool = False
+) -> bool:
+    """Read the ``--config`` files in order as the command reads them first (a missing file,
+    one that is not YAML or no mapping is its line). Stop (``False``) at the first file that
+    the command checks further, or says something of, before it reads the next: one holding a
+    key of ``unsure``, or with ``run_configs`` a run's ``config.json``; ``True`` when all were
+    read."""
+    from dreamtext.inputs import read_yaml
+
+    for path in map(Path, files or ()):
+        data = read_yaml(path)
+        if any(key in data for key in unsure) or (run_configs and path.name == "config.json"):
+            return False
+    return True
+
+
+def _default_workspace_free(image: str) -> Path | None:
+    """The folder ``describe`` and ``image`` default to for ``image``
+    (:func:`dreamtext.imageto3d.default_workspace`) when neither name it can have exists,
+    ``None`` when one does (which of them it is takes torch-side modules to say)."""
+    from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT, ascii_slug, slugify
+
+    stem = Path(image).stem
+    folders = {DEFAULT_WORKSPACE_ROOT / slugify(stem), DEFAULT_WORKSPACE_ROOT / ascii_slug(stem)}
+    if any(os.path.lexists(folder) for folder in folders):
+        return None
+    return DEFAULT_WORKSPACE_ROOT / slugify(stem)
+
+
+def early_text(args: argparse.Namespace) -> None:
+    """``text``: the flags' conflicts, then ``--preset`` and the ``--config`` files as
+    :func:`dreamtext.config.resolve_config` reads them (``--resume`` reads the files first
+    to find the run's folder, unless ``--workspace`` names it)."""
+    _iters_or_epochs(args)
+    if args.resume and args.overwrite:
+        raise DreamtextError("give --resume or --overwrite, not both")
+    if args.diverse and args.resume:
+        raise DreamtextError(
+            "--diverse runs resume on their own (in workspace/<prompt>_diverse_seed<N>): run the "
+            "same command again without --resume"
+        )
+    given = [name for name in (*DESCRIBE_FLAGS, "descriptor_iters") if getattr(args, name)]
+    if given and not args.diverse:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise DreamtextError(f"{flags}: for --diverse's image only; add --diverse or drop them")
+    if args.resume:
+        if args.workspace is None:  # _saved_config: configured_workspace reads every file
+            _read_config_files(args.config)
+        return
+    if args.preset is not None:
+        from dreamtext.inputs import preset_path
+
+        preset_path(args.preset)
+    # read_config_file refuses a YAML's 'presets' and warns of a run's 'resumes' before it
+    # reads the next file.
+    _read_config_files(args.config, unsure=("presets", "resumes"), run_configs=True)
+
+
+def early_image(args: argparse.Namespace) -> None:
+    """``image``: ``--iters`` with ``--epochs``, then the image's path as
+    :func:`dreamtext.imageto3d.check_image` checks it first, where its line for a moved image
+    (a run in the workspace holding a copy) cannot apply: the path exists (a folder), or the
+    workspace does not."""
+    from dreamtext.inputs import check_image_path
+
+    _iters_or_epochs(args)
+    image = Path(args.image)
+    # As cmd_image takes it: --workspace "" is the current folder.
+    explicit = args.workspace is not None
+    workspace = Path(args.workspace) if explicit else _default_workspace_free(args.image)
+    if image.exists() or (workspace is not None and not workspace.is_dir()):
+        check_image_path(image)
+
+
+def early_describe(args: argparse.Namespace) -> None:
+    """``describe``: the image's path, where :func:`cmd_describe`'s steps before it cannot
+    refuse anything: a device that needs no torch to resolve, a workspace not made yet (so no
+    other process holds it) whose place :func:`dreamtext.processes.check_own_folder` accepts,
+    and sentence-search flags :func:`dreamtext.describe.check_options` accepts without reading
+    a word list."""
+    from dreamtext.inputs import check_image_path
+    from dreamtext.processes import check_own_folder
+
+    if args.device not in (None, "auto", "cpu"):
+        return
+    workspace = Path(args.workspace) if args.workspace else _default_workspace_free(args.image)
+    if workspace is None or os.path.lexists(workspace):
+        return
+    check_own_folder(workspace)
+    if args.nouns is not None or args.adjectives is not None:
+        return
+    if args.max_words is not None and args.max_words < 0:
+        return
+    if any(text is not None and not text.strip() for text in (args.noun, args.quantifier)):
+        return
+    check_image_path(Path(args.image))
+
+
+def early_batch(args: argparse.Namespace) -> None:
+    """``batch``: ``--iters`` with ``--epochs``, the ``--config`` files as
+    :func:`image_overrides` reads them, then ``--workspace ROOT`` and the prompts file as
+    :func:`dreamtext.batch.run_batch` checks them first."""
+    from dreamtext.inputs import (
+        DEFAULT_WORKSPACE_ROOT,
+        STAGE_SECTIONS,
+        check_root,
+        check_root_writable,
+        read_prompt_lines,
+    )
+
+    _iters_or_epochs(args)
+    # config_file_stage_sections checks a file's stage sections before it reads the next.
+    if not _read_config_files(args.config, unsure=STAGE_SECTIONS):
+        return
+    root = Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT
+    check_root(root)
+    if root.is_dir():
+        check_root_writable(root)
+    read_prompt_lines(Path(args.prompts))
+
+
+# Each command function's early checks, by the function (a command replaced, as tests replace
+# them, brings no checks of the one it replaces).
+EARLY_CHECKS = {
+    cmd_text: early_text,
+    cmd_image: early_image,
+    cmd_describe: early_describe,
+    cmd_batch: early_batch,
+}
+
+
+def check_before_loading(args: argparse.Namespace) -> None:
+    """The checks of ``args.func`` that need no torch (:data:`EARLY_CHECKS`); a
+    :class:`DreamtextError` is the line the command would have stopped with after loading it."""
+    check = EARLY_CHECKS.get(args.func)
+    if check is not None:
+        check(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1002,6 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = expand_home(build_parser().parse_command_line(argv))
     show_progress_messages()
     try:
+        check_before_loading(args)
         # Importing torch and diffusers takes seconds: a Ctrl-C then is handled below too.
         with start_libraries(args):
             return run_command(args)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import math
 import os
-import re
 import sys
 import types
 import typing
@@ -24,20 +22,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dreamtext.cameras import CameraRange
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.export import ExportOptions
 from dreamtext.field import FieldConfig
 from dreamtext.guidance import GuidanceConfig
+from dreamtext.inputs import (
+    DEFAULT_WORKSPACE_ROOT,
+    SLUG_MAX_BYTES,
+    STAGE_SECTIONS,
+    ascii_slug,
+    available_presets,
+    preset_dirs,
+    preset_path,
+    read_yaml,
+    slugify,
+)
 from dreamtext.processes import is_run_folder
 from dreamtext.renderer import RenderConfig
 
 ITERS_PER_EPOCH = 100
 """Iterations per epoch, as in stable-dreamfusion (the thesis counts epochs)."""
-
-DEFAULT_WORKSPACE_ROOT = Path("workspace")
 
 
 @dataclass
@@ -162,100 +167,6 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: st
             setattr(cfg, key, _coerce(value, hints[key], where, source))
 
 
-def preset_dirs(package: Path | None = None) -> list[Path]:
-    """Where presets live: the installed package's ``configs/``, else (a source checkout, where
-    the presets sit beside the package) the checkout's ``configs/``. An installed package never
-    looks beside itself: there, ``site-packages/configs/`` would be another distribution's."""
-    here = package or Path(__file__).resolve().parent
-    if (here / "configs").is_dir():
-        return [here / "configs"]
-    return [here.parent / "configs"]
-
-
-def available_presets() -> list[str]:
-    names = {p.stem for d in preset_dirs() if d.is_dir() for p in d.glob("*.yaml")}
-    return sorted(names)
-
-
-def preset_path(name: str) -> Path:
-    for folder in preset_dirs():
-        candidate = folder / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    known = ", ".join(available_presets()) or "none found"
-    raise DreamtextError(f"unknown preset '{name}'; available presets: {known}")
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading numbers as YAML 1.2 does. PyYAML follows YAML 1.1, whose
-    floats need a dot and a signed exponent (``5.0e-3``), so ``lr: 5e-3`` was the string
-    ``'5e-3'``, and refused as one; and whose integers with a leading 0 are octal (``seed: 010``
-    was 8) and ``12:30`` base 60 (750). Here ``5e-3`` and ``1e3`` are floats, ``010`` is 10,
-    ``0o10`` 8, ``0x10`` 16, and ``12:30`` a string. Digits may be grouped with ``_``
-    (``1_000``), as PyYAML allows. Booleans keep YAML 1.1's words (``yes``, ``on``)."""
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        """An integer scalar by YAML 1.2's rules: decimal, ``0o`` octal or ``0x`` hex."""
-        text = str(self.construct_scalar(node)).replace("_", "")
-        sign = -1 if text.startswith("-") else 1
-        digits = text.lstrip("+-")
-        if digits[:2] in ("0o", "0x"):
-            return sign * int(digits[2:], 8 if digits[1] == "o" else 16)
-        return sign * int(digits, 10)
-
-
-_NUMBER_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER_TAGS]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*|0o[0-7][0-7_]*|0x[0-9a-fA-F][0-9a-fA-F_]*)$"),
-    list("-+0123456789"),
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a config YAML file into a dict, turning every failure into a one-line user error.
-    Numbers are read as YAML 1.2 reads them (:class:`_Loader`)."""
-    try:
-        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
-    except FileNotFoundError:
-        raise DreamtextError(
-            f"config file '{path}' does not exist; check the --config path"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DreamtextError(f"cannot read config file '{path}': {exc}") from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" (line {line + 1})" if line is not None else ""
-        raise DreamtextError(f"config file '{path}' is not valid YAML{at}; fix it") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DreamtextError(f"config file '{path}' must hold a mapping of field: value")
-    return data
-
-
-# Sections of a run's config.json that are not TrainConfig fields: the settings of the stages
-# before text→3D, recorded by dreamtext.imageto3d from the start of such a run. ``image_to_3d``:
-# ``{"image", "describe": DescribeOptions, "descriptor": DescriptorOptions}``; ``diverse``
-# (``text --diverse``): ``{"prompt", "seed", "sample_steps", "sample_guidance_scale", "image"}``.
-STAGE_SECTIONS = ("image_to_3d", "diverse")
 # Keys of config.json that a rewrite of the file keeps unless it gives them anew: besides the
 # stage sections, records of what ran (not settings): the hash-grid backend, ``ran_on``
 # (device, dtypes, host, model commit and versions of the process that trained it last) and
@@ -797,46 +708,6 @@ def validate_cameras(cameras: CameraRange) -> None:
             )
 
 
-# The most UTF-8 bytes of a slug: 60 CJK letters. Names made from it must stay under the 255
-# bytes of a file name: batch's ``<slug>_<8 hex>`` and the temp file of its lock beside it,
-# ``.<that>.lock.<32 hex>.tmp`` (232 bytes), and ``--diverse``'s ``<slug>_diverse_seed<N>``.
-SLUG_MAX_BYTES = 180
-
-
-def slugify(prompt: str, max_length: int = 60) -> str:
-    """A folder name for a prompt: its words (letters and digits of any script, lower case)
-    joined by '_' (``"A castle!"`` → ``a_castle``, ``"Crème brûlée"`` → ``crème_brûlée``,
-    ``"一座城堡"`` → ``一座城堡``), at most ``max_length`` characters. A prompt
-    without letters or digits (``"🐱"``) is ``run_<8 hex digits of its SHA-256>``, so
-    that two of them do not share a folder; a blank one is ``run``.
-
-    The prompt is NFC-normalised first, so an accent typed as a combining mark gives the same
-    folder as the precomposed letter. Combining marks stay with their letters: the vowel signs
-    and viramas of Devanagari or Thai (``"नमस्ते"`` → ``नमस्ते``, not ``नमस_त``), Arabic's
-    harakat, the dot of a lower-cased ``İ``. At most :data:`SLUG_MAX_BYTES` bytes in UTF-8 too:
-    60 letters of four bytes each (``𝓪``, the letters of pasted "fancy text") left no room for
-    what batch adds to the name."""
-    normal = unicodedata.normalize("NFC", prompt)
-    kept = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in normal.lower())
-    slug = "_".join(kept.split())[:max_length]
-    while len(slug.encode("utf-8")) > SLUG_MAX_BYTES:
-        slug = slug[:-1]
-    if slug.rstrip("_"):
-        return slug.rstrip("_")
-    if not normal.strip():
-        return "run"
-    return f"run_{hashlib.sha256(normal.encode('utf-8')).hexdigest()[:8]}"
-
-
-def ascii_slug(prompt: str, max_length: int = 60) -> str:
-    """The folder name dreamtext gave a prompt before :func:`slugify` kept letters of every
-    script: ASCII letters and digits only (``"Crème brûlée"`` → ``cr_me_br_l_e``, every
-    non-Latin prompt → ``run``). Only looked up, so that a run made then is found again
-    (:func:`prompt_workspace`)."""
-    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
-    return slug[:max_length].rstrip("_") or "run"
-
-
 def run_owner(workspace: Path) -> tuple[str, str] | None:
     """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
     (``descriptor/sentence.json``, or before it config.json's ``image_to_3d`` section),
@@ -907,6 +778,7 @@ __all__ = [
     "own_config_file",
     "own_learned_embeds",
     "owner_value",
+    "preset_dirs",
     "preset_path",
     "prompt_workspace",
     "read_config_file",

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamtext.errors import DreamtextError
+from dreamtext.inputs import check_image_path
 
 # Pillow decodes every pixel of an image it opens fully: a tiny PNG that claims 100k × 100k pixels
 # would allocate tens of GB. Anything above this many pixels (Pillow's own default limit, written
@@ -37,10 +38,7 @@ def load_image(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Image.Imag
     orientation is applied so that the object stands the way the user sees it.
     """
     path = Path(path)
-    if path.is_dir():
-        raise DreamtextError(f"{path} is a folder, not an image; pass a PNG, JPEG or WebP file")
-    if not path.is_file():
-        raise DreamtextError(f"image not found: {path} (check the path)")
+    check_image_path(path)
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make the warning an error.

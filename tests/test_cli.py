@@ -536,6 +536,82 @@ def test_image_runs_every_stage_from_the_command_line(
     assert (workspace / "checkpoints" / "last.pt").is_file()
 
 
+# A mistake's line comes before torch and diffusers are imported: that import took 7 s of CPU
+# and 455 MB here, tens of seconds on a cluster's network home directory, for each of these.
+EARLY_MISTAKES = [
+    (
+        ["batch", "nofile.txt"],
+        "prompts file nofile.txt does not exist; pass a text file with one prompt per line",
+    ),
+    (
+        ["batch", "afolder"],
+        "cannot read prompts file afolder: [Errno 21] Is a directory: 'afolder'",
+    ),
+    (["describe", "afolder"], "afolder is a folder, not an image; pass a PNG, JPEG or WebP file"),
+    (["describe", "nothere.png"], "image not found: nothere.png (check the path)"),
+    (["image", "nothere.png"], "image not found: nothere.png (check the path)"),
+    (
+        ["text", "x", "--config", "nope.yaml"],
+        "config file 'nope.yaml' does not exist; check the --config path",
+    ),
+    (
+        ["text", "x", "--config", "bad.yaml"],
+        "config file 'bad.yaml' is not valid YAML (line 2); fix it",
+    ),
+    (
+        ["text", "x", "--preset", "nope"],
+        "unknown preset 'nope'; available presets: builtin-shapes, fitfusion, stable-dreamfusion",
+    ),
+    (["text", "x", "--iters", "5", "--epochs", "2"], "give --iters or --epochs, not both"),
+    (["batch", "p.txt", "--iters", "5", "--epochs", "2"], "give --iters or --epochs, not both"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"), EARLY_MISTAKES, ids=[" ".join(argv) for argv, _ in EARLY_MISTAKES]
+)
+def test_a_mistyped_path_or_flag_is_refused_before_torch_is_imported(tmp_path, argv, line):
+    (tmp_path / "afolder").mkdir()
+    (tmp_path / "bad.yaml").write_text("a: [1\n")
+    code = (
+        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
+        "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+    assert not (tmp_path / "workspace").exists()
+
+
+def test_an_image_moved_from_its_run_is_still_named_with_the_runs_copy(tmp_path, capsys):
+    """The early check leaves ``image OLD_PATH`` to the run in the workspace, whose line names
+    the copy to continue from."""
+    from dreamtext.imageto3d import keep_source_copy
+
+    image = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), "white").save(image)
+    workspace = tmp_path / "run"
+    (workspace / "descriptor").mkdir(parents=True)
+    record = {"sentence": "An image of a mug", "image": str(image.resolve())}
+    (workspace / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    copy = keep_source_copy(image, workspace)
+    image.unlink()
+    code, err = run_main(["image", image, "--workspace", workspace], capsys)
+    assert code == 2
+    assert err == (
+        f"dreamtext: error: image not found: {image}; to continue the run in {workspace}, pass "
+        f"its copy {copy} (or the image's new path)\n"
+    )
+
+
 def test_image_with_a_missing_file_is_a_user_error(tmp_path, capsys, tiny_sd_path):
     missing = tmp_path / "nowhere.png"
     code, err = run_main(["image", missing, "--model", tiny_sd_path], capsys)
