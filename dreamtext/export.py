@@ -27,7 +27,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,7 @@ from dreamtext.mesh import (
 from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
     HOST,
+    file_age,
     lock_folder,
     record_alive,
     record_held,
@@ -1177,19 +1177,11 @@ def _abandoned(partial: Path) -> bool:
     One of another machine that no lock can tell of is left alone."""
     record = _staging_record(partial)
     if record is None:
-        return _age(partial) > RECORD_GRACE_S
+        return file_age(partial) > RECORD_GRACE_S
     held = record_held(partial / RECORD_FILE) if record.get("locked") is True else None
     if held is False:
-        return record.get("host") == HOST or _age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
+        return record.get("host") == HOST or file_age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
     return held is None and record_alive(record) is False
-
-
-def _age(path: Path) -> float:
-    """Seconds since ``path`` was last modified; 0 if it cannot be told."""
-    try:
-        return time.time() - path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 __all__ = [

@@ -33,6 +33,7 @@ from typing import IO, Any
 from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
     HOST,
+    file_age,
     record_alive,
     record_held,
     this_process,
@@ -149,9 +150,9 @@ def export_alive(path: Path, record: dict[str, Any]) -> bool:
     if held is True:
         return True
     if held is False:
-        return record.get("host") != HOST and _age(path) <= ELSEWHERE_GRACE_S
+        return record.get("host") != HOST and file_age(path) <= ELSEWHERE_GRACE_S
     alive = record_alive(record)
-    return alive if alive is not None else _age(path) <= ELSEWHERE_GRACE_S
+    return alive if alive is not None else file_age(path) <= ELSEWHERE_GRACE_S
 
 
 def live_export(folder: str | Path) -> dict[str, Any] | None:
@@ -174,17 +175,9 @@ def _remove_dead_temps(path: Path) -> None:
     """Remove the temp files of :class:`ExportProgress` writers killed before their rename."""
     for temp in path.parent.glob(f"{PROGRESS_FILE}.*.tmp"):
         held = record_held(temp)
-        if held is False or (held is None and _age(temp) > TEMP_GRACE_S):
+        if held is False or (held is None and file_age(temp) > TEMP_GRACE_S):
             with contextlib.suppress(OSError):
                 temp.unlink()
-
-
-def _age(path: Path) -> float:
-    """Seconds since ``path`` was last modified; 0 if it cannot be told."""
-    try:
-        return time.time() - path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 __all__ = [

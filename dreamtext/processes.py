@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -354,11 +355,21 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
+def file_age(path: Path) -> float:
+    """Seconds since ``path`` was last modified; 0 if it cannot be told (a record judged by its
+    age is then taken as fresh, never as abandoned)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 __all__ = [
     "ELSEWHERE_GRACE_S",
     "HOST",
     "LOCK_NAME",
     "claim_workspace",
+    "file_age",
     "gone_process",
     "lock_folder",
     "pid_alive",
