@@ -231,10 +231,11 @@ def render_memory_at_least(cfg: TrainConfig) -> int:
 
 
 def device_memory(device: torch.device) -> int | None:
-    """Bytes ``device`` can give now: a GPU's free memory, the host's available memory
+    """Bytes a run on ``device`` can have at most: a GPU's total memory (what other processes
+    hold may be freed before the run needs it), the host's available memory
     (:func:`~dreamtext.export.available_memory`) for the CPU; ``None`` where unknown."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return torch.cuda.get_device_properties(device).total_memory
     return available_memory()
 
 
@@ -246,10 +247,14 @@ def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
     need, available = render_memory_at_least(cfg), device_memory(device)
     if available is None or need <= available:
         return
-    memory = "GPU memory" if device.type == "cuda" else "memory"
+    has = (
+        f"of GPU memory and the GPU has {format_gigabytes(available)}"
+        if device.type == "cuda"
+        else f"of memory and {format_gigabytes(available)} is available"
+    )
     raise DreamtextError(
         f"--h {cfg.h} --w {cfg.w} with batch {cfg.batch_size}: its rays alone need at least "
-        f"{format_gigabytes(need)} of {memory} and {format_gigabytes(available)} is available; "
+        f"{format_gigabytes(need)} {has}; "
         "lower --h (the thesis's FitFusion renders 256 px; 64 is the default)"
     )
 
