@@ -335,7 +335,7 @@ def whole_step_file(
 
 def _instead(path: Path, required: tuple[str, ...] = ()) -> str:
     """What to do about an unreadable checkpoint: go on from the newest whole one, if any."""
-    if path.name != LAST:
+    if path.name != LAST or not step_files(path.parent):
         return "delete it to start over"
     whole = whole_step_file(path.parent, required)
     if whole is None:
