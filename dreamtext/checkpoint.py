@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import torch
 
 from dreamtext.devices import memory_that_ran_out
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -294,6 +294,11 @@ def load_checkpoint(
         ) from None
     except Exception as exc:  # a corrupt or foreign file, not a bug of ours
         if memory_that_ran_out(exc) is not None:  # the machine's, and said as such by the CLI
+            raise
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            # A disk or file server failing (EIO, a stale NFS handle), not the file: it may be
+            # whole, and a resume must not go on from an older one (its first save would
+            # replace it). The CLI's one line names the fix.
             raise
         why = f"a truncated or damaged file: {type(exc).__name__}"
         raise UnreadableCheckpoint(

@@ -195,3 +195,31 @@ def test_a_killed_runs_lock_file_does_not_hold_the_folder(tmp_path):
     with claim_workspace(workspace):
         pass
     assert not (workspace / LOCK_NAME).exists()
+
+
+def test_a_failing_file_server_is_not_taken_for_a_damaged_last_pt(tmp_path, monkeypatch, capsys):
+    """A stale NFS handle or an I/O error reading last.pt says nothing of the file: going on from
+    an older step file would replace a whole last.pt at the first save. One line, exit 2, and
+    the checkpoints stay as they were."""
+    import errno
+
+    from dreamtext.cli import main
+
+    workspace = train(builtin_config(tmp_path / "run", iters=4))  # last 4, step_000002.pt
+    folder = workspace / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    load = torch.load
+
+    def stale(path, *args, **kwargs):
+        if Path(path).name == "last.pt":
+            raise OSError(errno.ESTALE, "Stale file handle", str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", stale)
+    capsys.readouterr()
+    code = main(["text", "a red cube", "--workspace", str(workspace), "--resume", "--iters", "6"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and "resuming from" not in err
+    assert err.splitlines()[-1].startswith("dreamtext: error: ")
+    assert "Stale file handle" in err and str(folder / "last.pt") in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
