@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import torch
 
 from dreamtext.devices import memory_that_ran_out
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -177,9 +177,9 @@ def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Pa
     """Write ``state`` as ``checkpoints/last.pt`` and return that path; the ``last.pt`` it
     replaces, of an earlier step, stays as ``step_XXXXXX.pt``, and the newest ``keep − 1`` of
     those older steps are kept: ``keep`` checkpoints in all, no two of them the same state (a
-    default-field checkpoint is 148 MB). Step files past ``state``'s step (a run rolled back by
-    copying an older one over ``last.pt``) are left alone until a save reaches their step, which
-    removes them.
+    default-field checkpoint is 148 MB). Step files of ``state``'s step or later are removed:
+    they are of a run rolled back to an earlier step (a resume removes them already,
+    :func:`remove_later_steps`), and would pass for the newest.
 
     The old ``last.pt`` gets its step file name (a hard link) before the new one replaces it, so
     at every instant ``last.pt`` is a whole checkpoint. The state is serialised once, in memory,
@@ -195,23 +195,41 @@ def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Pa
     previous = checkpoint_step(last)
 
     def keep_previous() -> None:
-        if previous is not None and previous != step and keep > 1:
+        if previous is not None and previous < step and keep > 1:
             _give_name(last, step_path(folder, previous))
 
     atomic_write_bytes(last, lambda f: f.write(data), before_replace=keep_previous)
-    steps = sorted(
-        (int(m[1]), p)
-        for p in folder.glob("step_*.pt")
-        if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))
-    )
+    steps = step_files(folder)
     older = [p for s, p in steps if s < step]
-    same = [p for s, p in steps if s == step]  # a rolled-back run's, now last.pt's step
-    for old in older[: max(0, len(older) - (keep - 1))] + same:
+    for old in older[: max(0, len(older) - (keep - 1))]:
         old.unlink(missing_ok=True)
+    remove_later_steps(workspace, step - 1)
     # A checkpoint write that was killed (a scheduler's grace period can end during the save of
     # its SIGTERM) left a hidden temp file the size of a checkpoint, which no later write replaces.
     remove_stale_temps(folder, r"step_\d+\.pt|last\.pt")
     return last
+
+
+def step_files(folder: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_XXXXXX.pt`` in ``folder``, oldest first."""
+    found = (
+        (int(m[1]), p)
+        for p in Path(folder).glob("step_*.pt")
+        if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))
+    )
+    return sorted(found)
+
+
+def remove_later_steps(workspace: Path, step: int) -> list[Path]:
+    """Remove the step files past ``step`` of the workspace's checkpoints and return them: a run
+    that goes on from ``step`` (a resume from a step file copied over ``last.pt``, or from the
+    newest whole one when ``last.pt`` was unreadable) left them on a branch it no longer follows,
+    and they would pass for its newest checkpoints (the one to fall back to, the ones ``keep``
+    counts)."""
+    later = [p for s, p in step_files(checkpoint_dir(workspace)) if s > step]
+    for path in later:
+        path.unlink(missing_ok=True)
+    return later
 
 
 def step_path(folder: Path, step: int) -> Path:
@@ -246,12 +264,24 @@ def checkpoint_run(path: Path) -> str | None:
 RUN_KEYS = ("step", "field", "optimizer", "renderer", "rng", "config", "field_config")
 
 
+class UnreadableCheckpoint(DreamtextError):
+    """A checkpoint file that is not a whole checkpoint: truncated (a full disk, a copy or sync
+    cut short), damaged, another tool's, or one that does not restore. ``why`` says which, in
+    words; an older whole checkpoint can stand in for it (``dreamtext.trainer.restore_newest``).
+    Not for a whole file that this machine cannot read (permission denied, out of memory)."""
+
+    def __init__(self, message: str, path: Path, why: str) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+        self.why = why
+
+
 def load_checkpoint(
     path: Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Load a checkpoint without unpickling code (``weights_only=True``). A file that cannot be
-    read, or that lacks one of the ``required`` keys, is a :class:`DreamtextError` that names
-    the newest other checkpoint of its folder to go on from."""
+    read, or that lacks one of the ``required`` keys, is an :class:`UnreadableCheckpoint` that
+    names the newest whole checkpoint of its folder to go on from (:func:`whole_step_file`)."""
     path = Path(path)
     if not path.is_file():
         raise DreamtextError(f"no checkpoint at {path}; train first with `dreamtext text PROMPT`")
@@ -265,24 +295,64 @@ def load_checkpoint(
     except Exception as exc:  # a corrupt or foreign file, not a bug of ours
         if memory_that_ran_out(exc) is not None:  # the machine's, and said as such by the CLI
             raise
-        raise DreamtextError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}); {_instead(path)}"
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            # A disk or file server failing (EIO, a stale NFS handle), not the file: it may be
+            # whole, and a resume must not go on from an older one (its first save would
+            # replace it). The CLI's one line names the fix.
+            raise
+        why = f"a truncated or damaged file: {type(exc).__name__}"
+        raise UnreadableCheckpoint(
+            f"cannot read checkpoint {path} ({why}); {_instead(path, required)}", path, why
         ) from None
     missing = [key for key in required if not isinstance(state, dict) or key not in state]
     if missing:
-        raise DreamtextError(
-            f"{path} is not a dreamtext run checkpoint (it lacks {', '.join(missing)}); "
-            f"{_instead(path)}"
+        why = f"it lacks {', '.join(missing)}"
+        raise UnreadableCheckpoint(
+            f"{path} is not a dreamtext run checkpoint ({why}); {_instead(path, required)}",
+            path,
+            why,
         )
     return state
 
 
-def _instead(path: Path) -> str:
-    """What to do about an unreadable checkpoint: go on from the newest other one, if any."""
-    others = sorted(p for p in path.parent.glob("step_*.pt") if p.name != path.name)
-    if path.name != LAST or not others:
+def whole_step_file(
+    folder: Path, required: tuple[str, ...] = RUN_KEYS
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest step file of ``folder`` that loads whole, with every ``required`` key and the
+    step its name says, and its state; ``None`` when none does. Read in full, not
+    memory-mapped: a file cut short in its tensors unpickles, and fails only there."""
+    for step, path in reversed(step_files(folder)):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # this one is damaged too: try the one before
+            if memory_that_ran_out(exc) is not None:
+                raise
+            continue
+        if (
+            isinstance(state, dict)
+            and all(key in state for key in required)
+            and isinstance(state.get("step"), int)
+            and state["step"] == step
+        ):
+            return path, state
+    return None
+
+
+def _instead(path: Path, required: tuple[str, ...] = ()) -> str:
+    """What to do about an unreadable checkpoint: go on from the newest whole one, if any."""
+    if path.name != LAST or not step_files(path.parent):
         return "delete it to start over"
-    return f"copy {others[-1]} over it to go on from there"
+    whole = whole_step_file(path.parent, required)
+    if whole is None:
+        return "no earlier checkpoint of the run is whole: train it again with --overwrite"
+    other, state = whole
+    step = state["step"]
+    return (
+        f"its newest whole checkpoint is {other} (step {step}): resuming the run (text "
+        "--resume, or the same image or batch command) goes on from it and trains the steps "
+        f"after it again; or copy it over {LAST} (cp --remove-destination) to use step {step} "
+        "as it is"
+    )
 
 
 def last_checkpoint(workspace: Path) -> Path:

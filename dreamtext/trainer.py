@@ -32,12 +32,16 @@ from tqdm import tqdm
 from dreamtext.cameras import Poses, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
     RUN_KEYS,
+    UnreadableCheckpoint,
     append_log_line,
     atomic_write_bytes,
     check_writable,
+    checkpoint_dir,
     last_checkpoint,
     load_checkpoint,
+    remove_later_steps,
     save_checkpoint,
+    step_files,
 )
 from dreamtext.config import (
     ITERS_PER_EPOCH,
@@ -56,6 +60,7 @@ from dreamtext.config import (
 from dreamtext.devices import (
     describe_device,
     fp16_loss_scaler,
+    memory_that_ran_out,
     out_of_memory_is_a_user_error,
     resolve_device,
     software_versions,
@@ -89,6 +94,7 @@ from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import (
     check_not_running,
     peak_gpu_mib,
+    read_status,
     saved_step,
     status_heartbeat,
     track_status,
@@ -293,10 +299,81 @@ def build_run(
         fp16_loss_scaler(parts.field.mlp_dtype, device),
     )
     if resume:
-        # Loaded on the CPU: the random generators' states must stay there (``set_rng_state``
-        # takes only a CPU byte tensor), and ``load_state_dict`` copies the rest to the device.
-        restore(run, load_checkpoint(last_checkpoint(workspace), required=RUN_KEYS))
+        restore_newest(run)
     return run
+
+
+def restore_newest(run: Run) -> None:
+    """Continue ``run`` from ``checkpoints/last.pt``, or, when that file is not a whole
+    checkpoint (:class:`~dreamtext.checkpoint.UnreadableCheckpoint`: truncated by a full disk or a
+    copy cut short, damaged), from the newest step file that restores whole, saying so in one line
+    on stderr and in config.json's ``resumes`` (``fallback``). Without one, a
+    :class:`DreamtextError` that names the file and the fix.
+
+    Whole means :func:`restore` takes all of it (the field, the optimiser, the renderer, the random
+    states and the step), not that it unpickles: a file can unpickle and still not restore."""
+    last = last_checkpoint(run.workspace)
+    try:
+        restore_file(run, last)
+        return
+    except UnreadableCheckpoint as error:
+        unreadable = error
+    damaged = []
+    for step, path in reversed(step_files(checkpoint_dir(run.workspace))):
+        try:
+            restore_file(run, path, step)
+        except UnreadableCheckpoint:
+            damaged.append(path.name)
+            continue
+        reached = (read_status(run.workspace) or {}).get("step")
+        lost = (
+            f"steps {run.step + 1}-{reached} are lost and trained again"
+            if isinstance(reached, int) and reached > run.step
+            else "the steps after it are lost and trained again"
+        )
+        assert run.resumed is not None  # set by restore
+        run.resumed["fallback"] = {
+            "unreadable": str(last.relative_to(run.workspace)),
+            "why": unreadable.why,
+            "from": str(path.relative_to(run.workspace)),
+            **({"damaged": damaged} if damaged else {}),
+        }
+        skipped = f" ({', '.join(damaged)} unreadable too)" if damaged else ""
+        tqdm.write(
+            f"dreamtext: {last} is unreadable ({unreadable.why}); resuming from {path}, the "
+            f"newest whole checkpoint{skipped}, at step {run.step}: {lost}",
+            file=sys.stderr,
+        )
+        return
+    earlier = f" ({', '.join(damaged)} are unreadable too)" if damaged else ""
+    raise DreamtextError(
+        f"cannot resume: {last} is unreadable ({unreadable.why}) and the run has no earlier "
+        f"checkpoint that is whole{earlier}; train it again from scratch with --overwrite "
+        "instead of --resume"
+    )
+
+
+def restore_file(run: Run, path: Path, step: int | None = None) -> None:
+    """:func:`restore` ``run`` from the checkpoint at ``path`` (of ``step``, for a step file).
+    Anything short of a whole restore is an :class:`~dreamtext.checkpoint.UnreadableCheckpoint`,
+    after which ``run`` is as it was where it counts (its ``iters``) and the next restore sets
+    the rest; a resume a setting refuses (:func:`restore`'s ``DreamtextError``) goes on up."""
+    # Loaded on the CPU: the random generators' states must stay there (``set_rng_state`` takes
+    # only a CPU byte tensor), and ``load_state_dict`` copies the rest to the device.
+    state = load_checkpoint(path, required=RUN_KEYS)
+    iters = run.cfg.iters
+    try:
+        if step is not None and state["step"] != step:
+            raise ValueError(f"it holds step {state['step']}")
+        restore(run, state)
+    except DreamtextError:  # a setting this resume cannot change: the same for every file
+        raise
+    except Exception as exc:  # a file whose parts do not fit this run's: not a bug of ours
+        if memory_that_ran_out(exc) is not None:
+            raise
+        run.cfg.iters = iters
+        why = f"it does not restore: {type(exc).__name__}"
+        raise UnreadableCheckpoint(f"cannot restore {path} ({why})", path, why) from None
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:
@@ -597,6 +674,28 @@ def remove_earlier_run(workspace: Path) -> None:
                 old.unlink()
 
 
+def remove_later_files(workspace: Path, step: int) -> None:
+    """Remove the step files (checkpoints and previews) past ``step``, which a resume from
+    ``step`` goes on from: a run killed after its last checkpoint, or one resumed from an
+    earlier checkpoint (a step file copied over ``last.pt``, or the newest whole one when
+    ``last.pt`` is unreadable), left them of steps it trains again, and they would pass for the
+    newest (the checkpoint to fall back to; the viewer's newest preview). As ``log.jsonl`` is
+    cut back to ``step`` (:func:`~dreamtext.interrupts.truncate_log`)."""
+    removed = remove_later_steps(workspace, step)
+    previews = sorted(workspace.glob("previews/step_*.png"))
+    for preview in previews:
+        digits = preview.stem.removeprefix("step_")
+        if digits.isdigit() and int(digits) > step:
+            preview.unlink(missing_ok=True)
+    if removed:
+        names = ", ".join(path.name for path in removed)
+        tqdm.write(
+            f"dreamtext: removed {names} of {workspace}/checkpoints: past step {step}, which "
+            "the run goes on from",
+            file=sys.stderr,
+        )
+
+
 def train(
     cfg: TrainConfig,
     resume: bool = False,
@@ -635,6 +734,7 @@ def _train(run: Run, resume: bool) -> Path:
     log_path = workspace / "log.jsonl"
     if resume:
         truncate_log(log_path, run.step)
+        remove_later_files(workspace, run.step)
     else:
         # An --overwrite leaves nothing of the run it replaces; removed before the new
         # config.json is written, so that a process killed in between leaves no old checkpoint

@@ -94,9 +94,11 @@ def test_the_replaced_last_checkpoint_stays_as_its_step_file_and_nothing_is_kept
     # copying an older one over last.pt (a rollback) leaves the newer step files whole
     shutil.copyfile(folder / "step_000010.pt", folder / "last.pt")
     assert steps_on_disk(folder) == {"last.pt": 10, "step_000010.pt": 10, "step_000020.pt": 20}
-    save_checkpoint(tmp_path, a_state(15))  # the rolled-back run goes on
-    assert steps_on_disk(folder) == {"last.pt": 15, "step_000010.pt": 10, "step_000020.pt": 20}
-    save_checkpoint(tmp_path, a_state(20))  # reaching step 20 again replaces the old branch's
+    # the rolled-back run goes on: the old branch's step 20, which would pass for its newest
+    # checkpoint (the one to go on from when last.pt is damaged), goes
+    save_checkpoint(tmp_path, a_state(15))
+    assert steps_on_disk(folder) == {"last.pt": 15, "step_000010.pt": 10}
+    save_checkpoint(tmp_path, a_state(20))
     assert steps_on_disk(folder) == {"last.pt": 20, "step_000010.pt": 10, "step_000015.pt": 15}
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
@@ -124,14 +126,18 @@ def test_a_checkpoint_without_a_runs_state_is_a_user_error_naming_an_older_one(t
     failed the resume and the export with KeyError tracebacks."""
     from dreamtext.checkpoint import RUN_KEYS, load_run
 
-    save_checkpoint(tmp_path, a_state(5))
-    save_checkpoint(tmp_path, a_state(10))  # step_000005.pt and last.pt (step 10)
+    def a_run_state(step: int) -> dict:
+        return {**{key: {} for key in RUN_KEYS}, **a_state(step)}
+
+    save_checkpoint(tmp_path, a_run_state(5))
+    save_checkpoint(tmp_path, a_run_state(10))  # step_000005.pt and last.pt (step 10)
     torch.save({"weights": torch.zeros(3)}, tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(DreamtextError) as error:
         load_checkpoint(tmp_path / "checkpoints" / "last.pt", required=RUN_KEYS)
     message = str(error.value)
     assert "is not a dreamtext run checkpoint (it lacks step, field" in message
-    assert message.endswith("step_000005.pt over it to go on from there")
+    step_file = tmp_path / "checkpoints" / "step_000005.pt"
+    assert f"its newest whole checkpoint is {step_file} (step 5)" in message
     with pytest.raises(DreamtextError, match="not a dreamtext run checkpoint"):
         load_run(tmp_path)
 
@@ -176,7 +182,8 @@ def test_an_unreadable_last_checkpoint_names_the_step_file_to_go_on_from(tmp_pat
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"hello")
     with pytest.raises(DreamtextError) as error:
         load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert str(error.value).endswith("step_000005.pt over it to go on from there")
+    step_file = tmp_path / "checkpoints" / "step_000005.pt"
+    assert f"its newest whole checkpoint is {step_file} (step 5)" in str(error.value)
 
 
 def test_a_file_where_a_folder_goes_is_named_and_moving_it_is_the_first_fix(tmp_path):

@@ -1,0 +1,225 @@
+"""Resuming and exporting a run whose folder a cluster damaged: an unreadable ``last.pt`` (a full
+disk, a copy or sync cut short), step files of a branch the run left, a killed run's lock file."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import TINY_TRAIN
+
+from dreamtext.checkpoint import RUN_KEYS, load_checkpoint, save_checkpoint
+from dreamtext.config import resolve_config
+from dreamtext.errors import DreamtextError
+from dreamtext.trainer import train
+
+
+def builtin_config(workspace: Path, **overrides):
+    """A tiny run of the built-in prior: a checkpoint every 2 steps, a preview every 2."""
+    merged = {
+        **TINY_TRAIN,
+        "prompt": "a red cube",
+        "workspace": str(workspace),
+        "guidance": {"model": "builtin:shapes"},
+        **overrides,
+    }
+    return resolve_config(merged)
+
+
+def files(folder: Path, pattern: str) -> list[str]:
+    return sorted(p.name for p in folder.glob(pattern))
+
+
+def test_an_unreadable_last_pt_resumes_from_the_newest_whole_step_file_to_the_same_run(
+    tmp_path, capsys
+):
+    """A last.pt cut to 1000 bytes (a full disk, an rsync cut short) stopped `--resume` with
+    'copy step_… over it'; now the resume goes on from the step file itself, says so in one
+    line and in config.json, and trains the lost steps again to the same field."""
+    whole = train(builtin_config(tmp_path / "whole", iters=6))
+    workspace = train(builtin_config(tmp_path / "split", iters=4))  # last.pt 4, step_000002.pt
+    last = workspace / "checkpoints" / "last.pt"
+    os.truncate(last, 1000)
+    capsys.readouterr()
+    train(builtin_config(workspace, iters=6), resume=True)
+    step_file = workspace / "checkpoints" / "step_000002.pt"
+    assert (
+        f"dreamtext: {last} is unreadable (a truncated or damaged file: RuntimeError); resuming "
+        f"from {step_file}, the newest whole checkpoint, at step 2: steps 3-4 are lost and "
+        "trained again"
+    ) in capsys.readouterr().err.splitlines()
+    resumes = json.loads((workspace / "config.json").read_text())["resumes"]
+    assert resumes[-1]["step"] == 2
+    assert resumes[-1]["fallback"] == {
+        "unreadable": "checkpoints/last.pt",
+        "why": "a truncated or damaged file: RuntimeError",
+        "from": "checkpoints/step_000002.pt",
+    }
+    ours, theirs = load_checkpoint(last), load_checkpoint(whole / "checkpoints" / "last.pt")
+    assert ours["step"] == 6
+    assert all(torch.equal(ours["field"][k], theirs["field"][k]) for k in theirs["field"])
+    steps = [
+        json.loads(line)["step"] for line in (workspace / "log.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_step_file_that_unpickles_but_does_not_restore_is_passed_over(tmp_path, capsys):
+    """Whole means it restores (field, optimiser, renderer, random states, step), not that
+    torch.load reads it: a step file whose field does not fit the run is skipped for an older
+    one, and named."""
+    workspace = train(builtin_config(tmp_path / "run", iters=6))  # last 6, steps 2 and 4
+    folder = workspace / "checkpoints"
+    os.truncate(folder / "last.pt", 1000)
+    damaged = torch.load(folder / "step_000004.pt", weights_only=True)
+    damaged["field"] = {name: tensor[:1] for name, tensor in damaged["field"].items()}
+    torch.save(damaged, folder / "step_000004.pt")
+    capsys.readouterr()
+    train(builtin_config(workspace, iters=6), resume=True)
+    err = capsys.readouterr().err
+    assert "resuming from " + str(folder / "step_000002.pt") in err
+    assert "(step_000004.pt unreadable too), at step 2: steps 3-6 are lost" in err
+    fallback = json.loads((workspace / "config.json").read_text())["resumes"][-1]["fallback"]
+    assert fallback["from"] == "checkpoints/step_000002.pt"
+    assert fallback["damaged"] == ["step_000004.pt"]
+    assert load_checkpoint(folder / "last.pt")["step"] == 6
+
+
+def test_no_whole_checkpoint_is_one_line_exit_2_and_the_folder_is_untouched(tmp_path, capsys):
+    from dreamtext.cli import main
+
+    workspace = train(builtin_config(tmp_path / "run", iters=2, checkpoint_every=10))
+    last = workspace / "checkpoints" / "last.pt"
+    os.truncate(last, 1000)
+    before = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    code = main(["text", "a red cube", "--workspace", str(workspace), "--resume", "--iters", "4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"dreamtext: error: cannot resume: {last} is unreadable (a truncated or damaged file: "
+        "RuntimeError) and the run has no earlier checkpoint that is whole; train it again from "
+        "scratch with --overwrite instead of --resume"
+    )
+    assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
+
+
+def test_a_resume_removes_the_step_files_and_previews_past_its_step(tmp_path, capsys):
+    """A run rolled back (a step file copied over last.pt, as the README says; a fallback) kept
+    the later step files of the branch it left: the old step 4 sat beside a last.pt of step 3,
+    passed for the newest checkpoint (the one the advice for a damaged last.pt named), and its
+    previews for the run's newest."""
+    workspace = train(builtin_config(tmp_path / "run", iters=6))
+    folder = workspace / "checkpoints"
+    shutil.copyfile(folder / "step_000002.pt", folder / "last.pt")
+    capsys.readouterr()
+    train(builtin_config(workspace, iters=3), resume=True)
+    assert (
+        f"dreamtext: removed step_000004.pt of {folder}: past step 2, which the run goes on from"
+    ) in capsys.readouterr().err.splitlines()
+    assert files(folder, "*.pt") == ["last.pt", "step_000002.pt"]
+    assert files(workspace / "previews", "*.png") == ["final.png", "step_000002.png"]
+    assert load_checkpoint(folder / "last.pt")["step"] == 3
+
+
+def run_state(step: int) -> dict:
+    return {**{key: {} for key in RUN_KEYS}, "step": step}
+
+
+def test_the_advice_for_a_damaged_last_pt_names_the_newest_whole_step_file(tmp_path):
+    """Not the newest step file: one cut short, or one whose step is not its name's, cannot be
+    gone on from."""
+    for step in (2, 4, 6):
+        save_checkpoint(tmp_path, run_state(step))  # last 6, steps 2 and 4
+    folder = tmp_path / "checkpoints"
+    os.truncate(folder / "step_000004.pt", 500)
+    torch.save(run_state(9), folder / "step_000005.pt")
+    (folder / "last.pt").write_bytes(b"half")
+    with pytest.raises(DreamtextError) as error:
+        load_checkpoint(folder / "last.pt", required=RUN_KEYS)
+    assert f"its newest whole checkpoint is {folder / 'step_000002.pt'} (step 2)" in str(
+        error.value
+    )
+
+
+def test_export_of_an_unreadable_last_pt_refuses_naming_the_step_file_and_writes_nothing(
+    tmp_path, capsys
+):
+    """An export from an older step would put a mesh of a step the run left beside its
+    checkpoints; the line names that step's file, and the resume that trains the lost steps."""
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    save_checkpoint(workspace, run_state(5))
+    save_checkpoint(workspace, run_state(10))
+    last = workspace / "checkpoints" / "last.pt"
+    os.truncate(last, 1000)
+    code = main(["export", "--workspace", str(workspace), "--no-video", "--formats", "ply"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    step_file = workspace / "checkpoints" / "step_000005.pt"
+    assert err.splitlines()[-1] == (
+        f"dreamtext: error: cannot read checkpoint {last} (a truncated or damaged file: "
+        f"RuntimeError); its newest whole checkpoint is {step_file} (step 5): resuming the run "
+        "(text --resume, or the same image or batch command) goes on from it and trains the "
+        "steps after it again; or copy it over last.pt (cp --remove-destination) to use step 5 "
+        "as it is"
+    )
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
+
+
+def test_a_killed_runs_lock_file_does_not_hold_the_folder(tmp_path):
+    """SIGKILL leaves .dreamtext.lock (its removal is the claim's last act), but the lock is the
+    kernel's flock, gone with the process, and its record names a process that is gone: the
+    next claim (a --resume, an export's live-run check, a batch) is not refused."""
+    from dreamtext.processes import LOCK_NAME, claim_workspace, workspace_holder
+    from dreamtext.runstatus import live_run
+
+    workspace = tmp_path / "run"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from dreamtext.processes import claim_workspace\n"
+            "with claim_workspace(sys.argv[1]): os.kill(os.getpid(), 9)",
+            str(workspace),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert killed.returncode == -9 and (workspace / LOCK_NAME).is_file()
+    assert workspace_holder(workspace) is None and live_run(workspace) is None
+    with claim_workspace(workspace):
+        pass
+    assert not (workspace / LOCK_NAME).exists()
+
+
+def test_a_failing_file_server_is_not_taken_for_a_damaged_last_pt(tmp_path, monkeypatch, capsys):
+    """A stale NFS handle or an I/O error reading last.pt says nothing of the file: going on from
+    an older step file would replace a whole last.pt at the first save. One line, exit 2, and
+    the checkpoints stay as they were."""
+    import errno
+
+    from dreamtext.cli import main
+
+    workspace = train(builtin_config(tmp_path / "run", iters=4))  # last 4, step_000002.pt
+    folder = workspace / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    load = torch.load
+
+    def stale(path, *args, **kwargs):
+        if Path(path).name == "last.pt":
+            raise OSError(errno.ESTALE, "Stale file handle", str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", stale)
+    capsys.readouterr()
+    code = main(["text", "a red cube", "--workspace", str(workspace), "--resume", "--iters", "6"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and "resuming from" not in err
+    assert err.splitlines()[-1].startswith("dreamtext: error: ")
+    assert "Stale file handle" in err and str(folder / "last.pt") in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
