@@ -310,6 +310,41 @@ def sentence_path(workspace: str | Path) -> Path:
     return Path(workspace) / "descriptor" / "sentence.json"
 
 
+# The suffix of descriptor/source.<ext> for each format load_image accepts.
+SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+
+
+def keep_source_copy(image_path: str | Path, workspace: str | Path, replace: bool = False) -> Path:
+    """Copy the input image into ``W/descriptor/source.<ext>``, so the run folder holds
+    everything that made it: the viewer shows it (from the sentence search on) and a copied run
+    keeps it.
+
+    ``<ext>`` is that of the image's format, read from its bytes (``source.png``, ``source.jpg``,
+    ``source.webp``), not its file name's: a PNG without a suffix or a JPEG named ``.jfif`` gets
+    a name the viewer recognises. An existing copy is kept unless ``replace`` (a new search of
+    the image, which may have been edited since): then it is rewritten and a copy in another
+    format removed. ``image_path`` must have passed :func:`load_image`.
+    """
+    image_path, workspace = Path(image_path), Path(workspace)
+    with Image.open(image_path) as image:
+        suffix = SOURCE_SUFFIXES[image.format]
+    target = workspace / "descriptor" / f"source{suffix}"
+    if replace or not target.is_file():
+        data = image_path.read_bytes()
+        atomic_write_bytes(target, lambda f: f.write(data))
+    if replace:
+        for other in set(SOURCE_SUFFIXES.values()) - {suffix}:
+            (target.parent / f"source{other}").unlink(missing_ok=True)
+    return target
+
+
+def source_copy(workspace: str | Path) -> Path | None:
+    """The run's copy of its image (``W/descriptor/source.<ext>``), ``None`` before it has one."""
+    folder = Path(workspace) / "descriptor"
+    copies = (folder / f"source{suffix}" for suffix in SOURCE_SUFFIXES.values())
+    return next((copy for copy in copies if copy.is_file()), None)
+
+
 def read_record(workspace: str | Path) -> dict | None:
     """The workspace's ``sentence.json`` as a dict, ``None`` when there is none; an unreadable
     one is a :class:`DreamtextError`."""
@@ -410,8 +445,9 @@ def describe(
     ``encoder`` defaults to CLIP loaded from ``options.clip``; tests pass a fake one.
     ``status``: keep ``W/status.json`` of the search as a run of its own (``dreamtext describe``:
     ``running`` in phase ``describe``, rewritten every :data:`HEARTBEAT_SECONDS` with the time
-    so far, then ``finished``, ``failed`` or ``interrupted``), written once the checks have
-    passed and CLIP is loaded; image→3D tracks its describe stage itself.
+    so far, then ``finished``, ``failed`` or ``interrupted``) and the image's copy
+    (:func:`keep_source_copy`), written once the checks have passed and CLIP is loaded;
+    image→3D tracks its describe stage and keeps its copy itself.
     """
     options = options or DescribeOptions()
     nouns, adjectives = check_options(options)
@@ -426,6 +462,9 @@ def describe(
     with track_status(
         workspace, 0, lambda: 0, device, phase="describe", heartbeat=HEARTBEAT_SECONDS
     ):
+        # The image the sentence is of, for the viewer's card and for `dreamtext image` after it
+        # (which refuses an image edited since its copy). A new search replaces an older copy.
+        keep_source_copy(image_path, workspace, replace=True)
         return _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
 
 

@@ -3,7 +3,8 @@
 Every input image becomes an RGB ``PIL.Image`` on a white background (the thesis's objects are
 photographed or rendered on white, and the augmentations pad with white), no larger than
 ``max_size`` on its longer side. Anything a user can get wrong (a missing path, a file that is
-not an image, a truncated file, a decompression bomb) is a ``DreamtextError`` with one line.
+not an image, a truncated file, a decompression bomb, a blank image) is a ``DreamtextError`` with
+one line.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def load_image(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Image.Imag
         raise DreamtextError(message) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DreamtextError(f"{path}: corrupt or unreadable image ({error})") from None
+    if rgb.getextrema() == ((255, 255),) * 3:
+        # A fully transparent PNG (a background remover that erased the object too) or a white
+        # page: the sentence search and the descriptor would spend hours learning nothing.
+        raise DreamtextError(
+            f"{path}: the image is blank (every pixel white or transparent); pass an image "
+            "that shows the object"
+        )
     rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     return rgb
 

@@ -44,10 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import atomic_write_bytes, check_writable, last_checkpoint
+from dreamtext.checkpoint import check_writable, last_checkpoint
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
@@ -67,8 +66,10 @@ from dreamtext.describe import (
     DescribeOptions,
     check_options,
     describe,
+    keep_source_copy,
     read_record,
     sentence_path,
+    source_copy,
     used_options,
 )
 from dreamtext.descriptor import (
@@ -92,9 +93,6 @@ from dreamtext.runstatus import (
     run_finished,
     track_status,
 )
-
-# The suffix of descriptor/source.<ext> for each format load_image accepts.
-SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 
 
 @dataclass
@@ -132,29 +130,6 @@ def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
     """text→3D finished at ``cfg.iters`` (``status.json``, or for older runs the checkpoint and
     mesh) and, when ``cfg.export`` asks for one, the mesh is there."""
     return run_finished(workspace, cfg.iters, needs_mesh=cfg.export)
-
-
-def keep_source_copy(image_path: Path, workspace: Path) -> Path:
-    """Copy the input image into ``W/descriptor/source.<ext>`` (once), so the run folder holds
-    everything that made it: the viewer shows it and a copied run keeps it.
-
-    ``<ext>`` is that of the image's format, read from its bytes (``source.png``, ``source.jpg``,
-    ``source.webp``), not its file name's: a PNG without a suffix or a JPEG named ``.jfif`` gets
-    a name the viewer recognises. ``image_path`` must have passed :func:`load_image`.
-    """
-    with Image.open(image_path) as image:
-        suffix = SOURCE_SUFFIXES[image.format]
-    target = workspace / "descriptor" / f"source{suffix}"
-    if not target.is_file():
-        data = image_path.read_bytes()
-        atomic_write_bytes(target, lambda f: f.write(data))
-    return target
-
-
-def source_copy(workspace: Path) -> Path | None:
-    """The run's copy of its image (``W/descriptor/source.<ext>``), ``None`` before it has one."""
-    copies = (workspace / "descriptor" / f"source{suffix}" for suffix in SOURCE_SUFFIXES.values())
-    return next((copy for copy in copies if copy.is_file()), None)
 
 
 def same_image(
@@ -447,6 +422,9 @@ def _run_image(
     record_config(workspace, cfg, image_path, options, sections)
 
     record_path = sentence_path(workspace)
+    # The copy first, so the viewer's card shows the image through the search (minutes with a
+    # real CLIP). Before a sentence nothing was made from an older copy, so it is replaced.
+    keep_source_copy(image_path, workspace, replace=not record_path.is_file())
     if record_path.is_file():
         _note(f"describe: reusing {record_path}")
     else:
@@ -458,7 +436,6 @@ def _run_image(
         ):
             sentence = describe(image_path, workspace, describe_options, encoder=clip)
         _note(f"describe: {sentence}")
-    keep_source_copy(image_path, workspace)
 
     if train_words:
         train_descriptor(image_path, workspace, cfg.guidance, options.descriptor, str(device))

@@ -2116,7 +2116,7 @@ def test_the_configs_resolved_once_are_each_lines_own(tmp_path, tiny_yaml):
     from dreamtext.batch import entry_config, entry_configs, read_prompts
 
     path = prompts_file(tmp_path, "a red cube", "image:mug.png", "a blue sphere")
-    Image.new("RGB", (8, 8), "white").save(tmp_path / "mug.png")
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
     entries = read_prompts(path, tmp_path / "root")
     overrides = {"iters": 20, "lr": 0.03, "guidance": {"model": "builtin:shapes"}}
     once = entry_configs(entries, overrides, None, tiny_yaml)

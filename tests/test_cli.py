@@ -597,7 +597,7 @@ def test_an_image_moved_from_its_run_is_still_named_with_the_runs_copy(tmp_path,
     from dreamtext.imageto3d import keep_source_copy
 
     image = tmp_path / "mug.png"
-    Image.new("RGB", (16, 16), "white").save(image)
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
     workspace = tmp_path / "run"
     (workspace / "descriptor").mkdir(parents=True)
     record = {"sentence": "An image of a mug", "image": str(image.resolve())}
@@ -610,6 +610,16 @@ def test_an_image_moved_from_its_run_is_still_named_with_the_runs_copy(tmp_path,
         f"dreamtext: error: image not found: {image}; to continue the run in {workspace}, pass "
         f"its copy {copy} (or the image's new path)\n"
     )
+
+
+@pytest.mark.parametrize("command", ["describe", "image"])
+def test_a_fully_transparent_image_is_one_line_and_no_workspace(tmp_path, capsys, command):
+    image = tmp_path / "erased.png"
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(image)
+    workspace = tmp_path / "run"
+    code, err = run_main([command, image, "--workspace", workspace], capsys)
+    assert_user_error(code, err, "erased.png", "is blank", "pass an image that shows the object")
+    assert not workspace.exists()
 
 
 def test_image_with_a_missing_file_is_a_user_error(tmp_path, capsys, tiny_sd_path):

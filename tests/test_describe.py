@@ -475,6 +475,26 @@ def test_a_describe_that_stops_says_so_in_its_status(tmp_path, raised, state, er
     assert (status["state"], status["phase"], status["error"]) == (state, "describe", error)
 
 
+def test_dreamtext_describe_keeps_the_image_beside_its_sentence(tmp_path):
+    """`dreamtext describe` left no copy of its image: the viewer's card of the workspace had no
+    picture, the search's or a later `dreamtext image`'s, until the descriptor stage began."""
+    image_path, _ = _described(tmp_path)
+    seen = []
+
+    class Watched(HashEncoder):
+        def encode_image(self, image):
+            seen.append(sorted(p.name for p in (tmp_path / "new" / "descriptor").iterdir()))
+            return super().encode_image(image)
+
+    describe(image_path, tmp_path / "new", _vocabulary(tmp_path), encoder=Watched(), status=True)
+    assert seen[0] == ["source.png"]  # from the search's start
+    copy = tmp_path / "new" / "descriptor" / "source.png"
+    assert copy.read_bytes() == image_path.read_bytes()
+    Image.new("RGB", (16, 16), (20, 200, 30)).save(image_path)  # edited, then described again
+    describe(image_path, tmp_path / "new", _vocabulary(tmp_path), HashEncoder(), status=True)
+    assert copy.read_bytes() == image_path.read_bytes()
+
+
 def test_a_refused_describe_writes_no_status(tmp_path):
     image_path, _ = _described(tmp_path, trained_sentence="An image of a <d> mug")
     with pytest.raises(DreamtextError):

@@ -159,3 +159,27 @@ def test_16_bit_grayscale_png_keeps_its_transparent_gray_value_transparent(tmp_p
     assert Image.open(path).info.get("transparency") == 0
     rgb = np.asarray(load_image(path))
     assert rgb[0, :, 0].tolist() == [255, 255, 128, 255]
+
+
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [
+        ("erased.png", Image.new("RGBA", (8, 8), (30, 200, 30, 0))),  # alpha 0 everywhere
+        ("page.jpg", Image.new("RGB", (8, 8), "white")),
+    ],
+)
+def test_a_blank_image_is_refused(tmp_path, name, image):
+    """A fully transparent PNG composited on white was accepted: hours of sentence search and
+    descriptor training on a white square."""
+    path = tmp_path / name
+    image.save(path)
+    with pytest.raises(DreamtextError, match=r"is blank .* pass an image that shows the object"):
+        load_image(path)
+
+
+def test_an_image_with_one_visible_pixel_is_not_blank(tmp_path):
+    path = tmp_path / "speck.png"
+    image = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    image.putpixel((3, 3), (200, 30, 30, 255))
+    image.save(path)
+    assert np.asarray(load_image(path))[3, 3].tolist() == [200, 30, 30]

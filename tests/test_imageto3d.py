@@ -96,9 +96,10 @@ def test_the_source_copy_is_named_by_the_image_format(tmp_path, name, format, co
 
 
 def test_every_supported_image_format_has_a_source_copy_name():
+    from dreamtext.describe import SOURCE_SUFFIXES
     from dreamtext.images import SUPPORTED_FORMATS
 
-    assert set(imageto3d.SOURCE_SUFFIXES) == set(SUPPORTED_FORMATS)
+    assert set(SOURCE_SUFFIXES) == set(SUPPORTED_FORMATS)
 
 
 def _fail(*args, **kwargs):
@@ -463,13 +464,47 @@ def test_a_ctrl_c_between_two_stages_leaves_the_run_interrupted(
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imageto3d, "keep_source_copy", ctrl_c)  # runs between the two stages
+    monkeypatch.setattr(imageto3d, "train_descriptor", ctrl_c)  # the second stage's start
     options, cfg = _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path)
     with pytest.raises(KeyboardInterrupt):
         run_image(_image(tmp_path), options, cfg)
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert (status["state"], status["phase"]) == ("interrupted", "describe")
     assert (tmp_path / "run" / "descriptor" / "sentence.json").is_file()  # the rerun reuses it
+
+
+def test_the_image_is_in_the_run_folder_while_its_sentence_is_searched(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """The copy was written once the search had ended: through the sentence search (an hour of
+    a real CLIP's sentences on a CPU) the viewer's card had no image to show."""
+    seen = []
+
+    def searching(image_path, workspace, *args, **kwargs):
+        seen.append(sorted(p.name for p in (workspace / "descriptor").iterdir()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageto3d, "describe", searching)
+    image = _image(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_image(image, _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path))
+    assert seen == [["source.png"]]
+    copy = tmp_path / "run" / "descriptor" / "source.png"
+    assert copy.read_bytes() == image.read_bytes()
+
+
+def test_a_run_stopped_before_its_sentence_takes_the_edited_image_anew(tmp_path):
+    """Nothing was made from the copy yet, so an image edited before the search is copied again;
+    once the sentence is there the copy stays (the run's words are that image's)."""
+    image = _image(tmp_path)
+    workspace = tmp_path / "run"
+    imageto3d.keep_source_copy(image, workspace)
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(image, format="JPEG")
+    target = imageto3d.keep_source_copy(image, workspace, replace=True)
+    assert [p.name for p in (workspace / "descriptor").iterdir()] == ["source.jpg"]
+    assert target.read_bytes() == image.read_bytes()
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(image, format="JPEG")
+    assert imageto3d.keep_source_copy(image, workspace).read_bytes() != image.read_bytes()
 
 
 def test_the_diverse_sampling_says_in_status_json_that_it_failed(
