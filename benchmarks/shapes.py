@@ -27,6 +27,7 @@ and right) and with view-dependent prompts off. Appends a markdown table to
     python benchmarks/shapes.py --captions "a red cube" --render '{"sampler": "dense"}' --no-append
     python benchmarks/shapes.py --field '{"density_head": "separate"}'
     python benchmarks/shapes.py --cameras '{"polar_range": [30, 100]}'
+    python benchmarks/shapes.py --settings '{"lambda_density": 10}'
 """
 
 from __future__ import annotations
@@ -200,13 +201,16 @@ def run(
     render: dict | None = None,
     field: dict | None = None,
     cameras: dict | None = None,
+    settings: dict | None = None,
 ) -> Result:
     """Train and export with the built-in preset, as the CLI would, then evaluate. ``views``
     names one of ``VIEW_SETTINGS``; ``render``, ``field`` and ``cameras`` override the preset's
-    settings (the prior renders its images from the cameras it is given)."""
+    settings (the prior renders its images from the cameras it is given), ``settings`` its
+    top-level ones (``{"lambda_density": 10}``)."""
     primitive = shapes.find_primitive(caption)
     suffix = "" if views == "split sides" else "_" + views.replace(" ", "_")
     overrides = {
+        **(settings or {}),
         "prompt": primitive.caption,
         "seed": seed,
         "workspace": str(root / (primitive.caption.replace(" ", "_") + suffix)),
@@ -265,6 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cameras", type=json.loads, default={}, help="JSON of camera settings over the preset's"
     )
+    parser.add_argument(
+        "--settings",
+        type=json.loads,
+        default={},
+        help="JSON of top-level settings over the preset's",
+    )
     parser.add_argument("--no-append", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/shapes.py" + (
@@ -275,10 +285,21 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for caption in args.captions:
         primitive = shapes.find_primitive(caption)
-        settings = list(VIEW_SETTINGS) if primitive.colour == shapes.COLORFUL else ["split sides"]
-        for views in settings:
+        view_settings = (
+            list(VIEW_SETTINGS) if primitive.colour == shapes.COLORFUL else ["split sides"]
+        )
+        for views in view_settings:
             results.append(
-                run(caption, views, args.root, args.seed, args.render, args.field, args.cameras)
+                run(
+                    caption,
+                    views,
+                    args.root,
+                    args.seed,
+                    args.render,
+                    args.field,
+                    args.cameras,
+                    args.settings,
+                )
             )
             print(table(results[-1:]).splitlines()[-1], flush=True)
     if args.render:
@@ -287,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --field '{json.dumps(args.field)}'"
     if args.cameras:
         command += f" --cameras '{json.dumps(args.cameras)}'"
+    if args.settings:
+        command += f" --settings '{json.dumps(args.settings)}'"
     if not args.no_append:
         with args.out.open("a", encoding="utf-8") as f:
             f.write(section(results, command))
