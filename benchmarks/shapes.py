@@ -13,6 +13,9 @@ wall time is the user's), then measure the trained field against the primitive i
   primitive where the field is opaque (> ½), in albedo renders at held-out azimuths;
 * PSNR of those renders against the prior's own renders of the primitive (``shapes.render``),
   turned by the yaw of the best IoU (except the colorful cube, whose faces fix its yaw);
+* the y range of the exported mesh (``mesh/mesh.glb``, the file users open) against the
+  primitive's (:func:`dreamtext.shapes.y_extent`), and the tail: how far the mesh reaches below the
+  primitive's lowest point (density the cameras never see stays in the field and in the mesh);
 * wall time of training + export.
 
 "a colorful cube" also runs with the thesis's single "side" label (the preset splits it into left
@@ -23,6 +26,8 @@ and right) and with view-dependent prompts off. Appends a markdown table to
     python benchmarks/shapes.py --captions "a red cube" "a blue torus"
     python benchmarks/shapes.py --captions "a red cube" --render '{"sampler": "dense"}' --no-append
     python benchmarks/shapes.py --field '{"density_head": "separate"}'
+    python benchmarks/shapes.py --cameras '{"polar_range": [30, 100]}'
+    python benchmarks/shapes.py --settings '{"lambda_density": 10}'
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 from dreamtext import shapes
 from dreamtext.cameras import Poses, orbit_poses
@@ -72,6 +78,13 @@ class Result:
     colour_error: float
     psnr: float
     seconds: float
+    mesh_y: tuple[float, float]
+    shape_y: tuple[float, float]
+
+    @property
+    def tail(self) -> float:
+        """How far the exported mesh reaches below the primitive (0 when it does not)."""
+        return max(0.0, self.shape_y[0] - self.mesh_y[0])
 
     @property
     def accepted(self) -> bool:
@@ -138,6 +151,14 @@ def held_out_poses(cfg: TrainConfig, yaw: float = 0.0) -> Poses:
 
 
 @torch.no_grad()
+def mesh_y_range(workspace: Path) -> tuple[float, float]:
+    """The lowest and highest ``y`` of the run's exported ``mesh/mesh.glb`` (+y up, the field's
+    own coordinates)."""
+    mesh = trimesh.load(workspace / "mesh" / "mesh.glb", force="mesh")
+    low, high = mesh.bounds[:, 1]
+    return float(low), float(high)
+
+
 def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views: str) -> Result:
     field, renderer, config = load_run(workspace)
     cfg = resolve_config({}, base=config)
@@ -167,6 +188,8 @@ def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views
         colour_error,
         psnr,
         seconds,
+        mesh_y_range(workspace),
+        shapes.y_extent(primitive.shape),
     )
 
 
@@ -177,18 +200,24 @@ def run(
     seed: int,
     render: dict | None = None,
     field: dict | None = None,
+    cameras: dict | None = None,
+    settings: dict | None = None,
 ) -> Result:
     """Train and export with the built-in preset, as the CLI would, then evaluate. ``views``
-    names one of ``VIEW_SETTINGS``; ``render`` and ``field`` override the preset's settings."""
+    names one of ``VIEW_SETTINGS``; ``render``, ``field`` and ``cameras`` override the preset's
+    settings (the prior renders its images from the cameras it is given), ``settings`` its
+    top-level ones (``{"lambda_density": 10}``)."""
     primitive = shapes.find_primitive(caption)
     suffix = "" if views == "split sides" else "_" + views.replace(" ", "_")
     overrides = {
+        **(settings or {}),
         "prompt": primitive.caption,
         "seed": seed,
         "workspace": str(root / (primitive.caption.replace(" ", "_") + suffix)),
         "guidance": {"model": "builtin:shapes", **VIEW_SETTINGS[views]},
         "render": render or {},
         "field": field or {},
+        "cameras": cameras or {},
     }
     cfg = resolve_config(overrides)
     start = time.perf_counter()
@@ -200,14 +229,16 @@ def run(
 def table(results: list[Result]) -> str:
     lines = [
         "| caption | view prompts | IoU | best rival (IoU) | colour error | PSNR (dB) | time (s) "
-        "| accepted |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mesh y (object y) | tail below | accepted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.caption} | {r.views} | {r.iou:.3f} "
             f"| {r.rival} ({r.rival_iou:.3f}) | {r.colour_error:.3f} | {r.psnr:.2f} "
-            f"| {r.seconds:.0f} | {'yes' if r.accepted else 'no'} |"
+            f"| {r.seconds:.0f} | {r.mesh_y[0]:.3f} … {r.mesh_y[1]:.3f} "
+            f"({r.shape_y[0]:.2f} … {r.shape_y[1]:.2f}) | {r.tail:.3f} "
+            f"| {'yes' if r.accepted else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -235,6 +266,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--field", type=json.loads, default={}, help="JSON of field settings over the preset's"
     )
+    parser.add_argument(
+        "--cameras", type=json.loads, default={}, help="JSON of camera settings over the preset's"
+    )
+    parser.add_argument(
+        "--settings",
+        type=json.loads,
+        default={},
+        help="JSON of top-level settings over the preset's",
+    )
     parser.add_argument("--no-append", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/shapes.py" + (
@@ -245,14 +285,31 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for caption in args.captions:
         primitive = shapes.find_primitive(caption)
-        settings = list(VIEW_SETTINGS) if primitive.colour == shapes.COLORFUL else ["split sides"]
-        for views in settings:
-            results.append(run(caption, views, args.root, args.seed, args.render, args.field))
+        view_settings = (
+            list(VIEW_SETTINGS) if primitive.colour == shapes.COLORFUL else ["split sides"]
+        )
+        for views in view_settings:
+            results.append(
+                run(
+                    caption,
+                    views,
+                    args.root,
+                    args.seed,
+                    args.render,
+                    args.field,
+                    args.cameras,
+                    args.settings,
+                )
+            )
             print(table(results[-1:]).splitlines()[-1], flush=True)
     if args.render:
         command += f" --render '{json.dumps(args.render)}'"
     if args.field:
         command += f" --field '{json.dumps(args.field)}'"
+    if args.cameras:
+        command += f" --cameras '{json.dumps(args.cameras)}'"
+    if args.settings:
+        command += f" --settings '{json.dumps(args.settings)}'"
     if not args.no_append:
         with args.out.open("a", encoding="utf-8") as f:
             f.write(section(results, command))

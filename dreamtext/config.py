@@ -71,6 +71,9 @@ class TrainConfig:
     lambda_entropy: float = 1e-4
     lambda_opacity: float = 0.0
     lambda_orientation: float = 1e-2
+    # Weight of loss_density (dreamtext/regularisers.py), a decay of the density at random points
+    # of the scene, for density no camera sees (off: the thesis has none).
+    lambda_density: float = 0.0
     # Bookkeeping.
     log_every: int = 10
     preview_every: int = 500

@@ -12,6 +12,15 @@ up its parts exactly: ``loss = Σ_chunks Σ_{r ∈ chunk} ℓ_r / N``.
   it is zero when no normals were computed.
 
 The trainer weighs them with ``lambda_<name>`` and adds them to the SDS loss (:func:`weighted_sum`).
+
+One term reads the field, not the rays:
+
+* ``loss_density = mean_x log(1 + σ(x))`` at points ``x`` uniform in the scene
+  (:func:`density_decay`): empty is the default. Density that no training camera sees gets no
+  gradient from the renders, so whatever the start blob (or a shared hash-grid cell) put there
+  stays; this term removes it, while the SDS gradient holds up what the cameras see. Its gradient
+  in the raw density ``z`` (``σ = e^z``) is ``σ / (1 + σ)``: about 1 wherever there is matter, so
+  a dense hidden tail is pushed as hard as a faint one.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import torch
 from torch import Tensor
 
 REGULARISERS: tuple[str, ...] = ("entropy", "opacity", "orientation")
+# Points a step of loss_density samples: 4096 against a 32 px batch's 65,536 render samples.
+DENSITY_POINTS = 4096
 OPACITY_EPS = 1e-5
 
 
@@ -58,4 +69,24 @@ def weighted_sum(losses: dict[str, Tensor], lambdas: dict[str, float]) -> Tensor
     return total
 
 
-__all__ = ["REGULARISERS", "entropy_per_ray", "per_ray_terms", "regularisers", "weighted_sum"]
+def density_decay(field: torch.nn.Module, points: Tensor) -> Tensor:
+    """``loss_density = mean_i log(1 + σ(x_i))`` for ``points x [N, 3]`` (a scalar)."""
+    return torch.log1p(field.density(points)).mean()
+
+
+def scene_points(num_points: int, bound: float, device: torch.device | str) -> Tensor:
+    """``[N, 3]`` points uniform in the scene ``[−bound, bound]³`` (torch's global generator, so
+    a resumed run draws what the uninterrupted one would)."""
+    return (torch.rand(num_points, 3, device=device) * 2.0 - 1.0) * bound
+
+
+__all__ = [
+    "DENSITY_POINTS",
+    "REGULARISERS",
+    "density_decay",
+    "entropy_per_ray",
+    "per_ray_terms",
+    "regularisers",
+    "scene_points",
+    "weighted_sum",
+]

@@ -160,6 +160,21 @@ def inside(shape: str, points: Tensor) -> Tensor:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def y_extent(shape: str) -> tuple[float, float]:
+    """The lowest and highest ``y`` of the primitive ``shape`` (what an exported mesh of it should
+    span): cube ±0.4, sphere ±0.5, cylinder ±0.4, cone −0.45 … 0.45, torus ±0.15."""
+    extents = {
+        "cube": (-CUBE_HALF, CUBE_HALF),
+        "sphere": (-SPHERE_RADIUS, SPHERE_RADIUS),
+        "cylinder": (-CYLINDER_HALF_HEIGHT, CYLINDER_HALF_HEIGHT),
+        "cone": (CONE_BASE_Y, CONE_APEX),
+        "torus": (-TORUS_MINOR, TORUS_MINOR),
+    }
+    if shape not in extents:
+        raise ValueError(f"unknown shape {shape!r}")
+    return extents[shape]
+
+
 def _cone_slope() -> float:
     """Radius lost per unit of height: ``k = 0.45 / 0.9``."""
     return CONE_BASE_RADIUS / (CONE_APEX - CONE_BASE_Y)

@@ -3,7 +3,7 @@
 One step (DreamFusion; thesis ch. 3.3, eq. 3.21):
 
     x = g(θ, camera)                     render (renderer + field)
-    loss = L_SDS(x) + λ_e L_entropy + λ_o L_opacity + λ_n L_orientation
+    loss = L_SDS(x) + λ_e L_entropy + λ_o L_opacity + λ_n L_orientation + λ_d L_density
     θ ← Adam(θ, ∇θ loss)                 ∇θ L_SDS = w(t) (ε̂ − ε) ∂x/∂θ (guidance)
 
 Everything else here is bookkeeping at the edges: the workspace, ``log.jsonl``, previews,
@@ -89,7 +89,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace, lock_folder
 from dreamtext.progress import bar_options
-from dreamtext.regularisers import REGULARISERS
+from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import (
     check_not_running,
@@ -517,6 +517,13 @@ def _train_step(run: Run) -> dict[str, Any]:
     loss_sds, info = run.guidance.sds_loss(render.images(), labels, step / cfg.iters)
     run.scaler.scale(loss_sds)  # sets the scale up on the loss's device (once)
     loss = render.backward(loss_sds, regulariser_weights(cfg), run.scaler.get_scale())
+    density_log = {}
+    if cfg.lambda_density > 0:
+        points = scene_points(DENSITY_POINTS, cfg.field.bound, run.device)
+        loss_density = density_decay(run.field, points)
+        run.scaler.scale(cfg.lambda_density * loss_density).backward()
+        loss = loss + cfg.lambda_density * loss_density.detach()
+        density_log = {"loss_density": loss_density.item()}
     updated = optimizer_step(run)
     # A step whose ε̂ was not finite has a zero SDS loss: even where the regularisers still
     # update the field, the prior taught it nothing, and a run of such steps only looks trained.
@@ -531,6 +538,7 @@ def _train_step(run: Run) -> dict[str, Any]:
         "loss": loss.item(),
         "loss_sds": loss_sds.item(),
         **{f"loss_{name}": out[f"loss_{name}"].item() for name in REGULARISERS},
+        **density_log,
         "shading": shading,
         "view": labels[0],
         "backprop": "deferred" if render.deferred else "direct",

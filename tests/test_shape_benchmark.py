@@ -68,3 +68,27 @@ def test_a_run_takes_the_field_and_render_settings_over_the_preset(bench, tmp_pa
     assert seen["overwrite"]  # a rerun of the benchmark in the same --root trains afresh
     assert cfg.field.density_head == "separate" and cfg.render.sampler == "dense"
     assert cfg.field.num_levels == 8  # the rest is still the builtin-shapes preset's
+
+
+def test_the_mesh_column_reads_the_exported_glbs_y_range_and_the_tail_below(bench, tmp_path):
+    import trimesh
+
+    (tmp_path / "mesh").mkdir()
+    box = trimesh.creation.box(bounds=[[-0.4, -0.6, -0.4], [0.4, 0.42, 0.4]])
+    box.export(tmp_path / "mesh" / "mesh.glb")
+    low, high = bench.mesh_y_range(tmp_path)
+    assert (low, high) == pytest.approx((-0.6, 0.42))
+    result = bench.Result(
+        "a red cube",
+        "split sides",
+        0.7,
+        "cylinder",
+        0.6,
+        0.0,
+        20.0,
+        30.0,
+        (low, high),
+        shapes.y_extent("cube"),
+    )
+    assert result.tail == pytest.approx(0.2)
+    assert "-0.600 … 0.420 (-0.40 … 0.40) | 0.200" in bench.table([result])

@@ -35,6 +35,16 @@ def test_inside_follows_the_issue_dimensions(shape):
     assert not shapes.inside(shape, torch.tensor(points_out)).any()
 
 
+@pytest.mark.parametrize("shape", shapes.SHAPES)
+def test_y_extent_is_the_lowest_and_highest_point_inside(shape):
+    low, high = shapes.y_extent(shape)
+    axis = torch.linspace(-0.6, 0.6, 121)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    ys = points[shapes.inside(shape, points), 1]
+    assert float(ys.min()) == pytest.approx(low, abs=0.011)
+    assert float(ys.max()) == pytest.approx(high, abs=0.011)
+
+
 def _march_first_inside(shape: str, rays_o, rays_d, far: float = 3.0, n: int = 3000):
     """Reference: the first of n evenly spaced samples along each ray that is inside the shape."""
     ts = torch.linspace(0.0, far, n, dtype=torch.float64)
