@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import last_checkpoint, write_whole
+from dreamtext.checkpoint import can_resume, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
@@ -231,7 +231,7 @@ def batch_stop_line(entry: Entry, error: OSError, root: Path, finished: bool = F
     file (or ROOT, where ROOT itself refused a write), what to do, and that the same command, run
     again then, goes on from there."""
     try:
-        resumes = last_checkpoint(entry.workspace).is_file()
+        resumes = can_resume(entry.workspace)
     except OSError:  # the disk that failed
         resumes = False
     if finished:
@@ -776,7 +776,7 @@ def interruption_line(entry: Entry, stop: BaseException) -> str:
     step's end) the run goes on from its newest checkpoint, if it has one."""
     if isinstance(stop, TrainingInterrupted):
         return f"{stop}; run the batch again to resume"
-    if last_checkpoint(entry.workspace).is_file():
+    if can_resume(entry.workspace):
         return "interrupted; run the batch again to resume from the last checkpoint"
     return "interrupted before the run's first checkpoint; run the batch again to start it again"
 
@@ -801,7 +801,7 @@ def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
     changes from its ``config.json`` (:func:`changed_setting_lines`), which apply from its last
     checkpoint on. Changes a resumed run cannot take (the seed, the field) are left to the
     trainer, which refuses them."""
-    if not last_checkpoint(entry.workspace).is_file():
+    if not can_resume(entry.workspace):
         return
     changed = changed_setting_lines(entry, cfg)
     saved = read_run_config(entry.workspace, "") if changed else None
@@ -1246,7 +1246,7 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
     if overwrite:
         train(cfg, resume=False, overwrite=True)
     else:
-        train(cfg, resume=last_checkpoint(Path(cfg.workspace)).is_file())
+        train(cfg, resume=can_resume(Path(cfg.workspace)))
 
 
 def run_one_retrying_stale(

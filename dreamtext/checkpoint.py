@@ -345,7 +345,12 @@ def _instead(path: Path, required: tuple[str, ...] = ()) -> str:
     whole = whole_step_file(path.parent, required)
     if whole is None:
         return "no earlier checkpoint of the run is whole: train it again with --overwrite"
-    other, state = whole
+    return go_on_from(*whole)
+
+
+def go_on_from(other: Path, state: dict[str, Any]) -> str:
+    """How to go on from the whole step file ``other`` (holding ``state``) of a run whose
+    ``last.pt`` is unreadable or missing: resume, or copy it over ``last.pt``."""
     step = state["step"]
     return (
         f"its newest whole checkpoint is {other} (step {step}): resuming the run (text "
@@ -357,6 +362,17 @@ def _instead(path: Path, required: tuple[str, ...] = ()) -> str:
 
 def last_checkpoint(workspace: Path) -> Path:
     return checkpoint_dir(workspace) / LAST
+
+
+def can_resume(workspace: Path) -> bool:
+    """Whether ``workspace`` holds a checkpoint that a resume goes on from, and that a new run
+    would delete: ``checkpoints/last.pt`` (whole or not: the resume says which), or, where it is
+    missing (deleted by hand, a copy or sync cut short), a whole step file
+    (:func:`whole_step_file`), which the resume goes on from as for an unreadable ``last.pt``
+    (``dreamtext.trainer.restore_newest``). Step files that are all damaged hold nothing to keep."""
+    if last_checkpoint(workspace).is_file():
+        return True
+    return whole_step_file(checkpoint_dir(workspace)) is not None
 
 
 def load_run(

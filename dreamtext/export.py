@@ -41,13 +41,16 @@ from tqdm.auto import tqdm
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import (
     check_writable,
+    checkpoint_dir,
     checkpoint_run,
     file_mode,
+    go_on_from,
     last_checkpoint,
     naming_the_file,
     read_run_checkpoint,
     remove_stale_temps,
     run_from_state,
+    whole_step_file,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
@@ -328,6 +331,11 @@ def resolve_workspace(workspace: Path | None) -> Path:
                 f"no such folder: {workspace}; pass --workspace the folder of a trained run "
                 "(the one that holds checkpoints/)"
             )
+        # Its step files, where last.pt was deleted or a copy or sync cut short: "train first"
+        # sent the user to a new run, which deletes them.
+        whole = whole_step_file(checkpoint_dir(workspace))
+        if whole is not None:
+            raise DreamtextError(f"{last_checkpoint(workspace)} is missing; {go_on_from(*whole)}")
         runs = sorted(workspace.glob("*/checkpoints/last.pt")) if workspace.is_dir() else []
         if runs:
             newest = max(runs, key=lambda p: p.stat().st_mtime).parent.parent

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dreamtext.checkpoint import check_writable, last_checkpoint
+from dreamtext.checkpoint import can_resume, check_writable, last_checkpoint
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
@@ -291,7 +291,7 @@ def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool,
             f"{workspace}'s descriptor has no checkpoint ({checkpoint}) to train on from step "
             f"{done}; pass --workspace NEW_FOLDER to train one to step {iters}"
         )
-    if last_checkpoint(workspace).is_file() and not overwrite:
+    if can_resume(workspace) and not overwrite:
         raise DreamtextError(
             f"{workspace}'s text→3D stage trained on the descriptor of step {done}; to train the "
             f"descriptor on to step {iters} and text→3D again from scratch, add --overwrite, or "
@@ -450,7 +450,7 @@ def _run_image(
 
         # A run stopped during its export is already at cfg.iters: resuming trains nothing and
         # exports, under status.json like any run, which ends "finished".
-        train(cfg, resume=last_checkpoint(workspace).is_file())
+        train(cfg, resume=can_resume(workspace))
     return workspace
 
 

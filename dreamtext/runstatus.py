@@ -70,7 +70,12 @@ from typing import Any
 
 import torch
 
-from dreamtext.checkpoint import atomic_write_bytes, checkpoint_step, last_checkpoint
+from dreamtext.checkpoint import (
+    atomic_write_bytes,
+    can_resume,
+    checkpoint_step,
+    last_checkpoint,
+)
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
 from dreamtext.interrupts import signals_held
 from dreamtext.processes import record_alive, this_process, workspace_holder
@@ -133,7 +138,7 @@ def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) ->
     workspace = Path(workspace)
     status = read_status(workspace)
     if status is not None:
-        if needs_mesh and not has_mesh(workspace) and last_checkpoint(workspace).is_file():
+        if needs_mesh and not has_mesh(workspace) and can_resume(workspace):
             return False
         return status["state"] == "finished" and status["step"] >= iters
     if (workspace / STATUS).exists() or not (workspace / "mesh" / "mesh.glb").is_file():

@@ -35,6 +35,7 @@ from dreamtext.checkpoint import (
     UnreadableCheckpoint,
     append_log_line,
     atomic_write_bytes,
+    can_resume,
     check_writable,
     checkpoint_dir,
     last_checkpoint,
@@ -187,7 +188,7 @@ def check_workspace(
     # Read first: a config.json that is not a run's fails here, before anything is written.
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")
     if resume:
-        if not last_checkpoint(workspace).is_file():
+        if not can_resume(workspace):
             raise DreamtextError(
                 f"nothing to resume in {workspace}: no checkpoints/last.pt; "
                 "drop --resume to start a new run"
@@ -204,7 +205,8 @@ def check_workspace(
             f"{workspace} holds a run of '{previous}'; pass --resume to continue "
             "it, or --workspace NEW_FOLDER for this prompt"
         )
-    if last_checkpoint(workspace).is_file() and not overwrite:
+    # Step files without last.pt are a run a resume goes on from too: a new run deleted them.
+    if can_resume(workspace) and not overwrite:
         # The checkpoint's step, where --resume continues: status.json's can be later (a run
         # killed without warning logged steps after its last checkpoint).
         step = saved_step(workspace)
@@ -306,18 +308,26 @@ def build_run(
 def restore_newest(run: Run) -> None:
     """Continue ``run`` from ``checkpoints/last.pt``, or, when that file is not a whole
     checkpoint (:class:`~dreamtext.checkpoint.UnreadableCheckpoint`: truncated by a full disk or a
-    copy cut short, damaged), from the newest step file that restores whole, saying so in one line
-    on stderr and in config.json's ``resumes`` (``fallback``). Without one, a
-    :class:`DreamtextError` that names the file and the fix.
+    copy cut short, damaged) or is missing (deleted by hand, a sync cut short), from the newest
+    step file that restores whole, saying so in one line on stderr and in config.json's
+    ``resumes`` (``fallback``). Without one, a :class:`DreamtextError` that names the file and
+    the fix.
 
     Whole means :func:`restore` takes all of it (the field, the optimiser, the renderer, the random
     states and the step), not that it unpickles: a file can unpickle and still not restore."""
     last = last_checkpoint(run.workspace)
     try:
-        restore_file(run, last)
-        return
-    except UnreadableCheckpoint as error:
-        unreadable = error
+        # Only a file that is not there is missing: a failing file server (EIO, a stale NFS
+        # handle) raises here, as when reading it, and is not fallen back from.
+        last.stat()
+    except FileNotFoundError:
+        why, problem = "missing", "is missing"
+    else:
+        try:
+            restore_file(run, last)
+            return
+        except UnreadableCheckpoint as error:
+            why, problem = error.why, f"is unreadable ({error.why})"
     damaged = []
     for step, path in reversed(step_files(checkpoint_dir(run.workspace))):
         try:
@@ -334,20 +344,20 @@ def restore_newest(run: Run) -> None:
         assert run.resumed is not None  # set by restore
         run.resumed["fallback"] = {
             "unreadable": str(last.relative_to(run.workspace)),
-            "why": unreadable.why,
+            "why": why,
             "from": str(path.relative_to(run.workspace)),
             **({"damaged": damaged} if damaged else {}),
         }
         skipped = f" ({', '.join(damaged)} unreadable too)" if damaged else ""
         tqdm.write(
-            f"dreamtext: {last} is unreadable ({unreadable.why}); resuming from {path}, the "
+            f"dreamtext: {last} {problem}; resuming from {path}, the "
             f"newest whole checkpoint{skipped}, at step {run.step}: {lost}",
             file=sys.stderr,
         )
         return
     earlier = f" ({', '.join(damaged)} are unreadable too)" if damaged else ""
     raise DreamtextError(
-        f"cannot resume: {last} is unreadable ({unreadable.why}) and the run has no earlier "
+        f"cannot resume: {last} {problem} and the run has no earlier "
         f"checkpoint that is whole{earlier}; train it again from scratch with --overwrite "
         "instead of --resume"
     )

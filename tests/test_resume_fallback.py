@@ -223,3 +223,116 @@ def test_a_failing_file_server_is_not_taken_for_a_damaged_last_pt(tmp_path, monk
     assert err.splitlines()[-1].startswith("dreamtext: error: ")
     assert "Stale file handle" in err and str(folder / "last.pt") in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_missing_last_pt_resumes_from_the_newest_whole_step_file_to_the_same_run(
+    tmp_path, capsys
+):
+    """A last.pt deleted by hand or left out by a copy or sync cut short, beside step files:
+    `--resume` said 'nothing to resume … drop --resume', and the new run then deleted the step
+    files. Now it goes on from the newest one, as for an unreadable last.pt."""
+    whole = train(builtin_config(tmp_path / "whole", iters=6))
+    workspace = train(builtin_config(tmp_path / "split", iters=4))  # last.pt 4, step_000002.pt
+    last = workspace / "checkpoints" / "last.pt"
+    last.unlink()
+    capsys.readouterr()
+    train(builtin_config(workspace, iters=6), resume=True)
+    step_file = workspace / "checkpoints" / "step_000002.pt"
+    assert (
+        f"dreamtext: {last} is missing; resuming from {step_file}, the newest whole checkpoint, "
+        "at step 2: steps 3-4 are lost and trained again"
+    ) in capsys.readouterr().err.splitlines()
+    resumes = json.loads((workspace / "config.json").read_text())["resumes"]
+    assert resumes[-1]["step"] == 2
+    assert resumes[-1]["fallback"] == {
+        "unreadable": "checkpoints/last.pt",
+        "why": "missing",
+        "from": "checkpoints/step_000002.pt",
+    }
+    ours, theirs = load_checkpoint(last), load_checkpoint(whole / "checkpoints" / "last.pt")
+    assert ours["step"] == 6
+    assert all(torch.equal(ours["field"][k], theirs["field"][k]) for k in theirs["field"])
+
+
+def test_a_new_run_does_not_delete_the_step_files_of_a_run_whose_last_pt_is_missing(tmp_path):
+    """The run can still be resumed from its step files, so typing the training command again
+    is refused as for any run with a checkpoint (it deleted them), unless --overwrite."""
+    workspace = train(builtin_config(tmp_path / "run", iters=4))
+    (workspace / "checkpoints" / "last.pt").unlink()
+    before = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
+    with pytest.raises(DreamtextError) as error:
+        train(builtin_config(workspace, iters=4))
+    assert str(error.value) == (
+        f"{workspace} already holds a run of this prompt; pass --resume to continue it, "
+        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER"
+    )
+    assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
+    train(builtin_config(workspace, iters=2), overwrite=True)
+    assert files(workspace / "checkpoints", "*.pt") == ["last.pt"]  # --overwrite replaced it
+
+
+def test_a_missing_last_pt_without_a_whole_step_file_still_says_drop_resume(tmp_path):
+    """Step files that are all damaged hold nothing to go on from or to keep: the resume says
+    to start a new run, and that new run is not refused."""
+    workspace = train(builtin_config(tmp_path / "run", iters=4))
+    folder = workspace / "checkpoints"
+    (folder / "last.pt").unlink()
+    os.truncate(folder / "step_000002.pt", 1000)
+    with pytest.raises(DreamtextError) as error:
+        train(builtin_config(workspace, iters=4), resume=True)
+    assert str(error.value) == (
+        f"nothing to resume in {workspace}: no checkpoints/last.pt; drop --resume to start a "
+        "new run"
+    )
+    train(builtin_config(workspace, iters=2))
+    assert load_checkpoint(folder / "last.pt")["step"] == 2
+
+
+def test_a_batch_line_whose_last_pt_is_missing_resumes_from_its_step_file(tmp_path, capsys):
+    """batch resumed a line only when last.pt was a file: with only step files it trained the
+    line again from scratch, over them, without a word."""
+    from dreamtext.batch import BatchOptions, run_batch
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n")
+    settings = {**TINY_TRAIN, "guidance": {"model": "builtin:shapes"}}
+    options = BatchOptions(root=tmp_path / "root")
+    run_batch(prompts, {**settings, "iters": 4}, options=options)
+    workspace = tmp_path / "root" / "a_red_cube"
+    (workspace / "checkpoints" / "last.pt").unlink()
+    capsys.readouterr()
+    records = run_batch(prompts, {**settings, "iters": 6}, options=options)
+    assert [r["status"] for r in records] == ["finished"]
+    assert (
+        f"dreamtext: {workspace / 'checkpoints' / 'last.pt'} is missing; resuming from "
+        f"{workspace / 'checkpoints' / 'step_000002.pt'}, the newest whole checkpoint, at step "
+        "2: steps 3-4 are lost and trained again"
+    ) in capsys.readouterr().err.splitlines()
+    resumes = json.loads((workspace / "config.json").read_text())["resumes"]
+    assert resumes[-1]["fallback"]["from"] == "checkpoints/step_000002.pt"
+    steps = [
+        json.loads(line)["step"] for line in (workspace / "log.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_export_of_a_missing_last_pt_names_the_step_file_not_train_first(tmp_path, capsys):
+    """'train first' sent the user to a new run, which deletes the step files."""
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    save_checkpoint(workspace, run_state(5))
+    save_checkpoint(workspace, run_state(10))
+    last = workspace / "checkpoints" / "last.pt"
+    last.unlink()
+    code = main(["export", "--workspace", str(workspace), "--no-video", "--formats", "ply"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    step_file = workspace / "checkpoints" / "step_000005.pt"
+    assert err.splitlines()[-1] == (
+        f"dreamtext: error: {last} is missing; its newest whole checkpoint is {step_file} "
+        "(step 5): resuming the run (text --resume, or the same image or batch command) goes on "
+        "from it and trains the steps after it again; or copy it over last.pt "
+        "(cp --remove-destination) to use step 5 as it is"
+    )
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
