@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import last_checkpoint, write_whole
 from dreamtext.config import (
@@ -80,7 +79,7 @@ from dreamtext.inputs import (
 )
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, this_process
-from dreamtext.progress import bar_options
+from dreamtext.progress import bar_options, tqdm
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,

@@ -719,8 +719,9 @@ def _default_workspace_free(image: str) -> Path | None:
 
 def early_text(args: argparse.Namespace) -> None:
     """``text``: the flags' conflicts, then ``--preset`` and the ``--config`` files as
-    :func:`dreamtext.config.resolve_config` reads them (``--resume`` reads the files first
-    to find the run's folder, unless ``--workspace`` names it)."""
+    :func:`dreamtext.config.resolve_config` reads them. ``--resume`` reads the files first to
+    find the run's folder, unless ``--workspace`` names it: there the run's config.json must be
+    (:func:`_saved_config`) before the preset and the files are read."""
     _iters_or_epochs(args)
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
@@ -772,11 +773,12 @@ def early_image(args: argparse.Namespace) -> None:
 
 
 def early_describe(args: argparse.Namespace) -> None:
-    """``describe``: the image's path, where :func:`cmd_describe`'s steps before it cannot
-    refuse anything: a device that needs no torch to resolve, a workspace not made yet (so no
-    other process holds it) whose place :func:`dreamtext.processes.check_own_folder` accepts,
-    and sentence-search flags :func:`dreamtext.describe.check_options` accepts without reading
-    a word list."""
+    """``describe``: ``--device cuda`` where this machine has no GPU at all
+    (:func:`dreamtext.inputs.no_cuda_here`); then the image's path, where
+    :func:`cmd_describe`'s steps before it cannot refuse anything: a device that needs no torch
+    to resolve, a workspace not made yet (so no other process holds it) whose place
+    :func:`dreamtext.processes.check_own_folder` accepts, and sentence-search flags
+    :func:`dreamtext.describe.check_options` accepts without reading a word list."""
     from dreamtext.inputs import check_image_path, no_cuda_error, no_cuda_here
     from dreamtext.processes import check_own_folder
 
