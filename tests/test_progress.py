@@ -139,7 +139,8 @@ def test_a_run_logged_to_a_file_ends_every_bar_at_its_total_in_one_line(tmp_path
     with open("run.log", "w", encoding="utf-8") as log:
         monkeypatch.setattr(sys, "stderr", log)
         assert main([*args, "--h", "16", "--config", "small.yaml"]) == 0
-    text = Path("run.log").read_text(encoding="utf-8")
+    with open("run.log", encoding="utf-8", newline="") as log:  # \r kept as written
+        text = log.read()
     assert "\r" not in text
     bars = [match for match in map(BAR_LINE.match, text.splitlines()) if match]
     assert {bar["desc"] for bar in bars} == {"text→3D 'a red cube'", "density grid", "albedo"}
