@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import can_resume, write_whole
 from dreamtext.config import (
@@ -71,10 +70,16 @@ from dreamtext.errors import (
     file_system_fix,
     what_failed,
 )
-from dreamtext.inputs import check_root, check_root_writable, read_prompt_lines, root_write_error
+from dreamtext.inputs import (
+    IMAGE_PREFIX,
+    check_root,
+    check_root_writable,
+    read_prompt_lines,
+    root_write_error,
+)
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, this_process
-from dreamtext.progress import bar_options
+from dreamtext.progress import bar_options, tqdm
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -91,7 +96,6 @@ except ImportError:  # not a POSIX system: appends go unlocked
     fcntl = None  # type: ignore[assignment]
 
 BATCH_LOG = "batch.jsonl"
-IMAGE_PREFIX = "image:"
 
 # Fields of a run's config that do not change what it makes: its name and length (a finished run
 # asked for more iterations resumes), whether it exports (a finished run without a mesh asked for

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import json
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from typing import Any
 from dreamtext import __version__
 from dreamtext.errors import (
     ENVIRONMENT_ERRNOS,
+    UNREADABLE_JSON,
     DreamtextError,
     file_system_fix,
     trained_run_line,
@@ -382,11 +384,15 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
     )
     data = read_run_config(workspace, "drop --resume to start over")
     if data is None:
-        raise DreamtextError(
-            f"nothing to resume in {workspace}: no config.json; drop --resume to start a new run"
-        )
+        raise _nothing_to_resume(workspace)
     data["workspace"] = str(workspace)
     return data
+
+
+def _nothing_to_resume(workspace: Path) -> DreamtextError:
+    return DreamtextError(
+        f"nothing to resume in {workspace}: no config.json; drop --resume to start a new run"
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -660,21 +666,42 @@ def _iters_or_epochs(args: argparse.Namespace) -> None:
         raise DreamtextError("give --iters or --epochs, not both")
 
 
-def _read_config_files(
-    files: list[str] | None, unsure: tuple[str, ...] = (), run_configs: bool = False
-) -> bool:
-    """Read the ``--config`` files in order as the command reads them first (a missing file,
-    one that is not YAML or no mapping is its line). Stop (``False``) at the first file that
-    the command checks further, or says something of, before it reads the next: one holding a
-    key of ``unsure``, or with ``run_configs`` a run's ``config.json``; ``True`` when all were
-    read."""
-    from dreamtext.inputs import read_yaml
+def _read_config_files(files: list[str] | None) -> None:
+    """Read the ``--config`` files in order, each one's YAML only (a missing file, one that is
+    not YAML or no mapping is its line), as :func:`dreamtext.config.configured_workspace`
+    reads them first."""
+    from dreamtext.inputs import config_files_list, read_yaml
 
-    for path in map(Path, files or ()):
-        data = read_yaml(path)
-        if any(key in data for key in unsure) or (run_configs and path.name == "config.json"):
-            return False
-    return True
+    for path in config_files_list(files):
+        read_yaml(path)
+
+
+def _read_config_layers(files: list[str] | None, rerun: bool = True) -> None:
+    """Read the ``--config`` files in order as :func:`dreamtext.config.read_config_file` reads
+    them for :func:`dreamtext.config.resolve_config`: each one's YAML, then a YAML's ``presets``
+    refused; with ``rerun``, the line on stderr for a run's config.json whose resumes changed its
+    settings. Those lines are printed here only before a refusal, which the command would have
+    printed after them; without one the command prints them itself."""
+    from dreamtext.inputs import (
+        config_files_list,
+        read_yaml,
+        refuse_recorded_presets,
+        resumes_line,
+    )
+
+    said = []
+    try:
+        for path in config_files_list(files):
+            data = read_yaml(path)
+            line = resumes_line(path, data) if rerun else None
+            if line is not None:
+                said.append(line)
+            if path.name != "config.json":
+                refuse_recorded_presets(path, data)
+    except DreamtextError:
+        for line in said:
+            print(line, file=sys.stderr)
+        raise
 
 
 def _default_workspace_free(image: str) -> Path | None:
@@ -692,8 +719,9 @@ def _default_workspace_free(image: str) -> Path | None:
 
 def early_text(args: argparse.Namespace) -> None:
     """``text``: the flags' conflicts, then ``--preset`` and the ``--config`` files as
-    :func:`dreamtext.config.resolve_config` reads them (``--resume`` reads the files first
-    to find the run's folder, unless ``--workspace`` names it)."""
+    :func:`dreamtext.config.resolve_config` reads them. ``--resume`` reads the files first to
+    find the run's folder, unless ``--workspace`` names it: there the run's config.json must be
+    (:func:`_saved_config`) before the preset and the files are read."""
     _iters_or_epochs(args)
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
@@ -707,16 +735,25 @@ def early_text(args: argparse.Namespace) -> None:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise DreamtextError(f"{flags}: for --diverse's image only; add --diverse or drop them")
     if args.resume:
-        if args.workspace is None:  # _saved_config: configured_workspace reads every file
+        if not args.workspace:  # _saved_config: configured_workspace reads every file first
             _read_config_files(args.config)
-        return
+            return
+        workspace = Path(args.workspace)
+        if not (workspace / "config.json").is_file():  # read_run_config finds no run
+            raise _nothing_to_resume(workspace)
+        try:  # read_run_config refuses a config.json that is not a JSON mapping: its line
+            recorded = json.loads((workspace / "config.json").read_text(encoding="utf-8"))
+        except (OSError, *UNREADABLE_JSON):
+            return
+        if not isinstance(recorded, dict):
+            return
     if args.preset is not None:
         from dreamtext.inputs import preset_path
 
         preset_path(args.preset)
-    # read_config_file refuses a YAML's 'presets' and warns of a run's 'resumes' before it
-    # reads the next file.
-    _read_config_files(args.config, unsure=("presets", "resumes"), run_configs=True)
+    # A resume reads the files over the run's config.json, which it continues: no line for the
+    # resumes of a run's config.json among them.
+    _read_config_layers(args.config, rerun=not args.resume)
 
 
 def early_image(args: argparse.Namespace) -> None:
@@ -736,15 +773,20 @@ def early_image(args: argparse.Namespace) -> None:
 
 
 def early_describe(args: argparse.Namespace) -> None:
-    """``describe``: the image's path, where :func:`cmd_describe`'s steps before it cannot
-    refuse anything: a device that needs no torch to resolve, a workspace not made yet (so no
-    other process holds it) whose place :func:`dreamtext.processes.check_own_folder` accepts,
-    and sentence-search flags :func:`dreamtext.describe.check_options` accepts without reading
-    a word list."""
-    from dreamtext.inputs import check_image_path
+    """``describe``: ``--device cuda`` where this machine has no GPU at all
+    (:func:`dreamtext.inputs.no_cuda_here`); then the image's path, where
+    :func:`cmd_describe`'s steps before it cannot refuse anything: a device that needs no torch
+    to resolve, a workspace not made yet (so no other process holds it) whose place
+    :func:`dreamtext.processes.check_own_folder` accepts, and sentence-search flags
+    :func:`dreamtext.describe.check_options` accepts without reading a word list."""
+    from dreamtext.inputs import check_image_path, no_cuda_error, no_cuda_here
     from dreamtext.processes import check_own_folder
 
     if args.device not in (None, "auto", "cpu"):
+        # resolve_device, cmd_describe's first step, where this machine can have no GPU; where
+        # torch is imported already (a test's virtual GPU) it answers for itself.
+        if args.device.startswith("cuda") and "torch" not in sys.modules and no_cuda_here():
+            raise no_cuda_error(args.device)
         return
     workspace = Path(args.workspace) if args.workspace else _default_workspace_free(args.image)
     if workspace is None or os.path.lexists(workspace):
@@ -760,26 +802,35 @@ def early_describe(args: argparse.Namespace) -> None:
 
 
 def early_batch(args: argparse.Namespace) -> None:
-    """``batch``: ``--iters`` with ``--epochs``, the ``--config`` files as
-    :func:`image_overrides` reads them, then ``--workspace ROOT`` and the prompts file as
-    :func:`dreamtext.batch.run_batch` checks them first."""
+    """``batch``: ``--iters`` with ``--epochs``, the ``--config`` files' stage sections as
+    :func:`image_overrides` reads them, then as :func:`dreamtext.batch.run_batch` goes on:
+    ``--workspace ROOT``, the prompts file, and where its list is read without a word and this
+    worker's share needs no reading (no ``--shard``, no SLURM array), ``--preset`` and the
+    ``--config`` files as the first line's config reads them."""
     from dreamtext.inputs import (
         DEFAULT_WORKSPACE_ROOT,
-        STAGE_SECTIONS,
         check_root,
         check_root_writable,
+        config_file_stage_sections,
+        plain_prompt_lines,
+        preset_path,
         read_prompt_lines,
     )
 
     _iters_or_epochs(args)
-    # config_file_stage_sections checks a file's stage sections before it reads the next.
-    if not _read_config_files(args.config, unsure=STAGE_SECTIONS):
-        return
+    config_file_stage_sections(args.config)
     root = Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT
     check_root(root)
     if root.is_dir():
         check_root_writable(root)
-    read_prompt_lines(Path(args.prompts))
+    lines = read_prompt_lines(Path(args.prompts))
+    if not plain_prompt_lines(lines) or args.shard is not None:
+        return
+    if "SLURM_ARRAY_TASK_ID" in os.environ:  # resolve_shard reads the task's share from it
+        return
+    if args.preset is not None:
+        preset_path(args.preset)
+    _read_config_layers(args.config)
 
 
 # Each command function's early checks, by the function (a command replaced, as tests replace

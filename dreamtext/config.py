@@ -9,7 +9,6 @@ A preset is a YAML file of field overrides; nested sections (``field:``, ``rende
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -29,14 +28,20 @@ from dreamtext.field import FieldConfig
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.inputs import (
     DEFAULT_WORKSPACE_ROOT,
+    RUN_LEARNED_EMBEDS,
     SLUG_MAX_BYTES,
     STAGE_SECTIONS,
     ascii_slug,
     available_presets,
+    config_file_stage_sections,
+    config_files_list,
     preset_dirs,
     preset_path,
     read_yaml,
+    refuse_recorded_presets,
+    resumes_line,
     slugify,
+    unknown_field,
 )
 from dreamtext.processes import is_run_folder
 from dreamtext.renderer import RenderConfig
@@ -140,19 +145,6 @@ def _coerce(value: Any, hint: Any, where: str, source: str = "") -> Any:
     return value
 
 
-def _unknown_field(where: str, key: Any, names: list[str], prefix: str, source: str) -> str:
-    """The line for a config key that is no field: the nearest field's name when one is close,
-    and the fields there are (a run's config.json holds them all, with their values)."""
-    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-    if close:
-        return f"unknown config field '{where}' in {source}; did you mean '{prefix}{close[0]}'?"
-    section = f"section '{prefix[:-1]}'" if prefix else "top level"
-    return (
-        f"unknown config field '{where}' in {source}; the {section} has: {', '.join(names)} "
-        "(a run's config.json lists every field with its value)"
-    )
-
-
 def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: str = "") -> None:
     """Set the fields named in ``overrides`` (nested dicts for nested configs) on ``cfg``."""
     hints = typing.get_type_hints(type(cfg))
@@ -160,7 +152,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: st
     for key, value in overrides.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise DreamtextError(_unknown_field(where, key, sorted(names), prefix, source))
+            raise DreamtextError(unknown_field(where, key, sorted(names), prefix, source))
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -187,10 +179,6 @@ def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise DreamtextError(f"{path} is not a run config; {fix}")
     return data
-
-
-# Where an image→3D run keeps its learned tokens, in its folder (dreamtext.descriptor).
-RUN_LEARNED_EMBEDS = ("descriptor", "learned_embeds.safetensors")
 
 
 def own_learned_embeds(data: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -249,26 +237,12 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     beside its config.json (:func:`own_learned_embeds`), and its workspace the folder the
     config.json is in (:func:`is_run_folder`)."""
     data = read_yaml(path)
-    changed = {
-        f"{name} at step {resume.get('step')}"
-        for resume in (data.get("resumes") or [] if rerun else [])
-        if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
-        for name, values in resume["changed"].items()
-        if not _moved_not_changed(name, values)
-    }
-    if changed:
-        print(
-            f"dreamtext: {path} is of a run whose resumes changed {', '.join(sorted(changed))}: "
-            "this run trains every step with its last settings, so it is not that run again",
-            file=sys.stderr,
-        )
+    said = resumes_line(path, data) if rerun else None
+    if said is not None:
+        print(said, file=sys.stderr)
     data = {key: value for key, value in data.items() if key not in KEPT_KEYS}
     if path.name != "config.json":
-        if "presets" in data:
-            raise DreamtextError(
-                f"'presets' in {path} is what a run's config.json records it was built on; name "
-                "a preset with --preset NAME"
-            )
+        refuse_recorded_presets(path, data)
         return data
     # The record names its workspace as typed, relative to where the run was started: typed from
     # another directory (or after the folder moved) it named another folder, where --resume
@@ -279,24 +253,6 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     # which it records (``presets``), so a rerun takes them, as a resume does, not the defaults.
     data, _ = fill_from_presets(data)
     return own_learned_embeds(data, path.parent)
-
-
-def _moved_not_changed(name: str, values: Any) -> bool:
-    """Whether a resume's change of ``name`` (``[old, new]``) left every step's settings as they
-    were: the iterations, where the run is (``workspace``), or the path of its own learned
-    tokens (the run folder moved: :func:`own_learned_embeds`)."""
-    if name in ("iters", "workspace"):
-        return True
-    paths = values if isinstance(values, list) else []
-    own = [isinstance(p, str) and Path(p).parts[-2:] == RUN_LEARNED_EMBEDS for p in paths]
-    return name == "guidance.textual_inversion" and len(own) == 2 and all(own)
-
-
-def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> list[Path]:
-    """``--config``'s files as a list (one file, several, or none)."""
-    if isinstance(config_file, (str, Path)):
-        config_file = [config_file]
-    return [Path(path) for path in config_file or ()]
 
 
 def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
@@ -323,45 +279,6 @@ def own_config_file(
     return next(
         (path for path in config_files_list(config_file) if path.resolve().parent == folder), None
     )
-
-
-# The keys of the stage sections; ``image`` and ``diverse``'s ``prompt`` and ``seed`` are records
-# of the run (its input), the others options of its stages.
-STAGE_KEYS = {
-    "image_to_3d": ("image", "describe", "descriptor"),
-    "diverse": ("prompt", "seed", "sample_steps", "sample_guidance_scale", "image"),
-}
-
-
-def config_file_stage_sections(
-    config_file: str | Path | Sequence[str | Path] | None,
-) -> list[tuple[str, dict[str, dict[str, Any]]]]:
-    """The :data:`STAGE_SECTIONS` of the ``--config`` files, as ``(file, {section: mapping})``
-    in their order (a file without them is left out): a run's config.json records them, so
-    that ``image IMG --config RUN/config.json`` runs the stages with the run's options
-    (:func:`dreamtext.imageto3d.resolve_image_options`); a YAML may give them too. A section
-    that is no mapping, or a key no section has, is a :class:`DreamtextError`."""
-    out = []
-    for path in config_files_list(config_file):
-        data = read_yaml(path)
-        sections = {}
-        for name in STAGE_SECTIONS:
-            if name not in data:
-                continue
-            section = data[name]
-            if not isinstance(section, dict):
-                raise DreamtextError(f"config section '{name}' in {path} must be a mapping")
-            for key in section:
-                if key not in STAGE_KEYS[name]:
-                    raise DreamtextError(
-                        _unknown_field(
-                            f"{name}.{key}", key, list(STAGE_KEYS[name]), f"{name}.", str(path)
-                        )
-                    )
-            sections[name] = section
-        if sections:
-            out.append((str(path), sections))
-    return out
 
 
 def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:

@@ -28,7 +28,6 @@ from typing import Protocol
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from dreamtext.checkpoint import atomic_write_bytes, check_writable
 from dreamtext.config import absolute_model_folder, read_run_config, read_stage_sections
@@ -36,7 +35,7 @@ from dreamtext.devices import resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.images import load_image
 from dreamtext.interrupts import raise_if_stop_requested
-from dreamtext.progress import bar_options
+from dreamtext.progress import bar_options, tqdm
 from dreamtext.runstatus import HEARTBEAT_SECONDS, check_guards, track_status
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"

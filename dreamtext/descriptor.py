@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
 from dreamtext.checkpoint import append_log_line, atomic_write_bytes, load_checkpoint
@@ -36,7 +35,7 @@ from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, stop_on_signal, truncate_log
 from dreamtext.models import StableDiffusionModels, load_for
-from dreamtext.progress import bar_options
+from dreamtext.progress import bar_options, tqdm
 from dreamtext.runstatus import track_status, update_status
 
 DESCRIPTOR_TOKEN = "<descriptor>"

@@ -13,6 +13,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 from dreamtext.errors import DreamtextError
+from dreamtext.inputs import no_cuda_error
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,9 +25,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DreamtextError(
-            f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu"
-        )
+        raise no_cuda_error(name)
     try:
         device = torch.device(name)
     except RuntimeError:

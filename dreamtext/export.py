@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import trimesh
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import (
@@ -76,7 +75,7 @@ from dreamtext.processes import (
     this_process,
     write_held_record,
 )
-from dreamtext.progress import bar_options
+from dreamtext.progress import bar_options, tqdm
 from dreamtext.renderer import RenderConfig
 
 log = logging.getLogger(__name__)

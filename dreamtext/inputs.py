@@ -4,18 +4,23 @@ The CLI checks them before it imports torch and the model libraries (seconds, hu
 of seconds on a cluster's network file system), so that a mistyped path or a broken YAML file is
 its one line at once: presets and ``--config`` YAML files (:func:`read_yaml`), a batch's prompts
 file (:func:`read_prompt_lines`) and ``--workspace ROOT`` (:func:`check_root`), and the folder
-names of prompts and images (:func:`slugify`). :mod:`dreamtext.config` and :mod:`dreamtext.batch`
-use the same functions, so the lines are the same either way.
+names of prompts and images (:func:`slugify`), and whether this machine can have a CUDA GPU at
+all (:func:`no_cuda_here`). :mod:`dreamtext.config`, :mod:`dreamtext.batch` and
+:mod:`dreamtext.devices` use the same functions, so the lines are the same either way.
 """
 
 from __future__ import annotations
 
+import difflib
 import errno
 import hashlib
 import os
 import re
+import shutil
+import sys
 import tempfile
 import unicodedata
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +128,109 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """``--config``'s files as a list (one file, several, or none)."""
+    if isinstance(config_file, (str, Path)):
+        config_file = [config_file]
+    return [Path(path) for path in config_file or ()]
+
+
+# Where an image→3D run keeps its learned tokens, in its folder (dreamtext.descriptor).
+RUN_LEARNED_EMBEDS = ("descriptor", "learned_embeds.safetensors")
+
+
+def _moved_not_changed(name: str, values: Any) -> bool:
+    """Whether a resume's change of ``name`` (``[old, new]``) left every step's settings as they
+    were: the iterations, where the run is (``workspace``), or the path of its own learned
+    tokens (the run folder moved: :func:`dreamtext.config.own_learned_embeds`)."""
+    if name in ("iters", "workspace"):
+        return True
+    paths = values if isinstance(values, list) else []
+    own = [isinstance(p, str) and Path(p).parts[-2:] == RUN_LEARNED_EMBEDS for p in paths]
+    return name == "guidance.textual_inversion" and len(own) == 2 and all(own)
+
+
+def resumes_line(path: Path, data: dict[str, Any]) -> str | None:
+    """The line for stderr when ``data``, the ``--config`` file ``path``, is the config.json of a
+    run whose ``resumes`` changed more than where it is and how long it runs: a run started from
+    it trains every step with the last settings, so it is not that run again. ``None`` else."""
+    changed = {
+        f"{name} at step {resume.get('step')}"
+        for resume in data.get("resumes") or []
+        if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
+        for name, values in resume["changed"].items()
+        if not _moved_not_changed(name, values)
+    }
+    if not changed:
+        return None
+    return (
+        f"dreamtext: {path} is of a run whose resumes changed {', '.join(sorted(changed))}: "
+        "this run trains every step with its last settings, so it is not that run again"
+    )
+
+
+def refuse_recorded_presets(path: Path, data: dict[str, Any]) -> None:
+    """A ``--config`` YAML (not a run's config.json) may not hold ``presets``: that is a record
+    of what a run was built on, and a preset is named with ``--preset``."""
+    if "presets" in data:
+        raise DreamtextError(
+            f"'presets' in {path} is what a run's config.json records it was built on; name "
+            "a preset with --preset NAME"
+        )
+
+
+def unknown_field(where: str, key: Any, names: list[str], prefix: str, source: str) -> str:
+    """The line for a config key that is no field: the nearest field's name when one is close,
+    and the fields there are (a run's config.json holds them all, with their values)."""
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown config field '{where}' in {source}; did you mean '{prefix}{close[0]}'?"
+    section = f"section '{prefix[:-1]}'" if prefix else "top level"
+    return (
+        f"unknown config field '{where}' in {source}; the {section} has: {', '.join(names)} "
+        "(a run's config.json lists every field with its value)"
+    )
+
+
+# The keys of the stage sections; ``image`` and ``diverse``'s ``prompt`` and ``seed`` are records
+# of the run (its input), the others options of its stages.
+STAGE_KEYS = {
+    "image_to_3d": ("image", "describe", "descriptor"),
+    "diverse": ("prompt", "seed", "sample_steps", "sample_guidance_scale", "image"),
+}
+
+
+def config_file_stage_sections(
+    config_file: str | Path | Sequence[str | Path] | None,
+) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """The :data:`STAGE_SECTIONS` of the ``--config`` files, as ``(file, {section: mapping})``
+    in their order (a file without them is left out): a run's config.json records them, so
+    that ``image IMG --config RUN/config.json`` runs the stages with the run's options
+    (:func:`dreamtext.imageto3d.resolve_image_options`); a YAML may give them too. A section
+    that is no mapping, or a key no section has, is a :class:`DreamtextError`."""
+    out = []
+    for path in config_files_list(config_file):
+        data = read_yaml(path)
+        sections = {}
+        for name in STAGE_SECTIONS:
+            if name not in data:
+                continue
+            section = data[name]
+            if not isinstance(section, dict):
+                raise DreamtextError(f"config section '{name}' in {path} must be a mapping")
+            for key in section:
+                if key not in STAGE_KEYS[name]:
+                    raise DreamtextError(
+                        unknown_field(
+                            f"{name}.{key}", key, list(STAGE_KEYS[name]), f"{name}.", str(path)
+                        )
+                    )
+            sections[name] = section
+        if sections:
+            out.append((str(path), sections))
+    return out
+
+
 # The most UTF-8 bytes of a slug: 60 CJK letters. Names made from it must stay under the 255
 # bytes of a file name: batch's ``<slug>_<8 hex>`` and the temp file of its lock beside it,
 # ``.<that>.lock.<32 hex>.tmp`` (232 bytes), and ``--diverse``'s ``<slug>_diverse_seed<N>``.
@@ -185,6 +293,22 @@ def read_prompt_lines(path: Path) -> list[str]:
         raise DreamtextError(f"cannot read prompts file {path}: {error}") from None
 
 
+IMAGE_PREFIX = "image:"
+"""A prompts file's line ``image:PATH`` is an image→3D run of the image at ``PATH``."""
+
+
+def plain_prompt_lines(lines: list[str]) -> bool:
+    """Whether :func:`dreamtext.batch.read_prompts` takes ``lines`` (a prompts file's) as they
+    are, without a word on stderr and without opening a file: at least one prompt, no
+    ``image:`` line, and no prompt twice (compared as it compares them: spaces collapsed, NFC)."""
+    texts = [raw.strip() for raw in lines]
+    texts = [text for text in texts if text and not text.startswith("#")]
+    if not texts or any(text[: len(IMAGE_PREFIX)].lower() == IMAGE_PREFIX for text in texts):
+        return False
+    keys = {unicodedata.normalize("NFC", " ".join(text.split())) for text in texts}
+    return len(keys) == len(texts)
+
+
 def root_write_error(root: Path) -> OSError | None:
     """Why a file cannot be made, written and removed in ``root`` (the error, with ``root`` as
     its file), or ``None`` when it can: every line's lock and ``batch.jsonl`` go there."""
@@ -243,3 +367,44 @@ def check_image_path(path: Path) -> None:
         raise DreamtextError(f"{path} is a folder, not an image; pass a PNG, JPEG or WebP file")
     if not path.is_file():
         raise DreamtextError(f"image not found: {path} (check the path)")
+
+
+def no_cuda_error(name: str) -> DreamtextError:
+    """The line for ``--device NAME`` (``cuda``, ``cuda:N``) where no CUDA GPU is visible."""
+    return DreamtextError(
+        f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu"
+    )
+
+
+# What a machine that can run CUDA (or torch's ROCm build, whose GPUs are torch.cuda's too) shows
+# before any library is loaded: the NVIDIA driver's files (nvidia0, nvidiactl, nvidia-uvm, ...),
+# a Jetson's integrated GPU, AMD's compute driver, WSL's GPU bridge.
+GPU_DEVICE_FILES = ("proc/driver/nvidia", "dev/nvhost-ctrl-gpu", "dev/nvgpu", "dev/kfd", "dev/dxg")
+GPU_PCI_VENDORS = ("0x10de", "0x1002")  # NVIDIA, AMD
+
+
+def no_cuda_here(
+    root: Path = Path("/"), environ: Mapping[str, str] | None = None, platform: str | None = None
+) -> bool:
+    """Whether this machine certainly has no GPU that torch could use as ``cuda``, known without
+    importing torch: Linux (not WSL) whose PCI bus lists no NVIDIA or AMD device, with no NVIDIA
+    driver loaded (``/proc/driver/nvidia``, ``/dev/nvidia*``), no Jetson, ROCm or WSL GPU device
+    file, and no ``nvidia-smi`` on the ``PATH``. ``False`` (not known) wherever any of these is
+    there or cannot be read: a GPU whose driver is not loaded yet (CUDA loads it on first use) is
+    still on the PCI bus. ``root``, ``environ``, ``platform``: the file system root, the
+    environment and ``sys.platform``, for tests."""
+    environ = os.environ if environ is None else environ
+    if (platform or sys.platform) != "linux" or "WSL_DISTRO_NAME" in environ:
+        return False
+    if any((root / name).exists() for name in GPU_DEVICE_FILES):
+        return False
+    try:
+        if any(name.startswith("nvidia") for name in os.listdir(root / "dev")):
+            return False
+        pci = root / "sys" / "bus" / "pci" / "devices"
+        vendors = [(pci / name / "vendor").read_text().strip() for name in os.listdir(pci)]
+    except OSError:
+        return False
+    if not vendors or any(vendor in GPU_PCI_VENDORS for vendor in vendors):
+        return False
+    return shutil.which("nvidia-smi", path=environ.get("PATH", os.defpath)) is None

@@ -37,11 +37,10 @@ import xatlas
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from tqdm.auto import tqdm
 
 from dreamtext.errors import DreamtextError
 from dreamtext.field import MAX_DENSITY
-from dreamtext.progress import bar_options
+from dreamtext.progress import bar_options, tqdm
 
 log = logging.getLogger(__name__)
 

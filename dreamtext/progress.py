@@ -1,10 +1,12 @@
-"""How the progress bars write: live on a terminal, now and then into a file.
+"""How the progress bars write: live on a terminal, a line now and then into a file.
 
 tqdm redraws a bar at most every 0.1 s. On a terminal each redraw overwrites the one before; where
 stderr is a file (a SLURM job's log, ``2> run.log``) every redraw stays in it, ``\\r`` after
 ``\\r``: a training run wrote about two a step, some 2 MB per 10,000 steps. There a bar redraws
 at most every ``DREAMTEXT_PROGRESS_SECONDS`` seconds (default 30), which keeps a long run's log
-to tens of KB and still shows it moving.
+to tens of KB and still shows it moving; and each redraw is a line of its own (:class:`tqdm`),
+the last one the bar's final state, so that ``tail``, ``grep`` and an editor show every bar's
+end: ``density grid: 100%|██████████| 4/4 [00:01<00:00, 3.05chunk/s]``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import os
 import sys
 from typing import TextIO
+
+from tqdm.auto import tqdm as auto_tqdm
+from tqdm.std import tqdm as std_tqdm
 
 PROGRESS_SECONDS = "DREAMTEXT_PROGRESS_SECONDS"
 FILE_SECONDS = 30.0  # between two redraws of a bar written to a file
@@ -40,3 +45,54 @@ def bar_options(stream: TextIO | None = None) -> dict[str, float]:
     if not seconds > 0:  # 0 (or nan): tqdm's defaults
         return {}
     return {"mininterval": seconds, "maxinterval": max(seconds, 10.0)}
+
+
+# In a notebook tqdm.auto's bar is a widget, which draws itself.
+_TEXT_BARS = auto_tqdm.display is std_tqdm.display
+
+
+class tqdm(auto_tqdm):  # the name of the class it stands in for
+    """tqdm's bar, which where its stream is no terminal writes lines: no line when it starts,
+    then a line each ``mininterval`` seconds at most (:func:`bar_options`) while it runs, and one
+    of its final state (``n/N``, the percentage, the time it took, its overall rate) when it
+    closes, ``leave=False`` bars too, which on a terminal vanish. No ``\\r``, no cursor moves and
+    no clearing: those only garble a file. On a terminal (and in a notebook) it is tqdm's bar."""
+
+    def _writes_lines(self) -> bool:
+        lines = getattr(self, "_lines", None)
+        if lines is None:  # decided at the first redraw, the stream known by then
+            lines = self._lines = _TEXT_BARS and not writes_to_terminal(self.fp)
+        return lines
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if not self._writes_lines():
+            return super().display(msg, pos)
+        if msg is not None:  # tqdm clearing the bar, or its "(more hidden)"
+            return False
+        now = self._time()
+        if not getattr(self, "_closing", False):
+            # The first redraw is the bar's start (tqdm draws it before it sets start_t).
+            since = now - getattr(self, "_line_t", now)
+            self._line_t = getattr(self, "_line_t", now)
+            if since < self.mininterval:
+                return False
+        elif getattr(self, "_line_n", None) == self.n:  # its last line showed this state
+            return False
+        self._line_t, self._line_n = now, self.n
+        self.fp.write(self.__str__() + "\n")
+        self.fp.flush()
+        return True
+
+    def clear(self, nolock: bool = False) -> None:
+        if getattr(self, "disable", True) or not self._writes_lines():
+            super().clear(nolock)
+
+    def close(self) -> None:
+        if getattr(self, "disable", True) or not self._writes_lines():
+            return super().close()
+        with self._lock:
+            self._ema_dt = lambda: None  # the rate over the whole bar, as tqdm's final redraw
+            self._closing = True
+            self.display()
+        self.leave = False  # tqdm's close then clears (nothing here) instead of drawing again
+        return super().close()

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from dreamtext.cameras import Poses, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
@@ -89,7 +88,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 )
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace, lock_folder
-from dreamtext.progress import bar_options
+from dreamtext.progress import bar_options, tqdm
 from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import (

@@ -2101,15 +2101,18 @@ def test_the_preset_and_config_files_are_read_once_per_batch_not_once_per_prompt
     """Every line parsed the built-in prior's preset and each --config file again (18 ms a
     prompt here), and said a config file's warning once per line."""
     import dreamtext.config
+    import dreamtext.inputs
 
     path = prompts_file(tmp_path, "a red cube", "a blue sphere", "a green cone")
     read = []
-    real_read = dreamtext.config.read_yaml
-    monkeypatch.setattr(dreamtext.config, "read_yaml", lambda p: read.append(p) or real_read(p))
+    real_read = dreamtext.inputs.read_yaml
+    for module in (dreamtext.config, dreamtext.inputs):
+        monkeypatch.setattr(module, "read_yaml", lambda p: read.append(p) or real_read(p))
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", tmp_path / "root"]
     assert main(list(map(str, [*args, "--no-export"]))) == 0
-    # once for the runs; the CLI reads the --config files' stage sections once too
-    assert Counter(Path(p).name for p in read) == {"builtin-shapes.yaml": 1, "tiny.yaml": 2}
+    # once for the runs; the CLI reads the --config files' stage sections once too, and before
+    # torch is imported their stage sections and settings once each (early_batch)
+    assert Counter(Path(p).name for p in read) == {"builtin-shapes.yaml": 1, "tiny.yaml": 4}
 
 
 def test_the_configs_resolved_once_are_each_lines_own(tmp_path, tiny_yaml):

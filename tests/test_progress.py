@@ -1,6 +1,9 @@
 """Progress bars: live on a terminal, a line now and then in a file (a SLURM log)."""
 
 import io
+import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +61,89 @@ def test_every_progress_bar_of_the_package_takes_the_file_redraw_interval():
             ):
                 missing.append(f"{path.name}:{node.lineno}")
     assert missing == []
+
+
+BAR_LINE = re.compile(r"^(?P<desc>.+?): +(?P<percent>\d+)%\|.*\| (?P<n>\d+)/(?P<total>\d+) \[")
+
+
+def test_a_bar_in_a_file_writes_a_line_every_interval_and_its_final_state_once(monkeypatch):
+    """No line when it starts, one each ``mininterval`` seconds while it runs, its last the
+    final state: with a step a second and 30 s between lines, 100 steps are four lines."""
+    import tqdm.std
+
+    from dreamtext.progress import tqdm as bar
+
+    clock = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    stream = io.StringIO()
+    with bar(total=100, desc="steps", file=stream, mininterval=30, maxinterval=30) as steps:
+        for _ in range(100):
+            clock[0] += 1
+            steps.update(1)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert [BAR_LINE.match(line)["n"] for line in lines] == ["30", "60", "90", "100"]
+    assert lines[-1].startswith("steps: 100%|") and "100/100 [01:40<00:00" in lines[-1]
+
+
+def test_a_bar_that_vanishes_on_a_terminal_leaves_its_final_line_in_a_file():
+    from dreamtext.progress import tqdm as bar
+
+    stream, terminal = io.StringIO(), Terminal()
+    for out in (stream, terminal):
+        for _ in bar(range(3), desc="grid", leave=False, file=out, **bar_options(out)):
+            pass
+    assert BAR_LINE.match(stream.getvalue())["n"] == "3"
+    assert stream.getvalue().count("\n") == 1
+    # on a terminal it is tqdm's bar: redrawn in place, then cleared
+    assert terminal.getvalue().startswith("\r") and terminal.getvalue().endswith("\r")
+    assert "\n" not in terminal.getvalue()
+
+
+def test_every_module_that_makes_a_bar_takes_dreamtexts_bar():
+    """``tqdm(...)`` in dreamtext/ is :class:`dreamtext.progress.tqdm`, which writes lines to a
+    file: tqdm's own left a ``0/1`` line and no final one for each short bar in a SLURM log."""
+    import ast
+
+    import dreamtext
+
+    wrong = []
+    for path in sorted(Path(dreamtext.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        calls = any(
+            isinstance(node, ast.Call) and getattr(node.func, "id", None) == "tqdm"
+            for node in ast.walk(tree)
+        )
+        sources = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and any(a.name == "tqdm" for a in node.names)
+        }
+        if calls and sources != {"dreamtext.progress"}:
+            wrong.append(f"{path.name}: {sorted(sources)}")
+    assert wrong == []
+
+
+def test_a_run_logged_to_a_file_ends_every_bar_at_its_total_in_one_line(tmp_path, monkeypatch):
+    """``dreamtext text ... 2> run.log``, as a SLURM job writes its log: each bar (training, the
+    export's density grid and texture) is one line that ends at N/N, 100 %, with the time it
+    took; no ``\\r``, no ``0/1`` lines."""
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PROGRESS_SECONDS, "600")  # no bar here runs long enough for two lines
+    Path("small.yaml").write_text(
+        "export_options: {resolution: 32, texture_size: 64, video: false}\n"
+    )
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2"]
+    with open("run.log", "w", encoding="utf-8") as log:
+        monkeypatch.setattr(sys, "stderr", log)
+        assert main([*args, "--h", "16", "--config", "small.yaml"]) == 0
+    with open("run.log", encoding="utf-8", newline="") as log:  # \r kept as written
+        text = log.read()
+    assert "\r" not in text
+    bars = [match for match in map(BAR_LINE.match, text.splitlines()) if match]
+    assert {bar["desc"] for bar in bars} == {"text→3D 'a red cube'", "density grid", "albedo"}
+    for bar in bars:
+        assert (bar["percent"], bar["n"]) == ("100", bar["total"]), bar.string
+    assert len(bars) <= 5, text

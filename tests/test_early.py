@@ -1,0 +1,211 @@
+"""A user's mistake is refused before torch and diffusers are imported (seconds and hundreds of
+MB; tens of seconds on a cluster's network file system), with the line the command itself would
+have printed after them, and nothing before it that the command would not have printed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dreamtext.inputs import no_cuda_here
+
+PRESETS = "builtin-shapes, fitfusion, stable-dreamfusion"
+RESUMED = (
+    "dreamtext: resumed/config.json is of a run whose resumes changed lr at step 5: this run "
+    "trains every step with its last settings, so it is not that run again\n"
+)
+RECORDED_PRESETS = (
+    "'presets' in presets.yaml is what a run's config.json records it was built on; name a "
+    "preset with --preset NAME"
+)
+
+
+def run_without_torch(folder: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """``dreamtext ARGV`` in a fresh interpreter in ``folder``, which prints on stdout the
+    model libraries it imported."""
+    code = (
+        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
+        "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def mistakes_folder(tmp_path):
+    """A folder with a prompts file, an empty folder, a run's config.json (of a run resumed with
+    another lr), a YAML that names presets and one with a stage section."""
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "resumed").mkdir()
+    record = {
+        "prompt": "a cube",
+        "workspace": "resumed",
+        "presets": ["builtin-shapes"],
+        "resumes": [{"step": 5, "changed": {"lr": [0.01, 0.02], "iters": [5, 10]}}],
+    }
+    (tmp_path / "resumed" / "config.json").write_text(json.dumps(record))
+    (tmp_path / "presets.yaml").write_text("presets: [fitfusion]\n")
+    (tmp_path / "lr.yaml").write_text("lr: 0.01\n")
+    (tmp_path / "stage.yaml").write_text("image_to_3d:\n  describe: {max_words: 2}\n")
+    (tmp_path / "badstage.yaml").write_text("image_to_3d:\n  sentence: {}\n")
+    return tmp_path
+
+
+MORE_EARLY_MISTAKES = [
+    (
+        ["text", "x", "--resume", "--workspace", "empty"],
+        "dreamtext: error: nothing to resume in empty: no config.json; drop --resume to start a "
+        "new run\n",
+    ),
+    (
+        ["text", "x", "--resume", "--workspace", "resumed", "--preset", "nope"],
+        f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n",
+    ),
+    (
+        ["batch", "prompts.txt", "--preset", "nope"],
+        f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n",
+    ),
+    # A run's config.json, then a file that is not there: the run's line comes first, as the
+    # command prints it when it reads the files in turn.
+    (
+        ["text", "x", "--config", "resumed/config.json", "--config", "nope.yaml"],
+        RESUMED + "dreamtext: error: config file 'nope.yaml' does not exist; check the --config "
+        "path\n",
+    ),
+    (
+        ["text", "x", "--config", "lr.yaml", "--config", "presets.yaml"],
+        f"dreamtext: error: {RECORDED_PRESETS}\n",
+    ),
+    (
+        ["batch", "prompts.txt", "--config", "resumed/config.json", "--config", "presets.yaml"],
+        RESUMED + f"dreamtext: error: {RECORDED_PRESETS}\n",
+    ),
+    (
+        ["batch", "prompts.txt", "--config", "stage.yaml", "--config", "nope.yaml"],
+        "dreamtext: error: config file 'nope.yaml' does not exist; check the --config path\n",
+    ),
+    (
+        ["batch", "prompts.txt", "--config", "badstage.yaml"],
+        "dreamtext: error: unknown config field 'image_to_3d.sentence' in badstage.yaml; the "
+        "section 'image_to_3d' has: image, describe, descriptor (a run's config.json lists every "
+        "field with its value)\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "stderr"),
+    MORE_EARLY_MISTAKES,
+    ids=[" ".join(argv) for argv, _ in MORE_EARLY_MISTAKES],
+)
+def test_a_mistake_in_a_resume_preset_or_config_file_is_refused_before_torch_is_imported(
+    mistakes_folder, argv, stderr
+):
+    done = run_without_torch(mistakes_folder, argv)
+    assert (done.returncode, done.stderr) == (2, stderr)
+    assert done.stdout == "[]\n"
+    assert not (mistakes_folder / "workspace").exists()
+
+
+@pytest.mark.skipif(not no_cuda_here(), reason="this machine may have a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_describe_on_a_gpu_this_machine_cannot_have_is_refused_before_torch_is_imported(
+    tmp_path, device
+):
+    done = run_without_torch(tmp_path, ["describe", "mug.png", "--device", device])
+    line = f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu"
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+
+
+def fake_machine(root: Path, vendors=("0x8086",), files=()) -> Path:
+    """A file system root with the PCI devices of ``vendors`` and the ``files``."""
+    for number, vendor in enumerate(vendors):
+        device = root / "sys" / "bus" / "pci" / "devices" / f"0000:00:{number:02x}.0"
+        device.mkdir(parents=True)
+        (device / "vendor").write_text(f"{vendor}\n")
+    (root / "dev").mkdir(exist_ok=True)
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).mkdir()
+    return root
+
+
+def test_a_linux_machine_without_gpu_hardware_or_driver_has_no_cuda(tmp_path):
+    root = fake_machine(tmp_path, vendors=("0x8086", "0x1af4"))
+    assert no_cuda_here(root, {"PATH": ""}, "linux")
+
+
+@pytest.mark.parametrize(
+    ("vendors", "files"),
+    [
+        (("0x8086", "0x10de"), ()),  # an NVIDIA card whose driver CUDA loads on first use
+        (("0x1002",), ()),  # AMD: torch's ROCm build calls it cuda
+        (("0x8086",), ("proc/driver/nvidia",)),
+        (("0x8086",), ("dev/nvidia0",)),
+        (("0x8086",), ("dev/nvidiactl",)),
+        (("0x8086",), ("dev/kfd",)),
+        (("0x8086",), ("dev/nvhost-ctrl-gpu",)),  # a Jetson's integrated GPU
+        (("0x8086",), ("dev/dxg",)),  # WSL's GPU
+        ((), ()),  # no PCI bus to read: not known
+    ],
+)
+def test_any_sign_of_a_gpu_leaves_the_answer_to_torch(tmp_path, vendors, files):
+    root = fake_machine(tmp_path, vendors=vendors, files=files)
+    assert not no_cuda_here(root, {"PATH": ""}, "linux")
+
+
+def test_nvidia_smi_on_the_path_or_another_system_leaves_the_answer_to_torch(tmp_path):
+    root = fake_machine(tmp_path / "root")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text("#!/bin/sh\n")
+    (tools / "nvidia-smi").chmod(0o755)
+    assert not no_cuda_here(root, {"PATH": str(tools)}, "linux")
+    assert not no_cuda_here(root, {"PATH": ""}, "win32")
+    assert not no_cuda_here(root, {"PATH": "", "WSL_DISTRO_NAME": "Ubuntu"}, "linux")
+
+
+@pytest.mark.parametrize(
+    ("lines", "plain"),
+    [
+        (["a cat", "", "# a comment", "a dog"], True),
+        (["a cat", "a  cat "], False),  # read_prompts says the second repeats the first
+        (["Cafe\u0301", "Café"], False),  # the same prompt, NFC
+        (["a cat", "Image: mug.png"], False),  # an image, which read_prompts opens
+        (["# only a comment", ""], False),  # no prompts: read_prompts' own line
+    ],
+)
+def test_a_prompts_list_is_plain_when_read_prompts_takes_it_without_a_word(lines, plain):
+    from dreamtext.inputs import plain_prompt_lines
+
+    assert plain_prompt_lines(lines) is plain
+
+
+def test_a_repeated_line_is_said_before_the_presets_refusal_as_it_was(
+    tmp_path, monkeypatch, capsys
+):
+    """The early check leaves a list that read_prompts has something to say of to the command,
+    which says it before the preset's line."""
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    Path("prompts.txt").write_text("a cat\na  cat\n")
+    assert main(["batch", "prompts.txt", "--preset", "nope"]) == 2
+    assert capsys.readouterr().err == (
+        "batch: line 2 repeats line 1; it runs once\n"
+        f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n"
+    )
