@@ -816,6 +816,11 @@ def test_an_image_line_taken_over_mid_search_writes_no_sentence(
 
     monkeypatch.setattr(dreamtext.describe.ClipEncoder, "encode_texts", encode_then_lose_the_lock)
     root, args = mug_batch(tmp_path, tiny_sd_path, tiny_clip_path)
+    # Small word lists: the search over the 3,696 default nouns took a minute and checks no more.
+    (tmp_path / "nouns.txt").write_text("mug\ncube\n")
+    (tmp_path / "adjectives.txt").write_text("red\nblue\n")
+    args += ["--nouns", tmp_path / "nouns.txt", "--adjectives", tmp_path / "adjectives.txt"]
+    args += ["--max-words", "2"]
     assert main(list(map(str, args))) == 0
     [record] = rows(root)
     assert (record["status"], record["error"]) == (
