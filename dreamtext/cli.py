@@ -804,9 +804,9 @@ def early_describe(args: argparse.Namespace) -> None:
 def early_batch(args: argparse.Namespace) -> None:
     """``batch``: ``--iters`` with ``--epochs``, the ``--config`` files' stage sections as
     :func:`image_overrides` reads them, then as :func:`dreamtext.batch.run_batch` goes on:
-    ``--workspace ROOT``, the prompts file, and where its list is read without a word and this
-    worker's share needs no reading (no ``--shard``, no SLURM array), ``--preset`` and the
-    ``--config`` files as the first line's config reads them."""
+    ``--workspace ROOT``, the prompts file, and where its list is read without a word (no
+    ``image:`` line, no repeat): this worker's share (``--shard`` or the SLURM array's), then
+    ``--preset`` and the ``--config`` files as the first line's config reads them."""
     from dreamtext.inputs import (
         DEFAULT_WORKSPACE_ROOT,
         check_root,
@@ -815,6 +815,7 @@ def early_batch(args: argparse.Namespace) -> None:
         plain_prompt_lines,
         preset_path,
         read_prompt_lines,
+        resolve_shard,
     )
 
     _iters_or_epochs(args)
@@ -824,10 +825,11 @@ def early_batch(args: argparse.Namespace) -> None:
     if root.is_dir():
         check_root_writable(root)
     lines = read_prompt_lines(Path(args.prompts))
-    if not plain_prompt_lines(lines) or args.shard is not None:
+    if not plain_prompt_lines(lines):
         return
-    if "SLURM_ARRAY_TASK_ID" in os.environ:  # resolve_shard reads the task's share from it
-        return
+    # This worker's share (--shard, else a SLURM array task's), as run_batch resolves it next;
+    # the share changes which line's config is made first, not how the files are read.
+    resolve_shard(args.shard, os.environ)
     if args.preset is not None:
         preset_path(args.preset)
     _read_config_layers(args.config)

@@ -23,15 +23,24 @@ RECORDED_PRESETS = (
 )
 
 
-def run_without_torch(folder: Path, argv: list[str]) -> subprocess.CompletedProcess:
-    """``dreamtext ARGV`` in a fresh interpreter in ``folder``, which prints on stdout the
-    model libraries it imported."""
+def bad_shard(text: str) -> str:
+    return (
+        f"--shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four shares; got '{text}'"
+    )
+
+
+def run_without_torch(
+    folder: Path, argv: list[str], environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``dreamtext ARGV`` in a fresh interpreter in ``folder`` (with ``environ`` set), which
+    prints on stdout the model libraries it imported."""
     code = (
         "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
         "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     env.pop("SLURM_ARRAY_TASK_ID", None)
+    env.update(environ or {})
     return subprocess.run(
         [sys.executable, "-c", code, *argv],
         cwd=folder,
@@ -102,6 +111,17 @@ MORE_EARLY_MISTAKES = [
         "section 'image_to_3d' has: image, describe, descriptor (a run's config.json lists every "
         "field with its value)\n",
     ),
+    # This worker's share, which run_batch resolves after reading the list and before the
+    # preset: a bad --shard is its line even with a bad preset after it.
+    (
+        ["batch", "prompts.txt", "--shard", "3/2", "--preset", "nope"],
+        f"dreamtext: error: {bad_shard('3/2')}\n",
+    ),
+    (["batch", "prompts.txt", "--shard", "x/y"], f"dreamtext: error: {bad_shard('x/y')}\n"),
+    (
+        ["batch", "prompts.txt", "--shard", "1/2", "--preset", "nope"],
+        f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n",
+    ),
 ]
 
 
@@ -117,6 +137,18 @@ def test_a_mistake_in_a_resume_preset_or_config_file_is_refused_before_torch_is_
     assert (done.returncode, done.stderr) == (2, stderr)
     assert done.stdout == "[]\n"
     assert not (mistakes_folder / "workspace").exists()
+
+
+def test_a_slurm_array_task_that_is_not_a_range_is_refused_before_torch_is_imported(
+    mistakes_folder,
+):
+    array = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
+    done = run_without_torch(mistakes_folder, ["batch", "prompts.txt"], array)
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        "dreamtext: error: SLURM array task 5 is not one of 3 evenly spaced tasks from 1; submit "
+        "the array as a range (--array=0-7) or pass --shard K/N\n"
+    )
 
 
 @pytest.mark.skipif(not no_cuda_here(), reason="this machine may have a CUDA GPU")
