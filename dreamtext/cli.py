@@ -757,11 +757,11 @@ def early_text(args: argparse.Namespace) -> None:
 
 
 def early_image(args: argparse.Namespace) -> None:
-    """``image``: ``--iters`` with ``--epochs``, then the image's path as
-    :func:`dreamtext.imageto3d.check_image` checks it first, where its line for a moved image
-    (a run in the workspace holding a copy) cannot apply: the path exists (a folder), or the
-    workspace does not."""
-    from dreamtext.inputs import check_image_path
+    """``image``: ``--iters`` with ``--epochs``, then the image as
+    :func:`dreamtext.imageto3d.check_image` checks it first (:func:`dreamtext.images.load_image`:
+    the path, the file's format, its pixels), where its line for a moved image (a run in the
+    workspace holding a copy) cannot apply: the path exists, or the workspace does not."""
+    from dreamtext.images import load_image
 
     _iters_or_epochs(args)
     image = Path(args.image)
@@ -769,17 +769,19 @@ def early_image(args: argparse.Namespace) -> None:
     explicit = args.workspace is not None
     workspace = Path(args.workspace) if explicit else _default_workspace_free(args.image)
     if image.exists() or (workspace is not None and not workspace.is_dir()):
-        check_image_path(image)
+        load_image(image)
 
 
 def early_describe(args: argparse.Namespace) -> None:
     """``describe``: ``--device cuda`` where this machine has no GPU at all
-    (:func:`dreamtext.inputs.no_cuda_here`); then the image's path, where
+    (:func:`dreamtext.inputs.no_cuda_here`); then the image, where
     :func:`cmd_describe`'s steps before it cannot refuse anything: a device that needs no torch
     to resolve, a workspace not made yet (so no other process holds it) whose place
     :func:`dreamtext.processes.check_own_folder` accepts, and sentence-search flags
-    :func:`dreamtext.describe.check_options` accepts without reading a word list."""
-    from dreamtext.inputs import check_image_path, no_cuda_error, no_cuda_here
+    :func:`dreamtext.describe.check_options` accepts without reading a word list; the image as
+    :func:`dreamtext.images.load_image` checks it (path, format, pixels) comes next."""
+    from dreamtext.images import load_image
+    from dreamtext.inputs import no_cuda_error, no_cuda_here
     from dreamtext.processes import check_own_folder
 
     if args.device not in (None, "auto", "cpu"):
@@ -798,7 +800,7 @@ def early_describe(args: argparse.Namespace) -> None:
         return
     if any(text is not None and not text.strip() for text in (args.noun, args.quantifier)):
         return
-    check_image_path(Path(args.image))
+    load_image(args.image)
 
 
 def early_batch(args: argparse.Namespace) -> None:

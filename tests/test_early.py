@@ -241,3 +241,38 @@ def test_a_repeated_line_is_said_before_the_presets_refusal_as_it_was(
         "batch: line 2 repeats line 1; it runs once\n"
         f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n"
     )
+
+
+def unusable_images(folder: Path) -> None:
+    """Files a user can pass as an image that load_image refuses: text, a PNG cut short, a fully
+    transparent PNG, a GIF."""
+    import io
+
+    from PIL import Image
+
+    (folder / "notes.png").write_text("not an image\n")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, "PNG")
+    (folder / "cut.png").write_bytes(buffer.getvalue()[:60])
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(folder / "blank.png")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "anim.gif")
+
+
+@pytest.mark.parametrize("command", ["describe", "image"])
+@pytest.mark.parametrize("name", ["notes.png", "cut.png", "blank.png", "anim.gif"])
+def test_an_image_that_cannot_be_used_is_refused_before_torch_is_imported(
+    tmp_path, monkeypatch, command, name
+):
+    """Its line is load_image's, which the command itself stops with (after the torch import
+    it was: 21-37 s and ~500 MB before the line)."""
+    from dreamtext.errors import DreamtextError
+    from dreamtext.images import load_image
+
+    unusable_images(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DreamtextError) as refused:
+        load_image(Path(name))  # relative, as typed
+    done = run_without_torch(tmp_path, [command, name])
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {refused.value}\n")
+    assert done.stdout == "[]\n"
+    assert not (tmp_path / "workspace").exists()
