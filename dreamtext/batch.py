@@ -74,8 +74,11 @@ from dreamtext.inputs import (
     IMAGE_PREFIX,
     check_root,
     check_root_writable,
+    parse_shard,
     read_prompt_lines,
+    resolve_shard,
     root_write_error,
+    shard_from_environment,
 )
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, this_process
@@ -404,58 +407,6 @@ def workspace_name(
                 return old
     taken = run_owner(root / slug) is not None
     return f"{slug}_{digest}" if shared or taken else slug
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` → ``(K, N)`` with ``0 ≤ K < N``."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if match is None or not int(match[1]) < int(match[2]):
-        raise DreamtextError(
-            f"--shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four shares; "
-            f"got '{text}'"
-        )
-    return int(match[1]), int(match[2])
-
-
-def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
-    """The share of a SLURM job-array task, or ``None`` outside one.
-
-    ``K = (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`` and ``N =
-    SLURM_ARRAY_TASK_COUNT``, so ``--array=0-7``, ``--array=1-8`` and ``--array=0-14:2`` all give
-    the shares 0/8 … 7/8. An array that is not such a range (``--array=1,5,6``) is an error.
-    """
-    if "SLURM_ARRAY_TASK_ID" not in env:
-        return None
-    try:
-        task = int(env["SLURM_ARRAY_TASK_ID"])
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-        step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
-        if "SLURM_ARRAY_TASK_COUNT" in env:
-            count = int(env["SLURM_ARRAY_TASK_COUNT"])
-        else:
-            count = (int(env["SLURM_ARRAY_TASK_MAX"]) - first) // step + 1
-    except (KeyError, ValueError):
-        raise DreamtextError(
-            "cannot read this SLURM array task's share from SLURM_ARRAY_TASK_ID/_MIN/_COUNT; "
-            "pass --shard K/N"
-        ) from None
-    if step < 1:
-        raise DreamtextError(
-            f"SLURM_ARRAY_TASK_STEP is {step}, not a step of an array range; submit the array "
-            "as a range (--array=0-7) or pass --shard K/N"
-        )
-    index, off_step = divmod(task - first, step)
-    if off_step or not 0 <= index < count:
-        raise DreamtextError(
-            f"SLURM array task {task} is not one of {count} evenly spaced tasks from {first}; "
-            "submit the array as a range (--array=0-7) or pass --shard K/N"
-        )
-    return index, count
-
-
-def resolve_shard(flag: str | None, env: Mapping[str, str]) -> tuple[int, int] | None:
-    """``--shard`` when given, else the SLURM array task's share, else ``None`` (the whole list)."""
-    return parse_shard(flag) if flag is not None else shard_from_environment(env)
 
 
 def select_share(entries: list[Entry], shard: tuple[int, int] | None) -> list[Entry]:

@@ -757,11 +757,11 @@ def early_text(args: argparse.Namespace) -> None:
 
 
 def early_image(args: argparse.Namespace) -> None:
-    """``image``: ``--iters`` with ``--epochs``, then the image's path as
-    :func:`dreamtext.imageto3d.check_image` checks it first, where its line for a moved image
-    (a run in the workspace holding a copy) cannot apply: the path exists (a folder), or the
-    workspace does not."""
-    from dreamtext.inputs import check_image_path
+    """``image``: ``--iters`` with ``--epochs``, then the image as
+    :func:`dreamtext.imageto3d.check_image` checks it first (:func:`dreamtext.images.load_image`:
+    the path, the file's format, its pixels), where its line for a moved image (a run in the
+    workspace holding a copy) cannot apply: the path exists, or the workspace does not."""
+    from dreamtext.images import load_image
 
     _iters_or_epochs(args)
     image = Path(args.image)
@@ -769,17 +769,19 @@ def early_image(args: argparse.Namespace) -> None:
     explicit = args.workspace is not None
     workspace = Path(args.workspace) if explicit else _default_workspace_free(args.image)
     if image.exists() or (workspace is not None and not workspace.is_dir()):
-        check_image_path(image)
+        load_image(image)
 
 
 def early_describe(args: argparse.Namespace) -> None:
     """``describe``: ``--device cuda`` where this machine has no GPU at all
-    (:func:`dreamtext.inputs.no_cuda_here`); then the image's path, where
+    (:func:`dreamtext.inputs.no_cuda_here`); then the image, where
     :func:`cmd_describe`'s steps before it cannot refuse anything: a device that needs no torch
     to resolve, a workspace not made yet (so no other process holds it) whose place
     :func:`dreamtext.processes.check_own_folder` accepts, and sentence-search flags
-    :func:`dreamtext.describe.check_options` accepts without reading a word list."""
-    from dreamtext.inputs import check_image_path, no_cuda_error, no_cuda_here
+    :func:`dreamtext.describe.check_options` accepts without reading a word list; the image as
+    :func:`dreamtext.images.load_image` checks it (path, format, pixels) comes next."""
+    from dreamtext.images import load_image
+    from dreamtext.inputs import no_cuda_error, no_cuda_here
     from dreamtext.processes import check_own_folder
 
     if args.device not in (None, "auto", "cpu"):
@@ -798,15 +800,15 @@ def early_describe(args: argparse.Namespace) -> None:
         return
     if any(text is not None and not text.strip() for text in (args.noun, args.quantifier)):
         return
-    check_image_path(Path(args.image))
+    load_image(args.image)
 
 
 def early_batch(args: argparse.Namespace) -> None:
     """``batch``: ``--iters`` with ``--epochs``, the ``--config`` files' stage sections as
     :func:`image_overrides` reads them, then as :func:`dreamtext.batch.run_batch` goes on:
-    ``--workspace ROOT``, the prompts file, and where its list is read without a word and this
-    worker's share needs no reading (no ``--shard``, no SLURM array), ``--preset`` and the
-    ``--config`` files as the first line's config reads them."""
+    ``--workspace ROOT``, the prompts file, and where its list is read without a word (no
+    ``image:`` line, no repeat): this worker's share (``--shard`` or the SLURM array's), then
+    ``--preset`` and the ``--config`` files as the first line's config reads them."""
     from dreamtext.inputs import (
         DEFAULT_WORKSPACE_ROOT,
         check_root,
@@ -815,6 +817,7 @@ def early_batch(args: argparse.Namespace) -> None:
         plain_prompt_lines,
         preset_path,
         read_prompt_lines,
+        resolve_shard,
     )
 
     _iters_or_epochs(args)
@@ -824,10 +827,11 @@ def early_batch(args: argparse.Namespace) -> None:
     if root.is_dir():
         check_root_writable(root)
     lines = read_prompt_lines(Path(args.prompts))
-    if not plain_prompt_lines(lines) or args.shard is not None:
+    if not plain_prompt_lines(lines):
         return
-    if "SLURM_ARRAY_TASK_ID" in os.environ:  # resolve_shard reads the task's share from it
-        return
+    # This worker's share (--shard, else a SLURM array task's), as run_batch resolves it next;
+    # the share changes which line's config is made first, not how the files are read.
+    resolve_shard(args.shard, os.environ)
     if args.preset is not None:
         preset_path(args.preset)
     _read_config_layers(args.config)

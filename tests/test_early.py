@@ -23,15 +23,24 @@ RECORDED_PRESETS = (
 )
 
 
-def run_without_torch(folder: Path, argv: list[str]) -> subprocess.CompletedProcess:
-    """``dreamtext ARGV`` in a fresh interpreter in ``folder``, which prints on stdout the
-    model libraries it imported."""
+def bad_shard(text: str) -> str:
+    return (
+        f"--shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four shares; got '{text}'"
+    )
+
+
+def run_without_torch(
+    folder: Path, argv: list[str], environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``dreamtext ARGV`` in a fresh interpreter in ``folder`` (with ``environ`` set), which
+    prints on stdout the model libraries it imported."""
     code = (
         "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
         "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     env.pop("SLURM_ARRAY_TASK_ID", None)
+    env.update(environ or {})
     return subprocess.run(
         [sys.executable, "-c", code, *argv],
         cwd=folder,
@@ -102,6 +111,17 @@ MORE_EARLY_MISTAKES = [
         "section 'image_to_3d' has: image, describe, descriptor (a run's config.json lists every "
         "field with its value)\n",
     ),
+    # This worker's share, which run_batch resolves after reading the list and before the
+    # preset: a bad --shard is its line even with a bad preset after it.
+    (
+        ["batch", "prompts.txt", "--shard", "3/2", "--preset", "nope"],
+        f"dreamtext: error: {bad_shard('3/2')}\n",
+    ),
+    (["batch", "prompts.txt", "--shard", "x/y"], f"dreamtext: error: {bad_shard('x/y')}\n"),
+    (
+        ["batch", "prompts.txt", "--shard", "1/2", "--preset", "nope"],
+        f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n",
+    ),
 ]
 
 
@@ -117,6 +137,18 @@ def test_a_mistake_in_a_resume_preset_or_config_file_is_refused_before_torch_is_
     assert (done.returncode, done.stderr) == (2, stderr)
     assert done.stdout == "[]\n"
     assert not (mistakes_folder / "workspace").exists()
+
+
+def test_a_slurm_array_task_that_is_not_a_range_is_refused_before_torch_is_imported(
+    mistakes_folder,
+):
+    array = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
+    done = run_without_torch(mistakes_folder, ["batch", "prompts.txt"], array)
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        "dreamtext: error: SLURM array task 5 is not one of 3 evenly spaced tasks from 1; submit "
+        "the array as a range (--array=0-7) or pass --shard K/N\n"
+    )
 
 
 @pytest.mark.skipif(not no_cuda_here(), reason="this machine may have a CUDA GPU")
@@ -209,3 +241,38 @@ def test_a_repeated_line_is_said_before_the_presets_refusal_as_it_was(
         "batch: line 2 repeats line 1; it runs once\n"
         f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n"
     )
+
+
+def unusable_images(folder: Path) -> None:
+    """Files a user can pass as an image that load_image refuses: text, a PNG cut short, a fully
+    transparent PNG, a GIF."""
+    import io
+
+    from PIL import Image
+
+    (folder / "notes.png").write_text("not an image\n")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, "PNG")
+    (folder / "cut.png").write_bytes(buffer.getvalue()[:60])
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(folder / "blank.png")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "anim.gif")
+
+
+@pytest.mark.parametrize("command", ["describe", "image"])
+@pytest.mark.parametrize("name", ["notes.png", "cut.png", "blank.png", "anim.gif"])
+def test_an_image_that_cannot_be_used_is_refused_before_torch_is_imported(
+    tmp_path, monkeypatch, command, name
+):
+    """Its line is load_image's, which the command itself stops with (after the torch import
+    it was: 21-37 s and ~500 MB before the line)."""
+    from dreamtext.errors import DreamtextError
+    from dreamtext.images import load_image
+
+    unusable_images(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DreamtextError) as refused:
+        load_image(Path(name))  # relative, as typed
+    done = run_without_torch(tmp_path, [command, name])
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {refused.value}\n")
+    assert done.stdout == "[]\n"
+    assert not (tmp_path / "workspace").exists()
