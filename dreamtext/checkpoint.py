@@ -210,12 +210,13 @@ def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Pa
     return last
 
 
-def step_files(folder: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``step_XXXXXX.pt`` in ``folder``, oldest first."""
+def step_files(folder: Path, suffix: str = ".pt") -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_XXXXXX{suffix}`` in ``folder``, oldest first: the
+    checkpoints, or with ``".png"`` a run's previews."""
     found = (
         (int(m[1]), p)
-        for p in Path(folder).glob("step_*.pt")
-        if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))
+        for p in Path(folder).glob(f"step_*{suffix}")
+        if (m := re.fullmatch(rf"step_(\d+){re.escape(suffix)}", p.name))
     )
     return sorted(found)
 

@@ -699,10 +699,8 @@ def remove_later_files(workspace: Path, step: int) -> None:
     newest (the checkpoint to fall back to; the viewer's newest preview). As ``log.jsonl`` is
     cut back to ``step`` (:func:`~dreamtext.interrupts.truncate_log`)."""
     removed = remove_later_steps(workspace, step)
-    previews = sorted(workspace.glob("previews/step_*.png"))
-    for preview in previews:
-        digits = preview.stem.removeprefix("step_")
-        if digits.isdigit() and int(digits) > step:
+    for preview_step, preview in step_files(workspace / "previews", ".png"):
+        if preview_step > step:
             preview.unlink(missing_ok=True)
     if removed:
         names = ", ".join(path.name for path in removed)
