@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -526,7 +527,8 @@ def export_field(
             f"out of {memory} while exporting {out_dir} (marching cubes at "
             f"{options.resolution}^3, {options.texture_size} px texture, {options.video_size} px "
             "turntable); nothing was written and the trained run is kept: run `dreamtext export "
-            f"--workspace {out_dir}` with a smaller --resolution or --texture-size, or --no-video"
+            f"--workspace {shlex.quote(str(out_dir))}` with a smaller --resolution or "
+            "--texture-size, or --no-video"
             f"{on_the_gpu}"
         )
 

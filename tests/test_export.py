@@ -8,6 +8,7 @@ import io
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from dreamtext import shapes
 from dreamtext.checkpoint import load_checkpoint, load_field, save_checkpoint
 from dreamtext.config import resolve_config
 from dreamtext.devices import resolve_device
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, TrainedRun, trained_run_line
 from dreamtext.export import (
     FORMATS,
     ExportOptions,
@@ -814,6 +815,37 @@ def test_out_of_memory_in_export_names_the_fixes_and_writes_nothing(
         assert "out of memory" in message and "GPU" not in message and "--device" not in message
     assert f"--workspace {tmp_path / 'run'}" in message
     assert not (tmp_path / "run").exists()
+
+
+def suggested_workspace(message: str) -> Path:
+    """The ``--workspace`` of the command a message suggests between backticks, read as a shell
+    reads the command pasted from it (``dreamtext export --workspace 'my runs/a cube'``)."""
+    from dreamtext.cli import build_parser
+
+    named = shlex.split(message.split("`")[1])
+    assert named[0] == "dreamtext"
+    return Path(build_parser().parse_command_line(named[1:]).workspace)
+
+
+def test_the_export_an_out_of_memory_export_suggests_pastes_for_a_folder_with_spaces(
+    tmp_path, monkeypatch
+):
+    # Pasted unquoted, `--workspace my runs/a red cube` names the folder "my" and fails.
+    def run_out(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(export_module, "bake_texture", run_out)
+    workspace = tmp_path / "my runs" / "a red cube"
+    with pytest.raises(DreamtextError) as raised:
+        export_field(SphereField(), workspace, small_options(), renderer=SphereTracer())
+    assert suggested_workspace(str(raised.value)) == workspace
+
+
+def test_the_export_a_full_disk_after_training_suggests_pastes_for_a_folder_with_spaces(tmp_path):
+    workspace = tmp_path / "my runs" / "a red cube"
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(workspace / "mesh" / "mesh.glb"))
+    line = trained_run_line(error, TrainedRun(3, workspace / "checkpoints" / "last.pt", workspace))
+    assert suggested_workspace(line) == workspace
 
 
 def test_dreamtext_export_out_of_gpu_memory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
