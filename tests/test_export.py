@@ -407,6 +407,41 @@ def test_the_mp4_has_its_index_before_its_frames(tmp_path):
     assert export_module.mp4_boxes(mp4) is None and not export_module.mp4_is_whole(mp4)
 
 
+def colour_bars(height: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """A ``[height, 2 height, 3]`` frame of four vertical bars of saturated colours."""
+    colours = [(223, 38, 38), (40, 160, 60), (30, 60, 200), (250, 240, 20)]
+    frame = np.zeros((height, 2 * height, 3), np.uint8)
+    for i, colour in enumerate(colours):
+        frame[:, i * height // 2 : (i + 1) * height // 2] = colour
+    return frame, colours
+
+
+def test_the_mp4_says_which_colour_space_its_frames_are_in(tmp_path):
+    """An MP4 that does not say leaves players to guess: Chromium (and so `dreamtext view`)
+    guesses BT.709 for a video 720 rows tall, and shows the turntable's red (223, 38, 38) as
+    (239, 56, 37). The stream names its matrix, primaries and transfer."""
+    from imageio_ffmpeg import get_ffmpeg_exe
+
+    mp4 = tmp_path / "turntable.mp4"
+    export_module._write_mp4([colour_bars(64)[0]] * 4, mp4)
+    said = subprocess.run([get_ffmpeg_exe(), "-hide_banner", "-i", str(mp4)], capture_output=True)
+    stream = next(line for line in said.stderr.decode().splitlines() if "Video:" in line)
+    assert "yuv420p(tv, smpte170m, progressive)" in stream, stream
+
+
+@pytest.mark.parametrize("height", [64, 720])
+def test_the_mp4_decoded_as_it_says_gives_the_frames_colours_back(tmp_path, height):
+    # ffmpeg decodes with the colour space the stream names: a tag that is not the matrix the
+    # frames were encoded with shifts these colours by over 15 levels.
+    frame, colours = colour_bars(height)
+    mp4 = tmp_path / "turntable.mp4"
+    export_module._write_mp4([frame] * 2, mp4)
+    decoded = imageio.get_reader(mp4).get_data(0)
+    for i, colour in enumerate(colours):
+        centre = decoded[height // 2, i * height // 2 + height // 4].astype(int)
+        assert np.abs(centre - colour).max() <= 4, (colour, centre)
+
+
 def test_turntable_frame_shows_rgb_beside_depth_on_white():
     first = render_turntable(SphereField(), 60, 32, SphereTracer())[0] / 255.0
     np.testing.assert_allclose(first[16, 16], ALBEDO, atol=0.01)
