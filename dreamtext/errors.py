@@ -6,6 +6,7 @@ except the file-system errors that are the machine's state (:data:`ENVIRONMENT_E
 """
 
 import errno
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +81,8 @@ def trained_run_line(error: OSError, trained: TrainedRun) -> str:
     return (
         f"{what_failed(error)} in the export; the run trained to step "
         f"{trained.step}{saved}: {fix}, then run `dreamtext export --workspace "
-        f"{trained.workspace}` (or copy the run to a disk with room, or one you can write, and "
-        "export it there)"
+        f"{shlex.quote(str(trained.workspace))}` (or copy the run to a disk with room, or one "
+        "you can write, and export it there)"
     )
 
 

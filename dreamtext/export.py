@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,15 @@ FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 MIN_FRAMES = 60
 VIDEO_FPS = 30
 VIDEO_CRF = 10  # H.264's constant rate factor: 0 lossless … 51 worst; 10 keeps fine texture
+# The turntable's colours: RGB → YUV with the BT.601 matrix in TV range, and the stream tagged so
+# (matrix, primaries and transfer: SMPTE 170M). An untagged stream leaves players to guess, and
+# they guess by size: Chromium decodes one 720 rows or taller as BT.709, a red (223, 38, 38)
+# shown as (239, 56, 37). Tagged BT.709 instead, Chromium converts its transfer to sRGB and
+# shifts colours by up to 10 levels at any size; tagged SMPTE 170M they come back within 2.
+VIDEO_COLOURS = (
+    "scale=out_color_matrix=bt601:out_range=tv,format=yuv420p,"
+    "setparams=range=tv:colorspace=smpte170m:color_primaries=smpte170m:color_trc=smpte170m"
+)
 FRAMES_PER_CHUNK = 4
 TURNTABLE_POLAR = 75.0
 TURNTABLE_FOVY = 55.0
@@ -526,7 +536,8 @@ def export_field(
             f"out of {memory} while exporting {out_dir} (marching cubes at "
             f"{options.resolution}^3, {options.texture_size} px texture, {options.video_size} px "
             "turntable); nothing was written and the trained run is kept: run `dreamtext export "
-            f"--workspace {out_dir}` with a smaller --resolution or --texture-size, or --no-video"
+            f"--workspace {shlex.quote(str(out_dir))}` with a smaller --resolution or "
+            "--texture-size, or --no-video"
             f"{on_the_gpu}"
         )
 
@@ -828,9 +839,10 @@ def default_renderer(field: torch.nn.Module) -> torch.nn.Module:
 
 def _write_mp4(images: list[np.ndarray], path: Path) -> None:
     """Encode ``images`` (uint8 ``[H, W, 3]``, all one size) with ffmpeg into ``path``: H.264,
-    yuv420p (what players take; an odd width or height is scaled up to an even one),
-    ``VIDEO_FPS`` frames a second, the index (``moov``) before the frames (``+faststart``), so
-    that a browser plays it from any web server before the whole file has arrived.
+    yuv420p (what players take; an odd width or height is scaled up to an even one), its colour
+    space written in the stream (:data:`VIDEO_COLOURS`), ``VIDEO_FPS`` frames a second, the
+    index (``moov``) before the frames (``+faststart``), so that a browser plays it from any
+    web server before the whole file has arrived.
 
     ffmpeg's own messages are kept from stderr, where they came before dreamtext's one line:
     a full disk or quota, a file-size limit or a refused write is raised as that ``OSError``
@@ -845,9 +857,8 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
     command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
     command += ["-r", str(VIDEO_FPS), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
     command += ["-crf", str(VIDEO_CRF), "-movflags", "+faststart"]
-    if width % 2 or height % 2:
-        command += ["-vf", f"scale={width + width % 2}:{height + height % 2}"]
-    command.append(str(path))
+    even = f"scale={width + width % 2}:{height + height % 2}," if width % 2 or height % 2 else ""
+    command += ["-vf", even + VIDEO_COLOURS, str(path)]
     ffmpeg = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from dreamtext import shapes
 from dreamtext.checkpoint import load_checkpoint, load_field, save_checkpoint
 from dreamtext.config import resolve_config
 from dreamtext.devices import resolve_device
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, TrainedRun, trained_run_line
 from dreamtext.export import (
     FORMATS,
     ExportOptions,
@@ -404,6 +405,41 @@ def test_the_mp4_has_its_index_before_its_frames(tmp_path):
     assert export_module.mp4_is_whole(mp4)
     mp4.write_bytes(mp4.read_bytes()[:-100])  # cut short: its boxes no longer fill it
     assert export_module.mp4_boxes(mp4) is None and not export_module.mp4_is_whole(mp4)
+
+
+def colour_bars(height: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """A ``[height, 2 height, 3]`` frame of four vertical bars of saturated colours."""
+    colours = [(223, 38, 38), (40, 160, 60), (30, 60, 200), (250, 240, 20)]
+    frame = np.zeros((height, 2 * height, 3), np.uint8)
+    for i, colour in enumerate(colours):
+        frame[:, i * height // 2 : (i + 1) * height // 2] = colour
+    return frame, colours
+
+
+def test_the_mp4_says_which_colour_space_its_frames_are_in(tmp_path):
+    """An MP4 that does not say leaves players to guess: Chromium (and so `dreamtext view`)
+    guesses BT.709 for a video 720 rows tall, and shows the turntable's red (223, 38, 38) as
+    (239, 56, 37). The stream names its matrix, primaries and transfer."""
+    from imageio_ffmpeg import get_ffmpeg_exe
+
+    mp4 = tmp_path / "turntable.mp4"
+    export_module._write_mp4([colour_bars(64)[0]] * 4, mp4)
+    said = subprocess.run([get_ffmpeg_exe(), "-hide_banner", "-i", str(mp4)], capture_output=True)
+    stream = next(line for line in said.stderr.decode().splitlines() if "Video:" in line)
+    assert "yuv420p(tv, smpte170m, progressive)" in stream, stream
+
+
+@pytest.mark.parametrize("height", [64, 720])
+def test_the_mp4_decoded_as_it_says_gives_the_frames_colours_back(tmp_path, height):
+    # ffmpeg decodes with the colour space the stream names: a tag that is not the matrix the
+    # frames were encoded with shifts these colours by over 15 levels.
+    frame, colours = colour_bars(height)
+    mp4 = tmp_path / "turntable.mp4"
+    export_module._write_mp4([frame] * 2, mp4)
+    decoded = imageio.get_reader(mp4).get_data(0)
+    for i, colour in enumerate(colours):
+        centre = decoded[height // 2, i * height // 2 + height // 4].astype(int)
+        assert np.abs(centre - colour).max() <= 4, (colour, centre)
 
 
 def test_turntable_frame_shows_rgb_beside_depth_on_white():
@@ -814,6 +850,37 @@ def test_out_of_memory_in_export_names_the_fixes_and_writes_nothing(
         assert "out of memory" in message and "GPU" not in message and "--device" not in message
     assert f"--workspace {tmp_path / 'run'}" in message
     assert not (tmp_path / "run").exists()
+
+
+def suggested_workspace(message: str) -> Path:
+    """The ``--workspace`` of the command a message suggests between backticks, read as a shell
+    reads the command pasted from it (``dreamtext export --workspace 'my runs/a cube'``)."""
+    from dreamtext.cli import build_parser
+
+    named = shlex.split(message.split("`")[1])
+    assert named[0] == "dreamtext"
+    return Path(build_parser().parse_command_line(named[1:]).workspace)
+
+
+def test_the_export_an_out_of_memory_export_suggests_pastes_for_a_folder_with_spaces(
+    tmp_path, monkeypatch
+):
+    # Pasted unquoted, `--workspace my runs/a red cube` names the folder "my" and fails.
+    def run_out(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(export_module, "bake_texture", run_out)
+    workspace = tmp_path / "my runs" / "a red cube"
+    with pytest.raises(DreamtextError) as raised:
+        export_field(SphereField(), workspace, small_options(), renderer=SphereTracer())
+    assert suggested_workspace(str(raised.value)) == workspace
+
+
+def test_the_export_a_full_disk_after_training_suggests_pastes_for_a_folder_with_spaces(tmp_path):
+    workspace = tmp_path / "my runs" / "a red cube"
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(workspace / "mesh" / "mesh.glb"))
+    line = trained_run_line(error, TrainedRun(3, workspace / "checkpoints" / "last.pt", workspace))
+    assert suggested_workspace(line) == workspace
 
 
 def test_dreamtext_export_out_of_gpu_memory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
