@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 import threading
 import time
@@ -751,6 +752,26 @@ def changed_setting_lines(entry: Entry, cfg: TrainConfig) -> list[str]:
     return setting_change_lines(saved, cfg, ignored)
 
 
+def export_command(workspace: Path, cfg: TrainConfig, changed: Sequence[str]) -> str:
+    """The ``dreamtext export`` command that exports ``workspace`` with ``cfg``'s export options
+    named in ``changed`` (lines ``"export_options.NAME old → new"``): a re-export takes the run's
+    recorded options unless flags override them, so each changed one is a flag, and the folder
+    is quoted for the shell."""
+    words = ["dreamtext", "export", "--workspace", str(workspace)]
+    for line in changed:
+        name = line.split(" ", 1)[0].removeprefix("export_options.")
+        value = getattr(cfg.export_options, name)
+        if name == "video":
+            words.append("--video" if value else "--no-video")
+            continue
+        if name == "threshold":
+            value = "auto" if value is None else value
+        elif name == "formats":
+            value = ",".join(value)
+        words += ["--" + name.replace("_", "-"), str(value)]
+    return shlex.join(words)
+
+
 def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
     """Before an unfinished run is resumed: one warning line naming the settings the batch
     changes from its ``config.json`` (:func:`changed_setting_lines`), which apply from its last
@@ -996,7 +1017,7 @@ def run_entry(
                 # Export settings need no training: `dreamtext export` applies them.
                 export_only = all(c.startswith("export_options.") for c in changed)
                 advice = (
-                    f"dreamtext export --workspace {entry.workspace} exports it again with these"
+                    f"{export_command(entry.workspace, cfg, changed)} exports it again with these"
                     if export_only
                     else "--overwrite trains it again with these"
                 )

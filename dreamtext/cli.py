@@ -72,6 +72,18 @@ def _within(convert: type, low: int, high: float, what: str):
 # ``export --resolution`` and ``--texture-size``: the bound of ``ExportOptions.validate``,
 # checked here before the export's imports (torch: seconds).
 _size_from_8 = _within(int, 8, math.inf, "an integer of at least 8")
+# ``export --frames`` and ``--video-size``: the turntable's bounds, as ``ExportOptions.validate``.
+_turntable_frames = _within(int, 60, math.inf, "an integer of at least 60")
+
+
+def _video_size(text: str) -> int:
+    """``export --video-size``: an even number of pixels, at least 16 (H.264 in yuv420p halves
+    the colour planes)."""
+    size = _within(int, 16, math.inf, "an even integer of at least 16")(text)
+    if size % 2:
+        raise argparse.ArgumentTypeError(f"must be an even number of pixels, got {text}")
+    return size
+
 
 SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
@@ -414,7 +426,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         for name, value in dataclasses.asdict(options).items()
         if value != getattr(defaults, name)
     }
-    for name in ("resolution", "decimate", "texture_size", "device"):
+    for name in ("resolution", "decimate", "texture_size", "frames", "video_size", "device"):
         value = getattr(args, name)
         if value is not None:
             setattr(options, name, value)
@@ -937,6 +949,15 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="the turntable; --no-video skips it [on]",
+    )
+    export.add_argument(
+        "--video-size",
+        type=_video_size,
+        help="the turntable's width and height in pixels, even, at least 16; its time grows "
+        "with the square (128 takes a quarter of 256's) [256]",
+    )
+    export.add_argument(
+        "--frames", type=_turntable_frames, help="turntable frames, one turn, at least 60 [60]"
     )
     export.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
     export.set_defaults(func=cmd_export)

@@ -2051,9 +2051,47 @@ def test_a_finished_run_with_other_export_settings_is_pointed_at_dreamtext_expor
     assert run_entry(entry, cfg, BatchOptions(root=root), root, None)["status"] == "skipped"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"batch: line 1: {workspace} finished with other settings (export_options.resolution "
-        f"{resolution} → 64); skipped, dreamtext export --workspace {workspace} exports it again "
-        "with these"
+        f"{resolution} → 64); skipped, dreamtext export --workspace {workspace} --resolution 64 "
+        "exports it again with these"
     ]
+
+
+def test_the_export_command_batch_suggests_exports_with_the_lines_settings(tmp_path):
+    """The suggested ``dreamtext export`` is a command to paste: the folder quoted (a batch root
+    with a space), and every changed export option a flag, since a re-export otherwise takes the
+    run's recorded options. Parsed back with the CLI's own parser and resolved as cmd_export
+    resolves it, it gives the line's options."""
+    import shlex
+
+    from dreamtext.batch import entry_config, export_command
+    from dreamtext.cli import build_parser
+
+    workspace = tmp_path / "my runs" / "a_red_cube"
+    entry = Entry(1, "a red cube", "text", "a red cube", workspace)
+    wanted = {
+        "resolution": 64,
+        "decimate": 0,
+        "texture_size": 128,
+        "formats": ["glb", "ply"],
+        "video": False,
+        "threshold": 5.0,
+        "frames": 90,
+        "video_size": 128,
+    }
+    cfg = entry_config(entry, {"export_options": wanted}, None, None)
+    changed = [f"export_options.{name} x → y" for name in wanted]
+    words = shlex.split(export_command(workspace, cfg, changed))
+    assert words[:2] == ["dreamtext", "export"]
+    args = build_parser().parse_command_line(words[1:])
+    assert Path(args.workspace) == workspace
+    assert (args.resolution, args.decimate, args.texture_size) == (64, 0, 128)
+    assert (args.formats, args.video, args.threshold) == ("glb,ply", False, 5.0)
+    assert (args.frames, args.video_size) == (90, 128)
+    none = entry_config(entry, {"export_options": {"threshold": None, "video": True}}, None, None)
+    lines = ["export_options.threshold 5.0 → None", "export_options.video"]
+    assert shlex.split(export_command(workspace, none, lines))[4:] == [
+        "--threshold", "auto", "--video",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("batch_exit", "requeued"), [(0, False), (1, False), (130, True)])

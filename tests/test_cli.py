@@ -128,6 +128,8 @@ def test_help_defaults_in_brackets_are_the_configs_defaults():
         ("--resolution", options.resolution),
         ("--decimate", options.decimate),
         ("--texture-size", options.texture_size),
+        ("--video-size", options.video_size),
+        ("--frames", options.frames),
     ):
         assert _number(export[flag]) == value, (flag, export[flag])
     assert _number(_help_defaults("batch")["--lock-timeout"]) == BatchOptions().lock_timeout
@@ -290,6 +292,9 @@ def assert_user_error(code, stderr, *fragments):
         # Refused by ExportOptions.validate only after torch had loaded (10-15 s).
         (["export", "--workspace", "workspace/run", "--resolution", "4"], ["--resolution", "8"]),
         (["export", "--workspace", "workspace/run", "--texture-size", "1"], ["--texture", "8"]),
+        (["export", "--workspace", "run", "--video-size", "129"], ["--video-size", "even"]),
+        (["export", "--workspace", "run", "--video-size", "8"], ["--video-size", "16"]),
+        (["export", "--workspace", "run", "--frames", "30"], ["--frames", "60"]),
         (["text", "a castle", "--preset", "nope"], ["unknown preset"]),
         (["text", "a castle", "--model", "/no/such/folder"], ["/no/such/folder"]),
         (["text", "a castle", "--model", "nobody/no-such-model"], ["--model"]),

@@ -1279,9 +1279,11 @@ def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
     recorded = {"resolution": 40, "threshold": 12.5, "formats": ["ply"], "video": False}
     workspace = recorded_run(tmp_path, recorded)
     flags = ["--resolution", "64", "--threshold", "auto", "--formats", "glb,obj", "--video"]
+    flags += ["--video-size", "128", "--frames", "90"]
     options = exported_with(monkeypatch, workspace, *flags)
     assert (options.resolution, options.threshold) == (64, None)
     assert (options.formats, options.video) == (("glb", "obj"), True)
+    assert (options.video_size, options.frames) == (128, 90)
     assert options.decimate == ExportOptions().decimate
     options = exported_with(monkeypatch, recorded_run(tmp_path / "b", {}), "--no-video")
     here = str(resolve_device("auto"))
