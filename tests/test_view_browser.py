@@ -606,16 +606,21 @@ def write_whole(path: Path, data: dict) -> None:
     os.replace(path.with_suffix(".tmp"), path)
 
 
-def write_many_runs(root: Path, n: int) -> None:
-    """``n`` finished runs, each with its picture (a few hundred bytes)."""
+def write_run(root: Path, name: str, prompt: str) -> None:
+    """A finished run, with its picture (a few hundred bytes)."""
     picture = io.BytesIO()
     Image.new("RGB", (64, 32), (200, 30, 30)).save(picture, format="PNG")
+    ws = root / name
+    (ws / "previews").mkdir(parents=True)
+    (ws / "config.json").write_text(json.dumps({"prompt": prompt, "iters": 10}))
+    (ws / "status.json").write_text(json.dumps({"state": "finished", "step": 10, "iters": 10}))
+    (ws / "previews" / "final.png").write_bytes(picture.getvalue())
+
+
+def write_many_runs(root: Path, n: int) -> None:
+    """``n`` finished runs, each with its picture."""
     for i in range(n):
-        ws = root / f"run_{i:03d}"
-        (ws / "previews").mkdir(parents=True)
-        (ws / "config.json").write_text(json.dumps({"prompt": f"prompt {i:03d}", "iters": 10}))
-        (ws / "status.json").write_text(json.dumps({"state": "finished", "step": 10, "iters": 10}))
-        (ws / "previews" / "final.png").write_bytes(picture.getvalue())
+        write_run(root, f"run_{i:03d}", f"prompt {i:03d}")
 
 
 @pytest.fixture
@@ -701,7 +706,8 @@ def test_a_poll_that_changes_one_card_of_hundreds_replaces_only_that_card(page, 
 def test_a_poll_after_one_change_gets_that_card_alone_and_the_page_shows_it(page, many_runs):
     """A poll after one run of hundreds changed got every card (a batch of 1,000 runs: 860 KB of
     JSON at each change). The page now sends back its cursor and gets only the card that
-    changed, or, when runs went, the list of ids as well; it puts them in among the others."""
+    changed; when runs came or went, the ids that went and the places of those that came (it
+    got the whole list of ids, 300 of them); it puts them in among the others."""
     srv, root = many_runs
     answers = []
     page.on(
@@ -721,9 +727,26 @@ def test_a_poll_after_one_change_gets_that_card_alone_and_the_page_shows_it(page
     shutil.rmtree(root / "run_200")
     page.wait_for_selector('.card[data-run="run_200"]', state="detached", timeout=CATCH_UP_MS)
     body = answers[-1].json()
-    assert body["changed"] == [] and len(body["ids"]) == 299 and "run_200" not in body["ids"]
+    assert body["changed"] == [] and body["removed"] == ["run_200"] and "ids" not in body
     assert len(cards_by_state(page)) == 299
     assert page.inner_text(".summary") == "299 runs · 298 finished · 1 failed"
+    # Two runs came (one sorts first, one among the others): in their places, as a page opened
+    # now has them, in the order of the server's list where the sort does not decide (by
+    # status: all finished but one).
+    page.select_option("#sort", "status")
+    for name in ("a_first", "run_150a"):  # each made aside and moved in whole
+        write_run(root.parent / "aside", name, f"prompt {name}")
+        os.rename(root.parent / "aside" / name, root / name)
+    page.wait_for_selector('.card[data-run="run_150a"]', timeout=CATCH_UP_MS)
+    page.wait_for_selector('.card[data-run="a_first"]', timeout=CATCH_UP_MS)
+    added = [pair for answer in answers for pair in answer.json().get("added", [])]
+    assert sorted(added) == [["a_first", 0], ["run_150a", 152]]
+    assert all("ids" not in answer.json() for answer in answers)
+    fresh = page.context.new_page()
+    fresh.goto(srv.url)
+    fresh.select_option("#sort", "status")
+    assert list(cards_by_state(page)) == list(cards_by_state(fresh))
+    assert page.inner_text(".summary") == "301 runs · 300 finished · 1 failed"
 
 
 def run_polls(page) -> list[tuple[float, int]]:
