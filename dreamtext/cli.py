@@ -17,7 +17,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dreamtext import __version__
 from dreamtext.errors import (
@@ -28,6 +28,9 @@ from dreamtext.errors import (
     trained_run_line,
     what_failed,
 )
+
+if TYPE_CHECKING:
+    from dreamtext.exportprogress import ExportProgress
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -397,7 +400,23 @@ def _nothing_to_resume(workspace: Path) -> DreamtextError:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Flags over the run's recorded ``export_options`` (what its own export used) over the
-    defaults, as training resolves its config."""
+    defaults, as training resolves its config.
+
+    The export's progress record (``dreamtext.exportprogress``) is written first, before the
+    export's imports (torch, trimesh: 5-20 s cold, more on a loaded login node), where the run
+    named has a checkpoint: ``dreamtext view`` showed nothing of an export until then."""
+    from dreamtext.exportprogress import ExportProgress
+
+    named = Path(args.workspace) if args.workspace else None
+    if named is None or not (named / "checkpoints" / "last.pt").is_file():
+        return _export(args, None)  # refused, or the newest run: found by the export's code
+    with ExportProgress(named) as progress:
+        progress.stage("loading the run")
+        return _export(args, progress)
+
+
+def _export(args: argparse.Namespace, progress: ExportProgress | None) -> int:
+    """:func:`cmd_export`, with the progress record it started (``None``: none yet)."""
     from dreamtext.devices import resolve_device
     from dreamtext.export import (
         ExportOptions,
@@ -447,7 +466,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             "newest checkpoint there now, which that run may replace",
             file=sys.stderr,
         )
-    result = export_workspace(workspace, options)  # SIGTERM: as Ctrl-C (main), temps removed
+    # SIGTERM: as Ctrl-C (main), temps removed
+    result = export_workspace(workspace, options, progress)
     print(result.summary())
     return 0
 

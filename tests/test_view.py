@@ -2764,6 +2764,36 @@ def test_a_running_run_in_its_export_phase_shows_the_stage(root: Path):
     assert status["state"] == "running" and status["activity"] == "exporting · meshing 12/64"
 
 
+def test_dreamtext_export_shows_in_the_viewer_before_its_slow_imports(
+    root: Path, monkeypatch, capsys
+):
+    """A cold `dreamtext export` showed nothing in the viewer for its first ~20 s: its progress
+    record was written after the export's imports (torch, trimesh). It is there when they
+    start now (``loading the run``), and gone again however the export ends (here: refused)."""
+    import types
+
+    from dreamtext.exportprogress import PROGRESS_FILE
+
+    cube = root / "cube"
+    (cube / "checkpoints").mkdir()
+    (cube / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    seen = []
+
+    def at_import(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        seen.append(read_run(location(Catalog([root]), "cube")).status["activity"])
+        raise DreamtextError("stopped at the export's imports by the test")
+
+    slow = types.ModuleType("dreamtext.export")
+    slow.__getattr__ = at_import  # the module's `from dreamtext.export import ...`
+    monkeypatch.setitem(sys.modules, "dreamtext.export", slow)
+    assert main(["export", "--workspace", str(cube)]) == 2
+    assert "stopped at the export's imports" in capsys.readouterr().err
+    assert seen == ["exporting · loading the run"]
+    assert not (cube / PROGRESS_FILE).exists()
+
+
 EXPORTER = """
 import sys, time
 from dreamtext.exportprogress import ExportProgress
