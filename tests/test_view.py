@@ -2864,6 +2864,56 @@ def test_a_gallery_poll_sends_a_run_whose_export_moved_on(root: Path, monkeypatc
         stop(srv, thread)
 
 
+def test_an_export_rewrites_its_record_while_a_stage_goes_on(root: Path, monkeypatch):
+    """One stage may take minutes (texture baking): the record was written at stage changes
+    alone, so a reader on another node could not tell a live exporter from a killed one for an
+    hour. It is written again every beat, and no more once the export ends."""
+    import dreamtext.exportprogress as exportprogress
+
+    monkeypatch.setattr(exportprogress, "BEAT_S", 0.05)
+    path = root / "cube" / exportprogress.PROGRESS_FILE
+    with exportprogress.ExportProgress(root / "cube") as progress:
+        progress.stage("texture baking")
+        first = os.stat(path).st_ino
+        record = json.loads(path.read_text())
+        assert record["beat_s"] == 0.05 and record["stage"] == "texture baking"
+        deadline = time.monotonic() + 30
+        while os.stat(path).st_ino == first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.stat(path).st_ino != first  # written again, whole (a new file renamed over)
+        assert json.loads(path.read_text())["stage"] == "texture baking"
+    time.sleep(0.2)  # four beats
+    assert not path.exists()
+
+
+def test_an_export_on_another_node_shows_until_its_heartbeat_stops(root: Path, monkeypatch):
+    """Where locks do not reach across nodes, a killed exporter's record showed `exporting`
+    for an hour (ELSEWHERE_GRACE_S). A record with a heartbeat is live while the viewer sees it
+    change: unchanged for BEATS_MISSED beats of the viewer's own clock, it shows no export."""
+    import dreamtext.exportprogress as exportprogress
+
+    now = [1000.0]
+    monkeypatch.setattr(exportprogress, "_clock", lambda: now[0])
+    path = root / "cube" / exportprogress.PROGRESS_FILE
+    record = {"stage": "texture baking", "host": "another-node", "pid": 4242, "beat_s": 30.0}
+
+    def shown() -> str | None:
+        return read_run(location(Catalog([root]), "cube")).status["activity"]
+
+    write_json(path, {**record, "updated": "2026-11-30T10:00:00+00:00"})
+    assert shown() == "exporting · texture baking"
+    now[0] += 3 * 30 - 1  # beats missed, but not three yet
+    assert shown() == "exporting · texture baking"
+    now[0] += 2
+    assert shown() is None
+    write_json(path, {**record, "updated": "2026-11-30T10:01:32+00:00"})  # it beats again
+    assert shown() == "exporting · texture baking"
+    # A record from before the heartbeat: the file's age, as before (an hour's grace).
+    write_json(path, {"stage": "meshing", "host": "another-node", "pid": 4242})
+    now[0] += 3600
+    assert shown() == "exporting · meshing"
+
+
 @pytest.mark.parametrize(
     ("record", "seconds_old", "shown"),
     [
