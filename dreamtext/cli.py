@@ -17,7 +17,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dreamtext import __version__
 from dreamtext.errors import (
@@ -28,9 +28,6 @@ from dreamtext.errors import (
     trained_run_line,
     what_failed,
 )
-
-if TYPE_CHECKING:
-    from dreamtext.exportprogress import ExportProgress
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -398,25 +395,30 @@ def _nothing_to_resume(workspace: Path) -> DreamtextError:
     )
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    """Flags over the run's recorded ``export_options`` (what its own export used) over the
-    defaults, as training resolves its config.
-
-    The export's progress record (``dreamtext.exportprogress``) is written first, before the
-    export's imports (torch, trimesh: 5-20 s cold, more on a loaded login node), where the run
-    named has a checkpoint: ``dreamtext view`` showed nothing of an export until then."""
+def export_progress_first(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """For ``export`` of a run named by --workspace that has a checkpoint: its progress record
+    (``dreamtext.exportprogress``, stage ``loading the run``) from now until the command ends,
+    however it ends (``args.progress``, for :func:`cmd_export`). Entered before torch and the
+    model libraries load (``start_libraries``; with the export's own imports 20-70 s on a
+    loaded login node), where ``dreamtext view`` showed nothing of an export."""
+    named = Path(args.workspace) if args.command == "export" and args.workspace else None
+    if named is None or not (named / "checkpoints" / "last.pt").is_file():
+        return contextlib.nullcontext()  # refused, or the newest run: found by the export
     from dreamtext.exportprogress import ExportProgress
 
-    named = Path(args.workspace) if args.workspace else None
-    if named is None or not (named / "checkpoints" / "last.pt").is_file():
-        return _export(args, None)  # refused, or the newest run: found by the export's code
-    with ExportProgress(named) as progress:
-        progress.stage("loading the run")
-        return _export(args, progress)
+    @contextlib.contextmanager
+    def recorded():
+        with ExportProgress(named) as progress:
+            progress.stage("loading the run")
+            args.progress = progress
+            yield
+
+    return recorded()
 
 
-def _export(args: argparse.Namespace, progress: ExportProgress | None) -> int:
-    """:func:`cmd_export`, with the progress record it started (``None``: none yet)."""
+def cmd_export(args: argparse.Namespace) -> int:
+    """Flags over the run's recorded ``export_options`` (what its own export used) over the
+    defaults, as training resolves its config."""
     from dreamtext.devices import resolve_device
     from dreamtext.export import (
         ExportOptions,
@@ -467,7 +469,7 @@ def _export(args: argparse.Namespace, progress: ExportProgress | None) -> int:
             file=sys.stderr,
         )
     # SIGTERM: as Ctrl-C (main), temps removed
-    result = export_workspace(workspace, options, progress)
+    result = export_workspace(workspace, options, getattr(args, "progress", None))
     print(result.summary())
     return 0
 
@@ -1217,7 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_before_loading(args)
         # Importing torch and diffusers takes seconds: a Ctrl-C then is handled below too.
-        with start_libraries(args):
+        with export_progress_first(args), start_libraries(args):
             return run_command(args)
     except DreamtextError as error:
         print(f"dreamtext: error: {error}", file=sys.stderr)

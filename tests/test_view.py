@@ -2767,11 +2767,13 @@ def test_a_running_run_in_its_export_phase_shows_the_stage(root: Path):
 def test_dreamtext_export_shows_in_the_viewer_before_its_slow_imports(
     root: Path, monkeypatch, capsys
 ):
-    """A cold `dreamtext export` showed nothing in the viewer for its first ~20 s: its progress
-    record was written after the export's imports (torch, trimesh). It is there when they
-    start now (``loading the run``), and gone again however the export ends (here: refused)."""
+    """A cold `dreamtext export` showed nothing in the viewer for its first 20-70 s: its
+    progress record was written after torch, the model libraries and the export's own modules
+    loaded. It is there when they start loading now (``loading the run``), and gone again
+    however the export ends (here: refused)."""
     import types
 
+    import dreamtext.cli as cli
     from dreamtext.exportprogress import PROGRESS_FILE
 
     cube = root / "cube"
@@ -2779,18 +2781,29 @@ def test_dreamtext_export_shows_in_the_viewer_before_its_slow_imports(
     (cube / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
     seen = []
 
+    def shown() -> str | None:
+        return read_run(location(Catalog([root]), "cube")).status["activity"]
+
     def at_import(name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        seen.append(read_run(location(Catalog([root]), "cube")).status["activity"])
+        seen.append(("dreamtext.export", shown()))
         raise DreamtextError("stopped at the export's imports by the test")
+
+    start_libraries = cli.start_libraries
+    monkeypatch.setattr(
+        cli,
+        "start_libraries",
+        lambda args: seen.append(("torch", shown())) or start_libraries(args),
+    )
 
     slow = types.ModuleType("dreamtext.export")
     slow.__getattr__ = at_import  # the module's `from dreamtext.export import ...`
     monkeypatch.setitem(sys.modules, "dreamtext.export", slow)
     assert main(["export", "--workspace", str(cube)]) == 2
     assert "stopped at the export's imports" in capsys.readouterr().err
-    assert seen == ["exporting · loading the run"]
+    loading = "exporting · loading the run"
+    assert seen == [("torch", loading), ("dreamtext.export", loading)]
     assert not (cube / PROGRESS_FILE).exists()
 
 
