@@ -199,6 +199,9 @@ def watched_page(context):
     """A page of ``context`` whose console errors, uncaught exceptions, failed requests and
     error answers (4xx, 5xx) fail the test; the context is closed after it."""
     page = context.new_page()
+    # A page of 300 cards loading at a 4x CPU slowdown on a loaded machine took over
+    # Playwright's 30 s to its load event once (a goto, before any check).
+    page.set_default_navigation_timeout(2 * CATCH_UP_MS)
     if CPU_SLOWDOWN > 1:
         cdp = context.new_cdp_session(page)
         cdp.send("Emulation.setCPUThrottlingRate", {"rate": CPU_SLOWDOWN})
