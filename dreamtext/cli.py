@@ -407,6 +407,27 @@ def _nothing_to_resume(workspace: Path) -> DreamtextError:
     )
 
 
+def export_progress_first(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """For ``export`` of a run named by --workspace that has a checkpoint: its progress record
+    (``dreamtext.exportprogress``, stage ``loading the run``) from now until the command ends,
+    however it ends (``args.progress``, for :func:`cmd_export`). Entered before torch and the
+    model libraries load (``start_libraries``; with the export's own imports 20-70 s on a
+    loaded login node), where ``dreamtext view`` showed nothing of an export."""
+    named = Path(args.workspace) if args.command == "export" and args.workspace else None
+    if named is None or not (named / "checkpoints" / "last.pt").is_file():
+        return contextlib.nullcontext()  # refused, or the newest run: found by the export
+    from dreamtext.exportprogress import ExportProgress
+
+    @contextlib.contextmanager
+    def recorded():
+        with ExportProgress(named) as progress:
+            progress.stage("loading the run")
+            args.progress = progress
+            yield
+
+    return recorded()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Flags over the run's recorded ``export_options`` (what its own export used) over the
     defaults, as training resolves its config."""
@@ -459,7 +480,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             "newest checkpoint there now, which that run may replace",
             file=sys.stderr,
         )
-    result = export_workspace(workspace, options)  # SIGTERM: as Ctrl-C (main), temps removed
+    # SIGTERM: as Ctrl-C (main), temps removed
+    result = export_workspace(workspace, options, getattr(args, "progress", None))
     print(result.summary())
     return 0
 
@@ -1218,7 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_before_loading(args)
         # Importing torch and diffusers takes seconds: a Ctrl-C then is handled below too.
-        with start_libraries(args):
+        with export_progress_first(args), start_libraries(args):
             return run_command(args)
     except DreamtextError as error:
         print(f"dreamtext: error: {error}", file=sys.stderr)

@@ -395,9 +395,15 @@ def _unreadable(path: Path) -> str:
     return "not a whole checkpoint"
 
 
-def export_workspace(workspace: Path | None, options: ExportOptions | None = None) -> ExportResult:
+def export_workspace(
+    workspace: Path | None,
+    options: ExportOptions | None = None,
+    progress: ExportProgress | None = None,
+) -> ExportResult:
     """Export the trained field of ``workspace`` (default: the newest run under ``workspace/``)
-    with ``options``, by default the run's own (:func:`recorded_options`)."""
+    with ``options``, by default the run's own (:func:`recorded_options`). ``progress``: the
+    record of ``workspace``'s export the caller started (the CLI, before this module's imports),
+    else one of its own."""
     workspace = resolve_workspace(workspace)
     options = options or recorded_options(workspace)
     options.validate()
@@ -407,7 +413,8 @@ def export_workspace(workspace: Path | None, options: ExportOptions | None = Non
     for folder in folders:
         check_writable(folder, "copy the run to a folder you can write and export it there")
     device = resolve_device(options.device)
-    with ExportProgress(workspace) as progress:
+    started = contextlib.nullcontext(progress) if progress is not None else None
+    with started or ExportProgress(workspace) as progress:
         progress.stage("loading the run")
         state = read_run_checkpoint(workspace)
         field, renderer, _ = run_from_state(state, device)

@@ -4,7 +4,7 @@ of the run folder ``W`` it exports, there only while it works.
     {"stage": "loading the run" | "meshing" | "decimating" | "UV unwrapping" | "texture baking"
               | "vertex colours" | "turntable" | "writing files",
      "done": int | null, "total": int | null,   # meshing: density chunks; turntable: chunks
-     "started": iso8601, "updated": iso8601, "step": int | null,
+     "started": iso8601, "updated": iso8601, "step": int | null, "beat_s": 30.0,
      "host": str, "pid": int, "pid_start": int | null, "locked": true}
 
 ``status.json`` is the training run's record and stays as it is (a finished run stays
@@ -14,6 +14,11 @@ each stage and at most once in :data:`WRITE_EVERY_S` within one, and removed whe
 ends, however it ends short of SIGKILL. Each version's writer holds a ``flock`` on it
 (:func:`dreamtext.processes.write_held_record`), so a reader on any machine whose locks reach
 the file system tells a killed exporter's leftover from a live one (:func:`export_alive`).
+Where locks do not reach (another machine over NFS mounted ``local_lock=flock``), the record's
+heartbeat tells: it is written again every ``beat_s`` (:data:`BEAT_S`) while the export works,
+a stage or not, and a reader that sees it unchanged for :data:`BEATS_MISSED` beats by its own
+clock takes its writer for gone (a killed exporter on another node showed as exporting for an
+hour, :data:`~dreamtext.processes.ELSEWHERE_GRACE_S`).
 
 Imports nothing heavy: ``dreamtext view`` reads it without torch.
 """
@@ -22,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +54,14 @@ WRITE_EVERY_S = 1.0
 # A temp file of a writer killed between writing it and renaming it is removed by the next
 # export once it is this old, where no lock tells (its writer renames it within milliseconds).
 TEMP_GRACE_S = 60.0
+# The record is written again this often while the export works, whatever it does (one stage
+# may take minutes: texture baking, an uncounted turntable): a heartbeat for readers on other
+# machines, where the writer's lock cannot be seen.
+BEAT_S = 30.0
+# A record of another machine unchanged for this many of its beats, by the reader's clock, is a
+# gone writer's (the file server's clock and the writer's may be minutes off the reader's, so
+# only changes the reader saw are counted).
+BEATS_MISSED = 3
 
 
 def _now_iso() -> str:
@@ -67,10 +82,22 @@ class ExportProgress:
         self._held: IO[str] | None = None
         self._stage: str | None = None
         self._written_at = -float("inf")
+        self._record: dict[str, Any] | None = None  # the last written, for the heartbeat
+        self._lock = threading.Lock()  # the heartbeat's writes and stage()'s, one at a time
+        self._stop = threading.Event()
+        self._heart: threading.Thread | None = None
 
     def __enter__(self) -> ExportProgress:
         _remove_dead_temps(self.path)
+        self._heart = threading.Thread(target=self._beat, name="export-progress", daemon=True)
+        self._heart.start()
         return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(BEAT_S):
+            with self._lock:
+                if self._record is not None and self._held is not None:
+                    self._write({**self._record, "updated": _now_iso()})
 
     def __exit__(
         self,
@@ -78,6 +105,9 @@ class ExportProgress:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._stop.set()
+        if self._heart is not None:
+            self._heart.join()
         held, self._held = self._held, None
         if held is None:
             return
@@ -103,10 +133,12 @@ class ExportProgress:
             "started": self.started,
             "updated": _now_iso(),
             "step": self.step,
+            "beat_s": BEAT_S,
             **self._process,
         }
-        if self._write(record):
-            self._stage, self._written_at = name, now
+        with self._lock:
+            if self._write(record):
+                self._stage, self._written_at, self._record = name, now, record
 
     def counter(self, name: str) -> Any:
         """``stage(name, done, total)`` as a function of ``done, total``, for a loop's callback."""
@@ -150,9 +182,45 @@ def export_alive(path: Path, record: dict[str, Any]) -> bool:
     if held is True:
         return True
     if held is False:
-        return record.get("host") != HOST and file_age(path) <= ELSEWHERE_GRACE_S
+        return record.get("host") != HOST and _recent(path, record)
     alive = record_alive(record)
-    return alive if alive is not None else file_age(path) <= ELSEWHERE_GRACE_S
+    return alive if alive is not None else _recent(path, record)
+
+
+def _recent(path: Path, record: dict[str, Any]) -> bool:
+    """Whether the record of a writer that cannot be checked from here has been written lately:
+    by its heartbeat where it has one (:func:`_beating`), else (an export from before the
+    heartbeat) within :data:`ELSEWHERE_GRACE_S`."""
+    beat = record.get("beat_s")
+    if isinstance(beat, (int, float)) and not isinstance(beat, bool) and 0 < beat < math.inf:
+        return _beating(path, record, float(beat))
+    return file_age(path) <= ELSEWHERE_GRACE_S
+
+
+# Per record file: the record as this process last saw it change, and when (by _clock), for
+# :func:`_beating`. Bounded: the records looked at longest ago go first.
+_sightings: dict[str, tuple[str, float]] = {}
+_sightings_lock = threading.Lock()
+SIGHTINGS_KEPT = 4096
+_clock = time.monotonic
+
+
+def _beating(path: Path, record: dict[str, Any], beat_s: float) -> bool:
+    """Whether a record with a heartbeat every ``beat_s`` has changed within
+    :data:`BEATS_MISSED` beats, by this process's clock: it is seen changed (its ``updated``,
+    or its stage) at one look and unchanged at later ones. First seen, it is taken as beating
+    (a dead writer's record shows as live for at most ``BEATS_MISSED * beat_s`` after a viewer
+    starts); the file's time is not used, being the file server's clock, not this one's."""
+    key, now = str(path), _clock()
+    version = json.dumps(record, sort_keys=True, default=str)
+    with _sightings_lock:
+        seen = _sightings.pop(key, None)
+        if seen is None or seen[0] != version:
+            seen = (version, now)
+        _sightings[key] = seen  # last: the most recently looked at
+        while len(_sightings) > SIGHTINGS_KEPT:
+            del _sightings[next(iter(_sightings))]
+    return now - seen[1] <= BEATS_MISSED * beat_s
 
 
 def live_export(folder: str | Path) -> dict[str, Any] | None:
@@ -181,6 +249,8 @@ def _remove_dead_temps(path: Path) -> None:
 
 
 __all__ = [
+    "BEATS_MISSED",
+    "BEAT_S",
     "PROGRESS_FILE",
     "ExportProgress",
     "export_alive",

@@ -1611,11 +1611,19 @@ def test_a_cursor_the_server_did_not_give_gets_the_whole_run(tmp_path: Path):
 def apply_answer(runs: list[dict], answer: dict) -> list[dict]:
     """The gallery's runs after a poll's answer, as app.js's ``afterAnswer`` makes them: the
     whole list, or (an answer to the page's cursor) the runs it had with those that changed put
-    in, in the order of ``ids`` where that list changed."""
+    in; where runs came or went, those ``removed`` and ``added`` taken out and each added one put
+    at its place, or (where the answer has it) in the order of ``ids``."""
     if "since" not in answer:
         return answer["runs"]
     by_id = {run["id"]: run for run in runs} | {run["id"]: run for run in answer["changed"]}
-    return [by_id[run_id] for run_id in answer.get("ids", [run["id"] for run in runs])]
+    ids = answer.get("ids")
+    if ids is None:
+        out = set(answer.get("removed", [])) | {run_id for run_id, _ in answer.get("added", [])}
+        ids = [run["id"] for run in runs if run["id"] not in out]
+        for run_id, place in answer.get("added", []):
+            assert place <= len(ids)
+            ids.insert(place, run_id)
+    return [by_id[run_id] for run_id in ids]
 
 
 def poll_since(srv, cursor: str) -> dict:
@@ -1652,7 +1660,11 @@ def test_a_poll_after_one_runs_change_sends_that_run_alone(tmp_path: Path, monke
         stop(srv, thread)
 
 
-def test_a_poll_after_runs_came_and_went_gets_the_list_of_ids(tmp_path: Path, monkeypatch):
+def test_a_poll_after_runs_came_and_went_gets_those_not_the_list_of_ids(
+    tmp_path: Path, monkeypatch
+):
+    """A run that started or was removed sent the whole list of ids (a batch of 1,000 runs:
+    ~14 KB of JSON at each run that started): now the ids that went, and where the new ones go."""
     root = tmp_path / "runs"
     for i in range(6):
         make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
@@ -1665,9 +1677,87 @@ def test_a_poll_after_runs_came_and_went_gets_the_list_of_ids(tmp_path: Path, mo
         make_run(root / "run10", "prompt 10", status={"state": "running", "step": 5})
         answer = poll_since(srv, first["cursor"])
         assert [run["id"] for run in answer["changed"]] == ["run10"]
-        assert answer["ids"] == ["run0", "run1", "run10", "run3", "run4", "run5"]
+        assert "ids" not in answer
+        assert answer["removed"] == ["run2"] and answer["added"] == [["run10", 2]]
         whole = json.loads(get(srv, "/api/runs.json")[1])
         assert apply_answer(first["runs"], answer) == whole["runs"]
+    finally:
+        stop(srv, thread)
+
+
+def test_a_poll_after_runs_came_went_and_came_back_puts_each_in_its_place(
+    tmp_path: Path, monkeypatch
+):
+    """Whatever cursor a page holds, of any poll before, the page made of what it had and the
+    answer is the gallery now: runs removed, added, put back, renamed, several at a time."""
+    root = tmp_path / "runs"
+    for i in range(20):
+        make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
+    age(root, 3600)
+    settle_at_once(monkeypatch)
+    srv, thread = serving(Catalog([root]))
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    steps = [
+        lambda: (root / "run3").rename(aside / "run3"),
+        lambda: make_run(root / "run0a", "prompt 0a", status={"state": "running", "step": 1}),
+        lambda: (aside / "run3").rename(root / "run3"),  # back, at its old place
+        lambda: [(root / f"run{i}").rename(aside / f"run{i}") for i in (0, 1, 7)],
+        lambda: (root / "run5").rename(root / "run5b"),  # a folder renamed: one went, one came
+        lambda: [(aside / f"run{i}").rename(root / f"run{i}") for i in (1, 7)],
+    ]
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        had = [(first["cursor"], first["runs"])]
+        for step in steps:
+            step()
+            whole = json.loads(get(srv, "/api/runs.json")[1])
+            for cursor, runs in had:
+                answer = poll_since(srv, cursor)
+                assert "since" in answer and "ids" not in answer
+                assert apply_answer(runs, answer) == whole["runs"]
+            had.append((whole["cursor"], whole["runs"]))
+        ids = [run["id"] for run in had[-1][1]]
+        assert ids == sorted({f"run{i}" for i in range(20)} - {"run0", "run5"} | {"run0a", "run5b"})
+    finally:
+        stop(srv, thread)
+
+
+def test_a_poll_that_cannot_be_told_what_came_and_went_gets_the_list_of_ids(
+    tmp_path: Path, monkeypatch
+):
+    """The runs that stayed moved one past another (a run batch.jsonl named, at the end of the
+    list until its folder appeared, moves to its folder's place), or more runs went since the
+    cursor than the gallery keeps note of: the answer has the whole list of ids."""
+    import dreamtext.view.page as page
+
+    root = tmp_path / "runs"
+    for i in range(4):
+        make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
+    line = {"line": 1, "input": "late", "kind": "text", "prompt": "late", "workspace": "a_late"}
+    (root / "batch.jsonl").write_text(json.dumps({**line, "status": "running"}) + "\n")
+    age(root, 3600)
+    settle_at_once(monkeypatch)
+    monkeypatch.setattr(page, "GALLERY_REMOVALS_KEPT", 1)
+    srv, thread = serving(Catalog([root]))
+    try:
+        first = json.loads(get(srv, "/api/runs.json")[1])
+        assert [run["id"] for run in first["runs"]][-1] == "a_late"
+        make_run(root / "a_late", "late", status={"state": "running", "step": 1})
+        answer = poll_since(srv, first["cursor"])
+        whole = json.loads(get(srv, "/api/runs.json")[1])
+        assert answer["ids"] == [run["id"] for run in whole["runs"]]
+        assert answer["ids"][0] == "a_late"
+        assert apply_answer(first["runs"], answer) == whole["runs"]
+        # Two runs went, one at a time: the first's removal is forgotten (one kept).
+        before = whole
+        for name in ("run1", "run2"):
+            shutil.rmtree(root / name)
+            get(srv, "/api/runs.json")
+        answer = poll_since(srv, before["cursor"])
+        whole = json.loads(get(srv, "/api/runs.json")[1])
+        assert answer["ids"] == ["a_late", "run0", "run3"]
+        assert apply_answer(before["runs"], answer) == whole["runs"]
     finally:
         stop(srv, thread)
 
@@ -2674,6 +2764,49 @@ def test_a_running_run_in_its_export_phase_shows_the_stage(root: Path):
     assert status["state"] == "running" and status["activity"] == "exporting · meshing 12/64"
 
 
+def test_dreamtext_export_shows_in_the_viewer_before_its_slow_imports(
+    root: Path, monkeypatch, capsys
+):
+    """A cold `dreamtext export` showed nothing in the viewer for its first 20-70 s: its
+    progress record was written after torch, the model libraries and the export's own modules
+    loaded. It is there when they start loading now (``loading the run``), and gone again
+    however the export ends (here: refused)."""
+    import types
+
+    import dreamtext.cli as cli
+    from dreamtext.exportprogress import PROGRESS_FILE
+
+    cube = root / "cube"
+    (cube / "checkpoints").mkdir()
+    (cube / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    seen = []
+
+    def shown() -> str | None:
+        return read_run(location(Catalog([root]), "cube")).status["activity"]
+
+    def at_import(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        seen.append(("dreamtext.export", shown()))
+        raise DreamtextError("stopped at the export's imports by the test")
+
+    start_libraries = cli.start_libraries
+    monkeypatch.setattr(
+        cli,
+        "start_libraries",
+        lambda args: seen.append(("torch", shown())) or start_libraries(args),
+    )
+
+    slow = types.ModuleType("dreamtext.export")
+    slow.__getattr__ = at_import  # the module's `from dreamtext.export import ...`
+    monkeypatch.setitem(sys.modules, "dreamtext.export", slow)
+    assert main(["export", "--workspace", str(cube)]) == 2
+    assert "stopped at the export's imports" in capsys.readouterr().err
+    loading = "exporting · loading the run"
+    assert seen == [("torch", loading), ("dreamtext.export", loading)]
+    assert not (cube / PROGRESS_FILE).exists()
+
+
 EXPORTER = """
 import sys, time
 from dreamtext.exportprogress import ExportProgress
@@ -2742,6 +2875,56 @@ def test_a_gallery_poll_sends_a_run_whose_export_moved_on(root: Path, monkeypatc
         ]
     finally:
         stop(srv, thread)
+
+
+def test_an_export_rewrites_its_record_while_a_stage_goes_on(root: Path, monkeypatch):
+    """One stage may take minutes (texture baking): the record was written at stage changes
+    alone, so a reader on another node could not tell a live exporter from a killed one for an
+    hour. It is written again every beat, and no more once the export ends."""
+    import dreamtext.exportprogress as exportprogress
+
+    monkeypatch.setattr(exportprogress, "BEAT_S", 0.05)
+    path = root / "cube" / exportprogress.PROGRESS_FILE
+    with exportprogress.ExportProgress(root / "cube") as progress:
+        progress.stage("texture baking")
+        first = os.stat(path).st_ino
+        record = json.loads(path.read_text())
+        assert record["beat_s"] == 0.05 and record["stage"] == "texture baking"
+        deadline = time.monotonic() + 30
+        while os.stat(path).st_ino == first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.stat(path).st_ino != first  # written again, whole (a new file renamed over)
+        assert json.loads(path.read_text())["stage"] == "texture baking"
+    time.sleep(0.2)  # four beats
+    assert not path.exists()
+
+
+def test_an_export_on_another_node_shows_until_its_heartbeat_stops(root: Path, monkeypatch):
+    """Where locks do not reach across nodes, a killed exporter's record showed `exporting`
+    for an hour (ELSEWHERE_GRACE_S). A record with a heartbeat is live while the viewer sees it
+    change: unchanged for BEATS_MISSED beats of the viewer's own clock, it shows no export."""
+    import dreamtext.exportprogress as exportprogress
+
+    now = [1000.0]
+    monkeypatch.setattr(exportprogress, "_clock", lambda: now[0])
+    path = root / "cube" / exportprogress.PROGRESS_FILE
+    record = {"stage": "texture baking", "host": "another-node", "pid": 4242, "beat_s": 30.0}
+
+    def shown() -> str | None:
+        return read_run(location(Catalog([root]), "cube")).status["activity"]
+
+    write_json(path, {**record, "updated": "2026-11-30T10:00:00+00:00"})
+    assert shown() == "exporting · texture baking"
+    now[0] += 3 * 30 - 1  # beats missed, but not three yet
+    assert shown() == "exporting · texture baking"
+    now[0] += 2
+    assert shown() is None
+    write_json(path, {**record, "updated": "2026-11-30T10:01:32+00:00"})  # it beats again
+    assert shown() == "exporting · texture baking"
+    # A record from before the heartbeat: the file's age, as before (an hour's grace).
+    write_json(path, {"stage": "meshing", "host": "another-node", "pid": 4242})
+    now[0] += 3600
+    assert shown() == "exporting · meshing"
 
 
 @pytest.mark.parametrize(

@@ -176,8 +176,14 @@ class GalleryText:
     this object's ``<epoch>-<number of its last change>``, the epoch a random word per server
     (a page open across a restart has a cursor of another epoch: it gets the whole gallery).
     The list of ids in order is a change too (a run added or removed, or a folder renamed): a
-    delta since before it carries ``ids``, the whole list, and the page drops the runs it does
-    not name. Nothing is kept per client: any cursor this object gave out can be answered.
+    delta since before it says what came and went, ``removed`` (the ids that left since) and
+    ``added`` (``[id, place]`` of each run that joined since, by place in the list now); the
+    page drops both kinds from its list, then puts each added run at its place, in that order.
+    Where that cannot say it (the runs that stayed changed order: a run named by batch.jsonl
+    whose folder appeared; or the cursor is older than the removals kept,
+    :data:`GALLERY_REMOVALS_KEPT`), the delta carries ``ids``, the whole list, instead. A
+    batch of 1,000 runs sent its 1,000 ids (~14 KB of JSON) at each run that started.
+    Nothing is kept per client: any cursor this object gave out can be answered.
 
     For one kind of ``Links`` (the server's): a run's text is kept whatever ``links`` says.
     Safe to share between threads.
@@ -187,6 +193,10 @@ class GalleryText:
         self._texts: dict[str, tuple[Run, str, int]] = {}  # id: (run, its text, its change)
         self._ids: tuple[str, ...] = ()
         self._ids_changed = 0  # the change that made the list of ids what it is
+        self._joined: dict[str, int] = {}  # id listed now: the change that listed it
+        self._left: dict[str, int] = {}  # id no longer listed: the change that dropped it
+        self._left_forgotten = 0  # the last change whose removals are no longer all in _left
+        self._order_changed = 0  # the last change that moved runs that stayed, one past another
         self._changes = 0
         self._epoch = secrets.token_hex(4)
         self._lock = threading.Lock()
@@ -207,10 +217,13 @@ class GalleryText:
             ids = tuple(texts)
             if ids != self._ids:
                 self._changes += 1
-                self._ids, self._ids_changed = ids, self._changes
+                self._list_changed(ids)
             self._texts = texts  # runs no longer listed are forgotten
             cursor = f"{self._epoch}-{self._changes}"
-            ids_changed, after = self._ids_changed, self._change_of(since)
+            after = self._change_of(since)
+            came_and_went = None
+            if after is not None and self._ids_changed > after:
+                came_and_went = self._came_and_went(ids, after)
         head = gallery_json([], links, cursor)
         del head["runs"]  # the last key, written after the others as json.dumps would
         head_text = script_json(head)[:-1]
@@ -222,10 +235,37 @@ class GalleryText:
             if len(changed) * 2 <= len(ids):  # else the whole gallery is as short
                 delta = head_text + f', "since": {script_json(since)}, "changed": ['
                 delta += ", ".join(changed) + "]"
-                if ids_changed > after:
-                    delta += f', "ids": {script_json(list(ids))}'
+                if came_and_went is not None:
+                    delta += ", " + script_json(came_and_went)[1:-1]
                 delta += "}"
         return GalleryAnswer(text, json_etag(text), delta)
+
+    def _list_changed(self, ids: tuple[str, ...]) -> None:
+        """Note the change of the list of ids (now ``ids``) that is ``self._changes``: which ids
+        joined, which left, and whether those that stayed are in the same order. Under the lock."""
+        change, before = self._changes, self._ids
+        now, then = set(ids), set(before)
+        for run_id in then - now:
+            self._joined.pop(run_id, None)
+            self._left[run_id] = change
+        for run_id in now - then:
+            self._joined[run_id] = change
+            self._left.pop(run_id, None)
+        if [i for i in before if i in now] != [i for i in ids if i in then]:
+            self._order_changed = change
+        while len(self._left) > GALLERY_REMOVALS_KEPT:  # the oldest first: kept in change order
+            forgotten = next(iter(self._left))
+            self._left_forgotten = max(self._left_forgotten, self._left.pop(forgotten))
+        self._ids, self._ids_changed = ids, change
+
+    def _came_and_went(self, ids: tuple[str, ...], after: int) -> dict[str, Any]:
+        """What a delta since change ``after`` says of the list of ids: ``removed`` and
+        ``added``, or ``ids`` whole where those cannot say it. Under the lock."""
+        if self._order_changed > after or self._left_forgotten > after:
+            return {"ids": list(ids)}
+        removed = [run_id for run_id, change in self._left.items() if change > after]
+        added = [[run_id, i] for i, run_id in enumerate(ids) if self._joined[run_id] > after]
+        return {"removed": removed, "added": added}
 
     def _change_of(self, cursor: str | None) -> int | None:
         """The number of the change a cursor of this object names; ``None`` for any other."""
@@ -233,6 +273,12 @@ class GalleryText:
         if epoch != self._epoch or not (number.isascii() and number.isdigit()) or len(number) > 18:
             return None
         return int(number) if int(number) <= self._changes else None
+
+
+# The removals a gallery keeps to tell a poll which runs left since its cursor: a page whose
+# cursor is older than the oldest kept gets the whole list of ids (a sweep that removed this
+# many runs since the page last polled).
+GALLERY_REMOVALS_KEPT = 4096
 
 
 def json_etag(text: str) -> str:

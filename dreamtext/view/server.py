@@ -23,8 +23,9 @@ port is let through (``ViewServer.host_allowed`` says why that is safe).
 The two ``api`` answers carry an ``ETag`` (a digest of their text; for an answer to a cursor,
 that of the whole gallery or run it makes of what the page has); a poll that sends it back in
 ``If-None-Match`` while the answer is the same gets ``304 Not Modified`` and no body. A gallery
-poll whose cursor this server gave out gets the cards that changed since (and the list of ids,
-when runs came or went) instead of every card; any other cursor, the whole gallery
+poll whose cursor this server gave out gets the cards that changed since (and the ids of the
+runs that went, and the places of those that came) instead of every card; any other cursor,
+the whole gallery
 (``page.GalleryText``). A run page's poll likewise gets only the log records and previews after
 those its cursor names (``page.RunText``). Pages and ``api`` answers go gzipped to clients that
 take it (JSON of many runs shrinks ~25 times).

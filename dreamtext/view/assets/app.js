@@ -230,14 +230,25 @@
   }
 
   /** The gallery's runs after a poll's answer: its whole list, or, from an answer to the page's
-   * cursor (`since`), the runs it has with those that changed put in, in the order of `ids`
-   * where the list changed (runs added, removed). null when the answer names a run the page
-   * does not have. */
+   * cursor (`since`), the runs it has with those that changed put in. Where runs came or went,
+   * the runs `removed` and those `added` are taken out, then each added one is put at its
+   * place ([id, place], in the order of their places); or, where the answer has it, the list
+   * is in the order of `ids`. null when the answer names a run the page does not have. */
   function afterAnswer(runs, answer) {
     if (!answer.since) return answer.runs;
     const byId = new Map(runs.map((run) => [run.id, run]));
     for (const run of answer.changed) byId.set(run.id, run);
-    const after = (answer.ids || runs.map((run) => run.id)).map((id) => byId.get(id));
+    let ids = answer.ids;
+    if (!ids) {
+      const added = answer.added || [];
+      const out = new Set([...(answer.removed || []), ...added.map(([id]) => id)]);
+      ids = runs.map((run) => run.id).filter((id) => !out.has(id));
+      for (const [id, place] of added) {
+        if (place > ids.length) return null;
+        ids.splice(place, 0, id);
+      }
+    }
+    const after = ids.map((id) => byId.get(id));
     return after.includes(undefined) ? null : after;
   }
 
