@@ -469,12 +469,13 @@ def can_resume(workspace: Path) -> bool:
 
 
 def resume_step(workspace: Path) -> int | None:
-    """The step a resume of ``workspace`` goes on from: that of ``checkpoints/last.pt`` (read
-    memory-mapped), or, where that is missing or unreadable, of its newest whole step file
-    (:func:`newest_whole_step`), as ``dreamtext.trainer.restore_newest`` falls back; ``None``
-    without either."""
-    step = checkpoint_step(last_checkpoint(workspace))
-    if step is not None:
+    """The step a resume of ``workspace`` goes on from: that of ``checkpoints/last.pt`` where it
+    loads whole (:func:`is_whole`: read in full, to tell a changed byte), else that of its
+    newest whole step file (:func:`newest_whole_step`), as ``dreamtext.trainer.restore_newest``
+    falls back; ``None`` without either."""
+    last = last_checkpoint(workspace)
+    step = checkpoint_step(last)
+    if step is not None and is_whole(last, step):
         return step
     whole = newest_whole_step(checkpoint_dir(workspace))
     return None if whole is None else whole[1]

@@ -350,6 +350,8 @@ def test_a_byte_changed_in_a_tensor_of_last_pt_resumes_from_the_newest_whole_ste
     workspace = train(builtin_config(tmp_path / "split", iters=4))  # last.pt 4, step_000002.pt
     last = workspace / "checkpoints" / "last.pt"
     flip_a_tensor_byte(last)
+    with pytest.raises(DreamtextError, match="already holds a run of this prompt at step 2;"):
+        train(builtin_config(workspace, iters=6))  # where --resume goes on from
     capsys.readouterr()
     train(builtin_config(workspace, iters=6), resume=True)
     step_file = workspace / "checkpoints" / "step_000002.pt"
