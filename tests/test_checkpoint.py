@@ -270,3 +270,20 @@ def test_can_resume_reads_a_step_file_once_while_it_stays_the_same(tmp_path: Pat
     os.truncate(folder / "step_000005.pt", 500)
     assert can_resume(tmp_path) is False
     assert reads == ["step_000005.pt"] * 2
+
+
+def test_a_descriptor_checkpoint_with_a_changed_byte_is_unreadable(tmp_path: Path):
+    """The descriptor's token vectors are saved with the same checksum: a damaged file is
+    refused, not trained on."""
+    from damage import flip_a_tensor_byte
+
+    from dreamtext.checkpoint import UnreadableCheckpoint
+    from dreamtext.descriptor import _atomic_torch_save
+
+    path = tmp_path / "descriptor" / "checkpoints" / "last.pt"
+    state = {"step": 3, "vectors": torch.randn(2, 1024), "full_prompt": "An image of a <t0>"}
+    _atomic_torch_save(state, path)
+    assert list(load_checkpoint(path)) == list(state)
+    flip_a_tensor_byte(path)
+    with pytest.raises(UnreadableCheckpoint, match="its checksum does not match"):
+        load_checkpoint(path)
