@@ -395,7 +395,8 @@ def newest_whole_step(
 # is_whole's verdicts: the file's path → (its identity, the keys asked for, the verdict). A
 # batch asks up to four times per line whether its run can be resumed, and each asking read a
 # 148 MB step file in full; a file the same since (the same inode, size and times) is not read
-# again. A step file is written once, by a rename, and never in place.
+# again. Checkpoints are written by a rename, never in place, and a copy over one (cp without
+# --remove-destination) changes its times.
 _WHOLE: dict[str, tuple[tuple[int, ...], tuple[str, ...], bool]] = {}
 
 
