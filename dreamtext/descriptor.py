@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
-from dreamtext.checkpoint import append_log_line, atomic_write_bytes, load_checkpoint
+from dreamtext.checkpoint import (
+    append_log_line,
+    atomic_write_bytes,
+    load_checkpoint,
+    with_digest,
+)
 from dreamtext.describe import base_sentence, make_sentence, sentence_path
 from dreamtext.devices import fp16_loss_scaler, free_memory
 from dreamtext.errors import DreamtextError
@@ -331,7 +336,9 @@ def _save_row(images: list, path: Path) -> None:
 
 
 def _atomic_torch_save(state: dict, path: Path) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    """Save ``state`` with its checksum (:func:`~dreamtext.checkpoint.with_digest`), which
+    :func:`~dreamtext.checkpoint.load_checkpoint` checks, atomically."""
+    atomic_write_bytes(path, lambda f: torch.save(with_digest(state), f))
 
 
 def learned_embeds_path(workspace: str | Path) -> Path:

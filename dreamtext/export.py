@@ -47,10 +47,10 @@ from dreamtext.checkpoint import (
     go_on_from,
     last_checkpoint,
     naming_the_file,
+    newest_whole_step,
     read_run_checkpoint,
     remove_stale_temps,
     run_from_state,
-    whole_step_file,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
@@ -302,15 +302,33 @@ def format_gigabytes(size: int | float) -> str:
 
 
 def find_latest_workspace(root: Path) -> Path:
-    """The run under ``root`` whose ``checkpoints/last.pt`` was modified most recently."""
-    candidates = list(Path(root).glob("**/checkpoints/last.pt")) if Path(root).is_dir() else []
-    if not candidates:
+    """The run under ``root`` whose newest checkpoint was written most recently: its
+    ``checkpoints/last.pt``, or, where that is missing (deleted by hand, a copy or sync cut
+    short), its newest whole step file, as a resume goes on from
+    (:func:`~dreamtext.checkpoint.newest_whole_step`). Such a run's step files are read only
+    when one of them is newer than every ``last.pt``."""
+    root = Path(root)
+    written: dict[Path, float] = {}  # checkpoints/ folder → when its newest checkpoint was
+    step_only: dict[Path, float] = {}  # those without last.pt → when their newest step file was
+    if root.is_dir():
+        for last in root.glob("**/checkpoints/last.pt"):
+            written[last.parent] = last.stat().st_mtime
+        for step_file in root.glob("**/checkpoints/step_*.pt"):
+            if step_file.parent not in written:
+                mtime = step_file.stat().st_mtime
+                step_only[step_file.parent] = max(mtime, step_only.get(step_file.parent, mtime))
+    for folder in sorted(step_only, key=step_only.__getitem__, reverse=True):
+        if written and step_only[folder] <= max(written.values()):
+            break  # no whole step file of these is newer
+        whole = newest_whole_step(folder)
+        if whole is not None:
+            written[folder] = whole[0].stat().st_mtime
+    if not written:
         raise DreamtextError(
             f"no trained run under {root}/ (no checkpoints/last.pt): train one with "
             "`dreamtext text PROMPT` or pass --workspace"
         )
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    return newest.parent.parent
+    return max(written, key=written.__getitem__).parent
 
 
 def resolve_workspace(workspace: Path | None) -> Path:
@@ -342,7 +360,7 @@ def resolve_workspace(workspace: Path | None) -> Path:
             )
         # Its step files, where last.pt was deleted or a copy or sync cut short: "train first"
         # sent the user to a new run, which deletes them.
-        whole = whole_step_file(checkpoint_dir(workspace))
+        whole = newest_whole_step(checkpoint_dir(workspace))
         if whole is not None:
             raise DreamtextError(f"{last_checkpoint(workspace)} is missing; {go_on_from(*whole)}")
         runs = sorted(workspace.glob("*/checkpoints/last.pt")) if workspace.is_dir() else []

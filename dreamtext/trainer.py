@@ -40,6 +40,7 @@ from dreamtext.checkpoint import (
     last_checkpoint,
     load_checkpoint,
     remove_later_steps,
+    resume_step,
     save_checkpoint,
     step_files,
 )
@@ -95,7 +96,6 @@ from dreamtext.runstatus import (
     check_not_running,
     peak_gpu_mib,
     read_status,
-    saved_step,
     status_heartbeat,
     track_status,
     update_status,
@@ -206,9 +206,10 @@ def check_workspace(
         )
     # Step files without last.pt are a run a resume goes on from too: a new run deleted them.
     if can_resume(workspace) and not overwrite:
-        # The checkpoint's step, where --resume continues: status.json's can be later (a run
-        # killed without warning logged steps after its last checkpoint).
-        step = saved_step(workspace)
+        # The checkpoint's step, where --resume continues (its newest whole step file's where
+        # last.pt is missing): status.json's can be later (a run killed without warning logged
+        # steps after its last checkpoint).
+        step = resume_step(workspace)
         where = f" at step {step}" if step is not None else ""
         if own_config is not None:
             raise DreamtextError(

@@ -197,3 +197,93 @@ def test_a_file_where_a_folder_goes_is_named_and_moving_it_is_the_first_fix(tmp_
         f"{tmp_path / 'mesh'} cannot be a folder: {tmp_path / 'mesh'} is a file; move that file "
         "away, or copy the run elsewhere"
     )
+
+
+def test_a_loaded_checkpoint_is_the_state_saved_without_its_checksum(tmp_path: Path):
+    state = {**a_state(5), "config": {"prompt": "a red cube", "lr": 1e-3}}
+    loaded = load_checkpoint(save_checkpoint(tmp_path, state))
+    assert list(loaded) == list(state)  # the checksum is taken out
+    assert torch.equal(loaded["field"]["table"], state["field"]["table"])
+    assert loaded["config"] == state["config"]
+
+
+def test_a_byte_changed_in_a_tensor_is_an_unreadable_checkpoint_naming_a_whole_one(
+    tmp_path: Path,
+):
+    """torch checks none of a tensor's bytes when it loads it: a bit flipped by a disk, a file
+    server or a copy loaded as garbage without a word. The checksum saved in the file tells;
+    the file is then damaged like a truncated one, and the advice skips step files damaged
+    alike."""
+    from damage import flip_a_tensor_byte
+
+    from dreamtext.checkpoint import UnreadableCheckpoint
+
+    for step in (5, 10, 15):
+        save_checkpoint(tmp_path, a_state(step))  # step 5, step 10, last.pt 15
+    folder = tmp_path / "checkpoints"
+    flip_a_tensor_byte(folder / "last.pt")
+    flip_a_tensor_byte(folder / "step_000010.pt")
+    damaged = torch.load(folder / "last.pt", weights_only=True)  # what torch alone sees
+    assert not torch.equal(damaged["field"]["table"], a_state(15)["field"]["table"])
+    with pytest.raises(UnreadableCheckpoint) as error:
+        load_checkpoint(folder / "last.pt")
+    assert error.value.why == "a damaged file: its checksum does not match"
+    assert str(error.value).startswith(
+        f"cannot read checkpoint {folder / 'last.pt'} (a damaged file: its checksum does not "
+        f"match); its newest whole checkpoint is {folder / 'step_000005.pt'} (step 5)"
+    )
+
+
+def test_a_checkpoint_saved_without_a_checksum_by_an_older_dreamtext_still_loads(
+    tmp_path: Path,
+):
+    """Checkpoints from before the checksum cannot be checked, and load as they did."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.save(a_state(5), folder / "last.pt")
+    loaded = load_checkpoint(folder / "last.pt")
+    assert loaded["step"] == 5
+    assert torch.equal(loaded["field"]["table"], a_state(5)["field"]["table"])
+
+
+def test_can_resume_reads_a_step_file_once_while_it_stays_the_same(tmp_path: Path, monkeypatch):
+    """Where last.pt is missing, whether a run can be resumed is whether a step file loads
+    whole, and that read the whole file (148 MB for the default field) at every asking: up to
+    four times per batch line. A file that has not changed is not read again; one that has is,
+    and the answer follows it."""
+    from dreamtext.checkpoint import RUN_KEYS, can_resume
+
+    for step in (5, 10):
+        save_checkpoint(tmp_path, {**{key: {} for key in RUN_KEYS}, **a_state(step)})
+    folder = tmp_path / "checkpoints"
+    (folder / "last.pt").unlink()  # step_000005.pt is left
+    reads = []
+    load = torch.load
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    assert [can_resume(tmp_path) for _ in range(4)] == [True] * 4
+    assert reads == ["step_000005.pt"]
+    os.truncate(folder / "step_000005.pt", 500)
+    assert can_resume(tmp_path) is False
+    assert reads == ["step_000005.pt"] * 2
+
+
+def test_a_descriptor_checkpoint_with_a_changed_byte_is_unreadable(tmp_path: Path):
+    """The descriptor's token vectors are saved with the same checksum: a damaged file is
+    refused, not trained on."""
+    from damage import flip_a_tensor_byte
+
+    from dreamtext.checkpoint import UnreadableCheckpoint
+    from dreamtext.descriptor import _atomic_torch_save
+
+    path = tmp_path / "descriptor" / "checkpoints" / "last.pt"
+    state = {"step": 3, "vectors": torch.randn(2, 1024), "full_prompt": "An image of a <t0>"}
+    _atomic_torch_save(state, path)
+    assert list(load_checkpoint(path)) == list(state)
+    flip_a_tensor_byte(path)
+    with pytest.raises(UnreadableCheckpoint, match="its checksum does not match"):
+        load_checkpoint(path)

@@ -752,6 +752,41 @@ def test_latest_workspace_is_the_most_recently_trained(tmp_path):
     assert find_latest_workspace(tmp_path) == newest
 
 
+def test_export_without_workspace_finds_a_run_that_has_only_whole_step_files(
+    tmp_path, monkeypatch, capsys
+):
+    """A run whose last.pt is missing (deleted by hand, a sync cut short) is resumed from its
+    newest whole step file; export without --workspace passed it over for an older run with a
+    last.pt (or said there was no trained run). It finds it as the resume does, by its newest
+    whole step file, and names that file; step files that are all damaged make no run."""
+    from dreamtext.checkpoint import RUN_KEYS, save_checkpoint
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "workspace"
+    make_run(root, "old-run", 1_000_000)
+    for name, mtime in (("stepped-run", 2_000_000), ("damaged-run", 3_000_000)):
+        for step in (5, 10):
+            save_checkpoint(root / name, {**{key: {} for key in RUN_KEYS}, "step": step})
+        (root / name / "checkpoints" / "last.pt").unlink()
+        os.utime(root / name / "checkpoints" / "step_000005.pt", (mtime, mtime))
+    os.truncate(root / "damaged-run" / "checkpoints" / "step_000005.pt", 100)
+    stepped = Path("workspace") / "stepped-run"
+    assert find_latest_workspace(Path("workspace")) == stepped
+    assert main(["export", "--no-video", "--formats", "ply"]) == 2
+    step_file = stepped / "checkpoints" / "step_000005.pt"
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"dreamtext: error: {stepped / 'checkpoints' / 'last.pt'} is missing; its newest whole "
+            f"checkpoint is {step_file} (step 5)"
+        )
+    )
+    assert sorted(p.name for p in (root / "stepped-run").iterdir()) == ["checkpoints"]
+
+
 def test_no_trained_run_names_the_training_command(tmp_path):
     with pytest.raises(DreamtextError, match="dreamtext text"):
         find_latest_workspace(tmp_path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from damage import flip_a_tensor_byte
 from tiny_models import TINY_TRAIN
 
 from dreamtext.checkpoint import RUN_KEYS, load_checkpoint, save_checkpoint
@@ -262,9 +263,9 @@ def test_a_new_run_does_not_delete_the_step_files_of_a_run_whose_last_pt_is_miss
     before = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
     with pytest.raises(DreamtextError) as error:
         train(builtin_config(workspace, iters=4))
-    assert str(error.value) == (
-        f"{workspace} already holds a run of this prompt; pass --resume to continue it, "
-        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER"
+    assert str(error.value) == (  # the step --resume goes on from: its newest whole step file's
+        f"{workspace} already holds a run of this prompt at step 2; pass --resume to continue "
+        "it, --overwrite to train it again from scratch, or --workspace NEW_FOLDER"
     )
     assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
     train(builtin_config(workspace, iters=2), overwrite=True)
@@ -334,5 +335,59 @@ def test_export_of_a_missing_last_pt_names_the_step_file_not_train_first(tmp_pat
         "(step 5): resuming the run (text --resume, or the same image or batch command) goes on "
         "from it and trains the steps after it again; or copy it over last.pt "
         "(cp --remove-destination) to use step 5 as it is"
+    )
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
+
+
+def test_a_byte_changed_in_a_tensor_of_last_pt_resumes_from_the_newest_whole_step_file(
+    tmp_path, capsys
+):
+    """A bit flipped inside last.pt's tensor data (a disk, NFS, an rsync) loaded without a word
+    and the run trained on from garbage; the checksum saved in it tells, and the resume goes on
+    from the newest whole step file as for a truncated last.pt, to the same field as a run that
+    was never damaged."""
+    whole = train(builtin_config(tmp_path / "whole", iters=6))
+    workspace = train(builtin_config(tmp_path / "split", iters=4))  # last.pt 4, step_000002.pt
+    last = workspace / "checkpoints" / "last.pt"
+    flip_a_tensor_byte(last)
+    with pytest.raises(DreamtextError, match="already holds a run of this prompt at step 2;"):
+        train(builtin_config(workspace, iters=6))  # where --resume goes on from
+    capsys.readouterr()
+    train(builtin_config(workspace, iters=6), resume=True)
+    step_file = workspace / "checkpoints" / "step_000002.pt"
+    assert (
+        f"dreamtext: {last} is unreadable (a damaged file: its checksum does not match); "
+        f"resuming from {step_file}, the newest whole checkpoint, at step 2: steps 3-4 are lost "
+        "and trained again"
+    ) in capsys.readouterr().err.splitlines()
+    fallback = json.loads((workspace / "config.json").read_text())["resumes"][-1]["fallback"]
+    assert fallback == {
+        "unreadable": "checkpoints/last.pt",
+        "why": "a damaged file: its checksum does not match",
+        "from": "checkpoints/step_000002.pt",
+    }
+    ours, theirs = load_checkpoint(last), load_checkpoint(whole / "checkpoints" / "last.pt")
+    assert ours["step"] == 6
+    assert all(torch.equal(ours["field"][k], theirs["field"][k]) for k in theirs["field"])
+
+
+def test_export_of_a_last_pt_with_a_changed_byte_refuses_naming_the_step_file(tmp_path, capsys):
+    """An export of a damaged field wrote a mesh of garbage; it refuses as for a truncated
+    last.pt, and writes nothing."""
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    table = {"table": torch.arange(10_000, dtype=torch.float32)}
+    save_checkpoint(workspace, {**run_state(5), "field": table})
+    save_checkpoint(workspace, {**run_state(10), "field": table})
+    last = workspace / "checkpoints" / "last.pt"
+    flip_a_tensor_byte(last)
+    code = main(["export", "--workspace", str(workspace), "--no-video", "--formats", "ply"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    step_file = workspace / "checkpoints" / "step_000005.pt"
+    assert err.splitlines()[-1].startswith(
+        f"dreamtext: error: cannot read checkpoint {last} (a damaged file: its checksum does not "
+        f"match); its newest whole checkpoint is {step_file} (step 5): resuming the run"
     )
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
