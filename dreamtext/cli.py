@@ -308,6 +308,7 @@ def cmd_text(args: argparse.Namespace) -> int:
     from dreamtext.trainer import TrainingInterrupted, train
 
     # The flags' own conflicts were refused before torch was imported (early_text).
+    check_cuda_flag(args)
     overrides = text_overrides(args)
     base = None
     if args.resume:
@@ -387,6 +388,7 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
         prompt_workspace,
         read_run_config,
     )
+    from dreamtext.inputs import holds_no_checkpoint, no_checkpoint_error, same_prompt
 
     key = ("text", args.prompt)
     workspace = Path(
@@ -397,6 +399,11 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
     data = read_run_config(workspace, "drop --resume to start over")
     if data is None:
         raise _nothing_to_resume(workspace)
+    # A run of this prompt without a single checkpoint file is refused here, before its settings
+    # are resolved (which needs torch), so that early_text refuses it with the same line first;
+    # the checks of train() then, as before, refuse a run whose step files are all damaged.
+    if same_prompt(data.get("prompt"), args.prompt) and holds_no_checkpoint(workspace):
+        raise no_checkpoint_error(workspace)
     data["workspace"] = str(workspace)
     return data
 
@@ -440,6 +447,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     from dreamtext.runstatus import live_run
 
+    check_cuda_flag(args)
     workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
     options, defaults = recorded_options(workspace), ExportOptions()
     recorded = {
@@ -594,6 +602,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     )
     from dreamtext.trainer import TrainingInterrupted
 
+    check_cuda_flag(args)
     overrides = text_overrides(args)  # --iters with --epochs was refused by early_image
     # The prompt is the sentence DreamText learns; the image's name stands in until then.
     overrides["prompt"] = Path(args.image).stem or "image"
@@ -672,6 +681,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from dreamtext.batch import BatchOptions, exit_code, run_batch, summary_table
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
 
+    check_cuda_flag(args)
     overrides = text_overrides(args)  # --iters with --epochs was refused by early_batch
     overrides.pop("workspace", None)
     options = BatchOptions(
@@ -700,14 +710,27 @@ def _iters_or_epochs(args: argparse.Namespace) -> None:
         raise DreamtextError("give --iters or --epochs, not both")
 
 
-def _read_config_files(files: list[str] | None) -> None:
-    """Read the ``--config`` files in order, each one's YAML only (a missing file, one that is
-    not YAML or no mapping is its line), as :func:`dreamtext.config.configured_workspace`
-    reads them first."""
-    from dreamtext.inputs import config_files_list, read_yaml
+def check_cuda_flag(args: argparse.Namespace) -> None:
+    """``--device cuda`` or ``cuda:N`` where no CUDA GPU is visible: the first refusal of
+    ``text``, ``image``, ``batch`` and ``export`` after the flags' own conflicts, as it is
+    ``describe``'s (:func:`dreamtext.devices.resolve_device`, its first step), called by the
+    early checks and again by each command. Before torch is imported it refuses only where this
+    machine certainly has no GPU (:func:`dreamtext.inputs.no_cuda_here`) and leaves any doubt
+    to the command, which asks torch; where torch is imported (the tests' virtual GPU) torch
+    answers. The rest of the device (``cuda:N`` past the GPUs there are, ``mps``) is resolved
+    where it was, by the command's own steps."""
+    from dreamtext.inputs import no_cuda_error, no_cuda_here
 
-    for path in config_files_list(files):
-        read_yaml(path)
+    device = getattr(args, "device", None)
+    if device is None or not device.startswith("cuda"):
+        return
+    if "torch" in sys.modules:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise no_cuda_error(device)
+    elif no_cuda_here():
+        raise no_cuda_error(device)
 
 
 def _read_config_layers(files: list[str] | None, rerun: bool = True) -> None:
@@ -751,11 +774,31 @@ def _default_workspace_free(image: str) -> Path | None:
     return DEFAULT_WORKSPACE_ROOT / slugify(stem)
 
 
+def _resume_folder(args: argparse.Namespace) -> Path | None:
+    """The folder ``text --resume`` continues, as :func:`_saved_config` finds it: ``--workspace``,
+    else the one the ``--config`` files name (every file read, in order), else the prompt's
+    default folder; ``None`` where :func:`dreamtext.config.prompt_workspace` would look into the
+    folder an older version named it (it exists and the new one does not), which takes
+    torch-side modules."""
+    from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT, ascii_slug, configured_workspace, slugify
+
+    named = args.workspace or configured_workspace(args.config)
+    if named:
+        return Path(named)
+    folder = DEFAULT_WORKSPACE_ROOT / slugify(args.prompt)
+    legacy = DEFAULT_WORKSPACE_ROOT / ascii_slug(args.prompt)
+    if legacy != folder and not folder.exists() and os.path.lexists(legacy):
+        return None
+    return folder
+
+
 def early_text(args: argparse.Namespace) -> None:
-    """``text``: the flags' conflicts, then ``--preset`` and the ``--config`` files as
-    :func:`dreamtext.config.resolve_config` reads them. ``--resume`` reads the files first to
-    find the run's folder, unless ``--workspace`` names it: there the run's config.json must be
-    (:func:`_saved_config`) before the preset and the files are read."""
+    """``text``: the flags' conflicts, ``--device cuda`` without a GPU (:func:`check_cuda_flag`),
+    then ``--preset`` and the ``--config`` files as :func:`dreamtext.config.resolve_config` reads
+    them. ``--resume`` first finds the run's folder (:func:`_resume_folder`: the ``--config``
+    files are read for it unless ``--workspace`` names it), where the run's config.json must be
+    and, for a run of this prompt, a checkpoint file (:func:`_saved_config`), before the preset
+    and the files are read."""
     _iters_or_epochs(args)
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
@@ -768,11 +811,13 @@ def early_text(args: argparse.Namespace) -> None:
     if given and not args.diverse:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise DreamtextError(f"{flags}: for --diverse's image only; add --diverse or drop them")
+    check_cuda_flag(args)
     if args.resume:
-        if not args.workspace:  # _saved_config: configured_workspace reads every file first
-            _read_config_files(args.config)
+        from dreamtext.inputs import holds_no_checkpoint, no_checkpoint_error, same_prompt
+
+        workspace = _resume_folder(args)
+        if workspace is None:
             return
-        workspace = Path(args.workspace)
         if not (workspace / "config.json").is_file():  # read_run_config finds no run
             raise _nothing_to_resume(workspace)
         try:  # read_run_config refuses a config.json that is not a JSON mapping: its line
@@ -781,6 +826,8 @@ def early_text(args: argparse.Namespace) -> None:
             return
         if not isinstance(recorded, dict):
             return
+        if same_prompt(recorded.get("prompt"), args.prompt) and holds_no_checkpoint(workspace):
+            raise no_checkpoint_error(workspace)
     if args.preset is not None:
         from dreamtext.inputs import preset_path
 
@@ -791,13 +838,15 @@ def early_text(args: argparse.Namespace) -> None:
 
 
 def early_image(args: argparse.Namespace) -> None:
-    """``image``: ``--iters`` with ``--epochs``, then the image as
+    """``image``: ``--iters`` with ``--epochs``, ``--device cuda`` without a GPU
+    (:func:`check_cuda_flag`), then the image as
     :func:`dreamtext.imageto3d.check_image` checks it first (:func:`dreamtext.images.load_image`:
     the path, the file's format, its pixels), where its line for a moved image (a run in the
     workspace holding a copy) cannot apply: the path exists, or the workspace does not."""
     from dreamtext.images import load_image
 
     _iters_or_epochs(args)
+    check_cuda_flag(args)
     image = Path(args.image)
     # As cmd_image takes it: --workspace "" is the current folder.
     explicit = args.workspace is not None
@@ -808,21 +857,17 @@ def early_image(args: argparse.Namespace) -> None:
 
 def early_describe(args: argparse.Namespace) -> None:
     """``describe``: ``--device cuda`` where this machine has no GPU at all
-    (:func:`dreamtext.inputs.no_cuda_here`); then the image, where
+    (:func:`check_cuda_flag`); then the image, where
     :func:`cmd_describe`'s steps before it cannot refuse anything: a device that needs no torch
     to resolve, a workspace not made yet (so no other process holds it) whose place
     :func:`dreamtext.processes.check_own_folder` accepts, and sentence-search flags
     :func:`dreamtext.describe.check_options` accepts without reading a word list; the image as
     :func:`dreamtext.images.load_image` checks it (path, format, pixels) comes next."""
     from dreamtext.images import load_image
-    from dreamtext.inputs import no_cuda_error, no_cuda_here
     from dreamtext.processes import check_own_folder
 
     if args.device not in (None, "auto", "cpu"):
-        # resolve_device, cmd_describe's first step, where this machine can have no GPU; where
-        # torch is imported already (a test's virtual GPU) it answers for itself.
-        if args.device.startswith("cuda") and "torch" not in sys.modules and no_cuda_here():
-            raise no_cuda_error(args.device)
+        check_cuda_flag(args)  # resolve_device, cmd_describe's first step
         return
     workspace = Path(args.workspace) if args.workspace else _default_workspace_free(args.image)
     if workspace is None or os.path.lexists(workspace):
@@ -838,7 +883,8 @@ def early_describe(args: argparse.Namespace) -> None:
 
 
 def early_batch(args: argparse.Namespace) -> None:
-    """``batch``: ``--iters`` with ``--epochs``, the ``--config`` files' stage sections as
+    """``batch``: ``--iters`` with ``--epochs``, ``--device cuda`` without a GPU
+    (:func:`check_cuda_flag`), the ``--config`` files' stage sections as
     :func:`image_overrides` reads them, then as :func:`dreamtext.batch.run_batch` goes on:
     ``--workspace ROOT``, the prompts file, and where its list is read without a word (no
     ``image:`` line, no repeat): this worker's share (``--shard`` or the SLURM array's), then
@@ -855,6 +901,7 @@ def early_batch(args: argparse.Namespace) -> None:
     )
 
     _iters_or_epochs(args)
+    check_cuda_flag(args)
     config_file_stage_sections(args.config)
     root = Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT
     check_root(root)
@@ -878,6 +925,7 @@ EARLY_CHECKS = {
     cmd_image: early_image,
     cmd_describe: early_describe,
     cmd_batch: early_batch,
+    cmd_export: check_cuda_flag,
 }
 
 

@@ -15,7 +15,6 @@ import os
 import sys
 import types
 import typing
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,14 @@ from dreamtext.inputs import (
     available_presets,
     config_file_stage_sections,
     config_files_list,
+    configured_workspace,
+    owner_value,
     preset_dirs,
     preset_path,
     read_yaml,
     refuse_recorded_presets,
     resumes_line,
+    same_prompt,
     slugify,
     unknown_field,
 )
@@ -253,20 +255,6 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     # which it records (``presets``), so a rerun takes them, as a resume does, not the defaults.
     data, _ = fill_from_presets(data)
     return own_learned_embeds(data, path.parent)
-
-
-def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
-    """The ``workspace`` the ``--config`` files name (the last that names one; a run's
-    config.json names its own folder: :func:`is_run_folder`), ``None`` when none does: where
-    a command without ``--workspace`` runs, and so where its ``--resume`` looks."""
-    named = []
-    for path in config_files_list(config_file):
-        name = read_yaml(path).get("workspace")
-        if isinstance(name, str) and name and path.name == "config.json":
-            name = str(path.parent) if is_run_folder(path.parent) else name
-        if isinstance(name, str) and name:
-            named.append(name)
-    return named[-1] if named else None
 
 
 def own_config_file(
@@ -649,23 +637,6 @@ def run_owner(workspace: Path) -> tuple[str, str] | None:
         if isinstance(value, str):
             return kind, owner_value(kind, value)
     return None
-
-
-def owner_value(kind: str, prompt: str) -> str:
-    """How :func:`run_owner` names a run's prompt: the prompt NFC-normalised for text→3D (an
-    accent typed as a combining mark is the same prompt, in the same folder: :func:`slugify`),
-    the image's absolute path for image→3D."""
-    if kind == "image":
-        return str(Path(prompt).resolve())
-    return unicodedata.normalize("NFC", prompt)
-
-
-def same_prompt(recorded: object, prompt: str) -> bool:
-    """Whether ``recorded`` (a run's prompt, read from its files) is the text prompt ``prompt``,
-    up to Unicode normalisation (:func:`owner_value`)."""
-    return isinstance(recorded, str) and owner_value("text", recorded) == owner_value(
-        "text", prompt
-    )
 
 
 def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:

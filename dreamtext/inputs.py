@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 import yaml
 
 from dreamtext.errors import DreamtextError
-from dreamtext.processes import enclosing_run
+from dreamtext.processes import LOCK_NAME, enclosing_run, is_run_folder
 
 DEFAULT_WORKSPACE_ROOT = Path("workspace")
 """Where runs go without ``--workspace``: ``workspace/<slug of the prompt or image>``."""
@@ -133,6 +134,21 @@ def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> 
     if isinstance(config_file, (str, Path)):
         config_file = [config_file]
     return [Path(path) for path in config_file or ()]
+
+
+def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
+    """The ``workspace`` the ``--config`` files name (the last that names one; a run's
+    config.json names its own folder: :func:`dreamtext.processes.is_run_folder`), ``None`` when
+    none does: where a command without ``--workspace`` runs, and so where its ``--resume``
+    looks."""
+    named = []
+    for path in config_files_list(config_file):
+        name = read_yaml(path).get("workspace")
+        if isinstance(name, str) and name and path.name == "config.json":
+            name = str(path.parent) if is_run_folder(path.parent) else name
+        if isinstance(name, str) and name:
+            named.append(name)
+    return named[-1] if named else None
 
 
 # Where an image→3D run keeps its learned tokens, in its folder (dreamtext.descriptor).
@@ -269,6 +285,23 @@ def ascii_slug(prompt: str, max_length: int = 60) -> str:
     (:func:`prompt_workspace`)."""
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
     return slug[:max_length].rstrip("_") or "run"
+
+
+def owner_value(kind: str, prompt: str) -> str:
+    """How :func:`dreamtext.config.run_owner` names a run's prompt: the prompt NFC-normalised
+    for text→3D (an accent typed as a combining mark is the same prompt, in the same folder:
+    :func:`slugify`), the image's absolute path for image→3D."""
+    if kind == "image":
+        return str(Path(prompt).resolve())
+    return unicodedata.normalize("NFC", prompt)
+
+
+def same_prompt(recorded: object, prompt: str) -> bool:
+    """Whether ``recorded`` (a run's prompt, read from its files) is the text prompt ``prompt``,
+    up to Unicode normalisation (:func:`owner_value`)."""
+    return isinstance(recorded, str) and owner_value("text", recorded) == owner_value(
+        "text", prompt
+    )
 
 
 def read_prompt_lines(path: Path) -> list[str]:
@@ -460,3 +493,46 @@ def no_cuda_here(
     if not vendors or any(vendor in GPU_PCI_VENDORS for vendor in vendors):
         return False
     return shutil.which("nvidia-smi", path=environ.get("PATH", os.defpath)) is None
+
+
+# Where a run keeps its checkpoints (dreamtext.checkpoint's CHECKPOINT_DIR and LAST) and says
+# how it stands (dreamtext.runstatus's STATUS): named here, where no torch is imported.
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+RUN_STATUS = "status.json"
+
+
+def no_checkpoint_error(workspace: Path) -> DreamtextError:
+    """The line for ``text --resume`` in a run that holds no checkpoint to go on from."""
+    return DreamtextError(
+        f"nothing to resume in {workspace}: no checkpoints/last.pt; drop --resume to start a "
+        "new run"
+    )
+
+
+def holds_no_checkpoint(workspace: Path) -> bool:
+    """Whether ``workspace`` certainly holds no checkpoint that a resume goes on from, known
+    without torch and without reading one: no ``checkpoints/last.pt`` and no ``step_*`` file
+    beside it (so :func:`dreamtext.checkpoint.can_resume` is ``False``: its fallback reads step
+    files only), and no run that may be about to write one: no lock file
+    (:func:`dreamtext.processes.claim_workspace`: a run loading, or one killed before it could
+    remove it) and no ``status.json`` that says ``running``. ``False`` wherever any of these is
+    there or cannot be read: the resume's own checks then decide."""
+    try:
+        names = os.listdir(workspace / CHECKPOINT_DIR)
+    except FileNotFoundError:
+        names = []
+    except OSError:  # not a folder, not readable: not known
+        return False
+    if any(name == LAST_CHECKPOINT or name.startswith("step_") for name in names):
+        return False
+    if os.path.lexists(workspace / LOCK_NAME):
+        return False
+    status = workspace / RUN_STATUS
+    if not os.path.lexists(status):
+        return True
+    try:
+        state = json.loads(status.read_text(encoding="utf-8")).get("state")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return state != "running"

@@ -80,6 +80,7 @@ from dreamtext.export import (
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
+from dreamtext.inputs import no_checkpoint_error
 from dreamtext.interrupts import (  # TrainingInterrupted is imported from here too
     StepStopped,
     TrainingInterrupted,
@@ -188,10 +189,7 @@ def check_workspace(
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")
     if resume:
         if not can_resume(workspace):
-            raise DreamtextError(
-                f"nothing to resume in {workspace}: no checkpoints/last.pt; "
-                "drop --resume to start a new run"
-            )
+            raise no_checkpoint_error(workspace)
         return
     if previous is not None and not same_prompt(previous, prompt):
         if own_config is not None:

@@ -276,3 +276,175 @@ def test_an_image_that_cannot_be_used_is_refused_before_torch_is_imported(
     assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {refused.value}\n")
     assert done.stdout == "[]\n"
     assert not (tmp_path / "workspace").exists()
+
+
+NO_GPU = "was asked for but no CUDA GPU is visible; use --device cpu"
+
+
+@pytest.fixture
+def gpu_mistakes_folder(tmp_path):
+    """What each command needs to get as far as its device: an image, a prompts file the
+    built-in prior knows, and a run to export (its checkpoint a file: resolve_workspace asks no
+    more before the device)."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "mug.png")
+    (tmp_path / "shapes.txt").write_text("a red cube\na blue sphere\n")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    return tmp_path
+
+
+GPU_MISTAKES = [
+    (["text", "a red cube", "--model", "builtin:shapes", "--device", "cuda"], "cuda"),
+    (["image", "mug.png", "--device", "cuda"], "cuda"),
+    (["batch", "shapes.txt", "--model", "builtin:shapes", "--device", "cuda:1"], "cuda:1"),
+    (["export", "--workspace", "run", "--device", "cuda"], "cuda"),
+]
+
+
+@pytest.mark.skipif(not no_cuda_here(), reason="this machine may have a CUDA GPU")
+@pytest.mark.parametrize(
+    ("argv", "device"), GPU_MISTAKES, ids=[" ".join(argv) for argv, _ in GPU_MISTAKES]
+)
+def test_a_gpu_this_machine_cannot_have_is_refused_before_torch_is_imported(
+    gpu_mistakes_folder, argv, device
+):
+    """text, image, batch and export as describe: the line torch's answer gave after 8-9 s of
+    CPU and ~450 MB."""
+    done = run_without_torch(gpu_mistakes_folder, argv)
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: --device {device} {NO_GPU}\n")
+    assert done.stdout == "[]\n"
+    assert not (gpu_mistakes_folder / "workspace").exists()
+
+
+@pytest.mark.skipif(not no_cuda_here(), reason="this machine may have a CUDA GPU")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["text", "a red cube", "--device", "cuda", "--preset", "nope"],
+        ["image", "nothere.png", "--device", "cuda"],
+        ["batch", "nothere.txt", "--device", "cuda"],
+        ["export", "--workspace", "nothere", "--device", "cuda"],
+    ],
+)
+def test_a_gpu_this_machine_cannot_have_is_the_first_mistake_said(tmp_path, argv):
+    """As describe's: the flag is checked against the machine before the files it names."""
+    done = run_without_torch(tmp_path, argv)
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: --device cuda {NO_GPU}\n")
+    assert done.stdout == "[]\n"
+
+
+def a_run_of(folder: Path, prompt: str = "a cube", state: str | None = None) -> Path:
+    """``folder`` as a run that wrote its config.json (and a status.json in ``state``) and no
+    checkpoint: killed, or failed, before its first one."""
+    folder.mkdir(parents=True)
+    # Its workspace as typed where it was started (since moved): its folder is where it is.
+    record = {"prompt": prompt, "workspace": "moved/away", "presets": []}
+    (folder / "config.json").write_text(json.dumps(record))
+    if state is not None:
+        (folder / "status.json").write_text(json.dumps({"state": state, "pid": 1}))
+    return folder
+
+
+def nothing_to_resume(workspace: str, no: str = "checkpoints/last.pt") -> str:
+    return (
+        f"dreamtext: error: nothing to resume in {workspace}: no {no}; drop --resume to start a "
+        "new run\n"
+    )
+
+
+def test_resume_without_workspace_finds_no_run_before_torch_is_imported(tmp_path):
+    """The prompt's default folder, as _saved_config finds it, without a run."""
+    done = run_without_torch(tmp_path, ["text", "a cube", "--resume"])
+    assert (done.returncode, done.stderr) == (
+        2,
+        nothing_to_resume("workspace/a_cube", "config.json"),
+    )
+    assert done.stdout == "[]\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["text", "a cube", "--resume"],
+        ["text", "Cafe\u0301 cube", "--resume"],  # the same prompt, NFC, in the same folder
+        ["text", "a cube", "--resume", "--workspace", "workspace/a_cube"],
+    ],
+)
+def test_resume_of_a_run_without_a_checkpoint_is_refused_before_torch_is_imported(tmp_path, argv):
+    """A run whose config.json was written but no checkpoint (killed, or failed, while it
+    loaded or in its first steps): the line train() gave after the torch import."""
+    folder = "a_cube" if argv[1] == "a cube" else "café_cube"
+    recorded = "a cube" if argv[1] == "a cube" else "Caf\u00e9 cube"
+    a_run_of(tmp_path / "workspace" / folder, prompt=recorded, state="interrupted")
+    (tmp_path / "workspace" / folder / "checkpoints").mkdir()
+    done = run_without_torch(tmp_path, argv)
+    assert (done.returncode, done.stderr) == (2, nothing_to_resume(f"workspace/{folder}"))
+    assert done.stdout == "[]\n"
+
+
+def test_resume_in_the_folder_a_runs_config_json_names_is_refused_before_torch_is_imported(
+    tmp_path,
+):
+    """``--config RUN/config.json`` without ``--workspace``: the run's own folder."""
+    a_run_of(tmp_path / "run", state="failed")
+    done = run_without_torch(
+        tmp_path, ["text", "a cube", "--resume", "--config", "run/config.json"]
+    )
+    assert (done.returncode, done.stderr) == (2, nothing_to_resume("run"))
+    assert done.stdout == "[]\n"
+
+
+@pytest.mark.parametrize(
+    ("layout", "stderr"),
+    [
+        # A step file only: whole, it is resumed from (restore_newest); damaged, as here, it is
+        # not. Which it is takes reading it, so torch decides.
+        ("step file", nothing_to_resume("run")),
+        # A lock file: another process may hold the run, loading before its first checkpoint.
+        # Here its holder is gone, so the command takes the lock and says the same.
+        ("lock", nothing_to_resume("run")),
+        # Another prompt's run: the command's line for that comes first, as before.
+        (
+            "other prompt",
+            "dreamtext: error: run holds a run of 'a dog'; resume it with that prompt, or drop "
+            "--resume\n",
+        ),
+    ],
+)
+def test_a_resume_that_takes_torch_to_decide_is_left_to_the_command(tmp_path, layout, stderr):
+    a_run_of(tmp_path / "run", prompt="a dog" if layout == "other prompt" else "a cube")
+    if layout == "step file":
+        (tmp_path / "run" / "checkpoints").mkdir()
+        (tmp_path / "run" / "checkpoints" / "step_000002.pt").write_bytes(b"not a checkpoint")
+    if layout == "lock":
+        (tmp_path / "run" / ".dreamtext.lock").write_text("{}")
+    done = run_without_torch(tmp_path, ["text", "a cube", "--resume", "--workspace", "run"])
+    assert (done.returncode, done.stderr) == (2, stderr)
+    assert "torch" in done.stdout
+
+
+def test_holds_no_checkpoint_only_where_can_resume_is_false(tmp_path):
+    """The torch-free answer never contradicts dreamtext.checkpoint.can_resume, and names the
+    files it does."""
+    from dreamtext import checkpoint, inputs, runstatus
+    from dreamtext.inputs import holds_no_checkpoint
+
+    assert (inputs.CHECKPOINT_DIR, inputs.LAST_CHECKPOINT) == (
+        checkpoint.CHECKPOINT_DIR,
+        checkpoint.LAST,
+    )
+    assert inputs.RUN_STATUS == runstatus.STATUS
+    empty = a_run_of(tmp_path / "empty")
+    (empty / "checkpoints").mkdir()
+    assert holds_no_checkpoint(empty) and not checkpoint.can_resume(empty)
+    assert holds_no_checkpoint(a_run_of(tmp_path / "nofolder", state="interrupted"))
+    last = a_run_of(tmp_path / "last")
+    (last / "checkpoints").mkdir()
+    (last / "checkpoints" / "last.pt").write_bytes(b"")
+    assert not holds_no_checkpoint(last) and checkpoint.can_resume(last)
+    assert not holds_no_checkpoint(a_run_of(tmp_path / "running", state="running"))
+    file = a_run_of(tmp_path / "file")
+    (file / "checkpoints").write_text("")
+    assert not holds_no_checkpoint(file)
