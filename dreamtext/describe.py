@@ -200,6 +200,13 @@ def _best(scores: Tensor) -> tuple[int, float]:
     return index, float(scores[index])
 
 
+# The plural of every noun of the shipped nouns.txt, one "noun<TAB>plural" a line, as inflect
+# gives it: scripts/noun_plurals.py writes it. Importing inflect costs ~4 s of CPU (typeguard
+# instruments it as it loads), more than a tiny describe run's whole search, so only nouns of a
+# user's own list that the table lacks pay for it.
+PLURALS_FILE = "noun_plurals.txt"
+
+
 @cache
 def _inflect_engine():
     import inflect
@@ -207,9 +214,23 @@ def _inflect_engine():
     return inflect.engine()
 
 
-def plural(noun: str) -> str:
-    """The plural of a singular noun ("mug" → "mugs", "knife" → "knives")."""
+def inflect_plural(noun: str) -> str:
+    """inflect's plural of a singular noun (the noun itself where inflect gives none)."""
     return _inflect_engine().plural_noun(noun) or noun
+
+
+@cache
+def shipped_plurals() -> dict[str, str]:
+    """``{noun: plural}`` for every noun of ``dreamtext/data/nouns.txt`` (:data:`PLURALS_FILE`)."""
+    text = resources.files("dreamtext").joinpath("data", PLURALS_FILE).read_text(encoding="utf-8")
+    rows = (line.split("\t") for line in text.splitlines() if line and not line.startswith("#"))
+    return {noun: noun_plural for noun, noun_plural in rows}
+
+
+def plural(noun: str) -> str:
+    """The plural of a singular noun ("mug" → "mugs", "knife" → "knives"): the shipped table's,
+    else inflect's."""
+    return shipped_plurals().get(noun) or inflect_plural(noun)
 
 
 def search_sentence(

@@ -265,6 +265,14 @@ def run_main(args, capsys):
     return code, capsys.readouterr().err
 
 
+def make_run(monkeypatch, cwd, *args):
+    """``dreamtext ARGS`` typed in ``cwd``, run in this process: a run the test then refuses or
+    resumes through :func:`run_cli`. A CLI process of its own would spend ~9 s of CPU importing
+    torch again only to make it."""
+    monkeypatch.chdir(cwd)
+    assert main([str(a) for a in args]) == 0
+
+
 def assert_user_error(code, stderr, *fragments):
     assert code == 2, stderr
     lines = stderr.strip().splitlines()
@@ -722,15 +730,15 @@ def test_other_errors_still_raise(monkeypatch, capsys):
         main(["describe", "mug.png"])
 
 
-def test_typing_the_training_command_again_does_not_wipe_the_run(tmp_path):
+def test_typing_the_training_command_again_does_not_wipe_the_run(tmp_path, monkeypatch):
     args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "3", "--no-export"]
-    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    make_run(monkeypatch, tmp_path, *args)
     last = tmp_path / "workspace" / "a_red_cube" / "checkpoints" / "last.pt"
     saved = last.read_bytes()
     again = run_cli(*args, "--iters", "2", cwd=tmp_path)
     assert_one_line_user_error(again, "already holds a run of this prompt at step 3", "--resume")
     assert last.read_bytes() == saved
-    assert run_cli(*args, "--iters", "2", "--overwrite", cwd=tmp_path).returncode == 0
+    make_run(monkeypatch, tmp_path, *args, "--iters", "2", "--overwrite")
     assert last.read_bytes() != saved
 
 
@@ -738,13 +746,13 @@ BUILTIN_RUN = ["text", "a red cube", "--model", "builtin:shapes", "--no-export"]
 
 
 def test_a_run_typed_again_from_its_own_config_json_is_pointed_beside_it_not_to_overwrite(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """``text PROMPT --config RUN/config.json`` without --workspace trains in RUN (the file names
     it): the refusal offered --overwrite, which deletes the run the user means to reproduce, and
     the --resume it offered looked in workspace/<prompt> instead of RUN."""
     run = tmp_path / "run"
-    assert run_cli(*BUILTIN_RUN, "--iters", "2", "--workspace", run, cwd=tmp_path).returncode == 0
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2", "--workspace", run)
     last = run / "checkpoints" / "last.pt"
     saved = last.read_bytes()
     config = run / "config.json"
@@ -768,8 +776,8 @@ def test_a_run_typed_again_from_its_own_config_json_is_pointed_beside_it_not_to_
     assert not (tmp_path / "workspace").exists()
 
 
-def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp_path):
-    assert run_cli(*BUILTIN_RUN, "--iters", "2", cwd=tmp_path).returncode == 0
+def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp_path, monkeypatch):
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2")
     config = tmp_path / "more_logs.yaml"
     config.write_text("log_every: 1\n")
     again = run_cli(
@@ -794,10 +802,12 @@ def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp
     assert steps == [2, 3, 4]  # log_every 10 (the preset's) before, 1 after
 
 
-def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(tmp_path):
+def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(
+    tmp_path, monkeypatch
+):
     # The run keeps its step as its iters (a resume never shortens a run): the line said
     # "iters 3 → 2" of a run that status.json and config.json then gave 3 steps.
-    assert run_cli(*BUILTIN_RUN, "--iters", "3", cwd=tmp_path).returncode == 0
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "3")
     again = run_cli(*BUILTIN_RUN, "--iters", "2", "--resume", "--lr", "0.5", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     workspace = tmp_path / "workspace" / "a_red_cube"
@@ -814,8 +824,10 @@ def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(
     assert "other settings" not in third.stderr, third.stderr
 
 
-def test_resume_refuses_to_change_the_seed_or_the_field_before_loading_anything(tmp_path):
-    assert run_cli(*BUILTIN_RUN, "--iters", "2", cwd=tmp_path).returncode == 0
+def test_resume_refuses_to_change_the_seed_or_the_field_before_loading_anything(
+    tmp_path, monkeypatch
+):
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2")
     last = tmp_path / "workspace" / "a_red_cube" / "checkpoints" / "last.pt"
     saved = last.read_bytes()
     seeded = run_cli(*BUILTIN_RUN, "--iters", "4", "--resume", "--seed", "5", cwd=tmp_path)
@@ -1204,11 +1216,13 @@ def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     assert not (locked / "run").exists()
 
 
-def test_text_prints_only_the_workspace_on_stdout_and_makes_files_others_can_read(tmp_path):
+def test_text_prints_only_the_workspace_on_stdout_and_makes_files_others_can_read(
+    tmp_path, monkeypatch
+):
     quick = tmp_path / "quick.yaml"
     quick.write_text("export_options:\n  video: false\n  resolution: 32\n")
     args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--config", quick]
-    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    make_run(monkeypatch, tmp_path, *args)
     again = run_cli(*args, "--resume", cwd=tmp_path)  # "nothing to train", then the export
     assert again.returncode == 0, again.stderr
     assert again.stdout == "workspace/a_red_cube\n"
@@ -1328,12 +1342,14 @@ def test_an_encoding_that_cannot_run_here_is_one_line_before_the_model_loads(
     assert not (tmp_path / "workspace").exists()
 
 
-def test_a_prompt_typed_with_combining_accents_is_the_same_run(tmp_path, tiny_sd_path, tiny_yaml):
+def test_a_prompt_typed_with_combining_accents_is_the_same_run(
+    tmp_path, monkeypatch, tiny_sd_path, tiny_yaml
+):
     """An accent typed as a combining mark (NFD, as some keyboards and file names give it) named
     the NFC prompt's folder but was refused there as another prompt's run."""
     nfc, nfd = "Crème brûlée", "Cre\u0300me bru\u0302le\u0301e"
     run = ["--model", tiny_sd_path, "--config", tiny_yaml, "--no-export"]
-    assert run_cli("text", nfc, *run, "--iters", "2", cwd=tmp_path).returncode == 0
+    make_run(monkeypatch, tmp_path, "text", nfc, *run, "--iters", "2")
     again = run_cli("text", nfd, *run, "--iters", "2", cwd=tmp_path)
     assert_one_line_user_error(again, "already holds a run of this prompt at step 2")
     resumed = run_cli("text", nfd, "--resume", "--iters", "3", cwd=tmp_path)
@@ -1359,12 +1375,13 @@ def test_a_workspace_through_a_link_to_nothing_is_one_line_before_the_prior_load
     assert not (tmp_path / "moved").exists()
 
 
-def test_a_run_in_the_folder_of_runs_or_inside_a_run_is_refused_in_one_line(tmp_path, tiny_yaml):
+def test_a_run_in_the_folder_of_runs_or_inside_a_run_is_refused_in_one_line(
+    tmp_path, monkeypatch, capsys, tiny_yaml
+):
     """`text --workspace workspace` made the folder of runs one run (the viewer then showed that
     run alone), and `--workspace RUN/mesh` a run inside a run, which RUN's export replaces."""
     common = ["--model", "builtin:shapes", "--iters", "2", "--config", tiny_yaml, "--no-export"]
-    first = run_cli("text", "a red cube", *common, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    make_run(monkeypatch, tmp_path, "text", "a red cube", *common)
     files = sorted(str(p) for p in (tmp_path / "workspace").rglob("*"))
     for workspace, message in [
         ("workspace", "workspace holds runs (a_red_cube): a run needs a folder of its own; "
@@ -1375,8 +1392,8 @@ def test_a_run_in_the_folder_of_runs_or_inside_a_run_is_refused_in_one_line(tmp_
     ]:  # fmt: skip
         result = run_cli("text", "a blue cube", *common, "--workspace", workspace, cwd=tmp_path)
         assert_one_line_user_error(result, message)
-        refused = run_cli("describe", "x.png", "--workspace", workspace, cwd=tmp_path)
-        assert refused.returncode == 2 and "a run needs a folder of its own" in refused.stderr
+        code, err = run_main(["describe", "x.png", "--workspace", workspace], capsys)
+        assert code == 2 and "a run needs a folder of its own" in err
     assert sorted(str(p) for p in (tmp_path / "workspace").rglob("*")) == files
 
 

@@ -1,20 +1,26 @@
 """Sentence search (ch. 5.2.1): the three steps, ties, CLIP scoring, the sentence.json record."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
+from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+import dreamtext.describe
 from dreamtext.describe import (
+    PLURALS_FILE,
     QUANTIFIERS,
     ClipEncoder,
     DescribeOptions,
     SentenceScores,
     describe,
+    inflect_plural,
     make_sentence,
     plural,
     read_vocabulary,
@@ -196,6 +202,35 @@ def test_each_sentence_is_encoded_once():
 
 def test_plurals_come_from_inflect():
     assert [plural(n) for n in NOUNS] == ["mugs", "boxes", "knives", "sheep"]
+
+
+def test_the_shipped_plural_table_is_what_its_script_writes_from_inflect():
+    """dreamtext/data/noun_plurals.txt can't drift from nouns.txt or from inflect."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "noun_plurals.py"
+    spec = importlib.util.spec_from_file_location("noun_plurals_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = resources.files("dreamtext").joinpath("data", PLURALS_FILE).read_text("utf-8")
+    assert shipped == module.table_text()
+
+
+def test_the_default_nouns_plurals_do_not_import_inflect_and_other_nouns_still_do(monkeypatch):
+    """Importing inflect costs ~4 s of CPU; the search over the shipped nouns needs none of it."""
+    nouns = read_vocabulary(None, "nouns.txt")
+    expected = [inflect_plural(n) for n in nouns]
+    assert expected[:3] == ["dogs", "puppies", "cats"] and len(nouns) > 1000
+
+    def no_inflect():
+        raise AssertionError("inflect was used for a noun of the shipped list")
+
+    monkeypatch.setattr(dreamtext.describe, "_inflect_engine", no_inflect)
+    assert [plural(n) for n in nouns] == expected
+    monkeypatch.undo()
+    assert [plural(n) for n in ("quokka", "criterion", "phenomenon")] == [
+        "quokkas",
+        "criteria",
+        "phenomena",
+    ]
 
 
 def test_vocabulary_file_keeps_order_and_skips_blanks(tmp_path):
