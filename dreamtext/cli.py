@@ -1023,8 +1023,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--video-size",
         type=_video_size,
-        help="the turntable's width and height in pixels, even, at least 16; its time grows "
-        "with the square (128 takes a quarter of 256's) [256]",
+        help="the turntable's width and height in pixels, even, at least 16; its render time "
+        "grows with their product (128 takes about a third of 256's) [256]",
     )
     export.add_argument(
         "--frames", type=_turntable_frames, help="turntable frames, one turn, at least 60 [60]"
