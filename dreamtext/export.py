@@ -40,6 +40,8 @@ from PIL import Image
 
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import (
+    CHECKPOINT_DIR,
+    LAST,
     check_writable,
     checkpoint_dir,
     checkpoint_run,
@@ -51,6 +53,7 @@ from dreamtext.checkpoint import (
     read_run_checkpoint,
     remove_stale_temps,
     run_from_state,
+    step_files,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
@@ -363,9 +366,9 @@ def resolve_workspace(workspace: Path | None) -> Path:
         whole = newest_whole_step(checkpoint_dir(workspace))
         if whole is not None:
             raise DreamtextError(f"{last_checkpoint(workspace)} is missing; {go_on_from(*whole)}")
-        runs = sorted(workspace.glob("*/checkpoints/last.pt")) if workspace.is_dir() else []
+        runs = _runs_in(workspace)
         if runs:
-            newest = max(runs, key=lambda p: p.stat().st_mtime).parent.parent
+            newest = max(runs, key=lambda run: run[0])[1]
             raise DreamtextError(
                 f"{workspace} holds {len(runs)} run{'s' if len(runs) > 1 else ''}, not one: "
                 f"pass --workspace one run's folder, such as {newest} (the newest)"
@@ -375,6 +378,19 @@ def resolve_workspace(workspace: Path | None) -> Path:
             "`dreamtext text PROMPT` (or pass the --workspace of a trained run)"
         )
     return workspace
+
+
+def _runs_in(folder: Path) -> list[tuple[float, Path]]:
+    """``(time of its newest checkpoint file, run folder)`` of each run directly under
+    ``folder`` that holds a checkpoint file: ``last.pt`` or a step file (a run whose ``last.pt``
+    was deleted or not copied; not read here, the export of it says whether one is whole)."""
+    runs = []
+    for checkpoints in sorted(folder.glob(f"*/{CHECKPOINT_DIR}")) if folder.is_dir() else []:
+        files = [checkpoints / LAST] + [path for _, path in step_files(checkpoints)]
+        times = [path.stat().st_mtime for path in files if path.is_file()]
+        if times:
+            runs.append((max(times), checkpoints.parent))
+    return runs
 
 
 def recorded_options(workspace: Path) -> ExportOptions:

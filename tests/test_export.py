@@ -829,6 +829,24 @@ def test_export_of_a_folder_of_runs_names_its_newest_run(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_blue_sphere", "a_red_cube"]
 
 
+def test_export_of_a_folder_of_runs_counts_runs_that_have_only_step_files(tmp_path, capsys):
+    """A run whose last.pt is gone (deleted, a copy cut short) still holds its step files: the
+    folder of runs holds it too, and it can be the newest (its newest step file's time)."""
+    from dreamtext.cli import main
+
+    make_run(tmp_path, "a_red_cube", 1_000_000)
+    newest = make_run(tmp_path, "a_blue_sphere", 2_000_000)
+    last = newest / "checkpoints" / "last.pt"
+    last.rename(last.with_name("step_000004.pt"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    assert main(["export", "--workspace", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {tmp_path} holds 2 runs, not one: pass --workspace one run's "
+        f"folder, such as {newest} (the newest)"
+    ]
+
+
 def test_export_without_workspace_takes_the_latest_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_run(tmp_path / "workspace", "old-run", 1_000_000)
