@@ -14,7 +14,9 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -1197,12 +1199,43 @@ def start_libraries(args: argparse.Namespace) -> contextlib.AbstractContextManag
     loops turn it into a checkpoint first."""
     if not getattr(args, "needs_models", True):
         return contextlib.nullcontext()
-    from dreamtext.devices import use_expandable_segments
-    from dreamtext.interrupts import sigterm_interrupts
+    return _libraries_started()
 
-    use_expandable_segments()
-    quiet_libraries()
-    return sigterm_interrupts()
+
+@contextlib.contextmanager
+def _libraries_started():
+    """:func:`start_libraries`' context. SIGTERM raises ``KeyboardInterrupt`` from before the
+    imports on: they take seconds (torch, diffusers), and a SIGTERM then killed the process
+    with no line (exit -15), leaving what an ``export`` had already written (its progress
+    record). Inside, :func:`dreamtext.interrupts.sigterm_interrupts` takes over as before."""
+    if threading.current_thread() is not threading.main_thread():  # no handlers off it
+        loading: contextlib.AbstractContextManager = contextlib.nullcontext()
+    else:
+        loading = _sigterm_raises_while_loading()
+    with loading:
+        from dreamtext.devices import use_expandable_segments
+        from dreamtext.interrupts import sigterm_interrupts
+
+        use_expandable_segments()
+        quiet_libraries()
+        with sigterm_interrupts():
+            yield
+
+
+@contextlib.contextmanager
+def _sigterm_raises_while_loading():
+    """SIGTERM raises ``KeyboardInterrupt`` in the block, as Ctrl-C does (the handler of
+    :func:`dreamtext.interrupts.sigterm_interrupts`, which imports torch, cannot be set before
+    torch is imported)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # Where a command that could not write can write instead. export writes into the run it exports
