@@ -27,9 +27,12 @@ import torch
 
 from dreamtext.devices import memory_that_ran_out
 from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
+from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
+from dreamtext.inputs import LAST_CHECKPOINT
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
+# Named in dreamtext.inputs, whose checks before the torch import look for them too.
+CHECKPOINT_DIR = _CHECKPOINT_DIR
+LAST = LAST_CHECKPOINT
 # The key of a checkpoint's checksum, and the hash it is saved with: sha256 runs on the CPU's SHA
 # instructions (x86 SHA-NI, ARMv8): 1.3 GB/s here, 0.11 s for a default-field checkpoint, where
 # blake2b took 0.32 s.

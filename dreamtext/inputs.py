@@ -495,8 +495,9 @@ def no_cuda_here(
     return shutil.which("nvidia-smi", path=environ.get("PATH", os.defpath)) is None
 
 
-# Where a run keeps its checkpoints (dreamtext.checkpoint's CHECKPOINT_DIR and LAST) and says
-# how it stands (dreamtext.runstatus's STATUS): named here, where no torch is imported.
+# Where a run keeps its checkpoints and says how it stands: named here, where no torch is
+# imported, and taken from here by dreamtext.checkpoint (CHECKPOINT_DIR, LAST) and
+# dreamtext.runstatus (STATUS).
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 RUN_STATUS = "status.json"

@@ -77,10 +77,11 @@ from dreamtext.checkpoint import (
     last_checkpoint,
 )
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.inputs import RUN_STATUS
 from dreamtext.interrupts import signals_held
 from dreamtext.processes import record_alive, this_process, workspace_holder
 
-STATUS = "status.json"
+STATUS = RUN_STATUS  # named in dreamtext.inputs, whose checks before torch read it too
 STATES = ("running", "finished", "failed", "interrupted")
 PHASES = ("sample", "describe", "descriptor", "train", "export")
 # The phases a tracker starts in: a run's stages (``train`` goes on into ``export``).
