@@ -1196,9 +1196,12 @@ def start_libraries(args: argparse.Namespace) -> contextlib.AbstractContextManag
     """Load and quieten torch and the model libraries for a command that needs them (``view``
     starts without); return the context in which the command runs: SIGTERM (a scheduler's stop,
     `kill`) ends it as Ctrl-C does, wherever it lands, loading a model included. The training
-    loops turn it into a checkpoint first."""
+    loops turn it into a checkpoint first. ``view`` loads nothing, but a SIGTERM ends it as
+    Ctrl-C does too (its "stopped" line, exit 0), not with a silent -15."""
     if not getattr(args, "needs_models", True):
-        return contextlib.nullcontext()
+        if threading.current_thread() is not threading.main_thread():
+            return contextlib.nullcontext()
+        return _sigterm_raises_while_loading()
     return _libraries_started()
 
 

@@ -2628,8 +2628,10 @@ def _sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_view_serves_and_stops_on_ctrl_c_or_sigterm(root: Path, stop: signal.Signals):
     """As a user runs it: a new process, the address on stdout, Ctrl-C (SIGINT) ends it with 0.
+    So does a SIGTERM (`kill`, a job scheduler's stop), which killed it with no line (-15).
     It imports neither torch nor diffusers, so it starts in a moment."""
     code = (
         "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
@@ -2655,7 +2657,7 @@ def test_view_prints_its_address_serves_and_stops_on_ctrl_c(root: Path):
             conn.request("GET", path)
             assert conn.getresponse().status == expected, path
             conn.close()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=10)
     finally:
         proc.kill()
