@@ -197,3 +197,51 @@ def test_declared_dependencies_not_imported_are_only_those_used_through_others(d
         _normalise(d) for module in _third_party_imports() for d in owners.get(module, [module])
     }
     assert _declared(dists["wheel"]) - imported == USED_THROUGH_OTHERS
+
+
+def _readme_commands(prefix: str) -> list[str]:
+    """The lines of the README's ```bash blocks that start with ``prefix``, comments cut off."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = line.strip()
+            if line.startswith(prefix):
+                lines.append(line.split(" #")[0].strip())
+    return lines
+
+
+def test_every_dreamtext_command_in_the_readme_parses():
+    """A flag renamed or removed in the CLI leaves no README example that argparse refuses."""
+    import shlex
+
+    from dreamtext.cli import build_parser
+
+    commands = _readme_commands("dreamtext ")
+    assert len(commands) >= 15
+    for command in commands:
+        argv = [word for word in shlex.split(command)[1:] if word not in (">", "&", "2>&1")]
+        argv = [word for word in argv if not word.startswith(("worker", "$"))]
+        try:
+            build_parser().parse_command_line(argv)
+        except SystemExit as error:
+            pytest.fail(f"README command refused by the CLI ({error.code}): {command}")
+
+
+def test_the_readme_command_that_writes_the_tiny_models_writes_loadable_models(tmp_path: Path):
+    """The README's offline describe/image recipe: its `PYTHONPATH=tests python -c ...` line,
+    run as written from a checkout's root, writes a diffusers pipeline and a CLIP folder."""
+    (line,) = _readme_commands("PYTHONPATH=tests python -c ")
+    code = line.split("python -c ", 1)[1].strip().strip('"')
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "tiny-sd" / "model_index.json").read_text())["unet"]
+    assert json.loads((tmp_path / "tiny-clip" / "config.json").read_text())["model_type"] == "clip"
