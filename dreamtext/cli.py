@@ -828,15 +828,12 @@ def early_text(args: argparse.Namespace) -> None:
 
 def early_image(args: argparse.Namespace) -> None:
     """``image``: ``--iters`` with ``--epochs``, ``--device cuda`` without a GPU
-    (:func:`check_cuda_flag`), then the image as
-    :func:`dreamtext.imageto3d.check_image` checks it first (:func:`dreamtext.images.load_image`:
-    the path, the file's format, its pixels), where its line for a moved image (a run in the
-    workspace holding a copy) cannot apply: the path exists, or the workspace does not; then the
-    workspace as :func:`dreamtext.runfiles.check_image_workspace` checks it next (another
-    image's run, a text→3D run, this image edited since its run copied it, a run another process
-    runs), reading the run's files only."""
-    from dreamtext.images import load_image
-    from dreamtext.runfiles import check_image_workspace, default_workspace
+    (:func:`check_cuda_flag`), then :func:`cmd_image`'s first checks, which read files only:
+    the image (:func:`dreamtext.runfiles.check_image`: :func:`dreamtext.images.load_image`'s
+    path, format and pixels, or the run's copy to pass for a moved image) and the workspace
+    (:func:`dreamtext.runfiles.check_image_workspace`: another image's run, a text→3D run, this
+    image edited since its run copied it, a run another process runs)."""
+    from dreamtext.runfiles import check_image, check_image_workspace, default_workspace
 
     _iters_or_epochs(args)
     check_cuda_flag(args)
@@ -844,9 +841,8 @@ def early_image(args: argparse.Namespace) -> None:
     # As cmd_image takes it: --workspace "" is the current folder.
     explicit = args.workspace is not None
     workspace = Path(args.workspace) if explicit else default_workspace(args.image)
-    if image.exists() or not workspace.is_dir():
-        load_image(image)
-        check_image_workspace(workspace, image)
+    check_image(image, workspace)
+    check_image_workspace(workspace, image)
 
 
 def early_describe(args: argparse.Namespace) -> None:

@@ -66,7 +66,6 @@ from dreamtext.describe import (
     keep_source_copy,
     read_record,
     sentence_path,
-    source_copy,
     used_options,
 )
 from dreamtext.descriptor import (
@@ -78,11 +77,11 @@ from dreamtext.descriptor import (
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
-from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
-from dreamtext.runfiles import check_image_workspace, default_workspace, recorded_image
+from dreamtext.runfiles import check_image, check_image_workspace, default_workspace
+from dreamtext.runfiles import recorded_image as recorded_image  # re-exported
 from dreamtext.runfiles import same_image as same_image  # re-exported
 from dreamtext.runstatus import (
     HEARTBEAT_SECONDS,
@@ -121,19 +120,6 @@ def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
     """text→3D finished at ``cfg.iters`` (``status.json``, or for older runs the checkpoint and
     mesh) and, when ``cfg.export`` asks for one, the mesh is there."""
     return run_finished(workspace, cfg.iters, needs_mesh=cfg.export)
-
-
-def check_image(image_path: Path, workspace: Path) -> None:
-    """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
-    it is named with the run's copy to pass instead (the run can continue from it)."""
-    if not image_path.exists() and workspace.is_dir():
-        previous, copy = recorded_image(workspace), source_copy(workspace)
-        if previous is not None and copy is not None and Path(previous) == image_path.resolve():
-            raise DreamtextError(
-                f"image not found: {image_path}; to continue the run in {workspace}, pass its "
-                f"copy {copy} (or the image's new path)"
-            )
-    load_image(image_path)
 
 
 def image_section(image_path: Path, options: ImageOptions) -> dict[str, Any]:

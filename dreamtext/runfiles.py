@@ -1,7 +1,8 @@
 """What a run's folder holds, read from its files without torch: its ``config.json``, its
 ``status.json``, its sentence record (``descriptor/sentence.json``) and its copy of its image, and
 the checks built on them that refuse a folder holding another run (:func:`check_describe_workspace`,
-:func:`check_image_workspace`) or one another process runs (:func:`check_not_running`).
+:func:`check_image_workspace`) or one another process runs (:func:`check_not_running`), and an
+image gone since its run copied it (:func:`check_image`).
 
 The commands call these checks as their first steps, after the torch import; the CLI calls the same
 functions before it (:mod:`dreamtext.cli`'s early checks), so that ``describe`` or ``image`` into a
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.images import load_image
 from dreamtext.inputs import (
     DEFAULT_WORKSPACE_ROOT,
     RUN_LEARNED_EMBEDS,
@@ -279,6 +281,19 @@ def recorded_image(workspace: Path) -> str | None:
     sentence.json's), ``None`` for a new run."""
     section = read_stage_sections(workspace).get("image_to_3d", {})
     return section.get("image") or (read_record(workspace) or {}).get("image")
+
+
+def check_image(image_path: Path, workspace: Path) -> None:
+    """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
+    it is named with the run's copy to pass instead (the run can continue from it)."""
+    if not image_path.exists() and workspace.is_dir():
+        previous, copy = recorded_image(workspace), source_copy(workspace)
+        if previous is not None and copy is not None and Path(previous) == image_path.resolve():
+            raise DreamtextError(
+                f"image not found: {image_path}; to continue the run in {workspace}, pass its "
+                f"copy {copy} (or the image's new path)"
+            )
+    load_image(image_path)
 
 
 def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:

@@ -545,6 +545,19 @@ def test_a_workspace_holding_another_run_is_refused_before_torch_is_imported(
     assert files_under(other_runs_folder) == before
 
 
+def test_an_image_gone_since_its_run_copied_it_is_refused_before_torch_is_imported(
+    other_runs_folder,
+):
+    """check_image's line naming the run's copy, which image gave after the torch import."""
+    (other_runs_folder / "mug.png").rename(other_runs_folder / "moved.png")
+    done = run_without_torch(other_runs_folder, ["image", "mug.png", "--workspace", "edited"])
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        "dreamtext: error: image not found: mug.png; to continue the run in edited, pass its copy "
+        "edited/descriptor/source.png (or the image's new path)\n"
+    )
+
+
 def test_image_into_a_run_another_process_runs_is_refused_before_torch_is_imported(
     other_runs_folder,
 ):
