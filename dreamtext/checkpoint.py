@@ -29,6 +29,7 @@ from dreamtext.devices import memory_that_ran_out
 from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
 from dreamtext.inputs import LAST_CHECKPOINT
+from dreamtext.runfiles import check_writable as check_writable  # re-exported
 
 # Named in dreamtext.inputs, whose checks before the torch import look for them too.
 CHECKPOINT_DIR = _CHECKPOINT_DIR
@@ -57,34 +58,6 @@ def file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-def check_writable(folder: Path, fix: str) -> None:
-    """Raise a :class:`DreamtextError` unless ``folder`` is, or can be made, a folder this process
-    can write in; ``fix`` says what to do instead. Checked before any work, so that a read-only
-    or mistyped location costs a line, not a traceback after the work."""
-    folder = Path(folder)
-    existing = folder
-    while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
-        existing = existing.parent
-    if existing.is_symlink() and not existing.exists():  # no folder can be made in its place
-        raise DreamtextError(
-            f"{folder} cannot be a folder: {existing} is a link to {os.readlink(existing)}, "
-            f"which does not exist; make that folder, or {fix}"
-        )
-    if existing.exists() and not existing.is_dir():
-        raise DreamtextError(
-            f"{folder} cannot be a folder: {existing} is a file; move that file away, or {fix}"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        # access() fails alike for a mode bit and a file system mounted read-only (EROFS): name
-        # the one it is, since chmod cannot help the second.
-        try:
-            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-        except OSError:
-            read_only = False
-        why = "a read-only file system" if read_only else "permission denied"
-        raise DreamtextError(f"cannot write in {existing} ({why}); {fix}")
 
 
 def atomic_write_bytes(

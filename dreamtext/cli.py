@@ -763,19 +763,6 @@ def _read_config_layers(files: list[str] | None, rerun: bool = True) -> None:
         raise
 
 
-def _default_workspace_free(image: str) -> Path | None:
-    """The folder ``describe`` and ``image`` default to for ``image``
-    (:func:`dreamtext.imageto3d.default_workspace`) when neither name it can have exists,
-    ``None`` when one does (which of them it is takes torch-side modules to say)."""
-    from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT, ascii_slug, slugify
-
-    stem = Path(image).stem
-    folders = {DEFAULT_WORKSPACE_ROOT / slugify(stem), DEFAULT_WORKSPACE_ROOT / ascii_slug(stem)}
-    if any(os.path.lexists(folder) for folder in folders):
-        return None
-    return DEFAULT_WORKSPACE_ROOT / slugify(stem)
-
-
 def _resume_folder(args: argparse.Namespace) -> Path | None:
     """The folder ``text --resume`` continues, as :func:`_saved_config` finds it: ``--workspace``,
     else the one the ``--config`` files name (every file read, in order), else the prompt's
@@ -841,38 +828,41 @@ def early_text(args: argparse.Namespace) -> None:
 
 def early_image(args: argparse.Namespace) -> None:
     """``image``: ``--iters`` with ``--epochs``, ``--device cuda`` without a GPU
-    (:func:`check_cuda_flag`), then the image as
-    :func:`dreamtext.imageto3d.check_image` checks it first (:func:`dreamtext.images.load_image`:
-    the path, the file's format, its pixels), where its line for a moved image (a run in the
-    workspace holding a copy) cannot apply: the path exists, or the workspace does not."""
-    from dreamtext.images import load_image
+    (:func:`check_cuda_flag`), then :func:`cmd_image`'s first checks, which read files only:
+    the image (:func:`dreamtext.runfiles.check_image`: :func:`dreamtext.images.load_image`'s
+    path, format and pixels, or the run's copy to pass for a moved image) and the workspace
+    (:func:`dreamtext.runfiles.check_image_workspace`: another image's run, a text→3D run, this
+    image edited since its run copied it, a run another process runs)."""
+    from dreamtext.runfiles import check_image, check_image_workspace, default_workspace
 
     _iters_or_epochs(args)
     check_cuda_flag(args)
     image = Path(args.image)
     # As cmd_image takes it: --workspace "" is the current folder.
     explicit = args.workspace is not None
-    workspace = Path(args.workspace) if explicit else _default_workspace_free(args.image)
-    if image.exists() or (workspace is not None and not workspace.is_dir()):
-        load_image(image)
+    workspace = Path(args.workspace) if explicit else default_workspace(args.image)
+    check_image(image, workspace)
+    check_image_workspace(workspace, image)
 
 
 def early_describe(args: argparse.Namespace) -> None:
     """``describe``: ``--device cuda`` where this machine has no GPU at all
-    (:func:`check_cuda_flag`); then the image, where
-    :func:`cmd_describe`'s steps before it cannot refuse anything: a device that needs no torch
-    to resolve, a workspace not made yet (so no other process holds it) whose place
-    :func:`dreamtext.processes.check_own_folder` accepts, and sentence-search flags
-    :func:`dreamtext.describe.check_options` accepts without reading a word list; the image as
-    :func:`dreamtext.images.load_image` checks it (path, format, pixels) comes next."""
+    (:func:`check_cuda_flag`); then, where :func:`cmd_describe`'s steps before them cannot refuse
+    anything (a device that needs no torch to resolve, a workspace without a lock file, so no
+    other process holds it, whose place :func:`dreamtext.processes.check_own_folder` accepts, and
+    sentence-search flags :func:`dreamtext.describe.check_options` accepts without reading a word
+    list), the image as :func:`dreamtext.images.load_image` checks it (path, format, pixels) and
+    the workspace as :func:`dreamtext.runfiles.check_describe_workspace` checks it (another
+    image's sentence, a run whose descriptor training has started, a text→3D run)."""
     from dreamtext.images import load_image
-    from dreamtext.processes import check_own_folder
+    from dreamtext.processes import LOCK_NAME, check_own_folder
+    from dreamtext.runfiles import check_describe_workspace, default_workspace
 
     if args.device not in (None, "auto", "cpu"):
         check_cuda_flag(args)  # resolve_device, cmd_describe's first step
         return
-    workspace = Path(args.workspace) if args.workspace else _default_workspace_free(args.image)
-    if workspace is None or os.path.lexists(workspace):
+    workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
+    if os.path.lexists(workspace / LOCK_NAME):  # claim_workspace asks whether its holder lives
         return
     check_own_folder(workspace)
     if args.nouns is not None or args.adjectives is not None:
@@ -882,6 +872,7 @@ def early_describe(args: argparse.Namespace) -> None:
     if any(text is not None and not text.strip() for text in (args.noun, args.quantifier)):
         return
     load_image(args.image)
+    check_describe_workspace(workspace, args.image)
 
 
 def early_batch(args: argparse.Namespace) -> None:

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from dreamtext.cameras import CameraRange
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError
+from dreamtext.errors import DreamtextError
 from dreamtext.export import ExportOptions
 from dreamtext.field import FieldConfig
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.inputs import (
     DEFAULT_WORKSPACE_ROOT,
-    RUN_LEARNED_EMBEDS,
     SLUG_MAX_BYTES,
     STAGE_SECTIONS,
     ascii_slug,
@@ -47,6 +46,15 @@ from dreamtext.inputs import (
 )
 from dreamtext.processes import is_run_folder
 from dreamtext.renderer import RenderConfig
+from dreamtext.runfiles import (
+    KEPT_KEYS,
+    own_learned_embeds,
+    prompt_workspace,
+    read_config_json,
+    read_run_config,
+    read_stage_sections,
+    run_owner,
+)
 
 ITERS_PER_EPOCH = 100
 """Iterations per epoch, as in stable-dreamfusion (the thesis counts epochs)."""
@@ -164,58 +172,10 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: st
             setattr(cfg, key, _coerce(value, hints[key], where, source))
 
 
-# Keys of config.json that a rewrite of the file keeps unless it gives them anew: besides the
-# stage sections, records of what ran (not settings): the hash-grid backend, ``ran_on``
-# (device, dtypes, host, model commit and versions of the process that trained it last) and
-# ``resumes`` (each resume's step and the settings it changed: :func:`changed_settings`).
-KEPT_KEYS = ("encoding_backend", "ran_on", "resumes", *STAGE_SECTIONS)
-
-
-def _read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, *UNREADABLE_JSON):
-        raise DreamtextError(f"{path} is unreadable; {fix}") from None
-    if not isinstance(data, dict):
-        raise DreamtextError(f"{path} is not a run config; {fix}")
-    return data
-
-
-def own_learned_embeds(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """``data``, a run's config.json read from the run's ``folder``, with the run's own learned
-    tokens (``guidance.textual_inversion``, a ``…/descriptor/learned_embeds.safetensors``) named
-    by the file in ``folder``. The record names it by the path it had when the run was made, so
-    a run folder moved or copied since (another disk, another machine) resumed the text stage
-    with the file of the folder it was copied from, or failed where that is gone."""
-    guidance = data.get("guidance")
-    recorded = guidance.get("textual_inversion") if isinstance(guidance, dict) else None
-    own = folder.joinpath(*RUN_LEARNED_EMBEDS)
-    its_own = isinstance(recorded, str) and Path(recorded).parts[-2:] == RUN_LEARNED_EMBEDS
-    if its_own and own.is_file():
-        guidance["textual_inversion"] = os.path.abspath(own)
-    return data
-
-
-def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
-    """The run config a workspace recorded (its ``config.json``), as a resume base: ``None``
-    when there is none, a :class:`DreamtextError` ending in ``fix`` when it cannot be read.
-    The records of what ran (``encoding_backend``, ``ran_on``: not settings) and the
-    :data:`STAGE_SECTIONS` (:func:`read_stage_sections`) are left out; the run's own learned
-    tokens are the file in ``workspace`` (:func:`own_learned_embeds`)."""
-    data = _read_config_json(Path(workspace) / "config.json", fix)
-    if data is None:
-        return None
-    for key in KEPT_KEYS:
-        data.pop(key, None)
-    return own_learned_embeds(data, Path(workspace))
-
-
 def read_resumes(workspace: str | Path) -> list[dict[str, Any]]:
     """The ``resumes`` a workspace's ``config.json`` records (``[]`` for a run never resumed,
     one from before they were recorded, or no config.json)."""
-    data = _read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
+    data = read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
     resumes = (data or {}).get("resumes")
     return resumes if isinstance(resumes, list) else []
 
@@ -223,7 +183,7 @@ def read_resumes(workspace: str | Path) -> list[dict[str, Any]]:
 def read_ran_on(workspace: str | Path) -> dict[str, Any] | None:
     """The ``ran_on`` a workspace's ``config.json`` records: what its latest attempt ran on
     (``None`` for a run from before it was recorded, or no config.json)."""
-    data = _read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
+    data = read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
     ran_on = (data or {}).get("ran_on")
     return ran_on if isinstance(ran_on, dict) else None
 
@@ -269,13 +229,6 @@ def own_config_file(
     )
 
 
-def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:
-    """The :data:`STAGE_SECTIONS` a workspace's ``config.json`` holds (``{}`` for a text→3D run,
-    a run from before they were recorded, or no config.json)."""
-    data = _read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
-    return {k: data[k] for k in STAGE_SECTIONS if isinstance((data or {}).get(k), dict)}
-
-
 def write_run_config(
     workspace: str | Path, cfg: TrainConfig, extra: dict[str, Any] | None = None
 ) -> None:
@@ -285,7 +238,7 @@ def write_run_config(
     from dreamtext.checkpoint import atomic_write_bytes
 
     path = Path(workspace) / "config.json"
-    earlier = _read_config_json(path, "delete it or pass --workspace") or {}
+    earlier = read_config_json(path, "delete it or pass --workspace") or {}
     data = config_to_dict(cfg)
     data.update({key: earlier[key] for key in KEPT_KEYS if key in earlier})
     data.update(extra or {})
@@ -614,41 +567,6 @@ def validate_cameras(cameras: CameraRange) -> None:
                 f"config field 'cameras.{name}' must be [low, high] with low ≤ high in "
                 f"{bounds}, got {[a, b]}"
             )
-
-
-def run_owner(workspace: Path) -> tuple[str, str] | None:
-    """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
-    (``descriptor/sentence.json``, or before it config.json's ``image_to_3d`` section),
-    ``("text", prompt)`` for a text→3D run (``config.json``), ``None`` when it holds neither (no
-    folder, or a run that has not written them yet)."""
-    from dreamtext.describe import sentence_path
-
-    for path, kind, keys in (
-        (sentence_path(workspace), "image", ("image",)),
-        (workspace / "config.json", "image", ("image_to_3d", "image")),
-        (workspace / "config.json", "text", ("prompt",)),
-    ):
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-            for key in keys:
-                value = value.get(key)
-        except (OSError, *UNREADABLE_JSON, AttributeError):
-            continue
-        if isinstance(value, str):
-            return kind, owner_value(kind, value)
-    return None
-
-
-def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
-    """The default workspace under ``root`` of the run ``key`` (:func:`run_owner`'s form) whose
-    folder is named after ``name`` (the prompt, or the image file's stem): ``root/<slugify(name)>``,
-    or the folder an earlier version named it (:func:`ascii_slug`) when that one holds this run
-    and the new one does not exist."""
-    folder = root / slugify(name)
-    legacy = root / ascii_slug(name)
-    if legacy != folder and not folder.exists() and run_owner(legacy) == key:
-        return legacy
-    return folder
 
 
 __all__ = [

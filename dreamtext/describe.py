@@ -29,13 +29,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dreamtext.checkpoint import atomic_write_bytes, check_writable
-from dreamtext.config import absolute_model_folder, read_run_config, read_stage_sections
+from dreamtext.checkpoint import atomic_write_bytes
+from dreamtext.config import absolute_model_folder
 from dreamtext.devices import resolve_device
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError
+from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
 from dreamtext.interrupts import raise_if_stop_requested
 from dreamtext.progress import bar_options, tqdm
+from dreamtext.runfiles import SOURCE_SUFFIXES, check_describe_workspace, sentence_path
+from dreamtext.runfiles import read_record as read_record  # re-exported
+from dreamtext.runfiles import source_copy as source_copy  # re-exported
 from dreamtext.runstatus import HEARTBEAT_SECONDS, check_guards, track_status
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -325,15 +328,6 @@ class DescribeOptions:
     device: str = "auto"
 
 
-def sentence_path(workspace: str | Path) -> Path:
-    """``W/descriptor/sentence.json``: the sentence found, and once trained, the learned one."""
-    return Path(workspace) / "descriptor" / "sentence.json"
-
-
-# The suffix of descriptor/source.<ext> for each format load_image accepts.
-SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
-
-
 def keep_source_copy(image_path: str | Path, workspace: str | Path, replace: bool = False) -> Path:
     """Copy the input image into ``W/descriptor/source.<ext>``, so the run folder holds
     everything that made it: the viewer shows it (from the sentence search on) and a copied run
@@ -356,64 +350,6 @@ def keep_source_copy(image_path: str | Path, workspace: str | Path, replace: boo
         for other in set(SOURCE_SUFFIXES.values()) - {suffix}:
             (target.parent / f"source{other}").unlink(missing_ok=True)
     return target
-
-
-def source_copy(workspace: str | Path) -> Path | None:
-    """The run's copy of its image (``W/descriptor/source.<ext>``), ``None`` before it has one."""
-    folder = Path(workspace) / "descriptor"
-    copies = (folder / f"source{suffix}" for suffix in SOURCE_SUFFIXES.values())
-    return next((copy for copy in copies if copy.is_file()), None)
-
-
-def read_record(workspace: str | Path) -> dict | None:
-    """The workspace's ``sentence.json`` as a dict, ``None`` when there is none; an unreadable
-    one is a :class:`DreamtextError`."""
-    path = sentence_path(workspace)
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, *UNREADABLE_JSON) as error:
-        raise DreamtextError(
-            f"{path} is unreadable ({type(error).__name__}); delete it to describe the image "
-            "again, or pass --workspace NEW_FOLDER"
-        ) from None
-    if not isinstance(record, dict):
-        raise DreamtextError(f"{path} is not a sentence record; delete it or pass --workspace")
-    return record
-
-
-def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> None:
-    """Refuse, before any work, a workspace where a new sentence would wreck what is there: the
-    record of another image, or of an image→3D run whose descriptor training has started (its
-    checkpoints and learned tokens belong to the old sentence), or a text→3D run. A record of
-    this image that no training has used yet is replaced."""
-    workspace = Path(workspace)
-    check_writable(workspace, "pass --workspace a folder you can write")
-    record = read_record(workspace)
-    if record is None:
-        # A text→3D run's folder (its config.json has no image→3D section): the sentence and
-        # describe's status.json would make it read as an image run and hide its steps.
-        saved = read_run_config(workspace, "delete it or pass --workspace NEW_FOLDER")
-        if saved is not None and not read_stage_sections(workspace):
-            raise DreamtextError(
-                f"{workspace} holds the text→3D run of '{saved.get('prompt')}'; pass --workspace "
-                f"NEW_FOLDER to describe {image_path}"
-            )
-        return
-    previous = record.get("image")
-    if previous is not None and Path(previous).resolve() != Path(image_path).resolve():
-        raise DreamtextError(
-            f"{workspace} holds the sentence of {previous}; pass --workspace NEW_FOLDER to "
-            f"describe {image_path}"
-        )
-    folder = sentence_path(workspace).parent
-    trained = "trained_sentence" in record or (folder / "checkpoints" / "last.pt").is_file()
-    if trained:
-        raise DreamtextError(
-            f"{workspace} holds the image→3D run of '{record.get('sentence')}', whose descriptor "
-            "training has started; to describe the image again, pass --workspace NEW_FOLDER"
-        )
 
 
 def used_options(options: DescribeOptions) -> dict[str, object]:

@@ -54,9 +54,6 @@ from dreamtext.config import (
     apply_overrides,
     ascii_slug,
     config_to_dict,
-    owner_value,
-    prompt_workspace,
-    read_run_config,
     read_stage_sections,
     same_prompt,
     slugify,
@@ -69,7 +66,6 @@ from dreamtext.describe import (
     keep_source_copy,
     read_record,
     sentence_path,
-    source_copy,
     used_options,
 )
 from dreamtext.descriptor import (
@@ -81,13 +77,14 @@ from dreamtext.descriptor import (
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
-from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
+from dreamtext.runfiles import check_image, check_image_workspace, default_workspace
+from dreamtext.runfiles import recorded_image as recorded_image  # re-exported
+from dreamtext.runfiles import same_image as same_image  # re-exported
 from dreamtext.runstatus import (
     HEARTBEAT_SECONDS,
-    check_not_running,
     interrupts_between_stages,
     restart_stage,
     run_finished,
@@ -111,13 +108,6 @@ class ImageOptions:
     sample_guidance_scale: float = 7.5
 
 
-def default_workspace(image_path: str | Path) -> Path:
-    """``workspace/<image file name>``: where ``dreamtext describe`` and ``dreamtext image`` write
-    by default, so that ``image`` reuses the sentence ``describe`` found."""
-    key = ("image", owner_value("image", str(image_path)))
-    return prompt_workspace(DEFAULT_WORKSPACE_ROOT, Path(image_path).stem, key)
-
-
 def _needs_stable_diffusion(model: str, what: str) -> None:
     if model.startswith("builtin:"):
         raise DreamtextError(
@@ -130,85 +120,6 @@ def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
     """text→3D finished at ``cfg.iters`` (``status.json``, or for older runs the checkpoint and
     mesh) and, when ``cfg.export`` asks for one, the mesh is there."""
     return run_finished(workspace, cfg.iters, needs_mesh=cfg.export)
-
-
-def same_image(
-    image_path: Path, previous: Path, data: bytes | None, copy_data: bytes | None
-) -> bool:
-    """Whether ``image_path`` is the image of a run that recorded ``previous``: the same path,
-    or the same bytes as that file or as the run's copy (:func:`source_copy`), so that a run
-    whose image was moved or deleted continues from the moved file or the copy. ``data``: the
-    bytes of ``image_path`` (``None`` when it is no file), ``copy_data`` the copy's (``None``
-    without one): the caller reads each once."""
-    if previous.resolve() == image_path.resolve():
-        return True
-    if data is None:
-        return False
-    return copy_data == data or (previous.is_file() and previous.read_bytes() == data)
-
-
-def recorded_image(workspace: Path) -> str | None:
-    """The image the run in ``workspace`` recorded (config.json's ``image_to_3d``, else
-    sentence.json's), ``None`` for a new run."""
-    section = read_stage_sections(workspace).get("image_to_3d", {})
-    return section.get("image") or (read_record(workspace) or {}).get("image")
-
-
-def check_image(image_path: Path, workspace: Path) -> None:
-    """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
-    it is named with the run's copy to pass instead (the run can continue from it)."""
-    if not image_path.exists() and workspace.is_dir():
-        previous, copy = recorded_image(workspace), source_copy(workspace)
-        if previous is not None and copy is not None and Path(previous) == image_path.resolve():
-            raise DreamtextError(
-                f"image not found: {image_path}; to continue the run in {workspace}, pass its "
-                f"copy {copy} (or the image's new path)"
-            )
-    load_image(image_path)
-
-
-def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
-    """Refuse, before any work, a workspace that holds something other than this image's run:
-    a file, a folder this process cannot write, the run of another image (:func:`same_image`),
-    this image edited since the run copied it, or a text→3D run of some prompt (which the
-    text→3D stage would otherwise continue as this image's). Returns the run's recorded
-    ``config.json`` without its stage sections (``None`` before it has one). A run that another
-    process of this machine is running is refused too (:func:`check_not_running`)."""
-    check_writable(workspace, "pass --workspace a folder you can write")
-    check_not_running(workspace)
-    record = read_record(workspace)
-    sections = read_stage_sections(workspace)
-    previous = recorded_image(workspace)
-    copy = source_copy(workspace)
-    # The image and the copy are read once each (an image may be tens of megabytes), and only
-    # for a run that recorded one.
-    data = image_path.read_bytes() if previous is not None and image_path.is_file() else None
-    copy_data = None
-    if data is not None and copy is not None:
-        copy_data = data if copy.resolve() == image_path.resolve() else copy.read_bytes()
-    if previous is not None and not same_image(image_path, Path(previous), data, copy_data):
-        raise DreamtextError(
-            f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
-            "for this image"
-        )
-    if copy_data is not None and copy_data != data:
-        # Edited in place: the run's sentence and descriptor were made from the copy.
-        raise DreamtextError(
-            f"{image_path} has changed since the run in {workspace} started from it; pass "
-            f"--workspace NEW_FOLDER for the new image, or its copy {copy} to continue the run"
-        )
-    saved = read_run_config(workspace, "delete it or pass --workspace NEW_FOLDER")
-    if saved is None:
-        return None
-    # An image run's config.json: its stage sections, or for a run from before them the
-    # learned embedding of a sentence record.
-    learned = record is not None and saved.get("guidance", {}).get("textual_inversion")
-    if not sections and not learned:
-        raise DreamtextError(
-            f"{workspace} holds a text→3D run of '{saved.get('prompt')}'; pass --workspace "
-            "NEW_FOLDER for this image"
-        )
-    return saved
 
 
 def image_section(image_path: Path, options: ImageOptions) -> dict[str, Any]:

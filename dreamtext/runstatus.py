@@ -76,13 +76,14 @@ from dreamtext.checkpoint import (
     checkpoint_step,
     last_checkpoint,
 )
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.inputs import RUN_STATUS
 from dreamtext.interrupts import signals_held
-from dreamtext.processes import record_alive, this_process, workspace_holder
+from dreamtext.processes import this_process, workspace_holder
+from dreamtext.runfiles import STATES as STATES  # re-exported
+from dreamtext.runfiles import check_not_running, read_status, running_elsewhere
 
 STATUS = RUN_STATUS  # named in dreamtext.inputs, whose checks before torch read it too
-STATES = ("running", "finished", "failed", "interrupted")
 PHASES = ("sample", "describe", "descriptor", "train", "export")
 # The phases a tracker starts in: a run's stages (``train`` goes on into ``export``).
 STAGES = PHASES[:-1]
@@ -114,15 +115,6 @@ def error_line(error: BaseException) -> str:
 def write_status(workspace: str | Path, status: dict[str, Any]) -> None:
     text = json.dumps(status, indent=2) + "\n"
     atomic_write_bytes(Path(workspace) / STATUS, lambda f: f.write(text.encode("utf-8")))
-
-
-def read_status(workspace: str | Path) -> dict[str, Any] | None:
-    """The workspace's status, or ``None`` when there is none (or it is unreadable)."""
-    try:
-        data = json.loads((Path(workspace) / STATUS).read_text(encoding="utf-8"))
-    except (OSError, *UNREADABLE_JSON):
-        return None
-    return data if isinstance(data, dict) and data.get("state") in STATES else None
 
 
 def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) -> bool:
@@ -162,15 +154,6 @@ def saved_step(workspace: str | Path) -> int | None:
     return checkpoint_step(last_checkpoint(Path(workspace)))
 
 
-def running_elsewhere(status: dict[str, Any] | None) -> int | None:
-    """The process id of another process of this machine that ``status`` says is running the
-    run and that is alive, else ``None`` (a run ended, or recorded on another machine, or whose
-    process is gone: killed without warning)."""
-    if (status or {}).get("state") != "running" or status.get("pid") == os.getpid():
-        return None
-    return status["pid"] if record_alive(status) else None
-
-
 def live_run(workspace: str | Path) -> tuple[int, dict[str, Any] | None] | None:
     """Another live process of this machine running a run in ``workspace``: its pid and the
     ``status.json`` that says so (:func:`running_elsewhere`), or ``None`` for the status while
@@ -182,19 +165,6 @@ def live_run(workspace: str | Path) -> tuple[int, dict[str, Any] | None] | None:
         return pid, status
     holder = workspace_holder(workspace)
     return None if holder is None else (holder, None)
-
-
-def check_not_running(workspace: str | Path) -> None:
-    """Refuse a workspace that another live process of this machine is running a run in (the
-    same command typed in a second terminal): both would write its checkpoints and files."""
-    status = read_status(workspace)
-    pid = running_elsewhere(status)
-    if pid is not None:
-        raise WorkspaceInUse(
-            workspace,
-            f"process {pid} on this machine",
-            f"its run ({status.get('phase')} phase, step {status.get('step')})",
-        )
 
 
 def peak_gpu_mib(device: torch.device) -> float | None:

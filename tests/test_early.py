@@ -448,3 +448,136 @@ def test_holds_no_checkpoint_only_where_can_resume_is_false(tmp_path):
     file = a_run_of(tmp_path / "file")
     (file / "checkpoints").write_text("")
     assert not holds_no_checkpoint(file)
+
+
+@pytest.fixture
+def other_runs_folder(tmp_path):
+    """An image (``mug.png``) and folders holding other runs than its: a text→3D run, another
+    image's run, a sentence of this image whose descriptor training has started, this image's run
+    whose copy is of another image (the image edited since), and the default folder
+    ``workspace/mug`` holding the run of another ``mug.png``."""
+    from PIL import Image
+
+    def record(path: Path, data: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "mug.png")
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(tmp_path / "cup.png")
+    (tmp_path / "other").mkdir()
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(tmp_path / "other" / "mug.png")
+    record(tmp_path / "text" / "config.json", {"prompt": "a cube", "workspace": "text"})
+    for run, image in (("cup", "cup.png"), ("workspace/mug", "other/mug.png")):
+        path = str(tmp_path / image)
+        record(tmp_path / run / "descriptor" / "sentence.json", {"sentence": "x", "image": path})
+        sections = {"prompt": "x", "workspace": run, "image_to_3d": {"image": path}}
+        record(tmp_path / run / "config.json", sections)
+    mug = {"sentence": "a red mug", "image": str(tmp_path / "mug.png")}
+    record(tmp_path / "trained" / "descriptor" / "sentence.json", {**mug, "trained_sentence": "t"})
+    record(tmp_path / "edited" / "descriptor" / "sentence.json", mug)
+    (tmp_path / "edited" / "descriptor" / "source.png").write_bytes(
+        (tmp_path / "cup.png").read_bytes()
+    )
+    return tmp_path
+
+
+OTHER_RUNS = [
+    (
+        ["describe", "mug.png", "--workspace", "text"],
+        "text holds the text→3D run of 'a cube'; pass --workspace NEW_FOLDER to describe mug.png",
+    ),
+    (
+        ["describe", "mug.png", "--workspace", "cup"],
+        "cup holds the sentence of {root}/cup.png; pass --workspace NEW_FOLDER to describe mug.png",
+    ),
+    (
+        ["describe", "mug.png", "--workspace", "trained"],
+        "trained holds the image→3D run of 'a red mug', whose descriptor training has started; "
+        "to describe the image again, pass --workspace NEW_FOLDER",
+    ),
+    (
+        ["describe", "mug.png"],
+        "workspace/mug holds the sentence of {root}/other/mug.png; pass --workspace NEW_FOLDER to "
+        "describe mug.png",
+    ),
+    (
+        ["image", "mug.png", "--workspace", "text"],
+        "text holds a text→3D run of 'a cube'; pass --workspace NEW_FOLDER for this image",
+    ),
+    (
+        ["image", "mug.png", "--workspace", "cup"],
+        "cup holds the image→3D run of {root}/cup.png; pass --workspace NEW_FOLDER for this image",
+    ),
+    (
+        ["image", "mug.png", "--workspace", "edited"],
+        "mug.png has changed since the run in edited started from it; pass --workspace "
+        "NEW_FOLDER for the new image, or its copy edited/descriptor/source.png to continue the "
+        "run",
+    ),
+    (
+        ["image", "mug.png"],
+        "workspace/mug holds the image→3D run of {root}/other/mug.png; pass --workspace "
+        "NEW_FOLDER for this image",
+    ),
+]
+
+
+def files_under(folder: Path) -> dict[str, bytes | None]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"), OTHER_RUNS, ids=[" ".join(argv) for argv, _ in OTHER_RUNS]
+)
+def test_a_workspace_holding_another_run_is_refused_before_torch_is_imported(
+    other_runs_folder, argv, line
+):
+    """describe's and image's line for a folder of another run (check_describe_workspace,
+    check_image_workspace), which they gave after the torch import (7-15 s, ~475 MB)."""
+    before = files_under(other_runs_folder)
+    done = run_without_torch(other_runs_folder, argv)
+    expected = f"dreamtext: error: {line.format(root=other_runs_folder)}\n"
+    assert (done.returncode, done.stderr) == (2, expected)
+    assert done.stdout == "[]\n"
+    assert files_under(other_runs_folder) == before
+
+
+def test_an_image_gone_since_its_run_copied_it_is_refused_before_torch_is_imported(
+    other_runs_folder,
+):
+    """check_image's line naming the run's copy, which image gave after the torch import."""
+    (other_runs_folder / "mug.png").rename(other_runs_folder / "moved.png")
+    done = run_without_torch(other_runs_folder, ["image", "mug.png", "--workspace", "edited"])
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        "dreamtext: error: image not found: mug.png; to continue the run in edited, pass its copy "
+        "edited/descriptor/source.png (or the image's new path)\n"
+    )
+
+
+def test_image_into_a_run_another_process_runs_is_refused_before_torch_is_imported(
+    other_runs_folder,
+):
+    """status.json of a live process (this test's) running the run: check_not_running's line."""
+    from dreamtext.processes import this_process
+
+    status = {"state": "running", "phase": "train", "step": 7, **this_process()}
+    (other_runs_folder / "cup" / "status.json").write_text(json.dumps(status))
+    done = run_without_torch(other_runs_folder, ["image", "cup.png", "--workspace", "cup"])
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        f"dreamtext: error: cup is in use: process {os.getpid()} on this machine is running its "
+        "run (train phase, step 7); wait for it to end or stop it, or pass --workspace NEW_FOLDER\n"
+    )
+
+
+def test_describe_into_a_locked_workspace_is_left_to_the_command(other_runs_folder):
+    """A lock file: another process may hold the workspace, which claim_workspace asks first.
+    Here its holder is gone, so the command takes the lock and says the same line."""
+    (other_runs_folder / "text" / ".dreamtext.lock").write_text("{}")
+    done = run_without_torch(other_runs_folder, ["describe", "mug.png", "--workspace", "text"])
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {OTHER_RUNS[0][1]}\n")
+    assert "torch" in done.stdout

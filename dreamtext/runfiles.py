@@ -1,0 +1,340 @@
+"""What a run's folder holds, read from its files without torch: its ``config.json``, its
+``status.json``, its sentence record (``descriptor/sentence.json``) and its copy of its image, and
+the checks built on them that refuse a folder holding another run (:func:`check_describe_workspace`,
+:func:`check_image_workspace`) or one another process runs (:func:`check_not_running`), and an
+image gone since its run copied it (:func:`check_image`).
+
+The commands call these checks as their first steps, after the torch import; the CLI calls the same
+functions before it (:mod:`dreamtext.cli`'s early checks), so that ``describe`` or ``image`` into a
+folder of another run is its one line in a second, not after seconds of imports, and the lines are
+the same either way. :mod:`dreamtext.checkpoint`, :mod:`dreamtext.runstatus`,
+:mod:`dreamtext.config`, :mod:`dreamtext.describe` and :mod:`dreamtext.imageto3d` take them from
+here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.images import load_image
+from dreamtext.inputs import (
+    DEFAULT_WORKSPACE_ROOT,
+    RUN_LEARNED_EMBEDS,
+    RUN_STATUS,
+    STAGE_SECTIONS,
+    ascii_slug,
+    owner_value,
+    slugify,
+)
+from dreamtext.processes import record_alive
+
+
+def check_writable(folder: Path, fix: str) -> None:
+    """Raise a :class:`DreamtextError` unless ``folder`` is, or can be made, a folder this process
+    can write in; ``fix`` says what to do instead. Checked before any work, so that a read-only
+    or mistyped location costs a line, not a traceback after the work."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():  # no folder can be made in its place
+        raise DreamtextError(
+            f"{folder} cannot be a folder: {existing} is a link to {os.readlink(existing)}, "
+            f"which does not exist; make that folder, or {fix}"
+        )
+    if existing.exists() and not existing.is_dir():
+        raise DreamtextError(
+            f"{folder} cannot be a folder: {existing} is a file; move that file away, or {fix}"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        # access() fails alike for a mode bit and a file system mounted read-only (EROFS): name
+        # the one it is, since chmod cannot help the second.
+        try:
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "a read-only file system" if read_only else "permission denied"
+        raise DreamtextError(f"cannot write in {existing} ({why}); {fix}")
+
+
+# The states a status.json can record.
+STATES = ("running", "finished", "failed", "interrupted")
+
+
+def read_status(workspace: str | Path) -> dict[str, Any] | None:
+    """The workspace's status, or ``None`` when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((Path(workspace) / RUN_STATUS).read_text(encoding="utf-8"))
+    except (OSError, *UNREADABLE_JSON):
+        return None
+    return data if isinstance(data, dict) and data.get("state") in STATES else None
+
+
+def running_elsewhere(status: dict[str, Any] | None) -> int | None:
+    """The process id of another process of this machine that ``status`` says is running the
+    run and that is alive, else ``None`` (a run ended, or recorded on another machine, or whose
+    process is gone: killed without warning)."""
+    if (status or {}).get("state") != "running" or status.get("pid") == os.getpid():
+        return None
+    return status["pid"] if record_alive(status) else None
+
+
+def check_not_running(workspace: str | Path) -> None:
+    """Refuse a workspace that another live process of this machine is running a run in (the
+    same command typed in a second terminal): both would write its checkpoints and files."""
+    status = read_status(workspace)
+    pid = running_elsewhere(status)
+    if pid is not None:
+        raise WorkspaceInUse(
+            workspace,
+            f"process {pid} on this machine",
+            f"its run ({status.get('phase')} phase, step {status.get('step')})",
+        )
+
+
+# Keys of config.json that a rewrite of the file keeps unless it gives them anew: besides the
+# stage sections, records of what ran (not settings): the hash-grid backend, ``ran_on``
+# (device, dtypes, host, model commit and versions of the process that trained it last) and
+# ``resumes`` (each resume's step and the settings it changed:
+# :func:`dreamtext.config.changed_settings`).
+KEPT_KEYS = ("encoding_backend", "ran_on", "resumes", *STAGE_SECTIONS)
+
+
+def read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
+    """The mapping a run's ``config.json`` at ``path`` holds, ``None`` when there is none; one
+    that cannot be read, or is no mapping, is a :class:`DreamtextError` ending in ``fix``."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, *UNREADABLE_JSON):
+        raise DreamtextError(f"{path} is unreadable; {fix}") from None
+    if not isinstance(data, dict):
+        raise DreamtextError(f"{path} is not a run config; {fix}")
+    return data
+
+
+def own_learned_embeds(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data``, a run's config.json read from the run's ``folder``, with the run's own learned
+    tokens (``guidance.textual_inversion``, a ``…/descriptor/learned_embeds.safetensors``) named
+    by the file in ``folder``. The record names it by the path it had when the run was made, so
+    a run folder moved or copied since (another disk, another machine) resumed the text stage
+    with the file of the folder it was copied from, or failed where that is gone."""
+    guidance = data.get("guidance")
+    recorded = guidance.get("textual_inversion") if isinstance(guidance, dict) else None
+    own = folder.joinpath(*RUN_LEARNED_EMBEDS)
+    its_own = isinstance(recorded, str) and Path(recorded).parts[-2:] == RUN_LEARNED_EMBEDS
+    if its_own and own.is_file():
+        guidance["textual_inversion"] = os.path.abspath(own)
+    return data
+
+
+def read_run_config(workspace: str | Path, fix: str) -> dict[str, Any] | None:
+    """The run config a workspace recorded (its ``config.json``), as a resume base: ``None``
+    when there is none, a :class:`DreamtextError` ending in ``fix`` when it cannot be read.
+    The records of what ran (``encoding_backend``, ``ran_on``: not settings) and the
+    :data:`STAGE_SECTIONS` (:func:`read_stage_sections`) are left out; the run's own learned
+    tokens are the file in ``workspace`` (:func:`own_learned_embeds`)."""
+    data = read_config_json(Path(workspace) / "config.json", fix)
+    if data is None:
+        return None
+    for key in KEPT_KEYS:
+        data.pop(key, None)
+    return own_learned_embeds(data, Path(workspace))
+
+
+def read_stage_sections(workspace: str | Path) -> dict[str, dict[str, Any]]:
+    """The :data:`STAGE_SECTIONS` a workspace's ``config.json`` holds (``{}`` for a text→3D run,
+    a run from before they were recorded, or no config.json)."""
+    data = read_config_json(Path(workspace) / "config.json", "delete it or pass --workspace")
+    return {k: data[k] for k in STAGE_SECTIONS if isinstance((data or {}).get(k), dict)}
+
+
+def sentence_path(workspace: str | Path) -> Path:
+    """``W/descriptor/sentence.json``: the sentence found, and once trained, the learned one."""
+    return Path(workspace) / "descriptor" / "sentence.json"
+
+
+# The suffix of descriptor/source.<ext> for each format load_image accepts.
+SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+
+
+def source_copy(workspace: str | Path) -> Path | None:
+    """The run's copy of its image (``W/descriptor/source.<ext>``), ``None`` before it has one."""
+    folder = Path(workspace) / "descriptor"
+    copies = (folder / f"source{suffix}" for suffix in SOURCE_SUFFIXES.values())
+    return next((copy for copy in copies if copy.is_file()), None)
+
+
+def read_record(workspace: str | Path) -> dict | None:
+    """The workspace's ``sentence.json`` as a dict, ``None`` when there is none; an unreadable
+    one is a :class:`DreamtextError`."""
+    path = sentence_path(workspace)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, *UNREADABLE_JSON) as error:
+        raise DreamtextError(
+            f"{path} is unreadable ({type(error).__name__}); delete it to describe the image "
+            "again, or pass --workspace NEW_FOLDER"
+        ) from None
+    if not isinstance(record, dict):
+        raise DreamtextError(f"{path} is not a sentence record; delete it or pass --workspace")
+    return record
+
+
+def run_owner(workspace: Path) -> tuple[str, str] | None:
+    """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
+    (``descriptor/sentence.json``, or before it config.json's ``image_to_3d`` section),
+    ``("text", prompt)`` for a text→3D run (``config.json``), ``None`` when it holds neither (no
+    folder, or a run that has not written them yet)."""
+    for path, kind, keys in (
+        (sentence_path(workspace), "image", ("image",)),
+        (workspace / "config.json", "image", ("image_to_3d", "image")),
+        (workspace / "config.json", "text", ("prompt",)),
+    ):
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+            for key in keys:
+                value = value.get(key)
+        except (OSError, *UNREADABLE_JSON, AttributeError):
+            continue
+        if isinstance(value, str):
+            return kind, owner_value(kind, value)
+    return None
+
+
+def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
+    """The default workspace under ``root`` of the run ``key`` (:func:`run_owner`'s form) whose
+    folder is named after ``name`` (the prompt, or the image file's stem): ``root/<slugify(name)>``,
+    or the folder an earlier version named it (:func:`ascii_slug`) when that one holds this run
+    and the new one does not exist."""
+    folder = root / slugify(name)
+    legacy = root / ascii_slug(name)
+    if legacy != folder and not folder.exists() and run_owner(legacy) == key:
+        return legacy
+    return folder
+
+
+def default_workspace(image_path: str | Path) -> Path:
+    """``workspace/<image file name>``: where ``dreamtext describe`` and ``dreamtext image`` write
+    by default, so that ``image`` reuses the sentence ``describe`` found."""
+    key = ("image", owner_value("image", str(image_path)))
+    return prompt_workspace(DEFAULT_WORKSPACE_ROOT, Path(image_path).stem, key)
+
+
+def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> None:
+    """Refuse, before any work, a workspace where a new sentence would wreck what is there: the
+    record of another image, or of an image→3D run whose descriptor training has started (its
+    checkpoints and learned tokens belong to the old sentence), or a text→3D run. A record of
+    this image that no training has used yet is replaced."""
+    workspace = Path(workspace)
+    check_writable(workspace, "pass --workspace a folder you can write")
+    record = read_record(workspace)
+    if record is None:
+        # A text→3D run's folder (its config.json has no image→3D section): the sentence and
+        # describe's status.json would make it read as an image run and hide its steps.
+        saved = read_run_config(workspace, "delete it or pass --workspace NEW_FOLDER")
+        if saved is not None and not read_stage_sections(workspace):
+            raise DreamtextError(
+                f"{workspace} holds the text→3D run of '{saved.get('prompt')}'; pass --workspace "
+                f"NEW_FOLDER to describe {image_path}"
+            )
+        return
+    previous = record.get("image")
+    if previous is not None and Path(previous).resolve() != Path(image_path).resolve():
+        raise DreamtextError(
+            f"{workspace} holds the sentence of {previous}; pass --workspace NEW_FOLDER to "
+            f"describe {image_path}"
+        )
+    folder = sentence_path(workspace).parent
+    trained = "trained_sentence" in record or (folder / "checkpoints" / "last.pt").is_file()
+    if trained:
+        raise DreamtextError(
+            f"{workspace} holds the image→3D run of '{record.get('sentence')}', whose descriptor "
+            "training has started; to describe the image again, pass --workspace NEW_FOLDER"
+        )
+
+
+def same_image(
+    image_path: Path, previous: Path, data: bytes | None, copy_data: bytes | None
+) -> bool:
+    """Whether ``image_path`` is the image of a run that recorded ``previous``: the same path,
+    or the same bytes as that file or as the run's copy (:func:`source_copy`), so that a run
+    whose image was moved or deleted continues from the moved file or the copy. ``data``: the
+    bytes of ``image_path`` (``None`` when it is no file), ``copy_data`` the copy's (``None``
+    without one): the caller reads each once."""
+    if previous.resolve() == image_path.resolve():
+        return True
+    if data is None:
+        return False
+    return copy_data == data or (previous.is_file() and previous.read_bytes() == data)
+
+
+def recorded_image(workspace: Path) -> str | None:
+    """The image the run in ``workspace`` recorded (config.json's ``image_to_3d``, else
+    sentence.json's), ``None`` for a new run."""
+    section = read_stage_sections(workspace).get("image_to_3d", {})
+    return section.get("image") or (read_record(workspace) or {}).get("image")
+
+
+def check_image(image_path: Path, workspace: Path) -> None:
+    """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
+    it is named with the run's copy to pass instead (the run can continue from it)."""
+    if not image_path.exists() and workspace.is_dir():
+        previous, copy = recorded_image(workspace), source_copy(workspace)
+        if previous is not None and copy is not None and Path(previous) == image_path.resolve():
+            raise DreamtextError(
+                f"image not found: {image_path}; to continue the run in {workspace}, pass its "
+                f"copy {copy} (or the image's new path)"
+            )
+    load_image(image_path)
+
+
+def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
+    """Refuse, before any work, a workspace that holds something other than this image's run:
+    a file, a folder this process cannot write, the run of another image (:func:`same_image`),
+    this image edited since the run copied it, or a text→3D run of some prompt (which the
+    text→3D stage would otherwise continue as this image's). Returns the run's recorded
+    ``config.json`` without its stage sections (``None`` before it has one). A run that another
+    process of this machine is running is refused too (:func:`check_not_running`)."""
+    check_writable(workspace, "pass --workspace a folder you can write")
+    check_not_running(workspace)
+    record = read_record(workspace)
+    sections = read_stage_sections(workspace)
+    previous = recorded_image(workspace)
+    copy = source_copy(workspace)
+    # The image and the copy are read once each (an image may be tens of megabytes), and only
+    # for a run that recorded one.
+    data = image_path.read_bytes() if previous is not None and image_path.is_file() else None
+    copy_data = None
+    if data is not None and copy is not None:
+        copy_data = data if copy.resolve() == image_path.resolve() else copy.read_bytes()
+    if previous is not None and not same_image(image_path, Path(previous), data, copy_data):
+        raise DreamtextError(
+            f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
+            "for this image"
+        )
+    if copy_data is not None and copy_data != data:
+        # Edited in place: the run's sentence and descriptor were made from the copy.
+        raise DreamtextError(
+            f"{image_path} has changed since the run in {workspace} started from it; pass "
+            f"--workspace NEW_FOLDER for the new image, or its copy {copy} to continue the run"
+        )
+    saved = read_run_config(workspace, "delete it or pass --workspace NEW_FOLDER")
+    if saved is None:
+        return None
+    # An image run's config.json: its stage sections, or for a run from before them the
+    # learned embedding of a sentence record.
+    learned = record is not None and saved.get("guidance", {}).get("textual_inversion")
+    if not sections and not learned:
+        raise DreamtextError(
+            f"{workspace} holds a text→3D run of '{saved.get('prompt')}'; pass --workspace "
+            "NEW_FOLDER for this image"
+        )
+    return saved
