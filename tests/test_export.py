@@ -25,6 +25,7 @@ from analytic_field import ALBEDO, EmptyField, SphereField, SphereTracer, direct
 from PIL import Image
 from test_checkpoint import files_limited_to
 
+import dreamtext
 from dreamtext import export as export_module
 from dreamtext import shapes
 from dreamtext.checkpoint import load_checkpoint, load_field, save_checkpoint
@@ -260,7 +261,8 @@ def test_obj_material_is_matte_like_the_glb(coloured):
 
 
 def khronos_validate(path: Path) -> None:
-    """Run the Khronos glTF validator on ``path``; fail on any error, skip when it is absent."""
+    """Run the Khronos glTF validator on ``path``; fail on any message (error, warning, info or
+    hint), skip when it is absent."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed: the Khronos glTF validator runs on node")
     if not (GLTF_DIR / "node_modules" / "gltf-validator").is_dir():
@@ -272,7 +274,7 @@ def khronos_validate(path: Path) -> None:
         timeout=60,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert " 0 errors" in run.stdout
+    assert " 0 errors, 0 warnings, 0 infos, 0 hints" in run.stdout, run.stdout
 
 
 def test_glb_passes_the_khronos_gltf_validator(coloured):
@@ -350,6 +352,47 @@ def test_trained_mesh_solid_is_the_field_occupancy(trained, shape):
     solid = voxelize_solid(trimesh.Trimesh(positions, faces, process=False), len(occupancy), bound)
     iou = (solid & occupancy).sum() / (solid | occupancy).sum()
     assert iou == pytest.approx(report["iou_field"], abs=0.01)
+
+
+def test_trained_glb_names_the_object_after_the_prompt_and_records_how_it_was_made(trained):
+    """trimesh named the node and mesh ``geometry_0`` and the generator trimesh: Blender's
+    outliner and glTF viewers showed nothing of what the object is."""
+    tree, _ = read_glb(trained["cube"] / "mesh" / "mesh.glb")
+    report = json.loads((trained["cube"] / "mesh" / "mesh.json").read_text())
+    assert tree["asset"]["generator"] == f"dreamtext {dreamtext.__version__}"
+    assert tree["asset"]["extras"] == {"title": "a green cube"}
+    [node] = tree["nodes"]
+    assert node["name"] == tree["meshes"][node["mesh"]]["name"] == "a_green_cube"
+    assert node["extras"] == {
+        "prompt": "a green cube",
+        "step": TRAINED_STEPS,
+        "resolution": report["resolution"],
+        "threshold": report["threshold"],
+        "decimate": report["options"]["decimate"],
+        "texture_size": report["options"]["texture_size"],
+    }
+    assert (report["resolution"], report["options"]["texture_size"]) == (96, 256)  # the preset's
+
+
+def test_a_glb_of_no_prompt_is_named_dreamtext_and_has_no_title(exported):
+    tree, _ = read_glb(exported[0] / "mesh" / "mesh.glb")
+    assert [node["name"] for node in tree["nodes"]] == ["dreamtext"]
+    assert tree["meshes"][0]["name"] == "dreamtext"
+    assert tree["nodes"][0]["extras"]["prompt"] is None
+    assert tree["nodes"][0]["extras"]["step"] is None  # a field of no run
+    assert "extras" not in tree["asset"]
+
+
+def test_a_prompt_named_like_trimeshs_scene_root_keeps_its_node_and_extras(tmp_path):
+    """trimesh's scene root is ``world``: an object of that name was the root, not written with
+    its extras."""
+    options = small_options(video=False, formats=("glb",))
+    export_field(SphereField(), tmp_path, options, step=3, prompt="World")
+    tree, _ = read_glb(tmp_path / "mesh" / "mesh.glb")
+    [node] = tree["nodes"]
+    assert node["name"] == "world" and node["extras"]["prompt"] == "World"
+    assert node["extras"]["step"] == 3
+    khronos_validate(tmp_path / "mesh" / "mesh.glb")
 
 
 def test_turntable_has_60_frames_rendered_a_few_at_a_time(tmp_path):
@@ -1266,6 +1309,10 @@ def test_re_export_of_a_trained_run_makes_the_mesh_its_training_made(trained, tm
     original = json.loads((trained["cube"] / "mesh" / "mesh.json").read_text())
     again = json.loads((copy / "mesh" / "mesh.json").read_text())
     assert again == original
+    # Named after the prompt the checkpoint's config records, as the training's export was.
+    made, remade = (read_glb(run / "mesh" / "mesh.glb")[0] for run in (trained["cube"], copy))
+    assert remade["asset"] == made["asset"] and remade["nodes"] == made["nodes"]
+    assert remade["nodes"][0]["name"] == "a_green_cube"
     assert not (copy / "video").exists()
 
 
@@ -1308,7 +1355,9 @@ def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
     used = []
     stub_run(monkeypatch, SphereField(), None)
 
-    def fake_export(field, out_dir, options, renderer, step, check=None, progress=None):
+    def fake_export(
+        field, out_dir, options, renderer, step, check=None, progress=None, prompt=None
+    ):
         used.append(options)
         return SimpleNamespace(summary=lambda: f"exported {out_dir}")
 
