@@ -664,7 +664,7 @@ def _export_field(
             }
             staged[mesh_dir / "mesh.glb"] = _glb_bytes(textured, prompt, made_with)
         if "obj" in options.formats:
-            staged.update(_obj_files(textured, mesh_dir))
+            staged.update(_obj_files(textured, mesh_dir, object_name(prompt)))
     if "ply" in options.formats:
         progress.stage("vertex colours")
         colours = query_albedo(field, surface.vertices.astype(np.float32))
@@ -730,9 +730,9 @@ def _material(texture: Image.Image) -> trimesh.visual.material.PBRMaterial:
 
 
 def object_name(prompt: str | None) -> str:
-    """The object's name in the exported files (the GLB's node and mesh): the prompt's folder
-    name (:func:`dreamtext.inputs.slugify`, ``a_red_apple``), ``dreamtext`` without a prompt (a
-    field exported outside a run)."""
+    """The object's name in the exported files (the GLB's node and mesh, the OBJ's ``o``): the
+    prompt's folder name (:func:`dreamtext.inputs.slugify`, ``a_red_apple``), ``dreamtext``
+    without a prompt (a field exported outside a run)."""
     return slugify(prompt) if prompt and prompt.strip() else "dreamtext"
 
 
@@ -788,22 +788,24 @@ def _set_buffer_view_targets(tree: dict) -> None:
 MTL_MATTE = {"Ka": "0 0 0", "Ks": "0 0 0", "Ns": "0", "illum": "1", "Pr": "1", "Pm": "0"}
 
 
-def _obj_files(mesh: trimesh.Trimesh, folder: Path) -> dict[Path, bytes]:
-    """``mesh.obj``, ``mesh.mtl`` (a matte material, :data:`MTL_MATTE`) and the texture it names
-    (``albedo.png``), as bytes. ``mesh``: the UV-unwrapped surface, its vertices split at seams."""
+def _obj_files(mesh: trimesh.Trimesh, folder: Path, name: str) -> dict[Path, bytes]:
+    """``mesh.obj`` (the object ``name``), ``mesh.mtl`` (a matte material, :data:`MTL_MATTE`) and
+    the texture it names (``albedo.png``), as bytes. ``mesh``: the UV-unwrapped surface, its
+    vertices split at seams."""
     # trimesh's material writer: the MTL (``newmtl``, ``Kd``, ``map_Kd``) and the texture it names.
     material_files, material = mesh.visual.material.to_simple().to_obj()
-    files = {folder / "mesh.obj": _obj_text(mesh, "mesh.mtl", material).encode("utf-8")}
-    for name, data in material_files.items():
-        if name.lower().endswith(".mtl"):
+    files = {folder / "mesh.obj": _obj_text(mesh, name, "mesh.mtl", material).encode("utf-8")}
+    for file_name, data in material_files.items():
+        if file_name.lower().endswith(".mtl"):
             files[folder / "mesh.mtl"] = _matte_mtl(data.decode("utf-8")).encode("utf-8")
         else:
-            files[folder / name] = data
+            files[folder / file_name] = data
     return files
 
 
-def _obj_text(mesh: trimesh.Trimesh, mtl_name: str, material: str) -> str:
-    """The OBJ of a UV-unwrapped surface with one ``v`` (and ``vn``) per position and one ``vt``
+def _obj_text(mesh: trimesh.Trimesh, name: str, mtl_name: str, material: str) -> str:
+    """The OBJ of a UV-unwrapped surface, one object ``o name`` (a slug: no spaces, which OBJ
+    reads as the end of the name), with one ``v`` (and ``vn``) per position and one ``vt``
     per split vertex: OBJ indexes positions and UVs separately, so only the UVs split at seams
     and a reader that builds its mesh from the positions (Blender, MeshLab, slicers) gets the
     closed surface back, not one cut open along every seam as the GLB's vertices must be."""
@@ -814,7 +816,7 @@ def _obj_text(mesh: trimesh.Trimesh, mtl_name: str, material: str) -> str:
     uv = np.asarray(mesh.visual.uv)
     position = corner_position.ravel()[mesh.faces] + 1
     texcoord = np.asarray(mesh.faces) + 1
-    lines = [f"mtllib {mtl_name}", f"usemtl {material}"]
+    lines = [f"mtllib {mtl_name}", f"o {name}", f"usemtl {material}"]
     lines += [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in positions]
     lines += [f"vt {u:.8f} {v:.8f}" for u, v in uv]
     lines += [f"vn {x:.8f} {y:.8f} {z:.8f}" for x, y, z in normals]

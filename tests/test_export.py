@@ -228,6 +228,23 @@ def obj_statements(path: Path) -> dict[str, list[list[str]]]:
     return statements
 
 
+def obj_objects(path: Path) -> list[str]:
+    """The names of an OBJ file's ``o`` statements."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.split(" ", 1)[1] for line in lines if line.startswith("o ")]
+
+
+def test_obj_names_its_one_object_before_its_vertices(coloured):
+    text = (coloured / "mesh" / "mesh.obj").read_text(encoding="utf-8")
+    assert obj_objects(coloured / "mesh" / "mesh.obj") == ["dreamtext"]  # a field of no run
+    assert text.index("\no dreamtext\n") < text.index("\nv ")
+    assert len(trimesh.load(coloured / "mesh" / "mesh.obj", force="mesh").faces) > 0
+
+
+def test_trained_obj_is_named_after_the_prompt(trained):
+    assert obj_objects(trained["sphere"] / "mesh" / "mesh.obj") == ["a_green_sphere"]
+
+
 def test_obj_shares_positions_across_uv_seams_so_its_faces_close_the_surface(coloured):
     # OBJ indexes positions and UVs separately: only the UVs split at seams, so Blender, MeshLab
     # and slicers read one closed surface (the GLB, whose vertices carry both, must split).
