@@ -668,13 +668,16 @@ def _export_field(
     if "ply" in options.formats:
         progress.stage("vertex colours")
         colours = query_albedo(field, surface.vertices.astype(np.float32))
+        # The normals of the GLB and OBJ (the welded surface's): a PLY without them is shaded
+        # flat or by normals each reader estimates its own way (MeshLab, CloudCompare).
         coloured = trimesh.Trimesh(
             vertices=surface.vertices,
             faces=surface.faces,
+            vertex_normals=surface.vertex_normals,
             vertex_colors=np.round(colours * 255).astype(np.uint8),
             process=False,
         )
-        staged[mesh_dir / "mesh.ply"] = coloured.export(file_type="ply")
+        staged[mesh_dir / "mesh.ply"] = coloured.export(file_type="ply", vertex_normal=True)
 
     frames = 0
     if options.video:

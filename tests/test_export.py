@@ -154,6 +154,67 @@ def test_ply_has_the_albedo_as_vertex_colours(exported):
     )
 
 
+def read_ply(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(vertex property names, vertices (a structured array), faces [F, 3])`` of a binary
+    little-endian PLY of triangles, read as the format defines it (not through trimesh)."""
+    data = path.read_bytes()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    header = data[:end].decode("ascii").splitlines()
+    assert header[1] == "format binary_little_endian 1.0"
+    types = {"float": "<f4", "uchar": "u1"}
+    names, dtype, count, faces = [], [], {}, 0
+    element = None
+    for line in header:
+        words = line.split()
+        if words[0] == "element":
+            element = words[1]
+            count[element] = int(words[2])
+        elif words[0] == "property" and element == "vertex":
+            names.append(words[2])
+            dtype.append((words[2], types[words[1]]))
+    vertices = np.frombuffer(data, dtype=dtype, count=count["vertex"], offset=end)
+    face_dtype = [("n", "u1"), ("index", "<i4", 3)]
+    offset = end + vertices.nbytes
+    faces = np.frombuffer(data, dtype=face_dtype, count=count["face"], offset=offset)
+    assert (faces["n"] == 3).all() and offset + faces.nbytes == len(data)
+    return names, vertices, faces["index"].astype(np.int64)
+
+
+def test_ply_has_unit_float_normals_beside_its_colours(exported):
+    names, vertices, _ = read_ply(exported[0] / "mesh" / "mesh.ply")
+    assert names == ["x", "y", "z", "nx", "ny", "nz", "red", "green", "blue", "alpha"]
+    assert vertices.dtype.itemsize == 28  # 12 B position, 12 B normal, 4 B colour
+    normals = np.stack([vertices[k] for k in ("nx", "ny", "nz")], axis=1)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
+    mesh = trimesh.load(exported[0] / "mesh" / "mesh.ply", process=False)
+    np.testing.assert_array_equal(mesh.vertex_normals, normals)  # what trimesh reads back
+
+
+def test_ply_normals_point_out_of_the_sphere(exported):
+    _, vertices, _ = read_ply(exported[0] / "mesh" / "mesh.ply")
+    positions = np.stack([vertices[k] for k in ("x", "y", "z")], axis=1)
+    normals = np.stack([vertices[k] for k in ("nx", "ny", "nz")], axis=1)
+    radial = positions / np.linalg.norm(positions, axis=1, keepdims=True)
+    cosines = np.einsum("ij,ij->i", normals, radial)
+    assert cosines.min() > 0.9 and cosines.mean() > 0.99  # a 2000-face sphere: a few degrees off
+
+
+@pytest.mark.parametrize("shape", ["cube", "torus"])
+def test_trained_ply_normals_agree_with_its_faces(trained, shape):
+    """The vertex normals on the side the faces face: the average of a face's corner normals
+    points the face's way (a cube's corners too, a torus's inner ring too), but for a sliver
+    or two of a decimated crease."""
+    _, vertices, faces = read_ply(trained[shape] / "mesh" / "mesh.ply")
+    positions = np.stack([vertices[k] for k in ("x", "y", "z")], axis=1).astype(np.float64)
+    normals = np.stack([vertices[k] for k in ("nx", "ny", "nz")], axis=1).astype(np.float64)
+    corners = positions[faces]
+    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    area = np.linalg.norm(face_normals, axis=1)
+    agreement = np.einsum("ij,ij->i", normals[faces].mean(axis=1), face_normals / area[:, None])
+    assert area[agreement > 0].sum() / area.sum() > 0.999 and np.median(agreement) > 0.9
+    assert trimesh.Trimesh(positions, faces, process=False).volume > 0  # faces face outward
+
+
 def test_glb_reloads_with_a_pbr_texture_that_matches_the_surface(coloured):
     mesh = trimesh.load(coloured / "mesh" / "mesh.glb", force="mesh")
     material = mesh.visual.material
