@@ -38,6 +38,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from dreamtext import __version__
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import (
     CHECKPOINT_DIR,
@@ -58,6 +59,7 @@ from dreamtext.checkpoint import (
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.exportprogress import ExportProgress
+from dreamtext.inputs import slugify
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
     MeshStats,
@@ -451,8 +453,10 @@ def export_workspace(
     with started or ExportProgress(workspace) as progress:
         progress.stage("loading the run")
         state = read_run_checkpoint(workspace)
-        field, renderer, _ = run_from_state(state, device)
-        return _export_run(workspace, options, device, state, field, renderer, progress)
+        field, renderer, config = run_from_state(state, device)
+        return _export_run(
+            workspace, options, device, state, field, renderer, progress, config.get("prompt")
+        )
 
 
 def _export_run(
@@ -463,9 +467,11 @@ def _export_run(
     field: torch.nn.Module,
     renderer: Any,
     progress: ExportProgress,
+    prompt: str | None = None,
 ) -> ExportResult:
-    """:func:`export_workspace`'s export of the run it read (``state``, its checkpoint), checked
-    on the way to be still the run in ``workspace``."""
+    """:func:`export_workspace`'s export of the run it read (``state``, its checkpoint, whose
+    config gives the ``prompt`` the files are named after), checked on the way to be still the
+    run in ``workspace``."""
     options = dataclasses.replace(options, device=str(device))
     run = state.get("run_id", "")
     step = int(state["step"])
@@ -518,7 +524,14 @@ def _export_run(
         )
 
     return export_field(
-        field, workspace, options, renderer, step, check=still_the_run, progress=progress
+        field,
+        workspace,
+        options,
+        renderer,
+        step,
+        check=still_the_run,
+        progress=progress,
+        prompt=prompt,
     )
 
 
@@ -549,6 +562,7 @@ def export_field(
     step: int | None = None,
     check: Callable[[], None] | None = None,
     progress: ExportProgress | None = None,
+    prompt: str | None = None,
 ) -> ExportResult:
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
@@ -556,6 +570,9 @@ def export_field(
     lock (:func:`write_all_atomically`), and on the way (about once a second while the density
     grid is sampled, after meshing, decimation, UV unwrapping and texture baking, before each
     turntable chunk), so that an export it refuses stops early; if it raises, nothing is written.
+
+    The files name the object after the run's ``prompt`` (:func:`object_name`), and the GLB
+    records the prompt and the settings that made it (:func:`_glb_bytes`).
 
     Where it stands is recorded in ``out_dir``'s progress file for ``dreamtext view``
     (:mod:`dreamtext.exportprogress`; ``progress``: the caller's record, by default one of its
@@ -590,7 +607,7 @@ def export_field(
             progress = stack.enter_context(ExportProgress(out_dir))
         progress.step = step
         with out_of_memory_is_a_user_error(explain):
-            return _export_field(field, out_dir, options, renderer, step, check, progress)
+            return _export_field(field, out_dir, options, renderer, step, check, progress, prompt)
 
 
 def _export_field(
@@ -601,6 +618,7 @@ def _export_field(
     step: int | None,
     check: Callable[[], None] | None,
     progress: ExportProgress,
+    prompt: str | None,
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end.
     ``check`` runs between stages: each of decimation, UV unwrapping and texture baking takes
@@ -636,21 +654,30 @@ def _export_field(
         on_the_way()
         textured.visual = trimesh.visual.TextureVisuals(uv=uv, material=_material(texture))
         if "glb" in options.formats:
-            staged[mesh_dir / "mesh.glb"] = textured.export(
-                file_type="glb", tree_postprocessor=_set_buffer_view_targets
-            )
+            made_with = {
+                "prompt": prompt,
+                "step": step,
+                "resolution": options.resolution,
+                "threshold": extraction.threshold,
+                "decimate": options.decimate,
+                "texture_size": options.texture_size,
+            }
+            staged[mesh_dir / "mesh.glb"] = _glb_bytes(textured, prompt, made_with)
         if "obj" in options.formats:
-            staged.update(_obj_files(textured, mesh_dir))
+            staged.update(_obj_files(textured, mesh_dir, object_name(prompt)))
     if "ply" in options.formats:
         progress.stage("vertex colours")
         colours = query_albedo(field, surface.vertices.astype(np.float32))
+        # The normals of the GLB and OBJ (the welded surface's): a PLY without them is shaded
+        # flat or by normals each reader estimates its own way (MeshLab, CloudCompare).
         coloured = trimesh.Trimesh(
             vertices=surface.vertices,
             faces=surface.faces,
+            vertex_normals=surface.vertex_normals,
             vertex_colors=np.round(colours * 255).astype(np.uint8),
             process=False,
         )
-        staged[mesh_dir / "mesh.ply"] = coloured.export(file_type="ply")
+        staged[mesh_dir / "mesh.ply"] = coloured.export(file_type="ply", vertex_normal=True)
 
     frames = 0
     if options.video:
@@ -705,6 +732,37 @@ def _material(texture: Image.Image) -> trimesh.visual.material.PBRMaterial:
     )
 
 
+def object_name(prompt: str | None) -> str:
+    """The object's name in the exported files (the GLB's node and mesh, the OBJ's ``o``): the
+    prompt's folder name (:func:`dreamtext.inputs.slugify`, ``a_red_apple``), ``dreamtext``
+    without a prompt (a field exported outside a run)."""
+    return slugify(prompt) if prompt and prompt.strip() else "dreamtext"
+
+
+# The GLB's scene root, which trimesh does not write when it carries nothing: named so that no
+# object name (letters, digits, '_') can be it. Named after the object, a prompt "world" (trimesh's
+# default root) would be the root itself.
+GLB_ROOT = "scene root"
+
+
+def _glb_bytes(mesh: trimesh.Trimesh, prompt: str | None, made_with: dict[str, Any]) -> bytes:
+    """The GLB of the textured ``mesh``: one node and mesh named :func:`object_name`, the node's
+    ``extras`` ``made_with`` (the prompt, step and export settings), ``asset.generator``
+    ``dreamtext <version>`` and ``asset.extras.title`` the prompt. Blender names its object and
+    mesh after the node and mesh and keeps the node's extras as the object's custom properties."""
+    name = object_name(prompt)
+    scene = trimesh.Scene(base_frame=GLB_ROOT)
+    scene.add_geometry(mesh, node_name=name, geom_name=name, metadata=made_with)
+
+    def describe(tree: dict) -> None:
+        _set_buffer_view_targets(tree)
+        tree["asset"]["generator"] = f"dreamtext {__version__}"
+        if prompt and prompt.strip():
+            tree["asset"]["extras"] = {"title": prompt}
+
+    return scene.export(file_type="glb", tree_postprocessor=describe)
+
+
 def _set_buffer_view_targets(tree: dict) -> None:
     """Mark vertex and index buffer views with their GPU targets (the glTF validator hints at it).
 
@@ -733,22 +791,24 @@ def _set_buffer_view_targets(tree: dict) -> None:
 MTL_MATTE = {"Ka": "0 0 0", "Ks": "0 0 0", "Ns": "0", "illum": "1", "Pr": "1", "Pm": "0"}
 
 
-def _obj_files(mesh: trimesh.Trimesh, folder: Path) -> dict[Path, bytes]:
-    """``mesh.obj``, ``mesh.mtl`` (a matte material, :data:`MTL_MATTE`) and the texture it names
-    (``albedo.png``), as bytes. ``mesh``: the UV-unwrapped surface, its vertices split at seams."""
+def _obj_files(mesh: trimesh.Trimesh, folder: Path, name: str) -> dict[Path, bytes]:
+    """``mesh.obj`` (the object ``name``), ``mesh.mtl`` (a matte material, :data:`MTL_MATTE`) and
+    the texture it names (``albedo.png``), as bytes. ``mesh``: the UV-unwrapped surface, its
+    vertices split at seams."""
     # trimesh's material writer: the MTL (``newmtl``, ``Kd``, ``map_Kd``) and the texture it names.
     material_files, material = mesh.visual.material.to_simple().to_obj()
-    files = {folder / "mesh.obj": _obj_text(mesh, "mesh.mtl", material).encode("utf-8")}
-    for name, data in material_files.items():
-        if name.lower().endswith(".mtl"):
+    files = {folder / "mesh.obj": _obj_text(mesh, name, "mesh.mtl", material).encode("utf-8")}
+    for file_name, data in material_files.items():
+        if file_name.lower().endswith(".mtl"):
             files[folder / "mesh.mtl"] = _matte_mtl(data.decode("utf-8")).encode("utf-8")
         else:
-            files[folder / name] = data
+            files[folder / file_name] = data
     return files
 
 
-def _obj_text(mesh: trimesh.Trimesh, mtl_name: str, material: str) -> str:
-    """The OBJ of a UV-unwrapped surface with one ``v`` (and ``vn``) per position and one ``vt``
+def _obj_text(mesh: trimesh.Trimesh, name: str, mtl_name: str, material: str) -> str:
+    """The OBJ of a UV-unwrapped surface, one object ``o name`` (a slug: no spaces, which OBJ
+    reads as the end of the name), with one ``v`` (and ``vn``) per position and one ``vt``
     per split vertex: OBJ indexes positions and UVs separately, so only the UVs split at seams
     and a reader that builds its mesh from the positions (Blender, MeshLab, slicers) gets the
     closed surface back, not one cut open along every seam as the GLB's vertices must be."""
@@ -759,7 +819,7 @@ def _obj_text(mesh: trimesh.Trimesh, mtl_name: str, material: str) -> str:
     uv = np.asarray(mesh.visual.uv)
     position = corner_position.ravel()[mesh.faces] + 1
     texcoord = np.asarray(mesh.faces) + 1
-    lines = [f"mtllib {mtl_name}", f"usemtl {material}"]
+    lines = [f"mtllib {mtl_name}", f"o {name}", f"usemtl {material}"]
     lines += [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in positions]
     lines += [f"vt {u:.8f} {v:.8f}" for u, v in uv]
     lines += [f"vn {x:.8f} {y:.8f} {z:.8f}" for x, y, z in normals]
@@ -1255,6 +1315,7 @@ __all__ = [
     "find_latest_workspace",
     "finish_replacements",
     "mp4_is_whole",
+    "object_name",
     "recorded_options",
     "render_turntable",
     "resolve_workspace",

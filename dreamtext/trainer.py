@@ -866,9 +866,9 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
 
 def export_trained(run: Run) -> None:
     """The seam to mesh export: the trained field, rendered by the run's own renderer (its
-    settings and occupancy grid), with the run's ``export_options``. Its files go to hidden
-    staging folders for minutes, so status.json is kept fresh meanwhile
-    (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the way."""
+    settings and occupancy grid), with the run's ``export_options``, the files named after its
+    prompt. Its files go to hidden staging folders for minutes, so status.json is kept fresh
+    meanwhile (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the way."""
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
     with status_heartbeat(run.workspace) as still_ours:
         result = export_field(
@@ -878,5 +878,6 @@ def export_trained(run: Run) -> None:
             renderer=run.renderer,
             step=run.step,
             check=still_ours,
+            prompt=run.cfg.prompt,
         )
     tqdm.write(result.summary(), file=sys.stderr)
