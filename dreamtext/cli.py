@@ -389,14 +389,25 @@ def _nothing_to_resume(workspace: Path) -> DreamtextError:
 
 
 def export_progress_first(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    """For ``export`` of a run named by --workspace that has a checkpoint: its progress record
-    (``dreamtext.exportprogress``, stage ``loading the run``) from now until the command ends,
-    however it ends (``args.progress``, for :func:`cmd_export`). Entered before torch and the
+    """For ``export`` of a run that has a checkpoint, named by --workspace or else the newest
+    under workspace/: its progress record (``dreamtext.exportprogress``, stage ``loading the
+    run``) from now until the command ends, however it ends (``args.progress``, and the newest
+    run found as ``args.newest_run``, for :func:`cmd_export`). Entered before torch and the
     model libraries load (``start_libraries``; with the export's own imports 20-70 s on a
     loaded login node), where ``dreamtext view`` showed nothing of an export."""
-    named = Path(args.workspace) if args.command == "export" and args.workspace else None
+    if args.command != "export":
+        return contextlib.nullcontext()
+    if args.workspace:
+        named = Path(args.workspace)
+    else:
+        from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT
+        from dreamtext.latestrun import newest_run_unread
+
+        # None where telling the newest needs a step file read (torch), or there is no run:
+        # the export finds it, or says why not, after its imports.
+        named = args.newest_run = newest_run_unread(DEFAULT_WORKSPACE_ROOT)
     if named is None or not (named / "checkpoints" / "last.pt").is_file():
-        return contextlib.nullcontext()  # refused, or the newest run: found by the export
+        return contextlib.nullcontext()  # refused, or found by the export
     from dreamtext.exportprogress import ExportProgress
 
     @contextlib.contextmanager
@@ -422,7 +433,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from dreamtext.runstatus import live_run
 
     check_cuda_flag(args)
-    workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
+    workspace = resolve_workspace(
+        Path(args.workspace) if args.workspace else None, getattr(args, "newest_run", None)
+    )
     options, defaults = recorded_options(workspace), ExportOptions()
     recorded = {
         name: value
