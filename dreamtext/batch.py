@@ -71,6 +71,7 @@ from dreamtext.errors import (
     file_system_fix,
     what_failed,
 )
+from dreamtext.exportflags import export_flag_words
 from dreamtext.inputs import (
     IMAGE_PREFIX,
     check_root,
@@ -757,19 +758,9 @@ def export_command(workspace: Path, cfg: TrainConfig, changed: Sequence[str]) ->
     named in ``changed`` (lines ``"export_options.NAME old → new"``): a re-export takes the run's
     recorded options unless flags override them, so each changed one is a flag, and the folder
     is quoted for the shell."""
+    names = [line.split(" ", 1)[0].removeprefix("export_options.") for line in changed]
     words = ["dreamtext", "export", "--workspace", str(workspace)]
-    for line in changed:
-        name = line.split(" ", 1)[0].removeprefix("export_options.")
-        value = getattr(cfg.export_options, name)
-        if name == "video":
-            words.append("--video" if value else "--no-video")
-            continue
-        if name == "threshold":
-            value = "auto" if value is None else value
-        elif name == "formats":
-            value = ",".join(value)
-        words += ["--" + name.replace("_", "-"), str(value)]
-    return shlex.join(words)
+    return shlex.join(words + export_flag_words(cfg.export_options, names))
 
 
 def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:

@@ -29,6 +29,7 @@ from dreamtext.devices import memory_that_ran_out
 from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
 from dreamtext.inputs import LAST_CHECKPOINT
+from dreamtext.latestrun import step_files  # listed without torch, for the newest run
 from dreamtext.runfiles import check_writable as check_writable  # re-exported
 
 # Named in dreamtext.inputs, whose checks before the torch import look for them too.
@@ -243,17 +244,6 @@ def digest_fails(state: Any) -> bool:
     if not isinstance(state, dict) or DIGEST not in state:
         return False
     return state.pop(DIGEST) != state_digest(state)
-
-
-def step_files(folder: Path, suffix: str = ".pt") -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``step_XXXXXX{suffix}`` in ``folder``, oldest first: the
-    checkpoints, or with ``".png"`` a run's previews."""
-    found = (
-        (int(m[1]), p)
-        for p in Path(folder).glob(f"step_*{suffix}")
-        if (m := re.fullmatch(rf"step_(\d+){re.escape(suffix)}", p.name))
-    )
-    return sorted(found)
 
 
 def remove_later_steps(workspace: Path, step: int) -> list[Path]:

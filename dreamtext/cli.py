@@ -30,6 +30,7 @@ from dreamtext.errors import (
     trained_run_line,
     what_failed,
 )
+from dreamtext.exportflags import add_export_flags, apply_export_flags
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -71,22 +72,6 @@ def _within(convert: type, low: int, high: float, what: str):
     return parse
 
 
-# ``export --resolution`` and ``--texture-size``: the bound of ``ExportOptions.validate``,
-# checked here before the export's imports (torch: seconds).
-_size_from_8 = _within(int, 8, math.inf, "an integer of at least 8")
-# ``export --frames`` and ``--video-size``: the turntable's bounds, as ``ExportOptions.validate``.
-_turntable_frames = _within(int, 60, math.inf, "an integer of at least 60")
-
-
-def _video_size(text: str) -> int:
-    """``export --video-size``: an even number of pixels, at least 16 (H.264 in yuv420p halves
-    the colour planes)."""
-    size = _within(int, 16, math.inf, "an even integer of at least 16")(text)
-    if size % 2:
-        raise argparse.ArgumentTypeError(f"must be an even number of pixels, got {text}")
-    return size
-
-
 SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
 batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
@@ -96,19 +81,6 @@ _seed = _within(int, 0, SEED_MAX, "an integer seed")
 # ``--t-range``: fractions of the diffusion schedule (a NaN or 1.5 was reported as the config
 # field ``guidance.t_range``, which no flag of the command names).
 _fraction = _within(float, 0, 1, "a number from 0 to 1")
-
-
-def _face_count(text: str) -> int:
-    """``--decimate``: a face count, or 0 for every face (as ``export_options.decimate: 0``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a face count (0 keeps every face), got '{text}'"
-        )
-    return value
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -417,14 +389,25 @@ def _nothing_to_resume(workspace: Path) -> DreamtextError:
 
 
 def export_progress_first(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    """For ``export`` of a run named by --workspace that has a checkpoint: its progress record
-    (``dreamtext.exportprogress``, stage ``loading the run``) from now until the command ends,
-    however it ends (``args.progress``, for :func:`cmd_export`). Entered before torch and the
+    """For ``export`` of a run that has a checkpoint, named by --workspace or else the newest
+    under workspace/: its progress record (``dreamtext.exportprogress``, stage ``loading the
+    run``) from now until the command ends, however it ends (``args.progress``, and the newest
+    run found as ``args.newest_run``, for :func:`cmd_export`). Entered before torch and the
     model libraries load (``start_libraries``; with the export's own imports 20-70 s on a
     loaded login node), where ``dreamtext view`` showed nothing of an export."""
-    named = Path(args.workspace) if args.command == "export" and args.workspace else None
+    if args.command != "export":
+        return contextlib.nullcontext()
+    if args.workspace:
+        named = Path(args.workspace)
+    else:
+        from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT
+        from dreamtext.latestrun import newest_run_unread
+
+        # None where telling the newest needs a step file read (torch), or there is no run:
+        # the export finds it, or says why not, after its imports.
+        named = args.newest_run = newest_run_unread(DEFAULT_WORKSPACE_ROOT)
     if named is None or not (named / "checkpoints" / "last.pt").is_file():
-        return contextlib.nullcontext()  # refused, or the newest run: found by the export
+        return contextlib.nullcontext()  # refused, or found by the export
     from dreamtext.exportprogress import ExportProgress
 
     @contextlib.contextmanager
@@ -450,23 +433,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from dreamtext.runstatus import live_run
 
     check_cuda_flag(args)
-    workspace = resolve_workspace(Path(args.workspace) if args.workspace else None)
+    workspace = resolve_workspace(
+        Path(args.workspace) if args.workspace else None, getattr(args, "newest_run", None)
+    )
     options, defaults = recorded_options(workspace), ExportOptions()
     recorded = {
         name: value
         for name, value in dataclasses.asdict(options).items()
         if value != getattr(defaults, name)
     }
-    for name in ("resolution", "decimate", "texture_size", "frames", "video_size", "device"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(options, name, value)
-    if args.threshold is not None:
-        options.threshold = None if args.threshold == "auto" else args.threshold
-    if args.formats is not None:
-        options.formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
-    if args.video is not None:
-        options.video = args.video
+    apply_export_flags(args, options)
     # A bad flag or a missing GPU is the only line on stderr.
     options.validate()
     resolve_device(options.device)
@@ -498,11 +474,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _setting(value: Any) -> str:
     return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _threshold(text: str) -> float | str:
-    """``--threshold``: a positive density, or ``auto`` for the renders' surface."""
-    return text if text == "auto" else _positive_float(text)
 
 
 DESCRIBE_FLAGS = ("clip", "nouns", "adjectives", "noun", "quantifier", "max_words")
@@ -989,40 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accepted for compatibility; the mesh is always exported",
     )
-    # Unset flags keep what the run's own export used (its config.json's export_options), else
-    # the defaults in brackets.
-    export.add_argument(
-        "--resolution", type=_size_from_8, help="marching-cubes grid, at least 8 [256]"
-    )
-    export.add_argument(
-        "--threshold",
-        type=_threshold,
-        help="mesh the density above this iso-level, cavities filled; auto: the surface the "
-        "renders show, where light from outside falls to transmittance 1/2 [auto]",
-    )
-    export.add_argument(
-        "--decimate", type=_face_count, help="target face count; 0 keeps every face [50000]"
-    )
-    export.add_argument(
-        "--texture-size", type=_size_from_8, help="texture size in pixels, at least 8 [1024]"
-    )
-    export.add_argument("--formats", help="comma-separated subset of glb,obj,ply [all]")
-    export.add_argument(
-        "--video",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the turntable; --no-video skips it [on]",
-    )
-    export.add_argument(
-        "--video-size",
-        type=_video_size,
-        help="the turntable's width and height in pixels, even, at least 16; its render time "
-        "grows with their product (128 takes about a third of 256's) [256]",
-    )
-    export.add_argument(
-        "--frames", type=_turntable_frames, help="turntable frames, one turn, at least 60 [60]"
-    )
-    export.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
+    add_export_flags(export)  # the export options' flags, unset unless given
     export.set_defaults(func=cmd_export)
 
     describe = sub.add_parser(

@@ -41,8 +41,6 @@ from PIL import Image
 from dreamtext import __version__
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import (
-    CHECKPOINT_DIR,
-    LAST,
     check_writable,
     checkpoint_dir,
     checkpoint_run,
@@ -54,12 +52,12 @@ from dreamtext.checkpoint import (
     read_run_checkpoint,
     remove_stale_temps,
     run_from_state,
-    step_files,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import slugify
+from dreamtext.latestrun import newest_run, runs_in
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
     MeshStats,
@@ -307,44 +305,21 @@ def format_gigabytes(size: int | float) -> str:
 
 
 def find_latest_workspace(root: Path) -> Path:
-    """The run under ``root`` whose newest checkpoint was written most recently: its
-    ``checkpoints/last.pt``, or, where that is missing (deleted by hand, a copy or sync cut
-    short), its newest whole step file, as a resume goes on from
-    (:func:`~dreamtext.checkpoint.newest_whole_step`). Such a run's step files are read only
-    when one of them is newer than every ``last.pt``."""
-    root = Path(root)
-    written: dict[Path, float] = {}  # checkpoints/ folder → when its newest checkpoint was
-    step_only: dict[Path, float] = {}  # those without last.pt → when their newest step file was
-    if root.is_dir():
-        for last in root.glob("**/checkpoints/last.pt"):
-            written[last.parent] = last.stat().st_mtime
-        for step_file in root.glob("**/checkpoints/step_*.pt"):
-            if step_file.parent not in written:
-                mtime = step_file.stat().st_mtime
-                step_only[step_file.parent] = max(mtime, step_only.get(step_file.parent, mtime))
-    for folder in sorted(step_only, key=step_only.__getitem__, reverse=True):
-        if written and step_only[folder] <= max(written.values()):
-            break  # no whole step file of these is newer
-        whole = newest_whole_step(folder)
-        if whole is not None:
-            written[folder] = whole[0].stat().st_mtime
-    if not written:
-        raise DreamtextError(
-            f"no trained run under {root}/ (no checkpoints/last.pt): train one with "
-            "`dreamtext text PROMPT` or pass --workspace"
-        )
-    return max(written, key=written.__getitem__).parent
+    """The newest run under ``root`` (:func:`dreamtext.latestrun.newest_run`), a run without
+    ``last.pt`` by its newest whole step file (:func:`~dreamtext.checkpoint.newest_whole_step`)."""
+    return newest_run(root, newest_whole_step)
 
 
-def resolve_workspace(workspace: Path | None) -> Path:
-    """The run to export: ``workspace``, or the newest run under ``workspace/`` when ``None``.
+def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Path:
+    """The run to export: ``workspace``, or the newest run under ``workspace/`` when ``None``
+    (``newest``, where the caller found it already: :func:`dreamtext.latestrun.newest_run_unread`).
     Raises ``DreamtextError`` when it has no checkpoint (naming the process that trains it,
     when one does)."""
     if workspace is None:
         # config imports every module's config (diffusers included): only load it when needed.
         from dreamtext.config import DEFAULT_WORKSPACE_ROOT
 
-        workspace = find_latest_workspace(DEFAULT_WORKSPACE_ROOT)
+        workspace = newest or find_latest_workspace(DEFAULT_WORKSPACE_ROOT)
         log.info("exporting the most recent run: %s", workspace)
     workspace = Path(workspace)
     if not last_checkpoint(workspace).is_file():
@@ -368,7 +343,7 @@ def resolve_workspace(workspace: Path | None) -> Path:
         whole = newest_whole_step(checkpoint_dir(workspace))
         if whole is not None:
             raise DreamtextError(f"{last_checkpoint(workspace)} is missing; {go_on_from(*whole)}")
-        runs = _runs_in(workspace)
+        runs = runs_in(workspace)
         if runs:
             newest = max(runs, key=lambda run: run[0])[1]
             raise DreamtextError(
@@ -380,19 +355,6 @@ def resolve_workspace(workspace: Path | None) -> Path:
             "`dreamtext text PROMPT` (or pass the --workspace of a trained run)"
         )
     return workspace
-
-
-def _runs_in(folder: Path) -> list[tuple[float, Path]]:
-    """``(time of its newest checkpoint file, run folder)`` of each run directly under
-    ``folder`` that holds a checkpoint file: ``last.pt`` or a step file (a run whose ``last.pt``
-    was deleted or not copied; not read here, the export of it says whether one is whole)."""
-    runs = []
-    for checkpoints in sorted(folder.glob(f"*/{CHECKPOINT_DIR}")) if folder.is_dir() else []:
-        files = [checkpoints / LAST] + [path for _, path in step_files(checkpoints)]
-        times = [path.stat().st_mtime for path in files if path.is_file()]
-        if times:
-            runs.append((max(times), checkpoints.parent))
-    return runs
 
 
 def recorded_options(workspace: Path) -> ExportOptions:

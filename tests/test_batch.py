@@ -1,5 +1,6 @@
 """`dreamtext batch`: one process for a list, skips and resumes, shares, locks, bad input."""
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -2092,6 +2093,67 @@ def test_the_export_command_batch_suggests_exports_with_the_lines_settings(tmp_p
     assert shlex.split(export_command(workspace, none, lines))[4:] == [
         "--threshold", "auto", "--video",
     ]  # fmt: skip
+
+
+# A value of every export option unlike its default (and for threshold and video, the other way).
+_CHANGED_EXPORT_OPTIONS = {
+    "resolution": [64],
+    "threshold": [5.0, None],
+    "decimate": [0],
+    "texture_size": [128],
+    "formats": [["glb", "ply"]],
+    "video": [False, True],
+    "video_size": [128],
+    "frames": [90],
+    "device": ["cpu"],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, value) for name, values in _CHANGED_EXPORT_OPTIONS.items() for value in values],
+)
+def test_every_export_option_survives_batchs_command_and_the_export_parser(tmp_path, name, value):
+    """For each export option: the ``dreamtext export`` command batch suggests for a changed
+    option, parsed by the CLI's own parser and laid over other recorded options as cmd_export
+    lays it, gives the line's value (and only that option changes)."""
+    import shlex
+
+    from dreamtext.batch import entry_config, export_command
+    from dreamtext.cli import build_parser
+    from dreamtext.export import ExportOptions
+    from dreamtext.exportflags import apply_export_flags
+
+    workspace = tmp_path / "my runs" / "a_red_cube"
+    entry = Entry(1, "a red cube", "text", "a red cube", workspace)
+    cfg = entry_config(entry, {"export_options": {name: value}}, None, None)
+    words = shlex.split(export_command(workspace, cfg, [f"export_options.{name} x → y"]))
+    args = build_parser().parse_command_line(words[1:])
+    recorded = ExportOptions(threshold=2.0, video=False)  # what the run's own export used
+    apply_export_flags(args, recorded)
+    wanted = dataclasses.replace(ExportOptions(threshold=2.0, video=False), **{name: value})
+    assert Path(args.workspace) == workspace
+    assert dataclasses.asdict(recorded) == {
+        **dataclasses.asdict(wanted),
+        "formats": tuple(wanted.formats),
+    }
+
+
+def test_every_export_option_has_a_flag():
+    """Each ``ExportOptions`` field is a row of the export flag table, so it is a flag of
+    ``dreamtext export`` and batch's command can name it; an option added without its row
+    fails here."""
+    from dreamtext.cli import build_parser
+    from dreamtext.export import ExportOptions
+    from dreamtext.exportflags import EXPORT_FLAGS
+
+    options = {row.option for row in EXPORT_FLAGS}
+    assert options == {field.name for field in dataclasses.fields(ExportOptions)}
+    assert len(options) == len(EXPORT_FLAGS)  # one row each
+    export = build_parser().commands["export"]
+    flags = {flag for action in export._actions for flag in action.option_strings}
+    assert {row.flag for row in EXPORT_FLAGS} <= flags
+    assert _CHANGED_EXPORT_OPTIONS.keys() == {row.option for row in EXPORT_FLAGS}
 
 
 @pytest.mark.parametrize(("batch_exit", "requeued"), [(0, False), (1, False), (130, True)])

@@ -908,6 +908,35 @@ def test_export_without_workspace_finds_a_run_that_has_only_whole_step_files(
     assert sorted(p.name for p in (root / "stepped-run").iterdir()) == ["checkpoints"]
 
 
+def test_the_newest_run_is_found_before_torch_where_no_step_file_must_be_read(tmp_path):
+    """dreamtext.latestrun, which the CLI asks before the export's imports (torch), chooses the
+    run the export chooses where the newest checkpoint is a last.pt, and leaves it to the export
+    (None) where a run without last.pt is newer (its step files are read whole: torch) or
+    there is no run; it imports no torch."""
+    from dreamtext.checkpoint import RUN_KEYS, save_checkpoint
+    from dreamtext.latestrun import newest_run_unread
+
+    assert newest_run_unread(tmp_path) is None
+    make_run(tmp_path, "old-run", 1_000_000)
+    newest = make_run(tmp_path, "new-run", 3_000_000)
+    for step in (5, 10):
+        save_checkpoint(tmp_path / "stepped-run", {**{key: {} for key in RUN_KEYS}, "step": step})
+    stepped = tmp_path / "stepped-run" / "checkpoints"
+    (stepped / "last.pt").unlink()
+    os.utime(stepped / "step_000005.pt", (2_000_000, 2_000_000))
+    assert newest_run_unread(tmp_path) == find_latest_workspace(tmp_path) == newest
+    os.utime(stepped / "step_000005.pt", (4_000_000, 4_000_000))
+    assert newest_run_unread(tmp_path) is None
+    assert find_latest_workspace(tmp_path) == tmp_path / "stepped-run"
+    code = (
+        "import sys, dreamtext.latestrun, dreamtext.exportflags; "
+        "print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
 def test_no_trained_run_names_the_training_command(tmp_path):
     with pytest.raises(DreamtextError, match="dreamtext text"):
         find_latest_workspace(tmp_path)

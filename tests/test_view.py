@@ -2766,13 +2766,15 @@ def test_a_running_run_in_its_export_phase_shows_the_stage(root: Path):
     assert status["state"] == "running" and status["activity"] == "exporting · meshing 12/64"
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["--workspace", "the newest run"])
 def test_dreamtext_export_shows_in_the_viewer_before_its_slow_imports(
-    root: Path, monkeypatch, capsys
+    root: Path, monkeypatch, capsys, named
 ):
     """A cold `dreamtext export` showed nothing in the viewer for its first 20-70 s: its
     progress record was written after torch, the model libraries and the export's own modules
     loaded. It is there when they start loading now (``loading the run``), and gone again
-    however the export ends (here: refused)."""
+    however the export ends (here: refused). Without --workspace too: the newest run under
+    workspace/ is found before those imports (it was found by the export, after them)."""
     import types
 
     import dreamtext.cli as cli
@@ -2781,6 +2783,13 @@ def test_dreamtext_export_shows_in_the_viewer_before_its_slow_imports(
     cube = root / "cube"
     (cube / "checkpoints").mkdir()
     (cube / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    older = root / "torus" / "checkpoints" / "last.pt"  # beside its step file
+    older.parent.mkdir()
+    older.write_bytes(b"an older checkpoint")
+    past = time.time() - 600
+    os.utime(older, (past, past))
+    (root.parent / "workspace").symlink_to(root)
+    monkeypatch.chdir(root.parent)
     seen = []
 
     def shown() -> str | None:
@@ -2802,7 +2811,7 @@ def test_dreamtext_export_shows_in_the_viewer_before_its_slow_imports(
     slow = types.ModuleType("dreamtext.export")
     slow.__getattr__ = at_import  # the module's `from dreamtext.export import ...`
     monkeypatch.setitem(sys.modules, "dreamtext.export", slow)
-    assert main(["export", "--workspace", str(cube)]) == 2
+    assert main(["export", "--workspace", str(cube)] if named else ["export"]) == 2
     assert "stopped at the export's imports" in capsys.readouterr().err
     loading = "exporting · loading the run"
     assert seen == [("torch", loading), ("dreamtext.export", loading)]

@@ -1,0 +1,175 @@
+"""The ``dreamtext export`` flags: one row per export option (``ExportOptions``'s fields).
+
+The table is the one place an export option meets its flag: the export parser adds its flags
+from it (:func:`add_export_flags`), ``cmd_export`` lays the given ones over the run's recorded
+options (:func:`apply_export_flags`), and ``dreamtext batch`` writes the ``dreamtext export``
+command that re-exports a finished run with changed options (:func:`export_flag_words`). A new
+export option is one row here. Torch-free: the flags are parsed and checked before the export's
+imports (torch: seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+def _at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer of at least ``low`` (the bounds of
+    ``ExportOptions.validate``, checked before the export's imports)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
+
+
+def _video_size(text: str) -> int:
+    """``--video-size``: an even number of pixels, at least 16 (H.264 in yuv420p halves the
+    colour planes)."""
+    size = _at_least(16, "an even integer of at least 16")(text)
+    if size % 2:
+        raise argparse.ArgumentTypeError(f"must be an even number of pixels, got {text}")
+    return size
+
+
+def _face_count(text: str) -> int:
+    """``--decimate``: a face count, or 0 for every face (as ``export_options.decimate: 0``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a face count (0 keeps every face), got '{text}'"
+        )
+    return value
+
+
+def _threshold(text: str) -> float | str:
+    """``--threshold``: a positive density, or ``auto`` for the renders' surface."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not 0 < value < float("inf"):  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+    return value
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    """``--formats glb,ply`` as ``ExportOptions.formats`` (checked by its ``validate``)."""
+    return tuple(f.strip().lower() for f in text.split(",") if f.strip())
+
+
+@dataclass(frozen=True)
+class ExportFlag:
+    """One export option's flag. ``type``: argparse's ``type=`` (``None``: the text as given);
+    ``to_option``: the parsed flag as the option's value; ``to_text``: an option's value as the
+    flag's argument. ``switch``: a ``--NAME`` / ``--no-NAME`` pair with no argument."""
+
+    option: str
+    flag: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    to_option: Callable[[Any], Any] = lambda value: value
+    to_text: Callable[[Any], str] = str
+    switch: bool = False
+
+    def words(self, value: Any) -> list[str]:
+        """The command-line words that set the option to ``value``."""
+        if self.switch:
+            return [self.flag if value else "--no-" + self.flag.removeprefix("--")]
+        return [self.flag, self.to_text(value)]
+
+
+# In --help's order. Unset flags keep what the run's own export used (its config.json's
+# export_options), else the defaults in brackets.
+EXPORT_FLAGS: tuple[ExportFlag, ...] = (
+    ExportFlag(
+        "resolution",
+        "--resolution",
+        "marching-cubes grid, at least 8 [256]",
+        type=_at_least(8, "an integer of at least 8"),
+    ),
+    ExportFlag(
+        "threshold",
+        "--threshold",
+        "mesh the density above this iso-level, cavities filled; auto: the surface the renders "
+        "show, where light from outside falls to transmittance 1/2 [auto]",
+        type=_threshold,
+        to_option=lambda value: None if value == "auto" else value,
+        to_text=lambda value: "auto" if value is None else str(value),
+    ),
+    ExportFlag(
+        "decimate",
+        "--decimate",
+        "target face count; 0 keeps every face [50000]",
+        type=_face_count,
+    ),
+    ExportFlag(
+        "texture_size",
+        "--texture-size",
+        "texture size in pixels, at least 8 [1024]",
+        type=_at_least(8, "an integer of at least 8"),
+    ),
+    ExportFlag(
+        "formats",
+        "--formats",
+        "comma-separated subset of glb,obj,ply [all]",
+        to_option=_formats,
+        to_text=",".join,
+    ),
+    ExportFlag("video", "--video", "the turntable; --no-video skips it [on]", switch=True),
+    ExportFlag(
+        "video_size",
+        "--video-size",
+        "the turntable's width and height in pixels, even, at least 16; its render time grows "
+        "with their product (128 takes about a third of 256's) [256]",
+        type=_video_size,
+    ),
+    ExportFlag(
+        "frames",
+        "--frames",
+        "turntable frames, one turn, at least 60 [60]",
+        type=_at_least(60, "an integer of at least 60"),
+    ),
+    ExportFlag("device", "--device", "auto, cpu, cuda or cuda:N [auto]"),
+)
+
+BY_OPTION = {row.option: row for row in EXPORT_FLAGS}
+
+
+def add_export_flags(parser: argparse.ArgumentParser) -> None:
+    """The export options' flags, each unset (``None``) unless given."""
+    for row in EXPORT_FLAGS:
+        if row.switch:
+            parser.add_argument(
+                row.flag, action=argparse.BooleanOptionalAction, default=None, help=row.help
+            )
+        else:
+            parser.add_argument(row.flag, type=row.type, help=row.help)
+
+
+def apply_export_flags(args: argparse.Namespace, options: Any) -> None:
+    """Set each of ``options``' fields (an ``ExportOptions``) whose flag ``args`` gives."""
+    for row in EXPORT_FLAGS:
+        value = getattr(args, row.option)
+        if value is not None:
+            setattr(options, row.option, row.to_option(value))
+
+
+def export_flag_words(options: Any, names: Iterable[str]) -> list[str]:
+    """The flags that set ``options``' fields named in ``names`` (an ``ExportOptions``'s), for
+    a ``dreamtext export`` command."""
+    return [word for name in names for word in BY_OPTION[name].words(getattr(options, name))]
