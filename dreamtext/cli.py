@@ -11,7 +11,6 @@ import dataclasses
 import errno
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -31,45 +30,15 @@ from dreamtext.errors import (
     what_failed,
 )
 from dreamtext.exportflags import add_export_flags, apply_export_flags
+from dreamtext.flagtypes import positive as _positive
+from dreamtext.flagtypes import within as _within
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _positive(convert: type, what: str):
-    """An argparse ``type=`` that accepts values of ``convert`` above zero."""
-
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-        if not 0 < value < math.inf:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-        return value
-
-    return parse
-
-
 _positive_int = _positive(int, "a positive integer")
 _positive_float = _positive(float, "a positive number")
-
-
-def _within(convert: type, low: int, high: float, what: str):
-    """An argparse ``type=`` that accepts values of ``convert`` from ``low`` to ``high``
-    (``math.inf``: no upper bound), NaN refused; ``what`` names what it expects."""
-    bounds = f"at least {low}" if high == math.inf else f"from {low} to {high}"
-
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-        if not low <= value <= high:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-
-    return parse
 
 
 SEED_MAX = 2**32 - 1

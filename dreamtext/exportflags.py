@@ -11,25 +11,18 @@ imports (torch: seconds).
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from dreamtext.flagtypes import positive, within
 
 
 def _at_least(low: int, what: str) -> Callable[[str], int]:
     """An argparse ``type=``: an integer of at least ``low`` (the bounds of
     ``ExportOptions.validate``, checked before the export's imports)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
-        return value
-
-    return parse
+    return within(int, low, math.inf, what)
 
 
 def _video_size(text: str) -> int:
@@ -56,15 +49,7 @@ def _face_count(text: str) -> int:
 
 def _threshold(text: str) -> float | str:
     """``--threshold``: a positive density, or ``auto`` for the renders' surface."""
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not 0 < value < float("inf"):  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-    return value
+    return text if text == "auto" else positive(float, "a positive number")(text)
 
 
 def _formats(text: str) -> tuple[str, ...]:

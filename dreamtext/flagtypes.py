@@ -1,0 +1,42 @@
+"""argparse ``type=`` functions shared by the commands' flags (the CLI's and the export
+table's, :mod:`dreamtext.exportflags`), so that every flag words its refusal the same way.
+Torch-free: flags are checked before the libraries load."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+def positive(convert: type, what: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that accepts values of ``convert`` above zero."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+        if not 0 < value < math.inf:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+        return value
+
+    return parse
+
+
+def within(convert: type, low: int, high: float, what: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that accepts values of ``convert`` from ``low`` to ``high``
+    (``math.inf``: no upper bound), NaN refused; ``what`` names what it expects."""
+    bounds = f"at least {low}" if high == math.inf else f"from {low} to {high}"
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
