@@ -304,15 +304,21 @@ def same_prompt(recorded: object, prompt: str) -> bool:
     )
 
 
+# A word of a prompts file's line that is a command-line flag (``--iters``, ``--seed=3``): a
+# space or the line's start before it, then ``--`` and a letter.
+FLAG_IN_LINE = re.compile(r"(?<!\S)--[A-Za-z][\w-]*")
+
+
 def read_prompt_lines(path: Path) -> list[str]:
     """The lines of a prompts file, as :func:`dreamtext.batch.read_prompts` reads them; a file
-    that is missing, not UTF-8 or unreadable is a :class:`DreamtextError`."""
+    that is missing, not UTF-8 or unreadable, or whose prompt holds a command-line flag
+    (:func:`refuse_flags_in_lines`), is a :class:`DreamtextError`."""
     try:
         # utf-8-sig: files saved by Windows editors start with a BOM, which strip() keeps.
         # Lines end at a newline only (\r\n and \r read as one), as editors, wc and sed number
         # them: splitlines() also split at a form feed or U+2028, and the messages named lines
         # after it by numbers the file does not have.
-        return path.read_text(encoding="utf-8-sig").split("\n")
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"
@@ -324,6 +330,25 @@ def read_prompt_lines(path: Path) -> list[str]:
         ) from None
     except OSError as error:
         raise DreamtextError(f"cannot read prompts file {path}: {error}") from None
+    refuse_flags_in_lines(path, lines)
+    return lines
+
+
+def refuse_flags_in_lines(path: Path, lines: list[str]) -> None:
+    """A prompt line (``#`` comments aside) holding a command-line flag, ``a red cube --iters
+    5``: a batch takes the whole line as the prompt, so the flag would be trained as words of it
+    (hours of a run that is not what was asked), never applied."""
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if text.startswith("#"):
+            continue
+        flag = FLAG_IN_LINE.search(text)
+        if flag is not None:
+            raise DreamtextError(
+                f"{path}:{number}: '{flag[0]}' is a command-line flag, not words of a prompt: "
+                "a prompts file holds prompts only, one per line; put flags on the dreamtext "
+                "batch command line (or in a --config file)"
+            )
 
 
 IMAGE_PREFIX = "image:"
