@@ -77,6 +77,7 @@ from dreamtext.inputs import (
     check_root_writable,
     parse_shard,
     read_prompt_lines,
+    repeat_key,
     resolve_shard,
     root_write_error,
     shard_from_environment,
@@ -305,7 +306,8 @@ class Entry:
 def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     """The entries of a prompts file: one prompt per line, ``image:PATH`` for an image (a
     relative PATH is taken from the prompts file's folder); blank lines and ``#`` comments are
-    skipped. A line repeating an earlier one is dropped. Each entry's workspace under ``root`` is
+    skipped. A line repeating an earlier one (up to case and spaces: :func:`repeat_key`) is
+    dropped, the first one's text kept. Each entry's workspace under ``root`` is
     :func:`workspace_name`'s. Every image is opened here, so a bad one stops the batch before
     anything is written."""
     from dreamtext.images import load_image
@@ -333,10 +335,11 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
                 raise DreamtextError(f"{path}:{number}: {error}") from None
             prompt = str(image_path)
         entry = Entry(number, raw.rstrip("\r"), kind, prompt, root)
-        if entry.key in seen:
-            _say(f"batch: line {number} repeats line {seen[entry.key]}; it runs once")
+        repeats = repeat_key(kind, prompt)
+        if repeats in seen:
+            _say(f"batch: line {number} repeats line {seen[repeats]}; it runs once")
             continue
-        seen[entry.key] = number
+        seen[repeats] = number
         found.append(entry)
     if not found:
         raise DreamtextError(

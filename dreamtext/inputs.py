@@ -358,13 +358,23 @@ IMAGE_PREFIX = "image:"
 def plain_prompt_lines(lines: list[str]) -> bool:
     """Whether :func:`dreamtext.batch.read_prompts` takes ``lines`` (a prompts file's) as they
     are, without a word on stderr and without opening a file: at least one prompt, no
-    ``image:`` line, and no prompt twice (compared as it compares them: spaces collapsed, NFC)."""
+    ``image:`` line, and no prompt twice (compared as it compares them: :func:`repeat_key`)."""
     texts = [raw.strip() for raw in lines]
     texts = [text for text in texts if text and not text.startswith("#")]
     if not texts or any(text[: len(IMAGE_PREFIX)].lower() == IMAGE_PREFIX for text in texts):
         return False
-    keys = {unicodedata.normalize("NFC", " ".join(text.split())) for text in texts}
+    keys = {repeat_key("text", " ".join(text.split())) for text in texts}
     return len(keys) == len(texts)
+
+
+def repeat_key(kind: str, prompt: str) -> tuple[str, str]:
+    """What two lines of a prompts file share when the second repeats the first: the kind and
+    :func:`owner_value` of the prompt (spaces collapsed by the caller), a text prompt in lower
+    case. ``a red cube`` and ``A Red Cube`` are one prompt to Stable Diffusion's CLIP tokenizer,
+    which lower-cases, and get one folder name (:func:`slugify`): two runs of them trained one
+    prompt twice."""
+    value = owner_value(kind, prompt)
+    return kind, (value.lower() if kind == "text" else value)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

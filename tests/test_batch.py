@@ -156,6 +156,28 @@ def test_prompts_file_lines_comments_images_and_names(tmp_path):
     assert entries[1].input == "  image: photos/mug.png"
 
 
+def test_lines_differing_only_in_case_are_one_prompt_run_once(tmp_path, capsys):
+    """``a red cube`` and ``A Red Cube`` have one folder name and are one prompt to Stable
+    Diffusion's tokenizer, which lower-cases: both got a hashed folder and were trained twice."""
+    path = prompts_file(tmp_path, "a red cube", "A Red Cube", "a blue cube", "A  BLUE cube")
+    entries = read_prompts(path, tmp_path / "root")
+    assert [(e.line, e.prompt, e.workspace.name) for e in entries] == [
+        (1, "a red cube", "a_red_cube"),
+        (3, "a blue cube", "a_blue_cube"),
+    ]
+    assert capsys.readouterr().err == (
+        "batch: line 2 repeats line 1; it runs once\nbatch: line 4 repeats line 3; it runs once\n"
+    )
+
+
+def test_a_case_repeat_keeps_the_hashed_folder_an_earlier_batch_gave_its_first_line(tmp_path):
+    root = tmp_path / "root"
+    ran(root / f"a_red_cube_{sha('a red cube')}", "a red cube")
+    ran(root / f"a_red_cube_{sha('A Red Cube')}", "A Red Cube")
+    entries = read_prompts(prompts_file(tmp_path, "a red cube", "A Red Cube"), root)
+    assert [e.workspace.name for e in entries] == [f"a_red_cube_{sha('a red cube')}"]
+
+
 def test_the_image_prefix_is_read_in_any_case(tmp_path):
     """``IMAGE:mug.png`` was a text prompt: hours of Stable Diffusion on a typo."""
     Image.new("RGB", (8, 8)).save(tmp_path / "mug.png")

@@ -216,6 +216,7 @@ def test_nvidia_smi_on_the_path_or_another_system_leaves_the_answer_to_torch(tmp
         (["a cat", "", "# a comment", "a dog"], True),
         (["a cat", "a  cat "], False),  # read_prompts says the second repeats the first
         (["Cafe\u0301", "Café"], False),  # the same prompt, NFC
+        (["a red cube", "A Red Cube"], False),  # the same prompt up to case
         (["a cat", "Image: mug.png"], False),  # an image, which read_prompts opens
         (["# only a comment", ""], False),  # no prompts: read_prompts' own line
     ],
