@@ -839,10 +839,14 @@ def run_batch(
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}
     others = BatchLog(root / BATCH_LOG)
+    # A requeued SLURM task with --overwrite: the lines it trained again before its requeue are
+    # this job's runs, not the older ones --overwrite discards; they are skipped or resumed.
+    kept = requeued_task_runs(root / BATCH_LOG, share, root) if options.overwrite else set()
+    overwrites = {e.workspace: options.overwrite and e.workspace not in kept for e in share}
     pending = [
         (e, cfg)
         for e, cfg in zip(share, configs, strict=True)
-        if options.overwrite or not finished_here(e, cfg)
+        if overwrites[e.workspace] or not finished_here(e, cfg)
     ]
     if pending:
         check_model(pending[0][1])
@@ -872,7 +876,7 @@ def run_batch(
             record = run_entry(
                 entry,
                 cfg,
-                options,
+                replace(options, overwrite=overwrites[entry.workspace]),
                 root,
                 shard_text,
                 before[entry.workspace],
@@ -886,6 +890,41 @@ def run_batch(
             if gpu_unusable(record) or stopped_the_batch(record):
                 break
     return records
+
+
+def requeued_task_runs(log: Path, share: list[Entry], root: Path) -> set[Path]:
+    """The workspaces of ``share`` that this SLURM task (:func:`slurm_task`), requeued, trained
+    before its requeue: its earlier attempts' ``batch.jsonl`` records (the same task id, a lower
+    restart count) finished them or were interrupted in them (a preemption's SIGTERM). Empty
+    outside SLURM and for a task's first attempt; one line on stderr says what is kept."""
+    task, restarts = slurm_task()
+    if task is None or restarts == 0:
+        return set()
+    by_name = {_relative(e.workspace, root): e.workspace for e in share}
+    kept: set[Path] = set()
+    with contextlib.suppress(OSError), open(log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a torn line
+                continue
+            if not isinstance(record, dict) or record.get("slurm") != task:
+                continue
+            earlier = record.get("slurm_restart")
+            if not isinstance(earlier, int) or earlier >= restarts:
+                continue
+            ran = record.get("status") == "finished" or (
+                record.get("status") == "interrupted" and record.get("error") is None
+            )
+            if ran and record.get("workspace") in by_name:
+                kept.add(by_name[record["workspace"]])
+    if kept:
+        _say(
+            f"batch: SLURM task {task} was requeued (restart {restarts}): --overwrite leaves the "
+            f"{len(kept)} line{'s' if len(kept) > 1 else ''} it trained before, finished ones "
+            "skipped, an interrupted one resumed"
+        )
+    return kept
 
 
 # How many of the prompts the built-in prior does not know its one line names.
@@ -1132,6 +1171,7 @@ def _record(
     """:func:`run_entry`'s ``batch.jsonl`` record; ``ran``: this worker held the entry's run
     to its end (its status.json is this attempt's)."""
     status = read_status(entry.workspace) if ran else None
+    task, restarts = slurm_task()
     return {
         "line": entry.line,
         "input": entry.input,
@@ -1147,6 +1187,10 @@ def _record(
         "finished": now_iso(),
         "host": HOST,
         "shard": shard,
+        # A requeued task tells its own earlier records from an older batch's by these
+        # (requeued_task_runs).
+        "slurm": task,
+        "slurm_restart": restarts if task is not None else None,
     }
 
 

@@ -1060,6 +1060,71 @@ def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
         assert json.loads((root / name / "config.json").read_text())["seed"] == 3
 
 
+def slurm_task_env(monkeypatch, job, restarts):
+    """This process as attempt ``restarts`` (0: the first) of task 0 of array job ``job``."""
+    for name, value in {
+        "SLURM_ARRAY_JOB_ID": job,
+        "SLURM_ARRAY_TASK_ID": "0",
+        "SLURM_ARRAY_TASK_COUNT": "1",
+        "SLURM_RESTART_COUNT": str(restarts),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_requeued_slurm_task_with_overwrite_keeps_the_lines_it_trained_before_its_requeue(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """--overwrite discards older runs, not the ones this very job made before SLURM requeued
+    it: it wiped and trained them all again at every requeue."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0  # an older batch's runs of all three
+    slurm_task_env(monkeypatch, "77", 0)
+    real_step = ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")  # preempted in line 2
+    assert main(list(map(str, [*args, "--overwrite"]))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    slurm_task_env(monkeypatch, "77", 1)  # requeued
+    started, real_train = [], trainer.train
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
+    )
+    capsys.readouterr()
+    assert main(list(map(str, [*args, "--overwrite"]))) == 0
+    assert (
+        "batch: SLURM task 77_0 was requeued (restart 1): --overwrite leaves the 2 lines it "
+        "trained before, finished ones skipped, an interrupted one resumed"
+    ) in capsys.readouterr().err
+    # line 1 skipped, line 2 resumed, line 3 (an older batch's run) trained again
+    assert started == [{"resume": True}, {"resume": False, "overwrite": True}]
+    attempts = [(r["line"], r["status"], r["slurm"], r["slurm_restart"]) for r in rows(root)]
+    assert attempts[3:] == [
+        (1, "finished", "77_0", 0),
+        (2, "interrupted", "77_0", 0),
+        (1, "skipped", "77_0", 1),
+        (2, "finished", "77_0", 1),
+        (3, "finished", "77_0", 1),
+    ]
+    assert attempts[:3] == [(n, "finished", None, None) for n in (1, 2, 3)]
+
+
+def test_a_new_slurm_job_with_overwrite_trains_the_runs_of_an_older_job_again(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    slurm_task_env(monkeypatch, "77", 0)
+    assert main(list(map(str, [*args, "--overwrite"]))) == 0
+    slurm_task_env(monkeypatch, "78", 1)  # another job (requeued once): 77's run is an older one
+    started, real_train = [], trainer.train
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
+    )
+    assert main(list(map(str, [*args, "--overwrite"]))) == 0
+    assert started == [{"resume": False, "overwrite": True}]
+
+
 def test_overwrite_leaves_a_run_another_worker_of_the_batch_has_trained_again(tmp_path):
     """Workers sharing a list with --overwrite: a run whose status.json changed since the batch
     started was trained again by another of them, and is skipped."""
