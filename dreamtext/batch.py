@@ -889,7 +889,31 @@ def run_batch(
             bar.update(1)
             if gpu_unusable(record) or stopped_the_batch(record):
                 break
+    if records and stopped_by_user(records[-1]) and len(records) < len(share):
+        _say(not_started_line(share[len(records) :], options.overwrite))
     return records
+
+
+# How many line numbers of the lines a stopped batch did not start its one line names.
+NOT_STARTED_SHOWN = 10
+
+
+def not_started_line(entries: Sequence[Entry], overwrite: bool) -> str:
+    """The line with which a batch stopped by Ctrl-C or SIGTERM names the lines of its share it
+    did not start, and what running it again does. (A batch that stops for its file system says
+    that in one line, :func:`batch_stop_line`.)"""
+    shown = ", ".join(str(e.line) for e in entries[:NOT_STARTED_SHOWN])
+    more = len(entries) - NOT_STARTED_SHOWN
+    many = len(entries) > 1
+    again = (
+        "run the same command without --overwrite to start "
+        f"{'them' if many else 'it'} and keep what this one trained"
+        if overwrite
+        else f"run the same command again to start {'them' if many else 'it'} (finished lines "
+        "are skipped, an interrupted one resumes)"
+    )
+    which = f"{'lines' if many else 'line'} {shown}{f' and {more} more' if more > 0 else ''}"
+    return f"batch: {len(entries)} line{'s' if many else ''} not started ({which}); {again}"
 
 
 def requeued_task_runs(log: Path, share: list[Entry], root: Path) -> set[Path]:

@@ -1125,6 +1125,47 @@ def test_a_new_slurm_job_with_overwrite_trains_the_runs_of_an_older_job_again(
     assert started == [{"resume": False, "overwrite": True}]
 
 
+@pytest.mark.parametrize(
+    ("flags", "again"),
+    [
+        (
+            [],
+            "run the same command again to start them (finished lines are skipped, an "
+            "interrupted one resumes)",
+        ),
+        (
+            ["--overwrite"],
+            "run the same command without --overwrite to start them and keep what this one trained",
+        ),
+    ],
+)
+def test_an_interrupted_batch_names_the_lines_it_did_not_start(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys, flags, again
+):
+    """Ctrl-C (or SIGTERM) in line 2: the table lists the lines that ran, and lines 4 and 5
+    were named nowhere (line 3 repeats line 1)."""
+    path = prompts_file(
+        tmp_path, "a red cube", "a blue cube", "a red cube", "a green cube", "a yellow cube"
+    )
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")
+    assert main(list(map(str, [*args, *flags]))) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"batch: 2 lines not started (lines 4, 5); {again}"
+    assert not (root / "a_green_cube").exists()
+
+
+def test_a_long_list_of_lines_not_started_is_cut_short():
+    from dreamtext.batch import not_started_line
+
+    entries = [Entry(n, "", "text", "", Path()) for n in range(3, 16)]
+    assert not_started_line(entries[:1], False).startswith("batch: 1 line not started (line 3); ")
+    assert not_started_line(entries, False).startswith(
+        "batch: 13 lines not started (lines 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 and 3 more); "
+    )
+
+
 def test_overwrite_leaves_a_run_another_worker_of_the_batch_has_trained_again(tmp_path):
     """Workers sharing a list with --overwrite: a run whose status.json changed since the batch
     started was trained again by another of them, and is skipped."""
