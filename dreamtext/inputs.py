@@ -393,7 +393,9 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
 
     ``K = (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`` and ``N =
     SLURM_ARRAY_TASK_COUNT``, so ``--array=0-7``, ``--array=1-8`` and ``--array=0-14:2`` all give
-    the shares 0/8 … 7/8. An array that is not such a range (``--array=1,5,6``) is an error.
+    the shares 0/8 … 7/8. An array that is not such a range (``--array=1,5,6``) is an error,
+    in every one of its tasks (its ``SLURM_ARRAY_TASK_MAX`` is not ``MIN + (COUNT − 1) ×
+    STEP``).
     """
     if "SLURM_ARRAY_TASK_ID" not in env:
         return None
@@ -401,6 +403,7 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
         task = int(env["SLURM_ARRAY_TASK_ID"])
         first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
         step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
+        last = int(env["SLURM_ARRAY_TASK_MAX"]) if "SLURM_ARRAY_TASK_MAX" in env else None
         if "SLURM_ARRAY_TASK_COUNT" in env:
             count = int(env["SLURM_ARRAY_TASK_COUNT"])
         else:
@@ -416,7 +419,11 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
             "as a range (--array=0-7) or pass --shard K/N"
         )
     index, off_step = divmod(task - first, step)
-    if off_step or not 0 <= index < count:
+    # --array=3,5,6 (a list, as when only some tasks of an array are submitted again) has its
+    # last id elsewhere than a range of COUNT ids from MIN would: every task refuses it alike,
+    # rather than some running a share of a partition that leaves lines out.
+    not_a_range = last is not None and last != first + (count - 1) * step
+    if not_a_range or off_step or not 0 <= index < count:
         raise DreamtextError(
             f"SLURM array task {task} is not one of {count} evenly spaced tasks from {first}; "
             "submit the array as a range (--array=0-7) or pass --shard K/N"

@@ -373,6 +373,20 @@ def test_a_slurm_array_that_is_not_a_range_is_a_user_error():
         shard_from_environment(env)
 
 
+@pytest.mark.parametrize("task", ["3", "5", "6"])
+def test_every_task_of_a_slurm_array_list_refuses_it_alike(task):
+    """--array=3,5,6 (failed tasks submitted again without --shard): tasks 3 and 5 ran shares
+    0/3 and 2/3 of another partition and task 6 refused, so share 1/3 was run by none."""
+    env = {
+        "SLURM_ARRAY_TASK_ID": task,
+        "SLURM_ARRAY_TASK_MIN": "3",
+        "SLURM_ARRAY_TASK_MAX": "6",
+        "SLURM_ARRAY_TASK_COUNT": "3",
+    }
+    with pytest.raises(DreamtextError, match=r"not one of 3 evenly spaced tasks from 3.*--shard"):
+        shard_from_environment(env)
+
+
 @pytest.mark.parametrize("step", ["0", "-2"])
 def test_a_slurm_array_step_below_one_is_a_user_error(step):
     """SLURM_ARRAY_TASK_STEP=0 was a ZeroDivisionError traceback; a negative step gave a share."""
@@ -2243,6 +2257,26 @@ def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus_and_requeues_if
         "srun --kill-on-bad-exit=1 --cpus-per-task=4 dreamtext batch prompts.txt --workspace "
         "/shared/runs --fp16",
         *(["scontrol requeue 41_3"] if requeued else []),
+    ]
+
+
+def test_the_slurm_script_gives_each_task_its_share_of_shares_for_a_list_of_tasks(tmp_path):
+    """`SHARES=8 sbatch --array=3,5 ...` submits two failed tasks of an --array=0-7 job again:
+    each takes its share of eight (the array's own variables make a list of ids no range)."""
+    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    tools.mkdir()
+    (tools / "srun").write_text(f'#!/bin/bash\necho "srun $*" >> {calls}\n')
+    (tools / "srun").chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SHARES": "8"}
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    for task in ("3", "5"):
+        args = ["bash", script, "prompts.txt", "/shared/runs", "--fp16"]
+        done = subprocess.run(args, env={**env, "SLURM_ARRAY_TASK_ID": task}, cwd=tmp_path)
+        assert done.returncode == 0
+    assert calls.read_text().splitlines() == [
+        f"srun --kill-on-bad-exit=1 --cpus-per-task=1 dreamtext batch prompts.txt --workspace "
+        f"/shared/runs --shard {task}/8 --fp16"
+        for task in (3, 5)
     ]
 
 
