@@ -78,6 +78,7 @@ from dreamtext.inputs import (
     check_root_writable,
     parse_shard,
     read_prompt_lines,
+    repeat_key,
     resolve_shard,
     root_write_error,
     shard_from_environment,
@@ -306,7 +307,8 @@ class Entry:
 def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     """The entries of a prompts file: one prompt per line, ``image:PATH`` for an image (a
     relative PATH is taken from the prompts file's folder); blank lines and ``#`` comments are
-    skipped. A line repeating an earlier one is dropped. Each entry's workspace under ``root`` is
+    skipped. A line repeating an earlier one (up to case and spaces: :func:`repeat_key`) is
+    dropped, the first one's text kept. Each entry's workspace under ``root`` is
     :func:`workspace_name`'s. Every image is opened here, so a bad one stops the batch before
     anything is written."""
     from dreamtext.images import load_image
@@ -334,10 +336,11 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
                 raise DreamtextError(f"{path}:{number}: {error}") from None
             prompt = str(image_path)
         entry = Entry(number, raw.rstrip("\r"), kind, prompt, root)
-        if entry.key in seen:
-            _say(f"batch: line {number} repeats line {seen[entry.key]}; it runs once")
+        repeats = repeat_key(kind, prompt)
+        if repeats in seen:
+            _say(f"batch: line {number} repeats line {seen[repeats]}; it runs once")
             continue
-        seen[entry.key] = number
+        seen[repeats] = number
         found.append(entry)
     if not found:
         raise DreamtextError(
@@ -827,10 +830,14 @@ def run_batch(
     # sharing the list (with --overwrite too) has trained it again already.
     before = {e.workspace: read_status(e.workspace) for e in share}
     others = BatchLog(root / BATCH_LOG)
+    # A requeued SLURM task with --overwrite: the lines it trained again before its requeue are
+    # this job's runs, not the older ones --overwrite discards; they are skipped or resumed.
+    kept = requeued_task_runs(root / BATCH_LOG, share, root) if options.overwrite else set()
+    overwrites = {e.workspace: options.overwrite and e.workspace not in kept for e in share}
     pending = [
         (e, cfg)
         for e, cfg in zip(share, configs, strict=True)
-        if options.overwrite or not finished_here(e, cfg)
+        if overwrites[e.workspace] or not finished_here(e, cfg)
     ]
     if pending:
         check_model(pending[0][1])
@@ -860,7 +867,7 @@ def run_batch(
             record = run_entry(
                 entry,
                 cfg,
-                options,
+                replace(options, overwrite=overwrites[entry.workspace]),
                 root,
                 shard_text,
                 before[entry.workspace],
@@ -873,7 +880,66 @@ def run_batch(
             bar.update(1)
             if gpu_unusable(record) or stopped_the_batch(record):
                 break
+    if records and stopped_by_user(records[-1]) and len(records) < len(share):
+        _say(not_started_line(share[len(records) :], options.overwrite))
     return records
+
+
+# How many line numbers of the lines a stopped batch did not start its one line names.
+NOT_STARTED_SHOWN = 10
+
+
+def not_started_line(entries: Sequence[Entry], overwrite: bool) -> str:
+    """The line with which a batch stopped by Ctrl-C or SIGTERM names the lines of its share it
+    did not start, and what running it again does. (A batch that stops for its file system says
+    that in one line, :func:`batch_stop_line`.)"""
+    shown = ", ".join(str(e.line) for e in entries[:NOT_STARTED_SHOWN])
+    more = len(entries) - NOT_STARTED_SHOWN
+    many = len(entries) > 1
+    again = (
+        "run the same command without --overwrite to start "
+        f"{'them' if many else 'it'} and keep what this one trained"
+        if overwrite
+        else f"run the same command again to start {'them' if many else 'it'} (finished lines "
+        "are skipped, an interrupted one resumes)"
+    )
+    which = f"{'lines' if many else 'line'} {shown}{f' and {more} more' if more > 0 else ''}"
+    return f"batch: {len(entries)} line{'s' if many else ''} not started ({which}); {again}"
+
+
+def requeued_task_runs(log: Path, share: list[Entry], root: Path) -> set[Path]:
+    """The workspaces of ``share`` that this SLURM task (:func:`slurm_task`), requeued, trained
+    before its requeue: its earlier attempts' ``batch.jsonl`` records (the same task id, a lower
+    restart count) finished them or were interrupted in them (a preemption's SIGTERM). Empty
+    outside SLURM and for a task's first attempt; one line on stderr says what is kept."""
+    task, restarts = slurm_task()
+    if task is None or restarts == 0:
+        return set()
+    by_name = {_relative(e.workspace, root): e.workspace for e in share}
+    kept: set[Path] = set()
+    with contextlib.suppress(OSError), open(log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a torn line
+                continue
+            if not isinstance(record, dict) or record.get("slurm") != task:
+                continue
+            earlier = record.get("slurm_restart")
+            if not isinstance(earlier, int) or earlier >= restarts:
+                continue
+            ran = record.get("status") == "finished" or (
+                record.get("status") == "interrupted" and record.get("error") is None
+            )
+            if ran and record.get("workspace") in by_name:
+                kept.add(by_name[record["workspace"]])
+    if kept:
+        _say(
+            f"batch: SLURM task {task} was requeued (restart {restarts}): --overwrite leaves the "
+            f"{len(kept)} line{'s' if len(kept) > 1 else ''} it trained before, finished ones "
+            "skipped, an interrupted one resumed"
+        )
+    return kept
 
 
 # How many of the prompts the built-in prior does not know its one line names.
@@ -1120,6 +1186,7 @@ def _record(
     """:func:`run_entry`'s ``batch.jsonl`` record; ``ran``: this worker held the entry's run
     to its end (its status.json is this attempt's)."""
     status = read_status(entry.workspace) if ran else None
+    task, restarts = slurm_task()
     return {
         "line": entry.line,
         "input": entry.input,
@@ -1135,6 +1202,10 @@ def _record(
         "finished": now_iso(),
         "host": HOST,
         "shard": shard,
+        # A requeued task tells its own earlier records from an older batch's by these
+        # (requeued_task_runs).
+        "slurm": task,
+        "slurm_restart": restarts if task is not None else None,
     }
 
 

@@ -1036,8 +1036,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="train every prompt of this worker's share again from scratch, replacing finished "
-        "and interrupted runs (text prompts only); without it a finished run is skipped, with a "
-        "warning when it used other settings",
+        "and interrupted runs (text prompts only; a requeued SLURM task keeps the runs it made "
+        "before its requeue); without it a finished run is skipped, with a warning when it used "
+        "other settings",
     )
     add_describe_arguments(batch, descriptor=True)
     batch.set_defaults(func=cmd_batch)

@@ -304,15 +304,21 @@ def same_prompt(recorded: object, prompt: str) -> bool:
     )
 
 
+# A word of a prompts file's line that is a command-line flag (``--iters``, ``--seed=3``): a
+# space or the line's start before it, then ``--`` and a letter.
+FLAG_IN_LINE = re.compile(r"(?<!\S)--[A-Za-z][\w-]*")
+
+
 def read_prompt_lines(path: Path) -> list[str]:
     """The lines of a prompts file, as :func:`dreamtext.batch.read_prompts` reads them; a file
-    that is missing, not UTF-8 or unreadable is a :class:`DreamtextError`."""
+    that is missing, not UTF-8 or unreadable, or whose prompt holds a command-line flag
+    (:func:`refuse_flags_in_lines`), is a :class:`DreamtextError`."""
     try:
         # utf-8-sig: files saved by Windows editors start with a BOM, which strip() keeps.
         # Lines end at a newline only (\r\n and \r read as one), as editors, wc and sed number
         # them: splitlines() also split at a form feed or U+2028, and the messages named lines
         # after it by numbers the file does not have.
-        return path.read_text(encoding="utf-8-sig").split("\n")
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"
@@ -324,6 +330,25 @@ def read_prompt_lines(path: Path) -> list[str]:
         ) from None
     except OSError as error:
         raise DreamtextError(f"cannot read prompts file {path}: {error}") from None
+    refuse_flags_in_lines(path, lines)
+    return lines
+
+
+def refuse_flags_in_lines(path: Path, lines: list[str]) -> None:
+    """A prompt line (``#`` comments aside) holding a command-line flag, ``a red cube --iters
+    5``: a batch takes the whole line as the prompt, so the flag would be trained as words of it
+    (hours of a run that is not what was asked), never applied."""
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if text.startswith("#"):
+            continue
+        flag = FLAG_IN_LINE.search(text)
+        if flag is not None:
+            raise DreamtextError(
+                f"{path}:{number}: '{flag[0]}' is a command-line flag, not words of a prompt: "
+                "a prompts file holds prompts only, one per line; put flags on the dreamtext "
+                "batch command line (or in a --config file)"
+            )
 
 
 IMAGE_PREFIX = "image:"
@@ -333,13 +358,23 @@ IMAGE_PREFIX = "image:"
 def plain_prompt_lines(lines: list[str]) -> bool:
     """Whether :func:`dreamtext.batch.read_prompts` takes ``lines`` (a prompts file's) as they
     are, without a word on stderr and without opening a file: at least one prompt, no
-    ``image:`` line, and no prompt twice (compared as it compares them: spaces collapsed, NFC)."""
+    ``image:`` line, and no prompt twice (compared as it compares them: :func:`repeat_key`)."""
     texts = [raw.strip() for raw in lines]
     texts = [text for text in texts if text and not text.startswith("#")]
     if not texts or any(text[: len(IMAGE_PREFIX)].lower() == IMAGE_PREFIX for text in texts):
         return False
-    keys = {unicodedata.normalize("NFC", " ".join(text.split())) for text in texts}
+    keys = {repeat_key("text", " ".join(text.split())) for text in texts}
     return len(keys) == len(texts)
+
+
+def repeat_key(kind: str, prompt: str) -> tuple[str, str]:
+    """What two lines of a prompts file share when the second repeats the first: the kind and
+    :func:`owner_value` of the prompt (spaces collapsed by the caller), a text prompt in lower
+    case. ``a red cube`` and ``A Red Cube`` are one prompt to Stable Diffusion's CLIP tokenizer,
+    which lower-cases, and get one folder name (:func:`slugify`): two runs of them trained one
+    prompt twice."""
+    value = owner_value(kind, prompt)
+    return kind, (value.lower() if kind == "text" else value)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -358,7 +393,9 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
 
     ``K = (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`` and ``N =
     SLURM_ARRAY_TASK_COUNT``, so ``--array=0-7``, ``--array=1-8`` and ``--array=0-14:2`` all give
-    the shares 0/8 … 7/8. An array that is not such a range (``--array=1,5,6``) is an error.
+    the shares 0/8 … 7/8. An array that is not such a range (``--array=1,5,6``) is an error,
+    in every one of its tasks (its ``SLURM_ARRAY_TASK_MAX`` is not ``MIN + (COUNT − 1) ×
+    STEP``).
     """
     if "SLURM_ARRAY_TASK_ID" not in env:
         return None
@@ -366,6 +403,7 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
         task = int(env["SLURM_ARRAY_TASK_ID"])
         first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
         step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
+        last = int(env["SLURM_ARRAY_TASK_MAX"]) if "SLURM_ARRAY_TASK_MAX" in env else None
         if "SLURM_ARRAY_TASK_COUNT" in env:
             count = int(env["SLURM_ARRAY_TASK_COUNT"])
         else:
@@ -381,7 +419,11 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
             "as a range (--array=0-7) or pass --shard K/N"
         )
     index, off_step = divmod(task - first, step)
-    if off_step or not 0 <= index < count:
+    # --array=3,5,6 (a list, as when only some tasks of an array are submitted again) has its
+    # last id elsewhere than a range of COUNT ids from MIN would: every task refuses it alike,
+    # rather than some running a share of a partition that leaves lines out.
+    not_a_range = last is not None and last != first + (count - 1) * step
+    if not_a_range or off_step or not 0 <= index < count:
         raise DreamtextError(
             f"SLURM array task {task} is not one of {count} evenly spaced tasks from {first}; "
             "submit the array as a range (--array=0-7) or pass --shard K/N"

@@ -157,6 +157,28 @@ def test_prompts_file_lines_comments_images_and_names(tmp_path):
     assert entries[1].input == "  image: photos/mug.png"
 
 
+def test_lines_differing_only_in_case_are_one_prompt_run_once(tmp_path, capsys):
+    """``a red cube`` and ``A Red Cube`` have one folder name and are one prompt to Stable
+    Diffusion's tokenizer, which lower-cases: both got a hashed folder and were trained twice."""
+    path = prompts_file(tmp_path, "a red cube", "A Red Cube", "a blue cube", "A  BLUE cube")
+    entries = read_prompts(path, tmp_path / "root")
+    assert [(e.line, e.prompt, e.workspace.name) for e in entries] == [
+        (1, "a red cube", "a_red_cube"),
+        (3, "a blue cube", "a_blue_cube"),
+    ]
+    assert capsys.readouterr().err == (
+        "batch: line 2 repeats line 1; it runs once\nbatch: line 4 repeats line 3; it runs once\n"
+    )
+
+
+def test_a_case_repeat_keeps_the_hashed_folder_an_earlier_batch_gave_its_first_line(tmp_path):
+    root = tmp_path / "root"
+    ran(root / f"a_red_cube_{sha('a red cube')}", "a red cube")
+    ran(root / f"a_red_cube_{sha('A Red Cube')}", "A Red Cube")
+    entries = read_prompts(prompts_file(tmp_path, "a red cube", "A Red Cube"), root)
+    assert [e.workspace.name for e in entries] == [f"a_red_cube_{sha('a red cube')}"]
+
+
 def test_the_image_prefix_is_read_in_any_case(tmp_path):
     """``IMAGE:mug.png`` was a text prompt: hours of Stable Diffusion on a typo."""
     Image.new("RGB", (8, 8)).save(tmp_path / "mug.png")
@@ -349,6 +371,20 @@ def test_a_slurm_array_that_is_not_a_range_is_a_user_error():
     # --array=1,3,9: three tasks, ids not evenly spaced from 1
     env = {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
     with pytest.raises(DreamtextError, match="--shard K/N"):
+        shard_from_environment(env)
+
+
+@pytest.mark.parametrize("task", ["3", "5", "6"])
+def test_every_task_of_a_slurm_array_list_refuses_it_alike(task):
+    """--array=3,5,6 (failed tasks submitted again without --shard): tasks 3 and 5 ran shares
+    0/3 and 2/3 of another partition and task 6 refused, so share 1/3 was run by none."""
+    env = {
+        "SLURM_ARRAY_TASK_ID": task,
+        "SLURM_ARRAY_TASK_MIN": "3",
+        "SLURM_ARRAY_TASK_MAX": "6",
+        "SLURM_ARRAY_TASK_COUNT": "3",
+    }
+    with pytest.raises(DreamtextError, match=r"not one of 3 evenly spaced tasks from 3.*--shard"):
         shard_from_environment(env)
 
 
@@ -1037,6 +1073,112 @@ def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
     for name in ("a_red_cube", "a_blue_cube"):
         assert steps(root / name) == [5, 6]  # one run from step 0
         assert json.loads((root / name / "config.json").read_text())["seed"] == 3
+
+
+def slurm_task_env(monkeypatch, job, restarts):
+    """This process as attempt ``restarts`` (0: the first) of task 0 of array job ``job``."""
+    for name, value in {
+        "SLURM_ARRAY_JOB_ID": job,
+        "SLURM_ARRAY_TASK_ID": "0",
+        "SLURM_ARRAY_TASK_COUNT": "1",
+        "SLURM_RESTART_COUNT": str(restarts),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_requeued_slurm_task_with_overwrite_keeps_the_lines_it_trained_before_its_requeue(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """--overwrite discards older runs, not the ones this very job made before SLURM requeued
+    it: it wiped and trained them all again at every requeue."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0  # an older batch's runs of all three
+    slurm_task_env(monkeypatch, "77", 0)
+    real_step = ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")  # preempted in line 2
+    assert main(list(map(str, [*args, "--overwrite"]))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    slurm_task_env(monkeypatch, "77", 1)  # requeued
+    started, real_train = [], trainer.train
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
+    )
+    capsys.readouterr()
+    assert main(list(map(str, [*args, "--overwrite"]))) == 0
+    assert (
+        "batch: SLURM task 77_0 was requeued (restart 1): --overwrite leaves the 2 lines it "
+        "trained before, finished ones skipped, an interrupted one resumed"
+    ) in capsys.readouterr().err
+    # line 1 skipped, line 2 resumed, line 3 (an older batch's run) trained again
+    assert started == [{"resume": True}, {"resume": False, "overwrite": True}]
+    attempts = [(r["line"], r["status"], r["slurm"], r["slurm_restart"]) for r in rows(root)]
+    assert attempts[3:] == [
+        (1, "finished", "77_0", 0),
+        (2, "interrupted", "77_0", 0),
+        (1, "skipped", "77_0", 1),
+        (2, "finished", "77_0", 1),
+        (3, "finished", "77_0", 1),
+    ]
+    assert attempts[:3] == [(n, "finished", None, None) for n in (1, 2, 3)]
+
+
+def test_a_new_slurm_job_with_overwrite_trains_the_runs_of_an_older_job_again(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    slurm_task_env(monkeypatch, "77", 0)
+    assert main(list(map(str, [*args, "--overwrite"]))) == 0
+    slurm_task_env(monkeypatch, "78", 1)  # another job (requeued once): 77's run is an older one
+    started, real_train = [], trainer.train
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
+    )
+    assert main(list(map(str, [*args, "--overwrite"]))) == 0
+    assert started == [{"resume": False, "overwrite": True}]
+
+
+@pytest.mark.parametrize(
+    ("flags", "again"),
+    [
+        (
+            [],
+            "run the same command again to start them (finished lines are skipped, an "
+            "interrupted one resumes)",
+        ),
+        (
+            ["--overwrite"],
+            "run the same command without --overwrite to start them and keep what this one trained",
+        ),
+    ],
+)
+def test_an_interrupted_batch_names_the_lines_it_did_not_start(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys, flags, again
+):
+    """Ctrl-C (or SIGTERM) in line 2: the table lists the lines that ran, and lines 4 and 5
+    were named nowhere (line 3 repeats line 1)."""
+    path = prompts_file(
+        tmp_path, "a red cube", "a blue cube", "a red cube", "a green cube", "a yellow cube"
+    )
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")
+    assert main(list(map(str, [*args, *flags]))) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"batch: 2 lines not started (lines 4, 5); {again}"
+    assert not (root / "a_green_cube").exists()
+
+
+def test_a_long_list_of_lines_not_started_is_cut_short():
+    from dreamtext.batch import not_started_line
+
+    entries = [Entry(n, "", "text", "", Path()) for n in range(3, 16)]
+    assert not_started_line(entries[:1], False).startswith("batch: 1 line not started (line 3); ")
+    assert not_started_line(entries, False).startswith(
+        "batch: 13 lines not started (lines 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 and 3 more); "
+    )
 
 
 def test_overwrite_leaves_a_run_another_worker_of_the_batch_has_trained_again(tmp_path):
@@ -2177,6 +2319,26 @@ def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus_and_requeues_if
         "srun --kill-on-bad-exit=1 --cpus-per-task=4 dreamtext batch prompts.txt --workspace "
         "/shared/runs --fp16",
         *(["scontrol requeue 41_3"] if requeued else []),
+    ]
+
+
+def test_the_slurm_script_gives_each_task_its_share_of_shares_for_a_list_of_tasks(tmp_path):
+    """`SHARES=8 sbatch --array=3,5 ...` submits two failed tasks of an --array=0-7 job again:
+    each takes its share of eight (the array's own variables make a list of ids no range)."""
+    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    tools.mkdir()
+    (tools / "srun").write_text(f'#!/bin/bash\necho "srun $*" >> {calls}\n')
+    (tools / "srun").chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SHARES": "8"}
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    for task in ("3", "5"):
+        args = ["bash", script, "prompts.txt", "/shared/runs", "--fp16"]
+        done = subprocess.run(args, env={**env, "SLURM_ARRAY_TASK_ID": task}, cwd=tmp_path)
+        assert done.returncode == 0
+    assert calls.read_text().splitlines() == [
+        f"srun --kill-on-bad-exit=1 --cpus-per-task=1 dreamtext batch prompts.txt --workspace "
+        f"/shared/runs --shard {task}/8 --fp16"
+        for task in (3, 5)
     ]
 
 

@@ -216,6 +216,7 @@ def test_nvidia_smi_on_the_path_or_another_system_leaves_the_answer_to_torch(tmp
         (["a cat", "", "# a comment", "a dog"], True),
         (["a cat", "a  cat "], False),  # read_prompts says the second repeats the first
         (["Cafe\u0301", "Café"], False),  # the same prompt, NFC
+        (["a red cube", "A Red Cube"], False),  # the same prompt up to case
         (["a cat", "Image: mug.png"], False),  # an image, which read_prompts opens
         (["# only a comment", ""], False),  # no prompts: read_prompts' own line
     ],
@@ -224,6 +225,31 @@ def test_a_prompts_list_is_plain_when_read_prompts_takes_it_without_a_word(lines
     from dreamtext.inputs import plain_prompt_lines
 
     assert plain_prompt_lines(lines) is plain
+
+
+def test_a_prompt_line_holding_a_flag_is_refused_before_torch_is_imported(mistakes_folder):
+    (mistakes_folder / "flags.txt").write_text(
+        "# tried with --iters 2\na cat\na red cube --iters 5\n"
+    )
+    done = run_without_torch(mistakes_folder, ["batch", "flags.txt", "--model", "builtin:shapes"])
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        "dreamtext: error: flags.txt:3: '--iters' is a command-line flag, not words of a prompt: "
+        "a prompts file holds prompts only, one per line; put flags on the dreamtext batch "
+        "command line (or in a --config file)\n"
+    )
+    assert not (mistakes_folder / "workspace").exists()
+
+
+@pytest.mark.parametrize(
+    "line", ["a T-shirt", "a cat -- on a mat", "a cat--dog", "# a comment --iters 5", "-5 degrees"]
+)
+def test_dashes_that_are_no_flag_leave_a_prompt_line_as_it_is(tmp_path, line):
+    from dreamtext.inputs import read_prompt_lines
+
+    path = tmp_path / "prompts.txt"
+    path.write_text(line + "\n")
+    assert read_prompt_lines(path) == [line, ""]
 
 
 def test_a_repeated_line_is_said_before_the_presets_refusal_as_it_was(
