@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -304,9 +305,20 @@ def same_prompt(recorded: object, prompt: str) -> bool:
     )
 
 
-# A word of a prompts file's line that is a command-line flag (``--iters``, ``--seed=3``): a
-# space or the line's start before it, then ``--`` and a letter.
-FLAG_IN_LINE = re.compile(r"(?<!\S)--[A-Za-z][\w-]*")
+# A word of a prompts file's line that may be a command-line flag (``--iters``, ``--seed=3``): a
+# space or the line's start before it, then ``--`` and a letter; its name ends at ``=``.
+FLAG_IN_LINE = re.compile(r"(?<!\S)(--[A-Za-z][\w-]*)")
+
+
+@functools.cache
+def batch_flags() -> frozenset[str]:
+    """The flags ``dreamtext batch`` takes (``--iters``, ``--no-export``, ...), from its parser.
+    A word of a prompt that starts with ``--`` but is none of them (``a --weird-- style``) is
+    words of the prompt."""
+    from dreamtext.cli import build_parser  # the CLI's own parser: no list to keep in step
+
+    batch = build_parser().commands["batch"]
+    return frozenset(flag for flag in batch._option_string_actions if flag.startswith("--"))
 
 
 def read_prompt_lines(path: Path) -> list[str]:
@@ -342,10 +354,10 @@ def refuse_flags_in_lines(path: Path, lines: list[str]) -> None:
         text = raw.strip()
         if text.startswith("#"):
             continue
-        flag = FLAG_IN_LINE.search(text)
-        if flag is not None:
+        flags = [word for word in FLAG_IN_LINE.findall(text) if word in batch_flags()]
+        if flags:
             raise DreamtextError(
-                f"{path}:{number}: '{flag[0]}' is a command-line flag, not words of a prompt: "
+                f"{path}:{number}: '{flags[0]}' is a command-line flag, not words of a prompt: "
                 "a prompts file holds prompts only, one per line; put flags on the dreamtext "
                 "batch command line (or in a --config file)"
             )

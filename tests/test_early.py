@@ -241,8 +241,28 @@ def test_a_prompt_line_holding_a_flag_is_refused_before_torch_is_imported(mistak
     assert not (mistakes_folder / "workspace").exists()
 
 
+@pytest.mark.parametrize("line", ["a cube --seed=3", "--no-export a red cube", "a cone --fp16"])
+def test_every_flag_of_batch_in_a_prompt_line_is_refused(tmp_path, line):
+    from dreamtext.errors import DreamtextError
+    from dreamtext.inputs import read_prompt_lines
+
+    path = tmp_path / "prompts.txt"
+    path.write_text(line + "\n")
+    with pytest.raises(DreamtextError, match="is a command-line flag"):
+        read_prompt_lines(path)
+
+
 @pytest.mark.parametrize(
-    "line", ["a T-shirt", "a cat -- on a mat", "a cat--dog", "# a comment --iters 5", "-5 degrees"]
+    "line",
+    [
+        "a T-shirt",
+        "a cat -- on a mat",
+        "a cat--dog",
+        "# a comment --iters 5",
+        "-5 degrees",
+        "a --weird-- style",  # starts like a flag, but batch has no --weird--
+        "a --fast car",
+    ],
 )
 def test_dashes_that_are_no_flag_leave_a_prompt_line_as_it_is(tmp_path, line):
     from dreamtext.inputs import read_prompt_lines
