@@ -796,7 +796,7 @@ def early_describe(args: argparse.Namespace) -> None:
     image's sentence, a run whose descriptor training has started, a text→3D run)."""
     from dreamtext.images import load_image
     from dreamtext.processes import LOCK_NAME, check_own_folder
-    from dreamtext.runfiles import check_describe_workspace, default_workspace
+    from dreamtext.runfiles import check_describe_workspace, check_not_running, default_workspace
 
     if args.device not in (None, "auto", "cpu"):
         check_cuda_flag(args)  # resolve_device, cmd_describe's first step
@@ -813,6 +813,7 @@ def early_describe(args: argparse.Namespace) -> None:
         return
     load_image(args.image)
     check_describe_workspace(workspace, args.image)
+    check_not_running(workspace)  # describe's next check, before CLIP loads
 
 
 def early_batch(args: argparse.Namespace) -> None:

@@ -36,7 +36,12 @@ from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
 from dreamtext.interrupts import raise_if_stop_requested
 from dreamtext.progress import bar_options, tqdm
-from dreamtext.runfiles import SOURCE_SUFFIXES, check_describe_workspace, sentence_path
+from dreamtext.runfiles import (
+    SOURCE_SUFFIXES,
+    check_describe_workspace,
+    check_not_running,
+    sentence_path,
+)
 from dreamtext.runfiles import read_record as read_record  # re-exported
 from dreamtext.runfiles import source_copy as source_copy  # re-exported
 from dreamtext.runstatus import HEARTBEAT_SECONDS, check_guards, track_status
@@ -409,6 +414,8 @@ def describe(
     nouns, adjectives = check_options(options)
     image = load_image(image_path)
     check_describe_workspace(workspace, image_path)
+    if status:  # track_status asks again; before CLIP loads, a second search is refused at once
+        check_not_running(workspace)
     encoder = encoder or ClipEncoder(options.clip, options.device, options.batch_size)
     # A Ctrl-C / SIGTERM while CLIP loaded can have been swallowed (raised in a finalizer).
     raise_if_stop_requested()

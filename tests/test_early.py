@@ -620,6 +620,26 @@ def test_image_into_a_run_another_process_runs_is_refused_before_torch_is_import
     )
 
 
+def test_describe_into_a_search_another_process_runs_is_refused_before_torch_is_imported(
+    other_runs_folder,
+):
+    """status.json of a live describe (this test's process) and no sentence yet: the line the
+    search's status tracking gave once CLIP had loaded."""
+    from dreamtext.processes import this_process
+
+    (other_runs_folder / "searching").mkdir()
+    status = {"state": "running", "phase": "describe", "step": 0, **this_process()}
+    (other_runs_folder / "searching" / "status.json").write_text(json.dumps(status))
+    done = run_without_torch(other_runs_folder, ["describe", "mug.png", "--workspace", "searching"])
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        f"dreamtext: error: searching is in use: process {os.getpid()} on this machine is running "
+        "its run (describe phase, step 0); wait for it to end or stop it, or pass --workspace "
+        "NEW_FOLDER\n"
+    )
+    assert sorted(p.name for p in (other_runs_folder / "searching").iterdir()) == ["status.json"]
+
+
 def test_describe_into_a_locked_workspace_is_left_to_the_command(other_runs_folder):
     """A lock file: another process may hold the workspace, which claim_workspace asks first.
     Here its holder is gone, so the command takes the lock and says the same line."""
