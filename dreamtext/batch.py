@@ -309,8 +309,10 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     relative PATH is taken from the prompts file's folder); blank lines and ``#`` comments are
     skipped. A line repeating an earlier one (up to case and spaces: :func:`repeat_key`) is
     dropped, the first one's text kept. Each entry's workspace under ``root`` is
-    :func:`workspace_name`'s. Every image is opened here, so a bad one stops the batch before
-    anything is written."""
+    :func:`workspace_name`'s; where it holds a run of the prompt in other case (a ``dreamtext
+    text "A Red Cube"`` for the line ``a red cube``), that run's text is kept the same way, so the
+    run counts as the line's (:func:`_prompt_of_its_run`). Every image is opened here, so a bad
+    one stops the batch before anything is written."""
     from dreamtext.images import load_image
 
     path = Path(path)
@@ -351,13 +353,38 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     uses = Counter(slugs)
     line_named = line_named_folders(root)  # listed once: a list of n prompts costs n, not n²
     return [
-        replace(
-            e,
-            workspace=root
-            / workspace_name(root, e.key, slug, uses[slug] > 1, ascii_slug(_name(e)), line_named),
+        _prompt_of_its_run(
+            replace(
+                e,
+                workspace=root
+                / workspace_name(
+                    root, e.key, slug, uses[slug] > 1, ascii_slug(_name(e)), line_named
+                ),
+            )
         )
         for e, slug in zip(found, slugs, strict=True)
     ]
+
+
+def same_up_to_case(owner: tuple[str, str] | None, key: tuple[str, str]) -> bool:
+    """Whether a run recorded as ``owner`` (:func:`run_owner`) is one of the prompt ``key``
+    (:attr:`Entry.key`) as two lines of a prompts file are one (:func:`repeat_key`): a text
+    prompt in other case or spacing. Only the batch reads runs this way; ``dreamtext text`` keeps
+    a run's prompt as typed."""
+    if owner is None or owner[0] != key[0]:
+        return False
+    return repeat_key(owner[0], " ".join(owner[1].split())) == repeat_key(*key)
+
+
+def _prompt_of_its_run(entry: Entry) -> Entry:
+    """``entry`` with the text of the run in its workspace where that run is of the entry's
+    prompt in other case (:func:`same_up_to_case`), as a line repeating another up to case keeps
+    the first line's text: the run is then the line's to skip when finished, resume, export or
+    replace with ``--overwrite``, without a second run of one prompt in a hashed folder."""
+    owner = run_owner(entry.workspace)
+    if owner is None or owner == entry.key or not same_up_to_case(owner, entry.key):
+        return entry
+    return replace(entry, prompt=owner[1])
 
 
 def line_named_folders(root: Path) -> dict[str, list[str]]:
@@ -396,8 +423,10 @@ def workspace_name(
     order, so an edited or re-ordered list keeps each prompt's run. A folder that already holds
     this prompt's run keeps it: ``slug``, the hashed name, or a ``<slug>_line<N>`` of the batches
     that named clashes by their line number; and the same names made from ``legacy``, the slug an
-    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). ``line_named``:
-    :func:`line_named_folders` of ``root``, when the caller has listed it already.
+    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). Failing those, a
+    folder ``slug`` (or the ``legacy`` one) holding a run of the prompt in other case
+    (:func:`same_up_to_case`) is the prompt's. ``line_named``: :func:`line_named_folders` of
+    ``root``, when the caller has listed it already.
     """
     digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
     if line_named is None:
@@ -410,6 +439,9 @@ def workspace_name(
         for old in line_named.get(name, []):
             if run_owner(root / old) == key:
                 return old
+    for name in dict.fromkeys(n for n in (slug, legacy) if n):
+        if same_up_to_case(run_owner(root / name), key):
+            return name
     taken = run_owner(root / slug) is not None
     return f"{slug}_{digest}" if shared or taken else slug
 

@@ -183,6 +183,35 @@ def test_a_case_repeat_keeps_the_hashed_folder_an_earlier_batch_gave_its_first_l
     assert [e.workspace.name for e in entries] == [f"a_red_cube_{sha('a red cube')}"]
 
 
+def test_a_run_of_the_prompt_in_other_case_is_the_lines_run(tmp_path, tiny_yaml, capsys):
+    """``dreamtext text "A Red Cube"`` trained in a_red_cube, the folder of the line ``a red
+    cube``, which is one prompt to Stable Diffusion's tokenizer (it lower-cases): the batch
+    counted it as another prompt's run and trained the line again in a hashed folder."""
+    root = tmp_path / "root"
+    ran(root / "a_red_cube", "A Red Cube")
+    path = prompts_file(tmp_path, "a red cube")
+    entries = read_prompts(path, root)
+    assert [(e.prompt, e.workspace.name) for e in entries] == [("A Red Cube", "a_red_cube")]
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root, "--no-export"]
+    assert main(list(map(str, args))) == 0
+    assert [(r["input"], r["prompt"], r["status"]) for r in rows(root)] == [
+        ("a red cube", "A Red Cube", "skipped")
+    ]
+    assert sorted(p.name for p in root.iterdir()) == ["a_red_cube", "batch.jsonl"]
+
+
+def test_a_hashed_folder_an_earlier_batch_trained_the_line_in_stays_the_lines(tmp_path):
+    """Before runs in other case counted, such a line trained in a hashed folder: that run
+    stays the line's, the other-case run its own."""
+    root = tmp_path / "root"
+    ran(root / "a_red_cube", "A Red Cube")
+    ran(root / f"a_red_cube_{sha('a red cube')}", "a red cube")
+    entries = read_prompts(prompts_file(tmp_path, "a red cube"), root)
+    assert [(e.prompt, e.workspace.name) for e in entries] == [
+        ("a red cube", f"a_red_cube_{sha('a red cube')}")
+    ]
+
+
 def test_the_image_prefix_is_read_in_any_case(tmp_path):
     """``IMAGE:mug.png`` was a text prompt: hours of Stable Diffusion on a typo."""
     Image.new("RGB", (8, 8)).save(tmp_path / "mug.png")
