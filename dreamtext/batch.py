@@ -309,8 +309,10 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     relative PATH is taken from the prompts file's folder); blank lines and ``#`` comments are
     skipped. A line repeating an earlier one (up to case and spaces: :func:`repeat_key`) is
     dropped, the first one's text kept. Each entry's workspace under ``root`` is
-    :func:`workspace_name`'s. Every image is opened here, so a bad one stops the batch before
-    anything is written."""
+    :func:`workspace_name`'s; where it holds a run of the prompt in other case (a ``dreamtext
+    text "A Red Cube"`` for the line ``a red cube``), that run's text is kept the same way, so the
+    run counts as the line's (:func:`_prompt_of_its_run`). Every image is opened here, so a bad
+    one stops the batch before anything is written."""
     from dreamtext.images import load_image
 
     path = Path(path)
@@ -351,13 +353,38 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     uses = Counter(slugs)
     line_named = line_named_folders(root)  # listed once: a list of n prompts costs n, not n²
     return [
-        replace(
-            e,
-            workspace=root
-            / workspace_name(root, e.key, slug, uses[slug] > 1, ascii_slug(_name(e)), line_named),
+        _prompt_of_its_run(
+            replace(
+                e,
+                workspace=root
+                / workspace_name(
+                    root, e.key, slug, uses[slug] > 1, ascii_slug(_name(e)), line_named
+                ),
+            )
         )
         for e, slug in zip(found, slugs, strict=True)
     ]
+
+
+def same_up_to_case(owner: tuple[str, str] | None, key: tuple[str, str]) -> bool:
+    """Whether a run recorded as ``owner`` (:func:`run_owner`) is one of the prompt ``key``
+    (:attr:`Entry.key`) as two lines of a prompts file are one (:func:`repeat_key`): a text
+    prompt in other case or spacing. Only the batch reads runs this way; ``dreamtext text`` keeps
+    a run's prompt as typed."""
+    if owner is None or owner[0] != key[0]:
+        return False
+    return repeat_key(owner[0], " ".join(owner[1].split())) == repeat_key(*key)
+
+
+def _prompt_of_its_run(entry: Entry) -> Entry:
+    """``entry`` with the text of the run in its workspace where that run is of the entry's
+    prompt in other case (:func:`same_up_to_case`), as a line repeating another up to case keeps
+    the first line's text: the run is then the line's to skip when finished, resume, export or
+    replace with ``--overwrite``, without a second run of one prompt in a hashed folder."""
+    owner = run_owner(entry.workspace)
+    if owner is None or owner == entry.key or not same_up_to_case(owner, entry.key):
+        return entry
+    return replace(entry, prompt=owner[1])
 
 
 def line_named_folders(root: Path) -> dict[str, list[str]]:
@@ -396,8 +423,10 @@ def workspace_name(
     order, so an edited or re-ordered list keeps each prompt's run. A folder that already holds
     this prompt's run keeps it: ``slug``, the hashed name, or a ``<slug>_line<N>`` of the batches
     that named clashes by their line number; and the same names made from ``legacy``, the slug an
-    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). ``line_named``:
-    :func:`line_named_folders` of ``root``, when the caller has listed it already.
+    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). Failing those, a
+    folder ``slug`` (or the ``legacy`` one) holding a run of the prompt in other case
+    (:func:`same_up_to_case`) is the prompt's. ``line_named``: :func:`line_named_folders` of
+    ``root``, when the caller has listed it already.
     """
     digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
     if line_named is None:
@@ -410,6 +439,9 @@ def workspace_name(
         for old in line_named.get(name, []):
             if run_owner(root / old) == key:
                 return old
+    for name in dict.fromkeys(n for n in (slug, legacy) if n):
+        if same_up_to_case(run_owner(root / name), key):
+            return name
     taken = run_owner(root / slug) is not None
     return f"{slug}_{digest}" if shared or taken else slug
 
@@ -445,6 +477,11 @@ def slurm_task() -> tuple[str | None, int]:
 UNREADABLE_LOCK_AFTER_S = 10.0
 
 
+def lock_path(workspace: Path) -> Path:
+    """The file of :class:`WorkspaceLock`'s claim on ``workspace``: ``<workspace>.lock``."""
+    return workspace.with_name(workspace.name + ".lock")
+
+
 class WorkspaceLock:
     """An exclusive claim on a workspace: the file ``<workspace>.lock`` beside it.
 
@@ -463,7 +500,7 @@ class WorkspaceLock:
     """
 
     def __init__(self, workspace: Path, timeout: float) -> None:
-        self.path = workspace.with_name(workspace.name + ".lock")
+        self.path = lock_path(workspace)
         self.timeout = timeout
         slurm, restarts = slurm_task()
         self.info = {
@@ -491,7 +528,7 @@ class WorkspaceLock:
                     self.holder = info
                     return False
                 continue  # moved away by a worker checking it: claim it again
-            held = self._read(self.path)
+            held = self.read(self.path)
             if held is None:  # released between our attempt and our look: try again
                 continue
             info, age = held
@@ -539,7 +576,7 @@ class WorkspaceLock:
         # One that cannot be removed (a file system gone read-only or failing, which stops the
         # batch) is left: once this worker has ended, its process is gone and it is taken over.
         with contextlib.suppress(OSError):
-            held = self._read(self.path)
+            held = self.read(self.path)
             if held is not None and held[0].get("token") == self.info["token"]:
                 self.path.unlink(missing_ok=True)
 
@@ -602,7 +639,7 @@ class WorkspaceLock:
             return "missing", None
 
     @staticmethod
-    def _read(path: Path) -> tuple[dict[str, Any], float] | None:
+    def read(path: Path) -> tuple[dict[str, Any], float] | None:
         """``(contents, seconds since last refreshed)``; ``None`` if there is no such file."""
         try:
             age = time.time() - path.stat().st_mtime
@@ -636,7 +673,7 @@ class WorkspaceLock:
         it in the meantime, theirs is put back. When a third worker claimed the workspace while
         it was away, theirs stays and the one renamed away is dropped: its holder finds the third
         worker's token at its next check and stops."""
-        current = self._read(self.path)
+        current = self.read(self.path)
         if current is None or current[0].get("token") != stale.get("token"):
             return False  # already replaced: no need to move it
         grave = self.path.with_name(f".{self.path.name}.{self.info['token']}.stale")
@@ -644,7 +681,7 @@ class WorkspaceLock:
             os.rename(self.path, grave)
         except FileNotFoundError:
             return False
-        taken = self._read(grave)
+        taken = self.read(grave)
         if taken is not None and taken[0].get("token") != stale.get("token"):
             with contextlib.suppress(FileExistsError):
                 os.link(grave, self.path)
@@ -910,13 +947,14 @@ def not_started_line(entries: Sequence[Entry], overwrite: bool) -> str:
 def requeued_task_runs(log: Path, share: list[Entry], root: Path) -> set[Path]:
     """The workspaces of ``share`` that this SLURM task (:func:`slurm_task`), requeued, trained
     before its requeue: its earlier attempts' ``batch.jsonl`` records (the same task id, a lower
-    restart count) finished them or were interrupted in them (a preemption's SIGTERM). Empty
+    restart count) finished them or were interrupted in them (a preemption's SIGTERM), or one was
+    killed in without warning, which leaves no record (:func:`killed_before_requeue`). Empty
     outside SLURM and for a task's first attempt; one line on stderr says what is kept."""
     task, restarts = slurm_task()
     if task is None or restarts == 0:
         return set()
     by_name = {_relative(e.workspace, root): e.workspace for e in share}
-    kept: set[Path] = set()
+    kept = {e.workspace for e in share if killed_before_requeue(e.workspace, task, restarts)}
     with contextlib.suppress(OSError), open(log, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
@@ -940,6 +978,33 @@ def requeued_task_runs(log: Path, share: list[Entry], root: Path) -> set[Path]:
             "skipped, an interrupted one resumed"
         )
     return kept
+
+
+def killed_before_requeue(workspace: Path, task: str, restarts: int) -> bool:
+    """Whether this SLURM task ``task`` was running ``workspace``'s run when an earlier attempt of
+    it (a lower restart count than ``restarts``) was killed without warning: SIGKILL after the
+    preemption's grace time, a node failure, the OOM killer. Such a kill writes no
+    ``batch.jsonl`` record, but leaves the attempt's lock (:class:`WorkspaceLock`, which names the
+    task) and the ``status.json`` its process wrote. Both are needed, and that status past step
+    0: a kill before the run's first step may have left the older run that ``--overwrite``
+    replaces (the trainer removes it after writing its first status), which is no run of this
+    job's, and a run of this job's at step 0 has nothing to resume."""
+    try:
+        held = WorkspaceLock.read(lock_path(workspace))
+    except OSError:  # unreadable here: the line's claim says so when it comes to it
+        return False
+    if held is None:
+        return False
+    lock = held[0]
+    earlier = lock.get("slurm_restart")
+    if lock.get("slurm") != task or not isinstance(earlier, int) or earlier >= restarts:
+        return False
+    run = read_status(workspace) or {}
+    ours = lock.get("pid") is not None and all(
+        run.get(key) == lock.get(key) for key in ("host", "pid", "pid_start")
+    )
+    step = run.get("step")
+    return ours and isinstance(step, int) and step > 0
 
 
 # How many of the prompts the built-in prior does not know its one line names.

@@ -29,6 +29,7 @@ from dreamtext.batch import (
     WorkspaceLock,
     parse_shard,
     read_prompts,
+    requeued_task_runs,
     resolve_shard,
     select_share,
     shard_from_environment,
@@ -36,6 +37,7 @@ from dreamtext.batch import (
 )
 from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
+from dreamtext.runfiles import read_status
 from dreamtext.runstatus import RunTakenOver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,9 +117,11 @@ def ctrl_c_at_step(monkeypatch, step, workspace_name=None):
     return real_step
 
 
-def batch_process(*args, **popen):
+def batch_process(*args, slurm=None, **popen):
+    """``dreamtext batch ARGS`` in a process of its own, outside SLURM unless ``slurm`` gives its
+    ``SLURM_*`` variables."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")} | (slurm or {})
     command = [sys.executable, "-m", "dreamtext.cli", "batch", *map(str, args)]
     return subprocess.Popen(command, env=env, text=True, **popen)
 
@@ -177,6 +181,35 @@ def test_a_case_repeat_keeps_the_hashed_folder_an_earlier_batch_gave_its_first_l
     ran(root / f"a_red_cube_{sha('A Red Cube')}", "A Red Cube")
     entries = read_prompts(prompts_file(tmp_path, "a red cube", "A Red Cube"), root)
     assert [e.workspace.name for e in entries] == [f"a_red_cube_{sha('a red cube')}"]
+
+
+def test_a_run_of_the_prompt_in_other_case_is_the_lines_run(tmp_path, tiny_yaml, capsys):
+    """``dreamtext text "A Red Cube"`` trained in a_red_cube, the folder of the line ``a red
+    cube``, which is one prompt to Stable Diffusion's tokenizer (it lower-cases): the batch
+    counted it as another prompt's run and trained the line again in a hashed folder."""
+    root = tmp_path / "root"
+    ran(root / "a_red_cube", "A Red Cube")
+    path = prompts_file(tmp_path, "a red cube")
+    entries = read_prompts(path, root)
+    assert [(e.prompt, e.workspace.name) for e in entries] == [("A Red Cube", "a_red_cube")]
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root, "--no-export"]
+    assert main(list(map(str, args))) == 0
+    assert [(r["input"], r["prompt"], r["status"]) for r in rows(root)] == [
+        ("a red cube", "A Red Cube", "skipped")
+    ]
+    assert sorted(p.name for p in root.iterdir()) == ["a_red_cube", "batch.jsonl"]
+
+
+def test_a_hashed_folder_an_earlier_batch_trained_the_line_in_stays_the_lines(tmp_path):
+    """Before runs in other case counted, such a line trained in a hashed folder: that run
+    stays the line's, the other-case run its own."""
+    root = tmp_path / "root"
+    ran(root / "a_red_cube", "A Red Cube")
+    ran(root / f"a_red_cube_{sha('a red cube')}", "a red cube")
+    entries = read_prompts(prompts_file(tmp_path, "a red cube"), root)
+    assert [(e.prompt, e.workspace.name) for e in entries] == [
+        ("a red cube", f"a_red_cube_{sha('a red cube')}")
+    ]
 
 
 def test_the_image_prefix_is_read_in_any_case(tmp_path):
@@ -1075,14 +1108,20 @@ def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
         assert json.loads((root / name / "config.json").read_text())["seed"] == 3
 
 
-def slurm_task_env(monkeypatch, job, restarts):
-    """This process as attempt ``restarts`` (0: the first) of task 0 of array job ``job``."""
-    for name, value in {
+def slurm_variables(job, restarts):
+    """The ``SLURM_*`` variables of attempt ``restarts`` (0: the first) of task 0 of array job
+    ``job``."""
+    return {
         "SLURM_ARRAY_JOB_ID": job,
         "SLURM_ARRAY_TASK_ID": "0",
         "SLURM_ARRAY_TASK_COUNT": "1",
         "SLURM_RESTART_COUNT": str(restarts),
-    }.items():
+    }
+
+
+def slurm_task_env(monkeypatch, job, restarts):
+    """This process as attempt ``restarts`` (0: the first) of task 0 of array job ``job``."""
+    for name, value in slurm_variables(job, restarts).items():
         monkeypatch.setenv(name, value)
 
 
@@ -1138,6 +1177,81 @@ def test_a_new_slurm_job_with_overwrite_trains_the_runs_of_an_older_job_again(
     )
     assert main(list(map(str, [*args, "--overwrite"]))) == 0
     assert started == [{"resume": False, "overwrite": True}]
+
+
+def test_a_requeued_slurm_task_with_overwrite_resumes_the_line_it_was_killed_in(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A task killed without warning (SIGKILL after the grace time, a node failure, the OOM
+    killer) writes no record of the line it was in; its lock and status.json say it ran it, and
+    the requeued task resumes it from its checkpoint instead of wiping hours of training."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = [path, *BUILTIN[:2], "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, ["batch", *args, "--iters", "6"]))) == 0  # an older batch's run
+    args = [*args, "--iters", "30", "--overwrite"]
+    worker = batch_process(
+        *args, slurm=slurm_variables("77", 0), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    workspace = root / "a_red_cube"
+    deadline = time.time() + 120
+    while worker.poll() is None and time.time() < deadline:
+        now = read_status(workspace) or {}
+        if now.get("pid") == worker.pid and now["step"] >= 2:  # past its first checkpoint
+            break
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGKILL)
+    _, err = worker.communicate()
+    assert worker.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err}"
+    assert len(rows(root)) == 1  # the older batch's: the killed attempt recorded nothing
+
+    slurm_task_env(monkeypatch, "77", 1)  # requeued
+    started, real_train = [], trainer.train
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
+    )
+    first_steps, real_step = [], trainer.train_step
+    monkeypatch.setattr(
+        trainer, "train_step", lambda run: first_steps.append(run.step) or real_step(run)
+    )
+    capsys.readouterr()
+    assert main(list(map(str, ["batch", *args]))) == 0
+    assert "SLURM task 77_0 was requeued (restart 1): --overwrite leaves the 1 line" in (
+        capsys.readouterr().err
+    )
+    assert started == [{"resume": True}]
+    assert first_steps[0] >= 2  # on from its checkpoint, not from step 0
+    assert status(workspace)["step"] == 30
+    assert [(r["status"], r["slurm"]) for r in rows(root)[1:]] == [("finished", "77_0")]
+
+
+@pytest.mark.parametrize(
+    ("lock", "run", "kept"),
+    [
+        ({}, {}, True),  # the task's earlier attempt ran it past a step
+        ({"slurm": "78_0"}, {}, False),  # another job's: --overwrite replaces it
+        ({"slurm_restart": 1}, {}, False),  # this very attempt's (a worker sharing the task)
+        ({}, {"pid": 2}, False),  # killed before its --overwrite replaced the older run
+        ({}, {"step": 0}, False),  # killed before its first step: nothing to resume
+    ],
+)
+def test_a_requeued_task_keeps_a_line_only_where_its_earlier_self_was_killed_running_it(
+    tmp_path, monkeypatch, lock, run, kept
+):
+    root = tmp_path / "root"
+    workspace = root / "a_red_cube"
+    workspace.mkdir(parents=True)
+    process = {"host": HOST, "pid": 1, "pid_start": 5}
+    task = {"slurm": "77_0", "slurm_restart": 0, **process}
+    _lock_file(root / "a_red_cube.lock", **{**task, **lock})
+    (workspace / "status.json").write_text(
+        json.dumps({"state": "running", "step": 4, "iters": 30, **process, **run})
+    )
+    slurm_task_env(monkeypatch, "77", 1)
+    entries = [Entry(1, "a red cube", "text", "a red cube", workspace)]
+    assert requeued_task_runs(root / "batch.jsonl", entries, root) == (
+        {workspace} if kept else set()
+    )
 
 
 @pytest.mark.parametrize(
