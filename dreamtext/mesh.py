@@ -483,52 +483,64 @@ def folded_faces(mesh: trimesh.Trimesh) -> np.ndarray:
 
 
 def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
-    """Flip the longest edge of each folded face (:func:`folded_faces`), so the crease slivers
-    quadric decimation leaves are replaced by the other diagonal of their quadrilateral.
+    """Clear the folded faces (:func:`folded_faces`) quadric decimation leaves, in rounds.
 
-    Faces ``(a, b, c)`` and ``(b, a, d)`` across the edge ``a–b`` become ``(a, d, c)`` and
-    ``(b, c, d)``: the same four vertices and outer edges, so the face count, the vertices and
-    the closed manifold stay as they are. A flip is made only when the edge ``c–d`` is not in
-    the mesh already and both new faces face the way the old pair did (positive dot with the
-    sum of the old faces' area vectors). Rounds repeat while folds are left and flips are made.
+    First the longest edge of each folded face is flipped, so a crease sliver is replaced by
+    the other diagonal of its quadrilateral: faces ``(a, b, c)`` and ``(b, a, d)`` across the
+    edge ``a–b`` become ``(a, d, c)`` and ``(b, c, d)``, the same four vertices and outer edges.
+    A flip is made only when the edge ``c–d`` is not in the mesh already and both new faces
+    face the way the old pair did (positive dot with the sum of the old faces' area vectors).
+    The corners of the faces still folded (a pleat of well-shaped faces) are then moved to the
+    mean of their neighbours (:func:`_relax`). The face count never changes; a round that
+    leaves a defect (:func:`defect_vertices`, e.g. a face relaxed to zero area) is undone and
+    ends the repair, so a closed manifold stays one. Rounds repeat while folds are left.
     """
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    faces = np.asarray(mesh.faces, dtype=np.int64).copy()
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    folded = folded_faces(mesh)
     for _ in range(max_rounds):
-        folded = np.flatnonzero(folded_faces(trimesh.Trimesh(vertices, faces, process=False)))
-        if len(folded) == 0:
+        if not folded.any():
             break
-        face_of_edge = {(a, b): f for f, (a, b) in _directed_edges(faces)}
-        edges = {tuple(sorted(edge)) for edge in face_of_edge}
-        flips = 0
-        for f in folded:
-            a, b, c = _longest_edge_first(vertices, faces[f])
-            g = face_of_edge.get((b, a))
-            if g is None:
-                continue
-            d = next(v for v in faces[g] if v != a and v != b)
-            if c == d or tuple(sorted((c, d))) in edges:
-                continue
-            before = _area_vector(vertices, a, b, c) + _area_vector(vertices, b, a, d)
-            after = (np.array([a, d, c]), np.array([b, c, d]))
-            if min(float(_area_vector(vertices, *t) @ before) for t in after) <= 0.0:
-                continue
-            for t in (faces[f], faces[g]):
-                for k in range(3):
-                    face_of_edge.pop((int(t[k]), int(t[(k + 1) % 3])), None)
-            edges.discard(tuple(sorted((a, b))))
-            faces[f], faces[g] = after
-            for h in (f, g):
-                for k in range(3):
-                    face_of_edge[(int(faces[h][k]), int(faces[h][(k + 1) % 3]))] = h
-            edges.add(tuple(sorted((c, d))))
-            flips += 1
+        new_vertices, new_faces = _unfold_round(vertices, faces.copy(), np.flatnonzero(folded))
+        if defect_vertices(new_vertices, new_faces).any():
+            break
+        vertices, faces = new_vertices, new_faces
         folded = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
-        if folded.any():  # a pleat of well-shaped faces: relax its corners onto their neighbours
-            vertices = _relax(vertices, faces, np.unique(faces[folded]))
-        elif flips == 0:
-            break
     return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+
+
+def _unfold_round(
+    vertices: np.ndarray, faces: np.ndarray, folded: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One round of :func:`unfold`: flip what can be flipped (``faces`` is changed in place),
+    relax the corners of the faces still folded."""
+    face_of_edge = {(a, b): f for f, (a, b) in _directed_edges(faces)}
+    edges = {tuple(sorted(edge)) for edge in face_of_edge}
+    for f in folded:
+        a, b, c = _longest_edge_first(vertices, faces[f])
+        g = face_of_edge.get((b, a))
+        if g is None:
+            continue
+        d = next(v for v in faces[g] if v != a and v != b)
+        if c == d or tuple(sorted((c, d))) in edges:
+            continue
+        before = _area_vector(vertices, a, b, c) + _area_vector(vertices, b, a, d)
+        after = (np.array([a, d, c]), np.array([b, c, d]))
+        if min(float(_area_vector(vertices, *t) @ before) for t in after) <= 0.0:
+            continue
+        for t in (faces[f], faces[g]):
+            for k in range(3):
+                face_of_edge.pop((int(t[k]), int(t[(k + 1) % 3])), None)
+        edges.discard(tuple(sorted((a, b))))
+        faces[f], faces[g] = after
+        for h in (f, g):
+            for k in range(3):
+                face_of_edge[(int(faces[h][k]), int(faces[h][(k + 1) % 3]))] = h
+        edges.add(tuple(sorted((c, d))))
+    still = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
+    if still.any():
+        vertices = _relax(vertices, faces, np.unique(faces[still]))
+    return vertices, faces
 
 
 def _relax(vertices: np.ndarray, faces: np.ndarray, moving: np.ndarray) -> np.ndarray:
