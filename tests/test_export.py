@@ -212,7 +212,8 @@ def test_trained_ply_normals_agree_with_its_faces(trained, shape):
     area = np.linalg.norm(face_normals, axis=1)
     agreement = np.einsum("ij,ij->i", normals[faces].mean(axis=1), face_normals / area[:, None])
     agreement /= np.linalg.norm(normals[faces].mean(axis=1), axis=1)
-    assert (agreement > 0.5).all() and np.median(agreement) > 0.9
+    # Export unfolds faces past 60°; a degree more for the float32 the file stores.
+    assert (agreement > np.cos(np.radians(61))).all() and np.median(agreement) > 0.9
     assert trimesh.Trimesh(positions, faces, process=False).volume > 0  # faces face outward
 
 
