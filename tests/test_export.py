@@ -199,11 +199,11 @@ def test_ply_normals_point_out_of_the_sphere(exported):
     assert cosines.min() > 0.9 and cosines.mean() > 0.99  # a 2000-face sphere: a few degrees off
 
 
-@pytest.mark.parametrize("shape", ["cube", "torus"])
+@pytest.mark.parametrize("shape", shapes.SHAPES)
 def test_trained_ply_normals_agree_with_its_faces(trained, shape):
     """The vertex normals on the side the faces face: the average of a face's corner normals
-    points the face's way (a cube's corners too, a torus's inner ring too), but for a sliver
-    or two of a decimated crease."""
+    is within 60° of the face's own normal on every face (a cube's corners too, a torus's inner
+    ring too), so smooth shading shows no dark speck where decimation folded a face."""
     _, vertices, faces = read_ply(trained[shape] / "mesh" / "mesh.ply")
     positions = np.stack([vertices[k] for k in ("x", "y", "z")], axis=1).astype(np.float64)
     normals = np.stack([vertices[k] for k in ("nx", "ny", "nz")], axis=1).astype(np.float64)
@@ -211,7 +211,9 @@ def test_trained_ply_normals_agree_with_its_faces(trained, shape):
     face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     area = np.linalg.norm(face_normals, axis=1)
     agreement = np.einsum("ij,ij->i", normals[faces].mean(axis=1), face_normals / area[:, None])
-    assert area[agreement > 0].sum() / area.sum() > 0.999 and np.median(agreement) > 0.9
+    agreement /= np.linalg.norm(normals[faces].mean(axis=1), axis=1)
+    # Export unfolds faces past 60°; a degree more for the float32 the file stores.
+    assert (agreement > np.cos(np.radians(61))).all() and np.median(agreement) > 0.9
     assert trimesh.Trimesh(positions, faces, process=False).volume > 0  # faces face outward
 
 
