@@ -967,7 +967,9 @@ def requeued_task_runs(log: Path, share: list[Entry], root: Path) -> set[Path]:
             if not isinstance(earlier, int) or earlier >= restarts:
                 continue
             ran = record.get("status") == "finished" or (
-                record.get("status") == "interrupted" and record.get("error") is None
+                record.get("status") == "interrupted"
+                and record.get("error") is None
+                and _trained_in(record)
             )
             if ran and record.get("workspace") in by_name:
                 kept.add(by_name[record["workspace"]])
@@ -978,6 +980,17 @@ def requeued_task_runs(log: Path, share: list[Entry], root: Path) -> set[Path]:
             "skipped, an interrupted one resumed"
         )
     return kept
+
+
+def _trained_in(record: dict[str, Any]) -> bool:
+    """Whether the interrupted attempt of ``record`` had trained its line (its ``step``, the
+    run's step in a status.json its own process wrote, past 0): one stopped before (the model
+    loading) left the folder's older run, which its ``--overwrite`` had not replaced yet.
+    Records written before ``step`` was recorded count as trained, as they did."""
+    if "step" not in record:
+        return True
+    step = record["step"]
+    return isinstance(step, int) and step > 0
 
 
 def killed_before_requeue(workspace: Path, task: str, restarts: int) -> bool:
@@ -1252,6 +1265,14 @@ def _record(
     to its end (its status.json is this attempt's)."""
     status = read_status(entry.workspace) if ran else None
     task, restarts = slurm_task()
+    # The run's step where this attempt's own process wrote its status.json (since the attempt
+    # started), else None: an attempt stopped before training (a SIGTERM while the model
+    # loaded) left the folder's older run, which --overwrite had not yet replaced.
+    own = (
+        status is not None
+        and all(status.get(key) == value for key, value in this_process().items())
+        and str(status.get("started", "")) >= started
+    )
     return {
         "line": entry.line,
         "input": entry.input,
@@ -1263,6 +1284,7 @@ def _record(
         "its": _last_its(entry.workspace) if result["status"] == "finished" else None,
         "gpu_mem_mib": status.get("gpu_mem_mib") if status else None,
         "phase": status.get("phase") if status else None,
+        "step": status.get("step") if own else None,
         "started": started,
         "finished": now_iso(),
         "host": HOST,

@@ -1162,6 +1162,38 @@ def test_a_requeued_slurm_task_with_overwrite_keeps_the_lines_it_trained_before_
     assert attempts[:3] == [(n, "finished", None, None) for n in (1, 2, 3)]
 
 
+def test_a_requeued_task_replaces_an_older_run_it_was_stopped_before_replacing(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    """A preemption's SIGTERM while the model loads (before --overwrite removed the older job's
+    run) is recorded as interrupted like one mid-training, but the run in the folder is still
+    the older one: the requeued task replaces it instead of resuming or skipping it."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0  # an older job's finished run ...
+    status = root / "a_red_cube" / "status.json"
+    older = json.loads(status.read_text())
+    status.write_text(json.dumps({**older, "pid": 1, "pid_start": 1}))  # ... by another process
+    slurm_task_env(monkeypatch, "77", 0)
+
+    def stopped_while_loading(*how, **where):
+        raise KeyboardInterrupt
+
+    real_parts = trainer.build_parts
+    monkeypatch.setattr(trainer, "build_parts", stopped_while_loading)
+    assert main(list(map(str, [*args, "--overwrite"]))) == 130
+    assert rows(root)[-1]["status"] == "interrupted"
+    monkeypatch.setattr(trainer, "build_parts", real_parts)
+    slurm_task_env(monkeypatch, "77", 1)  # requeued
+    started, real_train = [], trainer.train
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
+    )
+    assert main(list(map(str, [*args, "--overwrite"]))) == 0
+    assert started == [{"resume": False, "overwrite": True}]
+
+
 def test_a_new_slurm_job_with_overwrite_trains_the_runs_of_an_older_job_again(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch
 ):
