@@ -84,7 +84,7 @@ from dreamtext.inputs import (
     shard_from_environment,
 )
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
-from dreamtext.processes import HOST, gone_process, this_process
+from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.runstatus import (
     RunTakenOver,
@@ -431,18 +431,20 @@ def workspace_name(
     digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
     if line_named is None:
         line_named = line_named_folders(root)
-    for name in dict.fromkeys(n for n in (slug, legacy) if n):
-        if run_owner(root / name) == key:
+    names = list(dict.fromkeys(n for n in (slug, legacy) if n))
+    owners = {name: run_owner(root / name) for name in names}  # each config.json read once
+    for name in names:
+        if owners[name] == key:
             return name
         if (root / f"{name}_{digest}").exists():
             return f"{name}_{digest}"
         for old in line_named.get(name, []):
             if run_owner(root / old) == key:
                 return old
-    for name in dict.fromkeys(n for n in (slug, legacy) if n):
-        if same_up_to_case(run_owner(root / name), key):
+    for name in names:
+        if same_up_to_case(owners[name], key):
             return name
-    taken = run_owner(root / slug) is not None
+    taken = owners[slug] is not None
     return f"{slug}_{digest}" if shared or taken else slug
 
 
@@ -1013,11 +1015,8 @@ def killed_before_requeue(workspace: Path, task: str, restarts: int) -> bool:
     if lock.get("slurm") != task or not isinstance(earlier, int) or earlier >= restarts:
         return False
     run = read_status(workspace) or {}
-    ours = lock.get("pid") is not None and all(
-        run.get(key) == lock.get(key) for key in ("host", "pid", "pid_start")
-    )
     step = run.get("step")
-    return ours and isinstance(step, int) and step > 0
+    return same_process(run, lock) and isinstance(step, int) and step > 0
 
 
 # How many of the prompts the built-in prior does not know its one line names.
@@ -1268,11 +1267,7 @@ def _record(
     # The run's step where this attempt's own process wrote its status.json (since the attempt
     # started), else None: an attempt stopped before training (a SIGTERM while the model
     # loaded) left the folder's older run, which --overwrite had not yet replaced.
-    own = (
-        status is not None
-        and all(status.get(key) == value for key, value in this_process().items())
-        and str(status.get("started", "")) >= started
-    )
+    own = same_process(status, this_process()) and str(status.get("started", "")) >= started
     return {
         "line": entry.line,
         "input": entry.input,

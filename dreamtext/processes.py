@@ -91,6 +91,15 @@ def this_process() -> dict:
     return {"host": HOST, "pid": os.getpid(), "pid_start": process_start(os.getpid())}
 
 
+def same_process(record: dict | None, other: dict | None) -> bool:
+    """Whether ``record`` and ``other`` (status.json, a lock, :func:`this_process`) name one
+    process: the same ``host``, ``pid`` and ``pid_start``, a pid given."""
+    record, other = record or {}, other or {}
+    return other.get("pid") is not None and all(
+        record.get(key) == other.get(key) for key in ("host", "pid", "pid_start")
+    )
+
+
 def _make_folder(folder: Path) -> list[Path]:
     """Make ``folder`` and its missing parents; return those it made, deepest first."""
     made = []
@@ -376,6 +385,7 @@ __all__ = [
     "process_start",
     "record_alive",
     "record_held",
+    "same_process",
     "this_process",
     "workspace_holder",
     "write_held_record",

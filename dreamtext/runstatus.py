@@ -79,7 +79,7 @@ from dreamtext.checkpoint import (
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.inputs import RUN_STATUS
 from dreamtext.interrupts import signals_held
-from dreamtext.processes import this_process, workspace_holder
+from dreamtext.processes import same_process, this_process, workspace_holder
 from dreamtext.runfiles import STATES as STATES  # re-exported
 from dreamtext.runfiles import check_not_running, read_status, running_elsewhere
 
@@ -388,8 +388,7 @@ def interrupts_between_stages(workspace: str | Path) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         status = read_status(workspace)
-        ours = all(status.get(k) == v for k, v in this_process().items()) if status else False
-        if ours and status["state"] == "running":
+        if same_process(status, this_process()) and status["state"] == "running":
             with signals_held(drop=True):
                 write_status(workspace, {**status, "state": "interrupted", "updated": now_iso()})
         raise
