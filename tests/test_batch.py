@@ -117,6 +117,16 @@ def ctrl_c_at_step(monkeypatch, step, workspace_name=None):
     return real_step
 
 
+def train_calls(monkeypatch) -> list[dict]:
+    """The keyword arguments (``resume``, ``overwrite``) of each ``trainer.train`` call from now
+    on, in order; the runs train as they would."""
+    calls, real_train = [], trainer.train
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg, **how: calls.append(how) or real_train(cfg, **how)
+    )
+    return calls
+
+
 def batch_process(*args, slurm=None, **popen):
     """``dreamtext batch ARGS`` in a process of its own, outside SLURM unless ``slurm`` gives its
     ``SLURM_*`` variables."""
@@ -1096,10 +1106,7 @@ def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
     real_step = ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")
     assert main(list(map(str, args))) == 130
     monkeypatch.setattr(trainer, "train_step", real_step)
-    started, real_train = [], trainer.train
-    monkeypatch.setattr(
-        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
-    )
+    started = train_calls(monkeypatch)
     assert main(list(map(str, [*args, "--overwrite", "--seed", "3"]))) == 0
     assert [r["status"] for r in rows(root)] == ["finished", "interrupted", "finished", "finished"]
     assert started == [{"resume": False, "overwrite": True}] * 2
@@ -1139,10 +1146,7 @@ def test_a_requeued_slurm_task_with_overwrite_keeps_the_lines_it_trained_before_
     assert main(list(map(str, [*args, "--overwrite"]))) == 130
     monkeypatch.setattr(trainer, "train_step", real_step)
     slurm_task_env(monkeypatch, "77", 1)  # requeued
-    started, real_train = [], trainer.train
-    monkeypatch.setattr(
-        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
-    )
+    started = train_calls(monkeypatch)
     capsys.readouterr()
     assert main(list(map(str, [*args, "--overwrite"]))) == 0
     assert (
@@ -1186,10 +1190,7 @@ def test_a_requeued_task_replaces_an_older_run_it_was_stopped_before_replacing(
     assert rows(root)[-1]["status"] == "interrupted"
     monkeypatch.setattr(trainer, "build_parts", real_parts)
     slurm_task_env(monkeypatch, "77", 1)  # requeued
-    started, real_train = [], trainer.train
-    monkeypatch.setattr(
-        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
-    )
+    started = train_calls(monkeypatch)
     assert main(list(map(str, [*args, "--overwrite"]))) == 0
     assert started == [{"resume": False, "overwrite": True}]
 
@@ -1203,10 +1204,7 @@ def test_a_new_slurm_job_with_overwrite_trains_the_runs_of_an_older_job_again(
     slurm_task_env(monkeypatch, "77", 0)
     assert main(list(map(str, [*args, "--overwrite"]))) == 0
     slurm_task_env(monkeypatch, "78", 1)  # another job (requeued once): 77's run is an older one
-    started, real_train = [], trainer.train
-    monkeypatch.setattr(
-        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
-    )
+    started = train_calls(monkeypatch)
     assert main(list(map(str, [*args, "--overwrite"]))) == 0
     assert started == [{"resume": False, "overwrite": True}]
 
@@ -1238,10 +1236,7 @@ def test_a_requeued_slurm_task_with_overwrite_resumes_the_line_it_was_killed_in(
     assert len(rows(root)) == 1  # the older batch's: the killed attempt recorded nothing
 
     slurm_task_env(monkeypatch, "77", 1)  # requeued
-    started, real_train = [], trainer.train
-    monkeypatch.setattr(
-        trainer, "train", lambda cfg, **how: started.append(how) or real_train(cfg, **how)
-    )
+    started = train_calls(monkeypatch)
     first_steps, real_step = [], trainer.train_step
     monkeypatch.setattr(
         trainer, "train_step", lambda run: first_steps.append(run.step) or real_step(run)
