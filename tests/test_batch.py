@@ -1312,6 +1312,30 @@ def test_an_interrupted_batch_names_the_lines_it_did_not_start(
     assert not (root / "a_green_cube").exists()
 
 
+def test_the_lines_not_started_are_named_below_the_summary_table(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    """stdout and stderr in one file, as a SLURM task's log has them: the line naming what is
+    left to do came above the table (stderr at once, the table on stdout after it), so the log
+    ended with the table of what ran instead."""
+    import io
+
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    ctrl_c_at_step(monkeypatch, 3, "a_red_cube")
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", log)
+    monkeypatch.setattr(sys, "stderr", log)
+    assert main(list(map(str, args))) == 130
+    lines = log.getvalue().splitlines()
+    assert lines[-2:] == [
+        "0 finished, 0 skipped, 0 failed, 1 interrupted",
+        "batch: 2 lines not started (lines 2, 3); run the same command again to start them "
+        "(finished lines are skipped, an interrupted one resumes)",
+    ]
+
+
 def test_a_long_list_of_lines_not_started_is_cut_short():
     from dreamtext.batch import not_started_line
 
