@@ -831,14 +831,28 @@ def is_finished(cfg: TrainConfig) -> bool:
     return run_finished(cfg.workspace, cfg.iters, needs_mesh=cfg.export)
 
 
+@dataclass
+class BatchRun:
+    """What :func:`run_batch` did: ``records``, the ``batch.jsonl`` records it wrote, in order;
+    ``not_started``, the lines of its share that a Ctrl-C or SIGTERM stopped it before (none
+    when it ran to the end, or stopped for its file system or GPU); ``overwrite``, whether it ran
+    with ``--overwrite`` (what :func:`not_started_line` tells the user to run next). The CLI
+    prints that line below the summary table of ``records``: a log ends with what is left."""
+
+    records: list[dict[str, Any]]
+    not_started: list[Entry]
+    overwrite: bool = False
+
+
 def run_batch(
     prompts_file: str | Path,
     overrides: dict[str, Any],
     preset: str | None = None,
     config_file: str | Path | Sequence[str | Path] | None = None,
     options: BatchOptions | None = None,
-) -> list[dict[str, Any]]:
-    """Run this worker's share of a prompts file; return the ``batch.jsonl`` records written.
+) -> BatchRun:
+    """Run this worker's share of a prompts file; return the ``batch.jsonl`` records written
+    and the lines of the share it did not start (:class:`BatchRun`).
 
     ``overrides``, ``preset``, ``config_file``: the text→3D settings of every run, as for
     ``dreamtext text``. Bad input (the file, the share, an image, a config, the model) is a
@@ -919,9 +933,8 @@ def run_batch(
             bar.update(1)
             if gpu_unusable(record) or stopped_the_batch(record):
                 break
-    if records and stopped_by_user(records[-1]) and len(records) < len(share):
-        _say(not_started_line(share[len(records) :], options.overwrite))
-    return records
+    stopped = records and stopped_by_user(records[-1])
+    return BatchRun(records, share[len(records) :] if stopped else [], options.overwrite)
 
 
 # How many line numbers of the lines a stopped batch did not start its one line names.
@@ -1517,6 +1530,7 @@ def _last_its(workspace: Path) -> float | None:
 
 __all__ = [
     "BatchOptions",
+    "BatchRun",
     "Entry",
     "WorkspaceLock",
     "exit_code",

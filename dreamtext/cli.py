@@ -620,7 +620,13 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from dreamtext.batch import BatchOptions, exit_code, run_batch, summary_table
+    from dreamtext.batch import (
+        BatchOptions,
+        exit_code,
+        not_started_line,
+        run_batch,
+        summary_table,
+    )
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
 
     check_cuda_flag(args)
@@ -633,9 +639,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
         image=image_overrides(args),
         overwrite=args.overwrite,
     )
-    records = run_batch(args.prompts, overrides, args.preset, args.config, options)
-    print(summary_table(records))
-    return exit_code(records)
+    run = run_batch(args.prompts, overrides, args.preset, args.config, options)
+    # The table, then what is left to do: stdout is flushed first, so that where both go to one
+    # file (a SLURM task's log) the line reads after the table, not above it.
+    print(summary_table(run.records), flush=True)
+    if run.not_started:
+        print(not_started_line(run.not_started, run.overwrite), file=sys.stderr, flush=True)
+    return exit_code(run.records)
 
 
 # The checks below run before torch and the model libraries are imported (start_libraries:

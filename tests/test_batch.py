@@ -1312,6 +1312,30 @@ def test_an_interrupted_batch_names_the_lines_it_did_not_start(
     assert not (root / "a_green_cube").exists()
 
 
+def test_the_lines_not_started_are_named_below_the_summary_table(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch
+):
+    """stdout and stderr in one file, as a SLURM task's log has them: the line naming what is
+    left to do came above the table (stderr at once, the table on stdout after it), so the log
+    ended with the table of what ran instead."""
+    import io
+
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    ctrl_c_at_step(monkeypatch, 3, "a_red_cube")
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", log)
+    monkeypatch.setattr(sys, "stderr", log)
+    assert main(list(map(str, args))) == 130
+    lines = log.getvalue().splitlines()
+    assert lines[-2:] == [
+        "0 finished, 0 skipped, 0 failed, 1 interrupted",
+        "batch: 2 lines not started (lines 2, 3); run the same command again to start them "
+        "(finished lines are skipped, an interrupted one resumes)",
+    ]
+
+
 def test_a_long_list_of_lines_not_started_is_cut_short():
     from dreamtext.batch import not_started_line
 
@@ -2480,6 +2504,159 @@ def test_the_slurm_script_gives_each_task_its_share_of_shares_for_a_list_of_task
         f"srun --kill-on-bad-exit=1 --cpus-per-task=1 dreamtext batch prompts.txt --workspace "
         f"/shared/runs --shard {task}/8 --fp16"
         for task in (3, 5)
+    ]
+
+
+def slurm_array(spec, job="41"):
+    """The ``SLURM_*`` variables of each task of ``sbatch --array=SPEC`` (``0-7``, ``1-7:2``,
+    ``3,5``), as SLURM sets them: the task's id and the array's min, max, count and step (1 for
+    a list)."""
+    if "," in spec:
+        ids, step = sorted(int(i) for i in spec.split(",")), 1
+    else:
+        span, _, every = spec.partition(":")
+        first, _, last = span.partition("-")
+        step = int(every or 1)
+        ids = list(range(int(first), int(last or first) + 1, step))
+    array = {
+        "SLURM_ARRAY_JOB_ID": job,
+        "SLURM_ARRAY_TASK_MIN": str(ids[0]),
+        "SLURM_ARRAY_TASK_MAX": str(ids[-1]),
+        "SLURM_ARRAY_TASK_COUNT": str(len(ids)),
+        "SLURM_ARRAY_TASK_STEP": str(step),
+    }
+    return [{**array, "SLURM_ARRAY_TASK_ID": str(i)} for i in ids]
+
+
+def sbatch_shares(tmp_path, spec, shares):
+    """Each task of ``SHARES=SHARES sbatch --array=SPEC scripts/slurm_array.sbatch``, with an
+    srun that only says what it was given: the ``--shard`` each task's batch got, and each
+    task's exit status and stderr."""
+    tools = tmp_path / "bin"
+    tools.mkdir(exist_ok=True)
+    (tools / "srun").write_text('#!/bin/bash\necho "$*"\n')
+    (tools / "srun").chmod(0o755)
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    done = [
+        subprocess.run(
+            ["bash", script, "prompts.txt", "/shared/runs"],
+            env={"PATH": f"{tools}:/usr/bin:/bin", "SHARES": shares, **task},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        for task in slurm_array(spec)
+    ]
+    shards = [re.findall(r"--shard (\S+)", d.stdout) for d in done]
+    return shards, [(d.returncode, d.stderr) for d in done]
+
+
+@pytest.mark.parametrize(
+    ("spec", "shares"),
+    [
+        ("0-7", "8"),
+        ("1-8", "8"),  # was 1/8 … 7/8 and 8/8 refused: share 0 run by no task
+        ("5-12", "8"),  # was 5/8, 6/8, 7/8 and the other five refused
+        ("0-14:2", "8"),  # was 0/8, 2/8, 4/8, 6/8 and four refused
+        ("3-10", "3-10"),
+        ("1-15:2", "1-15:2"),
+    ],
+)
+def test_shares_split_the_list_exactly_once_over_any_whole_array(tmp_path, spec, shares):
+    """SHARES with the whole array, however it is numbered: share K of N is the K-th task's,
+    each of 0 … N−1 once. The script took share TASK_ID/SHARES, right only from 0 in steps of 1."""
+    shards, ends = sbatch_shares(tmp_path, spec, shares)
+    assert ends == [(0, "")] * 8
+    assert shards == [[f"{k}/8"] for k in range(8)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "shares", "wanted"),
+    [
+        ("3,5", "8", ["3/8", "5/8"]),  # tasks 3 and 5 of --array=0-7
+        ("3,5", "1-8", ["2/8", "4/8"]),  # of --array=1-8: were 3/8 and 5/8, shares 2 and 4 lost
+        ("4,10", "0-14:2", ["2/8", "5/8"]),  # of --array=0-14:2
+        ("2-4", "1-8", ["1/8", "2/8", "3/8"]),  # a range of some tasks
+    ],
+)
+def test_some_tasks_submitted_again_run_the_shares_they_had_in_the_first_array(
+    tmp_path, spec, shares, wanted
+):
+    shards, ends = sbatch_shares(tmp_path, spec, shares)
+    assert {end for end in ends} == {(0, "")}
+    assert shards == [[shard] for shard in wanted]
+
+
+@pytest.mark.parametrize(
+    ("spec", "shares", "why"),
+    [
+        ("6-9", "8", r"this array's 4 tasks \(6 to 9\) are neither the 8 shares of SHARES=8 nor"),
+        ("3,5", "3", r"this array's 2 tasks \(3 to 5\) are neither the 3 shares of SHARES=3 nor"),
+        ("3,5", "0-14:2", r"are neither the 8 shares of SHARES=0-14:2 nor tasks of the array"),
+        ("0-1", "x", "SHARES=x is neither a number of shares nor an --array range"),
+        ("0-1", "0", "SHARES=0 is neither a number of shares nor an --array range"),
+        ("0-1", "5-2", "SHARES=5-2 is not a range of array ids"),
+        ("0-1", "1-8:0", "SHARES=1-8:0 is not a range of array ids"),
+    ],
+)
+def test_shares_that_do_not_fit_the_array_are_refused_by_every_task_alike(
+    tmp_path, spec, shares, why
+):
+    """A SHARES that would leave lines out or run some twice: one line, exit 2, no batch."""
+    shards, ends = sbatch_shares(tmp_path, spec, shares)
+    assert shards == [[]] * len(ends)
+    for code, err in ends:
+        assert code == 2
+        assert re.fullmatch(rf"slurm_array\.sbatch: .*{why}.*SHARES=1-8\)\n", err), err
+
+
+def test_the_slurm_script_trains_every_line_once_over_an_array_from_1(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """`SHARES=3 sbatch --array=1-3` over seven prompts: bash runs the script for each task with
+    SLURM's variables, its srun keeps the command it is given, and that command runs in this
+    process with the task's variables (a process of its own per task took a minute here,
+    importing torch). Each line is trained once, by the task whose share holds it, and each
+    task's table counts its own. Before, task 3 asked for share 3/3 (refused) and lines 1, 4
+    and 7 were trained by none."""
+    colours = ("red", "blue", "green", "yellow", "orange", "purple")
+    path = prompts_file(tmp_path, *[f"a {colour} cube" for colour in colours], "a red sphere")
+    root = tmp_path / "root"
+    tools, steps_of = tmp_path / "bin", tmp_path / "steps"
+    tools.mkdir()
+    steps_of.mkdir()
+    (tools / "srun").write_text(
+        f"#!/bin/bash\nprintf '%s\\0' \"$@\" > {steps_of}/$SLURM_ARRAY_TASK_ID\n"
+    )
+    (tools / "srun").chmod(0o755)
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    flags = [*BUILTIN[:2], "--iters", "2", "--config", tiny_yaml, "--no-export"]
+    tables = []
+    for task in slurm_array("1-3"):
+        env = {"PATH": f"{tools}:/usr/bin:/bin", "SHARES": "3", **task}
+        done = subprocess.run(["bash", script, path, root, *flags], env=env, cwd=tmp_path)
+        assert done.returncode == 0
+        step = (steps_of / task["SLURM_ARRAY_TASK_ID"]).read_text().split("\0")[:-1]
+        assert step[:3] == ["--kill-on-bad-exit=1", "--cpus-per-task=1", "dreamtext"]
+        for name, value in task.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        assert main(step[3:]) == 0
+        tables.append(capsys.readouterr().out.splitlines())
+    records = sorted(rows(root), key=lambda r: r["line"])
+    assert [(r["line"], r["shard"], r["slurm"]) for r in records] == [
+        (line, f"{(line - 1) % 3}/3", f"41_{(line - 1) % 3 + 1}") for line in range(1, 8)
+    ]
+    assert {r["status"] for r in records} == {"finished"}
+    assert [table[-1] for table in tables] == [
+        "3 finished, 0 skipped, 0 failed, 0 interrupted",
+        "2 finished, 0 skipped, 0 failed, 0 interrupted",
+        "2 finished, 0 skipped, 0 failed, 0 interrupted",
+    ]
+    assert [[row.split()[0] for row in table[1:-1]] for table in tables] == [
+        ["1", "4", "7"],
+        ["2", "5"],
+        ["3", "6"],
     ]
 
 

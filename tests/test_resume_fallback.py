@@ -302,7 +302,7 @@ def test_a_batch_line_whose_last_pt_is_missing_resumes_from_its_step_file(tmp_pa
     workspace = tmp_path / "root" / "a_red_cube"
     (workspace / "checkpoints" / "last.pt").unlink()
     capsys.readouterr()
-    records = run_batch(prompts, {**settings, "iters": 6}, options=options)
+    records = run_batch(prompts, {**settings, "iters": 6}, options=options).records
     assert [r["status"] for r in records] == ["finished"]
     assert (
         f"dreamtext: {workspace / 'checkpoints' / 'last.pt'} is missing; resuming from "
