@@ -534,7 +534,8 @@ def export_field(
     turntable chunk), so that an export it refuses stops early; if it raises, nothing is written.
 
     The files name the object after the run's ``prompt`` (:func:`object_name`), and the GLB
-    records the prompt and the settings that made it (:func:`_glb_bytes`).
+    records the prompt and the settings that made it (:func:`_glb_bytes`); the PLY's header
+    comments name dreamtext and the prompt (:func:`_ply_bytes`).
 
     Where it stands is recorded in ``out_dir``'s progress file for ``dreamtext view``
     (:mod:`dreamtext.exportprogress`; ``progress``: the caller's record, by default one of its
@@ -639,7 +640,7 @@ def _export_field(
             vertex_colors=np.round(colours * 255).astype(np.uint8),
             process=False,
         )
-        staged[mesh_dir / "mesh.ply"] = coloured.export(file_type="ply", vertex_normal=True)
+        staged[mesh_dir / "mesh.ply"] = _ply_bytes(coloured, prompt)
 
     frames = 0
     if options.video:
@@ -723,6 +724,33 @@ def _glb_bytes(mesh: trimesh.Trimesh, prompt: str | None, made_with: dict[str, A
             tree["asset"]["extras"] = {"title": prompt}
 
     return scene.export(file_type="glb", tree_postprocessor=describe)
+
+
+def _ply_bytes(mesh: trimesh.Trimesh, prompt: str | None) -> bytes:
+    """The PLY of the vertex-coloured ``mesh`` (normals included), its header's comments
+    :func:`ply_comments` in place of trimesh's own (a link to trimesh), which trimesh has no
+    option to change. The header is ASCII text up to ``end_header``, and nothing in a PLY points
+    into it, so the comment lines are swapped and the body is kept byte for byte."""
+    data = mesh.export(file_type="ply", vertex_normal=True)
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    lines = data[:end].decode("ascii").splitlines()
+    kept = [line for line in lines if not line.startswith("comment ")]
+    # After the "ply" and "format" lines, where trimesh wrote its comment.
+    header = [*kept[:2], *ply_comments(prompt), *kept[2:]]
+    return ("\n".join(header) + "\n").encode("ascii") + data[end:]
+
+
+def ply_comments(prompt: str | None) -> list[str]:
+    """The PLY header's comments: ``comment generator dreamtext <version>`` (the GLB's
+    ``asset.generator``) and, with a prompt, ``comment title <prompt>`` (its ``asset.extras``
+    title) on one line, its whitespace collapsed and any non-ASCII letter escaped
+    (``Crème`` → ``Cr\\xe8me``): a PLY header is ASCII, and readers such as plyfile refuse
+    other bytes in it."""
+    comments = [f"comment generator dreamtext {__version__}"]
+    if prompt and prompt.strip():
+        title = " ".join(prompt.split()).encode("ascii", "backslashreplace").decode("ascii")
+        comments.append(f"comment title {title}")
+    return comments
 
 
 def _set_buffer_view_targets(tree: dict) -> None:

@@ -190,6 +190,41 @@ def test_ply_has_unit_float_normals_beside_its_colours(exported):
     np.testing.assert_array_equal(mesh.vertex_normals, normals)  # what trimesh reads back
 
 
+def ply_header(path: Path) -> list[str]:
+    data = path.read_bytes()
+    return data[: data.index(b"end_header\n")].decode("ascii").splitlines()
+
+
+def test_ply_header_names_dreamtext_and_the_prompt_not_trimesh(tmp_path):
+    """trimesh wrote ``comment https://github.com/mikedh/trimesh`` and nothing of the run."""
+    options = small_options(video=False, formats=("ply",))
+    export_field(SphereField(albedo=direction_albedo), tmp_path, options, prompt="Crème\n brûlée")
+    path = tmp_path / "mesh" / "mesh.ply"
+    header = ply_header(path)
+    assert [line for line in header if line.startswith("comment")] == [
+        f"comment generator dreamtext {dreamtext.__version__}",
+        "comment title Cr\\xe8me br\\xfbl\\xe9e",  # one ASCII line
+    ]
+    assert not any("trimesh" in line for line in header)
+    # The body is trimesh's own: it reads the file back with its normals and colours.
+    names, vertices, faces = read_ply(path)
+    assert names == ["x", "y", "z", "nx", "ny", "nz", "red", "green", "blue", "alpha"]
+    mesh = trimesh.load(path, process=False)
+    normals = np.stack([vertices[k] for k in ("nx", "ny", "nz")], axis=1)
+    colours = np.stack([vertices[k] for k in ("red", "green", "blue", "alpha")], axis=1)
+    np.testing.assert_array_equal(mesh.faces, faces)
+    np.testing.assert_array_equal(mesh.vertex_normals, normals)
+    np.testing.assert_array_equal(mesh.visual.vertex_colors, colours)
+    assert len(np.unique(colours[:, :3], axis=0)) > 100  # a colour per direction, kept
+
+
+def test_ply_of_no_prompt_has_no_title(exported):
+    header = ply_header(exported[0] / "mesh" / "mesh.ply")
+    assert [line for line in header if line.startswith("comment")] == [
+        f"comment generator dreamtext {dreamtext.__version__}"
+    ]
+
+
 def test_ply_normals_point_out_of_the_sphere(exported):
     _, vertices, _ = read_ply(exported[0] / "mesh" / "mesh.ply")
     positions = np.stack([vertices[k] for k in ("x", "y", "z")], axis=1)
