@@ -510,6 +510,59 @@ def test_a_prompt_named_like_trimeshs_scene_root_keeps_its_node_and_extras(tmp_p
     khronos_validate(tmp_path / "mesh" / "mesh.glb")
 
 
+TRAINED_SENTENCE = "An image of a <descriptor> mug"
+
+
+def test_an_image_runs_files_are_named_after_its_image_and_keep_its_trained_sentence(
+    tmp_path, monkeypatch
+):
+    """An image run's prompt is its trained sentence: its objects were named
+    ``an_image_of_a_descriptor_mug`` after a placeholder token the user never typed."""
+    workspace = make_run(tmp_path, "mug", 1_000_000)
+    image_run = {"prompt": TRAINED_SENTENCE, "image_to_3d": {"image": "/photos/mug.png"}}
+    (workspace / "config.json").write_text(json.dumps(image_run))
+    stub_run(monkeypatch, SphereField(), None)
+    monkeypatch.setattr(
+        export_module,
+        "run_from_state",
+        lambda state, device: (SphereField(), None, {"prompt": TRAINED_SENTENCE}),
+    )
+    export_workspace(workspace, small_options(video=False))
+    tree, _ = read_glb(workspace / "mesh" / "mesh.glb")
+    [node] = tree["nodes"]
+    assert node["name"] == tree["meshes"][node["mesh"]]["name"] == "mug"
+    assert tree["asset"]["extras"] == {"title": "mug"}
+    assert node["extras"]["prompt"] == TRAINED_SENTENCE
+    assert obj_objects(workspace / "mesh" / "mesh.obj") == ["mug"]
+    assert "comment title mug" in ply_header(workspace / "mesh" / "mesh.ply")
+
+
+@pytest.mark.parametrize(
+    ("sections", "title"),
+    [
+        ({}, TRAINED_SENTENCE),  # a text run (here of a sentence another run trained)
+        ({"image_to_3d": {"image": "/photos/IMG 0042.jpeg"}}, "IMG 0042"),
+        # --diverse: the sampled image is diverse/sample_seed3.png; its prompt names it
+        (
+            {
+                "image_to_3d": {"image": "/w/diverse/sample_seed3.png"},
+                "diverse": {"prompt": "a blue mug", "image": "/w/diverse/sample_seed3.png"},
+            },
+            "a blue mug",
+        ),
+    ],
+)
+def test_run_title_is_the_prompt_the_image_or_the_diverse_prompt(tmp_path, sections, title):
+    (tmp_path / "config.json").write_text(json.dumps({"prompt": TRAINED_SENTENCE, **sections}))
+    assert export_module.run_title(tmp_path, TRAINED_SENTENCE) == title
+
+
+def test_run_title_of_a_run_without_a_readable_config_is_its_prompt(tmp_path):
+    assert export_module.run_title(tmp_path, "a mug") == "a mug"
+    (tmp_path / "config.json").write_text("{")
+    assert export_module.run_title(tmp_path, "a mug") == "a mug"
+
+
 def test_turntable_has_60_frames_rendered_a_few_at_a_time(tmp_path):
     # A colour that turns with the object: GIF encoders merge identical consecutive frames.
     tracer = SphereTracer()
@@ -1499,9 +1552,7 @@ def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
     used = []
     stub_run(monkeypatch, SphereField(), None)
 
-    def fake_export(
-        field, out_dir, options, renderer, step, check=None, progress=None, prompt=None
-    ):
+    def fake_export(field, out_dir, options, renderer, step, **kwargs):
         used.append(options)
         return SimpleNamespace(summary=lambda: f"exported {out_dir}")
 
