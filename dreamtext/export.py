@@ -55,6 +55,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
+from dreamtext.exportflags import option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import slugify
 from dreamtext.latestrun import newest_run, runs_in
@@ -138,7 +139,7 @@ class ExportOptions:
 
         def name(option: str) -> str:
             if source is None:
-                return "--" + option.replace("_", "-")
+                return option_flag(option)
             return f"config field 'export_options.{option}' (in {source})"
 
         unknown = sorted(set(self.formats) - set(FORMATS))
