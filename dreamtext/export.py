@@ -55,6 +55,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
+from dreamtext.exportflags import option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import slugify
 from dreamtext.latestrun import newest_run, runs_in
@@ -138,7 +139,7 @@ class ExportOptions:
 
         def name(option: str) -> str:
             if source is None:
-                return "--" + option.replace("_", "-")
+                return option_flag(option)
             return f"config field 'export_options.{option}' (in {source})"
 
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -432,8 +433,8 @@ def _export_run(
     prompt: str | None = None,
 ) -> ExportResult:
     """:func:`export_workspace`'s export of the run it read (``state``, its checkpoint, whose
-    config gives the ``prompt`` the files are named after), checked on the way to be still the
-    run in ``workspace``."""
+    config gives its ``prompt``; the files are named after :func:`run_title`), checked on the
+    way to be still the run in ``workspace``."""
     options = dataclasses.replace(options, device=str(device))
     run = state.get("run_id", "")
     step = int(state["step"])
@@ -494,6 +495,7 @@ def _export_run(
         check=still_the_run,
         progress=progress,
         prompt=prompt,
+        title=run_title(workspace, prompt),
     )
 
 
@@ -525,6 +527,7 @@ def export_field(
     check: Callable[[], None] | None = None,
     progress: ExportProgress | None = None,
     prompt: str | None = None,
+    title: str | None = None,
 ) -> ExportResult:
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
@@ -533,8 +536,10 @@ def export_field(
     grid is sampled, after meshing, decimation, UV unwrapping and texture baking, before each
     turntable chunk), so that an export it refuses stops early; if it raises, nothing is written.
 
-    The files name the object after the run's ``prompt`` (:func:`object_name`), and the GLB
-    records the prompt and the settings that made it (:func:`_glb_bytes`).
+    The files name the object after its ``title`` (:func:`object_name`; by default the run's
+    ``prompt``, :func:`run_title` for a run's folder), and the GLB records the title, the prompt
+    and the settings that made it (:func:`_glb_bytes`); the PLY's header comments name dreamtext
+    and the title (:func:`_ply_bytes`).
 
     Where it stands is recorded in ``out_dir``'s progress file for ``dreamtext view``
     (:mod:`dreamtext.exportprogress`; ``progress``: the caller's record, by default one of its
@@ -569,7 +574,9 @@ def export_field(
             progress = stack.enter_context(ExportProgress(out_dir))
         progress.step = step
         with out_of_memory_is_a_user_error(explain):
-            return _export_field(field, out_dir, options, renderer, step, check, progress, prompt)
+            return _export_field(
+                field, out_dir, options, renderer, step, check, progress, prompt, title
+            )
 
 
 def _export_field(
@@ -581,11 +588,13 @@ def _export_field(
     check: Callable[[], None] | None,
     progress: ExportProgress,
     prompt: str | None,
+    title: str | None,
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end.
     ``check`` runs between stages: each of decimation, UV unwrapping and texture baking takes
     seconds to minutes on a large mesh, which a run replaced meanwhile should not cost."""
     on_the_way = check if check is not None else lambda: None
+    title = prompt if title is None else title
     extraction = extract_mesh(
         field,
         options.resolution,
@@ -624,9 +633,9 @@ def _export_field(
                 "decimate": options.decimate,
                 "texture_size": options.texture_size,
             }
-            staged[mesh_dir / "mesh.glb"] = _glb_bytes(textured, prompt, made_with)
+            staged[mesh_dir / "mesh.glb"] = _glb_bytes(textured, title, made_with)
         if "obj" in options.formats:
-            staged.update(_obj_files(textured, mesh_dir, object_name(prompt)))
+            staged.update(_obj_files(textured, mesh_dir, object_name(title)))
     if "ply" in options.formats:
         progress.stage("vertex colours")
         colours = query_albedo(field, surface.vertices.astype(np.float32))
@@ -639,7 +648,7 @@ def _export_field(
             vertex_colors=np.round(colours * 255).astype(np.uint8),
             process=False,
         )
-        staged[mesh_dir / "mesh.ply"] = coloured.export(file_type="ply", vertex_normal=True)
+        staged[mesh_dir / "mesh.ply"] = _ply_bytes(coloured, title)
 
     frames = 0
     if options.video:
@@ -694,11 +703,32 @@ def _material(texture: Image.Image) -> trimesh.visual.material.PBRMaterial:
     )
 
 
-def object_name(prompt: str | None) -> str:
+def object_name(title: str | None) -> str:
     """The object's name in the exported files (the GLB's node and mesh, the OBJ's ``o``): the
-    prompt's folder name (:func:`dreamtext.inputs.slugify`, ``a_red_apple``), ``dreamtext``
-    without a prompt (a field exported outside a run)."""
-    return slugify(prompt) if prompt and prompt.strip() else "dreamtext"
+    title's folder name (:func:`dreamtext.inputs.slugify`, ``a_red_apple``), ``dreamtext``
+    without a title (a field exported outside a run)."""
+    return slugify(title) if title and title.strip() else "dreamtext"
+
+
+def run_title(workspace: str | Path, prompt: str | None) -> str | None:
+    """What the exported files of the run in ``workspace`` call its object, by its
+    ``config.json``: a text→3D run's ``prompt``; an image→3D run's image's name (``mug`` for
+    ``mug.png``, as its folder is named), a ``--diverse`` run's the prompt it sampled its image
+    of. An image run's prompt is its trained sentence (``An image of a <descriptor> mug``), a
+    placeholder token no user typed, which named its objects ``an_image_of_a_descriptor_mug``;
+    the GLB keeps it as the node's ``prompt``. A config.json that cannot be read names the object
+    after the prompt (:func:`recorded_options` warns of it)."""
+    try:
+        data = json.loads((Path(workspace) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, *UNREADABLE_JSON):
+        return prompt
+    sections = data if isinstance(data, dict) else {}
+    diverse, image = sections.get("diverse"), sections.get("image_to_3d")
+    if isinstance(diverse, dict) and isinstance(diverse.get("prompt"), str):
+        return diverse["prompt"]
+    if isinstance(image, dict) and isinstance(image.get("image"), str):
+        return Path(image["image"]).stem
+    return prompt
 
 
 # The GLB's scene root, which trimesh does not write when it carries nothing: named so that no
@@ -707,22 +737,49 @@ def object_name(prompt: str | None) -> str:
 GLB_ROOT = "scene root"
 
 
-def _glb_bytes(mesh: trimesh.Trimesh, prompt: str | None, made_with: dict[str, Any]) -> bytes:
+def _glb_bytes(mesh: trimesh.Trimesh, title: str | None, made_with: dict[str, Any]) -> bytes:
     """The GLB of the textured ``mesh``: one node and mesh named :func:`object_name`, the node's
     ``extras`` ``made_with`` (the prompt, step and export settings), ``asset.generator``
-    ``dreamtext <version>`` and ``asset.extras.title`` the prompt. Blender names its object and
+    ``dreamtext <version>`` and ``asset.extras.title`` the title. Blender names its object and
     mesh after the node and mesh and keeps the node's extras as the object's custom properties."""
-    name = object_name(prompt)
+    name = object_name(title)
     scene = trimesh.Scene(base_frame=GLB_ROOT)
     scene.add_geometry(mesh, node_name=name, geom_name=name, metadata=made_with)
 
     def describe(tree: dict) -> None:
         _set_buffer_view_targets(tree)
         tree["asset"]["generator"] = f"dreamtext {__version__}"
-        if prompt and prompt.strip():
-            tree["asset"]["extras"] = {"title": prompt}
+        if title and title.strip():
+            tree["asset"]["extras"] = {"title": title}
 
     return scene.export(file_type="glb", tree_postprocessor=describe)
+
+
+def _ply_bytes(mesh: trimesh.Trimesh, title: str | None) -> bytes:
+    """The PLY of the vertex-coloured ``mesh`` (normals included), its header's comments
+    :func:`ply_comments` in place of trimesh's own (a link to trimesh), which trimesh has no
+    option to change. The header is ASCII text up to ``end_header``, and nothing in a PLY points
+    into it, so the comment lines are swapped and the body is kept byte for byte."""
+    data = mesh.export(file_type="ply", vertex_normal=True)
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    lines = data[:end].decode("ascii").splitlines()
+    kept = [line for line in lines if not line.startswith("comment ")]
+    # After the "ply" and "format" lines, where trimesh wrote its comment.
+    header = [*kept[:2], *ply_comments(title), *kept[2:]]
+    return ("\n".join(header) + "\n").encode("ascii") + data[end:]
+
+
+def ply_comments(title: str | None) -> list[str]:
+    """The PLY header's comments: ``comment generator dreamtext <version>`` (the GLB's
+    ``asset.generator``) and, with a title, ``comment title <title>`` (its ``asset.extras``
+    title) on one line, its whitespace collapsed and any non-ASCII letter escaped
+    (``Crème`` → ``Cr\\xe8me``): a PLY header is ASCII, and readers such as plyfile refuse
+    other bytes in it."""
+    comments = [f"comment generator dreamtext {__version__}"]
+    if title and title.strip():
+        line = " ".join(title.split()).encode("ascii", "backslashreplace").decode("ascii")
+        comments.append(f"comment title {line}")
+    return comments
 
 
 def _set_buffer_view_targets(tree: dict) -> None:

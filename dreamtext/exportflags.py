@@ -57,19 +57,29 @@ def _formats(text: str) -> tuple[str, ...]:
     return tuple(f.strip().lower() for f in text.split(",") if f.strip())
 
 
+def option_flag(option: str) -> str:
+    """The ``dreamtext export`` flag of the ``ExportOptions`` field ``option``:
+    ``texture_size`` → ``--texture-size`` (argparse stores it back as ``texture_size``)."""
+    return "--" + option.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class ExportFlag:
-    """One export option's flag. ``type``: argparse's ``type=`` (``None``: the text as given);
-    ``to_option``: the parsed flag as the option's value; ``to_text``: an option's value as the
-    flag's argument. ``switch``: a ``--NAME`` / ``--no-NAME`` pair with no argument."""
+    """One export option's flag (:attr:`flag`, named after the option). ``type``: argparse's
+    ``type=`` (``None``: the text as given); ``to_option``: the parsed flag as the option's value;
+    ``to_text``: an option's value as the flag's argument. ``switch``: a ``--NAME`` /
+    ``--no-NAME`` pair with no argument."""
 
     option: str
-    flag: str
     help: str
     type: Callable[[str], Any] | None = None
     to_option: Callable[[Any], Any] = lambda value: value
     to_text: Callable[[Any], str] = str
     switch: bool = False
+
+    @property
+    def flag(self) -> str:
+        return option_flag(self.option)
 
     def words(self, value: Any) -> list[str]:
         """The command-line words that set the option to ``value``."""
@@ -83,13 +93,11 @@ class ExportFlag:
 EXPORT_FLAGS: tuple[ExportFlag, ...] = (
     ExportFlag(
         "resolution",
-        "--resolution",
         "marching-cubes grid, at least 8 [256]",
         type=_at_least(8, "an integer of at least 8"),
     ),
     ExportFlag(
         "threshold",
-        "--threshold",
         "mesh the density above this iso-level, cavities filled; auto: the surface the renders "
         "show, where light from outside falls to transmittance 1/2 [auto]",
         type=_threshold,
@@ -98,38 +106,33 @@ EXPORT_FLAGS: tuple[ExportFlag, ...] = (
     ),
     ExportFlag(
         "decimate",
-        "--decimate",
         "target face count; 0 keeps every face [50000]",
         type=_face_count,
     ),
     ExportFlag(
         "texture_size",
-        "--texture-size",
         "texture size in pixels, at least 8 [1024]",
         type=_at_least(8, "an integer of at least 8"),
     ),
     ExportFlag(
         "formats",
-        "--formats",
         "comma-separated subset of glb,obj,ply [all]",
         to_option=_formats,
         to_text=",".join,
     ),
-    ExportFlag("video", "--video", "the turntable; --no-video skips it [on]", switch=True),
+    ExportFlag("video", "the turntable; --no-video skips it [on]", switch=True),
     ExportFlag(
         "video_size",
-        "--video-size",
         "the turntable's width and height in pixels, even, at least 16; its render time grows "
         "with their product (128 takes about a third of 256's) [256]",
         type=_video_size,
     ),
     ExportFlag(
         "frames",
-        "--frames",
         "turntable frames, one turn, at least 60 [60]",
         type=_at_least(60, "an integer of at least 60"),
     ),
-    ExportFlag("device", "--device", "auto, cpu, cuda or cuda:N [auto]"),
+    ExportFlag("device", "auto, cpu, cuda or cuda:N [auto]"),
 )
 
 BY_OPTION = {row.option: row for row in EXPORT_FLAGS}

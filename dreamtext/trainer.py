@@ -76,6 +76,7 @@ from dreamtext.export import (
     export_field,
     finish_replacements,
     format_gigabytes,
+    run_title,
 )
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
@@ -867,8 +868,9 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
 def export_trained(run: Run) -> None:
     """The seam to mesh export: the trained field, rendered by the run's own renderer (its
     settings and occupancy grid), with the run's ``export_options``, the files named after its
-    prompt. Its files go to hidden staging folders for minutes, so status.json is kept fresh
-    meanwhile (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the way."""
+    object (:func:`dreamtext.export.run_title`: its prompt, an image run's image). Its files go
+    to hidden staging folders for minutes, so status.json is kept fresh meanwhile
+    (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the way."""
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
     with status_heartbeat(run.workspace) as still_ours:
         result = export_field(
@@ -879,5 +881,6 @@ def export_trained(run: Run) -> None:
             step=run.step,
             check=still_ours,
             prompt=run.cfg.prompt,
+            title=run_title(run.workspace, run.cfg.prompt),
         )
     tqdm.write(result.summary(), file=sys.stderr)

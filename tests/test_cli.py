@@ -1147,6 +1147,21 @@ def test_export_given_the_run_as_a_positional_says_to_pass_it_with_workspace(cap
     )
 
 
+def test_an_export_flag_is_named_after_its_option():
+    """The table spelled each flag beside its option (``"texture_size", "--texture-size"``):
+    two names to keep in step, where the option's gives the flag."""
+    from dreamtext.exportflags import EXPORT_FLAGS, ExportFlag
+
+    row = ExportFlag("texture_size", "texture size in pixels")
+    assert row.flag == "--texture-size"
+    assert row.words(64) == ["--texture-size", "64"]
+    assert ExportFlag("video", "the turntable", switch=True).words(False) == ["--no-video"]
+    export = build_parser()._subparsers._group_actions[0].choices["export"]
+    for row in EXPORT_FLAGS:  # argparse stores each flag back under its option's name
+        [action] = [a for a in export._actions if row.flag in a.option_strings]
+        assert action.dest == row.option
+
+
 @pytest.mark.parametrize("under", [False, True])
 def test_a_workspace_that_cannot_be_a_folder_is_one_line_before_the_prior_loads(
     tmp_path, monkeypatch, capsys, under

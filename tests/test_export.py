@@ -190,6 +190,41 @@ def test_ply_has_unit_float_normals_beside_its_colours(exported):
     np.testing.assert_array_equal(mesh.vertex_normals, normals)  # what trimesh reads back
 
 
+def ply_header(path: Path) -> list[str]:
+    data = path.read_bytes()
+    return data[: data.index(b"end_header\n")].decode("ascii").splitlines()
+
+
+def test_ply_header_names_dreamtext_and_the_prompt_not_trimesh(tmp_path):
+    """trimesh wrote ``comment https://github.com/mikedh/trimesh`` and nothing of the run."""
+    options = small_options(video=False, formats=("ply",))
+    export_field(SphereField(albedo=direction_albedo), tmp_path, options, prompt="Crème\n brûlée")
+    path = tmp_path / "mesh" / "mesh.ply"
+    header = ply_header(path)
+    assert [line for line in header if line.startswith("comment")] == [
+        f"comment generator dreamtext {dreamtext.__version__}",
+        "comment title Cr\\xe8me br\\xfbl\\xe9e",  # one ASCII line
+    ]
+    assert not any("trimesh" in line for line in header)
+    # The body is trimesh's own: it reads the file back with its normals and colours.
+    names, vertices, faces = read_ply(path)
+    assert names == ["x", "y", "z", "nx", "ny", "nz", "red", "green", "blue", "alpha"]
+    mesh = trimesh.load(path, process=False)
+    normals = np.stack([vertices[k] for k in ("nx", "ny", "nz")], axis=1)
+    colours = np.stack([vertices[k] for k in ("red", "green", "blue", "alpha")], axis=1)
+    np.testing.assert_array_equal(mesh.faces, faces)
+    np.testing.assert_array_equal(mesh.vertex_normals, normals)
+    np.testing.assert_array_equal(mesh.visual.vertex_colors, colours)
+    assert len(np.unique(colours[:, :3], axis=0)) > 100  # a colour per direction, kept
+
+
+def test_ply_of_no_prompt_has_no_title(exported):
+    header = ply_header(exported[0] / "mesh" / "mesh.ply")
+    assert [line for line in header if line.startswith("comment")] == [
+        f"comment generator dreamtext {dreamtext.__version__}"
+    ]
+
+
 def test_ply_normals_point_out_of_the_sphere(exported):
     _, vertices, _ = read_ply(exported[0] / "mesh" / "mesh.ply")
     positions = np.stack([vertices[k] for k in ("x", "y", "z")], axis=1)
@@ -473,6 +508,59 @@ def test_a_prompt_named_like_trimeshs_scene_root_keeps_its_node_and_extras(tmp_p
     assert node["name"] == "world" and node["extras"]["prompt"] == "World"
     assert node["extras"]["step"] == 3
     khronos_validate(tmp_path / "mesh" / "mesh.glb")
+
+
+TRAINED_SENTENCE = "An image of a <descriptor> mug"
+
+
+def test_an_image_runs_files_are_named_after_its_image_and_keep_its_trained_sentence(
+    tmp_path, monkeypatch
+):
+    """An image run's prompt is its trained sentence: its objects were named
+    ``an_image_of_a_descriptor_mug`` after a placeholder token the user never typed."""
+    workspace = make_run(tmp_path, "mug", 1_000_000)
+    image_run = {"prompt": TRAINED_SENTENCE, "image_to_3d": {"image": "/photos/mug.png"}}
+    (workspace / "config.json").write_text(json.dumps(image_run))
+    stub_run(monkeypatch, SphereField(), None)
+    monkeypatch.setattr(
+        export_module,
+        "run_from_state",
+        lambda state, device: (SphereField(), None, {"prompt": TRAINED_SENTENCE}),
+    )
+    export_workspace(workspace, small_options(video=False))
+    tree, _ = read_glb(workspace / "mesh" / "mesh.glb")
+    [node] = tree["nodes"]
+    assert node["name"] == tree["meshes"][node["mesh"]]["name"] == "mug"
+    assert tree["asset"]["extras"] == {"title": "mug"}
+    assert node["extras"]["prompt"] == TRAINED_SENTENCE
+    assert obj_objects(workspace / "mesh" / "mesh.obj") == ["mug"]
+    assert "comment title mug" in ply_header(workspace / "mesh" / "mesh.ply")
+
+
+@pytest.mark.parametrize(
+    ("sections", "title"),
+    [
+        ({}, TRAINED_SENTENCE),  # a text run (here of a sentence another run trained)
+        ({"image_to_3d": {"image": "/photos/IMG 0042.jpeg"}}, "IMG 0042"),
+        # --diverse: the sampled image is diverse/sample_seed3.png; its prompt names it
+        (
+            {
+                "image_to_3d": {"image": "/w/diverse/sample_seed3.png"},
+                "diverse": {"prompt": "a blue mug", "image": "/w/diverse/sample_seed3.png"},
+            },
+            "a blue mug",
+        ),
+    ],
+)
+def test_run_title_is_the_prompt_the_image_or_the_diverse_prompt(tmp_path, sections, title):
+    (tmp_path / "config.json").write_text(json.dumps({"prompt": TRAINED_SENTENCE, **sections}))
+    assert export_module.run_title(tmp_path, TRAINED_SENTENCE) == title
+
+
+def test_run_title_of_a_run_without_a_readable_config_is_its_prompt(tmp_path):
+    assert export_module.run_title(tmp_path, "a mug") == "a mug"
+    (tmp_path / "config.json").write_text("{")
+    assert export_module.run_title(tmp_path, "a mug") == "a mug"
 
 
 def test_turntable_has_60_frames_rendered_a_few_at_a_time(tmp_path):
@@ -1464,9 +1552,7 @@ def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
     used = []
     stub_run(monkeypatch, SphereField(), None)
 
-    def fake_export(
-        field, out_dir, options, renderer, step, check=None, progress=None, prompt=None
-    ):
+    def fake_export(field, out_dir, options, renderer, step, **kwargs):
         used.append(options)
         return SimpleNamespace(summary=lambda: f"exported {out_dir}")
 

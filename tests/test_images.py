@@ -1,5 +1,6 @@
 """Image loading: every input mode becomes RGB on white; bad files are one-line DreamtextErrors."""
 
+import os
 import struct
 import zlib
 
@@ -183,3 +184,42 @@ def test_an_image_with_one_visible_pixel_is_not_blank(tmp_path):
     image.putpixel((3, 3), (200, 30, 30, 255))
     image.save(path)
     assert np.asarray(load_image(path))[3, 3].tolist() == [200, 30, 30]
+
+
+def _count_opens(monkeypatch) -> list:
+    opened = []
+    real_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(fp)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    return opened
+
+
+def test_an_unchanged_image_asked_for_again_is_not_decoded_again(tmp_path, monkeypatch):
+    """``dreamtext image`` loaded its image three times before its first stage (the early
+    check, the command's and run_image's): 0.5-1.5 s each for a 4000 x 3000 PNG."""
+    path = tmp_path / "cup.png"
+    _half_transparent_red("RGBA").save(path)
+    opened = _count_opens(monkeypatch)
+    first = load_image(path)
+    first.paste((0, 0, 255), (0, 0, 8, 8))  # the caller's own copy
+    again = load_image(path)
+    assert len(opened) == 1
+    assert np.asarray(again)[0, 0].tolist() == [255, 0, 0]
+    assert load_image(path, max_size=4).size == (4, 4)  # another size: decoded
+    assert len(opened) == 2
+
+
+def test_an_image_changed_since_it_was_loaded_is_decoded_again(tmp_path, monkeypatch):
+    path = tmp_path / "cup.png"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
+    assert np.asarray(load_image(path))[0, 0].tolist() == [200, 30, 30]
+    stat = path.stat()
+    Image.new("RGB", (8, 8), (30, 30, 200)).save(path)  # the same size, in the same file
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and its time set back
+    opened = _count_opens(monkeypatch)
+    assert np.asarray(load_image(path))[0, 0].tolist() == [30, 30, 200]
+    assert len(opened) == 1

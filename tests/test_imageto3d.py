@@ -3,6 +3,7 @@
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -160,6 +161,27 @@ def test_unfinished_text_stage_resumes_and_the_trainer_exports(tmp_path, tiny_sd
     [(_, cfg, resume)] = calls
     assert resume and cfg.iters == 5 and cfg.export
     assert cfg.prompt == f"An image of a {DESCRIPTOR_TOKEN} cube"
+
+
+def test_the_trainers_export_of_an_image_run_is_titled_by_the_image(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """Named after the trained sentence, the run's files held its placeholder token."""
+    exports = []
+
+    def fake_export(field, out_dir, options, **kwargs):
+        exports.append(kwargs)
+        return SimpleNamespace(summary=lambda: "exported")
+
+    monkeypatch.setattr("dreamtext.trainer.export_field", fake_export)
+    image = _image(tmp_path)
+    run_image(
+        image, _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path, export=True)
+    )
+    record = json.loads((tmp_path / "run" / "descriptor" / "sentence.json").read_text())
+    [kwargs] = exports
+    assert kwargs["title"] == "red_cube"  # red_cube.png
+    assert kwargs["prompt"] == record["trained_sentence"]
 
 
 def test_an_export_interrupted_after_training_is_redone_under_status_json(
