@@ -789,12 +789,14 @@ def early_describe(args: argparse.Namespace) -> None:
     """``describe``: ``--device cuda`` where this machine has no GPU at all
     (:func:`check_cuda_flag`); then, where :func:`cmd_describe`'s steps before them cannot refuse
     anything (a device that needs no torch to resolve, a workspace without a lock file, so no
-    other process holds it, whose place :func:`dreamtext.processes.check_own_folder` accepts, and
-    sentence-search flags :func:`dreamtext.describe.check_options` accepts without reading a word
-    list), the image as :func:`dreamtext.images.load_image` checks it (path, format, pixels) and
-    the workspace as :func:`dreamtext.runfiles.check_describe_workspace` checks it (another
-    image's sentence, a run whose descriptor training has started, a text→3D run)."""
+    other process holds it, and whose place :func:`dreamtext.processes.check_own_folder`
+    accepts), the sentence-search flags and word lists as :func:`dreamtext.describe.check_options`
+    checks them (:func:`dreamtext.inputs.check_search_options`), the image as
+    :func:`dreamtext.images.load_image` checks it (path, format, pixels) and the workspace as
+    :func:`dreamtext.runfiles.check_describe_workspace` checks it (another image's sentence, a
+    run whose descriptor training has started, a text→3D run)."""
     from dreamtext.images import load_image
+    from dreamtext.inputs import check_search_options
     from dreamtext.processes import LOCK_NAME, check_own_folder
     from dreamtext.runfiles import check_describe_workspace, check_not_running, default_workspace
 
@@ -805,12 +807,9 @@ def early_describe(args: argparse.Namespace) -> None:
     if os.path.lexists(workspace / LOCK_NAME):  # claim_workspace asks whether its holder lives
         return
     check_own_folder(workspace)
-    if args.nouns is not None or args.adjectives is not None:
-        return
-    if args.max_words is not None and args.max_words < 0:
-        return
-    if any(text is not None and not text.strip() for text in (args.noun, args.quantifier)):
-        return
+    # describe's check_options: the default --max-words (15) passes as 0 does.
+    max_words = 0 if args.max_words is None else args.max_words
+    check_search_options(max_words, args.quantifier, args.noun, args.nouns, args.adjectives)
     load_image(args.image)
     check_describe_workspace(workspace, args.image)
     check_not_running(workspace)  # describe's next check, before CLIP loads

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import unicodedata
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -591,3 +592,51 @@ def holds_no_checkpoint(workspace: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return state != "running"
+
+
+def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
+    """Words of a file, one per line (blank lines and ``#`` comments skipped), in file order.
+
+    A UTF-8 byte order mark (Windows Notepad writes one) is not part of the first word.
+    ``path=None`` reads the list shipped in ``dreamtext/data/<default>``. A file that cannot be
+    read names the flag that gives it (``--nouns`` for ``nouns.txt``): a run's config.json
+    records the file by its path, which a copy of the run on another machine may not have.
+    """
+    if path is None:
+        text = resources.files("dreamtext").joinpath("data", default).read_text(encoding="utf-8")
+        source = f"dreamtext/data/{default}"
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
+            flag = "--" + Path(default).stem
+            raise DreamtextError(
+                f"cannot read word list {path} ({reason or error}); pass {flag} with the "
+                "word list's path"
+            ) from None
+        source = str(path)
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    words = list(dict.fromkeys(" ".join(line.split()) for line in lines if line))
+    if not words:
+        raise DreamtextError(f"word list {source} is empty; give a file with one word per line")
+    return words
+
+
+def check_search_options(
+    max_words: int,
+    quantifier: str | None,
+    noun: str | None,
+    nouns: str | Path | None,
+    adjectives: str | Path | None,
+) -> tuple[list[str], list[str]]:
+    """Refuse sentence-search options no search can use (``--max-words`` below 0, an empty
+    ``--noun`` or ``--quantifier``, an unreadable or empty word list: :func:`read_vocabulary`);
+    return the nouns and adjectives (:func:`dreamtext.describe.check_options`)."""
+    if max_words < 0:
+        raise DreamtextError("--max-words must be 0 or more")
+    if quantifier is not None and not quantifier.strip():
+        raise DreamtextError("--quantifier is empty; give one such as 'a' or 'some'")
+    if noun is not None and not noun.strip():
+        raise DreamtextError("--noun is empty; give one such as 'mug', or leave it out to search")
+    return read_vocabulary(nouns, "nouns.txt"), read_vocabulary(adjectives, "adjectives.txt")

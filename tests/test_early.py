@@ -647,3 +647,37 @@ def test_describe_into_a_locked_workspace_is_left_to_the_command(other_runs_fold
     done = run_without_torch(other_runs_folder, ["describe", "mug.png", "--workspace", "text"])
     assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {OTHER_RUNS[0][1]}\n")
     assert "torch" in done.stdout
+
+
+SEARCH_MISTAKES = [
+    (["--nouns", "nouns.txt", "--workspace", "text"], OTHER_RUNS[0][1]),
+    (["--adjectives", "nouns.txt", "--workspace", "text"], OTHER_RUNS[0][1]),
+    (
+        ["--nouns", "missing.txt"],
+        "cannot read word list missing.txt (No such file or directory); pass --nouns with the "
+        "word list's path",
+    ),
+    (
+        ["--adjectives", "empty.txt"],
+        "word list empty.txt is empty; give a file with one word per line",
+    ),
+    (["--max-words", "-1"], "--max-words must be 0 or more"),
+    (["--noun", " "], "--noun is empty; give one such as 'mug', or leave it out to search"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"), SEARCH_MISTAKES, ids=[" ".join(flags) for flags, _ in SEARCH_MISTAKES]
+)
+def test_describe_with_search_flags_is_refused_before_torch_is_imported(
+    other_runs_folder, flags, line
+):
+    """describe's check_options, then its workspace check, which describe gave after the torch
+    import (14 s, 474 MB) when a word list was named or a search flag was unusable."""
+    (other_runs_folder / "nouns.txt").write_text("mug\ncup\n")
+    (other_runs_folder / "empty.txt").write_text("# nothing\n\n")
+    before = files_under(other_runs_folder)
+    done = run_without_torch(other_runs_folder, ["describe", "mug.png", *flags])
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+    assert files_under(other_runs_folder) == before
