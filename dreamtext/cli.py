@@ -257,6 +257,7 @@ def cmd_text(args: argparse.Namespace) -> int:
     if args.resume:
         base = _saved_config(args)
         overrides.pop("prompt", None)
+    check_text_prompts(args)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
     if base is not None and not same_prompt(base.get("prompt"), args.prompt):
         raise DreamtextError(
@@ -727,7 +728,8 @@ def early_text(args: argparse.Namespace) -> None:
     them. ``--resume`` first finds the run's folder (:func:`_resume_folder`: the ``--config``
     files are read for it unless ``--workspace`` names it), where the run's config.json must be
     and, for a run of this prompt, a checkpoint file (:func:`_saved_config`), before the preset
-    and the files are read."""
+    and the files are read. Then a new run's prompts against the built-in prior's captions
+    (:func:`check_text_prompts`)."""
     _iters_or_epochs(args)
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
@@ -764,6 +766,26 @@ def early_text(args: argparse.Namespace) -> None:
     # A resume reads the files over the run's config.json, which it continues: no line for the
     # resumes of a run's config.json among them.
     _read_config_layers(args.config, rerun=not args.resume)
+    check_text_prompts(args)
+
+
+def check_text_prompts(args: argparse.Namespace) -> None:
+    """``text``'s prompt and ``--negative`` against the built-in prior's captions
+    (:func:`dreamtext.captions.check_builtin_prompts`), with the model and negative prompt a new
+    run resolves to (:func:`dreamtext.inputs.layered_guidance_setting`): a step of
+    :func:`cmd_text` before it resolves its config, and the last of :func:`early_text`, where
+    the prior refused them once it had loaded (18 s). A resume (its run's config.json decides),
+    ``--diverse`` and a blank prompt (:func:`dreamtext.config.validate` refuses it) are left to
+    the command."""
+    from dreamtext.captions import check_builtin_prompts
+    from dreamtext.inputs import layered_guidance_setting
+
+    if args.resume or args.diverse or not args.prompt.strip():
+        return
+    model = layered_guidance_setting("model", args.model, args.preset, args.config, "")
+    negative = layered_guidance_setting("negative", args.negative, args.preset, args.config, "")
+    if model is not None and negative is not None:
+        check_builtin_prompts(model, args.prompt, negative)
 
 
 def early_image(args: argparse.Namespace) -> None:
@@ -820,13 +842,17 @@ def early_batch(args: argparse.Namespace) -> None:
     (:func:`check_cuda_flag`), the ``--config`` files' stage sections as
     :func:`image_overrides` reads them, then as :func:`dreamtext.batch.run_batch` goes on:
     ``--workspace ROOT``, the prompts file, and where its list is read without a word (no
-    ``image:`` line, no repeat): this worker's share (``--shard`` or the SLURM array's), then
-    ``--preset`` and the ``--config`` files as the first line's config reads them."""
+    ``image:`` line, no repeat): this worker's share (``--shard`` or the SLURM array's),
+    ``--preset`` and the ``--config`` files as the first line's config reads them, then with the
+    built-in prior every line's prompt and ``--negative`` against its captions
+    (:func:`dreamtext.captions.check_builtin_prompt_lines`)."""
+    from dreamtext.captions import check_builtin_prompt_lines
     from dreamtext.inputs import (
         DEFAULT_WORKSPACE_ROOT,
         check_root,
         check_root_writable,
         config_file_stage_sections,
+        layered_guidance_setting,
         plain_prompt_lines,
         preset_path,
         read_prompt_lines,
@@ -849,6 +875,13 @@ def early_batch(args: argparse.Namespace) -> None:
     if args.preset is not None:
         preset_path(args.preset)
     _read_config_layers(args.config)
+    # run_batch's next check: the built-in prior's captions, every line's.
+    model = layered_guidance_setting("model", args.model, args.preset, args.config, "")
+    negative = layered_guidance_setting("negative", args.negative, args.preset, args.config, "")
+    if model is not None and negative is not None:
+        texts = [(number, raw.strip()) for number, raw in enumerate(lines, start=1)]
+        prompts = [(n, " ".join(t.split())) for n, t in texts if t and not t.startswith("#")]
+        check_builtin_prompt_lines(model, prompts, negative, Path(args.prompts))
 
 
 # Each command function's early checks, by the function (a command replaced, as tests replace

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamtext.cameras import CameraRange
+from dreamtext.captions import BUILTIN_MODELS
 from dreamtext.errors import DreamtextError
 from dreamtext.export import ExportOptions
 from dreamtext.field import FieldConfig
@@ -251,8 +252,6 @@ def builtin_preset_name(model: str) -> str | None:
     built-in name is a :class:`DreamtextError` listing the known ones."""
     if not model.startswith("builtin:"):
         return None
-    from dreamtext.prior import BUILTIN_MODELS
-
     if model not in BUILTIN_MODELS:
         raise DreamtextError(
             f"unknown built-in model '{model}'; available: {', '.join(BUILTIN_MODELS)}"

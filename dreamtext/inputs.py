@@ -640,3 +640,30 @@ def check_search_options(
     if noun is not None and not noun.strip():
         raise DreamtextError("--noun is empty; give one such as 'mug', or leave it out to search")
     return read_vocabulary(nouns, "nouns.txt"), read_vocabulary(adjectives, "adjectives.txt")
+
+
+def layered_guidance_setting(
+    name: str,
+    flag: object,
+    preset: str | None,
+    config_file: str | Path | Sequence[str | Path] | None,
+    default: str,
+) -> str | None:
+    """``guidance.<name>`` (``model``, ``negative``) of a new run as
+    :func:`dreamtext.config.resolve_config` resolves it, read without torch: the flag's value,
+    else that of the last of ``--preset`` and the ``--config`` files that gives it, else
+    ``default``. ``None`` where this cannot tell: a value that is no string (resolve_config
+    refuses it), or a run's config.json without it (its presets fill it in)."""
+    if flag is not None:
+        return flag if isinstance(flag, str) else None
+    layers = [] if preset is None else [(read_yaml(preset_path(preset)), False)]
+    for path in config_files_list(config_file):
+        layers.append((read_yaml(path), path.name == "config.json"))
+    value: object = default
+    for data, record in layers:
+        guidance = data.get("guidance")
+        if isinstance(guidance, dict) and name in guidance:
+            value = guidance[name]
+        elif record:
+            return None
+    return value if isinstance(value, str) else None

@@ -681,3 +681,57 @@ def test_describe_with_search_flags_is_refused_before_torch_is_imported(
     assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
     assert done.stdout == "[]\n"
     assert files_under(other_runs_folder) == before
+
+
+def unknown_caption(prompt: str) -> str:
+    return (
+        f'the built-in prior does not know "{prompt}"; use one of its captions: "a COLOUR SHAPE" '
+        "(COLOUR: red, green, blue, yellow, orange, purple; SHAPE: cube, sphere, cylinder, cone, "
+        'torus) or "a colorful cube"'
+    )
+
+
+CAPTION_MISTAKES = [
+    (["text", "a cat", "--model", "builtin:shapes"], unknown_caption("a cat")),
+    (
+        ["text", "a red cube", "--preset", "builtin-shapes", "--negative", "a dog"],
+        unknown_caption("a dog"),
+    ),
+    (["text", "a cat", "--config", "shapes.yaml"], unknown_caption("a cat")),
+    (
+        ["batch", "prompts.txt", "--model", "builtin:shapes"],
+        'prompts.txt: builtin:shapes does not know the prompts of lines 1 ("a cat"), 2 ("a dog"); '
+        'it knows "a COLOUR SHAPE" (COLOUR: red, green, blue, yellow, orange, purple; SHAPE: '
+        'cube, sphere, cylinder, cone, torus) or "a colorful cube": change those lines, or pass '
+        "--model with a Stable Diffusion model (a diffusers hub id or folder)",
+    ),
+    (
+        ["batch", "cubes.txt", "--config", "shapes.yaml", "--negative", "a dog"],
+        f"--negative: {unknown_caption('a dog')}",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"), CAPTION_MISTAKES, ids=[" ".join(argv) for argv, _ in CAPTION_MISTAKES]
+)
+def test_a_prompt_the_builtin_prior_cannot_draw_is_refused_before_torch_is_imported(
+    mistakes_folder, argv, line
+):
+    """The prior's captions (dreamtext.captions), which text asked once the prior had loaded
+    (18 s, 704 MB) and batch once torch was imported (14 s, 455 MB)."""
+    (mistakes_folder / "shapes.yaml").write_text("guidance: {model: 'builtin:shapes'}\n")
+    (mistakes_folder / "cubes.txt").write_text("a red cube\n# a comment\nA  Blue Cube.\n")
+    done = run_without_torch(mistakes_folder, argv)
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+    assert not (mistakes_folder / "workspace").exists()
+
+
+def test_the_builtin_priors_captions_are_those_it_renders():
+    """One vocabulary: the torch-free module's names are the renderer's and the prior's."""
+    from dreamtext import captions, prior, shapes
+
+    assert shapes.find_primitive is captions.find_primitive
+    assert (shapes.SHAPES, shapes.COLOURS) == (captions.SHAPES, captions.COLOURS)
+    assert prior.BUILTIN_MODELS is captions.BUILTIN_MODELS
