@@ -257,6 +257,7 @@ def cmd_text(args: argparse.Namespace) -> int:
     if args.resume:
         base = _saved_config(args)
         overrides.pop("prompt", None)
+    check_text_workspace(args)
     check_text_prompts(args)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
     if base is not None and not same_prompt(base.get("prompt"), args.prompt):
@@ -728,8 +729,8 @@ def early_text(args: argparse.Namespace) -> None:
     them. ``--resume`` first finds the run's folder (:func:`_resume_folder`: the ``--config``
     files are read for it unless ``--workspace`` names it), where the run's config.json must be
     and, for a run of this prompt, a checkpoint file (:func:`_saved_config`), before the preset
-    and the files are read. Then a new run's prompts against the built-in prior's captions
-    (:func:`check_text_prompts`)."""
+    and the files are read. Then a new run's workspace (:func:`check_text_workspace`) and its
+    prompts against the built-in prior's captions (:func:`check_text_prompts`)."""
     _iters_or_epochs(args)
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
@@ -766,7 +767,29 @@ def early_text(args: argparse.Namespace) -> None:
     # A resume reads the files over the run's config.json, which it continues: no line for the
     # resumes of a run's config.json among them.
     _read_config_layers(args.config, rerun=not args.resume)
+    check_text_workspace(args)
     check_text_prompts(args)
+
+
+def check_text_workspace(args: argparse.Namespace) -> None:
+    """A new ``text`` run's workspace, found as :func:`dreamtext.config.resolve_config` names it
+    (``--workspace``, else the one the ``--config`` files name, else the prompt's default folder),
+    as :func:`dreamtext.runfiles.check_new_run_workspace` checks it without torch: another
+    prompt's run there, or this prompt's with a checkpoint whose step its save recorded. A step
+    of :func:`cmd_text` before it resolves its config (the trainer's own checks, which read the
+    checkpoint, follow), and of :func:`early_text` after the files are read: the lines came
+    after the torch import (10-13 s). A resume, ``--diverse`` and a blank prompt are left to
+    the command."""
+    from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT, configured_workspace, own_config_file
+    from dreamtext.runfiles import check_new_run_workspace, prompt_workspace
+
+    if args.resume or args.diverse or not args.prompt.strip():
+        return
+    named = args.workspace or configured_workspace(args.config)
+    key = ("text", args.prompt)
+    workspace = Path(named or prompt_workspace(DEFAULT_WORKSPACE_ROOT, args.prompt, key))
+    own = own_config_file(args.config, workspace)
+    check_new_run_workspace(workspace, args.prompt, args.overwrite, own)
 
 
 def check_text_prompts(args: argparse.Namespace) -> None:

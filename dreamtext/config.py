@@ -35,6 +35,7 @@ from dreamtext.inputs import (
     config_file_stage_sections,
     config_files_list,
     configured_workspace,
+    own_config_file,
     owner_value,
     preset_dirs,
     preset_path,
@@ -216,18 +217,6 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     # which it records (``presets``), so a rerun takes them, as a resume does, not the defaults.
     data, _ = fill_from_presets(data)
     return own_learned_embeds(data, path.parent)
-
-
-def own_config_file(
-    config_file: str | Path | Sequence[str | Path] | None, workspace: str | Path
-) -> Path | None:
-    """The ``--config`` file that lies in ``workspace`` (the folder the command runs in), such
-    as ``RUN/config.json`` typed without ``--workspace``: the run recorded there is the one the
-    command would continue or replace, not a new one beside it. ``None`` when none does."""
-    folder = Path(workspace).resolve()
-    return next(
-        (path for path in config_files_list(config_file) if path.resolve().parent == folder), None
-    )
 
 
 def write_run_config(

@@ -138,6 +138,18 @@ def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> 
     return [Path(path) for path in config_file or ()]
 
 
+def own_config_file(
+    config_file: str | Path | Sequence[str | Path] | None, workspace: str | Path
+) -> Path | None:
+    """The ``--config`` file that lies in ``workspace`` (the folder the command runs in), such
+    as ``RUN/config.json`` typed without ``--workspace``: the run recorded there is the one the
+    command would continue or replace, not a new one beside it. ``None`` when none does."""
+    folder = Path(workspace).resolve()
+    return next(
+        (path for path in config_files_list(config_file) if path.resolve().parent == folder), None
+    )
+
+
 def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
     """The ``workspace`` the ``--config`` files name (the last that names one; a run's
     config.json names its own folder: :func:`dreamtext.processes.is_run_folder`), ``None`` when
@@ -556,6 +568,9 @@ def no_cuda_here(
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 RUN_STATUS = "status.json"
+# Beside last.pt: its step and the file it was written as (dreamtext.runfiles.step_record), so
+# that a refusal names the step without torch reading the checkpoint.
+LAST_STEP_RECORD = "last.step.json"
 
 
 def no_checkpoint_error(workspace: Path) -> DreamtextError:

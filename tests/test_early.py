@@ -735,3 +735,76 @@ def test_the_builtin_priors_captions_are_those_it_renders():
     assert shapes.find_primitive is captions.find_primitive
     assert (shapes.SHAPES, shapes.COLOURS) == (captions.SHAPES, captions.COLOURS)
     assert prior.BUILTIN_MODELS is captions.BUILTIN_MODELS
+
+
+@pytest.fixture
+def checkpointed_run(tmp_path):
+    """``run/``: a run of "a cube" whose checkpoint of step 7 was saved as the trainer saves one
+    (dreamtext.checkpoint.save_checkpoint, which records its step beside it)."""
+    from dreamtext.checkpoint import RUN_KEYS, save_checkpoint
+
+    run = a_run_of(tmp_path / "run", state="interrupted")
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "workspace": "run"}))
+    save_checkpoint(run, {key: {} for key in RUN_KEYS} | {"step": 7})
+    return run
+
+
+HELD_RUNS = [
+    (
+        ["text", "a cube", "--workspace", "run"],
+        "run already holds a run of this prompt at step 7; pass --resume to continue it, "
+        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER",
+    ),
+    (
+        ["text", "a cube", "--config", "run/config.json"],
+        "--config run/config.json is the record of the run in run at step 7, where this command "
+        "would train; pass --workspace NEW_FOLDER to train it again beside it, or --resume to "
+        "continue it",
+    ),
+    (
+        ["text", "a dog", "--workspace", "run", "--overwrite"],
+        "run holds a run of 'a cube'; pass --resume to continue it, or --workspace NEW_FOLDER for "
+        "this prompt",
+    ),
+    (
+        ["text", "a dog", "--config", "run/config.json"],
+        "--config run/config.json is the record of the run of 'a cube' in run, where this command "
+        "would train; pass --workspace NEW_FOLDER to train this prompt with its settings beside it",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "line"), HELD_RUNS, ids=[" ".join(argv) for argv, _ in HELD_RUNS])
+def test_a_new_run_into_a_workspace_holding_a_run_is_refused_before_torch_is_imported(
+    checkpointed_run, argv, line
+):
+    """The trainer's check_workspace lines, which came after the torch import (10-13 s,
+    ~455 MB); the step is the one the checkpoint's save recorded."""
+    from dreamtext.checkpoint import resume_step
+
+    before = files_under(checkpointed_run)
+    done = run_without_torch(checkpointed_run.parent, argv)
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+    assert files_under(checkpointed_run) == before
+    assert resume_step(checkpointed_run) == 7
+
+
+def test_a_checkpoint_changed_since_its_step_was_recorded_is_left_to_the_command(
+    checkpointed_run,
+):
+    """last.pt written over (here with bytes that are no checkpoint): the record is not of it,
+    so the trainer reads it, and names no step."""
+    from dreamtext.runfiles import recorded_step
+
+    assert recorded_step(checkpointed_run) == 7
+    (checkpointed_run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert recorded_step(checkpointed_run) is None
+    done = run_without_torch(checkpointed_run.parent, ["text", "a cube", "--workspace", "run"])
+    assert (done.returncode, done.stderr) == (
+        2,
+        "dreamtext: error: run already holds a run of this prompt; pass --resume to continue it, "
+        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER\n",
+    )
+    assert "torch" in done.stdout
