@@ -77,7 +77,7 @@ from dreamtext.inputs import (
     IMAGE_PREFIX,
     check_root,
     check_root_writable,
-    layered_guidance_setting,
+    layered_guidance,
     parse_shard,
     read_prompt_lines,
     repeat_key,
@@ -865,14 +865,10 @@ def run_batch(
     # lines) too, as by every other: the workers of one list refuse it alike.
     # The built-in prior's captions, before the configs are made where the model and negative
     # prompt are known without them (as the CLI checks them before it imports torch), else after.
-    guidance = overrides.get("guidance", {})
-    model, negative = (
-        layered_guidance_setting(name, guidance.get(name), preset, config_file, "")
-        for name in ("model", "negative")
-    )
-    known = model is not None and negative is not None
-    if known and model in BUILTIN_MODELS:
-        check_builtin_prior(entries, model, negative, Path(prompts_file))
+    guidance = layered_guidance(overrides.get("guidance", {}), preset, config_file)
+    known = guidance is not None
+    if guidance is not None and guidance["model"] in BUILTIN_MODELS:
+        check_builtin_prior(entries, guidance["model"], guidance["negative"], Path(prompts_file))
     first = entry_config((share or entries)[0], overrides, preset, config_file)
     if not known and first.guidance.model.startswith("builtin:"):
         check_builtin_prior(

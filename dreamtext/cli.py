@@ -795,20 +795,20 @@ def check_text_workspace(args: argparse.Namespace) -> None:
 def check_text_prompts(args: argparse.Namespace) -> None:
     """``text``'s prompt and ``--negative`` against the built-in prior's captions
     (:func:`dreamtext.captions.check_builtin_prompts`), with the model and negative prompt a new
-    run resolves to (:func:`dreamtext.inputs.layered_guidance_setting`): a step of
+    run resolves to (:func:`dreamtext.inputs.layered_guidance`): a step of
     :func:`cmd_text` before it resolves its config, and the last of :func:`early_text`, where
     the prior refused them once it had loaded (18 s). A resume (its run's config.json decides),
     ``--diverse`` and a blank prompt (:func:`dreamtext.config.validate` refuses it) are left to
     the command."""
     from dreamtext.captions import check_builtin_prompts
-    from dreamtext.inputs import layered_guidance_setting
+    from dreamtext.inputs import layered_guidance
 
     if args.resume or args.diverse or not args.prompt.strip():
         return
-    model = layered_guidance_setting("model", args.model, args.preset, args.config, "")
-    negative = layered_guidance_setting("negative", args.negative, args.preset, args.config, "")
-    if model is not None and negative is not None:
-        check_builtin_prompts(model, args.prompt, negative)
+    flags = {"model": args.model, "negative": args.negative}
+    guidance = layered_guidance(flags, args.preset, args.config)
+    if guidance is not None:
+        check_builtin_prompts(guidance["model"], args.prompt, guidance["negative"])
 
 
 def early_image(args: argparse.Namespace) -> None:
@@ -875,7 +875,7 @@ def early_batch(args: argparse.Namespace) -> None:
         check_root,
         check_root_writable,
         config_file_stage_sections,
-        layered_guidance_setting,
+        layered_guidance,
         plain_prompt_lines,
         preset_path,
         read_prompt_lines,
@@ -899,12 +899,14 @@ def early_batch(args: argparse.Namespace) -> None:
         preset_path(args.preset)
     _read_config_layers(args.config)
     # run_batch's next check: the built-in prior's captions, every line's.
-    model = layered_guidance_setting("model", args.model, args.preset, args.config, "")
-    negative = layered_guidance_setting("negative", args.negative, args.preset, args.config, "")
-    if model is not None and negative is not None:
+    flags = {"model": args.model, "negative": args.negative}
+    guidance = layered_guidance(flags, args.preset, args.config)
+    if guidance is not None:
         texts = [(number, raw.strip()) for number, raw in enumerate(lines, start=1)]
         prompts = [(n, " ".join(t.split())) for n, t in texts if t and not t.startswith("#")]
-        check_builtin_prompt_lines(model, prompts, negative, Path(args.prompts))
+        check_builtin_prompt_lines(
+            guidance["model"], prompts, guidance["negative"], Path(args.prompts)
+        )
 
 
 # Each command function's early checks, by the function (a command replaced, as tests replace

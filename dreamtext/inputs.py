@@ -657,28 +657,37 @@ def check_search_options(
     return read_vocabulary(nouns, "nouns.txt"), read_vocabulary(adjectives, "adjectives.txt")
 
 
-def layered_guidance_setting(
-    name: str,
-    flag: object,
+# The guidance settings :func:`layered_guidance` reads.
+GUIDANCE_READ_EARLY = ("model", "negative")
+
+
+def layered_guidance(
+    flags: Mapping[str, object],
     preset: str | None,
     config_file: str | Path | Sequence[str | Path] | None,
-    default: str,
-) -> str | None:
-    """``guidance.<name>`` (``model``, ``negative``) of a new run as
-    :func:`dreamtext.config.resolve_config` resolves it, read without torch: the flag's value,
-    else that of the last of ``--preset`` and the ``--config`` files that gives it, else
-    ``default``. ``None`` where this cannot tell: a value that is no string (resolve_config
-    refuses it), or a run's config.json without it (its presets fill it in)."""
-    if flag is not None:
-        return flag if isinstance(flag, str) else None
-    layers = [] if preset is None else [(read_yaml(preset_path(preset)), False)]
-    for path in config_files_list(config_file):
-        layers.append((read_yaml(path), path.name == "config.json"))
-    value: object = default
-    for data, record in layers:
-        guidance = data.get("guidance")
-        if isinstance(guidance, dict) and name in guidance:
-            value = guidance[name]
-        elif record:
-            return None
-    return value if isinstance(value, str) else None
+) -> dict[str, str] | None:
+    """``guidance.model`` and ``guidance.negative`` of a new run as
+    :func:`dreamtext.config.resolve_config` resolves them, read without torch: each flag's value
+    (``flags``: ``{"model": ..., "negative": ...}``, ``None`` where not given), else that of the
+    last of ``--preset`` and the ``--config`` files that gives it, else ``""`` (the default
+    model is no built-in one, the default negative prompt empty). ``None`` where this cannot
+    tell: a value that is no string (resolve_config refuses it), or a run's config.json that
+    lacks one (its presets fill it in)."""
+    values: dict[str, object] = {name: flags.get(name) for name in GUIDANCE_READ_EARLY}
+    unset = [name for name, value in values.items() if value is None]
+    if unset:
+        layers = [] if preset is None else [(read_yaml(preset_path(preset)), False)]
+        layers += [
+            (read_yaml(path), path.name == "config.json") for path in config_files_list(config_file)
+        ]
+        found: dict[str, object] = {name: "" for name in unset}
+        for data, record in layers:
+            guidance = data.get("guidance")
+            guidance = guidance if isinstance(guidance, dict) else {}
+            if record and any(name not in guidance for name in unset):
+                return None
+            found.update({name: guidance[name] for name in unset if name in guidance})
+        values.update(found)
+    if not all(isinstance(value, str) for value in values.values()):
+        return None
+    return values  # type: ignore[return-value]
