@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from dreamtext.captions import BUILTIN_MODELS, check_builtin_prompt_lines
 from dreamtext.checkpoint import can_resume, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
@@ -76,6 +77,7 @@ from dreamtext.inputs import (
     IMAGE_PREFIX,
     check_root,
     check_root_writable,
+    layered_guidance,
     parse_shard,
     read_prompt_lines,
     repeat_key,
@@ -875,9 +877,17 @@ def run_batch(
     # The settings and the list are checked before every line's config is made (a list of
     # 50,000 lines takes seconds), and by a worker whose share is empty (more workers than
     # lines) too, as by every other: the workers of one list refuse it alike.
+    # The built-in prior's captions, before the configs are made where the model and negative
+    # prompt are known without them (as the CLI checks them before it imports torch), else after.
+    guidance = layered_guidance(overrides.get("guidance", {}), preset, config_file)
+    known = guidance is not None
+    if guidance is not None and guidance["model"] in BUILTIN_MODELS:
+        check_builtin_prior(entries, guidance["model"], guidance["negative"], Path(prompts_file))
     first = entry_config((share or entries)[0], overrides, preset, config_file)
-    if first.guidance.model.startswith("builtin:"):
-        check_builtin_prior(entries, first, Path(prompts_file))
+    if not known and first.guidance.model.startswith("builtin:"):
+        check_builtin_prior(
+            entries, first.guidance.model, first.guidance.negative, Path(prompts_file)
+        )
     configs = entry_configs(share, overrides, preset, config_file, first) if share else []
     # --overwrite retrains a run unless its status.json changes after this, when a worker
     # sharing the list (with --overwrite too) has trained it again already.
@@ -1032,19 +1042,15 @@ def killed_before_requeue(workspace: Path, task: str, restarts: int) -> bool:
     return same_process(run, lock) and isinstance(step, int) and step > 0
 
 
-# How many of the prompts the built-in prior does not know its one line names.
-UNKNOWN_PROMPTS_SHOWN = 3
-
-
-def check_builtin_prior(entries: list[Entry], cfg: TrainConfig, prompts_file: Path) -> None:
+def check_builtin_prior(
+    entries: list[Entry], model: str, negative: str, prompts_file: Path
+) -> None:
     """With a built-in prior (``--model builtin:shapes``), every line of the list, not only this
     worker's share (the workers of one list refuse it alike), is a caption it knows, as is
-    ``--negative``: ``dreamtext text`` refuses any other prompt before it writes anything, and a
-    batch that found out line by line trained the lines before each, then recorded it failed.
-    ``image:`` lines need Stable Diffusion (their prompt is the sentence DreamText learns)."""
-    from dreamtext.shapes import captions, captions_in_words, find_primitive, normalise_caption
-
-    model = cfg.guidance.model
+    ``--negative`` (:func:`dreamtext.captions.check_builtin_prompt_lines`): ``dreamtext text``
+    refuses any other prompt before it writes anything, and a batch that found out line by line
+    trained the lines before each, then recorded it failed. ``image:`` lines need Stable
+    Diffusion (their prompt is the sentence DreamText learns)."""
     for entry in entries:
         if entry.kind == "image":
             raise DreamtextError(
@@ -1052,25 +1058,8 @@ def check_builtin_prior(entries: list[Entry], cfg: TrainConfig, prompts_file: Pa
                 f"Diffusion model, not "
                 f"{model}; pass --model with a diffusers hub id or folder"
             )
-    if cfg.guidance.negative.strip():
-        try:
-            find_primitive(cfg.guidance.negative)
-        except DreamtextError as error:
-            raise DreamtextError(f"--negative: {error}") from None
-    known = set(captions())  # as find_primitive matches them
-    unknown = [e for e in entries if normalise_caption(e.prompt) not in known]
-    if not unknown:
-        return
-    shown = [f'{e.line} ("{_shorten(e.prompt, 40)}")' for e in unknown[:UNKNOWN_PROMPTS_SHOWN]]
-    more = len(unknown) - len(shown)
-    which = ", ".join(shown) + (f" and {more} more line{'s' if more > 1 else ''}" if more else "")
-    many = len(unknown) > 1
-    raise DreamtextError(
-        f"{prompts_file}: {model} does not know the prompt{'s' if many else ''} of "
-        f"line{'s' if many else ''} {which}; it knows {captions_in_words()}: change "
-        f"{'those lines' if many else 'that line'}, or pass --model with a Stable Diffusion "
-        "model (a diffusers hub id or folder)"
-    )
+    lines = [(entry.line, entry.prompt) for entry in entries]
+    check_builtin_prompt_lines(model, lines, negative, prompts_file)
 
 
 def check_model(cfg: TrainConfig) -> None:

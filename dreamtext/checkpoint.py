@@ -10,6 +10,7 @@ torch checks none of a tensor's bytes when it loads one, so without it a byte ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,9 +29,10 @@ import torch
 from dreamtext.devices import memory_that_ran_out
 from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
-from dreamtext.inputs import LAST_CHECKPOINT
+from dreamtext.inputs import LAST_CHECKPOINT, LAST_STEP_RECORD
 from dreamtext.latestrun import step_files  # listed without torch, for the newest run
 from dreamtext.runfiles import check_writable as check_writable  # re-exported
+from dreamtext.runfiles import step_record
 
 # Named in dreamtext.inputs, whose checks before the torch import look for them too.
 CHECKPOINT_DIR = _CHECKPOINT_DIR
@@ -185,6 +187,12 @@ def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Pa
             _give_name(last, step_path(folder, previous))
 
     atomic_write_bytes(last, lambda f: f.write(data), before_replace=keep_previous)
+    # Its step, for the CLI to name without torch (dreamtext.runfiles.recorded_step). Not a
+    # failed save where it cannot be written: a record not of this last.pt is not believed, and
+    # the CLI reads the checkpoint instead.
+    record = step_record(last, step)
+    with contextlib.suppress(OSError):
+        atomic_write_bytes(folder / LAST_STEP_RECORD, lambda f: f.write(record))
     steps = step_files(folder)
     older = [p for s, p in steps if s < step]
     for old in older[: max(0, len(older) - (keep - 1))]:
@@ -192,7 +200,7 @@ def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Pa
     remove_later_steps(workspace, step - 1)
     # A checkpoint write that was killed (a scheduler's grace period can end during the save of
     # its SIGTERM) left a hidden temp file the size of a checkpoint, which no later write replaces.
-    remove_stale_temps(folder, r"step_\d+\.pt|last\.pt")
+    remove_stale_temps(folder, r"step_\d+\.pt|last\.pt|last\.step\.json")
     return last
 
 

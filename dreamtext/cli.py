@@ -257,6 +257,8 @@ def cmd_text(args: argparse.Namespace) -> int:
     if args.resume:
         base = _saved_config(args)
         overrides.pop("prompt", None)
+    check_text_workspace(args)
+    check_text_prompts(args)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
     if base is not None and not same_prompt(base.get("prompt"), args.prompt):
         raise DreamtextError(
@@ -737,7 +739,8 @@ def early_text(args: argparse.Namespace) -> None:
     them. ``--resume`` first finds the run's folder (:func:`_resume_folder`: the ``--config``
     files are read for it unless ``--workspace`` names it), where the run's config.json must be
     and, for a run of this prompt, a checkpoint file (:func:`_saved_config`), before the preset
-    and the files are read."""
+    and the files are read. Then a new run's workspace (:func:`check_text_workspace`) and its
+    prompts against the built-in prior's captions (:func:`check_text_prompts`)."""
     _iters_or_epochs(args)
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
@@ -774,6 +777,48 @@ def early_text(args: argparse.Namespace) -> None:
     # A resume reads the files over the run's config.json, which it continues: no line for the
     # resumes of a run's config.json among them.
     _read_config_layers(args.config, rerun=not args.resume)
+    check_text_workspace(args)
+    check_text_prompts(args)
+
+
+def check_text_workspace(args: argparse.Namespace) -> None:
+    """A new ``text`` run's workspace, found as :func:`dreamtext.config.resolve_config` names it
+    (``--workspace``, else the one the ``--config`` files name, else the prompt's default folder),
+    as :func:`dreamtext.runfiles.check_new_run_workspace` checks it without torch: another
+    prompt's run there, or this prompt's with a checkpoint whose step its save recorded. A step
+    of :func:`cmd_text` before it resolves its config (the trainer's own checks, which read the
+    checkpoint, follow), and of :func:`early_text` after the files are read: the lines came
+    after the torch import (10-13 s). A resume, ``--diverse`` and a blank prompt are left to
+    the command."""
+    from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT, configured_workspace, own_config_file
+    from dreamtext.runfiles import check_new_run_workspace, prompt_workspace
+
+    if args.resume or args.diverse or not args.prompt.strip():
+        return
+    named = args.workspace or configured_workspace(args.config)
+    key = ("text", args.prompt)
+    workspace = Path(named or prompt_workspace(DEFAULT_WORKSPACE_ROOT, args.prompt, key))
+    own = own_config_file(args.config, workspace)
+    check_new_run_workspace(workspace, args.prompt, args.overwrite, own)
+
+
+def check_text_prompts(args: argparse.Namespace) -> None:
+    """``text``'s prompt and ``--negative`` against the built-in prior's captions
+    (:func:`dreamtext.captions.check_builtin_prompts`), with the model and negative prompt a new
+    run resolves to (:func:`dreamtext.inputs.layered_guidance`): a step of
+    :func:`cmd_text` before it resolves its config, and the last of :func:`early_text`, where
+    the prior refused them once it had loaded (18 s). A resume (its run's config.json decides),
+    ``--diverse`` and a blank prompt (:func:`dreamtext.config.validate` refuses it) are left to
+    the command."""
+    from dreamtext.captions import check_builtin_prompts
+    from dreamtext.inputs import layered_guidance
+
+    if args.resume or args.diverse or not args.prompt.strip():
+        return
+    flags = {"model": args.model, "negative": args.negative}
+    guidance = layered_guidance(flags, args.preset, args.config)
+    if guidance is not None:
+        check_builtin_prompts(guidance["model"], args.prompt, guidance["negative"])
 
 
 def early_image(args: argparse.Namespace) -> None:
@@ -799,12 +844,14 @@ def early_describe(args: argparse.Namespace) -> None:
     """``describe``: ``--device cuda`` where this machine has no GPU at all
     (:func:`check_cuda_flag`); then, where :func:`cmd_describe`'s steps before them cannot refuse
     anything (a device that needs no torch to resolve, a workspace without a lock file, so no
-    other process holds it, whose place :func:`dreamtext.processes.check_own_folder` accepts, and
-    sentence-search flags :func:`dreamtext.describe.check_options` accepts without reading a word
-    list), the image as :func:`dreamtext.images.load_image` checks it (path, format, pixels) and
-    the workspace as :func:`dreamtext.runfiles.check_describe_workspace` checks it (another
-    image's sentence, a run whose descriptor training has started, a text→3D run)."""
+    other process holds it, and whose place :func:`dreamtext.processes.check_own_folder`
+    accepts), the sentence-search flags and word lists as :func:`dreamtext.describe.check_options`
+    checks them (:func:`dreamtext.inputs.check_search_options`), the image as
+    :func:`dreamtext.images.load_image` checks it (path, format, pixels) and the workspace as
+    :func:`dreamtext.runfiles.check_describe_workspace` checks it (another image's sentence, a
+    run whose descriptor training has started, a text→3D run)."""
     from dreamtext.images import load_image
+    from dreamtext.inputs import check_search_options
     from dreamtext.processes import LOCK_NAME, check_own_folder
     from dreamtext.runfiles import check_describe_workspace, check_not_running, default_workspace
 
@@ -815,12 +862,9 @@ def early_describe(args: argparse.Namespace) -> None:
     if os.path.lexists(workspace / LOCK_NAME):  # claim_workspace asks whether its holder lives
         return
     check_own_folder(workspace)
-    if args.nouns is not None or args.adjectives is not None:
-        return
-    if args.max_words is not None and args.max_words < 0:
-        return
-    if any(text is not None and not text.strip() for text in (args.noun, args.quantifier)):
-        return
+    # describe's check_options: the default --max-words (15) passes as 0 does.
+    max_words = 0 if args.max_words is None else args.max_words
+    check_search_options(max_words, args.quantifier, args.noun, args.nouns, args.adjectives)
     load_image(args.image)
     check_describe_workspace(workspace, args.image)
     check_not_running(workspace)  # describe's next check, before CLIP loads
@@ -831,13 +875,17 @@ def early_batch(args: argparse.Namespace) -> None:
     (:func:`check_cuda_flag`), the ``--config`` files' stage sections as
     :func:`image_overrides` reads them, then as :func:`dreamtext.batch.run_batch` goes on:
     ``--workspace ROOT``, the prompts file, and where its list is read without a word (no
-    ``image:`` line, no repeat): this worker's share (``--shard`` or the SLURM array's), then
-    ``--preset`` and the ``--config`` files as the first line's config reads them."""
+    ``image:`` line, no repeat): this worker's share (``--shard`` or the SLURM array's),
+    ``--preset`` and the ``--config`` files as the first line's config reads them, then with the
+    built-in prior every line's prompt and ``--negative`` against its captions
+    (:func:`dreamtext.captions.check_builtin_prompt_lines`)."""
+    from dreamtext.captions import check_builtin_prompt_lines
     from dreamtext.inputs import (
         DEFAULT_WORKSPACE_ROOT,
         check_root,
         check_root_writable,
         config_file_stage_sections,
+        layered_guidance,
         plain_prompt_lines,
         preset_path,
         read_prompt_lines,
@@ -860,6 +908,15 @@ def early_batch(args: argparse.Namespace) -> None:
     if args.preset is not None:
         preset_path(args.preset)
     _read_config_layers(args.config)
+    # run_batch's next check: the built-in prior's captions, every line's.
+    flags = {"model": args.model, "negative": args.negative}
+    guidance = layered_guidance(flags, args.preset, args.config)
+    if guidance is not None:
+        texts = [(number, raw.strip()) for number, raw in enumerate(lines, start=1)]
+        prompts = [(n, " ".join(t.split())) for n, t in texts if t and not t.startswith("#")]
+        check_builtin_prompt_lines(
+            guidance["model"], prompts, guidance["negative"], Path(args.prompts)
+        )
 
 
 # Each command function's early checks, by the function (a command replaced, as tests replace

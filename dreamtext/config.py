@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamtext.cameras import CameraRange
+from dreamtext.captions import BUILTIN_MODELS
 from dreamtext.errors import DreamtextError
 from dreamtext.export import ExportOptions
 from dreamtext.field import FieldConfig
@@ -34,6 +35,7 @@ from dreamtext.inputs import (
     config_file_stage_sections,
     config_files_list,
     configured_workspace,
+    own_config_file,
     owner_value,
     preset_dirs,
     preset_path,
@@ -217,18 +219,6 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     return own_learned_embeds(data, path.parent)
 
 
-def own_config_file(
-    config_file: str | Path | Sequence[str | Path] | None, workspace: str | Path
-) -> Path | None:
-    """The ``--config`` file that lies in ``workspace`` (the folder the command runs in), such
-    as ``RUN/config.json`` typed without ``--workspace``: the run recorded there is the one the
-    command would continue or replace, not a new one beside it. ``None`` when none does."""
-    folder = Path(workspace).resolve()
-    return next(
-        (path for path in config_files_list(config_file) if path.resolve().parent == folder), None
-    )
-
-
 def write_run_config(
     workspace: str | Path, cfg: TrainConfig, extra: dict[str, Any] | None = None
 ) -> None:
@@ -251,8 +241,6 @@ def builtin_preset_name(model: str) -> str | None:
     built-in name is a :class:`DreamtextError` listing the known ones."""
     if not model.startswith("builtin:"):
         return None
-    from dreamtext.prior import BUILTIN_MODELS
-
     if model not in BUILTIN_MODELS:
         raise DreamtextError(
             f"unknown built-in model '{model}'; available: {', '.join(BUILTIN_MODELS)}"

@@ -34,6 +34,8 @@ from dreamtext.config import absolute_model_folder
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
+from dreamtext.inputs import check_search_options
+from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
 from dreamtext.interrupts import raise_if_stop_requested
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.runfiles import (
@@ -290,35 +292,6 @@ def search_sentence(
     return result
 
 
-def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
-    """Words of a file, one per line (blank lines and ``#`` comments skipped), in file order.
-
-    A UTF-8 byte order mark (Windows Notepad writes one) is not part of the first word.
-    ``path=None`` reads the list shipped in ``dreamtext/data/<default>``. A file that cannot be
-    read names the flag that gives it (``--nouns`` for ``nouns.txt``): a run's config.json
-    records the file by its path, which a copy of the run on another machine may not have.
-    """
-    if path is None:
-        text = resources.files("dreamtext").joinpath("data", default).read_text(encoding="utf-8")
-        source = f"dreamtext/data/{default}"
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
-            flag = "--" + Path(default).stem
-            raise DreamtextError(
-                f"cannot read word list {path} ({reason or error}); pass {flag} with the "
-                "word list's path"
-            ) from None
-        source = str(path)
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    words = list(dict.fromkeys(" ".join(line.split()) for line in lines if line))
-    if not words:
-        raise DreamtextError(f"word list {source} is empty; give a file with one word per line")
-    return words
-
-
 @dataclass
 class DescribeOptions:
     """``dreamtext describe`` options (also part of ``dreamtext image``)."""
@@ -376,17 +349,11 @@ def used_options(options: DescribeOptions) -> dict[str, object]:
 
 
 def check_options(options: DescribeOptions) -> tuple[list[str], list[str]]:
-    """Refuse options no search can use (``--max-words`` below 0, an empty ``--noun`` or
-    ``--quantifier``, an unreadable or empty word list); return the nouns and adjectives."""
-    if options.max_words < 0:
-        raise DreamtextError("--max-words must be 0 or more")
-    if options.quantifier is not None and not options.quantifier.strip():
-        raise DreamtextError("--quantifier is empty; give one such as 'a' or 'some'")
-    if options.noun is not None and not options.noun.strip():
-        raise DreamtextError("--noun is empty; give one such as 'mug', or leave it out to search")
-    nouns = read_vocabulary(options.nouns, "nouns.txt")
-    adjectives = read_vocabulary(options.adjectives, "adjectives.txt")
-    return nouns, adjectives
+    """Refuse options no search can use (:func:`dreamtext.inputs.check_search_options`: the CLI
+    asks it before torch is imported too); return the nouns and adjectives."""
+    return check_search_options(
+        options.max_words, options.quantifier, options.noun, options.nouns, options.adjectives
+    )
 
 
 def describe(

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import unicodedata
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,18 @@ def config_files_list(config_file: str | Path | Sequence[str | Path] | None) -> 
     if isinstance(config_file, (str, Path)):
         config_file = [config_file]
     return [Path(path) for path in config_file or ()]
+
+
+def own_config_file(
+    config_file: str | Path | Sequence[str | Path] | None, workspace: str | Path
+) -> Path | None:
+    """The ``--config`` file that lies in ``workspace`` (the folder the command runs in), such
+    as ``RUN/config.json`` typed without ``--workspace``: the run recorded there is the one the
+    command would continue or replace, not a new one beside it. ``None`` when none does."""
+    folder = Path(workspace).resolve()
+    return next(
+        (path for path in config_files_list(config_file) if path.resolve().parent == folder), None
+    )
 
 
 def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
@@ -555,6 +568,9 @@ def no_cuda_here(
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 RUN_STATUS = "status.json"
+# Beside last.pt: its step and the file it was written as (dreamtext.runfiles.step_record), so
+# that a refusal names the step without torch reading the checkpoint.
+LAST_STEP_RECORD = "last.step.json"
 
 
 def no_checkpoint_error(workspace: Path) -> DreamtextError:
@@ -591,3 +607,87 @@ def holds_no_checkpoint(workspace: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return state != "running"
+
+
+def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
+    """Words of a file, one per line (blank lines and ``#`` comments skipped), in file order.
+
+    A UTF-8 byte order mark (Windows Notepad writes one) is not part of the first word.
+    ``path=None`` reads the list shipped in ``dreamtext/data/<default>``. A file that cannot be
+    read names the flag that gives it (``--nouns`` for ``nouns.txt``): a run's config.json
+    records the file by its path, which a copy of the run on another machine may not have.
+    """
+    if path is None:
+        text = resources.files("dreamtext").joinpath("data", default).read_text(encoding="utf-8")
+        source = f"dreamtext/data/{default}"
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
+            flag = "--" + Path(default).stem
+            raise DreamtextError(
+                f"cannot read word list {path} ({reason or error}); pass {flag} with the "
+                "word list's path"
+            ) from None
+        source = str(path)
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    words = list(dict.fromkeys(" ".join(line.split()) for line in lines if line))
+    if not words:
+        raise DreamtextError(f"word list {source} is empty; give a file with one word per line")
+    return words
+
+
+def check_search_options(
+    max_words: int,
+    quantifier: str | None,
+    noun: str | None,
+    nouns: str | Path | None,
+    adjectives: str | Path | None,
+) -> tuple[list[str], list[str]]:
+    """Refuse sentence-search options no search can use (``--max-words`` below 0, an empty
+    ``--noun`` or ``--quantifier``, an unreadable or empty word list: :func:`read_vocabulary`);
+    return the nouns and adjectives (:func:`dreamtext.describe.check_options`)."""
+    if max_words < 0:
+        raise DreamtextError("--max-words must be 0 or more")
+    if quantifier is not None and not quantifier.strip():
+        raise DreamtextError("--quantifier is empty; give one such as 'a' or 'some'")
+    if noun is not None and not noun.strip():
+        raise DreamtextError("--noun is empty; give one such as 'mug', or leave it out to search")
+    return read_vocabulary(nouns, "nouns.txt"), read_vocabulary(adjectives, "adjectives.txt")
+
+
+# The guidance settings :func:`layered_guidance` reads.
+GUIDANCE_READ_EARLY = ("model", "negative")
+
+
+def layered_guidance(
+    flags: Mapping[str, object],
+    preset: str | None,
+    config_file: str | Path | Sequence[str | Path] | None,
+) -> dict[str, str] | None:
+    """``guidance.model`` and ``guidance.negative`` of a new run as
+    :func:`dreamtext.config.resolve_config` resolves them, read without torch: each flag's value
+    (``flags``: ``{"model": ..., "negative": ...}``, ``None`` where not given), else that of the
+    last of ``--preset`` and the ``--config`` files that gives it, else ``""`` (the default
+    model is no built-in one, the default negative prompt empty). ``None`` where this cannot
+    tell: a value that is no string (resolve_config refuses it), or a run's config.json that
+    lacks one (its presets fill it in)."""
+    values: dict[str, object] = {name: flags.get(name) for name in GUIDANCE_READ_EARLY}
+    unset = [name for name, value in values.items() if value is None]
+    if unset:
+        layers = [] if preset is None else [(read_yaml(preset_path(preset)), False)]
+        layers += [
+            (read_yaml(path), path.name == "config.json") for path in config_files_list(config_file)
+        ]
+        found: dict[str, object] = {name: "" for name in unset}
+        for data, record in layers:
+            guidance = data.get("guidance")
+            guidance = guidance if isinstance(guidance, dict) else {}
+            if record and any(name not in guidance for name in unset):
+                return None
+            found.update({name: guidance[name] for name in unset if name in guidance})
+        values.update(found)
+    if not all(isinstance(value, str) for value in values.values()):
+        return None
+    return values  # type: ignore[return-value]

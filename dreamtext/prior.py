@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreamtext.cameras import CameraRange, view_of, with_view
+from dreamtext.captions import BUILTIN_MODELS
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig, NoisePrediction, ScoreDistillation
 from dreamtext.shapes import ShapesDataset, find_primitive, load_dataset
 
-BUILTIN_MODELS = ("builtin:shapes",)
 MAX_DATASET_SIZE = 64
 """The longest side of the prior's images: larger renders are compared at this size (their
 noise prediction is taken on the downscaled render, as Stable Diffusion's is on its latent grid).

@@ -14,6 +14,7 @@ here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,15 +23,19 @@ from typing import Any
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
 from dreamtext.images import load_image
 from dreamtext.inputs import (
+    CHECKPOINT_DIR,
     DEFAULT_WORKSPACE_ROOT,
+    LAST_CHECKPOINT,
+    LAST_STEP_RECORD,
     RUN_LEARNED_EMBEDS,
     RUN_STATUS,
     STAGE_SECTIONS,
     ascii_slug,
     owner_value,
+    same_prompt,
     slugify,
 )
-from dreamtext.processes import record_alive
+from dreamtext.processes import LOCK_NAME, check_own_folder, record_alive
 
 
 def check_writable(folder: Path, fix: str) -> None:
@@ -338,3 +343,101 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
             "NEW_FOLDER for this image"
         )
     return saved
+
+
+# The bytes at a checkpoint's end that name it: torch.save writes a zip file, whose central
+# directory at the end holds the CRC-32 of every entry (the pickle with the step, each tensor).
+IDENTITY_TAIL_BYTES = 65536
+
+
+def _file_identity(path: Path) -> list[int | str]:
+    """What changes when ``path`` is written again, replaced or copied over: its inode, size,
+    modification time (a hard link to it, as the next save's ``step_*.pt``, changes none) and a
+    hash of its last :data:`IDENTITY_TAIL_BYTES` (a copy of the same size, on a file system that
+    keeps coarse times)."""
+    with open(path, "rb") as file:
+        stat = os.fstat(file.fileno())
+        file.seek(max(0, stat.st_size - IDENTITY_TAIL_BYTES))
+        tail = hashlib.sha256(file.read()).hexdigest()
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, tail]
+
+
+def step_record(last: Path, step: int) -> bytes:
+    """The contents of ``checkpoints/last.step.json`` (:data:`LAST_STEP_RECORD`) for the
+    checkpoint ``last`` of ``step`` just written (:func:`dreamtext.checkpoint.save_checkpoint`
+    writes it after the checkpoint): its step, and the file it was written as."""
+    return json.dumps({"step": int(step), "file": _file_identity(last)}).encode("utf-8")
+
+
+def recorded_step(workspace: str | Path) -> int | None:
+    """The step of ``checkpoints/last.pt`` as its save recorded it (:func:`step_record`), read
+    without torch; ``None`` without a record, or where ``last.pt`` is not the file the record
+    was written for (written by a save killed before its record, copied over, truncated, or of
+    a dreamtext from before the record): then only reading the checkpoint tells
+    (:func:`dreamtext.checkpoint.resume_step`)."""
+    folder = Path(workspace) / CHECKPOINT_DIR
+    try:
+        record = json.loads((folder / LAST_STEP_RECORD).read_text(encoding="utf-8"))
+        step, identity = record["step"], _file_identity(folder / LAST_CHECKPOINT)
+    except (OSError, *UNREADABLE_JSON, TypeError, KeyError):
+        return None
+    if not isinstance(step, int) or record.get("file") != identity:
+        return None
+    return step
+
+
+def other_prompt_error(workspace: Path, previous: str, own_config: Path | None) -> DreamtextError:
+    """The line for a new run of a prompt in ``workspace``, which holds the run of ``previous``;
+    ``own_config``: the ``--config`` file that is that run's record
+    (:func:`dreamtext.inputs.own_config_file`), where the user typed that run again."""
+    if own_config is not None:
+        return DreamtextError(
+            f"--config {own_config} is the record of the run of '{previous}' in {workspace}, "
+            "where this command would train; pass --workspace NEW_FOLDER to train this "
+            "prompt with its settings beside it"
+        )
+    return DreamtextError(
+        f"{workspace} holds a run of '{previous}'; pass --resume to continue "
+        "it, or --workspace NEW_FOLDER for this prompt"
+    )
+
+
+def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -> DreamtextError:
+    """The line for a new run in ``workspace``, which holds a run of the same prompt with a
+    checkpoint of ``step`` (``None``: not known) and no ``--overwrite``: typing the training
+    command again must not wipe hours of training. ``own_config`` as for
+    :func:`other_prompt_error`."""
+    where = f" at step {step}" if step is not None else ""
+    if own_config is not None:
+        return DreamtextError(
+            f"--config {own_config} is the record of the run in {workspace}{where}, where "
+            "this command would train; pass --workspace NEW_FOLDER to train it again beside "
+            "it, or --resume to continue it"
+        )
+    return DreamtextError(
+        f"{workspace} already holds a run of this prompt{where}; pass --resume to continue "
+        "it, --overwrite to train it again from scratch, or --workspace NEW_FOLDER"
+    )
+
+
+def check_new_run_workspace(
+    workspace: Path, prompt: str, overwrite: bool, own_config: Path | None
+) -> None:
+    """A new text→3D run's workspace as :func:`dreamtext.processes.claim_workspace` and
+    :func:`dreamtext.trainer.check_workspace` check it, as far as they can be known without
+    torch: its place, a folder this process can write, no run another process runs there, not
+    the run of another prompt (:func:`other_prompt_error`), and without ``overwrite`` no
+    checkpoint of this prompt's run whose step its save recorded (:func:`recorded_step`,
+    :func:`held_run_error`). A workspace with a lock file (its holder may live: the claim asks)
+    is left to the command, as is a checkpoint without that record (the trainer reads it)."""
+    if os.path.lexists(workspace / LOCK_NAME):
+        return
+    check_own_folder(workspace)
+    check_writable(workspace, "pass --workspace a folder you can write")
+    check_not_running(workspace)
+    previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")
+    if previous is not None and not same_prompt(previous, prompt):
+        raise other_prompt_error(workspace, previous, own_config)
+    step = None if overwrite else recorded_step(workspace)
+    if step is not None:
+        raise held_run_error(workspace, step, own_config)

@@ -37,23 +37,23 @@ from dreamtext.cameras import (
     view_of,
     with_view,
 )
-from dreamtext.errors import DreamtextError
+
+# The objects' vocabulary lives in dreamtext.captions, which the CLI reads without torch; its
+# names are this module's too.
+from dreamtext.captions import (
+    COLORFUL,
+    COLOURS,
+    SHAPES,
+    Primitive,
+    captions,
+    captions_in_words,
+    find_primitive,
+    normalise_caption,
+    primitives,
+)
 
 log = logging.getLogger(__name__)
 
-SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder", "cone", "torus")
-
-# Linear RGB albedo of each colour name.
-COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.85, 0.15, 0.15),
-    "green": (0.15, 0.70, 0.20),
-    "blue": (0.15, 0.30, 0.85),
-    "yellow": (0.90, 0.80, 0.10),
-    "orange": (0.95, 0.50, 0.10),
-    "purple": (0.55, 0.20, 0.75),
-}
-
-COLORFUL = "colorful"
 # Face colours of "a colorful cube", keyed by (axis, sign of the outward normal).
 FACE_COLOURS: dict[tuple[int, int], str] = {
     (0, 1): "red",
@@ -79,60 +79,6 @@ DATASET_VERSION = 3
 DATASET_SUPERSAMPLE = 1
 # Dataset cameras are at most this many degrees apart in azimuth and in polar angle.
 DATASET_STEP_DEG = 10.0
-
-
-@dataclass(frozen=True)
-class Primitive:
-    """One caption's object: a shape and a colour name (or ``"colorful"`` for the cube)."""
-
-    shape: str
-    colour: str
-
-    @property
-    def caption(self) -> str:
-        """``"a red cube"``; the article follows English (``"an orange cone"``)."""
-        article = "an" if self.colour[0] in "aeiou" else "a"
-        return f"{article} {self.colour} {self.shape}"
-
-
-def primitives() -> list[Primitive]:
-    """Every object the prior knows: each colour × each shape, then the colorful cube."""
-    objects = [Primitive(shape, colour) for colour in COLOURS for shape in SHAPES]
-    return [*objects, Primitive("cube", COLORFUL)]
-
-
-def captions() -> list[str]:
-    """The captions of :func:`primitives`, in the same order."""
-    return [p.caption for p in primitives()]
-
-
-def captions_in_words() -> str:
-    """The captions of :func:`captions` in one short phrase, for a message that cannot list all
-    of them: ``"a COLOUR SHAPE" (COLOUR: red, …; SHAPE: cube, …) or "a colorful cube"``."""
-    return (
-        f'"a COLOUR SHAPE" (COLOUR: {", ".join(COLOURS)}; SHAPE: {", ".join(SHAPES)}) or '
-        f'"a {COLORFUL} cube"'
-    )
-
-
-def normalise_caption(prompt: str) -> str:
-    """Lower case, single spaces, no final full stop, the right article ("a orange" → "an")."""
-    words = prompt.strip().rstrip(".").lower().split()
-    if len(words) == 3 and words[0] in ("a", "an"):
-        words[0] = "an" if words[1][0] in "aeiou" else "a"
-    return " ".join(words)
-
-
-def find_primitive(prompt: str) -> Primitive:
-    """The primitive a caption names; a :class:`DreamtextError` listing the captions otherwise."""
-    wanted = normalise_caption(prompt)
-    for primitive in primitives():
-        if primitive.caption == wanted:
-            return primitive
-    raise DreamtextError(
-        f'the built-in prior does not know "{prompt}"; use one of its captions: '
-        f"{captions_in_words()}"
-    )
 
 
 # ---------------------------------------------------------------------------------------------

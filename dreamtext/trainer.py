@@ -94,6 +94,7 @@ from dreamtext.processes import claim_workspace, lock_folder
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
 from dreamtext.renderer import VolumeRenderer
+from dreamtext.runfiles import held_run_error, other_prompt_error
 from dreamtext.runstatus import (
     check_not_running,
     peak_gpu_mib,
@@ -108,6 +109,7 @@ SHADINGS = ("albedo", "textureless", "lambertian")
 # run in the workspace of an earlier one removes them first.
 EARLIER_RUN_FILES = (
     "checkpoints/*.pt",
+    "checkpoints/last.step.json",
     "previews/*.png",
     *(f"mesh/{pattern}" for pattern in MESH_OUTPUTS),
     "video/turntable.*",
@@ -193,33 +195,13 @@ def check_workspace(
             raise no_checkpoint_error(workspace)
         return
     if previous is not None and not same_prompt(previous, prompt):
-        if own_config is not None:
-            raise DreamtextError(
-                f"--config {own_config} is the record of the run of '{previous}' in {workspace}, "
-                "where this command would train; pass --workspace NEW_FOLDER to train this "
-                "prompt with its settings beside it"
-            )
-        raise DreamtextError(
-            f"{workspace} holds a run of '{previous}'; pass --resume to continue "
-            "it, or --workspace NEW_FOLDER for this prompt"
-        )
+        raise other_prompt_error(workspace, previous, own_config)
     # Step files without last.pt are a run a resume goes on from too: a new run deleted them.
     if can_resume(workspace) and not overwrite:
         # The checkpoint's step, where --resume continues (its newest whole step file's where
         # last.pt is missing): status.json's can be later (a run killed without warning logged
         # steps after its last checkpoint).
-        step = resume_step(workspace)
-        where = f" at step {step}" if step is not None else ""
-        if own_config is not None:
-            raise DreamtextError(
-                f"--config {own_config} is the record of the run in {workspace}{where}, where "
-                "this command would train; pass --workspace NEW_FOLDER to train it again beside "
-                "it, or --resume to continue it"
-            )
-        raise DreamtextError(
-            f"{workspace} already holds a run of this prompt{where}; pass --resume to continue "
-            "it, --overwrite to train it again from scratch, or --workspace NEW_FOLDER"
-        )
+        raise held_run_error(workspace, resume_step(workspace), own_config)
 
 
 # Bytes every ray of a training render holds at once, however its samples are chunked: its origin

@@ -682,8 +682,12 @@ def test_a_failing_prompt_is_recorded_and_the_others_finish_then_skip(
     tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch
 ):
     """The line "a cat", which the built-in prior refuses only as its run starts: the batch's
-    up-front check of the prompts is left out, as for a prompt a Stable Diffusion model refuses."""
+    up-front checks of the prompts (the CLI's before torch, run_batch's) are left out, as for a
+    prompt a Stable Diffusion model refuses."""
+    import dreamtext.captions
+
     monkeypatch.setattr(dreamtext.batch, "check_builtin_prior", lambda *args: None)
+    monkeypatch.setattr(dreamtext.captions, "check_builtin_prompt_lines", lambda *args: None)
     path = prompts_file(tmp_path, "a red cube", "a cat", "a blue sphere")
     root = tmp_path / "root"
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
@@ -2696,8 +2700,10 @@ def test_the_preset_and_config_files_are_read_once_per_batch_not_once_per_prompt
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", tmp_path / "root"]
     assert main(list(map(str, [*args, "--no-export"]))) == 0
     # once for the runs; the CLI reads the --config files' stage sections once too, and before
-    # torch is imported their stage sections and settings once each (early_batch)
-    assert Counter(Path(p).name for p in read) == {"builtin-shapes.yaml": 1, "tiny.yaml": 4}
+    # torch is imported their stage sections and settings once each (early_batch); the model
+    # and negative prompt, for the built-in prior's captions, once before torch is imported and
+    # once by run_batch
+    assert Counter(Path(p).name for p in read) == {"builtin-shapes.yaml": 1, "tiny.yaml": 6}
 
 
 def test_the_configs_resolved_once_are_each_lines_own(tmp_path, tiny_yaml):

@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamtext.checkpoint import checkpoint_step, load_checkpoint, save_checkpoint
+from dreamtext.checkpoint import (
+    RUN_KEYS,
+    checkpoint_step,
+    load_checkpoint,
+    resume_step,
+    save_checkpoint,
+)
 from dreamtext.errors import DreamtextError
+from dreamtext.runfiles import recorded_step
 
 
 @contextlib.contextmanager
@@ -41,8 +48,9 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_an_os_error(tmp_path: Pat
         save_checkpoint(tmp_path, a_state(10))  # 400 kB
     assert error.value.errno in (errno.EFBIG, errno.ENOSPC)
     folder = tmp_path / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "last.step.json"]
     assert load_checkpoint(folder / "last.pt")["step"] == 5  # the last good one stays
+    assert recorded_step(tmp_path) == 5
 
 
 def test_a_write_that_does_not_fit_names_its_file(tmp_path: Path):
@@ -69,7 +77,7 @@ def test_a_checkpoint_removes_the_temp_files_of_writes_that_were_killed(tmp_path
         Path(path).write_bytes(b"half a checkpoint")
     (folder / ".notes.tmp").write_bytes(b"not ours")
     save_checkpoint(tmp_path, a_state(10))
-    assert sorted(p.name for p in folder.iterdir()) == [".notes.tmp", "last.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == [".notes.tmp", "last.pt", "last.step.json"]
 
 
 def steps_on_disk(folder: Path) -> dict[str, int]:
@@ -287,3 +295,21 @@ def test_a_descriptor_checkpoint_with_a_changed_byte_is_unreadable(tmp_path: Pat
     flip_a_tensor_byte(path)
     with pytest.raises(UnreadableCheckpoint, match="its checksum does not match"):
         load_checkpoint(path)
+
+
+def test_a_save_records_the_step_of_last_pt_for_as_long_as_it_is_that_file(tmp_path: Path):
+    """checkpoints/last.step.json: the step the CLI names without torch (recorded_step), the
+    same as resume_step reads from the file; a file written over since has no recorded step."""
+    folder = tmp_path / "checkpoints"
+
+    def run_state(step: int) -> dict:
+        return {key: {} for key in RUN_KEYS} | a_state(step)
+
+    for step in (10, 20):
+        save_checkpoint(tmp_path, run_state(step))
+        assert recorded_step(tmp_path) == resume_step(tmp_path) == step
+    shutil.copyfile(folder / "step_000010.pt", folder / "last.pt")  # a rollback by hand
+    assert recorded_step(tmp_path) is None
+    assert resume_step(tmp_path) == 10
+    save_checkpoint(tmp_path, run_state(15))
+    assert recorded_step(tmp_path) == resume_step(tmp_path) == 15

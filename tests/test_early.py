@@ -647,3 +647,164 @@ def test_describe_into_a_locked_workspace_is_left_to_the_command(other_runs_fold
     done = run_without_torch(other_runs_folder, ["describe", "mug.png", "--workspace", "text"])
     assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {OTHER_RUNS[0][1]}\n")
     assert "torch" in done.stdout
+
+
+SEARCH_MISTAKES = [
+    (["--nouns", "nouns.txt", "--workspace", "text"], OTHER_RUNS[0][1]),
+    (["--adjectives", "nouns.txt", "--workspace", "text"], OTHER_RUNS[0][1]),
+    (
+        ["--nouns", "missing.txt"],
+        "cannot read word list missing.txt (No such file or directory); pass --nouns with the "
+        "word list's path",
+    ),
+    (
+        ["--adjectives", "empty.txt"],
+        "word list empty.txt is empty; give a file with one word per line",
+    ),
+    (["--max-words", "-1"], "--max-words must be 0 or more"),
+    (["--noun", " "], "--noun is empty; give one such as 'mug', or leave it out to search"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"), SEARCH_MISTAKES, ids=[" ".join(flags) for flags, _ in SEARCH_MISTAKES]
+)
+def test_describe_with_search_flags_is_refused_before_torch_is_imported(
+    other_runs_folder, flags, line
+):
+    """describe's check_options, then its workspace check, which describe gave after the torch
+    import (14 s, 474 MB) when a word list was named or a search flag was unusable."""
+    (other_runs_folder / "nouns.txt").write_text("mug\ncup\n")
+    (other_runs_folder / "empty.txt").write_text("# nothing\n\n")
+    before = files_under(other_runs_folder)
+    done = run_without_torch(other_runs_folder, ["describe", "mug.png", *flags])
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+    assert files_under(other_runs_folder) == before
+
+
+def unknown_caption(prompt: str) -> str:
+    return (
+        f'the built-in prior does not know "{prompt}"; use one of its captions: "a COLOUR SHAPE" '
+        "(COLOUR: red, green, blue, yellow, orange, purple; SHAPE: cube, sphere, cylinder, cone, "
+        'torus) or "a colorful cube"'
+    )
+
+
+CAPTION_MISTAKES = [
+    (["text", "a cat", "--model", "builtin:shapes"], unknown_caption("a cat")),
+    (
+        ["text", "a red cube", "--preset", "builtin-shapes", "--negative", "a dog"],
+        unknown_caption("a dog"),
+    ),
+    (["text", "a cat", "--config", "shapes.yaml"], unknown_caption("a cat")),
+    (
+        ["batch", "prompts.txt", "--model", "builtin:shapes"],
+        'prompts.txt: builtin:shapes does not know the prompts of lines 1 ("a cat"), 2 ("a dog"); '
+        'it knows "a COLOUR SHAPE" (COLOUR: red, green, blue, yellow, orange, purple; SHAPE: '
+        'cube, sphere, cylinder, cone, torus) or "a colorful cube": change those lines, or pass '
+        "--model with a Stable Diffusion model (a diffusers hub id or folder)",
+    ),
+    (
+        ["batch", "cubes.txt", "--config", "shapes.yaml", "--negative", "a dog"],
+        f"--negative: {unknown_caption('a dog')}",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"), CAPTION_MISTAKES, ids=[" ".join(argv) for argv, _ in CAPTION_MISTAKES]
+)
+def test_a_prompt_the_builtin_prior_cannot_draw_is_refused_before_torch_is_imported(
+    mistakes_folder, argv, line
+):
+    """The prior's captions (dreamtext.captions), which text asked once the prior had loaded
+    (18 s, 704 MB) and batch once torch was imported (14 s, 455 MB)."""
+    (mistakes_folder / "shapes.yaml").write_text("guidance: {model: 'builtin:shapes'}\n")
+    (mistakes_folder / "cubes.txt").write_text("a red cube\n# a comment\nA  Blue Cube.\n")
+    done = run_without_torch(mistakes_folder, argv)
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+    assert not (mistakes_folder / "workspace").exists()
+
+
+def test_the_builtin_priors_captions_are_those_it_renders():
+    """One vocabulary: the torch-free module's names are the renderer's and the prior's."""
+    from dreamtext import captions, prior, shapes
+
+    assert shapes.find_primitive is captions.find_primitive
+    assert (shapes.SHAPES, shapes.COLOURS) == (captions.SHAPES, captions.COLOURS)
+    assert prior.BUILTIN_MODELS is captions.BUILTIN_MODELS
+
+
+@pytest.fixture
+def checkpointed_run(tmp_path):
+    """``run/``: a run of "a cube" whose checkpoint of step 7 was saved as the trainer saves one
+    (dreamtext.checkpoint.save_checkpoint, which records its step beside it)."""
+    from dreamtext.checkpoint import RUN_KEYS, save_checkpoint
+
+    run = a_run_of(tmp_path / "run", state="interrupted")
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "workspace": "run"}))
+    save_checkpoint(run, {key: {} for key in RUN_KEYS} | {"step": 7})
+    return run
+
+
+HELD_RUNS = [
+    (
+        ["text", "a cube", "--workspace", "run"],
+        "run already holds a run of this prompt at step 7; pass --resume to continue it, "
+        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER",
+    ),
+    (
+        ["text", "a cube", "--config", "run/config.json"],
+        "--config run/config.json is the record of the run in run at step 7, where this command "
+        "would train; pass --workspace NEW_FOLDER to train it again beside it, or --resume to "
+        "continue it",
+    ),
+    (
+        ["text", "a dog", "--workspace", "run", "--overwrite"],
+        "run holds a run of 'a cube'; pass --resume to continue it, or --workspace NEW_FOLDER for "
+        "this prompt",
+    ),
+    (
+        ["text", "a dog", "--config", "run/config.json"],
+        "--config run/config.json is the record of the run of 'a cube' in run, where this command "
+        "would train; pass --workspace NEW_FOLDER to train this prompt with its settings beside it",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "line"), HELD_RUNS, ids=[" ".join(argv) for argv, _ in HELD_RUNS])
+def test_a_new_run_into_a_workspace_holding_a_run_is_refused_before_torch_is_imported(
+    checkpointed_run, argv, line
+):
+    """The trainer's check_workspace lines, which came after the torch import (10-13 s,
+    ~455 MB); the step is the one the checkpoint's save recorded."""
+    from dreamtext.checkpoint import resume_step
+
+    before = files_under(checkpointed_run)
+    done = run_without_torch(checkpointed_run.parent, argv)
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+    assert files_under(checkpointed_run) == before
+    assert resume_step(checkpointed_run) == 7
+
+
+def test_a_checkpoint_changed_since_its_step_was_recorded_is_left_to_the_command(
+    checkpointed_run,
+):
+    """last.pt written over (here with bytes that are no checkpoint): the record is not of it,
+    so the trainer reads it, and names no step."""
+    from dreamtext.runfiles import recorded_step
+
+    assert recorded_step(checkpointed_run) == 7
+    (checkpointed_run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert recorded_step(checkpointed_run) is None
+    done = run_without_torch(checkpointed_run.parent, ["text", "a cube", "--workspace", "run"])
+    assert (done.returncode, done.stderr) == (
+        2,
+        "dreamtext: error: run already holds a run of this prompt; pass --resume to continue it, "
+        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER\n",
+    )
+    assert "torch" in done.stdout
