@@ -156,9 +156,9 @@ def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     reach = float(np.linalg.norm(triangles - centres[:, None], axis=2).max())
     nearest_vertex = cKDTree(mesh.vertices).query(points)[0]
     candidates = cKDTree(centres).query_ball_point(points, nearest_vertex + reach + 1e-12)
-    counts = np.array([len(c) for c in candidates])
+    counts = np.array([len(c) for c in candidates], dtype=np.int64)
     point = np.repeat(np.arange(len(points)), counts)
-    face = np.concatenate(candidates).astype(np.int64)
+    face = np.concatenate([np.zeros(0, np.int64), *candidates]).astype(np.int64)
     closest = closest_on_triangles(points[point], triangles[face])
     distance = np.full(len(points), np.inf)
     np.minimum.at(distance, point, np.linalg.norm(closest - points[point], axis=1))
