@@ -581,27 +581,29 @@ def _relax(
     total = np.zeros_like(vertices)
     np.add.at(total, start, vertices[end])
     count = np.bincount(start, minlength=len(vertices))
+    relaxed = vertices.copy()
+    if folded is None:
+        relaxed[moving] = total[moving] / count[moving, None]
+        return relaxed
     shortest = np.full(len(vertices), np.inf)
     np.minimum.at(shortest, start, np.linalg.norm(vertices[end] - vertices[start], axis=1))
-    corners = vertices[faces]
+    corners = vertices[faces[~folded]]
     normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-300)
     spread = np.zeros((len(vertices), 3, 3))
     holding = np.zeros(len(vertices))
-    kept = np.ones(len(faces), dtype=bool) if folded is None else ~folded
-    outer = np.einsum("fi,fj->fij", normals[kept], normals[kept])
+    outer = np.einsum("fi,fj->fij", normals, normals)
     for k in range(3):
-        np.add.at(spread, faces[kept, k], outer)
-        np.add.at(holding, faces[kept, k], 1.0)
-    relaxed = vertices.copy()
+        np.add.at(spread, faces[~folded, k], outer)
+        np.add.at(holding, faces[~folded, k], 1.0)
     for v in moving:
         move = total[v] / count[v] - vertices[v]
-        if folded is not None and holding[v] > 0:
+        if holding[v] > 0:
             share, directions = np.linalg.eigh(spread[v] / holding[v])
             held = directions[:, share > HELD_SHARE]
             move -= held @ (held.T @ move)
         length = np.linalg.norm(move)
-        if folded is not None and length > MOVE_CAP * shortest[v]:
+        if length > MOVE_CAP * shortest[v]:
             move *= MOVE_CAP * shortest[v] / length
         relaxed[v] = vertices[v] + move
     return relaxed
