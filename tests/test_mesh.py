@@ -338,6 +338,23 @@ def test_a_vertex_pushed_past_its_neighbour_is_unfolded_and_the_sphere_kept():
     assert unfolded.volume == pytest.approx(sphere.volume, rel=1e-3)
 
 
+def test_a_pleat_on_a_box_side_is_unfolded_and_the_box_corners_kept():
+    box = trimesh.creation.box()  # 12 faces, sides at ±0.5
+    top = np.isclose(box.face_normals[:, 2], 1.0)
+    ring = [i for i in range(8) if np.isclose(box.vertices[i, 2], 0.5)]
+    ring.sort(key=lambda i: math.atan2(box.vertices[i, 1], box.vertices[i, 0]))
+    # the top side as a fan of four faces round a centre vertex pushed out past its edge x = 0.5
+    vertices = np.concatenate([box.vertices, [[1.5, 0.0, 0.5]]])
+    fan = [[8, ring[k], ring[(k + 1) % 4]] for k in range(4)]
+    pleated = trimesh.Trimesh(vertices, np.concatenate([box.faces[~top], fan]), process=False)
+    assert folded_faces(pleated).sum() == 1 and pleated.volume == pytest.approx(1.0)
+    unfolded = unfold(pleated)
+    assert not folded_faces(unfolded).any() and is_closed_manifold(unfolded)
+    assert unfolded.volume == pytest.approx(1.0, rel=0.01)  # relaxing the corners made it 0.69
+    np.testing.assert_allclose(unfolded.vertices[:8], box.vertices, atol=1e-12)
+    assert unfolded.vertices[8, 2] == pytest.approx(0.5)  # moved back within the top side
+
+
 def test_the_mesh_solid_is_the_field_occupancy(solid_export):
     _, extraction, small = solid_export
     stats = mesh_stats(small, extraction.occupancy, 1.0)
