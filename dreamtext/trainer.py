@@ -809,9 +809,14 @@ def _train(run: Run, resume: bool) -> Path:
             if stop["stop"]:
                 path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 raise TrainingInterrupted(run.step, path)
-    save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
-    with out_of_memory_saves_a_checkpoint(run):
-        save_preview(run, workspace / "previews" / "final.png")
+    checkpoint = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
+    try:
+        # The final previews render the whole field after the loop's signal handling has ended
+        # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.
+        with sigterm_interrupts(), out_of_memory_saves_a_checkpoint(run):
+            save_preview(run, workspace / "previews" / "final.png")
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run.step, checkpoint) from None
     if run.guidance.skipped_steps:
         tqdm.write(
             f"skipped {run.guidance.skipped_steps} steps with non-finite guidance", file=sys.stderr

@@ -876,6 +876,33 @@ def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
     assert (status["state"], status["phase"]) == ("interrupted", "export")
 
 
+def test_ctrl_c_in_the_final_previews_says_the_run_is_saved_and_how_to_go_on(
+    tmp_path, monkeypatch, capsys
+):
+    """The final previews render after the training loop's signal handling has ended (minutes
+    on a CPU for a fuzzy field); a stop there said only 'with --resume if the run has a
+    checkpoint', of a run trained to its end and saved."""
+    from dreamtext import trainer
+
+    save_preview = trainer.save_preview
+
+    def interrupted_final_preview(run, path):
+        if path.name == "final.png":
+            raise KeyboardInterrupt
+        save_preview(run, path)
+
+    monkeypatch.setattr(trainer, "save_preview", interrupted_final_preview)
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--no-export"]
+    code, err = run_main(args, capsys)
+    assert code == 130
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dreamtext: interrupted after step 2; saved ")
+    assert last.endswith("checkpoints/last.pt; continue with --resume")
+    status = json.loads((tmp_path / "workspace" / "a_red_cube" / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("interrupted", 2)
+
+
 def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder):
     """An export while the run trains is allowed (a look at it so far); it said nothing of the
     run's own export replacing its files, nor which step the mesh is of."""
