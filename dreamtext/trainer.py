@@ -90,7 +90,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 )
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace, lock_folder
-from dreamtext.progress import bar_options, tqdm
+from dreamtext.progress import bar_label, bar_options, tqdm
 from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runstatus import (
@@ -769,7 +769,7 @@ def _train(run: Run, resume: bool) -> Path:
         tqdm(
             total=cfg.iters,
             initial=run.step,
-            desc=f"text→3D {cfg.prompt[:40]!r}",
+            desc=f"text→3D {bar_label(cfg.prompt)!r}",
             unit="it",
             dynamic_ncols=True,
             **bar_options(),
