@@ -1174,6 +1174,28 @@ def test_export_given_the_run_as_a_positional_says_to_pass_it_with_workspace(cap
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["text", "a", "red", "cube", "--model", "builtin:shapes"],
+            "dreamtext text: unrecognized arguments: red cube; quote the prompt when it has"
+            ' spaces: "a red cube" ',
+        ),
+        (
+            ["describe", "my", "mug.png", "--bogus"],
+            "dreamtext describe: unrecognized arguments: mug.png --bogus; quote the image when it"
+            ' has spaces: "my mug.png" ',
+        ),
+    ],
+)
+def test_words_left_over_from_an_unquoted_prompt_or_path_say_to_quote_it(capsys, args, line):
+    """`dreamtext text a red cube` said only "unrecognized arguments: red cube"; a newcomer
+    did not see that the shell had split the prompt."""
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, line, f"(see dreamtext {args[0]} --help)")
+
+
 @pytest.mark.parametrize("under", [False, True])
 def test_a_workspace_that_cannot_be_a_folder_is_one_line_before_the_prior_loads(
     tmp_path, monkeypatch, capsys, under
