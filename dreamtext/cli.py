@@ -946,7 +946,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="find the CLIP sentence that describes an image",
         description="DreamText sentence search: 'An image of <quantifier> "
         "<words> <noun>', grown word by word while CLIP similarity rises. "
-        "Prints the sentence; writes W/descriptor/sentence.json.",
+        "Prints the sentence; writes descriptor/sentence.json (with a copy of the image, "
+        "descriptor/source.<ext>) and status.json in the workspace.",
     )
     describe.add_argument("image", help="PNG, JPEG or WebP image of one object")
     describe.quoted_positional = "image"  # type: ignore[attr-defined]

@@ -47,6 +47,15 @@ def assert_one_line_user_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def test_describe_help_names_the_files_it_writes_in_the_workspace():
+    """It said "writes W/descriptor/sentence.json", W being the docstrings' name of a run folder."""
+    describe = build_parser()._subparsers._group_actions[0].choices["describe"]
+    text = " ".join(describe.format_help().split())
+    assert "W/" not in text
+    assert "writes descriptor/sentence.json (with a copy of the image" in text
+    assert "status.json in the workspace" in text
+
+
 def test_help_lists_every_subcommand_and_the_text_flags(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
