@@ -952,6 +952,20 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder
     assert_user_error(code, err, f"process {starting.pid} is training it", "export once it has")
 
 
+def test_export_of_an_image_run_before_text_to_3d_says_to_go_on_with_image(tmp_path, capsys):
+    """`dreamtext export` of describe's folder (or an image run stopped in its descriptor) said
+    "train first with `dreamtext text PROMPT`", which starts another run beside it."""
+    workspace = tmp_path / "mug"
+    (workspace / "descriptor").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(workspace / "descriptor" / "source.png")
+    code, err = run_main(["export", "--workspace", str(workspace), "--no-video"], capsys)
+    assert_user_error(
+        code, err, "is an image→3D run that has not started text→3D", "`dreamtext image IMAGE`"
+    )
+    assert "dreamtext text PROMPT" not in err
+    assert sorted(p.name for p in workspace.rglob("*")) == ["descriptor", "source.png"]
+
+
 @pytest.mark.parametrize("command", ["text", "view"])
 def test_a_path_name_too_long_is_one_line(tmp_path, capsys, command):
     """A folder name over 255 bytes (--workspace, --static) was an OSError traceback (ENAMETOOLONG),
