@@ -73,6 +73,13 @@ class _OneLineParser(argparse.ArgumentParser):
             flag = getattr(owner, "positional_flag", None)
             if stray is not None and flag is not None:
                 message += f"; name the folder with {flag} {stray}"
+            # `dreamtext text a red cube`: the shell gave the prompt (or a path with spaces) as
+            # several words; the first one took the positional, the rest are left over.
+            positional = getattr(owner, "quoted_positional", None)
+            if stray is not None and positional is not None and getattr(args, positional, None):
+                words = [getattr(args, positional)]
+                words += [word for word in unknown if not word.startswith("-")]
+                message += f'; quote the {positional} when it has spaces: "{" ".join(words)}"'
             owner.error(message)
         return args
 
@@ -958,6 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
         "video/ in the workspace, and prints its path.",
     )
     text.add_argument("prompt", help='what to make, e.g. "a castle"')
+    text.quoted_positional = "prompt"  # type: ignore[attr-defined]
     add_text_to_3d_arguments(text)
     text.add_argument(
         "--resume",
@@ -1005,9 +1013,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="find the CLIP sentence that describes an image",
         description="DreamText sentence search: 'An image of <quantifier> "
         "<words> <noun>', grown word by word while CLIP similarity rises. "
-        "Prints the sentence; writes W/descriptor/sentence.json.",
+        "Prints the sentence; writes descriptor/sentence.json (with a copy of the image, "
+        "descriptor/source.<ext>) and status.json in the workspace.",
     )
     describe.add_argument("image", help="PNG, JPEG or WebP image of one object")
+    describe.quoted_positional = "image"  # type: ignore[attr-defined]
     describe.add_argument("--workspace", help="output folder (default: workspace/<image name>)")
     describe.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
     add_describe_arguments(describe)
@@ -1025,6 +1035,7 @@ def build_parser() -> argparse.ArgumentParser:
         "embedding); a smaller one keeps it as it is.",
     )
     image.add_argument("image", help="PNG, JPEG or WebP image of one object")
+    image.quoted_positional = "image"  # type: ignore[attr-defined]
     add_text_to_3d_arguments(
         image,
         workspace_help="output folder (default: workspace/<image name>, as describe's)",

@@ -82,6 +82,7 @@ from dreamtext.processes import (
 )
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.renderer import RenderConfig
+from dreamtext.runfiles import sentence_path
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +351,13 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
             raise DreamtextError(
                 f"{workspace} holds {len(runs)} run{'s' if len(runs) > 1 else ''}, not one: "
                 f"pass --workspace one run's folder, such as {newest} (the newest)"
+            )
+        if sentence_path(workspace).parent.is_dir():  # descriptor/: describe has run in it
+            # `describe`'s folder, or an image run stopped before text→3D: "dreamtext text
+            # PROMPT" would start another run beside it instead of going on with this one.
+            raise DreamtextError(
+                f"no checkpoint at {last_checkpoint(workspace)}: {workspace} is an image→3D run "
+                "that has not started text→3D; go on with `dreamtext image IMAGE` (its image)"
             )
         raise DreamtextError(
             f"no checkpoint at {last_checkpoint(workspace)}: train first with "

@@ -47,6 +47,12 @@ def bar_options(stream: TextIO | None = None) -> dict[str, float]:
     return {"mininterval": seconds, "maxinterval": max(seconds, 10.0)}
 
 
+def bar_label(text: str, width: int = 40) -> str:
+    """``text`` for a bar's label, at most ``width`` characters: a longer one ends in ``…``, so
+    that a cut prompt does not read as a word of its own ('firefight' for 'firefighter')."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 # In a notebook tqdm.auto's bar is a widget, which draws itself.
 _TEXT_BARS = auto_tqdm.display is std_tqdm.display
 

@@ -91,7 +91,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 )
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace, lock_folder
-from dreamtext.progress import bar_options, tqdm
+from dreamtext.progress import bar_label, bar_options, tqdm
 from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runfiles import held_run_error, other_prompt_error
@@ -752,7 +752,7 @@ def _train(run: Run, resume: bool) -> Path:
         tqdm(
             total=cfg.iters,
             initial=run.step,
-            desc=f"text→3D {cfg.prompt[:40]!r}",
+            desc=f"text→3D {bar_label(cfg.prompt)!r}",
             unit="it",
             dynamic_ncols=True,
             **bar_options(),
@@ -792,9 +792,14 @@ def _train(run: Run, resume: bool) -> Path:
             if stop["stop"]:
                 path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 raise TrainingInterrupted(run.step, path)
-    save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
-    with out_of_memory_saves_a_checkpoint(run):
-        save_preview(run, workspace / "previews" / "final.png")
+    checkpoint = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
+    try:
+        # The final previews render the whole field after the loop's signal handling has ended
+        # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.
+        with sigterm_interrupts(), out_of_memory_saves_a_checkpoint(run):
+            save_preview(run, workspace / "previews" / "final.png")
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run.step, checkpoint) from None
     if run.guidance.skipped_steps:
         tqdm.write(
             f"skipped {run.guidance.skipped_steps} steps with non-finite guidance", file=sys.stderr

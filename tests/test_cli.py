@@ -47,6 +47,15 @@ def assert_one_line_user_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def test_describe_help_names_the_files_it_writes_in_the_workspace():
+    """It said "writes W/descriptor/sentence.json", W being the docstrings' name of a run folder."""
+    describe = build_parser()._subparsers._group_actions[0].choices["describe"]
+    text = " ".join(describe.format_help().split())
+    assert "W/" not in text
+    assert "writes descriptor/sentence.json (with a copy of the image" in text
+    assert "status.json in the workspace" in text
+
+
 def test_help_lists_every_subcommand_and_the_text_flags(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
@@ -876,6 +885,33 @@ def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
     assert (status["state"], status["phase"]) == ("interrupted", "export")
 
 
+def test_ctrl_c_in_the_final_previews_says_the_run_is_saved_and_how_to_go_on(
+    tmp_path, monkeypatch, capsys
+):
+    """The final previews render after the training loop's signal handling has ended (minutes
+    on a CPU for a fuzzy field); a stop there said only 'with --resume if the run has a
+    checkpoint', of a run trained to its end and saved."""
+    from dreamtext import trainer
+
+    save_preview = trainer.save_preview
+
+    def interrupted_final_preview(run, path):
+        if path.name == "final.png":
+            raise KeyboardInterrupt
+        save_preview(run, path)
+
+    monkeypatch.setattr(trainer, "save_preview", interrupted_final_preview)
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--no-export"]
+    code, err = run_main(args, capsys)
+    assert code == 130
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dreamtext: interrupted after step 2; saved ")
+    assert last.endswith("checkpoints/last.pt; continue with --resume")
+    status = json.loads((tmp_path / "workspace" / "a_red_cube" / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("interrupted", 2)
+
+
 def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder):
     """An export while the run trains is allowed (a look at it so far); it said nothing of the
     run's own export replacing its files, nor which step the mesh is of."""
@@ -914,6 +950,20 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder
     (workspace / "checkpoints" / "last.pt").rename(tmp_path / "last.pt")
     code, err = run_main([*args, "--no-video"], capsys)
     assert_user_error(code, err, f"process {starting.pid} is training it", "export once it has")
+
+
+def test_export_of_an_image_run_before_text_to_3d_says_to_go_on_with_image(tmp_path, capsys):
+    """`dreamtext export` of describe's folder (or an image run stopped in its descriptor) said
+    "train first with `dreamtext text PROMPT`", which starts another run beside it."""
+    workspace = tmp_path / "mug"
+    (workspace / "descriptor").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(workspace / "descriptor" / "source.png")
+    code, err = run_main(["export", "--workspace", str(workspace), "--no-video"], capsys)
+    assert_user_error(
+        code, err, "is an image→3D run that has not started text→3D", "`dreamtext image IMAGE`"
+    )
+    assert "dreamtext text PROMPT" not in err
+    assert sorted(p.name for p in workspace.rglob("*")) == ["descriptor", "source.png"]
 
 
 @pytest.mark.parametrize("command", ["text", "view"])
@@ -1160,6 +1210,28 @@ def test_an_export_flag_is_named_after_its_option():
     for row in EXPORT_FLAGS:  # argparse stores each flag back under its option's name
         [action] = [a for a in export._actions if row.flag in a.option_strings]
         assert action.dest == row.option
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["text", "a", "red", "cube", "--model", "builtin:shapes"],
+            "dreamtext text: unrecognized arguments: red cube; quote the prompt when it has"
+            ' spaces: "a red cube" ',
+        ),
+        (
+            ["describe", "my", "mug.png", "--bogus"],
+            "dreamtext describe: unrecognized arguments: mug.png --bogus; quote the image when it"
+            ' has spaces: "my mug.png" ',
+        ),
+    ],
+)
+def test_words_left_over_from_an_unquoted_prompt_or_path_say_to_quote_it(capsys, args, line):
+    """`dreamtext text a red cube` said only "unrecognized arguments: red cube"; a newcomer
+    did not see that the shell had split the prompt."""
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, line, f"(see dreamtext {args[0]} --help)")
 
 
 @pytest.mark.parametrize("under", [False, True])

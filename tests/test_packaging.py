@@ -228,6 +228,21 @@ def test_every_dreamtext_command_in_the_readme_parses():
             pytest.fail(f"README command refused by the CLI ({error.code}): {command}")
 
 
+def test_the_readme_recipe_makes_the_image_its_commands_take(tmp_path: Path):
+    """The offline recipe's `describe mug.png` and `image mug.png` named an image no checkout
+    holds: the recipe's own `python -c` line writes one that the commands read."""
+    from dreamtext.images import load_image
+
+    assert "dreamtext describe mug.png --clip tiny-clip" in _readme_commands("dreamtext describe")
+    (line,) = [line for line in _readme_commands("python -c ") if "mug.png" in line.split("#")[0]]
+    code = line.split("python -c ", 1)[1].strip().strip('"')
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_image(tmp_path / "mug.png").size == (128, 128)
+
+
 def test_the_readme_command_that_writes_the_tiny_models_writes_loadable_models(tmp_path: Path):
     """The README's offline describe/image recipe: its `PYTHONPATH=tests python -c ...` line,
     run as written from a checkout's root, writes a diffusers pipeline and a CLIP folder."""

@@ -7,12 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from dreamtext.progress import FILE_SECONDS, PROGRESS_SECONDS, bar_options
+from dreamtext.progress import FILE_SECONDS, PROGRESS_SECONDS, bar_label, bar_options
 
 
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+def test_a_bar_label_cut_to_forty_characters_ends_in_an_ellipsis():
+    """An image run's bar read "text→3D 'An image of a few <descriptor> firefight'": a prompt
+    cut at 40 characters looked whole."""
+    sentence = "An image of a few <descriptor> firefighter"
+    assert bar_label(sentence) == "An image of a few <descriptor> firefigh…"
+    assert len(bar_label(sentence)) == 40
+    assert bar_label("a red cube") == "a red cube"
+    assert bar_label(sentence[:40]) == sentence[:40]
 
 
 def test_a_bar_on_a_terminal_keeps_tqdms_own_redraws(monkeypatch):
