@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dreamtext.flagtypes import positive, within
+from dreamtext.flagtypes import within
 
 
 def _at_least(low: int, what: str) -> Callable[[str], int]:
@@ -48,8 +48,17 @@ def _face_count(text: str) -> int:
 
 
 def _threshold(text: str) -> float | str:
-    """``--threshold``: a positive density, or ``auto`` for the renders' surface."""
-    return text if text == "auto" else positive(float, "a positive number")(text)
+    """``--threshold``: a positive density, or ``auto`` for the renders' surface (the refusal
+    names both: it once said only "a positive number")."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got '{text}'")
+    return value
 
 
 def _formats(text: str) -> tuple[str, ...]:

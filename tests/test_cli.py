@@ -306,6 +306,12 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--t-range", "nan", "0.5"], ["--t-range", "from 0 to 1"]),
         (["text", "a castle", "--t-range", "0.2", "1.5"], ["--t-range", "from 0 to 1"]),
         (["export", "--workspace", "workspace/run", "--threshold", "nan"], ["--threshold"]),
+        # Said "expected a positive number" only, though `auto` (the default) is accepted too.
+        (
+            ["export", "--workspace", "run", "--threshold", "abc"],
+            ["--threshold", "a positive number or auto, got 'abc'"],
+        ),
+        (["export", "--workspace", "run", "--threshold", "-1"], ["or auto, got '-1'"]),
         # Refused by ExportOptions.validate only after torch had loaded (10-15 s).
         (["export", "--workspace", "workspace/run", "--resolution", "4"], ["--resolution", "8"]),
         (["export", "--workspace", "workspace/run", "--texture-size", "1"], ["--texture", "8"]),
