@@ -61,9 +61,22 @@ def _threshold(text: str) -> float | str:
     return value
 
 
+def _format_list(text: str) -> str:
+    """``--formats``' argument, refused when an entry is empty (``glb,,obj`` or a trailing
+    comma: more likely a format lost in editing than one meant to be left out); the names
+    themselves are checked by ``ExportOptions.validate``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name formats, e.g. glb,ply")
+    if any(not entry.strip() for entry in text.split(",")):
+        raise argparse.ArgumentTypeError(
+            f"has an empty entry in '{text}': name formats between single commas, e.g. glb,ply"
+        )
+    return text
+
+
 def _formats(text: str) -> tuple[str, ...]:
     """``--formats glb,ply`` as ``ExportOptions.formats`` (checked by its ``validate``)."""
-    return tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    return tuple(f.strip().lower() for f in text.split(","))
 
 
 def option_flag(option: str) -> str:
@@ -126,6 +139,7 @@ EXPORT_FLAGS: tuple[ExportFlag, ...] = (
     ExportFlag(
         "formats",
         "comma-separated subset of glb,obj,ply [all]",
+        type=_format_list,
         to_option=_formats,
         to_text=",".join,
     ),

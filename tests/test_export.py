@@ -1640,7 +1640,13 @@ def test_decimate_0_keeps_every_face_as_in_a_config(tmp_path, monkeypatch, capsy
 
 @pytest.mark.parametrize(
     ("flags", "fragment"),
-    [(["--formats", "xyz"], "unknown --formats xyz"), (["--resolution", "4"], "--resolution")],
+    [
+        (["--formats", "xyz"], "unknown --formats xyz"),
+        (["--resolution", "4"], "--resolution"),
+        # Both were taken as glb,obj without a word: a format lost in editing went unnoticed.
+        (["--formats", "glb,,obj"], "--formats: has an empty entry in 'glb,,obj'"),
+        (["--formats", "glb,"], "--formats: has an empty entry in 'glb,'"),
+    ],
 )
 def test_a_bad_export_flag_is_the_only_line_on_stderr(tmp_path, capsys, flags, fragment):
     from dreamtext.cli import main
