@@ -578,6 +578,13 @@ EARLY_MISTAKES = [
     (["describe", "afolder"], "afolder is a folder, not an image; pass a PNG, JPEG or WebP file"),
     (["describe", "nothere.png"], "image not found: nothere.png (check the path)"),
     (["image", "nothere.png"], "image not found: nothere.png (check the path)"),
+    # A prompt given to image was told only to check its path.
+    (
+        ["image", "a red mug"],
+        'image not found: a red mug; for a text prompt, run: dreamtext text "a red mug"',
+    ),
+    (["image", "my mug.jpg"], "image not found: my mug.jpg (check the path)"),
+    (["image", "afolder/a mug"], "image not found: afolder/a mug (check the path)"),
     (
         ["text", "x", "--config", "nope.yaml"],
         "config file 'nope.yaml' does not exist; check the --config path",
