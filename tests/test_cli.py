@@ -318,6 +318,13 @@ def assert_user_error(code, stderr, *fragments):
         (["export", "--workspace", "run", "--video-size", "129"], ["--video-size", "even"]),
         (["export", "--workspace", "run", "--video-size", "8"], ["--video-size", "16"]),
         (["export", "--workspace", "run", "--frames", "30"], ["--frames", "60"]),
+        # Refused without the value or "(see ... --help)", unlike every other flag.
+        (
+            ["describe", "mug.png", "--max-words", "-1"],
+            ["--max-words: must be at least 0, got -1", "(see dreamtext describe --help)"],
+        ),
+        (["image", "mug.png", "--max-words", "many"], ["--max-words: expected an integer"]),
+        (["view", "--port", "70000"], ["--port: must be from 0 to 65535, got 70000"]),
         (["text", "a castle", "--preset", "nope"], ["unknown preset"]),
         (["text", "a castle", "--model", "/no/such/folder"], ["/no/such/folder"]),
         (["text", "a castle", "--model", "nobody/no-such-model"], ["--model"]),
