@@ -475,7 +475,11 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
     g.add_argument("--nouns", type=Path, help="noun vocabulary file, one per line [built in]")
     g.add_argument("--adjectives", type=Path, help="adjective vocabulary file [built in]")
     g.add_argument("--noun", help="fix the noun (skips the noun search)")
-    g.add_argument("--quantifier", help="fix the quantifier, e.g. a, some, many")
+    g.add_argument(
+        "--quantifier",
+        help="fix the quantifier, used as written like --noun (e.g. two, a pair of) [searched: "
+        "a, an, some, a few, a little, a lot of, much, many]",
+    )
     g.add_argument("--max-words", type=_word_count, help="most descriptor words, 0 or more [15]")
     if descriptor:
         g.add_argument(
