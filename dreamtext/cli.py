@@ -1000,12 +1000,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--workspace", help="run to export (default: the newest under workspace/)")
     export.positional_flag = "--workspace"  # type: ignore[attr-defined]
+    add_export_flags(export)  # the export options' flags, unset unless given
+    # The mesh files without the turntable: --no-video by another name (the same option, so
+    # nothing records which was typed), for the command the brief advertises.
     export.add_argument(
         "--mesh",
-        action="store_true",
-        help="accepted for compatibility; the mesh is always exported",
+        dest="video",
+        action="store_const",
+        const=False,
+        help="the mesh files only, no turntable (the same as --no-video)",
     )
-    add_export_flags(export)  # the export options' flags, unset unless given
     export.set_defaults(func=cmd_export)
 
     describe = sub.add_parser(

@@ -1588,6 +1588,16 @@ def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
     assert dataclasses.asdict(options) == dataclasses.asdict(expected)
 
 
+def test_export_mesh_exports_the_mesh_files_without_the_turntable(tmp_path, monkeypatch):
+    """``--mesh`` was "accepted for compatibility" and changed nothing, so a run whose own
+    export made a turntable made one again. It is --no-video's option now, nothing else."""
+    workspace = recorded_run(tmp_path, {"resolution": 40, "video": True})
+    with_mesh = exported_with(monkeypatch, workspace, "--mesh")
+    assert with_mesh.video is False
+    no_video = exported_with(monkeypatch, workspace, "--no-video")
+    assert dataclasses.asdict(with_mesh) == dataclasses.asdict(no_video)
+
+
 def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch, capsys):
     """... and says so when the file is there: the run's own settings may have been others."""
     workspace = recorded_run(tmp_path, {"resolution": 40})
