@@ -162,10 +162,15 @@ BATCH_STOPPING_ERRNOS = frozenset(
 REFUSED = (errno.EACCES, errno.EPERM)
 
 
-def stopped_the_batch(record: dict[str, Any]) -> bool:
+def stopped_for_file_system(record: dict[str, Any]) -> bool:
     """The line (or the writing of its record) met a file-system error every next line would
-    meet too: the batch stopped there (:func:`batch_stop`)."""
-    return bool(record.get("stopped_batch"))
+    meet too: the batch stopped there (:func:`batch_stop`). The record's ``stopped_batch`` is
+    true for the line a Ctrl-C, a SIGTERM or an unusable GPU stopped the batch at too."""
+    return (
+        bool(record.get("stopped_batch"))
+        and not stopped_by_user(record)
+        and not gpu_unusable(record)
+    )
 
 
 def _file_system(path: Path) -> int | None:
@@ -941,7 +946,7 @@ def run_batch(
             if stopped_by_user(record):
                 break  # not done: the bar does not count it
             bar.update(1)
-            if gpu_unusable(record) or stopped_the_batch(record):
+            if record["stopped_batch"]:  # a full disk, an unusable GPU
                 break
     stopped = records and stopped_by_user(records[-1])
     return BatchRun(records, share[len(records) :] if stopped else [], options.overwrite)
@@ -1125,7 +1130,9 @@ def run_entry(
     started, start = now_iso(), time.perf_counter()
     result: dict[str, Any] = {"status": "skipped", "error": None}
     lock = WorkspaceLock(entry.workspace, options.lock_timeout)
-    claimed = busy = stopped = False
+    # stopped: a file-system error stopped the batch at this line (said once); ends_batch: a
+    # Ctrl-C, SIGTERM or an unusable GPU did. Either is the record's stopped_batch.
+    claimed = busy = stopped = ends_batch = False
     try:
         if entry.workspace.exists() and not entry.workspace.is_dir():
             raise DreamtextError(
@@ -1188,6 +1195,7 @@ def run_entry(
         result = {"status": "interrupted", "error": str(lost)}
         _say(f"batch: line {entry.line} stopped: {lost}")
     except (TrainingInterrupted, KeyboardInterrupt) as stop:
+        ends_batch = True
         result = {"status": "interrupted", "error": None}
         _say(f"batch: {interruption_line(entry, stop)}")
     except WorkspaceInUse as in_use:  # a `dreamtext text` (not a worker of this batch) runs it
@@ -1201,6 +1209,7 @@ def run_entry(
         result = {"status": "failed", "error": error_line(error)}
         _say(f"batch: line {entry.line} failed: {error}")
     except GPU_ERRORS as error:  # the process's CUDA context is unusable from here on
+        ends_batch = True
         result = {"status": "failed", "error": error_line(error)}
         traceback.print_exc()
         _say(
@@ -1225,7 +1234,10 @@ def run_entry(
         raise
     # A line skipped for another process's run: its status.json is that run's, not this line's.
     ours = claimed and lock.lost is None and not busy
-    record = {**_record(entry, root, shard, result, ours, started, start), "stopped_batch": stopped}
+    record = {
+        **_record(entry, root, shard, result, ours, started, start),
+        "stopped_batch": stopped or ends_batch,
+    }
     try:
         if log is not None:
             append_record(log, record)  # before the lock goes (see above)
@@ -1438,11 +1450,11 @@ def stopped_by_user(record: dict[str, Any]) -> bool:
 
 def exit_code(records: list[dict[str, Any]]) -> int:
     """130 when the batch was interrupted (Ctrl-C, SIGTERM), 2 when it stopped for a full disk
-    or quota, a read-only file system or an I/O error (:func:`stopped_the_batch`), 1 when a
+    or quota, a read-only file system or an I/O error (:func:`stopped_for_file_system`), 1 when a
     prompt failed, else 0."""
     if any(stopped_by_user(r) for r in records):
         return 130
-    if any(stopped_the_batch(r) for r in records):
+    if any(stopped_for_file_system(r) for r in records):
         return 2
     return 1 if any(r["status"] == "failed" for r in records) else 0
 

@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -45,6 +46,11 @@ SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
 batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
 
+# ``--max-words``: refused by describe's check_options once parsed, without the value or the
+# "(see ... --help)" every other flag's refusal has.
+_word_count = _within(int, 0, math.inf, "an integer of 0 or more")
+# ``--port``: 0 picks a free one.
+_port = _within(int, 0, 65535, "a port number")
 # ``--seed`` (a larger one made torch raise an overflow traceback once the run had started).
 _seed = _within(int, 0, SEED_MAX, "an integer seed")
 # ``--t-range``: fractions of the diffusion schedule (a NaN or 1.5 was reported as the config
@@ -469,8 +475,12 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
     g.add_argument("--nouns", type=Path, help="noun vocabulary file, one per line [built in]")
     g.add_argument("--adjectives", type=Path, help="adjective vocabulary file [built in]")
     g.add_argument("--noun", help="fix the noun (skips the noun search)")
-    g.add_argument("--quantifier", help="fix the quantifier, e.g. a, some, many")
-    g.add_argument("--max-words", type=int, help="most descriptor words [15]")
+    g.add_argument(
+        "--quantifier",
+        help="fix the quantifier, used as written like --noun (e.g. two, a pair of) [searched: "
+        "a, an, some, a few, a little, a lot of, much, many]",
+    )
+    g.add_argument("--max-words", type=_word_count, help="most descriptor words, 0 or more [15]")
     if descriptor:
         g.add_argument(
             "--descriptor-iters",
@@ -598,16 +608,6 @@ def cmd_image(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(workspace)
     return 0
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got '{text}'") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {port}")
-    return port
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -1000,12 +1000,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--workspace", help="run to export (default: the newest under workspace/)")
     export.positional_flag = "--workspace"  # type: ignore[attr-defined]
+    add_export_flags(export)  # the export options' flags, unset unless given
+    # The mesh files without the turntable: --no-video by another name (the same option, so
+    # nothing records which was typed), for the command the brief advertises.
     export.add_argument(
         "--mesh",
-        action="store_true",
-        help="accepted for compatibility; the mesh is always exported",
+        dest="video",
+        action="store_const",
+        const=False,
+        help="the mesh files only, no turntable (the same as --no-video)",
     )
-    add_export_flags(export)  # the export options' flags, unset unless given
     export.set_defaults(func=cmd_export)
 
     describe = sub.add_parser(

@@ -17,6 +17,7 @@ once (scores are cached by sentence), in batches padded to the batch's longest s
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.config import absolute_model_folder
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
-from dreamtext.images import load_image
+from dreamtext.images import load_image, small_image_warning
 from dreamtext.inputs import check_search_options
 from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
 from dreamtext.interrupts import raise_if_stop_requested
@@ -47,6 +48,8 @@ from dreamtext.runfiles import (
 from dreamtext.runfiles import read_record as read_record  # re-exported
 from dreamtext.runfiles import source_copy as source_copy  # re-exported
 from dreamtext.runstatus import HEARTBEAT_SECONDS, check_guards, track_status
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 QUANTIFIERS: tuple[str, ...] = ("a", "an", "some", "a few", "a little", "a lot of", "much", "many")
@@ -381,6 +384,8 @@ def describe(
     nouns, adjectives = check_options(options)
     image = load_image(image_path)
     check_describe_workspace(workspace, image_path)
+    if warning := small_image_warning(image, image_path):
+        log.warning(warning)
     if status:  # track_status asks again; before CLIP loads, a second search is refused at once
         check_not_running(workspace)
     encoder = encoder or ClipEncoder(options.clip, options.device, options.batch_size)

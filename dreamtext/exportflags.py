@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dreamtext.flagtypes import positive, within
+from dreamtext.flagtypes import within
 
 
 def _at_least(low: int, what: str) -> Callable[[str], int]:
@@ -48,13 +48,35 @@ def _face_count(text: str) -> int:
 
 
 def _threshold(text: str) -> float | str:
-    """``--threshold``: a positive density, or ``auto`` for the renders' surface."""
-    return text if text == "auto" else positive(float, "a positive number")(text)
+    """``--threshold``: a positive density, or ``auto`` for the renders' surface (the refusal
+    names both: it once said only "a positive number")."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got '{text}'")
+    return value
+
+
+def _format_list(text: str) -> str:
+    """``--formats``' argument, refused when an entry is empty (``glb,,obj`` or a trailing
+    comma: more likely a format lost in editing than one meant to be left out); the names
+    themselves are checked by ``ExportOptions.validate``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name formats, e.g. glb,ply")
+    if any(not entry.strip() for entry in text.split(",")):
+        raise argparse.ArgumentTypeError(
+            f"has an empty entry in '{text}': name formats between single commas, e.g. glb,ply"
+        )
+    return text
 
 
 def _formats(text: str) -> tuple[str, ...]:
     """``--formats glb,ply`` as ``ExportOptions.formats`` (checked by its ``validate``)."""
-    return tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    return tuple(f.strip().lower() for f in text.split(","))
 
 
 def option_flag(option: str) -> str:
@@ -117,6 +139,7 @@ EXPORT_FLAGS: tuple[ExportFlag, ...] = (
     ExportFlag(
         "formats",
         "comma-separated subset of glb,obj,ply [all]",
+        type=_format_list,
         to_option=_formats,
         to_text=",".join,
     ),

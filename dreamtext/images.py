@@ -27,6 +27,11 @@ MAX_PIXELS = 89_478_485
 WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_SIZE = 1024
+# Below this many pixels on its shorter side an image is warned about, not refused: CLIP sees
+# 224 x 224 and the descriptor the model's resolution (512 for SD 2.1-base), both upscaled from
+# a few blurred pixels that hold no object to describe; yet a researcher may mean it (and tests
+# use 8-pixel images to stay fast).
+MIN_USEFUL_SIDE = 32
 
 
 # The image load_image returned last, under its file's identity (:func:`_file_key`): ``dreamtext
@@ -137,3 +142,16 @@ def _to_rgb_on_white(image: Image.Image) -> Image.Image:
     rgba = image.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def small_image_warning(image: Image.Image, path: str | Path) -> str | None:
+    """The warning for an image under :data:`MIN_USEFUL_SIDE` pixels on a side (as
+    :func:`load_image` returned it), else ``None``."""
+    width, height = image.size
+    if min(width, height) >= MIN_USEFUL_SIDE:
+        return None
+    return (
+        f"warning: {path} is only {width}x{height} pixels; CLIP sees it upscaled to 224x224, so "
+        f"the sentence will describe little; pass an image at least {MIN_USEFUL_SIDE} pixels "
+        "on each side"
+    )

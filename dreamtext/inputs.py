@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -519,6 +520,27 @@ def check_image_path(path: Path) -> None:
         raise DreamtextError(f"{path} is a folder, not an image; pass a PNG, JPEG or WebP file")
     if not path.is_file():
         raise DreamtextError(f"image not found: {path} (check the path)")
+
+
+# Suffixes of image files a user may hold (not only those load_image reads): a name with one is a
+# path, however it is spelled.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def prompt_hint(path: Path) -> str:
+    """For an image ``path`` that does not exist: ``; for a text prompt, run: dreamtext text
+    "..."`` where it reads like a prompt rather than a path (words with spaces, no folder, no
+    image suffix: ``dreamtext image "a red mug"``), else ``""``."""
+    text = str(path)
+    if (
+        not any(char.isspace() for char in text)
+        or "/" in text
+        or os.sep in text
+        or path.suffix.lower() in PICTURE_SUFFIXES
+    ):
+        return ""
+    quoted = shlex.quote(text) if any(char in text for char in '"$`\\') else f'"{text}"'
+    return f"; for a text prompt, run: dreamtext text {quoted}"
 
 
 def no_cuda_error(name: str) -> DreamtextError:

@@ -32,6 +32,7 @@ from dreamtext.inputs import (
     STAGE_SECTIONS,
     ascii_slug,
     owner_value,
+    prompt_hint,
     same_prompt,
     slugify,
 )
@@ -290,7 +291,8 @@ def recorded_image(workspace: Path) -> str | None:
 
 def check_image(image_path: Path, workspace: Path) -> None:
     """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
-    it is named with the run's copy to pass instead (the run can continue from it)."""
+    it is named with the run's copy to pass instead (the run can continue from it), and one
+    that reads like a prompt (``dreamtext image "a red mug"``) with ``dreamtext text``."""
     if not image_path.exists() and workspace.is_dir():
         previous, copy = recorded_image(workspace), source_copy(workspace)
         if previous is not None and copy is not None and Path(previous) == image_path.resolve():
@@ -298,6 +300,8 @@ def check_image(image_path: Path, workspace: Path) -> None:
                 f"image not found: {image_path}; to continue the run in {workspace}, pass its "
                 f"copy {copy} (or the image's new path)"
             )
+    if not image_path.exists() and (hint := prompt_hint(image_path)):
+        raise DreamtextError(f"image not found: {image_path}{hint}")
     load_image(image_path)
 
 

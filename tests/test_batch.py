@@ -739,9 +739,9 @@ def test_a_cuda_error_stops_the_batch_with_its_record_and_a_rerun_goes_on(
     monkeypatch.setattr(trainer, "train_step", step_then_crash)
     monkeypatch.setattr(batch, "free_memory", free_on_a_broken_gpu)
     monkeypatch.setattr(batch, "runs_on_cuda", lambda cfg: True)  # as on the GPU it had
-    assert main(args) == 1
+    assert main(args) == 1  # a failed line, not a disk's stop (2)
     [record] = rows(root)
-    assert record["status"] == "failed"
+    assert (record["status"], record["stopped_batch"]) == ("failed", True)
     assert record["error"].startswith("AcceleratorError: CUDA error: an illegal memory access")
     assert "the batch stops here" in capsys.readouterr().err
     assert not (root / "a_blue_sphere").exists() and not list(root.glob("*.lock"))
@@ -760,7 +760,8 @@ def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
     args = list(map(str, ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]))
     real_step = ctrl_c_at_step(monkeypatch, 3)
     assert main(args) == 130
-    assert [r["status"] for r in rows(root)] == ["interrupted"]
+    # stopped_batch was false here, though README says it tells whether the batch stopped at it
+    assert [(r["status"], r["stopped_batch"]) for r in rows(root)] == [("interrupted", True)]
     assert status(root / "a_red_cube")["state"] == "interrupted"
     assert not (root / "a_blue_sphere").exists() and not list(root.glob("*.lock"))
     # as if the first attempt had trained for 1000 s: the card's time is that of both attempts
@@ -769,7 +770,7 @@ def test_ctrl_c_saves_the_current_run_and_stops_the_batch(
 
     monkeypatch.setattr(trainer, "train_step", real_step)
     assert main(args) == 0
-    assert [r["status"] for r in rows(root)[1:]] == ["finished", "finished"]
+    assert [(r["status"], r["stopped_batch"]) for r in rows(root)[1:]] == [("finished", False)] * 2
     assert steps(root / "a_red_cube") == [*range(5, 21, 5)]
     assert 1000.0 < status(root / "a_red_cube")["seconds"] < 1100.0
 
@@ -843,7 +844,10 @@ def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(
     )
     assert main(list(map(str, args))) == 0
     assert exports == [5, 5]  # the rerun trains nothing and exports
-    assert [r["status"] for r in rows(root)] == ["interrupted", "finished"]
+    assert [(r["status"], r["stopped_batch"]) for r in rows(root)] == [
+        ("interrupted", True),
+        ("finished", False),
+    ]
 
 
 def test_the_summary_counts_every_status_of_its_rows():

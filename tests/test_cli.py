@@ -306,12 +306,25 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--t-range", "nan", "0.5"], ["--t-range", "from 0 to 1"]),
         (["text", "a castle", "--t-range", "0.2", "1.5"], ["--t-range", "from 0 to 1"]),
         (["export", "--workspace", "workspace/run", "--threshold", "nan"], ["--threshold"]),
+        # Said "expected a positive number" only, though `auto` (the default) is accepted too.
+        (
+            ["export", "--workspace", "run", "--threshold", "abc"],
+            ["--threshold", "a positive number or auto, got 'abc'"],
+        ),
+        (["export", "--workspace", "run", "--threshold", "-1"], ["or auto, got '-1'"]),
         # Refused by ExportOptions.validate only after torch had loaded (10-15 s).
         (["export", "--workspace", "workspace/run", "--resolution", "4"], ["--resolution", "8"]),
         (["export", "--workspace", "workspace/run", "--texture-size", "1"], ["--texture", "8"]),
         (["export", "--workspace", "run", "--video-size", "129"], ["--video-size", "even"]),
         (["export", "--workspace", "run", "--video-size", "8"], ["--video-size", "16"]),
         (["export", "--workspace", "run", "--frames", "30"], ["--frames", "60"]),
+        # Refused without the value or "(see ... --help)", unlike every other flag.
+        (
+            ["describe", "mug.png", "--max-words", "-1"],
+            ["--max-words: must be at least 0, got -1", "(see dreamtext describe --help)"],
+        ),
+        (["image", "mug.png", "--max-words", "many"], ["--max-words: expected an integer"]),
+        (["view", "--port", "70000"], ["--port: must be from 0 to 65535, got 70000"]),
         (["text", "a castle", "--preset", "nope"], ["unknown preset"]),
         (["text", "a castle", "--model", "/no/such/folder"], ["/no/such/folder"]),
         (["text", "a castle", "--model", "nobody/no-such-model"], ["--model"]),
@@ -572,6 +585,13 @@ EARLY_MISTAKES = [
     (["describe", "afolder"], "afolder is a folder, not an image; pass a PNG, JPEG or WebP file"),
     (["describe", "nothere.png"], "image not found: nothere.png (check the path)"),
     (["image", "nothere.png"], "image not found: nothere.png (check the path)"),
+    # A prompt given to image was told only to check its path.
+    (
+        ["image", "a red mug"],
+        'image not found: a red mug; for a text prompt, run: dreamtext text "a red mug"',
+    ),
+    (["image", "my mug.jpg"], "image not found: my mug.jpg (check the path)"),
+    (["image", "afolder/a mug"], "image not found: afolder/a mug (check the path)"),
     (
         ["text", "x", "--config", "nope.yaml"],
         "config file 'nope.yaml' does not exist; check the --config path",

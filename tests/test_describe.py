@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import signal
 from importlib import resources
@@ -308,6 +309,38 @@ def test_describe_writes_the_record(tiny_clip_path, tmp_path):
 
     expected = encoder.encode_texts([sentence])[0] @ encoder.encode_image(load_image(image_path))
     assert record["score"] == pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize(("size", "warned"), [((1, 1), True), ((200, 31), True), ((32, 32), False)])
+def test_an_image_too_small_to_describe_is_warned_about(tmp_path, caplog, size, warned):
+    """A 1x1 image was described without a word, though CLIP sees it as 224x224 of one colour."""
+    image_path = tmp_path / "dot.png"
+    Image.new("RGB", size, (200, 30, 30)).save(image_path)
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        describe(image_path, tmp_path / "ws", _vocabulary(tmp_path), encoder=HashEncoder())
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warned:
+        assert lines == [
+            f"warning: {image_path} is only {size[0]}x{size[1]} pixels; CLIP sees it upscaled "
+            "to 224x224, so the sentence will describe little; pass an image at least 32 pixels "
+            "on each side"
+        ]
+    else:
+        assert lines == []
+
+
+def test_quantifier_help_names_the_searched_quantifiers_and_free_text(capsys):
+    """``--quantifier zillions`` is used as written (as ``--noun`` is: the sentence is free
+    text to CLIP and to the descriptor's base embedding), so --help says so and which
+    quantifiers the search tries without it."""
+    from dreamtext.cli import build_parser
+    from dreamtext.describe import QUANTIFIERS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_command_line(["describe", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "used as written" in text
+    assert f"[searched: {', '.join(QUANTIFIERS)}]" in text
 
 
 def test_unavailable_clip_names_the_clip_flag(tmp_path):

@@ -661,7 +661,6 @@ SEARCH_MISTAKES = [
         ["--adjectives", "empty.txt"],
         "word list empty.txt is empty; give a file with one word per line",
     ),
-    (["--max-words", "-1"], "--max-words must be 0 or more"),
     (["--noun", " "], "--noun is empty; give one such as 'mug', or leave it out to search"),
 ]
 

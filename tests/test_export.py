@@ -1588,6 +1588,16 @@ def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
     assert dataclasses.asdict(options) == dataclasses.asdict(expected)
 
 
+def test_export_mesh_exports_the_mesh_files_without_the_turntable(tmp_path, monkeypatch):
+    """``--mesh`` was "accepted for compatibility" and changed nothing, so a run whose own
+    export made a turntable made one again. It is --no-video's option now, nothing else."""
+    workspace = recorded_run(tmp_path, {"resolution": 40, "video": True})
+    with_mesh = exported_with(monkeypatch, workspace, "--mesh")
+    assert with_mesh.video is False
+    no_video = exported_with(monkeypatch, workspace, "--no-video")
+    assert dataclasses.asdict(with_mesh) == dataclasses.asdict(no_video)
+
+
 def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch, capsys):
     """... and says so when the file is there: the run's own settings may have been others."""
     workspace = recorded_run(tmp_path, {"resolution": 40})
@@ -1640,7 +1650,13 @@ def test_decimate_0_keeps_every_face_as_in_a_config(tmp_path, monkeypatch, capsy
 
 @pytest.mark.parametrize(
     ("flags", "fragment"),
-    [(["--formats", "xyz"], "unknown --formats xyz"), (["--resolution", "4"], "--resolution")],
+    [
+        (["--formats", "xyz"], "unknown --formats xyz"),
+        (["--resolution", "4"], "--resolution"),
+        # Both were taken as glb,obj without a word: a format lost in editing went unnoticed.
+        (["--formats", "glb,,obj"], "--formats: has an empty entry in 'glb,,obj'"),
+        (["--formats", "glb,"], "--formats: has an empty entry in 'glb,'"),
+    ],
 )
 def test_a_bad_export_flag_is_the_only_line_on_stderr(tmp_path, capsys, flags, fragment):
     from dreamtext.cli import main
