@@ -597,19 +597,41 @@ def regulariser_weights(cfg: TrainConfig) -> dict[str, float]:
     return {name: getattr(cfg, f"lambda_{name}") for name in REGULARISERS}
 
 
+PREVIEW_SHADINGS = ("albedo", "textureless")
+"""The rows of a preview, top to bottom."""
+
+
 @torch.no_grad()
-def save_preview(run: Run, path: Path) -> None:
+def save_preview(run: Run, path: Path, progress: bool = False) -> None:
     """A strip of ``preview_views`` cameras around the object: albedo on top, geometry
-    (textureless shading, lit from the camera) below."""
+    (textureless shading, lit from the camera) below.
+
+    Each camera is sampled and its field queried once for both rows
+    (:meth:`~dreamtext.renderer.VolumeRenderer.render_shadings`), one camera at a time:
+    ``progress`` shows a bar of them (the final preview, minutes on a CPU for a fuzzy field)."""
     cfg = run.cfg
     fovy = sum(cfg.cameras.fovy_range) / 2
     radius = sum(cfg.cameras.radius_range) / 2
     poses = orbit_poses(cfg.preview_views, polar=70.0, radius=radius, fovy=fovy).to(run.device)
-    rows = []
-    for shading in ("albedo", "textureless"):
-        out = run.renderer.render(run.field, poses, cfg.h, cfg.w, shading=shading, perturb=False)
-        rows.append(torch.cat(list(out["rgb"].clamp(0, 1)), dim=1))
-    pixels = (torch.cat(rows, dim=0).cpu().numpy() * 255).round().astype(np.uint8)
+    columns = []
+    bar = tqdm(
+        total=len(poses),
+        desc=f"preview {path.name}",
+        unit="view",
+        leave=False,
+        disable=not progress,
+        **bar_options(),
+    )
+    with bar:
+        for view in range(len(poses)):
+            out = run.renderer.render_shadings(
+                run.field, poses[view : view + 1], cfg.h, cfg.w, PREVIEW_SHADINGS, perturb=False
+            )
+            columns.append(
+                torch.cat([out[shading]["rgb"][0].clamp(0, 1) for shading in PREVIEW_SHADINGS])
+            )
+            bar.update(1)
+    pixels = (torch.cat(columns, dim=1).cpu().numpy() * 255).round().astype(np.uint8)
     atomic_write_bytes(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
@@ -797,7 +819,7 @@ def _train(run: Run, resume: bool) -> Path:
         # The final previews render the whole field after the loop's signal handling has ended
         # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.
         with sigterm_interrupts(), out_of_memory_saves_a_checkpoint(run):
-            save_preview(run, workspace / "previews" / "final.png")
+            save_preview(run, workspace / "previews" / "final.png", progress=True)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.step, checkpoint) from None
     if run.guidance.skipped_steps:

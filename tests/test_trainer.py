@@ -788,3 +788,41 @@ def test_an_older_builtin_run_resumes_with_its_presets_settings_it_did_not_recor
     resumed = json.loads((workspace / "config.json").read_text())
     assert resumed["resumes"][-1]["changed"] == {"iters": [1, 2]}
     assert resumed["field"]["density_activation"] == "exp"
+
+
+def test_the_final_preview_queries_the_field_once_for_both_rows_and_shows_a_bar(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    """The final preview (minutes on a CPU after a short run, whose field is fuzzy everywhere)
+    sampled and queried every camera twice: once for its albedo row, once more for its
+    textureless one. Its field queries are now those of the textureless row alone, and it
+    shows a bar of its cameras."""
+    from dreamtext.cameras import orbit_poses
+    from dreamtext.field import NeRFField
+
+    queries = {"n": 0}
+    for name in ("forward", "density"):
+        real = getattr(NeRFField, name)
+
+        def counted(self, x, real=real):
+            queries["n"] += x.shape[0]
+            return real(self, x)
+
+        monkeypatch.setattr(NeRFField, name, counted)
+    measured = {}
+    real_preview = trainer.save_preview
+
+    def preview(run, path, **kwargs):
+        queries["n"] = 0
+        real_preview(run, path, **kwargs)
+        measured["preview"] = queries["n"]
+        cfg, queries["n"] = run.cfg, 0
+        radius, fovy = sum(cfg.cameras.radius_range) / 2, sum(cfg.cameras.fovy_range) / 2
+        poses = orbit_poses(cfg.preview_views, polar=70.0, radius=radius, fovy=fovy)
+        run.renderer.render(run.field, poses, cfg.h, cfg.w, shading="textureless", perturb=False)
+        measured["textureless"] = queries["n"]
+
+    monkeypatch.setattr(trainer, "save_preview", preview)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=1, preview_every=0))
+    assert measured["preview"] == measured["textureless"] > 0
+    assert "preview final.png: 100%" in capsys.readouterr().err
