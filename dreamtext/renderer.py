@@ -499,6 +499,41 @@ class VolumeRenderer(nn.Module):
         out.update(regularisers(out))
         return _to_images(out, (len(poses), height, width))
 
+    @torch.no_grad()
+    def render_shadings(
+        self,
+        field: Field,
+        poses: Poses,
+        height: int,
+        width: int,
+        shadings: tuple[str, ...],
+        ambient_ratio: float = 0.1,
+        perturb: bool | None = None,
+    ) -> dict[str, dict[str, Tensor]]:
+        """:meth:`render` of the same cameras in each of ``shadings`` (lit from the cameras, on
+        the field's background), without gradients: ``{shading: images}``, the images those
+        renders give, for the work of one. The rays are sampled and the field queried once
+        (normals once, by the first shading that needs them); only shading and compositing run
+        per shading. Previews show one object both in albedo and textureless: each render
+        marched the rays again."""
+        for shading in shadings:
+            _check_shading(shading)
+        rays = self.camera_rays(poses, height, width)
+        perturb = self.training if perturb is None else perturb
+        samples, values = self.sampler.sample(field, rays.origins, rays.directions, perturb)
+        shape = (len(poses), height, width)
+        images = {}
+        # A shading with normals first: the values it collects hold them for the rest.
+        for shading in sorted(shadings, key=lambda name: not self._needs_normals(name)):
+            collected: list[SampleValues] = []
+            out = self.composite_bounded(
+                field, rays, samples, shading, ambient_ratio, values, collected
+            )
+            if collected:  # else no sample: nothing to reuse
+                values = SampleValues.cat(collected)
+            images[shading] = _to_images(out, shape)
+        return {shading: images[shading] for shading in shadings}
+
     def render_train(
         self,
         field: Field,

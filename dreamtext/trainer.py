@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import secrets
 import socket
@@ -597,19 +598,62 @@ def regulariser_weights(cfg: TrainConfig) -> dict[str, float]:
     return {name: getattr(cfg, f"lambda_{name}") for name in REGULARISERS}
 
 
+PREVIEW_SHADINGS = ("albedo", "textureless")
+"""The rows of a preview, top to bottom."""
+
+
+def preview_renderer(run: Run) -> VolumeRenderer:
+    """The renderer previews use: the run's, or for a run not yet at its first occupancy-grid
+    refresh (step ``grid_update_every``) a copy with the grid refreshed once. Until then every
+    cell counts as occupied, so every ray marches and queries the whole scene, normals too: a
+    3-step run of the default field previewed from 6.6 million field queries, with a refreshed
+    grid from 2.7 million plus the refresh's 262,144 (2.2 min -> 68 s on 2 loaded cores), images
+    within 10 levels of 255 (mean 1.5). A copy, so that the checkpoint and the export keep the
+    run's grid; the refresh draws its jitter from a forked generator, so that the run's random
+    numbers stay as they were."""
+    cfg = run.renderer.cfg
+    if not cfg.occupancy_grid or run.step >= cfg.grid_update_every:
+        return run.renderer
+    renderer = copy.deepcopy(run.renderer)
+    cuda = run.device.type == "cuda"
+    with torch.random.fork_rng(devices=[run.device] if cuda else []):
+        renderer.update_occupancy(run.field, cfg.grid_update_every)
+    return renderer
+
+
 @torch.no_grad()
 def save_preview(run: Run, path: Path) -> None:
     """A strip of ``preview_views`` cameras around the object: albedo on top, geometry
-    (textureless shading, lit from the camera) below."""
+    (textureless shading, lit from the camera) below.
+
+    Each camera is sampled and its field queried once for both rows
+    (:meth:`~dreamtext.renderer.VolumeRenderer.render_shadings`), one camera at a time; the
+    final one (``final.png``, minutes on a CPU for a fuzzy field, after the training bar has
+    closed) shows a bar of them."""
     cfg = run.cfg
     fovy = sum(cfg.cameras.fovy_range) / 2
     radius = sum(cfg.cameras.radius_range) / 2
     poses = orbit_poses(cfg.preview_views, polar=70.0, radius=radius, fovy=fovy).to(run.device)
-    rows = []
-    for shading in ("albedo", "textureless"):
-        out = run.renderer.render(run.field, poses, cfg.h, cfg.w, shading=shading, perturb=False)
-        rows.append(torch.cat(list(out["rgb"].clamp(0, 1)), dim=1))
-    pixels = (torch.cat(rows, dim=0).cpu().numpy() * 255).round().astype(np.uint8)
+    renderer = preview_renderer(run)
+    columns = []
+    bar = tqdm(
+        total=len(poses),
+        desc=f"preview {path.name}",
+        unit="view",
+        leave=False,
+        disable=path.name != "final.png",
+        **bar_options(),
+    )
+    with bar:
+        for view in range(len(poses)):
+            out = renderer.render_shadings(
+                run.field, poses[view : view + 1], cfg.h, cfg.w, PREVIEW_SHADINGS, perturb=False
+            )
+            columns.append(
+                torch.cat([out[shading]["rgb"][0].clamp(0, 1) for shading in PREVIEW_SHADINGS])
+            )
+            bar.update(1)
+    pixels = (torch.cat(columns, dim=1).cpu().numpy() * 255).round().astype(np.uint8)
     atomic_write_bytes(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 

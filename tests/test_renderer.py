@@ -360,6 +360,26 @@ def test_render_returns_images_and_eval_chunks_agree(sampler: str) -> None:
         assert torch.allclose(whole[key], chunked[key], atol=1e-6)
 
 
+def test_render_shadings_equals_one_render_each_for_the_queries_of_one(sampler: str) -> None:
+    """Previews show each camera in albedo and textureless: one sampling and one field query
+    (normals included) serve every shading, and each image is the one its own render gives."""
+    poses = two_cameras()
+    settings = {"num_steps": 32, "upsample_steps": 8, "march_steps": 128, "chunk_points": 40}
+    shadings = ("albedo", "textureless", "lambertian")
+    field = Counting(BallField(sigma=10.0, half_width=0.5))
+    both = renderer(sampler, **settings).render_shadings(field, poses, 5, 7, shadings)
+    points, normal_points = field.points, field.normal_points
+    field.points = field.normal_points = 0
+    textureless = renderer(sampler, **settings).render(field, poses, 5, 7, "textureless")
+    assert (points, normal_points) == (field.points, field.normal_points)
+    assert field.largest_call <= 40
+    for shading in shadings:
+        alone = renderer(sampler, **settings).render(field, poses, 5, 7, shading)
+        for key in ("rgb", "opacity", "depth"):
+            assert torch.equal(both[shading][key], alone[key]), (shading, key)
+    assert torch.equal(both["textureless"]["rgb"], textureless["rgb"])
+
+
 def test_training_mode_jitters_the_samples(sampler: str) -> None:
     field = BallField(sigma=10.0, half_width=0.5)
     rays_o, rays_d = rays_down_z()

@@ -788,3 +788,82 @@ def test_an_older_builtin_run_resumes_with_its_presets_settings_it_did_not_recor
     resumed = json.loads((workspace / "config.json").read_text())
     assert resumed["resumes"][-1]["changed"] == {"iters": [1, 2]}
     assert resumed["field"]["density_activation"] == "exp"
+
+
+def test_the_final_preview_queries_the_field_once_for_both_rows_and_shows_a_bar(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    """The final preview (minutes on a CPU after a short run, whose field is fuzzy everywhere)
+    sampled and queried every camera twice: once for its albedo row, once more for its
+    textureless one. Its field queries are now those of the textureless row alone, and it
+    shows a bar of its cameras."""
+    from dreamtext.cameras import orbit_poses
+    from dreamtext.field import NeRFField
+
+    queries = {"n": 0}
+    for name in ("forward", "density"):
+        real = getattr(NeRFField, name)
+
+        def counted(self, x, real=real):
+            queries["n"] += x.shape[0]
+            return real(self, x)
+
+        monkeypatch.setattr(NeRFField, name, counted)
+    measured = {}
+    real_preview = trainer.save_preview
+
+    def preview(run, path):
+        queries["n"] = 0
+        real_preview(run, path)
+        measured["preview"] = queries["n"]
+        cfg, queries["n"] = run.cfg, 0
+        radius, fovy = sum(cfg.cameras.radius_range) / 2, sum(cfg.cameras.fovy_range) / 2
+        poses = orbit_poses(cfg.preview_views, polar=70.0, radius=radius, fovy=fovy)
+        run.renderer.render(run.field, poses, cfg.h, cfg.w, shading="textureless", perturb=False)
+        measured["textureless"] = queries["n"]
+
+    monkeypatch.setattr(trainer, "save_preview", preview)
+    # 2 steps: past the first refresh of the occupancy grid (preview_renderer)
+    train(tiny_config(tmp_path, tiny_sd_path, iters=2, preview_every=0))
+    assert measured["preview"] == measured["textureless"] > 0
+    assert "preview final.png: 100%" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_grid_refresh_previews_with_a_refreshed_copy(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """Before the occupancy grid's first refresh every cell is occupied: a short run's final
+    preview marched and queried the whole scene. It now previews through a copy of the renderer
+    whose grid is refreshed once; the run's own grid (its checkpoint, its export) and its random
+    numbers are left as they were."""
+    from dreamtext.field import NeRFField
+
+    render = {**TINY_TRAIN["render"], "grid_update_every": 100}
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=1, preview_every=0, render=render)
+    queries = {"n": 0}
+    real_forward = NeRFField.forward
+
+    def counted(self, x):
+        queries["n"] += x.shape[0]
+        return real_forward(self, x)
+
+    monkeypatch.setattr(NeRFField, "forward", counted)
+    measured = {}
+    real_preview = trainer.save_preview
+
+    def preview(run, path):
+        for name, renderer in (("own", run.renderer), ("refreshed", trainer.preview_renderer(run))):
+            queries["n"] = 0
+            renderer.render_shadings(run.field, sample_poses(2, cfg.cameras), 16, 16, ("albedo",))
+            measured[name] = queries["n"]
+        measured["rng"] = torch.get_rng_state()
+        real_preview(run, path)
+        assert torch.equal(torch.get_rng_state(), measured["rng"])
+        measured["own_grid"] = run.renderer.grid.occupied.clone()
+
+    monkeypatch.setattr(trainer, "save_preview", preview)
+    workspace = train(cfg)
+    assert 0 < measured["refreshed"] < measured["own"]
+    assert measured["own_grid"].all()  # the run's grid is still the unrefreshed one
+    saved = load_checkpoint(workspace / "checkpoints" / "last.pt")["renderer"]
+    assert saved["grid.occupied"].all()
