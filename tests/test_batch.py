@@ -341,6 +341,19 @@ def test_a_byte_order_mark_before_the_first_line_is_ignored(tmp_path):
     assert (entry.line, entry.prompt, entry.input) == (2, "a red cube", "a red cube")
 
 
+def test_an_image_line_naming_a_prompt_says_to_write_it_without_image(tmp_path):
+    """It was told only that the image (``lists/a red mug``) is not found."""
+    (tmp_path / "lists").mkdir()
+    path = tmp_path / "lists" / "prompts.txt"
+    path.write_text("a red cube\nimage:a red mug\n")
+    with pytest.raises(DreamtextError) as refused:
+        read_prompts(path, tmp_path / "root")
+    assert str(refused.value) == (
+        f"{path}:2: image not found: {tmp_path / 'lists' / 'a red mug'}; for a text prompt, "
+        "write the line without 'image:'"
+    )
+
+
 def test_an_image_line_after_a_byte_order_mark_is_an_image(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_bytes("\ufeffimage:nope.png\r\n".encode())

@@ -606,6 +606,11 @@ EARLY_MISTAKES = [
         ["image", "a red mug"],
         'image not found: a red mug; for a text prompt, run: dreamtext text "a red mug"',
     ),
+    # ... as was one given to describe.
+    (
+        ["describe", "a red mug"],
+        'image not found: a red mug; for a text prompt, run: dreamtext text "a red mug"',
+    ),
     (["image", "my mug.jpg"], "image not found: my mug.jpg (check the path)"),
     (["image", "afolder/a mug"], "image not found: afolder/a mug (check the path)"),
     (
