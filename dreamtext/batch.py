@@ -80,6 +80,7 @@ from dreamtext.inputs import (
     layered_guidance,
     parse_shard,
     read_prompt_lines,
+    reads_like_prompt,
     repeat_key,
     resolve_shard,
     root_write_error,
@@ -339,6 +340,11 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             image_path = Path(image).expanduser()
             if not image_path.is_absolute():
                 image_path = path.parent / image_path
+            if not image_path.exists() and reads_like_prompt(Path(image)):
+                raise DreamtextError(
+                    f"{path}:{number}: image not found: {image_path}; for a text prompt, write "
+                    "the line without 'image:'"
+                )
             try:
                 load_image(image_path)
             except DreamtextError as error:

@@ -49,6 +49,8 @@ batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too.""
 # ``--max-words``: refused by describe's check_options once parsed, without the value or the
 # "(see ... --help)" every other flag's refusal has.
 _word_count = _within(int, 0, math.inf, "an integer of 0 or more")
+# ``--descriptor-iters``: 0 keeps the placeholders as the words they start from.
+_step_count = _within(int, 0, math.inf, "an integer of 0 or more")
 # ``--port``: 0 picks a free one.
 _port = _within(int, 0, 65535, "a port number")
 # ``--seed`` (a larger one made torch raise an overflow traceback once the run had started).
@@ -484,9 +486,9 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
     if descriptor:
         g.add_argument(
             "--descriptor-iters",
-            type=_positive_int,
-            help="descriptor-token training steps; more than a finished descriptor has trains it "
-            "on [10000]",
+            type=_step_count,
+            help="descriptor-token training steps, 0 or more (0: text→3D on the sentence's own "
+            "words); more than a finished descriptor has trains it on [10000]",
         )
 
 
@@ -513,7 +515,8 @@ def image_overrides(args: argparse.Namespace) -> dict[str, Any]:
     describe = {name: getattr(args, name) for name in DESCRIBE_FLAGS}
     out: dict[str, Any] = {"configs": config_file_stage_sections(args.config)}
     out["describe"] = {k: v for k, v in describe.items() if v is not None}
-    out["descriptor"] = {"iters": args.descriptor_iters} if args.descriptor_iters else {}
+    iters = args.descriptor_iters
+    out["descriptor"] = {"iters": iters} if iters is not None else {}
     return out
 
 
@@ -756,7 +759,8 @@ def early_text(args: argparse.Namespace) -> None:
             "--diverse runs resume on their own (in workspace/<prompt>_diverse_seed<N>): run the "
             "same command again without --resume"
         )
-    given = [name for name in (*DESCRIBE_FLAGS, "descriptor_iters") if getattr(args, name)]
+    flags = (*DESCRIBE_FLAGS, "descriptor_iters")
+    given = [name for name in flags if getattr(args, name) is not None]
     if given and not args.diverse:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise DreamtextError(f"{flags}: for --diverse's image only; add --diverse or drop them")

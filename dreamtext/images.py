@@ -10,6 +10,7 @@ one line.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,13 @@ DEFAULT_MAX_SIZE = 1024
 MIN_USEFUL_SIDE = 32
 
 
-# The image load_image returned last, under its file's identity (:func:`_file_key`): ``dreamtext
-# image`` checks its image before torch is imported, again in the command and in ``run_image``,
-# then its stages load it; a 4000 × 3000 PNG took 0.5–1.5 s to decode each time (2 cores).
-_last_loaded: tuple[tuple, Image.Image] | None = None
+# The images load_image returned last, under their files' identity (:func:`_file_key`), the
+# latest at the end: ``dreamtext image`` checks its image before torch is imported, again in the
+# command and in ``run_image``, then its stages load it; ``batch`` checks every image line before
+# its first run, then each run loads its image again. A 4000 × 3000 PNG took 0.5–1.5 s to decode
+# each time (2 cores); kept, at most 1024 px a side, it is 3 MB.
+_loaded: OrderedDict[tuple, Image.Image] = OrderedDict()
+LOADED_KEPT = 8
 
 
 def load_image(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Image.Image:
@@ -49,18 +53,20 @@ def load_image(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Image.Imag
     then every image is shrunk with ``thumbnail``, which keeps the aspect ratio. A camera's EXIF
     orientation is applied so that the object stands the way the user sees it.
 
-    Asked again for the file it returned last, unchanged since (:func:`_file_key`), it returns a
-    copy of that image rather than decode the file again.
+    Asked again for one of the last ``LOADED_KEPT`` files it returned, unchanged since
+    (:func:`_file_key`), it returns a copy of that image rather than decode the file again.
     """
-    global _last_loaded
     path = Path(path)
     check_image_path(path)
     key = _file_key(path, max_size)
-    if key is not None and _last_loaded is not None and _last_loaded[0] == key:
-        return _last_loaded[1].copy()
+    if key is not None and key in _loaded:
+        _loaded.move_to_end(key)
+        return _loaded[key].copy()
     rgb = _load_image(path, max_size)
     if key is not None:
-        _last_loaded = (key, rgb.copy())
+        _loaded[key] = rgb.copy()
+        while len(_loaded) > LOADED_KEPT:
+            _loaded.popitem(last=False)
     return rgb
 
 

@@ -519,7 +519,8 @@ def check_image_path(path: Path) -> None:
     if path.is_dir():
         raise DreamtextError(f"{path} is a folder, not an image; pass a PNG, JPEG or WebP file")
     if not path.is_file():
-        raise DreamtextError(f"image not found: {path} (check the path)")
+        hint = "" if path.exists() else prompt_hint(path)
+        raise DreamtextError(f"image not found: {path}{hint or ' (check the path)'}")
 
 
 # Suffixes of image files a user may hold (not only those load_image reads): a name with one is a
@@ -527,18 +528,24 @@ def check_image_path(path: Path) -> None:
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
+def reads_like_prompt(path: Path) -> bool:
+    """Whether an image ``path`` reads like a prompt rather than a path: words with spaces, no
+    folder, no image suffix (``dreamtext image "a red mug"``, a batch line ``image:a red mug``)."""
+    text = str(path)
+    return (
+        any(char.isspace() for char in text)
+        and "/" not in text
+        and os.sep not in text
+        and path.suffix.lower() not in PICTURE_SUFFIXES
+    )
+
+
 def prompt_hint(path: Path) -> str:
     """For an image ``path`` that does not exist: ``; for a text prompt, run: dreamtext text
-    "..."`` where it reads like a prompt rather than a path (words with spaces, no folder, no
-    image suffix: ``dreamtext image "a red mug"``), else ``""``."""
-    text = str(path)
-    if (
-        not any(char.isspace() for char in text)
-        or "/" in text
-        or os.sep in text
-        or path.suffix.lower() in PICTURE_SUFFIXES
-    ):
+    "..."`` where it reads like a prompt (:func:`reads_like_prompt`), else ``""``."""
+    if not reads_like_prompt(path):
         return ""
+    text = str(path)
     quoted = shlex.quote(text) if any(char in text for char in '"$`\\') else f'"{text}"'
     return f"; for a text prompt, run: dreamtext text {quoted}"
 

@@ -32,7 +32,6 @@ from dreamtext.inputs import (
     STAGE_SECTIONS,
     ascii_slug,
     owner_value,
-    prompt_hint,
     same_prompt,
     slugify,
 )
@@ -300,9 +299,7 @@ def check_image(image_path: Path, workspace: Path) -> None:
                 f"image not found: {image_path}; to continue the run in {workspace}, pass its "
                 f"copy {copy} (or the image's new path)"
             )
-    if not image_path.exists() and (hint := prompt_hint(image_path)):
-        raise DreamtextError(f"image not found: {image_path}{hint}")
-    load_image(image_path)
+    load_image(image_path)  # with a prompt's hint (inputs.check_image_path)
 
 
 def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:

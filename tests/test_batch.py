@@ -341,6 +341,38 @@ def test_a_byte_order_mark_before_the_first_line_is_ignored(tmp_path):
     assert (entry.line, entry.prompt, entry.input) == (2, "a red cube", "a red cube")
 
 
+def test_an_image_line_naming_a_prompt_says_to_write_it_without_image(tmp_path):
+    """It was told only that the image (``lists/a red mug``) is not found."""
+    (tmp_path / "lists").mkdir()
+    path = tmp_path / "lists" / "prompts.txt"
+    path.write_text("a red cube\nimage:a red mug\n")
+    with pytest.raises(DreamtextError) as refused:
+        read_prompts(path, tmp_path / "root")
+    assert str(refused.value) == (
+        f"{path}:2: image not found: {tmp_path / 'lists' / 'a red mug'}; for a text prompt, "
+        "write the line without 'image:'"
+    )
+
+
+def test_image_lines_checked_up_front_are_not_decoded_again_by_their_runs(tmp_path, monkeypatch):
+    """read_prompts opens every image line's image; each run then loads its own again
+    (runfiles.check_image): only the last line's decode was kept."""
+    from dreamtext.images import load_image
+
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / name)
+    path = prompts_file(tmp_path, "image:a.png", "image:b.png", "image:c.png")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(
+        Image, "open", lambda fp, *a, **k: opened.append(fp) or real_open(fp, *a, **k)
+    )
+    entries = read_prompts(path, tmp_path / "root")
+    for entry in entries:
+        load_image(entry.prompt)
+    assert len(opened) == 3
+
+
 def test_an_image_line_after_a_byte_order_mark_is_an_image(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_bytes("\ufeffimage:nope.png\r\n".encode())

@@ -246,6 +246,22 @@ def test_epochs_are_hundred_iterations(tmp_path):
     assert text_overrides(args)["iters"] == 200
 
 
+@pytest.mark.parametrize("command", ["image", "batch"])
+def test_descriptor_iters_zero_is_passed_on_as_zero_steps(command):
+    """0 was refused by the flag ("a positive integer") while descriptor.py, and a --config
+    file's descriptor.iters, took it: the placeholders stay the words they start from."""
+    from dreamtext.cli import image_overrides
+
+    args = build_parser().parse_args([command, "in.png", "--descriptor-iters", "0"])
+    assert image_overrides(args)["descriptor"] == {"iters": 0}
+
+
+def test_descriptor_iters_zero_without_diverse_is_refused_as_for_diverse_only(capsys):
+    code, err = run_main(["text", "a castle", "--descriptor-iters", 0], capsys)
+    assert code == 2
+    assert "--descriptor-iters: for --diverse's image only" in err
+
+
 @pytest.mark.parametrize(("flag", "split"), [("split", True), ("one", False)])
 def test_side_views_flag_sets_split_side_labels_over_the_preset(flag, split):
     from dreamtext.cli import text_overrides
@@ -588,6 +604,11 @@ EARLY_MISTAKES = [
     # A prompt given to image was told only to check its path.
     (
         ["image", "a red mug"],
+        'image not found: a red mug; for a text prompt, run: dreamtext text "a red mug"',
+    ),
+    # ... as was one given to describe.
+    (
+        ["describe", "a red mug"],
         'image not found: a red mug; for a text prompt, run: dreamtext text "a red mug"',
     ),
     (["image", "my mug.jpg"], "image not found: my mug.jpg (check the path)"),

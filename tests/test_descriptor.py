@@ -293,6 +293,20 @@ def test_saved_embeddings_load_through_diffusers(tiny_sd_path, tmp_path):
     assert prompt == f"An image of a {' '.join(names)} cube"
 
 
+def test_zero_steps_save_the_words_own_embeddings(tiny_sd_path, tmp_path):
+    """``--descriptor-iters 0``: text→3D then runs on the sentence's own words."""
+    from safetensors.torch import load_file
+
+    image_path, workspace = _workspace(tmp_path)
+    options = DescriptorOptions(iters=0, preview_every=0)
+    path = train_descriptor(image_path, workspace, GuidanceConfig(model=str(tiny_sd_path)), options)
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert record["descriptor_iters"] == 0
+    assert torch.equal(
+        load_file(str(path))[DESCRIPTOR_TOKEN], _trainer(tiny_sd_path).placeholders.vectors
+    )
+
+
 def test_resumed_training_equals_an_uninterrupted_run(tiny_sd_path, tmp_path):
     from safetensors.torch import load_file
 

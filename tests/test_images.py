@@ -3,6 +3,7 @@
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,6 +212,40 @@ def test_an_unchanged_image_asked_for_again_is_not_decoded_again(tmp_path, monke
     assert np.asarray(again)[0, 0].tolist() == [255, 0, 0]
     assert load_image(path, max_size=4).size == (4, 4)  # another size: decoded
     assert len(opened) == 2
+
+
+def _cups(folder: Path, count: int) -> list[Path]:
+    paths = [folder / f"cup{i}.png" for i in range(count)]
+    for i, path in enumerate(paths):
+        Image.new("RGB", (8, 8), (200, i, 30)).save(path)
+    return paths
+
+
+def test_a_few_images_asked_for_again_are_each_decoded_once(tmp_path, monkeypatch):
+    """``batch`` checks every image line, then each run loads its image again: with only the
+    last image kept, every line but the last was decoded twice."""
+    paths = _cups(tmp_path, 3)
+    opened = _count_opens(monkeypatch)
+    for path in paths:
+        load_image(path)
+    for i, path in enumerate(paths):
+        assert np.asarray(load_image(path))[0, 0].tolist() == [200, i, 30]
+    assert len(opened) == 3
+
+
+def test_the_image_asked_for_least_recently_is_the_one_dropped(tmp_path, monkeypatch):
+    from dreamtext.images import LOADED_KEPT
+
+    paths = _cups(tmp_path, LOADED_KEPT + 1)
+    opened = _count_opens(monkeypatch)
+    for path in paths[:LOADED_KEPT]:
+        load_image(path)
+    load_image(paths[0])  # asked for again: now the latest
+    load_image(paths[LOADED_KEPT])  # one too many: paths[1] goes
+    load_image(paths[0])
+    assert len(opened) == LOADED_KEPT + 1
+    load_image(paths[1])
+    assert len(opened) == LOADED_KEPT + 2
 
 
 def test_an_image_changed_since_it_was_loaded_is_decoded_again(tmp_path, monkeypatch):
