@@ -136,8 +136,8 @@ def test_every_module_that_makes_a_bar_takes_dreamtexts_bar():
 
 def test_a_run_logged_to_a_file_ends_every_bar_at_its_total_in_one_line(tmp_path, monkeypatch):
     """``dreamtext text ... 2> run.log``, as a SLURM job writes its log: each bar (training, the
-    export's density grid and texture) is one line that ends at N/N, 100 %, with the time it
-    took; no ``\\r``, no ``0/1`` lines."""
+    final preview, the export's density grid and texture) is one line that ends at N/N, 100 %,
+    with the time it took; no ``\\r``, no ``0/1`` lines."""
     from dreamtext.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -153,7 +153,12 @@ def test_a_run_logged_to_a_file_ends_every_bar_at_its_total_in_one_line(tmp_path
         text = log.read()
     assert "\r" not in text
     bars = [match for match in map(BAR_LINE.match, text.splitlines()) if match]
-    assert {bar["desc"] for bar in bars} == {"text→3D 'a red cube'", "density grid", "albedo"}
+    assert {bar["desc"] for bar in bars} == {
+        "text→3D 'a red cube'",
+        "preview final.png",
+        "density grid",
+        "albedo",
+    }
     for bar in bars:
         assert (bar["percent"], bar["n"]) == ("100", bar["total"]), bar.string
     assert len(bars) <= 5, text
