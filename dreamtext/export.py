@@ -425,6 +425,8 @@ def export_workspace(
         progress.stage("loading the run")
         state = read_run_checkpoint(workspace)
         field, renderer, config = run_from_state(state, device)
+        # A run stopped before its grid's first refresh: its turntable through a refreshed copy.
+        renderer = renderer.with_grid_refreshed(field, int(state["step"]))
         return _export_run(
             workspace, options, device, state, field, renderer, progress, config.get("prompt")
         )
