@@ -2198,10 +2198,11 @@ def test_the_turntable_of_a_run_stopped_before_its_first_grid_refresh_uses_a_ref
     tmp_path, monkeypatch
 ):
     """Until the occupancy grid's first refresh (step ``grid_update_every``) every cell counts
-    as occupied: the turntable of a 3-step run marched and queried the whole scene (the default
-    field's, 15 chunks at 256 px: over 9 minutes without finishing the first on 2 loaded
-    cores). The export that ends the run and ``dreamtext export`` of it now render through a
-    copy of the renderer whose grid is refreshed once; the checkpoint keeps the run's grid."""
+    as occupied: the turntable of a 3-step run marched and queried the whole scene (a 3-step
+    tiny-sd run's default field, 60 frames at 32 px: 9.9 million field queries, 219 s on 2
+    loaded cores; with a refreshed grid 2.2 million, 66 s). The export that ends the run and
+    ``dreamtext export`` of it now render through a copy of the renderer whose grid is
+    refreshed once; the checkpoint keeps the run's grid."""
     from dreamtext.checkpoint import run_from_state
     from dreamtext.field import NeRFField
 
