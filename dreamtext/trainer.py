@@ -896,7 +896,7 @@ def export_trained(run: Run) -> None:
             run.field.eval(),
             run.workspace,
             options,
-            renderer=preview_renderer(run),
+            renderer=preview_renderer(run) if options.video else run.renderer,
             step=run.step,
             check=still_ours,
             prompt=run.cfg.prompt,
