@@ -81,7 +81,7 @@ from dreamtext.processes import (
     write_held_record,
 )
 from dreamtext.progress import bar_options, tqdm
-from dreamtext.renderer import RenderConfig
+from dreamtext.renderer import RenderConfig, VolumeRenderer
 from dreamtext.runfiles import sentence_path
 
 log = logging.getLogger(__name__)
@@ -425,6 +425,10 @@ def export_workspace(
         progress.stage("loading the run")
         state = read_run_checkpoint(workspace)
         field, renderer, config = run_from_state(state, device)
+        if options.video and isinstance(renderer, VolumeRenderer):
+            # A run stopped before its grid's first refresh: its turntable through a refreshed
+            # copy (every cell of the run's grid still counts as occupied).
+            renderer = renderer.with_grid_refreshed(field, int(state["step"]))
         return _export_run(
             workspace, options, device, state, field, renderer, progress, config.get("prompt")
         )

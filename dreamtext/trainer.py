@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import dataclasses
 import secrets
 import socket
@@ -603,22 +602,10 @@ PREVIEW_SHADINGS = ("albedo", "textureless")
 
 
 def preview_renderer(run: Run) -> VolumeRenderer:
-    """The renderer previews use: the run's, or for a run not yet at its first occupancy-grid
-    refresh (step ``grid_update_every``) a copy with the grid refreshed once. Until then every
-    cell counts as occupied, so every ray marches and queries the whole scene, normals too: a
-    3-step run of the default field previewed from 6.6 million field queries, with a refreshed
-    grid from 2.7 million plus the refresh's 262,144 (2.2 min -> 68 s on 2 loaded cores), images
-    within 10 levels of 255 (mean 1.5). A copy, so that the checkpoint and the export keep the
-    run's grid; the refresh draws its jitter from a forked generator, so that the run's random
-    numbers stay as they were."""
-    cfg = run.renderer.cfg
-    if not cfg.occupancy_grid or run.step >= cfg.grid_update_every:
-        return run.renderer
-    renderer = copy.deepcopy(run.renderer)
-    cuda = run.device.type == "cuda"
-    with torch.random.fork_rng(devices=[run.device] if cuda else []):
-        renderer.update_occupancy(run.field, cfg.grid_update_every)
-    return renderer
+    """The renderer previews and the export's turntable use: the run's, or for a run not yet at
+    its first occupancy-grid refresh a copy with the grid refreshed once
+    (:meth:`~dreamtext.renderer.VolumeRenderer.with_grid_refreshed`)."""
+    return run.renderer.with_grid_refreshed(run.field, run.step)
 
 
 @torch.no_grad()
@@ -898,7 +885,8 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
 
 def export_trained(run: Run) -> None:
     """The seam to mesh export: the trained field, rendered by the run's own renderer (its
-    settings and occupancy grid), with the run's ``export_options``, the files named after its
+    settings and occupancy grid; a run stopped before the grid's first refresh, a refreshed copy
+    of it: :func:`preview_renderer`), with the run's ``export_options``, the files named after its
     object (:func:`dreamtext.export.run_title`: its prompt, an image run's image). Its files go
     to hidden staging folders for minutes, so status.json is kept fresh meanwhile
     (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the way."""
@@ -908,7 +896,7 @@ def export_trained(run: Run) -> None:
             run.field.eval(),
             run.workspace,
             options,
-            renderer=run.renderer,
+            renderer=preview_renderer(run) if options.video else run.renderer,
             step=run.step,
             check=still_ours,
             prompt=run.cfg.prompt,
