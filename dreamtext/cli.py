@@ -46,11 +46,10 @@ SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
 batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
 
-# ``--max-words``: refused by describe's check_options once parsed, without the value or the
+# ``--max-words`` and ``--descriptor-iters`` (0: the placeholders keep the words they start
+# from); describe's check_options refused a negative --max-words without the value or the
 # "(see ... --help)" every other flag's refusal has.
-_word_count = _within(int, 0, math.inf, "an integer of 0 or more")
-# ``--descriptor-iters``: 0 keeps the placeholders as the words they start from.
-_step_count = _within(int, 0, math.inf, "an integer of 0 or more")
+_count = _within(int, 0, math.inf, "an integer of 0 or more")
 # ``--port``: 0 picks a free one.
 _port = _within(int, 0, 65535, "a port number")
 # ``--seed`` (a larger one made torch raise an overflow traceback once the run had started).
@@ -482,11 +481,11 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
         help="fix the quantifier, used as written like --noun (e.g. two, a pair of) [searched: "
         "a, an, some, a few, a little, a lot of, much, many]",
     )
-    g.add_argument("--max-words", type=_word_count, help="most descriptor words, 0 or more [15]")
+    g.add_argument("--max-words", type=_count, help="most descriptor words, 0 or more [15]")
     if descriptor:
         g.add_argument(
             "--descriptor-iters",
-            type=_step_count,
+            type=_count,
             help="descriptor-token training steps, 0 or more (0: text→3D on the sentence's own "
             "words); more than a finished descriptor has trains it on [10000]",
         )
