@@ -425,10 +425,6 @@ def export_workspace(
         progress.stage("loading the run")
         state = read_run_checkpoint(workspace)
         field, renderer, config = run_from_state(state, device)
-        if options.video and isinstance(renderer, VolumeRenderer):
-            # A run stopped before its grid's first refresh: its turntable through a refreshed
-            # copy (every cell of the run's grid still counts as occupied).
-            renderer = renderer.with_grid_refreshed(field, int(state["step"]))
         return _export_run(
             workspace, options, device, state, field, renderer, progress, config.get("prompt")
         )
@@ -664,6 +660,11 @@ def _export_field(
 
     frames = 0
     if options.video:
+        if isinstance(renderer, VolumeRenderer) and step is not None:
+            # A run stopped before its grid's first refresh renders through a refreshed copy:
+            # every cell of the run's grid still counts as occupied. (Other renderers, such as
+            # the tests' analytic tracer, have no grid.)
+            renderer = renderer.with_grid_refreshed(field, step)
         poses = turntable_poses(options.frames, surface.vertices)
         images = render_turntable(
             field,

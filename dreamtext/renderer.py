@@ -245,7 +245,8 @@ class VolumeRenderer(nn.Module):
         images within 10 levels of 255 (mean 1.5). A copy, so that the run's grid (its
         checkpoint, a resume) stays as it was; the refresh draws its jitter from a forked
         generator, so that the run's random numbers stay as they were too. Used by the previews
-        (:func:`dreamtext.trainer.preview_renderer`) and the export's turntable."""
+        (:func:`dreamtext.trainer.preview_renderer`) and the export's turntable
+        (:func:`dreamtext.export.export_field`)."""
         cfg = self.cfg
         if not cfg.occupancy_grid or step >= cfg.grid_update_every:
             return self

@@ -602,8 +602,8 @@ PREVIEW_SHADINGS = ("albedo", "textureless")
 
 
 def preview_renderer(run: Run) -> VolumeRenderer:
-    """The renderer previews and the export's turntable use: the run's, or for a run not yet at
-    its first occupancy-grid refresh a copy with the grid refreshed once
+    """The renderer previews use (the export's turntable refreshes the same way): the run's, or
+    for a run not yet at its first occupancy-grid refresh a copy with the grid refreshed once
     (:meth:`~dreamtext.renderer.VolumeRenderer.with_grid_refreshed`)."""
     return run.renderer.with_grid_refreshed(run.field, run.step)
 
@@ -885,18 +885,19 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
 
 def export_trained(run: Run) -> None:
     """The seam to mesh export: the trained field, rendered by the run's own renderer (its
-    settings and occupancy grid; a run stopped before the grid's first refresh, a refreshed copy
-    of it: :func:`preview_renderer`), with the run's ``export_options``, the files named after its
-    object (:func:`dreamtext.export.run_title`: its prompt, an image run's image). Its files go
-    to hidden staging folders for minutes, so status.json is kept fresh meanwhile
-    (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the way."""
+    settings and occupancy grid; the turntable of a run stopped before the grid's first refresh
+    goes through a refreshed copy of it, as the previews do), with the run's ``export_options``,
+    the files named after its object (:func:`dreamtext.export.run_title`: its prompt, an image
+    run's image). Its files go to hidden staging folders for minutes, so status.json is kept
+    fresh meanwhile (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the
+    way."""
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
     with status_heartbeat(run.workspace) as still_ours:
         result = export_field(
             run.field.eval(),
             run.workspace,
             options,
-            renderer=preview_renderer(run) if options.video else run.renderer,
+            renderer=run.renderer,
             step=run.step,
             check=still_ours,
             prompt=run.cfg.prompt,
