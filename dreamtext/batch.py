@@ -70,6 +70,7 @@ from dreamtext.errors import (
     DreamtextError,
     WorkspaceInUse,
     file_system_fix,
+    shorten,
     what_failed,
 )
 from dreamtext.exportflags import export_flag_words
@@ -1184,7 +1185,7 @@ def run_entry(
                 result["error"] = f"failed in another worker of this batch: {failure}"
                 _say(
                     f"batch: line {entry.line}: another worker of this batch failed it "
-                    f"({_shorten(failure, 80)}); skipped, run the batch again to retry it"
+                    f"({shorten(failure, 80)}); skipped, run the batch again to retry it"
                 )
             elif fresh or not finished_here(entry, cfg):
                 if not fresh:
@@ -1476,7 +1477,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             f"{r['its']:.2f}" if r["its"] is not None else "-",
             f"{r['gpu_mem_mib']:.0f}" if r["gpu_mem_mib"] is not None else "-",
             r["workspace"],
-            _shorten(r["error"] or "", 80),
+            shorten(r["error"] or "", 80),
         )
         for r in records
     ]
@@ -1503,10 +1504,6 @@ def _status_cell(record: dict[str, Any]) -> str:
 def _say(message: str) -> None:
     """A progress message on stderr, printed above the progress bars."""
     tqdm.write(message, file=sys.stderr)
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _relative(path: Path, root: Path) -> str:

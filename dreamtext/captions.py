@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, shorten
 
 BUILTIN_MODELS = ("builtin:shapes",)
 """The ``--model`` names of the built-in priors."""
@@ -122,7 +122,7 @@ def check_builtin_prompt_lines(
     if not unknown:
         return
     shown = [
-        f'{number} ("{_shorten(prompt, 40)}")' for number, prompt in unknown[:UNKNOWN_PROMPTS_SHOWN]
+        f'{number} ("{shorten(prompt, 40)}")' for number, prompt in unknown[:UNKNOWN_PROMPTS_SHOWN]
     ]
     more = len(unknown) - len(shown)
     which = ", ".join(shown) + (f" and {more} more line{'s' if more > 1 else ''}" if more else "")
@@ -133,10 +133,6 @@ def check_builtin_prompt_lines(
         f"{'those lines' if many else 'that line'}, or pass --model with a Stable Diffusion "
         "model (a diffusers hub id or folder)"
     )
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 __all__ = [

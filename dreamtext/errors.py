@@ -65,6 +65,13 @@ class TrainedRun:
     workspace: Path
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, for a one-line message or a bar's label: a
+    longer one ends in ``…``, so that a cut word does not read as a word of its own
+    ('firefight' for 'firefighter')."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def what_failed(error: OSError) -> str:
     """The first half of a file-system error's line: what the system calls it, and its file
     where it has one (``No space left on device (W/log.jsonl)``)."""

@@ -18,6 +18,8 @@ from typing import TextIO
 from tqdm.auto import tqdm as auto_tqdm
 from tqdm.std import tqdm as std_tqdm
 
+from dreamtext.errors import shorten
+
 PROGRESS_SECONDS = "DREAMTEXT_PROGRESS_SECONDS"
 FILE_SECONDS = 30.0  # between two redraws of a bar written to a file
 
@@ -50,7 +52,7 @@ def bar_options(stream: TextIO | None = None) -> dict[str, float]:
 def bar_label(text: str, width: int = 40) -> str:
     """``text`` for a bar's label, at most ``width`` characters: a longer one ends in ``…``, so
     that a cut prompt does not read as a word of its own ('firefight' for 'firefighter')."""
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return shorten(text, width)
 
 
 # In a notebook tqdm.auto's bar is a widget, which draws itself.
