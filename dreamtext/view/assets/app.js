@@ -537,10 +537,30 @@
       return `not exported (--no-export): dreamtext export${where} makes the ${what}`;
     }
 
+    /** The download links of the mesh files the run's export made. */
+    function meshLinks(run) {
+      return [["glb", "GLB"], ["obj", "OBJ"], ["mtl", "MTL"], ["texture", "texture"], ["ply", "PLY"]]
+        .filter(([kind]) => run.mesh[kind])
+        .map(([kind, label]) => el("a", { href: run.mesh[kind], download: true, text: label }));
+    }
+
+    /** Why a run whose export made an OBJ or a PLY (`--formats obj,ply`) has no 3D view, and how
+     * to add the GLB it shows without losing those files (a re-export replaces the mesh files). */
+    function noGlb(run) {
+      const formats = ["obj", "ply"].filter((kind) => run.mesh[kind]);
+      const where = run.workspace ? ` --workspace ${run.workspace}` : "";
+      return `the 3D view shows a GLB; this export has none (--formats ${formats.join(",")}): ` +
+        `dreamtext export${where} --formats ${["glb", ...formats].join(",")} adds it`;
+    }
+
     function drawViewer(run) {
-      const glb = run.mesh && run.mesh.glb;
+      const mesh = run.mesh || {};
+      const glb = mesh.glb;
       if (!glb) {
-        fill(viewer, el("figcaption", { text: "3D mesh" }), el("p", { class: "empty", text: noExport(run, "mesh") }));
+        const exported = Boolean(mesh.obj || mesh.ply);
+        fill(viewer, el("figcaption", { text: "3D mesh" }),
+          el("p", { class: "empty", text: exported ? noGlb(run) : noExport(run, "mesh") }),
+          exported ? el("p", { class: "downloads" }, "download: ", meshLinks(run)) : null);
         meshView.view = null;
         meshView.url = null;
         return;
@@ -552,10 +572,7 @@
         meshView.view = MeshView(stage);
         meshView.links = links;
       }
-      fill(meshView.links, "download: ",
-        ...[["glb", "GLB"], ["obj", "OBJ"], ["mtl", "MTL"], ["texture", "texture"], ["ply", "PLY"]]
-          .filter(([kind]) => run.mesh[kind])
-          .map(([kind, label]) => el("a", { href: run.mesh[kind], download: true, text: label })));
+      fill(meshView.links, "download: ", meshLinks(run));
       if (meshView.url === glb) return;
       meshView.url = glb;
       if (data.glb_script && !live) loadGlbScript(data.glb_script, (buffer) => meshView.view.load(buffer));
