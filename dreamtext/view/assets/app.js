@@ -103,12 +103,21 @@
     return parts.join(" · ");
   }
 
-  function batchLine(batch) {
+  /** The card's line of batch.jsonl's newest record of the run. A batch writes a prompt's record
+   * when the prompt ends, so a running run's record is of an attempt before this one (its speed
+   * and end are not this attempt's). */
+  function batchLine(run) {
+    const batch = run.batch;
     if (!batch) return null;
     const parts = [];
     if (batch.line !== undefined) parts.push(`batch line ${batch.line}`);
     if (batch.host) parts.push(batch.host);
     if (batch.shard) parts.push(`shard ${batch.shard}`);
+    if (stateOf(run) === "running") {
+      const ended = batch.finished ? `, ended ${batch.finished}` : "";
+      parts.push(`attempt before: ${batch.status || "unknown"}${ended}`);
+      return parts.join(" · ");
+    }
     if (batch.its !== null && batch.its !== undefined) parts.push(`${formatNumber(batch.its)} it/s`);
     if (batch.finished) parts.push(`ended ${batch.finished}`);
     return parts.join(" · ");
@@ -262,7 +271,7 @@
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
         : null,
       el("p", { class: "facts" }, badge(run), " ", facts(run)),
-      run.batch ? el("p", { class: "batch", text: batchLine(run.batch) }) : null,
+      run.batch ? el("p", { class: "batch", text: batchLine(run) }) : null,
       status.error ? el("p", { class: "error", text: String(status.error), title: String(status.error) }) : null,
       el("p", { class: "name", text: run.name }),
     );
