@@ -664,6 +664,19 @@ def test_turntable_frame_shows_rgb_beside_depth_on_white():
     np.testing.assert_allclose(depth[0, 0], 1.0)
 
 
+def test_export_help_gives_the_turntables_frame_size_and_speed_as_rendered():
+    """--help said --video-size was "the turntable's width and height": the video is twice as
+    wide (albedo beside depth); and --frames did not say that more frames make a longer turn."""
+    from dreamtext.cli import build_parser
+
+    export = build_parser()._subparsers._group_actions[0].choices["export"]
+    text = " ".join(export.format_help().split())
+    size = 16
+    assert render_turntable(SphereField(), 60, size, SphereTracer())[0].shape == (size, 2 * size, 3)
+    assert "each VIDEO_SIZE pixels square: a video twice as wide as high" in text
+    assert f"one turn at {export_module.VIDEO_FPS} frames a second (60: 2 s)" in text
+
+
 def test_turntable_shows_all_of_an_object_that_reaches_past_the_training_view(tmp_path):
     # A sphere of radius 0.7 below the origin: from the training cameras' distance (1.3) it
     # spans more than their field of view, and its bottom would be cut off.
