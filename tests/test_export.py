@@ -1601,6 +1601,19 @@ def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
     assert dataclasses.asdict(options) == dataclasses.asdict(expected)
 
 
+def test_the_runs_options_line_shows_what_a_flag_replaced(tmp_path, monkeypatch, capsys):
+    """`export --video-size 96` of a run recorded at 64 said "the run's export options: ...,
+    video_size 64 (flags override them)", naming 64 as if it were used."""
+    recorded = {"resolution": 40, "threshold": 12.5, "video_size": 64, "formats": ["ply"]}
+    workspace = recorded_run(tmp_path, recorded)
+    capsys.readouterr()
+    exported_with(monkeypatch, workspace, "--video-size", "96", "--threshold", "auto")
+    assert (
+        "the run's export options: resolution 40, threshold 12.5 → auto, formats ply, "
+        "video_size 64 → 96 (flags override them)"
+    ) in capsys.readouterr().err
+
+
 def test_export_mesh_exports_the_mesh_files_without_the_turntable(tmp_path, monkeypatch):
     """``--mesh`` was "accepted for compatibility" and changed nothing, so a run whose own
     export made a turntable made one again. It is --no-video's option now, nothing else."""
