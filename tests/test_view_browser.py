@@ -525,8 +525,9 @@ def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(pa
 
 
 def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, tmp_path):
-    """A batch resuming an interrupted line showed it running beside "ended <time>": the record
-    a batch writes when a prompt ends, of the attempt before."""
+    """A batch resuming an interrupted line showed it running beside "ended <time>" (and its
+    page a "Batch" table saying interrupted): the record a batch writes when a prompt ends, of
+    the attempt before."""
     root = tmp_path / "runs"
     run = root / "a_blue_sphere"
     run.mkdir(parents=True)
@@ -547,6 +548,10 @@ def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, 
         assert card.locator(".batch").inner_text() == (
             "batch line 3 · node7 · attempt before: interrupted, ended 2026-11-30T09:00:30+00:00"
         )
+        page.goto(srv.url + "run/a_blue_sphere/")
+        heading = page.locator(".details h2", has_text="Batch")
+        heading.wait_for()
+        assert heading.inner_text() == "Batch: the attempt before this one"
     finally:
         srv.shutdown()
         srv.server_close()

@@ -668,7 +668,9 @@
         parts.push(el("h2", { text: "Mesh" }), table(Object.entries(run.mesh_stats)));
       }
       if (run.batch) {
-        parts.push(el("h2", { text: "Batch" }), table(Object.entries(run.batch)));
+        // A running run's record is its attempt before (batchLine).
+        const heading = stateOf(run) === "running" ? "Batch: the attempt before this one" : "Batch";
+        parts.push(el("h2", { text: heading }), table(Object.entries(run.batch)));
       }
       const files = Object.entries(run.data_files || {});
       if (files.length) {
@@ -699,7 +701,7 @@
       drawPreviews(run);
       redraw("source", run.source_image, drawSource, run);
       redraw("charts", [run.series, run.descriptor_steps, run.descriptor_loss], drawCharts, run);
-      redraw("details", [run.mesh_stats, run.batch, run.data_files, run.config], drawDetails, run);
+      redraw("details", [run.mesh_stats, run.batch, stateOf(run), run.data_files, run.config], drawDetails, run);
     }
     // Said at the top when the run's folder is removed or moved while its page is open.
     const goneNotice = goneNote();
