@@ -848,8 +848,10 @@ def is_finished(cfg: TrainConfig) -> bool:
 @dataclass
 class BatchRun:
     """What :func:`run_batch` did: ``records``, the ``batch.jsonl`` records it wrote, in order;
-    ``not_started``, the lines of its share that a Ctrl-C or SIGTERM stopped it before (none
-    when it ran to the end, or stopped for its file system or GPU); ``overwrite``, whether it ran
+    ``not_started``, the lines of its share that a Ctrl-C or SIGTERM stopped it before and that
+    were not finished when it started (none when it ran to the end, or stopped for its file
+    system or GPU; a finished line after the stop is skipped when the batch runs again, not
+    started); ``overwrite``, whether it ran
     with ``--overwrite`` (what :func:`not_started_line` tells the user to run next). The CLI
     prints that line below the summary table of ``records``: a log ends with what is left."""
 
@@ -956,7 +958,9 @@ def run_batch(
             if record["stopped_batch"]:  # a full disk, an unusable GPU
                 break
     stopped = records and stopped_by_user(records[-1])
-    return BatchRun(records, share[len(records) :] if stopped else [], options.overwrite)
+    to_train = {e.workspace for e, _ in pending}
+    left = [e for e in share[len(records) :] if e.workspace in to_train] if stopped else []
+    return BatchRun(records, left, options.overwrite)
 
 
 # How many line numbers of the lines a stopped batch did not start its one line names.

@@ -30,7 +30,7 @@ from dreamtext.errors import (
     trained_run_line,
     what_failed,
 )
-from dreamtext.exportflags import add_export_flags, apply_export_flags
+from dreamtext.exportflags import BY_OPTION, add_export_flags, apply_export_flags
 from dreamtext.flagtypes import positive as _positive
 from dreamtext.flagtypes import within as _within
 
@@ -432,7 +432,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     options.validate()
     resolve_device(options.device)
     if recorded:
-        settings = ", ".join(f"{name} {_setting(value)}" for name, value in recorded.items())
+        # A recorded setting a flag replaced shows both, as a resume's changed settings do.
+        settings = ", ".join(
+            f"{name} {_setting(value)}"
+            + ("" if (now := getattr(options, name)) == value else f" → {_flag_text(name, now)}")
+            for name, value in recorded.items()
+        )
         print(
             f"dreamtext: the run's export options: {settings} (flags override them)",
             file=sys.stderr,
@@ -459,6 +464,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _setting(value: Any) -> str:
     return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _flag_text(option: str, value: Any) -> str:
+    """An export option's value as its flag takes it (``--threshold auto`` for ``None``)."""
+    row = BY_OPTION[option]
+    return str(value) if row.switch else row.to_text(value)
 
 
 DESCRIBE_FLAGS = ("clip", "nouns", "adjectives", "noun", "quantifier", "max_words")

@@ -146,13 +146,14 @@ EXPORT_FLAGS: tuple[ExportFlag, ...] = (
     ExportFlag("video", "the turntable; --no-video skips it [on]", switch=True),
     ExportFlag(
         "video_size",
-        "the turntable's width and height in pixels, even, at least 16; its render time grows "
-        "with their product (128 takes about a third of 256's) [256]",
+        "the turntable's two views side by side (albedo, depth), each VIDEO_SIZE pixels "
+        "square: a video twice as wide as high; even, at least 16; its render time grows with "
+        "its square (128 takes about a third of 256's) [256]",
         type=_video_size,
     ),
     ExportFlag(
         "frames",
-        "turntable frames, one turn, at least 60 [60]",
+        "turntable frames, one turn at 30 frames a second (60: 2 s), at least 60 [60]",
         type=_at_least(60, "an integer of at least 60"),
     ),
     ExportFlag("device", "auto, cpu, cuda or cuda:N [auto]"),

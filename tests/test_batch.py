@@ -1352,6 +1352,27 @@ def test_an_interrupted_batch_names_the_lines_it_did_not_start(
     assert not (root / "a_green_cube").exists()
 
 
+def test_an_interrupted_batch_does_not_name_lines_finished_before_it_as_not_started(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A rerun stopped in line 2 said "2 lines not started (lines 3, 4); run the same command
+    again to start them" where line 4 had finished in the batch before: it is skipped, not
+    started."""
+    root = tmp_path / "root"
+    flags = [*BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    done = prompts_file(tmp_path, "a yellow cube", name="done.txt")
+    assert main(list(map(str, ["batch", done, *flags]))) == 0
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube", "a yellow cube")
+    ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")
+    capsys.readouterr()
+    assert main(list(map(str, ["batch", path, *flags]))) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        "batch: 1 line not started (line 3); run the same command again to start it "
+        "(finished lines are skipped, an interrupted one resumes)"
+    )
+
+
 def test_the_lines_not_started_are_named_below_the_summary_table(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch
 ):

@@ -664,6 +664,19 @@ def test_turntable_frame_shows_rgb_beside_depth_on_white():
     np.testing.assert_allclose(depth[0, 0], 1.0)
 
 
+def test_export_help_gives_the_turntables_frame_size_and_speed_as_rendered():
+    """--help said --video-size was "the turntable's width and height": the video is twice as
+    wide (albedo beside depth); and --frames did not say that more frames make a longer turn."""
+    from dreamtext.cli import build_parser
+
+    export = build_parser()._subparsers._group_actions[0].choices["export"]
+    text = " ".join(export.format_help().split())
+    size = 16
+    assert render_turntable(SphereField(), 60, size, SphereTracer())[0].shape == (size, 2 * size, 3)
+    assert "each VIDEO_SIZE pixels square: a video twice as wide as high" in text
+    assert f"one turn at {export_module.VIDEO_FPS} frames a second (60: 2 s)" in text
+
+
 def test_turntable_shows_all_of_an_object_that_reaches_past_the_training_view(tmp_path):
     # A sphere of radius 0.7 below the origin: from the training cameras' distance (1.3) it
     # spans more than their field of view, and its bottom would be cut off.
@@ -1586,6 +1599,19 @@ def test_export_flags_override_the_recorded_options(tmp_path, monkeypatch):
     here = str(resolve_device("auto"))
     expected = ExportOptions(video=False, device=here)
     assert dataclasses.asdict(options) == dataclasses.asdict(expected)
+
+
+def test_the_runs_options_line_shows_what_a_flag_replaced(tmp_path, monkeypatch, capsys):
+    """`export --video-size 96` of a run recorded at 64 said "the run's export options: ...,
+    video_size 64 (flags override them)", naming 64 as if it were used."""
+    recorded = {"resolution": 40, "threshold": 12.5, "video_size": 64, "formats": ["ply"]}
+    workspace = recorded_run(tmp_path, recorded)
+    capsys.readouterr()
+    exported_with(monkeypatch, workspace, "--video-size", "96", "--threshold", "auto")
+    assert (
+        "the run's export options: resolution 40, threshold 12.5 → auto, formats ply, "
+        "video_size 64 → 96 (flags override them)"
+    ) in capsys.readouterr().err
 
 
 def test_export_mesh_exports_the_mesh_files_without_the_turntable(tmp_path, monkeypatch):

@@ -2602,6 +2602,37 @@ def test_view_on_a_port_in_use_exits_2(root: Path, capsys):
     assert err.count("\n") == 1 and "is in use" in err
 
 
+@pytest.mark.parametrize(
+    "host, line",
+    [
+        ("127.0.0.1", "from another machine: ssh -L {port}:127.0.0.1:{port} node042, then open"),
+        ("0.0.0.0", "from another machine, open http://node042:{port}/"),
+    ],
+)
+def test_view_names_this_machine_in_how_to_reach_it_from_another(
+    root: Path, monkeypatch, capsys, host: str, line: str
+):
+    """The lines said `ssh -L ... <this host>`, and with --host 0.0.0.0 gave only 127.0.0.1's
+    address: the node's name is what a user at home has to type."""
+    import dreamtext.view.server as server_module
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "node042")
+    made = []
+
+    def stopped_at_once(*args, **kwargs):
+        srv = make_server(*args, **kwargs)
+        made.append(srv)
+        monkeypatch.setattr(
+            srv, "serve_forever", lambda **_: (_ for _ in ()).throw(KeyboardInterrupt)
+        )
+        return srv
+
+    monkeypatch.setattr(server_module, "make_server", stopped_at_once)
+    assert main(["view", str(root), "--host", host, "--port", "0"]) == 0
+    out = capsys.readouterr().out
+    assert line.format(port=made[0].server_port) in out, out
+
+
 def test_view_static_prints_the_page_it_wrote(root: Path, tmp_path: Path, capsys):
     assert main(["view", str(root), "--static", str(tmp_path / "site")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "site" / "index.html")

@@ -490,6 +490,74 @@ def test_a_run_finished_without_an_export_says_how_to_make_its_mesh(page, root: 
         thread.join()
 
 
+def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(page, tmp_path):
+    """A run exported with `--formats obj,ply` said "no mesh yet" and linked none of its files."""
+    run = tmp_path / "runs" / "a_red_cube"
+    (run / "mesh").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 60}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 60, "iters": 60}))
+    for name in ("mesh.obj", "mesh.mtl", "mesh.ply"):
+        (run / "mesh" / name).write_text("a mesh file\n")
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(run / "mesh" / "albedo.png")
+    srv = make_server(Catalog([run.parent]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector(".viewer .empty")
+        command = f"dreamtext export --workspace {run.resolve()} --formats glb,obj,ply"
+        assert page.inner_text(".viewer .empty") == (
+            f"the 3D view shows a GLB; this export has none (--formats obj,ply): {command} adds it"
+        )
+        links = page.locator(".viewer .downloads a")
+        assert links.all_text_contents() == ["OBJ", "MTL", "texture", "PLY"]
+        hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+        assert [h.split("?")[0].rsplit("/", 1)[1] for h in hrefs] == [
+            "mesh.obj",
+            "mesh.mtl",
+            "albedo.png",
+            "mesh.ply",
+        ]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, tmp_path):
+    """A batch resuming an interrupted line showed it running beside "ended <time>" (and its
+    page a "Batch" table saying interrupted): the record a batch writes when a prompt ends, of
+    the attempt before."""
+    root = tmp_path / "runs"
+    run = root / "a_blue_sphere"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a blue sphere", "iters": 60}))
+    status = {"state": "running", "step": 30, "iters": 60, "started": "2026-11-30T10:00:00+00:00"}
+    (run / "status.json").write_text(json.dumps(status))
+    record = {"line": 3, "input": "a blue sphere", "kind": "text", "prompt": "a blue sphere"}
+    record |= {"workspace": "a_blue_sphere", "status": "interrupted", "error": None, "its": 4.0}
+    record |= {"started": "2026-11-30T09:00:00+00:00", "finished": "2026-11-30T09:00:30+00:00"}
+    (root / "batch.jsonl").write_text(json.dumps(record | {"host": "node7"}) + "\n")
+    srv = make_server(Catalog([root]), poll_ms=POLL_MS)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        page.goto(srv.url)
+        card = page.locator('.card[data-run="a_blue_sphere"][data-state="running"]')
+        card.wait_for()
+        assert card.locator(".batch").inner_text() == (
+            "batch line 3 · node7 · attempt before: interrupted, ended 2026-11-30T09:00:30+00:00"
+        )
+        page.goto(srv.url + "run/a_blue_sphere/")
+        heading = page.locator(".details h2", has_text="Batch")
+        heading.wait_for()
+        assert heading.inner_text() == "Batch: the attempt before this one"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
 def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):
     page.goto(server.url)
     card = page.locator('.card[data-run="an_apple"]')

@@ -468,9 +468,11 @@ def make_server(
         raise DreamtextError(f"cannot listen on {host}:{port}: {reason}; check --host") from None
 
 
-def serve(folders: list[Path], host: str, port: int, out: TextIO = sys.stdout) -> None:
-    """Serve the runs under ``folders`` until Ctrl-C; print the address first. Folders without
-    runs yet are served too (the viewer started beside a batch), with a line that says so."""
+def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) -> None:
+    """Serve the runs under ``folders`` until Ctrl-C; print the address first (on ``out``, else
+    the ``sys.stdout`` of the moment). Folders without runs yet are served too (the viewer
+    started beside a batch), with a line that says so."""
+    out = out or sys.stdout
     catalog = Catalog(folders, empty_ok=True)
     server = make_server(catalog, host, port)
     url, p = server.url, server.server_port
@@ -483,12 +485,18 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO = sys.stdout) -
             "holds config.json, log.jsonl or descriptor/sentence.json)",
             file=out,
         )
+    # The name other machines reach this one by, as far as it knows (on a cluster, the node).
+    machine = socket.gethostname() or "<this host>"
     if host in ALL_INTERFACES:
-        print("  listening on every network interface of this machine (--host)", file=out)
+        print(
+            "  listening on every network interface of this machine (--host): from another "
+            f"machine, open http://{machine}:{p}/",
+            file=out,
+        )
     else:
         target = f"[{host}]" if ":" in host else host
         print(
-            f"  from another machine: ssh -L {p}:{target}:{p} <this host>, "
+            f"  from another machine: ssh -L {p}:{target}:{p} {machine}, "
             f"then open http://127.0.0.1:{p}/",
             file=out,
         )

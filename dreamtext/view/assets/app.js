@@ -103,12 +103,21 @@
     return parts.join(" · ");
   }
 
-  function batchLine(batch) {
+  /** The card's line of batch.jsonl's newest record of the run. A batch writes a prompt's record
+   * when the prompt ends, so a running run's record is of an attempt before this one (its speed
+   * and end are not this attempt's). */
+  function batchLine(run) {
+    const batch = run.batch;
     if (!batch) return null;
     const parts = [];
     if (batch.line !== undefined) parts.push(`batch line ${batch.line}`);
     if (batch.host) parts.push(batch.host);
     if (batch.shard) parts.push(`shard ${batch.shard}`);
+    if (stateOf(run) === "running") {
+      const ended = batch.finished ? `, ended ${batch.finished}` : "";
+      parts.push(`attempt before: ${batch.status || "unknown"}${ended}`);
+      return parts.join(" · ");
+    }
     if (batch.its !== null && batch.its !== undefined) parts.push(`${formatNumber(batch.its)} it/s`);
     if (batch.finished) parts.push(`ended ${batch.finished}`);
     return parts.join(" · ");
@@ -262,7 +271,7 @@
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
         : null,
       el("p", { class: "facts" }, badge(run), " ", facts(run)),
-      run.batch ? el("p", { class: "batch", text: batchLine(run.batch) }) : null,
+      run.batch ? el("p", { class: "batch", text: batchLine(run) }) : null,
       status.error ? el("p", { class: "error", text: String(status.error), title: String(status.error) }) : null,
       el("p", { class: "name", text: run.name }),
     );
@@ -537,10 +546,30 @@
       return `not exported (--no-export): dreamtext export${where} makes the ${what}`;
     }
 
+    /** The download links of the mesh files the run's export made. */
+    function meshLinks(run) {
+      return [["glb", "GLB"], ["obj", "OBJ"], ["mtl", "MTL"], ["texture", "texture"], ["ply", "PLY"]]
+        .filter(([kind]) => run.mesh[kind])
+        .map(([kind, label]) => el("a", { href: run.mesh[kind], download: true, text: label }));
+    }
+
+    /** Why a run whose export made an OBJ or a PLY (`--formats obj,ply`) has no 3D view, and how
+     * to add the GLB it shows without losing those files (a re-export replaces the mesh files). */
+    function noGlb(run) {
+      const formats = ["obj", "ply"].filter((kind) => run.mesh[kind]);
+      const where = run.workspace ? ` --workspace ${run.workspace}` : "";
+      return `the 3D view shows a GLB; this export has none (--formats ${formats.join(",")}): ` +
+        `dreamtext export${where} --formats ${["glb", ...formats].join(",")} adds it`;
+    }
+
     function drawViewer(run) {
-      const glb = run.mesh && run.mesh.glb;
+      const mesh = run.mesh || {};
+      const glb = mesh.glb;
       if (!glb) {
-        fill(viewer, el("figcaption", { text: "3D mesh" }), el("p", { class: "empty", text: noExport(run, "mesh") }));
+        const exported = Boolean(mesh.obj || mesh.ply);
+        fill(viewer, el("figcaption", { text: "3D mesh" }),
+          el("p", { class: "empty", text: exported ? noGlb(run) : noExport(run, "mesh") }),
+          exported ? el("p", { class: "downloads" }, "download: ", meshLinks(run)) : null);
         meshView.view = null;
         meshView.url = null;
         return;
@@ -552,10 +581,7 @@
         meshView.view = MeshView(stage);
         meshView.links = links;
       }
-      fill(meshView.links, "download: ",
-        ...[["glb", "GLB"], ["obj", "OBJ"], ["mtl", "MTL"], ["texture", "texture"], ["ply", "PLY"]]
-          .filter(([kind]) => run.mesh[kind])
-          .map(([kind, label]) => el("a", { href: run.mesh[kind], download: true, text: label })));
+      fill(meshView.links, "download: ", meshLinks(run));
       if (meshView.url === glb) return;
       meshView.url = glb;
       if (data.glb_script && !live) loadGlbScript(data.glb_script, (buffer) => meshView.view.load(buffer));
@@ -642,7 +668,9 @@
         parts.push(el("h2", { text: "Mesh" }), table(Object.entries(run.mesh_stats)));
       }
       if (run.batch) {
-        parts.push(el("h2", { text: "Batch" }), table(Object.entries(run.batch)));
+        // A running run's record is its attempt before (batchLine).
+        const heading = stateOf(run) === "running" ? "Batch: the attempt before this one" : "Batch";
+        parts.push(el("h2", { text: heading }), table(Object.entries(run.batch)));
       }
       const files = Object.entries(run.data_files || {});
       if (files.length) {
@@ -673,7 +701,7 @@
       drawPreviews(run);
       redraw("source", run.source_image, drawSource, run);
       redraw("charts", [run.series, run.descriptor_steps, run.descriptor_loss], drawCharts, run);
-      redraw("details", [run.mesh_stats, run.batch, run.data_files, run.config], drawDetails, run);
+      redraw("details", [run.mesh_stats, run.batch, stateOf(run), run.data_files, run.config], drawDetails, run);
     }
     // Said at the top when the run's folder is removed or moved while its page is open.
     const goneNotice = goneNote();
