@@ -180,7 +180,10 @@ class ExportResult:
     light from outside falls to transmittance ½ (the default). ``textured_vertices`` counts the
     GLB / OBJ vertices, UV seams split (0 when neither was written). ``step`` is the training
     step of the checkpoint the field came from (``None`` for a field of no run), ``options``
-    the export options that made the files, their device the one that ran.
+    the export options that made the files, their device the one that ran. ``turntable_step``
+    is the step of the turntable in ``video/`` after the export (``None``: there is none, or
+    it is of a field of no run): ``step`` when the export made one or a ``--no-video`` export
+    kept the one of its own step, :func:`_turntable_is_of`.
     """
 
     out_dir: Path
@@ -194,6 +197,7 @@ class ExportResult:
     frames: int = 0
     step: int | None = None
     options: ExportOptions | None = None
+    turntable_step: int | None = None
 
     @property
     def threshold_is_auto(self) -> bool:
@@ -216,6 +220,7 @@ class ExportResult:
             "faces_before_decimation": self.faces_before_decimation,
             "textured_vertices": self.textured_vertices,
             "step": self.step,
+            "turntable_step": self.turntable_step,
             "options": None if self.options is None else config_to_dict(self.options),
         }
 
@@ -680,6 +685,13 @@ def _export_field(
         video_dir = out_dir / "video"
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
         staged[video_dir / "turntable.gif"] = _gif_bytes(images)
+    # A --no-video export keeps the turntable in video/ only where it is of this step: of
+    # another, it would pass for a render of the mesh beside it. Its video/ is then replaced
+    # by none of the export's files (a user's own are carried over).
+    video_dir = out_dir / "video"
+    turntable = any(video_dir.glob("turntable.*"))
+    kept = turntable and not options.video and _turntable_is_of(mesh_dir / "mesh.json", step)
+    emptied = (video_dir,) if turntable and not options.video and not kept else ()
 
     result = ExportResult(
         out_dir=out_dir,
@@ -693,16 +705,37 @@ def _export_field(
         frames=frames,
         step=step,
         options=options,
+        turntable_step=step if options.video or kept else None,
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     progress.stage("writing files")
     # mesh/ (and video/) replaced whole: an earlier export's other formats describe another mesh.
-    written = write_all_atomically(staged, REPLACED_OUTPUTS, check)
-    if (out_dir / "video").is_dir():  # a --no-video export leaves the folder as it is
-        remove_stale_temps(out_dir / "video", "turntable")
+    written = write_all_atomically(staged, REPLACED_OUTPUTS, check, emptied)
+    if emptied:
+        with contextlib.suppress(OSError):  # the export's own folder, had it nothing else
+            video_dir.rmdir()
+    if video_dir.is_dir():  # a --no-video export leaves the rest of the folder as it is
+        remove_stale_temps(video_dir, "turntable")
     kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
     result.files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
     return result
+
+
+def _turntable_is_of(report: Path, step: int | None) -> bool:
+    """Whether ``report``, the ``mesh.json`` of the export before, shows that the turntable in
+    ``video/`` is of ``step``: its ``turntable_step``, or (an export from before it recorded
+    one) its ``step`` when that export made a turntable. A ``--no-video`` export of such a run
+    left the turntable of an export before it, of a step nothing records."""
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, *UNREADABLE_JSON):
+        return False
+    if not isinstance(data, dict):
+        return False
+    if "turntable_step" in data:
+        return data["turntable_step"] == step
+    options = data.get("options")
+    return isinstance(options, dict) and options.get("video") is True and data.get("step") == step
 
 
 def _material(texture: Image.Image) -> trimesh.visual.material.PBRMaterial:
@@ -1124,6 +1157,7 @@ def write_all_atomically(
     files: dict[Path, bytes | Callable[[Path], None]],
     replaced: tuple[str, ...] = (),
     check: Callable[[], None] | None = None,
+    emptied: tuple[Path, ...] = (),
 ) -> list[Path]:
     """Replace the folders of ``files`` (``W/mesh``, ``W/video``: folders of one parent ``W``),
     each as a whole, by folders that hold ``files``: a reader, or a kill at any moment, sees
@@ -1142,9 +1176,12 @@ def write_all_atomically(
     ``check`` (when given) is called once the files are staged, under ``W``'s lock
     (:func:`dreamtext.processes.lock_folder`), which is held on through the swap: whatever it
     checks of ``W`` still holds when the files arrive. If it raises, the staged files are
-    removed as for a failed write. Returns the paths written.
+    removed as for a failed write. ``emptied``: folders of ``W`` replaced the same way by
+    none of ``files`` (swapped first), so that only a user's own files stay in them. Returns
+    the paths written.
     """
     folders = list(dict.fromkeys(path.parent for path in reversed(list(files))))[::-1]
+    folders = [*dict.fromkeys(f for f in emptied if f not in folders), *folders]
     parent = folders[0].parent
     if any(folder.parent != parent for folder in folders):
         raise ValueError(f"the folders of one replacement need one parent: {folders}")
@@ -1164,9 +1201,10 @@ def write_all_atomically(
             # any machine) that this staging folder is still being written (_abandoned).
             record = {**this_process(), "folders": [folder.name for folder in folders]}
             owner = write_held_record(staging / RECORD_FILE, record)
+            for folder in folders:
+                (staging / folder.name).mkdir(exist_ok=True)
             for path, content in files.items():
                 staged = staging / path.parent.name / path.name
-                staged.parent.mkdir(exist_ok=True)
                 with naming_the_file(path):
                     if isinstance(content, bytes):
                         staged.write_bytes(content)

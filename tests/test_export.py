@@ -715,6 +715,51 @@ def test_only_the_asked_formats_are_written(tmp_path):
     assert not (tmp_path / "video").exists()
 
 
+def test_a_no_video_export_of_another_step_drops_the_turntable_of_the_step_before(tmp_path):
+    """`dreamtext export --no-video` (or --mesh) of step 20 after a full export of step 10: the
+    turntable of step 10 would pass for step 20's beside its mesh. It goes (a file of the
+    user's own in video/ stays), and mesh.json records that no turntable is of this mesh."""
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    assert json.loads((tmp_path / "mesh" / "mesh.json").read_text())["turntable_step"] == 10
+    (tmp_path / "video" / "notes.txt").write_text("mine")
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=20)
+    assert sorted(p.name for p in (tmp_path / "video").iterdir()) == ["notes.txt"]
+    report = json.loads((tmp_path / "mesh" / "mesh.json").read_text())
+    assert (report["step"], report["turntable_step"]) == (20, None)
+    (tmp_path / "video" / "notes.txt").unlink()
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=20)
+    assert not (tmp_path / "video").exists()  # the export's own folder, empty, goes too
+
+
+def test_a_no_video_export_of_the_same_step_keeps_its_turntable(tmp_path):
+    """`--formats ply --no-video` after a full export of the same checkpoint: the turntable
+    still shows the field this mesh is of, and the next export still knows its step."""
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    gif = (tmp_path / "video" / "turntable.gif").read_bytes()
+    for _ in range(2):
+        export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=10)
+        assert (tmp_path / "video" / "turntable.gif").read_bytes() == gif
+        assert json.loads((tmp_path / "mesh" / "mesh.json").read_text())["turntable_step"] == 10
+
+
+def test_a_no_video_export_drops_a_turntable_an_older_export_left_unrecorded(tmp_path):
+    """Before mesh.json recorded the turntable's step, a --no-video export left the turntable of
+    the export before it: the mesh.json of such an export (video false) cannot vouch for it."""
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    report = tmp_path / "mesh" / "mesh.json"
+    older = json.loads(report.read_text())
+    del older["turntable_step"]
+    report.write_text(json.dumps({**older, "step": 20, "options": {"video": False}}))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=20)
+    assert not (tmp_path / "video").exists()
+    # The mesh.json of the full export that made it, of this step: it stays.
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    report.write_text(json.dumps(older))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=10)
+    assert (tmp_path / "video" / "turntable.gif").exists()
+
+
 @pytest.mark.parametrize(
     ("field", "threshold", "message"),
     [(EmptyField(), None, "train longer"), (SphereField(), 1000.0, "lower --threshold")],
