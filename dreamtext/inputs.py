@@ -694,18 +694,21 @@ def layered_guidance(
     flags: Mapping[str, object],
     preset: str | None,
     config_file: str | Path | Sequence[str | Path] | None,
+    base: Mapping[str, object] | None = None,
 ) -> dict[str, str] | None:
     """``guidance.model`` and ``guidance.negative`` of a new run as
     :func:`dreamtext.config.resolve_config` resolves them, read without torch: each flag's value
     (``flags``: ``{"model": ..., "negative": ...}``, ``None`` where not given), else that of the
     last of ``--preset`` and the ``--config`` files that gives it, else ``""`` (the default
-    model is no built-in one, the default negative prompt empty). ``None`` where this cannot
-    tell: a value that is no string (resolve_config refuses it), or a run's config.json that
-    lacks one (its presets fill it in)."""
+    model is no built-in one, the default negative prompt empty); of a resumed run, whose
+    config.json is ``base``, else the run's. ``None`` where this cannot tell: a value that is
+    no string (resolve_config refuses it), or a run's config.json that lacks one (its presets
+    fill it in)."""
     values: dict[str, object] = {name: flags.get(name) for name in GUIDANCE_READ_EARLY}
     unset = [name for name, value in values.items() if value is None]
     if unset:
-        layers = [] if preset is None else [(read_yaml(preset_path(preset)), False)]
+        layers = [] if base is None else [(base, True)]
+        layers += [] if preset is None else [(read_yaml(preset_path(preset)), False)]
         layers += [
             (read_yaml(path), path.name == "config.json") for path in config_files_list(config_file)
         ]
