@@ -32,6 +32,7 @@ from dreamtext.errors import (
 )
 from dreamtext.exportflags import add_export_flags, apply_export_flags
 from dreamtext.flagtypes import positive as _positive
+from dreamtext.flagtypes import shard as _shard
 from dreamtext.flagtypes import within as _within
 
 EXIT_USAGE = 2
@@ -1117,6 +1118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         "--shard",
+        type=_shard,
         metavar="K/N",
         help="run share K of N (0 ≤ K < N) of the list [SLURM array task's share, else all]",
     )

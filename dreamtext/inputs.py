@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from dreamtext.errors import DreamtextError
+from dreamtext.flagtypes import SHARD_FORM, shard_pair
 from dreamtext.processes import LOCK_NAME, enclosing_run, is_run_folder
 
 DEFAULT_WORKSPACE_ROOT = Path("workspace")
@@ -404,14 +405,12 @@ def repeat_key(kind: str, prompt: str) -> tuple[str, str]:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` → ``(K, N)`` with ``0 ≤ K < N``."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if match is None or not int(match[1]) < int(match[2]):
-        raise DreamtextError(
-            f"--shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four shares; "
-            f"got '{text}'"
-        )
-    return int(match[1]), int(match[2])
+    """``"K/N"`` → ``(K, N)`` with ``0 ≤ K < N`` (:func:`dreamtext.flagtypes.shard_pair`; the
+    CLI's ``--shard`` refuses another at parsing, :func:`dreamtext.flagtypes.shard`)."""
+    pair = shard_pair(text)
+    if pair is None:
+        raise DreamtextError(f"--shard must be {SHARD_FORM}; got '{text}'")
+    return pair
 
 
 def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:

@@ -24,8 +24,10 @@ RECORDED_PRESETS = (
 
 
 def bad_shard(text: str) -> str:
+    """A bad ``--shard``'s line, worded as every flag's refusal: the value and ``--help``."""
     return (
-        f"--shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four shares; got '{text}'"
+        "dreamtext batch: argument --shard: must be K/N with 0 ≤ K < N (e.g. 0/4 for the first "
+        f"of four shares), got '{text}' (see dreamtext batch --help)"
     )
 
 
@@ -33,9 +35,10 @@ def run_without_torch(
     folder: Path, argv: list[str], environ: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """``dreamtext ARGV`` in a fresh interpreter in ``folder`` (with ``environ`` set), which
-    prints on stdout the model libraries it imported."""
+    prints on stdout the model libraries it imported (a refusal of argparse's too)."""
     code = (
-        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from dreamtext.cli import main\n"
+        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as stop:\n    rc = stop.code\n"
         "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -115,9 +118,10 @@ MORE_EARLY_MISTAKES = [
     # preset: a bad --shard is its line even with a bad preset after it.
     (
         ["batch", "prompts.txt", "--shard", "3/2", "--preset", "nope"],
-        f"dreamtext: error: {bad_shard('3/2')}\n",
+        f"{bad_shard('3/2')}\n",
     ),
-    (["batch", "prompts.txt", "--shard", "x/y"], f"dreamtext: error: {bad_shard('x/y')}\n"),
+    (["batch", "prompts.txt", "--shard", "x/y"], f"{bad_shard('x/y')}\n"),
+    (["batch", "missing.txt", "--shard", "1"], f"{bad_shard('1')}\n"),
     (
         ["batch", "prompts.txt", "--shard", "1/2", "--preset", "nope"],
         f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n",
