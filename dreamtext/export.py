@@ -57,7 +57,7 @@ from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.exportflags import option_flag
 from dreamtext.exportprogress import ExportProgress
-from dreamtext.inputs import slugify
+from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
 from dreamtext.latestrun import newest_run, runs_in
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
@@ -82,7 +82,7 @@ from dreamtext.processes import (
 )
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.renderer import RenderConfig, VolumeRenderer
-from dreamtext.runfiles import sentence_path
+from dreamtext.runfiles import read_record, recorded_image, sentence_path
 
 log = logging.getLogger(__name__)
 
@@ -762,8 +762,10 @@ def run_title(workspace: str | Path, prompt: str | None) -> str | None:
     ``mug.png``, as its folder is named), a ``--diverse`` run's the prompt it sampled its image
     of. An image run's prompt is its trained sentence (``An image of a <descriptor> mug``), a
     placeholder token no user typed, which named its objects ``an_image_of_a_descriptor_mug``;
-    the GLB keeps it as the node's ``prompt``. A config.json that cannot be read names the object
-    after the prompt (:func:`recorded_options` warns of it)."""
+    the GLB keeps it as the node's ``prompt``. A text→3D run of an image run's trained sentence
+    with that run's learned tokens (``text SENTENCE --config IMAGE_RUN/config.json --workspace
+    NEW``) is named as that run is (:func:`_image_of_trained_sentence`). A config.json that
+    cannot be read names the object after the prompt (:func:`recorded_options` warns of it)."""
     try:
         data = json.loads((Path(workspace) / "config.json").read_text(encoding="utf-8"))
     except (OSError, *UNREADABLE_JSON):
@@ -774,7 +776,28 @@ def run_title(workspace: str | Path, prompt: str | None) -> str | None:
         return diverse["prompt"]
     if isinstance(image, dict) and isinstance(image.get("image"), str):
         return Path(image["image"]).stem
-    return prompt
+    return _image_of_trained_sentence(sections, prompt) or prompt
+
+
+def _image_of_trained_sentence(config: dict[str, Any], prompt: str | None) -> str | None:
+    """The image name (its stem) of the image→3D run whose learned tokens the run of ``config``
+    trains with (``guidance.textual_inversion``: that run's ``descriptor/learned_embeds
+    .safetensors``) when ``prompt`` is that run's trained sentence, else ``None``: a prompt of
+    the user's own words around the token is the user's name for it."""
+    guidance = config.get("guidance")
+    learned = guidance.get("textual_inversion") if isinstance(guidance, dict) else None
+    if prompt is None or not isinstance(learned, str):
+        return None
+    if Path(learned).parts[-2:] != RUN_LEARNED_EMBEDS:
+        return None
+    image_run = Path(learned).parents[1]
+    try:
+        record, image = read_record(image_run) or {}, recorded_image(image_run)
+    except DreamtextError:  # its sentence.json or config.json unreadable: the prompt names it
+        return None
+    if not isinstance(image, str) or not same_prompt(record.get("trained_sentence"), prompt):
+        return None
+    return Path(image).stem
 
 
 # The GLB's scene root, which trimesh does not write when it carries nothing: named so that no

@@ -557,6 +557,26 @@ def test_run_title_is_the_prompt_the_image_or_the_diverse_prompt(tmp_path, secti
     assert export_module.run_title(tmp_path, TRAINED_SENTENCE) == title
 
 
+def test_run_title_of_a_text_run_of_an_image_runs_trained_sentence_is_the_images_name(tmp_path):
+    """`text SENTENCE --config mug/config.json --workspace rerun` trains the image run's sentence
+    with its learned tokens: its files were named an_image_of_a_descriptor_mug, the image run's
+    mug. A sentence of the user's own around the token keeps the user's words."""
+    image_run, rerun = tmp_path / "mug", tmp_path / "rerun"
+    (image_run / "descriptor").mkdir(parents=True)
+    rerun.mkdir()
+    record = {"image": "/photos/mug.png", "trained_sentence": TRAINED_SENTENCE}
+    (image_run / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    learned = str(image_run / "descriptor" / "learned_embeds.safetensors")
+    for prompt, title in ((TRAINED_SENTENCE, "mug"), (f"{TRAINED_SENTENCE} on a table", None)):
+        config = {"prompt": prompt, "guidance": {"textual_inversion": learned}}
+        (rerun / "config.json").write_text(json.dumps(config))
+        assert export_module.run_title(rerun, prompt) == (title or prompt)
+    (image_run / "descriptor" / "sentence.json").write_text("{")  # unreadable: the prompt
+    config = {"prompt": TRAINED_SENTENCE, "guidance": {"textual_inversion": learned}}
+    (rerun / "config.json").write_text(json.dumps(config))
+    assert export_module.run_title(rerun, TRAINED_SENTENCE) == TRAINED_SENTENCE
+
+
 def test_run_title_of_a_run_without_a_readable_config_is_its_prompt(tmp_path):
     assert export_module.run_title(tmp_path, "a mug") == "a mug"
     (tmp_path / "config.json").write_text("{")
