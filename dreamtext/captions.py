@@ -97,6 +97,17 @@ def check_builtin_prompts(model: str, prompt: str, negative: str) -> None:
             find_primitive(text)
 
 
+def needs_stable_diffusion(model: str, what: str) -> None:
+    """``what`` (image→3D, ``--diverse``) needs a Stable Diffusion ``model``: a built-in prior
+    has no text encoder or image sampler. Asked by :mod:`dreamtext.imageto3d`, and by the CLI
+    before it imports torch."""
+    if model.startswith("builtin:"):
+        raise DreamtextError(
+            f"{what} needs a Stable Diffusion model, not {model}; pass --model with a diffusers "
+            "Stable Diffusion hub id or folder"
+        )
+
+
 # How many of the prompts the built-in prior does not know the batch's line names.
 UNKNOWN_PROMPTS_SHOWN = 3
 
@@ -146,6 +157,7 @@ __all__ = [
     "check_builtin_prompt_lines",
     "check_builtin_prompts",
     "find_primitive",
+    "needs_stable_diffusion",
     "normalise_caption",
     "primitives",
 ]

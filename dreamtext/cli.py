@@ -32,6 +32,7 @@ from dreamtext.errors import (
 )
 from dreamtext.exportflags import BY_OPTION, add_export_flags, apply_export_flags
 from dreamtext.flagtypes import positive as _positive
+from dreamtext.flagtypes import shard as _shard
 from dreamtext.flagtypes import within as _within
 
 EXIT_USAGE = 2
@@ -272,7 +273,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         base = _saved_config(args)
         overrides.pop("prompt", None)
     check_text_workspace(args)
-    check_text_prompts(args)
+    check_text_prompts(args, base)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
     if base is not None and not same_prompt(base.get("prompt"), args.prompt):
         raise DreamtextError(
@@ -759,8 +760,9 @@ def early_text(args: argparse.Namespace) -> None:
     them. ``--resume`` first finds the run's folder (:func:`_resume_folder`: the ``--config``
     files are read for it unless ``--workspace`` names it), where the run's config.json must be
     and, for a run of this prompt, a checkpoint file (:func:`_saved_config`), before the preset
-    and the files are read. Then a new run's workspace (:func:`check_text_workspace`) and its
-    prompts against the built-in prior's captions (:func:`check_text_prompts`)."""
+    and the files are read. Then a new run's workspace (:func:`check_text_workspace`) and the
+    prompts of a new or resumed run against the built-in prior's captions, or ``--diverse``'s
+    model (:func:`check_text_prompts`)."""
     _iters_or_epochs(args)
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
@@ -775,6 +777,7 @@ def early_text(args: argparse.Namespace) -> None:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise DreamtextError(f"{flags}: for --diverse's image only; add --diverse or drop them")
     check_cuda_flag(args)
+    recorded = None
     if args.resume:
         from dreamtext.inputs import holds_no_checkpoint, no_checkpoint_error, same_prompt
 
@@ -799,7 +802,7 @@ def early_text(args: argparse.Namespace) -> None:
     # resumes of a run's config.json among them.
     _read_config_layers(args.config, rerun=not args.resume)
     check_text_workspace(args)
-    check_text_prompts(args)
+    check_text_prompts(args, recorded)
 
 
 def check_text_workspace(args: argparse.Namespace) -> None:
@@ -823,22 +826,30 @@ def check_text_workspace(args: argparse.Namespace) -> None:
     check_new_run_workspace(workspace, args.prompt, args.overwrite, own)
 
 
-def check_text_prompts(args: argparse.Namespace) -> None:
+def check_text_prompts(args: argparse.Namespace, base: dict[str, Any] | None = None) -> None:
     """``text``'s prompt and ``--negative`` against the built-in prior's captions
-    (:func:`dreamtext.captions.check_builtin_prompts`), with the model and negative prompt a new
-    run resolves to (:func:`dreamtext.inputs.layered_guidance`): a step of
-    :func:`cmd_text` before it resolves its config, and the last of :func:`early_text`, where
-    the prior refused them once it had loaded (18 s). A resume (its run's config.json decides),
-    ``--diverse`` and a blank prompt (:func:`dreamtext.config.validate` refuses it) are left to
-    the command."""
-    from dreamtext.captions import check_builtin_prompts
-    from dreamtext.inputs import layered_guidance
+    (:func:`dreamtext.captions.check_builtin_prompts`), with the model and negative prompt the
+    run resolves to (:func:`dreamtext.inputs.layered_guidance`; a resume's over ``base``, its
+    run's config.json), and ``--diverse``'s model, which must be a Stable Diffusion one
+    (:func:`dreamtext.captions.needs_stable_diffusion`): a step of :func:`cmd_text` before it
+    resolves its config, and the last of :func:`early_text`, where the prior refused them once
+    it had loaded (18-28 s) and ``--diverse`` once torch was imported (16 s). A resume of
+    another prompt's run (the command says so) and a blank prompt
+    (:func:`dreamtext.config.validate` refuses it) are left to the command."""
+    from dreamtext.captions import check_builtin_prompts, needs_stable_diffusion
+    from dreamtext.inputs import layered_guidance, same_prompt
 
-    if args.resume or args.diverse or not args.prompt.strip():
+    if args.resume and (base is None or not same_prompt(base.get("prompt"), args.prompt)):
+        return
+    if not args.prompt.strip():
         return
     flags = {"model": args.model, "negative": args.negative}
-    guidance = layered_guidance(flags, args.preset, args.config)
-    if guidance is not None:
+    guidance = layered_guidance(flags, args.preset, args.config, base)
+    if guidance is None:
+        return
+    if args.diverse:
+        needs_stable_diffusion(guidance["model"], "--diverse")
+    else:
         check_builtin_prompts(guidance["model"], args.prompt, guidance["negative"])
 
 
@@ -1118,6 +1129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument(
         "--shard",
+        type=_shard,
         metavar="K/N",
         help="run share K of N (0 ≤ K < N) of the list [SLURM array task's share, else all]",
     )

@@ -57,7 +57,7 @@ from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.exportflags import option_flag
 from dreamtext.exportprogress import ExportProgress
-from dreamtext.inputs import slugify
+from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
 from dreamtext.latestrun import newest_run, runs_in
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
@@ -82,7 +82,7 @@ from dreamtext.processes import (
 )
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.renderer import RenderConfig, VolumeRenderer
-from dreamtext.runfiles import sentence_path
+from dreamtext.runfiles import read_record, recorded_image, sentence_path
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,10 @@ class ExportResult:
     light from outside falls to transmittance ½ (the default). ``textured_vertices`` counts the
     GLB / OBJ vertices, UV seams split (0 when neither was written). ``step`` is the training
     step of the checkpoint the field came from (``None`` for a field of no run), ``options``
-    the export options that made the files, their device the one that ran.
+    the export options that made the files, their device the one that ran. ``turntable_step``
+    is the step of the turntable in ``video/`` after the export (``None``: there is none, or
+    it is of a field of no run): ``step`` when the export made one or a ``--no-video`` export
+    kept the one of its own step, :func:`_turntable_is_of`.
     """
 
     out_dir: Path
@@ -194,6 +197,7 @@ class ExportResult:
     frames: int = 0
     step: int | None = None
     options: ExportOptions | None = None
+    turntable_step: int | None = None
 
     @property
     def threshold_is_auto(self) -> bool:
@@ -216,6 +220,7 @@ class ExportResult:
             "faces_before_decimation": self.faces_before_decimation,
             "textured_vertices": self.textured_vertices,
             "step": self.step,
+            "turntable_step": self.turntable_step,
             "options": None if self.options is None else config_to_dict(self.options),
         }
 
@@ -680,6 +685,13 @@ def _export_field(
         video_dir = out_dir / "video"
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
         staged[video_dir / "turntable.gif"] = _gif_bytes(images)
+    # A --no-video export keeps the turntable in video/ only where it is of this step: of
+    # another, it would pass for a render of the mesh beside it. Its video/ is then replaced
+    # by none of the export's files (a user's own are carried over).
+    video_dir = out_dir / "video"
+    turntable = any(video_dir.glob("turntable.*"))
+    kept = turntable and not options.video and _turntable_is_of(mesh_dir / "mesh.json", step)
+    emptied = (video_dir,) if turntable and not options.video and not kept else ()
 
     result = ExportResult(
         out_dir=out_dir,
@@ -693,16 +705,37 @@ def _export_field(
         frames=frames,
         step=step,
         options=options,
+        turntable_step=step if options.video or kept else None,
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     progress.stage("writing files")
     # mesh/ (and video/) replaced whole: an earlier export's other formats describe another mesh.
-    written = write_all_atomically(staged, REPLACED_OUTPUTS, check)
-    if (out_dir / "video").is_dir():  # a --no-video export leaves the folder as it is
-        remove_stale_temps(out_dir / "video", "turntable")
+    written = write_all_atomically(staged, REPLACED_OUTPUTS, check, emptied)
+    if emptied:
+        with contextlib.suppress(OSError):  # the export's own folder, had it nothing else
+            video_dir.rmdir()
+    if video_dir.is_dir():  # a --no-video export leaves the rest of the folder as it is
+        remove_stale_temps(video_dir, "turntable")
     kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
     result.files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
     return result
+
+
+def _turntable_is_of(report: Path, step: int | None) -> bool:
+    """Whether ``report``, the ``mesh.json`` of the export before, shows that the turntable in
+    ``video/`` is of ``step``: its ``turntable_step``, or (an export from before it recorded
+    one) its ``step`` when that export made a turntable. A ``--no-video`` export of such a run
+    left the turntable of an export before it, of a step nothing records."""
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, *UNREADABLE_JSON):
+        return False
+    if not isinstance(data, dict):
+        return False
+    if "turntable_step" in data:
+        return data["turntable_step"] == step
+    options = data.get("options")
+    return isinstance(options, dict) and options.get("video") is True and data.get("step") == step
 
 
 def _material(texture: Image.Image) -> trimesh.visual.material.PBRMaterial:
@@ -729,8 +762,10 @@ def run_title(workspace: str | Path, prompt: str | None) -> str | None:
     ``mug.png``, as its folder is named), a ``--diverse`` run's the prompt it sampled its image
     of. An image run's prompt is its trained sentence (``An image of a <descriptor> mug``), a
     placeholder token no user typed, which named its objects ``an_image_of_a_descriptor_mug``;
-    the GLB keeps it as the node's ``prompt``. A config.json that cannot be read names the object
-    after the prompt (:func:`recorded_options` warns of it)."""
+    the GLB keeps it as the node's ``prompt``. A text→3D run of an image run's trained sentence
+    with that run's learned tokens (``text SENTENCE --config IMAGE_RUN/config.json --workspace
+    NEW``) is named as that run is (:func:`_image_of_trained_sentence`). A config.json that
+    cannot be read names the object after the prompt (:func:`recorded_options` warns of it)."""
     try:
         data = json.loads((Path(workspace) / "config.json").read_text(encoding="utf-8"))
     except (OSError, *UNREADABLE_JSON):
@@ -741,7 +776,28 @@ def run_title(workspace: str | Path, prompt: str | None) -> str | None:
         return diverse["prompt"]
     if isinstance(image, dict) and isinstance(image.get("image"), str):
         return Path(image["image"]).stem
-    return prompt
+    return _image_of_trained_sentence(sections, prompt) or prompt
+
+
+def _image_of_trained_sentence(config: dict[str, Any], prompt: str | None) -> str | None:
+    """The image name (its stem) of the image→3D run whose learned tokens the run of ``config``
+    trains with (``guidance.textual_inversion``: that run's ``descriptor/learned_embeds
+    .safetensors``) when ``prompt`` is that run's trained sentence, else ``None``: a prompt of
+    the user's own words around the token is the user's name for it."""
+    guidance = config.get("guidance")
+    learned = guidance.get("textual_inversion") if isinstance(guidance, dict) else None
+    if prompt is None or not isinstance(learned, str):
+        return None
+    if Path(learned).parts[-2:] != RUN_LEARNED_EMBEDS:
+        return None
+    image_run = Path(learned).parents[1]
+    try:
+        record, image = read_record(image_run) or {}, recorded_image(image_run)
+    except DreamtextError:  # its sentence.json or config.json unreadable: the prompt names it
+        return None
+    if not isinstance(image, str) or not same_prompt(record.get("trained_sentence"), prompt):
+        return None
+    return Path(image).stem
 
 
 # The GLB's scene root, which trimesh does not write when it carries nothing: named so that no
@@ -1124,6 +1180,7 @@ def write_all_atomically(
     files: dict[Path, bytes | Callable[[Path], None]],
     replaced: tuple[str, ...] = (),
     check: Callable[[], None] | None = None,
+    emptied: tuple[Path, ...] = (),
 ) -> list[Path]:
     """Replace the folders of ``files`` (``W/mesh``, ``W/video``: folders of one parent ``W``),
     each as a whole, by folders that hold ``files``: a reader, or a kill at any moment, sees
@@ -1142,9 +1199,12 @@ def write_all_atomically(
     ``check`` (when given) is called once the files are staged, under ``W``'s lock
     (:func:`dreamtext.processes.lock_folder`), which is held on through the swap: whatever it
     checks of ``W`` still holds when the files arrive. If it raises, the staged files are
-    removed as for a failed write. Returns the paths written.
+    removed as for a failed write. ``emptied``: folders of ``W`` replaced the same way by
+    none of ``files`` (swapped first), so that only a user's own files stay in them. Returns
+    the paths written.
     """
     folders = list(dict.fromkeys(path.parent for path in reversed(list(files))))[::-1]
+    folders = [*dict.fromkeys(f for f in emptied if f not in folders), *folders]
     parent = folders[0].parent
     if any(folder.parent != parent for folder in folders):
         raise ValueError(f"the folders of one replacement need one parent: {folders}")
@@ -1164,9 +1224,10 @@ def write_all_atomically(
             # any machine) that this staging folder is still being written (_abandoned).
             record = {**this_process(), "folders": [folder.name for folder in folders]}
             owner = write_held_record(staging / RECORD_FILE, record)
+            for folder in folders:
+                (staging / folder.name).mkdir(exist_ok=True)
             for path, content in files.items():
                 staged = staging / path.parent.name / path.name
-                staged.parent.mkdir(exist_ok=True)
                 with naming_the_file(path):
                     if isinstance(content, bytes):
                         staged.write_bytes(content)

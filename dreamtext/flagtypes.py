@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,3 +41,22 @@ def within(convert: type, low: int, high: float, what: str) -> Callable[[str], A
         return value
 
     return parse
+
+
+SHARD_FORM = "K/N with 0 ≤ K < N (e.g. 0/4 for the first of four shares)"
+"""What ``--shard`` takes, in its refusals."""
+
+
+def shard_pair(text: str) -> tuple[int, int] | None:
+    """``"K/N"`` → ``(K, N)`` where ``0 ≤ K < N``, else ``None``."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None or not int(match[1]) < int(match[2]):
+        return None
+    return int(match[1]), int(match[2])
+
+
+def shard(text: str) -> str:
+    """``--shard``'s argparse ``type=``: a share :func:`shard_pair` reads, kept as typed."""
+    if shard_pair(text) is None:
+        raise argparse.ArgumentTypeError(f"must be {SHARD_FORM}, got '{text}'")
+    return text

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dreamtext.captions import needs_stable_diffusion
 from dreamtext.checkpoint import can_resume, check_writable, last_checkpoint
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
@@ -106,14 +107,6 @@ class ImageOptions:
     descriptor: DescriptorOptions = field(default_factory=DescriptorOptions)
     sample_steps: int = 50
     sample_guidance_scale: float = 7.5
-
-
-def _needs_stable_diffusion(model: str, what: str) -> None:
-    if model.startswith("builtin:"):
-        raise DreamtextError(
-            f"{what} needs a Stable Diffusion model, not {model}; pass --model with a diffusers "
-            "Stable Diffusion hub id or folder"
-        )
 
 
 def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
@@ -295,7 +288,7 @@ def run_image(
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
-    _needs_stable_diffusion(cfg.guidance.model, "image→3D")
+    needs_stable_diffusion(cfg.guidance.model, "image→3D")
     image_path = Path(image_path)
     if not cfg.workspace:
         cfg.workspace = str(default_workspace(image_path))
@@ -422,7 +415,7 @@ def sample_image(
 ) -> Path:
     """One image of ``prompt`` from the run's Stable Diffusion (``guidance``: model, precision,
     memory options; seeded), saved as PNG. The model is the one the image→3D stages reuse."""
-    _needs_stable_diffusion(guidance.model, "--diverse")
+    needs_stable_diffusion(guidance.model, "--diverse")
     models = load_for(guidance, device)
     with torch.no_grad(), models.text_encoder_on_device() as text_encoder:
         pipe = models.pipeline(text_encoder=text_encoder)
@@ -503,7 +496,7 @@ def run_diverse(
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
-    _needs_stable_diffusion(cfg.guidance.model, "--diverse")
+    needs_stable_diffusion(cfg.guidance.model, "--diverse")
     cfg.workspace = diverse_workspace(cfg, named)
     workspace = Path(cfg.workspace)
     # The workspace's lock from the checks on (processes.claim_workspace).

