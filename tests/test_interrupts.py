@@ -177,3 +177,38 @@ def test_an_error_while_the_libraries_load_without_a_signal_is_still_raised(tmp_
     monkeypatch.setattr(cli, "quiet_libraries", broken)
     with pytest.raises(ImportError, match="multiarray"):
         cli.main(["export", "--workspace", str(_run_to_export(tmp_path))])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_while_python_imports_the_command_is_one_line(signum):
+    """Python imports ``dreamtext.cli`` before ``main`` can set a handler: a SIGTERM then killed
+    the ``dreamtext`` command with no line (exit -15), a Ctrl-C printed a traceback. Here the
+    signal lands in that import (in ``dreamtext.errors``), in a process started as the console
+    script starts: its entry point, read from pyproject.toml, imported and called."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = (root / "pyproject.toml").read_text().split("[project.scripts]")[1]
+    module, function = re.search(r'^dreamtext = "(.+):(.+)"$', scripts, re.M).groups()
+    code = (
+        "import importlib, signal, sys\n"
+        "class LandsInTheImport:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'dreamtext.errors':\n"
+        f"            signal.raise_signal({int(signum)})\n"
+        "sys.meta_path.insert(0, LandsInTheImport())\n"
+        "sys.argv = ['dreamtext', 'export']\n"
+        f"sys.exit(getattr(importlib.import_module({module!r}), {function!r})())\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert (done.returncode, done.stderr) == (130, "dreamtext: interrupted\n")
