@@ -124,6 +124,21 @@ def test_a_sigterm_while_the_libraries_load_is_an_interrupt_that_leaves_nothing(
     assert not (run / PROGRESS_FILE).exists()
 
 
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """Ctrl-C raising KeyboardInterrupt, as Python sets it up in a terminal, even where pytest
+    was started in the background by a shell without job control, which leaves SIGINT ignored
+    (and a command leaves an ignored Ctrl-C alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """:func:`ctrl_c_as_in_a_terminal` for a child process (its ``preexec_fn``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _import_that_a_signal_lands_in(signum, then):
     """A stand-in for the libraries' loading (``quiet_libraries``) that a signal lands in:
     ``then`` is what the library being imported made of its ``KeyboardInterrupt``."""
@@ -149,7 +164,7 @@ def _import_that_a_signal_lands_in(signum, then):
     ids=["ImportError", "RuntimeError", "swallowed"],
 )
 def test_an_error_or_nothing_after_a_signal_while_the_libraries_load_is_that_interrupt(
-    tmp_path, monkeypatch, capsys, signum, then
+    tmp_path, monkeypatch, capsys, ctrl_c_as_in_a_terminal, signum, then
 ):
     """A SIGTERM (or Ctrl-C) that lands while torch imports numpy, or diffusers a pipeline,
     became that library's ImportError or RuntimeError, printed as a traceback, or was lost and
@@ -209,6 +224,11 @@ def test_a_signal_while_python_imports_the_command_is_one_line(signum):
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     assert (done.returncode, done.stderr) == (130, "dreamtext: interrupted\n")
