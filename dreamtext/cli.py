@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1223,30 +1224,46 @@ def _libraries_started():
         loading: contextlib.AbstractContextManager = contextlib.nullcontext()
     else:
         loading = _sigterm_raises_while_loading()
-    with loading:
+    with loading as received:
         from dreamtext.devices import use_expandable_segments
         from dreamtext.interrupts import sigterm_interrupts
 
         use_expandable_segments()
         quiet_libraries()
+        if received:  # its KeyboardInterrupt was swallowed by the library it landed in
+            raise KeyboardInterrupt
         with sigterm_interrupts():
             yield
 
 
 @contextlib.contextmanager
-def _sigterm_raises_while_loading():
+def _sigterm_raises_while_loading() -> Iterator[list[int]]:
     """SIGTERM raises ``KeyboardInterrupt`` in the block, as Ctrl-C does (the handler of
     :func:`dreamtext.interrupts.sigterm_interrupts`, which imports torch, cannot be set before
-    torch is imported)."""
+    torch is imported). Both are recorded in the list the block gets: a library being imported
+    when one lands can swallow its ``KeyboardInterrupt`` or turn it into an error of its own
+    (torch importing numpy: an ``ImportError``; diffusers: a ``RuntimeError``), and any error
+    out of the block after one is that interrupt, not a traceback. Ctrl-C is left alone where
+    it is ignored (a job started in the background)."""
+    received: list[int] = []
 
     def handler(signum, frame):
+        received.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    stops = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        stops.append(signal.SIGINT)
+    previous = {sig: signal.signal(sig, handler) for sig in stops}
     try:
-        yield
+        yield received
+    except Exception:
+        if received:
+            raise KeyboardInterrupt from None
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # Where a command that could not write can write instead. export writes into the run it exports

@@ -68,12 +68,23 @@ def test_a_stop_in_a_training_loop_stops_the_chunks_of_its_step_and_nothing_outs
         raise_if_stop_in_step()  # the loop is over: its flag no longer applies
 
 
+def _run_to_export(tmp_path):
+    """A run folder that ``export`` accepts before it loads the libraries (its checkpoint is
+    read only after them)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"not read before the libraries load")
+    return run
+
+
 def test_a_sigterm_while_the_libraries_load_is_an_interrupt_that_leaves_nothing(tmp_path):
     """Loading torch and diffusers takes seconds, before the command's own SIGTERM handler can
     be set (it imports torch): a SIGTERM then killed the process with no line (exit -15) and
     left an export's progress record, written before those imports, for the viewer to show.
-    Here the libraries' loading is held (a stand-in that sleeps) and SIGTERM sent once the
-    record is there: exit 130, the export's interrupted line, the record removed."""
+    Here the libraries' loading is held (a stand-in that says so in a file, then sleeps) and
+    SIGTERM sent once it is: exit 130, the export's interrupted line, the record removed. The
+    signal waits for the stand-in, not for a guessed time: torch's own import, which on a loaded
+    machine takes ten times as long, is not what this test interrupts."""
     import os
     import subprocess
     import sys
@@ -82,13 +93,12 @@ def test_a_sigterm_while_the_libraries_load_is_an_interrupt_that_leaves_nothing(
 
     from dreamtext.exportprogress import PROGRESS_FILE
 
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.pt").write_bytes(b"not read before the signal")
+    run = _run_to_export(tmp_path)
+    loading = tmp_path / "loading"
     code = (
-        "import sys, time\n"
+        "import pathlib, sys, time\n"
         "import dreamtext.cli as cli\n"
-        "cli.quiet_libraries = lambda: time.sleep(120)\n"
+        f"cli.quiet_libraries = lambda: pathlib.Path({str(loading)!r}).touch() or time.sleep(900)\n"
         f"sys.exit(cli.main(['export', '--workspace', {str(run)!r}]))\n"
     )
     root = str(Path(__file__).resolve().parents[1])
@@ -97,14 +107,14 @@ def test_a_sigterm_while_the_libraries_load_is_an_interrupt_that_leaves_nothing(
         [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (run / PROGRESS_FILE).exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 600  # torch's import: 3 s idle, a minute or more loaded
+        while not loading.exists() and time.monotonic() < deadline:
             assert process.poll() is None, process.communicate()
             time.sleep(0.05)
+        assert loading.exists(), "the libraries did not load within 10 minutes"
         assert (run / PROGRESS_FILE).exists()
-        time.sleep(0.5)  # into the loading
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=120)
+        _, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
@@ -112,3 +122,113 @@ def test_a_sigterm_while_the_libraries_load_is_an_interrupt_that_leaves_nothing(
     assert err.decode().strip().splitlines()[-1].startswith("dreamtext export: interrupted")
     assert "Traceback" not in err.decode()
     assert not (run / PROGRESS_FILE).exists()
+
+
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """Ctrl-C raising KeyboardInterrupt, as Python sets it up in a terminal, even where pytest
+    was started in the background by a shell without job control, which leaves SIGINT ignored
+    (and a command leaves an ignored Ctrl-C alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """:func:`ctrl_c_as_in_a_terminal` for a child process (its ``preexec_fn``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _import_that_a_signal_lands_in(signum, then):
+    """A stand-in for the libraries' loading (``quiet_libraries``) that a signal lands in:
+    ``then`` is what the library being imported made of its ``KeyboardInterrupt``."""
+
+    def loading():
+        try:
+            signal.raise_signal(signum)
+        except KeyboardInterrupt:
+            if then is not None:
+                raise then from None
+
+    return loading
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize(
+    "then",
+    [
+        ImportError("numpy._core.multiarray failed to import"),  # torch importing numpy
+        RuntimeError("Failed to import diffusers.pipelines"),  # diffusers' lazy modules
+        None,  # swallowed: the export went on to read the checkpoint
+    ],
+    ids=["ImportError", "RuntimeError", "swallowed"],
+)
+def test_an_error_or_nothing_after_a_signal_while_the_libraries_load_is_that_interrupt(
+    tmp_path, monkeypatch, capsys, ctrl_c_as_in_a_terminal, signum, then
+):
+    """A SIGTERM (or Ctrl-C) that lands while torch imports numpy, or diffusers a pipeline,
+    became that library's ImportError or RuntimeError, printed as a traceback, or was lost and
+    the command ran on. Either way it is the interrupt: exit 130, one line, the export's
+    progress record removed."""
+    from dreamtext import cli
+    from dreamtext.exportprogress import PROGRESS_FILE
+
+    run = _run_to_export(tmp_path)
+    monkeypatch.setattr(cli, "quiet_libraries", _import_that_a_signal_lands_in(signum, then))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    assert cli.main(["export", "--workspace", str(run)]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "dreamtext export: interrupted; run the same command again\n"
+    assert not (run / PROGRESS_FILE).exists()
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # put back
+
+
+def test_an_error_while_the_libraries_load_without_a_signal_is_still_raised(tmp_path, monkeypatch):
+    """Only an error after a signal is taken for the interrupt: a broken install is a bug."""
+    from dreamtext import cli
+
+    def broken():
+        raise ImportError("numpy._core.multiarray failed to import")
+
+    monkeypatch.setattr(cli, "quiet_libraries", broken)
+    with pytest.raises(ImportError, match="multiarray"):
+        cli.main(["export", "--workspace", str(_run_to_export(tmp_path))])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_while_python_imports_the_command_is_one_line(signum):
+    """Python imports ``dreamtext.cli`` before ``main`` can set a handler: a SIGTERM then killed
+    the ``dreamtext`` command with no line (exit -15), a Ctrl-C printed a traceback. Here the
+    signal lands in that import (in ``dreamtext.errors``), in a process started as the console
+    script starts: its entry point, read from pyproject.toml, imported and called."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = (root / "pyproject.toml").read_text().split("[project.scripts]")[1]
+    module, function = re.search(r'^dreamtext = "(.+):(.+)"$', scripts, re.M).groups()
+    code = (
+        "import importlib, signal, sys\n"
+        "class LandsInTheImport:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'dreamtext.errors':\n"
+        f"            signal.raise_signal({int(signum)})\n"
+        "sys.meta_path.insert(0, LandsInTheImport())\n"
+        "sys.argv = ['dreamtext', 'export']\n"
+        f"sys.exit(getattr(importlib.import_module({module!r}), {function!r})())\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_sigint_as_in_a_terminal,
+    )
+    assert (done.returncode, done.stderr) == (130, "dreamtext: interrupted\n")
