@@ -772,8 +772,8 @@ def wait_passively(environ: MutableMapping[str, str]) -> bool:
 
     libgomp's default lets a thread that waits for its team spin for a while before it sleeps.
     On a CPU that other processes share, the spinning thread takes the core that the thread it
-    waits for needs: ``benchmarks/RESULTS.md`` (stop 44) measured text→3D steps 5-15× slower
-    under load that way, and no slower with sleeping threads on an idle machine."""
+    waits for needs: ``benchmarks/RESULTS.md`` (stop 44) measured ``builtin:shapes`` steps 14-40×
+    slower that way at a load average of 6-13 on two cores, and 6-7× the CPU time."""
     if any(environ.get(name) for name in OPENMP_WAIT_VARIABLES):
         return False
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
