@@ -93,6 +93,16 @@ class _OneLineParser(argparse.ArgumentParser):
         return args
 
 
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads``, for every command that runs torch."""
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads for torch [DREAMTEXT_THREADS, else OMP_NUM_THREADS, else one per CPU "
+        "this process may use: SLURM_CPUS_PER_TASK or its CPU affinity]",
+    )
+
+
 def add_text_to_3d_arguments(
     p: argparse.ArgumentParser,
     workspace_help: str = "output folder (default: workspace/<slug of the prompt>)",
@@ -963,6 +973,19 @@ EARLY_CHECKS = {
 }
 
 
+def choose_cpu_threads(args: argparse.Namespace) -> None:
+    """For a command that runs torch: its CPU threads (``args.cpu_threads``, applied by
+    :func:`start_libraries`) and, unless the user chose one, OpenMP's passive wait policy,
+    which must be in the environment before torch is imported."""
+    if not getattr(args, "needs_models", True):
+        return
+    from dreamtext.inputs import cpu_threads, wait_passively
+
+    args.cpu_threads = cpu_threads(getattr(args, "threads", None), os.environ)
+    if "torch" not in sys.modules:  # else libgomp has read its settings already
+        wait_passively(os.environ)
+
+
 def check_before_loading(args: argparse.Namespace) -> None:
     """The checks of ``args.func`` that need no torch (:data:`EARLY_CHECKS`); a
     :class:`DreamtextError` is the line the command would have stopped with after loading it."""
@@ -1013,6 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
         "workspace: workspace/<slug>_diverse_seed<N> unless --workspace",
     )
     add_describe_arguments(text, descriptor=True)
+    add_threads_argument(text)
     text.set_defaults(func=cmd_text)
 
     export = sub.add_parser(
@@ -1036,6 +1060,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="the mesh files only, no turntable (the same as --no-video)",
     )
+    add_threads_argument(export)
     export.set_defaults(func=cmd_export)
 
     describe = sub.add_parser(
@@ -1051,6 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--workspace", help="output folder (default: workspace/<image name>)")
     describe.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
     add_describe_arguments(describe)
+    add_threads_argument(describe)
     describe.set_defaults(func=cmd_describe)
 
     image = sub.add_parser(
@@ -1079,6 +1105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "descriptor on (a larger --descriptor-iters) once text→3D has started on it",
     )
     add_describe_arguments(image, descriptor=True)
+    add_threads_argument(image)
     image.set_defaults(func=cmd_image)
 
     view = sub.add_parser(
@@ -1151,6 +1178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "other settings",
     )
     add_describe_arguments(batch, descriptor=True)
+    add_threads_argument(batch)
     batch.set_defaults(func=cmd_batch)
 
     return parser
@@ -1211,11 +1239,11 @@ def start_libraries(args: argparse.Namespace) -> contextlib.AbstractContextManag
         if threading.current_thread() is not threading.main_thread():
             return contextlib.nullcontext()
         return _sigterm_raises_while_loading()
-    return _libraries_started()
+    return _libraries_started(args)
 
 
 @contextlib.contextmanager
-def _libraries_started():
+def _libraries_started(args: argparse.Namespace):
     """:func:`start_libraries`' context. SIGTERM raises ``KeyboardInterrupt`` from before the
     imports on: they take seconds (torch, diffusers), and a SIGTERM then killed the process
     with no line (exit -15), leaving what an ``export`` had already written (its progress
@@ -1225,10 +1253,12 @@ def _libraries_started():
     else:
         loading = _sigterm_raises_while_loading()
     with loading as received:
-        from dreamtext.devices import use_expandable_segments
+        from dreamtext.devices import use_cpu_threads, use_expandable_segments
         from dreamtext.interrupts import sigterm_interrupts
 
         use_expandable_segments()
+        if hasattr(args, "cpu_threads"):
+            use_cpu_threads(*args.cpu_threads)
         quiet_libraries()
         if received:  # its KeyboardInterrupt was swallowed by the library it landed in
             raise KeyboardInterrupt
@@ -1348,6 +1378,7 @@ def main(argv: list[str] | None = None) -> int:
     show_progress_messages()
     try:
         check_before_loading(args)
+        choose_cpu_threads(args)
         # Importing torch and diffusers takes seconds: a Ctrl-C then is handled below too.
         with export_progress_first(args), start_libraries(args):
             return run_command(args)

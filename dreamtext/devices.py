@@ -8,6 +8,7 @@ import platform
 import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch.torch_version import TorchVersion
@@ -74,6 +75,34 @@ def use_expandable_segments(environ: MutableMapping[str, str] | None = None) -> 
     name = ALLOCATOR_VARIABLES[0 if TorchVersion(torch.__version__) >= (2, 9) else 1]
     environ[name] = EXPANDABLE_SEGMENTS
     return name
+
+
+# What chose the CPU threads of this process (:func:`use_cpu_threads`): ``None`` where nothing
+# did (a library caller of the trainer), and torch's own default stands.
+_cpu_threads_from: str | None = None
+
+
+def use_cpu_threads(threads: int | None, source: str) -> None:
+    """Run torch's CPU work on ``threads`` threads (``None``: leave torch's count, which it read
+    from the user's ``OMP_NUM_THREADS``); ``source`` is what chose them
+    (:func:`dreamtext.inputs.cpu_threads`), recorded by :func:`cpu_threads_record`."""
+    global _cpu_threads_from
+    if threads is not None:
+        torch.set_num_threads(threads)
+    _cpu_threads_from = source
+
+
+def cpu_threads_record(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a run's ``ran_on`` records of its CPU threads: how many torch uses, what chose them
+    (``--threads``, ``DREAMTEXT_THREADS``, ``OMP_NUM_THREADS``, ``SLURM_CPUS_PER_TASK``,
+    ``affinity``; ``None``: torch's default) and OpenMP's wait policy (``None``: libgomp's
+    default, which spins)."""
+    environ = os.environ if environ is None else environ
+    return {
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_from": _cpu_threads_from,
+        "omp_wait_policy": environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def describe_device(device: torch.device) -> str:

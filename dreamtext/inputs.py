@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -722,3 +722,61 @@ def layered_guidance(
     if not all(isinstance(value, str) for value in values.values()):
         return None
     return values  # type: ignore[return-value]
+
+
+# The OpenMP settings a user may have made, which dreamtext then leaves as they are:
+# libgomp (the OpenMP of torch's Linux wheels) reads them when torch loads it.
+OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def usable_cpus(environ: Mapping[str, str], affinity: int | None = None) -> tuple[int, str]:
+    """How many CPUs this process may use, and where that comes from: a SLURM task's
+    ``SLURM_CPUS_PER_TASK`` (no more than its affinity), else the CPUs the process may run on
+    (``os.sched_getaffinity``: a cgroup cpuset, ``taskset``), else ``os.cpu_count()``.
+    ``affinity``: the affinity's count, for tests."""
+    if affinity is None:
+        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cpus, source = (affinity, "affinity") if affinity else (os.cpu_count() or 1, "cpu_count")
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) >= 1:
+        return min(int(slurm), cpus), "SLURM_CPUS_PER_TASK"
+    return cpus, source
+
+
+def cpu_threads(
+    flag: int | None, environ: Mapping[str, str], affinity: int | None = None
+) -> tuple[int | None, str]:
+    """The CPU threads torch should use, and what chose them: ``--threads``, else
+    ``DREAMTEXT_THREADS``, else the user's ``OMP_NUM_THREADS`` (``None``: torch reads it
+    itself, as it always has), else the CPUs this process may use (:func:`usable_cpus`).
+
+    torch's default is one thread per CPU of the machine's affinity; on a SLURM node without
+    CPU binding that is every core of the node, however few the job was given."""
+    if flag is not None:
+        return flag, "--threads"
+    text = environ.get("DREAMTEXT_THREADS")
+    if text is not None:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise DreamtextError(
+                f"DREAMTEXT_THREADS must be a whole number of CPU threads, at least 1; got "
+                f"'{text}' (unset it for one thread per CPU this process may use)"
+            )
+        return int(text), "DREAMTEXT_THREADS"
+    if environ.get("OMP_NUM_THREADS", "").strip():
+        return None, "OMP_NUM_THREADS"
+    return usable_cpus(environ, affinity)
+
+
+def wait_passively(environ: MutableMapping[str, str]) -> bool:
+    """Make idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) unless the
+    user has chosen a wait policy or spin count; returns whether it was set. Call it before torch
+    is imported: libgomp reads it once, when it is loaded.
+
+    libgomp's default lets a thread that waits for its team spin for a while before it sleeps.
+    On a CPU that other processes share, the spinning thread takes the core that the thread it
+    waits for needs: ``benchmarks/RESULTS.md`` (stop 44) measured ``builtin:shapes`` steps 14-40×
+    slower that way at a load average of 6-13 on two cores, and 6-7× the CPU time."""
+    if any(environ.get(name) for name in OPENMP_WAIT_VARIABLES):
+        return False
+    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True

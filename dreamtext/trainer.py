@@ -59,6 +59,7 @@ from dreamtext.config import (
     write_run_config,
 )
 from dreamtext.devices import (
+    cpu_threads_record,
     describe_device,
     fp16_loss_scaler,
     memory_that_ran_out,
@@ -654,6 +655,7 @@ def ran_on(run: Run) -> dict[str, Any]:
         "guidance_dtype": str(run.guidance.dtype).removeprefix("torch."),
         # The MLPs run in their parameters' float32 unless autocast (--fp16/--bf16 on CUDA).
         "field_mlp_dtype": str(run.field.mlp_dtype or torch.float32).removeprefix("torch."),
+        **cpu_threads_record(),
         "host": socket.gethostname(),
         "model_revision": model_revision(run.cfg.guidance.model),
         "versions": software_versions(),

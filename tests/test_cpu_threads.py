@@ -1,0 +1,144 @@
+"""How many CPU threads torch gets, and OpenMP's wait policy: one thread per CPU the process may
+use (a SLURM task's share, its affinity), the user's choice (--threads, DREAMTEXT_THREADS,
+OMP_NUM_THREADS, OMP_WAIT_POLICY) kept, and what ran recorded in config.json's ``ran_on``."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dreamtext.errors import DreamtextError
+from dreamtext.inputs import cpu_threads, usable_cpus, wait_passively
+
+# The variables that choose threads or the wait policy, unset in the runs below but for the
+# ones a test sets.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "DREAMTEXT_THREADS",
+    "SLURM_CPUS_PER_TASK",
+)
+
+
+def test_threads_default_to_the_cpus_of_the_process_affinity():
+    assert cpu_threads(None, {}, affinity=3) == (3, "affinity")
+    assert usable_cpus({}) == (len(os.sched_getaffinity(0)), "affinity")
+
+
+def test_a_slurm_task_gets_its_cpus_per_task_not_the_nodes_cores():
+    assert cpu_threads(None, {"SLURM_CPUS_PER_TASK": "4"}, affinity=64) == (
+        4,
+        "SLURM_CPUS_PER_TASK",
+    )
+
+
+def test_slurm_cpus_per_task_is_capped_by_the_affinity():
+    assert cpu_threads(None, {"SLURM_CPUS_PER_TASK": "8"}, affinity=2) == (
+        2,
+        "SLURM_CPUS_PER_TASK",
+    )
+
+
+def test_an_unreadable_slurm_cpus_per_task_falls_back_to_the_affinity():
+    assert cpu_threads(None, {"SLURM_CPUS_PER_TASK": "2(x3)"}, affinity=6) == (6, "affinity")
+
+
+def test_the_users_omp_num_threads_is_left_to_torch():
+    environ = {"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "8"}
+    assert cpu_threads(None, environ, affinity=64) == (None, "OMP_NUM_THREADS")
+
+
+def test_dreamtext_threads_and_the_flag_come_first_the_flag_before_all():
+    environ = {"DREAMTEXT_THREADS": "5", "OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "8"}
+    assert cpu_threads(None, environ, affinity=64) == (5, "DREAMTEXT_THREADS")
+    assert cpu_threads(2, environ, affinity=64) == (2, "--threads")
+
+
+@pytest.mark.parametrize("text", ["0", "two", "-1", ""])
+def test_a_bad_dreamtext_threads_is_a_user_error(text):
+    with pytest.raises(DreamtextError, match=f"DREAMTEXT_THREADS must be .*got '{text}'"):
+        cpu_threads(None, {"DREAMTEXT_THREADS": text}, affinity=2)
+
+
+def test_idle_openmp_threads_sleep_unless_the_user_chose_how_they_wait():
+    environ: dict[str, str] = {}
+    assert wait_passively(environ) and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10000"}):
+        environ = dict(chosen)
+        assert not wait_passively(environ) and environ == chosen
+
+
+def run_text(folder: Path, environ: dict[str, str], *flags: str) -> dict:
+    """``dreamtext text`` for one step of the built-in prior in a fresh interpreter with the
+    thread variables unset but ``environ``; its config.json's ``ran_on``."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]), **environ)
+    workspace = folder / "run"
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
+    result = subprocess.run(
+        [sys.executable, "-m", "dreamtext.cli", *argv, "--workspace", str(workspace), *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads((workspace / "config.json").read_text())["ran_on"]
+
+
+def test_a_run_records_its_threads_and_wait_policy(tmp_path):
+    ran_on = run_text(tmp_path, {"SLURM_CPUS_PER_TASK": "1"})
+    assert ran_on["cpu_threads"] == 1
+    assert ran_on["cpu_threads_from"] == "SLURM_CPUS_PER_TASK"
+    assert ran_on["omp_wait_policy"] == "PASSIVE"
+    assert ran_on["device_name"].endswith("CPU, 1 threads")
+
+
+def test_a_run_keeps_the_users_openmp_settings(tmp_path):
+    ran_on = run_text(tmp_path, {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"})
+    assert ran_on["cpu_threads"] == 1
+    assert ran_on["cpu_threads_from"] == "OMP_NUM_THREADS"
+    assert ran_on["omp_wait_policy"] == "ACTIVE"
+
+
+def test_the_threads_flag_sets_torchs_threads(tmp_path):
+    ran_on = run_text(tmp_path, {"OMP_NUM_THREADS": "2"}, "--threads", "1")
+    assert (ran_on["cpu_threads"], ran_on["cpu_threads_from"]) == (1, "--threads")
+
+
+def test_a_bad_dreamtext_threads_is_refused_before_torch_loads(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    env["DREAMTEXT_THREADS"] = "all"
+    code = (
+        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
+        "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
+    )
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--workspace", "run"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "dreamtext: error: DREAMTEXT_THREADS must be a whole number of CPU threads, at least 1; "
+        "got 'all' (unset it for one thread per CPU this process may use)\n"
+    )
+    assert result.stdout == "[]\n" and not (tmp_path / "run").exists()
+
+
+def test_the_threads_flag_takes_only_a_positive_count(capsys):
+    from dreamtext.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["text", "a red cube", "--threads", "0"])
+    assert exit_.value.code == 2
+    assert "--threads" in capsys.readouterr().err
