@@ -949,8 +949,14 @@ def run_batch(
     records: list[dict[str, Any]] = []
     with (
         sigterm_interrupts(),  # a scheduler's preemption or time limit acts as Ctrl-C
+        # Its start is a line in a log too: the first prompt may take minutes.
         tqdm(
-            total=len(share), desc="prompts", unit="prompt", dynamic_ncols=True, **bar_options()
+            total=len(share),
+            desc="prompts",
+            unit="prompt",
+            dynamic_ncols=True,
+            show_start=True,
+            **bar_options(),
         ) as bar,
     ):
         for entry, cfg in zip(share, configs, strict=True):
