@@ -98,6 +98,7 @@ from dreamtext.runstatus import (
     now_iso,
     read_status,
     run_finished,
+    saved_step,
 )
 
 try:
@@ -845,6 +846,19 @@ def is_finished(cfg: TrainConfig) -> bool:
     return run_finished(cfg.workspace, cfg.iters, needs_mesh=cfg.export)
 
 
+def continued_step(workspace: Path, iters: int) -> int | None:
+    """The step a finished run in ``workspace`` ended at where the batch's ``iters`` is higher
+    (``iters`` is in :data:`NOT_COMPARED`: its resume trains on from there), else ``None``: a
+    run that is not finished, or finished at ``iters`` or beyond, or has no checkpoint left to
+    go on from."""
+    if not run_finished(workspace, 0) or run_finished(workspace, iters):
+        return None
+    if not can_resume(workspace):
+        return None
+    status = read_status(workspace)
+    return status["step"] if status is not None else saved_step(workspace)
+
+
 @dataclass
 class BatchRun:
     """What :func:`run_batch` did: ``records``, the ``batch.jsonl`` records it wrote, in order;
@@ -935,8 +949,14 @@ def run_batch(
     records: list[dict[str, Any]] = []
     with (
         sigterm_interrupts(),  # a scheduler's preemption or time limit acts as Ctrl-C
+        # Its start is a line in a log too: the first prompt may take minutes.
         tqdm(
-            total=len(share), desc="prompts", unit="prompt", dynamic_ncols=True, **bar_options()
+            total=len(share),
+            desc="prompts",
+            unit="prompt",
+            dynamic_ncols=True,
+            show_start=True,
+            **bar_options(),
         ) as bar,
     ):
         for entry, cfg in zip(share, configs, strict=True):
@@ -1144,6 +1164,7 @@ def run_entry(
     # stopped: a file-system error stopped the batch at this line (said once); ends_batch: a
     # Ctrl-C, SIGTERM or an unusable GPU did. Either is the record's stopped_batch.
     claimed = busy = stopped = ends_batch = False
+    continued = None  # the step of a finished run this attempt trains on to cfg.iters
     try:
         if entry.workspace.exists() and not entry.workspace.is_dir():
             raise DreamtextError(
@@ -1193,6 +1214,12 @@ def run_entry(
                 )
             elif fresh or not finished_here(entry, cfg):
                 if not fresh:
+                    continued = continued_step(entry.workspace, cfg.iters)
+                    if continued is not None:
+                        _say(
+                            f"batch: line {entry.line}: {entry.workspace} finished at step "
+                            f"{continued}; continuing to --iters {cfg.iters}"
+                        )
                     warn_resuming_with_other_settings(entry, cfg)
                     if run_finished(entry.workspace, cfg.iters) and cfg.export:
                         _say(
@@ -1247,6 +1274,7 @@ def run_entry(
     ours = claimed and lock.lost is None and not busy
     record = {
         **_record(entry, root, shard, result, ours, started, start),
+        "continued_from": continued,
         "stopped_batch": stopped or ends_batch,
     }
     try:
@@ -1498,10 +1526,14 @@ def summary_table(records: list[dict[str, Any]]) -> str:
 
 def _status_cell(record: dict[str, Any]) -> str:
     """``failed in descriptor``: a run that ended before its end says in which stage (the
-    ``phase`` of its status.json: sample, describe, descriptor, train, export)."""
+    ``phase`` of its status.json: sample, describe, descriptor, train, export);
+    ``finished (from step 60)``: a run that had finished at a lower ``--iters`` and was trained
+    on (``continued_from``)."""
     phase = record.get("phase")
     if record["status"] in ("failed", "interrupted") and phase:
         return f"{record['status']} in {phase}"
+    if record["status"] == "finished" and record.get("continued_from") is not None:
+        return f"finished (from step {record['continued_from']})"
     return record["status"]
 
 

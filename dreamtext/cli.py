@@ -595,6 +595,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
     check_image(Path(args.image), workspace)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
+    check_image_model(args, base)
     # --overwrite trains text→3D from scratch (another field, another grid may be asked for) on
     # the descriptor the run keeps, which its seed trained.
     cfg = resolve_config(
@@ -870,7 +871,8 @@ def early_image(args: argparse.Namespace) -> None:
     the image (:func:`dreamtext.runfiles.check_image`: :func:`dreamtext.images.load_image`'s
     path, format and pixels, or the run's copy to pass for a moved image) and the workspace
     (:func:`dreamtext.runfiles.check_image_workspace`: another image's run, a text→3D run, this
-    image edited since its run copied it, a run another process runs)."""
+    image edited since its run copied it, a run another process runs), then the model
+    (:func:`check_image_model`)."""
     from dreamtext.runfiles import check_image, check_image_workspace, default_workspace
 
     _iters_or_epochs(args)
@@ -880,7 +882,24 @@ def early_image(args: argparse.Namespace) -> None:
     explicit = args.workspace is not None
     workspace = Path(args.workspace) if explicit else default_workspace(args.image)
     check_image(image, workspace)
-    check_image_workspace(workspace, image)
+    base = check_image_workspace(workspace, image)
+    check_image_model(args, base)
+
+
+def check_image_model(args: argparse.Namespace, base: dict[str, Any] | None) -> None:
+    """``image``'s model, which must be a Stable Diffusion one
+    (:func:`dreamtext.captions.needs_stable_diffusion`), as the run resolves it
+    (:func:`dreamtext.inputs.layered_guidance`: the flag, ``--preset`` and the ``--config``
+    files, over ``base``, a rerun's config.json): a step of :func:`cmd_image` after its
+    workspace's checks, and the last of :func:`early_image`, where ``--model builtin:shapes``
+    was refused once torch was imported (16 s, 476 MB)."""
+    from dreamtext.captions import needs_stable_diffusion
+    from dreamtext.inputs import layered_guidance
+
+    flags = {"model": args.model, "negative": args.negative}
+    guidance = layered_guidance(flags, args.preset, args.config, base)
+    if guidance is not None:
+        needs_stable_diffusion(guidance["model"], "image→3D")
 
 
 def early_describe(args: argparse.Namespace) -> None:

@@ -350,8 +350,13 @@ def resolve_config(
         model = overrides.get("guidance", {}).get("model")
         if model is None:
             for data, _ in layers:
-                model = data.get("guidance", {}).get("model", model)
-        builtin = builtin_preset_name(model or cfg.guidance.model)
+                guidance = data.get("guidance")
+                if isinstance(guidance, dict):
+                    model = guidance.get("model", model)
+        # A model that is no string (a section that is no mapping) is apply_overrides' to refuse.
+        builtin = builtin_preset_name(
+            model if isinstance(model, str) and model else cfg.guidance.model
+        )
         if builtin is not None:
             layers.insert(0, (read_yaml(preset_path(builtin)), f"preset '{builtin}'"))
     for data, source in layers:

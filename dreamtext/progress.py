@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm as auto_tqdm
 from tqdm.std import tqdm as std_tqdm
@@ -60,11 +60,16 @@ _TEXT_BARS = auto_tqdm.display is std_tqdm.display
 
 
 class tqdm(auto_tqdm):  # the name of the class it stands in for
-    """tqdm's bar, which where its stream is no terminal writes lines: no line when it starts,
+    """tqdm's bar, which where its stream is no terminal writes lines: no line when it starts
+    (unless ``show_start``: a bar whose first step may take minutes, as a batch's prompts),
     then a line each ``mininterval`` seconds at most (:func:`bar_options`) while it runs, and one
     of its final state (``n/N``, the percentage, the time it took, its overall rate) when it
     closes, ``leave=False`` bars too, which on a terminal vanish. No ``\\r``, no cursor moves and
     no clearing: those only garble a file. On a terminal (and in a notebook) it is tqdm's bar."""
+
+    def __init__(self, *args: Any, show_start: bool = False, **kwargs: Any) -> None:
+        self._show_start = show_start  # read by the first redraw, which tqdm's __init__ makes
+        super().__init__(*args, **kwargs)
 
     def _writes_lines(self) -> bool:
         lines = getattr(self, "_lines", None)
@@ -80,9 +85,10 @@ class tqdm(auto_tqdm):  # the name of the class it stands in for
         now = self._time()
         if not getattr(self, "_closing", False):
             # The first redraw is the bar's start (tqdm draws it before it sets start_t).
+            start = not hasattr(self, "_line_t")
             since = now - getattr(self, "_line_t", now)
             self._line_t = getattr(self, "_line_t", now)
-            if since < self.mininterval:
+            if since < self.mininterval and not (start and self._show_start):
                 return False
         elif getattr(self, "_line_n", None) == self.n:  # its last line showed this state
             return False

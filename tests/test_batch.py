@@ -2335,6 +2335,34 @@ def test_a_run_finished_without_its_export_is_exported_when_the_batch_asks_for_o
     assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped"]
 
 
+def test_a_finished_run_continued_to_a_higher_iters_is_said_and_recorded(
+    tmp_path, tiny_yaml, shapes_cache, capsys
+):
+    """A higher --iters trains a finished run on (iters is not compared): it said nothing, and
+    the summary showed only "finished", so nothing told why a run the batch could have skipped
+    trained again. The line that is skipped says nothing of it."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--iters", "5"]))) == 0
+    blue = ["text", "a blue cube", *BUILTIN[:2], "--iters", "10", "--config", tiny_yaml]
+    assert main(list(map(str, [*blue, "--resume", "--workspace", root / "a_blue_cube"]))) == 0
+    capsys.readouterr()
+    assert main(list(map(str, [*args, "--iters", "10"]))) == 0
+    out, err = capsys.readouterr()
+    red = root / "a_red_cube"
+    assert f"batch: line 1: {red} finished at step 5; continuing to --iters 10\n" in err
+    assert "line 2" not in err
+    assert steps(red) == [5, 10]
+    again = rows(root)[2:]
+    assert [(r["status"], r["continued_from"]) for r in again] == [
+        ("finished", 5),
+        ("skipped", None),
+    ]
+    assert "finished (from step 5)" in out
+    assert rows(root)[0]["continued_from"] is None
+
+
 def test_a_run_a_batch_only_exports_keeps_its_own_iters_in_status_and_config_json(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch
 ):

@@ -216,6 +216,21 @@ def test_config_files_read_numbers_as_yaml_1_2(tmp_path):
         resolve_config({}, config_file=path)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("guidance: {model: 3}", r"field 'guidance.model' must be str, got 3 \(in .*mine.yaml\)"),
+        ("guidance: 3", r"section 'guidance' in .*mine.yaml must be a mapping"),
+    ],
+)
+def test_a_config_files_model_of_the_wrong_kind_is_a_user_error(tmp_path, text, message):
+    """It was a traceback (AttributeError) where the built-in prior's preset is looked for."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(DreamtextError, match=message):
+        resolve_config({"prompt": "x"}, config_file=path)
+
+
 def test_signed_numbers_without_a_leading_digit_are_numbers(tmp_path):
     """YAML 1.2 reads ``-.5`` and ``+.25e1`` as floats (``[-+]? ( . [0-9]+ | ... )``); the
     loader read ``.5`` as 0.5 but ``-.5`` as the string '-.5'."""

@@ -785,6 +785,30 @@ def test_a_resumes_negative_or_diverse_on_the_builtin_prior_is_refused_before_to
     assert not (shapes_run.parent / "workspace").exists()
 
 
+IMAGE_NEEDS_STABLE_DIFFUSION = NEEDS_STABLE_DIFFUSION.replace("--diverse", "image→3D")
+IMAGE_ON_THE_BUILTIN_PRIOR = [
+    ["image", "mug.png", "--model", "builtin:shapes"],
+    ["image", "mug.png", "--config", "shapes.yaml"],
+    ["image", "mug.png", "--preset", "builtin-shapes"],
+]
+
+
+@pytest.mark.parametrize("argv", IMAGE_ON_THE_BUILTIN_PRIOR, ids=" ".join)
+def test_image_on_the_builtin_prior_is_refused_before_torch_is_imported(shapes_run, argv):
+    """image→3D needs Stable Diffusion's text encoder and sampler; the built-in prior (a flag, a
+    preset or a --config file naming it) was refused once torch was imported (16 s, 476 MB)."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(shapes_run.parent / "mug.png")
+    done = run_without_torch(shapes_run.parent, argv)
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"dreamtext: error: {IMAGE_NEEDS_STABLE_DIFFUSION}\n",
+    )
+    assert done.stdout == "[]\n"
+    assert not (shapes_run.parent / "workspace").exists()
+
+
 def test_a_resume_of_another_prompts_run_is_left_to_the_command_to_say(shapes_run):
     """Its line names the run's prompt; the prompt typed is not asked of the prior."""
     argv = ["text", "a dog", "--resume", "--workspace", "run", "--negative", "a dog"]

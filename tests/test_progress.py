@@ -96,6 +96,52 @@ def test_a_bar_in_a_file_writes_a_line_every_interval_and_its_final_state_once(m
     assert lines[-1].startswith("steps: 100%|") and "100/100 [01:40<00:00" in lines[-1]
 
 
+def test_a_bar_asked_to_show_its_start_writes_a_line_of_it_at_once_in_a_file(monkeypatch):
+    """``show_start``: a 0/N line when the bar starts, then the lines as without it; on a
+    terminal it is tqdm's bar as before."""
+    import tqdm.std
+
+    from dreamtext.progress import tqdm as bar
+
+    clock = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    stream, terminal = io.StringIO(), Terminal()
+    with bar(total=3, desc="prompts", file=stream, show_start=True, mininterval=30) as prompts:
+        assert [BAR_LINE.match(line)["n"] for line in stream.getvalue().splitlines()] == ["0"]
+        for _ in range(3):
+            clock[0] += 20
+            prompts.update(1)
+    assert [BAR_LINE.match(line)["n"] for line in stream.getvalue().splitlines()] == [
+        "0",
+        "2",
+        "3",
+    ]
+    with bar(total=3, desc="prompts", file=terminal, show_start=True) as prompts:
+        prompts.update(3)
+    assert terminal.getvalue().startswith("\rprompts:   0%|")  # redrawn in place
+
+
+def test_a_batch_logged_to_a_file_shows_its_prompts_bar_before_the_first_prompt_trains(
+    tmp_path, monkeypatch
+):
+    """``dreamtext batch ... 2> batch.log``: "prompts: 0%| 0/2" came only once the first
+    prompt had finished (minutes in), when the bar first redrew."""
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PROGRESS_SECONDS, "600")
+    Path("prompts.txt").write_text("a red cube\na blue cube\n")
+    args = ["batch", "prompts.txt", "--model", "builtin:shapes", "--iters", "2", "--h", "16"]
+    with open("batch.log", "w", encoding="utf-8") as log:
+        monkeypatch.setattr(sys, "stderr", log)
+        assert main([*args, "--no-export"]) == 0
+    lines = Path("batch.log").read_text(encoding="utf-8").splitlines()
+    bars = [(m["desc"], m["n"]) for m in map(BAR_LINE.match, lines) if m]
+    assert bars[0] == ("prompts", "0"), lines
+    assert bars[-1] == ("prompts", "2"), lines
+    assert [bar for bar in bars if bar[0] == "prompts"] == [("prompts", "0"), ("prompts", "2")]
+
+
 def test_a_bar_that_vanishes_on_a_terminal_leaves_its_final_line_in_a_file():
     from dreamtext.progress import tqdm as bar
 

@@ -206,6 +206,18 @@ def test_older_runs_without_status_json_get_a_status_from_their_files(root: Path
     assert read_run(location(catalog, "sphere")).status["state"] == "running"
 
 
+@pytest.mark.parametrize("mesh", ["mesh.glb", "mesh.obj", "mesh.ply"])
+def test_an_older_run_without_status_json_that_exported_any_mesh_is_finished(root: Path, mesh):
+    """Its log short of iters and no final preview: the mesh says the run ended. Only a GLB
+    did; one exported with --formats obj or ply showed "interrupted"."""
+    sphere = root / "sphere"
+    (sphere / "mesh").mkdir()
+    (sphere / "mesh" / mesh).write_bytes(b"mesh")
+    age(sphere, 3600)
+    status = read_run(location(Catalog([root]), "sphere")).status
+    assert (status["state"], status["source"]) == ("finished", "files")
+
+
 def test_a_running_run_whose_files_stopped_changing_says_how_long(root: Path):
     catalog = Catalog([root])
     write_json(root / "sphere" / "status.json", {"state": "running", "step": 10, "iters": 20})

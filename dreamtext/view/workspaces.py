@@ -1302,7 +1302,9 @@ def _status(
         # image into descriptor/ next).
         out["state"] = "finished"
     elif stage == "text" and (
-        trained or "glb" in run.mesh or any(p["step"] is None for p in run.previews)
+        trained
+        or any(kind in run.mesh for kind in ("glb", "obj", "ply"))  # exported: any --formats
+        or any(p["step"] is None for p in run.previews)
     ):
         out["state"] = "finished"
     elif folder is not None and since_change() < RUNNING_IF_CHANGED_WITHIN_S:
