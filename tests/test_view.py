@@ -2683,7 +2683,7 @@ def test_a_failed_static_export_leaves_nothing_behind(root: Path, tmp_path: Path
 # ------------------------------------------------------------------------- the command line
 
 
-@pytest.mark.parametrize("what, static", [("missing", False), ("missing", True), ("empty", True)])
+@pytest.mark.parametrize("what, static", [("missing", True), ("empty", True)])
 def test_view_of_a_folder_without_runs_exits_2_with_one_line(tmp_path, capsys, what, static):
     (tmp_path / "empty").mkdir()
     extra = ["--static", str(tmp_path / "site")] if static else []
@@ -2713,6 +2713,54 @@ def test_a_server_started_before_a_batchs_first_run_shows_runs_as_they_start(tmp
         srv.shutdown()
         srv.server_close()
         thread.join()
+
+
+@pytest.mark.parametrize("becomes", ["root", "workspace"])
+def test_a_server_started_before_a_batch_made_its_folder_shows_its_runs_once_it_does(
+    tmp_path: Path, becomes: str
+):
+    """`dreamtext batch prompts.txt --workspace sweep &` makes sweep/ only once it has read its
+    prompts and checked its model: `dreamtext view sweep` in the next moment said "no such
+    folder", where the README says a batch's folder can be opened before its first run starts.
+    The folder is looked for at every poll, and read as a root or a run once it is there."""
+    sweep = tmp_path / "sweep"
+    with pytest.raises(DreamtextError, match="no such folder"):
+        Catalog([sweep])  # a static export of nothing is still refused
+    srv, thread = serving(Catalog([sweep], empty_ok=True))
+    try:
+        assert get(srv, "/")[0] == 200
+        assert json.loads(get(srv, "/api/runs.json")[1])["runs"] == []
+        if becomes == "root":
+            make_run(sweep / "cube", "a red cube")
+            want = ["cube"]
+        else:
+            make_run(sweep, "a red cube")
+            want = ["sweep"]
+        assert [r["id"] for r in json.loads(get(srv, "/api/runs.json")[1])["runs"]] == want
+        assert get(srv, f"/run/{want[0]}/")[0] == 200
+    finally:
+        stop(srv, thread)
+
+
+def test_view_of_a_folder_not_made_yet_serves_it_and_says_so(tmp_path: Path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamtext", "view", str(tmp_path / "sweep"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        first, second, third = (proc.stdout.readline() for _ in range(3))
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+    assert first.startswith("dreamtext view: 0 runs at http://127.0.0.1:"), first
+    assert second.strip() == (
+        f"no folder {tmp_path / 'sweep'} yet: the page shows its runs once a batch makes it "
+        "(check the path if none is starting)"
+    )
+    assert not third.strip().startswith("no runs in"), third
 
 
 def test_view_without_arguments_needs_a_workspace_folder(tmp_path: Path, capsys, monkeypatch):

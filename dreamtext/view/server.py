@@ -503,16 +503,25 @@ def make_server(
 
 def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) -> None:
     """Serve the runs under ``folders`` until Ctrl-C; print the address first (on ``out``, else
-    the ``sys.stdout`` of the moment). Folders without runs yet are served too (the viewer
-    started beside a batch), with a line that says so."""
+    the ``sys.stdout`` of the moment). Folders without runs yet, or not made yet, are served too
+    (the viewer started beside a batch), with a line that says so."""
     out = out or sys.stdout
     catalog = Catalog(folders, empty_ok=True)
     server = make_server(catalog, host, port)
     url, p = server.url, server.server_port
     n = len(catalog.runs())
     print(f"dreamtext view: {n} run{'s' if n != 1 else ''} at {url}", file=out)
-    if n == 0:  # a batch about to start, or the wrong folder: say which it looks in
-        shown = ", ".join(str(f) for f in folders)
+    missing = [f for f in folders if not f.exists()]
+    there = [f for f in folders if f not in missing]
+    if missing:  # a batch about to make it, or a typo: say so
+        shown = ", ".join(str(f) for f in missing)
+        print(
+            f"  no folder {shown} yet: the page shows its runs once a batch makes it "
+            "(check the path if none is starting)",
+            file=out,
+        )
+    if n == 0 and there:  # a batch about to start, or the wrong folder: say which it looks in
+        shown = ", ".join(str(f) for f in there)
         print(
             f"  no runs in {shown} yet: the page shows them as they start (a run's folder "
             "holds config.json, log.jsonl or descriptor/sentence.json)",
