@@ -2344,6 +2344,7 @@ def page_addresses(body: bytes) -> tuple[str, list[str], dict]:
         addresses += [p["url"] for p in run.get("previews", [])]
         for kind in ("mesh", "video", "data_files"):
             addresses += list(run.get(kind, {}).values())
+        addresses.append((run.get("mesh_zip") or {}).get("url"))
     return base, [a for a in addresses if a and a != "data:,"], data
 
 
