@@ -643,7 +643,8 @@ def cmd_view(args: argparse.Namespace) -> int:
     if not folders:
         if not DEFAULT_ROOT.is_dir():
             raise DreamtextError(
-                f"no {DEFAULT_ROOT}/ folder here; pass a run's folder or a folder of runs"
+                f"no {DEFAULT_ROOT}/ folder here; pass a run's folder or a folder of runs "
+                f"(`dreamtext view {DEFAULT_ROOT}` waits for a batch that has yet to make it)"
             )
         folders = [DEFAULT_ROOT]
     if args.static:

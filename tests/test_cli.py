@@ -500,7 +500,8 @@ def test_model_commands_set_up_the_gpu_allocator_before_cuda_starts(
     which runs without torch, leaves the environment alone."""
     missing = tmp_path / "no-run"
     for command, expected in (
-        (["view", missing], None),
+        # --static: a server of a folder not made yet waits for it (a batch about to make it).
+        (["view", missing, "--static", tmp_path / "site"], None),
         (["export", "--workspace", missing], "expandable_segments:True"),
     ):
         environ = {}

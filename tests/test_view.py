@@ -2356,6 +2356,7 @@ def page_addresses(body: bytes) -> tuple[str, list[str], dict]:
         addresses += [p["url"] for p in run.get("previews", [])]
         for kind in ("mesh", "video", "data_files"):
             addresses += list(run.get(kind, {}).values())
+        addresses.append((run.get("mesh_zip") or {}).get("url"))
     return base, [a for a in addresses if a and a != "data:,"], data
 
 
@@ -2397,6 +2398,126 @@ def test_behind_a_proxy_under_a_path_every_address_of_a_page_is_served(
         # What the page polls is its own data again, addresses and all, wherever the page is.
         status, polled = via_proxy(proxy, urljoin(root, data["api"]))
         assert status == 200 and json.loads(polled) == data
+
+
+# ------------------------------------------------------------------------- downloads
+
+
+def make_obj_run(folder: Path, prompt: str, color) -> Path:
+    """A finished run exported as the export writes its files: a GLB and a PLY, an OBJ naming
+    ``mesh.mtl``, which names ``albedo.png`` (of ``color``); and checkpoints."""
+    make_run(folder, prompt, status={"state": "finished", "step": 20, "iters": 20})
+    mesh = folder / "mesh"
+    (mesh / "mesh.obj").write_text(
+        "mtllib mesh.mtl\no object\nusemtl material\nv 0 0 0\nv 1 0 0\nv 0 1 0\n"
+        "vt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n"
+    )
+    (mesh / "mesh.mtl").write_text("newmtl material\nKd 1 1 1\nmap_Kd albedo.png\n")
+    write_png(mesh / "albedo.png", color)
+    (mesh / "mesh.ply").write_bytes(b"ply-not-really")
+    write_json(mesh / "mesh.json", {"vertices": 3, "faces": 1})
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.pt").write_bytes(b"torch")
+    return folder
+
+
+@pytest.fixture
+def obj_runs(tmp_path: Path) -> Path:
+    """Two runs whose export made OBJs of the same names, one red, one blue."""
+    root = tmp_path / "runs"
+    make_obj_run(root / "a_red_apple", "a red apple", (200, 30, 30))
+    make_obj_run(root / "a_blue_apple", "a blue apple", (30, 30, 200))
+    return root
+
+
+ZIPPED = ["albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "mesh.ply"]
+
+
+def texture_colour_of(obj: Path):
+    """The colour of the texture the OBJ's material names, as trimesh finds it (None: no
+    texture found)."""
+    import trimesh
+
+    image = trimesh.load(obj, force="mesh").visual.material.image
+    return None if image is None else image.convert("RGB").getpixel((0, 0))
+
+
+def check_zips_open_side_by_side(zips: dict[str, bytes], folder: Path) -> None:
+    """Each zip (by its download's name) holds its run's mesh files in a folder of the run's
+    name, nothing else; extracted into one folder, each OBJ shows its own run's texture."""
+    import io
+    import zipfile
+
+    assert sorted(zips) == ["a_blue_apple.zip", "a_red_apple.zip"]
+    for name, data in zips.items():
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            run = name.removesuffix(".zip")
+            assert sorted(archive.namelist()) == [f"{run}/{file}" for file in ZIPPED]
+            archive.extractall(folder)
+    assert texture_colour_of(folder / "a_red_apple" / "mesh.obj") == (200, 30, 30)
+    assert texture_colour_of(folder / "a_blue_apple" / "mesh.obj") == (30, 30, 200)
+
+
+def test_a_runs_mesh_downloads_are_named_after_the_run(obj_runs: Path):
+    """Every run's page linked mesh.obj, mesh.mtl and albedo.png: saved from two runs into one
+    folder, the second texture became "albedo (1).png" and the second OBJ showed the first's."""
+    links = server_links("api/runs.json")
+    shown = {}
+    for location in Catalog([obj_runs]).runs():
+        run = run_json(read_run(location), links, full=True)
+        shown[run["id"]] = run["mesh_names"], run["mesh_zip"]["name"]
+    assert shown == {
+        "a_blue_apple": (
+            {"glb": "a_blue_apple.glb", "ply": "a_blue_apple.ply"},
+            "a_blue_apple.zip",
+        ),
+        "a_red_apple": ({"glb": "a_red_apple.glb", "ply": "a_red_apple.ply"}, "a_red_apple.zip"),
+    }
+
+
+def test_the_served_mesh_zip_opens_elsewhere_with_its_own_texture(obj_runs: Path, tmp_path: Path):
+    srv, thread = serving(Catalog([obj_runs]))
+    try:
+        zips = {}
+        for run_id in ("a_red_apple", "a_blue_apple"):
+            run = json.loads(get(srv, f"/api/run/{run_id}.json")[1])["run"]
+            status, body, headers = get(srv, run["mesh_zip"]["url"])
+            assert status == 200 and headers["Content-Type"] == "application/zip"
+            disposition = headers["Content-Disposition"]
+            assert disposition.startswith(f'attachment; filename="{run_id}.zip"')
+            zips[run["mesh_zip"]["name"]] = body
+    finally:
+        stop(srv, thread)
+    check_zips_open_side_by_side(zips, tmp_path / "Downloads")
+
+
+def test_a_static_export_holds_each_runs_mesh_zip(obj_runs: Path, tmp_path: Path):
+    out = export_static([obj_runs], tmp_path / "site")
+    zips = {}
+    for run_id in ("a_red_apple", "a_blue_apple"):
+        run = page_data(out / "runs" / run_id / "index.html")["run"]
+        zips[run["mesh_zip"]["name"]] = (
+            out / "runs" / run_id / run["mesh_zip"]["url"]
+        ).read_bytes()
+        for kind, url in run["mesh"].items():  # the single files are there as before
+            assert (out / "runs" / run_id / url).is_file(), kind
+        # A file:// page cannot rename a download: the copies are named after the run.
+        assert run["mesh"]["glb"] == f"files/mesh/{run_id}.glb"
+        assert run["mesh"]["ply"] == f"files/mesh/{run_id}.ply"
+        assert run["mesh"]["obj"] == "files/mesh/mesh.obj"
+    check_zips_open_side_by_side(zips, tmp_path / "Downloads")
+
+
+def test_a_run_without_mesh_files_offers_no_zip(server, root: Path):
+    run = json.loads(get(server, "/api/run/torus.json")[1])["run"]
+    assert run["mesh_zip"] is None and run["mesh_names"] == {}
+    assert get(server, "/download/torus/torus.zip")[0] == 404
+    assert get(server, "/download/nothing/nothing.zip")[0] == 404
+    # A run with a GLB alone gets it in a zip too (one download of whatever the export made).
+    status, body, _ = get(
+        server, json.loads(get(server, "/api/run/cube.json")[1])["run"]["mesh_zip"]["url"]
+    )
+    assert status == 200 and body.startswith(b"PK")
 
 
 # ------------------------------------------------------------------------- the static export
@@ -2515,6 +2636,12 @@ def test_runs_named_in_other_scripts_are_served_and_exported(tmp_path: Path):
         page = json.loads(get(srv, "/api/run/%E4%B8%80%E5%8F%AA%E7%8C%AB.json")[1])["run"]
         urls = [p["url"] for p in page["previews"]] + list(page["mesh"].values())
         assert urls and all(get(srv, url)[0] == 200 for url in urls)
+        # The zip's name in UTF-8 for browsers (RFC 6266), as far as ASCII goes for the rest.
+        assert page["mesh_zip"]["name"] == "一只猫.zip"
+        status, _, headers = get(srv, page["mesh_zip"]["url"])
+        assert status == 200 and headers["Content-Disposition"] == (
+            "attachment; filename=\"___.zip\"; filename*=UTF-8''%E4%B8%80%E5%8F%AA%E7%8C%AB.zip"
+        )
     finally:
         srv.shutdown()
         srv.server_close()
@@ -2526,6 +2653,8 @@ def test_runs_named_in_other_scripts_are_served_and_exported(tmp_path: Path):
     run = page_data(out / "runs" / "一只猫" / "index.html")["run"]
     for url in [p["url"] for p in run["previews"]] + list(run["mesh"].values()):
         assert (out / "runs" / "一只猫" / unquote(url)).is_file()
+    assert (out / "runs" / "一只猫" / unquote(run["mesh_zip"]["url"])).name == "一只猫.zip"
+    assert (out / "runs" / "一只猫" / "一只猫.zip").is_file()
 
 
 def test_static_export_replaces_an_earlier_export_but_no_other_folder(root: Path, tmp_path: Path):
@@ -2567,7 +2696,7 @@ def test_a_failed_static_export_leaves_nothing_behind(root: Path, tmp_path: Path
 # ------------------------------------------------------------------------- the command line
 
 
-@pytest.mark.parametrize("what, static", [("missing", False), ("missing", True), ("empty", True)])
+@pytest.mark.parametrize("what, static", [("missing", True), ("empty", True)])
 def test_view_of_a_folder_without_runs_exits_2_with_one_line(tmp_path, capsys, what, static):
     (tmp_path / "empty").mkdir()
     extra = ["--static", str(tmp_path / "site")] if static else []
@@ -2597,6 +2726,54 @@ def test_a_server_started_before_a_batchs_first_run_shows_runs_as_they_start(tmp
         srv.shutdown()
         srv.server_close()
         thread.join()
+
+
+@pytest.mark.parametrize("becomes", ["root", "workspace"])
+def test_a_server_started_before_a_batch_made_its_folder_shows_its_runs_once_it_does(
+    tmp_path: Path, becomes: str
+):
+    """`dreamtext batch prompts.txt --workspace sweep &` makes sweep/ only once it has read its
+    prompts and checked its model: `dreamtext view sweep` in the next moment said "no such
+    folder", where the README says a batch's folder can be opened before its first run starts.
+    The folder is looked for at every poll, and read as a root or a run once it is there."""
+    sweep = tmp_path / "sweep"
+    with pytest.raises(DreamtextError, match="no such folder"):
+        Catalog([sweep])  # a static export of nothing is still refused
+    srv, thread = serving(Catalog([sweep], empty_ok=True))
+    try:
+        assert get(srv, "/")[0] == 200
+        assert json.loads(get(srv, "/api/runs.json")[1])["runs"] == []
+        if becomes == "root":
+            make_run(sweep / "cube", "a red cube")
+            want = ["cube"]
+        else:
+            make_run(sweep, "a red cube")
+            want = ["sweep"]
+        assert [r["id"] for r in json.loads(get(srv, "/api/runs.json")[1])["runs"]] == want
+        assert get(srv, f"/run/{want[0]}/")[0] == 200
+    finally:
+        stop(srv, thread)
+
+
+def test_view_of_a_folder_not_made_yet_serves_it_and_says_so(tmp_path: Path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamtext", "view", str(tmp_path / "sweep"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        first, second, third = (proc.stdout.readline() for _ in range(3))
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+    assert first.startswith("dreamtext view: 0 runs at http://127.0.0.1:"), first
+    assert second.strip() == (
+        f"no folder {tmp_path / 'sweep'} yet: the page shows its runs once a batch makes it "
+        "(check the path if none is starting)"
+    )
+    assert not third.strip().startswith("no runs in"), third
 
 
 def test_view_without_arguments_needs_a_workspace_folder(tmp_path: Path, capsys, monkeypatch):

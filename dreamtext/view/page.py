@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dreamtext import __version__
+from dreamtext.view.downloads import download_names, zip_members, zip_name
 from dreamtext.view.workspaces import Run
 
 # Package files a page loads, by the name it loads them under.
@@ -60,6 +61,8 @@ class Links:
     local_paths: bool = True
     # The server's root as seen from the page ("./", "../../"), or None: links are page-relative.
     base: str | None = None
+    # The run's mesh zip (downloads.zip_bytes), where the run page offers one.
+    mesh_zip: Callable[[Run], str] | None = None
 
 
 def server_links(api: str | None, poll_ms: int = 2000, base: str | None = None) -> Links:
@@ -72,6 +75,14 @@ def server_links(api: str | None, poll_ms: int = 2000, base: str | None = None) 
         version = int(run.mtimes.get(rel, 0) * 1000)
         return f"files/{quote(run.id)}/{quote(rel)}?v={version}"
 
+    def mesh_zip(run: Run) -> str:
+        # The zip's name last, as the browser names a download it has no other name for; the
+        # newest of its files' mtimes, so a re-export's zip is fetched again.
+        version = max(
+            (int(run.mtimes.get(rel, 0) * 1000) for rel, _ in zip_members(run)), default=0
+        )
+        return f"download/{quote(run.id)}/{quote(zip_name(run))}?v={version}"
+
     return Links(
         static="static/",
         gallery="./",
@@ -80,6 +91,7 @@ def server_links(api: str | None, poll_ms: int = 2000, base: str | None = None) 
         api=api,
         poll_ms=poll_ms,
         base=base,
+        mesh_zip=mesh_zip,
     )
 
 
@@ -130,6 +142,14 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
             previews=[{"step": p["step"], "url": url(p["path"])} for p in run.previews],
             video={kind: url(rel) for kind, rel in run.video.items()},
             mesh={kind: url(rel) for kind, rel in run.mesh.items()},
+            # What a download of each is named: the run's name, for files that hold all they
+            # show; the OBJ and its MTL and texture come in the zip (dreamtext.view.downloads).
+            mesh_names=download_names(run),
+            mesh_zip=(
+                {"url": links.mesh_zip(run), "name": zip_name(run)}
+                if links.mesh_zip is not None and zip_members(run)
+                else None
+            ),
             mesh_stats=run.mesh_stats,
             data_files={rel: url(rel) for rel in run.data_files},
             source_image=url(run.source_image) if run.source_image else None,

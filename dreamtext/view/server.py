@@ -11,6 +11,9 @@
                                  is not there (its folder removed or moved)
     GET /static/<name>           the pages' script, style and three.js (package files, by name)
     GET /files/<id>/<path>       a file in that run's workspace
+    GET /download/<id>/<name>.zip  that run's mesh files in one zip, made as it is asked for
+                                 (``downloads.zip_bytes``), named ``<id>.zip`` whatever
+                                 ``<name>``; 404 for a run without mesh files
 
 Anything else is 404, and so is any file request that leaves the workspace: ``..``, an absolute or
 empty segment, an encoded slash or dot (``%2f``, ``%2e%2e``, double encodings), a percent-encoding
@@ -49,9 +52,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from dreamtext.errors import DreamtextError
+from dreamtext.view.downloads import zip_bytes, zip_members, zip_name
 from dreamtext.view.page import (
     ASSETS,
     SLASH_SCRIPT_HASH,
@@ -65,7 +69,7 @@ from dreamtext.view.page import (
     script_json,
     server_links,
 )
-from dreamtext.view.workspaces import Catalog, GalleryCache, RunLocation, read_run
+from dreamtext.view.workspaces import Catalog, GalleryCache, Run, RunLocation, read_run
 
 # The kinds of workspace file the pages link to; nothing else is served.
 SERVED_SUFFIXES = {
@@ -316,6 +320,12 @@ class ViewHandler(BaseHTTPRequestHandler):
                 file = workspace_file(location.path, "/".join(parts[2:]))
                 if file is not None:
                     return self._send_file(file, send_body)
+        if len(parts) == 3 and parts[0] == "download" and parts[2].endswith(".zip"):
+            location = catalog.find(unquote(parts[1]))
+            if location is not None and location.path is not None and not _removed(location):
+                run = read_run(location, with_series=False, follow_logs=False)
+                if zip_members(run):
+                    return self._send_zip(run, send_body)
         return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
 
     def _headers(
@@ -379,6 +389,19 @@ class ViewHandler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
 
+    def _send_zip(self, run: Run, send_body: bool) -> None:
+        """The run's mesh zip, as a download named after the run."""
+        try:
+            body = zip_bytes(run)
+        except OSError:  # an export swapping the mesh folder between the listing and the read
+            busy = "the run's mesh files are being replaced: try again in a moment"
+            return self._send_text(HTTPStatus.SERVICE_UNAVAILABLE, busy, send_body)
+        self._headers(HTTPStatus.OK, "application/zip", len(body))
+        self.send_header("Content-Disposition", _attachment(zip_name(run)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
     def _send_file(self, file: Path, send_body: bool) -> None:
         """The file, or the one byte range a ``Range`` header asks for (video seeking)."""
         content_type = SERVED_SUFFIXES[file.suffix.lower()]
@@ -412,6 +435,16 @@ def _removed(location: RunLocation) -> bool:
     """Whether a run's workspace is gone since the scan that found it (``Catalog.find`` answers
     from a scan up to :data:`~dreamtext.view.workspaces.FIND_REUSES_SCAN_S` old)."""
     return location.path is not None and not location.path.is_dir()
+
+
+def _attachment(name: str) -> str:
+    """``Content-Disposition`` of a download named ``name`` (RFC 6266): ``filename*`` for the
+    name in UTF-8 (a run's name may hold letters of any script), ``filename`` with what ASCII
+    keeps of it for clients that know only that."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _names_tag(if_none_match: str | None, etag: str) -> bool:
@@ -470,16 +503,25 @@ def make_server(
 
 def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) -> None:
     """Serve the runs under ``folders`` until Ctrl-C; print the address first (on ``out``, else
-    the ``sys.stdout`` of the moment). Folders without runs yet are served too (the viewer
-    started beside a batch), with a line that says so."""
+    the ``sys.stdout`` of the moment). Folders without runs yet, or not made yet, are served too
+    (the viewer started beside a batch), with a line that says so."""
     out = out or sys.stdout
     catalog = Catalog(folders, empty_ok=True)
     server = make_server(catalog, host, port)
     url, p = server.url, server.server_port
     n = len(catalog.runs())
     print(f"dreamtext view: {n} run{'s' if n != 1 else ''} at {url}", file=out)
-    if n == 0:  # a batch about to start, or the wrong folder: say which it looks in
-        shown = ", ".join(str(f) for f in folders)
+    missing = [f for f in folders if not f.exists()]
+    there = [f for f in folders if f not in missing]
+    if missing:  # a batch about to make it, or a typo: say so
+        shown = ", ".join(str(f) for f in missing)
+        print(
+            f"  no folder {shown} yet: the page shows its runs once a batch makes it "
+            "(check the path if none is starting)",
+            file=out,
+        )
+    if n == 0 and there:  # a batch about to start, or the wrong folder: say which it looks in
+        shown = ", ".join(str(f) for f in there)
         print(
             f"  no runs in {shown} yet: the page shows them as they start (a run's folder "
             "holds config.json, log.jsonl or descriptor/sentence.json)",

@@ -3,8 +3,10 @@
     OUT/index.html                      the gallery
     OUT/static/                         app.js, app.css, three.js and its license
     OUT/runs/<id>/index.html            a run's page
-    OUT/runs/<id>/files/...             the files it shows (previews, turntable, mesh, config, log)
+    OUT/runs/<id>/files/...             the files it shows (previews, turntable, mesh, config, log);
+                                        the GLB and PLY named after the run (``copy_name``)
     OUT/runs/<id>/mesh.glb.js           the GLB as a script: a file:// page cannot fetch() it
+    OUT/runs/<id>/<id>.zip              the run's mesh files in one zip (downloads.zip_bytes)
 
 The folder is written beside OUT and renamed into place, so an interrupted export leaves nothing
 half-written; an earlier export in OUT is replaced, any other folder with files in it is refused.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import posixpath
 import shutil
 import tempfile
 from dataclasses import replace
@@ -21,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamtext.errors import DreamtextError
+from dreamtext.view.downloads import download_names, zip_bytes, zip_members, zip_name
 from dreamtext.view.page import (
     ASSETS,
     Links,
@@ -62,19 +66,31 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
     return out_dir
 
 
+def copy_name(run: Run, rel: str) -> str:
+    """Where the export copies a workspace file, relative to the run's ``files/``: where it lies
+    in the workspace, but the GLB and PLY named after the run (``mesh/a_red_cube.glb``, as
+    ``downloads.download_names``). A page opened from file:// cannot rename a download (Chromium
+    ignores the ``download`` attribute there), so the copy's own name is the one it is saved as."""
+    for kind, name in download_names(run).items():
+        if run.mesh[kind] == rel:
+            return posixpath.join(posixpath.dirname(rel), name)
+    return rel
+
+
 # The addresses of the exported pages: a run's page lies in ``runs/<id>/``, the gallery at the top.
 RUN_LINKS = Links(
     static="../../static/",
     gallery="../../index.html",
     run=lambda run_id: f"../{quote(run_id)}/index.html",
-    file=lambda run, rel: f"files/{quote(rel)}",
+    file=lambda run, rel: f"files/{quote(copy_name(run, rel))}",
     local_paths=False,
+    mesh_zip=lambda run: quote(zip_name(run)),
 )
 GALLERY_LINKS = Links(
     static="static/",
     gallery="index.html",
     run=lambda run_id: f"runs/{quote(run_id)}/index.html",
-    file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(rel)}",
+    file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(copy_name(run, rel))}",
     local_paths=False,
 )
 
@@ -99,13 +115,15 @@ def _write(catalog: Catalog, out: Path) -> None:
 
 
 def _write_run(run: Run, folder: Path, links: Links) -> None:
-    """A run's page, the files it shows, and its GLB as a script."""
+    """A run's page, the files it shows, its GLB as a script and its mesh zip."""
     folder.mkdir(parents=True)
     _copy_files(run, folder / "files")
+    if zip_members(run):
+        (folder / zip_name(run)).write_bytes(zip_bytes(run))
     glb_script = None
     if "glb" in run.mesh:
         glb_script = GLB_SCRIPT
-        _write_glb_script(folder / "files" / run.mesh["glb"], folder / GLB_SCRIPT)
+        _write_glb_script(folder / "files" / copy_name(run, run.mesh["glb"]), folder / GLB_SCRIPT)
     page = render_page(run_page_json(run, links, glb_script), links)
     (folder / "index.html").write_text(page, encoding="utf-8")
 
@@ -119,7 +137,7 @@ def _copy_files(run: Run, files: Path) -> None:
         # read_run only lists files inside the workspace; checked again, as the server does.
         if not source.is_relative_to(workspace) or not source.is_file():
             continue
-        target = files / rel
+        target = files / copy_name(run, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
 

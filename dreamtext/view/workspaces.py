@@ -157,14 +157,21 @@ class Catalog:
     A folder that holds ``config.json``, ``log.jsonl``, ``status.json`` or
     ``descriptor/sentence.json`` is one workspace; any other folder is a root: its subfolders that
     are workspaces, and the workspaces its ``batch.jsonl`` names, are its runs. Folders without
-    runs are refused unless ``empty_ok`` (a server started before a batch's first run).
+    runs are refused unless ``empty_ok`` (a server started before a batch's first run), and so
+    are folders that do not exist: with ``empty_ok`` those are looked for at every scan (a batch
+    makes its folder only once it has read its prompts and checked its model), as a workspace or
+    a root, whichever they turn out to be.
     """
 
     def __init__(self, folders: list[Path], empty_ok: bool = False):
-        self.sources: list[tuple[Path, bool]] = []
+        # (folder, whether it is a root; None: not there yet, decided at each scan)
+        self.sources: list[tuple[Path, bool | None]] = []
         self._last_scan: tuple[float, dict[str, RunLocation]] | None = None
         self._scan_lock = threading.Lock()
         for folder in folders:
+            if not folder.exists() and not folder.is_symlink() and empty_ok:
+                self.sources.append((folder.resolve(), None))
+                continue
             if not folder.exists():
                 raise DreamtextError(f"no such folder: {folder}")
             if not folder.is_dir():
@@ -212,6 +219,11 @@ class Catalog:
 
         seen: set[Path] = set()
         for folder, is_root in self.sources:
+            if is_root is None:  # not there at the start: whatever it is now
+                if not folder.is_dir():
+                    continue
+                folder = folder.resolve()
+                is_root = not is_workspace(folder)
             if not is_root:
                 if folder not in seen:
                     seen.add(folder)

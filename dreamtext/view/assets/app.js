@@ -546,11 +546,20 @@
       return `not exported (--no-export): dreamtext export${where} makes the ${what}`;
     }
 
-    /** The download links of the mesh files the run's export made. */
+    /** The download links of the mesh files the run's export made, under the run's name: the
+     * GLB and PLY (which hold all they show) each, and every file in one zip, where the OBJ keeps
+     * the MTL and texture it names (saved one by one, two runs' textures clashed). */
     function meshLinks(run) {
-      return [["glb", "GLB"], ["obj", "OBJ"], ["mtl", "MTL"], ["texture", "texture"], ["ply", "PLY"]]
+      const names = run.mesh_names || {};
+      const single = [["glb", "GLB"], ["ply", "PLY"]]
         .filter(([kind]) => run.mesh[kind])
-        .map(([kind, label]) => el("a", { href: run.mesh[kind], download: true, text: label }));
+        .map(([kind, label]) => el("a", { href: run.mesh[kind], download: names[kind] || true, text: label }));
+      if (!run.mesh_zip) return single;
+      const held = [["glb", "GLB"], ["obj", "OBJ"], ["mtl", "MTL"], ["texture", "texture"], ["ply", "PLY"]]
+        .filter(([kind]) => run.mesh[kind]).map(([, label]) => label);
+      const zip = el("a", { href: run.mesh_zip.url, download: run.mesh_zip.name, class: "zip",
+        title: run.mesh_zip.name, text: `zip (${held.join(", ")})` });
+      return [...single, zip];
     }
 
     /** Why a run whose export made an OBJ or a PLY (`--formats obj,ply`) has no 3D view, and how
