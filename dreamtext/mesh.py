@@ -519,11 +519,7 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
                 break
         vertices, faces = new_vertices, new_faces
         folded = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
-    collapsed = _collapse_slivers(vertices, faces)
-    if not defect_vertices(vertices, collapsed).any():
-        after = folded_faces(trimesh.Trimesh(vertices, collapsed, process=False)).sum()
-        if after <= folded.sum():
-            faces = collapsed
+    faces, folded = _clear_slivers(vertices, faces, folded)
     used = np.unique(faces)
     remap = np.zeros(len(vertices), dtype=np.int64)
     remap[used] = np.arange(len(used))
@@ -535,9 +531,58 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
 SLIVER_AREA = 1e-3
 # A collapse is made only when no face it moves turns by more than 60°.
 COLLAPSE_COSINE = 0.5
+SLIVER_PASSES = 4
+SLIVER_SINGLES = 16
 
 
-def _collapse_slivers(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def _clear_slivers(
+    vertices: np.ndarray, faces: np.ndarray, folded: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(faces, folded)`` after up to :data:`SLIVER_PASSES` passes of
+    :func:`_collapse_slivers`, each kept only when it leaves no defect and no more folded faces;
+    a pass that does is tried again one sliver at a time (the first :data:`SLIVER_SINGLES`)."""
+
+    def checked(collapsed: np.ndarray) -> np.ndarray | None:
+        if len(collapsed) == len(faces) or defect_vertices(vertices, collapsed).any():
+            return None
+        after = folded_faces(trimesh.Trimesh(vertices, collapsed, process=False))
+        return None if after.sum() > folded.sum() else after
+
+    for _ in range(SLIVER_PASSES):
+        collapsed = _collapse_slivers(vertices, faces)
+        after = checked(collapsed)
+        if after is None:
+            tried: set[tuple[int, ...]] = set()
+            for _ in range(SLIVER_SINGLES):  # the indices shift after each collapse kept
+                left = [f for f in _slivers(vertices, faces) if _key(faces[f]) not in tried]
+                if not left:
+                    break
+                tried.add(_key(faces[left[0]]))
+                one = _collapse_slivers(vertices, faces, left[:1])
+                one_after = checked(one)
+                if one_after is not None:
+                    faces, folded = one, one_after
+            break
+        faces, folded = collapsed, after
+    return faces, folded
+
+
+def _key(face: np.ndarray) -> tuple[int, ...]:
+    return tuple(sorted(int(v) for v in face))
+
+
+def _slivers(vertices: np.ndarray, faces: np.ndarray) -> list[int]:
+    """The faces under :data:`SLIVER_AREA` of the median face's area."""
+    corners = vertices[faces]
+    area = np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
+    return np.flatnonzero(area < SLIVER_AREA * np.median(area)).tolist()
+
+
+def _collapse_slivers(
+    vertices: np.ndarray, faces: np.ndarray, slivers: list[int] | None = None
+) -> np.ndarray:
     """``faces`` with the shortest edge ``p–q`` of each sliver collapsed: the two faces on it
     dropped and ``q`` replaced by ``p`` in its other faces (or ``p`` by ``q``, whichever turns
     the faces it moves less). Positions are not changed; ``q`` is left unused.
@@ -552,7 +597,8 @@ def _collapse_slivers(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     )
     area = np.linalg.norm(area_vectors, axis=1)
     least = SLIVER_AREA * np.median(area)
-    slivers = np.flatnonzero(area < least)
+    if slivers is None:
+        slivers = np.flatnonzero(area < least)
     if len(slivers) == 0:
         return faces
     faces = faces.copy()
@@ -596,7 +642,8 @@ def _collapse_slivers(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
             turn = np.einsum("ij,ij->i", vectors, area_vectors[moved]) / np.maximum(
                 lengths * area[moved], 1e-300
             )
-            good = lengths.min() > least and turn.min() > COLLAPSE_COSINE
+            kept = (lengths > least) | (lengths >= area[moved])  # none made a sliver
+            good = kept.all() and turn.min() > COLLAPSE_COSINE
             if good and (best is None or turn.min() > best[0]):
                 best = (turn.min(), moved, new)
         if best is None:
