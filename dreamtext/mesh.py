@@ -526,10 +526,12 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
     return trimesh.Trimesh(vertices=vertices[used], faces=remap[faces], process=False)
 
 
-# A sliver: a face under 1e-3 of the median face's area (decimation leaves a few, 1 to 12 in
-# 8,000 faces of the built-in shapes, nearly all needles with one edge far shorter than the others).
+# A sliver: a face under 1e-3 of the median face's area. Decimation leaves 0 to 12 in 8,000
+# faces of the built-in shapes: needles (one edge far shorter than the others) and tiny faces
+# in clusters of them (benchmarks/RESULTS.md, "Pleat vertices and slivers"). A collapse is made
+# only when no face it moves turns by more than 60°. Passes and single tries are bounded so a
+# noisy 50,000-face mesh decimates in about the time it did without them.
 SLIVER_AREA = 1e-3
-# A collapse is made only when no face it moves turns by more than 60°.
 COLLAPSE_COSINE = 0.5
 SLIVER_PASSES = 4
 SLIVER_SINGLES = 16
@@ -583,14 +585,16 @@ def _slivers(vertices: np.ndarray, faces: np.ndarray) -> list[int]:
 def _collapse_slivers(
     vertices: np.ndarray, faces: np.ndarray, slivers: list[int] | None = None
 ) -> np.ndarray:
-    """``faces`` with the shortest edge ``p–q`` of each sliver collapsed: the two faces on it
-    dropped and ``q`` replaced by ``p`` in its other faces (or ``p`` by ``q``, whichever turns
-    the faces it moves less). Positions are not changed; ``q`` is left unused.
+    """``faces`` with the shortest edge ``p–q`` of each sliver (:func:`_slivers`, or the
+    faces ``slivers``) collapsed: the two faces on it dropped and ``q`` replaced by ``p`` in its
+    other faces (or ``p`` by ``q``, whichever turns the faces it moves less). Positions are not
+    changed; ``q`` is left unused.
 
     Made only where the ends share no neighbour but the two opposite corners (else the mesh
     would pinch), those corners keep three faces or more, and every face moved keeps within
-    60° of its normal (:data:`COLLAPSE_COSINE`) and over :data:`SLIVER_AREA` of the median
-    area; faces at a collapse wait for the next call.
+    60° of its normal (:data:`COLLAPSE_COSINE`) and is not made a sliver (it stays over
+    :data:`SLIVER_AREA` of the median area, or no smaller than it was); faces next to a
+    collapse wait for the next call.
     """
     area_vectors = np.cross(
         vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]
@@ -774,7 +778,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     dropped. Quadric decimation also folds a few faces at creases and on noisy patches (8 to 22
     of 8,000 on short trained runs of the built-in shapes turned over 60° from their corner
     normals, up to 100°: dark specks under smooth shading); :func:`unfold` flips or relaxes
-    them away.
+    them away, and collapses the slivers it leaves (two faces fewer each).
     Should a defect survive the repair, the undecimated mesh is returned (and a warning
     logged): the output is a closed manifold whenever the input is. No-op when already at or
     below the target.
