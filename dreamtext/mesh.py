@@ -495,10 +495,12 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
     only along the surface their unfolded faces make, by at most their shortest edge a round:
     a corner of a box stays where it is, a vertex on its edge moves along the edge, one on a
     flat side within it. In the later rounds they go to the mean (a noisy surface holds its
-    vertices everywhere). The face count never changes. Where a round leaves a defect
+    vertices everywhere). Where a round leaves a defect
     (:func:`defect_vertices`, e.g. a face relaxed to zero area) the vertices there are put
     back; if one is still left, the round is undone and ends the repair, so a closed manifold
-    stays one. Rounds repeat while folds are left.
+    stays one. Rounds repeat while folds are left. Last, the shortest edge of each sliver is
+    collapsed (:func:`_collapse_slivers`, two faces fewer each), unless that leaves a defect
+    or more folds; vertices no face uses any more are dropped.
     """
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
@@ -517,7 +519,144 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
                 break
         vertices, faces = new_vertices, new_faces
         folded = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
-    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+    faces, folded = _clear_slivers(vertices, faces, folded)
+    used = np.unique(faces)
+    remap = np.zeros(len(vertices), dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return trimesh.Trimesh(vertices=vertices[used], faces=remap[faces], process=False)
+
+
+# A sliver: a face under 1e-3 of the median face's area. Decimation leaves 0 to 12 in 8,000
+# faces of the built-in shapes: needles (one edge far shorter than the others) and tiny faces
+# in clusters of them (benchmarks/RESULTS.md, "Pleat vertices and slivers"). A collapse is made
+# only when no face it moves turns by more than 60°. Passes and single tries are bounded so a
+# noisy 50,000-face mesh decimates in about the time it did without them.
+SLIVER_AREA = 1e-3
+COLLAPSE_COSINE = 0.5
+SLIVER_PASSES = 4
+SLIVER_SINGLES = 16
+
+
+def _clear_slivers(
+    vertices: np.ndarray, faces: np.ndarray, folded: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(faces, folded)`` after up to :data:`SLIVER_PASSES` passes of
+    :func:`_collapse_slivers`, each kept only when it leaves no defect and no more folded faces;
+    a pass that does is tried again one sliver at a time (the first :data:`SLIVER_SINGLES`)."""
+
+    def checked(collapsed: np.ndarray) -> np.ndarray | None:
+        if len(collapsed) == len(faces) or defect_vertices(vertices, collapsed).any():
+            return None
+        after = folded_faces(trimesh.Trimesh(vertices, collapsed, process=False))
+        return None if after.sum() > folded.sum() else after
+
+    for _ in range(SLIVER_PASSES):
+        collapsed = _collapse_slivers(vertices, faces)
+        after = checked(collapsed)
+        if after is None:
+            tried: set[tuple[int, ...]] = set()
+            for _ in range(SLIVER_SINGLES):  # the indices shift after each collapse kept
+                left = [f for f in _slivers(vertices, faces) if _key(faces[f]) not in tried]
+                if not left:
+                    break
+                tried.add(_key(faces[left[0]]))
+                one = _collapse_slivers(vertices, faces, left[:1])
+                one_after = checked(one)
+                if one_after is not None:
+                    faces, folded = one, one_after
+            break
+        faces, folded = collapsed, after
+    return faces, folded
+
+
+def _key(face: np.ndarray) -> tuple[int, ...]:
+    return tuple(sorted(int(v) for v in face))
+
+
+def _slivers(vertices: np.ndarray, faces: np.ndarray) -> list[int]:
+    """The faces under :data:`SLIVER_AREA` of the median face's area."""
+    corners = vertices[faces]
+    area = np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
+    return np.flatnonzero(area < SLIVER_AREA * np.median(area)).tolist()
+
+
+def _collapse_slivers(
+    vertices: np.ndarray, faces: np.ndarray, slivers: list[int] | None = None
+) -> np.ndarray:
+    """``faces`` with the shortest edge ``p–q`` of each sliver (:func:`_slivers`, or the
+    faces ``slivers``) collapsed: the two faces on it dropped and ``q`` replaced by ``p`` in its
+    other faces (or ``p`` by ``q``, whichever turns the faces it moves less). Positions are not
+    changed; ``q`` is left unused.
+
+    Made only where the ends share no neighbour but the two opposite corners (else the mesh
+    would pinch), those corners keep three faces or more, and every face moved keeps within
+    60° of its normal (:data:`COLLAPSE_COSINE`) and is not made a sliver (it stays over
+    :data:`SLIVER_AREA` of the median area, or no smaller than it was); faces next to a
+    collapse wait for the next call.
+    """
+    area_vectors = np.cross(
+        vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]
+    )
+    area = np.linalg.norm(area_vectors, axis=1)
+    least = SLIVER_AREA * np.median(area)
+    if slivers is None:
+        slivers = np.flatnonzero(area < least)
+    if len(slivers) == 0:
+        return faces
+    faces = faces.copy()
+    order = np.argsort(faces.ravel(), kind="stable")
+    first = np.searchsorted(faces.ravel()[order], np.arange(len(vertices) + 1))
+
+    def fan(v: int) -> np.ndarray:
+        return order[first[v] : first[v + 1]] // 3
+
+    dropped = np.zeros(len(faces), dtype=bool)
+    touched: set[int] = set()
+    for f in slivers:
+        a, b, c = (int(v) for v in faces[f])
+        p, q = min(
+            ((a, b), (b, c), (c, a)), key=lambda e: np.linalg.norm(vertices[e[0]] - vertices[e[1]])
+        )
+        around = set(fan(p)) | set(fan(q))
+        if (
+            any(dropped[g] for g in around)
+            or {int(v) for v in faces[list(around)].ravel()} & touched
+        ):
+            continue
+        shared = [g for g in around if p in faces[g] and q in faces[g]]
+        opposite = {int(v) for g in shared for v in faces[g] if v != p and v != q}
+        ring_p = {int(v) for v in faces[fan(p)].ravel()} - {p}
+        ring_q = {int(v) for v in faces[fan(q)].ravel()} - {q}
+        if len(shared) != 2 or ring_p & ring_q != opposite or len(opposite) != 2:
+            continue
+        valence = np.bincount(faces[~dropped].ravel(), minlength=len(vertices))
+        if min(valence[list(opposite)]) < 4:
+            continue
+        best = None
+        for keep, gone in ((p, q), (q, p)):
+            moved = [g for g in fan(gone) if g not in shared]
+            new = faces[moved].copy()
+            new[new == gone] = keep
+            vectors = np.cross(
+                vertices[new[:, 1]] - vertices[new[:, 0]], vertices[new[:, 2]] - vertices[new[:, 0]]
+            )
+            lengths = np.linalg.norm(vectors, axis=1)
+            turn = np.einsum("ij,ij->i", vectors, area_vectors[moved]) / np.maximum(
+                lengths * area[moved], 1e-300
+            )
+            kept = (lengths > least) | (lengths >= area[moved])  # none made a sliver
+            good = kept.all() and turn.min() > COLLAPSE_COSINE
+            if good and (best is None or turn.min() > best[0]):
+                best = (turn.min(), moved, new)
+        if best is None:
+            continue
+        _, moved, new = best
+        faces[moved] = new
+        dropped[shared] = True
+        touched |= {p, q} | ring_p | ring_q
+    return faces[~dropped]
 
 
 def _unfold_round(
@@ -639,7 +778,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     dropped. Quadric decimation also folds a few faces at creases and on noisy patches (8 to 22
     of 8,000 on short trained runs of the built-in shapes turned over 60° from their corner
     normals, up to 100°: dark specks under smooth shading); :func:`unfold` flips or relaxes
-    them away.
+    them away, and collapses the slivers it leaves (two faces fewer each).
     Should a defect survive the repair, the undecimated mesh is returned (and a warning
     logged): the output is a closed manifold whenever the input is. No-op when already at or
     below the target.

@@ -355,6 +355,22 @@ def test_a_pleat_on_a_box_side_is_unfolded_and_the_box_corners_kept():
     assert unfolded.vertices[8, 2] == pytest.approx(0.5)  # moved back within the top side
 
 
+def test_a_needle_face_s_short_edge_is_collapsed_and_the_sphere_kept():
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    p, q = sphere.edges_unique[0]
+    vertices[q] = vertices[p] + 1e-4 * (vertices[q] - vertices[p])  # the two faces on p–q: needles
+    needled = trimesh.Trimesh(vertices, sphere.faces, process=False)
+    area = needled.area_faces
+    assert (area < 1e-3 * np.median(area)).sum() == 2 and not folded_faces(needled).any()
+    collapsed = unfold(needled)
+    area = collapsed.area_faces
+    assert (area < 1e-3 * np.median(area)).sum() == 0 and not folded_faces(collapsed).any()
+    assert len(collapsed.faces) == len(sphere.faces) - 2 and is_closed_manifold(collapsed)
+    assert len(collapsed.vertices) == len(sphere.vertices) - 1  # the unused end is dropped
+    assert collapsed.volume == pytest.approx(needled.volume, rel=1e-6)
+
+
 def test_the_mesh_solid_is_the_field_occupancy(solid_export):
     _, extraction, small = solid_export
     stats = mesh_stats(small, extraction.occupancy, 1.0)
