@@ -338,6 +338,21 @@ def test_a_vertex_pushed_past_its_neighbour_is_unfolded_and_the_sphere_kept():
     assert unfolded.volume == pytest.approx(sphere.volume, rel=1e-3)
 
 
+def test_a_vertex_is_moved_only_as_far_as_unfolding_its_faces_needs():
+    """The vertex pushed aside and into the sphere folds one face; a tenth of an edge clears
+    it. A whole relaxing step took it 0.85 of an edge off the surface it stood on."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    edge = np.linalg.norm(vertices[sphere.vertex_neighbors[0][0]] - vertices[0])
+    vertices[0] += edge * np.array([0.187, -0.981, -1.158])
+    dented = trimesh.Trimesh(vertices, sphere.faces, process=False)
+    assert folded_faces(dented).sum() == 1
+    unfolded = unfold(dented)
+    assert not folded_faces(unfolded).any()
+    assert len(unfolded.faces) == len(sphere.faces) and is_closed_manifold(unfolded)
+    assert np.linalg.norm(unfolded.vertices - vertices, axis=1).max() < 0.25 * edge
+
+
 def test_a_pleat_on_a_box_side_is_unfolded_and_the_box_corners_kept():
     box = trimesh.creation.box()  # 12 faces, sides at ±0.5
     top = np.isclose(box.face_normals[:, 2], 1.0)
