@@ -489,7 +489,9 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
     the other diagonal of its quadrilateral: faces ``(a, b, c)`` and ``(b, a, d)`` across the
     edge ``a–b`` become ``(a, d, c)`` and ``(b, c, d)``, the same four vertices and outer edges.
     A flip is made only when the edge ``c–d`` is not in the mesh already and both new faces
-    face the way the old pair did (positive dot with the sum of the old faces' area vectors).
+    face the way the old pair did (positive dot with the sum of the old faces' area vectors),
+    A flip that leaves a face of the pair folded (at a steep pit or spike of the marching
+    cubes surface) is undone where the round does as well without it (:func:`_unfold_round`).
     The corners of the faces still folded (a pleat of well-shaped faces) are then moved towards
     the mean of their neighbours (:func:`_relax`). In the first half of the rounds they move
     only along the surface their unfolded faces make, by at most their shortest edge a round:
@@ -664,9 +666,13 @@ def _unfold_round(
     vertices: np.ndarray, faces: np.ndarray, folded: np.ndarray, hold: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """One round of :func:`unfold`: flip what can be flipped (``faces`` is changed in place),
-    relax the corners of the faces still folded."""
+    relax the corners of the faces still folded. The round is also tried with the flips that
+    left a folded face undone (each where no other flip shares its faces or made the edge it
+    removed); the one leaving fewer folded faces is kept, or, as many, the one moving no vertex
+    as far."""
     face_of_edge = {(a, b): f for f, (a, b) in _directed_edges(faces)}
     edges = {tuple(sorted(edge)) for edge in face_of_edge}
+    flips = []  # (f, g, old face f, old face g, edge removed, edge made)
     for f in folded:
         a, b, c = _longest_edge_first(vertices, faces[f])
         g = face_of_edge.get((b, a))
@@ -683,17 +689,39 @@ def _unfold_round(
             for k in range(3):
                 face_of_edge.pop((int(t[k]), int(t[(k + 1) % 3])), None)
         edges.discard(tuple(sorted((a, b))))
+        flips.append((f, g, faces[f].copy(), faces[g].copy(), (a, b), (c, d)))
         faces[f], faces[g] = after
         for h in (f, g):
             for k in range(3):
                 face_of_edge[(int(faces[h][k]), int(faces[h][(k + 1) % 3]))] = h
         edges.add(tuple(sorted((c, d))))
-    still = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
-    if still.any():
-        moving = np.unique(faces[still])
-        relaxed = _relax(vertices, faces, moving, still if hold else None)
-        vertices = _shortest_steps(vertices, relaxed, faces, moving)
-    return vertices, faces
+    options = [(faces.copy(), folded_faces(trimesh.Trimesh(vertices, faces, process=False)))]
+    still = options[0][1]
+    flipped = np.bincount([h for flip in flips for h in flip[:2]], minlength=len(faces))
+    undone = False
+    for f, g, old_f, old_g, gone, made in flips:
+        if not (still[f] or still[g]) or flipped[f] > 1 or flipped[g] > 1:
+            continue
+        if tuple(sorted(gone)) in edges:  # another flip made the edge this one removed
+            continue
+        faces[f], faces[g] = old_f, old_g
+        edges.discard(tuple(sorted(made)))
+        edges.add(tuple(sorted(gone)))
+        undone = True
+    if undone:
+        options.append((faces, folded_faces(trimesh.Trimesh(vertices, faces, process=False))))
+    best = None
+    for option, still in options:
+        moved = vertices
+        if still.any():
+            moving = np.unique(option[still])
+            relaxed = _relax(vertices, option, moving, still if hold else None)
+            moved = _shortest_steps(vertices, relaxed, option, moving)
+        left = int(folded_faces(trimesh.Trimesh(moved, option, process=False)).sum())
+        key = (left, float(np.linalg.norm(moved - vertices, axis=1).max()))
+        if best is None or key < best[0]:
+            best = (key, moved, option)
+    return best[1], best[2]
 
 
 # A round moves a corner only as far as its faces need: decimation leaves a few folds at steep

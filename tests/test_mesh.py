@@ -353,6 +353,23 @@ def test_a_vertex_is_moved_only_as_far_as_unfolding_its_faces_needs():
     assert np.linalg.norm(unfolded.vertices - vertices, axis=1).max() < 0.25 * edge
 
 
+def test_a_spike_with_one_steep_face_keeps_its_tip():
+    """A vertex drawn 2.3 edges out of the sphere, a spike (or, turned inside out, a pit of
+    the marching cubes surface) whose one steep face is folded: the flip of that face's long
+    edge leaves a folded face, so it is undone, and the tip is lowered 0.3 of an edge; before,
+    the flip and a whole relaxing step took it 2.3 edges, back onto the sphere."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    edge = np.linalg.norm(vertices[sphere.vertex_neighbors[0][0]] - vertices[0])
+    vertices[0] += edge * np.array([-0.925, 2.071, -0.352])
+    spiked = trimesh.Trimesh(vertices, sphere.faces, process=False)
+    assert folded_faces(spiked).sum() == 1
+    unfolded = unfold(spiked)
+    assert not folded_faces(unfolded).any()
+    assert len(unfolded.faces) == len(sphere.faces) and is_closed_manifold(unfolded)
+    assert np.linalg.norm(unfolded.vertices - vertices, axis=1).max() < 0.5 * edge
+
+
 def test_a_pleat_on_a_box_side_is_unfolded_and_the_box_corners_kept():
     box = trimesh.creation.box()  # 12 faces, sides at ±0.5
     top = np.isclose(box.face_normals[:, 2], 1.0)
