@@ -489,16 +489,21 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
     the other diagonal of its quadrilateral: faces ``(a, b, c)`` and ``(b, a, d)`` across the
     edge ``a–b`` become ``(a, d, c)`` and ``(b, c, d)``, the same four vertices and outer edges.
     A flip is made only when the edge ``c–d`` is not in the mesh already and both new faces
-    face the way the old pair did (positive dot with the sum of the old faces' area vectors).
+    face the way the old pair did (positive dot with the sum of the old faces' area vectors),
+    A flip that leaves a face of the pair folded (at a steep pit or spike of the marching
+    cubes surface) is undone where the round does as well without it (:func:`_unfold_round`).
     The corners of the faces still folded (a pleat of well-shaped faces) are then moved towards
     the mean of their neighbours (:func:`_relax`). In the first half of the rounds they move
     only along the surface their unfolded faces make, by at most their shortest edge a round:
     a corner of a box stays where it is, a vertex on its edge moves along the edge, one on a
     flat side within it. In the later rounds they go to the mean (a noisy surface holds its
-    vertices everywhere). The face count never changes. Where a round leaves a defect
+    vertices everywhere). Each corner goes only the smallest share of that move that leaves
+    the fewest folded faces round it (:func:`_shortest_steps`). Where a round leaves a defect
     (:func:`defect_vertices`, e.g. a face relaxed to zero area) the vertices there are put
     back; if one is still left, the round is undone and ends the repair, so a closed manifold
-    stays one. Rounds repeat while folds are left.
+    stays one. Rounds repeat while folds are left. Last, the shortest edge of each sliver is
+    collapsed (:func:`_collapse_slivers`, two faces fewer each), unless that leaves a defect
+    or more folds; vertices no face uses any more are dropped.
     """
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
@@ -517,16 +522,157 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
                 break
         vertices, faces = new_vertices, new_faces
         folded = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
-    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+    faces, folded = _clear_slivers(vertices, faces, folded)
+    used = np.unique(faces)
+    remap = np.zeros(len(vertices), dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return trimesh.Trimesh(vertices=vertices[used], faces=remap[faces], process=False)
+
+
+# A sliver: a face under 1e-3 of the median face's area. Decimation leaves 0 to 12 in 8,000
+# faces of the built-in shapes: needles (one edge far shorter than the others) and tiny faces
+# in clusters of them (benchmarks/RESULTS.md, "Pleat vertices and slivers"). A collapse is made
+# only when no face it moves turns by more than 60°. Passes and single tries are bounded so a
+# noisy 50,000-face mesh decimates in about the time it did without them.
+SLIVER_AREA = 1e-3
+COLLAPSE_COSINE = 0.5
+SLIVER_PASSES = 4
+SLIVER_SINGLES = 16
+
+
+def _clear_slivers(
+    vertices: np.ndarray, faces: np.ndarray, folded: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(faces, folded)`` after up to :data:`SLIVER_PASSES` passes of
+    :func:`_collapse_slivers`, each kept only when it leaves no defect and no more folded faces;
+    a pass that does is tried again one sliver at a time (the first :data:`SLIVER_SINGLES`)."""
+
+    def checked(collapsed: np.ndarray) -> np.ndarray | None:
+        if len(collapsed) == len(faces) or defect_vertices(vertices, collapsed).any():
+            return None
+        after = folded_faces(trimesh.Trimesh(vertices, collapsed, process=False))
+        return None if after.sum() > folded.sum() else after
+
+    for _ in range(SLIVER_PASSES):
+        collapsed = _collapse_slivers(vertices, faces)
+        after = checked(collapsed)
+        if after is None:
+            tried: set[tuple[int, ...]] = set()
+            for _ in range(SLIVER_SINGLES):  # the indices shift after each collapse kept
+                left = [f for f in _slivers(vertices, faces) if _key(faces[f]) not in tried]
+                if not left:
+                    break
+                tried.add(_key(faces[left[0]]))
+                one = _collapse_slivers(vertices, faces, left[:1])
+                one_after = checked(one)
+                if one_after is not None:
+                    faces, folded = one, one_after
+            break
+        faces, folded = collapsed, after
+    return faces, folded
+
+
+def _key(face: np.ndarray) -> tuple[int, ...]:
+    return tuple(sorted(int(v) for v in face))
+
+
+def _slivers(vertices: np.ndarray, faces: np.ndarray) -> list[int]:
+    """The faces under :data:`SLIVER_AREA` of the median face's area."""
+    corners = vertices[faces]
+    area = np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
+    return np.flatnonzero(area < SLIVER_AREA * np.median(area)).tolist()
+
+
+def _collapse_slivers(
+    vertices: np.ndarray, faces: np.ndarray, slivers: list[int] | None = None
+) -> np.ndarray:
+    """``faces`` with the shortest edge ``p–q`` of each sliver (:func:`_slivers`, or the
+    faces ``slivers``) collapsed: the two faces on it dropped and ``q`` replaced by ``p`` in its
+    other faces (or ``p`` by ``q``, whichever turns the faces it moves less). Positions are not
+    changed; ``q`` is left unused.
+
+    Made only where the ends share no neighbour but the two opposite corners (else the mesh
+    would pinch), those corners keep three faces or more, and every face moved keeps within
+    60° of its normal (:data:`COLLAPSE_COSINE`) and is not made a sliver (it stays over
+    :data:`SLIVER_AREA` of the median area, or no smaller than it was); faces next to a
+    collapse wait for the next call.
+    """
+    area_vectors = np.cross(
+        vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]
+    )
+    area = np.linalg.norm(area_vectors, axis=1)
+    least = SLIVER_AREA * np.median(area)
+    if slivers is None:
+        slivers = np.flatnonzero(area < least)
+    if len(slivers) == 0:
+        return faces
+    faces = faces.copy()
+    order = np.argsort(faces.ravel(), kind="stable")
+    first = np.searchsorted(faces.ravel()[order], np.arange(len(vertices) + 1))
+
+    def fan(v: int) -> np.ndarray:
+        return order[first[v] : first[v + 1]] // 3
+
+    dropped = np.zeros(len(faces), dtype=bool)
+    touched: set[int] = set()
+    for f in slivers:
+        a, b, c = (int(v) for v in faces[f])
+        p, q = min(
+            ((a, b), (b, c), (c, a)), key=lambda e: np.linalg.norm(vertices[e[0]] - vertices[e[1]])
+        )
+        around = set(fan(p)) | set(fan(q))
+        if (
+            any(dropped[g] for g in around)
+            or {int(v) for v in faces[list(around)].ravel()} & touched
+        ):
+            continue
+        shared = [g for g in around if p in faces[g] and q in faces[g]]
+        opposite = {int(v) for g in shared for v in faces[g] if v != p and v != q}
+        ring_p = {int(v) for v in faces[fan(p)].ravel()} - {p}
+        ring_q = {int(v) for v in faces[fan(q)].ravel()} - {q}
+        if len(shared) != 2 or ring_p & ring_q != opposite or len(opposite) != 2:
+            continue
+        valence = np.bincount(faces[~dropped].ravel(), minlength=len(vertices))
+        if min(valence[list(opposite)]) < 4:
+            continue
+        best = None
+        for keep, gone in ((p, q), (q, p)):
+            moved = [g for g in fan(gone) if g not in shared]
+            new = faces[moved].copy()
+            new[new == gone] = keep
+            vectors = np.cross(
+                vertices[new[:, 1]] - vertices[new[:, 0]], vertices[new[:, 2]] - vertices[new[:, 0]]
+            )
+            lengths = np.linalg.norm(vectors, axis=1)
+            turn = np.einsum("ij,ij->i", vectors, area_vectors[moved]) / np.maximum(
+                lengths * area[moved], 1e-300
+            )
+            kept = (lengths > least) | (lengths >= area[moved])  # none made a sliver
+            good = kept.all() and turn.min() > COLLAPSE_COSINE
+            if good and (best is None or turn.min() > best[0]):
+                best = (turn.min(), moved, new)
+        if best is None:
+            continue
+        _, moved, new = best
+        faces[moved] = new
+        dropped[shared] = True
+        touched |= {p, q} | ring_p | ring_q
+    return faces[~dropped]
 
 
 def _unfold_round(
     vertices: np.ndarray, faces: np.ndarray, folded: np.ndarray, hold: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """One round of :func:`unfold`: flip what can be flipped (``faces`` is changed in place),
-    relax the corners of the faces still folded."""
+    relax the corners of the faces still folded. The round is also tried with the flips that
+    left a folded face undone (each where no other flip shares its faces or made the edge it
+    removed); the one leaving fewer folded faces is kept, or, as many, the one moving no vertex
+    as far."""
     face_of_edge = {(a, b): f for f, (a, b) in _directed_edges(faces)}
     edges = {tuple(sorted(edge)) for edge in face_of_edge}
+    flips = []  # (f, g, old face f, old face g, edge removed, edge made)
     for f in folded:
         a, b, c = _longest_edge_first(vertices, faces[f])
         g = face_of_edge.get((b, a))
@@ -543,15 +689,68 @@ def _unfold_round(
             for k in range(3):
                 face_of_edge.pop((int(t[k]), int(t[(k + 1) % 3])), None)
         edges.discard(tuple(sorted((a, b))))
+        flips.append((f, g, faces[f].copy(), faces[g].copy(), (a, b), (c, d)))
         faces[f], faces[g] = after
         for h in (f, g):
             for k in range(3):
                 face_of_edge[(int(faces[h][k]), int(faces[h][(k + 1) % 3]))] = h
         edges.add(tuple(sorted((c, d))))
-    still = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
-    if still.any():
-        vertices = _relax(vertices, faces, np.unique(faces[still]), still if hold else None)
-    return vertices, faces
+    options = [(faces.copy(), folded_faces(trimesh.Trimesh(vertices, faces, process=False)))]
+    still = options[0][1]
+    flipped = np.bincount([h for flip in flips for h in flip[:2]], minlength=len(faces))
+    undone = False
+    for f, g, old_f, old_g, gone, made in flips:
+        if not (still[f] or still[g]) or flipped[f] > 1 or flipped[g] > 1:
+            continue
+        if tuple(sorted(gone)) in edges:  # another flip made the edge this one removed
+            continue
+        faces[f], faces[g] = old_f, old_g
+        edges.discard(tuple(sorted(made)))
+        edges.add(tuple(sorted(gone)))
+        undone = True
+    if undone:
+        options.append((faces, folded_faces(trimesh.Trimesh(vertices, faces, process=False))))
+    best = None
+    for option, still in options:
+        moved = vertices
+        if still.any():
+            moving = np.unique(option[still])
+            relaxed = _relax(vertices, option, moving, still if hold else None)
+            moved = _shortest_steps(vertices, relaxed, option, moving)
+        left = int(folded_faces(trimesh.Trimesh(moved, option, process=False)).sum())
+        key = (left, float(np.linalg.norm(moved - vertices, axis=1).max()))
+        if best is None or key < best[0]:
+            best = (key, moved, option)
+    return best[1], best[2]
+
+
+# A round moves a corner only as far as its faces need: decimation leaves a few folds at steep
+# pits of the marching cubes surface (a vertex a cell or more below its neighbours), which a
+# whole relaxing step fills (benchmarks/RESULTS.md, "Stop 44"). Shares tried, smallest first.
+STEP_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+
+
+def _shortest_steps(
+    vertices: np.ndarray, relaxed: np.ndarray, faces: np.ndarray, moving: np.ndarray
+) -> np.ndarray:
+    """``vertices`` with each of ``moving`` moved the smallest share (of
+    :data:`STEP_FRACTIONS`) of its way to ``relaxed`` that leaves the fewest folded faces round
+    it, all of ``moving`` tried at each share together; the whole way when no share leaves
+    fewer than staying put (a pleat that later rounds unfold)."""
+
+    def folds_round(share: float) -> np.ndarray:
+        trial = vertices.copy()
+        trial[moving] += share * (relaxed[moving] - vertices[moving])
+        folded = folded_faces(trimesh.Trimesh(trial, faces, process=False))
+        return np.bincount(faces[folded].ravel(), minlength=len(vertices))
+
+    fewest = folds_round(0.0)
+    chosen = np.ones(len(vertices))
+    for share in STEP_FRACTIONS:
+        counts = folds_round(share)
+        chosen[counts < fewest] = share
+        fewest = np.minimum(fewest, counts)
+    return vertices + chosen[:, None] * (relaxed - vertices)
 
 
 # A vertex's unfolded faces hold it in a direction when their normals lean along it by about 23°
@@ -639,7 +838,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     dropped. Quadric decimation also folds a few faces at creases and on noisy patches (8 to 22
     of 8,000 on short trained runs of the built-in shapes turned over 60° from their corner
     normals, up to 100°: dark specks under smooth shading); :func:`unfold` flips or relaxes
-    them away.
+    them away, and collapses the slivers it leaves (two faces fewer each).
     Should a defect survive the repair, the undecimated mesh is returned (and a warning
     logged): the output is a closed manifold whenever the input is. No-op when already at or
     below the target.

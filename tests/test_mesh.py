@@ -338,6 +338,38 @@ def test_a_vertex_pushed_past_its_neighbour_is_unfolded_and_the_sphere_kept():
     assert unfolded.volume == pytest.approx(sphere.volume, rel=1e-3)
 
 
+def test_a_vertex_is_moved_only_as_far_as_unfolding_its_faces_needs():
+    """The vertex pushed aside and into the sphere folds one face; a tenth of an edge clears
+    it. A whole relaxing step took it 0.85 of an edge off the surface it stood on."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    edge = np.linalg.norm(vertices[sphere.vertex_neighbors[0][0]] - vertices[0])
+    vertices[0] += edge * np.array([0.187, -0.981, -1.158])
+    dented = trimesh.Trimesh(vertices, sphere.faces, process=False)
+    assert folded_faces(dented).sum() == 1
+    unfolded = unfold(dented)
+    assert not folded_faces(unfolded).any()
+    assert len(unfolded.faces) == len(sphere.faces) and is_closed_manifold(unfolded)
+    assert np.linalg.norm(unfolded.vertices - vertices, axis=1).max() < 0.25 * edge
+
+
+def test_a_spike_with_one_steep_face_keeps_its_tip():
+    """A vertex drawn 2.3 edges out of the sphere, a spike (or, turned inside out, a pit of
+    the marching cubes surface) whose one steep face is folded: the flip of that face's long
+    edge leaves a folded face, so it is undone, and the tip is lowered 0.3 of an edge; before,
+    the flip and a whole relaxing step took it 2.3 edges, back onto the sphere."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    edge = np.linalg.norm(vertices[sphere.vertex_neighbors[0][0]] - vertices[0])
+    vertices[0] += edge * np.array([-0.925, 2.071, -0.352])
+    spiked = trimesh.Trimesh(vertices, sphere.faces, process=False)
+    assert folded_faces(spiked).sum() == 1
+    unfolded = unfold(spiked)
+    assert not folded_faces(unfolded).any()
+    assert len(unfolded.faces) == len(sphere.faces) and is_closed_manifold(unfolded)
+    assert np.linalg.norm(unfolded.vertices - vertices, axis=1).max() < 0.5 * edge
+
+
 def test_a_pleat_on_a_box_side_is_unfolded_and_the_box_corners_kept():
     box = trimesh.creation.box()  # 12 faces, sides at ±0.5
     top = np.isclose(box.face_normals[:, 2], 1.0)
@@ -353,6 +385,22 @@ def test_a_pleat_on_a_box_side_is_unfolded_and_the_box_corners_kept():
     assert unfolded.volume == pytest.approx(1.0, rel=0.01)  # relaxing the corners made it 0.69
     np.testing.assert_allclose(unfolded.vertices[:8], box.vertices, atol=1e-12)
     assert unfolded.vertices[8, 2] == pytest.approx(0.5)  # moved back within the top side
+
+
+def test_a_needle_face_s_short_edge_is_collapsed_and_the_sphere_kept():
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    p, q = sphere.edges_unique[0]
+    vertices[q] = vertices[p] + 1e-4 * (vertices[q] - vertices[p])  # the two faces on p–q: needles
+    needled = trimesh.Trimesh(vertices, sphere.faces, process=False)
+    area = needled.area_faces
+    assert (area < 1e-3 * np.median(area)).sum() == 2 and not folded_faces(needled).any()
+    collapsed = unfold(needled)
+    area = collapsed.area_faces
+    assert (area < 1e-3 * np.median(area)).sum() == 0 and not folded_faces(collapsed).any()
+    assert len(collapsed.faces) == len(sphere.faces) - 2 and is_closed_manifold(collapsed)
+    assert len(collapsed.vertices) == len(sphere.vertices) - 1  # the unused end is dropped
+    assert collapsed.volume == pytest.approx(needled.volume, rel=1e-6)
 
 
 def test_the_mesh_solid_is_the_field_occupancy(solid_export):
