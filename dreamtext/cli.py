@@ -995,15 +995,16 @@ EARLY_CHECKS = {
 
 def choose_cpu_threads(args: argparse.Namespace) -> None:
     """For a command that runs torch: its CPU threads (``args.cpu_threads``, applied by
-    :func:`start_libraries`) and, unless the user chose one, OpenMP's passive wait policy,
-    which must be in the environment before torch is imported."""
+    :func:`start_libraries`) and, unless the user chose one, OpenMP's short spin count
+    (:func:`~dreamtext.inputs.spin_briefly`), which must be in the environment before torch is
+    imported."""
     if not getattr(args, "needs_models", True):
         return
-    from dreamtext.inputs import cpu_threads, wait_passively
+    from dreamtext.inputs import cpu_threads, spin_briefly
 
     args.cpu_threads = cpu_threads(getattr(args, "threads", None), os.environ)
     if "torch" not in sys.modules:  # else libgomp has read its settings already
-        wait_passively(os.environ)
+        spin_briefly(os.environ)
 
 
 def check_before_loading(args: argparse.Namespace) -> None:

@@ -4,9 +4,11 @@ The CLI checks them before it imports torch and the model libraries (seconds, hu
 of seconds on a cluster's network file system), so that a mistyped path or a broken YAML file is
 its one line at once: presets and ``--config`` YAML files (:func:`read_yaml`), a batch's prompts
 file (:func:`read_prompt_lines`) and ``--workspace ROOT`` (:func:`check_root`), and the folder
-names of prompts and images (:func:`slugify`), and whether this machine can have a CUDA GPU at
-all (:func:`no_cuda_here`). :mod:`dreamtext.config`, :mod:`dreamtext.batch` and
-:mod:`dreamtext.devices` use the same functions, so the lines are the same either way.
+names of prompts and images (:func:`slugify`), whether this machine can have a CUDA GPU at
+all (:func:`no_cuda_here`), and the CPU threads a run gets and how OpenMP's idle threads wait
+(:func:`cpu_threads`, :func:`spin_briefly`), which must be settled before torch loads.
+:mod:`dreamtext.config`, :mod:`dreamtext.batch` and :mod:`dreamtext.devices` use the same
+functions, so the lines are the same either way.
 """
 
 from __future__ import annotations
@@ -767,16 +769,25 @@ def cpu_threads(
     return usable_cpus(environ, affinity)
 
 
-def wait_passively(environ: MutableMapping[str, str]) -> bool:
-    """Make idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) unless the
-    user has chosen a wait policy or spin count; returns whether it was set. Call it before torch
-    is imported: libgomp reads it once, when it is loaded.
+# The spin count dreamtext gives libgomp when the user chose none: how many times a thread that
+# waits for its team checks before it sleeps. libgomp's own default is 300,000 (0 with
+# OMP_WAIT_POLICY=PASSIVE).
+SHORT_SPIN_COUNT = "1000"
 
-    libgomp's default lets a thread that waits for its team spin for a while before it sleeps.
-    On a CPU that other processes share, the spinning thread takes the core that the thread it
-    waits for needs: ``benchmarks/RESULTS.md`` (stop 44) measured ``builtin:shapes`` steps 14-40×
-    slower that way at a load average of 6-13 on two cores, and 6-7× the CPU time."""
+
+def spin_briefly(environ: MutableMapping[str, str]) -> bool:
+    """Let idle OpenMP threads spin only briefly before they sleep (``GOMP_SPINCOUNT=1000``) unless
+    the user has chosen a wait policy or spin count; returns whether it was set. Call it before
+    torch is imported: libgomp reads it once, when it is loaded.
+
+    libgomp's default lets a thread that waits for its team spin for about 300,000 checks. On a
+    CPU that other processes share, the spinning thread takes the core that the thread it waits
+    for needs: ``benchmarks/RESULTS.md`` (stop 44) measured ``builtin:shapes`` steps 14-40×
+    slower that way at a load average of 6-13 on two cores. Sleeping at once
+    (``OMP_WAIT_POLICY=PASSIVE``) cures that but costs an idle machine a kernel wake-up at each
+    parallel region (400 steps: 18.3 s against 12.0 s); 1,000 checks keep an idle machine's speed
+    (12.6 s) and, two runs sharing two cores, took 11.6 s against the default's 26 s."""
     if any(environ.get(name) for name in OPENMP_WAIT_VARIABLES):
         return False
-    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    environ["GOMP_SPINCOUNT"] = SHORT_SPIN_COUNT
     return True

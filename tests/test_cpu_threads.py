@@ -1,6 +1,7 @@
-"""How many CPU threads torch gets, and OpenMP's wait policy: one thread per CPU the process may
-use (a SLURM task's share, its affinity), the user's choice (--threads, DREAMTEXT_THREADS,
-OMP_NUM_THREADS, OMP_WAIT_POLICY) kept, and what ran recorded in config.json's ``ran_on``."""
+"""How many CPU threads torch gets, and how OpenMP's idle threads wait: one thread per CPU the
+process may use (a SLURM task's share, its affinity), a short spin count, the user's choice
+(--threads, DREAMTEXT_THREADS, OMP_NUM_THREADS, OMP_WAIT_POLICY, GOMP_SPINCOUNT) kept, and what
+ran recorded in config.json's ``ran_on``."""
 
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dreamtext.errors import DreamtextError
-from dreamtext.inputs import cpu_threads, usable_cpus, wait_passively
+from dreamtext.inputs import cpu_threads, spin_briefly, usable_cpus
 
 # The variables that choose threads or the wait policy, unset in the runs below but for the
 # ones a test sets.
@@ -64,12 +65,17 @@ def test_a_bad_dreamtext_threads_is_a_user_error(text):
         cpu_threads(None, {"DREAMTEXT_THREADS": text}, affinity=2)
 
 
-def test_idle_openmp_threads_sleep_unless_the_user_chose_how_they_wait():
-    environ: dict[str, str] = {}
-    assert wait_passively(environ) and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
-    for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10000"}):
+def test_idle_openmp_threads_spin_briefly_unless_the_user_chose_how_they_wait():
+    environ: dict[str, str] = {"OMP_NUM_THREADS": "2"}
+    assert spin_briefly(environ)
+    assert environ == {"OMP_NUM_THREADS": "2", "GOMP_SPINCOUNT": "1000"}
+    for chosen in (
+        {"OMP_WAIT_POLICY": "ACTIVE"},
+        {"OMP_WAIT_POLICY": "PASSIVE"},
+        {"GOMP_SPINCOUNT": "10000"},
+    ):
         environ = dict(chosen)
-        assert not wait_passively(environ) and environ == chosen
+        assert not spin_briefly(environ) and environ == chosen
 
 
 def run_text(folder: Path, environ: dict[str, str], *flags: str) -> dict:
@@ -94,7 +100,7 @@ def test_a_run_records_its_threads_and_wait_policy(tmp_path):
     ran_on = run_text(tmp_path, {"SLURM_CPUS_PER_TASK": "1"})
     assert ran_on["cpu_threads"] == 1
     assert ran_on["cpu_threads_from"] == "SLURM_CPUS_PER_TASK"
-    assert ran_on["omp_wait_policy"] == "PASSIVE"
+    assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == (None, "1000")
     assert ran_on["device_name"].endswith("CPU, 1 threads")
 
 
@@ -102,7 +108,7 @@ def test_a_run_keeps_the_users_openmp_settings(tmp_path):
     ran_on = run_text(tmp_path, {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"})
     assert ran_on["cpu_threads"] == 1
     assert ran_on["cpu_threads_from"] == "OMP_NUM_THREADS"
-    assert ran_on["omp_wait_policy"] == "ACTIVE"
+    assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == ("ACTIVE", None)
 
 
 def test_the_threads_flag_sets_torchs_threads(tmp_path):
