@@ -997,14 +997,22 @@ def choose_cpu_threads(args: argparse.Namespace) -> None:
     """For a command that runs torch: its CPU threads (``args.cpu_threads``, applied by
     :func:`start_libraries`) and, unless the user chose one, OpenMP's short spin count
     (:func:`~dreamtext.inputs.spin_briefly`), which must be in the environment before torch is
-    imported."""
+    imported.
+
+    Called from Python that imported torch first (a notebook, a script, the tests), the
+    caller's thread count stands unless ``--threads`` or ``DREAMTEXT_THREADS`` asks for one:
+    its libgomp has read its settings already, and two such processes each raised to one
+    thread per CPU, spinning, took the CPU from each other (the test suite ran 6 → 13 min)."""
     if not getattr(args, "needs_models", True):
         return
     from dreamtext.inputs import cpu_threads, spin_briefly
 
-    args.cpu_threads = cpu_threads(getattr(args, "threads", None), os.environ)
-    if "torch" not in sys.modules:  # else libgomp has read its settings already
+    threads, source = cpu_threads(getattr(args, "threads", None), os.environ)
+    if "torch" not in sys.modules:
         spin_briefly(os.environ)
+    elif source not in ("--threads", "DREAMTEXT_THREADS"):
+        threads, source = None, "caller"
+    args.cpu_threads = (threads, source)
 
 
 def check_before_loading(args: argparse.Namespace) -> None:

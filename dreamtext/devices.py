@@ -95,8 +95,9 @@ def use_cpu_threads(threads: int | None, source: str) -> None:
 def cpu_threads_record(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What a run's ``ran_on`` records of its CPU threads: how many torch uses, what chose them
     (``--threads``, ``DREAMTEXT_THREADS``, ``OMP_NUM_THREADS``, ``SLURM_CPUS_PER_TASK``,
-    ``affinity``; ``None``: torch's default) and how OpenMP's idle threads wait: ``OMP_WAIT_POLICY``
-    and ``GOMP_SPINCOUNT`` (``None``: libgomp's default, which spins 300,000 checks)."""
+    ``affinity``, ``caller``: the count of Python that imported torch before ``main``; ``None``:
+    torch's default) and how OpenMP's idle threads wait: ``OMP_WAIT_POLICY`` and
+    ``GOMP_SPINCOUNT`` (``None``: libgomp's default, which spins 300,000 checks)."""
     environ = os.environ if environ is None else environ
     return {
         "cpu_threads": torch.get_num_threads(),

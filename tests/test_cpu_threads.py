@@ -148,3 +148,31 @@ def test_the_threads_flag_takes_only_a_positive_count(capsys):
         main(["text", "a red cube", "--threads", "0"])
     assert exit_.value.code == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_python_that_imported_torch_first_keeps_its_threads_unless_the_flag_asks(
+    tmp_path, monkeypatch
+):
+    """``main`` called in-process (a notebook, these tests: conftest sets one thread) leaves the
+    caller's thread count and OpenMP settings; ``--threads`` still sets it."""
+    import torch
+
+    from dreamtext.cli import main
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main([*argv, "--workspace", str(tmp_path / "a")]) == 0
+        assert torch.get_num_threads() == 1
+        assert "GOMP_SPINCOUNT" not in os.environ
+        ran_on = json.loads((tmp_path / "a" / "config.json").read_text())["ran_on"]
+        assert (ran_on["cpu_threads"], ran_on["cpu_threads_from"]) == (1, "caller")
+        assert main([*argv, "--workspace", str(tmp_path / "b"), "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+        ran_on = json.loads((tmp_path / "b" / "config.json").read_text())["ran_on"]
+        assert (ran_on["cpu_threads"], ran_on["cpu_threads_from"]) == (2, "--threads")
+    finally:
+        torch.set_num_threads(before)
