@@ -19,12 +19,22 @@ each surface (``--samples``, seeded) to the closest point of the other, both way
 mean"), 95th percentile ("dev p95") and largest ("dev max")::
 
     python benchmarks/mesh_folds.py --root /tmp/folds
+
+``--full`` measures instead what the README's command gives for each of the built-in prior's
+six full-preset captions (:data:`FULL_CAPTIONS`): ``dreamtext text CAPTION --model
+builtin:shapes`` (1,000 steps and the export), run as a user runs it into ``ROOT/<slug>``, timed
+(skipped when the folder already has a mesh), then the same counts::
+
+    python benchmarks/mesh_folds.py --root /tmp/full --full
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import fast_simplification
@@ -36,6 +46,7 @@ from scipy.spatial import cKDTree
 from dreamtext import shapes
 from dreamtext.checkpoint import last_checkpoint, load_field
 from dreamtext.config import resolve_config
+from dreamtext.inputs import slugify
 from dreamtext.mesh import (
     decimate,
     drop_small_parts,
@@ -197,14 +208,48 @@ def trained_run(shape: str, root: Path, steps: int) -> Path:
     return workspace
 
 
+# The README's six captions the built-in prior draws at its full preset.
+FULL_CAPTIONS = (
+    "a red cube",
+    "a green sphere",
+    "a blue cylinder",
+    "an orange cone",
+    "a purple torus",
+    "a colorful cube",
+)
+
+
+def readme_run(caption: str, root: Path) -> tuple[Path, float | None]:
+    """``dreamtext text CAPTION --model builtin:shapes --workspace ROOT/<slug>`` as a user runs
+    it, unless that folder has a mesh already; the folder and the command's wall seconds."""
+    workspace = root / slugify(caption)
+    if (workspace / "mesh" / "mesh.glb").is_file():
+        return workspace, None
+    argv = ["text", caption, "--model", "builtin:shapes", "--workspace", str(workspace)]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dreamtext", *argv], check=True)
+    return workspace, time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="folder of the runs")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--samples", type=int, default=20000, help="points per surface")
+    parser.add_argument(
+        "--full", action="store_true", help="the README's command for the six full-preset captions"
+    )
     args = parser.parse_args(argv)
-    for shape in shapes.SHAPES:
-        workspace = trained_run(shape, args.root, args.steps)
+    if args.full:
+        runs = []
+        for caption in FULL_CAPTIONS:
+            workspace, seconds = readme_run(caption, args.root)
+            if seconds is not None:
+                print(f"{caption}: the README's command took {seconds:.1f} s", flush=True)
+            runs.append((slugify(caption), workspace))
+    else:
+        runs = [(shape, trained_run(shape, args.root, args.steps)) for shape in shapes.SHAPES]
+    for shape, workspace in runs:
         field, config = load_field(workspace)
         options, bound = config["export_options"], float(field.bound)
         extraction = extract_mesh(field, options["resolution"], options.get("threshold"))
@@ -230,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             if name != "marching cubes":
                 surface = trimesh.Trimesh(v, f, process=name == "run's mesh.glb")
                 counts |= deviation(mesh, surface, args.samples)
-            print(f"{shape:9s} {name:21s}", "  ".join(f"{k} {v}" for k, v in counts.items()))
+            print(f"{shape:15s} {name:21s}", "  ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":
