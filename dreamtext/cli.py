@@ -99,7 +99,8 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=_positive_int,
         help="CPU threads for torch [DREAMTEXT_THREADS, else OMP_NUM_THREADS, else one per CPU "
-        "this process may use: SLURM_CPUS_PER_TASK or its CPU affinity]",
+        "this process may use: SLURM_CPUS_PER_TASK or its CPU affinity, within a container's "
+        "CPU quota]",
     )
 
 

@@ -731,17 +731,50 @@ def layered_guidance(
 OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
+# Where Linux shows this process's cgroup CPU limits (the container's own cgroup in a container).
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path | None = None) -> int | None:
+    """The CPUs a cgroup CPU quota allows this process (``docker run --cpus 2``, a Kubernetes CPU
+    limit), rounded up: ``ceil(quota / period)`` from cgroup v2's ``cpu.max`` (``"200000
+    100000"``) or v1's ``cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us``; ``None`` where there
+    is no quota (``max``, ``-1``) or nothing can be read. A quota leaves the CPU affinity at
+    every core of the machine, so without this torch would run one thread per core there, each
+    given a fraction of the quota."""
+    root = CGROUP_ROOT if root is None else root
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return max(1, -(-quota_us // period_us))
+
+
 def usable_cpus(environ: Mapping[str, str], affinity: int | None = None) -> tuple[int, str]:
     """How many CPUs this process may use, and where that comes from: a SLURM task's
     ``SLURM_CPUS_PER_TASK`` (no more than its affinity), else the CPUs the process may run on
-    (``os.sched_getaffinity``: a cgroup cpuset, ``taskset``), else ``os.cpu_count()``.
+    (``os.sched_getaffinity``: a cgroup cpuset, ``taskset``), else ``os.cpu_count()``; either no
+    more than a cgroup CPU quota allows (:func:`cgroup_cpu_limit`, source ``"cgroup quota"``).
     ``affinity``: the affinity's count, for tests."""
     if affinity is None:
         affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     cpus, source = (affinity, "affinity") if affinity else (os.cpu_count() or 1, "cpu_count")
     slurm = environ.get("SLURM_CPUS_PER_TASK", "").strip()
     if slurm.isdigit() and int(slurm) >= 1:
-        return min(int(slurm), cpus), "SLURM_CPUS_PER_TASK"
+        cpus, source = min(int(slurm), cpus), "SLURM_CPUS_PER_TASK"
+    limit = cgroup_cpu_limit()
+    if limit is not None and limit < cpus:
+        return limit, "cgroup quota"
     return cpus, source
 
 

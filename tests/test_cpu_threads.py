@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from dreamtext import inputs
 from dreamtext.errors import DreamtextError
-from dreamtext.inputs import cpu_threads, spin_briefly, usable_cpus
+from dreamtext.inputs import cgroup_cpu_limit, cpu_threads, spin_briefly, usable_cpus
 
 # The variables that choose threads or the wait policy, unset in the runs below but for the
 # ones a test sets.
@@ -23,6 +24,12 @@ THREAD_VARIABLES = (
     "DREAMTEXT_THREADS",
     "SLURM_CPUS_PER_TASK",
 )
+
+
+@pytest.fixture(autouse=True)
+def no_cgroup_quota(tmp_path_factory, monkeypatch):
+    """The in-process cases read a cgroup folder with no CPU quota, whatever this machine has."""
+    monkeypatch.setattr(inputs, "CGROUP_ROOT", tmp_path_factory.mktemp("cgroup"))
 
 
 def test_threads_default_to_the_cpus_of_the_process_affinity():
@@ -176,3 +183,39 @@ def test_python_that_imported_torch_first_keeps_its_threads_unless_the_flag_asks
         assert (ran_on["cpu_threads"], ran_on["cpu_threads_from"]) == (2, "--threads")
     finally:
         torch.set_num_threads(before)
+
+
+def write_files(folder: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, docker run --cpus 2
+        ({"cpu.max": "150000 100000\n"}, 2),  # --cpus 1.5: rounded up
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),  # no quota
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),
+    ],
+)
+def test_a_cgroup_cpu_quota_is_read_from_v2_or_v1_files(tmp_path, files, limit):
+    assert cgroup_cpu_limit(write_files(tmp_path, files)) == limit
+
+
+def test_a_container_cpu_quota_caps_the_threads_of_the_affinity_and_slurm(tmp_path, monkeypatch):
+    monkeypatch.setattr(inputs, "CGROUP_ROOT", write_files(tmp_path, {"cpu.max": "200000 100000"}))
+    assert cpu_threads(None, {}, affinity=64) == (2, "cgroup quota")
+    assert cpu_threads(None, {"SLURM_CPUS_PER_TASK": "8"}, affinity=64) == (2, "cgroup quota")
+    assert cpu_threads(None, {"SLURM_CPUS_PER_TASK": "1"}, affinity=64) == (
+        1,
+        "SLURM_CPUS_PER_TASK",
+    )
+    assert cpu_threads(None, {}, affinity=1) == (1, "affinity")
+    assert cpu_threads(4, {}, affinity=64) == (4, "--threads")
