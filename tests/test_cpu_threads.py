@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_early import run_without_torch
 
 from dreamtext import inputs
 from dreamtext.errors import DreamtextError
@@ -124,22 +125,8 @@ def test_the_threads_flag_sets_torchs_threads(tmp_path):
 
 
 def test_a_bad_dreamtext_threads_is_refused_before_torch_loads(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]))
-    env["DREAMTEXT_THREADS"] = "all"
-    code = (
-        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
-        "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
-    )
     argv = ["text", "a red cube", "--model", "builtin:shapes", "--workspace", "run"]
-    result = subprocess.run(
-        [sys.executable, "-c", code, *argv],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_without_torch(tmp_path, argv, {"DREAMTEXT_THREADS": "all"})
     assert result.returncode == 2
     assert result.stderr == (
         "dreamtext: error: DREAMTEXT_THREADS must be a whole number of CPU threads, at least 1; "
