@@ -664,6 +664,7 @@ def _export_field(
         staged[mesh_dir / "mesh.ply"] = _ply_bytes(coloured, title)
 
     frames = 0
+    video_dir = out_dir / "video"
     if options.video:
         if isinstance(renderer, VolumeRenderer) and step is not None:
             # A run stopped before its grid's first refresh renders through a refreshed copy:
@@ -682,13 +683,11 @@ def _export_field(
         )
         frames = len(images)
         progress.stage("writing files")
-        video_dir = out_dir / "video"
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
         staged[video_dir / "turntable.gif"] = _gif_bytes(images)
     # A --no-video export keeps the turntable in video/ only where it is of this step: of
     # another, it would pass for a render of the mesh beside it. Its video/ is then replaced
     # by none of the export's files (a user's own are carried over).
-    video_dir = out_dir / "video"
     turntable = any(video_dir.glob("turntable.*"))
     kept = turntable and not options.video and _turntable_is_of(mesh_dir / "mesh.json", step)
     emptied = (video_dir,) if turntable and not options.video and not kept else ()
