@@ -818,8 +818,9 @@ def spin_briefly(environ: MutableMapping[str, str]) -> bool:
     for needs: ``benchmarks/RESULTS.md`` (stop 44) measured ``builtin:shapes`` steps 14-40×
     slower that way at a load average of 6-13 on two cores. Sleeping at once
     (``OMP_WAIT_POLICY=PASSIVE``) cures that but costs an idle machine a kernel wake-up at each
-    parallel region (400 steps: 18.3 s against 12.0 s); 1,000 checks keep an idle machine's speed
-    (12.6 s) and, two runs sharing two cores, took 11.6 s against the default's 26 s."""
+    parallel region (400 steps: 31.3 s against 21.0 s, imports included); 1,000 checks keep an
+    idle machine's speed (22.0 s), and two runs sharing two cores were both done in 17.3-19.1 s
+    against the default's 44-45 s (``benchmarks/openmp_wait.sh``)."""
     if any(environ.get(name) for name in OPENMP_WAIT_VARIABLES):
         return False
     environ["GOMP_SPINCOUNT"] = SHORT_SPIN_COUNT
