@@ -2413,7 +2413,7 @@ def make_obj_run(folder: Path, prompt: str, color) -> Path:
         "vt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n"
     )
     (mesh / "mesh.mtl").write_text("newmtl material\nKd 1 1 1\nmap_Kd albedo.png\n")
-    write_png(mesh / "albedo.png", color)
+    Image.new("RGB", (16, 16), color).save(mesh / "albedo.png")  # not a preview's bytes
     (mesh / "mesh.ply").write_bytes(b"ply-not-really")
     write_json(mesh / "mesh.json", {"vertices": 3, "faces": 1})
     (folder / "checkpoints").mkdir()
@@ -2430,7 +2430,10 @@ def obj_runs(tmp_path: Path) -> Path:
     return root
 
 
+# What the server's zip holds (every mesh file, and mesh.json), and a static folder's (what it
+# does not hold on its own).
 ZIPPED = ["albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "mesh.ply"]
+ZIPPED_STATIC = ["albedo.png", "mesh.mtl", "mesh.obj"]
 
 
 def texture_colour_of(obj: Path):
@@ -2442,8 +2445,10 @@ def texture_colour_of(obj: Path):
     return None if image is None else image.convert("RGB").getpixel((0, 0))
 
 
-def check_zips_open_side_by_side(zips: dict[str, bytes], folder: Path) -> None:
-    """Each zip (by its download's name) holds its run's mesh files in a folder of the run's
+def check_zips_open_side_by_side(
+    zips: dict[str, bytes], folder: Path, files: list[str] = ZIPPED
+) -> None:
+    """Each zip (by its download's name) holds its run's mesh ``files`` in a folder of the run's
     name, nothing else; extracted into one folder, each OBJ shows its own run's texture."""
     import io
     import zipfile
@@ -2452,7 +2457,7 @@ def check_zips_open_side_by_side(zips: dict[str, bytes], folder: Path) -> None:
     for name, data in zips.items():
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             run = name.removesuffix(".zip")
-            assert sorted(archive.namelist()) == [f"{run}/{file}" for file in ZIPPED]
+            assert sorted(archive.namelist()) == [f"{run}/{file}" for file in files]
             archive.extractall(folder)
     assert texture_colour_of(folder / "a_red_apple" / "mesh.obj") == (200, 30, 30)
     assert texture_colour_of(folder / "a_blue_apple" / "mesh.obj") == (30, 30, 200)
@@ -2499,13 +2504,47 @@ def test_a_static_export_holds_each_runs_mesh_zip(obj_runs: Path, tmp_path: Path
         zips[run["mesh_zip"]["name"]] = (
             out / "runs" / run_id / run["mesh_zip"]["url"]
         ).read_bytes()
-        for kind, url in run["mesh"].items():  # the single files are there as before
+        for kind, url in run["mesh"].items():
             assert (out / "runs" / run_id / url).is_file(), kind
         # A file:// page cannot rename a download: the copies are named after the run.
         assert run["mesh"]["glb"] == f"files/mesh/{run_id}.glb"
         assert run["mesh"]["ply"] == f"files/mesh/{run_id}.ply"
-        assert run["mesh"]["obj"] == "files/mesh/mesh.obj"
-    check_zips_open_side_by_side(zips, tmp_path / "Downloads")
+        # The OBJ, MTL and texture are in the zip alone.
+        assert run["mesh"]["obj"] == run["mesh"]["texture"] == f"{run_id}.zip"
+        assert run["mesh_zip"]["holds"] == ["obj", "mtl", "texture"]
+        assert not (out / "runs" / run_id / "files" / "mesh" / "mesh.obj").exists()
+    check_zips_open_side_by_side(zips, tmp_path / "Downloads", ZIPPED_STATIC)
+
+
+def test_a_static_folder_stores_each_mesh_file_once(obj_runs: Path, tmp_path: Path):
+    """Users copy these folders over ssh: each run's mesh files were in its files/ and again in
+    its zip. Now no file of the folder and no member of its zip hold the same bytes, but the GLB
+    and the script the 3D view reads it from on file:// (the same bytes in base64)."""
+    import base64
+    import zipfile
+
+    out = export_static([obj_runs], tmp_path / "site")
+    for run_id in ("a_red_apple", "a_blue_apple"):
+        folder = out / "runs" / run_id
+        stored = {}
+        for path in folder.rglob("*"):
+            if path.suffix == ".zip":
+                with zipfile.ZipFile(path) as archive:
+                    stored |= {f"{path.name}:{n}": archive.read(n) for n in archive.namelist()}
+            elif path.is_file() and path.name != "index.html":
+                stored[path.relative_to(folder).as_posix()] = path.read_bytes()
+        script = stored.pop("mesh.glb.js").decode()
+        assert base64.b64decode(script.split('"')[1]) == stored[f"files/mesh/{run_id}.glb"]
+        by_bytes: dict[bytes, list[str]] = {}
+        for name, data in stored.items():
+            if not name.startswith("files/previews/"):  # the fixture's previews are alike
+                by_bytes.setdefault(data, []).append(name)
+        assert [names for names in by_bytes.values() if len(names) > 1] == []
+        assert sorted(name for name in stored if name.startswith("files/mesh/")) == [
+            f"files/mesh/{run_id}.glb",
+            f"files/mesh/{run_id}.ply",
+            "files/mesh/mesh.json",
+        ]
 
 
 def test_a_run_without_mesh_files_offers_no_zip(server, root: Path):
@@ -2621,11 +2660,13 @@ def test_static_pages_link_their_copies_and_name_runs_without_local_paths(root, 
     assert run["api"] is None and run["glb_script"] == "mesh.glb.js"
     for url in [p["url"] for p in run["run"]["previews"]] + list(run["run"]["mesh"].values()):
         assert (out / "runs" / "cube" / url).is_file()
+    # A GLB alone: the server zips it; the folder holds it on its own, and offers no zip of it.
+    assert run["run"]["mesh_zip"] is None and not list((out / "runs" / "cube").glob("*.zip"))
 
 
 def test_runs_named_in_other_scripts_are_served_and_exported(tmp_path: Path):
     root = tmp_path / "runs"
-    make_run(root / "一只猫", "一只猫", status={"state": "finished", "step": 20, "iters": 20})
+    make_obj_run(root / "一只猫", "一只猫", (200, 30, 30))
     srv = make_server(Catalog([root]))
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()

@@ -260,8 +260,15 @@ def check_gallery(page) -> None:
     page.fill("#filter", "")
 
 
-def check_run_page(page, root: Path) -> None:
-    """The mesh is drawn, one curve point per log line, previews on a slider."""
+# The run page's download links: the server's zip holds every mesh file, a static folder's
+# those it does not hold on its own.
+SERVED_LINKS = ["GLB", "PLY", "zip (GLB, OBJ, MTL, texture, PLY)"]
+STATIC_LINKS = ["GLB", "PLY", "zip (OBJ, MTL, texture)"]
+
+
+def check_run_page(page, root: Path, links: list[str] = SERVED_LINKS) -> None:
+    """The mesh is drawn, one curve point per log line, previews on a slider, ``links`` to
+    download it."""
     canvas = page.wait_for_selector(
         "#mesh-canvas:is([data-state=drawn], [data-state=failed])", timeout=30_000
     )
@@ -286,8 +293,7 @@ def check_run_page(page, root: Path) -> None:
     assert page.inner_text("#preview-label") == "final"
     page.fill("#preview-step", "0")
     assert soon(page, lambda: page.inner_text("#preview-label"), "step 20") == "step 20"
-    hrefs = page.locator(".viewer .downloads a").all_text_contents()
-    assert hrefs == ["GLB", "PLY", "zip (GLB, OBJ, MTL, texture, PLY)"]
+    assert page.locator(".viewer .downloads a").all_text_contents() == links
 
 
 def test_gallery_shows_a_card_per_run_with_its_status(page, server):
@@ -325,7 +331,7 @@ def test_static_export_opens_from_file_and_passes_the_same_checks(page, static_s
     check_gallery(page)
     page.click('.card[data-run="a_red_cube"]')
     page.wait_for_url("**/runs/a_red_cube/index.html")
-    check_run_page(page, root)
+    check_run_page(page, root, STATIC_LINKS)
     assert all(url.startswith(("file://", "blob:", "data:")) for url in requests), requests
 
 
@@ -530,10 +536,16 @@ def download(page, link):
     return saved.suggested_filename, Path(saved.path()).read_bytes()
 
 
-def check_mesh_downloads(page, folder: Path) -> None:
+# What the zips hold: the server's, every mesh file; a static folder's, what it does not hold on
+# its own.
+SERVED_ZIP = ["albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "mesh.ply"]
+STATIC_ZIP = ["albedo.png", "mesh.mtl", "mesh.obj"]
+
+
+def check_mesh_downloads(page, folder: Path, zipped: list[str]) -> None:
     """The run page's GLB and PLY download under the run's name, and its zip (named so too)
-    holds the OBJ beside the MTL and texture it names: extracted elsewhere, trimesh finds the
-    red cube's texture. No checkpoint in it."""
+    holds the OBJ beside the MTL and texture it names (``zipped``, the files in it):
+    extracted elsewhere, trimesh finds the red cube's texture. No checkpoint in it."""
     import zipfile
 
     import trimesh
@@ -545,10 +557,7 @@ def check_mesh_downloads(page, folder: Path) -> None:
     name, data = download(page, page.locator(".viewer .downloads a.zip"))
     assert name == "a_red_cube.zip"
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        assert sorted(archive.namelist()) == [
-            f"a_red_cube/{file}"
-            for file in ("albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "mesh.ply")
-        ]
+        assert sorted(archive.namelist()) == [f"a_red_cube/{file}" for file in zipped]
         archive.extractall(folder)
     image = trimesh.load(folder / "a_red_cube" / "mesh.obj", force="mesh").visual.material.image
     assert image is not None, "the OBJ did not find its texture"
@@ -562,14 +571,14 @@ def test_a_run_pages_mesh_downloads_are_named_after_the_run(browser, server, tmp
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     for page in watched_page(context):
         page.goto(server.url + "run/a_red_cube/")
-        check_mesh_downloads(page, tmp_path)
+        check_mesh_downloads(page, tmp_path, SERVED_ZIP)
 
 
 def test_a_static_run_pages_mesh_downloads_are_named_after_the_run(browser, static_site, tmp_path):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     for page in watched_page(context):
         page.goto((static_site / "runs" / "a_red_cube" / "index.html").as_uri())
-        check_mesh_downloads(page, tmp_path)
+        check_mesh_downloads(page, tmp_path, STATIC_ZIP)
 
 
 def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, tmp_path):
