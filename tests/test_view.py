@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
@@ -125,6 +126,19 @@ def test_runs_with_the_same_folder_name_get_distinct_ids(tmp_path: Path):
     make_run(tmp_path / "b" / "run", "two")
     ids = [r.id for r in Catalog([tmp_path / "a" / "run", tmp_path / "b" / "run"]).runs()]
     assert ids == ["run", "run-2"]
+
+
+def test_run_ids_differing_in_case_or_normalisation_alone_are_made_distinct(tmp_path: Path):
+    """Downloads and static folders are named by run id: on macOS's or Windows' file systems,
+    ``Cube.zip`` and ``cube.zip`` (and their folders ``Cube/``, ``cube/``) are one name."""
+    make_run(tmp_path / "Cube", "one")
+    make_run(tmp_path / "cube", "two")
+    make_run(tmp_path / "cre\u0300me", "three")  # è as e and a combining grave
+    make_run(tmp_path / "crème", "four")
+    ids = [r.id for r in Catalog([tmp_path]).runs()]  # by folder name: "Cube" sorts first
+    assert len({unicodedata.normalize("NFC", i).casefold() for i in ids}) == 4, ids
+    assert ids[0] == "Cube" and "cube-2" in ids
+    assert {"crème", "crème-2"} <= {unicodedata.normalize("NFC", i) for i in ids}
 
 
 def test_a_runs_status_is_its_whole_time_and_peak_over_every_stage(tmp_path: Path):
@@ -2545,6 +2559,41 @@ def test_a_static_folder_stores_each_mesh_file_once(obj_runs: Path, tmp_path: Pa
             f"files/mesh/{run_id}.ply",
             "files/mesh/mesh.json",
         ]
+
+
+def test_same_named_runs_of_two_batches_download_under_distinct_names(tmp_path: Path):
+    """Two batches of one gallery each ran "a red apple": the downloads are named by run id,
+    which the gallery makes distinct (``a_red_apple``, ``a_red_apple-2``), so the two zips, and
+    their folders, extract side by side, each OBJ with its own texture; the static folder holds
+    both."""
+    import io
+    import zipfile
+
+    make_obj_run(tmp_path / "batch1" / "a_red_apple", "a red apple", (200, 30, 30))
+    make_obj_run(tmp_path / "batch2" / "a_red_apple", "a red apple", (30, 30, 200))
+    catalog = Catalog([tmp_path / "batch1", tmp_path / "batch2"])
+    srv, thread = serving(catalog)
+    try:
+        names = {}
+        for run_id in ("a_red_apple", "a_red_apple-2"):
+            run = json.loads(get(srv, f"/api/run/{run_id}.json")[1])["run"]
+            status, body, headers = get(srv, run["mesh_zip"]["url"])
+            assert status == 200 and f'filename="{run_id}.zip"' in headers["Content-Disposition"]
+            names[run_id] = run["mesh_names"]["glb"], run["mesh_zip"]["name"]
+            with zipfile.ZipFile(io.BytesIO(body)) as archive:
+                assert {n.split("/")[0] for n in archive.namelist()} == {run_id}
+                archive.extractall(tmp_path / "Downloads")
+    finally:
+        stop(srv, thread)
+    assert names == {
+        "a_red_apple": ("a_red_apple.glb", "a_red_apple.zip"),
+        "a_red_apple-2": ("a_red_apple-2.glb", "a_red_apple-2.zip"),
+    }
+    assert texture_colour_of(tmp_path / "Downloads" / "a_red_apple" / "mesh.obj") == (200, 30, 30)
+    assert texture_colour_of(tmp_path / "Downloads" / "a_red_apple-2" / "mesh.obj") == (30, 30, 200)
+    out = export_static([tmp_path / "batch1", tmp_path / "batch2"], tmp_path / "site")
+    assert (out / "runs" / "a_red_apple" / "a_red_apple.zip").is_file()
+    assert (out / "runs" / "a_red_apple-2" / "a_red_apple-2.zip").is_file()
 
 
 def test_a_run_without_mesh_files_offers_no_zip(server, root: Path):

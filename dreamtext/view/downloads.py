@@ -11,7 +11,9 @@ texture ``albedo (1).png`` and the second OBJ showed the first run's texture. So
   with ``mesh.json``. Nothing else of the workspace goes in (no checkpoints).
 
 The run's name is its id on the pages: its folder's name (the prompt's or image's slug, as
-``dreamtext text`` and ``batch`` name folders), made distinct among the runs shown.
+``dreamtext text`` and ``batch`` name folders), made distinct among the runs one viewer shows
+(two batches' ``a_red_cube``: ``a_red_cube`` and ``a_red_cube-2``), also to file systems that
+ignore case (``Cube``, ``cube-2``), so no two of its downloads share a name.
 
 The server's zip holds every mesh file (one download of whatever the export made); a
 ``--static`` folder's leaves out the files the folder holds on their own (``leave_out``), so
