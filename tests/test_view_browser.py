@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,12 @@ def browser_available():
         pytest.skip(reason)
 
 
+def ago(seconds: float) -> str:
+    """The time ``seconds`` before now, as dreamtext writes times (ISO 8601, UTC, whole seconds)."""
+    then = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return then.isoformat(timespec="seconds")
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A batch root: a real 60-step builtin:shapes run (finished, exported, no status.json like
@@ -95,8 +102,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (sphere / "config.json").write_text(json.dumps({**config, "prompt": "a blue sphere"}))
     (sphere / "log.jsonl").write_text("".join(log[:3]))
     shutil.copy(cube / "previews" / "step_000020.png", sphere / "previews" / "step_000020.png")
-    status = {"state": "running", "step": 30, "iters": 60, "started": "2026-11-30T10:00:00+00:00"}
-    status |= {"updated": "2026-11-30T10:00:09+00:00", "error": None, "seconds": 9.0}
+    # Times as of now, as a live run's would be: status.json's "updated" against its file's time
+    # is the writer's clock's skew (workspaces.ChangeClock); a fixed date made the running card
+    # "no change for <days> min".
+    status = {"state": "running", "step": 30, "iters": 60, "started": ago(9)}
+    status |= {"updated": ago(0), "error": None, "seconds": 9.0}
     (sphere / "status.json").write_text(json.dumps({**status, "gpu_mem_mib": None}))
     # An image→3D run (`dreamtext text --diverse` keeps its sampled image in the workspace).
     (sphere / "diverse").mkdir()
@@ -134,8 +144,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         batch.append(
             {"line": line, "input": prompt, "kind": "text", "prompt": prompt, "workspace": name}
             | {"status": state, "error": error if state == "failed" else None, "seconds": 30.0}
-            | {"its": 4.0, "gpu_mem_mib": None, "started": "2026-11-30T10:00:00+00:00"}
-            | {"finished": "2026-11-30T10:00:30+00:00", "host": "node7", "shard": "1/1"}
+            | {"its": 4.0, "gpu_mem_mib": None, "started": ago(600)}
+            | {"finished": ago(570), "host": "node7", "shard": "1/1"}
         )
     # The running run has no batch line yet: the batch writes one when a prompt ends.
     batch = [b for b in batch if b["status"] != "running"]
