@@ -1,6 +1,7 @@
 """`dreamtext view` without a browser: finding runs, reading their status, what the server serves
 and refuses, the static export, the command line. (tests/test_view_browser.py drives Chromium.)"""
 
+import contextlib
 import gzip
 import html
 import http.client
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
@@ -28,7 +31,7 @@ from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
 from dreamtext.view import Catalog, export_static, make_server, read_run
 from dreamtext.view.page import page_base, run_json, script_json, server_links
-from dreamtext.view.server import workspace_file
+from dreamtext.view.server import ViewServer, workspace_file
 from dreamtext.view.workspaces import DEFAULT_ROOT, SENTENCE_FILE, log_curves, log_figures
 
 REPO = Path(__file__).parent.parent
@@ -63,6 +66,22 @@ def make_run(folder: Path, prompt: str, steps=(10, 20), iters=20, final=True, st
     if status is not None:
         write_json(folder / "status.json", status)
     return folder
+
+
+@contextlib.contextmanager
+def serving(catalog: Catalog, **options) -> Iterator[ViewServer]:
+    """A server over ``catalog`` (``make_server``'s ``options``: ``poll_ms``, ``log``, ``host``)
+    answering on a thread for the ``with`` block; shut down and closed after it, whatever the
+    block raised. The fixtures ``server`` (here and in test_view_browser.py) are one of these."""
+    srv = make_server(catalog, **options)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
 
 
 def batch_record(line: int, workspace: str, status: str, error=None) -> dict:
@@ -125,6 +144,19 @@ def test_runs_with_the_same_folder_name_get_distinct_ids(tmp_path: Path):
     make_run(tmp_path / "b" / "run", "two")
     ids = [r.id for r in Catalog([tmp_path / "a" / "run", tmp_path / "b" / "run"]).runs()]
     assert ids == ["run", "run-2"]
+
+
+def test_run_ids_differing_in_case_or_normalisation_alone_are_made_distinct(tmp_path: Path):
+    """Downloads and static folders are named by run id: on macOS's or Windows' file systems,
+    ``Cube.zip`` and ``cube.zip`` (and their folders ``Cube/``, ``cube/``) are one name."""
+    make_run(tmp_path / "Cube", "one")
+    make_run(tmp_path / "cube", "two")
+    make_run(tmp_path / "cre\u0300me", "three")  # è as e and a combining grave
+    make_run(tmp_path / "crème", "four")
+    ids = [r.id for r in Catalog([tmp_path]).runs()]  # by folder name: "Cube" sorts first
+    assert len({unicodedata.normalize("NFC", i).casefold() for i in ids}) == 4, ids
+    assert ids[0] == "Cube" and "cube-2" in ids
+    assert {"crème", "crème-2"} <= {unicodedata.normalize("NFC", i) for i in ids}
 
 
 def test_a_runs_status_is_its_whole_time_and_peak_over_every_stage(tmp_path: Path):
@@ -504,16 +536,13 @@ def test_a_log_line_python_cannot_read_is_left_out_and_the_gallery_still_answers
     other = make_run(tmp_path / "torus", "a green torus")
     (other / "config.json").write_text(bad)
     (other / "status.json").write_text(bad)
-    srv, thread = serving(Catalog([tmp_path]))
-    try:
+    with serving(Catalog([tmp_path])) as srv:
         status, body, _ = get(srv, "/api/runs.json")
         assert status == 200
         runs = {r["id"]: r for r in json.loads(body)["runs"]}
         assert runs["cube"]["log_lines"] == 3 and runs["torus"]["prompt"] is None
         status, body, _ = get(srv, "/api/run/cube.json")
         assert status == 200 and json.loads(body)["run"]["series"]["step"] == [10, 20, 30]
-    finally:
-        stop(srv, thread)
 
 
 def test_a_folder_name_that_is_not_utf8_or_an_escaped_surrogate_does_not_break_the_pages(
@@ -528,8 +557,7 @@ def test_a_folder_name_that_is_not_utf8_or_an_escaped_surrogate_does_not_break_t
     make_run(odd, "a red cube", status={"state": "finished", "step": 20, "iters": 20})
     make_run(root / "torus", "a green torus")
     (root / "torus" / "config.json").write_text('{"prompt": "torus \\udcff", "iters": 20}')
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         status, body, _ = get(srv, "/api/runs.json")
         assert status == 200
         runs = {r["id"]: r for r in json.loads(body)["runs"]}
@@ -540,8 +568,6 @@ def test_a_folder_name_that_is_not_utf8_or_an_escaped_surrogate_does_not_break_t
             body.decode("utf-8")  # strict
         assert "<title>torus \ufffd · dreamtext</title>" in get(srv, "/run/torus/")[1].decode()
         assert get(srv, "/" + runs["caf"]["thumbnail"])[0] == 200
-    finally:
-        stop(srv, thread)
     site = export_static([root], tmp_path / "site")
     assert (site / "runs" / "caf" / "index.html").is_file()
     assert '"prompt": "torus \\udcff"' in (site / "runs" / "torus" / "index.html").read_text(
@@ -861,9 +887,6 @@ def test_a_run_pages_data_from_the_bounded_curves_is_that_of_every_record(
     log = run / "log.jsonl"
     grown = [len(records) // 2, len(records) - 7, len(records) - 1, len(records)]
     log.write_text("")
-    srv = make_server(Catalog([tmp_path / "runs"]))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     bounded = workspaces._log_curves
 
     def both() -> tuple[bytes, bytes]:
@@ -874,7 +897,7 @@ def test_a_run_pages_data_from_the_bounded_curves_is_that_of_every_record(
         monkeypatch.setattr(workspaces, "_log_curves", bounded)
         return tuple(re.sub(rb', "cursor": "[^"]*"', b"", body) for body in (new, every))
 
-    try:
+    with serving(Catalog([tmp_path / "runs"])) as srv:
         for start, end in itertools.pairwise([0, *grown]):
             write_lines(log, records[start:end])
             new, every = both()
@@ -894,10 +917,6 @@ def test_a_run_pages_data_from_the_bounded_curves_is_that_of_every_record(
         write_lines(log, uneven_records(range(10 * lines // 3 + 10, 10 * lines // 2, 10), 1))
         new, every = both()
         assert new == every
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
 
 
 def test_a_long_logs_curves_are_kept_in_bounded_memory(tmp_path: Path):
@@ -1109,10 +1128,7 @@ def test_an_image_run_shows_its_source_image_and_sentence_before_the_text_stage(
     assert run.thumbnail == "descriptor/source.jpg"  # no preview yet: the card shows the image
     assert run.descriptor_loss[-1] == 1.0 / 1200
     assert run.descriptor_steps[:2] == [10, 20] and run.descriptor_steps[-1] == 1200
-    srv = make_server(Catalog([tmp_path / "runs"]))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Catalog([tmp_path / "runs"])) as srv:
         card = json.loads(get(srv, "/api/runs.json")[1])["runs"][0]
         assert card["status"]["activity"] == "training descriptor" and card["kind"] == "image"
         status, body, _ = get(srv, card["thumbnail"])
@@ -1120,10 +1136,6 @@ def test_an_image_run_shows_its_source_image_and_sentence_before_the_text_stage(
         page = json.loads(get(srv, "/api/run/apple.json")[1])["run"]
         assert get(srv, page["source_image"])[0] == 200
         assert get(srv, "/files/apple/descriptor/checkpoints/last.pt")[0] == 404
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
 
 
 def test_an_image_run_in_its_text_stage_is_read_as_a_text_run(tmp_path: Path):
@@ -1182,13 +1194,8 @@ def test_page_data_cannot_close_its_script_element():
 
 @pytest.fixture
 def server(root: Path):
-    srv = make_server(Catalog([root]))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    with serving(Catalog([root])) as srv:
+        yield srv
 
 
 def get(server, path: str, headers=None) -> tuple[int, bytes, dict]:
@@ -1260,17 +1267,10 @@ def test_a_gallerys_pictures_are_served_without_a_scan_of_the_folders_each(
     scans = []
     listed = workspaces._subfolders
     monkeypatch.setattr(workspaces, "_subfolders", lambda folder: scans.append(1) or listed(folder))
-    srv = make_server(Catalog([root]))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Catalog([root])) as srv:
         scans.clear()
         runs = json.loads(get(srv, "/api/runs.json")[1])["runs"]
         assert len(runs) == 30 and all(get(srv, r["thumbnail"])[0] == 200 for r in runs)
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
     assert len(scans) <= 2  # the gallery's own scan, and at most one more if the machine is slow
 
 
@@ -1328,20 +1328,6 @@ def test_a_run_made_after_the_last_scan_is_found(root: Path):
 # ------------------------------------------------------------------------- the gallery's polls
 
 
-def serving(catalog: Catalog):
-    """A server over ``catalog`` on a thread; stop it with ``stop(srv, thread)``."""
-    srv = make_server(catalog)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    return srv, thread
-
-
-def stop(srv, thread) -> None:
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
-
-
 def settle_at_once(monkeypatch) -> None:
     """Trust a run's stat as soon as it was read (the viewer waits for its files' times to be
     STAT_SETTLES_AFTER_S old, against changes within one tick of the file clock), and let the
@@ -1370,8 +1356,7 @@ def test_a_gallery_poll_reads_only_the_runs_whose_files_changed(tmp_path: Path, 
     age(root, 3600)
     settle_at_once(monkeypatch)
     reads = count_reads(monkeypatch)
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         first = json.loads(get(srv, "/api/runs.json")[1])["runs"]
         assert len(first) == 20 and {p.parent.name for p in reads} >= {"run00", "run19"}
         time.sleep(0.05)
@@ -1383,8 +1368,6 @@ def test_a_gallery_poll_reads_only_the_runs_whose_files_changed(tmp_path: Path, 
         assert {p.relative_to(root).parts[0] for p in reads} == {"run07"}
         assert runs["run07"]["status"]["error"] == "out of memory"
         assert [r for r in runs.values() if r["id"] != "run07"] == first[:7] + first[8:]
-    finally:
-        stop(srv, thread)
 
 
 def test_a_run_changed_just_before_a_poll_is_read_again_at_the_next(tmp_path: Path, monkeypatch):
@@ -1485,8 +1468,7 @@ def test_each_change_to_a_runs_files_shows_at_the_next_poll(tmp_path: Path, monk
     make_image_run(root / "pear", "descriptor")
     age(root, 3600)
     settle_at_once(monkeypatch)
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         _, body, headers = get(srv, "/api/runs.json")
         first, etag = json.loads(body), headers["ETag"]
         before = first["runs"]
@@ -1508,8 +1490,6 @@ def test_each_change_to_a_runs_files_shows_at_the_next_poll(tmp_path: Path, monk
         assert get(srv, "/api/runs.json")[2]["ETag"] == headers["ETag"]
         since = "/api/runs.json?since=" + answer["cursor"]
         assert get(srv, since, {"If-None-Match": headers["ETag"]})[0] == 304
-    finally:
-        stop(srv, thread)
 
 
 @pytest.mark.parametrize("what", CHANGES)
@@ -1521,8 +1501,7 @@ def test_each_change_shows_on_a_run_page_polled_with_its_cursor(tmp_path: Path, 
     make_run(root / "sphere", "a sphere", steps=(10, 20), final=False, status=RUNNING)
     make_image_run(root / "apple", "describe", source=False, image="diverse/sample.png")
     make_image_run(root / "pear", "descriptor")
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         pages = {name: get(srv, f"/api/run/{name}.json")[1] for name in ("cube", "sphere", "pear")}
         time.sleep(0.05)  # a later tick of the file clock
         _change(root, what)
@@ -1539,8 +1518,6 @@ def test_each_change_shows_on_a_run_page_polled_with_its_cursor(tmp_path: Path, 
             assert answer_headers["ETag"] == whole[2]["ETag"]
             since = f"{path}?since={answer['cursor']}"
             assert get(srv, since, {"If-None-Match": whole[2]["ETag"]})[0] == 304
-    finally:
-        stop(srv, thread)
 
 
 def run_after(run: dict, answer: dict) -> dict:
@@ -1566,8 +1543,7 @@ def test_a_live_run_pages_poll_sends_its_new_log_records_not_its_whole_curves(tm
     after its settled ones, and, the selection's width doubled, its whole curves again."""
     ws = make_run(tmp_path / "long", "a long run", steps=(), final=False, status=RUNNING)
     write_lines(ws / "log.jsonl", (log_record(s) for s in range(1, 3180)), "w")
-    srv, thread = serving(Catalog([ws]))
-    try:
+    with serving(Catalog([ws])) as srv:
         first = json.loads(get(srv, "/api/run/long.json")[1])
         run, cursor, step, kept = first["run"], first["cursor"], 3180, []
         for poll in range(8):  # the width doubles at record 3,184
@@ -1593,17 +1569,13 @@ def test_a_live_run_pages_poll_sends_its_new_log_records_not_its_whole_curves(tm
             assert (previews["keep"], len(previews["add"])) == (2 if poll > 2 else 1, poll == 2)
         # Of ~1,000 records, all but the last bucket's are settled; at the doubling, none.
         assert kept.count(None) == 1 and min(k for k in kept if k is not None) > 500
-    finally:
-        stop(srv, thread)
 
 
 def test_a_cursor_the_server_did_not_give_gets_the_whole_run(tmp_path: Path):
     root = tmp_path / "runs"
     make_run(root / "cube", "a red cube", status=RUNNING)
     make_run(root / "ball", "a ball", status=RUNNING)
-    srv, thread = serving(Catalog([root]))
-    other, other_thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv, serving(Catalog([root])) as other:
         first = json.loads(get(srv, "/api/run/cube.json")[1])
         ball = json.loads(get(srv, "/api/run/ball.json")[1])["cursor"]
         elsewhere = json.loads(get(other, "/api/run/cube.json")[1])["cursor"]
@@ -1615,9 +1587,6 @@ def test_a_cursor_the_server_did_not_give_gets_the_whole_run(tmp_path: Path):
             assert "since" not in answer and answer["run"] == first["run"], cursor
         answer = json.loads(get(srv, f"/api/run/cube.json?since={first['cursor']}")[1])
         assert answer["since"] == first["cursor"] and answer["tails"]["series"]["add"]["step"] == []
-    finally:
-        stop(srv, thread)
-        stop(other, other_thread)
 
 
 def apply_answer(runs: list[dict], answer: dict) -> list[dict]:
@@ -1651,8 +1620,7 @@ def test_a_poll_after_one_runs_change_sends_that_run_alone(tmp_path: Path, monke
         make_run(root / f"run{i:02d}", f"prompt {i}", status={"state": "finished", "step": 20})
     age(root, 3600)
     settle_at_once(monkeypatch)
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         first = json.loads(get(srv, "/api/runs.json")[1])
         page = page_data_of(get(srv, "/")[1])
         assert page["cursor"] == first["cursor"] and len(first["runs"]) == 20
@@ -1668,8 +1636,6 @@ def test_a_poll_after_one_runs_change_sends_that_run_alone(tmp_path: Path, monke
         # Nothing changed since: nothing sent; an older cursor still gets what changed after it.
         assert poll_since(srv, answer["cursor"])["changed"] == []
         assert poll_since(srv, first["cursor"])["changed"] == [changed]
-    finally:
-        stop(srv, thread)
 
 
 def test_a_poll_after_runs_came_and_went_gets_those_not_the_list_of_ids(
@@ -1682,8 +1648,7 @@ def test_a_poll_after_runs_came_and_went_gets_those_not_the_list_of_ids(
         make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
     age(root, 3600)
     settle_at_once(monkeypatch)
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         first = json.loads(get(srv, "/api/runs.json")[1])
         shutil.rmtree(root / "run2")
         make_run(root / "run10", "prompt 10", status={"state": "running", "step": 5})
@@ -1693,8 +1658,6 @@ def test_a_poll_after_runs_came_and_went_gets_those_not_the_list_of_ids(
         assert answer["removed"] == ["run2"] and answer["added"] == [["run10", 2]]
         whole = json.loads(get(srv, "/api/runs.json")[1])
         assert apply_answer(first["runs"], answer) == whole["runs"]
-    finally:
-        stop(srv, thread)
 
 
 def test_a_poll_after_runs_came_went_and_came_back_puts_each_in_its_place(
@@ -1707,7 +1670,6 @@ def test_a_poll_after_runs_came_went_and_came_back_puts_each_in_its_place(
         make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
     age(root, 3600)
     settle_at_once(monkeypatch)
-    srv, thread = serving(Catalog([root]))
     aside = tmp_path / "aside"
     aside.mkdir()
     steps = [
@@ -1718,7 +1680,7 @@ def test_a_poll_after_runs_came_went_and_came_back_puts_each_in_its_place(
         lambda: (root / "run5").rename(root / "run5b"),  # a folder renamed: one went, one came
         lambda: [(aside / f"run{i}").rename(root / f"run{i}") for i in (1, 7)],
     ]
-    try:
+    with serving(Catalog([root])) as srv:
         first = json.loads(get(srv, "/api/runs.json")[1])
         had = [(first["cursor"], first["runs"])]
         for step in steps:
@@ -1731,8 +1693,6 @@ def test_a_poll_after_runs_came_went_and_came_back_puts_each_in_its_place(
             had.append((whole["cursor"], whole["runs"]))
         ids = [run["id"] for run in had[-1][1]]
         assert ids == sorted({f"run{i}" for i in range(20)} - {"run0", "run5"} | {"run0a", "run5b"})
-    finally:
-        stop(srv, thread)
 
 
 def test_a_poll_that_cannot_be_told_what_came_and_went_gets_the_list_of_ids(
@@ -1751,8 +1711,7 @@ def test_a_poll_that_cannot_be_told_what_came_and_went_gets_the_list_of_ids(
     age(root, 3600)
     settle_at_once(monkeypatch)
     monkeypatch.setattr(page, "GALLERY_REMOVALS_KEPT", 1)
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         first = json.loads(get(srv, "/api/runs.json")[1])
         assert [run["id"] for run in first["runs"]][-1] == "a_late"
         make_run(root / "a_late", "late", status={"state": "running", "step": 1})
@@ -1770,8 +1729,6 @@ def test_a_poll_that_cannot_be_told_what_came_and_went_gets_the_list_of_ids(
         whole = json.loads(get(srv, "/api/runs.json")[1])
         assert answer["ids"] == ["a_late", "run0", "run3"]
         assert apply_answer(before["runs"], answer) == whole["runs"]
-    finally:
-        stop(srv, thread)
 
 
 def test_a_cursor_the_server_did_not_give_gets_the_whole_gallery(tmp_path: Path, monkeypatch):
@@ -1779,9 +1736,7 @@ def test_a_cursor_the_server_did_not_give_gets_the_whole_gallery(tmp_path: Path,
     for i in range(4):
         make_run(tmp_path / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
     settle_at_once(monkeypatch)
-    srv, thread = serving(Catalog([tmp_path]))
-    other, other_thread = serving(Catalog([tmp_path]))
-    try:
+    with serving(Catalog([tmp_path])) as srv, serving(Catalog([tmp_path])) as other:
         first = json.loads(get(srv, "/api/runs.json")[1])
         elsewhere = json.loads(get(other, "/api/runs.json")[1])["cursor"]
         epoch, _, number = first["cursor"].partition("-")
@@ -1793,9 +1748,6 @@ def test_a_cursor_the_server_did_not_give_gets_the_whole_gallery(tmp_path: Path,
             write_json(tmp_path / f"run{i}" / "status.json", {"state": "failed"})
         answer = poll_since(srv, first["cursor"])
         assert "since" not in answer and len(answer["runs"]) == 4
-    finally:
-        stop(other, other_thread)
-        stop(srv, thread)
 
 
 def test_a_poll_stats_no_path_a_run_lacks_but_the_folder_it_would_be_in(
@@ -1901,8 +1853,7 @@ def test_an_unchanged_answer_to_a_poll_is_304_without_a_body(tmp_path: Path, mon
         make_run(root / f"run{i}", f"prompt {i}", status={"state": "finished", "step": 20})
     age(root, 3600)
     settle_at_once(monkeypatch)
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         for api in ("/api/runs.json", "/api/run/run3.json"):
             status, full, headers = get(srv, api)
             etag = headers["ETag"]
@@ -1919,8 +1870,6 @@ def test_an_unchanged_answer_to_a_poll_is_304_without_a_body(tmp_path: Path, mon
             text = get(srv, page)[1].decode()
             (tag,) = re.findall(r'id="dreamtext-data"[^>]* data-etag="([^"]*)"', text)
             assert get(srv, api, {"If-None-Match": html.unescape(tag)})[0] == 304
-    finally:
-        stop(srv, thread)
 
 
 def test_pages_and_data_go_gzipped_to_a_client_that_takes_it(tmp_path: Path):
@@ -1929,9 +1878,8 @@ def test_pages_and_data_go_gzipped_to_a_client_that_takes_it(tmp_path: Path):
     for i in range(40):
         make_run(tmp_path / f"run{i:02d}", f"prompt {i}", status={"state": "finished"})
     write_log(tmp_path / "run07" / "log.jsonl", range(10, 2001, 10))  # a run page's curves
-    srv, thread = serving(Catalog([tmp_path]))
     took = {"Accept-Encoding": "gzip, deflate, br"}
-    try:
+    with serving(Catalog([tmp_path])) as srv:
         for path in ("/", "/api/runs.json", "/api/run/run07.json"):
             _, plain, headers = get(srv, path)
             assert "Content-Encoding" not in headers
@@ -1943,8 +1891,6 @@ def test_pages_and_data_go_gzipped_to_a_client_that_takes_it(tmp_path: Path):
             assert body == plain and "Content-Encoding" not in headers
         _, body, headers = get(srv, "/files/run07/previews/final.png", took)
         assert "Content-Encoding" not in headers and body[:4] == b"\x89PNG"
-    finally:
-        stop(srv, thread)
 
 
 def test_a_status_that_follows_the_clock_changes_the_answer(tmp_path: Path, monkeypatch):
@@ -1956,8 +1902,7 @@ def test_a_status_that_follows_the_clock_changes_the_answer(tmp_path: Path, monk
     age(tmp_path / "cube", 11 * 60)
     os.utime(tmp_path / "cube", (time.time() - 11 * 60,) * 2)
     settle_at_once(monkeypatch)
-    srv, thread = serving(Catalog([tmp_path]))
-    try:
+    with serving(Catalog([tmp_path])) as srv:
         _, body, headers = get(srv, "/api/runs.json")
         assert json.loads(body)["runs"][0]["status"]["quiet_minutes"] == 11
         assert get(srv, "/api/runs.json", {"If-None-Match": headers["ETag"]})[0] == 304
@@ -1965,8 +1910,6 @@ def test_a_status_that_follows_the_clock_changes_the_answer(tmp_path: Path, monk
         monkeypatch.setattr(workspaces.time, "time", lambda: real_time() + 60)
         status, body, _ = get(srv, "/api/runs.json", {"If-None-Match": headers["ETag"]})
         assert status == 200 and json.loads(body)["runs"][0]["status"]["quiet_minutes"] == 12
-    finally:
-        stop(srv, thread)
 
 
 def test_a_cached_runs_status_still_follows_the_clock_and_its_process(tmp_path: Path, monkeypatch):
@@ -2005,9 +1948,8 @@ def test_two_galleries_polling_at_once_get_the_same_runs(tmp_path: Path):
     root = tmp_path / "runs"
     for i in range(30):
         make_run(root / f"run{i:02d}", f"prompt {i}")
-    srv, thread = serving(Catalog([root]))
     answers: list[bytes] = []
-    try:
+    with serving(Catalog([root])) as srv:
         pollers = [
             threading.Thread(
                 target=lambda: answers.extend(get(srv, "/api/runs.json")[1] for _ in range(5))
@@ -2018,8 +1960,6 @@ def test_two_galleries_polling_at_once_get_the_same_runs(tmp_path: Path):
             poller.start()
         for poller in pollers:
             poller.join()
-    finally:
-        stop(srv, thread)
     runs = [json.loads(a)["runs"] for a in answers]
     assert len(runs) == 20 and all(r == runs[0] for r in runs) and len(runs[0]) == 30
 
@@ -2095,8 +2035,6 @@ def test_requests_outside_the_workspaces_get_404(server, root: Path, path: str):
 @pytest.fixture
 def logged_server(root: Path):
     """A server whose error lines go to a list, and an event set after each ``handle_error``."""
-    from dreamtext.view.server import ViewServer
-
     lines: list[str] = []
     handled = threading.Event()
 
@@ -2107,21 +2045,16 @@ def logged_server(root: Path):
         def flush(self) -> None:
             pass
 
-    srv = make_server(Catalog([root]), log=Log())
-    original = srv.handle_error
+    with serving(Catalog([root]), log=Log()) as srv:
+        original = srv.handle_error
 
-    def handle_error(*args) -> None:
-        original(*args)
-        handled.set()
+        def handle_error(*args) -> None:
+            original(*args)
+            handled.set()
 
-    srv.handle_error = handle_error
-    assert isinstance(srv, ViewServer)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield srv, lines, handled
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+        srv.handle_error = handle_error  # before the test's first request
+        assert isinstance(srv, ViewServer)
+        yield srv, lines, handled
 
 
 def test_a_bug_while_answering_is_a_500_and_one_line(logged_server, monkeypatch, capfd):
@@ -2318,16 +2251,9 @@ def test_a_server_on_port_80_refuses_foreign_names_without_a_port(root: Path):
 def test_a_server_on_every_interface_answers_any_host(root: Path):
     """--host 0.0.0.0 opens it to the network: what Open OnDemand's proxy on another machine
     needs, whichever Host it sends."""
-    srv = make_server(Catalog([root]), host="0.0.0.0")
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Catalog([root]), host="0.0.0.0") as srv:
         for host in ("node01:8765", f"evil.example:{srv.server_port}"):
             assert get(srv, "/api/runs.json", {"Host": host})[0] == 200
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
 
 
 @pytest.mark.parametrize(
@@ -2413,7 +2339,7 @@ def make_obj_run(folder: Path, prompt: str, color) -> Path:
         "vt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n"
     )
     (mesh / "mesh.mtl").write_text("newmtl material\nKd 1 1 1\nmap_Kd albedo.png\n")
-    write_png(mesh / "albedo.png", color)
+    Image.new("RGB", (16, 16), color).save(mesh / "albedo.png")  # not a preview's bytes
     (mesh / "mesh.ply").write_bytes(b"ply-not-really")
     write_json(mesh / "mesh.json", {"vertices": 3, "faces": 1})
     (folder / "checkpoints").mkdir()
@@ -2430,7 +2356,10 @@ def obj_runs(tmp_path: Path) -> Path:
     return root
 
 
+# What the server's zip holds (every mesh file, and mesh.json), and a static folder's (what it
+# does not hold on its own).
 ZIPPED = ["albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "mesh.ply"]
+ZIPPED_STATIC = ["albedo.png", "mesh.mtl", "mesh.obj"]
 
 
 def texture_colour_of(obj: Path):
@@ -2442,8 +2371,10 @@ def texture_colour_of(obj: Path):
     return None if image is None else image.convert("RGB").getpixel((0, 0))
 
 
-def check_zips_open_side_by_side(zips: dict[str, bytes], folder: Path) -> None:
-    """Each zip (by its download's name) holds its run's mesh files in a folder of the run's
+def check_zips_open_side_by_side(
+    zips: dict[str, bytes], folder: Path, files: list[str] = ZIPPED
+) -> None:
+    """Each zip (by its download's name) holds its run's mesh ``files`` in a folder of the run's
     name, nothing else; extracted into one folder, each OBJ shows its own run's texture."""
     import io
     import zipfile
@@ -2452,7 +2383,7 @@ def check_zips_open_side_by_side(zips: dict[str, bytes], folder: Path) -> None:
     for name, data in zips.items():
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             run = name.removesuffix(".zip")
-            assert sorted(archive.namelist()) == [f"{run}/{file}" for file in ZIPPED]
+            assert sorted(archive.namelist()) == [f"{run}/{file}" for file in files]
             archive.extractall(folder)
     assert texture_colour_of(folder / "a_red_apple" / "mesh.obj") == (200, 30, 30)
     assert texture_colour_of(folder / "a_blue_apple" / "mesh.obj") == (30, 30, 200)
@@ -2476,8 +2407,7 @@ def test_a_runs_mesh_downloads_are_named_after_the_run(obj_runs: Path):
 
 
 def test_the_served_mesh_zip_opens_elsewhere_with_its_own_texture(obj_runs: Path, tmp_path: Path):
-    srv, thread = serving(Catalog([obj_runs]))
-    try:
+    with serving(Catalog([obj_runs])) as srv:
         zips = {}
         for run_id in ("a_red_apple", "a_blue_apple"):
             run = json.loads(get(srv, f"/api/run/{run_id}.json")[1])["run"]
@@ -2486,8 +2416,6 @@ def test_the_served_mesh_zip_opens_elsewhere_with_its_own_texture(obj_runs: Path
             disposition = headers["Content-Disposition"]
             assert disposition.startswith(f'attachment; filename="{run_id}.zip"')
             zips[run["mesh_zip"]["name"]] = body
-    finally:
-        stop(srv, thread)
     check_zips_open_side_by_side(zips, tmp_path / "Downloads")
 
 
@@ -2499,13 +2427,79 @@ def test_a_static_export_holds_each_runs_mesh_zip(obj_runs: Path, tmp_path: Path
         zips[run["mesh_zip"]["name"]] = (
             out / "runs" / run_id / run["mesh_zip"]["url"]
         ).read_bytes()
-        for kind, url in run["mesh"].items():  # the single files are there as before
+        for kind, url in run["mesh"].items():
             assert (out / "runs" / run_id / url).is_file(), kind
         # A file:// page cannot rename a download: the copies are named after the run.
         assert run["mesh"]["glb"] == f"files/mesh/{run_id}.glb"
         assert run["mesh"]["ply"] == f"files/mesh/{run_id}.ply"
-        assert run["mesh"]["obj"] == "files/mesh/mesh.obj"
-    check_zips_open_side_by_side(zips, tmp_path / "Downloads")
+        # The OBJ, MTL and texture are in the zip alone.
+        assert run["mesh"]["obj"] == run["mesh"]["texture"] == f"{run_id}.zip"
+        assert run["mesh_zip"]["holds"] == ["obj", "mtl", "texture"]
+        assert not (out / "runs" / run_id / "files" / "mesh" / "mesh.obj").exists()
+    check_zips_open_side_by_side(zips, tmp_path / "Downloads", ZIPPED_STATIC)
+
+
+def test_a_static_folder_stores_each_mesh_file_once(obj_runs: Path, tmp_path: Path):
+    """Users copy these folders over ssh: each run's mesh files were in its files/ and again in
+    its zip. Now no file of the folder and no member of its zip hold the same bytes, but the GLB
+    and the script the 3D view reads it from on file:// (the same bytes in base64)."""
+    import base64
+    import zipfile
+
+    out = export_static([obj_runs], tmp_path / "site")
+    for run_id in ("a_red_apple", "a_blue_apple"):
+        folder = out / "runs" / run_id
+        stored = {}
+        for path in folder.rglob("*"):
+            if path.suffix == ".zip":
+                with zipfile.ZipFile(path) as archive:
+                    stored |= {f"{path.name}:{n}": archive.read(n) for n in archive.namelist()}
+            elif path.is_file() and path.name != "index.html":
+                stored[path.relative_to(folder).as_posix()] = path.read_bytes()
+        script = stored.pop("mesh.glb.js").decode()
+        assert base64.b64decode(script.split('"')[1]) == stored[f"files/mesh/{run_id}.glb"]
+        by_bytes: dict[bytes, list[str]] = {}
+        for name, data in stored.items():
+            if not name.startswith("files/previews/"):  # the fixture's previews are alike
+                by_bytes.setdefault(data, []).append(name)
+        assert [names for names in by_bytes.values() if len(names) > 1] == []
+        assert sorted(name for name in stored if name.startswith("files/mesh/")) == [
+            f"files/mesh/{run_id}.glb",
+            f"files/mesh/{run_id}.ply",
+            "files/mesh/mesh.json",
+        ]
+
+
+def test_same_named_runs_of_two_batches_download_under_distinct_names(tmp_path: Path):
+    """Two batches of one gallery each ran "a red apple": the downloads are named by run id,
+    which the gallery makes distinct (``a_red_apple``, ``a_red_apple-2``), so the two zips, and
+    their folders, extract side by side, each OBJ with its own texture; the static folder holds
+    both."""
+    import io
+    import zipfile
+
+    make_obj_run(tmp_path / "batch1" / "a_red_apple", "a red apple", (200, 30, 30))
+    make_obj_run(tmp_path / "batch2" / "a_red_apple", "a red apple", (30, 30, 200))
+    catalog = Catalog([tmp_path / "batch1", tmp_path / "batch2"])
+    with serving(catalog) as srv:
+        names = {}
+        for run_id in ("a_red_apple", "a_red_apple-2"):
+            run = json.loads(get(srv, f"/api/run/{run_id}.json")[1])["run"]
+            status, body, headers = get(srv, run["mesh_zip"]["url"])
+            assert status == 200 and f'filename="{run_id}.zip"' in headers["Content-Disposition"]
+            names[run_id] = run["mesh_names"]["glb"], run["mesh_zip"]["name"]
+            with zipfile.ZipFile(io.BytesIO(body)) as archive:
+                assert {n.split("/")[0] for n in archive.namelist()} == {run_id}
+                archive.extractall(tmp_path / "Downloads")
+    assert names == {
+        "a_red_apple": ("a_red_apple.glb", "a_red_apple.zip"),
+        "a_red_apple-2": ("a_red_apple-2.glb", "a_red_apple-2.zip"),
+    }
+    assert texture_colour_of(tmp_path / "Downloads" / "a_red_apple" / "mesh.obj") == (200, 30, 30)
+    assert texture_colour_of(tmp_path / "Downloads" / "a_red_apple-2" / "mesh.obj") == (30, 30, 200)
+    out = export_static([tmp_path / "batch1", tmp_path / "batch2"], tmp_path / "site")
+    assert (out / "runs" / "a_red_apple" / "a_red_apple.zip").is_file()
+    assert (out / "runs" / "a_red_apple-2" / "a_red_apple-2.zip").is_file()
 
 
 def test_a_run_without_mesh_files_offers_no_zip(server, root: Path):
@@ -2621,15 +2615,14 @@ def test_static_pages_link_their_copies_and_name_runs_without_local_paths(root, 
     assert run["api"] is None and run["glb_script"] == "mesh.glb.js"
     for url in [p["url"] for p in run["run"]["previews"]] + list(run["run"]["mesh"].values()):
         assert (out / "runs" / "cube" / url).is_file()
+    # A GLB alone: the server zips it; the folder holds it on its own, and offers no zip of it.
+    assert run["run"]["mesh_zip"] is None and not list((out / "runs" / "cube").glob("*.zip"))
 
 
 def test_runs_named_in_other_scripts_are_served_and_exported(tmp_path: Path):
     root = tmp_path / "runs"
-    make_run(root / "一只猫", "一只猫", status={"state": "finished", "step": 20, "iters": 20})
-    srv = make_server(Catalog([root]))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    make_obj_run(root / "一只猫", "一只猫", (200, 30, 30))
+    with serving(Catalog([root])) as srv:
         [run] = json.loads(get(srv, "/api/runs.json")[1])["runs"]
         assert run["href"] == "run/%E4%B8%80%E5%8F%AA%E7%8C%AB/"
         assert get(srv, run["href"])[0] == 200
@@ -2642,10 +2635,6 @@ def test_runs_named_in_other_scripts_are_served_and_exported(tmp_path: Path):
         assert status == 200 and headers["Content-Disposition"] == (
             "attachment; filename=\"___.zip\"; filename*=UTF-8''%E4%B8%80%E5%8F%AA%E7%8C%AB.zip"
         )
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
     out = export_static([root], tmp_path / "site")
     [card] = page_data(out / "index.html")["runs"]
     assert card["href"] == "runs/%E4%B8%80%E5%8F%AA%E7%8C%AB/index.html"
@@ -2713,19 +2702,12 @@ def test_a_server_started_before_a_batchs_first_run_shows_runs_as_they_start(tmp
     empty.mkdir()
     with pytest.raises(DreamtextError, match="no dreamtext runs"):
         Catalog([empty])  # a static export of nothing is still refused
-    srv = make_server(Catalog([empty], empty_ok=True))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Catalog([empty], empty_ok=True)) as srv:
         status, body, _ = get(srv, "/")
         assert status == 200 and b'id="dreamtext-data"' in body
         assert json.loads(get(srv, "/api/runs.json")[1])["runs"] == []
         make_run(empty / "cube", "a red cube")
         assert [r["id"] for r in json.loads(get(srv, "/api/runs.json")[1])["runs"]] == ["cube"]
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
 
 
 @pytest.mark.parametrize("becomes", ["root", "workspace"])
@@ -2739,8 +2721,7 @@ def test_a_server_started_before_a_batch_made_its_folder_shows_its_runs_once_it_
     sweep = tmp_path / "sweep"
     with pytest.raises(DreamtextError, match="no such folder"):
         Catalog([sweep])  # a static export of nothing is still refused
-    srv, thread = serving(Catalog([sweep], empty_ok=True))
-    try:
+    with serving(Catalog([sweep], empty_ok=True)) as srv:
         assert get(srv, "/")[0] == 200
         assert json.loads(get(srv, "/api/runs.json")[1])["runs"] == []
         if becomes == "root":
@@ -2751,8 +2732,6 @@ def test_a_server_started_before_a_batch_made_its_folder_shows_its_runs_once_it_
             want = ["sweep"]
         assert [r["id"] for r in json.loads(get(srv, "/api/runs.json")[1])["runs"]] == want
         assert get(srv, f"/run/{want[0]}/")[0] == 200
-    finally:
-        stop(srv, thread)
 
 
 def test_view_of_a_folder_not_made_yet_serves_it_and_says_so(tmp_path: Path):
@@ -3058,24 +3037,23 @@ def test_a_killed_exporters_progress_record_shows_no_export(root: Path, monkeypa
     exporter = subprocess.Popen(
         [sys.executable, "-c", EXPORTER, str(cube)], stdout=subprocess.PIPE, text=True, env=env
     )
-    srv, thread = serving(Catalog([root]))
-    try:
-        assert exporter.stdout.readline().strip() == "written"
-        first = json.loads(get(srv, "/api/runs.json")[1])
-        (card,) = [run for run in first["runs"] if run["id"] == "cube"]
-        assert card["status"]["activity"] == "exporting · turntable 3/15"
-        assert card["status"]["export"]["pid"] == exporter.pid
-        exporter.kill()
-        exporter.wait()
-        assert (cube / ".export-progress.json").exists()
-        answer = poll_since(srv, first["cursor"])
-        (changed,) = answer["changed"]
-        assert changed["id"] == "cube" and changed["status"]["state"] == "finished"
-        assert changed["status"]["activity"] is None and "export" not in changed["status"]
-    finally:
-        exporter.kill()
-        exporter.wait()
-        stop(srv, thread)
+    with serving(Catalog([root])) as srv:
+        try:
+            assert exporter.stdout.readline().strip() == "written"
+            first = json.loads(get(srv, "/api/runs.json")[1])
+            (card,) = [run for run in first["runs"] if run["id"] == "cube"]
+            assert card["status"]["activity"] == "exporting · turntable 3/15"
+            assert card["status"]["export"]["pid"] == exporter.pid
+            exporter.kill()
+            exporter.wait()
+            assert (cube / ".export-progress.json").exists()
+            answer = poll_since(srv, first["cursor"])
+            (changed,) = answer["changed"]
+            assert changed["id"] == "cube" and changed["status"]["state"] == "finished"
+            assert changed["status"]["activity"] is None and "export" not in changed["status"]
+        finally:
+            exporter.kill()
+            exporter.wait()
 
 
 def test_a_gallery_poll_sends_a_run_whose_export_moved_on(root: Path, monkeypatch):
@@ -3085,8 +3063,7 @@ def test_a_gallery_poll_sends_a_run_whose_export_moved_on(root: Path, monkeypatc
 
     age(root, 3600)
     settle_at_once(monkeypatch)
-    srv, thread = serving(Catalog([root]))
-    try:
+    with serving(Catalog([root])) as srv:
         first = json.loads(get(srv, "/api/runs.json")[1])
         cursor, activities = first["cursor"], []
         with ExportProgress(root / "cube") as progress:
@@ -3104,8 +3081,6 @@ def test_a_gallery_poll_sends_a_run_whose_export_moved_on(root: Path, monkeypatc
             ["exporting · turntable 1/15"],
             [("cube", None)],
         ]
-    finally:
-        stop(srv, thread)
 
 
 def test_an_export_rewrites_its_record_while_a_stage_goes_on(root: Path, monkeypatch):

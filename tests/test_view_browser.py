@@ -14,16 +14,16 @@ import io
 import json
 import os
 import shutil
-import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_view import PrefixProxy
+from test_view import PrefixProxy, serving
 
-from dreamtext.view import Catalog, export_static, make_server
+from dreamtext.view import Catalog, export_static
 
 CHROMIUM = os.environ.get("DREAMTEXT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # Headless Chromium as root on a machine without a GPU or a network: no sandbox, WebGL through
@@ -72,6 +72,12 @@ def browser_available():
         pytest.skip(reason)
 
 
+def ago(seconds: float) -> str:
+    """The time ``seconds`` before now, as dreamtext writes times (ISO 8601, UTC, whole seconds)."""
+    then = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return then.isoformat(timespec="seconds")
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A batch root: a real 60-step builtin:shapes run (finished, exported, no status.json like
@@ -95,8 +101,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (sphere / "config.json").write_text(json.dumps({**config, "prompt": "a blue sphere"}))
     (sphere / "log.jsonl").write_text("".join(log[:3]))
     shutil.copy(cube / "previews" / "step_000020.png", sphere / "previews" / "step_000020.png")
-    status = {"state": "running", "step": 30, "iters": 60, "started": "2026-11-30T10:00:00+00:00"}
-    status |= {"updated": "2026-11-30T10:00:09+00:00", "error": None, "seconds": 9.0}
+    # Times as of now, as a live run's would be: status.json's "updated" against its file's time
+    # is the writer's clock's skew (workspaces.ChangeClock); a fixed date made the running card
+    # "no change for <days> min".
+    status = {"state": "running", "step": 30, "iters": 60, "started": ago(9)}
+    status |= {"updated": ago(0), "error": None, "seconds": 9.0}
     (sphere / "status.json").write_text(json.dumps({**status, "gpu_mem_mib": None}))
     # An image→3D run (`dreamtext text --diverse` keeps its sampled image in the workspace).
     (sphere / "diverse").mkdir()
@@ -134,8 +143,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         batch.append(
             {"line": line, "input": prompt, "kind": "text", "prompt": prompt, "workspace": name}
             | {"status": state, "error": error if state == "failed" else None, "seconds": 30.0}
-            | {"its": 4.0, "gpu_mem_mib": None, "started": "2026-11-30T10:00:00+00:00"}
-            | {"finished": "2026-11-30T10:00:30+00:00", "host": "node7", "shard": "1/1"}
+            | {"its": 4.0, "gpu_mem_mib": None, "started": ago(600)}
+            | {"finished": ago(570), "host": "node7", "shard": "1/1"}
         )
     # The running run has no batch line yet: the batch writes one when a prompt ends.
     batch = [b for b in batch if b["status"] != "running"]
@@ -145,13 +154,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(root: Path):
-    srv = make_server(Catalog([root]), poll_ms=POLL_MS)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -260,8 +264,15 @@ def check_gallery(page) -> None:
     page.fill("#filter", "")
 
 
-def check_run_page(page, root: Path) -> None:
-    """The mesh is drawn, one curve point per log line, previews on a slider."""
+# The run page's download links: the server's zip holds every mesh file, a static folder's
+# those it does not hold on its own.
+SERVED_LINKS = ["GLB", "PLY", "zip (GLB, OBJ, MTL, texture, PLY)"]
+STATIC_LINKS = ["GLB", "PLY", "zip (OBJ, MTL, texture)"]
+
+
+def check_run_page(page, root: Path, links: list[str] = SERVED_LINKS) -> None:
+    """The mesh is drawn, one curve point per log line, previews on a slider, ``links`` to
+    download it."""
     canvas = page.wait_for_selector(
         "#mesh-canvas:is([data-state=drawn], [data-state=failed])", timeout=30_000
     )
@@ -286,8 +297,7 @@ def check_run_page(page, root: Path) -> None:
     assert page.inner_text("#preview-label") == "final"
     page.fill("#preview-step", "0")
     assert soon(page, lambda: page.inner_text("#preview-label"), "step 20") == "step 20"
-    hrefs = page.locator(".viewer .downloads a").all_text_contents()
-    assert hrefs == ["GLB", "PLY", "zip (GLB, OBJ, MTL, texture, PLY)"]
+    assert page.locator(".viewer .downloads a").all_text_contents() == links
 
 
 def test_gallery_shows_a_card_per_run_with_its_status(page, server):
@@ -325,7 +335,7 @@ def test_static_export_opens_from_file_and_passes_the_same_checks(page, static_s
     check_gallery(page)
     page.click('.card[data-run="a_red_cube"]')
     page.wait_for_url("**/runs/a_red_cube/index.html")
-    check_run_page(page, root)
+    check_run_page(page, root, STATIC_LINKS)
     assert all(url.startswith(("file://", "blob:", "data:")) for url in requests), requests
 
 
@@ -361,20 +371,13 @@ def test_a_gallery_of_a_root_without_runs_yet_shows_the_first_as_it_starts(page,
     runs"); now the page says none is there yet and draws the first when it appears."""
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    srv = make_server(Catalog([sweep], empty_ok=True), poll_ms=POLL_MS)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Catalog([sweep], empty_ok=True), poll_ms=POLL_MS) as srv:
         page.goto(srv.url)
         page.wait_for_selector("text=No runs yet: they appear here as they start.")
         assert page.locator(".card").count() == 0
         shutil.copytree(root / "a_red_cube", sweep / "a_red_cube")
         page.wait_for_selector('.card[data-run="a_red_cube"]')
         assert page.locator("p.none").is_hidden()
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
 
 
 def test_behind_a_proxy_the_gallery_opened_without_its_final_slash_adds_it(proxied_page, proxy):
@@ -471,10 +474,7 @@ def test_a_run_finished_without_an_export_says_how_to_make_its_mesh(page, root: 
     (run / "config.json").write_text(json.dumps({**config, "export": False}))
     shutil.copy(root / "a_red_cube" / "previews" / "final.png", run / "previews" / "final.png")
     (run / "status.json").write_text(json.dumps({"state": "finished", "step": 60, "iters": 60}))
-    srv = make_server(Catalog([run.parent]), poll_ms=POLL_MS)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
         page.goto(srv.url + "run/a_red_cube/")
         page.wait_for_selector(".viewer .empty")
         command = f"dreamtext export --workspace {run.resolve()}"
@@ -484,10 +484,6 @@ def test_a_run_finished_without_an_export_says_how_to_make_its_mesh(page, root: 
         assert page.inner_text(".turntable .empty") == (
             f"not exported (--no-export): {command} makes the turntable"
         )
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
 
 
 def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(page, tmp_path):
@@ -499,10 +495,7 @@ def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(pa
     for name in ("mesh.obj", "mesh.mtl", "mesh.ply"):
         (run / "mesh" / name).write_text("a mesh file\n")
     Image.new("RGB", (8, 8), (200, 30, 30)).save(run / "mesh" / "albedo.png")
-    srv = make_server(Catalog([run.parent]), poll_ms=POLL_MS)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
         page.goto(srv.url + "run/a_red_cube/")
         page.wait_for_selector(".viewer .empty")
         command = f"dreamtext export --workspace {run.resolve()} --formats glb,obj,ply"
@@ -516,10 +509,6 @@ def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(pa
             "mesh.ply",
             "a_red_cube.zip",
         ]
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
 
 
 def download(page, link):
@@ -530,10 +519,16 @@ def download(page, link):
     return saved.suggested_filename, Path(saved.path()).read_bytes()
 
 
-def check_mesh_downloads(page, folder: Path) -> None:
+# What the zips hold: the server's, every mesh file; a static folder's, what it does not hold on
+# its own.
+SERVED_ZIP = ["albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "mesh.ply"]
+STATIC_ZIP = ["albedo.png", "mesh.mtl", "mesh.obj"]
+
+
+def check_mesh_downloads(page, folder: Path, zipped: list[str]) -> None:
     """The run page's GLB and PLY download under the run's name, and its zip (named so too)
-    holds the OBJ beside the MTL and texture it names: extracted elsewhere, trimesh finds the
-    red cube's texture. No checkpoint in it."""
+    holds the OBJ beside the MTL and texture it names (``zipped``, the files in it):
+    extracted elsewhere, trimesh finds the red cube's texture. No checkpoint in it."""
     import zipfile
 
     import trimesh
@@ -545,10 +540,7 @@ def check_mesh_downloads(page, folder: Path) -> None:
     name, data = download(page, page.locator(".viewer .downloads a.zip"))
     assert name == "a_red_cube.zip"
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        assert sorted(archive.namelist()) == [
-            f"a_red_cube/{file}"
-            for file in ("albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "mesh.ply")
-        ]
+        assert sorted(archive.namelist()) == [f"a_red_cube/{file}" for file in zipped]
         archive.extractall(folder)
     image = trimesh.load(folder / "a_red_cube" / "mesh.obj", force="mesh").visual.material.image
     assert image is not None, "the OBJ did not find its texture"
@@ -562,14 +554,14 @@ def test_a_run_pages_mesh_downloads_are_named_after_the_run(browser, server, tmp
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     for page in watched_page(context):
         page.goto(server.url + "run/a_red_cube/")
-        check_mesh_downloads(page, tmp_path)
+        check_mesh_downloads(page, tmp_path, SERVED_ZIP)
 
 
 def test_a_static_run_pages_mesh_downloads_are_named_after_the_run(browser, static_site, tmp_path):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     for page in watched_page(context):
         page.goto((static_site / "runs" / "a_red_cube" / "index.html").as_uri())
-        check_mesh_downloads(page, tmp_path)
+        check_mesh_downloads(page, tmp_path, STATIC_ZIP)
 
 
 def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, tmp_path):
@@ -586,10 +578,7 @@ def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, 
     record |= {"workspace": "a_blue_sphere", "status": "interrupted", "error": None, "its": 4.0}
     record |= {"started": "2026-11-30T09:00:00+00:00", "finished": "2026-11-30T09:00:30+00:00"}
     (root / "batch.jsonl").write_text(json.dumps(record | {"host": "node7"}) + "\n")
-    srv = make_server(Catalog([root]), poll_ms=POLL_MS)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
         page.goto(srv.url)
         card = page.locator('.card[data-run="a_blue_sphere"][data-state="running"]')
         card.wait_for()
@@ -600,10 +589,6 @@ def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, 
         heading = page.locator(".details h2", has_text="Batch")
         heading.wait_for()
         assert heading.inner_text() == "Batch: the attempt before this one"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
 
 
 def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):
@@ -747,13 +732,8 @@ def many_runs(tmp_path: Path):
     """A server over 300 runs."""
     root = tmp_path / "sweep"
     write_many_runs(root, 300)
-    srv = make_server(Catalog([root]), poll_ms=POLL_MS)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield srv, root
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        yield srv, root
 
 
 # Whether the browser draws a card's contents (false where content-visibility skips them).
@@ -887,9 +867,6 @@ def test_a_run_page_whose_run_is_removed_says_so_and_polls_slowly(page, tmp_path
         (root / name / "config.json").write_text(json.dumps({"prompt": name, "iters": 30}))
         records = [json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in (10, 20)]
         (root / name / "log.jsonl").write_text("".join(records))
-    srv = make_server(Catalog([root]), poll_ms=POLL_MS)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     gone = ("api/run/moved.json", "run/never-was/")
 
     def answers() -> list[str]:  # (a poll names its cursor: ?since=...)
@@ -900,7 +877,7 @@ def test_a_run_page_whose_run_is_removed_says_so_and_polls_slowly(page, tmp_path
     def logged() -> list[str]:
         return [p for p in page.problems if p.startswith("console: Failed to load") and "404" in p]
 
-    try:
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
         page.goto(srv.url + "run/moved/")
         page.evaluate("() => performance.setResourceTimingBufferSize(100000)")
         page.wait_for_selector('.chart[data-key="loss"][data-points="2"]')
@@ -935,10 +912,6 @@ def test_a_run_page_whose_run_is_removed_says_so_and_polls_slowly(page, tmp_path
         assert page.title() == "run gone · dreamtext"
         # Chromium's console line for a 404 may reach this process after the answer itself.
         soon_true(page, lambda: len(logged()) >= len(answers()))
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
     # The 404s were the server's answers about the gone runs (and Chromium's console line for
     # each), and only those.
     assert answers() and len(logged()) == len(answers())
@@ -958,12 +931,9 @@ def test_a_long_runs_chart_shows_its_true_range_from_a_bounded_poll(page, tmp_pa
     records[7_777]["loss"] = 9.5
     records[13_000]["loss"] = 0.25
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    srv = make_server(Catalog([run.parent]), poll_ms=POLL_MS)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     answers: list[int] = []
     page.on("response", lambda r: "api/run/" in r.url and r.status == 200 and answers.append(r))
-    try:
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
         page.goto(srv.url + "run/a_long_run/")
         chart = page.locator('.chart[data-key="loss"]')
         chart.wait_for()
@@ -979,7 +949,3 @@ def test_a_long_runs_chart_shows_its_true_range_from_a_bounded_poll(page, tmp_pa
         labels = chart.locator("text").all_text_contents()
         assert labels == ["12", "0.25", "1", "step 21000"]
         assert answers and all(len(r.body()) < 150_000 for r in answers)
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()

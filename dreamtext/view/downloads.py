@@ -11,7 +11,13 @@ texture ``albedo (1).png`` and the second OBJ showed the first run's texture. So
   with ``mesh.json``. Nothing else of the workspace goes in (no checkpoints).
 
 The run's name is its id on the pages: its folder's name (the prompt's or image's slug, as
-``dreamtext text`` and ``batch`` name folders), made distinct among the runs shown.
+``dreamtext text`` and ``batch`` name folders), made distinct among the runs one viewer shows
+(two batches' ``a_red_cube``: ``a_red_cube`` and ``a_red_cube-2``), also to file systems that
+ignore case (``Cube``, ``cube-2``), so no two of its downloads share a name.
+
+The server's zip holds every mesh file (one download of whatever the export made); a
+``--static`` folder's leaves out the files the folder holds on their own (``leave_out``), so
+that it stores each file once.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
 from dreamtext.view.workspaces import Run
@@ -42,24 +49,31 @@ def zip_name(run: Run) -> str:
     return f"{run.id}.zip"
 
 
-def zip_members(run: Run) -> list[tuple[str, str]]:
+def zip_only(run: Run) -> list[str]:
+    """The run's mesh files that the page offers only in its zip (the OBJ, MTL and texture,
+    which name each other), relative to the workspace."""
+    return [rel for kind, rel in run.mesh.items() if kind not in SELF_CONTAINED]
+
+
+def zip_members(run: Run, leave_out: Collection[str] = ()) -> list[tuple[str, str]]:
     """What the run's mesh zip holds: (the file relative to the workspace, its name in the zip),
-    empty when the run has no mesh files. The files keep their names, side by side in one folder
-    named after the run, so the OBJ finds its MTL and the MTL its texture once extracted."""
-    rels = list(run.mesh.values())
+    empty when the run has no mesh files, or none but those in ``leave_out`` (workspace files
+    the zip leaves out). The files keep their names, side by side in one folder named after the
+    run, so the OBJ finds its MTL and the MTL its texture once extracted."""
+    rels = [rel for rel in run.mesh.values() if rel not in leave_out]
     if not rels:
         return []
-    rels += [rel for rel in ZIP_EXTRAS if rel in run.data_files]
+    rels += [rel for rel in ZIP_EXTRAS if rel in run.data_files and rel not in leave_out]
     return [(rel, f"{run.id}/{PurePosixPath(rel).name}") for rel in rels]
 
 
-def zip_bytes(run: Run) -> bytes:
+def zip_bytes(run: Run, leave_out: Collection[str] = ()) -> bytes:
     """The run's mesh zip (:func:`zip_members`), made from its workspace's files as they are now.
     ``OSError`` when one of them cannot be read (an export replacing them)."""
     workspace = Path(run.workspace or "")  # none: no mesh files, no members
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for rel, name in zip_members(run):
+        for rel, name in zip_members(run, leave_out):
             source = workspace / rel
             # read_run lists only files inside the workspace; checked again, as the server does.
             if not source.resolve().is_relative_to(workspace):

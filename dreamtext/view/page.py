@@ -17,7 +17,7 @@ import math
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -63,6 +63,8 @@ class Links:
     base: str | None = None
     # The run's mesh zip (downloads.zip_bytes), where the run page offers one.
     mesh_zip: Callable[[Run], str] | None = None
+    # The workspace files that zip leaves out (a static folder's: those it holds on their own).
+    zip_leaves_out: Callable[[Run], Collection[str]] = lambda run: ()
 
 
 def server_links(api: str | None, poll_ms: int = 2000, base: str | None = None) -> Links:
@@ -145,16 +147,22 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
             # What a download of each is named: the run's name, for files that hold all they
             # show; the OBJ and its MTL and texture come in the zip (dreamtext.view.downloads).
             mesh_names=download_names(run),
-            mesh_zip=(
-                {"url": links.mesh_zip(run), "name": zip_name(run)}
-                if links.mesh_zip is not None and zip_members(run)
-                else None
-            ),
+            mesh_zip=mesh_zip_json(run, links),
             mesh_stats=run.mesh_stats,
             data_files={rel: url(rel) for rel in run.data_files},
             source_image=url(run.source_image) if run.source_image else None,
         )
     return data
+
+
+def mesh_zip_json(run: Run, links: Links) -> dict[str, Any] | None:
+    """The run page's zip link: its address, the name it downloads under, and the kinds of mesh
+    file it holds (``["obj", "mtl", "texture"]``); ``None`` where there is no zip to offer."""
+    members = {rel for rel, _ in zip_members(run, links.zip_leaves_out(run))}
+    if links.mesh_zip is None or not members:
+        return None
+    holds = [kind for kind, rel in run.mesh.items() if rel in members]
+    return {"url": links.mesh_zip(run), "name": zip_name(run), "holds": holds}
 
 
 def gallery_json(runs: list[Run], links: Links, cursor: str | None = None) -> dict[str, Any]:

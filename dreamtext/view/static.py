@@ -3,10 +3,16 @@
     OUT/index.html                      the gallery
     OUT/static/                         app.js, app.css, three.js and its license
     OUT/runs/<id>/index.html            a run's page
-    OUT/runs/<id>/files/...             the files it shows (previews, turntable, mesh, config, log);
-                                        the GLB and PLY named after the run (``copy_name``)
+    OUT/runs/<id>/files/...             the files it shows (previews, turntable, GLB, PLY, config,
+                                        log, mesh.json); the GLB and PLY named after the run
+                                        (``copy_name``)
     OUT/runs/<id>/mesh.glb.js           the GLB as a script: a file:// page cannot fetch() it
-    OUT/runs/<id>/<id>.zip              the run's mesh files in one zip (downloads.zip_bytes)
+    OUT/runs/<id>/<id>.zip              the OBJ with its MTL and texture (downloads.zip_bytes)
+
+Each file is stored once (users copy these folders over ssh): the zip holds only the mesh files
+that the page offers in it alone (``downloads.zip_only``), and ``files/`` all the others. The GLB
+is the one file stored twice, as itself (its download) and as a script (the 3D view's, from
+file://).
 
 The folder is written beside OUT and renamed into place, so an interrupted export leaves nothing
 half-written; an earlier export in OUT is replaced, any other folder with files in it is refused.
@@ -24,7 +30,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamtext.errors import DreamtextError
-from dreamtext.view.downloads import download_names, zip_bytes, zip_members, zip_name
+from dreamtext.view.downloads import download_names, zip_bytes, zip_members, zip_name, zip_only
 from dreamtext.view.page import (
     ASSETS,
     Links,
@@ -77,20 +83,37 @@ def copy_name(run: Run, rel: str) -> str:
     return rel
 
 
+def stored_alone(run: Run) -> list[str]:
+    """The workspace files the export copies into the run's ``files/``: every file the pages
+    show but those only the zip holds (``downloads.zip_only``), which the zip therefore leaves
+    out."""
+    in_zip = set(zip_only(run))
+    return [rel for rel in run.files() if rel not in in_zip]
+
+
+def run_folder_path(run: Run, rel: str) -> str:
+    """Where a workspace file is in the run's exported folder: its copy in ``files/``, or, for
+    a file only the zip holds (the OBJ, MTL, texture), the zip."""
+    if rel in zip_only(run):
+        return zip_name(run)
+    return f"files/{copy_name(run, rel)}"
+
+
 # The addresses of the exported pages: a run's page lies in ``runs/<id>/``, the gallery at the top.
 RUN_LINKS = Links(
     static="../../static/",
     gallery="../../index.html",
     run=lambda run_id: f"../{quote(run_id)}/index.html",
-    file=lambda run, rel: f"files/{quote(copy_name(run, rel))}",
+    file=lambda run, rel: quote(run_folder_path(run, rel)),
     local_paths=False,
     mesh_zip=lambda run: quote(zip_name(run)),
+    zip_leaves_out=stored_alone,
 )
 GALLERY_LINKS = Links(
     static="static/",
     gallery="index.html",
     run=lambda run_id: f"runs/{quote(run_id)}/index.html",
-    file=lambda run, rel: f"runs/{quote(run.id)}/files/{quote(copy_name(run, rel))}",
+    file=lambda run, rel: f"runs/{quote(run.id)}/{quote(run_folder_path(run, rel))}",
     local_paths=False,
 )
 
@@ -117,9 +140,10 @@ def _write(catalog: Catalog, out: Path) -> None:
 def _write_run(run: Run, folder: Path, links: Links) -> None:
     """A run's page, the files it shows, its GLB as a script and its mesh zip."""
     folder.mkdir(parents=True)
-    _copy_files(run, folder / "files")
-    if zip_members(run):
-        (folder / zip_name(run)).write_bytes(zip_bytes(run))
+    alone = stored_alone(run)
+    _copy_files(run, alone, folder / "files")
+    if zip_members(run, alone):
+        (folder / zip_name(run)).write_bytes(zip_bytes(run, alone))
     glb_script = None
     if "glb" in run.mesh:
         glb_script = GLB_SCRIPT
@@ -128,11 +152,11 @@ def _write_run(run: Run, folder: Path, links: Links) -> None:
     (folder / "index.html").write_text(page, encoding="utf-8")
 
 
-def _copy_files(run: Run, files: Path) -> None:
+def _copy_files(run: Run, rels: list[str], files: Path) -> None:
     if run.workspace is None:
         return
     workspace = Path(run.workspace)
-    for rel in run.files():
+    for rel in rels:
         source = (workspace / rel).resolve()
         # read_run only lists files inside the workspace; checked again, as the server does.
         if not source.is_relative_to(workspace) or not source.is_file():

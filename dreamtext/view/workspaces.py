@@ -212,9 +212,9 @@ class Catalog:
         def add(name: str, path: Path | None, root: Path | None, batch: dict | None) -> None:
             base = _id_of(name)
             run_id, n = base, 2
-            while run_id in used:
+            while _file_name_key(run_id) in used:
                 run_id, n = f"{base}-{n}", n + 1
-            used.add(run_id)
+            used.add(_file_name_key(run_id))
             found.append(RunLocation(run_id, name, path, root, batch))
 
         seen: set[Path] = set()
@@ -283,6 +283,14 @@ def _id_of(name: str) -> str:
     marks (workspace folders keep them: config.slugify); anything else is ``_``."""
     kept = "".join(c if c in ".-" or unicodedata.category(c)[0] in "LNM" else "_" for c in name)
     return re.sub(r"_+", "_", kept).strip("._") or "run"
+
+
+def _file_name_key(run_id: str) -> str:
+    """A run id as a file system that ignores case and Unicode normalisation (macOS's, Windows')
+    tells names apart: the downloads (``a_red_cube.zip``, the zip's folder ``a_red_cube/``) and a
+    static folder's ``runs/<id>/`` are named by run id, so ``Cube`` and ``cube``, shown as two
+    runs, were one file or folder there."""
+    return unicodedata.normalize("NFC", run_id).casefold()
 
 
 def _batch_workspace(root: Path, record: dict[str, Any]) -> Path | None:

@@ -547,16 +547,18 @@
     }
 
     /** The download links of the mesh files the run's export made, under the run's name: the
-     * GLB and PLY (which hold all they show) each, and every file in one zip, where the OBJ keeps
-     * the MTL and texture it names (saved one by one, two runs' textures clashed). */
+     * GLB and PLY (which hold all they show) each, and a zip, where the OBJ keeps the MTL and
+     * texture it names (saved one by one, two runs' textures clashed). */
     function meshLinks(run) {
       const names = run.mesh_names || {};
       const single = [["glb", "GLB"], ["ply", "PLY"]]
         .filter(([kind]) => run.mesh[kind])
         .map(([kind, label]) => el("a", { href: run.mesh[kind], download: names[kind] || true, text: label }));
       if (!run.mesh_zip) return single;
+      // What this zip holds: every mesh file (the server's), or those a --static folder does not
+      // hold on their own.
       const held = [["glb", "GLB"], ["obj", "OBJ"], ["mtl", "MTL"], ["texture", "texture"], ["ply", "PLY"]]
-        .filter(([kind]) => run.mesh[kind]).map(([, label]) => label);
+        .filter(([kind]) => run.mesh_zip.holds.includes(kind)).map(([, label]) => label);
       const zip = el("a", { href: run.mesh_zip.url, download: run.mesh_zip.name, class: "zip",
         title: run.mesh_zip.name, text: `zip (${held.join(", ")})` });
       return [...single, zip];
