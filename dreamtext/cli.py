@@ -5,6 +5,16 @@ User errors (``DreamtextError``) print one line on stderr and exit with status 2
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # ``python -m dreamtext.cli`` runs this file, whose imports below take a moment before any
+    # handler is set: it starts as the ``dreamtext`` command does instead (its SIGTERM handler
+    # first, then this module imported as ``dreamtext.cli``), and none of the rest runs here.
+    import sys
+
+    from dreamtext.__main__ import run
+
+    sys.exit(run())
+
 import argparse
 import contextlib
 import dataclasses
@@ -1479,7 +1489,3 @@ def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: s
         + f"; {free}"
         + (f", or run again with {', '.join(fixes)}" if fixes else "")
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
