@@ -1016,14 +1016,14 @@ def choose_cpu_threads(args: argparse.Namespace) -> None:
     thread per CPU, spinning, took the CPU from each other (the test suite ran 6 → 13 min)."""
     if not getattr(args, "needs_models", True):
         return
-    from dreamtext.inputs import cpu_threads, spin_briefly
+    from dreamtext.inputs import cpu_threads, spin_briefly, threads_asked_for
 
-    threads, source = cpu_threads(getattr(args, "threads", None), os.environ)
-    if "torch" not in sys.modules:
-        spin_briefly(os.environ)
-    elif source not in ("--threads", "DREAMTEXT_THREADS"):
-        threads, source = None, "caller"
-    args.cpu_threads = (threads, source)
+    flag = getattr(args, "threads", None)
+    if "torch" in sys.modules:
+        args.cpu_threads = threads_asked_for(flag, os.environ) or (None, "caller")
+        return
+    args.cpu_threads = cpu_threads(flag, os.environ)
+    spin_briefly(os.environ)
 
 
 def check_before_loading(args: argparse.Namespace) -> None:

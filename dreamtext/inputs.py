@@ -778,25 +778,35 @@ def usable_cpus(environ: Mapping[str, str], affinity: int | None = None) -> tupl
     return cpus, source
 
 
+def threads_asked_for(flag: int | None, environ: Mapping[str, str]) -> tuple[int, str] | None:
+    """The CPU threads the user asked dreamtext for, and where: ``--threads`` (``flag``), else
+    ``DREAMTEXT_THREADS``; ``None`` where neither asks."""
+    if flag is not None:
+        return flag, "--threads"
+    text = environ.get("DREAMTEXT_THREADS")
+    if text is None:
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise DreamtextError(
+            f"DREAMTEXT_THREADS must be a whole number of CPU threads, at least 1; got "
+            f"'{text}' (unset it for one thread per CPU this process may use)"
+        )
+    return int(text), "DREAMTEXT_THREADS"
+
+
 def cpu_threads(
     flag: int | None, environ: Mapping[str, str], affinity: int | None = None
 ) -> tuple[int | None, str]:
     """The CPU threads torch should use, and what chose them: ``--threads``, else
-    ``DREAMTEXT_THREADS``, else the user's ``OMP_NUM_THREADS`` (``None``: torch reads it
-    itself, as it always has), else the CPUs this process may use (:func:`usable_cpus`).
+    ``DREAMTEXT_THREADS`` (:func:`threads_asked_for`), else the user's ``OMP_NUM_THREADS``
+    (``None``: torch reads it itself, as it always has), else the CPUs this process may use
+    (:func:`usable_cpus`).
 
     torch's default is one thread per CPU of the machine's affinity; on a SLURM node without
     CPU binding that is every core of the node, however few the job was given."""
-    if flag is not None:
-        return flag, "--threads"
-    text = environ.get("DREAMTEXT_THREADS")
-    if text is not None:
-        if not text.strip().isdigit() or int(text) < 1:
-            raise DreamtextError(
-                f"DREAMTEXT_THREADS must be a whole number of CPU threads, at least 1; got "
-                f"'{text}' (unset it for one thread per CPU this process may use)"
-            )
-        return int(text), "DREAMTEXT_THREADS"
+    asked = threads_asked_for(flag, environ)
+    if asked is not None:
+        return asked
     if environ.get("OMP_NUM_THREADS", "").strip():
         return None, "OMP_NUM_THREADS"
     return usable_cpus(environ, affinity)

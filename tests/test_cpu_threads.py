@@ -172,6 +172,30 @@ def test_python_that_imported_torch_first_keeps_its_threads_unless_the_flag_asks
         torch.set_num_threads(before)
 
 
+def test_python_that_imported_torch_first_has_no_cpus_counted_for_threads_it_keeps(monkeypatch):
+    """Where the caller's thread count stands (torch imported first, neither ``--threads`` nor
+    ``DREAMTEXT_THREADS``), the CPUs this process may use (its affinity, cgroup files) are not
+    worked out for a count that would be dropped; a bad ``DREAMTEXT_THREADS`` is still said."""
+    from dreamtext.cli import build_parser, choose_cpu_threads
+
+    def counted(*args, **kwargs):
+        pytest.fail("the CPUs were counted for threads the caller keeps")
+
+    monkeypatch.setattr(inputs, "usable_cpus", counted)
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_command_line(["text", "a red cube"])
+    choose_cpu_threads(args)
+    assert args.cpu_threads == (None, "caller")
+    monkeypatch.setenv("DREAMTEXT_THREADS", "3")
+    choose_cpu_threads(args)
+    assert args.cpu_threads == (3, "DREAMTEXT_THREADS")
+    monkeypatch.setenv("DREAMTEXT_THREADS", "all")
+    with pytest.raises(DreamtextError, match="DREAMTEXT_THREADS must be"):
+        choose_cpu_threads(args)
+    assert "GOMP_SPINCOUNT" not in os.environ
+
+
 def write_files(folder: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
