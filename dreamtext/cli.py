@@ -1293,6 +1293,9 @@ def _libraries_started(args: argparse.Namespace):
     else:
         loading = _sigterm_raises_while_loading()
     with loading as received:
+        from dreamtext.inputs import torch_loads_with
+
+        torch_loads_with(os.environ)  # what libgomp reads as the import below loads it
         from dreamtext.devices import use_cpu_threads, use_expandable_segments
         from dreamtext.interrupts import sigterm_interrupts
 
