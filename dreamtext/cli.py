@@ -5,6 +5,16 @@ User errors (``DreamtextError``) print one line on stderr and exit with status 2
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # ``python -m dreamtext.cli`` runs this file, whose imports below take a moment before any
+    # handler is set: it starts as the ``dreamtext`` command does instead (its SIGTERM handler
+    # first, then this module imported as ``dreamtext.cli``), and none of the rest runs here.
+    import sys
+
+    from dreamtext.__main__ import run
+
+    sys.exit(run())
+
 import argparse
 import contextlib
 import dataclasses
@@ -1006,14 +1016,14 @@ def choose_cpu_threads(args: argparse.Namespace) -> None:
     thread per CPU, spinning, took the CPU from each other (the test suite ran 6 → 13 min)."""
     if not getattr(args, "needs_models", True):
         return
-    from dreamtext.inputs import cpu_threads, spin_briefly
+    from dreamtext.inputs import cpu_threads, spin_briefly, threads_asked_for
 
-    threads, source = cpu_threads(getattr(args, "threads", None), os.environ)
-    if "torch" not in sys.modules:
-        spin_briefly(os.environ)
-    elif source not in ("--threads", "DREAMTEXT_THREADS"):
-        threads, source = None, "caller"
-    args.cpu_threads = (threads, source)
+    flag = getattr(args, "threads", None)
+    if "torch" in sys.modules:
+        args.cpu_threads = threads_asked_for(flag, os.environ) or (None, "caller")
+        return
+    args.cpu_threads = cpu_threads(flag, os.environ)
+    spin_briefly(os.environ)
 
 
 def check_before_loading(args: argparse.Namespace) -> None:
@@ -1283,6 +1293,9 @@ def _libraries_started(args: argparse.Namespace):
     else:
         loading = _sigterm_raises_while_loading()
     with loading as received:
+        from dreamtext.inputs import torch_loads_with
+
+        torch_loads_with(os.environ)  # what libgomp reads as the import below loads it
         from dreamtext.devices import use_cpu_threads, use_expandable_segments
         from dreamtext.interrupts import sigterm_interrupts
 
@@ -1479,7 +1492,3 @@ def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: s
         + f"; {free}"
         + (f", or run again with {', '.join(fixes)}" if fixes else "")
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 from dreamtext.errors import DreamtextError
-from dreamtext.inputs import no_cuda_error
+from dreamtext.inputs import no_cuda_error, openmp_wait_read
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,18 +92,20 @@ def use_cpu_threads(threads: int | None, source: str) -> None:
     _cpu_threads_from = source
 
 
-def cpu_threads_record(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def cpu_threads_record() -> dict[str, Any]:
     """What a run's ``ran_on`` records of its CPU threads: how many torch uses, what chose them
     (``--threads``, ``DREAMTEXT_THREADS``, ``OMP_NUM_THREADS``, ``SLURM_CPUS_PER_TASK``,
     ``affinity``, ``caller``: the count of Python that imported torch before ``main``; ``None``:
     torch's default) and how OpenMP's idle threads wait: ``OMP_WAIT_POLICY`` and
-    ``GOMP_SPINCOUNT`` (``None``: libgomp's default, which spins 300,000 checks)."""
-    environ = os.environ if environ is None else environ
+    ``GOMP_SPINCOUNT`` as libgomp read them when torch loaded it (``None``: libgomp's default,
+    which spins 300,000 checks; ``"unknown"`` where torch was imported before dreamtext could
+    look: :func:`dreamtext.inputs.openmp_wait_read`)."""
+    wait = openmp_wait_read()
     return {
         "cpu_threads": torch.get_num_threads(),
         "cpu_threads_from": _cpu_threads_from,
-        "omp_wait_policy": environ.get("OMP_WAIT_POLICY"),
-        "gomp_spincount": environ.get("GOMP_SPINCOUNT"),
+        "omp_wait_policy": wait["OMP_WAIT_POLICY"],
+        "gomp_spincount": wait["GOMP_SPINCOUNT"],
     }
 
 

@@ -582,6 +582,12 @@ def export_field(
     # An earlier export killed while it swapped its files in is finished first.
     if out_dir.is_dir():
         finish_replacements(out_dir, REPLACED_OUTPUTS)
+    if _drops_turntable(out_dir, options, step):  # video/ is replaced: checked as for --video
+        check_writable(
+            out_dir / "video",
+            "a --no-video export removes a turntable of another step from it: make it "
+            "writable, or copy the run to a folder you can write and export it there",
+        )
     with contextlib.ExitStack() as stack:
         if progress is None:
             progress = stack.enter_context(ExportProgress(out_dir))
@@ -685,12 +691,10 @@ def _export_field(
         progress.stage("writing files")
         staged[video_dir / "turntable.mp4"] = lambda path: _write_mp4(images, path)
         staged[video_dir / "turntable.gif"] = _gif_bytes(images)
-    # A --no-video export keeps the turntable in video/ only where it is of this step: of
-    # another, it would pass for a render of the mesh beside it. Its video/ is then replaced
-    # by none of the export's files (a user's own are carried over).
-    turntable = any(video_dir.glob("turntable.*"))
-    kept = turntable and not options.video and _turntable_is_of(mesh_dir / "mesh.json", step)
-    emptied = (video_dir,) if turntable and not options.video and not kept else ()
+    # A --no-video export that drops the turntable replaces video/ by none of the export's
+    # files (a user's own are carried over).
+    emptied = (video_dir,) if _drops_turntable(out_dir, options, step) else ()
+    kept = not options.video and not emptied and any(video_dir.glob("turntable.*"))
 
     result = ExportResult(
         out_dir=out_dir,
@@ -718,6 +722,18 @@ def _export_field(
     kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
     result.files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
     return result
+
+
+def _drops_turntable(out_dir: Path, options: ExportOptions, step: int | None) -> bool:
+    """Whether an export of ``step`` with ``options`` into ``out_dir`` removes the turntable in
+    ``out_dir/video``: a ``--no-video`` export keeps it only where it is of this step
+    (:func:`_turntable_is_of`); of another, it would pass for a render of the mesh beside it."""
+    video_dir = out_dir / "video"
+    return (
+        not options.video
+        and any(video_dir.glob("turntable.*"))
+        and not _turntable_is_of(out_dir / "mesh" / "mesh.json", step)
+    )
 
 
 def _turntable_is_of(report: Path, step: int | None) -> bool:
@@ -1239,6 +1255,7 @@ def write_all_atomically(
             held.enter_context(lock_folder(parent))
             if check is not None:
                 check()
+            _check_swappable(folders)
             os.rename(staging, parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :]))
         except BaseException as error:
             if owner is not None:  # closed before the removal: NFS keeps open files (.nfsXXXX)
@@ -1254,6 +1271,17 @@ def write_all_atomically(
         owner.close()  # committed: the ready folder is swapped in, whoever finds it
         finish_replacements(parent, replaced)
     return list(files)
+
+
+def _check_swappable(folders: list[Path]) -> None:
+    """Raise ``PermissionError`` naming the first of ``folders`` that is a folder this process
+    cannot write. Its swap (:func:`_swap_in`) would move it aside, then fail to move its new
+    copy in (a folder moved to another parent needs its own write permission, which the new
+    copy takes from it) or a user's files over, leaving it as ``.export-old-<name>``: a
+    ``--no-video`` export emptying a read-only ``video/``."""
+    for folder in folders:
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
 
 
 def _named_in_the_run(error: BaseException, staging: Path, parent: Path) -> OSError | None:

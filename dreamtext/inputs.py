@@ -6,7 +6,8 @@ its one line at once: presets and ``--config`` YAML files (:func:`read_yaml`), a
 file (:func:`read_prompt_lines`) and ``--workspace ROOT`` (:func:`check_root`), and the folder
 names of prompts and images (:func:`slugify`), whether this machine can have a CUDA GPU at
 all (:func:`no_cuda_here`), and the CPU threads a run gets and how OpenMP's idle threads wait
-(:func:`cpu_threads`, :func:`spin_briefly`), which must be settled before torch loads.
+(:func:`cpu_threads`, :func:`spin_briefly`), which must be settled before torch loads (and what
+libgomp read of them then, :func:`openmp_wait_read`).
 :mod:`dreamtext.config`, :mod:`dreamtext.batch` and :mod:`dreamtext.devices` use the same
 functions, so the lines are the same either way.
 """
@@ -778,25 +779,35 @@ def usable_cpus(environ: Mapping[str, str], affinity: int | None = None) -> tupl
     return cpus, source
 
 
+def threads_asked_for(flag: int | None, environ: Mapping[str, str]) -> tuple[int, str] | None:
+    """The CPU threads the user asked dreamtext for, and where: ``--threads`` (``flag``), else
+    ``DREAMTEXT_THREADS``; ``None`` where neither asks."""
+    if flag is not None:
+        return flag, "--threads"
+    text = environ.get("DREAMTEXT_THREADS")
+    if text is None:
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise DreamtextError(
+            f"DREAMTEXT_THREADS must be a whole number of CPU threads, at least 1; got "
+            f"'{text}' (unset it for one thread per CPU this process may use)"
+        )
+    return int(text), "DREAMTEXT_THREADS"
+
+
 def cpu_threads(
     flag: int | None, environ: Mapping[str, str], affinity: int | None = None
 ) -> tuple[int | None, str]:
     """The CPU threads torch should use, and what chose them: ``--threads``, else
-    ``DREAMTEXT_THREADS``, else the user's ``OMP_NUM_THREADS`` (``None``: torch reads it
-    itself, as it always has), else the CPUs this process may use (:func:`usable_cpus`).
+    ``DREAMTEXT_THREADS`` (:func:`threads_asked_for`), else the user's ``OMP_NUM_THREADS``
+    (``None``: torch reads it itself, as it always has), else the CPUs this process may use
+    (:func:`usable_cpus`).
 
     torch's default is one thread per CPU of the machine's affinity; on a SLURM node without
     CPU binding that is every core of the node, however few the job was given."""
-    if flag is not None:
-        return flag, "--threads"
-    text = environ.get("DREAMTEXT_THREADS")
-    if text is not None:
-        if not text.strip().isdigit() or int(text) < 1:
-            raise DreamtextError(
-                f"DREAMTEXT_THREADS must be a whole number of CPU threads, at least 1; got "
-                f"'{text}' (unset it for one thread per CPU this process may use)"
-            )
-        return int(text), "DREAMTEXT_THREADS"
+    asked = threads_asked_for(flag, environ)
+    if asked is not None:
+        return asked
     if environ.get("OMP_NUM_THREADS", "").strip():
         return None, "OMP_NUM_THREADS"
     return usable_cpus(environ, affinity)
@@ -825,3 +836,32 @@ def spin_briefly(environ: MutableMapping[str, str]) -> bool:
         return False
     environ["GOMP_SPINCOUNT"] = SHORT_SPIN_COUNT
     return True
+
+
+# What libgomp read of OPENMP_WAIT_VARIABLES when torch loaded it in this process: the
+# environment right before dreamtext imported torch (:func:`torch_loads_with`); ``None`` until
+# then, and for good where torch was loaded before dreamtext could look.
+_openmp_wait_at_load: dict[str, str | None] | None = None
+
+# What a run records of a setting libgomp read before dreamtext could look.
+UNKNOWN = "unknown"
+
+
+def torch_loads_with(environ: Mapping[str, str]) -> None:
+    """Record the OpenMP wait settings of ``environ`` as those libgomp reads (when torch is
+    imported, which loads it): call it right before importing torch. Nothing where torch is
+    imported already: its libgomp read the environment of then."""
+    global _openmp_wait_at_load
+    if "torch" not in sys.modules:
+        _openmp_wait_at_load = {name: environ.get(name) for name in OPENMP_WAIT_VARIABLES}
+
+
+def openmp_wait_read() -> dict[str, str | None]:
+    """``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` as libgomp read them when torch loaded it
+    (``None``: unset, libgomp's default), recorded by :func:`torch_loads_with`; each
+    :data:`UNKNOWN` where Python imported torch before dreamtext could look (a notebook, a
+    script): libgomp does not read them again, so what the environment holds now (set since,
+    by hand or by an earlier call's :func:`spin_briefly`) need not be what it runs with."""
+    if _openmp_wait_at_load is None:
+        return dict.fromkeys(OPENMP_WAIT_VARIABLES, UNKNOWN)
+    return dict(_openmp_wait_at_load)

@@ -172,6 +172,82 @@ def test_python_that_imported_torch_first_keeps_its_threads_unless_the_flag_asks
         torch.set_num_threads(before)
 
 
+def test_python_that_imported_torch_first_has_no_cpus_counted_for_threads_it_keeps(monkeypatch):
+    """Where the caller's thread count stands (torch imported first, neither ``--threads`` nor
+    ``DREAMTEXT_THREADS``), the CPUs this process may use (its affinity, cgroup files) are not
+    worked out for a count that would be dropped; a bad ``DREAMTEXT_THREADS`` is still said."""
+    from dreamtext.cli import build_parser, choose_cpu_threads
+
+    def counted(*args, **kwargs):
+        pytest.fail("the CPUs were counted for threads the caller keeps")
+
+    monkeypatch.setattr(inputs, "usable_cpus", counted)
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_command_line(["text", "a red cube"])
+    choose_cpu_threads(args)
+    assert args.cpu_threads == (None, "caller")
+    monkeypatch.setenv("DREAMTEXT_THREADS", "3")
+    choose_cpu_threads(args)
+    assert args.cpu_threads == (3, "DREAMTEXT_THREADS")
+    monkeypatch.setenv("DREAMTEXT_THREADS", "all")
+    with pytest.raises(DreamtextError, match="DREAMTEXT_THREADS must be"):
+        choose_cpu_threads(args)
+    assert "GOMP_SPINCOUNT" not in os.environ
+
+
+TEXT_RUN = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
+
+
+def test_the_wait_settings_libgomp_read_are_recorded_not_those_set_after_it_loaded(tmp_path):
+    """libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when torch loads it: a second run
+    in the process records what the first run's environment held then (GOMP_SPINCOUNT=1000),
+    not a spin count set since, which nothing in the process runs with."""
+    code = (
+        "import os, sys\nfrom dreamtext.cli import main\nargv = sys.argv[1:]\n"
+        "assert main([*argv, '--workspace', 'a']) == 0\n"
+        "os.environ.update(GOMP_SPINCOUNT='5', OMP_WAIT_POLICY='ACTIVE')\n"
+        "sys.exit(main([*argv, '--workspace', 'b']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", code, *TEXT_RUN],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for run in ("a", "b"):
+        ran_on = json.loads((tmp_path / run / "config.json").read_text())["ran_on"]
+        assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == (None, "1000")
+
+
+def test_python_that_imported_torch_first_has_its_wait_settings_recorded_unknown(
+    tmp_path, monkeypatch
+):
+    """Python that imported torch before ``main`` (a notebook, these tests) loaded libgomp with
+    the environment it had then, which ``main`` cannot see: a GOMP_SPINCOUNT set since (by an
+    earlier dreamtext call's ``spin_briefly``, by hand) is not what libgomp runs with, so the
+    record says it does not know rather than repeat it."""
+    import torch
+
+    from dreamtext.cli import main
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # after conftest's import of torch loaded libgomp
+    threads = torch.get_num_threads()
+    try:
+        assert main([*TEXT_RUN, "--workspace", str(tmp_path / "a")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ran_on = json.loads((tmp_path / "a" / "config.json").read_text())["ran_on"]
+    assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == ("unknown", "unknown")
+
+
 def write_files(folder: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import os
 import resource
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ import trimesh
 from analytic_field import ALBEDO, EmptyField, SphereField, SphereTracer, direction_albedo
 from PIL import Image
 from test_checkpoint import files_limited_to
+from test_early import files_under
 
 import dreamtext
 from dreamtext import export as export_module
@@ -1978,6 +1980,105 @@ def test_a_re_export_replaces_mesh_and_video_and_keeps_a_users_own_files(tmp_pat
     ]
     assert (tmp_path / "mesh").stat().st_mode & 0o777 == 0o775
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh", "video"]
+
+
+@pytest.fixture
+def owner_permissions(monkeypatch, tmp_path):
+    """Folder permissions as the kernel applies them to a folder's owner, for the renames and
+    the ``os.access`` checks of an export, where this process would bypass them (root): a folder
+    without its owner's write bit takes no entry in and gives none up, and one moved to another
+    folder needs that bit too (its ``..`` changes). Elsewhere the kernel's own apply."""
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0o555)
+    try:
+        (probe / "entry").mkdir()
+    except PermissionError:
+        return
+    finally:
+        shutil.rmtree(probe)
+
+    def writable(path) -> bool:
+        return bool(os.stat(path).st_mode & stat.S_IWUSR)
+
+    real_access = os.access
+
+    def access(path, mode, **kwargs):
+        if mode & os.W_OK and os.path.isdir(path) and not writable(path):
+            return False
+        return real_access(path, mode, **kwargs)
+
+    def refusing(real):
+        def rename(src, dst, **kwargs):
+            src_parent, dst_parent = (os.path.dirname(os.path.abspath(p)) for p in (src, dst))
+            moved = os.path.isdir(src) and not os.path.samefile(src_parent, dst_parent)
+            if not (writable(src_parent) and writable(dst_parent)) or (moved and not writable(src)):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), src, None, dst)
+            return real(src, dst, **kwargs)
+
+        return rename
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "rename", refusing(os.rename))
+    monkeypatch.setattr(os, "replace", refusing(os.replace))
+
+
+# A mesh-only export that takes a second.
+SMALL_FLAGS = ["--formats", "ply", "--resolution", "32", "--decimate", "2000"]
+
+
+@pytest.mark.parametrize(
+    ("when", "line"),
+    [
+        (
+            "before",
+            "cannot write in {video} (permission denied); a --no-video export removes a "
+            "turntable of another step from it: make it writable, or copy the run to a folder "
+            "you can write and export it there",
+        ),
+        (
+            "while meshing",
+            "Permission denied ({video}); copy the run to a disk with room (or one you can "
+            "write) and export it there",
+        ),
+    ],
+)
+def test_a_no_video_export_that_cannot_empty_video_is_one_line_and_leaves_the_run_as_it_was(
+    tmp_path, monkeypatch, capsys, owner_permissions, when, line
+):
+    """A --no-video export of step 20 removes the turntable of step 10 from video/ (a user's
+    files stay): in a video/ it cannot write, the swap moved video/ aside and stopped with a
+    traceback, leaving it in .export-old-video and the export's files in .export-ready-*. It is
+    refused instead, before the work or (video/ made read-only meanwhile) at the swap, with one
+    line, and video/, mesh/ and the run are as they were."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000, run_id="a1")
+    export_field(SphereField(), workspace, small_options(formats=("ply",)), SphereTracer(), 10)
+    video = workspace / "video"
+    (video / "notes.txt").write_text("mine")
+    stub_run(monkeypatch, SphereField(), None)
+    state = {"step": 20, "run_id": "a1"}
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda workspace: state)
+    before = files_under(workspace)
+    meshing = export_module.extract_mesh
+
+    def read_only_meanwhile(*args, **kwargs):
+        video.chmod(0o555)
+        return meshing(*args, **kwargs)
+
+    if when == "before":
+        video.chmod(0o555)
+    else:
+        monkeypatch.setattr(export_module, "extract_mesh", read_only_meanwhile)
+    try:
+        code = main(["export", "--workspace", str(workspace), "--no-video", *SMALL_FLAGS])
+    finally:
+        if video.exists():
+            video.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == "dreamtext: error: " + line.format(video=video)
+    assert files_under(workspace) == before
 
 
 def test_a_staging_folder_of_a_live_export_is_left_and_a_killed_ones_removed(tmp_path):

@@ -194,30 +194,43 @@ def test_an_error_while_the_libraries_load_without_a_signal_is_still_raised(tmp_
         cli.main(["export", "--workspace", str(_run_to_export(tmp_path))])
 
 
+def _started_as(command: str) -> str:
+    """Python that starts ``command`` as it starts: the ``dreamtext`` console script's entry
+    point (read from pyproject.toml) imported and called, or ``python -m MODULE`` by runpy,
+    which is what ``-m`` runs."""
+    import re
+    from pathlib import Path
+
+    if command == "dreamtext":
+        root = Path(__file__).resolve().parents[1]
+        scripts = (root / "pyproject.toml").read_text().split("[project.scripts]")[1]
+        module, function = re.search(r'^dreamtext = "(.+):(.+)"$', scripts, re.M).groups()
+        return f"sys.exit(getattr(importlib.import_module({module!r}), {function!r})())\n"
+    module = command.removeprefix("python -m ")
+    return f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+
+
+@pytest.mark.parametrize("command", ["dreamtext", "python -m dreamtext", "python -m dreamtext.cli"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_a_signal_while_python_imports_the_command_is_one_line(signum):
+def test_a_signal_while_python_imports_the_command_is_one_line(signum, command):
     """Python imports ``dreamtext.cli`` before ``main`` can set a handler: a SIGTERM then killed
     the ``dreamtext`` command with no line (exit -15), a Ctrl-C printed a traceback. Here the
-    signal lands in that import (in ``dreamtext.errors``), in a process started as the console
-    script starts: its entry point, read from pyproject.toml, imported and called."""
+    signal lands in that import (in ``dreamtext.errors``), in a process started as the command
+    starts: ``python -m dreamtext.cli`` ran the module's imports before any handler too."""
     import os
-    import re
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    scripts = (root / "pyproject.toml").read_text().split("[project.scripts]")[1]
-    module, function = re.search(r'^dreamtext = "(.+):(.+)"$', scripts, re.M).groups()
     code = (
-        "import importlib, signal, sys\n"
+        "import importlib, runpy, signal, sys\n"
         "class LandsInTheImport:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'dreamtext.errors':\n"
         f"            signal.raise_signal({int(signum)})\n"
         "sys.meta_path.insert(0, LandsInTheImport())\n"
-        "sys.argv = ['dreamtext', 'export']\n"
-        f"sys.exit(getattr(importlib.import_module({module!r}), {function!r})())\n"
+        "sys.argv = ['dreamtext', 'export']\n" + _started_as(command)
     )
     env = {
         **os.environ,
