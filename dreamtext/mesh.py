@@ -287,17 +287,19 @@ def defect_vertices(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     vertex whose faces form more than one fan (two surfaces touching at a point), and the corners
     of every face with a repeated index or an area under ``1e-6`` of the median face's.
     """
-    n = len(vertices)
+    bad = _edge_and_fan_defects(len(vertices), faces)
+    if len(faces) > 0:
+        bad[faces[_degenerate_faces(vertices, faces)].ravel()] = True
+    return bad
+
+
+def _edge_and_fan_defects(n: int, faces: np.ndarray) -> np.ndarray:
+    """``[n]`` bool: both ends of every directed edge of ``faces`` not matched by exactly one
+    reverse edge, and every vertex whose faces form more than one fan. Each vertex's flag
+    depends only on the faces round it."""
     bad = np.zeros(n, dtype=bool)
     if len(faces) == 0:
         return bad
-    corners = vertices[faces]
-    double_area = np.linalg.norm(
-        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
-    )
-    degenerate = _repeats_a_vertex(faces) | (double_area <= 1e-6 * np.median(double_area))
-    bad[faces[degenerate].ravel()] = True
-
     start = faces.ravel()
     end = faces[:, [1, 2, 0]].ravel()
     key = start * n + end
@@ -330,6 +332,15 @@ def defect_vertices(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     fans = np.unique(np.stack([start, group], 1), axis=0)[:, 0]
     bad[fans[np.bincount(fans, minlength=n)[fans] > 1]] = True
     return bad
+
+
+def _degenerate_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """``[F]`` bool: faces with a repeated index or an area under ``1e-6`` of the median face's."""
+    corners = vertices[faces]
+    double_area = np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
+    return _repeats_a_vertex(faces) | (double_area <= 1e-6 * np.median(double_area))
 
 
 def _repeats_a_vertex(faces: np.ndarray) -> np.ndarray:
@@ -498,31 +509,38 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
     a corner of a box stays where it is, a vertex on its edge moves along the edge, one on a
     flat side within it. In the later rounds they go to the mean (a noisy surface holds its
     vertices everywhere). Each corner goes only the smallest share of that move that leaves
-    the fewest folded faces round it (:func:`_shortest_steps`). Where a round leaves a defect
-    (:func:`defect_vertices`, e.g. a face relaxed to zero area) the vertices there are put
-    back; if one is still left, the round is undone and ends the repair, so a closed manifold
-    stays one. Rounds repeat while folds are left. Last, the shortest edge of each sliver is
-    collapsed (:func:`_collapse_slivers`, two faces fewer each), unless that leaves a defect
-    or more folds; vertices no face uses any more are dropped.
+    the fewest folded faces round it (:func:`_shortest_steps`). A flip keeps a closed manifold
+    one (it swaps the diagonal of a quadrilateral for one not in the mesh), so the only defect a
+    round can leave is a face of (nearly) zero area (:func:`_degenerate_faces`): the vertices
+    there are put back, and if one is still left the round is undone and ends the repair.
+    Rounds repeat while folds are left. Last, the shortest edge of each sliver is collapsed
+    (:func:`_collapse_slivers`, two faces fewer each), unless that leaves a defect or more
+    folds. A mesh that is not a closed manifold is left as it is. Vertices no face uses are
+    dropped.
+
+    A round looks only at the faces near what it changes (:func:`_refolded`): a 50,000-face
+    mesh with a few hundred folds costs a fraction of what whole-mesh checks did, for the same
+    result.
     """
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     folded = folded_faces(mesh)
+    closed = is_closed_manifold(mesh)
     for round_ in range(max_rounds):
-        if not folded.any():
+        if not closed or not folded.any():
             break
         hold = round_ < max_rounds // 2
-        new_vertices, new_faces = _unfold_round(
-            vertices, faces.copy(), np.flatnonzero(folded), hold
-        )
-        bad = defect_vertices(new_vertices, new_faces)
+        new_vertices, new_faces, new_folded = _unfold_round(vertices, faces.copy(), folded, hold)
+        bad = np.zeros(len(vertices), dtype=bool)
+        bad[new_faces[_degenerate_faces(new_vertices, new_faces)].ravel()] = True
         if bad.any():  # put back the moved vertices at the defects first
             new_vertices[bad] = vertices[bad]
-            if defect_vertices(new_vertices, new_faces).any():
+            if _degenerate_faces(new_vertices, new_faces).any():
                 break
-        vertices, faces = new_vertices, new_faces
-        folded = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
-    faces, folded = _clear_slivers(vertices, faces, folded)
+            new_folded = folded_faces(trimesh.Trimesh(new_vertices, new_faces, process=False))
+        vertices, faces, folded = new_vertices, new_faces, new_folded
+    if closed:
+        faces, folded = _clear_slivers(vertices, faces, folded)
     used = np.unique(faces)
     remap = np.zeros(len(vertices), dtype=np.int64)
     remap[used] = np.arange(len(used))
@@ -547,15 +565,16 @@ def _clear_slivers(
     :func:`_collapse_slivers`, each kept only when it leaves no defect and no more folded faces;
     a pass that does is tried again one sliver at a time (the first :data:`SLIVER_SINGLES`)."""
 
-    def checked(collapsed: np.ndarray) -> np.ndarray | None:
-        if len(collapsed) == len(faces) or defect_vertices(vertices, collapsed).any():
+    def checked(collapse: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray | None:
+        collapsed, kept, touched = collapse
+        if len(collapsed) == len(faces) or _defect_after(vertices, collapsed, touched):
             return None
-        after = folded_faces(trimesh.Trimesh(vertices, collapsed, process=False))
+        after = _refolded(vertices, collapsed, folded[kept], touched)
         return None if after.sum() > folded.sum() else after
 
     for _ in range(SLIVER_PASSES):
-        collapsed = _collapse_slivers(vertices, faces)
-        after = checked(collapsed)
+        collapse = _collapse_slivers(vertices, faces)
+        after = checked(collapse)
         if after is None:
             tried: set[tuple[int, ...]] = set()
             for _ in range(SLIVER_SINGLES):  # the indices shift after each collapse kept
@@ -566,10 +585,21 @@ def _clear_slivers(
                 one = _collapse_slivers(vertices, faces, left[:1])
                 one_after = checked(one)
                 if one_after is not None:
-                    faces, folded = one, one_after
+                    faces, folded = one[0], one_after
             break
-        faces, folded = collapsed, after
+        faces, folded = collapse[0], after
     return faces, folded
+
+
+def _defect_after(vertices: np.ndarray, faces: np.ndarray, changed: np.ndarray) -> bool:
+    """Whether ``faces``, a closed manifold before the faces round the vertices ``changed``
+    (``[V]`` bool) were replaced, has a defect (:func:`defect_vertices`) now: one of (nearly) zero
+    area anywhere, or a broken edge or fan at ``changed``, checked on the faces round them only
+    (an edge or fan elsewhere is as it was)."""
+    if _degenerate_faces(vertices, faces).any():
+        return True
+    near = changed[faces].any(axis=1)
+    return bool((_edge_and_fan_defects(len(vertices), faces[near]) & changed).any())
 
 
 def _key(face: np.ndarray) -> tuple[int, ...]:
@@ -587,11 +617,12 @@ def _slivers(vertices: np.ndarray, faces: np.ndarray) -> list[int]:
 
 def _collapse_slivers(
     vertices: np.ndarray, faces: np.ndarray, slivers: list[int] | None = None
-) -> np.ndarray:
-    """``faces`` with the shortest edge ``p–q`` of each sliver (:func:`_slivers`, or the
-    faces ``slivers``) collapsed: the two faces on it dropped and ``q`` replaced by ``p`` in its
-    other faces (or ``p`` by ``q``, whichever turns the faces it moves less). Positions are not
-    changed; ``q`` is left unused.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(faces, kept [F] bool, changed [V] bool)``: ``faces`` with the shortest edge ``p–q`` of
+    each sliver (:func:`_slivers`, or the faces ``slivers``) collapsed, the input faces kept (in
+    order), and the vertices whose faces changed. A collapse drops the two faces on ``p–q`` and
+    replaces ``q`` by ``p`` in its other faces (or ``p`` by ``q``, whichever turns the faces it
+    moves less). Positions are not changed; ``q`` is left unused.
 
     Made only where the ends share no neighbour but the two opposite corners (else the mesh
     would pinch), those corners keep three faces or more, and every face moved keeps within
@@ -606,8 +637,9 @@ def _collapse_slivers(
     least = SLIVER_AREA * np.median(area)
     if slivers is None:
         slivers = np.flatnonzero(area < least)
+    changed = np.zeros(len(vertices), dtype=bool)
     if len(slivers) == 0:
-        return faces
+        return faces, np.ones(len(faces), dtype=bool), changed
     faces = faces.copy()
     order = np.argsort(faces.ravel(), kind="stable")
     first = np.searchsorted(faces.ravel()[order], np.arange(len(vertices) + 1))
@@ -659,69 +691,149 @@ def _collapse_slivers(
         faces[moved] = new
         dropped[shared] = True
         touched |= {p, q} | ring_p | ring_q
-    return faces[~dropped]
+    changed[list(touched)] = True
+    return faces[~dropped], ~dropped, changed
 
 
 def _unfold_round(
     vertices: np.ndarray, faces: np.ndarray, folded: np.ndarray, hold: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """One round of :func:`unfold`: flip what can be flipped (``faces`` is changed in place),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One round of :func:`unfold` on a closed manifold whose ``folded`` faces (``[F]`` bool,
+    :func:`folded_faces`) are known: flip what can be flipped (``faces`` is changed in place),
     relax the corners of the faces still folded. The round is also tried with the flips that
     left a folded face undone (each where no other flip shares its faces or made the edge it
     removed); the one leaving fewer folded faces is kept, or, as many, the one moving no vertex
-    as far."""
-    face_of_edge = {(a, b): f for f, (a, b) in _directed_edges(faces)}
-    edges = {tuple(sorted(edge)) for edge in face_of_edge}
+    as far. Returns ``(vertices, faces, folded)`` after it."""
+    fans = _Fans(faces, len(vertices))
     flips = []  # (f, g, old face f, old face g, edge removed, edge made)
-    for f in folded:
+    for f in np.flatnonzero(folded):
         a, b, c = _longest_edge_first(vertices, faces[f])
-        g = face_of_edge.get((b, a))
+        g = fans.face_with_edge(b, a)
         if g is None:
             continue
-        d = next(v for v in faces[g] if v != a and v != b)
-        if c == d or tuple(sorted((c, d))) in edges:
+        d = next(int(v) for v in faces[g] if v != a and v != b)
+        if c == d or fans.has_edge(c, d):
             continue
         before = _area_vector(vertices, a, b, c) + _area_vector(vertices, b, a, d)
         after = (np.array([a, d, c]), np.array([b, c, d]))
         if min(float(_area_vector(vertices, *t) @ before) for t in after) <= 0.0:
             continue
-        for t in (faces[f], faces[g]):
-            for k in range(3):
-                face_of_edge.pop((int(t[k]), int(t[(k + 1) % 3])), None)
-        edges.discard(tuple(sorted((a, b))))
         flips.append((f, g, faces[f].copy(), faces[g].copy(), (a, b), (c, d)))
-        faces[f], faces[g] = after
-        for h in (f, g):
-            for k in range(3):
-                face_of_edge[(int(faces[h][k]), int(faces[h][(k + 1) % 3]))] = h
-        edges.add(tuple(sorted((c, d))))
-    options = [(faces.copy(), folded_faces(trimesh.Trimesh(vertices, faces, process=False)))]
+        fans.replace(f, after[0])
+        fans.replace(g, after[1])
+    flipped_corners = np.zeros(len(vertices), dtype=bool)
+    flipped_corners[[v for flip in flips for v in (*flip[4], *flip[5])]] = True
+    options = [(faces.copy(), _refolded(vertices, faces, folded, flipped_corners))]
     still = options[0][1]
     flipped = np.bincount([h for flip in flips for h in flip[:2]], minlength=len(faces))
-    undone = False
+    undone_corners = np.zeros(len(vertices), dtype=bool)
     for f, g, old_f, old_g, gone, made in flips:
         if not (still[f] or still[g]) or flipped[f] > 1 or flipped[g] > 1:
             continue
-        if tuple(sorted(gone)) in edges:  # another flip made the edge this one removed
+        if fans.has_edge(*gone):  # another flip made the edge this one removed
             continue
-        faces[f], faces[g] = old_f, old_g
-        edges.discard(tuple(sorted(made)))
-        edges.add(tuple(sorted(gone)))
-        undone = True
-    if undone:
-        options.append((faces, folded_faces(trimesh.Trimesh(vertices, faces, process=False))))
+        fans.replace(f, old_f)
+        fans.replace(g, old_g)
+        undone_corners[[*gone, *made]] = True
+    if undone_corners.any():
+        options.append((faces, _refolded(vertices, faces, still, undone_corners)))
     best = None
     for option, still in options:
-        moved = vertices
+        moved, left = vertices, still
         if still.any():
             moving = np.unique(option[still])
             relaxed = _relax(vertices, option, moving, still if hold else None)
             moved = _shortest_steps(vertices, relaxed, option, moving)
-        left = int(folded_faces(trimesh.Trimesh(moved, option, process=False)).sum())
-        key = (left, float(np.linalg.norm(moved - vertices, axis=1).max()))
+            changed = np.zeros(len(vertices), dtype=bool)
+            changed[moving] = True
+            left = _refolded(moved, option, still, changed)
+        key = (int(left.sum()), float(np.linalg.norm(moved - vertices, axis=1).max()))
         if best is None or key < best[0]:
-            best = (key, moved, option)
-    return best[1], best[2]
+            best = (key, moved, option, left)
+    return best[1], best[2], best[3]
+
+
+class _Fans:
+    """The faces round each vertex of ``faces``, kept up to date while faces are replaced
+    (:meth:`replace`); a vertex's fan is read from the index of the faces as they were the first
+    time it is asked for, which is before any replacement changed it."""
+
+    def __init__(self, faces: np.ndarray, n_vertices: int) -> None:
+        self.faces = faces
+        flat = faces.ravel()
+        self._order = np.argsort(flat, kind="stable")
+        self._first = np.searchsorted(flat[self._order], np.arange(n_vertices + 1))
+        self._fans: dict[int, set[int]] = {}
+
+    def around(self, v: int) -> set[int]:
+        fan = self._fans.get(v)
+        if fan is None:
+            fan = set((self._order[self._first[v] : self._first[v + 1]] // 3).tolist())
+            self._fans[v] = fan
+        return fan
+
+    def face_with_edge(self, a: int, b: int) -> int | None:
+        """The face with the directed edge ``a→b``, if any."""
+        for h in self.around(a):
+            x, y, z = self.faces[h].tolist()
+            if (x, y) == (a, b) or (y, z) == (a, b) or (z, x) == (a, b):
+                return h
+        return None
+
+    def has_edge(self, a: int, b: int) -> bool:
+        return any(b in self.faces[h].tolist() for h in self.around(a))
+
+    def replace(self, f: int, face: np.ndarray) -> None:
+        old, new = self.faces[f].tolist(), face.tolist()
+        for v in old + new:
+            self.around(v)
+        for v in old:
+            self._fans[v].discard(f)
+        self.faces[f] = face
+        for v in new:
+            self._fans[v].add(f)
+
+
+def _refolded(
+    vertices: np.ndarray, faces: np.ndarray, folded: np.ndarray, changed: np.ndarray
+) -> np.ndarray:
+    """``[F]`` bool: :func:`folded_faces` of ``(vertices, faces)``, given ``folded``, its value
+    before the vertices ``changed`` (``[V]`` bool) moved or the faces round them were replaced.
+
+    A face's fold depends on its normal and its corners' normals, each the angle-weighted mean
+    of the normals of the faces round that corner: only the faces round the corners of the
+    faces round ``changed`` can differ, and only those are computed (:func:`_local_folds`).
+    """
+    touched = changed[faces].any(axis=1)
+    if not touched.any():
+        return folded.copy()
+    corners = np.zeros(len(vertices), dtype=bool)
+    corners[faces[touched]] = True
+    near = corners[faces].any(axis=1)
+    result = folded.copy()
+    result[near] = _local_folds(faces, near, len(vertices))(vertices)
+    return result
+
+
+def _local_folds(
+    faces: np.ndarray, which: np.ndarray, n_vertices: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A function of the vertex positions ``[V, 3]`` that gives :func:`folded_faces` of the
+    faces ``which`` (``[F]`` bool), computed from the faces round their corners only.
+
+    The values are the same bits: a corner's normal sums the same faces in the same order.
+    """
+    corners = np.zeros(n_vertices, dtype=bool)
+    corners[faces[which]] = True
+    support = corners[faces].any(axis=1)
+    used, local = np.unique(faces[support].ravel(), return_inverse=True)
+    local = local.reshape(-1, 3)
+    pick = which[support]
+
+    def folds(vertices: np.ndarray) -> np.ndarray:
+        return folded_faces(trimesh.Trimesh(vertices[used], local, process=False))[pick]
+
+    return folds
 
 
 # A round moves a corner only as far as its faces need: decimation leaves a few folds at steep
@@ -738,11 +850,15 @@ def _shortest_steps(
     it, all of ``moving`` tried at each share together; the whole way when no share leaves
     fewer than staying put (a pleat that later rounds unfold)."""
 
+    around = np.zeros(len(vertices), dtype=bool)
+    around[moving] = True
+    around = around[faces].any(axis=1)  # every face a count of ``moving`` can hold
+    folds, fan_faces = _local_folds(faces, around, len(vertices)), faces[around]
+
     def folds_round(share: float) -> np.ndarray:
         trial = vertices.copy()
         trial[moving] += share * (relaxed[moving] - vertices[moving])
-        folded = folded_faces(trimesh.Trimesh(trial, faces, process=False))
-        return np.bincount(faces[folded].ravel(), minlength=len(vertices))
+        return np.bincount(fan_faces[folds(trial)].ravel(), minlength=len(vertices))
 
     fewest = folds_round(0.0)
     chosen = np.ones(len(vertices))
@@ -776,6 +892,12 @@ def _relax(
     to :data:`MOVE_CAP` of the vertex's shortest edge. With ``folded`` None (the later rounds,
     for folds on a surface too noisy to hold on to) each goes to ``m``.
     """
+    near = np.zeros(len(vertices), dtype=bool)
+    near[moving] = True
+    near = near[faces].any(axis=1)  # the faces round ``moving``, all a move here depends on
+    if folded is not None:
+        folded = folded[near]
+    faces = faces[near]
     start, end = faces.ravel(), faces[:, [1, 2, 0]].ravel()
     total = np.zeros_like(vertices)
     np.add.at(total, start, vertices[end])
@@ -808,13 +930,6 @@ def _relax(
     return relaxed
 
 
-def _directed_edges(faces: np.ndarray) -> Iterator[tuple[int, tuple[int, int]]]:
-    for f, (a, b, c) in enumerate(faces.tolist()):
-        yield f, (a, b)
-        yield f, (b, c)
-        yield f, (c, a)
-
-
 def _longest_edge_first(vertices: np.ndarray, face: np.ndarray) -> tuple[int, int, int]:
     """The face's corners rotated so that ``(a, b)`` is its longest edge (winding kept)."""
     a, b, c = (int(v) for v in face)
@@ -824,8 +939,11 @@ def _longest_edge_first(vertices: np.ndarray, face: np.ndarray) -> tuple[int, in
 
 
 def _area_vector(vertices: np.ndarray, a: int, b: int, c: int) -> np.ndarray:
-    """Twice the area of the face ``(a, b, c)`` times its unit normal."""
-    return np.cross(vertices[b] - vertices[a], vertices[c] - vertices[a])
+    """Twice the area of the face ``(a, b, c)`` times its unit normal, ``u × w`` with
+    ``u = b − a``, ``w = c − a`` (written out: ``np.cross`` costs ~20× more on one pair)."""
+    u0, u1, u2 = vertices[b] - vertices[a]
+    w0, w1, w2 = vertices[c] - vertices[a]
+    return np.array([u1 * w2 - u2 * w1, u2 * w0 - u0 * w2, u0 * w1 - u1 * w0])
 
 
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:

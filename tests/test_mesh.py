@@ -387,6 +387,73 @@ def test_a_pleat_on_a_box_side_is_unfolded_and_the_box_corners_kept():
     assert unfolded.vertices[8, 2] == pytest.approx(0.5)  # moved back within the top side
 
 
+def test_folds_recomputed_round_the_changed_vertices_are_the_whole_mesh_s():
+    """unfold's rounds recompute :func:`folded_faces` only near the vertices they move or whose
+    faces they flip; that must give the whole-mesh check's values, bit for bit."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    faces = np.asarray(sphere.faces)
+    edge = np.linalg.norm(sphere.vertices[sphere.vertex_neighbors[0][0]] - sphere.vertices[0])
+    before = folded_faces(sphere)
+    rng = np.random.default_rng(0)
+    changed = np.zeros(len(sphere.vertices), dtype=bool)
+    changed[rng.choice(len(changed), 30, replace=False)] = True
+    vertices = sphere.vertices.copy()
+    vertices[changed] += rng.normal(scale=0.7 * edge, size=(30, 3))
+    after = folded_faces(trimesh.Trimesh(vertices, faces, process=False))
+    assert after.sum() > 10 and not before.any()
+    np.testing.assert_array_equal(mesh_module._refolded(vertices, faces, before, changed), after)
+    # faces replaced, positions kept: the longest edge of the first folded face flipped
+    f = int(np.flatnonzero(after)[0])
+    a, b, c = mesh_module._longest_edge_first(vertices, faces[f])
+    g = next(g for g in range(len(faces)) if {a, b} <= set(faces[g]) and g != f)
+    d = next(v for v in faces[g] if v not in (a, b))
+    flipped = faces.copy()
+    flipped[f], flipped[g] = [a, d, c], [b, c, d]
+    corners = np.zeros_like(changed)
+    corners[[a, b, c, d]] = True
+    expected = folded_faces(trimesh.Trimesh(vertices, flipped, process=False))
+    assert not np.array_equal(expected, after)
+    np.testing.assert_array_equal(
+        mesh_module._refolded(vertices, flipped, after, corners), expected
+    )
+
+
+def test_a_mesh_that_is_not_closed_is_not_unfolded():
+    """unfold's rounds keep a closed manifold one and check only what they change; on an open
+    mesh they would not see the hole, so it is left as it is."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    neighbour = sphere.vertex_neighbors[0][0]
+    vertices[0] += 1.6 * (vertices[neighbour] - vertices[0])
+    far = np.argmax(np.linalg.norm(sphere.triangles_center - vertices[0], axis=1))
+    holed = trimesh.Trimesh(vertices, np.delete(sphere.faces, far, axis=0), process=False)
+    assert folded_faces(holed).sum() == 2 and not is_closed_manifold(holed)
+    kept = unfold(holed)
+    np.testing.assert_array_equal(kept.vertices, holed.vertices)
+    np.testing.assert_array_equal(kept.faces, holed.faces)
+
+
+def test_a_collapse_is_checked_for_defects_on_the_faces_round_it():
+    """Collapsing a sliver's edge is checked on the faces round the vertices it changed only;
+    merging two vertices that share one neighbour but no edge (the surface pinched there) is
+    found there, as the whole-mesh check finds it, and an edge's collapse passes."""
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    faces = np.asarray(sphere.faces)
+    neighbours = [set(ring) for ring in sphere.vertex_neighbors]
+    edge_end = min(neighbours[0])
+    apart = next(
+        v for v in range(len(neighbours)) if v != 0 and len(neighbours[0] & neighbours[v]) == 1
+    )
+    assert apart not in neighbours[0]
+    for q, pinched in ((edge_end, False), (apart, True)):
+        merged = faces[np.isin(faces, [0, q]).sum(axis=1) < 2]  # an edge's two faces go
+        merged[merged == q] = 0
+        changed = np.zeros(len(neighbours), dtype=bool)
+        changed[[0, q, *neighbours[0], *neighbours[q]]] = True
+        assert defect_vertices(sphere.vertices, merged).any() == pinched
+        assert mesh_module._defect_after(sphere.vertices, merged, changed) == pinched
+
+
 def test_a_needle_face_s_short_edge_is_collapsed_and_the_sphere_kept():
     sphere = trimesh.creation.icosphere(subdivisions=3)
     vertices = sphere.vertices.copy()
