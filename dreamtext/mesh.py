@@ -37,6 +37,7 @@ import xatlas
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from dreamtext.errors import DreamtextError
 from dreamtext.field import MAX_DENSITY
@@ -522,7 +523,17 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
     mesh with a few hundred folds costs a fraction of what whole-mesh checks did, for the same
     result.
     """
+    return _unfold(mesh, max_rounds)[0]
+
+
+def _unfold(
+    mesh: trimesh.Trimesh, max_rounds: int = 8
+) -> tuple[trimesh.Trimesh, np.ndarray, np.ndarray]:
+    """:func:`unfold`, and for each vertex of its result its index in ``mesh`` (``[V]``) and how
+    far the held rounds (the first half) moved it (``[V]``)."""
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    start = vertices.copy()
+    held = vertices
     faces = np.asarray(mesh.faces, dtype=np.int64)
     folded = folded_faces(mesh)
     closed = is_closed_manifold(mesh)
@@ -539,12 +550,16 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
                 break
             new_folded = folded_faces(trimesh.Trimesh(new_vertices, new_faces, process=False))
         vertices, faces, folded = new_vertices, new_faces, new_folded
+        if hold:
+            held = vertices
     if closed:
         faces, folded = _clear_slivers(vertices, faces, folded)
     used = np.unique(faces)
     remap = np.zeros(len(vertices), dtype=np.int64)
     remap[used] = np.arange(len(used))
-    return trimesh.Trimesh(vertices=vertices[used], faces=remap[faces], process=False)
+    moved = np.linalg.norm(held - start, axis=1)
+    result = trimesh.Trimesh(vertices=vertices[used], faces=remap[faces], process=False)
+    return result, used, moved[used]
 
 
 # A sliver: a face under 1e-3 of the median face's area. Decimation leaves 0 to 12 in 8,000
@@ -947,7 +962,7 @@ def _area_vector(vertices: np.ndarray, a: int, b: int, c: int) -> np.ndarray:
 
 
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
-    """Quadric-error decimation to about ``target_faces`` faces, kept a closed manifold.
+    """Quadric-error decimation to at most ``target_faces`` faces, kept a closed manifold.
 
     fast-simplification collapses edges without checking that the result stays a manifold: on
     trained built-in shapes it leaves a few fins (two triangles folded onto each other, up to
@@ -957,24 +972,318 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     of 8,000 on short trained runs of the built-in shapes turned over 60° from their corner
     normals, up to 100°: dark specks under smooth shading); :func:`unfold` flips or relaxes
     them away, and collapses the slivers it leaves (two faces fewer each).
+
+    At the tip of a narrow pit (one cell wide, narrower than a face) clearing the folds lifts
+    the tip up the pit and leaves the marching-cubes surface there uncovered
+    (:func:`_lifted_tips`). Where unfold left no folded face and lifted such tips, the
+    farthest :data:`TIP_MAX` are put back and refined on a trial (:func:`_refine_tips`: each
+    kept only where it brings the mesh nearer the marching-cubes surface, turns no face
+    inward and adds no fold; all of them only where they bring the tips clearly nearer). If
+    the trial wins, ``mesh`` is decimated again as many faces under the target as the
+    refinement takes, and its tips refined the same way within the target; that is returned
+    when it is clearly nearer round the first mesh's tips too, else the first decimation is.
+    A mesh without lifted tips is decimated once, as before.
+
     Should a defect survive the repair, the undecimated mesh is returned (and a warning
     logged): the output is a closed manifold whenever the input is. No-op when already at or
     below the target.
     """
     if target_faces <= 0 or len(mesh.faces) <= target_faces:
         return mesh
+    first = _decimate_once(mesh, target_faces)
+    if first is None:
+        log.warning("decimation left a non-manifold mesh; keeping all %d faces", len(mesh.faces))
+        return mesh
+    simplified, start, moved = first
+    no_tips = np.zeros(0, dtype=np.int64)
+    tips = no_tips if folded_faces(simplified).any() else _lifted_tips(simplified, start, moved)
+    if len(tips):
+        # Refine where a trial on this mesh wins; make room for it by decimating again.
+        reference = _Reference(mesh)
+        if _refine_tips(simplified, start, tips, reference, None) is not None:
+            valence = np.bincount(np.asarray(simplified.faces).ravel(), minlength=len(start))
+            reserve = int(TIP_FACES * valence[tips[:TIP_MAX]].sum())
+            again = _decimate_once(mesh, target_faces - reserve)
+            if again is not None and not folded_faces(again[0]).any():
+                current, current_start, current_moved = again
+                current_tips = _lifted_tips(current, current_start, current_moved)
+                refined = _refine_tips(
+                    current, current_start, current_tips, reference, target_faces
+                )
+                if refined is not None and _tips_nearer(
+                    simplified, refined, start, tips, reference
+                ):
+                    simplified = refined
+    return drop_small_parts(orient_outward(simplified))
+
+
+def _decimate_once(
+    mesh: trimesh.Trimesh, target_faces: int
+) -> tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None:
+    """fast-simplification to ``target_faces``, :func:`make_manifold`, :func:`_unfold`: the mesh,
+    where each vertex was before unfold, how far the held rounds moved it; ``None`` when the
+    result is not a closed manifold."""
     vertices, faces = fast_simplification.simplify(
         np.asarray(mesh.vertices, np.float64),
         np.asarray(mesh.faces, np.int32),
         target_count=target_faces,
     )
-    simplified = unfold(
-        make_manifold(trimesh.Trimesh(vertices=vertices, faces=faces, process=False))
+    repaired = make_manifold(trimesh.Trimesh(vertices=vertices, faces=faces, process=False))
+    result, used, moved = _unfold(repaired)
+    if not is_closed_manifold(result):
+        return None
+    return result, np.asarray(repaired.vertices)[used], moved
+
+
+# A pit tip lifted by unfold: a vertex the held rounds moved over TIP_MOVE median edges whose
+# place before unfold is now over TIP_GAP median edges from the mesh (it slid up a narrow pit
+# rather than along the surface). TIP_MAX of them, farthest first, are refined; each of a tip's
+# spokes is split in TIP_SPLITS + 1, so each face round it becomes 2 TIP_SPLITS + 1
+# (TIP_FACES = 2 TIP_SPLITS more).
+TIP_MOVE = 0.75
+TIP_GAP = 0.5
+TIP_MAX = 4
+TIP_SPLITS = 2
+TIP_FACES = 2 * TIP_SPLITS
+TIP_SIDE = 0.25
+TIP_GAIN = 0.75
+
+
+def _tip_radius(mesh: trimesh.Trimesh, start: np.ndarray, tip: int) -> float:
+    """The radius of the ball round ``start[tip]`` that holds the tip's ring and its place."""
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    ring = np.unique(faces[(faces == tip).any(axis=1)])
+    return float(np.linalg.norm(vertices[ring] - start[tip], axis=1).max())
+
+
+def _median_edge(vertices: np.ndarray, faces: np.ndarray) -> float:
+    return float(
+        np.median(np.linalg.norm(vertices[faces] - vertices[np.roll(faces, 1, 1)], axis=2))
     )
-    if not is_closed_manifold(simplified):
-        log.warning("decimation left a non-manifold mesh; keeping all %d faces", len(mesh.faces))
-        return mesh
-    return drop_small_parts(orient_outward(simplified))
+
+
+def _lifted_tips(mesh: trimesh.Trimesh, start: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """The vertices of ``mesh`` (an :func:`_unfold` result with its ``start`` and ``moved``)
+    that unfold lifted off the surface, farthest first: moved over ``TIP_MOVE`` median edges
+    ``e`` by the held rounds, and ``d(start_v, mesh) > TIP_GAP · e``."""
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    edge = _median_edge(vertices, faces)
+    candidates = np.flatnonzero(moved > TIP_MOVE * edge)
+    if len(candidates) == 0:
+        return candidates
+    gap = _SurfaceDistance(vertices, faces)(start[candidates])[0]
+    order = np.argsort(-gap, kind="stable")
+    return candidates[order][gap[order] > TIP_GAP * edge]
+
+
+class _SurfaceDistance:
+    """Distances from points to a triangle mesh's surface, exactly: the closest point of a
+    point ``p`` lies on a face whose centroid ``c`` has ``|p − c| ≤ min_g |p − c_g| + r``, with
+    ``r`` the largest centroid-to-corner distance, so only those faces are tried."""
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray) -> None:
+        self.triangles = vertices[faces]
+        centroids = self.triangles.mean(axis=1)
+        self.radius = float(np.linalg.norm(self.triangles - centroids[:, None], axis=2).max())
+        self.tree = cKDTree(centroids)
+
+    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(distance [P], nearest face [P])``; the closest points are left in ``closest``."""
+        distance = np.zeros(len(points))
+        nearest = np.zeros(len(points), dtype=np.int64)
+        self.closest = np.zeros((len(points), 3))
+        if len(points) == 0:
+            return distance, nearest
+        first, _ = self.tree.query(points)
+        lists = self.tree.query_ball_point(points, first + self.radius + 1e-12)
+        owner = np.repeat(np.arange(len(points)), [len(c) for c in lists])
+        candidates = np.concatenate([np.asarray(c, dtype=np.int64) for c in lists])
+        closest = trimesh.triangles.closest_point(self.triangles[candidates], points[owner])
+        gap = np.linalg.norm(closest - points[owner], axis=1)
+        order = np.lexsort((gap, owner))
+        firsts = order[np.searchsorted(owner[order], np.arange(len(points)))]
+        self.closest = closest[firsts]
+        return gap[firsts], candidates[firsts]
+
+
+def _refine_tips(
+    mesh: trimesh.Trimesh,
+    start: np.ndarray,
+    tips: np.ndarray,
+    reference: _Reference,
+    target_faces: int | None,
+) -> trimesh.Trimesh | None:
+    """Refine the first :data:`TIP_MAX` of ``tips`` (:func:`_lifted_tips`, farthest first) one
+    at a time (:func:`_refine_tip`), each only while the faces stay within ``target_faces``
+    (``None``: no limit). ``None`` when what is kept does not make the tips clearly nearer
+    (:func:`_tips_nearer`)."""
+    tips = tips[:TIP_MAX]
+    current, current_start = mesh, start
+    kept = 0
+    for tip in tips:
+        valence = int((np.asarray(current.faces) == tip).any(axis=1).sum())
+        if target_faces is not None and len(current.faces) + TIP_FACES * valence > target_faces:
+            continue
+        refined = _refine_tip(current, current_start, int(tip), reference)
+        if refined is not None:
+            current, current_start = refined
+            kept += 1
+    if kept == 0 or not _tips_nearer(mesh, current, start, tips, reference):
+        return None
+    return current
+
+
+def _tips_nearer(
+    mesh: trimesh.Trimesh,
+    refined: trimesh.Trimesh,
+    start: np.ndarray,
+    tips: np.ndarray,
+    reference: _Reference,
+) -> bool:
+    """Whether ``refined`` is clearly nearer the marching-cubes surface than ``mesh`` round the
+    tips of ``mesh``: over the balls of :func:`_refine_tip`, the largest two-sided distance
+    falls to ``TIP_GAIN`` of what it was or less, and the faces turned inward are no more."""
+    balls = [(start[t], _tip_radius(mesh, start, int(t))) for t in tips[:TIP_MAX]]
+    before = [_tip_measure(mesh, *ball, reference) for ball in balls]
+    after = [_tip_measure(refined, *ball, reference) for ball in balls]
+    log.debug("round the tips before %s, after %s", before, after)
+    inward = sum(m[0] for m in after) <= sum(m[0] for m in before)
+    return inward and max(m[1] for m in after) <= TIP_GAIN * max(m[1] for m in before)
+
+
+class _Reference:
+    """The marching-cubes surface (closed, facing out) a refinement is measured against: its
+    vertices, the distance to it from any point, and which side of it a point is on."""
+
+    def __init__(self, mesh: trimesh.Trimesh) -> None:
+        self.vertices = np.asarray(mesh.vertices, dtype=np.float64)
+        self.faces = np.asarray(mesh.faces)
+        self.tree = cKDTree(self.vertices)
+        self.distance = _SurfaceDistance(self.vertices, self.faces)
+        self.edge = _median_edge(self.vertices, self.faces)
+        self.face_normals = np.asarray(mesh.face_normals)
+        self.vertex_normals = np.asarray(mesh.vertex_normals)  # angle-weighted
+        edges = np.sort(self.faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+        _, edge_of = np.unique(edges[:, 0] * len(self.vertices) + edges[:, 1], return_inverse=True)
+        self.edge_of = edge_of.reshape(-1, 3)  # [F, 3]: the edge (k, k+1) of each face
+        self.edge_normals = np.zeros((int(edge_of.max()) + 1, 3))
+        np.add.at(self.edge_normals, self.edge_of.ravel(), np.repeat(self.face_normals, 3, 0))
+
+    def inside(self, points: np.ndarray) -> np.ndarray:
+        """``[P]`` bool: the points inside the surface, ``(p − q) · n < 0`` with ``q`` the closest
+        point and ``n`` the angle-weighted pseudo-normal of the face, edge or vertex ``q`` lies on
+        (Bærentzen and Aanæs, 2005: exact for a closed manifold)."""
+        _, face = self.distance(points)
+        closest = self.distance.closest
+        corners = self.vertices[self.faces[face]]
+        bary = trimesh.triangles.points_to_barycentric(corners, closest)
+        on = bary > 1e-9  # the corners whose weight is not zero
+        normal = self.face_normals[face].copy()
+        edge = on.sum(axis=1) == 2
+        if edge.any():  # the edge opposite the corner k of zero weight: (k+1, k+2)
+            k = (np.argmin(on[edge], axis=1) + 1) % 3
+            normal[edge] = self.edge_normals[self.edge_of[face[edge], k]]
+        vertex = on.sum(axis=1) <= 1
+        if vertex.any():
+            k = np.argmax(bary[vertex], axis=1)
+            normal[vertex] = self.vertex_normals[self.faces[face[vertex], k]]
+        return np.einsum("ij,ij->i", points - closest, normal) < 0
+
+
+def _refine_tip(
+    mesh: trimesh.Trimesh, start: np.ndarray, tip: int, reference: _Reference
+) -> tuple[trimesh.Trimesh, np.ndarray] | None:
+    """Put ``tip`` back where decimation left it, split each of its spokes in
+    ``TIP_SPLITS + 1`` on the straight line to its neighbour, run unfold's rounds again, and
+    keep the result only when, in the ball ``B`` round the tip's first place that holds its
+    ring and its lifted place, all of these hold:
+
+    * nearer: ``max(max_{m ∈ M∩B} d(m, mesh), max_{v ∈ V∩B} d(v, M))`` falls, where ``M`` is the
+      marching-cubes surface (its vertices in ``B``) and ``V`` the mesh's vertices;
+    * no face turned inward: faces in ``B`` (by centroid ``c``, unit normal ``n``) with
+      ``c + δ n`` inside the marching-cubes solid and ``c − δ n`` outside (their front faces
+      into it), ``δ = TIP_SIDE`` of its median edge (:meth:`_Reference.inside`), are no more;
+    * no more folded faces in the whole mesh, one closed manifold still, and no vertex outside
+      ``B`` moved.
+
+    Returns ``(mesh, start)`` (``start`` extended by the new vertices' places), or ``None``.
+    """
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    fan = np.flatnonzero((faces == tip).any(axis=1))
+    ring = np.setdiff1d(np.unique(faces[fan]), [tip])
+    origin = start[tip]
+    radius = _tip_radius(mesh, start, tip)
+    new_vertices = [vertices.copy()]
+    new_vertices[0][tip] = origin
+    spoke = {}
+    count = len(vertices)
+    for k in ring:
+        steps = np.arange(1, TIP_SPLITS + 1)[:, None] / (TIP_SPLITS + 1)
+        new_vertices.append(origin + steps * (vertices[k] - origin))
+        spoke[int(k)] = [tip, *range(count, count + TIP_SPLITS), int(k)]
+        count += TIP_SPLITS
+    new_faces = []
+    for f in fan:
+        a, b, c = (int(x) for x in faces[f])
+        while a != tip:
+            a, b, c = b, c, a
+        sb, sc = spoke[b], spoke[c]
+        new_faces.append([tip, sb[1], sc[1]])
+        for s in range(1, TIP_SPLITS + 1):
+            new_faces += [[sb[s], sb[s + 1], sc[s + 1]], [sb[s], sc[s + 1], sc[s]]]
+    keep = np.ones(len(faces), dtype=bool)
+    keep[fan] = False
+    split = trimesh.Trimesh(
+        np.concatenate(new_vertices),
+        np.concatenate([faces[keep], np.asarray(new_faces, dtype=np.int64)]),
+        process=False,
+    )
+    refined, used, _ = _unfold(split)
+    if not is_closed_manifold(refined):
+        log.debug("tip %d: not kept, not a closed manifold", tip)
+        return None
+    after = np.asarray(refined.vertices)
+    outside = np.flatnonzero(np.linalg.norm(vertices - origin, axis=1) > radius)
+    where = np.minimum(np.searchsorted(used, outside), len(used) - 1)
+    if (used[where] != outside).any() or (after[where] != vertices[outside]).any():
+        log.debug("tip %d: not kept, a vertex outside its ball moved", tip)
+        return None
+    if folded_faces(refined).sum() > folded_faces(mesh).sum():
+        log.debug("tip %d: not kept, more folded faces", tip)
+        return None
+    inward, distance = _tip_measure(refined, origin, radius, reference)
+    inward_before, distance_before = _tip_measure(mesh, origin, radius, reference)
+    log.debug(
+        "tip %d: inward %d -> %d, distance %.4g -> %.4g",
+        tip,
+        inward_before,
+        inward,
+        distance_before,
+        distance,
+    )
+    if inward > inward_before or distance >= distance_before:
+        return None
+    extended = np.concatenate([start, np.asarray(split.vertices)[len(vertices) :]])
+    return refined, extended[used]
+
+
+def _tip_measure(
+    mesh: trimesh.Trimesh, origin: np.ndarray, radius: float, reference: _Reference
+) -> tuple[int, float]:
+    """``(faces turned inward, two-sided largest distance)`` in the ball ``(origin, radius)``
+    (:func:`_refine_tip`)."""
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    centroids = vertices[faces].mean(axis=1)
+    near = np.linalg.norm(centroids - origin, axis=1) <= radius
+    step = TIP_SIDE * reference.edge * np.asarray(mesh.face_normals)[near]
+    front = reference.inside(centroids[near] + step)
+    back = reference.inside(centroids[near] - step)
+    inward = int((front & ~back).sum())
+    points = reference.vertices[reference.tree.query_ball_point(origin, radius)]
+    to_mesh = _SurfaceDistance(vertices, faces)(points)[0]
+    mine = vertices[np.linalg.norm(vertices - origin, axis=1) <= radius]
+    to_reference = reference.distance(mine)[0]
+    return inward, float(max(to_mesh.max(initial=0.0), to_reference.max(initial=0.0)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -572,6 +572,80 @@ def test_voxelizing_a_marching_cubes_mesh_on_its_own_grid_gives_its_solid_back()
     np.testing.assert_array_equal(voxelize_solid(mesh_of(solid), 32, 1.0), solid)
 
 
+def _pit_sphere(subdivisions: int, depth: float, width: float) -> trimesh.Trimesh:
+    """An icosphere with a conical pit at vertex 0, ``depth`` deep and ``width`` wide at its
+    mouth (radius from its axis): the marching-cubes surface of a narrow pit."""
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+    vertices = sphere.vertices.copy()
+    axis = vertices[0] / np.linalg.norm(vertices[0])
+    along = np.linalg.norm(np.cross(vertices, axis), axis=1)
+    near = (vertices @ axis > 0) & (along < width)
+    vertices[near] *= (1 - depth * (1 - along[near] / width))[:, None]
+    return trimesh.Trimesh(vertices, sphere.faces, process=False)
+
+
+def _lifted_pit_tip(width: float):
+    """A coarse sphere whose vertex 0 decimation sank 2 edges into a pit of ``width`` edges,
+    after unfold (which lifts it out of the pit), the fine surface with that pit, its tips."""
+    coarse = trimesh.creation.icosphere(subdivisions=3)
+    edge = np.linalg.norm(coarse.vertices[coarse.vertex_neighbors[0][0]] - coarse.vertices[0])
+    vertices = coarse.vertices.copy()
+    vertices[0] *= 1 - 2 * edge
+    sunk = trimesh.Trimesh(vertices, coarse.faces, process=False)
+    assert folded_faces(sunk).any()
+    unfolded, used, moved = mesh_module._unfold(sunk)
+    start = vertices[used]
+    reference = mesh_module._Reference(_pit_sphere(5, 2 * edge, width * edge))
+    return unfolded, start, moved, reference, edge
+
+
+def test_a_pit_tip_unfold_lifted_is_put_back_within_the_face_budget():
+    """Unfold clears the folds round a vertex sunk 2 edges into a pit by lifting it 2 edges,
+    leaving the pit's bottom uncovered; refined (its spokes split in three, the rounds run
+    again) it stays in the pit with no fold, 12 faces more, and the mesh is nearer the pit."""
+    unfolded, start, moved, reference, edge = _lifted_pit_tip(1.0)
+    assert not folded_faces(unfolded).any() and moved[0] > 1.5 * edge
+    tips = mesh_module._lifted_tips(unfolded, start, moved)
+    assert list(tips) == [0]
+    budget = len(unfolded.faces) + 20
+    refined = mesh_module._refine_tips(unfolded, start, tips, reference, budget)
+    assert refined is not None
+    assert len(unfolded.faces) < len(refined.faces) <= budget
+    assert is_closed_manifold(refined) and not folded_faces(refined).any()
+    ball = (start[0], mesh_module._tip_radius(unfolded, start, 0))
+    inward_before, before = mesh_module._tip_measure(unfolded, *ball, reference)
+    inward_after, after = mesh_module._tip_measure(refined, *ball, reference)
+    assert inward_after <= inward_before and after < 0.5 * before
+    gap = mesh_module._SurfaceDistance(refined.vertices, refined.faces)(start[:1])[0]
+    assert gap[0] < 0.25 * edge  # the pit's bottom is covered again (it was 2 edges off)
+
+
+def test_a_pit_tip_is_not_refined_past_the_face_budget():
+    unfolded, start, moved, reference, _ = _lifted_pit_tip(1.0)
+    tips = mesh_module._lifted_tips(unfolded, start, moved)
+    budget = len(unfolded.faces) + 11  # the refinement takes 12
+    assert mesh_module._refine_tips(unfolded, start, tips, reference, budget) is None
+
+
+def test_a_refinement_that_turns_a_face_inward_is_not_kept():
+    """In a pit half a face wide the refined fan nearest the tip faces into the solid (its
+    front inside the pit's wall, its back in the pit): nearer, but not kept."""
+    unfolded, start, moved, reference, _ = _lifted_pit_tip(0.5)
+    tips = mesh_module._lifted_tips(unfolded, start, moved)
+    budget = len(unfolded.faces) + 20
+    assert mesh_module._refine_tip(unfolded, start, int(tips[0]), reference) is None
+    assert mesh_module._refine_tips(unfolded, start, tips, reference, budget) is None
+
+
+def test_the_side_of_a_box_a_point_is_on_is_exact_at_its_edges_and_corners_too():
+    """Points round a 12-face box: many of their closest points lie on an edge or a corner,
+    where the side is read from the edge's or the vertex's pseudo-normal."""
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    points = np.random.default_rng(0).uniform(-1.0, 1.0, size=(4000, 3))
+    inside = mesh_module._Reference(box).inside(points)
+    assert np.array_equal(inside, (np.abs(points) < 0.5).all(axis=1))
+
+
 # --- decimation, UVs, texture -----------------------------------------------------------------
 
 
