@@ -627,6 +627,38 @@ def test_a_pit_tip_is_not_refined_past_the_face_budget():
     assert mesh_module._refine_tips(unfolded, start, tips, reference, budget) is None
 
 
+@pytest.mark.parametrize("width, refined", [(1.0, True), (0.5, False)])
+def test_decimate_makes_room_for_a_tip_it_refines_and_keeps_its_target(monkeypatch, width, refined):
+    """Through ``decimate`` itself: where the trial refinement of a lifted tip wins, the mesh is
+    decimated again TIP_FACES faces per spoke of the tip under the target, and the refined
+    result is returned, within the target; where it does not win (a pit half a face wide), the
+    first decimation is returned and there is no second one. fast-simplification is replaced by
+    the lifted-tip mesh (it does not leave one on a mesh small enough for a test)."""
+    unfolded, start, moved, reference, edge = _lifted_pit_tip(width)
+    targets = []
+
+    def decimate_once(mesh, target_faces):
+        targets.append(target_faces)
+        return unfolded, start, moved
+
+    monkeypatch.setattr(mesh_module, "_decimate_once", decimate_once)
+    monkeypatch.setattr(mesh_module, "_Reference", lambda mesh: reference)
+    spokes = int((np.asarray(unfolded.faces) == 0).any(axis=1).sum())
+    reserve = mesh_module.TIP_FACES * spokes
+    target = len(unfolded.faces) + reserve
+    fine = trimesh.creation.icosphere(subdivisions=5)  # more faces than the target
+    out = decimate(fine, target)
+    assert is_closed_manifold(out) and not folded_faces(out).any()
+    gap = mesh_module._SurfaceDistance(out.vertices, out.faces)(start[:1])[0][0]
+    if refined:
+        assert targets == [target, target - reserve]
+        assert len(unfolded.faces) < len(out.faces) <= target
+        assert gap < 0.25 * edge  # the pit's bottom is covered (unfold left it 2 edges off)
+    else:
+        assert targets == [target]
+        assert len(out.faces) == len(unfolded.faces) and gap > edge
+
+
 def test_a_refinement_that_turns_a_face_inward_is_not_kept():
     """In a pit half a face wide the refined fan nearest the tip faces into the solid (its
     front inside the pit's wall, its back in the pit): nearer, but not kept."""
