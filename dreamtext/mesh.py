@@ -1087,13 +1087,10 @@ class _SurfaceDistance:
         self.radius = float(np.linalg.norm(self.triangles - centroids[:, None], axis=2).max())
         self.tree = cKDTree(centroids)
 
-    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(distance [P], nearest face [P])``; the closest points are left in ``closest``."""
-        distance = np.zeros(len(points))
-        nearest = np.zeros(len(points), dtype=np.int64)
-        self.closest = np.zeros((len(points), 3))
+    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(distance [P], nearest face [P], closest point [P, 3])``."""
         if len(points) == 0:
-            return distance, nearest
+            return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
         first, _ = self.tree.query(points)
         lists = self.tree.query_ball_point(points, first + self.radius + 1e-12)
         owner = np.repeat(np.arange(len(points)), [len(c) for c in lists])
@@ -1102,8 +1099,7 @@ class _SurfaceDistance:
         gap = np.linalg.norm(closest - points[owner], axis=1)
         order = np.lexsort((gap, owner))
         firsts = order[np.searchsorted(owner[order], np.arange(len(points)))]
-        self.closest = closest[firsts]
-        return gap[firsts], candidates[firsts]
+        return gap[firsts], candidates[firsts], closest[firsts]
 
 
 def _refine_tips(
@@ -1173,8 +1169,7 @@ class _Reference:
         """``[P]`` bool: the points inside the surface, ``(p − q) · n < 0`` with ``q`` the closest
         point and ``n`` the angle-weighted pseudo-normal of the face, edge or vertex ``q`` lies on
         (Bærentzen and Aanæs, 2005: exact for a closed manifold)."""
-        _, face = self.distance(points)
-        closest = self.distance.closest
+        _, face, closest = self.distance(points)
         corners = self.vertices[self.faces[face]]
         bary = trimesh.triangles.points_to_barycentric(corners, closest)
         on = bary > 1e-9  # the corners whose weight is not zero
