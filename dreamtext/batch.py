@@ -52,6 +52,7 @@ from dreamtext.captions import BUILTIN_MODELS, check_builtin_prompt_lines
 from dreamtext.checkpoint import can_resume, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
+    NOT_COMPARED,
     TrainConfig,
     ascii_slug,
     owner_value,
@@ -108,36 +109,6 @@ except ImportError:  # not a POSIX system: appends go unlocked
 
 BATCH_LOG = "batch.jsonl"
 
-# Fields of a run's config that do not change what it makes: its name and length (a finished run
-# asked for more iterations resumes), whether it exports (a finished run without a mesh asked for
-# one resumes to export it), where and how fast it runs, how often it reports. A skipped run whose
-# config.json differs from the batch's in any other field gets a warning.
-NOT_COMPARED = frozenset(
-    {
-        "prompt",
-        "workspace",
-        "iters",
-        "export",
-        "device",
-        "log_every",
-        "preview_every",
-        "preview_views",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "field.encoding",
-        "render.chunk_size",
-        "render.chunk_points",
-        "render.backprop",
-        "render.grad_chunk_points",
-        "render.recompute_field",
-        "guidance.attention_slicing",
-        "guidance.vae_slicing",
-        "guidance.vae_tiling",
-        "guidance.channels_last",
-        "guidance.compile",
-        "export_options.device",
-    }
-)
 
 # CUDA's own errors (torch ≥ 2.8). Most (an illegal address, a device-side assert, a lost GPU)
 # leave the process's CUDA context unusable, so the batch stops at the first; running out of

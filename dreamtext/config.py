@@ -272,6 +272,39 @@ def resume_conflicts(
     ]
 
 
+# Fields of a run's config that do not change what it makes: its name and length (a finished run
+# asked for more iterations resumes), whether it exports (a finished run without a mesh asked for
+# one resumes to export it), where and how fast it runs, how often it reports. A finished run that
+# a batch skips, or that an `image` rerun reuses, gets a warning where its config.json differs in
+# any other field.
+NOT_COMPARED = frozenset(
+    {
+        "prompt",
+        "workspace",
+        "iters",
+        "export",
+        "device",
+        "log_every",
+        "preview_every",
+        "preview_views",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "field.encoding",
+        "render.chunk_size",
+        "render.chunk_points",
+        "render.backprop",
+        "render.grad_chunk_points",
+        "render.recompute_field",
+        "guidance.attention_slicing",
+        "guidance.vae_slicing",
+        "guidance.vae_tiling",
+        "guidance.channels_last",
+        "guidance.compile",
+        "export_options.device",
+    }
+)
+
+
 def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, list[Any]]:
     """The settings of ``cfg`` that differ from ``saved`` (the config a run was trained with: its
     checkpoint's, or its config.json), as ``{"lr": [old, new], "guidance.guidance_scale": [old,
@@ -565,6 +598,7 @@ def validate_cameras(cameras: CameraRange) -> None:
 __all__ = [
     "DEFAULT_WORKSPACE_ROOT",
     "ITERS_PER_EPOCH",
+    "NOT_COMPARED",
     "SLUG_MAX_BYTES",
     "STAGE_SECTIONS",
     "TrainConfig",

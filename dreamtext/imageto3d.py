@@ -50,13 +50,16 @@ from dreamtext.captions import needs_stable_diffusion
 from dreamtext.checkpoint import can_resume, check_writable, last_checkpoint
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
+    NOT_COMPARED,
     TrainConfig,
     absolute_model_folder,
     apply_overrides,
     ascii_slug,
     config_to_dict,
+    read_run_config,
     read_stage_sections,
     same_prompt,
+    setting_change_lines,
     slugify,
     write_run_config,
 )
@@ -312,6 +315,9 @@ def _run_image(
     train_words, iters = descriptor_plan(workspace, options.descriptor.iters, overwrite)
     device = resolve_device(cfg.device)
     check_stages(workspace, cfg, options, device, overwrite)
+    # Nothing to train: config.json keeps the settings the run was trained with, not the flags
+    # of this command, which change nothing (they are named in a note below).
+    reused = not overwrite and _text_stage_done(workspace, cfg)
 
     # Checked: from here on the run writes.
     if note is not None:
@@ -323,7 +329,8 @@ def _run_image(
         restart_stage(workspace, "train")  # describe's and the descriptor's figures stay
     options = replace(options, descriptor=replace(options.descriptor, seed=cfg.seed, iters=iters))
     learned = learned_embeds_path(workspace)
-    record_config(workspace, cfg, image_path, options, sections)
+    if not reused:
+        record_config(workspace, cfg, image_path, options, sections)
 
     record_path = sentence_path(workspace)
     # The copy first, so the viewer's card shows the image through the search (minutes with a
@@ -345,17 +352,38 @@ def _run_image(
         train_descriptor(image_path, workspace, cfg.guidance, options.descriptor, str(device))
     else:
         _note(f"descriptor: reusing {learned}")
-    record_config(workspace, cfg, image_path, options, sections)
 
-    if _text_stage_done(workspace, cfg):
+    if reused:
         _note(f"text→3D: reusing {last_checkpoint(workspace)}")
+        changed = not_applied_settings(workspace, cfg)
+        if changed:
+            _note(
+                f"text→3D: the run finished with other settings than these "
+                f"({', '.join(changed)}); they are not applied: --overwrite trains text→3D "
+                "again with them"
+            )
     else:
+        record_config(workspace, cfg, image_path, options, sections)
         from dreamtext.trainer import train
 
         # A run stopped during its export is already at cfg.iters: resuming trains nothing and
         # exports, under status.json like any run, which ends "finished".
         train(cfg, resume=can_resume(workspace))
     return workspace
+
+
+def not_applied_settings(workspace: Path, cfg: TrainConfig) -> list[str]:
+    """``"name old → new"`` for each text→3D setting of ``cfg`` that differs from what the
+    finished run in ``workspace`` was trained with (its ``config.json``), leaving out what does
+    not change the object (:data:`~dreamtext.config.NOT_COMPARED`) and the sentence and learned
+    file, which ``cfg`` holds only once :func:`record_config` has set them."""
+    try:
+        saved = read_run_config(workspace, "")
+    except DreamtextError:  # an unreadable record compares with nothing
+        return []
+    if saved is None:
+        return []
+    return setting_change_lines(saved, cfg, NOT_COMPARED | {"guidance.textual_inversion"})
 
 
 def record_config(

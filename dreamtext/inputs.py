@@ -353,6 +353,10 @@ def read_prompt_lines(path: Path) -> list[str]:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"
         ) from None
+    except IsADirectoryError:
+        raise DreamtextError(
+            f"prompts file {path} is a folder; pass a text file with one prompt per line"
+        ) from None
     except UnicodeDecodeError as error:
         raise DreamtextError(
             f"prompts file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "

@@ -2262,6 +2262,18 @@ def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsy
     assert not root.exists()
 
 
+def test_a_prompts_file_that_is_a_folder_says_so(tmp_path, capsys):
+    """`dreamtext batch .` said "cannot read prompts file .: [Errno 21] Is a directory: '.'"."""
+    root = tmp_path / "root"
+    code = main(["batch", str(tmp_path), "--model", "builtin:shapes", "--workspace", str(root)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: prompts file {tmp_path} is a folder; pass a text file with one "
+        "prompt per line"
+    ]
+    assert not root.exists()
+
+
 def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
     tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
 ):

@@ -383,6 +383,37 @@ def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
     assert "--overwrite" not in err
 
 
+def test_a_rerun_of_a_finished_run_names_the_settings_it_does_not_apply_and_records_none(
+    tmp_path, tiny_clip_path, tiny_sd_path, capsys
+):
+    """`image IMG --lr 0.5` on a finished run trained nothing, said nothing of --lr and wrote
+    lr 0.5 into config.json, which then no longer said how the run was trained."""
+    import yaml
+
+    image = _image(tmp_path)
+    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
+    flags = ("--iters", "2", "--config", str(tiny))
+    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags) == 0
+    capsys.readouterr()
+    config_path = tmp_path / "run" / "config.json"
+    before = config_path.read_bytes()
+    lr = json.loads(before)["lr"]
+
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, "--lr", "0.5")
+    out, err = capsys.readouterr()
+    assert code == 0 and out == f"{tmp_path / 'run'}\n"
+    assert "text→3D: reusing" in err
+    assert f"other settings than these (lr {lr} → 0.5); they are not applied" in err
+    assert "--overwrite" in err
+    assert config_path.read_bytes() == before
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
+
+    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path) == 0  # as it ran: no note
+    assert "not applied" not in capsys.readouterr().err
+
+
 def test_diverse_with_resume_says_diverse_runs_resume_by_the_same_command(
     tmp_path, tiny_sd_path, monkeypatch, capsys
 ):

@@ -2670,6 +2670,71 @@ def test_static_export_into_a_link_to_nothing_is_one_line_and_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.parametrize("earlier_export", [False, True])
+def test_static_export_into_the_working_folder_is_one_line_and_changes_nothing(
+    root: Path, tmp_path: Path, monkeypatch, capsys, earlier_export: bool
+):
+    """`cd empty && dreamtext view ROOT --static .` was an OSError traceback (EBUSY): the
+    staging folder was made inside the folder it was then to replace by a rename (and in an
+    earlier export's folder the rename would have left the shell in a deleted folder)."""
+    here = tmp_path / "out" / "site"
+    if earlier_export:
+        export_static([root], here)
+    else:
+        here.mkdir(parents=True)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
+    monkeypatch.chdir(here)
+    assert main(["view", str(root), "--static", "."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the folder this command runs in" in err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
+
+
+def test_static_export_under_a_file_is_one_line_and_leaves_nothing(root, tmp_path, capsys):
+    """`--static notes.txt/site` was a FileExistsError traceback from the mkdir of its parent."""
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["view", str(root), "--static", str(tmp_path / "notes.txt" / "site")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "notes.txt is a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "runs", "secret.png"]
+
+
+def test_static_export_onto_a_mount_point_is_one_line(root, tmp_path, monkeypatch, capsys):
+    """A mount point cannot be renamed away (EBUSY, a traceback after the pages were written)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == mount.resolve())
+    assert main(["view", str(root), "--static", str(mount)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a mount point" in err
+    assert list(mount.iterdir()) == [] and not any(
+        p.name.startswith(".") for p in tmp_path.iterdir()
+    )
+
+
+def test_static_export_onto_a_bind_mount_is_one_line_and_leaves_nothing(
+    root, tmp_path, monkeypatch, capsys
+):
+    """A bind mount of the same file system looks like no mount to os.path.ismount; its rename
+    away fails with EBUSY, which was a traceback after the pages were written."""
+    import errno
+
+    site = export_static([root], tmp_path / "site")
+    real_rename = os.rename
+
+    def busy(src, dst, *args, **kwargs):
+        if Path(src) == site:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", busy)
+    assert main(["view", str(root), "--static", str(site)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a mount point" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "secret.png", "site"]
+    assert (site / "index.html").is_file()
+
+
 def test_a_failed_static_export_leaves_nothing_behind(root: Path, tmp_path: Path, monkeypatch):
     import dreamtext.view.static as static
 

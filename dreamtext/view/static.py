@@ -21,6 +21,7 @@ half-written; an earlier export in OUT is replaced, any other folder with files 
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import posixpath
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamtext.errors import DreamtextError
+from dreamtext.runfiles import check_writable
 from dreamtext.view.downloads import download_names, zip_bytes, zip_members, zip_name, zip_only
 from dreamtext.view.page import (
     ASSETS,
@@ -43,6 +45,10 @@ from dreamtext.view.workspaces import Catalog, Run, read_run
 
 MARKER = ".dreamtext-view"
 GLB_SCRIPT = "mesh.glb.js"
+MOUNT_POINT = (
+    "--static {out_dir} is a mount point, which the export cannot replace; pass a new folder "
+    "inside it"
+)
 
 
 def export_static(folders: list[Path], out_dir: Path) -> Path:
@@ -61,6 +67,7 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
             f"{out_dir} already holds files; pass a new or empty folder to --static "
             "(an earlier `dreamtext view --static` folder is replaced)"
         )
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -70,6 +77,23 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse, before anything is written, an ``out_dir`` that the rename into place cannot
+    replace: one whose parent cannot be a folder or be written in, the folder the command runs
+    in or one above it (``--static .`` in an empty folder: a rename of the working directory,
+    which would also leave the shell in a deleted folder), and a mount point."""
+    here = Path.cwd().resolve()
+    target = out_dir.resolve()
+    if target == here or target in here.parents:
+        raise DreamtextError(
+            f"--static {out_dir} is the folder this command runs in (or one above it), which the "
+            "export cannot replace; pass a new folder, e.g. --static site"
+        )
+    if target.is_dir() and os.path.ismount(target):
+        raise DreamtextError(MOUNT_POINT.format(out_dir=out_dir))
+    check_writable(out_dir.parent, "give --static a folder you can write")
 
 
 def copy_name(run: Run, rel: str) -> str:
@@ -179,6 +203,11 @@ def _replace(staging: Path, out_dir: Path) -> None:
         return
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
     old.rmdir()
-    out_dir.rename(old)
+    try:
+        out_dir.rename(old)
+    except OSError as error:
+        if error.errno != errno.EBUSY:  # a mount point os.path.ismount misses (a bind mount)
+            raise
+        raise DreamtextError(MOUNT_POINT.format(out_dir=out_dir)) from None
     staging.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
