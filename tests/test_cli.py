@@ -597,7 +597,7 @@ EARLY_MISTAKES = [
     ),
     (
         ["batch", "afolder"],
-        "cannot read prompts file afolder: [Errno 21] Is a directory: 'afolder'",
+        "prompts file afolder is a folder; pass a text file with one prompt per line",
     ),
     (["describe", "afolder"], "afolder is a folder, not an image; pass a PNG, JPEG or WebP file"),
     (["describe", "nothere.png"], "image not found: nothere.png (check the path)"),
