@@ -55,7 +55,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
-from dreamtext.exportflags import option_flag
+from dreamtext.exportflags import FORMATS, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
 from dreamtext.latestrun import newest_run, runs_in
@@ -86,7 +86,6 @@ from dreamtext.runfiles import read_record, recorded_image, sentence_path
 
 log = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 MIN_FRAMES = 60
 VIDEO_FPS = 30
 VIDEO_CRF = 10  # H.264's constant rate factor: 0 lossless … 51 worst; 10 keeps fine texture

@@ -1744,7 +1744,7 @@ def test_decimate_0_keeps_every_face_as_in_a_config(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--formats", "xyz"], "unknown --formats xyz"),
+        (["--formats", "xyz"], "--formats: has unknown formats xyz: use a subset of glb,obj,ply"),
         (["--resolution", "4"], "--resolution"),
         # Both were taken as glb,obj without a word: a format lost in editing went unnoticed.
         (["--formats", "glb,,obj"], "--formats: has an empty entry in 'glb,,obj'"),
@@ -1762,6 +1762,20 @@ def test_a_bad_export_flag_is_the_only_line_on_stderr(tmp_path, capsys, flags, f
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+@pytest.mark.parametrize("formats", ["stl", "glb,STL", ",,"])
+def test_every_bad_formats_list_is_refused_by_the_parser_in_its_one_form(capsys, formats):
+    """``--formats stl`` was ``dreamtext: error: unknown --formats stl …``, said after the
+    export's imports, where ``--formats ,,`` was the parser's ``argument --formats:`` line."""
+    from dreamtext.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["export", "--workspace", "no-such-run", "--formats", formats])
+    assert refused.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("dreamtext export: argument --formats: has "), line
+    assert line.endswith("(see dreamtext export --help)"), line
 
 
 class UntouchableField(SphereField):
