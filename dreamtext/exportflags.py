@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dreamtext.flagtypes import within
+from dreamtext.flagtypes import DEVICE_FORMS, within
 
 # The mesh files an export can write (``--formats``; ``ExportOptions.formats``).
 FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
@@ -166,7 +166,7 @@ EXPORT_FLAGS: tuple[ExportFlag, ...] = (
         "turntable frames, one turn at 30 frames a second (60: 2 s), at least 60 [60]",
         type=_at_least(60, "an integer of at least 60"),
     ),
-    ExportFlag("device", "auto, cpu, cuda or cuda:N [auto]"),
+    ExportFlag("device", f"{DEVICE_FORMS} [auto]"),
 )
 
 BY_OPTION = {row.option: row for row in EXPORT_FLAGS}

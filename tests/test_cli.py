@@ -394,6 +394,16 @@ def test_a_device_dreamtext_does_not_run_on_is_one_line_before_anything_loads(
     assert not (tmp_path / "workspace").exists()
 
 
+@pytest.mark.parametrize("device", ["tpu", "mps"])
+def test_a_device_refusal_names_every_form_the_help_lists(tmp_path, monkeypatch, capsys, device):
+    """``--device tpu`` said "use auto, cpu or cuda" where ``--help`` lists ``cuda:N`` too."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--device", device], capsys)
+    assert_user_error(code, err, "--device", device)
+    assert err.strip().endswith("; use auto, cpu, cuda or cuda:N"), err
+    assert "auto, cpu, cuda or cuda:N [auto]" in build_parser().commands["text"].format_help()
+
+
 def test_cuda_without_a_gpu_names_the_flag_to_pass_instead(tmp_path, monkeypatch, capsys):
     """It said "...; use cpu": a value, not the flag that takes it."""
     monkeypatch.chdir(tmp_path)
