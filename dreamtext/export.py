@@ -597,6 +597,24 @@ def export_field(
             )
 
 
+def log_decimation(before: int, after: int, target: int) -> None:
+    """The line of the decimation's outcome: its face count, and where that is over the target
+    (``--decimate``, ``export_options.decimate``), a note saying so and why. Decimation stops
+    short of a target below what the surface can be cut to while it stays closed and manifold
+    (a few dozen faces: fast-simplification collapses no further, and the repair of its result
+    may take faces out or put them back), which would otherwise pass without a word. A mesh
+    returned whole (``after == before``) is not noted again: the decimation has said why."""
+    if 0 < target < after < before:
+        log.warning(
+            "decimated to %d faces, above decimate's target of %d: on this surface the "
+            "decimation, which keeps it closed and manifold, stops there",
+            after,
+            target,
+        )
+    else:
+        log.info("decimated to %d faces", after)
+
+
 def _export_field(
     field: torch.nn.Module,
     out_dir: Path,
@@ -624,7 +642,7 @@ def _export_field(
     on_the_way()
     progress.stage("decimating")
     surface = decimate(extraction.mesh, options.decimate)
-    log.info("decimated to %d faces", len(surface.faces))
+    log_decimation(len(extraction.mesh.faces), len(surface.faces), options.decimate)
     stats = mesh_stats(surface, extraction.occupancy, float(field.bound))
     on_the_way()
 
