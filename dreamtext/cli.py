@@ -42,6 +42,7 @@ from dreamtext.errors import (
     what_failed,
 )
 from dreamtext.exportflags import BY_OPTION, add_export_flags, apply_export_flags
+from dreamtext.flagtypes import DEVICE_FORMS
 from dreamtext.flagtypes import positive as _positive
 from dreamtext.flagtypes import shard as _shard
 from dreamtext.flagtypes import within as _within
@@ -180,7 +181,7 @@ def add_text_to_3d_arguments(
     )
     g.add_argument("--batch-size", type=_positive_int, help="cameras per step [1]")
     g.add_argument("--seed", type=_seed, help=f"random seed, 0 to {SEED_MAX} [0]")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
+    g.add_argument("--device", help=f"{DEVICE_FORMS} [auto]")
     g.add_argument(
         "--fp16",
         action="store_true",
@@ -1114,7 +1115,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("image", help="PNG, JPEG or WebP image of one object")
     describe.quoted_positional = "image"  # type: ignore[attr-defined]
     describe.add_argument("--workspace", help="output folder (default: workspace/<image name>)")
-    describe.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
+    describe.add_argument("--device", help=f"{DEVICE_FORMS} [auto]")
     add_describe_arguments(describe)
     add_threads_argument(describe)
     describe.set_defaults(func=cmd_describe)

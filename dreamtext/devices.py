@@ -14,6 +14,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 from dreamtext.errors import DreamtextError
+from dreamtext.flagtypes import DEVICE_FORMS
 from dreamtext.inputs import no_cuda_error, openmp_wait_read
 
 
@@ -30,9 +31,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DreamtextError(f"unknown --device '{name}'; use auto, cpu or cuda") from None
+        raise DreamtextError(f"unknown --device '{name}'; use {DEVICE_FORMS}") from None
     if device.type not in ("cpu", "cuda"):  # mps, xpu, ...: never run, so not offered
-        raise DreamtextError(f"--device {name}: dreamtext runs on cpu or cuda; use one of those")
+        raise DreamtextError(f"--device {name}: dreamtext runs on cpu or cuda; use {DEVICE_FORMS}")
     if device.type == "cuda" and device.index is not None:
         count = torch.cuda.device_count()
         if device.index >= count:

@@ -55,7 +55,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
-from dreamtext.exportflags import option_flag
+from dreamtext.exportflags import FORMATS, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
 from dreamtext.latestrun import newest_run, runs_in
@@ -86,7 +86,6 @@ from dreamtext.runfiles import read_record, recorded_image, sentence_path
 
 log = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 MIN_FRAMES = 60
 VIDEO_FPS = 30
 VIDEO_CRF = 10  # H.264's constant rate factor: 0 lossless … 51 worst; 10 keeps fine texture
@@ -598,6 +597,24 @@ def export_field(
             )
 
 
+def log_decimation(before: int, after: int, target: int) -> None:
+    """The line of the decimation's outcome: its face count, and where that is over the target
+    (``--decimate``, ``export_options.decimate``), a note saying so and why. Decimation stops
+    short of a target below what the surface can be cut to while it stays closed and manifold
+    (a few dozen faces: fast-simplification collapses no further, and the repair of its result
+    may take faces out or put them back), which would otherwise pass without a word. A mesh
+    returned whole (``after == before``) is not noted again: the decimation has said why."""
+    if 0 < target < after < before:
+        log.warning(
+            "decimated to %d faces, above decimate's target of %d: on this surface the "
+            "decimation, which keeps it closed and manifold, stops there",
+            after,
+            target,
+        )
+    else:
+        log.info("decimated to %d faces", after)
+
+
 def _export_field(
     field: torch.nn.Module,
     out_dir: Path,
@@ -625,7 +642,7 @@ def _export_field(
     on_the_way()
     progress.stage("decimating")
     surface = decimate(extraction.mesh, options.decimate)
-    log.info("decimated to %d faces", len(surface.faces))
+    log_decimation(len(extraction.mesh.faces), len(surface.faces), options.decimate)
     stats = mesh_stats(surface, extraction.occupancy, float(field.bound))
     on_the_way()
 

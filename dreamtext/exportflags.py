@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dreamtext.flagtypes import within
+from dreamtext.flagtypes import DEVICE_FORMS, within
+
+# The mesh files an export can write (``--formats``; ``ExportOptions.formats``).
+FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
 
 
 def _at_least(low: int, what: str) -> Callable[[str], int]:
@@ -63,13 +66,20 @@ def _threshold(text: str) -> float | str:
 
 def _format_list(text: str) -> str:
     """``--formats``' argument, refused when an entry is empty (``glb,,obj`` or a trailing
-    comma: more likely a format lost in editing than one meant to be left out); the names
-    themselves are checked by ``ExportOptions.validate``."""
+    comma: more likely a format lost in editing than one meant to be left out) or names no
+    format of :data:`FORMATS`, so that every refusal of the flag is the parser's line, given
+    before the export's imports (``ExportOptions.validate`` checks the names again, for
+    config files)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: name formats, e.g. glb,ply")
     if any(not entry.strip() for entry in text.split(",")):
         raise argparse.ArgumentTypeError(
             f"has an empty entry in '{text}': name formats between single commas, e.g. glb,ply"
+        )
+    unknown = sorted(set(_formats(text)) - set(FORMATS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"has unknown formats {','.join(unknown)}: use a subset of {','.join(FORMATS)}"
         )
     return text
 
@@ -156,7 +166,7 @@ EXPORT_FLAGS: tuple[ExportFlag, ...] = (
         "turntable frames, one turn at 30 frames a second (60: 2 s), at least 60 [60]",
         type=_at_least(60, "an integer of at least 60"),
     ),
-    ExportFlag("device", "auto, cpu, cuda or cuda:N [auto]"),
+    ExportFlag("device", f"{DEVICE_FORMS} [auto]"),
 )
 
 BY_OPTION = {row.option: row for row in EXPORT_FLAGS}

@@ -10,6 +10,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+# Every value ``--device`` takes, as its help and its refusals name them.
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+
 
 def positive(convert: type, what: str) -> Callable[[str], Any]:
     """An argparse ``type=`` that accepts values of ``convert`` above zero."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,20 @@ def check_writable(folder: Path, fix: str) -> None:
             read_only = False
         why = "a read-only file system" if read_only else "permission denied"
         raise DreamtextError(f"cannot write in {existing} ({why}); {fix}")
+    # access() answers from the mode bits, which root bypasses: /proc and /sys pass it and then
+    # refuse the folder (ENOENT, EPERM), as may a server that maps root to nobody. An empty
+    # folder made and removed at once asks the file system itself, leaving nothing behind.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".dreamtext-probe-", dir=existing))
+    except OSError as error:
+        why = error.strerror or type(error).__name__
+        if existing == folder:
+            raise DreamtextError(
+                f"cannot write in {folder}: it takes no new files ({why}); {fix}"
+            ) from None
+        raise DreamtextError(
+            f"cannot make {folder}: {existing} takes no new folders ({why}); {fix}"
+        ) from None
 
 
 # The states a status.json can record.

@@ -394,6 +394,16 @@ def test_a_device_dreamtext_does_not_run_on_is_one_line_before_anything_loads(
     assert not (tmp_path / "workspace").exists()
 
 
+@pytest.mark.parametrize("device", ["tpu", "mps"])
+def test_a_device_refusal_names_every_form_the_help_lists(tmp_path, monkeypatch, capsys, device):
+    """``--device tpu`` said "use auto, cpu or cuda" where ``--help`` lists ``cuda:N`` too."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--device", device], capsys)
+    assert_user_error(code, err, "--device", device)
+    assert err.strip().endswith("; use auto, cpu, cuda or cuda:N"), err
+    assert "auto, cpu, cuda or cuda:N [auto]" in build_parser().commands["text"].format_help()
+
+
 def test_cuda_without_a_gpu_names_the_flag_to_pass_instead(tmp_path, monkeypatch, capsys):
     """It said "...; use cpu": a value, not the flag that takes it."""
     monkeypatch.chdir(tmp_path)
@@ -1343,6 +1353,52 @@ def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     code, err = run_main([*BUILTIN_RUN, "--workspace", locked / "run"], capsys)
     assert_user_error(code, err, f"cannot write in {locked} (a read-only file system)")
     assert not (locked / "run").exists()
+
+
+def test_a_folder_that_refuses_new_folders_though_access_allows_them_is_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """As root, ``--workspace /proc/x`` passed the ``os.access`` check and then failed to make
+    the folder: a traceback of ``FileNotFoundError: '/proc/x'``. Simulated here (for any user)
+    by a folder whose ``mkdir`` fails as /proc's does."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if Path(path).parent == proc:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    code, err = run_main([*BUILTIN_RUN, "--workspace", proc / "x"], capsys)
+    assert_user_error(
+        code,
+        err,
+        f"cannot make {proc / 'x'}: {proc} takes no new folders (No such file or directory); "
+        "pass --workspace a folder you can write",
+    )
+    assert list(proc.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or not os.path.isdir("/proc/self"),
+    reason="only root gets past the access check of /proc",
+)
+@pytest.mark.parametrize("command", ["text", "describe", "image"])
+def test_a_workspace_under_proc_is_one_line_as_root(
+    command, tmp_path, capsys, tiny_sd_path, tiny_clip_path
+):
+    """The walkthrough's own case, for each command that makes a workspace."""
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    args = {
+        "text": BUILTIN_RUN,
+        "describe": ["describe", image, "--clip", tiny_clip_path],
+        "image": ["image", image, "--model", tiny_sd_path, "--clip", tiny_clip_path],
+    }[command]
+    code, err = run_main([*args, "--workspace", "/proc/dreamtext-x"], capsys)
+    assert_user_error(code, err, "cannot make /proc/dreamtext-x: /proc takes no new folders")
 
 
 def test_text_prints_only_the_workspace_on_stdout_and_makes_files_others_can_read(

@@ -1741,10 +1741,40 @@ def test_decimate_0_keeps_every_face_as_in_a_config(tmp_path, monkeypatch, capsy
         ExportOptions(decimate=-1).validate("c.yaml")
 
 
+def test_a_decimation_that_stops_above_its_target_says_so_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """``--decimate 3`` gave a trained cube of 32 faces without a word. The decimation's floor
+    is the mesh code's (fast-simplification, the manifold repair); here it is stood in for by a
+    decimation that stops at 200 faces, so the line is checked whatever that floor is."""
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {"resolution": 40, "threshold": 50.0, "texture_size": 64})
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    real_decimate = export_module.decimate
+    monkeypatch.setattr(export_module, "decimate", lambda mesh, target: real_decimate(mesh, 200))
+    flags = ["--no-video", "--formats", "ply"]
+    assert main(["export", "--workspace", str(workspace), *flags, "--decimate", "10"]) == 0
+    faces = json.loads((workspace / "mesh" / "mesh.json").read_text())["faces"]
+    assert faces == 200
+    notes = [line for line in capsys.readouterr().err.splitlines() if "decimated" in line]
+    assert notes == [
+        "dreamtext: decimated to 200 faces, above decimate's target of 10: on this surface the "
+        "decimation, which keeps it closed and manifold, stops there"
+    ]
+    # A target reached: no note.
+    assert main(["export", "--workspace", str(workspace), *flags, "--decimate", "300"]) == 0
+    assert "above decimate's target" not in capsys.readouterr().err
+    # Every face kept (a decimation that failed says why itself): no second line.
+    monkeypatch.setattr(export_module, "decimate", lambda mesh, target: mesh)
+    assert main(["export", "--workspace", str(workspace), *flags, "--decimate", "10"]) == 0
+    assert "above decimate's target" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--formats", "xyz"], "unknown --formats xyz"),
+        (["--formats", "xyz"], "--formats: has unknown formats xyz: use a subset of glb,obj,ply"),
         (["--resolution", "4"], "--resolution"),
         # Both were taken as glb,obj without a word: a format lost in editing went unnoticed.
         (["--formats", "glb,,obj"], "--formats: has an empty entry in 'glb,,obj'"),
@@ -1762,6 +1792,20 @@ def test_a_bad_export_flag_is_the_only_line_on_stderr(tmp_path, capsys, flags, f
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+@pytest.mark.parametrize("formats", ["stl", "glb,STL", ",,"])
+def test_every_bad_formats_list_is_refused_by_the_parser_in_its_one_form(capsys, formats):
+    """``--formats stl`` was ``dreamtext: error: unknown --formats stl …``, said after the
+    export's imports, where ``--formats ,,`` was the parser's ``argument --formats:`` line."""
+    from dreamtext.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["export", "--workspace", "no-such-run", "--formats", formats])
+    assert refused.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("dreamtext export: argument --formats: has "), line
+    assert line.endswith("(see dreamtext export --help)"), line
 
 
 class UntouchableField(SphereField):

@@ -227,6 +227,19 @@ def test_status_json_gives_state_steps_time_memory_and_error(root: Path):
     assert (torus.status["step"], torus.status["iters"]) == (10, 20)
 
 
+def test_a_pages_status_has_whole_steps_and_iters_as_written(root: Path):
+    """The pages' data showed ``"step": 20.0`` and ``"iters": 20.0``: every number read from a
+    run's files was made a float. From status.json (cube), the log and config.json (sphere),
+    and a running run's log step over its status.json's (torus)."""
+    write_json(root / "torus" / "status.json", {**RUNNING, "step": 5, "iters": 20})
+    links = server_links("api/runs.json")
+    for name in ("cube", "sphere", "torus"):
+        text = script_json(run_json(read_run(location(Catalog([root]), name)), links, True))
+        status = json.loads(text)["status"]
+        assert (type(status["step"]), type(status["iters"])) == (int, int), (name, status)
+        assert f'"step": {status["step"]},' in text and f'"iters": {status["iters"]},' in text
+
+
 def test_older_runs_without_status_json_get_a_status_from_their_files(root: Path):
     catalog = Catalog([root])
     (root / "cube" / "status.json").unlink()

@@ -736,9 +736,13 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _number(value: Any) -> float | None:
+    """A JSON number of a run's file as it is written there (a step stays ``12``, not ``12.0``,
+    on the pages), ``None`` for anything else and for a float that is not finite."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    if isinstance(value, int):
+        return value
+    return value if math.isfinite(value) else None
 
 
 def _mtime(path: Path) -> float | None:
