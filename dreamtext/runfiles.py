@@ -65,9 +65,12 @@ def check_writable(folder: Path, fix: str) -> None:
             read_only = False
         why = "a read-only file system" if read_only else "permission denied"
         raise DreamtextError(f"cannot write in {existing} ({why}); {fix}")
-    # access() answers from the mode bits, which root bypasses: /proc and /sys pass it and then
-    # refuse the folder (ENOENT, EPERM), as may a server that maps root to nobody. An empty
-    # folder made and removed at once asks the file system itself, leaving nothing behind.
+    # For root, access() answers from the mode bits, which root bypasses: /proc and /sys pass it
+    # and then refuse the folder (ENOENT, EPERM), as may a server that maps root to nobody. An
+    # empty folder made and removed at once asks the file system itself, leaving nothing behind
+    # (other users' access() is the file system's answer: their folders are not touched).
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".dreamtext-probe-", dir=existing))
     except OSError as error:

@@ -1359,8 +1359,9 @@ def test_a_folder_that_refuses_new_folders_though_access_allows_them_is_one_line
     tmp_path, monkeypatch, capsys
 ):
     """As root, ``--workspace /proc/x`` passed the ``os.access`` check and then failed to make
-    the folder: a traceback of ``FileNotFoundError: '/proc/x'``. Simulated here (for any user)
-    by a folder whose ``mkdir`` fails as /proc's does."""
+    the folder: a traceback of ``FileNotFoundError: '/proc/x'``. Simulated here (for any user,
+    who is taken for root) by a folder whose ``mkdir`` fails as /proc's does."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0, raising=False)
     proc = tmp_path / "proc"
     proc.mkdir()
     real_mkdir = os.mkdir
