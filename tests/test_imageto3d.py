@@ -354,9 +354,9 @@ def _cli_image(tmp_path, image, sd, clip, *flags):
     return main(["image", str(image), *common, *flags])
 
 
-def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
-    tmp_path, tiny_clip_path, tiny_sd_path, capsys
-):
+def _finished_tiny_run(tmp_path, tiny_sd_path, tiny_clip_path, capsys) -> Path:
+    """A 2-step image run of the tiny field in ``tmp_path / "run"`` (its output read away), made
+    with ``--config`` that a rerun leaves out; returns the image."""
     import yaml
 
     image = _image(tmp_path)
@@ -366,6 +366,13 @@ def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
     flags = ("--iters", "2", "--config", str(tiny))
     assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags) == 0
     capsys.readouterr()
+    return image
+
+
+def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
+    tmp_path, tiny_clip_path, tiny_sd_path, capsys
+):
+    image = _finished_tiny_run(tmp_path, tiny_sd_path, tiny_clip_path, capsys)
     # the rerun leaves out --config: the run's config.json supplies the tiny field
     code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, "--iters", "3")
     out, err = capsys.readouterr()
@@ -388,15 +395,7 @@ def test_a_rerun_of_a_finished_run_names_the_settings_it_does_not_apply_and_reco
 ):
     """`image IMG --lr 0.5` on a finished run trained nothing, said nothing of --lr and wrote
     lr 0.5 into config.json, which then no longer said how the run was trained."""
-    import yaml
-
-    image = _image(tmp_path)
-    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
-    flags = ("--iters", "2", "--config", str(tiny))
-    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags) == 0
-    capsys.readouterr()
+    image = _finished_tiny_run(tmp_path, tiny_sd_path, tiny_clip_path, capsys)
     config_path = tmp_path / "run" / "config.json"
     before = config_path.read_bytes()
     lr = json.loads(before)["lr"]
