@@ -52,7 +52,6 @@ from dreamtext.captions import BUILTIN_MODELS, check_builtin_prompt_lines
 from dreamtext.checkpoint import can_resume, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
-    NOT_COMPARED,
     TrainConfig,
     ascii_slug,
     owner_value,
@@ -60,7 +59,7 @@ from dreamtext.config import (
     resolve_config,
     resume_conflicts,
     run_owner,
-    setting_change_lines,
+    run_setting_changes,
     slugify,
 )
 from dreamtext.devices import free_memory, memory_that_ran_out
@@ -768,17 +767,9 @@ def interruption_line(entry: Entry, stop: BaseException) -> str:
 
 def changed_setting_lines(entry: Entry, cfg: TrainConfig) -> list[str]:
     """``"name old → new"`` for every setting of ``cfg`` that differs from the run's in the
-    entry's workspace (its ``config.json``, :func:`dreamtext.config.changed_settings`), leaving
-    out :data:`NOT_COMPARED` (and for an image line its learned sentence and token, which ``cfg``
-    does not know yet)."""
-    try:
-        saved = read_run_config(entry.workspace, "")
-    except DreamtextError:  # an unreadable record compares with nothing
-        return []
-    if saved is None:
-        return []
-    ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if entry.kind == "image" else set())
-    return setting_change_lines(saved, cfg, ignored)
+    entry's workspace (:func:`dreamtext.config.run_setting_changes`; for an image line without
+    its learned sentence and token, which ``cfg`` does not know yet)."""
+    return run_setting_changes(entry.workspace, cfg, learned=entry.kind == "image")
 
 
 def export_command(workspace: Path, cfg: TrainConfig, changed: Sequence[str]) -> str:
@@ -819,9 +810,9 @@ def is_finished(cfg: TrainConfig) -> bool:
 
 def continued_step(workspace: Path, iters: int) -> int | None:
     """The step a finished run in ``workspace`` ended at where the batch's ``iters`` is higher
-    (``iters`` is in :data:`NOT_COMPARED`: its resume trains on from there), else ``None``: a
-    run that is not finished, or finished at ``iters`` or beyond, or has no checkpoint left to
-    go on from."""
+    (``iters`` is in :data:`~dreamtext.config.NOT_COMPARED`: its resume trains on from there),
+    else ``None``: a run that is not finished, or finished at ``iters`` or beyond, or has no
+    checkpoint left to go on from."""
     if not run_finished(workspace, 0) or run_finished(workspace, iters):
         return None
     if not can_resume(workspace):

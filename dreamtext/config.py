@@ -338,6 +338,21 @@ def setting_change_lines(
     ]
 
 
+def run_setting_changes(workspace: Path, cfg: TrainConfig, learned: bool) -> list[str]:
+    """``"name old → new"`` for every setting of ``cfg`` that differs from what the run in
+    ``workspace`` was trained with (its ``config.json``; none when it has none or it cannot be
+    read), leaving out :data:`NOT_COMPARED`, and with ``learned`` (an image run) its learned
+    sentence and token, which ``cfg`` holds only once the run has set them."""
+    try:
+        saved = read_run_config(workspace, "")
+    except DreamtextError:  # an unreadable record compares with nothing
+        return []
+    if saved is None:
+        return []
+    ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if learned else set())
+    return setting_change_lines(saved, cfg, ignored)
+
+
 def flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config dict as ``{"guidance.guidance_scale": 100.0, ...}``."""
     out: dict[str, Any] = {}
@@ -627,6 +642,7 @@ __all__ = [
     "resume_conflicts",
     "resume_refusal",
     "run_owner",
+    "run_setting_changes",
     "same_prompt",
     "setting_change_lines",
     "slugify",

@@ -50,16 +50,14 @@ from dreamtext.captions import needs_stable_diffusion
 from dreamtext.checkpoint import can_resume, check_writable, last_checkpoint
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
-    NOT_COMPARED,
     TrainConfig,
     absolute_model_folder,
     apply_overrides,
     ascii_slug,
     config_to_dict,
-    read_run_config,
     read_stage_sections,
+    run_setting_changes,
     same_prompt,
-    setting_change_lines,
     slugify,
     write_run_config,
 )
@@ -355,7 +353,7 @@ def _run_image(
 
     if reused:
         _note(f"text→3D: reusing {last_checkpoint(workspace)}")
-        changed = not_applied_settings(workspace, cfg)
+        changed = run_setting_changes(workspace, cfg, learned=True)
         if changed:
             _note(
                 f"text→3D: the run finished with other settings than these "
@@ -370,20 +368,6 @@ def _run_image(
         # exports, under status.json like any run, which ends "finished".
         train(cfg, resume=can_resume(workspace))
     return workspace
-
-
-def not_applied_settings(workspace: Path, cfg: TrainConfig) -> list[str]:
-    """``"name old → new"`` for each text→3D setting of ``cfg`` that differs from what the
-    finished run in ``workspace`` was trained with (its ``config.json``), leaving out what does
-    not change the object (:data:`~dreamtext.config.NOT_COMPARED`) and the sentence and learned
-    file, which ``cfg`` holds only once :func:`record_config` has set them."""
-    try:
-        saved = read_run_config(workspace, "")
-    except DreamtextError:  # an unreadable record compares with nothing
-        return []
-    if saved is None:
-        return []
-    return setting_change_lines(saved, cfg, NOT_COMPARED | {"guidance.textual_inversion"})
 
 
 def record_config(

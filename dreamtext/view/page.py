@@ -158,8 +158,10 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
 def mesh_zip_json(run: Run, links: Links) -> dict[str, Any] | None:
     """The run page's zip link: its address, the name it downloads under, and the kinds of mesh
     file it holds (``["obj", "mtl", "texture"]``); ``None`` where there is no zip to offer."""
+    if links.mesh_zip is None:
+        return None
     members = {rel for rel, _ in zip_members(run, links.zip_leaves_out(run))}
-    if links.mesh_zip is None or not members:
+    if not members:
         return None
     holds = [kind for kind, rel in run.mesh.items() if rel in members]
     return {"url": links.mesh_zip(run), "name": zip_name(run), "holds": holds}
