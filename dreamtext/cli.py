@@ -1027,9 +1027,27 @@ def choose_cpu_threads(args: argparse.Namespace) -> None:
     spin_briefly(os.environ)
 
 
+def refuse_empty_paths(args: argparse.Namespace) -> None:
+    """Raise :class:`DreamtextError` where a path argument is the empty string: an unset shell
+    variable (``--static "$OUT"``) read as "." (a server started where a folder was to be
+    written) or as no flag at all (``--workspace ""`` trained into ``workspace/``)."""
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v is not None and str(v) == "" for v in values):
+            flag = POSITIONAL_PATHS.get(name, f"--{name}")
+            what = "a model id or folder" if name == "model" else "a path"
+            raise DreamtextError(f"{flag} is empty (an unset shell variable?); give it {what}")
+
+
+# How the positional path arguments are named in each command's usage line.
+POSITIONAL_PATHS = {"folders": "WORKSPACE_OR_ROOT", "prompts": "PROMPTS_FILE", "image": "IMAGE"}
+
+
 def check_before_loading(args: argparse.Namespace) -> None:
     """The checks of ``args.func`` that need no torch (:data:`EARLY_CHECKS`); a
     :class:`DreamtextError` is the line the command would have stopped with after loading it."""
+    refuse_empty_paths(args)
     check = EARLY_CHECKS.get(args.func)
     if check is not None:
         check(args)

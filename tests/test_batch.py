@@ -2842,3 +2842,17 @@ def test_a_batch_on_the_cpu_does_not_collect_garbage_after_every_line(
     assert collected == []
     assert batch.runs_on_cuda(TrainConfig(device="cuda:1"))
     assert not batch.runs_on_cuda(TrainConfig(device="cpu"))
+
+
+def test_an_empty_workspace_is_one_line_not_the_default_root(tmp_path, monkeypatch, capsys):
+    """`--workspace "$ROOT"` with ROOT unset reached the batch as "", which read as no
+    --workspace: the sweep trained into ./workspace/ and said nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a red cube\n")
+    argv = ["batch", "prompts.txt", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
+    assert main([*argv, "--workspace", ""]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "dreamtext: error: --workspace is empty (an unset shell variable?); give it a path\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]

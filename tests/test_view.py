@@ -3235,3 +3235,24 @@ def test_an_export_record_is_live_only_while_its_writer_can_be_there(
     status = read_run(location(Catalog([root]), "cube")).status
     assert ("export" in status) == shown
     assert status["activity"] == ("exporting · turntable 2/15" if shown else None)
+
+
+def test_an_empty_static_folder_is_one_line_not_a_server(root: Path, tmp_path, monkeypatch, capsys):
+    """`--static "$OUT"` with OUT unset reached the command as "", which is no --static at all:
+    a server started and a batch job's script waited on it forever."""
+    import dreamtext.view
+
+    def no_server(*args, **kwargs):
+        raise AssertionError("a server started")
+
+    monkeypatch.setattr(dreamtext.view, "serve", no_server)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["view", str(root), "--static", ""]) == 2
+    assert main(["view", ""]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "dreamtext: error: --static is empty (an unset shell variable?); give it a path",
+        "dreamtext: error: WORKSPACE_OR_ROOT is empty (an unset shell variable?); give it a path",
+    ]
+    assert sorted(tmp_path.rglob("*")) == before
