@@ -3256,3 +3256,22 @@ def test_an_empty_static_folder_is_one_line_not_a_server(root: Path, tmp_path, m
         "dreamtext: error: WORKSPACE_OR_ROOT is empty (an unset shell variable?); give it a path",
     ]
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_not_exported_runs_page_names_a_folder_its_export_command_can_find(tmp_path: Path):
+    """The page of a run trained with --no-export said `dreamtext export --workspace cube` in a
+    static folder (which names runs, not paths): run where the batch ran, that command found no
+    run. It names the folder the training was given, quoted for the shell; the server's page
+    names the run's folder on this machine."""
+    root = tmp_path / "my runs"
+    run = make_run(root / "cube", "a red cube", final=False, status={"state": "finished"})
+    write_json(
+        run / "config.json", {"prompt": "a red cube", "export": False, "workspace": "my runs/cube"}
+    )
+    with serving(Catalog([root])) as srv:
+        page = json.loads(get(srv, "/api/run/cube.json")[1])["run"]
+    assert page["export_command"] == f"dreamtext export --workspace '{root / 'cube'}'"
+    out = export_static([root], tmp_path / "site")
+    page = page_data(out / "runs" / "cube" / "index.html")["run"]
+    assert page["workspace"] == "cube"
+    assert page["export_command"] == "dreamtext export --workspace 'my runs/cube'"

@@ -16,6 +16,7 @@ import json
 import math
 import re
 import secrets
+import shlex
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -151,8 +152,21 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
             mesh_stats=run.mesh_stats,
             data_files={rel: url(rel) for rel in run.data_files},
             source_image=url(run.source_image) if run.source_image else None,
+            export_command=export_command(run, links),
         )
     return data
+
+
+def export_command(run: Run, links: Links) -> str | None:
+    """The command that exports ``run`` (a finished ``--no-export`` run's page names it): its
+    folder on this machine, or in a static folder, which names no local paths, the folder its
+    training was given (config.json's ``workspace``, as typed where it ran). ``None`` where
+    neither is known."""
+    typed = (run.config or {}).get("workspace")
+    folder = run.workspace if links.local_paths else typed
+    if not isinstance(folder, str) or not folder:
+        return None
+    return f"dreamtext export --workspace {shlex.quote(folder)}"
 
 
 def mesh_zip_json(run: Run, links: Links) -> dict[str, Any] | None:

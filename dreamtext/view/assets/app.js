@@ -542,8 +542,8 @@
     function noExport(run, what) {
       const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
       if (!finished) return `no ${what} yet`;
-      const where = run.workspace ? ` --workspace ${run.workspace}` : "";
-      return `not exported (--no-export): dreamtext export${where} makes the ${what}`;
+      const command = run.export_command || "dreamtext export --workspace <its folder>";
+      return `not exported (--no-export): ${command} makes the ${what}`;
     }
 
     /** The download links of the mesh files the run's export made, under the run's name: the
