@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -100,6 +100,9 @@ from dreamtext.runstatus import (
     run_finished,
     saved_step,
 )
+
+if TYPE_CHECKING:
+    from dreamtext.models import StableDiffusionModels
 
 try:
     import fcntl
@@ -893,7 +896,9 @@ def run_batch(
         if overwrites[e.workspace] or not finished_here(e, cfg)
     ]
     if pending:
-        check_model(pending[0][1])
+        models = check_model(pending[0][1])
+        if models is not None:
+            check_prompt_lengths(pending, models, Path(prompts_file))
         check_image_lines([e for e, _ in pending], options)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
     if shard is not None:
@@ -1060,7 +1065,7 @@ def check_builtin_prior(
     check_builtin_prompt_lines(model, lines, negative, prompts_file)
 
 
-def check_model(cfg: TrainConfig) -> None:
+def check_model(cfg: TrainConfig) -> StableDiffusionModels | None:
     """The device, precision, hash-grid backend and model every run of the batch uses. Stable
     Diffusion is loaded here (the runs reuse it) and a field is built and dropped, so a wrong
     ``--model``, ``--fp16`` or ``--encoding`` on a CPU stops the batch before it writes anything
@@ -1072,8 +1077,34 @@ def check_model(cfg: TrainConfig) -> None:
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.guidance, device)
     build_field(cfg.field, device)  # an encoding that cannot run here raises
-    if not cfg.guidance.model.startswith("builtin:"):
-        load_for(cfg.guidance, device)
+    if cfg.guidance.model.startswith("builtin:"):
+        return None
+    return load_for(cfg.guidance, device)
+
+
+def check_prompt_lengths(
+    pending: Sequence[tuple[Entry, TrainConfig]], models: StableDiffusionModels, prompts_file: Path
+) -> None:
+    """Every text line still to train fits the text encoder with each of its view labels, as
+    does the negative prompt (:func:`dreamtext.prompts.check_lengths`), checked with the
+    tokenizer :func:`check_model` loaded: a long line failed only when its turn came, hours into
+    a sweep, after the lines before it. Image lines' prompts are the sentences still to learn."""
+    from dreamtext.cameras import with_view
+    from dreamtext.prompts import check_lengths, expand_tokens
+
+    guidance = pending[0][1].guidance  # the lines differ in their prompts only
+    text = models.text_side(guidance.textual_inversion)
+    check_lengths(text.tokenizer, [], expand_tokens(guidance.negative, text.expansions), False)
+    labels = guidance.views.labels if guidance.view_dependent else ("",)
+    for entry, _ in pending:
+        if entry.kind != "text":
+            continue
+        prompt = expand_tokens(entry.prompt, text.expansions)
+        texts = [with_view(prompt, label) if label else prompt for label in labels]
+        try:
+            check_lengths(text.tokenizer, texts, "", guidance.view_dependent)
+        except DreamtextError as error:
+            raise DreamtextError(f"{prompts_file}: line {entry.line}: {error}") from None
 
 
 def check_image_lines(entries: list[Entry], options: BatchOptions) -> None:

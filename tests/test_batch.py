@@ -2856,3 +2856,20 @@ def test_an_empty_workspace_is_one_line_not_the_default_root(tmp_path, monkeypat
         err == "dreamtext: error: --workspace is empty (an unset shell variable?); give it a path\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]
+
+
+def test_a_line_too_long_for_the_text_encoder_is_refused_before_any_line_trains(
+    tmp_path, tiny_sd_path, tiny_yaml, capsys
+):
+    """A prompt the text encoder would cut off failed only when its turn came, after the lines
+    before it had trained (hours each on a cluster); the sweep then ended with exit 1."""
+    long = "a " + "red " * 80 + "cube"
+    path = prompts_file(tmp_path, "a red cube", long)
+    root = tmp_path / "root"
+    args = ["batch", path, "--model", tiny_sd_path, "--config", tiny_yaml, "--iters", "1"]
+    assert main(list(map(str, [*args, "--workspace", root, "--no-export"]))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"dreamtext: error: {path}: line 2: the prompt with its view label is ")
+    assert err.endswith("tokens, but the text encoder reads 77 (start and end included) and would "
+                        "cut off the rest; shorten the prompt")  # fmt: skip
+    assert not root.exists()
