@@ -3275,3 +3275,44 @@ def test_a_not_exported_runs_page_names_a_folder_its_export_command_can_find(tmp
     page = page_data(out / "runs" / "cube" / "index.html")["run"]
     assert page["workspace"] == "cube"
     assert page["export_command"] == "dreamtext export --workspace 'my runs/cube'"
+
+
+def test_a_folder_inside_a_run_names_the_run_to_view(root: Path, tmp_path, monkeypatch, capsys):
+    """`dreamtext view runs/cube/mesh` (the folder the GLB is in) said "no runs in
+    runs/cube/mesh yet: the page shows them as they start", and served an empty gallery that
+    would never fill. It names the run to pass instead."""
+    from dreamtext.view.workspaces import inside_run_hint
+
+    write_json(root / "cube" / "status.json", {"state": "finished"})
+    monkeypatch.chdir(tmp_path)
+    assert main(["view", "runs/cube/mesh", "--static", "site"]) == 2
+    assert capsys.readouterr().err == (
+        "dreamtext: error: runs/cube/mesh is a folder inside the run runs/cube: "
+        "`dreamtext view runs/cube` shows it\n"
+    )
+    assert not (tmp_path / "site").exists()
+    # A lone config.json higher up (a home folder's) makes no run of that folder.
+    (tmp_path / "home" / "empty").mkdir(parents=True)
+    write_json(tmp_path / "home" / "config.json", {"theme": "dark"})
+    assert inside_run_hint(Path("home/empty")) is None
+
+
+def test_a_server_of_a_folder_inside_a_run_names_the_run_to_view(root: Path):
+    mesh = root / "cube" / "mesh"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamtext", "view", str(mesh), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+    assert first.startswith("dreamtext view: 0 runs at http://127.0.0.1:"), first
+    cube = (root / "cube").resolve()
+    assert second.strip() == (
+        f"{mesh} is a folder inside the run {cube}: `dreamtext view {cube}` shows it"
+    )

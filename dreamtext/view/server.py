@@ -69,7 +69,14 @@ from dreamtext.view.page import (
     script_json,
     server_links,
 )
-from dreamtext.view.workspaces import Catalog, GalleryCache, Run, RunLocation, read_run
+from dreamtext.view.workspaces import (
+    Catalog,
+    GalleryCache,
+    Run,
+    RunLocation,
+    inside_run_hint,
+    read_run,
+)
 
 # The kinds of workspace file the pages link to; nothing else is served.
 SERVED_SUFFIXES = {
@@ -520,7 +527,10 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
             "(check the path if none is starting)",
             file=out,
         )
-    if n == 0 and there:  # a batch about to start, or the wrong folder: say which it looks in
+    inside = [hint for hint in map(inside_run_hint, there) if hint] if n == 0 else []
+    for hint in inside:  # the run's mesh/ or checkpoints/: no run will ever appear there
+        print(f"  {hint}", file=out)
+    if n == 0 and there and not inside:  # a batch about to start, or the wrong folder
         shown = ", ".join(str(f) for f in there)
         print(
             f"  no runs in {shown} yet: the page shows them as they start (a run's folder "

@@ -138,6 +138,27 @@ def is_workspace(folder: Path) -> bool:
     return any((folder / name).is_file() for name in WORKSPACE_MARKERS)
 
 
+def enclosing_run(folder: Path) -> Path | None:
+    """The run whose subfolder ``folder`` is (``RUN/mesh``, ``RUN/descriptor/checkpoints``), or
+    ``None``: its parent or grandparent holding a run's ``config.json`` beside its ``log.jsonl``
+    or ``status.json`` (a lone config.json higher up, say in a home folder, is no run)."""
+    for parent in list(folder.resolve().parents)[:2]:
+        if (parent / "config.json").is_file() and any(
+            (parent / name).is_file() for name in ("log.jsonl", "status.json")
+        ):
+            return parent
+    return None
+
+
+def inside_run_hint(folder: Path) -> str | None:
+    """Where ``folder`` lies inside a run: a sentence naming the run's folder to pass instead."""
+    run = enclosing_run(folder)
+    if run is None:
+        return None
+    shown = os.path.relpath(run) if not folder.is_absolute() else str(run)
+    return f"{folder} is a folder inside the run {shown}: `dreamtext view {shown}` shows it"
+
+
 @dataclass(frozen=True)
 class RunLocation:
     """One run: ``id`` (its address on the page), ``path`` (its workspace, resolved; ``None`` for a
@@ -179,6 +200,9 @@ class Catalog:
             resolved = folder.resolve()
             self.sources.append((resolved, not is_workspace(resolved)))
         if not empty_ok and not self.runs():
+            hints = [hint for hint in map(inside_run_hint, folders) if hint]
+            if hints:
+                raise DreamtextError("; ".join(hints))
             shown = ", ".join(str(f) for f in folders)
             raise DreamtextError(
                 f"no dreamtext runs in {shown}: a run's folder holds config.json, log.jsonl or "
