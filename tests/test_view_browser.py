@@ -484,6 +484,15 @@ def test_a_run_finished_without_an_export_says_how_to_make_its_mesh(page, root: 
         assert page.inner_text(".turntable .empty") == (
             f"not exported (--no-export): {command} makes the turntable"
         )
+    # A static folder names runs, not this machine's paths: its command names the folder the
+    # training was given (config.json's workspace), which the bare run name was not.
+    site = export_static([run.parent], tmp_path / "site")
+    page.goto((site / "runs" / "a_red_cube" / "index.html").as_uri())
+    page.wait_for_selector(".viewer .empty")
+    assert page.inner_text(".viewer .empty") == (
+        f"not exported (--no-export): dreamtext export --workspace {config['workspace']} "
+        "makes the mesh"
+    )
 
 
 def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(page, tmp_path):
