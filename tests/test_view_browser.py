@@ -292,6 +292,11 @@ def check_run_page(page, root: Path, links: list[str] = SERVED_LINKS) -> None:
         vertices = chart.locator("polyline").get_attribute("points").split()
         assert len(vertices) == lines
 
+    # A newcomer is told what the two halves of the turntable and the rows of a preview are.
+    assert page.inner_text(".turntable figcaption") == "turntable: albedo | depth"
+    assert page.inner_text(".previews figcaption").endswith(
+        " · albedo above, shape (textureless) below"
+    )
     previews = sorted((root / "a_red_cube" / "previews").glob("*.png"))
     assert page.get_attribute("#preview-step", "max") == str(len(previews) - 1)
     assert page.inner_text("#preview-label") == "final"

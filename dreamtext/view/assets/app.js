@@ -616,7 +616,9 @@
       } else {
         media = el("p", { class: "empty", text: noExport(run, "turntable") });
       }
-      fill(turntable, el("figcaption", { text: "turntable" }), media);
+      // What the frames hold (export.turntable): the colour without lighting beside the depth.
+      const caption = video.mp4 || video.gif ? "turntable: albedo | depth" : "turntable";
+      fill(turntable, el("figcaption", { text: caption }), media);
     }
 
     function drawPreviews(run) {
@@ -644,7 +646,9 @@
       }
       slider.addEventListener("input", () => select(Number(slider.value)));
       select(previewState.index);
-      fill(previews, el("figcaption", {}, "previews over training: ", label), image, slider);
+      // What each preview holds (trainer.save_preview): cameras around the object, two rows.
+      const rows = el("span", { class: "rows", text: " · albedo above, shape (textureless) below" });
+      fill(previews, el("figcaption", {}, "previews over training: ", label, rows), image, slider);
     }
 
     function drawSource(run) {
