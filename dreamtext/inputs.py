@@ -339,6 +339,21 @@ def batch_flags() -> frozenset[str]:
     return frozenset(flag for flag in batch._option_string_actions if flag.startswith("--"))
 
 
+# The text of each prompts file that is not a regular file (a pipe: `dreamtext batch
+# <(grep cube prompts.txt)`, /dev/stdin), read once per process: the early checks and the batch
+# both read the list, and a pipe's second reader got nothing ("holds no prompts").
+_READ_ONCE: dict[Path, str] = {}
+
+
+def _prompts_text(path: Path) -> str:
+    if path in _READ_ONCE:
+        return _READ_ONCE[path]
+    text = path.read_text(encoding="utf-8-sig")
+    if not path.is_file():
+        _READ_ONCE[path] = text
+    return text
+
+
 def read_prompt_lines(path: Path) -> list[str]:
     """The lines of a prompts file, as :func:`dreamtext.batch.read_prompts` reads them; a file
     that is missing, not UTF-8 or unreadable, or whose prompt holds a command-line flag
@@ -348,7 +363,7 @@ def read_prompt_lines(path: Path) -> list[str]:
         # Lines end at a newline only (\r\n and \r read as one), as editors, wc and sed number
         # them: splitlines() also split at a form feed or U+2028, and the messages named lines
         # after it by numbers the file does not have.
-        lines = path.read_text(encoding="utf-8-sig").split("\n")
+        lines = _prompts_text(path).split("\n")
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"

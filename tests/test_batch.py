@@ -2873,3 +2873,18 @@ def test_a_line_too_long_for_the_text_encoder_is_refused_before_any_line_trains(
     assert err.endswith("tokens, but the text encoder reads 77 (start and end included) and would "
                         "cut off the rest; shorten the prompt")  # fmt: skip
     assert not root.exists()
+
+
+def test_a_list_read_from_a_pipe_trains_its_lines(tmp_path, shapes_cache, capsys):
+    """`dreamtext batch <(grep cube prompts.txt)` (or /dev/stdin) said the list "holds no
+    prompts": the early checks read the pipe, and the batch, reading it again, found it empty."""
+    read, write = os.pipe()
+    os.write(write, b"a red cube\n")
+    os.close(write)
+    try:
+        argv = ["batch", f"/dev/fd/{read}", *BUILTIN[:2], "--iters", "1", "--no-export"]
+        assert main([*argv, "--workspace", str(tmp_path / "root")]) == 0
+    finally:
+        os.close(read)
+    assert "1 finished, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert (tmp_path / "root" / "a_red_cube" / "status.json").is_file()
