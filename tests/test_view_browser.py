@@ -292,6 +292,12 @@ def check_run_page(page, root: Path, links: list[str] = SERVED_LINKS) -> None:
         vertices = chart.locator("polyline").get_attribute("points").split()
         assert len(vertices) == lines
 
+    # Fractions in the mesh's table to 4 significant digits, counts whole.
+    stats = json.loads((root / "a_red_cube" / "mesh" / "mesh.json").read_text())
+    keys = page.locator(".details th").all_text_contents()
+    cells = dict(zip(keys, page.locator(".details td").all_text_contents(), strict=True))
+    assert cells["volume"] == str(float(f"{stats['volume']:.4g}")), cells["volume"]
+    assert cells["faces"] == str(stats["faces"])
     # A newcomer is told what the two halves of the turntable and the rows of a preview are.
     assert page.inner_text(".turntable figcaption") == "turntable: albedo | depth"
     assert page.inner_text(".previews figcaption").endswith(

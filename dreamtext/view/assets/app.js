@@ -672,9 +672,16 @@
       fill(charts, ...(figures.length ? figures : [el("p", { class: "empty", text: "no log.jsonl lines yet" })]));
     }
 
+    /** A table cell's text: 4 significant digits of a fraction (a volume of
+     * 0.4732020578521119 read as noise), integers (faces, steps) and text as they are. */
+    function cellText(value) {
+      if (typeof value === "number" && !Number.isInteger(value)) return formatNumber(value);
+      return typeof value === "object" ? JSON.stringify(value) : String(value);
+    }
+
     function table(rows) {
       return el("table", {}, el("tbody", {}, rows.map(([key, value]) =>
-        el("tr", {}, el("th", { text: key }), el("td", { text: typeof value === "object" ? JSON.stringify(value) : String(value) })))));
+        el("tr", {}, el("th", { text: key }), el("td", { text: cellText(value) })))));
     }
 
     function drawDetails(run) {
