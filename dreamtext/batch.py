@@ -1322,7 +1322,10 @@ def _record(
         "workspace": _relative(entry.workspace, root),
         **result,
         "seconds": round(time.perf_counter() - start, 3),
-        "its": _last_its(entry.workspace) if result["status"] == "finished" else None,
+        # An interrupted attempt that trained (a preempted SLURM task) has its speed too.
+        "its": _last_its(entry.workspace)
+        if result["status"] == "finished" or (result["status"] == "interrupted" and own)
+        else None,
         "gpu_mem_mib": status.get("gpu_mem_mib") if status else None,
         "phase": status.get("phase") if status else None,
         "step": status.get("step") if own else None,

@@ -2888,3 +2888,20 @@ def test_a_list_read_from_a_pipe_trains_its_lines(tmp_path, shapes_cache, capsys
         os.close(read)
     assert "1 finished, 0 skipped, 0 failed" in capsys.readouterr().out
     assert (tmp_path / "root" / "a_red_cube" / "status.json").is_file()
+
+
+def test_an_interrupted_attempt_that_trained_records_its_speed(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A batch stopped at step 8 (a preempted SLURM task) recorded it/s null and its table said
+    "-", though log.jsonl held the attempt's speed."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root, "--no-export"]
+    ctrl_c_at_step(monkeypatch, 8)
+    assert main(list(map(str, args))) == 130
+    [record] = rows(root)
+    logged = json.loads((root / "a_red_cube" / "log.jsonl").read_text().splitlines()[-1])
+    assert record["status"] == "interrupted" and record["its"] == logged["its"] > 0
+    table = capsys.readouterr().out.splitlines()[1].split()
+    assert table[:4] == ["1", "interrupted", "in", "train"] and table[5] == f"{logged['its']:.2f}"
