@@ -2,6 +2,7 @@
 and refuses, the static export, the command line. (tests/test_view_browser.py drives Chromium.)"""
 
 import contextlib
+import dataclasses
 import gzip
 import html
 import http.client
@@ -2606,7 +2607,8 @@ def test_static_pages_are_the_pages_of_the_runs_read_whole(root: Path, tmp_path:
     out = export_static([root], tmp_path / "site")
     runs = [read_run(location) for location in Catalog([root]).runs()]
     assert len(runs) == 4 and any(run.descriptor_loss for run in runs)
-    gallery = render_page(gallery_json(runs, GALLERY_LINKS), GALLERY_LINKS)
+    links = dataclasses.replace(GALLERY_LINKS, folders=(root.name,))  # the heading's folder
+    gallery = render_page(gallery_json(runs, links), links)
     assert (out / "index.html").read_text(encoding="utf-8") == gallery
     for run in runs:
         glb = "mesh.glb.js" if "glb" in run.mesh else None
@@ -3316,3 +3318,14 @@ def test_a_server_of_a_folder_inside_a_run_names_the_run_to_view(root: Path):
     assert second.strip() == (
         f"{mesh} is a folder inside the run {cube}: `dreamtext view {cube}` shows it"
     )
+
+
+def test_the_gallery_names_the_folders_it_shows(root: Path, tmp_path: Path):
+    """A gallery said "dreamtext runs" and nothing of where: two viewers forwarded over SSH (a
+    sweep's and last week's) looked alike. The server names its folders' paths; a static
+    folder, which names no local paths, their names."""
+    with serving(Catalog([root])) as srv:
+        gallery = json.loads(get(srv, "/api/runs.json")[1])
+    assert gallery["folders"] == [str(root.resolve())]
+    out = export_static([root], tmp_path / "site")
+    assert page_data(out / "index.html")["folders"] == ["runs"]

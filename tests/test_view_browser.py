@@ -254,6 +254,7 @@ def cards_by_state(page) -> dict[str, str]:
 def check_gallery(page) -> None:
     page.wait_for_selector(".card")
     assert cards_by_state(page) == STATES
+    assert page.inner_text("header.top .folders").startswith("in ")  # where these runs lie
     failed = page.locator('.card[data-run="a_green_torus"]')
     assert "CUDA out of memory" in failed.inner_text()
     assert "batch line 3" in failed.inner_text()

@@ -66,6 +66,8 @@ class Links:
     mesh_zip: Callable[[Run], str] | None = None
     # The workspace files that zip leaves out (a static folder's: those it holds on their own).
     zip_leaves_out: Callable[[Run], Collection[str]] = lambda run: ()
+    # The folders the gallery shows (its heading names them): paths, or in a static folder names.
+    folders: tuple[str, ...] = ()
 
 
 def server_links(api: str | None, poll_ms: int = 2000, base: str | None = None) -> Links:
@@ -191,6 +193,8 @@ def gallery_json(runs: list[Run], links: Links, cursor: str | None = None) -> di
         "poll_ms": links.poll_ms,
         "gallery": links.gallery,
     }
+    if links.folders:
+        data["folders"] = list(links.folders)
     if cursor is not None:
         data["cursor"] = cursor
     data["runs"] = [run_json(run, links, full=False) for run in runs]

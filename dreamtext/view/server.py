@@ -48,6 +48,7 @@ import re
 import socket
 import socketserver
 import sys
+from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -285,6 +286,7 @@ class ViewHandler(BaseHTTPRequestHandler):
         if path in ("/", "/api/runs.json"):
             runs = self.server.gallery.runs(catalog.runs())
             links = server_links("api/runs.json", poll_ms, base=page_base(path))
+            links = replace(links, folders=tuple(str(folder) for folder, _ in catalog.sources))
             since = parse_qs(query).get("since", [None])[0] if path != "/" else None
             answer = self.server.gallery_text(runs, links, since)
             if path == "/":

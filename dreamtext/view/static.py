@@ -156,8 +156,9 @@ def _write(catalog: Catalog, out: Path) -> None:
         _write_run(run, out / "runs" / run.id, RUN_LINKS)
         # A card shows none of the curves (run_json without ``full``).
         cards.append(replace(run, series={}, descriptor_steps=[], descriptor_loss=[]))
-    gallery = gallery_json(cards, GALLERY_LINKS)
-    (out / "index.html").write_text(render_page(gallery, GALLERY_LINKS), encoding="utf-8")
+    links = replace(GALLERY_LINKS, folders=tuple(folder.name for folder, _ in catalog.sources))
+    gallery = gallery_json(cards, links)
+    (out / "index.html").write_text(render_page(gallery, links), encoding="utf-8")
     (out / MARKER).write_text("written by dreamtext view --static\n", encoding="utf-8")
 
 

@@ -324,7 +324,9 @@
     const cards = el("section", { id: "cards", class: "cards" });
     const none = el("p", { class: "none", hidden: true });
     fill(app,
-      el("header", { class: "top" }, el("h1", { text: "dreamtext runs" }), counts),
+      el("header", { class: "top" }, el("h1", { text: "dreamtext runs" }),
+        (data.folders || []).length ? el("p", { class: "folders", text: `in ${data.folders.join(", ")}` }) : null,
+        counts),
       el("div", { class: "controls" }, filter, el("label", {}, "sort ", sort)),
       cards,
       none,
