@@ -344,6 +344,8 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
                 f"no such folder: {workspace}; pass --workspace the folder of a trained run "
                 "(the one that holds checkpoints/)"
             )
+        if not workspace.is_dir():
+            raise DreamtextError(not_a_run_folder(workspace))
         # Its step files, where last.pt was deleted or a copy or sync cut short: "train first"
         # sent the user to a new run, which deletes them.
         whole = newest_whole_step(checkpoint_dir(workspace))
@@ -368,6 +370,33 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
             "`dreamtext text PROMPT` (or pass the --workspace of a trained run)"
         )
     return workspace
+
+
+def not_a_run_folder(path: Path) -> str:
+    """The line for ``export --workspace PATH`` where PATH is a file: one of a run's own files
+    (``RUN/config.json``) names RUN; an image (``mug.png``, the input of ``dreamtext image``)
+    names the run that image's ``image`` made, or the command that makes it."""
+    from dreamtext.config import DEFAULT_WORKSPACE_ROOT
+    from dreamtext.inputs import PICTURE_SUFFIXES
+
+    for folder in list(path.parents)[:3]:
+        if last_checkpoint(folder).is_file() or (folder / "config.json").is_file():
+            return f"{path} is a file of the run in {folder}: pass --workspace {folder}"
+    if path.suffix.lower() in PICTURE_SUFFIXES:
+        run = DEFAULT_WORKSPACE_ROOT / slugify(path.stem)
+        if last_checkpoint(run).is_file():
+            return (
+                f"{path} is an image, not a run's folder: its `dreamtext image` run is "
+                f"exported with --workspace {run}"
+            )
+        return (
+            f"{path} is an image, not a run's folder: `dreamtext image {path}` makes its run "
+            "and exports it; export takes --workspace the folder of a trained run"
+        )
+    return (
+        f"{path} is a file, not a run's folder: pass --workspace the folder of a trained run "
+        "(the one that holds checkpoints/)"
+    )
 
 
 def recorded_options(workspace: Path) -> ExportOptions:

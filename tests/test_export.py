@@ -1133,6 +1133,54 @@ def test_export_of_a_mistyped_folder_says_there_is_no_such_folder(tmp_path, caps
     assert not missing.exists()
 
 
+def test_export_of_an_image_file_says_it_is_an_image_and_what_to_run(tmp_path, capsys):
+    """`export --workspace mug.png` said "no checkpoint at mug.png/checkpoints/last.pt: train
+    first with `dreamtext text PROMPT`", a path inside a file and the wrong command."""
+    from dreamtext.cli import main
+
+    image = tmp_path / "mug.png"
+    image.write_bytes(b"\x89PNG")
+    assert main(["export", "--workspace", str(image)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {image} is an image, not a run's folder: `dreamtext image {image}` "
+        "makes its run and exports it; export takes --workspace the folder of a trained run"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mug.png"]
+
+
+def test_export_of_an_image_names_the_run_its_image_command_made(tmp_path, monkeypatch, capsys):
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path / "workspace", "mug", 1_000_000)
+    Path("mug.png").write_bytes(b"\x89PNG")
+    assert main(["export", "--workspace", "mug.png"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamtext: error: mug.png is an image, not a run's folder: its `dreamtext image` run "
+        f"is exported with --workspace {run.relative_to(tmp_path)}"
+    ]
+
+
+def test_export_of_a_run_file_names_its_run(tmp_path, capsys):
+    """`export --workspace RUN/config.json` (a tab completion too far) names RUN."""
+    from dreamtext.cli import main
+
+    run = make_run(tmp_path, "a_red_cube", 1_000_000)
+    for path in (run / "config.json", run / "checkpoints" / "last.pt"):
+        path.touch()
+        assert main(["export", "--workspace", str(path)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"dreamtext: error: {path} is a file of the run in {run}: pass --workspace {run}"
+        ]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    assert main(["export", "--workspace", str(notes)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {notes} is a file, not a run's folder: pass --workspace the folder "
+        "of a trained run (the one that holds checkpoints/)"
+    ]
+
+
 def test_export_of_a_folder_of_runs_names_its_newest_run(tmp_path, capsys):
     """`export --workspace workspace` (or a batch's root) said "no checkpoint at
     workspace/checkpoints/last.pt: train first" although it holds trained runs."""
