@@ -315,6 +315,17 @@ def owner_value(kind: str, prompt: str) -> str:
     return unicodedata.normalize("NFC", prompt)
 
 
+def write_elsewhere(workspace: str | Path, go_on: str) -> str:
+    """What to do where ``workspace`` cannot be written (the ``fix`` of
+    :func:`dreamtext.runfiles.check_writable`): a folder that holds a run
+    (:func:`dreamtext.processes.is_run_folder`) is copied and the run goes on in the copy
+    (``go_on``: the command that goes on there), as another folder would start it over; a new
+    run just goes elsewhere."""
+    if is_run_folder(Path(workspace)):
+        return f"copy the run to a folder you can write and {go_on} with --workspace COPY"
+    return "pass --workspace a folder you can write"
+
+
 def same_prompt(recorded: object, prompt: str) -> bool:
     """Whether ``recorded`` (a run's prompt, read from its files) is the text prompt ``prompt``,
     up to Unicode normalisation (:func:`owner_value`)."""

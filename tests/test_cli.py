@@ -1355,6 +1355,39 @@ def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     assert not (locked / "run").exists()
 
 
+def test_a_resume_on_a_read_only_run_says_to_copy_the_run_not_to_pass_another_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """`text --resume` of a run on a read-only mount said "pass --workspace a folder you can
+    write", where a new folder has nothing to resume; a new run there may go elsewhere."""
+    from dreamtext.trainer import check_workspace
+
+    run = tmp_path / "a_red_cube"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    real_access, real_statvfs = os.access, os.statvfs
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != run and real_access(path, mode)
+    )
+    monkeypatch.setattr(
+        os,
+        "statvfs",
+        lambda path: (
+            SimpleNamespace(f_flag=os.ST_RDONLY) if Path(path) == run else real_statvfs(path)
+        ),
+    )
+    with pytest.raises(DreamtextError) as refused:
+        check_workspace(run, "a red cube", resume=True)
+    assert str(refused.value) == (
+        f"cannot write in {run} (a read-only file system); copy the run to a folder you can "
+        "write and resume it with --workspace COPY"
+    )
+    with pytest.raises(DreamtextError, match=r"; pass --workspace a folder you can write$"):
+        check_workspace(run, "a red cube", resume=False, overwrite=True)
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "config.json", "last.pt"]
+
+
 def test_a_folder_that_refuses_new_folders_though_access_allows_them_is_one_line(
     tmp_path, monkeypatch, capsys
 ):
