@@ -1017,13 +1017,15 @@ def choose_cpu_threads(args: argparse.Namespace) -> None:
     thread per CPU, spinning, took the CPU from each other (the test suite ran 6 → 13 min)."""
     if not getattr(args, "needs_models", True):
         return
-    from dreamtext.inputs import cpu_threads, spin_briefly, threads_asked_for
+    from dreamtext.inputs import check_thread_count, cpu_threads, spin_briefly, threads_asked_for
 
     flag = getattr(args, "threads", None)
     if "torch" in sys.modules:
         args.cpu_threads = threads_asked_for(flag, os.environ) or (None, "caller")
+        check_thread_count(*args.cpu_threads)
         return
     args.cpu_threads = cpu_threads(flag, os.environ)
+    check_thread_count(*args.cpu_threads)
     spin_briefly(os.environ)
 
 

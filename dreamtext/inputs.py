@@ -810,6 +810,27 @@ def threads_asked_for(flag: int | None, environ: Mapping[str, str]) -> tuple[int
     return int(text), "DREAMTEXT_THREADS"
 
 
+# More torch threads than this for each CPU of the machine only take turns on its CPUs, slower
+# than fewer; in the tens of thousands libgomp cannot start them ("Thread creation failed") and
+# the process crashed (a segfault after a misleading out-of-memory line).
+MAX_THREADS_PER_CPU = 4
+
+
+def check_thread_count(threads: int | None, source: str, cpus: int | None = None) -> None:
+    """Refuse a thread count the user asked for (``--threads``, ``DREAMTEXT_THREADS``) above
+    ``MAX_THREADS_PER_CPU`` times the machine's CPUs (``cpus``, default ``os.cpu_count()``)."""
+    if threads is None or source not in ("--threads", "DREAMTEXT_THREADS"):
+        return
+    cpus = cpus or os.cpu_count() or 1
+    if threads <= MAX_THREADS_PER_CPU * cpus:
+        return
+    asked = f"--threads {threads}" if source == "--threads" else f"DREAMTEXT_THREADS={threads}"
+    raise DreamtextError(
+        f"{asked} is more than {MAX_THREADS_PER_CPU} threads for each of this machine's {cpus} "
+        f"CPUs, which only slows torch down; ask for {cpus} or fewer"
+    )
+
+
 def cpu_threads(
     flag: int | None, environ: Mapping[str, str], affinity: int | None = None
 ) -> tuple[int | None, str]:

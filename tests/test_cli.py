@@ -1355,6 +1355,32 @@ def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     assert not (locked / "run").exists()
 
 
+def test_a_thread_count_far_above_the_cpus_is_one_line_before_anything_runs(
+    tmp_path, monkeypatch, capsys
+):
+    """`export --threads 100000` printed an out-of-memory line and crashed with a segfault (exit
+    139): libgomp cannot start that many threads. 4 a CPU is the most taken."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("DREAMTEXT_THREADS", raising=False)
+    code, err = run_main(["export", "--workspace", tmp_path / "run", "--threads", 100000], capsys)
+    assert_user_error(
+        code,
+        err,
+        "--threads 100000 is more than 4 threads for each of this machine's 2 CPUs, which only "
+        "slows torch down; ask for 2 or fewer",
+    )
+    monkeypatch.setenv("DREAMTEXT_THREADS", "9")
+    code, err = run_main([*BUILTIN_RUN, "--workspace", tmp_path / "run"], capsys)
+    assert_user_error(code, err, "DREAMTEXT_THREADS=9 is more than 4 threads")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("DREAMTEXT_THREADS", "8")  # the most taken
+    from dreamtext.cli import choose_cpu_threads
+
+    args = SimpleNamespace(threads=None)
+    choose_cpu_threads(args)
+    assert args.cpu_threads == (8, "DREAMTEXT_THREADS")
+
+
 def test_a_resume_on_a_read_only_run_says_to_copy_the_run_not_to_pass_another_folder(
     tmp_path, monkeypatch, capsys
 ):
