@@ -996,12 +996,22 @@ def early_batch(args: argparse.Namespace) -> None:
 
 # Each command function's early checks, by the function (a command replaced, as tests replace
 # them, brings no checks of the one it replaces).
+def early_export(args: argparse.Namespace) -> None:
+    """``export``: ``--mesh`` becomes ``--no-video``, and with ``--video`` is refused (one said
+    the turntable, the other none, and the later one won); then :func:`check_cuda_flag`."""
+    if args.mesh:
+        if args.video:
+            raise DreamtextError("give --mesh (no turntable) or --video, not both")
+        args.video = False
+    check_cuda_flag(args)
+
+
 EARLY_CHECKS = {
     cmd_text: early_text,
     cmd_image: early_image,
     cmd_describe: early_describe,
     cmd_batch: early_batch,
-    cmd_export: check_cuda_flag,
+    cmd_export: early_export,
 }
 
 
@@ -1098,9 +1108,7 @@ def build_parser() -> argparse.ArgumentParser:
     # nothing records which was typed), for the command the brief advertises.
     export.add_argument(
         "--mesh",
-        dest="video",
-        action="store_const",
-        const=False,
+        action="store_true",
         help="the mesh files only, no turntable (the same as --no-video)",
     )
     add_threads_argument(export)

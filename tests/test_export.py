@@ -1739,6 +1739,21 @@ def test_export_mesh_exports_the_mesh_files_without_the_turntable(tmp_path, monk
     assert dataclasses.asdict(with_mesh) == dataclasses.asdict(no_video)
 
 
+@pytest.mark.parametrize("order", [["--mesh", "--video"], ["--video", "--mesh"]])
+def test_export_mesh_with_video_is_refused_in_either_order(tmp_path, capsys, order):
+    """`export --mesh --video` made a turntable and `--video --mesh` none, without a word: the
+    later flag won. Asking for both is one line, before anything loads or is written."""
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {"resolution": 40})
+    before = sorted(p.name for p in workspace.rglob("*"))
+    assert main(["export", "--workspace", str(workspace), *order]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamtext: error: give --mesh (no turntable) or --video, not both"
+    ]
+    assert sorted(p.name for p in workspace.rglob("*")) == before
+
+
 def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch, capsys):
     """... and says so when the file is there: the run's own settings may have been others."""
     workspace = recorded_run(tmp_path, {"resolution": 40})
