@@ -315,6 +315,11 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--w", "0"], ["--w", "positive"]),
         (["text", "a castle", "--guidance", "inf"], ["--guidance", "finite"]),
         (["text", "a castle", "--lr", "nan"], ["--lr", "finite"]),
+        # Adam's first step overflowed float32: a torch traceback once training had started.
+        (
+            ["text", "a red cube", "--model", "builtin:shapes", "--lr", "1e300"],
+            ["--lr 1e+300 is too large: Adam's steps would overflow float32 above 3.4e+36"],
+        ),
         # torch.manual_seed raised an overflow traceback once the run had started.
         (["text", "a castle", "--seed", str(2**64)], ["--seed", "0 to 4294967295"]),
         (["text", "a castle", "--seed", "-1"], ["--seed", "0 to 4294967295"]),
@@ -355,6 +360,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     monkeypatch.chdir(tmp_path)
     assert_user_error(*run_main(args, capsys), *fragments)
     assert not (tmp_path / "workspace").exists()
+
+
+def test_a_config_files_lr_too_large_for_float32_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("big.yaml").write_text("lr: 1.0e+38\nfield:\n  encoding_lr_scale: 1\n")
+    args = [*BUILTIN_RUN, "--config", "big.yaml"]
+    assert_user_error(*run_main(args, capsys), "--lr 1e+38 is too large", "above 3.4e+37")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]
 
 
 def test_resume_finds_a_run_in_the_folder_an_ascii_slug_named(tmp_path, monkeypatch, capsys):
