@@ -248,10 +248,14 @@ def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
         if device.type == "cuda"
         else f"of memory and {format_gigabytes(available)} is available"
     )
+    # The batch multiplies the rays as the render's area does: a huge --batch-size was told to
+    # lower --h alone.
+    fix = "lower --h (the thesis's FitFusion renders 256 px; 64 is the default)"
+    if cfg.batch_size > 2:
+        fix = "lower --batch-size (the default is 1) or --h"
     raise DreamtextError(
         f"--h {cfg.h} --w {cfg.w} with batch {cfg.batch_size}: its rays alone need at least "
-        f"{format_gigabytes(need)} {has}; "
-        "lower --h (the thesis's FitFusion renders 256 px; 64 is the default)"
+        f"{format_gigabytes(need)} {has}; {fix}"
     )
 
 

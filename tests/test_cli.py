@@ -793,6 +793,24 @@ def test_a_render_whose_rays_alone_cannot_fit_is_refused_before_anything_is_writ
     assert code == 0, err
 
 
+def test_a_batch_whose_rays_alone_cannot_fit_names_the_batch_size(tmp_path, monkeypatch, capsys):
+    """`--batch-size 100000` where its rays cannot fit was told to "lower --h" alone: the batch
+    multiplies the rays as the render's area does."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 10**9)
+    workspace = tmp_path / "big"
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--workspace", workspace]
+    code, err = run_main([*args, "--batch-size", "100000"], capsys)
+    assert_user_error(
+        code,
+        err,
+        "--h 32 --w 32 with batch 100000: its rays alone need at least 4.9 GB",
+        "; lower --batch-size (the default is 1) or --h",
+    )
+    assert not workspace.exists()
+
+
 def test_other_errors_still_raise(monkeypatch, capsys):
     from dreamtext import cli
 
