@@ -1386,6 +1386,31 @@ def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     assert not (locked / "run").exists()
 
 
+def test_image_with_an_empty_workspace_checks_the_folder_it_runs_in(tmp_path, monkeypatch, capsys):
+    """`image mug.png --workspace ""` (an unset shell variable) checked the current folder but
+    ran in workspace/mug, the default that text, describe and export take "" for: a text→3D run
+    there went on as the image's."""
+    from dreamtext import imageto3d
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save("mug.png")
+    run = tmp_path / "workspace" / "mug"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished"}))
+    ran = []
+    monkeypatch.setattr(
+        imageto3d, "run_image", lambda image, options, cfg, **kw: ran.append(cfg.workspace) or "x"
+    )
+    code, err = run_main(["image", "mug.png", "--workspace", ""], capsys)
+    assert_user_error(code, err, "workspace/mug holds a text→3D run of 'a red cube'")
+    assert ran == []
+    (run / "config.json").unlink()
+    (run / "status.json").unlink()
+    assert run_main(["image", "mug.png", "--workspace", ""], capsys)[0] == 0
+    assert ran == [str(Path("workspace") / "mug")]
+
+
 def test_a_thread_count_far_above_the_cpus_is_one_line_before_anything_runs(
     tmp_path, monkeypatch, capsys
 ):
