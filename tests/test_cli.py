@@ -1411,6 +1411,25 @@ def test_image_with_an_empty_workspace_checks_the_folder_it_runs_in(tmp_path, mo
     assert ran == [str(Path("workspace") / "mug")]
 
 
+def test_a_disk_too_full_for_the_lock_record_leaves_no_folder_and_no_lock(
+    tmp_path, monkeypatch, capsys
+):
+    """`describe` on a full disk said "No space left on device" and left the new workspace/big/
+    holding a `.dreamtext.lock`: the lock file was made, its record could not be written."""
+    from dreamtext import processes
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save("big.png")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(processes, "this_process", full)
+    code, err = run_main(["describe", "big.png", "--clip", "no-such-clip"], capsys)
+    assert_user_error(code, err, "No space left on device", "free space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+
+
 def test_a_thread_count_far_above_the_cpus_is_one_line_before_anything_runs(
     tmp_path, monkeypatch, capsys
 ):
