@@ -354,9 +354,10 @@ def _lock(lock: Path) -> IO[str] | None:
         handle.write(json.dumps(this_process()))
         handle.flush()
     except OSError:  # a full disk or quota: the command says so, and leaves no lock file
-        handle.close()
         with contextlib.suppress(OSError):
             lock.unlink()
+        with contextlib.suppress(OSError):  # its buffered record fails again as it closes
+            handle.close()
         raise
     return handle
 

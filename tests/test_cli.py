@@ -1424,7 +1424,28 @@ def test_a_disk_too_full_for_the_lock_record_leaves_no_folder_and_no_lock(
     def full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(processes, "this_process", full)
+    class FullDiskFile:
+        """A file on a full disk: made, but its writes fail, and its close (which flushes what
+        was buffered) fails too, after closing the file."""
+
+        def __init__(self, path, *args, **kwargs):
+            self.file = open(path, *args, **kwargs)  # noqa: SIM115
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        write = flush = full
+
+        def close(self):
+            self.file.close()
+            full()
+
+    def open_on_a_full_disk(path, *args, **kwargs):
+        if Path(path).name == processes.LOCK_NAME:
+            return FullDiskFile(path, *args, **kwargs)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(processes, "open", open_on_a_full_disk, raising=False)
     code, err = run_main(["describe", "big.png", "--clip", "no-such-clip"], capsys)
     assert_user_error(code, err, "No space left on device", "free space")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
