@@ -1181,6 +1181,30 @@ def test_export_of_a_run_file_names_its_run(tmp_path, capsys):
     ]
 
 
+def test_export_of_an_image_runs_descriptor_folder_names_the_run(tmp_path, capsys):
+    """`export --workspace workspace/mug/descriptor` (the descriptor stage's folder, which has a
+    checkpoints/last.pt of its own) said "... is not a dreamtext run checkpoint (...); delete
+    it to start over": deleting it loses the trained descriptor."""
+    from dreamtext.cli import main
+
+    run = make_run(tmp_path, "mug", 1_000_000)
+    descriptor = run / "descriptor"
+    (descriptor / "checkpoints").mkdir(parents=True)
+    torch.save({"step": 5, "embeds": torch.zeros(1, 4)}, descriptor / "checkpoints" / "last.pt")
+    (descriptor / "sentence.json").write_text("{}")
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main(["export", "--workspace", str(descriptor)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {descriptor} is inside the run in {run}: pass --workspace {run}"
+    ]
+    sentence = descriptor / "sentence.json"
+    assert main(["export", "--workspace", str(sentence)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {sentence} is a file of the run in {run}: pass --workspace {run}"
+    ]
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
 def test_export_of_a_folder_of_runs_names_its_newest_run(tmp_path, capsys):
     """`export --workspace workspace` (or a batch's root) said "no checkpoint at
     workspace/checkpoints/last.pt: train first" although it holds trained runs."""
