@@ -535,9 +535,16 @@ def check_image_path(path: Path) -> None:
     checks this before it imports torch)."""
     if path.is_dir():
         raise DreamtextError(f"{path} is a folder, not an image; pass a PNG, JPEG or WebP file")
+    if path.exists() and not path.is_file():  # "image not found" named a path that is there
+        raise DreamtextError(
+            f"{path} is not a file (a device or a pipe); pass a PNG, JPEG or WebP file"
+        )
+    if path.is_symlink() and not path.exists():
+        raise DreamtextError(
+            f"image not found: {path} is a link to {os.readlink(path)}, which does not exist"
+        )
     if not path.is_file():
-        hint = "" if path.exists() else prompt_hint(path)
-        raise DreamtextError(f"image not found: {path}{hint or ' (check the path)'}")
+        raise DreamtextError(f"image not found: {path}{prompt_hint(path) or ' (check the path)'}")
 
 
 # Suffixes of image files a user may hold (not only those load_image reads): a name with one is a

@@ -1411,6 +1411,22 @@ def test_image_with_an_empty_workspace_checks_the_folder_it_runs_in(tmp_path, mo
     assert ran == [str(Path("workspace") / "mug")]
 
 
+@pytest.mark.parametrize("command", ["describe", "image"])
+def test_an_image_path_that_is_no_file_says_what_it_is(tmp_path, monkeypatch, capsys, command):
+    """`describe /dev/null`, a named pipe or a dangling link said "image not found: PATH (check
+    the path)" of a path that is there."""
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("pipe.png")
+    os.symlink("gone.png", "link.png")
+    code, err = run_main([command, "pipe.png"], capsys)
+    assert_user_error(code, err, "pipe.png is not a file (a device or a pipe)")
+    code, err = run_main([command, "/dev/null"], capsys)
+    assert_user_error(code, err, "/dev/null is not a file (a device or a pipe)")
+    code, err = run_main([command, "link.png"], capsys)
+    assert_user_error(code, err, "image not found: link.png is a link to gone.png, which does")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "pipe.png"]
+
+
 def test_a_disk_too_full_for_the_lock_record_leaves_no_folder_and_no_lock(
     tmp_path, monkeypatch, capsys
 ):
