@@ -345,7 +345,7 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
         run_diverse,
     )
 
-    workspace = diverse_workspace(cfg, named=args.workspace is not None)
+    workspace = diverse_workspace(cfg, named=bool(args.workspace))
     base = check_diverse_workspace(workspace, cfg)
     if base is not None:
         cfg = resolve_config(
@@ -604,7 +604,10 @@ def cmd_image(args: argparse.Namespace) -> int:
     overrides = text_overrides(args)  # --iters with --epochs was refused by early_image
     # The prompt is the sentence DreamText learns; the image's name stands in until then.
     overrides["prompt"] = Path(args.image).stem or "image"
-    workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
+    # --workspace "" is the default, as for text, describe and export (it was the current
+    # folder here, away from the sentence `describe` found).
+    overrides["workspace"] = args.workspace or str(default_workspace(args.image))
+    workspace = Path(overrides["workspace"])
     check_image(Path(args.image), workspace)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
     check_image_model(args, base)
@@ -891,9 +894,7 @@ def early_image(args: argparse.Namespace) -> None:
     _iters_or_epochs(args)
     check_cuda_flag(args)
     image = Path(args.image)
-    # As cmd_image takes it: --workspace "" is the current folder.
-    explicit = args.workspace is not None
-    workspace = Path(args.workspace) if explicit else default_workspace(args.image)
+    workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
     check_image(image, workspace)
     base = check_image_workspace(workspace, image)
     check_image_model(args, base)
@@ -996,12 +997,22 @@ def early_batch(args: argparse.Namespace) -> None:
 
 # Each command function's early checks, by the function (a command replaced, as tests replace
 # them, brings no checks of the one it replaces).
+def early_export(args: argparse.Namespace) -> None:
+    """``export``: ``--mesh`` becomes ``--no-video``, and with ``--video`` is refused (one said
+    the turntable, the other none, and the later one won); then :func:`check_cuda_flag`."""
+    if args.mesh:
+        if args.video:
+            raise DreamtextError("give --mesh (no turntable) or --video, not both")
+        args.video = False
+    check_cuda_flag(args)
+
+
 EARLY_CHECKS = {
     cmd_text: early_text,
     cmd_image: early_image,
     cmd_describe: early_describe,
     cmd_batch: early_batch,
-    cmd_export: check_cuda_flag,
+    cmd_export: early_export,
 }
 
 
@@ -1017,13 +1028,15 @@ def choose_cpu_threads(args: argparse.Namespace) -> None:
     thread per CPU, spinning, took the CPU from each other (the test suite ran 6 → 13 min)."""
     if not getattr(args, "needs_models", True):
         return
-    from dreamtext.inputs import cpu_threads, spin_briefly, threads_asked_for
+    from dreamtext.inputs import check_thread_count, cpu_threads, spin_briefly, threads_asked_for
 
     flag = getattr(args, "threads", None)
     if "torch" in sys.modules:
         args.cpu_threads = threads_asked_for(flag, os.environ) or (None, "caller")
+        check_thread_count(*args.cpu_threads)
         return
     args.cpu_threads = cpu_threads(flag, os.environ)
+    check_thread_count(*args.cpu_threads)
     spin_briefly(os.environ)
 
 
@@ -1114,9 +1127,7 @@ def build_parser() -> argparse.ArgumentParser:
     # nothing records which was typed), for the command the brief advertises.
     export.add_argument(
         "--mesh",
-        dest="video",
-        action="store_const",
-        const=False,
+        action="store_true",
         help="the mesh files only, no turntable (the same as --no-video)",
     )
     add_threads_argument(export)

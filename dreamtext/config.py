@@ -62,6 +62,10 @@ ITERS_PER_EPOCH = 100
 """Iterations per epoch, as in stable-dreamfusion (the thesis counts epochs)."""
 
 
+# The largest finite float32 (torch.finfo(torch.float32).max), without importing torch.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass
 class TrainConfig:
     """Everything a ``dreamtext text`` run needs; defaults follow the thesis."""
@@ -566,6 +570,14 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
         )
     if cfg.lr <= 0:
         raise DreamtextError(f"--lr must be positive, got {cfg.lr}")
+    # Adam's first step is lr / (1 - β1) = 10 lr (the hash table's encoding_lr_scale times
+    # that), taken in float32: past its largest value torch raised mid-run (a traceback).
+    lr_max = FLOAT32_MAX / 10 / max(1.0, cfg.field.encoding_lr_scale)
+    if cfg.lr > lr_max:
+        raise DreamtextError(
+            f"--lr {cfg.lr:g} is too large: Adam's steps would overflow float32 above "
+            f"{lr_max:.3g}; the default is {TrainConfig.lr:g}"
+        )
     from dreamtext.cli import SEED_MAX  # the flag's bound (the CLI module imports no torch)
 
     # torch.manual_seed takes -2^63 to 2^64 - 1; a seed past that was a torch traceback once

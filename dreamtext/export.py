@@ -73,6 +73,7 @@ from dreamtext.mesh import (
 from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
     HOST,
+    enclosing_run,
     file_age,
     lock_folder,
     record_alive,
@@ -328,6 +329,14 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
         workspace = newest or find_latest_workspace(DEFAULT_WORKSPACE_ROOT)
         log.info("exporting the most recent run: %s", workspace)
     workspace = Path(workspace)
+    # A folder or file inside a run (its descriptor/, whose checkpoint is the descriptor's, not a
+    # field's: "delete it to start over" was the line; its config.json) names the run.
+    outer = enclosing_run(workspace, itself=False)
+    while outer is not None and (around := enclosing_run(outer, itself=False)) is not None:
+        outer = around  # descriptor/ looks like a run itself (its own checkpoints/last.pt)
+    if outer is not None:
+        what = "a file of" if workspace.is_file() else "inside"
+        raise DreamtextError(f"{workspace} is {what} the run in {outer}: pass --workspace {outer}")
     if not last_checkpoint(workspace).is_file():
         from dreamtext.runstatus import live_run
 
@@ -344,6 +353,8 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
                 f"no such folder: {workspace}; pass --workspace the folder of a trained run "
                 "(the one that holds checkpoints/)"
             )
+        if not workspace.is_dir():
+            raise DreamtextError(not_a_run_folder(workspace))
         # Its step files, where last.pt was deleted or a copy or sync cut short: "train first"
         # sent the user to a new run, which deletes them.
         whole = newest_whole_step(checkpoint_dir(workspace))
@@ -368,6 +379,30 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
             "`dreamtext text PROMPT` (or pass the --workspace of a trained run)"
         )
     return workspace
+
+
+def not_a_run_folder(path: Path) -> str:
+    """The line for ``export --workspace PATH`` where PATH is a file outside any run: an image
+    (``mug.png``, the input of ``dreamtext image``) names the run that image's ``image`` made,
+    or the command that makes it. (A run's own file names its run: :func:`resolve_workspace`.)"""
+    from dreamtext.config import DEFAULT_WORKSPACE_ROOT
+    from dreamtext.inputs import PICTURE_SUFFIXES
+
+    if path.suffix.lower() in PICTURE_SUFFIXES:
+        run = DEFAULT_WORKSPACE_ROOT / slugify(path.stem)
+        if last_checkpoint(run).is_file():
+            return (
+                f"{path} is an image, not a run's folder: its `dreamtext image` run is "
+                f"exported with --workspace {run}"
+            )
+        return (
+            f"{path} is an image, not a run's folder: `dreamtext image {path}` makes its run "
+            "and exports it; export takes --workspace the folder of a trained run"
+        )
+    return (
+        f"{path} is a file, not a run's folder: pass --workspace the folder of a trained run "
+        "(the one that holds checkpoints/)"
+    )
 
 
 def recorded_options(workspace: Path) -> ExportOptions:

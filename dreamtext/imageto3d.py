@@ -79,6 +79,7 @@ from dreamtext.descriptor import (
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
+from dreamtext.inputs import write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
@@ -474,7 +475,7 @@ def check_diverse_workspace(workspace: str | Path, cfg: TrainConfig) -> dict | N
     ``--diverse`` run of another prompt or seed (another sampled image) is refused. Returns the
     run's recorded config (the base a rerun resolves over), ``None`` for a new run."""
     workspace = Path(workspace)
-    check_writable(workspace, "pass --workspace a folder you can write")
+    check_writable(workspace, write_elsewhere(workspace, "run the same command"))
     diverse = read_stage_sections(workspace).get("diverse", {})
     recorded, seed = diverse.get("prompt"), diverse.get("seed")
     if recorded is not None and not same_prompt(recorded, cfg.prompt):

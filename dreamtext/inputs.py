@@ -315,6 +315,17 @@ def owner_value(kind: str, prompt: str) -> str:
     return unicodedata.normalize("NFC", prompt)
 
 
+def write_elsewhere(workspace: str | Path, go_on: str) -> str:
+    """What to do where ``workspace`` cannot be written (the ``fix`` of
+    :func:`dreamtext.runfiles.check_writable`): a folder that holds a run
+    (:func:`dreamtext.processes.is_run_folder`) is copied and the run goes on in the copy
+    (``go_on``: the command that goes on there), as another folder would start it over; a new
+    run just goes elsewhere."""
+    if is_run_folder(Path(workspace)):
+        return f"copy the run to a folder you can write and {go_on} with --workspace COPY"
+    return "pass --workspace a folder you can write"
+
+
 def same_prompt(recorded: object, prompt: str) -> bool:
     """Whether ``recorded`` (a run's prompt, read from its files) is the text prompt ``prompt``,
     up to Unicode normalisation (:func:`owner_value`)."""
@@ -539,9 +550,16 @@ def check_image_path(path: Path) -> None:
     checks this before it imports torch)."""
     if path.is_dir():
         raise DreamtextError(f"{path} is a folder, not an image; pass a PNG, JPEG or WebP file")
+    if path.exists() and not path.is_file():  # "image not found" named a path that is there
+        raise DreamtextError(
+            f"{path} is not a file (a device or a pipe); pass a PNG, JPEG or WebP file"
+        )
+    if path.is_symlink() and not path.exists():
+        raise DreamtextError(
+            f"image not found: {path} is a link to {os.readlink(path)}, which does not exist"
+        )
     if not path.is_file():
-        hint = "" if path.exists() else prompt_hint(path)
-        raise DreamtextError(f"image not found: {path}{hint or ' (check the path)'}")
+        raise DreamtextError(f"image not found: {path}{prompt_hint(path) or ' (check the path)'}")
 
 
 # Suffixes of image files a user may hold (not only those load_image reads): a name with one is a
@@ -812,6 +830,27 @@ def threads_asked_for(flag: int | None, environ: Mapping[str, str]) -> tuple[int
             f"'{text}' (unset it for one thread per CPU this process may use)"
         )
     return int(text), "DREAMTEXT_THREADS"
+
+
+# More torch threads than this for each CPU of the machine only take turns on its CPUs, slower
+# than fewer; in the tens of thousands libgomp cannot start them ("Thread creation failed") and
+# the process crashed (a segfault after a misleading out-of-memory line).
+MAX_THREADS_PER_CPU = 4
+
+
+def check_thread_count(threads: int | None, source: str, cpus: int | None = None) -> None:
+    """Refuse a thread count the user asked for (``--threads``, ``DREAMTEXT_THREADS``) above
+    ``MAX_THREADS_PER_CPU`` times the machine's CPUs (``cpus``, default ``os.cpu_count()``)."""
+    if threads is None or source not in ("--threads", "DREAMTEXT_THREADS"):
+        return
+    cpus = cpus or os.cpu_count() or 1
+    if threads <= MAX_THREADS_PER_CPU * cpus:
+        return
+    asked = f"--threads {threads}" if source == "--threads" else f"DREAMTEXT_THREADS={threads}"
+    raise DreamtextError(
+        f"{asked} is more than {MAX_THREADS_PER_CPU} threads for each of this machine's {cpus} "
+        f"CPUs, which only slows torch down; ask for {cpus} or fewer"
+    )
 
 
 def cpu_threads(

@@ -227,7 +227,7 @@ def claim_workspace(workspace: str | Path) -> Iterator[None]:
     else:
         try:
             handle = _lock(lock)
-        except DreamtextError:
+        except (DreamtextError, OSError):
             _remove_empty(made)
             raise
     _HELD[key] = [handle, 1, made]
@@ -348,10 +348,17 @@ def _lock(lock: Path) -> IO[str] | None:
         if current is not None and os.path.samestat(os.fstat(handle.fileno()), current):
             break
         handle.close()
-    handle.seek(0)
-    handle.truncate()
-    handle.write(json.dumps(this_process()))
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(this_process()))
+        handle.flush()
+    except OSError:  # a full disk or quota: the command says so, and leaves no lock file
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        with contextlib.suppress(OSError):  # its buffered record fails again as it closes
+            handle.close()
+        raise
     return handle
 
 

@@ -82,7 +82,7 @@ from dreamtext.export import (
 from dreamtext.factory import build_parts
 from dreamtext.field import NeRFField, field_config_to_dict
 from dreamtext.guidance import ScoreDistillation
-from dreamtext.inputs import no_checkpoint_error
+from dreamtext.inputs import no_checkpoint_error, write_elsewhere
 from dreamtext.interrupts import (  # TrainingInterrupted is imported from here too
     StepStopped,
     TrainingInterrupted,
@@ -187,7 +187,13 @@ def check_workspace(
     that is the workspace's own record (:func:`dreamtext.config.own_config_file`): a user typing
     the run again from it wants it reproduced, so the refusal names a new folder, not
     ``--overwrite``, which would delete the run."""
-    check_writable(workspace, "pass --workspace a folder you can write")
+    # A resume goes on only where the run is: another folder has nothing to resume.
+    fix = (
+        write_elsewhere(workspace, "resume it")
+        if resume
+        else "pass --workspace a folder you can write"
+    )
+    check_writable(workspace, fix)
     check_not_running(workspace)
     # Read first: a config.json that is not a run's fails here, before anything is written.
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")
@@ -242,10 +248,14 @@ def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
         if device.type == "cuda"
         else f"of memory and {format_gigabytes(available)} is available"
     )
+    # The batch multiplies the rays as the render's area does: a huge --batch-size was told to
+    # lower --h alone.
+    fix = "lower --h (the thesis's FitFusion renders 256 px; 64 is the default)"
+    if cfg.batch_size > 2:
+        fix = "lower --batch-size (the default is 1) or --h"
     raise DreamtextError(
         f"--h {cfg.h} --w {cfg.w} with batch {cfg.batch_size}: its rays alone need at least "
-        f"{format_gigabytes(need)} {has}; "
-        "lower --h (the thesis's FitFusion renders 256 px; 64 is the default)"
+        f"{format_gigabytes(need)} {has}; {fix}"
     )
 
 

@@ -315,6 +315,11 @@ def assert_user_error(code, stderr, *fragments):
         (["text", "a castle", "--w", "0"], ["--w", "positive"]),
         (["text", "a castle", "--guidance", "inf"], ["--guidance", "finite"]),
         (["text", "a castle", "--lr", "nan"], ["--lr", "finite"]),
+        # Adam's first step overflowed float32: a torch traceback once training had started.
+        (
+            ["text", "a red cube", "--model", "builtin:shapes", "--lr", "1e300"],
+            ["--lr 1e+300 is too large: Adam's steps would overflow float32 above 3.4e+36"],
+        ),
         # torch.manual_seed raised an overflow traceback once the run had started.
         (["text", "a castle", "--seed", str(2**64)], ["--seed", "0 to 4294967295"]),
         (["text", "a castle", "--seed", "-1"], ["--seed", "0 to 4294967295"]),
@@ -355,6 +360,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     monkeypatch.chdir(tmp_path)
     assert_user_error(*run_main(args, capsys), *fragments)
     assert not (tmp_path / "workspace").exists()
+
+
+def test_a_config_files_lr_too_large_for_float32_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("big.yaml").write_text("lr: 1.0e+38\nfield:\n  encoding_lr_scale: 1\n")
+    args = [*BUILTIN_RUN, "--config", "big.yaml"]
+    assert_user_error(*run_main(args, capsys), "--lr 1e+38 is too large", "above 3.4e+37")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]
 
 
 def test_resume_finds_a_run_in_the_folder_an_ascii_slug_named(tmp_path, monkeypatch, capsys):
@@ -778,6 +791,24 @@ def test_a_render_whose_rays_alone_cannot_fit_is_refused_before_anything_is_writ
     assert not workspace.exists()
     code, err = run_main([*args, "--iters", "1", "--workspace", workspace], capsys)
     assert code == 0, err
+
+
+def test_a_batch_whose_rays_alone_cannot_fit_names_the_batch_size(tmp_path, monkeypatch, capsys):
+    """`--batch-size 100000` where its rays cannot fit was told to "lower --h" alone: the batch
+    multiplies the rays as the render's area does."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 10**9)
+    workspace = tmp_path / "big"
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--workspace", workspace]
+    code, err = run_main([*args, "--batch-size", "100000"], capsys)
+    assert_user_error(
+        code,
+        err,
+        "--h 32 --w 32 with batch 100000: its rays alone need at least 4.9 GB",
+        "; lower --batch-size (the default is 1) or --h",
+    )
+    assert not workspace.exists()
 
 
 def test_other_errors_still_raise(monkeypatch, capsys):
@@ -1353,6 +1384,146 @@ def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     code, err = run_main([*BUILTIN_RUN, "--workspace", locked / "run"], capsys)
     assert_user_error(code, err, f"cannot write in {locked} (a read-only file system)")
     assert not (locked / "run").exists()
+
+
+def test_image_with_an_empty_workspace_checks_the_folder_it_runs_in(tmp_path, monkeypatch, capsys):
+    """`image mug.png --workspace ""` (an unset shell variable) checked the current folder but
+    ran in workspace/mug, the default that text, describe and export take "" for: a text→3D run
+    there went on as the image's."""
+    from dreamtext import imageto3d
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save("mug.png")
+    run = tmp_path / "workspace" / "mug"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished"}))
+    ran = []
+    monkeypatch.setattr(
+        imageto3d, "run_image", lambda image, options, cfg, **kw: ran.append(cfg.workspace) or "x"
+    )
+    code, err = run_main(["image", "mug.png", "--workspace", ""], capsys)
+    assert_user_error(code, err, "workspace/mug holds a text→3D run of 'a red cube'")
+    assert ran == []
+    (run / "config.json").unlink()
+    (run / "status.json").unlink()
+    assert run_main(["image", "mug.png", "--workspace", ""], capsys)[0] == 0
+    assert ran == [str(Path("workspace") / "mug")]
+
+
+@pytest.mark.parametrize("command", ["describe", "image"])
+def test_an_image_path_that_is_no_file_says_what_it_is(tmp_path, monkeypatch, capsys, command):
+    """`describe /dev/null`, a named pipe or a dangling link said "image not found: PATH (check
+    the path)" of a path that is there."""
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("pipe.png")
+    os.symlink("gone.png", "link.png")
+    code, err = run_main([command, "pipe.png"], capsys)
+    assert_user_error(code, err, "pipe.png is not a file (a device or a pipe)")
+    code, err = run_main([command, "/dev/null"], capsys)
+    assert_user_error(code, err, "/dev/null is not a file (a device or a pipe)")
+    code, err = run_main([command, "link.png"], capsys)
+    assert_user_error(code, err, "image not found: link.png is a link to gone.png, which does")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "pipe.png"]
+
+
+def test_a_disk_too_full_for_the_lock_record_leaves_no_folder_and_no_lock(
+    tmp_path, monkeypatch, capsys
+):
+    """`describe` on a full disk said "No space left on device" and left the new workspace/big/
+    holding a `.dreamtext.lock`: the lock file was made, its record could not be written."""
+    from dreamtext import processes
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save("big.png")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class FullDiskFile:
+        """A file on a full disk: made, but its writes fail, and its close (which flushes what
+        was buffered) fails too, after closing the file."""
+
+        def __init__(self, path, *args, **kwargs):
+            self.file = open(path, *args, **kwargs)  # noqa: SIM115
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        write = flush = full
+
+        def close(self):
+            self.file.close()
+            full()
+
+    def open_on_a_full_disk(path, *args, **kwargs):
+        if Path(path).name == processes.LOCK_NAME:
+            return FullDiskFile(path, *args, **kwargs)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(processes, "open", open_on_a_full_disk, raising=False)
+    code, err = run_main(["describe", "big.png", "--clip", "no-such-clip"], capsys)
+    assert_user_error(code, err, "No space left on device", "free space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+
+
+def test_a_thread_count_far_above_the_cpus_is_one_line_before_anything_runs(
+    tmp_path, monkeypatch, capsys
+):
+    """`export --threads 100000` printed an out-of-memory line and crashed with a segfault (exit
+    139): libgomp cannot start that many threads. 4 a CPU is the most taken."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("DREAMTEXT_THREADS", raising=False)
+    code, err = run_main(["export", "--workspace", tmp_path / "run", "--threads", 100000], capsys)
+    assert_user_error(
+        code,
+        err,
+        "--threads 100000 is more than 4 threads for each of this machine's 2 CPUs, which only "
+        "slows torch down; ask for 2 or fewer",
+    )
+    monkeypatch.setenv("DREAMTEXT_THREADS", "9")
+    code, err = run_main([*BUILTIN_RUN, "--workspace", tmp_path / "run"], capsys)
+    assert_user_error(code, err, "DREAMTEXT_THREADS=9 is more than 4 threads")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("DREAMTEXT_THREADS", "8")  # the most taken
+    from dreamtext.cli import choose_cpu_threads
+
+    args = SimpleNamespace(threads=None)
+    choose_cpu_threads(args)
+    assert args.cpu_threads == (8, "DREAMTEXT_THREADS")
+
+
+def test_a_resume_on_a_read_only_run_says_to_copy_the_run_not_to_pass_another_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """`text --resume` of a run on a read-only mount said "pass --workspace a folder you can
+    write", where a new folder has nothing to resume; a new run there may go elsewhere."""
+    from dreamtext.trainer import check_workspace
+
+    run = tmp_path / "a_red_cube"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    real_access, real_statvfs = os.access, os.statvfs
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != run and real_access(path, mode)
+    )
+    monkeypatch.setattr(
+        os,
+        "statvfs",
+        lambda path: (
+            SimpleNamespace(f_flag=os.ST_RDONLY) if Path(path) == run else real_statvfs(path)
+        ),
+    )
+    with pytest.raises(DreamtextError) as refused:
+        check_workspace(run, "a red cube", resume=True)
+    assert str(refused.value) == (
+        f"cannot write in {run} (a read-only file system); copy the run to a folder you can "
+        "write and resume it with --workspace COPY"
+    )
+    with pytest.raises(DreamtextError, match=r"; pass --workspace a folder you can write$"):
+        check_workspace(run, "a red cube", resume=False, overwrite=True)
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "config.json", "last.pt"]
 
 
 def test_a_folder_that_refuses_new_folders_though_access_allows_them_is_one_line(

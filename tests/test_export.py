@@ -1133,6 +1133,78 @@ def test_export_of_a_mistyped_folder_says_there_is_no_such_folder(tmp_path, caps
     assert not missing.exists()
 
 
+def test_export_of_an_image_file_says_it_is_an_image_and_what_to_run(tmp_path, capsys):
+    """`export --workspace mug.png` said "no checkpoint at mug.png/checkpoints/last.pt: train
+    first with `dreamtext text PROMPT`", a path inside a file and the wrong command."""
+    from dreamtext.cli import main
+
+    image = tmp_path / "mug.png"
+    image.write_bytes(b"\x89PNG")
+    assert main(["export", "--workspace", str(image)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {image} is an image, not a run's folder: `dreamtext image {image}` "
+        "makes its run and exports it; export takes --workspace the folder of a trained run"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mug.png"]
+
+
+def test_export_of_an_image_names_the_run_its_image_command_made(tmp_path, monkeypatch, capsys):
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path / "workspace", "mug", 1_000_000)
+    Path("mug.png").write_bytes(b"\x89PNG")
+    assert main(["export", "--workspace", "mug.png"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamtext: error: mug.png is an image, not a run's folder: its `dreamtext image` run "
+        f"is exported with --workspace {run.relative_to(tmp_path)}"
+    ]
+
+
+def test_export_of_a_run_file_names_its_run(tmp_path, capsys):
+    """`export --workspace RUN/config.json` (a tab completion too far) names RUN."""
+    from dreamtext.cli import main
+
+    run = make_run(tmp_path, "a_red_cube", 1_000_000)
+    for path in (run / "config.json", run / "checkpoints" / "last.pt"):
+        path.touch()
+        assert main(["export", "--workspace", str(path)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"dreamtext: error: {path} is a file of the run in {run}: pass --workspace {run}"
+        ]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    assert main(["export", "--workspace", str(notes)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {notes} is a file, not a run's folder: pass --workspace the folder "
+        "of a trained run (the one that holds checkpoints/)"
+    ]
+
+
+def test_export_of_an_image_runs_descriptor_folder_names_the_run(tmp_path, capsys):
+    """`export --workspace workspace/mug/descriptor` (the descriptor stage's folder, which has a
+    checkpoints/last.pt of its own) said "... is not a dreamtext run checkpoint (...); delete
+    it to start over": deleting it loses the trained descriptor."""
+    from dreamtext.cli import main
+
+    run = make_run(tmp_path, "mug", 1_000_000)
+    descriptor = run / "descriptor"
+    (descriptor / "checkpoints").mkdir(parents=True)
+    torch.save({"step": 5, "embeds": torch.zeros(1, 4)}, descriptor / "checkpoints" / "last.pt")
+    (descriptor / "sentence.json").write_text("{}")
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main(["export", "--workspace", str(descriptor)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {descriptor} is inside the run in {run}: pass --workspace {run}"
+    ]
+    sentence = descriptor / "sentence.json"
+    assert main(["export", "--workspace", str(sentence)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {sentence} is a file of the run in {run}: pass --workspace {run}"
+    ]
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
 def test_export_of_a_folder_of_runs_names_its_newest_run(tmp_path, capsys):
     """`export --workspace workspace` (or a batch's root) said "no checkpoint at
     workspace/checkpoints/last.pt: train first" although it holds trained runs."""
@@ -1689,6 +1761,21 @@ def test_export_mesh_exports_the_mesh_files_without_the_turntable(tmp_path, monk
     assert with_mesh.video is False
     no_video = exported_with(monkeypatch, workspace, "--no-video")
     assert dataclasses.asdict(with_mesh) == dataclasses.asdict(no_video)
+
+
+@pytest.mark.parametrize("order", [["--mesh", "--video"], ["--video", "--mesh"]])
+def test_export_mesh_with_video_is_refused_in_either_order(tmp_path, capsys, order):
+    """`export --mesh --video` made a turntable and `--video --mesh` none, without a word: the
+    later flag won. Asking for both is one line, before anything loads or is written."""
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {"resolution": 40})
+    before = sorted(p.name for p in workspace.rglob("*"))
+    assert main(["export", "--workspace", str(workspace), *order]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamtext: error: give --mesh (no turntable) or --video, not both"
+    ]
+    assert sorted(p.name for p in workspace.rglob("*")) == before
 
 
 def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch, capsys):
