@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -416,9 +417,28 @@ def other_prompt_error(workspace: Path, previous: str, own_config: Path | None) 
             "prompt with its settings beside it"
         )
     return DreamtextError(
-        f"{workspace} holds a run of '{previous}'; pass --resume to continue "
-        "it, or --workspace NEW_FOLDER for this prompt"
+        f"{workspace} holds {_continued_by(workspace, previous)}, or pass --workspace NEW_FOLDER "
+        "for this prompt"
     )
+
+
+def _continued_by(workspace: Path, previous: str) -> str:
+    """What run ``workspace`` holds, and the command that continues it: ``--resume`` with another
+    prompt is refused, and the text→3D stage of an image→3D or ``--diverse`` run is continued by
+    that run's own command (its recorded image, or prompt and seed), not ``text --resume``."""
+    sections = read_stage_sections(workspace)
+    image = sections.get("image_to_3d", {}).get("image")
+    diverse = sections.get("diverse", {})
+    folder = shlex.quote(str(workspace))
+    if isinstance(diverse.get("prompt"), str):
+        prompt, seed = diverse["prompt"], diverse.get("seed")
+        flags = f" --seed {seed}" if isinstance(seed, int) else ""
+        command = f"dreamtext text {shlex.quote(prompt)} --diverse{flags} --workspace {folder}"
+        return f"the --diverse run of '{prompt}'; `{command}` continues it"
+    if isinstance(image, str):
+        command = f"dreamtext image {shlex.quote(image)} --workspace {folder}"
+        return f"the image→3D run of {image}; `{command}` continues it"
+    return f"a run of '{previous}'; that prompt with --resume continues it"
 
 
 def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -> DreamtextError:

@@ -856,8 +856,8 @@ HELD_RUNS = [
     ),
     (
         ["text", "a dog", "--workspace", "run", "--overwrite"],
-        "run holds a run of 'a cube'; pass --resume to continue it, or --workspace NEW_FOLDER for "
-        "this prompt",
+        "run holds a run of 'a cube'; that prompt with --resume continues it, or pass --workspace "
+        "NEW_FOLDER for this prompt",
     ),
     (
         ["text", "a dog", "--config", "run/config.json"],
@@ -881,6 +881,39 @@ def test_a_new_run_into_a_workspace_holding_a_run_is_refused_before_torch_is_imp
     assert done.stdout == "[]\n"
     assert files_under(checkpointed_run) == before
     assert resume_step(checkpointed_run) == 7
+
+
+@pytest.mark.parametrize(
+    ("section", "command"),
+    [
+        (
+            {"image_to_3d": {"image": "/data/my mug.png"}},
+            "the image→3D run of /data/my mug.png; `dreamtext image '/data/my mug.png' "
+            "--workspace run` continues it",
+        ),
+        (
+            {"diverse": {"prompt": "a cube", "seed": 3}},
+            "the --diverse run of 'a cube'; `dreamtext text 'a cube' --diverse --seed 3 "
+            "--workspace run` continues it",
+        ),
+    ],
+    ids=["image", "diverse"],
+)
+def test_another_prompt_into_an_image_or_diverse_run_names_that_runs_own_command(
+    checkpointed_run, section, command
+):
+    """text --overwrite of another prompt into the text→3D stage of an image→3D or --diverse
+    run: `--resume` with the new prompt is refused, and `text --resume` is not how those runs
+    go on; the line names the command that continues the run, from its config.json."""
+    record = json.loads((checkpointed_run / "config.json").read_text())
+    (checkpointed_run / "config.json").write_text(json.dumps({**record, **section}))
+    before = files_under(checkpointed_run)
+    done = run_without_torch(
+        checkpointed_run.parent, ["text", "a dog", "--workspace", "run", "--overwrite"]
+    )
+    line = f"run holds {command}, or pass --workspace NEW_FOLDER for this prompt"
+    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
+    assert files_under(checkpointed_run) == before
 
 
 def test_a_checkpoint_changed_since_its_step_was_recorded_is_left_to_the_command(
