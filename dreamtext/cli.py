@@ -345,7 +345,7 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
         run_diverse,
     )
 
-    workspace = diverse_workspace(cfg, named=bool(args.workspace))
+    workspace = diverse_workspace(cfg, named=args.workspace is not None)
     base = check_diverse_workspace(workspace, cfg)
     if base is not None:
         cfg = resolve_config(
@@ -604,10 +604,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     overrides = text_overrides(args)  # --iters with --epochs was refused by early_image
     # The prompt is the sentence DreamText learns; the image's name stands in until then.
     overrides["prompt"] = Path(args.image).stem or "image"
-    # --workspace "" is the default, as for text, describe and export (it was the current
-    # folder here, away from the sentence `describe` found).
-    overrides["workspace"] = args.workspace or str(default_workspace(args.image))
-    workspace = Path(overrides["workspace"])
+    workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
     check_image(Path(args.image), workspace)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
     check_image_model(args, base)
@@ -894,7 +891,9 @@ def early_image(args: argparse.Namespace) -> None:
     _iters_or_epochs(args)
     check_cuda_flag(args)
     image = Path(args.image)
-    workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
+    # As cmd_image takes it: --workspace "" is the current folder.
+    explicit = args.workspace is not None
+    workspace = Path(args.workspace) if explicit else default_workspace(args.image)
     check_image(image, workspace)
     base = check_image_workspace(workspace, image)
     check_image_model(args, base)

@@ -1386,29 +1386,26 @@ def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     assert not (locked / "run").exists()
 
 
-def test_image_with_an_empty_workspace_checks_the_folder_it_runs_in(tmp_path, monkeypatch, capsys):
-    """`image mug.png --workspace ""` (an unset shell variable) checked the current folder but
-    ran in workspace/mug, the default that text, describe and export take "" for: a text→3D run
-    there went on as the image's."""
-    from dreamtext import imageto3d
-
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["image", "mug.png"],
+        ["text", "a mug", "--diverse"],
+        ["text", "a mug"],
+        ["describe", "mug.png"],
+        ["export"],
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_an_empty_workspace_of_a_single_run_is_one_line(tmp_path, monkeypatch, capsys, argv):
+    """`--workspace "$RUN"` with RUN unset: image checked the current folder but ran in
+    workspace/<image>, text trained into its default folder; each says the flag is empty
+    before it checks or writes anything."""
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (64, 64), (200, 30, 30)).save("mug.png")
-    run = tmp_path / "workspace" / "mug"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
-    (run / "status.json").write_text(json.dumps({"state": "finished"}))
-    ran = []
-    monkeypatch.setattr(
-        imageto3d, "run_image", lambda image, options, cfg, **kw: ran.append(cfg.workspace) or "x"
-    )
-    code, err = run_main(["image", "mug.png", "--workspace", ""], capsys)
-    assert_user_error(code, err, "workspace/mug holds a text→3D run of 'a red cube'")
-    assert ran == []
-    (run / "config.json").unlink()
-    (run / "status.json").unlink()
-    assert run_main(["image", "mug.png", "--workspace", ""], capsys)[0] == 0
-    assert ran == [str(Path("workspace") / "mug")]
+    code, err = run_main([*argv, "--workspace", ""], capsys)
+    assert_user_error(code, err, "--workspace is empty (an unset shell variable?)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mug.png"]
 
 
 @pytest.mark.parametrize("command", ["describe", "image"])
