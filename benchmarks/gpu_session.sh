@@ -27,6 +27,14 @@
 # context (~0.5-1 GB) that torch's "reserved" does not.
 set -u
 CHECKS=" ${*:-tests encoding sds_step trainer builtin} "
+# A mistyped name would run nothing and still spend the device call: refuse it first.
+KNOWN=$(sed -n 's/^check \([a-z0-9_]*\) .*/\1/p' "${BASH_SOURCE[0]}" | tr '\n' ' ')
+for name in $CHECKS; do
+    if [[ " $KNOWN" != *" $name "* ]]; then
+        echo "gpu_session.sh: no check named '$name'; the checks are: ${KNOWN% }" >&2
+        exit 2
+    fi
+done
 OUT=${OUT:-/tmp/dreamtext-gpu}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1

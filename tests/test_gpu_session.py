@@ -180,6 +180,15 @@ def test_a_failed_check_leaves_the_later_checks_running(tmp_path):
     assert calls[-1][:3] == ["-m", "dreamtext.cli", "text"]  # the last check started
 
 
+def test_a_check_name_that_does_not_exist_is_refused_before_anything_runs(tmp_path):
+    result, calls = run_session(tmp_path, "trainer", "trainer_512")
+    assert result.returncode == 2
+    assert calls == []
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "trainer_512" in lines[0] and "trainer512" in lines[0]
+    assert not (tmp_path / "out" / "trainer.log").exists()
+
+
 def test_the_default_checks_fit_one_device_call():
     checks = session_checks()
     assert set(default_checks()) <= set(checks)
