@@ -41,12 +41,14 @@ DEVICE_CALL_SECONDS = 600
 BEFORE_THE_CHECKS_SECONDS = 15
 
 # Records its command line (NUL-separated, one file a call, in call order) and, for ``python3 -``,
-# the program on its stdin; exits with $FAKE_STATUS.
+# the program on its stdin; exits with $FAKE_STATUS (the wheels' install, where there is a .whl/
+# folder, with 0).
 FAKE_PYTHON = """#!/bin/sh
 n=$(ls "$RECORD" | wc -l)
 file="$RECORD/$(printf %04d "$n")"
 printf '%s\\0' "$@" > "$file"
 if [ "$1" = "-" ]; then cat > "$file.stdin"; fi
+if [ "$1 $2" = "-m pip" ]; then exit 0; fi
 exit "${FAKE_STATUS:-0}"
 """
 
