@@ -214,6 +214,31 @@ def test_image_to_3d_runs_on_cuda_in_fp16(tmp_path, tiny_sd_path, tiny_clip_path
     assert (ran_on["guidance_dtype"], ran_on["field_mlp_dtype"]) == ("float16", "float16")
 
 
+def test_shaded_steps_in_fp16_with_deferred_backprop_train_on_cuda(tmp_path, tiny_sd_path):
+    """The trainer's path at FitFusion's 256 px, small: shaded steps (forward-difference
+    normals) whose backward is deferred (image first, then ray chunks re-rendered with a graph),
+    the field's MLPs in fp16 under CUDA autocast with the loss scaler, the U-Net and VAE in
+    fp16 and channels_last."""
+    deferred = yaml.safe_load(TINY_CONFIG)
+    deferred["render"] |= {"backprop": "deferred", "grad_chunk_points": 2048}
+    deferred |= {"albedo_epochs": 0, "shading_probs": [0.0, 0.5, 0.5], "log_every": 1}
+    (tmp_path / "deferred.yaml").write_text(yaml.safe_dump(deferred))
+    run_on_virtual_cuda(
+        f"text 'a red cube' --model '{tiny_sd_path}' --device cuda --config deferred.yaml "
+        "--encoding torch --fp16 --h 32 --w 32 --iters 3 --seed 1 --no-export --workspace run",
+        tmp_path,
+    )
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert {r["backprop"] for r in records} == {"deferred"}
+    assert {r["shading"] for r in records} <= {"textureless", "lambertian"}
+    # The fp16 loss scaler ran: each step either updated or halved the scale.
+    assert all("loss_scale" in r for r in records)
+    ran_on = json.loads((tmp_path / "run" / "config.json").read_text())["ran_on"]
+    assert (ran_on["guidance_dtype"], ran_on["field_mlp_dtype"]) == ("float16", "float16")
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
 TRITON_ON_CUDA = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
