@@ -93,12 +93,15 @@ check trainer 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 32
 # 5. The built-in prior on CUDA (its image set follows the run's device), a resume on CUDA
 #    (checkpoints load on the CPU first) and the export on CUDA (no turntable: the machine has
-#    no ffmpeg); mesh.json says what the user's files hold.
+#    no ffmpeg); mesh.json says what the user's files hold. Each command prints its "phase
+#    peaks" (benchmarks/phase_peaks.py): the steps', with the final preview, and the export's.
 check builtin 90 bash -c 'set -ex
-    run="python3 -m dreamtext.cli text \"a red cube\" --model builtin:shapes --device cuda"
-    eval "$run --iters 100 --no-export --workspace /tmp/dreamtext-builtin --overwrite"
-    eval "$run --iters 150 --no-export --workspace /tmp/dreamtext-builtin --resume"
-    python3 -m dreamtext.cli export --workspace /tmp/dreamtext-builtin --no-video --device cuda
+    run="python3 benchmarks/phase_peaks.py text \"a red cube\" --model builtin:shapes"
+    run="$run --device cuda --workspace /tmp/dreamtext-builtin --no-export"
+    eval "$run --iters 100 --overwrite"
+    eval "$run --iters 150 --resume"
+    python3 benchmarks/phase_peaks.py export --workspace /tmp/dreamtext-builtin --no-video \
+        --device cuda
     cat /tmp/dreamtext-builtin/mesh/mesh.json'
 # 6. Not in the default set (one command may run 600 s at most): the 64 px trainer with the U-Net
 #    compiled (--compile). The guidance alone took 50 ms a step on the H200 before this work, so

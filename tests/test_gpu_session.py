@@ -9,6 +9,7 @@ line and exits; every recorded command is then parsed by the parser of the progr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -158,8 +159,7 @@ def test_every_check_runs_a_command_line_its_program_accepts(tmp_path, monkeypat
                 scripts[script.stem] = load_benchmark(script.stem, f"_session_{script.stem}")
             parse_with_main(argv_main(scripts[script.stem].main), call[1:], monkeypatch)
             programs.add(script.stem)
-    assert {"pytest", "dreamtext text", "dreamtext export", "sds_step"} <= programs
-    assert {"encoding_speed", "field_cost"} <= programs
+    assert {"pytest", "sds_step", "encoding_speed", "field_cost", "phase_peaks"} <= programs
 
 
 def test_the_environment_probe_is_python_that_imports_what_exists(tmp_path):
@@ -179,7 +179,7 @@ def test_a_failed_check_leaves_the_later_checks_running(tmp_path):
     for name in default_checks():
         log = (tmp_path / "out" / f"{name}.log").read_text()
         assert log.rstrip().endswith("exit 1"), (name, log)
-    assert calls[-1][:3] == ["-m", "dreamtext.cli", "text"]  # the last check started
+    assert calls[-1][:2] == ["benchmarks/phase_peaks.py", "text"]  # the last check started
 
 
 def test_a_check_name_that_does_not_exist_is_refused_before_anything_runs(tmp_path):
@@ -225,3 +225,17 @@ def test_the_wheels_carry_every_requirement_the_machine_lacks():
             if wanted not in carried | device:
                 missing.setdefault(name, []).append(wanted)
     assert missing == {}
+
+
+def test_phase_peaks_reads_the_steps_peak_from_the_log_and_the_runs_from_its_status(tmp_path):
+    phase_peaks = load_benchmark("phase_peaks", "_phase_peaks")
+    assert phase_peaks.recorded_peaks(tmp_path) == {"steps": None, "run": None}
+    records = [{"step": 1, "gpu_mem_mib": 700.0}, {"step": 2, "gpu_mem_mib": 900.0}, {"step": 3}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "status.json").write_text(json.dumps({"state": "finished", "gpu_mem_mib": 1400.0}))
+    peaks = {**phase_peaks.recorded_peaks(tmp_path), "process": None}
+    assert peaks == {"steps": 900.0, "run": 1400.0, "process": None}
+    assert (
+        phase_peaks.peaks_line(peaks)
+        == "phase peaks (MiB reserved): steps 900, run 1400, process -"
+    )
