@@ -136,6 +136,33 @@ def test_cuda_autocast_lowers_matrix_products():
         assert torch.cuda.get_device_capability() == (8, 6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_runs_its_float32_ops_in_float32(dtype):
+    """CUDA's autocast runs exp, softplus, layer_norm, sum, ... in float32 whatever their
+    inputs; the CPU's leaves them in half precision. Outside autocast, and on host tensors,
+    nothing changes."""
+    with virtual_cuda():
+        half = torch.randn(3, 8, device="cuda").to(dtype)
+        with torch.autocast("cuda", dtype=dtype):
+            widened = {
+                "exp": half.exp(),
+                "softplus": torch.nn.functional.softplus(half),
+                "layer_norm": torch.nn.functional.layer_norm(half, (8,)),
+                "sum": half.sum(dim=-1),
+                "pow": half**2,
+                "rdiv": 1.0 / half,
+                "softmax": half.softmax(dim=-1),
+            }
+            kept = {"silu": torch.nn.functional.silu(half), "mul": half * half}
+            host = torch.randn(3).to(dtype).exp()
+        for name, out in widened.items():
+            assert (name, out.dtype, out.device.type) == (name, torch.float32, "cuda")
+        for name, out in kept.items():
+            assert (name, out.dtype) == (name, dtype)
+        assert host.dtype == dtype
+        assert half.exp().dtype == dtype  # no autocast
+
+
 def test_catches_the_prior_image_set_left_on_the_host(tmp_path, monkeypatch):
     """The bug the first GPU run met (issue 9): x_t on the GPU times an image set on the CPU."""
     monkeypatch.setenv("DREAMTEXT_CACHE", str(tmp_path))
