@@ -12,7 +12,8 @@
 #        bash benchmarks/gpu_session.sh field_cost   (the field's work per sample, by part)
 #        bash benchmarks/gpu_session.sh descriptor   (dreamtext image's descriptor training)
 #        bash benchmarks/gpu_session.sh suite   (the whole test suite, CUDA wherever --device is auto)
-#        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name)
+#        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name; a
+#                                                        name no check has is refused)
 #
 # The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
 # trimesh, PyMCubes, xatlas, fast-simplification, inflect or kornia: `bash benchmarks/gpu_wheels.sh`
