@@ -12,7 +12,8 @@
 #        bash benchmarks/gpu_session.sh field_cost   (the field's work per sample, by part)
 #        bash benchmarks/gpu_session.sh descriptor   (dreamtext image's descriptor training)
 #        bash benchmarks/gpu_session.sh suite   (the whole test suite, CUDA wherever --device is auto)
-#        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name)
+#        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name; a
+#                                                        name no check has is refused)
 #
 # The lent H200 image has torch, Triton, transformers, accelerate and imageio but not diffusers,
 # trimesh, PyMCubes, xatlas, fast-simplification, inflect or kornia: `bash benchmarks/gpu_wheels.sh`
@@ -27,6 +28,14 @@
 # context (~0.5-1 GB) that torch's "reserved" does not.
 set -u
 CHECKS=" ${*:-tests encoding sds_step trainer builtin} "
+# A mistyped name would run nothing and still spend the device call: refuse it first.
+KNOWN=$(sed -n 's/^check \([a-z0-9_]*\) .*/\1/p' "${BASH_SOURCE[0]}" | tr '\n' ' ')
+for name in $CHECKS; do
+    if [[ " $KNOWN" != *" $name "* ]]; then
+        echo "gpu_session.sh: no check named '$name'; the checks are: ${KNOWN% }" >&2
+        exit 2
+    fi
+done
 OUT=${OUT:-/tmp/dreamtext-gpu}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -85,12 +94,15 @@ check trainer 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 32
 # 5. The built-in prior on CUDA (its image set follows the run's device), a resume on CUDA
 #    (checkpoints load on the CPU first) and the export on CUDA (no turntable: the machine has
-#    no ffmpeg); mesh.json says what the user's files hold.
+#    no ffmpeg); mesh.json says what the user's files hold. Each command prints its "phase
+#    peaks" (benchmarks/phase_peaks.py): the steps', with the final preview, and the export's.
 check builtin 90 bash -c 'set -ex
-    run="python3 -m dreamtext.cli text \"a red cube\" --model builtin:shapes --device cuda"
-    eval "$run --iters 100 --no-export --workspace /tmp/dreamtext-builtin --overwrite"
-    eval "$run --iters 150 --no-export --workspace /tmp/dreamtext-builtin --resume"
-    python3 -m dreamtext.cli export --workspace /tmp/dreamtext-builtin --no-video --device cuda
+    run="python3 benchmarks/phase_peaks.py text \"a red cube\" --model builtin:shapes"
+    run="$run --device cuda --workspace /tmp/dreamtext-builtin --no-export"
+    eval "$run --iters 100 --overwrite"
+    eval "$run --iters 150 --resume"
+    python3 benchmarks/phase_peaks.py export --workspace /tmp/dreamtext-builtin --no-video \
+        --device cuda
     cat /tmp/dreamtext-builtin/mesh/mesh.json'
 # 6. Not in the default set (one command may run 600 s at most): the 64 px trainer with the U-Net
 #    compiled (--compile). The guidance alone took 50 ms a step on the H200 before this work, so

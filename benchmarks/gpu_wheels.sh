@@ -7,14 +7,23 @@
 # huggingface_hub, tokenizers, safetensors, accelerate, imageio, Pillow, scipy and tqdm, but not
 # diffusers, kornia, trimesh, PyMCubes, xatlas, fast-simplification or inflect. Each is fetched at
 # the version installed in this environment (the one the tests ran with), with the dependencies
-# the machine lacks as well (pip's --no-deps fetches none). Its own transformers (5.17),
-# huggingface_hub (1.33) and tokenizers stay: the CUDA checks' test files passed on the CPU with
-# exactly those three in front of this environment's other packages (benchmarks/RESULTS.md).
+# the machine lacks as well (pip's --no-deps fetches none): every requirement of a package in
+# NAMES is in NAMES, in DEVICE_HAS (the machine's own packages that they need) or in NOT_IMPORTED
+# (tests/test_gpu_session.py checks it against this environment's metadata). Its own
+# transformers (5.17), huggingface_hub (1.33) and tokenizers stay: the CUDA checks' test files
+# passed on the CPU with exactly those three in front of this environment's other packages
+# (benchmarks/RESULTS.md). typing_extensions travels although the machine has one: typeguard
+# needs 4.14 or later, and the machine's version is not on record.
 # .whl/ is git-ignored; name it in the device call's carry.
 set -eu
 cd "$(dirname "$0")/.."
-NAMES="diffusers kornia kornia_rs trimesh PyMCubes xatlas fast_simplification inflect typeguard
-more_itertools"
+NAMES="diffusers kornia kornia_rs trimesh PyMCubes xatlas fast_simplification inflect
+jaraco.functools typeguard typing_extensions more_itertools"
+# shellcheck disable=SC2034  # read by tests/test_gpu_session.py
+DEVICE_HAS="torch numpy scipy Pillow filelock huggingface_hub regex requests safetensors"
+# Required in metadata, never imported there: diffusers imports importlib_metadata on Python < 3.8.
+# shellcheck disable=SC2034  # read by tests/test_gpu_session.py
+NOT_IMPORTED="importlib_metadata"
 specs=$(python3 - $NAMES <<'PY'
 import sys
 from importlib.metadata import version

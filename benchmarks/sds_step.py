@@ -34,8 +34,10 @@ shows in the rows as it would there.
 
 ``--trainer`` runs ``dreamtext.trainer.train`` itself for ``--steps`` steps per preset and phase
 (albedo: shading never starts; shaded: the thesis's 0.2 / 0.4 / 0.4 mix from the first step),
-without previews or export, and reports the steady it/s (the second half of the steps) and the
-peak reserved memory the trainer logs. ``--compile`` runs every row with ``torch.compile``d U-Net
+without periodic previews or export, and reports the steady it/s (the second half of the steps),
+the peak reserved memory the trainer logs for its steps, and the run's peak once its final
+preview is rendered too (``status.json``): the issue's "no part of a run peaks above the
+training step" for previews. ``--compile`` runs every row with ``torch.compile``d U-Net
 (``dreamtext text --compile``; CUDA only, the trainer ignores it on a CPU): the compilation falls
 in the warm-up steps (or the first half of a trainer row), so give those enough steps.
 """
@@ -381,6 +383,7 @@ def trainer_row(
         allocated = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0
         log = Path(workspace, "log.jsonl").read_text(encoding="utf-8")
         records = [json.loads(line) for line in log.splitlines()]
+        run_peak = final_status_peak(Path(workspace))
     # Each record's "its" is the mean rate since the start: recover the elapsed times.
     elapsed = [r["step"] / r["its"] for r in records]
     half = min(len(records) // 2, len(records) - 2)  # at least one step after it
@@ -394,11 +397,22 @@ def trainer_row(
         "scaler": loss_scaler_summary(records),
         "its": f"{rate:.2f}",
         "peak_mib": f"{max(r.get('gpu_mem_mib', 0.0) for r in records):.0f}",
+        "run_peak_mib": "-" if run_peak is None else f"{run_peak:.0f}",
         "allocated_mib": f"{allocated:.0f}",
         "samples": f"{statistics.median(r['samples_per_ray'] for r in records):.1f}",
         "deferred": f"{deferred}/{len(records)}",
         "status": "ok",
     }
+
+
+def final_status_peak(workspace: Path) -> float | None:
+    """The peak reserved GPU memory (MiB) ``status.json`` ends the run with: since the training
+    loop started, the final preview (rendered after the last step) included; ``None`` off CUDA
+    or without the file. Above the steps' own peak (log.jsonl), the preview is what peaked."""
+    path = workspace / "status.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("gpu_mem_mib")
 
 
 def loss_scaler_summary(records: list[dict]) -> str:
@@ -424,6 +438,7 @@ TRAINER_COLUMNS = [
     ("density_head", "density head"),
     ("its", "it/s (steady)"),
     ("peak_mib", "peak reserved MiB"),
+    ("run_peak_mib", "with the final preview"),
     ("allocated_mib", "peak allocated MiB (cf. memory_model.py)"),
     ("samples", "samples/ray (median)"),
     ("deferred", "deferred steps"),

@@ -127,8 +127,9 @@ def test_trainer_rows_count_the_steps_the_loss_scaler_skipped(sds_step):
     assert sds_step.loss_scaler_summary([{"loss_scale": 2.0**16}]) == "0 skipped, scale 65536"
 
 
-def fake_trainer(records: list[dict], error: Exception | None = None):
-    """A stand-in for ``dreamtext.trainer.train`` that writes ``records`` as its log."""
+def fake_trainer(records: list[dict], error: Exception | None = None, status: dict | None = None):
+    """A stand-in for ``dreamtext.trainer.train`` that writes ``records`` as its log (and
+    ``status`` as its status.json, when given)."""
     seen = {}
 
     def train(cfg):
@@ -137,8 +138,22 @@ def fake_trainer(records: list[dict], error: Exception | None = None):
             raise error
         lines = "".join(json.dumps(r) + "\n" for r in records)
         (Path(cfg.workspace) / "log.jsonl").write_text(lines, encoding="utf-8")
+        if status is not None:
+            (Path(cfg.workspace) / "status.json").write_text(json.dumps(status))
 
     return train, seen
+
+
+def test_trainer_rows_show_the_peak_with_the_final_preview(sds_step, monkeypatch):
+    """The steps' peak comes from log.jsonl; status.json's, written after the final preview,
+    is the whole run's: a preview that needs more memory than a step shows there."""
+    records = [{"step": 1, "its": 1.0, "gpu_mem_mib": 900.0, "samples_per_ray": 9.0}]
+    cpu = torch.device("cpu")
+    for status, shown in (({"gpu_mem_mib": 1400.0}, "1400"), ({"gpu_mem_mib": None}, "-")):
+        monkeypatch.setattr("dreamtext.trainer.train", fake_trainer(records, status=status)[0])
+        row = sds_step.trainer_row("m", "fp16", "default", "shaded", trainer_args(), cpu)
+        assert (row["peak_mib"], row["run_peak_mib"]) == ("900", shown)
+    assert "with the final preview" in sds_step.trainer_table([row])
 
 
 def trainer_args(*extra) -> argparse.Namespace:

@@ -136,6 +136,33 @@ def test_cuda_autocast_lowers_matrix_products():
         assert torch.cuda.get_device_capability() == (8, 6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_runs_its_float32_ops_in_float32(dtype):
+    """CUDA's autocast runs exp, softplus, layer_norm, sum, ... in float32 whatever their
+    inputs; the CPU's leaves them in half precision. Outside autocast, and on host tensors,
+    nothing changes."""
+    with virtual_cuda():
+        half = torch.randn(3, 8, device="cuda").to(dtype)
+        with torch.autocast("cuda", dtype=dtype):
+            widened = {
+                "exp": half.exp(),
+                "softplus": torch.nn.functional.softplus(half),
+                "layer_norm": torch.nn.functional.layer_norm(half, (8,)),
+                "sum": half.sum(dim=-1),
+                "pow": half**2,
+                "rdiv": 1.0 / half,
+                "softmax": half.softmax(dim=-1),
+            }
+            kept = {"silu": torch.nn.functional.silu(half), "mul": half * half}
+            host = torch.randn(3).to(dtype).exp()
+        for name, out in widened.items():
+            assert (name, out.dtype, out.device.type) == (name, torch.float32, "cuda")
+        for name, out in kept.items():
+            assert (name, out.dtype) == (name, dtype)
+        assert host.dtype == dtype
+        assert half.exp().dtype == dtype  # no autocast
+
+
 def test_catches_the_prior_image_set_left_on_the_host(tmp_path, monkeypatch):
     """The bug the first GPU run met (issue 9): x_t on the GPU times an image set on the CPU."""
     monkeypatch.setenv("DREAMTEXT_CACHE", str(tmp_path))
@@ -212,6 +239,31 @@ def test_image_to_3d_runs_on_cuda_in_fp16(tmp_path, tiny_sd_path, tiny_clip_path
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     ran_on = json.loads((tmp_path / "run" / "config.json").read_text())["ran_on"]
     assert (ran_on["guidance_dtype"], ran_on["field_mlp_dtype"]) == ("float16", "float16")
+
+
+def test_shaded_steps_in_fp16_with_deferred_backprop_train_on_cuda(tmp_path, tiny_sd_path):
+    """The trainer's path at FitFusion's 256 px, small: shaded steps (forward-difference
+    normals) whose backward is deferred (image first, then ray chunks re-rendered with a graph),
+    the field's MLPs in fp16 under CUDA autocast with the loss scaler, the U-Net and VAE in
+    fp16 and channels_last."""
+    deferred = yaml.safe_load(TINY_CONFIG)
+    deferred["render"] |= {"backprop": "deferred", "grad_chunk_points": 2048}
+    deferred |= {"albedo_epochs": 0, "shading_probs": [0.0, 0.5, 0.5], "log_every": 1}
+    (tmp_path / "deferred.yaml").write_text(yaml.safe_dump(deferred))
+    run_on_virtual_cuda(
+        f"text 'a red cube' --model '{tiny_sd_path}' --device cuda --config deferred.yaml "
+        "--encoding torch --fp16 --h 32 --w 32 --iters 3 --seed 1 --no-export --workspace run",
+        tmp_path,
+    )
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert {r["backprop"] for r in records} == {"deferred"}
+    assert {r["shading"] for r in records} <= {"textureless", "lambertian"}
+    # The fp16 loss scaler ran: each step either updated or halved the scale.
+    assert all("loss_scale" in r for r in records)
+    ran_on = json.loads((tmp_path / "run" / "config.json").read_text())["ran_on"]
+    assert (ran_on["guidance_dtype"], ran_on["field_mlp_dtype"]) == ("float16", "float16")
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
 TRITON_ON_CUDA = """

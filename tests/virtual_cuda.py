@@ -17,10 +17,15 @@ saved), or never seen by the mode (``torch.from_numpy``) while its memory is the
 tensors mix freely, as CPU scalars do on CUDA. Copies, moves and indexing take tensors on either
 side, as on CUDA, and a tensor written into (``copy_``, ``add_``, ``+=``) keeps its device.
 
-Not emulated: speed, memory (``torch.cuda.max_memory_reserved`` is 0), CUDA's own autocast op
-lists (``torch.autocast("cuda", ...)`` runs the CPU's, which lower the same matrix products and
-convolutions), and anything compiled (Triton kernels run in Triton's interpreter when
-``TRITON_INTERPRET=1`` is set before triton is imported).
+``torch.autocast("cuda", ...)`` runs the CPU's autocast, which lowers the same matrix products and
+convolutions to fp16 / bf16, plus CUDA's float32 list on GPU tensors: the ops that CUDA's
+autocast runs in float32 whatever their inputs (:data:`CUDA_AUTOCAST_FP32`: ``exp``,
+``softplus``, ``layer_norm``, ``sum``, ``softmax``, ...) and that the CPU's leaves in half
+precision, so code after them sees float32 where it would on a GPU.
+
+Not emulated: speed, memory (``torch.cuda.max_memory_reserved`` is 0), and anything compiled
+(Triton kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before triton is
+imported).
 
 Run any ``dreamtext`` command, or a benchmark script, this way::
 
@@ -66,6 +71,59 @@ CROSS_DEVICE = frozenset(
     }
 )
 
+
+# The ops CUDA's autocast runs in float32 (torch's autocast op reference, "CUDA Ops that can
+# autocast to float32", and those it runs with dtype=float32: sum, prod, cumsum, softmax, ...),
+# by the names a torch function mode sees; the CPU's autocast leaves them in fp16 / bf16.
+CUDA_AUTOCAST_FP32 = frozenset(
+    {
+        "__pow__",
+        "__rpow__",
+        "__rdiv__",
+        "__rtruediv__",
+        "acos",
+        "asin",
+        "cosh",
+        "erfinv",
+        "exp",
+        "expm1",
+        "log",
+        "log10",
+        "log2",
+        "log1p",
+        "reciprocal",
+        "rsqrt",
+        "sinh",
+        "tan",
+        "pow",
+        "softplus",
+        "layer_norm",
+        "group_norm",
+        "norm",
+        "normalize",
+        "cosine_similarity",
+        "cdist",
+        "dist",
+        "pdist",
+        "renorm",
+        "logsumexp",
+        "mse_loss",
+        "l1_loss",
+        "smooth_l1_loss",
+        "huber_loss",
+        "kl_div",
+        "nll_loss",
+        "cross_entropy",
+        "binary_cross_entropy_with_logits",
+        "prod",
+        "sum",
+        "cumsum",
+        "cumprod",
+        "softmax",
+        "log_softmax",
+    }
+)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 # Calls that write into their first argument, which keeps its device whatever it is given.
 IN_PLACE_OPERATORS = re.compile(
@@ -118,6 +176,20 @@ def _describe(tensors: list[torch.Tensor]) -> str:
     return ", ".join(f"{place(t) or 'cpu'} {list(t.shape)}" for t in tensors)
 
 
+def _in_float32_on_the_gpu(tree: Any) -> Any:
+    """``tree`` with its fp16 / bf16 GPU tensors as float32 (CUDA autocast's float32 policy), the
+    copies marked as GPU tensors; host tensors as they are (CUDA's autocast leaves them)."""
+    if not any(place(t) == GPU for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)):
+        return tree
+
+    def widen(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and place(value) == GPU and value.dtype in HALF_DTYPES:
+            return _mark(value.float(), GPU)
+        return value
+
+    return tree_map(widen, tree)
+
+
 class VirtualCuda(TorchFunctionMode):
     """The torch-function mode behind :func:`virtual_cuda`; ``calls`` counts the torch calls that
     touched GPU tensors (``"cuda"``) and host ones only (``"cpu"``)."""
@@ -143,6 +215,8 @@ class VirtualCuda(TorchFunctionMode):
                 "tensor to host memory first."
             )
         func, args, kwargs, target = self._placement(func, name, args, kwargs)
+        if name in CUDA_AUTOCAST_FP32 and torch.is_autocast_enabled("cpu"):
+            args, kwargs = _in_float32_on_the_gpu((args, kwargs))
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         arrays = [t for t in tensors if t.dim() > 0]
         on_gpu = any(place(t) == GPU for t in arrays)
