@@ -1362,6 +1362,22 @@ def test_a_workspace_without_write_permission_is_one_line(tmp_path, monkeypatch,
     assert not (locked / "run").exists()
 
 
+def pretend_read_only(monkeypatch, folder: Path) -> None:
+    """``folder`` as on a read-only mount, where access() fails (EROFS) and statvfs says
+    ST_RDONLY: simulated at ``os.access`` and ``os.statvfs``, since a test cannot mount."""
+    real_access, real_statvfs = os.access, os.statvfs
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != folder and real_access(path, mode)
+    )
+    monkeypatch.setattr(
+        os,
+        "statvfs",
+        lambda path: (
+            SimpleNamespace(f_flag=os.ST_RDONLY) if Path(path) == folder else real_statvfs(path)
+        ),
+    )
+
+
 def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     tmp_path, monkeypatch, capsys
 ):
@@ -1370,17 +1386,7 @@ def test_a_workspace_on_a_read_only_file_system_says_so_not_permission_denied(
     ``os.statvfs`` since a test cannot mount."""
     locked = tmp_path / "ro"
     locked.mkdir()
-    real_access, real_statvfs = os.access, os.statvfs
-    monkeypatch.setattr(
-        os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
-    )
-    monkeypatch.setattr(
-        os,
-        "statvfs",
-        lambda path: (
-            SimpleNamespace(f_flag=os.ST_RDONLY) if Path(path) == locked else real_statvfs(path)
-        ),
-    )
+    pretend_read_only(monkeypatch, locked)
     code, err = run_main([*BUILTIN_RUN, "--workspace", locked / "run"], capsys)
     assert_user_error(code, err, f"cannot write in {locked} (a read-only file system)")
     assert not (locked / "run").exists()
@@ -1501,17 +1507,7 @@ def test_a_resume_on_a_read_only_run_says_to_copy_the_run_not_to_pass_another_fo
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"x")
     (run / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
-    real_access, real_statvfs = os.access, os.statvfs
-    monkeypatch.setattr(
-        os, "access", lambda path, mode: Path(path) != run and real_access(path, mode)
-    )
-    monkeypatch.setattr(
-        os,
-        "statvfs",
-        lambda path: (
-            SimpleNamespace(f_flag=os.ST_RDONLY) if Path(path) == run else real_statvfs(path)
-        ),
-    )
+    pretend_read_only(monkeypatch, run)
     with pytest.raises(DreamtextError) as refused:
         check_workspace(run, "a red cube", resume=True)
     assert str(refused.value) == (

@@ -2945,20 +2945,26 @@ def test_view_serves_and_stops_on_ctrl_c_or_sigterm(root: Path, stop: signal.Sig
     assert out.rstrip().endswith("dreamtext view: stopped")
 
 
-def test_view_of_a_root_without_runs_yet_serves_it_and_says_so(tmp_path: Path):
-    (tmp_path / "sweep").mkdir()
+def first_two_lines_served(folder: Path) -> tuple[str, str]:
+    """The first two lines ``dreamtext view FOLDER --port 0`` prints, in a process of its own,
+    which is then stopped."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dreamtext", "view", str(tmp_path / "sweep"), "--port", "0"],
+        [sys.executable, "-m", "dreamtext", "view", str(folder), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        first, second = proc.stdout.readline(), proc.stdout.readline()
+        return proc.stdout.readline(), proc.stdout.readline()
     finally:
         proc.kill()
         proc.communicate(timeout=10)
+
+
+def test_view_of_a_root_without_runs_yet_serves_it_and_says_so(tmp_path: Path):
+    (tmp_path / "sweep").mkdir()
+    first, second = first_two_lines_served(tmp_path / "sweep")
     assert first.startswith("dreamtext view: 0 runs at http://127.0.0.1:"), first
     assert second.strip().startswith(f"no runs in {tmp_path / 'sweep'} yet: the page shows them")
 
@@ -3301,18 +3307,7 @@ def test_a_folder_inside_a_run_names_the_run_to_view(root: Path, tmp_path, monke
 
 def test_a_server_of_a_folder_inside_a_run_names_the_run_to_view(root: Path):
     mesh = root / "cube" / "mesh"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dreamtext", "view", str(mesh), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        first, second = proc.stdout.readline(), proc.stdout.readline()
-    finally:
-        proc.kill()
-        proc.communicate(timeout=10)
+    first, second = first_two_lines_served(mesh)
     assert first.startswith("dreamtext view: 0 runs at http://127.0.0.1:"), first
     cube = (root / "cube").resolve()
     assert second.strip() == (
