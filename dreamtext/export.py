@@ -73,9 +73,9 @@ from dreamtext.mesh import (
 from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
     HOST,
-    enclosing_run,
     file_age,
     lock_folder,
+    outermost_run,
     record_alive,
     record_held,
     this_process,
@@ -331,9 +331,7 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
     workspace = Path(workspace)
     # A folder or file inside a run (its descriptor/, whose checkpoint is the descriptor's, not a
     # field's: "delete it to start over" was the line; its config.json) names the run.
-    outer = enclosing_run(workspace, itself=False)
-    while outer is not None and (around := enclosing_run(outer, itself=False)) is not None:
-        outer = around  # descriptor/ looks like a run itself (its own checkpoints/last.pt)
+    outer = outermost_run(workspace)
     if outer is not None:
         what = "a file of" if workspace.is_file() else "inside"
         raise DreamtextError(f"{workspace} is {what} the run in {outer}: pass --workspace {outer}")

@@ -169,6 +169,16 @@ def enclosing_run(path: Path, itself: bool = True) -> Path | None:
     return None
 
 
+def outermost_run(path: Path) -> Path | None:
+    """The outermost run folder ``path`` lies in (not ``path`` itself), as :func:`enclosing_run`
+    gives it; ``None``. A run's ``descriptor/`` looks like a run of its own (its own
+    ``checkpoints/last.pt``): ``RUN/descriptor/checkpoints`` names ``RUN``."""
+    outer = enclosing_run(path, itself=False)
+    while outer is not None and (around := enclosing_run(outer, itself=False)) is not None:
+        outer = around
+    return outer
+
+
 def check_own_folder(workspace: str | Path, flag: str = "--workspace") -> None:
     """Refuse a run's folder that lies inside another run's folder, or that holds runs (a batch's
     ``--workspace ROOT``, ``workspace/`` itself): the viewer takes a run's folder for one run

@@ -475,6 +475,23 @@ def test_a_run_folder_is_told_from_a_folder_with_another_tools_config(tmp_path):
     assert enclosing_run(other / "sub") is None
 
 
+def test_the_run_a_descriptor_folder_lies_in_is_the_image_run_not_the_descriptor(tmp_path):
+    """An image run's descriptor/ has a checkpoint of its own, so it is a run folder too; what
+    export and view name for a path under it is the image run round it."""
+    from dreamtext.processes import enclosing_run, outermost_run
+
+    run = tmp_path / "mug"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    (run / "descriptor" / "checkpoints").mkdir(parents=True)
+    (run / "descriptor" / "checkpoints" / "last.pt").write_bytes(b"x")
+    inner = run / "descriptor" / "checkpoints"
+    assert enclosing_run(inner, itself=False) == run / "descriptor"
+    assert outermost_run(inner) == run
+    assert outermost_run(run / "descriptor") == run
+    assert outermost_run(run) is None
+
+
 def test_a_claim_refuses_a_folder_inside_a_run_or_one_that_holds_runs(tmp_path, monkeypatch):
     """``--workspace workspace`` (the folder of runs, or a batch's root) made it one run, which
     the viewer then showed alone; ``--workspace RUN/mesh`` put a run where RUN's export swaps

@@ -41,7 +41,7 @@ from typing import Any
 
 from dreamtext.errors import DreamtextError
 from dreamtext.exportprogress import PROGRESS_FILE, export_alive, progress_words, read_progress
-from dreamtext.processes import gone_process
+from dreamtext.processes import gone_process, outermost_run
 
 # The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
 # imports torch, and the viewer starts without it.
@@ -138,25 +138,12 @@ def is_workspace(folder: Path) -> bool:
     return any((folder / name).is_file() for name in WORKSPACE_MARKERS)
 
 
-def enclosing_run(folder: Path) -> Path | None:
-    """The run whose subfolder ``folder`` is (``RUN/mesh``, ``RUN/descriptor/checkpoints``), or
-    ``None``: its parent or grandparent holding a run's ``config.json`` beside its ``log.jsonl``
-    or ``status.json`` (a lone config.json higher up, say in a home folder, is no run)."""
-    for parent in list(folder.resolve().parents)[:2]:
-        if (parent / "config.json").is_file() and any(
-            (parent / name).is_file() for name in ("log.jsonl", "status.json")
-        ):
-            return parent
-    return None
-
-
 def inside_run_hint(folder: Path) -> str | None:
     """Where ``folder`` lies inside a run: a sentence naming the run's folder to pass instead."""
-    run = enclosing_run(folder)
+    run = outermost_run(folder)
     if run is None:
         return None
-    shown = os.path.relpath(run) if not folder.is_absolute() else str(run)
-    return f"{folder} is a folder inside the run {shown}: `dreamtext view {shown}` shows it"
+    return f"{folder} is a folder inside the run {run}: `dreamtext view {run}` shows it"
 
 
 @dataclass(frozen=True)
