@@ -1122,8 +1122,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--workspace", help="run to export (default: the newest under workspace/)")
     export.positional_flag = "--workspace"  # type: ignore[attr-defined]
     add_export_flags(export)  # the export options' flags, unset unless given
-    # The mesh files without the turntable: --no-video by another name (the same option, so
-    # nothing records which was typed), for the command the brief advertises.
+    # The mesh files without the turntable, for the command the brief advertises: --no-video by
+    # another name (early_export turns it into video=False, and refuses it beside --video).
     export.add_argument(
         "--mesh",
         action="store_true",
