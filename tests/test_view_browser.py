@@ -10,12 +10,16 @@ DREAMTEXT_VIEW_CPU_SLOWDOWN=N runs each page's scripts and drawing N times slowe
 throttling), to shake out checks that read the page before it has caught up.
 """
 
+import hashlib
 import io
 import json
 import os
 import shutil
+import threading
 import time
 from datetime import datetime, timedelta, timezone
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -546,18 +550,26 @@ SERVED_ZIP = ["albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "me
 STATIC_ZIP = ["albedo.png", "mesh.mtl", "mesh.obj"]
 
 
-def check_mesh_downloads(page, folder: Path, zipped: list[str]) -> None:
-    """The run page's GLB and PLY download under the run's name, and its zip (named so too)
-    holds the OBJ beside the MTL and texture it names (``zipped``, the files in it):
-    extracted elsewhere, trimesh finds the red cube's texture. No checkpoint in it."""
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_mesh_downloads(page, root: Path, folder: Path, zipped: list[str]) -> None:
+    """The run page's GLB and PLY download under the run's name, the bytes of the run's files,
+    and its zip (named so too) holds the OBJ beside the MTL and texture it names (``zipped``,
+    the files in it): extracted elsewhere, trimesh finds the red cube's texture. No checkpoint
+    in it."""
     import zipfile
 
     import trimesh
 
     links = page.locator(".viewer .downloads a")
     page.wait_for_selector(".viewer .downloads a.zip")
-    assert download(page, links.filter(has_text="GLB").first)[0] == "a_red_cube.glb"
-    assert download(page, links.filter(has_text="PLY").first)[0] == "a_red_cube.ply"
+    mesh = root / "a_red_cube" / "mesh"
+    name, data = download(page, links.filter(has_text="GLB").first)
+    assert (name, sha256(data)) == ("a_red_cube.glb", sha256((mesh / "mesh.glb").read_bytes()))
+    name, data = download(page, links.filter(has_text="PLY").first)
+    assert (name, sha256(data)) == ("a_red_cube.ply", sha256((mesh / "mesh.ply").read_bytes()))
     name, data = download(page, page.locator(".viewer .downloads a.zip"))
     assert name == "a_red_cube.zip"
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -569,20 +581,80 @@ def check_mesh_downloads(page, folder: Path, zipped: list[str]) -> None:
     assert ((r > 120) & (r > g + 50) & (r > b + 50)).mean() > 0.01, "not the red cube's texture"
 
 
-def test_a_run_pages_mesh_downloads_are_named_after_the_run(browser, server, tmp_path):
+def test_a_run_pages_mesh_downloads_are_named_after_the_run(browser, server, root, tmp_path):
     """Every run's page offered mesh.obj, mesh.mtl and albedo.png: saved from two runs into one
     folder, the browser renamed the second texture and the second OBJ showed the first's."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     for page in watched_page(context):
         page.goto(server.url + "run/a_red_cube/")
-        check_mesh_downloads(page, tmp_path, SERVED_ZIP)
+        check_mesh_downloads(page, root, tmp_path, SERVED_ZIP)
 
 
-def test_a_static_run_pages_mesh_downloads_are_named_after_the_run(browser, static_site, tmp_path):
+def test_a_static_run_pages_mesh_downloads_are_named_after_the_run(
+    browser, static_site, root, tmp_path
+):
+    """The static folder holds the GLB once, in the script the 3D view reads on file://: the
+    page makes the GLB's download of the script's bytes."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     for page in watched_page(context):
         page.goto((static_site / "runs" / "a_red_cube" / "index.html").as_uri())
-        check_mesh_downloads(page, tmp_path, STATIC_ZIP)
+        check_mesh_downloads(page, root, tmp_path, STATIC_ZIP)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def static_served(static_site: Path):
+    """The static folder on a plain web server (``python -m http.server``), as it may be put on
+    one: the address of its top."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(QuietHandler, directory=str(static_site))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_static_folder_served_over_http_draws_the_mesh_and_downloads_it(
+    browser, static_served, root, tmp_path
+):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    for page in watched_page(context):
+        page.goto(static_served + "index.html")
+        check_gallery(page)
+        page.click('.card[data-run="a_red_cube"]')
+        page.wait_for_url("**/runs/a_red_cube/index.html")
+        check_run_page(page, root, STATIC_LINKS)
+        check_mesh_downloads(page, root, tmp_path, STATIC_ZIP)
+
+
+def test_a_glb_link_clicked_before_the_script_is_read_saves_it_once_read(
+    browser, static_served, root
+):
+    """The GLB's link is a Blob made of the script's bytes once the script is read: a click
+    before that (a slow disk, a large mesh) waits for the bytes, then saves them."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    held: list = []
+    # The script's load held until the click has been made (Playwright routes http, not file).
+    context.route("**/mesh.glb.js", lambda route: held.append(route))
+    for page in watched_page(context):
+        # (the page's load event waits for the script the page added as it ran)
+        page.goto(static_served + "runs/a_red_cube/index.html", wait_until="domcontentloaded")
+        link = page.locator(".viewer .downloads a").filter(has_text="GLB").first
+        assert soon_true(page, lambda: held)
+        assert not link.get_attribute("href").startswith("blob:")
+        with page.expect_download() as started:
+            link.click()
+            page.wait_for_timeout(200)
+            held[0].continue_()
+        saved = Path(started.value.path()).read_bytes()
+        assert started.value.suggested_filename == "a_red_cube.glb"
+        assert saved == (root / "a_red_cube" / "mesh" / "mesh.glb").read_bytes()
 
 
 def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, tmp_path):

@@ -427,7 +427,7 @@
     } catch (error) {
       canvas.dataset.state = "no-webgl";
       container.append(el("p", { class: "empty", text: "This browser has no WebGL; download the GLB below." }));
-      return { load() {} };
+      return { load() {}, failed() {} };
     }
     renderer.outputColorSpace = THREE.SRGBColorSpace;
     renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
@@ -484,6 +484,7 @@
     }
     const loader = new THREE.GLTFLoader();
     return {
+      failed,
       /** source: a URL, or an ArrayBuffer of GLB bytes. */
       load(source) {
         canvas.dataset.state = "loading";
@@ -493,15 +494,46 @@
     };
   }
 
-  /** A static export's GLB comes as a script (file:// pages cannot fetch). */
-  function loadGlbScript(src, done) {
-    const script = el("script", { src });
-    script.addEventListener("load", () => {
-      const bytes = Uint8Array.from(atob(window.dreamtextGlb), (c) => c.charCodeAt(0));
-      delete window.dreamtextGlb;
-      done(bytes.buffer);
+  /** A static export stores its GLB once, as a script that sets window.dreamtextGlb to its
+   * bytes in base64 (a file:// page cannot fetch a file): a promise of those bytes, read once,
+   * for the 3D view and for the download (glbDownload). */
+  let glbBytes = null;
+  function staticGlb() {
+    if (!glbBytes) {
+      glbBytes = new Promise((resolve, reject) => {
+        const script = el("script", { src: data.glb_script });
+        script.addEventListener("load", () => {
+          const text = atob(window.dreamtextGlb);
+          delete window.dreamtextGlb;
+          const bytes = new Uint8Array(text.length);
+          for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+          resolve(bytes);
+        });
+        script.addEventListener("error", () => reject(new Error(`${data.glb_script} did not load`)));
+        document.body.append(script);
+      });
+    }
+    return glbBytes;
+  }
+
+  /** A static page's GLB link: a Blob of the script's bytes, saved under the run's name
+   * (a file:// page's download attribute names a blob: link, not a link to a file). */
+  let glbBlobUrl = null;
+  function glbDownload(link) {
+    if (!glbBlobUrl) {
+      glbBlobUrl = staticGlb().then((bytes) =>
+        URL.createObjectURL(new Blob([bytes], { type: "model/gltf-binary" })));
+    }
+    glbBlobUrl.then((url) => { link.href = url; }, () => {});
+    // A click before the bytes are read: saved once they are.
+    link.addEventListener("click", (event) => {
+      if (link.href.startsWith("blob:")) return;
+      event.preventDefault();
+      glbBlobUrl.then(() => link.click(), (error) => {
+        link.replaceWith(el("span", { class: "error", text: `GLB: ${error.message}` }));
+      });
     });
-    document.body.append(script);
+    return link;
   }
 
   // ------------------------------------------------------------------------------- run page
@@ -555,7 +587,10 @@
       const names = run.mesh_names || {};
       const single = [["glb", "GLB"], ["ply", "PLY"]]
         .filter(([kind]) => run.mesh[kind])
-        .map(([kind, label]) => el("a", { href: run.mesh[kind], download: names[kind] || true, text: label }));
+        .map(([kind, label]) => {
+          const link = el("a", { href: run.mesh[kind], download: names[kind] || true, text: label });
+          return kind === "glb" && data.glb_script && !live ? glbDownload(link) : link;
+        });
       if (!run.mesh_zip) return single;
       // What this zip holds: every mesh file (the server's), or those a --static folder does not
       // hold on their own.
@@ -597,7 +632,9 @@
       fill(meshView.links, "download: ", meshLinks(run));
       if (meshView.url === glb) return;
       meshView.url = glb;
-      if (data.glb_script && !live) loadGlbScript(data.glb_script, (buffer) => meshView.view.load(buffer));
+      if (data.glb_script && !live) {
+        staticGlb().then((bytes) => meshView.view.load(bytes.buffer), (error) => meshView.view.failed(error));
+      }
       else meshView.view.load(glb);
     }
 
