@@ -676,12 +676,48 @@ def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, 
         card = page.locator('.card[data-run="a_blue_sphere"][data-state="running"]')
         card.wait_for()
         assert card.locator(".batch").inner_text() == (
-            "batch line 3 · node7 · attempt before: interrupted, ended 2026-11-30T09:00:30+00:00"
+            "batch line 3 · on node7 · attempt before: interrupted, ended 2026-11-30 09:00 UTC"
         )
         page.goto(srv.url + "run/a_blue_sphere/")
         heading = page.locator(".details h2", has_text="Batch")
         heading.wait_for()
         assert heading.inner_text() == "Batch: the attempt before this one"
+
+
+@pytest.mark.parametrize("where", ["server", "static"])
+def test_at_a_phones_width_the_pages_fit_the_screen(browser, server, static_site, where):
+    """At 390 px (a phone), the run page was 761 px wide: mesh.json's options, one word of JSON
+    in the Mesh table, would not wrap. Now nothing is wider than the screen, and the options
+    read as "key: value" pairs."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    for page in watched_page(context):
+        if where == "server":
+            pages = [server.url, server.url + "run/a_red_cube/"]
+        else:
+            pages = [(static_site / "index.html").as_uri()]
+            pages += [(static_site / "runs" / "a_red_cube" / "index.html").as_uri()]
+        for url in pages:
+            page.goto(url)
+            page.wait_for_selector(".card, #mesh-canvas[data-state=drawn]")
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 390, f"{url} is {width} px wide"
+        options = page.locator(".details tr", has_text="options").locator("td").inner_text()
+        assert options.startswith("resolution: ") and '"' not in options, options
+        assert "formats: [glb, obj, ply]" in options
+
+
+def test_a_run_with_one_preview_shows_it_without_a_slider(page, root: Path, tmp_path: Path):
+    """A run that saved only its final preview (preview_every past its steps: a short run) had a
+    slider of one position, which did nothing."""
+    run = tmp_path / "runs" / "a_red_cube"
+    shutil.copytree(root / "a_red_cube", run, ignore=shutil.ignore_patterns("step_*.png"))
+    assert [p.name for p in (run / "previews").iterdir()] == ["final.png"]
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector("#preview-image")
+        assert page.inner_text("#preview-label") == "final"
+        assert page.locator(".previews input").count() == 0
+        assert "/previews/final.png" in page.get_attribute("#preview-image", "src")
 
 
 def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):

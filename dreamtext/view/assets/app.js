@@ -63,6 +63,14 @@
     return String(Number(x.toPrecision(4)));
   }
 
+  /** An ISO 8601 time as "2026-11-30 09:00 UTC" (batch.jsonl's "2026-11-30T09:00:30+00:00" broke
+   * across a card's lines at its dash); as it is where it does not parse. */
+  function formatTime(iso) {
+    const time = new Date(iso);
+    if (Number.isNaN(time.getTime())) return String(iso);
+    return `${time.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+  }
+
   function stateOf(run) {
     const state = (run.status && run.status.state) || "unknown";
     return STATES.includes(state) ? state : "unknown";
@@ -111,15 +119,15 @@
     if (!batch) return null;
     const parts = [];
     if (batch.line !== undefined) parts.push(`batch line ${batch.line}`);
-    if (batch.host) parts.push(batch.host);
+    if (batch.host) parts.push(`on ${batch.host}`);
     if (batch.shard) parts.push(`shard ${batch.shard}`);
     if (stateOf(run) === "running") {
-      const ended = batch.finished ? `, ended ${batch.finished}` : "";
+      const ended = batch.finished ? `, ended ${formatTime(batch.finished)}` : "";
       parts.push(`attempt before: ${batch.status || "unknown"}${ended}`);
       return parts.join(" · ");
     }
     if (batch.its !== null && batch.its !== undefined) parts.push(`${formatNumber(batch.its)} it/s`);
-    if (batch.finished) parts.push(`ended ${batch.finished}`);
+    if (batch.finished) parts.push(`ended ${formatTime(batch.finished)}`);
     return parts.join(" · ");
   }
 
@@ -674,16 +682,20 @@
       if (atEnd || previewState.index < 0 || previewState.index >= list.length) previewState.index = list.length - 1;
       const image = el("img", { id: "preview-image", alt: "preview" });
       const label = el("span", { id: "preview-label" });
-      const slider = el("input", {
-        type: "range", id: "preview-step", min: 0, max: list.length - 1, value: previewState.index,
-        "aria-label": "preview step",
-      });
       function select(i) {
         previewState.index = i;
         image.src = list[i].url;
         label.textContent = list[i].step === null ? "final" : `step ${list[i].step}`;
       }
-      slider.addEventListener("input", () => select(Number(slider.value)));
+      // A slider only where there is a step to slide to (one of one position did nothing).
+      let slider = null;
+      if (list.length > 1) {
+        slider = el("input", {
+          type: "range", id: "preview-step", min: 0, max: list.length - 1, value: previewState.index,
+          "aria-label": "preview step",
+        });
+        slider.addEventListener("input", () => select(Number(slider.value)));
+      }
       select(previewState.index);
       // What each preview holds (trainer.save_preview): cameras around the object, two rows.
       const rows = el("span", { class: "rows", text: " · albedo above, shape (textureless) below" });
@@ -712,10 +724,20 @@
     }
 
     /** A table cell's text: 4 significant digits of a fraction (a volume of
-     * 0.4732020578521119 read as noise), integers (faces, steps) and text as they are. */
+     * 0.4732020578521119 read as noise), integers (faces, steps) and text as they are, "–" for
+     * none, a list or a record (mesh.json's options) as "key: value, ..." (its JSON in one
+     * unbroken word made a phone's page twice as wide as the screen). */
     function cellText(value) {
+      if (value === null || value === undefined) return "–";
       if (typeof value === "number" && !Number.isInteger(value)) return formatNumber(value);
-      return typeof value === "object" ? JSON.stringify(value) : String(value);
+      if (Array.isArray(value)) return value.map(cellText).join(", ");
+      if (typeof value === "object") {
+        return Object.entries(value).map(([key, item]) => {
+          const text = cellText(item);
+          return `${key}: ${Array.isArray(item) ? `[${text}]` : text}`;
+        }).join(", ");
+      }
+      return String(value);
     }
 
     function table(rows) {
