@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -687,8 +688,9 @@ def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, 
 @pytest.mark.parametrize("where", ["server", "static"])
 def test_at_a_phones_width_the_pages_fit_the_screen(browser, server, static_site, where):
     """At 390 px (a phone), the run page was 761 px wide: mesh.json's options, one word of JSON
-    in the Mesh table, would not wrap. Now nothing is wider than the screen, and the options
-    read as "key: value" pairs."""
+    in the Mesh table, would not wrap, nor the run's links to its files. Now nothing is wider
+    than the screen, the options read as "key: value" pairs, and the gallery's "sort" stays
+    beside its menu (it went on a line of its own above it)."""
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     for page in watched_page(context):
         if where == "server":
@@ -701,9 +703,26 @@ def test_at_a_phones_width_the_pages_fit_the_screen(browser, server, static_site
             page.wait_for_selector(".card, #mesh-canvas[data-state=drawn]")
             width = page.evaluate("() => document.documentElement.scrollWidth")
             assert width <= 390, f"{url} is {width} px wide"
+            if page.locator(".card").count():  # the gallery: "sort" on its menu's line
+                label = page.locator(".controls label").bounding_box()
+                menu = page.locator("#sort").bounding_box()
+                assert label["height"] < 1.5 * menu["height"], (label, menu)
         options = page.locator(".details tr", has_text="options").locator("td").inner_text()
         assert options.startswith("resolution: ") and '"' not in options, options
         assert "formats: [glb, obj, ply]" in options
+
+
+def test_a_cards_batch_time_reads_as_a_date_and_stays_on_one_line(page, server):
+    """A card said "ended 2026-12-03T17:46:00+00:00", which broke at its date's dash on a
+    phone. At each width from a phone's to a tablet's the time is whole on one line."""
+    page.goto(server.url)
+    time = page.locator('.card[data-run="a_red_cube"] .batch time')
+    time.wait_for()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", time.inner_text())
+    for width in range(300, 800, 7):
+        page.set_viewport_size({"width": width, "height": 844})
+        lines = time.evaluate("t => t.getClientRects().length")
+        assert lines == 1, f"at {width} px the time is on {lines} lines"
 
 
 def test_a_run_with_one_preview_shows_it_without_a_slider(page, root: Path, tmp_path: Path):

@@ -71,6 +71,11 @@
     return `${time.toISOString().slice(0, 16).replace("T", " ")} UTC`;
   }
 
+  /** A <time> of formatTime's text (whole on its line: the date broke at its dash). */
+  function timeOf(iso) {
+    return el("time", { datetime: iso, text: formatTime(iso) });
+  }
+
   function stateOf(run) {
     const state = (run.status && run.status.state) || "unknown";
     return STATES.includes(state) ? state : "unknown";
@@ -111,9 +116,9 @@
     return parts.join(" · ");
   }
 
-  /** The card's line of batch.jsonl's newest record of the run. A batch writes a prompt's record
-   * when the prompt ends, so a running run's record is of an attempt before this one (its speed
-   * and end are not this attempt's). */
+  /** The parts (text, or text and a <time>) of the card's line of batch.jsonl's newest record
+   * of the run. A batch writes a prompt's record when the prompt ends, so a running run's record
+   * is of an attempt before this one (its speed and end are not this attempt's). */
   function batchLine(run) {
     const batch = run.batch;
     if (!batch) return null;
@@ -122,13 +127,13 @@
     if (batch.host) parts.push(`on ${batch.host}`);
     if (batch.shard) parts.push(`shard ${batch.shard}`);
     if (stateOf(run) === "running") {
-      const ended = batch.finished ? `, ended ${formatTime(batch.finished)}` : "";
-      parts.push(`attempt before: ${batch.status || "unknown"}${ended}`);
-      return parts.join(" · ");
+      const ended = batch.finished ? [", ended ", timeOf(batch.finished)] : [];
+      parts.push([`attempt before: ${batch.status || "unknown"}`, ...ended]);
+      return parts;
     }
     if (batch.its !== null && batch.its !== undefined) parts.push(`${formatNumber(batch.its)} it/s`);
-    if (batch.finished) parts.push(`ended ${formatTime(batch.finished)}`);
-    return parts.join(" · ");
+    if (batch.finished) parts.push(["ended ", timeOf(batch.finished)]);
+    return parts;
   }
 
   /** An image run's learned sentence, else (before its descriptor is trained) CLIP's sentence. */
@@ -279,7 +284,7 @@
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
         : null,
       el("p", { class: "facts" }, badge(run), " ", facts(run)),
-      run.batch ? el("p", { class: "batch", text: batchLine(run) }) : null,
+      run.batch ? el("p", { class: "batch" }, ...batchLine(run).flatMap((part, i) => [i ? " · " : null, part].flat())) : null,
       status.error ? el("p", { class: "error", text: String(status.error), title: String(status.error) }) : null,
       el("p", { class: "name", text: run.name }),
     );
