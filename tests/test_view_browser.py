@@ -725,6 +725,27 @@ def test_a_cards_batch_time_reads_as_a_date_and_stays_on_one_line(page, server):
         assert lines == 1, f"at {width} px the time is on {lines} lines"
 
 
+def test_a_cards_time_stays_whole_on_its_line(page, server):
+    """The failed card's facts broke between "9.0" and "s" (the README's screenshot). At each
+    width from a phone's to a tablet's, its "9.0 s" is on one line."""
+    page.goto(server.url)
+    facts = page.locator('.card[data-run="a_green_torus"] .facts')
+    facts.wait_for()
+    # The lines "9.0 s" is drawn on (a no-break space or a space between its two words).
+    lines_of = """(p) => {
+        const node = [...p.childNodes].find((n) => n.nodeType === 3 && /9\\.0\\ss/.test(n.data));
+        const start = n => n.data.search(/9\\.0\\ss/);
+        const range = document.createRange();
+        range.setStart(node, start(node));
+        range.setEnd(node, start(node) + 5);
+        return range.getClientRects().length;
+    }"""
+    for width in range(300, 800, 7):
+        page.set_viewport_size({"width": width, "height": 844})
+        lines = facts.evaluate(lines_of)
+        assert lines == 1, f"at {width} px '9.0 s' is on {lines} lines"
+
+
 def test_a_run_with_one_preview_shows_it_without_a_slider(page, root: Path, tmp_path: Path):
     """A run that saved only its final preview (preview_every past its steps: a short run) had a
     slider of one position, which did nothing."""
@@ -787,7 +808,7 @@ def test_a_card_shows_the_whole_runs_time_with_each_stage(page, server, root: Pa
         page.goto(server.url)
         facts = page.locator('.card[data-run="a_blue_sphere"] .facts')
         facts.wait_for()
-        text = facts.inner_text()
+        text = facts.inner_text().replace("\xa0", " ")  # a time's no-break spaces
         assert "1 min 40 s (describe 5.0 s, descriptor 35 s, text→3D 1 min 0 s)" in text, text
         assert "3,000 MiB peak" in text, text
     finally:

@@ -49,11 +49,15 @@
   // status.json's stages, as the time of each is shown: "10 min (describe 4 s, text→3D 9 min)".
   const STAGE_NAMES = { sample: "sampling", describe: "describe", descriptor: "descriptor", train: "text→3D" };
 
+  /** "9.0 s", "1 min 40 s", "2 h 5 min", with no-break spaces: a card's line broke between
+   * "9.0" and "s". */
   function formatSeconds(s) {
     if (s === null || s === undefined) return null;
-    if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-    return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+    let text;
+    if (s < 60) text = `${s.toFixed(s < 10 ? 1 : 0)} s`;
+    else if (s < 3600) text = `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+    else text = `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+    return text.replaceAll(" ", "\u00a0");
   }
 
   function formatNumber(x) {
