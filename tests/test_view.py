@@ -2437,14 +2437,17 @@ def test_a_static_export_holds_each_runs_mesh_zip(obj_runs: Path, tmp_path: Path
     out = export_static([obj_runs], tmp_path / "site")
     zips = {}
     for run_id in ("a_red_apple", "a_blue_apple"):
-        run = page_data(out / "runs" / run_id / "index.html")["run"]
+        data = page_data(out / "runs" / run_id / "index.html")
+        run = data["run"]
         zips[run["mesh_zip"]["name"]] = (
             out / "runs" / run_id / run["mesh_zip"]["url"]
         ).read_bytes()
         for kind, url in run["mesh"].items():
             assert (out / "runs" / run_id / url).is_file(), kind
-        # A file:// page cannot rename a download: the copies are named after the run.
-        assert run["mesh"]["glb"] == f"files/mesh/{run_id}.glb"
+        # A file:// page cannot rename a download of a file: the PLY's copy is named after the
+        # run; the GLB is its script's, whose download the page makes (a Blob, named by it).
+        assert run["mesh"]["glb"] == data["glb_script"] == "mesh.glb.js"
+        assert run["mesh_names"]["glb"] == f"{run_id}.glb"
         assert run["mesh"]["ply"] == f"files/mesh/{run_id}.ply"
         # The OBJ, MTL and texture are in the zip alone.
         assert run["mesh"]["obj"] == run["mesh"]["texture"] == f"{run_id}.zip"
@@ -2455,8 +2458,9 @@ def test_a_static_export_holds_each_runs_mesh_zip(obj_runs: Path, tmp_path: Path
 
 def test_a_static_folder_stores_each_mesh_file_once(obj_runs: Path, tmp_path: Path):
     """Users copy these folders over ssh: each run's mesh files were in its files/ and again in
-    its zip. Now no file of the folder and no member of its zip hold the same bytes, but the GLB
-    and the script the 3D view reads it from on file:// (the same bytes in base64)."""
+    its zip, and then the GLB in files/ and again (in base64) in the script the 3D view reads it
+    from on file://. Now no file of the folder, no member of its zip, and no file and the bytes
+    the script holds, are the same bytes: the GLB is in the script alone."""
     import base64
     import zipfile
 
@@ -2471,14 +2475,15 @@ def test_a_static_folder_stores_each_mesh_file_once(obj_runs: Path, tmp_path: Pa
             elif path.is_file() and path.name != "index.html":
                 stored[path.relative_to(folder).as_posix()] = path.read_bytes()
         script = stored.pop("mesh.glb.js").decode()
-        assert base64.b64decode(script.split('"')[1]) == stored[f"files/mesh/{run_id}.glb"]
+        glb = base64.b64decode(script.split('"')[1])
+        assert glb == (obj_runs / run_id / "mesh" / "mesh.glb").read_bytes()
+        stored["the bytes of mesh.glb.js"] = glb
         by_bytes: dict[bytes, list[str]] = {}
         for name, data in stored.items():
             if not name.startswith("files/previews/"):  # the fixture's previews are alike
                 by_bytes.setdefault(data, []).append(name)
         assert [names for names in by_bytes.values() if len(names) > 1] == []
         assert sorted(name for name in stored if name.startswith("files/mesh/")) == [
-            f"files/mesh/{run_id}.glb",
             f"files/mesh/{run_id}.ply",
             "files/mesh/mesh.json",
         ]

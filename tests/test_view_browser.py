@@ -10,12 +10,17 @@ DREAMTEXT_VIEW_CPU_SLOWDOWN=N runs each page's scripts and drawing N times slowe
 throttling), to shake out checks that read the page before it has caught up.
 """
 
+import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import threading
 import time
 from datetime import datetime, timedelta, timezone
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -546,18 +551,26 @@ SERVED_ZIP = ["albedo.png", "mesh.glb", "mesh.json", "mesh.mtl", "mesh.obj", "me
 STATIC_ZIP = ["albedo.png", "mesh.mtl", "mesh.obj"]
 
 
-def check_mesh_downloads(page, folder: Path, zipped: list[str]) -> None:
-    """The run page's GLB and PLY download under the run's name, and its zip (named so too)
-    holds the OBJ beside the MTL and texture it names (``zipped``, the files in it):
-    extracted elsewhere, trimesh finds the red cube's texture. No checkpoint in it."""
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_mesh_downloads(page, root: Path, folder: Path, zipped: list[str]) -> None:
+    """The run page's GLB and PLY download under the run's name, the bytes of the run's files,
+    and its zip (named so too) holds the OBJ beside the MTL and texture it names (``zipped``,
+    the files in it): extracted elsewhere, trimesh finds the red cube's texture. No checkpoint
+    in it."""
     import zipfile
 
     import trimesh
 
     links = page.locator(".viewer .downloads a")
     page.wait_for_selector(".viewer .downloads a.zip")
-    assert download(page, links.filter(has_text="GLB").first)[0] == "a_red_cube.glb"
-    assert download(page, links.filter(has_text="PLY").first)[0] == "a_red_cube.ply"
+    mesh = root / "a_red_cube" / "mesh"
+    name, data = download(page, links.filter(has_text="GLB").first)
+    assert (name, sha256(data)) == ("a_red_cube.glb", sha256((mesh / "mesh.glb").read_bytes()))
+    name, data = download(page, links.filter(has_text="PLY").first)
+    assert (name, sha256(data)) == ("a_red_cube.ply", sha256((mesh / "mesh.ply").read_bytes()))
     name, data = download(page, page.locator(".viewer .downloads a.zip"))
     assert name == "a_red_cube.zip"
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -569,20 +582,80 @@ def check_mesh_downloads(page, folder: Path, zipped: list[str]) -> None:
     assert ((r > 120) & (r > g + 50) & (r > b + 50)).mean() > 0.01, "not the red cube's texture"
 
 
-def test_a_run_pages_mesh_downloads_are_named_after_the_run(browser, server, tmp_path):
+def test_a_run_pages_mesh_downloads_are_named_after_the_run(browser, server, root, tmp_path):
     """Every run's page offered mesh.obj, mesh.mtl and albedo.png: saved from two runs into one
     folder, the browser renamed the second texture and the second OBJ showed the first's."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     for page in watched_page(context):
         page.goto(server.url + "run/a_red_cube/")
-        check_mesh_downloads(page, tmp_path, SERVED_ZIP)
+        check_mesh_downloads(page, root, tmp_path, SERVED_ZIP)
 
 
-def test_a_static_run_pages_mesh_downloads_are_named_after_the_run(browser, static_site, tmp_path):
+def test_a_static_run_pages_mesh_downloads_are_named_after_the_run(
+    browser, static_site, root, tmp_path
+):
+    """The static folder holds the GLB once, in the script the 3D view reads on file://: the
+    page makes the GLB's download of the script's bytes."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     for page in watched_page(context):
         page.goto((static_site / "runs" / "a_red_cube" / "index.html").as_uri())
-        check_mesh_downloads(page, tmp_path, STATIC_ZIP)
+        check_mesh_downloads(page, root, tmp_path, STATIC_ZIP)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def static_served(static_site: Path):
+    """The static folder on a plain web server (``python -m http.server``), as it may be put on
+    one: the address of its top."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(QuietHandler, directory=str(static_site))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_static_folder_served_over_http_draws_the_mesh_and_downloads_it(
+    browser, static_served, root, tmp_path
+):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    for page in watched_page(context):
+        page.goto(static_served + "index.html")
+        check_gallery(page)
+        page.click('.card[data-run="a_red_cube"]')
+        page.wait_for_url("**/runs/a_red_cube/index.html")
+        check_run_page(page, root, STATIC_LINKS)
+        check_mesh_downloads(page, root, tmp_path, STATIC_ZIP)
+
+
+def test_a_glb_link_clicked_before_the_script_is_read_saves_it_once_read(
+    browser, static_served, root
+):
+    """The GLB's link is a Blob made of the script's bytes once the script is read: a click
+    before that (a slow disk, a large mesh) waits for the bytes, then saves them."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    held: list = []
+    # The script's load held until the click has been made (Playwright routes http, not file).
+    context.route("**/mesh.glb.js", lambda route: held.append(route))
+    for page in watched_page(context):
+        # (the page's load event waits for the script the page added as it ran)
+        page.goto(static_served + "runs/a_red_cube/index.html", wait_until="domcontentloaded")
+        link = page.locator(".viewer .downloads a").filter(has_text="GLB").first
+        assert soon_true(page, lambda: held)
+        assert not link.get_attribute("href").startswith("blob:")
+        with page.expect_download() as started:
+            link.click()
+            page.wait_for_timeout(200)
+            held[0].continue_()
+        saved = Path(started.value.path()).read_bytes()
+        assert started.value.suggested_filename == "a_red_cube.glb"
+        assert saved == (root / "a_red_cube" / "mesh" / "mesh.glb").read_bytes()
 
 
 def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, tmp_path):
@@ -604,12 +677,87 @@ def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, 
         card = page.locator('.card[data-run="a_blue_sphere"][data-state="running"]')
         card.wait_for()
         assert card.locator(".batch").inner_text() == (
-            "batch line 3 · node7 · attempt before: interrupted, ended 2026-11-30T09:00:30+00:00"
+            "batch line 3 · on node7 · attempt before: interrupted, ended 2026-11-30 09:00 UTC"
         )
         page.goto(srv.url + "run/a_blue_sphere/")
         heading = page.locator(".details h2", has_text="Batch")
         heading.wait_for()
         assert heading.inner_text() == "Batch: the attempt before this one"
+
+
+@pytest.mark.parametrize("where", ["server", "static"])
+def test_at_a_phones_width_the_pages_fit_the_screen(browser, server, static_site, where):
+    """At 390 px (a phone), the run page was 761 px wide: mesh.json's options, one word of JSON
+    in the Mesh table, would not wrap, nor the run's links to its files. Now nothing is wider
+    than the screen, the options read as "key: value" pairs, and the gallery's "sort" stays
+    beside its menu (it went on a line of its own above it)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    for page in watched_page(context):
+        if where == "server":
+            pages = [server.url, server.url + "run/a_red_cube/"]
+        else:
+            pages = [(static_site / "index.html").as_uri()]
+            pages += [(static_site / "runs" / "a_red_cube" / "index.html").as_uri()]
+        for url in pages:
+            page.goto(url)
+            page.wait_for_selector(".card, #mesh-canvas[data-state=drawn]")
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 390, f"{url} is {width} px wide"
+            if page.locator(".card").count():  # the gallery: "sort" on its menu's line
+                label = page.locator(".controls label").bounding_box()
+                menu = page.locator("#sort").bounding_box()
+                assert label["height"] < 1.5 * menu["height"], (label, menu)
+        options = page.locator(".details tr", has_text="options").locator("td").inner_text()
+        assert options.startswith("resolution: ") and '"' not in options, options
+        assert "formats: [glb, obj, ply]" in options
+
+
+def test_a_cards_batch_time_reads_as_a_date_and_stays_on_one_line(page, server):
+    """A card said "ended 2026-12-03T17:46:00+00:00", which broke at its date's dash on a
+    phone. At each width from a phone's to a tablet's the time is whole on one line."""
+    page.goto(server.url)
+    time = page.locator('.card[data-run="a_red_cube"] .batch time')
+    time.wait_for()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", time.inner_text())
+    for width in range(300, 800, 7):
+        page.set_viewport_size({"width": width, "height": 844})
+        lines = time.evaluate("t => t.getClientRects().length")
+        assert lines == 1, f"at {width} px the time is on {lines} lines"
+
+
+def test_a_cards_time_stays_whole_on_its_line(page, server):
+    """The failed card's facts broke between "9.0" and "s" (the README's screenshot). At each
+    width from a phone's to a tablet's, its "9.0 s" is on one line."""
+    page.goto(server.url)
+    facts = page.locator('.card[data-run="a_green_torus"] .facts')
+    facts.wait_for()
+    # The lines "9.0 s" is drawn on (a no-break space or a space between its two words).
+    lines_of = """(p) => {
+        const node = [...p.childNodes].find((n) => n.nodeType === 3 && /9\\.0\\ss/.test(n.data));
+        const start = n => n.data.search(/9\\.0\\ss/);
+        const range = document.createRange();
+        range.setStart(node, start(node));
+        range.setEnd(node, start(node) + 5);
+        return range.getClientRects().length;
+    }"""
+    for width in range(300, 800, 7):
+        page.set_viewport_size({"width": width, "height": 844})
+        lines = facts.evaluate(lines_of)
+        assert lines == 1, f"at {width} px '9.0 s' is on {lines} lines"
+
+
+def test_a_run_with_one_preview_shows_it_without_a_slider(page, root: Path, tmp_path: Path):
+    """A run that saved only its final preview (preview_every past its steps: a short run) had a
+    slider of one position, which did nothing."""
+    run = tmp_path / "runs" / "a_red_cube"
+    shutil.copytree(root / "a_red_cube", run, ignore=shutil.ignore_patterns("step_*.png"))
+    assert [p.name for p in (run / "previews").iterdir()] == ["final.png"]
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector("#preview-image")
+        assert page.inner_text("#preview-label") == "final"
+        assert page.locator(".previews input").count() == 0
+        assert "/previews/final.png" in page.get_attribute("#preview-image", "src")
 
 
 def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):
@@ -660,7 +808,7 @@ def test_a_card_shows_the_whole_runs_time_with_each_stage(page, server, root: Pa
         page.goto(server.url)
         facts = page.locator('.card[data-run="a_blue_sphere"] .facts')
         facts.wait_for()
-        text = facts.inner_text()
+        text = facts.inner_text().replace("\xa0", " ")  # a time's no-break spaces
         assert "1 min 40 s (describe 5.0 s, descriptor 35 s, text→3D 1 min 0 s)" in text, text
         assert "3,000 MiB peak" in text, text
     finally:

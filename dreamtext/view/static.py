@@ -3,16 +3,15 @@
     OUT/index.html                      the gallery
     OUT/static/                         app.js, app.css, three.js and its license
     OUT/runs/<id>/index.html            a run's page
-    OUT/runs/<id>/files/...             the files it shows (previews, turntable, GLB, PLY, config,
-                                        log, mesh.json); the GLB and PLY named after the run
-                                        (``copy_name``)
-    OUT/runs/<id>/mesh.glb.js           the GLB as a script: a file:// page cannot fetch() it
+    OUT/runs/<id>/files/...             the files it shows (previews, turntable, PLY, config, log,
+                                        mesh.json); the PLY named after the run (``copy_name``)
+    OUT/runs/<id>/mesh.glb.js           the GLB, as a script: a file:// page cannot fetch() a file
     OUT/runs/<id>/<id>.zip              the OBJ with its MTL and texture (downloads.zip_bytes)
 
 Each file is stored once (users copy these folders over ssh): the zip holds only the mesh files
-that the page offers in it alone (``downloads.zip_only``), and ``files/`` all the others. The GLB
-is the one file stored twice, as itself (its download) and as a script (the 3D view's, from
-file://).
+that the page offers in it alone (``downloads.zip_only``), the script the GLB (the 3D view reads
+it, and the page makes the GLB's download, ``a_red_cube.glb``, of its bytes), and ``files/`` all
+the others.
 
 The folder is written beside OUT and renamed into place, so an interrupted export leaves nothing
 half-written; an earlier export in OUT is replaced, any other folder with files in it is refused.
@@ -109,15 +108,24 @@ def copy_name(run: Run, rel: str) -> str:
 
 def stored_alone(run: Run) -> list[str]:
     """The workspace files the export copies into the run's ``files/``: every file the pages
-    show but those only the zip holds (``downloads.zip_only``), which the zip therefore leaves
-    out."""
-    in_zip = set(zip_only(run))
-    return [rel for rel in run.files() if rel not in in_zip]
+    show but the GLB (its script holds it) and those only the zip holds
+    (``downloads.zip_only``), which the zip therefore leaves out."""
+    elsewhere = set(zip_only(run)) | {run.mesh.get("glb")}
+    return [rel for rel in run.files() if rel not in elsewhere]
+
+
+def stored_outside_zip(run: Run) -> list[str]:
+    """The workspace files the run's folder holds outside its zip, which the zip therefore
+    leaves out: those in ``files/`` (:func:`stored_alone`) and the GLB (its script)."""
+    glb = [run.mesh["glb"]] if "glb" in run.mesh else []
+    return stored_alone(run) + glb
 
 
 def run_folder_path(run: Run, rel: str) -> str:
-    """Where a workspace file is in the run's exported folder: its copy in ``files/``, or, for
-    a file only the zip holds (the OBJ, MTL, texture), the zip."""
+    """Where a workspace file is in the run's exported folder: the GLB's script, the zip (for
+    a file only the zip holds: the OBJ, MTL, texture) or its copy in ``files/``."""
+    if rel == run.mesh.get("glb"):
+        return GLB_SCRIPT
     if rel in zip_only(run):
         return zip_name(run)
     return f"files/{copy_name(run, rel)}"
@@ -131,7 +139,7 @@ RUN_LINKS = Links(
     file=lambda run, rel: quote(run_folder_path(run, rel)),
     local_paths=False,
     mesh_zip=lambda run: quote(zip_name(run)),
-    zip_leaves_out=stored_alone,
+    zip_leaves_out=stored_outside_zip,
 )
 GALLERY_LINKS = Links(
     static="static/",
@@ -165,14 +173,13 @@ def _write(catalog: Catalog, out: Path) -> None:
 def _write_run(run: Run, folder: Path, links: Links) -> None:
     """A run's page, the files it shows, its GLB as a script and its mesh zip."""
     folder.mkdir(parents=True)
-    alone = stored_alone(run)
-    _copy_files(run, alone, folder / "files")
-    if zip_members(run, alone):
-        (folder / zip_name(run)).write_bytes(zip_bytes(run, alone))
+    _copy_files(run, stored_alone(run), folder / "files")
+    outside = stored_outside_zip(run)
+    if zip_members(run, outside):
+        (folder / zip_name(run)).write_bytes(zip_bytes(run, outside))
     glb_script = None
-    if "glb" in run.mesh:
+    if "glb" in run.mesh and _write_glb_script(run, folder / GLB_SCRIPT):
         glb_script = GLB_SCRIPT
-        _write_glb_script(folder / "files" / copy_name(run, run.mesh["glb"]), folder / GLB_SCRIPT)
     page = render_page(run_page_json(run, links, glb_script), links)
     (folder / "index.html").write_text(page, encoding="utf-8")
 
@@ -191,9 +198,18 @@ def _copy_files(run: Run, rels: list[str], files: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _write_glb_script(glb: Path, script: Path) -> None:
+def _write_glb_script(run: Run, script: Path) -> bool:
+    """The run's GLB as a script that sets ``window.dreamtextGlb`` to its bytes in base64 (the
+    page's one copy of them: the 3D view reads them, the download is made of them); whether the
+    workspace still held the GLB to write it."""
+    workspace = Path(run.workspace or "")
+    glb = (workspace / run.mesh["glb"]).resolve()
+    # read_run only lists files inside the workspace; checked again, as the server does.
+    if run.workspace is None or not glb.is_relative_to(workspace) or not glb.is_file():
+        return False
     encoded = base64.b64encode(glb.read_bytes()).decode("ascii")
     script.write_text(f'window.dreamtextGlb = "{encoded}";\n', encoding="ascii")
+    return True
 
 
 def _replace(staging: Path, out_dir: Path) -> None:

@@ -49,11 +49,15 @@
   // status.json's stages, as the time of each is shown: "10 min (describe 4 s, text→3D 9 min)".
   const STAGE_NAMES = { sample: "sampling", describe: "describe", descriptor: "descriptor", train: "text→3D" };
 
+  /** "9.0 s", "1 min 40 s", "2 h 5 min", with no-break spaces: a card's line broke between
+   * "9.0" and "s". */
   function formatSeconds(s) {
     if (s === null || s === undefined) return null;
-    if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-    return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+    let text;
+    if (s < 60) text = `${s.toFixed(s < 10 ? 1 : 0)} s`;
+    else if (s < 3600) text = `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+    else text = `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+    return text.replaceAll(" ", "\u00a0");
   }
 
   function formatNumber(x) {
@@ -61,6 +65,19 @@
     const a = Math.abs(x);
     if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(2);
     return String(Number(x.toPrecision(4)));
+  }
+
+  /** An ISO 8601 time as "2026-11-30 09:00 UTC" (batch.jsonl's "2026-11-30T09:00:30+00:00" broke
+   * across a card's lines at its dash); as it is where it does not parse. */
+  function formatTime(iso) {
+    const time = new Date(iso);
+    if (Number.isNaN(time.getTime())) return String(iso);
+    return `${time.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+  }
+
+  /** A <time> of formatTime's text (whole on its line: the date broke at its dash). */
+  function timeOf(iso) {
+    return el("time", { datetime: iso, text: formatTime(iso) });
   }
 
   function stateOf(run) {
@@ -103,24 +120,24 @@
     return parts.join(" · ");
   }
 
-  /** The card's line of batch.jsonl's newest record of the run. A batch writes a prompt's record
-   * when the prompt ends, so a running run's record is of an attempt before this one (its speed
-   * and end are not this attempt's). */
+  /** The parts (text, or text and a <time>) of the card's line of batch.jsonl's newest record
+   * of the run. A batch writes a prompt's record when the prompt ends, so a running run's record
+   * is of an attempt before this one (its speed and end are not this attempt's). */
   function batchLine(run) {
     const batch = run.batch;
     if (!batch) return null;
     const parts = [];
     if (batch.line !== undefined) parts.push(`batch line ${batch.line}`);
-    if (batch.host) parts.push(batch.host);
+    if (batch.host) parts.push(`on ${batch.host}`);
     if (batch.shard) parts.push(`shard ${batch.shard}`);
     if (stateOf(run) === "running") {
-      const ended = batch.finished ? `, ended ${batch.finished}` : "";
-      parts.push(`attempt before: ${batch.status || "unknown"}${ended}`);
-      return parts.join(" · ");
+      const ended = batch.finished ? [", ended ", timeOf(batch.finished)] : [];
+      parts.push([`attempt before: ${batch.status || "unknown"}`, ...ended]);
+      return parts;
     }
     if (batch.its !== null && batch.its !== undefined) parts.push(`${formatNumber(batch.its)} it/s`);
-    if (batch.finished) parts.push(`ended ${batch.finished}`);
-    return parts.join(" · ");
+    if (batch.finished) parts.push(["ended ", timeOf(batch.finished)]);
+    return parts;
   }
 
   /** An image run's learned sentence, else (before its descriptor is trained) CLIP's sentence. */
@@ -271,7 +288,7 @@
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
         : null,
       el("p", { class: "facts" }, badge(run), " ", facts(run)),
-      run.batch ? el("p", { class: "batch", text: batchLine(run) }) : null,
+      run.batch ? el("p", { class: "batch" }, ...batchLine(run).flatMap((part, i) => [i ? " · " : null, part].flat())) : null,
       status.error ? el("p", { class: "error", text: String(status.error), title: String(status.error) }) : null,
       el("p", { class: "name", text: run.name }),
     );
@@ -427,7 +444,7 @@
     } catch (error) {
       canvas.dataset.state = "no-webgl";
       container.append(el("p", { class: "empty", text: "This browser has no WebGL; download the GLB below." }));
-      return { load() {} };
+      return { load() {}, failed() {} };
     }
     renderer.outputColorSpace = THREE.SRGBColorSpace;
     renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
@@ -484,6 +501,7 @@
     }
     const loader = new THREE.GLTFLoader();
     return {
+      failed,
       /** source: a URL, or an ArrayBuffer of GLB bytes. */
       load(source) {
         canvas.dataset.state = "loading";
@@ -493,15 +511,46 @@
     };
   }
 
-  /** A static export's GLB comes as a script (file:// pages cannot fetch). */
-  function loadGlbScript(src, done) {
-    const script = el("script", { src });
-    script.addEventListener("load", () => {
-      const bytes = Uint8Array.from(atob(window.dreamtextGlb), (c) => c.charCodeAt(0));
-      delete window.dreamtextGlb;
-      done(bytes.buffer);
+  /** A static export stores its GLB once, as a script that sets window.dreamtextGlb to its
+   * bytes in base64 (a file:// page cannot fetch a file): a promise of those bytes, read once,
+   * for the 3D view and for the download (glbDownload). */
+  let glbBytes = null;
+  function staticGlb() {
+    if (!glbBytes) {
+      glbBytes = new Promise((resolve, reject) => {
+        const script = el("script", { src: data.glb_script });
+        script.addEventListener("load", () => {
+          const text = atob(window.dreamtextGlb);
+          delete window.dreamtextGlb;
+          const bytes = new Uint8Array(text.length);
+          for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+          resolve(bytes);
+        });
+        script.addEventListener("error", () => reject(new Error(`${data.glb_script} did not load`)));
+        document.body.append(script);
+      });
+    }
+    return glbBytes;
+  }
+
+  /** A static page's GLB link: a Blob of the script's bytes, saved under the run's name
+   * (a file:// page's download attribute names a blob: link, not a link to a file). */
+  let glbBlobUrl = null;
+  function glbDownload(link) {
+    if (!glbBlobUrl) {
+      glbBlobUrl = staticGlb().then((bytes) =>
+        URL.createObjectURL(new Blob([bytes], { type: "model/gltf-binary" })));
+    }
+    glbBlobUrl.then((url) => { link.href = url; }, () => {});
+    // A click before the bytes are read: saved once they are.
+    link.addEventListener("click", (event) => {
+      if (link.href.startsWith("blob:")) return;
+      event.preventDefault();
+      glbBlobUrl.then(() => link.click(), (error) => {
+        link.replaceWith(el("span", { class: "error", text: `GLB: ${error.message}` }));
+      });
     });
-    document.body.append(script);
+    return link;
   }
 
   // ------------------------------------------------------------------------------- run page
@@ -555,7 +604,10 @@
       const names = run.mesh_names || {};
       const single = [["glb", "GLB"], ["ply", "PLY"]]
         .filter(([kind]) => run.mesh[kind])
-        .map(([kind, label]) => el("a", { href: run.mesh[kind], download: names[kind] || true, text: label }));
+        .map(([kind, label]) => {
+          const link = el("a", { href: run.mesh[kind], download: names[kind] || true, text: label });
+          return kind === "glb" && data.glb_script && !live ? glbDownload(link) : link;
+        });
       if (!run.mesh_zip) return single;
       // What this zip holds: every mesh file (the server's), or those a --static folder does not
       // hold on their own.
@@ -597,7 +649,9 @@
       fill(meshView.links, "download: ", meshLinks(run));
       if (meshView.url === glb) return;
       meshView.url = glb;
-      if (data.glb_script && !live) loadGlbScript(data.glb_script, (buffer) => meshView.view.load(buffer));
+      if (data.glb_script && !live) {
+        staticGlb().then((bytes) => meshView.view.load(bytes.buffer), (error) => meshView.view.failed(error));
+      }
       else meshView.view.load(glb);
     }
 
@@ -637,16 +691,20 @@
       if (atEnd || previewState.index < 0 || previewState.index >= list.length) previewState.index = list.length - 1;
       const image = el("img", { id: "preview-image", alt: "preview" });
       const label = el("span", { id: "preview-label" });
-      const slider = el("input", {
-        type: "range", id: "preview-step", min: 0, max: list.length - 1, value: previewState.index,
-        "aria-label": "preview step",
-      });
       function select(i) {
         previewState.index = i;
         image.src = list[i].url;
         label.textContent = list[i].step === null ? "final" : `step ${list[i].step}`;
       }
-      slider.addEventListener("input", () => select(Number(slider.value)));
+      // A slider only where there is a step to slide to (one of one position did nothing).
+      let slider = null;
+      if (list.length > 1) {
+        slider = el("input", {
+          type: "range", id: "preview-step", min: 0, max: list.length - 1, value: previewState.index,
+          "aria-label": "preview step",
+        });
+        slider.addEventListener("input", () => select(Number(slider.value)));
+      }
       select(previewState.index);
       // What each preview holds (trainer.save_preview): cameras around the object, two rows.
       const rows = el("span", { class: "rows", text: " · albedo above, shape (textureless) below" });
@@ -675,10 +733,20 @@
     }
 
     /** A table cell's text: 4 significant digits of a fraction (a volume of
-     * 0.4732020578521119 read as noise), integers (faces, steps) and text as they are. */
+     * 0.4732020578521119 read as noise), integers (faces, steps) and text as they are, "–" for
+     * none, a list or a record (mesh.json's options) as "key: value, ..." (its JSON in one
+     * unbroken word made a phone's page twice as wide as the screen). */
     function cellText(value) {
+      if (value === null || value === undefined) return "–";
       if (typeof value === "number" && !Number.isInteger(value)) return formatNumber(value);
-      return typeof value === "object" ? JSON.stringify(value) : String(value);
+      if (Array.isArray(value)) return value.map(cellText).join(", ");
+      if (typeof value === "object") {
+        return Object.entries(value).map(([key, item]) => {
+          const text = cellText(item);
+          return `${key}: ${Array.isArray(item) ? `[${text}]` : text}`;
+        }).join(", ");
+      }
+      return String(value);
     }
 
     function table(rows) {
