@@ -59,10 +59,20 @@ SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
 batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
 
-# ``--max-words`` and ``--descriptor-iters`` (0: the placeholders keep the words they start
-# from); describe's check_options refused a negative --max-words without the value or the
-# "(see ... --help)" every other flag's refusal has.
+ITERS_MAX = 10_000_000
+"""The most training iterations a run (``--iters``, a config's ``iters``, ``--descriptor-iters``)
+may ask for: 500× FitFusion's 20,000, about two weeks at a GPU's 8 it/s. Below 2^24, so that the
+optimiser's float32 step counter (Adam's bias correction) still counts every step and the float32
+fraction ``step / iters`` (timestep annealing) still tells steps apart; 10^12 was accepted and
+its progress bar showed an ETA of centuries."""
+
+# ``--max-words`` (0: the placeholders keep the words they start from); describe's
+# check_options refused a negative --max-words without the value or the "(see ... --help)"
+# every other flag's refusal has.
 _count = _within(int, 0, math.inf, "an integer of 0 or more")
+_iters = _within(int, 1, ITERS_MAX, "a positive integer")
+_epochs = _within(int, 1, ITERS_MAX // 100, "a positive integer")
+_descriptor_iters = _within(int, 0, ITERS_MAX, "an integer of 0 or more")
 # ``--port``: 0 picks a free one.
 _port = _within(int, 0, 65535, "a port number")
 # ``--seed`` (a larger one made torch raise an overflow traceback once the run had started).
@@ -168,10 +178,12 @@ def add_text_to_3d_arguments(
     g.add_argument(
         "--w", type=_positive_int, help="render width in pixels (= --h; one sets both) [64]"
     )
-    g.add_argument("--iters", type=_positive_int, help="training iterations [10000]")
+    g.add_argument(
+        "--iters", type=_iters, help=f"training iterations, at most {ITERS_MAX:,} [10000]"
+    )
     g.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=_epochs,
         help="training epochs of 100 iterations (sets --iters = epochs × 100)",
     )
     g.add_argument(
@@ -520,7 +532,7 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
     if descriptor:
         g.add_argument(
             "--descriptor-iters",
-            type=_count,
+            type=_descriptor_iters,
             help="descriptor-token training steps, 0 or more (0: text→3D on the sentence's own "
             "words); more than a finished descriptor has trains it on [10000]",
         )

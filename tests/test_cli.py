@@ -310,7 +310,15 @@ def assert_user_error(code, stderr, *fragments):
     ("args", "fragments"),
     [
         (["text", ""], ["prompt is empty"]),
-        (["text", "a castle", "--iters", "0"], ["--iters", "positive"]),
+        (["text", "a castle", "--iters", "0"], ["--iters", "from 1 to 10000000, got 0"]),
+        # 10^12 was accepted: past 2^24 Adam's float32 step counter stops counting, and the
+        # progress bar's ETA was centuries.
+        (["text", "a castle", "--iters", str(10**12)], ["--iters", "from 1 to 10000000"]),
+        (["text", "a castle", "--epochs", str(10**10)], ["--epochs", "from 1 to 100000"]),
+        (
+            ["image", "mug.png", "--descriptor-iters", str(10**12)],
+            ["--descriptor-iters", "from 0 to 10000000"],
+        ),
         (["text", "a castle", "--h", "-3"], ["--h", "positive"]),
         (["text", "a castle", "--w", "0"], ["--w", "positive"]),
         (["text", "a castle", "--guidance", "inf"], ["--guidance", "finite"]),
@@ -368,6 +376,18 @@ def test_a_config_files_lr_too_large_for_float32_is_one_line(tmp_path, monkeypat
     args = [*BUILTIN_RUN, "--config", "big.yaml"]
     assert_user_error(*run_main(args, capsys), "--lr 1e+38 is too large", "above 3.4e+37")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]
+
+
+def test_a_config_files_iters_above_the_limit_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("long.yaml").write_text("iters: 1000000000000\n")
+    args = [*BUILTIN_RUN, "--config", "long.yaml"]
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, "--iters must be at most 10,000,000", "got 1000000000000")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.yaml"]
+    from dreamtext.config import TrainConfig, validate
+
+    validate(TrainConfig(prompt="a red cube", iters=10_000_000))  # the limit itself runs
 
 
 def test_resume_finds_a_run_in_the_folder_an_ascii_slug_named(tmp_path, monkeypatch, capsys):
