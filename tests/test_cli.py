@@ -1839,3 +1839,35 @@ def test_sigterm_mid_render_drops_that_step_saves_the_last_whole_one_and_exits_1
     one_step = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["field"]
     for key, value in one_step.items():  # the field is step 1's: step 2's update was dropped
         assert torch.equal(saved["field"][key], value), key
+
+
+@pytest.mark.parametrize("where", [".", "empty"])
+def test_export_of_a_folder_without_a_run_says_what_is_missing_and_what_to_run(
+    tmp_path, monkeypatch, capsys, where
+):
+    """`export --workspace .` in an empty folder said only "no checkpoint at
+    checkpoints/last.pt: train first"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    shown = f". ({tmp_path.resolve()})" if where == "." else "empty"
+    code, err = run_main(["export", "--workspace", where], capsys)
+    assert_user_error(
+        code,
+        err,
+        f"{shown} is not a dreamtext run: it has no config.json and no checkpoints/last.pt; ",
+        "make a run with `dreamtext text PROMPT` or `dreamtext image IMAGE`, then pass "
+        "--workspace its folder (they go under workspace/; `dreamtext export` alone exports "
+        "the newest there)",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_export_of_a_run_stopped_before_its_first_checkpoint_says_to_train_it(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    Path("run").mkdir()
+    Path("run/config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    code, err = run_main(["export", "--workspace", "run"], capsys)
+    assert_user_error(code, err, "no checkpoint at run/checkpoints/last.pt: train first")
