@@ -90,6 +90,7 @@ from dreamtext.inputs import (
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
+from dreamtext.prompts_text import check_prompt_lines
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -300,6 +301,7 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
 
     path = Path(path)
     lines = read_prompt_lines(path)
+    check_prompt_lines(path, lines)
     found: list[Entry] = []  # workspaces named once the whole list is known
     seen: dict[tuple[str, str], int] = {}
     for number, raw in enumerate(lines, start=1):

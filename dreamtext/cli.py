@@ -800,7 +800,12 @@ def early_text(args: argparse.Namespace) -> None:
     and the files are read. Then a new run's workspace (:func:`check_text_workspace`) and the
     prompts of a new or resumed run against the built-in prior's captions, or ``--diverse``'s
     model (:func:`check_text_prompts`)."""
+    from dreamtext.prompts_text import check_prompt_characters
+
     _iters_or_epochs(args)
+    check_prompt_characters(args.prompt, "the prompt")
+    if args.negative is not None:
+        check_prompt_characters(args.negative, "--negative")
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
     if args.diverse and args.resume:
@@ -978,6 +983,7 @@ def early_batch(args: argparse.Namespace) -> None:
         read_prompt_lines,
         resolve_shard,
     )
+    from dreamtext.prompts_text import check_prompt_lines
 
     _iters_or_epochs(args)
     check_cuda_flag(args)
@@ -987,6 +993,7 @@ def early_batch(args: argparse.Namespace) -> None:
     if root.is_dir():
         check_root_writable(root)
     lines = read_prompt_lines(Path(args.prompts))
+    check_prompt_lines(Path(args.prompts), lines)
     if not plain_prompt_lines(lines):
         return
     # This worker's share (--shard, else a SLURM array task's), as run_batch resolves it next;

@@ -47,6 +47,7 @@ from dreamtext.inputs import (
     unknown_field,
 )
 from dreamtext.processes import is_run_folder
+from dreamtext.prompts_text import check_prompt_characters
 from dreamtext.renderer import RenderConfig
 from dreamtext.runfiles import (
     KEPT_KEYS,
@@ -547,6 +548,8 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
         raise DreamtextError(
             'the prompt is empty; give a text prompt, e.g. dreamtext text "a castle"'
         )
+    check_prompt_characters(cfg.prompt, "the prompt")
+    check_prompt_characters(cfg.guidance.negative, "--negative")
     for name in ("iters", "h", "w", "batch_size", "log_every", "checkpoint_every"):
         if getattr(cfg, name) <= 0:
             what = (
