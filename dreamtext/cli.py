@@ -1457,8 +1457,11 @@ INTERRUPTED_NEXT = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dreamtext`` console script."""
+def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
+    """Entry point of the ``dreamtext`` console script. ``ending_process`` (the console script,
+    :func:`dreamtext.__main__.run`): the process ends when this returns, so once a Ctrl-C or
+    SIGTERM has stopped the command, more of them are ignored while its line is printed (a
+    third signal there ended the process without its status, 130)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The workspace's path printed at the end of a run must not turn it into a traceback where
     # stdout cannot encode a prompt's letters (PYTHONIOENCODING=ascii, a Latin-1 locale): what
@@ -1477,6 +1480,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreamtext: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C outside the loops that save a checkpoint and say so
+        if ending_process:
+            from dreamtext.__main__ import ignore_stop_signals
+
+            ignore_stop_signals()
         print(interrupted_line(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:
