@@ -56,6 +56,12 @@ def test_a_nul_in_the_command_line_prompt_is_one_line_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_prompts_file_lets_through_what_its_reader_takes_for_a_space():
+    assert first_control_character("a red cube\x0c", spaces_allowed=True) is None
+    assert first_control_character("a\x1fred\x0bcube", spaces_allowed=True) is None
+    assert first_control_character("a red\x0c\x00", spaces_allowed=True) == 6
+
+
 def test_a_config_files_prompt_is_checked_too():
     with pytest.raises(DreamtextError, match="the prompt holds the control character U"):
         validate(TrainConfig(prompt="a red cube\x00"))
