@@ -90,6 +90,7 @@ from dreamtext.inputs import (
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
+from dreamtext.prompts_text import check_prompt_lines
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -289,7 +290,8 @@ class Entry:
 
 def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     """The entries of a prompts file: one prompt per line, ``image:PATH`` for an image (a
-    relative PATH is taken from the prompts file's folder); blank lines and ``#`` comments are
+    relative PATH is taken from the prompts file's folder, or the current folder for a list read
+    from a pipe: :func:`relative_images_folder`); blank lines and ``#`` comments are
     skipped. A line repeating an earlier one (up to case and spaces: :func:`repeat_key`) is
     dropped, the first one's text kept. Each entry's workspace under ``root`` is
     :func:`workspace_name`'s; where it holds a run of the prompt in other case (a ``dreamtext
@@ -300,6 +302,8 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
 
     path = Path(path)
     lines = read_prompt_lines(path)
+    check_prompt_lines(path, lines)
+    images_folder = relative_images_folder(path)
     found: list[Entry] = []  # workspaces named once the whole list is known
     seen: dict[tuple[str, str], int] = {}
     for number, raw in enumerate(lines, start=1):
@@ -314,7 +318,7 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
                 raise DreamtextError(f"{path}:{number}: '{text}' names no image; write image:PATH")
             image_path = Path(image).expanduser()
             if not image_path.is_absolute():
-                image_path = path.parent / image_path
+                image_path = images_folder / image_path
             if not image_path.exists() and reads_like_prompt(Path(image)):
                 raise DreamtextError(
                     f"{path}:{number}: image not found: {image_path}; for a text prompt, write "
@@ -352,6 +356,17 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         )
         for e, slug in zip(found, slugs, strict=True)
     ]
+
+
+def relative_images_folder(path: Path) -> Path:
+    """The folder a prompts list's relative ``image:PATH`` is taken from: the list's own folder
+    where it is a regular file, else (a pipe, ``/dev/stdin``, a shell's ``<(...)``) the current
+    folder, not ``/dev/fd``. ``/dev/stdin`` redirected from a file is that file's folder."""
+    if not path.is_file():
+        return Path.cwd()
+    if str(path).startswith(("/dev/", "/proc/")):  # stdin or a descriptor opened on a file
+        return Path(os.path.realpath(path)).parent
+    return path.parent
 
 
 def same_up_to_case(owner: tuple[str, str] | None, key: tuple[str, str]) -> bool:

@@ -59,10 +59,20 @@ SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
 batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
 
-# ``--max-words`` and ``--descriptor-iters`` (0: the placeholders keep the words they start
-# from); describe's check_options refused a negative --max-words without the value or the
-# "(see ... --help)" every other flag's refusal has.
+ITERS_MAX = 10_000_000
+"""The most training iterations a run (``--iters``, a config's ``iters``, ``--descriptor-iters``)
+may ask for: 500× FitFusion's 20,000, about two weeks at a GPU's 8 it/s. Below 2^24, so that the
+optimiser's float32 step counter (Adam's bias correction) still counts every step and the float32
+fraction ``step / iters`` (timestep annealing) still tells steps apart; 10^12 was accepted and
+its progress bar showed an ETA of centuries."""
+
+# ``--max-words`` (0: the placeholders keep the words they start from); describe's
+# check_options refused a negative --max-words without the value or the "(see ... --help)"
+# every other flag's refusal has.
 _count = _within(int, 0, math.inf, "an integer of 0 or more")
+_iters = _within(int, 1, ITERS_MAX, "a positive integer")
+_epochs = _within(int, 1, ITERS_MAX // 100, "a positive integer")
+_descriptor_iters = _within(int, 0, ITERS_MAX, "an integer of 0 or more")
 # ``--port``: 0 picks a free one.
 _port = _within(int, 0, 65535, "a port number")
 # ``--seed`` (a larger one made torch raise an overflow traceback once the run had started).
@@ -168,10 +178,12 @@ def add_text_to_3d_arguments(
     g.add_argument(
         "--w", type=_positive_int, help="render width in pixels (= --h; one sets both) [64]"
     )
-    g.add_argument("--iters", type=_positive_int, help="training iterations [10000]")
+    g.add_argument(
+        "--iters", type=_iters, help=f"training iterations, at most {ITERS_MAX:,} [10000]"
+    )
     g.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=_epochs,
         help="training epochs of 100 iterations (sets --iters = epochs × 100)",
     )
     g.add_argument(
@@ -520,7 +532,7 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
     if descriptor:
         g.add_argument(
             "--descriptor-iters",
-            type=_count,
+            type=_descriptor_iters,
             help="descriptor-token training steps, 0 or more (0: text→3D on the sentence's own "
             "words); more than a finished descriptor has trains it on [10000]",
         )
@@ -788,7 +800,12 @@ def early_text(args: argparse.Namespace) -> None:
     and the files are read. Then a new run's workspace (:func:`check_text_workspace`) and the
     prompts of a new or resumed run against the built-in prior's captions, or ``--diverse``'s
     model (:func:`check_text_prompts`)."""
+    from dreamtext.prompts_text import check_prompt_characters
+
     _iters_or_epochs(args)
+    check_prompt_characters(args.prompt, "the prompt")
+    if args.negative is not None:
+        check_prompt_characters(args.negative, "--negative")
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
     if args.diverse and args.resume:
@@ -966,6 +983,7 @@ def early_batch(args: argparse.Namespace) -> None:
         read_prompt_lines,
         resolve_shard,
     )
+    from dreamtext.prompts_text import check_prompt_lines
 
     _iters_or_epochs(args)
     check_cuda_flag(args)
@@ -975,6 +993,7 @@ def early_batch(args: argparse.Namespace) -> None:
     if root.is_dir():
         check_root_writable(root)
     lines = read_prompt_lines(Path(args.prompts))
+    check_prompt_lines(Path(args.prompts), lines)
     if not plain_prompt_lines(lines):
         return
     # This worker's share (--shard, else a SLURM array task's), as run_batch resolves it next;
@@ -1438,8 +1457,11 @@ INTERRUPTED_NEXT = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dreamtext`` console script."""
+def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
+    """Entry point of the ``dreamtext`` console script. ``ending_process`` (the console script,
+    :func:`dreamtext.__main__.run`): the process ends when this returns, so once a Ctrl-C or
+    SIGTERM has stopped the command, more of them are ignored while its line is printed (a
+    third signal there ended the process without its status, 130)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The workspace's path printed at the end of a run must not turn it into a traceback where
     # stdout cannot encode a prompt's letters (PYTHONIOENCODING=ascii, a Latin-1 locale): what
@@ -1458,6 +1480,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreamtext: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C outside the loops that save a checkpoint and say so
+        if ending_process:
+            from dreamtext.__main__ import ignore_stop_signals
+
+            ignore_stop_signals()
         print(interrupted_line(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:

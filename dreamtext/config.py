@@ -47,6 +47,7 @@ from dreamtext.inputs import (
     unknown_field,
 )
 from dreamtext.processes import is_run_folder
+from dreamtext.prompts_text import check_prompt_characters
 from dreamtext.renderer import RenderConfig
 from dreamtext.runfiles import (
     KEPT_KEYS,
@@ -547,6 +548,8 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
         raise DreamtextError(
             'the prompt is empty; give a text prompt, e.g. dreamtext text "a castle"'
         )
+    check_prompt_characters(cfg.prompt, "the prompt")
+    check_prompt_characters(cfg.guidance.negative, "--negative")
     for name in ("iters", "h", "w", "batch_size", "log_every", "checkpoint_every"):
         if getattr(cfg, name) <= 0:
             what = (
@@ -555,6 +558,13 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
                 else "--" + name.replace("_", "-")
             )
             raise DreamtextError(f"{what} must be a positive integer, got {getattr(cfg, name)}")
+    from dreamtext.cli import ITERS_MAX, SEED_MAX  # the flags' bounds (the CLI imports no torch)
+
+    if cfg.iters > ITERS_MAX:
+        raise DreamtextError(
+            f"--iters must be at most {ITERS_MAX:,} (two weeks at a GPU's 8 it/s; the default "
+            f"is {TrainConfig.iters:,}), got {cfg.iters}"
+        )
     for name in ("preview_views", "keep_checkpoints"):
         if getattr(cfg, name) <= 0:
             raise DreamtextError(
@@ -578,8 +588,6 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
             f"--lr {cfg.lr:g} is too large: Adam's steps would overflow float32 above "
             f"{lr_max:.3g}; the default is {TrainConfig.lr:g}"
         )
-    from dreamtext.cli import SEED_MAX  # the flag's bound (the CLI module imports no torch)
-
     # torch.manual_seed takes -2^63 to 2^64 - 1; a seed past that was a torch traceback once
     # the run had started. Negative seeds are refused by --seed, but runs made before that
     # still resume with theirs.

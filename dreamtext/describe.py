@@ -54,6 +54,21 @@ log = logging.getLogger(__name__)
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 QUANTIFIERS: tuple[str, ...] = ("a", "an", "some", "a few", "a little", "a lot of", "much", "many")
 SENTENCE_START = "An image of"
+CLIP_MAX_TOKENS = 77
+"""Tokens CLIP's text tower (and Stable Diffusion's, which the descriptor trains on) reads of a
+sentence, its start and end tokens included: the rest is cut off."""
+
+
+def tokens_at_most(sentence: str) -> int:
+    """An upper bound on ``sentence``'s CLIP tokens without the tokenizer: its UTF-8 bytes other
+    than spaces, plus the start and end tokens (a byte-level BPE token holds at least one
+    byte)."""
+    return len("".join(sentence.split()).encode("utf-8")) + 2
+
+
+def fits_by_bytes(sentence: str) -> bool:
+    """Whether ``sentence`` surely fits in :data:`CLIP_MAX_TOKENS` (:func:`tokens_at_most`)."""
+    return tokens_at_most(sentence) <= CLIP_MAX_TOKENS
 
 
 def make_sentence(quantifier: str, words: Sequence[str], noun: str) -> str:
@@ -114,6 +129,14 @@ class ClipEncoder:
             ) from None
         self.device = torch.device(device)
         self.batch_size = batch_size
+
+    def fits(self, sentence: str) -> bool:
+        """Whether ``sentence`` is at most :data:`CLIP_MAX_TOKENS` tokens, start and end
+        included, for this CLIP's tokenizer (the BPE vocabulary Stable Diffusion's shares)."""
+        if fits_by_bytes(sentence):  # nearly every sentence: no need to tokenize it
+            return True
+        tokenizer = self.processor.tokenizer
+        return len(tokenizer(sentence)["input_ids"]) <= CLIP_MAX_TOKENS
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> Tensor:
@@ -253,16 +276,29 @@ def search_sentence(
     max_words: int = 15,
     noun: str | None = None,
     quantifier: str | None = None,
+    fits: Callable[[str], bool] = fits_by_bytes,
 ) -> SearchResult:
     """The three-step search of the module docstring.
 
     A given ``noun`` (used as written) or ``quantifier`` fixes that part of step 1; with both,
-    step 1 only scores the base sentence.
+    step 1 only scores the base sentence. Only sentences that ``fits`` (CLIP's 77 tokens: the
+    encoder's :meth:`ClipEncoder.fits`, else :func:`fits_by_bytes`) are scored, so the sentence
+    found, which the descriptor trains, is never cut short.
     """
     # Step 1: quantifier × noun × {singular, plural}, in that nesting order.
     quantifiers = [quantifier] if quantifier else list(QUANTIFIERS)
     noun_forms = [noun] if noun else [form for n in nouns for form in (n, plural(n))]
-    pairs = [(q, n) for q in quantifiers for n in noun_forms]
+    pairs = [(q, n) for q in quantifiers for n in noun_forms if fits(base_sentence(q, n))]
+    if not pairs:
+        given = " and ".join(
+            f"{flag} {value!r}"
+            for flag, value in (("--quantifier", quantifier), ("--noun", noun))
+            if value
+        )
+        raise DreamtextError(
+            f"no sentence 'An image of <quantifier> <noun>' fits in CLIP's {CLIP_MAX_TOKENS} "
+            f"tokens with {given or 'these word lists'}: give a shorter one"
+        )
     index, best = _best(score([base_sentence(q, n) for q, n in pairs]))
     chosen_quantifier, chosen_noun = pairs[index]
     result = SearchResult(chosen_quantifier, chosen_noun, [], best, {"noun": best})
@@ -270,10 +306,18 @@ def search_sentence(
     def sentences_with(words_for: list[list[str]]) -> list[str]:
         return [make_sentence(chosen_quantifier, w, chosen_noun) for w in words_for]
 
+    def fitting(words_for: list[list[str]]) -> list[list[str]]:
+        return [w for w in words_for if fits(make_sentence(chosen_quantifier, w, chosen_noun))]
+
     vocabulary = list(dict.fromkeys([*nouns, *adjectives]))
     # Step 2: append the best word while it raises the score.
     while len(result.words) < max_words:
         candidates = [[*result.words, w] for w in vocabulary]
+        candidates = [
+            c for c in candidates if fits(make_sentence(chosen_quantifier, c, chosen_noun))
+        ]
+        if not candidates:
+            break
         index, best = _best(score(sentences_with(candidates)))
         if best <= result.score:
             break
@@ -287,6 +331,10 @@ def search_sentence(
         for position in range(len(result.words)):
             candidates = [
                 [*result.words[:position], w, *result.words[position + 1 :]] for w in vocabulary
+            ]
+            # The word in place fits (it is the result's), so one candidate at least does.
+            candidates = [
+                c for c in candidates if fits(make_sentence(chosen_quantifier, c, chosen_noun))
             ]
             index, best = _best(score(sentences_with(candidates)))
             if best > result.score:
@@ -428,6 +476,7 @@ def _describe(
         max_words=options.max_words,
         noun=" ".join(options.noun.split()) if options.noun else None,
         quantifier=" ".join(options.quantifier.split()) if options.quantifier else None,
+        fits=getattr(encoder, "fits", fits_by_bytes),
     )
     record = {
         "sentence": result.sentence,

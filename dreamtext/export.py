@@ -372,11 +372,28 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
                 f"no checkpoint at {last_checkpoint(workspace)}: {workspace} is an image→3D run "
                 "that has not started text→3D; go on with `dreamtext image IMAGE` (its image)"
             )
-        raise DreamtextError(
-            f"no checkpoint at {last_checkpoint(workspace)}: train first with "
-            "`dreamtext text PROMPT` (or pass the --workspace of a trained run)"
-        )
+        if (workspace / "config.json").is_file():  # a run stopped before its first checkpoint
+            raise DreamtextError(
+                f"no checkpoint at {last_checkpoint(workspace)}: train first with "
+                "`dreamtext text PROMPT` (or pass the --workspace of a trained run)"
+            )
+        raise DreamtextError(not_a_run_line(workspace))
     return workspace
+
+
+def not_a_run_line(folder: Path) -> str:
+    """The line for ``export --workspace FOLDER`` where FOLDER holds no run and no runs:
+    what is missing and what to run (``export --workspace .`` in an empty folder said only "no
+    checkpoint at checkpoints/last.pt"). ``.`` and ``..`` are named by their full path."""
+    from dreamtext.config import DEFAULT_WORKSPACE_ROOT
+
+    shown = f"{folder} ({folder.resolve()})" if folder.name in ("", "..") else str(folder)
+    return (
+        f"{shown} is not a dreamtext run: it has no config.json and no checkpoints/last.pt; "
+        "make a run with `dreamtext text PROMPT` or `dreamtext image IMAGE`, then pass "
+        f"--workspace its folder (they go under {DEFAULT_WORKSPACE_ROOT}/; `dreamtext export` "
+        "alone exports the newest there)"
+    )
 
 
 def not_a_run_folder(path: Path) -> str:

@@ -699,11 +699,35 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
                 "word list's path"
             ) from None
         source = str(path)
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    words = list(dict.fromkeys(" ".join(line.split()) for line in lines if line))
+    lines = [" ".join(line.split("#", 1)[0].split()) for line in text.splitlines()]
+    for number, word in enumerate(lines, start=1):
+        check_word_length(word, f"word list {source}:{number}: the word")
+    words = list(dict.fromkeys(line for line in lines if line))
     if not words:
         raise DreamtextError(f"word list {source} is empty; give a file with one word per line")
     return words
+
+
+WORD_MAX_BYTES = 64
+"""The longest word (in UTF-8 bytes) a sentence-search vocabulary, ``--noun`` or ``--quantifier``
+may hold. CLIP (and Stable Diffusion's text encoder, which the descriptor's sentence goes to)
+reads 77 tokens of a sentence, start and end included, and a BPE token holds at least one byte:
+a word this long always fits in "An image of <quantifier> <noun>" (3 + 3 + 64 + 2 tokens at
+most); the shipped lists' longest is 20. A 5,000-character word made a sentence CLIP cut short,
+noun and all. (The search itself keeps every sentence within 77 tokens:
+:func:`dreamtext.describe.search_sentence`.)"""
+
+
+def check_word_length(word: str, what: str) -> None:
+    """Refuse ``word`` (``what`` names it: a flag, or a word list's file and line) longer than
+    :data:`WORD_MAX_BYTES` bytes of UTF-8."""
+    size = len(word.encode("utf-8"))
+    if size > WORD_MAX_BYTES:
+        shown = word if len(word) <= 24 else word[:20] + "…"
+        raise DreamtextError(
+            f"{what} {shown!r} is {size} bytes long; CLIP reads at most 77 tokens of a "
+            f"sentence, so a word may have {WORD_MAX_BYTES} bytes at most: shorten it"
+        )
 
 
 def check_search_options(
@@ -722,6 +746,9 @@ def check_search_options(
         raise DreamtextError("--quantifier is empty; give one such as 'a' or 'some'")
     if noun is not None and not noun.strip():
         raise DreamtextError("--noun is empty; give one such as 'mug', or leave it out to search")
+    for flag, word in (("--quantifier", quantifier), ("--noun", noun)):
+        if word is not None:
+            check_word_length(" ".join(word.split()), flag)
     return read_vocabulary(nouns, "nouns.txt"), read_vocabulary(adjectives, "adjectives.txt")
 
 

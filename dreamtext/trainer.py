@@ -211,18 +211,22 @@ def check_workspace(
         raise held_run_error(workspace, resume_step(workspace), own_config)
 
 
-# Bytes every ray of a training render holds at once, however its samples are chunked: its origin
-# and direction (6 float32) and its outputs (rgb 3, opacity, depth, orientation: 6 float32; the
-# normals of a shaded step come on top). A lower bound: the samples, the field's activations and
-# the guidance model come on top of it, and the occupancy grid can skip nearly every sample, so
-# no number of samples per ray is certain.
-BYTES_PER_RAY_AT_LEAST = 48
+# Bytes every ray of a training render holds at once, at the least, in the first steps of a run
+# (its occupancy grid starts with every cell occupied): its origin, direction and outputs, and
+# its samples, which a step keeps for its backward pass, the deferred one included (the packed
+# samples and the field's values at them, re-rendered chunk by chunk). Measured with peak RSS
+# (benchmarks/RESULTS.md, 2026-12-03): each further ray of a batch cost 1.2-2.7 KB where the
+# backward pass was deferred (192-768 images of 32 px) and 30-36 KB where it was not; 48 B (the
+# ray alone) let `--batch-size 100000 --h 32` through on a 22 GB machine, whose system then
+# killed it. Below every figure measured, so it refuses no run that fits as measured; a grid
+# that skips more samples (later steps, a resume) needs less.
+BYTES_PER_RAY_AT_LEAST = 1024
 
 
 def render_memory_at_least(cfg: TrainConfig) -> int:
-    """Bytes a training step of ``cfg`` needs at the very least: ``48 · batch_size · h · w``
-    (:data:`BYTES_PER_RAY_AT_LEAST`): 6.3 MB at 256 px, 1.6 GB at 4096 px, 960 GB at 100,000 px,
-    for a batch of 2."""
+    """Bytes a training step of ``cfg`` needs at the very least: ``1024 · batch_size · h · w``
+    (:data:`BYTES_PER_RAY_AT_LEAST`): 134 MB at 256 px, 34 GB at 4096 px, 105 GB for a batch of
+    100,000 at 32 px, for a batch of 2 where not said."""
     return BYTES_PER_RAY_AT_LEAST * cfg.batch_size * cfg.h * cfg.w
 
 
@@ -236,10 +240,11 @@ def device_memory(device: torch.device) -> int | None:
 
 
 def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, before anything is loaded or written, a render size whose rays alone cannot fit
-    (:func:`render_memory_at_least`): such a run wrote a workspace and then ran out of memory
-    at its first step, or (a size that nearly fits) swapped for minutes. A lower bound, so it
-    never refuses a run that could fit; sizes below it still meet the out-of-memory line."""
+    """Refuse, before anything is loaded or written, a render size whose rays and their samples
+    cannot fit (:func:`render_memory_at_least`): such a run wrote a workspace and then ran out
+    of memory at its first step, swapped for minutes, or (the host's memory) was killed by the
+    system. A lower bound, so it refuses no run that fits as measured; sizes below it still meet
+    the out-of-memory line."""
     need, available = render_memory_at_least(cfg), device_memory(device)
     if available is None or need <= available:
         return
@@ -254,8 +259,8 @@ def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.batch_size > 2:
         fix = "lower --batch-size (the default is 1) or --h"
     raise DreamtextError(
-        f"--h {cfg.h} --w {cfg.w} with batch {cfg.batch_size}: its rays alone need at least "
-        f"{format_gigabytes(need)} {has}; {fix}"
+        f"--h {cfg.h} --w {cfg.w} with batch {cfg.batch_size}: its rays and their samples "
+        f"need at least {format_gigabytes(need)} {has}; {fix}"
     )
 
 

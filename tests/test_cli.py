@@ -310,7 +310,15 @@ def assert_user_error(code, stderr, *fragments):
     ("args", "fragments"),
     [
         (["text", ""], ["prompt is empty"]),
-        (["text", "a castle", "--iters", "0"], ["--iters", "positive"]),
+        (["text", "a castle", "--iters", "0"], ["--iters", "from 1 to 10000000, got 0"]),
+        # 10^12 was accepted: past 2^24 Adam's float32 step counter stops counting, and the
+        # progress bar's ETA was centuries.
+        (["text", "a castle", "--iters", str(10**12)], ["--iters", "from 1 to 10000000"]),
+        (["text", "a castle", "--epochs", str(10**10)], ["--epochs", "from 1 to 100000"]),
+        (
+            ["image", "mug.png", "--descriptor-iters", str(10**12)],
+            ["--descriptor-iters", "from 0 to 10000000"],
+        ),
         (["text", "a castle", "--h", "-3"], ["--h", "positive"]),
         (["text", "a castle", "--w", "0"], ["--w", "positive"]),
         (["text", "a castle", "--guidance", "inf"], ["--guidance", "finite"]),
@@ -368,6 +376,18 @@ def test_a_config_files_lr_too_large_for_float32_is_one_line(tmp_path, monkeypat
     args = [*BUILTIN_RUN, "--config", "big.yaml"]
     assert_user_error(*run_main(args, capsys), "--lr 1e+38 is too large", "above 3.4e+37")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]
+
+
+def test_a_config_files_iters_above_the_limit_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("long.yaml").write_text("iters: 1000000000000\n")
+    args = [*BUILTIN_RUN, "--config", "long.yaml"]
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, "--iters must be at most 10,000,000", "got 1000000000000")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.yaml"]
+    from dreamtext.config import TrainConfig, validate
+
+    validate(TrainConfig(prompt="a red cube", iters=10_000_000))  # the limit itself runs
 
 
 def test_resume_finds_a_run_in_the_folder_an_ascii_slug_named(tmp_path, monkeypatch, capsys):
@@ -777,17 +797,18 @@ def test_a_render_whose_rays_alone_cannot_fit_is_refused_before_anything_is_writ
     tmp_path, monkeypatch, capsys
 ):
     """--h 100000 wrote a workspace and a step-0 checkpoint, then ran out of memory; a size that
-    nearly fit swapped for minutes in its first step. 48 B a ray at least: 8192² px, batch 2 is
-    6.4 GB, refused where 1 GB is available; 64 px (0.4 MB) goes on."""
+    nearly fit swapped for minutes in its first step. 1 KiB a ray at least (its samples for the
+    backward pass): 2048² px, batch 2 is 8.6 GB, refused where 1 GB is available; 32 px (2 MB)
+    goes on."""
     from dreamtext import trainer
 
     cfg = SimpleNamespace(h=256, w=256, batch_size=2)
-    assert trainer.render_memory_at_least(cfg) == 48 * 2 * 256 * 256  # 6.3 MB
+    assert trainer.render_memory_at_least(cfg) == 1024 * 2 * 256 * 256  # 134 MB
     monkeypatch.setattr(trainer, "available_memory", lambda: 10**9)
     workspace = tmp_path / "big"
     args = ["text", "a red cube", "--model", "builtin:shapes", "--no-export"]
-    code, err = run_main([*args, "--h", "8192", "--workspace", workspace], capsys)
-    assert_user_error(code, err, "--h 8192", "at least 6.4 GB of memory", "1.0 GB is available")
+    code, err = run_main([*args, "--h", "2048", "--workspace", workspace], capsys)
+    assert_user_error(code, err, "--h 2048", "at least 8.6 GB of memory", "1.0 GB is available")
     assert not workspace.exists()
     code, err = run_main([*args, "--iters", "1", "--workspace", workspace], capsys)
     assert code == 0, err
@@ -805,10 +826,28 @@ def test_a_batch_whose_rays_alone_cannot_fit_names_the_batch_size(tmp_path, monk
     assert_user_error(
         code,
         err,
-        "--h 32 --w 32 with batch 100000: its rays alone need at least 4.9 GB",
+        "--h 32 --w 32 with batch 100000: its rays and their samples need at least 104.9 GB",
         "; lower --batch-size (the default is 1) or --h",
     )
     assert not workspace.exists()
+
+
+def test_a_batch_the_system_would_kill_is_refused_on_a_machine_of_22_gb(
+    tmp_path, monkeypatch, capsys
+):
+    """`--batch-size 100000 --h 32` passed the check on this 22 GB machine (48 B a ray: 4.9 GB)
+    and the system killed it in its first step (peak RSS grows 1.2-2.7 KB a ray there:
+    benchmarks/RESULTS.md); a batch whose samples fit goes on."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--no-export"]
+    workspace = tmp_path / "run"
+    code, err = run_main([*args, "--batch-size", "100000", "--workspace", workspace], capsys)
+    assert_user_error(code, err, "at least 104.9 GB of memory and 22.0 GB is available")
+    assert not workspace.exists()
+    cfg = SimpleNamespace(h=32, w=32, batch_size=768)  # measured: 4.5 GB peak
+    assert trainer.render_memory_at_least(cfg) < 4.5e9
 
 
 def test_other_errors_still_raise(monkeypatch, capsys):
@@ -1819,3 +1858,35 @@ def test_sigterm_mid_render_drops_that_step_saves_the_last_whole_one_and_exits_1
     one_step = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["field"]
     for key, value in one_step.items():  # the field is step 1's: step 2's update was dropped
         assert torch.equal(saved["field"][key], value), key
+
+
+@pytest.mark.parametrize("where", [".", "empty"])
+def test_export_of_a_folder_without_a_run_says_what_is_missing_and_what_to_run(
+    tmp_path, monkeypatch, capsys, where
+):
+    """`export --workspace .` in an empty folder said only "no checkpoint at
+    checkpoints/last.pt: train first"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    shown = f". ({tmp_path.resolve()})" if where == "." else "empty"
+    code, err = run_main(["export", "--workspace", where], capsys)
+    assert_user_error(
+        code,
+        err,
+        f"{shown} is not a dreamtext run: it has no config.json and no checkpoints/last.pt; ",
+        "make a run with `dreamtext text PROMPT` or `dreamtext image IMAGE`, then pass "
+        "--workspace its folder (they go under workspace/; `dreamtext export` alone exports "
+        "the newest there)",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_export_of_a_run_stopped_before_its_first_checkpoint_says_to_train_it(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    Path("run").mkdir()
+    Path("run/config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    code, err = run_main(["export", "--workspace", "run"], capsys)
+    assert_user_error(code, err, "no checkpoint at run/checkpoints/last.pt: train first")

@@ -1,0 +1,70 @@
+"""What a prompt's text may hold, checked before anything loads (torch-free: the CLI's early
+checks and the batch's prompts file reader use it).
+
+A control character (Unicode category ``Cc``: U+0000-U+001F, U+007F-U+009F) other than a tab
+is refused: a NUL was accepted from a command-line argument, a prompts file or a pipe and then
+failed in the middle of a run (a path with an embedded null byte, a config.json no editor
+shows the same), and a stray escape or form feed would be trained as part of the prompt. A tab
+stands between words like a space."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+from dreamtext.errors import DreamtextError
+
+# The control characters a user is likely to have typed or piped by mistake, by name.
+_NAMES = {0x00: "NUL", 0x0A: "a line break", 0x0D: "a carriage return", 0x1B: "ESC"}
+
+
+def first_control_character(text: str, spaces_allowed: bool = False) -> int | None:
+    """The index in ``text`` of its first control character other than a tab, else ``None``;
+    with ``spaces_allowed``, of its first that Python does not take for a space either (a form
+    feed, a vertical tab or U+001C-U+001F are spaces to ``str.split``)."""
+    for index, char in enumerate(text):
+        if char == "\t" or (spaces_allowed and char.isspace()):
+            continue
+        if unicodedata.category(char) == "Cc":
+            return index
+    return None
+
+
+def describe_character(char: str) -> str:
+    """``U+0000 (NUL)``: a control character as a message names it."""
+    code = ord(char)
+    name = _NAMES.get(code)
+    return f"U+{code:04X}" + (f" ({name})" if name else "")
+
+
+def check_prompt_characters(text: str, where: str, spaces_allowed: bool = False) -> None:
+    """Refuse ``text`` (a prompt; ``where`` names it in the message, e.g. ``"the prompt"`` or
+    ``"prompts.txt:3: the line"``) if it holds a control character other than a tab, at its
+    1-based character position (a line break in a command-line argument is one too);
+    ``spaces_allowed`` as for :func:`first_control_character`."""
+    index = first_control_character(text, spaces_allowed)
+    if index is None:
+        return
+    raise DreamtextError(
+        f"{where} holds the control character {describe_character(text[index])} at "
+        f"character {index + 1}; remove it (a prompt is one line of printable text; tabs "
+        "count as spaces)"
+    )
+
+
+def check_prompt_lines(path: Path, lines: list[str]) -> None:
+    """Refuse the first line of a prompts file (``lines``, as
+    :func:`dreamtext.inputs.read_prompt_lines` splits it) holding a control character other
+    than a tab, ``# comment`` lines included (a NUL there is as likely a file that is not
+    text), with ``path:line``. Those Python takes for spaces are let through: the reader joins
+    a line's words with single spaces (a page break pasted at a line's end is read as none)."""
+    for number, line in enumerate(lines, start=1):
+        check_prompt_characters(line, f"{path}:{number}: the line", spaces_allowed=True)
+
+
+__all__ = [
+    "check_prompt_characters",
+    "check_prompt_lines",
+    "describe_character",
+    "first_control_character",
+]

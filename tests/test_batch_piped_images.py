@@ -1,0 +1,73 @@
+"""A prompts list read from a pipe (``dreamtext batch <(printf 'image:mug.png\\n')``,
+``/dev/stdin``) takes its relative ``image:`` paths from the current folder: they resolved
+against /dev/fd, where no image is."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from dreamtext.batch import read_prompts, relative_images_folder
+
+
+def write_mug(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "mug.png"
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(path)
+    return path
+
+
+def test_a_piped_lists_relative_image_is_taken_from_the_current_folder(tmp_path, monkeypatch):
+    mug = write_mug(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"image:mug.png\n")
+    os.close(write_end)
+    try:
+        entries = read_prompts(f"/dev/fd/{read_end}", tmp_path / "root")
+    finally:
+        os.close(read_end)
+    assert [(e.kind, e.prompt) for e in entries] == [("image", str(mug))]
+
+
+def test_a_regular_files_relative_image_is_still_taken_from_its_folder(tmp_path, monkeypatch):
+    mug = write_mug(tmp_path / "lists")
+    prompts = tmp_path / "lists" / "prompts.txt"
+    prompts.write_text("image:mug.png\n")
+    monkeypatch.chdir(tmp_path)  # another folder, holding no mug.png
+    entries = read_prompts(prompts, tmp_path / "root")
+    assert [e.prompt for e in entries] == [str(mug)]
+    assert relative_images_folder(Path("lists/prompts.txt")) == Path("lists")
+
+
+def test_stdin_redirected_from_a_file_takes_the_files_folder(tmp_path, monkeypatch):
+    write_mug(tmp_path / "lists")
+    prompts = tmp_path / "lists" / "prompts.txt"
+    prompts.write_text("image:mug.png\n")
+    monkeypatch.chdir(tmp_path)
+    with open(prompts) as opened:
+        folder = relative_images_folder(Path(f"/dev/fd/{opened.fileno()}"))
+    assert folder == tmp_path / "lists"
+
+
+def test_batch_from_stdin_finds_the_image_in_the_current_folder_in_a_real_process(tmp_path):
+    """Up to the built-in prior's refusal of image lines: the line was read and its image found
+    (it said "image not found: /dev/mug.png" before)."""
+    write_mug(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dreamtext.cli", "batch", "/dev/stdin", "--model", "builtin:shapes"],
+        input="image:mug.png\n",
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not found" not in result.stderr, result.stderr
+    assert "line 1 is an image, which needs a Stable Diffusion model" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mug.png"]

@@ -1,0 +1,109 @@
+"""Control characters in a prompt (a NUL, an escape, a line break; not a tab) are refused with
+where they are, from a command-line argument, a prompts file or a pipe, before anything is
+written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dreamtext.cli import main
+from dreamtext.config import TrainConfig, validate
+from dreamtext.errors import DreamtextError
+from dreamtext.prompts_text import check_prompt_characters, first_control_character
+
+ONE_LINE = "; remove it (a prompt is one line of printable text; tabs count as spaces)"
+
+
+def run_main(args, capsys):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as done:
+        code = done.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_tab_is_a_space_but_nul_escape_delete_and_c1_controls_are_control_characters():
+    assert first_control_character("a red\tcube") is None
+    assert first_control_character("un cœur rouge, 一只猫") is None
+    for char in ("\x00", "\x1b", "\x0c", "\x7f", "\x85", "\n"):
+        assert first_control_character(f"a {char}cube") == 2
+
+
+def test_the_position_is_the_character_of_the_first_control_character():
+    with pytest.raises(DreamtextError) as caught:
+        check_prompt_characters("a red\x00 cube", "the prompt")
+    assert str(caught.value) == (
+        f"the prompt holds the control character U+0000 (NUL) at character 6{ONE_LINE}"
+    )
+    with pytest.raises(DreamtextError, match=r"U\+000A \(a line break\) at character 6;"):
+        check_prompt_characters("a red\nab\x1b cube", "the prompt")
+
+
+def test_a_nul_in_the_command_line_prompt_is_one_line_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(["text", "a red\x00 cube", "--model", "builtin:shapes"], capsys)
+    assert code == 2
+    assert err == [
+        "dreamtext: error: the prompt holds the control character U+0000 (NUL) at character "
+        f"6{ONE_LINE}"
+    ]
+    code, err = run_main(["text", "a red cube", "--negative", "blur\x07"], capsys)
+    assert code == 2 and err[0].startswith("dreamtext: error: --negative holds the control")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_prompts_file_lets_through_what_its_reader_takes_for_a_space():
+    assert first_control_character("a red cube\x0c", spaces_allowed=True) is None
+    assert first_control_character("a\x1fred\x0bcube", spaces_allowed=True) is None
+    assert first_control_character("a red\x0c\x00", spaces_allowed=True) == 6
+
+
+def test_a_config_files_prompt_is_checked_too():
+    with pytest.raises(DreamtextError, match="the prompt holds the control character U"):
+        validate(TrainConfig(prompt="a red cube\x00"))
+
+
+def test_a_nul_in_a_prompts_file_names_its_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_bytes(b"a red cube\n# fine\na blue\x00 sphere\n")
+    code, err = run_main(["batch", "prompts.txt", "--model", "builtin:shapes"], capsys)
+    assert code == 2
+    assert err == [
+        "dreamtext: error: prompts.txt:3: the line holds the control character U+0000 (NUL) "
+        f"at character 7{ONE_LINE}"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]
+
+
+def test_read_prompts_refuses_a_control_character_itself(tmp_path):
+    """The batch's own reader (run_batch's), not only the CLI's early check."""
+    from dreamtext.batch import read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red cube\n\ta blue\x1b[0m sphere\n")
+    with pytest.raises(DreamtextError, match=r"prompts.txt:2: the line holds .*U\+001B \(ESC\)"):
+        read_prompts(path, tmp_path / "workspace")
+    assert not (tmp_path / "workspace").exists()
+
+
+def test_a_nul_in_a_piped_prompts_list_is_one_line_in_a_real_process(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dreamtext.cli", "batch", "/dev/stdin", "--model", "builtin:shapes"],
+        input=b"a red cube\na green\x00 cube\n",
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert err.strip().splitlines() == [
+        "dreamtext: error: /dev/stdin:2: the line holds the control character U+0000 (NUL) at "
+        f"character 8{ONE_LINE}"
+    ]
+    assert list(tmp_path.iterdir()) == []
