@@ -312,10 +312,7 @@ def search_sentence(
     vocabulary = list(dict.fromkeys([*nouns, *adjectives]))
     # Step 2: append the best word while it raises the score.
     while len(result.words) < max_words:
-        candidates = [[*result.words, w] for w in vocabulary]
-        candidates = [
-            c for c in candidates if fits(make_sentence(chosen_quantifier, c, chosen_noun))
-        ]
+        candidates = fitting([[*result.words, w] for w in vocabulary])
         if not candidates:
             break
         index, best = _best(score(sentences_with(candidates)))
@@ -329,13 +326,10 @@ def search_sentence(
     while changed:
         changed = False
         for position in range(len(result.words)):
-            candidates = [
-                [*result.words[:position], w, *result.words[position + 1 :]] for w in vocabulary
-            ]
             # The word in place fits (it is the result's), so one candidate at least does.
-            candidates = [
-                c for c in candidates if fits(make_sentence(chosen_quantifier, c, chosen_noun))
-            ]
+            candidates = fitting(
+                [[*result.words[:position], w, *result.words[position + 1 :]] for w in vocabulary]
+            )
             index, best = _best(score(sentences_with(candidates)))
             if best > result.score:
                 result.words, result.score, changed = candidates[index], best, True
