@@ -151,6 +151,21 @@ def fp16_loss_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.Grad
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` moved to ``device`` without making the host wait for the GPU.
+
+    A CUDA copy from pageable host memory synchronises the stream first (torch's
+    ``memcpy_and_sync``), so a small tensor drawn on the host mid-step (noise, times, a camera)
+    would wait for every kernel queued before it. On CUDA it is pinned and copied with
+    ``non_blocking=True`` (torch's pinned-memory allocator keeps the staging buffer until the copy
+    is done); elsewhere, or for a tensor already on a GPU, a plain ``.to``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def free_memory(device: torch.device | None = None) -> None:
     """Collect unreachable tensors and return the CUDA cache's free blocks to the GPU (after
     dropping a stage's modules, or after a failed step). ``device=None``: whenever CUDA is

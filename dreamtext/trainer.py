@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ from dreamtext.devices import (
     out_of_memory_is_a_user_error,
     resolve_device,
     software_versions,
+    to_device,
 )
 from dreamtext.encoding import check_encoding
 from dreamtext.errors import DreamtextError, TrainedRun
@@ -166,7 +167,7 @@ def light_positions(poses: Poses, jitter: float, rng: torch.Generator) -> torch.
     """Lights ``[B, 3]`` sampled as Gaussian noise around each camera position (ch. 6.1.4), so the
     visible side is lit."""
     eye = poses.eye
-    return eye + torch.randn(eye.shape, generator=rng).to(eye) * jitter
+    return eye + to_device(torch.randn(eye.shape, generator=rng), eye.device).to(eye.dtype) * jitter
 
 
 def random_backgrounds(batch: int, rng: torch.Generator) -> torch.Tensor:
@@ -465,7 +466,7 @@ def random_states(run: Run) -> dict[str, Any]:
         "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
         "cameras": run.cameras_rng.get_state(),
         "guidance": run.guidance.get_state(),
-        "skipped_steps": run.guidance.skipped_steps,
+        "skipped_steps": run.guidance.skip_state(),  # not read from the GPU
     }
 
 
@@ -485,7 +486,7 @@ def train_step(run: Run) -> dict[str, Any]:
         restore_cuda_rng(before["cuda"], run.device)
         run.cameras_rng.set_state(before["cameras"])
         run.guidance.set_state(before["guidance"])
-        run.guidance.skipped_steps = before["skipped_steps"]
+        run.guidance.set_skip_state(before["skipped_steps"])
         raise
 
 
@@ -497,12 +498,13 @@ def _train_step(run: Run) -> dict[str, Any]:
         view_of(float(p), float(a), cfg.guidance.views).label
         for p, a in zip(poses.polar.tolist(), poses.azimuth.tolist(), strict=True)
     ]
-    poses = poses.to(run.device)
+    # Drawn on the host, copied up without waiting for the GPU (to_device).
+    poses = Poses(*(to_device(getattr(poses, f.name), run.device) for f in fields(Poses)))
     shading = shading_for_step(step, cfg, rng)
     lights = light_positions(poses, cfg.light_jitter, rng)
     background = None
     if cfg.field.background == "random":
-        background = random_backgrounds(cfg.batch_size, rng).to(run.device)
+        background = to_device(random_backgrounds(cfg.batch_size, rng), run.device)
 
     render = run.renderer.render_train(
         run.field,
@@ -517,64 +519,87 @@ def _train_step(run: Run) -> dict[str, Any]:
     )
     run.optimizer.zero_grad(set_to_none=True)
     loss_sds, info = run.guidance.sds_loss(render.images(), labels, step / cfg.iters)
-    run.scaler.scale(loss_sds)  # sets the scale up on the loss's device (once)
-    loss = render.backward(loss_sds, regulariser_weights(cfg), run.scaler.get_scale())
-    density_log = {}
+    loss = render.backward(loss_sds, regulariser_weights(cfg), loss_scale(run, loss_sds))
+    losses = {"loss": loss, "loss_sds": loss_sds}
+    losses |= {f"loss_{name}": render.outputs[f"loss_{name}"] for name in REGULARISERS}
     if cfg.lambda_density > 0:
         points = scene_points(DENSITY_POINTS, cfg.field.bound, run.device)
         loss_density = density_decay(run.field, points)
         run.scaler.scale(cfg.lambda_density * loss_density).backward()
-        loss = loss + cfg.lambda_density * loss_density.detach()
-        density_log = {"loss_density": loss_density.item()}
-    updated = optimizer_step(run)
+        losses["loss"] = loss + cfg.lambda_density * loss_density.detach()
+        losses["loss_density"] = loss_density
+    # The step's one host read: whether its gradients are finite (the update depends on it) and,
+    # in the same copy, every number its log line and progress bar show.
+    read = read_step_values(run, {**losses, "skipped": info.pop("skipped")})
+    updated = optimizer_step(run, read.pop("gradients_finite") == 1.0)
     # A step whose ε̂ was not finite has a zero SDS loss: even where the regularisers still
     # update the field, the prior taught it nothing, and a run of such steps only looks trained.
-    unguided = bool(info.get("skipped"))
+    unguided = read["skipped"] == 1.0
     run.recent_skips.append("guidance" if unguided else None if updated else "gradients")
     run.skipped_updates += not updated
     run.step = step
     run.renderer.update_occupancy(run.field, step)
-    out = render.outputs
+    skipped, scale = read.pop("skipped"), read.pop("loss_scale", None)
     return {
         "step": step,
-        "loss": loss.item(),
-        "loss_sds": loss_sds.item(),
-        **{f"loss_{name}": out[f"loss_{name}"].item() for name in REGULARISERS},
-        **density_log,
+        **read,
         "shading": shading,
         "view": labels[0],
         "backprop": "deferred" if render.deferred else "direct",
-        "samples_per_ray": render.num_samples / max(out["opacity"].numel(), 1),
+        "samples_per_ray": render.num_samples / max(render.outputs["opacity"].numel(), 1),
         **({} if updated else {"update_skipped": True}),
-        **({"loss_scale": run.scaler.get_scale()} if run.scaler.is_enabled() else {}),
+        **({} if scale is None else {"loss_scale": scale}),
         **{k: float(v) for k, v in info.items()},
+        "skipped": skipped,
     }
 
 
-def gradients_are_finite(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether every parameter's gradient is free of NaN and ±inf (one host sync)."""
+def loss_scale(run: Run, loss: torch.Tensor) -> float | torch.Tensor:
+    """The fp16 loss scale ``s`` as a 0-dim tensor on the loss's device (``GradScaler.get_scale``
+    would read it to the host); 1.0 without fp16."""
+    if not run.scaler.is_enabled():
+        return 1.0
+    return run.scaler.scale(torch.ones((), device=loss.device))  # 1 · s = s exactly
+
+
+def read_step_values(run: Run, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``values`` (0-dim tensors), whether every gradient is finite (``gradients_finite``, 1.0 or
+    0.0) and, in fp16, the loss scale the step ran with (``loss_scale``), read to the host in one
+    copy: one sync on CUDA. fp16's gradients are unscaled first (``GradScaler.unscale_``), so that
+    the check sees what the optimiser would. float64 holds every float32 exactly, so each value is
+    what ``.item()`` gives."""
+    if run.scaler.is_enabled():
+        values = {**values, "loss_scale": run.scaler.scale(torch.ones((), device=run.device))}
+        run.scaler.unscale_(run.optimizer)
+    values = {**values, "gradients_finite": gradients_finite(run.optimizer, run.device)}
+    stacked = torch.stack([value.detach().reshape(()).double() for value in values.values()])
+    return dict(zip(values, stacked.tolist(), strict=True))
+
+
+def gradients_finite(optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
+    """Whether every parameter's gradient is free of NaN and ±inf: a 0-dim bool tensor on
+    ``device``, not read (:func:`read_step_values` reads it with the step's other numbers)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
     checks = [torch.isfinite(g).all() for g in grads if g is not None]
-    return bool(torch.stack(checks).all()) if checks else True
+    return torch.stack(checks).all() if checks else torch.ones((), dtype=torch.bool, device=device)
 
 
-def optimizer_step(run: Run) -> bool:
-    """Apply the step's gradients unless one of them is not finite; return whether it did.
+def optimizer_step(run: Run, finite: bool) -> bool:
+    """Apply the step's gradients unless one of them is not finite (``finite``, read by
+    :func:`read_step_values`); return whether it did.
 
     One NaN gradient would make Adam's moments, and then every parameter, NaN for good: the
-    field would render nothing from then on while the run went on. In fp16 the loss scaler
-    already skips such steps (and halves its scale, which is how a skip shows); otherwise the
-    step is skipped here. The step still counts, so the run's length is unchanged.
+    field would render nothing from then on while the run went on. In fp16 the gradients are
+    already unscaled, and the scaler is told of the step (``update``: its scale halves after a
+    skipped step, and grows after ``growth_interval`` good ones), as ``GradScaler.step`` would
+    do, without its second read of the same flag. The step still counts, so the run's length is
+    unchanged.
     """
+    if finite:
+        run.optimizer.step()
     if run.scaler.is_enabled():
-        scale = run.scaler.get_scale()
-        run.scaler.step(run.optimizer)
         run.scaler.update()
-        return run.scaler.get_scale() >= scale
-    if not gradients_are_finite(run.optimizer):
-        return False
-    run.optimizer.step()
-    return True
+    return finite
 
 
 def check_diverged(run: Run) -> None:
