@@ -145,6 +145,9 @@ class Run:
         default_factory=lambda: collections.deque(maxlen=DIVERGENCE_WINDOW)
     )
     skipped_updates: int = 0
+    # The occupancy grid's refresh after step ``step`` ran out of memory and is to be run on
+    # resume (:func:`refresh_occupancy`).
+    occupancy_pending: bool = False
     # A resumed run: the step it resumed at and the settings it changed then
     # (:func:`dreamtext.config.changed_settings`), recorded in config.json's ``resumes``.
     resumed: dict[str, Any] | None = None
@@ -394,6 +397,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         },
         "skipped_steps": run.guidance.skipped_steps,
         "skipped_updates": run.skipped_updates,
+        "occupancy_pending": run.occupancy_pending,
         "loss_scaler": run.scaler.state_dict(),
         "config": config_to_dict(run.cfg),
         "field_config": field_config_to_dict(run.cfg.field),
@@ -439,6 +443,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.skipped_updates = int(state.get("skipped_updates", 0))
     if run.scaler.is_enabled() and state.get("loss_scaler"):
         run.scaler.load_state_dict(state["loss_scaler"])
+    if state.get("occupancy_pending"):  # the refresh that ran out of memory, now, as it was due
+        run.renderer.update_occupancy(run.field, run.step)
 
 
 def restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: torch.device) -> None:
@@ -460,8 +466,10 @@ def restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: to
 
 def random_states(run: Run) -> dict[str, Any]:
     """What a step draws from and counts: the random generators' states and the guidance's count
-    of skipped steps, to put back when the step is abandoned (:func:`train_step`)."""
+    of skipped steps, to put back when the step is abandoned (:func:`train_step`), and the step
+    it was taken at."""
     return {
+        "step": run.step,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
         "cameras": run.cameras_rng.get_state(),
@@ -470,23 +478,60 @@ def random_states(run: Run) -> dict[str, Any]:
     }
 
 
-def train_step(run: Run) -> dict[str, Any]:
-    """One SDS step on a batch of random cameras; returns the numbers worth logging.
+def put_back(run: Run, before: dict[str, Any]) -> None:
+    """Return ``run`` to :func:`random_states` ``before`` and drop the gradients of the step
+    abandoned since."""
+    run.optimizer.zero_grad(set_to_none=True)
+    torch.set_rng_state(before["torch"])
+    restore_cuda_rng(before["cuda"], run.device)
+    run.cameras_rng.set_state(before["cameras"])
+    run.guidance.set_state(before["guidance"])
+    run.guidance.set_skip_state(before["skipped_steps"])
+
+
+def train_step(run: Run, refresh: bool = True) -> dict[str, Any]:
+    """One SDS step on a batch of random cameras, then (``refresh``) the occupancy grid's refresh
+    when one is due (:func:`refresh_occupancy`); returns the numbers worth logging.
 
     A stop requested mid-step (:class:`~dreamtext.interrupts.StepStopped`, raised between the
-    renderer's chunks) abandons it before the optimiser step: its gradients are dropped and the
-    random states put back, so that the run is exactly at its last whole step and a resume
-    draws the same cameras and noise as a run that was never stopped."""
+    renderer's chunks) or running out of memory (GPU or host, :func:`memory_that_ran_out`) in
+    the render, the guidance, the backward pass or the optimiser's first allocation abandons the
+    step before its update: its gradients are dropped and the random states and skip count put
+    back, so that the run is exactly at its last whole step, and the checkpoint saved then
+    (:func:`_train`, :func:`out_of_memory_saves_a_checkpoint`) resumes drawing the same
+    cameras, sample jitter and noise as a run that never failed. Memory that runs out in the
+    occupancy grid's refresh, after the update, is :func:`refresh_occupancy`'s to handle (the
+    trainer's loop runs it itself, once the step's log line is written)."""
     before = random_states(run)
     try:
-        return _train_step(run)
+        record = _train_step(run)
     except StepStopped:
-        run.optimizer.zero_grad(set_to_none=True)
-        torch.set_rng_state(before["torch"])
-        restore_cuda_rng(before["cuda"], run.device)
-        run.cameras_rng.set_state(before["cameras"])
-        run.guidance.set_state(before["guidance"])
-        run.guidance.set_skip_state(before["skipped_steps"])
+        put_back(run, before)
+        raise
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        if memory_that_ran_out(error) is not None:
+            put_back(run, before)
+        raise
+    if refresh:
+        refresh_occupancy(run)
+    return record
+
+
+def refresh_occupancy(run: Run) -> None:
+    """The occupancy grid's refresh due after step ``run.step`` (every ``grid_update_every``).
+
+    It comes after the step's update, so a refresh that runs out of memory cannot abandon the
+    step: the random states are put back to before the refresh (which draws its cell jitter)
+    and the refresh is left pending (``run.occupancy_pending``, kept in the checkpoint), for
+    :func:`restore` to run first, as the uninterrupted run did. The grid is written only once
+    its densities are all computed, so it is still the one from before."""
+    before = random_states(run)
+    try:
+        run.renderer.update_occupancy(run.field, run.step)
+    except (MemoryError, RuntimeError) as error:
+        if memory_that_ran_out(error) is not None:
+            put_back(run, before)
+            run.occupancy_pending = True
         raise
 
 
@@ -538,7 +583,6 @@ def _train_step(run: Run) -> dict[str, Any]:
     run.recent_skips.append("guidance" if unguided else None if updated else "gradients")
     run.skipped_updates += not updated
     run.step = step
-    run.renderer.update_occupancy(run.field, step)
     skipped, scale = read.pop("skipped"), read.pop("loss_scale", None)
     return {
         "step": step,
@@ -829,7 +873,7 @@ def _train(run: Run, resume: bool) -> Path:
         while run.step < cfg.iters:
             try:
                 with out_of_memory_saves_a_checkpoint(run):
-                    record = train_step(run)
+                    record = train_step(run, refresh=False)
             except StepStopped:  # stopped mid-step: train_step left the last whole one as it was
                 path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 raise TrainingInterrupted(run.step, path) from None
@@ -847,6 +891,9 @@ def _train(run: Run, resume: bool) -> Path:
                 record["skipped_total"] = run.guidance.skipped_steps
                 append_log_line(log, log_path, record)
                 update_status(workspace)
+            # After the step's log line, so that running out of memory here loses no line.
+            with out_of_memory_saves_a_checkpoint(run):
+                refresh_occupancy(run)
             if cfg.preview_every > 0 and run.step % cfg.preview_every == 0:
                 try:
                     with out_of_memory_saves_a_checkpoint(run):
