@@ -86,6 +86,7 @@ def test_a_step_logs_what_it_logged_before(tmp_path):
                 "workspace": str(tmp_path / "run"),
                 "device": "cuda",
                 "guidance": {"model": "builtin:shapes"},
+                "field": {**TINY_TRAIN["field"], "encoding": "torch"},
             }
         )
         record = trainer.train_step(trainer.build_run(cfg))
