@@ -489,9 +489,10 @@ def put_back(run: Run, before: dict[str, Any]) -> None:
     run.guidance.set_skip_state(before["skipped_steps"])
 
 
-def train_step(run: Run, refresh: bool = True) -> dict[str, Any]:
-    """One SDS step on a batch of random cameras, then (``refresh``) the occupancy grid's refresh
-    when one is due (:func:`refresh_occupancy`); returns the numbers worth logging.
+def train_step(run: Run) -> dict[str, Any]:
+    """One SDS step on a batch of random cameras; returns the numbers worth logging. The
+    occupancy grid's refresh due after it is the caller's (:func:`refresh_occupancy`; the
+    trainer's loop runs it once the step's log line is written).
 
     A stop requested mid-step (:class:`~dreamtext.interrupts.StepStopped`, raised between the
     renderer's chunks) or running out of memory (GPU or host, :func:`memory_that_ran_out`) in
@@ -500,11 +501,10 @@ def train_step(run: Run, refresh: bool = True) -> dict[str, Any]:
     back, so that the run is exactly at its last whole step, and the checkpoint saved then
     (:func:`_train`, :func:`out_of_memory_saves_a_checkpoint`) resumes drawing the same
     cameras, sample jitter and noise as a run that never failed. Memory that runs out in the
-    occupancy grid's refresh, after the update, is :func:`refresh_occupancy`'s to handle (the
-    trainer's loop runs it itself, once the step's log line is written)."""
+    occupancy grid's refresh, after the update, is :func:`refresh_occupancy`'s to handle."""
     before = random_states(run)
     try:
-        record = _train_step(run)
+        return _train_step(run)
     except StepStopped:
         put_back(run, before)
         raise
@@ -512,9 +512,6 @@ def train_step(run: Run, refresh: bool = True) -> dict[str, Any]:
         if memory_that_ran_out(error) is not None:
             put_back(run, before)
         raise
-    if refresh:
-        refresh_occupancy(run)
-    return record
 
 
 def refresh_occupancy(run: Run) -> None:
@@ -873,7 +870,7 @@ def _train(run: Run, resume: bool) -> Path:
         while run.step < cfg.iters:
             try:
                 with out_of_memory_saves_a_checkpoint(run):
-                    record = train_step(run, refresh=False)
+                    record = train_step(run)
             except StepStopped:  # stopped mid-step: train_step left the last whole one as it was
                 path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
                 raise TrainingInterrupted(run.step, path) from None
