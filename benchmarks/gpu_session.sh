@@ -161,5 +161,14 @@ check descriptor 150 python3 benchmarks/sds_step.py --descriptor --model sd21-ra
 #     validator and tiny-cuda-nn tests to skip (not on that machine), tests that write the
 #     turntable's mp4 to fail (no imageio-ffmpeg there: its wheel is over the transfer limit),
 #     and tests that compare two runs bit for bit to be able to differ in the last bits on CUDA
-#     (its atomic adds).
-check suite 420 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15
+#     (its atomic adds). In one process the suite takes ~26 min of one core here (loaded; CI's idle
+#     run in 2 workers: 6:52)
+#     (benchmarks/RESULTS.md, 2026-12-03; conftest pins torch to one thread), far over a device
+#     call, so it runs in 12 pytest-xdist workers (the H200 image has pytest-xdist and execnet;
+#     4 of its 16 cores stay for the CLI tests' child processes): ~130 s of work each,
+#     plus CUDA's start in every worker and CLI child (~3 s each) and Triton compiling its
+#     kernels in every worker instead of the interpreter, with the slowest single tests (the
+#     virtual-CUDA CLI runs, 1-2 min here) at the tail. 540 s leaves the wheels' install its 15 s
+#     of one 600 s call: run it alone, `bash benchmarks/gpu_session.sh suite`.
+check suite 540 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 -n 12 \
+    --dist worksteal

@@ -143,12 +143,56 @@ def under_wsl(environ: Mapping[str, str]) -> bool:
     return "WSL_DISTRO_NAME" in environ or "microsoft" in platform.uname().release.lower()
 
 
+# fp16 loss scaling (fp16_loss_scaler): torch's defaults, chosen by measurement (RESULTS.md,
+# "fp16 loss scaler", 2026-12-03).
+FP16_INIT_SCALE = 2.0**16
+FP16_GROWTH_INTERVAL = 2000
+
+
 def fp16_loss_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
     """Dynamic loss scaling for a backward pass through ``dtype`` modules: on for fp16, whose
     small gradients underflow otherwise (bf16 has float32's range and needs none). The loss is
     multiplied by ``s`` before backward, the gradients divided by ``s`` before the optimiser; a
-    step whose gradients overflow is skipped and ``s`` halved."""
-    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    step whose gradients overflow is skipped and ``s`` halved, and ``s`` doubles after
+    ``growth_interval`` steps in a row without one.
+
+    Why ``s_0 = 2^16`` and 2000 steps (torch's defaults) for SDS: the SDS gradient is
+    ``w(t) (ε̂ − ε)`` with ``ε̂ − ε = (ε_c − ε) + s_g (ε_c − ε_u)``, so it grows with the guidance
+    scale ``s_g``; at 1000 (FitFusion) it is ~1000 |ε_c − ε_u| per latent element, and fp16
+    (largest 65,504) holds ``s · |grad|`` only for ``s`` up to ~2^4-2^7. Measured on the tiny
+    pipeline under virtual CUDA at 64 px: guidance 1000 skips 12 of its first 17 steps while
+    ``s`` halves from 2^16 to 2^4, then none (the built-in prior: 11, to 2^5). That search costs
+    each run at most log2(2^16 / s) ≈ 12 steps of its 10,000, once. A lower ``s_0`` would save
+    some of them, but is wrong the other way, silently: a gradient below fp16's smallest
+    (6e-8) becomes 0 without an overflow to show it, and ``s`` only grows by 2 every
+    ``growth_interval`` steps, so a low guidance (small gradients) would train on flushed
+    gradients for thousands of steps. A shorter ``growth_interval`` finds a growing gradient's
+    scale sooner but, once at the largest safe ``s``, skips one step in every interval (at 20:
+    5% of the steps; at 2000: 0.05%). A skipped step still counts as a step of the run (its
+    length, t-annealing and shading schedules follow the step; there is no learning-rate
+    schedule) but not as one of Adam's (its bias correction); it is logged with
+    ``update_skipped`` and counted in ``skipped_updates``."""
+    return torch.amp.GradScaler(
+        device.type,
+        init_scale=FP16_INIT_SCALE,
+        growth_interval=FP16_GROWTH_INTERVAL,
+        enabled=dtype == torch.float16,
+    )
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` moved to ``device`` without making the host wait for the GPU.
+
+    A CUDA copy from pageable host memory synchronises the stream first (torch's
+    ``memcpy_and_sync``), so a small tensor drawn on the host mid-step (noise, times, a camera)
+    would wait for every kernel queued before it. On CUDA it is pinned and copied with
+    ``non_blocking=True`` (torch's pinned-memory allocator keeps the staging buffer until the copy
+    is done); elsewhere, or for a tensor already on a GPU, a plain ``.to``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def free_memory(device: torch.device | None = None) -> None:

@@ -15,6 +15,7 @@ the diffusers implementation, over the parts :mod:`dreamtext.models` loads.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from dreamtext.cameras import CameraRange, ViewThresholds
-from dreamtext.devices import free_memory
+from dreamtext.devices import free_memory, to_device
 from dreamtext.errors import DreamtextError
 from dreamtext.models import DEFAULT_MODEL, TextSide, load_for
 from dreamtext.prompts import PromptEmbeddings, expand_tokens
@@ -253,7 +254,8 @@ class ScoreDistillation(ABC):
     ``alphas_cumprod: [T]`` is the prior's noise schedule (default: Stable Diffusion's). Noise and
     times come from ``self.generator`` (CPU), which :meth:`seed`, :meth:`get_state` and
     :meth:`set_state` control so a resumed run continues bit-exactly. Steps whose ε̂ is not finite
-    are skipped (zero loss, ``info["skipped"] = 1``) and counted in ``skipped_steps``.
+    are skipped (zero loss, ``info["skipped"] = 1``) and counted in ``skipped_steps`` (read from
+    the device only when asked).
     """
 
     def __init__(
@@ -269,11 +271,39 @@ class ScoreDistillation(ABC):
         ab = sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
         self.alphas_cumprod = ab.to(device=self.device, dtype=torch.float32)
         self.generator = torch.Generator().manual_seed(0)
-        self.skipped_steps = 0
+        self._skipped_read = 0
+        self._skipped_unread: Tensor | None = None
 
     @property
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.shape[0]
+
+    @functools.cached_property
+    def alphas_cumprod_host(self) -> Tensor:
+        """``ᾱ: [T]`` on the host, read from the device once. The times are drawn on the host, so
+        ᾱ_t and w(t) are looked up there too: their values reach the step's info without a read
+        from the GPU."""
+        return self.alphas_cumprod.detach().cpu()
+
+    @property
+    def skipped_steps(self) -> int:
+        """How many steps were skipped for a non-finite ε̂ or ``x_0``. Each step adds its flag on
+        the device; the count is read to the host here, once for all steps since the last read."""
+        if self._skipped_unread is not None:
+            self._skipped_read += int(self._skipped_unread)
+            self._skipped_unread = None
+        return self._skipped_read
+
+    @skipped_steps.setter
+    def skipped_steps(self, count: int) -> None:
+        self._skipped_read, self._skipped_unread = int(count), None
+
+    def skip_state(self) -> tuple[int, Tensor | None]:
+        """The skip count as it stands, without reading the device (:meth:`set_skip_state`)."""
+        return self._skipped_read, self._skipped_unread
+
+    def set_skip_state(self, state: tuple[int, Tensor | None]) -> None:
+        self._skipped_read, self._skipped_unread = state
 
     def seed(self, seed: int) -> None:
         """Restart the noise / time generator from ``seed``."""
@@ -315,14 +345,18 @@ class ScoreDistillation(ABC):
 
     def sds_loss(
         self, images: Tensor, labels: list[str], step_ratio: float = 0.0
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, float | Tensor]]:
         """One SDS step on renders ``images: [B, 3, H, W]`` in [0, 1] seen from views ``labels``.
 
         Returns a scalar loss whose gradient w.r.t. the encoded ``x_0`` is ``w(t) (ε̂ − ε) / B``
-        (see :func:`sds_loss`), and ``info``: mean ``t``, mean ``w`` and ``skipped`` (0 or 1).
+        (see :func:`sds_loss`), and ``info``: mean ``t`` and mean ``w`` (floats, known on the
+        host) and ``skipped`` (a 0-dim float tensor on the device, 0 or 1: read it when a log line
+        needs it, not every step). No host sync on CUDA.
         """
         x0 = self.encode_images(images).float()
         batch = x0.shape[0]
+        # t, ε and w(t) are drawn and looked up on the host and copied up without a wait
+        # (to_device): nothing in this step reads the GPU.
         t = sample_timesteps(
             batch,
             self.cfg.t_range,
@@ -332,23 +366,31 @@ class ScoreDistillation(ABC):
             self.generator,
             self.cfg.t_anneal_end,
         )
-        noise = torch.randn(x0.shape, generator=self.generator).to(x0.device)
-        t = t.to(x0.device)
-        ab = self.alphas_cumprod.to(x0.device)[t]
+        noise = torch.randn(x0.shape, generator=self.generator)
+        ab = self.alphas_cumprod_host[t]
+        w = sds_weight(ab, self.cfg.weighting)
+        info: dict[str, float | Tensor] = {"t": float(t.float().mean()), "w": float(w.mean())}
+        t, noise, ab, w = (to_device(value, x0.device) for value in (t, noise, ab, w))
         with torch.no_grad():
             x_t = _per_sample(ab.sqrt(), x0) * x0 + _per_sample((1 - ab).sqrt(), x0) * noise
             prediction = self.predict_noise(x_t, t, labels)
             if not isinstance(prediction, NoisePrediction):
                 prediction = NoisePrediction(*prediction)
             eps_hat = self.guide(prediction).float()
-        w = sds_weight(ab, self.cfg.weighting)
-        info = {"t": float(t.float().mean()), "w": float(w.mean()), "skipped": 0.0}
-        if not (torch.isfinite(eps_hat).all() and torch.isfinite(x0).all()):
-            self.skipped_steps += 1
-            info["skipped"] = 1.0
-            # Zero, yet part of the graph, so the caller's backward() still runs.
-            zero = (torch.nan_to_num(x0, nan=0.0, posinf=0.0, neginf=0.0) * 0.0).sum()
-            return zero, info
+            finite = torch.isfinite(eps_hat).all() & torch.isfinite(x0).all()
+        # A step whose ε̂ or x_0 is not finite is skipped without a host read: x_0, ε̂ and w are
+        # zeroed by a flag on the device, so its loss and gradient are 0 (and x_0's gradient,
+        # through torch.where, is 0 where the flag is off; where it is on, every value is the
+        # one the plain equation takes).
+        skipped = (~finite).float()
+        info["skipped"] = skipped
+        self._skipped_unread = (
+            skipped if self._skipped_unread is None else self._skipped_unread + skipped
+        )
+        zero = torch.zeros((), device=x0.device)
+        x0 = torch.where(finite, x0, zero)
+        eps_hat = torch.where(finite, eps_hat, zero)
+        w = torch.where(finite, w, zero)
         return sds_loss(x0, eps_hat, noise, w), info
 
 

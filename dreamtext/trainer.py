@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ from dreamtext.devices import (
     out_of_memory_is_a_user_error,
     resolve_device,
     software_versions,
+    to_device,
 )
 from dreamtext.encoding import check_encoding
 from dreamtext.errors import DreamtextError, TrainedRun
@@ -144,6 +145,9 @@ class Run:
         default_factory=lambda: collections.deque(maxlen=DIVERGENCE_WINDOW)
     )
     skipped_updates: int = 0
+    # The occupancy grid's refresh after step ``step`` ran out of memory and is to be run on
+    # resume (:func:`refresh_occupancy`).
+    occupancy_pending: bool = False
     # A resumed run: the step it resumed at and the settings it changed then
     # (:func:`dreamtext.config.changed_settings`), recorded in config.json's ``resumes``.
     resumed: dict[str, Any] | None = None
@@ -166,7 +170,7 @@ def light_positions(poses: Poses, jitter: float, rng: torch.Generator) -> torch.
     """Lights ``[B, 3]`` sampled as Gaussian noise around each camera position (ch. 6.1.4), so the
     visible side is lit."""
     eye = poses.eye
-    return eye + torch.randn(eye.shape, generator=rng).to(eye) * jitter
+    return eye + to_device(torch.randn(eye.shape, generator=rng), eye.device).to(eye.dtype) * jitter
 
 
 def random_backgrounds(batch: int, rng: torch.Generator) -> torch.Tensor:
@@ -398,6 +402,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         },
         "skipped_steps": run.guidance.skipped_steps,
         "skipped_updates": run.skipped_updates,
+        "occupancy_pending": run.occupancy_pending,
         "loss_scaler": run.scaler.state_dict(),
         "config": config_to_dict(run.cfg),
         "field_config": field_config_to_dict(run.cfg.field),
@@ -443,6 +448,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.skipped_updates = int(state.get("skipped_updates", 0))
     if run.scaler.is_enabled() and state.get("loss_scaler"):
         run.scaler.load_state_dict(state["loss_scaler"])
+    if state.get("occupancy_pending"):  # the refresh that ran out of memory, now, as it was due
+        run.renderer.update_occupancy(run.field, run.step)
 
 
 def restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: torch.device) -> None:
@@ -464,33 +471,69 @@ def restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: to
 
 def random_states(run: Run) -> dict[str, Any]:
     """What a step draws from and counts: the random generators' states and the guidance's count
-    of skipped steps, to put back when the step is abandoned (:func:`train_step`)."""
+    of skipped steps, to put back when the step is abandoned (:func:`train_step`), and the step
+    it was taken at."""
     return {
+        "step": run.step,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
         "cameras": run.cameras_rng.get_state(),
         "guidance": run.guidance.get_state(),
-        "skipped_steps": run.guidance.skipped_steps,
+        "skipped_steps": run.guidance.skip_state(),  # not read from the GPU
     }
 
 
+def put_back(run: Run, before: dict[str, Any]) -> None:
+    """Return ``run`` to :func:`random_states` ``before`` and drop the gradients of the step
+    abandoned since."""
+    run.optimizer.zero_grad(set_to_none=True)
+    torch.set_rng_state(before["torch"])
+    restore_cuda_rng(before["cuda"], run.device)
+    run.cameras_rng.set_state(before["cameras"])
+    run.guidance.set_state(before["guidance"])
+    run.guidance.set_skip_state(before["skipped_steps"])
+
+
 def train_step(run: Run) -> dict[str, Any]:
-    """One SDS step on a batch of random cameras; returns the numbers worth logging.
+    """One SDS step on a batch of random cameras; returns the numbers worth logging. The
+    occupancy grid's refresh due after it is the caller's (:func:`refresh_occupancy`; the
+    trainer's loop runs it once the step's log line is written).
 
     A stop requested mid-step (:class:`~dreamtext.interrupts.StepStopped`, raised between the
-    renderer's chunks) abandons it before the optimiser step: its gradients are dropped and the
-    random states put back, so that the run is exactly at its last whole step and a resume
-    draws the same cameras and noise as a run that was never stopped."""
+    renderer's chunks) or running out of memory (GPU or host, :func:`memory_that_ran_out`) in
+    the render, the guidance, the backward pass or the optimiser's first allocation abandons the
+    step before its update: its gradients are dropped and the random states and skip count put
+    back, so that the run is exactly at its last whole step, and the checkpoint saved then
+    (:func:`_train`, :func:`out_of_memory_saves_a_checkpoint`) resumes drawing the same
+    cameras, sample jitter and noise as a run that never failed. Memory that runs out in the
+    occupancy grid's refresh, after the update, is :func:`refresh_occupancy`'s to handle."""
     before = random_states(run)
     try:
         return _train_step(run)
     except StepStopped:
-        run.optimizer.zero_grad(set_to_none=True)
-        torch.set_rng_state(before["torch"])
-        restore_cuda_rng(before["cuda"], run.device)
-        run.cameras_rng.set_state(before["cameras"])
-        run.guidance.set_state(before["guidance"])
-        run.guidance.skipped_steps = before["skipped_steps"]
+        put_back(run, before)
+        raise
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        if memory_that_ran_out(error) is not None:
+            put_back(run, before)
+        raise
+
+
+def refresh_occupancy(run: Run) -> None:
+    """The occupancy grid's refresh due after step ``run.step`` (every ``grid_update_every``).
+
+    It comes after the step's update, so a refresh that runs out of memory cannot abandon the
+    step: the random states are put back to before the refresh (which draws its cell jitter)
+    and the refresh is left pending (``run.occupancy_pending``, kept in the checkpoint), for
+    :func:`restore` to run first, as the uninterrupted run did. The grid is written only once
+    its densities are all computed, so it is still the one from before."""
+    before = random_states(run)
+    try:
+        run.renderer.update_occupancy(run.field, run.step)
+    except (MemoryError, RuntimeError) as error:
+        if memory_that_ran_out(error) is not None:
+            put_back(run, before)
+            run.occupancy_pending = True
         raise
 
 
@@ -502,12 +545,13 @@ def _train_step(run: Run) -> dict[str, Any]:
         view_of(float(p), float(a), cfg.guidance.views).label
         for p, a in zip(poses.polar.tolist(), poses.azimuth.tolist(), strict=True)
     ]
-    poses = poses.to(run.device)
+    # Drawn on the host, copied up without waiting for the GPU (to_device).
+    poses = Poses(*(to_device(getattr(poses, f.name), run.device) for f in fields(Poses)))
     shading = shading_for_step(step, cfg, rng)
     lights = light_positions(poses, cfg.light_jitter, rng)
     background = None
     if cfg.field.background == "random":
-        background = random_backgrounds(cfg.batch_size, rng).to(run.device)
+        background = to_device(random_backgrounds(cfg.batch_size, rng), run.device)
 
     render = run.renderer.render_train(
         run.field,
@@ -522,64 +566,86 @@ def _train_step(run: Run) -> dict[str, Any]:
     )
     run.optimizer.zero_grad(set_to_none=True)
     loss_sds, info = run.guidance.sds_loss(render.images(), labels, step / cfg.iters)
-    run.scaler.scale(loss_sds)  # sets the scale up on the loss's device (once)
-    loss = render.backward(loss_sds, regulariser_weights(cfg), run.scaler.get_scale())
-    density_log = {}
+    loss = render.backward(loss_sds, regulariser_weights(cfg), loss_scale(run, loss_sds))
+    losses = {"loss": loss, "loss_sds": loss_sds}
+    losses |= {f"loss_{name}": render.outputs[f"loss_{name}"] for name in REGULARISERS}
     if cfg.lambda_density > 0:
         points = scene_points(DENSITY_POINTS, cfg.field.bound, run.device)
         loss_density = density_decay(run.field, points)
         run.scaler.scale(cfg.lambda_density * loss_density).backward()
-        loss = loss + cfg.lambda_density * loss_density.detach()
-        density_log = {"loss_density": loss_density.item()}
-    updated = optimizer_step(run)
+        losses["loss"] = loss + cfg.lambda_density * loss_density.detach()
+        losses["loss_density"] = loss_density
+    # The step's one host read: whether its gradients are finite (the update depends on it) and,
+    # in the same copy, every number its log line and progress bar show.
+    read = read_step_values(run, {**losses, "skipped": info.pop("skipped")})
+    updated = optimizer_step(run, read.pop("gradients_finite") == 1.0)
     # A step whose ε̂ was not finite has a zero SDS loss: even where the regularisers still
     # update the field, the prior taught it nothing, and a run of such steps only looks trained.
-    unguided = bool(info.get("skipped"))
+    unguided = read["skipped"] == 1.0
     run.recent_skips.append("guidance" if unguided else None if updated else "gradients")
     run.skipped_updates += not updated
     run.step = step
-    run.renderer.update_occupancy(run.field, step)
-    out = render.outputs
+    skipped, scale = read.pop("skipped"), read.pop("loss_scale", None)
     return {
         "step": step,
-        "loss": loss.item(),
-        "loss_sds": loss_sds.item(),
-        **{f"loss_{name}": out[f"loss_{name}"].item() for name in REGULARISERS},
-        **density_log,
+        **read,
         "shading": shading,
         "view": labels[0],
         "backprop": "deferred" if render.deferred else "direct",
-        "samples_per_ray": render.num_samples / max(out["opacity"].numel(), 1),
+        "samples_per_ray": render.num_samples / max(render.outputs["opacity"].numel(), 1),
         **({} if updated else {"update_skipped": True}),
-        **({"loss_scale": run.scaler.get_scale()} if run.scaler.is_enabled() else {}),
+        **({} if scale is None else {"loss_scale": scale}),
         **{k: float(v) for k, v in info.items()},
+        "skipped": skipped,
     }
 
 
-def gradients_are_finite(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether every parameter's gradient is free of NaN and ±inf (one host sync)."""
+def loss_scale(run: Run, loss: torch.Tensor) -> float | torch.Tensor:
+    """The fp16 loss scale ``s`` as a 0-dim tensor on the loss's device (``GradScaler.get_scale``
+    would read it to the host); 1.0 without fp16."""
+    if not run.scaler.is_enabled():
+        return 1.0
+    return run.scaler.scale(torch.ones((), device=loss.device))  # 1 · s = s exactly
+
+
+def read_step_values(run: Run, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``values`` (0-dim tensors), whether every gradient is finite (``gradients_finite``, 1.0 or
+    0.0) and, in fp16, the loss scale the step ran with (``loss_scale``), read to the host in one
+    copy: one sync on CUDA. fp16's gradients are unscaled first (``GradScaler.unscale_``), so that
+    the check sees what the optimiser would. float64 holds every float32 exactly, so each value is
+    what ``.item()`` gives."""
+    if run.scaler.is_enabled():
+        values = {**values, "loss_scale": run.scaler.scale(torch.ones((), device=run.device))}
+        run.scaler.unscale_(run.optimizer)
+    values = {**values, "gradients_finite": gradients_finite(run.optimizer, run.device)}
+    stacked = torch.stack([value.detach().reshape(()).double() for value in values.values()])
+    return dict(zip(values, stacked.tolist(), strict=True))
+
+
+def gradients_finite(optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
+    """Whether every parameter's gradient is free of NaN and ±inf: a 0-dim bool tensor on
+    ``device``, not read (:func:`read_step_values` reads it with the step's other numbers)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
     checks = [torch.isfinite(g).all() for g in grads if g is not None]
-    return bool(torch.stack(checks).all()) if checks else True
+    return torch.stack(checks).all() if checks else torch.ones((), dtype=torch.bool, device=device)
 
 
-def optimizer_step(run: Run) -> bool:
-    """Apply the step's gradients unless one of them is not finite; return whether it did.
+def optimizer_step(run: Run, finite: bool) -> bool:
+    """Apply the step's gradients unless one of them is not finite (``finite``, read by
+    :func:`read_step_values`); return whether it did.
 
     One NaN gradient would make Adam's moments, and then every parameter, NaN for good: the
-    field would render nothing from then on while the run went on. In fp16 the loss scaler
-    already skips such steps (and halves its scale, which is how a skip shows); otherwise the
-    step is skipped here. The step still counts, so the run's length is unchanged.
+    field would render nothing from then on while the run went on. In fp16 the gradients are
+    already unscaled, and the scaler is told of the step (``update``: its scale halves after a
+    skipped step, and grows after ``growth_interval`` good ones), as ``GradScaler.step`` would
+    do, without its second read of the same flag. The step still counts, so the run's length is
+    unchanged.
     """
+    if finite:
+        run.optimizer.step()
     if run.scaler.is_enabled():
-        scale = run.scaler.get_scale()
-        run.scaler.step(run.optimizer)
         run.scaler.update()
-        return run.scaler.get_scale() >= scale
-    if not gradients_are_finite(run.optimizer):
-        return False
-    run.optimizer.step()
-    return True
+    return finite
 
 
 def check_diverged(run: Run) -> None:
@@ -827,6 +893,9 @@ def _train(run: Run, resume: bool) -> Path:
                 record["skipped_total"] = run.guidance.skipped_steps
                 append_log_line(log, log_path, record)
                 update_status(workspace)
+            # After the step's log line, so that running out of memory here loses no line.
+            with out_of_memory_saves_a_checkpoint(run):
+                refresh_occupancy(run)
             if cfg.preview_every > 0 and run.step % cfg.preview_every == 0:
                 try:
                     with out_of_memory_saves_a_checkpoint(run):

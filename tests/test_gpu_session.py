@@ -198,6 +198,31 @@ def test_the_default_checks_fit_one_device_call():
     assert total + BEFORE_THE_CHECKS_SECONDS <= DEVICE_CALL_SECONDS
 
 
+# The suite check (benchmarks/RESULTS.md, 2026-12-03): the whole suite in one process on this
+# machine kind, loaded (1,656 of 1,974 tests in 22:08); its slowest tests (test_virtual_cuda's CLI
+# runs, under load); a worker's start on the GPU machine (torch's import, collection, CUDA).
+SUITE_ONE_CORE_SECONDS = 1600
+SLOWEST_TEST_SECONDS = 200
+WORKER_START_SECONDS = 60
+DEVICE_CORES = 16
+
+
+def test_every_check_fits_one_device_call_on_its_own():
+    for name, seconds in session_checks().items():
+        assert seconds + BEFORE_THE_CHECKS_SECONDS <= DEVICE_CALL_SECONDS, name
+
+
+def test_the_suite_is_spread_over_workers_that_can_end_it_within_its_timeout(tmp_path):
+    """In one process the suite takes ~26 min, over two device calls' worth: it runs in
+    pytest-xdist workers, one core each, with cores to spare for the CLI tests' children."""
+    _, calls = run_session(tmp_path, "suite")
+    (call,) = [call for call in calls if call[:2] == ["-m", "pytest"]]
+    workers = int(call[call.index("-n") + 1])
+    assert 2 <= workers <= DEVICE_CORES - 2 and "worksteal" in call
+    share = SUITE_ONE_CORE_SECONDS / workers
+    assert share + SLOWEST_TEST_SECONDS + WORKER_START_SECONDS <= session_checks()["suite"]
+
+
 def shell_words(script: Path, variable: str) -> list[str]:
     """The words of ``VARIABLE="..."`` (which may span lines) in ``script``."""
     match = re.search(rf'^{variable}="([^"]*)"', script.read_text(), flags=re.MULTILINE)

@@ -23,6 +23,13 @@ autocast runs in float32 whatever their inputs (:data:`CUDA_AUTOCAST_FP32`: ``ex
 ``softplus``, ``layer_norm``, ``sum``, ``softmax``, ...) and that the CPU's leaves in half
 precision, so code after them sees float32 where it would on a GPU.
 
+Host syncs are counted (:attr:`VirtualCuda.syncs`): the calls that make the CPU wait for the GPU's
+queue to drain on CUDA. Reading a GPU tensor on the host (``.item()``, ``bool()``, ``float()``,
+``int()``, ``.tolist()``, a copy to the host), asking for a data-dependent shape (``nonzero``,
+indexing with a boolean mask, ``masked_select``, ``unique``), and a copy from pageable host memory
+to the GPU without ``non_blocking=True`` from pinned memory (torch's CUDA copy then synchronises
+the stream: ``memcpy_and_sync``). ``pin_memory()`` of a host tensor is the tensor itself here.
+
 Not emulated: speed, memory (``torch.cuda.max_memory_reserved`` is 0), and anything compiled
 (Triton kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before triton is
 imported).
@@ -35,6 +42,7 @@ Run any ``dreamtext`` command, or a benchmark script, this way::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 import runpy
@@ -138,6 +146,12 @@ def _in_place(name: str) -> bool:
     )
 
 
+# GPU tensor reads that wait for the GPU (the result is needed on the host).
+HOST_READS = frozenset({"item", "__bool__", "__float__", "__int__", "__index__", "tolist"})
+# GPU calls whose output size depends on the data: the host waits to learn it.
+DATA_DEPENDENT_SHAPES = frozenset({"nonzero", "masked_select", "unique", "argwhere"})
+
+
 class DeviceMismatch(RuntimeError):
     """What CUDA would have raised: tensors on two devices in one call, or a GPU tensor to numpy."""
 
@@ -172,6 +186,13 @@ def _is_host(tensor: torch.Tensor) -> bool:
     return where == HOST or (where is None and tensor.device.type == "cpu")
 
 
+def _has_bool_mask(index: Any) -> bool:
+    return any(
+        isinstance(t, torch.Tensor) and t.dtype == torch.bool and t.dim() > 0
+        for t in tree_flatten(index)[0]
+    )
+
+
 def _describe(tensors: list[torch.Tensor]) -> str:
     return ", ".join(f"{place(t) or 'cpu'} {list(t.shape)}" for t in tensors)
 
@@ -192,11 +213,14 @@ def _in_float32_on_the_gpu(tree: Any) -> Any:
 
 class VirtualCuda(TorchFunctionMode):
     """The torch-function mode behind :func:`virtual_cuda`; ``calls`` counts the torch calls that
-    touched GPU tensors (``"cuda"``) and host ones only (``"cpu"``)."""
+    touched GPU tensors (``"cuda"``) and host ones only (``"cpu"``); ``syncs`` counts the host
+    syncs CUDA would make, by kind (``"item"``, ``"__bool__"``, ``"nonzero"``, ``"to host"``,
+    ``"to gpu"``, ...; module docstring)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = {GPU: 0, HOST: 0}
+        self.syncs: collections.Counter[str] = collections.Counter()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
@@ -214,7 +238,12 @@ class VirtualCuda(TorchFunctionMode):
                 "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
                 "tensor to host memory first."
             )
+        if name == "pin_memory" and place(args[0]) != GPU:
+            return _mark(args[0], HOST)
+        if name == "is_pinned":
+            return place(args[0]) != GPU
         func, args, kwargs, target = self._placement(func, name, args, kwargs)
+        self._count_sync(name, args, kwargs, target)
         if name in CUDA_AUTOCAST_FP32 and torch.is_autocast_enabled("cpu"):
             args, kwargs = _in_float32_on_the_gpu((args, kwargs))
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
@@ -233,6 +262,30 @@ class VirtualCuda(TorchFunctionMode):
         if target in self.calls:
             self.calls[target] += 1
         return tree_map(lambda value: _mark(value, target), out)
+
+    def _count_sync(self, name: str, args: tuple, kwargs: dict, target: str | None) -> None:
+        """Count the host sync this call would make on CUDA (see the module docstring)."""
+        if name in ("tensor", "as_tensor") and target == GPU:  # host data copied up
+            self.syncs["to gpu"] += 1
+        tensor = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if tensor is None:
+            return
+        source = place(tensor)
+        if name == "copy_" and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            if source == GPU and _is_host(args[1]) and not kwargs.get("non_blocking", False):
+                self.syncs["to gpu"] += 1
+            elif source != GPU and place(args[1]) == GPU:
+                self.syncs["to host"] += 1
+            return
+        if source == GPU and (name in HOST_READS or name in DATA_DEPENDENT_SHAPES):
+            self.syncs[name] += 1
+        elif source == GPU and name == "__getitem__" and _has_bool_mask(args[1:]):
+            self.syncs["boolean mask"] += 1
+        elif name in ("to", "cpu", "cuda") and target in (GPU, HOST) and source != target:
+            if target == HOST and source == GPU:
+                self.syncs["to host"] += 1
+            elif target == GPU and not kwargs.get("non_blocking", False):
+                self.syncs["to gpu"] += 1
 
     def _get(self, attribute: str, func, args) -> Any:
         """Property reads: the device a tensor reports, and tensors read off it (``.grad``,

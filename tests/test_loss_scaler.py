@@ -1,0 +1,62 @@
+"""The fp16 loss scaler at FitFusion's guidance (devices.fp16_loss_scaler), on virtual CUDA.
+
+At guidance 1000 the SDS gradient overflows fp16 at the initial scale 2^16: the scaler halves it
+step by step, skipping each step whose gradients overflowed, until it holds. These tests pin how
+many steps that costs and what a skipped step does to the run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tiny_models import TINY_TRAIN
+from virtual_cuda import virtual_cuda
+
+from dreamtext import trainer
+from dreamtext.config import resolve_config
+from dreamtext.devices import FP16_GROWTH_INTERVAL, FP16_INIT_SCALE, fp16_loss_scaler
+
+STEPS = 20
+# The initial scale may halve down to 2^4 (about where the tiny models' gradients put it): 12
+# skipped steps at most.
+MOST_SKIPS = round(math.log2(FP16_INIT_SCALE / 2**4))
+
+
+def test_the_scaler_starts_at_2_16_and_grows_every_2000_steps_in_fp16_only():
+    scaler = fp16_loss_scaler(torch.float16, torch.device("cpu"))
+    assert scaler.is_enabled() and scaler.get_scale() == FP16_INIT_SCALE == 2.0**16
+    assert scaler.get_growth_interval() == FP16_GROWTH_INTERVAL == 2000
+    assert not fp16_loss_scaler(torch.bfloat16, torch.device("cpu")).is_enabled()
+
+
+def test_at_guidance_1000_the_scale_settles_within_12_skipped_steps(tmp_path):
+    with virtual_cuda():
+        cfg = resolve_config(
+            {
+                **TINY_TRAIN,
+                "prompt": "a red cube",
+                "workspace": str(tmp_path / "run"),
+                "device": "cuda",
+                "iters": STEPS,
+                "guidance": {"model": "builtin:shapes", "fp16": True, "guidance_scale": 1000.0},
+                # the torch hash grid: Triton's interpreter would take minutes
+                "field": {**TINY_TRAIN["field"], "encoding": "torch"},
+            }
+        )
+        run = trainer.build_run(cfg)
+        records = [trainer.train_step(run) for _ in range(STEPS)]
+        final_scale = run.scaler.get_scale()
+    skipped = [r["step"] for r in records if r.get("update_skipped")]
+    assert 1 <= len(skipped) <= MOST_SKIPS, skipped
+    assert max(skipped) <= STEPS - 3, skipped  # then it holds
+    # Each skip halves the scale for the next step; a good step leaves it (growth after 2000).
+    scales = [r["loss_scale"] for r in records] + [final_scale]
+    assert scales[0] == FP16_INIT_SCALE
+    for record, before, after in zip(records, scales[:-1], scales[1:], strict=True):
+        assert after == (before / 2 if record.get("update_skipped") else before), record["step"]
+    # A skipped step is a step of the run, not one of Adam's, and is counted.
+    assert run.step == STEPS and run.skipped_updates == len(skipped)
+    adam_steps = {int(state["step"]) for state in run.optimizer.state.values()}
+    assert adam_steps == {STEPS - len(skipped)}
+    assert list(run.recent_skips).count("gradients") == len(skipped)

@@ -1,0 +1,125 @@
+"""A run that runs out of memory mid-step and is resumed trains exactly as one that never did.
+
+The checkpoint saved on running out of memory must hold what the run had before the failed step:
+its random states (cameras, sample jitter, noise and times) and the guidance's skip count, not
+the ones the failed step had already drawn, or the resumed run would draw other cameras and
+noise from then on.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_models import TINY_TRAIN
+
+from dreamtext.checkpoint import load_checkpoint
+from dreamtext.config import resolve_config
+from dreamtext.errors import DreamtextError
+from dreamtext.guidance import ScoreDistillation
+from dreamtext.samplers import OccupancyGrid
+from dreamtext.trainer import train
+
+FAILS_IN_STEP = 4
+ITERS = 6
+
+
+def config(workspace, iters=ITERS):
+    return resolve_config(
+        {
+            **TINY_TRAIN,
+            "prompt": "a red cube",
+            "workspace": str(workspace),
+            "iters": iters,
+            "preview_every": 0,
+            "checkpoint_every": 100,
+            "guidance": {"model": "builtin:shapes"},
+        }
+    )
+
+
+def outcome(workspace):
+    """The trained field, the occupancy grid and every logged number but the speed."""
+    state = load_checkpoint(workspace / "checkpoints" / "last.pt")
+    records = [json.loads(line) for line in (workspace / "log.jsonl").open()]
+    for record in records:
+        record.pop("its")
+    return state, records
+
+
+def assert_same_run(resumed, uninterrupted):
+    (state, records), (expected, expected_records) = outcome(resumed), outcome(uninterrupted)
+    assert state["step"] == expected["step"] == ITERS
+    assert records == expected_records
+    for part in ("field", "renderer"):
+        for name, tensor in expected[part].items():
+            assert torch.equal(state[part][name], tensor), (part, name)
+    assert torch.equal(state["rng"]["torch"], expected["rng"]["torch"])
+    assert torch.equal(state["rng"]["guidance"], expected["rng"]["guidance"])
+
+
+def fail_once(monkeypatch, cls, name, when):
+    """``cls.name`` runs as before, but its call number ``when`` runs (drawing what it draws)
+    and then raises CUDA's out-of-memory error."""
+    real, calls = getattr(cls, name), []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        result = real(self, *args, **kwargs)
+        if len(calls) == when:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return result
+
+    monkeypatch.setattr(cls, name, failing)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(config(workspace))
+    return workspace
+
+
+def test_a_resume_after_running_out_of_memory_mid_step_is_bit_exact(
+    tmp_path, monkeypatch, uninterrupted
+):
+    workspace = tmp_path / "run"
+    # The guidance of step 4 has drawn its time and noise, the renderer its jitter, the
+    # cameras their poses, when memory runs out (its backward, say).
+    fail_once(monkeypatch, ScoreDistillation, "sds_loss", FAILS_IN_STEP)
+    with pytest.raises(DreamtextError, match=f"out of GPU memory after step {FAILS_IN_STEP - 1}"):
+        train(config(workspace))
+    monkeypatch.undo()
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == FAILS_IN_STEP - 1
+    train(config(workspace), resume=True)
+    assert_same_run(workspace, uninterrupted)
+
+
+def test_a_resume_after_the_occupancy_refresh_ran_out_of_memory_is_bit_exact(
+    tmp_path, monkeypatch, uninterrupted
+):
+    """The refresh after step 4 (grid_update_every 2) comes after the step's update: the step
+    is kept, and the refresh runs first on resume, from the random state it had."""
+    workspace = tmp_path / "run"
+
+    def draw_then_fail(self, field, chunk_points):
+        torch.rand(8)  # the refresh's jitter, drawn before its densities run out of memory
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    real, calls = OccupancyGrid.update, []
+
+    def update(self, field, chunk_points):
+        calls.append(1)
+        if len(calls) == 2:
+            return draw_then_fail(self, field, chunk_points)
+        return real(self, field, chunk_points)
+
+    monkeypatch.setattr(OccupancyGrid, "update", update)
+    with pytest.raises(DreamtextError, match="out of GPU memory after step 4"):
+        train(config(workspace))
+    monkeypatch.undo()
+    saved = load_checkpoint(workspace / "checkpoints" / "last.pt")
+    assert saved["step"] == 4 and saved["occupancy_pending"]
+    train(config(workspace), resume=True)
+    assert_same_run(workspace, uninterrupted)
