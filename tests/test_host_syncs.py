@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import TINY_TRAIN
+from tiny_models import builtin_on_virtual_cuda
 from virtual_cuda import virtual_cuda
 
 from dreamtext import trainer
@@ -35,18 +35,11 @@ def count_one_step(tmp_path: Path, fp16: bool) -> tuple[Counter, Counter]:
     dreamtext file that made them."""
     by_file: Counter = Counter()
     with virtual_cuda() as mode:
+        # the occupancy grid's refresh reads the GPU on its own steps; not this one's
         cfg = resolve_config(
-            {
-                **TINY_TRAIN,
-                "prompt": "a red cube",
-                "workspace": str(tmp_path / "run"),
-                "device": "cuda",
-                "guidance": {"model": "builtin:shapes", "fp16": fp16},
-                "field": {**TINY_TRAIN["field"], "encoding": "torch"},
-                # the occupancy grid's refresh (every 16 steps by default) reads the GPU on
-                # its own steps; not this one's
-                "render": {**TINY_TRAIN["render"], "grid_update_every": 1000},
-            }
+            builtin_on_virtual_cuda(
+                tmp_path / "run", guidance={"fp16": fp16}, render={"grid_update_every": 1000}
+            )
         )
         run = trainer.build_run(cfg)
         for _ in range(3):
@@ -79,16 +72,7 @@ def test_a_training_step_reads_the_gpu_once_in_the_trainer_and_guidance(tmp_path
 def test_a_step_logs_what_it_logged_before(tmp_path):
     """The numbers read in one copy are the ones ``.item()`` gave: float32 values, exactly."""
     with virtual_cuda():
-        cfg = resolve_config(
-            {
-                **TINY_TRAIN,
-                "prompt": "a red cube",
-                "workspace": str(tmp_path / "run"),
-                "device": "cuda",
-                "guidance": {"model": "builtin:shapes"},
-                "field": {**TINY_TRAIN["field"], "encoding": "torch"},
-            }
-        )
+        cfg = resolve_config(builtin_on_virtual_cuda(tmp_path / "run"))
         record = trainer.train_step(trainer.build_run(cfg))
     for key in ("loss", "loss_sds", "loss_entropy", "loss_opacity", "loss_orientation"):
         value = record[key]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-from tiny_models import TINY_TRAIN
+from tiny_models import builtin_on_virtual_cuda
 from virtual_cuda import virtual_cuda
 
 from dreamtext import trainer
@@ -32,17 +32,9 @@ def test_the_scaler_starts_at_2_16_and_grows_every_2000_steps_in_fp16_only():
 
 def test_at_guidance_1000_the_scale_settles_within_12_skipped_steps(tmp_path):
     with virtual_cuda():
+        guidance = {"fp16": True, "guidance_scale": 1000.0}
         cfg = resolve_config(
-            {
-                **TINY_TRAIN,
-                "prompt": "a red cube",
-                "workspace": str(tmp_path / "run"),
-                "device": "cuda",
-                "iters": STEPS,
-                "guidance": {"model": "builtin:shapes", "fp16": True, "guidance_scale": 1000.0},
-                # the torch hash grid: Triton's interpreter would take minutes
-                "field": {**TINY_TRAIN["field"], "encoding": "torch"},
-            }
+            builtin_on_virtual_cuda(tmp_path / "run", guidance=guidance, iters=STEPS)
         )
         run = trainer.build_run(cfg)
         records = [trainer.train_step(run) for _ in range(STEPS)]

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -256,3 +257,21 @@ TINY_TRAIN: dict = {
         "grid_update_every": 2,
     },
 }
+
+
+def builtin_on_virtual_cuda(
+    workspace: str | Path, guidance: dict | None = None, render: dict | None = None, **top: Any
+) -> dict:
+    """:data:`TINY_TRAIN` for "a red cube" with the built-in prior on ``--device cuda`` (run it
+    under ``virtual_cuda``), on the torch hash grid: Triton's interpreter would take minutes.
+    ``guidance`` and ``render`` are merged into their sections, ``top`` into the config."""
+    return {
+        **TINY_TRAIN,
+        "prompt": "a red cube",
+        "workspace": str(workspace),
+        "device": "cuda",
+        "guidance": {"model": "builtin:shapes", **(guidance or {})},
+        "field": {**TINY_TRAIN["field"], "encoding": "torch"},
+        "render": {**TINY_TRAIN["render"], **(render or {})},
+        **top,
+    }
