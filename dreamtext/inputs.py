@@ -352,17 +352,23 @@ def batch_flags() -> frozenset[str]:
 
 # The text of each prompts file that is not a regular file (a pipe: `dreamtext batch
 # <(grep cube prompts.txt)`, /dev/stdin), read once per process: the early checks and the batch
-# both read the list, and a pipe's second reader got nothing ("holds no prompts").
-_READ_ONCE: dict[Path, str] = {}
+# both read the list, and a pipe's second reader got nothing ("holds no prompts"). Keyed by the
+# path and the pipe's own identity (device, inode), not the path alone: a later pipe given the
+# same descriptor number (/dev/fd/63 again) is another list.
+_READ_ONCE: dict[tuple[Path, int, int], str] = {}
 
 
 def _prompts_text(path: Path) -> str:
-    if path in _READ_ONCE:
-        return _READ_ONCE[path]
-    text = path.read_text(encoding="utf-8-sig")
-    if not path.is_file():
-        _READ_ONCE[path] = text
-    return text
+    if path.is_file():
+        return path.read_text(encoding="utf-8-sig")
+    try:
+        stat = path.stat()
+    except OSError:
+        return path.read_text(encoding="utf-8-sig")  # raises the error the caller words
+    key = (path, stat.st_dev, stat.st_ino)
+    if key not in _READ_ONCE:
+        _READ_ONCE[key] = path.read_text(encoding="utf-8-sig")
+    return _READ_ONCE[key]
 
 
 def read_prompt_lines(path: Path) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from dreamtext.batch import read_prompts, relative_images_folder
+from dreamtext.inputs import read_prompt_lines
 
 
 def write_mug(folder: Path) -> Path:
@@ -71,3 +72,31 @@ def test_batch_from_stdin_finds_the_image_in_the_current_folder_in_a_real_proces
     assert "not found" not in result.stderr, result.stderr
     assert "line 1 is an image, which needs a Stable Diffusion model" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mug.png"]
+
+
+def piped_lines(text: bytes, fd: int | None = None) -> list[str]:
+    """``read_prompt_lines`` of a pipe holding ``text``, read at ``/dev/fd/<fd>`` (its read end
+    moved to ``fd`` when given), twice, as the early checks and the batch read it."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, text)
+    os.close(write_end)
+    if fd is not None and read_end != fd:
+        os.dup2(read_end, fd)
+        os.close(read_end)
+        read_end = fd
+    try:
+        path = Path(f"/dev/fd/{read_end}")
+        first = read_prompt_lines(path)
+        assert read_prompt_lines(path) == first  # read once: the second read is the first's
+        return first
+    finally:
+        os.close(read_end)
+
+
+def test_a_later_pipe_at_the_same_descriptor_is_read_as_its_own_list():
+    """The text a pipe gave is kept per pipe, not per /dev/fd/N path: a later pipe given the same
+    descriptor number (a test process, or a caller running two batches) read the first one's."""
+    fd = os.dup(0)  # a number free for both pipes
+    os.close(fd)
+    assert piped_lines(b"a red cube", fd) == ["a red cube"]
+    assert piped_lines(b"a blue sphere", fd) == ["a blue sphere"]
