@@ -151,8 +151,11 @@ def level_cells(u_t: Tensor, layout: GridLayout, level: int) -> tuple[Tensor, Te
         # rows ≤ res + res² + res³ < 2 · size: index_dtype holds every intermediate.
         cx, cy, cz = cell.to(index_dtype)
         base = cx + cy * res + cz * (res * res)
-        steps = [(k & 1) + (k >> 1 & 1) * res + (k >> 2) * res * res for k in range(8)]
-        rows = base[None, :] + torch.tensor(steps, dtype=index_dtype, device=u_t.device)[:, None]
+        # The 8 corners' offsets, made on the points' device: a list copied up from the host
+        # (torch.tensor(list, device=...)) made CUDA's host wait for the queue, once a level.
+        k = torch.arange(8, dtype=index_dtype, device=u_t.device)
+        steps = (k & 1) + (k >> 1 & 1) * res + (k >> 2) * (res * res)
+        rows = base[None, :] + steps[:, None]
         # One conditional subtraction is the modulo.
         rows = torch.where(rows >= size, rows - size, rows)
     return rows, frac

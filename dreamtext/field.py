@@ -542,7 +542,10 @@ class NeRFField(nn.Module):
         colour = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}.get(
             self.cfg.background, self.cfg.background_color
         )
-        return torch.tensor(colour, dtype=dirs.dtype, device=dirs.device).expand(dirs.shape[0], 3)
+        # Filled on the device (torch.tensor(colour, device=...) copied it up from the host, and
+        # CUDA's host waited for the queue to do that once a render).
+        rgb = torch.stack([dirs.new_full((), float(c)) for c in colour])
+        return rgb.expand(dirs.shape[0], 3)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimiser groups: the hash table at ``lr × encoding_lr_scale``, the MLPs at ``lr``."""
