@@ -471,10 +471,8 @@ def restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: to
 
 def random_states(run: Run) -> dict[str, Any]:
     """What a step draws from and counts: the random generators' states and the guidance's count
-    of skipped steps, to put back when the step is abandoned (:func:`train_step`), and the step
-    it was taken at."""
+    of skipped steps, to put back when the step is abandoned (:func:`train_step`)."""
     return {
-        "step": run.step,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
         "cameras": run.cameras_rng.get_state(),
@@ -566,8 +564,11 @@ def _train_step(run: Run) -> dict[str, Any]:
     )
     run.optimizer.zero_grad(set_to_none=True)
     loss_sds, info = run.guidance.sds_loss(render.images(), labels, step / cfg.iters)
-    loss = render.backward(loss_sds, regulariser_weights(cfg), loss_scale(run, loss_sds))
+    scale = loss_scale(run)
+    loss = render.backward(loss_sds, regulariser_weights(cfg), scale)
     losses = {"loss": loss, "loss_sds": loss_sds}
+    if run.scaler.is_enabled():  # the scale the step ran with, logged
+        losses["loss_scale"] = scale
     losses |= {f"loss_{name}": render.outputs[f"loss_{name}"] for name in REGULARISERS}
     if cfg.lambda_density > 0:
         points = scene_points(DENSITY_POINTS, cfg.field.bound, run.device)
@@ -600,22 +601,21 @@ def _train_step(run: Run) -> dict[str, Any]:
     }
 
 
-def loss_scale(run: Run, loss: torch.Tensor) -> float | torch.Tensor:
-    """The fp16 loss scale ``s`` as a 0-dim tensor on the loss's device (``GradScaler.get_scale``
+def loss_scale(run: Run) -> float | torch.Tensor:
+    """The fp16 loss scale ``s`` as a 0-dim tensor on the run's device (``GradScaler.get_scale``
     would read it to the host); 1.0 without fp16."""
     if not run.scaler.is_enabled():
         return 1.0
-    return run.scaler.scale(torch.ones((), device=loss.device))  # 1 · s = s exactly
+    return run.scaler.scale(torch.ones((), device=run.device))  # 1 · s = s exactly
 
 
 def read_step_values(run: Run, values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """``values`` (0-dim tensors), whether every gradient is finite (``gradients_finite``, 1.0 or
-    0.0) and, in fp16, the loss scale the step ran with (``loss_scale``), read to the host in one
-    copy: one sync on CUDA. fp16's gradients are unscaled first (``GradScaler.unscale_``), so that
-    the check sees what the optimiser would. float64 holds every float32 exactly, so each value is
-    what ``.item()`` gives."""
+    """``values`` (0-dim tensors; in fp16 the step's ``loss_scale`` among them) and whether every
+    gradient is finite (``gradients_finite``, 1.0 or 0.0), read to the host in one copy: one sync
+    on CUDA. fp16's gradients are unscaled first (``GradScaler.unscale_``), so that the check
+    sees what the optimiser would. float64 holds every float32 exactly, so each value is what
+    ``.item()`` gives."""
     if run.scaler.is_enabled():
-        values = {**values, "loss_scale": run.scaler.scale(torch.ones((), device=run.device))}
         run.scaler.unscale_(run.optimizer)
     values = {**values, "gradients_finite": gradients_finite(run.optimizer, run.device)}
     stacked = torch.stack([value.detach().reshape(()).double() for value in values.values()])
