@@ -131,12 +131,13 @@ class ClipEncoder:
         self.batch_size = batch_size
 
     def fits(self, sentence: str) -> bool:
-        """Whether ``sentence`` is at most :data:`CLIP_MAX_TOKENS` tokens, start and end
-        included, for this CLIP's tokenizer (the BPE vocabulary Stable Diffusion's shares)."""
-        if fits_by_bytes(sentence):  # nearly every sentence: no need to tokenize it
-            return True
+        """Whether ``sentence`` is at most the tokenizer's ``model_max_length`` tokens (77 for
+        CLIP), start and end included: what :meth:`encode_texts` reads of it uncut."""
         tokenizer = self.processor.tokenizer
-        return len(tokenizer(sentence)["input_ids"]) <= CLIP_MAX_TOKENS
+        limit = tokenizer.model_max_length
+        if tokens_at_most(sentence) <= limit:  # nearly every sentence: no need to tokenize it
+            return True
+        return len(tokenizer(sentence)["input_ids"]) <= limit
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> Tensor:
