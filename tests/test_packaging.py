@@ -260,3 +260,72 @@ def test_the_readme_command_that_writes_the_tiny_models_writes_loadable_models(t
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "tiny-sd" / "model_index.json").read_text())["unet"]
     assert json.loads((tmp_path / "tiny-clip" / "config.json").read_text())["model_type"] == "clip"
+
+
+# Flags the README names that belong to another program: the program, which the same line names.
+OTHER_PROGRAMS_FLAGS = {
+    "--array": "sbatch",
+    "--format": "sacct",
+    "--cpus": "docker run",
+    "--index-url": "pip install",
+    "--dist": "pytest",
+    "--remove-destination": "cp ",
+    "--descriptor": "benchmarks/memory_model.py",
+    "--precisions": "benchmarks/normal_quality.py",
+    "--trainer": "benchmarks/sds_step.py",
+}
+
+
+def _dreamtext_flags() -> set[str]:
+    from dreamtext.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices.values()
+    return {
+        flag
+        for command in [parser, *commands]
+        for action in command._actions
+        for flag in action.option_strings
+    }
+
+
+def test_every_flag_the_readme_names_is_one_of_dreamtext_or_of_the_program_it_names():
+    """The bash blocks are parsed above; the prose names flags too (`--video-size 128`,
+    `--threads 1`, `--lock-timeout`): each is a flag of a dreamtext command, or of the program
+    named in the same section (sbatch, pip, a benchmark script, whose source defines it)."""
+    flags = _dreamtext_flags()
+    unknown, wrongly_excused = [], []
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for section in re.split(r"\n(?=#{2,} )", text):
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", section):
+            if flag in flags:
+                continue
+            program = OTHER_PROGRAMS_FLAGS.get(flag)
+            if program is None:
+                unknown.append(flag)
+            elif program not in section:
+                wrongly_excused.append(f"{flag} in a section without {program!r}")
+            elif program.startswith("benchmarks/"):
+                assert f'"{flag}"' in (ROOT / program).read_text(encoding="utf-8"), (flag, program)
+    assert unknown == []
+    assert wrongly_excused == []
+    assert len(flags) > 50
+
+
+def test_every_dreamtext_command_written_inline_in_the_readme_parses():
+    """`dreamtext view runs/ --static site/`-like commands in the prose, not only in the bash
+    blocks: a span that starts with `dreamtext COMMAND` and gives flags is one argparse takes."""
+    import shlex
+
+    from dreamtext.cli import build_parser
+
+    text = re.sub(r"```.*?```", "", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    spans = re.findall(r"`(dreamtext [^`\n]+)`", text)
+    spans = [s for s in spans if " --" in s and "--help" not in s]
+    assert len(spans) >= 3
+    for span in spans:
+        argv = [word for word in shlex.split(span)[1:] if word != "&"]
+        try:
+            build_parser().parse_command_line(argv)
+        except SystemExit as error:
+            pytest.fail(f"README command refused by the CLI ({error.code}): {span}")
