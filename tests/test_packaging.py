@@ -329,3 +329,19 @@ def test_every_dreamtext_command_written_inline_in_the_readme_parses():
             build_parser().parse_command_line(argv)
         except SystemExit as error:
             pytest.fail(f"README command refused by the CLI ({error.code}): {span}")
+
+
+def test_the_wheel_holds_every_file_of_the_package_tree(dists):
+    """`packages` in pyproject.toml is a list written by hand: a new subpackage (or a data file
+    of a kind package-data does not name) left out of it would install without it, and only the
+    command that imports it would fail, on the user's machine. Every file of dreamtext/ and
+    configs/ in the source is in the wheel."""
+    source = dists["source"]
+    wanted = {
+        p.relative_to(source).as_posix()
+        for p in (source / "dreamtext").rglob("*")
+        if p.is_file() and p.suffix != ".pyc"
+    }
+    wanted |= {f"dreamtext/configs/{p.name}" for p in (source / "configs").iterdir() if p.is_file()}
+    assert len(wanted) > 40
+    assert sorted(wanted - _wheel_names(dists["wheel"])) == []
