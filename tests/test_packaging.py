@@ -345,3 +345,49 @@ def test_the_wheel_holds_every_file_of_the_package_tree(dists):
     wanted |= {f"dreamtext/configs/{p.name}" for p in (source / "configs").iterdir() if p.is_file()}
     assert len(wanted) > 40
     assert sorted(wanted - _wheel_names(dists["wheel"])) == []
+
+
+SECTIONS = ("field", "render", "guidance", "cameras", "export_options")
+
+
+def _setting(cfg, name: str) -> tuple[bool, object]:
+    """``(found, default)`` of a setting named bare (``keep_checkpoints``, ``alpha_threshold``)
+    or dotted (``render.march_steps``), found in TrainConfig or one of its sections."""
+    if "." in name:
+        section, name = name.split(".", 1)
+        owners = [getattr(cfg, section)] if section in SECTIONS else []
+    else:
+        owners = [cfg, *(getattr(cfg, section) for section in SECTIONS)]
+    for owner in owners:
+        if hasattr(owner, name):
+            return True, getattr(owner, name)
+    return False, None
+
+
+def test_the_readmes_config_examples_load_and_its_settings_have_the_defaults_it_gives(tmp_path):
+    """The README's YAML examples are `--config` files the CLI takes, the settings it names
+    (`render.grad_chunk_points`, `field.normals: analytic`) are config fields, and the defaults
+    it quotes for them (`alpha_threshold` = 1e-4, "(default 256)") are the config's."""
+    import textwrap
+
+    from dreamtext.config import TrainConfig, resolve_config, validate
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    defaults = TrainConfig()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"example{number}.yaml"
+        path.write_text(textwrap.dedent(block), encoding="utf-8")
+        validate(resolve_config({"prompt": "a castle"}, config_file=path))
+        for key, default in re.findall(r"^\s*(\w+):.*# .*\(default (\d+)", block, re.M):
+            assert _setting(defaults, key) == (True, int(default)), key
+    sections = "|".join(SECTIONS)
+    named = set(re.findall(rf"`((?:{sections})\.\w+)", text))
+    named |= set(re.findall(r"`(\w+): [^`]+`", text)) - {"dreamtext", "batch"}
+    assert len(named) >= 10
+    assert sorted(name for name in named if not _setting(defaults, name)[0]) == []
+    quoted = re.findall(r"`(\w+)`(?: =|,) ([0-9][0-9.e+-]*)\b", text)
+    assert len(quoted) >= 3
+    for name, value in quoted:
+        assert _setting(defaults, name) == (True, float(value)), name
