@@ -391,3 +391,31 @@ def test_the_readmes_config_examples_load_and_its_settings_have_the_defaults_it_
     assert len(quoted) >= 3
     for name, value in quoted:
         assert _setting(defaults, name) == (True, float(value)), name
+
+
+def test_every_source_file_the_readme_names_is_in_the_source():
+    """`benchmarks/memory_model.py`, `scripts/slurm_array.sbatch`, `tests/virtual_cuda.py`: a
+    newcomer runs them from a checkout or the sdist, so each is a file there (the benchmarks
+    listed by name alone, `view_poll.py`, are in benchmarks/)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    folders = "benchmarks|scripts|tests|configs|docs|dreamtext"
+    paths = {p.rstrip(".") for p in re.findall(rf"\b(?:{folders})/[\w./-]*\w", text)}
+    paths -= {p for p in paths if p.startswith("dreamtext/configs")}  # where a wheel puts configs/
+    benchmarks_section = text.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
+    paths |= {f"benchmarks/{name}" for name in re.findall(r"`(\w+\.(?:py|sh))", benchmarks_section)}
+    assert len(paths) >= 30
+    assert sorted(p for p in paths if not (ROOT / p).exists()) == []
+
+
+def test_every_dreamtext_environment_variable_the_readme_names_is_read():
+    """`DREAMTEXT_THREADS`, `DREAMTEXT_PROGRESS_SECONDS`, ...: each is read by the package (or,
+    for the browser tests' switches, by the tests)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"\bDREAMTEXT_[A-Z_]*[A-Z]", text))
+    code = "".join(
+        p.read_text(encoding="utf-8")
+        for folder in ("dreamtext", "tests")
+        for p in (ROOT / folder).rglob("*.py")
+    )
+    assert len(names) >= 3
+    assert sorted(name for name in names if f'"{name}"' not in code) == []
