@@ -1890,3 +1890,18 @@ def test_export_of_a_run_stopped_before_its_first_checkpoint_says_to_train_it(
     Path("run/config.json").write_text(json.dumps({"prompt": "a red cube"}))
     code, err = run_main(["export", "--workspace", "run"], capsys)
     assert_user_error(code, err, "no checkpoint at run/checkpoints/last.pt: train first")
+
+
+def test_the_top_level_help_gives_the_readmes_first_run_and_where_each_commands_flags_are():
+    """`dreamtext --help` lists the commands but not their flags: it says where they are, and its
+    offline first run is the README's, a command the parser takes."""
+    import re
+    import shlex
+
+    text = " ".join(build_parser().format_help().split())
+    assert "dreamtext COMMAND --help" in text
+    first_run = re.search(r"Offline first run: (dreamtext text .+? --model builtin:shapes)", text)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"```bash\n{first_run.group(1)}\n```" in readme
+    args = build_parser().parse_command_line(shlex.split(first_run.group(1))[1:])
+    assert (args.command, args.prompt, args.model) == ("text", "a red cube", "builtin:shapes")

@@ -260,3 +260,162 @@ def test_the_readme_command_that_writes_the_tiny_models_writes_loadable_models(t
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "tiny-sd" / "model_index.json").read_text())["unet"]
     assert json.loads((tmp_path / "tiny-clip" / "config.json").read_text())["model_type"] == "clip"
+
+
+# Flags the README names that belong to another program: the program, which the same line names.
+OTHER_PROGRAMS_FLAGS = {
+    "--array": "sbatch",
+    "--format": "sacct",
+    "--cpus": "docker run",
+    "--index-url": "pip install",
+    "--dist": "pytest",
+    "--remove-destination": "cp ",
+    "--descriptor": "benchmarks/memory_model.py",
+    "--precisions": "benchmarks/normal_quality.py",
+    "--trainer": "benchmarks/sds_step.py",
+}
+
+
+def _dreamtext_flags() -> set[str]:
+    from dreamtext.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices.values()
+    return {
+        flag
+        for command in [parser, *commands]
+        for action in command._actions
+        for flag in action.option_strings
+    }
+
+
+def test_every_flag_the_readme_names_is_one_of_dreamtext_or_of_the_program_it_names():
+    """The bash blocks are parsed above; the prose names flags too (`--video-size 128`,
+    `--threads 1`, `--lock-timeout`): each is a flag of a dreamtext command, or of the program
+    named in the same section (sbatch, pip, a benchmark script, whose source defines it)."""
+    flags = _dreamtext_flags()
+    unknown, wrongly_excused = [], []
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for section in re.split(r"\n(?=#{2,} )", text):
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", section):
+            if flag in flags:
+                continue
+            program = OTHER_PROGRAMS_FLAGS.get(flag)
+            if program is None:
+                unknown.append(flag)
+            elif program not in section:
+                wrongly_excused.append(f"{flag} in a section without {program!r}")
+            elif program.startswith("benchmarks/"):
+                assert f'"{flag}"' in (ROOT / program).read_text(encoding="utf-8"), (flag, program)
+    assert unknown == []
+    assert wrongly_excused == []
+    assert len(flags) > 50
+
+
+def test_every_dreamtext_command_written_inline_in_the_readme_parses():
+    """`dreamtext view runs/ --static site/`-like commands in the prose, not only in the bash
+    blocks: a span that starts with `dreamtext COMMAND` and gives flags is one argparse takes."""
+    import shlex
+
+    from dreamtext.cli import build_parser
+
+    text = re.sub(r"```.*?```", "", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    spans = re.findall(r"`(dreamtext [^`\n]+)`", text)
+    spans = [s for s in spans if " --" in s and "--help" not in s]
+    assert len(spans) >= 3
+    for span in spans:
+        argv = [word for word in shlex.split(span)[1:] if word != "&"]
+        try:
+            build_parser().parse_command_line(argv)
+        except SystemExit as error:
+            pytest.fail(f"README command refused by the CLI ({error.code}): {span}")
+
+
+def test_the_wheel_holds_every_file_of_the_package_tree(dists):
+    """`packages` in pyproject.toml is a list written by hand: a new subpackage (or a data file
+    of a kind package-data does not name) left out of it would install without it, and only the
+    command that imports it would fail, on the user's machine. Every file of dreamtext/ and
+    configs/ in the source is in the wheel."""
+    source = dists["source"]
+    wanted = {
+        p.relative_to(source).as_posix()
+        for p in (source / "dreamtext").rglob("*")
+        if p.is_file() and p.suffix != ".pyc"
+    }
+    wanted |= {f"dreamtext/configs/{p.name}" for p in (source / "configs").iterdir() if p.is_file()}
+    assert len(wanted) > 40
+    assert sorted(wanted - _wheel_names(dists["wheel"])) == []
+
+
+SECTIONS = ("field", "render", "guidance", "cameras", "export_options")
+
+
+def _setting(cfg, name: str) -> tuple[bool, object]:
+    """``(found, default)`` of a setting named bare (``keep_checkpoints``, ``alpha_threshold``)
+    or dotted (``render.march_steps``), found in TrainConfig or one of its sections."""
+    if "." in name:
+        section, name = name.split(".", 1)
+        owners = [getattr(cfg, section)] if section in SECTIONS else []
+    else:
+        owners = [cfg, *(getattr(cfg, section) for section in SECTIONS)]
+    for owner in owners:
+        if hasattr(owner, name):
+            return True, getattr(owner, name)
+    return False, None
+
+
+def test_the_readmes_config_examples_load_and_its_settings_have_the_defaults_it_gives(tmp_path):
+    """The README's YAML examples are `--config` files the CLI takes, the settings it names
+    (`render.grad_chunk_points`, `field.normals: analytic`) are config fields, and the defaults
+    it quotes for them (`alpha_threshold` = 1e-4, "(default 256)") are the config's."""
+    import textwrap
+
+    from dreamtext.config import TrainConfig, resolve_config, validate
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    defaults = TrainConfig()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"example{number}.yaml"
+        path.write_text(textwrap.dedent(block), encoding="utf-8")
+        validate(resolve_config({"prompt": "a castle"}, config_file=path))
+        for key, default in re.findall(r"^\s*(\w+):.*# .*\(default (\d+)", block, re.M):
+            assert _setting(defaults, key) == (True, int(default)), key
+    sections = "|".join(SECTIONS)
+    named = set(re.findall(rf"`((?:{sections})\.\w+)", text))
+    named |= set(re.findall(r"`(\w+): [^`]+`", text)) - {"dreamtext", "batch"}
+    assert len(named) >= 10
+    assert sorted(name for name in named if not _setting(defaults, name)[0]) == []
+    quoted = re.findall(r"`(\w+)`(?: =|,) ([0-9][0-9.e+-]*)\b", text)
+    assert len(quoted) >= 3
+    for name, value in quoted:
+        assert _setting(defaults, name) == (True, float(value)), name
+
+
+def test_every_source_file_the_readme_names_is_in_the_source():
+    """`benchmarks/memory_model.py`, `scripts/slurm_array.sbatch`, `tests/virtual_cuda.py`: a
+    newcomer runs them from a checkout or the sdist, so each is a file there (the benchmarks
+    listed by name alone, `view_poll.py`, are in benchmarks/)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    folders = "benchmarks|scripts|tests|configs|docs|dreamtext"
+    paths = {p.rstrip(".") for p in re.findall(rf"\b(?:{folders})/[\w./-]*\w", text)}
+    paths -= {p for p in paths if p.startswith("dreamtext/configs")}  # where a wheel puts configs/
+    benchmarks_section = text.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
+    paths |= {f"benchmarks/{name}" for name in re.findall(r"`(\w+\.(?:py|sh))", benchmarks_section)}
+    assert len(paths) >= 30
+    assert sorted(p for p in paths if not (ROOT / p).exists()) == []
+
+
+def test_every_dreamtext_environment_variable_the_readme_names_is_read():
+    """`DREAMTEXT_THREADS`, `DREAMTEXT_PROGRESS_SECONDS`, ...: each is read by the package (or,
+    for the browser tests' switches, by the tests)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"\bDREAMTEXT_[A-Z_]*[A-Z]", text))
+    code = "".join(
+        p.read_text(encoding="utf-8")
+        for folder in ("dreamtext", "tests")
+        for p in (ROOT / folder).rglob("*.py")
+    )
+    assert len(names) >= 3
+    assert sorted(name for name in names if f'"{name}"' not in code) == []
