@@ -762,6 +762,8 @@ def test_a_run_pages_tables_are_as_wide_as_the_page_with_their_values_aligned(br
         label_widths = [t.locator("th").first.bounding_box()["width"] for t in (mesh, batch)]
         value_lefts = [t.locator("td").first.bounding_box()["x"] for t in (mesh, batch)]
         assert label_widths[0] == label_widths[1] and value_lefts[0] == value_lefts[1]
+        # Values beside their labels, not half the page away (each column half of it was).
+        assert label_widths[0] < 300, label_widths
 
 
 def test_the_mesh_table_reads_as_labels_with_units_and_keeps_each_key(page, server, root: Path):
@@ -804,6 +806,10 @@ def test_the_batch_tables_times_read_as_dates_with_their_iso_kept(page, server, 
         "time taken",
         "30\u00a0s",
     )
+    # The record's keys of no value (no GPU memory, no error) are not rows of "–".
+    rows = page.locator('.details table[data-table="batch"] tr').all()
+    said = [key for key, value in record.items() if value is not None]
+    assert [row.get_attribute("data-key") for row in rows] == said
 
 
 @pytest.mark.parametrize("touch", [False, True])

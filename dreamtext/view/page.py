@@ -182,7 +182,7 @@ MESH_LABELS: dict[str, tuple[str, str]] = {
     "faces": ("faces", ""),
     "vertices": ("vertices", ""),
     "components": ("connected parts", ""),
-    "watertight": ("watertight (every edge between two faces)", ""),
+    "watertight": ("watertight (each edge on two faces)", ""),
     "manifold": ("closed manifold", ""),
     "volume": ("volume", "units³"),
     "iou_field": ("overlap with the field (voxel IoU)", ""),

@@ -809,7 +809,10 @@
       if (run.batch) {
         // A running run's record is its attempt before (batchLine).
         const heading = stateOf(run) === "running" ? "Batch: the attempt before this one" : "Batch";
-        parts.push(el("h2", { text: heading }), table("batch", run.batch, labels.batch));
+        // Of its record, what it says: a batch on one machine left half the rows "–" (no shard,
+        // no SLURM task, no GPU memory on a CPU).
+        const said = Object.entries(run.batch).filter(([, value]) => value !== null && value !== undefined);
+        parts.push(el("h2", { text: heading }), table("batch", Object.fromEntries(said), labels.batch));
       }
       const files = Object.entries(run.data_files || {});
       if (files.length) {
