@@ -244,7 +244,8 @@
     if (of.kind === "preview") {
       const rows = "albedo above, shape (textureless) below";
       const which = of.step === null || of.step === undefined ? "final preview" : `preview at step ${of.step}`;
-      return [`${which}: ${rows}`, `${which} of ${title}: ${rows}`];
+      // The rows' meaning in the alt only: on a card's caption it took two lines of a narrow card.
+      return [which, `${which} of ${title}: ${rows}`];
     }
     return ["source image", `source image of ${title}`];
   }
