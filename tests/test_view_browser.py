@@ -879,6 +879,55 @@ def test_a_cards_picture_has_a_caption_and_an_alt_saying_what_it_is(page, server
             assert card.locator("img").count() == 0 and card.locator(".picture").count() == 0
 
 
+@pytest.mark.parametrize(
+    ("run", "how"), [("a_green_torus", "failed"), ("an_apple", "was interrupted")]
+)
+def test_a_run_that_ended_before_its_export_says_no_mesh_is_coming(page, server, run, how):
+    """A failed run's page said "no mesh yet", as if one were on its way."""
+    page.goto(server.url + f"run/{run}/")
+    page.locator(".viewer .empty").wait_for()
+    assert page.inner_text(".viewer .empty") == f"no mesh: the run {how} before its export"
+    assert page.inner_text(".turntable .empty") == f"no turntable: the run {how} before its export"
+
+
+def test_a_run_without_previews_says_so_and_its_3d_panel_is_one_line_tall(browser, server):
+    """A run of no previews had an empty panel where they go (its list of none was taken for the
+    one drawn), and a run of no mesh a 3D panel of "no mesh yet" as tall as the column beside it
+    (480 px of nothing at 1280 px)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    for page in watched_page(context):
+        page.goto(server.url + "run/a_green_torus/")
+        page.locator(".previews .empty").wait_for()
+        shown = [page.inner_text(f".previews {part}") for part in ("figcaption", ".empty")]
+        assert shown == ["previews", "no previews yet"]
+        page.goto(server.url + "run/a_blue_sphere/")
+        page.wait_for_selector("#preview-image")
+        viewer, column = (page.locator(f".{p}").bounding_box() for p in ("viewer", "previews"))
+        assert viewer["height"] < 120 < column["height"], (viewer, column)
+
+
+def test_a_charts_value_labels_stay_inside_it(page, server):
+    """The descriptor loss's lower label, "0.008333", ran past the chart's left edge."""
+    page.goto(server.url + "run/an_apple/")
+    chart = page.locator('.chart[data-key="descriptor_loss"]')
+    chart.wait_for()
+    assert "0.008333" in chart.locator("text").all_text_contents()
+    boxes = chart.evaluate(
+        "c => [...c.querySelectorAll('text')].map((t) => t.getBBox())"
+        ".map((b) => ({ x: b.x, width: b.width }))"
+    )
+    assert all(box["x"] >= 0 and box["x"] + box["width"] <= 320 for box in boxes), boxes
+
+
+def test_an_untrained_sentence_is_not_quoted_as_if_it_were_one(page, server):
+    """An image run's page said Learned sentence: “not trained yet”, quoted like a sentence."""
+    page.goto(server.url + "run/an_apple/")
+    sentence = page.locator("header .sentence")
+    sentence.wait_for()
+    assert sentence.inner_text().startswith("Learned sentence: not trained yet · CLIP sentence: ")
+    assert sentence.locator("q").all_text_contents() == [APPLE_CLIP_SENTENCE]
+
+
 def test_a_run_with_one_preview_shows_it_without_a_slider(page, root: Path, tmp_path: Path):
     """A run that saved only its final preview (preview_every past its steps: a short run) had a
     slider of one position, which did nothing."""

@@ -419,7 +419,8 @@
     });
     const figure = el("figure", { class: "chart", dataset: { key, points: points.length } });
     figure.append(el("figcaption", { text: label }));
-    const W = 320, H = 150, L = 48, R = 8, T = 8, B = 22;
+    const W = 320, H = 150, R = 8, T = 8, B = 22;
+    let L = 48;
     const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
     figure.append(box);
     if (points.length === 0) {
@@ -432,6 +433,10 @@
     const oneStep = x1 === x0;
     if (oneStep) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
+    // The plot starts right of its longest value label ("0.008333" ran past the left edge):
+    // at most 6.5 units a character of the 10-unit font, 4 units of gap, 4 of margin.
+    const longest = Math.max(formatNumber(y0).length, formatNumber(y1).length);
+    L = Math.max(L, Math.ceil(8 + 6.5 * longest));
     const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
     const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
     box.append(svg("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "plot" }));
@@ -601,7 +606,9 @@
     // What the tables call mesh.json's and batch.jsonl's keys (page.py's MESH_LABELS, ...).
     const labels = data.labels || {};
     const meshView = { view: null, url: null };
-    const previewState = { urls: [], index: -1 };
+    // urls: those drawn, null before the first draw (a run of no previews drew nothing: an
+    // empty panel, its list the same as the [] it started with).
+    const previewState = { urls: null, index: -1 };
     let shownVideo = null;
 
     function drawHeader(run) {
@@ -611,7 +618,7 @@
         el("p", { class: "facts" }, badge(run), " ", facts(run)),
         status.error ? el("p", { class: "error", text: String(status.error) }) : null,
         run.kind === "image" ? el("p", { class: "sentence" },
-          "Learned sentence: ", el("q", { text: run.trained_sentence || "not trained yet" }),
+          "Learned sentence: ", run.trained_sentence ? el("q", { text: run.trained_sentence }) : "not trained yet",
           run.sentence ? [" · CLIP sentence: ", el("q", { text: run.sentence })] : null) : null,
         el("p", { class: "name", text: run.workspace || run.name }),
       );
@@ -620,6 +627,10 @@
     /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
      * none to come, and how to make them. */
     function noExport(run, what) {
+      // A run that ended without its export: no "yet", none is coming until it runs again.
+      const state = stateOf(run);
+      if (state === "failed") return `no ${what}: the run failed before its export`;
+      if (state === "interrupted") return `no ${what}: the run was interrupted before its export`;
       const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
       if (!finished) return `no ${what} yet`;
       const command = run.export_command || "dreamtext export --workspace <its folder>";
@@ -661,6 +672,7 @@
       const glb = mesh.glb;
       if (!glb) {
         const exported = Boolean(mesh.obj || mesh.ply);
+        viewer.classList.add("empty-panel");
         fill(viewer, el("figcaption", { text: "3D mesh" }),
           el("p", { class: "empty", text: exported ? noGlb(run) : noExport(run, "mesh") }),
           exported ? el("p", { class: "downloads" }, "download: ", meshLinks(run)) : null);
@@ -668,6 +680,7 @@
         meshView.url = null;
         return;
       }
+      viewer.classList.remove("empty-panel");
       if (!meshView.view) {
         const stage = el("div", { class: "stage" });
         const links = el("p", { class: "downloads" });
@@ -713,8 +726,8 @@
     function drawPreviews(run) {
       const list = run.previews || [];
       const urls = list.map((p) => p.url);
-      if (urls.join("|") === previewState.urls.join("|")) return;
-      const atEnd = previewState.index === previewState.urls.length - 1;
+      if (previewState.urls !== null && urls.join("|") === previewState.urls.join("|")) return;
+      const atEnd = previewState.urls !== null && previewState.index === previewState.urls.length - 1;
       previewState.urls = urls;
       if (list.length === 0) {
         fill(previews, el("figcaption", { text: "previews" }), el("p", { class: "empty", text: "no previews yet" }));
