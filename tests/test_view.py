@@ -1234,6 +1234,27 @@ def test_every_key_of_a_batch_record_has_a_label(tmp_path: Path):
     assert BATCH_LABELS["its"][1] == "it/s" and BATCH_LABELS["gpu_mem_mib"][1] == "MiB"
 
 
+def test_a_run_page_holds_the_labels_once_and_its_polls_do_not_carry_them(root: Path):
+    """The labels are the run page's (a script element of their own, on the server's page and
+    a static one); not in its data, so a poll's answer, sent at each change, stays as short."""
+    from dreamtext.view.page import BATCH_LABELS, MESH_LABELS
+
+    def labels_of(body: bytes) -> dict:
+        text = body.decode("utf-8")
+        start = text.index('<script id="dreamtext-labels"')
+        return json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
+
+    want = {"mesh": MESH_LABELS, "batch": BATCH_LABELS}
+    want = json.loads(json.dumps(want))  # tuples as JSON lists
+    with serving(Catalog([root])) as srv:
+        assert labels_of(get(srv, "/run/cube/")[1]) == want
+        assert labels_of(get(srv, "/")[1]) == {}  # the gallery has no tables
+        answer = get(srv, "/api/run/cube.json")[1]
+        assert MESH_LABELS["iou_field"][0].encode() not in answer and b"labels" not in answer
+    site = export_static([root], root.parent / "site")
+    assert labels_of((site / "runs" / "cube" / "index.html").read_bytes()) == want
+
+
 def test_a_card_says_what_its_picture_is(tmp_path: Path):
     """A card's picture had no caption and the alt "picture of <prompt>": its data says
     whether it is the turntable, a preview (of which step) or an image run's source image."""

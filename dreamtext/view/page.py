@@ -177,7 +177,8 @@ def thumbnail_of(run: Run) -> dict[str, Any] | None:
 # What a run page's tables call the keys of mesh/mesh.json (``ExportResult.report``) and of a
 # batch.jsonl record (``batch._record``): a label a newcomer reads, and the unit of its values
 # ("" where they have none). The raw key stays the row's tooltip and its ``data-key``; a key
-# not listed (a file of a later dreamtext) is shown as it is.
+# not listed (a file of a later dreamtext) is shown as it is. A run page holds them in a script
+# element of their own (render_page), not in its data: a poll's answer does not carry them again.
 MESH_LABELS: dict[str, tuple[str, str]] = {
     "faces": ("faces", ""),
     "vertices": ("vertices", ""),
@@ -412,7 +413,6 @@ def run_page_json(run: Run, links: Links, glb_script: str | None = None) -> dict
         "gallery": links.gallery,
         "run": run_json(run, links, full=True),
         "glb_script": glb_script,
-        "labels": {"mesh": MESH_LABELS, "batch": BATCH_LABELS},
     }
 
 
@@ -628,12 +628,14 @@ def render_page(data: dict[str, Any], links: Links, text: str | None = None) -> 
         base = f"<script>{SLASH_SCRIPT}</script>\n{base}"
     if text is None:
         text = script_json(data)
+    labels = {"mesh": MESH_LABELS, "batch": BATCH_LABELS} if data["page"] == "run" else {}
     values = {
         "title": html.escape(_SURROGATE.sub("\ufffd", title)),
         "base": base,
         "static": html.escape(links.static),
         "vendor": vendor,
         "data": text,
+        "labels": script_json(labels),
         # What the data's answer from api/ is tagged with, so the page's first poll can be a
         # conditional one (none in a static export: nothing to poll).
         "etag": html.escape(json_etag(text)) if links.api else "",

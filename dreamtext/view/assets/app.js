@@ -604,7 +604,8 @@
     );
 
     // What the tables call mesh.json's and batch.jsonl's keys (page.py's MESH_LABELS, ...).
-    const labels = data.labels || {};
+    const labelsScript = document.getElementById("dreamtext-labels");
+    const labels = labelsScript ? JSON.parse(labelsScript.textContent) : {};
     const meshView = { view: null, url: null };
     // urls: those drawn, null before the first draw (a run of no previews drew nothing: an
     // empty panel, its list the same as the [] it started with).
@@ -805,7 +806,7 @@
       return unit ? `${cellText(value)}\u00a0${unit}` : cellText(value);
     }
 
-    /** A table of a record: each key under its label of `labels` (data.labels: [label, unit]),
+    /** A table of a record: each key under its label of `labels` (#dreamtext-labels: [label, unit]),
      * the key itself the row's data-key and the label's tooltip; a key without one as it is. */
     function table(name, record, labels) {
       return el("table", { dataset: { table: name } }, el("tbody", {}, Object.entries(record).map(([key, value]) => {
