@@ -888,8 +888,8 @@ def test_a_run_that_ended_before_its_export_says_no_mesh_is_coming(page, server,
     """A failed run's page said "no mesh yet", as if one were on its way."""
     page.goto(server.url + f"run/{run}/")
     page.locator(".viewer .empty").wait_for()
-    assert page.inner_text(".viewer .empty") == f"no mesh: the run {how} before its export"
-    assert page.inner_text(".turntable .empty") == f"no turntable: the run {how} before its export"
+    assert page.inner_text(".viewer .empty") == f"no mesh: the run {how}"
+    assert page.inner_text(".turntable .empty") == f"no turntable: the run {how}"
 
 
 def test_a_run_without_previews_says_so_and_its_3d_panel_is_one_line_tall(browser, server):

@@ -628,11 +628,12 @@
     /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
      * none to come, and how to make them. */
     function noExport(run, what) {
-      // A run that ended without its export: no "yet", none is coming until it runs again.
+      // A run that ended without its files: no "yet", none is coming unless it runs again (it
+      // may have stopped in training or in its export: status.json's error and phase say which).
       const state = stateOf(run);
-      if (state === "failed") return `no ${what}: the run failed before its export`;
-      if (state === "interrupted") return `no ${what}: the run was interrupted before its export`;
-      const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
+      if (state === "failed") return `no ${what}: the run failed`;
+      if (state === "interrupted") return `no ${what}: the run was interrupted`;
+      const finished = state === "finished" && run.config && run.config.export === false;
       if (!finished) return `no ${what} yet`;
       const command = run.export_command || "dreamtext export --workspace <its folder>";
       return `not exported (--no-export): ${command} makes the ${what}`;
