@@ -888,8 +888,8 @@ def test_a_run_that_ended_before_its_export_says_no_mesh_is_coming(page, server,
     """A failed run's page said "no mesh yet", as if one were on its way."""
     page.goto(server.url + f"run/{run}/")
     page.locator(".viewer .empty").wait_for()
-    assert page.inner_text(".viewer .empty") == f"no mesh: the run {how}"
-    assert page.inner_text(".turntable .empty") == f"no turntable: the run {how}"
+    for part, what in (("viewer", "mesh"), ("turntable", "turntable"), ("previews", "previews")):
+        assert page.inner_text(f".{part} .empty") == f"no {what}: the run {how}"
 
 
 def test_a_run_without_previews_says_so_and_its_3d_panel_is_one_line_tall(browser, server):
@@ -901,11 +901,25 @@ def test_a_run_without_previews_says_so_and_its_3d_panel_is_one_line_tall(browse
         page.goto(server.url + "run/a_green_torus/")
         page.locator(".previews .empty").wait_for()
         shown = [page.inner_text(f".previews {part}") for part in ("figcaption", ".empty")]
-        assert shown == ["previews", "no previews yet"]
+        assert shown == ["previews", "no previews: the run failed"]
         page.goto(server.url + "run/a_blue_sphere/")
         page.wait_for_selector("#preview-image")
         viewer, column = (page.locator(f".{p}").bounding_box() for p in ("viewer", "previews"))
         assert viewer["height"] < 120 < column["height"], (viewer, column)
+
+
+def test_a_run_pages_note_of_no_previews_follows_the_run_ending(page, root: Path, tmp_path: Path):
+    """A running run of no previews says none yet; when it fails, that none are coming."""
+    run = tmp_path / "runs" / "a_green_torus"
+    shutil.copytree(root / "a_green_torus", run)
+    status = json.loads((run / "status.json").read_text())
+    write_whole(run / "status.json", {**status, "state": "running", "updated": ago(0)})
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_green_torus/")
+        note = lambda: page.inner_text(".previews .empty")  # noqa: E731
+        assert soon(page, note, "no previews yet") == "no previews yet"
+        write_whole(run / "status.json", {**status, "updated": ago(0)})
+        assert soon(page, note, "no previews: the run failed") == "no previews: the run failed"
 
 
 def test_a_charts_value_labels_stay_inside_it(page, server):

@@ -625,15 +625,22 @@
       );
     }
 
-    /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
-     * none to come, and how to make them. */
-    function noExport(run, what) {
-      // A run that ended without its files: no "yet", none is coming unless it runs again (it
-      // may have stopped in training or in its export: status.json's error and phase say which).
+    /** "no <what> yet", or for a run that ended without them (failed, interrupted) that none is
+     * coming unless it runs again (it may have stopped in training or in its export:
+     * status.json's error and phase say which). */
+    function noFiles(run, what) {
       const state = stateOf(run);
       if (state === "failed") return `no ${what}: the run failed`;
       if (state === "interrupted") return `no ${what}: the run was interrupted`;
-      const finished = state === "finished" && run.config && run.config.export === false;
+      return `no ${what} yet`;
+    }
+
+    /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
+     * none to come, and how to make them. */
+    function noExport(run, what) {
+      const ended = noFiles(run, what);
+      if (ended !== `no ${what} yet`) return ended;
+      const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
       if (!finished) return `no ${what} yet`;
       const command = run.export_command || "dreamtext export --workspace <its folder>";
       return `not exported (--no-export): ${command} makes the ${what}`;
@@ -728,11 +735,15 @@
     function drawPreviews(run) {
       const list = run.previews || [];
       const urls = list.map((p) => p.url);
-      if (previewState.urls !== null && urls.join("|") === previewState.urls.join("|")) return;
+      // Of none, why: a run that ended has none to come.
+      const none = list.length ? null : noFiles(run, "previews");
+      const key = `${urls.join("|")}|${none}`;
+      if (previewState.urls !== null && key === previewState.key) return;
       const atEnd = previewState.urls !== null && previewState.index === previewState.urls.length - 1;
       previewState.urls = urls;
+      previewState.key = key;
       if (list.length === 0) {
-        fill(previews, el("figcaption", { text: "previews" }), el("p", { class: "empty", text: "no previews yet" }));
+        fill(previews, el("figcaption", { text: "previews" }), el("p", { class: "empty", text: none }));
         previewState.index = -1;
         return;
       }
