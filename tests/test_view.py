@@ -1203,6 +1203,83 @@ def test_page_data_cannot_close_its_script_element():
     assert json.loads(text) == {"prompt": "</script><script>alert(1)</script><!--", "x": None}
 
 
+# ---------------------------------------------------------------- what the pages call things
+
+
+def test_every_key_mesh_json_can_hold_has_a_label(tmp_path: Path):
+    """The run page's Mesh table showed mesh.json's raw keys (``iou_field``). Every key that
+    export writes has a label, and no label is of a key it no longer writes."""
+    from dreamtext.export import ExportOptions, ExportResult
+    from dreamtext.mesh import MeshStats
+    from dreamtext.view.page import MESH_LABELS
+
+    stats = MeshStats(12, 8, 1, True, True, 0.25, 0.9)
+    result = ExportResult(tmp_path, {}, stats, None, 64, 0, 12, options=ExportOptions())
+    assert set(result.report()) == set(MESH_LABELS)
+    assert all("_" not in label for label, _ in MESH_LABELS.values())
+    assert MESH_LABELS["volume"] == ("volume", "units³")
+
+
+def test_every_key_of_a_batch_record_has_a_label(tmp_path: Path):
+    """The run page's Batch table: every key of a batch.jsonl record (batch._record, plus the
+    two that run_entry adds to it) has a label."""
+    from dreamtext.batch import Entry, _record
+    from dreamtext.view.page import BATCH_LABELS
+
+    entry = Entry(1, "a red cube", "text", "a red cube", tmp_path / "a_red_cube")
+    result = {"status": "failed", "error": "RuntimeError: x"}
+    record = _record(entry, tmp_path, None, result, False, "2026-12-03T20:00:00+00:00", 0.0)
+    record |= {"continued_from": None, "stopped_batch": False}
+    assert set(record) == set(BATCH_LABELS)
+    assert BATCH_LABELS["its"][1] == "it/s" and BATCH_LABELS["gpu_mem_mib"][1] == "MiB"
+
+
+def test_a_run_page_holds_the_labels_once_and_its_polls_do_not_carry_them(root: Path):
+    """The labels are the run page's (a script element of their own, on the server's page and
+    a static one); not in its data, so a poll's answer, sent at each change, stays as short."""
+    from dreamtext.view.page import BATCH_LABELS, MESH_LABELS
+
+    def labels_of(body: bytes) -> dict:
+        text = body.decode("utf-8")
+        start = text.index('<script id="dreamtext-labels"')
+        return json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
+
+    want = {"mesh": MESH_LABELS, "batch": BATCH_LABELS}
+    want = json.loads(json.dumps(want))  # tuples as JSON lists
+    with serving(Catalog([root])) as srv:
+        assert labels_of(get(srv, "/run/cube/")[1]) == want
+        assert labels_of(get(srv, "/")[1]) == {}  # the gallery has no tables
+        answer = get(srv, "/api/run/cube.json")[1]
+        assert MESH_LABELS["iou_field"][0].encode() not in answer and b"labels" not in answer
+    site = export_static([root], root.parent / "site")
+    assert labels_of((site / "runs" / "cube" / "index.html").read_bytes()) == want
+
+
+def test_a_card_says_what_its_picture_is(tmp_path: Path):
+    """A card's picture had no caption and the alt "picture of <prompt>": its data says
+    whether it is the turntable, a preview (of which step) or an image run's source image."""
+    root = tmp_path / "runs"
+    cube = make_run(root / "cube", "a red cube")
+    (cube / "video" / "turntable.gif").write_bytes(b"GIF89a")
+    make_run(root / "torus", "a green torus", steps=(10,), final=False)
+    make_image_run(root / "apple", "descriptor")
+    links = server_links(None)
+    shown = {
+        run.id: run_json(run, links, full=False)["thumbnail_of"]
+        for run in (read_run(location) for location in Catalog([root]).runs())
+    }
+    assert shown == {
+        "cube": {"kind": "turntable"},
+        "torus": {"kind": "preview", "step": 10},
+        "apple": {"kind": "source"},
+    }
+    (cube / "video" / "turntable.gif").unlink()
+    assert run_json(read_run(location(Catalog([root]), "cube")), links, False)["thumbnail_of"] == {
+        "kind": "preview",
+        "step": None,
+    }
+
+
 # ------------------------------------------------------------------------- the server
 
 

@@ -300,9 +300,11 @@ def check_run_page(page, root: Path, links: list[str] = SERVED_LINKS) -> None:
 
     # Fractions in the mesh's table to 4 significant digits, counts whole.
     stats = json.loads((root / "a_red_cube" / "mesh" / "mesh.json").read_text())
-    keys = page.locator(".details th").all_text_contents()
-    cells = dict(zip(keys, page.locator(".details td").all_text_contents(), strict=True))
-    assert cells["volume"] == str(float(f"{stats['volume']:.4g}")), cells["volume"]
+    rows = page.locator('.details table[data-table="mesh"] tr')
+    keys = [row.get_attribute("data-key") for row in rows.all()]
+    cells = dict(zip(keys, rows.locator("td").all_text_contents(), strict=True))
+    volume = str(float(f"{stats['volume']:.4g}")) + "\u00a0units³"
+    assert cells["volume"] == volume, cells["volume"]
     assert cells["faces"] == str(stats["faces"])
     # A newcomer is told what the two halves of the turntable and the rows of a preview are.
     assert page.inner_text(".turntable figcaption") == "turntable: albedo | depth"
@@ -707,7 +709,7 @@ def test_at_a_phones_width_the_pages_fit_the_screen(browser, server, static_site
                 label = page.locator(".controls label").bounding_box()
                 menu = page.locator("#sort").bounding_box()
                 assert label["height"] < 1.5 * menu["height"], (label, menu)
-        options = page.locator(".details tr", has_text="options").locator("td").inner_text()
+        options = page.locator('.details tr[data-key="options"] td').inner_text()
         assert options.startswith("resolution: ") and '"' not in options, options
         assert "formats: [glb, obj, ply]" in options
 
@@ -744,6 +746,202 @@ def test_a_cards_time_stays_whole_on_its_line(page, server):
         page.set_viewport_size({"width": width, "height": 844})
         lines = facts.evaluate(lines_of)
         assert lines == 1, f"at {width} px '9.0 s' is on {lines} lines"
+
+
+def test_a_run_pages_tables_are_as_wide_as_the_page_with_their_values_aligned(browser, server):
+    """At 1280x800 the Batch table was narrower than the Mesh table above it (each as wide as
+    its values). Both are as wide as the page's details, their labels in columns of one width."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    for page in watched_page(context):
+        page.goto(server.url + "run/a_red_cube/")
+        page.wait_for_selector('.details table[data-table="batch"]')
+        section = page.locator(".details").bounding_box()
+        mesh, batch = (page.locator(f'.details table[data-table="{t}"]') for t in ("mesh", "batch"))
+        for table in (mesh, batch):
+            assert abs(table.bounding_box()["width"] - section["width"]) < 1, (table, section)
+        label_widths = [t.locator("th").first.bounding_box()["width"] for t in (mesh, batch)]
+        value_lefts = [t.locator("td").first.bounding_box()["x"] for t in (mesh, batch)]
+        assert label_widths[0] == label_widths[1] and value_lefts[0] == value_lefts[1]
+        # Values beside their labels, not half the page away (each column half of it was).
+        assert label_widths[0] < 300, label_widths
+
+
+def test_the_mesh_table_reads_as_labels_with_units_and_keeps_each_key(page, server, root: Path):
+    """The Mesh table said "iou_field" and "volume 0.3658": each row now has its label, its unit
+    after the value, yes / no for a flag, and the key mesh.json holds in its tooltip."""
+    from dreamtext.view.page import MESH_LABELS
+
+    page.goto(server.url + "run/a_red_cube/")
+    rows = page.locator('.details table[data-table="mesh"] tr')
+    rows.first.wait_for()
+    stats = json.loads((root / "a_red_cube" / "mesh" / "mesh.json").read_text())
+    assert [row.get_attribute("data-key") for row in rows.all()] == list(stats)
+    for row in rows.all():
+        key = row.get_attribute("data-key")
+        th = row.locator("th")
+        assert (th.inner_text(), th.get_attribute("title")) == (MESH_LABELS[key][0], key)
+    cell = lambda key: page.locator(f'.details tr[data-key="{key}"] td').inner_text()  # noqa: E731
+    assert page.locator('tr[data-key="iou_field"] th').inner_text() == (
+        "overlap with the field (voxel IoU)"
+    )
+    assert cell("volume").endswith("\u00a0units³")
+    assert cell("resolution") == f"{stats['resolution']}\u00a0cells a side"
+    assert cell("watertight") == ("yes" if stats["watertight"] else "no")
+
+
+def test_the_batch_tables_times_read_as_dates_with_their_iso_kept(page, server, root: Path):
+    """The Batch table showed "2026-12-03T17:46:00+00:00": its start and end read as the cards'
+    times do, each a <time> whose datetime is batch.jsonl's value; its time taken as "30 s"."""
+    record = json.loads((root / "batch.jsonl").read_text().splitlines()[0])
+    page.goto(server.url + "run/a_red_cube/")
+    for key in ("started", "finished"):
+        time = page.locator(f'.details table[data-table="batch"] tr[data-key="{key}"] td time')
+        time.wait_for()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", time.inner_text())
+        assert time.get_attribute("datetime") == record[key]
+        shown = datetime.fromisoformat(record[key]).strftime("%Y-%m-%d %H:%M UTC")
+        assert time.inner_text() == shown
+    row = page.locator('.details table[data-table="batch"] tr[data-key="seconds"]')
+    assert (row.locator("th").inner_text(), row.locator("td").inner_text()) == (
+        "time taken",
+        "30\u00a0s",
+    )
+    # The record's keys of no value (no GPU memory, no error) are not rows of "–".
+    rows = page.locator('.details table[data-table="batch"] tr').all()
+    said = [key for key, value in record.items() if value is not None]
+    assert [row.get_attribute("data-key") for row in rows] == said
+
+
+@pytest.mark.parametrize("touch", [False, True])
+def test_the_3d_views_hint_names_what_the_pointer_has(browser, server, touch: bool):
+    """A phone was told "wheel to zoom". three.js's OrbitControls (vendored) orbits with one
+    finger and zooms with two (a pinch): a touch screen's hint says so, a mouse's the wheel."""
+    size = {"width": 390, "height": 844} if touch else {"width": 1280, "height": 800}
+    context = browser.new_context(viewport=size, has_touch=touch, is_mobile=touch)
+    for page in watched_page(context):
+        page.goto(server.url + "run/a_red_cube/")
+        page.wait_for_selector("#mesh-canvas[data-state=drawn]", timeout=30_000)
+        zoom = "pinch to zoom" if touch else "wheel to zoom"
+        assert page.inner_text(".viewer figcaption") == f"3D mesh · drag to orbit, {zoom}"
+        # What the hint says of touch is what the vendored controls do with one and two fingers.
+        touches = page.evaluate(
+            """() => {
+                const controls = new THREE.OrbitControls(new THREE.PerspectiveCamera(),
+                    document.createElement("div"));
+                return [controls.touches.ONE, controls.touches.TWO, controls.enableZoom];
+            }"""
+        )
+        assert touches == [0, 2, True]  # THREE.TOUCH.ROTATE, THREE.TOUCH.DOLLY_PAN
+
+
+# The lines an element's text is drawn on.
+LINES_OF_TEXT = """(node) => {
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+}"""
+
+
+def test_a_cards_picture_has_a_caption_and_an_alt_saying_what_it_is(page, server, root: Path):
+    """The cards' pictures had no caption and the alt "picture of <prompt>". Each card is a
+    figure: its caption says what the picture is, the prompt and the status; its alt says it of
+    the run."""
+    page.goto(server.url)
+    page.wait_for_selector(".card")
+    # The running run's newest preview (a test before this one may have added some).
+    step = max(int(p.stem[5:]) for p in (root / "a_blue_sphere" / "previews").glob("step_*.png"))
+    want = {
+        "a_red_cube": ("turntable: albedo | depth", "turntable of a red cube: albedo beside depth"),
+        "a_blue_sphere": (
+            f"preview at step {step}",
+            f"preview at step {step} of {SPHERE_SENTENCE}: albedo above, shape (textureless) below",
+        ),
+        "an_apple": ("source image", f"source image of {APPLE_CLIP_SENTENCE}"),
+    }
+    for run, state in STATES.items():
+        card = page.locator(f'.card[data-run="{run}"]')
+        caption = card.locator("figure > figcaption")
+        lines = caption.locator("p").all_text_contents()
+        assert state in caption.locator(".badge").inner_text()
+        assert card.locator("figure .prompt").inner_text() in (
+            run.replace("_", " "),
+            SPHERE_SENTENCE,
+            APPLE_CLIP_SENTENCE,
+        )
+        if run in want:
+            picture, alt = want[run]
+            assert lines[0] == picture
+            # On one line, also on cards as narrow as they get (226 px at 1000 px): the prompts
+            # of a row of cards start level.
+            for width in (300, 1000, 1280):
+                page.set_viewport_size({"width": width, "height": 900})
+                assert card.locator(".picture").evaluate(LINES_OF_TEXT) == 1, width
+            assert card.locator("figure img").get_attribute("alt") == alt
+        else:  # the failed run has no picture, and its caption says none
+            assert card.locator("img").count() == 0 and card.locator(".picture").count() == 0
+
+
+@pytest.mark.parametrize(
+    ("run", "how"), [("a_green_torus", "failed"), ("an_apple", "was interrupted")]
+)
+def test_a_run_that_ended_before_its_export_says_no_mesh_is_coming(page, server, run, how):
+    """A failed run's page said "no mesh yet", as if one were on its way."""
+    page.goto(server.url + f"run/{run}/")
+    page.locator(".viewer .empty").wait_for()
+    for part, what in (("viewer", "mesh"), ("turntable", "turntable"), ("previews", "previews")):
+        assert page.inner_text(f".{part} .empty") == f"no {what}: the run {how}"
+
+
+def test_a_run_without_previews_says_so_and_its_3d_panel_is_one_line_tall(browser, server):
+    """A run of no previews had an empty panel where they go (its list of none was taken for the
+    one drawn), and a run of no mesh a 3D panel of "no mesh yet" as tall as the column beside it
+    (480 px of nothing at 1280 px)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    for page in watched_page(context):
+        page.goto(server.url + "run/a_green_torus/")
+        page.locator(".previews .empty").wait_for()
+        shown = [page.inner_text(f".previews {part}") for part in ("figcaption", ".empty")]
+        assert shown == ["previews", "no previews: the run failed"]
+        page.goto(server.url + "run/a_blue_sphere/")
+        page.wait_for_selector("#preview-image")
+        viewer, column = (page.locator(f".{p}").bounding_box() for p in ("viewer", "previews"))
+        assert viewer["height"] < 120 < column["height"], (viewer, column)
+
+
+def test_a_run_pages_note_of_no_previews_follows_the_run_ending(page, root: Path, tmp_path: Path):
+    """A running run of no previews says none yet; when it fails, that none are coming."""
+    run = tmp_path / "runs" / "a_green_torus"
+    shutil.copytree(root / "a_green_torus", run)
+    status = json.loads((run / "status.json").read_text())
+    write_whole(run / "status.json", {**status, "state": "running", "updated": ago(0)})
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_green_torus/")
+        note = lambda: page.inner_text(".previews .empty")  # noqa: E731
+        assert soon(page, note, "no previews yet") == "no previews yet"
+        write_whole(run / "status.json", {**status, "updated": ago(0)})
+        assert soon(page, note, "no previews: the run failed") == "no previews: the run failed"
+
+
+def test_a_charts_value_labels_stay_inside_it(page, server):
+    """The descriptor loss's lower label, "0.008333", ran past the chart's left edge."""
+    page.goto(server.url + "run/an_apple/")
+    chart = page.locator('.chart[data-key="descriptor_loss"]')
+    chart.wait_for()
+    assert "0.008333" in chart.locator("text").all_text_contents()
+    boxes = chart.evaluate(
+        "c => [...c.querySelectorAll('text')].map((t) => t.getBBox())"
+        ".map((b) => ({ x: b.x, width: b.width }))"
+    )
+    assert all(box["x"] >= 0 and box["x"] + box["width"] <= 320 for box in boxes), boxes
+
+
+def test_an_untrained_sentence_is_not_quoted_as_if_it_were_one(page, server):
+    """An image run's page said Learned sentence: “not trained yet”, quoted like a sentence."""
+    page.goto(server.url + "run/an_apple/")
+    sentence = page.locator("header .sentence")
+    sentence.wait_for()
+    assert sentence.inner_text().startswith("Learned sentence: not trained yet · CLIP sentence: ")
+    assert sentence.locator("q").all_text_contents() == [APPLE_CLIP_SENTENCE]
 
 
 def test_a_run_with_one_preview_shows_it_without_a_slider(page, root: Path, tmp_path: Path):

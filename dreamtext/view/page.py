@@ -137,6 +137,7 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
         "log_lines": run.log_lines,
         "updated": run.updated,
         "thumbnail": url(run.thumbnail) if run.thumbnail else None,
+        "thumbnail_of": thumbnail_of(run),
     }
     if full:
         data.update(
@@ -157,6 +158,70 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
             export_command=export_command(run, links),
         )
     return data
+
+
+def thumbnail_of(run: Run) -> dict[str, Any] | None:
+    """What a card's picture (``Run.thumbnail``) is, for its caption and ``alt``:
+    ``{"kind": "turntable"}``, ``{"kind": "preview", "step": 30}`` (``step`` ``None`` for the
+    final one) or ``{"kind": "source"}`` (an image run's image); ``None`` where it has none."""
+    if run.thumbnail is None:
+        return None
+    if run.thumbnail == run.video.get("gif"):
+        return {"kind": "turntable"}
+    for preview in run.previews:
+        if preview["path"] == run.thumbnail:
+            return {"kind": "preview", "step": preview["step"]}
+    return {"kind": "source"}
+
+
+# What a run page's tables call the keys of mesh/mesh.json (``ExportResult.report``) and of a
+# batch.jsonl record (``batch._record``): a label a newcomer reads, and the unit of its values
+# ("" where they have none). The raw key stays the row's tooltip and its ``data-key``; a key
+# not listed (a file of a later dreamtext) is shown as it is. A run page holds them in a script
+# element of their own (render_page), not in its data: a poll's answer does not carry them again.
+MESH_LABELS: dict[str, tuple[str, str]] = {
+    "faces": ("faces", ""),
+    "vertices": ("vertices", ""),
+    "components": ("connected parts", ""),
+    "watertight": ("watertight (each edge on two faces)", ""),
+    "manifold": ("closed manifold", ""),
+    "volume": ("volume", "units³"),
+    "iou_field": ("overlap with the field (voxel IoU)", ""),
+    "threshold": ("density threshold given", ""),
+    "threshold_is_auto": ("surface found without a threshold", ""),
+    "surface": ("surface taken from", ""),
+    "transmittance": ("surface at transmittance", ""),
+    "resolution": ("marching-cubes grid", "cells a side"),
+    "smoothing": ("smoothing", ""),
+    "dropped_components": ("small parts dropped", ""),
+    "faces_before_decimation": ("faces before decimation", ""),
+    "textured_vertices": ("textured vertices (UV seams split)", ""),
+    "step": ("training step", ""),
+    "turntable_step": ("turntable's training step", ""),
+    "options": ("export options", ""),
+}
+BATCH_LABELS: dict[str, tuple[str, str]] = {
+    "line": ("prompts file line", ""),
+    "input": ("line as written", ""),
+    "kind": ("kind", ""),
+    "prompt": ("prompt", ""),
+    "workspace": ("workspace", ""),
+    "status": ("status", ""),
+    "error": ("error", ""),
+    "seconds": ("time taken", ""),
+    "its": ("speed at the end", "it/s"),
+    "gpu_mem_mib": ("peak GPU memory", "MiB"),
+    "phase": ("phase", ""),
+    "step": ("last step", ""),
+    "started": ("started", ""),
+    "finished": ("ended", ""),
+    "host": ("host", ""),
+    "shard": ("shard", ""),
+    "slurm": ("SLURM task", ""),
+    "slurm_restart": ("SLURM restarts", ""),
+    "continued_from": ("continued from step", ""),
+    "stopped_batch": ("stopped the batch", ""),
+}
 
 
 def export_command(run: Run, links: Links) -> str | None:
@@ -563,12 +628,14 @@ def render_page(data: dict[str, Any], links: Links, text: str | None = None) -> 
         base = f"<script>{SLASH_SCRIPT}</script>\n{base}"
     if text is None:
         text = script_json(data)
+    labels = {"mesh": MESH_LABELS, "batch": BATCH_LABELS} if data["page"] == "run" else {}
     values = {
         "title": html.escape(_SURROGATE.sub("\ufffd", title)),
         "base": base,
         "static": html.escape(links.static),
         "vendor": vendor,
         "data": text,
+        "labels": script_json(labels),
         # What the data's answer from api/ is tagged with, so the page's first poll can be a
         # conditional one (none in a static export: nothing to poll).
         "etag": html.escape(json_etag(text)) if links.api else "",

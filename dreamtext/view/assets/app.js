@@ -75,6 +75,9 @@
     return `${time.toISOString().slice(0, 16).replace("T", " ")} UTC`;
   }
 
+  // The keys of batch.jsonl's records that hold a time (ISO 8601), shown as timeOf writes them.
+  const TIME_KEYS = ["started", "finished"];
+
   /** A <time> of formatTime's text (whole on its line: the date broke at its dash). */
   function timeOf(iso) {
     return el("time", { datetime: iso, text: formatTime(iso) });
@@ -229,10 +232,27 @@
     batch: ["batch line", (a, b) => ((a.batch || {}).line || 1e9) - ((b.batch || {}).line || 1e9)],
   };
 
-  function thumbnail(run) {
-    if (run.thumbnail) {
-      return el("img", { src: run.thumbnail, alt: `picture of ${runTitle(run)}`, loading: "lazy" });
+  /** What a card's picture is (page.py's thumbnail_of), as its caption says it and as its alt
+   * says it of the run: [caption, alt]; null where there is no picture. */
+  function pictureText(run) {
+    const of = run.thumbnail_of;
+    if (!run.thumbnail || !of) return null;
+    const title = runTitle(run);
+    if (of.kind === "turntable") {
+      return ["turntable: albedo | depth", `turntable of ${title}: albedo beside depth`];
     }
+    if (of.kind === "preview") {
+      const rows = "albedo above, shape (textureless) below";
+      const which = of.step === null || of.step === undefined ? "final preview" : `preview at step ${of.step}`;
+      // The rows' meaning in the alt only: on a card's caption it took two lines of a narrow card.
+      return [which, `${which} of ${title}: ${rows}`];
+    }
+    return ["source image", `source image of ${title}`];
+  }
+
+  function thumbnail(run) {
+    const text = pictureText(run);
+    if (text) return el("img", { src: run.thumbnail, alt: text[1], loading: "lazy" });
     const note = !run.workspace ? "no workspace" : stateOf(run) === "running" ? "no preview yet" : "no preview";
     return el("div", { class: "no-thumb", text: note });
   }
@@ -249,9 +269,11 @@
       before.run = run;
       return before.node;
     }
-    const thumb = before && before.thumbnail === run.thumbnail ? before.thumb : thumbnail(run);
+    // The same picture, and the same alt (a run's title changes when its sentence is learned).
+    const picture = JSON.stringify([run.thumbnail, pictureText(run)]);
+    const thumb = before && before.picture === picture ? before.thumb : thumbnail(run);
     const node = cardNode(run, thumb);
-    drawnCards.set(run.id, { run, key, node, thumb, thumbnail: run.thumbnail });
+    drawnCards.set(run.id, { run, key, node, thumb, picture });
     return node;
   }
 
@@ -278,11 +300,15 @@
     return after.includes(undefined) ? null : after;
   }
 
+  /** A card: a figure of the run's picture, captioned by what the picture is, the run's prompt,
+   * its status and its batch line. */
   function cardNode(run, thumb) {
     const status = run.status || {};
+    const picture = pictureText(run);
     const body = el(
-      "div",
+      "figcaption",
       { class: "card-body" },
+      picture ? el("p", { class: "picture", text: picture[0] }) : null,
       el("p", { class: "prompt", text: runTitle(run) }),
       run.kind === "image" && run.sentence && run.sentence !== runTitle(run)
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
@@ -292,9 +318,10 @@
       status.error ? el("p", { class: "error", text: String(status.error), title: String(status.error) }) : null,
       el("p", { class: "name", text: run.name }),
     );
+    const figure = el("figure", {}, el("div", { class: "thumb" }, thumb), body);
     const attrs = { class: "card", dataset: { run: run.id, state: stateOf(run) } };
-    if (run.workspace) return el("a", { ...attrs, href: run.href }, el("div", { class: "thumb" }, thumb), body);
-    return el("div", attrs, el("div", { class: "thumb" }, thumb), body);
+    if (run.workspace) return el("a", { ...attrs, href: run.href }, figure);
+    return el("div", attrs, figure);
   }
 
   /** Make `nodes` the children of `parent`, touching only those that changed: a poll while a
@@ -392,7 +419,8 @@
     });
     const figure = el("figure", { class: "chart", dataset: { key, points: points.length } });
     figure.append(el("figcaption", { text: label }));
-    const W = 320, H = 150, L = 48, R = 8, T = 8, B = 22;
+    const W = 320, H = 150, R = 8, T = 8, B = 22;
+    let L = 48;
     const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
     figure.append(box);
     if (points.length === 0) {
@@ -405,6 +433,10 @@
     const oneStep = x1 === x0;
     if (oneStep) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
+    // The plot starts right of its longest value label ("0.008333" ran past the left edge):
+    // at most 6.5 units a character of the 10-unit font, 4 units of gap, 4 of margin.
+    const longest = Math.max(formatNumber(y0).length, formatNumber(y1).length);
+    L = Math.max(L, Math.ceil(8 + 6.5 * longest));
     const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
     const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
     box.append(svg("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "plot" }));
@@ -571,8 +603,13 @@
       details,
     );
 
+    // What the tables call mesh.json's and batch.jsonl's keys (page.py's MESH_LABELS, ...).
+    const labelsScript = document.getElementById("dreamtext-labels");
+    const labels = labelsScript ? JSON.parse(labelsScript.textContent) : {};
     const meshView = { view: null, url: null };
-    const previewState = { urls: [], index: -1 };
+    // urls: those drawn, null before the first draw (a run of no previews drew nothing: an
+    // empty panel, its list the same as the [] it started with).
+    const previewState = { urls: null, index: -1 };
     let shownVideo = null;
 
     function drawHeader(run) {
@@ -582,15 +619,27 @@
         el("p", { class: "facts" }, badge(run), " ", facts(run)),
         status.error ? el("p", { class: "error", text: String(status.error) }) : null,
         run.kind === "image" ? el("p", { class: "sentence" },
-          "Learned sentence: ", el("q", { text: run.trained_sentence || "not trained yet" }),
+          "Learned sentence: ", run.trained_sentence ? el("q", { text: run.trained_sentence }) : "not trained yet",
           run.sentence ? [" · CLIP sentence: ", el("q", { text: run.sentence })] : null) : null,
         el("p", { class: "name", text: run.workspace || run.name }),
       );
     }
 
+    /** "no <what> yet", or for a run that ended without them (failed, interrupted) that none is
+     * coming unless it runs again (it may have stopped in training or in its export:
+     * status.json's error and phase say which). */
+    function noFiles(run, what) {
+      const state = stateOf(run);
+      if (state === "failed") return `no ${what}: the run failed`;
+      if (state === "interrupted") return `no ${what}: the run was interrupted`;
+      return `no ${what} yet`;
+    }
+
     /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
      * none to come, and how to make them. */
     function noExport(run, what) {
+      const ended = noFiles(run, what);
+      if (ended !== `no ${what} yet`) return ended;
       const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
       if (!finished) return `no ${what} yet`;
       const command = run.export_command || "dreamtext export --workspace <its folder>";
@@ -632,6 +681,7 @@
       const glb = mesh.glb;
       if (!glb) {
         const exported = Boolean(mesh.obj || mesh.ply);
+        viewer.classList.add("empty-panel");
         fill(viewer, el("figcaption", { text: "3D mesh" }),
           el("p", { class: "empty", text: exported ? noGlb(run) : noExport(run, "mesh") }),
           exported ? el("p", { class: "downloads" }, "download: ", meshLinks(run)) : null);
@@ -639,10 +689,15 @@
         meshView.url = null;
         return;
       }
+      viewer.classList.remove("empty-panel");
       if (!meshView.view) {
         const stage = el("div", { class: "stage" });
         const links = el("p", { class: "downloads" });
-        fill(viewer, el("figcaption", { text: "3D mesh · drag to orbit, wheel to zoom" }), stage, links);
+        // What moves the view (three.js's OrbitControls): a mouse's drag and wheel, a touch
+        // screen's one-finger drag and two-finger pinch; app.css shows the line for the pointer.
+        fill(viewer, el("figcaption", {}, "3D mesh · ",
+          el("span", { class: "hint-mouse", text: "drag to orbit, wheel to zoom" }),
+          el("span", { class: "hint-touch", text: "drag to orbit, pinch to zoom" })), stage, links);
         meshView.view = MeshView(stage);
         meshView.links = links;
       }
@@ -680,11 +735,15 @@
     function drawPreviews(run) {
       const list = run.previews || [];
       const urls = list.map((p) => p.url);
-      if (urls.join("|") === previewState.urls.join("|")) return;
-      const atEnd = previewState.index === previewState.urls.length - 1;
+      // Of none, why: a run that ended has none to come.
+      const none = list.length ? null : noFiles(run, "previews");
+      const key = `${urls.join("|")}|${none}`;
+      if (previewState.urls !== null && key === previewState.key) return;
+      const atEnd = previewState.urls !== null && previewState.index === previewState.urls.length - 1;
       previewState.urls = urls;
+      previewState.key = key;
       if (list.length === 0) {
-        fill(previews, el("figcaption", { text: "previews" }), el("p", { class: "empty", text: "no previews yet" }));
+        fill(previews, el("figcaption", { text: "previews" }), el("p", { class: "empty", text: none }));
         previewState.index = -1;
         return;
       }
@@ -738,6 +797,7 @@
      * unbroken word made a phone's page twice as wide as the screen). */
     function cellText(value) {
       if (value === null || value === undefined) return "–";
+      if (typeof value === "boolean") return value ? "yes" : "no";
       if (typeof value === "number" && !Number.isInteger(value)) return formatNumber(value);
       if (Array.isArray(value)) return value.map(cellText).join(", ");
       if (typeof value === "object") {
@@ -749,20 +809,37 @@
       return String(value);
     }
 
-    function table(rows) {
-      return el("table", {}, el("tbody", {}, rows.map(([key, value]) =>
-        el("tr", {}, el("th", { text: key }), el("td", { text: cellText(value) })))));
+    /** A cell's content: a time as a <time> (formatTime's text, the ISO value its datetime), a
+     * duration as formatSeconds writes it, else cellText with the key's unit after it. */
+    function cell(key, value, unit) {
+      if (value === null || value === undefined) return "–";
+      if (TIME_KEYS.includes(key) && typeof value === "string") return timeOf(value);
+      if (key === "seconds" && typeof value === "number") return formatSeconds(value);
+      return unit ? `${cellText(value)}\u00a0${unit}` : cellText(value);
+    }
+
+    /** A table of a record: each key under its label of `labels` (#dreamtext-labels: [label, unit]),
+     * the key itself the row's data-key and the label's tooltip; a key without one as it is. */
+    function table(name, record, labels) {
+      return el("table", { dataset: { table: name } }, el("tbody", {}, Object.entries(record).map(([key, value]) => {
+        const [label, unit] = (labels || {})[key] || [key, ""];
+        return el("tr", { dataset: { key } }, el("th", { scope: "row", text: label, title: key }),
+          el("td", {}, cell(key, value, unit)));
+      })));
     }
 
     function drawDetails(run) {
       const parts = [];
       if (run.mesh_stats) {
-        parts.push(el("h2", { text: "Mesh" }), table(Object.entries(run.mesh_stats)));
+        parts.push(el("h2", { text: "Mesh" }), table("mesh", run.mesh_stats, labels.mesh));
       }
       if (run.batch) {
         // A running run's record is its attempt before (batchLine).
         const heading = stateOf(run) === "running" ? "Batch: the attempt before this one" : "Batch";
-        parts.push(el("h2", { text: heading }), table(Object.entries(run.batch)));
+        // Of its record, what it says: a batch on one machine left half the rows "–" (no shard,
+        // no SLURM task, no GPU memory on a CPU).
+        const said = Object.entries(run.batch).filter(([, value]) => value !== null && value !== undefined);
+        parts.push(el("h2", { text: heading }), table("batch", Object.fromEntries(said), labels.batch));
       }
       const files = Object.entries(run.data_files || {});
       if (files.length) {
