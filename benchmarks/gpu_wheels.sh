@@ -19,8 +19,9 @@ set -eu
 cd "$(dirname "$0")/.."
 NAMES="diffusers kornia kornia_rs trimesh PyMCubes xatlas fast_simplification inflect
 jaraco.functools typeguard typing_extensions more_itertools"
+# packaging: kornia 0.8.2 (the newest on Python 3.10) needs it; the machine has it for transformers.
 # shellcheck disable=SC2034  # read by tests/test_gpu_session.py
-DEVICE_HAS="torch numpy scipy Pillow filelock huggingface_hub regex requests safetensors"
+DEVICE_HAS="torch numpy scipy Pillow filelock huggingface_hub regex requests safetensors packaging"
 # Required in metadata, never imported there: diffusers imports importlib_metadata on Python < 3.8.
 # shellcheck disable=SC2034  # read by tests/test_gpu_session.py
 NOT_IMPORTED="importlib_metadata"
