@@ -382,7 +382,9 @@ class OccupancySampler:
         # count the host needs (a shape, the span of a round) makes it wait for the GPU, so they
         # are read together, two reads a round: the taken steps' `nonzero`, and one read of how
         # many samples are kept, how many rays march on and the next round's span, whose
-        # indices `nonzero_static` then finds without waiting.
+        # indices `nonzero_static` then finds without waiting. (The span is read rather than
+        # bounded on the host: it is the shape of the round's random phases, so another span
+        # would draw other samples.)
         n_hit, remaining = _read_counts(hit, _steps_left(far - near, hit, dt))
         ids = torch.nonzero_static(hit, size=n_hit)[:, 0]
         state = torch.cat([origins, directions, near[:, None], far[:, None], near[:, None]], 1)
