@@ -73,10 +73,10 @@ class StepCount:
 
 def run_config(name: str, shading: str, workspace: Path) -> dict:
     """The overrides of config ``name`` with ``shading`` on virtual CUDA (module docstring)."""
+    if shading not in SHADINGS:
+        raise ValueError(f"shading must be one of {SHADINGS}, got {shading!r}")
     _, size = CONFIGS[name]
     shaded = {} if shading == "albedo" else {"albedo_epochs": 0, "shading_probs": [0.0, 0.0, 1.0]}
-    if shading not in ("albedo", "lambertian"):
-        raise ValueError(shading)
     return {
         "prompt": "a red cube",
         "workspace": str(workspace),

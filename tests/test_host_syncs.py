@@ -11,17 +11,21 @@ rounds and two a round (benchmarks/host_syncs.py counts real-sized steps).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from sync_sites import by_file, march_rounds, sync_sites
 from tiny_models import builtin_on_virtual_cuda
 from virtual_cuda import virtual_cuda
 
 from dreamtext import trainer
 from dreamtext.config import resolve_config
+from dreamtext.field import FieldConfig
+from dreamtext.renderer import RenderConfig
 
 # One step of the tiny run, measured: 1 read in trainer.py (read_step_values) and 2 in the dense
 # sampler (samplers.py: how many intervals are live, before and after the importance samples;
@@ -87,3 +91,16 @@ def test_the_occupancy_marcher_reads_the_gpu_twice_a_round(tmp_path):
     # one read before the rounds (the hit rays and the first span), then two a round
     assert files["samplers.py"] == 1 + 2 * rounds, (files, rounds)
     assert syncs["__int__"] == 0 and syncs["item"] == 0, syncs
+
+
+@pytest.mark.parametrize("name, size", [("default-64", 64), ("fitfusion-256", 256)])
+def test_the_benchmark_counts_the_default_field_and_marcher(tmp_path, name, size):
+    """benchmarks/host_syncs.py puts the built-in prior's preset (small field, dense sampler,
+    32 px) back to the defaults, so that its steps march as a Stable Diffusion run's do."""
+    bench = load_benchmark("host_syncs", "host_syncs_benchmark")
+    preset, _ = bench.CONFIGS[name]
+    cfg = resolve_config(bench.run_config(name, "lambertian", tmp_path / "run"), preset=preset)
+    assert (cfg.h, cfg.w, cfg.batch_size) == (size, size, 1)
+    assert cfg.render == RenderConfig() and cfg.render.sampler == "occupancy"
+    assert cfg.field == dataclasses.replace(FieldConfig(), encoding="torch")
+    assert trainer.shading_for_step(1, cfg, torch.Generator()) == "lambertian"
