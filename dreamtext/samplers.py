@@ -304,19 +304,18 @@ class DenseSampler:
         t = near[:, None] + (k + offset) / steps * (far - near)[:, None]
         if self.upsample_steps > 0:
             edges = torch.cat([t, far[:, None]], dim=-1)
-            live = self._live(edges, origins, directions, hit, bound)
+            rows, cols = _true_entries(self._live(edges, origins, directions, hit, bound))
             points = _starts(edges, origins, directions)
             sigma = torch.zeros_like(t)
-            sigma[live] = query_chunks(field, points[live], self.chunk_points)[0]
+            sigma[rows, cols] = query_chunks(field, points[rows, cols], self.chunk_points)[0]
             optical = optical_depths(sigma, edges[:, 1:] - edges[:, :-1])
             before = torch.cumsum(optical, dim=-1) - optical
             weights = torch.exp(-before) * (1.0 - torch.exp(-optical))
             fine = sample_pdf(edges, weights, self.upsample_steps, perturb)
             t, _ = torch.sort(torch.cat([t, fine], dim=-1), dim=-1)
         edges = torch.cat([t, far[:, None]], dim=-1)
-        live = self._live(edges, origins, directions, hit, bound)
-        ray_indices = live.nonzero()[:, 0]
-        return RaySamples(ray_indices, edges[:, :-1][live], edges[:, 1:][live], origins.shape[0])
+        rows, cols = _true_entries(self._live(edges, origins, directions, hit, bound))
+        return RaySamples(rows, edges[rows, cols], edges[rows, cols + 1], origins.shape[0])
 
     def _live(
         self, edges: Tensor, origins: Tensor, directions: Tensor, hit: Tensor, bound: float
@@ -378,10 +377,16 @@ class OccupancySampler:
         step_budget = max(self.chunk_points * 8, self.window * 64)
 
         # The marching rays only, one row each, compacted once a round as rays stop (each
-        # gather or mask is a kernel launch and each mask a host sync on CUDA): the ray's index,
-        # [origin, direction, near, far, e_{k−1} (its last cut)], its next step k, and its
-        # optical depth so far.
-        ids = hit.nonzero()[:, 0]
+        # gather or mask is a kernel launch): the ray's index, [origin, direction, near, far,
+        # e_{k−1} (its last cut)], its next step k, and its optical depth so far. On CUDA every
+        # count the host needs (a shape, the span of a round) makes it wait for the GPU, so they
+        # are read together, two reads a round: the taken steps' `nonzero`, and one read of how
+        # many samples are kept, how many rays march on and the next round's span, whose
+        # indices `nonzero_static` then finds without waiting. (The span is read rather than
+        # bounded on the host: it is the shape of the round's random phases, so another span
+        # would draw other samples.)
+        n_hit, remaining = _read_counts(hit, _steps_left(far - near, hit, dt))
+        ids = torch.nonzero_static(hit, size=n_hit)[:, 0]
         state = torch.cat([origins, directions, near[:, None], far[:, None], near[:, None]], 1)
         state = state[ids]
         next_step = torch.zeros(ids.shape[0], dtype=torch.long, device=device)
@@ -391,7 +396,6 @@ class OccupancySampler:
         while ids.numel() > 0:
             raise_if_stop_in_step()
             ray_near, ray_far, last_cut = state[:, 6], state[:, 7], state[:, 8]
-            remaining = int(torch.ceil((ray_far - last_cut).max() / dt)) + 1
             span = max(self.window, min(remaining, step_budget // ids.numel()))
             k = next_step[:, None] + torch.arange(span, device=device)  # [A, W]
             phase = (
@@ -424,18 +428,21 @@ class OccupancySampler:
             before = optical_depth[:, None] + optical.cumsum(dim=1) - optical
             alpha = 1.0 - torch.exp(-sample_optical)
             keep = (alpha > self.alpha_threshold) & (-before[rows, cols] > log_t_min)
-            kept = keep.nonzero()[:, 0]
-            kept_rays.append(ids[rows.index_select(0, kept)])
-            kept_starts.append(t0.index_select(0, kept))
-            kept_ends.append(t1.index_select(0, kept))
-            kept_sigma.append(sigma.index_select(0, kept))
-            kept_albedo.append(albedo.index_select(0, kept))
 
             optical_depth = optical_depth + optical.sum(dim=1)
             next_step = next_step + advance
             state[:, 8] = ends.gather(1, (advance - 1)[:, None])[:, 0]
             marching = (state[:, 8] < ray_far) & (-optical_depth > log_t_min)
-            going = marching.nonzero()[:, 0]
+            n_kept, n_going, remaining = _read_counts(
+                keep, marching, _steps_left(ray_far - state[:, 8], marching, dt)
+            )
+            kept = torch.nonzero_static(keep, size=n_kept)[:, 0]
+            kept_rays.append(ids[rows.index_select(0, kept)])
+            kept_starts.append(t0.index_select(0, kept))
+            kept_ends.append(t1.index_select(0, kept))
+            kept_sigma.append(sigma.index_select(0, kept))
+            kept_albedo.append(albedo.index_select(0, kept))
+            going = torch.nonzero_static(marching, size=n_going)[:, 0]
             ids, state = ids[going], state[going]
             next_step, optical_depth = next_step[going], optical_depth[going]
 
@@ -450,6 +457,29 @@ class OccupancySampler:
             rays[order], torch.cat(kept_starts)[order], torch.cat(kept_ends)[order], n_rays
         )
         return samples, SampleValues(torch.cat(kept_sigma)[order], torch.cat(kept_albedo)[order])
+
+
+def _steps_left(distance: Tensor, marching: Tensor, dt: float) -> Tensor:
+    """The steps of length ``dt`` that the farthest-behind marching ray has left (0-dim, on the
+    device): ``⌈max_{r marching} d_r / dt⌉ + 1``, ``distance [A]`` from each ray's last cut to its
+    far end (positive for a marching ray; 1 when none marches)."""
+    farthest = torch.where(marching, distance, torch.zeros_like(distance)).amax()
+    return torch.ceil(farthest / dt) + 1
+
+
+def _read_counts(*values: Tensor) -> list[int]:
+    """One host read (on CUDA, one wait for the GPU) of several numbers: a bool mask gives how
+    many of its entries are true, a 0-dim tensor its value, as ints."""
+    numbers = [v.sum() if v.dtype == torch.bool else v for v in values]
+    return [int(n) for n in torch.stack([n.to(torch.long) for n in numbers]).tolist()]
+
+
+def _true_entries(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column indices of the true entries of ``mask [N, K]``, row by row (as a boolean
+    index of the mask takes them), for one host read of their count."""
+    (count,) = _read_counts(mask)
+    entries = torch.nonzero_static(mask, size=count)
+    return entries[:, 0], entries[:, 1]
 
 
 def _starts(edges: Tensor, origins: Tensor, directions: Tensor) -> Tensor:

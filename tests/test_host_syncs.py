@@ -4,69 +4,69 @@ On CUDA every read of a GPU tensor on the host (``.item()``, ``bool()``, ``float
 ``.tolist()``), every data-dependent shape (``nonzero``, a boolean mask) and every blocking copy
 up from pageable memory waits for the queued kernels, and keeps the CPU from queueing the next
 ones. The trainer and the guidance read the GPU once per step (its numbers and whether its
-gradients are finite, in one copy); what is left is the sampler's data-dependent shapes and the
-hash grid's and field's small constant tensors (see MOST_SYNCS_PER_STEP).
+gradients are finite, in one copy); what is left is the samplers' reads of how many samples they
+take (see MOST_SYNCS_PER_STEP): the dense sampler's two, the occupancy marcher's one before its
+rounds and two a round (benchmarks/host_syncs.py counts real-sized steps).
 """
 
 from __future__ import annotations
 
-import traceback
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
+from sync_sites import by_file, march_rounds, sync_sites
 from tiny_models import builtin_on_virtual_cuda
 from virtual_cuda import virtual_cuda
 
 from dreamtext import trainer
 from dreamtext.config import resolve_config
+from dreamtext.field import FieldConfig
+from dreamtext.renderer import RenderConfig
 
-# One step of the tiny run, measured: 1 read in trainer.py (read_step_values) and 4 in the dense
-# sampler (samplers.py: nonzero and three boolean masks). Before: 27 (fp32) and 31 (fp16), 18 and
-# 22 of them in trainer.py and guidance.py, and 5 host lists copied up: the torch hash grid's
-# corner offsets (encoding.py, one a level) and the background colour (field.py).
-MOST_SYNCS_PER_STEP = 5
+# One step of the tiny run, measured: 1 read in trainer.py (read_step_values) and 2 in the dense
+# sampler (samplers.py: how many intervals are live, before and after the importance samples;
+# `nonzero_static` then finds them without waiting). Before: 5, with 4 in the dense sampler
+# (nonzero and three boolean masks); before that 27 (fp32) and 31 (fp16), 18 and 22 of them in
+# trainer.py and guidance.py, and 5 host lists copied up: the torch hash grid's corner offsets
+# (encoding.py, one a level) and the background colour (field.py).
+MOST_SYNCS_PER_STEP = 3
 OURS = ("trainer.py", "guidance.py")
 
 
-def count_one_step(tmp_path: Path, fp16: bool) -> tuple[Counter, Counter]:
-    """Syncs of the 4th step of a tiny builtin-prior run on virtual CUDA: by kind, and by the
-    dreamtext file that made them."""
-    by_file: Counter = Counter()
+def count_one_step(
+    tmp_path: Path, fp16: bool, render: dict | None = None
+) -> tuple[Counter, Counter, int]:
+    """Syncs of the 4th step of a tiny builtin-prior run on virtual CUDA: by kind, by the
+    dreamtext file that made them, and the occupancy marcher's rounds in that step."""
     with virtual_cuda() as mode:
         # the occupancy grid's refresh reads the GPU on its own steps; not this one's
         cfg = resolve_config(
             builtin_on_virtual_cuda(
-                tmp_path / "run", guidance={"fp16": fp16}, render={"grid_update_every": 1000}
+                tmp_path / "run",
+                guidance={"fp16": fp16},
+                render={"grid_update_every": 1000, **(render or {})},
             )
         )
         run = trainer.build_run(cfg)
         for _ in range(3):
             trainer.train_step(run)
-        counted = mode._count_sync
-
-        def count_where(*args):
-            before = sum(mode.syncs.values())
-            counted(*args)
-            if sum(mode.syncs.values()) > before:
-                ours = [f for f in traceback.extract_stack() if "/dreamtext/" in f.filename]
-                by_file[Path(ours[-1].filename).name if ours else "?"] += 1
-
-        mode._count_sync = count_where
         mode.syncs.clear()
-        record = trainer.train_step(run)
+        with sync_sites(mode) as sites, march_rounds() as rounds:
+            record = trainer.train_step(run)
     assert record["step"] == 4 and record["loss"] == pytest.approx(record["loss"])
-    return mode.syncs, by_file
+    return mode.syncs, by_file(sites), rounds["rounds"]
 
 
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_a_training_step_reads_the_gpu_once_in_the_trainer_and_guidance(tmp_path, fp16):
-    syncs, by_file = count_one_step(tmp_path, fp16)
-    assert sum(by_file[name] for name in OURS) == 1, by_file
-    assert syncs["tolist"] == 1 and syncs["item"] == 0 and syncs["__bool__"] == 0, syncs
-    assert syncs["__float__"] == 0, syncs
-    assert sum(syncs.values()) <= MOST_SYNCS_PER_STEP, (syncs, by_file)
+    syncs, files, _ = count_one_step(tmp_path, fp16)
+    assert sum(files[name] for name in OURS) == 1, files
+    assert syncs["tolist"] == sum(syncs.values()), syncs  # each a read of several numbers
+    assert sum(syncs.values()) <= MOST_SYNCS_PER_STEP, (syncs, files)
 
 
 def test_a_step_logs_what_it_logged_before(tmp_path):
@@ -79,3 +79,28 @@ def test_a_step_logs_what_it_logged_before(tmp_path):
         assert isinstance(value, float) and torch.tensor(value).item() == value
         assert float(torch.tensor(value, dtype=torch.float32)) == value  # a float32 exactly
     assert record["skipped"] == 0.0 and "update_skipped" not in record
+
+
+def test_the_occupancy_marcher_reads_the_gpu_twice_a_round(tmp_path):
+    """A marcher's round needs two counts on the host: how many steps it takes (the shape of the
+    field query) and, in one read, how many samples it keeps, how many rays march on and the
+    next round's span. Before, it read four times a round (the span, and three ``nonzero``)."""
+    render = {"sampler": "occupancy", "march_window": 2}
+    syncs, files, rounds = count_one_step(tmp_path, fp16=False, render=render)
+    assert rounds >= 8, rounds  # a window of 2 steps: the rays take many rounds
+    # one read before the rounds (the hit rays and the first span), then two a round
+    assert files["samplers.py"] == 1 + 2 * rounds, (files, rounds)
+    assert syncs["__int__"] == 0 and syncs["item"] == 0, syncs
+
+
+@pytest.mark.parametrize("name, size", [("default-64", 64), ("fitfusion-256", 256)])
+def test_the_benchmark_counts_the_default_field_and_marcher(tmp_path, name, size):
+    """benchmarks/host_syncs.py puts the built-in prior's preset (small field, dense sampler,
+    32 px) back to the defaults, so that its steps march as a Stable Diffusion run's do."""
+    bench = load_benchmark("host_syncs", "host_syncs_benchmark")
+    preset, _ = bench.CONFIGS[name]
+    cfg = resolve_config(bench.run_config(name, "lambertian", tmp_path / "run"), preset=preset)
+    assert (cfg.h, cfg.w, cfg.batch_size) == (size, size, 1)
+    assert cfg.render == RenderConfig() and cfg.render.sampler == "occupancy"
+    assert cfg.field == dataclasses.replace(FieldConfig(), encoding="torch")
+    assert trainer.shading_for_step(1, cfg, torch.Generator()) == "lambertian"
