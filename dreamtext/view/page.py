@@ -123,6 +123,7 @@ def page_base(path: str) -> str:
 def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
     """A run as the page's JavaScript reads it; ``full`` adds what only the run page shows."""
     url = lambda rel: links.file(run, rel)  # noqa: E731
+    picture = run.picture()
     data: dict[str, Any] = {
         "id": run.id,
         "name": run.name,
@@ -136,8 +137,8 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
         "batch": run.batch,
         "log_lines": run.log_lines,
         "updated": run.updated,
-        "thumbnail": url(run.thumbnail) if run.thumbnail else None,
-        "thumbnail_of": thumbnail_of(run),
+        "thumbnail": url(picture[0]) if picture else None,
+        "thumbnail_of": picture[1] if picture else None,
     }
     if full:
         data.update(
@@ -158,20 +159,6 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
             export_command=export_command(run, links),
         )
     return data
-
-
-def thumbnail_of(run: Run) -> dict[str, Any] | None:
-    """What a card's picture (``Run.thumbnail``) is, for its caption and ``alt``:
-    ``{"kind": "turntable"}``, ``{"kind": "preview", "step": 30}`` (``step`` ``None`` for the
-    final one) or ``{"kind": "source"}`` (an image run's image); ``None`` where it has none."""
-    if run.thumbnail is None:
-        return None
-    if run.thumbnail == run.video.get("gif"):
-        return {"kind": "turntable"}
-    for preview in run.previews:
-        if preview["path"] == run.thumbnail:
-            return {"kind": "preview", "step": preview["step"]}
-    return {"kind": "source"}
 
 
 # What a run page's tables call the keys of mesh/mesh.json (``ExportResult.report``) and of a

@@ -815,11 +815,22 @@ class Run:
 
     @property
     def thumbnail(self) -> str | None:
-        """The card's picture: the turntable GIF (plays in an ``<img>``), else the last preview,
-        else (an image run before its text stage) the source image."""
+        """The card's picture (:meth:`picture`'s file)."""
+        picture = self.picture()
+        return picture[0] if picture else None
+
+    def picture(self) -> tuple[str, dict[str, Any]] | None:
+        """The card's picture and what it is, for its caption and ``alt``: the turntable GIF
+        (plays in an ``<img>``; ``{"kind": "turntable"}``), else the last preview (``{"kind":
+        "preview", "step": 30}``, ``step`` ``None`` for the final one), else (an image run before
+        its text stage) the source image (``{"kind": "source"}``); ``None`` where it has none."""
         if "gif" in self.video:
-            return self.video["gif"]
-        return self.previews[-1]["path"] if self.previews else self.source_image
+            return self.video["gif"], {"kind": "turntable"}
+        if self.previews:
+            return self.previews[-1]["path"], {"kind": "preview", "step": self.previews[-1]["step"]}
+        if self.source_image:
+            return self.source_image, {"kind": "source"}
+        return None
 
 
 def read_run(location: RunLocation, with_series: bool = True, follow_logs: bool = True) -> Run:

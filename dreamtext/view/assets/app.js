@@ -638,10 +638,8 @@
     /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
      * none to come, and how to make them. */
     function noExport(run, what) {
-      const ended = noFiles(run, what);
-      if (ended !== `no ${what} yet`) return ended;
       const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
-      if (!finished) return `no ${what} yet`;
+      if (!finished) return noFiles(run, what);
       const command = run.export_command || "dreamtext export --workspace <its folder>";
       return `not exported (--no-export): ${command} makes the ${what}`;
     }
