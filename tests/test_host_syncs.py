@@ -104,3 +104,105 @@ def test_the_benchmark_counts_the_default_field_and_marcher(tmp_path, name, size
     assert cfg.render == RenderConfig() and cfg.render.sampler == "occupancy"
     assert cfg.field == dataclasses.replace(FieldConfig(), encoding="torch")
     assert trainer.shading_for_step(1, cfg, torch.Generator()) == "lambertian"
+
+
+# Each kind of host sync virtual_cuda counts, against what torch's CUDA code does (the module
+# docstring of tests/virtual_cuda.py names the functions read): counted where CUDA waits, and
+# not where it does not, so a counter that missed a kind or over-counted one would fail here.
+def syncs_of(make, act) -> Counter:
+    """The syncs ``act(*tensors)`` makes, ``tensors = make()`` built on the virtual GPU first."""
+    with virtual_cuda() as mode:
+        tensors = make()
+        mode.syncs.clear()
+        act(*tensors)
+        return Counter({kind: n for kind, n in mode.syncs.items() if n})
+
+
+def gpu_values():
+    values = torch.arange(6.0, device="cuda")
+    return values, values > 2.5
+
+
+def set_item(tensor, index, value):
+    tensor[index] = value
+
+
+def test_a_boolean_mask_write_of_a_python_number_is_a_masked_fill_without_a_sync():
+    assert syncs_of(gpu_values, lambda t, m: set_item(t, m, 0.0)) == {}
+    assert syncs_of(gpu_values, lambda t, m: set_item(t, (Ellipsis, m), 1)) == {}
+    assert syncs_of(gpu_values, lambda t, m: set_item(t, m, torch.tensor(2.0))) == {}
+
+
+def test_a_boolean_mask_write_of_a_gpu_value_syncs_on_its_nonzero():
+    assert syncs_of(gpu_values, lambda t, m: set_item(t, m, t.sum())) == {"boolean mask": 1}
+    assert syncs_of(gpu_values, lambda t, m: set_item(t, m, t[:3] * 2)) == {"boolean mask": 1}
+
+
+def test_an_in_place_update_through_a_mask_syncs_twice():
+    def add_one(t, m):
+        t[m] += 1  # a read (t[m]) and a write of a GPU tensor
+
+    assert syncs_of(gpu_values, add_one) == {"boolean mask": 2}
+
+
+def test_a_mask_left_on_the_host_syncs_even_for_a_number():
+    def host_mask(t, m):
+        t[m.cpu()] = 0.0
+
+    assert syncs_of(gpu_values, host_mask) == {"to host": 1, "boolean mask": 1}
+
+
+def test_index_put_with_a_mask_syncs_unless_it_becomes_a_masked_fill():
+    assert syncs_of(gpu_values, lambda t, m: t.index_put_((m,), torch.tensor(1.0))) == {}
+    gpu_scalar = syncs_of(gpu_values, lambda t, m: t.index_put_((m,), t.sum()))
+    assert gpu_scalar == {"boolean mask": 1}
+    accumulated = syncs_of(
+        gpu_values, lambda t, m: t.index_put_((m,), torch.tensor(1.0), accumulate=True)
+    )
+    assert accumulated == {"boolean mask": 1}
+
+
+def test_masked_fill_reads_a_gpu_value_but_not_a_number():
+    assert syncs_of(gpu_values, lambda t, m: t.masked_fill_(m, 3.0)) == {}
+    assert syncs_of(gpu_values, lambda t, m: t.masked_fill(m, t.max())) == {"item": 1}
+    assert syncs_of(gpu_values, lambda t, m: t.masked_scatter_(m, t.flip(0))) == {}
+
+
+def test_a_zero_dim_gpu_integer_as_an_index_is_read():
+    def by_count(t, m):
+        return t[m.sum()], t[torch.tensor(1)], t[2]
+
+    assert syncs_of(gpu_values, by_count) == {"item": 1}
+
+
+def test_host_index_tensors_and_host_values_are_copied_up():
+    def host_index(t, m):
+        t[torch.tensor([0, 2])] = t[torch.tensor([1, 3])]
+
+    assert syncs_of(gpu_values, host_index) == {"to gpu": 2}
+
+    def host_values(t, m):
+        t[m.nonzero_static(size=3)[:, 0]] = torch.ones(3)
+
+    assert syncs_of(gpu_values, host_values) == {"to gpu": 1}
+
+
+def test_where_with_a_condition_alone_is_a_nonzero():
+    assert syncs_of(gpu_values, lambda t, m: torch.where(m)) == {"nonzero": 1}
+    assert syncs_of(gpu_values, lambda t, m: torch.where(m, t, 0.0)) == {}
+    assert syncs_of(gpu_values, lambda t, m: m.nonzero_static(size=2)) == {}
+
+
+def test_comparisons_and_formatting_read_the_gpu():
+    assert syncs_of(gpu_values, lambda t, m: torch.equal(t, t)) == {"equal": 1}
+    assert syncs_of(gpu_values, lambda t, m: torch.allclose(t, t)) == {"allclose": 1}
+    assert syncs_of(gpu_values, lambda t, m: f"{t.sum():.3f}") == {"__format__": 1}
+
+
+def test_data_dependent_lengths_sync_unless_given():
+    counts = lambda: (torch.tensor([2, 0, 1], device="cuda"),)  # noqa: E731
+    assert syncs_of(counts, lambda r: torch.repeat_interleave(r)) == {"repeat_interleave": 1}
+    assert syncs_of(counts, lambda r: r.repeat_interleave(r, output_size=3)) == {}
+    assert syncs_of(counts, lambda r: r.repeat_interleave(2)) == {}
+    assert syncs_of(counts, lambda r: r.bincount()) == {"bincount": 1}
+    assert syncs_of(counts, lambda r: r.unique_consecutive()) == {"unique_consecutive": 1}
