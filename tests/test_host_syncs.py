@@ -12,6 +12,7 @@ rounds and two a round (benchmarks/host_syncs.py counts real-sized steps).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def count_one_step(
     tmp_path: Path, fp16: bool, render: dict | None = None
 ) -> tuple[Counter, Counter, int]:
     """Syncs of the 4th step of a tiny builtin-prior run on virtual CUDA: by kind, by the
-    dreamtext file that made them, and the occupancy marcher's rounds in that step."""
+    dreamtext line that made them (:func:`sync_sites`), and the occupancy marcher's rounds in
+    that step."""
     with virtual_cuda() as mode:
         # the occupancy grid's refresh reads the GPU on its own steps; not this one's
         cfg = resolve_config(
@@ -58,12 +60,13 @@ def count_one_step(
         with sync_sites(mode) as sites, march_rounds() as rounds:
             record = trainer.train_step(run)
     assert record["step"] == 4 and record["loss"] == pytest.approx(record["loss"])
-    return mode.syncs, by_file(sites), rounds["rounds"]
+    return mode.syncs, sites, rounds["rounds"]
 
 
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_a_training_step_reads_the_gpu_once_in_the_trainer_and_guidance(tmp_path, fp16):
-    syncs, files, _ = count_one_step(tmp_path, fp16)
+    syncs, sites, _ = count_one_step(tmp_path, fp16)
+    files = by_file(sites)
     assert sum(files[name] for name in OURS) == 1, files
     assert syncs["tolist"] == sum(syncs.values()), syncs  # each a read of several numbers
     assert sum(syncs.values()) <= MOST_SYNCS_PER_STEP, (syncs, files)
@@ -86,7 +89,8 @@ def test_the_occupancy_marcher_reads_the_gpu_twice_a_round(tmp_path):
     field query) and, in one read, how many samples it keeps, how many rays march on and the
     next round's span. Before, it read four times a round (the span, and three ``nonzero``)."""
     render = {"sampler": "occupancy", "march_window": 2}
-    syncs, files, rounds = count_one_step(tmp_path, fp16=False, render=render)
+    syncs, sites, rounds = count_one_step(tmp_path, fp16=False, render=render)
+    files = by_file(sites)
     assert rounds >= 8, rounds  # a window of 2 steps: the rays take many rounds
     # one read before the rounds (the hit rays and the first span), then two a round
     assert files["samplers.py"] == 1 + 2 * rounds, (files, rounds)
@@ -206,3 +210,30 @@ def test_data_dependent_lengths_sync_unless_given():
     assert syncs_of(counts, lambda r: r.repeat_interleave(2)) == {}
     assert syncs_of(counts, lambda r: r.bincount()) == {"bincount": 1}
     assert syncs_of(counts, lambda r: r.unique_consecutive()) == {"unique_consecutive": 1}
+
+
+def test_the_sync_debug_mode_files_each_warning_under_the_line_that_synced(tmp_path, monkeypatch):
+    """benchmarks/host_syncs.py --sync-debug, as gpu_session.sh's syncdebug check runs it, on the
+    CPU with the tiny run: every ``.tolist()`` made to warn as torch's sync debug mode warns of a
+    sync, the warnings are filed by the dreamtext line that made them: the step's reads (1 in the
+    trainer, 2 in the dense sampler, as virtual CUDA files them) and here the two lists of the
+    cameras' angles too (on the host, which on CUDA do not wait); other warnings still show."""
+    bench = load_benchmark("host_syncs", "host_syncs_debug")
+    tiny = lambda name, shading, workspace, device: builtin_on_virtual_cuda(  # noqa: E731
+        workspace, device=device, render={"grid_update_every": 1000}
+    )
+    monkeypatch.setattr(bench, "run_config", tiny)
+    monkeypatch.setitem(bench.CONFIGS, "tiny", (None, 32))
+    real_tolist = torch.Tensor.tolist
+
+    def tolist(self):
+        warnings.warn(bench.SYNC_WARNING, stacklevel=2)
+        return real_tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    (step,) = bench.debug_steps("tiny", "albedo", "occupied", steps=1, warmup=3, device="cpu")
+    assert step.step == 4 and step.syncs == {"sync debug": 5}
+    assert by_file(step.sites) == {"trainer.py": 1 + 2, "samplers.py": 2}, step.sites
+    assert all(".tolist()" in bench.site_text(site) for site in step.sites), step.sites
+    with pytest.warns(UserWarning, match="another"), bench.sync_warnings(torch.device("cpu")):
+        warnings.warn("another warning", stacklevel=1)
