@@ -12,6 +12,7 @@ rounds and two a round (benchmarks/host_syncs.py counts real-sized steps).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -26,7 +27,8 @@ from virtual_cuda import virtual_cuda
 from dreamtext import trainer
 from dreamtext.config import resolve_config
 from dreamtext.field import FieldConfig
-from dreamtext.renderer import RenderConfig
+from dreamtext.renderer import RenderConfig, VolumeRenderer
+from dreamtext.samplers import OccupancyGrid, RaySamples
 
 # One step of the tiny run, measured: 1 read in trainer.py (read_step_values) and 2 in the dense
 # sampler (samplers.py: how many intervals are live, before and after the importance samples;
@@ -210,6 +212,88 @@ def test_data_dependent_lengths_sync_unless_given():
     assert syncs_of(counts, lambda r: r.repeat_interleave(2)) == {}
     assert syncs_of(counts, lambda r: r.bincount()) == {"bincount": 1}
     assert syncs_of(counts, lambda r: r.unique_consecutive()) == {"unique_consecutive": 1}
+
+
+# Bounded renders (previews, a deferred step's image and its replay) split their samples into
+# chunks at the per-ray offsets, an [N + 1] read. Samples that fit in one chunk need no read;
+# others are read once, however many times they are chunked.
+def test_a_deferred_step_reads_its_sample_offsets_once_for_the_image_and_the_replay(tmp_path):
+    render = {"backprop": "deferred", "grad_chunk_points": 256, "chunk_points": 256}
+    _, sites, _ = count_one_step(tmp_path, fp16=False, render=render)
+    assert offset_reads(sites) == 1, sites  # before: 2, one per chunking
+    assert by_file(sites)["renderer.py"] == 0 and by_file(sites)["trainer.py"] == 1, sites
+
+
+def offset_reads(sites: Counter) -> int:
+    """The reads of packed sample offsets among ``sites``: the one line that reads them
+    (:meth:`RaySamples.host_offsets`)."""
+    lines, first = inspect.getsourcelines(RaySamples.host_offsets)
+    line = first + next(i for i, text in enumerate(lines) if ".tolist()" in text)
+    return sites[f"samplers.py:{line}"]
+
+
+def preview_sites(tmp_path: Path, render: dict) -> tuple[Counter, int]:
+    """Syncs of one preview of the tiny run (before its first grid refresh, so the preview
+    refreshes a copy of the grid), by dreamtext line, and the preview's views."""
+    with virtual_cuda() as mode:
+        cfg = resolve_config(builtin_on_virtual_cuda(tmp_path / "run", render=render))
+        run = trainer.build_run(cfg)
+        mode.syncs.clear()
+        with sync_sites(mode) as sites:
+            trainer.save_preview(run, tmp_path / "preview.png")
+    return sites, cfg.preview_views
+
+
+def test_a_preview_whose_samples_fit_in_one_chunk_reads_no_offsets(tmp_path):
+    sites, views = preview_sites(tmp_path, {})
+    assert views >= 2 and offset_reads(sites) == 0, sites  # before: 2 a view, one a shading
+    assert by_file(sites)["renderer.py"] == 0, sites
+
+
+def test_a_preview_split_into_chunks_reads_its_offsets_once_a_view(tmp_path):
+    sites, views = preview_sites(tmp_path, {"chunk_points": 256})
+    assert offset_reads(sites) == views, sites  # before: 2 a view, one a shading
+
+
+def test_the_chunks_of_samples_that_fit_are_the_samples_as_the_split_would_give_them():
+    renderer = VolumeRenderer(RenderConfig(chunk_size=8))
+    rays = torch.tensor([0, 0, 1, 3, 3, 3, 5])
+    t = torch.arange(7.0)
+    samples = RaySamples(rays, t, t + 0.5, num_rays=6)
+    ((whole, part, lo, hi),) = renderer.sample_chunks(samples, 2, budget=14)  # 7 samples × 2
+    split = samples.rays(0, 6, samples.host_offsets())
+    assert (whole, lo, hi) == (range(0, 6), 0, 7)
+    for name in ("ray_indices", "t_starts", "t_ends", "num_rays"):
+        assert torch.equal(
+            torch.as_tensor(getattr(part, name)), torch.as_tensor(getattr(split, name))
+        )
+    # one query more than the budget: split, at the offsets
+    chunks = renderer.sample_chunks(samples, 2, budget=13)
+    assert [(c.start, c.stop, a, b) for c, _, a, b in chunks] == [(0, 5, 0, 6), (5, 6, 6, 7)]
+
+
+class Slope:
+    """A field whose density rises along x: σ(x) = 40 x_0 (negative on one side)."""
+
+    bound = 1.0
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return 40.0 * x[:, 0]
+
+
+@pytest.mark.parametrize("threshold", [0.1, 10.0, 1000.0])
+def test_the_occupancy_grids_refresh_keeps_its_threshold_on_the_gpu(threshold):
+    """A cell is occupied when g ≥ min(τ, mean(max(g, 0))), as when the mean was read with
+    ``.item()``; now no read."""
+    with virtual_cuda() as mode:
+        grid = OccupancyGrid(8, decay=0.95, threshold=threshold).to("cuda")
+        mode.syncs.clear()
+        grid.update(Slope(), chunk_points=100)
+        assert sum(mode.syncs.values()) == 0, mode.syncs
+        density, occupied = grid.density.cpu(), grid.occupied.cpu()
+    expected = density >= min(threshold, density.clamp_min(0.0).mean().item())
+    assert torch.equal(occupied, expected)
+    assert 0 < int(occupied.sum()) < occupied.numel()
 
 
 def test_the_sync_debug_mode_files_each_warning_under_the_line_that_synced(tmp_path, monkeypatch):
