@@ -155,7 +155,7 @@ def test_a_mask_left_on_the_host_syncs_even_for_a_number():
     def host_mask(t, m):
         t[m.cpu()] = 0.0
 
-    assert syncs_of(gpu_values, host_mask) == {"to host": 1, "boolean mask": 1}
+    assert syncs_of(gpu_values, host_mask) == {"to host": 1, "boolean mask": 1, "to gpu": 1}
 
 
 def test_index_put_with_a_mask_syncs_unless_it_becomes_a_masked_fill():
@@ -165,7 +165,7 @@ def test_index_put_with_a_mask_syncs_unless_it_becomes_a_masked_fill():
     accumulated = syncs_of(
         gpu_values, lambda t, m: t.index_put_((m,), torch.tensor(1.0), accumulate=True)
     )
-    assert accumulated == {"boolean mask": 1}
+    assert accumulated == {"boolean mask": 1, "to gpu": 1}  # the value copied up first
 
 
 def test_masked_fill_reads_a_gpu_value_but_not_a_number():
@@ -191,6 +191,20 @@ def test_host_index_tensors_and_host_values_are_copied_up():
         t[m.nonzero_static(size=3)[:, 0]] = torch.ones(3)
 
     assert syncs_of(gpu_values, host_values) == {"to gpu": 1}
+
+
+def test_a_host_number_written_through_indices_or_into_one_element_is_copied_up():
+    ids = lambda: (torch.arange(6.0, device="cuda"), torch.tensor([1, 4], device="cuda"))  # noqa: E731
+    assert syncs_of(ids, lambda t, i: set_item(t, i, 0.0)) == {"to gpu": 1}
+    assert syncs_of(ids, lambda t, i: set_item(t, 2, 0.0)) == {"to gpu": 1}
+    assert syncs_of(ids, lambda t, i: set_item(t, slice(2, 4), 0.0)) == {}  # a fill_
+    assert syncs_of(ids, lambda t, i: set_item(t, (Ellipsis, 2), t[0])) == {}  # on the GPU
+    assert syncs_of(ids, lambda t, i: t.index_put_((i,), t.sum())) == {}
+
+
+def test_filling_a_host_tensor_from_a_gpu_scalar_reads_it():
+    assert syncs_of(gpu_values, lambda t, m: torch.zeros(2).fill_(t[0])) == {"item": 1}
+    assert syncs_of(gpu_values, lambda t, m: t.fill_(torch.tensor(1.0))) == {}
 
 
 def test_where_with_a_condition_alone_is_a_nonzero():
@@ -296,6 +310,7 @@ def test_the_occupancy_grids_refresh_keeps_its_threshold_on_the_gpu(threshold):
     assert 0 < int(occupied.sum()) < occupied.numel()
 
 
+@pytest.mark.filterwarnings("ignore:called a synchronizing")  # the warm-up steps
 def test_the_sync_debug_mode_files_each_warning_under_the_line_that_synced(tmp_path, monkeypatch):
     """benchmarks/host_syncs.py --sync-debug, as gpu_session.sh's syncdebug check runs it, on the
     CPU with the tiny run: every ``.tolist()`` made to warn as torch's sync debug mode warns of a

@@ -37,9 +37,13 @@ Indexing follows torch's own code (``THPVariable_setitem``, ``index_put_``'s
 (``t[mask] = v``, ``index_put_`` with a mask) syncs as a read does (its ``nonzero``), unless torch
 turns it into a ``masked_fill_``: one mask on the tensor's device, no ``accumulate``, and a value
 of one element in host memory (a Python number is one: ``t[mask] = 0.0`` does not sync, ``t[mask]
-= gpu_scalar`` does). ``masked_fill_`` with a GPU tensor as its value reads it (``value.item()``);
-a 0-dim integer or boolean GPU tensor as an index is read (``tensor.item()``) to select; a host
-index tensor, or a host tensor written in, is copied up from pageable memory.
+= gpu_scalar`` does). Any other write through index tensors copies a one-element host value up
+first (``index_put_``'s ``value.to(self.device())``: ``t[ids] = 0.0`` waits), and a host value
+written into one element (``t[0] = 1.0``: ``copy_to``'s ``copy_``; a wider slice is filled
+without a wait) is copied up too (pytorch#186482 proposes a fill there). ``masked_fill_`` with a
+GPU tensor as its value reads it (``value.item()``), as ``fill_`` of a host tensor does; a 0-dim
+integer or boolean GPU tensor as an index is read (``tensor.item()``) to select; a host index
+tensor, or a host tensor written in, is copied up from pageable memory.
 
 Not emulated: speed, memory (``torch.cuda.max_memory_reserved`` is 0), and anything compiled
 (Triton kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before triton is
@@ -252,6 +256,11 @@ def _index_syncs(
         syncs["to gpu"] += sum(1 for t in arrays if not _is_mask(t) and _is_host(t))
     if writes and isinstance(value, torch.Tensor) and value.dim() > 0 and _is_host(value):
         syncs["to gpu"] += 1  # the values copied up from pageable memory
+    elif writes and host_value and not filled:
+        # index_put_ sends a one-element host value .to(self.device()) first; without index
+        # tensors, copy_to copies it (copy_) into one element and fills (fill_) a wider slice
+        one_element = not indices and tensor[index].dim() == 0
+        syncs["to gpu"] += bool(arrays) or one_element
     return +syncs  # the kinds that synced
 
 
@@ -333,6 +342,10 @@ class VirtualCuda(TorchFunctionMode):
         if tensor is None:
             return
         source = place(tensor)
+        if name == "fill_" and source != GPU and len(args) > 1:
+            if isinstance(args[1], torch.Tensor) and place(args[1]) == GPU:
+                self.syncs["item"] += 1  # fill_ from another device: value.item()
+            return
         if name == "copy_" and len(args) > 1 and isinstance(args[1], torch.Tensor):
             if source == GPU and _is_host(args[1]) and not kwargs.get("non_blocking", False):
                 self.syncs["to gpu"] += 1
