@@ -12,6 +12,7 @@
 #        bash benchmarks/gpu_session.sh field_cost   (the field's work per sample, by part)
 #        bash benchmarks/gpu_session.sh descriptor   (dreamtext image's descriptor training)
 #        bash benchmarks/gpu_session.sh suite   (the whole test suite, CUDA wherever --device is auto)
+#        bash benchmarks/gpu_session.sh syncdebug   (which lines of a trainer step make the host wait)
 #        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name; a
 #                                                        name no check has is refused)
 #
@@ -172,3 +173,12 @@ check descriptor 150 python3 benchmarks/sds_step.py --descriptor --model sd21-ra
 #     of one 600 s call: run it alone, `bash benchmarks/gpu_session.sh suite`.
 check suite 540 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 -n 12 \
     --dist worksteal
+# 12. Not in the default set: the host syncs of real trainer steps (default 64 px and FitFusion
+#     256 px, albedo and lambertian, grid all-occupied and refreshed; the built-in prior, the
+#     default field on the torch hash grid and the occupancy marcher, as the virtual-CUDA counts
+#     of benchmarks/host_syncs.py), each after 3 warm-up steps, under torch's sync debug mode:
+#     one row per dreamtext line that made the host wait in a step, with its text, to hold
+#     against the virtual counts (RESULTS.md, "Host syncs ... (2026-12-04, branch syncs9)":
+#     14-34 a 64 px step) and to see that the marcher's nonzero_static lines are not among them.
+check syncdebug 300 python3 benchmarks/host_syncs.py --device cuda --sync-debug --warmup 3 \
+    --steps 2

@@ -399,12 +399,18 @@ class VolumeRenderer(nn.Module):
         queries (a ray costing more gets a range of its own) and at most ``chunk_size`` rays.
 
         Returns, per range, the rays, their samples (renumbered from 0) and where those samples
-        start and stop in ``samples``. The offsets are read to the host once (one sync on CUDA,
-        not two a chunk).
+        start and stop in ``samples``. Samples that fit in one range are that range, with no
+        read of their offsets (their count is the host's: a shape); others are split at the
+        offsets read to the host once for them (:meth:`RaySamples.host_offsets`; on CUDA one
+        sync for every chunking of the same samples, not two a chunk).
         """
-        offsets = samples.offsets().tolist()
         per_chunk = max(budget // max(points_per_sample, 1), 1)
-        chunks, start, n = [], 0, samples.num_rays
+        n = samples.num_rays
+        if len(samples) <= per_chunk and n <= self.cfg.chunk_size:
+            # What the loop below gives for offsets ending at len(samples) ≤ per_chunk
+            return [(range(0, n), samples, 0, len(samples))] if n > 0 else []
+        offsets = samples.host_offsets()
+        chunks, start = [], 0
         while start < n:
             limit = offsets[start] + per_chunk
             stop = bisect.bisect_right(offsets, limit) - 1

@@ -28,6 +28,7 @@ them, and both are used without gradients (where a sample lies is not trained):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -48,13 +49,17 @@ SAMPLERS: tuple[str, ...] = ("occupancy", "dense")
 class RaySamples:
     """Packed intervals ``[t_start, t_end]`` along ``num_rays`` rays (see the module docstring).
 
-    ``ray_indices: [S]`` int64, non-decreasing; ``t_starts, t_ends: [S]``.
+    ``ray_indices: [S]`` int64, non-decreasing; ``t_starts, t_ends: [S]``. The tensors are not
+    written into once made (:meth:`host_offsets` keeps what it read of them).
     """
 
     ray_indices: Tensor
     t_starts: Tensor
     t_ends: Tensor
     num_rays: int
+    _host_offsets: list[int] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return self.ray_indices.shape[0]
@@ -71,6 +76,14 @@ class RaySamples:
     def offsets(self) -> Tensor:
         """``[N + 1]``: the samples of ray ``r`` are ``offsets[r] : offsets[r + 1]``."""
         return segment_offsets(self.ray_indices, self.num_rays)
+
+    def host_offsets(self) -> list[int]:
+        """:meth:`offsets` as a list, read to the host once for these samples (on CUDA one wait
+        for the GPU): a deferred training render chunks its samples twice (the image without a
+        graph, then the replay with one) and a preview once per shading, from the same read."""
+        if self._host_offsets is None:
+            self._host_offsets = self.offsets().tolist()
+        return self._host_offsets
 
     def masked(self, keep: Tensor) -> RaySamples:
         """The samples where ``keep [S]`` is true (order kept)."""
@@ -233,7 +246,10 @@ class OccupancyGrid(nn.Module):
         sigma = torch.cat([field.density(part).float() for part in x.split(chunk_points)])
         grid = torch.maximum(self.density * self.decay, sigma.view(r, r, r))
         self.density.copy_(grid)
-        threshold = min(self.threshold, grid.clamp_min(0.0).mean().item())
+        # min(τ, mean) on the device, not read to the host: the same float32 comparison (the
+        # rounding of τ to float32 keeps the order), and a NaN mean gives τ as min() does
+        mean = grid.clamp_min(0.0).mean()
+        threshold = torch.where(mean < self.threshold, mean, self.threshold)
         self.occupied.copy_(grid >= threshold)
 
 

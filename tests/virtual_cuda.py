@@ -25,10 +25,25 @@ precision, so code after them sees float32 where it would on a GPU.
 
 Host syncs are counted (:attr:`VirtualCuda.syncs`): the calls that make the CPU wait for the GPU's
 queue to drain on CUDA. Reading a GPU tensor on the host (``.item()``, ``bool()``, ``float()``,
-``int()``, ``.tolist()``, a copy to the host), asking for a data-dependent shape (``nonzero``,
-indexing with a boolean mask, ``masked_select``, ``unique``), and a copy from pageable host memory
-to the GPU without ``non_blocking=True`` from pinned memory (torch's CUDA copy then synchronises
-the stream: ``memcpy_and_sync``). ``pin_memory()`` of a host tensor is the tensor itself here.
+``int()``, ``.tolist()``, ``torch.equal``, ``allclose``, formatting it, a copy to the host),
+asking for a data-dependent shape (``nonzero``, ``torch.where(cond)``, indexing with a boolean
+mask, ``masked_select``, ``unique``, ``bincount``, ``repeat_interleave`` by a tensor of repeats
+without ``output_size``), and a copy from pageable host memory to the GPU without
+``non_blocking=True`` from pinned memory (torch's CUDA copy then synchronises the stream:
+``memcpy_and_sync``). ``pin_memory()`` of a host tensor is the tensor itself here.
+
+Indexing follows torch's own code (``THPVariable_setitem``, ``index_put_``'s
+``canDispatchToMaskedFill``, ``masked_fill__cuda``). A boolean mask *written* through
+(``t[mask] = v``, ``index_put_`` with a mask) syncs as a read does (its ``nonzero``), unless torch
+turns it into a ``masked_fill_``: one mask on the tensor's device, no ``accumulate``, and a value
+of one element in host memory (a Python number is one: ``t[mask] = 0.0`` does not sync, ``t[mask]
+= gpu_scalar`` does). Any other write through index tensors copies a one-element host value up
+first (``index_put_``'s ``value.to(self.device())``: ``t[ids] = 0.0`` waits), and a host value
+written into one element (``t[0] = 1.0``: ``copy_to``'s ``copy_``; a wider slice is filled
+without a wait) is copied up too (pytorch#186482 proposes a fill there). ``masked_fill_`` with a
+GPU tensor as its value reads it (``value.item()``), as ``fill_`` of a host tensor does; a 0-dim
+integer or boolean GPU tensor as an index is read (``tensor.item()``) to select; a host index
+tensor, or a host tensor written in, is copied up from pageable memory.
 
 Not emulated: speed, memory (``torch.cuda.max_memory_reserved`` is 0), and anything compiled
 (Triton kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before triton is
@@ -147,9 +162,30 @@ def _in_place(name: str) -> bool:
 
 
 # GPU tensor reads that wait for the GPU (the result is needed on the host).
-HOST_READS = frozenset({"item", "__bool__", "__float__", "__int__", "__index__", "tolist"})
+HOST_READS = frozenset(
+    {
+        "item",
+        "__bool__",
+        "__float__",
+        "__int__",
+        "__index__",
+        "__complex__",
+        "tolist",
+        "is_nonzero",
+        "equal",
+        "allclose",
+        "__contains__",
+        "__format__",
+        "__repr__",
+        "__str__",
+    }
+)
 # GPU calls whose output size depends on the data: the host waits to learn it.
-DATA_DEPENDENT_SHAPES = frozenset({"nonzero", "masked_select", "unique", "argwhere"})
+DATA_DEPENDENT_SHAPES = frozenset(
+    {"nonzero", "masked_select", "unique", "unique_consecutive", "argwhere", "bincount"}
+)
+# Calls that index a tensor: (tensor, index[, value]) and index_put's (tensor, indices, values).
+INDEXING = frozenset({"__getitem__", "__setitem__", "index_put_", "index_put"})
 
 
 class DeviceMismatch(RuntimeError):
@@ -186,11 +222,46 @@ def _is_host(tensor: torch.Tensor) -> bool:
     return where == HOST or (where is None and tensor.device.type == "cpu")
 
 
-def _has_bool_mask(index: Any) -> bool:
-    return any(
-        isinstance(t, torch.Tensor) and t.dtype == torch.bool and t.dim() > 0
-        for t in tree_flatten(index)[0]
+def _is_mask(tensor: torch.Tensor) -> bool:
+    return tensor.dtype in (torch.bool, torch.uint8) and tensor.dim() > 0
+
+
+def _index_syncs(
+    name: str, tensor: torch.Tensor, index: Any, value: Any, accumulate: bool
+) -> collections.Counter[str]:
+    """The syncs of indexing GPU ``tensor`` with ``index`` (reading it, or writing ``value``
+    into it, as ``__setitem__`` / ``index_put_`` do): see the module docstring."""
+    syncs: collections.Counter[str] = collections.Counter()
+    indices = [t for t in tree_flatten(index)[0] if isinstance(t, torch.Tensor)]
+    for t in indices:
+        if t.dim() == 0 and place(t) == GPU and not t.is_floating_point():
+            syncs["item"] += 1  # handleDimInMultiDimIndexing: tensor.item<int64_t>()
+    masks = [t for t in indices if _is_mask(t)]
+    writes = name != "__getitem__"
+    # canDispatchToMaskedFill: one mask on the tensor's device, a one-element host value
+    host_value = isinstance(value, int | float | bool) or (
+        isinstance(value, torch.Tensor) and _is_host(value) and value.numel() == 1
     )
+    arrays = [t for t in indices if t.dim() > 0]
+    filled = (
+        writes
+        and not accumulate
+        and host_value
+        and len(arrays) == 1
+        and len(masks) == 1
+        and place(masks[0]) == GPU
+    )
+    if not filled:
+        syncs["boolean mask"] += len(masks)  # nonzero (a host mask's: copied up)
+        syncs["to gpu"] += sum(1 for t in arrays if not _is_mask(t) and _is_host(t))
+    if writes and isinstance(value, torch.Tensor) and value.dim() > 0 and _is_host(value):
+        syncs["to gpu"] += 1  # the values copied up from pageable memory
+    elif writes and host_value and not filled:
+        # index_put_ sends a one-element host value .to(self.device()) first; without index
+        # tensors, copy_to copies it (copy_) into one element and fills (fill_) a wider slice
+        one_element = not indices and tensor[index].dim() == 0
+        syncs["to gpu"] += bool(arrays) or one_element
+    return +syncs  # the kinds that synced
 
 
 def _describe(tensors: list[torch.Tensor]) -> str:
@@ -271,6 +342,10 @@ class VirtualCuda(TorchFunctionMode):
         if tensor is None:
             return
         source = place(tensor)
+        if name == "fill_" and source != GPU and len(args) > 1:
+            if isinstance(args[1], torch.Tensor) and place(args[1]) == GPU:
+                self.syncs["item"] += 1  # fill_ from another device: value.item()
+            return
         if name == "copy_" and len(args) > 1 and isinstance(args[1], torch.Tensor):
             if source == GPU and _is_host(args[1]) and not kwargs.get("non_blocking", False):
                 self.syncs["to gpu"] += 1
@@ -279,8 +354,20 @@ class VirtualCuda(TorchFunctionMode):
             return
         if source == GPU and (name in HOST_READS or name in DATA_DEPENDENT_SHAPES):
             self.syncs[name] += 1
-        elif source == GPU and name == "__getitem__" and _has_bool_mask(args[1:]):
-            self.syncs["boolean mask"] += 1
+        elif source == GPU and name in INDEXING and len(args) > 1:
+            value = args[2] if len(args) > 2 else kwargs.get("values")
+            accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+            self.syncs.update(_index_syncs(name, tensor, args[1], value, bool(accumulate)))
+        elif source == GPU and name == "where" and len(args) == 1 and not kwargs:
+            self.syncs["nonzero"] += 1  # torch.where(condition): nonzero(as_tuple=True)
+        elif source == GPU and name in ("masked_fill_", "masked_fill"):
+            value = args[2] if len(args) > 2 else kwargs.get("value")
+            if isinstance(value, torch.Tensor) and place(value) == GPU:
+                self.syncs["item"] += 1  # masked_fill__cuda(Tensor value): value.item()
+        elif source == GPU and name == "repeat_interleave":
+            repeats = args[1] if len(args) > 1 else kwargs.get("repeats", tensor)
+            if isinstance(repeats, torch.Tensor) and kwargs.get("output_size") is None:
+                self.syncs["repeat_interleave"] += 1  # the output's length: repeats.sum()
         elif name in ("to", "cpu", "cuda") and target in (GPU, HOST) and source != target:
             if target == HOST and source == GPU:
                 self.syncs["to host"] += 1
