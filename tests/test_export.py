@@ -408,6 +408,67 @@ def test_glb_passes_the_khronos_gltf_validator(coloured):
     khronos_validate(coloured / "mesh" / "mesh.glb")
 
 
+BLENDER_IMPORT = Path(__file__).parents[1] / "benchmarks" / "blender_import.py"
+
+
+@pytest.mark.skipif(shutil.which("blender") is None, reason="Blender is not installed")
+def test_blender_imports_each_file_upright_named_textured_and_closed(tmp_path):
+    """What Blender shows, through its own importers (benchmarks/blender_import.py, run by
+    Blender). CI has no Blender: the tests above check the content Blender relies on. The ball
+    is off centre so that each file axis lands on one Blender axis only."""
+    field = SphereField(radius=0.4, centre=(0.1, 0.25, -0.15), albedo=direction_albedo)
+    export_field(field, tmp_path, small_options(video=False), step=7, prompt="a test ball")
+    mesh_dir = tmp_path / "mesh"
+    report = json.loads((mesh_dir / "mesh.json").read_text())
+    files = [str(mesh_dir / name) for name in ("mesh.glb", "mesh.obj", "mesh.ply")]
+    command = ["blender", "-b", "--factory-startup", "--python", str(BLENDER_IMPORT), "--"]
+    run = subprocess.run(
+        [*command, "--json", str(tmp_path / "blender.json"), *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if "No module named 'numpy'" in run.stdout + run.stderr:
+        pytest.skip("Blender's Python has no numpy (Debian: apt-get install python3-numpy)")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    imports = {r["importer"]: r for r in json.loads((tmp_path / "blender.json").read_text())}
+    for importer, found in imports.items():
+        assert found["error"] is None, (importer, found["printed"])
+        [mesh] = found["meshes"]
+        assert mesh["faces"] == report["faces"], importer
+        assert mesh["signed_volume_m3"] == pytest.approx(report["volume"], rel=1e-3), importer
+        assert mesh["corner_normals_agree"] == 1.0, importer
+        assert found["unit_system"] == "METRIC" and found["unit_scale"] == 1.0
+    textured = [name for name in imports if not name.endswith("ply")]
+    assert {"import_scene.gltf", "import_scene.gltf merge_vertices"} < set(textured)
+    for importer in textured:
+        [mesh] = imports[importer]["meshes"]
+        assert mesh["object"] == "a_test_ball" and mesh["upright"], importer
+        assert mesh["smooth_faces"] == report["faces"], importer
+        [material] = mesh["materials"]
+        assert material["base_color"] == "TEX_IMAGE" and material["metallic"] == 0.0
+        assert material["roughness"] == 1.0
+        assert material["image"]["size"] == [SMALL["texture_size"]] * 2
+        assert material["image"]["loaded"] and material["image"]["name"].startswith("albedo")
+        assert mesh["uv_layers"] and mesh["welded_non_manifold_edges"] == 0
+    [glb] = imports["import_scene.gltf"]["meshes"]
+    assert glb["object_properties"] == {
+        "prompt": "a test ball",
+        "step": 7,
+        "resolution": SMALL["resolution"],
+        "threshold": SMALL["threshold"],
+        "decimate": SMALL["decimate"],
+        "texture_size": SMALL["texture_size"],
+    }
+    assert glb["vertices"] == report["textured_vertices"]  # split at the UV seams
+    [merged] = imports["import_scene.gltf merge_vertices"]["meshes"]
+    assert merged["vertices"] == report["vertices"] and merged["non_manifold_edges"] == 0
+    [ply] = [r["meshes"][0] for name, r in imports.items() if name.endswith("ply")]
+    assert ply["color_attributes"] and not ply["upright"]  # +z up, as the README says
+    assert ply["upright_rotated_x_plus_90"]
+    assert ply["vertices"] == report["vertices"] and ply["non_manifold_edges"] == 0
+
+
 # --- exports of short trained runs, one per primitive ------------------------------------------
 
 TRAINED_STEPS = 60
