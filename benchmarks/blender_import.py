@@ -18,7 +18,9 @@ importer (``import_mesh.ply`` before 3.6, ``wm.ply_import`` after). For each imp
   matching the sorted coordinates of each Blender axis against each signed file axis, which
   any vertex order preserves (a cube's axes differ in their noise, not only in their range);
 * materials: the Principled BSDF's Base Color and what feeds it (an image texture, its size in
-  pixels, whether its pixels loaded, its colour space), metallic, roughness, specular;
+  pixels, whether its pixels loaded, its colour space), metallic, roughness, specular; and
+  whether the texture lands where it should: the texel under each corner's UV against the
+  colour the run's ``mesh.ply`` gives that vertex (both baked from the field);
 * UV layers and colour attributes (the PLY's vertex colours) with their mean colour;
 * custom properties of the object, its mesh and the scene (the GLB's ``extras``);
 * orientation: the signed volume (positive when the faces wind counter-clockwise seen from
@@ -33,7 +35,11 @@ importer (``import_mesh.ply`` before 3.6, ``wm.ply_import`` after). For each imp
   object carries them) from the front-right, 25° above, to ``DIR/<run>_<importer>.png``.
 
 A plain-text table goes to stdout at the end; ``--json`` writes every report. The script needs
-nothing but Blender (3.4 and later: numpy ships inside it).
+nothing but Blender 3.4 or later and the numpy its glTF importer needs too (inside Blender's own
+builds; Debian's ``blender`` package needs ``apt-get install python3-numpy``)::
+
+    blender -b --factory-startup --python benchmarks/blender_import.py -- \
+        --render /tmp/renders --json /tmp/blender.json workspace/a_red_cube/mesh/mesh.*[bjy]
 """
 
 from __future__ import annotations
@@ -254,6 +260,7 @@ def inspect_object(obj, path: Path) -> dict:
     info["materials"] = [inspect_material(slot.material) for slot in obj.material_slots]
     info["axes"] = axis_map(world, file_positions(path))
     info["upright"] = all(info["axes"].get(axis) == want for axis, want in UPRIGHT.items())
+    info["texture_vs_ply"] = texture_against_ply(obj, info["axes"], path)
     if not info["upright"] and obj.rotation_euler.x == 0.0:
         # What the README tells a user of an importer without axis options: rotate +90° about X.
         obj.rotation_euler.x = math.radians(90)
@@ -371,6 +378,12 @@ def glb_positions(path: Path) -> np.ndarray:
 
 
 def ply_positions(path: Path) -> np.ndarray:
+    vertices = ply_vertices(path)
+    return np.stack([vertices[a] for a in ("x", "y", "z")], axis=1).astype(np.float64)
+
+
+def ply_vertices(path: Path) -> np.ndarray:
+    """The vertex element of a binary little-endian PLY, a structured array by property name."""
     types = {"float": "<f4", "double": "<f8", "uchar": "u1", "int": "<i4", "uint": "<u4"}
     with path.open("rb") as f:
         header = []
@@ -390,8 +403,54 @@ def ply_positions(path: Path) -> np.ndarray:
                 in_vertex = False
             elif in_vertex and words[:1] == ["property"]:
                 fields.append((words[2], types[words[1]]))
-        vertices = np.frombuffer(f.read(count * np.dtype(fields).itemsize), np.dtype(fields))
-    return np.stack([vertices[a] for a in ("x", "y", "z")], axis=1).astype(np.float64)
+        return np.frombuffer(f.read(count * np.dtype(fields).itemsize), np.dtype(fields))
+
+
+def texture_against_ply(obj, axes: dict, path: Path) -> dict | None:
+    """How far the texture Blender shows is from the run's PLY colours, which the export bakes
+    from the same field at the vertices: for every corner, the texel under its UV (nearest;
+    Blender's UV v = 0 is the image's bottom row, as ``image.pixels`` starts) against the PLY
+    colour of the vertex at that position, both sRGB in [0, 1]; mean absolute difference over
+    the RGB channels of the corners whose position the PLY has. A V or U flipped, or a texture
+    of another mesh, gives differences of the size of the colours' spread."""
+    ply_path = path.parent / "mesh.ply"
+    mesh = obj.data
+    images = [m.get("image") for m in (inspect_material(s.material) for s in obj.material_slots)]
+    if not ply_path.is_file() or not mesh.uv_layers or not images or not images[0]:
+        return None
+    image = bpy.data.images[images[0]["name"]]
+    width, height = image.size
+    channels = image.channels
+    pixels = np.empty(width * height * channels, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    pixels = pixels.reshape(height, width, channels)[..., :3]
+    ply = ply_vertices(ply_path)
+    colours = np.stack([ply[c] for c in ("red", "green", "blue")], axis=1) / 255.0
+    stored = np.stack([ply[a] for a in ("x", "y", "z")], axis=1).astype(np.float64)
+    # Blender's world positions back in the file's frame, by the axis map.
+    world = world_vertices(obj)
+    in_file = np.empty_like(world)
+    for file_axis, blender_axis in axes.items():
+        if file_axis in ("+x", "+y", "+z"):
+            sign = 1.0 if blender_axis.startswith("+") else -1.0
+            in_file[:, "xyz".index(file_axis[1])] = sign * world[:, "XYZ".index(blender_axis[1])]
+    key = {tuple(p): i for i, p in enumerate(np.round(stored, 4).tolist())}
+    ply_index = np.array([key.get(tuple(p), -1) for p in np.round(in_file, 4).tolist()])
+    loops = np.empty(len(mesh.loops), dtype=np.int64)
+    mesh.loops.foreach_get("vertex_index", loops)
+    uv = np.empty(len(mesh.loops) * 2, dtype=np.float64)
+    mesh.uv_layers.active.data.foreach_get("uv", uv)
+    uv = uv.reshape(-1, 2)
+    cols = np.clip((uv[:, 0] * width).astype(int), 0, width - 1)
+    rows = np.clip((uv[:, 1] * height).astype(int), 0, height - 1)
+    matched = ply_index[loops] >= 0
+    texels = pixels[rows[matched], cols[matched]]
+    expected = colours[ply_index[loops][matched]]
+    return {
+        "corners_matched": round(float(matched.mean()), 4),
+        "mean_abs_diff": round(float(np.abs(texels - expected).mean()), 4),
+        "ply_colour_spread": round(float(expected.std(axis=0).mean()), 4),
+    }
 
 
 def axis_map(world: np.ndarray, stored: np.ndarray | None) -> dict:

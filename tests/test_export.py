@@ -451,6 +451,11 @@ def test_blender_imports_each_file_upright_named_textured_and_closed(tmp_path):
         assert material["image"]["size"] == [SMALL["texture_size"]] * 2
         assert material["image"]["loaded"] and material["image"]["name"].startswith("albedo")
         assert mesh["uv_layers"] and mesh["welded_non_manifold_edges"] == 0
+        # The texel under each corner's UV is the colour the PLY gives its vertex: the texture
+        # lands where it should (a flipped V gives about the colours' spread).
+        match = mesh["texture_vs_ply"]
+        assert match["corners_matched"] > 0.95 and match["ply_colour_spread"] > 0.1, importer
+        assert match["mean_abs_diff"] < 0.03, importer
     [glb] = imports["import_scene.gltf"]["meshes"]
     assert glb["object_properties"] == {
         "prompt": "a test ball",
