@@ -31,8 +31,10 @@ importer (``import_mesh.ply`` before 3.6, ``wm.ply_import`` after). For each imp
   vertices at one position welded (what closes a GLB's UV seams) and after Merge by Distance
   at its default 0.1 mm; for a PLY imported lying down, where the file's axes land after
   rotating it +90° about X;
-* with ``--render DIR``, a 256 px Workbench render (studio light, texture or vertex colours as the
-  object carries them) from the front-right, 25° above, to ``DIR/<run>_<importer>.png``.
+* with ``--render DIR``, a 256 px render from the front-right, 25° above, to
+  ``DIR/<run>_<format>_<importer>_<engine>.png``: Workbench (studio light, texture or vertex
+  colours as the object carries them), or with ``--engine cycles`` the imported materials as a
+  final render shows them (a black or missing material shows there, not in Workbench).
 
 A plain-text table goes to stdout at the end; ``--json`` writes every report. The script needs
 nothing but Blender 3.4 or later and the numpy its glTF importer needs too (inside Blender's own
@@ -79,11 +81,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--render", type=Path, help="folder for a 256 px PNG per import")
     parser.add_argument("--json", type=Path, help="write every report to this file")
     parser.add_argument("--size", type=int, default=256, help="render size in pixels")
+    parser.add_argument(
+        "--engine",
+        choices=("workbench", "cycles"),
+        default="workbench",
+        help="workbench: the viewport's look, texture or colours flat-lit; cycles: the material "
+        "as a final render shows it (CPU, 16 samples, grey sky and a sun)",
+    )
     args = parser.parse_args(argv)
     reports = []
     for path in args.files:
         for importer in importers_for(path):
-            report = import_and_inspect(path.resolve(), importer, args.render, args.size)
+            report = import_and_inspect(
+                path.resolve(), importer, args.render, args.size, args.engine
+            )
             reports.append(report)
             print("BLENDER_IMPORT " + json.dumps(report), flush=True)
     print(table(reports), flush=True)
@@ -157,7 +168,9 @@ def run_importer(importer: str, path: Path) -> tuple[list[str], str | None]:
     return lines, error
 
 
-def import_and_inspect(path: Path, importer: str, render_dir: Path | None, size: int) -> dict:
+def import_and_inspect(
+    path: Path, importer: str, render_dir: Path | None, size: int, engine: str = "workbench"
+) -> dict:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     lines, error = run_importer(importer, path)
     notable = [
@@ -187,8 +200,8 @@ def import_and_inspect(path: Path, importer: str, render_dir: Path | None, size:
         render_dir.mkdir(parents=True, exist_ok=True)
         run = path.parent.parent.name if path.parent.name == "mesh" else path.stem
         label = importer.replace(".", "_").replace(" ", "_")
-        out = render_dir / f"{run}_{path.suffix.lstrip('.')}_{label}.png"
-        report["render"] = str(render(objects, out, size))
+        out = render_dir / f"{run}_{path.suffix.lstrip('.')}_{label}_{engine}.png"
+        report["render"] = str(render(objects, out, size, engine))
     return report
 
 
@@ -541,23 +554,38 @@ def edges(obj) -> dict:
     return out
 
 
-def render(objects: list, out: Path, size: int) -> Path:
-    """A Workbench picture of ``objects``: studio light, the texture where a UV map and an image
-    are there, else the colour attribute, else the material colour; camera front-right (from -Y
-    turned 35° towards +X), 25° up, framing the bounding box."""
+def render(objects: list, out: Path, size: int, engine: str = "workbench") -> Path:
+    """A picture of ``objects`` from the front-right (from -Y turned 35° towards +X), 25° up,
+    framing the bounding box. Workbench: studio light, the texture where a UV map and an image
+    are there, else the colour attribute, else the material colour. Cycles (CPU): the materials
+    as imported, lit by a uniform grey sky and a sun from above the camera's side."""
     scene = bpy.context.scene
-    scene.render.engine = "BLENDER_WORKBENCH"
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
     scene.render.image_settings.file_format = "PNG"
-    scene.display.shading.light = "STUDIO"
-    has_colours = any(obj.data.color_attributes for obj in objects)
-    has_texture = any(obj.data.uv_layers and obj.material_slots for obj in objects)
-    scene.display.shading.color_type = (
-        "TEXTURE" if has_texture else "VERTEX" if has_colours else "MATERIAL"
-    )
     if scene.world is None:
         scene.world = bpy.data.worlds.new("World")
+    if engine == "cycles":
+        scene.render.engine = "CYCLES"
+        scene.cycles.device = "CPU"
+        scene.cycles.samples = 16
+        scene.cycles.use_denoising = False
+        scene.world.use_nodes = True
+        sky = scene.world.node_tree.nodes["Background"]
+        sky.inputs["Color"].default_value = (0.5, 0.5, 0.5, 1.0)
+        sun_data = bpy.data.lights.new("sun", type="SUN")
+        sun_data.energy = 3.0
+        sun = bpy.data.objects.new("sun", sun_data)
+        sun.rotation_euler = (math.radians(40), 0.0, math.radians(30))
+        scene.collection.objects.link(sun)
+    else:
+        scene.render.engine = "BLENDER_WORKBENCH"
+        scene.display.shading.light = "STUDIO"
+        has_colours = any(obj.data.color_attributes for obj in objects)
+        has_texture = any(obj.data.uv_layers and obj.material_slots for obj in objects)
+        scene.display.shading.color_type = (
+            "TEXTURE" if has_texture else "VERTEX" if has_colours else "MATERIAL"
+        )
     points = np.concatenate([world_vertices(obj) for obj in objects])
     centre = Vector(((points.min(axis=0) + points.max(axis=0)) / 2).tolist())
     radius = float(np.linalg.norm(points - np.array(centre), axis=1).max())

@@ -67,7 +67,7 @@ from dreamtext.mesh import (
     extract_mesh,
     field_device,
     mesh_stats,
-    query_albedo,
+    query_surface_albedo,
     unwrap_uv,
 )
 from dreamtext.processes import (
@@ -698,6 +698,8 @@ def _export_field(
 
     staged: dict[Path, bytes | Callable[[Path], None]] = {}
     mesh_dir = out_dir / "mesh"
+    # The export grid's cell: how far a surface point in empty space looks for its matter's colour.
+    cell_size = 2.0 * float(field.bound) / options.resolution
     textured_vertices = 0
     if {"glb", "obj"} & set(options.formats):
         progress.stage("UV unwrapping")
@@ -706,7 +708,9 @@ def _export_field(
         log.info("UV atlas: %d vertices after seam splits", len(textured.vertices))
         on_the_way()
         progress.stage("texture baking")
-        texture = Image.fromarray(bake_texture(field, textured, uv, options.texture_size))
+        texture = Image.fromarray(
+            bake_texture(field, textured, uv, options.texture_size, cell=cell_size)
+        )
         log.info("texture baked: %d x %d", options.texture_size, options.texture_size)
         on_the_way()
         textured.visual = trimesh.visual.TextureVisuals(uv=uv, material=_material(texture))
@@ -724,7 +728,10 @@ def _export_field(
             staged.update(_obj_files(textured, mesh_dir, object_name(title)))
     if "ply" in options.formats:
         progress.stage("vertex colours")
-        colours = query_albedo(field, surface.vertices.astype(np.float32))
+        normals = np.asarray(surface.vertex_normals)
+        colours = query_surface_albedo(
+            field, surface.vertices, lambda index: normals[index], cell_size
+        )
         # The normals of the GLB and OBJ (the welded surface's): a PLY without them is shaded
         # flat or by normals each reader estimates its own way (MeshLab, CloudCompare).
         coloured = trimesh.Trimesh(
