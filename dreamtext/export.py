@@ -67,7 +67,7 @@ from dreamtext.mesh import (
     extract_mesh,
     field_device,
     mesh_stats,
-    query_albedo,
+    query_surface_albedo,
     unwrap_uv,
 )
 from dreamtext.processes import (
@@ -698,6 +698,8 @@ def _export_field(
 
     staged: dict[Path, bytes | Callable[[Path], None]] = {}
     mesh_dir = out_dir / "mesh"
+    # The export grid's cell: how far a surface point in empty space looks for its matter's colour.
+    cell_size = 2.0 * float(field.bound) / options.resolution
     textured_vertices = 0
     if {"glb", "obj"} & set(options.formats):
         progress.stage("UV unwrapping")
@@ -706,7 +708,9 @@ def _export_field(
         log.info("UV atlas: %d vertices after seam splits", len(textured.vertices))
         on_the_way()
         progress.stage("texture baking")
-        texture = Image.fromarray(bake_texture(field, textured, uv, options.texture_size))
+        texture = Image.fromarray(
+            bake_texture(field, textured, uv, options.texture_size, cell=cell_size)
+        )
         log.info("texture baked: %d x %d", options.texture_size, options.texture_size)
         on_the_way()
         textured.visual = trimesh.visual.TextureVisuals(uv=uv, material=_material(texture))
@@ -724,7 +728,10 @@ def _export_field(
             staged.update(_obj_files(textured, mesh_dir, object_name(title)))
     if "ply" in options.formats:
         progress.stage("vertex colours")
-        colours = query_albedo(field, surface.vertices.astype(np.float32))
+        normals = np.asarray(surface.vertex_normals)
+        colours = query_surface_albedo(
+            field, surface.vertices, lambda index: normals[index], cell_size
+        )
         # The normals of the GLB and OBJ (the welded surface's): a PLY without them is shaded
         # flat or by normals each reader estimates its own way (MeshLab, CloudCompare).
         coloured = trimesh.Trimesh(
@@ -888,20 +895,32 @@ def _image_of_trained_sentence(config: dict[str, Any], prompt: str | None) -> st
 GLB_ROOT = "scene root"
 
 
+# The texture's name in the GLB, as the OBJ's texture file is named: Blender's glTF importer
+# names an unnamed image ``Image_0``.
+GLB_IMAGE_NAME = "albedo"
+
+
 def _glb_bytes(mesh: trimesh.Trimesh, title: str | None, made_with: dict[str, Any]) -> bytes:
     """The GLB of the textured ``mesh``: one node and mesh named :func:`object_name`, the node's
-    ``extras`` ``made_with`` (the prompt, step and export settings), ``asset.generator``
-    ``dreamtext <version>`` and ``asset.extras.title`` the title. Blender names its object and
-    mesh after the node and mesh and keeps the node's extras as the object's custom properties."""
+    ``extras`` the settings of ``made_with`` that have a value (the prompt, step and export
+    settings), the image named :data:`GLB_IMAGE_NAME`, ``asset.generator`` ``dreamtext
+    <version>`` and ``asset.extras.title`` the title. Blender names its object and mesh after the
+    node and mesh and keeps the node's extras as the object's custom properties: a ``null``
+    would be one too, an empty data-block field (Blender stores Python's ``None`` as an ID
+    pointer), so a setting without a value (``threshold`` of the renders' surface, ``step`` and
+    ``prompt`` of a field of no run) is left out."""
     name = object_name(title)
     scene = trimesh.Scene(base_frame=GLB_ROOT)
-    scene.add_geometry(mesh, node_name=name, geom_name=name, metadata=made_with)
+    extras = {key: value for key, value in made_with.items() if value is not None}
+    scene.add_geometry(mesh, node_name=name, geom_name=name, metadata=extras)
 
     def describe(tree: dict) -> None:
         _set_buffer_view_targets(tree)
         tree["asset"]["generator"] = f"dreamtext {__version__}"
         if title and title.strip():
             tree["asset"]["extras"] = {"title": title}
+        for image in tree.get("images", []):
+            image["name"] = GLB_IMAGE_NAME
 
     return scene.export(file_type="glb", tree_postprocessor=describe)
 
@@ -955,9 +974,11 @@ def _set_buffer_view_targets(tree: dict) -> None:
 
 # The GLB's matte dielectric (metallic 0, roughness 1) in MTL terms: no ambient or specular
 # colour, diffuse only (illum 1), and the PBR extension's roughness and metalness, which
-# Blender's OBJ importer reads. trimesh's default (Ka = Ks = 0.4, Ns = 1) is a broad grey sheen
-# in Phong viewers (three.js's MTLLoader) and, with an illum that enables reflection, 40 %
-# metallic in Blender.
+# Blender's OBJ importer (File > Import > Wavefront, ``wm.obj_import``, the only one from 4.0)
+# reads; the legacy Python importer of Blender 3.x prints "Pr 1 (ignored)" and "Pm 0 (ignored)"
+# and gets the same matte from Ns 0 and illum 1 (benchmarks/blender_import.py). trimesh's
+# default (Ka = Ks = 0.4, Ns = 1) is a broad grey sheen in Phong viewers (three.js's
+# MTLLoader) and, with an illum that enables reflection, 40 % metallic in Blender.
 MTL_MATTE = {"Ka": "0 0 0", "Ks": "0 0 0", "Ns": "0", "illum": "1", "Pr": "1", "Pm": "0"}
 
 
@@ -981,7 +1002,9 @@ def _obj_text(mesh: trimesh.Trimesh, name: str, mtl_name: str, material: str) ->
     reads as the end of the name), with one ``v`` (and ``vn``) per position and one ``vt``
     per split vertex: OBJ indexes positions and UVs separately, so only the UVs split at seams
     and a reader that builds its mesh from the positions (Blender, MeshLab, slicers) gets the
-    closed surface back, not one cut open along every seam as the GLB's vertices must be."""
+    closed surface back, not one cut open along every seam as the GLB's vertices must be.
+    ``s 1`` marks every face smooth: without it Blender's OBJ importer marks them flat and only
+    the ``vn`` custom normals shade the surface smooth, until something clears them."""
     positions, first, corner_position = np.unique(
         np.asarray(mesh.vertices), axis=0, return_index=True, return_inverse=True
     )
@@ -989,7 +1012,7 @@ def _obj_text(mesh: trimesh.Trimesh, name: str, mtl_name: str, material: str) ->
     uv = np.asarray(mesh.visual.uv)
     position = corner_position.ravel()[mesh.faces] + 1
     texcoord = np.asarray(mesh.faces) + 1
-    lines = [f"mtllib {mtl_name}", f"o {name}", f"usemtl {material}"]
+    lines = [f"mtllib {mtl_name}", f"o {name}", f"usemtl {material}", "s 1"]
     lines += [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in positions]
     lines += [f"vt {u:.8f} {v:.8f}" for u, v in uv]
     lines += [f"vn {x:.8f} {y:.8f} {z:.8f}" for x, y, z in normals]
