@@ -452,15 +452,58 @@ def test_a_slurm_array_that_is_not_a_range_is_a_user_error():
 @pytest.mark.parametrize("task", ["3", "5", "6"])
 def test_every_task_of_a_slurm_array_list_refuses_it_alike(task):
     """--array=3,5,6 (failed tasks submitted again without --shard): tasks 3 and 5 ran shares
-    0/3 and 2/3 of another partition and task 6 refused, so share 1/3 was run by none."""
+    0/3 and 2/3 of another partition and task 6 refused, so share 1/3 was run by none. The
+    variables are those Slurm 22.05 set (RESULTS.md, "SLURM job arrays on a real SLURM")."""
     env = {
         "SLURM_ARRAY_TASK_ID": task,
         "SLURM_ARRAY_TASK_MIN": "3",
         "SLURM_ARRAY_TASK_MAX": "6",
         "SLURM_ARRAY_TASK_COUNT": "3",
+        "SLURM_ARRAY_TASK_STEP": "1",
     }
-    with pytest.raises(DreamtextError, match=r"not one of 3 evenly spaced tasks from 3.*--shard"):
+    with pytest.raises(DreamtextError) as refused:
         shard_from_environment(env)
+    assert str(refused.value) == (
+        "this SLURM array (3 tasks, ids 3 to 6) is a list of ids, not a range a share can be "
+        "read from; pass --shard K/N, or with scripts/slurm_array.sbatch give SHARES (README, "
+        "'A SLURM cluster')"
+    )
+
+
+@pytest.mark.parametrize("task", ["0", "2", "4"])
+def test_an_evenly_spaced_slurm_list_is_refused_as_a_list_not_for_its_spacing(task):
+    """--array=0,2,4 on Slurm 22.05: MIN 0, MAX 4, COUNT 3 and STEP 1 (a list's step is always
+    1). Its ids are evenly spaced, yet the refusal told the user task 4 was "not one of 3 evenly
+    spaced tasks from 0" and to submit a range, without the SHARES the script takes a list by."""
+    env = {
+        "SLURM_ARRAY_TASK_ID": task,
+        "SLURM_ARRAY_TASK_MIN": "0",
+        "SLURM_ARRAY_TASK_MAX": "4",
+        "SLURM_ARRAY_TASK_COUNT": "3",
+        "SLURM_ARRAY_TASK_STEP": "1",
+    }
+    with pytest.raises(
+        DreamtextError, match=r"^this SLURM array \(3 tasks, ids 0 to 4\) is a list .*SHARES"
+    ):
+        shard_from_environment(env)
+
+
+@pytest.mark.parametrize(
+    ("spec", "variables", "shares"),
+    [
+        # Recorded from Slurm 22.05 (benchmarks/slurm_local.sh): ID, MIN, MAX, COUNT, STEP
+        ("0-3", [("0", "0", "3", "4", "1"), ("3", "0", "3", "4", "1")], [(0, 4), (3, 4)]),
+        ("0-6:3", [("0", "0", "6", "3", "3"), ("6", "0", "6", "3", "3")], [(0, 3), (2, 3)]),
+        # MAX is the last id the range holds (6), not the 7 of the submission
+        ("0-7:3", [("3", "0", "6", "3", "3"), ("6", "0", "6", "3", "3")], [(1, 3), (2, 3)]),
+        ("1-2%1", [("1", "1", "2", "2", "1"), ("2", "1", "2", "2", "1")], [(0, 2), (1, 2)]),
+    ],
+)
+def test_the_variables_slurm_22_05_sets_give_each_task_its_share(spec, variables, shares):
+    names = ("ID", "MIN", "MAX", "COUNT", "STEP")
+    for values, share in zip(variables, shares, strict=True):
+        env = {f"SLURM_ARRAY_TASK_{n}": v for n, v in zip(names, values, strict=True)}
+        assert shard_from_environment(env) == share, spec
 
 
 @pytest.mark.parametrize("step", ["0", "-2"])
