@@ -485,9 +485,16 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
     index, off_step = divmod(task - first, step)
     # --array=3,5,6 (a list, as when only some tasks of an array are submitted again) has its
     # last id elsewhere than a range of COUNT ids from MIN would: every task refuses it alike,
-    # rather than some running a share of a partition that leaves lines out.
-    not_a_range = last is not None and last != first + (count - 1) * step
-    if not_a_range or off_step or not 0 <= index < count:
+    # rather than some running a share of a partition that leaves lines out. Slurm 22.05 sets
+    # STEP=1 for every list, so --array=0,2,4 (MIN 0, MAX 4, COUNT 3) is refused too, though
+    # its ids are evenly spaced: the message names the array, not the task's spacing.
+    if last is not None and last != first + (count - 1) * step:
+        raise DreamtextError(
+            f"this SLURM array ({count} tasks, ids {first} to {last}) is a list of ids, not a "
+            "range a share can be read from; pass --shard K/N, or with "
+            "scripts/slurm_array.sbatch give SHARES (README, 'A SLURM cluster')"
+        )
+    if off_step or not 0 <= index < count:
         raise DreamtextError(
             f"SLURM array task {task} is not one of {count} evenly spaced tasks from {first}; "
             "submit the array as a range (--array=0-7) or pass --shard K/N"

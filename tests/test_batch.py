@@ -452,15 +452,58 @@ def test_a_slurm_array_that_is_not_a_range_is_a_user_error():
 @pytest.mark.parametrize("task", ["3", "5", "6"])
 def test_every_task_of_a_slurm_array_list_refuses_it_alike(task):
     """--array=3,5,6 (failed tasks submitted again without --shard): tasks 3 and 5 ran shares
-    0/3 and 2/3 of another partition and task 6 refused, so share 1/3 was run by none."""
+    0/3 and 2/3 of another partition and task 6 refused, so share 1/3 was run by none. The
+    variables are those Slurm 22.05 set (RESULTS.md, "SLURM job arrays on a real SLURM")."""
     env = {
         "SLURM_ARRAY_TASK_ID": task,
         "SLURM_ARRAY_TASK_MIN": "3",
         "SLURM_ARRAY_TASK_MAX": "6",
         "SLURM_ARRAY_TASK_COUNT": "3",
+        "SLURM_ARRAY_TASK_STEP": "1",
     }
-    with pytest.raises(DreamtextError, match=r"not one of 3 evenly spaced tasks from 3.*--shard"):
+    with pytest.raises(DreamtextError) as refused:
         shard_from_environment(env)
+    assert str(refused.value) == (
+        "this SLURM array (3 tasks, ids 3 to 6) is a list of ids, not a range a share can be "
+        "read from; pass --shard K/N, or with scripts/slurm_array.sbatch give SHARES (README, "
+        "'A SLURM cluster')"
+    )
+
+
+@pytest.mark.parametrize("task", ["0", "2", "4"])
+def test_an_evenly_spaced_slurm_list_is_refused_as_a_list_not_for_its_spacing(task):
+    """--array=0,2,4 on Slurm 22.05: MIN 0, MAX 4, COUNT 3 and STEP 1 (a list's step is always
+    1). Its ids are evenly spaced, yet the refusal told the user task 4 was "not one of 3 evenly
+    spaced tasks from 0" and to submit a range, without the SHARES the script takes a list by."""
+    env = {
+        "SLURM_ARRAY_TASK_ID": task,
+        "SLURM_ARRAY_TASK_MIN": "0",
+        "SLURM_ARRAY_TASK_MAX": "4",
+        "SLURM_ARRAY_TASK_COUNT": "3",
+        "SLURM_ARRAY_TASK_STEP": "1",
+    }
+    with pytest.raises(
+        DreamtextError, match=r"^this SLURM array \(3 tasks, ids 0 to 4\) is a list .*SHARES"
+    ):
+        shard_from_environment(env)
+
+
+@pytest.mark.parametrize(
+    ("spec", "variables", "shares"),
+    [
+        # Recorded from Slurm 22.05 (benchmarks/slurm_local.sh): ID, MIN, MAX, COUNT, STEP
+        ("0-3", [("0", "0", "3", "4", "1"), ("3", "0", "3", "4", "1")], [(0, 4), (3, 4)]),
+        ("0-6:3", [("0", "0", "6", "3", "3"), ("6", "0", "6", "3", "3")], [(0, 3), (2, 3)]),
+        # MAX is the last id the range holds (6), not the 7 of the submission
+        ("0-7:3", [("3", "0", "6", "3", "3"), ("6", "0", "6", "3", "3")], [(1, 3), (2, 3)]),
+        ("1-2%1", [("1", "1", "2", "2", "1"), ("2", "1", "2", "2", "1")], [(0, 2), (1, 2)]),
+    ],
+)
+def test_the_variables_slurm_22_05_sets_give_each_task_its_share(spec, variables, shares):
+    names = ("ID", "MIN", "MAX", "COUNT", "STEP")
+    for values, share in zip(variables, shares, strict=True):
+        env = {f"SLURM_ARRAY_TASK_{n}": v for n, v in zip(names, values, strict=True)}
+        assert shard_from_environment(env) == share, spec
 
 
 @pytest.mark.parametrize("step", ["0", "-2"])
@@ -2574,13 +2617,13 @@ def test_every_export_option_has_a_flag():
     assert _CHANGED_EXPORT_OPTIONS.keys() == {row.option for row in EXPORT_FLAGS}
 
 
-@pytest.mark.parametrize(("batch_exit", "requeued"), [(0, False), (1, False), (130, True)])
-def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus_and_requeues_if_stopped(
-    tmp_path, batch_exit, requeued
-):
+@pytest.mark.parametrize("batch_exit", [0, 1, 130])
+def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus(tmp_path, batch_exit):
     """scripts/slurm_array.sbatch with stand-ins for srun and scontrol: dreamtext batch runs as a
     job step with the task's CPUs (srun does not pass them on by itself in every Slurm version),
-    and only an interrupted batch (exit 130: the time limit's SIGTERM) requeues the task."""
+    and its exit status is the task's. A batch stopped by a SIGTERM that is not the time limit's
+    (exit 130: `scancel -s TERM`, which signals the step and leaves the script running) is not
+    requeued: on Slurm 22.05 such a task came back to the queue 2 minutes after it was stopped."""
     tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
     tools.mkdir()
     for name, code in (("srun", batch_exit), ("scontrol", 0)):
@@ -2594,8 +2637,51 @@ def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus_and_requeues_if
     assert calls.read_text().splitlines() == [
         "srun --kill-on-bad-exit=1 --cpus-per-task=4 dreamtext batch prompts.txt --workspace "
         "/shared/runs --fp16",
-        *(["scontrol requeue 41_3"] if requeued else []),
     ]
+
+
+def test_the_slurm_script_passes_the_time_limits_warning_on_and_requeues_the_task(tmp_path):
+    """The time limit's warning reaches the script as USR1 (``--signal=B:USR1@180``): it sends
+    the step SIGTERM through scancel, the batch checkpoints and exits 130, and the script
+    requeues the task, the one way a stopped task goes back to the queue."""
+    tools, calls, ready = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "step.pid"
+    tools.mkdir()
+    scripts = {
+        # the step: runs until SIGTERM, then exits as an interrupted batch does
+        "srun": f'echo "srun $*" >> {calls}\ntrap "exit 130" TERM\necho $$ > {ready}\n'
+        "while :; do sleep 0.1; done",
+        "scancel": f'echo "scancel $*" >> {calls}\nkill -TERM "$(cat {ready})"',
+        "scontrol": f'echo "scontrol $*" >> {calls}',
+    }
+    for name, body in scripts.items():
+        (tools / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tools / name).chmod(0o755)
+    env = {
+        "PATH": f"{tools}:/usr/bin:/bin",
+        "SLURM_ARRAY_JOB_ID": "41",
+        "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_JOB_ID": "57",
+    }
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    task = subprocess.Popen(["bash", script, "prompts.txt", "/shared/runs"], env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    task.send_signal(signal.SIGUSR1)
+    assert task.wait(timeout=30) == 130
+    assert calls.read_text().splitlines() == [
+        "srun --kill-on-bad-exit=1 --cpus-per-task=1 dreamtext batch prompts.txt --workspace "
+        "/shared/runs",
+        "scancel --signal=TERM 57",
+        "scontrol requeue 41_3",
+    ]
+
+
+def test_the_slurm_script_asks_for_the_time_limits_warning_as_usr1_to_itself():
+    """``--signal=TERM@180`` signalled the step, where the script could not tell the time limit
+    from `scancel -s TERM`: it requeued the task either way."""
+    script = (ROOT / "scripts" / "slurm_array.sbatch").read_text()
+    assert re.findall(r"^#SBATCH --signal=(\S+)", script, re.MULTILINE) == ["B:USR1@180"]
 
 
 def test_the_slurm_script_gives_each_task_its_share_of_shares_for_a_list_of_tasks(tmp_path):
