@@ -2938,7 +2938,11 @@ def test_view_on_a_port_in_use_exits_2(root: Path, capsys):
 @pytest.mark.parametrize(
     "host, line",
     [
-        ("127.0.0.1", "from another machine: ssh -L {port}:127.0.0.1:{port} node042, then open"),
+        (
+            "127.0.0.1",
+            "from another machine: ssh -o ExitOnForwardFailure=yes -L {port}:127.0.0.1:{port} "
+            "node042, then open http://127.0.0.1:{port}/",
+        ),
         ("0.0.0.0", "from another machine, open http://node042:{port}/"),
     ],
 )
@@ -2946,7 +2950,9 @@ def test_view_names_this_machine_in_how_to_reach_it_from_another(
     root: Path, monkeypatch, capsys, host: str, line: str
 ):
     """The lines said `ssh -L ... <this host>`, and with --host 0.0.0.0 gave only 127.0.0.1's
-    address: the node's name is what a user at home has to type."""
+    address: the node's name is what a user at home has to type. The ssh line asks ssh to stop
+    when it cannot forward: where the user's port was taken, the line's plain `ssh -L` warned,
+    logged in, and the address it gave opened whatever held that port there."""
     import dreamtext.view.server as server_module
 
     monkeypatch.setattr(socket, "gethostname", lambda: "node042")

@@ -585,9 +585,12 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
         )
     else:
         target = f"[{host}]" if ":" in host else host
+        # Without ExitOnForwardFailure, ssh whose port is taken on the user's side (another
+        # viewer, a notebook) only warns and logs in: http://127.0.0.1:<port>/ then opens
+        # whatever holds that port there, not these runs.
         print(
-            f"  from another machine: ssh -L {p}:{target}:{p} {machine}, "
-            f"then open http://127.0.0.1:{p}/",
+            f"  from another machine: ssh -o ExitOnForwardFailure=yes -L {p}:{target}:{p} "
+            f"{machine}, then open http://127.0.0.1:{p}/",
             file=out,
         )
     print("  Ctrl-C stops it", file=out, flush=True)
