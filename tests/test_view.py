@@ -2938,7 +2938,11 @@ def test_view_on_a_port_in_use_exits_2(root: Path, capsys):
 @pytest.mark.parametrize(
     "host, line",
     [
-        ("127.0.0.1", "from another machine: ssh -L {port}:127.0.0.1:{port} node042, then open"),
+        (
+            "127.0.0.1",
+            "from another machine: ssh -o ExitOnForwardFailure=yes -L {port}:127.0.0.1:{port} "
+            "node042, then open http://127.0.0.1:{port}/",
+        ),
         ("0.0.0.0", "from another machine, open http://node042:{port}/"),
     ],
 )
@@ -2946,7 +2950,9 @@ def test_view_names_this_machine_in_how_to_reach_it_from_another(
     root: Path, monkeypatch, capsys, host: str, line: str
 ):
     """The lines said `ssh -L ... <this host>`, and with --host 0.0.0.0 gave only 127.0.0.1's
-    address: the node's name is what a user at home has to type."""
+    address: the node's name is what a user at home has to type. The ssh line asks ssh to stop
+    when it cannot forward: where the user's port was taken, the line's plain `ssh -L` warned,
+    logged in, and the address it gave opened whatever held that port there."""
     import dreamtext.view.server as server_module
 
     monkeypatch.setattr(socket, "gethostname", lambda: "node042")
@@ -2964,6 +2970,54 @@ def test_view_names_this_machine_in_how_to_reach_it_from_another(
     assert main(["view", str(root), "--host", host, "--port", "0"]) == 0
     out = capsys.readouterr().out
     assert line.format(port=made[0].server_port) in out, out
+
+
+def test_view_on_every_interface_gives_the_machines_addresses_too(root: Path, monkeypatch, capsys):
+    """With --host 0.0.0.0 the line named the node only by its host name, which a laptop outside
+    the cluster's DNS (or a portal that connects by address) cannot resolve; it gives the
+    addresses that reach the node too."""
+    import dreamtext.view.server as server_module
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "node042")
+    monkeypatch.setattr(server_module, "machine_addresses", lambda: ["10.1.2.3", "10.9.0.7"])
+    made = []
+
+    def stopped_at_once(*args, **kwargs):
+        srv = make_server(*args, **kwargs)
+        made.append(srv)
+        monkeypatch.setattr(
+            srv, "serve_forever", lambda **_: (_ for _ in ()).throw(KeyboardInterrupt)
+        )
+        return srv
+
+    monkeypatch.setattr(server_module, "make_server", stopped_at_once)
+    assert main(["view", str(root), "--host", "0.0.0.0", "--port", "0"]) == 0
+    port = made[0].server_port
+    want = (
+        f"from another machine, open http://node042:{port}/ (by address: "
+        f"http://10.1.2.3:{port}/, http://10.9.0.7:{port}/)"
+    )
+    assert want in capsys.readouterr().out
+
+
+def test_machine_addresses_are_this_machines_and_not_loopback():
+    """Each address binds here (an address of another machine would not) and none is 127.x;
+    the address this machine's route to the outside leaves from is among them."""
+    from dreamtext.view.server import machine_addresses
+
+    addresses = machine_addresses()
+    for address in addresses:
+        assert not address.startswith("127."), addresses
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((address, 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.123", 9))  # sends nothing: picks the route and its source
+        except OSError:
+            pytest.skip("no IPv4 route off this machine")
+        source = s.getsockname()[0]
+    if not source.startswith("127."):
+        assert source in addresses, (source, addresses)
 
 
 def test_view_static_prints_the_page_it_wrote(root: Path, tmp_path: Path, capsys):

@@ -10,8 +10,10 @@ DREAMTEXT_VIEW_CPU_SLOWDOWN=N runs each page's scripts and drawing N times slowe
 throttling), to shake out checks that read the page before it has caught up.
 """
 
+import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -1068,6 +1070,66 @@ def test_an_answer_that_is_not_the_data_keeps_saying_the_server_is_not_answering
     page.unroute(polls)
     page.wait_for_selector(".offline", state="hidden", timeout=CATCH_UP_MS)
     assert cards_by_state(page) == STATES
+
+
+def test_a_poll_that_is_never_answered_says_the_server_is_not_answering(page, server):
+    """Over an ssh tunnel whose network is gone (a laptop off its Wi-Fi, a dropped VPN), the
+    local ssh takes the page's request and neither answers nor refuses it. The poll waited on it
+    as long as the connection hung, minutes, while the page went on showing the run's last step
+    as if it were live; now a poll unanswered for 5 poll intervals has failed, and the note says
+    since when the page has not heard from the server."""
+    page.goto(server.url + "run/a_blue_sphere/")
+    page.wait_for_selector(".chart")
+    held = []  # the polls the "tunnel" took and never answered
+    polls = "**/api/run/a_blue_sphere.json*"
+
+    def hold(route) -> None:
+        held.append(route)
+
+    page.route(polls, hold)
+    try:
+        page.wait_for_selector(".offline:not([hidden])", timeout=CATCH_UP_MS)
+        note = page.inner_text(".offline")
+        assert re.fullmatch(
+            r"server not answering since \d\d:\d\d:\d\d UTC: what the page shows is from "
+            r"then; it keeps asking",
+            note,
+        ), note
+    finally:
+        page.unroute(polls)
+    page.wait_for_selector(".offline", state="hidden", timeout=CATCH_UP_MS)
+    assert held
+    for route in held:  # cancelled by the page already
+        with contextlib.suppress(Exception):
+            route.abort()
+
+
+def test_while_polls_fail_the_page_asks_again_at_least_every_five_intervals(page, server):
+    """While polls failed (the view server stopped, the ssh tunnel closed) the page waited twice
+    as long before each next one, up to 30 s: a user who restarted the tunnel after a minute
+    looked at "server not answering" for up to 30 s more. Now the wait stops growing at 5 poll
+    intervals (10 s)."""
+    page.goto(server.url)
+    page.wait_for_selector(".card")
+    failed_at: list[float] = []
+    polls = "**/api/runs.json*"
+
+    def refuse(route) -> None:  # as a closed tunnel does: connection refused
+        failed_at.append(time.monotonic())
+        route.abort("connectionrefused")
+
+    page.route(polls, refuse)
+    try:
+        # The gaps before, doubling from 1 interval: 2, 4, 8, then 5 intervals 16, ... (ms /
+        # POLL_MS); 9 polls within CATCH_UP_MS, where the old page's would have taken 511.
+        assert soon_true(page, lambda: len(failed_at) >= 9), failed_at
+    finally:
+        page.unroute(polls)
+    gaps = [b - a for a, b in itertools.pairwise(failed_at)]
+    # Each at most 5 intervals, and slack for a loaded machine: the old page's 5th was 16.
+    assert max(gaps) < 10 * POLL_MS / 1000, gaps
+    page.wait_for_selector(".offline", state="hidden", timeout=CATCH_UP_MS)
+    page.problems[:] = [p for p in page.problems if "ERR_CONNECTION_REFUSED" not in p]
 
 
 def write_whole(path: Path, data: dict) -> None:

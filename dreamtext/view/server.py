@@ -490,6 +490,38 @@ def _copy(source, target, length: int, chunk: int = 1 << 16) -> None:
         length -= len(data)
 
 
+# Linux's ioctl that reads an interface's IPv4 address (<linux/sockios.h>).
+_SIOCGIFADDR = 0x8915
+# More addresses than a node has networks (ethernet, InfiniBand, a management network) are
+# containers' bridges and the like: not worth a longer line.
+MAX_ADDRESSES_SHOWN = 4
+
+
+def machine_addresses() -> list[str]:
+    """This machine's IPv4 addresses, loopback and link-local left out, each once: those of its
+    network interfaces on Linux, else those its host name resolves to. ``[]`` where neither can
+    be read."""
+    found: list[str] = []
+    if sys.platform.startswith("linux"):
+        import fcntl
+        import struct
+
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _, name in socket.if_nameindex():
+                request = struct.pack("256s", name.encode()[:15])
+                try:  # EADDRNOTAVAIL for an interface without an IPv4 address
+                    answer = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, request)
+                except OSError:
+                    continue
+                found.append(socket.inet_ntoa(answer[20:24]))
+    else:
+        with contextlib.suppress(OSError):
+            infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+            found = [info[4][0] for info in infos]
+    shown = [a for a in dict.fromkeys(found) if not a.startswith(("127.", "169.254.", "0."))]
+    return shown[:MAX_ADDRESSES_SHOWN]
+
+
 def make_server(
     catalog: Catalog,
     host: str = "127.0.0.1",
@@ -542,16 +574,23 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
     # The name other machines reach this one by, as far as it knows (on a cluster, the node).
     machine = socket.gethostname() or "<this host>"
     if host in ALL_INTERFACES:
+        # Where the name does not resolve from the user's side (a node outside the cluster's
+        # DNS, a portal that connects by address), the addresses are what reaches it.
+        by_address = ", ".join(f"http://{address}:{p}/" for address in machine_addresses())
         print(
             "  listening on every network interface of this machine (--host): from another "
-            f"machine, open http://{machine}:{p}/",
+            f"machine, open http://{machine}:{p}/"
+            + (f" (by address: {by_address})" if by_address else ""),
             file=out,
         )
     else:
         target = f"[{host}]" if ":" in host else host
+        # Without ExitOnForwardFailure, ssh whose port is taken on the user's side (another
+        # viewer, a notebook) only warns and logs in: http://127.0.0.1:<port>/ then opens
+        # whatever holds that port there, not these runs.
         print(
-            f"  from another machine: ssh -L {p}:{target}:{p} {machine}, "
-            f"then open http://127.0.0.1:{p}/",
+            f"  from another machine: ssh -o ExitOnForwardFailure=yes -L {p}:{target}:{p} "
+            f"{machine}, then open http://127.0.0.1:{p}/",
             file=out,
         )
     print("  Ctrl-C stops it", file=out, flush=True)

@@ -152,6 +152,19 @@
   // A run page whose run is gone asks again this many poll intervals later (2 s → 30 s): the
   // folder may be moved back, but the page no longer asks as if the run were training.
   const GONE_POLL_FACTOR = 15;
+  // A poll that has not been answered in this many poll intervals (2 s → 10 s) has failed. Over
+  // an ssh tunnel whose network went away (a laptop's Wi-Fi, a suspended laptop) the request is
+  // taken by the local ssh and never answered nor refused: without a limit the page waited on it
+  // for as long as the connection hung (minutes), showing the last step as if it were live.
+  const POLL_TIMEOUT_FACTOR = 5;
+  // While polls fail, the page waits twice as long before each next one, up to this many poll
+  // intervals (2 s → 10 s): a restarted tunnel or server is seen within 10 s, not 30.
+  const BACKOFF_FACTOR = 5;
+
+  /** The time of day of a Date, as "23:41:05 UTC" (the page shows times in UTC). */
+  function clockTime(date) {
+    return `${date.toISOString().slice(11, 19)} UTC`;
+  }
 
   /** Whether a 404 is the server saying the polled run is not there ({"gone": id}), rather than
    * some other answer (a proxy's page for an address it does not know). */
@@ -179,16 +192,22 @@
     let etag = script.dataset.etag || null;
     let delay = data.poll_ms;
     let gone = false;
-    const indicator = el("p", { class: "offline", hidden: true, text: "server not answering" });
+    // When the page last heard from the server: what it shows is as of then.
+    let answeredAt = new Date();
+    const indicator = el("p", { class: "offline", hidden: true });
     document.body.append(indicator);
     async function tick() {
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), data.poll_ms * POLL_TIMEOUT_FACTOR);
       try {
         // no-store: the tag is ours to send, and a 304 comes to this code as it is.
         const headers = etag ? { "If-None-Match": etag } : {};
         const cursor = since ? since() : null;
         const url = cursor ? `${data.api}?since=${encodeURIComponent(cursor)}` : data.api;
-        const response = await fetch(url, { cache: "no-store", headers });
+        const response = await fetch(url, { cache: "no-store", headers, signal: abort.signal });
         if (onGone && (await isGoneAnswer(response))) {
+          clearTimeout(timer);
+          answeredAt = new Date();
           if (!gone) onGone(true);
           gone = true;
           indicator.hidden = true;
@@ -211,12 +230,16 @@
           }
           etag = applied ? response.headers.get("ETag") : null;
         }
+        answeredAt = new Date();
         indicator.hidden = true;
         delay = data.poll_ms;
       } catch (error) {
+        indicator.textContent = `server not answering since ${clockTime(answeredAt)}: ` +
+          "what the page shows is from then; it keeps asking";
         indicator.hidden = false;
-        delay = Math.min(delay * 2, 30000);
+        delay = Math.min(delay * 2, data.poll_ms * BACKOFF_FACTOR);
       }
+      clearTimeout(timer);
       setTimeout(tick, delay);
     }
     setTimeout(tick, delay);
