@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from dreamtext.devices import to_device
+
 VIEW_LABELS: tuple[str, ...] = ("front", "side", "back", "overhead", "bottom")
 # With ``ViewThresholds.split_sides`` the two side ranges get their own labels.
 SPLIT_VIEW_LABELS: tuple[str, ...] = (
@@ -98,7 +100,9 @@ class Poses:
         return self.c2w.shape[0]
 
     def to(self, device: torch.device | str) -> Poses:
-        return Poses(*(t.to(device) for t in self._tensors()))
+        """The cameras on ``device``; from the host to a GPU without waiting for it
+        (:func:`~dreamtext.devices.to_device`): cameras are drawn on the host, mid-run."""
+        return Poses(*(to_device(t, device) for t in self._tensors()))
 
     def __getitem__(self, index: slice) -> Poses:
         """Cameras ``index`` (a slice) of the batch."""

@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -544,7 +544,7 @@ def _train_step(run: Run) -> dict[str, Any]:
         for p, a in zip(poses.polar.tolist(), poses.azimuth.tolist(), strict=True)
     ]
     # Drawn on the host, copied up without waiting for the GPU (to_device).
-    poses = Poses(*(to_device(getattr(poses, f.name), run.device) for f in fields(Poses)))
+    poses = poses.to(run.device)
     shading = shading_for_step(step, cfg, rng)
     lights = light_positions(poses, cfg.light_jitter, rng)
     background = None

@@ -262,6 +262,8 @@ def test_a_preview_whose_samples_fit_in_one_chunk_reads_no_offsets(tmp_path):
     sites, views = preview_sites(tmp_path, {})
     assert views >= 2 and offset_reads(sites) == 0, sites  # before: 2 a view, one a shading
     assert by_file(sites)["renderer.py"] == 0, sites
+    # The cameras, drawn on the host, go up without a wait (Poses.to): before, 5 copies.
+    assert by_file(sites)["cameras.py"] == 0, sites
 
 
 def test_a_preview_split_into_chunks_reads_its_offsets_once_a_view(tmp_path):
