@@ -1383,19 +1383,6 @@ def unwrap_uv(
     return unwrapped, uv.astype(np.float64)
 
 
-@torch.no_grad()
-def query_albedo(field: torch.nn.Module, points: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-    """The field's albedo ``[N, 3]`` in [0, 1] at ``points: [N, 3]``, ``chunk`` points at a time."""
-    device = field_device(field)
-    albedo = np.empty((len(points), 3), dtype=np.float32)
-    for start in tqdm(
-        range(0, len(points), chunk), desc="albedo", leave=False, unit="chunk", **bar_options()
-    ):
-        x = torch.from_numpy(points[start : start + chunk].astype(np.float32)).to(device)
-        albedo[start : start + chunk] = field(x)[1].float().clamp(0, 1).cpu().numpy()
-    return albedo
-
-
 # A surface point "stands in empty space" when one cell of the field around it is under this
 # opacity (1 − exp(−σ·cell)). Such points are where the solid (the cells light from the six
 # axis directions does not reach) reaches past the matter, as over a pit: the field's albedo
@@ -1610,7 +1597,6 @@ __all__ = [
     "mesh_stats",
     "orient_outward",
     "outside_optical_depth",
-    "query_albedo",
     "query_surface_albedo",
     "rasterize_uv",
     "render_occupancy",
