@@ -18,7 +18,8 @@ NeRF alone) and its backward pass, built by ``dreamtext.factory`` and run throug
   backward (with the zeroed gradient table). The op counts leave the grid's own ops out.
 * **host syncs**: calls from dreamtext's code that make the host wait for a CUDA device —
   ``.item()``, ``.tolist()``, ``.cpu()``, ``bool()``/``int()``/``float()`` of a tensor,
-  ``nonzero``, boolean-mask indexing, ``bincount``, ``unique``, ``repeat_interleave`` with
+  ``nonzero``, boolean-mask indexing and writes (not those torch makes a ``masked_fill_``),
+  ``bincount``, ``unique``, ``repeat_interleave`` with
   tensor repeats — by stage, and by call site with ``--sites``.
 
 The optimiser step is left out (on the CPU Adam runs its per-tensor loop; on CUDA its
@@ -59,6 +60,21 @@ SYNC_FUNCTIONS = ("nonzero", "bincount", "unique", "unique_consecutive", "masked
 def _has_bool_mask(index) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+def _mask_write_syncs(tensor, index, value) -> bool:
+    """Whether ``tensor[index] = value`` waits for the device: a boolean mask written through
+    syncs (its ``nonzero``) unless torch makes it a ``masked_fill_`` (one mask, a value of one
+    element on the host, such as a Python number, and no other index tensor;
+    tests/virtual_cuda.py says where in torch)."""
+    if not _has_bool_mask(index):
+        return False
+    items = index if isinstance(index, tuple) else (index,)
+    arrays = [i for i in items if isinstance(i, torch.Tensor) and i.dim() > 0]
+    host_scalar = not isinstance(value, torch.Tensor) or (
+        value.device.type == "cpu" and value.numel() == 1
+    )
+    return not (len(arrays) == 1 and host_scalar)  # the one array is the mask
 
 
 class LaunchCounter(TorchDispatchMode):
@@ -123,6 +139,7 @@ class LaunchCounter(TorchDispatchMode):
             self._wrap(torch, name)
         self._wrap(torch.Tensor, "nonzero")
         self._wrap(torch.Tensor, "__getitem__", lambda tensor, index: _has_bool_mask(index))
+        self._wrap(torch.Tensor, "__setitem__", _mask_write_syncs)
         for owner in (torch, torch.Tensor):
             self._wrap(
                 owner,

@@ -38,6 +38,21 @@ def test_syncs_are_counted_where_dreamtext_makes_them(launch_count):
     assert counter.sync_total() == 2 and site.startswith("samplers.py:")
 
 
+def test_a_mask_written_through_syncs_unless_torch_makes_it_a_masked_fill(
+    launch_count, monkeypatch
+):
+    monkeypatch.setattr(launch_count, "PACKAGE", __file__)  # count this file's calls
+    x, mask = torch.zeros(4, 2), torch.tensor([True, False, True, False])
+    with launch_count.LaunchCounter() as counter:
+        x[mask] = 1.0  # masked_fill_: no wait
+        x[mask, 1] = torch.tensor(2.0)  # one host element, the mask the one index tensor
+        x[mask] = torch.tensor([3.0, 4.0])  # index_put_: the mask's nonzero waits
+        x[mask, torch.tensor([0, 1])] = 5.0  # a second index tensor: index_put_
+        x[1:] = 6.0  # no mask
+    assert counter.sync_total() == 2
+    assert x.tolist() == [[5.0, 4.0], [6.0, 6.0], [6.0, 6.0], [6.0, 6.0]]
+
+
 def test_the_marcher_waits_for_the_device_twice_a_round(launch_count):
     """One sync to list the round's steps, one to read how many samples it keeps, how many rays
     march on and the next round's span (plus one for the rays that hit the scene and the first
