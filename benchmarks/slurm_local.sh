@@ -168,12 +168,16 @@ start_slurmd() {  # NODE: its slurmd, in its namespaces, on its CPU
         sh -c "hostname $1 && exec slurmd -f $conf -N $1"
 }
 
-revive() {  # NODE: a node that was killed or cut boots again (ReturnToService=2 takes it back)
+revive() {  # NODE: a killed node boots again, a cut one gets its network back
     local ns
     ns=$(node_namespace "${1:-}")
     ip netns exec "$ns" ip link set eth0 up
     if [[ -z $(ip netns pids "$ns") ]]; then
-        start_slurmd "$1"
+        start_slurmd "$1"  # it registers, and ReturnToService=2 takes the node back
+    else
+        # A cut node's slurmd lived on and does not register again: Slurm 22.05 kept it
+        # "down* Not responding" (over a minute here) until resumed, as an admin would.
+        scontrol update nodename="$1" state=resume
     fi
     wait_for_nodes 2
 }

@@ -1325,10 +1325,7 @@ def run_entry(
     except WorkspaceInUse as in_use:  # a `dreamtext text` (not a worker of this batch) runs it
         busy = True
         result = {"status": "skipped", "error": f"in use by {in_use.holder}"}
-        _say(
-            f"batch: line {entry.line}: {in_use.situation}, not a worker of this batch; "
-            "skipped, run the batch again once it ends"
-        )
+        _say(in_use_line(entry, in_use, lock))
     except DreamtextError as error:
         result = {"status": "failed", "error": error_line(error)}
         _say(f"batch: line {entry.line} failed: {error}")
@@ -1383,6 +1380,28 @@ def run_entry(
                 with contextlib.suppress(Exception):  # a broken CUDA context raises here too
                     free_memory()
     return record
+
+
+def in_use_line(entry: Entry, in_use: WorkspaceInUse, lock: WorkspaceLock) -> str:
+    """The line with which a worker skips ``entry``, whose run another live process holds
+    (:class:`WorkspaceInUse`). Where this worker has just taken over the line's lock
+    (``lock.took_over``), that process is most likely the worker it took it from, still alive:
+    a node that Slurm gave up for lost (its task requeued) while it went on writing ROOT, or a
+    worker that stopped refreshing its lock but not running; else a ``dreamtext text`` of the
+    workspace."""
+    taken = lock.took_over
+    if taken is None:
+        return (
+            f"batch: line {entry.line}: {in_use.situation}, not a worker of this batch; "
+            "skipped, run the batch again once it ends"
+        )
+    task = f", SLURM task {taken['slurm']}" if taken.get("slurm") else ""
+    return (
+        f"batch: line {entry.line}: {in_use.situation}: most likely the worker whose lock this "
+        f"one took over ({taken.get('host')} pid {taken.get('pid')}{task}: {taken['reason']}), "
+        "still alive (a node cut off from SLURM but not from the results folder, or a worker "
+        "that stopped refreshing its lock); skipped, run the batch again once it ends"
+    )
 
 
 def held_line(entry: Entry, lock: WorkspaceLock) -> str:

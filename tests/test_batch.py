@@ -822,6 +822,37 @@ def test_a_line_whose_lock_a_dead_node_left_is_taken_over_at_the_end_of_the_shar
     assert not (root / "a_red_cube.lock").exists()
 
 
+def test_a_run_still_held_by_the_worker_whose_lock_was_taken_over_is_named_so(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A node cut off from Slurm, not from ROOT: its task was requeued on node2, which took over
+    the lock of its earlier self at once, while node1's process went on training the line and
+    held the run's own lock. The skip line said that process was 'not a worker of this batch'."""
+    from dreamtext.errors import WorkspaceInUse
+
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    root.mkdir()
+    _lock_file(root / "a_red_cube.lock", age=100, host="node1", pid=25130, slurm="14_0")
+
+    def in_use(entry, *args, **kwargs):
+        raise WorkspaceInUse(entry.workspace, "process 25130 on node1")
+
+    monkeypatch.setattr(dreamtext.batch, "run_one_retrying_stale", in_use)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "60"]))) == 0
+    err = capsys.readouterr().err
+    assert "not a worker of this batch" not in err
+    assert (
+        "process 25130 on node1 is running a run in it: most likely the worker whose lock this "
+        "one took over (node1 pid 25130, SLURM task 14_0: not refreshed for 100 s > "
+        "--lock-timeout 60 s), still alive"
+    ) in err
+    (record,) = rows(root)
+    assert (record["status"], record["error"]) == ("skipped", "in use by process 25130 on node1")
+    assert record["took_over"]["host"] == "node1"
+
+
 def test_a_line_another_live_worker_holds_is_skipped_with_a_line_and_not_waited_for(
     tmp_path, tiny_yaml, shapes_cache, capsys
 ):
