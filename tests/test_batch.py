@@ -822,6 +822,31 @@ def test_a_line_whose_lock_a_dead_node_left_is_taken_over_at_the_end_of_the_shar
     assert not (root / "a_red_cube.lock").exists()
 
 
+def test_a_sigterm_while_waiting_for_an_abandoned_lock_stops_the_batch_as_interrupted(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A task at its time limit (or scancel) while it waits out a dead node's lock: exit 130,
+    so that the script requeues it, and the line's row says interrupted, not skipped."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+    _lock_file(root / "a_red_cube.lock", age=200, host="node1", refresh_s=15)
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dreamtext.batch.time, "sleep", interrupted)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 130
+    assert "line 1: interrupted while waiting for its lock" in capsys.readouterr().err
+    assert [(r["line"], r["status"], r["stopped_batch"]) for r in rows(root)] == [
+        (1, "skipped", False),
+        (2, "finished", False),
+        (1, "interrupted", True),
+    ]
+    assert json.loads((root / "a_red_cube.lock").read_text())["host"] == "node1"  # left as it was
+
+
 def test_a_run_still_held_by_the_worker_whose_lock_was_taken_over_is_named_so(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
