@@ -22,7 +22,9 @@ train one prompt at the same time even when they run the same share. A lock is t
 process is gone (same host), when it belongs to this very SLURM array task (a requeued task), when
 its record cannot be read a few seconds after it was made (empty: a full disk, or a writer killed
 between creating and writing it), or when its holder stopped refreshing it for ``--lock-timeout``
-seconds.
+seconds. A lock of another host cannot be checked but by its age: one not refreshed for three of
+its holder's refresh intervals looks abandoned (a dead node), and the worker that finds it comes
+back to that line after the rest of its share, waits for the timeout and takes it over.
 """
 
 from __future__ import annotations
@@ -482,6 +484,28 @@ def slurm_task() -> tuple[str | None, int]:
 UNREADABLE_LOCK_AFTER_S = 10.0
 
 
+# A lock its holder has not refreshed for this many of its refresh intervals looks abandoned
+# (WorkspaceLock.looks_abandoned): a live holder refreshes it every interval, and NFS's cached
+# attributes (acregmax, 60 s by default) can make a refresh look a minute late from elsewhere.
+ABANDONED_AFTER_REFRESHES = 3
+
+
+def refresh_interval(timeout: float) -> float:
+    """Seconds between a held lock's refreshes: ``min(60, timeout / 4)``, so that a live holder
+    refreshes it several times within any ``--lock-timeout``."""
+    return min(60.0, timeout / 4)
+
+
+def abandoned_after(info: Mapping[str, Any], timeout: float) -> float:
+    """Seconds without a refresh after which the lock ``info`` looks abandoned:
+    :data:`ABANDONED_AFTER_REFRESHES` of the refresh interval its holder recorded
+    (``refresh_s``), or of this worker's where it recorded none (written by an older dreamtext)."""
+    every = info.get("refresh_s")
+    if not isinstance(every, (int, float)) or isinstance(every, bool) or every <= 0:
+        every = refresh_interval(timeout)
+    return ABANDONED_AFTER_REFRESHES * float(every)
+
+
 def lock_path(workspace: Path) -> Path:
     """The file of :class:`WorkspaceLock`'s claim on ``workspace``: ``<workspace>.lock``."""
     return workspace.with_name(workspace.name + ".lock")
@@ -491,9 +515,10 @@ class WorkspaceLock:
     """An exclusive claim on a workspace: the file ``<workspace>.lock`` beside it.
 
     The file holds ``{"host", "pid", "pid_start", "started", "slurm", "slurm_restart",
-    "token"}``, is written
-    whole to a temp file and hard-linked into place (atomic, also on NFS), and refreshed (its
-    mtime) every ``timeout / 4`` seconds (at most every minute) while held.
+    "token", "refresh_s"}``, is written whole to a temp file and hard-linked into place (atomic,
+    also on NFS), and refreshed (its mtime) every ``refresh_s = min(60, timeout / 4)`` seconds
+    while held: a lock not refreshed for several of its holder's ``refresh_s`` looks abandoned
+    (:meth:`looks_abandoned`), and one not refreshed for ``timeout`` is taken over.
 
     Taking over a stale lock is not atomic: a worker renames the stale file away, and may rename a
     fresh one instead (another worker broke the stale lock and claimed the workspace a moment
@@ -507,6 +532,7 @@ class WorkspaceLock:
     def __init__(self, workspace: Path, timeout: float) -> None:
         self.path = lock_path(workspace)
         self.timeout = timeout
+        self.interval = refresh_interval(timeout)
         slurm, restarts = slurm_task()
         self.info = {
             **this_process(),  # host, pid, pid_start: a pid reused later is not this worker
@@ -514,8 +540,12 @@ class WorkspaceLock:
             "slurm": slurm,
             "slurm_restart": restarts,
             "token": uuid.uuid4().hex,
+            "refresh_s": self.interval,  # how often a live holder refreshes it, for the others
         }
         self.holder: dict[str, Any] | None = None
+        self.holder_age = 0.0  # seconds since the holder last refreshed its lock
+        # The stale lock this one replaced: its holder's record and why it was taken over.
+        self.took_over: dict[str, Any] | None = None
         self.lost: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -530,7 +560,7 @@ class WorkspaceLock:
                     self._start_heartbeat()
                     return True
                 if look == "theirs":  # moved away by a worker breaking the stale lock, replaced
-                    self.holder = info
+                    self.holder, self.holder_age = info, 0.0
                     return False
                 continue  # moved away by a worker checking it: claim it again
             held = self.read(self.path)
@@ -539,10 +569,12 @@ class WorkspaceLock:
             info, age = held
             reason = self._stale_reason(info, age)
             if reason is None:
-                self.holder = info
+                self.holder, self.holder_age = info, age
                 return False
             if self._break(info):
                 _say(f"batch: taking over {self.path} ({reason})")
+                kept = ("host", "pid", "slurm", "slurm_restart", "started")
+                self.took_over = {**{k: info.get(k) for k in kept}, "reason": reason}
         return False
 
     def refresh(self) -> bool:
@@ -587,9 +619,19 @@ class WorkspaceLock:
 
     def describe_holder(self) -> str:
         info = self.holder or {}
+        task = f" (SLURM task {info['slurm']})" if info.get("slurm") else ""
         return (
-            f"claimed by {info.get('host', '?')} pid {info.get('pid', '?')} "
+            f"claimed by {info.get('host', '?')} pid {info.get('pid', '?')}{task} "
             f"since {info.get('started', '?')} ({self.path.name})"
+        )
+
+    def looks_abandoned(self) -> bool:
+        """The holder found by :meth:`acquire` has not refreshed its lock for
+        :data:`ABANDONED_AFTER_REFRESHES` of its refresh intervals: a live holder would have,
+        so its worker is probably gone (a dead node, a killed task whose host cannot be asked),
+        and the lock is taken over once ``timeout`` passes (:func:`wait_for_abandoned_lock`)."""
+        return self.holder is not None and self.holder_age > abandoned_after(
+            self.holder, self.timeout
         )
 
     def describe_loss(self) -> str:
@@ -696,10 +738,8 @@ class WorkspaceLock:
         return True
 
     def _start_heartbeat(self) -> None:
-        interval = min(60.0, self.timeout / 4)
-
         def beat() -> None:
-            while not self._stop.wait(interval):
+            while not self._stop.wait(self.interval):
                 if not self.refresh():
                     return  # taken over: the holder's lock is not ours to refresh
 
@@ -959,7 +999,44 @@ def run_batch(
             bar.update(1)
             if record["stopped_batch"]:  # a full disk, an unusable GPU
                 break
-    stopped = records and stopped_by_user(records[-1])
+        else:
+            # Lines skipped for a lock whose holder stopped refreshing it (a dead node's): this
+            # worker waits for the lock to time out and runs them, rather than leaving them to
+            # a later submission. A holder that refreshes its lock again is alive: skipped.
+            for index, (entry, cfg) in enumerate(zip(share, configs, strict=True)):
+                if not held_for(records[index]):
+                    continue
+                try:
+                    again = wait_for_abandoned_lock(entry, options.lock_timeout)
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM while waiting
+                    result = {"status": "interrupted", "error": None}
+                    now = time.perf_counter()
+                    record = {
+                        **_record(entry, root, shard_text, result, False, now_iso(), now),
+                        "continued_from": None,
+                        "stopped_batch": True,
+                        "took_over": None,
+                    }
+                    append_record(root / BATCH_LOG, record)
+                    _say(f"batch: line {entry.line}: interrupted while waiting for its lock")
+                    records[index] = record
+                    break
+                if not again:
+                    continue
+                bar.set_postfix_str(entry.workspace.name[:40])
+                records[index] = record = run_entry(
+                    entry,
+                    cfg,
+                    replace(options, overwrite=overwrites[entry.workspace]),
+                    root,
+                    shard_text,
+                    before[entry.workspace],
+                    others,
+                    log=root / BATCH_LOG,
+                )
+                if record["stopped_batch"]:
+                    break
+    stopped = any(stopped_by_user(r) for r in records)
     to_train = {e.workspace for e, _ in pending}
     left = [e for e in share[len(records) :] if e.workspace in to_train] if stopped else []
     return BatchRun(records, left, options.overwrite)
@@ -1210,6 +1287,7 @@ def run_entry(
                 )
         elif not (claimed := lock.acquire()):
             result["error"] = lock.describe_holder()
+            _say(held_line(entry, lock))
         else:
             # another worker may have finished (or, with --overwrite, retrained) it meanwhile
             fresh = options.overwrite and read_status(entry.workspace) == before
@@ -1247,10 +1325,7 @@ def run_entry(
     except WorkspaceInUse as in_use:  # a `dreamtext text` (not a worker of this batch) runs it
         busy = True
         result = {"status": "skipped", "error": f"in use by {in_use.holder}"}
-        _say(
-            f"batch: line {entry.line}: {in_use.situation}, not a worker of this batch; "
-            "skipped, run the batch again once it ends"
-        )
+        _say(in_use_line(entry, in_use, lock))
     except DreamtextError as error:
         result = {"status": "failed", "error": error_line(error)}
         _say(f"batch: line {entry.line} failed: {error}")
@@ -1284,6 +1359,8 @@ def run_entry(
         **_record(entry, root, shard, result, ours, started, start),
         "continued_from": continued,
         "stopped_batch": stopped or ends_batch,
+        # Whose stale lock this attempt took over, and why: a killed worker's, a dead node's.
+        "took_over": lock.took_over,
     }
     try:
         if log is not None:
@@ -1303,6 +1380,78 @@ def run_entry(
                 with contextlib.suppress(Exception):  # a broken CUDA context raises here too
                     free_memory()
     return record
+
+
+def in_use_line(entry: Entry, in_use: WorkspaceInUse, lock: WorkspaceLock) -> str:
+    """The line with which a worker skips ``entry``, whose run another live process holds
+    (:class:`WorkspaceInUse`). Where this worker has just taken over the line's lock
+    (``lock.took_over``), that process is most likely the worker it took it from, still alive:
+    a node that Slurm gave up for lost (its task requeued) while it went on writing ROOT, or a
+    worker that stopped refreshing its lock but not running; else a ``dreamtext text`` of the
+    workspace."""
+    taken = lock.took_over
+    if taken is None:
+        return (
+            f"batch: line {entry.line}: {in_use.situation}, not a worker of this batch; "
+            "skipped, run the batch again once it ends"
+        )
+    task = f", SLURM task {taken['slurm']}" if taken.get("slurm") else ""
+    return (
+        f"batch: line {entry.line}: {in_use.situation}: most likely the worker whose lock this "
+        f"one took over ({taken.get('host')} pid {taken.get('pid')}{task}: {taken['reason']}), "
+        "still alive (a node cut off from SLURM but not from the results folder, or a worker "
+        "that stopped refreshing its lock); skipped, run the batch again once it ends"
+    )
+
+
+def held_line(entry: Entry, lock: WorkspaceLock) -> str:
+    """The line with which a worker skips ``entry``, whose workspace ``lock`` found claimed:
+    that the holder refreshed it lately (another worker runs it), or that it has not for long
+    (:meth:`WorkspaceLock.looks_abandoned`), when this worker comes back to it after its other
+    lines (:func:`wait_for_abandoned_lock`)."""
+    holder = lock.describe_holder()
+    if not lock.looks_abandoned():
+        return (
+            f"batch: line {entry.line}: {holder}, refreshed {lock.holder_age:.0f} s ago: "
+            "another worker runs it; skipped"
+        )
+    return (
+        f"batch: line {entry.line}: {holder}, not refreshed for {lock.holder_age:.0f} s: its "
+        "worker may be gone (a dead node, a killed task); this worker comes back to it after "
+        f"its other lines and takes it over once not refreshed for --lock-timeout "
+        f"{lock.timeout:g} s"
+    )
+
+
+def wait_for_abandoned_lock(entry: Entry, timeout: float) -> bool:
+    """Wait for the lock on ``entry``'s workspace, where it looks abandoned (not refreshed for
+    :func:`abandoned_after` seconds), to be released or to pass ``timeout`` (taken over then);
+    ``True`` when the line should be tried again. ``False`` at once where there is no lock any
+    more (its holder, alive, has ended the line) or its holder refreshed it (alive after all),
+    and as soon as another worker claims it."""
+    path = lock_path(entry.workspace)
+    first = WorkspaceLock.read(path)
+    if first is None:
+        return False
+    token, said = first[0].get("token"), False
+    while True:
+        held = WorkspaceLock.read(path)
+        if held is None:
+            return True
+        info, age = held
+        if info.get("token") != token or age <= abandoned_after(info, timeout):
+            return False
+        if age > timeout:
+            return True
+        if not said:
+            _say(
+                f"batch: line {entry.line}: waiting {timeout - age:.0f} s for {path.name}, not "
+                f"refreshed for {age:.0f} s, to pass --lock-timeout {timeout:g} s"
+            )
+            said = True
+        # Looked at again every refresh of its holder's: a heartbeat that comes back is seen.
+        every = abandoned_after(info, timeout) / ABANDONED_AFTER_REFRESHES
+        time.sleep(min(timeout - age, every) + 0.05)
 
 
 def runs_on_cuda(cfg: TrainConfig) -> bool:
@@ -1481,6 +1630,12 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         write_whole(lambda rest: os.write(fd, rest), data, path)
     finally:
         os.close(fd)  # drops the lock
+
+
+def held_for(record: dict[str, Any]) -> bool:
+    """The line was skipped because another worker's lock held its workspace
+    (:meth:`WorkspaceLock.describe_holder`)."""
+    return record["status"] == "skipped" and str(record["error"] or "").startswith("claimed by")
 
 
 def gpu_unusable(record: dict[str, Any]) -> bool:

@@ -746,6 +746,156 @@ def test_a_takeover_whose_new_lock_is_replaced_at_once_does_not_start(tmp_path, 
     assert json.loads(lock_path.read_text())["token"] == "third"
 
 
+def test_a_lock_records_how_often_its_holder_refreshes_it(tmp_path):
+    lock = WorkspaceLock(tmp_path / "a", 40)
+    assert lock.acquire()
+    assert json.loads((tmp_path / "a.lock").read_text())["refresh_s"] == 10.0
+    lock.release()
+
+
+@pytest.mark.parametrize(
+    ("age", "refresh_s", "abandoned"),
+    [(20, 5, True), (10, 5, False), (170, None, False), (190, None, True)],
+)
+def test_a_lock_looks_abandoned_after_three_of_its_holders_refresh_intervals(
+    tmp_path, age, refresh_s, abandoned
+):
+    """Without ``refresh_s`` (an older dreamtext's lock) this worker's interval is used:
+    min(60, 600 / 4) = 60 s, so 180 s."""
+    extra = {} if refresh_s is None else {"refresh_s": refresh_s}
+    _lock_file(tmp_path / "a.lock", age=age, host="node1", **extra)
+    lock = WorkspaceLock(tmp_path / "a", 600)
+    assert not lock.acquire()
+    assert lock.looks_abandoned() is abandoned
+
+
+def test_waiting_for_an_abandoned_lock_stops_when_its_holder_refreshes_it(tmp_path, monkeypatch):
+    """A holder that was only slow (a paused node, an NFS server away) refreshes its lock again:
+    the waiting worker leaves the line to it instead of waiting out --lock-timeout."""
+    lock_file = tmp_path / "a.lock"
+    _lock_file(lock_file, age=30, host="node1", refresh_s=5)
+    entry = dreamtext.batch.Entry(1, "a", "text", "a", tmp_path / "a")
+    naps = []
+
+    def nap(seconds):
+        naps.append(seconds)
+        os.utime(lock_file)  # the holder's heartbeat
+
+    monkeypatch.setattr(dreamtext.batch.time, "sleep", nap)
+    assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is False
+    assert naps == [5.05]
+    _lock_file(lock_file, age=30, host="node1", refresh_s=5)
+    monkeypatch.setattr(dreamtext.batch.time, "sleep", lambda _: _swap_in(lock_file, token="x"))
+    assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is False  # claimed by another
+    lock_file.unlink()
+    assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is False  # released: it ran
+
+
+def test_a_line_whose_lock_a_dead_node_left_is_taken_over_at_the_end_of_the_share(
+    tmp_path, tiny_yaml, shapes_cache, capsys
+):
+    """Two nodes, one results folder: node1 died mid-prompt, leaving its lock (not refreshed
+    for 15 s, every 2 s while it lived). A worker on this host skipped the line, said nothing
+    about it, and ended with exit 0: the prompt was left to a submission after --lock-timeout.
+    Now it says why, runs its other lines, waits for the lock to time out, takes the line over
+    and records whose lock it took over."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+    _lock_file(root / "a_red_cube.lock", age=15, host="node1", pid=4242, slurm="7_1", refresh_s=2)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "19"]))) == 0
+    err = capsys.readouterr().err
+    assert (
+        "line 1: claimed by node1 pid 4242 (SLURM task 7_1) since x (a_red_cube.lock), not "
+        "refreshed for 15 s: its worker may be gone"
+    ) in err
+    assert "line 1: waiting " in err
+    skipped, other, taken = rows(root)
+    assert (skipped["line"], skipped["status"]) == (1, "skipped")
+    assert (other["line"], other["status"]) == (2, "finished")
+    assert (taken["line"], taken["status"]) == (1, "finished")
+    assert taken["took_over"]["host"] == "node1"
+    assert taken["took_over"]["slurm"] == "7_1"
+    assert taken["took_over"]["reason"].endswith("> --lock-timeout 19 s")
+    assert status(root / "a_red_cube")["state"] == "finished"
+    assert not (root / "a_red_cube.lock").exists()
+
+
+def test_a_sigterm_while_waiting_for_an_abandoned_lock_stops_the_batch_as_interrupted(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A task at its time limit (or scancel) while it waits out a dead node's lock: exit 130,
+    so that the script requeues it, and the line's row says interrupted, not skipped."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+    _lock_file(root / "a_red_cube.lock", age=200, host="node1", refresh_s=15)
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dreamtext.batch.time, "sleep", interrupted)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 130
+    assert "line 1: interrupted while waiting for its lock" in capsys.readouterr().err
+    assert [(r["line"], r["status"], r["stopped_batch"]) for r in rows(root)] == [
+        (1, "skipped", False),
+        (2, "finished", False),
+        (1, "interrupted", True),
+    ]
+    assert json.loads((root / "a_red_cube.lock").read_text())["host"] == "node1"  # left as it was
+
+
+def test_a_run_still_held_by_the_worker_whose_lock_was_taken_over_is_named_so(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A node cut off from Slurm, not from ROOT: its task was requeued on node2, which took over
+    the lock of its earlier self at once, while node1's process went on training the line and
+    held the run's own lock. The skip line said that process was 'not a worker of this batch'."""
+    from dreamtext.errors import WorkspaceInUse
+
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    root.mkdir()
+    _lock_file(root / "a_red_cube.lock", age=100, host="node1", pid=25130, slurm="14_0")
+
+    def in_use(entry, *args, **kwargs):
+        raise WorkspaceInUse(entry.workspace, "process 25130 on node1")
+
+    monkeypatch.setattr(dreamtext.batch, "run_one_retrying_stale", in_use)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "60"]))) == 0
+    err = capsys.readouterr().err
+    assert "not a worker of this batch" not in err
+    assert (
+        "process 25130 on node1 is running a run in it: most likely the worker whose lock this "
+        "one took over (node1 pid 25130, SLURM task 14_0: not refreshed for 100 s > "
+        "--lock-timeout 60 s), still alive"
+    ) in err
+    (record,) = rows(root)
+    assert (record["status"], record["error"]) == ("skipped", "in use by process 25130 on node1")
+    assert record["took_over"]["host"] == "node1"
+
+
+def test_a_line_another_live_worker_holds_is_skipped_with_a_line_and_not_waited_for(
+    tmp_path, tiny_yaml, shapes_cache, capsys
+):
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+    _lock_file(root / "a_red_cube.lock", age=1, host="node1", pid=4242, refresh_s=2)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    start = time.monotonic()
+    assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 0
+    assert time.monotonic() - start < 120
+    assert "refreshed 1 s ago: another worker runs it; skipped" in capsys.readouterr().err
+    assert [(r["line"], r["status"], r["took_over"]) for r in rows(root)] == [
+        (1, "skipped", None),
+        (2, "finished", None),
+    ]
+
+
 def test_a_lock_renamed_away_for_a_moment_is_claimed_again_by_its_holder(tmp_path):
     lock = WorkspaceLock(tmp_path / "a", 600)
     assert lock.acquire()
