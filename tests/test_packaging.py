@@ -265,6 +265,8 @@ def test_the_readme_command_that_writes_the_tiny_models_writes_loadable_models(t
 # Flags the README names that belong to another program: the program, which the same line names.
 OTHER_PROGRAMS_FLAGS = {
     "--array": "sbatch",
+    "--requeue": "sbatch",
+    "--no-requeue": "sbatch",
     "--format": "sacct",
     "--cpus": "docker run",
     "--index-url": "pip install",
