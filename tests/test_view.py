@@ -2972,6 +2972,55 @@ def test_view_names_this_machine_in_how_to_reach_it_from_another(
     assert line.format(port=made[0].server_port) in out, out
 
 
+def _printed_lines(root: Path, monkeypatch, capsys, host: str) -> tuple[list[str], int]:
+    """What `dreamtext view --host HOST` prints on a machine called node042, and its port."""
+    import dreamtext.view.server as server_module
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "node042")
+    made = []
+
+    def stopped_at_once(*args, **kwargs):
+        srv = make_server(*args, **kwargs)
+        made.append(srv)
+        monkeypatch.setattr(
+            srv, "serve_forever", lambda **_: (_ for _ in ()).throw(KeyboardInterrupt)
+        )
+        return srv
+
+    monkeypatch.setattr(server_module, "make_server", stopped_at_once)
+    assert main(["view", str(root), "--host", host, "--port", "0"]) == 0
+    return [line.strip() for line in capsys.readouterr().out.splitlines()], made[0].server_port
+
+
+def test_view_says_how_to_reach_it_through_a_login_node(root: Path, monkeypatch, capsys):
+    """On a cluster the laptop reaches the login node only, and the node's name resolves there,
+    not on the laptop: the printed ssh line alone failed ("Could not resolve hostname node",
+    benchmarks/view_ssh.sh). The next line is the same command through the login node with
+    -J, a placeholder for the login node's name that is one word and no shell syntax."""
+    lines, port = _printed_lines(root, monkeypatch, capsys, "127.0.0.1")
+    first = next(line for line in lines if line.startswith("from another machine: ssh "))
+    jump = next(line for line in lines if line.startswith("through a login node: ssh "))
+    command = first.removeprefix("from another machine: ").split(", then open")[0].split()
+    assert jump.removeprefix("through a login node: ").split() == (
+        [*command[:1], "-J", "LOGIN_NODE", *command[1:]]
+    )
+    assert command[-1] == "node042" and f"{port}:127.0.0.1:{port}" in command
+
+
+def test_view_on_every_interface_says_how_to_forward_through_a_login_node(
+    root: Path, monkeypatch, capsys
+):
+    """With --host 0.0.0.0 the lines gave only http://node042:PORT/, which a laptop outside the
+    cluster cannot open. The login node can: a forward from it to the node's port needs no ssh
+    to the node, which some clusters do not allow."""
+    lines, port = _printed_lines(root, monkeypatch, capsys, "0.0.0.0")
+    want = (
+        f"through a login node: ssh -o ExitOnForwardFailure=yes -L {port}:node042:{port} "
+        f"LOGIN_NODE, then open http://127.0.0.1:{port}/"
+    )
+    assert want in lines, lines
+
+
 def test_view_on_every_interface_gives_the_machines_addresses_too(root: Path, monkeypatch, capsys):
     """With --host 0.0.0.0 the line named the node only by its host name, which a laptop outside
     the cluster's DNS (or a portal that connects by address) cannot resolve; it gives the

@@ -492,6 +492,11 @@ def _copy(source, target, length: int, chunk: int = 1 << 16) -> None:
 
 # Linux's ioctl that reads an interface's IPv4 address (<linux/sockios.h>).
 _SIOCGIFADDR = 0x8915
+# The viewer cannot know the login node's name: the user puts it in. One word that is not shell
+# syntax (``<login node>`` pasted as it is would be a redirection from a file "login"), so a line
+# pasted unedited fails with ssh's "Could not resolve hostname login_node".
+LOGIN_NODE = "LOGIN_NODE"
+
 # More addresses than a node has networks (ethernet, InfiniBand, a management network) are
 # containers' bridges and the like: not worth a longer line.
 MAX_ADDRESSES_SHOWN = 4
@@ -573,6 +578,12 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
         )
     # The name other machines reach this one by, as far as it knows (on a cluster, the node).
     machine = socket.gethostname() or "<this host>"
+    # Without ExitOnForwardFailure, ssh whose port is taken on the user's side (another viewer,
+    # a notebook) only warns and logs in: http://127.0.0.1:<port>/ then opens whatever holds
+    # that port there, not these runs.
+    forward = "-o ExitOnForwardFailure=yes -L"
+    # A laptop outside a cluster reaches its login node only, and the node's name resolves
+    # there, not on the laptop: the first line alone ends in "Could not resolve hostname".
     if host in ALL_INTERFACES:
         # Where the name does not resolve from the user's side (a node outside the cluster's
         # DNS, a portal that connects by address), the addresses are what reaches it.
@@ -583,14 +594,22 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
             + (f" (by address: {by_address})" if by_address else ""),
             file=out,
         )
+        # The login node connects to the node's port itself: no ssh to the node is needed,
+        # which is all some clusters allow.
+        print(
+            f"  through a login node: ssh {forward} {p}:{machine}:{p} {LOGIN_NODE}, "
+            f"then open http://127.0.0.1:{p}/",
+            file=out,
+        )
     else:
         target = f"[{host}]" if ":" in host else host
-        # Without ExitOnForwardFailure, ssh whose port is taken on the user's side (another
-        # viewer, a notebook) only warns and logs in: http://127.0.0.1:<port>/ then opens
-        # whatever holds that port there, not these runs.
         print(
-            f"  from another machine: ssh -o ExitOnForwardFailure=yes -L {p}:{target}:{p} "
-            f"{machine}, then open http://127.0.0.1:{p}/",
+            f"  from another machine: ssh {forward} {p}:{target}:{p} {machine}, "
+            f"then open http://127.0.0.1:{p}/",
+            file=out,
+        )
+        print(
+            f"  through a login node: ssh -J {LOGIN_NODE} {forward} {p}:{target}:{p} {machine}",
             file=out,
         )
     print("  Ctrl-C stops it", file=out, flush=True)
