@@ -969,6 +969,19 @@ def run_batch(
     if not existed:
         check_root_writable(root)
     records: list[dict[str, Any]] = []
+
+    def attempt(entry: Entry, cfg: TrainConfig) -> dict[str, Any]:
+        return run_entry(
+            entry,
+            cfg,
+            replace(options, overwrite=overwrites[entry.workspace]),
+            root,
+            shard_text,
+            before[entry.workspace],
+            others,
+            log=root / BATCH_LOG,
+        )
+
     with (
         sigterm_interrupts(),  # a scheduler's preemption or time limit acts as Ctrl-C
         # Its start is a line in a log too: the first prompt may take minutes.
@@ -983,16 +996,7 @@ def run_batch(
     ):
         for entry, cfg in zip(share, configs, strict=True):
             bar.set_postfix_str(entry.workspace.name[:40])
-            record = run_entry(
-                entry,
-                cfg,
-                replace(options, overwrite=overwrites[entry.workspace]),
-                root,
-                shard_text,
-                before[entry.workspace],
-                others,
-                log=root / BATCH_LOG,
-            )
+            record = attempt(entry, cfg)
             records.append(record)
             if stopped_by_user(record):
                 break  # not done: the bar does not count it
@@ -1024,16 +1028,7 @@ def run_batch(
                 if not again:
                     continue
                 bar.set_postfix_str(entry.workspace.name[:40])
-                records[index] = record = run_entry(
-                    entry,
-                    cfg,
-                    replace(options, overwrite=overwrites[entry.workspace]),
-                    root,
-                    shard_text,
-                    before[entry.workspace],
-                    others,
-                    log=root / BATCH_LOG,
-                )
+                records[index] = record = attempt(entry, cfg)
                 if record["stopped_batch"]:
                     break
     stopped = any(stopped_by_user(r) for r in records)

@@ -2935,43 +2935,6 @@ def test_view_on_a_port_in_use_exits_2(root: Path, capsys):
     assert err.count("\n") == 1 and "is in use" in err
 
 
-@pytest.mark.parametrize(
-    "host, line",
-    [
-        (
-            "127.0.0.1",
-            "from another machine: ssh -o ExitOnForwardFailure=yes -L {port}:127.0.0.1:{port} "
-            "node042, then open http://127.0.0.1:{port}/",
-        ),
-        ("0.0.0.0", "from another machine, open http://node042:{port}/"),
-    ],
-)
-def test_view_names_this_machine_in_how_to_reach_it_from_another(
-    root: Path, monkeypatch, capsys, host: str, line: str
-):
-    """The lines said `ssh -L ... <this host>`, and with --host 0.0.0.0 gave only 127.0.0.1's
-    address: the node's name is what a user at home has to type. The ssh line asks ssh to stop
-    when it cannot forward: where the user's port was taken, the line's plain `ssh -L` warned,
-    logged in, and the address it gave opened whatever held that port there."""
-    import dreamtext.view.server as server_module
-
-    monkeypatch.setattr(socket, "gethostname", lambda: "node042")
-    made = []
-
-    def stopped_at_once(*args, **kwargs):
-        srv = make_server(*args, **kwargs)
-        made.append(srv)
-        monkeypatch.setattr(
-            srv, "serve_forever", lambda **_: (_ for _ in ()).throw(KeyboardInterrupt)
-        )
-        return srv
-
-    monkeypatch.setattr(server_module, "make_server", stopped_at_once)
-    assert main(["view", str(root), "--host", host, "--port", "0"]) == 0
-    out = capsys.readouterr().out
-    assert line.format(port=made[0].server_port) in out, out
-
-
 def _printed_lines(root: Path, monkeypatch, capsys, host: str) -> tuple[list[str], int]:
     """What `dreamtext view --host HOST` prints on a machine called node042, and its port."""
     import dreamtext.view.server as server_module
@@ -2990,6 +2953,28 @@ def _printed_lines(root: Path, monkeypatch, capsys, host: str) -> tuple[list[str
     monkeypatch.setattr(server_module, "make_server", stopped_at_once)
     assert main(["view", str(root), "--host", host, "--port", "0"]) == 0
     return [line.strip() for line in capsys.readouterr().out.splitlines()], made[0].server_port
+
+
+@pytest.mark.parametrize(
+    "host, line",
+    [
+        (
+            "127.0.0.1",
+            "from another machine: ssh -o ExitOnForwardFailure=yes -L {port}:127.0.0.1:{port} "
+            "node042, then open http://127.0.0.1:{port}/",
+        ),
+        ("0.0.0.0", "from another machine, open http://node042:{port}/"),
+    ],
+)
+def test_view_names_this_machine_in_how_to_reach_it_from_another(
+    root: Path, monkeypatch, capsys, host: str, line: str
+):
+    """The lines said `ssh -L ... <this host>`, and with --host 0.0.0.0 gave only 127.0.0.1's
+    address: the node's name is what a user at home has to type. The ssh line asks ssh to stop
+    when it cannot forward: where the user's port was taken, the line's plain `ssh -L` warned,
+    logged in, and the address it gave opened whatever held that port there."""
+    lines, port = _printed_lines(root, monkeypatch, capsys, host)
+    assert line.format(port=port) in "\n".join(lines), lines
 
 
 def test_view_says_how_to_reach_it_through_a_login_node(root: Path, monkeypatch, capsys):
@@ -3027,26 +3012,13 @@ def test_view_on_every_interface_gives_the_machines_addresses_too(root: Path, mo
     addresses that reach the node too."""
     import dreamtext.view.server as server_module
 
-    monkeypatch.setattr(socket, "gethostname", lambda: "node042")
     monkeypatch.setattr(server_module, "machine_addresses", lambda: ["10.1.2.3", "10.9.0.7"])
-    made = []
-
-    def stopped_at_once(*args, **kwargs):
-        srv = make_server(*args, **kwargs)
-        made.append(srv)
-        monkeypatch.setattr(
-            srv, "serve_forever", lambda **_: (_ for _ in ()).throw(KeyboardInterrupt)
-        )
-        return srv
-
-    monkeypatch.setattr(server_module, "make_server", stopped_at_once)
-    assert main(["view", str(root), "--host", "0.0.0.0", "--port", "0"]) == 0
-    port = made[0].server_port
+    lines, port = _printed_lines(root, monkeypatch, capsys, "0.0.0.0")
     want = (
         f"from another machine, open http://node042:{port}/ (by address: "
         f"http://10.1.2.3:{port}/, http://10.9.0.7:{port}/)"
     )
-    assert want in capsys.readouterr().out
+    assert want in "\n".join(lines), lines
 
 
 def test_machine_addresses_are_this_machines_and_not_loopback():
