@@ -5,6 +5,8 @@
 #   run: bash benchmarks/gpu_session.sh           (with carry: [".whl"] when wheels are needed)
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
 #        bash benchmarks/gpu_session.sh trainer512   (the trainer at 512 px)
+#        bash benchmarks/gpu_session.sh trainer_separate trainer_bf16 trainer_chunk   (the trainer
+#            with a density head of its own, in bf16, and without deferred backprop at 256 px)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -130,6 +132,20 @@ check card12_fixed 200 env PYTORCH_ALLOC_CONF=expandable_segments:False python3 
 #    the issue's "512 px: peak <= 12 GB" as a run holds it (check 3 has the step alone).
 check trainer512 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets fitfusion --px 512 --steps 32
+# 6d. Not in the default set: the trainer rows of check 4 with the density head of its own
+#    (FitFusion's shaded phase 1.63 -> 3.15 it/s on the H200, RESULTS.md 2026-12-04), and in
+#    bf16 (no loss scaler: the fp16 rows' 12-16 skipped updates are its calibration from 2^16).
+check trainer_separate 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 32 --density-head separate
+check trainer_bf16 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions bf16 --presets default fitfusion --steps 32
+# 6e. Not in the default set: FitFusion's trainer with render.grad_chunk_points at 2^25, so that
+#    a 256 px step (~70 samples a ray on random weights, 4 field queries a shaded sample) never
+#    defers its backprop (18 and 29 of 32 steps deferred at the default 2^22, peak 5.2 GiB):
+#    what deferring costs in it/s, and whether the direct step still fits a 12 GB card.
+check trainer_chunk 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets fitfusion --steps 32 --grad-chunk-points 33554432 \
+    --gpu-memory-gib 11
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to

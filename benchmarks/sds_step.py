@@ -359,6 +359,8 @@ def trainer_row(
         overrides["field"] = field
     if args.px:
         overrides["h"] = overrides["w"] = args.px
+    if args.grad_chunk_points:
+        overrides["render"] = {"grad_chunk_points": args.grad_chunk_points}
     row = {
         "preset": preset,
         "phase": phase,
@@ -374,6 +376,7 @@ def trainer_row(
         row["px"] = cfg.h
         row["normals"] = cfg.field.normals
         row["density_head"] = cfg.field.density_head
+        row["grad_chunk_points"] = cfg.render.grad_chunk_points
         free_device_memory(device)
         try:
             train(cfg)
@@ -441,6 +444,7 @@ TRAINER_COLUMNS = [
     ("run_peak_mib", "with the final preview"),
     ("allocated_mib", "peak allocated MiB (cf. memory_model.py)"),
     ("samples", "samples/ray (median)"),
+    ("grad_chunk_points", "grad_chunk_points"),
     ("deferred", "deferred steps"),
     ("scaler", "fp16 loss scaler"),
     ("status", "status"),
@@ -578,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
         "--px",
         type=int,
         help="with --trainer: render size (--h/--w) of every row [each preset's own]",
+    )
+    parser.add_argument(
+        "--grad-chunk-points",
+        type=int,
+        help="with --trainer: render.grad_chunk_points of every row, the field queries above "
+        "which a step's backprop is deferred in chunks [the config's 2^22]",
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the U-Net (CUDA only), as --compile"
