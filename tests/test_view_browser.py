@@ -252,6 +252,17 @@ def soon_true(page, predicate, timeout_ms: int = CATCH_UP_MS) -> bool:
     return soon(page, lambda: bool(predicate()), True, timeout_ms)
 
 
+def shown_text(locator, timeout_ms: int = CATCH_UP_MS) -> str:
+    """What ``locator`` in a gallery card shows (its innerText) once the browser has laid the
+    card out. Cards have `content-visibility: auto`: until the rendering update after a card is
+    drawn decides whether it is near the screen, its innerText is '' (a check read a card's
+    batch line as '' on a loaded CI machine), though the user's next frame shows the text."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not (text := locator.inner_text()) and time.monotonic() < deadline:
+        locator.page.wait_for_timeout(50)
+    return text
+
+
 def cards_by_state(page) -> dict[str, str]:
     return page.eval_on_selector_all(
         ".card", "cards => Object.fromEntries(cards.map(c => [c.dataset.run, c.dataset.state]))"
@@ -263,8 +274,8 @@ def check_gallery(page) -> None:
     assert cards_by_state(page) == STATES
     assert page.inner_text("header.top .folders").startswith("in ")  # where these runs lie
     failed = page.locator('.card[data-run="a_green_torus"]')
-    assert "CUDA out of memory" in failed.inner_text()
-    assert "batch line 3" in failed.inner_text()
+    assert "CUDA out of memory" in shown_text(failed)
+    assert "batch line 3" in shown_text(failed)
     assert page.locator('.card[data-run="a_red_cube"] img').count() == 1
     page.fill("#filter", "torus")
     shown = soon(page, lambda: list(cards_by_state(page)), ["a_green_torus"])
@@ -680,7 +691,7 @@ def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, 
         page.goto(srv.url)
         card = page.locator('.card[data-run="a_blue_sphere"][data-state="running"]')
         card.wait_for()
-        assert card.locator(".batch").inner_text() == (
+        assert shown_text(card.locator(".batch")) == (
             "batch line 3 · on node7 · attempt before: interrupted, ended 2026-11-30 09:00 UTC"
         )
         page.goto(srv.url + "run/a_blue_sphere/")
@@ -716,13 +727,29 @@ def test_at_a_phones_width_the_pages_fit_the_screen(browser, server, static_site
         assert "formats: [glb, obj, ply]" in options
 
 
+def test_a_card_drawn_in_this_frame_is_read_once_laid_out(page, server):
+    """Why checks read cards through ``shown_text``: Chromium gives '' as the innerText of a
+    `content-visibility: auto` card until a rendering update has laid it out, and a check run
+    right after a poll drew a card could read it in between."""
+    page.goto(server.url)
+    page.locator(".card").first.wait_for()
+    copy = """() => {
+        const card = document.querySelector('.card').cloneNode(true);
+        card.dataset.run = 'a_copy';
+        document.querySelector('.card').parentElement.append(card);
+        return [card.innerText, card.textContent.length > 0];
+    }"""
+    assert page.evaluate(copy) == ["", True]  # drawn, not yet laid out: no text shown
+    assert "a red cube" in shown_text(page.locator('.card[data-run="a_copy"]'))
+
+
 def test_a_cards_batch_time_reads_as_a_date_and_stays_on_one_line(page, server):
     """A card said "ended 2026-12-03T17:46:00+00:00", which broke at its date's dash on a
     phone. At each width from a phone's to a tablet's the time is whole on one line."""
     page.goto(server.url)
     time = page.locator('.card[data-run="a_red_cube"] .batch time')
     time.wait_for()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", time.inner_text())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", shown_text(time))
     for width in range(300, 800, 7):
         page.set_viewport_size({"width": width, "height": 844})
         lines = time.evaluate("t => t.getClientRects().length")
@@ -864,8 +891,8 @@ def test_a_cards_picture_has_a_caption_and_an_alt_saying_what_it_is(page, server
         card = page.locator(f'.card[data-run="{run}"]')
         caption = card.locator("figure > figcaption")
         lines = caption.locator("p").all_text_contents()
-        assert state in caption.locator(".badge").inner_text()
-        assert card.locator("figure .prompt").inner_text() in (
+        assert state in shown_text(caption.locator(".badge"))
+        assert shown_text(card.locator("figure .prompt")) in (
             run.replace("_", " "),
             SPHERE_SENTENCE,
             APPLE_CLIP_SENTENCE,
@@ -964,8 +991,8 @@ def test_an_image_run_has_a_card_and_a_page_before_its_text_stage(page, server):
     page.goto(server.url)
     card = page.locator('.card[data-run="an_apple"]')
     card.wait_for()
-    assert card.locator(".prompt").inner_text() == APPLE_CLIP_SENTENCE
-    assert "in descriptor training · descriptor step 1200" in card.inner_text()
+    assert shown_text(card.locator(".prompt")) == APPLE_CLIP_SENTENCE
+    assert "in descriptor training · descriptor step 1200" in shown_text(card)
     page.wait_for_function(
         "() => document.querySelector('.card[data-run=\"an_apple\"] img').naturalWidth > 0"
     )
@@ -985,7 +1012,7 @@ def test_a_card_says_when_its_run_exports(page, server, root: Path):
     page.goto(server.url)
     card = page.locator('.card[data-run="a_blue_sphere"] .facts')
     card.wait_for()
-    assert "exporting" not in card.inner_text()
+    assert "exporting" not in shown_text(card)
     status_path.write_text(json.dumps({**status, "phase": "export"}))
     try:
         page.wait_for_selector(
@@ -1008,7 +1035,7 @@ def test_a_card_shows_the_whole_runs_time_with_each_stage(page, server, root: Pa
         page.goto(server.url)
         facts = page.locator('.card[data-run="a_blue_sphere"] .facts')
         facts.wait_for()
-        text = facts.inner_text().replace("\xa0", " ")  # a time's no-break spaces
+        text = shown_text(facts).replace("\xa0", " ")  # a time's no-break spaces
         assert "1 min 40 s (describe 5.0 s, descriptor 35 s, text→3D 1 min 0 s)" in text, text
         assert "3,000 MiB peak" in text, text
     finally:
