@@ -5,8 +5,9 @@
 #   run: bash benchmarks/gpu_session.sh           (with carry: [".whl"] when wheels are needed)
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
 #        bash benchmarks/gpu_session.sh trainer512   (the trainer at 512 px)
-#        bash benchmarks/gpu_session.sh trainer_separate trainer_bf16 trainer_chunk   (the trainer
-#            with a density head of its own, in bf16, and without deferred backprop at 256 px)
+#        bash benchmarks/gpu_session.sh trainer_separate trainer_bf16 trainer_chunk trainer_window
+#            (the trainer with a density head of its own, in bf16, without deferred backprop at
+#            256 px, and with the marcher's wider rounds)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -142,10 +143,18 @@ check trainer_bf16 200 python3 benchmarks/sds_step.py --trainer --model sd21-ran
 # 6e. Not in the default set: FitFusion's trainer with render.grad_chunk_points at 2^25, so that
 #    a 256 px step (~70 samples a ray on random weights, 4 field queries a shaded sample) never
 #    defers its backprop (18 and 29 of 32 steps deferred at the default 2^22, peak 5.2 GiB):
-#    what deferring costs in it/s, and whether the direct step still fits a 12 GB card.
+#    what deferring costs in it/s (on 2 CPU cores nothing: RESULTS.md, stop 51), and whether
+#    the direct step still fits a 12 GB card.
 check trainer_chunk 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets fitfusion --steps 32 --grad-chunk-points 33554432 \
+    --precisions fp16 --presets fitfusion --steps 32 --render '{"grad_chunk_points": 33554432}' \
     --gpu-memory-gib 11
+# 6f. Not in the default set: the trainer rows of check 4 with the marcher taking 64 occupied
+#    steps a ray a round instead of 16 (render.march_window). A round waits for the GPU twice;
+#    a 64 px step of a fresh field marches 14-16 rounds (RESULTS.md, syncs8), and its NeRF part
+#    took ~60 ms on the H200 where the field's own work is ~12 ms. Fewer, wider rounds query
+#    more steps past where a ray stops (no-grad, ~0.01 us a point there).
+check trainer_window 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 32 --render '{"march_window": 64}'
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to

@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import sys
 import time
@@ -215,6 +216,24 @@ def run_config(
     return resolve_config(overrides)
 
 
+def render_settings(text: str) -> dict:
+    """``--render``'s JSON object of ``render:`` settings (argparse's type: an error otherwise)."""
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(settings, dict):
+        raise argparse.ArgumentTypeError("give a JSON object, e.g. '{\"march_window\": 64}'")
+    return settings
+
+
+def render_label(settings: dict | None) -> str:
+    """A row's render settings as ``key=value, ...`` (``config defaults`` without any)."""
+    if not settings:
+        return "config defaults"
+    return ", ".join(f"{key}={value}" for key, value in settings.items())
+
+
 def field_overrides(args: argparse.Namespace) -> dict:
     """The ``field`` section the command line asks for (``--normals``, ``--density-head``)."""
     wanted = {"normals": args.normals, "density_head": args.density_head}
@@ -359,8 +378,8 @@ def trainer_row(
         overrides["field"] = field
     if args.px:
         overrides["h"] = overrides["w"] = args.px
-    if args.grad_chunk_points:
-        overrides["render"] = {"grad_chunk_points": args.grad_chunk_points}
+    if args.render:
+        overrides["render"] = dict(args.render)
     row = {
         "preset": preset,
         "phase": phase,
@@ -376,7 +395,7 @@ def trainer_row(
         row["px"] = cfg.h
         row["normals"] = cfg.field.normals
         row["density_head"] = cfg.field.density_head
-        row["grad_chunk_points"] = cfg.render.grad_chunk_points
+        row["render"] = render_label(args.render)
         free_device_memory(device)
         try:
             train(cfg)
@@ -444,7 +463,7 @@ TRAINER_COLUMNS = [
     ("run_peak_mib", "with the final preview"),
     ("allocated_mib", "peak allocated MiB (cf. memory_model.py)"),
     ("samples", "samples/ray (median)"),
-    ("grad_chunk_points", "grad_chunk_points"),
+    ("render", "render settings"),
     ("deferred", "deferred steps"),
     ("scaler", "fp16 loss scaler"),
     ("status", "status"),
@@ -584,10 +603,10 @@ def main(argv: list[str] | None = None) -> int:
         help="with --trainer: render size (--h/--w) of every row [each preset's own]",
     )
     parser.add_argument(
-        "--grad-chunk-points",
-        type=int,
-        help="with --trainer: render.grad_chunk_points of every row, the field queries above "
-        "which a step's backprop is deferred in chunks [the config's 2^22]",
+        "--render",
+        type=render_settings,
+        help="with --trainer: the render section's settings for every row, a JSON object, e.g. "
+        '\'{"grad_chunk_points": 33554432, "march_window": 64}\' [the config\'s]',
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the U-Net (CUDA only), as --compile"
@@ -659,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         table = markdown_table(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/sds_step.py " + " ".join(
+    # Quoted as a shell needs it (--render's JSON), so that the line can be run again as it is.
+    command = "python benchmarks/sds_step.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
     if args.trainer:

@@ -158,7 +158,7 @@ def test_trainer_rows_show_the_peak_with_the_final_preview(sds_step, monkeypatch
 
 def trainer_args(*extra) -> argparse.Namespace:
     args = argparse.Namespace(
-        steps=4, compile=False, normals=None, density_head=None, px=None, grad_chunk_points=None
+        steps=4, compile=False, normals=None, density_head=None, px=None, render=None
     )
     for flag, value in zip(extra[::2], extra[1::2], strict=True):
         setattr(args, flag, value)
@@ -194,27 +194,37 @@ def test_trainer_rows_take_the_size_asked_for_and_the_steady_rate(sds_step, monk
         assert row["its"] == its, len(log)
 
 
-def test_trainer_rows_take_the_grad_chunk_asked_for(sds_step, monkeypatch):
-    """``--grad-chunk-points`` sets render.grad_chunk_points of the run (whether a 256 px step
-    defers its backprop), over the preset; the row says which it ran with."""
+def test_trainer_rows_take_the_render_settings_asked_for(sds_step, monkeypatch, capsys):
+    """``--render`` sets the run's render section over the preset (whether a 256 px step defers
+    its backprop, the marcher's window); the row says which it ran with."""
     records = [{"step": 1, "its": 1.0, "gpu_mem_mib": 9.0, "samples_per_ray": 9.0}]
     train, seen = fake_trainer(records)
     monkeypatch.setattr("dreamtext.trainer.train", train)
     cpu = torch.device("cpu")
     row = sds_step.trainer_row("m", "fp16", "fitfusion", "shaded", trainer_args(), cpu)
-    assert seen["cfg"].render.grad_chunk_points == 1 << 22 == row["grad_chunk_points"]
-    args = trainer_args("grad_chunk_points", 1 << 25)
-    row = sds_step.trainer_row("m", "fp16", "fitfusion", "shaded", args, cpu)
-    assert seen["cfg"].render.grad_chunk_points == 1 << 25 == row["grad_chunk_points"]
+    assert seen["cfg"].render.grad_chunk_points == 1 << 22
+    assert row["render"] == "config defaults"
+    settings = {"grad_chunk_points": 1 << 25, "march_window": 64}
+    row = sds_step.trainer_row(
+        "m", "fp16", "fitfusion", "shaded", trainer_args("render", settings), cpu
+    )
+    render = seen["cfg"].render
+    assert (render.grad_chunk_points, render.march_window) == (1 << 25, 64)
     assert seen["cfg"].h == 256  # the rest of the preset stays
-    assert "| 33554432 |" in sds_step.trainer_table([row])
-    argv = ["--trainer", "--model", "tiny", "--grad-chunk-points", "1024", "--steps", "2"]
+    assert "| grad_chunk_points=33554432, march_window=64 |" in sds_step.trainer_table([row])
     parsed = []
     monkeypatch.setattr(sds_step, "trainer_row", lambda *a: parsed.append(a[4]) or {})
     monkeypatch.setattr(sds_step, "trainer_table", lambda rows: "")
     monkeypatch.setattr(sds_step, "model_folder", lambda *a: Path("m"))
-    sds_step.main([*argv, "--device", "cpu", "--presets", "default"])
-    assert parsed and parsed[0].grad_chunk_points == 1024
+    argv = ["--trainer", "--model", "tiny", "--device", "cpu", "--presets", "default"]
+    sds_step.main([*argv, "--render", '{"march_window": 32}', "--steps", "2"])
+    assert parsed and parsed[0].render == {"march_window": 32}
+    # The table's heading gives the command as a shell runs it again.
+    assert """--render '{"march_window": 32}' --steps 2`""" in capsys.readouterr().out
+    for bad in ("[32]", "march_window=32"):
+        with pytest.raises(SystemExit):
+            sds_step.main([*argv, "--render", bad])
+        assert "--render" in capsys.readouterr().err
 
 
 def test_trainer_rows_report_running_out_of_memory_but_not_a_timeout(sds_step, monkeypatch):
