@@ -7,7 +7,7 @@
 #        bash benchmarks/gpu_session.sh trainer512   (the trainer at 512 px)
 #        bash benchmarks/gpu_session.sh trainer_separate trainer_bf16 trainer_chunk trainer_window
 #            (the trainer with a density head of its own, in bf16, without deferred backprop at
-#            256 px, and with the marcher's wider rounds)
+#            256 px, and with the marcher's rounds of a fixed width, as before stop 51)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -148,13 +148,13 @@ check trainer_bf16 200 python3 benchmarks/sds_step.py --trainer --model sd21-ran
 check trainer_chunk 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets fitfusion --steps 32 --render '{"grad_chunk_points": 33554432}' \
     --gpu-memory-gib 11
-# 6f. Not in the default set: the trainer rows of check 4 with the marcher taking 64 occupied
-#    steps a ray a round instead of 16 (render.march_window). A round waits for the GPU twice;
-#    a 64 px step of a fresh field marches 14-16 rounds (RESULTS.md, syncs8), and its NeRF part
-#    took ~60 ms on the H200 where the field's own work is ~12 ms. Fewer, wider rounds query
-#    more steps past where a ray stops (no-grad, ~0.01 us a point there).
+# 6f. Not in the default set: the trainer rows of check 4 with the marcher's rounds of a fixed
+#    16 steps (render.march_window_growth 1, as before stop 51) instead of rounds that double.
+#    A round waits for the GPU twice: under virtual CUDA a fresh field's 64 px step marched 14-16
+#    rounds fixed and 4-5 doubling (33-34 syncs -> 10-12; RESULTS.md, stop 51); the H200 rows of
+#    check 4 (2026-12-04) were taken with the fixed rounds. What the doubling buys in it/s.
 check trainer_window 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default fitfusion --steps 32 --render '{"march_window": 64}'
+    --precisions fp16 --presets default fitfusion --steps 32 --render '{"march_window_growth": 1}'
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to
@@ -204,6 +204,7 @@ check suite 540 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 -n 
 #     of benchmarks/host_syncs.py), each after 3 warm-up steps, under torch's sync debug mode:
 #     one row per dreamtext line that made the host wait in a step, with its text, to hold
 #     against the virtual counts (RESULTS.md, "Host syncs ... (2026-12-04, branch syncs9)":
-#     14-34 a 64 px step) and to see that the marcher's nonzero_static lines are not among them.
+#     14-34 a 64 px step with fixed rounds; stop 51's doubling rounds: 8-12) and to see that
+#     the marcher's nonzero_static lines are not among them.
 check syncdebug 300 python3 benchmarks/host_syncs.py --device cuda --sync-debug --warmup 3 \
     --steps 2

@@ -352,9 +352,16 @@ class OccupancySampler:
     ``[e_{k−1}, e_k] ∩ [near, far]`` with ``e_{−1} = near``, which tile ``[near, far]``. (One
     random phase per ray instead of one per cut measured worse on the built-in torus: IoU 0.66
     against 0.69 for the same dense sampler, for commit 82db70e; not in benchmarks/RESULTS.md.)
-    Each round takes, for every ray still marching, its next ``window`` steps whose starts are in
+    Each round takes, for every ray still marching, its next ``w_r`` steps whose starts are in
     occupied cells (empty steps are skipped for the price of a grid lookup), evaluates
-    ``σ, albedo`` there without gradients, and updates the ray's optical depth.
+    ``σ, albedo`` there without gradients, and updates the ray's optical depth. The window starts
+    at ``w_0 = window`` and grows, ``w_{r+1} = window_growth · w_r``, up to the steps the
+    farthest-behind ray has left and the round's step budget: a ray that stops on a surface in
+    its first window is served by one round, and one that goes through fog by ``O(log n)`` rounds
+    for its ``n`` occupied steps, not ``n / window``, while the steps looked at past where it
+    stops stay under ``window_growth`` times those it needed. Which steps are kept does not depend
+    on the windows (without ``perturb`` the samples are the same for any growth); each round
+    waits for the GPU twice on CUDA, so fewer rounds are fewer waits.
     A step is kept when ``α_i = 1 − exp(−σ_i δ_i) > alpha_threshold`` and
     ``T_i = exp(−Σ_{j<i} σ_j δ_j) > transmittance_threshold``; a ray stops when its ``T`` falls to
     the threshold or it reaches ``far``.
@@ -368,6 +375,7 @@ class OccupancySampler:
     grid: OccupancyGrid | None
     chunk_rays: int
     chunk_points: int
+    window_growth: int = 2
 
     @torch.no_grad()
     def sample(
@@ -409,10 +417,11 @@ class OccupancySampler:
         optical_depth = torch.zeros(ids.shape[0], dtype=torch.float32, device=device)
 
         kept_rays, kept_starts, kept_ends, kept_sigma, kept_albedo = [], [], [], [], []
+        window = self.window
         while ids.numel() > 0:
             raise_if_stop_in_step()
             ray_near, ray_far, last_cut = state[:, 6], state[:, 7], state[:, 8]
-            span = max(self.window, min(remaining, step_budget // ids.numel()))
+            span = max(window, min(remaining, step_budget // ids.numel()))
             k = next_step[:, None] + torch.arange(span, device=device)  # [A, W]
             phase = (
                 torch.rand(k.shape, device=device, dtype=dtype)
@@ -428,8 +437,8 @@ class OccupancySampler:
             # The first `window` occupied steps of each ray this round; the ray resumes after the
             # last step it took (or after the whole span when it found fewer).
             rank = occupied.cumsum(dim=1)
-            take = occupied & (rank <= self.window)
-            full = rank[:, -1] >= self.window
+            take = occupied & (rank <= window)
+            full = rank[:, -1] >= window
             last_taken = (take.long() * torch.arange(1, span + 1, device=device)).amax(dim=1)
             advance = torch.where(full, last_taken, torch.full_like(last_taken, span))
 
@@ -461,6 +470,11 @@ class OccupancySampler:
             going = torch.nonzero_static(marching, size=n_going)[:, 0]
             ids, state = ids[going], state[going]
             next_step, optical_depth = next_step[going], optical_depth[going]
+            # Wider the next round, within what its span may hold (so within the step budget).
+            window = min(
+                window * self.window_growth,
+                max(self.window, min(remaining, step_budget // max(n_going, 1))),
+            )
 
         if not kept_rays:
             return RaySamples.empty(n_rays, device, dtype), SampleValues(

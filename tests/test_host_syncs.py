@@ -90,7 +90,7 @@ def test_the_occupancy_marcher_reads_the_gpu_twice_a_round(tmp_path):
     """A marcher's round needs two counts on the host: how many steps it takes (the shape of the
     field query) and, in one read, how many samples it keeps, how many rays march on and the
     next round's span. Before, it read four times a round (the span, and three ``nonzero``)."""
-    render = {"sampler": "occupancy", "march_window": 2}
+    render = {"sampler": "occupancy", "march_window": 2, "march_window_growth": 1}
     syncs, sites, rounds = count_one_step(tmp_path, fp16=False, render=render)
     files = by_file(sites)
     assert rounds >= 8, rounds  # a window of 2 steps: the rays take many rounds

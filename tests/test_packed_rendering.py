@@ -122,6 +122,53 @@ def test_marcher_stops_behind_an_opaque_surface() -> None:
     assert len(samples) < 10
 
 
+class CallCounting(torch.nn.Module):
+    """Wraps a field; counts its ``forward`` calls (one a marcher round, as chunks stay whole)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.bound, self.calls = inner, inner.bound, 0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        return self.inner(x)
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.density(x)
+
+
+@pytest.mark.parametrize("window", [2, 4])
+def test_the_marchers_widening_rounds_keep_the_same_samples_in_fewer_rounds(window) -> None:
+    """Each round takes ``march_window_growth`` times the occupied steps of the one before, so a
+    ray through fog (a fresh field: no ray stops before the far side) takes O(log n) rounds for
+    its n steps instead of n / window; which steps are kept does not depend on the rounds, so
+    without ``perturb`` the samples and their values are those of a fixed window."""
+    torch.manual_seed(0)
+    fog = NeRFField(FieldConfig(num_levels=4, log2_hashmap_size=12, hidden_dim=16))
+    rays_o = torch.tensor([[0.0, 0.0, 2.5]]).expand(24, 3)
+    rays_d = F.normalize(torch.randn(24, 3) * 0.15 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    marched = {}
+    for growth in (1, 2, 3):
+        vr = renderer("occupancy", march_steps=128, march_window=window, march_window_growth=growth)
+        counting = CallCounting(fog)
+        samples, values = vr.sampler.sample(counting, rays_o, rays_d, perturb=False)
+        marched[growth] = (samples, values, counting.calls)
+    fixed_samples, fixed_values, fixed_rounds = marched[1]
+    steps = torch.bincount(fixed_samples.ray_indices, minlength=24)
+    assert (steps > 30).sum() >= 16  # most rays keep tens of faint samples: none stops early
+    assert fixed_rounds >= steps.max() // window
+    for growth in (2, 3):
+        samples, values, rounds = marched[growth]
+        assert torch.equal(samples.ray_indices, fixed_samples.ray_indices)
+        assert torch.equal(samples.t_starts, fixed_samples.t_starts)
+        assert torch.equal(samples.t_ends, fixed_samples.t_ends)
+        torch.testing.assert_close(values.sigma, fixed_values.sigma)
+        torch.testing.assert_close(values.albedo, fixed_values.albedo)
+        # window · (1 + g + g² + …) steps after r rounds: at most one round more than log_g
+        assert rounds <= math.ceil(math.log(steps.max() / window * (growth - 1) + 1, growth)) + 1
+        assert rounds * 3 < fixed_rounds, (growth, rounds, fixed_rounds)
+
+
 def test_marcher_with_zero_thresholds_keeps_every_step_to_the_far_side() -> None:
     """Thresholds of 0 (allowed by the config) turn pruning and early termination off: every
     step through the opaque slab is kept, where the defaults stop after a few."""
