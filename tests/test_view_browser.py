@@ -257,10 +257,8 @@ def shown_text(locator, timeout_ms: int = CATCH_UP_MS) -> str:
     card out. Cards have `content-visibility: auto`: until the rendering update after a card is
     drawn decides whether it is near the screen, its innerText is '' (a check read a card's
     batch line as '' on a loaded CI machine), though the user's next frame shows the text."""
-    deadline = time.monotonic() + timeout_ms / 1000
-    while not (text := locator.inner_text()) and time.monotonic() < deadline:
-        locator.page.wait_for_timeout(50)
-    return text
+    soon_true(locator.page, locator.inner_text, timeout_ms)
+    return locator.inner_text()
 
 
 def cards_by_state(page) -> dict[str, str]:
