@@ -2,7 +2,7 @@
 
     python benchmarks/field_cost.py [--points 131072] [--repeats 3] [--device cpu|cuda]
                                     [--field '{"normals": "analytic"}' ...] [--out FILE]
-                                    [--mlp-precision fp32|fp16|bf16]
+                                    [--mlp-precision fp32|fp16|bf16] [--compile]
 
 A training render queries the field twice at every kept sample: once without a graph for the
 image, and again with one in backward (``render.recompute_field``, the default: the replay).
@@ -21,7 +21,10 @@ what a shaded step costs over an albedo one when nothing but the field costs any
 also pays a rest ``r`` per sample that does not depend on the shading (the marcher and its
 pruning pass, compositing, the guidance, Adam), so its ratio is ``(F_s + r) / (F_a + r)``, and
 a shaded step at most 2× an albedo one needs ``r ≥ F_s − 2 F_a``: printed as "rest for 2×".
-Each ``--field`` JSON (FieldConfig overrides) is one row; ``{}`` is the default field.
+Each ``--field`` JSON (FieldConfig overrides) is one row; ``{}`` is the default field. With
+``--compile`` each field has a second row with its MLPs ``torch.compile``d
+(``NeRFField.compile_mlps``, as ``dreamtext text --compile`` on CUDA; the warm-up call of each
+part compiles it).
 """
 
 from __future__ import annotations
@@ -159,19 +162,28 @@ def main(argv: list[str] | None = None) -> None:
         default="fp32",
         help="the MLPs under autocast, as --fp16 / --bf16 run them on CUDA [fp32]",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="a second row per field with its MLPs torch.compile'd (inductor)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="append the section to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     generator = torch.Generator(device="cpu").manual_seed(0)
     x = ((torch.rand(args.points, 3, generator=generator) * 2 - 1) * 0.6).to(device)
     rows = []
-    for overrides in args.field:
+    for overrides, compiled in (
+        (o, c) for o in args.field for c in ((False, True) if args.compile else (False,))
+    ):
         torch.manual_seed(0)
         field = NeRFField(field_config_from_dict(overrides), device=device)
         field.mlp_dtype = MLP_PRECISIONS[args.mlp_precision]
+        if compiled:
+            field.compile_mlps()
         costs = per_point_costs(field, x, args.repeats)
         summary = summarise(costs, getattr(field, "joint_normals", False))
-        label = json.dumps(overrides)
+        label = json.dumps(overrides) + (" compiled" if compiled else "")
         rows.append((label, costs, summary))
         print(
             f"{label}: F_a {summary['albedo']:.2f} µs, F_s {summary['shaded']:.2f} µs, "

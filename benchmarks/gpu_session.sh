@@ -4,6 +4,7 @@
 #
 #   run: bash benchmarks/gpu_session.sh           (with carry: [".whl"] when wheels are needed)
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
+#        bash benchmarks/gpu_session.sh field_compile trainer_compile   (the field's MLPs compiled)
 #        bash benchmarks/gpu_session.sh trainer512   (the trainer at 512 px)
 #        bash benchmarks/gpu_session.sh trainer_separate trainer_bf16 trainer_chunk trainer_window
 #            (the trainer with a density head of its own, in bf16, without deferred backprop at
@@ -108,11 +109,21 @@ check builtin 90 bash -c 'set -ex
     python3 benchmarks/phase_peaks.py export --workspace /tmp/dreamtext-builtin --no-video \
         --device cuda
     cat /tmp/dreamtext-builtin/mesh/mesh.json'
-# 6. Not in the default set (one command may run 600 s at most): the 64 px trainer with the U-Net
-#    compiled (--compile). The guidance alone took 50 ms a step on the H200 before this work, so
-#    the 20 it/s target of 64 px depends on it; compiling takes the first steps of the albedo row.
+# 6. Not in the default set (one command may run 600 s at most): the trainer as `dreamtext text
+#    --compile` runs it, the U-Net and the field's MLPs compiled. The guidance took 36-59 ms of a
+#    ~110 ms 64 px step on the H200 (RESULTS.md, 2026-12-04), so the 20 it/s target of 64 px
+#    depends on it; compiling takes the first steps of the first row.
 check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default --steps 96 --compile
+    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+    --render '{"compile_field": true}'
+# 6g. Not in the default set: the field's MLPs compiled (render.compile_field), the U-Net not:
+#    the field's time per point eagerly and compiled (µs a point: 0.04 albedo, 0.14 shaded on the
+#    H200 eagerly, of which the grid 0.003: the rest is the MLP's elementwise passes), then the
+#    trainer rows of check 4 with it.
+check field_compile 150 python3 benchmarks/field_cost.py --device cuda --points 1048576 \
+    --mlp-precision fp16 --compile --field '{}' '{"density_head": "separate"}'
+check trainer_compile 280 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 32 --render '{"compile_field": true}'
 # 6a. Not in the default set: FitFusion's trainer rows of check 4 with torch's default CUDA
 #    allocator (fixed-size segments) instead of the expandable segments `dreamtext` asks for
 #    (devices.use_expandable_segments): what growing segments in place saves in peak reserved

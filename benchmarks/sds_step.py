@@ -38,8 +38,10 @@ without periodic previews or export, and reports the steady it/s (the second hal
 the peak reserved memory the trainer logs for its steps, and the run's peak once its final
 preview is rendered too (``status.json``): the issue's "no part of a run peaks above the
 training step" for previews. ``--compile`` runs every row with ``torch.compile``d U-Net
-(``dreamtext text --compile``; CUDA only, the trainer ignores it on a CPU): the compilation falls
-in the warm-up steps (or the first half of a trainer row), so give those enough steps.
+(CUDA only, the trainer ignores it on a CPU); ``--render '{"compile_field": true}'`` compiles the
+field's MLPs (with ``--trainer``), and the two together are ``dreamtext text --compile``. The
+compilation falls in the warm-up steps (or the first half of a trainer row), so give those
+enough steps.
 """
 
 from __future__ import annotations
@@ -609,7 +611,10 @@ def main(argv: list[str] | None = None) -> int:
         '\'{"grad_chunk_points": 33554432, "march_window": 64}\' [the config\'s]',
     )
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the U-Net (CUDA only), as --compile"
+        "--compile",
+        action="store_true",
+        help="torch.compile the U-Net (CUDA only); dreamtext's --compile also sets --render "
+        "'{\"compile_field\": true}'",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per row [5]")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first [2]")

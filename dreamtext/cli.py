@@ -244,7 +244,8 @@ def add_text_to_3d_arguments(
         "--compile",
         action="store_true",
         default=None,
-        help="torch.compile the U-Net (CUDA only; slow first steps, then faster ones)",
+        help="torch.compile the U-Net and the field's MLPs (CUDA only; slow first steps, then "
+        "faster ones)",
     )
     g.add_argument(
         "--no-export",
@@ -287,6 +288,8 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out.setdefault("guidance", {})["views"] = {"split_sides": args.side_views == "split"}
     if args.encoding is not None:
         out["field"] = {"encoding": args.encoding}
+    if args.compile is not None:
+        out["render"] = {"compile_field": args.compile}
     return out
 
 

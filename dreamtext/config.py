@@ -300,6 +300,7 @@ NOT_COMPARED = frozenset(
         "render.backprop",
         "render.grad_chunk_points",
         "render.recompute_field",
+        "render.compile_field",
         "guidance.attention_slicing",
         "guidance.vae_slicing",
         "guidance.vae_tiling",

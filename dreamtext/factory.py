@@ -7,6 +7,7 @@ which sampler, the MLPs' precision, the optimiser's groups).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,8 @@ from dreamtext.renderer import RenderConfig, VolumeRenderer
 
 ADAM_BETAS = (0.9, 0.99)
 ADAM_EPS = 1e-15
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,11 +47,21 @@ def mixed_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
 
 
 def build_field(
-    cfg: FieldConfig, device: torch.device | str, mlp_dtype: torch.dtype | None = None
+    cfg: FieldConfig,
+    device: torch.device | str,
+    mlp_dtype: torch.dtype | None = None,
+    compile: bool = False,
 ) -> NeRFField:
-    """The NeRF field of ``cfg`` on ``device``, its MLPs autocast to ``mlp_dtype`` on CUDA."""
+    """The NeRF field of ``cfg`` on ``device``, its MLPs autocast to ``mlp_dtype`` on CUDA and,
+    with ``compile`` (``render.compile_field``), ``torch.compile``d there: elsewhere ``compile``
+    is ignored with a warning, as the U-Net's is (it changes speed, never what a run computes)."""
     field = NeRFField(cfg, device=device)
     field.mlp_dtype = mlp_dtype
+    if compile:
+        if torch.device(device).type == "cuda":
+            field.compile_mlps()
+        else:
+            logger.warning("--compile compiles the field's MLPs on CUDA only; eager here")
     return field
 
 
@@ -78,7 +91,7 @@ def build_parts(
     """Field, renderer and (optionally) guidance and optimiser of a run. The guidance is built
     first: a bad model id then fails before anything else is allocated."""
     guidance = build_guidance(cfg, device) if with_guidance else None
-    field = build_field(cfg.field, device, mixed_precision(cfg, device))
+    field = build_field(cfg.field, device, mixed_precision(cfg, device), cfg.render.compile_field)
     renderer = build_renderer(cfg.render, device)
     optimizer = build_optimizer(field, cfg.lr) if with_optimizer else None
     return RunParts(field, renderer, guidance, optimizer)

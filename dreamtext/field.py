@@ -70,6 +70,9 @@ CPU_QUERY_PIECE = 1 << 13
 # (default field, 2^19 points, no grad): 1.1-1.6 µs a point in 2^15 pieces out of place, 0.72-0.89
 # in place in 2^13 pieces.
 CPU_NO_GRAD_PIECE = 1 << 13
+# Fewer rows than this go to the eager MLP even when it is compiled: torch.compile specialises
+# row counts 0 and 1 (one more graph each, against its limit of graphs per function).
+MIN_COMPILED_ROWS = 2
 
 
 class Field(Protocol):
@@ -306,6 +309,8 @@ class NeRFField(nn.Module):
         self.background_net = self._background_mlp(cfg) if cfg.background == "mlp" else None
         # Mixed precision of the MLPs on CUDA (set by dreamtext.factory from --fp16 / --bf16).
         self.mlp_dtype: torch.dtype | None = None
+        # torch.compile'd MLPs by name ("mlp", "density"), set by :meth:`compile_mlps`.
+        self._compiled: dict[str, Callable[[Tensor], Tensor]] = {}
         self.to(device if device is not None else "cpu")
 
     @staticmethod
@@ -334,14 +339,60 @@ class NeRFField(nn.Module):
         ``CPU_QUERY_PIECE`` points at a time, ``CPU_NO_GRAD_PIECE`` when no graph is built.
         """
         features = self.encoding(x)
-        raw = self._in_pieces(self._mlp if torch.is_grad_enabled() else self._mlp_no_grad, features)
+        raw = self._in_pieces("mlp", features)
         if self.density_net is None:
             return raw
         return torch.cat([self._density_logit(features)[:, None], raw], dim=1)
 
-    def _in_pieces(self, mlp: Callable[[Tensor], Tensor], features: Tensor) -> Tensor:
-        """``mlp`` on ``features`` in :func:`_mlp_pieces`, under ``mlp_dtype``'s autocast when it
-        is set (then cast back to float32), the pieces joined."""
+    def compile_mlps(self, backend: str = "inductor") -> None:
+        """``torch.compile`` the residual MLP and the separate density head, if any (the grid,
+        the blob and the activations stay eager), with a dynamic row count: one graph with its
+        backward and one without a graph per MLP, each with the autocast of ``mlp_dtype`` inside,
+        whatever the number of points. Eagerly each layer's bias, LayerNorm (float32 under
+        autocast), residual sum, SiLU and casts are separate passes over ``[N, hidden_dim]``;
+        compiled they are a fused kernel or two a block. Values are the eager MLP's up to
+        rounding. ``backend``: torch.compile's (``aot_eager`` traces without generating code:
+        the tests' CPU check of the wiring)."""
+        self._compiled = {"mlp": torch.compile(self._mlp_out, dynamic=True, backend=backend)}
+        if self.density_net is not None:
+            self._compiled["density"] = torch.compile(
+                self._density_out, dynamic=True, backend=backend
+            )
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`compile_mlps` has compiled the MLPs."""
+        return bool(self._compiled)
+
+    def _mlp_out(self, features: Tensor) -> Tensor:
+        """:meth:`_mlp` under ``mlp_dtype``'s autocast (float32 out): what is compiled."""
+        if self.mlp_dtype is None:
+            return self._mlp(features)
+        with torch.autocast(features.device.type, dtype=self.mlp_dtype):
+            return self._mlp(features).float()
+
+    def _density_out(self, features: Tensor) -> Tensor:
+        """The density head under ``mlp_dtype``'s autocast (float32 out): what is compiled."""
+        assert self.density_net is not None
+        if self.mlp_dtype is None:
+            return self.density_net(features)
+        with torch.autocast(features.device.type, dtype=self.mlp_dtype):
+            return self.density_net(features).float()
+
+    def _in_pieces(self, name: str, features: Tensor) -> Tensor:
+        """The MLP ``name`` (``"mlp"``, ``"density"``) on ``features``: compiled when
+        :meth:`compile_mlps` has run (and there are at least :data:`MIN_COMPILED_ROWS`), else
+        eagerly in :func:`_mlp_pieces`, under ``mlp_dtype``'s autocast when it is set (then cast
+        back to float32), the pieces joined."""
+        compiled = self._compiled.get(name)
+        if compiled is not None and features.shape[0] >= MIN_COMPILED_ROWS:
+            return compiled(features)
+        mlp: Callable[[Tensor], Tensor]
+        if name == "density":
+            assert self.density_net is not None
+            mlp = self.density_net
+        else:
+            mlp = self._mlp if torch.is_grad_enabled() else self._mlp_no_grad
         pieces = _mlp_pieces(features)
         if self.mlp_dtype is None:
             parts = [mlp(piece) for piece in pieces]
@@ -353,7 +404,7 @@ class NeRFField(nn.Module):
     def _density_logit(self, features: Tensor) -> Tensor:
         """σ's logit from the separate density head: grid features ``[N, L·F]`` → ``[N]``."""
         assert self.density_net is not None
-        return self._in_pieces(self.density_net, features)[:, 0]
+        return self._in_pieces("density", features)[:, 0]
 
     def _density_head_with_input_gradient(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """The separate head's ``raw_0 = w_2ᵀ SiLU(a) + b_2``, ``a = W_1 f + b_1``, and

@@ -93,6 +93,9 @@ class RenderConfig:
       every ``grid_update_every`` steps with decay ``grid_decay`` and threshold
       ``density_threshold`` (see :class:`~dreamtext.samplers.OccupancyGrid`).
     * ``need_normals``: compute normals even for albedo shading (normal maps, orientation loss).
+    * ``compile_field``: ``torch.compile`` the field's MLPs on CUDA (``--compile``; ignored with
+      a warning elsewhere): a minute of compiling at the start, then faster field queries
+      (:meth:`~dreamtext.field.NeRFField.compile_mlps`; measured in benchmarks/RESULTS.md).
     """
 
     sampler: str = "occupancy"
@@ -115,6 +118,7 @@ class RenderConfig:
     density_threshold: float = 10.0
     grid_update_every: int = 16
     need_normals: bool = False
+    compile_field: bool = False
 
     def validate(self) -> None:
         """Raise a :class:`DreamtextError` naming the first setting a user got wrong."""

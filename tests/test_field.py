@@ -491,3 +491,57 @@ def test_analytic_normals_with_a_separate_density_head_are_the_exact_gradient(ac
 def test_density_head_values_are_user_errors(bad):
     with pytest.raises(DreamtextError, match="density_h"):
         FieldConfig(**bad)
+
+
+@pytest.mark.parametrize("head", ["shared", "separate"])
+@pytest.mark.parametrize("mlp_dtype", [None, torch.bfloat16])
+def test_compiled_mlps_give_the_eager_fields_values_and_gradients(head, mlp_dtype):
+    """``compile_mlps`` (traced by torch.compile without code generation here: ``aot_eager``)
+    gives the eager field's σ, albedo and normals and the same gradients, with and without a
+    graph, at any number of points: one graph per MLP and grad mode, not one per size."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = textured_field(density_head=head)
+    eager.mlp_dtype = mlp_dtype
+    compiled = textured_field(density_head=head)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.mlp_dtype = mlp_dtype
+    compiled.compile_mlps(backend="aot_eager")
+    assert compiled.compiled and not eager.compiled
+    names = [name for name, _ in eager.named_parameters() if not name.startswith("background")]
+    calls = []
+    for field in (eager, compiled):
+        for n in (40, 17, 333, 1):
+            x = random_points(n, scale=0.8)
+            sigma, albedo = field(x)
+            normals = field.normals(x, sigma)
+            loss = (sigma.sum() + (albedo * 0.3).sum() + (normals[:, 0] * 2).sum()) / n
+            params = dict(field.named_parameters())
+            grads = torch.autograd.grad(loss, [params[name] for name in names], allow_unused=True)
+            with torch.no_grad():
+                density = field.density(x)
+            calls.append((sigma, albedo, normals, density, grads))
+    half = len(calls) // 2
+    tolerance = dict(atol=1e-5, rtol=1e-4) if mlp_dtype is None else dict(atol=1e-2, rtol=1e-2)
+    for want, got in zip(calls[:half], calls[half:], strict=True):
+        for a, b in zip(want[:4], got[:4], strict=True):
+            assert a.dtype == b.dtype == torch.float32
+            torch.testing.assert_close(b, a, **tolerance)
+        for a, b in zip(want[4], got[4], strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(b, a, **tolerance)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    # The residual MLP with and without a graph; the separate head's without a graph (density
+    # queries) and with one (normals): the residual MLP then runs only with a graph here.
+    assert graphs == (3 if head == "separate" else 2)
+
+
+def test_a_field_without_compile_mlps_runs_nothing_compiled(monkeypatch):
+    """Eager is the default: ``torch.compile`` is not called unless ``compile_mlps`` is."""
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled"))
+    field = small_field()
+    field(random_points(8))
+    assert not field.compiled

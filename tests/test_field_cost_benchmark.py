@@ -65,3 +65,23 @@ def test_a_row_per_field_and_the_section_appended(bench, tmp_path, capsys):
     assert len(rows) == 2 and '"density_head": "separate"' in rows[1]
     assert "python benchmarks/field_cost.py --points 64" in text and "MLP bf16" in text
     assert "ratio" in capsys.readouterr().out
+
+
+def test_compile_adds_a_compiled_row_per_field(bench, tmp_path, monkeypatch):
+    """``--compile``: each field measured eagerly, then with its MLPs compiled (traced without
+    code generation here: inductor's CPU code would take a minute to build)."""
+    compile_mlps = NeRFField.compile_mlps
+    backends = []
+
+    def traced(self, backend="inductor"):
+        backends.append(backend)
+        compile_mlps(self, backend="aot_eager")
+
+    monkeypatch.setattr(NeRFField, "compile_mlps", traced)
+    out = tmp_path / "RESULTS.md"
+    argv = ["--points", "32", "--repeats", "1", "--compile", "--out", str(out)]
+    bench.main([*argv, "--field", json.dumps(SMALL)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| `{")]
+    assert len(rows) == 2
+    assert "compiled" not in rows[0] and rows[1].startswith(f"| `{json.dumps(SMALL)} compiled`")
+    assert backends == ["inductor"]

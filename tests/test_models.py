@@ -199,8 +199,43 @@ def test_the_compile_flag_reaches_the_guidance_config():
 
     args = build_parser().parse_args(["text", "a cube", "--compile"])
     assert text_overrides(args)["guidance"]["compile"] is True
+    assert text_overrides(args)["render"] == {"compile_field": True}  # the field's MLPs too
     args = build_parser().parse_args(["text", "a cube"])
     assert "compile" not in text_overrides(args).get("guidance", {})
+    assert "render" not in text_overrides(args)
+
+
+def test_the_field_compiles_on_cuda_only(monkeypatch, caplog):
+    """``render.compile_field`` compiles the field's MLPs where the field is on CUDA; elsewhere
+    the field runs eagerly, with a warning (as the U-Net's ``--compile`` is ignored)."""
+    from dreamtext import factory
+    from dreamtext.config import resolve_config
+    from dreamtext.field import FieldConfig, NeRFField
+
+    small = FieldConfig(num_levels=2, log2_hashmap_size=8, hidden_dim=8, num_blocks=1)
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        field = factory.build_field(small, "cpu", compile=True)
+    assert not field.compiled
+    assert any("--compile" in r.getMessage() for r in caplog.records)
+    compiled = []
+
+    class OnCuda(NeRFField):  # the decision only: the field stays on the CPU
+        def __init__(self, cfg, device=None):
+            super().__init__(cfg, "cpu")
+
+        def compile_mlps(self, backend="inductor"):
+            compiled.append(backend)
+
+    monkeypatch.setattr(factory, "NeRFField", OnCuda)
+    factory.build_field(small, "cuda", torch.float16)
+    assert compiled == []
+    factory.build_field(small, "cuda", torch.float16, compile=True)
+    assert compiled == ["inductor"]
+    cfg = resolve_config({"prompt": "a cube", "render": {"compile_field": True}})
+    monkeypatch.setattr(factory, "build_field", lambda *a: compiled.append(a[3]))
+    monkeypatch.setattr(factory, "build_renderer", lambda *a: None)
+    factory.build_parts(cfg, torch.device("cpu"), with_guidance=False, with_optimizer=False)
+    assert compiled[-1] is True  # build_parts passes the config's setting on
 
 
 def hub_failure_without_network() -> OSError:
