@@ -121,7 +121,7 @@ def section(rows: list[tuple[str, dict, dict]], args: argparse.Namespace, comman
         f"## Field cost per sample (issue 9) — {device} ({platform.machine()}, "
         f"{torch.get_num_threads()} threads) — {stamp}\n\n"
         f"`{command}` (torch {torch.__version__}), {args.points} points in [−0.6, 0.6]³, "
-        f"MLP {args.mlp_precision}, best of {args.repeats}; µs a point.\n\n"
+        f"MLP {args.mlp_precision}, best of {args.repeats}; µs a point (3 significant digits).\n\n"
         "| field | σ, albedo no graph | σ, albedo fwd+bwd | normals no graph | normals fwd+bwd "
         "| grid no graph | grid fwd+bwd | F_a | F_s | F_s / F_a | rest for 2× |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -130,16 +130,16 @@ def section(rows: list[tuple[str, dict, dict]], args: argparse.Namespace, comman
     for label, costs, summary in rows:
         if "σ, albedo, normals, fwd+bwd" in costs:
             normals = (
-                f"(joint {costs['σ, albedo, normals, no graph']:.2f}) | "
-                f"(joint {costs['σ, albedo, normals, fwd+bwd']:.2f})"
+                f"(joint {costs['σ, albedo, normals, no graph']:.3g}) | "
+                f"(joint {costs['σ, albedo, normals, fwd+bwd']:.3g})"
             )
         else:
-            normals = f"{costs['normals, no graph']:.2f} | {costs['normals, fwd+bwd']:.2f}"
+            normals = f"{costs['normals, no graph']:.3g} | {costs['normals, fwd+bwd']:.3g}"
         lines.append(
-            f"| `{label}` | {costs['σ, albedo, no graph']:.2f} | "
-            f"{costs['σ, albedo, fwd+bwd']:.2f} | {normals} | {costs['grid, no graph']:.2f} | "
-            f"{costs['grid, fwd+bwd']:.2f} | {summary['albedo']:.2f} | {summary['shaded']:.2f} | "
-            f"{summary['ratio']:.2f} | {summary['rest_for_2x']:.2f} |"
+            f"| `{label}` | {costs['σ, albedo, no graph']:.3g} | "
+            f"{costs['σ, albedo, fwd+bwd']:.3g} | {normals} | {costs['grid, no graph']:.3g} | "
+            f"{costs['grid, fwd+bwd']:.3g} | {summary['albedo']:.3g} | {summary['shaded']:.3g} | "
+            f"{summary['ratio']:.3g} | {summary['rest_for_2x']:.3g} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         label = json.dumps(overrides) + (" compiled" if compiled else "")
         rows.append((label, costs, summary))
         print(
-            f"{label}: F_a {summary['albedo']:.2f} µs, F_s {summary['shaded']:.2f} µs, "
-            f"ratio {summary['ratio']:.2f}, rest for 2x {summary['rest_for_2x']:.2f} µs a sample"
+            f"{label}: F_a {summary['albedo']:.3g} µs, F_s {summary['shaded']:.3g} µs, "
+            f"ratio {summary['ratio']:.3g}, rest for 2x {summary['rest_for_2x']:.3g} µs a sample"
         )
     words = sys.argv[1:] if argv is None else argv
     text = section(rows, args, " ".join(["python", "benchmarks/field_cost.py", *words]))

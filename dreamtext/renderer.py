@@ -84,7 +84,10 @@ class RenderConfig:
       gradients (grid updates, previews, turntables).
     * ``backprop``: ``"direct"`` (one graph), ``"deferred"`` (image first, then chunked
       re-render + backward) or ``"auto"`` (deferred when the graph would hold more than
-      ``grad_chunk_points`` field queries).
+      ``grad_chunk_points`` field queries). With ``recompute_field`` a query keeps tens of bytes,
+      so the default 2^25 costs ~0.3-0.6 GiB: on an H200 FitFusion's shaded 256 px step (~4.3 M
+      samples, 17 M queries) ran direct at 3.64 it/s against 2.94 deferred at 2^22, with peaks of
+      4.8 and 4.7 GiB (compiled field and U-Net; benchmarks/RESULTS.md, 2026-12-04).
     * ``recompute_field``: keep only the query points of the field for backward and evaluate the
       field again there, ``chunk_points`` queries at a time (activation checkpointing): tens of
       bytes per query instead of several KiB, for one more forward pass of the field. With it
@@ -110,7 +113,7 @@ class RenderConfig:
     chunk_size: int = 65536
     chunk_points: int = 1 << 19
     backprop: str = "auto"
-    grad_chunk_points: int = 1 << 22
+    grad_chunk_points: int = 1 << 25
     recompute_field: bool = True
     occupancy_grid: bool = True
     grid_resolution: int = 64

@@ -202,7 +202,7 @@ def test_trainer_rows_take_the_render_settings_asked_for(sds_step, monkeypatch, 
     monkeypatch.setattr("dreamtext.trainer.train", train)
     cpu = torch.device("cpu")
     row = sds_step.trainer_row("m", "fp16", "fitfusion", "shaded", trainer_args(), cpu)
-    assert seen["cfg"].render.grad_chunk_points == 1 << 22
+    assert seen["cfg"].render.grad_chunk_points == 1 << 25
     assert row["render"] == "config defaults"
     settings = {"grad_chunk_points": 1 << 25, "march_window": 64}
     row = sds_step.trainer_row(
