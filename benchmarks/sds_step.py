@@ -542,7 +542,9 @@ def cap_gpu_memory(device: torch.device, gib: float) -> float:
             f"--gpu-memory-gib {gib:g}: this GPU has {total / 2**30:.1f} GiB; give at most that"
         )
     fraction = gib * 2**30 / total
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    # torch takes a device with its index here ("cuda" alone raised on the H200).
+    index = torch.cuda.current_device() if device.index is None else device.index
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
     return fraction
 
 

@@ -292,16 +292,23 @@ def test_the_gpu_memory_cap_gives_a_run_what_a_smaller_card_would(sds_step, monk
 
     from dreamtext.errors import DreamtextError
 
-    cuda = torch.device("cuda", 0)
+    cuda = torch.device("cuda")  # as main() makes it: no index
     caps = []
     monkeypatch.setattr(
         torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=140 * 2**30)
     )
+    # torch's own check of the device argument: a bare "cuda" raises (as it did on the H200).
     monkeypatch.setattr(
-        torch.cuda, "set_per_process_memory_fraction", lambda f, d: caps.append((f, d))
+        torch.cuda,
+        "set_per_process_memory_fraction",
+        lambda f, d: caps.append((f, torch._utils._get_device_index(d))),
     )
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert sds_step.cap_gpu_memory(cuda, 11) == pytest.approx(11 / 140)
-    assert caps == [(pytest.approx(11 / 140), cuda)]
+    assert caps == [(pytest.approx(11 / 140), 0)]
+    sds_step.cap_gpu_memory(torch.device("cuda", 1), 11)
+    assert caps[-1][1] == 1
+    caps.pop()
     for too_much in (141, 0):
         with pytest.raises(DreamtextError, match=r"this GPU has 140\.0 GiB"):
             sds_step.cap_gpu_memory(cuda, too_much)
