@@ -87,7 +87,8 @@ class ShapesPrior(ScoreDistillation):
     The dataset is rendered for ``cameras`` at ``height × width``: the training camera range and
     render size (scaled down to at most :data:`MAX_DATASET_SIZE` a side, :func:`dataset_size`), so
     that every training view has dataset images within 5° of it. Perp-Neg does not apply (the sets
-    are already view-specific), so only CFG is used; ``compile`` has no network to compile.
+    are already view-specific), so only CFG is used; ``compile`` has no network here to compile
+    (the field's MLPs, on CUDA, are the factory's).
     """
 
     def __init__(
@@ -99,9 +100,13 @@ class ShapesPrior(ScoreDistillation):
         device: torch.device | str = "cpu",
     ):
         super().__init__(cfg, device, torch.float32)
-        for flag, on in (("--perp-neg", cfg.perp_neg), ("--compile", cfg.compile)):
-            if on:
-                log.warning("%s does not apply to the built-in prior; ignored", flag)
+        if cfg.perp_neg:
+            log.warning("--perp-neg does not apply to the built-in prior; ignored")
+        if cfg.compile:
+            log.warning(
+                "--compile has no network of the built-in prior to compile; on CUDA it compiles "
+                "the field's MLPs only"
+            )
         height, width = dataset_size(height, width)
         self.dataset: ShapesDataset = load_dataset(cameras, height, width, cfg.views)
         self.height, self.width = height, width

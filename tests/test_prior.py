@@ -343,5 +343,6 @@ def test_flags_the_prior_cannot_use_are_named_in_a_warning(prior, caplog):
         prior(perp_neg=True, compile=True)
     assert [r.getMessage() for r in caplog.records] == [
         "--perp-neg does not apply to the built-in prior; ignored",
-        "--compile does not apply to the built-in prior; ignored",
+        "--compile has no network of the built-in prior to compile; on CUDA it compiles the "
+        "field's MLPs only",
     ]
