@@ -534,9 +534,8 @@ def test_compiled_mlps_give_the_eager_fields_values_and_gradients(head, mlp_dtyp
             if a is not None:
                 torch.testing.assert_close(b, a, **tolerance)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    # The residual MLP with and without a graph; the separate head's without a graph (density
-    # queries) and with one (normals): the residual MLP then runs only with a graph here.
-    assert graphs == (3 if head == "separate" else 2)
+    # Each MLP with and without a graph, built by compile_mlps's check, and no more after it.
+    assert graphs == (4 if head == "separate" else 2)
 
 
 def test_a_field_without_compile_mlps_runs_nothing_compiled(monkeypatch):
@@ -545,3 +544,33 @@ def test_a_field_without_compile_mlps_runs_nothing_compiled(monkeypatch):
     field = small_field()
     field(random_points(8))
     assert not field.compiled
+
+
+def test_compile_mlps_checks_what_it_built_against_the_eager_mlps(monkeypatch):
+    """A compiler that fails, or compiled code that computes something else, is one line that
+    says to run without ``--compile``, at ``compile_mlps`` (not in the middle of a step), and
+    the field stays eager."""
+
+    def failing(fn, **kwargs):
+        def run(features):
+            raise RuntimeError("Failed to find C compiler. Please specify via CC\nmore")
+
+        return run
+
+    field = small_field()
+    monkeypatch.setattr(torch, "compile", failing)
+    with pytest.raises(DreamtextError) as error:
+        field.compile_mlps()
+    assert str(error.value) == (
+        "torch.compile does not build the field's MLPs here (RuntimeError: Failed to find C "
+        "compiler. Please specify via CC): run without --compile"
+    )
+    assert not field.compiled
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: lambda x: fn(x) * 1.2)
+    with pytest.raises(DreamtextError, match=r"disagrees with the eager one.*without --compile"):
+        field.compile_mlps()
+    assert not field.compiled
+    # Rounding is not disagreement: 1% off passes, as bf16 code can be.
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: lambda x: fn(x) * 1.01)
+    field.compile_mlps()
+    assert field.compiled
