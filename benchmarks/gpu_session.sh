@@ -6,9 +6,10 @@
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
 #        bash benchmarks/gpu_session.sh field_compile trainer_compile   (the field's MLPs compiled)
 #        bash benchmarks/gpu_session.sh trainer512   (the trainer at 512 px)
-#        bash benchmarks/gpu_session.sh trainer_separate trainer_bf16 trainer_chunk trainer_window
-#            (the trainer with a density head of its own, in bf16, without deferred backprop at
-#            256 px, and with the marcher's rounds of a fixed width, as before stop 51)
+#        bash benchmarks/gpu_session.sh trainer_separate trainer_bf16 trainer_window
+#            (the trainer with a density head of its own, in bf16, and with the marcher's rounds
+#            of a fixed width, as before stop 51)
+#        bash benchmarks/gpu_session.sh trainer512_compile   (512 px, --compile, 11 GiB)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -151,14 +152,15 @@ check trainer_separate 200 python3 benchmarks/sds_step.py --trainer --model sd21
     --precisions fp16 --presets default fitfusion --steps 32 --density-head separate
 check trainer_bf16 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions bf16 --presets default fitfusion --steps 32
-# 6e. Not in the default set: FitFusion's trainer with render.grad_chunk_points at 2^25, so that
-#    a 256 px step (~70 samples a ray on random weights, 4 field queries a shaded sample) never
-#    defers its backprop (18 and 29 of 32 steps deferred at the default 2^22, peak 5.2 GiB):
-#    what deferring costs in it/s (on 2 CPU cores nothing: RESULTS.md, stop 51), and whether
-#    the direct step still fits a 12 GB card.
-check trainer_chunk 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets fitfusion --steps 32 --render '{"grad_chunk_points": 33554432}' \
-    --gpu-memory-gib 11
+# 6e. Not in the default set: the trainer at 512 px as `dreamtext text --compile` runs it, held
+#    to 11 GiB (a 12 GB card): since 2^25 (render.grad_chunk_points) a 512 px albedo step no
+#    longer defers its backprop (~18.6 M queries), and a shaded one defers in chunks 8x as
+#    large as at 2^22 (at 256 px the direct step peaked lower than the deferred one, 4.9 against
+#    5.1 GiB eagerly: RESULTS.md, 2026-12-04). The 512 px peaks with the new default are not
+#    measured yet (the eager ones of check trainer512: 6.0 / 5.8 GiB at 2^22).
+check trainer512_compile 240 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets fitfusion --px 512 --steps 32 --compile \
+    --render '{"compile_field": true}' --gpu-memory-gib 11
 # 6f. Not in the default set: the trainer rows of check 4 with the marcher's rounds of a fixed
 #    16 steps (render.march_window_growth 1, as before stop 51) instead of rounds that double.
 #    A round waits for the GPU twice: under virtual CUDA a fresh field's 64 px step marched 14-16
