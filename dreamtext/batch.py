@@ -1021,9 +1021,8 @@ def run_batch(
                         "stopped_batch": True,
                         "took_over": None,
                     }
-                    append_record(root / BATCH_LOG, record)
                     _say(f"batch: line {entry.line}: interrupted while waiting for its lock")
-                    records[index] = record
+                    records[index] = log_record(root / BATCH_LOG, record, entry, root)
                     break
                 if not again:
                     continue
@@ -1359,21 +1358,33 @@ def run_entry(
     }
     try:
         if log is not None:
-            append_record(log, record)  # before the lock goes (see above)
-    except OSError as error:
-        stop = batch_stop(error, entry, root, record_write=True)
-        if stop is None:
-            raise
-        if not stopped:  # the line's own end did not say it yet
-            finished = result["status"] == "finished"
-            _say(batch_stop_line(entry, stop, root, finished=finished))
-            record = {**record, "error": error_line(error), "stopped_batch": True}
+            record = log_record(log, record, entry, root, said=stopped)  # before the lock goes
     finally:
         if claimed:
             lock.release()
             if runs_on_cuda(cfg):  # on the CPU the collection found nothing and took 0.4 s
                 with contextlib.suppress(Exception):  # a broken CUDA context raises here too
                     free_memory()
+    return record
+
+
+def log_record(
+    log: Path, record: dict[str, Any], entry: Entry, root: Path, said: bool = False
+) -> dict[str, Any]:
+    """Append ``record`` to ``log`` (batch.jsonl) and return it. A write that fails for a reason
+    that stops the batch (:func:`batch_stop`: a full disk, a file system gone read-only) returns
+    it with that error and ``stopped_batch``, and says so in one line unless ``said`` (the line's
+    own end already named that stop, and its error stays); any other ``OSError`` raises."""
+    try:
+        append_record(log, record)
+    except OSError as error:
+        stop = batch_stop(error, entry, root, record_write=True)
+        if stop is None:
+            raise
+        if not said:
+            finished = record["status"] == "finished"
+            _say(batch_stop_line(entry, stop, root, finished=finished))
+            record = {**record, "error": error_line(error), "stopped_batch": True}
     return record
 
 

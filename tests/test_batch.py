@@ -847,6 +847,37 @@ def test_a_sigterm_while_waiting_for_an_abandoned_lock_stops_the_batch_as_interr
     assert json.loads((root / "a_red_cube.lock").read_text())["host"] == "node1"  # left as it was
 
 
+def test_an_interrupted_wait_whose_record_does_not_fit_says_so_in_one_line(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """The record of a line interrupted while waiting for a dead node's lock goes through the
+    same write as every line's: a full disk there stops the batch with one line naming it,
+    not a traceback."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+    _lock_file(root / "a_red_cube.lock", age=200, host="node1", refresh_s=15)
+    real_append = dreamtext.batch.append_record
+
+    def full_for_the_interrupted(log, record):
+        if record["status"] == "interrupted":
+            raise OSError(errno.ENOSPC, "No space left on device", str(log))
+        real_append(log, record)
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dreamtext.batch, "append_record", full_for_the_interrupted)
+    monkeypatch.setattr(dreamtext.batch.time, "sleep", interrupted)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "line 1: interrupted while waiting for its lock" in err
+    assert f"batch: line 1: No space left on device ({root / 'batch.jsonl'}); " in err
+    assert [(r["line"], r["status"]) for r in rows(root)] == [(1, "skipped"), (2, "finished")]
+
+
 def test_a_run_still_held_by_the_worker_whose_lock_was_taken_over_is_named_so(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
