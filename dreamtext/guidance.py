@@ -466,7 +466,17 @@ class StableDiffusionGuidance(ScoreDistillation):
             times.append(t.repeat_interleave(k, 0))
         latent_in, t_in = torch.cat(latents), torch.cat(times)
         unet_in = self.models.unet_input(latent_in)
-        out = self.unet(unet_in, t_in, encoder_hidden_states=torch.cat(embeddings)).sample.float()
+        try:
+            out = self.unet(unet_in, t_in, encoder_hidden_states=torch.cat(embeddings)).sample
+        except Exception as error:
+            if self.unet is self.models.unet or not compiler_error(error):
+                raise
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            raise DreamtextError(
+                f"torch.compile does not build the U-Net here ({type(error).__name__}: "
+                f"{first_line}): run without --compile"
+            ) from error
+        out = out.float()
         if self.prediction_type == "v_prediction":
             out = v_to_epsilon(out, latent_in.float(), self.alphas_cumprod[t_in])
         eps_uncond, eps_cond = out[:batch], out[batch : 2 * batch]
@@ -474,6 +484,12 @@ class StableDiffusionGuidance(ScoreDistillation):
             eps_neg = out[2 * batch :].reshape(batch, negatives.shape[1], *x_t.shape[1:])
             return NoisePrediction(eps_uncond, eps_cond, eps_neg, weights)
         return NoisePrediction(eps_uncond, eps_cond)
+
+
+def compiler_error(error: BaseException) -> bool:
+    """Whether ``error`` is torch.compile's own (dynamo's or inductor's: a backend that failed, a
+    missing C compiler), not the model's (out of memory is torch's, and stays that)."""
+    return type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
 def make_guidance(

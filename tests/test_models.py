@@ -183,6 +183,40 @@ def test_compile_is_ignored_with_a_warning_on_the_cpu(tiny_sd_path: Path, caplog
     assert any("--compile" in r.getMessage() for r in caplog.records)
 
 
+def test_a_unet_torch_compile_cannot_build_is_one_line_naming_the_fix(
+    tiny_sd_path: Path, monkeypatch
+):
+    """A compiled U-Net's compiler errors (dynamo's and inductor's, raised at its first call)
+    become a DreamtextError that says to run without --compile; the model's own errors, and
+    any error of an eager U-Net, stay what they are."""
+    guidance = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path)))
+    guidance.set_prompt("a red cube")
+    x_t, t = torch.randn(1, 4, 32, 32), torch.tensor([400])
+    failed = type("BackendCompilerFailed", (RuntimeError,), {"__module__": "torch._dynamo.exc"})
+
+    def raising(error):
+        def unet(*args, **kwargs):
+            raise error
+
+        return unet
+
+    guidance.unet = raising(failed("backend='inductor' raised:\nRuntimeError: no C compiler"))
+    with pytest.raises(DreamtextError) as error:
+        guidance.predict_noise(x_t, t, ["front"])
+    assert str(error.value) == (
+        "torch.compile does not build the U-Net here (BackendCompilerFailed: backend='inductor' "
+        "raised:): run without --compile"
+    )
+    guidance.unet = raising(torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(torch.OutOfMemoryError):  # the trainer's own handling takes it
+        guidance.predict_noise(x_t, t, ["front"])
+    # The models are shared by the process (load_for's cache): replaced for this test only.
+    monkeypatch.setattr(guidance.models, "unet", raising(failed("not from a compiled U-Net")))
+    guidance.unet = guidance.models.unet
+    with pytest.raises(failed):
+        guidance.predict_noise(x_t, t, ["front"])
+
+
 def test_compile_on_cuda_compiles_the_unet_once(tiny_sd_path: Path, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or "compiled")
