@@ -10,6 +10,7 @@
 #            (the trainer with a density head of its own, in bf16, and with the marcher's rounds
 #            of a fixed width, as before stop 51)
 #        bash benchmarks/gpu_session.sh trainer512_compile   (512 px, --compile, 11 GiB)
+#        bash benchmarks/gpu_session.sh profile   (a step's phases and costliest operators)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -168,6 +169,15 @@ check trainer512_compile 240 python3 benchmarks/sds_step.py --trainer --model sd
 #    check 4 (2026-12-04) were taken with the fixed rounds. What the doubling buys in it/s.
 check trainer_window 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 32 --render '{"march_window_growth": 1}'
+# 6h. Not in the default set: where a step's time goes, by phase and by operator (self device
+#    time a step, kernels a step; benchmarks/step_profile.py): FitFusion's shaded 256 px step
+#    eagerly and compiled (3.64 it/s in the trainer with --compile, of which the field's samples
+#    are ~220 ms by field_cost.py: the rest is this check's question), and the compiled 64 px
+#    albedo step (16.8 it/s: the guidance's share).
+check profile 240 bash -c 'set -e
+    python3 benchmarks/step_profile.py --size 256 --shading lambertian
+    python3 benchmarks/step_profile.py --size 256 --shading lambertian --compile
+    python3 benchmarks/step_profile.py --size 64 --shading albedo --compile'
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to

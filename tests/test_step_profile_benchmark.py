@@ -1,0 +1,43 @@
+"""benchmarks/step_profile.py: a step's phases and its costliest operators, on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from benchmark_scripts import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("step_profile", "step_profile_benchmark")
+
+
+def test_a_profiled_step_reports_its_phases_and_costliest_ops(bench, tmp_path, capsys):
+    trace = tmp_path / "step.json"
+    argv = ["--device", "cpu", "--model", "none", "--size", "8", "--shading", "lambertian"]
+    assert (
+        bench.main([*argv, "--steps", "2", "--warmup", "0", "--rows", "4", "--trace", str(trace)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "## Step profile — CPU — 8 px lambertian, model none, fp32, compile off" in out
+    phases = out.split("| render ms | guidance ms | backward+Adam ms | step ms | kernels a step |")
+    values = phases[1].splitlines()[2].strip("| ").split(" | ")
+    render, guidance, backward, step = map(float, values[:4])
+    assert render > 0 and backward > 0 and guidance == 0.0  # no model: mean(rgb)
+    assert step == pytest.approx(render + guidance + backward, abs=0.15)
+    assert values[4] == "-"  # kernels are counted on CUDA only
+    ops = [line for line in out.splitlines() if line.startswith("| `")]
+    assert len(ops) == 4
+    costs = [float(line.rsplit("|", 2)[1]) for line in ops]
+    assert costs == sorted(costs, reverse=True) and costs[-1] > 0
+    assert any("aten::" in line for line in ops)
+    assert json.loads(trace.read_text())["traceEvents"]
+
+
+def test_steps_must_be_profiled(bench, capsys):
+    with pytest.raises(SystemExit) as done:
+        bench.main(["--device", "cpu", "--model", "none", "--steps", "0"])
+    assert done.value.code == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
