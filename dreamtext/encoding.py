@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, cause_line
 
 # tiny-cuda-nn's spatial hash: h(x, y, z) = (x·1) XOR (y·2654435761) XOR (z·805459861) mod T.
 HASH_PRIMES: tuple[int, int, int] = (1, 2654435761, 805459861)
@@ -736,10 +736,9 @@ def _self_check(grid: HashGridEncoding, num_points: int = 64) -> None:
             ref = grid.reference_forward(x)
             (grad_ref,) = torch.autograd.grad(ref, grid.params, weights)
     except Exception as err:  # compiler and driver errors come in many types
-        first_line = (str(err).strip().splitlines() or [""])[0][:200]
         raise DreamtextError(
-            f"the {grid.backend} encoding does not run here ({type(err).__name__}: "
-            f"{first_line}): use --encoding torch"
+            f"the {grid.backend} encoding does not run here ({cause_line(err)}): use --encoding "
+            "torch"
         ) from err
     scale = grid.params.detach().abs().max().item()
     if not (

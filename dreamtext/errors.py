@@ -65,6 +65,13 @@ class TrainedRun:
     workspace: Path
 
 
+def cause_line(error: BaseException, width: int = 200) -> str:
+    """``Type: first line`` of ``error`` (at most ``width`` characters of the line): what a
+    one-line message quotes of the compiler or driver error behind it."""
+    first = (str(error).strip().splitlines() or [""])[0][:width]
+    return f"{type(error).__name__}: {first}"
+
+
 def shorten(text: str, width: int) -> str:
     """``text`` in at most ``width`` characters, for a one-line message or a bar's label: a
     longer one ends in ``…``, so that a cut word does not read as a word of its own

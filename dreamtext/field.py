@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamtext.encoding import ENCODING_KINDS, features_and_jacobian, make_encoding
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, cause_line
 
 DENSITY_ACTIVATIONS: tuple[str, ...] = ("softplus", "exp")
 # "random": the trainer draws a solid colour per image; the field itself shows background_color.
@@ -406,10 +406,9 @@ class NeRFField(nn.Module):
         except DreamtextError:
             raise
         except Exception as err:  # compiler and driver errors come in many types
-            first_line = (str(err).strip().splitlines() or [""])[0][:200]
             raise DreamtextError(
-                f"torch.compile does not build the field's MLPs here ({type(err).__name__}: "
-                f"{first_line}): run without --compile"
+                f"torch.compile does not build the field's MLPs here ({cause_line(err)}): run "
+                "without --compile"
             ) from err
 
     @property

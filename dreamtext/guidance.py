@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dreamtext.cameras import CameraRange, ViewThresholds
 from dreamtext.devices import free_memory, to_device
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, cause_line
 from dreamtext.models import DEFAULT_MODEL, TextSide, load_for
 from dreamtext.prompts import PromptEmbeddings, expand_tokens
 
@@ -471,10 +471,9 @@ class StableDiffusionGuidance(ScoreDistillation):
         except Exception as error:
             if self.unet is self.models.unet or not compiler_error(error):
                 raise
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
             raise DreamtextError(
-                f"torch.compile does not build the U-Net here ({type(error).__name__}: "
-                f"{first_line}): run without --compile"
+                f"torch.compile does not build the U-Net here ({cause_line(error)}): run without "
+                "--compile"
             ) from error
         out = out.float()
         if self.prediction_type == "v_prediction":
