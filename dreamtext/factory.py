@@ -22,6 +22,9 @@ ADAM_BETAS = (0.9, 0.99)
 ADAM_EPS = 1e-15
 
 logger = logging.getLogger(__name__)
+# Where render.compile_field compiles the field's MLPs: on the CPU the eager MLP, in cache-sized
+# pieces, is faster than Inductor's CPU code (benchmarks/RESULTS.md, 2026-12-04).
+COMPILE_DEVICES = ("cuda",)
 
 
 @dataclass
@@ -58,7 +61,7 @@ def build_field(
     field = NeRFField(cfg, device=device)
     field.mlp_dtype = mlp_dtype
     if compile:
-        if torch.device(device).type == "cuda":
+        if torch.device(device).type in COMPILE_DEVICES:
             field.compile_mlps()
         else:
             logger.warning("--compile compiles the field's MLPs on CUDA only; eager here")

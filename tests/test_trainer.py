@@ -86,6 +86,48 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_sd_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_with_compiled_mlps_trains_as_the_eager_one(tmp_path, tiny_sd_path, monkeypatch):
+    """``render.compile_field`` through the trainer: the factory compiles the field's MLPs
+    (traced by ``aot_eager`` here, where Inductor's CUDA code cannot run, and on the CPU, which
+    the factory otherwise leaves eager), and shaded steps with a deferred backward, whose replay
+    runs the compiled MLPs inside autograd's backward, train what the eager run trains."""
+    from dreamtext import factory
+    from dreamtext.field import NeRFField
+
+    compile_mlps, compiled, calls = NeRFField.compile_mlps, [], []
+
+    def counted(fn):
+        return lambda x: calls.append((x.shape[0], torch.is_grad_enabled())) or fn(x)
+
+    def traced(self, backend="inductor"):
+        compile_mlps(self, backend="aot_eager")
+        self._compiled = {name: counted(fn) for name, fn in self._compiled.items()}
+        compiled.append(self)
+
+    monkeypatch.setattr(NeRFField, "compile_mlps", traced)
+    monkeypatch.setattr(factory, "COMPILE_DEVICES", ("cuda", "cpu"))
+    render = {**TINY_TRAIN["render"], "backprop": "deferred", "grad_chunk_points": 1024}
+    common = {"iters": 3, "albedo_epochs": 0, "preview_every": 0}
+    eager = train(tiny_config(tmp_path / "eager", tiny_sd_path, render=render, **common))
+    assert compiled == []
+    render["compile_field"] = True
+    fast = train(tiny_config(tmp_path / "compiled", tiny_sd_path, render=render, **common))
+    assert len(compiled) == 1 and compiled[0].compiled
+    assert {grad for _, grad in calls} == {True, False}  # the replay's graph and the image's
+    assert json.loads((fast / "config.json").read_text())["render"]["compile_field"] is True
+    logs = [
+        [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        for run in (eager, fast)
+    ]
+    assert {r["shading"] for r in logs[0]} - {"albedo"}  # normals ran
+    assert all(r.get("backprop") == "deferred" for r in logs[1])
+    for want, got in zip(*logs, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    expected, got = field_params(eager), field_params(fast)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_a_stop_mid_backward_drops_the_step_and_the_resume_equals_an_uninterrupted_run(
     tmp_path, tiny_sd_path, monkeypatch
 ):
