@@ -50,6 +50,7 @@ def test_a_run_leaves_config_log_previews_and_checkpoints(tmp_path, tiny_sd_path
         f"CPU, {torch.get_num_threads()} threads"
     )
     assert ran_on["guidance_dtype"] == "float32" and ran_on["field_mlp_dtype"] == "float32"
+    assert ran_on["field_compiled"] is False
     assert ran_on["model_revision"] is None  # a folder, not a hub id
     assert ran_on["versions"]["torch"] == torch.__version__
     assert ran_on["versions"]["diffusers"] == importlib.metadata.version("diffusers")
@@ -114,7 +115,8 @@ def test_a_run_with_compiled_mlps_trains_as_the_eager_one(tmp_path, tiny_sd_path
     fast = train(tiny_config(tmp_path / "compiled", tiny_sd_path, render=render, **common))
     assert len(compiled) == 1 and compiled[0].compiled
     assert {grad for _, grad in calls} == {True, False}  # the replay's graph and the image's
-    assert json.loads((fast / "config.json").read_text())["render"]["compile_field"] is True
+    config = json.loads((fast / "config.json").read_text())
+    assert config["render"]["compile_field"] is True and config["ran_on"]["field_compiled"] is True
     logs = [
         [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         for run in (eager, fast)
