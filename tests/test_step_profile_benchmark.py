@@ -41,3 +41,18 @@ def test_steps_must_be_profiled(bench, capsys):
         bench.main(["--device", "cpu", "--model", "none", "--steps", "0"])
     assert done.value.code == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_kernels_a_step_count_the_device_events(bench):
+    """On CUDA the profiler's device events (kernels, copies) are counted, per profiled step."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    events = [
+        SimpleNamespace(device_type=DeviceType.CUDA, count=30),
+        SimpleNamespace(device_type=DeviceType.CPU, count=500),
+        SimpleNamespace(device_type=DeviceType.CUDA, count=6),
+    ]
+    profile = SimpleNamespace(key_averages=lambda: events)
+    assert bench.kernels_a_step(profile, 3) == 12.0
