@@ -3,8 +3,9 @@
     python benchmarks/compile_check.py                 # the tiny test pipeline, 4 steps each
     python benchmarks/compile_check.py --model /path/sd --steps 6 --size 64
 
-``dreamtext text --compile`` compiles the U-Net on CUDA only (on a CPU the flag is ignored), and
-without a GPU that path would never run. Inductor also compiles for the CPU when a C compiler is
+``dreamtext text --compile`` compiles the U-Net (and the field's MLPs, whose CPU check is
+``tests/test_field.py`` and ``field_cost.py --compile``) on CUDA only (on a CPU the flag is
+ignored), and without a GPU that path would never run. Inductor also compiles for the CPU when a C compiler is
 installed, so this script takes the same call path there: it builds the guidance as a run does
 (``--perp-neg`` on, so the U-Net's batch changes with the view: 2, 3 or 4), puts
 ``torch.compile(models.unet)`` in the place :meth:`~dreamtext.models.StableDiffusionModels.sds_unet`
