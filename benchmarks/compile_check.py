@@ -5,8 +5,8 @@
 
 ``dreamtext text --compile`` compiles the U-Net (and the field's MLPs, whose CPU check is
 ``tests/test_field.py`` and ``field_cost.py --compile``) on CUDA only (on a CPU the flag is
-ignored), and without a GPU that path would never run. Inductor also compiles for the CPU when a C compiler is
-installed, so this script takes the same call path there: it builds the guidance as a run does
+ignored), and without a GPU that path would never run. Inductor also compiles for the CPU when
+a C compiler is installed, so this script takes the same call path there: it builds the guidance as a run does
 (``--perp-neg`` on, so the U-Net's batch changes with the view: 2, 3 or 4), puts
 ``torch.compile(models.unet)`` in the place :meth:`~dreamtext.models.StableDiffusionModels.sds_unet`
 gives it on CUDA, and runs the same seeded SDS steps (front, side, back, overhead) eagerly and
