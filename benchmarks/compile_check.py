@@ -5,14 +5,15 @@
 
 ``dreamtext text --compile`` compiles the U-Net (and the field's MLPs, whose CPU check is
 ``tests/test_field.py`` and ``field_cost.py --compile``) on CUDA only (on a CPU the flag is
-ignored), and without a GPU that path would never run. Inductor also compiles for the CPU when
-a C compiler is installed, so this script takes the same call path there: it builds the guidance as a run does
-(``--perp-neg`` on, so the U-Net's batch changes with the view: 2, 3 or 4), puts
-``torch.compile(models.unet)`` in the place :meth:`~dreamtext.models.StableDiffusionModels.sds_unet`
-gives it on CUDA, and runs the same seeded SDS steps (front, side, back, overhead) eagerly and
-compiled. It reports each step's time, how many times dynamo compiled, and the largest
-difference between the image gradients. What it does not show: CUDA kernels, their speed, or
-CUDA graphs; the GPU session's ``compile`` check measures those.
+ignored), and without a GPU that path would never run. Inductor also compiles for the CPU when a C
+compiler is installed, so this script takes the same call path there: it builds the guidance as a
+run does (``--perp-neg`` on, so the U-Net's batch changes with the view: 2, 3 or 4), puts
+``torch.compile(models.unet)`` in the place
+:meth:`~dreamtext.models.StableDiffusionModels.sds_unet` gives it on CUDA, and runs the same seeded
+SDS steps (front, side, back, overhead) eagerly and compiled. It reports each step's time, how many
+times dynamo compiled, and the largest difference between the image gradients. What it does not
+show: CUDA kernels, their speed, or CUDA graphs; the GPU session's ``compile`` check measures
+those.
 """
 
 from __future__ import annotations
