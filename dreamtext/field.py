@@ -380,9 +380,9 @@ class NeRFField(nn.Module):
         g = torch.Generator().manual_seed(0)
         features = (torch.rand(rows, self.encoding.output_dim, generator=g) * 2 - 1).to(device)
         eager_of = {"mlp": self._mlp_out, "density": self._density_out}
+        params = [p for p in self.parameters() if p.requires_grad]
         try:
             for name, compiled in self._compiled.items():
-                params = [p for p in self.parameters() if p.requires_grad]
                 results = []
                 for run in (eager_of[name], compiled):
                     leaf = features.clone().requires_grad_(True)
@@ -416,20 +416,22 @@ class NeRFField(nn.Module):
         """Whether :meth:`compile_mlps` has compiled the MLPs."""
         return bool(self._compiled)
 
-    def _mlp_out(self, features: Tensor) -> Tensor:
-        """:meth:`_mlp` under ``mlp_dtype``'s autocast (float32 out): what is compiled."""
+    def _in_precision(self, mlp: Callable[[Tensor], Tensor], features: Tensor) -> Tensor:
+        """``mlp(features)`` under ``mlp_dtype``'s autocast when it is set, cast back to
+        float32."""
         if self.mlp_dtype is None:
-            return self._mlp(features)
+            return mlp(features)
         with torch.autocast(features.device.type, dtype=self.mlp_dtype):
-            return self._mlp(features).float()
+            return mlp(features).float()
+
+    def _mlp_out(self, features: Tensor) -> Tensor:
+        """:meth:`_mlp` in :meth:`_in_precision`: what is compiled."""
+        return self._in_precision(self._mlp, features)
 
     def _density_out(self, features: Tensor) -> Tensor:
-        """The density head under ``mlp_dtype``'s autocast (float32 out): what is compiled."""
+        """The density head in :meth:`_in_precision`: what is compiled."""
         assert self.density_net is not None
-        if self.mlp_dtype is None:
-            return self.density_net(features)
-        with torch.autocast(features.device.type, dtype=self.mlp_dtype):
-            return self.density_net(features).float()
+        return self._in_precision(self.density_net, features)
 
     def _in_pieces(self, name: str, features: Tensor) -> Tensor:
         """The MLP ``name`` (``"mlp"``, ``"density"``) on ``features``: compiled when
@@ -445,12 +447,7 @@ class NeRFField(nn.Module):
             mlp = self.density_net
         else:
             mlp = self._mlp if torch.is_grad_enabled() else self._mlp_no_grad
-        pieces = _mlp_pieces(features)
-        if self.mlp_dtype is None:
-            parts = [mlp(piece) for piece in pieces]
-        else:
-            with self._mlp_precision(features.device.type):
-                parts = [mlp(piece).float() for piece in pieces]
+        parts = [self._in_precision(mlp, piece) for piece in _mlp_pieces(features)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _density_logit(self, features: Tensor) -> Tensor:
