@@ -23,8 +23,8 @@ pruning pass, compositing, the guidance, Adam), so its ratio is ``(F_s + r) / (F
 a shaded step at most 2× an albedo one needs ``r ≥ F_s − 2 F_a``: printed as "rest for 2×".
 Each ``--field`` JSON (FieldConfig overrides) is one row; ``{}`` is the default field. With
 ``--compile`` each field has a second row with its MLPs ``torch.compile``d
-(``NeRFField.compile_mlps``, as ``dreamtext text --compile`` on CUDA; the warm-up call of each
-part compiles it).
+(``NeRFField.compile_mlps``, as ``dreamtext text --compile`` on CUDA: it compiles and checks
+them before the first timed call).
 """
 
 from __future__ import annotations

@@ -84,10 +84,12 @@ class RenderConfig:
       gradients (grid updates, previews, turntables).
     * ``backprop``: ``"direct"`` (one graph), ``"deferred"`` (image first, then chunked
       re-render + backward) or ``"auto"`` (deferred when the graph would hold more than
-      ``grad_chunk_points`` field queries). With ``recompute_field`` a query keeps tens of bytes,
-      so the default 2^25 costs ~0.3-0.6 GiB: on an H200 FitFusion's shaded 256 px step (~4.3 M
-      samples, 17 M queries) ran direct at 3.64 it/s against 2.94 deferred at 2^22, with peaks of
-      4.8 and 4.7 GiB (compiled field and U-Net; benchmarks/RESULTS.md, 2026-12-04).
+      ``grad_chunk_points`` field queries). With ``recompute_field`` a sample keeps ~50 bytes
+      (``benchmarks/memory_model.py`` at 512 px: a direct albedo step of ~24 M samples allocated
+      1.2 GB more than the deferred one), so the default 2^25 holds up to ~1.6 GiB: on an H200
+      FitFusion's shaded 256 px step (~4.3 M samples, 17 M queries) ran direct at 3.64 it/s
+      against 2.94 deferred at 2^22, with peaks of 4.8 and 4.7 GiB (compiled field and U-Net;
+      benchmarks/RESULTS.md, 2026-12-04).
     * ``recompute_field``: keep only the query points of the field for backward and evaluate the
       field again there, ``chunk_points`` queries at a time (activation checkpointing): tens of
       bytes per query instead of several KiB, for one more forward pass of the field. With it
@@ -97,8 +99,9 @@ class RenderConfig:
       ``density_threshold`` (see :class:`~dreamtext.samplers.OccupancyGrid`).
     * ``need_normals``: compute normals even for albedo shading (normal maps, orientation loss).
     * ``compile_field``: ``torch.compile`` the field's MLPs on CUDA (``--compile``; ignored with
-      a warning elsewhere): a minute of compiling at the start, then faster field queries
-      (:meth:`~dreamtext.field.NeRFField.compile_mlps`; measured in benchmarks/RESULTS.md).
+      a warning elsewhere): seconds of compiling and a check before the first step, then faster
+      field queries (:meth:`~dreamtext.field.NeRFField.compile_mlps`; measured in
+      benchmarks/RESULTS.md).
     """
 
     sampler: str = "occupancy"
