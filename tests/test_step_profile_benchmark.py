@@ -25,8 +25,11 @@ def test_a_profiled_step_reports_its_phases_and_costliest_ops(bench, tmp_path, c
     phases = out.split("| render ms | guidance ms | backward+Adam ms | step ms | kernels a step |")
     values = phases[1].splitlines()[2].strip("| ").split(" | ")
     render, guidance, backward, step = map(float, values[:4])
-    assert render > 0 and backward > 0 and guidance == 0.0  # no model: mean(rgb)
-    assert step == pytest.approx(render + guidance + backward, abs=0.15)
+    # No model: the guidance phase is mean(rgb), a fraction of a millisecond on a loaded machine
+    # (CI measured 0.1 ms under the profiler), far under the render it follows.
+    assert render > 0 and backward > 0 and 0 <= guidance < render
+    # Each of the four printed values is rounded to 0.1 ms: at most 0.05 off.
+    assert step == pytest.approx(render + guidance + backward, abs=0.2 + 1e-9)
     assert values[4] == "-"  # kernels are counted on CUDA only
     ops = [line for line in out.splitlines() if line.startswith("| `")]
     assert len(ops) == 4
