@@ -4,7 +4,8 @@
 #
 #   run: bash benchmarks/gpu_session.sh           (with carry: [".whl"] when wheels are needed)
 #        bash benchmarks/gpu_session.sh compile   (a second command: the trainer with --compile)
-#        bash benchmarks/gpu_session.sh field_compile trainer_compile   (the field's MLPs compiled)
+#        bash benchmarks/gpu_session.sh field_compile trainer_eager   (the field's MLPs compiled
+#            and eager, by field_cost.py; the trainer rows of check 4 with eager MLPs)
 #        bash benchmarks/gpu_session.sh trainer512   (the trainer at 512 px)
 #        bash benchmarks/gpu_session.sh trainer_separate trainer_bf16 trainer_window
 #            (the trainer with a density head of its own, in bf16, and with the marcher's rounds
@@ -96,7 +97,9 @@ check sds_step 150 python3 benchmarks/sds_step.py --model sd21-random --precisio
     --sizes 64 256 512 --shadings albedo lambertian --repeats 3 --warmup 2
 # 4. The real trainer: it/s and peak reserved memory, default (64 px) and FitFusion (256 px),
 #    albedo and shaded phases. 32 steps: the steady rate is taken over the second half (steps
-#    18-32), which holds one occupancy-grid update (every 16 steps), as a user's run does.
+#    18-32), which holds one occupancy-grid update (every 16 steps), as a user's run does. The
+#    field's MLPs are compiled as a user's run compiles them (render.compile_field "auto", since
+#    stop 53; the rows' "field MLPs" column says whether they were), the U-Net not.
 check trainer 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 32
 # 5. The built-in prior on CUDA (its image set follows the run's device), a resume on CUDA
@@ -118,14 +121,13 @@ check builtin 90 bash -c 'set -ex
 check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 48 --compile \
     --render '{"compile_field": true}'
-# 6g. Not in the default set: the field's MLPs compiled (render.compile_field), the U-Net not:
-#    the field's time per point eagerly and compiled (µs a point: 0.04 albedo, 0.14 shaded on the
-#    H200 eagerly, of which the grid 0.003: the rest is the MLP's elementwise passes), then the
-#    trainer rows of check 4 with it.
+# 6g. Not in the default set: the field's time per point eagerly and compiled (µs a point on the
+#    H200: albedo 0.036 eagerly, 0.014 compiled; shaded 0.139 and 0.051), then the trainer rows
+#    of check 4 with the field's MLPs eager (render.compile_field false, as before stop 53).
 check field_compile 150 python3 benchmarks/field_cost.py --device cuda --points 1048576 \
     --mlp-precision fp16 --compile --field '{}' '{"density_head": "separate"}'
-check trainer_compile 280 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default fitfusion --steps 32 --render '{"compile_field": true}'
+check trainer_eager 280 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 32 --render '{"compile_field": false}'
 # 6a. Not in the default set: FitFusion's trainer rows of check 4 with torch's default CUDA
 #    allocator (fixed-size segments) instead of the expandable segments `dreamtext` asks for
 #    (devices.use_expandable_segments): what growing segments in place saves in peak reserved

@@ -38,10 +38,12 @@ without periodic previews or export, and reports the steady it/s (the second hal
 the peak reserved memory the trainer logs for its steps, and the run's peak once its final
 preview is rendered too (``status.json``): the issue's "no part of a run peaks above the
 training step" for previews. ``--compile`` runs every row with ``torch.compile``d U-Net
-(CUDA only, the trainer ignores it on a CPU); ``--render '{"compile_field": true}'`` compiles the
-field's MLPs (with ``--trainer``), and the two together are ``dreamtext text --compile``. The
-compilation falls in the warm-up steps (or the first half of a trainer row), so give those
-enough steps.
+(CUDA only, the trainer ignores it on a CPU). The trainer's field MLPs follow
+``render.compile_field``: its default ``"auto"`` compiles them on CUDA (eager where that fails),
+``--render '{"compile_field": false}'`` keeps them eager and ``true`` is ``dreamtext text
+--compile``'s (a failure is then an error); the "field MLPs" column says how each row ran. The
+U-Net's compilation falls in the warm-up steps (or the first half of a trainer row), so give
+those enough steps.
 """
 
 from __future__ import annotations
@@ -408,6 +410,7 @@ def trainer_row(
         log = Path(workspace, "log.jsonl").read_text(encoding="utf-8")
         records = [json.loads(line) for line in log.splitlines()]
         run_peak = final_status_peak(Path(workspace))
+        field_mlps = field_mlps_label(Path(workspace))
     # Each record's "its" is the mean rate since the start: recover the elapsed times.
     elapsed = [r["step"] / r["its"] for r in records]
     half = min(len(records) // 2, len(records) - 2)  # at least one step after it
@@ -418,6 +421,7 @@ def trainer_row(
     deferred = sum(r.get("backprop") == "deferred" for r in records)
     return {
         **row,
+        "field_mlps": field_mlps,
         "scaler": loss_scaler_summary(records),
         "its": f"{rate:.2f}",
         "peak_mib": f"{max(r.get('gpu_mem_mib', 0.0) for r in records):.0f}",
@@ -427,6 +431,13 @@ def trainer_row(
         "deferred": f"{deferred}/{len(records)}",
         "status": "ok",
     }
+
+
+def field_mlps_label(workspace: Path) -> str:
+    """How the run's field MLPs ran, from its config.json: "compiled" or "eager" (on CUDA
+    ``render.compile_field``'s default, "auto", compiles them unless that fails)."""
+    ran_on = json.loads((workspace / "config.json").read_text(encoding="utf-8"))["ran_on"]
+    return "compiled" if ran_on.get("field_compiled") else "eager"
 
 
 def final_status_peak(workspace: Path) -> float | None:
@@ -457,6 +468,7 @@ TRAINER_COLUMNS = [
     ("px", "render px"),
     ("precision", "precision"),
     ("compile", "compiled U-Net"),
+    ("field_mlps", "field MLPs"),
     ("phase", "phase"),
     ("normals", "normals"),
     ("density_head", "density head"),

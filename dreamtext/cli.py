@@ -242,10 +242,11 @@ def add_text_to_3d_arguments(
     )
     g.add_argument(
         "--compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.compile the U-Net and the field's MLPs (CUDA only; slow first steps, then "
-        "faster ones)",
+        "faster ones; a failure is an error). Without it the field's MLPs are still compiled on "
+        "CUDA where that works; --no-compile keeps them eager too",
     )
     g.add_argument(
         "--no-export",

@@ -67,7 +67,13 @@ class TrainedRun:
 
 def cause_line(error: BaseException, width: int = 200) -> str:
     """``Type: first line`` of ``error`` (at most ``width`` characters of the line): what a
-    one-line message quotes of the compiler or driver error behind it."""
+    one-line message quotes of the compiler or driver error behind it. An error that wraps
+    another as its ``inner_exception`` (torch.compile's ``BackendCompilerFailed``, whose own
+    first line is only "backend='inductor' raised:") quotes the wrapped one's instead:
+    ``BackendCompilerFailed: RuntimeError: first line``."""
+    inner = getattr(error, "inner_exception", None)
+    if isinstance(inner, BaseException):
+        return f"{type(error).__name__}: {cause_line(inner, width)}"
     first = (str(error).strip().splitlines() or [""])[0][:width]
     return f"{type(error).__name__}: {first}"
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from dreamtext.config import TrainConfig
+from dreamtext.errors import DreamtextError
 from dreamtext.field import FieldConfig, NeRFField
 from dreamtext.guidance import ScoreDistillation, make_guidance
 from dreamtext.models import resolve_dtype
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 # Where render.compile_field compiles the field's MLPs: on the CPU the eager MLP, in cache-sized
 # pieces, is faster than Inductor's CPU code (benchmarks/RESULTS.md, 2026-12-04).
 COMPILE_DEVICES = ("cuda",)
+# What render.compile_field "auto" does where the compiled MLPs fail: the end of the warning.
+AUTO_COMPILE_FALLBACK = (
+    "the field's MLPs run eagerly instead (slower; render.compile_field: false skips the try)"
+)
 
 
 @dataclass
@@ -53,18 +58,35 @@ def build_field(
     cfg: FieldConfig,
     device: torch.device | str,
     mlp_dtype: torch.dtype | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> NeRFField:
-    """The NeRF field of ``cfg`` on ``device``, its MLPs autocast to ``mlp_dtype`` on CUDA and,
-    with ``compile`` (``render.compile_field``), ``torch.compile``d there: elsewhere ``compile``
-    is ignored with a warning, as the U-Net's is (it changes speed, never what a run computes)."""
+    """The NeRF field of ``cfg`` on ``device``, its MLPs autocast to ``mlp_dtype`` on CUDA and
+    ``torch.compile``d there as ``compile`` (``render.compile_field``) says:
+
+    * ``"auto"`` (the default): compiled on CUDA; where that fails (no Triton, a compiler
+      error, compiled code that disagrees with the eager MLP) the run goes on with the eager
+      MLPs and one warning. Eager elsewhere, silently.
+    * ``True`` (``--compile``): compiled on CUDA, and a failure is a :class:`DreamtextError`
+      (the user asked for it); elsewhere ignored with a warning, as the U-Net's is.
+    * ``False``: eager.
+
+    Compiling changes speed, never what a run computes (values within rounding, checked when
+    built: :meth:`~dreamtext.field.NeRFField.compile_mlps`)."""
     field = NeRFField(cfg, device=device)
     field.mlp_dtype = mlp_dtype
-    if compile:
-        if torch.device(device).type in COMPILE_DEVICES:
-            field.compile_mlps()
-        else:
+    if compile is False:
+        return field
+    if torch.device(device).type not in COMPILE_DEVICES:
+        if compile is True:
             logger.warning("--compile compiles the field's MLPs on CUDA only; eager here")
+        return field
+    if compile is True:
+        field.compile_mlps()
+        return field
+    try:
+        field.compile_mlps(remedy=AUTO_COMPILE_FALLBACK)
+    except DreamtextError as err:
+        logger.warning("%s", err)
     return field
 
 

@@ -344,7 +344,9 @@ class NeRFField(nn.Module):
             return raw
         return torch.cat([self._density_logit(features)[:, None], raw], dim=1)
 
-    def compile_mlps(self, backend: str = "inductor") -> None:
+    def compile_mlps(
+        self, backend: str = "inductor", remedy: str = "run without --compile"
+    ) -> None:
         """``torch.compile`` the residual MLP and the separate density head, if any (the grid,
         the blob and the activations stay eager), with a dynamic row count: one graph with its
         backward and one without a graph per MLP, each with the autocast of ``mlp_dtype`` inside,
@@ -356,20 +358,20 @@ class NeRFField(nn.Module):
 
         The compiled MLPs are built here, not in the first step, and checked against the eager
         ones (:meth:`_check_compiled`): a compiler that is missing or fails, or code that
-        computes something else, is a :class:`DreamtextError` that says to run without
-        ``--compile``."""
+        computes something else, is a :class:`DreamtextError` that ends with ``remedy`` (what
+        the user can do), and the MLPs stay eager."""
         self._compiled = {"mlp": torch.compile(self._mlp_out, dynamic=True, backend=backend)}
         if self.density_net is not None:
             self._compiled["density"] = torch.compile(
                 self._density_out, dynamic=True, backend=backend
             )
         try:
-            self._check_compiled()
+            self._check_compiled(remedy=remedy)
         except DreamtextError:
             self._compiled = {}
             raise
 
-    def _check_compiled(self, rows: int = 64) -> None:
+    def _check_compiled(self, rows: int = 64, remedy: str = "run without --compile") -> None:
         """Run each compiled MLP on ``rows`` random grid features, with its backward (gradients
         of a random weighting of the outputs with respect to the features and the MLP's
         parameters) and without a graph, against the eager MLP: values and gradients within 5%
@@ -401,14 +403,13 @@ class NeRFField(nn.Module):
                     if not torch.allclose(got.float(), want.float(), rtol=0, atol=0.05 * scale):
                         raise DreamtextError(
                             f"torch.compile's field MLP ({name}) disagrees with the eager one "
-                            "on this device: run without --compile"
+                            f"on this device: {remedy}"
                         )
         except DreamtextError:
             raise
         except Exception as err:  # compiler and driver errors come in many types
             raise DreamtextError(
-                f"torch.compile does not build the field's MLPs here ({cause_line(err)}): run "
-                "without --compile"
+                f"torch.compile does not build the field's MLPs here ({cause_line(err)}): {remedy}"
             ) from err
 
     @property

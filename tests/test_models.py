@@ -236,12 +236,16 @@ def test_the_compile_flag_reaches_the_guidance_config():
     assert text_overrides(args)["render"] == {"compile_field": True}  # the field's MLPs too
     args = build_parser().parse_args(["text", "a cube"])
     assert "compile" not in text_overrides(args).get("guidance", {})
-    assert "render" not in text_overrides(args)
+    assert "render" not in text_overrides(args)  # the config's default: "auto"
+    args = build_parser().parse_args(["text", "a cube", "--no-compile"])
+    assert text_overrides(args)["guidance"]["compile"] is False
+    assert text_overrides(args)["render"] == {"compile_field": False}
 
 
 def test_the_field_compiles_on_cuda_only(monkeypatch, caplog):
     """``render.compile_field`` compiles the field's MLPs where the field is on CUDA; elsewhere
-    the field runs eagerly, with a warning (as the U-Net's ``--compile`` is ignored)."""
+    the field runs eagerly: with a warning when ``--compile`` asked (as the U-Net's is
+    ignored), silently for ``"auto"``, the default."""
     from dreamtext import factory
     from dreamtext.config import resolve_config
     from dreamtext.field import FieldConfig, NeRFField
@@ -251,25 +255,86 @@ def test_the_field_compiles_on_cuda_only(monkeypatch, caplog):
         field = factory.build_field(small, "cpu", compile=True)
     assert not field.compiled
     assert any("--compile" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        assert not factory.build_field(small, "cpu", compile="auto").compiled
+    assert caplog.records == []
     compiled = []
 
     class OnCuda(NeRFField):  # the decision only: the field stays on the CPU
         def __init__(self, cfg, device=None):
             super().__init__(cfg, "cpu")
 
-        def compile_mlps(self, backend="inductor"):
-            compiled.append(backend)
+        def compile_mlps(self, backend="inductor", remedy="run without --compile"):
+            compiled.append((backend, remedy))
 
     monkeypatch.setattr(factory, "NeRFField", OnCuda)
     factory.build_field(small, "cuda", torch.float16)
+    factory.build_field(small, "cuda", torch.float16, compile=False)
     assert compiled == []
     factory.build_field(small, "cuda", torch.float16, compile=True)
-    assert compiled == ["inductor"]
-    cfg = resolve_config({"prompt": "a cube", "render": {"compile_field": True}})
+    assert compiled == [("inductor", "run without --compile")]
+    factory.build_field(small, "cuda", torch.float16, compile="auto")
+    assert compiled[-1] == ("inductor", factory.AUTO_COMPILE_FALLBACK)
+    cfg = resolve_config({"prompt": "a cube"})
+    assert cfg.render.compile_field == "auto"
     monkeypatch.setattr(factory, "build_field", lambda *a: compiled.append(a[3]))
     monkeypatch.setattr(factory, "build_renderer", lambda *a: None)
     factory.build_parts(cfg, torch.device("cpu"), with_guidance=False, with_optimizer=False)
-    assert compiled[-1] is True  # build_parts passes the config's setting on
+    assert compiled[-1] == "auto"  # build_parts passes the config's setting on
+    cfg = resolve_config({"prompt": "a cube", "render": {"compile_field": True}})
+    factory.build_parts(cfg, torch.device("cpu"), with_guidance=False, with_optimizer=False)
+    assert compiled[-1] is True
+
+
+def test_auto_falls_back_to_the_eager_mlps_where_compiling_fails(monkeypatch, caplog):
+    """``"auto"`` on CUDA: MLPs that torch.compile cannot build (a backend that raises, as a
+    missing Triton or C compiler does) leave the field eager, with one warning that says so and
+    how to skip the try; ``--compile`` (``True``) makes the same failure the run's error."""
+    from dreamtext import factory
+    from dreamtext.errors import DreamtextError
+    from dreamtext.field import FieldConfig, NeRFField
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no working C compiler")
+
+    compile_mlps = NeRFField.compile_mlps
+
+    class OnCuda(NeRFField):  # the field stays on the CPU; the compiler is a broken one
+        def __init__(self, cfg, device=None):
+            super().__init__(cfg, "cpu")
+
+        def compile_mlps(self, backend="inductor", **kwargs):
+            compile_mlps(self, backend=broken_backend, **kwargs)
+
+    monkeypatch.setattr(factory, "NeRFField", OnCuda)
+    small = FieldConfig(num_levels=2, log2_hashmap_size=8, hidden_dim=8, num_blocks=1)
+    torch._dynamo.reset()
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        field = factory.build_field(small, "cuda", compile="auto")
+    assert not field.compiled
+    x = torch.rand(16, 3) - 0.5
+    sigma, albedo = field(x)  # the eager MLPs answer
+    assert sigma.shape == (16,) and albedo.shape == (16, 3)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert messages[0].startswith("torch.compile does not build the field's MLPs here (")
+    # torch.compile's BackendCompilerFailed quoted by the error it wraps, not its own first line
+    assert "(BackendCompilerFailed: RuntimeError: no working C compiler)" in messages[0]
+    assert messages[0].endswith(factory.AUTO_COMPILE_FALLBACK)
+    torch._dynamo.reset()
+    with pytest.raises(DreamtextError, match=r"run without --compile$"):
+        factory.build_field(small, "cuda", compile=True)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("value", ["on", "yes", 1, None])
+def test_compile_field_takes_true_false_or_auto(value):
+    from dreamtext.config import resolve_config
+    from dreamtext.errors import DreamtextError
+
+    with pytest.raises(DreamtextError, match=r"render\.compile_field must be true, false or auto"):
+        resolve_config({"prompt": "a cube", "render": {"compile_field": value}})
 
 
 def hub_failure_without_network() -> OSError:

@@ -127,9 +127,15 @@ def test_trainer_rows_count_the_steps_the_loss_scaler_skipped(sds_step):
     assert sds_step.loss_scaler_summary([{"loss_scale": 2.0**16}]) == "0 skipped, scale 65536"
 
 
-def fake_trainer(records: list[dict], error: Exception | None = None, status: dict | None = None):
+def fake_trainer(
+    records: list[dict],
+    error: Exception | None = None,
+    status: dict | None = None,
+    compiled: bool = False,
+):
     """A stand-in for ``dreamtext.trainer.train`` that writes ``records`` as its log (and
-    ``status`` as its status.json, when given)."""
+    ``status`` as its status.json, when given), and a config.json whose ``ran_on`` says whether
+    the field's MLPs ran ``compiled``."""
     seen = {}
 
     def train(cfg):
@@ -138,6 +144,8 @@ def fake_trainer(records: list[dict], error: Exception | None = None, status: di
             raise error
         lines = "".join(json.dumps(r) + "\n" for r in records)
         (Path(cfg.workspace) / "log.jsonl").write_text(lines, encoding="utf-8")
+        config = {"ran_on": {"field_compiled": compiled}}
+        (Path(cfg.workspace) / "config.json").write_text(json.dumps(config))
         if status is not None:
             (Path(cfg.workspace) / "status.json").write_text(json.dumps(status))
 
@@ -154,6 +162,20 @@ def test_trainer_rows_show_the_peak_with_the_final_preview(sds_step, monkeypatch
         row = sds_step.trainer_row("m", "fp16", "default", "shaded", trainer_args(), cpu)
         assert (row["peak_mib"], row["run_peak_mib"]) == ("900", shown)
     assert "with the final preview" in sds_step.trainer_table([row])
+
+
+def test_trainer_rows_say_how_the_field_mlps_ran(sds_step, monkeypatch):
+    """render.compile_field's default ("auto") compiles the field's MLPs on CUDA unless that
+    fails: each row says what its run recorded (config.json's ``ran_on.field_compiled``)."""
+    records = [{"step": 1, "its": 1.0, "gpu_mem_mib": 9.0, "samples_per_ray": 9.0}]
+    cpu = torch.device("cpu")
+    for compiled, shown in ((True, "compiled"), (False, "eager")):
+        train = fake_trainer(records, compiled=compiled)[0]
+        monkeypatch.setattr("dreamtext.trainer.train", train)
+        row = sds_step.trainer_row("m", "fp16", "default", "shaded", trainer_args(), cpu)
+        assert row["field_mlps"] == shown
+        assert f"| {shown} |" in sds_step.trainer_table([row])
+    assert "| field MLPs |" in sds_step.trainer_table([row])
 
 
 def trainer_args(*extra) -> argparse.Namespace:

@@ -100,14 +100,15 @@ def test_a_run_with_compiled_mlps_trains_as_the_eager_one(tmp_path, tiny_sd_path
     def counted(fn):
         return lambda x: calls.append((x.shape[0], torch.is_grad_enabled())) or fn(x)
 
-    def traced(self, backend="inductor"):
-        compile_mlps(self, backend="aot_eager")
+    def traced(self, backend="inductor", **kwargs):
+        compile_mlps(self, backend="aot_eager", **kwargs)
         self._compiled = {name: counted(fn) for name, fn in self._compiled.items()}
         compiled.append(self)
 
     monkeypatch.setattr(NeRFField, "compile_mlps", traced)
     monkeypatch.setattr(factory, "COMPILE_DEVICES", ("cuda", "cpu"))
     render = {**TINY_TRAIN["render"], "backprop": "deferred", "grad_chunk_points": 1024}
+    render["compile_field"] = False  # "auto", the default, would compile here too
     common = {"iters": 3, "albedo_epochs": 0, "preview_every": 0}
     eager = train(tiny_config(tmp_path / "eager", tiny_sd_path, render=render, **common))
     assert compiled == []
