@@ -150,8 +150,10 @@ def one_step(
     size: int,
     shading: str,
     device: torch.device,
+    samples: list[float] | None = None,
 ) -> tuple[float, float, float]:
-    """Seconds spent rendering, in the guidance, and in backward + Adam, for one step."""
+    """Seconds spent rendering, in the guidance, and in backward + Adam, for one step
+    (``samples``, when given, gets the step's kept samples per ray)."""
     labels = [
         view_of(float(p), float(a)).label for p, a in zip(poses.polar, poses.azimuth, strict=True)
     ]
@@ -159,6 +161,8 @@ def one_step(
     start = time.perf_counter()
     render = renderer.render_train(field, poses, size, size, shading=shading, perturb=True)
     images = render.images()
+    if samples is not None:
+        samples.append(render.num_samples / (len(poses) * size * size))
     synchronize(device)
     rendered = time.perf_counter()
     if guidance is None:
@@ -255,9 +259,13 @@ def measure(
     compile: bool = False,
     field_config: dict | None = None,
     report: Callable[[dict], None] | None = None,
+    fitted: str | None = None,
+    cache: Path | None = None,
 ) -> list[dict]:
-    """One row per render size and shading: median times (ms) over ``repeats`` steps and peak
-    memory (MiB). ``report`` gets each row as soon as it is measured (a later row may not end)."""
+    """One row per render size and shading: median times (ms) over ``repeats`` steps, kept
+    samples per ray and peak memory (MiB). ``report`` gets each row as soon as it is measured
+    (a later row may not end). ``fitted``: start each row from the field fitted to that shape
+    (:func:`fitted_state`) instead of a fresh one."""
     guidance = None
     model_px = "-"
     if model is not None:
@@ -273,7 +281,12 @@ def measure(
         cfg = run_config(model, precision, size, device, field=field_config)
         parts = build_parts(cfg, device, with_guidance=False)
         field, renderer, optimizer = parts.field, parts.renderer.train(), parts.optimizer
-        renderer.update_occupancy(field, 0)
+        if fitted is None:
+            renderer.update_occupancy(field, 0)
+        else:
+            field.load_state_dict(fitted_state(fitted, cfg.field.density_head, cache))
+            for _ in range(FITTED_GRID_UPDATES):
+                renderer.grid.update(field, renderer.cfg.chunk_points)
         generator = torch.Generator().manual_seed(0)
         free_device_memory(device)
         row = {
@@ -286,12 +299,24 @@ def measure(
             "shading": shading,
             "normals": cfg.field.normals if shading != "albedo" else "-",
             "density_head": cfg.field.density_head,
+            "field": "fresh" if fitted is None else f"fitted {fitted}",
+            "field_mlps": "compiled" if getattr(field, "compiled", False) else "eager",
         }
         try:
-            times = []
+            times, samples = [], []
             for i in range(warmup + repeats):
                 poses = sample_poses(1, generator=generator).to(device)
-                step = one_step(field, renderer, guidance, optimizer, poses, size, shading, device)
+                step = one_step(
+                    field,
+                    renderer,
+                    guidance,
+                    optimizer,
+                    poses,
+                    size,
+                    shading,
+                    device,
+                    samples if i >= warmup else None,
+                )
                 if i >= warmup:
                     times.append(step)
         except torch.cuda.OutOfMemoryError:
@@ -303,6 +328,7 @@ def measure(
                 "guidance_ms": f"{guide_s * 1e3:.1f}" if guidance else "-",
                 "backward_ms": f"{backward_s * 1e3:.1f}",
                 "step_ms": f"{statistics.median(sum(t) for t in times) * 1e3:.1f}",
+                "samples": f"{statistics.median(samples):.1f}",
                 "peak_mib": peak_memory_label(device),
                 "status": "ok",
             }
@@ -311,6 +337,32 @@ def measure(
             report(row)
         del field, renderer, optimizer
     return rows
+
+
+# Occupancy-grid updates of a fitted field before its row, as a trained run has had many. The
+# count hardly matters: 2 → 32 updates gave 11.4 → 12.5 samples a ray (the sphere, 64 px, CPU).
+FITTED_GRID_UPDATES = 8
+FITTED_SHAPES = ("sphere", "cube", "torus")
+
+
+def fitted_state(shape: str, density_head: str, cache: Path | None) -> dict[str, torch.Tensor]:
+    """The default field's parameters fitted to ``shape``'s density (``normal_quality.py``'s
+    fit, its default settings: 800 steps on the CPU, cached under ``cache/fitted``): a field
+    with a sharp surface and empty space around it, as a trained run's, where a fresh field is a
+    fog around the density blob (~64 samples a ray against ~10-13 fitted, 64 px)."""
+    from normal_quality import fit  # benchmarks/normal_quality.py
+
+    settings = argparse.Namespace(
+        steps=800,
+        points=1 << 14,
+        sigma_max=50.0,
+        tau=0.005,
+        band=0.05,
+        seed=0,
+        cache=None if cache is None else cache / "fitted",
+        density_head=density_head,
+    )
+    return fit(shape, settings)[0].state_dict()
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -331,11 +383,14 @@ COLUMNS = [
     ("shading", "shading"),
     ("normals", "normals"),
     ("density_head", "density head"),
+    ("field_mlps", "field MLPs"),
+    ("field", "field"),
     ("model_px", "model px"),
     ("render_ms", "render ms"),
     ("guidance_ms", "guidance ms"),
     ("backward_ms", "backward+Adam ms"),
     ("step_ms", "step ms"),
+    ("samples", "samples/ray"),
     ("peak_mib", "peak MiB"),
     ("status", "status"),
 ]
@@ -600,6 +655,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["shared", "separate"],
         help="field.density_head of every row [the config's default: shared]",
     )
+    parser.add_argument(
+        "--fitted",
+        choices=FITTED_SHAPES,
+        help="start each row's field fitted to this shape (a trained run's sharp surface and "
+        "empty space), not fresh (a fog: the most samples) [fresh]",
+    )
     parser.add_argument("--trainer", action="store_true", help="time the real trainer instead")
     parser.add_argument(
         "--descriptor",
@@ -667,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         precisions = ["fp32"]
 
     folder = model_folder(model_name, args.cache, device)
+    if (args.trainer or args.descriptor) and args.fitted:
+        parser.error("--fitted is for the single-step rows, not --trainer or --descriptor")
     if (args.trainer or args.descriptor) and folder is None:
         parser.error("--trainer and --descriptor need a model: --model tiny on a CPU, sd21-random")
     if args.descriptor:
@@ -694,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.compile,
                 field_overrides(args),
                 report=lambda row: print(markdown_table([row]), flush=True),
+                fitted=args.fitted,
+                cache=args.cache,
             )
         table = markdown_table(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

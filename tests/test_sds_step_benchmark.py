@@ -65,9 +65,9 @@ def test_rows_take_the_field_settings_asked_for_and_the_config_defaults_otherwis
     seen = {}
 
     def fake_measure(
-        model, precision, sizes, shadings, device, repeats, warmup, compile, field, report
+        model, precision, sizes, shadings, device, repeats, warmup, compile, field, report, **kw
     ):
-        seen["field"] = field
+        seen["field"], seen["fitted"] = field, kw["fitted"]
         return []
 
     monkeypatch.setattr(sds_step, "measure", fake_measure)
@@ -76,7 +76,9 @@ def test_rows_take_the_field_settings_asked_for_and_the_config_defaults_otherwis
     assert seen["field"] == {"normals": "analytic"}
     argv = ["--device", "cpu", "--model", "none", "--density-head", "separate"]
     assert sds_step.main(argv) == 0
-    assert seen["field"] == {"density_head": "separate"}
+    assert seen["field"] == {"density_head": "separate"} and seen["fitted"] is None
+    assert sds_step.main([*argv, "--fitted", "torus"]) == 0
+    assert seen["fitted"] == "torus"
     separate = sds_step.run_config("m", "fp32", 64, cpu, field=seen["field"])
     assert separate.field.density_head == "separate"
 
@@ -283,6 +285,41 @@ def measure_two_tiny_rows(sds_step) -> tuple[list[dict], list[dict]]:
         report=reported.append,
     )
     return rows, reported
+
+
+def test_fitted_rows_start_from_the_fitted_field_and_count_its_samples(
+    sds_step, monkeypatch, tmp_path
+):
+    """``--fitted``: each row's field gets the fitted parameters (here a tiny field whose MLP
+    says empty space everywhere but the density blob) and its grid is refreshed for them: fewer
+    kept samples a ray than the fresh fog, and the row says which field it ran."""
+    from dreamtext.field import FieldConfig, NeRFField
+
+    small = {"num_levels": 2, "log2_hashmap_size": 8, "hidden_dim": 8, "num_blocks": 1}
+    asked = []
+
+    def fitted_state(shape, density_head, cache):
+        asked.append((shape, density_head, cache))
+        field = NeRFField(FieldConfig(**small))
+        with torch.no_grad():
+            field.output_layer.bias[0] = -30.0  # raw density far below the blob's +10
+        return field.state_dict()
+
+    monkeypatch.setattr(sds_step, "fitted_state", fitted_state)
+
+    def rows(fitted):
+        return sds_step.measure(
+            None, "fp32", [12], ["lambertian"], torch.device("cpu"), 2, 0,
+            field_config=small, fitted=fitted, cache=tmp_path,
+        )  # fmt: skip
+
+    fresh, fitted = rows(None)[0], rows("sphere")[0]
+    assert asked == [("sphere", "shared", tmp_path)]
+    assert (fresh["field"], fitted["field"]) == ("fresh", "fitted sphere")
+    assert fresh["field_mlps"] == fitted["field_mlps"] == "eager"  # on the CPU
+    assert 0 <= float(fitted["samples"]) < float(fresh["samples"])
+    table = sds_step.markdown_table([fresh, fitted])
+    assert "| field MLPs | field |" in table and "samples/ray" in table
 
 
 def test_each_sds_row_is_reported_as_soon_as_it_is_measured(sds_step):
