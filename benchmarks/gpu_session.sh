@@ -12,6 +12,7 @@
 #            of a fixed width, as before stop 51)
 #        bash benchmarks/gpu_session.sh trainer512_compile   (512 px, --compile, 11 GiB)
 #        bash benchmarks/gpu_session.sh profile   (a step's phases and costliest operators)
+#        bash benchmarks/gpu_session.sh fitted   (the SDS step of a field fitted to a sphere)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -180,6 +181,13 @@ check profile 240 bash -c 'set -e
     python3 benchmarks/step_profile.py --size 256 --shading lambertian
     python3 benchmarks/step_profile.py --size 256 --shading lambertian --compile
     python3 benchmarks/step_profile.py --size 64 --shading albedo --compile'
+# 6i. Not in the default set: the SDS step of a field like a trained run's, not the fresh fog
+#    (sds_step.py --fitted: the default field fitted to a sphere, on the CPU, ~1-4 min, then its
+#    occupancy grid): FitFusion's shaded phase starts after 1,000 albedo steps, and on the CPU
+#    the fitted sphere kept 8 samples a ray at 256 px where the fresh field keeps ~66 on the
+#    H200. The field's MLPs compile as render.compile_field "auto" does.
+check fitted 420 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
+    --sizes 64 256 --shadings albedo lambertian --fitted sphere --repeats 5 --warmup 3
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to
