@@ -30,6 +30,9 @@ COMPILE_DEVICES = ("cuda",)
 AUTO_COMPILE_FALLBACK = (
     "the field's MLPs run eagerly instead (slower; render.compile_field: false skips the try)"
 )
+# The warning of "auto"'s first failure in this process, once there was one: the fields built
+# after it (a batch's later prompts, one process for many) stay eager without trying again.
+_AUTO_COMPILE_FAILED: list[str] = []
 
 
 @dataclass
@@ -65,7 +68,8 @@ def build_field(
 
     * ``"auto"`` (the default): compiled on CUDA; where that fails (no Triton, a compiler
       error, compiled code that disagrees with the eager MLP) the run goes on with the eager
-      MLPs and one warning. Eager elsewhere, silently.
+      MLPs and one warning, and later fields of the process (a batch's next prompts) stay
+      eager without trying again. Eager elsewhere, silently.
     * ``True`` (``--compile``): compiled on CUDA, and a failure is a :class:`DreamtextError`
       (the user asked for it); elsewhere ignored with a warning, as the U-Net's is.
     * ``False``: eager.
@@ -83,9 +87,12 @@ def build_field(
     if compile is True:
         field.compile_mlps()
         return field
+    if _AUTO_COMPILE_FAILED:  # a batch's later prompts: no second try, no second warning
+        return field
     try:
         field.compile_mlps(remedy=AUTO_COMPILE_FALLBACK)
     except DreamtextError as err:
+        _AUTO_COMPILE_FAILED.append(str(err))
         logger.warning("%s", err)
     return field
 

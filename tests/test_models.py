@@ -269,6 +269,7 @@ def test_the_field_compiles_on_cuda_only(monkeypatch, caplog):
             compiled.append((backend, remedy))
 
     monkeypatch.setattr(factory, "NeRFField", OnCuda)
+    monkeypatch.setattr(factory, "_AUTO_COMPILE_FAILED", [])  # whatever ran before in here
     factory.build_field(small, "cuda", torch.float16)
     factory.build_field(small, "cuda", torch.float16, compile=False)
     assert compiled == []
@@ -308,10 +309,13 @@ def test_auto_falls_back_to_the_eager_mlps_where_compiling_fails(monkeypatch, ca
             compile_mlps(self, backend=broken_backend, **kwargs)
 
     monkeypatch.setattr(factory, "NeRFField", OnCuda)
+    monkeypatch.setattr(factory, "_AUTO_COMPILE_FAILED", [])
     small = FieldConfig(num_levels=2, log2_hashmap_size=8, hidden_dim=8, num_blocks=1)
     torch._dynamo.reset()
     with caplog.at_level(logging.WARNING, logger="dreamtext"):
         field = factory.build_field(small, "cuda", compile="auto")
+        # A batch's next prompt in the same process: no second try, no second warning.
+        assert not factory.build_field(small, "cuda", compile="auto").compiled
     assert not field.compiled
     x = torch.rand(16, 3) - 0.5
     sigma, albedo = field(x)  # the eager MLPs answer
