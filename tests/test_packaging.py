@@ -275,6 +275,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--descriptor": "benchmarks/memory_model.py",
     "--precisions": "benchmarks/normal_quality.py",
     "--trainer": "benchmarks/sds_step.py",
+    "--fitted": "benchmarks/sds_step.py",
 }
 
 
