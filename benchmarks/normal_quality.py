@@ -96,26 +96,30 @@ def training_points(shape: str, n: int, band: float, generator: torch.Generator)
 
 def fit(shape: str, args: argparse.Namespace) -> tuple[NeRFField, float]:
     """The default field (with ``args.density_head``) fitted to ``shape``'s density; returns it
-    and the fit's final RMSE relative to ``σ_max``."""
+    and the fit's final RMSE relative to ``σ_max``. It trains on ``args.device`` when given
+    (``sds_step.py --fitted`` on a GPU), else on the CPU; the cache holds CPU tensors either
+    way, and a cached field comes back on the CPU."""
     settings = (args.steps, args.points, args.sigma_max, args.tau, args.band, args.seed)
     key = "-".join([shape, *(f"{value:g}" for value in settings)])
     if args.density_head != "shared":
         key += f"-{args.density_head}"
     cached = args.cache / f"{key}.pt" if args.cache is not None else None
     if cached is not None and cached.exists():
-        state = torch.load(cached)
+        state = torch.load(cached, map_location="cpu")
         field = NeRFField(FieldConfig(density_head=args.density_head))
         field.load_state_dict(state["field"])
         return field, state["rmse"]
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    field = NeRFField(FieldConfig(density_head=args.density_head))
+    device = torch.device(getattr(args, "device", None) or "cpu")
+    field = NeRFField(FieldConfig(density_head=args.density_head), device=device)
     train_cfg = TrainConfig()
     optimizer = build_optimizer(field, train_cfg.lr)
     loss = torch.zeros(())
     for _ in tqdm(range(args.steps), desc=f"fitting the {shape}", unit="step", leave=False):
         x = training_points(shape, args.points, args.band, generator)
         target = target_density(shape, x, args.sigma_max, args.tau)
+        x, target = x.to(device), target.to(device)
         loss = ((field.density(x) - target) / args.sigma_max).square().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -123,7 +127,8 @@ def fit(shape: str, args: argparse.Namespace) -> tuple[NeRFField, float]:
     rmse = math.sqrt(loss.item())
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"field": field.state_dict(), "rmse": rmse}, cached)
+        state = {key: value.cpu() for key, value in field.state_dict().items()}
+        torch.save({"field": state, "rmse": rmse}, cached)
     return field, rmse
 
 

@@ -284,7 +284,7 @@ def measure(
         if fitted is None:
             renderer.update_occupancy(field, 0)
         else:
-            field.load_state_dict(fitted_state(fitted, cfg.field.density_head, cache))
+            field.load_state_dict(fitted_state(fitted, cfg.field.density_head, cache, device))
             for _ in range(FITTED_GRID_UPDATES):
                 renderer.grid.update(field, renderer.cfg.chunk_points)
         generator = torch.Generator().manual_seed(0)
@@ -345,11 +345,13 @@ FITTED_GRID_UPDATES = 8
 FITTED_SHAPES = ("sphere", "cube", "torus")
 
 
-def fitted_state(shape: str, density_head: str, cache: Path | None) -> dict[str, torch.Tensor]:
+def fitted_state(
+    shape: str, density_head: str, cache: Path | None, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """The default field's parameters fitted to ``shape``'s density (``normal_quality.py``'s
-    fit, its default settings: 800 steps on the CPU, cached under ``cache/fitted``): a field
+    fit, its default settings: 800 steps on ``device``, cached under ``cache/fitted``): a field
     with a sharp surface and empty space around it, as a trained run's, where a fresh field is a
-    fog around the density blob (~64 samples a ray against ~10-13 fitted, 64 px)."""
+    fog around the density blob (at 256 px on the CPU: 36 samples a ray fresh, 5-10 fitted)."""
     from normal_quality import fit  # benchmarks/normal_quality.py
 
     settings = argparse.Namespace(
@@ -361,6 +363,7 @@ def fitted_state(shape: str, density_head: str, cache: Path | None) -> dict[str,
         seed=0,
         cache=None if cache is None else cache / "fitted",
         density_head=density_head,
+        device=str(device),
     )
     return fit(shape, settings)[0].state_dict()
 

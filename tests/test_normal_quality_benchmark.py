@@ -145,3 +145,31 @@ def test_normals_are_taken_in_each_mlp_precision_asked(bench, monkeypatch):
     assert field.mlp_dtype is None
     for row in rows.values():
         assert row["mean"] < 2.0
+
+
+def test_a_field_fitted_on_the_gpu_is_cached_in_host_memory(bench, tmp_path):
+    """``sds_step.py --fitted`` on CUDA fits on the GPU (``args.device``): the training points
+    follow the field there (virtual CUDA raises where a host tensor meets a GPU one), and the
+    cache holds CPU tensors, which a machine without a GPU loads too."""
+    from virtual_cuda import virtual_cuda
+
+    args = argparse.Namespace(
+        steps=2,
+        points=256,
+        sigma_max=50.0,
+        tau=0.005,
+        band=0.05,
+        seed=0,
+        cache=tmp_path,
+        density_head="shared",
+        device="cuda",
+    )
+    with virtual_cuda():
+        field, rmse = bench.fit("sphere", args)
+        assert field.encoding.params.device.type == "cuda"
+    assert rmse > 0
+    (cached,) = tmp_path.glob("sphere-*.pt")
+    state = torch.load(cached, map_location=None)["field"]
+    assert {value.device.type for value in state.values()} == {"cpu"}
+    again, _ = bench.fit("sphere", args)  # from the cache, on the CPU
+    assert torch.equal(again.encoding.params, state["encoding.params"])

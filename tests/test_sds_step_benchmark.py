@@ -298,8 +298,8 @@ def test_fitted_rows_start_from_the_fitted_field_and_count_its_samples(
     small = {"num_levels": 2, "log2_hashmap_size": 8, "hidden_dim": 8, "num_blocks": 1}
     asked = []
 
-    def fitted_state(shape, density_head, cache):
-        asked.append((shape, density_head, cache))
+    def fitted_state(shape, density_head, cache, device):
+        asked.append((shape, density_head, cache, device))
         field = NeRFField(FieldConfig(**small))
         with torch.no_grad():
             field.output_layer.bias[0] = -30.0  # raw density far below the blob's +10
@@ -314,7 +314,7 @@ def test_fitted_rows_start_from_the_fitted_field_and_count_its_samples(
         )  # fmt: skip
 
     fresh, fitted = rows(None)[0], rows("sphere")[0]
-    assert asked == [("sphere", "shared", tmp_path)]
+    assert asked == [("sphere", "shared", tmp_path, torch.device("cpu"))]
     assert (fresh["field"], fitted["field"]) == ("fresh", "fitted sphere")
     assert fresh["field_mlps"] == fitted["field_mlps"] == "eager"  # on the CPU
     assert 0 <= float(fitted["samples"]) < float(fresh["samples"])
