@@ -182,7 +182,7 @@ check profile 240 bash -c 'set -e
     python3 benchmarks/step_profile.py --size 256 --shading lambertian --compile
     python3 benchmarks/step_profile.py --size 64 --shading albedo --compile'
 # 6i. Not in the default set: the SDS step of a field like a trained run's, not the fresh fog
-#    (sds_step.py --fitted: the default field fitted to a sphere, on the CPU, ~1-4 min, then its
+#    (sds_step.py --fitted: the default field fitted to a sphere on the GPU, seconds, then its
 #    occupancy grid): FitFusion's shaded phase starts after 1,000 albedo steps, and on the CPU
 #    the fitted sphere kept 8 samples a ray at 256 px where the fresh field keeps ~66 on the
 #    H200. The field's MLPs compile as render.compile_field "auto" does.
