@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -366,7 +367,13 @@ class NeRFField(nn.Module):
                 self._density_out, dynamic=True, backend=backend
             )
         try:
-            self._check_compiled(remedy=remedy)
+            with warnings.catch_warnings():
+                # Inductor's once-a-process hint, at the first compile on an Ampere or newer
+                # GPU, to let float32 matrix products use TF32: the MLPs' precision is the run's
+                # (--fp16 / --bf16 autocast, else float32), and with "auto" on CUDA by default a
+                # float32 run would print it unasked.
+                warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores")
+                self._check_compiled(remedy=remedy)
         except DreamtextError:
             self._compiled = {}
             raise

@@ -546,6 +546,34 @@ def test_a_field_without_compile_mlps_runs_nothing_compiled(monkeypatch):
     assert not field.compiled
 
 
+def test_compile_mlps_keeps_inductors_tf32_hint_to_itself(monkeypatch):
+    """With the field compiled by default on CUDA, Inductor's once-a-process hint about TF32
+    (its first compile on an Ampere or newer GPU) would reach every float32 run unasked: it is
+    filtered while the MLPs are built, and other warnings still get out."""
+    import warnings
+
+    def hinting(fn, **kwargs):
+        def run(features):
+            warnings.warn(
+                "TensorFloat32 tensor cores for float32 matrix multiplication available but "
+                "not enabled. Consider setting `torch.set_float32_matmul_precision('high')`",
+                stacklevel=1,
+            )
+            warnings.warn("something else", stacklevel=1)
+            return fn(features)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", hinting)
+    field = small_field()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        field.compile_mlps()
+    assert field.compiled
+    messages = {str(w.message) for w in caught}
+    assert messages == {"something else"}
+
+
 def test_compile_mlps_checks_what_it_built_against_the_eager_mlps(monkeypatch):
     """A compiler that fails, or compiled code that computes something else, is one line that
     says to run without ``--compile``, at ``compile_mlps`` (not in the middle of a step), and
