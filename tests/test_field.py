@@ -538,6 +538,26 @@ def test_compiled_mlps_give_the_eager_fields_values_and_gradients(head, mlp_dtyp
     assert graphs == (4 if head == "separate" else 2)
 
 
+def test_more_compiled_fields_in_one_process_compile_no_more_graphs():
+    """A batch builds a field a prompt in one process, and render.compile_field "auto" compiles
+    each on CUDA: the later fields reuse the first one's graphs (with and without autograd), so
+    a batch compiles once and stays clear of torch.compile's limit of graphs per function."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        field = small_field()
+        field.compile_mlps(backend="aot_eager")
+        x = random_points(30 + seed)
+        sigma, albedo = field(x)
+        (sigma.sum() + albedo.sum()).backward()
+        with torch.no_grad():
+            field.density(random_points(7 + seed))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
 def test_a_field_without_compile_mlps_runs_nothing_compiled(monkeypatch):
     """Eager is the default: ``torch.compile`` is not called unless ``compile_mlps`` is."""
     monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled"))
