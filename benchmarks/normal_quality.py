@@ -94,6 +94,18 @@ def training_points(shape: str, n: int, band: float, generator: torch.Generator)
     return torch.cat([uniform, torch.cat(near)[: n - n // 2]])
 
 
+# The fit's settings unless asked otherwise (this script's defaults): pruning.py and sds_step.py
+# --fitted fit with them too, so the three share one cache of fitted fields.
+FIT_DEFAULTS = {"steps": 800, "points": 1 << 14, "sigma_max": 50.0, "tau": 0.005, "band": 0.05}
+
+
+def fit_settings(**given) -> argparse.Namespace:
+    """What :func:`fit` reads: :data:`FIT_DEFAULTS`, seed 0, no cache, the shared density head
+    and the CPU, with ``given`` over them."""
+    base = {"seed": 0, "cache": None, "density_head": "shared", "device": None}
+    return argparse.Namespace(**{**FIT_DEFAULTS, **base, **given})
+
+
 def fit(shape: str, args: argparse.Namespace) -> tuple[NeRFField, float]:
     """The default field (with ``args.density_head``) fitted to ``shape``'s density; returns it
     and the fit's final RMSE relative to ``σ_max``. It trains on ``args.device`` when given
@@ -242,11 +254,21 @@ def publish(text: str, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["sphere", "cube", "torus"])
-    parser.add_argument("--steps", type=int, default=800, help="fitting steps [800]")
-    parser.add_argument("--points", type=int, default=1 << 14, help="points per step [16384]")
-    parser.add_argument("--sigma-max", type=float, default=50.0, help="density inside [50]")
-    parser.add_argument("--tau", type=float, default=0.005, help="surface width (world) [0.005]")
-    parser.add_argument("--band", type=float, default=0.05, help="near-surface band [0.05]")
+    parser.add_argument(
+        "--steps", type=int, default=FIT_DEFAULTS["steps"], help="fitting steps [800]"
+    )
+    parser.add_argument(
+        "--points", type=int, default=FIT_DEFAULTS["points"], help="points per step [16384]"
+    )
+    parser.add_argument(
+        "--sigma-max", type=float, default=FIT_DEFAULTS["sigma_max"], help="density inside [50]"
+    )
+    parser.add_argument(
+        "--tau", type=float, default=FIT_DEFAULTS["tau"], help="surface width (world) [0.005]"
+    )
+    parser.add_argument(
+        "--band", type=float, default=FIT_DEFAULTS["band"], help="near-surface band [0.05]"
+    )
     parser.add_argument(
         "--eps",
         type=float,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from normal_quality import command_line, fit, publish  # benchmarks/normal_quality.py
+from normal_quality import command_line, fit, fit_settings, publish  # benchmarks/normal_quality.py
 
 from dreamtext.cameras import sample_poses
 from dreamtext.field import FieldConfig, NeRFField
@@ -166,15 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rows = sweep("fresh", NeRFField(FieldConfig()), 1, args)
     # normal_quality.fit's settings: its defaults, so its cache is shared.
-    fit_args = argparse.Namespace(
-        steps=800,
-        points=1 << 14,
-        sigma_max=50.0,
-        tau=0.005,
-        band=0.05,
-        seed=args.seed,
-        cache=args.cache,
-    )
+    fit_args = fit_settings(seed=args.seed, cache=args.cache)
     for shape in args.shapes:
         field, _ = fit(shape, fit_args)
         rows += sweep(shape, field, 4, args)

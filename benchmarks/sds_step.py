@@ -352,15 +352,9 @@ def fitted_state(
     fit, its default settings: 800 steps on ``device``, cached under ``cache/fitted``): a field
     with a sharp surface and empty space around it, as a trained run's, where a fresh field is a
     fog around the density blob (at 256 px on the CPU: 36 samples a ray fresh, 5-10 fitted)."""
-    from normal_quality import fit  # benchmarks/normal_quality.py
+    from normal_quality import fit, fit_settings  # benchmarks/normal_quality.py
 
-    settings = argparse.Namespace(
-        steps=800,
-        points=1 << 14,
-        sigma_max=50.0,
-        tau=0.005,
-        band=0.05,
-        seed=0,
+    settings = fit_settings(
         cache=None if cache is None else cache / "fitted",
         density_head=density_head,
         device=str(device),

@@ -35,3 +35,30 @@ def test_the_sweep_measures_every_pair_against_no_pruning(bench, tmp_path):
     coarse = rows[-1]
     assert float(coarse[3]) < samples[0]
     assert float(coarse[5]) > 1.0 and float(coarse[7]) > 1e-3
+
+
+def test_fitted_fields_are_swept_with_the_fit_normal_quality_caches(bench, tmp_path, monkeypatch):
+    """``--shapes sphere`` fits the field with normal_quality.py's settings (all of them: the
+    fit also reads the density head and the device, which pruning.py once left out), shortened
+    here to 2 steps."""
+    import argparse
+
+    real_fit, seen = bench.fit, []
+
+    def short_fit(shape, args):
+        seen.append(args)
+        return real_fit(shape, argparse.Namespace(**{**vars(args), "steps": 2, "points": 256}))
+
+    monkeypatch.setattr(bench, "fit", short_fit)
+    out = tmp_path / "RESULTS.md"
+    argv = ["--shapes", "sphere", "--views", "1", "--size", "8", "--cache", str(tmp_path)]
+    bench.main([*argv, "--out", str(out)])
+    (args,) = seen
+    assert (args.steps, args.points, args.density_head, args.cache) == (
+        800,
+        1 << 14,
+        "shared",
+        tmp_path,
+    )
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| sphere |")]
+    assert len(rows) == len(bench.THRESHOLDS)
