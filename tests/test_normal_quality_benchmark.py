@@ -153,17 +153,7 @@ def test_a_field_fitted_on_the_gpu_is_cached_in_host_memory(bench, tmp_path):
     cache holds CPU tensors, which a machine without a GPU loads too."""
     from virtual_cuda import virtual_cuda
 
-    args = argparse.Namespace(
-        steps=2,
-        points=256,
-        sigma_max=50.0,
-        tau=0.005,
-        band=0.05,
-        seed=0,
-        cache=tmp_path,
-        density_head="shared",
-        device="cuda",
-    )
+    args = bench.fit_settings(steps=2, points=256, cache=tmp_path, device="cuda")
     with virtual_cuda():
         field, rmse = bench.fit("sphere", args)
         assert field.encoding.params.device.type == "cuda"
