@@ -1,0 +1,194 @@
+"""What one SDS guidance call asks of a GPU, by part: floating-point work and backend ops.
+
+    python benchmarks/guidance_cost.py [--sizes 64 256] [--configs benchmarks/sd21_configs]
+                                       [--out FILE]
+
+Stable Diffusion 2.1-base's VAE and U-Net are built from their configs on PyTorch's ``meta``
+device: shapes without weights or memory, so a CPU counts in seconds what the real models would
+run. For each render size, one guidance call of ``dreamtext``'s SDS step (batch 1, fp16):
+
+* **VAE encode**: ``StableDiffusionModels.encode_images`` itself (the render resized to the
+  VAE's 512 px, mapped to [−1, 1], encoded to the posterior mean), forward, then its backward
+  to the render (the VAE's weights are frozen: input gradients only);
+* **U-Net**: one forward of classifier-free guidance's batch of 2 (unconditional and conditional
+  together, as ``StableDiffusionGuidance.predict_noise`` calls it) at the latent size, without a
+  graph.
+
+GFLOP are ``torch.utils.flop_counter``'s (a multiply-add is 2; convolutions, matrix products and
+attention, which is where the work is). Ops are the backend ops dispatched (a
+``TorchDispatchMode``), views, detaches and bare allocations left out: on CUDA each is about one
+kernel launch, so a part with many ops and little work is launch-bound on a big GPU. The render
+size changes only the resize: the VAE always encodes at 512 px, as Stable-DreamFusion does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+
+from dreamtext.models import StableDiffusionModels  # noqa: E402
+
+# Ops that launch no kernel of their own: views, detaches and bare allocations.
+NOT_KERNELS = frozenset(
+    {
+        "view",
+        "_unsafe_view",
+        "t",
+        "detach",
+        "alias",
+        "as_strided",
+        "expand",
+        "permute",
+        "transpose",
+        "unsqueeze",
+        "squeeze",
+        "slice",
+        "select",
+        "split",
+        "split_with_sizes",
+        "chunk",
+        "unbind",
+        "empty",
+        "empty_strided",
+        "empty_like",
+    }
+)
+PARTS = ("VAE encode, forward", "VAE encode, backward", "U-Net, CFG batch of 2")
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the backend ops dispatched inside it that are not in :data:`NOT_KERNELS`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in NOT_KERNELS:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+
+class Measured:
+    """GFLOP and ops of the code run inside it."""
+
+    def __enter__(self) -> Measured:
+        self.flops, self.count = FlopCounterMode(display=False), OpCount()
+        self.flops.__enter__()
+        self.count.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.count.__exit__(*exc)
+        self.flops.__exit__(*exc)
+
+    def row(self, size: int, part: str) -> dict:
+        return {
+            "size": size,
+            "part": part,
+            "gflop": self.flops.get_total_flops() / 1e9,
+            "ops": self.count.total,
+            "top": ", ".join(f"{name} {n}" for name, n in self.count.ops.most_common(4)),
+        }
+
+
+def build_models(configs: Path) -> SimpleNamespace:
+    """The VAE and U-Net of ``configs`` on the meta device in fp16, frozen, in the shape
+    :meth:`StableDiffusionModels.encode_images` reads (``vae``, ``resolution``, ``dtype``,
+    ``channels_last``, ``scaling_factor``), plus ``unet`` and the text embedding width."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    vae_config = json.loads((configs / "vae_config.json").read_text(encoding="utf-8"))
+    unet_config = json.loads((configs / "unet_config.json").read_text(encoding="utf-8"))
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(vae_config).half().requires_grad_(False).eval()
+        unet = UNet2DConditionModel.from_config(unet_config).half().requires_grad_(False).eval()
+    return SimpleNamespace(
+        vae=vae,
+        unet=unet,
+        resolution=int(vae_config["sample_size"]),
+        dtype=torch.float16,
+        channels_last=False,
+        scaling_factor=float(vae_config.get("scaling_factor", 0.18215)),
+        text_width=int(unet_config["cross_attention_dim"]),
+    )
+
+
+def measure(models: SimpleNamespace, size: int, tokens: int = 77) -> list[dict]:
+    """The rows of one guidance call on a ``size`` px render (see the module docstring)."""
+    rows = []
+    with torch.device("meta"):
+        render = torch.rand(1, 3, size, size, requires_grad=True)
+        with Measured() as forward:
+            latents = StableDiffusionModels.encode_images(models, render)
+        rows.append(forward.row(size, PARTS[0]))
+        with Measured() as backward:
+            latents.float().sum().backward()
+        rows.append(backward.row(size, PARTS[1]))
+        batch = torch.cat([latents.detach()] * 2).to(models.dtype)
+        times = torch.full((2,), 500)
+        embeddings = torch.randn(2, tokens, models.text_width, dtype=models.dtype)
+        with torch.no_grad(), Measured() as unet:
+            models.unet(batch, times, encoder_hidden_states=embeddings)
+        rows.append(unet.row(size, PARTS[2]))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| render px | part | GFLOP | ops (≈ kernels) | most frequent ops |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['size']} | {r['part']} | {r['gflop']:.1f} | {r['ops']} | {r['top']} |" for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="[64 256]")
+    parser.add_argument(
+        "--configs",
+        type=Path,
+        default=ROOT / "benchmarks" / "sd21_configs",
+        help="a folder with vae_config.json and unet_config.json [SD-2.1-base's]",
+    )
+    parser.add_argument("--out", type=Path, help="append the section to this markdown file")
+    args = parser.parse_args(argv)
+    if any(size < 1 for size in args.sizes):
+        parser.error("--sizes must be positive")
+    models = build_models(args.configs)
+    rows = [row for size in args.sizes for row in measure(models, size)]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = " ".join(["python benchmarks/guidance_cost.py", *(argv or sys.argv[1:])])
+    report = (
+        f"\n## Guidance cost by part (meta device, {args.configs.name}) — {stamp}\n\n"
+        f"`{command.strip()}` (torch {torch.__version__}, fp16, batch 1)\n\n{table(rows)}\n"
+    )
+    print(report)
+    if args.out:
+        with args.out.open("a", encoding="utf-8") as f:
+            f.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""benchmarks/guidance_cost.py: a guidance call's work and ops by part, on the meta device."""
+
+from __future__ import annotations
+
+import pytest
+from benchmark_scripts import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("guidance_cost", "guidance_cost_benchmark")
+
+
+def test_the_parts_of_a_guidance_call_are_counted_at_sd21_base_shapes(bench, tmp_path, capsys):
+    """The VAE encodes at its 512 px whatever the render size (dreamtext's own encode_images
+    resizes), its backward is input gradients only (about the forward's work: frozen weights),
+    and SD-2.1-base's figures are what its configs make: 1,117 GFLOP to encode, 1,609 for the
+    U-Net's batch of 2."""
+    out = tmp_path / "RESULTS.md"
+    assert bench.main(["--sizes", "64", "96", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split(" | ") for line in printed.splitlines() if line.startswith("| 64 |")]
+    rows += [line.split(" | ") for line in printed.splitlines() if line.startswith("| 96 |")]
+    assert [r[1] for r in rows] == list(bench.PARTS) * 2
+    gflop = [float(r[2]) for r in rows]
+    ops = [int(r[3]) for r in rows]
+    assert gflop[:3] == gflop[3:] and ops[:3] == ops[3:]  # the resize is all that differs
+    forward, backward, unet = gflop[:3]
+    assert forward == pytest.approx(1116.7, abs=0.1) and unet == pytest.approx(1608.5, abs=0.1)
+    assert 0.95 < backward / forward < 1.1
+    assert all(n > 100 for n in ops) and ops[2] > 5 * ops[0]  # the U-Net's many small ops
+    assert "| 64 | VAE encode, forward | 1116.7 |" in out.read_text()
+
+
+def test_views_and_allocations_are_not_counted_as_kernels(bench):
+    import torch
+
+    with bench.OpCount() as count:
+        x = torch.ones(4, 4)
+        (x.t() + 1).sum()
+        x.view(16)
+        torch.empty(3)
+    assert dict(count.ops) == {"ones": 1, "add": 1, "sum": 1}
+    assert count.total == 3
