@@ -13,6 +13,7 @@
 #        bash benchmarks/gpu_session.sh trainer512_compile   (512 px, --compile, 11 GiB)
 #        bash benchmarks/gpu_session.sh profile   (a step's phases and costliest operators)
 #        bash benchmarks/gpu_session.sh fitted   (the SDS step of a field fitted to a sphere)
+#        bash benchmarks/gpu_session.sh cudnn   (the SDS step with cuDNN's autotuner on)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -188,6 +189,12 @@ check profile 240 bash -c 'set -e
 #    H200. The field's MLPs compile as render.compile_field "auto" does.
 check fitted 420 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
     --sizes 64 256 --shadings albedo lambertian --fitted sphere --repeats 5 --warmup 3
+# 6j. Not in the default set: the SDS step with cuDNN's autotuner on (sds_step.py
+#    --cudnn-benchmark) beside check 3's rows without it. The VAE's forward and backward at a
+#    fixed 512 px are 58% of a guidance call's work (benchmarks/guidance_cost.py), and with a
+#    trained field the guidance is most of a step.
+check cudnn 200 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
+    --sizes 64 256 --shadings albedo --repeats 5 --warmup 3 --cudnn-benchmark
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to

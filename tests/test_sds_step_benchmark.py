@@ -379,3 +379,21 @@ def test_the_gpu_memory_cap_needs_cuda(sds_step, capsys):
         sds_step.main(["--device", "cpu", "--gpu-memory-gib", "11"])
     assert done.value.code == 2
     assert "--gpu-memory-gib needs a CUDA device" in capsys.readouterr().err
+
+
+def test_cudnn_benchmark_is_off_unless_asked(sds_step, monkeypatch):
+    """``--cudnn-benchmark`` turns on cuDNN's autotuner for the run's convolutions (a lever to
+    measure for the VAE's fixed 512 px encode); without it the rows run as dreamtext does."""
+    seen = []
+
+    def fake_measure(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        return []
+
+    monkeypatch.setattr(sds_step, "measure", fake_measure)
+    monkeypatch.setattr(sds_step, "model_folder", lambda name, cache, device: None)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    argv = ["--device", "cpu", "--model", "none"]
+    assert sds_step.main(argv) == 0
+    assert sds_step.main([*argv, "--cudnn-benchmark"]) == 0
+    assert seen == [False, True]
