@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     models = build_models(args.configs)
     rows = [row for size in args.sizes for row in measure(models, size)]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = " ".join(["python benchmarks/guidance_cost.py", *(argv or sys.argv[1:])])
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python benchmarks/guidance_cost.py", *given])
     report = (
         f"\n## Guidance cost by part (meta device, {args.configs.name}) — {stamp}\n\n"
         f"`{command.strip()}` (torch {torch.__version__}, fp16, batch 1)\n\n{table(rows)}\n"
