@@ -425,11 +425,9 @@ class NeRFField(nn.Module):
         return bool(self._compiled)
 
     def _in_precision(self, mlp: Callable[[Tensor], Tensor], features: Tensor) -> Tensor:
-        """``mlp(features)`` under ``mlp_dtype``'s autocast when it is set, cast back to
-        float32."""
-        if self.mlp_dtype is None:
-            return mlp(features)
-        with torch.autocast(features.device.type, dtype=self.mlp_dtype):
+        """``mlp(features)`` under :meth:`_mlp_precision` (``mlp_dtype``'s autocast when it is
+        set), in float32."""
+        with self._mlp_precision(features.device.type):
             return mlp(features).float()
 
     def _mlp_out(self, features: Tensor) -> Tensor:
