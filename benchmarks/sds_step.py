@@ -275,16 +275,20 @@ def measure(
         guidance.set_prompt(PROMPT)
         guidance.seed(0)
         model_px = str(getattr(guidance, "resolution", "-"))
+    start = None  # the fitted parameters, fitted (or read from the cache) once for every row
+    if fitted is not None:
+        head = run_config(model, precision, sizes[0], device, field=field_config).field
+        start = fitted_state(fitted, head.density_head, cache, device)
     rows = []
     for size, shading in ((s, sh) for s in sizes for sh in shadings):
         torch.manual_seed(0)
         cfg = run_config(model, precision, size, device, field=field_config)
         parts = build_parts(cfg, device, with_guidance=False)
         field, renderer, optimizer = parts.field, parts.renderer.train(), parts.optimizer
-        if fitted is None:
+        if start is None:
             renderer.update_occupancy(field, 0)
         else:
-            field.load_state_dict(fitted_state(fitted, cfg.field.density_head, cache, device))
+            field.load_state_dict(start)
             for _ in range(FITTED_GRID_UPDATES):
                 renderer.grid.update(field, renderer.cfg.chunk_points)
         generator = torch.Generator().manual_seed(0)

@@ -320,6 +320,12 @@ def test_fitted_rows_start_from_the_fitted_field_and_count_its_samples(
     assert 0 <= float(fitted["samples"]) < float(fresh["samples"])
     table = sds_step.markdown_table([fresh, fitted])
     assert "| field MLPs | field |" in table and "samples/ray" in table
+    two = sds_step.measure(
+        None, "fp32", [8, 12], ["albedo"], torch.device("cpu"), 1, 0,
+        field_config=small, fitted="torus", cache=tmp_path,
+    )  # fmt: skip
+    assert [row["field"] for row in two] == ["fitted torus"] * 2
+    assert len(asked) == 2  # fitted once for both rows
 
 
 def test_each_sds_row_is_reported_as_soon_as_it_is_measured(sds_step):
