@@ -14,6 +14,8 @@
 #        bash benchmarks/gpu_session.sh profile   (a step's phases and costliest operators)
 #        bash benchmarks/gpu_session.sh fitted   (the SDS step of a field fitted to a sphere)
 #        bash benchmarks/gpu_session.sh cudnn   (the SDS step with cuDNN's autotuner on)
+#        bash benchmarks/gpu_session.sh vae_compile cudagraphs trainer_vae   (the VAE encoder
+#            compiled, CUDA graphs for the guidance, the trainer with the encoder compiled)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -195,6 +197,24 @@ check fitted 420 python3 benchmarks/sds_step.py --model sd21-random --precisions
 #    trained field the guidance is most of a step.
 check cudnn 200 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
     --sizes 64 256 --shadings albedo --repeats 5 --warmup 3 --cudnn-benchmark
+# 6k. Not in the default set: the guidance's VAE encoder compiled (guidance.compile_vae, new in
+#    stop 54, never run on a GPU), then U-Net and encoder replayed as CUDA graphs
+#    (guidance.compile_mode reduce-overhead). The encoder's forward and backward at 512 px are
+#    58% of a guidance call's work in 248 ops, and --compile leaves them eager; the U-Net's
+#    ~900 kernels a call are launched one by one even compiled. Single SDS steps (the guidance
+#    ms column is the answer), each compiled row's compile in its warm-up steps, then the
+#    trainer at 64 px (the 20 it/s target) and FitFusion with the encoder compiled.
+check vae_compile 300 bash -c 'set -e
+    python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 --sizes 64 256 \
+        --shadings albedo --repeats 5 --warmup 3 --compile
+    python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 --sizes 64 256 \
+        --shadings albedo --repeats 5 --warmup 3 --compile --guidance "{\"compile_vae\": true}"'
+check cudagraphs 240 python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 \
+    --sizes 64 256 --shadings albedo --repeats 5 --warmup 4 --compile \
+    --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
+check trainer_vae 300 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+    --render '{"compile_field": true}' --guidance '{"compile_vae": true}'
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to

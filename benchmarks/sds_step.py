@@ -189,17 +189,24 @@ def peak_memory_label(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} (RSS)"
 
 
-def guidance_overrides(model: str | None, precision: str, compile: bool) -> dict:
-    """The ``guidance`` section of a benchmark run's config."""
+def guidance_overrides(
+    model: str | None, precision: str, compile: bool, settings: dict | None = None
+) -> dict:
+    """The ``guidance`` section of a benchmark run's config (``settings``: ``--guidance``'s)."""
     # Without a model only the NeRF is built; the id is a placeholder that is never loaded.
-    return {"model": model or DEFAULT_MODEL, "compile": compile, **PRECISION_FLAGS[precision]}
+    return {
+        "model": model or DEFAULT_MODEL,
+        "compile": compile,
+        **PRECISION_FLAGS[precision],
+        **(settings or {}),
+    }
 
 
-def compile_label(compile: bool, device: torch.device) -> str:
-    """What a row's U-Net ran as: the guidance compiles on CUDA only."""
-    if not compile:
-        return "off"
-    return "on" if device.type == "cuda" else "ignored (CPU)"
+def compile_label(compile: bool, device: torch.device, settings: dict | None = None) -> str:
+    """What a row's U-Net ran as (the guidance compiles on CUDA only), and ``--guidance``'s
+    settings, if any."""
+    label = "off" if not compile else "on" if device.type == "cuda" else "ignored (CPU)"
+    return label if not settings else f"{label}; {render_label(settings)}"
 
 
 def run_config(
@@ -209,15 +216,17 @@ def run_config(
     device: torch.device,
     compile: bool = False,
     field: dict | None = None,
+    guidance: dict | None = None,
 ):
     """The ``TrainConfig`` of a default run at ``size`` px with this model and precision (and
-    the ``field`` section's overrides, e.g. ``{"normals": "analytic"}``, when given)."""
+    the ``field`` and ``guidance`` sections' overrides, e.g. ``{"normals": "analytic"}``, when
+    given)."""
     overrides = {
         "prompt": PROMPT,
         "h": size,
         "w": size,
         "device": device.type,
-        "guidance": guidance_overrides(model, precision, compile),
+        "guidance": guidance_overrides(model, precision, compile, guidance),
     }
     if field:
         overrides["field"] = dict(field)
@@ -225,7 +234,8 @@ def run_config(
 
 
 def render_settings(text: str) -> dict:
-    """``--render``'s JSON object of ``render:`` settings (argparse's type: an error otherwise)."""
+    """``--render``'s (or ``--guidance``'s) JSON object of settings (argparse's type: an error
+    otherwise)."""
     try:
         settings = json.loads(text)
     except json.JSONDecodeError as error:
@@ -261,6 +271,7 @@ def measure(
     report: Callable[[dict], None] | None = None,
     fitted: str | None = None,
     cache: Path | None = None,
+    guidance_settings: dict | None = None,
 ) -> list[dict]:
     """One row per render size and shading: median times (ms) over ``repeats`` steps, kept
     samples per ray and peak memory (MiB). ``report`` gets each row as soon as it is measured
@@ -270,7 +281,7 @@ def measure(
     model_px = "-"
     if model is not None:
         clear_cache()  # the process keeps loaded models; drop the last precision's copy
-        cfg = run_config(model, precision, sizes[0], device, compile)
+        cfg = run_config(model, precision, sizes[0], device, compile, guidance=guidance_settings)
         guidance = build_parts(cfg, device, with_optimizer=False).guidance
         guidance.set_prompt(PROMPT)
         guidance.seed(0)
@@ -296,7 +307,9 @@ def measure(
         row = {
             "model": Path(model).name if model else "none (NeRF only)",
             "precision": precision if model else "fp32",
-            "compile": compile_label(compile and model is not None, device),
+            "compile": compile_label(
+                compile and model is not None, device, guidance_settings if model else None
+            ),
             "encoding": getattr(field, "encoding_backend", "?"),
             "render_px": size,
             "model_px": model_px,
@@ -431,7 +444,7 @@ def trainer_row(
         "checkpoint_every": 10**9,
         "export": False,
         "albedo_epochs": 10**6 if phase == "albedo" else 0,
-        "guidance": guidance_overrides(model, precision, args.compile),
+        "guidance": guidance_overrides(model, precision, args.compile, args.guidance),
     }
     field = field_overrides(args)
     if field:
@@ -444,7 +457,7 @@ def trainer_row(
         "preset": preset,
         "phase": phase,
         "precision": precision,
-        "compile": compile_label(args.compile, device),
+        "compile": compile_label(args.compile, device, args.guidance),
     }
     # In memory where there is /dev/shm: the trainer fsyncs status.json at every logged step
     # (every step here, every 10th in a user's run), which a disk would add to the step time.
@@ -687,6 +700,12 @@ def main(argv: list[str] | None = None) -> int:
         '\'{"grad_chunk_points": 33554432, "march_window": 64}\' [the config\'s]',
     )
     parser.add_argument(
+        "--guidance",
+        type=render_settings,
+        help="the guidance section's settings for every row, a JSON object, e.g. "
+        '\'{"compile_vae": true, "compile_mode": "reduce-overhead"}\' [the config\'s]',
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the U-Net (CUDA only); dreamtext's --compile also sets --render "
@@ -768,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
                 report=lambda row: print(markdown_table([row]), flush=True),
                 fitted=args.fitted,
                 cache=args.cache,
+                guidance_settings=args.guidance,
             )
         table = markdown_table(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

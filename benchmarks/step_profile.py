@@ -35,6 +35,8 @@ from sds_step import (
     guidance_overrides,
     model_folder,
     one_step,
+    render_label,
+    render_settings,
     synchronize,
 )
 
@@ -54,7 +56,7 @@ def step_config(args: argparse.Namespace, model: str | None, device: torch.devic
         "h": args.size,
         "w": args.size,
         "device": device.type,
-        "guidance": guidance_overrides(model, args.precision, args.compile),
+        "guidance": guidance_overrides(model, args.precision, args.compile, args.guidance),
         "render": {"compile_field": args.compile},
     }
     return resolve_config(overrides)
@@ -87,7 +89,8 @@ def report(args: argparse.Namespace, device: torch.device, times: list, ops: lis
     medians = [statistics.median(t) * 1e3 for t in zip(*times, strict=True)]
     lines = [
         f"## Step profile — {device_name(device)} — {args.size} px {args.shading}, "
-        f"model {args.model}, {args.precision}, compile {'on' if args.compile else 'off'}",
+        f"model {args.model}, {args.precision}, compile {'on' if args.compile else 'off'}"
+        + (f", guidance {render_label(args.guidance)}" if args.guidance else ""),
         "",
         "| " + " | ".join(f"{p} ms" for p in PHASES) + " | step ms | kernels a step |",
         "|---|---|---|---|---|",
@@ -118,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         "--shading", default="lambertian", choices=["albedo", "lambertian", "textureless"]
     )
     parser.add_argument("--compile", action="store_true", help="compile the U-Net and field")
+    parser.add_argument(
+        "--guidance",
+        type=render_settings,
+        help="the guidance section's settings, a JSON object, e.g. '{\"compile_vae\": true}'",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="steps before profiling [3]")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps [3]")
     parser.add_argument("--rows", type=int, default=30, help="operators listed [30]")

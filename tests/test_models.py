@@ -219,9 +219,10 @@ def test_a_unet_torch_compile_cannot_build_is_one_line_naming_the_fix(
 
 def test_compile_on_cuda_compiles_the_unet_once(tiny_sd_path: Path, monkeypatch):
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or "compiled")
+    monkeypatch.setattr(torch, "compile", lambda module, **_: compiled.append(module) or "compiled")
     on_cuda = copy.copy(load_stable_diffusion(str(tiny_sd_path)))
     on_cuda.device = torch.device("cuda")  # the decision only, no kernel runs
+    on_cuda._compiled = {}  # not the shared instance's
     assert on_cuda.sds_unet(compile=True) == "compiled"
     assert on_cuda.sds_unet(compile=True) == "compiled"
     assert compiled == [on_cuda.unet]

@@ -35,6 +35,31 @@ def test_a_row_says_compiled_only_where_the_guidance_compiles(sds_step):
     assert sds_step.compile_label(True, torch.device("cuda")) == "on"
     assert sds_step.compile_label(True, torch.device("cpu")) == "ignored (CPU)"
     assert sds_step.compile_label(False, torch.device("cuda")) == "off"
+    settings = {"compile_vae": True, "compile_mode": "reduce-overhead"}
+    label = sds_step.compile_label(True, torch.device("cuda"), settings)
+    assert label == "on; compile_vae=True, compile_mode=reduce-overhead"
+
+
+def test_rows_take_the_guidance_settings_asked_for(sds_step, monkeypatch):
+    """``--guidance`` sets the guidance section of every row, single steps and trainer rows
+    alike, over the precision and --compile."""
+    settings = {"compile_vae": True, "compile_mode": "reduce-overhead"}
+    cfg = sds_step.run_config("m", "fp16", 64, torch.device("cpu"), True, guidance=settings)
+    assert (cfg.guidance.compile, cfg.guidance.compile_vae) == (True, True)
+    assert (cfg.guidance.compile_mode, cfg.guidance.fp16) == ("reduce-overhead", True)
+    records = [{"step": 1, "its": 1.0, "gpu_mem_mib": 9.0, "samples_per_ray": 9.0}]
+    train, seen = fake_trainer(records)
+    monkeypatch.setattr("dreamtext.trainer.train", train)
+    args = trainer_args("guidance", settings, "compile", True)
+    row = sds_step.trainer_row("m", "fp16", "default", "albedo", args, torch.device("cpu"))
+    assert seen["cfg"].guidance.compile_vae is True
+    assert seen["cfg"].guidance.compile_mode == "reduce-overhead"
+    assert row["compile"] == "ignored (CPU); compile_vae=True, compile_mode=reduce-overhead"
+    parsed = []
+    monkeypatch.setattr(sds_step, "measure", lambda *a, **k: parsed.append(k) or [])
+    monkeypatch.setattr(sds_step, "model_folder", lambda *a: Path("m"))
+    sds_step.main(["--device", "cpu", "--model", "tiny", "--guidance", '{"compile_vae": true}'])
+    assert parsed[0]["guidance_settings"] == {"compile_vae": True}
 
 
 def test_the_compile_flag_is_parsed(sds_step, monkeypatch, capsys):
@@ -182,7 +207,13 @@ def test_trainer_rows_say_how_the_field_mlps_ran(sds_step, monkeypatch):
 
 def trainer_args(*extra) -> argparse.Namespace:
     args = argparse.Namespace(
-        steps=4, compile=False, normals=None, density_head=None, px=None, render=None
+        steps=4,
+        compile=False,
+        normals=None,
+        density_head=None,
+        px=None,
+        render=None,
+        guidance=None,
     )
     for flag, value in zip(extra[::2], extra[1::2], strict=True):
         setattr(args, flag, value)

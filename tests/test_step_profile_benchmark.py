@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
+import torch
 from benchmark_scripts import load_benchmark
 
 
@@ -59,3 +61,12 @@ def test_kernels_a_step_count_the_device_events(bench):
     ]
     profile = SimpleNamespace(key_averages=lambda: events)
     assert bench.kernels_a_step(profile, 3) == 12.0
+
+
+def test_the_guidance_settings_reach_the_config(bench):
+    args = argparse.Namespace(
+        size=64, precision="fp16", compile=True, guidance={"compile_vae": True}
+    )
+    cfg = bench.step_config(args, "some/model", torch.device("cpu"))
+    assert (cfg.guidance.compile, cfg.guidance.compile_vae, cfg.guidance.fp16) == (True, True, True)
+    assert cfg.render.compile_field is True

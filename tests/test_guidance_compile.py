@@ -1,0 +1,173 @@
+"""guidance.compile_vae and guidance.compile_mode: the VAE encoder compiled with its backward, and
+torch.compile's mode for the guidance's parts.
+
+torch.compile's CUDA code cannot run here, so these tests let the models compile on the CPU with
+the ``aot_eager_decomp_partition`` backend (the graphs dynamo captures, decomposed and split into
+forward and backward as Inductor gets them, run by eager kernels; plain ``aot_eager`` stops in
+the CPU's group norm, which wants the contiguous input that the decomposition never gives it):
+the wiring, the check at the first call and the training loop through a compiled encoder, not
+Inductor's code (which on the CPU builds the tiny encoder in ~30 s and matches it within 4e-7).
+"""
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny_models import TINY_TRAIN
+
+import dreamtext.models as models_module
+from dreamtext.cli import main
+from dreamtext.errors import DreamtextError
+from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance
+from dreamtext.models import load_stable_diffusion
+
+
+@pytest.fixture
+def compiles_on_the_cpu(monkeypatch):
+    """The models compile on the CPU (``aot_eager_decomp_partition``), and this test gets its own
+    loaded models (nothing it compiles stays in the process's cache)."""
+    monkeypatch.setattr(models_module, "COMPILE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(models_module, "COMPILE_BACKEND", "aot_eager_decomp_partition")
+    monkeypatch.setattr(models_module, "_LOADED", {})
+    torch._dynamo.reset()
+    yield monkeypatch
+    torch._dynamo.reset()
+
+
+def encode_with_gradient(encode, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = images.clone().requires_grad_(True)
+    latents = encode(leaf)
+    weights = torch.linspace(-1, 1, latents.numel()).reshape(latents.shape)
+    (latents * weights).sum().backward()
+    return latents.detach(), leaf.grad
+
+
+def test_compile_vae_is_ignored_with_a_warning_on_the_cpu(tiny_sd_path: Path, caplog):
+    cfg = GuidanceConfig(model=str(tiny_sd_path), compile_vae=True)
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        guidance = StableDiffusionGuidance(cfg)
+    assert guidance._encoder == guidance.models.encode_images
+    assert guidance._encoder_checked  # nothing compiled: nothing to check
+    assert any("guidance.compile_vae" in r.getMessage() for r in caplog.records)
+
+
+def test_the_compiled_encoder_gives_the_eager_latents_and_gradients(
+    tiny_sd_path: Path, compiles_on_the_cpu
+):
+    guidance = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path), compile_vae=True))
+    models = guidance.models
+    assert guidance._encoder is models._compiled[("vae", "default")]
+    assert not guidance._encoder_checked
+    images = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    compiled = encode_with_gradient(guidance.encode_images, images)
+    assert guidance._encoder_checked
+    eager = encode_with_gradient(models.encode_images, images)
+    for got, want in zip(compiled, eager, strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert eager[1].abs().max() > 0  # the gradient reaches the renders
+
+    def checked_again(images):
+        raise AssertionError("the check runs once")
+
+    compiles_on_the_cpu.setattr(guidance, "_check_encoder", checked_again)
+    again = encode_with_gradient(guidance.encode_images, images)
+    torch.testing.assert_close(again[0], eager[0], rtol=1e-5, atol=1e-6)
+
+
+def test_an_encoder_torch_compile_cannot_build_is_one_line_naming_the_setting(
+    tiny_sd_path: Path, compiles_on_the_cpu
+):
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C compiler")
+
+    compiles_on_the_cpu.setattr(models_module, "COMPILE_BACKEND", no_compiler)
+    guidance = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path), compile_vae=True))
+    images = torch.rand(1, 3, 24, 24, requires_grad=True)
+    with pytest.raises(DreamtextError) as error:
+        guidance.encode_images(images)
+    assert str(error.value) == (
+        "torch.compile does not build the VAE encoder here (BackendCompilerFailed: "
+        "RuntimeError: no C compiler): run without guidance.compile_vae"
+    )
+    assert images.grad is None  # the run's render is not touched
+
+
+def test_an_encoder_whose_compiled_code_disagrees_is_refused(
+    tiny_sd_path: Path, compiles_on_the_cpu
+):
+    """A backend whose code computes something else (here: every output doubled) fails the
+    first call's comparison with the eager encoder."""
+
+    def doubled(graph, example_inputs):
+        def run(*args):
+            return [out * 2 if out.is_floating_point() else out for out in graph(*args)]
+
+        return run
+
+    compiles_on_the_cpu.setattr(models_module, "COMPILE_BACKEND", doubled)
+    guidance = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path), compile_vae=True))
+    with pytest.raises(DreamtextError, match="VAE encoder disagrees with the eager one on this"):
+        guidance.encode_images(torch.rand(1, 3, 24, 24))
+    assert not guidance._encoder_checked
+
+
+def test_compile_mode_reaches_torch_compile_once_per_part_and_mode(tiny_sd_path: Path, monkeypatch):
+    calls = []
+
+    def recording(target, **options):
+        calls.append((target, options))
+        return f"compiled {len(calls)}"
+
+    monkeypatch.setattr(torch, "compile", recording)
+    on_cuda = copy.copy(load_stable_diffusion(str(tiny_sd_path)))
+    on_cuda.device = torch.device("cuda")  # the decision only, no kernel runs
+    on_cuda._compiled = {}
+    assert on_cuda.sds_unet(True, "reduce-overhead") == "compiled 1"
+    assert on_cuda.sds_unet(True, "reduce-overhead") == "compiled 1"
+    assert on_cuda.sds_unet(True) == "compiled 2"
+    assert on_cuda.sds_encoder(True, "reduce-overhead") == "compiled 3"
+    assert on_cuda.sds_encoder(False, "reduce-overhead") == on_cuda.encode_images
+    assert calls[0] == (on_cuda.unet, {"backend": "inductor", "mode": "reduce-overhead"})
+    assert calls[1] == (on_cuda.unet, {"backend": "inductor"})
+    assert calls[2][0] == on_cuda.encode_images
+    assert calls[2][1] == {"backend": "inductor", "dynamic": False, "mode": "reduce-overhead"}
+
+
+@pytest.mark.parametrize("mode", ["max-autotune", "", None])
+def test_an_unknown_compile_mode_is_refused(mode):
+    with pytest.raises(DreamtextError, match=r"guidance\.compile_mode must be one of default, "):
+        GuidanceConfig(compile_mode=mode).validate()
+
+
+def test_a_text_run_trains_through_the_compiled_encoder(
+    tmp_path: Path, tiny_sd_path: Path, compiles_on_the_cpu
+):
+    """``dreamtext text`` with ``guidance: {compile_vae: true}`` in a config file: the steps'
+    backward passes go through the compiled encoder (its graphs are built once), the run ends
+    as an eager one does, and config.json records the settings."""
+    built = []
+
+    def counting(graph, example_inputs):
+        built.append(graph)
+        return graph
+
+    compiles_on_the_cpu.setattr(models_module, "COMPILE_BACKEND", counting)
+    settings = {**TINY_TRAIN, "preview_every": 0, "export": False}
+    settings["guidance"] = {**settings.get("guidance", {}), "compile_vae": True}
+    config = tmp_path / "compiled.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    workspace = tmp_path / "run"
+    argv = ["text", "a cube", "--model", str(tiny_sd_path), "--config", str(config)]
+    assert main([*argv, "--iters", "3", "--workspace", str(workspace)]) == 0
+    assert len(built) == 1  # one graph of the encoder, compiled at the check, reused by 3 steps
+    saved = json.loads((workspace / "config.json").read_text())
+    assert saved["guidance"]["compile_vae"] is True
+    assert saved["guidance"]["compile_mode"] == "default"
+    lines = (workspace / "log.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in lines]
+    assert len(losses) == 3 and all(loss == loss for loss in losses)
