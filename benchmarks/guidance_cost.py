@@ -1,7 +1,7 @@
 """What one SDS guidance call asks of a GPU, by part: floating-point work and backend ops.
 
     python benchmarks/guidance_cost.py [--sizes 64 256] [--configs benchmarks/sd21_configs]
-                                       [--out FILE]
+                                       [--channels-last] [--out FILE]
 
 Stable Diffusion 2.1-base's VAE and U-Net are built from their configs on PyTorch's ``meta``
 device: shapes without weights or memory, so a CPU counts in seconds what the real models would
@@ -19,6 +19,13 @@ attention, which is where the work is). Ops are the backend ops dispatched (a
 ``TorchDispatchMode``), views, detaches and bare allocations left out: on CUDA each is about one
 kernel launch, so a part with many ops and little work is launch-bound on a big GPU. The render
 size changes only the resize: the VAE always encodes at 512 px, as Stable-DreamFusion does.
+
+Attention is counted as CUDA runs it: ``F.scaled_dot_product_attention`` is one fused kernel
+there, so its forward counts as one op, not the 10 of the math fallback the meta device runs
+(its FLOPs are the same). The backward of the encoder's one attention (its mid-block) is still
+the fallback's ops, about 10 where CUDA launches one or two. ``--channels-last`` puts VAE, U-Net
+and their inputs in NHWC, as a ``--fp16``/``--bf16`` run on CUDA does: the copies that layout
+adds or saves are the meta kernels' (their output strides), which CUDA's kernels may not share.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -66,20 +74,35 @@ NOT_KERNELS = frozenset(
     }
 )
 PARTS = ("VAE encode, forward", "VAE encode, backward", "U-Net, CFG batch of 2")
+SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
 class OpCount(TorchDispatchMode):
-    """Counts the backend ops dispatched inside it that are not in :data:`NOT_KERNELS`."""
+    """Counts the backend ops dispatched inside it that are not in :data:`NOT_KERNELS`.
+
+    ``F.scaled_dot_product_attention`` counts as one op: on CUDA it is one fused kernel (flash or
+    memory-efficient attention), while the meta device has no such kernel and runs the math
+    fallback, 10 ops a call (2 matrix products, a softmax, 2 scalings and 5 casts/copies)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
+        self._inside_attention = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name not in NOT_KERNELS:
+        if name not in NOT_KERNELS and not self._inside_attention:
             self.ops[name] += 1
         return func(*args, **(kwargs or {}))
+
+    def attention(self, *args, **kwargs):
+        """``F.scaled_dot_product_attention``, counted as one op."""
+        self.ops["scaled_dot_product_attention"] += 1
+        self._inside_attention += 1
+        try:
+            return SDPA(*args, **kwargs)
+        finally:
+            self._inside_attention -= 1
 
     @property
     def total(self) -> int:
@@ -91,6 +114,10 @@ class Measured:
 
     def __enter__(self) -> Measured:
         self.flops, self.count = FlopCounterMode(display=False), OpCount()
+        self.attention = mock.patch.object(
+            torch.nn.functional, "scaled_dot_product_attention", self.count.attention
+        )
+        self.attention.__enter__()
         self.flops.__enter__()
         self.count.__enter__()
         return self
@@ -98,6 +125,7 @@ class Measured:
     def __exit__(self, *exc) -> None:
         self.count.__exit__(*exc)
         self.flops.__exit__(*exc)
+        self.attention.__exit__(*exc)
 
     def row(self, size: int, part: str) -> dict:
         return {
@@ -109,10 +137,11 @@ class Measured:
         }
 
 
-def build_models(configs: Path) -> SimpleNamespace:
-    """The VAE and U-Net of ``configs`` on the meta device in fp16, frozen, in the shape
-    :meth:`StableDiffusionModels.encode_images` reads (``vae``, ``resolution``, ``dtype``,
-    ``channels_last``, ``scaling_factor``), plus ``unet`` and the text embedding width."""
+def build_models(configs: Path, channels_last: bool = False) -> SimpleNamespace:
+    """The VAE and U-Net of ``configs`` on the meta device in fp16, frozen (in NHWC with
+    ``channels_last``), in the shape :meth:`StableDiffusionModels.encode_images` reads (``vae``,
+    ``resolution``, ``dtype``, ``channels_last``, ``scaling_factor``), plus ``unet`` and the
+    text embedding width."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     vae_config = json.loads((configs / "vae_config.json").read_text(encoding="utf-8"))
@@ -120,12 +149,15 @@ def build_models(configs: Path) -> SimpleNamespace:
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(vae_config).half().requires_grad_(False).eval()
         unet = UNet2DConditionModel.from_config(unet_config).half().requires_grad_(False).eval()
+    if channels_last:
+        vae.to(memory_format=torch.channels_last)
+        unet.to(memory_format=torch.channels_last)
     return SimpleNamespace(
         vae=vae,
         unet=unet,
         resolution=int(vae_config["sample_size"]),
         dtype=torch.float16,
-        channels_last=False,
+        channels_last=channels_last,
         scaling_factor=float(vae_config.get("scaling_factor", 0.18215)),
         text_width=int(unet_config["cross_attention_dim"]),
     )
@@ -143,6 +175,8 @@ def measure(models: SimpleNamespace, size: int, tokens: int = 77) -> list[dict]:
             latents.float().sum().backward()
         rows.append(backward.row(size, PARTS[1]))
         batch = torch.cat([latents.detach()] * 2).to(models.dtype)
+        if models.channels_last:  # as StableDiffusionModels.unet_input gives it
+            batch = batch.contiguous(memory_format=torch.channels_last)
         times = torch.full((2,), 500)
         embeddings = torch.randn(2, tokens, models.text_width, dtype=models.dtype)
         with torch.no_grad(), Measured() as unet:
@@ -171,18 +205,24 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "benchmarks" / "sd21_configs",
         help="a folder with vae_config.json and unet_config.json [SD-2.1-base's]",
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="VAE, U-Net and their inputs in NHWC, as a --fp16/--bf16 run on CUDA has them",
+    )
     parser.add_argument("--out", type=Path, help="append the section to this markdown file")
     args = parser.parse_args(argv)
     if any(size < 1 for size in args.sizes):
         parser.error("--sizes must be positive")
-    models = build_models(args.configs)
+    models = build_models(args.configs, args.channels_last)
     rows = [row for size in args.sizes for row in measure(models, size)]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python benchmarks/guidance_cost.py", *given])
     report = (
         f"\n## Guidance cost by part (meta device, {args.configs.name}) — {stamp}\n\n"
-        f"`{command.strip()}` (torch {torch.__version__}, fp16, batch 1)\n\n{table(rows)}\n"
+        f"`{command.strip()}` (torch {torch.__version__}, fp16, batch 1, "
+        f"{'channels_last' if args.channels_last else 'contiguous'})\n\n{table(rows)}\n"
     )
     print(report)
     if args.out:

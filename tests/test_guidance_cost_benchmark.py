@@ -42,3 +42,33 @@ def test_views_and_allocations_are_not_counted_as_kernels(bench):
         torch.empty(3)
     assert dict(count.ops) == {"ones": 1, "add": 1, "sum": 1}
     assert count.total == 3
+
+
+def test_attention_counts_as_the_one_kernel_cuda_launches_with_its_flops(bench):
+    """On the meta device SDPA runs its math fallback (10 ops: 2 matrix products, a softmax,
+    scalings and casts); CUDA runs one fused kernel. The FLOPs stay the fallback's, which are
+    the attention's: 2 · 2 · L² · d a head."""
+    import torch
+
+    with torch.device("meta"):
+        q = torch.randn(2, 5, 64, 8, dtype=torch.float16)
+        with bench.Measured() as measured:
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert dict(measured.count.ops) == {"scaled_dot_product_attention": 1}
+    assert measured.flops.get_total_flops() == 2 * 5 * (2 * 2 * 64 * 64 * 8)
+    # Outside a measurement the function is torch's own again.
+    assert torch.nn.functional.scaled_dot_product_attention is bench.SDPA
+
+
+def test_channels_last_puts_the_models_and_the_unets_input_in_nhwc(bench, capsys):
+    import torch
+
+    models = bench.build_models(bench.ROOT / "benchmarks" / "sd21_configs", channels_last=True)
+    assert models.channels_last
+    conv = models.vae.encoder.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert bench.main(["--sizes", "64", "--channels-last"]) == 0
+    printed = capsys.readouterr().out
+    assert "fp16, batch 1, channels_last)" in printed
+    unet = next(line for line in printed.splitlines() if "U-Net, CFG batch of 2" in line)
+    assert " | 1608.5 | " in unet  # the layout changes copies, never the work
