@@ -433,6 +433,10 @@ class StableDiffusionGuidance(ScoreDistillation):
         self._encoder = self.models.sds_encoder(cfg.compile_vae, cfg.compile_mode)
         # A compiled encoder is built and checked at its first call (it needs a render's shape).
         self._encoder_checked = self._encoder == self.models.encode_images
+        # CUDA graphs (reduce-overhead) of either part: each SDS call is one iteration of them.
+        self._cuda_graphs = cfg.compile_mode == "reduce-overhead" and (
+            self.unet is not self.models.unet or not self._encoder_checked
+        )
         # Read now, so that a bad textual-inversion file fails before the run writes anything.
         self._text: TextSide | None = self.models.text_side(cfg.textual_inversion)
         self.tokenizer = self._text.tokenizer
@@ -463,6 +467,12 @@ class StableDiffusionGuidance(ScoreDistillation):
         """``[B, 3, H, W]`` in [0, 1] → latents ``[B, 4, R/f, R/f]`` (differentiable): the
         compiled encoder with ``guidance.compile_vae`` on CUDA, checked at its first call
         (:meth:`_check_encoder`)."""
+        if self._cuda_graphs:
+            # A new iteration of the recorded graphs: their outputs of the last step (latents,
+            # noise predictions) may be overwritten. The last step's backward has run by now;
+            # torch's own guess of a new iteration waits for it, which a step whose backward
+            # never came (skipped, out of memory) would leave pending.
+            torch.compiler.cudagraph_mark_step_begin()
         if not self._encoder_checked:
             self._check_encoder(images)
         return self._encoder(images)

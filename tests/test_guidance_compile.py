@@ -171,3 +171,27 @@ def test_a_text_run_trains_through_the_compiled_encoder(
     lines = (workspace / "log.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in lines]
     assert len(losses) == 3 and all(loss == loss for loss in losses)
+
+
+def test_cuda_graphs_begin_an_iteration_at_each_sds_call(tiny_sd_path: Path, compiles_on_the_cpu):
+    """With ``compile_mode: reduce-overhead`` the backend gets the mode, and each encode (one a
+    SDS step) tells the recorded graphs a new iteration begins; without it, nothing does."""
+    modes, begins = [], []
+
+    def recording(graph, example_inputs, **options):
+        modes.append(options.get("mode"))
+        return graph
+
+    compiles_on_the_cpu.setattr(models_module, "COMPILE_BACKEND", recording)
+    compiles_on_the_cpu.setattr(
+        torch.compiler, "cudagraph_mark_step_begin", lambda: begins.append(1)
+    )
+    cfg = GuidanceConfig(model=str(tiny_sd_path), compile_vae=True, compile_mode="reduce-overhead")
+    guidance = StableDiffusionGuidance(cfg)
+    images = torch.rand(1, 3, 24, 24, requires_grad=True)  # a render, as in training
+    for _ in range(3):
+        guidance.encode_images(images)
+    assert modes == ["reduce-overhead"] and len(begins) == 3
+    plain = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path), compile_vae=True))
+    plain.encode_images(images)
+    assert len(begins) == 3
