@@ -44,7 +44,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from sds_step import publish  # noqa: E402
 
 from dreamtext.models import StableDiffusionModels  # noqa: E402
 
@@ -224,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command.strip()}` (torch {torch.__version__}, fp16, batch 1, "
         f"{'channels_last' if args.channels_last else 'contiguous'})\n\n{table(rows)}\n"
     )
-    print(report)
-    if args.out:
-        with args.out.open("a", encoding="utf-8") as f:
-            f.write(report)
+    publish(report, args.out)
     return 0
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamtext.devices import compiled_agrees
 from dreamtext.encoding import ENCODING_KINDS, features_and_jacobian, make_encoding
 from dreamtext.errors import DreamtextError, cause_line
 
@@ -406,8 +407,7 @@ class NeRFField(nn.Module):
                         plain = run(features)
                     results.append((out.detach(), plain, *[x for x in grads if x is not None]))
                 for want, got in zip(*results, strict=True):
-                    scale = want.abs().max().clamp_min(1e-12)
-                    if not torch.allclose(got.float(), want.float(), rtol=0, atol=0.05 * scale):
+                    if not compiled_agrees(got, want):
                         raise DreamtextError(
                             f"torch.compile's field MLP ({name}) disagrees with the eager one "
                             f"on this device: {remedy}"

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from dreamtext.cameras import CameraRange, ViewThresholds
-from dreamtext.devices import free_memory, to_device
+from dreamtext.devices import compiled_agrees, free_memory, to_device
 from dreamtext.errors import DreamtextError, cause_line
 from dreamtext.models import COMPILE_MODES, DEFAULT_MODEL, TextSide, load_for
 from dreamtext.prompts import PromptEmbeddings, expand_tokens
@@ -507,8 +507,7 @@ class StableDiffusionGuidance(ScoreDistillation):
                 f"torch.compile does not build the VAE encoder here ({cause_line(error)}): {remedy}"
             ) from error
         for want, got in zip(*results, strict=True):
-            scale = want.abs().max().clamp_min(1e-12)
-            if not torch.allclose(got, want, rtol=0, atol=0.05 * scale):
+            if not compiled_agrees(got, want):
                 raise DreamtextError(
                     f"torch.compile's VAE encoder disagrees with the eager one on this device: "
                     f"{remedy}"
