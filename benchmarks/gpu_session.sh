@@ -16,6 +16,8 @@
 #        bash benchmarks/gpu_session.sh cudnn   (the SDS step with cuDNN's autotuner on)
 #        bash benchmarks/gpu_session.sh vae_compile cudagraphs trainer_vae   (the VAE encoder
 #            compiled, CUDA graphs for the guidance, the trainer with the encoder compiled)
+#        bash benchmarks/gpu_session.sh fitted_compile fitted_vae fitted_graphs   (check fitted
+#            compiled: as --compile, with the encoder, as CUDA graphs)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -221,6 +223,22 @@ check cudagraphs 330 bash -c 'set -e
 check trainer_vae 300 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 48 --compile \
     --render '{"compile_field": true}' --guidance '{"compile_vae": true}'
+# 6l. Not in the default set: the SDS step of check fitted as `dreamtext text --compile` runs it
+#    (U-Net and field compiled), then with the guidance's VAE encoder compiled too
+#    (guidance.compile_vae), then with U-Net and encoder replayed as CUDA graphs
+#    (guidance.compile_mode reduce-overhead): a trained field's step, which the guidance decides
+#    (64 px target 20 it/s; FitFusion's shaded phase 8 it/s). One process each, so that a
+#    setting that fails on this machine leaves the others' rows; the second and third find the
+#    fitted field, the saved model and Inductor's cache of the U-Net that the first left.
+FITTED_COMPILED="python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 --sizes 64 256
+    --shadings albedo lambertian --fitted sphere --repeats 5 --warmup 4 --compile"
+# shellcheck disable=SC2086  # the command line is meant to split into arguments
+check fitted_compile 190 $FITTED_COMPILED
+# shellcheck disable=SC2086
+check fitted_vae 170 $FITTED_COMPILED --guidance '{"compile_vae": true}'
+# shellcheck disable=SC2086
+check fitted_graphs 200 $FITTED_COMPILED \
+    --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to
