@@ -121,12 +121,13 @@ check builtin 90 bash -c 'set -ex
         --device cuda
     cat /tmp/dreamtext-builtin/mesh/mesh.json'
 # 6. Not in the default set (one command may run 600 s at most): the trainer as `dreamtext text
-#    --compile` runs it, the U-Net and the field's MLPs compiled. The guidance took 36-59 ms of a
-#    ~110 ms 64 px step on the H200 (RESULTS.md, 2026-12-04), so the 20 it/s target of 64 px
-#    depends on it; compiling takes the first steps of the first row.
+#    --compile` runs it since stop 55: the U-Net, the VAE encoder and the field's MLPs compiled,
+#    the guidance replayed as CUDA graphs (stop 55's H200: 19.0 / 14.1 it/s at 64 px, 8.5 / 3.3
+#    for FitFusion, on the fresh fog); compiling takes the first steps of the first row.
 check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 48 --compile \
-    --render '{"compile_field": true}'
+    --render '{"compile_field": true}' \
+    --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
 # 6g. Not in the default set: the field's time per point eagerly and compiled (µs a point on the
 #    H200: albedo 0.036 eagerly, 0.014 compiled; shaded 0.139 and 0.051), then the trainer rows
 #    of check 4 with the field's MLPs eager (render.compile_field false, as before stop 53).
@@ -169,7 +170,8 @@ check trainer_bf16 200 python3 benchmarks/sds_step.py --trainer --model sd21-ran
 #    measured yet (the eager ones of check trainer512: 6.0 / 5.8 GiB at 2^22).
 check trainer512_compile 240 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets fitfusion --px 512 --steps 32 --compile \
-    --render '{"compile_field": true}' --gpu-memory-gib 11
+    --render '{"compile_field": true}' --gpu-memory-gib 11 \
+    --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
 # 6f. Not in the default set: the trainer rows of check 4 with the marcher's rounds of a fixed
 #    16 steps (render.march_window_growth 1, as before stop 51) instead of rounds that double.
 #    A round waits for the GPU twice: under virtual CUDA a fresh field's 64 px step marched 14-16
@@ -223,8 +225,8 @@ check cudagraphs 330 bash -c 'set -e
 check trainer_vae 300 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 48 --compile \
     --render '{"compile_field": true}' --guidance '{"compile_vae": true}'
-# 6l. Not in the default set: the SDS step of check fitted as `dreamtext text --compile` runs it
-#    (U-Net and field compiled), then with the guidance's VAE encoder compiled too
+# 6l. Not in the default set: the SDS step of check fitted as `dreamtext text --compile` ran it
+#    before stop 55 (U-Net and field compiled), then with the guidance's VAE encoder compiled too
 #    (guidance.compile_vae), then with U-Net and encoder replayed as CUDA graphs
 #    (guidance.compile_mode reduce-overhead): a trained field's step, which the guidance decides
 #    (64 px target 20 it/s; FitFusion's shaded phase 8 it/s). One process each, so that a

@@ -709,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         "--compile",
         action="store_true",
         help="torch.compile the U-Net (CUDA only); dreamtext's --compile also sets --render "
-        "'{\"compile_field\": true}'",
+        '\'{"compile_field": true}\' --guidance \'{"compile_vae": true, "compile_mode": '
+        '"reduce-overhead"}\'',
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per row [5]")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first [2]")

@@ -2,8 +2,10 @@
 
     python benchmarks/step_profile.py                  # CUDA: SD-2.1-base shapes (random weights),
                                                        # fp16, 256 px lambertian (FitFusion's size)
-    python benchmarks/step_profile.py --compile        # U-Net and field compiled, as
-                                                       # `dreamtext text --compile`
+    python benchmarks/step_profile.py --compile        # U-Net and field compiled (`dreamtext
+                                                       # text --compile` adds --guidance
+                                                       # '{"compile_vae": true, "compile_mode":
+                                                       # "reduce-overhead"}')
     python benchmarks/step_profile.py --size 64 --shading albedo
     python benchmarks/step_profile.py --device cpu --model none --size 32 --steps 1
     python benchmarks/step_profile.py --trace step.json   # a Chrome trace too (Perfetto)

@@ -59,6 +59,12 @@ SEED_MAX = 2**32 - 1
 """The largest ``--seed``: torch takes seeds below 2^64, and descriptor training derives its
 batches' seeds as ``seed * 1_000_003 + step``, which must stay below that too."""
 
+COMPILED_GUIDANCE_MODE = "reduce-overhead"
+"""``guidance.compile_mode`` under ``--compile``: U-Net and VAE encoder compiled and replayed as
+CUDA graphs. On the H200 a fitted field's 64 px step took 40 ms with it against 71 ms with the
+U-Net alone compiled, and FitFusion's shaded 256 px step 120 ms against 135, for ~1.3 GiB more
+reserved (benchmarks/RESULTS.md, stop 55)."""
+
 ITERS_MAX = 10_000_000
 """The most training iterations a run (``--iters``, a config's ``iters``, ``--descriptor-iters``)
 may ask for: 500× FitFusion's 20,000, about two weeks at a GPU's 8 it/s. Below 2^24, so that the
@@ -244,9 +250,10 @@ def add_text_to_3d_arguments(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch.compile the U-Net and the field's MLPs (CUDA only; slow first steps, then "
-        "faster ones; a failure is an error). Without it the field's MLPs are still compiled on "
-        "CUDA where that works; --no-compile keeps them eager too",
+        help="torch.compile the U-Net, the VAE encoder and the field's MLPs, and replay the "
+        "guidance as CUDA graphs (CUDA only; slow first steps, then faster ones; a failure is an "
+        "error). Without it the field's MLPs are still compiled on CUDA where that works; "
+        "--no-compile keeps them eager too",
     )
     g.add_argument(
         "--no-export",
@@ -290,6 +297,10 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.encoding is not None:
         out["field"] = {"encoding": args.encoding}
     if args.compile is not None:
+        # The whole guidance too: its VAE encoder, and (compiled) its calls as CUDA graphs.
+        out["guidance"]["compile_vae"] = args.compile
+        if args.compile:
+            out["guidance"]["compile_mode"] = COMPILED_GUIDANCE_MODE
         out["render"] = {"compile_field": args.compile}
     return out
 

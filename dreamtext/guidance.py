@@ -16,6 +16,7 @@ the diffusers implementation, over the parts :mod:`dreamtext.models` loads.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from dreamtext.devices import compiled_agrees, free_memory, to_device
 from dreamtext.errors import DreamtextError, cause_line
 from dreamtext.models import COMPILE_MODES, DEFAULT_MODEL, TextSide, load_for
 from dreamtext.prompts import PromptEmbeddings, expand_tokens
+
+logger = logging.getLogger(__name__)
 
 
 def default_perp_neg_weights() -> dict[str, dict[str, float]]:
@@ -429,8 +432,14 @@ class StableDiffusionGuidance(ScoreDistillation):
         self.prediction_type = self.models.prediction_type
         self.resolution = self.models.resolution
         self.vae = self.models.vae
-        self.unet = self.models.sds_unet(cfg.compile, cfg.compile_mode)
-        self._encoder = self.models.sds_encoder(cfg.compile_vae, cfg.compile_mode)
+        here = self.models.compiles_here
+        asked = {"--compile": cfg.compile, "guidance.compile_vae": cfg.compile_vae}
+        if any(asked.values()) and not here:
+            # One line for the guidance, however many of its parts were asked for.
+            flags = " and ".join(flag for flag, on in asked.items() if on)
+            logger.warning("%s: the guidance compiles for CUDA only; it runs eagerly here", flags)
+        self.unet = self.models.sds_unet(cfg.compile and here, cfg.compile_mode)
+        self._encoder = self.models.sds_encoder(cfg.compile_vae and here, cfg.compile_mode)
         # A compiled encoder is built and checked at its first call (it needs a render's shape).
         self._encoder_checked = self._encoder == self.models.encode_images
         # CUDA graphs (reduce-overhead) of either part: each SDS call is one iteration of them.
@@ -485,7 +494,7 @@ class StableDiffusionGuidance(ScoreDistillation):
         is off by about the values). A compiler that fails or code that disagrees is a
         :class:`DreamtextError` naming the setting to turn off; nothing of the run's state
         changes (the probe is a detached copy of ``images``)."""
-        remedy = "run without guidance.compile_vae"
+        remedy = "run without --compile and guidance.compile_vae"
         probe = images.detach()
 
         def encode_with_gradient(encode) -> tuple[Tensor, Tensor]:

@@ -404,9 +404,14 @@ class StableDiffusionModels:
                 self._compiled[key] = torch.compile(self.encode_images, dynamic=False, **options)
         return self._compiled[key]
 
+    @property
+    def compiles_here(self) -> bool:
+        """Whether :meth:`sds_unet` and :meth:`sds_encoder` compile on this device (CUDA)."""
+        return self.device.type in COMPILE_DEVICES
+
     def _compiles_here(self, what: str, flag: str) -> bool:
         """Whether this device compiles; if not, one warning that ``flag`` is ignored."""
-        if self.device.type in COMPILE_DEVICES:
+        if self.compiles_here:
             return True
         logger.warning("%s compiles %s for CUDA only; running it eagerly here", flag, what)
         return False

@@ -55,6 +55,21 @@ def test_compile_vae_is_ignored_with_a_warning_on_the_cpu(tiny_sd_path: Path, ca
     assert any("guidance.compile_vae" in r.getMessage() for r in caplog.records)
 
 
+def test_compile_and_compile_vae_on_the_cpu_warn_in_one_line(tiny_sd_path: Path, caplog):
+    """``--compile`` asks for both parts; where nothing compiles, the guidance warns once."""
+    cfg = GuidanceConfig(model=str(tiny_sd_path), compile=True, compile_vae=True)
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        guidance = StableDiffusionGuidance(cfg)
+    assert guidance.unet is guidance.models.unet
+    assert guidance._encoder == guidance.models.encode_images
+    assert not guidance._cuda_graphs
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "--compile and guidance.compile_vae: the guidance compiles for CUDA only; it runs "
+        "eagerly here"
+    ]
+
+
 def test_the_compiled_encoder_gives_the_eager_latents_and_gradients(
     tiny_sd_path: Path, compiles_on_the_cpu
 ):
@@ -92,7 +107,7 @@ def test_an_encoder_torch_compile_cannot_build_is_one_line_naming_the_setting(
         guidance.encode_images(images)
     assert str(error.value) == (
         "torch.compile does not build the VAE encoder here (BackendCompilerFailed: "
-        "RuntimeError: no C compiler): run without guidance.compile_vae"
+        "RuntimeError: no C compiler): run without --compile and guidance.compile_vae"
     )
     assert images.grad is None  # the run's render is not touched
 

@@ -13,7 +13,7 @@ import dreamtext.models as models_module
 from dreamtext.descriptor import DescriptorOptions, DescriptorTrainer
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance
-from dreamtext.models import load_for, load_stable_diffusion, use_channels_last
+from dreamtext.models import COMPILE_MODES, load_for, load_stable_diffusion, use_channels_last
 
 PARTS = ["unet", "vae", "tokenizer", "text_encoder"]
 
@@ -233,13 +233,18 @@ def test_the_compile_flag_reaches_the_guidance_config():
     from dreamtext.cli import build_parser, text_overrides
 
     args = build_parser().parse_args(["text", "a cube", "--compile"])
-    assert text_overrides(args)["guidance"]["compile"] is True
-    assert text_overrides(args)["render"] == {"compile_field": True}  # the field's MLPs too
+    guidance = text_overrides(args)["guidance"]
+    # The U-Net, the VAE encoder, both replayed as CUDA graphs, and the field's MLPs.
+    assert guidance == {"compile": True, "compile_vae": True, "compile_mode": "reduce-overhead"}
+    assert guidance["compile_mode"] in COMPILE_MODES
+    assert text_overrides(args)["render"] == {"compile_field": True}
     args = build_parser().parse_args(["text", "a cube"])
     assert "compile" not in text_overrides(args).get("guidance", {})
     assert "render" not in text_overrides(args)  # the config's default: "auto"
     args = build_parser().parse_args(["text", "a cube", "--no-compile"])
-    assert text_overrides(args)["guidance"]["compile"] is False
+    guidance = text_overrides(args)["guidance"]
+    assert (guidance["compile"], guidance["compile_vae"]) == (False, False)
+    assert "compile_mode" not in guidance  # nothing compiles: the config's mode stays
     assert text_overrides(args)["render"] == {"compile_field": False}
 
 
