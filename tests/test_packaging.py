@@ -276,6 +276,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--precisions": "benchmarks/normal_quality.py",
     "--trainer": "benchmarks/sds_step.py",
     "--fitted": "benchmarks/sds_step.py",
+    "--gpu-memory-gib": "benchmarks/sds_step.py",
 }
 
 
