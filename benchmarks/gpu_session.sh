@@ -18,6 +18,8 @@
 #            compiled, CUDA graphs for the guidance, the trainer with the encoder compiled)
 #        bash benchmarks/gpu_session.sh fitted_compile fitted_vae fitted_graphs   (check fitted
 #            compiled: as --compile, with the encoder, as CUDA graphs)
+#        bash benchmarks/gpu_session.sh fitted_unet_graphs trainer_unet_graphs   (--compile with
+#            the U-Net alone as CUDA graphs: speed and memory)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -241,6 +243,20 @@ check fitted_vae 170 $FITTED_COMPILED --guidance '{"compile_vae": true}'
 # shellcheck disable=SC2086
 check fitted_graphs 200 $FITTED_COMPILED \
     --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
+# 6m. Not in the default set: `--compile` with the U-Net alone recorded as CUDA graphs and the
+#    encoder compiled without them (guidance.compile_vae_mode default, new in stop 55, not run
+#    on a GPU): the graphs' pool added 1.2-1.4 GiB reserved in stop 55's trainer rows (64 px
+#    5.0 GiB, over the target's 5 GB), most of it likely the encoder's activations kept for its
+#    backward (~1.7 GB at 512 px); the U-Net's forward keeps none. Its single steps beside
+#    check fitted_graphs' (40 / 45 ms at 64 px, 66 / 120 at 256), its trainer rows beside
+#    check compile's.
+# shellcheck disable=SC2086
+check fitted_unet_graphs 200 $FITTED_COMPILED --guidance \
+    '{"compile_vae": true, "compile_mode": "reduce-overhead", "compile_vae_mode": "default"}'
+check trainer_unet_graphs 300 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+    --render '{"compile_field": true}' --guidance \
+    '{"compile_vae": true, "compile_mode": "reduce-overhead", "compile_vae_mode": "default"}'
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to

@@ -308,6 +308,7 @@ NOT_COMPARED = frozenset(
         "guidance.compile",
         "guidance.compile_vae",
         "guidance.compile_mode",
+        "guidance.compile_vae_mode",
         "export_options.device",
     }
 )

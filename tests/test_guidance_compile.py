@@ -159,6 +159,52 @@ def test_an_unknown_compile_mode_is_refused(mode):
         GuidanceConfig(compile_mode=mode).validate()
 
 
+@pytest.mark.parametrize("mode", ["max-autotune", ""])
+def test_an_unknown_encoder_compile_mode_is_refused(mode):
+    with pytest.raises(DreamtextError, match=r"guidance\.compile_vae_mode must be one of default"):
+        GuidanceConfig(compile_vae_mode=mode).validate()
+
+
+def test_the_encoder_takes_its_own_mode_or_the_u_nets(tiny_sd_path: Path, compiles_on_the_cpu):
+    """``compile_vae_mode`` sets the encoder's mode apart from the U-Net's (``None``: the same);
+    each SDS call begins a new CUDA-graph iteration if either part is recorded as graphs."""
+    modes = []
+
+    def recording(graph, example_inputs, **options):
+        modes.append(options.get("mode"))
+        return graph
+
+    compiles_on_the_cpu.setattr(models_module, "COMPILE_BACKEND", recording)
+    graphs, plain = "reduce-overhead", "default"
+    assert GuidanceConfig(compile_mode=graphs).vae_mode == graphs
+    assert GuidanceConfig(compile_mode=graphs, compile_vae_mode=plain).vae_mode == plain
+    images = torch.rand(1, 3, 24, 24, requires_grad=True)
+    expected = {  # (U-Net's mode, encoder's mode) -> (whether SDS calls mark graph
+        # iterations, the modes the first encode builds the encoder in: once per mode)
+        (graphs, plain): (True, [None]),
+        (plain, graphs): (True, [graphs]),
+        (plain, plain): (False, []),  # the models' encoder of this mode is built already
+    }
+    for (unet_mode, vae_mode), (marks, built) in expected.items():
+        cfg = GuidanceConfig(
+            model=str(tiny_sd_path),
+            compile=True,
+            compile_vae=True,
+            compile_mode=unet_mode,
+            compile_vae_mode=vae_mode,
+        )
+        guidance = StableDiffusionGuidance(cfg)
+        assert guidance._cuda_graphs is marks
+        assert guidance.unet is guidance.models._compiled[("unet", unet_mode)]
+        assert guidance._encoder is guidance.models._compiled[("vae", vae_mode)]
+        modes.clear()
+        guidance.encode_images(images)  # built at its first call, in the encoder's mode
+        assert modes == built
+    # The U-Net alone as graphs, the encoder eager: iterations are still marked.
+    cfg = GuidanceConfig(model=str(tiny_sd_path), compile=True, compile_mode=graphs)
+    assert StableDiffusionGuidance(cfg)._cuda_graphs
+
+
 def test_a_text_run_trains_through_the_compiled_encoder(
     tmp_path: Path, tiny_sd_path: Path, compiles_on_the_cpu
 ):
