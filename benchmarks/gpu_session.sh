@@ -247,9 +247,9 @@ check fitted_graphs 200 $FITTED_COMPILED \
 #    encoder compiled without them (guidance.compile_vae_mode default, new in stop 55, not run
 #    on a GPU): the graphs' pool added 1.2-1.4 GiB reserved in stop 55's trainer rows (64 px
 #    5.0 GiB, over the target's 5 GB), most of it likely the encoder's activations kept for its
-#    backward (~1.7 GB at 512 px); the U-Net's forward keeps none. Its single steps beside
-#    check fitted_graphs' (40 / 45 ms at 64 px, 66 / 120 at 256), its trainer rows beside
-#    check compile's.
+#    backward (1,586 MiB at 512 px, guidance_cost.py); the U-Net's forward keeps none. Its
+#    single steps beside check fitted_graphs' (40 / 45 ms at 64 px, 66 / 120 at 256), its
+#    trainer rows beside check compile's.
 # shellcheck disable=SC2086
 check fitted_unet_graphs 200 $FITTED_COMPILED --guidance \
     '{"compile_vae": true, "compile_mode": "reduce-overhead", "compile_vae_mode": "default"}'

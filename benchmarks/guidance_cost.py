@@ -20,6 +20,11 @@ attention, which is where the work is). Ops are the backend ops dispatched (a
 kernel launch, so a part with many ops and little work is launch-bound on a big GPU. The render
 size changes only the resize: the VAE always encodes at 512 px, as Stable-DreamFusion does.
 
+"kept MiB" is what a part's forward keeps for its backward: the storages autograd saves
+(``torch.autograd.graph.saved_tensors_hooks``), each once, the models' own weights left out.
+Compiled as CUDA graphs (``guidance.compile_mode: reduce-overhead``), that is memory the graphs'
+pool holds apart from the allocator's other blocks. The U-Net runs without a graph: it keeps none.
+
 Attention is counted as CUDA runs it: ``F.scaled_dot_product_attention`` is one fused kernel
 there, so its forward counts as one op, not the 10 of the math fallback the meta device runs
 (its FLOPs are the same). The backward of the encoder's one attention (its mid-block) is still
@@ -139,6 +144,33 @@ class Measured:
         }
 
 
+class Kept:
+    """The bytes of the distinct storages autograd saves for backward inside the ``with`` block,
+    the storages of ``weights`` (the models' parameters) left out."""
+
+    def __init__(self, weights: set[int]) -> None:
+        self.weights = weights
+        self.storages: dict[int, int] = {}
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in self.weights:
+            self.storages[storage._cdata] = storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> Kept:
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.__exit__(*exc)
+
+    @property
+    def mib(self) -> float:
+        return sum(self.storages.values()) / 2**20
+
+
 def build_models(configs: Path, channels_last: bool = False) -> SimpleNamespace:
     """The VAE and U-Net of ``configs`` on the meta device in fp16, frozen (in NHWC with
     ``channels_last``), in the shape :meth:`StableDiffusionModels.encode_images` reads (``vae``,
@@ -168,11 +200,14 @@ def build_models(configs: Path, channels_last: bool = False) -> SimpleNamespace:
 def measure(models: SimpleNamespace, size: int, tokens: int = 77) -> list[dict]:
     """The rows of one guidance call on a ``size`` px render (see the module docstring)."""
     rows = []
+    weights = {
+        p.untyped_storage()._cdata for m in (models.vae, models.unet) for p in m.parameters()
+    }
     with torch.device("meta"):
         render = torch.rand(1, 3, size, size, requires_grad=True)
-        with Measured() as forward:
+        with Measured() as forward, Kept(weights) as kept:
             latents = StableDiffusionModels.encode_images(models, render)
-        rows.append(forward.row(size, PARTS[0]))
+        rows.append({**forward.row(size, PARTS[0]), "kept": kept.mib})
         with Measured() as backward:
             latents.float().sum().backward()
         rows.append(backward.row(size, PARTS[1]))
@@ -181,19 +216,21 @@ def measure(models: SimpleNamespace, size: int, tokens: int = 77) -> list[dict]:
             batch = batch.contiguous(memory_format=torch.channels_last)
         times = torch.full((2,), 500)
         embeddings = torch.randn(2, tokens, models.text_width, dtype=models.dtype)
-        with torch.no_grad(), Measured() as unet:
+        with torch.no_grad(), Measured() as unet, Kept(weights) as kept:
             models.unet(batch, times, encoder_hidden_states=embeddings)
-        rows.append(unet.row(size, PARTS[2]))
+        rows.append({**unet.row(size, PARTS[2]), "kept": kept.mib})
     return rows
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| render px | part | GFLOP | ops (≈ kernels) | most frequent ops |",
-        "|---|---|---|---|---|",
+        "| render px | part | GFLOP | ops (≈ kernels) | kept MiB | most frequent ops |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['size']} | {r['part']} | {r['gflop']:.1f} | {r['ops']} | {r['top']} |" for r in rows
+        f"| {r['size']} | {r['part']} | {r['gflop']:.1f} | {r['ops']} | "
+        f"{'-' if 'kept' not in r else format(r['kept'], '.0f')} | {r['top']} |"
+        for r in rows
     ]
     return "\n".join(lines)
 

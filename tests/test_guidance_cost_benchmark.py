@@ -30,6 +30,25 @@ def test_the_parts_of_a_guidance_call_are_counted_at_sd21_base_shapes(bench, tmp
     assert 0.95 < backward / forward < 1.1
     assert all(n > 100 for n in ops) and ops[2] > 5 * ops[0]  # the U-Net's many small ops
     assert "| 64 | VAE encode, forward | 1116.7 |" in out.read_text()
+    kept = [r[4] for r in rows[:3]]
+    assert kept[1:] == ["-", "0"]  # the backward keeps nothing more; the no-grad U-Net nothing
+    assert 1200 < float(kept[0]) < 2000  # the encoder's activations at 512 px, in MiB
+
+
+def test_kept_counts_each_saved_storage_once_and_no_weights(bench):
+    """A linear layer saves its input (and its weight, left out); ``x * x`` saves ``x`` twice:
+    one storage. 4 × 1024 fp32 inputs are 16 KiB each."""
+    import torch
+
+    layer = torch.nn.Linear(1024, 1024)
+    weights = {p.untyped_storage()._cdata for p in layer.parameters()}
+    x = torch.rand(4, 1024, requires_grad=True)
+    with bench.Kept(weights) as kept:
+        y = layer(x)
+        y * y
+    # saved: x (by the linear layer), y (twice, by the product); the weight is not counted
+    assert sorted(kept.storages.values()) == [4 * 1024 * 4, 4 * 1024 * 4]
+    assert kept.mib == pytest.approx(2 * 16 / 1024)
 
 
 def test_views_and_allocations_are_not_counted_as_kernels(bench):
