@@ -18,8 +18,9 @@
 #            compiled, CUDA graphs for the guidance, the trainer with the encoder compiled)
 #        bash benchmarks/gpu_session.sh fitted_compile fitted_vae fitted_graphs   (check fitted
 #            compiled: as --compile, with the encoder, as CUDA graphs)
-#        bash benchmarks/gpu_session.sh fitted_unet_graphs trainer_unet_graphs   (--compile with
-#            the U-Net alone as CUDA graphs: speed and memory)
+#        bash benchmarks/gpu_session.sh fitted_unet_graphs trainer_unet_graphs compile_unet
+#            (--compile with the U-Net alone as CUDA graphs, speed and memory; the trainer as
+#            --compile ran it before stop 55, beside them)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -130,6 +131,13 @@ check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 48 --compile \
     --render '{"compile_field": true}' \
     --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
+# 6n. Not in the default set: check compile as `dreamtext text --compile` ran it before stop 55
+#    (U-Net and field compiled, the guidance eager otherwise), on the same machine as checks
+#    compile, trainer_vae and trainer_unet_graphs: stop 55's encoder-only rows (11.99 it/s at
+#    64 px albedo) ran below stop 52's U-Net-only ones (16.84) on another H200.
+check compile_unet 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+    --render '{"compile_field": true}'
 # 6g. Not in the default set: the field's time per point eagerly and compiled (µs a point on the
 #    H200: albedo 0.036 eagerly, 0.014 compiled; shaded 0.139 and 0.051), then the trainer rows
 #    of check 4 with the field's MLPs eager (render.compile_field false, as before stop 53).
@@ -251,9 +259,9 @@ check fitted_graphs 200 $FITTED_COMPILED \
 #    single steps beside check fitted_graphs' (40 / 45 ms at 64 px, 66 / 120 at 256), its
 #    trainer rows beside check compile's.
 # shellcheck disable=SC2086
-check fitted_unet_graphs 200 $FITTED_COMPILED --guidance \
+check fitted_unet_graphs 170 $FITTED_COMPILED --guidance \
     '{"compile_vae": true, "compile_mode": "reduce-overhead", "compile_vae_mode": "default"}'
-check trainer_unet_graphs 300 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+check trainer_unet_graphs 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
     --precisions fp16 --presets default fitfusion --steps 48 --compile \
     --render '{"compile_field": true}' --guidance \
     '{"compile_vae": true, "compile_mode": "reduce-overhead", "compile_vae_mode": "default"}'
