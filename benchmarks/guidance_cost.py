@@ -51,6 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from normal_quality import command_line  # noqa: E402
 from sds_step import publish  # noqa: E402
 
 from dreamtext.models import StableDiffusionModels  # noqa: E402
@@ -256,11 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     models = build_models(args.configs, args.channels_last)
     rows = [row for size in args.sizes for row in measure(models, size)]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    given = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python benchmarks/guidance_cost.py", *given])
+    command = command_line("guidance_cost.py", argv)
     report = (
         f"\n## Guidance cost by part (meta device, {args.configs.name}) — {stamp}\n\n"
-        f"`{command.strip()}` (torch {torch.__version__}, fp16, batch 1, "
+        f"`{command}` (torch {torch.__version__}, fp16, batch 1, "
         f"{'channels_last' if args.channels_last else 'contiguous'})\n\n{table(rows)}\n"
     )
     publish(report, args.out)

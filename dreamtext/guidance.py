@@ -444,14 +444,13 @@ class StableDiffusionGuidance(ScoreDistillation):
         self.prediction_type = self.models.prediction_type
         self.resolution = self.models.resolution
         self.vae = self.models.vae
-        here = self.models.compiles_here
         asked = {"--compile": cfg.compile, "guidance.compile_vae": cfg.compile_vae}
-        if any(asked.values()) and not here:
+        if any(asked.values()) and not self.models.compiles_here:
             # One line for the guidance, however many of its parts were asked for.
             flags = " and ".join(flag for flag, on in asked.items() if on)
             logger.warning("%s: the guidance compiles for CUDA only; it runs eagerly here", flags)
-        self.unet = self.models.sds_unet(cfg.compile and here, cfg.compile_mode)
-        self._encoder = self.models.sds_encoder(cfg.compile_vae and here, cfg.vae_mode)
+        self.unet = self.models.sds_unet(cfg.compile, cfg.compile_mode)
+        self._encoder = self.models.sds_encoder(cfg.compile_vae, cfg.vae_mode)
         # A compiled encoder is built and checked at its first call (it needs a render's shape).
         self._encoder_checked = self._encoder == self.models.encode_images
         # CUDA graphs (reduce-overhead) of either part: each SDS call is one iteration of them.

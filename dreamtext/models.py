@@ -409,27 +409,21 @@ class StableDiffusionModels:
         """Whether :meth:`sds_unet` and :meth:`sds_encoder` compile on this device (CUDA)."""
         return self.device.type in COMPILE_DEVICES
 
-    def _compiles_here(self, what: str, flag: str) -> bool:
-        """Whether this device compiles; if not, one warning that ``flag`` is ignored."""
-        if self.compiles_here:
-            return True
-        logger.warning("%s compiles %s for CUDA only; running it eagerly here", flag, what)
-        return False
-
     def sds_unet(self, compile: bool = False, mode: str = "default") -> torch.nn.Module:
         """The U-Net for noise prediction; with ``compile`` on CUDA, ``torch.compile``d in
-        ``mode`` (once per process). On the CPU ``compile`` is ignored with a warning: it changes
-        speed, never results, so a config that asks for it still runs where there is no GPU to
-        compile for."""
-        if not compile or not self._compiles_here("the U-Net", "--compile"):
+        ``mode`` (once per process). Elsewhere ``compile`` is ignored (the caller warns:
+        :class:`~dreamtext.guidance.StableDiffusionGuidance` in one line for both parts): it
+        changes speed, never results, so a config that asks for it still runs where there is no
+        GPU to compile for."""
+        if not compile or not self.compiles_here:
             return self.unet
         return self._compiled_part("unet", mode)
 
     def sds_encoder(self, compile: bool = False, mode: str = "default") -> Any:
         """:meth:`encode_images` for the SDS step; with ``compile`` on CUDA
         (``guidance.compile_vae``) ``torch.compile``d in ``mode``, forward and backward (once per
-        process). Eager elsewhere, with a warning, as :meth:`sds_unet`."""
-        if not compile or not self._compiles_here("the VAE encoder", "guidance.compile_vae"):
+        process). Eager elsewhere, as :meth:`sds_unet`."""
+        if not compile or not self.compiles_here:
             return self.encode_images
         return self._compiled_part("vae", mode)
 
