@@ -256,3 +256,52 @@ def test_cuda_graphs_begin_an_iteration_at_each_sds_call(tiny_sd_path: Path, com
     plain = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path), compile_vae=True))
     plain.encode_images(images)
     assert len(begins) == 3
+
+
+def test_a_batch_with_compile_builds_the_guidances_graphs_once(
+    tmp_path: Path, tiny_sd_path: Path, tiny_clip_path: Path, compiles_on_the_cpu
+):
+    """``dreamtext batch --compile`` loads Stable Diffusion once and gives every prompt a new
+    guidance over it: the U-Net and the encoder are compiled (and, on CUDA, recorded as graphs)
+    at the first prompt, and the later prompts, an image line's descriptor training between
+    them, reuse them without a recompile (no guard of a new guidance, prompt or field fails)."""
+    from PIL import Image
+
+    built: list[tuple[str, int]] = []
+
+    def counting(graph, example_inputs, **options):
+        built.append((options.get("mode"), len(example_inputs)))
+        return graph
+
+    compiles_on_the_cpu.setattr(models_module, "COMPILE_BACKEND", counting)
+    compiles_on_the_cpu.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "mug.png")
+    (tmp_path / "nouns.txt").write_text("mug\ncube\n")
+    (tmp_path / "adjectives.txt").write_text("red\nblue\n")
+    settings = {**TINY_TRAIN, "preview_every": 0, "export": False}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(settings))
+
+    def batch(name: str, *lines: str) -> list[dict]:
+        prompts = tmp_path / f"{name}.txt"
+        prompts.write_text("".join(line + "\n" for line in lines))
+        root = tmp_path / name
+        args = [
+            "batch", prompts, "--model", tiny_sd_path, "--clip", tiny_clip_path,
+            "--config", config, "--iters", "2", "--compile", "--workspace", root,
+            "--nouns", tmp_path / "nouns.txt", "--adjectives", tmp_path / "adjectives.txt",
+            "--max-words", "2", "--descriptor-iters", "2",
+        ]  # fmt: skip
+        assert main(list(map(str, args))) == 0
+        return [json.loads(line) for line in (root / "batch.jsonl").read_text().splitlines()]
+
+    assert [r["status"] for r in batch("one", "a red cube")] == ["finished"]
+    first = list(built)
+    # Both parts, each with the mode --compile gives them.
+    assert {mode for mode, _ in first} == {"reduce-overhead"} and len(first) >= 2
+    compiles_on_the_cpu.setattr(models_module, "_LOADED", {})  # a new process: loads anew
+    torch._dynamo.reset()
+    built.clear()
+    records = batch("three", "a red cube", "image:mug.png", "a blue cube")
+    assert [r["status"] for r in records] == ["finished"] * 3
+    assert built == first
