@@ -21,6 +21,9 @@
 #        bash benchmarks/gpu_session.sh fitted_unet_graphs trainer_unet_graphs compile_unet
 #            (--compile with the U-Net alone as CUDA graphs, speed and memory; the trainer as
 #            --compile ran it before stop 55, beside them)
+#        bash benchmarks/gpu_session.sh encoder_memory fitted_vae_ckpt trainer_vae_ckpt
+#            (the encoder's peak with and without guidance.vae_checkpointing; --compile with it,
+#            single steps of the fitted field and the trainer)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -265,6 +268,23 @@ check trainer_unet_graphs 200 python3 benchmarks/sds_step.py --trainer --model s
     --precisions fp16 --presets default fitfusion --steps 48 --compile \
     --render '{"compile_field": true}' --guidance \
     '{"compile_vae": true, "compile_mode": "reduce-overhead", "compile_vae_mode": "default"}'
+# 6v. Not in the default set: guidance.vae_checkpointing (new in stop 56, not run on a GPU): the
+#    SDS encode keeps its blocks' inputs and recomputes one ResNet block at a time in backward.
+#    On the CPU (bf16, benchmarks/encoder_memory.py) it took the encode's peak from 1,523 to 642
+#    MiB eagerly and from 1,130 to 515 MiB compiled: as CUDA graphs, ~0.6 GiB less in their pool,
+#    which would bring --compile's 64 px trainer (5,020-5,106 MiB reserved in stop 55) under the
+#    target's 5 GB (4,768 MiB). The encode alone first (eager and compiled, peak and ms), then
+#    check fitted_graphs' and check compile's rows with it, for their time and memory.
+check encoder_memory 240 bash -c 'python3 benchmarks/encoder_memory.py --device cuda \
+    --dtype fp16 --render 64 --repeats 5 && python3 benchmarks/encoder_memory.py \
+    --device cuda --dtype fp16 --render 64 --repeats 5 --compile'
+# shellcheck disable=SC2086
+check fitted_vae_ckpt 200 $FITTED_COMPILED --guidance \
+    '{"compile_vae": true, "compile_mode": "reduce-overhead", "vae_checkpointing": true}'
+check trainer_vae_ckpt 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
+    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+    --render '{"compile_field": true}' --guidance \
+    '{"compile_vae": true, "compile_mode": "reduce-overhead", "vae_checkpointing": true}'
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to

@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 from allocator_model import LAYOUTS, replay  # noqa: E402
-from sds_step import PROMPT, publish, table_of, write_sd21_random  # noqa: E402
+from sds_step import PROMPT, publish, render_settings, table_of, write_sd21_random  # noqa: E402
 
 from dreamtext import factory, field, models, trainer  # noqa: E402
 from dreamtext.config import resolve_config  # noqa: E402
@@ -233,10 +233,12 @@ def model_row(
     steps: int,
     preview: bool = True,
     export: bool = False,
+    guidance: dict | None = None,
 ) -> dict:
     """Run the trainer for ``steps`` steps under the profiler; the peaks in MiB. Without
     ``preview`` the final preview is skipped (it takes minutes on the CPU at 512 px); with
-    ``export`` the run ends with its default export (mesh files and turntable), as a user's."""
+    ``export`` the run ends with its default export (mesh files and turntable), as a user's;
+    ``guidance``: more settings of the guidance section (``--guidance``)."""
     overrides = {
         "prompt": PROMPT,
         "iters": steps,
@@ -247,7 +249,7 @@ def model_row(
         "export": export,
         "albedo_epochs": 10**6 if phase == "albedo" else 0,
         "shading_probs": [0.0, 0.0, 1.0],
-        "guidance": {"model": model},
+        "guidance": {**(guidance or {}), "model": model},
     }
     if size is not None:
         overrides.update(h=size, w=size)
@@ -416,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also `dreamtext image`'s descriptor training (--steps steps, then a preview)",
     )
+    parser.add_argument(
+        "--guidance",
+        type=render_settings,
+        help="more settings of the guidance section, a JSON object, e.g. "
+        "'{\"vae_checkpointing\": true}'",
+    )
     parser.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
     model = str(write_sd21_random(args.cache / "sd21-random", torch.device("cpu")))
@@ -426,7 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     for preset in args.presets:
         for phase in args.phases:
             row = model_row(
-                model, preset, phase, args.size, args.steps, not args.no_preview, args.export
+                model,
+                preset,
+                phase,
+                args.size,
+                args.steps,
+                not args.no_preview,
+                args.export,
+                args.guidance,
             )
             rows.append(row)
             print(table(rows[-1:]), flush=True)

@@ -304,6 +304,7 @@ NOT_COMPARED = frozenset(
         "guidance.attention_slicing",
         "guidance.vae_slicing",
         "guidance.vae_tiling",
+        "guidance.vae_checkpointing",
         "guidance.channels_last",
         "guidance.compile",
         "guidance.compile_vae",

@@ -62,7 +62,10 @@ class GuidanceConfig:
     ``textual_inversion``: a ``learned_embeds.safetensors`` whose tokens are added before encoding.
     Memory and speed options (applied by :mod:`dreamtext.models`): ``attention_slicing`` (U-Net
     attention in slices), ``vae_slicing`` (encode a batch one image at a time), ``vae_tiling``
-    (encode large images in tiles), ``channels_last`` (U-Net and VAE in NHWC; ``None``: on for
+    (encode large images in tiles), ``vae_checkpointing`` (the SDS step's encode keeps its
+    blocks' inputs only and its backward recomputes one ResNet block at a time: the same
+    gradients, a peak ~900 MiB lower at 512 px in fp16, one more encoder forward a step),
+    ``channels_last`` (U-Net and VAE in NHWC; ``None``: on for
     fp16/bf16 on CUDA), ``compile`` (``torch.compile`` the U-Net; CUDA only, ignored with a
     warning on the CPU), ``compile_vae`` (``torch.compile`` the VAE encoder's forward and
     backward, checked against the eager encoder at its first call; CUDA only, as ``compile``),
@@ -89,6 +92,7 @@ class GuidanceConfig:
     attention_slicing: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False
+    vae_checkpointing: bool = False
     channels_last: bool | None = None
     compile: bool = False
     compile_vae: bool = False

@@ -304,7 +304,7 @@ class StableDiffusionModels:
         check_text_to_image_unet(model, self.unet.config, self.text_encoder.config)
         self.resolution = native_resolution(self.unet.config, self.vae.config)
         self.scaling_factor = float(self.vae.config.scaling_factor)
-        self._memory_options: tuple[bool, bool, bool, bool] | None = None
+        self._memory_options: tuple[bool, ...] | None = None
         self._compiled: dict[tuple[str, str], Any] = {}  # (part, mode) → compiled
         self.load_seconds = time.perf_counter() - start  # reading the weights, not importing
 
@@ -363,10 +363,16 @@ class StableDiffusionModels:
         vae_slicing: bool = False,
         vae_tiling: bool = False,
         channels_last: bool = False,
+        vae_checkpointing: bool = False,
     ) -> None:
         """Turn each option on or off on the shared modules, so they follow the newest run. Same
-        options as now: nothing is touched (a compiled U-Net is not made to recompile)."""
-        options = (attention_slicing, vae_slicing, vae_tiling, channels_last)
+        options as now: nothing is touched (a compiled U-Net is not made to recompile).
+
+        ``vae_checkpointing``: diffusers' gradient checkpointing of the VAE, with
+        :func:`checkpoint_by_resnet` as its function: an encode that builds a graph (the SDS
+        step's) keeps only its blocks' inputs, and its backward recomputes one ResNet block at a
+        time. Same gradients, for one more encoder forward pass a step."""
+        options = (attention_slicing, vae_slicing, vae_tiling, channels_last, vae_checkpointing)
         if options == self._memory_options:
             return
         # None restores diffusers' default (SDPA) attention processors.
@@ -382,6 +388,10 @@ class StableDiffusionModels:
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.unet.to(memory_format=memory_format)
         self.vae.to(memory_format=memory_format)
+        if vae_checkpointing:
+            self.vae.enable_gradient_checkpointing(checkpoint_by_resnet)
+        else:
+            self.vae.disable_gradient_checkpointing()
         self._memory_options = options
 
     @property
@@ -506,6 +516,35 @@ class StableDiffusionModels:
         return pipe
 
 
+def checkpoint_by_resnet(module: torch.nn.Module, *args: Any) -> Any:
+    """The VAE's gradient-checkpointing function (``guidance.vae_checkpointing``), called by
+    diffusers' encoder as ``checkpoint_by_resnet(block, sample)`` for each down block and the
+    mid-block while a graph is built.
+
+    A down block (``DownEncoderBlock2D``: ResNet blocks, then a downsampler) is checkpointed one
+    ResNet block and one downsampler at a time, as its own ``forward`` runs them. The mid-block
+    checkpoints its own ResNet blocks through this function (diffusers turns its
+    ``gradient_checkpointing`` on too), so it runs as it is: checkpointed whole as well, its
+    ResNet blocks would be recomputed twice. Anything else is checkpointed whole. The backward
+    then holds one ResNet block's activations at a time, where checkpointing by block it would
+    hold the first down block's two: at SD's 512 px that block keeps 832 of the encoder's 1,586
+    MiB in fp16 (``benchmarks/guidance_cost.py``'s count, block by block).
+    """
+    from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D
+    from torch.utils.checkpoint import checkpoint
+
+    if isinstance(module, DownEncoderBlock2D) and len(args) == 1:
+        (hidden,) = args
+        for resnet in module.resnets:
+            hidden = checkpoint(resnet, hidden, None, use_reentrant=False)
+        for downsampler in module.downsamplers or []:
+            hidden = checkpoint(downsampler, hidden, use_reentrant=False)
+        return hidden
+    if getattr(module, "gradient_checkpointing", False):
+        return module(*args)
+    return checkpoint(module.__call__, *args, use_reentrant=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # The per-process cache.
 
@@ -539,6 +578,7 @@ def load_for(
         vae_slicing=cfg.vae_slicing,
         vae_tiling=cfg.vae_tiling,
         channels_last=use_channels_last(cfg.channels_last, device, dtype),
+        vae_checkpointing=cfg.vae_checkpointing,
     )
     return models
 

@@ -78,6 +78,24 @@ def test_a_tiny_run_is_counted(memory_model, tiny_sd_path):
         assert fits % 64 == 0 and int(row["step_peak"]) - 1 <= fits < reserved + 64
 
 
+def test_guidance_settings_reach_the_counted_run(memory_model, tiny_sd_path, monkeypatch):
+    """``--guidance '{"vae_checkpointing": true}'``: the run's models get the setting (what the
+    row then counts is the step with it)."""
+    seen = []
+    real = models.StableDiffusionModels.set_memory_options
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs["vae_checkpointing"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(models.StableDiffusionModels, "set_memory_options", recording)
+    guidance = memory_model.render_settings('{"vae_checkpointing": true}')
+    row = memory_model.model_row(
+        str(tiny_sd_path), "default", "albedo", 16, 1, preview=False, guidance=guidance
+    )
+    assert seen == [True] and row["steps"] == 1
+
+
 def test_a_tiny_descriptor_training_is_counted(memory_model, tiny_sd_path, monkeypatch):
     from dreamtext import descriptor
 

@@ -511,3 +511,52 @@ def test_a_model_folder_this_user_may_not_read_is_named_not_called_damaged(
     message = str(raised.value)
     assert f"cannot read the model folder {tmp_path / 'sd' / 'unet'} (permission denied)" in message
     assert "read access" in message and "damaged" not in message
+
+
+def _encode_with_gradient(models, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents, and the gradient of a fixed weighting of them to ``images``."""
+    leaf = images.clone().requires_grad_(True)
+    latents = models.encode_images(leaf)
+    scale = torch.linspace(-1, 1, latents.numel()).reshape(latents.shape)
+    (latents * scale).sum().backward()
+    return latents.detach(), leaf.grad
+
+
+def test_vae_checkpointing_gives_the_same_gradients_keeping_a_fraction(
+    tiny_sd_path: Path, monkeypatch
+):
+    """``guidance.vae_checkpointing``: the SDS step's encode gives the same latents and the same
+    gradient to the render (what it saves in memory: ``test_encoder_memory_benchmark.py``), and
+    checkpoints the down blocks one ResNet block and one downsampler at a time (the tiny
+    VAE: 1 + 1 in the first block, 1 in the second). Off again with the next config; an encode
+    without a graph checkpoints nothing."""
+    import torch.utils.checkpoint
+
+    images = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    plain = _encode_with_gradient(load_for(GuidanceConfig(model=str(tiny_sd_path))), images)
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def counting(function, *args, **kwargs):
+        calls.append(type(getattr(function, "__self__", function)).__name__)
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    models = load_for(GuidanceConfig(model=str(tiny_sd_path), vae_checkpointing=True))
+    assert models.vae.encoder.gradient_checkpointing
+    checkpointed = _encode_with_gradient(models, images)
+    # The mid-block (a ResNet block, attention, a ResNet block) checkpoints its second ResNet
+    # block itself, and is not checkpointed again around it.
+    assert calls == ["ResnetBlock2D", "Downsample2D", "ResnetBlock2D", "ResnetBlock2D"]
+    torch.testing.assert_close(checkpointed[0], plain[0], rtol=0, atol=0)
+    torch.testing.assert_close(checkpointed[1], plain[1], rtol=1e-6, atol=1e-7)
+    assert plain[1].abs().max() > 0
+    calls.clear()
+    with torch.no_grad():
+        models.encode_images(images)
+    assert calls == []
+
+    models = load_for(GuidanceConfig(model=str(tiny_sd_path)))
+    assert not models.vae.encoder.gradient_checkpointing
+    _encode_with_gradient(models, images)
+    assert calls == []
