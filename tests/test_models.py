@@ -1,15 +1,19 @@
 """The model loader: Stable Diffusion's parts read once per process, shared, never changed."""
 
 import copy
+import json
 import logging
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
-from tiny_models import pipeline_variant
+from tiny_models import TINY_TRAIN, pipeline_variant
 
 import dreamtext.models as models_module
+from dreamtext.checkpoint import load_checkpoint
+from dreamtext.cli import main
 from dreamtext.descriptor import DescriptorOptions, DescriptorTrainer
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance
@@ -560,3 +564,27 @@ def test_vae_checkpointing_gives_the_same_gradients_keeping_a_fraction(
     assert not models.vae.encoder.gradient_checkpointing
     _encode_with_gradient(models, images)
     assert calls == []
+
+
+def test_a_text_run_with_vae_checkpointing_trains_the_same_field(tmp_path: Path, tiny_sd_path):
+    """``dreamtext text`` with ``guidance: {vae_checkpointing: true}`` in its config file trains
+    what the run without it trains, loss for loss and weight for weight (the same gradients),
+    and records the setting in config.json."""
+    runs = {}
+    for on in (False, True):
+        settings = {**TINY_TRAIN, "preview_every": 0, "checkpoint_every": 3}
+        settings["guidance"] = {"vae_checkpointing": on}
+        config = tmp_path / f"{on}.yaml"
+        config.write_text(yaml.safe_dump(settings))
+        workspace = tmp_path / f"run_{on}"
+        argv = ["text", "a cube", "--model", str(tiny_sd_path), "--config", str(config)]
+        assert main([*argv, "--iters", "3", "--seed", "3", "--workspace", str(workspace)]) == 0
+        saved = json.loads((workspace / "config.json").read_text())
+        assert saved["guidance"]["vae_checkpointing"] is on
+        lines = (workspace / "log.jsonl").read_text().splitlines()
+        runs[on] = ([json.loads(line)["loss"] for line in lines], workspace)
+    assert runs[True][0] == runs[False][0] and len(runs[True][0]) == 3
+    fields = [load_checkpoint(runs[on][1] / "checkpoints" / "last.pt")["field"] for on in runs]
+    assert len(fields[0]) > 5
+    for name, value in fields[0].items():
+        torch.testing.assert_close(fields[1][name], value, rtol=0, atol=0)
