@@ -277,6 +277,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--trainer": "benchmarks/sds_step.py",
     "--fitted": "benchmarks/sds_step.py",
     "--gpu-memory-gib": "benchmarks/sds_step.py",
+    "--dtype": "benchmarks/encoder_memory.py",
 }
 
 
