@@ -64,7 +64,9 @@ class GuidanceConfig:
     attention in slices), ``vae_slicing`` (encode a batch one image at a time), ``vae_tiling``
     (encode large images in tiles), ``vae_checkpointing`` (the SDS step's encode keeps its
     blocks' inputs only and its backward recomputes one ResNet block at a time: the same
-    gradients, a peak ~900 MiB lower at 512 px in fp16, one more encoder forward a step),
+    gradients, one more encoder forward a step; in 2-byte precision the encode's peak drops by
+    ~0.9 GiB, a 64 px step's by ~0.5-0.6 GiB, ``benchmarks/encoder_memory.py`` and
+    ``memory_model.py``),
     ``channels_last`` (U-Net and VAE in NHWC; ``None``: on for
     fp16/bf16 on CUDA), ``compile`` (``torch.compile`` the U-Net; CUDA only, ignored with a
     warning on the CPU), ``compile_vae`` (``torch.compile`` the VAE encoder's forward and
