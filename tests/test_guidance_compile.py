@@ -305,3 +305,28 @@ def test_a_batch_with_compile_builds_the_guidances_graphs_once(
     records = batch("three", "a red cube", "image:mug.png", "a blue cube")
     assert [r["status"] for r in records] == ["finished"] * 3
     assert built == first
+
+
+def test_the_compiled_encoder_with_vae_checkpointing_gives_the_eager_gradients(
+    tiny_sd_path: Path, compiles_on_the_cpu
+):
+    """``guidance.vae_checkpointing`` under ``compile_vae``: dynamo traces the encoder's
+    checkpointed ResNet blocks (torch.utils.checkpoint as a higher-order op, its recompute
+    moved into the compiled backward), the first call's check passes, and latents and
+    gradients are the eager, uncheckpointed encoder's."""
+    images = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    eager = encode_with_gradient(
+        StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path))).models.encode_images,
+        images,
+    )
+    cfg = GuidanceConfig(model=str(tiny_sd_path), compile_vae=True, vae_checkpointing=True)
+    guidance = StableDiffusionGuidance(cfg)
+    assert guidance.models.vae.encoder.gradient_checkpointing
+    torch._dynamo.utils.counters.clear()
+    compiled = encode_with_gradient(guidance.encode_images, images)
+    assert guidance._encoder_checked
+    # One graph, forward and backward: the checkpoints are traced, not broken at.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
