@@ -271,9 +271,9 @@ check trainer_unet_graphs 200 python3 benchmarks/sds_step.py --trainer --model s
 # 6v. Not in the default set: guidance.vae_checkpointing (new in stop 56, not run on a GPU): the
 #    SDS encode keeps its blocks' inputs and recomputes one ResNet block at a time in backward.
 #    On the CPU (bf16, benchmarks/encoder_memory.py) it took the encode's peak from 1,523 to 642
-#    MiB eagerly and from 1,130 to 515 MiB compiled: as CUDA graphs, ~0.6 GiB less in their pool,
-#    which would bring --compile's 64 px trainer (5,020-5,106 MiB reserved in stop 55) under the
-#    target's 5 GB (4,768 MiB). The encode alone first (eager and compiled, peak and ms), then
+#    MiB eagerly and from 1,130 to 515 MiB compiled. If the CUDA graphs' pool shrinks by as much
+#    (~0.6 GiB), --compile's 64 px trainer (5,020-5,106 MiB reserved in stop 55) comes under the
+#    target's 5 GB (4,768 MiB): a prediction. The encode alone first (eager and compiled, peak and ms), then
 #    check fitted_graphs' and check compile's rows with it, for their time and memory.
 check encoder_memory 240 bash -c 'python3 benchmarks/encoder_memory.py --device cuda \
     --dtype fp16 --render 64 --repeats 5 && python3 benchmarks/encoder_memory.py \
