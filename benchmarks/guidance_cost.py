@@ -172,6 +172,44 @@ class Kept:
         return sum(self.storages.values()) / 2**20
 
 
+def kept_by_block(models: SimpleNamespace, size: int) -> dict[str, float]:
+    """What the VAE encode on a ``size`` px render keeps for its backward, in MiB, by the
+    encoder's module that saved it: ``conv_in``, ``down_blocks.0`` …, ``mid_block``, and
+    ``other`` for the rest (the resize, the encoder's output layers, the posterior's mean). Each
+    storage counts once, for the first module that saves it; the weights are left out."""
+    encoder = models.vae.encoder
+    weights = {p.untyped_storage()._cdata for p in models.vae.parameters()}
+    blocks = {"conv_in": encoder.conv_in}
+    blocks.update({f"down_blocks.{i}": block for i, block in enumerate(encoder.down_blocks)})
+    blocks["mid_block"] = encoder.mid_block
+    current = ["other"]
+    owner: dict[int, tuple[str, int]] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in weights:
+            owner.setdefault(storage._cdata, (current[0], storage.nbytes()))
+        return tensor
+
+    handles = []
+    for name, module in blocks.items():
+        handles.append(
+            module.register_forward_pre_hook(lambda *_, n=name: current.__setitem__(0, n))
+        )
+        handles.append(module.register_forward_hook(lambda *_: current.__setitem__(0, "other")))
+    try:
+        with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            render = torch.rand(1, 3, size, size, requires_grad=True)
+            StableDiffusionModels.encode_images(models, render)
+    finally:
+        for handle in handles:
+            handle.remove()
+    kept = dict.fromkeys([*blocks, "other"], 0.0)
+    for name, nbytes in owner.values():
+        kept[name] += nbytes / 2**20
+    return kept
+
+
 def build_models(configs: Path, channels_last: bool = False) -> SimpleNamespace:
     """The VAE and U-Net of ``configs`` on the meta device in fp16, frozen (in NHWC with
     ``channels_last``), in the shape :meth:`StableDiffusionModels.encode_images` reads (``vae``,
@@ -250,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="VAE, U-Net and their inputs in NHWC, as a --fp16/--bf16 run on CUDA has them",
     )
+    parser.add_argument(
+        "--blocks",
+        action="store_true",
+        help="also what the VAE encode keeps for backward by block of the encoder",
+    )
     parser.add_argument("--out", type=Path, help="append the section to this markdown file")
     args = parser.parse_args(argv)
     if any(size < 1 for size in args.sizes):
@@ -263,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command}` (torch {torch.__version__}, fp16, batch 1, "
         f"{'channels_last' if args.channels_last else 'contiguous'})\n\n{table(rows)}\n"
     )
+    if args.blocks:
+        # The resize is all the render size changes: the encoder runs at its 512 px.
+        kept = kept_by_block(models, args.sizes[0])
+        lines = ["| encoder module | kept MiB |", "|---|---|"]
+        lines += [f"| {name} | {mib:.0f} |" for name, mib in kept.items()]
+        lines.append(f"| total | {sum(kept.values()):.0f} |")
+        report += (
+            "\nWhat the VAE encode keeps for backward, by module:\n\n" + "\n".join(lines) + "\n"
+        )
     publish(report, args.out)
     return 0
 

@@ -528,7 +528,7 @@ def checkpoint_by_resnet(module: torch.nn.Module, *args: Any) -> Any:
     ResNet blocks would be recomputed twice. Anything else is checkpointed whole. The backward
     then holds one ResNet block's activations at a time, where checkpointing by block it would
     hold the first down block's two: at SD's 512 px that block keeps 832 of the encoder's 1,586
-    MiB in fp16 (``benchmarks/guidance_cost.py``'s ``Kept`` on the meta device, per block).
+    MiB in fp16 (``python benchmarks/guidance_cost.py --blocks``).
     """
     from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D
     from torch.utils.checkpoint import checkpoint

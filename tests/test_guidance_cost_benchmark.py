@@ -91,3 +91,26 @@ def test_channels_last_puts_the_models_and_the_unets_input_in_nhwc(bench, capsys
     assert "fp16, batch 1, channels_last)" in printed
     unet = next(line for line in printed.splitlines() if "U-Net, CFG batch of 2" in line)
     assert " | 1608.5 | " in unet  # the layout changes copies, never the work
+
+
+def test_the_encoders_kept_bytes_are_split_by_block_and_add_up(bench, capsys):
+    """``--blocks``: what the encode keeps, by module of SD-2.1-base's encoder at its 512 px.
+    The modules' shares add up to the encode's own "kept MiB" and shrink block by block (each
+    down block works at half the side with twice the channels: half the bytes a tensor); the
+    first block's 832 MiB are over half of the 1,586, which is why vae_checkpointing recomputes
+    it one ResNet block at a time."""
+    assert bench.main(["--sizes", "64", "--blocks"]) == 0
+    printed = capsys.readouterr().out
+    encode = next(line for line in printed.splitlines() if "| VAE encode, forward |" in line)
+    blocks = dict(
+        (line.split(" | ")[0].strip("| "), float(line.split(" | ")[1].strip(" |")))
+        for line in printed.split("by module:")[1].splitlines()
+        if line.startswith("| ") and not line.startswith("| encoder module")
+    )
+    assert float(encode.split(" | ")[4]) == blocks["total"]
+    assert sum(v for name, v in blocks.items() if name != "total") == pytest.approx(
+        blocks["total"], abs=4
+    )
+    downs = [blocks[f"down_blocks.{i}"] for i in range(4)]
+    assert downs[0] == 832 and downs[1] / downs[0] == pytest.approx(0.44, abs=0.02)
+    assert downs == sorted(downs, reverse=True) and downs[0] > blocks["total"] / 2
