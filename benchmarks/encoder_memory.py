@@ -28,7 +28,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from memory_model import live_bytes  # noqa: E402
 from normal_quality import command_line  # noqa: E402
 from sds_step import publish  # noqa: E402
 
@@ -78,20 +78,13 @@ def encode_with_backward(encode, render: torch.Tensor) -> torch.Tensor:
 
 def cpu_peak(run) -> tuple[float, torch.Tensor]:
     """``run()``'s peak of live CPU tensor bytes above those live before it, in MiB, from the
-    profiler's memory events; and what it returned."""
+    profiler's memory events (``memory_model.live_bytes``); and what it returned."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = run()
-    with tempfile.TemporaryDirectory() as folder:
-        trace = Path(folder) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text(encoding="utf-8"))["traceEvents"]
-    memory = [e["args"] for e in events if e.get("name") == "[memory]"]
-    if not memory:
-        return 0.0, result
-    before = memory[0]["Total Allocated"] - memory[0]["Bytes"]
-    return (max(m["Total Allocated"] for m in memory) - before) / 2**20, result
+    _, alive = live_bytes(prof)
+    return max(alive, default=0) / 2**20, result
 
 
 def cuda_peak(run) -> tuple[float, torch.Tensor]:
