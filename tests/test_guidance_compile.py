@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_models import TINY_TRAIN
+from tiny_models import TINY_TRAIN, encode_with_gradient
 
 import dreamtext.models as models_module
 from dreamtext.cli import main
@@ -36,14 +36,6 @@ def compiles_on_the_cpu(monkeypatch):
     torch._dynamo.reset()
     yield monkeypatch
     torch._dynamo.reset()
-
-
-def encode_with_gradient(encode, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    leaf = images.clone().requires_grad_(True)
-    latents = encode(leaf)
-    weights = torch.linspace(-1, 1, latents.numel()).reshape(latents.shape)
-    (latents * weights).sum().backward()
-    return latents.detach(), leaf.grad
 
 
 def test_compile_vae_is_ignored_with_a_warning_on_the_cpu(tiny_sd_path: Path, caplog):

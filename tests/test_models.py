@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
-from tiny_models import TINY_TRAIN, pipeline_variant
+from tiny_models import TINY_TRAIN, encode_with_gradient, pipeline_variant
 
 import dreamtext.models as models_module
 from dreamtext.checkpoint import load_checkpoint
@@ -517,15 +517,6 @@ def test_a_model_folder_this_user_may_not_read_is_named_not_called_damaged(
     assert "read access" in message and "damaged" not in message
 
 
-def _encode_with_gradient(models, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents, and the gradient of a fixed weighting of them to ``images``."""
-    leaf = images.clone().requires_grad_(True)
-    latents = models.encode_images(leaf)
-    scale = torch.linspace(-1, 1, latents.numel()).reshape(latents.shape)
-    (latents * scale).sum().backward()
-    return latents.detach(), leaf.grad
-
-
 def test_vae_checkpointing_gives_the_same_gradients_keeping_a_fraction(
     tiny_sd_path: Path, monkeypatch
 ):
@@ -537,7 +528,9 @@ def test_vae_checkpointing_gives_the_same_gradients_keeping_a_fraction(
     import torch.utils.checkpoint
 
     images = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    plain = _encode_with_gradient(load_for(GuidanceConfig(model=str(tiny_sd_path))), images)
+    plain = encode_with_gradient(
+        load_for(GuidanceConfig(model=str(tiny_sd_path))).encode_images, images
+    )
     calls = []
     real = torch.utils.checkpoint.checkpoint
 
@@ -548,7 +541,7 @@ def test_vae_checkpointing_gives_the_same_gradients_keeping_a_fraction(
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
     models = load_for(GuidanceConfig(model=str(tiny_sd_path), vae_checkpointing=True))
     assert models.vae.encoder.gradient_checkpointing
-    checkpointed = _encode_with_gradient(models, images)
+    checkpointed = encode_with_gradient(models.encode_images, images)
     # The mid-block (a ResNet block, attention, a ResNet block) checkpoints its second ResNet
     # block itself, and is not checkpointed again around it.
     assert calls == ["ResnetBlock2D", "Downsample2D", "ResnetBlock2D", "ResnetBlock2D"]
@@ -562,7 +555,7 @@ def test_vae_checkpointing_gives_the_same_gradients_keeping_a_fraction(
 
     models = load_for(GuidanceConfig(model=str(tiny_sd_path)))
     assert not models.vae.encoder.gradient_checkpointing
-    _encode_with_gradient(models, images)
+    encode_with_gradient(models.encode_images, images)
     assert calls == []
 
 
