@@ -147,17 +147,21 @@ class Measured:
 
 class Kept:
     """The bytes of the distinct storages autograd saves for backward inside the ``with`` block,
-    the storages of ``weights`` (the models' parameters) left out."""
+    the storages of ``weights`` (the models' parameters) left out. Each storage is credited to
+    the ``label`` set when it was first saved (:meth:`mib_by_label`)."""
 
     def __init__(self, weights: set[int]) -> None:
         self.weights = weights
         self.storages: dict[int, int] = {}
+        self.label = ""
+        self.labels: dict[int, str] = {}
         self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage._cdata not in self.weights:
+        if storage._cdata not in self.weights and storage._cdata not in self.storages:
             self.storages[storage._cdata] = storage.nbytes()
+            self.labels[storage._cdata] = self.label
         return tensor
 
     def __enter__(self) -> Kept:
@@ -171,6 +175,13 @@ class Kept:
     def mib(self) -> float:
         return sum(self.storages.values()) / 2**20
 
+    def mib_by_label(self, labels: list[str]) -> dict[str, float]:
+        """MiB kept under each of ``labels``, in their order."""
+        kept = dict.fromkeys(labels, 0.0)
+        for key, nbytes in self.storages.items():
+            kept[self.labels[key]] += nbytes / 2**20
+        return kept
+
 
 def kept_by_block(models: SimpleNamespace, size: int) -> dict[str, float]:
     """What the VAE encode on a ``size`` px render keeps for its backward, in MiB, by the
@@ -182,32 +193,22 @@ def kept_by_block(models: SimpleNamespace, size: int) -> dict[str, float]:
     blocks = {"conv_in": encoder.conv_in}
     blocks.update({f"down_blocks.{i}": block for i, block in enumerate(encoder.down_blocks)})
     blocks["mid_block"] = encoder.mid_block
-    current = ["other"]
-    owner: dict[int, tuple[str, int]] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage._cdata not in weights:
-            owner.setdefault(storage._cdata, (current[0], storage.nbytes()))
-        return tensor
-
+    kept = Kept(weights)
+    kept.label = "other"
     handles = []
     for name, module in blocks.items():
         handles.append(
-            module.register_forward_pre_hook(lambda *_, n=name: current.__setitem__(0, n))
+            module.register_forward_pre_hook(lambda *_, n=name: setattr(kept, "label", n))
         )
-        handles.append(module.register_forward_hook(lambda *_: current.__setitem__(0, "other")))
+        handles.append(module.register_forward_hook(lambda *_: setattr(kept, "label", "other")))
     try:
-        with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.device("meta"), kept:
             render = torch.rand(1, 3, size, size, requires_grad=True)
             StableDiffusionModels.encode_images(models, render)
     finally:
         for handle in handles:
             handle.remove()
-    kept = dict.fromkeys([*blocks, "other"], 0.0)
-    for name, nbytes in owner.values():
-        kept[name] += nbytes / 2**20
-    return kept
+    return kept.mib_by_label([*blocks, "other"])
 
 
 def build_models(configs: Path, channels_last: bool = False) -> SimpleNamespace:
