@@ -11,6 +11,10 @@
                                                      # of albedo and shaded phases per preset
     python benchmarks/sds_step.py --trainer --presets default --compile
                                                      # the same with the U-Net compiled
+    python benchmarks/sds_step.py --trainer --presets default --compile --fitted sphere
+                                                     # the trainer from a field fitted to a
+                                                     # sphere: a trained run's surface, not
+                                                     # a fresh field's fog
     python benchmarks/sds_step.py --descriptor --model sd21-random --precisions fp16
                                                      # `dreamtext image`'s descriptor training:
                                                      # step time and peak memory
@@ -43,12 +47,19 @@ training step" for previews. ``--compile`` runs every row with ``torch.compile``
 ``--render '{"compile_field": false}'`` keeps them eager and ``true`` is ``dreamtext text
 --compile``'s (a failure is then an error); the "field MLPs" column says how each row ran. The
 U-Net's compilation falls in the warm-up steps (or the first half of a trainer row), so give
-those enough steps.
+those enough steps. With ``--fitted SHAPE`` the trainer's field starts from the default field
+fitted to that shape (as the single-step rows' does): a fresh field is a fog around the density
+blob that the marcher keeps 60-70 samples a ray of, a trained one a surface it keeps 10-16 of, so
+the fresh rows time a run's first steps and the fitted ones its later (shaded) steps. The
+random-weight model's guidance turns no field into an object (and a fitted one back into fog), so
+the fitted rows keep their field as it starts: its optimiser steps with a learning rate of 0
+(:func:`fields_starting_from`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -57,9 +68,10 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -68,6 +80,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from dreamtext import trainer as trainer_module  # noqa: E402
 from dreamtext.cameras import Poses, sample_poses, view_of  # noqa: E402
 from dreamtext.config import resolve_config  # noqa: E402
 from dreamtext.devices import free_memory, use_expandable_segments  # noqa: E402
@@ -429,8 +442,11 @@ def trainer_row(
     phase: str,
     args: argparse.Namespace,
     device: torch.device,
+    start: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Run the trainer for ``args.steps`` steps; steady it/s and peak reserved memory."""
+    """Run the trainer for ``args.steps`` steps; steady it/s and peak reserved memory.
+    ``start``: the field's parameters at step 0 (:func:`fitted_state`, ``--fitted``) instead of
+    a fresh field's."""
     import tempfile
 
     from dreamtext.trainer import train
@@ -458,6 +474,7 @@ def trainer_row(
         "phase": phase,
         "precision": precision,
         "compile": compile_label(args.compile, device, args.guidance),
+        "field": "fresh" if start is None else f"fitted {args.fitted}",
     }
     # In memory where there is /dev/shm: the trainer fsyncs status.json at every logged step
     # (every step here, every 10th in a user's run), which a disk would add to the step time.
@@ -471,7 +488,8 @@ def trainer_row(
         row["render"] = render_label(args.render)
         free_device_memory(device)
         try:
-            train(cfg)
+            with fields_starting_from(start):
+                train(cfg)
         except DreamtextError as error:  # out of memory, as a user sees it: report, go on
             return {**row, "status": str(error).split(";")[0]}
         # The trainer resets the peak statistics when its loop starts.
@@ -500,6 +518,34 @@ def trainer_row(
         "deferred": f"{deferred}/{len(records)}",
         "status": "ok",
     }
+
+
+@contextlib.contextmanager
+def fields_starting_from(state: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """Within the block the trainer's field is ``state`` (none: as built) and stays it: its
+    parameters are loaded into the field :func:`dreamtext.factory.build_parts` gives the trainer,
+    whose optimiser then steps them with a learning rate of 0. The random model's guidance would
+    otherwise turn a fitted field back into fog within a few steps (Adam's first steps move every
+    parameter with a gradient by about the learning rate: the tiny model's trainer from a fitted
+    sphere at 64 px, albedo, kept 27, 46, 41, 54, 59, 58 samples a ray in its first six steps),
+    where a real prompt's run keeps its surface. A step of 0 costs what a real Adam step costs.
+    The occupancy grid is the trainer's own: every cell occupied until its first refresh, after
+    step ``render.grid_update_every`` (16), as in a user's run; give a row steps past twice
+    that, so that its second half, which the rate is taken over, has a refreshed grid."""
+    if state is None:
+        yield
+        return
+    build = trainer_module.build_parts
+
+    def build_from_state(*args, **kwargs):
+        parts = build(*args, **kwargs)
+        parts.field.load_state_dict(state)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = 0.0
+        return parts
+
+    with mock.patch.object(trainer_module, "build_parts", build_from_state):
+        yield
 
 
 def field_mlps_label(workspace: Path) -> str:
@@ -541,6 +587,7 @@ TRAINER_COLUMNS = [
     ("phase", "phase"),
     ("normals", "normals"),
     ("density_head", "density head"),
+    ("field", "field at step 0"),
     ("its", "it/s (steady)"),
     ("peak_mib", "peak reserved MiB"),
     ("run_peak_mib", "with the final preview"),
@@ -673,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
         "--fitted",
         choices=FITTED_SHAPES,
         help="start each row's field fitted to this shape (a trained run's sharp surface and "
-        "empty space), not fresh (a fog: the most samples) [fresh]",
+        "empty space), not fresh (a fog: the most samples); with --trainer the trainer's field "
+        "starts from it [fresh]",
     )
     parser.add_argument("--trainer", action="store_true", help="time the real trainer instead")
     parser.add_argument(
@@ -757,19 +805,23 @@ def main(argv: list[str] | None = None) -> int:
         precisions = ["fp32"]
 
     folder = model_folder(model_name, args.cache, device)
-    if (args.trainer or args.descriptor) and args.fitted:
-        parser.error("--fitted is for the single-step rows, not --trainer or --descriptor")
+    if args.descriptor and args.fitted:
+        parser.error("--fitted is for the SDS step and --trainer rows, not --descriptor")
     if (args.trainer or args.descriptor) and folder is None:
         parser.error("--trainer and --descriptor need a model: --model tiny on a CPU, sd21-random")
     if args.descriptor:
         rows = [descriptor_row(folder, p, device, args.repeats, args.warmup) for p in precisions]
         table = table_of(rows, DESCRIPTOR_COLUMNS)
     elif args.trainer:
+        start = None  # the fitted field every row starts from, fitted (or read) once
+        if args.fitted:
+            head = resolve_config({"prompt": PROMPT, "field": field_overrides(args)}).field
+            start = fitted_state(args.fitted, head.density_head, args.cache, device)
         rows = []
         for precision in precisions:
             for preset in args.presets:
                 for phase in ("albedo", "shaded"):
-                    rows.append(trainer_row(folder, precision, preset, phase, args, device))
+                    rows.append(trainer_row(folder, precision, preset, phase, args, device, start))
                     print(trainer_table(rows[-1:]), flush=True)
         table = trainer_table(rows)
     else:

@@ -65,7 +65,7 @@ def test_rows_take_the_guidance_settings_asked_for(sds_step, monkeypatch):
 def test_the_compile_flag_is_parsed(sds_step, monkeypatch, capsys):
     seen = {}
 
-    def fake_trainer_row(model, precision, preset, phase, args, device):
+    def fake_trainer_row(model, precision, preset, phase, args, device, start):
         seen["compile"] = args.compile
         return {"preset": preset, "phase": phase, "status": "ok"}
 
@@ -434,3 +434,89 @@ def test_cudnn_benchmark_is_off_unless_asked(sds_step, monkeypatch):
     assert sds_step.main(argv) == 0
     assert sds_step.main([*argv, "--cudnn-benchmark"]) == 0
     assert seen == [False, True]
+
+
+def test_a_fitted_trainer_row_trains_from_the_fitted_field_and_keeps_it(
+    sds_step, tiny_sd_path, tmp_path
+):
+    """``--trainer --fitted``: the trainer's field starts from the given parameters, and its
+    steps (Adam's included) leave them as they are, so that the random model's guidance cannot
+    fog a fitted field again; the trainer's other parts are untouched."""
+    from tiny_models import TINY_TRAIN
+
+    from dreamtext import trainer
+    from dreamtext.config import resolve_config
+    from dreamtext.field import FieldConfig, NeRFField
+
+    torch.manual_seed(7)
+    start = NeRFField(FieldConfig(**TINY_TRAIN["field"])).state_dict()
+    run = {
+        **TINY_TRAIN,
+        "prompt": "a red castle",
+        "iters": 2,
+        "device": "cpu",
+        "guidance": {"model": str(tiny_sd_path)},
+    }
+    cfg = resolve_config({**run, "workspace": str(tmp_path / "fitted")})
+    built = []
+    build = trainer.build_parts
+
+    def recording_build(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "build_parts", recording_build)
+        with sds_step.fields_starting_from(start):
+            trainer.train(cfg)
+        (parts,) = built
+        trained = parts.field.state_dict()
+        assert trained.keys() == start.keys()
+        for name, value in start.items():
+            assert torch.equal(trained[name], value), name
+        moments = [
+            parts.optimizer.state[p] for g in parts.optimizer.param_groups for p in g["params"]
+        ]
+        assert all(float(m["step"]) == 2 for m in moments if m), "Adam stepped each step"
+        assert any(m and m["exp_avg"].abs().sum() > 0 for m in moments), "with real gradients"
+        # Without a start the trainer's field is its own, and it trains.
+        built.clear()
+        cfg = resolve_config({**run, "workspace": str(tmp_path / "fresh")})
+        with sds_step.fields_starting_from(None):
+            trainer.train(cfg)
+        (fresh,) = built
+        changed = fresh.field.state_dict()
+        assert any(not torch.equal(changed[n], start[n]) for n in start)
+        assert all(g["lr"] > 0 for g in fresh.optimizer.param_groups)
+
+
+def test_fitted_trainer_rows_start_every_row_from_one_fit(sds_step, monkeypatch, capsys):
+    """``--trainer --fitted SHAPE`` fits (or reads) the shape once, for the field the rows'
+    config asks for, hands it to every row, and says so in the table; ``--descriptor`` has no
+    field to fit and refuses it."""
+    fits, starts = [], []
+    monkeypatch.setattr(
+        sds_step,
+        "fitted_state",
+        lambda shape, head, cache, device: fits.append((shape, head)) or {"fitted": shape},
+    )
+
+    def fake_trainer_row(model, precision, preset, phase, args, device, start):
+        starts.append(start)
+        label = "fresh" if start is None else f"fitted {args.fitted}"
+        return {"preset": preset, "phase": phase, "field": label, "status": "ok"}
+
+    monkeypatch.setattr(sds_step, "trainer_row", fake_trainer_row)
+    monkeypatch.setattr(sds_step, "model_folder", lambda *a: "folder")
+    argv = ["--trainer", "--device", "cpu", "--model", "tiny", "--presets", "default", "fitfusion"]
+    assert sds_step.main([*argv, "--fitted", "torus", "--density-head", "separate"]) == 0
+    assert fits == [("torus", "separate")]
+    assert starts == [{"fitted": "torus"}] * 4
+    out = capsys.readouterr().out
+    assert "| field at step 0 |" in out and "| fitted torus |" in out
+    starts.clear()
+    assert sds_step.main(argv) == 0
+    assert starts == [None] * 4 and len(fits) == 1
+    with pytest.raises(SystemExit):
+        sds_step.main(["--descriptor", "--device", "cpu", "--model", "tiny", "--fitted", "cube"])
+    assert "--fitted" in capsys.readouterr().err
