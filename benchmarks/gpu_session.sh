@@ -24,8 +24,9 @@
 #        bash benchmarks/gpu_session.sh encoder_memory fitted_vae_ckpt trainer_vae_ckpt
 #            (the encoder's peak with and without guidance.vae_checkpointing; --compile with it,
 #            single steps of the fitted field and the trainer)
-#        bash benchmarks/gpu_session.sh trainer_fitted   (--compile's trainer rows from a field
-#            fitted to a sphere: a trained run's later steps, not the fresh fog)
+#        bash benchmarks/gpu_session.sh trainer_fitted trainer_fitted_ckpt   (--compile's trainer
+#            rows from a field fitted to a sphere, a trained run's later steps, not the fresh fog;
+#            then with guidance.vae_checkpointing)
 #        bash benchmarks/gpu_session.sh allocator   (FitFusion's trainer, torch's default allocator)
 #        bash benchmarks/gpu_session.sh card12 card12_fixed   (the trainer held to a 12 GB card)
 #        bash benchmarks/gpu_session.sh normals   (analytic against forward-difference normals)
@@ -295,10 +296,17 @@ check trainer_vae_ckpt 200 python3 benchmarks/sds_step.py --trainer --model sd21
 #    issue's trainer targets (64 px 20 it/s, FitFusion shaded 8 it/s) against the trainer's own
 #    overheads (logging, the occupancy grid's refresh every 16 steps, the fp16 scaler), not a
 #    single step's. The sphere is fitted on the GPU first (800 steps, cached beside the model).
-check trainer_fitted 300 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default fitfusion --steps 48 --compile --fitted sphere \
-    --render '{"compile_field": true}' \
+#    Then the same with guidance.vae_checkpointing (check trainer_vae_ckpt's setting): whether
+#    the fitted trainer keeps 64 px at 20 it/s within 5 GB (4,768 MiB) with it, which decides
+#    whether --compile takes it. The second finds the fit and Inductor's caches the first left.
+TRAINER_FITTED="python3 benchmarks/sds_step.py --trainer --model sd21-random --precisions fp16
+    --presets default fitfusion --steps 48 --compile --fitted sphere"
+# shellcheck disable=SC2086
+check trainer_fitted 300 $TRAINER_FITTED --render '{"compile_field": true}' \
     --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
+# shellcheck disable=SC2086
+check trainer_fitted_ckpt 240 $TRAINER_FITTED --render '{"compile_field": true}' --guidance \
+    '{"compile_vae": true, "compile_mode": "reduce-overhead", "vae_checkpointing": true}'
 # 7. Not in the default set: the shaded SDS step with analytic normals (σ, albedo and normals
 #    from one grid lookup with its Jacobian, where forward differences look up four points; on 2
 #    CPU cores 15-25% faster, ~10% more peak memory) beside forward differences (check 3), to
