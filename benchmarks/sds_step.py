@@ -721,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=FITTED_SHAPES,
         help="start each row's field fitted to this shape (a trained run's sharp surface and "
         "empty space), not fresh (a fog: the most samples); with --trainer the trainer's field "
-        "starts from it [fresh]",
+        "starts from it and is held there (learning rate 0) [fresh]",
     )
     parser.add_argument("--trainer", action="store_true", help="time the real trainer instead")
     parser.add_argument(
