@@ -6,6 +6,9 @@
     python benchmarks/memory_model.py --out benchmarks/RESULTS.md  # append the table there
     python benchmarks/memory_model.py --descriptor --presets --steps 2  # `dreamtext image`'s
                                                    # descriptor training alone
+    python benchmarks/memory_model.py --fitted sphere --phases shaded --no-preview
+                                                   # a trained run's steps: the field fitted
+                                                   # to a sphere, not the fresh fog
 
 Without a GPU, ``torch.cuda.max_memory_allocated`` cannot be read, but the bytes behind it can be
 counted: this runs ``dreamtext.trainer.train`` itself (model loading, steps, the final checkpoint
@@ -60,7 +63,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 from allocator_model import LAYOUTS, replay  # noqa: E402
-from sds_step import PROMPT, publish, render_settings, table_of, write_sd21_random  # noqa: E402
+from sds_step import (  # noqa: E402
+    FITTED_SHAPES,
+    PROMPT,
+    fields_starting_from,
+    fitted_state,
+    publish,
+    render_settings,
+    table_of,
+    write_sd21_random,
+)
 
 from dreamtext import factory, field, models, trainer  # noqa: E402
 from dreamtext.config import resolve_config  # noqa: E402
@@ -234,11 +246,15 @@ def model_row(
     preview: bool = True,
     export: bool = False,
     guidance: dict | None = None,
+    start: tuple[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict:
     """Run the trainer for ``steps`` steps under the profiler; the peaks in MiB. Without
     ``preview`` the final preview is skipped (it takes minutes on the CPU at 512 px); with
     ``export`` the run ends with its default export (mesh files and turntable), as a user's;
-    ``guidance``: more settings of the guidance section (``--guidance``)."""
+    ``guidance``: more settings of the guidance section (``--guidance``); ``start``: a shape's
+    name and the fitted field (``sds_step.fitted_state``) the trainer's field starts from and
+    is held at (``sds_step.fields_starting_from``), with the occupancy grid refreshed after every
+    step, so that the steps after the first see a trained run's empty space (``--fitted``)."""
     overrides = {
         "prompt": PROMPT,
         "iters": steps,
@@ -253,6 +269,8 @@ def model_row(
     }
     if size is not None:
         overrides.update(h=size, w=size)
+    if start is not None:
+        overrides["render"] = {"grid_update_every": 1}
     windows: list[tuple[int, int]] = []
     resident: list[int] = []
     step = trainer.train_step
@@ -275,7 +293,10 @@ def model_row(
             overrides["workspace"] = workspace
             cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
             started = time.perf_counter()
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with (
+                fields_starting_from(None if start is None else start[1]),
+                profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+            ):
                 trainer.train(cfg)
             seconds = time.perf_counter() - started
             records = [
@@ -290,6 +311,7 @@ def model_row(
         "preset": preset,
         "px": cfg.h,
         "phase": phase,
+        "field": "fresh" if start is None else f"fitted {start[0]}",
         "steps": len(windows),
         "deferred": f"{sum(r.get('backprop') == 'deferred' for r in records)}/{len(records)}",
         "samples": f"{records[-1]['samples_per_ray']:.1f}",
@@ -373,6 +395,7 @@ COLUMNS = [
     ("preset", "preset"),
     ("px", "render px"),
     ("phase", "phase"),
+    ("field", "field at step 0"),
     ("steps", "steps"),
     ("deferred", "deferred"),
     ("samples", "samples/ray"),
@@ -424,9 +447,19 @@ def main(argv: list[str] | None = None) -> int:
         help="more settings of the guidance section, a JSON object, e.g. "
         "'{\"vae_checkpointing\": true}'",
     )
+    parser.add_argument(
+        "--fitted",
+        choices=FITTED_SHAPES,
+        help="the trainer's field starts from the default field fitted to this shape and is "
+        "held there (as sds_step.py --trainer --fitted), the grid refreshed after every step: "
+        "a trained run's steps, not the fresh fog's [fresh]",
+    )
     parser.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
     model = str(write_sd21_random(args.cache / "sd21-random", torch.device("cpu")))
+    start = None
+    if args.fitted:
+        start = (args.fitted, fitted_state(args.fitted, "shared", args.cache, "cpu"))
     rows = []
     if args.descriptor:
         rows.append(descriptor_row(model, args.steps, not args.no_preview))
@@ -442,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                 not args.no_preview,
                 args.export,
                 args.guidance,
+                start,
             )
             rows.append(row)
             print(table(rows[-1:]), flush=True)

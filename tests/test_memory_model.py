@@ -96,6 +96,24 @@ def test_guidance_settings_reach_the_counted_run(memory_model, tiny_sd_path, mon
     assert seen == [True] and row["steps"] == 1
 
 
+def test_a_run_from_a_given_field_is_counted_on_that_field(memory_model, tiny_sd_path):
+    """``--fitted``: the counted run's field starts from the given parameters and is held
+    there. A field whose density is zero everywhere (its density output's bias far below the
+    blob's +10) keeps no sample, where the fresh field keeps tens a ray; the row says which
+    field it counted."""
+    torch.manual_seed(0)
+    empty = field.NeRFField(field.FieldConfig()).state_dict()
+    empty["output_layer.weight"][0] = 0.0
+    empty["output_layer.bias"][0] = -60.0
+    kept = {}
+    for start in (None, ("empty", empty)):
+        row = memory_model.model_row(
+            str(tiny_sd_path), "default", "albedo", 16, 2, preview=False, start=start
+        )
+        kept[row["field"]] = float(row["samples"])
+    assert kept["fitted empty"] == 0.0 < 10.0 < kept["fresh"]
+
+
 def test_a_tiny_descriptor_training_is_counted(memory_model, tiny_sd_path, monkeypatch):
     from dreamtext import descriptor
 
