@@ -129,20 +129,24 @@ check builtin 90 bash -c 'set -ex
     python3 benchmarks/phase_peaks.py export --workspace /tmp/dreamtext-builtin --no-video \
         --device cuda
     cat /tmp/dreamtext-builtin/mesh/mesh.json'
+# The trainer rows of the --compile checks below: both presets, fp16, 48 steps, the U-Net
+# compiled; each check adds its --render and --guidance settings.
+TRAINER_COMPILED="python3 benchmarks/sds_step.py --trainer --model sd21-random --precisions fp16
+    --presets default fitfusion --steps 48 --compile"
 # 6. Not in the default set (one command may run 600 s at most): the trainer as `dreamtext text
 #    --compile` runs it since stop 55: the U-Net, the VAE encoder and the field's MLPs compiled,
 #    the guidance replayed as CUDA graphs (stop 55's H200: 19.0 / 14.1 it/s at 64 px, 8.5 / 3.3
 #    for FitFusion, on the fresh fog); compiling takes the first steps of the first row.
-check compile 420 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+# shellcheck disable=SC2086
+check compile 420 $TRAINER_COMPILED \
     --render '{"compile_field": true}' \
     --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
 # 6n. Not in the default set: check compile as `dreamtext text --compile` ran it before stop 55
 #    (U-Net and field compiled, the guidance eager otherwise), on the same machine as checks
 #    compile, trainer_vae and trainer_unet_graphs: stop 55's encoder-only rows (11.99 it/s at
 #    64 px albedo) ran below stop 52's U-Net-only ones (16.84) on another H200.
-check compile_unet 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+# shellcheck disable=SC2086
+check compile_unet 200 $TRAINER_COMPILED \
     --render '{"compile_field": true}'
 # 6g. Not in the default set: the field's time per point eagerly and compiled (µs a point on the
 #    H200: albedo 0.036 eagerly, 0.014 compiled; shaded 0.139 and 0.051), then the trainer rows
@@ -238,8 +242,8 @@ check cudagraphs 330 bash -c 'set -e
     python3 benchmarks/sds_step.py --model sd21-random --precisions fp16 --sizes 64 256 \
         --shadings albedo --repeats 5 --warmup 4 --compile \
         --guidance "{\"compile_vae\": true, \"compile_mode\": \"reduce-overhead\"}"'
-check trainer_vae 300 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+# shellcheck disable=SC2086
+check trainer_vae 300 $TRAINER_COMPILED \
     --render '{"compile_field": true}' --guidance '{"compile_vae": true}'
 # 6l. Not in the default set: the SDS step of check fitted as `dreamtext text --compile` ran it
 #    before stop 55 (U-Net and field compiled), then with the guidance's VAE encoder compiled too
@@ -267,8 +271,8 @@ check fitted_graphs 200 $FITTED_COMPILED \
 # shellcheck disable=SC2086
 check fitted_unet_graphs 170 $FITTED_COMPILED --guidance \
     '{"compile_vae": true, "compile_mode": "reduce-overhead", "compile_vae_mode": "default"}'
-check trainer_unet_graphs 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+# shellcheck disable=SC2086
+check trainer_unet_graphs 200 $TRAINER_COMPILED \
     --render '{"compile_field": true}' --guidance \
     '{"compile_vae": true, "compile_mode": "reduce-overhead", "compile_vae_mode": "default"}'
 # 6v. Not in the default set: guidance.vae_checkpointing (new in stop 56, not run on a GPU): the
@@ -284,8 +288,8 @@ check encoder_memory 240 bash -c 'python3 benchmarks/encoder_memory.py --device 
 # shellcheck disable=SC2086
 check fitted_vae_ckpt 200 $FITTED_COMPILED --guidance \
     '{"compile_vae": true, "compile_mode": "reduce-overhead", "vae_checkpointing": true}'
-check trainer_vae_ckpt 200 python3 benchmarks/sds_step.py --trainer --model sd21-random \
-    --precisions fp16 --presets default fitfusion --steps 48 --compile \
+# shellcheck disable=SC2086
+check trainer_vae_ckpt 200 $TRAINER_COMPILED \
     --render '{"compile_field": true}' --guidance \
     '{"compile_vae": true, "compile_mode": "reduce-overhead", "vae_checkpointing": true}'
 # 6f. Not in the default set: check compile's trainer rows (`dreamtext text --compile`) with the
@@ -299,8 +303,7 @@ check trainer_vae_ckpt 200 python3 benchmarks/sds_step.py --trainer --model sd21
 #    Then the same with guidance.vae_checkpointing (check trainer_vae_ckpt's setting): whether
 #    the fitted trainer keeps 64 px at 20 it/s within 5 GB (4,768 MiB) with it, which decides
 #    whether --compile takes it. The second finds the fit and Inductor's caches the first left.
-TRAINER_FITTED="python3 benchmarks/sds_step.py --trainer --model sd21-random --precisions fp16
-    --presets default fitfusion --steps 48 --compile --fitted sphere"
+TRAINER_FITTED="$TRAINER_COMPILED --fitted sphere"
 # shellcheck disable=SC2086
 check trainer_fitted 300 $TRAINER_FITTED --render '{"compile_field": true}' \
     --guidance '{"compile_vae": true, "compile_mode": "reduce-overhead"}'
