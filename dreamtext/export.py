@@ -1153,28 +1153,30 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
     command += ["-crf", str(VIDEO_CRF), "-movflags", "+faststart"]
     even = f"scale={width + width % 2}:{height + height % 2}," if width % 2 or height % 2 else ""
     command += ["-vf", even + VIDEO_COLOURS, str(path)]
-    ffmpeg = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
     said: list[bytes] = []  # read as it comes: a full pipe would stop ffmpeg, and the frames
-    reader = threading.Thread(target=lambda: said.append(ffmpeg.stderr.read()), daemon=True)
-    reader.start()
-    try:
+    # The with-block closes the stderr pipe too, which a batch exporting run after run in one
+    # process would otherwise leave for the garbage collector (a file descriptor a video).
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as ffmpeg:
+        reader = threading.Thread(target=lambda: said.append(ffmpeg.stderr.read()), daemon=True)
+        reader.start()
         try:
-            for image in images:
-                ffmpeg.stdin.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
-            ffmpeg.stdin.close()
-        except BrokenPipeError:  # ffmpeg stopped reading: it has exited, and says why
-            pass
-        status = ffmpeg.wait()
-    except BaseException:  # Ctrl-C, SIGTERM: no ffmpeg left behind
-        ffmpeg.kill()
-        ffmpeg.wait()
-        raise
-    finally:
-        reader.join()
-        with contextlib.suppress(BrokenPipeError):
-            ffmpeg.stdin.close()
+            try:
+                for image in images:
+                    ffmpeg.stdin.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+                ffmpeg.stdin.close()
+            except BrokenPipeError:  # ffmpeg stopped reading: it has exited, and says why
+                pass
+            status = ffmpeg.wait()
+        except BaseException:  # Ctrl-C, SIGTERM: no ffmpeg left behind
+            ffmpeg.kill()
+            ffmpeg.wait()
+            raise
+        finally:
+            reader.join()
+            with contextlib.suppress(BrokenPipeError):
+                ffmpeg.stdin.close()
     if status != 0 or not mp4_is_whole(path):
         raise ffmpeg_failure(status, b"".join(said).decode("utf-8", errors="replace"))
 

@@ -319,7 +319,8 @@ def test_resumed_training_equals_an_uninterrupted_run(tiny_sd_path, tmp_path):
     a = load_file(str(learned_embeds_path(straight)))[DESCRIPTOR_TOKEN]
     b = load_file(str(learned_embeds_path(resumed)))[DESCRIPTOR_TOKEN]
     assert torch.equal(a, b)
-    steps = [json.loads(line)["step"] for line in (resumed / "descriptor" / "log.jsonl").open()]
+    log = (resumed / "descriptor" / "log.jsonl").read_text()
+    steps = [json.loads(line)["step"] for line in log.splitlines()]
     assert steps == [2, 4]
 
 
@@ -329,8 +330,8 @@ def test_previews_are_written(tiny_sd_path, tmp_path):
         iters=2, preview_every=2, preview_samples=2, preview_steps=2, checkpoint_every=0
     )
     train_descriptor(image_path, workspace, GuidanceConfig(model=str(tiny_sd_path)), options)
-    preview = Image.open(workspace / "descriptor" / "previews" / "step_000002.png")
-    assert preview.size == (128, 64)
+    with Image.open(workspace / "descriptor" / "previews" / "step_000002.png") as preview:
+        assert preview.size == (128, 64)
 
 
 def test_checkpoint_of_another_sentence_is_refused(tiny_sd_path, tmp_path):
@@ -381,7 +382,7 @@ def test_a_signal_saves_the_last_finished_step_and_the_rerun_continues_it(
 
     monkeypatch.setattr(DescriptorTrainer, "train_step", real_step)
     train_descriptor(image_path, workspace, guidance, options)
-    steps = [json.loads(line)["step"] for line in (folder / "log.jsonl").open()]
+    steps = [json.loads(line)["step"] for line in (folder / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     a = load_file(str(learned_embeds_path(straight)))[DESCRIPTOR_TOKEN]
     b = load_file(str(learned_embeds_path(workspace)))[DESCRIPTOR_TOKEN]
@@ -396,7 +397,7 @@ def test_log_lines_past_the_checkpoint_are_not_written_twice(tiny_sd_path, tmp_p
     # a run killed after step 3, its checkpoint still at step 2
     log.write_text(log.read_text() + json.dumps({"step": 3, "loss": 1.0}) + "\n")
     train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=4, log_every=1))
-    steps = [json.loads(line)["step"] for line in log.open()]
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert json.loads(log.read_text().splitlines()[2])["loss"] != 1.0
 

@@ -751,11 +751,12 @@ def test_turntable_has_60_frames_rendered_a_few_at_a_time(tmp_path):
     tracer = SphereTracer()
     options = small_options(formats=("ply",))
     result = export_field(SphereField(albedo=direction_albedo), tmp_path, options, tracer)
-    gif = Image.open(tmp_path / "video" / "turntable.gif")
-    assert gif.n_frames == result.frames == 60
-    assert gif.size == (64, 32)  # RGB beside depth
+    with Image.open(tmp_path / "video" / "turntable.gif") as gif:
+        assert gif.n_frames == result.frames == 60
+        assert gif.size == (64, 32)  # RGB beside depth
     assert sum(tracer.calls) == 60 and max(tracer.calls) <= export_module.FRAMES_PER_CHUNK
-    assert imageio.get_reader(tmp_path / "video" / "turntable.mp4").count_frames() == 60
+    with imageio.get_reader(tmp_path / "video" / "turntable.mp4") as reader:
+        assert reader.count_frames() == 60
 
 
 def test_gif_frames_keep_the_colours_and_a_pure_white_background(tmp_path):
@@ -763,9 +764,9 @@ def test_gif_frames_keep_the_colours_and_a_pure_white_background(tmp_path):
     export_field(field, tmp_path, small_options(formats=("ply",)), SphereTracer())
     poses = turntable_poses(60, trimesh.load(tmp_path / "mesh" / "mesh.ply").vertices)
     rendered = render_turntable(field, 60, 32, SphereTracer(), poses)[10].astype(float)
-    gif = Image.open(tmp_path / "video" / "turntable.gif")
-    gif.seek(10)
-    frame = np.asarray(gif.convert("RGB")).astype(float)
+    with Image.open(tmp_path / "video" / "turntable.gif") as gif:
+        gif.seek(10)
+        frame = np.asarray(gif.convert("RGB")).astype(float)
     assert np.abs(frame - rendered).mean() < 4.0  # of 255: dithering, no banding into patches
     np.testing.assert_array_equal(frame[0, 0], [255, 255, 255])
 
@@ -776,13 +777,13 @@ def test_gif_turns_as_fast_as_the_mp4(tmp_path):
         SphereField(albedo=direction_albedo), tmp_path, small_options(formats=("ply",)),
         SphereTracer(),
     )  # fmt: skip
-    gif = Image.open(tmp_path / "video" / "turntable.gif")
     durations = []
-    for index in range(gif.n_frames):
-        gif.seek(index)
-        durations.append(gif.info["duration"])
-    mp4 = imageio.get_reader(tmp_path / "video" / "turntable.mp4")
-    mp4_ms = 1000 * mp4.count_frames() / mp4.get_meta_data()["fps"]
+    with Image.open(tmp_path / "video" / "turntable.gif") as gif:
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+    with imageio.get_reader(tmp_path / "video" / "turntable.mp4") as mp4:
+        mp4_ms = 1000 * mp4.count_frames() / mp4.get_meta_data()["fps"]
     assert sum(durations) == pytest.approx(mp4_ms) == 2000
     assert set(durations) <= {30, 40}
 
@@ -830,7 +831,8 @@ def test_the_mp4_decoded_as_it_says_gives_the_frames_colours_back(tmp_path, heig
     frame, colours = colour_bars(height)
     mp4 = tmp_path / "turntable.mp4"
     export_module._write_mp4([frame] * 2, mp4)
-    decoded = imageio.get_reader(mp4).get_data(0)
+    with imageio.get_reader(mp4) as reader:
+        decoded = reader.get_data(0)
     for i, colour in enumerate(colours):
         centre = decoded[height // 2, i * height // 2 + height // 4].astype(int)
         assert np.abs(centre - colour).max() <= 4, (colour, centre)
@@ -1052,6 +1054,24 @@ def test_ffmpegs_own_lines_stay_off_stderr_and_a_full_disk_is_its_os_error(
     assert (raised.value.errno, raised.value.filename) == (number, str(mp4))
     assert capfd.readouterr().err == ""
     assert not (tmp_path / "video").exists()
+
+
+def test_the_mp4_writer_leaves_no_pipe_open(tmp_path):
+    """Each video closes ffmpeg's pipes itself, written or failed: a batch exports run after run
+    in one process, and a pipe left to the garbage collector holds a file descriptor until then
+    (it said so as a ResourceWarning)."""
+    import gc
+    import warnings
+
+    images = [np.zeros((32, 32, 3), dtype=np.uint8)] * 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        export_module._write_mp4(images, tmp_path / "turntable.mp4")
+        with pytest.raises(DreamtextError):
+            export_module._write_mp4(images, tmp_path / "missing" / "turntable.mp4")
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
 
 
 def test_another_ffmpeg_failure_ends_its_one_line_with_ffmpegs_last_words(tmp_path, capfd):
@@ -2424,6 +2444,7 @@ def test_a_staging_folder_of_another_machines_export_is_removed_once_it_was_kill
     finally:
         writer.kill()
         writer.wait()
+        writer.stdout.close()
     export_module.finish_replacements(tmp_path)  # killed a moment ago: its lock could be local
     assert staging.is_dir()
     an_hour_ago = time.time() - export_module.ELSEWHERE_GRACE_S - 1

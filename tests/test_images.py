@@ -158,7 +158,8 @@ def test_16_bit_grayscale_png_keeps_its_transparent_gray_value_transparent(tmp_p
     path = tmp_path / "gray16_trns.png"
     values = np.array([[0, 65535, 32768, 0]], dtype=np.uint16)
     Image.fromarray(values).save(path, transparency=0)
-    assert Image.open(path).info.get("transparency") == 0
+    with Image.open(path) as saved:
+        assert saved.info.get("transparency") == 0
     rgb = np.asarray(load_image(path))
     assert rgb[0, :, 0].tolist() == [255, 255, 128, 255]
 

@@ -252,7 +252,8 @@ def test_sampled_images_depend_on_the_seed(tmp_path, tiny_sd_path):
     def sample(seed, name):
         guidance = GuidanceConfig(model=str(tiny_sd_path))
         path = sample_image("a red cube", guidance, seed, tmp_path / name, steps=2)
-        return np.asarray(Image.open(path))
+        with Image.open(path) as image:
+            return np.asarray(image)
 
     first, again, other = sample(1, "a.png"), sample(1, "b.png"), sample(2, "c.png")
     assert first.shape == (64, 64, 3)

@@ -42,7 +42,7 @@ def config(workspace, iters=ITERS):
 def outcome(workspace):
     """The trained field, the occupancy grid and every logged number but the speed."""
     state = load_checkpoint(workspace / "checkpoints" / "last.pt")
-    records = [json.loads(line) for line in (workspace / "log.jsonl").open()]
+    records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
     for record in records:
         record.pop("its")
     return state, records

@@ -255,7 +255,8 @@ def test_shaded_steps_in_fp16_with_deferred_backprop_train_on_cuda(tmp_path, tin
         "--encoding torch --fp16 --h 32 --w 32 --iters 3 --seed 1 --no-export --workspace run",
         tmp_path,
     )
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    records = [json.loads(line) for line in log.splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert {r["backprop"] for r in records} == {"deferred"}
     assert {r["shading"] for r in records} <= {"textureless", "lambertian"}
