@@ -66,6 +66,7 @@ from allocator_model import LAYOUTS, replay  # noqa: E402
 from sds_step import (  # noqa: E402
     FITTED_SHAPES,
     PROMPT,
+    FittedStart,
     fields_starting_from,
     fitted_state,
     publish,
@@ -246,7 +247,7 @@ def model_row(
     preview: bool = True,
     export: bool = False,
     guidance: dict | None = None,
-    start: tuple[str, dict[str, torch.Tensor]] | None = None,
+    start: FittedStart | None = None,
 ) -> dict:
     """Run the trainer for ``steps`` steps under the profiler; the peaks in MiB. Without
     ``preview`` the final preview is skipped (it takes minutes on the CPU at 512 px); with
@@ -278,11 +279,11 @@ def model_row(
     def timed_step(run):
         if not resident:
             resident.extend(device_tensors(run))
-        start = time.time_ns()
+        began = time.time_ns()
         try:
             return step(run)
         finally:
-            windows.append((start, time.time_ns()))
+            windows.append((began, time.time_ns()))
 
     models.clear_cache()
     try:

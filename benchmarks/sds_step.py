@@ -373,6 +373,8 @@ def measure(
 # count hardly matters: 2 → 32 updates gave 11.4 → 12.5 samples a ray (the sphere, 64 px, CPU).
 FITTED_GRID_UPDATES = 8
 FITTED_SHAPES = ("sphere", "cube", "torus")
+# Where a trainer row's field starts: the shape's name (the row's label) and its fitted parameters.
+FittedStart = tuple[str, dict[str, torch.Tensor]]
 
 
 def fitted_state(
@@ -442,11 +444,11 @@ def trainer_row(
     phase: str,
     args: argparse.Namespace,
     device: torch.device,
-    start: dict[str, torch.Tensor] | None = None,
+    start: FittedStart | None = None,
 ) -> dict:
     """Run the trainer for ``args.steps`` steps; steady it/s and peak reserved memory.
-    ``start``: the field's parameters at step 0 (:func:`fitted_state`, ``--fitted``) instead of
-    a fresh field's."""
+    ``start``: a shape's name and the field's parameters at step 0 (:func:`fitted_state`,
+    ``--fitted``) instead of a fresh field's."""
     import tempfile
 
     from dreamtext.trainer import train
@@ -474,7 +476,7 @@ def trainer_row(
         "phase": phase,
         "precision": precision,
         "compile": compile_label(args.compile, device, args.guidance),
-        "field": "fresh" if start is None else f"fitted {args.fitted}",
+        "field": "fresh" if start is None else f"fitted {start[0]}",
     }
     # In memory where there is /dev/shm: the trainer fsyncs status.json at every logged step
     # (every step here, every 10th in a user's run), which a disk would add to the step time.
@@ -488,7 +490,7 @@ def trainer_row(
         row["render"] = render_label(args.render)
         free_device_memory(device)
         try:
-            with fields_starting_from(start):
+            with fields_starting_from(None if start is None else start[1]):
                 train(cfg)
         except DreamtextError as error:  # out of memory, as a user sees it: report, go on
             return {**row, "status": str(error).split(";")[0]}
@@ -816,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         start = None  # the fitted field every row starts from, fitted (or read) once
         if args.fitted:
             head = resolve_config({"prompt": PROMPT, "field": field_overrides(args)}).field
-            start = fitted_state(args.fitted, head.density_head, args.cache, device)
+            start = (args.fitted, fitted_state(args.fitted, head.density_head, args.cache, device))
         rows = []
         for precision in precisions:
             for preset in args.presets:

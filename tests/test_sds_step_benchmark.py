@@ -503,7 +503,7 @@ def test_fitted_trainer_rows_start_every_row_from_one_fit(sds_step, monkeypatch,
 
     def fake_trainer_row(model, precision, preset, phase, args, device, start):
         starts.append(start)
-        label = "fresh" if start is None else f"fitted {args.fitted}"
+        label = "fresh" if start is None else f"fitted {start[0]}"
         return {"preset": preset, "phase": phase, "field": label, "status": "ok"}
 
     monkeypatch.setattr(sds_step, "trainer_row", fake_trainer_row)
@@ -511,7 +511,7 @@ def test_fitted_trainer_rows_start_every_row_from_one_fit(sds_step, monkeypatch,
     argv = ["--trainer", "--device", "cpu", "--model", "tiny", "--presets", "default", "fitfusion"]
     assert sds_step.main([*argv, "--fitted", "torus", "--density-head", "separate"]) == 0
     assert fits == [("torus", "separate")]
-    assert starts == [{"fitted": "torus"}] * 4
+    assert starts == [("torus", {"fitted": "torus"})] * 4
     out = capsys.readouterr().out
     assert "| field at step 0 |" in out and "| fitted torus |" in out
     starts.clear()
