@@ -28,6 +28,7 @@ and right) and with view-dependent prompts off. Appends a markdown table to
     python benchmarks/shapes.py --field '{"density_head": "separate"}'
     python benchmarks/shapes.py --cameras '{"polar_range": [30, 100]}'
     python benchmarks/shapes.py --settings '{"lambda_density": 10}'
+    python benchmarks/shapes.py --guidance '{"views": {"bottom": 90}}'
 """
 
 from __future__ import annotations
@@ -193,6 +194,15 @@ def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views
     )
 
 
+def guidance_settings(given: dict, row: dict) -> dict:
+    """The guidance section of a run: ``given`` (``--guidance``), the row's view settings over
+    it (a ``views`` dict merged key by key), the built-in prior as the model."""
+    merged = {**given, **row, "model": "builtin:shapes"}
+    if isinstance(given.get("views"), dict) and "views" in row:
+        merged["views"] = {**given["views"], **row["views"]}
+    return merged
+
+
 def run(
     caption: str,
     views: str,
@@ -202,11 +212,14 @@ def run(
     field: dict | None = None,
     cameras: dict | None = None,
     settings: dict | None = None,
+    guidance: dict | None = None,
 ) -> Result:
     """Train and export with the built-in preset, as the CLI would, then evaluate. ``views``
     names one of ``VIEW_SETTINGS``; ``render``, ``field`` and ``cameras`` override the preset's
     settings (the prior renders its images from the cameras it is given), ``settings`` its
-    top-level ones (``{"lambda_density": 10}``)."""
+    top-level ones (``{"lambda_density": 10}``), ``guidance`` its guidance ones
+    (``{"views": {"bottom": 90}}``; the row's ``VIEW_SETTINGS`` are merged over them, the view
+    thresholds key by key)."""
     primitive = shapes.find_primitive(caption)
     suffix = "" if views == "split sides" else "_" + views.replace(" ", "_")
     overrides = {
@@ -214,7 +227,7 @@ def run(
         "prompt": primitive.caption,
         "seed": seed,
         "workspace": str(root / (primitive.caption.replace(" ", "_") + suffix)),
-        "guidance": {"model": "builtin:shapes", **VIEW_SETTINGS[views]},
+        "guidance": guidance_settings(guidance or {}, VIEW_SETTINGS[views]),
         "render": render or {},
         "field": field or {},
         "cameras": cameras or {},
@@ -275,6 +288,13 @@ def main(argv: list[str] | None = None) -> None:
         default={},
         help="JSON of top-level settings over the preset's",
     )
+    parser.add_argument(
+        "--guidance",
+        type=json.loads,
+        default={},
+        help="JSON of guidance settings over the preset's, such as the view thresholds "
+        '(\'{"views": {"bottom": 90}}\'); the model stays builtin:shapes',
+    )
     parser.add_argument("--no-append", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/shapes.py" + (
@@ -299,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.field,
                     args.cameras,
                     args.settings,
+                    args.guidance,
                 )
             )
             print(table(results[-1:]).splitlines()[-1], flush=True)
@@ -310,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --cameras '{json.dumps(args.cameras)}'"
     if args.settings:
         command += f" --settings '{json.dumps(args.settings)}'"
+    if args.guidance:
+        command += f" --guidance '{json.dumps(args.guidance)}'"
     if not args.no_append:
         with args.out.open("a", encoding="utf-8") as f:
             f.write(section(results, command))

@@ -70,6 +70,36 @@ def test_a_run_takes_the_field_and_render_settings_over_the_preset(bench, tmp_pa
     assert cfg.field.num_levels == 8  # the rest is still the builtin-shapes preset's
 
 
+def test_a_run_takes_guidance_settings_under_the_rows_view_settings(bench, tmp_path, monkeypatch):
+    """``--guidance``: its view thresholds reach the run's config beside the row's own view
+    settings (split_sides), and the model stays the built-in prior."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(cfg, overwrite=False):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    given = {"views": {"bottom": 90, "split_sides": True}, "model": "elsewhere"}
+    for views in ("split sides", "one side", "off"):
+        with pytest.raises(Stop):
+            bench.run("a colorful cube", views, tmp_path, 0, guidance=given)
+    split, one, off = seen
+    assert [c.guidance.views.bottom for c in seen] == [90.0] * 3
+    assert [c.guidance.model for c in seen] == ["builtin:shapes"] * 3
+    assert split.guidance.views.split_sides and off.guidance.views.split_sides
+    assert not one.guidance.views.split_sides  # the row's setting wins over the given one
+    assert not off.guidance.view_dependent and split.guidance.view_dependent
+    assert given == {"views": {"bottom": 90, "split_sides": True}, "model": "elsewhere"}
+    # Without --guidance the preset's thresholds stand.
+    with pytest.raises(Stop):
+        bench.run("a red cube", "split sides", tmp_path, 0)
+    assert seen[-1].guidance.views.bottom == 150.0 and seen[-1].guidance.views.split_sides
+
+
 def test_the_mesh_column_reads_the_exported_glbs_y_range_and_the_tail_below(bench, tmp_path):
     import trimesh
 
