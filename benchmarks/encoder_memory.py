@@ -35,8 +35,9 @@ from types import SimpleNamespace
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
+from encode_gradient import encode_with_gradient  # noqa: E402
 from memory_model import live_bytes  # noqa: E402
 from normal_quality import command_line  # noqa: E402
 from sds_step import publish  # noqa: E402
@@ -64,16 +65,6 @@ def build_encoder(vae_config: Path, device: str, dtype: torch.dtype, checkpointi
         channels_last=False,
         scaling_factor=float(config.get("scaling_factor", 0.18215)),
     )
-
-
-def encode_with_backward(encode, render: torch.Tensor) -> torch.Tensor:
-    """One SDS step's encode: latents of ``render``, and the gradient of a fixed weighting of
-    them with respect to the render."""
-    leaf = render.clone().requires_grad_(True)
-    latents = encode(leaf).float()
-    weights = torch.linspace(-1, 1, latents.numel(), device=latents.device)
-    (latents * weights.reshape(latents.shape)).sum().backward()
-    return leaf.grad
 
 
 def cpu_peak(run) -> tuple[float, torch.Tensor]:
@@ -109,16 +100,16 @@ def measure(args: argparse.Namespace, checkpointing: bool) -> dict:
     peak_of = cuda_peak if args.device == "cuda" else cpu_peak
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     start = time.perf_counter()
-    encode_with_backward(encode, render)  # warm-up; with --compile, builds forward and backward
+    encode_with_gradient(encode, render)  # warm-up; with --compile, builds forward and backward
     sync()
     first = time.perf_counter() - start
     seconds = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        encode_with_backward(encode, render)
+        encode_with_gradient(encode, render)
         sync()
         seconds.append(time.perf_counter() - start)
-    peak, grad = peak_of(lambda: encode_with_backward(encode, render))
+    peak, (_, grad) = peak_of(lambda: encode_with_gradient(encode, render))
     return {
         "checkpointing": checkpointing,
         "peak": peak,

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_models import TINY_TRAIN, encode_with_gradient
+from encode_gradient import encode_with_gradient
+from tiny_models import TINY_TRAIN
 
 import dreamtext.models as models_module
 from dreamtext.cli import main

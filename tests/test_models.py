@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from encode_gradient import encode_with_gradient
 from safetensors.torch import save_file
-from tiny_models import TINY_TRAIN, encode_with_gradient, pipeline_variant
+from tiny_models import TINY_TRAIN, pipeline_variant
 
 import dreamtext.models as models_module
 from dreamtext.checkpoint import load_checkpoint

@@ -182,16 +182,6 @@ def tiny_scheduler(prediction_type: str) -> PNDMScheduler | DDIMScheduler:
     return DDIMScheduler(clip_sample=False, **common)
 
 
-def encode_with_gradient(encode, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``encode(images)`` as an SDS step calls a VAE encoder: the latents, and the gradient of a
-    fixed weighting of them with respect to ``images``."""
-    leaf = images.clone().requires_grad_(True)
-    latents = encode(leaf)
-    weights = torch.linspace(-1, 1, latents.numel()).reshape(latents.shape)
-    (latents * weights).sum().backward()
-    return latents.detach(), leaf.grad
-
-
 def write_tiny_sd(
     folder: str | Path, prediction_type: str = "epsilon", extra_words: Iterable[str] = ()
 ) -> Path:
