@@ -295,7 +295,7 @@ def model_row(
             cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
             started = time.perf_counter()
             with (
-                fields_starting_from(None if start is None else start[1]),
+                fields_starting_from(start),
                 profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
             ):
                 trainer.train(cfg)
@@ -460,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     model = str(write_sd21_random(args.cache / "sd21-random", torch.device("cpu")))
     start = None
     if args.fitted:
-        start = (args.fitted, fitted_state(args.fitted, "shared", args.cache, "cpu"))
+        head = field.FieldConfig().density_head  # the default field's, as every row's
+        start = (args.fitted, fitted_state(args.fitted, head, args.cache, "cpu"))
     rows = []
     if args.descriptor:
         rows.append(descriptor_row(model, args.steps, not args.no_preview))

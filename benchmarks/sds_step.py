@@ -490,7 +490,7 @@ def trainer_row(
         row["render"] = render_label(args.render)
         free_device_memory(device)
         try:
-            with fields_starting_from(None if start is None else start[1]):
+            with fields_starting_from(start):
                 train(cfg)
         except DreamtextError as error:  # out of memory, as a user sees it: report, go on
             return {**row, "status": str(error).split(";")[0]}
@@ -523,20 +523,21 @@ def trainer_row(
 
 
 @contextlib.contextmanager
-def fields_starting_from(state: dict[str, torch.Tensor] | None) -> Iterator[None]:
-    """Within the block the trainer's field is ``state`` (none: as built) and stays it: its
-    parameters are loaded into the field :func:`dreamtext.factory.build_parts` gives the trainer,
-    whose optimiser then steps them with a learning rate of 0. The random model's guidance would
-    otherwise turn a fitted field back into fog within a few steps (Adam's first steps move every
-    parameter with a gradient by about the learning rate: the tiny model's trainer from a fitted
-    sphere at 64 px, albedo, kept 27, 46, 41, 54, 59, 58 samples a ray in its first six steps),
-    where a real prompt's run keeps its surface. A step of 0 costs what a real Adam step costs.
-    The occupancy grid is the trainer's own: every cell occupied until its first refresh, after
-    step ``render.grid_update_every`` (16), as in a user's run; give a row steps past twice
+def fields_starting_from(start: FittedStart | None) -> Iterator[None]:
+    """Within the block the trainer's field is ``start``'s fitted state (none: as built) and stays
+    it: its parameters are loaded into the field :func:`dreamtext.factory.build_parts` gives the
+    trainer, whose optimiser then steps them with a learning rate of 0. The random model's guidance
+    would otherwise turn a fitted field back into fog within a few steps (Adam's first steps move
+    every parameter with a gradient by about the learning rate: the tiny model's trainer from a
+    fitted sphere at 64 px, albedo, kept 27, 46, 41, 54, 59, 58 samples a ray in its first six
+    steps), where a real prompt's run keeps its surface. A step of 0 costs what a real Adam step
+    costs. The occupancy grid is the trainer's own: every cell occupied until its first refresh,
+    after step ``render.grid_update_every`` (16), as in a user's run; give a row steps past twice
     that, so that its second half, which the rate is taken over, has a refreshed grid."""
-    if state is None:
+    if start is None:
         yield
         return
+    state = start[1]
     build = trainer_module.build_parts
 
     def build_from_state(*args, **kwargs):

@@ -10,18 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def table_modules(text: str) -> set[str]:
-    """The names in backquotes in the first cell of each row of the module table (rows that
-    start with a backquoted name)."""
-    names: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("| `"):
-            names |= set(re.findall(r"`([a-z_0-9]+)`", line.split("|")[1]))
-    return names
-
-
 def table_rows(text: str) -> list[tuple[list[str], list[str]]]:
-    """Each row of the module table: the modules of its first cell, the names of its last."""
+    """Each row of the module table (a line that starts with a backquoted name): the modules of
+    its first cell, the names of its last."""
     rows = []
     for line in text.splitlines():
         if line.startswith("| `"):
@@ -30,6 +21,11 @@ def table_rows(text: str) -> list[tuple[list[str], list[str]]]:
                 (re.findall(r"`([a-z_0-9]+)`", cells[1]), re.findall(r"`([\w.]+)`", cells[-2]))
             )
     return rows
+
+
+def table_modules(text: str) -> set[str]:
+    """Every module the table's first cells name."""
+    return {module for modules, _ in table_rows(text) for module in modules}
 
 
 def defines(source: str, name: str) -> bool:

@@ -467,7 +467,7 @@ def test_a_fitted_trainer_row_trains_from_the_fitted_field_and_keeps_it(
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "build_parts", recording_build)
-        with sds_step.fields_starting_from(start):
+        with sds_step.fields_starting_from(("random", start)):
             trainer.train(cfg)
         (parts,) = built
         trained = parts.field.state_dict()
