@@ -18,6 +18,7 @@ if __name__ == "__main__":
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import errno
 import json
 import logging
@@ -88,6 +89,27 @@ _seed = _within(int, 0, SEED_MAX, "an integer seed")
 _fraction = _within(float, 0, 1, "a number from 0 to 1")
 
 
+OUTPUT_FLAG_WORDS = ("--out", "--output", "--outdir", "--out-dir", "--output-dir", "-o")
+"""Flags other tools name their output folder with; dreamtext's is ``--workspace``."""
+
+
+def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """``; did you mean --iters?`` for the first unknown flag that is close to one of
+    ``parser``'s (difflib's ratio ≥ 0.75), or that names an output folder where ``parser`` has
+    ``--workspace``; ``""`` otherwise."""
+    known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    for word in unknown:
+        if not word.startswith("-"):
+            continue
+        flag = word.split("=", 1)[0]
+        if flag in OUTPUT_FLAG_WORDS and "--workspace" in known:
+            return "; the output folder's flag is --workspace"
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        if close:
+            return f"; did you mean {close[0]}?"
+    return ""
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but usage errors are one line on stderr and exit 2 (no usage dump), named after
     the command they belong to (``dreamtext batch: ... (see dreamtext batch --help)``)."""
@@ -103,18 +125,25 @@ class _OneLineParser(argparse.ArgumentParser):
             commands = getattr(self, "commands", {})  # set on the top-level parser
             owner = commands.get(getattr(args, "command", None) or "", self)
             message = f"unrecognized arguments: {' '.join(unknown)}"
+            message += _unknown_flag_hint(owner, unknown)
+            # A word right after an unknown flag is that flag's value (`--out run1`), not a
+            # stray path or a piece of the prompt.
+            strays = [
+                word
+                for i, word in enumerate(unknown)
+                if not word.startswith("-")
+                and not (i > 0 and unknown[i - 1].startswith("-") and "=" not in unknown[i - 1])
+            ]
             # `dreamtext export RUN`, as `view RUN` and `image IMG` take their paths: say which
             # flag the folder belongs to instead of leaving the user to find it in --help.
-            stray = next((word for word in unknown if not word.startswith("-")), None)
             flag = getattr(owner, "positional_flag", None)
-            if stray is not None and flag is not None:
-                message += f"; name the folder with {flag} {stray}"
+            if strays and flag is not None:
+                message += f"; name the folder with {flag} {strays[0]}"
             # `dreamtext text a red cube`: the shell gave the prompt (or a path with spaces) as
             # several words; the first one took the positional, the rest are left over.
             positional = getattr(owner, "quoted_positional", None)
-            if stray is not None and positional is not None and getattr(args, positional, None):
-                words = [getattr(args, positional)]
-                words += [word for word in unknown if not word.startswith("-")]
+            if strays and positional is not None and getattr(args, positional, None):
+                words = [getattr(args, positional), *strays]
                 message += f'; quote the {positional} when it has spaces: "{" ".join(words)}"'
             owner.error(message)
         return args

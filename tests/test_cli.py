@@ -1356,6 +1356,40 @@ def test_words_left_over_from_an_unquoted_prompt_or_path_say_to_quote_it(capsys,
     assert_user_error(code, err, line, f"(see dreamtext {args[0]} --help)")
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["text", "a red cube", "--itters", "5"],
+            "dreamtext text: unrecognized arguments: --itters 5; did you mean --iters? ",
+        ),
+        (
+            ["export", "--workspace", "w", "--texturesize", "64"],
+            "dreamtext export: unrecognized arguments: --texturesize 64; did you mean"
+            " --texture-size? ",
+        ),
+        (
+            ["text", "a red cube", "--out", "runs/cube"],
+            "dreamtext text: unrecognized arguments: --out runs/cube; the output folder's flag is"
+            " --workspace ",
+        ),
+        (
+            ["batch", "p.txt", "--output-dir=runs"],
+            "dreamtext batch: unrecognized arguments: --output-dir=runs; the output folder's flag"
+            " is --workspace ",
+        ),
+        (["view", "--bogus"], "dreamtext view: unrecognized arguments: --bogus (see"),
+    ],
+)
+def test_an_unknown_flag_names_the_flag_it_is_close_to(capsys, args, line):
+    """`--itters 5` was refused with a hint to quote the prompt as "a red cube 5", and `--out
+    DIR` with one to quote it as "a red cube DIR": the word after an unknown flag is its value,
+    and the hint names the flag the user meant."""
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, line, f"(see dreamtext {args[0]} --help)")
+    assert "quote the" not in err
+
+
 @pytest.mark.parametrize("under", [False, True])
 def test_a_workspace_that_cannot_be_a_folder_is_one_line_before_the_prior_loads(
     tmp_path, monkeypatch, capsys, under
