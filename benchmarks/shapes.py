@@ -172,7 +172,8 @@ def evaluate(workspace: Path, primitive: shapes.Primitive, seconds: float, views
     yaw = 0.0 if primitive.colour == shapes.COLORFUL else fits[primitive.shape][1]
 
     poses = held_out_poses(cfg)
-    out = renderer.render(field, poses, cfg.h, cfg.w, shading="albedo", perturb=False)
+    with torch.no_grad():  # a held-out view: no graph (it warned when read as a float)
+        out = renderer.render(field, poses, cfg.h, cfg.w, shading="albedo", perturb=False)
     rgb = out["rgb"].clamp(0, 1)
     turned = held_out_poses(cfg, yaw)
     reference = shapes.render(primitive, turned, cfg.h, cfg.w, shapes.DATASET_SUPERSAMPLE)

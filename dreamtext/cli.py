@@ -120,9 +120,16 @@ class _OneLineParser(argparse.ArgumentParser):
     def parse_command_line(self, argv: list[str] | None = None) -> argparse.Namespace:
         """``parse_args``, with a flag the command does not know reported by that command's parser
         (argparse leaves them to the top-level one, which does not know which command it was)."""
+        words = sys.argv[1:] if argv is None else list(argv)
+        commands = getattr(self, "commands", {})  # set on the top-level parser
+        command = next((word for word in words if not word.startswith("-")), None)
+        if commands and command is not None and command not in commands:
+            # `dreamtext txt`: argparse's "invalid choice" lists the commands but not the one meant.
+            close = difflib.get_close_matches(command, list(commands), n=1, cutoff=0.6)
+            if close:
+                self.error(f"unknown command '{command}'; did you mean {close[0]}?")
         args, unknown = self.parse_known_args(argv)
         if unknown:
-            commands = getattr(self, "commands", {})  # set on the top-level parser
             owner = commands.get(getattr(args, "command", None) or "", self)
             message = f"unrecognized arguments: {' '.join(unknown)}"
             message += _unknown_flag_hint(owner, unknown)

@@ -1390,6 +1390,24 @@ def test_an_unknown_flag_names_the_flag_it_is_close_to(capsys, args, line):
     assert "quote the" not in err
 
 
+@pytest.mark.parametrize(
+    ("word", "meant"), [("txt", "text"), ("exprot", "export"), ("veiw", "view")]
+)
+def test_a_misspelt_command_names_the_command_it_is_close_to(capsys, word, meant):
+    """`dreamtext txt "a cat"` listed all six commands as argparse's "invalid choice"."""
+    code, err = run_main([word, "a cat"], capsys)
+    assert_user_error(
+        code,
+        err,
+        f"dreamtext: unknown command '{word}'; did you mean {meant}? (see dreamtext --help)",
+    )
+
+
+def test_a_command_close_to_none_is_argparses_list_of_choices(capsys):
+    code, err = run_main(["castle"], capsys)
+    assert_user_error(code, err, "dreamtext: argument COMMAND: invalid choice: 'castle'", "'text'")
+
+
 @pytest.mark.parametrize("under", [False, True])
 def test_a_workspace_that_cannot_be_a_folder_is_one_line_before_the_prior_loads(
     tmp_path, monkeypatch, capsys, under
