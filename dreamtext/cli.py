@@ -128,6 +128,13 @@ class _OneLineParser(argparse.ArgumentParser):
             close = difflib.get_close_matches(command, list(commands), n=1, cutoff=0.6)
             if close:
                 self.error(f"unknown command '{command}'; did you mean {close[0]}?")
+        if commands and command is None:
+            # `dreamtext --verison`: argparse would say only that a COMMAND is required.
+            known = [o for action in self._actions for o in action.option_strings]
+            unknown = [w for w in words if not any(o.startswith(w) for o in known)]
+            if unknown:
+                hint = _unknown_flag_hint(self, unknown)
+                self.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
         args, unknown = self.parse_known_args(argv)
         if unknown:
             owner = commands.get(getattr(args, "command", None) or "", self)

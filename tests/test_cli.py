@@ -1403,6 +1403,17 @@ def test_a_misspelt_command_names_the_command_it_is_close_to(capsys, word, meant
     )
 
 
+def test_a_misspelt_top_level_flag_names_the_flag_it_is_close_to(capsys):
+    """`dreamtext --verison` said only that a COMMAND is required."""
+    code, err = run_main(["--verison"], capsys)
+    assert_user_error(
+        code,
+        err,
+        "dreamtext: unrecognized arguments: --verison; did you mean --version? (see dreamtext"
+        " --help)",
+    )
+
+
 def test_a_command_close_to_none_is_argparses_list_of_choices(capsys):
     code, err = run_main(["castle"], capsys)
     assert_user_error(code, err, "dreamtext: argument COMMAND: invalid choice: 'castle'", "'text'")
