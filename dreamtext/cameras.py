@@ -42,6 +42,11 @@ class ViewThresholds:
     which one it sees. ``split_sides`` names them: φ ∈ [front_end, back_start) is "right side"
     (the camera on +x at φ = 90°, to the right of a viewer facing the front) and the rest
     "left side".
+
+    ``below`` (off: ``None``, as in the thesis): cameras at θ ≥ ``below`` (and under ``bottom``)
+    get labels of their own, the azimuth label with " below" ("front below", "left side below"),
+    so a view from under the horizon has its own prompt (and, with the built-in prior, its own
+    image set) instead of sharing the one of the views from above.
     """
 
     overhead: float = 30.0
@@ -51,11 +56,16 @@ class ViewThresholds:
     back_start: float = 180.0
     back_end: float = 240.0
     split_sides: bool = False
+    below: float | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
         """Every label :func:`view_of` can give with these thresholds."""
-        return SPLIT_VIEW_LABELS if self.split_sides else VIEW_LABELS
+        labels = SPLIT_VIEW_LABELS if self.split_sides else VIEW_LABELS
+        if self.below is None:
+            return labels
+        azimuthal = [label for label in labels if label not in ("overhead", "bottom")]
+        return (*labels, *(f"{label} below" for label in azimuthal))
 
 
 @dataclass
@@ -134,6 +144,8 @@ def view_of(polar: float, azimuth: float, thresholds: ViewThresholds | None = No
         label = "right side"
     else:
         label = "left side"
+    if t.below is not None and polar >= t.below and label not in ("overhead", "bottom"):
+        label = f"{label} below"
     return View(label, f", {label} view")
 
 

@@ -130,6 +130,17 @@ class GuidanceConfig:
                 raise DreamtextError(
                     f"guidance.{name} must be one of {', '.join(COMPILE_MODES)}, got {mode!r}"
                 )
+        below = self.views.below
+        if below is not None and not (
+            isinstance(below, (int, float))
+            and not isinstance(below, bool)
+            and self.views.overhead < below <= self.views.bottom
+        ):
+            raise DreamtextError(
+                "guidance.views.below must be a polar angle in degrees between views.overhead "
+                f"({self.views.overhead:g}) and views.bottom ({self.views.bottom:g}), such as 90 "
+                f"(the horizon), or null; got {below!r}"
+            )
         if not 0.0 <= self.t_anneal_end <= 1.0:
             raise DreamtextError(
                 f"guidance.t_anneal_end must be in [0, 1], got {self.t_anneal_end:g}"

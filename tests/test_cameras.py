@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dreamtext.cameras import (
+    VIEW_LABELS,
     CameraRange,
     ViewThresholds,
     angles_from_position,
@@ -75,6 +76,42 @@ def test_split_sides_name_the_side_the_camera_is_on(azimuth, label):
     assert view_of(10.0, azimuth, split).label == "overhead"  # overhead still overrides
     assert set(split.labels) == {"front", "left side", "right side", "back", "overhead", "bottom"}
     assert "side" in ViewThresholds().labels and "left side" not in ViewThresholds().labels
+
+
+@pytest.mark.parametrize(
+    ("polar", "azimuth", "label"),
+    [
+        (89.99, 30.0, "front"),
+        (90.0, 30.0, "front below"),  # from `below` on
+        (100.0, 90.0, "right side below"),
+        (100.0, 200.0, "back below"),
+        (100.0, 300.0, "left side below"),
+        (10.0, 30.0, "overhead"),
+        (150.0, 30.0, "bottom"),  # bottom still overrides
+    ],
+)
+def test_views_from_below_get_labels_of_their_own(polar, azimuth, label):
+    below = ViewThresholds(split_sides=True, below=90.0)
+    assert view_of(polar, azimuth, below).label == label
+    assert view_of(polar, azimuth, below).suffix == f", {label} view"
+    assert (
+        view_of(polar, azimuth, ViewThresholds(split_sides=True)).label == label.split(" below")[0]
+    )
+
+
+def test_the_labels_of_views_from_below_are_every_label_view_of_gives():
+    for split in (False, True):
+        below = ViewThresholds(split_sides=split, below=90.0)
+        given = {view_of(p, a, below).label for p in range(0, 181, 5) for a in range(0, 360, 10)}
+        assert given == set(below.labels)
+        assert below.labels[: len(ViewThresholds(split_sides=split).labels)] == (
+            ViewThresholds(split_sides=split).labels
+        )
+    assert set(ViewThresholds(below=90.0).labels) - set(VIEW_LABELS) == {
+        "front below",
+        "side below",
+        "back below",
+    }
 
 
 def test_spherical_position_convention_and_its_inverse():

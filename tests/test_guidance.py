@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 from tiny_models import pipeline_variant
 
-from dreamtext.cameras import CameraRange
+from dreamtext.cameras import CameraRange, ViewThresholds
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import (
     GuidanceConfig,
@@ -104,6 +104,14 @@ def test_sds_weights():
     torch.testing.assert_close(sds_weight(ab, "uniform"), torch.ones(2))
     with pytest.raises(DreamtextError, match="weighting"):
         sds_weight(ab, "cosine")
+
+
+@pytest.mark.parametrize("below", [10.0, 30.0, 151.0, True, "90"])
+def test_views_below_outside_the_side_views_polar_range_is_refused(below):
+    with pytest.raises(DreamtextError, match=r"guidance.views.below must be a polar angle"):
+        GuidanceConfig(views=ViewThresholds(below=below)).validate()
+    GuidanceConfig(views=ViewThresholds(below=90.0)).validate()
+    GuidanceConfig(views=ViewThresholds(below=150.0)).validate()
 
 
 def test_timesteps_cover_exactly_the_configured_range():

@@ -9,7 +9,7 @@ import torch
 
 from dreamtext import prior as prior_module
 from dreamtext import shapes
-from dreamtext.cameras import CameraRange, view_of, with_view
+from dreamtext.cameras import CameraRange, ViewThresholds, view_of, with_view
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig, sd_alphas_cumprod
 from dreamtext.prior import (
@@ -125,6 +125,27 @@ def test_conditional_set_is_the_prompt_seen_from_the_label_view(prior):
         expected = data.images[torch.tensor(keep)].flatten(1) * 2 - 1
         assert torch.equal(images, expected.double())
     assert set(p._cond) == {"front", "side", "back"}
+
+
+def test_views_from_below_have_conditional_sets_of_their_own(prior):
+    """With ``views.below`` at 80° the dataset's cameras from 80° on (of CAMERAS' 70-90°) are a
+    set of their own per azimuth label, and a step seen from below denoises toward it."""
+    p = prior(views=ViewThresholds(below=80.0))
+    p.set_prompt("a red cube")
+    assert set(p._cond) == {"front", "side", "back", "front below", "side below", "back below"}
+    data = p.dataset
+    for label, images in p._cond.items():
+        rows = [
+            i
+            for i, (obj, polar) in enumerate(zip(data.objects, data.polar, strict=True))
+            if obj == "a red cube"
+            and view_of(float(polar), float(data.azimuth[i])).label == label.split(" below")[0]
+            and (float(polar) >= 80.0) == label.endswith(" below")
+        ]
+        assert torch.equal(images, (data.images[rows].flatten(1) * 2 - 1).double())
+    x_t = torch.zeros(2, 3, 8, 8)
+    eps = p.predict_noise(x_t, torch.tensor([500, 500]), ["front below", "front"])
+    assert not torch.equal(eps.cond[0], eps.cond[1])
 
 
 def test_unconditional_set_is_every_view_of_the_object(prior):

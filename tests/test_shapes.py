@@ -178,6 +178,33 @@ def test_dataset_captions_use_the_split_side_labels_when_asked(tmp_path):
             assert caption.endswith(", left side view")
 
 
+def test_dataset_captions_views_from_below_with_labels_of_their_own(tmp_path):
+    low = CameraRange(
+        polar_range=(80.0, 100.0), box_fraction=0.0, radius_range=(1.8, 1.8), fovy_range=(45, 45)
+    )
+    below = ViewThresholds(split_sides=True, below=90.0)
+    data = shapes.load_dataset(low, 8, 8, below, directory=tmp_path)
+    for caption, obj, polar, azimuth in zip(
+        data.captions, data.objects, data.polar, data.azimuth, strict=True
+    ):
+        assert caption == with_view(obj, view_of(float(polar), float(azimuth), below).label)
+        assert caption.endswith(" below view") == (float(polar) >= 90.0)
+    assert {c.split(", ")[1] for c in data.captions} == {
+        f"{label}{low} view"
+        for label in ("front", "right side", "back", "left side")
+        for low in ("", " below")
+    }
+
+
+def test_dataset_cache_keys_are_those_written_before_views_below_existed():
+    """A cache of the preset's dataset stays valid: ``below`` off leaves the key as it was."""
+    key = shapes._cache_key(CameraRange(), 32, 32, ViewThresholds(split_sides=True))
+    assert key == "b3f9608926032176"
+    assert shapes._cache_key(
+        CameraRange(), 32, 32, ViewThresholds(split_sides=True, below=90.0)
+    ) not in (key, shapes._cache_key(CameraRange(), 32, 32, ViewThresholds(below=90.0)))
+
+
 def test_dataset_pixels_are_single_rays_like_the_trainers(tmp_path):
     """No antialiasing: a one-colour primitive's image holds only its colour and white."""
     data = shapes.load_dataset(SMALL, 8, 8, directory=tmp_path)
