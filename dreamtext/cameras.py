@@ -46,7 +46,8 @@ class ViewThresholds:
     ``below`` (off: ``None``, as in the thesis): cameras at θ ≥ ``below`` (and under ``bottom``)
     get labels of their own, the azimuth label with " below" ("front below", "left side below"),
     so a view from under the horizon has its own prompt (and, with the built-in prior, its own
-    image set) instead of sharing the one of the views from above.
+    image set) instead of sharing the one of the views from above. Perp-Neg's weights name no
+    such label, so these views get no negative prompts.
     """
 
     overhead: float = 30.0
