@@ -19,6 +19,8 @@ from torch import Tensor
 from dreamtext.devices import to_device
 
 VIEW_LABELS: tuple[str, ...] = ("front", "side", "back", "overhead", "bottom")
+# The labels the polar angle alone gives, whatever the azimuth (no " below" form).
+POLAR_LABELS: tuple[str, ...] = ("overhead", "bottom")
 # With ``ViewThresholds.split_sides`` the two side ranges get their own labels.
 SPLIT_VIEW_LABELS: tuple[str, ...] = (
     "front",
@@ -65,7 +67,7 @@ class ViewThresholds:
         labels = SPLIT_VIEW_LABELS if self.split_sides else VIEW_LABELS
         if self.below is None:
             return labels
-        azimuthal = [label for label in labels if label not in ("overhead", "bottom")]
+        azimuthal = [label for label in labels if label not in POLAR_LABELS]
         return (*labels, *(f"{label} below" for label in azimuthal))
 
 
@@ -145,7 +147,7 @@ def view_of(polar: float, azimuth: float, thresholds: ViewThresholds | None = No
         label = "right side"
     else:
         label = "left side"
-    if t.below is not None and polar >= t.below and label not in ("overhead", "bottom"):
+    if t.below is not None and polar >= t.below and label not in POLAR_LABELS:
         label = f"{label} below"
     return View(label, f", {label} view")
 
@@ -275,6 +277,7 @@ def get_rays(c2w: Tensor, fovy: Tensor, height: int, width: int) -> tuple[Tensor
 
 
 __all__ = [
+    "POLAR_LABELS",
     "SPLIT_VIEW_LABELS",
     "VIEW_LABELS",
     "CameraRange",

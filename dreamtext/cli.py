@@ -93,11 +93,16 @@ OUTPUT_FLAG_WORDS = ("--out", "--output", "--outdir", "--out-dir", "--output-dir
 """Flags other tools name their output folder with; dreamtext's is ``--workspace``."""
 
 
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every flag ``parser`` takes, short and long."""
+    return [option for action in parser._actions for option in action.option_strings]
+
+
 def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     """``; did you mean --iters?`` for the first unknown flag that is close to one of
     ``parser``'s (difflib's ratio ≥ 0.75), or that names an output folder where ``parser`` has
     ``--workspace``; ``""`` otherwise."""
-    known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    known = [option for option in _option_strings(parser) if option.startswith("--")]
     for word in unknown:
         if not word.startswith("-"):
             continue
@@ -130,7 +135,7 @@ class _OneLineParser(argparse.ArgumentParser):
                 self.error(f"unknown command '{command}'; did you mean {close[0]}?")
         if commands and command is None:
             # `dreamtext --verison`: argparse would say only that a COMMAND is required.
-            known = [o for action in self._actions for o in action.option_strings]
+            known = _option_strings(self)
             unknown = [w for w in words if not any(o.startswith(w) for o in known)]
             if unknown:
                 hint = _unknown_flag_hint(self, unknown)
