@@ -494,7 +494,15 @@ def folded_faces(mesh: trimesh.Trimesh) -> np.ndarray:
     return np.einsum("ij,ij->i", np.asarray(mesh.face_normals), corners) < FOLD_COSINE
 
 
-def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
+# Unfold's rounds: the first HELD_ROUNDS move vertices only along the surface; the rest, up to
+# UNFOLD_ROUNDS in all while folds are left, move them freely. Most meshes are clear within 8;
+# a 60-step built-in cube had one fold left after 8 and none after 9 (benchmarks/RESULTS.md,
+# stop 61).
+HELD_ROUNDS = 4
+UNFOLD_ROUNDS = 16
+
+
+def unfold(mesh: trimesh.Trimesh, max_rounds: int = UNFOLD_ROUNDS) -> trimesh.Trimesh:
     """Clear the folded faces (:func:`folded_faces`) quadric decimation leaves, in rounds.
 
     First the longest edge of each folded face is flipped, so a crease sliver is replaced by
@@ -505,16 +513,16 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
     A flip that leaves a face of the pair folded (at a steep pit or spike of the marching
     cubes surface) is undone where the round does as well without it (:func:`_unfold_round`).
     The corners of the faces still folded (a pleat of well-shaped faces) are then moved towards
-    the mean of their neighbours (:func:`_relax`). In the first half of the rounds they move
-    only along the surface their unfolded faces make, by at most their shortest edge a round:
-    a corner of a box stays where it is, a vertex on its edge moves along the edge, one on a
-    flat side within it. In the later rounds they go to the mean (a noisy surface holds its
+    the mean of their neighbours (:func:`_relax`). In the first :data:`HELD_ROUNDS` rounds they
+    move only along the surface their unfolded faces make, by at most their shortest edge a
+    round: a corner of a box stays where it is, a vertex on its edge moves along the edge, one
+    on a flat side within it. In the later rounds they go to the mean (a noisy surface holds its
     vertices everywhere). Each corner goes only the smallest share of that move that leaves
     the fewest folded faces round it (:func:`_shortest_steps`). A flip keeps a closed manifold
     one (it swaps the diagonal of a quadrilateral for one not in the mesh), so the only defect a
     round can leave is a face of (nearly) zero area (:func:`_degenerate_faces`): the vertices
     there are put back, and if one is still left the round is undone and ends the repair.
-    Rounds repeat while folds are left. Last, the shortest edge of each sliver is collapsed
+    Rounds repeat while folds are left, ``max_rounds`` at most. Last, the shortest edge of each sliver is collapsed
     (:func:`_collapse_slivers`, two faces fewer each), unless that leaves a defect or more
     folds. A mesh that is not a closed manifold is left as it is. Vertices no face uses are
     dropped.
@@ -527,7 +535,7 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = 8) -> trimesh.Trimesh:
 
 
 def _unfold(
-    mesh: trimesh.Trimesh, max_rounds: int = 8
+    mesh: trimesh.Trimesh, max_rounds: int = UNFOLD_ROUNDS
 ) -> tuple[trimesh.Trimesh, np.ndarray, np.ndarray]:
     """:func:`unfold`, and for each vertex of its result its index in ``mesh`` (``[V]``) and how
     far the held rounds (the first half) moved it (``[V]``)."""
@@ -540,7 +548,7 @@ def _unfold(
     for round_ in range(max_rounds):
         if not closed or not folded.any():
             break
-        hold = round_ < max_rounds // 2
+        hold = round_ < min(HELD_ROUNDS, max_rounds // 2)
         new_vertices, new_faces, new_folded = _unfold_round(vertices, faces.copy(), folded, hold)
         bad = np.zeros(len(vertices), dtype=bool)
         bad[new_faces[_degenerate_faces(new_vertices, new_faces)].ravel()] = True
