@@ -1152,7 +1152,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dreamtext",
         description="Text→3D and image→3D by distilling a 2D diffusion model into a NeRF "
         "(DreamFusion SDS, FitFusion, DreamText).",
-        epilog='Offline first run: dreamtext text "a red cube" --model builtin:shapes. '
+        epilog='Offline first run: dreamtext text "a colorful cube" --model builtin:shapes. '
         "A command's flags: dreamtext COMMAND --help.",
     )
     parser.add_argument("--version", action="version", version=f"dreamtext {__version__}")

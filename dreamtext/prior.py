@@ -32,8 +32,8 @@ from dreamtext.shapes import ShapesDataset, find_primitive, load_dataset
 MAX_DATASET_SIZE = 64
 """The longest side of the prior's images: larger renders are compared at this size (their
 noise prediction is taken on the downscaled render, as Stable Diffusion's is on its latent grid).
-The image set grows with the square of its size: 6,696 images and their [−1, 1] copy, float32,
-keep 0.66 GB at 64 px and would keep 10.5 GB at 256 (loading peaks about 1.5× that)."""
+The image set grows with the square of its size: the preset's 8,928 images and their [−1, 1] copy,
+float32, keep 0.88 GB at 64 px and would keep 14.0 GB at 256 (loading peaks about 1.5× that)."""
 
 log = logging.getLogger(__name__)
 

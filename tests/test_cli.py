@@ -1967,4 +1967,4 @@ def test_the_top_level_help_gives_the_readmes_first_run_and_where_each_commands_
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert f"```bash\n{first_run.group(1)}\n```" in readme
     args = build_parser().parse_command_line(shlex.split(first_run.group(1))[1:])
-    assert (args.command, args.prompt, args.model) == ("text", "a red cube", "builtin:shapes")
+    assert (args.command, args.prompt, args.model) == ("text", "a colorful cube", "builtin:shapes")

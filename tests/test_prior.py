@@ -347,7 +347,8 @@ def test_every_tensor_of_the_prior_follows_its_device(cache_dir, monkeypatch):
     [((32, 32), (32, 32)), ((64, 64), (64, 64)), ((256, 256), (64, 64)), ((512, 256), (64, 32))],
 )
 def test_the_image_set_is_at_most_64_px_a_side_whatever_the_render_size(size, expected):
-    """At FitFusion's 256 px the 6,696 images would keep 10.5 GB of RAM (15 GB while loading)."""
+    """At FitFusion's 256 px the preset's 8,928 images would keep 14.0 GB of RAM (21 GB while
+    loading)."""
     assert dataset_size(*size) == expected
 
 
