@@ -522,10 +522,10 @@ def unfold(mesh: trimesh.Trimesh, max_rounds: int = UNFOLD_ROUNDS) -> trimesh.Tr
     one (it swaps the diagonal of a quadrilateral for one not in the mesh), so the only defect a
     round can leave is a face of (nearly) zero area (:func:`_degenerate_faces`): the vertices
     there are put back, and if one is still left the round is undone and ends the repair.
-    Rounds repeat while folds are left, ``max_rounds`` at most. Last, the shortest edge of each sliver is collapsed
-    (:func:`_collapse_slivers`, two faces fewer each), unless that leaves a defect or more
-    folds. A mesh that is not a closed manifold is left as it is. Vertices no face uses are
-    dropped.
+    Rounds repeat while folds are left, ``max_rounds`` at most. Last, the shortest edge of each
+    sliver is collapsed (:func:`_collapse_slivers`, two faces fewer each), unless that leaves a
+    defect or more folds. A mesh that is not a closed manifold is left as it is. Vertices no
+    face uses are dropped.
 
     A round looks only at the faces near what it changes (:func:`_refolded`): a 50,000-face
     mesh with a few hundred folds costs a fraction of what whole-mesh checks did, for the same
