@@ -538,7 +538,7 @@ def _unfold(
     mesh: trimesh.Trimesh, max_rounds: int = UNFOLD_ROUNDS
 ) -> tuple[trimesh.Trimesh, np.ndarray, np.ndarray]:
     """:func:`unfold`, and for each vertex of its result its index in ``mesh`` (``[V]``) and how
-    far the held rounds (the first half) moved it (``[V]``)."""
+    far the held rounds (the first :data:`HELD_ROUNDS`) moved it (``[V]``)."""
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     start = vertices.copy()
     held = vertices
