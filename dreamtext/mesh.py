@@ -548,7 +548,7 @@ def _unfold(
     for round_ in range(max_rounds):
         if not closed or not folded.any():
             break
-        hold = round_ < min(HELD_ROUNDS, max_rounds // 2)
+        hold = round_ < HELD_ROUNDS
         new_vertices, new_faces, new_folded = _unfold_round(vertices, faces.copy(), folded, hold)
         bad = np.zeros(len(vertices), dtype=bool)
         bad[new_faces[_degenerate_faces(new_vertices, new_faces)].ravel()] = True
