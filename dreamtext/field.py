@@ -162,14 +162,27 @@ class FieldConfig:
                 raise DreamtextError(
                     f"field.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
-        if len(self.background_color) != 3:
-            raise DreamtextError("field.background_color must be three numbers in [0, 1]")
+        if len(self.background_color) != 3 or not all(
+            0.0 <= c <= 1.0 for c in self.background_color
+        ):
+            raise DreamtextError(
+                "field.background_color must be three numbers in [0, 1], got "
+                f"{list(self.background_color)}"
+            )
         if self.bound <= 0 or self.blob_radius <= 0 or self.normal_eps <= 0:
             raise DreamtextError("field.bound, field.blob_radius and field.normal_eps must be > 0")
         sizes = ("num_levels", "level_dim", "base_resolution", "hidden_dim", "bg_hidden_dim")
         for name in ("density_hidden_dim", *sizes):
             if getattr(self, name) < 1:
                 raise DreamtextError(f"field.{name} must be a positive integer")
+        # The hash grid's levels grow from base_resolution to finest_resolution_factor × bound
+        # (per_level_scale takes its logarithm: 0 or below was a math domain error mid-build).
+        if not self.finest_resolution_factor * self.bound >= self.base_resolution:
+            raise DreamtextError(
+                "field.finest_resolution_factor × field.bound (the finest hash-grid resolution, "
+                f"{self.finest_resolution_factor:g} × {self.bound:g}) must be at least "
+                f"field.base_resolution ({self.base_resolution})"
+            )
         if self.num_blocks < 0 or self.bg_num_layers < 0:
             raise DreamtextError("field.num_blocks and field.bg_num_layers must be ≥ 0")
         # Instant-NGP's tables range over T = 2^14 ... 2^24 (Müller et al. 2022, Table 1); 2^24

@@ -117,6 +117,15 @@ class GuidanceConfig:
                 f"the guidance scale (--guidance, guidance.guidance_scale) must be ≥ 0, got "
                 f"{self.guidance_scale:g}"
             )
+        # It multiplies the noise predictions in float32 at most: past float32's largest value
+        # every step's gradient was infinite and skipped, and a short run "finished" untrained.
+        float32_max = torch.finfo(torch.float32).max
+        if self.guidance_scale > float32_max:
+            raise DreamtextError(
+                f"the guidance scale (--guidance, guidance.guidance_scale) {self.guidance_scale:g} "
+                f"is past float32's range ({float32_max:.4g}); the thesis's FitFusion uses 1000, "
+                "the default is 100"
+            )
         if self.weighting not in SDS_WEIGHTINGS:
             raise DreamtextError(
                 f"guidance.weighting must be one of {', '.join(SDS_WEIGHTINGS)}, got "

@@ -33,6 +33,8 @@ DEFAULT_MAX_SIZE = 1024
 # a few blurred pixels that hold no object to describe; yet a researcher may mean it (and tests
 # use 8-pixel images to stay fast).
 MIN_USEFUL_SIDE = 32
+# The key in a loaded image's ``info`` of its file's size (width, height), upright.
+SOURCE_SIZE = "dreamtext_source_size"
 
 
 # The images load_image returned last, under their files' identity (:func:`_file_key`), the
@@ -120,6 +122,7 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
             f"{path}: the image is blank (every pixel white or transparent); pass an image "
             "that shows the object"
         )
+    rgb.info[SOURCE_SIZE] = rgb.size  # the file's size, upright (small_image_warning)
     rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     return rgb
 
@@ -151,13 +154,23 @@ def _to_rgb_on_white(image: Image.Image) -> Image.Image:
 
 
 def small_image_warning(image: Image.Image, path: str | Path) -> str | None:
-    """The warning for an image under :data:`MIN_USEFUL_SIDE` pixels on a side (as
-    :func:`load_image` returned it), else ``None``."""
+    """The warning for an image under :data:`MIN_USEFUL_SIDE` pixels on a side as
+    :func:`load_image` returned it, else ``None``. The file's own size is the one named: where
+    that is larger on both sides, only its longer side's cut to ``max_size`` made the shorter
+    one that small (a long, narrow strip), and the warning says to crop it instead."""
     width, height = image.size
     if min(width, height) >= MIN_USEFUL_SIDE:
         return None
+    file_width, file_height = image.info.get(SOURCE_SIZE, image.size)
+    if min(file_width, file_height) < MIN_USEFUL_SIDE:
+        return (
+            f"warning: {path} is only {file_width}x{file_height} pixels; CLIP sees it upscaled "
+            "to 224x224, so the sentence will describe little; pass an image at least "
+            f"{MIN_USEFUL_SIDE} pixels on each side"
+        )
     return (
-        f"warning: {path} is only {width}x{height} pixels; CLIP sees it upscaled to 224x224, so "
-        f"the sentence will describe little; pass an image at least {MIN_USEFUL_SIDE} pixels "
-        "on each side"
+        f"warning: {path} ({file_width}x{file_height} pixels) is so narrow that with its "
+        f"longer side cut to {max(width, height)} pixels its shorter one is {min(width, height)}, "
+        "and padded to a square the object is a thin strip; the sentence will describe little: "
+        "crop the image nearer to a square around the object"
     )

@@ -155,6 +155,8 @@ class RenderConfig:
             raise DreamtextError("render.grad_chunk_points and render.grid_resolution must be > 0")
         if self.upsample_steps < 0:
             raise DreamtextError("render.upsample_steps must be ≥ 0")
+        if not self.min_near >= 0.0:
+            raise DreamtextError(f"render.min_near must be ≥ 0, got {self.min_near:g}")
         if not 0.0 < self.grid_decay <= 1.0:
             raise DreamtextError("render.grid_decay must be in (0, 1]")
         if not (isinstance(self.compile_field, bool) or self.compile_field == "auto"):

@@ -190,6 +190,24 @@ def test_a_run_in_the_folder_an_ascii_slug_named_is_found_again(tmp_path, monkey
             {"prompt": "x", "field": {"log2_hashmap_size": 40}},
             r"log2_hashmap_size must be in \[1, 24\]",
         ),
+        # Each of these passed, then crashed mid-run with a traceback (a negative shading
+        # probability at the first shaded step, after 1,000 steps; a finest resolution of 0 in
+        # the hash grid's build) or trained the wrong way (a negative weight); past float32 the
+        # guidance scale skipped every step of a run that then "finished".
+        ({"prompt": "x", "shading_probs": [-1, 1, 1]}, r"each ≥ 0, summing to 1, got \(-1.0"),
+        (
+            {"prompt": "x", "field": {"finest_resolution_factor": 0}},
+            r"finest_resolution_factor × field.bound .* at least field.base_resolution \(16\)",
+        ),
+        ({"prompt": "x", "field": {"background_color": [5, -3, 2]}}, r"\[5.0, -3.0, 2.0\]"),
+        ({"prompt": "x", "albedo_epochs": -1}, "'albedo_epochs' must be ≥ 0"),
+        ({"prompt": "x", "ambient_ratio": -0.5}, r"'ambient_ratio' must be in \[0, 1\]"),
+        ({"prompt": "x", "ambient_ratio": 1.5}, r"'ambient_ratio' must be in \[0, 1\]"),
+        ({"prompt": "x", "lambda_orientation": -1}, "'lambda_orientation' must be ≥ 0, got -1"),
+        ({"prompt": "x", "lambda_density": -1e-3}, "'lambda_density' must be ≥ 0"),
+        ({"prompt": "x", "light_jitter": -1}, "'light_jitter' must be ≥ 0"),
+        ({"prompt": "x", "render": {"min_near": -1}}, "render.min_near must be ≥ 0, got -1"),
+        ({"prompt": "x", "guidance": {"guidance_scale": 1e39}}, "past float32's range"),
         (
             {"prompt": "x", "export_options": {"formats": ["stl"]}},
             "config field "

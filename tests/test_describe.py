@@ -329,6 +329,22 @@ def test_an_image_too_small_to_describe_is_warned_about(tmp_path, caplog, size, 
         assert lines == []
 
 
+def test_a_long_narrow_image_is_warned_about_with_its_own_size(tmp_path, caplog):
+    """A 2400x48 strip has both sides over 32 pixels, but cut to 1024 on its longer side it is
+    1024x20: the warning named 1024x20 as the file's size and asked for 32 pixels a side,
+    which the file has. It names the file's size and says to crop."""
+    image_path = tmp_path / "banner.png"
+    Image.new("RGB", (2400, 48), (200, 30, 30)).save(image_path)
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        describe(image_path, tmp_path / "ws", _vocabulary(tmp_path), encoder=HashEncoder())
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert lines == [
+        f"warning: {image_path} (2400x48 pixels) is so narrow that with its longer side cut to "
+        "1024 pixels its shorter one is 20, and padded to a square the object is a thin strip; "
+        "the sentence will describe little: crop the image nearer to a square around the object"
+    ]
+
+
 def test_quantifier_help_names_the_searched_quantifiers_and_free_text(capsys):
     """``--quantifier zillions`` is used as written (as ``--noun`` is: the sentence is free
     text to CLIP and to the descriptor's base embedding), so --help says so and which
