@@ -111,6 +111,10 @@ TURNTABLE_FILL = 0.9
 # `/usr/bin/time -v dreamtext export` on a builtin:shapes run; rounded up.
 BYTES_PER_CELL = 32
 BYTES_PER_TEXEL = 170
+# And per pixel of the turntable's frames (frames × video_size², the RGB half): the RGB kept as
+# bytes, depth and opacity as float32 until the depth panel's range is known, the frames and
+# the GIF's (28-31 B measured at 256 and 512 px, 60 frames, benchmarks/RESULTS.md "Stop 62").
+BYTES_PER_TURNTABLE_PIXEL = 32
 # What an export writes into mesh/ (the formats, mesh.json, the texture), as glob patterns.
 MESH_OUTPUTS = ("mesh.*", "albedo.png")
 # What of an earlier export's mesh/ and video/ the next export drops (the rest, a user's own
@@ -250,16 +254,27 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def export_memory(options: ExportOptions) -> int:
-    """Bytes of host memory an export with ``options`` needs at its peak, about.
-
-    Meshing and texturing run one after the other, so the peak is the larger of the two:
-    ``max(c R³, R³ + t S²)`` with ``c = BYTES_PER_CELL``, ``t = BYTES_PER_TEXEL`` (``t S²`` only
-    when a GLB or OBJ is written; the occupancy, one byte a cell, stays for the texture bake).
-    """
+def stage_memory(options: ExportOptions) -> dict[str, int]:
+    """Bytes of host memory each stage of an export with ``options`` needs at its peak, about:
+    ``mesh`` ``c R³``, ``texture`` ``R³ + t S²`` (only when a GLB or OBJ is written; the
+    occupancy, one byte a cell, stays for the texture bake) and ``turntable`` ``v F V²`` (only
+    with a video), with ``c = BYTES_PER_CELL``, ``t = BYTES_PER_TEXEL``, ``v =
+    BYTES_PER_TURNTABLE_PIXEL``, ``R`` the grid's resolution, ``S`` the texture's size, ``F``
+    the frames and ``V`` the video's size."""
     cells = options.resolution**3
     texels = options.texture_size**2 if {"glb", "obj"} & set(options.formats) else 0
-    return max(BYTES_PER_CELL * cells, cells + BYTES_PER_TEXEL * texels)
+    pixels = options.frames * options.video_size**2 if options.video else 0
+    return {
+        "mesh": BYTES_PER_CELL * cells,
+        "texture": cells + BYTES_PER_TEXEL * texels,
+        "turntable": BYTES_PER_TURNTABLE_PIXEL * pixels,
+    }
+
+
+def export_memory(options: ExportOptions) -> int:
+    """Bytes of host memory an export with ``options`` needs at its peak, about: its stages run
+    one after the other, so the largest of :func:`stage_memory`."""
+    return max(stage_memory(options).values())
 
 
 def available_memory() -> int | None:
@@ -283,14 +298,24 @@ def check_memory(options: ExportOptions, after_training: bool = False) -> None:
     need, available = export_memory(options), available_memory()
     if available is None or need <= available:
         return
+    stages = stage_memory(options)
+    stage = max(stages, key=stages.__getitem__)
     if after_training:
+        fields = {"turntable": "video_size or frames"}.get(stage, "resolution or texture_size")
         what = (
             f"the export after training (export_options.resolution {options.resolution}, "
-            f"texture_size {options.texture_size})"
+            f"texture_size {options.texture_size}, video_size {options.video_size}, frames "
+            f"{options.frames})"
         )
         fix = (
-            "lower export_options.resolution or texture_size in a --config, or pass --no-export "
+            f"lower export_options.{fields} in a --config, or pass --no-export "
             "and export later with `dreamtext export` on a larger machine"
+        )
+    elif stage == "turntable":
+        what = f"a turntable of {options.frames} frames at {options.video_size} px"
+        fix = (
+            "lower --video-size (half of it needs a quarter of the memory) or --frames, or "
+            "pass --no-video"
         )
     else:
         what = (
@@ -619,13 +644,15 @@ def export_field(
 
     def explain(memory: str) -> str:
         on_the_gpu = ", or --device cpu" if memory == "GPU memory" else ""
+        turntable, smaller = "", "--resolution or --texture-size"
+        if options.video:
+            turntable = f", {options.frames}-frame {options.video_size} px turntable"
+            smaller = "--resolution, --texture-size or --video-size, or --no-video"
         return (
             f"out of {memory} while exporting {out_dir} (marching cubes at "
-            f"{options.resolution}^3, {options.texture_size} px texture, {options.video_size} px "
-            "turntable); nothing was written and the trained run is kept: run `dreamtext export "
-            f"--workspace {shlex.quote(str(out_dir))}` with a smaller --resolution or "
-            "--texture-size, or --no-video"
-            f"{on_the_gpu}"
+            f"{options.resolution}^3, {options.texture_size} px texture{turntable}); nothing "
+            "was written and the trained run is kept: run `dreamtext export --workspace "
+            f"{shlex.quote(str(out_dir))}` with a smaller {smaller}{on_the_gpu}"
         )
 
     # An earlier export killed while it swapped its files in is finished first.
@@ -653,8 +680,15 @@ def log_decimation(before: int, after: int, target: int) -> None:
     short of a target below what the surface can be cut to while it stays closed and manifold
     (a few dozen faces: fast-simplification collapses no further, and the repair of its result
     may take faces out or put them back), which would otherwise pass without a word. A mesh
-    returned whole (``after == before``) is not noted again: the decimation has said why."""
-    if 0 < target < after < before:
+    already within the target, or with decimation off (0), is said to be kept whole; one
+    returned whole over its target is not noted again: the decimation has said why."""
+    if target <= 0:
+        log.info("decimation off (decimate 0): all %d faces kept", after)
+    elif before <= target:
+        log.info("%d faces, within decimate's target of %d: not decimated", after, target)
+    elif after == before:
+        return
+    elif after > target:
         log.warning(
             "decimated to %d faces, above decimate's target of %d: on this surface the "
             "decimation, which keeps it closed and manifold, stops there",
@@ -1069,7 +1103,10 @@ def render_turntable(
     """``frames`` views on a circle around the object: RGB (albedo on white) | depth.
 
     Frames are rendered ``FRAMES_PER_CHUNK`` at a time so the renderer's memory does not grow with
-    their number. Depth rather than normals: on a CPU, the renderer's finite-difference normals
+    their number; what grows is kept small, the RGB as bytes and depth and opacity as float32
+    (11 bytes a pixel) until the depth range over all frames is known, then the frames are made
+    a chunk at a time (it kept float32 copies of every frame: 137 bytes a pixel, 2.2 GB for 60
+    frames at 512 px). Depth rather than normals: on a CPU, the renderer's finite-difference normals
     cost six more field queries per visible sample, ten times the whole frame. The depth panel
     shows the visible matter's expected depth ``d̂ = depth / o`` as grey ``g = 0.2 + 0.6 (d̂ −
     d_near) / (d_far − d_near)`` (near dark), ``d_near, d_far`` its range over the pixels with
@@ -1089,7 +1126,7 @@ def render_turntable(
     white = torch.ones(3, device=field_device(field))
     if poses is None:
         poses = orbit_poses(frames, TURNTABLE_POLAR, TURNTABLE_RADIUS, TURNTABLE_FOVY)
-    rgb, depth, opacity = [], [], []
+    rgb, depth, opacity = [], [], []  # uint8 [B, S, S, 3]; float32 [B, S, S] (11 bytes a pixel)
     chunks = -(-frames // FRAMES_PER_CHUNK)
     try:
         with torch.no_grad():
@@ -1103,7 +1140,7 @@ def render_turntable(
                 chunk = poses[start : start + FRAMES_PER_CHUNK]
                 out = renderer.render(field, chunk, size, size, shading="albedo", background=white)
                 o = out["opacity"].float().clamp(0, 1)
-                rgb.append(out["rgb"].float().clamp(0, 1).cpu().numpy())
+                rgb.append(_to_bytes(out["rgb"].float().clamp(0, 1).cpu().numpy()))
                 depth.append((out["depth"].float() / o.clamp_min(1e-6)).cpu().numpy())
                 opacity.append(o.cpu().numpy())
         if progress is not None:
@@ -1111,13 +1148,23 @@ def render_turntable(
     finally:
         if isinstance(renderer, torch.nn.Module):
             renderer.train(was_training)
-    rgb, depth, opacity = (np.concatenate(a) for a in (rgb, depth, opacity))
-    solid = opacity > 0.5
-    near, far = (depth[solid].min(), depth[solid].max()) if solid.any() else (0.0, 1.0)
-    grey = 0.2 + 0.6 * np.clip((depth - near) / max(far - near, 1e-6), 0.0, 1.0)
-    depth_panel = np.repeat(((1.0 - opacity) + opacity * grey)[..., None], 3, axis=-1)
-    both = np.concatenate([rgb, depth_panel], axis=2)
-    return list((both * 255.0 + 0.5).astype(np.uint8))
+    solid = [o > 0.5 for o in opacity]
+    if any(s.any() for s in solid):
+        near = min(d[s].min() for d, s in zip(depth, solid, strict=True) if s.any())
+        far = max(d[s].max() for d, s in zip(depth, solid, strict=True) if s.any())
+    else:
+        near, far = 0.0, 1.0
+    images = []
+    for colour, d, o in zip(rgb, depth, opacity, strict=True):  # float32 for one chunk only
+        grey = 0.2 + 0.6 * np.clip((d - near) / max(far - near, 1e-6), 0.0, 1.0)
+        panel = _to_bytes(np.repeat(((1.0 - o) + o * grey)[..., None], 3, axis=-1))
+        images += list(np.concatenate([colour, panel], axis=2))
+    return images
+
+
+def _to_bytes(values: np.ndarray) -> np.ndarray:
+    """``[0, 1]`` floats → uint8, ``⌊255 v + ½⌋``."""
+    return (values * 255.0 + 0.5).astype(np.uint8)
 
 
 def default_renderer(field: torch.nn.Module) -> torch.nn.Module:
@@ -1531,6 +1578,7 @@ __all__ = [
     "recorded_options",
     "render_turntable",
     "resolve_workspace",
+    "stage_memory",
     "turntable_poses",
     "write_all_atomically",
 ]

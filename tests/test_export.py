@@ -1468,14 +1468,27 @@ def test_out_of_memory_in_export_names_the_fixes_and_writes_nothing(
         export_field(SphereField(), tmp_path / "run", small_options(), renderer=SphereTracer())
     message = str(raised.value)
     assert "\n" not in message
-    for fix in ("--resolution", "--texture-size", "--no-video"):
+    for fix in ("--resolution", "--texture-size", "--video-size", "--no-video"):
         assert fix in message
+    assert "60-frame 32 px turntable" in message
     if memory == "GPU":
         assert "out of GPU memory" in message and "--device cpu" in message
     else:
         assert "out of memory" in message and "GPU" not in message and "--device" not in message
     assert f"--workspace {tmp_path / 'run'}" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_out_of_memory_in_an_export_without_a_turntable_names_no_video_flag(tmp_path, monkeypatch):
+    def run_out(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(export_module, "bake_texture", run_out)
+    with pytest.raises(DreamtextError) as raised:
+        export_field(SphereField(), tmp_path / "run", small_options(video=False), SphereTracer())
+    message = str(raised.value)
+    assert "with a smaller --resolution or --texture-size" in message
+    assert "turntable" not in message and "--video-size" not in message
 
 
 def suggested_workspace(message: str) -> Path:
@@ -2036,7 +2049,29 @@ def test_a_decimation_that_stops_above_its_target_says_so_in_one_line(
     # Every face kept (a decimation that failed says why itself): no second line.
     monkeypatch.setattr(export_module, "decimate", lambda mesh, target: mesh)
     assert main(["export", "--workspace", str(workspace), *flags, "--decimate", "10"]) == 0
-    assert "above decimate's target" not in capsys.readouterr().err
+    assert "decimate" not in capsys.readouterr().err
+
+
+def test_an_export_not_decimated_does_not_say_decimated(tmp_path, monkeypatch, capsys):
+    """``--decimate 0`` and a target over the face count logged "decimated to N faces" for the
+    N faces marching cubes made."""
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, {"resolution": 40, "threshold": 50.0, "texture_size": 64})
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    flags = ["--workspace", str(workspace), "--no-video", "--formats", "ply", "--decimate"]
+    assert main(["export", *flags, "0"]) == 0
+    faces = json.loads((workspace / "mesh" / "mesh.json").read_text())["faces"]
+    lines = capsys.readouterr().err.splitlines()
+    assert f"dreamtext: marching cubes: {faces} faces" in lines
+    assert f"dreamtext: decimation off (decimate 0): all {faces} faces kept" in lines
+    assert main(["export", *flags, str(faces)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert f"dreamtext: {faces} faces, within decimate's target of {faces}: not decimated" in lines
+    assert not any("decimated to" in line for line in lines)
+    assert main(["export", *flags, str(faces // 2)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("dreamtext: decimated to ") for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -2089,6 +2124,45 @@ def test_an_export_bigger_than_the_memory_is_refused_before_the_work(tmp_path, m
     with pytest.raises(DreamtextError, match="--texture-size"):  # 16384^2 texels: 46 GB
         export_field(UntouchableField(), tmp_path, small_options(texture_size=16384))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_turntable_bigger_than_the_memory_is_refused_before_the_work(tmp_path, monkeypatch):
+    """`--video-size 100000` was let through: the export meshed and baked for minutes, then ran
+    out of memory at the turntable and named --resolution and --texture-size as the fixes."""
+    monkeypatch.setattr(export_module, "available_memory", lambda: 8 * 10**9)
+    options = small_options(video_size=100_000)  # 60 frames × 10^10 pixels × 32 B
+    with pytest.raises(DreamtextError) as raised:
+        export_field(UntouchableField(), tmp_path, options, SphereTracer())
+    assert str(raised.value) == (
+        "a turntable of 60 frames at 100000 px needs about 19,200 GB of memory and 8.0 GB "
+        "is available: lower --video-size (half of it needs a quarter of the memory) or "
+        "--frames, or pass --no-video"
+    )
+    with pytest.raises(DreamtextError, match="--frames"):  # 10^8 frames at 256 px: 210,000 GB
+        export_module.check_memory(small_options(frames=10**8, video_size=256))
+    with pytest.raises(DreamtextError, match=r"lower export_options\.video_size or frames in a"):
+        export_module.check_memory(options, after_training=True)
+    export_module.check_memory(small_options(video_size=100_000, video=False))  # no turntable
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_turntable_keeps_its_frames_in_bytes_not_floats():
+    """The turntable kept float32 RGB, depth panel and their concatenation of every frame until
+    the last was rendered: 137 bytes a pixel, 2.2 GB for 60 frames at 512 px. Now the RGB is
+    kept as bytes, depth and opacity as float32, and the frames are made a chunk at a time:
+    what numpy holds at once stays under BYTES_PER_TURNTABLE_PIXEL a pixel."""
+    import tracemalloc
+
+    frames, size = 60, 64
+    tracemalloc.start()
+    try:
+        images = render_turntable(SphereField(), frames, size, SphereTracer())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(images) == frames and images[0].shape == (size, 2 * size, 3)
+    assert images[0].dtype == np.uint8
+    assert peak < export_module.BYTES_PER_TURNTABLE_PIXEL * frames * size**2
 
 
 def test_a_hopeless_export_size_is_written_in_whole_gigabytes(monkeypatch):
