@@ -515,10 +515,26 @@ class VolumeRenderer(nn.Module):
         perturb: bool | None,
     ) -> dict[str, Tensor]:
         perturb = self.training if perturb is None else perturb
-        samples, values = self.sampler.sample(field, rays.origins, rays.directions, perturb)
         if torch.is_grad_enabled():
+            samples, values = self.sampler.sample(field, rays.origins, rays.directions, perturb)
             return self.composite(field, rays, samples, shading, ambient_ratio, values)
-        return self.composite_bounded(field, rays, samples, shading, ambient_ratio, values)
+        parts = []
+        for piece in self._ray_pieces(rays):
+            samples, values = self.sampler.sample(field, piece.origins, piece.directions, perturb)
+            parts.append(
+                self.composite_bounded(field, piece, samples, shading, ambient_ratio, values)
+            )
+        return _joined(parts)
+
+    def _ray_pieces(self, rays: RayBundle) -> list[RayBundle]:
+        """``rays`` in consecutive pieces of ``chunk_size`` rays, each sampled and composited
+        before the next is sampled: a render without gradients holds one piece's samples,
+        not the whole image's. The sampler marches ``chunk_size`` rays a pass and draws its
+        random phases in order, so the samples are the ones one bundle would get. (A
+        turntable's 4 frames at 512 px held all of their ~1 M rays' samples: 2.3 GB more than
+        at 64 px, benchmarks/RESULTS.md "Stop 62".)"""
+        size = self.cfg.chunk_size
+        return [rays[start : start + size] for start in range(0, len(rays), size)] or [rays]
 
     def render(
         self,
@@ -570,19 +586,20 @@ class VolumeRenderer(nn.Module):
             _check_shading(shading)
         rays = self.camera_rays(poses, height, width)
         perturb = self.training if perturb is None else perturb
-        samples, values = self.sampler.sample(field, rays.origins, rays.directions, perturb)
+        parts: dict[str, list[dict[str, Tensor]]] = {shading: [] for shading in shadings}
+        for piece in self._ray_pieces(rays):  # one piece's samples at a time
+            samples, values = self.sampler.sample(field, piece.origins, piece.directions, perturb)
+            # A shading with normals first: the values it collects hold them for the rest.
+            for shading in sorted(shadings, key=lambda name: not self._needs_normals(name)):
+                collected: list[SampleValues] = []
+                out = self.composite_bounded(
+                    field, piece, samples, shading, ambient_ratio, values, collected
+                )
+                if collected:  # else no sample: nothing to reuse
+                    values = SampleValues.cat(collected)
+                parts[shading].append(out)
         shape = (len(poses), height, width)
-        images = {}
-        # A shading with normals first: the values it collects hold them for the rest.
-        for shading in sorted(shadings, key=lambda name: not self._needs_normals(name)):
-            collected: list[SampleValues] = []
-            out = self.composite_bounded(
-                field, rays, samples, shading, ambient_ratio, values, collected
-            )
-            if collected:  # else no sample: nothing to reuse
-                values = SampleValues.cat(collected)
-            images[shading] = _to_images(out, shape)
-        return {shading: images[shading] for shading in shadings}
+        return {shading: _to_images(_joined(parts[shading]), shape) for shading in shadings}
 
     def render_train(
         self,
@@ -629,6 +646,13 @@ class VolumeRenderer(nn.Module):
             values = SampleValues(values.sigma, values.albedo, normals)
         replay = _Replay(self, field, rays, samples, values, shading, ambient_ratio, per_sample)
         return TrainingRender(out, shape, len(samples), replay)
+
+
+def _joined(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The per-ray outputs (:data:`RAY_OUTPUTS`) of consecutive pieces of rays, joined."""
+    if len(parts) == 1:
+        return parts[0]
+    return {key: torch.cat([part[key] for part in parts]) for key in RAY_OUTPUTS}
 
 
 def in_pieces(fn, size: int, *inputs: Tensor) -> tuple[Tensor, ...]:

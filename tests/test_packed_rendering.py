@@ -235,6 +235,41 @@ def test_renders_without_gradients_never_exceed_chunk_points(sampler: str) -> No
     assert field.largest_call <= 300
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_render_without_gradients_samples_chunk_size_rays_at_a_time(sampler: str) -> None:
+    """A turntable's 4 frames at 512 px sampled all of their ~1 M rays before compositing any:
+    every sample of the image was held at once (2.3 GB). Now no sampling pass gets more than
+    ``chunk_size`` rays, and the images (and both shadings of a preview) are the same."""
+    field = small_field(1)
+    settings = {"num_steps": 32, "upsample_steps": 8, "march_steps": 96}
+    whole = renderer(sampler, **settings)
+    pieces = renderer(sampler, **settings, chunk_size=37)  # 2 × 12 × 12 = 288 rays: 8 pieces
+    largest = []
+    sample = pieces.sampler.sample
+
+    def counted(field, origins, directions, perturb):
+        largest.append(len(origins))
+        return sample(field, origins, directions, perturb)
+
+    pieces.sampler.sample = counted
+    with torch.no_grad():
+        expected = whole.render(field, two_cameras(), 12, 12, shading="lambertian")
+        got = pieces.render(field, two_cameras(), 12, 12, shading="lambertian")
+        assert max(largest) == 37 and sum(largest) == 288
+        for key in ("rgb", "opacity", "depth", "normals"):
+            torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=0)
+        assert expected["opacity"].max() > 0.5
+        largest.clear()
+        both = ("albedo", "textureless")
+        expected = whole.render_shadings(field, two_cameras(), 12, 12, both)
+        got = pieces.render_shadings(field, two_cameras(), 12, 12, both)
+        assert max(largest) == 37 and sum(largest) == 288
+        for shading in both:
+            torch.testing.assert_close(
+                got[shading]["rgb"], expected[shading]["rgb"], atol=1e-6, rtol=0
+            )
+
+
 def test_normals_are_computed_only_at_the_kept_samples() -> None:
     field = Counting(SlabField(sigma=1000.0, half_width=0.25))
     rays_o = torch.tensor([[0.0, 0.0, 2.0]])
