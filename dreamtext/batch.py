@@ -849,12 +849,23 @@ def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
         return
     changed = changed_setting_lines(entry, cfg)
     saved = read_run_config(entry.workspace, "") if changed else None
-    if changed and not (saved is not None and resume_conflicts(saved, cfg)):
+    if not changed or (saved is not None and resume_conflicts(saved, cfg)):
+        return
+    if run_finished(entry.workspace, cfg.iters):  # trained, no mesh: only exported
+        trained = [line for line in changed if not line.startswith("export_options.")]
+        if not trained:
+            return
         _say(
-            f"batch: line {entry.line}: {entry.workspace} resumes with other settings than it "
-            f"started with ({', '.join(changed)}); they apply from its last checkpoint on, "
-            "--overwrite trains it again from scratch with them"
+            f"batch: line {entry.line}: {entry.workspace} is trained and only exported, so "
+            f"these settings do not apply to it ({', '.join(trained)}); --overwrite trains it "
+            "again from scratch with them"
         )
+        return
+    _say(
+        f"batch: line {entry.line}: {entry.workspace} resumes with other settings than it "
+        f"started with ({', '.join(changed)}); they apply from its last checkpoint on, "
+        "--overwrite trains it again from scratch with them"
+    )
 
 
 def is_finished(cfg: TrainConfig) -> bool:
@@ -1238,6 +1249,7 @@ def run_entry(
     worker of this batch, is running (a ``dreamtext text`` of its workspace: ``WorkspaceInUse``).
     """
     started, start = now_iso(), time.perf_counter()
+    log_before = _log_state(entry.workspace)
     result: dict[str, Any] = {"status": "skipped", "error": None}
     lock = WorkspaceLock(entry.workspace, options.lock_timeout)
     # stopped: a file-system error stopped the batch at this line (said once); ends_batch: a
@@ -1350,7 +1362,7 @@ def run_entry(
     # A line skipped for another process's run: its status.json is that run's, not this line's.
     ours = claimed and lock.lost is None and not busy
     record = {
-        **_record(entry, root, shard, result, ours, started, start),
+        **_record(entry, root, shard, result, ours, started, start, log_before),
         "continued_from": continued,
         "stopped_batch": stopped or ends_batch,
         # Whose stale lock this attempt took over, and why: a killed worker's, a dead node's.
@@ -1475,9 +1487,11 @@ def _record(
     ran: bool,
     started: str,
     start: float,
+    log_before: str | None = None,
 ) -> dict[str, Any]:
     """:func:`run_entry`'s ``batch.jsonl`` record; ``ran``: this worker held the entry's run
-    to its end (its status.json is this attempt's)."""
+    to its end (its status.json is this attempt's); ``log_before``: the run's ``log.jsonl``
+    when the attempt started (:func:`_log_state`), which an attempt that trained changed."""
     status = read_status(entry.workspace) if ran else None
     task, restarts = slurm_task()
     # The run's step where this attempt's own process wrote its status.json (since the attempt
@@ -1492,12 +1506,16 @@ def _record(
         "workspace": _relative(entry.workspace, root),
         **result,
         "seconds": round(time.perf_counter() - start, 3),
-        # An interrupted attempt that trained (a preempted SLURM task) has its speed too.
+        # An interrupted attempt that trained (a preempted SLURM task) has its speed too; one
+        # that trained nothing (an export of a run trained with --no-export) has none.
         "its": _last_its(entry.workspace)
-        if result["status"] == "finished" or (result["status"] == "interrupted" and own)
+        if (result["status"] == "finished" or (result["status"] == "interrupted" and own))
+        and _log_state(entry.workspace) != log_before
         else None,
-        "gpu_mem_mib": status.get("gpu_mem_mib") if status else None,
-        "phase": status.get("phase") if status else None,
+        # Only this attempt's own: an attempt that failed before it wrote its status.json
+        # (a damaged checkpoint) was recorded as "failed in export", the old run's phase.
+        "gpu_mem_mib": status.get("gpu_mem_mib") if own else None,
+        "phase": status.get("phase") if own else None,
         "step": status.get("step") if own else None,
         "started": started,
         "finished": now_iso(),
@@ -1730,6 +1748,15 @@ def _prompt_of(entry: Entry) -> str:
             record = json.loads(sentence_path(entry.workspace).read_text(encoding="utf-8"))
             return record.get("trained_sentence") or record.get("sentence") or entry.prompt
     return entry.prompt
+
+
+def _log_state(workspace: Path) -> str | None:
+    """The last line of the run's ``log.jsonl``, ``None`` where there is none: an attempt that
+    trained a step changed it (a resume rewrites the file up to its checkpoint, so its size and
+    time are no sign)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError, IndexError):
+        return (workspace / "log.jsonl").read_text(encoding="utf-8").splitlines()[-1]
+    return None
 
 
 def _last_its(workspace: Path) -> float | None:

@@ -359,8 +359,7 @@ def restore_newest(run: Run) -> None:
     earlier = f" ({', '.join(damaged)} are unreadable too)" if damaged else ""
     raise DreamtextError(
         f"cannot resume: {last} {problem} and the run has no earlier "
-        f"checkpoint that is whole{earlier}; train it again from scratch with --overwrite "
-        "instead of --resume"
+        f"checkpoint that is whole{earlier}; train it again from scratch with --overwrite"
     )
 
 

@@ -2504,10 +2504,13 @@ def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
     """The descriptor training and describe wrote no status.json, so the batch's line and
     summary could only say 'failed', after hours of a 5000-step descriptor training."""
     import dreamtext.imageto3d
-    from dreamtext.runstatus import write_status
+    from dreamtext.processes import this_process
+    from dreamtext.runstatus import now_iso, write_status
 
     def fails_in_descriptor(image, options, cfg):
-        write_status(cfg.workspace, {"state": "failed", "phase": "descriptor", "step": 40})
+        # As the stages' own status.json is: this process's, started by this attempt.
+        mine = {**this_process(), "started": now_iso()}
+        write_status(cfg.workspace, {"state": "failed", "phase": "descriptor", "step": 40, **mine})
         raise DreamtextError("the descriptor broke")
 
     monkeypatch.setattr(dreamtext.imageto3d, "run_image", fails_in_descriptor)
@@ -2569,6 +2572,64 @@ def test_a_run_finished_without_its_export_is_exported_when_the_batch_asks_for_o
     assert main(list(map(str, args))) == 0  # now it has its mesh
     assert exports == [5]
     assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped"]
+
+
+def test_an_export_only_attempt_records_no_speed_and_says_training_settings_do_not_apply(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A run trained with --no-export and run again for its mesh trains nothing: its record had
+    the earlier training's it/s, and a changed --lr was said to apply "from its last checkpoint
+    on", though no step is trained."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0  # tiny.yaml: export false
+    assert rows(root)[0]["its"] is not None
+
+    def fake_export(run):
+        (run.workspace / "mesh").mkdir()
+        (run.workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+
+    monkeypatch.setattr(trainer, "export_trained", fake_export)
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    capsys.readouterr()
+    assert main(list(map(str, [*args, "--lr", "0.5"]))) == 0
+    assert steps(root / "a_red_cube") == [5]  # nothing trained
+    err = capsys.readouterr().err
+    assert (
+        f"batch: line 1: {root / 'a_red_cube'} is trained and only exported, so these settings "
+        "do not apply to it (lr 0.02 → 0.5); --overwrite trains it again from scratch with them"
+    ) in err
+    assert "resumes with other settings" not in err
+    record = rows(root)[-1]
+    assert record["status"] == "finished" and record["its"] is None
+
+
+def test_a_retry_that_fails_before_its_run_starts_records_no_phase_of_the_old_run(
+    tmp_path, tiny_yaml, shapes_cache, capsys
+):
+    """A finished run continued to a higher --iters whose checkpoints are all damaged fails
+    while it loads them, before it writes a status of its own: its record took the phase and
+    GPU memory of the finished run's status.json, and the summary said "failed in train"."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--iters", "4"]))) == 0
+    # The finished run as an earlier process left it (this test runs both in one, in a second).
+    earlier = {**status(root / "a_red_cube"), "pid": 1, "started": "2026-01-01T00:00:00+00:00"}
+    (root / "a_red_cube" / "status.json").write_text(json.dumps(earlier))
+    assert earlier["phase"] is not None
+    checkpoints = root / "a_red_cube" / "checkpoints"
+    for step_file in checkpoints.glob("step_*"):
+        step_file.unlink()
+    (checkpoints / "last.pt").write_bytes(b"\0" * 1000)
+    capsys.readouterr()
+    assert main(list(map(str, [*args, "--iters", "6"]))) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "failed in" not in err
+    record = rows(root)[-1]
+    assert record["status"] == "failed"
+    assert record["phase"] is None and record["gpu_mem_mib"] is None and record["its"] is None
 
 
 def test_a_finished_run_continued_to_a_higher_iters_is_said_and_recorded(

@@ -104,7 +104,7 @@ def test_no_whole_checkpoint_is_one_line_exit_2_and_the_folder_is_untouched(tmp_
     assert err.splitlines()[-1] == (
         f"dreamtext: error: cannot resume: {last} is unreadable (a truncated or damaged file: "
         "RuntimeError) and the run has no earlier checkpoint that is whole; train it again from "
-        "scratch with --overwrite instead of --resume"
+        "scratch with --overwrite"
     )
     assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
 
