@@ -791,6 +791,22 @@ def test_out_of_host_memory_anywhere_is_one_line_naming_what_to_reduce(
     expected = ["out of memory in `dreamtext image`", "close other programs", "--h/--w"]
     assert_user_error(code, err, *expected, *([detail] if detail else []))
     assert "GPU" not in err and "--fp16" not in err and "enforce" not in err
+    assert "--config" not in err and "render sizes" not in err
+
+
+def test_out_of_memory_with_a_config_file_names_its_sizes_too(tmp_path, monkeypatch, capsys):
+    """A config's field.hidden_dim of 4096 ran the host out of memory while the field was
+    built; the line named only --h/--w, which was not the cause."""
+    from dreamtext import cli
+
+    def run_out(args):
+        raise MemoryError()
+
+    config = tmp_path / "big.yaml"
+    config.write_text("field: {hidden_dim: 4096}\n")
+    monkeypatch.setattr(cli, "cmd_text", run_out)
+    code, err = run_main(["text", "a red cube", "--config", str(config)], capsys)
+    assert_user_error(code, err, f"a smaller --h/--w, smaller field or render sizes in {config}")
 
 
 def test_a_render_whose_rays_alone_cannot_fit_is_refused_before_anything_is_written(
