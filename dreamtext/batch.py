@@ -1493,6 +1493,7 @@ def _record(
     to its end (its status.json is this attempt's); ``log_before``: the run's ``log.jsonl``
     when the attempt started (:func:`_log_state`), which an attempt that trained changed."""
     status = read_status(entry.workspace) if ran else None
+    log_now = _log_state(entry.workspace)
     task, restarts = slurm_task()
     # The run's step where this attempt's own process wrote its status.json (since the attempt
     # started), else None: an attempt stopped before training (a SIGTERM while the model
@@ -1508,9 +1509,9 @@ def _record(
         "seconds": round(time.perf_counter() - start, 3),
         # An interrupted attempt that trained (a preempted SLURM task) has its speed too; one
         # that trained nothing (an export of a run trained with --no-export) has none.
-        "its": _last_its(entry.workspace)
+        "its": _last_its(log_now)
         if (result["status"] == "finished" or (result["status"] == "interrupted" and own))
-        and _log_state(entry.workspace) != log_before
+        and log_now != log_before
         else None,
         # Only this attempt's own: an attempt that failed before it wrote its status.json
         # (a damaged checkpoint) was recorded as "failed in export", the old run's phase.
@@ -1759,11 +1760,12 @@ def _log_state(workspace: Path) -> str | None:
     return None
 
 
-def _last_its(workspace: Path) -> float | None:
-    """it/s of the run's last ``log.jsonl`` record."""
-    with contextlib.suppress(OSError, *UNREADABLE_JSON, IndexError):
-        lines = (workspace / "log.jsonl").read_text(encoding="utf-8").splitlines()
-        return json.loads(lines[-1]).get("its")
+def _last_its(last_line: str | None) -> float | None:
+    """it/s of the run's last ``log.jsonl`` record (its line, :func:`_log_state`)."""
+    if last_line is None:
+        return None
+    with contextlib.suppress(*UNREADABLE_JSON):
+        return json.loads(last_line).get("its")
     return None
 
 

@@ -1607,9 +1607,8 @@ def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: s
     fixes = [fix for name, fix in flags.items() if hasattr(args, name)]
     # A config file can set what no flag does (a wider field.hidden_dim, a larger hash table or
     # occupancy grid), which then takes the memory: --h/--w alone was the wrong advice there.
-    if configs := getattr(args, "config", None):
-        files = ", ".join(map(str, configs if isinstance(configs, list) else [configs]))
-        fixes.append(f"smaller field or render sizes in {files}")
+    if configs := getattr(args, "config", None):  # --config appends: a list of files
+        fixes.append(f"smaller field or render sizes in {', '.join(map(str, configs))}")
     return (
         f"out of {memory} in `dreamtext {args.command}`"
         + (f" ({detail})" if detail else "")

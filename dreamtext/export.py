@@ -295,11 +295,11 @@ def check_memory(options: ExportOptions, after_training: bool = False) -> None:
     memory than is available (:func:`export_memory`), instead of being killed by the system
     after minutes of work. ``after_training``: the export that ends a training run, checked
     before the training (its settings are ``export_options`` fields, not flags)."""
-    need, available = export_memory(options), available_memory()
+    stages = stage_memory(options)
+    stage = max(stages, key=stages.__getitem__)  # the largest: export_memory's
+    need, available = stages[stage], available_memory()
     if available is None or need <= available:
         return
-    stages = stage_memory(options)
-    stage = max(stages, key=stages.__getitem__)
     if after_training:
         fields = {"turntable": "video_size or frames"}.get(stage, "resolution or texture_size")
         what = (
@@ -1148,12 +1148,9 @@ def render_turntable(
     finally:
         if isinstance(renderer, torch.nn.Module):
             renderer.train(was_training)
-    solid = [o > 0.5 for o in opacity]
-    if any(s.any() for s in solid):
-        near = min(d[s].min() for d, s in zip(depth, solid, strict=True) if s.any())
-        far = max(d[s].max() for d, s in zip(depth, solid, strict=True) if s.any())
-    else:
-        near, far = 0.0, 1.0
+    solid = [d[o > 0.5] for d, o in zip(depth, opacity, strict=True)]  # each chunk's, once
+    solid = [s for s in solid if s.size]
+    near, far = (min(s.min() for s in solid), max(s.max() for s in solid)) if solid else (0.0, 1.0)
     images = []
     for colour, d, o in zip(rgb, depth, opacity, strict=True):  # float32 for one chunk only
         grey = 0.2 + 0.6 * np.clip((d - near) / max(far - near, 1e-6), 0.0, 1.0)

@@ -464,7 +464,7 @@ class VolumeRenderer(nn.Module):
             parts.append(self.composite(field, sub, part, shading, ambient_ratio, vals, collect))
         if not parts:
             return self.composite(field, rays, samples, shading, ambient_ratio, values, collect)
-        return {key: torch.cat([p[key] for p in parts]) for key in RAY_OUTPUTS}
+        return _joined(parts)
 
     # ------------------------------------------------------------------------------------------
     # Public entry points
