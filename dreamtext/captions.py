@@ -92,9 +92,20 @@ def check_builtin_prompts(model: str, prompt: str, negative: str) -> None:
     a blank one stands for every image and is not asked. Other models take any prompt."""
     if model not in BUILTIN_MODELS:
         return
-    for text in (prompt, negative):
-        if text.strip():
-            find_primitive(text)
+    if prompt.strip():
+        find_primitive(prompt)
+    check_builtin_negative(negative)
+
+
+def check_builtin_negative(negative: str) -> None:
+    """A built-in prior's negative prompt is blank or one of its captions: its refusal names
+    ``--negative``, where the prompt may be a caption it knows."""
+    if not negative.strip():
+        return
+    try:
+        find_primitive(negative)
+    except DreamtextError as error:
+        raise DreamtextError(f"--negative: {error} (or leave the negative prompt empty)") from None
 
 
 def needs_stable_diffusion(model: str, what: str) -> None:
@@ -121,11 +132,7 @@ def check_builtin_prompt_lines(
     (:func:`dreamtext.batch.check_builtin_prior`), and the CLI before it imports torch."""
     if model not in BUILTIN_MODELS:
         return
-    if negative.strip():
-        try:
-            find_primitive(negative)
-        except DreamtextError as error:
-            raise DreamtextError(f"--negative: {error}") from None
+    check_builtin_negative(negative)
     known = set(captions())  # as find_primitive matches them
     unknown = [
         (number, prompt) for number, prompt in lines if normalise_caption(prompt) not in known

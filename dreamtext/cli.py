@@ -260,7 +260,10 @@ def add_text_to_3d_arguments(
         default=None,
         help="run the diffusion model in bf16, the field's MLPs under bf16 autocast (CUDA only)",
     )
-    g.add_argument("--negative", help="negative prompt [empty]")
+    g.add_argument(
+        "--negative",
+        help="negative prompt (with builtin:shapes, one of its captions) [empty]",
+    )
     g.add_argument(
         "--encoding",
         choices=["auto", "torch", "triton", "tcnn"],

@@ -889,7 +889,8 @@ def check_thread_count(threads: int | None, source: str, cpus: int | None = None
     asked = f"--threads {threads}" if source == "--threads" else f"DREAMTEXT_THREADS={threads}"
     raise DreamtextError(
         f"{asked} is more than {MAX_THREADS_PER_CPU} threads for each of this machine's {cpus} "
-        f"CPUs, which only slows torch down; ask for {cpus} or fewer"
+        f"CPUs, which only slows torch down; ask for at most {MAX_THREADS_PER_CPU * cpus} "
+        f"({cpus}, one a CPU, is usually the fastest)"
     )
 
 

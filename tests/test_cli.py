@@ -1600,7 +1600,7 @@ def test_a_thread_count_far_above_the_cpus_is_one_line_before_anything_runs(
         code,
         err,
         "--threads 100000 is more than 4 threads for each of this machine's 2 CPUs, which only "
-        "slows torch down; ask for 2 or fewer",
+        "slows torch down; ask for at most 8 (2, one a CPU, is usually the fastest)",
     )
     monkeypatch.setenv("DREAMTEXT_THREADS", "9")
     code, err = run_main([*BUILTIN_RUN, "--workspace", tmp_path / "run"], capsys)

@@ -698,7 +698,7 @@ CAPTION_MISTAKES = [
     (["text", "a cat", "--model", "builtin:shapes"], unknown_caption("a cat")),
     (
         ["text", "a red cube", "--preset", "builtin-shapes", "--negative", "a dog"],
-        unknown_caption("a dog"),
+        f"--negative: {unknown_caption('a dog')} (or leave the negative prompt empty)",
     ),
     (["text", "a cat", "--config", "shapes.yaml"], unknown_caption("a cat")),
     (
@@ -710,7 +710,7 @@ CAPTION_MISTAKES = [
     ),
     (
         ["batch", "cubes.txt", "--config", "shapes.yaml", "--negative", "a dog"],
-        f"--negative: {unknown_caption('a dog')}",
+        f"--negative: {unknown_caption('a dog')} (or leave the negative prompt empty)",
     ),
 ]
 
