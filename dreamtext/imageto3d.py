@@ -208,12 +208,19 @@ def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool,
 
 def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
     """What the later stages need, checked before the first one runs, so that a bad flag costs
-    a line and not the sentence search and the descriptor training: the precision on this
-    device, the hash-grid backend (a field is built and dropped), and the Stable Diffusion,
-    loaded here through :func:`dreamtext.models.load_for` (the stages reuse the load)."""
+    a line and not the sentence search and the descriptor training: the memory of the export
+    that ends it and of the training renders (as :func:`dreamtext.trainer.build_run` checks
+    them), the precision on this device, the hash-grid backend (a field is built and dropped),
+    and the Stable Diffusion, loaded here through :func:`dreamtext.models.load_for` (the stages
+    reuse the load)."""
+    from dreamtext.export import check_memory
     from dreamtext.factory import build_field
     from dreamtext.models import resolve_dtype
+    from dreamtext.trainer import check_render_memory
 
+    if cfg.export:
+        check_memory(cfg.export_options, after_training=True)
+    check_render_memory(cfg, device)
     resolve_dtype(cfg.guidance, device)
     build_field(cfg.field, device)  # an encoding that cannot run here raises
     load_for(cfg.guidance, device)

@@ -322,6 +322,10 @@ def test_the_workspace_of_a_text_run_is_refused_before_anything_is_written(
         ({"guidance": {"fp16": True}}, "--fp16 needs a CUDA GPU"),
         ({"guidance": {"model": "/no/such/sd"}}, "does not exist"),
         ({"guidance": {"model": "NOT_AN_SD"}}, "not a diffusers"),
+        # Memory the training renders or the export after them cannot have, which text refuses
+        # at once: image refused it after the search and the descriptor (2 h on the thesis's GPU).
+        ({"h": 100_000, "w": 100_000}, "--h 100000 --w 100000 with batch 1: its rays"),
+        ({"export": True, "export_options": {"resolution": 2048}}, "the export after training"),
     ],
 )
 def test_text_stage_options_are_checked_before_the_sentence_search(
@@ -329,6 +333,7 @@ def test_text_stage_options_are_checked_before_the_sentence_search(
 ):
     (tmp_path / "NOT_AN_SD").mkdir()
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("dreamtext.export.available_memory", lambda: 4 * 2**30)
     guidance = {"model": str(tiny_sd_path), **overrides.pop("guidance", {})}
     cfg = _config(tmp_path, tiny_sd_path, guidance=guidance, **overrides)
     monkeypatch.setattr(imageto3d, "describe", _fail)
