@@ -88,7 +88,7 @@ from dreamtext.runfiles import recorded_image as recorded_image  # re-exported
 from dreamtext.runfiles import same_image as same_image  # re-exported
 from dreamtext.runstatus import (
     HEARTBEAT_SECONDS,
-    interrupts_between_stages,
+    ends_between_stages,
     restart_stage,
     run_finished,
     track_status,
@@ -304,7 +304,7 @@ def run_image(
     workspace = Path(cfg.workspace)
     check_image(image_path, workspace)  # a bad image fails here, before any model is loaded
     # The workspace's lock from the checks on (processes.claim_workspace).
-    with claim_workspace(workspace), interrupts_between_stages(workspace):
+    with claim_workspace(workspace), ends_between_stages(workspace):
         return _run_image(image_path, options, cfg, workspace, overwrite, sections, note)
 
 
@@ -520,7 +520,7 @@ def run_diverse(
     cfg.workspace = diverse_workspace(cfg, named)
     workspace = Path(cfg.workspace)
     # The workspace's lock from the checks on (processes.claim_workspace).
-    with claim_workspace(workspace), interrupts_between_stages(workspace):
+    with claim_workspace(workspace), ends_between_stages(workspace):
         return _run_diverse(cfg, options, workspace, overwrite, note)
 
 

@@ -378,19 +378,27 @@ def check_guards(workspace: str | Path) -> None:
 
 
 @contextmanager
-def interrupts_between_stages(workspace: str | Path) -> Iterator[None]:
-    """Around a run of several stages (image→3D): a Ctrl-C / SIGTERM that lands between two of
-    them (the next one loading its model), where no stage's :func:`track_status` records it,
-    leaves ``status.json`` ``interrupted`` instead of the last stage's ``running`` (which the
-    viewer reads as a process killed without warning). A status.json of another process, or of
-    a run that ended, is left as it is."""
+def ends_between_stages(workspace: str | Path) -> Iterator[None]:
+    """Around a run of several stages (image→3D): a Ctrl-C / SIGTERM or an error that lands
+    between two of them (the next one loading its model or checking its settings), where no
+    stage's :func:`track_status` records it, leaves ``status.json`` ``interrupted``, or
+    ``failed`` with :func:`error_line`, instead of the last stage's ``running`` (which the viewer
+    reads as a process killed without warning). A status.json of another process, or of a run
+    that ended, is left as it is, and so is a run another worker took over."""
     try:
         yield
-    except KeyboardInterrupt:
+    except RunTakenOver:
+        raise
+    except (KeyboardInterrupt, Exception) as error:
         status = read_status(workspace)
         if same_process(status, this_process()) and status["state"] == "running":
+            ended = (
+                {"state": "interrupted"}
+                if isinstance(error, KeyboardInterrupt)
+                else {"state": "failed", "error": error_line(error)}
+            )
             with signals_held(drop=True):
-                write_status(workspace, {**status, "state": "interrupted", "updated": now_iso()})
+                write_status(workspace, {**status, **ended, "updated": now_iso()})
         raise
 
 

@@ -531,6 +531,28 @@ def test_a_ctrl_c_between_two_stages_leaves_the_run_interrupted(
     assert (tmp_path / "run" / "descriptor" / "sentence.json").is_file()  # the rerun reuses it
 
 
+def test_an_error_between_two_stages_leaves_the_run_failed(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """An error before a stage's block started (text→3D's prompt too long for the text encoder,
+    raised while its run was built) left status.json 'running' in the last stage's phase, with
+    the process gone (exit 2): the viewer showed a live run, then a killed one, never the error."""
+
+    def too_long(*args, **kwargs):
+        raise DreamtextError("the prompt with its view label is 89 tokens")
+
+    monkeypatch.setattr(imageto3d, "train_descriptor", too_long)  # the second stage's start
+    options, cfg = _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path)
+    with pytest.raises(DreamtextError):
+        run_image(_image(tmp_path), options, cfg)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["state"], status["phase"], status["error"]) == (
+        "failed",
+        "describe",
+        "the prompt with its view label is 89 tokens",
+    )
+
+
 def test_the_image_is_in_the_run_folder_while_its_sentence_is_searched(
     tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
 ):
