@@ -314,9 +314,12 @@ def check_image(image_path: Path, workspace: Path) -> None:
     if not image_path.exists() and workspace.is_dir():
         previous, copy = recorded_image(workspace), source_copy(workspace)
         if previous is not None and copy is not None and Path(previous) == image_path.resolve():
+            # The folder too: the default one is named after the image file passed, and the
+            # copy's name (source.png) would start a new run in workspace/source.
+            command = shlex.join(["dreamtext", "image", str(copy), "--workspace", str(workspace)])
             raise DreamtextError(
                 f"image not found: {image_path}; to continue the run in {workspace}, pass its "
-                f"copy {copy} (or the image's new path)"
+                f"copy and its folder: {command} (or the image's new path in place of the copy)"
             )
     load_image(image_path)  # with a prompt's hint (inputs.check_image_path)
 
