@@ -101,7 +101,8 @@ def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
 def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     """``; did you mean --iters?`` for the first unknown flag that is close to one of
     ``parser``'s (difflib's ratio ≥ 0.75), or that names an output folder where ``parser`` has
-    ``--workspace``; ``""`` otherwise."""
+    ``--workspace``, or ``--resume`` where a rerun resumes (``reruns_resume``); ``""``
+    otherwise."""
     known = [option for option in _option_strings(parser) if option.startswith("--")]
     for word in unknown:
         if not word.startswith("-"):
@@ -109,6 +110,12 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
         flag = word.split("=", 1)[0]
         if flag in OUTPUT_FLAG_WORDS and "--workspace" in known:
             return "; the output folder's flag is --workspace"
+        if flag == "--resume" and getattr(parser, "reruns_resume", False):
+            # `image` skips its finished stages and continues the one it stopped in.
+            return (
+                "; the same command without --resume continues the run (finished stages are "
+                "skipped)"
+            )
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
         if close:
             return f"; did you mean {close[0]}?"
@@ -1247,6 +1254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image.add_argument("image", help="PNG, JPEG or WebP image of one object")
     image.quoted_positional = "image"  # type: ignore[attr-defined]
+    image.reruns_resume = True  # type: ignore[attr-defined]
     add_text_to_3d_arguments(
         image,
         workspace_help="output folder (default: workspace/<image name>, as describe's)",

@@ -1396,6 +1396,12 @@ def test_words_left_over_from_an_unquoted_prompt_or_path_say_to_quote_it(capsys,
             " is --workspace ",
         ),
         (["view", "--bogus"], "dreamtext view: unrecognized arguments: --bogus (see"),
+        # image has no --resume (its reruns resume): "did you mean --preset?" misled.
+        (
+            ["image", "mug.png", "--resume"],
+            "dreamtext image: unrecognized arguments: --resume; the same command without --resume"
+            " continues the run (finished stages are skipped) ",
+        ),
     ],
 )
 def test_an_unknown_flag_names_the_flag_it_is_close_to(capsys, args, line):
