@@ -9,8 +9,9 @@ one line.
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -87,29 +88,25 @@ def _file_key(path: Path, max_size: int) -> tuple | None:
 def _load_image(path: Path, max_size: int) -> Image.Image:
     """:func:`load_image`'s decoding and checks, every time."""
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make the warning an error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.format not in SUPPORTED_FORMATS:
-                    raise DreamtextError(
-                        f"{path}: {image.format} images are not supported; use PNG, JPEG or WebP"
-                    )
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise DreamtextError(
-                        f"{path}: {width}x{height} pixels is too large (possible decompression"
-                        f" bomb); resize it below {MAX_PIXELS} pixels"
-                    )
-                if image.format == "JPEG":
-                    image.draft("RGB", (max_size, max_size))
-                image.load()
-                rgb = _to_rgb_on_white(ImageOps.exif_transpose(image))
+        with _open_unchecked(path) as image:
+            if image.format not in SUPPORTED_FORMATS:
+                raise DreamtextError(
+                    f"{path}: {image.format} images are not supported; use PNG, JPEG or WebP"
+                )
+            width, height = image.size
+            if image.format == "JPEG":
+                # Decoded at 1/2, 1/4 or 1/8 of its size where that is still max_size or
+                # more a side: a 108-megapixel phone photo decodes as 1.7 megapixels.
+                image.draft("RGB", (max_size, max_size))
+            if image.size[0] * image.size[1] > MAX_PIXELS:  # the pixels it decodes
+                raise DreamtextError(
+                    f"{path}: {width}x{height} pixels is too large (possible decompression"
+                    f" bomb); resize it below {MAX_PIXELS} pixels"
+                )
+            image.load()
+            rgb = _to_rgb_on_white(ImageOps.exif_transpose(image))
     except DreamtextError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        message = f"{path}: refused as a possible decompression bomb ({error})"
-        raise DreamtextError(message) from None
     except UnidentifiedImageError:
         message = f"{path}: not an image Pillow can read; use PNG, JPEG or WebP"
         raise DreamtextError(message) from None
@@ -122,9 +119,26 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
             f"{path}: the image is blank (every pixel white or transparent); pass an image "
             "that shows the object"
         )
-    rgb.info[SOURCE_SIZE] = rgb.size  # the file's size, upright (small_image_warning)
+    # The file's size, upright (small_image_warning); a JPEG's draft may decode it smaller, but
+    # then at least twice max_size a side, far above any size that warning names.
+    rgb.info[SOURCE_SIZE] = rgb.size
     rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     return rgb
+
+
+@contextmanager
+def _open_unchecked(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` without Pillow's own pixel limit, which counts a JPEG's pixels at full
+    size: :func:`_load_image` checks the pixels it decodes against :data:`MAX_PIXELS` itself,
+    before it decodes any. Nothing is decoded by the open."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        image = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with image:
+        yield image
 
 
 def _to_rgb_on_white(image: Image.Image) -> Image.Image:

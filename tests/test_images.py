@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dreamtext import images
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image
 
@@ -134,6 +135,26 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     path.write_bytes(data)
     with pytest.raises(DreamtextError, match="decompression bomb"):
         load_image(path)
+
+
+def test_a_jpeg_is_counted_by_the_pixels_it_decodes(tmp_path, monkeypatch):
+    """A 108-megapixel phone photo (12000 x 9000 JPEG) was refused as a possible decompression
+    bomb by Pillow's own limit, which counts a JPEG at full size, though it decodes at 1/8 of it
+    (Image.draft). Here the limits are 10,000 pixels and the JPEG 200 x 150 (30,000)."""
+    from PIL import Image
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    photo, drawing = tmp_path / "photo.jpg", tmp_path / "drawing.png"
+    picture = Image.new("RGB", (200, 150), (200, 30, 30))
+    picture.save(photo)
+    picture.save(drawing)
+    loaded = load_image(photo, max_size=64)  # decoded at 1/2: 100 x 75
+    assert loaded.size == (64, 48)
+    assert np.abs(np.asarray(loaded, dtype=int) - (200, 30, 30)).max() <= 4
+    with pytest.raises(DreamtextError, match=r"200x150 pixels is too large.*below 10000 pixels"):
+        load_image(drawing, max_size=64)
+    assert Image.MAX_IMAGE_PIXELS == 10_000  # Pillow's limit as it was
 
 
 def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
