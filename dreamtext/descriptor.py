@@ -416,7 +416,14 @@ def _train_and_save(
         out = learned_embeds_path(workspace)
         embeds = save(trainer.learned_embeds())
         atomic_write_bytes(out, lambda f: f.write(embeds))
-        record["trained_sentence"] = trainer.trained_sentence
+        # Untrained (--descriptor-iters 0), text→3D runs on the search's own sentence: the
+        # placeholder of a sentence without words starts from the noun, and the trained
+        # sentence would say the noun twice ("a little <descriptor> figurine").
+        record["trained_sentence"] = (
+            trainer.trained_sentence
+            if trainer.step
+            else make_sentence(record["quantifier"], record["words"], record["noun"])
+        )
         record["descriptor_token"] = options.token
         record["descriptor_vectors"] = trainer.n_vectors
         record["descriptor_words"] = trainer.words

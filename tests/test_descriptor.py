@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -302,9 +303,26 @@ def test_zero_steps_save_the_words_own_embeddings(tiny_sd_path, tmp_path):
     path = train_descriptor(image_path, workspace, GuidanceConfig(model=str(tiny_sd_path)), options)
     record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
     assert record["descriptor_iters"] == 0
+    assert record["trained_sentence"] == "An image of a red shiny cube"
     assert torch.equal(
         load_file(str(path))[DESCRIPTOR_TOKEN], _trainer(tiny_sd_path).placeholders.vectors
     )
+
+
+def test_zero_steps_of_a_sentence_without_words_run_on_the_sentence_itself(tiny_sd_path, tmp_path):
+    """A search that found no words trains one placeholder started from the noun, put before
+    it; untrained, that sentence said the noun twice ("An image of a <descriptor> cube" encodes
+    as "An image of a cube cube"), where --descriptor-iters 0 promises the sentence's own."""
+    image_path, workspace = _workspace(tmp_path, words=[])
+    options = DescriptorOptions(iters=0, preview_every=0)
+    train_descriptor(image_path, workspace, GuidanceConfig(model=str(tiny_sd_path)), options)
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert record["trained_sentence"] == "An image of a cube"
+    train_descriptor(
+        image_path, workspace, GuidanceConfig(model=str(tiny_sd_path)), replace(options, iters=1)
+    )
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert record["trained_sentence"] == f"An image of a {DESCRIPTOR_TOKEN} cube"
 
 
 def test_resumed_training_equals_an_uninterrupted_run(tiny_sd_path, tmp_path):

@@ -1119,7 +1119,7 @@ def test_a_run_whose_image_was_moved_continues_from_the_moved_file_or_the_runs_c
     image, workspace, copy = _described_run(tmp_path)
     moved = image.rename(tmp_path / "moved.png")
 
-    with pytest.raises(DreamtextError, match=f"pass its copy {copy}"):
+    with pytest.raises(DreamtextError, match=f"dreamtext image {copy} --workspace {workspace}"):
         imageto3d.check_image(image, workspace)
     for path in (moved, copy):
         imageto3d.check_image(path, workspace)
