@@ -34,7 +34,7 @@ from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.config import absolute_model_folder
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
-from dreamtext.images import load_image, small_image_warning
+from dreamtext.images import load_image, pad_to_square, small_image_warning
 from dreamtext.inputs import check_search_options
 from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
 from dreamtext.interrupts import raise_if_stop_requested
@@ -174,7 +174,11 @@ class ClipEncoder:
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> Tensor:
-        """An RGB image → ``[D]`` unit embedding (CLIP's own resize, crop and normalisation)."""
+        """An RGB image → ``[D]`` unit embedding: padded to a square with white, centred, as the
+        descriptor sees it (:func:`dreamtext.augment.image_to_tensor`), then CLIP's own resize,
+        crop (of nothing, once square) and normalisation. Unpadded, CLIP's centre crop of a wide
+        or tall image cut off an object away from its middle."""
+        image = pad_to_square(image)
         pixels = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
         features = self.model.get_image_features(pixel_values=pixels.to(self.device))
         return _unit(_pooled(features))[0].float().cpu()

@@ -141,6 +141,19 @@ def _open_unchecked(path: Path) -> Iterator[Image.Image]:
         yield image
 
 
+def pad_to_square(image: Image.Image) -> Image.Image:
+    """``image`` in the middle of a white square of its longer side (the offsets of
+    :func:`dreamtext.augment.image_to_tensor`'s padding: ``(side − size) // 2``); a square
+    image as it is."""
+    width, height = image.size
+    side = max(width, height)
+    if width == height:
+        return image
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(image.convert("RGB"), ((side - width) // 2, (side - height) // 2))
+    return square
+
+
 def _to_rgb_on_white(image: Image.Image) -> Image.Image:
     """Any Pillow mode → RGB, transparent pixels composited on white.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import dreamtext.describe
 from dreamtext.describe import (
@@ -284,6 +284,26 @@ def test_batched_padded_encoding_equals_one_sentence_at_a_time(tiny_clip_path):
     alone = torch.cat([encoder.encode_texts([s]) for s in sentences])
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(batched.norm(dim=-1), torch.ones(4))
+
+
+def test_clip_sees_an_object_away_from_the_middle_of_a_wide_image(tiny_clip_path):
+    """CLIP's processor centre-crops: of a 400 x 100 image with the object at its left end it
+    saw only white (the same embedding as a blank image), while the descriptor, which pads to a
+    square, saw the object. Both now see the image padded to a square with white."""
+    from dreamtext.augment import image_to_tensor
+    from dreamtext.images import pad_to_square
+
+    wide = Image.new("RGB", (400, 100), "white")
+    ImageDraw.Draw(wide).ellipse((10, 10, 90, 90), fill=(200, 30, 30))
+    square = Image.new("RGB", (400, 400), "white")
+    square.paste(wide, (0, 150))
+    assert pad_to_square(wide).tobytes() == square.tobytes()
+    assert torch.equal(image_to_tensor(wide, 64), image_to_tensor(square, 64))
+    encoder = ClipEncoder(str(tiny_clip_path))
+    seen = encoder.encode_image(wide)
+    torch.testing.assert_close(seen, encoder.encode_image(square), atol=1e-6, rtol=0)
+    blank = encoder.encode_image(Image.new("RGB", (400, 100), "white"))
+    assert (seen - blank).abs().max() > 1e-3
 
 
 def test_describe_writes_the_record(tiny_clip_path, tmp_path):
