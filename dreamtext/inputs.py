@@ -176,9 +176,10 @@ RUN_LEARNED_EMBEDS = ("descriptor", "learned_embeds.safetensors")
 
 def _moved_not_changed(name: str, values: Any) -> bool:
     """Whether a resume's change of ``name`` (``[old, new]``) left every step's settings as they
-    were: the iterations, where the run is (``workspace``), or the path of its own learned
-    tokens (the run folder moved: :func:`dreamtext.config.own_learned_embeds`)."""
-    if name in ("iters", "workspace"):
+    were: the iterations, where the run is (``workspace``), the export after the last step
+    (``export``, ``export_options.*``: config.json keeps the ones it ran with), or the path of
+    its own learned tokens (the run folder moved: :func:`dreamtext.config.own_learned_embeds`)."""
+    if name in ("iters", "workspace", "export") or name.startswith("export_options."):
         return True
     paths = values if isinstance(values, list) else []
     own = [isinstance(p, str) and Path(p).parts[-2:] == RUN_LEARNED_EMBEDS for p in paths]

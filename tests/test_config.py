@@ -639,3 +639,23 @@ def test_a_yaml_config_file_cannot_claim_presets_it_does_not_apply(tmp_path):
     path.write_text("presets: [fitfusion]\n")
     with pytest.raises(DreamtextError, match="name a preset with --preset NAME"):
         resolve_config(A_RUN, config_file=path)
+
+
+def test_a_resume_that_changed_only_the_export_leaves_the_run_one_its_config_trains_again():
+    """A finished run resumed with only --no-export (nothing to train) recorded the change, and
+    a run from its config.json was then said not to be that run again, though the export after
+    the last step changes no step of it."""
+    from pathlib import Path
+
+    from dreamtext.inputs import resumes_line
+
+    export_only = {
+        "step": 100,
+        "changed": {"export": [True, False], "export_options.video_size": [256, 128]},
+    }
+    assert resumes_line(Path("run/config.json"), {"resumes": [export_only]}) is None
+    trained = {"step": 50, "changed": {"lr": [0.01, 0.02]}}
+    assert resumes_line(Path("run/config.json"), {"resumes": [export_only, trained]}) == (
+        "dreamtext: run/config.json is of a run whose resumes changed lr at step 50: this run "
+        "trains every step with its last settings, so it is not that run again"
+    )
