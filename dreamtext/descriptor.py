@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
+from dreamtext.cameras import with_view
 from dreamtext.checkpoint import (
     append_log_line,
     atomic_write_bytes,
@@ -185,6 +187,24 @@ class DescriptorTrainer:
         self.scaler = fp16_loss_scaler(models.dtype, self.device)
         self.augment = ImageAugmentation(models.resolution, options.augment)
         self.step = 0
+
+    def check_length(self, labels: Sequence[str]) -> None:
+        """Refuse a sentence the text encoder would cut off, before any step: the descriptor's
+        prompt (its placeholder as the words' pieces, the noun's again in a sentence without
+        words) and, with each view label in ``labels``, the text→3D stage's must each be at most
+        ``model_max_length`` tokens (77, start and end included). :meth:`token_ids` cut it
+        silently, and the text→3D stage refused it after the descriptor had trained."""
+        limit = self.tokenizer.model_max_length
+        texts = [self.full_prompt, *(with_view(self.full_prompt, label) for label in labels)]
+        count = max(len(self.tokenizer(text, truncation=False).input_ids) for text in texts)
+        if count > limit:
+            with_label = " with its view label" if labels else ""
+            raise DreamtextError(
+                f"the sentence to learn, {self.trained_sentence!r}, is {count} tokens{with_label} "
+                f"once its descriptor is written as the words' pieces, but the text encoder reads "
+                f"{limit} (start and end included); describe the image again with a shorter "
+                "--noun or a smaller --max-words, in a new --workspace"
+            )
 
     def token_ids(self, prompt: str) -> Tensor:
         """``[1, 77]`` ids, padded to the model's length as Stable Diffusion's pipeline does."""
@@ -377,6 +397,7 @@ def train_descriptor(
     trainer = DescriptorTrainer(
         models, record["quantifier"], record["words"], record["noun"], options
     )
+    trainer.check_length(guidance.views.labels if guidance.view_dependent else ())
     image = image_to_tensor(load_image(image_path), models.resolution)
 
     checkpoint = folder / "checkpoints" / "last.pt"

@@ -325,6 +325,24 @@ def test_zero_steps_of_a_sentence_without_words_run_on_the_sentence_itself(tiny_
     assert record["trained_sentence"] == f"An image of a {DESCRIPTOR_TOKEN} cube"
 
 
+def test_a_sentence_too_long_with_its_pieces_and_view_label_is_refused_before_training(
+    tiny_sd_path, tmp_path
+):
+    """A long --noun and no words: the search let the bare sentence through (under 77 tokens),
+    the descriptor trained on it silently cut (its prompt holds the noun's pieces twice), and
+    text→3D refused it afterwards for its view label."""
+    image_path, workspace = _workspace(tmp_path, words=[])
+    record_path = workspace / "descriptor" / "sentence.json"
+    record = json.loads(record_path.read_text())
+    noun = " ".join(["cube"] * 36)  # 36 tokens: the bare sentence is 42, the prompt 78
+    record_path.write_text(json.dumps({**record, "noun": noun}))
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    with pytest.raises(DreamtextError, match=r"is 8[0-9] tokens with its view label.*--noun"):
+        train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2))
+    assert not (workspace / "descriptor" / "log.jsonl").exists()
+    assert not learned_embeds_path(workspace).exists()
+
+
 def test_resumed_training_equals_an_uninterrupted_run(tiny_sd_path, tmp_path):
     from safetensors.torch import load_file
 
