@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dreamtext.captions import needs_stable_diffusion
-from dreamtext.checkpoint import can_resume, check_writable, last_checkpoint
+from dreamtext.checkpoint import can_resume, check_writable, last_checkpoint, load_checkpoint
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
@@ -178,9 +178,20 @@ def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool,
     Untrained: it trains (resuming its checkpoint). Trained to ``iters``: it is reused. Trained to
     fewer: it trains on from its checkpoint, unless the text→3D stage has started on the old
     embedding and ``overwrite`` is off (a :class:`DreamtextError`: the text→3D run would mix two
-    embeddings). Trained to more: kept, with a note."""
+    embeddings). Trained to more, or stopped past ``iters`` before its end: kept at its step,
+    with a note."""
     record = read_record(workspace) or {}
     if "trained_sentence" not in record or not learned_embeds_path(workspace).is_file():
+        stopped = _stopped_descriptor_step(workspace)
+        if stopped is not None and stopped > iters:
+            # Its steps past iters are not undone: it ends at the step it stopped at, and
+            # config.json says so (a rerun from it trains the same descriptor).
+            _note(
+                f"descriptor: stopped at step {stopped} already, past --descriptor-iters "
+                f"{iters}; it is kept at step {stopped} (pass --workspace NEW_FOLDER to train "
+                f"one to step {iters})"
+            )
+            return True, stopped
         return True, iters
     done = record.get("descriptor_iters")
     if not isinstance(done, int) or isinstance(done, bool) or done == iters:
@@ -204,6 +215,19 @@ def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool,
             "pass --workspace NEW_FOLDER"
         )
     return True, iters
+
+
+def _stopped_descriptor_step(workspace: Path) -> int | None:
+    """The step of an unfinished descriptor's checkpoint (``last.pt``), ``None`` where there is
+    none or it cannot be read (the descriptor stage then says why)."""
+    checkpoint = sentence_path(workspace).parent / "checkpoints" / "last.pt"
+    if not checkpoint.is_file():
+        return None
+    try:
+        step = load_checkpoint(checkpoint).get("step")
+    except DreamtextError:
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:

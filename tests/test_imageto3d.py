@@ -845,6 +845,32 @@ def test_a_smaller_descriptor_iters_keeps_the_descriptor_with_one_line(
     assert config["image_to_3d"]["descriptor"]["iters"] == 2
 
 
+def test_a_descriptor_stopped_past_a_smaller_descriptor_iters_is_kept_at_its_step(
+    tmp_path, tiny_clip_path, tiny_sd_path, capsys
+):
+    """Stopped at step 2 and rerun with --descriptor-iters 1: the bar said 1/1 with no note,
+    config.json recorded 1 where the tokens were step 2's (a rerun from it trains another
+    descriptor), and the next rerun said --descriptor-iters 1, a flag it was not given, was
+    fewer."""
+    image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
+    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
+        path.unlink()
+    (workspace / "descriptor" / "learned_embeds.safetensors").unlink()  # as if stopped at 2
+    record_path = workspace / "descriptor" / "sentence.json"
+    record = json.loads(record_path.read_text())
+    for key in ("trained_sentence", "descriptor_iters"):
+        del record[key]
+    record_path.write_text(json.dumps(record))
+    capsys.readouterr()
+    options.descriptor.iters = 1
+    run_image(image, options, _config(tmp_path, tiny_sd_path))
+    err = capsys.readouterr().err
+    assert "descriptor: stopped at step 2 already, past --descriptor-iters 1; it is kept" in err
+    assert json.loads(record_path.read_text())["descriptor_iters"] == 2
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["image_to_3d"]["descriptor"]["iters"] == 2
+
+
 def test_a_descriptor_whose_text_stage_has_not_started_trains_on_without_overwrite(
     tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
 ):
