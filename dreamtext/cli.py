@@ -269,7 +269,9 @@ def add_text_to_3d_arguments(
     )
     g.add_argument(
         "--negative",
-        help="negative prompt (with builtin:shapes, one of its captions) [empty]",
+        help="negative prompt"
+        + (" (with builtin:shapes, one of its captions)" if builtin else "")
+        + " [empty]",
     )
     g.add_argument(
         "--encoding",
@@ -581,7 +583,7 @@ def _flag_text(option: str, value: Any) -> str:
     return str(value) if row.switch else row.to_text(value)
 
 
-DESCRIBE_FLAGS = ("clip", "nouns", "adjectives", "noun", "quantifier", "max_words")
+DESCRIBE_FLAGS = ("clip", "nouns", "adjectives", "noun", "quantifier", "max_words", "adjust")
 
 
 def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False) -> None:
@@ -602,6 +604,14 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
         "a, an, some, a few, a little, a lot of, much, many]",
     )
     g.add_argument("--max-words", type=_count, help="most descriptor words, 0 or more [15]")
+    g.add_argument(
+        "--adjust",
+        action="store_true",
+        default=None,
+        help="after the thesis's word-by-word search, replace each word by the best in its "
+        "place until nothing changes (a higher CLIP score; each pass costs about one search "
+        "more) [off]",
+    )
     if descriptor:
         g.add_argument(
             "--descriptor-iters",
