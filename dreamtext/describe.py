@@ -6,8 +6,10 @@ similarity of CLIP's normalised text embedding with CLIP's normalised image embe
 1. noun: every quantifier × every noun × {singular, plural}; the best fixes quantifier and noun;
 2. words: append the vocabulary word (nouns, then adjectives) that raises the score most, while
    fewer than ``max_words`` words and while some word raises it;
-3. adjust: replace each word, left to right, by the vocabulary word that scores best in its place,
-   pass after pass until a pass changes nothing.
+3. adjust (``--adjust``, off by default; not in the thesis, whose search ends with step 2):
+   replace each word, left to right, by the vocabulary word that scores best in its place, pass
+   after pass until a pass changes nothing. A higher score, for about one more search's time per
+   pass (every vocabulary word in every place).
 
 Every comparison is strict and ties go to the earliest candidate, so the result does not depend on
 how the candidates were batched. The image is encoded once; each candidate sentence is encoded
@@ -282,8 +284,9 @@ def search_sentence(
     noun: str | None = None,
     quantifier: str | None = None,
     fits: Callable[[str], bool] = fits_by_bytes,
+    adjust: bool = False,
 ) -> SearchResult:
-    """The three-step search of the module docstring.
+    """The search of the module docstring: its steps 1 and 2, and step 3 with ``adjust``.
 
     A given ``noun`` (used as written) or ``quantifier`` fixes that part of step 1; with both,
     step 1 only scores the base sentence. Only sentences that ``fits`` (CLIP's 77 tokens: the
@@ -326,6 +329,8 @@ def search_sentence(
         result.words, result.score = candidates[index], best
     result.step_scores["words"] = result.score
 
+    if not adjust:
+        return result
     # Step 3: replace each word by the best in its place until a full pass changes nothing.
     changed = True
     while changed:
@@ -352,6 +357,7 @@ class DescribeOptions:
     noun: str | None = None
     quantifier: str | None = None
     max_words: int = 15
+    adjust: bool = False
     batch_size: int = 256
     device: str = "auto"
 
@@ -395,6 +401,7 @@ def used_options(options: DescribeOptions) -> dict[str, object]:
         "noun": options.noun,
         "quantifier": options.quantifier,
         "max_words": options.max_words,
+        "adjust": options.adjust,
     }
 
 
@@ -476,6 +483,7 @@ def _describe(
         noun=" ".join(options.noun.split()) if options.noun else None,
         quantifier=" ".join(options.quantifier.split()) if options.quantifier else None,
         fits=getattr(encoder, "fits", fits_by_bytes),
+        adjust=options.adjust,
     )
     record = {
         "sentence": result.sentence,

@@ -268,8 +268,8 @@ def ignored_flags(
     workspace: Path, given: dict[str, object], source: str | None = None
 ) -> list[str]:
     """The explicitly given ``given`` describe settings (``clip``, ``nouns``, ``adjectives``,
-    ``noun``, ``quantifier``, ``max_words``) that differ from what the workspace's finished
-    describe stage used, which a rerun reuses, as ``"--flag value (the run's: old)"``; with
+    ``noun``, ``quantifier``, ``max_words``, ``adjust``) that differ from what the workspace's
+    finished describe stage used, which a rerun reuses, as ``"--flag value (the run's: old)"``; with
     ``source`` (a ``--config`` file whose ``image_to_3d.describe`` they are) as
     ``"image_to_3d.describe.name value in source (the run's: old)"``. The stage's options are
     sentence.json's ``options``; a record from before it names only its ``clip`` and
@@ -292,7 +292,9 @@ def ignored_flags(
         if recorded is None and not isinstance(used, dict):
             continue  # a record from before "options" does not say
         was = "not given" if recorded is None else recorded
-        if source is None:
+        if source is None and isinstance(value, bool):  # a switch: --adjust
+            out.append(f"--{name} (the run's: {'on' if recorded else 'off'})")
+        elif source is None:
             out.append(f"--{name.replace('_', '-')} {value} (the run's: {was})")
         else:
             out.append(f"image_to_3d.describe.{name} {value} in {source} (the run's: {was})")

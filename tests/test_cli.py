@@ -256,6 +256,19 @@ def test_descriptor_iters_zero_is_passed_on_as_zero_steps(command):
     assert image_overrides(args)["descriptor"] == {"iters": 0}
 
 
+@pytest.mark.parametrize("command", ["describe", "image", "batch"])
+def test_adjust_is_off_unless_asked_and_reaches_the_search(command):
+    """The thesis's search (5.2.1) appends words only; --adjust adds the replacing pass."""
+    from dreamtext.cli import describe_options, image_overrides
+
+    plain = build_parser().parse_args([command, "in.png"])
+    asked = build_parser().parse_args([command, "in.png", "--adjust"])
+    assert (describe_options(plain).adjust, describe_options(asked).adjust) == (False, True)
+    if command != "describe":
+        assert "adjust" not in image_overrides(plain)["describe"]
+        assert image_overrides(asked)["describe"]["adjust"] is True
+
+
 def test_descriptor_iters_zero_without_diverse_is_refused_as_for_diverse_only(capsys):
     code, err = run_main(["text", "a castle", "--descriptor-iters", 0], capsys)
     assert code == 2

@@ -123,7 +123,7 @@ def _scores(encoder):
 def test_search_matches_brute_force(max_words):
     encoder = HashEncoder()
     score = _scores(encoder)
-    result = search_sentence(score, NOUNS, ADJECTIVES, max_words=max_words)
+    result = search_sentence(score, NOUNS, ADJECTIVES, max_words=max_words, adjust=True)
 
     def score_one(sentence):
         return float(encoder.encode_texts([sentence])[0].double() @ score.image_embedding.double())
@@ -136,8 +136,22 @@ def test_search_matches_brute_force(max_words):
 
 def test_adjust_step_changes_words_for_this_encoder():
     # Guards the brute-force comparison: the adjust step must have had work to do.
-    result = search_sentence(_scores(HashEncoder()), NOUNS, ADJECTIVES, max_words=15)
+    result = search_sentence(_scores(HashEncoder()), NOUNS, ADJECTIVES, max_words=15, adjust=True)
     assert result.step_scores["adjust"] > result.step_scores["words"] > result.step_scores["noun"]
+
+
+def test_the_default_search_is_the_thesiss_and_ends_with_its_words():
+    """Thesis 5.2.1: a word is appended while it raises the score, and the sentence is then
+    passed on; replacing words in place (step 3) is --adjust's, not the thesis's."""
+    encoder = HashEncoder()
+    adjusted = search_sentence(_scores(encoder), NOUNS, ADJECTIVES, max_words=15, adjust=True)
+    thesis = search_sentence(_scores(encoder), NOUNS, ADJECTIVES, max_words=15)
+    assert set(thesis.step_scores) == {"noun", "words"}
+    assert thesis.score == thesis.step_scores["words"] == adjusted.step_scores["words"]
+    assert thesis.words != adjusted.words  # this encoder's adjust step changes them
+    # Appended, never replaced: a longer search starts with a shorter one's words.
+    grown = [search_sentence(_scores(encoder), NOUNS, ADJECTIVES, max_words=k) for k in (1, 2)]
+    assert grown[1].words[:1] == grown[0].words
 
 
 def test_given_noun_and_quantifier_match_brute_force():
@@ -321,8 +335,9 @@ def test_describe_writes_the_record(tiny_clip_path, tmp_path):
     assert record["sentence"] == sentence
     assert record["image"] == str(image_path.resolve())
     assert sentence == make_sentence(record["quantifier"], record["words"], record["noun"])
-    assert set(record["step_scores"]) == {"noun", "words", "adjust"}
-    assert record["score"] == record["step_scores"]["adjust"] >= record["step_scores"]["noun"]
+    assert set(record["step_scores"]) == {"noun", "words"}  # the thesis's steps: no --adjust
+    assert record["options"]["adjust"] is False
+    assert record["score"] == record["step_scores"]["words"] >= record["step_scores"]["noun"]
     # The recorded score is CLIP's cosine similarity of this very sentence with the image.
     encoder = ClipEncoder(str(tiny_clip_path))
     from dreamtext.images import load_image
