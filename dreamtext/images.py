@@ -119,8 +119,8 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
             f"{path}: the image is blank (every pixel white or transparent); pass an image "
             "that shows the object"
         )
-    # The file's size, upright (small_image_warning); a JPEG's draft may decode it smaller, but
-    # then at least twice max_size a side, far above any size that warning names.
+    # The file's size, upright (small_image_warning); a JPEG's draft decodes it smaller only
+    # where the file is twice max_size a side or more, far above any size that warning names.
     rgb.info[SOURCE_SIZE] = rgb.size
     rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     return rgb
