@@ -78,7 +78,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.inputs import RUN_STATUS
-from dreamtext.interrupts import signals_held
+from dreamtext.interrupts import TrainingInterrupted, signals_held
 from dreamtext.processes import same_process, this_process, workspace_holder
 from dreamtext.runfiles import STATES as STATES  # re-exported
 from dreamtext.runfiles import check_not_running, read_status, running_elsewhere
@@ -394,7 +394,7 @@ def ends_between_stages(workspace: str | Path) -> Iterator[None]:
         if same_process(status, this_process()) and status["state"] == "running":
             ended = (
                 {"state": "interrupted"}
-                if isinstance(error, KeyboardInterrupt)
+                if isinstance(error, KeyboardInterrupt | TrainingInterrupted)
                 else {"state": "failed", "error": error_line(error)}
             )
             with signals_held(drop=True):
