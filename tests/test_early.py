@@ -604,7 +604,8 @@ def test_an_image_gone_since_its_run_copied_it_is_refused_before_torch_is_import
     assert (done.returncode, done.stdout) == (2, "[]\n")
     assert done.stderr == (
         "dreamtext: error: image not found: mug.png; to continue the run in edited, pass its copy "
-        "edited/descriptor/source.png (or the image's new path)\n"
+        "and its folder: dreamtext image edited/descriptor/source.png --workspace edited (or the "
+        "image's new path in place of the copy)\n"
     )
 
 
@@ -758,7 +759,7 @@ NEEDS_STABLE_DIFFUSION = (
 RESUMED_AND_DIVERSE_MISTAKES = [
     (
         ["text", "a red cube", "--resume", "--workspace", "run", "--negative", "a dog"],
-        unknown_caption("a dog"),
+        f"--negative: {unknown_caption('a dog')} (or leave the negative prompt empty)",
     ),
     (["text", "a red cube", "--diverse", "--model", "builtin:shapes"], NEEDS_STABLE_DIFFUSION),
     (["text", "a dog", "--diverse", "--config", "shapes.yaml"], NEEDS_STABLE_DIFFUSION),
