@@ -143,7 +143,8 @@ EXPORT_FLAGS: tuple[ExportFlag, ...] = (
     ),
     ExportFlag(
         "texture_size",
-        "texture size in pixels, at least 8 [1024]",
+        "texture size in pixels, at least 8; a power of two (512, 1024, 2048) suits every "
+        "viewer (WebGL 1 does not mipmap other sizes) [1024]",
         type=_at_least(8, "an integer of at least 8"),
     ),
     ExportFlag(
