@@ -15,7 +15,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -441,7 +441,12 @@ def resolve_config(
         ),
         "the defaults",
     )
-    validate(cfg, export_source)
+    validate(
+        cfg,
+        export_source,
+        source_of=lambda key: setting_source(layers, overrides, key),
+        new_run=base is None,
+    )
     if base is not None:
         changed = resume_conflicts(base, cfg, fixed)
         if changed:
@@ -546,35 +551,69 @@ def resume_refusal(
     )
 
 
-def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
+_UNSET = object()
+# The top-level settings that have a flag of their own (the others are config fields only).
+FLAGGED = frozenset({"iters", "h", "w", "batch_size", "lr", "seed"})
+
+
+def setting_source(
+    layers: Sequence[tuple[dict[str, Any], str]], overrides: dict[str, Any], key: str
+) -> str | None:
+    """Where the dotted setting ``key`` (``iters``, ``guidance.fp16``) got its value: "the command
+    line", else the source of the last of ``layers`` (a config file, a preset, a resumed run's
+    config.json) that sets it; ``None``: no layer does (the default)."""
+    for data, source in reversed([*layers, (overrides, "the command line")]):
+        section: Any = square(data)
+        for part in key.split("."):
+            section = section.get(part, _UNSET) if isinstance(section, dict) else _UNSET
+        if section is not _UNSET:
+            return source
+    return None
+
+
+def setting_name(key: str, flag: str | None, source: str | None) -> str:
+    """How a refusal names the setting ``key``: its ``flag`` where the command line (or the
+    defaults) gave it, else ``config field 'KEY' (in SOURCE)``, so that a value from one of
+    several ``--config`` files names the file to fix, not a flag the user never typed."""
+    if source is None or source == "the command line":
+        return flag or f"config field '{key}'"
+    return f"config field '{key}' (in {source})"
+
+
+def validate(
+    cfg: TrainConfig,
+    export_source: str = "the config",
+    source_of: Callable[[str], str | None] = lambda key: None,
+    new_run: bool = False,
+) -> None:
     """Reject values no run can use, with the flag or config field to fix; ``export_source``
-    names where ``export_options`` came from (they are checked before training, not after)."""
+    names where ``export_options`` came from (they are checked before training, not after),
+    ``source_of`` where a top-level setting did (:func:`setting_source`). ``new_run``: a seed
+    must be one ``--seed`` takes (a resumed run from before that bound keeps its own)."""
+
+    def name(key: str) -> str:
+        flag = "--" + key.replace("_", "-") if key in FLAGGED else None
+        return setting_name(key, flag, source_of(key))
+
     if not cfg.prompt.strip():
         raise DreamtextError(
             'the prompt is empty; give a text prompt, e.g. dreamtext text "a castle"'
         )
     check_prompt_characters(cfg.prompt, "the prompt")
     check_prompt_characters(cfg.guidance.negative, "--negative")
-    for name in ("iters", "h", "w", "batch_size", "log_every", "checkpoint_every"):
-        if getattr(cfg, name) <= 0:
-            what = (
-                f"config field '{name}'"
-                if name.endswith("_every")
-                else "--" + name.replace("_", "-")
-            )
-            raise DreamtextError(f"{what} must be a positive integer, got {getattr(cfg, name)}")
+    for key in ("iters", "h", "w", "batch_size", "log_every", "checkpoint_every"):
+        if getattr(cfg, key) <= 0:
+            raise DreamtextError(f"{name(key)} must be a positive integer, got {getattr(cfg, key)}")
     from dreamtext.cli import ITERS_MAX, SEED_MAX  # the flags' bounds (the CLI imports no torch)
 
     if cfg.iters > ITERS_MAX:
         raise DreamtextError(
-            f"--iters must be at most {ITERS_MAX:,} (two weeks at a GPU's 8 it/s; the default "
-            f"is {TrainConfig.iters:,}), got {cfg.iters}"
+            f"{name('iters')} must be at most {ITERS_MAX:,} (two weeks at a GPU's 8 it/s; the "
+            f"default is {TrainConfig.iters:,}), got {cfg.iters}"
         )
-    for name in ("preview_views", "keep_checkpoints"):
-        if getattr(cfg, name) <= 0:
-            raise DreamtextError(
-                f"config field '{name}' must be a positive integer, got {getattr(cfg, name)}"
-            )
+    for key in ("preview_views", "keep_checkpoints"):
+        if getattr(cfg, key) <= 0:
+            raise DreamtextError(f"{name(key)} must be a positive integer, got {getattr(cfg, key)}")
     if cfg.h != cfg.w:
         # The priors see every render at their square native size (Stable Diffusion's 512 px,
         # the built-in prior's 64 px): a non-square one would reach them stretched.
@@ -584,20 +623,21 @@ def validate(cfg: TrainConfig, export_source: str = "the config") -> None:
             f"stretched; got --h {cfg.h} --w {cfg.w}"
         )
     if cfg.lr <= 0:
-        raise DreamtextError(f"--lr must be positive, got {cfg.lr}")
+        raise DreamtextError(f"{name('lr')} must be positive, got {cfg.lr}")
     # Adam's first step is lr / (1 - β1) = 10 lr (the hash table's encoding_lr_scale times
     # that), taken in float32: past its largest value torch raised mid-run (a traceback).
     lr_max = FLOAT32_MAX / 10 / max(1.0, cfg.field.encoding_lr_scale)
     if cfg.lr > lr_max:
         raise DreamtextError(
-            f"--lr {cfg.lr:g} is too large: Adam's steps would overflow float32 above "
+            f"{name('lr')} is too large ({cfg.lr:g}): Adam's steps would overflow float32 above "
             f"{lr_max:.3g}; the default is {TrainConfig.lr:g}"
         )
     # torch.manual_seed takes -2^63 to 2^64 - 1; a seed past that was a torch traceback once
-    # the run had started. Negative seeds are refused by --seed, but runs made before that
-    # still resume with theirs.
-    if not -(2**63) <= cfg.seed <= SEED_MAX:
-        raise DreamtextError(f"config field 'seed' must be from 0 to {SEED_MAX}, got {cfg.seed}")
+    # the run had started. Negative seeds are refused by --seed and in a new run's config files,
+    # but runs made before that still resume with theirs.
+    if not (0 if new_run else -(2**63)) <= cfg.seed <= SEED_MAX:
+        where = setting_name("seed", None, source_of("seed"))
+        raise DreamtextError(f"{where} must be from 0 to {SEED_MAX}, got {cfg.seed}")
     cfg.render.validate()
     cfg.field.validate()
     cfg.guidance.validate()

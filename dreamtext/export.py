@@ -168,6 +168,14 @@ class ExportOptions:
             raise DreamtextError(
                 f"a turntable needs at least {MIN_FRAMES} frames ({name('frames')})"
             )
+        if source is not None and self.device != "auto":
+            # The export at a run's end runs on the run's device, and `dreamtext export` on its
+            # own --device (recorded_options drops a recorded one): a config's was never read.
+            raise DreamtextError(
+                f"{name('device')} is not read ('{self.device}'): the export at the end of a "
+                "run runs on the run's --device, and `dreamtext export --device DEVICE` "
+                "exports elsewhere; leave it out"
+            )
         if self.video and (self.video_size < 16 or self.video_size % 2):
             raise DreamtextError(
                 f"the video size ({name('video_size')}) must be an even number of pixels, "

@@ -63,12 +63,16 @@ def available_presets() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
-    for folder in preset_dirs():
-        candidate = folder / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
+    """The file of the preset ``name``: a name of :func:`available_presets`, never a path (a
+    file of one's own is a ``--config``, checked as one)."""
+    if name in available_presets():
+        for folder in preset_dirs():
+            candidate = folder / f"{name}.yaml"
+            if candidate.is_file():
+                return candidate
     known = ", ".join(available_presets()) or "none found"
-    raise DreamtextError(f"unknown preset '{name}'; available presets: {known}")
+    hint = " (a file of your own goes in --config FILE)" if "/" in name or "\\" in name else ""
+    raise DreamtextError(f"unknown preset '{name}'; available presets: {known}{hint}")
 
 
 class _Loader(yaml.SafeLoader):

@@ -2829,7 +2829,12 @@ def test_every_export_option_survives_batchs_command_and_the_export_parser(tmp_p
 
     workspace = tmp_path / "my runs" / "a_red_cube"
     entry = Entry(1, "a red cube", "text", "a red cube", workspace)
-    cfg = entry_config(entry, {"export_options": {name: value}}, None, None)
+    # A config's export_options.device is refused (never read); the flag still carries one.
+    cfg = entry_config(
+        entry, {"export_options": {name: value}} if name != "device" else {}, None, None
+    )
+    if name == "device":
+        cfg.export_options.device = value
     words = shlex.split(export_command(workspace, cfg, [f"export_options.{name} x → y"]))
     args = build_parser().parse_command_line(words[1:])
     recorded = ExportOptions(threshold=2.0, video=False)  # what the run's own export used

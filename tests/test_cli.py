@@ -339,7 +339,7 @@ def assert_user_error(code, stderr, *fragments):
         # Adam's first step overflowed float32: a torch traceback once training had started.
         (
             ["text", "a red cube", "--model", "builtin:shapes", "--lr", "1e300"],
-            ["--lr 1e+300 is too large: Adam's steps would overflow float32 above 3.4e+36"],
+            ["--lr is too large (1e+300): Adam's steps would overflow float32 above 3.4e+36"],
         ),
         # torch.manual_seed raised an overflow traceback once the run had started.
         (["text", "a castle", "--seed", str(2**64)], ["--seed", "0 to 4294967295"]),
@@ -387,7 +387,11 @@ def test_a_config_files_lr_too_large_for_float32_is_one_line(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     Path("big.yaml").write_text("lr: 1.0e+38\nfield:\n  encoding_lr_scale: 1\n")
     args = [*BUILTIN_RUN, "--config", "big.yaml"]
-    assert_user_error(*run_main(args, capsys), "--lr 1e+38 is too large", "above 3.4e+37")
+    assert_user_error(
+        *run_main(args, capsys),
+        "config field 'lr' (in big.yaml) is too large (1e+38)",
+        "above 3.4e+37",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]
 
 
@@ -396,7 +400,12 @@ def test_a_config_files_iters_above_the_limit_is_one_line(tmp_path, monkeypatch,
     Path("long.yaml").write_text("iters: 1000000000000\n")
     args = [*BUILTIN_RUN, "--config", "long.yaml"]
     code, err = run_main(args, capsys)
-    assert_user_error(code, err, "--iters must be at most 10,000,000", "got 1000000000000")
+    assert_user_error(
+        code,
+        err,
+        "config field 'iters' (in long.yaml) must be at most 10,000,000",
+        "got 1000000000000",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.yaml"]
     from dreamtext.config import TrainConfig, validate
 

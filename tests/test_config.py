@@ -290,9 +290,80 @@ def test_a_seed_torch_cannot_take_is_refused_before_the_run(tmp_path, seed):
     run had started; the flag's range (0 to 2^32 - 1) bounds it, as --seed does."""
     path = tmp_path / "seed.yaml"
     path.write_text(f"seed: {seed}\n")
-    with pytest.raises(DreamtextError, match=r"config field 'seed' must be from 0 to 4294967295"):
+    with pytest.raises(
+        DreamtextError, match=r"config field 'seed' \(in .*\) must be from 0 to 4294967295"
+    ):
         resolve_config({"prompt": "x"}, config_file=path)
-    assert resolve_config({"prompt": "x", "seed": -5}).seed == -5  # a run from before the bound
+    base = config_to_dict(resolve_config({"prompt": "x"})) | {"seed": -5}
+    # A run from before the bound resumes with its own seed.
+    assert resolve_config({"prompt": "x"}, base=base).seed == -5
+
+
+def test_a_new_runs_config_file_takes_the_seeds_seed_takes(tmp_path):
+    """``seed: -1`` in a config file ran (and was recorded) where ``--seed -1`` is refused."""
+    path = tmp_path / "seed.yaml"
+    path.write_text("seed: -1\n")
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=path)
+    assert str(raised.value) == (
+        f"config field 'seed' (in {path}) must be from 0 to 4294967295, got -1"
+    )
+    with pytest.raises(DreamtextError, match="must be from 0 to"):
+        resolve_config({"prompt": "x", "seed": -1})
+
+
+def test_a_refused_setting_names_the_config_file_that_set_it(tmp_path):
+    """``iters: 0`` in one of several --config files was refused as "--iters must be ...", a
+    flag the user never typed; the flag is named only where the command line gave it."""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("iters: 5\nlr: 0.01\n")
+    bad.write_text("iters: 0\n")
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=[good, bad])
+    assert str(raised.value) == (
+        f"config field 'iters' (in {bad}) must be a positive integer, got 0"
+    )
+    # The flag over the file: the flag's value is the one refused, and named as the flag.
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x", "iters": -3}, config_file=good)
+    assert str(raised.value) == "--iters must be a positive integer, got -3"
+    bad.write_text("lr: -1\nh: 0\n")  # h: 0 gives w: 0 too; h is checked first
+    with pytest.raises(DreamtextError, match=rf"^config field 'h' \(in {bad}\) must be a"):
+        resolve_config({"prompt": "x"}, config_file=[good, bad])
+    bad.write_text("lr: -1\n")
+    with pytest.raises(DreamtextError, match=rf"^config field 'lr' \(in {bad}\) must be positive"):
+        resolve_config({"prompt": "x"}, config_file=[good, bad])
+    bad.write_text("keep_checkpoints: 0\n")
+    with pytest.raises(DreamtextError, match=rf"^config field 'keep_checkpoints' \(in {bad}\)"):
+        resolve_config({"prompt": "x"}, config_file=[bad])
+    with pytest.raises(DreamtextError, match=r"^config field 'keep_checkpoints' must be a"):
+        resolve_config({"prompt": "x", "keep_checkpoints": 0})
+
+
+def test_a_config_files_export_device_is_refused_as_never_read(tmp_path):
+    """``export_options: {device: banana}`` was accepted, recorded and never used: the export
+    at a run's end runs on the run's device, ``dreamtext export`` on its own --device."""
+    path = tmp_path / "export.yaml"
+    for device in ("banana", "cuda", "cpu"):
+        path.write_text(f"export_options:\n  device: {device}\n")
+        with pytest.raises(DreamtextError) as raised:
+            resolve_config({"prompt": "x"}, config_file=path)
+        assert str(raised.value).startswith(
+            f"config field 'export_options.device' (in {path}) is not read ('{device}')"
+        )
+    path.write_text("export_options:\n  device: auto\n  resolution: 64\n")
+    assert resolve_config({"prompt": "x"}, config_file=path).export_options.resolution == 64
+
+
+@pytest.mark.parametrize("name", ["/tmp/mine", "../configs/fitfusion", "configs/fitfusion"])
+def test_a_preset_is_a_name_never_a_path(tmp_path, name):
+    """``--preset /tmp/a`` applied /tmp/a.yaml as a preset, past the checks --config makes (a
+    ``presets`` key inside it), and recorded its path among the run's presets."""
+    (tmp_path / "mine.yaml").write_text("presets: [x]\n")
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, preset=name.replace("/tmp", str(tmp_path)))
+    assert "unknown preset" in str(raised.value)
+    assert str(raised.value).endswith("(a file of your own goes in --config FILE)")
 
 
 def test_unreadable_or_missing_config_files_are_user_errors(tmp_path):
