@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -580,6 +581,19 @@ def setting_name(key: str, flag: str | None, source: str | None) -> str:
     return f"config field '{key}' (in {source})"
 
 
+def with_its_file(message: str, source_of: Callable[[str], str | None]) -> str:
+    """A section's refusal (``field.num_levels must be ...``, from ``FieldConfig.validate`` and
+    the like, which know no files) with ``(in FILE)`` after the setting it starts with, where a
+    config file or preset set it: of several ``--config`` files, the one to fix."""
+    match = re.match(r"(?:config field ')?((?:field|render|guidance|cameras)\.\w+)'?", message)
+    if match is None or "(in " in message:
+        return message
+    source = source_of(match.group(1))
+    if source is None or source == "the command line":
+        return message
+    return f"{message[: match.end()]} (in {source}){message[match.end() :]}"
+
+
 def validate(
     cfg: TrainConfig,
     export_source: str = "the config",
@@ -638,15 +652,23 @@ def validate(
     if not (0 if new_run else -(2**63)) <= cfg.seed <= SEED_MAX:
         where = setting_name("seed", None, source_of("seed"))
         raise DreamtextError(f"{where} must be from 0 to {SEED_MAX}, got {cfg.seed}")
-    cfg.render.validate()
-    cfg.field.validate()
-    cfg.guidance.validate()
-    validate_cameras(cfg.cameras)
+    try:
+        cfg.render.validate()
+        cfg.field.validate()
+        cfg.guidance.validate()
+        validate_cameras(cfg.cameras)
+    except DreamtextError as error:
+        if type(error) is not DreamtextError:
+            raise
+        raise DreamtextError(with_its_file(str(error), source_of)) from None
     cfg.export_options.validate(export_source)
     t_min, t_max = cfg.guidance.t_range
     if not 0.0 <= t_min < t_max <= 1.0:
         raise DreamtextError(
-            f"t_range must satisfy 0 ≤ t_min < t_max ≤ 1, got {cfg.guidance.t_range}"
+            with_its_file(
+                f"guidance.t_range must satisfy 0 ≤ t_min < t_max ≤ 1, got {cfg.guidance.t_range}",
+                source_of,
+            )
         )
     probs = cfg.shading_probs
     if len(probs) != 3 or not all(p >= 0.0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:

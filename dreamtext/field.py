@@ -174,7 +174,9 @@ class FieldConfig:
         sizes = ("num_levels", "level_dim", "base_resolution", "hidden_dim", "bg_hidden_dim")
         for name in ("density_hidden_dim", *sizes):
             if getattr(self, name) < 1:
-                raise DreamtextError(f"field.{name} must be a positive integer")
+                raise DreamtextError(
+                    f"field.{name} must be a positive integer, got {getattr(self, name)}"
+                )
         # The hash grid's levels grow from base_resolution to finest_resolution_factor × bound
         # (per_level_scale takes its logarithm: 0 or below was a math domain error mid-build).
         if not self.finest_resolution_factor * self.bound >= self.base_resolution:

@@ -150,7 +150,9 @@ class RenderConfig:
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise DreamtextError(f"render.{name} must be a positive integer")
+                raise DreamtextError(
+                    f"render.{name} must be a positive integer, got {getattr(self, name)}"
+                )
         if self.grad_chunk_points <= 0 or self.grid_resolution <= 0:
             raise DreamtextError("render.grad_chunk_points and render.grid_resolution must be > 0")
         if self.upsample_steps < 0:

@@ -730,3 +730,40 @@ def test_a_resume_that_changed_only_the_export_leaves_the_run_one_its_config_tra
         "dreamtext: run/config.json is of a run whose resumes changed lr at step 50: this run "
         "trains every step with its last settings, so it is not that run again"
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "field:\n  num_levels: 0\n",
+            "field.num_levels (in {bad}) must be a positive integer, got 0",
+        ),
+        (
+            "render:\n  num_steps: 0\n",
+            "render.num_steps (in {bad}) must be a positive integer, got 0",
+        ),
+        (
+            "cameras:\n  polar_range: [100, 30]\n",
+            "config field 'cameras.polar_range' (in {bad}) must be [low, high]",
+        ),
+        ("guidance:\n  t_range: [0.9, 0.1]\n", "guidance.t_range (in {bad}) must satisfy"),
+    ],
+)
+def test_a_sections_refusal_names_the_file_that_set_it(tmp_path, body, expected):
+    """``field.num_levels must be a positive integer``: of two --config files, which one, and
+    with what value?"""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("iters: 5\nfield:\n  hidden_dim: 32\n")
+    bad.write_text(body)
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=[good, bad])
+    assert str(raised.value).startswith(expected.format(bad=bad))
+    # Given on the command line (as a nested override), no file is named.
+    section, rest = body.split(":\n  ", 1)
+    key, value = rest.strip().split(": ")
+    import yaml
+
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x", section: {key: yaml.safe_load(value)}})
+    assert "(in " not in str(raised.value)
