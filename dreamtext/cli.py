@@ -466,7 +466,10 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
         or configured_workspace(args.config)
         or prompt_workspace(DEFAULT_WORKSPACE_ROOT, args.prompt, key)
     )
-    data = read_run_config(workspace, "drop --resume to start over")
+    data = read_run_config(
+        workspace,
+        "to start over, delete it and drop --resume (or drop --resume and pass --workspace NEW)",
+    )
     if data is None:
         raise _nothing_to_resume(workspace)
     # A run of this prompt without a single checkpoint file is refused here, before its settings

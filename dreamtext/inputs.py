@@ -222,6 +222,8 @@ def refuse_recorded_presets(path: Path, data: dict[str, Any]) -> None:
 def unknown_field(where: str, key: Any, names: list[str], prefix: str, source: str) -> str:
     """The line for a config key that is no field: the nearest field's name when one is close,
     and the fields there are (a run's config.json holds them all, with their values)."""
+    # `presets` is a record of the run (a --config holding it is refused): not one to offer.
+    names = [name for name in names if prefix or name != "presets"]
     close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
     if close:
         return f"unknown config field '{where}' in {source}; did you mean '{prefix}{close[0]}'?"

@@ -767,3 +767,13 @@ def test_a_sections_refusal_names_the_file_that_set_it(tmp_path, body, expected)
     with pytest.raises(DreamtextError) as raised:
         resolve_config({"prompt": "x", section: {key: yaml.safe_load(value)}})
     assert "(in " not in str(raised.value)
+
+
+def test_an_unknown_fields_line_offers_no_record_a_config_cannot_hold(tmp_path):
+    """The top level's field list named ``presets``, which a config file is refused for."""
+    path = tmp_path / "unknown.yaml"
+    path.write_text("bogus_key_zz: 1\n")
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=path)
+    assert "the top level has: albedo_epochs" in str(raised.value)
+    assert "presets" not in str(raised.value)
