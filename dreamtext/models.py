@@ -111,7 +111,10 @@ def resolve_dtype(cfg: GuidanceConfig, device: torch.device) -> torch.dtype:
     """fp16 / bf16 for the frozen diffusion model, on CUDA only; fp32 otherwise."""
     if (cfg.fp16 or cfg.bf16) and device.type != "cuda":
         flag = "--fp16" if cfg.fp16 else "--bf16"
-        raise DreamtextError(f"{flag} needs a CUDA GPU; drop it to run in fp32 on the CPU")
+        raise DreamtextError(
+            f"{flag} needs a CUDA GPU; drop it (or guidance.{flag[2:]} in a --config file) to run "
+            "in fp32 on the CPU"
+        )
     if cfg.fp16:
         return torch.float16
     if cfg.bf16:
