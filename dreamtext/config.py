@@ -662,6 +662,15 @@ def validate(
             raise
         raise DreamtextError(with_its_file(str(error), source_of)) from None
     cfg.export_options.validate(export_source)
+    if cfg.guidance.textual_inversion and cfg.guidance.model in BUILTIN_MODELS:
+        # It was recorded and never read: its tokens go into Stable Diffusion's text encoder.
+        raise DreamtextError(
+            with_its_file(
+                "guidance.textual_inversion is for a Stable Diffusion model's text encoder; "
+                f"{cfg.guidance.model} has none: leave it out",
+                source_of,
+            )
+        )
     t_min, t_max = cfg.guidance.t_range
     if not 0.0 <= t_min < t_max <= 1.0:
         raise DreamtextError(

@@ -777,3 +777,17 @@ def test_an_unknown_fields_line_offers_no_record_a_config_cannot_hold(tmp_path):
         resolve_config({"prompt": "x"}, config_file=path)
     assert "the top level has: albedo_epochs" in str(raised.value)
     assert "presets" not in str(raised.value)
+
+
+def test_a_textual_inversion_file_with_the_built_in_prior_is_refused(tmp_path):
+    """It was recorded in config.json and never read (the prior has no text encoder)."""
+    path = tmp_path / "ti.yaml"
+    path.write_text(
+        "guidance:\n  model: builtin:shapes\n  textual_inversion: /nowhere.safetensors\n"
+    )
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "a red cube"}, config_file=path)
+    assert str(raised.value) == (
+        f"guidance.textual_inversion (in {path}) is for a Stable Diffusion model's text "
+        "encoder; builtin:shapes has none: leave it out"
+    )
