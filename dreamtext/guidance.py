@@ -490,6 +490,13 @@ class StableDiffusionGuidance(ScoreDistillation):
         self.token_expansions = self._text.expansions
         self.prompts: PromptEmbeddings | None = None
 
+    @property
+    def compiled(self) -> list[str]:
+        """The parts that run compiled here (``unet``, ``vae_encoder``; empty: all eager), where
+        the config's ``compile`` / ``compile_vae`` say what was asked (CUDA only)."""
+        parts = ["unet"] if self.unet is not self.models.unet else []
+        return parts + (["vae_encoder"] if self._encoder != self.models.encode_images else [])
+
     def set_prompt(self, prompt: str, negative: str = "") -> None:
         """Encode the prompt per view label and the negative prompt (the text encoder visits the
         device only for this), then drop the text side: only the embeddings stay."""

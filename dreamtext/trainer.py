@@ -728,7 +728,8 @@ def save_preview(run: Run, path: Path) -> None:
 def ran_on(run: Run) -> dict[str, Any]:
     """What this process trains ``run`` with, where the config says only ``auto`` or nothing:
     the device (and what it is), the guidance's and the field MLPs' dtypes, whether the field's
-    MLPs run compiled (``render.compile_field`` asks; CUDA only), the host, the hub commit of the
+    MLPs run compiled (``render.compile_field`` asks; CUDA only) and which of the guidance's
+    parts do (``--compile``, ``guidance.compile_vae``: CUDA only), the host, the hub commit of the
     model (``None`` for a folder or the built-in prior) and the software versions."""
     return {
         "device": str(run.device),
@@ -737,6 +738,8 @@ def ran_on(run: Run) -> dict[str, Any]:
         # The MLPs run in their parameters' float32 unless autocast (--fp16/--bf16 on CUDA).
         "field_mlp_dtype": str(run.field.mlp_dtype or torch.float32).removeprefix("torch."),
         "field_compiled": bool(getattr(run.field, "compiled", False)),
+        # Stable Diffusion's compiled parts (the built-in prior has none to compile).
+        "guidance_compiled": list(getattr(run.guidance, "compiled", [])),
         **cpu_threads_record(),
         "host": socket.gethostname(),
         "model_revision": model_revision(run.cfg.guidance.model),

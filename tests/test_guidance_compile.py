@@ -56,6 +56,7 @@ def test_compile_and_compile_vae_on_the_cpu_warn_in_one_line(tiny_sd_path: Path,
     assert guidance.unet is guidance.models.unet
     assert guidance._encoder == guidance.models.encode_images
     assert not guidance._cuda_graphs
+    assert guidance.compiled == []  # what config.json's ran_on records: asked, not run
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
         "--compile and guidance.compile_vae: the guidance compiles for CUDA only; it runs "
@@ -221,6 +222,7 @@ def test_a_text_run_trains_through_the_compiled_encoder(
     assert len(built) == 1  # one graph of the encoder, compiled at the check, reused by 3 steps
     saved = json.loads((workspace / "config.json").read_text())
     assert saved["guidance"]["compile_vae"] is True
+    assert saved["ran_on"]["guidance_compiled"] == ["vae_encoder"]
     assert saved["guidance"]["compile_mode"] == "default"
     lines = (workspace / "log.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in lines]

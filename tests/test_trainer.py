@@ -50,7 +50,7 @@ def test_a_run_leaves_config_log_previews_and_checkpoints(tmp_path, tiny_sd_path
         f"CPU, {torch.get_num_threads()} threads"
     )
     assert ran_on["guidance_dtype"] == "float32" and ran_on["field_mlp_dtype"] == "float32"
-    assert ran_on["field_compiled"] is False
+    assert ran_on["field_compiled"] is False and ran_on["guidance_compiled"] == []
     assert ran_on["model_revision"] is None  # a folder, not a hub id
     assert ran_on["versions"]["torch"] == torch.__version__
     assert ran_on["versions"]["diffusers"] == importlib.metadata.version("diffusers")
