@@ -20,6 +20,14 @@ from dreamtext.config import (
 from dreamtext.errors import DreamtextError
 
 
+def refused(path, text: str, prompt: str = "x") -> str:
+    """The line ``resolve_config`` refuses the config file ``path``, written with ``text``, with."""
+    path.write_text(text)
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": prompt}, config_file=path)
+    return str(raised.value)
+
+
 def test_defaults_follow_stable_dreamfusion_and_the_thesis():
     cfg = TrainConfig()
     assert (cfg.h, cfg.w, cfg.guidance.guidance_scale) == (64, 64, 100.0)
@@ -302,10 +310,7 @@ def test_a_seed_torch_cannot_take_is_refused_before_the_run(tmp_path, seed):
 def test_a_new_runs_config_file_takes_the_seeds_seed_takes(tmp_path):
     """``seed: -1`` in a config file ran (and was recorded) where ``--seed -1`` is refused."""
     path = tmp_path / "seed.yaml"
-    path.write_text("seed: -1\n")
-    with pytest.raises(DreamtextError) as raised:
-        resolve_config({"prompt": "x"}, config_file=path)
-    assert str(raised.value) == (
+    assert refused(path, "seed: -1\n") == (
         f"config field 'seed' (in {path}) must be from 0 to 4294967295, got -1"
     )
     with pytest.raises(DreamtextError, match="must be from 0 to"):
@@ -345,10 +350,7 @@ def test_a_config_files_export_device_is_refused_as_never_read(tmp_path):
     at a run's end runs on the run's device, ``dreamtext export`` on its own --device."""
     path = tmp_path / "export.yaml"
     for device in ("banana", "cuda", "cpu"):
-        path.write_text(f"export_options:\n  device: {device}\n")
-        with pytest.raises(DreamtextError) as raised:
-            resolve_config({"prompt": "x"}, config_file=path)
-        assert str(raised.value).startswith(
+        assert refused(path, f"export_options:\n  device: {device}\n").startswith(
             f"config field 'export_options.device' (in {path}) is not read ('{device}')"
         )
     path.write_text("export_options:\n  device: auto\n  resolution: 64\n")
@@ -414,10 +416,7 @@ def test_a_runs_config_json_is_a_config_file_whose_records_are_not_settings(tmp_
 
 def test_export_options_of_a_config_file_are_checked_before_the_run_naming_the_file(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("export_options:\n  resolution: 4\n")
-    with pytest.raises(DreamtextError) as caught:
-        resolve_config({"prompt": "x"}, config_file=path)
-    assert str(caught.value) == (
+    assert refused(path, "export_options:\n  resolution: 4\n") == (
         f"config field 'export_options.resolution' (in {path}) must be at least 8"
     )
 
@@ -771,23 +770,15 @@ def test_a_sections_refusal_names_the_file_that_set_it(tmp_path, body, expected)
 
 def test_an_unknown_fields_line_offers_no_record_a_config_cannot_hold(tmp_path):
     """The top level's field list named ``presets``, which a config file is refused for."""
-    path = tmp_path / "unknown.yaml"
-    path.write_text("bogus_key_zz: 1\n")
-    with pytest.raises(DreamtextError) as raised:
-        resolve_config({"prompt": "x"}, config_file=path)
-    assert "the top level has: albedo_epochs" in str(raised.value)
-    assert "presets" not in str(raised.value)
+    line = refused(tmp_path / "unknown.yaml", "bogus_key_zz: 1\n")
+    assert "the top level has: albedo_epochs" in line and "presets" not in line
 
 
 def test_a_textual_inversion_file_with_the_built_in_prior_is_refused(tmp_path):
     """It was recorded in config.json and never read (the prior has no text encoder)."""
     path = tmp_path / "ti.yaml"
-    path.write_text(
-        "guidance:\n  model: builtin:shapes\n  textual_inversion: /nowhere.safetensors\n"
-    )
-    with pytest.raises(DreamtextError) as raised:
-        resolve_config({"prompt": "a red cube"}, config_file=path)
-    assert str(raised.value) == (
+    text = "guidance:\n  model: builtin:shapes\n  textual_inversion: /nowhere.safetensors\n"
+    assert refused(path, text, prompt="a red cube") == (
         f"guidance.textual_inversion (in {path}) is for a Stable Diffusion model's text "
         "encoder; builtin:shapes has none: leave it out"
     )
