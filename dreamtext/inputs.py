@@ -57,20 +57,22 @@ def preset_dirs(package: Path | None = None) -> list[Path]:
     return [here.parent / "configs"]
 
 
+def _preset_files() -> dict[str, Path]:
+    """Each preset's name and file: the ``*.yaml`` files of :func:`preset_dirs`."""
+    return {p.stem: p for d in preset_dirs() if d.is_dir() for p in d.glob("*.yaml") if p.is_file()}
+
+
 def available_presets() -> list[str]:
-    names = {p.stem for d in preset_dirs() if d.is_dir() for p in d.glob("*.yaml")}
-    return sorted(names)
+    return sorted(_preset_files())
 
 
 def preset_path(name: str) -> Path:
     """The file of the preset ``name``: a name of :func:`available_presets`, never a path (a
     file of one's own is a ``--config``, checked as one)."""
-    if name in available_presets():
-        for folder in preset_dirs():
-            candidate = folder / f"{name}.yaml"
-            if candidate.is_file():
-                return candidate
-    known = ", ".join(available_presets()) or "none found"
+    files = _preset_files()
+    if name in files:
+        return files[name]
+    known = ", ".join(sorted(files)) or "none found"
     hint = " (a file of your own goes in --config FILE)" if "/" in name or "\\" in name else ""
     raise DreamtextError(f"unknown preset '{name}'; available presets: {known}{hint}")
 
