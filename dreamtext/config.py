@@ -572,11 +572,17 @@ def setting_source(
     return None
 
 
+def from_a_file(source: str | None) -> bool:
+    """Whether a setting's ``source`` (:func:`setting_source`) is a file or preset, not the
+    command line or the defaults (``None``)."""
+    return source is not None and source != "the command line"
+
+
 def setting_name(key: str, flag: str | None, source: str | None) -> str:
     """How a refusal names the setting ``key``: its ``flag`` where the command line (or the
     defaults) gave it, else ``config field 'KEY' (in SOURCE)``, so that a value from one of
     several ``--config`` files names the file to fix, not a flag the user never typed."""
-    if source is None or source == "the command line":
+    if not from_a_file(source):
         return flag or f"config field '{key}'"
     return f"config field '{key}' (in {source})"
 
@@ -589,7 +595,7 @@ def with_its_file(message: str, source_of: Callable[[str], str | None]) -> str:
     if match is None or "(in " in message:
         return message
     source = source_of(match.group(1))
-    if source is None or source == "the command line":
+    if not from_a_file(source):
         return message
     return f"{message[: match.end()]} (in {source}){message[match.end() :]}"
 
