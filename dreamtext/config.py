@@ -688,25 +688,25 @@ def validate(
     probs = cfg.shading_probs
     if len(probs) != 3 or not all(p >= 0.0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
         raise DreamtextError(
-            "shading_probs must be three probabilities (albedo, textureless, "
+            f"{name('shading_probs')} must be three probabilities (albedo, textureless, "
             f"lambertian), each ≥ 0, summing to 1, got {cfg.shading_probs}"
         )
     # Weights and counts a run multiplies or counts with: below 0 they train the opposite way
     # (a negative regulariser rewards what it should punish) or mean nothing.
     if cfg.albedo_epochs < 0:
         raise DreamtextError(
-            f"config field 'albedo_epochs' must be ≥ 0 (0: shading from the start), got "
+            f"{name('albedo_epochs')} must be ≥ 0 (0: shading from the start), got "
             f"{cfg.albedo_epochs}"
         )
     if not 0.0 <= cfg.ambient_ratio <= 1.0:
         raise DreamtextError(
-            f"config field 'ambient_ratio' must be in [0, 1] (the share of unlit colour in a "
+            f"{name('ambient_ratio')} must be in [0, 1] (the share of unlit colour in a "
             f"shaded render), got {cfg.ambient_ratio:g}"
         )
     lambdas = ("lambda_entropy", "lambda_opacity", "lambda_orientation", "lambda_density")
-    for name in ("light_jitter", *lambdas):
-        if not getattr(cfg, name) >= 0.0:
-            raise DreamtextError(f"config field '{name}' must be ≥ 0, got {getattr(cfg, name):g}")
+    for key in ("light_jitter", *lambdas):
+        if not getattr(cfg, key) >= 0.0:
+            raise DreamtextError(f"{name(key)} must be ≥ 0, got {getattr(cfg, key):g}")
 
 
 def validate_cameras(cameras: CameraRange) -> None:

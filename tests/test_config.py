@@ -307,6 +307,30 @@ def test_a_seed_torch_cannot_take_is_refused_before_the_run(tmp_path, seed):
     assert resolve_config({"prompt": "x"}, base=base).seed == -5
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("albedo_epochs: -1\n", "config field 'albedo_epochs' (in {bad}) must be ≥ 0"),
+        ("ambient_ratio: 2\n", "config field 'ambient_ratio' (in {bad}) must be in [0, 1]"),
+        ("light_jitter: -1\n", "config field 'light_jitter' (in {bad}) must be ≥ 0, got -1"),
+        ("lambda_opacity: -1\n", "config field 'lambda_opacity' (in {bad}) must be ≥ 0"),
+        (
+            "shading_probs: [1, 1, 1]\n",
+            "config field 'shading_probs' (in {bad}) must be three probabilities",
+        ),
+    ],
+)
+def test_a_top_level_fields_refusal_names_the_file_that_set_it(tmp_path, body, expected):
+    """The top-level fields without a flag (``albedo_epochs``, the ``lambda_*`` weights ...)
+    named no file: of several --config files, the user could not tell which to fix."""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("iters: 5\n")
+    bad.write_text(body)
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=[good, bad])
+    assert str(raised.value).startswith(expected.format(bad=bad))
+
+
 def test_a_new_runs_config_file_takes_the_seeds_seed_takes(tmp_path):
     """``seed: -1`` in a config file ran (and was recorded) where ``--seed -1`` is refused."""
     path = tmp_path / "seed.yaml"
