@@ -450,15 +450,21 @@ def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -
     command again must not wipe hours of training. ``own_config`` as for
     :func:`other_prompt_error`."""
     where = f" at step {step}" if step is not None else ""
+    iters = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("iters")
+    resume = "--resume to continue it"
+    if step is not None and isinstance(iters, int) and step >= iters:
+        # A finished run: --resume alone has nothing to train ("already at step N of N").
+        where = f", finished at step {step}"
+        resume = f"--resume --iters N (above {step}) to train it further"
     if own_config is not None:
         return DreamtextError(
             f"--config {own_config} is the record of the run in {workspace}{where}, where "
             "this command would train; pass --workspace NEW_FOLDER to train it again beside "
-            "it, or --resume to continue it"
+            f"it, or {resume}"
         )
     return DreamtextError(
-        f"{workspace} already holds a run of this prompt{where}; pass --resume to continue "
-        "it, --overwrite to train it again from scratch, or --workspace NEW_FOLDER"
+        f"{workspace} already holds a run of this prompt{where}; pass {resume}, --overwrite "
+        "to train it again from scratch, or --workspace NEW_FOLDER"
     )
 
 

@@ -906,7 +906,10 @@ def test_typing_the_training_command_again_does_not_wipe_the_run(tmp_path, monke
     last = tmp_path / "workspace" / "a_red_cube" / "checkpoints" / "last.pt"
     saved = last.read_bytes()
     again = run_cli(*args, "--iters", "2", cwd=tmp_path)
-    assert_one_line_user_error(again, "already holds a run of this prompt at step 3", "--resume")
+    # The run finished: --resume alone would have nothing to train.
+    assert_one_line_user_error(
+        again, "already holds a run of this prompt, finished at step 3", "--resume --iters N"
+    )
     assert last.read_bytes() == saved
     make_run(monkeypatch, tmp_path, *args, "--iters", "2", "--overwrite")
     assert last.read_bytes() != saved
@@ -928,7 +931,9 @@ def test_a_run_typed_again_from_its_own_config_json_is_pointed_beside_it_not_to_
     config = run / "config.json"
     again = run_cli("text", "a red cube", "--config", config, cwd=tmp_path)
     assert_one_line_user_error(
-        again, f"--config {config} is the record of the run in {run} at step 2", "--resume"
+        again,
+        f"--config {config} is the record of the run in {run}, finished at step 2",
+        "--resume --iters N (above 2) to train it further",
     )
     assert "--workspace NEW_FOLDER to train it again beside it" in again.stderr
     assert "--overwrite" not in again.stderr
@@ -1848,7 +1853,7 @@ def test_a_prompt_typed_with_combining_accents_is_the_same_run(
     run = ["--model", tiny_sd_path, "--config", tiny_yaml, "--no-export"]
     make_run(monkeypatch, tmp_path, "text", nfc, *run, "--iters", "2")
     again = run_cli("text", nfd, *run, "--iters", "2", cwd=tmp_path)
-    assert_one_line_user_error(again, "already holds a run of this prompt at step 2")
+    assert_one_line_user_error(again, "already holds a run of this prompt, finished at step 2")
     resumed = run_cli("text", nfd, "--resume", "--iters", "3", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert [p.name for p in (tmp_path / "workspace").iterdir()] == ["crème_brûlée"]
