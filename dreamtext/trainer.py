@@ -148,6 +148,9 @@ class Run:
     # The occupancy grid's refresh after step ``step`` ran out of memory and is to be run on
     # resume (:func:`refresh_occupancy`).
     occupancy_pending: bool = False
+    # Inside ``optimizer.step()`` (:func:`optimizer_step`): memory that runs out there leaves the
+    # parameters and Adam's moments partly updated, a state no checkpoint may hold.
+    updating: bool = False
     # A resumed run: the step it resumed at and the settings it changed then
     # (:func:`dreamtext.config.changed_settings`), recorded in config.json's ``resumes``.
     resumed: dict[str, Any] | None = None
@@ -498,12 +501,13 @@ def train_step(run: Run) -> dict[str, Any]:
 
     A stop requested mid-step (:class:`~dreamtext.interrupts.StepStopped`, raised between the
     renderer's chunks) or running out of memory (GPU or host, :func:`memory_that_ran_out`) in
-    the render, the guidance, the backward pass or the optimiser's first allocation abandons the
-    step before its update: its gradients are dropped and the random states and skip count put
-    back, so that the run is exactly at its last whole step, and the checkpoint saved then
-    (:func:`_train`, :func:`out_of_memory_saves_a_checkpoint`) resumes drawing the same
-    cameras, sample jitter and noise as a run that never failed. Memory that runs out in the
-    occupancy grid's refresh, after the update, is :func:`refresh_occupancy`'s to handle."""
+    the render, the guidance or the backward pass abandons the step before its update: its
+    gradients are dropped and the random states and skip count put back, so that the run is
+    exactly at its last whole step, and the checkpoint saved then (:func:`_train`,
+    :func:`out_of_memory_saves_a_checkpoint`) resumes drawing the same cameras, sample jitter
+    and noise as a run that never failed. Memory that runs out inside the update leaves a state
+    between two steps, which no checkpoint takes (``Run.updating``); in the occupancy grid's
+    refresh, after the update, it is :func:`refresh_occupancy`'s to handle."""
     before = random_states(run)
     try:
         return _train_step(run)
@@ -641,7 +645,9 @@ def optimizer_step(run: Run, finite: bool) -> bool:
     unchanged.
     """
     if finite:
+        run.updating = True  # left set if the update fails (out_of_memory_saves_a_checkpoint)
         run.optimizer.step()
+        run.updating = False
     if run.scaler.is_enabled():
         run.scaler.update()
     return finite
@@ -951,23 +957,42 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
     """Turn running out of GPU or host memory into a :class:`DreamtextError` naming the fixes,
     after saving a checkpoint so that ``--resume`` continues from there.
 
-    Memory runs out in the render, the guidance or the backward pass, before ``optimizer.step()``
-    of that step, so the checkpoint holds the last finished step (``run.step``). (Adam's update
-    allocates only its state, on the first step.)
+    Memory that runs out in the render, the guidance or the backward pass, before
+    ``optimizer.step()``, leaves the run at its last finished step (``run.step``,
+    :func:`train_step`), which the checkpoint holds. Adam's update allocates too (its state on
+    the first step, a temporary of each parameter's size on every step), after it has begun to
+    write the parameters and moments: memory that runs out there (``run.updating``) leaves a
+    state between two steps, so nothing is saved and ``--resume`` goes on from the last
+    checkpoint on disk.
     """
 
     def explain(memory: str) -> str:
         run.optimizer.zero_grad(set_to_none=True)
-        path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
         cfg = run.cfg
         # --fp16 halves the GPU's share; the host's is the render's samples and the prior.
         first = "--fp16, " if memory == "GPU memory" else "a smaller --batch-size, "
         last = "" if memory == "GPU memory" else ", or close other programs"
-        return (
-            f"out of {memory} after step {run.step} ({cfg.h}x{cfg.w} px, batch "
-            f"{cfg.batch_size}); saved {path}; resume with --resume after one of: a smaller "
-            f"--h/--w, {first}fewer samples (render.march_steps), a smaller "
+        fixes = (
+            f"a smaller --h/--w, {first}fewer samples (render.march_steps), a smaller "
             f"render.grad_chunk_points{last}"
+        )
+        where = f"({cfg.h}x{cfg.w} px, batch {cfg.batch_size})"
+        if run.updating:
+            step = resume_step(run.workspace) if can_resume(run.workspace) else None
+            again = (
+                f"resume with --resume (from its last checkpoint, step {step})"
+                if step is not None
+                else "run the command again"
+            )
+            return (
+                f"out of {memory} in the optimiser's update of step {run.step + 1} {where}, "
+                f"which it left half done, so no checkpoint was saved; {again} after one of: "
+                f"{fixes}"
+            )
+        path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+        return (
+            f"out of {memory} after step {run.step} {where}; saved {path}; resume with "
+            f"--resume after one of: {fixes}"
         )
 
     return out_of_memory_is_a_user_error(explain)

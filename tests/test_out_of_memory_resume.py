@@ -14,6 +14,7 @@ import pytest
 import torch
 from tiny_models import TINY_TRAIN
 
+import dreamtext.trainer as trainer
 from dreamtext.checkpoint import load_checkpoint
 from dreamtext.config import resolve_config
 from dreamtext.errors import DreamtextError
@@ -25,7 +26,7 @@ FAILS_IN_STEP = 4
 ITERS = 6
 
 
-def config(workspace, iters=ITERS):
+def config(workspace, iters=ITERS, checkpoint_every=100):
     return resolve_config(
         {
             **TINY_TRAIN,
@@ -33,7 +34,7 @@ def config(workspace, iters=ITERS):
             "workspace": str(workspace),
             "iters": iters,
             "preview_every": 0,
-            "checkpoint_every": 100,
+            "checkpoint_every": checkpoint_every,
             "guidance": {"model": "builtin:shapes"},
         }
     )
@@ -122,4 +123,45 @@ def test_a_resume_after_the_occupancy_refresh_ran_out_of_memory_is_bit_exact(
     saved = load_checkpoint(workspace / "checkpoints" / "last.pt")
     assert saved["step"] == 4 and saved["occupancy_pending"]
     train(config(workspace), resume=True)
+    assert_same_run(workspace, uninterrupted)
+
+
+def test_memory_that_runs_out_in_adams_update_saves_no_half_updated_checkpoint(
+    tmp_path, monkeypatch, uninterrupted
+):
+    """Adam allocates a temporary of each parameter's size at every step (``denom``, from
+    ``exp_avg_sq.sqrt()``) after it has written the earlier parameters and every moment: a
+    checkpoint saved then as "after step 3" held half of step 4's update, and a resume from it
+    trained another run. Nothing is saved; the resume goes on from the last checkpoint."""
+    workspace = tmp_path / "run"
+    real_step = trainer.optimizer_step
+
+    def failing_step(run, finite):
+        if run.step != FAILS_IN_STEP - 1:
+            return real_step(run, finite)
+        real_sqrt, calls = torch.Tensor.sqrt, []
+
+        def sqrt(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:  # the second parameter's: the first is already updated
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to")
+            return real_sqrt(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, "sqrt", sqrt)
+        try:
+            return real_step(run, finite)
+        finally:
+            monkeypatch.setattr(torch.Tensor, "sqrt", real_sqrt)
+
+    monkeypatch.setattr(trainer, "optimizer_step", failing_step)
+    with pytest.raises(DreamtextError) as raised:
+        train(config(workspace, checkpoint_every=2))
+    assert str(raised.value).startswith(
+        f"out of memory in the optimiser's update of step {FAILS_IN_STEP} (16x16 px, batch 2), "
+        "which it left half done, so no checkpoint was saved; resume with --resume (from its "
+        "last checkpoint, step 2) after one of: "
+    )
+    monkeypatch.undo()
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    train(config(workspace, checkpoint_every=2), resume=True)
     assert_same_run(workspace, uninterrupted)
