@@ -314,8 +314,9 @@ def restore_newest(run: Run) -> None:
     checkpoint (:class:`~dreamtext.checkpoint.UnreadableCheckpoint`: truncated by a full disk or a
     copy cut short, damaged) or is missing (deleted by hand, a sync cut short), from the newest
     step file that restores whole, saying so in one line on stderr and in config.json's
-    ``resumes`` (``fallback``). Without one, a :class:`DreamtextError` that names the file and
-    the fix.
+    ``resumes`` (``fallback``). The unreadable ``last.pt`` is removed then: a checkpoint save
+    keeps the ``last.pt`` it replaces as a step file. Without one, a :class:`DreamtextError`
+    that names the file and the fix.
 
     Whole means :func:`restore` takes all of it (the field, the optimiser, the renderer, the random
     states and the step), not that it unpickles: a file can unpickle and still not restore."""
@@ -353,9 +354,15 @@ def restore_newest(run: Run) -> None:
             **({"damaged": damaged} if damaged else {}),
         }
         skipped = f" ({', '.join(damaged)} unreadable too)" if damaged else ""
+        removed = ""
+        if why != "missing":
+            # Of the branch the run leaves, as the later step files a resume removes: kept, the
+            # next save would keep it as the step file of its step in place of a whole one.
+            last.unlink(missing_ok=True)
+            removed = "; the unreadable last.pt is removed"
         tqdm.write(
             f"dreamtext: {last} {problem}; resuming from {path}, the "
-            f"newest whole checkpoint{skipped}, at step {run.step}: {lost}",
+            f"newest whole checkpoint{skipped}, at step {run.step}: {lost}{removed}",
             file=sys.stderr,
         )
         return

@@ -51,7 +51,7 @@ def test_an_unreadable_last_pt_resumes_from_the_newest_whole_step_file_to_the_sa
     assert (
         f"dreamtext: {last} is unreadable (a truncated or damaged file: RuntimeError); resuming "
         f"from {step_file}, the newest whole checkpoint, at step 2: steps 3-4 are lost and "
-        "trained again"
+        "trained again; the unreadable last.pt is removed"
     ) in capsys.readouterr().err.splitlines()
     resumes = json.loads((workspace / "config.json").read_text())["resumes"]
     assert resumes[-1]["step"] == 2
@@ -67,6 +67,23 @@ def test_an_unreadable_last_pt_resumes_from_the_newest_whole_step_file_to_the_sa
         json.loads(line)["step"] for line in (workspace / "log.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_unreadable_last_pt_a_resume_left_is_not_kept_as_a_step_file(tmp_path):
+    """A damaged last.pt of step 6, left in place by the resume that fell back to step 4, was
+    kept by the next save (at step 9) as ``step_000006.pt``, a damaged file of the branch the
+    run left, and the whole ``step_000002.pt`` was deleted to keep three checkpoints."""
+    from dreamtext.checkpoint import is_whole, step_files
+
+    workspace = train(builtin_config(tmp_path / "run", iters=6))  # last 6, steps 2 and 4
+    folder = workspace / "checkpoints"
+    flip_a_tensor_byte(folder / "last.pt")
+    train(builtin_config(workspace, iters=9, checkpoint_every=100), resume=True)
+    assert [(step, is_whole(path, step)) for step, path in step_files(folder)] == [
+        (2, True),
+        (4, True),
+    ]
+    assert load_checkpoint(folder / "last.pt")["step"] == 9
 
 
 def test_a_step_file_that_unpickles_but_does_not_restore_is_passed_over(tmp_path, capsys):
@@ -358,7 +375,7 @@ def test_a_byte_changed_in_a_tensor_of_last_pt_resumes_from_the_newest_whole_ste
     assert (
         f"dreamtext: {last} is unreadable (a damaged file: its checksum does not match); "
         f"resuming from {step_file}, the newest whole checkpoint, at step 2: steps 3-4 are lost "
-        "and trained again"
+        "and trained again; the unreadable last.pt is removed"
     ) in capsys.readouterr().err.splitlines()
     fallback = json.loads((workspace / "config.json").read_text())["resumes"][-1]["fallback"]
     assert fallback == {
