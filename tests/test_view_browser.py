@@ -527,7 +527,7 @@ def test_a_run_finished_without_an_export_says_how_to_make_its_mesh(page, root: 
 
 def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(page, tmp_path):
     """A run exported with `--formats obj,ply` said "no mesh yet" and linked none of its files."""
-    run = tmp_path / "runs" / "a_red_cube"
+    run = tmp_path / "my runs" / "a_red_cube"  # the command quotes the space for a shell
     (run / "mesh").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 60}))
     (run / "status.json").write_text(json.dumps({"state": "finished", "step": 60, "iters": 60}))
@@ -537,7 +537,7 @@ def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(pa
     with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
         page.goto(srv.url + "run/a_red_cube/")
         page.wait_for_selector(".viewer .empty")
-        command = f"dreamtext export --workspace {run.resolve()} --formats glb,obj,ply"
+        command = f"dreamtext export --workspace '{run.resolve()}' --formats glb,obj,ply"
         assert page.inner_text(".viewer .empty") == (
             f"the 3D view shows a GLB; this export has none (--formats obj,ply): {command} adds it"
         )
@@ -696,6 +696,27 @@ def test_a_retried_runs_card_gives_its_batch_record_as_the_attempt_before(page, 
         heading = page.locator(".details h2", has_text="Batch")
         heading.wait_for()
         assert heading.inner_text() == "Batch: the attempt before this one"
+
+
+def test_a_hand_edited_batch_line_with_a_string_for_a_number_leaves_the_gallery_drawn(
+    page, tmp_path
+):
+    """A batch.jsonl line whose ``its`` was "5.1" (a string) threw in the page's number format
+    (``x.toPrecision is not a function``), and the gallery drew no card at all."""
+    root = tmp_path / "runs"
+    run = root / "a_blue_sphere"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a blue sphere", "iters": 60}))
+    status = {"state": "finished", "step": 60, "iters": 60}
+    (run / "status.json").write_text(json.dumps(status))
+    record = {"line": 3, "input": "a blue sphere", "kind": "text", "prompt": "a blue sphere"}
+    record |= {"workspace": "a_blue_sphere", "status": "finished", "error": None, "its": "5.1"}
+    (root / "batch.jsonl").write_text(json.dumps(record) + "\n")
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        card = page.locator('.card[data-run="a_blue_sphere"]')
+        card.wait_for()
+        assert shown_text(card.locator(".batch")) == "batch line 3 · – it/s"
 
 
 @pytest.mark.parametrize("where", ["server", "static"])
@@ -1036,6 +1057,21 @@ def test_a_card_shows_the_whole_runs_time_with_each_stage(page, server, root: Pa
         text = shown_text(facts).replace("\xa0", " ")  # a time's no-break spaces
         assert "1 min 40 s (describe 5.0 s, descriptor 35 s, text→3D 1 min 0 s)" in text, text
         assert "3,000 MiB peak" in text, text
+        # Rounded before the split into units: these showed "1 min 60 s", "59 min 60 s",
+        # "1 h 60 min" and "60 s".
+        stages = {"describe": {"seconds": 59.6}, "descriptor": {"seconds": 3599.7}}
+        stages |= {"train": {"seconds": 7199.0}}
+        whole |= {"stages": stages, "total_seconds": 119.6}
+        status_path.write_text(json.dumps({**status, "seconds": 7199.0, **whole}))
+        page.reload()
+        facts.wait_for()
+        page.wait_for_function(
+            "() => document.querySelector('.card[data-run=\"a_blue_sphere\"] .facts')"
+            ".textContent.includes('(describe')"
+        )
+        text = shown_text(facts).replace("\xa0", " ")
+        expected = "2 min 0 s (describe 1 min 0 s, descriptor 1 h 0 min, text→3D 2 h 0 min)"
+        assert expected in text, text
     finally:
         status_path.write_text(json.dumps(status))
 

@@ -50,18 +50,24 @@
   const STAGE_NAMES = { sample: "sampling", describe: "describe", descriptor: "descriptor", train: "text→3D" };
 
   /** "9.0 s", "1 min 40 s", "2 h 5 min", with no-break spaces: a card's line broke between
-   * "9.0" and "s". */
+   * "9.0" and "s". Rounded before it is split into units: 119.6 s is "2 min 0 s", not
+   * "1 min 60 s". */
   function formatSeconds(s) {
     if (s === null || s === undefined) return null;
+    const seconds = Math.round(s);
+    const minutes = Math.round(s / 60);
     let text;
-    if (s < 60) text = `${s.toFixed(s < 10 ? 1 : 0)} s`;
-    else if (s < 3600) text = `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-    else text = `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+    if (s < 9.95) text = `${s.toFixed(1)} s`;
+    else if (seconds < 60) text = `${seconds} s`;
+    else if (seconds < 3600) text = `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+    else text = `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
     return text.replaceAll(" ", "\u00a0");
   }
 
+  /** A number as shown (4 significant digits); "–" for none, or for what a hand-edited file
+   * holds in its place (a string: "5.1"). */
   function formatNumber(x) {
-    if (x === null || x === undefined) return "–";
+    if (typeof x !== "number" || !Number.isFinite(x)) return "–";
     const a = Math.abs(x);
     if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(2);
     return String(Number(x.toPrecision(4)));
@@ -692,9 +698,10 @@
      * to add the GLB it shows without losing those files (a re-export replaces the mesh files). */
     function noGlb(run) {
       const formats = ["obj", "ply"].filter((kind) => run.mesh[kind]);
-      const where = run.workspace ? ` --workspace ${run.workspace}` : "";
+      // The server's command: the folder quoted for a shell, a static site's as it was typed.
+      const command = run.export_command || "dreamtext export --workspace <its folder>";
       return `the 3D view shows a GLB; this export has none (--formats ${formats.join(",")}): ` +
-        `dreamtext export${where} --formats ${["glb", ...formats].join(",")} adds it`;
+        `${command} --formats ${["glb", ...formats].join(",")} adds it`;
     }
 
     function drawViewer(run) {
