@@ -147,6 +147,23 @@ def test_runs_with_the_same_folder_name_get_distinct_ids(tmp_path: Path):
     assert ids == ["run", "run-2"]
 
 
+def test_a_run_keeps_its_id_when_a_run_of_the_same_name_appears_before_it(tmp_path: Path):
+    """Ids went by scan order: a run made later in the first of two roots took ``a_red_cube``
+    from the second root's run, whose open page then showed the newcomer without a word."""
+    first, second = tmp_path / "runs1", tmp_path / "runs2"
+    first.mkdir()
+    make_run(second / "a_red_cube", "two")
+    catalog = Catalog([first, second])
+    assert [(r.id, r.path) for r in catalog.runs()] == [("a_red_cube", second / "a_red_cube")]
+    make_run(first / "a_red_cube", "one")
+    by_id = {r.id: r.path for r in catalog.runs()}
+    assert by_id == {"a_red_cube": second / "a_red_cube", "a_red_cube-2": first / "a_red_cube"}
+    # A run no longer listed gives its id up.
+    shutil.rmtree(second / "a_red_cube")
+    assert [(r.id, r.path) for r in catalog.runs()] == [("a_red_cube-2", first / "a_red_cube")]
+    assert [r.id for r in Catalog([first, second]).runs()] == ["a_red_cube"]
+
+
 def test_run_ids_differing_in_case_or_normalisation_alone_are_made_distinct(tmp_path: Path):
     """Downloads and static folders are named by run id: on macOS's or Windows' file systems,
     ``Cube.zip`` and ``cube.zip`` (and their folders ``Cube/``, ``cube/``) are one name."""

@@ -176,6 +176,10 @@ class Catalog:
         self.sources: list[tuple[Path, bool | None]] = []
         self._last_scan: tuple[float, dict[str, RunLocation]] | None = None
         self._scan_lock = threading.Lock()
+        # Each listed run's id (:meth:`_with_ids`), by its path (or root and name, for a batch
+        # line whose folder is not there).
+        self._ids: dict[Any, str] = {}
+        self._ids_lock = threading.Lock()
         for folder in folders:
             if not folder.exists() and not folder.is_symlink() and empty_ok:
                 self.sources.append((folder.resolve(), None))
@@ -217,16 +221,10 @@ class Catalog:
         return next((run for run in self.runs() if run.id == run_id), None)
 
     def _scan(self) -> list[RunLocation]:
-        found: list[RunLocation] = []
-        used: set[str] = set()
+        found: list[tuple[str, Path | None, Path | None, dict | None]] = []
 
         def add(name: str, path: Path | None, root: Path | None, batch: dict | None) -> None:
-            base = _id_of(name)
-            run_id, n = base, 2
-            while _file_name_key(run_id) in used:
-                run_id, n = f"{base}-{n}", n + 1
-            used.add(_file_name_key(run_id))
-            found.append(RunLocation(run_id, name, path, root, batch))
+            found.append((name, path, root, batch))
 
         seen: set[Path] = set()
         for folder, is_root in self.sources:
@@ -265,7 +263,34 @@ class Catalog:
                 inside = path.is_relative_to(folder)
                 name = path.relative_to(folder).as_posix() if inside else str(record["workspace"])
                 add(name, path if inside and path.is_dir() else None, folder, record)
-        return found
+        return self._with_ids(found)
+
+    def _with_ids(
+        self, found: list[tuple[str, Path | None, Path | None, dict | None]]
+    ) -> list[RunLocation]:
+        """The runs ``found`` (name, path, root, batch line) with their ids: a run keeps the id it
+        had in the last scan for as long as it is listed, and a new run gets its name's, made
+        unique (``NAME-2``, ...) among the others. By scan order alone, a run appearing earlier
+        in it (a batch's new folder of the same name in the first of two roots) took the id of
+        one already listed, and that run's open page turned to the newcomer's, without a word."""
+        keys: list[Any] = []
+        for name, path, root, _ in found:
+            key: Any = path if path is not None else (root, name)
+            keys.append(key if key not in keys else (key, len(keys)))
+        with self._ids_lock:
+            ids = {key: self._ids[key] for key in keys if key in self._ids}
+            used = {_file_name_key(run_id) for run_id in ids.values()}
+            for key, (name, *_) in zip(keys, found, strict=True):
+                if key in ids:
+                    continue
+                base = _id_of(name)
+                run_id, n = base, 2
+                while _file_name_key(run_id) in used:
+                    run_id, n = f"{base}-{n}", n + 1
+                used.add(_file_name_key(run_id))
+                ids[key] = run_id
+            self._ids = ids  # the runs no longer listed give their ids up
+        return [RunLocation(ids[key], *entry) for key, entry in zip(keys, found, strict=True)]
 
 
 def _subfolders(folder: Path) -> list[tuple[str, bool]]:
