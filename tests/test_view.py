@@ -2787,6 +2787,25 @@ def test_static_export_into_a_link_to_nothing_is_one_line_and_leaves_nothing(
 
 
 @pytest.mark.parametrize("earlier_export", [False, True])
+def test_static_export_into_a_link_to_a_folder_writes_the_site_there(
+    root: Path, tmp_path: Path, earlier_export: bool
+):
+    """A link to a web server's folder: the link itself was renamed away and replaced by a new
+    folder, the folder it pointed to stayed empty, and a hidden ``.site.old.*`` link was left."""
+    out = tmp_path / "out"
+    served = out / "www" / "site"
+    served.mkdir(parents=True)
+    if earlier_export:
+        export_static([root], served)
+    (out / "site").symlink_to(served)
+    export_static([root], out / "site")
+    assert (out / "site").is_symlink()
+    assert (served / "index.html").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["site", "www"]
+    assert sorted(p.name for p in served.parent.iterdir()) == ["site"]
+
+
+@pytest.mark.parametrize("earlier_export", [False, True])
 def test_static_export_into_the_working_folder_is_one_line_and_changes_nothing(
     root: Path, tmp_path: Path, monkeypatch, capsys, earlier_export: bool
 ):

@@ -67,11 +67,14 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
             "(an earlier `dreamtext view --static` folder is replaced)"
         )
     _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # A link to a folder (a web server's): the site goes into that folder, beside which it is
+    # staged. Replaced itself, the link became a folder and its target was left as it was.
+    target = out_dir.resolve() if out_dir.is_symlink() else out_dir
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _write(catalog, staging)
-        _replace(staging, out_dir)
+        _replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
