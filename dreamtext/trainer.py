@@ -863,6 +863,10 @@ def _train(run: Run, resume: bool) -> Path:
     if resume:
         truncate_log(log_path, run.step)
         remove_later_files(workspace, run.step)
+        if run.step < cfg.iters:
+            # The final preview of the run's earlier end: while the run trains on (and for good
+            # if it is stopped) it passed for the newest picture of the field (the viewer's).
+            (workspace / "previews" / "final.png").unlink(missing_ok=True)
     else:
         # An --overwrite leaves nothing of the run it replaces; removed before the new
         # config.json is written, so that a process killed in between leaves no old checkpoint

@@ -408,3 +408,23 @@ def test_export_of_a_last_pt_with_a_changed_byte_refuses_naming_the_step_file(tm
         f"match); its newest whole checkpoint is {step_file} (step 5): resuming the run"
     )
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
+
+
+def test_a_finished_run_resumed_to_more_steps_drops_its_old_final_preview(tmp_path, monkeypatch):
+    """The final.png of the run's earlier end stayed while it trained on (and for good if it
+    was stopped), and the viewer showed it as the newest picture, captioned "final preview"."""
+    import dreamtext.trainer as trainer
+
+    workspace = train(builtin_config(tmp_path / "run", iters=2))
+    final = workspace / "previews" / "final.png"
+    assert final.is_file()
+    real_step, seen = trainer.train_step, []
+
+    def watched(run):
+        seen.append(final.exists())
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", watched)
+    train(builtin_config(workspace, iters=4), resume=True)
+    assert seen == [False, False]
+    assert final.is_file()  # the new end's
