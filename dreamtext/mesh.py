@@ -1371,15 +1371,22 @@ def unwrap_uv(
     OBJ / trimesh convention; trimesh flips ``v`` itself when writing glTF). Vertex normals are
     those of the welded input, so shading stays smooth across the seams.
     """
+    # xatlas leaves out of every chart (all three UVs (0, 0): the texture's corner colour) each
+    # face of area ≤ FLT_EPSILON (1.2e-7) in the mesh's units: the slivers a decimation leaves
+    # in a mesh ±1 across. Measured in median edges the UVs are the same (xatlas sizes the
+    # charts to the texture) and only faces of no area fall under that.
+    lengths = mesh.edges_unique_length
+    median = float(np.median(lengths)) if len(lengths) else 0.0
+    positions = (mesh.vertices / (median if median > 0 else 1.0)).astype(np.float32)
     atlas = xatlas.Atlas()
-    atlas.add_mesh(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
+    atlas.add_mesh(positions, mesh.faces.astype(np.uint32))
     pack = xatlas.PackOptions()
     pack.resolution, pack.padding = texture_size, max(2, texture_size // 256)
     atlas.generate(xatlas.ChartOptions(), pack)
     if atlas.atlas_count != 1:  # the charts overflowed one texture: let xatlas size a single one
         pack.resolution = 0
         atlas = xatlas.Atlas()
-        atlas.add_mesh(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
+        atlas.add_mesh(positions, mesh.faces.astype(np.uint32))
         atlas.generate(xatlas.ChartOptions(), pack)
     vmapping, faces, uv = atlas[0]
     unwrapped = trimesh.Trimesh(

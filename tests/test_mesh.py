@@ -698,6 +698,22 @@ def test_uv_unwrap_keeps_the_surface_and_stays_in_the_unit_square():
     assert unwrapped.area == pytest.approx(mesh.area)
 
 
+def test_uv_unwrap_gives_every_face_of_a_small_mesh_its_own_texels():
+    """xatlas leaves out each face of area ≤ FLT_EPSILON (1.2e-7) in the units it is given: all
+    three UVs (0, 0), the texture's corner colour. A 50,000-face export of a ±1 scene keeps
+    such slivers; here a sphere 0.003 across, every face of which is that small."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.0015)
+    assert sphere.area_faces.max() < np.finfo(np.float32).eps
+    unwrapped, uv = unwrap_uv(sphere, 256)
+    corners = uv[unwrapped.faces]
+    uv_area = 0.5 * np.abs(
+        (corners[:, 1, 0] - corners[:, 0, 0]) * (corners[:, 2, 1] - corners[:, 0, 1])
+        - (corners[:, 2, 0] - corners[:, 0, 0]) * (corners[:, 1, 1] - corners[:, 0, 1])
+    )
+    assert (uv_area > 0).all()
+    assert unwrapped.area == pytest.approx(sphere.area)
+
+
 def test_rasterised_triangle_covers_exactly_the_texels_inside_it():
     uv = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # the lower-left half of the image
     face, bary = rasterize_uv(uv, np.array([[0, 1, 2]]), 8)
