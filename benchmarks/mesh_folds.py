@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         repaired = make_manifold(trimesh.Trimesh(vertices, faces, process=False))
         meshes = {
             "marching cubes": mesh,
-            "decimated, no unfold": drop_small_parts(orient_outward(repaired)),
+            "decimated, no unfold": drop_small_parts(orient_outward(repaired))[0],
             "decimate()": decimate(mesh, target),
         }
         rows = {

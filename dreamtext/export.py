@@ -986,11 +986,12 @@ def ply_comments(title: str | None) -> list[str]:
     ``asset.generator``) and, with a title, ``comment title <title>`` (its ``asset.extras``
     title) on one line, its whitespace collapsed and any non-ASCII letter escaped
     (``Crème`` → ``Cr\\xe8me``): a PLY header is ASCII, and readers such as plyfile refuse
-    other bytes in it."""
+    other bytes in it. ``end_header`` in a title is written ``end-header``: trimesh's reader
+    ends the header at any line that holds it."""
     comments = [f"comment generator dreamtext {__version__}"]
     if title and title.strip():
         line = " ".join(title.split()).encode("ascii", "backslashreplace").decode("ascii")
-        comments.append(f"comment title {line}")
+        comments.append(f"comment title {line.replace('end_header', 'end-header')}")
     return comments
 
 

@@ -272,7 +272,10 @@ def solid_surface(
     dropped)``."""
     solid, dropped = drop_crumbs(solid)
     mesh = marching_cubes(values, solid, level, bound)
-    return drop_small_parts(orient_outward(make_manifold(mesh))), dropped
+    # A part just over drop_crumbs' share of cells can enclose under that share of volume (its
+    # surface lies inside its cells): dropped here, it is counted with the crumbs.
+    mesh, small = drop_small_parts(orient_outward(make_manifold(mesh)))
+    return mesh, dropped + small
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,19 +452,20 @@ def orient_outward(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 
 def drop_small_parts(
     mesh: trimesh.Trimesh, min_fraction: float = MIN_COMPONENT_FRACTION
-) -> trimesh.Trimesh:
+) -> tuple[trimesh.Trimesh, int]:
     """Drop the connected parts that enclose under ``min_fraction`` of the largest part's volume
-    (the same rule as :func:`drop_crumbs`; decimation can pinch off a tiny closed bubble)."""
+    (the same rule as :func:`drop_crumbs`; decimation can pinch off a tiny closed bubble).
+    Returns ``(mesh, number of parts dropped)``."""
     labels, volume = _part_volumes(mesh)
     volume = np.abs(volume)
-    keep = volume[labels] >= min_fraction * volume.max()
-    if keep.all():
-        return mesh
+    small = volume < min_fraction * volume.max()
+    if not small.any():
+        return mesh, 0
     kept = trimesh.Trimesh(
-        vertices=mesh.vertices, faces=np.asarray(mesh.faces)[keep], process=False
+        vertices=mesh.vertices, faces=np.asarray(mesh.faces)[~small[labels]], process=False
     )
     kept.remove_unreferenced_vertices()
-    return kept
+    return kept, int(small.sum())
 
 
 def _part_volumes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
@@ -1022,7 +1026,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
                     simplified, refined, start, tips, reference
                 ):
                     simplified = refined
-    return drop_small_parts(orient_outward(simplified))
+    return drop_small_parts(orient_outward(simplified))[0]
 
 
 def _decimate_once(

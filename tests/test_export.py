@@ -223,6 +223,16 @@ def test_ply_header_names_dreamtext_and_the_prompt_not_trimesh(tmp_path):
     assert len(np.unique(colours[:, :3], axis=0)) > 100  # a colour per direction, kept
 
 
+def test_a_title_holding_end_header_leaves_the_ply_readable(tmp_path):
+    """trimesh ends a PLY header at any line holding ``end_header``: a prompt with the word
+    made a file it could not read ("PLY is unexpected length!")."""
+    options = small_options(video=False, formats=("ply",))
+    export_field(SphereField(), tmp_path, options, prompt="the end_header cube")
+    path = tmp_path / "mesh" / "mesh.ply"
+    assert "comment title the end-header cube" in ply_header(path)
+    assert len(trimesh.load(path, process=False).faces) == len(read_ply(path)[2])
+
+
 def test_ply_of_no_prompt_has_no_title(exported):
     header = ply_header(exported[0] / "mesh" / "mesh.ply")
     assert [line for line in header if line.startswith("comment")] == [
