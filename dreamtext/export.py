@@ -55,7 +55,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
-from dreamtext.exportflags import FORMATS, option_flag
+from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
 from dreamtext.latestrun import newest_run, runs_in
@@ -160,6 +160,11 @@ class ExportOptions:
             raise DreamtextError(f"{name('resolution')} must be at least 8")
         if self.decimate < 0:
             raise DreamtextError(f"{name('decimate')} must be a face count, or 0 for every face")
+        if 0 < self.decimate < MIN_DECIMATE:
+            raise DreamtextError(
+                f"{name('decimate')} must be at least {MIN_DECIMATE} (a closed mesh's fewest "
+                f"faces), or 0 for every face; got {self.decimate}"
+            )
         if self.texture_size < 8:
             raise DreamtextError(f"{name('texture_size')} must be at least 8")
         if self.threshold is not None and self.threshold <= 0:

@@ -37,8 +37,14 @@ def _video_size(text: str) -> int:
     return size
 
 
+# The fewest faces a closed mesh has (a tetrahedron's): a smaller --decimate target cannot be
+# reached, and the decimation kept every face, blaming "a non-manifold mesh".
+MIN_DECIMATE = 4
+
+
 def _face_count(text: str) -> int:
-    """``--decimate``: a face count, or 0 for every face (as ``export_options.decimate: 0``)."""
+    """``--decimate``: a face count, or 0 for every face (as ``export_options.decimate: 0``); a
+    closed mesh has at least :data:`MIN_DECIMATE`."""
     try:
         value = int(text)
     except ValueError:
@@ -46,6 +52,10 @@ def _face_count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(
             f"expected a face count (0 keeps every face), got '{text}'"
+        )
+    if 0 < value < MIN_DECIMATE:
+        raise argparse.ArgumentTypeError(
+            f"a closed mesh has at least {MIN_DECIMATE} faces (0 keeps every face), got '{text}'"
         )
     return value
 
@@ -138,7 +148,7 @@ EXPORT_FLAGS: tuple[ExportFlag, ...] = (
     ),
     ExportFlag(
         "decimate",
-        "target face count; 0 keeps every face [50000]",
+        "target face count, at least 4; 0 keeps every face [50000]",
         type=_face_count,
     ),
     ExportFlag(

@@ -2030,6 +2030,14 @@ def test_decimate_0_keeps_every_face_as_in_a_config(tmp_path, monkeypatch, capsy
     )
     with pytest.raises(DreamtextError, match=r"export_options\.decimate"):
         ExportOptions(decimate=-1).validate("c.yaml")
+    # Under a closed mesh's 4 faces: kept every face, blaming "a non-manifold mesh".
+    with pytest.raises(SystemExit):
+        main(["export", "--workspace", str(workspace), "--decimate", "2"])
+    assert "--decimate: a closed mesh has at least 4 faces (0 keeps every face), got '2'" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(DreamtextError, match=r"export_options\.decimate.* must be at least 4"):
+        ExportOptions(decimate=3).validate("c.yaml")
 
 
 def test_a_decimation_that_stops_above_its_target_says_so_in_one_line(
