@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dreamtext.errors import DreamtextError
-from dreamtext.inputs import CHECKPOINT_DIR, LAST_CHECKPOINT
+from dreamtext.inputs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_LEARNED_EMBEDS
 
 # ``newest_whole_step(folder)``: the newest step file of a checkpoints folder that loads whole,
 # and its step; ``None`` when none does.
@@ -33,6 +33,14 @@ def step_files(folder: Path, suffix: str = ".pt") -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def descriptors(checkpoints: Path) -> bool:
+    """Whether the ``checkpoints/`` folder ``checkpoints`` is an image run's descriptor's
+    (``RUN/descriptor/checkpoints``, beside the ``sentence.json`` its describe wrote): the
+    stage's learned tokens, not a run of its own to export."""
+    folder = checkpoints.parent
+    return folder.name == RUN_LEARNED_EMBEDS[0] and (folder / "sentence.json").is_file()
+
+
 def newest_run(root: Path, newest_whole_step: WholeStep) -> Path:
     """The run under ``root`` whose newest checkpoint was written most recently: its
     ``checkpoints/last.pt``, or, where that is missing (deleted by hand, a copy or sync cut
@@ -43,9 +51,10 @@ def newest_run(root: Path, newest_whole_step: WholeStep) -> Path:
     step_only: dict[Path, float] = {}  # those without last.pt → when their newest step file was
     if root.is_dir():
         for last in root.glob(f"**/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"):
-            written[last.parent] = last.stat().st_mtime
+            if not descriptors(last.parent):
+                written[last.parent] = last.stat().st_mtime
         for step_file in root.glob(f"**/{CHECKPOINT_DIR}/step_*.pt"):
-            if step_file.parent not in written:
+            if step_file.parent not in written and not descriptors(step_file.parent):
                 mtime = step_file.stat().st_mtime
                 step_only[step_file.parent] = max(mtime, step_only.get(step_file.parent, mtime))
     for folder in sorted(step_only, key=step_only.__getitem__, reverse=True):
@@ -86,6 +95,8 @@ def runs_in(folder: Path) -> list[tuple[float, Path]]:
     was deleted or not copied; not read here, the export of it says whether one is whole)."""
     runs = []
     for checkpoints in sorted(folder.glob(f"*/{CHECKPOINT_DIR}")) if folder.is_dir() else []:
+        if descriptors(checkpoints):
+            continue
         files = [checkpoints / LAST_CHECKPOINT] + [path for _, path in step_files(checkpoints)]
         times = [path.stat().st_mtime for path in files if path.is_file()]
         if times:

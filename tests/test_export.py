@@ -1412,6 +1412,23 @@ def test_export_of_a_folder_of_runs_names_its_newest_run(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_blue_sphere", "a_red_cube"]
 
 
+def test_an_image_runs_descriptor_checkpoints_are_not_a_run_to_export(tmp_path):
+    """An image run stopped (or still running) in its descriptor stage has the newest
+    ``checkpoints/last.pt``, in ``mug/descriptor/``: plain `export` chose that folder and was
+    told to pass ``mug``, which it then said held one run, ``mug/descriptor``."""
+    from dreamtext.latestrun import newest_run_unread, runs_in
+
+    trained = make_run(tmp_path, "a_red_cube", 1_000_000)
+    descriptor = make_run(tmp_path / "mug", "descriptor", 2_000_000)
+    (descriptor / "sentence.json").write_text(json.dumps({"sentence": "a mug"}))
+    (descriptor / "checkpoints" / "step_000002.pt").write_bytes(b"")
+    assert newest_run_unread(tmp_path) == find_latest_workspace(tmp_path) == trained
+    assert runs_in(tmp_path / "mug") == []
+    # A text run whose prompt was "descriptor" is a run.
+    text_run = make_run(tmp_path, "descriptor", 3_000_000)
+    assert find_latest_workspace(tmp_path) == text_run
+
+
 def test_export_of_a_folder_of_runs_counts_runs_that_have_only_step_files(tmp_path, capsys):
     """A run whose last.pt is gone (deleted, a copy cut short) still holds its step files: the
     folder of runs holds it too, and it can be the newest (its newest step file's time)."""
