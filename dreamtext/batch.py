@@ -1314,10 +1314,12 @@ def run_entry(
                         )
                     warn_resuming_with_other_settings(entry, cfg)
                     if run_finished(entry.workspace, cfg.iters) and cfg.export:
-                        _say(
-                            f"batch: line {entry.line}: {entry.workspace} finished without a "
-                            "mesh; exporting it"
+                        what = (
+                            "with the mesh of an earlier step; exporting it again"
+                            if has_mesh(entry.workspace)
+                            else "without a mesh; exporting it"
                         )
+                        _say(f"batch: line {entry.line}: {entry.workspace} finished {what}")
                 with guard_run(entry.workspace, lock.check):
                     run_one_retrying_stale(entry, cfg, options, overwrite=fresh)
                 result["status"] = "finished"

@@ -131,7 +131,7 @@ def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) ->
     workspace = Path(workspace)
     status = read_status(workspace)
     if status is not None:
-        if needs_mesh and not has_mesh(workspace) and can_resume(workspace):
+        if needs_mesh and not has_mesh(workspace, status["step"]) and can_resume(workspace):
             return False
         return status["state"] == "finished" and status["step"] >= iters
     if (workspace / STATUS).exists() or not (workspace / "mesh" / "mesh.glb").is_file():
@@ -144,9 +144,19 @@ def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) ->
     return step is not None and isinstance(own_iters, int) and step >= max(own_iters, iters)
 
 
-def has_mesh(workspace: str | Path) -> bool:
-    """Whether the run's export wrote a mesh (any of :data:`MESH_FILES`)."""
-    return any((Path(workspace) / "mesh" / name).is_file() for name in MESH_FILES)
+def has_mesh(workspace: str | Path, step: Any = None) -> bool:
+    """Whether the run's export wrote a mesh (any of :data:`MESH_FILES`); with ``step`` (the
+    run's, an ``int``), one of that step or later, as its ``mesh/mesh.json`` says where it says:
+    a finished run continued with ``--no-export`` keeps the mesh of its earlier end."""
+    mesh = Path(workspace) / "mesh"
+    if not any((mesh / name).is_file() for name in MESH_FILES):
+        return False
+    try:
+        exported = json.loads((mesh / "mesh.json").read_text(encoding="utf-8")).get("step")
+    except (OSError, *UNREADABLE_JSON, AttributeError):
+        return True  # an export from before mesh.json, or one cut short: its step is not known
+    numbers = all(isinstance(n, int) and not isinstance(n, bool) for n in (step, exported))
+    return not numbers or exported >= step
 
 
 def saved_step(workspace: str | Path) -> int | None:

@@ -2574,6 +2574,38 @@ def test_a_run_finished_without_its_export_is_exported_when_the_batch_asks_for_o
     assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped"]
 
 
+def test_a_run_continued_without_its_export_is_exported_again_when_the_batch_asks(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """Finished with its mesh at --iters 5, continued to 8 with --no-export: the batch at 8
+    with the export skipped it as finished, its mesh still of step 5."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    exports = []
+
+    def fake_export(run):
+        exports.append(run.step)
+        (run.workspace / "mesh").mkdir(exist_ok=True)
+        (run.workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+        (run.workspace / "mesh" / "mesh.json").write_text(json.dumps({"step": run.step}))
+
+    monkeypatch.setattr(trainer, "export_trained", fake_export)
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    args = ["batch", path, *BUILTIN[:2], "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--iters", "5"]))) == 0
+    assert main(list(map(str, [*args, "--iters", "8", "--no-export"]))) == 0
+    assert exports == [5]
+    capsys.readouterr()
+    assert main(list(map(str, [*args, "--iters", "8"]))) == 0
+    assert exports == [5, 8]  # nothing trained again
+    assert steps(root / "a_red_cube") == [5, 8]
+    err = capsys.readouterr().err
+    expected = "finished with the mesh of an earlier step; exporting it again"
+    assert f"batch: line 1: {root / 'a_red_cube'} {expected}" in err
+    assert main(list(map(str, [*args, "--iters", "8"]))) == 0  # now its mesh is of step 8
+    assert exports == [5, 8]
+
+
 def test_an_export_only_attempt_records_no_speed_and_says_training_settings_do_not_apply(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
