@@ -389,7 +389,9 @@ def read_prompt_lines(path: Path) -> list[str]:
         # Lines end at a newline only (\r\n and \r read as one), as editors, wc and sed number
         # them: splitlines() also split at a form feed or U+2028, and the messages named lines
         # after it by numbers the file does not have.
-        lines = _prompts_text(path).split("\n")
+        # A BOM at the start of a later line (files joined with cat, the second saved by a
+        # Windows editor) made "\ufeff# note" a prompt and "\ufeffimage:mug.png" a text one.
+        lines = [line.lstrip("\ufeff") for line in _prompts_text(path).split("\n")]
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"

@@ -380,6 +380,18 @@ def test_an_image_line_after_a_byte_order_mark_is_an_image(tmp_path):
         read_prompts(path, tmp_path / "root")
 
 
+def test_a_byte_order_mark_at_the_start_of_a_later_line_is_ignored(tmp_path):
+    """Two lists joined with ``cat``, the second saved by a Windows editor: its comment was
+    trained as a prompt and its image line as a text prompt ``image_mug_png``."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red cube\n\ufeff# the second list\r\na blue sphere\r\n".encode())
+    entries = read_prompts(path, tmp_path / "root")
+    assert [(e.line, e.prompt) for e in entries] == [(1, "a red cube"), (3, "a blue sphere")]
+    path.write_bytes("a red cube\n\ufeffimage:nope.png\r\n".encode())
+    with pytest.raises(DreamtextError, match=r"prompts\.txt:2: image not found"):
+        read_prompts(path, tmp_path / "root")
+
+
 def _entries(n):
     return [Entry(i + 1, f"p{i}", "text", f"p{i}", Path(f"p{i}")) for i in range(n)]
 
