@@ -644,7 +644,17 @@ class WorkspaceLock:
     def _create(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{self.info['token']}.tmp")
-        tmp.write_text(json.dumps(self.info) + "\n", encoding="utf-8")
+        try:
+            # Inside the try: a full disk left this empty file behind.
+            tmp.write_text(json.dumps(self.info) + "\n", encoding="utf-8")
+            return self._link_or_create(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _link_or_create(self, tmp: Path) -> bool:
+        """Make the lock file from ``tmp`` (this worker's, written whole) with a hard link, which
+        fails where the file exists; where the filesystem has no hard links, by an exclusive
+        create. Whether this worker made it."""
         try:
             os.link(tmp, self.path)
             return True
@@ -662,8 +672,6 @@ class WorkspaceLock:
                 self.path.unlink(missing_ok=True)
                 raise
             return True
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _look(self, touch: bool = False) -> tuple[str, dict[str, Any] | None]:
         """``("ours" | "theirs", contents)`` of the lock file, or ``("missing", None)``. With

@@ -654,6 +654,23 @@ def test_a_lock_that_the_disk_has_no_room_for_is_not_left_empty(tmp_path, monkey
     assert not (tmp_path / "a.lock").exists()
 
 
+def test_a_lock_whose_temporary_file_the_disk_has_no_room_for_leaves_none(tmp_path, monkeypatch):
+    """The lock's temporary file was written before the ``try`` that removes it: a full disk
+    left an empty ``.a.lock.<token>.tmp`` in the batch's folder."""
+    real_write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        if self.name.endswith(".tmp"):
+            self.touch()  # opened, then the write fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        WorkspaceLock(tmp_path / "a", 600).acquire()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_requeued_slurm_task_takes_over_its_own_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
