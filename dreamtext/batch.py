@@ -932,6 +932,7 @@ def run_batch(
     check_root(root)
     if root.is_dir():  # before minutes of loading a model (a new one is checked once made)
         check_root_writable(root)
+        check_batch_log(root / BATCH_LOG)
     entries = read_prompts(prompts_file, root)
     images = [e.line for e in entries if e.kind == "image"]
     if options.overwrite and images:
@@ -1388,6 +1389,24 @@ def run_entry(
                 with contextlib.suppress(Exception):  # a broken CUDA context raises here too
                     free_memory()
     return record
+
+
+def check_batch_log(log: Path) -> None:
+    """``ROOT/batch.jsonl``, to which each line's record is appended, is a file this process
+    can append to, or is not there yet: a folder there (or a file it may not write) failed the
+    first append, after the first line had trained, with a traceback and no summary."""
+    if not os.path.lexists(log):
+        return
+    if not log.is_file():
+        raise DreamtextError(
+            f"{log} is not a file; a batch appends a record of each line to it: move it away "
+            "and run the batch again"
+        )
+    if not os.access(log, os.W_OK):
+        raise DreamtextError(
+            f"cannot write {log} (a batch appends a record of each line to it): make it "
+            "writable, or pass another --workspace"
+        )
 
 
 def log_record(

@@ -1832,6 +1832,21 @@ def test_a_prompt_that_failed_before_the_batch_started_is_tried_again(tmp_path, 
     assert record["status"] == "finished" and trained == [1]
 
 
+def test_a_folder_where_batch_jsonl_goes_is_refused_before_any_line(tmp_path, tiny_yaml, capsys):
+    """The first record's append failed with an IsADirectoryError traceback, after the first
+    line had trained: no record, no summary."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    (root / "batch.jsonl").mkdir(parents=True)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: {root / 'batch.jsonl'} is not a file; a batch appends a record of "
+        "each line to it: move it away and run the batch again"
+    ]
+    assert sorted(p.name for p in root.iterdir()) == ["batch.jsonl"]
+
+
 def test_a_file_where_a_prompts_folder_goes_fails_that_prompt_and_the_batch_goes_on(
     tmp_path, tiny_yaml, shapes_cache, capsys
 ):
