@@ -113,6 +113,9 @@ except ImportError:  # not a POSIX system: appends go unlocked
     fcntl = None  # type: ignore[assignment]
 
 BATCH_LOG = "batch.jsonl"
+# How the lines that stop a line's run (out of memory, diverged) say to go on from its
+# checkpoint: `dreamtext batch` has no --resume; a rerun of the batch resumes the line.
+BATCH_RESUME = "the batch run again (it resumes this line)"
 
 
 # CUDA's own errors (torch ≥ 2.8). Most (an illegal address, a device-side assert, a lost GPU)
@@ -1626,14 +1629,15 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
     if entry.kind == "image":
         from dreamtext.imageto3d import resolve_image_options, run_image
 
-        run_image(entry.prompt, resolve_image_options(options.image, entry.workspace), cfg)
+        image_options = resolve_image_options(options.image, entry.workspace)
+        run_image(entry.prompt, image_options, cfg, resume_with=BATCH_RESUME)
         return
     from dreamtext.trainer import train
 
     if overwrite:
-        train(cfg, resume=False, overwrite=True)
+        train(cfg, resume=False, overwrite=True, resume_with=BATCH_RESUME)
     else:
-        train(cfg, resume=can_resume(Path(cfg.workspace)))
+        train(cfg, resume=can_resume(Path(cfg.workspace)), resume_with=BATCH_RESUME)
 
 
 def run_one_retrying_stale(

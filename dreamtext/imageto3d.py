@@ -94,6 +94,10 @@ from dreamtext.runstatus import (
     track_status,
 )
 
+# How the lines that stop an image run's text→3D stage (out of memory, diverged) say to go on
+# from its checkpoint: `dreamtext image` has no --resume; the same command continues the run.
+IMAGE_RESUME = "the same `dreamtext image` command again (it goes on from there)"
+
 
 @dataclass
 class ImageOptions:
@@ -308,6 +312,7 @@ def run_image(
     overwrite: bool = False,
     sections: dict[str, Any] | None = None,
     note: str | None = None,
+    resume_with: str = IMAGE_RESUME,
 ) -> Path:
     """Reconstruct the object of one image in 3D; return the workspace.
 
@@ -331,7 +336,9 @@ def run_image(
     check_image(image_path, workspace)  # a bad image fails here, before any model is loaded
     # The workspace's lock from the checks on (processes.claim_workspace).
     with claim_workspace(workspace), ends_between_stages(workspace):
-        return _run_image(image_path, options, cfg, workspace, overwrite, sections, note)
+        return _run_image(
+            image_path, options, cfg, workspace, overwrite, sections, note, resume_with
+        )
 
 
 def _run_image(
@@ -342,6 +349,7 @@ def _run_image(
     overwrite: bool,
     sections: dict[str, Any] | None,
     note: str | None,
+    resume_with: str,
 ) -> Path:
     check_image_workspace(workspace, image_path)
     train_words, iters = descriptor_plan(workspace, options.descriptor.iters, overwrite)
@@ -400,7 +408,7 @@ def _run_image(
 
         # A run stopped during its export is already at cfg.iters: resuming trains nothing and
         # exports, under status.json like any run, which ends "finished".
-        train(cfg, resume=can_resume(workspace))
+        train(cfg, resume=can_resume(workspace), resume_with=resume_with)
     return workspace
 
 

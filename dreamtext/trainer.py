@@ -151,6 +151,10 @@ class Run:
     # Inside ``optimizer.step()`` (:func:`optimizer_step`): memory that runs out there leaves the
     # parameters and Adam's moments partly updated, a state no checkpoint may hold.
     updating: bool = False
+    # How the command that runs it goes on from a checkpoint, as the lines that stop it say:
+    # "--resume" for `dreamtext text`; a batch or `dreamtext image` has no --resume (train's
+    # ``resume_with``).
+    resume_with: str = "--resume"
     # A resumed run: the step it resumed at and the settings it changed then
     # (:func:`dreamtext.config.changed_settings`), recorded in config.json's ``resumes``.
     resumed: dict[str, Any] | None = None
@@ -676,13 +680,13 @@ def check_diverged(run: Run) -> None:
         raise DreamtextError(
             f"the training diverged: the diffusion model's guided noise prediction was NaN or "
             f"infinite {steps}, so they taught the field nothing; saved {path}; continue with "
-            f"--resume and a smaller --guidance (this run's is {guidance.guidance_scale:g})"
-            f"{precision}"
+            f"{run.resume_with} and a smaller --guidance (this run's is "
+            f"{guidance.guidance_scale:g}){precision}"
         )
     raise DreamtextError(
         f"the training diverged: the gradients were NaN or infinite {steps}, which left the "
-        f"field unchanged; saved {path}; continue with --resume and a smaller --lr (this run's "
-        f"is {run.cfg.lr:g}), or start again with another --seed"
+        f"field unchanged; saved {path}; continue with {run.resume_with} and a smaller --lr "
+        f"(this run's is {run.cfg.lr:g}), or start again with another --seed"
     )
 
 
@@ -830,6 +834,7 @@ def train(
     overwrite: bool = False,
     own_config: Path | None = None,
     note: str | Callable[[TrainConfig], str | None] | None = None,
+    resume_with: str = "--resume",
 ) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
 
@@ -843,11 +848,14 @@ def train(
     resume changes), printed once the run is checked and loaded: a run refused then (a model
     folder gone) does not say it goes on. A callable makes the line from the loaded run's config
     (a resume keeps a checkpoint's step as its iters where ``--iters`` asks for fewer).
+    ``resume_with``: how the lines that stop the run (out of memory, diverged) say to go on
+    from its checkpoint: ``--resume``, or a batch's or ``dreamtext image``'s rerun.
     """
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):
         run = build_run(cfg, resume=resume, overwrite=overwrite, own_config=own_config)
+        run.resume_with = resume_with
         line = note(run.cfg) if callable(note) else note
         if line is not None:
             tqdm.write(line, file=sys.stderr)
@@ -991,7 +999,7 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
         if run.updating:
             step = resume_step(run.workspace) if can_resume(run.workspace) else None
             again = (
-                f"resume with --resume (from its last checkpoint, step {step})"
+                f"resume with {run.resume_with} (from its last checkpoint, step {step})"
                 if step is not None
                 else "run the command again"
             )
@@ -1003,7 +1011,7 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
         path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
         return (
             f"out of {memory} after step {run.step} {where}; saved {path}; resume with "
-            f"--resume after one of: {fixes}"
+            f"{run.resume_with} after one of: {fixes}"
         )
 
     return out_of_memory_is_a_user_error(explain)

@@ -1892,6 +1892,13 @@ def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"batch: line 1 failed: {failed['error']}" in err
+    if "allocate" in str(error):
+        # dreamtext batch has no --resume, which the line named.
+        assert "--resume" not in failed["error"], failed["error"]
+        assert (
+            "resume with the batch run again (it resumes this line) after one of: "
+            in (failed["error"])
+        )
 
 
 SPACE = "free space on that disk (or quota) or pass --workspace a folder elsewhere"

@@ -154,12 +154,15 @@ def test_unfinished_text_stage_resumes_and_the_trainer_exports(tmp_path, tiny_sd
     monkeypatch.setattr(imageto3d, "describe", _fail)
     monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
     monkeypatch.setattr(
-        "dreamtext.trainer.train", lambda cfg, resume: calls.append(("train", cfg, resume))
+        "dreamtext.trainer.train",
+        lambda cfg, resume, resume_with: calls.append((resume_with, cfg, resume)),
     )
     monkeypatch.setattr("dreamtext.export.export_workspace", _fail)
     run_image(image, None, _config(tmp_path, tiny_sd_path, iters=5, export=True))
-    [(_, cfg, resume)] = calls
+    [(resume_with, cfg, resume)] = calls
     assert resume and cfg.iters == 5 and cfg.export
+    # Its lines that stop it (out of memory, diverged) name no --resume, which image lacks.
+    assert resume_with == imageto3d.IMAGE_RESUME
     assert cfg.prompt == f"An image of a {DESCRIPTOR_TOKEN} cube"
 
 
