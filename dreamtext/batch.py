@@ -822,15 +822,29 @@ def finished_here(entry: Entry, cfg: TrainConfig) -> bool:
     return is_finished(cfg) and run_owner(entry.workspace) == entry.key
 
 
-def interruption_line(entry: Entry, stop: BaseException) -> str:
+def interruption_line(
+    entry: Entry, stop: BaseException, overwrite: bool = False, begun: bool = True
+) -> str:
     """What a Ctrl-C or SIGTERM left of the entry's run and how to go on. The trainer's
     :class:`TrainingInterrupted` names the checkpoint it saved; after a bare ``KeyboardInterrupt``
     (outside training: loading, the export; or a second Ctrl-C, which does not wait for the
-    step's end) the run goes on from its newest checkpoint, if it has one."""
+    step's end) the run goes on from its newest checkpoint, if it has one.
+
+    ``overwrite``: the line was being trained anew (``--overwrite``), which a rerun with
+    ``--overwrite`` starts over: a rerun without it resumes the new run. ``begun``: its new run
+    had started (its status.json is no longer the one from before the batch); where it had not,
+    the checkpoint there is the old run's, and a rerun with ``--overwrite`` trains it anew."""
+    if overwrite and not begun:
+        return (
+            "interrupted before its --overwrite began; run the batch again with --overwrite to "
+            "train it anew"
+        )
+    without = " without --overwrite" if overwrite else ""
+    anew = " (with --overwrite it starts anew)" if overwrite else ""
     if isinstance(stop, TrainingInterrupted):
-        return f"{stop}; run the batch again to resume"
+        return f"{stop}; run the batch again{without} to resume{anew}"
     if can_resume(entry.workspace):
-        return "interrupted; run the batch again to resume from the last checkpoint"
+        return f"interrupted; run the batch again{without} to resume from the last checkpoint{anew}"
     return "interrupted before the run's first checkpoint; run the batch again to start it again"
 
 
@@ -1070,9 +1084,13 @@ def not_started_line(entries: Sequence[Entry], overwrite: bool) -> str:
     shown = ", ".join(str(e.line) for e in entries[:NOT_STARTED_SHOWN])
     more = len(entries) - NOT_STARTED_SHOWN
     many = len(entries) > 1
+    them = "them" if many else "it"
     again = (
-        "run the same command without --overwrite to start "
-        f"{'them' if many else 'it'} and keep what this one trained"
+        # --overwrite trains every line anew, those this batch finished too; without it, lines
+        # that had a run before this batch are resumed or skipped, not trained anew.
+        f"run the same command again with --overwrite to train {them} anew (it trains the "
+        f"lines this one finished anew too), or without it to keep those (then lines with an "
+        "earlier run resume it or are skipped)"
         if overwrite
         else f"run the same command again to start {'them' if many else 'it'} (finished lines "
         "are skipped, an interrupted one resumes)"
@@ -1266,7 +1284,7 @@ def run_entry(
     lock = WorkspaceLock(entry.workspace, options.lock_timeout)
     # stopped: a file-system error stopped the batch at this line (said once); ends_batch: a
     # Ctrl-C, SIGTERM or an unusable GPU did. Either is the record's stopped_batch.
-    claimed = busy = stopped = ends_batch = False
+    claimed = busy = stopped = ends_batch = fresh = False
     continued = None  # the step of a finished run this attempt trains on to cfg.iters
     try:
         if entry.workspace.exists() and not entry.workspace.is_dir():
@@ -1341,7 +1359,8 @@ def run_entry(
     except (TrainingInterrupted, KeyboardInterrupt) as stop:
         ends_batch = True
         result = {"status": "interrupted", "error": None}
-        _say(f"batch: {interruption_line(entry, stop)}")
+        begun = not fresh or read_status(entry.workspace) != before
+        _say(f"batch: {interruption_line(entry, stop, fresh, begun)}")
     except WorkspaceInUse as in_use:  # a `dreamtext text` (not a worker of this batch) runs it
         busy = True
         result = {"status": "skipped", "error": f"in use by {in_use.holder}"}

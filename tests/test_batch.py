@@ -119,11 +119,16 @@ def ctrl_c_at_step(monkeypatch, step, workspace_name=None):
 
 def train_calls(monkeypatch) -> list[dict]:
     """The keyword arguments (``resume``, ``overwrite``) of each ``trainer.train`` call from now
-    on, in order; the runs train as they would."""
+    on, in order; the runs train as they would. Each call's ``resume_with`` must be the batch's
+    (its lines that stop a run name no --resume, which batch lacks), and is left out."""
     calls, real_train = [], trainer.train
-    monkeypatch.setattr(
-        trainer, "train", lambda cfg, **how: calls.append(how) or real_train(cfg, **how)
-    )
+
+    def train(cfg, **how):
+        assert how.get("resume_with") == dreamtext.batch.BATCH_RESUME
+        calls.append({key: value for key, value in how.items() if key != "resume_with"})
+        return real_train(cfg, **how)
+
+    monkeypatch.setattr(trainer, "train", train)
     return calls
 
 
@@ -1595,7 +1600,9 @@ def test_a_requeued_task_keeps_a_line_only_where_its_earlier_self_was_killed_run
         ),
         (
             ["--overwrite"],
-            "run the same command without --overwrite to start them and keep what this one trained",
+            "run the same command again with --overwrite to train them anew (it trains the lines "
+            "this one finished anew too), or without it to keep those (then lines with an earlier "
+            "run resume it or are skipped)",
         ),
     ],
 )
@@ -3321,3 +3328,30 @@ def test_an_interrupted_attempt_that_trained_records_its_speed(
     assert record["status"] == "interrupted" and record["its"] == logged["its"] > 0
     table = capsys.readouterr().out.splitlines()[1].split()
     assert table[:4] == ["1", "interrupted", "in", "train"] and table[5] == f"{logged['its']:.2f}"
+
+
+def test_a_line_stopped_under_overwrite_says_how_a_rerun_treats_its_new_run(tmp_path):
+    """Under --overwrite the line's advice was "run the batch again to resume": a rerun with
+    --overwrite starts it anew; and a line stopped before its overwrite began was told to
+    resume from the last checkpoint, the old run's."""
+    from dreamtext.batch import interruption_line
+    from dreamtext.checkpoint import RUN_KEYS, save_checkpoint
+    from dreamtext.interrupts import TrainingInterrupted
+
+    workspace = tmp_path / "a_red_cube"
+    save_checkpoint(workspace, {**{key: {} for key in RUN_KEYS}, "step": 3})
+    entry = Entry(1, "a red cube", "text", "a red cube", workspace)
+    stop = TrainingInterrupted(3, workspace / "checkpoints" / "last.pt")
+    assert interruption_line(entry, stop) == f"{stop}; run the batch again to resume"
+    assert interruption_line(entry, stop, overwrite=True) == (
+        f"{stop}; run the batch again without --overwrite to resume (with --overwrite it starts "
+        "anew)"
+    )
+    assert interruption_line(entry, KeyboardInterrupt(), overwrite=True) == (
+        "interrupted; run the batch again without --overwrite to resume from the last checkpoint "
+        "(with --overwrite it starts anew)"
+    )
+    assert interruption_line(entry, KeyboardInterrupt(), overwrite=True, begun=False) == (
+        "interrupted before its --overwrite began; run the batch again with --overwrite to train "
+        "it anew"
+    )
