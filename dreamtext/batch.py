@@ -43,7 +43,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,7 +89,12 @@ from dreamtext.inputs import (
     root_write_error,
     shard_from_environment,
 )
-from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
+from dreamtext.interrupts import (
+    TrainingInterrupted,
+    signals_held,
+    sigterm_interrupts,
+    stop_requested,
+)
 from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.prompts_text import check_prompt_lines
@@ -928,6 +933,8 @@ class BatchRun:
     records: list[dict[str, Any]]
     not_started: list[Entry]
     overwrite: bool = False
+    # Ctrl-C or SIGTERM stopped it, in a line or between two (exit status 130).
+    interrupted: bool = False
 
 
 def run_batch(
@@ -1031,46 +1038,71 @@ def run_batch(
             **bar_options(),
         ) as bar,
     ):
-        for entry, cfg in zip(share, configs, strict=True):
-            bar.set_postfix_str(entry.workspace.name[:40])
-            record = attempt(entry, cfg)
-            records.append(record)
-            if stopped_by_user(record):
-                break  # not done: the bar does not count it
-            bar.update(1)
-            if record["stopped_batch"]:  # a full disk, an unusable GPU
-                break
-        else:
-            # Lines skipped for a lock whose holder stopped refreshing it (a dead node's): this
-            # worker waits for the lock to time out and runs them, rather than leaving them to
-            # a later submission. A holder that refreshes its lock again is alive: skipped.
-            for index, (entry, cfg) in enumerate(zip(share, configs, strict=True)):
-                if not held_for(records[index]):
-                    continue
-                try:
-                    again = wait_for_abandoned_lock(entry, options.lock_timeout)
-                except KeyboardInterrupt:  # Ctrl-C or SIGTERM while waiting
-                    result = {"status": "interrupted", "error": None}
-                    now = time.perf_counter()
-                    record = {
-                        **_record(entry, root, shard_text, result, False, now_iso(), now),
-                        "continued_from": None,
-                        "stopped_batch": True,
-                        "took_over": None,
-                    }
-                    _say(f"batch: line {entry.line}: interrupted while waiting for its lock")
-                    records[index] = log_record(root / BATCH_LOG, record, entry, root)
-                    break
-                if not again:
-                    continue
-                bar.set_postfix_str(entry.workspace.name[:40])
-                records[index] = record = attempt(entry, cfg)
-                if record["stopped_batch"]:
-                    break
-    stopped = any(stopped_by_user(r) for r in records)
+        # A KeyboardInterrupt out of it came between two lines: no line of its own records it.
+        with contextlib.suppress(KeyboardInterrupt):
+            _run_share(share, configs, records, attempt, bar, options, root, shard_text)
+        # A Ctrl-C or SIGTERM between two lines (held back while a line's record was written,
+        # or its KeyboardInterrupt swallowed) stopped the batch as one in a line does.
+        between = stop_requested()
+    stopped = between or any(stopped_by_user(r) for r in records)
     to_train = {e.workspace for e, _ in pending}
     left = [e for e in share[len(records) :] if e.workspace in to_train] if stopped else []
-    return BatchRun(records, left, options.overwrite)
+    return BatchRun(records, left, options.overwrite, interrupted=stopped)
+
+
+def _run_share(
+    share: list[Entry],
+    configs: list[TrainConfig],
+    records: list[dict[str, Any]],
+    attempt: Callable[[Entry, TrainConfig], dict[str, Any]],
+    bar: Any,
+    options: BatchOptions,
+    root: Path,
+    shard_text: str | None,
+) -> None:
+    """Run the lines of ``share`` in order, appending each one's record to ``records``, until
+    a Ctrl-C or SIGTERM (in a line, or between two: :func:`stop_requested`) or a stop for the
+    file system or GPU; then the lines skipped for a lock whose holder stopped refreshing it."""
+    for entry, cfg in zip(share, configs, strict=True):
+        if stop_requested():
+            break  # a stop that came between two lines: the next one is not started
+        bar.set_postfix_str(entry.workspace.name[:40])
+        record = attempt(entry, cfg)
+        records.append(record)
+        if stopped_by_user(record):
+            break  # not done: the bar does not count it
+        bar.update(1)
+        if record["stopped_batch"]:  # a full disk, an unusable GPU
+            break
+    else:
+        # Lines skipped for a lock whose holder stopped refreshing it (a dead node's): this
+        # worker waits for the lock to time out and runs them, rather than leaving them to
+        # a later submission. A holder that refreshes its lock again is alive: skipped.
+        for index, (entry, cfg) in enumerate(zip(share, configs, strict=True)):
+            if stop_requested():
+                break
+            if not held_for(records[index]):
+                continue
+            try:
+                again = wait_for_abandoned_lock(entry, options.lock_timeout)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM while waiting
+                result = {"status": "interrupted", "error": None}
+                now = time.perf_counter()
+                record = {
+                    **_record(entry, root, shard_text, result, False, now_iso(), now),
+                    "continued_from": None,
+                    "stopped_batch": True,
+                    "took_over": None,
+                }
+                _say(f"batch: line {entry.line}: interrupted while waiting for its lock")
+                records[index] = log_record(root / BATCH_LOG, record, entry, root)
+                break
+            if not again:
+                continue
+            bar.set_postfix_str(entry.workspace.name[:40])
+            records[index] = record = attempt(entry, cfg)
+            if record["stopped_batch"]:
+                break
 
 
 # How many line numbers of the lines a stopped batch did not start its one line names.
@@ -1401,15 +1433,19 @@ def run_entry(
         # Whose stale lock this attempt took over, and why: a killed worker's, a dead node's.
         "took_over": lock.took_over,
     }
-    try:
-        if log is not None:
-            record = log_record(log, record, entry, root, said=stopped)  # before the lock goes
-    finally:
-        if claimed:
-            lock.release()
-            if runs_on_cuda(cfg):  # on the CPU the collection found nothing and took 0.4 s
-                with contextlib.suppress(Exception):  # a broken CUDA context raises here too
-                    free_memory()
+    # Held back until the record is written and the lock given back: a Ctrl-C or SIGTERM here,
+    # after the line's run returned, left it without a record, and the batch without its summary.
+    # It reaches the batch's loop as stop_requested(), which starts no next line.
+    with contextlib.suppress(KeyboardInterrupt), signals_held():
+        try:
+            if log is not None:
+                record = log_record(log, record, entry, root, said=stopped)  # before the lock goes
+        finally:
+            if claimed:
+                lock.release()
+                if runs_on_cuda(cfg):  # on the CPU the collection found nothing and took 0.4 s
+                    with contextlib.suppress(Exception):  # a broken CUDA context raises here too
+                        free_memory()
     return record
 
 

@@ -791,7 +791,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print(summary_table(run.records), flush=True)
     if run.not_started:
         print(not_started_line(run.not_started, run.overwrite), file=sys.stderr, flush=True)
-    return exit_code(run.records)
+    return EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)
 
 
 # The checks below run before torch and the model libraries are imported (start_libraries:

@@ -2565,7 +2565,7 @@ def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
     from dreamtext.processes import this_process
     from dreamtext.runstatus import now_iso, write_status
 
-    def fails_in_descriptor(image, options, cfg):
+    def fails_in_descriptor(image, options, cfg, resume_with):
         # As the stages' own status.json is: this process's, started by this attempt.
         mine = {**this_process(), "started": now_iso()}
         write_status(cfg.workspace, {"state": "failed", "phase": "descriptor", "step": 40, **mine})
@@ -3355,3 +3355,34 @@ def test_a_line_stopped_under_overwrite_says_how_a_rerun_treats_its_new_run(tmp_
         "interrupted before its --overwrite began; run the batch again with --overwrite to train "
         "it anew"
     )
+
+
+@pytest.mark.parametrize("swallowed", [False, True])
+def test_a_stop_between_two_lines_keeps_the_records_and_starts_no_next_line(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys, swallowed
+):
+    """A SIGTERM after a line's run returned, while its record was written, escaped the batch:
+    the finished line had no record, and no summary or not-started line was printed. One whose
+    KeyboardInterrupt a library swallowed let the next line be claimed and started."""
+    import dreamtext.interrupts as interrupts
+
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "2", "--config", tiny_yaml, "--workspace", root]
+    real_append, calls = dreamtext.batch.append_record, []
+
+    def append_then_stop(log, record):
+        real_append(log, record)
+        calls.append(1)
+        if len(calls) == 1:
+            if swallowed:  # the handler ran, its KeyboardInterrupt lost in a __del__
+                interrupts._REQUEST["stop"] = True
+            else:
+                signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(dreamtext.batch, "append_record", append_then_stop)
+    assert main(list(map(str, args))) == 130
+    assert [(r["line"], r["status"]) for r in rows(root)] == [(1, "finished")]
+    assert not (root / "a_blue_cube").exists()
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("batch: 1 line not started (line 2); run the same command again")
