@@ -90,21 +90,24 @@ def locate_model(model: str) -> str:
 
 def model_revision(model: str, cache_dir: str | Path | None = None) -> str | None:
     """The commit of a hub model that ``from_pretrained`` loads from the Hugging Face cache (the
-    ``snapshots/<commit>`` folder its ``model_index.json`` is in), or ``None`` for a local folder,
-    a built-in prior or a model not in the cache. ``cache_dir``: the hub cache (default: the
-    one ``HF_HUB_CACHE`` / ``HF_HOME`` name)."""
+    ``snapshots/<commit>`` folder of the U-Net's ``unet/config.json``, which every load of the
+    model fetches, or of a whole pipeline download's ``model_index.json``: the loaders fetch each
+    part by its subfolder, never that file), or ``None`` for a local folder, a built-in prior or
+    a model not in the cache. ``cache_dir``: the hub cache (default: the one ``HF_HUB_CACHE`` /
+    ``HF_HOME`` name)."""
     if model.startswith("builtin:") or Path(model).expanduser().exists() or model.count("/") != 1:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    try:
-        found = try_to_load_from_cache(model, "model_index.json", cache_dir=cache_dir)
-    except ValueError:  # not a valid repo id
-        return None
-    if not isinstance(found, str):
-        return None
-    snapshot = Path(found).parent
-    return snapshot.name if snapshot.parent.name == "snapshots" else None
+    for name, depth in (("unet/config.json", 2), ("model_index.json", 1)):
+        try:
+            found = try_to_load_from_cache(model, name, cache_dir=cache_dir)
+        except ValueError:  # not a valid repo id
+            return None
+        if isinstance(found, str):
+            snapshot = Path(found).parents[depth - 1]
+            return snapshot.name if snapshot.parent.name == "snapshots" else None
+    return None
 
 
 def resolve_dtype(cfg: GuidanceConfig, device: torch.device) -> torch.dtype:

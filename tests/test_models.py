@@ -426,8 +426,13 @@ def test_the_model_revision_is_the_cached_snapshot_a_hub_id_loads(tmp_path, tiny
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (snapshot / "model_index.json").write_text("{}")
+    (snapshot / "unet").mkdir(parents=True)
+    # What the loaders fetch (each part by its subfolder): no model_index.json, whose absence
+    # left the revision None for a model dreamtext downloaded itself.
+    (snapshot / "unet" / "config.json").write_text("{}")
+    assert models_module.model_revision("someone/some-model", cache_dir=tmp_path) == commit
+    (snapshot / "unet" / "config.json").unlink()
+    (snapshot / "model_index.json").write_text("{}")  # a whole pipeline's download
     assert models_module.model_revision("someone/some-model", cache_dir=tmp_path) == commit
     assert models_module.model_revision("someone/other-model", cache_dir=tmp_path) is None
     assert models_module.model_revision(str(tiny_sd_path), cache_dir=tmp_path) is None
