@@ -56,7 +56,8 @@ class GuidanceConfig:
     diffusers' scale for the same ε̂ is s + 1).
     ``t_range``: t ~ U[t_min, t_max] as fractions of the T training steps. With ``t_anneal`` the
     upper end shrinks linearly with training progress r ∈ [0, 1]:
-    ``t_max(r) = t_max − r (t_max − max(t_anneal_end, t_min))`` (late steps refine detail).
+    ``t_max(r) = t_max − r (t_max − clamp(t_anneal_end, t_min, t_max))`` (late steps refine
+    detail; an end above ``t_max`` leaves it as it is).
     ``weighting``: ``"sds"`` w(t) = 1 − ᾱ_t (DreamFusion), ``"uniform"`` w(t) = 1.
     ``perp_neg_weights``: ``{view: {negative view: weight}}`` (see :func:`perp_neg_guidance`).
     ``textual_inversion``: a ``learned_embeds.safetensors`` whose tokens are added before encoding.
@@ -252,8 +253,10 @@ def sample_timesteps(
 ) -> Tensor:
     """Integer diffusion times ``[B]``, uniform on ``{round(t_min T), …, round(t_max T)}``.
 
-    With ``anneal`` the upper end is ``t_max − r (t_max − max(anneal_end, t_min))`` for training
-    progress ``r = step_ratio`` clamped to [0, 1]. Sampled on the CPU (``generator`` is a CPU
+    With ``anneal`` the upper end is ``t_max − r (t_max − e)``, ``e = clamp(anneal_end, t_min,
+    t_max)``, for training progress ``r = step_ratio`` clamped to [0, 1]: it only shrinks (an
+    ``anneal_end`` above ``t_max`` raised it past the range). The lower end is at most
+    ``T − 1``, the last time the schedule has. Sampled on the CPU (``generator`` is a CPU
     generator) so the same seed gives the same times on every device.
     """
     t_min, t_max = float(t_range[0]), float(t_range[1])
@@ -261,8 +264,8 @@ def sample_timesteps(
         raise DreamtextError(f"t_range must satisfy 0 ≤ t_min ≤ t_max ≤ 1, got {tuple(t_range)}")
     if anneal:
         r = min(max(step_ratio, 0.0), 1.0)
-        t_max -= r * (t_max - max(anneal_end, t_min))
-    lo = round(t_min * num_train_timesteps)
+        t_max -= r * (t_max - min(max(anneal_end, t_min), t_max))
+    lo = min(round(t_min * num_train_timesteps), num_train_timesteps - 1)
     hi = min(round(t_max * num_train_timesteps), num_train_timesteps - 1)
     return torch.randint(lo, max(hi, lo) + 1, (batch,), generator=generator)
 

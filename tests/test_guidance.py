@@ -128,6 +128,18 @@ def test_annealing_shrinks_the_upper_end_linearly():
     assert int(half.min()) == int(done.min()) == 20
 
 
+def test_annealing_never_raises_the_upper_end_and_the_top_time_is_in_the_schedule():
+    """An anneal end above t_max (the default 0.5 with t_range [0.02, 0.4]) widened the range:
+    t up to 900 for [0.02, 0.3] and an end of 0.9. And t_min 0.9996 drew t = 1000, one past
+    the schedule's last time (an IndexError at the first step)."""
+    gen = torch.Generator().manual_seed(0)
+    for ratio in (0.0, 0.5, 1.0):
+        t = sample_timesteps(5000, (0.02, 0.3), 1000, ratio, True, gen, anneal_end=0.9)
+        assert int(t.max()) == 300
+    top = sample_timesteps(100, (0.9996, 1.0), 1000, generator=gen)
+    assert set(top.tolist()) == {999}
+
+
 def test_without_annealing_progress_does_not_matter():
     t = sample_timesteps(20000, (0.02, 0.98), 1000, 1.0, False, torch.Generator().manual_seed(0))
     assert int(t.max()) == 980
