@@ -5,7 +5,8 @@ A control character (Unicode category ``Cc``: U+0000-U+001F, U+007F-U+009F) othe
 is refused: a NUL was accepted from a command-line argument, a prompts file or a pipe and then
 failed in the middle of a run (a path with an embedded null byte, a config.json no editor
 shows the same), and a stray escape or form feed would be trained as part of the prompt. A tab
-stands between words like a space."""
+stands between words like a space. A byte that is not UTF-8 (a command-line argument from a
+Latin-1 terminal, which Python decodes to a lone surrogate, category ``Cs``) is refused too."""
 
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ def check_prompt_characters(text: str, where: str, spaces_allowed: bool = False)
     ``"prompts.txt:3: the line"``) if it holds a control character other than a tab, at its
     1-based character position (a line break in a command-line argument is one too);
     ``spaces_allowed`` as for :func:`first_control_character`."""
+    stray = next((i for i, char in enumerate(text) if unicodedata.category(char) == "Cs"), None)
+    if stray is not None:
+        # Python decodes command-line bytes that are not UTF-8 (a Latin-1 terminal's "café")
+        # to lone surrogates, which the tokenizer then failed on with a traceback.
+        byte = f"0x{ord(text[stray]) - 0xDC00:02X}" if 0xDC80 <= ord(text[stray]) <= 0xDCFF else ""
+        raise DreamtextError(
+            f"{where} holds a byte that is not UTF-8 text {byte and f'({byte}) '}at character "
+            f"{stray + 1}: set your terminal to UTF-8 and type it again, or write the prompt in "
+            "a UTF-8 file (a prompts file for dreamtext batch)"
+        )
     index = first_control_character(text, spaces_allowed)
     if index is None:
         return

@@ -56,6 +56,31 @@ def test_a_nul_in_the_command_line_prompt_is_one_line_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_command_line_prompt_with_a_byte_that_is_not_utf8_is_one_line(tmp_path, monkeypatch):
+    """A Latin-1 terminal's "café" reaches Python as a lone surrogate (U+DCE9): it passed the
+    check and the run died in the tokenizer with a traceback, after the model had loaded."""
+    monkeypatch.chdir(tmp_path)
+    prompt = b"a caf\xe9 cube".decode("utf-8", "surrogateescape")
+    with pytest.raises(DreamtextError) as refused:
+        check_prompt_characters(prompt, "the prompt")
+    assert str(refused.value) == (
+        "the prompt holds a byte that is not UTF-8 text (0xE9) at character 6: set your terminal "
+        "to UTF-8 and type it again, or write the prompt in a UTF-8 file (a prompts file for "
+        "dreamtext batch)"
+    )
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamtext", "text", b"a caf\xe9 cube", "--model", "builtin:shapes"],
+        capture_output=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, err
+    assert "not UTF-8 text (0xE9) at character 6" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_prompts_file_lets_through_what_its_reader_takes_for_a_space():
     assert first_control_character("a red cube\x0c", spaces_allowed=True) is None
     assert first_control_character("a\x1fred\x0bcube", spaces_allowed=True) is None
