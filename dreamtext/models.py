@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -250,7 +251,27 @@ def _hub_error_message(model: str, error: Exception) -> str:
 
 def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
     """The one place weights are read from disk (tests count the calls)."""
+    variant = local_variant(path, subfolder)
+    if variant is not None:
+        kwargs = {"variant": variant, **kwargs}
     return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
+
+
+def local_variant(path: str, subfolder: str) -> str | None:
+    """The weights variant of a local model folder's ``subfolder`` where it holds only one
+    (``"fp16"`` for ``model.fp16.safetensors``, ``diffusion_pytorch_model.fp16.safetensors``:
+    ``save_pretrained(..., variant="fp16")``), else ``None``. Loaded without naming it, such a
+    folder was refused as damaged, where diffusers reads it with ``variant="fp16"``."""
+    folder = Path(path) / subfolder
+    if not folder.is_dir():
+        return None
+    # NAME.VARIANT.safetensors, or a shard of one: NAME.VARIANT-00001-of-00002.safetensors
+    named = re.compile(r"[^.]+\.(\w+)(?:-\d+-of-\d+)?\.(?:safetensors|bin)")
+    weights = [p.name for p in folder.iterdir() if p.name.endswith((".safetensors", ".bin"))]
+    variants = {m[1] if (m := named.fullmatch(name)) else None for name in weights}
+    if len(variants) != 1 or None in variants:  # none, plain ones, or more than one variant
+        return None
+    return variants.pop()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -439,6 +439,24 @@ def test_the_model_revision_is_the_cached_snapshot_a_hub_id_loads(tmp_path, tiny
     assert models_module.model_revision("builtin:shapes", cache_dir=tmp_path) is None
 
 
+def test_a_folder_of_fp16_variant_weights_alone_loads(tmp_path, tiny_sd_path):
+    """A folder saved with ``variant="fp16"`` (``model.fp16.safetensors`` ...), which diffusers
+    reads with ``variant="fp16"``, was refused as "damaged or incomplete"."""
+    import shutil
+
+    folder = tmp_path / "sd-fp16"
+    shutil.copytree(tiny_sd_path, folder)
+    for weights in list(folder.rglob("*.safetensors")):
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    assert models_module.local_variant(str(folder), "unet") == "fp16"
+    assert models_module.local_variant(str(folder), "tokenizer") is None
+    assert models_module.local_variant(str(tiny_sd_path), "unet") is None
+    loaded = load_stable_diffusion(str(folder), "cpu")
+    plain = load_stable_diffusion(str(tiny_sd_path), "cpu")
+    for name, tensor in plain.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], tensor), name
+
+
 def folder_with_unet(tiny_sd_path: Path, dest: Path, **unet_edits) -> Path:
     """A copy of the tiny pipeline (links) whose U-Net is a fresh one with ``unet_edits`` to its
     constructor arguments, saved with weights that fit them."""
