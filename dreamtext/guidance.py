@@ -140,6 +140,27 @@ class GuidanceConfig:
                 raise DreamtextError(
                     f"guidance.{name} must be one of {', '.join(COMPILE_MODES)}, got {mode!r}"
                 )
+        views = self.views
+        angles = ("overhead", "bottom", "front_start", "front_end", "back_start", "back_end")
+        for name in angles:
+            value = getattr(views, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DreamtextError(f"guidance.views.{name} must be degrees, got {value!r}")
+        if not 0 <= views.overhead <= views.bottom <= 180:
+            raise DreamtextError(
+                "guidance.views must satisfy 0 ≤ overhead ≤ bottom ≤ 180 (polar angles in "
+                f"degrees, 0 straight above); got overhead {views.overhead:g}, bottom "
+                f"{views.bottom:g}"
+            )
+        # view_of reads the azimuth in [0, 360) in this order (front, right side, back, left
+        # side): a front from -30 to 30 or 330 to 30 was accepted and labelled 330-360 "side".
+        order = (views.front_start, views.front_end, views.back_start, views.back_end)
+        if not 0 <= order[0] < order[1] <= order[2] < order[3] <= 360:
+            raise DreamtextError(
+                "guidance.views must satisfy 0 ≤ front_start < front_end ≤ back_start < back_end "
+                "≤ 360 (azimuths in degrees; a range across 0°, such as -30 to 30, is not read "
+                f"as one); got front {order[0]:g}-{order[1]:g}, back {order[2]:g}-{order[3]:g}"
+            )
         below = self.views.below
         if below is not None and not (
             isinstance(below, (int, float))

@@ -1,5 +1,6 @@
 """Score distillation: the SDS equations, the shared step, and SDS with Stable Diffusion."""
 
+import re
 import weakref
 from pathlib import Path
 
@@ -104,6 +105,25 @@ def test_sds_weights():
     torch.testing.assert_close(sds_weight(ab, "uniform"), torch.ones(2))
     with pytest.raises(DreamtextError, match="weighting"):
         sds_weight(ab, "cosine")
+
+
+@pytest.mark.parametrize(
+    ("views", "message"),
+    [
+        ({"front_start": -30.0, "front_end": 30.0}, "0 ≤ front_start < front_end ≤ back_start"),
+        ({"front_start": 330.0, "front_end": 30.0}, "a range across 0°"),
+        ({"back_start": 40.0}, "got front 0-60, back 40-240"),
+        ({"back_end": 400.0}, "≤ 360"),
+        ({"overhead": 160.0}, "0 ≤ overhead ≤ bottom ≤ 180"),
+        ({"bottom": 200.0}, "0 ≤ overhead ≤ bottom ≤ 180"),
+        ({"front_end": "60"}, "guidance.views.front_end must be degrees, got '60'"),
+    ],
+)
+def test_view_ranges_that_view_of_cannot_read_are_refused(views, message):
+    """A front from -30 to 30 (or 330 to 30) was accepted, and view_of, which reads the azimuth
+    in [0, 360) in order, labelled 330-360 a side view (or gave no front view at all)."""
+    with pytest.raises(DreamtextError, match=re.escape(message)):
+        GuidanceConfig(views=ViewThresholds(**views)).validate()
 
 
 @pytest.mark.parametrize("below", [10.0, 30.0, 151.0, True, "90"])
