@@ -487,7 +487,10 @@ def _train_loop(
             if options.preview_every and step % options.preview_every == 0:
                 images = sample_grid(
                     trainer.pipeline(),
-                    trainer.full_prompt,
+                    # The pipeline writes the token out itself (its textual-inversion tokens):
+                    # given full_prompt, which has it written out, it wrote "<descriptor>" out
+                    # again inside "<descriptor>_1", and sampled another, garbled prompt.
+                    trainer.trained_sentence,
                     options.preview_samples,
                     options.preview_steps,
                     options.preview_guidance_scale,

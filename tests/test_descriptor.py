@@ -370,6 +370,33 @@ def test_previews_are_written(tiny_sd_path, tmp_path):
         assert preview.size == (128, 64)
 
 
+def test_previews_sample_the_prompt_the_descriptor_trains(tiny_sd_path, tmp_path, monkeypatch):
+    """The previews gave the pipeline the prompt with its token written out, which the pipeline
+    wrote out again ("<descriptor>_1" became "<descriptor> <descriptor>_1 ..._1"): they showed
+    another prompt than the one trained, for every descriptor of more than one vector."""
+    import dreamtext.descriptor as descriptor
+
+    trainers, sampled = [], []
+    real_init = DescriptorTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        trainers.append(self)
+
+    def fake_sample_grid(pipe, prompt, n, *rest, **kwargs):
+        sampled.append(pipe.maybe_convert_prompt(prompt, pipe.tokenizer))
+        return [Image.new("RGB", (64, 64))] * n
+
+    monkeypatch.setattr(DescriptorTrainer, "__init__", init)
+    monkeypatch.setattr(descriptor, "sample_grid", fake_sample_grid)
+    image_path, workspace = _workspace(tmp_path)
+    options = DescriptorOptions(iters=1, preview_every=1, preview_samples=1, checkpoint_every=0)
+    train_descriptor(image_path, workspace, GuidanceConfig(model=str(tiny_sd_path)), options)
+    [trainer] = trainers
+    assert trainer.n_vectors > 1
+    assert sampled == [trainer.full_prompt]
+
+
 def test_checkpoint_of_another_sentence_is_refused(tiny_sd_path, tmp_path):
     guidance = GuidanceConfig(model=str(tiny_sd_path))
     image_path, workspace = _workspace(tmp_path)
