@@ -295,7 +295,12 @@ class DescriptorTrainer:
             )
         with torch.no_grad():
             self.placeholders.vectors.copy_(state["vectors"])
+        # The learning rate is this run's (options.lr, which config.json records), as the
+        # text→3D trainer keeps its own on resume: load_state_dict put back the checkpoint's.
+        rates = [group["lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, lr in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr
         if self.scaler.is_enabled() and state.get("loss_scaler"):
             self.scaler.load_state_dict(state["loss_scaler"])
         self.step = int(state["step"])

@@ -360,6 +360,25 @@ def test_resumed_training_equals_an_uninterrupted_run(tiny_sd_path, tmp_path):
     assert steps == [2, 4]
 
 
+def test_a_resumed_descriptor_trains_at_its_own_learning_rate(tiny_sd_path, tmp_path):
+    """The checkpoint's optimizer brought its learning rate back: a resume with another
+    (recorded in config.json as the one used) trained on at the old one."""
+    from safetensors.torch import load_file
+
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path / "a")
+    every = {"checkpoint_every": 1, "preview_every": 0}
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2, lr=3e-4, **every))
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=4, lr=0.1, **every))
+    state = torch.load(workspace / "descriptor" / "checkpoints" / "last.pt", weights_only=True)
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [0.1]
+    image_path, slow = _workspace(tmp_path / "b")
+    train_descriptor(image_path, slow, guidance, DescriptorOptions(iters=2, lr=3e-4, **every))
+    train_descriptor(image_path, slow, guidance, DescriptorOptions(iters=4, lr=3e-4, **every))
+    fast = load_file(str(learned_embeds_path(workspace)))[DESCRIPTOR_TOKEN]
+    assert not torch.equal(fast, load_file(str(learned_embeds_path(slow)))[DESCRIPTOR_TOKEN])
+
+
 def test_previews_are_written(tiny_sd_path, tmp_path):
     image_path, workspace = _workspace(tmp_path)
     options = DescriptorOptions(
