@@ -27,7 +27,10 @@ from dreamtext.inputs import check_image_path
 MAX_PIXELS = 89_478_485
 # Pillow's modes of a 16-bit grayscale PNG ("I" in older Pillow): values 0 … 65535.
 WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP")
+# "MPO": a JPEG carrying more pictures (a phone's depth map or gain map: Samsung, Android Ultra
+# HDR photos), which Pillow opens as its first picture, a JPEG like any other.
+SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")
+JPEG_FORMATS = ("JPEG", "MPO")
 DEFAULT_MAX_SIZE = 1024
 # Below this many pixels on its shorter side an image is warned about, not refused: CLIP sees
 # 224 x 224 and the descriptor the model's resolution (512 for SD 2.1-base), both upscaled from
@@ -94,7 +97,7 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
                     f"{path}: {image.format} images are not supported; use PNG, JPEG or WebP"
                 )
             width, height = image.size
-            if image.format == "JPEG":
+            if image.format in JPEG_FORMATS:
                 # Decoded at 1/2, 1/4 or 1/8 of its size where that is still max_size or
                 # more a side: a 108-megapixel phone photo decodes as 1.7 megapixels.
                 image.draft("RGB", (max_size, max_size))

@@ -184,7 +184,7 @@ def sentence_path(workspace: str | Path) -> Path:
 
 
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
-SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp"}
 
 
 def source_copy(workspace: str | Path) -> Path | None:

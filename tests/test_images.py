@@ -85,6 +85,23 @@ def test_large_jpeg_is_downscaled_keeping_aspect(tmp_path):
     assert np.abs(np.asarray(image).astype(int) - (10, 200, 30)).max() < 8
 
 
+def test_a_phone_jpeg_with_more_pictures_in_it_loads_as_its_first(tmp_path):
+    """Samsung and Android Ultra HDR photos carry a second picture (MPF): Pillow opens them as
+    "MPO", which was refused as a format other than JPEG. Its copy in the run is a .jpg."""
+    from dreamtext.describe import keep_source_copy
+
+    path = tmp_path / "phone.jpg"
+    first = Image.new("RGB", (3000, 1500), (10, 200, 30))
+    first.save(path, format="MPO", save_all=True, append_images=[Image.new("RGB", (64, 64))])
+    with Image.open(path) as opened:
+        assert opened.format == "MPO"
+    image = load_image(path, max_size=512)
+    assert image.size == (512, 256)
+    assert np.abs(np.asarray(image).astype(int) - (10, 200, 30)).max() < 8
+    (tmp_path / "run" / "descriptor").mkdir(parents=True)
+    assert keep_source_copy(path, tmp_path / "run").name == "source.jpg"
+
+
 def test_small_image_is_not_upscaled(tmp_path):
     path = tmp_path / "small.png"
     Image.new("RGB", (20, 10), (1, 2, 3)).save(path)
