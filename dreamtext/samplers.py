@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamtext.compositing import optical_depths, segment_offsets
@@ -327,6 +328,10 @@ class DenseSampler:
             optical = optical_depths(sigma, edges[:, 1:] - edges[:, :-1])
             before = torch.cumsum(optical, dim=-1) - optical
             weights = torch.exp(-before) * (1.0 - torch.exp(-optical))
+            # Each bin's weight is of σ at its start: the bin a surface begins in has σ = 0
+            # there and drew no fine samples, which went inside the object instead (more of
+            # them made the front surface worse). Each bin takes its next bin's weight too.
+            weights = torch.maximum(weights, F.pad(weights[:, 1:], (0, 1)))
             fine = sample_pdf(edges, weights, self.upsample_steps, perturb)
             t, _ = torch.sort(torch.cat([t, fine], dim=-1), dim=-1)
         edges = torch.cat([t, far[:, None]], dim=-1)

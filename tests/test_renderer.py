@@ -442,3 +442,25 @@ def test_occupancy_grid_density_decays_where_the_field_emptied() -> None:
     vr.update_occupancy(SlabField(sigma=0.0), step=0)
     assert torch.allclose(vr.grid.density, 0.95 * before)
     assert before.max() == 50.0
+
+
+def test_importance_samples_refine_the_bin_a_surface_begins_in():
+    """Each coarse bin's weight was of σ at its start, so the bin an opaque surface begins in
+    drew no fine samples (they went inside the slab): the front surface's depth stayed at the
+    coarse step's error (0.016 at 64 steps), and more fine samples made it worse."""
+    slab = SlabField(sigma=1000.0, half_width=0.25)  # its front surface at t = 1.75
+    origins, directions = rays_down_z(3)
+    torch.manual_seed(0)
+    errors = {}
+    for upsample in (0, 32):
+        config = RenderConfig(
+            sampler="dense", num_steps=64, upsample_steps=upsample, occupancy_grid=False
+        )
+        renderer = VolumeRenderer(config).eval()
+        with torch.no_grad():
+            depths = [
+                renderer.render_rays(slab, origins, directions, perturb=True)["depth"][1]
+                for _ in range(100)
+            ]
+        errors[upsample] = (torch.stack(depths) - 1.75).abs().mean().item()
+    assert errors[0] > 0.01 and errors[32] < 0.004, errors
