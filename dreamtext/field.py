@@ -266,7 +266,7 @@ def silu_slope(s: Tensor, silu: Tensor | None = None) -> Tensor:
 def frequency_encoding(d: Tensor, num_frequencies: int = BG_FREQUENCIES) -> Tensor:
     """``γ(d) = (d, sin(2^k π d), cos(2^k π d))_{k < K}``: ``[N, 3]`` → ``[N, 3 + 6K]``."""
     freqs = (2.0 ** torch.arange(num_frequencies, device=d.device, dtype=d.dtype)) * math.pi
-    angles = (d[:, None, :] * freqs[:, None]).reshape(d.shape[0], -1)  # [N, 3K]
+    angles = (d[:, None, :] * freqs[:, None]).flatten(1)  # [N, 3K], N = 0 too (a -1 failed)
     return torch.cat([d, torch.sin(angles), torch.cos(angles)], dim=-1)
 
 

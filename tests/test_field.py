@@ -622,3 +622,16 @@ def test_compile_mlps_checks_what_it_built_against_the_eager_mlps(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: lambda x: fn(x) * 1.01)
     field.compile_mlps()
     assert field.compiled
+
+
+def test_a_render_of_no_rays_is_empty_not_an_error():
+    """The background MLP's frequency encoding reshaped [0, 3, K] with a -1: a RuntimeError
+    for a render of zero rays (or zero cameras), whatever the sampler."""
+    from dreamtext.renderer import RenderConfig, VolumeRenderer
+
+    field = small_field()
+    for sampler in ("occupancy", "dense"):
+        renderer = VolumeRenderer(RenderConfig(sampler=sampler)).eval()
+        with torch.no_grad():
+            out = renderer.render_rays(field, torch.zeros(0, 3), torch.zeros(0, 3))
+        assert out["rgb"].shape == (0, 3) and out["opacity"].shape[0] == 0
