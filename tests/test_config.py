@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -307,6 +308,17 @@ def test_a_seed_torch_cannot_take_is_refused_before_the_run(tmp_path, seed):
     assert resolve_config({"prompt": "x"}, base=base).seed == -5
 
 
+def refused_in_the_second_file(tmp_path, good_text: str, bad_text: str) -> tuple[str, Path]:
+    """The line refusing a run from two --config files, ``good.yaml`` (``good_text``) then
+    ``bad.yaml`` (``bad_text``), and the latter's path."""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(good_text)
+    bad.write_text(bad_text)
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=[good, bad])
+    return str(raised.value), bad
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -323,12 +335,8 @@ def test_a_seed_torch_cannot_take_is_refused_before_the_run(tmp_path, seed):
 def test_a_top_level_fields_refusal_names_the_file_that_set_it(tmp_path, body, expected):
     """The top-level fields without a flag (``albedo_epochs``, the ``lambda_*`` weights ...)
     named no file: of several --config files, the user could not tell which to fix."""
-    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
-    good.write_text("iters: 5\n")
-    bad.write_text(body)
-    with pytest.raises(DreamtextError) as raised:
-        resolve_config({"prompt": "x"}, config_file=[good, bad])
-    assert str(raised.value).startswith(expected.format(bad=bad))
+    line, bad = refused_in_the_second_file(tmp_path, "iters: 5\n", body)
+    assert line.startswith(expected.format(bad=bad))
 
 
 def test_a_new_runs_config_file_takes_the_seeds_seed_takes(tmp_path):
@@ -776,12 +784,8 @@ def test_a_resume_that_changed_only_the_export_leaves_the_run_one_its_config_tra
 def test_a_sections_refusal_names_the_file_that_set_it(tmp_path, body, expected):
     """``field.num_levels must be a positive integer``: of two --config files, which one, and
     with what value?"""
-    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
-    good.write_text("iters: 5\nfield:\n  hidden_dim: 32\n")
-    bad.write_text(body)
-    with pytest.raises(DreamtextError) as raised:
-        resolve_config({"prompt": "x"}, config_file=[good, bad])
-    assert str(raised.value).startswith(expected.format(bad=bad))
+    line, bad = refused_in_the_second_file(tmp_path, "iters: 5\nfield:\n  hidden_dim: 32\n", body)
+    assert line.startswith(expected.format(bad=bad))
     # Given on the command line (as a nested override), no file is named.
     section, rest = body.split(":\n  ", 1)
     key, value = rest.strip().split(": ")
