@@ -294,7 +294,7 @@ def test_a_new_run_of_the_same_prompt_needs_overwrite_and_then_replaces_the_old_
     with pytest.raises(DreamtextError) as refused:
         train(tiny_config(tmp_path, tiny_sd_path, iters=2))
     message = str(refused.value)
-    assert "already holds a run of this prompt at step 4" in message
+    assert "already holds a run of this prompt, finished at step 4" in message
     for fix in ("--resume", "--overwrite", "--workspace"):
         assert fix in message
     assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
