@@ -488,10 +488,10 @@ def run_from_state(
     from dreamtext.renderer import RenderConfig
 
     config = dict(state["config"])
-    # Runs saved before there was a choice of sampler were rendered by the dense one.
-    config["render"] = {"sampler": "dense", **config.get("render", {})}
+    config.setdefault("render", {})
     # An older dreamtext's checkpoint lacks the settings added since: the run had its presets'
-    # (a builtin:shapes run: an exp density), as a resume of it takes them, not the defaults.
+    # (a builtin:shapes run: an exp density), as a resume of it takes them, not the defaults;
+    # and one from before there was a choice of sampler was rendered by the dense one.
     config, _ = fill_from_presets(config)
     field_cfg = field_config_from_dict(
         fill_missing(state["field_config"], config.get("field") or {})

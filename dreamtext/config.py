@@ -494,7 +494,12 @@ def fill_from_presets(saved: dict[str, Any], where: str = "") -> tuple[dict[str,
     they existed) taken from the run's own presets (:func:`recorded_presets`), as a new run of
     it would have them, not from the defaults; and ``None``. When the record does not say which
     presets the run had, the settings it lacks keep the defaults, and the second value is the
-    line for stderr that names them (``where``: the run's folder)."""
+    line for stderr that names them (``where``: the run's folder). One setting is known
+    whatever the presets: a run from before there was a choice of sampler (``render.sampler``)
+    was rendered by the dense one, which its resume and its export (``load_run``) both keep."""
+    render = saved.get("render")
+    if isinstance(render, dict) and "sampler" not in render:
+        saved = {**saved, "render": {"sampler": "dense", **render}}
     names = recorded_presets(saved)
     layer: dict[str, Any] = {}
     for name in names or []:

@@ -753,6 +753,14 @@ def test_checkpoints_from_before_the_sampler_choice_reload_with_the_dense_sample
     del state["config"]["render"]["sampler"]
     torch.save(state, path)
     assert load_run(workspace)[1].cfg.sampler == "dense"
+    # Its resume goes on with the sampler its export renders with: the base it resumes from
+    # (config.json, without presets or a sampler) took the default marcher.
+    from dreamtext.config import read_run_config
+
+    old = read_run_config(workspace, "")
+    del old["render"]["sampler"]
+    old.pop("presets", None)
+    assert resolve_config({}, base=old).render.sampler == "dense"
 
 
 def test_an_fp16_run_trains_shaded_steps_with_loss_scaling(tmp_path, tiny_sd_path, monkeypatch):
