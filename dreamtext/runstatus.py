@@ -215,7 +215,15 @@ class StatusTracker:
         resumed = int(step()) > 0 and _stage_of((before or {}).get("phase")) == self.stage
         earlier = before if resumed else None
         self.earlier_seconds = _finite((earlier or {}).get("seconds")) or 0.0
-        self.earlier_peak = _finite((earlier or {}).get("gpu_mem_mib"))
+        # The stage's peak over all its attempts (its stages entry), not the last attempt's
+        # alone (gpu_mem_mib): a third attempt forgot the first's.
+        stage_before = ((earlier or {}).get("stages") or {}).get(self.stage)
+        peaks = [
+            _finite((earlier or {}).get("gpu_mem_mib")),
+            _finite(stage_before.get("gpu_mem_mib")) if isinstance(stage_before, dict) else None,
+        ]
+        known = [peak for peak in peaks if peak is not None]
+        self.earlier_peak = max(known) if known else None
         self.earlier_stages = _earlier_stages(before, self.stage)
         self._written: tuple[int, str] | None = None
         self._writing = threading.Lock()  # the heartbeat's thread writes too

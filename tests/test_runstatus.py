@@ -324,6 +324,20 @@ def test_an_image_runs_status_adds_up_every_stage_and_attempt(tmp_path, monkeypa
     assert (done["total_seconds"], done["peak_gpu_mem_mib"]) == (40.0, 4000.0)
 
 
+def test_a_stages_peak_is_of_all_its_attempts_not_the_last_two(tmp_path, monkeypatch):
+    """The peak carried into a resume was the last attempt's own (``gpu_mem_mib``): a third
+    attempt forgot the first's."""
+    clock = {"t": 0.0, "peak": None}
+    monkeypatch.setattr(runstatus.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(runstatus, "peak_gpu_mib", lambda device: clock["peak"])
+    for step, peak in ((0, 1000.0), (3, 500.0)):  # interrupted twice, then resumed at step 6
+        with pytest.raises(KeyboardInterrupt):
+            _stage(tmp_path, "train", step, clock, peak=peak, interrupt=True)
+    done = _stage(tmp_path, "train", 6, clock, peak=400.0, finishes=True)
+    assert done["stages"]["train"] == {"seconds": 30.0, "gpu_mem_mib": 1000.0}
+    assert (done["gpu_mem_mib"], done["peak_gpu_mem_mib"]) == (400.0, 1000.0)
+
+
 def test_a_stage_run_again_from_its_start_drops_its_record_and_the_later_ones(tmp_path):
     stages = {
         "describe": {"seconds": 5.0, "gpu_mem_mib": None},
