@@ -368,10 +368,10 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_text(args: argparse.Namespace) -> int:
     from dreamtext.config import (
         TrainConfig,
+        change_lines,
         own_config_file,
         resolve_config,
         same_prompt,
-        setting_change_lines,
     )
     from dreamtext.trainer import TrainingInterrupted, train
 
@@ -391,13 +391,15 @@ def cmd_text(args: argparse.Namespace) -> int:
             "resume it with that prompt, or drop --resume"
         )
 
-    def note(loaded: TrainConfig) -> str | None:
+    def note(loaded: TrainConfig, resumed: dict | None) -> str | None:
         """The settings a resume changes, recorded in config.json's resumes too but said on
-        stderr once the run is loaded (train's note): from the loaded config, whose iters a
-        checkpoint past ``--iters`` keeps (``iters 6 → 3`` said of a run kept at 6 was untrue)."""
-        if base is None:
+        stderr once the run is loaded (train's note): those of the loaded config, whose iters a
+        checkpoint past ``--iters`` keeps (``iters 6 → 3`` said of a run kept at 6 was untrue),
+        against the checkpoint it goes on from (``resumed``'s ``changed``), not config.json,
+        which an attempt killed before its first checkpoint had already rewritten."""
+        if base is None or resumed is None:
             return None
-        changes = setting_change_lines(base, loaded, {"prompt", "workspace"})
+        changes = change_lines(resumed["changed"], {"prompt", "workspace"})
         if not changes:
             return None
         return (

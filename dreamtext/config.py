@@ -335,8 +335,17 @@ def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, list[
 def setting_change_lines(
     saved: dict[str, Any], cfg: TrainConfig, ignored: frozenset[str] | set[str] = frozenset()
 ) -> list[str]:
-    """:func:`changed_settings` as ``"name old → new"`` lines (each value as JSON, cut to 40
-    characters), leaving out the settings named in ``ignored``."""
+    """:func:`changed_settings` as ``"name old → new"`` lines (:func:`change_lines`), leaving
+    out the settings named in ``ignored``."""
+    return change_lines(changed_settings(saved, cfg), ignored)
+
+
+def change_lines(
+    changed: dict[str, Any], ignored: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """``{"lr": [old, new], ...}`` (:func:`changed_settings`, a resume's ``changed``) as
+    ``"name old → new"`` lines (each value as JSON, cut to 40 characters), leaving out the
+    settings named in ``ignored``."""
 
     def short(value: Any) -> str:
         text = json.dumps(value)
@@ -344,7 +353,7 @@ def setting_change_lines(
 
     return [
         f"{name} {short(old)} → {short(new)}"
-        for name, (old, new) in changed_settings(saved, cfg).items()
+        for name, (old, new) in changed.items()
         if name not in ignored
     ]
 
@@ -744,6 +753,7 @@ __all__ = [
     "apply_overrides",
     "ascii_slug",
     "available_presets",
+    "change_lines",
     "changed_settings",
     "config_file_stage_sections",
     "config_files_list",

@@ -775,15 +775,28 @@ def write_config(run: Run) -> None:
     if run.resumed is not None:
         resume = dict(run.resumed)
         before = read_ran_on(run.workspace)
+        # The resumes at or past this one's step are of attempts whose steps are lost (killed
+        # before a checkpoint, or left by a fallback): their changes trained nothing that is
+        # kept, and the first of them says what trained up to here (its ran_on_before).
+        earlier = read_resumes(run.workspace)
+        kept = [r for r in earlier if not _at_or_past(r.get("step"), run.step)]
+        lost = [r for r in earlier if _at_or_past(r.get("step"), run.step)]
+        if lost and isinstance(lost[0].get("ran_on_before"), dict):
+            before = lost[0]["ran_on_before"]
         if before is not None:
             resume["ran_on_before"] = before
-        resumes = [*read_resumes(run.workspace), resume]
+        resumes = [*kept, resume]
     extra = {
         "encoding_backend": run.field.encoding_backend,
         "ran_on": ran_on(run),
         "resumes": resumes,
     }
     write_run_config(run.workspace, run.cfg, extra)
+
+
+def _at_or_past(step: Any, resumed_at: int) -> bool:
+    """Whether a ``resumes`` entry's ``step`` is ``resumed_at`` or later."""
+    return isinstance(step, int) and not isinstance(step, bool) and step >= resumed_at
 
 
 def remove_earlier_run(workspace: Path) -> None:
@@ -833,7 +846,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     own_config: Path | None = None,
-    note: str | Callable[[TrainConfig], str | None] | None = None,
+    note: str | Callable[[TrainConfig, dict[str, Any] | None], str | None] | None = None,
     resume_with: str = "--resume",
 ) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
@@ -847,7 +860,8 @@ def train(
     (:func:`check_workspace`). ``note``: the command's line for stderr (such as the settings a
     resume changes), printed once the run is checked and loaded: a run refused then (a model
     folder gone) does not say it goes on. A callable makes the line from the loaded run's config
-    (a resume keeps a checkpoint's step as its iters where ``--iters`` asks for fewer).
+    (a resume keeps a checkpoint's step as its iters where ``--iters`` asks for fewer) and its
+    ``resumed`` record (the settings changed against the checkpoint; ``None`` for a new run).
     ``resume_with``: how the lines that stop the run (out of memory, diverged) say to go on
     from its checkpoint: ``--resume``, or a batch's or ``dreamtext image``'s rerun.
     """
@@ -856,7 +870,7 @@ def train(
     with claim_workspace(cfg.workspace):
         run = build_run(cfg, resume=resume, overwrite=overwrite, own_config=own_config)
         run.resume_with = resume_with
-        line = note(run.cfg) if callable(note) else note
+        line = note(run.cfg, run.resumed) if callable(note) else note
         if line is not None:
             tqdm.write(line, file=sys.stderr)
         interrupted = (TrainingInterrupted, KeyboardInterrupt)

@@ -977,6 +977,31 @@ def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp
     assert steps == [2, 3, 4]  # log_every 10 (the preset's) before, 1 after
 
 
+def test_a_resume_after_an_attempt_killed_before_its_checkpoint_names_no_change_it_lost(
+    tmp_path, monkeypatch
+):
+    """An attempt killed (SIGKILL) before its first checkpoint had rewritten config.json with
+    its settings and a resumes entry: the next resume's line named changes against those
+    (lr 0.5 → 0.02) though every kept step ran at 0.02, and resumes kept the lost entry."""
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2")
+    workspace = tmp_path / "workspace" / "a_red_cube"
+    record = json.loads((workspace / "config.json").read_text())
+    ran_on = record["ran_on"]
+    lost = {"step": 2, "changed": {"lr": [0.02, 0.5]}, "ran_on_before": ran_on}
+    other_machine = {**ran_on, "host": "elsewhere"}
+    killed = {**record, "lr": 0.5, "iters": 300, "ran_on": other_machine, "resumes": [lost]}
+    (workspace / "config.json").write_text(json.dumps(killed))
+    again = run_cli(*BUILTIN_RUN, "--iters", "4", "--resume", "--lr", "0.02", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    notes = [line for line in again.stderr.splitlines() if "other settings" in line]
+    assert notes == [
+        f"dreamtext: resuming {workspace.relative_to(tmp_path)} with other settings than it ran "
+        "with, from its last checkpoint on: iters 2 → 4"
+    ], again.stderr
+    resumes = json.loads((workspace / "config.json").read_text())["resumes"]
+    assert resumes == [{"step": 2, "changed": {"iters": [2, 4]}, "ran_on_before": ran_on}]
+
+
 def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(
     tmp_path, monkeypatch
 ):
