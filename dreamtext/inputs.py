@@ -124,7 +124,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a config YAML file into a dict, turning every failure into a one-line user error.
     Numbers are read as YAML 1.2 reads them (:class:`_Loader`)."""
     try:
-        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
+        data = yaml.load(read_text_once(Path(path), encoding="utf-8"), Loader=_Loader)
     except FileNotFoundError:
         raise DreamtextError(
             f"config file '{path}' does not exist; check the --config path"
@@ -359,24 +359,28 @@ def batch_flags() -> frozenset[str]:
     return frozenset(flag for flag in batch._option_string_actions if flag.startswith("--"))
 
 
-# The text of each prompts file that is not a regular file (a pipe: `dreamtext batch
-# <(grep cube prompts.txt)`, /dev/stdin), read once per process: the early checks and the batch
-# both read the list, and a pipe's second reader got nothing ("holds no prompts"). Keyed by the
-# path and the pipe's own identity (device, inode), not the path alone: a later pipe given the
-# same descriptor number (/dev/fd/63 again) is another list.
+# The text of each input file that is not a regular file (a pipe: `dreamtext batch
+# <(grep cube prompts.txt)`, `--config <(...)`, `--nouns <(...)`, /dev/stdin), read once per
+# process: the early checks and the command both read it, and a pipe's second reader got
+# nothing ("holds no prompts", "word list is empty", a --config silently of no settings).
+# Keyed by the path and the pipe's own identity (device, inode), not the path alone: a later
+# pipe given the same descriptor number (/dev/fd/63 again) is another file.
 _READ_ONCE: dict[tuple[Path, int, int], str] = {}
 
 
-def _prompts_text(path: Path) -> str:
+def read_text_once(path: Path, encoding: str = "utf-8-sig") -> str:
+    """``path``'s text; a pipe's (not a regular file) is read once per process and kept
+    (:data:`_READ_ONCE`). Errors are ``read_text``'s, for the caller to word."""
+    path = Path(path)
     if path.is_file():
-        return path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding=encoding)
     try:
         stat = path.stat()
     except OSError:
-        return path.read_text(encoding="utf-8-sig")  # raises the error the caller words
+        return path.read_text(encoding=encoding)  # raises the error the caller words
     key = (path, stat.st_dev, stat.st_ino)
     if key not in _READ_ONCE:
-        _READ_ONCE[key] = path.read_text(encoding="utf-8-sig")
+        _READ_ONCE[key] = path.read_text(encoding=encoding)
     return _READ_ONCE[key]
 
 
@@ -391,7 +395,7 @@ def read_prompt_lines(path: Path) -> list[str]:
         # after it by numbers the file does not have.
         # A BOM at the start of a later line (files joined with cat, the second saved by a
         # Windows editor) made "\ufeff# note" a prompt and "\ufeffimage:mug.png" a text one.
-        lines = [line.lstrip("\ufeff") for line in _prompts_text(path).split("\n")]
+        lines = [line.lstrip("\ufeff") for line in read_text_once(path).split("\n")]
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"
@@ -714,7 +718,7 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
         source = f"dreamtext/data/{default}"
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8-sig")
+            text = read_text_once(Path(path))
         except (OSError, UnicodeDecodeError) as error:
             reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
             flag = "--" + Path(default).stem

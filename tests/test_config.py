@@ -65,6 +65,29 @@ def test_flags_override_config_file_which_overrides_preset(tmp_path):
     assert cfg.guidance.t_range == (0.1, 0.9)  # YAML list → tuple
 
 
+def test_a_config_file_and_a_word_list_from_a_pipe_are_read_whole_by_every_reader():
+    """``--config <(...)``: the early checks read the pipe first, and every later read found it
+    empty, so the run took no setting of it without a word; ``--nouns <(...)`` was refused as
+    an empty word list."""
+    import os
+
+    from dreamtext.inputs import read_vocabulary, read_yaml
+
+    for text, read, expected in (
+        (b"iters: 3\nlr: 0.05\n", read_yaml, {"iters": 3, "lr": 0.05}),
+        (b"mug\ncup\n", lambda path: read_vocabulary(path, "nouns.txt"), ["mug", "cup"]),
+    ):
+        r, w = os.pipe()
+        os.write(w, text)
+        os.close(w)
+        try:
+            path = Path(f"/dev/fd/{r}")
+            assert read(path) == expected
+            assert read(path) == expected  # the second reader
+        finally:
+            os.close(r)
+
+
 def test_builtin_model_pulls_in_its_preset_under_explicit_flags():
     cfg = resolve_config(
         {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 7}
