@@ -443,6 +443,9 @@ def resolve_config(
             names += data.get("presets") or []
     cfg.presets = tuple(reversed(dict.fromkeys(reversed(names))))
     cfg.guidance.model = absolute_model_folder(cfg.guidance.model)
+    # A config file's `workspace: ~/runs/x` (the flags' ~ the CLI expands): a folder named "~".
+    if isinstance(cfg.workspace, str) and cfg.workspace.startswith("~"):
+        cfg.workspace = os.path.expanduser(cfg.workspace)
     export_source = next(
         (
             source

@@ -88,6 +88,19 @@ def test_a_config_file_and_a_word_list_from_a_pipe_are_read_whole_by_every_reade
             os.close(r)
 
 
+def test_a_config_files_workspace_under_home_is_expanded(tmp_path, monkeypatch):
+    """``workspace: ~/t`` in a --config file made a folder named "~" (the flags' ~ is the
+    CLI's to expand)."""
+    from dreamtext.inputs import configured_workspace
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "mine.yaml"
+    path.write_text("workspace: ~/t\n")
+    expected = str(tmp_path / "home" / "t")
+    assert resolve_config({"prompt": "x"}, config_file=path).workspace == expected
+    assert configured_workspace(path) == expected
+
+
 def test_builtin_model_pulls_in_its_preset_under_explicit_flags():
     cfg = resolve_config(
         {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 7}
