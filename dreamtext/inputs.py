@@ -863,7 +863,7 @@ def usable_cpus(environ: Mapping[str, str], affinity: int | None = None) -> tupl
         affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     cpus, source = (affinity, "affinity") if affinity else (os.cpu_count() or 1, "cpu_count")
     slurm = environ.get("SLURM_CPUS_PER_TASK", "").strip()
-    if slurm.isdigit() and int(slurm) >= 1:
+    if slurm.isascii() and slurm.isdigit() and int(slurm) >= 1:  # "²".isdigit() but not int
         cpus, source = min(int(slurm), cpus), "SLURM_CPUS_PER_TASK"
     limit = cgroup_cpu_limit()
     if limit is not None and limit < cpus:
@@ -879,7 +879,8 @@ def threads_asked_for(flag: int | None, environ: Mapping[str, str]) -> tuple[int
     text = environ.get("DREAMTEXT_THREADS")
     if text is None:
         return None
-    if not text.strip().isdigit() or int(text) < 1:
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
         raise DreamtextError(
             f"DREAMTEXT_THREADS must be a whole number of CPU threads, at least 1; got "
             f"'{text}' (unset it for one thread per CPU this process may use)"

@@ -67,7 +67,7 @@ def test_dreamtext_threads_and_the_flag_come_first_the_flag_before_all():
     assert cpu_threads(2, environ, affinity=64) == (2, "--threads")
 
 
-@pytest.mark.parametrize("text", ["0", "two", "-1", ""])
+@pytest.mark.parametrize("text", ["0", "two", "-1", "", "²"])  # "²".isdigit(), not int()
 def test_a_bad_dreamtext_threads_is_a_user_error(text):
     with pytest.raises(DreamtextError, match=f"DREAMTEXT_THREADS must be .*got '{text}'"):
         cpu_threads(None, {"DREAMTEXT_THREADS": text}, affinity=2)
@@ -282,3 +282,8 @@ def test_a_container_cpu_quota_caps_the_threads_of_the_affinity_and_slurm(tmp_pa
     )
     assert cpu_threads(None, {}, affinity=1) == (1, "affinity")
     assert cpu_threads(4, {}, affinity=64) == (4, "--threads")
+
+
+def test_a_slurm_cpu_count_that_is_no_number_is_not_taken():
+    """``"²".isdigit()`` is true and ``int("²")`` raises: a traceback before any run."""
+    assert cpu_threads(None, {"SLURM_CPUS_PER_TASK": "²"}, affinity=2) == (2, "affinity")
