@@ -110,12 +110,11 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
         flag = word.split("=", 1)[0]
         if flag in OUTPUT_FLAG_WORDS and "--workspace" in known:
             return "; the output folder's flag is --workspace"
-        if flag == "--resume" and getattr(parser, "reruns_resume", False):
-            # `image` skips its finished stages and continues the one it stopped in.
-            return (
-                "; the same command without --resume continues the run (finished stages are "
-                "skipped)"
-            )
+        rerun = getattr(parser, "reruns_resume", None)
+        if flag == "--resume" and rerun:
+            # `image` skips its finished stages and continues the one it stopped in; `batch`
+            # its finished prompts, and resumes an interrupted one.
+            return f"; the same command without --resume {rerun}"
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
         if close:
             return f"; did you mean {close[0]}?"
@@ -1269,7 +1268,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image.add_argument("image", help="PNG, JPEG or WebP image of one object")
     image.quoted_positional = "image"  # type: ignore[attr-defined]
-    image.reruns_resume = True  # type: ignore[attr-defined]
+    image.reruns_resume = (  # type: ignore[attr-defined]
+        "continues the run (finished stages are skipped)"
+    )
     add_text_to_3d_arguments(
         image,
         workspace_help="output folder (default: workspace/<image name>, as describe's)",
@@ -1326,6 +1327,9 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded and the batch goes on. Writes ROOT/batch.jsonl and prints a summary. Several "
         "workers can share a list: --shard K/N, or a SLURM job array (SLURM_ARRAY_TASK_ID), and "
         "lock files keep two from training one prompt.",
+    )
+    batch.reruns_resume = (  # type: ignore[attr-defined]
+        "goes on (finished prompts are skipped, an interrupted one resumes)"
     )
     batch.add_argument(
         "prompts", metavar="PROMPTS_FILE", help="text file: one prompt (or image:PATH) per line"

@@ -1454,6 +1454,12 @@ def test_words_left_over_from_an_unquoted_prompt_or_path_say_to_quote_it(capsys,
             "dreamtext image: unrecognized arguments: --resume; the same command without --resume"
             " continues the run (finished stages are skipped) ",
         ),
+        # Nor has batch: "did you mean --preset?" misled there too.
+        (
+            ["batch", "p.txt", "--resume"],
+            "dreamtext batch: unrecognized arguments: --resume; the same command without --resume"
+            " goes on (finished prompts are skipped, an interrupted one resumes) ",
+        ),
     ],
 )
 def test_an_unknown_flag_names_the_flag_it_is_close_to(capsys, args, line):
