@@ -599,8 +599,10 @@ def add_describe_arguments(p: argparse.ArgumentParser, descriptor: bool = False)
         "--clip",
         help="CLIP hub id or local folder in transformers layout [openai/clip-vit-base-patch32]",
     )
-    g.add_argument("--nouns", type=Path, help="noun vocabulary file, one per line [built in]")
-    g.add_argument("--adjectives", type=Path, help="adjective vocabulary file [built in]")
+    g.add_argument(
+        "--nouns", type=nonempty_path, help="noun vocabulary file, one per line [built in]"
+    )
+    g.add_argument("--adjectives", type=nonempty_path, help="adjective vocabulary file [built in]")
     g.add_argument("--noun", help="fix the noun (skips the noun search)")
     g.add_argument(
         "--quantifier",
@@ -1145,10 +1147,31 @@ def choose_cpu_threads(args: argparse.Namespace) -> None:
     spin_briefly(os.environ)
 
 
+def nonempty_path(text: str) -> Path:
+    """A path flag's value as a ``Path``, refused when empty: ``Path("")`` is ``.``, which
+    :func:`refuse_empty_paths` cannot tell from a ``.`` typed (``--nouns ""`` was "cannot read
+    word list . (Is a directory)")."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); give it a path")
+    return Path(text)
+
+
+# Flags other than paths whose empty value (an unset shell variable) meant something else than
+# was typed: `describe --device ""` ran on auto, `view --host ""` listened on every interface.
+NONEMPTY_ARGUMENTS = {
+    "device": f"a device ({DEVICE_FORMS})",
+    "host": "an address to listen on (127.0.0.1 by default)",
+}
+
+
 def refuse_empty_paths(args: argparse.Namespace) -> None:
     """Raise :class:`DreamtextError` where a path argument is the empty string: an unset shell
     variable (``--static "$OUT"``) read as "." (a server started where a folder was to be
-    written) or as no flag at all (``--workspace ""`` trained into ``workspace/``)."""
+    written) or as no flag at all (``--workspace ""`` trained into ``workspace/``); and so for
+    :data:`NONEMPTY_ARGUMENTS`."""
+    for name, what in NONEMPTY_ARGUMENTS.items():
+        if getattr(args, name, None) == "":
+            raise DreamtextError(f"--{name} is empty (an unset shell variable?); give it {what}")
     for name in PATH_ARGUMENTS:
         value = getattr(args, name, None)
         values = value if isinstance(value, (list, tuple)) else [value]

@@ -1597,6 +1597,27 @@ def test_an_empty_workspace_of_a_single_run_is_one_line(tmp_path, monkeypatch, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mug.png"]
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["describe", "mug.png", "--device", ""], "--device is empty (an unset shell variable?)"),
+        (["view", ".", "--host", ""], "--host is empty (an unset shell variable?)"),
+        (["describe", "mug.png", "--nouns", ""], "argument --nouns: is empty (an unset shell"),
+        (["text", "a mug", "--diverse", "--adjectives", ""], "argument --adjectives: is empty"),
+    ],
+)
+def test_an_empty_device_host_or_word_list_is_one_line(tmp_path, monkeypatch, capsys, argv, line):
+    """`describe --device ""` ran on auto, `view --host ""` listened on every network
+    interface, and `--nouns ""` (Path("") is ".") was "cannot read word list . (Is a
+    directory)"."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save("mug.png")
+    code, err = run_main(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and line in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mug.png"]
+
+
 @pytest.mark.parametrize("command", ["describe", "image"])
 def test_an_image_path_that_is_no_file_says_what_it_is(tmp_path, monkeypatch, capsys, command):
     """`describe /dev/null`, a named pipe or a dangling link said "image not found: PATH (check
