@@ -3,6 +3,7 @@ and refuses, the static export, the command line. (tests/test_view_browser.py dr
 
 import contextlib
 import dataclasses
+import errno
 import gzip
 import html
 import http.client
@@ -3520,3 +3521,26 @@ def test_the_gallery_names_the_folders_it_shows(root: Path, tmp_path: Path):
     assert gallery["folders"] == [str(root.resolve())]
     out = export_static([root], tmp_path / "site")
     assert page_data(out / "index.html")["folders"] == ["runs"]
+
+
+@pytest.mark.parametrize(
+    ("number", "port", "fix"),
+    [
+        (errno.EACCES, 80, "pass a --port of 1024 or more (0 picks a free one)"),
+        (errno.EADDRINUSE, 8000, "pass another --port (0 picks a free one)"),
+        (errno.EADDRNOTAVAIL, 8000, "check --host"),
+    ],
+)
+def test_a_port_or_host_that_cannot_be_listened_on_names_its_flag(
+    root, monkeypatch, number, port, fix
+):
+    """A privileged port refused (EACCES) was blamed on --host."""
+    from dreamtext.view import server
+
+    def refused(*args, **kwargs):
+        raise OSError(number, os.strerror(number))
+
+    monkeypatch.setattr(server, "ViewServer", refused)
+    with pytest.raises(DreamtextError) as raised:
+        server.make_server(Catalog([root]), "127.0.0.1", port)
+    assert str(raised.value).endswith(fix)

@@ -544,6 +544,12 @@ def make_server(
                 f"port {port} is in use on {host}; pass another --port (0 picks a free one)"
             ) from None
         reason = error.strerror or str(error)
+        if error.errno == errno.EACCES and 0 < port < 1024:
+            # Ports under 1024 are the system's: "check --host" named the wrong flag.
+            raise DreamtextError(
+                f"cannot listen on {host}:{port}: {reason} (ports under 1024 need privileges); "
+                "pass a --port of 1024 or more (0 picks a free one)"
+            ) from None
         raise DreamtextError(f"cannot listen on {host}:{port}: {reason}; check --host") from None
 
 
