@@ -1603,6 +1603,13 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
             ignore_stop_signals()
         print(interrupted_line(args), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout's reader closed it (`dreamtext view ... --static site | true`): no traceback.
+        # Further writes go nowhere (Python's own flush at exit would raise again), and the
+        # exit status is the one Python's docs give a program whose output was cut.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:  # a path the user typed (--workspace, --static)
             print(

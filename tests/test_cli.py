@@ -2070,3 +2070,21 @@ def test_the_top_level_help_gives_the_readmes_first_run_and_where_each_commands_
     assert f"```bash\n{first_run.group(1)}\n```" in readme
     args = build_parser().parse_command_line(shlex.split(first_run.group(1))[1:])
     assert (args.command, args.prompt, args.model) == ("text", "a colorful cube", "builtin:shapes")
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path):
+    """`dreamtext view RUNS --static site | true`: the site was written, then the path's print
+    raised BrokenPipeError with a traceback."""
+    run = tmp_path / "runs" / "a_red_cube"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 2}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 2, "iters": 2}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "dreamtext", "view", "runs", "--static", "site"]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    done = subprocess.run(command, cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE)
+    os.close(write)
+    assert "Traceback" not in done.stderr.decode(), done.stderr.decode()
+    assert done.returncode == 1
+    assert (tmp_path / "site" / "index.html").is_file()
