@@ -488,7 +488,6 @@ def run_from_state(
     from dreamtext.renderer import RenderConfig
 
     config = dict(state["config"])
-    config.setdefault("render", {})
     # An older dreamtext's checkpoint lacks the settings added since: the run had its presets'
     # (a builtin:shapes run: an exp density), as a resume of it takes them, not the defaults;
     # and one from before there was a choice of sampler was rendered by the dense one.

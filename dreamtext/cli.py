@@ -396,7 +396,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         checkpoint past ``--iters`` keeps (``iters 6 → 3`` said of a run kept at 6 was untrue),
         against the checkpoint it goes on from (``resumed``'s ``changed``), not config.json,
         which an attempt killed before its first checkpoint had already rewritten."""
-        if base is None or resumed is None:
+        if resumed is None:  # a new run
             return None
         changes = change_lines(resumed["changed"], {"prompt", "workspace"})
         if not changes:

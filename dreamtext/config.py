@@ -444,8 +444,7 @@ def resolve_config(
     cfg.presets = tuple(reversed(dict.fromkeys(reversed(names))))
     cfg.guidance.model = absolute_model_folder(cfg.guidance.model)
     # A config file's `workspace: ~/runs/x` (the flags' ~ the CLI expands): a folder named "~".
-    if isinstance(cfg.workspace, str) and cfg.workspace.startswith("~"):
-        cfg.workspace = os.path.expanduser(cfg.workspace)
+    cfg.workspace = os.path.expanduser(cfg.workspace)
     export_source = next(
         (
             source
@@ -509,7 +508,7 @@ def fill_from_presets(saved: dict[str, Any], where: str = "") -> tuple[dict[str,
     line for stderr that names them (``where``: the run's folder). One setting is known
     whatever the presets: a run from before there was a choice of sampler (``render.sampler``)
     was rendered by the dense one, which its resume and its export (``load_run``) both keep."""
-    render = saved.get("render")
+    render = saved.get("render", {})
     if isinstance(render, dict) and "sampler" not in render:
         saved = {**saved, "render": {"sampler": "dense", **render}}
     names = recorded_presets(saved)

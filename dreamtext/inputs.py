@@ -172,7 +172,7 @@ def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) 
         if isinstance(name, str) and name and path.name == "config.json":
             name = str(path.parent) if is_run_folder(path.parent) else name
         if isinstance(name, str) and name:
-            named.append(os.path.expanduser(name) if name.startswith("~") else name)
+            named.append(os.path.expanduser(name))
     return named[-1] if named else None
 
 

@@ -761,6 +761,8 @@ def test_checkpoints_from_before_the_sampler_choice_reload_with_the_dense_sample
     del old["render"]["sampler"]
     old.pop("presets", None)
     assert resolve_config({}, base=old).render.sampler == "dense"
+    del old["render"]  # a record without the section at all: rendered by the dense one too
+    assert resolve_config({}, base=old).render.sampler == "dense"
 
 
 def test_an_fp16_run_trains_shaded_steps_with_loss_scaling(tmp_path, tiny_sd_path, monkeypatch):
