@@ -530,7 +530,9 @@ def check_diverse_workspace(workspace: str | Path, cfg: TrainConfig) -> dict | N
             f"image); pass --seed {seed} to continue it, or --workspace NEW_FOLDER for --seed "
             f"{cfg.seed}"
         )
-    return check_image_workspace(workspace, diverse_image(workspace, cfg.seed))
+    return check_image_workspace(
+        workspace, diverse_image(workspace, cfg.seed), f"the --diverse run of '{cfg.prompt}'"
+    )
 
 
 def run_diverse(

@@ -324,13 +324,16 @@ def check_image(image_path: Path, workspace: Path) -> None:
     load_image(image_path)  # with a prompt's hint (inputs.check_image_path)
 
 
-def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
+def check_image_workspace(
+    workspace: Path, image_path: Path, for_what: str = "this image"
+) -> dict | None:
     """Refuse, before any work, a workspace that holds something other than this image's run:
     a file, a folder this process cannot write, the run of another image (:func:`same_image`),
     this image edited since the run copied it, or a text→3D run of some prompt (which the
     text→3D stage would otherwise continue as this image's). Returns the run's recorded
     ``config.json`` without its stage sections (``None`` before it has one). A run that another
-    process of this machine is running is refused too (:func:`check_not_running`)."""
+    process of this machine is running is refused too (:func:`check_not_running`). ``for_what``
+    ends the lines that ask for another folder (``text --diverse`` names its prompt's run)."""
     check_writable(workspace, "pass --workspace a folder you can write")
     check_not_running(workspace)
     record = read_record(workspace)
@@ -346,7 +349,7 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     if previous is not None and not same_image(image_path, Path(previous), data, copy_data):
         raise DreamtextError(
             f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "
-            "for this image"
+            f"for {for_what}"
         )
     if copy_data is not None and copy_data != data:
         # Edited in place: the run's sentence and descriptor were made from the copy.
@@ -363,7 +366,7 @@ def check_image_workspace(workspace: Path, image_path: Path) -> dict | None:
     if not sections and not learned:
         raise DreamtextError(
             f"{workspace} holds a text→3D run of '{saved.get('prompt')}'; pass --workspace "
-            "NEW_FOLDER for this image"
+            f"NEW_FOLDER for {for_what}"
         )
     return saved
 

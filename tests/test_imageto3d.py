@@ -1283,3 +1283,17 @@ def test_image_overwrite_may_change_the_field_but_not_the_seed_of_the_descriptor
     err = capsys.readouterr().err
     assert "a resumed run keeps its seed, field and occupancy grid" in err and "num_levels" in err
     assert len(ran) == 1
+
+
+def test_a_diverse_run_into_a_text_runs_folder_is_refused_for_its_prompt(tmp_path):
+    """The refusal ended 'for this image', where the user had typed a prompt, not an image."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "config.json").write_text(json.dumps({"prompt": "a cube"}))
+    cfg = resolve_config({"prompt": "a red cube", "workspace": str(workspace)})
+    with pytest.raises(DreamtextError) as refusal:
+        imageto3d.check_diverse_workspace(workspace, cfg)
+    assert str(refusal.value) == (
+        f"{workspace} holds a text→3D run of 'a cube'; pass --workspace NEW_FOLDER for the "
+        "--diverse run of 'a red cube'"
+    )
