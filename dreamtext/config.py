@@ -8,6 +8,7 @@ A preset is a YAML file of field overrides; nested sections (``field:``, ``rende
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -499,18 +500,28 @@ def fill_missing(saved: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+# What a run from before each of these settings did, where that is not what its presets or the
+# defaults give it today (the other settings, added later, kept the behaviour from before them as
+# their default when they came): the dense sampler, the thesis's one "side" label (split_sides
+# came with the built-in preset's true), no labels of their own for views from below (off when
+# it came; the built-in preset's 90 came three hours later).
+BEFORE_SETTINGS: dict[str, Any] = {
+    "render": {"sampler": "dense"},
+    "guidance": {"views": {"split_sides": False, "below": None}},
+}
+
+
 def fill_from_presets(saved: dict[str, Any], where: str = "") -> tuple[dict[str, Any], str | None]:
     """A resume base (``saved``, the run's config.json, :func:`read_run_config`, or a
     checkpoint's config) with the settings it lacks (it was written by a dreamtext from before
     they existed) taken from the run's own presets (:func:`recorded_presets`), as a new run of
     it would have them, not from the defaults; and ``None``. When the record does not say which
     presets the run had, the settings it lacks keep the defaults, and the second value is the
-    line for stderr that names them (``where``: the run's folder). One setting is known
-    whatever the presets: a run from before there was a choice of sampler (``render.sampler``)
-    was rendered by the dense one, which its resume and its export (``load_run``) both keep."""
-    render = saved.get("render", {})
-    if isinstance(render, dict) and "sampler" not in render:
-        saved = {**saved, "render": {"sampler": "dense", **render}}
+    line for stderr that names them (``where``: the run's folder). The settings whose arrival
+    changed what a run does are known whatever the presets (:data:`BEFORE_SETTINGS`): a run
+    from before them had their old behaviour, which its resume and its export (``load_run``)
+    both keep."""
+    saved = fill_missing(saved, copy.deepcopy(BEFORE_SETTINGS))
     names = recorded_presets(saved)
     layer: dict[str, Any] = {}
     for name in names or []:

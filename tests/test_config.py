@@ -723,16 +723,25 @@ def test_a_preset_under_a_runs_config_json_is_recorded_before_that_runs_presets(
 def test_a_resume_fills_a_setting_its_older_config_json_lacks_from_the_builtin_prior_preset(
     capsys,
 ):
-    """A builtin:shapes run whose config.json predates ``render.recompute_field`` and
-    ``guidance.views`` resumed with the defaults (recompute on, one "side" label), not its
-    preset's (off, split sides): the resume changed how the run trains."""
+    """A builtin:shapes run whose config.json predates ``render.recompute_field`` resumed with
+    the default (recompute on), not its preset's (off). The settings whose arrival changed what
+    a run does are the exception: a run from before ``views.split_sides`` and ``views.below``
+    had one "side" label and no labels of their own below the horizon, which its resume keeps,
+    where today's preset (split sides, below 90) would have changed its prompts and the prior's
+    image sets."""
     cfg = resolve_config({**A_RUN, "guidance": {"model": "builtin:shapes"}})
+    assert cfg.guidance.views.split_sides is True and cfg.guidance.views.below == 90.0
     saved = _older_record(cfg, "render.recompute_field", "guidance.views")
     again = resolve_config({}, base=saved)
-    assert again.render.recompute_field is False and again.guidance.views.split_sides is True
-    assert again.guidance.views == cfg.guidance.views
+    assert again.render.recompute_field is False
+    assert again.guidance.views.split_sides is False and again.guidance.views.below is None
     assert again.presets == ("builtin-shapes",)
     assert capsys.readouterr().err == ""
+    # A record from between the two kept its split sides and went without labels below.
+    between = _older_record(cfg, "guidance.views.below")
+    views = resolve_config({}, base=between).guidance.views
+    assert views.split_sides is True and views.below is None
+    assert resolve_config({}, base=config_to_dict(cfg)).guidance.views == cfg.guidance.views
 
 
 def test_a_resume_fills_a_setting_its_config_json_lacks_from_its_recorded_preset():
