@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -405,11 +406,15 @@ def build_dataset(
     )
 
 
-def cache_dir() -> Path:
-    """``$DREAMTEXT_CACHE``, else ``$XDG_CACHE_HOME/dreamtext``, else ``~/.cache/dreamtext``."""
+def cache_dir() -> Path | None:
+    """``$DREAMTEXT_CACHE``, else ``$XDG_CACHE_HOME/dreamtext``, else ``~/.cache/dreamtext``;
+    ``None`` where none of them is known (``HOME`` unset for a user without a home)."""
     if os.environ.get("DREAMTEXT_CACHE"):
         return Path(os.environ["DREAMTEXT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # Path.home(): "Could not determine home directory."
+        return None
     return Path(base) / "dreamtext"
 
 
@@ -446,23 +451,27 @@ def load_dataset(
     The file is ``shapes-<key>.npz`` (key: a hash of every parameter that changes the images),
     images stored as 8-bit, written to a temporary file and renamed so that concurrent runs never
     read half a file. A cache that cannot be written (read-only, full, ``HOME`` unset) is a
-    warning: the rendered dataset is returned all the same.
+    warning: the rendered dataset is returned all the same. A cache file that cannot be read
+    (damaged: truncated by a full disk or a crash, or not this version's) is a warning too, and
+    is rendered and written again.
     """
     directory = Path(directory) if directory is not None else cache_dir()
-    path = directory / f"shapes-{_cache_key(cameras, height, width, thresholds)}.npz"
-    if path.is_file():
-        with np.load(path) as data:
-            return ShapesDataset(
-                torch.from_numpy(data["images"]).float() / 255.0,
-                [str(s) for s in data["objects"]],
-                [str(s) for s in data["captions"]],
-                torch.from_numpy(data["polar"]),
-                torch.from_numpy(data["azimuth"]),
-            )
+    key = _cache_key(cameras, height, width, thresholds)
+    path = directory / f"shapes-{key}.npz" if directory is not None else None
+    if path is not None and path.is_file():
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
     dataset = build_dataset(cameras, height, width, thresholds)
     # The returned dataset is the quantised one, so a fresh render and a cache hit are identical.
     images8 = (dataset.images * 255.0).round().clamp(0, 255).to(torch.uint8)
     dataset.images = images8.float() / 255.0
+    if path is None:
+        log.warning(
+            "could not keep the built-in prior's images: there is no home folder for the cache; "
+            "the next run renders them again: set DREAMTEXT_CACHE to a folder you can write"
+        )
+        return dataset
     try:
         _write_cache(path, dataset, images8)
     except OSError as error:  # the images are here; only the next run's time is lost
@@ -472,6 +481,39 @@ def load_dataset(
             directory,
             error.strerror or error,
         )
+    return dataset
+
+
+def _read_cache(path: Path) -> ShapesDataset | None:
+    """The dataset in the cache file ``path``; ``None`` (with a warning) where it cannot be read
+    whole: the caller renders the images again and the file is written over."""
+    try:
+        with np.load(path) as data:
+            dataset = ShapesDataset(
+                torch.from_numpy(data["images"]).float() / 255.0,
+                [str(s) for s in data["objects"]],
+                [str(s) for s in data["captions"]],
+                torch.from_numpy(data["polar"]),
+                torch.from_numpy(data["azimuth"]),
+            )
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        log.warning(
+            "the built-in prior's cached images in %s are damaged (%s); rendering them again",
+            path,
+            error,
+        )
+        return None
+    n = dataset.images.shape[0]
+    sizes = {len(dataset.objects), len(dataset.captions), len(dataset.polar), len(dataset.azimuth)}
+    if dataset.images.ndim != 4 or sizes != {n}:
+        log.warning(
+            "the built-in prior's cached images in %s are damaged (%s images, %s "
+            "captions); rendering them again",
+            path,
+            n,
+            len(dataset.captions),
+        )
+        return None
     return dataset
 
 
@@ -490,6 +532,8 @@ def _write_cache(path: Path, dataset: ShapesDataset, images8: Tensor) -> None:
                 polar=dataset.polar.numpy(),
                 azimuth=dataset.azimuth.numpy(),
             )
+            f.flush()
+            os.fsync(f.fileno())  # a crash after the rename leaves the whole file, not an empty one
         os.chmod(tmp, 0o644)  # mkstemp makes the file private; the cache is an ordinary file
         os.replace(tmp, path)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
 
@@ -237,6 +238,42 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, ca
     assert torch.equal(fresh.images, shapes.load_dataset(SMALL, 8, 8, directory=tmp_path).images)
     assert "DREAMTEXT_CACHE" in caplog.text and str(blocked / "cache") in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".npz") == ["a file"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "other arrays"])
+def test_a_damaged_cache_file_is_rendered_again_and_written_over(tmp_path, caplog, damage):
+    """A cache file cut short (a full disk, a crash before its data reached the disk) was read
+    with no error handling: every later run of these cameras ended in a traceback (EOFError,
+    BadZipFile), for good, since the file was never rebuilt."""
+    first = shapes.load_dataset(SMALL, 8, 8, directory=tmp_path)
+    (path,) = tmp_path.glob("shapes-*.npz")
+    whole = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(whole[: len(whole) // 2])
+    else:
+        np.savez(path.with_suffix(""), images=np.zeros((2, 3, 8, 8), np.uint8))
+    again = shapes.load_dataset(SMALL, 8, 8, directory=tmp_path)
+    assert torch.equal(again.images, first.images) and again.captions == first.captions
+    assert "damaged" in caplog.text and str(path) in caplog.text
+    assert path.read_bytes() != b"" and shapes._read_cache(path) is not None  # written over
+
+
+def test_no_home_folder_for_the_cache_costs_a_warning_not_the_run(monkeypatch, caplog):
+    """HOME unset for a user without a passwd entry: Path.home() raised RuntimeError (a
+    traceback, exit 1) where the docstring promised a warning."""
+    for name in ("DREAMTEXT_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(shapes.Path, "home", staticmethod(no_home))
+    assert shapes.cache_dir() is None
+    data = shapes.load_dataset(SMALL, 8, 8)
+    assert data.images.shape[1:] == (3, 8, 8)
+    assert "no home folder" in caplog.text and "DREAMTEXT_CACHE" in caplog.text
 
 
 def test_coverage_is_the_fraction_of_each_pixel_the_shape_covers():
