@@ -9,6 +9,7 @@ prior's dataset has loaded.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,13 @@ def captions_in_words() -> str:
 
 
 def normalise_caption(prompt: str) -> str:
-    """Lower case, single spaces, no final full stop, the right article ("a orange" → "an")."""
-    words = prompt.strip().rstrip(".").lower().split()
+    """Lower case, single spaces, no final full stop, the right article ("a orange" → "an"),
+    compatibility forms as their plain letters (NFKC: a full-width "ａ") and no invisible format
+    characters (Unicode category Cf: a zero-width space, a byte-order mark from a file read with
+    ``"$(cat prompt.txt)"``, a soft hyphen), which made a caption the refusal then quoted as one it
+    lists look unknown."""
+    visible = "".join(c for c in prompt if unicodedata.category(c) != "Cf")
+    words = unicodedata.normalize("NFKC", visible).strip().rstrip(".").lower().split()
     if len(words) == 3 and words[0] in ("a", "an"):
         words[0] = "an" if words[1][0] in "aeiou" else "a"
     return " ".join(words)
@@ -99,13 +105,16 @@ def check_builtin_prompts(model: str, prompt: str, negative: str) -> None:
 
 def check_builtin_negative(negative: str) -> None:
     """A built-in prior's negative prompt is blank or one of its captions: its refusal names
-    ``--negative``, where the prompt may be a caption it knows."""
+    the negative prompt (``--negative`` or a config's ``guidance.negative``), where the prompt
+    may be a caption it knows."""
     if not negative.strip():
         return
     try:
         find_primitive(negative)
     except DreamtextError as error:
-        raise DreamtextError(f"--negative: {error} (or leave the negative prompt empty)") from None
+        raise DreamtextError(
+            f"the negative prompt (--negative, guidance.negative): {error} (or leave it empty)"
+        ) from None
 
 
 def needs_stable_diffusion(model: str, what: str) -> None:

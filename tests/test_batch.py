@@ -2412,7 +2412,8 @@ def test_a_workspace_root_that_is_or_lies_in_a_run_is_a_one_line_error(
         (
             ["a red cube"],
             ["--model", "builtin:shapes", "--negative", "a dog"],
-            '--negative: the built-in prior does not know "a dog"',
+            "the negative prompt (--negative, guidance.negative): the built-in prior does not "
+            'know "a dog"',
         ),
         (["a red cube"], ["--iters", "5", "--epochs", "1"], "--iters or --epochs"),
         (["a red cube"], ["--model", "no/such-model"], "could not load Stable Diffusion"),

@@ -699,7 +699,8 @@ CAPTION_MISTAKES = [
     (["text", "a cat", "--model", "builtin:shapes"], unknown_caption("a cat")),
     (
         ["text", "a red cube", "--preset", "builtin-shapes", "--negative", "a dog"],
-        f"--negative: {unknown_caption('a dog')} (or leave the negative prompt empty)",
+        f"the negative prompt (--negative, guidance.negative): {unknown_caption('a dog')} "
+        "(or leave it empty)",
     ),
     (["text", "a cat", "--config", "shapes.yaml"], unknown_caption("a cat")),
     (
@@ -711,7 +712,8 @@ CAPTION_MISTAKES = [
     ),
     (
         ["batch", "cubes.txt", "--config", "shapes.yaml", "--negative", "a dog"],
-        f"--negative: {unknown_caption('a dog')} (or leave the negative prompt empty)",
+        f"the negative prompt (--negative, guidance.negative): {unknown_caption('a dog')} "
+        "(or leave it empty)",
     ),
 ]
 
@@ -759,7 +761,8 @@ NEEDS_STABLE_DIFFUSION = (
 RESUMED_AND_DIVERSE_MISTAKES = [
     (
         ["text", "a red cube", "--resume", "--workspace", "run", "--negative", "a dog"],
-        f"--negative: {unknown_caption('a dog')} (or leave the negative prompt empty)",
+        f"the negative prompt (--negative, guidance.negative): {unknown_caption('a dog')} "
+        "(or leave it empty)",
     ),
     (["text", "a red cube", "--diverse", "--model", "builtin:shapes"], NEEDS_STABLE_DIFFUSION),
     (["text", "a dog", "--diverse", "--config", "shapes.yaml"], NEEDS_STABLE_DIFFUSION),

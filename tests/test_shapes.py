@@ -120,6 +120,22 @@ def test_find_primitive_normalises_case_article_and_full_stop():
     assert shapes.find_primitive("A Orange  Cone.") == shapes.Primitive("cone", "orange")
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a red \u200bcube",
+        "\ufeffa red cube",
+        "a red cu\u00adbe",
+        "\uff41 red cube",
+        "a red cube\u2060",
+    ],
+)
+def test_find_primitive_ignores_invisible_format_characters_and_compatibility_forms(prompt):
+    """A zero-width space, a BOM from ``"$(cat prompt.txt)"`` or a soft hyphen made the refusal
+    quote a prompt that reads exactly like a caption it lists."""
+    assert shapes.find_primitive(prompt) == shapes.Primitive("cube", "red")
+
+
 def test_unknown_caption_is_a_user_error_naming_the_known_captions_in_one_short_phrase():
     with pytest.raises(DreamtextError) as err:
         shapes.find_primitive("a castle")
