@@ -704,6 +704,17 @@ def validate(
                 source_of,
             )
         )
+    if cfg.cameras.jitter > 0 and cfg.guidance.model in BUILTIN_MODELS:
+        # A jittered eye leaves the camera range the prior renders its images for: a camera
+        # above polar_range's top was an "overhead" view it had none of, which stopped the run.
+        raise DreamtextError(
+            with_its_file(
+                f"cameras.jitter moves cameras off the range {cfg.guidance.model} renders its "
+                "images for, and the run would stop at the first such view: set cameras.jitter "
+                "to 0 (its preset's), or widen cameras.polar_range instead",
+                source_of,
+            )
+        )
     t_min, t_max = cfg.guidance.t_range
     if not 0.0 <= t_min < t_max <= 1.0:
         raise DreamtextError(

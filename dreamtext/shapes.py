@@ -343,17 +343,27 @@ def _grid(lo: float, hi: float, periodic: bool) -> Tensor:
     return torch.linspace(lo, hi, n + 1, dtype=torch.float64)
 
 
+def dataset_azimuth_range(cameras: CameraRange) -> tuple[float, ...]:
+    """The azimuths the dataset covers: ``azimuth_range``, or the whole circle where training
+    cameras come from the box too (``box_fraction > 0``), which takes any azimuth."""
+    if cameras.box_fraction > 0:
+        return (0.0, 360.0)
+    return tuple(cameras.azimuth_range)
+
+
 def dataset_poses(cameras: CameraRange) -> Poses:
     """The dataset's cameras for a training camera range: every ≤ 10° in azimuth and polar angle.
 
-    Training cameras drawn from the box (``box_fraction > 0``) have polar angles in [0°, 90°], so
-    that interval is then covered too. Radius and field of view are the middles of their ranges.
+    Training cameras drawn from the box (``box_fraction > 0``) have polar angles in [0°, 90°] and
+    any azimuth, so those are then covered too (:func:`dataset_azimuth_range`): a box camera
+    behind a front-only azimuth range was a "back" view the dataset had no images of, which
+    stopped the run. Radius and field of view are the middles of their ranges.
     """
     polar_lo, polar_hi = cameras.polar_range
     if cameras.box_fraction > 0:
         polar_lo, polar_hi = min(polar_lo, 0.0), max(polar_hi, 90.0)
     polar_values = _grid(polar_lo, polar_hi, periodic=False)
-    azimuth_values = _grid(*cameras.azimuth_range, periodic=True) % 360.0
+    azimuth_values = _grid(*dataset_azimuth_range(cameras), periodic=True) % 360.0
     polar, azimuth = torch.meshgrid(polar_values, azimuth_values, indexing="ij")
     polar, azimuth = polar.reshape(-1).float(), azimuth.reshape(-1).float()
     n = polar.shape[0]
@@ -429,7 +439,8 @@ def _cache_key(
         height,
         width,
         tuple(cameras.polar_range),
-        tuple(cameras.azimuth_range),
+        # As covered: a box range's key is the whole circle's, whose images it has.
+        dataset_azimuth_range(cameras),
         tuple(cameras.radius_range),
         tuple(cameras.fovy_range),
         cameras.box_fraction > 0,
@@ -555,6 +566,7 @@ __all__ = [
     "captions_in_words",
     "cast",
     "coverage",
+    "dataset_azimuth_range",
     "dataset_poses",
     "find_primitive",
     "inside",

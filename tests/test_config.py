@@ -855,3 +855,16 @@ def test_a_textual_inversion_file_with_the_built_in_prior_is_refused(tmp_path):
         f"guidance.textual_inversion (in {path}) is for a Stable Diffusion model's text "
         "encoder; builtin:shapes has none: leave it out"
     )
+
+
+def test_jittered_cameras_are_refused_with_the_builtin_prior(tmp_path):
+    """A jittered eye leaves the range the prior's images cover: a run with jitter 0.3 stopped
+    at step 6 on an "overhead" view the prior had none of, saying to keep the cameras inside the
+    preset's range, which they were."""
+    path = tmp_path / "jitter.yaml"
+    path.write_text("cameras:\n  jitter: 0.3\n")
+    run = {**A_RUN, "guidance": {"model": "builtin:shapes"}}
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config(run, config_file=path)
+    assert str(refusal.value).startswith(f"cameras.jitter (in {path}) moves cameras off the range")
+    assert resolve_config({**A_RUN, "cameras": {"jitter": 0.3}}).cameras.jitter == 0.3

@@ -256,6 +256,22 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, ca
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".npz") == ["a file"]
 
 
+def test_box_cameras_get_images_from_every_azimuth_whatever_the_azimuth_range():
+    """Box cameras take any azimuth: with ``azimuth_range [0, 120]`` one behind the object was a
+    "back" view the dataset had none of, and the run stopped at step 2."""
+    box = CameraRange(polar_range=(60.0, 85.0), azimuth_range=(0.0, 120.0), box_fraction=0.5)
+    poses = shapes.dataset_poses(box)
+    assert poses.azimuth.min() == 0.0 and poses.azimuth.max() >= 350.0
+    labels = {
+        view_of(float(p), float(a)).label for p, a in zip(poses.polar, poses.azimuth, strict=True)
+    }
+    assert {"front", "side", "back", "overhead"} <= labels
+    full = CameraRange(polar_range=(60.0, 85.0), azimuth_range=(0.0, 360.0), box_fraction=0.5)
+    assert shapes._cache_key(box, 8, 8, None) == shapes._cache_key(full, 8, 8, None)
+    no_box = CameraRange(polar_range=(60.0, 85.0), azimuth_range=(0.0, 120.0), box_fraction=0.0)
+    assert shapes.dataset_poses(no_box).azimuth.max() <= 120.0
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated", "other arrays"])
 def test_a_damaged_cache_file_is_rendered_again_and_written_over(tmp_path, caplog, damage):
     """A cache file cut short (a full disk, a crash before its data reached the disk) was read
