@@ -9,6 +9,8 @@ one line.
 
 from __future__ import annotations
 
+import io
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamtext.errors import DreamtextError
 from dreamtext.inputs import check_image_path
+
+log = logging.getLogger(__name__)
 
 # Pillow decodes every pixel of an image it opens fully: a tiny PNG that claims 100k × 100k pixels
 # would allocate tens of GB. Anything above this many pixels (Pillow's own default limit, written
@@ -106,8 +110,20 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
                     f"{path}: {width}x{height} pixels is too large (possible decompression"
                     f" bomb); resize it below {MAX_PIXELS} pixels"
                 )
+            wide_rgb = image.mode == "RGB" and any(
+                getattr(tile, "args", None) == "RGB;16B" for tile in image.tile
+            )
             image.load()
-            rgb = _to_rgb_on_white(ImageOps.exif_transpose(image))
+            if wide_rgb and isinstance(image.info.get("transparency"), tuple):
+                # A 16-bit RGB PNG's tRNS key stays 16-bit while its pixels decode to their high
+                # bytes: no pixel matched it, and its "transparent" colour showed.
+                image.info["transparency"] = tuple(v >> 8 for v in image.info["transparency"])
+            icc = image.info.get("icc_profile")
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode == "CMYK":  # a CMYK profile applies to the CMYK pixels
+                rgb = _to_rgb_on_white(in_srgb(upright, icc))
+            else:  # an RGB one to the colours composited on white (white is white in both)
+                rgb = in_srgb(_to_rgb_on_white(upright), icc)
     except DreamtextError:
         raise
     except UnidentifiedImageError:
@@ -155,6 +171,34 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(image.convert("RGB"), ((side - width) // 2, (side - height) // 2))
     return square
+
+
+def in_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """An RGB or CMYK ``image`` whose file embeds the ICC profile ``icc`` (Display P3 from a
+    phone, Adobe RGB from a camera, a press CMYK profile) as sRGB RGB, the colours CLIP and
+    Stable Diffusion learned from: its numbers read as sRGB wash out saturated colours (P3
+    (230, 200, 60) is sRGB (236, 199, 0)). Converted by littlecms (Pillow's ``ImageCms``),
+    perceptual intent (an sRGB profile's numbers stay as they are). Unchanged: no profile, a
+    profile of another colour space than the pixels' (a gray profile), or one littlecms cannot
+    read (with a warning)."""
+    if not icc or image.mode not in ("RGB", "CMYK"):
+        return image
+    try:
+        from PIL import ImageCms
+    except ImportError:  # a Pillow built without littlecms
+        return image
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != image.mode:
+            return image
+        return ImageCms.profileToProfile(
+            image, profile, ImageCms.createProfile("sRGB"), outputMode="RGB"
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError) as error:
+        log.warning(
+            "the image's colour profile cannot be read (%s); its colours are taken as sRGB", error
+        )
+        return image
 
 
 def _to_rgb_on_white(image: Image.Image) -> Image.Image:

@@ -202,6 +202,103 @@ def test_16_bit_grayscale_png_keeps_its_transparent_gray_value_transparent(tmp_p
     assert rgb[0, :, 0].tolist() == [255, 255, 128, 255]
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_16_bit_rgb_png_keeps_its_transparent_colour_transparent(tmp_path):
+    """A 16-bit RGB PNG with a tRNS colour: Pillow keeps the key in 16 bits while the pixels
+    decode to 8, so no pixel matched it and the 'transparent' colour showed (18, 86, 154)."""
+    key = (0x1234, 0x5678, 0x9ABC)
+    pixels = np.zeros((4, 4, 3), np.uint16)
+    pixels[:] = (0x8080, 0x4040, 0x2020)
+    pixels[:, :2] = key
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", 4, 4, 16, 2, 0, 0, 0)  # 16-bit truecolour
+    path = tmp_path / "rgb16_trns.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"tRNS", struct.pack(">HHH", *key))
+        + _png_chunk(b"IDAT", zlib.compress(rows))
+        + _png_chunk(b"IEND", b"")
+    )
+    rgb = np.asarray(load_image(path))
+    assert rgb[:, :2].tolist() == [[[255, 255, 255]] * 2] * 4
+    assert rgb[:, 2:].tolist() == [[[0x80, 0x40, 0x20]] * 2] * 4
+
+
+def _s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def _linear_srgb_profile() -> bytes:
+    """An ICC v2 RGB display profile with sRGB's primaries (adapted to D50) and a linear tone
+    curve (gamma 1): its file values are linear light, so grey 128 is sRGB's 188."""
+    colorants = [(0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)]
+    name = b"linear light\0"
+    tags = [
+        (b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(name)) + name + bytes(4 + 4 + 3 + 67)),
+        (b"cprt", b"text\0\0\0\0none\0"),
+        (b"wtpt", b"XYZ \0\0\0\0" + _s15(0.9642) + _s15(1.0) + _s15(0.8249)),
+        *[
+            (kind, b"XYZ \0\0\0\0" + b"".join(_s15(v) for v in xyz))
+            for kind, xyz in zip((b"rXYZ", b"gXYZ", b"bXYZ"), colorants, strict=True)
+        ],
+        *[(kind, b"curv\0\0\0\0" + struct.pack(">I", 0)) for kind in (b"rTRC", b"gTRC", b"bTRC")],
+    ]
+    table, data = struct.pack(">I", len(tags)), b""
+    start = 128 + 4 + 12 * len(tags)
+    for kind, body in tags:
+        body += bytes(-len(body) % 4)
+        table += kind + struct.pack(">II", start + len(data), len(body))
+        data += body
+    size = 128 + len(table) + len(data)
+    header = (
+        struct.pack(">I", size)
+        + b"none"
+        + bytes([2, 0x10, 0, 0])
+        + b"mntrRGB XYZ "
+        + bytes(12)
+        + b"acsp"
+        + bytes(24)
+        + bytes(8)
+        + bytes(4)
+        + _s15(0.9642)
+        + _s15(1.0)
+        + _s15(0.8249)
+    )
+    return header + bytes(128 - len(header)) + table + data
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path, suffix):
+    """A Display P3 or Adobe RGB photo's numbers were read as sRGB: saturated colours came out
+    washed out for CLIP and the descriptor. Here the profile says the numbers are linear light."""
+    pytest.importorskip("PIL.ImageCms")
+    path = tmp_path / f"linear{suffix}"
+    options = {"quality": 100, "subsampling": 0} if suffix == ".jpg" else {}
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(
+        path, icc_profile=_linear_srgb_profile(), **options
+    )
+    grey = np.asarray(load_image(path))[8, 8].tolist()
+    assert all(abs(v - 188) <= 1 for v in grey), grey  # 255 · encode(128 / 255) = 187.6
+    # an sRGB profile, or none, leaves the numbers as they are
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for name, icc in (("srgb.png", srgb), ("none.png", None)):
+        Image.new("RGB", (16, 16), (200, 60, 40)).save(tmp_path / name, icc_profile=icc)
+        assert np.asarray(load_image(tmp_path / name))[8, 8].tolist() == [200, 60, 40]
+
+
+def test_a_colour_profile_littlecms_cannot_read_is_a_warning(tmp_path, caplog):
+    path = tmp_path / "broken.png"
+    Image.new("RGB", (16, 16), (200, 60, 40)).save(path, icc_profile=b"not a profile" * 20)
+    assert np.asarray(load_image(path))[8, 8].tolist() == [200, 60, 40]
+    assert "colour profile cannot be read" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("name", "image"),
     [
