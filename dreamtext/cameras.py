@@ -89,6 +89,31 @@ class CameraRange:
     jitter: float = 0.0
 
 
+def box_outside_ranges(cameras: CameraRange) -> str | None:
+    """The warning for cameras drawn from the box (``box_fraction > 0``, the thesis's sampler)
+    that the angle ranges do not hold: box cameras have polar angles in [0°, 90°] and any
+    azimuth, whatever ``polar_range`` and ``azimuth_range`` say (with the default 0.5 and
+    ``azimuth_range [0, 180]``, a quarter of the cameras are behind it); ``None`` where the
+    ranges hold the box, or there is none."""
+    if cameras.box_fraction <= 0:
+        return None
+    low, high = cameras.polar_range
+    a, b = cameras.azimuth_range
+    outside = []
+    if low > 0.0 or high < 90.0:
+        outside.append(f"cameras.polar_range {[low, high]}")
+    if b - a < 360.0:
+        outside.append(f"cameras.azimuth_range {[a, b]}")
+    if not outside:
+        return None
+    return (
+        f"dreamtext: warning: cameras.box_fraction {cameras.box_fraction:g} draws that share of "
+        "the cameras from the box (polar angle 0-90°, any azimuth), outside "
+        f"{' and '.join(outside)}: set cameras.box_fraction to 0 to keep every camera inside "
+        "the ranges"
+    )
+
+
 class View(NamedTuple):
     label: str
     suffix: str
@@ -285,6 +310,7 @@ __all__ = [
     "View",
     "ViewThresholds",
     "angles_from_position",
+    "box_outside_ranges",
     "focal_from_fovy",
     "get_rays",
     "look_at",

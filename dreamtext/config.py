@@ -749,13 +749,25 @@ def validate(
 
 def validate_cameras(cameras: CameraRange) -> None:
     """Each ``cameras.*_range`` is ``[low, high]`` with low ≤ high, inside what a camera can be:
-    a radius above 0, a vertical field of view in (0°, 180°), a polar angle in [0°, 180°]."""
+    a radius above 0, a vertical field of view in (0°, 180°), a polar angle in [0°, 180°];
+    ``box_fraction`` in [0, 1] and ``jitter`` ≥ 0."""
     limits = {
         "radius_range": (0.0, math.inf, False),
         "fovy_range": (0.0, 180.0, False),
         "polar_range": (0.0, 180.0, True),
         "azimuth_range": (-math.inf, math.inf, True),
     }
+    # A share and a distance: a percentage (box_fraction 50) put every camera in the box, and
+    # a negative jitter meant none, both without a word.
+    if not 0.0 <= cameras.box_fraction <= 1.0:
+        raise DreamtextError(
+            "config field 'cameras.box_fraction' must be in [0, 1] (the share of cameras drawn "
+            f"from the box), got {cameras.box_fraction:g}"
+        )
+    if not cameras.jitter >= 0.0:
+        raise DreamtextError(
+            f"config field 'cameras.jitter' must be ≥ 0 (world units), got {cameras.jitter:g}"
+        )
     for name, (low, high, closed) in limits.items():
         a, b = getattr(cameras, name)
         inside = (low <= a and b <= high) if closed else (low < a and b < high)

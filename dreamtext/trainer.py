@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamtext.cameras import Poses, orbit_poses, sample_poses, view_of
+from dreamtext.cameras import Poses, box_outside_ranges, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
     RUN_KEYS,
     UnreadableCheckpoint,
@@ -873,6 +873,9 @@ def train(
         line = note(run.cfg, run.resumed) if callable(note) else note
         if line is not None:
             tqdm.write(line, file=sys.stderr)
+        outside = box_outside_ranges(run.cfg.cameras) if run.resumed is None else None
+        if outside is not None:
+            tqdm.write(outside, file=sys.stderr)
         interrupted = (TrainingInterrupted, KeyboardInterrupt)
         with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
             return _train(run, resume)

@@ -8,6 +8,7 @@ from dreamtext.cameras import (
     CameraRange,
     ViewThresholds,
     angles_from_position,
+    box_outside_ranges,
     get_rays,
     look_at,
     orbit_poses,
@@ -209,3 +210,18 @@ def test_poses_slice_and_move_keep_every_field_together():
     assert torch.equal(part.azimuth, poses.azimuth[2:4])
     assert torch.equal(part.c2w, poses.c2w[2:4])
     assert torch.equal(part.fovy, poses.fovy[2:4]) and torch.equal(part.radius, poses.radius[2:4])
+
+
+def test_box_cameras_outside_the_angle_ranges_are_warned_about():
+    """Box cameras ignore polar_range and azimuth_range: with the default box_fraction 0.5 and
+    azimuth_range [0, 180], a quarter of the cameras were behind it, without a word."""
+    behind = CameraRange(azimuth_range=(0.0, 180.0))
+    poses = sample_poses(4000, behind, torch.Generator().manual_seed(0))
+    assert 0.2 < (poses.azimuth > 180.0).float().mean() < 0.3
+    said = box_outside_ranges(behind)
+    assert said is not None and "cameras.azimuth_range [0.0, 180.0]" in said
+    assert "set cameras.box_fraction to 0" in said and "polar_range" not in said
+    above = box_outside_ranges(CameraRange(polar_range=(30.0, 100.0)))
+    assert above is not None and "cameras.polar_range [30.0, 100.0]" in above
+    assert box_outside_ranges(CameraRange()) is None  # the thesis's ranges hold the box
+    assert box_outside_ranges(CameraRange(azimuth_range=(0.0, 180.0), box_fraction=0.0)) is None

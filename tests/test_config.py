@@ -229,6 +229,10 @@ def test_a_run_in_the_folder_an_ascii_slug_named_is_found_again(tmp_path, monkey
         ({"prompt": "x", "cameras": {"radius_range": [2.0, 1.0]}}, "'cameras.radius_range' must"),
         ({"prompt": "x", "cameras": {"fovy_range": [0, 0]}}, "'cameras.fovy_range' must"),
         ({"prompt": "x", "cameras": {"polar_range": [100, 200]}}, "'cameras.polar_range' must"),
+        # a percentage put every camera in the box; a negative jitter meant none
+        ({"prompt": "x", "cameras": {"box_fraction": 50}}, r"'cameras.box_fraction' must be in"),
+        ({"prompt": "x", "cameras": {"box_fraction": -0.1}}, r"'cameras.box_fraction' must be"),
+        ({"prompt": "x", "cameras": {"jitter": -0.1}}, "'cameras.jitter' must be ≥ 0"),
         ({"prompt": "x", "field": {"hidden_dim": 0}}, "field.hidden_dim must be a positive"),
         ({"prompt": "x", "field": {"num_levels": 0}}, "field.num_levels must be a positive"),
         (

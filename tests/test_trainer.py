@@ -922,3 +922,18 @@ def test_a_run_stopped_before_its_first_grid_refresh_previews_with_a_refreshed_c
     assert measured["own_grid"].all()  # the run's grid is still the unrefreshed one
     saved = load_checkpoint(workspace / "checkpoints" / "last.pt")["renderer"]
     assert saved["grid.occupied"].all()
+
+
+def test_a_new_run_whose_box_cameras_leave_its_angle_ranges_says_so_once(
+    tmp_path, tiny_sd_path, capsys
+):
+    """cameras.azimuth_range [0, 180] with the thesis's box_fraction 0.5: a quarter of the
+    cameras were behind the object without a word. A new run says so; its resume does not."""
+    cameras = {**TINY_TRAIN.get("cameras", {}), "azimuth_range": [0.0, 180.0], "box_fraction": 0.5}
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=1, cameras=cameras)
+    train(cfg)
+    said = capsys.readouterr().err
+    assert said.count("cameras.box_fraction 0.5 draws that share of the cameras") == 1
+    again = tiny_config(tmp_path, tiny_sd_path, iters=2, cameras=cameras)
+    train(again, resume=True)
+    assert "box_fraction" not in capsys.readouterr().err
