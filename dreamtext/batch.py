@@ -522,7 +522,7 @@ def lock_path(workspace: Path) -> Path:
 class WorkspaceLock:
     """An exclusive claim on a workspace: the file ``<workspace>.lock`` beside it.
 
-    The file holds ``{"host", "pid", "pid_start", "started", "slurm", "slurm_restart",
+    The file holds ``{"host", "pid", "pid_start", "pid_ns", "started", "slurm", "slurm_restart",
     "token", "refresh_s"}``, is written whole to a temp file and hard-linked into place (atomic,
     also on NFS), and refreshed (its mtime) every ``refresh_s = min(60, timeout / 4)`` seconds
     while held: a lock not refreshed for several of its holder's ``refresh_s`` looks abandoned
@@ -561,10 +561,16 @@ class WorkspaceLock:
 
     def acquire(self) -> bool:
         """Claim the workspace; ``False`` (and ``self.holder`` set) when another worker holds it."""
+        # The stale lock this worker broke: said and recorded (took_over) only once the claim
+        # that follows is this worker's, as a third worker may claim the workspace in between.
+        broken: dict[str, Any] | None = None
         for _ in range(5):
             if self._create():
                 look, info = self._look()
                 if look == "ours":
+                    if broken is not None:
+                        _say(f"batch: taking over {self.path} ({broken['reason']})")
+                        self.took_over = broken
                     self._start_heartbeat()
                     return True
                 if look == "theirs":  # moved away by a worker breaking the stale lock, replaced
@@ -580,9 +586,8 @@ class WorkspaceLock:
                 self.holder, self.holder_age = info, age
                 return False
             if self._break(info):
-                _say(f"batch: taking over {self.path} ({reason})")
                 kept = ("host", "pid", "slurm", "slurm_restart", "started")
-                self.took_over = {**{k: info.get(k) for k in kept}, "reason": reason}
+                broken = {**{k: info.get(k) for k in kept}, "reason": reason}
         return False
 
     def refresh(self) -> bool:
@@ -727,8 +732,16 @@ class WorkspaceLock:
             # Written whole when it is made (or right after, where there are no hard links):
             # its writer died or its disk was full, and no holder refreshes a lock it cannot read.
             return f"it is {age:.0f} s old and its record is empty or unreadable"
-        if age > self.timeout:
-            return f"not refreshed for {age:.0f} s > --lock-timeout {self.timeout:g} s"
+        # A holder refreshes on its own schedule (its --lock-timeout / 4, recorded as refresh_s):
+        # a worker with a shorter --lock-timeout took a live lock between two of its refreshes.
+        holders = abandoned_after(info, self.timeout)
+        if age > max(self.timeout, holders):
+            if holders <= self.timeout:
+                return f"not refreshed for {age:.0f} s > --lock-timeout {self.timeout:g} s"
+            return (
+                f"not refreshed for {age:.0f} s > {holders:g} s, {ABANDONED_AFTER_REFRESHES} of "
+                "its holder's refresh intervals"
+            )
         return None
 
     def _break(self, stale: dict[str, Any]) -> bool:

@@ -1371,8 +1371,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=600.0,
         metavar="SECONDS",
-        help="take over a workspace lock not refreshed for this long (its worker hung or its "
-        "machine died) [600]",
+        help="take over a workspace lock not refreshed for this long, nor for 3 of its "
+        "holder's refreshes (every min(60, its --lock-timeout / 4) s): its machine died or lost "
+        "the shared file system; a hung worker still refreshes its lock: kill it [600]",
     )
     batch.add_argument(
         "--overwrite",

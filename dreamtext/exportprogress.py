@@ -5,7 +5,7 @@ of the run folder ``W`` it exports, there only while it works.
               | "vertex colours" | "turntable" | "writing files",
      "done": int | null, "total": int | null,   # meshing: density chunks; turntable: chunks
      "started": iso8601, "updated": iso8601, "step": int | null, "beat_s": 30.0,
-     "host": str, "pid": int, "pid_start": int | null, "locked": true}
+     "host": str, "pid": int, "pid_start": int | null, "pid_ns": int | null, "locked": true}
 
 ``status.json`` is the training run's record and stays as it is (a finished run stays
 ``finished``, byte for byte, while ``dreamtext export`` works on it); this file says what the

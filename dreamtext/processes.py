@@ -45,28 +45,62 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``, field 22);
-    ``None`` where there is no such file (no such process, or not Linux). With the pid it names
-    one process: a pid is reused by another process after the first ends."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3, the state, first);
+    ``None`` where there is no such file (no such process, or not Linux)."""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as f:
             stat = f.read().decode("ascii", "replace")
         # The command name (field 2) is in parentheses and may hold spaces: count after it.
-        return int(stat[stat.rindex(")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
+        return stat[stat.rindex(")") + 2 :].split()
+    except (OSError, ValueError):
         return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``, field 22);
+    ``None`` where there is no such file (no such process, or not Linux). With the pid it names
+    one process: a pid is reused by another process after the first ends."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None else None
+    except (ValueError, IndexError):
+        return None
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended but is still listed: a zombie (``Z``, killed or exited,
+    not yet reaped by its parent) or dead (``X``); ``os.kill(pid, 0)`` succeeds on both."""
+    fields = _stat_fields(pid)
+    return fields is not None and bool(fields) and fields[0] in ("Z", "X")
+
+
+def _pid_namespace() -> int | None:
+    """The inode of this process's PID namespace (``/proc/self/ns/pid``), ``None`` where there is
+    none to read: a container with its own process ids may keep its host's name."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+PID_NAMESPACE = _pid_namespace()
 
 
 def record_alive(record: dict | None) -> bool | None:
     """Whether the process ``record`` names (``host``, ``pid`` and, where recorded,
-    ``pid_start``: :func:`process_start`) still runs: ``None`` when the record names another
-    machine or no process, which cannot be checked from here. A live process with the pid but
-    another start time is another process (the pid was reused): the recorded one is gone."""
+    ``pid_start``: :func:`process_start`, and ``pid_ns``: its PID namespace) still runs:
+    ``None`` when the record names another machine, another PID namespace (a container that
+    kept its host's name: its pid 1 is not ours) or no process, which cannot be checked from
+    here. A live process with the pid but another start time is another process (the pid was
+    reused): the recorded one is gone; so is one that ended and waits to be reaped (a zombie)."""
     host, pid = (record or {}).get("host"), (record or {}).get("pid")
     if host != HOST or not isinstance(pid, int) or isinstance(pid, bool):
         return None
-    if not pid_alive(pid):
+    namespace = record.get("pid_ns")
+    if namespace is not None and PID_NAMESPACE is not None and namespace != PID_NAMESPACE:
+        return None
+    if not pid_alive(pid) or process_ended(pid):
         return False
     started = record.get("pid_start")
     return started is None or process_start(pid) in (None, started)
@@ -86,9 +120,10 @@ _HELD: dict[str, list] = {}
 
 
 def this_process() -> dict:
-    """The record of this process (``host``, ``pid``, ``pid_start``) that status.json and the
-    workspace lock carry (:func:`record_alive` reads it)."""
-    return {"host": HOST, "pid": os.getpid(), "pid_start": process_start(os.getpid())}
+    """The record of this process (``host``, ``pid``, ``pid_start``, ``pid_ns``) that
+    status.json and the workspace lock carry (:func:`record_alive` reads it)."""
+    pid = os.getpid()
+    return {"host": HOST, "pid": pid, "pid_start": process_start(pid), "pid_ns": PID_NAMESPACE}
 
 
 def same_process(record: dict | None, other: dict | None) -> bool:
@@ -399,6 +434,7 @@ __all__ = [
     "gone_process",
     "lock_folder",
     "pid_alive",
+    "process_ended",
     "process_start",
     "record_alive",
     "record_held",

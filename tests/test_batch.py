@@ -618,6 +618,42 @@ def test_another_hosts_lock_is_taken_over_only_when_older_than_the_timeout(tmp_p
     lock.release()
 
 
+def test_a_shorter_lock_timeout_does_not_take_a_lock_its_holder_still_refreshes(tmp_path, capsys):
+    """A worker at --lock-timeout 10 took over the lock of one at 200, which refreshes it every
+    50 s, 14 s after its last refresh: the holder's run then stopped as taken over."""
+    _lock_file(tmp_path / "a.lock", age=14, host="elsewhere", refresh_s=50.0)
+    assert not WorkspaceLock(tmp_path / "a", 10).acquire()
+    _lock_file(tmp_path / "a.lock", age=140, host="elsewhere", refresh_s=50.0)
+    assert not WorkspaceLock(tmp_path / "a", 10).acquire()  # within 3 of its refreshes
+    _lock_file(tmp_path / "a.lock", age=160, host="elsewhere", refresh_s=50.0)
+    lock = WorkspaceLock(tmp_path / "a", 10)
+    assert lock.acquire()
+    assert "not refreshed for 160 s > 150 s, 3 of its holder's refresh intervals" in (
+        capsys.readouterr().err
+    )
+    lock.release()
+
+
+def test_a_stale_lock_another_worker_claims_first_is_not_recorded_as_taken_over(
+    tmp_path, capsys, monkeypatch
+):
+    """A worker that broke a dead worker's lock, while a third worker claimed the workspace
+    before it could, said "taking over" and recorded took_over for a line it skipped."""
+    _lock_file(tmp_path / "a.lock", age=900, host="elsewhere")
+    lock = WorkspaceLock(tmp_path / "a", 60)
+    breaking = lock._break
+
+    def break_then_lose(stale):
+        broken = breaking(stale)
+        _lock_file(tmp_path / "a.lock", host="elsewhere", token="third")  # fresh: the third's
+        return broken
+
+    monkeypatch.setattr(lock, "_break", break_then_lose)
+    assert not lock.acquire()
+    assert lock.took_over is None and lock.holder["token"] == "third"
+    assert "taking over" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("record", ["", '{"host": "elsew', "[]"])
 def test_a_lock_whose_record_cannot_be_read_is_taken_over_after_a_few_seconds(
     tmp_path, capsys, record

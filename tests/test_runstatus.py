@@ -21,7 +21,7 @@ from dreamtext.runstatus import StatusTracker, error_line, read_status, write_st
 from dreamtext.trainer import TrainingInterrupted, train
 
 KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
-KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib", "host", "pid", "pid_start"}
+KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib", "host", "pid", "pid_start", "pid_ns"}
 
 
 def tiny_config(tmp_path, model, **overrides):
@@ -450,7 +450,7 @@ def test_a_run_whose_process_is_gone_is_taken_over(tmp_path):
 def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_process):
     """After a reboot or a container's restart an unrelated process can get the killed run's pid:
     the workspace looked in use, and the viewer showed the run running."""
-    from dreamtext.processes import HOST, process_start, record_alive, this_process
+    from dreamtext.processes import HOST, PID_NAMESPACE, process_start, record_alive, this_process
 
     started = process_start(other_process)
     assert isinstance(started, int)
@@ -458,6 +458,7 @@ def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_proces
         "host": HOST,
         "pid": os.getpid(),
         "pid_start": process_start(os.getpid()),
+        "pid_ns": PID_NAMESPACE,
     }
     record = {"state": "running", "host": HOST, "pid": other_process, "pid_start": started}
     assert record_alive(record) is True
@@ -467,6 +468,43 @@ def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_proces
     write_status(tmp_path, {**reused, "step": 7, "iters": 20, "phase": "train"})
     assert runstatus.running_elsewhere(read_status(tmp_path)) is None
     trainer.check_workspace(tmp_path, "a red cube", resume=False)  # not refused
+
+
+def test_a_killed_run_its_parent_has_not_reaped_yet_is_not_running(tmp_path):
+    """A run killed (the OOM killer) under a launcher that had not waited for it yet stayed a
+    zombie, which os.kill(pid, 0) finds: its resume was refused as "in use" by a process that
+    could not be stopped, and the viewer showed it running."""
+    from dreamtext.processes import HOST, process_ended, process_start, record_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"host": HOST, "pid": child.pid, "pid_start": process_start(child.pid)}
+        assert record_alive(record) is True and not process_ended(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not process_ended(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_ended(child.pid)  # a zombie: not reaped
+        assert record_alive(record) is False
+        write_status(tmp_path, {**record, "state": "running", "step": 7, "iters": 20})
+        assert runstatus.running_elsewhere(read_status(tmp_path)) is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_record_of_another_pid_namespace_cannot_be_checked_from_here():
+    """A container with its own process ids that kept its host's name: its pid 1 was looked up
+    here, found with another start time, and its live lock taken over at once."""
+    from dreamtext.processes import PID_NAMESPACE, record_alive, this_process
+
+    if PID_NAMESPACE is None:
+        pytest.skip("no /proc/self/ns/pid here")
+    mine = this_process()
+    assert record_alive(mine) is True
+    assert record_alive({**mine, "pid_ns": PID_NAMESPACE + 1}) is None
+    assert record_alive({**mine, "pid": 1, "pid_start": -5, "pid_ns": PID_NAMESPACE + 1}) is None
+    assert record_alive({key: mine[key] for key in ("host", "pid", "pid_start")}) is True
 
 
 def test_a_run_folder_is_told_from_a_folder_with_another_tools_config(tmp_path):
