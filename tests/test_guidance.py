@@ -92,6 +92,57 @@ def test_perp_neg_subtracts_the_perpendicular_part_of_a_negative():
     torch.testing.assert_close(out, expected)
 
 
+def test_perp_neg_projects_with_the_squared_norm_of_the_prompt_direction():
+    """Δ = (2, 0), Δ_k = (4, 1): Δ_k^⊥ = Δ_k − (Δ_k·Δ / ‖Δ‖²) Δ = (0, 1), and
+    ε̂ = ε_c + s (Δ − w Δ^⊥) = (2, 0) + 5 (2, −2) = (12, −10). With ‖Δ‖ = 1 (the test above)
+    ‖Δ‖ and ‖Δ‖² agree, so only a longer Δ tells the projection from a wrong one."""
+    uncond = torch.zeros(1, 1, 1, 2)
+    cond = torch.tensor([2.0, 0.0]).reshape(1, 1, 1, 2)
+    negative = torch.tensor([4.0, 1.0]).reshape(1, 1, 1, 1, 2)
+    out = perp_neg_guidance(uncond, cond, negative, torch.tensor([[2.0]]), 5.0)
+    torch.testing.assert_close(out, torch.tensor([12.0, -10.0]).reshape(1, 1, 1, 2))
+
+
+def test_perp_neg_sums_its_weighted_negatives():
+    """Two negatives, Δ^⊥ = (0, 1) and (0, −3), weights 2 and 1, Δ = (1, 0):
+    Δ − Σ_k w_k Δ_k^⊥ = (1, 1), so ε̂ = (1, 0) + 5 (1, 1) = (6, 5); a mean over the negatives
+    gives (3.5, 2.5)."""
+    uncond = torch.zeros(1, 1, 1, 2)
+    cond = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 2)
+    negatives = torch.tensor([[4.0, 1.0], [0.0, -3.0]]).reshape(1, 2, 1, 1, 2)
+    out = perp_neg_guidance(uncond, cond, negatives, torch.tensor([[2.0, 1.0]]), 5.0)
+    torch.testing.assert_close(out, torch.tensor([6.0, 5.0]).reshape(1, 1, 1, 2))
+
+
+def test_each_perp_neg_negative_is_predicted_at_its_own_samples_time():
+    """A batch of two views with two negatives each: the U-Net's rows are [uncond × 2,
+    cond × 2, the negatives of view 0, those of view 1], so their times are
+    [t0, t1, t0, t1, t0, t0, t1, t1]; ``repeat`` in place of ``repeat_interleave`` gave view 0's
+    second negative view 1's time."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    class Unet:
+        def __call__(self, x, t, encoder_hidden_states):
+            seen["t"] = t.clone()
+            return SimpleNamespace(sample=torch.zeros_like(x))
+
+    class Prompts:
+        def get(self, labels):
+            return torch.zeros(len(labels), 3, 4), torch.ones(len(labels), 3, 4)
+
+        def negatives(self, labels):
+            return torch.full((len(labels), 2, 3, 4), 2.0), torch.ones(len(labels), 2)
+
+    guidance = object.__new__(StableDiffusionGuidance)
+    guidance.cfg = GuidanceConfig(perp_neg=True)
+    guidance.prompts, guidance.unet, guidance.prediction_type = Prompts(), Unet(), "epsilon"
+    guidance.models = SimpleNamespace(unet=None, unet_input=lambda x: x)
+    guidance.predict_noise(torch.randn(2, 4, 2, 2), torch.tensor([100, 700]), ["side", "back"])
+    assert seen["t"].tolist() == [100, 700, 100, 700, 100, 100, 700, 700]
+
+
 def test_perp_neg_without_negatives_is_classifier_free_guidance():
     torch.manual_seed(3)
     uncond, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
@@ -158,6 +209,14 @@ def test_annealing_never_raises_the_upper_end_and_the_top_time_is_in_the_schedul
         assert int(t.max()) == 300
     top = sample_timesteps(100, (0.9996, 1.0), 1000, generator=gen)
     assert set(top.tolist()) == {999}
+
+
+def test_annealing_past_the_end_of_training_stays_at_the_anneal_end():
+    """A progress above 1 (a caller's step past its iters) keeps t_max at the anneal end (500),
+    not past it (260 at 1.5)."""
+    generator = torch.Generator().manual_seed(0)
+    t = sample_timesteps(4000, (0.02, 0.98), 1000, 1.5, True, generator, anneal_end=0.5)
+    assert int(t.max()) == 500
 
 
 def test_without_annealing_progress_does_not_matter():

@@ -464,3 +464,77 @@ def test_importance_samples_refine_the_bin_a_surface_begins_in():
             ]
         errors[upsample] = (torch.stack(depths) - 1.75).abs().mean().item()
     assert errors[0] > 0.01 and errors[32] < 0.004, errors
+
+
+# ----------------------------------------------------------------------------------------------
+# Formulas on values: each of these caught a one-character change the tests above let through
+
+
+def test_the_orientation_loss_turns_normals_and_leaves_density_alone():
+    """DreamFusion's orientation term Σ stopgrad(w) max(0, n·d)²: without the stop-gradient
+    it trains density down instead of turning the normals."""
+    field = SlabField(sigma=5.0, normal=(0.0, 0.0, -1.0))  # facing away from the rays' origin
+    rays_o, rays_d = rays_down_z()
+    out = renderer("occupancy", need_normals=True).render_rays(field, rays_o, rays_d)
+    out["loss_orientation"].backward()
+    assert field.normal.grad is not None and field.normal.grad.abs().sum() > 0
+    assert field.sigma.grad is None or field.sigma.grad.item() == 0.0
+
+
+def test_the_orientation_loss_squares_the_cosine():
+    """A normal 60° from the ray (n·d = ½): each ray's term is ¼ of its opacity (½ unsquared)."""
+    field = SlabField(sigma=5.0, normal=(math.sqrt(0.75), 0.0, -0.5))
+    rays_o, rays_d = rays_down_z()
+    out = renderer("dense", need_normals=True).render_rays(field, rays_o, rays_d)
+    expected = 0.25 * out["opacity"].mean().item()
+    assert out["loss_orientation"].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_depth_is_where_the_field_was_queried():
+    """One opaque interval [1.0, 1.5], queried at its start (x = o + t_start d): depth 1.0."""
+    from dreamtext.renderer import RayBundle
+    from dreamtext.samplers import RaySamples
+
+    field = SlabField(sigma=1000.0, half_width=5.0)
+    rays = RayBundle(torch.zeros(1, 3), torch.tensor([[0.0, 0.0, 1.0]]), torch.zeros(1, 3))
+    one = RaySamples(torch.zeros(1, dtype=torch.long), torch.tensor([1.0]), torch.tensor([1.5]), 1)
+    with torch.no_grad():
+        out = VolumeRenderer(RenderConfig(occupancy_grid=False)).composite(
+            field, rays, one, "albedo", 0.1
+        )
+    assert out["depth"].item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_background_term_carries_the_opacity_gradient():
+    """A slab of thickness L = 0.5 on a white background: rgb = a (1 − e^{−σL}) + bg e^{−σL}, so
+    ∂Σ_c rgb_c/∂σ = Σ_c (a_c − bg_c) L e^{−σL} = (1.7 − 3) · 0.5 · e^{−1} = −0.2391 at σ = 2.
+    With the background's (1 − opacity) detached it is −0.79: SDS could not carve against the
+    background."""
+    field = SlabField(sigma=2.0, half_width=0.25)
+    rays_o, rays_d = rays_down_z(1)
+    renderer("dense").render_rays(field, rays_o, rays_d)["rgb"].sum().backward()
+    expected = (0.2 + 0.6 + 0.9 - 3.0) * 0.5 * math.exp(-1.0)
+    assert field.sigma.grad.item() == pytest.approx(expected, abs=5e-3)
+
+
+def test_a_background_per_pixel_lands_on_its_pixel():
+    """``background: [B, H, W, 3]`` on an empty scene is the image itself."""
+    empty = SlabField(sigma=0.0)
+    background = torch.rand(1, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    out = renderer("occupancy", march_steps=16).render(
+        empty, two_cameras()[:1], 2, 3, background=background
+    )
+    assert torch.equal(out["rgb"], background)
+
+
+def test_inverse_cdf_sampling_normalises_weights_that_sum_below_one():
+    """Compositing weights sum to the ray's opacity (≤ 1): [0.1, 0.3] over bins [0, 1], [1, 3]
+    split the samples as [1, 3] do, a quarter in the first bin."""
+    t = sample_pdf(torch.tensor([[0.0, 1.0, 3.0]]), torch.tensor([[0.1, 0.3]]), 100, False)
+    assert int((t < 1.0).sum()) == 25
+
+
+def test_inverse_cdf_sampling_takes_evenly_spaced_quantiles():
+    """Two equal bins [0, 1], [1, 2], two samples without jitter: u = ¼, ¾ → t = ½, 3/2."""
+    t = sample_pdf(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[1.0, 1.0]]), 2, False)
+    torch.testing.assert_close(t, torch.tensor([[0.5, 1.5]]))
