@@ -40,6 +40,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from dreamtext.errors import DreamtextError
+from dreamtext.exportflags import MIN_DECIMATE
 from dreamtext.field import MAX_DENSITY
 from dreamtext.progress import bar_options, tqdm
 
@@ -1015,7 +1016,11 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
         if _refine_tips(simplified, start, tips, reference, None) is not None:
             valence = np.bincount(np.asarray(simplified.faces).ravel(), minlength=len(start))
             reserve = int(TIP_FACES * valence[tips[:TIP_MAX]].sum())
-            again = _decimate_once(mesh, target_faces - reserve)
+            # A small target leaves no room (fast-simplification refuses a target ≤ 0 with a
+            # ValueError): the first decimation is kept.
+            again = None
+            if target_faces - reserve >= MIN_DECIMATE:
+                again = _decimate_once(mesh, target_faces - reserve)
             if again is not None and not folded_faces(again[0]).any():
                 current, current_start, current_moved = again
                 current_tips = _lifted_tips(current, current_start, current_moved)

@@ -19,6 +19,7 @@ from analytic_field import (
 
 import dreamtext.mesh as mesh_module
 from dreamtext.errors import DreamtextError
+from dreamtext.exportflags import MIN_DECIMATE
 from dreamtext.mesh import (
     SURFACE_DEPTH,
     bake_texture,
@@ -678,6 +679,33 @@ def test_decimate_makes_room_for_a_tip_it_refines_and_keeps_its_target(monkeypat
     else:
         assert targets == [target]
         assert len(out.faces) == len(unfolded.faces) and gap > edge
+
+
+def test_decimate_to_a_target_that_leaves_no_room_for_a_tip_keeps_its_first_decimation(
+    monkeypatch,
+):
+    """``--decimate 14`` of a noisy torus: the second decimation, made to leave room for a
+    refined tip, asked fast-simplification for 14 − 16 = −2 faces, and its ValueError ended the
+    export in a traceback. A target under the reserve plus a closed mesh's fewest faces keeps
+    the first decimation."""
+    unfolded, start, moved, reference, _ = _lifted_pit_tip(1.0)
+    targets = []
+
+    def decimate_once(mesh, target_faces):
+        if target_faces <= 0:
+            raise ValueError("target_count must be greater than 0")  # as fast-simplification
+        targets.append(target_faces)
+        return unfolded, start, moved
+
+    monkeypatch.setattr(mesh_module, "_decimate_once", decimate_once)
+    monkeypatch.setattr(mesh_module, "_Reference", lambda mesh: reference)
+    spokes = int((np.asarray(unfolded.faces) == 0).any(axis=1).sum())
+    reserve = mesh_module.TIP_FACES * spokes
+    fine = trimesh.creation.icosphere(subdivisions=5)
+    for target in (reserve - 2, reserve + MIN_DECIMATE - 1):
+        targets.clear()
+        out = decimate(fine, target)
+        assert targets == [target] and len(out.faces) == len(unfolded.faces)
 
 
 def test_a_refinement_that_turns_a_face_inward_is_not_kept():
