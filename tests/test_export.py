@@ -495,11 +495,12 @@ def test_an_export_colours_its_surface_in_empty_space_from_the_matter(tmp_path):
     """Through ``export_field``, not the bake alone: the export passes its cell size, so no
     texel and no PLY vertex takes the pale albedo of the empty space round a hard-walled ball
     (without it 37 % of the texels and 47 % of the vertices did)."""
-    export_field(
-        matter_ball(),
-        tmp_path,
-        small_options(video=False, formats=("glb", "ply"), threshold=None),
-    )
+    from analytic_field import SolidField
+
+    ball = SolidField(lambda x: x.norm(dim=-1) <= 0.4, 0.0, noisy=False)  # a hard wall
+    green, pale = torch.tensor(MATTER_GREEN), torch.tensor(UNTRAINED_PALE)
+    ball.albedo = lambda x: torch.where(x.norm(dim=-1, keepdim=True) <= 0.4, green, pale)
+    export_field(ball, tmp_path, small_options(video=False, formats=("glb", "ply"), threshold=None))
     ply = trimesh.load(tmp_path / "mesh" / "mesh.ply", process=False)
     vertices = ply.visual.vertex_colors[:, :3] / 255.0
     assert not (np.abs(vertices - UNTRAINED_PALE).max(axis=1) < 0.05).any()
