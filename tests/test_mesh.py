@@ -649,6 +649,26 @@ def test_a_pit_tip_is_not_refined_past_the_face_budget():
     assert mesh_module._refine_tips(unfolded, start, tips, reference, budget) is None
 
 
+def _decimations_leave_the_lifted_tip(monkeypatch, width: float) -> tuple[list[int], int]:
+    """Every decimation ``decimate`` asks for returns the lifted-tip mesh of
+    :func:`_lifted_pit_tip` (fast-simplification does not leave one on a mesh small enough for
+    a test), refusing a target ≤ 0 as fast-simplification does. Returns the targets asked for
+    (filled as it runs) and the faces a refinement of its tip reserves."""
+    unfolded, start, moved, reference, _ = _lifted_pit_tip(width)
+    targets: list[int] = []
+
+    def decimate_once(mesh, target_faces):
+        if target_faces <= 0:
+            raise ValueError("target_count must be greater than 0")
+        targets.append(target_faces)
+        return unfolded, start, moved
+
+    monkeypatch.setattr(mesh_module, "_decimate_once", decimate_once)
+    monkeypatch.setattr(mesh_module, "_Reference", lambda mesh: reference)
+    spokes = int((np.asarray(unfolded.faces) == 0).any(axis=1).sum())
+    return targets, mesh_module.TIP_FACES * spokes
+
+
 @pytest.mark.parametrize("width, refined", [(1.0, True), (0.5, False)])
 def test_decimate_makes_room_for_a_tip_it_refines_and_keeps_its_target(monkeypatch, width, refined):
     """Through ``decimate`` itself: where the trial refinement of a lifted tip wins, the mesh is
@@ -656,17 +676,8 @@ def test_decimate_makes_room_for_a_tip_it_refines_and_keeps_its_target(monkeypat
     result is returned, within the target; where it does not win (a pit half a face wide), the
     first decimation is returned and there is no second one. fast-simplification is replaced by
     the lifted-tip mesh (it does not leave one on a mesh small enough for a test)."""
-    unfolded, start, moved, reference, edge = _lifted_pit_tip(width)
-    targets = []
-
-    def decimate_once(mesh, target_faces):
-        targets.append(target_faces)
-        return unfolded, start, moved
-
-    monkeypatch.setattr(mesh_module, "_decimate_once", decimate_once)
-    monkeypatch.setattr(mesh_module, "_Reference", lambda mesh: reference)
-    spokes = int((np.asarray(unfolded.faces) == 0).any(axis=1).sum())
-    reserve = mesh_module.TIP_FACES * spokes
+    unfolded, start, _, _, edge = _lifted_pit_tip(width)
+    targets, reserve = _decimations_leave_the_lifted_tip(monkeypatch, width)
     target = len(unfolded.faces) + reserve
     fine = trimesh.creation.icosphere(subdivisions=5)  # more faces than the target
     out = decimate(fine, target)
@@ -688,19 +699,8 @@ def test_decimate_to_a_target_that_leaves_no_room_for_a_tip_keeps_its_first_deci
     refined tip, asked fast-simplification for 14 − 16 = −2 faces, and its ValueError ended the
     export in a traceback. A target under the reserve plus a closed mesh's fewest faces keeps
     the first decimation."""
-    unfolded, start, moved, reference, _ = _lifted_pit_tip(1.0)
-    targets = []
-
-    def decimate_once(mesh, target_faces):
-        if target_faces <= 0:
-            raise ValueError("target_count must be greater than 0")  # as fast-simplification
-        targets.append(target_faces)
-        return unfolded, start, moved
-
-    monkeypatch.setattr(mesh_module, "_decimate_once", decimate_once)
-    monkeypatch.setattr(mesh_module, "_Reference", lambda mesh: reference)
-    spokes = int((np.asarray(unfolded.faces) == 0).any(axis=1).sum())
-    reserve = mesh_module.TIP_FACES * spokes
+    unfolded = _lifted_pit_tip(1.0)[0]
+    targets, reserve = _decimations_leave_the_lifted_tip(monkeypatch, 1.0)
     fine = trimesh.creation.icosphere(subdivisions=5)
     for target in (reserve - 2, reserve + MIN_DECIMATE - 1):
         targets.clear()
