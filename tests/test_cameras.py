@@ -1,5 +1,7 @@
 """Cameras: the thesis's pose ranges (ch. 6.1.5), view labels (ch. 6.1.7), pinhole rays."""
 
+import math
+
 import pytest
 import torch
 
@@ -225,3 +227,64 @@ def test_box_cameras_outside_the_angle_ranges_are_warned_about():
     assert above is not None and "cameras.polar_range [30.0, 100.0]" in above
     assert box_outside_ranges(CameraRange()) is None  # the thesis's ranges hold the box
     assert box_outside_ranges(CameraRange(azimuth_range=(0.0, 180.0), box_fraction=0.0)) is None
+
+
+# --- formulas on values: each guards a one-character change the tests above let through ---
+
+
+def test_rays_of_a_camera_on_the_x_axis_use_its_rotation_not_its_transpose():
+    """Guards against ``einsum("bhwk,bkc->bhwc")`` (rays rotated by Rᵀ instead of R).
+
+    orbit_poses(1, polar=90, start=90, radius=2): eye = 2 (sin90 sin90, cos90, sin90 cos90) =
+    (2, 0, 0). look_at: back = +x, right = (+y) × (+x) = (0, 0, −1), up = back × right = +y.
+    A 1 × 2 image at fovy 90: f = H / (2 tan 45°) = 0.5. Pixel (0, 1) looks along camera-space
+    ((1.5 − 1)/0.5, −(0.5 − 0.5)/0.5, −1) = (1, 0, −1), i.e. world right − back =
+    (−1, 0, −1)/√2; pixel (0, 0) along −right − back = (−1, 0, 1)/√2. Both point towards the
+    origin (x component < 0). With Rᵀ they were (1, 0, ±1)/√2: away from the object. The
+    project's ray test uses only a camera on +z, whose R is the identity.
+    """
+    poses = orbit_poses(1, polar=90.0, radius=2.0, fovy=90.0, start=90.0)
+    torch.testing.assert_close(poses.eye[0], torch.tensor([2.0, 0.0, 0.0]), atol=1e-6, rtol=0)
+    _, rays_d = get_rays(poses.c2w, poses.fovy, 1, 2)
+    expected = torch.tensor(
+        [[-math.sqrt(0.5), 0.0, math.sqrt(0.5)], [-math.sqrt(0.5), 0.0, -math.sqrt(0.5)]]
+    )
+    torch.testing.assert_close(rays_d[0, 0], expected, atol=1e-6, rtol=0)
+
+
+def test_a_camera_straight_below_has_the_basis_its_neighbours_tend_to():
+    """Guards against dropping ``world_up *= sign(back_y)``.
+
+    Just off the bottom pole, eye = (0, −1, ε): back ≈ (0, −1, ε), right = (+y) × back ≈ +x,
+    up = back × right ≈ (0, ε, 1) → +z. So the camera exactly below (eye (0, −2, 0)) must have
+    right = (1, 0, 0), up = (0, 0, 1), back = (0, −1, 0); without the sign its reference is −z
+    and the image turns 180° (right = −x, up = −z) compared with its neighbours.
+    """
+    c2w = look_at(torch.tensor([[0.0, -2.0, 0.0], [0.0, -2.0, 1e-3]]))
+    expected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]).T
+    torch.testing.assert_close(c2w[0, :3, :3], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(c2w[1, :3, :3], expected, atol=1e-3, rtol=0)
+
+
+def test_each_sampled_camera_has_its_own_radius_across_the_range():
+    """Guards against ``eye = direction * radius.mean()``.
+
+    radius ~ U[1, 1.5] per camera: of 4000 cameras, the chance that none is below 1.05 is
+    0.9^4000 ≈ 0 (and the same above 1.45); with one shared radius all are ≈ 1.25.
+    """
+    poses = sample_poses(4000, CameraRange(), torch.Generator().manual_seed(0))
+    radius = poses.eye.norm(dim=-1)
+    assert float(radius.min()) < 1.05 and float(radius.max()) > 1.45
+    assert 0.12 < float(radius.std()) < 0.17  # 0.5 / √12 = 0.144
+
+
+def test_a_polar_range_that_holds_the_box_gets_no_warning():
+    """Guards against ``high < 120`` for ``high < 90`` in box_outside_ranges.
+
+    Box cameras have θ ∈ [0°, 90°]; polar_range (0, 100) holds all of them, so no warning;
+    (0, 80) does not (θ ∈ (80°, 90°] is outside), so it warns.
+    """
+    assert box_outside_ranges(CameraRange(polar_range=(0.0, 100.0))) is None
+    assert box_outside_ranges(CameraRange(polar_range=(0.0, 90.0))) is None
+    said = box_outside_ranges(CameraRange(polar_range=(0.0, 80.0)))
+    assert said is not None and "cameras.polar_range [0.0, 80.0]" in said

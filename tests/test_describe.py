@@ -755,3 +755,67 @@ def test_a_workspace_taken_over_mid_search_stops_it_before_the_sentence(tmp_path
     assert not (workspace / "descriptor" / "sentence.json").exists()
     # The last status is the one written before the takeover: the new holder's to replace.
     assert json.loads((workspace / "status.json").read_text())["state"] == "running"
+
+
+# --- formulas on values: each guards a one-character change the tests above let through ---
+
+
+def table_score(table: dict[str, float]):
+    """A scorer for search_sentence: each sentence's score from ``table`` (0 if absent)."""
+    return lambda sentences: torch.tensor(
+        [table.get(s, 0.0) for s in sentences], dtype=torch.float64
+    )
+
+
+def test_adjust_replaces_the_last_word_too():
+    """Guards against ``range(len(words) - 1)`` in step 3.
+
+    Scores (all other sentences 0): "a cube" .1; step 2 picks "a red cube" (.5) then
+    "a red big cube" (.6; "a red tall cube" .55), max_words 2. Adjust, pass 1: position 0 →
+    "a tall big cube" (.7); position 1 → "a tall red cube" (.8). Pass 2 changes nothing.
+    Result: "An image of a tall red cube", 0.8. Skipping the last place ends at
+    "a tall big cube", 0.7.
+    """
+    s = {
+        "a cube": 0.1,
+        "a red cube": 0.5,
+        "a big cube": 0.3,
+        "a tall cube": 0.2,
+        "a red big cube": 0.6,
+        "a red tall cube": 0.55,
+        "a tall big cube": 0.7,
+        "a tall red cube": 0.8,
+    }
+    table = {f"An image of {k}": v for k, v in s.items()}
+    result = search_sentence(
+        table_score(table),
+        ["cube"],
+        ["red", "big", "tall"],
+        max_words=2,
+        noun="cube",
+        quantifier="a",
+        adjust=True,
+    )
+    assert result.sentence == "An image of a tall red cube"
+    assert result.score == pytest.approx(0.8)
+    assert result.step_scores == pytest.approx({"noun": 0.1, "words": 0.6, "adjust": 0.8})
+
+
+def test_ties_follow_the_documented_orders():
+    """Guards against adjectives before nouns in the vocabulary and noun-major
+    nesting in step 1. Module docstring: step 1 is quantifier × noun
+    (quantifier outermost), step 2 tries nouns then adjectives; ties go to the earliest.
+
+    Step 1: "a dogs" and "an dog" tie at 0.5; quantifier-major order tries ("a", dog),
+    ("a", dogs), ("an", dog)…, so "a dogs" comes first. Step 2: "a ball dogs" (noun) and
+    "a red dogs" (adjective) tie at 0.9: the noun comes first.
+    """
+    table = {
+        "An image of a dogs": 0.5,
+        "An image of an dog": 0.5,
+        "An image of a ball dogs": 0.9,
+        "An image of a red dogs": 0.9,
+    }
+    result = search_sentence(table_score(table), ["dog", "ball"], ["red"], max_words=1)
+    assert (result.quantifier, result.noun) == ("a", "dogs")
+    assert result.words == ["ball"]

@@ -517,3 +517,96 @@ def test_descriptor_training_says_in_status_json_that_it_runs_or_failed(
     failed = json.loads((workspace / "status.json").read_text())
     assert (failed["state"], failed["phase"]) == ("failed", "descriptor")
     assert failed["error"] == "RuntimeError: the GPU fell off"
+
+
+# --- formulas on values: each guards a one-character change the tests above let through ---
+
+
+def test_crop_windows_reach_every_offset_including_the_last():
+    """Guards against ``randint(0, height - h)`` (the last offset never drawn).
+
+    A 2 × 2 image [[0, 1], [2, 3]], crop_fraction 0.5: a 1 × 1 window at (top, left) ∈
+    {0, 1}², resized back to 2 × 2, is that one pixel's value. Over 40 seeds every one of
+    0, 1, 2, 3 must appear (chance of missing one by luck: 4 · 0.75^40 ≈ 4e-5); with the
+    off-by-one only the window (0, 0) exists.
+    """
+    augment = ImageAugmentation(2, AugmentConfig(crop_p=1.0, crop_fraction=0.5))
+    image = torch.tensor([[0.0, 1.0], [2.0, 3.0]]).expand(1, 1, 2, 2)
+    seen = set()
+    for seed in range(40):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = augment.crop(image)
+        assert torch.all(out == out.flatten()[0])
+        seen.add(float(out.flatten()[0]))
+    assert seen == {0.0, 1.0, 2.0, 3.0}
+
+
+def _red_square(size: int) -> torch.Tensor:
+    image = torch.ones(1, 3, size, size)
+    image[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = torch.tensor(
+        [0.8, 0.1, 0.1]
+    )[:, None, None]
+    return image
+
+
+def test_noised_latents_follow_the_forward_process(tiny_sd_path):
+    """Guards against ``x_t = ᾱ x0 + (1 − ᾱ) ε`` for ``√ᾱ x0 + √(1 − ᾱ) ε``.
+
+    With ᾱ_t = 0.25 for every t: x_t = 0.5 x0 + √0.75 ε = 0.5 x0 + 0.8660254 ε (the wrong
+    form gives 0.25 x0 + 0.75 ε).
+    """
+    trainer = _trainer(tiny_sd_path)
+    models = trainer.models
+    models.alphas_cumprod = torch.full_like(models.alphas_cumprod, 0.25)
+    x0, noise, x_t, _ = trainer.noisy_batch(_red_square(models.resolution), step=1)
+    torch.testing.assert_close(x_t, 0.5 * x0 + 0.8660254 * noise, atol=1e-5, rtol=1e-5)
+
+
+def test_timesteps_are_drawn_from_the_whole_schedule(tiny_sd_path):
+    """Guards against a narrowed t range: t ~ U{0, …, T − 1}. With a batch of 64
+    the chance that no t reaches T/2 is 2^−64, and that none is below T/2 too."""
+    trainer = _trainer(tiny_sd_path, batch_size=64)
+    big = trainer.models.num_train_timesteps
+    _, _, _, t = trainer.noisy_batch(_red_square(trainer.models.resolution), step=1)
+    assert int(t.min()) >= 0 and int(t.max()) < big
+    assert int(t.max()) >= big // 2 and int(t.min()) < big // 2
+
+
+def test_the_base_term_conditions_on_the_base_sentence(tiny_sd_path):
+    """Guards against ``tau_base = encode(full_prompt)``. Eq. 5.3's τ_b is the
+    sentence without descriptors, "An image of a cube"; the full one, at the start, means
+    "An image of a red cube", so the two hidden states differ."""
+    trainer = _trainer(tiny_sd_path)
+    assert trainer.base_prompt == "An image of a cube"
+    with torch.no_grad():
+        base = trainer.text_encoder(trainer.token_ids("An image of a cube"))[0]
+        full = trainer.encode(trainer.full_prompt)
+    torch.testing.assert_close(trainer.tau_base, base)
+    assert not torch.allclose(trainer.tau_base, full)
+
+
+def test_two_seeds_do_not_share_batches_one_step_apart(tiny_sd_path):
+    """Guards against the per-step seed ``seed + step`` for ``seed · 1000003 + step``
+    : with it, seed 1's step 1 was seed 0's step 2 (same image copy, t
+     and noise), so --seed 1 replayed --seed 0 one step late."""
+    trainer = _trainer(tiny_sd_path)
+    image = _red_square(trainer.models.resolution)
+    trainer.options.seed = 0
+    noise_a = trainer.noisy_batch(image, step=2)[1]
+    trainer.options.seed = 1
+    noise_b = trainer.noisy_batch(image, step=1)[1]
+    assert not torch.equal(noise_a, noise_b)
+
+
+def test_a_sentence_of_exactly_the_limit_is_accepted(tiny_sd_path):
+    """Guards against ``count >= limit``: the text encoder reads
+    model_max_length tokens, start and end included, so a prompt of exactly that many is
+    whole. Set the limit to the prompt's own count n: accepted; to n − 1: refused."""
+    trainer = _trainer(tiny_sd_path)
+    n = len(trainer.tokenizer(trainer.full_prompt, truncation=False).input_ids)
+    trainer.tokenizer.model_max_length = n
+    trainer.check_length(())
+    trainer.tokenizer.model_max_length = n - 1
+    with pytest.raises(DreamtextError):
+        trainer.check_length(())

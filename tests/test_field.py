@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from dreamtext.errors import DreamtextError
-from dreamtext.field import FieldConfig, NeRFField, field_config_from_dict, field_config_to_dict
+from dreamtext.field import (
+    FieldConfig,
+    NeRFField,
+    activate_density,
+    density_slope,
+    field_config_from_dict,
+    field_config_to_dict,
+    frequency_encoding,
+)
 
 # A small grid and MLP: the behaviours under test do not depend on the sizes.
 SMALL = dict(
@@ -635,3 +643,65 @@ def test_a_render_of_no_rays_is_empty_not_an_error():
         with torch.no_grad():
             out = renderer.render_rays(field, torch.zeros(0, 3), torch.zeros(0, 3))
         assert out["rgb"].shape == (0, 3) and out["opacity"].shape[0] == 0
+
+
+# --- formulas on values: each guards a one-character change the tests above let through ---
+
+
+def test_exp_density_gradient_is_truncated_at_15_not_earlier():
+    """Guards against a smaller ``EXP_GRAD_CLAMP``.
+
+    σ = exp(raw), dσ/draw = exp(min(raw, 15)): at raw = 10 it is e^10 = 22026.47, at raw = 20
+    it is e^15 = 3269017.4 (the forward value stays e^20).
+    """
+    raw = torch.tensor([10.0, 20.0], requires_grad=True)
+    sigma = activate_density(raw, "exp")
+    sigma.sum().backward()
+    torch.testing.assert_close(raw.grad, torch.tensor([22026.465, 3269017.5]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        density_slope(torch.tensor([10.0, 20.0]), "exp"), torch.tensor([22026.465, 3269017.5])
+    )
+
+
+def test_softplus_slope_is_the_logistic_of_raw():
+    """Guards against ``sigmoid(-raw)``. d softplus(r)/dr = 1/(1 + e^−r): at r = 2,
+    0.880797; at r = −2, 0.119203. (Its only caller normalises the gradient, so this is the
+    public function's contract, not a rendered difference.)"""
+    torch.testing.assert_close(
+        density_slope(torch.tensor([2.0, -2.0]), "softplus"),
+        torch.tensor([0.880797, 0.119203]),
+        rtol=0,
+        atol=1e-6,
+    )
+
+
+def test_frequency_encoding_values():
+    """Guards against dropping ``π`` from γ: a checkpoint's background MLP read other
+    inputs than it was trained on.
+
+    γ(d) = (d, sin(2^k π d), cos(2^k π d)), K = 1, d = (0.5, 0.25, 0):
+    (0.5, 0.25, 0, sin(π/2)=1, sin(π/4)=0.70711, 0, cos(π/2)=0, cos(π/4)=0.70711, 1).
+    """
+    got = frequency_encoding(torch.tensor([[0.5, 0.25, 0.0]]), 1)
+    want = torch.tensor([[0.5, 0.25, 0.0, 1.0, math.sqrt(0.5), 0.0, 0.0, math.sqrt(0.5), 1.0]])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_background_depends_on_the_direction_only():
+    """Guards against dropping ``F.normalize(dirs)`` in background: the background is
+    the colour where a ray *along* ``dirs`` leaves, so background(3 d) = background(d)."""
+    torch.manual_seed(0)
+    field = NeRFField(
+        FieldConfig(
+            num_levels=2,
+            log2_hashmap_size=8,
+            base_resolution=4,
+            finest_resolution_factor=8.0,
+            hidden_dim=8,
+            num_blocks=1,
+            bg_hidden_dim=8,
+            encoding="torch",
+        )
+    )
+    d = torch.tensor([[0.3, -0.5, 0.81], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(field.background(3.0 * d), field.background(d))

@@ -237,3 +237,19 @@ def test_a_prompt_that_fits_with_every_view_label_is_accepted(tokenizer, text_en
 def test_a_negative_prompt_longer_than_the_encoder_reads_is_refused(tokenizer, text_encoder):
     with pytest.raises(DreamtextError, match="negative prompt is 82 tokens"):
         PromptEmbeddings(tokenizer, text_encoder, "a cube", negative=" ".join(["blurry"] * 80))
+
+
+# --- formulas on values: each guards a one-character change the tests above let through ---
+
+
+def test_perp_neg_negatives_this_run_has_no_prompt_for_are_dropped(tokenizer, text_encoder):
+    """Guards against keeping every negative of a used label: ``{"back": {"front": 2,
+    "left side": 1}}`` on a run without split_sides (no "left side" prompt) must give "back"
+    one negative, the front prompt at weight 2 (K = 1), not a KeyError at the first back view.
+    """
+    weights = {"back": {"front": 2.0, "left side": 1.0}}
+    prompts = PromptEmbeddings(tokenizer, text_encoder, "a dog", perp_neg_weights=weights)
+    assert prompts.perp_neg_weights == {"back": {"front": 2.0}}
+    embeds, w = prompts.negatives(["back"])
+    assert w.tolist() == [[2.0]]
+    torch.testing.assert_close(embeds[0, 0], prompts.cond["front"])
