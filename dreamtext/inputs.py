@@ -155,9 +155,16 @@ def own_config_file(
     """The ``--config`` file that lies in ``workspace`` (the folder the command runs in), such
     as ``RUN/config.json`` typed without ``--workspace``: the run recorded there is the one the
     command would continue or replace, not a new one beside it. ``None`` when none does."""
-    folder = Path(workspace).resolve()
+    # os.path.realpath, not Path.resolve: a symlink loop there raises RuntimeError (a traceback
+    # before the checks that name it in one line).
+    folder = Path(os.path.realpath(workspace))
     return next(
-        (path for path in config_files_list(config_file) if path.resolve().parent == folder), None
+        (
+            path
+            for path in config_files_list(config_file)
+            if Path(os.path.realpath(path)).parent == folder
+        ),
+        None,
     )
 
 
@@ -320,7 +327,7 @@ def owner_value(kind: str, prompt: str) -> str:
     for text→3D (an accent typed as a combining mark is the same prompt, in the same folder:
     :func:`slugify`), the image's absolute path for image→3D."""
     if kind == "image":
-        return str(Path(prompt).resolve())
+        return os.path.realpath(prompt)  # as Path.resolve, without its RuntimeError on a loop
     return unicodedata.normalize("NFC", prompt)
 
 
@@ -483,19 +490,26 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
         first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
         step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
         last = int(env["SLURM_ARRAY_TASK_MAX"]) if "SLURM_ARRAY_TASK_MAX" in env else None
-        if "SLURM_ARRAY_TASK_COUNT" in env:
-            count = int(env["SLURM_ARRAY_TASK_COUNT"])
-        else:
-            count = (int(env["SLURM_ARRAY_TASK_MAX"]) - first) // step + 1
+        given = int(env["SLURM_ARRAY_TASK_COUNT"]) if "SLURM_ARRAY_TASK_COUNT" in env else None
+        if given is None and last is None:
+            raise KeyError("SLURM_ARRAY_TASK_MAX")
     except (KeyError, ValueError):
         raise DreamtextError(
             "cannot read this SLURM array task's share from SLURM_ARRAY_TASK_ID/_MIN/_COUNT; "
             "pass --shard K/N"
         ) from None
+    # Checked before the count is worked out from it: a step of 0 divided by zero.
     if step < 1:
         raise DreamtextError(
             f"SLURM_ARRAY_TASK_STEP is {step}, not a step of an array range; submit the array "
             "as a range (--array=0-7) or pass --shard K/N"
+        )
+    count = given if given is not None else (last - first) // step + 1
+    if count < 1:
+        said = f"SLURM_ARRAY_TASK_COUNT {given}" if given is not None else f"ids {first} to {last}"
+        raise DreamtextError(
+            f"this SLURM array has no task ({said}); submit the array as a range "
+            "(--array=0-7) or pass --shard K/N"
         )
     index, off_step = divmod(task - first, step)
     # --array=3,5,6 (a list, as when only some tasks of an array are submitted again) has its
@@ -573,6 +587,18 @@ def check_root_writable(root: Path) -> None:
         )
 
 
+def unreachable_link(path: Path) -> str:
+    """What the link ``path``, whose target cannot be reached, is: a link to a path that does
+    not exist, or one that leads back to itself (``l1 → l2 → l1``), which was "a link to l2,
+    which does not exist" of an ``l2`` that does."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"a link that leads back to itself ({path} → {os.readlink(path)} → …)"
+    return f"a link to {os.readlink(path)}, which does not exist"
+
+
 def check_image_path(path: Path) -> None:
     """Refuse a ``path`` that is a folder or no file, as :func:`load_image` does first (the CLI
     checks this before it imports torch)."""
@@ -583,9 +609,7 @@ def check_image_path(path: Path) -> None:
             f"{path} is not a file (a device or a pipe); pass a PNG, JPEG or WebP file"
         )
     if path.is_symlink() and not path.exists():
-        raise DreamtextError(
-            f"image not found: {path} is a link to {os.readlink(path)}, which does not exist"
-        )
+        raise DreamtextError(f"image not found: {path} is {unreachable_link(path)}")
     if not path.is_file():
         raise DreamtextError(f"image not found: {path}{prompt_hint(path) or ' (check the path)'}")
 

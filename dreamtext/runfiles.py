@@ -36,6 +36,7 @@ from dreamtext.inputs import (
     owner_value,
     same_prompt,
     slugify,
+    unreachable_link,
 )
 from dreamtext.processes import LOCK_NAME, check_own_folder, record_alive
 
@@ -49,10 +50,9 @@ def check_writable(folder: Path, fix: str) -> None:
     while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
         existing = existing.parent
     if existing.is_symlink() and not existing.exists():  # no folder can be made in its place
-        raise DreamtextError(
-            f"{folder} cannot be a folder: {existing} is a link to {os.readlink(existing)}, "
-            f"which does not exist; make that folder, or {fix}"
-        )
+        link = unreachable_link(existing)
+        mend = "point it at a folder" if "back to itself" in link else "make that folder"
+        raise DreamtextError(f"{folder} cannot be a folder: {existing} is {link}; {mend}, or {fix}")
     if existing.exists() and not existing.is_dir():
         raise DreamtextError(
             f"{folder} cannot be a folder: {existing} is a file; move that file away, or {fix}"

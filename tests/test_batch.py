@@ -524,11 +524,27 @@ def test_the_variables_slurm_22_05_sets_give_each_task_its_share(spec, variables
 
 
 @pytest.mark.parametrize("step", ["0", "-2"])
-def test_a_slurm_array_step_below_one_is_a_user_error(step):
-    """SLURM_ARRAY_TASK_STEP=0 was a ZeroDivisionError traceback; a negative step gave a share."""
-    env = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_ARRAY_TASK_STEP": step}
+@pytest.mark.parametrize("size", [{"COUNT": "1"}, {"MIN": "0", "MAX": "4"}])
+def test_a_slurm_array_step_below_one_is_a_user_error(step, size):
+    """SLURM_ARRAY_TASK_STEP=0 was a ZeroDivisionError traceback (with COUNT, and still without
+    it, where the count is worked out from MAX and the step); a negative step gave a share."""
+    env = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_STEP": step}
+    env.update({f"SLURM_ARRAY_TASK_{name}": value for name, value in size.items()})
     with pytest.raises(DreamtextError, match=f"SLURM_ARRAY_TASK_STEP is {step}, .*--shard K/N"):
         shard_from_environment(env)
+
+
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [({"COUNT": "0"}, "SLURM_ARRAY_TASK_COUNT 0"), ({"MIN": "5", "MAX": "3"}, "ids 5 to 3")],
+)
+def test_a_slurm_array_of_no_task_is_named_as_such(size, said):
+    """It was "task 5 is not one of -1 evenly spaced tasks from 5"."""
+    env = {"SLURM_ARRAY_TASK_ID": "5"}
+    env.update({f"SLURM_ARRAY_TASK_{name}": value for name, value in size.items()})
+    with pytest.raises(DreamtextError) as refusal:
+        shard_from_environment(env)
+    assert str(refusal.value).startswith(f"this SLURM array has no task ({said}); submit")
 
 
 def test_the_shard_flag_wins_over_slurm():

@@ -1929,6 +1929,24 @@ def test_a_workspace_through_a_link_to_nothing_is_one_line_before_the_prior_load
     assert not (tmp_path / "moved").exists()
 
 
+@pytest.mark.parametrize("command", ["text", "describe", "image"])
+def test_a_symlink_loop_is_named_in_one_line(tmp_path, monkeypatch, capsys, command):
+    """A loop (l1 → l2 → l1) as text's --workspace or as describe's or image's image was a
+    RuntimeError traceback (Path.resolve on a loop), exit 1; where it was caught, the line
+    called it "a link to l2, which does not exist" of an l2 that does."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink("l2", "l1")
+    os.symlink("l1", "l2")
+    if command == "text":
+        code, err = run_main([*BUILTIN_RUN, "--workspace", "l1"], capsys)
+        assert_user_error(code, err, "l1 is a link that leads back to itself (l1 → l2 → …)")
+        assert "point it at a folder" in err
+    else:
+        code, err = run_main([command, "l1"], capsys)
+        assert_user_error(code, err, "image not found: l1 is a link that leads back to itself")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l1", "l2"]
+
+
 def test_a_run_in_the_folder_of_runs_or_inside_a_run_is_refused_in_one_line(
     tmp_path, monkeypatch, capsys, tiny_yaml
 ):
