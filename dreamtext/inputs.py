@@ -77,6 +77,14 @@ def preset_path(name: str) -> Path:
     raise DreamtextError(f"unknown preset '{name}'; available presets: {known}{hint}")
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A YAML mapping with a key twice (``key``, at 1-based ``lines``)."""
+
+    def __init__(self, key: Any, *lines: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.lines = key, lines
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, reading numbers as YAML 1.2 does. PyYAML follows YAML 1.1, whose
     floats need a dot and a signed exponent (``5.0e-3``), so ``lr: 5e-3`` was the string
@@ -84,6 +92,23 @@ class _Loader(yaml.SafeLoader):
     was 8) and ``12:30`` base 60 (750). Here ``5e-3`` and ``1e3`` are floats, ``010`` is 10,
     ``0o10`` 8, ``0x10`` 16, and ``12:30`` a string. Digits may be grouped with ``_``
     (``1_000``), as PyYAML allows. Booleans keep YAML 1.1's words (``yes``, ``on``)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """A mapping, refusing a key it has twice (:class:`DuplicateKey`): PyYAML keeps the
+        last, so a config that wrote ``guidance:`` twice lost every setting of the first
+        section without a word."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # << *anchor: its keys may be set again
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, seen[key] + 1, key_node.start_mark.line + 1)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+        return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         """An integer scalar by YAML 1.2's rules: decimal, ``0o`` octal or ``0x`` hex."""
@@ -128,6 +153,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise DreamtextError(
             f"config file '{path}' does not exist; check the --config path"
+        ) from None
+    except DuplicateKey as twice:
+        first, second = twice.lines
+        where = f"line {first}" if first == second else f"lines {first} and {second}"
+        raise DreamtextError(
+            f"config file '{path}' sets '{twice.key}' twice ({where}), and only the second "
+            "would count; merge them"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DreamtextError(f"cannot read config file '{path}': {exc}") from None

@@ -872,3 +872,39 @@ def test_jittered_cameras_are_refused_with_the_builtin_prior(tmp_path):
         resolve_config(run, config_file=path)
     assert str(refusal.value).startswith(f"cameras.jitter (in {path}) moves cameras off the range")
     assert resolve_config({**A_RUN, "cameras": {"jitter": 0.3}}).cameras.jitter == 0.3
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            "guidance:\n  guidance_scale: 5\nrender:\n  march_steps: 64\n"
+            "guidance:\n  negative: ''\n",
+            "sets 'guidance' twice (lines 1 and 5)",
+        ),
+        (
+            "guidance: {guidance_scale: 5, guidance_scale: 7}\n",
+            "sets 'guidance_scale' twice (line 1)",
+        ),
+    ],
+)
+def test_a_config_file_that_sets_a_key_twice_is_refused(tmp_path, text, said):
+    """PyYAML keeps a repeated key's last value: a config that wrote ``guidance:`` twice ran
+    with none of the first section's settings (guidance scale 4, the preset's, not the 5 it
+    set), without a word."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config({**A_RUN, "guidance": {"model": "builtin:shapes"}}, config_file=path)
+    assert str(refusal.value) == (
+        f"config file '{path}' {said}, and only the second would count; merge them"
+    )
+
+
+def test_a_merge_key_may_set_again_what_it_merged(tmp_path):
+    """YAML's ``<<: *anchor`` brings keys a mapping may then set again: no duplicate."""
+    from dreamtext.inputs import read_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base {h: 32, w: 32}\nrun:\n  <<: *base\n  h: 64\n")
+    assert read_yaml(path)["run"] == {"h": 64, "w": 32}
