@@ -690,18 +690,6 @@ def test_frequency_encoding_values():
 def test_background_depends_on_the_direction_only():
     """Guards against dropping ``F.normalize(dirs)`` in background: the background is
     the colour where a ray *along* ``dirs`` leaves, so background(3 d) = background(d)."""
-    torch.manual_seed(0)
-    field = NeRFField(
-        FieldConfig(
-            num_levels=2,
-            log2_hashmap_size=8,
-            base_resolution=4,
-            finest_resolution_factor=8.0,
-            hidden_dim=8,
-            num_blocks=1,
-            bg_hidden_dim=8,
-            encoding="torch",
-        )
-    )
+    field = small_field()
     d = torch.tensor([[0.3, -0.5, 0.81], [1.0, 0.0, 0.0]])
     torch.testing.assert_close(field.background(3.0 * d), field.background(d))
