@@ -1179,6 +1179,16 @@ def refuse_empty_paths(args: argparse.Namespace) -> None:
             flag = POSITIONAL_PATHS.get(name, f"--{name}")
             what = "a model id or folder" if name == "model" else "a path"
             raise DreamtextError(f"{flag} is empty (an unset shell variable?); give it {what}")
+    from dreamtext.prompts_text import describe_character, first_control_character
+
+    for name in MADE_FOLDERS:
+        value = getattr(args, name, None)
+        index = first_control_character(str(value)) if value is not None else None
+        if index is not None:  # a line break pasted in with the name: a folder named so
+            raise DreamtextError(
+                f"--{name} holds the control character {describe_character(str(value)[index])} "
+                f"at character {index + 1}; give it a folder name of printable characters"
+            )
 
 
 # How the positional path arguments are named in each command's usage line.
@@ -1517,6 +1527,9 @@ WRITE_ELSEWHERE = {
 # "--workspace=~/runs" and a quoted "~/runs" reached the command as they were typed, which made
 # a folder named "~" (while --model and image paths were expanded).
 PATH_ARGUMENTS = ("workspace", "config", "image", "folders", "static", "prompts", "nouns")
+# The path arguments that name a folder dreamtext makes: a control character in one (a pasted
+# line break) is a mistake, which made a folder of that name.
+MADE_FOLDERS = ("workspace", "static")
 PATH_ARGUMENTS += ("adjectives", "clip", "model")
 
 

@@ -1929,6 +1929,17 @@ def test_a_workspace_through_a_link_to_nothing_is_one_line_before_the_prior_load
     assert not (tmp_path / "moved").exists()
 
 
+def test_a_line_break_in_a_folder_to_make_is_refused(tmp_path, monkeypatch, capsys):
+    """``--workspace $'runs\\nx'`` (a name pasted with its line break) made a folder of that
+    name."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--workspace", "runs\nx"], capsys)
+    assert_user_error(code, err, "--workspace holds the control character U+000A", "character 5")
+    code, err = run_main(["view", ".", "--static", "site\r"], capsys)
+    assert_user_error(code, err, "--static holds the control character U+000D")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["text", "describe", "image"])
 def test_a_symlink_loop_is_named_in_one_line(tmp_path, monkeypatch, capsys, command):
     """A loop (l1 → l2 → l1) as text's --workspace or as describe's or image's image was a
