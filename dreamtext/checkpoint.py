@@ -318,6 +318,11 @@ def load_checkpoint(
     keys, is an :class:`UnreadableCheckpoint` that names the newest whole checkpoint of its
     folder to go on from (:func:`newest_whole_step`). The state comes without its checksum."""
     path = Path(path)
+    if path.is_dir():  # "train first" of a run with its step files beside it misled
+        raise DreamtextError(
+            f"{path} is a folder, not a checkpoint; move it out of {path.parent}, and --resume "
+            "goes on from the newest step file there"
+        )
     if not path.is_file():
         raise DreamtextError(f"no checkpoint at {path}; train first with `dreamtext text PROMPT`")
     try:

@@ -313,3 +313,18 @@ def test_a_save_records_the_step_of_last_pt_for_as_long_as_it_is_that_file(tmp_p
     assert resume_step(tmp_path) == 10
     save_checkpoint(tmp_path, run_state(15))
     assert recorded_step(tmp_path) == resume_step(tmp_path) == 15
+
+
+def test_a_folder_in_place_of_a_checkpoint_is_named_as_one(tmp_path):
+    """A folder at checkpoints/last.pt, with step files beside it: the resume said "no checkpoint
+    at …; train first with `dreamtext text PROMPT`", of a run that had them."""
+    folder = tmp_path / "checkpoints" / "last.pt"
+    folder.mkdir(parents=True)
+    with pytest.raises(DreamtextError) as refusal:
+        load_checkpoint(folder)
+    assert str(refusal.value) == (
+        f"{folder} is a folder, not a checkpoint; move it out of {folder.parent}, and --resume "
+        "goes on from the newest step file there"
+    )
+    with pytest.raises(DreamtextError, match=r"no checkpoint at .*; train first"):
+        load_checkpoint(tmp_path / "checkpoints" / "none.pt")
