@@ -89,6 +89,11 @@ class CameraRange:
     jitter: float = 0.0
 
 
+# The polar angles of the cameras :func:`sample_poses` draws from the box (its y ∈ [0, 1]: the
+# upper half); their azimuth is any.
+BOX_POLAR_RANGE = (0.0, 90.0)
+
+
 def box_outside_ranges(cameras: CameraRange) -> str | None:
     """The warning for cameras drawn from the box (``box_fraction > 0``, the thesis's sampler)
     that the angle ranges do not hold: box cameras have polar angles in [0°, 90°] and any
@@ -100,7 +105,7 @@ def box_outside_ranges(cameras: CameraRange) -> str | None:
     low, high = cameras.polar_range
     a, b = cameras.azimuth_range
     outside = []
-    if low > 0.0 or high < 90.0:
+    if low > BOX_POLAR_RANGE[0] or high < BOX_POLAR_RANGE[1]:
         outside.append(f"cameras.polar_range {[low, high]}")
     if b - a < 360.0:
         outside.append(f"cameras.azimuth_range {[a, b]}")
@@ -302,6 +307,7 @@ def get_rays(c2w: Tensor, fovy: Tensor, height: int, width: int) -> tuple[Tensor
 
 
 __all__ = [
+    "BOX_POLAR_RANGE",
     "POLAR_LABELS",
     "SPLIT_VIEW_LABELS",
     "VIEW_LABELS",

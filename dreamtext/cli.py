@@ -1527,10 +1527,10 @@ WRITE_ELSEWHERE = {
 # "--workspace=~/runs" and a quoted "~/runs" reached the command as they were typed, which made
 # a folder named "~" (while --model and image paths were expanded).
 PATH_ARGUMENTS = ("workspace", "config", "image", "folders", "static", "prompts", "nouns")
+PATH_ARGUMENTS += ("adjectives", "clip", "model")
 # The path arguments that name a folder dreamtext makes: a control character in one (a pasted
 # line break) is a mistake, which made a folder of that name.
 MADE_FOLDERS = ("workspace", "static")
-PATH_ARGUMENTS += ("adjectives", "clip", "model")
 
 
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:

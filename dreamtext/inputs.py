@@ -619,15 +619,21 @@ def check_root_writable(root: Path) -> None:
         )
 
 
-def unreachable_link(path: Path) -> str:
-    """What the link ``path``, whose target cannot be reached, is: a link to a path that does
-    not exist, or one that leads back to itself (``l1 → l2 → l1``), which was "a link to l2,
-    which does not exist" of an ``l2`` that does."""
+def link_loops(path: Path) -> bool:
+    """Whether following the link ``path`` leads back to it (``l1 → l2 → l1``)."""
     try:
         os.stat(path)
     except OSError as error:
-        if error.errno == errno.ELOOP:
-            return f"a link that leads back to itself ({path} → {os.readlink(path)} → …)"
+        return error.errno == errno.ELOOP
+    return False
+
+
+def unreachable_link(path: Path) -> str:
+    """What the link ``path``, whose target cannot be reached, is: a link to a path that does
+    not exist, or one that leads back to itself (:func:`link_loops`), which was "a link to l2,
+    which does not exist" of an ``l2`` that does."""
+    if link_loops(path):
+        return f"a link that leads back to itself ({path} → {os.readlink(path)} → …)"
     return f"a link to {os.readlink(path)}, which does not exist"
 
 

@@ -33,6 +33,7 @@ from dreamtext.inputs import (
     RUN_STATUS,
     STAGE_SECTIONS,
     ascii_slug,
+    link_loops,
     owner_value,
     same_prompt,
     slugify,
@@ -50,9 +51,11 @@ def check_writable(folder: Path, fix: str) -> None:
     while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
         existing = existing.parent
     if existing.is_symlink() and not existing.exists():  # no folder can be made in its place
-        link = unreachable_link(existing)
-        mend = "point it at a folder" if "back to itself" in link else "make that folder"
-        raise DreamtextError(f"{folder} cannot be a folder: {existing} is {link}; {mend}, or {fix}")
+        mend = "point it at a folder" if link_loops(existing) else "make that folder"
+        raise DreamtextError(
+            f"{folder} cannot be a folder: {existing} is {unreachable_link(existing)}; {mend}, "
+            f"or {fix}"
+        )
     if existing.exists() and not existing.is_dir():
         raise DreamtextError(
             f"{folder} cannot be a folder: {existing} is a file; move that file away, or {fix}"

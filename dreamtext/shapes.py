@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from dreamtext.cameras import (
+    BOX_POLAR_RANGE,
     CameraRange,
     Poses,
     ViewThresholds,
@@ -361,7 +362,7 @@ def dataset_poses(cameras: CameraRange) -> Poses:
     """
     polar_lo, polar_hi = cameras.polar_range
     if cameras.box_fraction > 0:
-        polar_lo, polar_hi = min(polar_lo, 0.0), max(polar_hi, 90.0)
+        polar_lo, polar_hi = min(polar_lo, BOX_POLAR_RANGE[0]), max(polar_hi, BOX_POLAR_RANGE[1])
     polar_values = _grid(polar_lo, polar_hi, periodic=False)
     azimuth_values = _grid(*dataset_azimuth_range(cameras), periodic=True) % 360.0
     polar, azimuth = torch.meshgrid(polar_values, azimuth_values, indexing="ij")
