@@ -7,6 +7,7 @@ import errno
 import gzip
 import html
 import http.client
+import io
 import itertools
 import json
 import math
@@ -33,7 +34,7 @@ from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
 from dreamtext.view import Catalog, export_static, make_server, read_run
 from dreamtext.view.page import page_base, run_json, script_json, server_links
-from dreamtext.view.server import ViewServer, workspace_file
+from dreamtext.view.server import ViewServer, serve, workspace_file
 from dreamtext.view.workspaces import DEFAULT_ROOT, SENTENCE_FILE, log_curves, log_figures
 
 REPO = Path(__file__).parent.parent
@@ -2367,6 +2368,38 @@ def test_a_server_on_every_interface_answers_any_host(root: Path):
             assert get(srv, "/api/runs.json", {"Host": host})[0] == 200
 
 
+def test_a_server_on_every_interface_by_host_0_answers_any_host_and_says_so(root: Path):
+    """`--host 0` listens on every interface (as 0.0.0.0 does) but was taken for a name: other
+    machines' requests were refused, and the terminal offered an ssh forward to host "0"."""
+    with serving(Catalog([root]), host="0") as srv:
+        assert get(srv, "/api/runs.json", {"Host": f"node01:{srv.server_port}"})[0] == 200
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
+        serve([root], "0", 0, out=out)
+    assert "listening on every network interface" in out.getvalue()
+    assert ":0:" not in out.getvalue()
+
+
+def test_a_server_on_a_named_host_answers_the_address_it_prints(root: Path):
+    """`--host $(hostname)` binds the address the name resolves to and prints that address as
+    the URL to open, which it then refused with 403 ("not a local address")."""
+
+    class NamedHost(ViewServer):  # as if "node01" resolved to 127.0.0.2
+        def server_bind(self) -> None:
+            self.server_address = ("127.0.0.2", self.server_address[1])
+            super().server_bind()
+
+    srv = NamedHost(("node01", 0), Catalog([root]))
+    try:
+        assert srv.url == f"http://127.0.0.2:{srv.server_port}/"
+        assert srv.host_allowed(f"127.0.0.2:{srv.server_port}")
+        assert srv.host_allowed(f"node01:{srv.server_port}")
+        assert not srv.host_allowed(f"evil.example:{srv.server_port}")
+    finally:
+        srv.server_close()
+
+
 @pytest.mark.parametrize(
     "path, base",
     [("/", "./"), ("/run/cube/", "../../"), ("/run/cube", "../"), ("/a/b/c/", "../../../")],
@@ -2934,6 +2967,33 @@ def test_a_server_started_before_a_batch_made_its_folder_shows_its_runs_once_it_
             want = ["sweep"]
         assert [r["id"] for r in json.loads(get(srv, "/api/runs.json")[1])["runs"]] == want
         assert get(srv, f"/run/{want[0]}/")[0] == 200
+
+
+def test_a_server_started_while_a_run_loads_its_models_shows_the_run(tmp_path: Path):
+    """`dreamtext text … --workspace W &` then `dreamtext view W`: while the run loads its models
+    W holds only its lock file. The viewer took W for a folder of runs for good, and showed no
+    run, even after the run had finished."""
+    folder = tmp_path / "a_red_cube"
+    folder.mkdir()
+    (folder / ".dreamtext.lock").write_text("{}")
+    with serving(Catalog([folder], empty_ok=True)) as srv:
+        assert json.loads(get(srv, "/api/runs.json")[1])["runs"] == []
+        make_run(folder, "a red cube")
+        runs = json.loads(get(srv, "/api/runs.json")[1])["runs"]
+        assert [r["id"] for r in runs] == ["a_red_cube"]
+        assert get(srv, "/run/a_red_cube/")[0] == 200
+
+
+def test_a_run_folder_removed_while_served_leaves_the_gallery(tmp_path: Path):
+    """`dreamtext view workspace/a_red_cube`, then the run's folder moved away: its card stayed,
+    as an interrupted run whose page said it was gone."""
+    run = make_run(tmp_path / "a_red_cube", "a red cube")
+    with serving(Catalog([run])) as srv:
+        assert [r["id"] for r in json.loads(get(srv, "/api/runs.json")[1])["runs"]] == [
+            "a_red_cube"
+        ]
+        run.rename(tmp_path / "moved")
+        assert json.loads(get(srv, "/api/runs.json")[1])["runs"] == []
 
 
 def test_view_of_a_folder_not_made_yet_serves_it_and_says_so(tmp_path: Path):

@@ -183,8 +183,12 @@ class ViewServer(ThreadingHTTPServer):
         host = address[0]
         if ":" in host:
             self.address_family = socket.AF_INET6
-        self.allowed_hosts = None if host in ALL_INTERFACES else LOCAL_HOSTS | {host.lower()}
         super().__init__(address, ViewHandler)
+        # The address bound counts as the name typed: `--host $(hostname)` prints the URL of the
+        # address the name resolves to, and `--host 0` is every interface.
+        bound = str(self.server_address[0])
+        everywhere = host in ALL_INTERFACES or bound in ALL_INTERFACES
+        self.allowed_hosts = None if everywhere else LOCAL_HOSTS | {host.lower(), bound.lower()}
 
     def host_allowed(self, host_header: str) -> bool:
         """Whether to answer a request with this ``Host`` (any, when listening on every
@@ -590,7 +594,7 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
     forward = "-o ExitOnForwardFailure=yes -L"
     # A laptop outside a cluster reaches its login node only, and the node's name resolves
     # there, not on the laptop: the first line alone ends in "Could not resolve hostname".
-    if host in ALL_INTERFACES:
+    if server.allowed_hosts is None:  # every interface (`--host 0` too)
         # Where the name does not resolve from the user's side (a node outside the cluster's
         # DNS, a portal that connects by address), the addresses are what reaches it.
         by_address = ", ".join(f"http://{address}:{p}/" for address in machine_addresses())

@@ -168,7 +168,9 @@ class Catalog:
     runs are refused unless ``empty_ok`` (a server started before a batch's first run), and so
     are folders that do not exist: with ``empty_ok`` those are looked for at every scan (a batch
     makes its folder only once it has read its prompts and checked its model), as a workspace or
-    a root, whichever they turn out to be.
+    a root, whichever they turn out to be. So is a folder that holds nothing of a run yet (a run
+    loading its models has written only its lock file): taken for a root once and for good, the
+    run it became was never shown. A folder removed while the page is open shows no run.
     """
 
     def __init__(self, folders: list[Path], empty_ok: bool = False):
@@ -189,7 +191,8 @@ class Catalog:
             if not folder.is_dir():
                 raise DreamtextError(f"{folder} is a file; pass a run's folder or a folder of runs")
             resolved = folder.resolve()
-            self.sources.append((resolved, not is_workspace(resolved)))
+            undecided = not is_workspace(resolved) and not _holds_runs(resolved)
+            self.sources.append((resolved, None if undecided else not is_workspace(resolved)))
         if not empty_ok and not self.runs():
             hints = [hint for hint in map(inside_run_hint, folders) if hint]
             if hints:
@@ -228,9 +231,9 @@ class Catalog:
 
         seen: set[Path] = set()
         for folder, is_root in self.sources:
-            if is_root is None:  # not there at the start: whatever it is now
-                if not folder.is_dir():
-                    continue
+            if not folder.is_dir():  # not there yet, or removed since
+                continue
+            if is_root is None:  # not there at the start, or empty: whatever it is now
                 folder = folder.resolve()
                 is_root = not is_workspace(folder)
             if not is_root:
@@ -306,6 +309,14 @@ def _subfolders(folder: Path) -> list[tuple[str, bool]]:
     except OSError:
         return []
     return sorted(found)
+
+
+def _holds_runs(folder: Path) -> bool:
+    """Whether ``folder`` (no workspace) has runs: a ``batch.jsonl`` or a subfolder that holds
+    a run."""
+    return (folder / "batch.jsonl").is_file() or any(
+        _holds_run(os.path.join(folder, name)) for name, _ in _subfolders(folder)
+    )
 
 
 def _holds_run(folder: str) -> bool:
