@@ -2996,6 +2996,28 @@ def test_a_run_folder_removed_while_served_leaves_the_gallery(tmp_path: Path):
         assert json.loads(get(srv, "/api/runs.json")[1])["runs"] == []
 
 
+def test_a_folder_of_links_to_runs_outside_it_says_the_links_are_not_followed(
+    tmp_path: Path, capsys
+):
+    """`ln -s ../workspace/a_red_cube best/`, then `dreamtext view best`: the links are not
+    followed (nothing outside a root is served), but the refusal said a run's folder holds
+    config.json, which the linked folder does, and the server that its runs would appear."""
+    run = make_run(tmp_path / "workspace" / "a_red_cube", "a red cube")
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "a_red_cube").symlink_to(run)
+    assert main(["view", str(tmp_path / "best"), "--static", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "holds 1 link to a run outside it" in err and f"dreamtext view {run}" in err
+    assert not (tmp_path / "site").exists()
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
+        serve([tmp_path / "best"], "127.0.0.1", 0, out=out)
+    assert "holds 1 link to a run outside it" in out.getvalue()
+    assert "shows them as they start" not in out.getvalue()
+
+
 def test_view_of_a_folder_not_made_yet_serves_it_and_says_so(tmp_path: Path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "dreamtext", "view", str(tmp_path / "sweep"), "--port", "0"],

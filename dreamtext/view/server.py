@@ -76,6 +76,7 @@ from dreamtext.view.workspaces import (
     Run,
     RunLocation,
     inside_run_hint,
+    linked_runs_hint,
     read_run,
 )
 
@@ -576,7 +577,8 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
             "(check the path if none is starting)",
             file=out,
         )
-    inside = [hint for hint in map(inside_run_hint, there) if hint] if n == 0 else []
+    hints = [hint for f in there for hint in (inside_run_hint(f), linked_runs_hint(f))]
+    inside = [hint for hint in hints if hint] if n == 0 else []
     for hint in inside:  # the run's mesh/ or checkpoints/: no run will ever appear there
         print(f"  {hint}", file=out)
     if n == 0 and there and not inside:  # a batch about to start, or the wrong folder

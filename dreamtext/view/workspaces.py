@@ -26,6 +26,7 @@ import math
 import os
 import posixpath
 import re
+import shlex
 import threading
 import time
 import unicodedata
@@ -146,6 +147,34 @@ def inside_run_hint(folder: Path) -> str | None:
     return f"{folder} is a folder inside the run {run}: `dreamtext view {run}` shows it"
 
 
+def linked_runs_hint(folder: Path) -> str | None:
+    """Where ``folder`` holds runs only through links out of it (``ln -s ../workspace/run
+    best/``), which are not followed (nothing outside a root is served): a sentence that says so
+    and names the runs' folders to pass instead."""
+    if not folder.is_dir() or is_workspace(folder):
+        return None
+    root = folder.resolve()
+    targets = [
+        (folder / name).resolve()
+        for name, is_link in _subfolders(folder)
+        if is_link and _holds_run(os.path.join(folder, name))
+    ]
+    outside = [target for target in targets if not target.is_relative_to(root)]
+    if not outside:
+        return None
+    shown = " ".join(shlex.quote(str(target)) for target in outside[:3])
+    if len(outside) > 3:
+        shown += " …"
+    if len(outside) == 1:
+        what, instead = "1 link to a run", "the run's folder"
+    else:
+        what, instead = f"{len(outside)} links to runs", "the runs' folders"
+    return (
+        f"{folder} holds {what} outside it, which the viewer does not follow: pass {instead} "
+        f"instead (dreamtext view {shown})"
+    )
+
+
 @dataclass(frozen=True)
 class RunLocation:
     """One run: ``id`` (its address on the page), ``path`` (its workspace, resolved; ``None`` for a
@@ -194,7 +223,8 @@ class Catalog:
             undecided = not is_workspace(resolved) and not _holds_runs(resolved)
             self.sources.append((resolved, None if undecided else not is_workspace(resolved)))
         if not empty_ok and not self.runs():
-            hints = [hint for hint in map(inside_run_hint, folders) if hint]
+            hints = [hint for f in folders for hint in (inside_run_hint(f), linked_runs_hint(f))]
+            hints = [hint for hint in hints if hint]
             if hints:
                 raise DreamtextError("; ".join(hints))
             shown = ", ".join(str(f) for f in folders)
