@@ -2732,6 +2732,76 @@ def test_a_static_export_leaves_out_a_run_removed_while_it_writes(
     assert not (out / "runs" / "doomed").exists()
 
 
+def test_a_static_export_reads_a_run_again_whose_export_replaced_its_files(
+    obj_runs: Path, tmp_path: Path, monkeypatch
+):
+    """`dreamtext export --formats glb` finishing while `--static` copies the run: its OBJ,
+    MTL and texture went away between the run's listing and its zip, and the export ended in
+    a FileNotFoundError traceback. The run is read again and written as it is now."""
+    from dreamtext.view import static
+
+    run = obj_runs / "a_red_apple"
+    (run / "mesh" / "mesh.glb").write_bytes(b"glTF-not-really")
+    copy = static._copy_files
+
+    def copy_then_reexport(copied, rels, files):
+        copy(copied, rels, files)
+        if Path(copied.workspace) == run:
+            for name in ("mesh.obj", "mesh.mtl", "albedo.png"):
+                (run / "mesh" / name).unlink(missing_ok=True)
+
+    monkeypatch.setattr(static, "_copy_files", copy_then_reexport)
+    assert main(["view", str(obj_runs), "--static", str(tmp_path / "site")]) == 0
+    page = page_data(tmp_path / "site" / "runs" / "a_red_apple" / "index.html")["run"]
+    assert sorted(page["mesh"]) == ["glb", "ply"]
+
+
+def test_a_static_export_of_a_run_file_it_cannot_read_names_the_file(
+    obj_runs: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """Another user's run file of mode 600: the refusal blamed the folder written ("give
+    --static a folder you can write")."""
+    from dreamtext.view import static
+
+    obj = obj_runs / "a_red_apple" / "mesh" / "mesh.obj"
+
+    def refused(run, leave_out=()):
+        raise PermissionError(errno.EACCES, "Permission denied", str(obj))
+
+    monkeypatch.setattr(static, "zip_bytes", refused)
+    assert main(["view", str(obj_runs), "--static", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read {obj}: permission denied" in err
+    assert "chmod -R a+rX" in err and "folder you can write" not in err
+    assert not (tmp_path / "site").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []
+
+
+def test_the_server_says_which_run_file_it_cannot_read(obj_runs: Path, monkeypatch):
+    """A run file of mode 600 got 500 "internal error" as a file and 503 "being replaced: try
+    again" as the zip, which no retry would help."""
+    import dreamtext.view.server as server_module
+
+    def refused(run, leave_out=()):
+        raise PermissionError(errno.EACCES, "Permission denied", "/runs/x/mesh/mesh.obj")
+
+    monkeypatch.setattr(server_module, "zip_bytes", refused)
+    opened = Path.open
+
+    def open_unless_the_obj(self, *args, **kwargs):
+        if self.name == "mesh.obj":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_unless_the_obj)
+    with serving(Catalog([obj_runs])) as srv:
+        status, body, _ = get(srv, "/download/a_red_apple/a_red_apple.zip")
+        assert status == 403 and body.startswith(b"cannot read mesh.obj of this run")
+        status, body, _ = get(srv, "/files/a_red_apple/mesh/mesh.obj")
+        assert status == 403 and body.startswith(b"cannot read mesh.obj of this run")
+        assert get(srv, "/files/a_red_apple/mesh/mesh.mtl")[0] == 200
+
+
 def test_static_pages_are_the_pages_of_the_runs_read_whole(root: Path, tmp_path: Path):
     """Written run by run, the export holds the same bytes as pages made from every run read
     whole (as it was written before), an image run with its descriptor's curve among them."""

@@ -407,6 +407,8 @@ class ViewHandler(BaseHTTPRequestHandler):
         """The run's mesh zip, as a download named after the run."""
         try:
             body = zip_bytes(run)
+        except PermissionError as error:  # another user's run, say: no retry will help
+            return self._send_text(HTTPStatus.FORBIDDEN, unreadable(error), send_body)
         except OSError:  # an export swapping the mesh folder between the listing and the read
             busy = "the run's mesh files are being replaced: try again in a moment"
             return self._send_text(HTTPStatus.SERVICE_UNAVAILABLE, busy, send_body)
@@ -419,7 +421,13 @@ class ViewHandler(BaseHTTPRequestHandler):
     def _send_file(self, file: Path, send_body: bool) -> None:
         """The file, or the one byte range a ``Range`` header asks for (video seeking)."""
         content_type = SERVED_SUFFIXES[file.suffix.lower()]
-        with file.open("rb") as f:
+        try:
+            opened = file.open("rb")
+        except PermissionError as error:
+            return self._send_text(HTTPStatus.FORBIDDEN, unreadable(error), send_body)
+        except FileNotFoundError:  # removed since it was found (a resume clearing previews)
+            return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
+        with opened as f:
             size = f.seek(0, 2)
             start, end, status = 0, size - 1, HTTPStatus.OK
             match = _RANGE.fullmatch(self.headers.get("Range", "").strip())
@@ -478,6 +486,15 @@ def _takes_gzip(accept_encoding: str | None) -> bool:
         if name.strip().lower() in ("gzip", "x-gzip"):
             return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
     return False
+
+
+def unreadable(error: OSError) -> str:
+    """The line for a run file this process may not read (mode 600 in another user's run)."""
+    name = Path(str(error.filename)).name if error.filename else "a file"
+    return (
+        f"cannot read {name} of this run: {error.strerror or 'permission denied'}; make the "
+        "run's files readable by the user running dreamtext (chmod -R a+rX RUN_FOLDER)"
+    )
 
 
 def _describe(error: BaseException | None) -> str:

@@ -23,6 +23,7 @@ import base64
 import errno
 import os
 import posixpath
+import shlex
 import shutil
 import tempfile
 from dataclasses import replace
@@ -164,7 +165,24 @@ def _write(catalog: Catalog, out: Path) -> None:
         run = read_run(location, follow_logs=False)
         if location.path is not None and not location.path.is_dir():
             continue  # removed since the scan found it: read as an empty run, shown 'interrupted'
-        _write_run(run, out / "runs" / run.id, RUN_LINKS)
+        try:
+            try:
+                _write_run(run, out / "runs" / run.id, RUN_LINKS)
+            except FileNotFoundError:  # its files replaced as they were read (an export): again
+                shutil.rmtree(out / "runs" / run.id, ignore_errors=True)
+                run = read_run(location, follow_logs=False)
+                _write_run(run, out / "runs" / run.id, RUN_LINKS)
+        except FileNotFoundError as error:
+            raise DreamtextError(
+                f"the files of {run.workspace} changed as they were copied ({error.filename} "
+                "went away twice); run `dreamtext view --static` again once its export is done"
+            ) from None
+        except PermissionError as error:
+            raise DreamtextError(
+                f"cannot read {error.filename}: permission denied; make the run's files "
+                f"readable (chmod -R a+rX {shlex.quote(str(run.workspace))}), or leave that run "
+                "out of the folders given"
+            ) from None
         # A card shows none of the curves (run_json without ``full``).
         cards.append(replace(run, series={}, descriptor_steps=[], descriptor_loss=[]))
     links = replace(GALLERY_LINKS, folders=tuple(folder.name for folder, _ in catalog.sources))
