@@ -525,6 +525,70 @@ def test_a_run_finished_without_an_export_says_how_to_make_its_mesh(page, root: 
     )
 
 
+def test_a_run_exported_without_a_turntable_says_none_is_coming(page, root: Path, tmp_path):
+    """A finished run exported with --no-video said "no turntable yet", as if one were coming."""
+    run = tmp_path / "runs" / "a_red_cube"
+    shutil.copytree(root / "a_red_cube", run, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.rmtree(run / "video")
+    stats = json.loads((run / "mesh" / "mesh.json").read_text())
+    stats["options"]["video"] = False
+    (run / "mesh" / "mesh.json").write_text(json.dumps(stats))
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector(".turntable .empty")
+        assert page.inner_text(".turntable .empty") == (
+            "no turntable: exported with --no-video; "
+            f"dreamtext export --workspace {run.resolve()} --video makes one"
+        )
+
+
+def test_describe_alone_says_it_makes_no_3d_run(page, tmp_path):
+    """A finished `dreamtext describe` said "no mesh yet", "no turntable yet" and "no previews
+    yet": describe makes none of them."""
+    from test_view import make_image_run
+
+    apple = make_image_run(tmp_path / "runs" / "apple", "describe", source=False)
+    (apple / "status.json").write_text(
+        json.dumps({"state": "finished", "phase": "describe", "step": 0})
+    )
+    with serving(Catalog([apple.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/apple/")
+        page.wait_for_selector(".viewer .empty")
+        panels = (("viewer", "mesh"), ("turntable", "turntable"), ("previews", "previews"))
+        for part, what in panels:
+            assert page.inner_text(f".{part} .empty") == (
+                f"no {what}: `dreamtext describe` finds the sentence only; `dreamtext image` "
+                "makes the 3D run"
+            )
+
+
+def test_a_glb_that_failed_to_load_leaves_no_error_once_the_next_one_draws(
+    page, root: Path, tmp_path
+):
+    """A GLB that could not be read (an export's swap met mid-fetch) left its "could not read
+    the GLB" line under the mesh the next export drew."""
+    run = tmp_path / "runs" / "a_red_cube"
+    shutil.copytree(root / "a_red_cube", run, ignore=shutil.ignore_patterns("checkpoints"))
+    glb = run / "mesh" / "mesh.glb"
+    good = glb.read_bytes()
+
+    def replace(data: bytes, mtime: float) -> None:
+        staged = run / "mesh" / ".staged.glb"
+        staged.write_bytes(data)
+        os.utime(staged, (mtime, mtime))  # a new file time: the page loads the GLB again
+        os.replace(staged, glb)
+
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector("#mesh-canvas[data-state=drawn]")
+        replace(good[:100], glb.stat().st_mtime + 10)
+        page.wait_for_selector("#mesh-canvas[data-state=failed]")
+        assert "could not read the GLB" in page.inner_text(".viewer")
+        replace(good, glb.stat().st_mtime + 10)
+        page.wait_for_selector("#mesh-canvas[data-state=drawn]")
+        assert page.locator(".viewer .error").count() == 0
+
+
 def test_a_run_exported_without_a_glb_links_its_files_and_says_how_to_add_one(page, tmp_path):
     """A run exported with `--formats obj,ply` said "no mesh yet" and linked none of its files."""
     run = tmp_path / "my runs" / "a_red_cube"  # the command quotes the space for a shell

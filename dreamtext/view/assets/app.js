@@ -556,15 +556,20 @@
       draw();
       canvas.dataset.state = "drawn";
     }
+    let shownError = null;  // a failed load's line, removed when a later one loads
     function failed(error) {
       canvas.dataset.state = "failed";
-      container.append(el("p", { class: "error", text: `could not read the GLB: ${error && error.message}` }));
+      if (shownError) shownError.remove();
+      shownError = el("p", { class: "error", text: `could not read the GLB: ${error && error.message}` });
+      container.append(shownError);
     }
     const loader = new THREE.GLTFLoader();
     return {
       failed,
       /** source: a URL, or an ArrayBuffer of GLB bytes. */
       load(source) {
+        if (shownError) shownError.remove();
+        shownError = null;
         canvas.dataset.state = "loading";
         if (source instanceof ArrayBuffer) loader.parse(source, "", show, failed);
         else loader.load(source, show, undefined, failed);
@@ -661,15 +666,23 @@
       const state = stateOf(run);
       if (state === "failed") return `no ${what}: the run failed`;
       if (state === "interrupted") return `no ${what}: the run was interrupted`;
+      const status = run.status || {};
+      if (state === "finished" && status.stage === "describe") {
+        return `no ${what}: \`dreamtext describe\` finds the sentence only; \`dreamtext image\` makes the 3D run`;
+      }
       return `no ${what} yet`;
     }
 
     /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
      * none to come, and how to make them. */
     function noExport(run, what) {
+      const command = run.export_command || "dreamtext export --workspace <its folder>";
+      const options = (run.mesh_stats && run.mesh_stats.options) || {};
+      if (what === "turntable" && options.video === false) {
+        return `no turntable: exported with --no-video; ${command} --video makes one`;
+      }
       const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
       if (!finished) return noFiles(run, what);
-      const command = run.export_command || "dreamtext export --workspace <its folder>";
       return `not exported (--no-export): ${command} makes the ${what}`;
     }
 
