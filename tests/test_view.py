@@ -34,7 +34,7 @@ from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
 from dreamtext.view import Catalog, export_static, make_server, read_run
 from dreamtext.view.page import page_base, run_json, script_json, server_links
-from dreamtext.view.server import ViewServer, serve, workspace_file
+from dreamtext.view.server import ViewHandler, ViewServer, _copy, serve, workspace_file
 from dreamtext.view.workspaces import DEFAULT_ROOT, SENTENCE_FILE, log_curves, log_figures
 
 REPO = Path(__file__).parent.parent
@@ -2186,8 +2186,6 @@ def test_a_bug_while_answering_is_a_500_and_one_line(logged_server, monkeypatch,
 
 
 def test_a_bug_outside_the_handler_is_one_line_too(logged_server, monkeypatch, capfd):
-    from dreamtext.view.server import ViewHandler
-
     def broken(self):
         raise RuntimeError("parser broke")
 
@@ -2366,6 +2364,28 @@ def test_a_server_on_every_interface_answers_any_host(root: Path):
     with serving(Catalog([root]), host="0.0.0.0") as srv:
         for host in ("node01:8765", f"evil.example:{srv.server_port}"):
             assert get(srv, "/api/runs.json", {"Host": host})[0] == 200
+
+
+def test_an_idle_connection_is_closed_after_the_handlers_timeout(root: Path, monkeypatch):
+    """A connection that sends nothing (an ssh tunnel dropped without a word) kept its handler
+    thread for as long as the server ran."""
+    assert ViewHandler.timeout is not None and 60 <= ViewHandler.timeout <= 600
+    monkeypatch.setattr(ViewHandler, "timeout", 0.5)
+    with serving(Catalog([root])) as srv:
+        with socket.create_connection(("127.0.0.1", srv.server_port), timeout=10) as idle:
+            start = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server
+            assert time.monotonic() - start < 5
+        assert get(srv, "/api/runs.json")[0] == 200
+
+
+def test_a_file_cut_short_while_sent_closes_the_connection():
+    """A log truncated by a resume after its Content-Length was sent: the copy says how many
+    bytes it could not send, and the handler then closes the connection."""
+    target = io.BytesIO()
+    assert _copy(io.BytesIO(b"x" * 100), target, 150, chunk=32) == 50
+    assert target.getvalue() == b"x" * 100
+    assert _copy(io.BytesIO(b"y" * 100), io.BytesIO(), 100, chunk=32) == 0
 
 
 def test_a_server_on_every_interface_by_host_0_answers_any_host_and_says_so(root: Path):

@@ -248,6 +248,9 @@ class ViewHandler(BaseHTTPRequestHandler):
     server: ViewServer
     server_version = "dreamtext-view"
     protocol_version = "HTTP/1.1"
+    # Seconds a connection may wait for a request or a read or write: a page polls every few
+    # seconds, and a connection an ssh tunnel dropped without a word kept its thread for good.
+    timeout = 300
 
     def do_GET(self) -> None:
         self._respond(send_body=True)
@@ -262,8 +265,8 @@ class ViewHandler(BaseHTTPRequestHandler):
         self._answering = False  # set once the status line is out: too late for a 500
         try:
             self._route(send_body)
-        except ConnectionError:
-            # The browser went away mid-answer (a video seek, a closed tab).
+        except (ConnectionError, TimeoutError):
+            # The browser went away mid-answer (a video seek, a closed tab, a dropped tunnel).
             self.close_connection = True
         except Exception as error:
             shown = self.path if len(self.path) <= 200 else self.path[:200] + "…"
@@ -450,7 +453,10 @@ class ViewHandler(BaseHTTPRequestHandler):
             self.end_headers()
             if send_body:
                 f.seek(start)
-                _copy(f, self.wfile, end - start + 1)
+                if _copy(f, self.wfile, end - start + 1):
+                    # Fewer bytes than the Content-Length sent: on a connection kept open the
+                    # browser would wait for the rest, and read the next answer as them.
+                    self.close_connection = True
 
 
 def _removed(location: RunLocation) -> bool:
@@ -503,13 +509,16 @@ def _describe(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def _copy(source, target, length: int, chunk: int = 1 << 16) -> None:
+def _copy(source, target, length: int, chunk: int = 1 << 16) -> int:
+    """Copy ``length`` bytes; return how many of them ``source`` no longer held (a log cut
+    short by a resume since its size was sent)."""
     while length > 0:
         data = source.read(min(chunk, length))
         if not data:
             break
         target.write(data)
         length -= len(data)
+    return length
 
 
 # Linux's ioctl that reads an interface's IPv4 address (<linux/sockios.h>).
