@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dreamtext.captions import BUILTIN_MODELS, check_builtin_prompt_lines
-from dreamtext.checkpoint import can_resume, write_whole
+from dreamtext.checkpoint import can_resume, last_reads, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
@@ -916,8 +916,12 @@ def is_finished(cfg: TrainConfig) -> bool:
     for more iterations resumes) and, when ``cfg.export`` asks for a mesh, the mesh is there (a
     run trained with ``--no-export`` resumes at its last step, which exports it); a run of the old
     ``scripts/batch.sh``, without ``status.json``, counts by its checkpoint and mesh
-    (:func:`dreamtext.runstatus.run_finished`)."""
-    return run_finished(cfg.workspace, cfg.iters, needs_mesh=cfg.export)
+    (:func:`dreamtext.runstatus.run_finished`). A finished run whose ``last.pt`` is missing or
+    cut short is not: its resume goes on from its newest whole step file, as the export's
+    refusal says the batch command does (:func:`dreamtext.checkpoint.last_reads`)."""
+    workspace = Path(cfg.workspace)
+    finished = run_finished(workspace, cfg.iters, needs_mesh=cfg.export)
+    return finished and last_reads(workspace, whole=False)
 
 
 def continued_step(workspace: Path, iters: int) -> int | None:

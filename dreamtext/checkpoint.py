@@ -448,6 +448,20 @@ def can_resume(workspace: Path) -> bool:
     return newest_whole_step(checkpoint_dir(workspace)) is not None
 
 
+def last_reads(workspace: Path, whole: bool = True) -> bool:
+    """Whether a finished run's ``checkpoints/last.pt`` reads, so that the run can be exported
+    again and needs no resume: it loads whole (:func:`is_whole`; with ``whole`` off, only its
+    step, memory-mapped, which tells a missing or truncated file and costs a batch of a
+    thousand finished lines no full reads), or the run has no checkpoint to go on from
+    (:func:`can_resume`: deleted to save space). Otherwise a resume goes on from the newest
+    whole step file, as the export's refusal says (:func:`go_on_from`)."""
+    last = last_checkpoint(workspace)
+    step = checkpoint_step(last)
+    if step is not None and (not whole or is_whole(last, step)):
+        return True
+    return not can_resume(workspace)
+
+
 def resume_step(workspace: Path) -> int | None:
     """The step a resume of ``workspace`` goes on from: that of ``checkpoints/last.pt`` where it
     loads whole (:func:`is_whole`: read in full, to tell a changed byte), else that of its

@@ -422,6 +422,24 @@ def cmd_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def image_run_fixed(workspace: str | Path, overwrite: bool, command: str) -> dict[str, Any]:
+    """``resolve_config``'s ``fixed`` and ``kept`` for an image→3D run (``image``, ``text
+    --diverse``) in ``workspace``: with ``--overwrite`` (text→3D trains from scratch: another
+    field, another grid may be asked for), or before its text stage has a checkpoint (there is
+    no field yet), only the seed stays, which trained the descriptor the run keeps; otherwise
+    what any resumed run keeps (none: :data:`~dreamtext.config.RESUME_FIXED`)."""
+    from dreamtext.checkpoint import can_resume
+
+    if overwrite:
+        return {
+            "fixed": ("seed",),
+            "kept": f"{command} --overwrite keeps the run's descriptor, which its seed trained",
+        }
+    if not can_resume(Path(workspace)):
+        return {"fixed": ("seed",), "kept": "the run keeps its descriptor, which its seed trained"}
+    return {}
+
+
 def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Path:
     """``text --diverse``: a rerun resolves over the run's config.json (and its recorded describe,
     descriptor and sampler options) as ``image`` reruns and ``text --resume`` do."""
@@ -442,6 +460,7 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
             config_file=args.config,
             base=base,
             new_run="pass --workspace NEW_FOLDER for a new run",
+            **image_run_fixed(workspace, args.overwrite, "text --diverse"),
         )
     cfg.workspace = workspace
     options = resolve_image_options(image_overrides(args), workspace)
@@ -709,22 +728,13 @@ def cmd_image(args: argparse.Namespace) -> int:
     check_image(Path(args.image), workspace)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
     check_image_model(args, base)
-    # --overwrite trains text→3D from scratch (another field, another grid may be asked for) on
-    # the descriptor the run keeps, which its seed trained.
     cfg = resolve_config(
         overrides,
         preset=args.preset,
         config_file=args.config,
         base=base,
         new_run="pass --workspace NEW_FOLDER for a new run",
-        **(
-            {
-                "fixed": ("seed",),
-                "kept": "image --overwrite keeps the run's descriptor, which its seed trained",
-            }
-            if args.overwrite
-            else {}
-        ),
+        **image_run_fixed(workspace, args.overwrite, "image"),
     )
     image_options = image_overrides(args)
     options = resolve_image_options(image_options, workspace)

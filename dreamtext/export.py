@@ -83,7 +83,14 @@ from dreamtext.processes import (
 )
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.renderer import RenderConfig, VolumeRenderer
-from dreamtext.runfiles import read_record, recorded_image, sentence_path
+from dreamtext.runfiles import (
+    default_workspace,
+    read_record,
+    recorded_image,
+    same_image,
+    sentence_path,
+    source_copy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -438,12 +445,21 @@ def not_a_run_folder(path: Path) -> str:
     """The line for ``export --workspace PATH`` where PATH is a file outside any run: an image
     (``mug.png``, the input of ``dreamtext image``) names the run that image's ``image`` made,
     or the command that makes it. (A run's own file names its run: :func:`resolve_workspace`.)"""
-    from dreamtext.config import DEFAULT_WORKSPACE_ROOT
     from dreamtext.inputs import PICTURE_SUFFIXES
 
     if path.suffix.lower() in PICTURE_SUFFIXES:
-        run = DEFAULT_WORKSPACE_ROOT / slugify(path.stem)
-        if last_checkpoint(run).is_file():
+        run = default_workspace(path)
+        recorded = recorded_image(run)
+        # The folder named after the image may hold another image of that name's run (a/mug.png
+        # and b/mug.png both go to workspace/mug): named only where it is this image's.
+        copy = source_copy(run)
+        ours = recorded is not None and same_image(
+            path,
+            Path(recorded),
+            path.read_bytes() if path.is_file() else None,
+            copy.read_bytes() if copy is not None else None,
+        )
+        if ours and last_checkpoint(run).is_file():
             return (
                 f"{path} is an image, not a run's folder: its `dreamtext image` run is "
                 f"exported with --workspace {run}"

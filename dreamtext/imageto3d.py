@@ -47,7 +47,13 @@ import torch
 from tqdm.auto import tqdm
 
 from dreamtext.captions import needs_stable_diffusion
-from dreamtext.checkpoint import can_resume, check_writable, last_checkpoint, load_checkpoint
+from dreamtext.checkpoint import (
+    can_resume,
+    check_writable,
+    last_checkpoint,
+    last_reads,
+    load_checkpoint,
+)
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
@@ -83,7 +89,7 @@ from dreamtext.inputs import write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
-from dreamtext.runfiles import check_image, check_image_workspace, default_workspace
+from dreamtext.runfiles import check_image, check_image_workspace, default_workspace, source_copy
 from dreamtext.runfiles import recorded_image as recorded_image  # re-exported
 from dreamtext.runfiles import same_image as same_image  # re-exported
 from dreamtext.runstatus import (
@@ -117,8 +123,11 @@ class ImageOptions:
 
 def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
     """text→3D finished at ``cfg.iters`` (``status.json``, or for older runs the checkpoint and
-    mesh) and, when ``cfg.export`` asks for one, the mesh is there."""
-    return run_finished(workspace, cfg.iters, needs_mesh=cfg.export)
+    mesh) and, when ``cfg.export`` asks for one, the mesh is there; and its ``last.pt`` loads
+    whole, or there is no checkpoint to go on from. A finished run whose ``last.pt`` was damaged
+    or deleted was reused as it was, though the export names this command as the way to go on
+    from the run's newest whole step file, as ``text --resume`` does."""
+    return run_finished(workspace, cfg.iters, needs_mesh=cfg.export) and last_reads(workspace)
 
 
 def image_section(image_path: Path, options: ImageOptions) -> dict[str, Any]:
@@ -186,17 +195,7 @@ def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool,
     with a note."""
     record = read_record(workspace) or {}
     if "trained_sentence" not in record or not learned_embeds_path(workspace).is_file():
-        stopped = _stopped_descriptor_step(workspace)
-        if stopped is not None and stopped > iters:
-            # Its steps past iters are not undone: it ends at the step it stopped at, and
-            # config.json says so (a rerun from it trains the same descriptor).
-            _note(
-                f"descriptor: stopped at step {stopped} already, past --descriptor-iters "
-                f"{iters}; it is kept at step {stopped} (pass --workspace NEW_FOLDER to train "
-                f"one to step {iters})"
-            )
-            return True, stopped
-        return True, iters
+        return True, _past_stop(workspace, iters)
     done = record.get("descriptor_iters")
     if not isinstance(done, int) or isinstance(done, bool) or done == iters:
         return False, done if isinstance(done, int) else iters
@@ -218,7 +217,23 @@ def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool,
             f"descriptor on to step {iters} and text→3D again from scratch, add --overwrite, or "
             "pass --workspace NEW_FOLDER"
         )
-    return True, iters
+    # Trained on once before and stopped past iters (trained to 2, then stopped at 4 of 6, now
+    # 3): config.json said 3 of a descriptor that ends at step 4.
+    return True, _past_stop(workspace, iters)
+
+
+def _past_stop(workspace: Path, iters: int) -> int:
+    """The step the descriptor's training ends at for ``iters`` asked: ``iters``, or the step
+    its checkpoint stopped at past it (with a note). Steps past ``iters`` are not undone, and
+    config.json records where it ends, so that a rerun from it trains the same descriptor."""
+    stopped = _stopped_descriptor_step(workspace)
+    if stopped is None or stopped <= iters:
+        return iters
+    _note(
+        f"descriptor: stopped at step {stopped} already, past --descriptor-iters {iters}; it is "
+        f"kept at step {stopped} (pass --workspace NEW_FOLDER to train one to step {iters})"
+    )
+    return stopped
 
 
 def _stopped_descriptor_step(workspace: Path) -> int | None:
@@ -431,6 +446,11 @@ def record_config(
         cfg.guidance.textual_inversion = os.path.abspath(learned_embeds_path(workspace))
     else:
         cfg.guidance.textual_inversion = None
+    # Continued from the run's copy of its image (as the refusal of a moved image says): the
+    # run's image stays the one it started from, whose name titles its export, not "source".
+    copy, recorded = source_copy(workspace), recorded_image(workspace)
+    if copy is not None and recorded is not None and image_path.resolve() == copy.resolve():
+        image_path = Path(recorded)
     extra = {"image_to_3d": image_section(image_path, options), **(sections or {})}
     write_run_config(workspace, cfg, extra)
 

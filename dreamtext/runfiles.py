@@ -272,13 +272,17 @@ def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> N
                 f"{workspace} holds the text→3D run of '{saved.get('prompt')}'; pass --workspace "
                 f"NEW_FOLDER to describe {image_path}"
             )
-        return
-    previous = record.get("image")
+    # config.json's image first: an image→3D run stopped in its describe stage has no
+    # sentence yet, and another image's sentence and copy made its own image read as changed.
+    previous = recorded_image(workspace)
     if previous is not None and Path(previous).resolve() != Path(image_path).resolve():
+        run = "image→3D run" if record is None else "sentence"
         raise DreamtextError(
-            f"{workspace} holds the sentence of {previous}; pass --workspace NEW_FOLDER to "
+            f"{workspace} holds the {run} of {previous}; pass --workspace NEW_FOLDER to "
             f"describe {image_path}"
         )
+    if record is None:
+        return
     folder = sentence_path(workspace).parent
     trained = "trained_sentence" in record or (folder / "checkpoints" / "last.pt").is_file()
     if trained:

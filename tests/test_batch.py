@@ -1370,6 +1370,32 @@ def test_a_batch_skips_runs_the_old_batch_script_finished(tmp_path, tiny_yaml, s
     assert not (workspace / "log.jsonl").exists() and not (workspace / "status.json").exists()
 
 
+def test_a_finished_line_whose_last_checkpoint_is_cut_short_is_not_done(tmp_path):
+    """The export of a finished run with a truncated or missing last.pt says the same batch
+    command goes on from its newest whole step file; the batch skipped the line as done."""
+    import torch
+
+    from dreamtext import batch
+    from dreamtext.checkpoint import RUN_KEYS, with_digest
+    from dreamtext.config import TrainConfig
+
+    workspace = tmp_path / "a_red_cube"
+    (workspace / "checkpoints").mkdir(parents=True)
+    whole = with_digest({**{key: {} for key in RUN_KEYS}, "step": 2})
+    last = workspace / "checkpoints" / "last.pt"
+    torch.save(whole, last)
+    torch.save(whole, workspace / "checkpoints" / "step_000002.pt")
+    (workspace / "status.json").write_text(json.dumps({"state": "finished", "step": 2, "iters": 2}))
+    cfg = TrainConfig(workspace=str(workspace), iters=2, export=False)
+    assert batch.is_finished(cfg)
+    last.write_bytes(last.read_bytes()[:100])
+    assert not batch.is_finished(cfg)
+    last.unlink()
+    assert not batch.is_finished(cfg)
+    shutil.rmtree(workspace / "checkpoints")  # none to go on from: done as it is
+    assert batch.is_finished(cfg)
+
+
 def test_a_finished_run_of_another_prompt_with_the_same_name_is_not_skipped(
     tmp_path, tiny_yaml, shapes_cache
 ):

@@ -443,6 +443,26 @@ def test_describe_refuses_the_workspace_of_another_image(tmp_path):
     assert record_path.read_text() == before
 
 
+def test_describe_refuses_an_image_run_of_another_image_stopped_before_its_sentence(tmp_path):
+    """`dreamtext image red.png --workspace W` stopped in describe (config.json names red.png,
+    no sentence yet), then `describe blue.png --workspace W`: accepted, and the run's own image
+    was then refused as changed since the run started from it."""
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(red)
+    Image.new("RGB", (16, 16), (0, 0, 200)).save(blue)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    config = {"prompt": "red", "image_to_3d": {"image": str(red.resolve())}}
+    (workspace / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DreamtextError) as refusal:
+        describe(blue, workspace, _vocabulary(tmp_path), encoder=HashEncoder())
+    assert str(refusal.value) == (
+        f"{workspace} holds the image→3D run of {red.resolve()}; pass --workspace NEW_FOLDER to "
+        f"describe {blue}"
+    )
+    assert sorted(p.name for p in workspace.iterdir()) == ["config.json"]
+
+
 def test_describe_refuses_the_workspace_of_a_text_run(tmp_path):
     """A text→3D run's folder: describe wrote its sentence there and replaced the run's
     status.json (finished at step 10) by its own (finished, phase describe, step 0), so the run

@@ -1400,11 +1400,22 @@ def test_export_of_an_image_names_the_run_its_image_command_made(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     run = make_run(tmp_path / "workspace", "mug", 1_000_000)
+    config = {"prompt": "mug", "image_to_3d": {"image": str(tmp_path / "mug.png")}}
+    (run / "config.json").write_text(json.dumps(config))
     Path("mug.png").write_bytes(b"\x89PNG")
     assert main(["export", "--workspace", "mug.png"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "dreamtext: error: mug.png is an image, not a run's folder: its `dreamtext image` run "
         f"is exported with --workspace {run.relative_to(tmp_path)}"
+    ]
+    # Another mug.png (its own bytes): workspace/mug is not its run, though named after it.
+    Path("other").mkdir()
+    Path("other/mug.png").write_bytes(b"\x89PNG other")
+    assert main(["export", "--workspace", "other/mug.png"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamtext: error: other/mug.png is an image, not a run's folder: `dreamtext image "
+        "other/mug.png` makes its run and exports it; export takes --workspace the folder of a "
+        "trained run"
     ]
 
 

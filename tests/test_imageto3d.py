@@ -1,6 +1,7 @@
 """Image→3D: describe → descriptor → text→3D → export, stages skipped when done; --diverse."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,7 +121,10 @@ def _finished_workspace(tmp_path, iters, status=True):
     (workspace / "checkpoints").mkdir()
     import torch
 
-    torch.save({"step": iters}, workspace / "checkpoints" / "last.pt")
+    from dreamtext.checkpoint import RUN_KEYS, with_digest
+
+    whole = with_digest({**{key: {} for key in RUN_KEYS}, "step": iters})
+    torch.save(whole, workspace / "checkpoints" / "last.pt")
     learned = str(workspace / "descriptor" / "learned_embeds.safetensors")
     saved = {"iters": iters, "guidance": {"textual_inversion": learned}}
     (workspace / "config.json").write_text(json.dumps(saved))
@@ -134,6 +138,41 @@ def test_finished_stages_are_skipped(tmp_path, tiny_sd_path, monkeypatch):
     image, workspace = _finished_workspace(tmp_path, iters=2)
     monkeypatch.setattr(imageto3d, "describe", _fail)
     monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
+    monkeypatch.setattr("dreamtext.trainer.train", _fail)
+    assert run_image(image, None, _config(tmp_path, tiny_sd_path)) == workspace
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_finished_run_whose_last_checkpoint_is_damaged_goes_on_from_its_step_file(
+    tmp_path, tiny_sd_path, monkeypatch, damage
+):
+    """The export of such a run says the same `dreamtext image` command goes on from its newest
+    whole step file; that command said "text→3D: reusing …/last.pt" (the damaged file) and did
+    nothing, and the export failed again."""
+    image, workspace = _finished_workspace(tmp_path, iters=2)
+    last = workspace / "checkpoints" / "last.pt"
+    shutil.copy(last, workspace / "checkpoints" / "step_000002.pt")
+    if damage == "missing":
+        last.unlink()
+    else:
+        last.write_bytes(last.read_bytes()[:100])
+    calls = []
+    monkeypatch.setattr(imageto3d, "describe", _fail)
+    monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
+    monkeypatch.setattr(
+        "dreamtext.trainer.train", lambda cfg, resume, resume_with: calls.append(resume)
+    )
+    run_image(image, None, _config(tmp_path, tiny_sd_path))
+    assert calls == [True]
+
+
+def test_a_finished_run_whose_checkpoints_were_deleted_is_still_reused(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """No checkpoint to go on from (deleted to save space): nothing to resume; the run stays
+    as it is."""
+    image, workspace = _finished_workspace(tmp_path, iters=2)
+    shutil.rmtree(workspace / "checkpoints")
     monkeypatch.setattr("dreamtext.trainer.train", _fail)
     assert run_image(image, None, _config(tmp_path, tiny_sd_path)) == workspace
 
@@ -874,6 +913,32 @@ def test_a_descriptor_stopped_past_a_smaller_descriptor_iters_is_kept_at_its_ste
     assert config["image_to_3d"]["descriptor"]["iters"] == 2
 
 
+def test_a_descriptor_trained_on_and_stopped_past_a_smaller_iters_records_its_step(
+    tmp_path, tiny_clip_path, tiny_sd_path, capsys
+):
+    """Trained to 2, trained on towards 6 and stopped at 4, then rerun with 3: it ended at
+    step 4 (nothing to train), but config.json recorded 3, and a rerun from that record trained
+    another descriptor."""
+    image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
+    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
+        path.unlink()  # text→3D not started
+    options.descriptor.iters = 4
+    run_image(image, options, _config(tmp_path, tiny_sd_path))
+    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
+        path.unlink()
+    record_path = workspace / "descriptor" / "sentence.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "descriptor_iters": 2}))  # stopped at 4 of 6
+    capsys.readouterr()
+    options.descriptor.iters = 3
+    run_image(image, options, _config(tmp_path, tiny_sd_path))
+    err = capsys.readouterr().err
+    assert "descriptor: stopped at step 4 already, past --descriptor-iters 3; it is kept" in err
+    assert json.loads(record_path.read_text())["descriptor_iters"] == 4
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["image_to_3d"]["descriptor"]["iters"] == 4
+
+
 def test_a_descriptor_whose_text_stage_has_not_started_trains_on_without_overwrite(
     tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
 ):
@@ -1159,6 +1224,26 @@ def test_a_run_whose_image_was_moved_continues_from_the_moved_file_or_the_runs_c
         imageto3d.check_image_workspace(workspace, other)
 
 
+def test_a_run_continued_from_its_copy_keeps_its_images_name_and_record(tmp_path):
+    """Continued as the moved image's refusal says (`dreamtext image W/descriptor/source.png
+    --workspace W`), the run recorded the copy as its image, and its export was titled
+    "source" (the OBJ's `o source`, the GLB's node), not after the image."""
+    from dreamtext.export import run_title
+
+    image, workspace, copy = _described_run(tmp_path)
+    cfg = resolve_config({"prompt": "cube", "workspace": str(workspace)})
+    imageto3d.record_config(workspace, cfg, image, ImageOptions())
+    image.rename(tmp_path / "moved.png")
+    imageto3d.record_config(workspace, cfg, copy, ImageOptions())
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["image_to_3d"]["image"] == str(image.resolve())
+    assert run_title(workspace, cfg.prompt) == image.stem
+    moved = tmp_path / "moved.png"  # its new path is recorded as the run's image
+    imageto3d.record_config(workspace, cfg, moved, ImageOptions())
+    config = json.loads((workspace / "config.json").read_text())
+    assert config["image_to_3d"]["image"] == str(moved.resolve())
+
+
 def test_a_diverse_workspace_of_another_seed_is_refused_naming_both_seeds(tmp_path):
     """The refusal named the other seed's sampled file as 'the image→3D run of …/
     sample_seed1.png', a file the user never gave, and not the --seed that would continue it."""
@@ -1283,6 +1368,55 @@ def test_image_overwrite_may_change_the_field_but_not_the_seed_of_the_descriptor
     err = capsys.readouterr().err
     assert "a resumed run keeps its seed, field and occupancy grid" in err and "num_levels" in err
     assert len(ran) == 1
+
+
+def test_an_image_run_stopped_before_text_to_3d_may_change_its_field(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    """Stopped in its descriptor stage, the run has no field yet: another field size was
+    refused as 'a resumed run keeps its seed, field and occupancy grid', whose only way on was a
+    new folder, which describes and trains the descriptor again. The seed stays: it trained the
+    descriptor."""
+    from dreamtext.cli import main
+
+    image, workspace = _finished_workspace(tmp_path, 3, status=False)
+    shutil.rmtree(workspace / "checkpoints")
+    ran = []
+    monkeypatch.setattr(imageto3d, "run_image", lambda image, options, cfg, **kw: ran.append(cfg))
+    bigger = tmp_path / "bigger.yaml"
+    bigger.write_text("field:\n  num_levels: 4\n")
+    common = ["image", str(image), "--workspace", str(workspace), "--model", str(tiny_sd_path)]
+    common += ["--config", str(bigger)]
+    assert main(common) == 0, capsys.readouterr().err
+    assert ran[-1].field.num_levels == 4
+    assert main([*common, "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "the run keeps its descriptor, which its seed trained" in err and "seed 0 → 5" in err
+
+
+def test_text_diverse_overwrite_may_change_the_field_as_image_overwrite_does(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    """`--overwrite` says it does for --diverse what it does for image: text→3D from scratch on
+    the kept descriptor. A wider field was refused for --diverse alone."""
+    from dreamtext.cli import main
+
+    image, workspace = _finished_workspace(tmp_path, 3)
+    config = json.loads((workspace / "config.json").read_text())
+    config["diverse"] = {"prompt": "a red cube", "seed": 0, "image": str(image)}
+    (workspace / "config.json").write_text(json.dumps(config))
+    (workspace / "diverse").mkdir()
+    shutil.copy(image, imageto3d.diverse_image(workspace, 0))
+    ran = []
+    monkeypatch.setattr(imageto3d, "run_diverse", lambda cfg, *a, **kw: ran.append(cfg))
+    bigger = tmp_path / "bigger.yaml"
+    bigger.write_text("field:\n  num_levels: 4\n")
+    common = ["text", "a red cube", "--diverse", "--workspace", str(workspace)]
+    common += ["--model", str(tiny_sd_path), "--config", str(bigger)]
+    assert main([*common, "--overwrite"]) == 0, capsys.readouterr().err
+    assert ran[-1].field.num_levels == 4
+    assert main(common) == 2  # without --overwrite the run resumes: its field stays
+    assert "a resumed run keeps its seed, field" in capsys.readouterr().err
 
 
 def test_a_diverse_run_into_a_text_runs_folder_is_refused_for_its_prompt(tmp_path):
