@@ -694,7 +694,7 @@ def validate(
         if type(error) is not DreamtextError:
             raise
         raise DreamtextError(with_its_file(str(error), source_of)) from None
-    cfg.export_options.validate(export_source)
+    cfg.export_options.validate(export_source, source_of)
     if cfg.guidance.textual_inversion and cfg.guidance.model in BUILTIN_MODELS:
         # It was recorded and never read: its tokens go into Stable Diffusion's text encoder.
         raise DreamtextError(

@@ -145,14 +145,23 @@ class ExportOptions:
     video_size: int = 256
     device: str = "auto"
 
-    def validate(self, source: str | None = None) -> None:
+    def validate(
+        self,
+        source: str | None = None,
+        source_of: Callable[[str], str | None] | None = None,
+    ) -> None:
         """Raise ``DreamtextError`` naming the option to fix: its ``dreamtext export`` flag, or
-        with ``source`` (a config file, a preset) its config field ``export_options.NAME``."""
+        with ``source`` (a config file, a preset) its config field ``export_options.NAME``;
+        ``source_of`` names where each option got its value (of several ``--config`` files, the
+        one that set it: ``dreamtext.config.setting_source``), ``source`` where it does not
+        know."""
 
         def name(option: str) -> str:
-            if source is None:
+            where = source_of(f"export_options.{option}") if source_of is not None else None
+            where = where or source
+            if where is None:
                 return option_flag(option)
-            return f"config field 'export_options.{option}' (in {source})"
+            return f"config field 'export_options.{option}' (in {where})"
 
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:

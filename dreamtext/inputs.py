@@ -110,6 +110,18 @@ class _Loader(yaml.SafeLoader):
                 continue
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A node's value; a tag its value does not fit (``seed: !!int 1.5``, ``lr: !!float
+        fast``, ``!!bool maybe``), whose constructor fails with a Python error and no line, is a
+        YAML error at the node's line."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            value = node.value if isinstance(node, yaml.ScalarNode) else "this value"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.tag.rsplit(':', 1)[-1]} does not fit {value!r}", node.start_mark
+            ) from exc
+
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         """An integer scalar by YAML 1.2's rules: decimal, ``0o`` octal or ``0x`` hex."""
         text = str(self.construct_scalar(node)).replace("_", "")
@@ -166,7 +178,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" (line {line + 1})" if line is not None else ""
+        if isinstance(exc, yaml.constructor.ConstructorError) and exc.context is None:
+            at = at[:-1] + f": {exc.problem})" if at else f" ({exc.problem})"  # a tag's value
         raise DreamtextError(f"config file '{path}' is not valid YAML{at}; fix it") from None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        # A collection's tag its value does not fit (`!!set [1]`): built after its node, where
+        # _Loader.construct_object does not see it.
+        raise DreamtextError(
+            f"config file '{path}' is not valid YAML (a value its tag does not fit); fix it"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,0 +1,180 @@
+"""Checkpoint files: what is kept, removed, checked and rebuilt, each expected value worked out by
+hand from the docstrings of dreamtext/checkpoint.py (not read back from its output)."""
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import TINY_TRAIN
+
+from dreamtext import checkpoint
+from dreamtext.checkpoint import (
+    append_log_line,
+    can_resume,
+    checkpoint_step,
+    is_whole,
+    load_checkpoint,
+    load_run,
+    newest_whole_step,
+    save_checkpoint,
+    state_digest,
+)
+from dreamtext.config import config_to_dict, resolve_config
+
+
+def a_state(step: int) -> dict:
+    return {"step": step, "field": {"table": torch.arange(1000, dtype=torch.float32)}}
+
+
+def steps_on_disk(folder: Path) -> dict[str, int]:
+    return {p.name: checkpoint_step(p) for p in sorted(folder.glob("*.pt"))}
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_checkpoints_have_the_mode_of_an_ordinary_new_file(tmp_path, umask, mode):
+    """0o666 less the umask, not mkstemp's private 0o600: a run is shared with others."""
+    before = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path, a_state(1))
+    finally:
+        os.umask(before)
+    folder = tmp_path / "checkpoints"
+    assert (folder / "last.pt").stat().st_mode & 0o777 == mode
+    assert (folder / "last.step.json").stat().st_mode & 0o777 == mode
+
+
+def test_a_save_after_a_rollback_keeps_keep_minus_one_older_steps_of_its_own_branch(tmp_path):
+    """keep=2: last.pt and one older step file. After step_10 was copied over last.pt, the
+    save of step 20 keeps step 10 (the one older step it may keep) and removes the old
+    branch's step_000020.pt (a step file of its own step: not the same state)."""
+    folder = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, a_state(step), keep=3)
+    assert steps_on_disk(folder) == {"last.pt": 30, "step_000010.pt": 10, "step_000020.pt": 20}
+    shutil.copyfile(folder / "step_000010.pt", folder / "last.pt")
+    save_checkpoint(tmp_path, a_state(20), keep=2)
+    assert steps_on_disk(folder) == {"last.pt": 20, "step_000010.pt": 10}
+
+
+def test_the_checksum_covers_shapes_and_every_plain_value():
+    flat = {"step": 3, "field": {"t": torch.arange(12.0)}, "config": {"lr": 0.001}}
+    digests = {
+        state_digest(flat),
+        state_digest({**flat, "field": {"t": torch.arange(12.0).reshape(3, 4)}}),
+        state_digest({**flat, "step": 4}),
+        state_digest({**flat, "config": {"lr": 0.002}}),
+    }
+    assert len(digests) == 4
+
+
+def test_the_newest_whole_step_file_is_the_newest_that_loads(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, a_state(step), keep=3)
+    assert newest_whole_step(folder, ()) == (folder / "step_000020.pt", 20)
+    os.truncate(folder / "step_000020.pt", 100)
+    assert newest_whole_step(folder, ()) == (folder / "step_000010.pt", 10)
+
+
+def test_a_failing_disk_while_a_step_file_is_checked_is_asked_again(tmp_path, monkeypatch):
+    """EIO says nothing of the file: the verdict is not kept for the next asking."""
+    save_checkpoint(tmp_path, a_state(10))
+    save_checkpoint(tmp_path, a_state(20))
+    path = tmp_path / "checkpoints" / "step_000010.pt"
+    real_load = torch.load
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.torch, "load", failing)
+    assert is_whole(path, 10, ()) is False
+    monkeypatch.setattr(checkpoint.torch, "load", real_load)
+    assert is_whole(path, 10, ()) is True
+
+
+def test_a_folder_named_last_pt_is_no_run_to_resume(tmp_path):
+    (tmp_path / "checkpoints" / "last.pt").mkdir(parents=True)
+    assert can_resume(tmp_path) is False
+
+
+def test_memory_running_out_while_a_checkpoint_loads_is_not_a_damaged_file(tmp_path, monkeypatch):
+    """The machine's memory, not the file: a resume must not fall back from a whole last.pt."""
+    save_checkpoint(tmp_path, a_state(1))
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(checkpoint.torch, "load", no_memory)
+    with pytest.raises(MemoryError):
+        load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+
+
+class _FullAfter:
+    """An unbuffered log file whose writes stop fitting after ``room`` bytes (a full disk)."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        self.file, self.room = open(path, "r+b", buffering=0), room  # noqa: SIM115
+
+    def write(self, data) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = self.file.write(bytes(data[: self.room]))
+        self.room -= written
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_log_line_that_does_not_fit_is_cut_back_off(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"step": 1}\n')
+    log = _FullAfter(path, room=5)
+    with pytest.raises(OSError) as raised:
+        append_log_line(log, path, {"step": 2, "loss": 0.5})
+    log.file.close()
+    assert raised.value.filename == str(path)
+    assert path.read_bytes() == b'{"step": 1}\n'
+
+
+def test_a_hidden_file_not_named_as_a_temp_file_is_kept(tmp_path):
+    """Only ``.<name>.XXXXXXXX.tmp`` (mkstemp's eight characters) are a killed write's."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / ".last.pt.old.bak").write_bytes(b"a user's copy")
+    save_checkpoint(tmp_path, a_state(1))
+    assert (folder / ".last.pt.old.bak").exists()
+
+
+def test_an_older_builtin_checkpoint_is_rebuilt_with_its_presets_settings(tmp_path):
+    """A builtin:shapes checkpoint from before ``density_activation``, ``render.sampler`` and
+    the ``presets`` record: its field is the preset's (exp density, not the default softplus),
+    rendered by the dense sampler that runs of then had."""
+    from dreamtext.factory import build_field, build_renderer
+    from dreamtext.field import field_config_to_dict
+
+    cfg = resolve_config(
+        {**TINY_TRAIN, "prompt": "a red cube", "guidance": {"model": "builtin:shapes"}}
+    )
+    assert cfg.field.density_activation == "exp"
+    field, renderer = build_field(cfg.field, "cpu"), build_renderer(cfg.render, "cpu")
+    config = config_to_dict(cfg)
+    del config["presets"], config["field"]["density_activation"], config["render"]["sampler"]
+    field_config = field_config_to_dict(cfg.field)
+    del field_config["density_activation"]
+    state = {
+        "step": 2,
+        "field": field.state_dict(),
+        "optimizer": {},
+        "renderer": renderer.state_dict(),
+        "rng": {},
+        "config": config,
+        "field_config": field_config,
+    }
+    save_checkpoint(tmp_path, state)
+    loaded, loaded_renderer, _ = load_run(tmp_path)
+    assert loaded.cfg.density_activation == "exp"
+    assert loaded_renderer.cfg.sampler == "dense"

@@ -1,0 +1,160 @@
+"""Boundaries and records of config resolution, each expected value worked out by hand from the
+docstrings and comments of dreamtext/config.py (not read back from its output)."""
+
+import json
+
+import pytest
+
+from dreamtext.config import (
+    TrainConfig,
+    change_lines,
+    config_to_dict,
+    read_resumes,
+    resolve_config,
+    run_setting_changes,
+    write_run_config,
+)
+from dreamtext.errors import DreamtextError
+
+RUN = {"prompt": "a red cube", "workspace": "runs/a_red_cube"}
+
+
+def test_a_bool_field_refuses_a_string_or_a_number(tmp_path):
+    """``export: "no"`` (quoted) was kept as the string "no", which is true."""
+    path = tmp_path / "mine.yaml"
+    path.write_text('export: "no"\n')
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=path)
+    assert str(raised.value) == f"config field 'export' must be bool, got 'no' (in {path})"
+    path.write_text("guidance:\n  fp16: 1\n")
+    with pytest.raises(DreamtextError, match=r"config field 'guidance.fp16' must be bool, got 1"):
+        resolve_config({"prompt": "x"}, config_file=path)
+
+
+def test_the_bounds_themselves_are_accepted():
+    """Each bound a docstring or message states is inside: albedo_epochs 0 (shading from the
+    start), ambient_ratio 1 ([0, 1]), the largest seed --seed takes (2^32 - 1)."""
+    assert resolve_config({"prompt": "x", "albedo_epochs": 0}).albedo_epochs == 0
+    assert resolve_config({"prompt": "x", "ambient_ratio": 1.0}).ambient_ratio == 1.0
+    assert resolve_config({"prompt": "x", "seed": 2**32 - 1}).seed == 4294967295
+    with pytest.raises(DreamtextError, match="must be from 0 to 4294967295, got 4294967296"):
+        resolve_config({"prompt": "x", "seed": 2**32})
+
+
+def test_a_t_range_of_one_time_is_refused():
+    """``0 ≤ t_min < t_max ≤ 1``: equal ends are no range."""
+    with pytest.raises(DreamtextError, match="0 ≤ t_min < t_max ≤ 1"):
+        resolve_config({"prompt": "x", "guidance": {"t_range": [0.5, 0.5]}})
+
+
+def test_shading_probabilities_that_sum_to_0_995_are_refused():
+    with pytest.raises(DreamtextError, match="summing to 1"):
+        resolve_config({"prompt": "x", "shading_probs": [0.5, 0.3, 0.195]})
+
+
+def test_the_largest_lr_counts_the_hash_tables_lr_scale():
+    """Adam's first step is 10 lr, the hash table's 10 lr × encoding_lr_scale: with the scale
+    10, float32's 3.4e38 allows lr up to 3.4e36, so 1e37 is refused; with the scale 1, 1e37 is
+    below 3.4e37 and runs."""
+    with pytest.raises(DreamtextError, match="too large"):
+        resolve_config({"prompt": "x", "lr": 1e37, "field": {"encoding_lr_scale": 10.0}})
+    assert resolve_config({"prompt": "x", "lr": 1e37, "field": {"encoding_lr_scale": 1.0}}).lr
+
+
+def test_a_builtin_model_from_the_last_config_file_pulls_in_its_preset(tmp_path):
+    """Of two config files naming a model the last counts, as for any setting; the built-in
+    prior's preset (32 px) goes under it."""
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("guidance:\n  model: some/other-model\n")
+    second.write_text("guidance:\n  model: builtin:shapes\n")
+    cfg = resolve_config(dict(RUN), config_file=[first, second])
+    assert cfg.guidance.model == "builtin:shapes"
+    assert (cfg.h, cfg.w, cfg.presets) == (32, 32, ("builtin-shapes",))
+
+
+def test_a_preset_given_again_on_a_resume_is_recorded_where_it_applied_last():
+    """A run built on builtin-shapes then fitfusion, resumed with --preset builtin-shapes: that
+    preset applied over the run's record (32 px), so it is the last of the record."""
+    built = resolve_config({**RUN, "guidance": {"model": "builtin:shapes"}}, preset="fitfusion")
+    assert built.presets == ("builtin-shapes", "fitfusion")
+    again = resolve_config({}, preset="builtin-shapes", base=config_to_dict(built))
+    assert again.h == 32
+    assert again.presets == ("fitfusion", "builtin-shapes")
+
+
+def test_an_export_option_refusal_names_the_config_file_not_the_builtin_preset(tmp_path):
+    """The built-in prior's preset sets export_options too; the bad value is the file's."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("export_options:\n  resolution: 4\n")
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({**RUN, "guidance": {"model": "builtin:shapes"}}, config_file=path)
+    assert str(raised.value) == (
+        f"config field 'export_options.resolution' (in {path}) must be at least 8"
+    )
+
+
+def _older(cfg: TrainConfig, drop: list[tuple[str, ...]]) -> dict:
+    saved = config_to_dict(cfg)
+    saved.pop("presets")
+    for *sections, key in drop:
+        section = saved
+        for part in sections:
+            section = section[part]
+        del section[key]
+    return saved
+
+
+def test_a_run_from_before_the_sampler_choice_resumes_with_the_dense_sampler():
+    """A config.json without render.sampler is of a run the dense sampler rendered (the
+    default now is the occupancy marcher), whatever its presets."""
+    assert TrainConfig().render.sampler == "occupancy"
+    saved = {**_older(resolve_config(dict(RUN)), [("render", "sampler")]), "presets": []}
+    assert resolve_config({}, base=saved).render.sampler == "dense"
+
+
+def test_the_line_of_an_older_config_json_names_settings_not_the_presets_record(capsys):
+    saved = _older(resolve_config(dict(RUN)), [("light_jitter",)])
+    resolve_config({}, base=saved)
+    err = capsys.readouterr().err
+    assert "has no light_jitter and does not say" in err
+    assert "presets" not in err
+
+
+def test_a_changed_value_is_cut_past_40_characters_only():
+    exactly = "a" * 38  # 40 characters as JSON, with its quotes
+    longer = "a" * 39
+    assert change_lines({"prompt": [exactly, "b"]}) == [f'prompt "{exactly}" → "b"']
+    assert change_lines({"prompt": [longer, "b"]}) == [f'prompt "{"a" * 38}… → "b"']
+
+
+def test_a_finished_runs_length_and_its_learned_tokens_are_no_change_to_warn_of(tmp_path):
+    """NOT_COMPARED holds ``iters``: a finished run asked for more steps resumes; an image run's
+    own learned tokens are left out when ``learned``."""
+    ran = TrainConfig(prompt="a mug", iters=1000)
+    ran.guidance.textual_inversion = "/old/descriptor/learned_embeds.safetensors"
+    write_run_config(tmp_path, ran)
+    now = TrainConfig(prompt="a mug", iters=2000, log_every=5)
+    now.guidance.textual_inversion = "/new/descriptor/learned_embeds.safetensors"
+    assert run_setting_changes(tmp_path, now, learned=True) == []
+    lines = run_setting_changes(tmp_path, now, learned=False)
+    assert len(lines) == 1 and lines[0].startswith('guidance.textual_inversion "/old/desc')
+    now.lr = 2e-3
+    assert run_setting_changes(tmp_path, now, learned=True) == ["lr 0.001 → 0.002"]
+
+
+def test_resumes_that_are_not_a_list_read_as_none(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"resumes": {"step": 5}}))
+    assert read_resumes(tmp_path) == []
+
+
+def test_an_export_option_refusal_names_the_config_file_that_set_it(tmp_path):
+    """Of two --config files with export_options, the refusal named the last one, which did not
+    set the bad value (the field's refusal named the right one)."""
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("export_options:\n  resolution: 4\n")
+    second.write_text("export_options:\n  video_size: 64\n")
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config({"prompt": "a red cube"}, config_file=[first, second])
+    assert str(refusal.value) == (
+        f"config field 'export_options.resolution' (in {first}) must be at least 8"
+    )
