@@ -218,7 +218,7 @@ def _to_rgb_on_white(image: Image.Image) -> Image.Image:
         else:
             image = Image.fromarray(gray, "L")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode in ("P", "L", "RGB") and "transparency" in image.info
+        image.mode in ("1", "P", "L", "RGB") and "transparency" in image.info
     )
     if not has_alpha:
         return image.convert("RGB")

@@ -1,0 +1,198 @@
+"""The trainer's per-step choices (shading, lights) against the thesis (ch. 6.1.4) and the
+config's documented meaning, for settings other than the defaults."""
+
+import json
+import types
+
+import pytest
+import torch
+from tiny_models import TINY_TRAIN
+
+import dreamtext.trainer as trainer
+from dreamtext.cameras import sample_poses
+from dreamtext.config import resolve_config
+from dreamtext.trainer import light_positions, shading_for_step, train
+
+
+def test_shading_probs_are_albedo_textureless_lambertian_in_that_order() -> None:
+    # config.py: shading_probs = (albedo, textureless, lambertian); all weight on one of them
+    # gives only that shading once the albedo epochs are over.
+    rng = torch.Generator().manual_seed(0)
+    for probs, name in [
+        ((1.0, 0.0, 0.0), "albedo"),
+        ((0.0, 1.0, 0.0), "textureless"),
+        ((0.0, 0.0, 1.0), "lambertian"),
+    ]:
+        cfg = resolve_config({"prompt": "x", "albedo_epochs": 0, "shading_probs": list(probs)})
+        assert {shading_for_step(s, cfg, rng) for s in range(1, 50)} == {name}
+
+
+def test_albedo_epochs_count_hundred_step_epochs_from_step_one() -> None:
+    # An epoch is 100 iterations: albedo_epochs 2 is steps 1-200 in albedo, step 201 shaded.
+    cfg = resolve_config({"prompt": "x", "albedo_epochs": 2, "shading_probs": [0.0, 1.0, 0.0]})
+    rng = torch.Generator().manual_seed(0)
+    assert shading_for_step(200, cfg, rng) == "albedo"
+    assert shading_for_step(201, cfg, rng) == "textureless"
+
+
+def test_light_jitter_is_the_standard_deviation_of_the_light_around_the_camera() -> None:
+    rng = torch.Generator().manual_seed(0)
+    poses = sample_poses(20000, generator=torch.Generator().manual_seed(1))
+    offsets = light_positions(poses, 0.25, rng) - poses.eye
+    assert offsets.mean(dim=0).abs().max() < 0.01
+    torch.testing.assert_close(offsets.std(dim=0), torch.full((3,), 0.25), atol=0.01, rtol=0)
+
+
+def _tiny(tmp_path, model, **overrides):
+    return resolve_config(
+        {
+            **TINY_TRAIN,
+            "prompt": "a red sphere",
+            "workspace": str(tmp_path / "run"),
+            "guidance": {"model": str(model)},
+            "preview_every": 0,
+            **overrides,
+        }
+    )
+
+
+def _records(workspace):
+    return [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_runs_log_lines_hold_the_total_loss_and_its_last_step(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    # loss = L_SDS + λ_e L_entropy + λ_o L_opacity + λ_n L_orientation + λ_d L_density (the
+    # trainer's step), and samples_per_ray is per ray; the guidance sees step k of N as
+    # progress k / N; lines every log_every steps and at the last one.
+    real = trainer.build_parts
+    ratios = []
+
+    def build(cfg, device):
+        parts = real(cfg, device)
+        inner = parts.guidance.sds_loss
+
+        def sds_loss(images, labels, step_ratio):
+            ratios.append(step_ratio)
+            return inner(images, labels, step_ratio)
+
+        parts.guidance.sds_loss = sds_loss
+        return parts
+
+    monkeypatch.setattr(trainer, "build_parts", build)
+    lambdas = {"entropy": 0.5, "opacity": 0.25, "orientation": 2.0, "density": 3.0}
+    cfg = _tiny(
+        tmp_path,
+        tiny_sd_path,
+        iters=3,
+        log_every=2,
+        checkpoint_every=3,
+        render={**TINY_TRAIN["render"], "sampler": "dense"},
+        **{f"lambda_{name}": value for name, value in lambdas.items()},
+    )
+    records = _records(train(cfg))
+    assert ratios == [1 / 3, 2 / 3, 1.0]
+    assert [r["step"] for r in records] == [2, 3]
+    for r in records:
+        total = r["loss_sds"] + sum(lam * r[f"loss_{name}"] for name, lam in lambdas.items())
+        assert r["loss"] == pytest.approx(total, rel=1e-5, abs=1e-6)
+        assert r["loss_density"] > 0
+        assert r["skipped"] == 0.0 and r["skipped_total"] == 0  # every ε̂ was finite
+        # The dense sampler without a refreshed grid: at most 16 + 4 samples on each ray.
+        assert 0 < r["samples_per_ray"] <= 16 + 4
+
+
+def test_a_resumed_runs_speed_counts_only_its_own_steps(tmp_path, tiny_sd_path, monkeypatch):
+    # Resumed at step 2 and logged at step 3, 10 s later: 1 step / 10 s = 0.1 it/s (not the
+    # 3 steps of the run over this attempt's 10 s).
+    train(_tiny(tmp_path, tiny_sd_path, iters=2, checkpoint_every=2))
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    workspace = train(_tiny(tmp_path, tiny_sd_path, iters=3, checkpoint_every=2), resume=True)
+    last = _records(workspace)[-1]
+    assert last["step"] == 3 and last["its"] == pytest.approx(0.1)
+
+
+def test_the_density_decay_adds_lambda_times_its_gradient(tmp_path, tiny_sd_path, monkeypatch):
+    # One step's gradients with λ_d = 1, 2, 3 (all else the same, CPU, one seed): the decay's
+    # part grows linearly with λ_d, so g(2) − g(1) = g(3) − g(2) ≠ 0.
+    grads = {}
+
+    def record(lam):
+        def step(run, finite):
+            grads[lam] = torch.cat(
+                [p.grad.flatten() for p in run.field.parameters() if p.grad is not None]
+            )
+            return True
+
+        return step
+
+    for lam in (1.0, 2.0, 3.0):
+        monkeypatch.setattr(trainer, "optimizer_step", record(lam))
+        train(_tiny(tmp_path / str(lam), tiny_sd_path, iters=1, lambda_density=lam))
+    first, second = grads[2.0] - grads[1.0], grads[3.0] - grads[2.0]
+    assert first.abs().max() > 0
+    torch.testing.assert_close(first, second, rtol=1e-3, atol=1e-6)
+
+
+def test_random_backgrounds_are_one_colour_per_image_each_step(tmp_path, tiny_sd_path, monkeypatch):
+    # field.background "random": the trainer draws a solid colour per image ([B, 3] in [0, 1])
+    # and renders on it, a new one each step.
+    real = trainer.build_parts
+    seen = []
+
+    def build(cfg, device):
+        parts = real(cfg, device)
+        inner = parts.renderer.render_train
+
+        def render_train(*args, **kwargs):
+            seen.append(kwargs["background"])
+            return inner(*args, **kwargs)
+
+        parts.renderer.render_train = render_train
+        return parts
+
+    monkeypatch.setattr(trainer, "build_parts", build)
+    field = {**TINY_TRAIN["field"], "background": "random"}
+    train(_tiny(tmp_path, tiny_sd_path, iters=2, batch_size=2, field=field))
+    assert len(seen) == 2 and all(b is not None and b.shape == (2, 3) for b in seen)
+    assert all(float(b.min()) >= 0 and float(b.max()) <= 1 for b in seen)
+    assert not torch.equal(seen[0], seen[1])
+
+
+def test_a_resume_asking_fewer_steps_keeps_the_runs_own_length(tmp_path, tiny_sd_path):
+    # Trained to step 3, resumed with --iters 2: the run is not shortened; its config.json and
+    # status.json say 3 steps, beside its step 3.
+    train(_tiny(tmp_path, tiny_sd_path, iters=3, checkpoint_every=3))
+    workspace = train(_tiny(tmp_path, tiny_sd_path, iters=2, checkpoint_every=3), resume=True)
+    config = json.loads((workspace / "config.json").read_text())
+    status = json.loads((workspace / "status.json").read_text())
+    assert config["iters"] == 3 and (status["iters"], status["step"]) == (3, 3)
+
+
+def test_the_old_final_preview_is_gone_while_a_resumed_run_trains_on(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    # final.png is the picture of the run's end; once it trains on from there, it is not.
+    train(_tiny(tmp_path, tiny_sd_path, iters=2, checkpoint_every=2))
+    final = tmp_path / "run" / "previews" / "final.png"
+    assert final.is_file()
+    real, present = trainer.train_step, []
+
+    def step(run):
+        present.append(final.exists())
+        return real(run)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    train(_tiny(tmp_path, tiny_sd_path, iters=3, checkpoint_every=2), resume=True)
+    assert present == [False] and final.is_file()  # and written again at the new end
+
+
+def test_a_resume_keeps_the_preview_of_the_step_it_goes_on_from(tmp_path, tiny_sd_path):
+    # Checkpoint and preview at step 2; a resume from step 2 removes what lies past it only.
+    train(_tiny(tmp_path, tiny_sd_path, iters=2, checkpoint_every=2, preview_every=2))
+    previews = tmp_path / "run" / "previews"
+    assert (previews / "step_000002.png").is_file()
+    train(_tiny(tmp_path, tiny_sd_path, iters=3, checkpoint_every=2, preview_every=2), resume=True)
+    assert (previews / "step_000002.png").is_file()
