@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_prior import CAMERAS
 
-from dreamtext.cameras import CameraRange
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.prior import ShapesPrior, dataset_size
-
-CAMERAS = CameraRange(
-    polar_range=(70.0, 90.0),
-    azimuth_range=(0.0, 360.0),
-    box_fraction=0.0,
-    radius_range=(1.8, 1.8),
-    fovy_range=(45.0, 45.0),
-)
 
 
 @pytest.fixture(scope="module")
