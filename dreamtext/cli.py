@@ -427,7 +427,8 @@ def image_run_fixed(workspace: str | Path, overwrite: bool, command: str) -> dic
     --diverse``) in ``workspace``: with ``--overwrite`` (text→3D trains from scratch: another
     field, another grid may be asked for), or before its text stage has a checkpoint (there is
     no field yet), only the seed stays, which trained the descriptor the run keeps; otherwise
-    what any resumed run keeps (none: :data:`~dreamtext.config.RESUME_FIXED`)."""
+    none, so that ``resolve_config`` keeps what any resumed run keeps
+    (:data:`~dreamtext.config.RESUME_FIXED`)."""
     from dreamtext.checkpoint import can_resume
 
     if overwrite:
