@@ -131,9 +131,12 @@ def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) ->
     workspace = Path(workspace)
     status = read_status(workspace)
     if status is not None:
-        if needs_mesh and not has_mesh(workspace, status["step"]) and can_resume(workspace):
+        step = status.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            return False  # another tool's file, or one edited by hand: no step it finished at
+        if needs_mesh and not has_mesh(workspace, step) and can_resume(workspace):
             return False
-        return status["state"] == "finished" and status["step"] >= iters
+        return status["state"] == "finished" and step >= iters
     if (workspace / STATUS).exists() or not (workspace / "mesh" / "mesh.glb").is_file():
         return False
     try:

@@ -1345,6 +1345,7 @@ def _old_batch_sh_run(workspace, step=20, iters=20, mesh=True):
         ({}, 10, True),
         ({}, 30, False),  # asked for more iterations: it resumes
         ({"step": 15}, 20, False),  # stopped before its iters
+        ({"step": 15}, 10, False),  # stopped before its own iters (20), past the asked 10
         ({"step": 15, "iters": 15}, 20, False),
         ({"mesh": False}, 20, False),  # trained but not exported
     ],
@@ -3465,3 +3466,218 @@ def test_a_stop_between_two_lines_keeps_the_records_and_starts_no_next_line(
     assert not (root / "a_blue_cube").exists()
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("batch: 1 line not started (line 2); run the same command again")
+
+
+def test_an_old_batch_script_run_with_an_unreadable_status_json_is_not_finished(tmp_path):
+    """Only a run from before status.json counts by its files: one whose status.json is there
+    but cannot be read (cut short, damaged) is not known to have finished."""
+    from dreamtext.batch import is_finished
+    from dreamtext.config import resolve_config
+
+    workspace = _old_batch_sh_run(tmp_path / "a_red_cube")
+    (workspace / "status.json").write_text('{"state": "fini')
+    cfg = resolve_config({"prompt": "a red cube", "workspace": str(workspace), "iters": 20})
+    assert is_finished(cfg) is False
+
+
+def test_a_record_takes_the_runs_figures_only_from_a_status_written_since_the_attempt_began(
+    tmp_path,
+):
+    """_record: a status.json this very process wrote before the attempt started (an earlier
+    run_batch in the same process) is the old run's, not this attempt's."""
+    from dreamtext.batch import Entry, _record
+    from dreamtext.processes import this_process
+    from dreamtext.runstatus import now_iso
+
+    root = tmp_path / "root"
+    entry = Entry(1, "a red cube", "text", "a red cube", root / "a_red_cube")
+    entry.workspace.mkdir(parents=True)
+    figures = {"state": "finished", "step": 4, "iters": 4, "phase": "export", "gpu_mem_mib": 9.0}
+    old = {**figures, "started": "2020-01-01T00:00:00+00:00", **this_process()}
+    (entry.workspace / "status.json").write_text(json.dumps(old))
+    failed = {"status": "failed", "error": "cannot resume"}
+    started = now_iso()
+    record = _record(entry, root, None, failed, True, started, time.perf_counter())
+    assert (record["phase"], record["step"], record["gpu_mem_mib"]) == (None, None, None)
+    ours = {**figures, "started": started, **this_process()}
+    (entry.workspace / "status.json").write_text(json.dumps(ours))
+    record = _record(entry, root, None, failed, True, started, time.perf_counter())
+    assert (record["phase"], record["step"], record["gpu_mem_mib"]) == ("export", 4, 9.0)
+
+
+def test_only_a_run_finished_short_of_the_asked_iters_is_continued_from_its_step(tmp_path):
+    """continued_step: the step a finished run is trained on from, where --iters asks for more;
+    none for one finished at --iters or beyond (a batch that only exports it continues
+    nothing), nor for a run not finished."""
+    from dreamtext.batch import continued_step
+
+    workspace = tmp_path / "a_red_cube"
+    (workspace / "checkpoints").mkdir(parents=True)
+    (workspace / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    done = {"state": "finished", "step": 4, "iters": 4, "phase": "export"}
+    (workspace / "status.json").write_text(json.dumps(done))
+    assert continued_step(workspace, 6) == 4
+    assert continued_step(workspace, 4) is None
+    assert continued_step(workspace, 3) is None
+    (workspace / "status.json").write_text(json.dumps({**done, "state": "interrupted"}))
+    assert continued_step(workspace, 6) is None
+
+
+def test_a_skip_recorded_after_another_workers_failure_does_not_hide_it(tmp_path):
+    """BatchLog: a worker that skipped the line (its lock was held) made no attempt: the
+    failure before it is still the line's newest attempt; a later attempt that ran ends it."""
+    from dreamtext.batch import BatchLog, append_record
+
+    log = tmp_path / "batch.jsonl"
+    log.write_text(json.dumps({"workspace": "old", "status": "failed", "error": "before"}) + "\n")
+    others = BatchLog(log)
+    append_record(log, {"workspace": "a_red_cube", "status": "failed", "error": "CUDA error"})
+    append_record(log, {"workspace": "a_red_cube", "status": "skipped", "error": "claimed by x"})
+    assert others.failed_since_start("a_red_cube") == "CUDA error"
+    assert others.failed_since_start("old") is None  # failed before this worker started
+    append_record(log, {"workspace": "a_red_cube", "status": "finished", "error": None})
+    assert others.failed_since_start("a_red_cube") is None
+
+
+def test_a_requeued_task_keeps_the_lines_its_earlier_attempts_trained_and_no_others(
+    tmp_path, monkeypatch
+):
+    """requeued_task_runs: this task's records of a lower restart count that finished a line,
+    or were interrupted in it past step 0; not this attempt's own count's, nor another task's,
+    nor an attempt stopped before its first step (the older run was still there)."""
+    from dreamtext.batch import Entry, requeued_task_runs
+
+    slurm_task_env(monkeypatch, "77", 2)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    root = tmp_path / "root"
+    names = ["finished", "trained", "not_trained", "this_attempt", "other_task"]
+    share = [Entry(i, n, "text", n, root / n) for i, n in enumerate(names, start=1)]
+    records = [
+        {"workspace": "finished", "slurm": "77_0", "slurm_restart": 0, "status": "finished"},
+        {"workspace": "trained", "slurm": "77_0", "slurm_restart": 1, "status": "interrupted"},
+        {"workspace": "not_trained", "slurm": "77_0", "slurm_restart": 1, "status": "interrupted"},
+        {"workspace": "this_attempt", "slurm": "77_0", "slurm_restart": 2, "status": "finished"},
+        {"workspace": "other_task", "slurm": "77_1", "slurm_restart": 0, "status": "finished"},
+    ]
+    steps = {"trained": 5, "not_trained": 0}
+    root.mkdir()
+    with open(root / "batch.jsonl", "w") as log:
+        for record in records:
+            step = steps.get(record["workspace"], 9)
+            log.write(json.dumps({**record, "error": None, "step": step}) + "\n")
+    kept = requeued_task_runs(root / "batch.jsonl", share, root)
+    assert kept == {root / "finished", root / "trained"}
+
+
+def test_overwrite_leaves_a_run_another_worker_trained_again_while_this_one_took_its_lock(
+    tmp_path, monkeypatch
+):
+    """Workers sharing a list with --overwrite: the run's status.json changed while this worker
+    claimed its lock (another worker had trained it again and released the lock), so it is
+    skipped, not trained from scratch a second time."""
+    from dreamtext.batch import BatchOptions, WorkspaceLock, entry_config, run_entry
+
+    root = tmp_path / "root"
+    workspace = ran(root / "a_red_cube", "a red cube")
+    seen_at_start = json.loads((workspace / "status.json").read_text())
+    entry = Entry(1, "a red cube", "text", "a red cube", workspace)
+    cfg = entry_config(entry, {"iters": 20, "guidance": {"model": "builtin:shapes"}}, None, None)
+    acquire = WorkspaceLock.acquire
+
+    def acquire_after_another_worker(lock):
+        retrained = {"state": "finished", "step": 20, "started": "2026-01-01T00:00:00+00:00"}
+        (workspace / "status.json").write_text(json.dumps(retrained))
+        return acquire(lock)
+
+    monkeypatch.setattr(WorkspaceLock, "acquire", acquire_after_another_worker)
+    trained = []
+    monkeypatch.setattr(
+        dreamtext.batch, "run_one_retrying_stale", lambda *a, **k: trained.append(k)
+    )
+    options = BatchOptions(root=root, overwrite=True)
+    assert run_entry(entry, cfg, options, root, None, seen_at_start)["status"] == "skipped"
+    assert trained == []
+
+
+def test_a_run_without_a_checkpoint_gets_no_warning_that_it_resumes(tmp_path, capsys):
+    """A run folder with its config.json but no checkpoint (stopped before its first one)
+    starts again from scratch with the batch's settings: nothing resumes, so no warning says
+    so; once it has a checkpoint, its changed settings are named."""
+    from dreamtext.batch import entry_config, warn_resuming_with_other_settings
+    from dreamtext.config import write_run_config
+
+    workspace = tmp_path / "root" / "a_red_cube"
+    workspace.mkdir(parents=True)
+    entry = Entry(1, "a red cube", "text", "a red cube", workspace)
+    flags = {"iters": 20, "guidance": {"model": "builtin:shapes"}}
+    write_run_config(workspace, entry_config(entry, flags, None, None))
+    cfg = entry_config(entry, {**flags, "lr": 0.5}, None, None)
+    capsys.readouterr()
+    warn_resuming_with_other_settings(entry, cfg)
+    assert capsys.readouterr().err == ""
+    (workspace / "checkpoints").mkdir()
+    (workspace / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    warn_resuming_with_other_settings(entry, cfg)
+    assert "resumes with other settings than it started with (lr 0.02 → 0.5)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_stop_between_two_lines_retried_for_their_locks_starts_no_next_one(tmp_path, monkeypatch):
+    """_run_share's second pass (lines skipped for a lock that looked abandoned): a Ctrl-C or
+    SIGTERM that came while a line's record was written (held back, so no line records it)
+    stops the pass before it waits for the next line's lock."""
+    from dreamtext import interrupts
+    from dreamtext.batch import BatchOptions, _run_share
+
+    root = tmp_path / "root"
+    share = [Entry(n, f"p{n}", "text", f"p{n}", root / f"p{n}") for n in (1, 2)]
+    held = {"status": "skipped", "error": "claimed by node1 pid 5", "stopped_batch": False}
+    waited = []
+
+    def wait(entry, timeout):
+        waited.append(entry.line)
+        return True
+
+    def attempt(entry, cfg):
+        if len(calls) >= len(share):  # the second pass: a signal lands as the record is written
+            interrupts._REQUEST["stop"] = True
+            calls.append(entry.line)
+            return {"status": "finished", "error": None, "stopped_batch": False}
+        calls.append(entry.line)
+        return dict(held)
+
+    calls = []
+    monkeypatch.setattr(dreamtext.batch, "wait_for_abandoned_lock", wait)
+
+    class Bar:
+        def set_postfix_str(self, text):
+            pass
+
+        def update(self, n):
+            pass
+
+    records = []
+    with interrupts.sigterm_interrupts():
+        _run_share(
+            share, [None, None], records, attempt, Bar(), BatchOptions(root=root), root, None
+        )
+    assert waited == [1] and calls == [1, 2, 1]
+
+
+def test_a_batch_log_this_user_may_not_write_is_refused_before_any_line(tmp_path, monkeypatch):
+    """check_batch_log: ROOT/batch.jsonl that this process may not write (another user's, a
+    chmod) is one line before the first line trains, not a stop after it. (Root may write any
+    file, so the permission is the one os.access answers.)"""
+    from dreamtext.batch import check_batch_log
+
+    log = tmp_path / "batch.jsonl"
+    check_batch_log(log)  # not there yet: the first record makes it
+    log.write_text("")
+    check_batch_log(log)
+    real = os.access
+    monkeypatch.setattr(
+        dreamtext.batch.os, "access", lambda p, mode: False if Path(p) == log else real(p, mode)
+    )
+    with pytest.raises(DreamtextError, match=r"^cannot write .*batch.jsonl .*make it writable"):
+        check_batch_log(log)

@@ -100,3 +100,15 @@ def test_a_later_pipe_at_the_same_descriptor_is_read_as_its_own_list():
     os.close(fd)
     assert piped_lines(b"a red cube", fd) == ["a red cube"]
     assert piped_lines(b"a blue sphere", fd) == ["a blue sphere"]
+
+
+def test_a_list_named_by_its_proc_descriptor_takes_the_files_folder(tmp_path, monkeypatch):
+    """``/proc/self/fd/N`` (as a shell's ``/dev/stdin`` resolves) opened on a file is that
+    file's folder, not ``/proc/self/fd``."""
+    write_mug(tmp_path / "lists")
+    prompts = tmp_path / "lists" / "prompts.txt"
+    prompts.write_text("image:mug.png\n")
+    monkeypatch.chdir(tmp_path)
+    with open(prompts) as opened:
+        folder = relative_images_folder(Path(f"/proc/self/fd/{opened.fileno()}"))
+    assert folder == tmp_path / "lists"

@@ -245,3 +245,26 @@ def test_a_signal_while_python_imports_the_command_is_one_line(signum, command):
         preexec_fn=_sigint_as_in_a_terminal,
     )
     assert (done.returncode, done.stderr) == (130, "dreamtext: interrupted\n")
+
+
+def test_a_second_signal_in_a_training_loop_interrupts_at_once():
+    """The first Ctrl-C / SIGTERM in a training loop only asks it to stop after its step; a
+    second one does not wait for that (stop_on_signal: "a second Ctrl-C interrupts at once")."""
+    with sigterm_interrupts(), stop_on_signal() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop["stop"]  # the first is a request, no exception
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_an_interrupt_in_the_export_says_so_with_its_step_and_checkpoint():
+    from pathlib import Path
+
+    from dreamtext.interrupts import TrainingInterrupted
+
+    saved = Path("w") / "checkpoints" / "last.pt"
+    assert str(TrainingInterrupted(7, saved)) == f"interrupted after step 7; saved {saved}"
+    in_export = TrainingInterrupted(7, saved, in_export=True)
+    assert str(in_export) == f"interrupted in the export, after step 7; saved {saved}"
+    stage = TrainingInterrupted(3, saved, stage="descriptor training")
+    assert str(stage) == f"descriptor training interrupted after step 3; saved {saved}"

@@ -765,3 +765,118 @@ def test_a_second_signal_while_the_heartbeat_ends_leaves_no_late_running(tmp_pat
     beat_returned.wait(5)
     time.sleep(0.3)
     assert read_status(tmp_path)["state"] == "interrupted"
+
+
+def test_a_stage_after_another_counts_its_own_time_not_the_stage_before_its(tmp_path):
+    """A text→3D stage past step 0 whose status.json is still the descriptor's (an image run
+    between its stages) is no resume of the descriptor: its seconds are its own, and the
+    descriptor's stay in its own stages entry."""
+    write_status(
+        tmp_path,
+        {"state": "running", "phase": "descriptor", "step": 10, "iters": 10, "seconds": 100.0},
+    )
+    tracker = StatusTracker(tmp_path, 20, lambda: 5, torch.device("cpu"))  # text→3D, step 5
+    tracker.write("running")
+    now = read_status(tmp_path)
+    assert now["seconds"] < 10.0
+    assert now["stages"]["descriptor"] == {"seconds": 100.0, "gpu_mem_mib": None}
+    assert 100.0 <= now["total_seconds"] < 110.0
+
+
+def test_a_resumed_stage_that_peaks_higher_than_before_records_its_new_peak(tmp_path, monkeypatch):
+    clock = {"t": 0.0, "peak": None}
+    monkeypatch.setattr(runstatus.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(runstatus, "peak_gpu_mib", lambda device: clock["peak"])
+    with pytest.raises(KeyboardInterrupt):
+        _stage(tmp_path, "train", 0, clock, peak=1000.0, interrupt=True)
+    done = _stage(tmp_path, "train", 6, clock, peak=2000.0, finishes=True)
+    assert done["stages"]["train"] == {"seconds": 20.0, "gpu_mem_mib": 2000.0}
+    assert (done["gpu_mem_mib"], done["peak_gpu_mem_mib"]) == (2000.0, 2000.0)
+
+
+def test_a_text_stage_restarted_says_running_in_the_descriptor_with_the_earlier_stages(tmp_path):
+    """restart_stage: an image run's text→3D trained again from its start keeps the describe
+    and descriptor figures, and says running in the last of them (the descriptor), as between
+    two stages of a first run; the old text→3D record is dropped."""
+    stages = {
+        "describe": {"seconds": 5.0, "gpu_mem_mib": None},
+        "descriptor": {"seconds": 300.0, "gpu_mem_mib": 3000.0},
+        "train": {"seconds": 900.0, "gpu_mem_mib": 5000.0},
+    }
+    write_status(tmp_path, {"state": "finished", "step": 10, "iters": 10, "stages": stages})
+    runstatus.restart_stage(tmp_path, "train")
+    now = read_status(tmp_path)
+    assert (now["state"], now["phase"], now["step"]) == ("running", "descriptor", 0)
+    assert (now["seconds"], now["gpu_mem_mib"]) == (300.0, 3000.0)
+    assert now["stages"] == {"describe": stages["describe"], "descriptor": stages["descriptor"]}
+    assert (now["total_seconds"], now["peak_gpu_mem_mib"]) == (305.0, 3000.0)
+    # A text→3D run has no stage before its own: its status.json goes.
+    write_status(tmp_path, {"state": "finished", "step": 10, "iters": 10, "phase": "export"})
+    runstatus.restart_stage(tmp_path, "train")
+    assert not (tmp_path / "status.json").exists()
+
+
+@pytest.mark.parametrize("state", ["finished", "failed", "interrupted"])
+def test_an_error_between_stages_leaves_a_status_that_already_ended_as_it_is(tmp_path, state):
+    """ends_between_stages rewrites only a ``running`` status of this process: one that ended
+    (a stage that recorded its own failure, or the run's finish) keeps its own record."""
+    from dreamtext.processes import this_process
+
+    ended = {"state": state, "step": 3, "iters": 3, "error": "its own", **this_process()}
+    write_status(tmp_path, ended)
+    before = (tmp_path / "status.json").read_bytes()
+    with pytest.raises(RuntimeError), runstatus.ends_between_stages(tmp_path):
+        raise RuntimeError("after the stage")
+    assert (tmp_path / "status.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "stop", [KeyboardInterrupt(), TrainingInterrupted(4, Path("last.pt"))], ids=["ctrl-c", "saved"]
+)
+def test_a_stop_between_stages_leaves_interrupted_and_an_error_failed(tmp_path, stop):
+    from dreamtext.processes import this_process
+
+    running = {"state": "running", "step": 4, "iters": 9, "error": None, "phase": "descriptor"}
+    write_status(tmp_path, {**running, **this_process()})
+    with pytest.raises(type(stop)), runstatus.ends_between_stages(tmp_path):
+        raise stop
+    now = read_status(tmp_path)
+    assert (now["state"], now["error"], now["phase"]) == ("interrupted", None, "descriptor")
+    write_status(tmp_path, {**running, **this_process()})
+    with pytest.raises(OSError), runstatus.ends_between_stages(tmp_path):
+        raise OSError(28, "No space left on device")
+    now = read_status(tmp_path)
+    assert (now["state"], now["error"]) == ("failed", "OSError: [Errno 28] No space left on device")
+
+
+def test_a_takeover_the_exports_heartbeat_found_stops_it_at_the_blocks_end(tmp_path, monkeypatch):
+    """status_heartbeat: a guard that raised in the heartbeat's thread (the workspace is another
+    worker's) is raised when the block ends, even where the work in it never asked."""
+    monkeypatch.setattr(runstatus, "HEARTBEAT_SECONDS", 0.01)
+    taken = runstatus.RunTakenOver("lock taken over by elsewhere pid 1")
+
+    def check():
+        if beating["on"]:
+            raise taken
+
+    beating = {"on": False}
+    with (
+        pytest.raises(runstatus.RunTakenOver),
+        runstatus.guard_run(tmp_path, check),
+        runstatus.track_status(tmp_path, 5, lambda: 5, torch.device("cpu")),
+    ):
+        beating["on"] = True
+        with runstatus.status_heartbeat(tmp_path):
+            time.sleep(0.3)  # the export's work, which calls no check itself
+    assert read_status(tmp_path)["state"] == "running"  # left to the new holder
+
+
+@pytest.mark.parametrize("status", [{"state": "finished"}, {"state": "finished", "step": None}])
+def test_a_status_without_a_step_is_no_finished_run_and_no_traceback(tmp_path, status):
+    """Another tool's status.json, or one edited by hand, naming a state but no step: a batch
+    over its folder ended in a KeyError or TypeError traceback before any line ran."""
+    from dreamtext.runstatus import run_finished
+
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    assert not run_finished(tmp_path, 0)
+    assert not run_finished(tmp_path, 10, needs_mesh=True)

@@ -1,0 +1,70 @@
+"""Which run ``dreamtext export`` without ``--workspace`` takes: dreamtext.latestrun, from the
+checkpoint files' names and times."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dreamtext.latestrun import newest_run, newest_run_unread, runs_in
+
+
+def _file(path: Path, mtime: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"checkpoint")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def _newest_step(folder: Path):
+    """A newest_whole_step where every step file is whole."""
+    steps = sorted(folder.glob("step_*.pt"))
+    return (steps[-1], int(steps[-1].stem.split("_")[1])) if steps else None
+
+
+T = 1_700_000_000.0
+
+
+def test_a_run_of_step_files_only_is_newest_by_its_newest_step_file(tmp_path):
+    """Run b lost its last.pt; its newest step file is newer than a's last.pt, its oldest is
+    older: b is the newest run."""
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
+    _file(tmp_path / "b" / "checkpoints" / "step_000010.pt", T + 50)
+    _file(tmp_path / "b" / "checkpoints" / "step_000020.pt", T + 200)
+    assert newest_run(tmp_path, _newest_step) == tmp_path / "b"
+    assert newest_run_unread(tmp_path) is None  # a step file must be read to tell
+
+
+def test_a_run_with_last_pt_counts_by_it_and_no_step_file_of_it_is_read(tmp_path):
+    """A step file newer than its run's last.pt (copied back later) does not make that run
+    the newest: a run with last.pt is dated by it, and none of its step files is read."""
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
+    _file(tmp_path / "a" / "checkpoints" / "step_000010.pt", T + 400)
+    _file(tmp_path / "b" / "checkpoints" / "last.pt", T + 300)
+
+    def never(folder):
+        raise AssertionError(f"read a step file of {folder}")
+
+    assert newest_run(tmp_path, never) == tmp_path / "b"
+    assert newest_run_unread(tmp_path) == tmp_path / "b"
+
+
+def test_a_folders_runs_are_dated_by_their_newest_checkpoint_file(tmp_path):
+    """runs_in: a run's time is that of its newest checkpoint file, last.pt or a step file."""
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 300)
+    _file(tmp_path / "a" / "checkpoints" / "step_000001.pt", T + 100)
+    _file(tmp_path / "b" / "checkpoints" / "last.pt", T + 200)
+    _file(tmp_path / "c" / "checkpoints" / "step_000005.pt", T + 250)
+    found = sorted(runs_in(tmp_path), reverse=True)
+    assert found == [
+        (T + 300, tmp_path / "a"),
+        (T + 250, tmp_path / "c"),
+        (T + 200, tmp_path / "b"),
+    ]
+
+
+def test_no_run_is_a_user_error_naming_the_folder(tmp_path):
+    from dreamtext.errors import DreamtextError
+
+    with pytest.raises(DreamtextError, match="no trained run under"):
+        newest_run(tmp_path, _newest_step)
