@@ -6,6 +6,7 @@ except the file-system errors that are the machine's state (:data:`ENVIRONMENT_E
 """
 
 import errno
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,25 @@ def trained_run_line(error: OSError, trained: TrainedRun) -> str:
 
 def file_system_fix(error: OSError, elsewhere: str) -> str:
     """What to do about ``error`` (one of :data:`ENVIRONMENT_ERRNOS`): its fix
-    (:data:`FILE_SYSTEM_FIXES`) ``or`` ``elsewhere``, the command's other place to write."""
+    (:data:`FILE_SYSTEM_FIXES`) ``or`` ``elsewhere``, the command's other place to write.
+    A refused file that this process may not read (another user's image, mode 600) is no
+    place to write elsewhere: its fix is to be let read it (:func:`unreadable_file`)."""
+    if (unreadable := unreadable_file(error)) is not None:
+        return (
+            f"you may not read it: ask its owner to let you (chmod a+r {shlex.quote(unreadable)})"
+        )
     fix = FILE_SYSTEM_FIXES.get(error.errno)
     return f"{fix} or {elsewhere}" if fix is not None else elsewhere
+
+
+def unreadable_file(error: OSError) -> str | None:
+    """The file of a refused ``error`` (EACCES, EPERM) where it is a file that exists and this
+    process may not read (``os.access``), else ``None``: a refused write, or a folder."""
+    name = error.filename
+    if error.errno not in (errno.EACCES, errno.EPERM) or not isinstance(name, (str, Path)):
+        return None
+    try:
+        refused = os.path.isfile(name) and not os.access(name, os.R_OK)
+    except (OSError, ValueError):
+        return None
+    return str(name) if refused else None

@@ -1545,6 +1545,39 @@ def test_a_workspace_without_write_permission_is_one_line(tmp_path, monkeypatch,
     assert not (locked / "run").exists()
 
 
+def test_an_image_export_may_not_read_is_named_not_a_folder_to_write(tmp_path, monkeypatch, capsys):
+    """`export --workspace mug.png` where mug.png is another user's (mode 600) and its run's
+    folder records it: the refused read was answered "copy the run to a disk with room (or one
+    you can write)". Root reads anything, so the refusal is simulated at ``read_bytes`` and
+    ``os.access``."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save("mug.png")
+    run = tmp_path / "workspace" / "mug"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(
+        json.dumps({"image_to_3d": {"image": str(tmp_path / "x.png")}})
+    )
+    real_read, real_access = Path.read_bytes, os.access
+
+    def read_bytes(path):
+        if path.name == "mug.png":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path).name != "mug.png" and real_access(path, mode)
+    )
+    code, err = run_main(["export", "--workspace", "mug.png"], capsys)
+    assert_user_error(
+        code,
+        err,
+        "Permission denied (mug.png); you may not read it: ask its owner",
+        "chmod a+r mug.png",
+    )
+    assert "disk with room" not in err
+
+
 def pretend_read_only(monkeypatch, folder: Path) -> None:
     """``folder`` as on a read-only mount, where access() fails (EROFS) and statvfs says
     ST_RDONLY: simulated at ``os.access`` and ``os.statvfs``, since a test cannot mount."""
