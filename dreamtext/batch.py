@@ -1852,7 +1852,9 @@ def _prompt_of(entry: Entry) -> str:
 
         with contextlib.suppress(OSError, *UNREADABLE_JSON):
             record = json.loads(sentence_path(entry.workspace).read_text(encoding="utf-8"))
-            return record.get("trained_sentence") or record.get("sentence") or entry.prompt
+            if isinstance(record, dict):  # a damaged file can hold any JSON value
+                sentence = record.get("trained_sentence") or record.get("sentence")
+                return sentence if isinstance(sentence, str) and sentence else entry.prompt
     return entry.prompt
 
 
@@ -1870,7 +1872,10 @@ def _last_its(last_line: str | None) -> float | None:
     if last_line is None:
         return None
     with contextlib.suppress(*UNREADABLE_JSON):
-        return json.loads(last_line).get("its")
+        record = json.loads(last_line)
+        its = record.get("its") if isinstance(record, dict) else None
+        # A number, not a bool (JSON's true is an int to isinstance) or a damaged line's text.
+        return its if isinstance(its, (int, float)) and not isinstance(its, bool) else None
     return None
 
 

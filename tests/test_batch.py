@@ -3681,3 +3681,31 @@ def test_a_batch_log_this_user_may_not_write_is_refused_before_any_line(tmp_path
     )
     with pytest.raises(DreamtextError, match=r"^cannot write .*batch.jsonl .*make it writable"):
         check_batch_log(log)
+
+
+@pytest.mark.parametrize("text", ["3", "[1, 2]", '"fast"', '{"its": "12.5"}', '{"its": true}'])
+def test_a_damaged_last_log_line_gives_no_its_not_a_traceback(text):
+    """The summary's it/s comes from the run's last log.jsonl line: one that is JSON but no
+    record (a number, a list: a file damaged by hand or by a disk) or whose ``its`` is no
+    number raised AttributeError in the batch's record instead of leaving it/s empty."""
+    from dreamtext.batch import _last_its
+
+    assert _last_its(text) is None
+    assert _last_its('{"step": 3, "its": 12.5}') == 12.5
+
+
+@pytest.mark.parametrize("text", ["[]", "7", '{"sentence": 5}', '{"sentence": ""}'])
+def test_a_damaged_sentence_record_gives_the_image_line_its_path(tmp_path, text):
+    """An image line's prompt in the batch's record is the sentence DreamText learned; a
+    sentence.json that is JSON but no record of one raised AttributeError (or put a number in
+    the record's prompt) instead of giving the line's image path."""
+    from dreamtext.batch import _prompt_of
+    from dreamtext.describe import sentence_path
+
+    entry = dreamtext.batch.Entry(1, "image:mug.png", "image", "mug.png", tmp_path / "mug")
+    path = sentence_path(entry.workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    assert _prompt_of(entry) == "mug.png"
+    path.write_text('{"sentence": "a red mug", "trained_sentence": "a <w1> mug"}', encoding="utf-8")
+    assert _prompt_of(entry) == "a <w1> mug"
