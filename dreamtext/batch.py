@@ -1012,6 +1012,7 @@ def run_batch(
         if overwrites[e.workspace] or not finished_here(e, cfg)
     ]
     if pending:
+        check_image_lines([e for e, _ in pending], options, load=False)
         models = check_model(pending[0][1])
         if models is not None:
             check_prompt_lengths(pending, models, Path(prompts_file))
@@ -1283,12 +1284,13 @@ def check_prompt_lengths(
             raise DreamtextError(f"{prompts_file}: line {entry.line}: {error}") from None
 
 
-def check_image_lines(entries: list[Entry], options: BatchOptions) -> None:
+def check_image_lines(entries: list[Entry], options: BatchOptions, load: bool = True) -> None:
     """The sentence search of every image line still to be described: its options (word lists,
-    ``--max-words``, ...) and its CLIP, loaded here once per model (the runs reuse the load), so
-    that a bad ``--clip`` stops the batch before it trains the text lines ahead of the images
-    instead of failing every image line after them."""
-    from dreamtext.describe import check_options, sentence_path
+    ``--max-words``, ...), its ``--clip`` folder and, with ``load``, its CLIP, loaded here once
+    per model (the runs reuse the load), so that a bad ``--clip`` stops the batch before it
+    trains the text lines ahead of the images instead of failing every image line after them.
+    Without ``load``, what needs no model: the batch asks it before Stable Diffusion loads."""
+    from dreamtext.describe import check_clip_folder, check_options, sentence_path
     from dreamtext.imageto3d import resolve_image_options
     from dreamtext.models import clip_encoder
 
@@ -1300,8 +1302,10 @@ def check_image_lines(entries: list[Entry], options: BatchOptions) -> None:
         except DreamtextError:  # a run's unreadable record: that line fails on its own
             continue
         check_options(describe)
-        with clip_encoder(describe.clip, "cpu", describe.batch_size):
-            pass
+        check_clip_folder(describe.clip)
+        if load:
+            with clip_encoder(describe.clip, "cpu", describe.batch_size):
+                pass
 
 
 def run_entry(

@@ -95,6 +95,16 @@ class ImageTextEncoder(Protocol):
         ...
 
 
+def check_clip_folder(model: str) -> None:
+    """Refuse a ``--clip`` that names a folder (a path: ``.``, ``/`` or ``~`` first) that does not
+    exist, before anything loads; a hub id is left to the load."""
+    if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+        raise DreamtextError(
+            f"CLIP folder {model} does not exist; pass --clip /path/to/folder (a CLIP model in"
+            " transformers layout) or a hub id"
+        )
+
+
 class ClipEncoder:
     """CLIP through transformers (``CLIPModel`` + ``CLIPProcessor``), any hub id or local folder."""
 
@@ -103,11 +113,7 @@ class ClipEncoder:
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
-            raise DreamtextError(
-                f"CLIP folder {model} does not exist; pass --clip /path/to/folder (a CLIP model in"
-                " transformers layout) or a hub id"
-            )
+        check_clip_folder(model)
         try:
             self.processor = CLIPProcessor.from_pretrained(model)
             self.model = CLIPModel.from_pretrained(model).to(device).eval()

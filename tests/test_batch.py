@@ -2666,10 +2666,11 @@ def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
      ("--nouns", "dreamtext: error: cannot read word list {}")],
 )  # fmt: skip
 def test_the_sentence_search_of_image_lines_is_checked_before_any_line_trains(
-    tmp_path, tiny_sd_path, tiny_yaml, capsys, flag, message
+    tmp_path, tiny_sd_path, tiny_yaml, capsys, count_loads, flag, message
 ):
     """A bad --clip or word list failed every image line only when the batch reached it, after
-    the text lines before it had trained (hours each with Stable Diffusion)."""
+    the text lines before it had trained (hours each with Stable Diffusion). A missing --clip
+    folder was found only after Stable Diffusion had loaded (its "loaded" line came first)."""
     Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "mug.png")
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "mug.png")
     path = prompts_file(tmp_path, "a red cube", "image:mug.png")
@@ -2678,6 +2679,7 @@ def test_the_sentence_search_of_image_lines_is_checked_before_any_line_trains(
     assert main(list(map(str, [*args, "--workspace", root, flag, missing]))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message.format(missing)), err
+    assert count_loads == []
     assert not root.exists()
 
 
