@@ -840,6 +840,29 @@ def _trained_run(tmp_path, tiny_clip_path, tiny_sd_path):
     return image, options, tmp_path / "run"
 
 
+def _before_text_to_3d(workspace):
+    """``workspace`` as if its run stopped between the descriptor and text→3D: no text→3D
+    checkpoint, no status.json."""
+    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
+        path.unlink()
+
+
+def _rerun_descriptor_iters(tmp_path, tiny_sd_path, capsys, image, options, iters):
+    """Rerun the image run with ``--descriptor-iters iters``; return what it wrote on stderr,
+    the descriptor's recorded step and config.json's descriptor iters."""
+    workspace = tmp_path / "run"
+    capsys.readouterr()
+    options.descriptor.iters = iters
+    run_image(image, options, _config(tmp_path, tiny_sd_path))
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    config = json.loads((workspace / "config.json").read_text())
+    return (
+        capsys.readouterr().err,
+        record["descriptor_iters"],
+        config["image_to_3d"]["descriptor"]["iters"],
+    )
+
+
 def test_a_larger_descriptor_iters_trains_on_and_text_to_3d_starts_over_on_the_new_words(
     tmp_path, tiny_clip_path, tiny_sd_path
 ):
@@ -895,22 +918,16 @@ def test_a_descriptor_stopped_past_a_smaller_descriptor_iters_is_kept_at_its_ste
     descriptor), and the next rerun said --descriptor-iters 1, a flag it was not given, was
     fewer."""
     image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
-    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
-        path.unlink()
+    _before_text_to_3d(workspace)
     (workspace / "descriptor" / "learned_embeds.safetensors").unlink()  # as if stopped at 2
     record_path = workspace / "descriptor" / "sentence.json"
     record = json.loads(record_path.read_text())
     for key in ("trained_sentence", "descriptor_iters"):
         del record[key]
     record_path.write_text(json.dumps(record))
-    capsys.readouterr()
-    options.descriptor.iters = 1
-    run_image(image, options, _config(tmp_path, tiny_sd_path))
-    err = capsys.readouterr().err
+    err, step, recorded = _rerun_descriptor_iters(tmp_path, tiny_sd_path, capsys, image, options, 1)
     assert "descriptor: stopped at step 2 already, past --descriptor-iters 1; it is kept" in err
-    assert json.loads(record_path.read_text())["descriptor_iters"] == 2
-    config = json.loads((workspace / "config.json").read_text())
-    assert config["image_to_3d"]["descriptor"]["iters"] == 2
+    assert (step, recorded) == (2, 2)
 
 
 def test_a_descriptor_trained_on_and_stopped_past_a_smaller_iters_records_its_step(
@@ -920,31 +937,23 @@ def test_a_descriptor_trained_on_and_stopped_past_a_smaller_iters_records_its_st
     step 4 (nothing to train), but config.json recorded 3, and a rerun from that record trained
     another descriptor."""
     image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
-    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
-        path.unlink()  # text→3D not started
+    _before_text_to_3d(workspace)
     options.descriptor.iters = 4
     run_image(image, options, _config(tmp_path, tiny_sd_path))
-    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
-        path.unlink()
+    _before_text_to_3d(workspace)
     record_path = workspace / "descriptor" / "sentence.json"
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps({**record, "descriptor_iters": 2}))  # stopped at 4 of 6
-    capsys.readouterr()
-    options.descriptor.iters = 3
-    run_image(image, options, _config(tmp_path, tiny_sd_path))
-    err = capsys.readouterr().err
+    err, step, recorded = _rerun_descriptor_iters(tmp_path, tiny_sd_path, capsys, image, options, 3)
     assert "descriptor: stopped at step 4 already, past --descriptor-iters 3; it is kept" in err
-    assert json.loads(record_path.read_text())["descriptor_iters"] == 4
-    config = json.loads((workspace / "config.json").read_text())
-    assert config["image_to_3d"]["descriptor"]["iters"] == 4
+    assert (step, recorded) == (4, 4)
 
 
 def test_a_descriptor_whose_text_stage_has_not_started_trains_on_without_overwrite(
     tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
 ):
     image, options, workspace = _trained_run(tmp_path, tiny_clip_path, tiny_sd_path)
-    for path in [*(workspace / "checkpoints").iterdir(), workspace / "status.json"]:
-        path.unlink()  # as if stopped between the descriptor and text→3D
+    _before_text_to_3d(workspace)
     options.descriptor.iters = 3
     run_image(image, options, _config(tmp_path, tiny_sd_path))
     assert load_checkpoint(workspace / "descriptor" / "checkpoints" / "last.pt")["step"] == 3
