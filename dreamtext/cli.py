@@ -1476,13 +1476,23 @@ def _libraries_started(args: argparse.Namespace):
     with no line (exit -15), leaving what an ``export`` had already written (its progress
     record). Inside, :func:`dreamtext.interrupts.sigterm_interrupts` takes over as before."""
     if threading.current_thread() is not threading.main_thread():  # no handlers off it
-        loading: contextlib.AbstractContextManager = contextlib.nullcontext()
+        loading: contextlib.AbstractContextManager = contextlib.nullcontext(Received())
     else:
         loading = _sigterm_raises_while_loading()
     with loading as received:
         from dreamtext.inputs import torch_loads_with
 
         torch_loads_with(os.environ)  # what libgomp reads as the import below loads it
+        # A KeyboardInterrupt raised while torch's C++ runs Python during its import
+        # (torch._C._autograd_init) cannot unwind through it: the process aborted (exit -6,
+        # "terminate called after throwing an instance of 'pybind11::error_already_set'").
+        # A first Ctrl-C or SIGTERM during torch's import is raised once it is done.
+        received.deferred = True
+        import torch  # noqa: F401
+
+        received.deferred = False
+        if received:
+            raise KeyboardInterrupt
         from dreamtext.devices import use_cpu_threads, use_expandable_segments
         from dreamtext.interrupts import sigterm_interrupts
 
@@ -1496,8 +1506,16 @@ def _libraries_started(args: argparse.Namespace):
             yield
 
 
+class Received(list):
+    """The stop signals received (:func:`_sigterm_raises_while_loading`). While ``deferred``,
+    the first one is only recorded, for the block to raise where it is safe; a second one
+    raises at once (an import that hangs still stops)."""
+
+    deferred = False
+
+
 @contextlib.contextmanager
-def _sigterm_raises_while_loading() -> Iterator[list[int]]:
+def _sigterm_raises_while_loading() -> Iterator[Received]:
     """SIGTERM raises ``KeyboardInterrupt`` in the block, as Ctrl-C does (the handler of
     :func:`dreamtext.interrupts.sigterm_interrupts`, which imports torch, cannot be set before
     torch is imported). Both are recorded in the list the block gets: a library being imported
@@ -1505,10 +1523,12 @@ def _sigterm_raises_while_loading() -> Iterator[list[int]]:
     (torch importing numpy: an ``ImportError``; diffusers: a ``RuntimeError``), and any error
     out of the block after one is that interrupt, not a traceback. Ctrl-C is left alone where
     it is ignored (a job started in the background)."""
-    received: list[int] = []
+    received = Received()
 
     def handler(signum, frame):
         received.append(signum)
+        if received.deferred and len(received) == 1:
+            return
         raise KeyboardInterrupt
 
     stops = [signal.SIGTERM]

@@ -124,6 +124,57 @@ def test_a_sigterm_while_the_libraries_load_is_an_interrupt_that_leaves_nothing(
     assert not (run / PROGRESS_FILE).exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_while_torch_imports_waits_for_the_import_then_is_one_line(tmp_path, signum):
+    """A KeyboardInterrupt raised while torch's C++ ran Python in its import (its autograd
+    init) could not unwind through it: the process aborted, exit -6, with pybind11's
+    "terminate called" and a C++ trace (seen 1 in ~35 Ctrl-Cs a second into `dreamtext text`).
+    A first signal during torch's import is raised once the import is done. Here torch's import
+    is held (a finder that says so in a file, sleeps, then says it went on) and the signal sent
+    while it is: the import finishes, then exit 130 and one line."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run = _run_to_export(tmp_path)
+    held, went_on = tmp_path / "held", tmp_path / "went_on"
+    code = (
+        "import importlib.abc, pathlib, sys, time\n"
+        "class Held(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        f"            pathlib.Path({str(held)!r}).touch(); time.sleep(3)\n"
+        f"            pathlib.Path({str(went_on)!r}).touch()\n"
+        "sys.meta_path.insert(0, Held())\n"
+        "import dreamtext.cli as cli\n"
+        f"sys.exit(cli.main(['export', '--workspace', {str(run)!r}]))\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_sigint_as_in_a_terminal,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not held.exists() and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err.decode()
+    assert err.decode() == "dreamtext export: interrupted; run the same command again\n"
+    assert went_on.exists()  # the import was not cut
+
+
 @pytest.fixture
 def ctrl_c_as_in_a_terminal():
     """Ctrl-C raising KeyboardInterrupt, as Python sets it up in a terminal, even where pytest
