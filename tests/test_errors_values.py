@@ -1,0 +1,84 @@
+"""dreamtext.errors' one-line messages, value by value (expected lines written out by hand)."""
+
+import errno
+from pathlib import Path
+
+from dreamtext.errors import (
+    ENVIRONMENT_ERRNOS,
+    TrainedRun,
+    WorkspaceInUse,
+    cause_line,
+    file_system_fix,
+    shorten,
+    trained_run_line,
+    what_failed,
+)
+
+
+def test_shorten_keeps_text_that_fits_and_cuts_longer_text_to_width_with_an_ellipsis():
+    assert shorten("abcdef", 6) == "abcdef"
+    assert shorten("abcdefg", 6) == "abcde…"
+    assert len(shorten("firefighter", 5)) == 5
+
+
+def test_cause_line_is_the_type_and_the_first_line_cut_to_width():
+    assert cause_line(RuntimeError("first line\nsecond line")) == "RuntimeError: first line"
+    assert cause_line(ValueError("abcdef"), width=3) == "ValueError: abc"
+    assert cause_line(KeyError()) == "KeyError: "
+
+
+def test_cause_line_quotes_the_wrapped_error_of_a_compiler_failure():
+    class BackendCompilerFailed(Exception):
+        pass
+
+    outer = BackendCompilerFailed("backend='inductor' raised:\nmore")
+    outer.inner_exception = RuntimeError("no C compiler\ndetails")
+    assert cause_line(outer) == "BackendCompilerFailed: RuntimeError: no C compiler"
+
+
+def test_what_failed_names_the_file_where_there_is_one():
+    full = OSError(errno.ENOSPC, "No space left on device", "W/log.jsonl")
+    assert what_failed(full) == "No space left on device (W/log.jsonl)"
+    assert what_failed(OSError(errno.EIO, "Input/output error")) == "Input/output error"
+
+
+def test_file_system_fix_gives_the_errors_own_fix_before_the_other_place():
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert file_system_fix(full, "pick another folder") == (
+        "free space on that disk (or quota) or pick another folder"
+    )
+    refused = OSError(errno.EACCES, "Permission denied")
+    assert file_system_fix(refused, "pick another folder") == "pick another folder"
+
+
+def test_a_refused_write_of_either_kind_is_the_machines_state():
+    assert {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS} <= ENVIRONMENT_ERRNOS
+    assert errno.ENOENT not in ENVIRONMENT_ERRNOS
+
+
+def test_the_trained_run_line_names_the_step_the_checkpoint_the_fix_and_a_quoted_export():
+    trained = TrainedRun(
+        step=40, checkpoint=Path("my run/checkpoints/last.pt"), workspace=Path("my run")
+    )
+    full = OSError(errno.ENOSPC, "No space left on device", "my run/mesh/mesh.glb")
+    assert trained_run_line(full, trained) == (
+        "No space left on device (my run/mesh/mesh.glb) in the export; the run trained to step "
+        "40 and is saved (my run/checkpoints/last.pt): free space on that disk (or quota), then "
+        "run `dreamtext export --workspace 'my run'` (or copy the run to a disk with room, or "
+        "one you can write, and export it there)"
+    )
+    refused = OSError(errno.EACCES, "Permission denied")
+    unsaved = TrainedRun(step=3, checkpoint=None, workspace=Path("w"))
+    line = trained_run_line(refused, unsaved)
+    assert line.startswith("Permission denied in the export; the run trained to step 3: ")
+    assert "make its folder writable, then run `dreamtext export --workspace w`" in line
+
+
+def test_workspace_in_use_says_who_holds_it_and_what_to_do():
+    error = WorkspaceInUse("runs/a", "process 12 on this machine")
+    assert error.situation == "runs/a is in use: process 12 on this machine is running a run in it"
+    assert str(error) == (
+        "runs/a is in use: process 12 on this machine is running a run in it; wait for it to "
+        "end or stop it, or pass --workspace NEW_FOLDER"
+    )
+    assert error.holder == "process 12 on this machine"
