@@ -1,0 +1,489 @@
+"""`dreamtext view`'s answers checked against values worked out by hand (or from the RFCs), for
+the lines the mutation round found untested: byte ranges, conditional requests, the card's
+state and figures, the static folder and the downloads."""
+
+import json
+from pathlib import Path
+
+from test_view import get, make_run, root, serving  # noqa: F401  (root: the fixture)
+
+from dreamtext.view import Catalog
+
+VIDEO = "/files/cube/video/turntable.mp4"
+
+
+def test_byte_ranges_at_the_edges_of_the_file(root: Path):  # noqa: F811
+    """RFC 9110 14.1.2: a last-pos past the end means the end; a suffix longer than the file
+    means the whole file; ``bytes=5-5`` is one byte. make_run's video is 1,024 bytes."""
+    data = (root / "cube" / "video" / "turntable.mp4").read_bytes()
+    assert len(data) == 1024
+    with serving(Catalog([root])) as srv:
+        status, body, headers = get(srv, VIDEO, {"Range": "bytes=1000-99999"})
+        assert (status, body) == (206, data[1000:])
+        assert headers["Content-Range"] == "bytes 1000-1023/1024"
+        assert headers["Content-Length"] == "24"
+        status, body, headers = get(srv, VIDEO, {"Range": "bytes=-5000"})
+        assert (status, body) == (206, data)
+        assert headers["Content-Range"] == "bytes 0-1023/1024"
+        status, body, headers = get(srv, VIDEO, {"Range": "bytes=5-5"})
+        assert (status, body, headers["Content-Range"]) == (206, data[5:6], "bytes 5-5/1024")
+        # Past the end: nothing to send, and the size the client may ask within.
+        status, body, headers = get(srv, VIDEO, {"Range": "bytes=1024-"})
+        assert (status, body, headers["Content-Range"]) == (416, b"", "bytes */1024")
+
+
+def test_if_none_match_star_is_any_answer(root: Path):  # noqa: F811
+    """RFC 9110 13.1.2: ``If-None-Match: *`` is false whenever the resource exists: 304."""
+    with serving(Catalog([root])) as srv:
+        for api in ("/api/runs.json", "/api/run/cube.json"):
+            status, body, _ = get(srv, api, {"If-None-Match": "*"})
+            assert (status, body) == (304, b"")
+            assert get(srv, api, {"If-None-Match": '"x", *'})[0] == 304
+
+
+def test_a_file_cut_short_while_sent_ends_the_connection_not_the_wait(root, monkeypatch):  # noqa: F811
+    """The handler's half of test_a_file_cut_short_while_sent_closes_the_connection: once the
+    copy says bytes are missing, the connection closes, so the client sees a short body at
+    once instead of waiting for bytes that never come (and reading the next answer as them)."""
+    import http.client
+
+    import dreamtext.view.server as server
+
+    def half(source, target, length, chunk=1 << 16):  # a log truncated after its size was sent
+        target.write(source.read(length // 2))
+        return length - length // 2
+
+    monkeypatch.setattr(server, "_copy", half)
+    with serving(Catalog([root])) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_port, timeout=5)
+        conn.request("GET", VIDEO)
+        response = conn.getresponse()
+        assert response.status == 200 and response.getheader("Content-Length") == "1024"
+        try:
+            body = response.read()
+        except http.client.IncompleteRead as error:
+            body = error.partial
+        conn.close()
+    assert len(body) == 512
+
+
+def read_all(conn) -> tuple[int, bytes]:
+    """A response's status and its body as far as it came (a connection closed early)."""
+    import http.client
+
+    response = conn.getresponse()
+    try:
+        body = response.read()
+    except http.client.IncompleteRead as error:
+        body = error.partial
+    return response.status, body
+
+
+def test_a_bug_after_the_status_line_sends_no_second_answer(root, monkeypatch):  # noqa: F811
+    """A 500 goes out only while no status line has: once a 200's headers are sent, a second
+    status line would be read as the body's bytes. The connection closes instead."""
+    import http.client
+    import io
+
+    import dreamtext.view.server as server
+
+    def broken(source, target, length, chunk=1 << 16):
+        raise RuntimeError("a bug mid-copy")
+
+    monkeypatch.setattr(server, "_copy", broken)
+    log = io.StringIO()
+    with serving(Catalog([root]), log=log) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_port, timeout=5)
+        conn.request("GET", VIDEO)
+        status, body = read_all(conn)
+        conn.close()
+    assert status == 200 and b"internal error" not in body and b"HTTP/1.1" not in body
+    assert "RuntimeError: a bug mid-copy" in log.getvalue()
+
+
+def test_a_zip_whose_files_are_being_replaced_is_503_try_again(root, monkeypatch):  # noqa: F811
+    """An export swapping mesh/ between the listing and the read: 503 (a retry will work), not
+    500 (a bug) nor 403 (a permission no retry fixes)."""
+    import dreamtext.view.server as server
+
+    def swapped(run, leave_out=()):
+        raise FileNotFoundError(2, "No such file or directory", "mesh/mesh.glb")
+
+    monkeypatch.setattr(server, "zip_bytes", swapped)
+    with serving(Catalog([root])) as srv:
+        status, body, headers = get(srv, "/download/cube/cube.zip")
+    assert status == 503 and b"being replaced" in body
+    assert headers["Content-Type"].startswith("text/plain")
+
+
+def batch_root_with_one_line(tmp_path: Path, ended_ago: float, files_after_end: float):
+    """A root whose batch.jsonl says its one run failed ``ended_ago`` seconds ago, and whose run
+    (no status.json: an older writer) last wrote ``files_after_end`` seconds after that line."""
+    import os
+    import time
+    from datetime import datetime, timezone
+
+    from test_view import batch_record, write_records
+
+    runs = tmp_path / "runs"
+    run = make_run(runs / "cube", "a red cube", steps=(10,), final=False)
+    ended = datetime.fromtimestamp(int(time.time() - ended_ago), timezone.utc)
+    line = {**batch_record(1, "cube", "failed", "CUDA out of memory")}
+    line["finished"] = ended.isoformat(timespec="seconds")
+    write_records(runs / "batch.jsonl", [line])
+    when = ended.timestamp() + files_after_end
+    for path in [run, *run.rglob("*")]:
+        os.utime(path, (when, when))
+    return runs
+
+
+def test_a_retry_shows_once_its_files_are_newer_than_the_lines_end_by_over_2_s(tmp_path: Path):
+    """The batch line's "finished" is in whole seconds and the run's last files come just before
+    it: files within 2 s of it are the attempt the line tells of (failed); files written 30 s
+    after a line of 60 s ago are a retry's, which is running."""
+    from test_view import location
+
+    from dreamtext.view import read_run
+
+    runs = batch_root_with_one_line(tmp_path / "a", ended_ago=10, files_after_end=1)
+    status = read_run(location(Catalog([runs]), "cube")).status
+    assert (status["state"], status["source"], status["error"]) == (
+        "failed",
+        "batch.jsonl",
+        "CUDA out of memory",
+    )
+    runs = batch_root_with_one_line(tmp_path / "b", ended_ago=60, files_after_end=30)
+    status = read_run(location(Catalog([runs]), "cube")).status
+    assert (status["state"], status["source"]) == ("running", "files")
+
+
+def old_run(folder: Path, steps, iters: int, final: bool) -> Path:
+    """A run of before status.json, its files an hour old (no longer running)."""
+    import os
+    import time
+
+    run = make_run(folder, "a red cube", steps=steps, iters=iters, final=final)
+    past = time.time() - 3600
+    for path in [run, *run.rglob("*")]:
+        os.utime(path, (past, past))
+    return run
+
+
+def test_an_older_run_is_finished_when_its_log_reached_iters_or_it_saved_a_final_preview(
+    tmp_path: Path,
+):
+    """Without status.json: trained to its last step (log step == iters; the trainer logs its
+    last step as iters) or a final.png (written at the end of training) is finished; short of
+    both, and quiet, interrupted."""
+    from test_view import write_png
+
+    from dreamtext.view import read_run
+
+    trained = old_run(tmp_path / "trained", steps=(10, 20), iters=20, final=False)
+    assert read_run(location_of(trained)).status["state"] == "finished"
+    short = old_run(tmp_path / "short", steps=(10, 19), iters=20, final=False)
+    assert read_run(location_of(short)).status["state"] == "interrupted"
+    write_png(short / "previews" / "final.png")  # no mesh (--no-export), step short of iters
+    assert read_run(location_of(short)).status["state"] == "finished"
+
+
+def location_of(workspace: Path):
+    (found,) = Catalog([workspace]).runs()
+    return found
+
+
+def test_previews_are_in_step_order_past_a_million_steps(tmp_path: Path):
+    """The trainer names previews step_{step:06d}.png and runs up to 10,000,000 iters: at a
+    million the name has seven digits and sorts before step_999990.png as text. The card's
+    picture is the newest preview."""
+    from test_view import write_png
+
+    from dreamtext.view import read_run
+
+    run = make_run(tmp_path / "long", "a red cube", final=False)
+    for step in (999990, 1000000):
+        write_png(run / "previews" / f"step_{step:06d}.png")
+    shown = read_run(location_of(run))
+    assert [p["step"] for p in shown.previews] == [10, 999990, 1000000]
+    assert shown.picture() == ("previews/step_1000000.png", {"kind": "preview", "step": 1000000})
+
+
+def test_a_folder_named_of_dots_and_underscores_gets_no_dot_segment_id(tmp_path: Path):
+    """A run's id is its address (run/<id>/) and a static folder's runs/<id>/: "_.." must not
+    become "..", which a browser resolves to the folder above."""
+    runs = tmp_path / "runs"
+    make_run(runs / "_..", "a red cube")
+    make_run(runs / "x.", "a blue cube")
+    ids = sorted(run.id for run in Catalog([runs]).runs())
+    assert ids == ["run", "x"]
+
+
+def test_hidden_folders_of_a_root_are_not_runs(tmp_path: Path):
+    """A root's hidden folders (an editor's or a tool's, a static export's staging) are not
+    listed, whatever they hold."""
+    runs = tmp_path / "runs"
+    make_run(runs / "cube", "a red cube")
+    make_run(runs / ".cube.bak", "a red cube")
+    assert [run.id for run in Catalog([runs]).runs()] == ["cube"]
+
+
+def test_a_runs_file_that_links_out_of_it_is_not_listed(tmp_path: Path):
+    """Nothing outside a workspace is served, so a link out of it is not offered either: not
+    as a preview, not as the card's picture, not as a mesh to download."""
+    from test_view import write_png
+
+    from dreamtext.view import read_run
+
+    outside = tmp_path / "elsewhere"
+    write_png(outside / "final.png")
+    (outside / "mesh.glb").write_bytes(b"glTF")
+    run = make_run(tmp_path / "runs" / "cube", "a red cube")
+    for rel, target in (("previews/final.png", "final.png"), ("mesh/mesh.glb", "mesh.glb")):
+        (run / rel).unlink()
+        (run / rel).symlink_to(outside / target)
+    shown = read_run(location_of(run))
+    assert [p["path"] for p in shown.previews] == ["previews/step_000010.png"]
+    assert "glb" not in shown.mesh
+    assert shown.picture() == ("previews/step_000010.png", {"kind": "preview", "step": 10})
+
+
+def test_a_log_rewritten_in_place_to_the_same_size_is_read_again(tmp_path: Path):
+    """Same file, same size, a new time: not a log that grew (nothing was appended), so it is
+    parsed again from its start; a change far before its end (beyond the bytes kept to tell a
+    rewrite) still shows."""
+    import os
+
+    from dreamtext.view.workspaces import log_figures
+
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "gpu_mem_mib": 1000 + s}) for s in range(1, 101)]
+    log.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    assert log_figures(log).peak_mem == 1100
+    inode, size, mtime = log.stat().st_ino, log.stat().st_size, log.stat().st_mtime_ns
+    with open(log, "r+b") as f:  # the first record's memory, as long a number as before
+        f.write(json.dumps({"step": 1, "gpu_mem_mib": 9001}).encode())
+    os.utime(log, ns=(mtime + 10**9, mtime + 10**9))
+    assert (log.stat().st_ino, log.stat().st_size) == (inode, size)
+    assert log_figures(log).peak_mem == 9001
+
+
+def test_true_and_false_in_status_json_are_no_numbers(tmp_path: Path):
+    """A hand-edited status.json's ``true`` is no step, iteration count or memory (Python's
+    bool is an int): the card keeps the log's step and the config's iters."""
+    from test_view import write_json
+
+    from dreamtext.view import read_run
+
+    run = make_run(tmp_path / "cube", "a red cube", steps=(10, 20), iters=20)
+    status = {"state": "finished", "step": True, "iters": False, "gpu_mem_mib": True}
+    write_json(run / "status.json", status)
+    shown = read_run(location_of(run)).status
+    assert (shown["step"], shown["iters"], shown["gpu_mem_mib"]) == (20, 20, None)
+    assert type(shown["step"]) is int and type(shown["iters"]) is int
+
+
+def test_a_batch_line_of_kind_image_makes_its_run_an_image_run(tmp_path: Path):
+    """An image line's workspace from before config.json kept the stages' sections: the batch
+    line's kind says what it is."""
+    from test_view import batch_record, write_json, write_records
+
+    runs = tmp_path / "runs"
+    write_json(runs / "apple" / "config.json", {"prompt": "a shiny red apple", "iters": 20})
+    write_records(runs / "batch.jsonl", [{**batch_record(1, "apple", "failed"), "kind": "image"}])
+    (run,) = Catalog([runs]).runs()
+    from dreamtext.view import read_run
+
+    assert read_run(run).kind == "image"
+
+
+def test_a_descriptor_stage_shows_the_newer_step_of_status_json_and_its_log(tmp_path: Path):
+    """status.json is written at each log line; the descriptor's log may be ahead of it (a
+    step logged, the status not yet rewritten): the card shows the larger step, 1200."""
+    from test_view import make_image_run, write_json
+
+    from dreamtext.view import read_run
+
+    apple = make_image_run(tmp_path / "apple", "descriptor")  # its log ends at step 1200
+    status = {"state": "running", "phase": "descriptor", "step": 1100, "iters": 2000}
+    write_json(apple / "status.json", status)
+    shown = read_run(location_of(apple)).status
+    assert (shown["descriptor_step"], shown["descriptor_iters"]) == (1200, 2000)
+    assert shown["step"] is None
+
+
+def test_a_long_logs_curves_never_exceed_2000_records(tmp_path: Path):
+    """CURVE_RECORDS (2,000) is the most records the curves are drawn from: with K = 5 curves
+    (loss, loss_sds, t, its, gpu_mem_mib), B = (2000 - 2) // 10 = 199 buckets. A log in which
+    each bucket of 16 records holds a distinct smallest and largest record of every curve, 200
+    such buckets (3,200 records), would keep 2 + 2 * 5 * 200 = 2,002 records in 200 buckets
+    (a B of 2000 // 10, leaving out the two ends)."""
+    from dreamtext.view.workspaces import CURVE_RECORDS, read_log_curves
+
+    keys = ("loss", "loss_sds", "t", "its", "gpu_mem_mib")
+    records = []
+    for i in range(3200):
+        offset = i % 16
+        record = {"step": i + 1}
+        for j, key in enumerate(keys):
+            record[key] = 0.5
+            if offset == 2 * j + 1:
+                record[key] = 0.0
+            if offset == 2 * j + 2:
+                record[key] = 1.0
+        records.append(record)
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    _, curves = read_log_curves(log)
+    assert CURVE_RECORDS == 2000
+    assert len(curves["step"]) <= CURVE_RECORDS
+    assert curves["step"][0] == 1 and curves["step"][-1] == 3200
+    assert min(curves["loss"]) == 0.0 and max(curves["gpu_mem_mib"]) == 1.0
+
+
+def test_file_addresses_carry_their_time_in_milliseconds():
+    """A file rewritten within the same second (a preview, a re-export) gets a new address, so
+    the browser fetches it again: the version is the mtime in ms; the zip's, its newest file's."""
+    from dreamtext.view.page import server_links
+    from dreamtext.view.workspaces import Run
+
+    run = Run(id="cube", name="cube", workspace="/w/cube")
+    run.mesh = {"obj": "mesh/mesh.obj", "mtl": "mesh/mesh.mtl"}
+    run.mtimes = {"previews/final.png": 1700000000.123, "mesh/mesh.obj": 100.5}
+    run.mtimes["mesh/mesh.mtl"] = 200.25
+    links = server_links("api/run/cube.json")
+    assert links.file(run, "previews/final.png") == "files/cube/previews/final.png?v=1700000000123"
+    assert links.mesh_zip(run) == "download/cube/cube.zip?v=200250"
+
+
+def test_an_image_runs_page_is_titled_by_its_trained_sentence_then_its_sentence():
+    """As app.js's runTitle: an image run by what it was trained on, then the sentence found,
+    then its prompt; a text run by its prompt."""
+    from dreamtext.view.page import render_page
+    from dreamtext.view.static import RUN_LINKS
+
+    run = {"name": "apple", "kind": "image", "prompt": "a shiny red apple"}
+    run |= {"sentence": "a red apple", "trained_sentence": "a <apple> apple"}
+    page = render_page({"page": "run", "run": run}, RUN_LINKS)
+    assert "<title>a &lt;apple&gt; apple · dreamtext</title>" in page
+    run["trained_sentence"] = None
+    assert "<title>a red apple · dreamtext</title>" in render_page(
+        {"page": "run", "run": run}, RUN_LINKS
+    )
+    run["kind"] = "text"
+    page = render_page({"page": "run", "run": run}, RUN_LINKS)
+    assert "<title>a shiny red apple · dreamtext</title>" in page
+
+
+def test_a_run_with_mesh_json_but_no_mesh_file_offers_no_zip(root: Path):  # noqa: F811
+    """The zip is of mesh files, mesh.json beside them: without any, nothing to download."""
+    import shutil
+
+    from test_view import write_json
+
+    from dreamtext.view import read_run
+    from dreamtext.view.downloads import zip_members
+
+    cube = root / "cube"
+    shutil.rmtree(cube / "mesh")
+    write_json(cube / "mesh" / "mesh.json", {"faces": 12})
+    assert zip_members(read_run(location_of(cube))) == []
+    with serving(Catalog([root])) as srv:
+        assert get(srv, "/download/cube/cube.zip")[0] == 404
+
+
+def test_a_mesh_file_dated_before_1980_still_zips(root: Path):  # noqa: F811
+    """The zip format's dates start in 1980; a file of mtime 0 (unpacked from an archive
+    without times) is dated 1980-01-01 in the zip, not a 500."""
+    import io
+    import os
+    import time
+    import zipfile
+
+    glb = root / "cube" / "mesh" / "mesh.glb"
+    os.utime(glb, (0, 0))
+    with serving(Catalog([root])) as srv:
+        status, body, _ = get(srv, "/download/cube/cube.zip")
+    assert status == 200
+    info = zipfile.ZipFile(io.BytesIO(body)).getinfo("cube/mesh.glb")
+    assert info.date_time == time.localtime(315532800)[:6]
+
+
+def test_a_static_export_over_a_folder_above_the_working_one_is_refused(
+    root,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """An earlier export's folder, replaced from inside it (cd site/runs/cube; --static ../../..):
+    the shell would be left in a deleted folder. One line, and the folder stays."""
+    import pytest
+
+    from dreamtext.errors import DreamtextError
+    from dreamtext.view import export_static
+
+    site = export_static([root], tmp_path / "site")
+    inside = site / "runs" / "cube"
+    monkeypatch.chdir(inside)
+    with pytest.raises(DreamtextError, match="runs in"):
+        export_static([root], Path("../.."))
+    assert inside.is_dir() and (site / "index.html").is_file()
+
+
+def test_a_host_with_a_port_of_thousands_of_digits_is_refused_not_a_500(root: Path):  # noqa: F811
+    """No port has more than 5 digits; int() refuses over 4,300 of them (a ValueError: a 500
+    and an error line on the terminal). Refused with 403 like any other foreign Host."""
+    import io
+
+    log = io.StringIO()
+    with serving(Catalog([root]), log=log) as srv:
+        status, body, _ = get(srv, "/api/runs.json", {"Host": "localhost:" + "9" * 5000})
+    assert status == 403 and b"not a local address" in body
+    assert log.getvalue() == ""
+
+
+def test_an_image_whose_suffix_is_in_capitals_is_served(tmp_path: Path):
+    """A source image inside the workspace named photo.JPG is the card's picture; the server
+    serves it (as image/jpeg), whatever the case of its suffix."""
+    from test_view import make_image_run, write_png
+
+    apple = make_image_run(tmp_path / "runs" / "apple", "describe", source=False)
+    write_png(apple / "photo.JPG")
+    sentence = json.loads((apple / "descriptor" / "sentence.json").read_text())
+    sentence["image"] = str(apple / "photo.JPG")
+    (apple / "descriptor" / "sentence.json").write_text(json.dumps(sentence))
+    with serving(Catalog([tmp_path / "runs"])) as srv:
+        card = json.loads(get(srv, "/api/runs.json")[1])["runs"][0]
+        assert card["thumbnail"].startswith("files/apple/photo.JPG?v=")
+        status, body, headers = get(srv, card["thumbnail"])
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert body == (apple / "photo.JPG").read_bytes()
+
+
+def test_a_static_folder_is_readable_by_others_like_any_new_folder(root, tmp_path):  # noqa: F811
+    """The site is staged in a private temporary folder (mode 700) and renamed into place: it
+    must end up as mkdir would make it under a 022 umask (755), so a web server or another
+    user can read what was exported for them."""
+    import stat
+
+    from dreamtext.view import export_static
+
+    site = export_static([root], tmp_path / "site")
+    assert stat.S_IMODE(site.stat().st_mode) == 0o755
+
+
+def test_a_hint_naming_three_linked_runs_names_all_three_without_an_ellipsis(tmp_path: Path):
+    """The hint names up to three runs' folders, and "…" only where it leaves some out."""
+    from dreamtext.view.workspaces import linked_runs_hint
+
+    best = tmp_path / "best"
+    best.mkdir()
+    for name in ("a", "b", "c"):
+        make_run(tmp_path / "workspace" / name, name)
+        (best / name).symlink_to(tmp_path / "workspace" / name)
+    hint = linked_runs_hint(best)
+    assert "holds 3 links to runs outside it" in hint and "…" not in hint
+    for name in ("a", "b", "c"):
+        assert str(tmp_path / "workspace" / name) in hint
+    make_run(tmp_path / "workspace" / "d", "d")
+    (best / "d").symlink_to(tmp_path / "workspace" / "d")
+    hint = linked_runs_hint(best)
+    assert "holds 4 links" in hint and hint.endswith(" …)")
