@@ -370,7 +370,6 @@ def cmd_text(args: argparse.Namespace) -> int:
         change_lines,
         own_config_file,
         resolve_config,
-        same_prompt,
     )
     from dreamtext.trainer import TrainingInterrupted, train
 
@@ -383,12 +382,16 @@ def cmd_text(args: argparse.Namespace) -> int:
         overrides.pop("prompt", None)
     check_text_workspace(args)
     check_text_prompts(args, base)
+    if base is not None:
+        # The preset and --config files' own mistakes first (as early_text says them), then
+        # another prompt's run, before resolve_config compares the settings a resume keeps.
+        if args.preset is not None:
+            from dreamtext.inputs import preset_path
+
+            preset_path(args.preset)
+        _read_config_layers(args.config, rerun=False)
+        check_resumed_prompt(Path(base["workspace"]), base, args.prompt)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
-    if base is not None and not same_prompt(base.get("prompt"), args.prompt):
-        raise DreamtextError(
-            f"{cfg.workspace} holds a run of '{base.get('prompt')}'; "
-            "resume it with that prompt, or drop --resume"
-        )
 
     def note(loaded: TrainConfig, resumed: dict | None) -> str | None:
         """The settings a resume changes, recorded in config.json's resumes too but said on
@@ -467,6 +470,19 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
     options = resolve_image_options(image_overrides(args), workspace)
     note = own_record_note(args.config, workspace)
     return run_diverse(cfg, options, named=True, overwrite=args.overwrite, note=note)
+
+
+def check_resumed_prompt(workspace: Path, recorded: dict[str, Any], prompt: str) -> None:
+    """Refuse ``--resume`` of the run in ``workspace`` (its config.json ``recorded``) with
+    another prompt, before the settings a resume keeps are compared (a ``--seed`` of the other
+    prompt's run was refused as a changed seed, and dropping it only led to this line)."""
+    from dreamtext.inputs import same_prompt
+
+    if not same_prompt(recorded.get("prompt"), prompt):
+        raise DreamtextError(
+            f"{workspace} holds a run of '{recorded.get('prompt')}'; resume it with that "
+            "prompt, or drop --resume and pass --workspace NEW_FOLDER for this prompt"
+        )
 
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -943,6 +959,8 @@ def early_text(args: argparse.Namespace) -> None:
     # A resume reads the files over the run's config.json, which it continues: no line for the
     # resumes of a run's config.json among them.
     _read_config_layers(args.config, rerun=not args.resume)
+    if recorded is not None:
+        check_resumed_prompt(workspace, recorded, args.prompt)
     check_text_workspace(args)
     check_text_prompts(args, recorded)
 

@@ -457,11 +457,12 @@ def test_a_resume_of_another_prompts_run_is_refused_naming_that_prompt(tmp_path,
     }
     (run / "config.json").write_text(json.dumps(record))
     monkeypatch.setattr(dreamtext.trainer, "train", lambda *a, **k: pytest.fail("trained"))
-    args = parse("text", "a blue cone", "--resume", "--workspace", run)
+    args = parse("text", "a blue cone", "--resume", "--workspace", run, "--seed", "5")
     with pytest.raises(DreamtextError) as refused:
         cmd_text(args)
     assert str(refused.value) == (
-        f"{run} holds a run of 'a red cube'; resume it with that prompt, or drop --resume"
+        f"{run} holds a run of 'a red cube'; resume it with that prompt, or drop --resume and pass "
+        "--workspace NEW_FOLDER for this prompt"
     )
 
 

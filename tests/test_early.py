@@ -455,16 +455,10 @@ def test_resume_in_the_folder_a_runs_config_json_names_is_refused_before_torch_i
         # A lock file: another process may hold the run, loading before its first checkpoint.
         # Here its holder is gone, so the command takes the lock and says the same.
         ("lock", nothing_to_resume("run")),
-        # Another prompt's run: the command's line for that comes first, as before.
-        (
-            "other prompt",
-            "dreamtext: error: run holds a run of 'a dog'; resume it with that prompt, or drop "
-            "--resume\n",
-        ),
     ],
 )
 def test_a_resume_that_takes_torch_to_decide_is_left_to_the_command(tmp_path, layout, stderr):
-    a_run_of(tmp_path / "run", prompt="a dog" if layout == "other prompt" else "a cube")
+    a_run_of(tmp_path / "run", prompt="a cube")
     if layout == "step file":
         (tmp_path / "run" / "checkpoints").mkdir()
         (tmp_path / "run" / "checkpoints" / "step_000002.pt").write_bytes(b"not a checkpoint")
@@ -473,6 +467,21 @@ def test_a_resume_that_takes_torch_to_decide_is_left_to_the_command(tmp_path, la
     done = run_without_torch(tmp_path, ["text", "a cube", "--resume", "--workspace", "run"])
     assert (done.returncode, done.stderr) == (2, stderr)
     assert "torch" in done.stdout
+
+
+def test_a_resume_of_another_prompts_run_is_refused_before_torch_and_its_settings(tmp_path):
+    """`text "a cube" --resume --workspace run --seed 5` where run holds a run of 'a dog': the
+    command refused the seed as a resumed run's changed setting, after torch loaded; dropping
+    --seed as that line said only led to this one."""
+    a_run_of(tmp_path / "run", prompt="a dog")
+    argv = ["text", "a cube", "--resume", "--workspace", "run", "--seed", "5"]
+    done = run_without_torch(tmp_path, argv)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "dreamtext: error: run holds a run of 'a dog'; resume it with that prompt, or drop "
+        "--resume and pass --workspace NEW_FOLDER for this prompt\n",
+    )
+    assert done.stdout == "[]\n"
 
 
 def test_holds_no_checkpoint_only_where_can_resume_is_false(tmp_path):
@@ -813,14 +822,14 @@ def test_image_on_the_builtin_prior_is_refused_before_torch_is_imported(shapes_r
     assert not (shapes_run.parent / "workspace").exists()
 
 
-def test_a_resume_of_another_prompts_run_is_left_to_the_command_to_say(shapes_run):
+def test_a_resume_of_another_prompts_run_names_that_prompt_not_the_priors_captions(shapes_run):
     """Its line names the run's prompt; the prompt typed is not asked of the prior."""
     argv = ["text", "a dog", "--resume", "--workspace", "run", "--negative", "a dog"]
     done = run_without_torch(shapes_run.parent, argv)
     assert (done.returncode, done.stderr) == (
         2,
         "dreamtext: error: run holds a run of 'a red cube'; resume it with that prompt, or drop "
-        "--resume\n",
+        "--resume and pass --workspace NEW_FOLDER for this prompt\n",
     )
 
 
