@@ -1,0 +1,324 @@
+"""runfiles' reads and refusals, with the values their docstrings promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from dreamtext.errors import DreamtextError
+from dreamtext.runfiles import check_writable, read_status
+
+as_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/proc/self").exists(),
+    reason="root passes access() everywhere; the probe is root's check",
+)
+
+
+@as_root
+def test_root_is_refused_a_folder_the_file_system_takes_no_new_folders_in():
+    """For root, access() passes /proc: the probe asks the file system, and the line names the
+    folder that takes none (the folder itself, or the nearest existing one above it)."""
+    with pytest.raises(DreamtextError, match=r"^cannot write in /proc: it takes no new files"):
+        check_writable(Path("/proc"), "FIX")
+    with pytest.raises(
+        DreamtextError, match=r"^cannot make /proc/no/such: /proc takes no new folders .*; FIX$"
+    ):
+        check_writable(Path("/proc/no/such"), "FIX")
+
+
+@pytest.mark.parametrize("state", ["paused", None, 3])
+def test_a_status_of_no_known_state_is_no_status(tmp_path, state):
+    (tmp_path / "status.json").write_text(json.dumps({"state": state, "step": 5}))
+    assert read_status(tmp_path) is None
+
+
+def test_a_status_of_a_known_state_is_read(tmp_path):
+    (tmp_path / "status.json").write_text(json.dumps({"state": "interrupted", "step": 5}))
+    assert read_status(tmp_path) == {"state": "interrupted", "step": 5}
+
+
+def _status(folder: Path, **process) -> None:
+    status = {"state": "running", "phase": "train", "step": 12, **process}
+    (folder / "status.json").write_text(json.dumps(status), encoding="utf-8")
+
+
+def test_a_run_is_refused_only_to_another_live_process_of_this_machine(tmp_path):
+    """check_not_running: this very process's own status (a later stage of the same command)
+    passes, as does a run of another machine (nothing to ask there); a live process of this
+    machine is refused, named with the run's phase and step."""
+    import subprocess
+    import sys
+
+    from dreamtext.errors import WorkspaceInUse
+    from dreamtext.processes import this_process
+    from dreamtext.runfiles import check_not_running
+
+    _status(tmp_path, **this_process())
+    check_not_running(tmp_path)
+    _status(tmp_path, **{**this_process(), "host": "another-node", "pid": 1})
+    check_not_running(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _status(tmp_path, **{**this_process(), "pid": other.pid, "pid_start": None})
+        with pytest.raises(
+            WorkspaceInUse,
+            match=re.escape(
+                f"process {other.pid} on this machine is running its run (train phase, step 12)"
+            ),
+        ):
+            check_not_running(tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_resume_base_leaves_out_the_records_of_what_ran(tmp_path):
+    """read_run_config: config.json without encoding_backend, ran_on, resumes (records, not
+    settings) and the stage sections; the settings as recorded."""
+    from dreamtext.runfiles import read_run_config
+
+    record = {
+        "prompt": "a red cube",
+        "iters": 100,
+        "encoding_backend": "torch",
+        "ran_on": {"device": "cpu"},
+        "resumes": [{"step": 50, "changed": {}}],
+        "image_to_3d": {"image": "/x/mug.png"},
+        "diverse": {"prompt": "a mug", "seed": 3},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(record), encoding="utf-8")
+    assert read_run_config(tmp_path, "FIX") == {"prompt": "a red cube", "iters": 100}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "own_file", "wanted"),
+    [
+        # The run's own tokens, recorded where the run was made: the moved folder's file.
+        ("/old/place/descriptor/learned_embeds.safetensors", True, "OWN"),
+        # ... but where the moved folder lacks it, the record stands (its line names it).
+        ("/old/place/descriptor/learned_embeds.safetensors", False, "RECORDED"),
+        # A user's own tokens file is no run's: kept, though the folder has its own.
+        ("/my/tokens/learned_embeds.safetensors", True, "RECORDED"),
+        ("/my/tokens/embeds.safetensors", True, "RECORDED"),
+    ],
+)
+def test_a_moved_run_reads_its_own_learned_tokens(tmp_path, recorded, own_file, wanted):
+    from dreamtext.runfiles import read_run_config
+
+    workspace = tmp_path / "moved run"
+    (workspace / "descriptor").mkdir(parents=True)
+    own = workspace / "descriptor" / "learned_embeds.safetensors"
+    if own_file:
+        own.write_bytes(b"tokens")
+    config = {"prompt": "a mug", "guidance": {"textual_inversion": recorded}}
+    (workspace / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    got = read_run_config(workspace, "FIX")["guidance"]["textual_inversion"]
+    assert got == (os.path.abspath(own) if wanted == "OWN" else recorded)
+
+
+def _config(folder: Path, **fields) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(fields), encoding="utf-8")
+
+
+def _sentence(folder: Path, **fields) -> None:
+    (folder / "descriptor").mkdir(parents=True, exist_ok=True)
+    record = json.dumps(fields)
+    (folder / "descriptor" / "sentence.json").write_text(record, encoding="utf-8")
+
+
+def _checkpoint(folder: Path, step: int) -> None:
+    """checkpoints/last.pt and the step its save recorded (runfiles.step_record)."""
+    from dreamtext.runfiles import step_record
+
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    last = folder / "checkpoints" / "last.pt"
+    last.write_bytes(b"checkpoint of step %d" % step)
+    (folder / "checkpoints" / "last.step.json").write_bytes(step_record(last, step))
+
+
+def test_stage_sections_are_mappings_only(tmp_path):
+    from dreamtext.runfiles import read_stage_sections
+
+    _config(tmp_path, prompt="a mug", image_to_3d="mug.png", diverse=None)
+    assert read_stage_sections(tmp_path) == {}
+    _config(tmp_path, prompt="a mug", image_to_3d={"image": "/x/mug.png"}, diverse=[1])
+    assert read_stage_sections(tmp_path) == {"image_to_3d": {"image": "/x/mug.png"}}
+
+
+def test_an_earlier_versions_folder_is_taken_only_for_this_run_and_while_the_new_one_is_missing(
+    tmp_path,
+):
+    from dreamtext.runfiles import prompt_workspace
+
+    key = ("text", "café au lait")
+    legacy, new = tmp_path / "caf_au_lait", tmp_path / "café_au_lait"
+    _config(legacy, prompt="a cup of tea")  # another prompt's run in the folder's name
+    assert prompt_workspace(tmp_path, "café au lait", key) == new
+    _config(legacy, prompt="café au lait")
+    assert prompt_workspace(tmp_path, "café au lait", key) == legacy
+    new.mkdir()
+    assert prompt_workspace(tmp_path, "café au lait", key) == new
+
+
+def test_describe_may_go_on_in_its_own_image_runs_folder(tmp_path, monkeypatch):
+    """An image→3D run stopped in its describe stage (config.json with its image_to_3d section,
+    no sentence yet) is not a text→3D run; its image passed by a relative path is the same."""
+    from dreamtext.runfiles import check_describe_workspace
+
+    monkeypatch.chdir(tmp_path)
+    image = tmp_path / "mug.png"
+    image.write_bytes(b"png")
+    workspace = tmp_path / "run"
+    _config(workspace, prompt="An image of a mug", image_to_3d={"image": str(image)})
+    check_describe_workspace(workspace, "mug.png")
+    check_describe_workspace(workspace, image)
+    with pytest.raises(DreamtextError, match=r"holds the image→3D run of .*mug.png; pass"):
+        check_describe_workspace(workspace, tmp_path / "cup.png")
+
+
+def test_describe_reads_the_image_of_the_runs_config_before_its_sentence(tmp_path):
+    from dreamtext.runfiles import check_describe_workspace
+
+    mug, cup = tmp_path / "mug.png", tmp_path / "cup.png"
+    workspace = tmp_path / "run"
+    _config(workspace, prompt="An image of a mug", image_to_3d={"image": str(mug)})
+    _sentence(workspace, image=str(cup), sentence="An image of a cup")
+    check_describe_workspace(workspace, mug)
+
+
+@pytest.mark.parametrize("trained", ["sentence", "checkpoint"])
+def test_describe_is_refused_once_descriptor_training_has_started(tmp_path, trained):
+    """Started: the record names a trained sentence, or descriptor/checkpoints/last.pt is
+    there (either alone)."""
+    from dreamtext.runfiles import check_describe_workspace
+
+    image = tmp_path / "mug.png"
+    extra = {"trained_sentence": "An image of a <mug>"} if trained == "sentence" else {}
+    _sentence(tmp_path / "run", image=str(image), sentence="An image of a mug", **extra)
+    if trained == "checkpoint":
+        _checkpoint(tmp_path / "run" / "descriptor", 3)
+    with pytest.raises(DreamtextError, match="whose descriptor training has started"):
+        check_describe_workspace(tmp_path / "run", image)
+
+
+def test_an_image_of_the_same_bytes_as_the_recorded_one_is_that_runs(tmp_path):
+    """same_image: a run with no copy yet continues from a file of the recorded image's bytes
+    (the image copied elsewhere); another image's bytes are refused."""
+    from dreamtext.runfiles import check_image_workspace
+
+    recorded, elsewhere = tmp_path / "mug.png", tmp_path / "copied" / "mug.png"
+    recorded.write_bytes(b"the mug")
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"the mug")
+    _sentence(tmp_path / "run", image=str(recorded), sentence="An image of a mug")
+    assert check_image_workspace(tmp_path / "run", elsewhere) is None
+    elsewhere.write_bytes(b"another mug")
+    with pytest.raises(DreamtextError, match="holds the image→3D run of"):
+        check_image_workspace(tmp_path / "run", elsewhere)
+
+
+def test_a_missing_image_names_the_runs_copy_only_where_it_is_the_runs_image(tmp_path):
+    from dreamtext.runfiles import check_image
+
+    workspace = tmp_path / "run"
+    _sentence(workspace, image=str(tmp_path / "mug.png"), sentence="An image of a mug")
+    (workspace / "descriptor" / "source.png").write_bytes(b"png")
+    with pytest.raises(DreamtextError, match="to continue the run in"):
+        check_image(tmp_path / "mug.png", workspace)
+    with pytest.raises(DreamtextError) as refused:
+        check_image(tmp_path / "cup.png", workspace)
+    assert "continue the run" not in str(refused.value)
+
+
+def test_an_older_image_run_with_learned_tokens_is_no_text_run(tmp_path):
+    """A run from before the stage sections: its sentence record and its config's learned
+    tokens make it an image→3D run; a config without them is a text→3D run's."""
+    from dreamtext.runfiles import check_image_workspace
+
+    image = tmp_path / "mug.png"
+    image.write_bytes(b"png")
+    workspace = tmp_path / "run"
+    _sentence(workspace, image=str(image), sentence="An image of a mug")
+    tokens = str(workspace / "descriptor" / "learned_embeds.safetensors")
+    _config(workspace, prompt="An image of a <mug>", guidance={"textual_inversion": tokens})
+    assert check_image_workspace(workspace, image)["prompt"] == "An image of a <mug>"
+    _config(workspace, prompt="a red cube", guidance={})
+    with pytest.raises(DreamtextError, match="holds a text→3D run of 'a red cube'"):
+        check_image_workspace(workspace, image)
+
+
+def test_a_step_record_names_a_whole_number_only(tmp_path):
+    from dreamtext.runfiles import _file_identity, recorded_step
+
+    _checkpoint(tmp_path, 7)
+    assert recorded_step(tmp_path) == 7
+    last = tmp_path / "checkpoints" / "last.pt"
+    record = {"step": "7", "file": _file_identity(last)}
+    (tmp_path / "checkpoints" / "last.step.json").write_text(json.dumps(record))
+    assert recorded_step(tmp_path) is None
+
+
+def test_a_run_at_its_last_step_is_called_finished(tmp_path):
+    """held_run_error: step ≥ iters is a finished run, which --resume alone does not train."""
+    from dreamtext.runfiles import held_run_error
+
+    _config(tmp_path, prompt="a red cube", iters=100)
+    line = str(held_run_error(tmp_path, 100, None))
+    assert ", finished at step 100;" in line and "--resume --iters N (above 100)" in line
+    line = str(held_run_error(tmp_path, 99, None))
+    assert " at step 99;" in line and "--resume to continue it" in line
+
+
+def test_a_new_runs_folder_checks(tmp_path):
+    """check_new_run_workspace: a run of this prompt with a recorded step is refused without
+    --overwrite, passed with it; the prompt is compared up to Unicode normalisation; a folder
+    with a lock file is left to the command."""
+    import unicodedata
+
+    from dreamtext.runfiles import check_new_run_workspace
+
+    workspace = tmp_path / "run"
+    _config(workspace, prompt=unicodedata.normalize("NFC", "café"))
+    _checkpoint(workspace, 40)
+    nfd = unicodedata.normalize("NFD", "café")
+    with pytest.raises(DreamtextError, match="already holds a run of this prompt at step 40"):
+        check_new_run_workspace(workspace, nfd, False, None)
+    check_new_run_workspace(workspace, nfd, True, None)
+    (workspace / ".dreamtext.lock").write_text("{}")
+    check_new_run_workspace(workspace, nfd, False, None)
+
+
+def test_a_new_run_is_refused_a_folder_another_live_process_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from dreamtext.errors import WorkspaceInUse
+    from dreamtext.processes import this_process
+    from dreamtext.runfiles import check_new_run_workspace
+
+    workspace = tmp_path / "run"
+    _config(workspace, prompt="a red cube")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _status(workspace, **{**this_process(), "pid": other.pid, "pid_start": None})
+        with pytest.raises(WorkspaceInUse):
+            check_new_run_workspace(workspace, "a red cube", True, None)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_another_prompt_into_a_diverse_run_names_its_command_with_its_seed(tmp_path):
+    from dreamtext.runfiles import check_new_run_workspace
+
+    workspace = tmp_path / "run"
+    _config(workspace, prompt="An image of a mug", diverse={"prompt": "a mug", "seed": 3})
+    with pytest.raises(DreamtextError) as refused:
+        check_new_run_workspace(workspace, "a cup", False, None)
+    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {workspace}"
+    assert f"holds the --diverse run of 'a mug'; `{command}` continues it" in str(refused.value)
