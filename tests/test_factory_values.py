@@ -1,0 +1,89 @@
+"""Value tests of how a run's parts are built from its config (mutation round 67P): the
+optimiser's constants and groups, the MLPs' precision, the size the prior is told."""
+
+import pytest
+import torch
+
+from dreamtext import factory
+from dreamtext.config import resolve_config
+from dreamtext.field import FieldConfig
+
+SMALL = FieldConfig(
+    num_levels=2,
+    log2_hashmap_size=8,
+    hidden_dim=8,
+    num_blocks=1,
+    bg_hidden_dim=8,
+    encoding="torch",
+)
+
+
+def test_the_optimiser_is_instant_ngps_adam_with_the_hash_table_at_its_own_rate():
+    """β = (0.9, 0.99), ε = 1e-15 (Instant-NGP, stable-dreamfusion); the table at
+    ``lr × encoding_lr_scale`` (10 by default), every other parameter at ``lr``."""
+    field = factory.build_field(SMALL, "cpu")
+    optimizer = factory.build_optimizer(field, 1e-3)
+    by_name = {group["name"]: group for group in optimizer.param_groups}
+    assert by_name["encoding"]["lr"] == pytest.approx(1e-2)
+    assert by_name["mlp"]["lr"] == pytest.approx(1e-3)
+    for group in optimizer.param_groups:
+        assert group["betas"] == (0.9, 0.99)
+        assert group["eps"] == 1e-15
+    table = {id(p) for p in field.encoding.parameters()}
+    assert {id(p) for p in by_name["encoding"]["params"]} == table
+    every = {id(p) for p in field.parameters()}
+    assert {id(p) for p in by_name["mlp"]["params"]} == every - table
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [({}, None), ({"fp16": True}, torch.float16), ({"bf16": True}, torch.bfloat16)],
+)
+def test_the_mlps_autocast_to_the_flags_precision_on_cuda_only(flags, dtype):
+    cfg = resolve_config({"prompt": "a red cube", "guidance": flags})
+    assert factory.mixed_precision(cfg, torch.device("cuda")) == dtype
+    assert factory.mixed_precision(cfg, torch.device("cpu")) is None
+
+
+def test_a_built_field_carries_the_mlp_dtype_it_was_given():
+    assert factory.build_field(SMALL, "cpu", torch.bfloat16).mlp_dtype == torch.bfloat16
+    assert factory.build_field(SMALL, "cpu").mlp_dtype is None
+
+
+def test_auto_tries_to_compile_once_per_process_after_a_failure(monkeypatch, caplog):
+    """A batch's later prompts, after ``"auto"`` failed once: eager, without a second try (each
+    costs a compile) and without a second warning."""
+    import logging
+
+    from dreamtext.errors import DreamtextError
+    from dreamtext.field import NeRFField
+
+    tries = []
+
+    class OnCuda(NeRFField):  # the decision only: the field stays on the CPU
+        def __init__(self, cfg, device=None):
+            super().__init__(cfg, "cpu")
+
+        def compile_mlps(self, backend="inductor", remedy=""):
+            tries.append(remedy)
+            raise DreamtextError(f"no compiler here; {remedy}")
+
+    monkeypatch.setattr(factory, "NeRFField", OnCuda)
+    monkeypatch.setattr(factory, "_AUTO_COMPILE_FAILED", [])
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        for _ in range(3):
+            assert factory.build_field(SMALL, "cuda", compile="auto").mlp_dtype is None
+    assert tries == [factory.AUTO_COMPILE_FALLBACK]
+    assert len(caplog.records) == 1
+
+
+def test_build_parts_gives_the_field_the_flags_mlp_precision(monkeypatch):
+    """``--fp16`` on CUDA: the MLPs autocast to float16 (``mixed_precision``), through
+    ``build_parts`` as the trainer builds a run."""
+    seen = []
+    monkeypatch.setattr(factory, "build_field", lambda cfg, device, dtype, _: seen.append(dtype))
+    monkeypatch.setattr(factory, "build_renderer", lambda cfg, device: None)
+    cfg = resolve_config({"prompt": "a red cube", "guidance": {"fp16": True}})
+    factory.build_parts(cfg, torch.device("cuda"), with_guidance=False, with_optimizer=False)
+    factory.build_parts(cfg, torch.device("cpu"), with_guidance=False, with_optimizer=False)
+    assert seen == [torch.float16, None]

@@ -1,0 +1,91 @@
+"""Value tests of the image→3D stages' choices (mutation round 67P): whether the descriptor
+trains, and to which step, from what the workspace holds."""
+
+import json
+
+from dreamtext.imageto3d import descriptor_plan
+
+
+def _record(workspace, **record):
+    folder = workspace / "descriptor"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sentence.json").write_text(json.dumps(record))
+
+
+def test_a_trained_record_whose_learned_file_is_gone_trains_the_descriptor_again(tmp_path):
+    """sentence.json says trained, but learned_embeds.safetensors was deleted: reusing it would
+    start text→3D on a file that is not there."""
+    _record(tmp_path, sentence="An image of a cube", trained_sentence="t", descriptor_iters=4)
+    assert descriptor_plan(tmp_path, 4, overwrite=False) == (True, 4)
+    (tmp_path / "descriptor" / "learned_embeds.safetensors").write_bytes(b"")
+    assert descriptor_plan(tmp_path, 4, overwrite=False) == (False, 4)
+    assert descriptor_plan(tmp_path, 2, overwrite=False) == (False, 4)  # fewer: kept at 4
+
+
+def test_an_overwrite_of_a_finished_run_checks_the_text_stage_before_it_writes(
+    tmp_path, monkeypatch
+):
+    """``--overwrite`` trains text→3D again: its settings (memory, model, encoding) must be
+    checked before the old run is removed, finished or not."""
+    from dreamtext import imageto3d
+
+    _record(tmp_path, sentence="An image of a cube")  # the search is done: CLIP is not asked
+    checked = []
+    monkeypatch.setattr(imageto3d, "_text_stage_done", lambda workspace, cfg: True)
+    monkeypatch.setattr(imageto3d, "check_text_stage", lambda cfg, device: checked.append(1))
+    options = imageto3d.ImageOptions()
+    imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=False)
+    assert checked == []
+    imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=True)
+    assert checked == [1]
+
+
+def test_an_overwrite_of_a_finished_run_trains_text_to_3d_again(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """``--overwrite`` removes the finished run and trains text→3D from scratch: it must not
+    then "reuse" the checkpoint it has just removed."""
+    from test_imageto3d import _config, _fail, _finished_workspace
+
+    from dreamtext import imageto3d
+
+    image, _ = _finished_workspace(tmp_path, iters=2)
+    trained = []
+    monkeypatch.setattr(imageto3d, "check_text_stage", lambda cfg, device: None)
+    monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
+    monkeypatch.setattr("dreamtext.trainer.train", lambda cfg, **kw: trained.append(kw))
+    imageto3d.run_image(image, None, _config(tmp_path, tiny_sd_path), overwrite=True)
+    assert trained == [{"resume": False, "resume_with": imageto3d.IMAGE_RESUME}]
+
+
+def test_more_descriptor_steps_without_its_checkpoint_is_refused(tmp_path):
+    """Trained to step 2, asked for 4, but descriptor/checkpoints/last.pt is gone: there is
+    nothing to train on from, and a descriptor trained from scratch is another one."""
+    import pytest
+
+    from dreamtext.errors import DreamtextError
+
+    _record(tmp_path, sentence="An image of a cube", trained_sentence="t", descriptor_iters=2)
+    (tmp_path / "descriptor" / "learned_embeds.safetensors").write_bytes(b"")
+    with pytest.raises(DreamtextError, match=r"has no checkpoint .* to train on from step 2"):
+        descriptor_plan(tmp_path, 4, overwrite=False)
+
+
+def test_diverse_prefers_the_new_folder_of_its_prompt_to_an_ascii_one_of_before(
+    tmp_path, monkeypatch
+):
+    """Both ``workspace/café_seed…`` (letters kept) and the ASCII folder of earlier versions
+    exist: the run continues in the new one, the one it wrote last."""
+    import dreamtext.imageto3d as imageto3d
+    from dreamtext.config import resolve_config
+
+    monkeypatch.setattr(imageto3d, "DEFAULT_WORKSPACE_ROOT", tmp_path)
+    cfg = resolve_config({"prompt": "un café rouge", "seed": 3})
+    cfg.workspace = ""
+    folder, legacy = imageto3d._slug_folders(cfg.prompt, "_diverse_seed3")
+    assert folder != legacy
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps({"diverse": {"prompt": "un café rouge"}}))
+    assert imageto3d.diverse_workspace(cfg, named=False) == str(legacy)
+    folder.mkdir()
+    assert imageto3d.diverse_workspace(cfg, named=False) == str(folder)

@@ -1,0 +1,178 @@
+"""Value tests of the model loader's decisions (mutation round 67P): which --model values are a
+folder, a hub id or a refusal, which dtype a flag means, what the process cache keys on."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import dreamtext.models as models_module
+from dreamtext.errors import DreamtextError
+from dreamtext.guidance import GuidanceConfig
+from dreamtext.models import locate_model, resolve_dtype
+
+CUDA = torch.device("cuda")  # a device object only: nothing runs on it here
+CPU = torch.device("cpu")
+
+
+def test_a_bare_name_that_is_no_folder_is_refused_as_a_missing_folder(tmp_path, monkeypatch):
+    """A hub id is ``owner/name``; a bare ``sd21`` (a typo of a folder in the current directory)
+    is a folder that does not exist, not a hub id to look up in the cache."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DreamtextError, match="model folder 'sd21' does not exist"):
+        locate_model("sd21")
+    with pytest.raises(DreamtextError, match="does not exist"):
+        locate_model("a/b/c")
+    assert locate_model("owner/name") == "owner/name"
+
+
+def test_a_folder_without_one_of_the_parts_is_refused_naming_the_part(tmp_path):
+    folder = tmp_path / "sd"
+    for sub in ("unet", "vae", "text_encoder", "tokenizer"):
+        (folder / sub).mkdir(parents=True)
+    with pytest.raises(DreamtextError, match=r"it lacks scheduler\)"):
+        locate_model(str(folder))
+    (folder / "scheduler").mkdir()
+    assert locate_model(str(folder)) == str(folder.resolve())
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [({}, torch.float32), ({"fp16": True}, torch.float16), ({"bf16": True}, torch.bfloat16)],
+)
+def test_each_precision_flag_gives_its_own_dtype_on_cuda(flags, dtype):
+    assert resolve_dtype(GuidanceConfig(**flags), CUDA) == dtype
+
+
+@pytest.mark.parametrize("flag", ["fp16", "bf16"])
+def test_either_half_precision_flag_is_refused_on_the_cpu_naming_that_flag(flag):
+    with pytest.raises(DreamtextError, match=f"--{flag} needs a CUDA GPU"):
+        resolve_dtype(GuidanceConfig(**{flag: True}), CPU)
+    assert resolve_dtype(GuidanceConfig(), CPU) == torch.float32
+
+
+def _offline_failure() -> OSError:
+    """What a loader raises for a hub id that is not cached: its consequence, caused by
+    huggingface_hub's LocalEntryNotFoundError."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        try:
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+        except LocalEntryNotFoundError as missing:
+            raise OSError("m does not appear to have a file named config.json.") from missing
+    except OSError as error:
+        return error
+
+
+def test_with_hf_hub_offline_set_the_message_names_it_not_an_unreachable_hub(monkeypatch):
+    """HF_HUB_OFFLINE=1 makes every uncached file a LocalEntryNotFoundError; the line names the
+    setting the user can change, not a network that was never tried."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    message = models_module._hub_error_message("someone/model", _offline_failure())
+    assert "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache" in message
+    assert "could not be reached" not in message
+
+
+def test_a_unet_whose_blocks_attend_to_another_width_than_the_encoder_is_refused():
+    """``cross_attention_dim`` may be one per block: each must be the text encoder's width."""
+    from diffusers.configuration_utils import FrozenDict
+
+    unet = FrozenDict(cross_attention_dim=(32, 64))
+    text = FrozenDict(hidden_size=32)
+    with pytest.raises(DreamtextError, match="attends to"):
+        models_module.check_text_to_image_unet("m", unet, text)
+    models_module.check_text_to_image_unet("m", FrozenDict(cross_attention_dim=(32, 32)), text)
+    models_module.check_text_to_image_unet("m", FrozenDict(cross_attention_dim=32), text)
+
+
+def test_sharded_variant_weights_are_read_as_that_variant(tmp_path):
+    """``save_pretrained(..., variant="fp16")`` of a big part writes shards
+    ``NAME.fp16-00001-of-00002.safetensors``: the folder holds only fp16 weights all the same."""
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    for k in (1, 2):
+        (unet / f"diffusion_pytorch_model.fp16-0000{k}-of-00002.safetensors").write_bytes(b"")
+    (unet / "diffusion_pytorch_model.safetensors.index.fp16.json").write_text("{}")
+    assert models_module.local_variant(str(tmp_path), "unet") == "fp16"
+    (unet / "diffusion_pytorch_model-00001-of-00002.safetensors").write_bytes(b"")
+    assert models_module.local_variant(str(tmp_path), "unet") is None  # plain ones too
+
+
+def _with_scheduler(tiny_sd_path: Path, dest: Path, **edits) -> Path:
+    """A linked copy of the tiny pipeline whose scheduler config has ``edits``, a value of
+    ``None`` removing that key."""
+    import json
+
+    from tiny_models import pipeline_variant
+
+    folder = pipeline_variant(tiny_sd_path, dest)
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    path.unlink()
+    for key, value in edits.items():
+        config.pop(key, None)
+        if value is not None:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    return folder
+
+
+def test_a_model_that_predicts_the_clean_sample_is_refused(tiny_sd_path, tmp_path):
+    """SDS here turns an epsilon or v prediction into epsilon; an x0 ("sample") model would be
+    read as one of them and train on a wrong gradient."""
+    folder = _with_scheduler(tiny_sd_path, tmp_path / "x0", prediction_type="sample")
+    with pytest.raises(DreamtextError, match="predicts 'sample'"):
+        models_module.load_stable_diffusion(str(folder))
+
+
+def test_a_scheduler_config_without_a_prediction_type_is_epsilon(tiny_sd_path, tmp_path):
+    """SD 1.x's scheduler configs predate the key; diffusers' default for them is epsilon."""
+    folder = _with_scheduler(tiny_sd_path, tmp_path / "old", prediction_type=None)
+    assert models_module.load_stable_diffusion(str(folder)).prediction_type == "epsilon"
+
+
+def test_an_inpainting_unet_is_refused_at_load(tiny_sd_path, tmp_path):
+    """An inpainting U-Net takes 9 input channels (latents, mask, masked image), not 4."""
+    import tiny_models
+
+    folder = tiny_models.pipeline_variant(tiny_sd_path, tmp_path / "inpaint")
+    for link in (folder / "unet").iterdir():
+        link.unlink()
+    unet = tiny_models.tiny_unet()
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    type(unet)(**{**config, "in_channels": 9}).save_pretrained(folder / "unet")
+    with pytest.raises(DreamtextError, match="9-channel U-Net"):
+        models_module.load_stable_diffusion(str(folder))
+
+
+def test_renders_are_encoded_from_minus_one_to_one_times_the_latent_scale(tiny_sd_path):
+    """SD's VAE was trained on images in [−1, 1]; its latents are scaled by
+    ``vae.config.scaling_factor`` for the U-Net (the posterior mean, no sampling)."""
+    models = models_module.load_stable_diffusion(str(tiny_sd_path))
+    size = models.resolution
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = models.encode_images(images)
+        mean = models.vae.encode(images * 2 - 1).latent_dist.mean
+    scale = models.vae.config.scaling_factor
+    assert scale != 1.0  # the tiny model's, so that a missing scale shows
+    torch.testing.assert_close(got, mean * scale)
+
+
+def test_the_sampling_pipeline_is_ddim_on_the_models_schedule_without_clipping(
+    tiny_sd_path, tmp_path
+):
+    """SD's latents range well past [−1, 1]; DDIM's default ``clip_sample`` (on, where a PNDM
+    config does not name it, as SD 2.x's does not) would clip every predicted latent."""
+    from diffusers import DDIMScheduler
+
+    folder = _with_scheduler(tiny_sd_path, tmp_path / "sd2", clip_sample=None)
+    models = models_module.load_stable_diffusion(str(folder))
+    assert "clip_sample" not in models.scheduler_config
+    scheduler = models.pipeline().scheduler
+    assert isinstance(scheduler, DDIMScheduler)
+    assert scheduler.config.clip_sample is False
+    torch.testing.assert_close(scheduler.alphas_cumprod.float(), models.alphas_cumprod.cpu())
