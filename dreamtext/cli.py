@@ -93,6 +93,23 @@ OUTPUT_FLAG_WORDS = ("--out", "--output", "--outdir", "--out-dir", "--output-dir
 """Flags other tools name their output folder with; dreamtext's is ``--workspace``."""
 
 
+def _refuse_flags_before_the_command(
+    parser: argparse.ArgumentParser, words: list[str], commands: dict[str, Any]
+) -> None:
+    """``dreamtext --workspace runs text "a cube"``: a command's flag typed before the command.
+    argparse took its value for the command ("unknown command 'runs'", "invalid choice: '5'");
+    the line says where the flag goes instead."""
+    at = next((i for i, word in enumerate(words) if word in commands), None)
+    if at is None:
+        return
+    top = _option_strings(parser)
+    early = [
+        w.split("=")[0] for w in words[:at] if w.startswith("-") and w.split("=")[0] not in top
+    ]
+    if early:
+        parser.error(f"{early[0]} goes after the command: dreamtext {words[at]} ... {early[0]} ...")
+
+
 def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
     """Every flag ``parser`` takes, short and long."""
     return [option for action in parser._actions for option in action.option_strings]
@@ -133,6 +150,8 @@ class _OneLineParser(argparse.ArgumentParser):
         (argparse leaves them to the top-level one, which does not know which command it was)."""
         words = sys.argv[1:] if argv is None else list(argv)
         commands = getattr(self, "commands", {})  # set on the top-level parser
+        if commands:
+            _refuse_flags_before_the_command(self, words, commands)
         command = next((word for word in words if not word.startswith("-")), None)
         if commands and command is not None and command not in commands:
             # `dreamtext txt`: argparse's "invalid choice" lists the commands but not the one meant.

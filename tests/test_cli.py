@@ -1484,6 +1484,27 @@ def test_a_misspelt_command_names_the_command_it_is_close_to(capsys, word, meant
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "flag", "command"),
+    [
+        (["--workspace", "texts", "text", "a red cube"], "--workspace", "text"),
+        (["--iters", "5", "text", "a red cube"], "--iters", "text"),
+        (["--port=9000", "view", "runs"], "--port", "view"),
+    ],
+)
+def test_a_commands_flag_typed_before_the_command_says_where_it_goes(capsys, args, flag, command):
+    """`dreamtext --workspace texts text "a red cube"` said "unknown command 'texts'; did you
+    mean text?" (the user had typed text), and `--iters 5 text` "invalid choice: '5'":
+    argparse took the flag's value for the command."""
+    code, err = run_main(args, capsys)
+    assert_user_error(
+        code,
+        err,
+        f"dreamtext: {flag} goes after the command: dreamtext {command} ... {flag} ...",
+    )
+    assert "unknown command" not in err and "invalid choice" not in err
+
+
 def test_a_misspelt_top_level_flag_names_the_flag_it_is_close_to(capsys):
     """`dreamtext --verison` said only that a COMMAND is required."""
     code, err = run_main(["--verison"], capsys)
