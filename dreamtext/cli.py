@@ -89,6 +89,19 @@ _seed = _within(int, 0, SEED_MAX, "an integer seed")
 _fraction = _within(float, 0, 1, "a number from 0 to 1")
 
 
+class _Ascending(argparse.Action):
+    """``--t-range T_MIN T_MAX`` typed high to low (``0.8 0.2``) is refused by the flag's name;
+    it was refused as the config field ``guidance.t_range``, and only once torch had loaded."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        low, high = values
+        if not low < high:
+            raise argparse.ArgumentError(
+                self, f"{self.metavar[0]} must be below {self.metavar[1]}, got {low:g} {high:g}"
+            )
+        setattr(namespace, self.dest, values)
+
+
 OUTPUT_FLAG_WORDS = ("--out", "--output", "--outdir", "--out-dir", "--output-dir", "-o")
 """Flags other tools name their output folder with; dreamtext's is ``--workspace``."""
 
@@ -321,6 +334,7 @@ def add_text_to_3d_arguments(
         "--t-range",
         type=_fraction,
         nargs=2,
+        action=_Ascending,
         metavar=("T_MIN", "T_MAX"),
         help="diffusion time range as fractions of the schedule [0.02 0.98]",
     )

@@ -324,6 +324,12 @@ def assert_user_error(code, stderr, *fragments):
     [
         (["text", ""], ["prompt is empty"]),
         (["text", "a castle", "--iters", "0"], ["--iters", "from 1 to 10000000, got 0"]),
+        # Refused as the config field guidance.t_range, once torch had loaded.
+        (
+            ["text", "a castle", "--t-range", "0.8", "0.2"],
+            ["argument --t-range: T_MIN must be below T_MAX, got 0.8 0.2"],
+        ),
+        (["image", "mug.png", "--t-range", "0.5", "0.5"], ["--t-range: T_MIN must be below"]),
         # 10^12 was accepted: past 2^24 Adam's float32 step counter stops counting, and the
         # progress bar's ETA was centuries.
         (["text", "a castle", "--iters", str(10**12)], ["--iters", "from 1 to 10000000"]),
