@@ -90,10 +90,13 @@ class tqdm(auto_tqdm):  # the name of the class it stands in for
             self._line_t = getattr(self, "_line_t", now)
             if since < self.mininterval and not (start and self._show_start):
                 return False
-        elif getattr(self, "_line_n", None) == self.n:  # its last line showed this state
-            return False
-        self._line_t, self._line_n = now, self.n
-        self.fp.write(self.__str__() + "\n")
+        if self.total is not None and self.n >= self.total:
+            self._ema_dt = lambda: None  # the final count: the rate over the whole bar
+        text = self.__str__()
+        if getattr(self, "_closing", False) and getattr(self, "_line_text", None) == text:
+            return False  # its last line said this already
+        self._line_t, self._line_text = now, text
+        self.fp.write(text + "\n")
         self.fp.flush()
         return True
 

@@ -46,3 +46,21 @@ def test_the_final_line_gives_the_rate_over_the_whole_bar(monkeypatch):
     lines = stream.getvalue().splitlines()
     assert [BAR_LINE.match(line)["n"] for line in lines] == ["14", "19"]
     assert "[00:55<00:00,  2.89s/it]" in lines[-1], lines[-1]
+
+
+def test_a_slow_bars_line_at_its_final_count_gives_the_rate_over_the_whole_bar(monkeypatch):
+    """A batch's prompts bar, each prompt minutes long (60, 60 and 600 s, lines 30 s apart):
+    every update writes a line, so the last one lands on 3/3, and the bar's closing wrote none.
+    That line gave tqdm's smoothed rate, 306.58 s a prompt, where the whole bar took 720 s for
+    3: 240.00."""
+    from dreamtext.progress import tqdm as bar
+
+    clock = _fake_clock(monkeypatch)
+    stream = io.StringIO()
+    with bar(total=3, desc="prompts", file=stream, mininterval=30, maxinterval=30) as prompts:
+        for seconds in (60, 60, 600):
+            clock[0] += seconds
+            prompts.update(1)
+    lines = stream.getvalue().splitlines()
+    assert [BAR_LINE.match(line)["n"] for line in lines] == ["1", "2", "3"]
+    assert "[12:00<00:00, 240.00s/it]" in lines[-1], lines[-1]
