@@ -63,8 +63,8 @@ def _face_count(text: str) -> int:
 def _threshold(text: str) -> float | str:
     """``--threshold``: a positive density, or ``auto`` for the renders' surface (the refusal
     names both: it once said only "a positive number")."""
-    if text == "auto":
-        return text
+    if text.strip().lower() == "auto":  # as --formats GLB is read as glb
+        return "auto"
     try:
         value = float(text)
     except ValueError:

@@ -60,3 +60,10 @@ def test_an_empty_formats_list_is_said_to_be_empty(text):
     line = "--formats: is empty: name formats, e.g. glb,ply"
     with pytest.raises(_Refused, match=re.escape(line)):
         _parse("--formats", text)
+
+
+@pytest.mark.parametrize("text", ["Auto", "AUTO", " auto"])
+def test_auto_threshold_is_read_in_any_case_as_formats_are(text):
+    """`--formats GLB` was read as glb while `--threshold Auto` was refused as "expected a
+    positive number or auto"."""
+    assert _parse("--threshold", text).threshold == "auto"
