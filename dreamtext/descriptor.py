@@ -324,10 +324,12 @@ def sample_grid(
     seed: int,
     size: int,
     desc: str = "sampling",
+    negative: str = "",
 ) -> list:
     """``n`` seeded samples of ``prompt`` (PIL images, ``size`` × ``size``), with a tqdm bar
     ``desc`` over the denoising steps on stderr (the pipeline's own bar is off: see
-    :meth:`dreamtext.models.StableDiffusionModels.pipeline`)."""
+    :meth:`dreamtext.models.StableDiffusionModels.pipeline`). ``negative``: the prompt whose
+    embedding takes the unconditional one's place in classifier-free guidance (none: ``""``)."""
     generator = torch.Generator(pipe.device).manual_seed(seed)
     with tqdm(
         total=steps, desc=desc, unit="step", leave=False, file=sys.stderr, **bar_options()
@@ -339,6 +341,7 @@ def sample_grid(
 
         return pipe(
             prompt,
+            negative_prompt=negative or None,
             num_images_per_prompt=n,
             num_inference_steps=steps,
             guidance_scale=guidance_scale,

@@ -89,6 +89,7 @@ from dreamtext.inputs import write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
+from dreamtext.prompts import check_lengths, expand_tokens
 from dreamtext.runfiles import check_image, check_image_workspace, default_workspace, source_copy
 from dreamtext.runfiles import recorded_image as recorded_image  # re-exported
 from dreamtext.runfiles import same_image as same_image  # re-exported
@@ -266,7 +267,10 @@ def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
     check_render_memory(cfg, device)
     resolve_dtype(cfg.guidance, device)
     build_field(cfg.field, device)  # an encoding that cannot run here raises
-    load_for(cfg.guidance, device)
+    models = load_for(cfg.guidance, device)
+    # The negative prompt is read by text→3D (and --diverse's sample): one too long for the
+    # text encoder was refused there, after the sentence search and the descriptor's training.
+    check_lengths(models.tokenizer, [], cfg.guidance.negative, False)
 
 
 def check_stages(
@@ -488,13 +492,21 @@ def sample_image(
     guidance_scale: float = 7.5,
 ) -> Path:
     """One image of ``prompt`` from the run's Stable Diffusion (``guidance``: model, precision,
-    memory options; seeded), saved as PNG. The model is the one the image→3D stages reuse."""
+    memory options, the negative prompt and the learned words of its ``textual_inversion``;
+    seeded), saved as PNG. The model is the one the image→3D stages reuse."""
     needs_stable_diffusion(guidance.model, "--diverse")
     models = load_for(guidance, device)
-    with torch.no_grad(), models.text_encoder_on_device() as text_encoder:
-        pipe = models.pipeline(text_encoder=text_encoder)
+    # The words a guidance.textual_inversion file holds (`a photo of <my-cat>`) were read as
+    # plain sub-words: the sample is of the prompt as text→3D would read it.
+    side = models.text_side(guidance.textual_inversion)
+    prompt = expand_tokens(prompt, side.expansions)
+    negative = expand_tokens(guidance.negative, side.expansions)
+    with torch.no_grad(), models.text_encoder_on_device(side.text_encoder) as text_encoder:
+        pipe = models.pipeline(tokenizer=side.tokenizer, text_encoder=text_encoder)
         size = models.resolution
-        image = sample_grid(pipe, prompt, 1, steps, guidance_scale, seed, size, "diverse image")[0]
+        image = sample_grid(
+            pipe, prompt, 1, steps, guidance_scale, seed, size, "diverse image", negative
+        )[0]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -599,14 +611,22 @@ def _run_diverse(
     else:
         device = resolve_device(cfg.device)
         check_stages(workspace, cfg, options, device, overwrite)
+        # The sample reads the prompt as typed (the stages after it, the learned sentence):
+        # one the text encoder would cut off was sampled cut off, without a word.
+        side = load_for(cfg.guidance, device).text_side(cfg.guidance.textual_inversion)
+        check_lengths(side.tokenizer, [expand_tokens(cfg.prompt, side.expansions)], "", False)
+        del side
         if note is not None:
             _note(note)
             note = None
+        # record_config clears the learned file (the run learns its own words): the sample
+        # reads the caller's.
+        sampled_with = copy.deepcopy(cfg.guidance)
         record_config(workspace, cfg, image_path, options, section)
         with stage_status(workspace, "sample", device):
             sample_image(
                 cfg.prompt,
-                cfg.guidance,
+                sampled_with,
                 cfg.seed,
                 image_path,
                 str(device),

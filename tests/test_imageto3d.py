@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tiny_models import TINY_TRAIN
 
@@ -1440,3 +1441,82 @@ def test_a_diverse_run_into_a_text_runs_folder_is_refused_for_its_prompt(tmp_pat
         f"{workspace} holds a text→3D run of 'a cube'; pass --workspace NEW_FOLDER for the "
         "--diverse run of 'a red cube'"
     )
+
+
+def test_the_diverse_sample_reads_the_configs_learned_tokens(tmp_path, tiny_sd_path):
+    """`text 'a photo of <my-cat>' --diverse` with guidance.textual_inversion sampled its image
+    through the shared text side, without the learned word (read as plain sub-words): the same
+    pixels as with no file at all. Using the tokens, or refusing the file, are both fine."""
+    from safetensors.torch import save_file
+
+    learned = tmp_path / "learned_embeds.safetensors"
+    save_file(
+        {"<my-cat>": torch.randn(1, 32, generator=torch.Generator().manual_seed(0)) * 5},
+        str(learned),
+    )
+    prompt = "a photo of <my-cat>"
+    with_file = GuidanceConfig(model=str(tiny_sd_path), textual_inversion=str(learned))
+    try:
+        a = sample_image(prompt, with_file, 0, tmp_path / "a.png", steps=3)
+    except DreamtextError:
+        return  # refused: fine
+    plain = GuidanceConfig(model=str(tiny_sd_path))
+    b = sample_image(prompt, plain, 0, tmp_path / "b.png", steps=3)
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_the_diverse_sample_reads_the_negative_prompt(tmp_path, tiny_sd_path):
+    """`text P --diverse --negative N` sampled its image with an empty negative prompt."""
+    neg = GuidanceConfig(model=str(tiny_sd_path), negative="blue sphere")
+    a = sample_image("a red cube", neg, 0, tmp_path / "a.png", steps=3)
+    plain = GuidanceConfig(model=str(tiny_sd_path))
+    b = sample_image("a red cube", plain, 0, tmp_path / "b.png", steps=3)
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_a_too_long_negative_prompt_is_refused_before_the_sentence_search(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
+):
+    """`image IMG --negative <over 77 tokens>` was refused by the text→3D stage, after the
+    sentence search and the descriptor training (10,000 steps by default) had run."""
+    from dreamtext.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the sentence search ran before the negative prompt was checked")
+
+    monkeypatch.setattr(imageto3d, "describe", never)
+    image = _image(tmp_path)
+    args = [
+        "image",
+        str(image),
+        "--model",
+        str(tiny_sd_path),
+        "--clip",
+        str(tiny_clip_path),
+        "--workspace",
+        str(tmp_path / "run"),
+        "--negative",
+        "blurry " * 90,
+    ]
+    assert main(args) == 2
+    assert "the negative prompt is" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "descriptor" / "sentence.json").exists()
+
+
+def test_a_diverse_prompt_the_text_encoder_would_cut_off_is_refused_before_sampling(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
+):
+    """`text <a 120-token prompt> --diverse` sampled its image from the prompt cut at 77 tokens
+    without a word (the same prompt without --diverse is refused); no config.json is left."""
+    from dreamtext.cli import main
+
+    monkeypatch.setattr(imageto3d, "sample_image", _fail)
+    monkeypatch.chdir(tmp_path)
+    prompt = "a red cube " * 40
+    clip = str(tiny_clip_path)
+    args = ["text", prompt, "--diverse", "--model", str(tiny_sd_path), "--clip", clip]
+    assert main([*args, "--workspace", "run"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("dreamtext: error: the prompt is "), err
+    assert "would cut off the rest; shorten the prompt" in err[-1]
+    assert not (tmp_path / "run" / "config.json").exists()
