@@ -1503,3 +1503,137 @@ def test_a_long_runs_chart_shows_its_true_range_from_a_bounded_poll(page, tmp_pa
         labels = chart.locator("text").all_text_contents()
         assert labels == ["12", "0.25", "1", "step 21000"]
         assert answers and all(len(r.body()) < 150_000 for r in answers)
+
+
+# app.js's shown values, against hand-derived text: hand-made runs of boundary figures.
+
+
+def make_hand_run(root: Path, name: str, status: dict | None, iters: int | None = 60) -> Path:
+    ws = root / name
+    ws.mkdir(parents=True)
+    config = {"prompt": name.replace("_", " ")}
+    if iters is not None:
+        config["iters"] = iters
+    (ws / "config.json").write_text(json.dumps(config))
+    if status is not None:
+        (ws / "status.json").write_text(json.dumps(status))
+    return ws
+
+
+def card_facts_text(page, name: str) -> str:
+    facts = page.locator(f'.card[data-run="{name}"] .facts')
+    facts.wait_for()
+    return shown_text(facts).replace("\xa0", " ")
+
+
+def test_card_facts_at_the_unit_boundaries(page, tmp_path: Path):
+    """Under 10 s a time has one decimal, from 10 s whole seconds (9.96 s rounds to 10 s, not
+    "10.0 s"); from 3,600 s hours and minutes (3,600 s is "1 h 0 min", not "60 min 0 s"). Peak
+    memory is whole MiB with a thousands comma; a step is "step n / iters"."""
+    root = tmp_path / "runs"
+    done = {"state": "finished", "step": 60, "iters": 60}
+    make_hand_run(root, "just_under_ten", {**done, "seconds": 9.96, "gpu_mem_mib": 5120.6})
+    make_hand_run(root, "one_hour", {**done, "seconds": 3600.0})
+    make_hand_run(root, "a_minute", {**done, "seconds": 60.0})
+    # No status.json (a run from before it existed): its time is the log's step / it/s, 60 / 4.
+    old = make_hand_run(root, "from_the_log", None)
+    (old / "log.jsonl").write_text(json.dumps({"step": 60, "its": 4.0}) + "\n")
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        expected = "finished step 60 / 60 · 10 s · 5,121 MiB peak"
+        assert card_facts_text(page, "just_under_ten") == expected
+        assert card_facts_text(page, "one_hour") == "finished step 60 / 60 · 1 h 0 min"
+        assert card_facts_text(page, "a_minute") == "finished step 60 / 60 · 1 min 0 s"
+        assert card_facts_text(page, "from_the_log") == "finished step 60 / 60 · ≈ 15 s"
+
+
+def test_card_states_outside_the_known_ones_read_unknown(page, tmp_path: Path):
+    """A batch's skipped prompt is "skipped"; a state no version writes is "unknown", and the
+    summary counts each."""
+    root = tmp_path / "runs"
+    make_hand_run(root, "skipped_one", {"state": "skipped"})
+    make_hand_run(root, "odd_one", {"state": "paused"})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card")
+        states = page.eval_on_selector_all(
+            ".card", "cs => Object.fromEntries(cs.map(c => [c.dataset.run, c.dataset.state]))"
+        )
+        assert states == {"skipped_one": "skipped", "odd_one": "unknown"}
+        badge = page.locator('.card[data-run="odd_one"] .badge')
+        assert badge.inner_text() == "unknown"
+        assert page.inner_text("header.top .summary") == "2 runs · 1 skipped · 1 unknown"
+
+
+def test_card_of_one_stage_gives_its_time_alone_and_says_why_it_has_no_picture(
+    page, tmp_path: Path
+):
+    """A stage list of one names no stage (that is the whole run's time); a card without a
+    picture says "no preview yet" while its run runs and "no preview" once it ended; a filter
+    that matches nothing says so."""
+    root = tmp_path / "runs"
+    stages = {"train": {"seconds": 30.0}}
+    make_hand_run(
+        root, "one_stage", {"state": "finished", "step": 60, "seconds": 30.0, "stages": stages}
+    )
+    make_hand_run(root, "still_running", {"state": "running", "step": 5})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        assert card_facts_text(page, "one_stage") == "finished step 60 / 60 · 30 s"
+        notes = page.eval_on_selector_all(
+            ".card",
+            "cs => Object.fromEntries(cs.map(c => [c.dataset.run, "
+            "c.querySelector('.no-thumb').textContent]))",
+        )
+        assert notes == {"one_stage": "no preview", "still_running": "no preview yet"}
+        assert page.locator("p.none").is_hidden()
+        page.fill("#filter", "nothing like it")
+        page.wait_for_selector("p.none:not([hidden])")
+        assert page.inner_text("p.none") == "No run matches the filter."
+
+
+def test_run_page_values_of_a_running_run(page, tmp_path: Path):
+    """A flat curve is drawn across the middle of its plot (not NaN); the mesh table keeps
+    whole counts whole and writes tiny fractions in exponent form, booleans as yes/no; a running
+    run trained with --no-export has "no mesh yet" (it may still be exported by hand, and a
+    running run's config says nothing of its end); its batch record is the attempt before."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "flat", {"state": "running", "step": 20, "iters": 60})
+    config = json.loads((ws / "config.json").read_text())
+    (ws / "config.json").write_text(json.dumps({**config, "export": False}))
+    lines = [{"step": 10, "loss": 0.5}, {"step": 20, "loss": 0.5}]
+    (ws / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (ws / "mesh").mkdir()
+    stats = {"faces": 123456, "volume": 0.0001234, "watertight": True}
+    (ws / "mesh" / "mesh.json").write_text(json.dumps(stats))
+    record = {"line": 1, "workspace": "flat", "status": "failed", "prompt": "flat"}
+    (root / "batch.jsonl").write_text(json.dumps(record) + "\n")
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/flat/")
+        chart = page.locator('.chart[data-key="loss"]')
+        chart.wait_for()
+        # sy(0.5) with the range widened to [0, 1]: T + (H - T - B) / 2 = 8 + 120 / 2.
+        points = chart.locator("polyline").get_attribute("points").split()
+        assert [p.split(",")[1] for p in points] == ["68.0", "68.0"]
+        rows = page.locator('.details table[data-table="mesh"] tr')
+        keys = [row.get_attribute("data-key") for row in rows.all()]
+        cells = dict(zip(keys, rows.locator("td").all_text_contents(), strict=True))
+        assert cells == {
+            "faces": "123456",
+            "volume": "1.23e-4\u00a0units³",
+            "watertight": "yes",
+        }
+        assert page.inner_text(".viewer .empty") == "no mesh yet"
+        headings = page.locator(".details h2").all_text_contents()
+        assert headings[:2] == ["Mesh", "Batch: the attempt before this one"]
+
+
+def test_run_page_of_an_interrupted_run_says_none_is_coming(page, tmp_path: Path):
+    root = tmp_path / "runs"
+    make_hand_run(root, "stopped", {"state": "interrupted", "step": 20, "iters": 60})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/stopped/")
+        page.wait_for_selector(".previews .empty")
+        assert page.inner_text(".previews .empty") == "no previews: the run was interrupted"
+        assert page.inner_text(".viewer .empty") == "no mesh: the run was interrupted"
+        assert page.inner_text(".turntable .empty") == "no turntable: the run was interrupted"
