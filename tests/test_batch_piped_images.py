@@ -43,14 +43,19 @@ def test_a_regular_files_relative_image_is_still_taken_from_its_folder(tmp_path,
     assert relative_images_folder(Path("lists/prompts.txt")) == Path("lists")
 
 
-def test_stdin_redirected_from_a_file_takes_the_files_folder(tmp_path, monkeypatch):
+def _folder_through_a_descriptor(tmp_path, monkeypatch, prefix):
+    """``relative_images_folder`` of ``lists/prompts.txt`` (beside its mug.png) named by
+    ``prefix`` and the descriptor it is open on, from another folder."""
     write_mug(tmp_path / "lists")
     prompts = tmp_path / "lists" / "prompts.txt"
     prompts.write_text("image:mug.png\n")
     monkeypatch.chdir(tmp_path)
     with open(prompts) as opened:
-        folder = relative_images_folder(Path(f"/dev/fd/{opened.fileno()}"))
-    assert folder == tmp_path / "lists"
+        return relative_images_folder(Path(f"{prefix}{opened.fileno()}"))
+
+
+def test_stdin_redirected_from_a_file_takes_the_files_folder(tmp_path, monkeypatch):
+    assert _folder_through_a_descriptor(tmp_path, monkeypatch, "/dev/fd/") == tmp_path / "lists"
 
 
 def test_batch_from_stdin_finds_the_image_in_the_current_folder_in_a_real_process(tmp_path):
@@ -105,10 +110,5 @@ def test_a_later_pipe_at_the_same_descriptor_is_read_as_its_own_list():
 def test_a_list_named_by_its_proc_descriptor_takes_the_files_folder(tmp_path, monkeypatch):
     """``/proc/self/fd/N`` (as a shell's ``/dev/stdin`` resolves) opened on a file is that
     file's folder, not ``/proc/self/fd``."""
-    write_mug(tmp_path / "lists")
-    prompts = tmp_path / "lists" / "prompts.txt"
-    prompts.write_text("image:mug.png\n")
-    monkeypatch.chdir(tmp_path)
-    with open(prompts) as opened:
-        folder = relative_images_folder(Path(f"/proc/self/fd/{opened.fileno()}"))
+    folder = _folder_through_a_descriptor(tmp_path, monkeypatch, "/proc/self/fd/")
     assert folder == tmp_path / "lists"

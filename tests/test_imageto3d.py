@@ -1352,6 +1352,17 @@ def test_the_workspace_check_reads_the_image_and_the_runs_copy_once_each(
     assert sorted(reads) == sorted([image, copy])
 
 
+def _with_a_larger_field(tmp_path, image, workspace, tiny_sd_path, monkeypatch):
+    """The image command over ``workspace`` with a config of a 4-level field, and the list of
+    the configs ``run_image`` (faked) is called with."""
+    ran = []
+    monkeypatch.setattr(imageto3d, "run_image", lambda image, options, cfg, **kw: ran.append(cfg))
+    bigger = tmp_path / "bigger.yaml"
+    bigger.write_text("field:\n  num_levels: 4\n")
+    common = ["image", str(image), "--workspace", str(workspace), "--model", str(tiny_sd_path)]
+    return [*common, "--config", str(bigger)], ran
+
+
 def test_image_overwrite_may_change_the_field_but_not_the_seed_of_the_descriptor_it_keeps(
     tmp_path, tiny_sd_path, monkeypatch, capsys
 ):
@@ -1361,12 +1372,7 @@ def test_image_overwrite_may_change_the_field_but_not_the_seed_of_the_descriptor
     from dreamtext.cli import main
 
     image, workspace = _finished_workspace(tmp_path, 3)
-    ran = []
-    monkeypatch.setattr(imageto3d, "run_image", lambda image, options, cfg, **kw: ran.append(cfg))
-    bigger = tmp_path / "bigger.yaml"
-    bigger.write_text("field:\n  num_levels: 4\n")
-    common = ["image", str(image), "--workspace", str(workspace), "--model", str(tiny_sd_path)]
-    common += ["--config", str(bigger)]
+    common, ran = _with_a_larger_field(tmp_path, image, workspace, tiny_sd_path, monkeypatch)
     assert main([*common, "--overwrite"]) == 0, capsys.readouterr().err
     assert ran[-1].field.num_levels == 4
     capsys.readouterr()
@@ -1391,12 +1397,7 @@ def test_an_image_run_stopped_before_text_to_3d_may_change_its_field(
 
     image, workspace = _finished_workspace(tmp_path, 3, status=False)
     shutil.rmtree(workspace / "checkpoints")
-    ran = []
-    monkeypatch.setattr(imageto3d, "run_image", lambda image, options, cfg, **kw: ran.append(cfg))
-    bigger = tmp_path / "bigger.yaml"
-    bigger.write_text("field:\n  num_levels: 4\n")
-    common = ["image", str(image), "--workspace", str(workspace), "--model", str(tiny_sd_path)]
-    common += ["--config", str(bigger)]
+    common, ran = _with_a_larger_field(tmp_path, image, workspace, tiny_sd_path, monkeypatch)
     assert main(common) == 0, capsys.readouterr().err
     assert ran[-1].field.num_levels == 4
     assert main([*common, "--seed", "5"]) == 2
