@@ -592,11 +592,40 @@ def run_diverse(
         return _run_diverse(cfg, options, workspace, overwrite, note)
 
 
+# ``sample_words`` of a run whose image was sampled before config.json recorded its file.
+NOT_RECORDED = object()
+
+
+def sample_words(workspace: Path, cfg: TrainConfig, image_path: Path) -> str | object | None:
+    """The ``guidance.textual_inversion`` file (absolute) whose learned words ``--diverse``'s
+    sample reads (``a photo of <my-cat>``), recorded in config.json's ``diverse`` section.
+
+    Once the image is sampled: the file it was sampled with, as recorded (:data:`NOT_RECORDED`
+    for a run from before that record). Before: the caller's file (``--config``), else, on a
+    rerun typed without it, the one the run recorded (config.json's ``guidance`` holds the
+    run's own learned file, or none before the descriptor is trained: not the caller's).
+    """
+    recorded = (
+        read_stage_sections(workspace).get("diverse", {}).get("textual_inversion", NOT_RECORDED)
+    )
+    if recorded is not None and not isinstance(recorded, str):
+        recorded = NOT_RECORDED  # not a file name: config.json edited by hand
+    if image_path.is_file():
+        return recorded
+    given = cfg.guidance.textual_inversion
+    if given is not None and Path(given).resolve() == learned_embeds_path(workspace).resolve():
+        given = None  # the run's own words, learned from its sample
+    if given is not None:
+        return os.path.abspath(given)
+    return None if recorded is NOT_RECORDED else recorded
+
+
 def _run_diverse(
     cfg: TrainConfig, options: ImageOptions, workspace: Path, overwrite: bool, note: str | None
 ) -> Path:
     image_path = diverse_image(workspace, cfg.seed)
     check_diverse_workspace(workspace, cfg)
+    words = sample_words(workspace, cfg, image_path)
     section = {
         "diverse": {
             "prompt": cfg.prompt,
@@ -604,6 +633,7 @@ def _run_diverse(
             "sample_steps": options.sample_steps,
             "sample_guidance_scale": options.sample_guidance_scale,
             "image": str(image_path.resolve()),
+            **({} if words is NOT_RECORDED else {"textual_inversion": words}),
         }
     }
     if image_path.is_file():
@@ -613,15 +643,15 @@ def _run_diverse(
         check_stages(workspace, cfg, options, device, overwrite)
         # The sample reads the prompt as typed (the stages after it, the learned sentence):
         # one the text encoder would cut off was sampled cut off, without a word.
-        side = load_for(cfg.guidance, device).text_side(cfg.guidance.textual_inversion)
+        side = load_for(cfg.guidance, device).text_side(words)
         check_lengths(side.tokenizer, [expand_tokens(cfg.prompt, side.expansions)], "", False)
         del side
         if note is not None:
             _note(note)
             note = None
         # record_config clears the learned file (the run learns its own words): the sample
-        # reads the caller's.
-        sampled_with = copy.deepcopy(cfg.guidance)
+        # reads the caller's, which the diverse section keeps.
+        sampled_with = replace(cfg.guidance, textual_inversion=words)
         record_config(workspace, cfg, image_path, options, section)
         with stage_status(workspace, "sample", device):
             sample_image(

@@ -295,11 +295,19 @@ def unknown_field(where: str, key: Any, names: list[str], prefix: str, source: s
     )
 
 
-# The keys of the stage sections; ``image`` and ``diverse``'s ``prompt`` and ``seed`` are records
-# of the run (its input), the others options of its stages.
+# The keys of the stage sections; ``image`` and ``diverse``'s ``prompt``, ``seed`` and
+# ``textual_inversion`` (the learned words its sample read) are records of the run (its input),
+# the others options of its stages.
 STAGE_KEYS = {
     "image_to_3d": ("image", "describe", "descriptor"),
-    "diverse": ("prompt", "seed", "sample_steps", "sample_guidance_scale", "image"),
+    "diverse": (
+        "prompt",
+        "seed",
+        "sample_steps",
+        "sample_guidance_scale",
+        "image",
+        "textual_inversion",
+    ),
 }
 
 

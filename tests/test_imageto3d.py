@@ -20,6 +20,7 @@ from dreamtext.descriptor import DESCRIPTOR_TOKEN, DescriptorOptions
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.imageto3d import ImageOptions, run_diverse, run_image, sample_image
+from dreamtext.inputs import config_file_stage_sections
 from dreamtext.interrupts import TrainingInterrupted
 
 
@@ -759,6 +760,7 @@ def test_diverse_records_its_prompt_and_sampler_before_it_samples(
         "sample_steps": 50,
         "sample_guidance_scale": 7.5,
         "image": sample,
+        "textual_inversion": None,  # no learned words
     }
     assert config["prompt"] == "a red cube" and config["image_to_3d"]["image"] == sample
 
@@ -1464,6 +1466,82 @@ def test_the_diverse_sample_reads_the_configs_learned_tokens(tmp_path, tiny_sd_p
     plain = GuidanceConfig(model=str(tiny_sd_path))
     b = sample_image(prompt, plain, 0, tmp_path / "b.png", steps=3)
     assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def _learned_words(path):
+    """A ``guidance.textual_inversion`` file with one learned word, ``<my-cat>``."""
+    from safetensors.torch import save_file
+
+    save_file({"<my-cat>": torch.randn(1, 32, generator=torch.Generator().manual_seed(0))}, path)
+    return path
+
+
+def test_a_diverse_run_records_the_learned_words_its_sample_read_and_a_rerun_reads_them(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
+):
+    """config.json's guidance section holds the run's own learned file (none before its
+    descriptor is trained), so the user's file, which `a photo of <my-cat>`'s sample read, was
+    recorded nowhere: the same command typed again without its --config (after a stop before
+    the image was written) sampled `<my-cat>` as plain sub-words."""
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    learned = _learned_words(tmp_path / "cat.safetensors")
+    (tmp_path / "words.yaml").write_text("guidance:\n  textual_inversion: cat.safetensors\n")
+    read = []
+
+    def stop(prompt, guidance, *args, **kwargs):
+        read.append(guidance.textual_inversion)
+        raise DreamtextError("stopped before the image was written")
+
+    monkeypatch.setattr(imageto3d, "sample_image", stop)
+    args = ["text", "a photo of <my-cat>", "--diverse", "--model", str(tiny_sd_path)]
+    args += ["--clip", str(tiny_clip_path), "--workspace", "run"]
+    assert main([*args, "--config", "words.yaml"]) == 2
+    assert main(args) == 2  # typed again without the file
+    assert "stopped before the image was written" in capsys.readouterr().err
+    assert read == [str(learned), str(learned)]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["diverse"]["textual_inversion"] == str(learned)
+    assert config["guidance"]["textual_inversion"] is None  # the run has learned none yet
+    # The record is one a --config may hold (a run's config.json is read as one).
+    sections = config_file_stage_sections("run/config.json")
+    assert sections[0][1]["diverse"]["textual_inversion"] == str(learned)
+
+
+def test_the_learned_words_of_a_diverse_sample(tmp_path):
+    """Which file `--diverse`'s sample reads, and what config.json's diverse section records."""
+    workspace = tmp_path / "run"
+    image = imageto3d.diverse_image(workspace, 0)
+    own = imageto3d.learned_embeds_path(workspace)
+    mine = str(tmp_path / "cat.safetensors")
+
+    def words(given, recorded=imageto3d.NOT_RECORDED, sampled=False):
+        shutil.rmtree(workspace, ignore_errors=True)
+        image.parent.mkdir(parents=True)
+        diverse = {"prompt": "a photo of <my-cat>", "seed": 0}
+        if recorded is not imageto3d.NOT_RECORDED:
+            diverse["textual_inversion"] = recorded
+        (workspace / "config.json").write_text(json.dumps({"diverse": diverse}))
+        if sampled:
+            image.write_bytes(b"png")
+        cfg = resolve_config({"prompt": "a photo of <my-cat>", "workspace": str(workspace)})
+        cfg.guidance.textual_inversion = given
+        return imageto3d.sample_words(workspace, cfg, image)
+
+    assert words(mine) == mine
+    assert words("cat.safetensors") == str(Path("cat.safetensors").resolve())  # absolute
+    assert words(None) is None
+    assert words(None, recorded=mine) == mine  # a rerun typed without the file
+    assert words(str(own), recorded=mine) == mine  # config.json's guidance: the run's own
+    assert words(str(own)) is None
+    assert words("other.safetensors", recorded=mine).endswith("other.safetensors")
+    # Sampled: the file it was sampled with, whatever the command gives now.
+    assert words("other.safetensors", recorded=mine, sampled=True) == mine
+    assert words(mine, recorded=None, sampled=True) is None
+    assert words(mine, sampled=True) is imageto3d.NOT_RECORDED  # a run from before the record
+    assert words(mine, recorded=7, sampled=True) is imageto3d.NOT_RECORDED  # edited by hand
+    assert words(None, recorded=7) is None
 
 
 def test_the_diverse_sample_reads_the_negative_prompt(tmp_path, tiny_sd_path):
