@@ -32,6 +32,7 @@ from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
 from dreamtext.inputs import LAST_CHECKPOINT, LAST_STEP_RECORD
 from dreamtext.latestrun import step_files  # listed without torch, for the newest run
 from dreamtext.runfiles import check_writable as check_writable  # re-exported
+from dreamtext.runfiles import file_mode as file_mode  # re-exported
 from dreamtext.runfiles import step_record
 
 # Named in dreamtext.inputs, whose checks before the torch import look for them too.
@@ -52,15 +53,6 @@ def is_cuda(device: str | torch.device) -> bool:
 
 def checkpoint_dir(workspace: Path) -> Path:
     return Path(workspace) / CHECKPOINT_DIR
-
-
-def file_mode() -> int:
-    """The mode an ordinary new file gets here (``0o666`` less the umask, usually ``0o644``):
-    ``mkstemp`` makes private ``0o600`` files, but a run's files are for the people it is shared
-    with, on a cluster's file system too."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def atomic_write_bytes(

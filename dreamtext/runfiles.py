@@ -42,6 +42,16 @@ from dreamtext.inputs import (
 from dreamtext.processes import LOCK_NAME, check_own_folder, record_alive
 
 
+def file_mode(ordinary: int = 0o666) -> int:
+    """The mode an ordinary new file gets here (``0o666`` less the umask, usually ``0o644``):
+    ``mkstemp`` makes private ``0o600`` files, but a run's files are for the people it is shared
+    with, on a cluster's file system too. ``ordinary=0o777``: a new folder's (``mkdir``'s, usually
+    ``0o755``, where ``mkdtemp`` makes ``0o700``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return ordinary & ~umask
+
+
 def check_writable(folder: Path, fix: str) -> None:
     """Raise a :class:`DreamtextError` unless ``folder`` is, or can be made, a folder this process
     can write in; ``fix`` says what to do instead. Checked before any work, so that a read-only

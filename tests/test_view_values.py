@@ -5,6 +5,7 @@ state and figures, the static folder and the downloads."""
 import json
 from pathlib import Path
 
+import pytest
 from test_view import get, make_run, root, serving  # noqa: F401  (root: the fixture)
 
 from dreamtext.view import Catalog
@@ -468,6 +469,28 @@ def test_a_static_folder_is_readable_by_others_like_any_new_folder(root, tmp_pat
 
     site = export_static([root], tmp_path / "site")
     assert stat.S_IMODE(site.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o700), (0o002, 0o775)])
+def test_a_static_folder_gets_the_mode_the_users_umask_gives_a_new_folder(
+    root,  # noqa: F811
+    tmp_path,
+    umask,
+    mode,
+):
+    """It was made 755 whatever the umask: a user whose umask keeps new files private (077)
+    had the site readable by everyone on the machine."""
+    import os
+    import stat
+
+    from dreamtext.view import export_static
+
+    before = os.umask(umask)
+    try:
+        site = export_static([root], tmp_path / "site")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(site.stat().st_mode) == mode
 
 
 def test_a_hint_naming_three_linked_runs_names_all_three_without_an_ellipsis(tmp_path: Path):

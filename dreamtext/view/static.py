@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamtext.errors import DreamtextError
-from dreamtext.runfiles import check_writable
+from dreamtext.runfiles import check_writable, file_mode
 from dreamtext.view.downloads import download_names, zip_bytes, zip_members, zip_name, zip_only
 from dreamtext.view.page import (
     ASSETS,
@@ -235,7 +235,7 @@ def _write_glb_script(run: Run, script: Path) -> bool:
 
 def _replace(staging: Path, out_dir: Path) -> None:
     """Move the finished export into place (an earlier export or empty folder gives way)."""
-    (staging).chmod(0o755)
+    staging.chmod(file_mode(0o777))  # as mkdir makes it: mkdtemp's is private
     if not out_dir.exists():
         staging.rename(out_dir)
         return
