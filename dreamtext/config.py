@@ -680,11 +680,13 @@ def validate(
             f"{lr_max:.3g}; the default is {TrainConfig.lr:g}"
         )
     # torch.manual_seed takes -2^63 to 2^64 - 1; a seed past that was a torch traceback once
-    # the run had started. Negative seeds are refused by --seed and in a new run's config files,
-    # but runs made before that still resume with theirs.
-    if not (0 if new_run else -(2**63)) <= cfg.seed <= SEED_MAX:
+    # the run had started. Negative seeds and seeds past SEED_MAX are refused by --seed and in a
+    # new run's config files, but runs made before that still resume with theirs (the trainer's
+    # largest seed is seed + 2).
+    low, high = (0, SEED_MAX) if new_run else (-(2**63), 2**64 - 3)
+    if not low <= cfg.seed <= high:
         where = setting_name("seed", None, source_of("seed"))
-        raise DreamtextError(f"{where} must be from 0 to {SEED_MAX}, got {cfg.seed}")
+        raise DreamtextError(f"{where} must be from {low} to {high}, got {cfg.seed}")
     try:
         cfg.render.validate()
         cfg.field.validate()

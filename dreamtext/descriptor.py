@@ -227,6 +227,8 @@ class DescriptorTrainer:
         from seeds derived from ``(seed, step)``, so a resumed run sees the same batches.
         """
         seed = self.options.seed * 1_000_003 + step
+        if seed >= 2**64:  # a seed from before --seed's bound (SEED_MAX); torch takes < 2^64
+            seed %= 2**64
         batch = self.options.batch_size
         images = self.augment(image.expand(batch, -1, -1, -1), seed)
         generator = torch.Generator().manual_seed(seed)

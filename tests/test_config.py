@@ -908,3 +908,22 @@ def test_a_merge_key_may_set_again_what_it_merged(tmp_path):
     path = tmp_path / "merge.yaml"
     path.write_text("base: &base {h: 32, w: 32}\nrun:\n  <<: *base\n  h: 64\n")
     assert read_yaml(path)["run"] == {"h": 64, "w": 32}
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**40, 2**64 - 3])
+def test_a_run_from_before_the_seed_bound_resumes_with_a_seed_above_it(seed):
+    """--seed had no bound before it took 0 to 2^32 - 1 (a run with --seed 2^40 trained: torch
+    takes seeds below 2^64, the trainer's largest is seed + 2); such a run's resume was refused
+    ("config field 'seed' (in the workspace's config.json) must be from 0 to 4294967295"), with
+    no way to resume it, while a negative seed of the same era resumes."""
+    base = config_to_dict(resolve_config({"prompt": "x"})) | {"seed": seed}
+    assert resolve_config({"prompt": "x"}, base=base).seed == seed
+
+
+def test_a_resumed_seed_past_what_torch_takes_is_refused_with_its_range():
+    base = config_to_dict(resolve_config({"prompt": "x"})) | {"seed": 2**64 - 2}
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config({"prompt": "x"}, base=base)
+    assert str(refusal.value).endswith(
+        "must be from -9223372036854775808 to 18446744073709551613, got 18446744073709551614"
+    )

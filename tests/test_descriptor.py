@@ -599,6 +599,22 @@ def test_two_seeds_do_not_share_batches_one_step_apart(tiny_sd_path):
     assert not torch.equal(noise_a, noise_b)
 
 
+def test_a_seed_from_before_the_seed_bound_draws_its_batches(tiny_sd_path):
+    """An image run from before --seed's bound (2^32 - 1) may resume with a seed up to
+    2^64 - 3: its batches' seed ``seed · 1000003 + step`` is taken modulo 2^64 (torch takes
+    seeds below it), where it was a torch traceback; seeds within the bound are unchanged."""
+    trainer = _trainer(tiny_sd_path)
+    image = _red_square(trainer.models.resolution)
+    trainer.options.seed = 2**64 - 3
+    big = trainer.noisy_batch(image, step=1)
+    trainer.options.seed = 0
+    wrapped = ((2**64 - 3) * 1_000_003 + 1) % 2**64  # the step's seed, computed by hand
+    trainer.options.seed, step = divmod(wrapped, 1_000_003)
+    same = trainer.noisy_batch(image, step=step)
+    for a, b in zip(big, same, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_a_sentence_of_exactly_the_limit_is_accepted(tiny_sd_path):
     """Guards against ``count >= limit``: the text encoder reads
     model_max_length tokens, start and end included, so a prompt of exactly that many is
