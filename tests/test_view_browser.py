@@ -542,6 +542,34 @@ def test_a_run_exported_without_a_turntable_says_none_is_coming(page, root: Path
         )
 
 
+def test_a_run_exported_before_mesh_json_had_options_says_no_turntable_is_coming(
+    page, root: Path, tmp_path
+):
+    """A finished run whose export (from before mesh.json recorded its options) made no
+    turntable said "no turntable yet", as if one were coming: nothing will make one but an export
+    with --video."""
+    run = tmp_path / "runs" / "a_red_cube"
+    shutil.copytree(root / "a_red_cube", run, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.rmtree(run / "video")
+    stats = json.loads((run / "mesh" / "mesh.json").read_text())
+    del stats["options"]
+    (run / "mesh" / "mesh.json").write_text(json.dumps(stats))
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector(".turntable .empty")
+        said = page.inner_text(".turntable .empty")
+        assert "yet" not in said, said
+        assert f"dreamtext export --workspace {run.resolve()} --video" in said, said
+    # While an export of it runs, one may be coming.
+    from dreamtext.exportprogress import ExportProgress
+
+    with ExportProgress(run) as progress, serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        progress.stage("turntable", 1, 15)
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector(".turntable .empty")
+        assert page.inner_text(".turntable .empty") == "no turntable yet"
+
+
 def test_describe_alone_says_it_makes_no_3d_run(page, tmp_path):
     """A finished `dreamtext describe` said "no mesh yet", "no turntable yet" and "no previews
     yet": describe makes none of them."""

@@ -681,6 +681,12 @@
       if (what === "turntable" && options.video === false) {
         return `no turntable: exported with --no-video; ${command} --video makes one`;
       }
+      // Exported (an export from before mesh.json recorded its options), and no export running:
+      // none is coming either.
+      const exporting = (run.status || {}).export;
+      if (what === "turntable" && run.mesh_stats && stateOf(run) === "finished" && !exporting) {
+        return `no turntable: its export made none; ${command} --video makes one`;
+      }
       const finished = stateOf(run) === "finished" && run.config && run.config.export === false;
       if (!finished) return noFiles(run, what);
       return `not exported (--no-export): ${command} makes the ${what}`;
