@@ -352,19 +352,77 @@ def dataset_azimuth_range(cameras: CameraRange) -> tuple[float, ...]:
     return tuple(cameras.azimuth_range)
 
 
-def dataset_poses(cameras: CameraRange) -> Poses:
-    """The dataset's cameras for a training camera range: every ≤ 10° in azimuth and polar angle.
+# How far inside a view band its edge angle is taken (:func:`band_angles`): float32 rounds an
+# edge such as 37.3° to just below it, the band before.
+BAND_MARGIN_DEG = 0.01
+
+
+def _labels(polars: list[float], azimuths: list[float], thresholds: ViewThresholds) -> set[str]:
+    return {view_of(p, a, thresholds).label for p in polars for a in azimuths}
+
+
+def band_angles(
+    cameras: CameraRange, thresholds: ViewThresholds | None = None
+) -> tuple[list[float], list[float]]:
+    """The polar and azimuth angles (degrees, float32 values) the dataset adds to its 10° grids
+    (:func:`dataset_poses`) so that every view band the grids reach has images: a band narrower
+    than the grid step (``guidance.views`` front 1°–9°) may hold no grid angle, and the run then
+    stopped at its first camera in that band. Each band's lower edge (a hair inside) is added
+    where it gives a label the grids have none of; with the default bands, none is."""
+    t = thresholds or ViewThresholds()
+    polar_lo, polar_hi, polar_grid, azimuth_grid = _grids(cameras)
+    polars = [float(v) for v in polar_grid.float()]
+    azimuths = [float(v) for v in azimuth_grid.float()]
+    az_lo, az_hi = dataset_azimuth_range(cameras)
+    extra_polar: list[float] = []
+    extra_azimuth: list[float] = []
+    for _ in range(2):  # an added polar angle may make an azimuth band's new label, and back
+        for edge in (t.front_start, t.front_end, t.back_start, t.back_end):
+            a = float(np.float32((edge + BAND_MARGIN_DEG) % 360.0))
+            inside = (a - az_lo) % 360.0 <= az_hi - az_lo or az_hi - az_lo >= 360.0
+            if (
+                inside
+                and a not in azimuths
+                and _labels(polars, [a], t) - _labels(polars, azimuths, t)
+            ):
+                azimuths.append(a)
+                extra_azimuth.append(a)
+        for edge in (t.overhead, t.bottom, t.below):
+            p = None if edge is None else float(np.float32(edge + BAND_MARGIN_DEG))
+            if p is None or not polar_lo <= p <= polar_hi or p in polars:
+                continue
+            if _labels([p], azimuths, t) - _labels(polars, azimuths, t):
+                polars.append(p)
+                extra_polar.append(p)
+    return sorted(extra_polar), sorted(extra_azimuth)
+
+
+def _grids(cameras: CameraRange) -> tuple[float, float, Tensor, Tensor]:
+    """The dataset's polar range and its 10° polar and azimuth grids (:func:`dataset_poses`)."""
+    polar_lo, polar_hi = cameras.polar_range
+    if cameras.box_fraction > 0:
+        polar_lo, polar_hi = min(polar_lo, BOX_POLAR_RANGE[0]), max(polar_hi, BOX_POLAR_RANGE[1])
+    polar_values = _grid(polar_lo, polar_hi, periodic=False)
+    azimuth_values = _grid(*dataset_azimuth_range(cameras), periodic=True) % 360.0
+    return polar_lo, polar_hi, polar_values, azimuth_values
+
+
+def dataset_poses(cameras: CameraRange, thresholds: ViewThresholds | None = None) -> Poses:
+    """The dataset's cameras for a training camera range: every ≤ 10° in azimuth and polar angle,
+    and the angles of :func:`band_angles` (view bands of ``thresholds`` between two of them).
 
     Training cameras drawn from the box (``box_fraction > 0``) have polar angles in [0°, 90°] and
     any azimuth, so those are then covered too (:func:`dataset_azimuth_range`): a box camera
     behind a front-only azimuth range was a "back" view the dataset had no images of, which
     stopped the run. Radius and field of view are the middles of their ranges.
     """
-    polar_lo, polar_hi = cameras.polar_range
-    if cameras.box_fraction > 0:
-        polar_lo, polar_hi = min(polar_lo, BOX_POLAR_RANGE[0]), max(polar_hi, BOX_POLAR_RANGE[1])
-    polar_values = _grid(polar_lo, polar_hi, periodic=False)
-    azimuth_values = _grid(*dataset_azimuth_range(cameras), periodic=True) % 360.0
+    _, _, polar_values, azimuth_values = _grids(cameras)
+    extra_polar, extra_azimuth = band_angles(cameras, thresholds)
+    if extra_polar:
+        polar_values = torch.cat([polar_values, torch.tensor(extra_polar, dtype=torch.float64)])
+    if extra_azimuth:
+        more = torch.tensor(extra_azimuth, dtype=torch.float64)
+        azimuth_values = torch.cat([azimuth_values, more])
     polar, azimuth = torch.meshgrid(polar_values, azimuth_values, indexing="ij")
     polar, azimuth = polar.reshape(-1).float(), azimuth.reshape(-1).float()
     n = polar.shape[0]
@@ -394,7 +452,7 @@ def build_dataset(
 ) -> ShapesDataset:
     """Render every primitive from :func:`dataset_poses` and caption each image with
     :func:`dreamtext.cameras.view_of` / :func:`dreamtext.cameras.with_view`."""
-    poses = dataset_poses(cameras)
+    poses = dataset_poses(cameras, thresholds)
     labels = [
         view_of(float(p), float(a), thresholds).label
         for p, a in zip(poses.polar, poses.azimuth, strict=True)
@@ -448,6 +506,10 @@ def _cache_key(
     )
     # ``ViewThresholds.below`` came later: left off, it keeps the keys of the caches before it.
     text = repr(params).replace(", below=None)", ")", 1)
+    # So do the angles of bands between two grid angles, where there are none (as by default).
+    extra = band_angles(cameras, thresholds)
+    if extra != ([], []):
+        text += repr(extra)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -368,3 +368,21 @@ def test_flags_the_prior_cannot_use_are_named_in_a_warning(prior, caplog):
         "--compile has no network of the built-in prior to compile; on CUDA it compiles the "
         "field's MLPs only",
     ]
+
+
+def test_a_view_band_between_two_dataset_cameras_has_images_or_is_refused_before_training(prior):
+    """guidance.views.front_start 1, front_end 9 (valid bands) fall between the dataset's cameras,
+    10 degrees apart: its "front" had no image, and a run stopped at the first camera in the
+    band, steps in, with "keep the cameras inside the preset's range" (they were inside it)."""
+    p = prior(views=ViewThresholds(front_start=1.0, front_end=9.0))
+    try:
+        p.set_prompt("a red cube")
+    except DreamtextError as error:  # refused before any step, naming the setting to change
+        assert "guidance.views" in str(error)
+        return
+    reachable = {
+        view_of(polar, azimuth / 2, p.cfg.views).label
+        for polar in (70.0, 80.0, 90.0)
+        for azimuth in range(720)
+    }
+    assert reachable <= set(p._cond), reachable - set(p._cond)

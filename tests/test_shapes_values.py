@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from dreamtext import shapes
-from dreamtext.cameras import CameraRange
+from dreamtext.cameras import CameraRange, ViewThresholds, view_of
 
 
 def test_a_ray_up_the_cylinders_axis_hits_its_bottom_cap_first() -> None:
@@ -72,3 +73,42 @@ def test_the_cache_file_is_readable_by_everyone_like_any_cache_file(tmp_path):
     shapes.load_dataset(SMALL, 8, 8, directory=tmp_path)
     (path,) = tmp_path.glob("shapes-*.npz")
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    "views",
+    [
+        ViewThresholds(front_start=1.0, front_end=9.0),
+        ViewThresholds(back_start=181.0, back_end=183.5),
+        ViewThresholds(split_sides=True, front_end=62.0, back_start=68.0),
+        ViewThresholds(below=115.0, bottom=119.0),
+        ViewThresholds(below=101.0, bottom=108.0),
+        ViewThresholds(front_start=37.3, front_end=37.4),  # float32 rounds 37.3 below itself
+    ],
+)
+def test_every_view_band_a_training_camera_can_be_in_has_dataset_images(views):
+    """A band between two of the dataset's 10° grid angles had no image, and a run stopped at
+    its first camera there. Swept every 0.5° over the default camera range (polar 0°-120°, any
+    azimuth), as float32 as the dataset's own angles: every label met is one the dataset has."""
+    poses = shapes.dataset_poses(CameraRange(), views)
+    has = {
+        view_of(p, a, views).label
+        for p, a in zip(poses.polar.tolist(), poses.azimuth.tolist(), strict=True)
+    }
+    sweep = np.arange(0.0, 360.0, 0.5, dtype=np.float32)
+    met = {
+        view_of(float(p), float(a), views).label
+        for p in np.arange(0.0, 120.5, 0.5, dtype=np.float32)
+        for a in sweep
+    }
+    # A front band no 0.5° step meets (the last case): a camera just inside it.
+    met.add(view_of(60.0, float(np.float32(views.front_start + 0.05)), views).label)
+    assert met <= has, met - has
+
+
+def test_the_default_view_bands_add_no_angle_to_the_dataset_grid():
+    """Every default band holds grid angles: the dataset (and its cache's key) is the one from
+    before bands narrower than the grid were covered."""
+    for views in (ViewThresholds(), ViewThresholds(split_sides=True), ViewThresholds(below=100.0)):
+        assert shapes.band_angles(CameraRange(), views) == ([], [])
+    assert len(shapes.dataset_poses(CameraRange())) == 13 * 36
