@@ -476,11 +476,13 @@
     };
     box.append(text(L - 4, T + 8, "end", formatNumber(y1)));
     box.append(text(L - 4, H - B, "end", formatNumber(y0)));
+    // Steps as they are, as the header gives them (4 digits made step 12345 "step 12350").
+    const step = (x) => (Number.isInteger(x) ? String(x) : formatNumber(x));
     if (oneStep) {
-      box.append(text(sx(xs[0]), H - 6, "middle", `step ${formatNumber(xs[0])}`));
+      box.append(text(sx(xs[0]), H - 6, "middle", `step ${step(xs[0])}`));
     } else {
-      box.append(text(L, H - 6, "start", formatNumber(x0)));
-      box.append(text(W - R, H - 6, "end", `step ${formatNumber(x1)}`));
+      box.append(text(L, H - 6, "start", step(x0)));
+      box.append(text(W - R, H - 6, "end", `step ${step(x1)}`));
     }
     box.append(svg("polyline", {
       class: "line",
