@@ -18,8 +18,11 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -27,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh
 from PIL import Image
 from test_view import PrefixProxy, serving
 
+from dreamtext.processes import this_process
 from dreamtext.view import Catalog, export_static
 
 CHROMIUM = os.environ.get("DREAMTEXT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -1665,3 +1670,499 @@ def test_run_page_of_an_interrupted_run_says_none_is_coming(page, tmp_path: Path
         assert page.inner_text(".previews .empty") == "no previews: the run was interrupted"
         assert page.inner_text(".viewer .empty") == "no mesh: the run was interrupted"
         assert page.inner_text(".turntable .empty") == "no turntable: the run was interrupted"
+
+
+# app.js's values against hand-derived text (mutation round 68): gallery deltas, answers the
+# page cannot apply, sorts, previews, the header, the 3D view.
+
+
+def make_image_run(root: Path, name: str, sentence: str, trained: str | None = None) -> Path:
+    ws = root / name / "descriptor"
+    ws.mkdir(parents=True)
+    record = {"sentence": sentence, "image": "/elsewhere/x.png"}
+    if trained is not None:
+        record["trained_sentence"] = trained
+    (ws / "sentence.json").write_text(json.dumps(record))
+    return ws.parent
+
+
+def test_an_image_cards_clip_line_only_where_its_title_is_another_sentence(page, tmp_path):
+    """An image run titled by CLIP's sentence (none learned yet) does not say it again as
+    "CLIP: ..."; one titled by its learned sentence gives CLIP's below it."""
+    root = tmp_path / "runs"
+    make_image_run(root, "untrained", "An image of a red apple")
+    make_image_run(root, "trained", "An image of a pear", "An image of a <d> pear")
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector('.card[data-run="trained"] .sentence')
+        untrained = page.locator('.card[data-run="untrained"]')
+        assert shown_text(untrained.locator(".prompt")) == "An image of a red apple"
+        assert untrained.locator(".sentence").count() == 0
+        trained = page.locator('.card[data-run="trained"]')
+        assert shown_text(trained.locator(".prompt")) == "An image of a <d> pear"
+        assert shown_text(trained.locator(".sentence")) == "CLIP: An image of a pear"
+
+
+def test_a_batch_prompt_without_a_folder_has_a_card_that_links_nowhere(page, tmp_path):
+    """A batch line whose workspace was never made (a skipped prompt): its card is no link
+    (its page would be a missing run's), and says it has no workspace."""
+    root = tmp_path / "runs"
+    make_hand_run(root, "made", {"state": "finished", "step": 60, "iters": 60})
+    records = [
+        {"line": 1, "workspace": "made", "status": "finished", "prompt": "made"},
+        {"line": 2, "workspace": "never_made", "status": "skipped", "prompt": "never made"},
+    ]
+    (root / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card >> nth=1")
+        tags = page.eval_on_selector_all(
+            ".card", "cs => Object.fromEntries(cs.map(c => [c.dataset.run, c.tagName]))"
+        )
+        assert sorted(tags.values()) == ["A", "DIV"]
+        (missing,) = [run for run, tag in tags.items() if tag == "DIV"]
+        card = page.locator(f'.card[data-run="{missing}"]')
+        assert card.get_attribute("href") is None
+        assert card.locator(".no-thumb").inner_text() == "no workspace"
+
+
+def listed(srv) -> list[str]:
+    with urllib.request.urlopen(srv.url + "api/runs.json") as answer:
+        return [run["id"] for run in json.loads(answer.read())["runs"]]
+
+
+def test_a_run_removed_and_back_between_two_polls_has_one_card(page, tmp_path):
+    """A folder moved away and back while the page did not hear of it comes back in the
+    answer to the page's cursor as added (and not removed): the page, which still has it, shows
+    it once, and the summary counts it once."""
+    root = tmp_path / "runs"
+    for name in ("one", "two", "three", "four"):
+        make_hand_run(root, name, {"state": "finished", "step": 60, "iters": 60})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card >> nth=3")
+        assert page.inner_text(".summary") == "4 runs · 4 finished"
+        # The page's polls are answered "nothing changed" while the server sees the folder go
+        # and come back (its answers to this process).
+        page.route("**/api/runs.json*", lambda route: route.fulfill(status=304))
+        (root / "two").rename(tmp_path / "two")
+        assert soon(page, lambda: "two" in listed(srv), False) is False
+        (tmp_path / "two").rename(root / "two")
+        assert soon(page, lambda: "two" in listed(srv), True) is True
+        with page.expect_response(lambda r: "api/runs.json" in r.url and r.status == 200):
+            page.unroute("**/api/runs.json*")
+        page.wait_for_timeout(POLL_MS)  # drawn
+        assert page.inner_text(".summary") == "4 runs · 4 finished"
+        assert page.locator('.card[data-run="two"]').count() == 1
+
+
+def test_a_gallery_of_one_run_counts_it_in_the_singular_and_filters_by_any_case(page, tmp_path):
+    root = tmp_path / "runs"
+    make_hand_run(root, "a_Red_cube", {"state": "finished", "step": 60, "iters": 60})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card")
+        assert page.inner_text(".summary") == "1 run · 1 finished"
+        page.fill("#filter", "zzz")
+        page.wait_for_selector("p.none:not([hidden])")
+        page.fill("#filter", "  RED Cube ")  # as typed: its case and its spaces around
+        page.wait_for_selector("p.none", state="hidden")
+        assert page.locator('.card[data-run="a_Red_cube"]').count() == 1
+
+
+def chart_labels(page, key: str) -> list[str]:
+    chart = page.locator(f'.chart[data-key="{key}"]')
+    chart.wait_for()
+    return chart.locator("text").all_text_contents()
+
+
+def test_run_page_of_a_log_with_gaps_and_a_batch_record_with_nones(page, tmp_path):
+    """A log line without a loss is no point of the loss curve (not a point at 0); a batch
+    record's empty fields are no rows, its time reads as minutes and seconds; a text run has no
+    source-image panel."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "gaps", {"state": "finished", "step": 30, "iters": 30})
+    lines = [{"step": 10, "loss": 1.0}, {"step": 20, "its": 4.0}, {"step": 30, "loss": 2.0}]
+    (ws / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    record = {"line": 1, "workspace": "gaps", "status": "finished", "prompt": "gaps"}
+    record |= {"seconds": 100.0, "host": None, "shard": None}
+    (root / "batch.jsonl").write_text(json.dumps(record) + "\n")
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/gaps/")
+        assert chart_labels(page, "loss") == ["2", "1", "10", "step 30"]
+        assert page.get_attribute('.chart[data-key="loss"]', "data-points") == "2"
+        rows = page.locator('.details table[data-table="batch"] tr')
+        keys = [row.get_attribute("data-key") for row in rows.all()]
+        cells = dict(zip(keys, rows.locator("td").all_text_contents(), strict=True))
+        assert cells == {
+            "line": "1",
+            "workspace": "gaps",
+            "status": "finished",
+            "prompt": "gaps",
+            "seconds": "1\u00a0min\u00a040\u00a0s",
+        }
+        assert page.locator(".panel.source").is_hidden()
+
+
+def test_a_descriptor_log_without_steps_is_plotted_from_step_one(page, tmp_path):
+    """A descriptor log line without a step is placed by its place in the log, counted from 1
+    (its first line is step 1)."""
+    root = tmp_path / "runs"
+    ws = make_image_run(root, "pear", "An image of a pear")
+    losses = [{"loss": 1.0}, {"loss": 0.5}, {"loss": 0.25}]
+    (ws / "descriptor" / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in losses))
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/pear/")
+        assert chart_labels(page, "descriptor_loss") == ["1", "0.25", "1", "step 3"]
+
+
+def test_an_answer_the_gallery_cannot_apply_is_asked_for_again_in_full(page, tmp_path):
+    """An answer to the page's cursor that names a run the page does not have: the page keeps
+    what it shows, and its next poll names neither that answer's tag nor a cursor, so that the
+    server answers in full (a tag sent back would get a 304 and the page would stay behind)."""
+    root = tmp_path / "runs"
+    make_hand_run(root, "kept", {"state": "finished", "step": 60, "iters": 60})
+    asked: list[tuple[str, str | None]] = []
+    unusable = {"page": "gallery", "api": "api/runs.json", "poll_ms": POLL_MS, "cursor": "x-1"}
+    unusable |= {"since": "x-0", "changed": [], "ids": ["not_a_run"]}
+
+    def answer(route):
+        asked.append((route.request.url, route.request.headers.get("if-none-match")))
+        if len(asked) == 1:
+            headers = {"ETag": 'W/"unusable"', "Content-Type": "application/json"}
+            route.fulfill(status=200, headers=headers, body=json.dumps(unusable))
+        else:
+            route.continue_()
+
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card")
+        page.route("**/api/runs.json*", answer)
+        assert soon(page, lambda: len(asked) >= 2, True)
+        page.unroute("**/api/runs.json*")
+        url, tag = asked[1]
+        assert tag is None
+        assert "since=" not in url
+        assert page.locator('.card[data-run="kept"]').count() == 1
+        assert page.is_hidden(".offline")
+
+
+def make_two_step_run(root: Path) -> None:
+    ws = make_hand_run(root, "two_steps", {"state": "running", "step": 20, "iters": 60})
+    lines = [{"step": 10, "loss": 1.0}, {"step": 20, "loss": 0.5}]
+    (ws / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def run_answer(**fields) -> str:
+    answer = {"page": "run", "api": "api/run/two_steps.json", "poll_ms": POLL_MS}
+    return json.dumps(answer | {"cursor": "x-1", "since": "x-0", "run": {}} | fields)
+
+
+@pytest.mark.parametrize(
+    "tails",
+    [
+        {"series": {"keep": 99, "add": {"step": [30], "loss": [0.25]}}},
+        {"previews": {"keep": 5, "add": []}},
+    ],
+    ids=["series", "previews"],
+)
+def test_an_answer_the_run_page_cannot_apply_is_asked_for_again_in_full(page, tmp_path, tails):
+    """An answer that keeps more records than the page has (of a series' column, of a list):
+    the page's next poll names neither that answer's tag nor its cursor."""
+    root = tmp_path / "runs"
+    make_two_step_run(root)
+    asked: list[tuple[str, str | None]] = []
+
+    def answer(route):
+        asked.append((route.request.url, route.request.headers.get("if-none-match")))
+        if len(asked) == 1:
+            headers = {"ETag": 'W/"unusable"', "Content-Type": "application/json"}
+            route.fulfill(status=200, headers=headers, body=run_answer(tails=tails))
+        else:
+            route.continue_()
+
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/two_steps/")
+        page.wait_for_selector('.chart[data-key="loss"][data-points="2"]')
+        page.route("**/api/run/two_steps.json*", answer)
+        assert soon(page, lambda: len(asked) >= 2, True)
+        page.unroute("**/api/run/two_steps.json*")
+        url, tag = asked[1]
+        assert tag is None
+        assert "since=" not in url
+        assert page.get_attribute('.chart[data-key="loss"]', "data-points") == "2"
+
+
+def test_an_answer_that_keeps_fewer_records_than_the_page_has_replaces_the_rest(page, tmp_path):
+    """The page's cursor counts the log's settled records, fewer than it shows: an answer
+    keeping the first of its two records and adding one has two, not three."""
+    root = tmp_path / "runs"
+    make_two_step_run(root)
+    asked: list[str] = []
+
+    def answer(route):
+        asked.append(route.request.url)
+        if len(asked) == 1:
+            tails = {"series": {"keep": 1, "add": {"step": [20], "loss": [0.25]}}}
+            route.fulfill(status=200, content_type="application/json", body=run_answer(tails=tails))
+        else:
+            route.fulfill(status=304)  # nothing changed since
+
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/two_steps/")
+        page.wait_for_selector('.chart[data-key="loss"][data-points="2"]')
+        page.route("**/api/run/two_steps.json*", answer)
+        assert soon(page, lambda: len(asked) >= 2, True)
+        assert page.get_attribute('.chart[data-key="loss"]', "data-points") == "2"
+        assert chart_labels(page, "loss") == ["1", "0.25", "10", "step 20"]
+        page.unroute("**/api/run/two_steps.json*")
+
+
+def test_a_card_of_a_run_whose_process_was_killed_says_so(page, tmp_path):
+    """status.json says running, but its process (of this machine) is gone: the card says it
+    was interrupted and why."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    record = this_process() | {"pid": child.pid}
+    root = tmp_path / "runs"
+    make_hand_run(root, "killed", {"state": "running", "step": 5, "iters": 60} | record)
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        card = page.locator('.card[data-run="killed"]')
+        card.wait_for()
+        assert card.get_attribute("data-state") == "interrupted"
+        facts = shown_text(card.locator(".facts"))
+        assert facts.endswith(f" · its process {child.pid} is gone (killed)"), facts
+
+
+def write_preview(ws: Path, step: int) -> None:
+    (ws / "previews").mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8), (step, 0, 0)).save(ws / "previews" / f"step_{step:06d}.png")
+
+
+def test_the_preview_slider_follows_new_previews_only_from_the_last(page, tmp_path):
+    """At the last preview the page moves on to each new one; at an earlier one it stays there;
+    where previews were cleared (a resume) past the one shown, it shows the last left."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "growing", {"state": "running", "step": 20, "iters": 60})
+    for step in (10, 20):
+        write_preview(ws, step)
+
+    def label() -> str:
+        return page.inner_text("#preview-label")
+
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/growing/")
+        page.wait_for_selector("#preview-step")
+        assert label() == "step 20"
+        write_preview(ws, 30)
+        assert soon(page, label, "step 30") == "step 30"
+        page.fill("#preview-step", "1")
+        assert soon(page, label, "step 20") == "step 20"
+        write_preview(ws, 40)
+        page.wait_for_selector('#preview-step[max="3"]')
+        assert label() == "step 20"
+        page.fill("#preview-step", "2")
+        assert soon(page, label, "step 30") == "step 30"
+        for step in (30, 40):
+            (ws / "previews" / f"step_{step:06d}.png").unlink()
+        page.wait_for_selector('#preview-step[max="1"]')
+        assert label() == "step 20"
+
+
+def test_the_galleries_sorts_put_cards_in_their_order(page, tmp_path):
+    """By batch line (the default where a batch wrote one; a run without a line last), by
+    prompt A–Z, by status in the order running, finished, failed."""
+    root = tmp_path / "runs"
+    make_hand_run(root, "cherry", {"state": "failed", "step": 5, "iters": 60})
+    make_hand_run(root, "apple", {"state": "finished", "step": 60, "iters": 60})
+    make_hand_run(root, "banana", {"state": "running", "step": 5, "iters": 60})
+    records = [
+        {"line": 1, "workspace": "cherry", "status": "failed", "prompt": "cherry"},
+        {"line": 2, "workspace": "apple", "status": "finished", "prompt": "apple"},
+    ]
+    (root / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def order() -> list[str]:
+        return page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.run)")
+
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card >> nth=2")
+        assert page.input_value("#sort") == "batch"
+        assert order() == ["cherry", "apple", "banana"]
+        for sort, want in [
+            ("prompt", ["apple", "banana", "cherry"]),
+            ("status", ["banana", "apple", "cherry"]),
+        ]:
+            page.select_option("#sort", sort)
+            assert soon(page, order, want) == want
+
+
+def test_a_card_of_a_running_run_quiet_for_twenty_minutes_says_so(page, tmp_path):
+    root = tmp_path / "runs"
+    then = datetime.now(timezone.utc) - timedelta(seconds=20 * 60 + 30)
+    status = {"state": "running", "step": 5, "iters": 60}
+    status["updated"] = then.isoformat(timespec="seconds")
+    ws = make_hand_run(root, "quiet", status)
+    for path in [*ws.rglob("*"), ws]:
+        os.utime(path, (then.timestamp(), then.timestamp()))
+    assert time.time() - ws.stat().st_mtime > 1200
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        card = page.locator('.card[data-run="quiet"]')
+        card.wait_for()
+        facts = shown_text(card.locator(".facts")).replace("\xa0", " ")
+        assert facts == "running step 5 / 60 · no change for 20 min", facts
+
+
+def test_a_run_exported_as_a_ply_alone_links_it_and_says_how_to_add_a_glb(page, tmp_path):
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "ply_only", {"state": "finished", "step": 60, "iters": 60})
+    (ws / "mesh").mkdir()
+    (ws / "mesh" / "mesh.ply").write_text("a mesh file\n")
+    options = {"formats": ["ply"], "video": False}
+    (ws / "mesh" / "mesh.json").write_text(json.dumps({"faces": 12, "options": options}))
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/ply_only/")
+        page.wait_for_selector(".viewer .empty")
+        command = f"dreamtext export --workspace {ws.resolve()} --formats glb,ply"
+        assert page.inner_text(".viewer .empty") == (
+            f"the 3D view shows a GLB; this export has none (--formats ply): {command} adds it"
+        )
+        assert page.locator(".viewer .downloads a").first.inner_text() == "PLY"
+        # No turntable: its panel's caption does not describe frames it does not have.
+        assert page.inner_text(".turntable figcaption") == "turntable"
+        # A list in a record keeps its brackets: "formats: ply, video: no" read as two formats.
+        options_cell = page.locator('.details table[data-table="mesh"] tr[data-key="options"] td')
+        assert options_cell.inner_text() == "formats: [ply], video: no"
+
+
+def test_a_turntable_mp4_the_browser_cannot_play_falls_back_to_its_gif(page, tmp_path):
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "bad_mp4", {"state": "finished", "step": 60, "iters": 60})
+    (ws / "video").mkdir()
+    (ws / "video" / "turntable.mp4").write_bytes(b"not a video")
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(ws / "video" / "turntable.gif")
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/bad_mp4/")
+        image = page.wait_for_selector(".turntable img")
+        assert image.get_attribute("src").split("?")[0].endswith("turntable.gif")
+        assert page.locator(".turntable video").count() == 0
+    page.problems[:] = [p for p in page.problems if "turntable.mp4" not in p]
+
+
+def test_a_failed_run_pages_header_gives_its_error_and_its_files_are_linked(page, tmp_path):
+    root = tmp_path / "runs"
+    error = "RuntimeError: CUDA out of memory"
+    ws = make_hand_run(root, "broke", {"state": "failed", "step": 5, "iters": 60, "error": error})
+    (ws / "log.jsonl").write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/broke/")
+        page.wait_for_selector("header.top .facts")
+        assert page.inner_text("header.top .error") == error
+        links = page.locator(".details .downloads a")
+        names = links.all_text_contents()
+        assert names == ["config.json", "log.jsonl", "status.json"]
+        hrefs = [links.nth(i).get_attribute("href").split("?")[0] for i in range(3)]
+        assert hrefs == [f"files/broke/{name}" for name in names]
+
+
+def test_a_404_that_is_not_the_servers_gone_answer_says_not_answering(page, tmp_path):
+    """A 404 of JSON that does not say ``gone`` (a proxy's own answer for an address it does
+    not know) is no word that the run is gone: the page says the server is not answering."""
+    root = tmp_path / "runs"
+    make_two_step_run(root)
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/two_steps/")
+        page.wait_for_selector('.chart[data-key="loss"][data-points="2"]')
+        body = json.dumps({"error": "no such route"})
+        page.route(
+            "**/api/run/two_steps.json*",
+            lambda route: route.fulfill(status=404, content_type="application/json", body=body),
+        )
+        page.wait_for_selector(".offline:not([hidden])")
+        assert page.is_hidden(".gone")
+        page.unroute("**/api/run/two_steps.json*")
+    page.problems[:] = [p for p in page.problems if "404" not in p]
+
+
+def test_a_run_pages_header_follows_its_status(page, tmp_path):
+    """The run ends while its page is open: its header's badge and step say so."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "ending", {"state": "running", "step": 5, "iters": 60})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/ending/")
+        assert page.inner_text("header.top .badge") == "running"
+        # Where it is: its folder, whole (a card gives the run's name alone).
+        assert page.inner_text("header.top .name") == str(ws.resolve())
+        status = {"state": "finished", "step": 60, "iters": 60}
+        (ws / "status.json").write_text(json.dumps(status))
+        badge = soon(page, lambda: page.inner_text("header.top .badge"), "finished")
+        assert badge == "finished"
+        assert page.inner_text("header.top .facts").startswith("finished step 60 / 60")
+
+
+def test_the_3d_view_keeps_its_glb_when_another_mesh_file_comes(page, tmp_path):
+    """A PLY is exported beside the GLB the page shows: its link comes, and the view is not
+    loaded again (which put the camera back where it started, undoing the user's orbit)."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "meshed", {"state": "running", "step": 50, "iters": 60})
+    (ws / "mesh").mkdir()
+    trimesh.creation.box().export(ws / "mesh" / "mesh.glb")
+    loads: list[str] = []
+    page.on("request", lambda r: r.url.split("?")[0].endswith("mesh.glb") and loads.append(r.url))
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/meshed/")
+        page.wait_for_selector("#mesh-canvas[data-state=drawn]")
+        assert len(loads) == 1
+        trimesh.creation.box().export(ws / "mesh" / "mesh.ply")
+        links = page.locator(".viewer .downloads a")
+        assert soon(page, lambda: links.all_text_contents()[:2], ["GLB", "PLY"]) == ["GLB", "PLY"]
+        page.wait_for_timeout(POLL_MS * 2)
+        assert page.get_attribute("#mesh-canvas", "data-state") == "drawn"
+        assert len(loads) == 1
+
+
+def test_a_card_in_descriptor_training_gives_its_step_of_the_descriptors(page, tmp_path):
+    root = tmp_path / "runs"
+    ws = make_image_run(root, "learning", "An image of a plum")
+    status = {"state": "running", "phase": "descriptor", "step": 300, "iters": 1200}
+    (ws / "status.json").write_text(json.dumps(status))
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        facts = shown_text(page.locator('.card[data-run="learning"] .facts'))
+        assert "descriptor step 300 / 1200" in facts, facts
+
+
+def test_a_chart_names_its_last_step_as_the_header_does(page, tmp_path):
+    """Steps were written with 4 significant digits: a run of --iters 12345 (its log ends at
+    step 12345: every 10th step and the last) said "step 12345 / 12345" in its header and
+    "step 12350" under its curves; past 99,999 steps, "1.23e+5"."""
+    steps = [*range(10, 12345, 10), 12345]
+    ws = tmp_path / "runs" / "odd_iters"
+    ws.mkdir(parents=True)
+    (ws / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": steps[-1]}))
+    lines = "".join(json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in steps)
+    (ws / "log.jsonl").write_text(lines)
+    status = {"state": "finished", "step": steps[-1], "iters": steps[-1]}
+    (ws / "status.json").write_text(json.dumps(status))
+    with serving(Catalog([ws.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/odd_iters/")
+        chart = page.locator('.chart[data-key="loss"]')
+        chart.wait_for()
+        assert chart.locator("text").all_text_contents()[-2:] == ["10", "step 12345"]
+
+
+def test_a_one_point_chart_past_a_hundred_thousand_steps_names_its_step_whole(page, tmp_path):
+    ws = tmp_path / "runs" / "long_run"
+    ws.mkdir(parents=True)
+    (ws / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 123456}))
+    (ws / "log.jsonl").write_text(json.dumps({"step": 123456, "loss": 0.5}) + "\n")
+    status = {"state": "finished", "step": 123456, "iters": 123456}
+    (ws / "status.json").write_text(json.dumps(status))
+    with serving(Catalog([ws.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/long_run/")
+        chart = page.locator('.chart[data-key="loss"]')
+        chart.wait_for()
+        assert chart.locator("text").all_text_contents()[-1] == "step 123456"
