@@ -1,0 +1,401 @@
+"""`dreamtext batch`: values the other batch tests leave open (the SLURM task a record names,
+the summary's counts, exit statuses, lock arithmetic), each derived by hand or from SLURM's
+documentation."""
+
+import errno
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+import dreamtext.batch as batch
+from dreamtext.batch import Entry
+
+
+@pytest.fixture(autouse=True)
+def outside_slurm(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("SLURM_"):
+            monkeypatch.delenv(name)
+
+
+def test_an_array_task_is_named_by_its_array_job_not_its_own_job_id(monkeypatch):
+    """In a job array every task has its own SLURM_JOB_ID (1237 here) and shares the array's
+    SLURM_ARRAY_JOB_ID (1234): squeue, sacct and scancel name the task 1234_3, and only that
+    name is the same for the array's tasks and across a requeue."""
+    monkeypatch.setenv("SLURM_JOB_ID", "1237")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "1234")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert batch.slurm_task() == ("1234_3", 0)
+
+
+def test_a_first_attempt_without_slurm_restart_count_is_restart_0(monkeypatch):
+    """SLURM sets SLURM_RESTART_COUNT only once a job has been restarted: a task's first
+    attempt has none, and must not take itself for a requeued one."""
+    monkeypatch.setenv("SLURM_JOB_ID", "55")
+    assert batch.slurm_task() == ("55", 0)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert batch.slurm_task() == ("55", 2)
+
+
+def _row(status, error=None, stopped=False, **more):
+    return {
+        "line": 1,
+        "status": status,
+        "error": error,
+        "stopped_batch": stopped,
+        "seconds": 1.0,
+        "its": None,
+        "gpu_mem_mib": None,
+        "workspace": "a",
+        **more,
+    }
+
+
+@pytest.mark.parametrize(
+    ("rows", "code"),
+    [
+        ([_row("finished"), _row("skipped")], 0),
+        # a line whose lock another worker took over stopped alone: not a Ctrl-C
+        ([_row("finished"), _row("interrupted", "lock taken over by n1 pid 4 (a.lock)")], 0),
+        ([_row("finished"), _row("failed", "ValueError: x")], 1),
+        # a failed line whose record was skipped for its lock is not a failure of this worker's
+        ([_row("skipped", "claimed by n1 pid 4 since t (a.lock)")], 0),
+        # CUDA's own error stops the batch: a failed line, not a full disk
+        ([_row("failed", "AcceleratorError: CUDA error: an illegal memory access", True)], 1),
+        ([_row("finished"), _row("failed", "OSError: [Errno 28] No space left", True)], 2),
+        ([_row("failed", "OSError: [Errno 28] No space", True), _row("interrupted")], 130),
+        ([_row("failed", "ValueError: x"), _row("interrupted", None, True)], 130),
+    ],
+)
+def test_the_exit_status_says_what_stopped_the_batch(rows, code):
+    """130: a Ctrl-C or SIGTERM; 2: a file-system stop; 1: a failed line; else 0."""
+    assert batch.exit_code(rows) == code
+
+
+def _lock_file(path, age=0.0, **info):
+    path.write_text(json.dumps({"host": "node1", "pid": 1, "started": "x", "token": "t", **info}))
+    then = time.time() - age
+    os.utime(path, (then, then))
+
+
+def test_a_lock_released_while_its_line_waits_for_it_has_the_line_tried_again(
+    tmp_path, monkeypatch
+):
+    """The lock looked abandoned (30 s without a refresh, 3 × 5 s), and is released while this
+    worker waits for --lock-timeout: the line is tried again (its claim then skips it where its
+    holder finished it), not left as held."""
+    lock_file = tmp_path / "a.lock"
+    _lock_file(lock_file, age=30, refresh_s=5)
+    entry = Entry(1, "a", "text", "a", tmp_path / "a")
+    monkeypatch.setattr(batch.time, "sleep", lambda _: lock_file.unlink())
+    assert batch.wait_for_abandoned_lock(entry, 600) is True
+
+
+def test_ten_lines_not_started_are_all_named_with_no_more():
+    """NOT_STARTED_SHOWN = 10 line numbers are named: ten lines are named whole, with no
+    'and 0 more'; eleven name ten and 'and 1 more'."""
+    entries = [Entry(n, "", "text", "", Path()) for n in range(1, 12)]
+    named = ", ".join(str(n) for n in range(1, 11))
+    assert batch.not_started_line(entries[:10], False).startswith(
+        f"batch: 10 lines not started (lines {named}); run the same command again to start them "
+    )
+    assert batch.not_started_line(entries, False).startswith(
+        f"batch: 11 lines not started (lines {named} and 1 more); "
+    )
+
+
+def test_one_line_not_started_under_overwrite_is_it_not_them():
+    entry = Entry(4, "", "text", "", Path())
+    line = batch.not_started_line([entry], True)
+    assert line.startswith("batch: 1 line not started (line 4); run the same command again with ")
+    assert "--overwrite to train it anew" in line and "them" not in line
+
+
+@pytest.mark.parametrize(
+    ("row", "cell"),
+    [
+        (_row("failed", "x", phase="descriptor"), "failed in descriptor"),
+        (_row("interrupted", None, phase="train"), "interrupted in train"),
+        # a finished run's phase is its last stage: not named
+        (_row("finished", phase="export"), "finished"),
+        (_row("skipped", "claimed by x", phase="train"), "skipped"),
+        (_row("finished", continued_from=60), "finished (from step 60)"),
+        (_row("finished", continued_from=0), "finished (from step 0)"),
+        (_row("failed", "x", continued_from=60), "failed"),
+    ],
+)
+def test_the_status_cell_names_the_stage_a_run_ended_in(row, cell):
+    row = {"phase": None, "continued_from": None, **row}
+    table = batch.summary_table([row]).splitlines()
+    assert re.split(r"\s{2,}", table[1])[1] == cell
+
+
+def test_a_batch_log_that_can_be_read_but_not_written_is_refused(tmp_path, monkeypatch):
+    """A batch.jsonl of mode 0444 (another user's, a chmod a-w): readable, not writable. (Root
+    may write any file: the permission is the one os.access answers.)"""
+    log = tmp_path / "batch.jsonl"
+    log.write_text("")
+    real = os.access
+
+    def access(path, mode):
+        if Path(path) == log:
+            return not mode & os.W_OK
+        return real(path, mode)
+
+    monkeypatch.setattr(batch.os, "access", access)
+    with pytest.raises(batch.DreamtextError, match=r"^cannot write .*batch.jsonl"):
+        batch.check_batch_log(log)
+
+
+def _requeued(monkeypatch, restarts):
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+
+
+def test_a_requeued_task_keeps_a_line_its_earlier_self_recorded_before_records_had_a_step(
+    tmp_path, monkeypatch
+):
+    """A batch.jsonl record of an earlier dreamtext, written before records had ``step``: an
+    interrupted attempt of this task before its requeue counts as trained, as it did before
+    (:func:`dreamtext.batch._trained_in`), so --overwrite keeps its run."""
+    _requeued(monkeypatch, 1)
+    root = tmp_path / "root"
+    root.mkdir()
+    share = [Entry(1, "a", "text", "a", root / "a"), Entry(2, "b", "text", "b", root / "b")]
+    old = {"workspace": "a", "slurm": "77_0", "slurm_restart": 0, "status": "interrupted"}
+    lost = {**old, "workspace": "b", "error": "lock taken over by n2 pid 9 (b.lock)"}
+    lines = [json.dumps({**old, "error": None}), json.dumps(lost)]
+    (root / "batch.jsonl").write_text("\n".join(lines) + "\n")
+    # b's attempt lost its lock to another worker: b's run is that worker's, not this task's
+    assert batch.requeued_task_runs(root / "batch.jsonl", share, root) == {root / "a"}
+
+
+def test_a_finished_run_without_checkpoints_left_is_not_continued_from_its_step(tmp_path):
+    """continued_step: a run finished at step 4 whose checkpoints were removed (to save space)
+    has nothing to go on from: --iters 6 trains it from scratch, so the batch must not say
+    'finished at step 4; continuing' nor record continued_from 4."""
+    workspace = tmp_path / "a_red_cube"
+    workspace.mkdir()
+    done = {"state": "finished", "step": 4, "iters": 4, "phase": "export"}
+    (workspace / "status.json").write_text(json.dumps(done))
+    assert batch.continued_step(workspace, 6) is None
+    (workspace / "checkpoints").mkdir()
+    (workspace / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    assert batch.continued_step(workspace, 6) == 4
+
+
+class _Bar:
+    def set_postfix_str(self, _):
+        pass
+
+    def update(self, _):
+        pass
+
+
+def test_a_retried_held_line_that_stops_the_batch_retries_no_other_line(tmp_path, monkeypatch):
+    """Two lines skipped for locks that looked abandoned are come back to after the share; the
+    first one retried meets a full disk, which stops the batch: the second is neither waited
+    for nor tried (it would fail the same way)."""
+    share = [Entry(n, f"p{n}", "text", f"p{n}", tmp_path / f"p{n}") for n in (1, 2)]
+    tried = []
+
+    def attempt(entry, cfg):
+        tried.append(entry.line)
+        again = tried.count(entry.line) > 1
+        if not again:
+            return {"status": "skipped", "error": "claimed by n1 pid 4", "stopped_batch": False}
+        return {"status": "failed", "error": "OSError: [Errno 28] full", "stopped_batch": True}
+
+    waited = []
+    monkeypatch.setattr(
+        batch, "wait_for_abandoned_lock", lambda entry, timeout: waited.append(entry.line) or True
+    )
+    monkeypatch.setattr(batch, "stop_requested", lambda: False)
+    records = []
+    options = batch.BatchOptions(root=tmp_path)
+    batch._run_share(share, [None, None], records, attempt, _Bar(), options, tmp_path, None)
+    assert tried == [1, 2, 1] and waited == [1]
+    assert [r["status"] for r in records] == ["failed", "skipped"]
+
+
+def test_a_finished_run_with_other_training_and_export_settings_is_pointed_at_overwrite(
+    tmp_path, capsys
+):
+    """A finished run skipped with another --seed and another export resolution: a re-export
+    cannot apply the seed, so the advice is --overwrite, not the export command."""
+    from dreamtext.config import config_to_dict
+
+    root = tmp_path / "root"
+    workspace = root / "a_red_cube"
+    (workspace / "mesh").mkdir(parents=True)
+    (workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+    (workspace / "status.json").write_text(json.dumps({"state": "finished", "step": 20}))
+    entry = Entry(1, "a red cube", "text", "a red cube", workspace)
+    flags = {"iters": 20, "guidance": {"model": "builtin:shapes"}}
+    saved = config_to_dict(batch.entry_config(entry, flags, None, None))
+    (workspace / "config.json").write_text(json.dumps(saved))
+    other = {**flags, "seed": saved["seed"] + 1, "export_options": {"resolution": 64}}
+    cfg = batch.entry_config(entry, other, None, None)
+    assert batch.run_entry(entry, cfg, batch.BatchOptions(root=root), root, None)["status"] == (
+        "skipped"
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("; skipped, --overwrite trains it again with these")
+    assert "export_options.resolution" in err[0] and "seed " in err[0]
+
+
+def _finished_run(root, prompt="a red cube"):
+    from dreamtext.config import config_to_dict
+
+    workspace = root / "a_red_cube"
+    (workspace / "mesh").mkdir(parents=True)
+    (workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+    (workspace / "status.json").write_text(json.dumps({"state": "finished", "step": 20}))
+    entry = Entry(1, prompt, "text", prompt, workspace)
+    flags = {"iters": 20, "guidance": {"model": "builtin:shapes"}}
+    cfg = batch.entry_config(entry, flags, None, None)
+    (workspace / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    return entry, cfg
+
+
+@pytest.mark.parametrize("began", [False, True])
+def test_a_ctrl_c_under_overwrite_says_whether_the_new_run_had_begun(
+    tmp_path, monkeypatch, capsys, began
+):
+    """--overwrite, Ctrl-C: before the new run wrote its status.json (the model loading) the
+    folder still holds the old run, which only --overwrite replaces; after, a rerun without
+    --overwrite goes on with the new one (here from its start: it saved no checkpoint)."""
+    root = tmp_path / "root"
+    entry, cfg = _finished_run(root)
+    before = json.loads((entry.workspace / "status.json").read_text())
+
+    def stopped(*args, **kwargs):
+        if began:
+            new = {"state": "interrupted", "step": 3, "started": "2099-01-01T00:00:00+00:00"}
+            (entry.workspace / "status.json").write_text(json.dumps(new))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "run_one_retrying_stale", stopped)
+    options = batch.BatchOptions(root=root, overwrite=True)
+    record = batch.run_entry(entry, cfg, options, root, None, before)
+    assert (record["status"], record["error"]) == ("interrupted", None)
+    said = capsys.readouterr().err
+    anew = "interrupted before its --overwrite began; run the batch again with --overwrite"
+    assert (anew in said) is not began
+
+
+def test_the_wait_for_an_abandoned_lock_ends_at_the_timeout_not_a_refresh_later(
+    tmp_path, monkeypatch
+):
+    """Not refreshed for 30 s of a 32 s --lock-timeout, by a holder refreshing every 5 s: the
+    worker looks again 2 s later (plus its 0.05 s margin), when the lock has timed out, not 5 s
+    later."""
+    lock_file = tmp_path / "a.lock"
+    _lock_file(lock_file, age=30, refresh_s=5)
+    entry = Entry(1, "a", "text", "a", tmp_path / "a")
+    naps = []
+
+    def nap(seconds):
+        naps.append(seconds)
+        then = time.time() - 30 - seconds
+        os.utime(lock_file, (then, then))
+
+    monkeypatch.setattr(batch.time, "sleep", nap)
+    assert batch.wait_for_abandoned_lock(entry, 32) is True
+    assert len(naps) == 1 and naps[0] == pytest.approx(2.05, abs=0.2)
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM])
+def test_a_refused_write_that_stops_the_batch_says_to_make_it_writable(tmp_path, code):
+    """EACCES and EPERM are both a refused write (an ACL, a chattr +a, a root-squashed NFS
+    export answer EPERM): ROOT's gets ROOT's fix, another file's that file's."""
+    root = tmp_path / "root"
+    at_root = OSError(code, os.strerror(code), str(root))
+    assert batch.stop_fix(at_root, root).startswith(f"make {root} writable for you again")
+    in_log = OSError(code, os.strerror(code), str(root / "batch.jsonl"))
+    assert batch.stop_fix(in_log, root).startswith("make that file writable for you again")
+
+
+def test_overwrite_of_a_run_finished_short_of_iters_is_no_continuation(
+    tmp_path, monkeypatch, capsys
+):
+    """A run finished at step 20 with its checkpoint, and --iters 30 --overwrite: the run is
+    trained anew from step 0, so the batch neither says it continues from step 20 nor records
+    continued_from (the table's 'finished (from step 20)')."""
+    root = tmp_path / "root"
+    entry, _ = _finished_run(root)
+    (entry.workspace / "checkpoints").mkdir()
+    (entry.workspace / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    flags = {"iters": 30, "guidance": {"model": "builtin:shapes"}}
+    cfg = batch.entry_config(entry, flags, None, None)
+    before = json.loads((entry.workspace / "status.json").read_text())
+    overwrote = []
+    monkeypatch.setattr(
+        batch, "run_one_retrying_stale", lambda *a, **k: overwrote.append(k["overwrite"])
+    )
+    options = batch.BatchOptions(root=root, overwrite=True)
+    record = batch.run_entry(entry, cfg, options, root, None, before)
+    assert overwrote == [True]
+    assert (record["status"], record["continued_from"]) == ("finished", None)
+    assert "continuing to --iters" not in capsys.readouterr().err
+
+
+def test_a_batch_on_device_auto_frees_cuda_memory_where_cuda_is_there(monkeypatch):
+    """--device auto picks CUDA where there is a GPU: its cached blocks go back after each line,
+    as with --device cuda; on a machine without one there is nothing to free."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(batch.torch.cuda, "is_available", lambda: True)
+    assert batch.runs_on_cuda(SimpleNamespace(device="auto"))
+    assert batch.runs_on_cuda(SimpleNamespace(device="cuda:1"))
+    assert not batch.runs_on_cuda(SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(batch.torch.cuda, "is_available", lambda: False)
+    assert not batch.runs_on_cuda(SimpleNamespace(device="auto"))
+
+
+def test_an_image_lines_record_names_the_sentence_it_learned(tmp_path):
+    """batch.jsonl's ``prompt`` of an image line: the sentence DreamText learned for it, the
+    line's text prompt (its ``input`` keeps the image path)."""
+    from dreamtext.describe import sentence_path
+
+    entry = Entry(1, "image:mug.png", "image", "mug.png", tmp_path / "mug")
+    path = sentence_path(entry.workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"sentence": "a red mug", "trained_sentence": "a <w1> mug"}')
+    result = {"status": "finished", "error": None}
+    record = batch._record(entry, tmp_path, None, result, False, "t", time.perf_counter())
+    assert (record["prompt"], record["input"]) == ("a <w1> mug", "image:mug.png")
+
+
+def test_a_record_read_while_another_worker_was_writing_it_is_read_whole(tmp_path):
+    """BatchLog reads on from where it stopped: a record it met half-written (no newline yet)
+    is read once its writer ends it, not lost."""
+    log = tmp_path / "batch.jsonl"
+    log.write_text("")
+    others = batch.BatchLog(log)
+    line = json.dumps({"workspace": "a", "status": "failed", "error": "CUDA error"}) + "\n"
+    with open(log, "a") as f:
+        f.write(line[:20])
+    assert others.failed_since_start("a") is None
+    with open(log, "a") as f:
+        f.write(line[20:])
+    assert others.failed_since_start("a") == "CUDA error"
+
+
+def test_an_image_line_described_already_needs_no_clip_folder(tmp_path):
+    """check_image_lines asks only image lines still to be described: a line whose sentence
+    DreamText learned in an earlier batch runs on without CLIP, so a --clip folder that is not
+    there does not refuse the batch."""
+    from dreamtext.describe import sentence_path
+
+    entry = Entry(1, "image:mug.png", "image", str(tmp_path / "mug.png"), tmp_path / "mug")
+    path = sentence_path(entry.workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"sentence": "a red mug", "trained_sentence": "a <w1> mug"}')
+    clip = {"describe": {"clip": str(tmp_path / "no_clip_here")}}
+    batch.check_image_lines([entry], batch.BatchOptions(root=tmp_path, image=clip), load=False)
