@@ -686,7 +686,7 @@ MIN_TRITON = (3, 0)
 def triton_interpreter_on() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET``, read by triton
     when a kernel is defined, so it must be set before :mod:`dreamtext.encoding_triton` loads)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes", "y")
 
 
 def _triton_problem(device: torch.device, level_dim: int) -> str | None:
