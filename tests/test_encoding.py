@@ -453,3 +453,55 @@ def test_release_of_reads_the_first_two_numbers_of_a_version():
     assert encoding_module.release_of("3.2.0+git1234") == (3, 2)
     assert encoding_module.release_of("10") == (10, 0)
     assert encoding_module.release_of("") == (0, 0)
+
+
+class _WrongGradientGrid(HashGridEncoding):
+    """Right features, twice the table gradient: a backward kernel that adds each corner twice."""
+
+    backend = "broken"
+
+    def _encode(self, u):
+        out = super()._encode(u)
+        return out + (out - out.detach())
+
+
+def test_self_check_rejects_a_backend_whose_table_gradient_disagrees():
+    with pytest.raises(DreamtextError, match=r"disagrees with the torch reference.*encoding torch"):
+        _self_check(_WrongGradientGrid(finest_resolution=64.0, **HASHED_CFG))
+
+
+def test_make_encoding_triton_refuses_kernels_that_disagree_with_the_reference(monkeypatch):
+    """``--encoding triton`` is built only after its self-check passes: a kernel that
+    miscompiles on this device is a one-line error naming the fix, not silently wrong features."""
+    pytest.importorskip("triton")
+    if not (encoding_module.triton_interpreter_on() or torch.cuda.is_available()):
+        pytest.skip("no GPU and TRITON_INTERPRET is not set")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encode = TritonHashGrid._encode
+    monkeypatch.setattr(TritonHashGrid, "_encode", lambda self, u: encode(self, u.flip(0)))
+    with pytest.raises(DreamtextError, match=r"triton encoding disagrees.*--encoding torch"):
+        make_encoding("triton", device=device, finest_resolution=64.0, **HASHED_CFG)
+
+
+class _SlightlyWrongGrid(HashGridEncoding):
+    """Features off by 1% of the table's largest value (a kernel reading a neighbouring row of a
+    near-constant table), gradients right."""
+
+    backend = "broken"
+
+    def _encode(self, u):
+        return super()._encode(u) + 0.01 * self.params.detach().abs().max()
+
+
+def test_self_check_rejects_features_off_by_more_than_its_stated_tolerance():
+    """The self-check's features agree within 1e-3 of the table's largest value: 1e-2 fails."""
+    with pytest.raises(DreamtextError, match=r"disagrees with the torch reference"):
+        _self_check(_SlightlyWrongGrid(finest_resolution=64.0, **HASHED_CFG))
+
+
+@pytest.mark.parametrize("value", ["1", "true", "ON", "yes", "y"])  # triton 3.9: all true
+def test_the_triton_interpreter_is_on_for_the_values_triton_reads_as_true(value, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert encoding_module.triton_interpreter_on()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not encoding_module.triton_interpreter_on()

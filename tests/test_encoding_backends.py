@@ -314,3 +314,72 @@ def test_small_torch_calls_keep_their_corners_with_the_same_gradients(monkeypatc
     assert lean_bytes == n * 3 * 4
     torch.testing.assert_close(kept_grad, lean_grad)
     assert kept_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("cfg", "level_dim"), CASES)
+def test_a_broadcast_output_gradient_gives_the_reference_table_gradient(backend, cfg, level_dim):
+    """``grid(x).sum()`` hands backward an expanded gradient (every stride 0) and ``grid(x) * w``
+    with ``w: [1, L·F]`` a row-broadcast one: the kernels index ``∂L/∂out`` as a contiguous
+    ``[N, L·F]`` tensor, so it must be made one. For the sum, every point puts weight 1 into each
+    of its levels' features, so the gradient sums to ``N·L·F``."""
+    grid = build(backend, level_dim=level_dim, **cfg)
+    random_table(grid, seed=11)
+    ref = reference_of(grid, level_dim, 1.0, **cfg)
+    x = points(150, 1.0, seed=12)
+    (grad_sum,) = torch.autograd.grad(grid(x).sum(), grid.params)
+    assert grad_sum.sum().item() == pytest.approx(len(x) * grid.output_dim, rel=1e-5)
+    (ref_sum,) = torch.autograd.grad(ref.reference_forward(x).sum(), ref.params)
+    _, grad_tol = tolerances(grid)
+    torch.testing.assert_close(grad_sum, ref_sum, atol=grad_tol, rtol=1e-6)
+    w = torch.randn(1, grid.output_dim, generator=torch.Generator().manual_seed(13)).to(DEVICE)
+    (grad_row,) = torch.autograd.grad((grid(x) * w).sum(), grid.params)
+    (ref_row,) = torch.autograd.grad((ref.reference_forward(x) * w).sum(), ref.params)
+    torch.testing.assert_close(grad_row, ref_row, atol=grad_tol, rtol=1e-6)
+
+
+@pytest.mark.parametrize("vector", [False, True], ids=["per-feature", "vector"])
+def test_the_triton_backward_runs_the_atomics_the_grid_chose(vector, monkeypatch):
+    """``vector_atomics`` set on a grid picks the backward kernel's form; otherwise the test of
+    the vector form above would run the per-feature kernel and check nothing new."""
+    pytest.importorskip("triton")
+    if DEVICE.type == "cpu" and not triton_interpreter_on():
+        pytest.skip("no GPU and TRITON_INTERPRET is not set")
+    import dreamtext.encoding_triton as encoding_triton
+
+    grid = build("triton", **HASHED)
+    grid.vector_atomics = vector
+    launched = []
+    launch = encoding_triton._launch
+
+    def spy(kernel, *args, **extra):
+        launched.append((kernel, extra))
+        launch(kernel, *args, **extra)
+
+    monkeypatch.setattr(encoding_triton, "_launch", spy)
+    grid(points(5, 1.0)).sum().backward()
+    backward_kernel = encoding_triton.hash_grid_backward_kernel
+    backward = [extra for kernel, extra in launched if kernel is backward_kernel]
+    assert backward == [{"VECTOR_ATOMICS": vector}]
+
+
+def test_triton_takes_eight_features_per_level_as_check_encoding_promises():
+    """``level_dim`` 8 is one of the counts the kernels tile (1, 2, 4 or 8): it builds and gives
+    the reference's features and gradients."""
+    assert_matches_reference("triton", HASHED, 8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_points_in_a_column_major_view_give_the_same_features_and_gradients(backend):
+    """``x`` as a ``[N, 3]`` view of a ``[3, N]`` tensor (strides ``(1, N)``): elementwise ops keep
+    that layout, so the unit-cube points reach the kernels column-major unless made contiguous."""
+    grid = build(backend, **HASHED)
+    random_table(grid, seed=14)
+    x = points(150, 1.0, seed=15)
+    x_view = x.t().contiguous().t()
+    assert not x_view.is_contiguous()
+    weights = torch.randn(len(x), grid.output_dim, generator=torch.Generator().manual_seed(16))
+    out, grad = features_and_grad(grid, grid.params, x, weights.to(DEVICE))
+    out_view, grad_view = features_and_grad(grid, grid.params, x_view, weights.to(DEVICE))
+    torch.testing.assert_close(out_view, out, atol=0, rtol=0)
+    torch.testing.assert_close(grad_view, grad, atol=1e-6, rtol=0)
