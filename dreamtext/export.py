@@ -362,7 +362,8 @@ def format_gigabytes(size: int | float) -> str:
     """``size`` bytes for a message: ``34.4 GB``; from 1,000 GB on whole, with thousands
     separators (``--resolution 100000`` needs ``32,000,000 GB``, not ``32000000.0 GB``)."""
     gigabytes = size / 1e9
-    return f"{gigabytes:.1f} GB" if gigabytes < 1000 else f"{gigabytes:,.0f} GB"
+    # Tested once rounded: 999.96 GB was "1000.0 GB".
+    return f"{gigabytes:.1f} GB" if round(gigabytes, 1) < 1000 else f"{gigabytes:,.0f} GB"
 
 
 def find_latest_workspace(root: Path) -> Path:
