@@ -257,6 +257,13 @@ def soon_true(page, predicate, timeout_ms: int = CATCH_UP_MS) -> bool:
     return soon(page, lambda: bool(predicate()), True, timeout_ms)
 
 
+def table_cells(page, table: str) -> dict[str, str]:
+    """A details table's cells by their rows' keys (``data-key``: mesh.json's, the record's)."""
+    rows = page.locator(f'.details table[data-table="{table}"] tr')
+    keys = [row.get_attribute("data-key") for row in rows.all()]
+    return dict(zip(keys, rows.locator("td").all_text_contents(), strict=True))
+
+
 def shown_text(locator, timeout_ms: int = CATCH_UP_MS) -> str:
     """What ``locator`` in a gallery card shows (its innerText) once the browser has laid the
     card out. Cards have `content-visibility: auto`: until the rendering update after a card is
@@ -316,9 +323,7 @@ def check_run_page(page, root: Path, links: list[str] = SERVED_LINKS) -> None:
 
     # Fractions in the mesh's table to 4 significant digits, counts whole.
     stats = json.loads((root / "a_red_cube" / "mesh" / "mesh.json").read_text())
-    rows = page.locator('.details table[data-table="mesh"] tr')
-    keys = [row.get_attribute("data-key") for row in rows.all()]
-    cells = dict(zip(keys, rows.locator("td").all_text_contents(), strict=True))
+    cells = table_cells(page, "mesh")
     volume = str(float(f"{stats['volume']:.4g}")) + "\u00a0units³"
     assert cells["volume"] == volume, cells["volume"]
     assert cells["faces"] == str(stats["faces"])
@@ -1648,9 +1653,7 @@ def test_run_page_values_of_a_running_run(page, tmp_path: Path):
         # sy(0.5) with the range widened to [0, 1]: T + (H - T - B) / 2 = 8 + 120 / 2.
         points = chart.locator("polyline").get_attribute("points").split()
         assert [p.split(",")[1] for p in points] == ["68.0", "68.0"]
-        rows = page.locator('.details table[data-table="mesh"] tr')
-        keys = [row.get_attribute("data-key") for row in rows.all()]
-        cells = dict(zip(keys, rows.locator("td").all_text_contents(), strict=True))
+        cells = table_cells(page, "mesh")
         assert cells == {
             "faces": "123456",
             "volume": "1.23e-4\u00a0units³",
@@ -1791,9 +1794,7 @@ def test_run_page_of_a_log_with_gaps_and_a_batch_record_with_nones(page, tmp_pat
         page.goto(srv.url + "run/gaps/")
         assert chart_labels(page, "loss") == ["2", "1", "10", "step 30"]
         assert page.get_attribute('.chart[data-key="loss"]', "data-points") == "2"
-        rows = page.locator('.details table[data-table="batch"] tr')
-        keys = [row.get_attribute("data-key") for row in rows.all()]
-        cells = dict(zip(keys, rows.locator("td").all_text_contents(), strict=True))
+        cells = table_cells(page, "batch")
         assert cells == {
             "line": "1",
             "workspace": "gaps",
