@@ -196,3 +196,165 @@ def test_a_resume_keeps_the_preview_of_the_step_it_goes_on_from(tmp_path, tiny_s
     assert (previews / "step_000002.png").is_file()
     train(_tiny(tmp_path, tiny_sd_path, iters=3, checkpoint_every=2, preview_every=2), resume=True)
     assert (previews / "step_000002.png").is_file()
+
+
+def test_a_resume_restores_the_runs_skip_counts_and_runs_its_pending_grid_refresh(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    # The counts the end-of-run lines report ("skipped N steps ...") and a grid refresh that ran
+    # out of memory go through the checkpoint: a resume has the same counts and runs the refresh.
+    run = trainer.build_run(_tiny(tmp_path / "a", tiny_sd_path, iters=5))
+    run.step, run.skipped_updates, run.occupancy_pending = 3, 2, True
+    run.guidance.skipped_steps = 4
+    state = trainer.checkpoint_state(run)
+    other = trainer.build_run(_tiny(tmp_path / "b", tiny_sd_path, iters=5))
+    refreshed = []
+    monkeypatch.setattr(
+        other.renderer, "update_occupancy", lambda field, step: refreshed.append(step)
+    )
+    trainer.restore(other, state)
+    assert (other.step, other.skipped_updates, other.guidance.skipped_steps) == (3, 2, 4)
+    assert refreshed == [3]
+
+
+def test_a_resume_trains_on_with_its_own_learning_rate(tmp_path, tiny_sd_path):
+    # --lr on --resume: every group's rate is this run's (each group keeps its ratio to --lr),
+    # not the checkpoint's.
+    old = trainer.build_run(_tiny(tmp_path / "a", tiny_sd_path, lr=0.01))
+    old_rates = [group["lr"] for group in old.optimizer.param_groups]
+    new = trainer.build_run(_tiny(tmp_path / "b", tiny_sd_path, lr=0.002))
+    trainer.restore(new, trainer.checkpoint_state(old))
+    rates = [group["lr"] for group in new.optimizer.param_groups]
+    assert rates == pytest.approx([rate * 0.2 for rate in old_rates])
+
+
+def test_status_json_says_the_step_of_each_checkpoint_between_log_lines(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    # Logged every 4 steps, checkpointed every 2: at step 3's start the run is saved at step 2,
+    # and status.json says so (not the step 0 it started at).
+    real, seen = trainer.train_step, []
+    status = tmp_path / "run" / "status.json"
+
+    def step(run):
+        seen.append(json.loads(status.read_text())["step"])
+        return real(run)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    train(_tiny(tmp_path, tiny_sd_path, iters=3, log_every=4, checkpoint_every=2))
+    assert seen == [0, 0, 2]
+
+
+def test_steps_without_finite_guidance_are_counted_in_the_log_and_at_the_end(
+    tmp_path, tiny_sd_path, capsys
+):
+    # --guidance 1e308: every ε̂ overflows, so each of the 3 steps is skipped by the guidance
+    # (its regularisers still update the field): skipped_total counts 1, 2, 3 and the run's end
+    # says 3; no update was skipped.
+    cfg = _tiny(tmp_path, tiny_sd_path, iters=3, checkpoint_every=3)
+    cfg.guidance.guidance_scale = 1e308
+    records = _records(train(cfg))
+    assert [(r["skipped"], r["skipped_total"]) for r in records] == [(1.0, 1), (1.0, 2), (1.0, 3)]
+    assert not any(r.get("update_skipped") for r in records)
+    err = capsys.readouterr().err
+    assert "skipped 3 steps with non-finite guidance" in err
+    assert "non-finite gradients" not in err
+
+
+def test_steps_whose_update_was_skipped_are_counted_at_the_end(
+    tmp_path, tiny_sd_path, monkeypatch, capsys
+):
+    # NaN gradients from step 2 of 3 on: steps 2 and 3 skip their update, and the run says 2.
+    from dreamtext.guidance import ScoreDistillation
+
+    real, calls = ScoreDistillation.sds_loss, []
+
+    def nan_from_step_2(self, *args, **kwargs):
+        loss, info = real(self, *args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) >= 2 else loss), info
+
+    monkeypatch.setattr(ScoreDistillation, "sds_loss", nan_from_step_2)
+    records = _records(train(_tiny(tmp_path, tiny_sd_path, iters=3, checkpoint_every=3)))
+    assert [r.get("update_skipped", False) for r in records] == [False, True, True]
+    assert "skipped the update of 2 steps with non-finite gradients" in capsys.readouterr().err
+
+
+def test_a_resume_from_an_earlier_step_removes_the_files_of_the_steps_past_it(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    # Trained to step 4 (a checkpoint and a preview every step; last.pt and step files 2-3 kept),
+    # then step_000002.pt copied over last.pt: the resume goes on from step 2, so the checkpoint
+    # of step 3 and the previews of steps 3 and 4 are of a branch it left, gone before it trains
+    # step 3 again; step 2's stay.
+    import shutil
+
+    overrides = {"iters": 4, "checkpoint_every": 1, "preview_every": 1}
+    workspace = train(_tiny(tmp_path, tiny_sd_path, **overrides))
+    checkpoints, previews = workspace / "checkpoints", workspace / "previews"
+    shutil.copyfile(checkpoints / "step_000002.pt", checkpoints / "last.pt")
+    real, seen = trainer.train_step, []
+
+    def step(run):
+        if not seen:
+            seen.append(
+                (
+                    sorted(p.name for p in checkpoints.glob("step_*.pt")),
+                    sorted(p.name for p in previews.glob("step_*.png")),
+                )
+            )
+        return real(run)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    train(_tiny(tmp_path, tiny_sd_path, **overrides), resume=True)
+    assert seen == [(["step_000002.pt"], ["step_000001.png", "step_000002.png"])]
+
+
+def test_a_stop_during_a_preview_saves_that_step_and_ends_the_run(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    # Ctrl-C while step 2's preview renders: step 2 is whole, so the run stops there with its
+    # checkpoint (not at its next checkpoint, step 5) and leaves no half preview.
+    from dreamtext.checkpoint import load_checkpoint
+    from dreamtext.interrupts import StepStopped, TrainingInterrupted
+
+    def stopped(run, path):
+        raise StepStopped
+
+    monkeypatch.setattr(trainer, "save_preview", stopped)
+    cfg = _tiny(tmp_path, tiny_sd_path, iters=5, checkpoint_every=5, preview_every=2)
+    with pytest.raises(TrainingInterrupted) as error:
+        train(cfg)
+    workspace = tmp_path / "run"
+    assert error.value.step == 2
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    assert [r["step"] for r in _records(workspace)] == [1, 2]
+
+
+def test_a_resume_goes_on_with_the_loss_scale_the_run_had_reached(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    # fp16: the scaler's scale (halved after each skipped step from 2^16) is the run's state,
+    # so a resume goes on with the scale it had, not 2^16 again.
+    scaler = lambda dtype, device: torch.amp.GradScaler("cpu", enabled=True)  # noqa: E731
+    monkeypatch.setattr(trainer, "fp16_loss_scaler", scaler)
+    run = trainer.build_run(_tiny(tmp_path / "a", tiny_sd_path))
+    run.scaler.scale(torch.ones(()))  # the scaler makes its scale on first use
+    run.scaler.update(128.0)
+    other = trainer.build_run(_tiny(tmp_path / "b", tiny_sd_path))
+    trainer.restore(other, trainer.checkpoint_state(run))
+    assert other.scaler.get_scale() == 128.0
+
+
+def test_a_second_resume_from_the_same_step_replaces_the_first_ones_record(tmp_path, tiny_sd_path):
+    # Resumed at step 2 and trained to 4, then step_000002.pt copied over last.pt and resumed at
+    # step 2 again: the first resume's steps are lost, so config.json keeps one resume, at step 2.
+    import shutil
+
+    train(_tiny(tmp_path, tiny_sd_path, iters=2, checkpoint_every=2))
+    workspace = train(_tiny(tmp_path, tiny_sd_path, iters=4, checkpoint_every=2), resume=True)
+    checkpoints = workspace / "checkpoints"
+    shutil.copyfile(checkpoints / "step_000002.pt", checkpoints / "last.pt")
+    train(_tiny(tmp_path, tiny_sd_path, iters=4, checkpoint_every=2), resume=True)
+    resumes = json.loads((workspace / "config.json").read_text())["resumes"]
+    assert [r["step"] for r in resumes] == [2]
