@@ -1817,31 +1817,37 @@ def test_a_descriptor_log_without_steps_is_plotted_from_step_one(page, tmp_path)
         assert chart_labels(page, "descriptor_loss") == ["1", "0.25", "1", "step 3"]
 
 
+def poll_after_an_unusable_answer(page, glob: str, body: str) -> tuple[str, str | None]:
+    """Answer the page's next poll of ``glob`` with ``body`` (tagged ``W/"unusable"``), let the
+    one after it through, and return that second poll's URL and ``If-None-Match``."""
+    asked: list[tuple[str, str | None]] = []
+
+    def answer(route):
+        asked.append((route.request.url, route.request.headers.get("if-none-match")))
+        if len(asked) == 1:
+            headers = {"ETag": 'W/"unusable"', "Content-Type": "application/json"}
+            route.fulfill(status=200, headers=headers, body=body)
+        else:
+            route.continue_()
+
+    page.route(glob, answer)
+    assert soon(page, lambda: len(asked) >= 2, True)
+    page.unroute(glob)
+    return asked[1]
+
+
 def test_an_answer_the_gallery_cannot_apply_is_asked_for_again_in_full(page, tmp_path):
     """An answer to the page's cursor that names a run the page does not have: the page keeps
     what it shows, and its next poll names neither that answer's tag nor a cursor, so that the
     server answers in full (a tag sent back would get a 304 and the page would stay behind)."""
     root = tmp_path / "runs"
     make_hand_run(root, "kept", {"state": "finished", "step": 60, "iters": 60})
-    asked: list[tuple[str, str | None]] = []
     unusable = {"page": "gallery", "api": "api/runs.json", "poll_ms": POLL_MS, "cursor": "x-1"}
     unusable |= {"since": "x-0", "changed": [], "ids": ["not_a_run"]}
-
-    def answer(route):
-        asked.append((route.request.url, route.request.headers.get("if-none-match")))
-        if len(asked) == 1:
-            headers = {"ETag": 'W/"unusable"', "Content-Type": "application/json"}
-            route.fulfill(status=200, headers=headers, body=json.dumps(unusable))
-        else:
-            route.continue_()
-
     with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
         page.goto(srv.url)
         page.wait_for_selector(".card")
-        page.route("**/api/runs.json*", answer)
-        assert soon(page, lambda: len(asked) >= 2, True)
-        page.unroute("**/api/runs.json*")
-        url, tag = asked[1]
+        url, tag = poll_after_an_unusable_answer(page, "**/api/runs.json*", json.dumps(unusable))
         assert tag is None
         assert "since=" not in url
         assert page.locator('.card[data-run="kept"]').count() == 1
@@ -1872,23 +1878,11 @@ def test_an_answer_the_run_page_cannot_apply_is_asked_for_again_in_full(page, tm
     the page's next poll names neither that answer's tag nor its cursor."""
     root = tmp_path / "runs"
     make_two_step_run(root)
-    asked: list[tuple[str, str | None]] = []
-
-    def answer(route):
-        asked.append((route.request.url, route.request.headers.get("if-none-match")))
-        if len(asked) == 1:
-            headers = {"ETag": 'W/"unusable"', "Content-Type": "application/json"}
-            route.fulfill(status=200, headers=headers, body=run_answer(tails=tails))
-        else:
-            route.continue_()
-
     with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
         page.goto(srv.url + "run/two_steps/")
         page.wait_for_selector('.chart[data-key="loss"][data-points="2"]')
-        page.route("**/api/run/two_steps.json*", answer)
-        assert soon(page, lambda: len(asked) >= 2, True)
-        page.unroute("**/api/run/two_steps.json*")
-        url, tag = asked[1]
+        glob, body = "**/api/run/two_steps.json*", run_answer(tails=tails)
+        url, tag = poll_after_an_unusable_answer(page, glob, body)
         assert tag is None
         assert "since=" not in url
         assert page.get_attribute('.chart[data-key="loss"]', "data-points") == "2"
