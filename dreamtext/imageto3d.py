@@ -77,6 +77,7 @@ from dreamtext.describe import (
     used_options,
 )
 from dreamtext.descriptor import (
+    LEARNED_EMBEDS,
     DescriptorOptions,
     learned_embeds_path,
     sample_grid,
@@ -381,6 +382,12 @@ def _run_image(
     # Checked: from here on the run writes.
     if note is not None:
         _note(note)
+    unread = unread_words(cfg, sections)
+    if unread is not None:
+        _note(
+            f"dreamtext: guidance.textual_inversion ({unread}) is not read: an image run learns "
+            "its own words from the image (`dreamtext text` and `text --diverse` read such a file)"
+        )
     if overwrite:
         from dreamtext.trainer import remove_earlier_run
 
@@ -429,6 +436,24 @@ def _run_image(
         # exports, under status.json like any run, which ends "finished".
         train(cfg, resume=can_resume(workspace), resume_with=resume_with)
     return workspace
+
+
+def unread_words(cfg: TrainConfig, sections: dict[str, Any] | None) -> str | None:
+    """The caller's ``guidance.textual_inversion`` file (from ``--config``) that an image run
+    does not read, else ``None``.
+
+    The run's text→3D stage reads the words its descriptor learns (:func:`record_config`), so a
+    file of the user's (``<my-cat>``) was dropped without a word. A run's own learned file
+    (``RUN/descriptor/learned_embeds.safetensors``: this run's on a rerun, or another run's whose
+    config.json was passed) is not the user's and needs no note; nor is ``--diverse``'s, which
+    its sample reads (:func:`sample_words`)."""
+    given = cfg.guidance.textual_inversion
+    if given is None or "diverse" in (sections or {}):
+        return None
+    path = Path(given)
+    if path.name == LEARNED_EMBEDS and path.parent.name == "descriptor":
+        return None
+    return given
 
 
 def record_config(

@@ -1599,3 +1599,33 @@ def test_a_diverse_prompt_the_text_encoder_would_cut_off_is_refused_before_sampl
     assert err[-1].startswith("dreamtext: error: the prompt is "), err
     assert "would cut off the rest; shorten the prompt" in err[-1]
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_learned_words_file_an_image_run_does_not_read_is_named_once(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys, own
+):
+    """``image IMG --config C`` with C's ``guidance.textual_inversion`` a file of the user's
+    (``<my-cat>``): the run learns its own words, so the file was dropped without a word. A run's
+    own learned file (``RUN/descriptor/learned_embeds.safetensors``) is not the user's: no note."""
+    from dreamtext.cli import main
+
+    image = _image(tmp_path)
+    folder = tmp_path / "other" / "descriptor" if own else tmp_path / "mine"
+    folder.mkdir(parents=True)
+    words = folder / ("learned_embeds.safetensors" if own else "my_cat.safetensors")
+    words.write_bytes(b"")
+    config = tmp_path / "c.json"
+    guidance = {"model": str(tiny_sd_path), "textual_inversion": str(words)}
+    config.write_text(json.dumps({**TINY_TRAIN, "iters": 2, "guidance": guidance}))
+
+    def stop(*args, **kwargs):
+        raise DreamtextError("stopped in describe")
+
+    monkeypatch.setattr(imageto3d, "describe", stop)
+    args = ["image", str(image), "--config", str(config), "--workspace", str(tmp_path / "new")]
+    assert main([*args, "--clip", str(tiny_clip_path)]) == 2
+    err = capsys.readouterr().err
+    line = f"guidance.textual_inversion ({words}) is not read: an image run learns its own words"
+    assert err.count(line) == (0 if own else 1), err
+    assert "stopped in describe" in err
