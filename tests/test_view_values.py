@@ -510,3 +510,76 @@ def test_a_hint_naming_three_linked_runs_names_all_three_without_an_ellipsis(tmp
     (best / "d").symlink_to(tmp_path / "workspace" / "d")
     hint = linked_runs_hint(best)
     assert "holds 4 links" in hint and hint.endswith(" …)")
+
+
+def test_an_empty_segment_in_a_file_address_is_404(root: Path):  # noqa: F811
+    """The server's contract: an empty segment (``previews//final.png``) names no file, though
+    ``Path.joinpath`` would drop it and find ``previews/final.png``."""
+    with serving(Catalog([root])) as srv:
+        assert get(srv, "/files/cube/previews/final.png")[0] == 200
+        assert get(srv, "/files/cube/previews//final.png")[0] == 404
+        assert get(srv, "/files/cube//previews/final.png")[0] == 404
+
+
+def test_a_folder_named_like_a_served_file_is_404_not_a_500(root: Path):  # noqa: F811
+    """Only files are served: a folder ``previews/odd.png`` is "not found", not an error."""
+    (root / "cube" / "previews" / "odd.png").mkdir()
+    with serving(Catalog([root])) as srv:
+        status, body, _ = get(srv, "/files/cube/previews/odd.png")
+        assert (status, body) == (404, b"not found\n")
+
+
+def test_a_304_carries_the_caching_headers_its_200_would(root: Path):  # noqa: F811
+    """RFC 9110 15.4.5: a 304 carries the Cache-Control, ETag and Vary the 200 would have sent,
+    so a cache that refreshes its stored answer from it keeps asking again (no-cache)."""
+    with serving(Catalog([root])) as srv:
+        for api in ("/api/runs.json", "/api/run/cube.json"):
+            status, _, first = get(srv, api)
+            assert status == 200 and first["Cache-Control"] == "no-cache"
+            status, body, again = get(srv, api, {"If-None-Match": first["ETag"]})
+            assert (status, body) == (304, b"")
+            assert again["ETag"] == first["ETag"]
+            assert again["Cache-Control"] == "no-cache"
+            assert again["Vary"] == "Accept-Encoding"
+
+
+@pytest.mark.parametrize(("port", "says"), [(1023, "ports under 1024"), (1024, "check --host")])
+def test_port_1023_is_the_last_that_needs_privileges(root, monkeypatch, port, says):  # noqa: F811
+    """Ports 1-1023 are the system's (Linux's privileged ports): refused there, the line says
+    so; refused on 1024 or above, the cause is elsewhere."""
+    import errno
+
+    from dreamtext.errors import DreamtextError
+    from dreamtext.view import server as view_server
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(view_server, "ViewServer", refuse)
+    with pytest.raises(DreamtextError, match=says):
+        view_server.make_server(Catalog([root]), port=port)
+
+
+def test_a_workspace_whose_only_batch_line_is_skipped_shows_as_skipped(tmp_path: Path):
+    """A skipped line hides no earlier attempt, but where it is the workspace's only line it is
+    what the batch says of it: the card is there, ``skipped``, from batch.jsonl."""
+    from test_view import batch_record, read_run
+
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    line = json.dumps(batch_record(1, "ghost", "skipped"))
+    (batch / "batch.jsonl").write_text(line + "\n", encoding="utf-8")
+    runs = Catalog([batch]).runs()
+    assert [run.id for run in runs] == ["ghost"]
+    status = read_run(runs[0]).status
+    assert (status["state"], status["source"]) == ("skipped", "batch.jsonl")
+
+
+def test_text_assets_name_their_charset(root: Path):  # noqa: F811
+    """app.js and three.js's license hold non-ASCII text: opened alone, a file without a charset
+    is decoded as the browser guesses (windows-1252 for text/plain), so each names UTF-8."""
+    with serving(Catalog([root])) as srv:
+        for name in ("app.js", "app.css", "LICENSE-three.txt"):
+            status, _, headers = get(srv, f"/static/{name}")
+            assert status == 200
+            assert headers["Content-Type"].endswith("; charset=utf-8"), name
