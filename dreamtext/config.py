@@ -154,9 +154,16 @@ def _coerce(value: Any, hint: Any, where: str, source: str = "") -> Any:
             )
         return tuple(_coerce(v, item, where, source) for v, item in zip(value, args, strict=True))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise DreamtextError(f"{name} must be a finite number, got {value}{found_in}")
-        return float(value)
+        try:  # a whole number too large for a float (YAML's 1 and 400 zeros) overflows here
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            shown = (
+                value if isinstance(value, float) else f"a whole number of {len(str(value))} digits"
+            )
+            raise DreamtextError(f"{name} must be a finite number, got {shown}{found_in}")
+        return number
     # YAML's true / false are ints to Python (bool subclasses int); an int field wants a number.
     wrong_bool = hint is int and isinstance(value, bool)
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or wrong_bool):
@@ -618,7 +625,7 @@ def with_its_file(message: str, source_of: Callable[[str], str | None]) -> str:
     """A section's refusal (``field.num_levels must be ...``, from ``FieldConfig.validate`` and
     the like, which know no files) with ``(in FILE)`` after the setting it starts with, where a
     config file or preset set it: of several ``--config`` files, the one to fix."""
-    match = re.match(r"(?:config field ')?((?:field|render|guidance|cameras)\.\w+)'?", message)
+    match = re.match(r"(?:config field ')?((?:field|render|guidance|cameras)(?:\.\w+)+)'?", message)
     if match is None or "(in " in message:
         return message
     source = source_of(match.group(1))

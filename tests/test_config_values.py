@@ -158,3 +158,84 @@ def test_an_export_option_refusal_names_the_config_file_that_set_it(tmp_path):
     assert str(refusal.value) == (
         f"config field 'export_options.resolution' (in {first}) must be at least 8"
     )
+
+
+@pytest.mark.parametrize(("preset", "epochs"), [("stable-dreamfusion", 100), ("fitfusion", 200)])
+def test_an_epoch_is_a_hundred_iterations_as_table_5_1_counts_them(preset, epochs):
+    """Table 5.1 counts epochs (Stable DreamFusion 100, FitFusion 200); the presets give
+    iterations, 10,000 and 20,000 (their comments): an epoch is 100 iterations, and so the
+    default 10 albedo-only epochs (ch. 6.1.4) are steps 1 to 1,000."""
+    import torch
+
+    from dreamtext.trainer import shading_for_step
+
+    cfg = resolve_config({"prompt": "x"}, preset=preset)
+    assert cfg.iters == epochs * 100
+    cfg.shading_probs = (0.0, 1.0, 0.0)  # after the albedo epochs: textureless only
+    rng = torch.Generator().manual_seed(0)
+    assert shading_for_step(1000, cfg, rng) == "albedo"
+    assert shading_for_step(1001, cfg, rng) == "textureless"
+
+
+def test_ten_million_iterations_are_taken_and_one_more_refused():
+    """``iters`` must be at most 10,000,000 (500 × FitFusion's 20,000): the bound is inside."""
+    assert resolve_config({"prompt": "x", "iters": 10_000_000}).iters == 10_000_000
+    with pytest.raises(DreamtextError, match="at most 10,000,000"):
+        resolve_config({"prompt": "x", "iters": 10_000_001})
+
+
+def test_a_learning_rate_of_zero_is_refused():
+    """An lr of 0 trains nothing: ``lr`` must be positive."""
+    with pytest.raises(DreamtextError, match="--lr must be positive, got 0"):
+        resolve_config({"prompt": "x", "lr": 0.0})
+
+
+def test_the_ends_of_the_closed_ranges_are_accepted():
+    """``0 ≤ t_min < t_max ≤ 1``, ambient_ratio in [0, 1], weights ≥ 0, box_fraction in [0, 1],
+    a polar angle in [0°, 180°]: each closed end is a value a run may have."""
+    cfg = resolve_config(
+        {
+            "prompt": "x",
+            "ambient_ratio": 0.0,
+            "light_jitter": 0.0,
+            "lambda_entropy": 0.0,
+            "lambda_orientation": 0.0,
+            "guidance": {"t_range": [0.0, 1.0]},
+            "cameras": {"box_fraction": 1.0, "polar_range": [0.0, 180.0]},
+        }
+    )
+    assert cfg.guidance.t_range == (0.0, 1.0)
+    assert (cfg.ambient_ratio, cfg.light_jitter, cfg.lambda_entropy) == (0.0, 0.0, 0.0)
+    assert cfg.cameras.box_fraction == 1.0
+    assert cfg.cameras.polar_range == (0.0, 180.0)
+
+
+@pytest.mark.parametrize(
+    ("cameras", "bound"),
+    [({"radius_range": [0.0, 1.5]}, r"\(0, inf\)"), ({"fovy_range": [20.0, 180.0]}, r"\(0, 180\)")],
+)
+def test_the_ends_of_the_open_ranges_are_refused(cameras, bound):
+    """A radius above 0 and a field of view in (0°, 180°): 0 and 180 themselves are no camera."""
+    with pytest.raises(DreamtextError, match=bound):
+        resolve_config({"prompt": "x", "cameras": cameras})
+
+
+def test_a_whole_number_too_large_for_a_float_is_one_line_naming_its_file(tmp_path):
+    """YAML reads ``lr: 1`` and 400 zeros as an int, which no float holds: math.isfinite raised
+    OverflowError (a traceback, exit 1) where ``1e400`` got this line."""
+    path = tmp_path / "huge.yaml"
+    path.write_text("lr: 1" + "0" * 400 + "\n")
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config(dict(RUN), config_file=[path])
+    assert str(refusal.value) == (
+        f"config field 'lr' must be a finite number, got a whole number of 401 digits (in {path})"
+    )
+
+
+def test_the_file_of_a_setting_two_levels_deep_follows_its_whole_name(tmp_path):
+    """``(in FILE)`` went after ``guidance.views``, inside the setting's name."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("guidance:\n  views:\n    below: 200.0\n")
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config(dict(RUN), config_file=[path])
+    assert str(refusal.value).startswith(f"guidance.views.below (in {path}) must be a polar angle")

@@ -156,3 +156,10 @@ def test_a_tag_its_value_does_not_fit_is_one_line_not_a_traceback(tmp_path, text
     with pytest.raises(DreamtextError) as raised:
         read_yaml(path)
     assert str(raised.value) == f"config file '{path}' is not valid YAML {why}; fix it"
+
+
+def test_the_ascii_folder_cut_at_60_characters_has_no_underscore_at_its_end():
+    """59 letters, a space and more: the first 60 characters of ``aaa…a_b…`` end at the ``_``,
+    which the cut folder name of an earlier version does not keep."""
+    assert ascii_slug("a" * 59 + " bcd") == "a" * 59
+    assert ascii_slug("x" * 70) == "x" * 60
