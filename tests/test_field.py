@@ -693,3 +693,62 @@ def test_background_depends_on_the_direction_only():
     field = small_field()
     d = torch.tensor([[0.3, -0.5, 0.81], [1.0, 0.0, 0.0]])
     torch.testing.assert_close(field.background(3.0 * d), field.background(d))
+
+
+def test_forward_difference_normals_step_one_hundredth_by_default():
+    """Guards against another default ``normal_eps`` (the step of the differences, 1e-2 world
+    units) and against a forward difference taken the other way.
+
+    Blob only, exp activation: σ(p) = exp(10 (1 − |p| / 0.5)). At x = (0.3, 0.1, 0) the
+    normal is −normalize(σ(x + 0.01 e_i) − σ(x)), written out here from that formula."""
+    field = blob_only(density_activation="exp")
+    assert field.cfg.normal_eps == 1e-2
+    x = [0.3, 0.1, 0.0]
+
+    def sigma(p):
+        return math.exp(10.0 * (1.0 - math.sqrt(sum(c * c for c in p)) / 0.5))
+
+    grad = []
+    for i in range(3):
+        ahead = list(x)
+        ahead[i] += 0.01
+        grad.append(sigma(ahead) - sigma(x))
+    norm = math.sqrt(sum(g * g for g in grad))
+    want = torch.tensor([[-g / norm for g in grad]])
+    got = field.normals(torch.tensor([x]))
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+
+
+def test_background_mlp_reads_four_frequencies_of_the_direction():
+    """Guards against another ``BG_FREQUENCIES``: a checkpoint's background MLP takes
+    γ(d) = (d, sin(2^k π d), cos(2^k π d)) for k < 4, 3 + 6 · 4 = 27 inputs, and a field
+    built with another count cannot load it."""
+    field = small_field()
+    assert field.background_net[0].in_features == 27
+    assert frequency_encoding(torch.zeros(2, 3)).shape == (2, 27)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"normal_eps": 0.0},  # the differences divide by it
+        {"background_color": (1.5, 0.0, 0.0)},
+        {"log2_hashmap_size": 25},
+    ],
+)
+def test_boundary_config_values_are_user_errors(bad):
+    with pytest.raises(DreamtextError):
+        FieldConfig(**bad)
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        # The finest resolution equal to the coarsest: one resolution for every level.
+        {"finest_resolution_factor": 4.0, "base_resolution": 4},
+        {"log2_hashmap_size": 24},  # the largest table allowed
+        {"num_blocks": 0},  # linear → SiLU → linear: no residual block
+    ],
+)
+def test_boundary_config_values_are_allowed(good):
+    FieldConfig(**{**SMALL, **good})
