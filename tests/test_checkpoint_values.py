@@ -178,3 +178,117 @@ def test_an_older_builtin_checkpoint_is_rebuilt_with_its_presets_settings(tmp_pa
     loaded, loaded_renderer, _ = load_run(tmp_path)
     assert loaded.cfg.density_activation == "exp"
     assert loaded_renderer.cfg.sampler == "dense"
+
+
+def a_run_state(step: int) -> dict:
+    """A state with every key of a run checkpoint (checkpoint.RUN_KEYS), for is_whole."""
+    return {key: {} for key in checkpoint.RUN_KEYS} | a_state(step)
+
+
+def test_last_reads_reads_only_the_step_unless_asked_for_a_whole_file(tmp_path):
+    """last_reads: with whole on, a last.pt with a changed byte does not read (a resume goes on
+    from an older one); with whole off only its step is read, which a changed byte keeps."""
+    from damage import flip_a_tensor_byte
+
+    from dreamtext.checkpoint import last_reads, resume_step
+
+    save_checkpoint(tmp_path, a_run_state(10))
+    assert last_reads(tmp_path) and last_reads(tmp_path, whole=False)
+    assert resume_step(tmp_path) == 10
+    flip_a_tensor_byte(tmp_path / "checkpoints" / "last.pt")
+    assert not last_reads(tmp_path)  # damaged, but last.pt is there: a resume is needed
+    assert last_reads(tmp_path, whole=False)
+    assert resume_step(tmp_path) is None  # no whole checkpoint at all
+
+
+def test_a_run_whose_checkpoints_were_all_removed_needs_no_resume(tmp_path):
+    save_checkpoint(tmp_path, a_run_state(10))
+    shutil.rmtree(tmp_path / "checkpoints")
+    from dreamtext.checkpoint import last_reads
+
+    assert last_reads(tmp_path) and last_reads(tmp_path, whole=False)
+
+
+def test_a_resume_after_a_damaged_last_pt_goes_on_from_the_newest_whole_step_file(tmp_path):
+    from damage import flip_a_tensor_byte
+
+    from dreamtext.checkpoint import last_reads, resume_step
+
+    for step in (5, 10, 15):
+        save_checkpoint(tmp_path, a_run_state(step))  # step 5, step 10, last.pt 15
+    flip_a_tensor_byte(tmp_path / "checkpoints" / "last.pt")
+    assert resume_step(tmp_path) == 10
+    assert not last_reads(tmp_path)
+
+
+def test_a_verdict_is_kept_only_for_the_keys_it_was_asked_with(tmp_path):
+    """A step file with no run's keys is whole as a checkpoint of any kind, not as a run's: the
+    verdict of the first asking is not the answer to the second."""
+    save_checkpoint(tmp_path, a_state(10))
+    save_checkpoint(tmp_path, a_state(20))
+    path = tmp_path / "checkpoints" / "step_000010.pt"
+    assert is_whole(path, 10, ()) is True
+    assert is_whole(path, 10) is False  # checkpoint.RUN_KEYS missing
+    assert is_whole(path, 10, ()) is True
+
+
+def test_a_file_written_over_in_place_with_its_old_time_is_read_again(tmp_path):
+    """cp -p (or rsync) over a step file keeps its inode, size and modification time; only its
+    change time tells that it was written again."""
+    save_checkpoint(tmp_path, a_state(10))
+    save_checkpoint(tmp_path, a_state(20))
+    path = tmp_path / "checkpoints" / "step_000010.pt"
+    assert is_whole(path, 10, ()) is True
+    before = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # somewhere in the tensor's bytes or the zip's records
+    with open(path, "r+b") as file:  # in place: the same inode
+        file.write(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_ino == before.st_ino and os.stat(path).st_size == before.st_size
+    assert is_whole(path, 10, ()) is False
+
+
+def test_a_failing_disk_while_a_checkpoint_loads_is_no_damaged_file(tmp_path, monkeypatch):
+    """EIO or a stale NFS handle says nothing of the file, which may be whole: it is raised as
+    the OSError it is (the CLI names the fix), not called damaged with an older one to go on
+    from (whose first save would replace this one)."""
+    from dreamtext.checkpoint import UnreadableCheckpoint
+
+    for step in (10, 20):
+        save_checkpoint(tmp_path, a_state(step))
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.torch, "load", failing)
+    with pytest.raises(OSError) as error:
+        load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert not isinstance(error.value, UnreadableCheckpoint)
+    assert error.value.errno == errno.EIO
+
+
+def test_a_damaged_step_file_is_not_advised_to_be_replaced_by_another(tmp_path):
+    """Only an unreadable last.pt names the step file to go on from; a step file read by name
+    that is damaged is to be deleted."""
+    from damage import flip_a_tensor_byte
+
+    from dreamtext.checkpoint import UnreadableCheckpoint
+
+    for step in (5, 10, 15):
+        save_checkpoint(tmp_path, a_state(step))
+    step_10 = tmp_path / "checkpoints" / "step_000010.pt"
+    flip_a_tensor_byte(step_10)
+    with pytest.raises(UnreadableCheckpoint) as error:
+        load_checkpoint(step_10)
+    assert str(error.value).endswith("; delete it to start over")
+
+
+def test_a_checkpoint_from_before_run_ids_is_of_run_empty_and_none_without_one(tmp_path):
+    from dreamtext.checkpoint import checkpoint_run
+
+    save_checkpoint(tmp_path, a_state(10))  # no run_id: an older dreamtext's
+    assert checkpoint_run(tmp_path / "checkpoints" / "last.pt") == ""
+    save_checkpoint(tmp_path, a_state(20) | {"run_id": "abc123"})
+    assert checkpoint_run(tmp_path / "checkpoints" / "last.pt") == "abc123"
+    assert checkpoint_run(tmp_path / "checkpoints" / "missing.pt") is None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from dreamtext.errors import DreamtextError
 from dreamtext.latestrun import newest_run, newest_run_unread, runs_in
 
 
@@ -68,3 +69,43 @@ def test_no_run_is_a_user_error_naming_the_folder(tmp_path):
 
     with pytest.raises(DreamtextError, match="no trained run under"):
         newest_run(tmp_path, _newest_step)
+
+
+def test_a_step_only_run_is_dated_by_its_newest_whole_step_file_not_its_newest_file(tmp_path):
+    """Run b lost its last.pt and its newest step file is damaged: b counts by the step file a
+    resume goes on from, older than a's last.pt, so a is the newest run."""
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
+    _file(tmp_path / "b" / "checkpoints" / "step_000010.pt", T + 50)
+    _file(tmp_path / "b" / "checkpoints" / "step_000020.pt", T + 200)  # damaged
+
+    def whole_is_step_10(folder):
+        return folder / "step_000010.pt", 10
+
+    assert newest_run(tmp_path, whole_is_step_10) == tmp_path / "a"
+
+
+def test_a_step_only_run_with_no_whole_step_file_is_no_run(tmp_path):
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
+    _file(tmp_path / "b" / "checkpoints" / "step_000020.pt", T + 200)  # damaged
+    assert newest_run(tmp_path, lambda folder: None) == tmp_path / "a"
+    with pytest.raises(DreamtextError, match="no trained run under"):
+        newest_run(tmp_path / "b", lambda folder: None)
+
+
+def test_a_descriptors_checkpoints_are_no_run_to_export(tmp_path):
+    """An image run's descriptor/checkpoints (beside its sentence.json) holds learned tokens,
+    not a run: the newest run is the image run's text stage even where they are newer."""
+    _file(tmp_path / "img" / "checkpoints" / "last.pt", T + 100)
+    _file(tmp_path / "img" / "descriptor" / "checkpoints" / "last.pt", T + 300)
+    _file(tmp_path / "img" / "descriptor" / "checkpoints" / "step_000005.pt", T + 400)
+    (tmp_path / "img" / "descriptor" / "sentence.json").write_text("{}")
+    assert newest_run(tmp_path, _newest_step) == tmp_path / "img"
+    assert runs_in(tmp_path / "img") == []
+
+
+def test_a_text_run_in_a_folder_named_descriptor_is_a_run(tmp_path):
+    """Only checkpoints/ beside a sentence.json in a descriptor/ folder are a descriptor's: the
+    text→3D run of the prompt 'descriptor' (workspace/descriptor) is a run like any other."""
+    _file(tmp_path / "descriptor" / "checkpoints" / "last.pt", T + 100)
+    assert newest_run(tmp_path, _newest_step) == tmp_path / "descriptor"
+    assert runs_in(tmp_path) == [(T + 100, tmp_path / "descriptor")]

@@ -1,0 +1,81 @@
+"""runstatus.run_finished and has_mesh: which runs a batch counts as finished, with values
+worked out by hand from the docstrings (a finished status at ``iters`` steps or more; a mesh
+of the run's step or later where one is asked for; a run from before status.json by its
+last.pt, its own iters and its mesh.glb)."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from dreamtext.runstatus import has_mesh, run_finished
+
+
+def _status(ws: Path, state: str, step: int) -> None:
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "status.json").write_text(json.dumps({"state": state, "step": step, "iters": step}))
+
+
+def _mesh(ws: Path, step: int | None) -> None:
+    (ws / "mesh").mkdir(parents=True, exist_ok=True)
+    (ws / "mesh" / "mesh.glb").write_bytes(b"glb")
+    if step is not None:
+        (ws / "mesh" / "mesh.json").write_text(json.dumps({"step": step}))
+
+
+def _last(ws: Path, step: int) -> None:
+    (ws / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save({"step": step}, ws / "checkpoints" / "last.pt")
+
+
+def test_a_finished_status_counts_at_its_iters_and_not_short_of_them(tmp_path):
+    _status(tmp_path, "finished", 10)
+    assert run_finished(tmp_path, 10)
+    assert run_finished(tmp_path, 9)
+    assert not run_finished(tmp_path, 11)
+    _status(tmp_path, "interrupted", 10)
+    assert not run_finished(tmp_path, 10)
+
+
+def test_a_finished_run_without_a_mesh_is_finished_only_without_a_checkpoint_to_export(tmp_path):
+    _status(tmp_path, "finished", 10)
+    assert run_finished(tmp_path, 10, needs_mesh=True)  # checkpoints removed: nothing to resume
+    _last(tmp_path, 10)
+    assert not run_finished(tmp_path, 10, needs_mesh=True)  # --no-export: export it
+    assert run_finished(tmp_path, 10)  # no mesh asked of it
+
+
+def test_a_mesh_of_an_earlier_end_is_no_mesh_of_the_runs_step(tmp_path):
+    _status(tmp_path, "finished", 20)
+    _last(tmp_path, 20)
+    _mesh(tmp_path, 10)  # exported at 10, continued to 20 with --no-export
+    assert not has_mesh(tmp_path, 20)
+    assert not run_finished(tmp_path, 20, needs_mesh=True)
+    _mesh(tmp_path, 20)
+    assert has_mesh(tmp_path, 20)
+    assert run_finished(tmp_path, 20, needs_mesh=True)
+
+
+def test_a_mesh_whose_step_is_not_recorded_counts(tmp_path):
+    _mesh(tmp_path, None)  # an export from before mesh.json
+    assert has_mesh(tmp_path, 20)
+    (tmp_path / "mesh" / "mesh.json").write_text("{cut sho")
+    assert has_mesh(tmp_path, 20)
+
+
+def test_a_run_from_before_status_json_needs_its_own_iters_and_the_ones_asked(tmp_path):
+    _mesh(tmp_path, None)
+    _last(tmp_path, 20)
+    (tmp_path / "config.json").write_text(json.dumps({"iters": 20}))
+    assert run_finished(tmp_path, 20)
+    assert not run_finished(tmp_path, 30)
+    (tmp_path / "config.json").write_text(json.dumps({"iters": 30}))  # stopped short of its own
+    assert not run_finished(tmp_path, 10)
+
+
+def test_an_unreadable_status_json_is_no_run_from_before_it(tmp_path):
+    _mesh(tmp_path, None)
+    _last(tmp_path, 20)
+    (tmp_path / "config.json").write_text(json.dumps({"iters": 20}))
+    (tmp_path / "status.json").write_text("{cut sho")
+    assert not run_finished(tmp_path, 20)
