@@ -57,3 +57,14 @@ def test_blur_softens_a_sharp_line() -> None:
     outs = [augment(image, seed=s) for s in range(8)]
     assert any(out[..., 7].min().item() < 0.9 for out in outs)
     assert any(out[..., 8].max().item() > 0.1 for out in outs)
+
+
+def test_the_last_resize_averages_detail_finer_than_the_output_pixels() -> None:
+    # Every augmentation off: a 24 px image of alternating black and white columns taken to
+    # 8 px spans three columns per output pixel, so an antialiased resize gives a mix of both
+    # (between 1/3 and 2/3), never the pure black or white of a point sample.
+    columns = (torch.arange(24) % 2).float()
+    images = columns.expand(1, 3, 24, 24).clone()
+    out = ImageAugmentation(8, _only())(images, seed=0)
+    assert out.shape == (1, 3, 8, 8)
+    assert out.min() > 0.25 and out.max() < 0.75

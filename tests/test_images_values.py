@@ -93,3 +93,50 @@ def test_a_one_bit_png_with_a_transparent_colour_is_on_white():
     image.save(buffer, format="PNG", transparency=0)
     rgb = np.asarray(_to_rgb_on_white(Image.open(io.BytesIO(buffer.getvalue()))))
     assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[3, 3].tolist() == [255, 255, 255]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width × height`` 8-bit gray pixels and holds none of them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_one_pixel_above_the_limit_is_refused_as_a_bomb_and_the_limit_itself_is_not(tmp_path):
+    # "Anything above this many pixels ... is refused before decoding": a 1 × (MAX + 1) claim is
+    # a bomb; a 1 × MAX claim is decoded, and (holding no pixels) is a corrupt file instead.
+    import pytest
+
+    from dreamtext.errors import DreamtextError
+    from dreamtext.images import MAX_PIXELS
+
+    above, at = tmp_path / "above.png", tmp_path / "at.png"
+    above.write_bytes(_png_header_only(1, MAX_PIXELS + 1))
+    at.write_bytes(_png_header_only(1, MAX_PIXELS))
+    with pytest.raises(DreamtextError, match="decompression bomb"):
+        load_image(above)
+    with pytest.raises(DreamtextError) as error:
+        load_image(at)
+    assert "decompression bomb" not in str(error.value)
+
+
+def test_an_image_of_exactly_the_useful_side_gets_no_warning(tmp_path):
+    # Only an image *below* MIN_USEFUL_SIDE (32) pixels on a side is warned about.
+    path = tmp_path / "square.png"
+    Image.new("RGB", (MIN_USEFUL_SIDE, MIN_USEFUL_SIDE), (200, 30, 30)).save(path)
+    assert small_image_warning(load_image(path), path) is None
+
+
+def test_a_file_short_on_one_side_is_called_small_not_narrow(tmp_path):
+    # 100 × 10: the file itself has only 10 pixels on its shorter side, under 32, so the warning
+    # is the small image's ("is only 100x10 pixels"), not the narrow strip's.
+    path = tmp_path / "short.png"
+    Image.new("RGB", (100, 10), (200, 30, 30)).save(path)
+    warning = small_image_warning(load_image(path), path)
+    assert warning is not None and "is only 100x10 pixels" in warning

@@ -1,0 +1,38 @@
+"""Camera values the other camera tests leave open, each derived by hand."""
+
+import math
+
+import torch
+
+from dreamtext.cameras import CameraRange, get_rays, orbit_poses, sample_poses
+
+
+def test_a_wide_image_spreads_its_columns_by_the_focal_of_its_height():
+    """fovy 90° on a 1-pixel-high image: f = H / (2 tan 45°) = 0.5 px. The camera at azimuth 0
+    (on +z) has the identity rotation, so the ray through column 2 of 3 is camera-space
+    ((2.5 − 3/2) / 0.5, 0, −1) = (2, 0, −1), normalised: x is measured from the width's centre,
+    in the height's focal."""
+    poses = orbit_poses(1, polar=90.0, radius=2.0, fovy=90.0)
+    _, rays_d = get_rays(poses.c2w, poses.fovy, 1, 3)
+    expected = torch.tensor([2.0, 0.0, -1.0]) / math.sqrt(5.0)
+    assert torch.allclose(rays_d[0, 0, 2], expected, atol=1e-6)
+    assert torch.allclose(rays_d[0, 0, 1], torch.tensor([0.0, 0.0, -1.0]), atol=1e-6)
+
+
+def test_an_orbit_past_a_full_turn_records_azimuths_in_0_to_360():
+    """start 270°, two cameras 180° apart: 270° and 450° = 90° (Poses: azimuth ∈ [0, 360))."""
+    poses = orbit_poses(2, start=270.0)
+    assert torch.allclose(poses.azimuth, torch.tensor([270.0, 90.0]), atol=1e-4)
+
+
+def test_jittered_cameras_look_past_the_origin_and_unjittered_ones_at_it():
+    """A jittered look-at point moves each camera's line of sight off the origin; without jitter
+    the line passes through it: the distance from the origin to the line is |eye × forward|."""
+
+    def miss_distance(jitter: float) -> torch.Tensor:
+        poses = sample_poses(256, CameraRange(jitter=jitter), torch.Generator().manual_seed(0))
+        forward = -poses.c2w[:, :3, 2]
+        return torch.linalg.cross(poses.eye, forward, dim=-1).norm(dim=-1)
+
+    assert float(miss_distance(0.0).max()) < 1e-5
+    assert float(miss_distance(0.1).mean()) > 0.01
