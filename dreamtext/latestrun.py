@@ -51,10 +51,15 @@ def newest_run(root: Path, newest_whole_step: WholeStep) -> Path:
     step_only: dict[Path, float] = {}  # those without last.pt → when their newest step file was
     if root.is_dir():
         for last in root.glob(f"**/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"):
-            if not descriptors(last.parent):
+            # A folder named last.pt is no checkpoint (checkpoint.can_resume says the same).
+            if last.is_file() and not descriptors(last.parent):
                 written[last.parent] = last.stat().st_mtime
         for step_file in root.glob(f"**/{CHECKPOINT_DIR}/step_*.pt"):
-            if step_file.parent not in written and not descriptors(step_file.parent):
+            if (
+                step_file.parent not in written
+                and step_file.is_file()
+                and not descriptors(step_file.parent)
+            ):
                 mtime = step_file.stat().st_mtime
                 step_only[step_file.parent] = max(mtime, step_only.get(step_file.parent, mtime))
     for folder in sorted(step_only, key=step_only.__getitem__, reverse=True):

@@ -109,3 +109,15 @@ def test_a_text_run_in_a_folder_named_descriptor_is_a_run(tmp_path):
     _file(tmp_path / "descriptor" / "checkpoints" / "last.pt", T + 100)
     assert newest_run(tmp_path, _newest_step) == tmp_path / "descriptor"
     assert runs_in(tmp_path) == [(T + 100, tmp_path / "descriptor")]
+
+
+def test_a_folder_named_last_pt_makes_no_run_newest(tmp_path):
+    """A folder at ``b/checkpoints/last.pt`` (newer than a's checkpoint) is no checkpoint, as
+    ``checkpoint.can_resume`` says: export without --workspace took b and stopped on it."""
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
+    folder = tmp_path / "b" / "checkpoints" / "last.pt"
+    folder.mkdir(parents=True)
+    (tmp_path / "c" / "checkpoints" / "step_000005.pt").mkdir(parents=True)
+    os.utime(folder, (T + 300, T + 300))
+    assert newest_run(tmp_path, _newest_step) == tmp_path / "a"
+    assert newest_run_unread(tmp_path) == tmp_path / "a"
