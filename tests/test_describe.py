@@ -337,6 +337,7 @@ def test_describe_writes_the_record(tiny_clip_path, tmp_path):
     assert sentence == make_sentence(record["quantifier"], record["words"], record["noun"])
     assert set(record["step_scores"]) == {"noun", "words"}  # the thesis's steps: no --adjust
     assert record["options"]["adjust"] is False
+    assert record["max_words"] == record["options"]["max_words"] == 2  # as given, not the default
     assert record["score"] == record["step_scores"]["words"] >= record["step_scores"]["noun"]
     # The recorded score is CLIP's cosine similarity of this very sentence with the image.
     encoder = ClipEncoder(str(tiny_clip_path))

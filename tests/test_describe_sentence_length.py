@@ -102,3 +102,29 @@ def test_a_word_too_long_from_the_command_line_is_one_line_and_writes_nothing(
     assert len(err) == 1 and fragment in err[0], err
     assert "64 bytes at most: shorten it" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.txt", "mug.png"]
+
+
+def test_the_byte_bound_accepts_a_sentence_of_exactly_77_tokens():
+    """75 bytes besides spaces plus the start and end tokens are 77: the most CLIP reads."""
+    start = "An image of a "
+    filler = 75 - len(start.replace(" ", "")) - 3  # "mug" at the end
+    at_limit = start + "x" * filler + " mug"
+    assert tokens_at_most(at_limit) == CLIP_MAX_TOKENS
+    assert fits_by_bytes(at_limit)
+    assert not fits_by_bytes(start + "x" * (filler + 1) + " mug")
+
+
+def test_clip_fits_a_sentence_of_exactly_its_token_limit(tiny_clip_path):
+    """A sentence of exactly ``model_max_length`` tokens (start and end included) is read whole:
+    it fits; one more token does not."""
+    encoder = ClipEncoder(str(tiny_clip_path))
+    tokenizer = encoder.processor.tokenizer
+    limit = tokenizer.model_max_length
+    sentence = "An image of a"
+    for word in ("mug", "a"):  # long words first, then one-letter ones to reach the limit
+        while len(tokenizer(f"{sentence} {word}")["input_ids"]) <= limit:
+            sentence += f" {word}"
+    assert len(tokenizer(sentence)["input_ids"]) == limit
+    assert tokens_at_most(sentence) > limit  # the tokenizer decides, not the byte bound
+    assert encoder.fits(sentence)
+    assert not encoder.fits(sentence + " a")

@@ -573,6 +573,20 @@ def test_timesteps_are_drawn_from_the_whole_schedule(tiny_sd_path):
     assert int(t.max()) >= big // 2 and int(t.min()) < big // 2
 
 
+def test_timesteps_reach_both_ends_of_the_schedule(tiny_sd_path, monkeypatch):
+    """Guards against a t range cut at either end (``randint(20, T)``, ``randint(0, T − 1)``):
+    t ~ U{0, …, T − 1}. Of 20,000 draws, the chance that 0 (or T − 1) is missing is
+    (1 − 1/T)^20000 ≈ e^−20 for T = 1000. The augmentation and the VAE are stubbed out: only
+    the draw of t is under test."""
+    trainer = _trainer(tiny_sd_path, batch_size=20_000)
+    big = trainer.models.num_train_timesteps
+    assert big <= 1000
+    monkeypatch.setattr(trainer, "augment", lambda images, seed: images)
+    monkeypatch.setattr(trainer.models, "encode_images", lambda images: images[:, :1, :2, :2])
+    _, _, _, t = trainer.noisy_batch(torch.ones(1, 3, 4, 4), step=1)
+    assert int(t.min()) == 0 and int(t.max()) == big - 1
+
+
 def test_the_base_term_conditions_on_the_base_sentence(tiny_sd_path):
     """Guards against ``tau_base = encode(full_prompt)``. Eq. 5.3's τ_b is the
     sentence without descriptors, "An image of a cube"; the full one, at the start, means
@@ -626,3 +640,24 @@ def test_a_sentence_of_exactly_the_limit_is_accepted(tiny_sd_path):
     trainer.tokenizer.model_max_length = n - 1
     with pytest.raises(DreamtextError):
         trainer.check_length(())
+
+
+def test_the_last_step_is_logged_when_it_is_no_multiple_of_log_every(tiny_sd_path, tmp_path):
+    """3 steps logged every 2: steps 2 and 3 (the end), so the log shows the final loss."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    options = DescriptorOptions(iters=3, log_every=2, checkpoint_every=0, preview_every=0)
+    train_descriptor(image_path, workspace, guidance, options)
+    log = workspace / "descriptor" / "log.jsonl"
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 3]
+
+
+def test_a_checkpoint_past_the_steps_asked_records_the_step_it_holds(tiny_sd_path, tmp_path):
+    """Trained to step 2, then asked for 1: nothing trains and nothing is undone, so
+    sentence.json says the descriptor is of step 2, the step its learned file holds."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2, preview_every=0))
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=1, preview_every=0))
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert record["descriptor_iters"] == 2

@@ -89,3 +89,18 @@ def test_diverse_prefers_the_new_folder_of_its_prompt_to_an_ascii_one_of_before(
     assert imageto3d.diverse_workspace(cfg, named=False) == str(legacy)
     folder.mkdir()
     assert imageto3d.diverse_workspace(cfg, named=False) == str(folder)
+
+
+def test_a_descriptor_stopped_exactly_at_the_steps_asked_gets_no_past_note(tmp_path, capsys):
+    """A checkpoint at step 3 with --descriptor-iters 3 is not "past" it: the training ends at
+    3 without a note; at --descriptor-iters 2 it is kept at 3, with the note."""
+    from dreamtext.descriptor import _atomic_torch_save
+    from dreamtext.imageto3d import _past_stop
+
+    checkpoint = tmp_path / "descriptor" / "checkpoints" / "last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    _atomic_torch_save({"step": 3}, checkpoint)
+    assert _past_stop(tmp_path, 3) == 3
+    assert "past" not in capsys.readouterr().err
+    assert _past_stop(tmp_path, 2) == 3
+    assert "stopped at step 3 already, past --descriptor-iters 2" in capsys.readouterr().err
