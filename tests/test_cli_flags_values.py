@@ -1,0 +1,106 @@
+"""The `dreamtext` flags' own refusals and values (dreamtext.flagtypes and the flags the CLI
+builds from it), second mutation pass: expected values from the help texts, README.md and the
+thesis, not from the code's output."""
+
+import pytest
+
+from dreamtext.cli import build_parser
+
+
+def parse(*argv):
+    return build_parser().parse_args([str(a) for a in argv])
+
+
+def refusal(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as stop:
+        parse(*argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    return err
+
+
+@pytest.mark.parametrize("flag", ["--guidance", "--lr"])
+@pytest.mark.parametrize("text", ["inf", "1e999"])
+def test_an_infinite_float_flag_is_refused_as_not_finite(capsys, flag, text):
+    """A positive float flag takes values "above zero" and finite (flagtypes.positive's line
+    "must be positive and finite"): infinity is no learning rate or guidance scale."""
+    err = refusal(capsys, "text", "a castle", flag, text)
+    assert f"must be positive and finite, got {text}" in err
+
+
+def test_view_and_batch_defaults_are_the_readmes():
+    """README.md: `dreamtext view` opens http://127.0.0.1:8000/; `--lock-timeout` seconds
+    (600 by default)."""
+    view = parse("view")
+    assert (view.port, view.host) == (8000, "127.0.0.1")
+    assert parse("batch", "p.txt").lock_timeout == 600.0
+
+
+def test_equal_ends_of_the_t_range_are_refused(capsys):
+    """`--t-range T_MIN T_MAX`: T_MIN must be below T_MAX, an empty range included."""
+    err = refusal(capsys, "text", "a castle", "--t-range", "0.5", "0.5")
+    assert "T_MIN must be below T_MAX, got 0.5 0.5" in err
+
+
+def test_epochs_are_a_hundred_iterations_each():
+    """--epochs' help: "sets --iters = epochs × 100"."""
+    from dreamtext.cli import text_overrides
+
+    assert text_overrides(parse("text", "a castle", "--epochs", "3"))["iters"] == 300
+
+
+@pytest.mark.parametrize(("word", "split"), [("one", False), ("split", True)])
+def test_side_views_reach_the_config(word, split):
+    from dreamtext.cli import text_overrides
+
+    out = text_overrides(parse("text", "a castle", "--side-views", word))
+    assert out["guidance"]["views"] == {"split_sides": split}
+
+
+def test_compile_compiles_the_guidance_and_the_field_and_no_compile_neither():
+    """--compile: the U-Net, the VAE encoder and the field's MLPs, the guidance replayed as CUDA
+    graphs (reduce-overhead); --no-compile keeps the field's MLPs eager too."""
+    from dreamtext.cli import text_overrides
+
+    on = text_overrides(parse("text", "a castle", "--compile"))
+    assert on["guidance"]["compile"] is True
+    assert on["guidance"]["compile_vae"] is True
+    assert on["guidance"]["compile_mode"] == "reduce-overhead"
+    assert on["render"] == {"compile_field": True}
+    off = text_overrides(parse("text", "a castle", "--no-compile"))
+    assert off["guidance"]["compile"] is False
+    assert off["guidance"]["compile_vae"] is False
+    assert "compile_mode" not in off["guidance"]
+    assert off["render"] == {"compile_field": False}
+    assert "render" not in text_overrides(parse("text", "a castle"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--iters", "5", "--epochs", "1"], "give --iters or --epochs, not both"),
+        (["--resume", "--overwrite"], "give --resume or --overwrite, not both"),
+    ],
+)
+def test_conflicting_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, line):
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["text", "a castle", "--model", "builtin:shapes", *argv])
+    assert code == 2
+    assert capsys.readouterr().err == f"dreamtext: error: {line}\n"
+
+
+def test_zero_describe_and_descriptor_flags_reach_their_options():
+    """`--max-words 0` (the placeholders keep the words they start from) and
+    `--descriptor-iters 0` (text→3D on the sentence's own words) are values, not unset flags
+    whose defaults (15, 10000) stand."""
+    from dreamtext.cli import describe_options, image_overrides
+
+    args = parse("image", "mug.png", "--max-words", "0", "--descriptor-iters", "0")
+    assert describe_options(args).max_words == 0
+    out = image_overrides(args)
+    assert out["describe"] == {"max_words": 0}
+    assert out["descriptor"] == {"iters": 0}
+    assert image_overrides(parse("image", "mug.png"))["descriptor"] == {}
