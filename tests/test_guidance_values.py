@@ -1,0 +1,223 @@
+"""Values of the SDS guidance that the equation tests leave open: validation boundaries, the
+time range's edges, Perp-Neg with no prompt direction, a non-finite render, and what
+``set_prompt`` / ``predict_noise`` hand the U-Net."""
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dreamtext.cameras import ViewThresholds
+from dreamtext.errors import DreamtextError
+from dreamtext.guidance import (
+    GuidanceConfig,
+    ScoreDistillation,
+    StableDiffusionGuidance,
+    compiler_error,
+    make_guidance,
+    perp_neg_guidance,
+    sample_timesteps,
+)
+
+# ----------------------------------------------------------------------------------------------
+# GuidanceConfig.validate at its boundaries
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GuidanceConfig(guidance_scale=0.0),  # ε̂ = ε_c, plain conditional SDS
+        GuidanceConfig(views=ViewThresholds(overhead=60.0, bottom=60.0)),  # "≤", no side band
+        GuidanceConfig(views=ViewThresholds(front_end=180.0, back_start=180.0)),  # "≤"
+        GuidanceConfig(t_anneal_end=0.0),  # [0, 1] is closed
+    ],
+)
+def test_settings_on_the_documented_boundaries_are_accepted(cfg):
+    cfg.validate()
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (GuidanceConfig(views=ViewThresholds(front_start=60.0, front_end=60.0)), "front_start <"),
+        (GuidanceConfig(guidance_scale=4e38), "past float32's range"),
+        (GuidanceConfig(perp_neg_weights={"side": {"front": math.nan}}), "perp_neg_weights"),
+        (GuidanceConfig(perp_neg_weights={"side": {"front": math.inf}}), "perp_neg_weights"),
+        (GuidanceConfig(perp_neg_weights={"side": {"front": True}}), "perp_neg_weights"),
+    ],
+)
+def test_settings_just_past_the_documented_boundaries_are_refused(cfg, message):
+    with pytest.raises(DreamtextError, match=message):
+        cfg.validate()
+
+
+# ----------------------------------------------------------------------------------------------
+# Timesteps
+
+
+def test_a_single_time_range_draws_that_time():
+    t = sample_timesteps(50, (0.5, 0.5), 1000, generator=torch.Generator().manual_seed(0))
+    assert set(t.tolist()) == {500}
+
+
+def test_an_anneal_end_below_t_min_anneals_towards_t_min():
+    """e = clamp(0, 0.1, 0.9) = 0.1; at r = 0.5, t_max = 0.9 − 0.5 (0.9 − 0.1) = 0.5 → 500
+    (not 0.9 − 0.5 · 0.9 = 0.45)."""
+    gen = torch.Generator().manual_seed(0)
+    t = sample_timesteps(20000, (0.1, 0.9), 1000, 0.5, True, gen, anneal_end=0.0)
+    assert int(t.max()) == 500 and int(t.min()) == 100
+
+
+# ----------------------------------------------------------------------------------------------
+# Perp-Neg with no prompt direction
+
+
+def test_perp_neg_with_a_zero_prompt_direction_subtracts_the_whole_negative():
+    """Δ = 0: the projection onto Δ is 0, so Δ_k^⊥ = Δ_k = (0, 1) and
+    ε̂ = ε_c + s (0 − w Δ_k) = (0, 0) + 5 (0, −2) = (0, −10), not NaN (a skipped step)."""
+    uncond = cond = torch.zeros(1, 1, 1, 2)
+    negative = torch.tensor([0.0, 1.0]).reshape(1, 1, 1, 1, 2)
+    out = perp_neg_guidance(uncond, cond, negative, torch.tensor([[2.0]]), 5.0)
+    torch.testing.assert_close(out, torch.tensor([0.0, -10.0]).reshape(1, 1, 1, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# A render that is not finite, under a prior whose prediction stays finite
+
+
+class FinitePrior(ScoreDistillation):
+    def set_prompt(self, prompt: str, negative: str = "") -> None:
+        pass
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return images * 2 - 1
+
+    def predict_noise(self, x_t, t, labels):
+        return torch.zeros_like(x_t), torch.zeros_like(x_t)
+
+
+def test_a_non_finite_render_is_skipped_even_when_the_prediction_is_finite():
+    prior = FinitePrior(GuidanceConfig())
+    images = torch.rand(1, 3, 4, 4)
+    images[0, 0, 0, 0] = math.nan
+    images.requires_grad_(True)
+    loss, info = prior.sds_loss(images, ["front"])
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and info["skipped"] == 1.0
+    assert torch.equal(images.grad, torch.zeros_like(images))
+    assert prior.skipped_steps == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# What predict_noise hands the U-Net
+
+
+def test_each_perp_neg_negative_is_predicted_on_its_own_samples_latents():
+    """Rows [uncond × 2, cond × 2, view 0's two negatives, view 1's two]: the negatives' latents
+    are [x0, x0, x1, x1]."""
+    seen = {}
+
+    class Unet:
+        def __call__(self, x, t, encoder_hidden_states):
+            seen["x"] = x.clone()
+            return SimpleNamespace(sample=torch.zeros_like(x))
+
+    class Prompts:
+        def get(self, labels):
+            return torch.zeros(len(labels), 3, 4), torch.ones(len(labels), 3, 4)
+
+        def negatives(self, labels):
+            return torch.full((len(labels), 2, 3, 4), 2.0), torch.ones(len(labels), 2)
+
+    guidance = object.__new__(StableDiffusionGuidance)
+    guidance.cfg = GuidanceConfig(perp_neg=True)
+    guidance.prompts, guidance.unet, guidance.prediction_type = Prompts(), Unet(), "epsilon"
+    guidance.models = SimpleNamespace(unet=None, unet_input=lambda x: x)
+    x_t = torch.stack([torch.zeros(4, 2, 2), torch.ones(4, 2, 2)])
+    guidance.predict_noise(x_t, torch.tensor([100, 700]), ["side", "back"])
+    assert seen["x"][4:].flatten(1).mean(1).tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_v_prediction_uses_each_samples_own_time(tiny_sd_v_path: Path):
+    """Two samples at t = 100 and 900: each row's ε = √ᾱ_t v + √(1 − ᾱ_t) x_t with its own t."""
+    guidance = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_v_path)))
+    guidance.set_prompt("a sphere")
+    torch.manual_seed(6)
+    x_t, t = torch.randn(2, 4, 32, 32), torch.tensor([100, 900])
+    prediction = guidance.predict_noise(x_t, t, ["side", "side"])
+    _, cond = guidance.prompts.get(["side", "side"])
+    with torch.no_grad():
+        v = guidance.unet(x_t, t, encoder_hidden_states=cond).sample
+    ab = guidance.alphas_cumprod[t][:, None, None, None]
+    torch.testing.assert_close(prediction.cond, ab.sqrt() * v + (1 - ab).sqrt() * x_t)
+
+
+# ----------------------------------------------------------------------------------------------
+# What set_prompt encodes
+
+
+def test_the_negative_prompt_is_the_unconditional_embedding(tiny_sd_path: Path):
+    """With --negative "a cat", ε_u is predicted on the embedding of "a cat" (the one "a cat" gets
+    as a prompt, view-independent), not on the empty prompt's."""
+    cfg = GuidanceConfig(model=str(tiny_sd_path), view_dependent=False)
+    guidance = StableDiffusionGuidance(cfg)
+    guidance.set_prompt("a cat")
+    cat = guidance.prompts.get(["front"])[1]
+    guidance.set_prompt("a dog")
+    empty = guidance.prompts.get(["front"])[0]
+    guidance.set_prompt("a dog", negative="a cat")
+    uncond = guidance.prompts.get(["front"])[0]
+    torch.testing.assert_close(uncond, cat)
+    assert not torch.allclose(uncond, empty)
+
+
+def test_without_view_dependent_prompts_every_view_gets_the_prompt(tiny_sd_path: Path):
+    """view_dependent off (with the default Perp-Neg weights left in the config, Perp-Neg off):
+    the front and back views share one embedding, and nothing is refused."""
+    cfg = GuidanceConfig(model=str(tiny_sd_path), view_dependent=False)
+    guidance = StableDiffusionGuidance(cfg)
+    guidance.set_prompt("a dog")
+    _, cond = guidance.prompts.get(["front", "back"])
+    torch.testing.assert_close(cond[0], cond[1])
+
+
+def test_split_side_views_get_prompts_of_their_own(tiny_sd_path: Path):
+    cfg = GuidanceConfig(model=str(tiny_sd_path), views=ViewThresholds(split_sides=True))
+    guidance = StableDiffusionGuidance(cfg)
+    guidance.set_prompt("a dog")
+    _, cond = guidance.prompts.get(["left side", "right side", "front"])
+    assert not torch.allclose(cond[0], cond[2])
+
+
+# ----------------------------------------------------------------------------------------------
+# Routing and errors
+
+
+def test_a_model_folder_whose_name_starts_with_builtin_is_not_the_builtin_prior(tmp_path: Path):
+    """Only ``builtin:…`` is the built-in prior; a folder named ``builtinsd`` is a model path."""
+    with pytest.raises(DreamtextError, match="does not exist"):
+        make_guidance(GuidanceConfig(model=str(tmp_path / "builtinsd")))
+    with pytest.raises(DreamtextError, match="does not exist"):
+        make_guidance(GuidanceConfig(model="builtinsd"))
+
+
+def test_inductors_errors_are_the_compilers():
+    inductor = type("LoweringException", (Exception,), {"__module__": "torch._inductor.exc"})
+    dynamo = type("BackendCompilerFailed", (Exception,), {"__module__": "torch._dynamo.exc"})
+    assert compiler_error(inductor("x")) and compiler_error(dynamo("x"))
+    assert not compiler_error(RuntimeError("x"))
+
+
+def test_out_of_memory_while_checking_the_compiled_encoder_stays_out_of_memory():
+    """Running out of memory is not "torch.compile does not build the VAE encoder"."""
+
+    def encoder(images):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    guidance = object.__new__(StableDiffusionGuidance)
+    guidance.models = SimpleNamespace(encode_images=lambda images: images * 2)
+    guidance._encoder = encoder
+    with pytest.raises(torch.OutOfMemoryError):
+        guidance._check_encoder(torch.rand(1, 3, 4, 4))
