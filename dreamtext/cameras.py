@@ -48,8 +48,8 @@ class ViewThresholds:
     ``below`` (off: ``None``, as in the thesis): cameras at θ ≥ ``below`` (and under ``bottom``)
     get labels of their own, the azimuth label with " below" ("front below", "left side below"),
     so a view from under the horizon has its own prompt (and, with the built-in prior, its own
-    image set) instead of sharing the one of the views from above. Perp-Neg's weights name no
-    such label, so these views get no negative prompts.
+    image set) instead of sharing the one of the views from above. Perp-Neg's default weights
+    give them their own: a side or back view from below pushes away from "front below".
     """
 
     overhead: float = 30.0
@@ -69,6 +69,13 @@ class ViewThresholds:
             return labels
         azimuthal = [label for label in labels if label not in POLAR_LABELS]
         return (*labels, *(f"{label} below" for label in azimuthal))
+
+
+def every_view_label() -> tuple[str, ...]:
+    """Every label any :class:`ViewThresholds` can give: the thesis's, the split sides', and the
+    " below" form of each azimuth label."""
+    labels = tuple(dict.fromkeys((*VIEW_LABELS, *SPLIT_VIEW_LABELS)))
+    return (*labels, *(f"{label} below" for label in labels if label not in POLAR_LABELS))
 
 
 @dataclass
@@ -317,6 +324,7 @@ __all__ = [
     "ViewThresholds",
     "angles_from_position",
     "box_outside_ranges",
+    "every_view_label",
     "focal_from_fovy",
     "get_rays",
     "look_at",

@@ -41,10 +41,15 @@ def default_perp_neg_weights() -> dict[str, dict[str, float]]:
     The Janus problem is the front (a face) appearing in every view, so the views that are not the
     front use the front-view prompt as their negative; the front, overhead and bottom views have
     none. The weight 2 matches stable-dreamfusion's default ``negative_w``. Both the thesis's
-    "side" and the split "left side" / "right side" labels are listed; a run uses those its
-    ``ViewThresholds`` give.
+    "side" and the split "left side" / "right side" labels are listed, and their " below" forms
+    (``ViewThresholds.below``), which push away from the front seen from below; a run uses those
+    its ``ViewThresholds`` give.
     """
-    return {label: {"front": 2.0} for label in ("side", "left side", "right side", "back")}
+    sides = ("side", "left side", "right side", "back")
+    return {
+        **{label: {"front": 2.0} for label in sides},
+        **{f"{label} below": {"front below": 2.0} for label in sides},
+    }
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dreamtext.cameras import SPLIT_VIEW_LABELS, VIEW_LABELS, with_view
+from dreamtext.cameras import VIEW_LABELS, every_view_label, with_view
 from dreamtext.errors import DreamtextError
 
 
@@ -51,7 +51,7 @@ class PromptEmbeddings:
             raise DreamtextError("the prompt is empty; give a text prompt such as 'a red castle'")
         if perp_neg_weights and not view_dependent:
             raise DreamtextError("Perp-Neg needs view-dependent prompts; turn view_dependent on")
-        known = tuple(dict.fromkeys((*VIEW_LABELS, *SPLIT_VIEW_LABELS)))
+        known = every_view_label()  # a run's own " below" labels included
         for label, negatives in (perp_neg_weights or {}).items():
             unknown = [v for v in (label, *negatives) if v not in known]
             if unknown:
@@ -172,8 +172,9 @@ def add_textual_inversion(
             )
         names = [token] + [f"{token}_{i}" for i in range(1, vecs.shape[0])]
         vocab = tokenizer.get_vocab()
-        # CLIP stores whole words with a "</w>" suffix: "red" is taken by "red</w>".
-        taken = [n for n in names if n in vocab or f"{n}</w>" in vocab]
+        # CLIP stores whole words with a "</w>" suffix: "red" is taken by "red</w>"; and its
+        # tokenizer lowercases the text, so "Red" in a prompt is that word too.
+        taken = [n for n in names if {n, f"{n}</w>", n.lower(), f"{n.lower()}</w>"} & vocab.keys()]
         if taken:
             raise DreamtextError(
                 f"token {taken[0]!r} is already in the tokenizer; rename the learned token"

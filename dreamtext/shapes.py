@@ -21,6 +21,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -570,7 +571,7 @@ def _read_cache(path: Path) -> ShapesDataset | None:
                 torch.from_numpy(data["polar"]),
                 torch.from_numpy(data["azimuth"]),
             )
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         log.warning(
             "the built-in prior's cached images in %s are damaged (%s); rendering them again",
             path,

@@ -151,6 +151,29 @@ def test_split_side_labels_get_their_own_prompts_and_perp_neg(tokenizer, text_en
     assert w.tolist() == [[2.0]]
 
 
+def test_views_from_below_push_away_from_the_front_seen_from_below(tokenizer, text_encoder):
+    """``views.below`` gives labels of their own ("side below"): Perp-Neg's weights for them were
+    refused as unknown labels, and the defaults gave those views no negative (the Janus face
+    came back in every view from under the horizon)."""
+    labels = ViewThresholds(below=90.0).labels
+    prompts = PromptEmbeddings(
+        tokenizer, text_encoder, "a dog", perp_neg_weights=default_perp_neg_weights(), labels=labels
+    )
+    embeds, w = prompts.negatives(["side below", "back below", "front below", "side"])
+    for b in (0, 1):
+        torch.testing.assert_close(embeds[b, 0], prompts.cond["front below"])
+    torch.testing.assert_close(embeds[3, 0], prompts.cond["front"])
+    assert w.tolist() == [[2.0], [2.0], [0.0], [2.0]]
+    own = PromptEmbeddings(
+        tokenizer,
+        text_encoder,
+        "a dog",
+        perp_neg_weights={"left side below": {"front below": 1.5, "back below": 0.5}},
+        labels=ViewThresholds(split_sides=True, below=90.0).labels,
+    )
+    assert own.perp_neg_weights == {"left side below": {"front below": 1.5, "back below": 0.5}}
+
+
 def test_perp_neg_rejects_unknown_view_labels(tokenizer, text_encoder):
     with pytest.raises(DreamtextError, match="'left'"):
         PromptEmbeddings(tokenizer, text_encoder, "a dog", perp_neg_weights={"side": {"left": 1.0}})
@@ -192,6 +215,13 @@ def test_textual_inversion_of_another_width_is_a_user_error(tokenizer, text_enco
 def test_textual_inversion_token_already_in_vocabulary_is_a_user_error(tokenizer, text_encoder):
     with pytest.raises(DreamtextError, match="already in the tokenizer"):
         add_textual_inversion(tokenizer, text_encoder, {"red": torch.randn(1, 32)})
+
+
+def test_a_learned_token_that_is_a_word_in_capitals_is_refused_too(tokenizer, text_encoder):
+    """CLIP's tokenizer lowercases the text: a learned "Red" took the place of the word "red"
+    in every prompt and negative prompt of the run, without a word."""
+    with pytest.raises(DreamtextError, match="token 'Red' is already in the tokenizer"):
+        add_textual_inversion(tokenizer, text_encoder, {"Red": torch.randn(1, 32)})
 
 
 def test_read_textual_inversion_round_trips_the_file(tmp_path: Path):

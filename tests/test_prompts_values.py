@@ -1,0 +1,33 @@
+"""Textual-inversion files (dreamtext.prompts.read_textual_inversion): what a user's file gives."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dreamtext.errors import DreamtextError
+from dreamtext.prompts import read_textual_inversion
+
+
+def test_a_textual_inversion_file_with_no_tokens_is_a_user_error(tmp_path: Path):
+    path = tmp_path / "learned_embeds.safetensors"
+    save_file({}, str(path))
+    with pytest.raises(DreamtextError, match="holds no token embeddings"):
+        read_textual_inversion(path)
+
+
+def test_a_file_that_is_not_safetensors_is_a_user_error_naming_it(tmp_path: Path):
+    path = tmp_path / "learned_embeds.safetensors"
+    path.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(DreamtextError, match="is not a safetensors file of token embeddings"):
+        read_textual_inversion(path)
+
+
+def test_a_textual_inversion_path_under_home_is_expanded(tmp_path: Path, monkeypatch):
+    # "~/learned.safetensors" is the file in $HOME, as a shell would have it.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    vectors = torch.arange(64, dtype=torch.float32).reshape(2, 32)
+    save_file({"<dt-cat>": vectors}, str(tmp_path / "learned.safetensors"))
+    embeds = read_textual_inversion("~/learned.safetensors")
+    torch.testing.assert_close(embeds["<dt-cat>"], vectors)
