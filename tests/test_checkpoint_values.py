@@ -292,3 +292,62 @@ def test_a_checkpoint_from_before_run_ids_is_of_run_empty_and_none_without_one(t
     save_checkpoint(tmp_path, a_state(20) | {"run_id": "abc123"})
     assert checkpoint_run(tmp_path / "checkpoints" / "last.pt") == "abc123"
     assert checkpoint_run(tmp_path / "checkpoints" / "missing.pt") is None
+
+
+def test_a_damaged_last_pt_with_every_step_file_damaged_says_train_again(tmp_path):
+    """No whole checkpoint to go on from: the one line says to train again (no TypeError from
+    naming a step file that does not exist)."""
+    from damage import flip_a_tensor_byte
+
+    from dreamtext.checkpoint import RUN_KEYS, UnreadableCheckpoint
+
+    for step in (5, 10):
+        save_checkpoint(tmp_path, a_run_state(step))  # step_000005.pt, last.pt of 10
+    folder = tmp_path / "checkpoints"
+    flip_a_tensor_byte(folder / "last.pt")
+    flip_a_tensor_byte(folder / "step_000005.pt")
+    with pytest.raises(UnreadableCheckpoint, match="no earlier checkpoint of the run is whole"):
+        load_checkpoint(folder / "last.pt", required=RUN_KEYS)
+
+
+def test_a_step_record_that_cannot_be_written_fails_no_save(tmp_path):
+    """last.step.json is a shortcut for the CLI: where it cannot be written (here a folder of
+    that name is in the way) the checkpoint is still saved, and no record is believed."""
+    from dreamtext.runfiles import recorded_step
+
+    blocker = tmp_path / "checkpoints" / "last.step.json"
+    blocker.mkdir(parents=True)
+    (blocker / "x").write_text("in the way")
+    last = save_checkpoint(tmp_path, a_state(7))
+    assert checkpoint_step(last) == 7
+    assert recorded_step(tmp_path) is None
+
+
+def test_a_runs_renderer_comes_back_with_its_trained_occupancy_grid(tmp_path):
+    """load_run restores the renderer's state (its occupancy grid) as saved, not a fresh one
+    that marks every cell occupied."""
+    from dreamtext.factory import build_field, build_renderer
+    from dreamtext.field import field_config_to_dict
+
+    cfg = resolve_config(
+        {**TINY_TRAIN, "prompt": "a red cube", "guidance": {"model": "builtin:shapes"}}
+    )
+    field, renderer = build_field(cfg.field, "cpu"), build_renderer(cfg.render, "cpu")
+    grid = renderer.state_dict()
+    grid["grid.occupied"].view(-1)[::2] = False
+    grid["grid.density"].view(-1)[::3] = 2.5
+    renderer.load_state_dict(grid)
+    state = {
+        "step": 2,
+        "field": field.state_dict(),
+        "optimizer": {},
+        "renderer": renderer.state_dict(),
+        "rng": {},
+        "config": config_to_dict(cfg),
+        "field_config": field_config_to_dict(cfg.field),
+    }
+    save_checkpoint(tmp_path, state)
+    _, loaded_renderer, _ = load_run(tmp_path)
+    loaded = loaded_renderer.state_dict()
+    assert int(loaded["grid.occupied"].sum()) == loaded["grid.occupied"].numel() // 2
+    assert torch.equal(loaded["grid.density"], grid["grid.density"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dreamtext.errors import DreamtextError
-from dreamtext.latestrun import newest_run, newest_run_unread, runs_in
+from dreamtext.latestrun import newest_run, newest_run_unread, runs_in, step_files
 
 
 def _file(path: Path, mtime: float) -> Path:
@@ -121,3 +121,48 @@ def test_a_folder_named_last_pt_makes_no_run_newest(tmp_path):
     os.utime(folder, (T + 300, T + 300))
     assert newest_run(tmp_path, _newest_step) == tmp_path / "a"
     assert newest_run_unread(tmp_path) == tmp_path / "a"
+
+
+def test_a_step_file_as_old_as_the_newest_last_pt_is_not_read(tmp_path):
+    """The docstring: a run without last.pt has its step files read only when one is newer
+    than every last.pt. One written the same second as a's last.pt is not newer, so none is
+    read and the run with last.pt is the answer, also without reading."""
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
+    _file(tmp_path / "b" / "checkpoints" / "step_000010.pt", T + 100)
+
+    def never(folder):
+        raise AssertionError(f"read a step file of {folder}")
+
+    assert newest_run(tmp_path, never) == tmp_path / "a"
+    assert newest_run_unread(tmp_path) == tmp_path / "a"
+
+
+def test_runs_in_takes_no_folder_named_last_pt_for_a_checkpoint(tmp_path):
+    """runs_in lists the runs that hold a checkpoint file: a folder at b/checkpoints/last.pt,
+    with no step file beside it, is none, so b is no run to list."""
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
+    (tmp_path / "b" / "checkpoints" / "last.pt").mkdir(parents=True)
+    assert runs_in(tmp_path) == [(T + 100, tmp_path / "a")]
+
+
+def test_step_files_are_only_names_of_the_whole_step_pattern(tmp_path):
+    """step_XXXXXX.pt and nothing more: a step_000009.pt.pt (a copy renamed by hand) is no
+    step file, and would otherwise pass for the newest checkpoint, of step 9."""
+    two = _file(tmp_path / "step_000002.pt", T)
+    _file(tmp_path / "step_000009.pt.pt", T)
+    assert step_files(tmp_path) == [(2, two)]
+
+
+def test_a_sentence_json_beside_a_runs_checkpoints_outside_descriptor_is_still_a_run(tmp_path):
+    """Only a descriptor/ folder's checkpoints (beside its sentence.json) are a descriptor's:
+    a run whose own folder holds a sentence.json is still a run, listed and exported."""
+    _file(tmp_path / "run" / "checkpoints" / "last.pt", T + 100)
+    (tmp_path / "run" / "sentence.json").write_text("{}")
+    assert newest_run(tmp_path, _newest_step) == tmp_path / "run"
+    assert runs_in(tmp_path) == [(T + 100, tmp_path / "run")]
+
+
+def test_newest_run_unread_finding_no_run_is_none_not_an_error(tmp_path):
+    """Its docstring: None where it finds no run (the export says why after its imports)."""
+    assert newest_run_unread(tmp_path) is None
+    assert newest_run_unread(tmp_path / "missing") is None
