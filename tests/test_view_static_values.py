@@ -1,0 +1,66 @@
+"""`dreamtext view --static` and the run page's data checked against values worked out by hand,
+for the lines a mutation round of dreamtext/view/page.py and dreamtext/view/static.py found
+untested."""
+
+from pathlib import Path
+
+from test_view import batch_record, page_data, root, write_records  # noqa: F401  (root: fixture)
+
+from dreamtext.view import export_static
+
+
+def test_a_static_card_of_a_batch_line_never_made_names_no_workspace(root: Path, tmp_path):  # noqa: F811
+    """A batch line whose workspace was never made has no folder: its static card says so
+    (``workspace`` null: app.js writes "no workspace" and links no page), as the server's does,
+    instead of naming the run as if its folder were there."""
+    write_records(root / "batch.jsonl", [batch_record(1, "never_made", "failed", "boom")])
+    out = export_static([root], tmp_path / "site")
+    cards = {card["id"]: card for card in page_data(out / "index.html")["runs"]}
+    assert cards["never_made"]["workspace"] is None
+    assert cards["cube"]["workspace"] == "cube"  # a made run: its name, not its local path
+
+
+def test_a_static_page_names_no_export_command_for_an_empty_typed_workspace(root: Path, tmp_path):  # noqa: F811
+    """A static page names the folder the training was given (config.json's ``workspace``);
+    where that is empty there is no folder to name: no command (app.js then writes
+    ``--workspace <its folder>``), not ``dreamtext export --workspace ''``, which exports
+    nothing."""
+    config = root / "cube" / "config.json"
+    config.write_text(config.read_text().replace(f'"{root / "cube"}"', '""'))
+    assert '"workspace": ""' in config.read_text()
+    out = export_static([root], tmp_path / "site")
+    assert page_data(out / "runs" / "cube" / "index.html")["run"]["export_command"] is None
+    sphere = page_data(out / "runs" / "sphere" / "index.html")["run"]["export_command"]
+    assert sphere == f"dreamtext export --workspace {root / 'sphere'}"  # as typed where it ran
+
+
+def test_a_glb_removed_after_its_run_was_read_gets_no_script_on_the_page(
+    root: Path,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """The run's GLB removed between the read and the copy (a new export under way): the page
+    names no GLB script (its 3D view says there is none), rather than one the folder lacks."""
+    from dreamtext.view import static
+
+    read = static.read_run
+
+    def reading(location, *args, **kwargs):
+        run = read(location, *args, **kwargs)
+        if location.name == "cube" and "glb" in run.mesh:
+            (root / "cube" / run.mesh["glb"]).unlink()
+        return run
+
+    monkeypatch.setattr(static, "read_run", reading)
+    out = export_static([root], tmp_path / "site")
+    assert page_data(out / "runs" / "cube" / "index.html")["glb_script"] is None
+    assert not (out / "runs" / "cube" / "mesh.glb.js").exists()
+
+
+def test_infinities_in_a_runs_data_reach_the_page_as_null():
+    """JSON has no Infinity (RFC 8259 6): a log's ``inf`` or ``-inf`` loss, as its NaN, is
+    written ``null``, not a ValueError that fails the page."""
+    from dreamtext.view.page import script_json
+
+    data = {"loss": [1.5, float("inf"), float("-inf"), float("nan")], "t": (float("inf"),)}
+    assert script_json(data) == '{"loss": [1.5, null, null, null], "t": [null]}'
