@@ -87,3 +87,20 @@ def test_build_parts_gives_the_field_the_flags_mlp_precision(monkeypatch):
     factory.build_parts(cfg, torch.device("cuda"), with_guidance=False, with_optimizer=False)
     factory.build_parts(cfg, torch.device("cpu"), with_guidance=False, with_optimizer=False)
     assert seen == [torch.float16, None]
+
+
+# -- mutation round 69L ------------------------------------------------------------------------
+
+
+def test_build_parts_gives_the_optimiser_the_configs_learning_rate():
+    """``lr: 5e-4``: the MLPs at 5e-4, the hash table at 10 × that (``encoding_lr_scale``)."""
+    cfg = resolve_config(
+        {
+            "prompt": "a red cube",
+            "lr": 5e-4,
+            "field": {"num_levels": 2, "log2_hashmap_size": 8, "encoding": "torch"},
+        }
+    )
+    parts = factory.build_parts(cfg, torch.device("cpu"), with_guidance=False)
+    by_name = {group["name"]: group["lr"] for group in parts.optimizer.param_groups}
+    assert by_name == pytest.approx({"mlp": 5e-4, "encoding": 5e-3})

@@ -176,3 +176,140 @@ def test_the_sampling_pipeline_is_ddim_on_the_models_schedule_without_clipping(
     assert isinstance(scheduler, DDIMScheduler)
     assert scheduler.config.clip_sample is False
     torch.testing.assert_close(scheduler.alphas_cumprod.float(), models.alphas_cumprod.cpu())
+
+
+# -- mutation round 69L ------------------------------------------------------------------------
+
+
+def test_a_relative_folder_path_that_does_not_exist_is_refused_not_sent_to_the_hub(
+    tmp_path, monkeypatch
+):
+    """``./sd21`` has one slash, as a hub id does, but names a folder: a typo of it is a missing
+    folder, not an id to look up in the Hugging Face cache."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DreamtextError, match=r"model folder '\./sd21' does not exist"):
+        locate_model("./sd21")
+
+
+def test_a_half_precision_load_on_the_cpu_is_refused_naming_the_gpu(tiny_sd_path):
+    """Callers that name the dtype themselves (not through --fp16) are refused too, before any
+    weights are read."""
+    with pytest.raises(DreamtextError, match="needs a CUDA GPU"):
+        models_module.load_stable_diffusion(str(tiny_sd_path), "cpu", torch.float16)
+
+
+@pytest.mark.parametrize(
+    "conditioning", [{"num_class_embeds": 1000}, {"class_embed_type": "timestep"}]
+)
+def test_a_unet_conditioned_on_class_labels_is_refused(conditioning):
+    """SD 2.x's x4 upscaler conditions on a noise level through ``num_class_embeds``, unCLIP
+    through ``class_embed_type``: either alone is a U-Net dreamtext cannot drive."""
+    from diffusers.configuration_utils import FrozenDict
+
+    unet = FrozenDict(cross_attention_dim=32, **conditioning)
+    with pytest.raises(DreamtextError, match="class labels"):
+        models_module.check_text_to_image_unet("m", unet, FrozenDict(hidden_size=32))
+
+
+def test_the_latent_scale_is_the_folders_vae_scaling_factor(tiny_sd_path, tmp_path):
+    """A VAE saved with another ``scaling_factor`` (SD 1.x/2.x: 0.18215) scales its latents by
+    that one: the U-Net was trained on latents of unit variance under it."""
+    from tiny_models import pipeline_variant
+
+    folder = pipeline_variant(tiny_sd_path, tmp_path / "scaled", vae={"scaling_factor": 0.5})
+    models = models_module.load_stable_diffusion(str(folder))
+    assert models.scaling_factor == 0.5
+    images = torch.rand(1, 3, models.resolution, models.resolution)
+    with torch.no_grad():
+        got = models.encode_images(images)
+        mean = models.vae.encode(images * 2 - 1).latent_dist.mean
+    torch.testing.assert_close(got, mean * 0.5)
+
+
+def test_a_render_twice_the_native_size_is_averaged_over_two_by_two_pixels(tiny_sd_path):
+    """Bilinear resizing without corner alignment (PyTorch's and stable-dreamfusion's) halves a
+    size by sampling between each pixel pair: each pixel of the result is the mean of a 2×2
+    block."""
+    models = models_module.load_stable_diffusion(str(tiny_sd_path))
+    size = models.resolution
+    images = torch.rand(1, 3, 2 * size, 2 * size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = models.encode_images(images)
+        want = models.encode_images(torch.nn.functional.avg_pool2d(images, 2))
+    torch.testing.assert_close(got, want)
+
+
+def test_the_clip_encoder_takes_each_runs_batch_size_and_is_forgotten_by_clear_cache(
+    monkeypatch,
+):
+    """One CLIP per process, but a later run's smaller batch (to fit memory) is the one used;
+    ``clear_cache`` drops it, so the next use loads it again."""
+    from dreamtext import describe
+
+    built = []
+
+    class FakeClip:
+        def __init__(self, model, device, batch_size):
+            built.append(batch_size)
+            self.model, self.batch_size = torch.nn.Linear(1, 1), batch_size
+
+    monkeypatch.setattr(describe, "ClipEncoder", FakeClip)
+    monkeypatch.setattr(models_module, "_CLIP", {})
+    with models_module.clip_encoder("clip", "cpu", batch_size=256) as encoder:
+        assert encoder.batch_size == 256
+    with models_module.clip_encoder("clip", "cpu", batch_size=8) as encoder:
+        assert encoder.batch_size == 8
+    assert built == [256]
+    models_module.clear_cache()
+    with models_module.clip_encoder("clip", "cpu", batch_size=8):
+        pass
+    assert built == [256, 8]
+
+
+def test_a_model_folder_that_cannot_be_entered_is_named_not_called_damaged(tmp_path, monkeypatch):
+    """``chmod a-x`` on a part: its names can be listed but no file in it opened, which is a
+    permission to fix, not damaged files. Root enters anything, so the refusal is simulated."""
+    import os
+
+    for part in models_module.SD_SUBFOLDERS:
+        (tmp_path / "sd" / part).mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode: not (Path(p).name == "vae" and mode & os.X_OK) and real_access(p, mode),
+    )
+    with pytest.raises(DreamtextError, match=r"cannot read the model folder .*vae \(permission"):
+        locate_model(str(tmp_path / "sd"))
+
+
+def test_an_unreachable_hub_is_found_through_an_implicit_exception_context():
+    """A loader that raises its own ``OSError`` inside ``except`` (no ``from``) chains the hub's
+    error as ``__context__`` only; the network's words are still the innermost error's."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        try:
+            try:
+                raise ConnectionError("[Errno -2] Name or service not known")
+            except ConnectionError as network:
+                raise LocalEntryNotFoundError("cannot reach the hub") from network
+        except LocalEntryNotFoundError:
+            raise OSError("m does not appear to have a file named config.json.")  # noqa: B904
+    except OSError as error:
+        failure = error
+    assert failure.__cause__ is None
+    assert models_module.hub_unreachable(failure) == "[Errno -2] Name or service not known"
+
+
+def test_a_second_precision_of_one_model_is_a_second_load_in_that_precision(
+    tiny_sd_path, monkeypatch
+):
+    """A batch whose prompts ask for fp32 and then bf16 gets each in its own dtype, not the
+    first one's from the process cache (the CPU refusal is lifted, as the memory model does)."""
+    monkeypatch.setattr(models_module, "check_precision", lambda dtype, device: None)
+    first = models_module.load_stable_diffusion(str(tiny_sd_path), "cpu", torch.float32)
+    half = models_module.load_stable_diffusion(str(tiny_sd_path), "cpu", torch.bfloat16)
+    assert half is not first
+    assert next(half.unet.parameters()).dtype == torch.bfloat16
+    assert next(first.unet.parameters()).dtype == torch.float32
