@@ -97,3 +97,40 @@ def test_running_out_of_memory_frees_it_before_the_line_is_made(monkeypatch):
     ):
         raise MemoryError
     assert events == ["freed", "explained"]
+
+
+@pytest.mark.parametrize(("name", "count"), [("cuda:1", 1), ("cuda:2", 2), ("cuda:0", 0)])
+def test_a_gpu_index_past_the_visible_ones_is_a_user_error(monkeypatch, name, count):
+    """``cuda:N`` names one of cuda:0 to cuda:count-1; N = count is one past the last."""
+    from dreamtext.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set"))
+    with pytest.raises(DreamtextError, match=rf"^--device {name}: this process sees {count} "):
+        resolve_device(name)
+
+
+def test_no_allocator_setting_is_made_under_wsl(monkeypatch):
+    """use_expandable_segments: not under WSL (WSL_DISTRO_NAME set), where the driver can
+    refuse expandable segments; on native Linux with a CUDA build it is set."""
+    import dreamtext.devices as devices
+
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(devices.sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert devices.use_expandable_segments({"WSL_DISTRO_NAME": "Ubuntu"}) is None
+    environ: dict[str, str] = {}
+    if "microsoft" not in devices.platform.uname().release.lower():
+        name = devices.use_expandable_segments(environ)
+        assert name is not None and environ == {name: "expandable_segments:True"}
+
+
+def test_the_loss_is_scaled_only_for_fp16():
+    """fp16_loss_scaler: on for fp16; bf16 (float32's range) and float32 need no scaling."""
+    from dreamtext.devices import fp16_loss_scaler
+
+    cpu = torch.device("cpu")
+    assert fp16_loss_scaler(torch.float16, cpu).is_enabled()
+    assert not fp16_loss_scaler(torch.bfloat16, cpu).is_enabled()
+    assert not fp16_loss_scaler(torch.float32, cpu).is_enabled()

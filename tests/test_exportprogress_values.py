@@ -155,3 +155,52 @@ def test_each_heartbeat_changes_the_record(tmp_path, monkeypatch):
             threading.Event().wait(0.02)
         assert _on_disk(tmp_path)["updated"] != first
         assert _on_disk(tmp_path)["stage"] == "texture baking"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_exporter_of_this_machine_is_gone_however_recent_its_record(tmp_path):
+    """export_alive: a record of this machine is judged by its lock (free: gone), or without
+    one by its process (ended: gone); the heartbeat and the hour's grace are for records of
+    machines whose locks and processes cannot be seen from here."""
+    from dreamtext.processes import HOST
+
+    fresh = {"stage": "meshing", "host": HOST, "pid": _dead_pid(), "beat_s": 30.0}
+    path = tmp_path / PROGRESS_FILE
+    path.write_text(json.dumps({**fresh, "locked": True}), encoding="utf-8")  # lock free
+    assert exportprogress.live_export(tmp_path) is None
+    path.write_text(json.dumps(fresh), encoding="utf-8")  # no lock: its process has ended
+    assert exportprogress.live_export(tmp_path) is None
+    path.write_text(json.dumps({**fresh, "pid": os.getpid()}), encoding="utf-8")
+    assert exportprogress.live_export(tmp_path) is not None
+
+
+def test_a_free_lock_of_another_machine_is_judged_by_its_heartbeat(tmp_path, monkeypatch):
+    """Locked, lock free, another machine (locks may not reach across): live while its record
+    changes within BEATS_MISSED (3) beats, gone after."""
+    now = [100.0]
+    monkeypatch.setattr(exportprogress, "_clock", lambda: now[0])
+    _elsewhere(tmp_path, beat_s=10.0, locked=True)
+    assert exportprogress.live_export(tmp_path) is not None
+    now[0] += 29.0
+    assert exportprogress.live_export(tmp_path) is not None
+    now[0] += 2.0
+    assert exportprogress.live_export(tmp_path) is None
+
+
+def test_a_new_stage_is_written_at_once(tmp_path, clock):
+    """A new stage within the second of the last write is written at once: the viewer shows
+    "decimating", not a finished "meshing 64/64", while the export decimates."""
+    with ExportProgress(tmp_path) as progress:
+        progress.stage("meshing", 64, 64)
+        clock[0] += 0.2
+        progress.stage("decimating")
+        assert _on_disk(tmp_path)["stage"] == "decimating"
+        assert (_on_disk(tmp_path)["done"], _on_disk(tmp_path)["total"]) == (None, None)

@@ -319,3 +319,36 @@ def test_an_interrupt_in_the_export_says_so_with_its_step_and_checkpoint():
     assert str(in_export) == f"interrupted in the export, after step 7; saved {saved}"
     stage = TrainingInterrupted(3, saved, stage="descriptor training")
     assert str(stage) == f"descriptor training interrupted after step 3; saved {saved}"
+
+
+@pytest.mark.parametrize("block", [sigterm_interrupts, stop_on_signal, signals_held])
+def test_each_block_gives_back_the_handlers_it_found(block):
+    """A library caller's own SIGINT / SIGTERM handlers are theirs again after the block."""
+
+    def mine(signum, frame):
+        return None
+
+    previous = {sig: signal.signal(sig, mine) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with block():
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGINT) is mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def test_a_resumed_log_keeps_its_records_up_to_the_checkpoints_step(tmp_path):
+    """truncate_log(log, 3): the records of steps 1 to 3 stay (the checkpoint holds step 3),
+    those of 4 and 5 go, as does a torn last line; a record without a step stays."""
+    import json
+
+    from dreamtext.interrupts import truncate_log
+
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": n, "loss": n / 10}) for n in range(1, 6)]
+    note = json.dumps({"event": "started"})
+    log.write_text("\n".join([note, *lines]) + '\n{"step": 6, "lo', encoding="utf-8")
+    truncate_log(log, 3)
+    assert log.read_text(encoding="utf-8") == "".join(f"{x}\n" for x in [note, *lines[:3]])

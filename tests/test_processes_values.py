@@ -110,3 +110,189 @@ def test_a_files_age_is_seconds_since_its_change_or_zero_when_it_cannot_be_told(
     os.utime(record, (then, then))
     assert 99 < file_age(record) < 110
     assert file_age(tmp_path / "gone.json") == 0.0  # taken as fresh, never as abandoned
+
+
+def test_a_record_whose_pid_is_not_a_number_names_no_process():
+    """record_alive: a record naming no process cannot be checked (None). JSON's ``true`` is
+    no pid, though Python's bool is an int (and pid 1, which it would be, is always alive)."""
+    from dreamtext.processes import HOST, record_alive
+
+    assert record_alive({"host": HOST, "pid": True}) is None
+    assert record_alive({"host": HOST, "pid": "123"}) is None
+    assert record_alive({"host": HOST}) is None
+
+
+def test_a_record_of_another_pid_namespace_cannot_be_checked_from_here():
+    """A container that kept its host's name has its own pids: a record of another PID
+    namespace names no process of ours (None), even where that pid is alive here."""
+    import pytest
+
+    from dreamtext.processes import HOST, PID_NAMESPACE, record_alive
+
+    if PID_NAMESPACE is None:
+        pytest.skip("no /proc/self/ns/pid here")
+    mine = {"host": HOST, "pid": os.getpid()}
+    assert record_alive({**mine, "pid_ns": PID_NAMESPACE}) is True
+    assert record_alive({**mine, "pid_ns": PID_NAMESPACE + 1}) is None
+
+
+def test_a_process_that_ended_but_is_not_reaped_is_gone():
+    """A killed run's process that its parent has not waited for (a zombie) still answers
+    kill(pid, 0), but it runs no more: record_alive is False and gone_process names it."""
+    import pytest
+
+    from dreamtext.processes import HOST, gone_process, process_start, record_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while not _is_zombie(child.pid):
+            if time.monotonic() > deadline:
+                pytest.skip("no /proc/<pid>/stat state here")
+            time.sleep(0.01)
+        record = {"host": HOST, "pid": child.pid, "pid_start": process_start(child.pid)}
+        assert record_alive(record) is False
+        assert gone_process(record) == child.pid
+    finally:
+        child.wait()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] == "Z"
+
+
+def test_a_live_pid_with_another_start_time_is_another_process():
+    """A pid is reused after its process ends: the record's process, started at another
+    time than the one now holding its pid, is gone (record_alive False, gone_process its pid)."""
+    from dreamtext.processes import HOST, gone_process, process_start, record_alive
+
+    pid = os.getpid()
+    started = process_start(pid)
+    if started is None:
+        import pytest
+
+        pytest.skip("no /proc/<pid>/stat here")
+    assert record_alive({"host": HOST, "pid": pid, "pid_start": started}) is True
+    assert record_alive({"host": HOST, "pid": pid, "pid_start": started + 1}) is False
+    assert gone_process({"host": HOST, "pid": pid, "pid_start": started + 1}) == pid
+
+
+def test_a_process_that_cannot_be_checked_is_not_gone():
+    """gone_process names only a process of this machine that no longer exists: None for one
+    of another machine, a record without a pid, and a live one."""
+    from dreamtext.processes import HOST, gone_process
+
+    assert gone_process({"host": HOST + "-elsewhere", "pid": os.getpid()}) is None
+    assert gone_process({"host": HOST}) is None
+    assert gone_process(None) is None
+    assert gone_process({"host": HOST, "pid": os.getpid()}) is None
+
+
+def test_a_held_workspace_names_its_holder_and_where_it_runs(tmp_path):
+    """The lock's record names the holder: ``process N on this machine`` for one of this host,
+    ``process N on HOST`` for another machine's (a shared file system), ``another process``
+    for a record without both."""
+    import fcntl
+
+    import pytest
+
+    from dreamtext.errors import WorkspaceInUse
+    from dreamtext.processes import HOST, LOCK_NAME, claim_workspace
+
+    lock = tmp_path / LOCK_NAME
+    cases = [
+        ({"host": HOST, "pid": 4242}, "process 4242 on this machine"),
+        ({"host": HOST + "-b", "pid": 4242}, f"process 4242 on {HOST}-b"),
+        ({"host": HOST + "-b"}, "another process"),
+    ]
+    for record, holder in cases:
+        lock.write_text(json.dumps(record), encoding="utf-8")
+        with open(lock, encoding="utf-8") as held:  # another open file: its own flock
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(WorkspaceInUse) as refused, claim_workspace(tmp_path):
+                pass
+        assert refused.value.holder == holder
+
+
+def test_a_run_folder_that_holds_its_own_descriptor_run_is_its_own_folder(tmp_path):
+    """An image run's folder holds its describe stage's ``descriptor/`` (a run folder of its
+    own): resuming it there is the run's own folder, not a folder of runs."""
+    from dreamtext.processes import check_own_folder, claim_workspace
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    (run / "descriptor" / "checkpoints").mkdir(parents=True)
+    (run / "descriptor" / "checkpoints" / "last.pt").write_bytes(b"")
+    check_own_folder(run)
+    with claim_workspace(run):
+        assert (run / ".dreamtext.lock").is_file()
+
+
+def test_a_claim_leaves_no_lock_file_and_removes_the_empty_folders_it_made(tmp_path):
+    """claim_workspace: the block's end removes the lock file, and the folders the claim made
+    when nothing else was written in them; a folder that was there stays."""
+    from dreamtext.processes import LOCK_NAME, claim_workspace
+
+    new = tmp_path / "new" / "ws"
+    with claim_workspace(new):
+        assert (new / LOCK_NAME).is_file()
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with claim_workspace(kept):
+        (kept / "config.json").write_text("{}", encoding="utf-8")
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json"]
+    written = tmp_path / "written" / "ws"
+    with claim_workspace(written):
+        (written / "status.json").write_text("{}", encoding="utf-8")
+    assert sorted(p.name for p in written.iterdir()) == ["status.json"]
+
+
+def test_a_claim_whose_lock_fails_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    """A full disk as the lock's record is written: the error goes on, and the folders the
+    claim made for the run are removed (a refused run leaves no workspace behind)."""
+    import errno
+
+    import pytest
+
+    import dreamtext.processes as processes
+
+    def full(lock):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(processes, "_lock", full)
+    with pytest.raises(OSError, match="No space"), processes.claim_workspace(tmp_path / "a" / "b"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_says_locked_only_where_its_lock_was_taken(tmp_path, monkeypatch):
+    """write_held_record: ``"locked": true`` when the flock was taken, nothing where the system
+    has no locks (a reader then asks the process, not the lock)."""
+    import dreamtext.processes as processes
+
+    with processes.write_held_record(tmp_path / "a.json", {"stage": "meshing"}):
+        assert json.loads((tmp_path / "a.json").read_text()) == {
+            "stage": "meshing",
+            "locked": True,
+        }
+    monkeypatch.setattr(processes, "fcntl", None)
+    with processes.write_held_record(tmp_path / "b.json", {"stage": "meshing"}):
+        assert json.loads((tmp_path / "b.json").read_text()) == {"stage": "meshing"}
+
+
+def test_another_tools_status_json_makes_no_run_folder(tmp_path):
+    """is_run_folder: a status.json counts only as a record with a ``state``; a workspace
+    inside a folder with another tool's status.json is its own."""
+    from dreamtext.processes import check_own_folder, is_run_folder
+
+    (tmp_path / "status.json").write_text('{"progress": 3}', encoding="utf-8")
+    assert not is_run_folder(tmp_path)
+    check_own_folder(tmp_path / "ws")
+    (tmp_path / "status.json").write_text('{"state": "running"}', encoding="utf-8")
+    assert is_run_folder(tmp_path)
