@@ -1754,6 +1754,8 @@ def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: s
         text = str(error).splitlines()[0] if str(error) else ""
         detail = text.split(" GPU ")[0].strip().rstrip(".")
         flags = {"fp16": "--fp16", "h": "a smaller --h/--w", "device": "--device cpu"}
+        if getattr(args, "fp16", False) or getattr(args, "bf16", False):
+            del flags["fp16"]  # already in half precision
         free = "free the GPU of other work"
     else:
         tried = re.search(r"allocate (\d+) bytes", str(error))

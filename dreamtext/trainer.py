@@ -1005,8 +1005,13 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
     def explain(memory: str) -> str:
         run.optimizer.zero_grad(set_to_none=True)
         cfg = run.cfg
-        # --fp16 halves the GPU's share; the host's is the render's samples and the prior.
-        first = "--fp16, " if memory == "GPU memory" else "a smaller --batch-size, "
+        # --fp16 halves the GPU's share (not a second time: a run in fp16 or bf16 is told none);
+        # the host's is the render's samples and the prior.
+        half = cfg.guidance.fp16 or cfg.guidance.bf16
+        if memory == "GPU memory":
+            first = "" if half else "--fp16, "
+        else:
+            first = "a smaller --batch-size, "
         last = "" if memory == "GPU memory" else ", or close other programs"
         fixes = (
             f"a smaller --h/--w, {first}fewer samples (render.march_steps), a smaller "

@@ -165,3 +165,48 @@ def test_memory_that_runs_out_in_adams_update_saves_no_half_updated_checkpoint(
     assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
     train(config(workspace, checkpoint_every=2), resume=True)
     assert_same_run(workspace, uninterrupted)
+
+
+@pytest.mark.parametrize("half", ["fp16", "bf16", None])
+def test_a_run_already_in_half_precision_is_not_told_to_use_fp16(tmp_path, half):
+    """A run in --fp16 (or --bf16) that ran out of GPU memory was told to resume "after one
+    of: a smaller --h/--w, --fp16, …": a fix that changes nothing."""
+    from tiny_models import builtin_on_virtual_cuda
+    from virtual_cuda import virtual_cuda
+
+    real = ScoreDistillation.sds_loss
+
+    def runs_out(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    guidance = {half: True} if half else {}
+    with virtual_cuda(), pytest.MonkeyPatch.context() as m:
+        m.setattr(ScoreDistillation, "sds_loss", runs_out)
+        cfg = resolve_config(
+            builtin_on_virtual_cuda(tmp_path / "run", guidance, iters=3, preview_every=0)
+        )
+        with pytest.raises(DreamtextError) as raised:
+            train(cfg)
+    message = str(raised.value)
+    assert "out of GPU memory after step 0" in message and "a smaller --h/--w" in message
+    assert ("--fp16" in message) == (half is None), message
+
+
+@pytest.mark.parametrize(
+    ("flags", "offered"), [({}, True), ({"fp16": True}, False), ({"bf16": True}, False)]
+)
+def test_the_line_for_memory_outside_training_offers_fp16_only_where_it_is_off(flags, offered):
+    import argparse
+
+    from dreamtext.cli import out_of_memory_line
+
+    args = argparse.Namespace(
+        command="text", fp16=False, bf16=False, h=64, w=64, device="cuda", config=None
+    )
+    vars(args).update(flags)
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    line = out_of_memory_line(args, error, "GPU memory")
+    assert line.startswith("out of GPU memory in `dreamtext text` (CUDA out of memory. Tried")
+    assert ("--fp16" in line) == offered, line
+    assert "a smaller --h/--w" in line and "--device cpu" in line
