@@ -234,6 +234,15 @@ def _hub_error_message(model: str, error: Exception) -> str:
     from huggingface_hub import constants
 
     network = hub_unreachable(error)
+    if constants.HF_HUB_OFFLINE and network is None:
+        # Not a file missing from the cache (that is a LocalEntryNotFoundError): one there that
+        # does not load, such as weights cut short by an interrupted download.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return (
+            f"could not load Stable Diffusion '{model}' from the Hugging Face cache ({reason}); "
+            "its cached files are damaged or incomplete: download it again with network "
+            "(HF_HUB_OFFLINE unset), or pass a local diffusers folder with --model /path/to/folder"
+        )
     if constants.HF_HUB_OFFLINE:
         reason = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"
     elif network is not None:

@@ -313,3 +313,37 @@ def test_a_second_precision_of_one_model_is_a_second_load_in_that_precision(
     assert half is not first
     assert next(half.unet.parameters()).dtype == torch.bfloat16
     assert next(first.unet.parameters()).dtype == torch.float32
+
+
+def test_offline_a_damaged_model_in_the_hub_cache_is_called_damaged_not_missing(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """HF_HUB_OFFLINE=1 and a hub id whose weights in the cache were cut short (an interrupted
+    download): the line said "it is not in the Hugging Face cache", sending the user to
+    download a model they have, and naming nothing of the file that does not load."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--some-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_sd_path, repo / "snapshots" / commit)
+    weights = next((repo / "snapshots" / commit / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models_module.clear_cache()
+    with pytest.raises(DreamtextError) as refusal:
+        models_module.load_stable_diffusion("someone/some-model")
+    message = str(refusal.value)
+    assert message.startswith(
+        "could not load Stable Diffusion 'someone/some-model' from the Hugging Face cache ("
+    )
+    assert "diffusion_pytorch_model" in message
+    assert "its cached files are damaged or incomplete: download it again" in message
+    assert "not in the Hugging Face cache" not in message
+    assert "\n" not in message
