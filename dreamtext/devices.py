@@ -223,11 +223,20 @@ def free_memory(device: torch.device | None = None) -> None:
 CPU_ALLOCATION_FAILED = "can't allocate memory"
 
 
+# How CUDA reports a full GPU outside torch's caching allocator (whose error is
+# torch.OutOfMemoryError): a RuntimeError from a CUDA call (cudaErrorMemoryAllocation, such as
+# a library's workspace) or from cuBLAS creating its handle on the first matmul.
+CUDA_ALLOCATION_FAILED = ("CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
 def memory_that_ran_out(error: BaseException) -> str | None:
-    """``"GPU memory"`` for CUDA's out-of-memory error, ``"memory"`` for the host's (Python's
+    """``"GPU memory"`` for CUDA's out-of-memory errors (torch's allocator's, and CUDA's own
+    from outside it: :data:`CUDA_ALLOCATION_FAILED`), ``"memory"`` for the host's (Python's
     and numpy's ``MemoryError``, torch's CPU allocator's ``RuntimeError``: RAM full, or a
     ``ulimit -v`` / cgroup limit reached), ``None`` for any other error."""
     if isinstance(error, torch.OutOfMemoryError):
+        return "GPU memory"
+    if isinstance(error, RuntimeError) and any(t in str(error) for t in CUDA_ALLOCATION_FAILED):
         return "GPU memory"
     if isinstance(error, MemoryError) or (
         isinstance(error, RuntimeError) and CPU_ALLOCATION_FAILED in str(error)

@@ -42,7 +42,17 @@ def test_a_gpu_is_described_by_its_name_and_memory_in_gib(monkeypatch):
             RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8"),
             "memory",
         ),
+        # CUDA's own allocation failures, outside torch's caching allocator: a library's
+        # workspace on a full GPU, cuBLAS's handle on the first matmul.
+        (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ..."), "GPU memory"),
+        (
+            RuntimeError(
+                "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+            ),
+            "GPU memory",
+        ),
         (RuntimeError("CUDA error: an illegal memory access was encountered"), None),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling cublasCreate"), None),
         (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),
         (ValueError("can't allocate memory"), None),
     ],
