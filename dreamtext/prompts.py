@@ -148,6 +148,17 @@ def read_textual_inversion(path: str | Path) -> dict[str, Tensor]:
         ) from error
     if not embeds:
         raise DreamtextError(f"{path} holds no token embeddings")
+    if set(embeds) == {"emb_params"}:  # Automatic1111's layout: the token is not in the file
+        raise DreamtextError(
+            f"{path} is an Automatic1111 embedding (one 'emb_params' tensor, no token name); "
+            "pass a diffusers learned_embeds.safetensors, which maps each token to its vectors"
+        )
+    for token, e in embeds.items():
+        if e.ndim not in (1, 2):
+            raise DreamtextError(
+                f"token {token!r} in {path} has embeddings of shape {tuple(e.shape)}; a "
+                "learned_embeds.safetensors holds [vectors, width] (or [width]) per token"
+            )
     return {token: (e[None] if e.ndim == 1 else e) for token, e in embeds.items()}
 
 

@@ -31,3 +31,21 @@ def test_a_textual_inversion_path_under_home_is_expanded(tmp_path: Path, monkeyp
     save_file({"<dt-cat>": vectors}, str(tmp_path / "learned.safetensors"))
     embeds = read_textual_inversion("~/learned.safetensors")
     torch.testing.assert_close(embeds["<dt-cat>"], vectors)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32), ()])
+def test_embeddings_of_another_rank_are_a_user_error_naming_the_token(tmp_path: Path, shape):
+    """[1, n, width] passed the width check and ended in a traceback in the embedding table."""
+    path = tmp_path / "learned_embeds.safetensors"
+    save_file({"<dt-cat>": torch.zeros(shape)}, str(path))
+    with pytest.raises(DreamtextError, match=r"token '<dt-cat>' in .* has embeddings of shape"):
+        read_textual_inversion(path)
+
+
+def test_an_automatic1111_embedding_is_named_as_such(tmp_path: Path):
+    """Its one tensor is 'emb_params': read as a token of that name, a prompt's <my-style>
+    stayed plain sub-words without a word."""
+    path = tmp_path / "my-style.safetensors"
+    save_file({"emb_params": torch.zeros(2, 32)}, str(path))
+    with pytest.raises(DreamtextError, match="is an Automatic1111 embedding"):
+        read_textual_inversion(path)
