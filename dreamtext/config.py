@@ -160,7 +160,9 @@ def _coerce(value: Any, hint: Any, where: str, source: str = "") -> Any:
             number = math.inf
         if not math.isfinite(number):
             shown = (
-                value if isinstance(value, float) else f"a whole number of {len(str(value))} digits"
+                value
+                if isinstance(value, float)
+                else f"a whole number of {len(str(abs(value)))} digits"
             )
             raise DreamtextError(f"{name} must be a finite number, got {shown}{found_in}")
         return number

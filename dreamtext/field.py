@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamtext.devices import compiled_agrees
+from dreamtext.devices import compiled_agrees, memory_that_ran_out
 from dreamtext.encoding import ENCODING_KINDS, features_and_jacobian, make_encoding
 from dreamtext.errors import DreamtextError, cause_line
 
@@ -430,6 +430,8 @@ class NeRFField(nn.Module):
         except DreamtextError:
             raise
         except Exception as err:  # compiler and driver errors come in many types
+            if memory_that_ran_out(err) is not None:  # the run's, not the compiler's
+                raise
             raise DreamtextError(
                 f"torch.compile does not build the field's MLPs here ({cause_line(err)}): {remedy}"
             ) from err

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from dreamtext.cameras import CameraRange, ViewThresholds
-from dreamtext.devices import compiled_agrees, free_memory, to_device
+from dreamtext.devices import compiled_agrees, free_memory, memory_that_ran_out, to_device
 from dreamtext.errors import DreamtextError, cause_line
 from dreamtext.models import COMPILE_MODES, DEFAULT_MODEL, TextSide, load_for
 from dreamtext.prompts import PromptEmbeddings, expand_tokens
@@ -583,9 +583,9 @@ class StableDiffusionGuidance(ScoreDistillation):
         results = [encode_with_gradient(self.models.encode_images)]
         try:
             results.append(encode_with_gradient(self._encoder))
-        except torch.OutOfMemoryError:
-            raise
         except Exception as error:  # compiler and driver errors come in many types
+            if memory_that_ran_out(error) is not None:  # the run's, not the compiler's
+                raise
             raise DreamtextError(
                 f"torch.compile does not build the VAE encoder here ({cause_line(error)}): {remedy}"
             ) from error

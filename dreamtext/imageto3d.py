@@ -445,10 +445,12 @@ def unread_words(cfg: TrainConfig, sections: dict[str, Any] | None) -> str | Non
     The run's text→3D stage reads the words its descriptor learns (:func:`record_config`), so a
     file of the user's (``<my-cat>``) was dropped without a word. A run's own learned file
     (``RUN/descriptor/learned_embeds.safetensors``: this run's on a rerun, or another run's whose
-    config.json was passed) is not the user's and needs no note; nor is ``--diverse``'s, which
-    its sample reads (:func:`sample_words`)."""
+    config.json was passed) is not the user's and needs no note; nor is the file ``--diverse``'s
+    sample reads (:func:`sample_words`, recorded in ``sections``): another file on a rerun of a
+    run already sampled is read by no stage, and gets the note."""
     given = cfg.guidance.textual_inversion
-    if given is None or "diverse" in (sections or {}):
+    sampled = (sections or {}).get("diverse", {}).get("textual_inversion")
+    if given is None or (sampled is not None and os.path.abspath(given) == sampled):
         return None
     path = Path(given)
     if path.name == LEARNED_EMBEDS and path.parent.name == "descriptor":

@@ -234,9 +234,10 @@ def _hub_error_message(model: str, error: Exception) -> str:
     from huggingface_hub import constants
 
     network = hub_unreachable(error)
-    if constants.HF_HUB_OFFLINE and network is None:
-        # Not a file missing from the cache (that is a LocalEntryNotFoundError): one there that
-        # does not load, such as weights cut short by an interrupted download.
+    if constants.HF_HUB_OFFLINE and network is None and model_revision(model) is not None:
+        # A model in the cache (not an id it lacks: a typo, a folder name that does not exist)
+        # whose file does not load, such as weights cut short by an interrupted download; a
+        # file missing from the cache is a LocalEntryNotFoundError.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return (
             f"could not load Stable Diffusion '{model}' from the Hugging Face cache ({reason}); "

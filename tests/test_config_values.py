@@ -224,12 +224,14 @@ def test_a_whole_number_too_large_for_a_float_is_one_line_naming_its_file(tmp_pa
     """YAML reads ``lr: 1`` and 400 zeros as an int, which no float holds: math.isfinite raised
     OverflowError (a traceback, exit 1) where ``1e400`` got this line."""
     path = tmp_path / "huge.yaml"
-    path.write_text("lr: 1" + "0" * 400 + "\n")
-    with pytest.raises(DreamtextError) as refusal:
-        resolve_config(dict(RUN), config_file=[path])
-    assert str(refusal.value) == (
-        f"config field 'lr' must be a finite number, got a whole number of 401 digits (in {path})"
-    )
+    for sign in ("", "-"):  # the sign is no digit
+        path.write_text(f"lr: {sign}1" + "0" * 400 + "\n")
+        with pytest.raises(DreamtextError) as refusal:
+            resolve_config(dict(RUN), config_file=[path])
+        assert str(refusal.value) == (
+            f"config field 'lr' must be a finite number, got a whole number of 401 digits "
+            f"(in {path})"
+        )
 
 
 def test_the_file_of_a_setting_two_levels_deep_follows_its_whole_name(tmp_path):

@@ -602,6 +602,26 @@ def test_compile_mlps_keeps_inductors_tf32_hint_to_itself(monkeypatch):
     assert messages == {"something else"}
 
 
+def test_running_out_of_gpu_memory_while_checking_the_compiled_mlps_stays_out_of_memory(
+    monkeypatch,
+):
+    """CUDA's out-of-memory error in the compiled MLPs' check was "torch.compile does not build
+    the field's MLPs" (and under compile "auto", a silent fall back to eager)."""
+    error = RuntimeError("CUDA error: out of memory")
+
+    def failing(fn, **kwargs):
+        def run(features):
+            raise error
+
+        return run
+
+    field = small_field()
+    monkeypatch.setattr(torch, "compile", failing)
+    with pytest.raises(RuntimeError) as raised:
+        field.compile_mlps()
+    assert raised.value is error
+
+
 def test_compile_mlps_checks_what_it_built_against_the_eager_mlps(monkeypatch):
     """A compiler that fails, or compiled code that computes something else, is one line that
     says to run without ``--compile``, at ``compile_mlps`` (not in the middle of a step), and

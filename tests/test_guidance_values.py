@@ -210,14 +210,24 @@ def test_inductors_errors_are_the_compilers():
     assert not compiler_error(RuntimeError("x"))
 
 
-def test_out_of_memory_while_checking_the_compiled_encoder_stays_out_of_memory():
-    """Running out of memory is not "torch.compile does not build the VAE encoder"."""
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("CUDA error: out of memory"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    ],
+)
+def test_out_of_memory_while_checking_the_compiled_encoder_stays_out_of_memory(error):
+    """Running out of memory is not "torch.compile does not build the VAE encoder", whichever
+    of CUDA's ways says so (the trainer then saves a checkpoint and names the fixes)."""
 
     def encoder(images):
-        raise torch.OutOfMemoryError("CUDA out of memory")
+        raise error
 
     guidance = object.__new__(StableDiffusionGuidance)
     guidance.models = SimpleNamespace(encode_images=lambda images: images * 2)
     guidance._encoder = encoder
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(type(error)) as raised:
         guidance._check_encoder(torch.rand(1, 3, 4, 4))
+    assert raised.value is error

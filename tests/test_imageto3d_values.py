@@ -3,7 +3,7 @@ trains, and to which step, from what the workspace holds."""
 
 import json
 
-from dreamtext.imageto3d import descriptor_plan
+from dreamtext.imageto3d import descriptor_plan, unread_words
 
 
 def _record(workspace, **record):
@@ -104,3 +104,26 @@ def test_a_descriptor_stopped_exactly_at_the_steps_asked_gets_no_past_note(tmp_p
     assert "past" not in capsys.readouterr().err
     assert _past_stop(tmp_path, 2) == 3
     assert "stopped at step 3 already, past --descriptor-iters 2" in capsys.readouterr().err
+
+
+def test_a_words_file_no_stage_reads_is_named_on_a_diverse_rerun_too(tmp_path):
+    """``text P --diverse`` sampled its image with file A (recorded in the diverse section); the
+    same command with file B reuses that image and reads B in no stage: B is named, as for an
+    image run. The file the sample read, and a run's own learned file, are not."""
+    from dreamtext.config import resolve_config
+
+    a, b = str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")
+    own = str(tmp_path / "run" / "descriptor" / "learned_embeds.safetensors")
+
+    def cfg(words):
+        return resolve_config(
+            {"prompt": "a photo of <my-cat>", "guidance": {"textual_inversion": words}}
+        )
+
+    sampled_with_a = {"diverse": {"textual_inversion": a}}
+    assert unread_words(cfg(a), sampled_with_a) is None
+    assert unread_words(cfg(b), sampled_with_a) == b
+    assert unread_words(cfg(b), {"diverse": {"textual_inversion": None}}) == b
+    assert unread_words(cfg(b), None) == b
+    assert unread_words(cfg(own), None) is None
+    assert unread_words(cfg(None), sampled_with_a) is None

@@ -347,3 +347,21 @@ def test_offline_a_damaged_model_in_the_hub_cache_is_called_damaged_not_missing(
     assert "its cached files are damaged or incomplete: download it again" in message
     assert "not in the Hugging Face cache" not in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("model", ["someone/my model", "someone/--model"])
+def test_offline_an_id_the_cache_has_no_repo_of_is_not_in_the_cache(tmp_path, monkeypatch, model):
+    """A typo'd id (or a folder name with a space that does not exist) fails without a
+    LocalEntryNotFoundError in its chain: it is not in the cache, not a damaged cached model."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models_module.clear_cache()
+    with pytest.raises(DreamtextError) as refusal:
+        models_module.load_stable_diffusion(model)
+    message = str(refusal.value)
+    assert "(HF_HUB_OFFLINE is set and it is not in the Hugging Face cache)" in message
+    assert "damaged" not in message
