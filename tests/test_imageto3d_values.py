@@ -127,3 +127,71 @@ def test_a_words_file_no_stage_reads_is_named_on_a_diverse_rerun_too(tmp_path):
     assert unread_words(cfg(b), None) == b
     assert unread_words(cfg(own), None) is None
     assert unread_words(cfg(None), sampled_with_a) is None
+
+
+def _run_with_sections(tmp_path, sections, record=None):
+    """A workspace whose config.json holds ``sections`` (and sentence.json ``record``)."""
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / "config.json").write_text(json.dumps(sections))
+    if record is not None:
+        (workspace / "descriptor").mkdir()
+        (workspace / "descriptor" / "sentence.json").write_text(json.dumps(record))
+    return workspace
+
+
+def test_image_options_layer_the_run_then_config_files_then_flags(tmp_path):
+    """The defaults, the run's config.json, each --config file over the one before, then the
+    flags: each layer wins over the one before for what it names and leaves the rest."""
+    from pathlib import Path
+
+    from dreamtext.imageto3d import resolve_image_options
+
+    run = {
+        "image_to_3d": {
+            "describe": {"max_words": 4, "noun": "chair", "nouns": "/w/nouns.txt"},
+            "descriptor": {"iters": 9, "lr": 0.01, "seed": 3},
+        },
+        "diverse": {"sample_steps": 20, "sample_guidance_scale": 5.0, "seed": 8},
+    }
+    workspace = _run_with_sections(tmp_path, run)
+    first = {"image_to_3d": {"descriptor": {"iters": 5, "seed": 4}}, "diverse": {"sample_steps": 7}}
+    second = {"image_to_3d": {"descriptor": {"iters": 6}}}
+    flags = {
+        "configs": [("a.json", first), ("b.json", second)],
+        "describe": {"max_words": 3},
+        "descriptor": {"iters": 11},
+    }
+    options = resolve_image_options(flags, workspace)
+    assert (options.describe.max_words, options.describe.noun) == (3, "chair")
+    assert options.describe.nouns == Path("/w/nouns.txt")
+    descriptor = options.descriptor
+    assert (descriptor.iters, descriptor.lr, descriptor.seed) == (11, 0.01, 4)
+    assert (options.sample_steps, options.sample_guidance_scale) == (7, 5.0)
+    without_flags = resolve_image_options({"configs": flags["configs"]}, workspace)
+    assert without_flags.descriptor.iters == 6
+
+
+def test_a_finished_describe_keeps_the_options_it_ran_with_over_flags_and_files(tmp_path):
+    """sentence.json's options are the describe stage's once it is done: the stage is reused."""
+    from dreamtext.imageto3d import resolve_image_options
+
+    run = {"image_to_3d": {"describe": {"max_words": 4}, "descriptor": {"iters": 9}}}
+    record = {"options": {"max_words": 2, "noun": "mug"}}
+    workspace = _run_with_sections(tmp_path, run, record)
+    configs = [("a.json", {"image_to_3d": {"describe": {"max_words": 6, "noun": "cube"}}})]
+    flags = {"configs": configs, "describe": {"max_words": 5, "noun": "vase"}, "descriptor": {}}
+    options = resolve_image_options(flags, workspace)
+    assert (options.describe.max_words, options.describe.noun) == (2, "mug")
+    assert options.descriptor.iters == 9
+
+
+def test_a_run_from_before_the_stage_sections_starts_from_its_records_steps(tmp_path):
+    """No image_to_3d section: sentence.json's integer step count is the base; a boolean
+    (``true``) is no step count and leaves the default."""
+    from dreamtext.imageto3d import resolve_image_options
+
+    workspace = _run_with_sections(tmp_path, {}, {"descriptor_iters": 7})
+    assert resolve_image_options({}, workspace).descriptor.iters == 7
+    (workspace / "descriptor" / "sentence.json").write_text(json.dumps({"descriptor_iters": True}))
+    assert resolve_image_options({}, workspace).descriptor.iters == 10_000

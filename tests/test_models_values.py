@@ -365,3 +365,71 @@ def test_offline_an_id_the_cache_has_no_repo_of_is_not_in_the_cache(tmp_path, mo
     message = str(refusal.value)
     assert "(HF_HUB_OFFLINE is set and it is not in the Hugging Face cache)" in message
     assert "damaged" not in message
+
+
+def test_the_clip_encoder_is_on_the_device_for_the_block_and_on_the_cpu_after(monkeypatch):
+    """The sentence search runs on the run's device; between image runs CLIP waits on the CPU so
+    that it holds no GPU memory while Stable Diffusion trains."""
+    from dreamtext import describe
+
+    moves = []
+
+    class FakeModel:
+        def to(self, device):
+            moves.append(str(device))
+            return self
+
+    class FakeClip:
+        def __init__(self, model, device, batch_size):
+            self.model, self.batch_size, self.device = FakeModel(), batch_size, device
+
+    freed = []
+    monkeypatch.setattr(describe, "ClipEncoder", FakeClip)
+    monkeypatch.setattr(models_module, "_CLIP", {})
+    monkeypatch.setattr(models_module, "free_memory", freed.append)
+    with models_module.clip_encoder("clip", "cuda:0") as encoder:
+        assert (encoder.device, moves) == (torch.device("cuda:0"), ["cuda:0"])
+    assert (encoder.device, moves) == (torch.device("cpu"), ["cuda:0", "cpu"])
+    assert freed == [torch.device("cuda:0")]
+
+
+def test_a_unet_config_naming_a_block_diffusers_lacks_is_one_line_naming_the_unet(
+    tiny_sd_path, tmp_path
+):
+    """diffusers refuses an unknown block type with a ValueError ("... does not exist."): a
+    damaged folder, to be named in one line like any other, not a traceback."""
+    import json
+
+    import tiny_models
+
+    folder = tiny_models.pipeline_variant(tiny_sd_path, tmp_path / "odd")
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.unlink()
+    blocks = len(config["down_block_types"])
+    config_path.write_text(json.dumps({**config, "down_block_types": ["NoSuchBlock2D"] * blocks}))
+    with pytest.raises(DreamtextError) as refusal:
+        models_module.load_stable_diffusion(str(folder))
+    assert str(refusal.value).startswith("could not load the unet of")
+
+
+def test_load_for_takes_the_precision_it_is_given_over_the_configs(tiny_sd_path):
+    """``dtype`` given: the config's precision flags (float32 on the CPU) are not read, so a
+    half-precision ``dtype`` on the CPU is refused as such."""
+    config = GuidanceConfig(model=str(tiny_sd_path))
+    with pytest.raises(DreamtextError, match=r"torch\.float16 needs a CUDA GPU"):
+        models_module.load_for(config, "cpu", torch.float16)
+
+
+def test_the_encoder_is_compiled_on_cuda_only_and_in_the_mode_asked(tiny_sd_path, monkeypatch):
+    import copy
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda part, **kw: calls.append(kw) or "compiled")
+    loaded = models_module.load_stable_diffusion(str(tiny_sd_path))
+    assert loaded.sds_encoder(compile=True) == loaded.encode_images  # the CPU: eager
+    assert calls == []
+    on_cuda = copy.copy(loaded)
+    on_cuda.device, on_cuda._compiled = torch.device("cuda"), {}  # the decision only
+    assert on_cuda.sds_unet(compile=True, mode="max-autotune") == "compiled"
+    assert calls[-1]["mode"] == "max-autotune"
