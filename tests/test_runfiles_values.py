@@ -322,3 +322,163 @@ def test_another_prompt_into_a_diverse_run_names_its_command_with_its_seed(tmp_p
         check_new_run_workspace(workspace, "a cup", False, None)
     command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {workspace}"
     assert f"holds the --diverse run of 'a mug'; `{command}` continues it" in str(refused.value)
+
+
+def test_a_file_or_a_dangling_link_in_the_workspaces_place_is_named_as_such(tmp_path):
+    """check_writable: a file where the folder (or a folder above it) would be is 'a file',
+    a link to nowhere is that link, each with the fix at the end."""
+    from dreamtext.runfiles import check_writable
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DreamtextError) as refused:
+        check_writable(tmp_path / "afile" / "run", "FIX")
+    assert str(refused.value) == (
+        f"{tmp_path / 'afile' / 'run'} cannot be a folder: {tmp_path / 'afile'} is a file; "
+        "move that file away, or FIX"
+    )
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(DreamtextError) as refused:
+        check_writable(tmp_path / "link", "FIX")
+    assert str(refused.value) == (
+        f"{tmp_path / 'link'} cannot be a folder: {tmp_path / 'link'} is a link to "
+        f"{tmp_path / 'gone'}, which does not exist; make that folder, or FIX"
+    )
+
+
+def test_a_run_whose_image_is_gone_continues_from_a_file_of_its_copys_bytes(tmp_path):
+    """same_image: the recorded image deleted, a file of the copy's bytes elsewhere is that run's
+    image; a file of other bytes is refused."""
+    from dreamtext.runfiles import check_image_workspace
+
+    workspace = tmp_path / "run"
+    _sentence(workspace, image=str(tmp_path / "mug.png"), sentence="An image of a mug")
+    (workspace / "descriptor" / "source.png").write_bytes(b"the mug")
+    moved = tmp_path / "moved.png"
+    moved.write_bytes(b"the mug")
+    assert check_image_workspace(workspace, moved) is None
+    moved.write_bytes(b"a cup")
+    with pytest.raises(DreamtextError, match="holds the image→3D run of"):
+        check_image_workspace(workspace, moved)
+
+
+def test_an_image_edited_since_its_run_copied_it_is_refused(tmp_path):
+    from dreamtext.runfiles import check_image_workspace
+
+    workspace = tmp_path / "run"
+    image = tmp_path / "mug.png"
+    image.write_bytes(b"the mug, edited")
+    _sentence(workspace, image=str(image), sentence="An image of a mug")
+    copy = workspace / "descriptor" / "source.png"
+    copy.write_bytes(b"the mug")
+    with pytest.raises(DreamtextError) as refused:
+        check_image_workspace(workspace, image)
+    assert str(refused.value).startswith(
+        f"{image} has changed since the run in {workspace} started from it; pass --workspace "
+        f"NEW_FOLDER for the new image, or its copy {copy} to continue the run"
+    )
+    copy.write_bytes(b"the mug, edited")
+    assert check_image_workspace(workspace, image) is None
+
+
+def test_a_text_run_with_its_users_learned_tokens_is_no_image_run(tmp_path):
+    """A text→3D run trained with a tokens file (guidance.textual_inversion) but with no sentence
+    record and no stage sections is a text run: an image run is refused its folder."""
+    from dreamtext.runfiles import check_image_workspace
+
+    image = tmp_path / "mug.png"
+    image.write_bytes(b"png")
+    workspace = tmp_path / "run"
+    _config(workspace, prompt="a <cat> toy", guidance={"textual_inversion": "/my/cat.bin"})
+    with pytest.raises(DreamtextError, match="holds a text→3D run of 'a <cat> toy'"):
+        check_image_workspace(workspace, image)
+
+
+def test_a_step_record_without_its_step_is_no_record(tmp_path):
+    from dreamtext.runfiles import _file_identity, recorded_step
+
+    _checkpoint(tmp_path, 7)
+    last = tmp_path / "checkpoints" / "last.pt"
+    (tmp_path / "checkpoints" / "last.step.json").write_text(
+        json.dumps({"file": _file_identity(last)})
+    )
+    assert recorded_step(tmp_path) is None
+
+
+def test_a_new_run_is_refused_a_folder_of_runs(tmp_path):
+    """check_new_run_workspace: a folder holding runs (a batch's root) is no run's folder."""
+    from dreamtext.runfiles import check_new_run_workspace
+
+    _config(tmp_path / "runs" / "a_red_cube", prompt="a red cube")
+    _checkpoint(tmp_path / "runs" / "a_red_cube", 10)
+    with pytest.raises(DreamtextError, match=r"holds runs \(a_red_cube\)"):
+        check_new_run_workspace(tmp_path / "runs", "a red cube", False, None)
+
+
+def test_a_checkpoint_rewritten_in_place_before_its_tail_is_no_longer_the_recorded_one(tmp_path):
+    """_file_identity: the same inode, size and last 64 KiB, but written again (a new
+    modification time): the record no longer names last.pt's step."""
+    from dreamtext.runfiles import recorded_step, step_record
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    last = folder / "last.pt"
+    last.write_bytes(b"A" + b"\0" * 70000)
+    os.utime(last, ns=(1_000_000_000, 1_000_000_000))
+    (folder / "last.step.json").write_bytes(step_record(last, 7))
+    assert recorded_step(tmp_path) == 7
+    with open(last, "r+b") as file:  # in place: the inode stays
+        file.write(b"B")
+    os.utime(last, ns=(2_000_000_000, 2_000_000_000))
+    assert recorded_step(tmp_path) is None
+
+
+def test_a_checkpoint_replaced_by_another_file_of_the_same_bytes_and_time_is_not_the_recorded_one(
+    tmp_path,
+):
+    """A new file (another inode) in last.pt's place, of the same size, last 64 KiB and
+    modification time (copied with its time kept) but other bytes before them: the record was
+    written for the old file."""
+    from dreamtext.runfiles import recorded_step, step_record
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    last = folder / "last.pt"
+    last.write_bytes(b"A" + b"\0" * 70000)
+    os.utime(last, ns=(1_000_000_000, 1_000_000_000))
+    (folder / "last.step.json").write_bytes(step_record(last, 7))
+    keep = folder / "keep.pt"
+    os.link(last, keep)  # the old inode stays alive, so the new file cannot reuse its number
+    other = folder / "other.pt"
+    other.write_bytes(b"B" + b"\0" * 70000)
+    os.utime(other, ns=(1_000_000_000, 1_000_000_000))
+    os.replace(other, last)
+    assert recorded_step(tmp_path) is None
+
+
+def test_a_new_files_mode_is_the_ordinary_one_less_the_umask():
+    from dreamtext.runfiles import file_mode
+
+    before = os.umask(0o027)
+    try:
+        assert file_mode() == 0o640
+        assert file_mode(0o777) == 0o750
+        assert os.umask(0o027) == 0o027  # the umask is left as it was
+    finally:
+        os.umask(before)
+
+
+def test_a_held_run_of_an_unknown_step_names_no_step(tmp_path):
+    from dreamtext.runfiles import held_run_error
+
+    _config(tmp_path, prompt="a red cube", iters=100)
+    assert str(held_run_error(tmp_path, None, None)) == (
+        f"{tmp_path} already holds a run of this prompt; pass --resume to continue it, "
+        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER"
+    )
+
+
+def test_another_tools_config_json_without_a_prompt_is_no_other_prompts_run(tmp_path):
+    from dreamtext.runfiles import check_new_run_workspace
+
+    _config(tmp_path / "run", model="resnet50", epochs=3)
+    check_new_run_workspace(tmp_path / "run", "a red cube", False, None)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dreamtext.runstatus import has_mesh, run_finished
+from dreamtext.runstatus import error_line, has_mesh, run_finished
 
 
 def _status(ws: Path, state: str, step: int) -> None:
@@ -16,7 +16,7 @@ def _status(ws: Path, state: str, step: int) -> None:
     (ws / "status.json").write_text(json.dumps({"state": state, "step": step, "iters": step}))
 
 
-def _mesh(ws: Path, step: int | None) -> None:
+def _mesh(ws: Path, step: int | bool | None) -> None:
     (ws / "mesh").mkdir(parents=True, exist_ok=True)
     (ws / "mesh" / "mesh.glb").write_bytes(b"glb")
     if step is not None:
@@ -79,3 +79,25 @@ def test_an_unreadable_status_json_is_no_run_from_before_it(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"iters": 20}))
     (tmp_path / "status.json").write_text("{cut sho")
     assert not run_finished(tmp_path, 20)
+
+
+def test_a_status_whose_step_is_a_boolean_is_no_finished_run(tmp_path):
+    """JSON true is no step (another tool's file, or one edited by hand): true >= 1 in Python,
+    but no run finished at step 'true'."""
+    (tmp_path / "status.json").write_text(json.dumps({"state": "finished", "step": True}))
+    assert not run_finished(tmp_path, 1)
+    assert not run_finished(tmp_path, 0)
+
+
+def test_a_mesh_json_whose_step_is_a_boolean_leaves_the_step_unknown(tmp_path):
+    """mesh.json's step true is no step: the mesh counts, as one of an unknown step does
+    (true >= 20 is False in Python, which made it an earlier end's)."""
+    _mesh(tmp_path, True)
+    assert has_mesh(tmp_path, 20)
+
+
+def test_error_line_of_an_error_with_a_message_names_its_type_and_first_line():
+    assert error_line(RuntimeError("CUDA out of memory\nTried to allocate")) == (
+        "RuntimeError: CUDA out of memory"
+    )
+    assert error_line(OSError("  \n ")) == "OSError"
