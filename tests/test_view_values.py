@@ -397,7 +397,6 @@ def test_a_mesh_file_dated_before_1980_still_zips(root: Path):  # noqa: F811
     without times) is dated 1980-01-01 in the zip, not a 500."""
     import io
     import os
-    import time
     import zipfile
 
     glb = root / "cube" / "mesh" / "mesh.glb"
@@ -406,7 +405,47 @@ def test_a_mesh_file_dated_before_1980_still_zips(root: Path):  # noqa: F811
         status, body, _ = get(srv, "/download/cube/cube.zip")
     assert status == 200
     info = zipfile.ZipFile(io.BytesIO(body)).getinfo("cube/mesh.glb")
-    assert info.date_time == time.localtime(315532800)[:6]
+    assert info.date_time == (1980, 1, 1, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("mtime", "tz", "date_time"),
+    [
+        (4.5e9, "UTC", (2107, 12, 31, 23, 59, 58)),  # 2112, from a bad clock: the last date
+        (1e12, "UTC", (2107, 12, 31, 23, 59, 58)),  # year 33658
+        # 1980-01-01 00:00 UTC is 1979-12-31 19:00 in New York, before the format's first date.
+        (315532800, "America/New_York", (1980, 1, 1, 0, 0, 0)),
+        # 2107-12-31 23:00 UTC is 2108-01-01 08:00 in Tokyo, past the format's last date.
+        (4354815600.0, "Asia/Tokyo", (2107, 12, 31, 23, 59, 58)),
+        (4354815600.0, "UTC", (2107, 12, 31, 23, 0, 0)),
+    ],
+)
+def test_a_mesh_file_dated_outside_the_zip_formats_years_still_zips(
+    root: Path,  # noqa: F811
+    monkeypatch,
+    mtime,
+    tz,
+    date_time,
+):
+    """zipfile raised (a 500, and `view --static` stopped with a traceback for every run) for a
+    file dated after 2107, or before 1980 in local time."""
+    import io
+    import os
+    import time
+    import zipfile
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        glb = root / "cube" / "mesh" / "mesh.glb"
+        os.utime(glb, (mtime, mtime))
+        with serving(Catalog([root])) as srv:
+            status, body, _ = get(srv, "/download/cube/cube.zip")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert status == 200
+    assert zipfile.ZipFile(io.BytesIO(body)).getinfo("cube/mesh.glb").date_time == date_time
 
 
 def test_a_static_export_over_a_folder_above_the_working_one_is_refused(

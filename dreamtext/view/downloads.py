@@ -36,6 +36,11 @@ SELF_CONTAINED = {"glb": ".glb", "ply": ".ply"}
 ZIP_EXTRAS = ("mesh/mesh.json",)
 # Files already compressed: stored as they are.
 STORED_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# The first and last times a zip entry can hold (DOS dates, seconds in steps of 2), and a file
+# time past the last in every time zone (2108-01-02 UTC), to which later ones are cut before
+# they become a local time (a bad clock's year 33658 is past what a local time can hold).
+ZIP_FIRST, ZIP_LAST = (1980, 1, 1, 0, 0, 0), (2107, 12, 31, 23, 59, 58)
+ZIP_LAST_SECONDS = 4354905600.0
 
 
 def download_names(run: Run) -> dict[str, str]:
@@ -79,8 +84,10 @@ def zip_bytes(run: Run, leave_out: Collection[str] = ()) -> bytes:
             if not source.resolve().is_relative_to(workspace):
                 continue
             data = source.read_bytes()
-            # The file's own time (the zip format starts in 1980).
-            stamp = time.localtime(max(source.stat().st_mtime, 315532800))[:6]
+            # The file's own local time, within the zip format's dates (1980 to 2107): a file
+            # dated 2200 by a bad clock, or 1970 west of Greenwich, made zipfile raise.
+            seconds = min(max(source.stat().st_mtime, 0.0), ZIP_LAST_SECONDS)
+            stamp = min(max(time.localtime(seconds)[:6], ZIP_FIRST), ZIP_LAST)
             info = zipfile.ZipInfo(name, date_time=stamp)
             info.external_attr = 0o644 << 16
             stored = PurePosixPath(rel).suffix.lower() in STORED_SUFFIXES
