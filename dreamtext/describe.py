@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -123,7 +122,9 @@ class ClipEncoder:
                     f"{model} is not a CLIP model in transformers layout "
                     f"({type(error).__name__}); pass --clip a CLIP folder or hub id"
                 ) from None
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            from huggingface_hub import constants
+
+            offline = constants.HF_HUB_OFFLINE  # "1", "true", "yes" or "on", as the hub reads it
             where = "offline" if offline else "from the hub or disk"
             from dreamtext.models import hub_unreachable
 
