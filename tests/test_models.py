@@ -403,12 +403,14 @@ def test_a_load_without_network_says_the_hub_was_not_reached(tmp_path, monkeypat
 
 
 def test_clip_without_network_says_the_hub_was_not_reached(monkeypatch):
+    from huggingface_hub import constants
     from transformers import CLIPProcessor
 
     from dreamtext.describe import ClipEncoder
     from dreamtext.errors import DreamtextError
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as the hub read it at import
 
     def unreachable(*args, **kwargs):
         raise hub_failure_without_network()
