@@ -114,18 +114,18 @@ def test_perp_neg_sums_its_weighted_negatives():
     torch.testing.assert_close(out, torch.tensor([6.0, 5.0]).reshape(1, 1, 1, 2))
 
 
-def test_each_perp_neg_negative_is_predicted_at_its_own_samples_time():
+def test_each_perp_neg_negative_is_predicted_at_its_own_samples_time_and_latents():
     """A batch of two views with two negatives each: the U-Net's rows are [uncond × 2,
     cond × 2, the negatives of view 0, those of view 1], so their times are
-    [t0, t1, t0, t1, t0, t0, t1, t1]; ``repeat`` in place of ``repeat_interleave`` gave view 0's
-    second negative view 1's time."""
+    [t0, t1, t0, t1, t0, t0, t1, t1] and the negatives' latents [x0, x0, x1, x1]; ``repeat`` in
+    place of ``repeat_interleave`` gave view 0's second negative view 1's time (or latents)."""
     from types import SimpleNamespace
 
     seen = {}
 
     class Unet:
         def __call__(self, x, t, encoder_hidden_states):
-            seen["t"] = t.clone()
+            seen["t"], seen["x"] = t.clone(), x.clone()
             return SimpleNamespace(sample=torch.zeros_like(x))
 
     class Prompts:
@@ -139,8 +139,10 @@ def test_each_perp_neg_negative_is_predicted_at_its_own_samples_time():
     guidance.cfg = GuidanceConfig(perp_neg=True)
     guidance.prompts, guidance.unet, guidance.prediction_type = Prompts(), Unet(), "epsilon"
     guidance.models = SimpleNamespace(unet=None, unet_input=lambda x: x)
-    guidance.predict_noise(torch.randn(2, 4, 2, 2), torch.tensor([100, 700]), ["side", "back"])
+    x_t = torch.stack([torch.zeros(4, 2, 2), torch.ones(4, 2, 2)])
+    guidance.predict_noise(x_t, torch.tensor([100, 700]), ["side", "back"])
     assert seen["t"].tolist() == [100, 700, 100, 700, 100, 100, 700, 700]
+    assert seen["x"][4:].flatten(1).mean(1).tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
 def test_perp_neg_without_negatives_is_classifier_free_guidance():

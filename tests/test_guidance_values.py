@@ -114,32 +114,6 @@ def test_a_non_finite_render_is_skipped_even_when_the_prediction_is_finite():
 # What predict_noise hands the U-Net
 
 
-def test_each_perp_neg_negative_is_predicted_on_its_own_samples_latents():
-    """Rows [uncond × 2, cond × 2, view 0's two negatives, view 1's two]: the negatives' latents
-    are [x0, x0, x1, x1]."""
-    seen = {}
-
-    class Unet:
-        def __call__(self, x, t, encoder_hidden_states):
-            seen["x"] = x.clone()
-            return SimpleNamespace(sample=torch.zeros_like(x))
-
-    class Prompts:
-        def get(self, labels):
-            return torch.zeros(len(labels), 3, 4), torch.ones(len(labels), 3, 4)
-
-        def negatives(self, labels):
-            return torch.full((len(labels), 2, 3, 4), 2.0), torch.ones(len(labels), 2)
-
-    guidance = object.__new__(StableDiffusionGuidance)
-    guidance.cfg = GuidanceConfig(perp_neg=True)
-    guidance.prompts, guidance.unet, guidance.prediction_type = Prompts(), Unet(), "epsilon"
-    guidance.models = SimpleNamespace(unet=None, unet_input=lambda x: x)
-    x_t = torch.stack([torch.zeros(4, 2, 2), torch.ones(4, 2, 2)])
-    guidance.predict_noise(x_t, torch.tensor([100, 700]), ["side", "back"])
-    assert seen["x"][4:].flatten(1).mean(1).tolist() == [0.0, 0.0, 1.0, 1.0]
-
-
 def test_v_prediction_uses_each_samples_own_time(tiny_sd_v_path: Path):
     """Two samples at t = 100 and 900: each row's ε = √ᾱ_t v + √(1 − ᾱ_t) x_t with its own t."""
     guidance = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_v_path)))

@@ -315,6 +315,18 @@ def test_a_second_precision_of_one_model_is_a_second_load_in_that_precision(
     assert next(first.unet.parameters()).dtype == torch.float32
 
 
+def _offline_with_cache(monkeypatch, hub: Path) -> None:
+    """HF_HUB_OFFLINE=1 with ``hub`` as the Hugging Face cache, as the hub reads them (its
+    constants, read at import) and in the environment; no model loaded before."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models_module.clear_cache()
+
+
 def test_offline_a_damaged_model_in_the_hub_cache_is_called_damaged_not_missing(
     tiny_sd_path, tmp_path, monkeypatch
 ):
@@ -323,8 +335,6 @@ def test_offline_a_damaged_model_in_the_hub_cache_is_called_damaged_not_missing(
     download a model they have, and naming nothing of the file that does not load."""
     import shutil
 
-    from huggingface_hub import constants
-
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someone--some-model"
     (repo / "refs").mkdir(parents=True)
@@ -332,11 +342,7 @@ def test_offline_a_damaged_model_in_the_hub_cache_is_called_damaged_not_missing(
     shutil.copytree(tiny_sd_path, repo / "snapshots" / commit)
     weights = next((repo / "snapshots" / commit / "unet").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    models_module.clear_cache()
+    _offline_with_cache(monkeypatch, tmp_path / "hub")
     with pytest.raises(DreamtextError) as refusal:
         models_module.load_stable_diffusion("someone/some-model")
     message = str(refusal.value)
@@ -353,13 +359,8 @@ def test_offline_a_damaged_model_in_the_hub_cache_is_called_damaged_not_missing(
 def test_offline_an_id_the_cache_has_no_repo_of_is_not_in_the_cache(tmp_path, monkeypatch, model):
     """A typo'd id (or a folder name with a space that does not exist) fails without a
     LocalEntryNotFoundError in its chain: it is not in the cache, not a damaged cached model."""
-    from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    models_module.clear_cache()
+    _offline_with_cache(monkeypatch, tmp_path / "hub")
     with pytest.raises(DreamtextError) as refusal:
         models_module.load_stable_diffusion(model)
     message = str(refusal.value)
