@@ -33,6 +33,20 @@ def steps_on_disk(folder: Path) -> dict[str, int]:
     return {p.name: checkpoint_step(p) for p in sorted(folder.glob("*.pt"))}
 
 
+def _run_state(field, renderer, config: dict, field_config: dict) -> dict:
+    """A run's checkpoint at step 2 of ``field`` and ``renderer``, with no optimiser or RNG
+    state."""
+    return {
+        "step": 2,
+        "field": field.state_dict(),
+        "optimizer": {},
+        "renderer": renderer.state_dict(),
+        "rng": {},
+        "config": config,
+        "field_config": field_config,
+    }
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
 def test_checkpoints_have_the_mode_of_an_ordinary_new_file(tmp_path, umask, mode):
     """0o666 less the umask, not mkstemp's private 0o600: a run is shared with others."""
@@ -165,15 +179,7 @@ def test_an_older_builtin_checkpoint_is_rebuilt_with_its_presets_settings(tmp_pa
     del config["presets"], config["field"]["density_activation"], config["render"]["sampler"]
     field_config = field_config_to_dict(cfg.field)
     del field_config["density_activation"]
-    state = {
-        "step": 2,
-        "field": field.state_dict(),
-        "optimizer": {},
-        "renderer": renderer.state_dict(),
-        "rng": {},
-        "config": config,
-        "field_config": field_config,
-    }
+    state = _run_state(field, renderer, config, field_config)
     save_checkpoint(tmp_path, state)
     loaded, loaded_renderer, _ = load_run(tmp_path)
     assert loaded.cfg.density_activation == "exp"
@@ -337,15 +343,7 @@ def test_a_runs_renderer_comes_back_with_its_trained_occupancy_grid(tmp_path):
     grid["grid.occupied"].view(-1)[::2] = False
     grid["grid.density"].view(-1)[::3] = 2.5
     renderer.load_state_dict(grid)
-    state = {
-        "step": 2,
-        "field": field.state_dict(),
-        "optimizer": {},
-        "renderer": renderer.state_dict(),
-        "rng": {},
-        "config": config_to_dict(cfg),
-        "field_config": field_config_to_dict(cfg.field),
-    }
+    state = _run_state(field, renderer, config_to_dict(cfg), field_config_to_dict(cfg.field))
     save_checkpoint(tmp_path, state)
     _, loaded_renderer, _ = load_run(tmp_path)
     loaded = loaded_renderer.state_dict()

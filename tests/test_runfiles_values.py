@@ -414,17 +414,25 @@ def test_a_new_run_is_refused_a_folder_of_runs(tmp_path):
         check_new_run_workspace(tmp_path / "runs", "a red cube", False, None)
 
 
-def test_a_checkpoint_rewritten_in_place_before_its_tail_is_no_longer_the_recorded_one(tmp_path):
-    """_file_identity: the same inode, size and last 64 KiB, but written again (a new
-    modification time): the record no longer names last.pt's step."""
-    from dreamtext.runfiles import recorded_step, step_record
+def _recorded_last_pt(workspace):
+    """``checkpoints/last.pt`` (70,001 bytes, mtime 1 s) and its step record naming step 7."""
+    from dreamtext.runfiles import step_record
 
-    folder = tmp_path / "checkpoints"
+    folder = workspace / "checkpoints"
     folder.mkdir()
     last = folder / "last.pt"
     last.write_bytes(b"A" + b"\0" * 70000)
     os.utime(last, ns=(1_000_000_000, 1_000_000_000))
     (folder / "last.step.json").write_bytes(step_record(last, 7))
+    return folder, last
+
+
+def test_a_checkpoint_rewritten_in_place_before_its_tail_is_no_longer_the_recorded_one(tmp_path):
+    """_file_identity: the same inode, size and last 64 KiB, but written again (a new
+    modification time): the record no longer names last.pt's step."""
+    from dreamtext.runfiles import recorded_step
+
+    _, last = _recorded_last_pt(tmp_path)
     assert recorded_step(tmp_path) == 7
     with open(last, "r+b") as file:  # in place: the inode stays
         file.write(b"B")
@@ -438,14 +446,9 @@ def test_a_checkpoint_replaced_by_another_file_of_the_same_bytes_and_time_is_not
     """A new file (another inode) in last.pt's place, of the same size, last 64 KiB and
     modification time (copied with its time kept) but other bytes before them: the record was
     written for the old file."""
-    from dreamtext.runfiles import recorded_step, step_record
+    from dreamtext.runfiles import recorded_step
 
-    folder = tmp_path / "checkpoints"
-    folder.mkdir()
-    last = folder / "last.pt"
-    last.write_bytes(b"A" + b"\0" * 70000)
-    os.utime(last, ns=(1_000_000_000, 1_000_000_000))
-    (folder / "last.step.json").write_bytes(step_record(last, 7))
+    folder, last = _recorded_last_pt(tmp_path)
     keep = folder / "keep.pt"
     os.link(last, keep)  # the old inode stays alive, so the new file cannot reuse its number
     other = folder / "other.pt"

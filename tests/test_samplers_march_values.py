@@ -3,8 +3,7 @@ equations of dreamtext/samplers.py (a second pass over the lines the other suite
 
 import torch
 from analytic_field import EmptyField
-
-from dreamtext.samplers import OccupancySampler
+from test_samplers_values import marcher
 
 DOWN_Z = (torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[0.0, 0.0, -1.0]]))
 
@@ -22,21 +21,6 @@ class CountingFog(EmptyField):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.points += len(x)
         return super().forward(x)
-
-
-def marcher(**overrides) -> OccupancySampler:
-    settings = dict(
-        march_steps=8,
-        window=4,
-        alpha_threshold=0.0,
-        transmittance_threshold=0.0,
-        min_near=0.05,
-        grid=None,
-        chunk_rays=16,
-        chunk_points=64,
-    )
-    settings.update(overrides)
-    return OccupancySampler(**settings)
 
 
 def test_an_empty_field_keeps_no_sample_even_with_a_zero_alpha_threshold() -> None:

@@ -14,6 +14,22 @@ class FogField(EmptyField):
         return torch.full((len(x),), 0.01, dtype=x.dtype, device=x.device)
 
 
+def marcher(**overrides) -> OccupancySampler:
+    """A small occupancy marcher without a grid or thresholds: every step is kept."""
+    settings = dict(
+        march_steps=8,
+        window=4,
+        alpha_threshold=0.0,
+        transmittance_threshold=0.0,
+        min_near=0.05,
+        grid=None,
+        chunk_rays=16,
+        chunk_points=64,
+    )
+    settings.update(overrides)
+    return OccupancySampler(**settings)
+
+
 def test_a_field_empty_everywhere_leaves_every_cell_occupied() -> None:
     # g = max(decay · 0, 0) = 0 in every cell and min(τ, mean g) = 0, so g ≥ 0 holds everywhere:
     # a field whose density vanished is still sampled everywhere and can grow back.
@@ -58,16 +74,7 @@ def test_marcher_steps_without_perturb_tile_near_to_far_and_end_at_far() -> None
     # far 3 through the cube of bound 1): nothing is pruned and the ray never stops. The cuts
     # are e_k = near + (k + ½) dt; the first step starts at near and the last one is cut at
     # far: consecutive, and their lengths add up to far − near = 2.
-    sampler = OccupancySampler(
-        march_steps=8,
-        window=4,
-        alpha_threshold=0.0,
-        transmittance_threshold=0.0,
-        min_near=0.05,
-        grid=None,
-        chunk_rays=16,
-        chunk_points=64,
-    )
+    sampler = marcher()
     origins, directions = torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[0.0, 0.0, -1.0]])
     samples, _ = sampler.sample(FogField(), origins, directions, perturb=False)
     dt = 2.0 * 3.0**0.5 / 8
