@@ -425,6 +425,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         _read_config_layers(args.config, rerun=False)
         check_resumed_prompt(Path(base["workspace"]), base, args.prompt)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
+    args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
 
     def note(loaded: TrainConfig, resumed: dict | None) -> str | None:
         """The settings a resume changes, recorded in config.json's resumes too but said on
@@ -786,6 +787,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         new_run="pass --workspace NEW_FOLDER for a new run",
         **image_run_fixed(workspace, args.overwrite, "image"),
     )
+    args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
     image_options = image_overrides(args)
     options = resolve_image_options(image_options, workspace)
     ignored = []
@@ -1754,8 +1756,8 @@ def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: s
         text = str(error).splitlines()[0] if str(error) else ""
         detail = text.split(" GPU ")[0].strip().rstrip(".")
         flags = {"fp16": "--fp16", "h": "a smaller --h/--w", "device": "--device cpu"}
-        if getattr(args, "fp16", False) or getattr(args, "bf16", False):
-            del flags["fp16"]  # already in half precision
+        if any(getattr(args, name, False) for name in ("fp16", "bf16", "half_precision")):
+            del flags["fp16"]  # already in half precision (a flag, --config or the resumed run)
         free = "free the GPU of other work"
     else:
         tried = re.search(r"allocate (\d+) bytes", str(error))

@@ -210,3 +210,43 @@ def test_the_line_for_memory_outside_training_offers_fp16_only_where_it_is_off(f
     assert line.startswith("out of GPU memory in `dreamtext text` (CUDA out of memory. Tried")
     assert ("--fp16" in line) == offered, line
     assert "a smaller --h/--w" in line and "--device cpu" in line
+
+
+@pytest.mark.parametrize("source", ["config", "resume"])
+def test_the_cli_line_offers_no_fp16_to_a_run_in_fp16_through_its_config_or_resume(
+    tmp_path, capsys, source
+):
+    """Memory that runs out outside training gets the CLI's own line. A run in fp16 through
+    ``--config`` (``guidance.fp16: true``) or through the run it resumes was told "run again
+    with --fp16": only the flag itself was read."""
+    import yaml
+    from tiny_models import builtin_on_virtual_cuda
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext import trainer
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--device", "cuda"]
+    command += ["--h", "16", "--w", "16", "--iters", "2", "--workspace", str(workspace)]
+    if source == "config":
+        config = tmp_path / "half.yaml"
+        config.write_text(yaml.safe_dump({"guidance": {"fp16": True}}))
+        command += ["--config", str(config)]
+    else:
+        with virtual_cuda():
+            run = builtin_on_virtual_cuda(workspace, {"fp16": True}, {"compile_field": False})
+            train(resolve_config({**run, "iters": 1}))
+        command = ["text", "a red cube", "--resume", "--workspace", str(workspace)]
+        capsys.readouterr()  # the training's own lines
+
+    def runs_out(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with virtual_cuda(), pytest.MonkeyPatch.context() as m:
+        m.setattr(trainer, "train", runs_out)
+        code = main(command)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("dreamtext: error: out of GPU memory in `dreamtext text`"), err
+    assert "a smaller --h/--w" in err and "--fp16" not in err, err
