@@ -669,9 +669,14 @@ def _run_diverse(
         device = resolve_device(cfg.device)
         check_stages(workspace, cfg, options, device, overwrite)
         # The sample reads the prompt as typed (the stages after it, the learned sentence):
-        # one the text encoder would cut off was sampled cut off, without a word.
+        # one the text encoder would cut off was sampled cut off, without a word. So was a
+        # negative prompt that the caller's learned tokens lengthen (check_text_stage counted
+        # it before their expansion).
         side = load_for(cfg.guidance, device).text_side(words)
-        check_lengths(side.tokenizer, [expand_tokens(cfg.prompt, side.expansions)], "", False)
+        expanded = [
+            expand_tokens(text, side.expansions) for text in (cfg.prompt, cfg.guidance.negative)
+        ]
+        check_lengths(side.tokenizer, expanded[:1], expanded[1], False)
         del side
         if note is not None:
             _note(note)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from tiny_models import TINY_TRAIN
 
@@ -1598,6 +1599,32 @@ def test_a_diverse_prompt_the_text_encoder_would_cut_off_is_refused_before_sampl
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("dreamtext: error: the prompt is "), err
     assert "would cut off the rest; shorten the prompt" in err[-1]
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_diverse_negative_prompt_its_learned_tokens_lengthen_past_the_limit_is_refused(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
+):
+    """A negative prompt holding a learned token of 16 vectors: counted before the expansion
+    (`<t>` as 3 sub-words) it is 1 + 3 + 60 + 1 = 65 tokens and passed; the sample read it
+    expanded, 1 + 16 + 60 + 1 = 78, cut at 77 without a word."""
+    from safetensors.torch import save_file
+
+    from dreamtext.cli import main
+
+    monkeypatch.setattr(imageto3d, "sample_image", _fail)
+    monkeypatch.chdir(tmp_path)
+    save_file({"<t>": torch.randn(16, 32)}, str(tmp_path / "t.safetensors"))
+    guidance = {"textual_inversion": "t.safetensors", "negative": "<t>" + " a" * 60}
+    (tmp_path / "words.yaml").write_text(yaml.safe_dump({"guidance": guidance}))
+    args = ["text", "a red cube", "--diverse", "--model", str(tiny_sd_path)]
+    args += ["--clip", str(tiny_clip_path), "--workspace", "run", "--config", "words.yaml"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        "dreamtext: error: the negative prompt is 78 tokens, but the text encoder reads 77 "
+        "(start and end included) and would cut off the rest; shorten the negative prompt"
+    ), err
     assert not (tmp_path / "run" / "config.json").exists()
 
 
