@@ -35,7 +35,7 @@ from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.config import absolute_model_folder
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
-from dreamtext.images import load_image, pad_to_square, small_image_warning
+from dreamtext.images import load_image, open_unchecked, pad_to_square, small_image_warning
 from dreamtext.inputs import check_search_options
 from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
 from dreamtext.interrupts import raise_if_stop_requested
@@ -381,7 +381,9 @@ def keep_source_copy(image_path: str | Path, workspace: str | Path, replace: boo
     format removed. ``image_path`` must have passed :func:`load_image`.
     """
     image_path, workspace = Path(image_path), Path(workspace)
-    with Image.open(image_path) as image:
+    # Without Pillow's pixel limit, as load_image read it: a 200-megapixel phone photo's JPEG
+    # (decoded at 1/8 size there) was a DecompressionBombError traceback here.
+    with open_unchecked(image_path) as image:
         suffix = SOURCE_SUFFIXES[image.format]
     target = workspace / "descriptor" / f"source{suffix}"
     if replace or not target.is_file():

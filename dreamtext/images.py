@@ -95,7 +95,7 @@ def _file_key(path: Path, max_size: int) -> tuple | None:
 def _load_image(path: Path, max_size: int) -> Image.Image:
     """:func:`load_image`'s decoding and checks, every time."""
     try:
-        with _open_unchecked(path) as image:
+        with open_unchecked(path) as image:
             if image.format not in SUPPORTED_FORMATS:
                 raise DreamtextError(
                     f"{path}: {image.format} images are not supported; use PNG, JPEG or WebP"
@@ -146,7 +146,7 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
 
 
 @contextmanager
-def _open_unchecked(path: Path) -> Iterator[Image.Image]:
+def open_unchecked(path: Path) -> Iterator[Image.Image]:
     """``Image.open`` without Pillow's own pixel limit, which counts a JPEG's pixels at full
     size: :func:`_load_image` checks the pixels it decodes against :data:`MAX_PIXELS` itself,
     before it decodes any. Nothing is decoded by the open."""

@@ -174,6 +174,30 @@ def test_a_jpeg_is_counted_by_the_pixels_it_decodes(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 10_000  # Pillow's limit as it was
 
 
+def test_the_runs_copy_of_a_jpeg_over_pillows_limit_is_kept_without_its_check(
+    tmp_path, monkeypatch
+):
+    """load_image accepted a 180-megapixel phone photo (decoded at 1/8), then the copy kept in
+    the run (describe, image) opened it with Pillow's limit to read its format: a
+    DecompressionBombError traceback over twice the limit, Pillow's "could be decompression bomb
+    DOS attack" warning over it. Here the limit is 10,000 pixels and the JPEG 30,000."""
+    import warnings
+
+    from PIL import Image
+
+    from dreamtext.describe import keep_source_copy
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    photo = tmp_path / "photo.jpeg"
+    Image.new("RGB", (200, 150), (200, 30, 30)).save(photo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        copy = keep_source_copy(photo, tmp_path / "run")
+    assert copy == tmp_path / "run" / "descriptor" / "source.jpg"
+    assert copy.read_bytes() == photo.read_bytes()
+    assert Image.MAX_IMAGE_PIXELS == 10_000
+
+
 def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
     path = tmp_path / "gradient16.png"
     gradient = np.linspace(0, 65535, 32).astype(np.uint16)
