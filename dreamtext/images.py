@@ -127,7 +127,10 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
     except DreamtextError:
         raise
     except UnidentifiedImageError:
-        message = f"{path}: not an image Pillow can read; use PNG, JPEG or WebP"
+        if damaged := _signature_format(path):  # a cut-off download, a flipped bit
+            message = f"{path}: corrupt or truncated {damaged} file (Pillow cannot read it)"
+        else:
+            message = f"{path}: not an image Pillow can read; use PNG, JPEG or WebP"
         raise DreamtextError(message) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DreamtextError(f"{path}: corrupt or unreadable image ({error})") from None
@@ -143,6 +146,24 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
     rgb.info[SOURCE_SIZE] = rgb.size
     rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     return rgb
+
+
+def _signature_format(path: Path) -> str | None:
+    """The supported format whose signature ``path`` starts with (PNG's eight bytes, JPEG's
+    ``FF D8 FF``, WebP's ``RIFF....WEBP``), for a file Pillow could not identify: a damaged one
+    of that format, not one of another; ``None`` for any other start."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
 
 
 @contextmanager

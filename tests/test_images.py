@@ -128,6 +128,32 @@ def test_truncated_png_is_reported_corrupt(tmp_path):
         load_image(path)
 
 
+@pytest.mark.parametrize(
+    ("damage", "name", "kind"),
+    [
+        ("cut at 40 bytes", "mug.png", "PNG"),
+        ("IHDR's checksum", "mug.png", "PNG"),
+        ("cut at 12 bytes", "mug.webp", "WebP"),
+        ("cut at 3 bytes", "mug.jpg", "JPEG"),
+    ],
+)
+def test_a_damaged_file_of_a_supported_format_is_called_damaged(tmp_path, damage, name, kind):
+    """A PNG cut off before its pixels (an interrupted download) or with a flipped bit in its
+    header's checksum is one Pillow cannot identify: it was "not an image Pillow can read; use
+    PNG, JPEG or WebP", the format it is. Cut lengths are inside each format's header."""
+    path = tmp_path / name
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
+    data = bytearray(path.read_bytes())
+    if damage.startswith("cut"):
+        data = data[: int(damage.split()[2])]
+    else:
+        data[29] ^= 1  # 8 signature + 4 length + 4 "IHDR" + 13 data: the checksum's first byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(DreamtextError) as raised:
+        load_image(path)
+    assert str(raised.value) == f"{path}: corrupt or truncated {kind} file (Pillow cannot read it)"
+
+
 def test_unsupported_format_is_refused(tmp_path):
     path = tmp_path / "cup.bmp"
     Image.new("RGB", (4, 4)).save(path)
