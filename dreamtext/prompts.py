@@ -10,6 +10,7 @@ tokens to the tokenizer and rows to the text encoder's embedding table before en
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -190,6 +191,14 @@ def add_textual_inversion(
             raise DreamtextError(
                 f"token {taken[0]!r} is already in the tokenizer; rename the learned token"
             )
+        # A file holding both <t> of n vectors and a <t>_1 of its own (two files merged): one
+        # name for two vectors, the last written won and <t> lost its own second vector.
+        twice = [n for n in names[1:] if n in new_tokens or n in embeds]
+        if twice:
+            raise DreamtextError(
+                f"token {twice[0]!r} is a learned token of its own and the name of one of "
+                f"{token!r}'s vectors (a token's vectors are named <t>, <t>_1, …); rename one"
+            )
         expansions[token] = " ".join(names)
         new_tokens += names
         vectors.append(vecs)
@@ -203,7 +212,12 @@ def add_textual_inversion(
 
 
 def expand_tokens(text: str, expansions: Mapping[str, str]) -> str:
-    """Replace each multi-vector learned token by its run of tokens (see add_textual_inversion)."""
-    for token, expanded in expansions.items():
-        text = text.replace(token, expanded)
-    return text
+    """Replace each multi-vector learned token by its run of tokens (see add_textual_inversion),
+    in one pass over ``text`` that tries the longest token first, as the tokenizer splits its
+    added tokens out: ``<t>`` is not replaced inside ``<t>2``, another learned token, nor inside
+    an expansion already written."""
+    if not expansions:
+        return text
+    tokens = sorted(expansions, key=len, reverse=True)
+    pattern = "|".join(map(re.escape, tokens))
+    return re.sub(pattern, lambda match: expansions[match[0]], text)

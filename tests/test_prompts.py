@@ -197,6 +197,31 @@ def test_multi_vector_token_expands_to_one_token_per_vector(tokenizer, text_enco
     torch.testing.assert_close(text_encoder.get_input_embeddings().weight[ids], vectors)
 
 
+@pytest.mark.parametrize("first", ["<t>", "<t>_1"])
+def test_a_token_named_as_another_tokens_vector_is_refused(tokenizer, text_encoder, first):
+    """A file holding <t> of 2 vectors and a <t>_1 of its own (two files merged): <t>'s second
+    vector and <t>_1's were written to one row, the last one won, without a word."""
+    embeds = {"<t>": torch.full((2, 32), 1.0), "<t>_1": torch.full((1, 32), 9.0)}
+    embeds = dict(sorted(embeds.items(), key=lambda item: item[0] != first))
+    with pytest.raises(DreamtextError) as raised:
+        add_textual_inversion(tokenizer, text_encoder, embeds)
+    assert str(raised.value) == (
+        "token '<t>_1' is a learned token of its own and the name of one of '<t>''s vectors "
+        "(a token's vectors are named <t>, <t>_1, …); rename one"
+    )
+
+
+def test_a_token_is_not_expanded_inside_a_longer_learned_token(tokenizer, text_encoder):
+    """<t> (2 vectors) and <t>2 (1): `a <t>2` became `a <t> <t>_12` (str.replace of <t> inside
+    <t>2), which the tokenizer reads as <t>, <t>_1 and "2": <t>2's vector was not read."""
+    vectors = {"<t>": torch.randn(2, 32), "<t>2": torch.randn(1, 32)}
+    expansions = add_textual_inversion(tokenizer, text_encoder, vectors)
+    assert expand_tokens("a <t>2 and <t>", expansions) == "a <t>2 and <t> <t>_1"
+    ids = tokenizer(expand_tokens("<t>2", expansions), add_special_tokens=False).input_ids
+    assert ids == tokenizer.convert_tokens_to_ids(["<t>2"])
+    assert expand_tokens("a red cube", {}) == "a red cube"
+
+
 def test_textual_inversion_changes_the_prompt_embedding(tokenizer, text_encoder):
     add_textual_inversion(tokenizer, text_encoder, {"<dt-cat>": torch.randn(1, 32)})
     before = encode_texts(tokenizer, text_encoder, ["a <dt-cat>"])
