@@ -285,7 +285,10 @@ def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> N
     # config.json's image first: an image→3D run stopped in its describe stage has no
     # sentence yet, and another image's sentence and copy made its own image read as changed.
     previous = recorded_image(workspace)
-    if previous is not None and Path(previous).resolve() != Path(image_path).resolve():
+    # The same bytes moved or copied elsewhere are this image, as for `image` (same_image).
+    if previous is not None and not same_image(
+        Path(image_path), Path(previous), *image_and_copy_bytes(Path(image_path), workspace)
+    ):
         run = "image→3D run" if record is None else "sentence"
         raise DreamtextError(
             f"{workspace} holds the {run} of {previous}; pass --workspace NEW_FOLDER to "
@@ -315,6 +318,17 @@ def same_image(
     if data is None:
         return False
     return copy_data == data or (previous.is_file() and previous.read_bytes() == data)
+
+
+def image_and_copy_bytes(image_path: Path, workspace: Path) -> tuple[bytes | None, bytes | None]:
+    """:func:`same_image`'s ``data`` and ``copy_data``: the bytes of ``image_path`` (``None``
+    when it is no file) and of the copy in ``workspace`` (``None`` without one, or without
+    ``data``), each file read once."""
+    data = image_path.read_bytes() if image_path.is_file() else None
+    copy = source_copy(workspace)
+    if data is None or copy is None:
+        return data, None
+    return data, data if copy.resolve() == image_path.resolve() else copy.read_bytes()
 
 
 def recorded_image(workspace: Path) -> str | None:
@@ -357,12 +371,10 @@ def check_image_workspace(
     sections = read_stage_sections(workspace)
     previous = recorded_image(workspace)
     copy = source_copy(workspace)
-    # The image and the copy are read once each (an image may be tens of megabytes), and only
-    # for a run that recorded one.
-    data = image_path.read_bytes() if previous is not None and image_path.is_file() else None
-    copy_data = None
-    if data is not None and copy is not None:
-        copy_data = data if copy.resolve() == image_path.resolve() else copy.read_bytes()
+    # Read only for a run that recorded an image (an image may be tens of megabytes).
+    data, copy_data = (
+        image_and_copy_bytes(image_path, workspace) if previous is not None else (None, None)
+    )
     if previous is not None and not same_image(image_path, Path(previous), data, copy_data):
         raise DreamtextError(
             f"{workspace} holds the image→3D run of {previous}; pass --workspace NEW_FOLDER "

@@ -191,6 +191,29 @@ def test_describe_reads_the_image_of_the_runs_config_before_its_sentence(tmp_pat
     check_describe_workspace(workspace, mug)
 
 
+def test_describe_takes_the_recorded_image_moved_or_copied_elsewhere(tmp_path):
+    """describe a.png --workspace W, then a.png moved to b.png: `describe b.png --workspace W`
+    was refused as "W holds the sentence of a.png" (a file gone, and the same image), while
+    `image b.png --workspace W` went on (same_image). Other bytes are still another image."""
+    from dreamtext.runfiles import check_describe_workspace
+
+    first, moved, other = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    workspace = tmp_path / "run"
+    _sentence(workspace, image=str(first), sentence="An image of a mug")
+    moved.write_bytes(b"the mug")
+    other.write_bytes(b"the cup")
+    with pytest.raises(DreamtextError, match=r"holds the sentence of .*a\.png; pass"):
+        check_describe_workspace(workspace, moved)  # no file a.png, no copy: nothing to compare
+    (workspace / "descriptor").mkdir(exist_ok=True)
+    (workspace / "descriptor" / "source.png").write_bytes(b"the mug")
+    check_describe_workspace(workspace, moved)  # the run's copy's bytes
+    (workspace / "descriptor" / "source.png").unlink()
+    first.write_bytes(b"the mug")
+    check_describe_workspace(workspace, moved)  # the recorded file's bytes
+    with pytest.raises(DreamtextError, match=r"holds the sentence of .*a\.png; pass"):
+        check_describe_workspace(workspace, other)
+
+
 @pytest.mark.parametrize("trained", ["sentence", "checkpoint"])
 def test_describe_is_refused_once_descriptor_training_has_started(tmp_path, trained):
     """Started: the record names a trained sentence, or descriptor/checkpoints/last.pt is
