@@ -84,8 +84,10 @@ class CameraRange:
 
     ``box_fraction`` of the poses come from a uniform box ``x, z ∈ [−1, 1], y ∈ [0, 1]`` normalised
     to unit length; the rest from angles with θ ∈ ``polar_range`` (0–120°: 90° above the horizon to
-    30° below) and φ ∈ ``azimuth_range``. ``jitter`` perturbs the eye and look-at point
-    (world units).
+    30° below) and φ ∈ ``azimuth_range``. ``jitter`` (world units) perturbs the eye by
+    ``N(0, jitter²)`` per axis and the look-at point by half that, ``N(0, (jitter/2)²)``: the
+    view stays roughly on the object. The view's angles and its label are those of the
+    perturbed eye.
     """
 
     radius_range: tuple[float, float] = (1.0, 1.5)
