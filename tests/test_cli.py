@@ -988,14 +988,18 @@ def test_a_resume_after_an_attempt_killed_before_its_checkpoint_names_no_change_
 ):
     """An attempt killed (SIGKILL) before its first checkpoint had rewritten config.json with
     its settings and a resumes entry: the next resume's line named changes against those
-    (lr 0.5 → 0.02) though every kept step ran at 0.02, and resumes kept the lost entry."""
+    (lr 0.5 → 0.02) though every kept step ran at 0.02, and resumes kept the lost entries."""
     make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2")
     workspace = tmp_path / "workspace" / "a_red_cube"
     record = json.loads((workspace / "config.json").read_text())
     ran_on = record["ran_on"]
     lost = {"step": 2, "changed": {"lr": [0.02, 0.5]}, "ran_on_before": ran_on}
     other_machine = {**ran_on, "host": "elsewhere"}
-    killed = {**record, "lr": 0.5, "iters": 300, "ran_on": other_machine, "resumes": [lost]}
+    # A second lost attempt, resumed from the first lost one's step 3: what ran up to step 2,
+    # the checkpoint kept, is the first lost entry's ran_on_before, not this one's.
+    lost_too = {"step": 3, "changed": {}, "ran_on_before": {**ran_on, "host": "a third"}}
+    resumes = [lost, lost_too]
+    killed = {**record, "lr": 0.5, "iters": 300, "ran_on": other_machine, "resumes": resumes}
     (workspace / "config.json").write_text(json.dumps(killed))
     again = run_cli(*BUILTIN_RUN, "--iters", "4", "--resume", "--lr", "0.02", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
