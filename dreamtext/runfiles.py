@@ -436,7 +436,7 @@ def recorded_step(workspace: str | Path) -> int | None:
         step, identity = record["step"], _file_identity(folder / LAST_CHECKPOINT)
     except (OSError, *UNREADABLE_JSON, TypeError, KeyError):
         return None
-    if not isinstance(step, int) or record.get("file") != identity:
+    if not isinstance(step, int) or isinstance(step, bool) or record.get("file") != identity:
         return None
     return step
 

@@ -416,14 +416,16 @@ def test_a_text_run_with_its_users_learned_tokens_is_no_image_run(tmp_path):
         check_image_workspace(workspace, image)
 
 
-def test_a_step_record_without_its_step_is_no_record(tmp_path):
+@pytest.mark.parametrize("step", [None, True, "7", 7.0])
+def test_a_step_record_without_a_whole_step_is_no_record(tmp_path, step):
+    """No step, or one that is not an int (a hand-edited `true` read as step 1, said as "at
+    step True"): only the checkpoint tells."""
     from dreamtext.runfiles import _file_identity, recorded_step
 
     _checkpoint(tmp_path, 7)
     last = tmp_path / "checkpoints" / "last.pt"
-    (tmp_path / "checkpoints" / "last.step.json").write_text(
-        json.dumps({"file": _file_identity(last)})
-    )
+    record = {"file": _file_identity(last)} | ({} if step is None else {"step": step})
+    (tmp_path / "checkpoints" / "last.step.json").write_text(json.dumps(record))
     assert recorded_step(tmp_path) is None
 
 
