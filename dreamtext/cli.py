@@ -613,8 +613,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         if value != getattr(defaults, name)
     }
     apply_export_flags(args, options)
-    # A bad flag or a missing GPU is the only line on stderr.
-    options.validate()
+    # A bad flag or a missing GPU is the only line on stderr; a bad value the run recorded (an
+    # older dreamtext's, a hand edit) and no flag replaced is named as config.json's.
+    from_run = set(recorded) - {name for name in BY_OPTION if getattr(args, name) is not None}
+
+    def source_of(key: str) -> str | None:
+        return str(workspace / "config.json") if key.split(".")[-1] in from_run else None
+
+    options.validate(source_of=source_of)
     resolve_device(options.device)
     if recorded:
         # A recorded setting a flag replaced shows both, as a resume's changed settings do.

@@ -166,10 +166,11 @@ class ExportOptions:
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             listed = ",".join(unknown) or "(none)"
+            field = name("formats")
             what = (
-                f"unknown --formats {listed}"
-                if source is None
-                else f"{name('formats')} has unknown formats {listed}"
+                f"unknown {field} {listed}"
+                if field.startswith("--")
+                else f"{field} has unknown formats {listed}"
             )
             raise DreamtextError(f"{what}: use a subset of glb,obj,ply")
         if self.resolution < 8:
@@ -497,11 +498,14 @@ def recorded_options(workspace: Path) -> ExportOptions:
     if not path.exists():
         return options
     try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
         # An older dreamtext's config.json lacks the options added since: they were its
         # presets' (a builtin:shapes run: a 96³ mesh), as a resume of it takes them.
-        saved = fill_from_presets(json.loads(path.read_text(encoding="utf-8")))[0]
-        saved = saved.get("export_options") or {}
+        saved = fill_from_presets(saved)[0] if isinstance(saved, dict) else None
+        saved = saved.get("export_options") or {} if saved is not None else None
     except (OSError, *UNREADABLE_JSON, AttributeError):
+        saved = None
+    if not isinstance(saved, dict):  # not JSON, or JSON of another shape (a list, null)
         log.warning("%s is unreadable; exporting with the default export settings", path)
         return options
     saved = {key: value for key, value in saved.items() if key != "device"}

@@ -2066,10 +2066,17 @@ def test_export_mesh_with_video_is_refused_in_either_order(tmp_path, capsys, ord
     assert sorted(p.name for p in workspace.rglob("*")) == before
 
 
-def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, monkeypatch, capsys):
-    """... and says so when the file is there: the run's own settings may have been others."""
+@pytest.mark.parametrize(
+    "text", ["{ not json", "[1, 2]", "null", '{"export_options": "x"}', '{"export_options": [1]}']
+)
+def test_a_run_without_a_readable_config_exports_with_the_defaults(
+    tmp_path, monkeypatch, capsys, text
+):
+    """... and says so when the file is there: the run's own settings may have been others.
+    JSON of another shape than an object (of export options) was an AttributeError or
+    TypeError traceback."""
     workspace = recorded_run(tmp_path, {"resolution": 40})
-    (workspace / "config.json").write_text("{ not json")
+    (workspace / "config.json").write_text(text)
     defaults = ExportOptions(device=str(resolve_device("auto")))
     assert dataclasses.asdict(exported_with(monkeypatch, workspace)) == dataclasses.asdict(defaults)
     err = capsys.readouterr().err
@@ -2077,6 +2084,32 @@ def test_a_run_without_a_readable_config_exports_with_the_defaults(tmp_path, mon
     (workspace / "config.json").unlink()
     assert export_module.recorded_options(workspace) == ExportOptions()
     assert "unreadable" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("recorded", "line", "flag"),
+    [
+        ({"decimate": 2}, "'export_options.decimate' (in {}) must be at least 4", "0"),
+        ({"threshold": -3}, "'export_options.threshold' (in {}) must be a positive density", "5.0"),
+        ({"formats": ["GLB"]}, "'export_options.formats' (in {}) has unknown formats GLB", "ply"),
+    ],
+)
+def test_a_bad_value_the_run_recorded_is_named_as_its_config_json(
+    tmp_path, monkeypatch, capsys, recorded, line, flag
+):
+    """A run's config.json with export_options.decimate 2 (an older dreamtext's, a hand edit)
+    was "--decimate must be at least 4 …" to a user who typed no --decimate. A flag that
+    replaces the value exports with the flag's."""
+    from dreamtext.cli import main
+
+    workspace = recorded_run(tmp_path, recorded)
+    assert main(["export", "--workspace", str(workspace)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    config = workspace / "config.json"
+    assert err[-1].startswith(f"dreamtext: error: config field {line.format(config)}"), err
+    name = next(iter(recorded))
+    options = exported_with(monkeypatch, workspace, f"--{name}", flag)
+    assert str(getattr(options, name)).strip("(),'") == flag
 
 
 @pytest.mark.parametrize("threshold", ["0", "-3", "dense"])
