@@ -95,8 +95,9 @@ def _format_list(text: str) -> str:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    """``--formats glb,ply`` as ``ExportOptions.formats`` (checked by its ``validate``)."""
-    return tuple(f.strip().lower() for f in text.split(","))
+    """``--formats glb,ply`` as ``ExportOptions.formats`` (checked by its ``validate``), each
+    format once (``glb,GLB`` recorded ``["glb", "glb"]`` in mesh.json)."""
+    return tuple(dict.fromkeys(f.strip().lower() for f in text.split(",")))
 
 
 def option_flag(option: str) -> str:

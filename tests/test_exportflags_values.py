@@ -42,8 +42,8 @@ def test_a_tiny_positive_threshold_is_taken():
 
 def test_formats_are_read_in_any_case():
     """`--formats GLB,Ply` names glb and ply: the table lowercases them (ExportOptions.validate
-    knows the lowercase names only)."""
-    args = _parse("--formats", "GLB, Ply")
+    knows the lowercase names only), each once (mesh.json recorded ["glb", "glb"])."""
+    args = _parse("--formats", "GLB, Ply,glb")
 
     class Options:
         formats = ("glb", "obj", "ply")
