@@ -81,6 +81,11 @@ def test_compile_compiles_the_guidance_and_the_field_and_no_compile_neither():
     [
         (["--iters", "5", "--epochs", "1"], "give --iters or --epochs, not both"),
         (["--resume", "--overwrite"], "give --resume or --overwrite, not both"),
+        (
+            ["--diverse", "--resume"],
+            "--diverse runs resume on their own (in workspace/<prompt>_diverse_seed<N>): run the "
+            "same command again without --resume",
+        ),
     ],
 )
 def test_conflicting_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, line):

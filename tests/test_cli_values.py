@@ -406,6 +406,9 @@ def test_mesh_is_no_video_and_refused_beside_video():
     plain = parse("export")
     early_export(plain)
     assert plain.video is None  # the run's own choice, else the default
+    both_say_none = parse("export", "--mesh", "--no-video")  # the same request twice
+    early_export(both_say_none)
+    assert both_say_none.video is False
     with pytest.raises(DreamtextError, match=r"give --mesh .* or --video, not both"):
         early_export(parse("export", "--mesh", "--video"))
 
@@ -550,3 +553,29 @@ def test_a_blank_prompt_is_left_to_the_commands_own_line(tmp_path, monkeypatch):
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "workspace": str(run)}))
     assert check_text_workspace(parse("text", "   ")) is None
+
+
+def test_a_diverse_run_leaves_the_prompts_own_folder_unchecked(tmp_path):
+    """--diverse writes into <workspace>_diverse_seed<N>, never into the folder a single run of
+    the prompt would take: another prompt's run there is no reason to refuse it."""
+    import json
+
+    from dreamtext.cli import check_text_workspace
+
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"prompt": "a blue sphere"}), encoding="utf-8")
+    check_text_workspace(parse("text", "a red cube", "--diverse", "--workspace", str(other)))
+
+
+def test_output_cut_by_its_reader_exits_1_without_a_traceback(monkeypatch, capsys):
+    """`dreamtext view --static site | true`: a BrokenPipeError is the exit status Python's docs
+    give a program whose output was cut (1, as their SIGPIPE note's sys.exit(1)), no line."""
+    from dreamtext import cli
+
+    def cut(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_view", cut)
+    assert cli.main(["view"]) == 1
+    assert "Traceback" not in capsys.readouterr().err

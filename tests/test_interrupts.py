@@ -34,6 +34,17 @@ def test_a_swallowed_signal_is_recorded_until_the_outermost_block_ends():
     assert not stop_requested()  # the next command in this process starts afresh
 
 
+def test_a_signal_swallowed_before_an_inner_block_is_still_recorded_inside_it():
+    """The record holds "from the outermost such block's start": an image run's describe stage
+    opens its block after a SIGTERM the command's block recorded, and must still see it."""
+    with sigterm_interrupts():
+        _SwallowsASignal()
+        with sigterm_interrupts():  # the describe stage, after the signal was lost
+            assert stop_requested()
+        assert stop_requested()
+    assert not stop_requested()
+
+
 def test_a_signal_lost_before_a_training_loop_stops_it_after_its_first_step():
     """A SIGTERM swallowed while Stable Diffusion loaded was forgotten by the loop's handler:
     the descriptor (or text→3D) trained on to its end."""
@@ -352,3 +363,16 @@ def test_a_resumed_log_keeps_its_records_up_to_the_checkpoints_step(tmp_path):
     log.write_text("\n".join([note, *lines]) + '\n{"step": 6, "lo', encoding="utf-8")
     truncate_log(log, 3)
     assert log.read_text(encoding="utf-8") == "".join(f"{x}\n" for x in [note, *lines[:3]])
+
+
+def test_a_log_line_that_is_json_but_not_an_object_is_dropped(tmp_path):
+    """truncate_log keeps whole JSON objects only: a line that parses as a number or a list
+    (a torn record's digits) is dropped, not a traceback on every resume."""
+    import json
+
+    from dreamtext.interrupts import truncate_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1}\n7\n[2, 3]\n{"step": 2}\n', encoding="utf-8")
+    truncate_log(log, 1)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [{"step": 1}]
