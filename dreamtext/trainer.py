@@ -47,6 +47,8 @@ from dreamtext.checkpoint import (
 from dreamtext.config import (
     ITERS_PER_EPOCH,
     TrainConfig,
+    apply_overrides,
+    change_lines,
     changed_settings,
     config_to_dict,
     fill_from_presets,
@@ -158,6 +160,9 @@ class Run:
     # A resumed run: the step it resumed at and the settings it changed then
     # (:func:`dreamtext.config.changed_settings`), recorded in config.json's ``resumes``.
     resumed: dict[str, Any] | None = None
+    # The settings a resume with nothing left to train asked to change and does not use
+    # (:func:`keep_trained_settings`), as ``"name old → new"``, said with "nothing to train".
+    unused_changes: list[str] = dataclasses.field(default_factory=list)
     # Who this run is: drawn when it starts, kept in its checkpoints and through its resumes,
     # so that an export of an earlier run of the folder can tell it was replaced
     # (dreamtext.export.export_workspace).
@@ -445,13 +450,21 @@ def restore(run: Run, state: dict[str, Any]) -> None:
             raise DreamtextError(resume_refusal(conflicts))
         changed = changed_settings(saved, run.cfg)
     run.step = int(state["step"])
+    # Nothing left to train: a setting no step will use is not the run's (config.json, the
+    # checkpoint saved at the end and `resumes` said every step ran at --lr 0.005, and a run
+    # from that config.json was not this one).
+    finished = run.step >= run.cfg.iters and bool(changed)
+    if finished:
+        kept = keep_trained_settings(run.cfg, changed)
+        run.unused_changes = change_lines({k: v for k, v in changed.items() if k not in kept})
+        changed = kept
     run.resumed = {"step": run.step, "changed": changed}
     run.run_id = str(state.get("run_id", ""))  # "": a run from before runs had one
     run.field.load_state_dict(state["field"])
     rates = [group["lr"] for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(state["optimizer"])
     for group, lr in zip(run.optimizer.param_groups, rates, strict=True):
-        group["lr"] = lr
+        group["lr"] = group["lr"] if finished else lr
     run.renderer.load_state_dict(state["renderer"])
     torch.set_rng_state(state["rng"]["torch"])
     restore_cuda_rng(state["rng"].get("cuda"), run.device)
@@ -463,6 +476,31 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         run.scaler.load_state_dict(state["loss_scaler"])
     if state.get("occupancy_pending"):  # the refresh that ran out of memory, now, as it was due
         run.renderer.update_occupancy(run.field, run.step)
+
+
+# What a resume with nothing left to train still uses (its end: the final preview and the
+# export), or which says where it runs: taken from the command. The rest of a finished run's
+# settings stay those it trained with.
+AFTER_TRAINING = ("iters", "export", "export_options", "device", "workspace")
+
+
+def keep_trained_settings(cfg: TrainConfig, changed: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Set back on ``cfg`` the settings of ``changed`` (:func:`changed_settings`: ``{name: [old,
+    new]}``) that a resume with nothing left to train does not use, and return the changes it
+    keeps (:data:`AFTER_TRAINING`)."""
+    kept: dict[str, list[Any]] = {}
+    trained: dict[str, Any] = {}
+    for name, (old, new) in changed.items():
+        if name.split(".")[0] in AFTER_TRAINING:
+            kept[name] = [old, new]
+            continue
+        *sections, field = name.split(".")
+        layer = trained
+        for section in sections:
+            layer = layer.setdefault(section, {})
+        layer[field] = old
+    apply_overrides(cfg, trained, "the run's checkpoint")
+    return kept
 
 
 def restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: torch.device) -> None:
@@ -899,8 +937,14 @@ def _train(run: Run, resume: bool) -> Path:
         remove_earlier_run(workspace)
     write_config(run)
     if run.step >= cfg.iters:
+        unused = "; ".join(run.unused_changes)
         tqdm.write(
-            f"{workspace}: already at step {run.step} of {cfg.iters}; nothing to train",
+            f"{workspace}: already at step {run.step} of {cfg.iters}; nothing to train"
+            + (
+                f", so these are not used: {unused} (train on with a larger --iters)"
+                if unused
+                else ""
+            ),
             file=sys.stderr,
         )
     start_time, start_step = time.perf_counter(), run.step

@@ -1016,18 +1016,25 @@ def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(
     tmp_path, monkeypatch
 ):
     # The run keeps its step as its iters (a resume never shortens a run): the line said
-    # "iters 3 → 2" of a run that status.json and config.json then gave 3 steps.
+    # "iters 3 → 2" of a run that status.json and config.json then gave 3 steps. With nothing
+    # left to train, --lr 0.5 trains no step: it was said to apply "from its last checkpoint
+    # on" and recorded as the run's lr in config.json (and the checkpoint saved at the end),
+    # so a run from that config.json was not this one.
     make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "3")
     again = run_cli(*BUILTIN_RUN, "--iters", "2", "--resume", "--lr", "0.5", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     workspace = tmp_path / "workspace" / "a_red_cube"
-    notes = [line for line in again.stderr.splitlines() if "other settings" in line]
-    assert notes == [
-        f"dreamtext: resuming {workspace.relative_to(tmp_path)} with other settings than it ran "
-        "with, from its last checkpoint on: lr 0.02 → 0.5"
-    ], again.stderr
-    assert "already at step 3 of 3; nothing to train" in again.stderr
-    assert json.loads((workspace / "config.json").read_text())["iters"] == 3
+    assert "other settings" not in again.stderr, again.stderr
+    assert (
+        "already at step 3 of 3; nothing to train, so these are not used: lr 0.02 → 0.5 (train "
+        "on with a larger --iters)"
+    ) in again.stderr
+    recorded = json.loads((workspace / "config.json").read_text())
+    assert (recorded["iters"], recorded["lr"]) == (3, 0.02)
+    assert recorded["resumes"][-1]["changed"] == {}
+    saved = torch.load(workspace / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["config"]["lr"] == 0.02
+    assert sorted(g["lr"] for g in saved["optimizer"]["param_groups"]) == [0.02, 0.2]
     # only iters asked lower: nothing changes, nothing is said
     third = run_cli(*BUILTIN_RUN, "--iters", "1", "--lr", "0.5", "--resume", cwd=tmp_path)
     assert third.returncode == 0, third.stderr
