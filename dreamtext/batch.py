@@ -1057,14 +1057,18 @@ def run_batch(
         ) as bar,
     ):
         # A KeyboardInterrupt out of it came between two lines: no line of its own records it.
+        not_reached: list[Entry] = []  # of the lines the second pass was to come back to
         with contextlib.suppress(KeyboardInterrupt):
-            _run_share(share, configs, records, attempt, bar, options, root, shard_text)
+            _run_share(
+                share, configs, records, attempt, bar, options, root, shard_text, not_reached
+            )
         # A Ctrl-C or SIGTERM between two lines (held back while a line's record was written,
         # or its KeyboardInterrupt swallowed) stopped the batch as one in a line does.
         between = stop_requested()
     stopped = between or any(stopped_by_user(r) for r in records)
     to_train = {e.workspace for e, _ in pending}
-    left = [e for e in share[len(records) :] if e.workspace in to_train] if stopped else []
+    unstarted = [*share[len(records) :], *not_reached]
+    left = [e for e in unstarted if e.workspace in to_train] if stopped else []
     return BatchRun(records, left, options.overwrite, interrupted=stopped)
 
 
@@ -1077,10 +1081,17 @@ def _run_share(
     options: BatchOptions,
     root: Path,
     shard_text: str | None,
+    not_reached: list[Entry],
 ) -> None:
     """Run the lines of ``share`` in order, appending each one's record to ``records``, until
     a Ctrl-C or SIGTERM (in a line, or between two: :func:`stop_requested`) or a stop for the
-    file system or GPU; then the lines skipped for a lock whose holder stopped refreshing it."""
+    file system or GPU; then the lines skipped for a lock whose holder stopped refreshing it.
+    Those that a stop in that second pass leaves unvisited go to ``not_reached``."""
+
+    def unvisited(start: int) -> None:
+        held = zip(share[start:], records[start:], strict=True)
+        not_reached.extend(entry for entry, record in held if held_for(record))
+
     for entry, cfg in zip(share, configs, strict=True):
         if stop_requested():
             break  # a stop that came between two lines: the next one is not started
@@ -1098,6 +1109,7 @@ def _run_share(
         # a later submission. A holder that refreshes its lock again is alive: skipped.
         for index, (entry, cfg) in enumerate(zip(share, configs, strict=True)):
             if stop_requested():
+                unvisited(index)
                 break
             if not held_for(records[index]):
                 continue
@@ -1114,12 +1126,14 @@ def _run_share(
                 }
                 _say(f"batch: line {entry.line}: interrupted while waiting for its lock")
                 records[index] = log_record(root / BATCH_LOG, record, entry, root)
+                unvisited(index + 1)
                 break
             if not again:
                 continue
             bar.set_postfix_str(entry.workspace.name[:40])
             records[index] = record = attempt(entry, cfg)
             if record["stopped_batch"]:
+                unvisited(index + 1)
                 break
 
 

@@ -933,6 +933,37 @@ def test_a_sigterm_while_waiting_for_an_abandoned_lock_stops_the_batch_as_interr
     assert json.loads((root / "a_red_cube.lock").read_text())["host"] == "node1"  # left as it was
 
 
+def test_a_stop_while_waiting_for_one_abandoned_lock_names_the_others_not_started(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """Two lines held by a dead node's worker, a SIGTERM while this worker waits out the first:
+    the second, which it had said it would come back to, was named nowhere as not started (the
+    not-started lines were taken past the first pass's records, of which there was one a line)."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere", "a green cone")
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("a_red_cube", "a_blue_sphere"):
+        _lock_file(root / f"{name}.lock", age=200, host="node1", refresh_s=15)
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dreamtext.batch.time, "sleep", interrupted)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "batch: 1 line not started (line 2); run the same command again to start it (finished "
+        "lines are skipped, an interrupted one resumes)"
+    ), err
+    assert [(r["line"], r["status"]) for r in rows(root)] == [
+        (1, "skipped"),
+        (2, "skipped"),
+        (3, "finished"),
+        (1, "interrupted"),
+    ]
+
+
 def test_an_interrupted_wait_whose_record_does_not_fit_says_so_in_one_line(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
@@ -3659,12 +3690,21 @@ def test_a_stop_between_two_lines_retried_for_their_locks_starts_no_next_one(tmp
         def update(self, n):
             pass
 
-    records = []
+    records, not_reached = [], []
     with interrupts.sigterm_interrupts():
         _run_share(
-            share, [None, None], records, attempt, Bar(), BatchOptions(root=root), root, None
+            share,
+            [None, None],
+            records,
+            attempt,
+            Bar(),
+            BatchOptions(root=root),
+            root,
+            None,
+            not_reached,
         )
     assert waited == [1] and calls == [1, 2, 1]
+    assert not_reached == share[1:]  # line 2, held too, was not come back to
 
 
 def test_a_batch_log_this_user_may_not_write_is_refused_before_any_line(tmp_path, monkeypatch):
