@@ -465,15 +465,21 @@ def image_run_fixed(workspace: str | Path, overwrite: bool, command: str) -> dic
     field, another grid may be asked for), or before its text stage has a checkpoint (there is
     no field yet), only the seed stays, which trained the descriptor the run keeps; otherwise
     none, so that ``resolve_config`` keeps what any resumed run keeps
-    (:data:`~dreamtext.config.RESUME_FIXED`)."""
+    (:data:`~dreamtext.config.RESUME_FIXED`). Before the descriptor has learned words or a
+    checkpoint (a run stopped in its describe stage, or killed before the descriptor's first
+    checkpoint) nothing of the seed's is kept: none stays."""
     from dreamtext.checkpoint import can_resume
+    from dreamtext.descriptor import learned_embeds_path
 
+    workspace = Path(workspace)
+    if not (learned_embeds_path(workspace).is_file() or can_resume(workspace / "descriptor")):
+        return {}
     if overwrite:
         return {
             "fixed": ("seed",),
             "kept": f"{command} --overwrite keeps the run's descriptor, which its seed trained",
         }
-    if not can_resume(Path(workspace)):
+    if not can_resume(workspace):
         return {"fixed": ("seed",), "kept": "the run keeps its descriptor, which its seed trained"}
     return {}
 
