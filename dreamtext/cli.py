@@ -467,21 +467,21 @@ def image_run_fixed(workspace: str | Path, overwrite: bool, command: str) -> dic
     none, so that ``resolve_config`` keeps what any resumed run keeps
     (:data:`~dreamtext.config.RESUME_FIXED`). Before the descriptor has learned words or a
     checkpoint (a run stopped in its describe stage, or killed before the descriptor's first
-    checkpoint) nothing of the seed's is kept: none stays."""
+    checkpoint) nothing the seed trained is kept: nothing is fixed."""
     from dreamtext.checkpoint import can_resume
     from dreamtext.descriptor import learned_embeds_path
 
     workspace = Path(workspace)
-    if not (learned_embeds_path(workspace).is_file() or can_resume(workspace / "descriptor")):
+    if not overwrite and can_resume(workspace):
         return {}
+    if not (learned_embeds_path(workspace).is_file() or can_resume(workspace / "descriptor")):
+        return {"fixed": ()}
     if overwrite:
         return {
             "fixed": ("seed",),
             "kept": f"{command} --overwrite keeps the run's descriptor, which its seed trained",
         }
-    if not can_resume(workspace):
-        return {"fixed": ("seed",), "kept": "the run keeps its descriptor, which its seed trained"}
-    return {}
+    return {"fixed": ("seed",), "kept": "the run keeps its descriptor, which its seed trained"}
 
 
 def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Path:

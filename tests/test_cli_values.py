@@ -239,9 +239,9 @@ def test_image_run_fixed_frees_the_field_but_keeps_the_seed_that_trained_the_des
         "kept": "the run keeps its descriptor, which its seed trained",
     }
     (training / "descriptor" / "checkpoints" / "last.pt").unlink()
-    assert image_run_fixed(training, False, "image") == {}
-    assert image_run_fixed(training, True, "image") == {}
-    assert image_run_fixed(tmp_path / "new", False, "image") == {}
+    assert image_run_fixed(training, False, "image") == {"fixed": ()}
+    assert image_run_fixed(training, True, "image") == {"fixed": ()}
+    assert image_run_fixed(tmp_path / "new", False, "image") == {"fixed": ()}
 
 
 def test_a_resume_reads_its_runs_config_json_without_the_line_for_its_resumes(
