@@ -776,7 +776,6 @@ def cmd_image(args: argparse.Namespace) -> int:
     from dreamtext.imageto3d import (
         check_image,
         check_image_workspace,
-        default_workspace,
         ignored_flags,
         resolve_image_options,
         run_image,
@@ -787,7 +786,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     overrides = text_overrides(args)  # --iters with --epochs was refused by early_image
     # The prompt is the sentence DreamText learns; the image's name stands in until then.
     overrides["prompt"] = Path(args.image).stem or "image"
-    workspace = Path(overrides.setdefault("workspace", str(default_workspace(args.image))))
+    workspace = Path(overrides.setdefault("workspace", str(image_workspace(args))))
     check_image(Path(args.image), workspace)  # a bad image is the first thing reported
     base = check_image_workspace(workspace, Path(args.image))
     check_image_model(args, base)
@@ -1068,17 +1067,29 @@ def early_image(args: argparse.Namespace) -> None:
     (:func:`dreamtext.runfiles.check_image_workspace`: another image's run, a text→3D run, this
     image edited since its run copied it, a run another process runs), then the model
     (:func:`check_image_model`)."""
-    from dreamtext.runfiles import check_image, check_image_workspace, default_workspace
+    from dreamtext.runfiles import check_image, check_image_workspace
 
     _iters_or_epochs(args)
     check_cuda_flag(args)
     image = Path(args.image)
-    # As cmd_image takes it: --workspace "" is the current folder.
-    explicit = args.workspace is not None
-    workspace = Path(args.workspace) if explicit else default_workspace(args.image)
+    workspace = image_workspace(args)
     check_image(image, workspace)
     base = check_image_workspace(workspace, image)
     check_image_model(args, base)
+
+
+def image_workspace(args: argparse.Namespace) -> Path:
+    """Where ``image`` runs: ``--workspace`` (``""``: the current folder), else the workspace
+    a ``--config`` file names, as for ``text`` (not a run's record, a file named config.json,
+    whose options ``image IMG --config RUN/config.json`` takes for IMG's own folder), else
+    ``workspace/<image name>``."""
+    from dreamtext.inputs import configured_workspace
+    from dreamtext.runfiles import default_workspace
+
+    if args.workspace is not None:
+        return Path(args.workspace)
+    named = configured_workspace(args.config, run_records=False)
+    return Path(named) if named else default_workspace(args.image)
 
 
 def check_image_model(args: argparse.Namespace, base: dict[str, Any] | None) -> None:

@@ -220,13 +220,18 @@ def own_config_file(
     )
 
 
-def configured_workspace(config_file: str | Path | Sequence[str | Path] | None) -> str | None:
+def configured_workspace(
+    config_file: str | Path | Sequence[str | Path] | None, run_records: bool = True
+) -> str | None:
     """The ``workspace`` the ``--config`` files name (the last that names one; a run's
     config.json names its own folder: :func:`dreamtext.processes.is_run_folder`), ``None`` when
     none does: where a command without ``--workspace`` runs, and so where its ``--resume``
-    looks."""
+    looks. Without ``run_records`` a file named config.json, a run's record, names none
+    (``image IMG --config RUN/config.json`` takes RUN's options for IMG's own folder)."""
     named = []
     for path in config_files_list(config_file):
+        if not run_records and path.name == "config.json":
+            continue
         name = read_yaml(path).get("workspace")
         if isinstance(name, str) and name and path.name == "config.json":
             name = str(path.parent) if is_run_folder(path.parent) else name

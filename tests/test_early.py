@@ -604,6 +604,29 @@ def test_a_workspace_holding_another_run_is_refused_before_torch_is_imported(
     assert files_under(other_runs_folder) == before
 
 
+def test_image_runs_where_a_config_file_names_but_not_where_a_runs_record_does(
+    other_runs_folder,
+):
+    """``text --config ws.yaml`` trains in the workspace ws.yaml names; ``image`` took
+    workspace/<image name> whatever it named (so a folder named there was never looked at).
+    A run's own config.json (``image IMG --config RUN/config.json``, README) names RUN, which
+    is not IMG's folder: its options are read, its folder is not taken."""
+    (other_runs_folder / "ws.yaml").write_text("workspace: cup\n")
+    done = run_without_torch(other_runs_folder, ["image", "mug.png", "--config", "ws.yaml"])
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        f"dreamtext: error: cup holds the image→3D run of {other_runs_folder}/cup.png; pass "
+        "--workspace NEW_FOLDER for this image\n"
+    )
+    record = ["image", "mug.png", "--config", "cup/config.json"]
+    done = run_without_torch(other_runs_folder, record)
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr == (
+        "dreamtext: error: workspace/mug holds the image→3D run of "
+        f"{other_runs_folder}/other/mug.png; pass --workspace NEW_FOLDER for this image\n"
+    )
+
+
 def test_an_image_gone_since_its_run_copied_it_is_refused_before_torch_is_imported(
     other_runs_folder,
 ):
