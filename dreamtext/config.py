@@ -173,6 +173,23 @@ def _coerce(value: Any, hint: Any, where: str, source: str = "") -> Any:
     return value
 
 
+def field_paths(kind: type, prefix: str, key: Any) -> list[str]:
+    """The dotted names of the :class:`TrainConfig` fields named ``key`` (``guidance_scale`` →
+    ``["guidance.guidance_scale"]``), for a key found in ``kind``, the section at ``prefix``
+    (``""`` the top level), where it is no field; ``[]`` for a dataclass outside
+    :class:`TrainConfig` (the export options of ``dreamtext export``, the image stages')."""
+    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    nested = {name: hints[name] for name in sections if dataclasses.is_dataclass(hints[name])}
+    if not (kind is TrainConfig and not prefix) and nested.get(prefix[:-1]) is not kind:
+        return []
+    found = [str(key)] if key in sections else []
+    for name, section in nested.items():
+        if key in {f.name for f in dataclasses.fields(section)}:
+            found.append(f"{name}.{key}")
+    return found
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: str = "") -> None:
     """Set the fields named in ``overrides`` (nested dicts for nested configs) on ``cfg``."""
     hints = typing.get_type_hints(type(cfg))
@@ -180,7 +197,10 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: st
     for key, value in overrides.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise DreamtextError(unknown_field(where, key, sorted(names), prefix, source))
+            elsewhere = [path for path in field_paths(type(cfg), prefix, key) if path != where]
+            raise DreamtextError(
+                unknown_field(where, key, sorted(names), prefix, source, elsewhere)
+            )
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):

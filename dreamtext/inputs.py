@@ -285,9 +285,27 @@ def refuse_recorded_presets(path: Path, data: dict[str, Any]) -> None:
         )
 
 
-def unknown_field(where: str, key: Any, names: list[str], prefix: str, source: str) -> str:
-    """The line for a config key that is no field: the nearest field's name when one is close,
-    and the fields there are (a run's config.json holds them all, with their values)."""
+# Keys a user types for a field of another name: the flag's name, not a config field's.
+FIELD_FOR = {"epochs": "iters (100 an epoch: `epochs: 200` is `iters: 20000`)"}
+
+
+def unknown_field(
+    where: str,
+    key: Any,
+    names: list[str],
+    prefix: str,
+    source: str,
+    elsewhere: Sequence[str] = (),
+) -> str:
+    """The line for a config key that is no field: the field of that name in another section
+    (``elsewhere``: ``guidance_scale`` at the top level is ``guidance.guidance_scale``), the
+    field a flag's name stands for (:data:`FIELD_FOR`), else the nearest field's name when one
+    is close, and the fields there are (a run's config.json holds them all, with their
+    values)."""
+    if elsewhere:
+        return f"unknown config field '{where}' in {source}; did you mean '{elsewhere[0]}'?"
+    if not prefix and key in FIELD_FOR:
+        return f"unknown config field '{where}' in {source}; did you mean {FIELD_FOR[key]}?"
     # `presets` is a record of the run (a --config holding it is refused): not one to offer.
     names = [name for name in names if prefix or name != "presets"]
     close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)

@@ -195,6 +195,15 @@ def test_a_run_in_the_folder_an_ascii_slug_named_is_found_again(tmp_path, monkey
         ({"prompt": "x", "bogus": 1}, "unknown config field 'bogus'"),
         ({"prompt": "x", "field": {"nope": 1}}, "unknown config field 'field.nope'"),
         ({"prompt": "x", "render": {"march_step": 9}}, "did you mean 'render.march_steps'?"),
+        # A field of another section was offered the nearest name of this one ('guidance' for
+        # guidance_scale, refused again as a section), or none; epochs, 'albedo_epochs'.
+        ({"prompt": "x", "guidance_scale": 5.0}, "did you mean 'guidance.guidance_scale'\\?$"),
+        ({"prompt": "x", "fp16": True}, "did you mean 'guidance.fp16'\\?$"),
+        (
+            {"prompt": "x", "field": {"lr": 1.0}},
+            "'field.lr' in the command line; did you mean 'lr'\\?$",
+        ),
+        ({"prompt": "x", "epochs": 200}, r"did you mean iters \(100 an epoch: `epochs: 200` is "),
         ({"prompt": "x", "cameras": {"zz": 1}}, "the section 'cameras' has: azimuth_range, "),
         ({"prompt": "x", "zzz": 1}, "the top level has: albedo_epochs, ambient_ratio, "),
         ({"prompt": "x", "h": "big"}, "must be int"),
