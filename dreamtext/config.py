@@ -694,9 +694,9 @@ def validate(
         # The priors see every render at their square native size (Stable Diffusion's 512 px,
         # the built-in prior's 64 px): a non-square one would reach them stretched.
         raise DreamtextError(
-            f"--h and --w must be equal (--h alone sets both): the diffusion model sees the "
-            f"render resized to its square native size, so a {cfg.w}×{cfg.h} render would be "
-            f"stretched; got --h {cfg.h} --w {cfg.w}"
+            f"{name('h')} and {name('w')} must be equal (--h alone sets both): the diffusion "
+            f"model sees the render resized to its square native size, so a {cfg.w}×{cfg.h} "
+            f"render would be stretched; got {cfg.h} and {cfg.w}"
         )
     if cfg.lr <= 0:
         raise DreamtextError(f"{name('lr')} must be positive, got {cfg.lr}")

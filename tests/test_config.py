@@ -188,7 +188,7 @@ def test_a_run_in_the_folder_an_ascii_slug_named_is_found_again(tmp_path, monkey
         # A non-square render reached the prior stretched to its square size.
         (
             {"prompt": "x", "h": 64, "w": 128},
-            r"--h and --w must be equal \(--h alone .* got --h 64 --w 128",
+            r"--h and --w must be equal \(--h alone .* got 64 and 128$",
         ),
         ({"prompt": "x", "checkpoint_every": 0}, "'checkpoint_every' must be a positive integer"),
         ({"prompt": "x", "guidance": {"t_range": (0.9, 0.1)}}, "t_range"),
@@ -936,3 +936,17 @@ def test_a_resumed_seed_past_what_torch_takes_is_refused_with_its_range():
     assert str(refusal.value).endswith(
         "must be from -9223372036854775808 to 18446744073709551613, got 18446744073709551614"
     )
+
+
+def test_a_non_square_render_set_in_a_config_file_is_named_as_its_fields(tmp_path):
+    """`h: 16` and `w: 24` in a --config file were refused as "--h and --w must be equal ...
+    got --h 16 --w 24", flags the user never typed."""
+    path = tmp_path / "sizes.yaml"
+    path.write_text("h: 16\nw: 24\n")
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x"}, config_file=path)
+    assert str(raised.value).startswith(
+        f"config field 'h' (in {path}) and config field 'w' (in {path}) must be equal (--h "
+        "alone sets both)"
+    )
+    assert str(raised.value).endswith("got 16 and 24")
