@@ -450,21 +450,13 @@ def restore(run: Run, state: dict[str, Any]) -> None:
             raise DreamtextError(resume_refusal(conflicts))
         changed = changed_settings(saved, run.cfg)
     run.step = int(state["step"])
-    # Nothing left to train: a setting no step will use is not the run's (config.json, the
-    # checkpoint saved at the end and `resumes` said every step ran at --lr 0.005, and a run
-    # from that config.json was not this one).
-    finished = run.step >= run.cfg.iters and bool(changed)
-    if finished:
-        kept = keep_trained_settings(run.cfg, changed)
-        run.unused_changes = change_lines({k: v for k, v in changed.items() if k not in kept})
-        changed = kept
-    run.resumed = {"step": run.step, "changed": changed}
     run.run_id = str(state.get("run_id", ""))  # "": a run from before runs had one
     run.field.load_state_dict(state["field"])
     rates = [group["lr"] for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(state["optimizer"])
+    trained_rates = [group["lr"] for group in run.optimizer.param_groups]
     for group, lr in zip(run.optimizer.param_groups, rates, strict=True):
-        group["lr"] = group["lr"] if finished else lr
+        group["lr"] = lr
     run.renderer.load_state_dict(state["renderer"])
     torch.set_rng_state(state["rng"]["torch"])
     restore_cuda_rng(state["rng"].get("cuda"), run.device)
@@ -476,12 +468,24 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         run.scaler.load_state_dict(state["loss_scaler"])
     if state.get("occupancy_pending"):  # the refresh that ran out of memory, now, as it was due
         run.renderer.update_occupancy(run.field, run.step)
+    # Nothing left to train: a setting no step will use is not the run's (config.json, the
+    # checkpoint saved at the end and `resumes` said every step ran at --lr 0.005, and a run
+    # from that config.json was not this one). Set back once the file has restored whole: a
+    # file that does not leaves the command's settings for the next one (restore_file).
+    if run.step >= run.cfg.iters and changed:
+        kept = keep_trained_settings(run.cfg, changed)
+        run.unused_changes = change_lines({k: v for k, v in changed.items() if k not in kept})
+        changed = kept
+        for group, lr in zip(run.optimizer.param_groups, trained_rates, strict=True):
+            group["lr"] = lr
+    run.resumed = {"step": run.step, "changed": changed}
 
 
 # What a resume with nothing left to train still uses (its end: the final preview and the
-# export), or which says where it runs: taken from the command. The rest of a finished run's
-# settings stay those it trained with.
-AFTER_TRAINING = ("iters", "export", "export_options", "device", "workspace")
+# export), or which says where and how it runs (the field's encoding backend is built from
+# it): taken from the command. The rest of a finished run's settings stay those it trained
+# with. A name here covers its section's settings (export_options.resolution).
+AFTER_TRAINING = ("iters", "export", "export_options", "device", "workspace", "field.encoding")
 
 
 def keep_trained_settings(cfg: TrainConfig, changed: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -491,7 +495,7 @@ def keep_trained_settings(cfg: TrainConfig, changed: dict[str, list[Any]]) -> di
     kept: dict[str, list[Any]] = {}
     trained: dict[str, Any] = {}
     for name, (old, new) in changed.items():
-        if name.split(".")[0] in AFTER_TRAINING:
+        if name in AFTER_TRAINING or name.split(".")[0] in AFTER_TRAINING:
             kept[name] = [old, new]
             continue
         *sections, field = name.split(".")

@@ -216,11 +216,13 @@ def test_a_retried_held_line_that_stops_the_batch_retries_no_other_line(tmp_path
         batch, "wait_for_abandoned_lock", lambda entry, timeout: waited.append(entry.line) or True
     )
     monkeypatch.setattr(batch, "stop_requested", lambda: False)
-    records = []
+    records, not_reached = [], []
     options = batch.BatchOptions(root=tmp_path)
-    batch._run_share(share, [None, None], records, attempt, _Bar(), options, tmp_path, None)
+    run = (share, [None, None], records, attempt, _Bar(), options, tmp_path, None, not_reached)
+    batch._run_share(*run)
     assert tried == [1, 2, 1] and waited == [1]
     assert [r["status"] for r in records] == ["failed", "skipped"]
+    assert not_reached == share[1:]  # held, and not come back to
 
 
 def test_a_finished_run_with_other_training_and_export_settings_is_pointed_at_overwrite(

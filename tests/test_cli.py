@@ -1041,6 +1041,34 @@ def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(
     assert "other settings" not in third.stderr, third.stderr
 
 
+def test_a_finished_resume_that_falls_back_to_an_earlier_checkpoint_trains_with_its_flags(
+    tmp_path, monkeypatch
+):
+    """last.pt of a finished run that does not restore (a field tensor missing) and --resume
+    --lr 0.5: the settings were set back to last.pt's before it failed, so the fall-back to
+    step 1, which trains step 2, recorded lr 0.02 and said no change, and trained at 0.5."""
+    from dreamtext.checkpoint import DIGEST, with_digest
+
+    config = tmp_path / "every.yaml"
+    config.write_text("checkpoint_every: 1\nkeep_checkpoints: 5\n")
+    args = (*BUILTIN_RUN, "--iters", "2", "--config", str(config))
+    make_run(monkeypatch, tmp_path, *args)
+    workspace = tmp_path / "workspace" / "a_red_cube"
+    last = workspace / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state.pop(DIGEST, None)
+    state["field"].pop(next(iter(state["field"])))
+    torch.save(with_digest(state), last)
+    again = run_cli(*args, "--resume", "--lr", "0.5", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "from its last checkpoint on: lr 0.02 → 0.5" in again.stderr, again.stderr
+    recorded = json.loads((workspace / "config.json").read_text())
+    assert recorded["lr"] == 0.5 and recorded["resumes"][-1]["changed"] == {"lr": [0.02, 0.5]}
+    saved = torch.load(last, weights_only=True)
+    assert saved["config"]["lr"] == 0.5
+    assert sorted(g["lr"] for g in saved["optimizer"]["param_groups"]) == [0.5, 5.0]
+
+
 def test_resume_refuses_to_change_the_seed_or_the_field_before_loading_anything(
     tmp_path, monkeypatch
 ):

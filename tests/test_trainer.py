@@ -937,3 +937,29 @@ def test_a_new_run_whose_box_cameras_leave_its_angle_ranges_says_so_once(
     again = tiny_config(tmp_path, tiny_sd_path, iters=2, cameras=cameras)
     train(again, resume=True)
     assert "box_fraction" not in capsys.readouterr().err
+
+
+def test_a_finished_resume_sets_back_what_it_does_not_use_and_keeps_what_it_does():
+    """keep_trained_settings: with nothing left to train, lr and a field's learning setting are
+    set back to the trained ones (config.json said the run trained at them); the export's
+    settings, the device and the field's encoding backend (the field is built with it, and a
+    run trained on Triton resumed on a CPU must record torch) are the command's."""
+    cfg = TrainConfig(prompt="x", lr=0.5, device="cpu")
+    cfg.field.encoding = "torch"
+    cfg.field.encoding_lr_scale = 3.0
+    cfg.export_options.resolution = 64
+    changed = {
+        "lr": [0.02, 0.5],
+        "field.encoding_lr_scale": [10.0, 3.0],
+        "field.encoding": ["triton", "torch"],
+        "export_options.resolution": [96, 64],
+        "device": ["cuda", "cpu"],
+    }
+    kept = trainer.keep_trained_settings(cfg, changed)
+    assert kept == {
+        "field.encoding": ["triton", "torch"],
+        "export_options.resolution": [96, 64],
+        "device": ["cuda", "cpu"],
+    }
+    assert (cfg.lr, cfg.field.encoding_lr_scale) == (0.02, 10.0)
+    assert (cfg.field.encoding, cfg.export_options.resolution, cfg.device) == ("torch", 64, "cpu")
