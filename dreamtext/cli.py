@@ -1088,7 +1088,10 @@ def image_workspace(args: argparse.Namespace) -> Path:
 
     if args.workspace is not None:
         return Path(args.workspace)
-    named = configured_workspace(args.config, run_records=False)
+    try:
+        named = configured_workspace(args.config, run_records=False)
+    except DreamtextError:  # a file that does not read: said once the image is checked
+        named = None
     return Path(named) if named else default_workspace(args.image)
 
 

@@ -177,7 +177,7 @@ def field_paths(kind: type, prefix: str, key: Any) -> list[str]:
     """The dotted names of the :class:`TrainConfig` fields named ``key`` (``guidance_scale`` →
     ``["guidance.guidance_scale"]``), for a key found in ``kind``, the section at ``prefix``
     (``""`` the top level), where it is no field; ``[]`` for a dataclass outside
-    :class:`TrainConfig` (the export options of ``dreamtext export``, the image stages')."""
+    :class:`TrainConfig` (the image stages' options)."""
     sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)
     nested = {name: hints[name] for name in sections if dataclasses.is_dataclass(hints[name])}

@@ -627,6 +627,16 @@ def test_image_runs_where_a_config_file_names_but_not_where_a_runs_record_does(
     )
 
 
+def test_a_bad_image_is_said_before_a_config_file_that_does_not_read(other_runs_folder):
+    """image_workspace reads the --config files for their workspace: one that does not read was
+    said before the image that is not there (the image is the first thing image checks)."""
+    (other_runs_folder / "bad.yaml").write_text("workspace: [unclosed\n")
+    argv = ["image", "gone.png", "--config", "bad.yaml"]
+    done = run_without_torch(other_runs_folder, argv)
+    assert (done.returncode, done.stdout) == (2, "[]\n")
+    assert done.stderr.startswith("dreamtext: error: image not found: gone.png"), done.stderr
+
+
 def test_an_image_gone_since_its_run_copied_it_is_refused_before_torch_is_imported(
     other_runs_folder,
 ):
