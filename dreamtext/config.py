@@ -178,12 +178,11 @@ def field_paths(kind: type, prefix: str, key: Any) -> list[str]:
     ``["guidance.guidance_scale"]``), for a key found in ``kind``, the section at ``prefix``
     (``""`` the top level), where it is no field; ``[]`` for a dataclass outside
     :class:`TrainConfig` (the image stages' options)."""
-    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)
-    nested = {name: hints[name] for name in sections if dataclasses.is_dataclass(hints[name])}
+    nested = {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
     if not (kind is TrainConfig and not prefix) and nested.get(prefix[:-1]) is not kind:
         return []
-    found = [str(key)] if key in sections else []
+    found = [str(key)] if key in {f.name for f in dataclasses.fields(TrainConfig)} else []
     for name, section in nested.items():
         if key in {f.name for f in dataclasses.fields(section)}:
             found.append(f"{name}.{key}")

@@ -287,7 +287,9 @@ def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> N
     previous = recorded_image(workspace)
     # The same bytes moved or copied elsewhere are this image, as for `image` (same_image).
     if previous is not None and not same_image(
-        Path(image_path), Path(previous), *image_and_copy_bytes(Path(image_path), workspace)
+        Path(image_path),
+        Path(previous),
+        *image_and_copy_bytes(Path(image_path), source_copy(workspace)),
     ):
         run = "image→3D run" if record is None else "sentence"
         raise DreamtextError(
@@ -320,12 +322,11 @@ def same_image(
     return copy_data == data or (previous.is_file() and previous.read_bytes() == data)
 
 
-def image_and_copy_bytes(image_path: Path, workspace: Path) -> tuple[bytes | None, bytes | None]:
+def image_and_copy_bytes(image_path: Path, copy: Path | None) -> tuple[bytes | None, bytes | None]:
     """:func:`same_image`'s ``data`` and ``copy_data``: the bytes of ``image_path`` (``None``
-    when it is no file) and of the copy in ``workspace`` (``None`` without one, or without
-    ``data``), each file read once."""
+    when it is no file) and of the run's ``copy`` (:func:`source_copy`; ``None`` without one,
+    or without ``data``), each file read once."""
     data = image_path.read_bytes() if image_path.is_file() else None
-    copy = source_copy(workspace)
     if data is None or copy is None:
         return data, None
     return data, data if copy.resolve() == image_path.resolve() else copy.read_bytes()
@@ -373,7 +374,7 @@ def check_image_workspace(
     copy = source_copy(workspace)
     # Read only for a run that recorded an image (an image may be tens of megabytes).
     data, copy_data = (
-        image_and_copy_bytes(image_path, workspace) if previous is not None else (None, None)
+        image_and_copy_bytes(image_path, copy) if previous is not None else (None, None)
     )
     if previous is not None and not same_image(image_path, Path(previous), data, copy_data):
         raise DreamtextError(
