@@ -36,6 +36,11 @@ def test_a_run_of_step_files_only_is_newest_by_its_newest_step_file(tmp_path):
     assert newest_run_unread(tmp_path) is None  # a step file must be read to tell
 
 
+def _never_read(folder):
+    """newest_run's step-file reader for a case that must read none."""
+    raise AssertionError(f"read a step file of {folder}")
+
+
 def test_a_run_with_last_pt_counts_by_it_and_no_step_file_of_it_is_read(tmp_path):
     """A step file newer than its run's last.pt (copied back later) does not make that run
     the newest: a run with last.pt is dated by it, and none of its step files is read."""
@@ -43,10 +48,7 @@ def test_a_run_with_last_pt_counts_by_it_and_no_step_file_of_it_is_read(tmp_path
     _file(tmp_path / "a" / "checkpoints" / "step_000010.pt", T + 400)
     _file(tmp_path / "b" / "checkpoints" / "last.pt", T + 300)
 
-    def never(folder):
-        raise AssertionError(f"read a step file of {folder}")
-
-    assert newest_run(tmp_path, never) == tmp_path / "b"
+    assert newest_run(tmp_path, _never_read) == tmp_path / "b"
     assert newest_run_unread(tmp_path) == tmp_path / "b"
 
 
@@ -130,10 +132,7 @@ def test_a_step_file_as_old_as_the_newest_last_pt_is_not_read(tmp_path):
     _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
     _file(tmp_path / "b" / "checkpoints" / "step_000010.pt", T + 100)
 
-    def never(folder):
-        raise AssertionError(f"read a step file of {folder}")
-
-    assert newest_run(tmp_path, never) == tmp_path / "a"
+    assert newest_run(tmp_path, _never_read) == tmp_path / "a"
     assert newest_run_unread(tmp_path) == tmp_path / "a"
 
 
