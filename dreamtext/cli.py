@@ -111,7 +111,8 @@ def _refuse_flags_before_the_command(
 ) -> None:
     """``dreamtext --workspace runs text "a cube"``: a command's flag typed before the command.
     argparse took its value for the command ("unknown command 'runs'", "invalid choice: '5'");
-    the line says where the flag goes instead."""
+    the line says where the flag goes instead. A flag the command does not take either
+    (``dreamtext -o runs text``, ``--bogus``) is the command's unknown flag, with its hint."""
     at = next((i for i, word in enumerate(words) if word in commands), None)
     if at is None:
         return
@@ -119,8 +120,12 @@ def _refuse_flags_before_the_command(
     early = [
         w.split("=")[0] for w in words[:at] if w.startswith("-") and w.split("=")[0] not in top
     ]
-    if early:
+    if not early:
+        return
+    command = commands[words[at]]
+    if early[0] in _option_strings(command):
         parser.error(f"{early[0]} goes after the command: dreamtext {words[at]} ... {early[0]} ...")
+    command.error(f"unrecognized arguments: {early[0]}{_unknown_flag_hint(command, early[:1])}")
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> list[str]:

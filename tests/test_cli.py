@@ -1550,6 +1550,30 @@ def test_a_commands_flag_typed_before_the_command_says_where_it_goes(capsys, arg
     assert "unknown command" not in err and "invalid choice" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["-o", "runs", "text", "a red cube"],
+            "dreamtext text: unrecognized arguments: -o; the output folder's flag is --workspace",
+        ),
+        (["--bogus", "text", "a red cube"], "dreamtext text: unrecognized arguments: --bogus"),
+        (
+            ["--itrs", "5", "text", "a red cube"],
+            "dreamtext text: unrecognized arguments: --itrs; did you mean --iters?",
+        ),
+    ],
+)
+def test_a_flag_before_the_command_that_the_command_does_not_take_is_its_unknown_flag(
+    capsys, args, line
+):
+    """`dreamtext --bogus text` said "--bogus goes after the command", of a flag no command
+    takes; a short one (`-o runs`) went past the check as the command `runs`."""
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, f"{line} (see dreamtext text --help)")
+    assert "goes after the command" not in err
+
+
 def test_a_misspelt_top_level_flag_names_the_flag_it_is_close_to(capsys):
     """`dreamtext --verison` said only that a COMMAND is required."""
     code, err = run_main(["--verison"], capsys)
@@ -2216,3 +2240,17 @@ def test_a_closed_stdout_is_no_traceback(tmp_path):
     assert "Traceback" not in done.stderr.decode(), done.stderr.decode()
     assert done.returncode == 1
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+def test_batch_names_a_root_it_cannot_write_in_before_reading_the_prompts_file(
+    capsys, monkeypatch, tmp_path
+):
+    """The early check names the workspace root first, as run_batch's own check would after the
+    prompts file: a read-only root and a prompts file that is not there are two fixes, and the
+    one that stops every line comes first, before any model loads."""
+    from dreamtext import inputs
+
+    read_only = OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path))
+    monkeypatch.setattr(inputs, "root_write_error", lambda root: read_only)
+    code, err = run_main(["batch", tmp_path / "missing.txt", "--workspace", tmp_path], capsys)
+    assert_user_error(code, err, f"cannot write in --workspace {tmp_path}: ")
