@@ -486,9 +486,15 @@ def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -
     iters = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("iters")
     resume = "--resume to continue it"
     if step is not None and isinstance(iters, int) and step >= iters:
-        # A finished run: --resume alone has nothing to train ("already at step N of N").
+        # A finished run: --resume alone has nothing to train ("already at step N of N"), but
+        # exports one trained with --no-export (resolve_config: exporting is the command's).
+        from dreamtext.runstatus import has_mesh
+
         where = f", finished at step {step}"
         resume = f"--resume --iters N (above {step}) to train it further"
+        if not has_mesh(workspace, step):
+            where += " with no mesh (--no-export)"
+            resume = f"--resume to export its mesh, {resume}"
     if own_config is not None:
         return DreamtextError(
             f"--config {own_config} is the record of the run in {workspace}{where}, where "

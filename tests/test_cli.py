@@ -2254,3 +2254,30 @@ def test_batch_names_a_root_it_cannot_write_in_before_reading_the_prompts_file(
     monkeypatch.setattr(inputs, "root_write_error", lambda root: read_only)
     code, err = run_main(["batch", tmp_path / "missing.txt", "--workspace", tmp_path], capsys)
     assert_user_error(code, err, f"cannot write in --workspace {tmp_path}: ")
+
+
+def test_a_finished_no_export_run_resumed_without_the_flag_exports_its_mesh(
+    tmp_path, monkeypatch, capsys
+):
+    """Exporting is the command's to say, not the run's record: a run trained with --no-export,
+    typed again with --resume and without it, said "nothing to train" and wrote no mesh (so did
+    `--resume --iters N`, which its refusal offered); `text` had no way to ask for the mesh."""
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        yaml.safe_dump({"export_options": {"resolution": 16, "formats": ["ply"], "video": False}})
+    )
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--config", config]
+    make_run(monkeypatch, tmp_path, *args, "--no-export")
+    capsys.readouterr()
+    run = tmp_path / "workspace" / "a_red_cube"
+    code, err = run_main(args, capsys)
+    assert_user_error(
+        code, err, "finished at step 2 with no mesh (--no-export); pass --resume to export its mesh"
+    )
+    make_run(monkeypatch, tmp_path, *args, "--resume", "--no-export")
+    assert not (run / "mesh").exists()
+    assert json.loads((run / "config.json").read_text())["export"] is False
+    make_run(monkeypatch, tmp_path, *args, "--resume")
+    assert (run / "mesh" / "mesh.ply").is_file()
+    assert json.loads((run / "mesh" / "mesh.json").read_text())["step"] == 2
+    assert json.loads((run / "config.json").read_text())["export"] is True

@@ -292,7 +292,15 @@ def test_a_run_at_its_last_step_is_called_finished(tmp_path):
 
     _config(tmp_path, prompt="a red cube", iters=100)
     line = str(held_run_error(tmp_path, 100, None))
-    assert ", finished at step 100;" in line and "--resume --iters N (above 100)" in line
+    assert (
+        ", finished at step 100 with no mesh (--no-export); pass --resume to export its mesh, "
+        "--resume --iters N (above 100) to train it further," in line
+    )
+    (tmp_path / "mesh").mkdir()
+    (tmp_path / "mesh" / "mesh.glb").write_bytes(b"glTF")
+    (tmp_path / "mesh" / "mesh.json").write_text(json.dumps({"step": 100}))
+    line = str(held_run_error(tmp_path, 100, None))
+    assert ", finished at step 100; pass --resume --iters N (above 100)" in line
     line = str(held_run_error(tmp_path, 99, None))
     assert " at step 99;" in line and "--resume to continue it" in line
 
