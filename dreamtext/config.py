@@ -426,8 +426,8 @@ def resolve_config(
 
     ``base`` (a saved ``config.json``, when resuming) replaces the defaults and the built-in
     prior's preset, except its ``export``, which is the command's (on unless ``--no-export`` or
-    a layer says otherwise); ``preset``, ``config_file`` (one YAML file or several, each over the one
-    before) and then ``overrides`` (the explicit flags, as a nested dict) apply over it, so the
+    a layer says otherwise); ``preset``, ``config_file`` (one YAML file or several, each over the
+    one before) and then ``overrides`` (the explicit flags, as a nested dict) apply over it, so the
     command that started a run, typed again with ``--resume``, resolves to the same config. A
     resumed run that would change what it cannot (``fixed``, :data:`RESUME_FIXED`) is a
     :class:`DreamtextError` that says why (``kept``) and ends with ``new_run`` (how the command

@@ -483,7 +483,8 @@ def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -
     command again must not wipe hours of training. ``own_config`` as for
     :func:`other_prompt_error`."""
     where = f" at step {step}" if step is not None else ""
-    iters = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("iters")
+    recorded = read_run_config(workspace, "delete it or pass --workspace") or {}
+    iters = recorded.get("iters")
     resume = "--resume to continue it"
     if step is not None and isinstance(iters, int) and step >= iters:
         # A finished run: --resume alone has nothing to train ("already at step N of N"), but
@@ -493,7 +494,10 @@ def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -
         where = f", finished at step {step}"
         resume = f"--resume --iters N (above {step}) to train it further"
         if not has_mesh(workspace, step):
-            where += " with no mesh (--no-export)"
+            # Trained with --no-export, or its export at the end was cut short (a kill, a full
+            # disk): either way the mesh is what is missing, not steps.
+            missing = "--no-export" if recorded.get("export") is False else "export cut short"
+            where += f" with no mesh ({missing})"
             resume = f"--resume to export its mesh, {resume}"
     if own_config is not None:
         return DreamtextError(

@@ -287,15 +287,20 @@ def test_a_step_record_names_a_whole_number_only(tmp_path):
 
 
 def test_a_run_at_its_last_step_is_called_finished(tmp_path):
-    """held_run_error: step ≥ iters is a finished run, which --resume alone does not train."""
+    """held_run_error: step ≥ iters is a finished run, which --resume alone does not train,
+    but exports when the mesh is missing: trained with --no-export, or its export at the end cut
+    short (a kill), which was called finished and offered more steps only."""
     from dreamtext.runfiles import held_run_error
 
-    _config(tmp_path, prompt="a red cube", iters=100)
+    _config(tmp_path, prompt="a red cube", iters=100, export=False)
     line = str(held_run_error(tmp_path, 100, None))
     assert (
         ", finished at step 100 with no mesh (--no-export); pass --resume to export its mesh, "
         "--resume --iters N (above 100) to train it further," in line
     )
+    _config(tmp_path, prompt="a red cube", iters=100, export=True)
+    line = str(held_run_error(tmp_path, 100, None))
+    assert ", finished at step 100 with no mesh (export cut short); pass --resume to export" in line
     (tmp_path / "mesh").mkdir()
     (tmp_path / "mesh" / "mesh.glb").write_bytes(b"glTF")
     (tmp_path / "mesh" / "mesh.json").write_text(json.dumps({"step": 100}))
