@@ -122,12 +122,15 @@ BYTES_PER_TEXEL = 170
 # bytes, depth and opacity as float32 until the depth panel's range is known, the frames and
 # the GIF's (28-31 B measured at 256 and 512 px, 60 frames, benchmarks/RESULTS.md "Stop 62").
 BYTES_PER_TURNTABLE_PIXEL = 32
-# What an export writes into mesh/ (the formats, mesh.json, the texture), as glob patterns.
-MESH_OUTPUTS = ("mesh.*", "albedo.png")
+# What an export writes into mesh/ (the formats, mesh.json, the texture) and video/, by name:
+# a user's own `mesh.stl` or `mesh.blend` beside them (a mesh editor's "save as" keeps the
+# name), or a `turntable.webm` made from the MP4, is not an export's to drop.
+MESH_OUTPUTS = ("mesh.glb", "mesh.obj", "mesh.mtl", "mesh.ply", "mesh.json", "albedo.png")
+VIDEO_OUTPUTS = ("turntable.mp4", "turntable.gif")
 # What of an earlier export's mesh/ and video/ the next export drops (the rest, a user's own
 # files, it keeps): its outputs, and the hidden temp files of the versions that wrote them into
 # these folders (``.mesh.k2j4x9ab.glb``).
-REPLACED_OUTPUTS = (*MESH_OUTPUTS, "turntable.*", ".mesh.*", ".albedo.*", ".turntable.*")
+REPLACED_OUTPUTS = (*MESH_OUTPUTS, *VIDEO_OUTPUTS, ".mesh.*", ".albedo.*", ".turntable.*")
 
 
 @dataclass
@@ -845,7 +848,7 @@ def _export_field(
     # A --no-video export that drops the turntable replaces video/ by none of the export's
     # files (a user's own are carried over).
     emptied = (video_dir,) if _drops_turntable(out_dir, options, step) else ()
-    kept = not options.video and not emptied and any(video_dir.glob("turntable.*"))
+    kept = not options.video and not emptied and _has_turntable(video_dir)
 
     result = ExportResult(
         out_dir=out_dir,
@@ -882,9 +885,14 @@ def _drops_turntable(out_dir: Path, options: ExportOptions, step: int | None) ->
     video_dir = out_dir / "video"
     return (
         not options.video
-        and any(video_dir.glob("turntable.*"))
+        and _has_turntable(video_dir)
         and not _turntable_is_of(out_dir / "mesh" / "mesh.json", step)
     )
+
+
+def _has_turntable(video_dir: Path) -> bool:
+    """Whether ``video_dir`` holds an export's turntable (:data:`VIDEO_OUTPUTS`)."""
+    return any((video_dir / name).is_file() for name in VIDEO_OUTPUTS)
 
 
 def _turntable_is_of(report: Path, step: int | None) -> bool:

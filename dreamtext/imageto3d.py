@@ -157,24 +157,111 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
     (:func:`ignored_flags` names them)."""
     options = ImageOptions()
     sections = read_stage_sections(workspace)
+    origins: dict[str, str] = {}  # each option's last source, for check_image_options
+
+    def apply(values: dict[str, Any], source: str, prefix: str = "") -> None:
+        target = getattr(options, prefix[:-1]) if prefix else options
+        apply_overrides(target, values, source)
+        origins.update({name: source for name in _leaf_names(values, prefix)})
+
     if "image_to_3d" not in sections:
         done = (read_record(workspace) or {}).get("descriptor_iters")
         if isinstance(done, int) and not isinstance(done, bool):
-            options.descriptor.iters = done
+            apply({"iters": done}, str(sentence_path(workspace)), "descriptor.")
     layers = [(f"{Path(workspace) / 'config.json'}", sections), *overrides.get("configs", ())]
     for source, stages in layers:
-        apply_overrides(options, stage_options(stages), source)
+        apply(stage_options(stages), source)
     used = (read_record(workspace) or {}).get("options")
     if isinstance(used, dict):
-        apply_overrides(options.describe, used, str(sentence_path(workspace)))
+        apply(used, str(sentence_path(workspace)), "describe.")
     else:
-        apply_overrides(options.describe, overrides.get("describe", {}), "the command line")
+        apply(overrides.get("describe", {}), "the command line", "describe.")
     options.describe.clip = absolute_model_folder(options.describe.clip)
-    apply_overrides(options.descriptor, overrides.get("descriptor", {}), "the command line")
+    apply(overrides.get("descriptor", {}), "the command line", "descriptor.")
     for name in ("nouns", "adjectives"):
         value = getattr(options.describe, name)
         setattr(options.describe, name, Path(value) if value is not None else None)
+    check_image_options(options, origins)
     return options
+
+
+def _leaf_names(values: dict[str, Any], prefix: str) -> list[str]:
+    """The dotted names of the settings in the nested ``values`` (``descriptor.augment.flip_p``)."""
+    names = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            names += _leaf_names(value, f"{prefix}{key}.")
+        else:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+# What each numeric image option may be, as (low, high) with None for no bound: the flags
+# (--max-words, --descriptor-iters) are refused by the CLI before this, but a --config file's
+# `image_to_3d:` and `diverse:` sections, or a run's config.json, were checked for their type
+# only: a descriptor batch of 0 was a traceback after the sentence search, `iters: -1` was
+# refused only after it, and both were recorded for the next run to trip on again.
+IMAGE_OPTION_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "describe.max_words": (0, None),
+    "describe.batch_size": (1, None),
+    "descriptor.iters": (0, 10_000_000),  # cli.ITERS_MAX, as --descriptor-iters
+    "descriptor.batch_size": (1, None),
+    "descriptor.checkpoint_every": (0, None),
+    "descriptor.preview_every": (0, None),
+    "descriptor.preview_samples": (1, None),
+    "descriptor.preview_steps": (1, None),
+    "descriptor.log_every": (1, None),
+    "descriptor.augment.flip_p": (0, 1),
+    "descriptor.augment.rotation_degrees": (0, 180),
+    "descriptor.augment.rotation_p": (0, 1),
+    "descriptor.augment.blur_kernel": (1, None),
+    "descriptor.augment.blur_p": (0, 1),
+    "descriptor.augment.crop_fraction": (0, 1),
+    "descriptor.augment.crop_p": (0, 1),
+    "descriptor.augment.grayscale_p": (0, 1),
+    "descriptor.augment.jitter": (0, 0.5),  # kornia's ColorJitter: a hue shift of at most 0.5
+    "descriptor.augment.jitter_p": (0, 1),
+    "sample_steps": (1, None),
+}
+# Above 0, not from 0.
+POSITIVE_IMAGE_OPTIONS = frozenset(
+    {"descriptor.lr", "descriptor.augment.crop_fraction", "descriptor.augment.blur_sigma"}
+)
+
+
+def check_image_options(options: ImageOptions, origins: dict[str, str] | None = None) -> None:
+    """Refuse image options outside :data:`IMAGE_OPTION_RANGES` (:data:`POSITIVE_IMAGE_OPTIONS`
+    above 0, the blur's kernel odd and its sigma range low ≤ high), naming the config key and
+    where it was set (``origins``: each dotted name's source), before any stage runs or
+    config.json records it."""
+    origins = origins or {}
+
+    def refuse(name: str, value: Any, what: str) -> None:
+        key = "diverse.sample_steps" if name == "sample_steps" else f"image_to_3d.{name}"
+        where = f" in {origins[name]}" if name in origins else ""
+        raise DreamtextError(f"{key}{where} must be {what}, got {value}")
+
+    for name, (low, high) in IMAGE_OPTION_RANGES.items():
+        value = _option_value(options, name)
+        if (low is not None and value < low) or (high is not None and value > high):
+            refuse(name, value, f"{low} or more" if high is None else f"from {low} to {high:,}")
+    for name in sorted(POSITIVE_IMAGE_OPTIONS):
+        value = _option_value(options, name)
+        if any(v <= 0 for v in (value if isinstance(value, tuple | list) else (value,))):
+            refuse(name, value, "above 0")
+    augment = options.descriptor.augment
+    if augment.blur_kernel % 2 == 0:
+        refuse("descriptor.augment.blur_kernel", augment.blur_kernel, "odd")
+    low, high = augment.blur_sigma
+    if low > high:
+        refuse("descriptor.augment.blur_sigma", [low, high], "[low, high] with low ≤ high")
+
+
+def _option_value(options: ImageOptions, name: str) -> Any:
+    value: Any = options
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def stage_options(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:

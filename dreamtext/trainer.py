@@ -75,6 +75,7 @@ from dreamtext.errors import DreamtextError, TrainedRun
 from dreamtext.export import (
     MESH_OUTPUTS,
     REPLACED_OUTPUTS,
+    VIDEO_OUTPUTS,
     available_memory,
     check_memory,
     export_field,
@@ -115,8 +116,8 @@ EARLIER_RUN_FILES = (
     "checkpoints/*.pt",
     "checkpoints/last.step.json",
     "previews/*.png",
-    *(f"mesh/{pattern}" for pattern in MESH_OUTPUTS),
-    "video/turntable.*",
+    *(f"mesh/{name}" for name in MESH_OUTPUTS),
+    *(f"video/{name}" for name in VIDEO_OUTPUTS),
 )
 # A run whose gradients, or whose guided noise prediction ε̂, were not finite in this many of its
 # last DIVERGENCE_WINDOW steps has diverged: it stops (fp16's loss scaler skips its first ~16

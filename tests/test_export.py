@@ -2483,21 +2483,31 @@ def test_a_re_export_replaces_mesh_and_video_and_keeps_a_users_own_files(tmp_pat
     (tmp_path / "mesh" / "notes.txt").write_text("mine")
     (tmp_path / "mesh" / ".notes").write_text("mine too")  # hidden, and a user's
     (tmp_path / "mesh" / ".nfs000000001").write_text("NFS: a removed file a reader holds")
+    # Named as the export's files are, but not one of them: a mesh editor's "save as"
+    # (mesh.stl), a backup, a conversion of the turntable. A glob (mesh.*) deleted them.
+    for name in ("mesh.stl", "mesh.blend", "mesh.glb.orig"):
+        (tmp_path / "mesh" / name).write_text("mine")
+    (tmp_path / "video" / "turntable.webm").write_text("mine")
     (tmp_path / "video" / "shots").mkdir()
     (tmp_path / "mesh").chmod(0o775)
     export_field(SphereField(), tmp_path, small_options(formats=("ply",)), renderer=SphereTracer())
     assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == [
         ".notes",
+        "mesh.blend",
+        "mesh.glb.orig",
         "mesh.json",
         "mesh.ply",
+        "mesh.stl",
         "notes.txt",
     ]
     assert (tmp_path / "mesh" / ".notes").read_text() == "mine too"
     assert (tmp_path / "mesh" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "mesh" / "mesh.stl").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "video").iterdir()) == [
         "shots",
         "turntable.gif",
         "turntable.mp4",
+        "turntable.webm",
     ]
     assert (tmp_path / "mesh").stat().st_mode & 0o777 == 0o775
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh", "video"]

@@ -3,6 +3,8 @@ trains, and to which step, from what the workspace holds."""
 
 import json
 
+import pytest
+
 from dreamtext.imageto3d import descriptor_plan, unread_words
 
 
@@ -195,3 +197,89 @@ def test_a_run_from_before_the_stage_sections_starts_from_its_records_steps(tmp_
     assert resolve_image_options({}, workspace).descriptor.iters == 7
     (workspace / "descriptor" / "sentence.json").write_text(json.dumps({"descriptor_iters": True}))
     assert resolve_image_options({}, workspace).descriptor.iters == 10_000
+
+
+@pytest.mark.parametrize(
+    ("section", "line"),
+    [
+        (
+            {"image_to_3d": {"descriptor": {"iters": -1}}},
+            "image_to_3d.descriptor.iters in a.yaml must be from 0 to 10,000,000, got -1",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"iters": 20_000_000}}},
+            "image_to_3d.descriptor.iters in a.yaml must be from 0 to 10,000,000, got 20000000",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"batch_size": 0}}},
+            "image_to_3d.descriptor.batch_size in a.yaml must be 1 or more, got 0",
+        ),
+        (
+            {"image_to_3d": {"describe": {"batch_size": 0}}},
+            "image_to_3d.describe.batch_size in a.yaml must be 1 or more, got 0",
+        ),
+        (
+            {"image_to_3d": {"describe": {"max_words": -1}}},
+            "image_to_3d.describe.max_words in a.yaml must be 0 or more, got -1",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"lr": 0.0}}},
+            "image_to_3d.descriptor.lr in a.yaml must be above 0, got 0.0",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"log_every": 0}}},
+            "image_to_3d.descriptor.log_every in a.yaml must be 1 or more, got 0",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"augment": {"flip_p": 1.5}}}},
+            "image_to_3d.descriptor.augment.flip_p in a.yaml must be from 0 to 1, got 1.5",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"augment": {"jitter": 0.6}}}},
+            "image_to_3d.descriptor.augment.jitter in a.yaml must be from 0 to 0.5, got 0.6",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"augment": {"blur_kernel": 4}}}},
+            "image_to_3d.descriptor.augment.blur_kernel in a.yaml must be odd, got 4",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"augment": {"blur_sigma": [2.0, 0.1]}}}},
+            "image_to_3d.descriptor.augment.blur_sigma in a.yaml must be [low, high] with low ≤ "
+            "high, got [2.0, 0.1]",
+        ),
+        (
+            {"diverse": {"sample_steps": 0}},
+            "diverse.sample_steps in a.yaml must be 1 or more, got 0",
+        ),
+    ],
+)
+def test_image_options_out_of_range_in_a_config_file_are_refused_naming_the_key(
+    tmp_path, section, line
+):
+    """Only their types were checked: a descriptor batch of 0 or a describe batch of 0 was a
+    traceback after the sentence search, `iters: -1` was refused after it as --descriptor-iters
+    (a flag not given), 20,000,000 steps passed --descriptor-iters' cap, `sample_steps: 0` was
+    a traceback in the sampler; each was recorded in config.json for the next run."""
+    from dreamtext.errors import DreamtextError
+    from dreamtext.imageto3d import resolve_image_options
+
+    workspace = _run_with_sections(tmp_path, {})
+    with pytest.raises(DreamtextError) as refused:
+        resolve_image_options({"configs": [("a.yaml", section)]}, workspace)
+    assert str(refused.value) == line
+
+
+def test_a_bad_image_option_a_later_layer_replaces_is_not_refused_and_one_kept_names_its_file(
+    tmp_path,
+):
+    """The value checked is the one the run uses, named after the layer that set it last."""
+    from dreamtext.errors import DreamtextError
+    from dreamtext.imageto3d import resolve_image_options
+
+    run = {"image_to_3d": {"descriptor": {"iters": -1, "batch_size": 0}}}
+    workspace = _run_with_sections(tmp_path, run)
+    flags = {"configs": [("a.yaml", {"image_to_3d": {"descriptor": {"batch_size": 2}}})]}
+    options = resolve_image_options({**flags, "descriptor": {"iters": 3}}, workspace)
+    assert (options.descriptor.iters, options.descriptor.batch_size) == (3, 2)
+    with pytest.raises(DreamtextError, match=r"iters in .*config\.json must be from 0"):
+        resolve_image_options(flags, workspace)
