@@ -196,6 +196,12 @@ class _OneLineParser(argparse.ArgumentParser):
                 if not word.startswith("-")
                 and not (i > 0 and unknown[i - 1].startswith("-") and "=" not in unknown[i - 1])
             ]
+            # `text "a cube" --resume 20000`, `--perp-neg true`: the word is no stray of the
+            # prompt but a value given to an on/off flag (one it abbreviates: `--res 128`).
+            valueless = [_valueless_flag(owner, words, word) for word in strays]
+            if any(valueless):
+                flag, word = next((f, w) for f, w in zip(valueless, strays, strict=True) if f)
+                owner.error(f"{message}; {flag} takes no value (it is on or off), not {word}")
             # `dreamtext export RUN`, as `view RUN` and `image IMG` take their paths: say which
             # flag the folder belongs to instead of leaving the user to find it in --help.
             flag = getattr(owner, "positional_flag", None)
@@ -209,6 +215,28 @@ class _OneLineParser(argparse.ArgumentParser):
                 message += f'; quote the {positional} when it has spaces: "{" ".join(words)}"'
             owner.error(message)
         return args
+
+
+def _valueless_flag(parser: argparse.ArgumentParser, words: list[str], word: str) -> str | None:
+    """The on/off flag of ``parser`` (no value: ``--resume``, ``--no-export``) typed right before
+    ``word`` in ``words``, by its full name (``--res`` is argparse's abbreviation of
+    ``--resume``); ``None`` where ``word`` follows anything else."""
+    at = next((i for i, typed in enumerate(words) if typed == word and i > 0), None)
+    if at is None or not words[at - 1].startswith("--") or "=" in words[at - 1]:
+        return None
+    before = words[at - 1]
+    matches = [
+        action
+        for action in parser._actions
+        if any(option == before for option in action.option_strings)
+    ] or [
+        action
+        for action in parser._actions
+        if any(option.startswith(before) for option in action.option_strings)
+    ]
+    if len(matches) != 1 or matches[0].nargs != 0:
+        return None
+    return next(o for o in matches[0].option_strings if o.startswith(before))
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:

@@ -1452,6 +1452,32 @@ def test_an_export_flag_is_named_after_its_option():
     ("args", "line"),
     [
         (
+            ["text", "a red cube", "--resume", "20000"],
+            "dreamtext text: unrecognized arguments: 20000; --resume takes no value (it is on or"
+            " off), not 20000 ",
+        ),
+        (
+            ["text", "a red cube", "--res", "128"],  # argparse's abbreviation of --resume
+            "dreamtext text: unrecognized arguments: 128; --resume takes no value",
+        ),
+        (
+            ["image", "mug.png", "--adjust", "1"],
+            "dreamtext image: unrecognized arguments: 1; --adjust takes no value",
+        ),
+    ],
+)
+def test_a_value_given_to_an_on_off_flag_is_named_so_not_a_piece_of_the_prompt(capsys, args, line):
+    """`text "a red cube" --resume 20000` said to quote the prompt as "a red cube 20000": the
+    prompt was quoted; the word was a value for a flag that takes none."""
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, line)
+    assert "quote the" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
             ["text", "a", "red", "cube", "--model", "builtin:shapes"],
             "dreamtext text: unrecognized arguments: red cube; quote the prompt when it has"
             ' spaces: "a red cube" ',
