@@ -160,6 +160,18 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse, but usage errors are one line on stderr and exit 2 (no usage dump), named after
     the command they belong to (``dreamtext batch: ... (see dreamtext batch --help)``)."""
 
+    # What argparse takes for a negative number (a flag's value) rather than a flag: its own
+    # pattern knows `-5` and `-0.001` but not `-1e-3`, `-inf` or `--shard -1/2`, which were
+    # "expected one argument" of a flag given one, instead of that flag's own refusal. No flag
+    # of dreamtext looks like a number.
+    NEGATIVE_NUMBER = re.compile(
+        r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-\d+/\d+$|^-(inf|infinity|nan)$", re.IGNORECASE
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE_NUMBER
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 

@@ -2307,3 +2307,24 @@ def test_a_finished_no_export_run_resumed_without_the_flag_exports_its_mesh(
     assert (run / "mesh" / "mesh.ply").is_file()
     assert json.loads((run / "mesh" / "mesh.json").read_text())["step"] == 2
     assert json.loads((run / "config.json").read_text())["export"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--lr", "-1e-3"], "argument --lr: must be positive and finite, got -1e-3"),
+        (["--lr", "-inf"], "argument --lr: must be positive and finite, got -inf"),
+        (["--guidance", "-1E2"], "argument --guidance: must be positive and finite, got -1E2"),
+        (["--seed", "-1e3"], "argument --seed: expected an integer seed, got '-1e3'"),
+    ],
+)
+def test_a_negative_number_in_exponent_form_gets_the_flags_own_refusal(capsys, args, line):
+    """argparse took `-1e-3` for a flag: "argument --lr: expected one argument", of a flag that
+    was given one; `--lr -0.001` got the flag's own line."""
+    code, err = run_main(["text", "a red cube", *args], capsys)
+    assert_user_error(code, err, f"dreamtext text: {line} (see dreamtext text --help)")
+
+
+def test_a_negative_shard_gets_the_shards_own_refusal(capsys):
+    code, err = run_main(["batch", "prompts.txt", "--shard", "-1/2"], capsys)
+    assert_user_error(code, err, "dreamtext batch: argument --shard: must be K/N with 0 ≤ K < N")
