@@ -102,6 +102,10 @@ class _Ascending(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+# `dreamtext view`'s address when --port / --host are left out.
+VIEW_PORT = 8000
+VIEW_HOST = "127.0.0.1"
+
 OUTPUT_FLAG_WORDS = ("--out", "--output", "--outdir", "--out-dir", "--output-dir", "-o")
 """Flags other tools name their output folder with; dreamtext's is ``--workspace``."""
 
@@ -1249,12 +1253,26 @@ def early_export(args: argparse.Namespace) -> None:
     check_cuda_flag(args)
 
 
+def early_view(args: argparse.Namespace) -> None:
+    """``view``: ``--static`` writes files and serves nothing, so a ``--port`` or ``--host``
+    beside it (left out of what it did without a word) is refused; otherwise their defaults."""
+    if args.static is not None:
+        given = [flag for flag in ("--port", "--host") if getattr(args, flag[2:]) is not None]
+        if given:
+            raise DreamtextError(
+                f"give --static (files, no server) or {' and '.join(given)}, not both"
+            )
+    args.port = VIEW_PORT if args.port is None else args.port
+    args.host = VIEW_HOST if args.host is None else args.host
+
+
 EARLY_CHECKS = {
     cmd_text: early_text,
     cmd_image: early_image,
     cmd_describe: early_describe,
     cmd_batch: early_batch,
     cmd_export: early_export,
+    cmd_view: early_view,
 }
 
 
@@ -1470,12 +1488,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run's folder, or a folder of runs such as a batch's [workspace/]",
     )
     view.add_argument(
-        "--port", type=_port, default=8000, help="port to listen on; 0 picks a free one [8000]"
+        "--port", type=_port, help=f"port to listen on; 0 picks a free one [{VIEW_PORT}]"
     )
     view.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 opens it to the network [127.0.0.1]",
+        "--host", help=f"address to listen on; 0.0.0.0 opens it to the network [{VIEW_HOST}]"
     )
     view.add_argument(
         "--static",

@@ -32,9 +32,26 @@ def test_an_infinite_float_flag_is_refused_as_not_finite(capsys, flag, text):
 def test_view_and_batch_defaults_are_the_readmes():
     """README.md: `dreamtext view` opens http://127.0.0.1:8000/; `--lock-timeout` seconds
     (600 by default)."""
+    from dreamtext.cli import early_view
+
     view = parse("view")
+    early_view(view)
     assert (view.port, view.host) == (8000, "127.0.0.1")
     assert parse("batch", "p.txt").lock_timeout == 600.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--port", "9000"], "--port"), (["--port", "0", "--host", "0.0.0.0"], "--port and --host")],
+)
+def test_view_static_with_a_port_or_host_is_refused_not_ignored(capsys, tmp_path, flags, named):
+    """`view --static OUT --port 9000` wrote OUT and exited 0, the port left out without a word."""
+    from dreamtext.cli import main
+
+    assert main(["view", str(tmp_path), "--static", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dreamtext: error: give --static (files, no server) or {named}, not both\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_equal_ends_of_the_t_range_are_refused(capsys):
