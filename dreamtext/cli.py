@@ -873,6 +873,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     from dreamtext.view import DEFAULT_ROOT, export_static, serve
+    from dreamtext.view.workspaces import nested_runs_hint
 
     folders = [Path(f) for f in args.folders]
     if not folders:
@@ -884,6 +885,9 @@ def cmd_view(args: argparse.Namespace) -> int:
         folders = [DEFAULT_ROOT]
     if args.static:
         out = export_static(folders, Path(args.static))
+        for folder in folders:  # runs it left out (with none at all, export_static refused)
+            if hint := nested_runs_hint(folder):
+                print(f"dreamtext view: {hint}", file=sys.stderr)
         print(out / "index.html")
         return 0
     serve(folders, args.host, args.port)

@@ -2,6 +2,7 @@
 the lines the mutation round found untested: byte ranges, conditional requests, the card's
 state and figures, the static folder and the downloads."""
 
+import io
 import json
 from pathlib import Path
 
@@ -622,3 +623,41 @@ def test_text_assets_name_their_charset(root: Path):  # noqa: F811
             status, _, headers = get(srv, f"/static/{name}")
             assert status == 200
             assert headers["Content-Type"].endswith("; charset=utf-8"), name
+
+
+def test_folders_of_runs_a_level_further_down_are_named_to_pass(tmp_path: Path, capsys):
+    """`dreamtext view runs` where runs/ holds batches' folders (runs/B/a_cat) served an empty
+    gallery that said its runs were still to come; beside runs of its own they were left out
+    without a word (the server's line, and --static's stderr)."""
+    from dreamtext.cli import main
+    from dreamtext.errors import DreamtextError
+    from dreamtext.view.server import ViewServer, serve
+    from dreamtext.view.workspaces import Catalog, nested_runs_hint
+
+    nest = tmp_path / "nest"
+    make_run(nest / "B" / "a_cat", "a cat")
+    (nest / "C").mkdir()
+    (nest / "C" / "batch.jsonl").write_text("")
+    (nest / "empty").mkdir()
+    expected = (
+        f"{nest} holds 2 folders of runs a level further down, which the viewer does not look "
+        f"into: pass them (dreamtext view {nest / 'B'} {nest / 'C'})"
+    )
+    assert nested_runs_hint(nest) == expected
+    with pytest.raises(DreamtextError) as refused:
+        Catalog([nest])
+    assert str(refused.value) == expected
+    make_run(nest / "own", "a dog")  # a run of its own beside them: both folders to pass
+    assert nested_runs_hint(nest).endswith(
+        f"pass them (dreamtext view {nest} {nest / 'B'} {nest / 'C'})"
+    )
+    assert main(["view", str(nest), "--static", str(tmp_path / "site")]) == 0
+    assert capsys.readouterr().err == f"dreamtext view: {nested_runs_hint(nest)}\n"
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
+        serve([nest], "127.0.0.1", 0, out=out)
+    assert out.getvalue().startswith("dreamtext view: 1 run at ")
+    assert f"  {nested_runs_hint(nest)}\n" in out.getvalue()
+    assert nested_runs_hint(nest / "B") is None  # its runs are one level down
+    assert nested_runs_hint(nest / "B" / "a_cat") is None  # a run

@@ -75,8 +75,8 @@ from dreamtext.view.workspaces import (
     GalleryCache,
     Run,
     RunLocation,
-    inside_run_hint,
-    linked_runs_hint,
+    folder_hints,
+    nested_runs_hint,
     read_run,
 )
 
@@ -603,9 +603,11 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
             "(check the path if none is starting)",
             file=out,
         )
-    hints = [hint for f in there for hint in (inside_run_hint(f), linked_runs_hint(f))]
-    inside = [hint for hint in hints if hint] if n == 0 else []
-    for hint in inside:  # the run's mesh/ or checkpoints/: no run will ever appear there
+    # The run's mesh/ or checkpoints/, or links out: no run will ever appear there. Folders of
+    # runs a level down are said beside runs too: the gallery leaves them out.
+    inside = [hint for f in there for hint in folder_hints(f)] if n == 0 else []
+    inside = inside or [hint for f in there if (hint := nested_runs_hint(f))]
+    for hint in inside:
         print(f"  {hint}", file=out)
     if n == 0 and there and not inside:  # a batch about to start, or the wrong folder
         shown = ", ".join(str(f) for f in there)

@@ -175,6 +175,39 @@ def linked_runs_hint(folder: Path) -> str | None:
     )
 
 
+def nested_runs_hint(folder: Path) -> str | None:
+    """Where ``folder`` (no run) has subfolders that are no runs but hold runs of their own (a
+    batch's root in a folder of batches: ``runs/B/``), which the viewer does not look into (it
+    shows a folder's runs one level down): a sentence naming them to pass as well. Such a
+    folder alone was served as an empty gallery that said its runs were still to come."""
+    if not folder.is_dir() or is_workspace(folder):
+        return None
+    nested = [
+        folder / name
+        for name, is_link in _subfolders(folder)
+        if not is_link and not _holds_run(os.path.join(folder, name)) and _holds_runs(folder / name)
+    ]
+    if not nested:
+        return None
+    shown = " ".join(shlex.quote(str(path)) for path in nested[:3])
+    if len(nested) > 3:
+        shown += " …"
+    if _holds_runs(folder):  # runs of its own beside them: both
+        shown = f"{shlex.quote(str(folder))} {shown}"
+    what = "a folder of runs" if len(nested) == 1 else f"{len(nested)} folders of runs"
+    return (
+        f"{folder} holds {what} a level further down, which the viewer does not look into: "
+        f"pass {'it' if len(nested) == 1 else 'them'} (dreamtext view {shown})"
+    )
+
+
+def folder_hints(folder: Path) -> list[str]:
+    """What the viewer can say of ``folder``'s runs that it does not show: the run it lies in,
+    runs linked from outside it, runs a level further down."""
+    found = (inside_run_hint(folder), linked_runs_hint(folder), nested_runs_hint(folder))
+    return [hint for hint in found if hint]
+
+
 @dataclass(frozen=True)
 class RunLocation:
     """One run: ``id`` (its address on the page), ``path`` (its workspace, resolved; ``None`` for a
@@ -223,8 +256,7 @@ class Catalog:
             undecided = not is_workspace(resolved) and not _holds_runs(resolved)
             self.sources.append((resolved, None if undecided else not is_workspace(resolved)))
         if not empty_ok and not self.runs():
-            hints = [hint for f in folders for hint in (inside_run_hint(f), linked_runs_hint(f))]
-            hints = [hint for hint in hints if hint]
+            hints = [hint for folder in folders for hint in folder_hints(folder)]
             if hints:
                 raise DreamtextError("; ".join(hints))
             shown = ", ".join(str(f) for f in folders)
