@@ -1813,6 +1813,15 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         if trained is not None:
             print(f"dreamtext: error: {trained_run_line(error, trained)}", file=sys.stderr)
             return EXIT_USAGE
+        if args.command == "view" and not args.static:
+            # Serving writes no file: what failed is its output (`> view.log` on a full disk).
+            print(
+                f"dreamtext: error: {error.strerror or error} (writing its output, the page's "
+                "address); send the output where it can be written (a disk with room, the "
+                "terminal)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         elsewhere = WRITE_ELSEWHERE.get(args.command, "pick a folder you can write (--workspace)")
         print(
             f"dreamtext: error: {what_failed(error)}; {file_system_fix(error, elsewhere)}",

@@ -661,3 +661,28 @@ def test_folders_of_runs_a_level_further_down_are_named_to_pass(tmp_path: Path, 
     assert f"  {nested_runs_hint(nest)}\n" in out.getvalue()
     assert nested_runs_hint(nest / "B") is None  # its runs are one level down
     assert nested_runs_hint(nest / "B" / "a_cat") is None  # a run
+
+
+def test_a_served_views_output_that_cannot_be_written_is_named_not_static(
+    tmp_path: Path, capsys, monkeypatch
+):
+    """`dreamtext view runs > view.log` on a full disk said to "give --static a folder you can
+    write", of a command given no --static: serving writes no file, only its address lines."""
+    import errno
+    import os
+
+    from dreamtext.cli import main
+    from dreamtext.view.server import ViewServer
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    make_run(tmp_path / "a_cat", "a cat")
+    monkeypatch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
+    monkeypatch.setattr("sys.stdout", FullDisk())
+    assert main(["view", str(tmp_path / "a_cat"), "--port", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "dreamtext: error: No space left on device (writing its output, the page's address); "
+        "send the output where it can be written (a disk with room, the terminal)\n"
+    )
