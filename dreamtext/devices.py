@@ -15,7 +15,7 @@ from torch.torch_version import TorchVersion
 
 from dreamtext.errors import DreamtextError
 from dreamtext.flagtypes import DEVICE_FORMS
-from dreamtext.inputs import no_cuda_error, openmp_wait_read
+from dreamtext.inputs import openmp_wait_read
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,7 +27,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise no_cuda_error(name)
+        # Not always a flag: a GPU node's run (its config.json) or config file carries its
+        # `device: cuda` to a machine without one (cli.check_cuda_flag refuses a flag where the
+        # machine certainly has no GPU; here torch says so).
+        raise DreamtextError(
+            f"device {name} was asked for (by --device, a --config file's `device:` or the "
+            "resumed run's config.json) but no CUDA GPU is visible; pass --device cpu"
+        )
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -465,6 +465,22 @@ def test_a_device_refusal_names_every_form_the_help_lists(tmp_path, monkeypatch,
     assert "auto, cpu, cuda or cuda:N [auto]" in build_parser().commands["text"].format_help()
 
 
+def test_cuda_from_a_config_file_without_a_gpu_is_not_called_a_flag(tmp_path, monkeypatch, capsys):
+    """A config file's `device: cuda` (or a GPU node's run resumed here) was "--device cuda was
+    asked for", of a flag the user never typed."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gpu.yaml").write_text("device: cuda\n")
+    code, err = run_main([*BUILTIN_RUN, "--config", "gpu.yaml"], capsys)
+    assert_user_error(
+        code,
+        err,
+        "dreamtext: error: device cuda was asked for (by --device, a --config file's `device:` "
+        "or the resumed run's config.json) but no CUDA GPU is visible; pass --device cpu",
+    )
+
+
 def test_cuda_without_a_gpu_names_the_flag_to_pass_instead(tmp_path, monkeypatch, capsys):
     """It said "...; use cpu": a value, not the flag that takes it."""
     monkeypatch.chdir(tmp_path)

@@ -13,14 +13,16 @@ from dreamtext.errors import DreamtextError
 @pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:3"])
 def test_any_cuda_device_without_a_gpu_names_the_flag_to_pass(monkeypatch, name):
     """``cuda:N`` where no GPU is visible is the same line as ``cuda``, not "this process sees 0
-    CUDA GPU(s), cuda:0 to cuda:-1"."""
+    CUDA GPU(s), cuda:0 to cuda:-1"; it names where else than a flag the setting comes from (a
+    config file's `device: cuda` was "--device cuda was asked for", of a flag never typed)."""
     from dreamtext.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(
         DreamtextError,
-        match=rf"^--device {name} was asked for but no CUDA GPU is visible; use --device cpu$",
+        match=rf"^device {name} was asked for \(by --device, a --config file's `device:` or "
+        r"the resumed run's config.json\) but no CUDA GPU is visible; pass --device cpu$",
     ):
         resolve_device(name)
 
