@@ -1510,11 +1510,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="text→3D (and image→3D) for every line of a prompts file, models loaded once",
         description="Run every prompt of PROMPTS_FILE (one per line; image:PATH for image→3D; "
         "# comments) in one process, each in the workspace `dreamtext text` would use, under "
-        "--workspace. Finished prompts are skipped (--overwrite trains them again), interrupted "
-        "ones resume, failures are "
-        "recorded and the batch goes on. Writes ROOT/batch.jsonl and prints a summary. Several "
-        "workers can share a list: --shard K/N, or a SLURM job array (SLURM_ARRAY_TASK_ID), and "
-        "lock files keep two from training one prompt.",
+        "--workspace. Finished prompts are skipped (a higher --iters trains them further, "
+        "--overwrite again from scratch; one trained with --no-export is exported), interrupted "
+        "ones resume, failures are recorded and the batch goes on. Writes ROOT/batch.jsonl and "
+        "prints a summary. Several workers can share a list: --shard K/N, or a SLURM job array "
+        "(SLURM_ARRAY_TASK_ID), and lock files keep two from training one prompt.",
     )
     batch.reruns_resume = (  # type: ignore[attr-defined]
         "goes on (finished prompts are skipped, an interrupted one resumes)"
