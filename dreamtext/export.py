@@ -109,7 +109,10 @@ VIDEO_COLOURS = (
 FRAMES_PER_CHUNK = 4
 TURNTABLE_POLAR = 75.0
 TURNTABLE_FOVY = 55.0
-TURNTABLE_RADIUS = 1.3  # within the training cameras' radius range, U[1.0, 1.5]
+# The turntable's distance, brought into the run's training cameras' radius range (the default
+# U[1.0, 1.5] holds it; builtin:shapes' 1.8 and a config's [2.5, 3.5] for a larger bound do not:
+# from 1.3 the object filled the frame, from inside its scene cube).
+TURNTABLE_RADIUS = 1.3
 # The object's bounding sphere spans this fraction of the turntable's field of view.
 TURNTABLE_FILL = 0.9
 # Peak host memory of an export per grid cell (density, optical depths, the clamped and padded
@@ -551,8 +554,28 @@ def export_workspace(
         state = read_run_checkpoint(workspace)
         field, renderer, config = run_from_state(state, device)
         return _export_run(
-            workspace, options, device, state, field, renderer, progress, config.get("prompt")
+            workspace,
+            options,
+            device,
+            state,
+            field,
+            renderer,
+            progress,
+            config.get("prompt"),
+            recorded_radius_range(config),
         )
+
+
+def recorded_radius_range(config: dict[str, Any]) -> tuple[float, float] | None:
+    """The training cameras' ``cameras.radius_range`` that a run's ``config`` records, ``None``
+    where it records none that reads as two finite numbers (a run from before it was kept)."""
+    cameras = config.get("cameras")
+    found = cameras.get("radius_range") if isinstance(cameras, dict) else None
+    if not isinstance(found, list | tuple) or len(found) != 2:
+        return None
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in found):
+        return None
+    return float(found[0]), float(found[1])
 
 
 def _export_run(
@@ -564,10 +587,11 @@ def _export_run(
     renderer: Any,
     progress: ExportProgress,
     prompt: str | None = None,
+    radius_range: tuple[float, float] | None = None,
 ) -> ExportResult:
     """:func:`export_workspace`'s export of the run it read (``state``, its checkpoint, whose
-    config gives its ``prompt``; the files are named after :func:`run_title`), checked on the
-    way to be still the run in ``workspace``."""
+    config gives its ``prompt`` and its cameras' ``radius_range``; the files are named after
+    :func:`run_title`), checked on the way to be still the run in ``workspace``."""
     options = dataclasses.replace(options, device=str(device))
     run = state.get("run_id", "")
     step = int(state["step"])
@@ -629,6 +653,7 @@ def _export_run(
         progress=progress,
         prompt=prompt,
         title=run_title(workspace, prompt),
+        radius_range=radius_range,
     )
 
 
@@ -661,6 +686,7 @@ def export_field(
     progress: ExportProgress | None = None,
     prompt: str | None = None,
     title: str | None = None,
+    radius_range: tuple[float, float] | None = None,
 ) -> ExportResult:
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
@@ -679,7 +705,8 @@ def export_field(
     own), which is removed when the export ends.
 
     ``renderer`` renders the turntable (anything with ``VolumeRenderer.render``'s signature); by
-    default a ``VolumeRenderer`` with a freshly built occupancy grid. Raises
+    default a ``VolumeRenderer`` with a freshly built occupancy grid; ``radius_range``: the
+    training cameras' distances (:func:`turntable_poses`). Raises
     ``DreamtextError`` (writing nothing) for an empty field, and for a GPU or host that runs
     out of memory on the way (naming the settings that need less).
     """
@@ -716,7 +743,16 @@ def export_field(
         progress.step = step
         with out_of_memory_is_a_user_error(explain):
             return _export_field(
-                field, out_dir, options, renderer, step, check, progress, prompt, title
+                field,
+                out_dir,
+                options,
+                renderer,
+                step,
+                check,
+                progress,
+                prompt,
+                title,
+                radius_range,
             )
 
 
@@ -755,6 +791,7 @@ def _export_field(
     progress: ExportProgress,
     prompt: str | None,
     title: str | None,
+    radius_range: tuple[float, float] | None = None,
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end.
     ``check`` runs between stages: each of decimation, UV unwrapping and texture baking takes
@@ -831,7 +868,7 @@ def _export_field(
             # every cell of the run's grid still counts as occupied. (Other renderers, such as
             # the tests' analytic tracer, have no grid.)
             renderer = renderer.with_grid_refreshed(field, step)
-        poses = turntable_poses(options.frames, surface.vertices)
+        poses = turntable_poses(options.frames, surface.vertices, radius_range)
         images = render_turntable(
             field,
             options.frames,
@@ -1122,12 +1159,15 @@ def _matte_mtl(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def turntable_poses(frames: int, vertices: np.ndarray) -> Poses:
+def turntable_poses(
+    frames: int, vertices: np.ndarray, radius_range: tuple[float, float] | None = None
+) -> Poses:
     """``frames`` cameras on a circle around the object whose surface has ``vertices: [V, 3]``,
     framed to show all of it, centred.
 
     They look at the centre ``c`` of the vertices' bounding box, from ``TURNTABLE_POLAR``, at the
-    training cameras' distance ``TURNTABLE_RADIUS``, or farther where the bounding sphere about
+    training cameras' distance ``d_0`` (``TURNTABLE_RADIUS`` brought into their
+    ``radius_range``, where given), or farther where the bounding sphere about
     ``c`` (radius ``r = max |v − c|``) would fill more than ``TURNTABLE_FILL`` of the field of
     view: ``d = max(d_0, r / sin(f · fovy / 2))``, f the fill. (A sphere of radius ``r`` at
     distance ``d`` subtends the half-angle ``asin(r / d)``.) SDS fills the training views, so at
@@ -1138,7 +1178,10 @@ def turntable_poses(frames: int, vertices: np.ndarray) -> Poses:
     centre = 0.5 * (vertices.min(axis=0) + vertices.max(axis=0))
     reach = float(np.linalg.norm(vertices - centre, axis=1).max())
     half_angle = math.radians(TURNTABLE_FILL * TURNTABLE_FOVY / 2.0)
-    distance = max(TURNTABLE_RADIUS, reach / math.sin(half_angle))
+    near = TURNTABLE_RADIUS
+    if radius_range is not None:
+        near = min(max(near, radius_range[0]), radius_range[1])
+    distance = max(near, reach / math.sin(half_angle))
     target = (float(centre[0]), float(centre[1]), float(centre[2]))
     return orbit_poses(frames, TURNTABLE_POLAR, distance, TURNTABLE_FOVY, target=target)
 

@@ -1107,5 +1107,6 @@ def export_trained(run: Run) -> None:
             check=still_ours,
             prompt=run.cfg.prompt,
             title=run_title(run.workspace, run.cfg.prompt),
+            radius_range=run.cfg.cameras.radius_range,
         )
     tqdm.write(result.summary(), file=sys.stderr)

@@ -956,6 +956,46 @@ def test_turntable_keeps_the_training_distance_from_a_small_object():
     assert (turntable_poses(60, large).radius > 1.9).all()  # 0.8 / sin(0.9 · 27.5°)
 
 
+@pytest.mark.parametrize(
+    ("radius_range", "distance"),
+    [(None, 1.3), ((1.0, 1.5), 1.3), ((1.8, 1.8), 1.8), ((2.5, 3.5), 2.5), ((0.8, 1.1), 1.1)],
+)
+def test_turntable_films_from_within_the_runs_training_distances(radius_range, distance):
+    """README: "at the training cameras' distance or farther". A run trained from 2.5-3.5
+    (a config's larger bound) or from builtin:shapes' 1.8 was filmed from 1.3: a close-up, from
+    inside its scene cube."""
+    small = trimesh.creation.icosphere(radius=0.2).vertices
+    poses = turntable_poses(8, small, radius_range)
+    np.testing.assert_allclose(poses.radius.numpy(), distance, rtol=1e-6)
+
+
+def test_an_export_of_a_run_films_from_its_recorded_camera_distances(tmp_path, monkeypatch):
+    from dreamtext.export import recorded_radius_range
+
+    assert recorded_radius_range({"cameras": {"radius_range": [2.5, 3.5]}}) == (2.5, 3.5)
+    for config in ({}, {"cameras": None}, {"cameras": {"radius_range": [1.0]}}):
+        assert recorded_radius_range(config) is None
+    assert recorded_radius_range({"cameras": {"radius_range": [1.0, float("nan")]}}) is None
+    filmed = []
+
+    def poses(frames, vertices, radius_range=None):
+        filmed.append(radius_range)
+        return turntable_poses(frames, vertices, radius_range)
+
+    monkeypatch.setattr(export_module, "turntable_poses", poses)
+    monkeypatch.setattr(export_module, "read_run_checkpoint", lambda workspace: {"step": 3})
+    config = {"cameras": {"radius_range": [2.5, 3.5]}}
+    monkeypatch.setattr(
+        export_module,
+        "run_from_state",
+        lambda state, device: (SphereField(), SphereTracer(), config),
+    )
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"step": 3}, tmp_path / "checkpoints" / "last.pt")
+    export_workspace(tmp_path, small_options(formats=("ply",), video_size=16))
+    assert filmed == [(2.5, 3.5)]
+
+
 def test_turntable_renders_with_the_volume_renderer():
     frames = render_turntable(SphereField(), 60, 16)
     assert len(frames) == 60
