@@ -265,6 +265,19 @@ def default_workspace(image_path: str | Path) -> Path:
     return prompt_workspace(DEFAULT_WORKSPACE_ROOT, Path(image_path).stem, key)
 
 
+# The folders a run makes in its workspace as it goes: a file of that name there (a user's
+# `previews` notes) was a FileExistsError traceback at the first preview or checkpoint, after
+# that many steps, none of them saved.
+TRAINING_FOLDERS = ("checkpoints", "previews")
+IMAGE_FOLDERS = ("descriptor", *TRAINING_FOLDERS)
+
+
+def check_run_folders(workspace: str | Path, names: tuple[str, ...], fix: str) -> None:
+    """:func:`check_writable` of each folder ``names`` a run will make in ``workspace``."""
+    for name in names:
+        check_writable(Path(workspace) / name, fix)
+
+
 def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> None:
     """Refuse, before any work, a workspace where a new sentence would wreck what is there: the
     record of another image, or of an image→3D run whose descriptor training has started (its
@@ -272,6 +285,7 @@ def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> N
     this image that no training has used yet is replaced."""
     workspace = Path(workspace)
     check_writable(workspace, "pass --workspace a folder you can write")
+    check_run_folders(workspace, ("descriptor",), "pass --workspace a folder you can write")
     record = read_record(workspace)
     if record is None:
         # A text→3D run's folder (its config.json has no image→3D section): the sentence and
@@ -367,6 +381,7 @@ def check_image_workspace(
     process of this machine is running is refused too (:func:`check_not_running`). ``for_what``
     ends the lines that ask for another folder (``text --diverse`` names its prompt's run)."""
     check_writable(workspace, "pass --workspace a folder you can write")
+    check_run_folders(workspace, IMAGE_FOLDERS, "pass --workspace a folder you can write")
     check_not_running(workspace)
     record = read_record(workspace)
     sections = read_stage_sections(workspace)
@@ -525,6 +540,7 @@ def check_new_run_workspace(
         return
     check_own_folder(workspace)
     check_writable(workspace, "pass --workspace a folder you can write")
+    check_run_folders(workspace, TRAINING_FOLDERS, "pass --workspace a folder you can write")
     check_not_running(workspace)
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")
     if previous is not None and not same_prompt(previous, prompt):

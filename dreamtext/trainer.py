@@ -99,7 +99,12 @@ from dreamtext.processes import claim_workspace, lock_folder
 from dreamtext.progress import bar_label, bar_options, tqdm
 from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
 from dreamtext.renderer import VolumeRenderer
-from dreamtext.runfiles import held_run_error, other_prompt_error
+from dreamtext.runfiles import (
+    TRAINING_FOLDERS,
+    check_run_folders,
+    held_run_error,
+    other_prompt_error,
+)
 from dreamtext.runstatus import (
     check_not_running,
     peak_gpu_mib,
@@ -211,6 +216,7 @@ def check_workspace(
         else "pass --workspace a folder you can write"
     )
     check_writable(workspace, fix)
+    check_run_folders(workspace, TRAINING_FOLDERS, fix)
     check_not_running(workspace)
     # Read first: a config.json that is not a run's fails here, before anything is written.
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")

@@ -523,3 +523,39 @@ def test_another_tools_config_json_without_a_prompt_is_no_other_prompts_run(tmp_
 
     _config(tmp_path / "run", model="resnet50", epochs=3)
     check_new_run_workspace(tmp_path / "run", "a red cube", False, None)
+
+
+@pytest.mark.parametrize("name", ["checkpoints", "previews", "descriptor"])
+def test_a_file_where_a_run_makes_a_folder_is_refused_before_the_run(tmp_path, name):
+    """A file named `previews` in the workspace was a FileExistsError traceback at the run's
+    first preview (500 steps in by default, none saved); `checkpoints` at its first checkpoint,
+    `descriptor` in describe and image."""
+    from PIL import Image
+
+    from dreamtext.runfiles import (
+        check_describe_workspace,
+        check_image_workspace,
+        check_new_run_workspace,
+    )
+    from dreamtext.trainer import check_workspace
+
+    image = tmp_path / "mug.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / name).write_text("my notes")
+    line = (
+        f"{workspace / name} cannot be a folder: {workspace / name} is a file; move that file "
+        "away, or pass --workspace a folder you can write"
+    )
+    checks = [lambda: check_image_workspace(workspace, image)]
+    if name == "descriptor":
+        checks.append(lambda: check_describe_workspace(workspace, image))
+    else:
+        checks.append(lambda: check_new_run_workspace(workspace, "a cube", False, None))
+        checks.append(lambda: check_workspace(workspace, "a cube", resume=False))
+    for check in checks:
+        with pytest.raises(DreamtextError) as refused:
+            check()
+        assert str(refused.value) == line
+    assert (workspace / name).read_text() == "my notes"
