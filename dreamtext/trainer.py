@@ -277,10 +277,11 @@ def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
         else f"of memory and {format_gigabytes(available)} is available"
     )
     # The batch multiplies the rays as the render's area does: a huge --batch-size was told to
-    # lower --h alone.
-    fix = "lower --h (the thesis's FitFusion renders 256 px; 64 is the default)"
+    # lower --h alone. (No default is quoted: a preset's differs, builtin:shapes' 32 px and
+    # batch 2 among them.)
+    fix = "lower --h (the thesis's FitFusion renders 256 px)"
     if cfg.batch_size > 2:
-        fix = "lower --batch-size (the default is 1) or --h"
+        fix = "lower --batch-size or --h"
     raise DreamtextError(
         f"--h {cfg.h} --w {cfg.w} with batch {cfg.batch_size}: its rays and their samples "
         f"need at least {format_gigabytes(need)} {has}; {fix}"
