@@ -407,8 +407,9 @@ def used_options(options: DescribeOptions) -> dict[str, object]:
         "clip": absolute_model_folder(options.clip),
         "nouns": absolute(options.nouns),
         "adjectives": absolute(options.adjectives),
-        "noun": options.noun,
-        "quantifier": options.quantifier,
+        # As the search used them (spaces collapsed): "coffee   mug" is the noun "coffee mug".
+        "noun": " ".join(options.noun.split()) if options.noun else options.noun,
+        "quantifier": " ".join(options.quantifier.split()) if options.quantifier else None,
         "max_words": options.max_words,
         "adjust": options.adjust,
     }

@@ -398,6 +398,9 @@ def ignored_flags(
         elif name in ("nouns", "adjectives") and value is not None:
             value = str(Path(value).resolve())
         recorded = record.get(name)
+        if name in ("noun", "quantifier"):  # words as the search reads them, spaces collapsed
+            value = " ".join(value.split()) if isinstance(value, str) else value
+            recorded = " ".join(recorded.split()) if isinstance(recorded, str) else recorded
         if value is None or name not in done or recorded == value:
             continue
         if recorded is None and not isinstance(used, dict):

@@ -283,3 +283,19 @@ def test_a_bad_image_option_a_later_layer_replaces_is_not_refused_and_one_kept_n
     assert (options.descriptor.iters, options.descriptor.batch_size) == (3, 2)
     with pytest.raises(DreamtextError, match=r"iters in .*config\.json must be from 0"):
         resolve_image_options(flags, workspace)
+
+
+def test_a_noun_typed_with_other_spacing_is_the_same_noun_not_an_ignored_flag(tmp_path):
+    """`describe IMG --noun "coffee   mug"`, then `image IMG --noun "coffee mug"`: the search
+    used "coffee mug" both times, but the rerun named --noun as ignored (the record kept the
+    spaces as typed); sentence.json records the words as the search read them."""
+    from dreamtext.describe import DescribeOptions, used_options
+    from dreamtext.imageto3d import ignored_flags
+
+    recorded = used_options(DescribeOptions(noun="coffee   mug", quantifier=" a  few"))
+    assert (recorded["noun"], recorded["quantifier"]) == ("coffee mug", "a few")
+    _record(tmp_path, options={"noun": "coffee   mug", "quantifier": "a  few"})  # an older one
+    assert ignored_flags(tmp_path, {"noun": "coffee mug", "quantifier": "a few"}) == []
+    assert ignored_flags(tmp_path, {"noun": " tea  mug"}) == [
+        "--noun tea mug (the run's: coffee mug)"
+    ]
