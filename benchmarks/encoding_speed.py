@@ -127,6 +127,8 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here")
     points = args.points or ([262144, 1048576] if device.type == "cuda" else [65536, 262144])
     torch.manual_seed(0)
     print(f"hash grid on {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")

@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="append the section to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here")
     generator = torch.Generator(device="cpu").manual_seed(0)
     x = ((torch.rand(args.points, 3, generator=generator) * 2 - 1) * 0.6).to(device)
     rows = []

@@ -3,8 +3,8 @@ against no pruning at all.
 
 The occupancy marcher keeps a sample only if ``α_i > alpha_threshold`` and
 ``T_i > transmittance_threshold``, and stops a ray once its transmittance falls to the threshold
-(``RenderConfig``, both ``1e-4`` by default). For each field and each pair of thresholds, one
-training render of ``--views`` random training cameras (the trainer's
+(``RenderConfig``: alpha ``1e-4``, transmittance ``1e-3`` by default). For each field and each
+pair of thresholds, one training render of ``--views`` random training cameras (the trainer's
 ``CameraRange``) at ``--size`` px with lambertian shading, then backward of the loss
 ``Σ rgb · R`` (``R`` fixed, random), measures:
 

@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here")
     cuda = device.type == "cuda"
     args.model = args.model or ("sd21-random" if cuda else "none")
     args.precision = args.precision or ("fp16" if cuda else "fp32")
