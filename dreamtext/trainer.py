@@ -1064,13 +1064,20 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
         # --fp16 halves the GPU's share (not a second time: a run in fp16 or bf16 is told none);
         # the host's is the render's samples and the prior.
         half = cfg.guidance.fp16 or cfg.guidance.bf16
-        if memory == "GPU memory":
-            first = "" if half else "--fp16, "
-        else:
-            first = "a smaller --batch-size, "
+        first = "" if half or memory != "GPU memory" else "--fp16, "
+        # The batch multiplies the render (and the guidance) as the area does, on either.
+        if cfg.batch_size > 1 or memory != "GPU memory":
+            first += "a smaller --batch-size, "
+        # The samples' count is the sampler's: the dense one (builtin:shapes') reads no
+        # march_steps, so naming it for such a run changed nothing.
+        steps = (
+            "render.num_steps, render.upsample_steps"
+            if cfg.render.sampler == "dense"
+            else "render.march_steps"
+        )
         last = "" if memory == "GPU memory" else ", or close other programs"
         fixes = (
-            f"a smaller --h/--w, {first}fewer samples (render.march_steps), a smaller "
+            f"a smaller --h/--w, {first}fewer samples ({steps}), a smaller "
             f"render.grad_chunk_points{last}"
         )
         where = f"({cfg.h}x{cfg.w} px, batch {cfg.batch_size})"

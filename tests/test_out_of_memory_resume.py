@@ -191,6 +191,13 @@ def test_a_run_already_in_half_precision_is_not_told_to_use_fp16(tmp_path, half)
     message = str(raised.value)
     assert "out of GPU memory after step 0" in message and "a smaller --h/--w" in message
     assert ("--fp16" in message) == (half is None), message
+    # builtin:shapes' batch of 2 and its dense sampler: the batch is a lever left to an fp16
+    # run, and the dense sampler's sample counts are num_steps and upsample_steps (it reads no
+    # march_steps, which the line named).
+    assert cfg.batch_size == 2 and cfg.render.sampler == "dense"
+    assert "a smaller --batch-size, " in message, message
+    assert "fewer samples (render.num_steps, render.upsample_steps)" in message, message
+    assert "march_steps" not in message
 
 
 @pytest.mark.parametrize(
