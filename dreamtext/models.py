@@ -115,9 +115,12 @@ def resolve_dtype(cfg: GuidanceConfig, device: torch.device) -> torch.dtype:
     """fp16 / bf16 for the frozen diffusion model, on CUDA only; fp32 otherwise."""
     if (cfg.fp16 or cfg.bf16) and device.type != "cuda":
         flag = "--fp16" if cfg.fp16 else "--bf16"
+        # Not always a flag typed: a GPU run's config.json, resumed on a laptop, records it,
+        # and no --no-fp16 turns it off.
         raise DreamtextError(
-            f"{flag} needs a CUDA GPU; drop it (or guidance.{flag[2:]} in a --config file) to run "
-            "in fp32 on the CPU"
+            f"{flag} needs a CUDA GPU (guidance.{flag[2:]} is on, by {flag}, a --config file or "
+            f"the resumed run's config.json); to run in fp32 on the CPU, leave out {flag}, or "
+            f"pass --config a file with `guidance: {{{flag[2:]}: false}}`"
         )
     if cfg.fp16:
         return torch.float16
