@@ -132,6 +132,12 @@ class GuidanceConfig:
                 f"is past float32's range ({float32_max:.4g}); the thesis's FitFusion uses 1000, "
                 "the default is 100"
             )
+        # Said by the text side once the model had loaded (minutes for Stable Diffusion).
+        if self.perp_neg and not self.view_dependent:
+            raise DreamtextError(
+                "--perp-neg needs view-dependent prompts: drop --no-view-prompt (or "
+                "guidance.view_dependent: false in a --config file)"
+            )
         if self.weighting not in SDS_WEIGHTINGS:
             raise DreamtextError(
                 f"guidance.weighting must be one of {', '.join(SDS_WEIGHTINGS)}, got "

@@ -2345,3 +2345,25 @@ def test_a_negative_number_in_exponent_form_gets_the_flags_own_refusal(capsys, a
 def test_a_negative_shard_gets_the_shards_own_refusal(capsys):
     code, err = run_main(["batch", "prompts.txt", "--shard", "-1/2"], capsys)
     assert_user_error(code, err, "dreamtext batch: argument --shard: must be K/N with 0 ≤ K < N")
+
+
+def test_perp_neg_without_view_prompts_is_refused_before_any_model_loads(
+    tmp_path, monkeypatch, capsys
+):
+    """`--perp-neg --no-view-prompt` was refused by the text side once Stable Diffusion had
+    loaded, as "turn view_dependent on", a key no flag names."""
+    from dreamtext import models
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_for", never)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(["text", "a red cube", "--perp-neg", "--no-view-prompt"], capsys)
+    assert_user_error(
+        code,
+        err,
+        "dreamtext: error: --perp-neg needs view-dependent prompts: drop --no-view-prompt (or "
+        "guidance.view_dependent: false in a --config file)",
+    )
+    assert not (tmp_path / "workspace").exists()
