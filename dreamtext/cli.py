@@ -44,6 +44,7 @@ from dreamtext.errors import (
 )
 from dreamtext.exportflags import BY_OPTION, add_export_flags, apply_export_flags
 from dreamtext.flagtypes import DEVICE_FORMS
+from dreamtext.flagtypes import non_negative as _non_negative
 from dreamtext.flagtypes import positive as _positive
 from dreamtext.flagtypes import shard as _shard
 from dreamtext.flagtypes import within as _within
@@ -307,9 +308,10 @@ def add_text_to_3d_arguments(
     )
     g.add_argument(
         "--guidance",
-        type=_positive_float,
+        # 0 is plain conditional guidance (diffusers' scale 1), which a config file could give.
+        type=_non_negative(float, "a number of 0 or more"),
         help="classifier-free guidance scale s of ε̂ = ε_c + s (ε_c − ε_u), the thesis's form "
-        "(diffusers' scale is s + 1) [100]",
+        "(diffusers' scale is s + 1; 0: the conditional prediction alone) [100]",
     )
     g.add_argument(
         "--h",

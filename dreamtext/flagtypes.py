@@ -29,6 +29,21 @@ def positive(convert: type, what: str) -> Callable[[str], Any]:
     return parse
 
 
+def non_negative(convert: type, what: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that accepts finite values of ``convert`` of zero or more."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+        if not 0 <= value < math.inf:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be 0 or more and finite, got {text}")
+        return value
+
+    return parse
+
+
 def within(convert: type, low: int, high: float, what: str) -> Callable[[str], Any]:
     """An argparse ``type=`` that accepts values of ``convert`` from ``low`` to ``high``
     (``math.inf``: no upper bound), NaN refused; ``what`` names what it expects."""

@@ -130,7 +130,7 @@ class GuidanceConfig:
             raise DreamtextError(
                 f"the guidance scale (--guidance, guidance.guidance_scale) {self.guidance_scale:g} "
                 f"is past float32's range ({float32_max:.4g}); the thesis's FitFusion uses 1000, "
-                "the default is 100"
+                "its Stable-DreamFusion settings 100"
             )
         # Said by the text side once the model had loaded (minutes for Stable Diffusion).
         if self.perp_neg and not self.view_dependent:

@@ -2331,7 +2331,7 @@ def test_a_finished_no_export_run_resumed_without_the_flag_exports_its_mesh(
     [
         (["--lr", "-1e-3"], "argument --lr: must be positive and finite, got -1e-3"),
         (["--lr", "-inf"], "argument --lr: must be positive and finite, got -inf"),
-        (["--guidance", "-1E2"], "argument --guidance: must be positive and finite, got -1E2"),
+        (["--guidance", "-1E2"], "argument --guidance: must be 0 or more and finite, got -1E2"),
         (["--seed", "-1e3"], "argument --seed: expected an integer seed, got '-1e3'"),
     ],
 )

@@ -20,13 +20,24 @@ def refusal(capsys, *argv) -> str:
     return err
 
 
-@pytest.mark.parametrize("flag", ["--guidance", "--lr"])
+@pytest.mark.parametrize(
+    ("flag", "bound"), [("--guidance", "0 or more and finite"), ("--lr", "positive and finite")]
+)
 @pytest.mark.parametrize("text", ["inf", "1e999"])
-def test_an_infinite_float_flag_is_refused_as_not_finite(capsys, flag, text):
-    """A positive float flag takes values "above zero" and finite (flagtypes.positive's line
-    "must be positive and finite"): infinity is no learning rate or guidance scale."""
+def test_an_infinite_float_flag_is_refused_as_not_finite(capsys, flag, bound, text):
+    """A float flag takes finite values only (flagtypes.positive's line "must be positive and
+    finite", non_negative's "0 or more and finite"): infinity is no learning rate or guidance
+    scale."""
     err = refusal(capsys, "text", "a castle", flag, text)
-    assert f"must be positive and finite, got {text}" in err
+    assert f"must be {bound}, got {text}" in err
+
+
+def test_a_guidance_scale_of_0_is_taken_as_a_config_files_is_and_below_0_refused(capsys):
+    """`--guidance 0` (the conditional prediction alone, diffusers' scale 1) was refused as not
+    positive, while `guidance.guidance_scale: 0` in a config file ran."""
+    assert parse("text", "a castle", "--guidance", "0").guidance == 0.0
+    err = refusal(capsys, "text", "a castle", "--guidance", "-0.5")
+    assert "argument --guidance: must be 0 or more and finite, got -0.5" in err
 
 
 def test_view_and_batch_defaults_are_the_readmes():
