@@ -657,7 +657,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         recorded_options,
         resolve_workspace,
     )
-    from dreamtext.runstatus import live_run
+    from dreamtext.runstatus import finish_cut_export, live_run
 
     check_cuda_flag(args)
     workspace = resolve_workspace(
@@ -706,6 +706,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     # SIGTERM: as Ctrl-C (main), temps removed
     result = export_workspace(workspace, options, getattr(args, "progress", None))
+    if result.step is not None:
+        finish_cut_export(result.out_dir, result.step)
     print(result.summary())
     return 0
 

@@ -79,7 +79,7 @@ from dreamtext.checkpoint import (
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError
 from dreamtext.inputs import RUN_STATUS
 from dreamtext.interrupts import TrainingInterrupted, signals_held
-from dreamtext.processes import same_process, this_process, workspace_holder
+from dreamtext.processes import record_alive, same_process, this_process, workspace_holder
 from dreamtext.runfiles import STATES as STATES  # re-exported
 from dreamtext.runfiles import check_not_running, read_status, running_elsewhere
 
@@ -160,6 +160,24 @@ def has_mesh(workspace: str | Path, step: Any = None) -> bool:
         return True  # an export from before mesh.json, or one cut short: its step is not known
     numbers = all(isinstance(n, int) and not isinstance(n, bool) for n in (step, exported))
     return not numbers or exported >= step
+
+
+def finish_cut_export(workspace: str | Path, step: int) -> bool:
+    """After ``dreamtext export`` of ``step``: a run whose own export at its end was cut short at
+    that step (``status.json`` ``interrupted`` in phase ``export``, or ``running`` there with its
+    process gone from this machine: SIGKILL) is finished now, as README's "``--resume`` (or
+    ``dreamtext export``) finishes it" says; it read interrupted in the viewer with its mesh
+    there, and a batch rerun exported it again. Returns whether it rewrote the status (the rest
+    of it kept). A run that another machine's process may still be exporting is left alone."""
+    status = read_status(workspace)
+    if status is None or status.get("phase") != "export" or status.get("step") != step:
+        return False
+    if status["state"] != "interrupted" and not (
+        status["state"] == "running" and record_alive(status) is False
+    ):
+        return False
+    write_status(workspace, {**status, "state": "finished", "error": None, "updated": now_iso()})
+    return True
 
 
 def saved_step(workspace: str | Path) -> int | None:

@@ -3014,3 +3014,68 @@ def test_the_turntable_of_a_run_stopped_before_its_first_grid_refresh_uses_a_ref
         before = queries["n"]
         real_turntable(field, 60, 16, own, poses)
         assert used < (queries["n"] - before) / 2
+
+
+@pytest.fixture
+def gone_pid():
+    """The pid of a process of this machine that has ended (and been reaped)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("state", "phase", "whose", "finished"),
+    [
+        ("interrupted", "export", "gone", True),  # Ctrl-C or SIGTERM in the export at its end
+        ("running", "export", "gone", True),  # SIGKILL there
+        ("running", "export", "alive", False),  # still exporting
+        ("running", "export", "elsewhere", False),  # another node's: not known here
+        ("interrupted", "train", "gone", False),  # stopped in training: steps are missing
+        ("failed", "export", "gone", False),
+    ],
+)
+def test_an_export_that_completes_a_runs_cut_short_export_finishes_the_run(
+    tmp_path, monkeypatch, gone_pid, state, phase, whose, finished
+):
+    """README: "`--resume` (or `dreamtext export`) finishes it". A run whose export at its end
+    was cut short stayed interrupted (or running, its process gone) after `dreamtext export`
+    made its mesh: the viewer showed it interrupted in its export, and a batch rerun exported
+    it all over again."""
+    from dreamtext.cli import main
+    from dreamtext.processes import HOST
+    from dreamtext.runstatus import run_finished
+
+    workspace = recorded_run(tmp_path, {**SMALL, "video": False, "formats": ["ply"]})
+    pid = gone_pid
+    if whose == "alive":  # a live process that is not this one
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        pid = sleeper.pid
+    status = {
+        "state": state,
+        "phase": phase,
+        "step": 7,
+        "iters": 7,
+        "seconds": 12.5,
+        "host": HOST if whose != "elsewhere" else "another-node",
+        "pid": pid,
+    }
+    (workspace / "status.json").write_text(json.dumps(status))
+    stub_run(monkeypatch, SphereField(), SphereTracer(), step=7)
+    try:
+        assert main(["export", "--workspace", str(workspace)]) == 0
+    finally:
+        if whose == "alive":
+            sleeper.kill()
+            sleeper.wait()
+    after = json.loads((workspace / "status.json").read_text())
+    assert (after["state"] == "finished") == finished
+    assert run_finished(workspace, 7, needs_mesh=True) == finished
+    if finished:
+        assert after["error"] is None and after["seconds"] == 12.5
+    else:
+        assert after == status
