@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from dreamtext.cameras import CameraRange, ViewThresholds
+from dreamtext.captions import BUILTIN_MODELS
 from dreamtext.devices import compiled_agrees, free_memory, memory_that_ran_out, to_device
 from dreamtext.errors import DreamtextError, cause_line
 from dreamtext.models import COMPILE_MODES, DEFAULT_MODEL, TextSide, load_for
@@ -132,8 +133,9 @@ class GuidanceConfig:
                 f"is past float32's range ({float32_max:.4g}); the thesis's FitFusion uses 1000, "
                 "its Stable-DreamFusion settings 100"
             )
-        # Said by the text side once the model had loaded (minutes for Stable Diffusion).
-        if self.perp_neg and not self.view_dependent:
+        # Said by the text side once the model had loaded (minutes for Stable Diffusion). The
+        # built-in prior ignores --perp-neg (with a warning): its runs keep training as before.
+        if self.perp_neg and not self.view_dependent and self.model not in BUILTIN_MODELS:
             raise DreamtextError(
                 "--perp-neg needs view-dependent prompts: drop --no-view-prompt (or "
                 "guidance.view_dependent: false in a --config file)"

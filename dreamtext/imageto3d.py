@@ -210,7 +210,7 @@ IMAGE_OPTION_RANGES: dict[str, tuple[float | None, float | None]] = {
     "descriptor.preview_every": (0, None),
     "descriptor.preview_samples": (1, None),
     "descriptor.preview_steps": (1, None),
-    "descriptor.log_every": (1, None),
+    "descriptor.log_every": (0, None),  # 0: no log lines, as checkpoint_every and preview_every
     "descriptor.augment.flip_p": (0, 1),
     "descriptor.augment.rotation_degrees": (0, 180),
     "descriptor.augment.rotation_p": (0, 1),

@@ -510,10 +510,12 @@ def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -
         resume = f"--resume --iters N (above {step}) to train it further"
         if not has_mesh(workspace, step):
             # Trained with --no-export, or its export at the end was cut short (a kill, a full
-            # disk): either way the mesh is what is missing, not steps.
+            # disk): either way the mesh is what is missing, not steps. `export` makes it
+            # whatever the command (a --resume with the run's own config.json as --config keeps
+            # its export: false).
             missing = "--no-export" if recorded.get("export") is False else "export cut short"
-            where += f" with no mesh ({missing})"
-            resume = f"--resume to export its mesh, {resume}"
+            command = f"dreamtext export --workspace {shlex.quote(str(workspace))}"
+            where += f" with no mesh ({missing}; `{command}` makes it)"
     if own_config is not None:
         return DreamtextError(
             f"--config {own_config} is the record of the run in {workspace}{where}, where "

@@ -2315,7 +2315,10 @@ def test_a_finished_no_export_run_resumed_without_the_flag_exports_its_mesh(
     run = tmp_path / "workspace" / "a_red_cube"
     code, err = run_main(args, capsys)
     assert_user_error(
-        code, err, "finished at step 2 with no mesh (--no-export); pass --resume to export its mesh"
+        code,
+        err,
+        "finished at step 2 with no mesh (--no-export; `dreamtext export --workspace "
+        "workspace/a_red_cube` makes it)",
     )
     make_run(monkeypatch, tmp_path, *args, "--resume", "--no-export")
     assert not (run / "mesh").exists()
@@ -2367,3 +2370,15 @@ def test_perp_neg_without_view_prompts_is_refused_before_any_model_loads(
         "guidance.view_dependent: false in a --config file)",
     )
     assert not (tmp_path / "workspace").exists()
+
+
+def test_perp_neg_without_view_prompts_is_only_ignored_with_the_built_in_prior(
+    tmp_path, monkeypatch, capsys
+):
+    """The built-in prior ignores --perp-neg (with a warning): its runs with --no-view-prompt
+    trained, and one recorded so must still resume."""
+    monkeypatch.chdir(tmp_path)
+    args = [*BUILTIN_RUN, "--iters", "1", "--perp-neg", "--no-view-prompt"]
+    code, err = run_main(args, capsys)
+    assert code == 0, err
+    assert "--perp-neg does not apply to the built-in prior; ignored" in err

@@ -227,8 +227,8 @@ def test_a_run_from_before_the_stage_sections_starts_from_its_records_steps(tmp_
             "image_to_3d.descriptor.lr in a.yaml must be above 0, got 0.0",
         ),
         (
-            {"image_to_3d": {"descriptor": {"log_every": 0}}},
-            "image_to_3d.descriptor.log_every in a.yaml must be 1 or more, got 0",
+            {"image_to_3d": {"descriptor": {"log_every": -1}}},
+            "image_to_3d.descriptor.log_every in a.yaml must be 0 or more, got -1",
         ),
         (
             {"image_to_3d": {"descriptor": {"augment": {"flip_p": 1.5}}}},
@@ -281,6 +281,11 @@ def test_a_bad_image_option_a_later_layer_replaces_is_not_refused_and_one_kept_n
     flags = {"configs": [("a.yaml", {"image_to_3d": {"descriptor": {"batch_size": 2}}})]}
     options = resolve_image_options({**flags, "descriptor": {"iters": 3}}, workspace)
     assert (options.descriptor.iters, options.descriptor.batch_size) == (3, 2)
+    # 0 turns the descriptor's log lines, checkpoints and previews off: taken.
+    off = {"log_every": 0, "checkpoint_every": 0, "preview_every": 0}
+    layers = {"configs": [("b.yaml", {"image_to_3d": {"descriptor": {**off, "batch_size": 1}}})]}
+    options = resolve_image_options({**layers, "descriptor": {"iters": 3}}, workspace)
+    assert options.descriptor.log_every == 0
     with pytest.raises(DreamtextError, match=r"iters in .*config\.json must be from 0"):
         resolve_image_options(flags, workspace)
 

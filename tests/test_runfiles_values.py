@@ -294,13 +294,16 @@ def test_a_run_at_its_last_step_is_called_finished(tmp_path):
 
     _config(tmp_path, prompt="a red cube", iters=100, export=False)
     line = str(held_run_error(tmp_path, 100, None))
+    export = f"`dreamtext export --workspace {tmp_path}` makes it"
     assert (
-        ", finished at step 100 with no mesh (--no-export); pass --resume to export its mesh, "
-        "--resume --iters N (above 100) to train it further," in line
+        f", finished at step 100 with no mesh (--no-export; {export}); pass --resume --iters N "
+        "(above 100) to train it further," in line
     )
     _config(tmp_path, prompt="a red cube", iters=100, export=True)
     line = str(held_run_error(tmp_path, 100, None))
-    assert ", finished at step 100 with no mesh (export cut short); pass --resume to export" in line
+    assert f", finished at step 100 with no mesh (export cut short; {export}); pass" in line
+    line = str(held_run_error(tmp_path, 100, tmp_path / "config.json"))  # its own, as --config
+    assert f"finished at step 100 with no mesh (export cut short; {export}), where" in line
     (tmp_path / "mesh").mkdir()
     (tmp_path / "mesh" / "mesh.glb").write_bytes(b"glTF")
     (tmp_path / "mesh" / "mesh.json").write_text(json.dumps({"step": 100}))
