@@ -399,11 +399,12 @@ def add_text_to_3d_arguments(
         "--no-compile keeps them eager too",
     )
     g.add_argument(
-        "--no-export",
-        dest="export",
-        action="store_false",
+        "--export",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="do not export the mesh and turntable at the end",
+        help="export the mesh and turntable at the end, or not (--no-export) [on]; a run "
+        "trained with --no-export and run again with --export (text: with --resume) makes its "
+        "mesh, as `dreamtext export` does",
     )
 
 

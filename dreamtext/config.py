@@ -425,9 +425,8 @@ def resolve_config(
     """Build the run's ``TrainConfig``.
 
     ``base`` (a saved ``config.json``, when resuming) replaces the defaults and the built-in
-    prior's preset, except its ``export``, which is the command's (on unless ``--no-export`` or
-    a layer says otherwise); ``preset``, ``config_file`` (one YAML file or several, each over the
-    one before) and then ``overrides`` (the explicit flags, as a nested dict) apply over it, so the
+    prior's preset; ``preset``, ``config_file`` (one YAML file or several, each over the one
+    before) and then ``overrides`` (the explicit flags, as a nested dict) apply over it, so the
     command that started a run, typed again with ``--resume``, resolves to the same config. A
     resumed run that would change what it cannot (``fixed``, :data:`RESUME_FIXED`) is a
     :class:`DreamtextError` that says why (``kept``) and ends with ``new_run`` (how the command
@@ -441,10 +440,6 @@ def resolve_config(
         layers.append((read_config_file(path, rerun=base is None), str(path)))
     builtin, lacking = None, None
     if base is not None:
-        # Whether the run exports is the command's to say, not the run's record: a finished run
-        # trained with --no-export, resumed (or an image rerun) without it, exports its mesh, as
-        # a batch rerun does; --no-export or a --config file's `export: false` still keep it off.
-        base = {name: value for name, value in base.items() if name != "export"}
         where = overrides.get("workspace") or base.get("workspace", "")
         base, lacking = fill_from_presets(base, where)
         layers.insert(0, (base, "the workspace's config.json"))

@@ -2299,12 +2299,10 @@ def test_batch_names_a_root_it_cannot_write_in_before_reading_the_prompts_file(
     assert_user_error(code, err, f"cannot write in --workspace {tmp_path}: ")
 
 
-def test_a_finished_no_export_run_resumed_without_the_flag_exports_its_mesh(
-    tmp_path, monkeypatch, capsys
-):
-    """Exporting is the command's to say, not the run's record: a run trained with --no-export,
-    typed again with --resume and without it, said "nothing to train" and wrote no mesh (so did
-    `--resume --iters N`, which its refusal offered); `text` had no way to ask for the mesh."""
+def test_a_finished_no_export_run_resumed_with_export_makes_its_mesh(tmp_path, monkeypatch, capsys):
+    """A run trained with --no-export, typed again with --resume, said "nothing to train" and
+    wrote no mesh (so did `--resume --iters N`, which its refusal offered); `text` had no way to
+    ask for the mesh. --export asks; the refusal names `dreamtext export`."""
     config = tmp_path / "small.yaml"
     config.write_text(
         yaml.safe_dump({"export_options": {"resolution": 16, "formats": ["ply"], "video": False}})
@@ -2320,10 +2318,10 @@ def test_a_finished_no_export_run_resumed_without_the_flag_exports_its_mesh(
         "finished at step 2 with no mesh (--no-export; `dreamtext export --workspace "
         "workspace/a_red_cube` makes it)",
     )
-    make_run(monkeypatch, tmp_path, *args, "--resume", "--no-export")
+    make_run(monkeypatch, tmp_path, *args, "--resume")  # the run's choice is kept
     assert not (run / "mesh").exists()
     assert json.loads((run / "config.json").read_text())["export"] is False
-    make_run(monkeypatch, tmp_path, *args, "--resume")
+    make_run(monkeypatch, tmp_path, *args, "--resume", "--export")
     assert (run / "mesh" / "mesh.ply").is_file()
     assert json.loads((run / "mesh" / "mesh.json").read_text())["step"] == 2
     assert json.loads((run / "config.json").read_text())["export"] is True

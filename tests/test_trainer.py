@@ -384,7 +384,7 @@ def test_the_refusal_names_the_step_resume_continues_from(tmp_path, tiny_sd_path
     status = json.loads((workspace / "status.json").read_text())
     status.update(state="running", step=5)
     (workspace / "status.json").write_text(json.dumps(status))
-    with pytest.raises(DreamtextError, match="a run of this prompt, finished at step 2;"):
+    with pytest.raises(DreamtextError, match="a run of this prompt, finished at step 2 with"):
         train(tiny_config(tmp_path, tiny_sd_path, iters=6))
 
 
