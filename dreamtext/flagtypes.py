@@ -16,29 +16,25 @@ DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 
 def positive(convert: type, what: str) -> Callable[[str], Any]:
     """An argparse ``type=`` that accepts values of ``convert`` above zero."""
-
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-        if not 0 < value < math.inf:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-        return value
-
-    return parse
+    return _finite(convert, what, False, "positive and finite")
 
 
 def non_negative(convert: type, what: str) -> Callable[[str], Any]:
     """An argparse ``type=`` that accepts finite values of ``convert`` of zero or more."""
+    return _finite(convert, what, True, "0 or more and finite")
+
+
+def _finite(convert: type, what: str, zero: bool, bounds: str) -> Callable[[str], Any]:
+    """Finite values of ``convert`` above zero, or from zero where ``zero``; NaN refused."""
 
     def parse(text: str):
         try:
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-        if not 0 <= value < math.inf:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"must be 0 or more and finite, got {text}")
+        above = value >= 0 if zero else value > 0  # NaN fails both
+        if not (above and value < math.inf):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
 
     return parse
