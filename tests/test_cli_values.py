@@ -383,7 +383,10 @@ def test_export_names_the_runs_own_options_and_what_a_flag_replaced(tmp_path, mo
     (run / "config.json").write_text(json.dumps({"prompt": "x", "export_options": recorded}))
     seen = {}
 
-    class Result:
+    class Result:  # ExportResult's parts cmd_export reads
+        step = None
+        out_dir = run
+
         def summary(self):
             return "exported"
 
@@ -443,7 +446,10 @@ def test_export_of_a_live_run_says_whether_it_trains_or_is_starting(
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"")
 
-    class Result:
+    class Result:  # ExportResult's parts cmd_export reads
+        step = None
+        out_dir = run
+
         def summary(self):
             return "exported"
 
