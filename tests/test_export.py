@@ -2034,7 +2034,7 @@ def exported_with(monkeypatch, workspace: Path, *flags: str) -> ExportOptions:
 
     def fake_export(field, out_dir, options, renderer, step, **kwargs):
         used.append(options)
-        return SimpleNamespace(summary=lambda: f"exported {out_dir}")
+        return SimpleNamespace(summary=lambda: f"exported {out_dir}", step=step, out_dir=out_dir)
 
     monkeypatch.setattr(export_module, "export_field", fake_export)
     assert main(["export", "--workspace", str(workspace), *flags]) == 0
