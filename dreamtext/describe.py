@@ -395,6 +395,13 @@ def keep_source_copy(image_path: str | Path, workspace: str | Path, replace: boo
     return target
 
 
+def collapse_spaces(words: str | None) -> str | None:
+    """``--noun`` / ``--quantifier`` as the search reads them: runs of spaces as one, the ends
+    stripped (``"coffee   mug"`` → ``"coffee mug"``); ``None`` for none (an empty one was
+    refused by :func:`check_options`)."""
+    return " ".join(words.split()) if words else None
+
+
 def used_options(options: DescribeOptions) -> dict[str, object]:
     """The options a search ran with, as sentence.json records them (``options``): a ``--clip``
     folder and the word lists as absolute paths (``null``: the built-in lists), so that a rerun
@@ -407,9 +414,9 @@ def used_options(options: DescribeOptions) -> dict[str, object]:
         "clip": absolute_model_folder(options.clip),
         "nouns": absolute(options.nouns),
         "adjectives": absolute(options.adjectives),
-        # As the search used them (spaces collapsed): "coffee   mug" is the noun "coffee mug".
-        "noun": " ".join(options.noun.split()) if options.noun else options.noun,
-        "quantifier": " ".join(options.quantifier.split()) if options.quantifier else None,
+        # As the search used them: "coffee   mug" is the noun "coffee mug".
+        "noun": collapse_spaces(options.noun),
+        "quantifier": collapse_spaces(options.quantifier),
         "max_words": options.max_words,
         "adjust": options.adjust,
     }
@@ -490,8 +497,8 @@ def _describe(
         nouns,
         adjectives,
         max_words=options.max_words,
-        noun=" ".join(options.noun.split()) if options.noun else None,
-        quantifier=" ".join(options.quantifier.split()) if options.quantifier else None,
+        noun=collapse_spaces(options.noun),
+        quantifier=collapse_spaces(options.quantifier),
         fits=getattr(encoder, "fits", fits_by_bytes),
         adjust=options.adjust,
     )

@@ -61,6 +61,7 @@ from dreamtext.config import (
     apply_overrides,
     ascii_slug,
     config_to_dict,
+    flat_fields,
     read_stage_sections,
     run_setting_changes,
     same_prompt,
@@ -70,6 +71,7 @@ from dreamtext.config import (
 from dreamtext.describe import (
     DescribeOptions,
     check_options,
+    collapse_spaces,
     describe,
     keep_source_copy,
     read_record,
@@ -162,7 +164,7 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
     def apply(values: dict[str, Any], source: str, prefix: str = "") -> None:
         target = getattr(options, prefix[:-1]) if prefix else options
         apply_overrides(target, values, source)
-        origins.update({name: source for name in _leaf_names(values, prefix)})
+        origins.update({name: source for name in flat_fields(values, prefix)})
 
     if "image_to_3d" not in sections:
         done = (read_record(workspace) or {}).get("descriptor_iters")
@@ -185,17 +187,6 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
     return options
 
 
-def _leaf_names(values: dict[str, Any], prefix: str) -> list[str]:
-    """The dotted names of the settings in the nested ``values`` (``descriptor.augment.flip_p``)."""
-    names = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            names += _leaf_names(value, f"{prefix}{key}.")
-        else:
-            names.append(f"{prefix}{key}")
-    return names
-
-
 # What each numeric image option may be, as (low, high) with None for no bound: the flags
 # (--max-words, --descriptor-iters) are refused by the CLI before this, but a --config file's
 # `image_to_3d:` and `diverse:` sections, or a run's config.json, were checked for their type
@@ -204,7 +195,7 @@ def _leaf_names(values: dict[str, Any], prefix: str) -> list[str]:
 IMAGE_OPTION_RANGES: dict[str, tuple[float | None, float | None]] = {
     "describe.max_words": (0, None),
     "describe.batch_size": (1, None),
-    "descriptor.iters": (0, 10_000_000),  # cli.ITERS_MAX, as --descriptor-iters
+    "descriptor.iters": (0, None),  # and at most cli.ITERS_MAX, as --descriptor-iters
     "descriptor.batch_size": (1, None),
     "descriptor.checkpoint_every": (0, None),
     "descriptor.preview_every": (0, None),
@@ -234,14 +225,17 @@ def check_image_options(options: ImageOptions, origins: dict[str, str] | None = 
     above 0, the blur's kernel odd and its sigma range low ≤ high), naming the config key and
     where it was set (``origins``: each dotted name's source), before any stage runs or
     config.json records it."""
+    from dreamtext.cli import ITERS_MAX  # the flag's bound (the CLI imports no torch)
+
     origins = origins or {}
+    ranges = {**IMAGE_OPTION_RANGES, "descriptor.iters": (0, ITERS_MAX)}
 
     def refuse(name: str, value: Any, what: str) -> None:
         key = "diverse.sample_steps" if name == "sample_steps" else f"image_to_3d.{name}"
         where = f" in {origins[name]}" if name in origins else ""
         raise DreamtextError(f"{key}{where} must be {what}, got {value}")
 
-    for name, (low, high) in IMAGE_OPTION_RANGES.items():
+    for name, (low, high) in ranges.items():
         value = _option_value(options, name)
         if (low is not None and value < low) or (high is not None and value > high):
             refuse(name, value, f"{low} or more" if high is None else f"from {low} to {high:,}")
@@ -399,8 +393,8 @@ def ignored_flags(
             value = str(Path(value).resolve())
         recorded = record.get(name)
         if name in ("noun", "quantifier"):  # words as the search reads them, spaces collapsed
-            value = " ".join(value.split()) if isinstance(value, str) else value
-            recorded = " ".join(recorded.split()) if isinstance(recorded, str) else recorded
+            value = collapse_spaces(value) if isinstance(value, str) else value
+            recorded = collapse_spaces(recorded) if isinstance(recorded, str) else recorded
         if value is None or name not in done or recorded == value:
             continue
         if recorded is None and not isinstance(used, dict):

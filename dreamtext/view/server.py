@@ -605,8 +605,12 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
         )
     # The run's mesh/ or checkpoints/, or links out: no run will ever appear there. Folders of
     # runs a level down are said beside runs too: the gallery leaves them out.
-    inside = [hint for f in there for hint in folder_hints(f)] if n == 0 else []
-    inside = inside or [hint for f in there if (hint := nested_runs_hint(f))]
+    inside = [
+        hint
+        for f in there
+        for hint in (folder_hints(f) if n == 0 else [nested_runs_hint(f)])
+        if hint
+    ]
     for hint in inside:
         print(f"  {hint}", file=out)
     if n == 0 and there and not inside:  # a batch about to start, or the wrong folder

@@ -162,9 +162,7 @@ def linked_runs_hint(folder: Path) -> str | None:
     outside = [target for target in targets if not target.is_relative_to(root)]
     if not outside:
         return None
-    shown = " ".join(shlex.quote(str(target)) for target in outside[:3])
-    if len(outside) > 3:
-        shown += " …"
+    shown = _some_paths(outside)
     if len(outside) == 1:
         what, instead = "1 link to a run", "the run's folder"
     else:
@@ -173,6 +171,12 @@ def linked_runs_hint(folder: Path) -> str | None:
         f"{folder} holds {what} outside it, which the viewer does not follow: pass {instead} "
         f"instead (dreamtext view {shown})"
     )
+
+
+def _some_paths(paths: list[Path]) -> str:
+    """Up to three of ``paths``, quoted for a shell, and "…" where some are left out."""
+    shown = " ".join(shlex.quote(str(path)) for path in paths[:3])
+    return shown + " …" if len(paths) > 3 else shown
 
 
 def nested_runs_hint(folder: Path) -> str | None:
@@ -189,9 +193,7 @@ def nested_runs_hint(folder: Path) -> str | None:
     ]
     if not nested:
         return None
-    shown = " ".join(shlex.quote(str(path)) for path in nested[:3])
-    if len(nested) > 3:
-        shown += " …"
+    shown = _some_paths(nested)
     if _holds_runs(folder):  # runs of its own beside them: both
         shown = f"{shlex.quote(str(folder))} {shown}"
     what = "a folder of runs" if len(nested) == 1 else f"{len(nested)} folders of runs"
