@@ -1285,8 +1285,12 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
     """
     from imageio_ffmpeg import get_ffmpeg_exe  # only where a video is made: --no-video needs none
 
+    try:
+        exe = get_ffmpeg_exe()
+    except RuntimeError:  # no ffmpeg in its wheel (a platform it has none for) nor on PATH
+        raise DreamtextError(f"no ffmpeg found for the turntable video; {FFMPEG_FIX}") from None
     height, width = images[0].shape[:2]
-    command = [get_ffmpeg_exe(), "-y", "-loglevel", "error", "-nostdin"]
+    command = [exe, "-y", "-loglevel", "error", "-nostdin"]
     command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
     command += ["-r", str(VIDEO_FPS), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
     command += ["-crf", str(VIDEO_CRF), "-movflags", "+faststart"]
@@ -1295,9 +1299,15 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
     said: list[bytes] = []  # read as it comes: a full pipe would stop ffmpeg, and the frames
     # The with-block closes the stderr pipe too, which a batch exporting run after run in one
     # process would otherwise leave for the garbage collector (a file descriptor a video).
-    with subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    ) as ffmpeg:
+    try:
+        ffmpeg = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+    except OSError as error:  # not there, not executable, not a program: not the disk's error
+        raise DreamtextError(
+            f"ffmpeg {exe} could not start ({error.strerror or error}); {FFMPEG_FIX}"
+        ) from None
+    with ffmpeg:
         reader = threading.Thread(target=lambda: said.append(ffmpeg.stderr.read()), daemon=True)
         reader.start()
         try:
@@ -1318,6 +1328,13 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
                 ffmpeg.stdin.close()
     if status != 0 or not mp4_is_whole(path):
         raise ffmpeg_failure(status, b"".join(said).decode("utf-8", errors="replace"))
+
+
+# What to do where there is no ffmpeg that runs (imageio-ffmpeg's IMAGEIO_FFMPEG_EXE names one).
+FFMPEG_FIX = (
+    "install ffmpeg (or set IMAGEIO_FFMPEG_EXE to a working one) and export again, "
+    "or export with --no-video"
+)
 
 
 # What ffmpeg writes for the machine's errors (strerror's words), and what a file-size limit does

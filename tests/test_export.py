@@ -1212,6 +1212,50 @@ def test_a_full_disk_in_the_turntable_is_one_line_of_dreamtext_export(tmp_path, 
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
 
 
+@pytest.mark.parametrize("ffmpeg", ["missing", "not executable", "none found"])
+def test_an_ffmpeg_that_cannot_start_is_one_line_of_dreamtext_export_not_the_disks(
+    tmp_path, monkeypatch, capfd, ffmpeg
+):
+    """IMAGEIO_FFMPEG_EXE naming no file printed a FileNotFoundError traceback (exit 1), one
+    not executable blamed the disk ("Permission denied (.../ffmpeg); copy the run to a disk
+    you can write"), and imageio-ffmpeg finding none (a platform its wheels ship no binary
+    for) a RuntimeError traceback. Each is one line that says to install ffmpeg."""
+    import imageio_ffmpeg
+
+    from dreamtext.cli import main
+
+    exe = tmp_path / "ffmpeg"
+    if ffmpeg == "none found":
+
+        def no_ffmpeg():
+            raise RuntimeError("No ffmpeg exe could be found.")
+
+        monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", no_ffmpeg)
+    else:
+        if ffmpeg == "not executable":
+            exe.write_text("#!/bin/sh\nexit 0\n")
+            exe.chmod(0o644)
+        monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(exe))
+    workspace = recorded_run(tmp_path, {**SMALL, "video_size": 32})
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    capfd.readouterr()
+    assert main(["export", "--workspace", str(workspace)]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    ours = [line for line in err.replace("\r", "\n").splitlines() if "error" in line.lower()]
+    assert len(ours) == 1, err[-2000:]
+    assert ours[0].startswith(
+        "dreamtext: error: no ffmpeg found for the turntable video; "
+        if ffmpeg == "none found"
+        else f"dreamtext: error: ffmpeg {exe} could not start ("
+    )
+    assert ours[0].endswith(
+        "install ffmpeg (or set IMAGEIO_FFMPEG_EXE to a working one) and export again, "
+        "or export with --no-video"
+    )
+    assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
+
+
 @pytest.mark.parametrize(
     ("number", "fix"),
     [
