@@ -199,6 +199,27 @@ def test_declared_dependencies_not_imported_are_only_those_used_through_others(d
     assert _declared(dists["wheel"]) - imported == USED_THROUGH_OTHERS
 
 
+# The newest release of a dependency that breaks dreamtext, which its lower bound must exclude.
+BROKEN_RELEASES = {
+    # logging.basicConfig(level=INFO) at import (kornia/constants.py, gone in 0.8.1): each line
+    # of dreamtext's log came twice in `dreamtext image` (the second "INFO:dreamtext.export:").
+    "kornia": "0.8.0",
+}
+
+
+def test_no_lower_bound_admits_a_release_known_to_break_dreamtext(dists):
+    from packaging.requirements import Requirement
+
+    requires = [Requirement(r) for r in _metadata(dists["wheel"]).get_all("Requires-Dist") or []]
+    admitted = {
+        name: version
+        for name, version in BROKEN_RELEASES.items()
+        for r in requires
+        if _normalise(r.name) == name and r.specifier.contains(version, prereleases=True)
+    }
+    assert admitted == {}
+
+
 def _readme_commands(prefix: str) -> list[str]:
     """The lines of the README's ```bash blocks that start with ``prefix``, comments cut off."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
