@@ -220,6 +220,27 @@ def test_no_lower_bound_admits_a_release_known_to_break_dreamtext(dists):
     assert admitted == {}
 
 
+def test_cis_import_of_every_module_passes_without_triton():
+    """.ci/run's Python 3.10 check imports every module in a venv of the CPU torch and the
+    declared dependencies, none of which brings triton: it stopped there with "No module named
+    'triton'" (dreamtext.encoding_triton) wherever pip found a CPU torch for 3.10."""
+    ci = ROOT / ".ci" / "run"
+    if not ci.is_file():
+        pytest.skip("no .ci/run (an unpacked sdist)")
+    walk = re.search(r"-c '\n(import importlib.*?walk_packages.*?)\n'", ci.read_text(), re.S)
+    assert walk is not None, "the module walk of .ci/run"
+    code = "import sys\nsys.modules['triton'] = None  # import triton fails: not installed\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code + walk.group(1)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def _readme_commands(prefix: str) -> list[str]:
     """The lines of the README's ```bash blocks that start with ``prefix``, comments cut off."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
