@@ -1013,6 +1013,11 @@ def run_batch(
     ]
     if pending:
         check_image_lines([e for e, _ in pending], options, load=False)
+        videos = [cfg for _, cfg in pending if cfg.export and cfg.export_options.video]
+        if videos:  # before the first line trains: every line's export would fail at its end
+            from dreamtext.export import check_ffmpeg
+
+            check_ffmpeg(videos[0].export_options, after_training=True)
         models = check_model(pending[0][1])
         if models is not None:
             check_prompt_lengths(pending, models, Path(prompts_file))

@@ -543,6 +543,7 @@ def export_workspace(
     options = options or recorded_options(workspace)
     options.validate()
     check_memory(options)
+    check_ffmpeg(options)
     # The workspace too: mesh/ and video/ are replaced by renames in it.
     folders = [workspace, workspace / "mesh"] + [workspace / "video"] * options.video
     for folder in folders:
@@ -713,6 +714,7 @@ def export_field(
     options = options or ExportOptions()
     options.validate()
     check_memory(options)
+    check_ffmpeg(options)
     out_dir = Path(out_dir)
 
     def explain(memory: str) -> str:
@@ -1283,12 +1285,7 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
     :class:`DreamtextError` ending in ffmpeg's last words. A file ffmpeg left cut short without
     saying so fails :func:`mp4_is_whole`.
     """
-    from imageio_ffmpeg import get_ffmpeg_exe  # only where a video is made: --no-video needs none
-
-    try:
-        exe = get_ffmpeg_exe()
-    except RuntimeError:  # no ffmpeg in its wheel (a platform it has none for) nor on PATH
-        raise DreamtextError(f"no ffmpeg found for the turntable video; {FFMPEG_FIX}") from None
+    exe = ffmpeg_exe(FFMPEG_FIX)
     height, width = images[0].shape[:2]
     command = [exe, "-y", "-loglevel", "error", "-nostdin"]
     command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
@@ -1335,6 +1332,46 @@ FFMPEG_FIX = (
     "install ffmpeg (or set IMAGEIO_FFMPEG_EXE to a working one) and export again, "
     "or export with --no-video"
 )
+# The same where the export ends a training run: its options are config fields, not flags.
+FFMPEG_FIX_AFTER_TRAINING = (
+    "install ffmpeg (or set IMAGEIO_FFMPEG_EXE to a working one), or set export_options.video: "
+    "false in a --config, or pass --no-export and export later"
+)
+
+
+def ffmpeg_exe(fix: str) -> str:
+    """imageio-ffmpeg's ffmpeg (``IMAGEIO_FFMPEG_EXE``, its wheel's binary, else ``PATH``'s);
+    a :class:`DreamtextError` ending in ``fix`` where it finds none."""
+    from imageio_ffmpeg import get_ffmpeg_exe  # only where a video is made: --no-video needs none
+
+    try:
+        return get_ffmpeg_exe()
+    except RuntimeError:  # no ffmpeg in its wheel (a platform it has none for) nor on PATH
+        raise DreamtextError(f"no ffmpeg found for the turntable video; {fix}") from None
+
+
+def check_ffmpeg(options: ExportOptions, after_training: bool = False) -> None:
+    """Raise ``DreamtextError`` where the turntable's ffmpeg cannot start (none found, a path
+    that names no program, one not executable), before the mesh is made or, ``after_training``,
+    before the training whose export would find it: the video is the export's last file."""
+    if not options.video:
+        return
+    fix = FFMPEG_FIX_AFTER_TRAINING if after_training else FFMPEG_FIX
+    exe = ffmpeg_exe(fix)
+    try:
+        subprocess.run(
+            [exe, "-version"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:  # it started: what it does with frames is its own matter
+        pass
+    except OSError as error:  # not there, not executable, not a program
+        raise DreamtextError(
+            f"ffmpeg {exe} could not start ({error.strerror or error}); {fix}"
+        ) from None
 
 
 # What ffmpeg writes for the machine's errors (strerror's words), and what a file-size limit does
@@ -1676,6 +1713,7 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "available_memory",
+    "check_ffmpeg",
     "check_memory",
     "export_field",
     "export_memory",

@@ -339,13 +339,14 @@ def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
     them), the precision on this device, the hash-grid backend (a field is built and dropped),
     and the Stable Diffusion, loaded here through :func:`dreamtext.models.load_for` (the stages
     reuse the load)."""
-    from dreamtext.export import check_memory
+    from dreamtext.export import check_ffmpeg, check_memory
     from dreamtext.factory import build_field
     from dreamtext.models import resolve_dtype
     from dreamtext.trainer import check_render_memory
 
     if cfg.export:
         check_memory(cfg.export_options, after_training=True)
+        check_ffmpeg(cfg.export_options, after_training=True)
     check_render_memory(cfg, device)
     resolve_dtype(cfg.guidance, device)
     build_field(cfg.field, device)  # an encoding that cannot run here raises

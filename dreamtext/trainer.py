@@ -77,6 +77,7 @@ from dreamtext.export import (
     REPLACED_OUTPUTS,
     VIDEO_OUTPUTS,
     available_memory,
+    check_ffmpeg,
     check_memory,
     export_field,
     finish_replacements,
@@ -301,6 +302,7 @@ def build_run(
     check_workspace(workspace, cfg.prompt, resume, overwrite, own_config)
     if cfg.export:  # not after hours of training
         check_memory(cfg.export_options, after_training=True)
+        check_ffmpeg(cfg.export_options, after_training=True)
     device = resolve_device(cfg.device)
     check_render_memory(cfg, device)
     check_encoding(cfg.field.encoding, device, cfg.field.level_dim)  # before minutes of loading

@@ -1256,6 +1256,43 @@ def test_an_ffmpeg_that_cannot_start_is_one_line_of_dreamtext_export_not_the_dis
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints", "config.json"]
 
 
+@pytest.mark.parametrize("command", ["text", "batch"])
+def test_an_ffmpeg_that_cannot_start_is_refused_before_the_training_whose_export_needs_it(
+    tmp_path, monkeypatch, capfd, command
+):
+    """Without an ffmpeg that starts, `text` trained every step and `batch` every line, each
+    failing in the export at its end (the video is its last file). Now refused before any
+    training: one line, exit 2, nothing written."""
+    from dreamtext.cli import main
+
+    missing = tmp_path / "no-ffmpeg"
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(missing))
+    monkeypatch.chdir(tmp_path)
+    common = ["--model", "builtin:shapes", "--iters", "2", "--workspace", "runs"]
+    if command == "text":
+        args = ["text", "a red cube", *common]
+    else:
+        (tmp_path / "prompts.txt").write_text("a red cube\na blue sphere\n")
+        args = ["batch", "prompts.txt", *common]
+    capfd.readouterr()
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"dreamtext: error: ffmpeg {missing} could not start (No such file or directory); "
+        "install ffmpeg (or set IMAGEIO_FFMPEG_EXE to a working one), or set "
+        "export_options.video: false in a --config, or pass --no-export and export later"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_ffmpeg_check_asks_for_no_ffmpeg_where_there_is_no_video(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "no-ffmpeg"))
+    export_module.check_ffmpeg(small_options(video=False), after_training=True)
+    with pytest.raises(DreamtextError, match=r"or export with --no-video$"):
+        export_module.check_ffmpeg(small_options())
+
+
 @pytest.mark.parametrize(
     ("number", "fix"),
     [

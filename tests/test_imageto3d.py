@@ -387,6 +387,20 @@ def test_text_stage_options_are_checked_before_the_sentence_search(
     assert not (tmp_path / "run").exists()
 
 
+def test_an_ffmpeg_that_cannot_start_is_refused_before_the_sentence_search(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
+):
+    """The turntable's ffmpeg was first asked for at the end of the text stage's export, after
+    the search, the descriptor's training and the text→3D training."""
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "no-ffmpeg"))
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tmp_path, tiny_sd_path, export=True)
+    monkeypatch.setattr(imageto3d, "describe", _fail)
+    with pytest.raises(DreamtextError, match=r"could not start .*export_options\.video: false"):
+        run_image(_image(tmp_path), _options(tmp_path, tiny_clip_path), cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_file_as_workspace_is_refused_before_the_search(tmp_path, tiny_sd_path, monkeypatch):
     (tmp_path / "afile").write_text("hi")
     monkeypatch.setattr(imageto3d, "describe", _fail)
