@@ -237,11 +237,21 @@ class _OneLineParser(argparse.ArgumentParser):
 def _valueless_flag(parser: argparse.ArgumentParser, words: list[str], word: str) -> str | None:
     """The on/off flag of ``parser`` (no value: ``--resume``, ``--no-export``) typed right before
     ``word`` in ``words``, by its full name (``--res`` is argparse's abbreviation of
-    ``--resume``); ``None`` where ``word`` follows anything else."""
-    at = next((i for i, typed in enumerate(words) if typed == word and i > 0), None)
-    if at is None or not words[at - 1].startswith("--") or "=" in words[at - 1]:
+    ``--resume``); ``None`` where ``word`` follows anything else. Every place of ``word`` counts:
+    in `text yes --perp-neg yes` its first is the prompt."""
+    flags = (
+        _valueless_option(parser, words[at - 1])
+        for at, typed in enumerate(words)
+        if typed == word and at > 0
+    )
+    return next((flag for flag in flags if flag is not None), None)
+
+
+def _valueless_option(parser: argparse.ArgumentParser, before: str) -> str | None:
+    """The on/off flag of ``parser`` that ``before`` names, in full or abbreviated, by its full
+    name; ``None`` where ``before`` is no such flag (a word, a flag that takes a value)."""
+    if not before.startswith("--") or "=" in before:
         return None
-    before = words[at - 1]
     matches = [
         action
         for action in parser._actions

@@ -1481,6 +1481,15 @@ def test_an_export_flag_is_named_after_its_option():
             ["image", "mug.png", "--adjust", "1"],
             "dreamtext image: unrecognized arguments: 1; --adjust takes no value",
         ),
+        (  # the value is the prompt's word too: its first place is the prompt's
+            ["text", "yes", "--model", "builtin:shapes", "--perp-neg", "yes"],
+            "dreamtext text: unrecognized arguments: yes; --perp-neg takes no value (it is on or"
+            " off), not yes ",
+        ),
+        (
+            ["text", "a cube", "--workspace", "yes", "--fp16", "yes"],
+            "dreamtext text: unrecognized arguments: yes; --fp16 takes no value",
+        ),
     ],
 )
 def test_a_value_given_to_an_on_off_flag_is_named_so_not_a_piece_of_the_prompt(capsys, args, line):
