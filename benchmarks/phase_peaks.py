@@ -8,9 +8,11 @@ The command runs as ``dreamtext ARGS`` would (``dreamtext.__main__.run``: same h
 allocator settings). Afterwards one line gives, in MiB of reserved CUDA memory (torch's
 ``max_memory_reserved``, which leaves out the CUDA context that nvidia-smi counts):
 
-- ``steps``: the training steps' peak, the largest ``gpu_mem_mib`` in the workspace's
-  ``log.jsonl`` (since the training loop started; a preview every ``preview_every`` steps falls
-  in it);
+- ``steps``: the training steps' peak, the largest ``gpu_mem_mib`` of the lines the command
+  added to the workspace's ``log.jsonl`` (since the training loop started; a preview every
+  ``preview_every`` steps falls in it). A resume's log keeps its earlier attempts' lines, whose
+  peak was another process's: they are left out. A command that trains nothing (``export``)
+  reads the whole log;
 - ``run``: ``status.json``'s ``gpu_mem_mib`` for the last attempt, written when it ended: the
   steps, the final preview and, unless ``--no-export``, the export;
 - ``process``: this process's peak since the statistics were last reset: for ``text``, from the
@@ -30,15 +32,32 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def recorded_peaks(workspace: Path) -> dict[str, float | None]:
-    """``steps`` (log.jsonl's largest ``gpu_mem_mib``) and ``run`` (status.json's), in MiB;
-    ``None`` where the workspace has no such figure."""
-    steps = None
+def log_lines(workspace: Path) -> list[str]:
+    """The lines of the workspace's ``log.jsonl`` (none where it has none)."""
     log = workspace / "log.jsonl"
-    if log.is_file():
-        figures = [json.loads(line).get("gpu_mem_mib") for line in log.read_text().splitlines()]
-        figures = [figure for figure in figures if figure is not None]
-        steps = max(figures) if figures else None
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def added_lines(before: list[str], after: list[str]) -> list[str]:
+    """The lines of ``after`` that a command added to a log that held ``before``: those past the
+    lines both begin with (a resume first drops the lines past its checkpoint's step, then
+    appends its own); all of ``after`` where it added none (an export trains nothing)."""
+    kept = 0
+    while kept < min(len(before), len(after)) and before[kept] == after[kept]:
+        kept += 1
+    return after[kept:] or after
+
+
+def recorded_peaks(workspace: Path, before: list[str] | None = None) -> dict[str, float | None]:
+    """``steps`` (the largest ``gpu_mem_mib`` of the log.jsonl lines added since it held
+    ``before``, :func:`added_lines`; of all of them without ``before``) and ``run``
+    (status.json's), in MiB; ``None`` where the workspace has no such figure."""
+    lines = log_lines(workspace)
+    if before is not None:
+        lines = added_lines(before, lines)
+    figures = [json.loads(line).get("gpu_mem_mib") for line in lines]
+    figures = [figure for figure in figures if figure is not None]
+    steps = max(figures) if figures else None
     status = workspace / "status.json"
     run = json.loads(status.read_text()).get("gpu_mem_mib") if status.is_file() else None
     return {"steps": steps, "run": run}
@@ -61,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from dreamtext.__main__ import run
 
+    workspace = getattr(args, "workspace", None)
+    before = log_lines(Path(workspace)) if workspace else []
     sys.argv = ["dreamtext", *argv]
     code = run()
-    workspace = getattr(args, "workspace", None)
-    peaks = recorded_peaks(Path(workspace)) if workspace else {"steps": None, "run": None}
+    peaks = recorded_peaks(Path(workspace), before) if workspace else {"steps": None, "run": None}
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     peaks["process"] = torch.cuda.max_memory_reserved() / 2**20 if cuda else None
     print(peaks_line(peaks), flush=True)

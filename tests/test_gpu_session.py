@@ -264,3 +264,19 @@ def test_phase_peaks_reads_the_steps_peak_from_the_log_and_the_runs_from_its_sta
         phase_peaks.peaks_line(peaks)
         == "phase peaks (MiB reserved): steps 900, run 1400, process -"
     )
+
+
+def test_phase_peaks_of_a_resume_leave_out_the_earlier_attempts_log_lines(tmp_path):
+    """After `phase_peaks.py text ... --resume`, "steps" was the largest figure of the whole
+    log.jsonl, the first attempt's lines included (another process, maybe another batch size):
+    a resumed attempt's own preview or export above its steps was hidden under it."""
+    phase_peaks = load_benchmark("phase_peaks", "_phase_peaks")
+    first = [{"step": 10, "gpu_mem_mib": 900.0}, {"step": 20, "gpu_mem_mib": 900.0}]
+    before = [json.dumps(r) for r in first]
+    # The resume from step 10's checkpoint dropped step 20's line and appended its own.
+    after = [before[0], json.dumps({"step": 20, "gpu_mem_mib": 500.0})]
+    (tmp_path / "log.jsonl").write_text("".join(line + "\n" for line in after))
+    assert phase_peaks.recorded_peaks(tmp_path, before)["steps"] == 500.0
+    # A command that adds no line (an export) reads the run's whole log.
+    assert phase_peaks.recorded_peaks(tmp_path, after)["steps"] == 900.0
+    assert phase_peaks.recorded_peaks(tmp_path)["steps"] == 900.0
