@@ -36,6 +36,7 @@ from typing import Any
 from dreamtext import __version__
 from dreamtext.errors import (
     ENVIRONMENT_ERRNOS,
+    FILE_SYSTEM_FIXES,
     UNREADABLE_JSON,
     DreamtextError,
     file_system_fix,
@@ -1827,6 +1828,15 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         trained = getattr(error, "trained_run", None)  # in the export at the end of a run
         if trained is not None:
             print(f"dreamtext: error: {trained_run_line(error, trained)}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.command == "view" and not args.static and error.filename is not None:
+            # Serving writes no file: a file's error is a read (another user's folder, mode 700).
+            fix = FILE_SYSTEM_FIXES.get(
+                error.errno,
+                "this user may not read it: ask its owner to let you, or view a copy of the runs "
+                "that you can read",
+            )
+            print(f"dreamtext: error: {what_failed(error)}; {fix}", file=sys.stderr)
             return EXIT_USAGE
         if args.command == "view" and not args.static:
             # Serving writes no file: what failed is its output (`> view.log` on a full disk).

@@ -686,3 +686,28 @@ def test_a_served_views_output_that_cannot_be_written_is_named_not_static(
         "dreamtext: error: No space left on device (writing its output, the page's address); "
         "send the output where it can be written (a disk with room, the terminal)\n"
     )
+
+
+def test_a_served_view_that_may_not_read_a_folder_names_the_folder_not_its_output(
+    tmp_path: Path, capsys, monkeypatch
+):
+    """`dreamtext view THEIR_RUN` where another user's folder (mode 700) refuses this one said
+    "Permission denied (writing its output, the page's address); send the output where it can be
+    written": the output was fine, the folder could not be read."""
+    import errno
+    import os
+
+    from dreamtext.cli import main
+    from dreamtext.view import server
+
+    locked = tmp_path / "theirs" / "a_cat"
+
+    def refused(folders, **options):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(locked))
+
+    monkeypatch.setattr(server, "Catalog", refused)
+    assert main(["view", str(locked), "--port", "0"]) == 2
+    assert capsys.readouterr().err == (
+        f"dreamtext: error: Permission denied ({locked}); this user may not read it: ask its "
+        "owner to let you, or view a copy of the runs that you can read\n"
+    )
