@@ -108,6 +108,25 @@ class PlaceholderEmbeddings(nn.Module):
         )
 
 
+def taken_token(tokenizer, names: list[str]) -> bool:
+    """Whether one of the placeholder ``names`` is a token of ``tokenizer`` already (as a piece,
+    or as a whole word: ``cube</w>``)."""
+    vocab = tokenizer.get_vocab()
+    return any(n in vocab or f"{n}</w>" in vocab for n in names)
+
+
+def check_token(tokenizer, token: str) -> None:
+    """Refuse a descriptor ``token`` (``image_to_3d.descriptor.token``) that is a token of
+    ``tokenizer`` already, whatever number of pieces the sentence will have (at most the
+    tokenizer's ``model_max_length``): :func:`add_placeholders` refused it only after the
+    sentence search, minutes with a real CLIP."""
+    if taken_token(tokenizer, expanded_tokens(token, tokenizer.model_max_length)):
+        raise DreamtextError(
+            f"image_to_3d.descriptor.token {token!r} is already a token of the model's "
+            f"tokenizer; choose another (the default is {DESCRIPTOR_TOKEN!r})"
+        )
+
+
 def add_placeholders(tokenizer, text_encoder: nn.Module, token: str, words: list[str]) -> list[int]:
     """Add one placeholder per BPE piece of ``words`` to the tokenizer and embedding table.
 
@@ -118,8 +137,7 @@ def add_placeholders(tokenizer, text_encoder: nn.Module, token: str, words: list
         i for word in words for i in tokenizer(word, add_special_tokens=False)["input_ids"]
     ]
     names = expanded_tokens(token, len(piece_ids))
-    vocab = tokenizer.get_vocab()
-    if any(n in vocab or f"{n}</w>" in vocab for n in names):
+    if taken_token(tokenizer, names):
         raise DreamtextError(f"token {token!r} is already in the tokenizer; choose another token")
     tokenizer.add_tokens(names)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -81,6 +81,7 @@ from dreamtext.describe import (
 from dreamtext.descriptor import (
     LEARNED_EMBEDS,
     DescriptorOptions,
+    check_token,
     learned_embeds_path,
     sample_grid,
     train_descriptor,
@@ -361,13 +362,16 @@ def check_stages(
 ) -> None:
     """Everything the stages still to run need, checked before the first one: unless the
     sentence is found already, the describe options and the CLIP model (loaded here, on the CPU;
-    the search reuses the load), then the text→3D stage's (:func:`check_text_stage`)."""
+    the search reuses the load), then the text→3D stage's (:func:`check_text_stage`), and until
+    the descriptor is trained, its token against the model's tokenizer (:func:`check_token`)."""
     if not sentence_path(workspace).is_file():
         check_options(options.describe)
         with clip_encoder(options.describe.clip, "cpu", options.describe.batch_size):
             pass
     if overwrite or not _text_stage_done(workspace, cfg):
         check_text_stage(cfg, device)
+    if not learned_embeds_path(workspace).is_file():
+        check_token(load_for(cfg.guidance, device).tokenizer, options.descriptor.token)
 
 
 def ignored_flags(

@@ -401,6 +401,21 @@ def test_an_ffmpeg_that_cannot_start_is_refused_before_the_sentence_search(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_descriptor_token_that_is_a_word_is_refused_before_the_sentence_search(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
+):
+    """`image_to_3d.descriptor.token: cube` (a word of the tokenizer) was refused only when the
+    descriptor's training began, after the sentence search (minutes with a real CLIP), and left
+    status.json failed in phase describe."""
+    monkeypatch.setattr(imageto3d, "describe", _fail)
+    options = _options(tmp_path, tiny_clip_path)
+    options.descriptor.token = "cube"  # the tiny tokenizer holds cube</w>
+    cfg = _config(tmp_path, tiny_sd_path)
+    with pytest.raises(DreamtextError, match=r"image_to_3d\.descriptor\.token 'cube' is already"):
+        run_image(_image(tmp_path), options, cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_file_as_workspace_is_refused_before_the_search(tmp_path, tiny_sd_path, monkeypatch):
     (tmp_path / "afile").write_text("hi")
     monkeypatch.setattr(imageto3d, "describe", _fail)

@@ -32,6 +32,8 @@ def test_an_overwrite_of_a_finished_run_checks_the_text_stage_before_it_writes(
     from dreamtext import imageto3d
 
     _record(tmp_path, sentence="An image of a cube")  # the search is done: CLIP is not asked
+    # and the descriptor trained: its token is not checked again
+    (tmp_path / "descriptor" / "learned_embeds.safetensors").write_bytes(b"")
     checked = []
     monkeypatch.setattr(imageto3d, "_text_stage_done", lambda workspace, cfg: True)
     monkeypatch.setattr(imageto3d, "check_text_stage", lambda cfg, device: checked.append(1))
