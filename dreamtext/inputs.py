@@ -1036,9 +1036,30 @@ def cpu_threads(
     asked = threads_asked_for(flag, environ)
     if asked is not None:
         return asked
-    if environ.get("OMP_NUM_THREADS", "").strip():
+    omp = environ.get("OMP_NUM_THREADS", "")
+    if omp.strip():
+        if not openmp_thread_count(omp):
+            # libgomp warns ("Invalid value for environment variable OMP_NUM_THREADS") and
+            # ignores it: torch then took one thread per CPU of the machine, not of the SLURM
+            # task, and ran_on said OMP_NUM_THREADS chose them.
+            raise DreamtextError(
+                f"OMP_NUM_THREADS must be a whole number of CPU threads, at least 1; got "
+                f"'{omp}' (OpenMP ignores it; unset it for one thread per CPU this process may "
+                "use, or pass --threads N)"
+            )
         return None, "OMP_NUM_THREADS"
     return usable_cpus(environ, affinity)
+
+
+def openmp_thread_count(text: str) -> bool:
+    """Whether ``text`` is an ``OMP_NUM_THREADS`` that libgomp takes: a count of 1 or more, or a
+    comma-separated list of them (one for each level of nested parallelism; ``4,2``), each with
+    spaces and a ``+`` around it allowed."""
+    for item in text.split(","):
+        digits = item.strip().removeprefix("+")
+        if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
+            return False
+    return True
 
 
 # The spin count dreamtext gives libgomp when the user chose none: how many times a thread that

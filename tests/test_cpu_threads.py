@@ -287,3 +287,32 @@ def test_a_container_cpu_quota_caps_the_threads_of_the_affinity_and_slurm(tmp_pa
 def test_a_slurm_cpu_count_that_is_no_number_is_not_taken():
     """``"²".isdigit()`` is true and ``int("²")`` raises: a traceback before any run."""
     assert cpu_threads(None, {"SLURM_CPUS_PER_TASK": "²"}, affinity=2) == (2, "affinity")
+
+
+@pytest.mark.parametrize("text", ["0", "abc", "-1", "2.5", "4,0", "²"])
+def test_an_omp_num_threads_openmp_ignores_is_a_user_error(text):
+    """`OMP_NUM_THREADS=0 dreamtext text ...`: libgomp said "Invalid value" and ignored it, torch
+    took one thread per CPU of the machine (a SLURM task's count was not used), and ran_on said
+    OMP_NUM_THREADS had chosen them."""
+    environ = {"OMP_NUM_THREADS": text, "SLURM_CPUS_PER_TASK": "1"}
+    with pytest.raises(DreamtextError, match=f"OMP_NUM_THREADS must be .*got '{text}'"):
+        cpu_threads(None, environ, affinity=2)
+
+
+@pytest.mark.parametrize("text", ["3", " 3 ", "+3", "03", "4,2"])  # as libgomp takes them
+def test_an_omp_num_threads_openmp_takes_is_left_to_torch(text):
+    environ = {"OMP_NUM_THREADS": text, "SLURM_CPUS_PER_TASK": "1"}
+    assert cpu_threads(None, environ, affinity=2) == (None, "OMP_NUM_THREADS")
+    assert cpu_threads(1, environ, affinity=2) == (1, "--threads")  # the flag: not read
+
+
+def test_a_bad_omp_num_threads_is_refused_before_torch_loads(tmp_path):
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--workspace", "run"]
+    result = run_without_torch(tmp_path, argv, {"OMP_NUM_THREADS": "0"})
+    assert result.returncode == 2
+    assert result.stderr == (
+        "dreamtext: error: OMP_NUM_THREADS must be a whole number of CPU threads, at least 1; "
+        "got '0' (OpenMP ignores it; unset it for one thread per CPU this process may use, or "
+        "pass --threads N)\n"
+    )
+    assert result.stdout == "[]\n" and not (tmp_path / "run").exists()
