@@ -460,6 +460,22 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def builtin_preset_on_stable_diffusion(cfg: Any) -> str | None:
+    """A warning for a new run of a Stable Diffusion model built on the built-in prior's preset
+    (``--preset builtin-shapes --model SD``, or a built-in run's config.json as ``--config``):
+    the model's flag is taken over the preset's, and the preset's settings, tuned for that
+    prior, then silently trained Stable Diffusion (guidance 4, 32 px, albedo only); else
+    ``None``."""
+    if "builtin-shapes" not in cfg.presets or cfg.guidance.model.startswith("builtin:"):
+        return None
+    return (
+        "the preset builtin-shapes is the built-in prior's (32 px, guidance 4, albedo only); "
+        f"Stable Diffusion ({cfg.guidance.model}) trains with it under your flags: leave it out "
+        "(--preset, or a builtin:shapes run's config.json as --config) for Stable Diffusion's "
+        "own defaults"
+    )
+
+
 def cmd_text(args: argparse.Namespace) -> int:
     from dreamtext.config import (
         TrainConfig,
@@ -489,6 +505,8 @@ def cmd_text(args: argparse.Namespace) -> int:
         check_resumed_prompt(Path(base["workspace"]), base, args.prompt)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
     args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
+    if base is None and (line := builtin_preset_on_stable_diffusion(cfg)) is not None:
+        print(f"dreamtext: {line}", file=sys.stderr)
 
     def note(loaded: TrainConfig, resumed: dict | None) -> str | None:
         """The settings a resume changes, recorded in config.json's resumes too but said on

@@ -199,6 +199,30 @@ def test_image_help_offers_no_builtin_prior_which_image_refuses(tmp_path, capsys
     assert not (tmp_path / "ws").exists()
 
 
+def test_the_builtin_prior_preset_on_stable_diffusion_is_said_once(
+    tmp_path, tiny_sd_path, capsys, monkeypatch
+):
+    """`text --preset builtin-shapes --model SD` (or a builtin:shapes run's config.json as
+    --config) trained Stable Diffusion silently at the prior's 32 px, guidance 4, albedo only."""
+    trained = []
+    monkeypatch.setattr("dreamtext.trainer.train", lambda cfg, **k: trained.append(cfg) or "ws")
+    flags = ["--model", str(tiny_sd_path), "--workspace", str(tmp_path / "ws")]
+    assert main(["text", "a red cube", "--preset", "builtin-shapes", *flags]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "dreamtext: the preset builtin-shapes is the built-in prior's (32 px, guidance 4, albedo "
+        f"only); Stable Diffusion ({tiny_sd_path}) trains with it under your flags: leave it out "
+        "(--preset, or a builtin:shapes run's config.json as --config) for Stable Diffusion's "
+        "own defaults\n"
+    )
+    assert trained[0].guidance.guidance_scale == 4.0  # warned, not changed
+    for preset in (["--preset", "fitfusion"], []):  # Stable Diffusion's own: nothing to say
+        assert main(["text", "a red cube", *preset, *flags]) == 0
+        assert capsys.readouterr().err == ""
+    assert main(["text", "a red cube", "--preset", "builtin-shapes", *flags[2:]]) == 0
+    assert capsys.readouterr().err == ""  # the prior's own preset
+
+
 def test_text_end_to_end_on_the_tiny_pipeline(tmp_path, tiny_sd_path, tiny_yaml):
     workspace = tmp_path / "castle"
     result = run_cli(
