@@ -1847,8 +1847,7 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         if trained is not None:
             print(f"dreamtext: error: {trained_run_line(error, trained)}", file=sys.stderr)
             return EXIT_USAGE
-        if args.command == "view" and not args.static and error.filename is not None:
-            # Serving writes no file: a file's error is a read (another user's folder, mode 700).
+        if args.command == "view" and view_read_failed(args, error):
             fix = FILE_SYSTEM_FIXES.get(
                 error.errno,
                 "this user may not read it: ask its owner to let you, or view a copy of the runs "
@@ -1878,6 +1877,26 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         # Where a command has no handler of its own (training and export name their fixes).
         print(f"dreamtext: error: {out_of_memory_line(args, error, memory)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def view_read_failed(args: argparse.Namespace, error: OSError) -> bool:
+    """Whether ``error`` of ``dreamtext view`` is a read of the runs (another user's folder,
+    mode 700), not a write: served, every error with a file (serving writes none; its output's
+    errors have no file); with ``--static``, one with a file inside a folder it views that is
+    not the page's (the folder or its staging folder beside it, ``.NAME.*``). Its line said to
+    write elsewhere, of a folder that could not be read."""
+    if error.filename is None:
+        return False
+    if not args.static:
+        return True
+    path = Path(os.path.abspath(os.fsdecode(error.filename)))
+    target = Path(os.path.abspath(args.static))
+    if path.is_relative_to(target.parent):
+        first = path.relative_to(target.parent).parts[:1]
+        if not first or first[0] == target.name or first[0].startswith(f".{target.name}."):
+            return False
+    folders = [Path(f) for f in args.folders] or [Path("workspace")]
+    return any(path.is_relative_to(os.path.abspath(folder)) for folder in folders)
 
 
 def memory_that_ran_out(error: BaseException) -> str | None:

@@ -711,3 +711,36 @@ def test_a_served_view_that_may_not_read_a_folder_names_the_folder_not_its_outpu
         f"dreamtext: error: Permission denied ({locked}); this user may not read it: ask its "
         "owner to let you, or view a copy of the runs that you can read\n"
     )
+
+
+def test_a_static_view_that_may_not_read_a_folder_names_the_folder_not_static(
+    tmp_path: Path, capsys, monkeypatch
+):
+    """`dreamtext view THEIR_RUN --static site` where another user's folder refuses this one said
+    "give --static a folder you can write", of a folder that could not be read; a refused write
+    of the page still says so."""
+    import errno
+    import os
+
+    from dreamtext.cli import main
+    from dreamtext.view import static
+
+    theirs, site = tmp_path / "theirs", tmp_path / "runs" / "site"
+    theirs.mkdir()
+
+    def refused(path):
+        def raising(*args, **options):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+        return raising
+
+    monkeypatch.setattr(static, "Catalog", refused(theirs / "a_cat"))
+    assert main(["view", str(theirs), "--static", str(site)]) == 2
+    assert capsys.readouterr().err == (
+        f"dreamtext: error: Permission denied ({theirs / 'a_cat'}); this user may not read it: "
+        "ask its owner to let you, or view a copy of the runs that you can read\n"
+    )
+    # The page's staging folder beside it, inside the folder viewed: a write.
+    monkeypatch.setattr(static, "Catalog", refused(tmp_path / "runs" / ".site.x1" / "a.png"))
+    assert main(["view", str(tmp_path / "runs"), "--static", str(site)]) == 2
+    assert capsys.readouterr().err.endswith("; give --static a folder you can write\n")
