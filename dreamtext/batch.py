@@ -98,6 +98,7 @@ from dreamtext.interrupts import (
 from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.prompts_text import check_prompt_lines
+from dreamtext.runfiles import source_copy
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -290,12 +291,15 @@ class Entry:
     kind: str
     prompt: str
     workspace: Path
+    # An image line's run made before its image was moved: the path that run recorded.
+    moved_from: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         """What a run of this entry records (:func:`run_owner`): ``("text", prompt)``, or
-        ``("image", absolute image path)``."""
-        return self.kind, owner_value(self.kind, self.prompt)
+        ``("image", absolute image path)``, the path before the image was moved where its run
+        was made there (``moved_from``: :func:`moved_image_run`)."""
+        return self.kind, self.moved_from or owner_value(self.kind, self.prompt)
 
 
 def read_prompts(path: str | Path, root: Path) -> list[Entry]:
@@ -306,8 +310,10 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     dropped, the first one's text kept. Each entry's workspace under ``root`` is
     :func:`workspace_name`'s; where it holds a run of the prompt in other case (a ``dreamtext
     text "A Red Cube"`` for the line ``a red cube``), that run's text is kept the same way, so the
-    run counts as the line's (:func:`_prompt_of_its_run`). Every image is opened here, so a bad
-    one stops the batch before anything is written."""
+    run counts as the line's (:func:`_prompt_of_its_run`); where it holds the run of an image
+    line's image made before the image was moved, that run is the line's
+    (:func:`moved_image_run`). Every image is opened here, so a bad one stops the batch before
+    anything is written."""
     from dreamtext.images import load_image
 
     path = Path(path)
@@ -354,17 +360,22 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     slugs = [slugify(_name(e)) for e in found]
     uses = Counter(slugs)
     line_named = line_named_folders(root)  # listed once: a list of n prompts costs n, not n²
+    hashed = hashed_folders(root) if any(e.kind == "image" for e in found) else {}
+
+    def named(entry: Entry, slug: str, moved: bool = True) -> Entry:
+        name = workspace_name(
+            root, entry.key, slug, uses[slug] > 1, ascii_slug(_name(entry)), line_named,
+            hashed if moved else None,
+        )  # fmt: skip
+        return _image_of_its_run(_prompt_of_its_run(replace(entry, workspace=root / name)))
+
+    entries = [named(e, slug) for e, slug in zip(found, slugs, strict=True)]
+    # Two lines of one image's bytes, neither at the path a moved run recorded: neither is
+    # that run's, as neither would be before the image moved.
+    taken = Counter(e.workspace for e in entries)
     return [
-        _prompt_of_its_run(
-            replace(
-                e,
-                workspace=root
-                / workspace_name(
-                    root, e.key, slug, uses[slug] > 1, ascii_slug(_name(e)), line_named
-                ),
-            )
-        )
-        for e, slug in zip(found, slugs, strict=True)
+        named(line, slug, moved=False) if e.moved_from and taken[e.workspace] > 1 else e
+        for line, e, slug in zip(found, entries, slugs, strict=True)
     ]
 
 
@@ -400,6 +411,52 @@ def _prompt_of_its_run(entry: Entry) -> Entry:
     return replace(entry, prompt=owner[1])
 
 
+def _image_of_its_run(entry: Entry) -> Entry:
+    """``entry`` (an image line) with ``moved_from`` set where its workspace holds the run of
+    its image made before the image was moved (:func:`moved_image_run`): that run is then the
+    line's to skip, resume or export, as ``dreamtext image`` continues it from the new path."""
+    owner = run_owner(entry.workspace)
+    if entry.kind != "image" or owner is None or owner == entry.key:
+        return entry
+    if not moved_image_run(entry.workspace, entry.prompt):
+        return entry
+    return replace(entry, moved_from=owner[1])
+
+
+def moved_image_run(workspace: Path, image: str) -> bool:
+    """Whether ``workspace`` holds the image→3D run of the image ``image`` made before the
+    image was moved (a project folder moved or renamed, or mounted elsewhere in a container):
+    the path the run recorded is no file any more, and the run's copy of its image
+    (:func:`~dreamtext.runfiles.source_copy`) has ``image``'s bytes. ``dreamtext image``
+    continues such a run (:func:`~dreamtext.runfiles.same_image`); the batch, which named
+    folders by the path alone, trained the line again from scratch in a new folder."""
+    owner = run_owner(workspace)
+    if owner is None or owner[0] != "image" or owner[1] == owner_value("image", image):
+        return False
+    copy = source_copy(workspace)
+    if copy is None or Path(owner[1]).is_file():
+        return False
+    try:
+        return copy.read_bytes() == Path(image).read_bytes()
+    except OSError:
+        return False
+
+
+def hashed_folders(root: Path) -> dict[str, list[str]]:
+    """The ``<name>_<8 hex digits>`` entries of ``root`` (:func:`workspace_name`'s hashed
+    names), sorted, by ``<name>``."""
+    found: dict[str, list[str]] = {}
+    try:
+        names = sorted(entry.name for entry in os.scandir(root))
+    except OSError:  # no root yet, or not a folder (check_root says so)
+        return found
+    for name in names:
+        match = re.fullmatch(r"(.+)_[0-9a-f]{8}", name)
+        if match and not name.startswith("."):
+            found.setdefault(match[1], []).append(name)
+    return found
+
+
 def line_named_folders(root: Path) -> dict[str, list[str]]:
     """The ``<name>_line<N>`` entries of ``root`` (runs of batches that named clashes by their
     line number), sorted, by ``<name>``."""
@@ -426,6 +483,7 @@ def workspace_name(
     shared: bool,
     legacy: str | None = None,
     line_named: Mapping[str, list[str]] | None = None,
+    hashed: Mapping[str, list[str]] | None = None,
 ) -> str:
     """The folder under ``root`` of the prompt (or image) ``key`` whose slug is ``slug``.
 
@@ -438,8 +496,10 @@ def workspace_name(
     that named clashes by their line number; and the same names made from ``legacy``, the slug an
     earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). Failing those, a
     folder ``slug`` (or the ``legacy`` one) holding a run of the prompt in other case
-    (:func:`same_up_to_case`) is the prompt's. ``line_named``: :func:`line_named_folders` of
-    ``root``, when the caller has listed it already.
+    (:func:`same_up_to_case`) is the prompt's, and for an image, given ``hashed``
+    (:func:`hashed_folders` of ``root``), a folder ``slug`` or ``<slug>_<8 hex digits>``
+    holding its run made before the image was moved (:func:`moved_image_run`). ``line_named``:
+    :func:`line_named_folders` of ``root``, when the caller has listed it already.
     """
     digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
     if line_named is None:
@@ -457,6 +517,11 @@ def workspace_name(
     for name in names:
         if same_up_to_case(owners[name], key):
             return name
+    if key[0] == "image" and hashed is not None:
+        for name in names:
+            for found in (name, *hashed.get(name, [])):
+                if moved_image_run(root / found, key[1]):
+                    return found
     taken = owners[slug] is not None
     return f"{slug}_{digest}" if shared or taken else slug
 

@@ -338,6 +338,57 @@ def test_a_new_list_into_a_root_of_other_runs_lists_the_root_once(tmp_path, monk
     assert listed.count(root) <= 1
 
 
+def moved_image_run(tmp_path):
+    """A finished image→3D run of ``tmp_path/old/mug.png`` in ``root/mug`` (its sentence record
+    and its copy of the image), the image then moved to ``tmp_path/new``: the root, the old
+    path."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(old / "mug.png")
+    was = os.path.realpath(old / "mug.png")
+    root = tmp_path / "root"
+    run = ran(root / "mug", "mug")
+    (run / "descriptor").mkdir()
+    shutil.copy(old / "mug.png", run / "descriptor" / "source.png")
+    (run / "descriptor" / "sentence.json").write_text(json.dumps({"image": was}))
+    old.rename(new)
+    return root, was
+
+
+def test_an_image_lines_run_is_found_again_after_the_image_was_moved(
+    tmp_path, tiny_sd_path, capsys
+):
+    """The folder of a list and its images moved (or mounted elsewhere in a container):
+    ``dreamtext image`` goes on with a run whose image moved (its copy has the same bytes), but
+    the batch knew an image line's run by the image's path alone and trained the line again
+    from scratch in ``mug_<hash>``, its finished run left aside without a word."""
+    root, was = moved_image_run(tmp_path)
+    path = prompts_file(tmp_path / "new", "image:mug.png")
+    [entry] = read_prompts(path, root)
+    assert (entry.workspace.name, entry.key) == ("mug", ("image", was))
+    args = ["batch", path, "--model", tiny_sd_path, "--iters", "20", "--no-export"]
+    assert main(list(map(str, [*args, "--workspace", root]))) == 0
+    assert [(r["workspace"], r["status"]) for r in rows(root)] == [("mug", "skipped")]
+    assert sorted(p.name for p in root.iterdir()) == ["batch.jsonl", "mug"]
+
+
+def test_a_copy_of_an_image_whose_run_still_has_its_image_is_an_image_of_its_own(tmp_path):
+    """Only a run whose image is gone from its path is a moved image's: a copy of an image
+    that is still there, or two copies of a moved one, get folders of their own."""
+    root, _ = moved_image_run(tmp_path)
+    shutil.copytree(tmp_path / "new", tmp_path / "copy")
+    path = prompts_file(tmp_path, "image:new/mug.png", "image:copy/mug.png")
+    assert [e.workspace.name for e in read_prompts(path, root)] == [
+        f"mug_{sha(os.path.realpath(tmp_path / d / 'mug.png'))}" for d in ("new", "copy")
+    ]
+    (tmp_path / "new").rename(tmp_path / "old")  # back where the run recorded it
+    path = prompts_file(tmp_path, "image:old/mug.png", "image:copy/mug.png")
+    assert [e.workspace.name for e in read_prompts(path, root)] == [
+        "mug",
+        f"mug_{sha(os.path.realpath(tmp_path / 'copy' / 'mug.png'))}",
+    ]
+
+
 def test_a_byte_order_mark_before_the_first_line_is_ignored(tmp_path):
     """Windows editors start a UTF-8 file with a BOM: the comment stays a comment."""
     path = tmp_path / "prompts.txt"
