@@ -98,7 +98,7 @@ from dreamtext.interrupts import (
 from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.prompts_text import check_prompt_lines
-from dreamtext.runfiles import source_copy
+from dreamtext.runfiles import sentence_path, source_copy
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -928,7 +928,28 @@ def interruption_line(
         return f"{stop}; run the batch again{without} to resume{anew}"
     if can_resume(entry.workspace):
         return f"interrupted; run the batch again{without} to resume from the last checkpoint{anew}"
+    kept = image_stages_kept(entry)
+    if kept:
+        return (
+            "interrupted before text→3D's first checkpoint; run the batch again to go on from "
+            + " and ".join(kept)
+        )
     return "interrupted before the run's first checkpoint; run the batch again to start it again"
+
+
+def image_stages_kept(entry: Entry) -> list[str]:
+    """What an image line's stages before text→3D saved, which a rerun reuses: the sentence its
+    search found, then the trained descriptor or the descriptor's last checkpoint. A stop
+    between them (loading, saving, the text stage's start) was said to start the run again."""
+    if entry.kind != "image" or not sentence_path(entry.workspace).is_file():
+        return []
+    from dreamtext.descriptor import learned_embeds_path
+
+    if learned_embeds_path(entry.workspace).is_file():
+        return ["the sentence found", "the trained descriptor"]
+    if (entry.workspace / "descriptor" / "checkpoints" / "last.pt").is_file():
+        return ["the sentence found", "the descriptor's last checkpoint"]
+    return ["the sentence found"]
 
 
 def changed_setting_lines(entry: Entry, cfg: TrainConfig) -> list[str]:

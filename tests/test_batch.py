@@ -3521,6 +3521,36 @@ def test_a_line_stopped_under_overwrite_says_how_a_rerun_treats_its_new_run(tmp_
     )
 
 
+def test_an_image_line_stopped_after_its_search_says_a_rerun_goes_on_from_it(tmp_path):
+    """A Ctrl-C between an image line's stages (its descriptor saved, text→3D starting) was
+    "interrupted before the run's first checkpoint; run the batch again to start it again",
+    where the rerun reuses the sentence and the trained descriptor."""
+    from dreamtext.batch import interruption_line
+    from dreamtext.descriptor import learned_embeds_path
+    from dreamtext.runfiles import sentence_path
+
+    workspace = tmp_path / "mug"
+    entry = Entry(1, "image:mug.png", "image", str(tmp_path / "mug.png"), workspace)
+    assert interruption_line(entry, KeyboardInterrupt()) == (
+        "interrupted before the run's first checkpoint; run the batch again to start it again"
+    )
+    sentence_path(workspace).parent.mkdir(parents=True)
+    sentence_path(workspace).write_text('{"sentence": "An image of a mug"}')
+    assert interruption_line(entry, KeyboardInterrupt()) == (
+        "interrupted before text→3D's first checkpoint; run the batch again to go on from the "
+        "sentence found"
+    )
+    (workspace / "descriptor" / "checkpoints").mkdir()
+    (workspace / "descriptor" / "checkpoints" / "last.pt").write_bytes(b"")
+    assert interruption_line(entry, KeyboardInterrupt()).endswith(
+        "go on from the sentence found and the descriptor's last checkpoint"
+    )
+    learned_embeds_path(workspace).write_bytes(b"")
+    assert interruption_line(entry, KeyboardInterrupt()).endswith(
+        "go on from the sentence found and the trained descriptor"
+    )
+
+
 @pytest.mark.parametrize("swallowed", [False, True])
 def test_a_stop_between_two_lines_keeps_the_records_and_starts_no_next_line(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys, swallowed
