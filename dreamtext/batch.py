@@ -986,14 +986,28 @@ def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
             return
         _say(
             f"batch: line {entry.line}: {entry.workspace} is trained and only exported, so "
-            f"these settings do not apply to it ({', '.join(trained)}); --overwrite trains it "
-            "again from scratch with them"
+            f"these settings do not apply to it ({', '.join(trained)}); "
+            + retrain_advice(entry, "--overwrite trains it again from scratch with them")
         )
         return
     _say(
         f"batch: line {entry.line}: {entry.workspace} resumes with other settings than it "
         f"started with ({', '.join(changed)}); they apply from its last checkpoint on, "
-        "--overwrite trains it again from scratch with them"
+        + retrain_advice(entry, "--overwrite trains it again from scratch with them")
+    )
+
+
+def retrain_advice(entry: Entry, text_advice: str) -> str:
+    """How to train the entry's run again: ``text_advice`` (the batch's ``--overwrite``) for a
+    text line; for an image line, whose list the batch's ``--overwrite`` refuses, ``dreamtext
+    image IMAGE --workspace W --overwrite``, which trains its text→3D again and keeps its sentence
+    and descriptor."""
+    if entry.kind != "image":
+        return text_advice
+    words = ["dreamtext", "image", entry.prompt, "--workspace", str(entry.workspace)]
+    return (
+        f"{shlex.join([*words, '--overwrite'])}, with the batch's flags, trains its text→3D "
+        "again (the batch's --overwrite is for text lines)"
     )
 
 
@@ -1464,8 +1478,8 @@ def run_entry(
             if cfg.export and not has_mesh(entry.workspace):
                 _say(
                     f"batch: line {entry.line}: {entry.workspace} finished without a mesh and "
-                    "has no checkpoint left to export it from; skipped, --overwrite trains it "
-                    "again"
+                    "has no checkpoint left to export it from; skipped, "
+                    + retrain_advice(entry, "--overwrite trains it again")
                 )
             if changed:
                 # Export settings need no training: `dreamtext export` applies them.
@@ -1473,7 +1487,7 @@ def run_entry(
                 advice = (
                     f"{export_command(entry.workspace, cfg, changed)} exports it again with these"
                     if export_only
-                    else "--overwrite trains it again with these"
+                    else retrain_advice(entry, "--overwrite trains it again with these")
                 )
                 _say(
                     f"batch: line {entry.line}: {entry.workspace} finished with other settings "

@@ -372,6 +372,34 @@ def test_an_image_lines_run_is_found_again_after_the_image_was_moved(
     assert sorted(p.name for p in root.iterdir()) == ["batch.jsonl", "mug"]
 
 
+def test_an_image_line_finished_with_other_settings_is_not_told_to_use_overwrite(
+    tmp_path, tiny_sd_path, capsys
+):
+    """The line said "--overwrite trains it again with these", and the batch's --overwrite
+    refuses a list with image lines; ``dreamtext image ... --overwrite`` is what does it."""
+    from dreamtext.config import resolve_config
+
+    root, _ = moved_image_run(tmp_path)
+    trained = {
+        "prompt": "mug",
+        "iters": 20,
+        "export": False,
+        "guidance": {"model": str(tiny_sd_path)},
+    }
+    cfg = resolve_config({**trained, "workspace": str(root / "mug")})
+    (root / "mug" / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    path = prompts_file(tmp_path / "new", "image:mug.png")
+    args = ["batch", path, "--model", tiny_sd_path, "--iters", "20", "--no-export", "--lr", "0.5"]
+    assert main(list(map(str, [*args, "--workspace", root]))) == 0
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
+    image = tmp_path / "new" / "mug.png"
+    assert "--overwrite trains it again" not in line
+    assert line.endswith(
+        f"skipped, dreamtext image {image} --workspace {root / 'mug'} --overwrite, with the "
+        "batch's flags, trains its text→3D again (the batch's --overwrite is for text lines)"
+    )
+
+
 def test_a_copy_of_an_image_whose_run_still_has_its_image_is_an_image_of_its_own(tmp_path):
     """Only a run whose image is gone from its path is a moved image's: a copy of an image
     that is still there, or two copies of a moved one, get folders of their own."""
