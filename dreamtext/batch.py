@@ -335,6 +335,7 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             image_path = Path(image).expanduser()
             if not image_path.is_absolute():
                 image_path = images_folder / image_path
+            refuse_trailing_comment(path, number, image_path)
             if not image_path.exists() and reads_like_prompt(Path(image)):
                 raise DreamtextError(
                     f"{path}:{number}: image not found: {image_path}; for a text prompt, write "
@@ -377,6 +378,19 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         named(line, slug, moved=False) if e.moved_from and taken[e.workspace] > 1 else e
         for line, e, slug in zip(found, entries, slugs, strict=True)
     ]
+
+
+def refuse_trailing_comment(path: Path, number: int, image_path: Path) -> None:
+    """Refuse an image line with a comment after its path (``image:mug.png  # the red one``)
+    where the path before the `` #`` is an image: a ``#`` starts a comment only at a line's
+    start, and the line was said to name no image and to be a text prompt, if anything."""
+    before, hash_mark, comment = str(image_path).partition(" #")
+    if not hash_mark or image_path.exists() or not Path(before.rstrip()).is_file():
+        return
+    raise DreamtextError(
+        f"{path}:{number}: image not found: {image_path}; a # starts a comment only at the start "
+        f"of a line: put '#{comment}' on a line of its own"
+    )
 
 
 def relative_images_folder(path: Path) -> Path:

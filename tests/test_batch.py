@@ -438,6 +438,21 @@ def test_an_image_line_naming_a_prompt_says_to_write_it_without_image(tmp_path):
     )
 
 
+@pytest.mark.parametrize("line", ["image:mug.png  # the red one", "IMAGE: mug.png #red"])
+def test_a_comment_after_an_image_lines_path_says_where_comments_go(tmp_path, line):
+    """``image:mug.png  # the red one`` was "image not found: ...; for a text prompt, write the
+    line without 'image:'": a comment is not a prompt."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "mug.png")
+    path = prompts_file(tmp_path, "a red cube", line)
+    comment = line.partition(" #")[2]
+    with pytest.raises(DreamtextError) as error:
+        read_prompts(path, tmp_path / "root")
+    assert str(error.value) == (
+        f"{path}:2: image not found: {tmp_path / line.partition(':')[2].strip()}; a # starts a "
+        f"comment only at the start of a line: put '#{comment}' on a line of its own"
+    )
+
+
 def test_image_lines_checked_up_front_are_not_decoded_again_by_their_runs(tmp_path, monkeypatch):
     """read_prompts opens every image line's image; each run then loads its own again
     (runfiles.check_image): only the last line's decode was kept."""
