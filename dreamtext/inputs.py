@@ -495,9 +495,12 @@ def read_prompt_lines(path: Path) -> list[str]:
             f"prompts file {path} is a folder; pass a text file with one prompt per line"
         ) from None
     except UnicodeDecodeError as error:
+        # The line, as an editor numbers it: a byte offset (counted after a BOM) is hard to find.
+        line = len(re.split(rb"\r\n|\r|\n", error.object[: error.start]))
         raise DreamtextError(
-            f"prompts file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
-            "save it as UTF-8 text with one prompt per line"
+            f"prompts file {path} is not UTF-8 text ({error.reason}: byte "
+            f"0x{error.object[error.start]:02X} on line {line}); save it as UTF-8 text with one "
+            "prompt per line"
         ) from None
     except OSError as error:
         raise DreamtextError(f"cannot read prompts file {path}: {error}") from None

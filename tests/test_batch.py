@@ -2743,10 +2743,24 @@ def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsy
     root = tmp_path / "root"
     assert main(["batch", str(path), "--model", "builtin:shapes", "--workspace", str(root)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"dreamtext: error: prompts file {path} is not UTF-8 text (invalid start byte at byte 0); "
-        "save it as UTF-8 text with one prompt per line"
+        f"dreamtext: error: prompts file {path} is not UTF-8 text (invalid start byte: byte 0xFF "
+        "on line 1); save it as UTF-8 text with one prompt per line"
     ]
     assert not root.exists()
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path, capsys):
+    """A Latin-1 "café" deep in a list was "invalid continuation byte at byte 26": an offset
+    no editor shows, counted after the file's BOM."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"\xef\xbb\xbfa red cube\r\na blue cube\r\na caf\xe9\r\n")
+    assert (
+        main(["batch", str(path), "--model", "builtin:shapes", "--workspace", str(tmp_path)]) == 2
+    )
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: prompts file {path} is not UTF-8 text (invalid continuation byte: "
+        "byte 0xE9 on line 3); save it as UTF-8 text with one prompt per line"
+    ]
 
 
 def test_a_prompts_file_that_is_a_folder_says_so(tmp_path, capsys):
