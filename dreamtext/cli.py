@@ -444,6 +444,12 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "t_range": tuple(args.t_range) if args.t_range else None,
         "compile": args.compile,
     }
+    # One precision: --fp16 turns off a bf16 that a --config or the resumed run gave (and
+    # --bf16 an fp16), as a flag overrides them; both flags are refused by GuidanceConfig.
+    if args.fp16 and not args.bf16:
+        guidance["bf16"] = False
+    if args.bf16 and not args.fp16:
+        guidance["fp16"] = False
     out: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     if any(v is not None for v in guidance.values()):
         out["guidance"] = {k: v for k, v in guidance.items() if v is not None}

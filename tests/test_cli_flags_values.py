@@ -5,6 +5,7 @@ thesis, not from the code's output."""
 import pytest
 
 from dreamtext.cli import build_parser
+from dreamtext.errors import DreamtextError
 
 
 def parse(*argv):
@@ -84,6 +85,24 @@ def test_side_views_reach_the_config(word, split):
 
     out = text_overrides(parse("text", "a castle", "--side-views", word))
     assert out["guidance"]["views"] == {"split_sides": split}
+
+
+@pytest.mark.parametrize(("flag", "other"), [("fp16", "bf16"), ("bf16", "fp16")])
+def test_a_precision_flag_overrides_a_config_files_other_precision(tmp_path, flag, other):
+    """README: "Explicit flags override `--config`": `--fp16` over a config's `bf16: true` (or a
+    resumed run's) was "give --fp16 or --bf16, not both", a flag the user never gave."""
+    from dreamtext.cli import text_overrides
+    from dreamtext.config import resolve_config
+
+    path = tmp_path / "half.yaml"
+    path.write_text(f"guidance:\n  {other}: true\n")
+    overrides = text_overrides(parse("text", "a castle", f"--{flag}"))
+    cfg = resolve_config(overrides, config_file=path)
+    assert getattr(cfg.guidance, flag) is True
+    assert getattr(cfg.guidance, other) is False
+    both = text_overrides(parse("text", "a castle", "--fp16", "--bf16"))
+    with pytest.raises(DreamtextError, match="give --fp16 or --bf16, not both"):
+        resolve_config(both)
 
 
 def test_compile_compiles_the_guidance_and_the_field_and_no_compile_neither():

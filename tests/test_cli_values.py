@@ -33,9 +33,11 @@ def test_t_range_keeps_the_order_it_was_typed_in():
 
 @pytest.mark.parametrize(("flag", "key"), [("--fp16", "fp16"), ("--bf16", "bf16")])
 def test_each_precision_flag_sets_its_own_setting(flag, key):
+    """And turns the other precision off, over a --config's or a resumed run's."""
     args = parse("text", "a castle", flag)
     guidance = text_overrides(args)["guidance"]
-    assert guidance == {key: True}
+    other = "bf16" if key == "fp16" else "fp16"
+    assert guidance == {key: True, other: False}
 
 
 def test_learning_rate_and_batch_size_and_seed_reach_the_config():
