@@ -68,6 +68,9 @@ ITERS_PER_EPOCH = 100
 # The largest finite float32 (torch.finfo(torch.float32).max), without importing torch.
 FLOAT32_MAX = 3.4028234663852886e38
 
+# The finest hash-grid resolution a run takes (field.finest_resolution_factor × field.bound).
+FINEST_RESOLUTION_MAX = 2**24
+
 
 @dataclass
 class TrainConfig:
@@ -715,6 +718,20 @@ def validate(
     if not low <= cfg.seed <= high:
         where = setting_name("seed", None, source_of("seed"))
         raise DreamtextError(f"{where} must be from {low} to {high}, got {cfg.seed}")
+    # The hash grid sees float32 positions, whose 24-bit significand tells at most 2^24 cells
+    # apart along an axis: a finer grid is no finer. Far past it (field.bound 1e30) the grid's
+    # int64 resolutions overflowed, a traceback once the run had started.
+    finest = cfg.field.finest_resolution_factor * cfg.field.bound
+    if not finest <= FINEST_RESOLUTION_MAX:
+        factor, bound = "field.finest_resolution_factor", "field.bound"
+        raise DreamtextError(
+            f"the finest hash-grid resolution, {setting_name(factor, None, source_of(factor))} × "
+            f"{setting_name(bound, None, source_of(bound))} "
+            f"({cfg.field.finest_resolution_factor:g} × {cfg.field.bound:g}), must be at most "
+            f"{FINEST_RESOLUTION_MAX:,} (2^24: the grid's float32 positions tell no finer cells "
+            f"apart); the default is {FieldConfig.finest_resolution_factor:g} × "
+            f"{FieldConfig.bound:g}"
+        )
     try:
         cfg.render.validate()
         cfg.field.validate()

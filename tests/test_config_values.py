@@ -241,3 +241,27 @@ def test_the_file_of_a_setting_two_levels_deep_follows_its_whole_name(tmp_path):
     with pytest.raises(DreamtextError) as refusal:
         resolve_config(dict(RUN), config_file=[path])
     assert str(refusal.value).startswith(f"guidance.views.below (in {path}) must be a polar angle")
+
+
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ("bound: 1.0e+30", "× config field 'field.bound' (in {path}) (2048 × 1e+30)"),
+        ("finest_resolution_factor: 1.0e+30", "'field.finest_resolution_factor' (in {path}) ×"),
+    ],
+)
+def test_a_hash_grid_finer_than_float32_positions_is_one_line_naming_its_file(
+    tmp_path, section, named
+):
+    """``field.bound: 1e30`` (or such a finest_resolution_factor) passed validation and was a
+    traceback (``Overflow when unpacking long long``) once the run had started; 2^24 cells an
+    axis, what float32 positions tell apart, are taken."""
+    path = tmp_path / "fine.yaml"
+    path.write_text(f"field:\n  {section}\n")
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config(dict(RUN), config_file=[path])
+    assert str(refusal.value).startswith("the finest hash-grid resolution, config field ")
+    assert named.format(path=path) in str(refusal.value)
+    assert "must be at most 16,777,216 (2^24" in str(refusal.value)
+    path.write_text("field:\n  finest_resolution_factor: 8388608.0\n  bound: 2.0\n")
+    assert resolve_config(dict(RUN), config_file=[path]).field.bound == 2.0
