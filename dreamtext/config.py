@@ -68,6 +68,9 @@ ITERS_PER_EPOCH = 100
 # The largest finite float32 (torch.finfo(torch.float32).max), without importing torch.
 FLOAT32_MAX = 3.4028234663852886e38
 
+# The largest count or size a run takes: torch's integers are 64-bit.
+INT64_MAX = 2**63 - 1
+
 # The finest hash-grid resolution a run takes (field.finest_resolution_factor × field.bound).
 FINEST_RESOLUTION_MAX = 2**24
 
@@ -718,6 +721,16 @@ def validate(
     if not low <= cfg.seed <= high:
         where = setting_name("seed", None, source_of("seed"))
         raise DreamtextError(f"{where} must be from {low} to {high}, got {cfg.seed}")
+    # Counts and sizes reach torch as 64-bit integers: `render.num_steps: 1e30` written out (a
+    # YAML int) was a traceback once the run had started. The seed has its own range, above.
+    for key, value in flat_fields(config_to_dict(cfg)).items():
+        huge = isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX
+        if huge and key != "seed":
+            flag = "--" + key.replace("_", "-") if key in FLAGGED else None
+            raise DreamtextError(
+                f"{setting_name(key, flag, source_of(key))} must fit a 64-bit integer "
+                f"(±{INT64_MAX:,}), got a whole number of {len(str(abs(value)))} digits"
+            )
     # The hash grid sees float32 positions, whose 24-bit significand tells at most 2^24 cells
     # apart along an axis: a finer grid is no finer. Far past it (field.bound 1e30) the grid's
     # int64 resolutions overflowed, a traceback once the run had started.

@@ -265,3 +265,18 @@ def test_a_hash_grid_finer_than_float32_positions_is_one_line_naming_its_file(
     assert "must be at most 16,777,216 (2^24" in str(refusal.value)
     path.write_text("field:\n  finest_resolution_factor: 8388608.0\n  bound: 2.0\n")
     assert resolve_config(dict(RUN), config_file=[path]).field.bound == 2.0
+
+
+def test_a_count_past_64_bits_is_one_line_naming_its_file(tmp_path):
+    """``render.num_steps: 1`` and 30 zeros, a YAML int, passed validation and was a traceback in
+    torch (``Overflow when unpacking long long``) once the run had started."""
+    path = tmp_path / "steps.yaml"
+    path.write_text(f"render:\n  num_steps: 1{'0' * 30}\n")
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config(dict(RUN), config_file=[path])
+    assert str(refusal.value) == (
+        f"config field 'render.num_steps' (in {path}) must fit a 64-bit integer "
+        "(±9,223,372,036,854,775,807), got a whole number of 31 digits"
+    )
+    path.write_text(f"render:\n  chunk_points: {2**63 - 1}\n")
+    assert resolve_config(dict(RUN), config_file=[path]).render.chunk_points == 2**63 - 1
