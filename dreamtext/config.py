@@ -595,7 +595,7 @@ def absolute_model_folder(model: str) -> str:
     found by a resume or a batch rerun from another directory, and ``models/sd21`` would then be
     taken for a hub id."""
     path = Path(model).expanduser()
-    if model.startswith("builtin:") or not path.is_dir():
+    if not model or model.startswith("builtin:") or not path.is_dir():  # "": validate refuses it
         return model
     return os.path.abspath(path)
 
@@ -681,6 +681,10 @@ def validate(
             'the prompt is empty; give a text prompt, e.g. dreamtext text "a castle"'
         )
     check_prompt_characters(cfg.prompt, "the prompt")
+    if not cfg.guidance.model:
+        # Path("") is the current folder, which was then refused as no Stable Diffusion folder.
+        where = setting_name("guidance.model", "--model", source_of("guidance.model"))
+        raise DreamtextError(f"{where} is empty; give it a model id or folder")
     check_prompt_characters(cfg.guidance.negative, "--negative")
     for key in ("iters", "h", "w", "batch_size", "log_every", "checkpoint_every"):
         if getattr(cfg, key) <= 0:

@@ -280,3 +280,16 @@ def test_a_count_past_64_bits_is_one_line_naming_its_file(tmp_path):
     )
     path.write_text(f"render:\n  chunk_points: {2**63 - 1}\n")
     assert resolve_config(dict(RUN), config_file=[path]).render.chunk_points == 2**63 - 1
+
+
+def test_an_empty_model_in_a_config_file_is_refused_naming_its_file(tmp_path):
+    """``guidance: {model: ""}`` became the current folder (``Path("")``), refused once torch had
+    loaded as "/the/current/folder is not a diffusers Stable Diffusion folder ... pass one with
+    --model": a folder the user never named. ``--model ""`` is refused as empty."""
+    path = tmp_path / "model.yaml"
+    path.write_text('guidance:\n  model: ""\n')
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config(dict(RUN), config_file=[path])
+    assert str(refusal.value) == (
+        f"config field 'guidance.model' (in {path}) is empty; give it a model id or folder"
+    )
