@@ -169,9 +169,11 @@ class ExportOptions:
                 return option_flag(option)
             return f"config field 'export_options.{option}' (in {where})"
 
+        if not self.formats:  # was "has unknown formats (none)": there were none to know
+            raise DreamtextError(f"{name('formats')} is empty: name formats, e.g. [glb, ply]")
         unknown = sorted(set(self.formats) - set(FORMATS))
-        if unknown or not self.formats:
-            listed = ",".join(unknown) or "(none)"
+        if unknown:
+            listed = ",".join(unknown)
             field = name("formats")
             what = (
                 f"unknown {field} {listed}"

@@ -293,3 +293,15 @@ def test_an_empty_model_in_a_config_file_is_refused_naming_its_file(tmp_path):
     assert str(refusal.value) == (
         f"config field 'guidance.model' (in {path}) is empty; give it a model id or folder"
     )
+
+
+def test_an_empty_list_of_export_formats_is_said_to_be_empty(tmp_path):
+    """``export_options: {formats: []}`` was "has unknown formats (none)", as --formats '' is
+    "is empty"."""
+    path = tmp_path / "formats.yaml"
+    path.write_text("export_options:\n  formats: []\n")
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config(dict(RUN), config_file=[path])
+    assert str(refusal.value) == (
+        f"config field 'export_options.formats' (in {path}) is empty: name formats, e.g. [glb, ply]"
+    )
