@@ -173,7 +173,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
             f"config file '{path}' sets '{twice.key}' twice ({where}), and only the second "
             "would count; merge them"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as error:  # a UTF-16 file (PowerShell's `>`), a Latin-1 one
+        raise DreamtextError(
+            f"config file '{path}' is not UTF-8 text ({error.reason} at byte {error.start}); "
+            "save it as UTF-8"
+        ) from None
+    except OSError as exc:
         raise DreamtextError(f"cannot read config file '{path}': {exc}") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)

@@ -31,6 +31,18 @@ def test_a_yaml_error_names_the_line_as_editors_number_it(tmp_path):
     assert str(raised.value) == f"config file '{path}' is not valid YAML (line 3); fix it"
 
 
+def test_a_utf16_config_file_is_said_to_be_no_utf8_with_what_to_do(tmp_path):
+    """PowerShell's `echo "iters: 12" > c.yaml` writes UTF-16: the line was Python's "'utf-8'
+    codec can't decode byte 0xff in position 0: invalid start byte", and no way out."""
+    path = tmp_path / "c.yaml"
+    path.write_text("iters: 12\n", encoding="utf-16")
+    with pytest.raises(DreamtextError) as raised:
+        read_yaml(path)
+    assert str(raised.value) == (
+        f"config file '{path}' is not UTF-8 text (invalid start byte at byte 0); save it as UTF-8"
+    )
+
+
 def test_a_config_file_of_comments_only_is_no_settings(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing set yet\n")
