@@ -809,6 +809,17 @@ def validate(
     for key in ("light_jitter", *lambdas):
         if not getattr(cfg, key) >= 0.0:
             raise DreamtextError(f"{name(key)} must be ≥ 0, got {getattr(cfg, key):g}")
+    # Adam checks only its default lr, not a group's: below 0 the hash table trained away from
+    # the prior (gradient ascent) without a word. Checked here, for training: an export of a
+    # run that trained so still loads its field.
+    if not cfg.field.encoding_lr_scale >= 0.0:
+        raise DreamtextError(
+            with_its_file(
+                "field.encoding_lr_scale must be ≥ 0 (the hash table trains at lr × it; below 0 "
+                f"it would climb the loss), got {cfg.field.encoding_lr_scale:g}",
+                source_of,
+            )
+        )
 
 
 def validate_cameras(cameras: CameraRange) -> None:

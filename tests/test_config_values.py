@@ -305,3 +305,19 @@ def test_an_empty_list_of_export_formats_is_said_to_be_empty(tmp_path):
     assert str(refusal.value) == (
         f"config field 'export_options.formats' (in {path}) is empty: name formats, e.g. [glb, ply]"
     )
+
+
+def test_a_negative_learning_rate_scale_of_the_hash_table_is_refused_naming_its_file(tmp_path):
+    """``field: {encoding_lr_scale: -1}`` trained: Adam checks its default lr, not a group's, so
+    the hash table climbed the loss without a word (a negative regulariser weight is refused
+    for the same reason). 0, a table that does not train, is taken."""
+    path = tmp_path / "scale.yaml"
+    path.write_text("field:\n  encoding_lr_scale: -1.0\n")
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config(dict(RUN), config_file=[path])
+    assert str(refusal.value).startswith(
+        f"field.encoding_lr_scale (in {path}) must be ≥ 0 (the hash table trains at lr × it"
+    )
+    assert str(refusal.value).endswith("got -1")
+    path.write_text("field:\n  encoding_lr_scale: 0.0\n")
+    assert resolve_config(dict(RUN), config_file=[path]).field.encoding_lr_scale == 0.0
