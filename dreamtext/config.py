@@ -245,9 +245,10 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     said = resumes_line(path, data) if rerun else None
     if said is not None:
         print(said, file=sys.stderr)
+    if path.name != "config.json":
+        refuse_recorded_presets(path, data)  # before ran_on, which names a run's record, goes
     data = {key: value for key, value in data.items() if key not in KEPT_KEYS}
     if path.name != "config.json":
-        refuse_recorded_presets(path, data)
         return data
     # The record names its workspace as typed, relative to where the run was started: typed from
     # another directory (or after the folder moved) it named another folder, where --resume

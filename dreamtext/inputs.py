@@ -282,12 +282,20 @@ def resumes_line(path: Path, data: dict[str, Any]) -> str | None:
 
 def refuse_recorded_presets(path: Path, data: dict[str, Any]) -> None:
     """A ``--config`` YAML (not a run's config.json) may not hold ``presets``: that is a record
-    of what a run was built on, and a preset is named with ``--preset``."""
-    if "presets" in data:
-        raise DreamtextError(
-            f"'presets' in {path} is what a run's config.json records it was built on; name "
-            "a preset with --preset NAME"
+    of what a run was built on, and a preset is named with ``--preset``. A run's config.json
+    copied under another name (it holds ``ran_on``) is told to keep its name, by which it is
+    read as a run's record."""
+    if "presets" not in data:
+        return
+    fix = "name a preset with --preset NAME"
+    if "ran_on" in data:
+        fix = (
+            "a copy of a run's config.json is read as one under that name only: copy it as "
+            "config.json into a folder of its own (or delete its presets line)"
         )
+    raise DreamtextError(
+        f"'presets' in {path} is what a run's config.json records it was built on; {fix}"
+    )
 
 
 # Keys a user types for a field of another name: the flag's name, not a config field's.

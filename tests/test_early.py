@@ -979,3 +979,20 @@ def test_a_checkpoint_changed_since_its_step_was_recorded_is_left_to_the_command
         "--overwrite to train it again from scratch, or --workspace NEW_FOLDER\n",
     )
     assert "torch" in done.stdout
+
+
+def test_a_renamed_copy_of_a_runs_config_json_is_told_to_keep_its_name(tmp_path, capsys):
+    """`cp RUN/config.json castle.json; dreamtext text ... --config castle.json` was told to
+    name a preset with --preset, though README says a run's config.json is a config file: it
+    is read as one by its name only."""
+    from dreamtext.cli import main
+
+    record = {"prompt": "a red cube", "presets": ["builtin-shapes"], "ran_on": {"device": "cpu"}}
+    (tmp_path / "castle.json").write_text(json.dumps(record))
+    args = ["text", "a red cube", "--config", str(tmp_path / "castle.json"), "--iters", "1"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"dreamtext: error: 'presets' in {tmp_path / 'castle.json'} is what a run's config.json "
+        "records it was built on; a copy of a run's config.json is read as one under that name "
+        "only: copy it as config.json into a folder of its own (or delete its presets line)\n"
+    )
