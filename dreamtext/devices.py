@@ -31,15 +31,20 @@ def resolve_device(name: str) -> torch.device:
         # `device: cuda` to a machine without one (cli.check_cuda_flag refuses a flag where the
         # machine certainly has no GPU; here torch says so).
         raise DreamtextError(
-            f"device {name} was asked for (by --device, a --config file's `device:` or the "
-            "resumed run's config.json) but no CUDA GPU is visible; pass --device cpu"
+            f"device {name} was asked for ({ASKED_BY}) but no CUDA GPU is visible; pass "
+            "--device cpu"
         )
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DreamtextError(f"unknown --device '{name}'; use {DEVICE_FORMS}") from None
+        raise DreamtextError(
+            f"unknown device '{name}' (asked for {ASKED_BY}); use {DEVICE_FORMS}"
+        ) from None
     if device.type not in ("cpu", "cuda"):  # mps, xpu, ...: never run, so not offered
-        raise DreamtextError(f"--device {name}: dreamtext runs on cpu or cuda; use {DEVICE_FORMS}")
+        raise DreamtextError(
+            f"device {name} (asked for {ASKED_BY}): dreamtext runs on cpu or cuda; use "
+            f"{DEVICE_FORMS}"
+        )
     if device.type == "cuda" and device.index is not None:
         count = torch.cuda.device_count()
         if device.index >= count:
@@ -49,6 +54,10 @@ def resolve_device(name: str) -> torch.device:
             )
         torch.cuda.set_device(device)
     return device
+
+
+# Where a device name reaches resolve_device from: not always a flag.
+ASKED_BY = "by --device, a --config file's `device:` or the resumed run's config.json"
 
 
 # The variables that configure torch's GPU caching allocator: PYTORCH_ALLOC_CONF from torch 2.9

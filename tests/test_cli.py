@@ -475,7 +475,7 @@ def test_a_device_dreamtext_does_not_run_on_is_one_line_before_anything_loads(
     """``--device mps`` was a valid torch device, and the run failed later with a traceback."""
     monkeypatch.chdir(tmp_path)
     code, err = run_main([*BUILTIN_RUN, "--device", device], capsys)
-    assert_user_error(code, err, f"--device {device}: dreamtext runs on cpu or cuda")
+    assert_user_error(code, err, f"device {device} (asked for by --device, ", "runs on cpu or cuda")
     assert not (tmp_path / "workspace").exists()
 
 
@@ -503,6 +503,19 @@ def test_cuda_from_a_config_file_without_a_gpu_is_not_called_a_flag(tmp_path, mo
         "dreamtext: error: device cuda was asked for (by --device, a --config file's `device:` "
         "or the resumed run's config.json) but no CUDA GPU is visible; pass --device cpu",
     )
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps"])
+def test_a_bad_device_from_a_config_file_is_not_called_a_flag(
+    tmp_path, monkeypatch, capsys, device
+):
+    """A config file's `device: tpu` was "unknown --device 'tpu'", of a flag never typed."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dev.yaml").write_text(f"device: {device}\n")
+    code, err = run_main([*BUILTIN_RUN, "--config", "dev.yaml"], capsys)
+    assert_user_error(code, err, device, "(asked for by --device, a --config file's `device:`")
+    assert "--device " + device not in err and "--device '" not in err
+    assert not (tmp_path / "workspace").exists()
 
 
 def test_cuda_without_a_gpu_names_the_flag_to_pass_instead(tmp_path, monkeypatch, capsys):
