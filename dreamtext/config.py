@@ -651,15 +651,20 @@ def setting_name(key: str, flag: str | None, source: str | None) -> str:
 
 def with_its_file(message: str, source_of: Callable[[str], str | None]) -> str:
     """A section's refusal (``field.num_levels must be ...``, from ``FieldConfig.validate`` and
-    the like, which know no files) with ``(in FILE)`` after the setting it starts with, where a
-    config file or preset set it: of several ``--config`` files, the one to fix."""
-    match = re.match(r"(?:config field ')?((?:field|render|guidance|cameras)(?:\.\w+)+)'?", message)
-    if match is None or "(in " in message:
-        return message
-    source = source_of(match.group(1))
-    if not from_a_file(source):
-        return message
-    return f"{message[: match.end()]} (in {source}){message[match.end() :]}"
+    the like, which know no files) with ``(in FILE)`` after each setting it names, where a
+    config file or preset set it: of several ``--config`` files, the one to fix. A refusal of
+    two settings (``field.finest_resolution_factor × field.bound ... field.base_resolution``)
+    names the file of each, not only of the first."""
+    pieces, end, named = [], 0, set()
+    for match in re.finditer(r"(?:field|render|guidance|cameras)(?:\.\w+)+'?", message):
+        key = match.group(0).rstrip("'")
+        source = source_of(key)
+        if key in named or not from_a_file(source) or message.startswith(" (in ", match.end()):
+            continue
+        named.add(key)
+        pieces += [message[end : match.end()], f" (in {source})"]
+        end = match.end()
+    return "".join(pieces) + message[end:]
 
 
 def validate(

@@ -321,3 +321,17 @@ def test_a_negative_learning_rate_scale_of_the_hash_table_is_refused_naming_its_
     assert str(refusal.value).endswith("got -1")
     path.write_text("field:\n  encoding_lr_scale: 0.0\n")
     assert resolve_config(dict(RUN), config_file=[path]).field.encoding_lr_scale == 0.0
+
+
+def test_a_refusal_of_two_settings_names_the_file_of_each(tmp_path):
+    """`field: {base_resolution: 100000}` in a file, over the built-in preset's finest factor,
+    was blamed on the preset alone: only the first setting a message named got its file."""
+    path = tmp_path / "base.yaml"
+    path.write_text("field:\n  base_resolution: 100000\n")
+    with pytest.raises(DreamtextError) as refusal:
+        resolve_config({**RUN, "presets": []}, preset="builtin-shapes", config_file=[path])
+    assert str(refusal.value) == (
+        "field.finest_resolution_factor (in preset 'builtin-shapes') × field.bound (the finest "
+        "hash-grid resolution, 256 × 1) must be at least field.base_resolution (in "
+        f"{path}) (100000)"
+    )
