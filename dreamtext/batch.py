@@ -344,7 +344,14 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             try:
                 load_image(image_path)
             except DreamtextError as error:
-                raise DreamtextError(f"{path}:{number}: {error}") from None
+                kept = run_of_missing_image(root, image_path)
+                said = str(error)
+                if kept is not None:
+                    said = (
+                        f"image not found: {image_path}; its run {kept} is there: put the image "
+                        "back to go on with it, or remove the line (the run stays)"
+                    )
+                raise DreamtextError(f"{path}:{number}: {said}") from None
             prompt = str(image_path)
         entry = Entry(number, raw.rstrip("\r"), kind, prompt, root)
         repeats = repeat_key(kind, prompt)
@@ -484,6 +491,22 @@ def line_named_folders(root: Path) -> dict[str, list[str]]:
         if match and not name.startswith("."):
             found.setdefault(match[1], []).append(name)
     return found
+
+
+def run_of_missing_image(root: Path, image: Path) -> Path | None:
+    """The run under ``root`` of ``image``, a path no file is at any more (a finished line's
+    image deleted to save space): its folder ``<stem>`` or ``<stem>_<hash>`` (as
+    :func:`workspace_name` names them) where that records ``image`` as its own; ``None``
+    where ``image`` is there or has no run. Such a line stopped the batch as a mistyped path."""
+    if os.path.lexists(image):
+        return None
+    key = ("image", owner_value("image", str(image)))
+    slug = slugify(image.stem)
+    digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
+    for name in (slug, f"{slug}_{digest}"):
+        if run_owner(root / name) == key:
+            return root / name
+    return None
 
 
 def _name(entry: Entry) -> str:

@@ -355,6 +355,24 @@ def moved_image_run(tmp_path):
     return root, was
 
 
+def test_an_image_deleted_after_its_run_names_the_run_not_only_the_path(tmp_path):
+    """A finished line's image deleted (to save space) stopped the batch with "image not
+    found: ... (check the path)", as a typo would, and new lines of the list could not run:
+    the line now names the run that is there, and what to do."""
+    root, _ = moved_image_run(tmp_path)
+    (tmp_path / "old").mkdir()  # the list stays where its image is gone from
+    path = prompts_file(tmp_path / "old", "image:mug.png")
+    with pytest.raises(DreamtextError) as refusal:
+        read_prompts(path, root)
+    assert str(refusal.value) == (
+        f"{path}:1: image not found: {tmp_path / 'old' / 'mug.png'}; its run {root / 'mug'} is "
+        "there: put the image back to go on with it, or remove the line (the run stays)"
+    )
+    other = prompts_file(tmp_path / "new", "image:cup.png")  # no run: the path is what is wrong
+    with pytest.raises(DreamtextError, match=r"image not found: .*cup\.png \(check the path\)$"):
+        read_prompts(other, root)
+
+
 def test_an_image_lines_run_is_found_again_after_the_image_was_moved(
     tmp_path, tiny_sd_path, capsys
 ):
