@@ -1334,6 +1334,10 @@ def choose_cpu_threads(args: argparse.Namespace) -> None:
         return
     from dreamtext.inputs import check_thread_count, cpu_threads, spin_briefly, threads_asked_for
 
+    if not os.environ.get("OMP_NUM_THREADS", "x").strip():
+        # Taken for unset (cpu_threads), but libgomp says "Invalid value" for it when it loads.
+        del os.environ["OMP_NUM_THREADS"]
+
     flag = getattr(args, "threads", None)
     if "torch" in sys.modules:
         args.cpu_threads = threads_asked_for(flag, os.environ) or (None, "caller")

@@ -86,22 +86,36 @@ def test_idle_openmp_threads_spin_briefly_unless_the_user_chose_how_they_wait():
         assert not spin_briefly(environ) and environ == chosen
 
 
-def run_text(folder: Path, environ: dict[str, str], *flags: str) -> dict:
+def text_process(folder: Path, environ: dict[str, str], *flags: str):
     """``dreamtext text`` for one step of the built-in prior in a fresh interpreter with the
-    thread variables unset but ``environ``; its config.json's ``ran_on``."""
+    thread variables unset but ``environ``, in ``folder / "run"``: the finished process."""
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]), **environ)
-    workspace = folder / "run"
     argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
-    result = subprocess.run(
-        [sys.executable, "-m", "dreamtext.cli", *argv, "--workspace", str(workspace), *flags],
+    return subprocess.run(
+        [sys.executable, "-m", "dreamtext.cli", *argv, "--workspace", str(folder / "run"), *flags],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def run_text(folder: Path, environ: dict[str, str], *flags: str) -> dict:
+    """:func:`text_process`'s run's config.json's ``ran_on``."""
+    result = text_process(folder, environ, *flags)
     assert result.returncode == 0, result.stderr
-    return json.loads((workspace / "config.json").read_text())["ran_on"]
+    return json.loads((folder / "run" / "config.json").read_text())["ran_on"]
+
+
+def test_a_blank_omp_num_threads_is_unset_before_libgomp_reads_it(tmp_path):
+    """`OMP_NUM_THREADS=` (set, empty) counts as unset, but libgomp printed "Invalid value for
+    environment variable OMP_NUM_THREADS" twice at every command."""
+    result = text_process(tmp_path, {"OMP_NUM_THREADS": " ", "SLURM_CPUS_PER_TASK": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "OMP_NUM_THREADS" not in result.stderr
+    ran_on = json.loads((tmp_path / "run" / "config.json").read_text())["ran_on"]
+    assert (ran_on["cpu_threads"], ran_on["cpu_threads_from"]) == (1, "SLURM_CPUS_PER_TASK")
 
 
 def test_a_run_records_its_threads_and_wait_policy(tmp_path):
