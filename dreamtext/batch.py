@@ -466,28 +466,25 @@ def moved_image_run(workspace: Path, image: str) -> bool:
 def hashed_folders(root: Path) -> dict[str, list[str]]:
     """The ``<name>_<8 hex digits>`` entries of ``root`` (:func:`workspace_name`'s hashed
     names), sorted, by ``<name>``."""
-    found: dict[str, list[str]] = {}
-    try:
-        names = sorted(entry.name for entry in os.scandir(root))
-    except OSError:  # no root yet, or not a folder (check_root says so)
-        return found
-    for name in names:
-        match = re.fullmatch(r"(.+)_[0-9a-f]{8}", name)
-        if match and not name.startswith("."):
-            found.setdefault(match[1], []).append(name)
-    return found
+    return suffixed_folders(root, r"_[0-9a-f]{8}")
 
 
 def line_named_folders(root: Path) -> dict[str, list[str]]:
     """The ``<name>_line<N>`` entries of ``root`` (runs of batches that named clashes by their
     line number), sorted, by ``<name>``."""
+    return suffixed_folders(root, r"_line\d+")
+
+
+def suffixed_folders(root: Path, suffix: str) -> dict[str, list[str]]:
+    """The entries of ``root`` named ``<name>`` and then the regular expression ``suffix``, not
+    hidden, sorted, by ``<name>``; none where ``root`` cannot be listed."""
     found: dict[str, list[str]] = {}
     try:
         names = sorted(entry.name for entry in os.scandir(root))
     except OSError:  # no root yet, or not a folder (check_root says so)
         return found
     for name in names:
-        match = re.fullmatch(r"(.+)_line\d+", name)
+        match = re.fullmatch(r"(.+)" + suffix, name)
         if match and not name.startswith("."):
             found.setdefault(match[1], []).append(name)
     return found
