@@ -175,8 +175,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         ) from None
     except UnicodeDecodeError as error:  # a UTF-16 file (PowerShell's `>`), a Latin-1 one
         raise DreamtextError(
-            f"config file '{path}' is not UTF-8 text ({error.reason} at byte {error.start}); "
-            "save it as UTF-8"
+            f"config file '{path}' is not UTF-8 text ({not_utf8_where(error)}); save it as UTF-8"
         ) from None
     except OSError as exc:
         raise DreamtextError(f"cannot read config file '{path}': {exc}") from None
@@ -471,6 +470,14 @@ def batch_flags() -> frozenset[str]:
 _READ_ONCE: dict[tuple[Path, int, int], str] = {}
 
 
+def not_utf8_where(error: UnicodeDecodeError) -> str:
+    """What a file's :class:`UnicodeDecodeError` found, and on which line as an editor numbers it
+    (``invalid start byte: byte 0xFF on line 2``): a byte offset (counted after a BOM) is hard to
+    find in an editor."""
+    line = len(re.split(rb"\r\n|\r|\n", error.object[: error.start]))
+    return f"{error.reason}: byte 0x{error.object[error.start]:02X} on line {line}"
+
+
 def read_text_once(path: Path, encoding: str = "utf-8-sig") -> str:
     """``path``'s text; a pipe's (not a regular file) is read once per process and kept
     (:data:`_READ_ONCE`). Errors are ``read_text``'s, for the caller to word."""
@@ -508,12 +515,9 @@ def read_prompt_lines(path: Path) -> list[str]:
             f"prompts file {path} is a folder; pass a text file with one prompt per line"
         ) from None
     except UnicodeDecodeError as error:
-        # The line, as an editor numbers it: a byte offset (counted after a BOM) is hard to find.
-        line = len(re.split(rb"\r\n|\r|\n", error.object[: error.start]))
         raise DreamtextError(
-            f"prompts file {path} is not UTF-8 text ({error.reason}: byte "
-            f"0x{error.object[error.start]:02X} on line {line}); save it as UTF-8 text with one "
-            "prompt per line"
+            f"prompts file {path} is not UTF-8 text ({not_utf8_where(error)}); save it as UTF-8 "
+            "text with one prompt per line"
         ) from None
     except OSError as error:
         raise DreamtextError(f"cannot read prompts file {path}: {error}") from None

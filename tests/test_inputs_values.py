@@ -39,7 +39,21 @@ def test_a_utf16_config_file_is_said_to_be_no_utf8_with_what_to_do(tmp_path):
     with pytest.raises(DreamtextError) as raised:
         read_yaml(path)
     assert str(raised.value) == (
-        f"config file '{path}' is not UTF-8 text (invalid start byte at byte 0); save it as UTF-8"
+        f"config file '{path}' is not UTF-8 text (invalid start byte: byte 0xFF on line 1); save "
+        "it as UTF-8"
+    )
+
+
+def test_a_config_byte_that_is_not_utf8_is_named_by_its_line(tmp_path):
+    """A Latin-1 "é" on a config file's third line was "at byte 33", where the prompts file's
+    same error names the line, as the config's YAML errors do."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"iters: 12\r\nseed: 3\r\nnegative: caf\xe9\r\n")
+    with pytest.raises(DreamtextError) as raised:
+        read_yaml(path)
+    assert str(raised.value) == (
+        f"config file '{path}' is not UTF-8 text (invalid continuation byte: byte 0xE9 on line "
+        "3); save it as UTF-8"
     )
 
 
