@@ -1361,19 +1361,24 @@ def check_ffmpeg(options: ExportOptions, after_training: bool = False) -> None:
     fix = FFMPEG_FIX_AFTER_TRAINING if after_training else FFMPEG_FIX
     exe = ffmpeg_exe(fix)
     try:
-        subprocess.run(
+        done = subprocess.run(
             [exe, "-version"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             timeout=60,
         )
     except subprocess.TimeoutExpired:  # it started: what it does with frames is its own matter
-        pass
+        return
     except OSError as error:  # not there, not executable, not a program
         raise DreamtextError(
             f"ffmpeg {exe} could not start ({error.strerror or error}); {fix}"
         ) from None
+    # 127 is the shell's and the dynamic loader's: a wrapper script whose ffmpeg is gone, a
+    # binary whose shared libraries are not found. It failed only the export, after training.
+    if done.returncode == 127:
+        said = ffmpeg_last_words(done.stderr.decode("utf-8", errors="replace"))
+        raise DreamtextError(f"ffmpeg {exe} could not start ({said or 'exit status 127'}); {fix}")
 
 
 # What ffmpeg writes for the machine's errors (strerror's words), and what a file-size limit does
@@ -1382,6 +1387,13 @@ FFMPEG_OS_ERRORS = tuple(
     (os.strerror(number), number)
     for number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS)
 )
+
+
+def ffmpeg_last_words(said: str) -> str:
+    """The last line ffmpeg wrote on stderr (``said``), shortened to 160 characters; ``""``
+    where it wrote none."""
+    last = said.strip().splitlines()[-1].strip() if said.strip() else ""
+    return last[:159] + "…" if len(last) > 160 else last
 
 
 def ffmpeg_failure(status: int, said: str) -> Exception:
@@ -1393,9 +1405,7 @@ def ffmpeg_failure(status: int, said: str) -> Exception:
     for words, number in FFMPEG_OS_ERRORS:
         if words in said:
             return OSError(number, os.strerror(number))
-    last = said.strip().splitlines()[-1].strip() if said.strip() else ""
-    if len(last) > 160:
-        last = last[:159] + "…"
+    last = ffmpeg_last_words(said)
     how = f"exit status {status}" if status >= 0 else f"killed by signal {-status}"
     if status == 0:
         how = "it left the file cut short"

@@ -1286,6 +1286,24 @@ def test_an_ffmpeg_that_cannot_start_is_refused_before_the_training_whose_export
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_ffmpeg_wrapper_whose_program_is_gone_is_refused_before_the_training(
+    tmp_path, monkeypatch
+):
+    """A wrapper script (or a binary whose shared libraries are gone) starts, but its shell (the
+    loader) exits 127 at once: the check passed it, and `text` trained every step to fail in
+    the export with "export again, or export with --no-video"."""
+    exe = tmp_path / "ffmpeg"
+    exe.write_text('#!/bin/sh\nexec /nonexistent/bin/ffmpeg "$@"\n')
+    exe.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(exe))
+    with pytest.raises(DreamtextError) as raised:
+        export_module.check_ffmpeg(small_options(), after_training=True)
+    message = str(raised.value)
+    assert message.startswith(f"ffmpeg {exe} could not start (")
+    assert "/nonexistent/bin/ffmpeg" in message and "\n" not in message
+    assert message.endswith("or pass --no-export and export later")
+
+
 def test_the_ffmpeg_check_asks_for_no_ffmpeg_where_there_is_no_video(tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "no-ffmpeg"))
     export_module.check_ffmpeg(small_options(video=False), after_training=True)
