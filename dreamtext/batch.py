@@ -436,8 +436,10 @@ def _image_of_its_run(entry: Entry) -> Entry:
     """``entry`` (an image line) with ``moved_from`` set where its workspace holds the run of
     its image made before the image was moved (:func:`moved_image_run`): that run is then the
     line's to skip, resume or export, as ``dreamtext image`` continues it from the new path."""
+    if entry.kind != "image":
+        return entry
     owner = run_owner(entry.workspace)
-    if entry.kind != "image" or owner is None or owner == entry.key:
+    if owner is None or owner == entry.key:
         return entry
     if not moved_image_run(entry.workspace, entry.prompt):
         return entry

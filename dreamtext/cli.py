@@ -420,7 +420,8 @@ def add_text_to_3d_arguments(
 
 
 def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The explicit flags as a nested override dict (flags left out do not override anything)."""
+    """The explicit flags as a nested override dict (flags left out do not override anything,
+    but for the precision: ``--fp16`` turns a config's ``bf16`` off, ``--bf16`` its ``fp16``)."""
     top = {
         "prompt": getattr(args, "prompt", None),
         "workspace": args.workspace,

@@ -752,9 +752,8 @@ def validate(
             f"{setting_name(bound, None, source_of(bound))} "
             f"({cfg.field.finest_resolution_factor:g} × {cfg.field.bound:g}), must be at most "
             f"{FINEST_RESOLUTION_MAX:,} (2^24: the grid's float32 positions tell no finer cells "
-            f"apart); the default is {FieldConfig.finest_resolution_factor:g} × "
-            f"{FieldConfig.bound:g}"
-        )
+            "apart)"
+        )  # no default quoted: builtin-shapes' factor is not FieldConfig's
     try:
         cfg.render.validate()
         cfg.field.validate()

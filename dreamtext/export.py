@@ -1303,9 +1303,7 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> None:
             command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
     except OSError as error:  # not there, not executable, not a program: not the disk's error
-        raise DreamtextError(
-            f"ffmpeg {exe} could not start ({error.strerror or error}); {FFMPEG_FIX}"
-        ) from None
+        raise ffmpeg_cannot_start(exe, error.strerror or str(error), FFMPEG_FIX) from None
     with ffmpeg:
         reader = threading.Thread(target=lambda: said.append(ffmpeg.stderr.read()), daemon=True)
         reader.start()
@@ -1371,14 +1369,17 @@ def check_ffmpeg(options: ExportOptions, after_training: bool = False) -> None:
     except subprocess.TimeoutExpired:  # it started: what it does with frames is its own matter
         return
     except OSError as error:  # not there, not executable, not a program
-        raise DreamtextError(
-            f"ffmpeg {exe} could not start ({error.strerror or error}); {fix}"
-        ) from None
+        raise ffmpeg_cannot_start(exe, error.strerror or str(error), fix) from None
     # 127 is the shell's and the dynamic loader's: a wrapper script whose ffmpeg is gone, a
     # binary whose shared libraries are not found. It failed only the export, after training.
     if done.returncode == 127:
         said = ffmpeg_last_words(done.stderr.decode("utf-8", errors="replace"))
-        raise DreamtextError(f"ffmpeg {exe} could not start ({said or 'exit status 127'}); {fix}")
+        raise ffmpeg_cannot_start(exe, said or "exit status 127", fix)
+
+
+def ffmpeg_cannot_start(exe: str, why: str, fix: str) -> DreamtextError:
+    """The line for the ffmpeg ``exe`` that could not start, for the reason ``why``."""
+    return DreamtextError(f"ffmpeg {exe} could not start ({why}); {fix}")
 
 
 # What ffmpeg writes for the machine's errors (strerror's words), and what a file-size limit does

@@ -1077,8 +1077,8 @@ def openmp_thread_count(text: str) -> bool:
     spaces and a ``+`` around it allowed."""
     for item in text.split(","):
         digits = item.strip().removeprefix("+")
-        if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
-            return False
+        if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) < 2**63:
+            return False  # libgomp reads a count into a signed 64-bit integer
     return True
 
 

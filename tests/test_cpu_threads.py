@@ -303,7 +303,7 @@ def test_a_slurm_cpu_count_that_is_no_number_is_not_taken():
     assert cpu_threads(None, {"SLURM_CPUS_PER_TASK": "²"}, affinity=2) == (2, "affinity")
 
 
-@pytest.mark.parametrize("text", ["0", "abc", "-1", "2.5", "4,0", "²"])
+@pytest.mark.parametrize("text", ["0", "abc", "-1", "2.5", "4,0", "²", str(2**63)])
 def test_an_omp_num_threads_openmp_ignores_is_a_user_error(text):
     """`OMP_NUM_THREADS=0 dreamtext text ...`: libgomp said "Invalid value" and ignored it, torch
     took one thread per CPU of the machine (a SLURM task's count was not used), and ran_on said
