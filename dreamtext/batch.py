@@ -98,7 +98,7 @@ from dreamtext.interrupts import (
 from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.prompts_text import check_prompt_lines
-from dreamtext.runfiles import sentence_path, source_copy
+from dreamtext.runfiles import descriptor_checkpoint, sentence_path, source_copy
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -501,11 +501,17 @@ def run_of_missing_image(root: Path, image: Path) -> Path | None:
         return None
     key = ("image", owner_value("image", str(image)))
     slug = slugify(image.stem)
-    digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
-    for name in (slug, f"{slug}_{digest}"):
+    for name in (slug, hashed_name(slug, key)):
         if run_owner(root / name) == key:
             return root / name
     return None
+
+
+def hashed_name(slug: str, key: tuple[str, str]) -> str:
+    """``<slug>_<8 hex digits>``: the folder of the run ``key`` whose slug is another's too
+    (:func:`workspace_name`), the digits a hash of what the run records, the same in any
+    line order."""
+    return f"{slug}_{hashlib.sha256(key[1].encode('utf-8')).hexdigest()[:8]}"
 
 
 def _name(entry: Entry) -> str:
@@ -537,7 +543,6 @@ def workspace_name(
     holding its run made before the image was moved (:func:`moved_image_run`). ``line_named``:
     :func:`line_named_folders` of ``root``, when the caller has listed it already.
     """
-    digest = hashlib.sha256(key[1].encode("utf-8")).hexdigest()[:8]
     if line_named is None:
         line_named = line_named_folders(root)
     names = list(dict.fromkeys(n for n in (slug, legacy) if n))
@@ -545,8 +550,8 @@ def workspace_name(
     for name in names:
         if owners[name] == key:
             return name
-        if (root / f"{name}_{digest}").exists():
-            return f"{name}_{digest}"
+        if (root / hashed_name(name, key)).exists():
+            return hashed_name(name, key)
         for old in line_named.get(name, []):
             if run_owner(root / old) == key:
                 return old
@@ -559,7 +564,7 @@ def workspace_name(
                 if moved_image_run(root / found, key[1]):
                     return found
     taken = owners[slug] is not None
-    return f"{slug}_{digest}" if shared or taken else slug
+    return hashed_name(slug, key) if shared or taken else slug
 
 
 def select_share(entries: list[Entry], shard: tuple[int, int] | None) -> list[Entry]:
@@ -983,7 +988,7 @@ def image_stages_kept(entry: Entry) -> list[str]:
 
     if learned_embeds_path(entry.workspace).is_file():
         return ["the sentence found", "the trained descriptor"]
-    if (entry.workspace / "descriptor" / "checkpoints" / "last.pt").is_file():
+    if descriptor_checkpoint(entry.workspace).is_file():
         return ["the sentence found", "the descriptor's last checkpoint"]
     return ["the sentence found"]
 

@@ -30,6 +30,7 @@ from dreamtext.field import FieldConfig
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.inputs import (
     DEFAULT_WORKSPACE_ROOT,
+    INT64_MAX,
     SLUG_MAX_BYTES,
     STAGE_SECTIONS,
     ascii_slug,
@@ -67,9 +68,6 @@ ITERS_PER_EPOCH = 100
 
 # The largest finite float32 (torch.finfo(torch.float32).max), without importing torch.
 FLOAT32_MAX = 3.4028234663852886e38
-
-# The largest count or size a run takes: torch's integers are 64-bit.
-INT64_MAX = 2**63 - 1
 
 # The finest hash-grid resolution a run takes (field.finest_resolution_factor × field.bound).
 FINEST_RESOLUTION_MAX = 2**24

@@ -94,7 +94,13 @@ from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
 from dreamtext.prompts import check_lengths, expand_tokens
-from dreamtext.runfiles import check_image, check_image_workspace, default_workspace, source_copy
+from dreamtext.runfiles import (
+    check_image,
+    check_image_workspace,
+    default_workspace,
+    descriptor_checkpoint,
+    source_copy,
+)
 from dreamtext.runfiles import recorded_image as recorded_image  # re-exported
 from dreamtext.runfiles import same_image as same_image  # re-exported
 from dreamtext.runstatus import (
@@ -289,7 +295,7 @@ def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool,
             f"it is kept as it is (pass --workspace NEW_FOLDER to train one to step {iters})"
         )
         return False, done
-    checkpoint = sentence_path(workspace).parent / "checkpoints" / "last.pt"
+    checkpoint = descriptor_checkpoint(workspace)
     if not checkpoint.is_file():
         raise DreamtextError(
             f"{workspace}'s descriptor has no checkpoint ({checkpoint}) to train on from step "
@@ -323,7 +329,7 @@ def _past_stop(workspace: Path, iters: int) -> int:
 def _stopped_descriptor_step(workspace: Path) -> int | None:
     """The step of an unfinished descriptor's checkpoint (``last.pt``), ``None`` where there is
     none or it cannot be read (the descriptor stage then says why)."""
-    checkpoint = sentence_path(workspace).parent / "checkpoints" / "last.pt"
+    checkpoint = descriptor_checkpoint(workspace)
     if not checkpoint.is_file():
         return None
     try:

@@ -1071,13 +1071,17 @@ def cpu_threads(
     return usable_cpus(environ, affinity)
 
 
+# The largest count or size a run takes: torch's integers (and libgomp's counts) are 64-bit.
+INT64_MAX = 2**63 - 1
+
+
 def openmp_thread_count(text: str) -> bool:
     """Whether ``text`` is an ``OMP_NUM_THREADS`` that libgomp takes: a count of 1 or more, or a
     comma-separated list of them (one for each level of nested parallelism; ``4,2``), each with
     spaces and a ``+`` around it allowed."""
     for item in text.split(","):
         digits = item.strip().removeprefix("+")
-        if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) < 2**63:
+        if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= INT64_MAX:
             return False  # libgomp reads a count into a signed 64-bit integer
     return True
 

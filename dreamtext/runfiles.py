@@ -196,6 +196,11 @@ def sentence_path(workspace: str | Path) -> Path:
     return Path(workspace) / "descriptor" / "sentence.json"
 
 
+def descriptor_checkpoint(workspace: str | Path) -> Path:
+    """``W/descriptor/checkpoints/last.pt``: the descriptor's training, while it is unfinished."""
+    return Path(workspace) / "descriptor" / "checkpoints" / "last.pt"
+
+
 # The suffix of descriptor/source.<ext> for each format load_image accepts.
 SOURCE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp"}
 
@@ -312,8 +317,7 @@ def check_describe_workspace(workspace: str | Path, image_path: str | Path) -> N
         )
     if record is None:
         return
-    folder = sentence_path(workspace).parent
-    trained = "trained_sentence" in record or (folder / "checkpoints" / "last.pt").is_file()
+    trained = "trained_sentence" in record or descriptor_checkpoint(workspace).is_file()
     if trained:
         raise DreamtextError(
             f"{workspace} holds the image→3D run of '{record.get('sentence')}', whose descriptor "
