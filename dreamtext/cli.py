@@ -1906,7 +1906,9 @@ def view_read_failed(args: argparse.Namespace, error: OSError) -> bool:
         first = path.relative_to(target.parent).parts[:1]
         if not first or first[0] == target.name or first[0].startswith(f".{target.name}."):
             return False
-    folders = [Path(f) for f in args.folders] or [Path("workspace")]
+    from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT
+
+    folders = [Path(f) for f in args.folders] or [DEFAULT_WORKSPACE_ROOT]
     return any(path.is_relative_to(os.path.abspath(folder)) for folder in folders)
 
 
