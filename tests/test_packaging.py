@@ -454,6 +454,16 @@ def test_every_source_file_the_readme_names_is_in_the_source():
     assert sorted(p for p in paths if not (ROOT / p).exists()) == []
 
 
+def test_every_benchmark_script_is_named_in_the_readme():
+    """A script in benchmarks/ that README names nowhere is one a newcomer never finds
+    (`host_syncs.py` and `phase_peaks.py` were); `allocator_model.py` is a module the memory
+    model imports, named beside it."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    scripts = sorted(p.name for p in (ROOT / "benchmarks").iterdir() if p.suffix in {".py", ".sh"})
+    assert len(scripts) >= 30
+    assert [name for name in scripts if not re.search(rf"\b{re.escape(name)}\b", text)] == []
+
+
 def test_every_dreamtext_environment_variable_the_readme_names_is_read():
     """`DREAMTEXT_THREADS`, `DREAMTEXT_PROGRESS_SECONDS`, ...: each is read by the package (or,
     for the browser tests' switches, by the tests)."""
