@@ -914,7 +914,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     from dreamtext.view import DEFAULT_ROOT, export_static, serve
-    from dreamtext.view.workspaces import nested_runs_hint
+    from dreamtext.view.workspaces import left_out_hints
 
     folders = [Path(f) for f in args.folders]
     if not folders:
@@ -927,7 +927,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     if args.static:
         out = export_static(folders, Path(args.static))
         for folder in folders:  # runs it left out (with none at all, export_static refused)
-            if hint := nested_runs_hint(folder):
+            for hint in left_out_hints(folder):
                 print(f"dreamtext view: {hint}", file=sys.stderr)
         print(out / "index.html")
         return 0

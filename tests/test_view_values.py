@@ -744,3 +744,30 @@ def test_a_static_view_that_may_not_read_a_folder_names_the_folder_not_static(
     monkeypatch.setattr(static, "Catalog", refused(tmp_path / "runs" / ".site.x1" / "a.png"))
     assert main(["view", str(tmp_path / "runs"), "--static", str(site)]) == 2
     assert capsys.readouterr().err.endswith("; give --static a folder you can write\n")
+
+
+def test_links_to_runs_outside_a_folder_are_named_beside_its_own_runs(tmp_path: Path, capsys):
+    """`ln -s ../scratch/a_dog runs/` beside runs/a_cat: the linked run is not followed (nothing
+    outside a root is served), and with a run of its own the folder was served and exported
+    without a word of it (the hint was given only where no run was left)."""
+    from dreamtext.cli import main
+    from dreamtext.view.server import ViewServer, serve
+    from dreamtext.view.workspaces import linked_runs_hint
+
+    runs = tmp_path / "runs"
+    make_run(runs / "a_cat", "a cat")
+    make_run(tmp_path / "scratch" / "a_dog", "a dog")
+    (runs / "a_dog").symlink_to(tmp_path / "scratch" / "a_dog")
+    hint = linked_runs_hint(runs)
+    assert hint == (
+        f"{runs} holds 1 link to a run outside it, which the viewer does not follow: pass the "
+        f"run's folder instead (dreamtext view {tmp_path / 'scratch' / 'a_dog'})"
+    )
+    assert main(["view", str(runs), "--static", str(tmp_path / "site")]) == 0
+    assert capsys.readouterr().err == f"dreamtext view: {hint}\n"
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
+        serve([runs], "127.0.0.1", 0, out=out)
+    assert out.getvalue().startswith("dreamtext view: 1 run at ")
+    assert f"  {hint}\n" in out.getvalue()

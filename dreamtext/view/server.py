@@ -76,7 +76,7 @@ from dreamtext.view.workspaces import (
     Run,
     RunLocation,
     folder_hints,
-    nested_runs_hint,
+    left_out_hints,
     read_run,
 )
 
@@ -603,14 +603,10 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
             "(check the path if none is starting)",
             file=out,
         )
-    # The run's mesh/ or checkpoints/, or links out: no run will ever appear there. Folders of
-    # runs a level down are said beside runs too: the gallery leaves them out.
-    inside = [
-        hint
-        for f in there
-        for hint in (folder_hints(f) if n == 0 else [nested_runs_hint(f)])
-        if hint
-    ]
+    # The run's mesh/ or checkpoints/, or links out: no run will ever appear there. Links to
+    # runs outside and folders of runs a level down are said beside runs too: the gallery
+    # leaves them out.
+    inside = [hint for f in there for hint in (folder_hints(f) if n == 0 else left_out_hints(f))]
     for hint in inside:
         print(f"  {hint}", file=out)
     if n == 0 and there and not inside:  # a batch about to start, or the wrong folder

@@ -203,6 +203,13 @@ def nested_runs_hint(folder: Path) -> str | None:
     )
 
 
+def left_out_hints(folder: Path) -> list[str]:
+    """What the viewer can say of runs in ``folder`` that a gallery of its other runs leaves
+    out: runs linked from outside it, runs a level further down."""
+    found = (linked_runs_hint(folder), nested_runs_hint(folder))
+    return [hint for hint in found if hint]
+
+
 def folder_hints(folder: Path) -> list[str]:
     """What the viewer can say of ``folder``'s runs that it does not show: the run it lies in,
     runs linked from outside it, runs a level further down."""
