@@ -552,6 +552,27 @@ def test_a_run_exported_without_a_turntable_says_none_is_coming(page, root: Path
         )
 
 
+def test_a_turntable_behind_a_link_out_of_the_run_says_so_not_that_none_was_made(page, tmp_path):
+    """A run whose video/ links to another disk: the viewer serves nothing outside the run's
+    folder, and the page said "no turntable: its export made none; ... --video makes one" (an
+    export writes it behind the same link)."""
+    run = tmp_path / "runs" / "a_red_cube"
+    (run / "mesh").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 60}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 60, "iters": 60}))
+    (run / "mesh" / "mesh.json").write_text(json.dumps({"faces": 12, "options": {"video": True}}))
+    (tmp_path / "scratch" / "video").mkdir(parents=True)
+    (tmp_path / "scratch" / "video" / "turntable.mp4").write_bytes(b"not really a video")
+    (run / "video").symlink_to(tmp_path / "scratch" / "video")
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_red_cube/")
+        page.wait_for_selector(".turntable .empty")
+        assert page.inner_text(".turntable .empty") == (
+            "no turntable shown: video/turntable.mp4 lies outside the run's folder (through a "
+            "link), which the viewer does not follow"
+        )
+
+
 def test_a_run_exported_before_mesh_json_had_options_says_no_turntable_is_coming(
     page, root: Path, tmp_path
 ):

@@ -771,3 +771,24 @@ def test_links_to_runs_outside_a_folder_are_named_beside_its_own_runs(tmp_path: 
         serve([runs], "127.0.0.1", 0, out=out)
     assert out.getvalue().startswith("dreamtext view: 1 run at ")
     assert f"  {hint}\n" in out.getvalue()
+
+
+def test_a_runs_files_behind_a_link_out_of_its_folder_are_named_on_its_page(tmp_path: Path):
+    """A run whose video/ links to another disk (`mv video /scratch; ln -s /scratch/video`): the
+    turntable is not served (nothing outside a run's folder is), and its page, told nothing of
+    it, said "no turntable: its export made none"; the page's data names the files it leaves out
+    so the page can say where they are."""
+    from dreamtext.view.page import run_json, server_links
+    from dreamtext.view.workspaces import read_run
+
+    run = make_run(tmp_path / "runs" / "a_red_cube", "a red cube")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (run / "video").rename(scratch / "video")
+    (run / "video").symlink_to(scratch / "video")
+    (location,) = Catalog([run.parent]).runs()
+    shown = run_json(read_run(location), server_links(None), full=True)
+    assert shown["video"] == {}
+    assert shown["linked_out"] == ["video/turntable.mp4"]
+    (location,) = Catalog([make_run(tmp_path / "b", "a cat")]).runs()
+    assert run_json(read_run(location), server_links(None), full=True)["linked_out"] == []

@@ -156,6 +156,7 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
             mesh_stats=run.mesh_stats,
             data_files={rel: url(rel) for rel in run.data_files},
             source_image=url(run.source_image) if run.source_image else None,
+            linked_out=run.linked_out,
             export_command=export_command(run, links),
         )
     return data

@@ -99,6 +99,9 @@ MESH_FILES = {
     "ply": "mesh/mesh.ply",
 }
 VIDEO_FILES = {"mp4": "video/turntable.mp4", "gif": "video/turntable.gif"}
+# The files whose absence a run page explains; one there through a link out of the workspace is
+# named instead (Run.linked_out).
+LINKED_OUT_CHECKED = (*MESH_FILES.values(), *VIDEO_FILES.values(), "previews/final.png")
 # The run's records, linked as they are from the run page.
 DATA_FILES = (
     "config.json",
@@ -909,6 +912,9 @@ class Run:
     mesh_stats: dict[str, Any] | None = None
     data_files: list[str] = field(default_factory=list)
     source_image: str | None = None
+    # The mesh, turntable and final preview files that are there but outside the workspace
+    # (``video`` a link to another disk): not served, and the page says so.
+    linked_out: list[str] = field(default_factory=list)
     updated: float | None = None
     mtimes: dict[str, float] = field(default_factory=dict)
 
@@ -1048,6 +1054,7 @@ def _read_files(
     run.mesh = {k: rel for k, rel in MESH_FILES.items() if _is_file_inside(folder, rel)}
     run.mesh_stats = read_json(folder / "mesh" / "mesh.json")
     run.data_files = [rel for rel in DATA_FILES if _is_file_inside(folder, rel)]
+    run.linked_out = [rel for rel in LINKED_OUT_CHECKED if _is_file_outside(folder, rel)]
     for rel in run.files():
         mtime = _mtime(folder / rel)
         if mtime is not None:
@@ -1288,6 +1295,15 @@ def _is_file_inside(folder: Path, rel: str) -> bool:
     path = folder / rel
     try:
         return path.is_file() and path.resolve().is_relative_to(folder)
+    except OSError:
+        return False
+
+
+def _is_file_outside(folder: Path, rel: str) -> bool:
+    """Whether ``rel`` is a file that lies outside ``folder`` through a link (not served)."""
+    path = folder / rel
+    try:
+        return path.is_file() and not path.resolve().is_relative_to(folder)
     except OSError:
         return False
 

@@ -665,6 +665,8 @@
      * coming unless it runs again (it may have stopped in training or in its export:
      * status.json's error and phase say which). */
     function noFiles(run, what) {
+      const outside = linkedOut(run, what);
+      if (outside) return outside;
       const state = stateOf(run);
       if (state === "failed") return `no ${what}: the run failed`;
       if (state === "interrupted") return `no ${what}: the run was interrupted`;
@@ -675,9 +677,21 @@
       return `no ${what} yet`;
     }
 
+    /** Where the run's files of `what` are there but outside its folder, through a link (its
+     * video/ on another disk), which the server does not follow: the line that says so. */
+    function linkedOut(run, what) {
+      const folder = { mesh: "mesh/", turntable: "video/", previews: "previews/" }[what];
+      const rel = (run.linked_out || []).find((path) => path.startsWith(folder));
+      if (!rel) return null;
+      return `no ${what} shown: ${rel} lies outside the run's folder (through a link), ` +
+        "which the viewer does not follow";
+    }
+
     /** Why a run has no mesh or turntable: none yet, or (a finished run trained with --no-export)
      * none to come, and how to make them. */
     function noExport(run, what) {
+      const outside = linkedOut(run, what);
+      if (outside) return outside;
       const command = run.export_command || "dreamtext export --workspace <its folder>";
       const options = (run.mesh_stats && run.mesh_stats.options) || {};
       if (what === "turntable" && options.video === false) {
