@@ -926,8 +926,9 @@ def cmd_view(args: argparse.Namespace) -> int:
         folders = [DEFAULT_ROOT]
     if args.static:
         out = export_static(folders, Path(args.static))
+        given = {folder.resolve() for folder in folders}
         for folder in folders:  # runs it left out (with none at all, export_static refused)
-            for hint in left_out_hints(folder):
+            for hint in left_out_hints(folder, given):
                 print(f"dreamtext view: {hint}", file=sys.stderr)
         print(out / "index.html")
         return 0

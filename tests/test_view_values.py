@@ -792,3 +792,28 @@ def test_a_runs_files_behind_a_link_out_of_its_folder_are_named_on_its_page(tmp_
     assert shown["linked_out"] == ["video/turntable.mp4"]
     (location,) = Catalog([make_run(tmp_path / "b", "a cat")]).runs()
     assert run_json(read_run(location), server_links(None), full=True)["linked_out"] == []
+
+
+def test_runs_left_out_of_a_folder_but_given_too_are_not_named_to_pass(tmp_path: Path, capsys):
+    """`dreamtext view nest nest/B` and `dreamtext view runs /scratch/a_dog` (the linked run's
+    folder): both shown, and the terminal still said to pass them."""
+    from dreamtext.cli import main
+    from dreamtext.view.server import ViewServer, serve
+
+    make_run(tmp_path / "nest" / "B" / "a_cat", "a cat")
+    make_run(tmp_path / "nest" / "C" / "a_cow", "a cow")
+    make_run(tmp_path / "runs" / "a_cat", "a cat")
+    dog = make_run(tmp_path / "scratch" / "a_dog", "a dog")
+    (tmp_path / "runs" / "a_dog").symlink_to(dog)
+    folders = [tmp_path / "nest", tmp_path / "nest" / "B", tmp_path / "runs", dog]
+    argv = ["view", *map(str, folders), "--static", str(tmp_path / "site")]
+    assert main(argv) == 0
+    assert capsys.readouterr().err == (
+        f"dreamtext view: {tmp_path / 'nest'} holds a folder of runs a level further down, "
+        f"which the viewer does not look into: pass it (dreamtext view {tmp_path / 'nest' / 'C'})\n"
+    )
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
+        serve(folders, "127.0.0.1", 0, out=out)
+    assert "a_dog" not in out.getvalue() and "a level further down" in out.getvalue()

@@ -606,7 +606,10 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
     # The run's mesh/ or checkpoints/, or links out: no run will ever appear there. Links to
     # runs outside and folders of runs a level down are said beside runs too: the gallery
     # leaves them out.
-    inside = [hint for f in there for hint in (folder_hints(f) if n == 0 else left_out_hints(f))]
+    given = {f.resolve() for f in there}
+    inside = [
+        hint for f in there for hint in (folder_hints(f) if n == 0 else left_out_hints(f, given))
+    ]
     for hint in inside:
         print(f"  {hint}", file=out)
     if n == 0 and there and not inside:  # a batch about to start, or the wrong folder

@@ -33,7 +33,7 @@ import unicodedata
 import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -150,10 +150,10 @@ def inside_run_hint(folder: Path) -> str | None:
     return f"{folder} is a folder inside the run {run}: `dreamtext view {run}` shows it"
 
 
-def linked_runs_hint(folder: Path) -> str | None:
-    """Where ``folder`` holds runs only through links out of it (``ln -s ../workspace/run
-    best/``), which are not followed (nothing outside a root is served): a sentence that says so
-    and names the runs' folders to pass instead."""
+def linked_runs_hint(folder: Path, given: Collection[Path] = ()) -> str | None:
+    """Where ``folder`` holds runs through links out of it (``ln -s ../workspace/run best/``),
+    which are not followed (nothing outside a root is served): a sentence that says so and names
+    the runs' folders to pass instead, but those among ``given`` (resolved: passed already)."""
     if not folder.is_dir() or is_workspace(folder):
         return None
     root = folder.resolve()
@@ -162,7 +162,7 @@ def linked_runs_hint(folder: Path) -> str | None:
         for name, is_link in _subfolders(folder)
         if is_link and _holds_run(os.path.join(folder, name))
     ]
-    outside = [target for target in targets if not target.is_relative_to(root)]
+    outside = [t for t in targets if not t.is_relative_to(root) and t not in given]
     if not outside:
         return None
     shown = _some_paths(outside)
@@ -182,17 +182,21 @@ def _some_paths(paths: list[Path]) -> str:
     return shown + " …" if len(paths) > 3 else shown
 
 
-def nested_runs_hint(folder: Path) -> str | None:
+def nested_runs_hint(folder: Path, given: Collection[Path] = ()) -> str | None:
     """Where ``folder`` (no run) has subfolders that are no runs but hold runs of their own (a
     batch's root in a folder of batches: ``runs/B/``), which the viewer does not look into (it
-    shows a folder's runs one level down): a sentence naming them to pass as well. Such a
-    folder alone was served as an empty gallery that said its runs were still to come."""
+    shows a folder's runs one level down): a sentence naming them to pass as well, but those
+    among ``given`` (resolved: passed already). Such a folder alone was served as an empty
+    gallery that said its runs were still to come."""
     if not folder.is_dir() or is_workspace(folder):
         return None
     nested = [
         folder / name
         for name, is_link in _subfolders(folder)
-        if not is_link and not _holds_run(os.path.join(folder, name)) and _holds_runs(folder / name)
+        if not is_link
+        and not _holds_run(os.path.join(folder, name))
+        and _holds_runs(folder / name)
+        and (folder / name).resolve() not in given
     ]
     if not nested:
         return None
@@ -206,10 +210,11 @@ def nested_runs_hint(folder: Path) -> str | None:
     )
 
 
-def left_out_hints(folder: Path) -> list[str]:
+def left_out_hints(folder: Path, given: Collection[Path] = ()) -> list[str]:
     """What the viewer can say of runs in ``folder`` that a gallery of its other runs leaves
-    out: runs linked from outside it, runs a level further down."""
-    found = (linked_runs_hint(folder), nested_runs_hint(folder))
+    out: runs linked from outside it, runs a level further down; but those in the folders
+    ``given`` (resolved), which it shows."""
+    found = (linked_runs_hint(folder, given), nested_runs_hint(folder, given))
     return [hint for hint in found if hint]
 
 
