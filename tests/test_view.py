@@ -2888,15 +2888,34 @@ def test_runs_named_in_other_scripts_are_served_and_exported(tmp_path: Path):
 
 def test_static_export_replaces_an_earlier_export_but_no_other_folder(root: Path, tmp_path: Path):
     out = export_static([root], tmp_path / "site")
-    (out / "stale.txt").write_text("from before")
+    (out / "index.html").write_text("from before")
     export_static([root], out)
-    assert not (out / "stale.txt").exists() and (out / "index.html").is_file()
+    assert (out / "index.html").read_text() != "from before"
     other = tmp_path / "notes"
     other.mkdir()
     (other / "mine.txt").write_text("keep")
     with pytest.raises(DreamtextError, match="already holds files"):
         export_static([root], other)
     assert [p.name for p in other.iterdir()] == ["mine.txt"]
+
+
+def test_static_export_over_an_earlier_one_keeps_what_the_user_added_and_says_so(
+    root: Path, tmp_path: Path
+):
+    """Notes and figures put beside an exported site (supplementary material) were deleted
+    without a word when the site was exported again into the same folder."""
+    out = export_static([root], tmp_path / "site")
+    (out / "README.txt").write_text("notes")
+    (out / "figures").mkdir()
+    before = sorted(p.name for p in out.iterdir())
+    beside = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(
+        DreamtextError, match=r"holds files .* did not write \(README.txt, figures\)"
+    ):
+        export_static([root], out)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert (out / "README.txt").read_text() == "notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == beside  # no staging folder left
 
 
 def test_static_export_into_a_link_to_nothing_is_one_line_and_leaves_nothing(

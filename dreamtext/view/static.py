@@ -67,6 +67,8 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
             f"{out_dir} already holds files; pass a new or empty folder to --static "
             "(an earlier `dreamtext view --static` folder is replaced)"
         )
+    if (out_dir / MARKER).is_file():
+        _check_only_the_site(out_dir)
     _check_replaceable(out_dir)
     # A link to a folder (a web server's): the site goes into that folder, beside which it is
     # staged. Replaced itself, the link became a folder and its target was left as it was.
@@ -80,6 +82,24 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+# What an export writes at the top of its folder: whatever else is there, the user put there.
+SITE_ENTRIES = frozenset({MARKER, "index.html", "static", "runs"})
+
+
+def _check_only_the_site(out_dir: Path) -> None:
+    """Refuse to replace an earlier export's ``out_dir`` that holds something the export did
+    not write (notes, figures, a ``.git`` of a site published from it): the replacement
+    removed it without a word."""
+    added = sorted(p.name for p in out_dir.iterdir() if p.name not in SITE_ENTRIES)
+    if added:
+        names = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
+        raise DreamtextError(
+            f"{out_dir} holds files an earlier `dreamtext view --static` did not write "
+            f"({names}), which replacing it would delete; move them out of it, or pass another "
+            "folder to --static"
+        )
 
 
 def _check_replaceable(out_dir: Path) -> None:
