@@ -1877,8 +1877,11 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
             )
             return EXIT_USAGE
         elsewhere = WRITE_ELSEWHERE.get(args.command, "pick a folder you can write (--workspace)")
+        failed = what_failed(error)
+        if args.command == "view" and not error.filename:  # a write's error names no file
+            failed += f" (writing {args.static})"
         print(
-            f"dreamtext: error: {what_failed(error)}; {file_system_fix(error, elsewhere)}",
+            f"dreamtext: error: {failed}; {file_system_fix(error, elsewhere)}",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -688,6 +688,30 @@ def test_a_served_views_output_that_cannot_be_written_is_named_not_static(
     )
 
 
+def test_a_static_export_on_a_full_disk_names_the_folder_it_was_writing(
+    tmp_path: Path, capsys, monkeypatch
+):
+    """`dreamtext view runs --static site` on a full disk said "No space left on device; free
+    space on that disk ..." without naming the disk's folder: a write's error carries no file."""
+    import errno
+    import os
+
+    from dreamtext.cli import main
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    make_run(tmp_path / "a_cat", "a cat")
+    monkeypatch.setattr(Path, "write_bytes", full)
+    site = tmp_path / "site"
+    assert main(["view", str(tmp_path / "a_cat"), "--static", str(site)]) == 2
+    assert capsys.readouterr().err == (
+        f"dreamtext: error: No space left on device (writing {site}); free space on that disk "
+        "(or quota) or give --static a folder you can write\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_cat"]
+
+
 def test_a_served_view_that_may_not_read_a_folder_names_the_folder_not_its_output(
     tmp_path: Path, capsys, monkeypatch
 ):
