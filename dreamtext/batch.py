@@ -336,7 +336,9 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             if not image_path.is_absolute():
                 image_path = images_folder / image_path
             refuse_trailing_comment(path, number, image_path)
-            if not image_path.exists() and reads_like_prompt(Path(image)):
+            # os.path.exists: False, where Path.exists raised, in a folder this user may not
+            # enter (another user's home), which load_image then names.
+            if not os.path.exists(image_path) and reads_like_prompt(Path(image)):
                 raise DreamtextError(
                     f"{path}:{number}: image not found: {image_path}; for a text prompt, write "
                     "the line without 'image:'"

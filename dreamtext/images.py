@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamtext.errors import DreamtextError
-from dreamtext.inputs import check_image_path
+from dreamtext.inputs import check_image_path, unreadable_image
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,8 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
         else:
             message = f"{path}: not an image Pillow can read; use PNG, JPEG or WebP"
         raise DreamtextError(message) from None
+    except PermissionError:  # the file's mode: it was "corrupt or unreadable image"
+        raise unreadable_image(path) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DreamtextError(f"{path}: corrupt or unreadable image ({error})") from None
     if rgb.getextrema() == ((255, 255),) * 3:

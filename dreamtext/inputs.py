@@ -708,9 +708,31 @@ def unreachable_link(path: Path) -> str:
     return f"a link to {os.readlink(path)}, which does not exist"
 
 
+def unreadable_image(path: Path) -> DreamtextError:
+    """The line for an image ``path`` this user may not read: the file's mode (``chmod 000``) or
+    a folder on its way that the user may not enter (another user's home, mode 700)."""
+    return DreamtextError(
+        f"cannot read {path}: permission denied; make it readable (chmod, or ask its owner) "
+        "or pass a copy you can read"
+    )
+
+
+def check_image_reachable(path: Path) -> None:
+    """Refuse an image ``path`` in a folder this user may not enter, which ``Path.exists`` and
+    ``is_dir`` raise a PermissionError of: the CLI called that a failed write ("pick a folder
+    you can write (--workspace)")."""
+    try:
+        path.stat()
+    except PermissionError:
+        raise unreadable_image(path) from None
+    except OSError:  # no such file, a broken link: for the caller to say
+        pass
+
+
 def check_image_path(path: Path) -> None:
-    """Refuse a ``path`` that is a folder or no file, as :func:`load_image` does first (the CLI
-    checks this before it imports torch)."""
+    """Refuse a ``path`` that is a folder or no file, or one in a folder this user may not enter,
+    as :func:`load_image` does first (the CLI checks this before it imports torch)."""
+    check_image_reachable(path)
     if path.is_dir():
         raise DreamtextError(f"{path} is a folder, not an image; pass a PNG, JPEG or WebP file")
     if path.exists() and not path.is_file():  # "image not found" named a path that is there

@@ -33,6 +33,7 @@ from dreamtext.inputs import (
     RUN_STATUS,
     STAGE_SECTIONS,
     ascii_slug,
+    check_image_reachable,
     link_loops,
     owner_value,
     same_prompt,
@@ -361,6 +362,7 @@ def check_image(image_path: Path, workspace: Path) -> None:
     """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
     it is named with the run's copy to pass instead (the run can continue from it), and one
     that reads like a prompt (``dreamtext image "a red mug"``) with ``dreamtext text``."""
+    check_image_reachable(image_path)
     if not image_path.exists() and workspace.is_dir():
         previous, copy = recorded_image(workspace), source_copy(workspace)
         if previous is not None and copy is not None and Path(previous) == image_path.resolve():

@@ -154,6 +154,50 @@ def test_a_damaged_file_of_a_supported_format_is_called_damaged(tmp_path, damage
     assert str(raised.value) == f"{path}: corrupt or truncated {kind} file (Pillow cannot read it)"
 
 
+def _refused(path: Path) -> PermissionError:
+    return PermissionError(13, "Permission denied", str(path))
+
+
+def test_an_image_in_a_folder_the_user_may_not_enter_is_one_line(tmp_path, monkeypatch):
+    """Another user's home (mode 700): the stat of the path is refused. It was a PermissionError
+    traceback, which the CLI called a failed write ("pick a folder you can write (--workspace)").
+    Patched, not chmod: root, who runs many CI containers, reads any file."""
+    path = tmp_path / "home" / "mug.png"
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self == path:
+            raise _refused(self)
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(DreamtextError) as raised:
+        load_image(path)
+    assert str(raised.value) == (
+        f"cannot read {path}: permission denied; make it readable (chmod, or ask its owner) or "
+        "pass a copy you can read"
+    )
+
+
+def test_an_image_the_user_may_not_read_is_not_called_corrupt(tmp_path, monkeypatch):
+    """``chmod 000 mug.png``: it was "corrupt or unreadable image ([Errno 13] ...)"."""
+    import builtins
+
+    path = tmp_path / "mug.png"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
+    real_open = builtins.open
+
+    def open_(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and os.fspath(file) == str(path):
+            raise _refused(path)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    with pytest.raises(DreamtextError) as raised:
+        load_image(path)
+    assert str(raised.value).startswith(f"cannot read {path}: permission denied;")
+
+
 def test_unsupported_format_is_refused(tmp_path):
     path = tmp_path / "cup.bmp"
     Image.new("RGB", (4, 4)).save(path)
