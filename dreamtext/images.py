@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,7 +96,12 @@ def _file_key(path: Path, max_size: int) -> tuple | None:
 def _load_image(path: Path, max_size: int) -> Image.Image:
     """:func:`load_image`'s decoding and checks, every time."""
     try:
-        with open_unchecked(path) as image:
+        pillow_warnings: list[str] = []
+        with open_unchecked(path, pillow_warnings) as image:
+            for warning in pillow_warnings:
+                # A damaged EXIF block (read by the open) may hold the camera's orientation.
+                turned = "; if the object shows turned, save the image upright"
+                log.warning(f"warning: {path}: {warning}{turned if 'EXIF' in warning else ''}")
             if image.format not in SUPPORTED_FORMATS:
                 raise DreamtextError(
                     f"{path}: {image.format} images are not supported; use PNG, JPEG or WebP"
@@ -169,16 +175,22 @@ def _signature_format(path: Path) -> str | None:
 
 
 @contextmanager
-def open_unchecked(path: Path) -> Iterator[Image.Image]:
+def open_unchecked(path: Path, notes: list[str] | None = None) -> Iterator[Image.Image]:
     """``Image.open`` without Pillow's own pixel limit, which counts a JPEG's pixels at full
     size: :func:`_load_image` checks the pixels it decodes against :data:`MAX_PIXELS` itself,
-    before it decodes any. Nothing is decoded by the open."""
+    before it decodes any. Nothing is decoded by the open. Pillow's warnings of the open ("Corrupt
+    EXIF data. ...") are added to ``notes``, not shown: they were two lines on stderr naming
+    Pillow's source file, once for each open."""
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = Image.open(path)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+    if notes is not None:
+        notes.extend(" ".join(str(warning.message).split()).rstrip(".") for warning in caught)
     with image:
         yield image
 

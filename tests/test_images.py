@@ -154,6 +154,28 @@ def test_a_damaged_file_of_a_supported_format_is_called_damaged(tmp_path, damage
     assert str(raised.value) == f"{path}: corrupt or truncated {kind} file (Pillow cannot read it)"
 
 
+def test_a_jpeg_with_damaged_exif_is_one_warning_line(tmp_path, caplog):
+    """An EXIF block cut short (an editor's or a phone's bug): Pillow's UserWarning was two lines
+    on stderr naming its own TiffImagePlugin.py, twice per command."""
+    import warnings
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
+    exif = b"Exif\0\0MM\0*\0\0\0\x08\0\x05\x01\x12"  # 5 entries promised, 2 bytes of one
+    segment = b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
+    data = path.read_bytes()
+    path.write_bytes(data[:2] + segment + data[2:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_image(path)
+    assert loaded.size == (8, 8)
+    [line] = [record.getMessage() for record in caplog.records]
+    assert line == (
+        f"warning: {path}: Corrupt EXIF data. Expecting to read 12 bytes but only got 2; if the "
+        "object shows turned, save the image upright"
+    )
+
+
 def _refused(path: Path) -> PermissionError:
     return PermissionError(13, "Permission denied", str(path))
 
