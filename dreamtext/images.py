@@ -133,7 +133,9 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
     except DreamtextError:
         raise
     except UnidentifiedImageError:
-        if damaged := _signature_format(path):  # a cut-off download, a flipped bit
+        if _is_empty(path):  # a failed copy or download, which "not an image" did not say
+            message = f"{path} is empty (0 bytes); copy or download the image again"
+        elif damaged := _signature_format(path):  # a cut-off download, a flipped bit
             message = f"{path}: corrupt or truncated {damaged} file (Pillow cannot read it)"
         else:
             message = f"{path}: not an image Pillow can read; use PNG, JPEG or WebP"
@@ -154,6 +156,14 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
     rgb.info[SOURCE_SIZE] = rgb.size
     rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     return rgb
+
+
+def _is_empty(path: Path) -> bool:
+    """Whether the file at ``path`` holds no byte."""
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _signature_format(path: Path) -> str | None:

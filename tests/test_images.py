@@ -120,6 +120,16 @@ def test_text_file_is_not_an_image(tmp_path):
         load_image(path)
 
 
+def test_an_empty_file_is_called_empty(tmp_path):
+    """A copy or download that failed (disk full, a 404 saved by ``curl -o``): it was "not an
+    image Pillow can read; use PNG, JPEG or WebP", of a file named mug.png."""
+    path = tmp_path / "mug.png"
+    path.write_bytes(b"")
+    with pytest.raises(DreamtextError) as raised:
+        load_image(path)
+    assert str(raised.value) == f"{path} is empty (0 bytes); copy or download the image again"
+
+
 def test_truncated_png_is_reported_corrupt(tmp_path):
     path = tmp_path / "cut.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(path)
