@@ -108,6 +108,15 @@ def test_small_image_is_not_upscaled(tmp_path):
     assert load_image(path, max_size=512).size == (20, 10)
 
 
+@pytest.mark.parametrize("name", ["spin.png", "spin.webp"])
+def test_an_animated_image_gives_its_first_frame(tmp_path, name):
+    """As README's Image→3D section says."""
+    path = tmp_path / name
+    first, second = Image.new("RGB", (8, 8), (200, 30, 30)), Image.new("RGB", (8, 8), (0, 0, 255))
+    first.save(path, save_all=True, append_images=[second], lossless=True)
+    assert np.abs(np.asarray(load_image(path), dtype=int) - (200, 30, 30)).max() <= 2
+
+
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(DreamtextError, match="not found"):
         load_image(tmp_path / "nope.png")
