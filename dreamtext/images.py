@@ -127,9 +127,9 @@ def _load_image(path: Path, max_size: int) -> Image.Image:
             icc = image.info.get("icc_profile")
             upright = ImageOps.exif_transpose(image)
             if upright.mode == "CMYK":  # a CMYK profile applies to the CMYK pixels
-                rgb = _to_rgb_on_white(in_srgb(upright, icc))
+                rgb = _to_rgb_on_white(in_srgb(upright, icc, path))
             else:  # an RGB one to the colours composited on white (white is white in both)
-                rgb = in_srgb(_to_rgb_on_white(upright), icc)
+                rgb = in_srgb(_to_rgb_on_white(upright), icc, path)
     except DreamtextError:
         raise
     except UnidentifiedImageError:
@@ -218,14 +218,14 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return square
 
 
-def in_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+def in_srgb(image: Image.Image, icc: bytes | None, path: str | Path) -> Image.Image:
     """An RGB or CMYK ``image`` whose file embeds the ICC profile ``icc`` (Display P3 from a
     phone, Adobe RGB from a camera, a press CMYK profile) as sRGB RGB, the colours CLIP and
     Stable Diffusion learned from: its numbers read as sRGB wash out saturated colours (P3
     (230, 200, 60) is sRGB (236, 199, 0)). Converted by littlecms (Pillow's ``ImageCms``),
     perceptual intent (an sRGB profile's numbers stay as they are). Unchanged: no profile, a
     profile of another colour space than the pixels' (a gray profile), or one littlecms cannot
-    read (with a warning)."""
+    read (with a warning naming ``path``, the image's file: one of a batch's images)."""
     if not icc or image.mode not in ("RGB", "CMYK"):
         return image
     try:
@@ -241,7 +241,9 @@ def in_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
         )
     except (ImageCms.PyCMSError, OSError, ValueError) as error:
         log.warning(
-            "the image's colour profile cannot be read (%s); its colours are taken as sRGB", error
+            "warning: %s: its colour profile cannot be read (%s); its colours are taken as sRGB",
+            path,
+            error,
         )
         return image
 

@@ -427,11 +427,12 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path, suffix):
         assert np.asarray(load_image(tmp_path / name))[8, 8].tolist() == [200, 60, 40]
 
 
-def test_a_colour_profile_littlecms_cannot_read_is_a_warning(tmp_path, caplog):
+def test_a_colour_profile_littlecms_cannot_read_is_a_warning_naming_the_image(tmp_path, caplog):
+    """It named no file: of a batch's three images, which one was not said."""
     path = tmp_path / "broken.png"
     Image.new("RGB", (16, 16), (200, 60, 40)).save(path, icc_profile=b"not a profile" * 20)
     assert np.asarray(load_image(path))[8, 8].tolist() == [200, 60, 40]
-    assert "colour profile cannot be read" in caplog.text
+    assert f"warning: {path}: its colour profile cannot be read (" in caplog.text
 
 
 @pytest.mark.parametrize(
