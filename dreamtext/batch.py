@@ -336,6 +336,12 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
             if not image_path.is_absolute():
                 image_path = images_folder / image_path
             refuse_trailing_comment(path, number, image_path)
+            quoted = len(image) > 1 and image[0] in "'\"" and image[-1] == image[0]
+            if quoted and not os.path.exists(image_path):  # a shell's habit for "my mug.png"
+                raise DreamtextError(
+                    f"{path}:{number}: image not found: {image_path}; write the path without "
+                    f"quotes: image:{image[1:-1]}"
+                )
             # os.path.exists: False, where Path.exists raised, in a folder this user may not
             # enter (another user's home), which load_image then names.
             if not os.path.exists(image_path) and reads_like_prompt(Path(image)):

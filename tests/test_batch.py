@@ -253,6 +253,20 @@ def test_an_image_line_in_a_folder_the_user_may_not_enter_is_its_own_line(tmp_pa
     assert str(raised.value).startswith(f"{path}:1: cannot read {image}: permission denied;")
 
 
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_quoted_image_path_is_told_to_drop_the_quotes(tmp_path, quote):
+    """``image:"my mug.png"``, quoted as in a shell: it was "image not found: .../"my mug.png"
+    (check the path)", which did not say that the quotes are the trouble."""
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "my mug.png")
+    path = prompts_file(tmp_path, f"image:{quote}my mug.png{quote}")
+    with pytest.raises(DreamtextError) as raised:
+        read_prompts(path, tmp_path / "root")
+    assert str(raised.value) == (
+        f"{path}:1: image not found: {tmp_path / f'{quote}my mug.png{quote}'}; write the path "
+        "without quotes: image:my mug.png"
+    )
+
+
 def sha(prompt):
     return hashlib.sha256(prompt.encode()).hexdigest()[:8]
 
