@@ -69,6 +69,9 @@ ITERS_PER_EPOCH = 100
 # The largest finite float32 (torch.finfo(torch.float32).max), without importing torch.
 FLOAT32_MAX = 3.4028234663852886e38
 
+# The most views a preview strip shows (16× the default): each is a render of the field.
+PREVIEW_VIEWS_MAX = 64
+
 # The finest hash-grid resolution a run takes (field.finest_resolution_factor × field.bound).
 FINEST_RESOLUTION_MAX = 2**24
 
@@ -703,6 +706,14 @@ def validate(
     for key in ("preview_views", "keep_checkpoints"):
         if getattr(cfg, key) <= 0:
             raise DreamtextError(f"{name(key)} must be a positive integer, got {getattr(cfg, key)}")
+    # Every preview renders each of its views, one after the other, into one strip of
+    # preview_views × w pixels: 100,000,000 views ran for ever. The export's turntable is the
+    # way to see the object from every side.
+    if cfg.preview_views > PREVIEW_VIEWS_MAX:
+        raise DreamtextError(
+            f"{name('preview_views')} must be at most {PREVIEW_VIEWS_MAX} (each preview renders "
+            f"every view; the default is {TrainConfig.preview_views}), got {cfg.preview_views}"
+        )
     if cfg.h != cfg.w:
         # The priors see every render at their square native size (Stable Diffusion's 512 px,
         # the built-in prior's 64 px): a non-square one would reach them stretched.
