@@ -213,6 +213,29 @@ def field_config_from_dict(data: dict[str, Any]) -> FieldConfig:
     return FieldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+def mlp_memory_at_least(
+    cfg: FieldConfig, queries: int, value_bytes: int = 2, eager: bool = False
+) -> int:
+    """Bytes the field's MLPs need at the least in a training step whose graph holds ``queries``
+    field queries at once: every parameter with its gradient and Adam's two moments (float32,
+    16 B each), and per query what autograd keeps of each layer, ``value_bytes`` a value: the
+    input of each linear layer (the residual MLP's, the density head's), which its weight's
+    gradient needs, and with ``eager`` (no compiled MLP fusing a block) each block's LayerNorm
+    and SiLU inputs too. ``field.num_blocks`` and ``field.hidden_dim`` multiply both; the hash
+    grid, the background MLP (once a ray) and every other activation are left out."""
+    features, width = cfg.num_levels * cfg.level_dim, cfg.hidden_dim
+    outputs = 3 if cfg.density_head == "separate" else 4
+    # input layer, blocks (linear W h + b and LayerNorm's scale and shift), output layer
+    parameters = (features + 1) * width + cfg.num_blocks * (width + 3) * width
+    parameters += (width + 1) * outputs
+    kept_a_block = 3 if eager else 1
+    values = features + (kept_a_block * cfg.num_blocks + 1) * width
+    if cfg.density_head == "separate":
+        parameters += (features + 2) * cfg.density_hidden_dim + 1
+        values += cfg.density_hidden_dim
+    return 16 * parameters + value_bytes * values * queries
+
+
 def normal_method(name: str) -> str:
     """The normal method ``name`` means: itself, or what an older name now is called."""
     return _NORMAL_ALIASES.get(name, name)

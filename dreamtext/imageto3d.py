@@ -349,12 +349,13 @@ def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
     from dreamtext.export import check_ffmpeg, check_memory
     from dreamtext.factory import build_field
     from dreamtext.models import resolve_dtype
-    from dreamtext.trainer import check_render_memory
+    from dreamtext.trainer import check_field_memory, check_render_memory
 
     if cfg.export:
         check_memory(cfg.export_options, after_training=True)
         check_ffmpeg(cfg.export_options, after_training=True)
     check_render_memory(cfg, device)
+    check_field_memory(cfg, device)
     resolve_dtype(cfg.guidance, device)
     build_field(cfg.field, device)  # an encoding that cannot run here raises
     models = load_for(cfg.guidance, device)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import math
 import secrets
 import socket
 import sys
@@ -85,7 +86,7 @@ from dreamtext.export import (
     run_title,
 )
 from dreamtext.factory import build_parts
-from dreamtext.field import NeRFField, field_config_to_dict
+from dreamtext.field import NeRFField, field_config_to_dict, mlp_memory_at_least
 from dreamtext.guidance import ScoreDistillation
 from dreamtext.inputs import no_checkpoint_error, write_elsewhere
 from dreamtext.interrupts import (  # TrainingInterrupted is imported from here too
@@ -289,6 +290,58 @@ def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
     )
 
 
+def graph_queries_at_least(cfg: TrainConfig) -> int:
+    """Field queries a training step of ``cfg`` holds in a graph at once, at the least.
+
+    The rays that surely meet the scene: a camera at distance ``r`` (``cameras.radius_range``'s
+    far end, plus 3 × ``cameras.jitter``) looking at the origin sees the ball of radius
+    ``bound`` inside the cube within ``θ = asin(bound / r)`` of its axis, a disc of radius
+    ``tan θ`` on an image ``2 tan(fovy / 2)`` wide (the widest ``fovy``): ``π/4 · min(1, tan θ /
+    tan(fovy / 2))²`` of its pixels. Each keeps ``num_steps + upsample_steps`` samples (the
+    dense sampler), or one (the occupancy marcher: at a run's start every cell is occupied).
+    With ``render.recompute_field`` the graph holds one piece of the backward pass's re-run at
+    a time: ``chunk_points`` over the 7 queries a sample takes at most."""
+    cams = cfg.cameras
+    distance = cams.radius_range[1] + 3 * cams.jitter
+    ratio = 1.0
+    if distance > cfg.field.bound:
+        cone = math.tan(math.asin(cfg.field.bound / distance))
+        ratio = min(1.0, cone / math.tan(math.radians(cams.fovy_range[1]) / 2))
+    rays = int(cfg.batch_size * cfg.h * cfg.w * math.pi / 4 * ratio**2)
+    if cfg.render.sampler == "dense":
+        rays *= cfg.render.num_steps + cfg.render.upsample_steps
+    if not cfg.render.recompute_field:
+        return rays
+    return min(rays, max(cfg.render.chunk_points // 7, 1))
+
+
+def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before anything is loaded or written, a field whose MLPs cannot fit beside the
+    render's rays (:func:`~dreamtext.field.mlp_memory_at_least` on
+    :func:`graph_queries_at_least`, plus :func:`render_memory_at_least`): `field.num_blocks:
+    100000` wrote a workspace and was killed by the system in its first step."""
+    # Autograd keeps, a query, every linear layer's input, LayerNorm's and SiLU's (3 values a
+    # block) in float32 where the MLPs run eager (the CPU); on CUDA --fp16/--bf16 and a compiled
+    # MLP may keep the linear layers' inputs alone, in 2 bytes.
+    eager = device.type != "cuda"
+    value_bytes = 2 if not eager and (cfg.guidance.fp16 or cfg.guidance.bf16) else 4
+    mlp = mlp_memory_at_least(cfg.field, graph_queries_at_least(cfg), value_bytes, eager)
+    need, available = render_memory_at_least(cfg) + mlp, device_memory(device)
+    if available is None or need <= available:
+        return
+    has = (
+        f"of GPU memory and the GPU has {format_gigabytes(available)}"
+        if device.type == "cuda"
+        else f"of memory and {format_gigabytes(available)} is available"
+    )
+    field = cfg.field
+    raise DreamtextError(
+        f"a training step of the field's MLP (field.num_blocks {field.num_blocks} × "
+        f"field.hidden_dim {field.hidden_dim}) needs at least {format_gigabytes(need)} {has} "
+        "(its weights and activations); lower field.num_blocks or field.hidden_dim"
+    )  # no default quoted: builtin-shapes' field is not FieldConfig's
+
+
 def build_run(
     cfg: TrainConfig, resume: bool = False, overwrite: bool = False, own_config: Path | None = None
 ) -> Run:
@@ -305,6 +358,7 @@ def build_run(
         check_ffmpeg(cfg.export_options, after_training=True)
     device = resolve_device(cfg.device)
     check_render_memory(cfg, device)
+    check_field_memory(cfg, device)
     check_encoding(cfg.field.encoding, device, cfg.field.level_dim)  # before minutes of loading
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, device)

@@ -1,6 +1,8 @@
 """Settings that ran for ever or were killed by the system are refused before a run starts:
 one line on stderr naming the setting and its file, exit 2, no workspace written."""
 
+import math
+
 import pytest
 
 from dreamtext.cli import main
@@ -59,3 +61,49 @@ def test_preview_views_up_to_the_bound_are_taken():
     cfg.preview_views += 1
     with pytest.raises(DreamtextError, match="'preview_views' must be at most 64"):
         validate(cfg)
+
+
+def test_the_field_mlps_memory_counts_its_weights_and_what_each_query_keeps_of_each_block():
+    """4 levels × 2 features into 8 wide, 2 blocks: (9·8 + 2·11·8 + 9·4) = 284 parameters at
+    16 B; a query keeps 8 features and 8 values a linear layer (2 blocks + the output layer), 3
+    a block where eager."""
+    from dreamtext.field import FieldConfig, mlp_memory_at_least
+
+    cfg = FieldConfig(num_levels=4, level_dim=2, hidden_dim=8, num_blocks=2)
+    assert mlp_memory_at_least(cfg, 0) == 16 * 284
+    assert mlp_memory_at_least(cfg, 10, value_bytes=2) == 16 * 284 + 2 * (8 + 3 * 8) * 10
+    assert mlp_memory_at_least(cfg, 10, 4, eager=True) == 16 * 284 + 4 * (8 + 7 * 8) * 10
+
+
+def test_builtin_shapes_steps_query_the_field_at_the_dense_samples_of_the_rays_that_meet_it():
+    """32 px, batch 2, 32 dense samples a ray; from 1.8 at 45° the scene's ball fills the image
+    past its inscribed disc: π/4 of the 2048 rays."""
+    from dreamtext.config import resolve_config
+    from dreamtext.trainer import graph_queries_at_least
+
+    cfg = resolve_config({"prompt": "a red cube"}, preset="builtin-shapes")
+    assert graph_queries_at_least(cfg) == int(2048 * math.pi / 4) * 32
+    cfg.cameras.radius_range = (18.0, 18.0)  # ten times as far: tan θ / tan 22.5° = 0.134
+    ratio = math.tan(math.asin(1 / 18)) / math.tan(math.radians(22.5))
+    assert graph_queries_at_least(cfg) == int(2048 * math.pi / 4 * ratio**2) * 32 == 29 * 32
+    cfg.render.recompute_field = True  # one piece of the backward's re-run at a time
+    cfg.render.chunk_points = 700
+    assert graph_queries_at_least(cfg) == 100
+
+
+def test_a_hundred_thousand_mlp_blocks_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    """`field.num_blocks: 100000` wrote a workspace and was killed by the system (rc 137) in its
+    first step: the memory check counted the rays alone."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
+    code, lines = refused(tmp_path, monkeypatch, capsys, "field:\n  num_blocks: 100000\n")
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "dreamtext: error: a training step of the field's MLP (field.num_blocks 100000 × "
+        "field.hidden_dim 32) needs at least 1,978 GB of memory and 22.0 GB is available"
+    )
+    assert lines[0].endswith("; lower field.num_blocks or field.hidden_dim")
