@@ -1599,6 +1599,15 @@ def run_entry(
         )
     except Exception as error:  # a bug: record it, keep the traceback
         result = {"status": "failed", "error": error_line(error)}
+        if (memory := memory_that_ran_out(error)) is not None:
+            # Out of memory outside the training steps (loading the prior, building the field),
+            # whose own line names the fixes: this one was a bare "MemoryError".
+            from dreamtext.trainer import out_of_memory_fixes
+
+            result["error"] = (
+                f"out of {memory} ({error_line(error)}); run the batch again after one of: "
+                f"{out_of_memory_fixes(cfg, memory)}"
+            )
         stop = batch_stop(error, entry, root)
         if stop is not None:
             stopped = True
@@ -1608,7 +1617,7 @@ def run_entry(
         else:
             if not the_machines_state(error):
                 traceback.print_exc()
-            _say(f"batch: line {entry.line} failed: {error_line(error)}")
+            _say(f"batch: line {entry.line} failed: {result['error']}")
     except BaseException:  # SystemExit and the like: no record, the lock given back
         if claimed:
             lock.release()

@@ -1101,6 +1101,32 @@ def _train(run: Run, resume: bool) -> Path:
     return workspace
 
 
+def out_of_memory_fixes(cfg: TrainConfig, memory: str) -> str:
+    """What a run of ``cfg`` that ran out of ``memory`` (``"GPU memory"`` or ``"memory"``, the
+    host's) can change to fit, as a phrase: ``a smaller --h/--w, --fp16, ...``. The trainer's
+    out-of-memory line names them, and a batch's line that ran out outside the training steps
+    (loading the prior, building the field)."""
+    # --fp16 halves the GPU's share (not a second time: a run in fp16 or bf16 is told none);
+    # the host's is the render's samples and the prior.
+    half = cfg.guidance.fp16 or cfg.guidance.bf16
+    first = "" if half or memory != "GPU memory" else "--fp16, "
+    # The batch multiplies the render (and the guidance) as the area does, on either.
+    if cfg.batch_size > 1 or memory != "GPU memory":
+        first += "a smaller --batch-size, "
+    # The samples' count is the sampler's: the dense one (builtin:shapes') reads no
+    # march_steps, so naming it for such a run changed nothing.
+    steps = (
+        "render.num_steps, render.upsample_steps"
+        if cfg.render.sampler == "dense"
+        else "render.march_steps"
+    )
+    last = "" if memory == "GPU memory" else ", or close other programs"
+    return (
+        f"a smaller --h/--w, {first}fewer samples ({steps}), a smaller "
+        f"render.grad_chunk_points{last}"
+    )
+
+
 def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextManager:
     """Turn running out of GPU or host memory into a :class:`DreamtextError` naming the fixes,
     after saving a checkpoint so that ``--resume`` continues from there.
@@ -1117,25 +1143,7 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
     def explain(memory: str) -> str:
         run.optimizer.zero_grad(set_to_none=True)
         cfg = run.cfg
-        # --fp16 halves the GPU's share (not a second time: a run in fp16 or bf16 is told none);
-        # the host's is the render's samples and the prior.
-        half = cfg.guidance.fp16 or cfg.guidance.bf16
-        first = "" if half or memory != "GPU memory" else "--fp16, "
-        # The batch multiplies the render (and the guidance) as the area does, on either.
-        if cfg.batch_size > 1 or memory != "GPU memory":
-            first += "a smaller --batch-size, "
-        # The samples' count is the sampler's: the dense one (builtin:shapes') reads no
-        # march_steps, so naming it for such a run changed nothing.
-        steps = (
-            "render.num_steps, render.upsample_steps"
-            if cfg.render.sampler == "dense"
-            else "render.march_steps"
-        )
-        last = "" if memory == "GPU memory" else ", or close other programs"
-        fixes = (
-            f"a smaller --h/--w, {first}fewer samples ({steps}), a smaller "
-            f"render.grad_chunk_points{last}"
-        )
+        fixes = out_of_memory_fixes(cfg, memory)
         where = f"({cfg.h}x{cfg.w} px, batch {cfg.batch_size})"
         if run.updating:
             step = resume_step(run.workspace) if can_resume(run.workspace) else None

@@ -401,3 +401,31 @@ def test_an_image_line_described_already_needs_no_clip_folder(tmp_path):
     path.write_text('{"sentence": "a red mug", "trained_sentence": "a <w1> mug"}')
     clip = {"describe": {"clip": str(tmp_path / "no_clip_here")}}
     batch.check_image_lines([entry], batch.BatchOptions(root=tmp_path, image=clip), load=False)
+
+
+def test_a_line_out_of_memory_outside_the_training_steps_names_the_fixes(
+    tmp_path, monkeypatch, capsys
+):
+    """Memory that ran out while the prior loaded was recorded as a bare "MemoryError", where
+    running out in a training step names what to change: both name the same fixes now."""
+    import dreamtext.trainer as trainer
+    from dreamtext.cli import main
+
+    def run_out(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(trainer, "build_parts", run_out)
+    Path("list.txt").write_text("a red cube\n", encoding="utf-8")
+    args = ["batch", "list.txt", "--model", "builtin:shapes", "--iters", "2", "--no-export"]
+    assert main([*args, "--workspace", "runs"]) == 1
+    (record,) = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()]
+    expected = (
+        "out of memory (MemoryError); run the batch again after one of: a smaller --h/--w, a "
+        "smaller --batch-size, fewer samples (render.num_steps, render.upsample_steps), a "
+        "smaller render.grad_chunk_points, or close other programs"
+    )
+    assert record["error"] == expected
+    err = capsys.readouterr().err
+    assert f"batch: line 1 failed: {expected}\n" in err
+    assert "Traceback" not in err
