@@ -513,6 +513,16 @@ def recorded_options(workspace: Path) -> ExportOptions:
         saved = saved.get("export_options") or {} if saved is not None else None
     except (OSError, *UNREADABLE_JSON, AttributeError):
         saved = None
+    if saved is not None and not isinstance(saved, dict):
+        # A run's record with a section of another shape (a hand edit): a resume or --config of
+        # it is refused so, and a bad value in the section is; the defaults (a 256³ mesh for a
+        # builtin:shapes run's 96³) replaced the run's mesh under a warning that the file was
+        # unreadable.
+        raise DreamtextError(
+            f"config section 'export_options' in {path} must be a mapping, got "
+            f"{json.dumps(saved)[:40]}: fix it, or delete it to export with the default export "
+            "settings"
+        )
     if not isinstance(saved, dict):  # not JSON, or JSON of another shape (a list, null)
         log.warning("%s is unreadable; exporting with the default export settings", path)
         return options
