@@ -1172,6 +1172,14 @@ def run_batch(
             check_prompt_lengths(pending, models, Path(prompts_file))
         check_image_lines([e for e, _ in pending], options)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
+    if shard is not None and not share:
+        # More shares than prompts (an array larger than the list): this one has none, which
+        # a bar of "0prompt" and a table of no lines did not say.
+        _say(
+            f"batch: share {shard_text} of {prompts_file} holds no prompts (the list has "
+            f"{len(entries)} for {shard[1]} shares); nothing to do"
+        )
+        return BatchRun([], [], options.overwrite)
     if shard is not None:
         _say(f"batch: share {shard_text}: {len(share)} of {len(entries)} prompts")
     existed = root.is_dir()

@@ -959,7 +959,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     run = run_batch(args.prompts, overrides, args.preset, args.config, options)
     # The table, then what is left to do: stdout is flushed first, so that where both go to one
     # file (a SLURM task's log) the line reads after the table, not above it.
-    print(summary_table(run.records), flush=True)
+    if run.records:  # an empty share said so in its line
+        print(summary_table(run.records), flush=True)
     if run.not_started:
         print(not_started_line(run.not_started, run.overwrite), file=sys.stderr, flush=True)
     return EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)

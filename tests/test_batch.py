@@ -2760,6 +2760,23 @@ def test_an_empty_share_refuses_the_list_and_its_settings_as_the_other_shares_do
     assert not root.exists()
 
 
+def test_an_empty_share_says_so_in_one_line_with_no_bar_and_no_table(tmp_path, capsys):
+    """--shard 1/2 of a list of one prompt printed "share 1/2: 0 of 1 prompts", a bar of
+    "0prompt" and a table of no lines; a single worker's list of no prompts says it holds
+    none. The share says so in the same words and ends 0 (the other share trains the line),
+    writing nothing."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, "--model", "builtin:shapes", "--shard", "1/2", "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == [
+        f"batch: share 1/2 of {path} holds no prompts (the list has 1 for 2 shares); nothing to do"
+    ]
+    assert not root.exists()
+
+
 def test_a_list_the_builtin_prior_refuses_is_refused_before_each_lines_config_is_made(
     tmp_path, monkeypatch, capsys
 ):
