@@ -56,6 +56,7 @@ from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
     ascii_slug,
+    builtin_preset_on_stable_diffusion,
     owner_value,
     read_run_config,
     resolve_config,
@@ -1161,6 +1162,9 @@ def run_batch(
         if overwrites[e.workspace] or not finished_here(e, cfg)
     ]
     if pending:
+        # Once for the batch, as `text` and `image` say it once for their run.
+        if (line := builtin_preset_on_stable_diffusion(pending[0][1])) is not None:
+            _say(f"dreamtext: {line}")
         check_image_lines([e for e, _ in pending], options, load=False)
         videos = [cfg for _, cfg in pending if cfg.export and cfg.export_options.video]
         if videos:  # before the first line trains: every line's export would fail at its end

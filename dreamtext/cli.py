@@ -467,25 +467,10 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def builtin_preset_on_stable_diffusion(cfg: Any) -> str | None:
-    """A warning for a new run of a Stable Diffusion model built on the built-in prior's preset
-    (``--preset builtin-shapes --model SD``, or a built-in run's config.json as ``--config``):
-    the model's flag is taken over the preset's, and the preset's settings, tuned for that
-    prior, then silently trained Stable Diffusion (guidance 4, 32 px, albedo only); else
-    ``None``."""
-    if "builtin-shapes" not in cfg.presets or cfg.guidance.model.startswith("builtin:"):
-        return None
-    return (
-        "the preset builtin-shapes is the built-in prior's (32 px, guidance 4, albedo only); "
-        f"Stable Diffusion ({cfg.guidance.model}) trains with it under your flags: leave it out "
-        "(--preset, or a builtin:shapes run's config.json as --config) for Stable Diffusion's "
-        "own defaults"
-    )
-
-
 def cmd_text(args: argparse.Namespace) -> int:
     from dreamtext.config import (
         TrainConfig,
+        builtin_preset_on_stable_diffusion,
         change_lines,
         own_config_file,
         resolve_config,
@@ -862,7 +847,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     """A rerun resolves as ``text --resume`` does: the run's ``config.json``, then ``--preset``,
     ``--config`` and the flags over it; its describe and descriptor options likewise over the
     ones it recorded."""
-    from dreamtext.config import resolve_config
+    from dreamtext.config import builtin_preset_on_stable_diffusion, resolve_config
     from dreamtext.imageto3d import (
         check_image,
         check_image_workspace,
@@ -889,6 +874,8 @@ def cmd_image(args: argparse.Namespace) -> int:
         **image_run_fixed(workspace, args.overwrite, "image"),
     )
     args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
+    if base is None and (line := builtin_preset_on_stable_diffusion(cfg)) is not None:
+        print(f"dreamtext: {line}", file=sys.stderr)
     image_options = image_overrides(args)
     options = resolve_image_options(image_options, workspace)
     ignored = []

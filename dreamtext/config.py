@@ -298,6 +298,22 @@ RESUME_FIXED = ("seed", "field", "render.grid_resolution")
 RESUME_FREE = ("field.encoding",)
 
 
+def builtin_preset_on_stable_diffusion(cfg: TrainConfig) -> str | None:
+    """A warning for a new run of a Stable Diffusion model built on the built-in prior's preset
+    (``--preset builtin-shapes --model SD``, or a built-in run's config.json as ``--config``):
+    the model's flag is taken over the preset's, and the preset's settings, tuned for that
+    prior, then silently trained Stable Diffusion (guidance 4, 32 px, albedo only); else
+    ``None``. ``text`` and ``image`` say it for a new run, ``batch`` once for its lines."""
+    if "builtin-shapes" not in cfg.presets or cfg.guidance.model.startswith("builtin:"):
+        return None
+    return (
+        "the preset builtin-shapes is the built-in prior's (32 px, guidance 4, albedo only); "
+        f"Stable Diffusion ({cfg.guidance.model}) trains with it under your flags: leave it out "
+        "(--preset, or a builtin:shapes run's config.json as --config) for Stable Diffusion's "
+        "own defaults"
+    )
+
+
 def resume_conflicts(
     saved: dict[str, Any], cfg: TrainConfig, fixed: tuple[str, ...] = RESUME_FIXED
 ) -> list[str]:

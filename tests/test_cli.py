@@ -223,6 +223,30 @@ def test_the_builtin_prior_preset_on_stable_diffusion_is_said_once(
     assert capsys.readouterr().err == ""  # the prior's own preset
 
 
+def test_the_builtin_prior_preset_on_stable_diffusion_is_said_by_batch_and_image_too(
+    tmp_path, tiny_sd_path, capsys, monkeypatch
+):
+    """`batch` and `image` with `--preset builtin-shapes --model SD` trained at the prior's
+    settings without the word `text` says."""
+    warning = (
+        "dreamtext: the preset builtin-shapes is the built-in prior's (32 px, guidance 4, albedo "
+        f"only); Stable Diffusion ({tiny_sd_path}) trains with it under your flags: leave it out "
+        "(--preset, or a builtin:shapes run's config.json as --config) for Stable Diffusion's "
+        "own defaults\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("dreamtext.trainer.train", lambda cfg, **k: "ws")
+    monkeypatch.setattr("dreamtext.batch.check_model", lambda cfg: None)
+    monkeypatch.setattr("dreamtext.imageto3d.run_image", lambda *a, **k: tmp_path / "ws")
+    Path("list.txt").write_text("a red cube\na blue cube\n", encoding="utf-8")
+    flags = ["--preset", "builtin-shapes", "--model", str(tiny_sd_path), "--no-export"]
+    assert main(["batch", "list.txt", *flags, "--workspace", "runs"]) == 0
+    assert capsys.readouterr().err.count(warning) == 1  # once for the batch
+    Image.new("RGB", (64, 64), (200, 30, 30)).save("red.png")
+    assert main(["image", "red.png", *flags, "--workspace", "img"]) == 0
+    assert warning in capsys.readouterr().err
+
+
 def test_text_end_to_end_on_the_tiny_pipeline(tmp_path, tiny_sd_path, tiny_yaml):
     workspace = tmp_path / "castle"
     result = run_cli(
