@@ -1516,7 +1516,10 @@ def _covered_pixels(
         stop = max(int(np.searchsorted(ends, ends[start] - count[start] + chunk)), start + 1)
         f = np.repeat(np.arange(start, stop), count[start:stop])
         first = ends[start:stop] - count[start:stop]
-        local = np.arange(len(f)) - np.repeat(first, count[start:stop])
+        # f's candidates are numbered from this chunk's first one, first[0], not from 0: a
+        # texture over 2^22 candidates (2048 px) had every later triangle tested at the wrong
+        # texels, and its texels left to the gutter's mean colour.
+        local = np.arange(len(f)) + first[0] - np.repeat(first, count[start:stop])
         x = lo[f, 0] + local % width[f]
         y = lo[f, 1] + local // width[f]
         a, b, c = corners[f, 0], corners[f, 1], corners[f, 2]

@@ -773,6 +773,26 @@ def test_rasterised_triangle_covers_exactly_the_texels_inside_it():
     np.testing.assert_allclose((bary @ uv)[inside], np.stack([centre_u, centre_v], -1)[inside])
 
 
+def test_rasterised_triangles_cover_the_same_texels_however_many_go_in_a_chunk():
+    """Triangles are rasterised about ``chunk`` candidate texels at a time; every chunk after
+    the first tested its triangles at the wrong texels, so a 2048 px texture (over 2^22
+    candidates) baked half of the README cube's faces the gutter's mean colour."""
+    rows, cols = np.mgrid[0:9, 0:9] / 8.0
+    uv = np.stack([cols.ravel(), rows.ravel()], -1)  # a 9 x 9 grid of corners over the image
+    corner = (np.arange(8)[:, None] * 9 + np.arange(8)[None, :]).ravel()
+    faces = np.concatenate(
+        [
+            np.stack([corner, corner + 1, corner + 10], -1),
+            np.stack([corner, corner + 10, corner + 9], -1),
+        ]
+    )
+    whole, whole_bary = rasterize_uv(uv, faces, 32)
+    assert (whole >= 0).all()
+    chunked, chunked_bary = rasterize_uv(uv, faces, 32, chunk=40)
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_allclose(chunked_bary, whole_bary)
+
+
 def test_dilation_grows_colour_into_the_gutter_by_the_given_width():
     image = np.zeros((9, 9, 3), dtype=np.float32)
     filled = np.zeros((9, 9), dtype=bool)
