@@ -510,10 +510,11 @@ def recorded_options(workspace: Path) -> ExportOptions:
         # An older dreamtext's config.json lacks the options added since: they were its
         # presets' (a builtin:shapes run: a 96³ mesh), as a resume of it takes them.
         saved = fill_from_presets(saved)[0] if isinstance(saved, dict) else None
-        saved = saved.get("export_options") or {} if saved is not None else None
     except (OSError, *UNREADABLE_JSON, AttributeError):
         saved = None
-    if saved is not None and not isinstance(saved, dict):
+    readable = saved is not None
+    saved = saved.get("export_options", {}) if readable else None
+    if readable and not isinstance(saved, dict):
         # A run's record with a section of another shape (a hand edit): a resume or --config of
         # it is refused so, and a bad value in the section is; the defaults (a 256³ mesh for a
         # builtin:shapes run's 96³) replaced the run's mesh under a warning that the file was

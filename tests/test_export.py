@@ -2223,14 +2223,18 @@ def test_a_run_without_a_readable_config_exports_with_the_defaults(
     assert "unreadable" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("section", "shown"), [("5", "5"), ('"x"', '"x"'), ("[1]", "[1]")])
+@pytest.mark.parametrize(
+    ("section", "shown"),
+    [("5", "5"), ('"x"', '"x"'), ("[1]", "[1]"), ("null", "null"), ("0", "0"), ("[]", "[]")],
+)
 def test_a_recorded_export_options_that_is_no_mapping_is_refused_naming_the_file(
     tmp_path, capsys, section, shown
 ):
     """`export_options: 5` in a run's config.json exported with the defaults (a 256³ mesh and
     a 1024² texture over a builtin:shapes run's 96³ and 256²), replacing its mesh, under a
     warning that the file was unreadable; a resume or `--config` of the same file, and a bad
-    value inside the section, are refused. So is this, before anything is written."""
+    value inside the section, are refused. So is this, before anything is written; `null`, `0`
+    and `[]` too, which were taken for an empty section."""
     from dreamtext.cli import main
 
     workspace = recorded_run(tmp_path, {"resolution": 40})
