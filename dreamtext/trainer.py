@@ -325,7 +325,8 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
     # MLP may keep the linear layers' inputs alone, in 2 bytes.
     eager = device.type != "cuda"
     value_bytes = 2 if not eager and (cfg.guidance.fp16 or cfg.guidance.bf16) else 4
-    mlp = mlp_memory_at_least(cfg.field, graph_queries_at_least(cfg), value_bytes, eager)
+    queries = graph_queries_at_least(cfg)
+    mlp = mlp_memory_at_least(cfg.field, queries, value_bytes, eager)
     need, available = render_memory_at_least(cfg) + mlp, device_memory(device)
     if available is None or need <= available:
         return
@@ -334,11 +335,20 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
         if device.type == "cuda"
         else f"of memory and {format_gigabytes(available)} is available"
     )
-    field = cfg.field
+    field, render = cfg.field, cfg.render
+    # Both multiply: the queries (`render.num_steps: 1e12`) and what the MLP keeps of each
+    # (`field.num_blocks: 100000`); either alone was blamed on the MLP's size.
+    samples, fewer = "one sample a ray", "--h"
+    if render.sampler == "dense":
+        samples = f"render.num_steps {render.num_steps} + render.upsample_steps "
+        samples += f"{render.upsample_steps} samples a ray"
+        fewer = "render.num_steps or render.upsample_steps, or --h"
     raise DreamtextError(
-        f"a training step of the field's MLP (field.num_blocks {field.num_blocks} × "
-        f"field.hidden_dim {field.hidden_dim}) needs at least {format_gigabytes(need)} {has} "
-        "(its weights and activations); lower field.num_blocks or field.hidden_dim"
+        f"a training step's {queries:,} field queries (--h {cfg.h} --w {cfg.w}, batch "
+        f"{cfg.batch_size}, {samples}) through the field's MLP (field.num_blocks "
+        f"{field.num_blocks} × field.hidden_dim {field.hidden_dim}) need at least "
+        f"{format_gigabytes(need)} {has} (its weights and activations); lower "
+        f"field.num_blocks or field.hidden_dim, {fewer}"
     )  # no default quoted: builtin-shapes' field is not FieldConfig's
 
 

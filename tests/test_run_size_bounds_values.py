@@ -103,7 +103,33 @@ def test_a_hundred_thousand_mlp_blocks_are_refused_before_anything_is_written(
     assert code == 2
     assert len(lines) == 1
     assert lines[0].startswith(
-        "dreamtext: error: a training step of the field's MLP (field.num_blocks 100000 × "
-        "field.hidden_dim 32) needs at least 1,978 GB of memory and 22.0 GB is available"
+        f"dreamtext: error: a training step's {int(2048 * math.pi / 4) * 32:,} field queries "
+        "(--h 32 --w 32, batch 2, render.num_steps 32 + render.upsample_steps 0 samples a ray) "
+        "through the field's MLP (field.num_blocks 100000 × field.hidden_dim 32) need at least "
+        "1,978 GB of memory and 22.0 GB is available"
     )
-    assert lines[0].endswith("; lower field.num_blocks or field.hidden_dim")
+    assert lines[0].endswith(
+        "; lower field.num_blocks or field.hidden_dim, render.num_steps or "
+        "render.upsample_steps, or --h"
+    )
+
+
+def test_a_trillion_dense_samples_a_ray_are_named_not_only_the_mlps_size(
+    tmp_path, monkeypatch, capsys
+):
+    """`render.num_steps: 1000000000000` was refused as "the field's MLP (field.num_blocks 1 ×
+    field.hidden_dim 32) needs at least 926,208,000 GB ...; lower field.num_blocks or
+    field.hidden_dim": the samples were too many, not the MLP too large."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
+    config = "render:\n  num_steps: 1000000000000\n"
+    code, lines = refused(tmp_path, monkeypatch, capsys, config)
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"dreamtext: error: a training step's {int(2048 * math.pi / 4) * 10**12:,} field "
+        "queries (--h 32 --w 32, batch 2, render.num_steps 1000000000000 + "
+        "render.upsample_steps 0 samples a ray) through the field's MLP"
+    )
+    assert lines[0].endswith("render.num_steps or render.upsample_steps, or --h")
