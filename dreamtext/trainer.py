@@ -339,7 +339,10 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
     # Both multiply: the queries (`render.num_steps: 1e12`) and what the MLP keeps of each
     # (`field.num_blocks: 100000`); either alone was blamed on the MLP's size.
     samples, fewer = "one sample a ray", "--h"
-    if render.sampler == "dense":
+    if render.recompute_field and queries == max(render.chunk_points // 7, 1):
+        samples = f"render.chunk_points {render.chunk_points} over 7 queries a sample at a time"
+        fewer = "render.chunk_points"
+    elif render.sampler == "dense":
         samples = f"render.num_steps {render.num_steps} + render.upsample_steps "
         samples += f"{render.upsample_steps} samples a ray"
         fewer = "render.num_steps or render.upsample_steps, or --h"

@@ -133,3 +133,23 @@ def test_a_trillion_dense_samples_a_ray_are_named_not_only_the_mlps_size(
         "render.upsample_steps 0 samples a ray) through the field's MLP"
     )
     assert lines[0].endswith("render.num_steps or render.upsample_steps, or --h")
+
+
+def test_a_field_re_run_a_piece_at_a_time_is_told_to_lower_the_piece(tmp_path, monkeypatch, capsys):
+    """With render.recompute_field the graph holds chunk_points / 7 queries at a time, whatever
+    the samples a ray: lowering render.num_steps would not have helped."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
+    config = (
+        "render:\n  recompute_field: true\n  chunk_points: 7000\nfield:\n  num_blocks: 10000000\n"
+    )
+    code, lines = refused(tmp_path, monkeypatch, capsys, config)
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "dreamtext: error: a training step's 1,000 field queries (--h 32 --w 32, batch 2, "
+        "render.chunk_points 7000 over 7 queries a sample at a time) through the field's MLP "
+        "(field.num_blocks 10000000 × field.hidden_dim 32) need at least "
+    )
+    assert lines[0].endswith("; lower field.num_blocks or field.hidden_dim, render.chunk_points")
