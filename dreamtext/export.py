@@ -521,9 +521,9 @@ def recorded_options(workspace: Path) -> ExportOptions:
         # unreadable.
         raise DreamtextError(
             f"config section 'export_options' in {path} must be a mapping, got "
-            f"{json.dumps(saved)[:40]}: fix it, or delete it to export with the default export "
-            "settings"
-        )
+            f"{json.dumps(saved)[:40]}: fix it, or delete the section to export with the "
+            "settings of the run's preset (the defaults where it had none)"
+        )  # a builtin:shapes run's section is its preset's then: a 96³ mesh, not the default 256³
     if not isinstance(saved, dict):  # not JSON, or JSON of another shape (a list, null)
         log.warning("%s is unreadable; exporting with the default export settings", path)
         return options

@@ -2223,6 +2223,26 @@ def test_a_run_without_a_readable_config_exports_with_the_defaults(
     assert "unreadable" not in capsys.readouterr().err
 
 
+def test_a_builtin_runs_export_options_that_is_no_mapping_names_what_deleting_it_gives(
+    tmp_path, capsys
+):
+    """The line said that deleting the section exported with the default export settings; a
+    builtin:shapes run's is filled from its preset then (a 96³ mesh, not the default 256³)."""
+    from dreamtext.cli import main
+
+    workspace = make_run(tmp_path, "run", 1_000_000)
+    config = workspace / "config.json"
+    saved = {"prompt": "a red cube", "presets": ["builtin-shapes"], "export_options": None}
+    config.write_text(json.dumps(saved))
+    assert main(["export", "--workspace", str(workspace)]) == 2
+    err = capsys.readouterr().err
+    assert "delete the section to export with the settings of the run's preset" in err
+    del saved["export_options"]
+    config.write_text(json.dumps(saved))
+    assert export_module.recorded_options(workspace).resolution == 96
+    assert ExportOptions().resolution == 256
+
+
 @pytest.mark.parametrize(
     ("section", "shown"),
     [("5", "5"), ('"x"', '"x"'), ("[1]", "[1]"), ("null", "null"), ("0", "0"), ("[]", "[]")],
@@ -2244,7 +2264,8 @@ def test_a_recorded_export_options_that_is_no_mapping_is_refused_naming_the_file
     assert main(["export", "--workspace", str(workspace)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dreamtext: error: config section 'export_options' in {config} must be a mapping, "
-        f"got {shown}: fix it, or delete it to export with the default export settings"
+        f"got {shown}: fix it, or delete the section to export with the settings of the run's "
+        "preset (the defaults where it had none)"
     ]
     assert sorted(p.name for p in workspace.rglob("*")) == before
 
