@@ -331,7 +331,7 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         # Any case: with Stable Diffusion, 'Image:mug.png' trained as a text prompt is hours lost.
         if text[: len(IMAGE_PREFIX)].lower() == IMAGE_PREFIX:
             kind, image = "image", text[len(IMAGE_PREFIX) :].strip()
-            if not image:
+            if not image.strip("'\"").strip():  # quotes of nothing: told to drop the quotes
                 raise DreamtextError(f"{path}:{number}: '{text}' names no image; write image:PATH")
             image_path = Path(image).expanduser()
             if not image_path.is_absolute():

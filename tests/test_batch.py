@@ -2663,6 +2663,7 @@ def test_a_workspace_root_that_is_or_lies_in_a_run_is_a_one_line_error(
         (["a red cube", "image:missing.png"], [], "prompts.txt:2: image not found"),
         (["image:bad.png"], [], "not an image"),
         (["image:"], [], "names no image"),
+        (['image:""'], [], "names no image"),  # was told to write it without quotes: image:
         (["image:ok.png"], ["--model", "builtin:shapes"], "needs a Stable Diffusion model"),
         (
             ["a red cube"],
