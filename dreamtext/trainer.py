@@ -264,6 +264,14 @@ def device_memory(device: torch.device) -> int | None:
     return available_memory()
 
 
+def memory_had(device: torch.device, available: int) -> str:
+    """How the memory checks' lines say what ``device`` has: ``of GPU memory and the GPU has
+    12.9 GB``, or ``of memory and 22.0 GB is available`` (the host's)."""
+    if device.type == "cuda":
+        return f"of GPU memory and the GPU has {format_gigabytes(available)}"
+    return f"of memory and {format_gigabytes(available)} is available"
+
+
 def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse, before anything is loaded or written, a render size whose rays and their samples
     cannot fit (:func:`render_memory_at_least`): such a run wrote a workspace and then ran out
@@ -273,11 +281,7 @@ def check_render_memory(cfg: TrainConfig, device: torch.device) -> None:
     need, available = render_memory_at_least(cfg), device_memory(device)
     if available is None or need <= available:
         return
-    has = (
-        f"of GPU memory and the GPU has {format_gigabytes(available)}"
-        if device.type == "cuda"
-        else f"of memory and {format_gigabytes(available)} is available"
-    )
+    has = memory_had(device, available)
     # The batch multiplies the rays as the render's area does: a huge --batch-size was told to
     # lower --h alone. (No default is quoted: a preset's differs, builtin:shapes' 32 px and
     # batch 2 among them.)
@@ -330,22 +334,20 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
     need, available = render_memory_at_least(cfg) + mlp, device_memory(device)
     if available is None or need <= available:
         return
-    has = (
-        f"of GPU memory and the GPU has {format_gigabytes(available)}"
-        if device.type == "cuda"
-        else f"of memory and {format_gigabytes(available)} is available"
-    )
+    has = memory_had(device, available)
     field, render = cfg.field, cfg.render
     # Both multiply: the queries (`render.num_steps: 1e12`) and what the MLP keeps of each
     # (`field.num_blocks: 100000`); either alone was blamed on the MLP's size.
-    samples, fewer = "one sample a ray", "--h"
+    # The batch multiplies the rays as the render's area does (check_render_memory).
+    size = "--batch-size or --h" if cfg.batch_size > 2 else "--h"
+    samples, fewer = "one sample a ray", size
     if render.recompute_field and queries == max(render.chunk_points // 7, 1):
         samples = f"render.chunk_points {render.chunk_points} over 7 queries a sample at a time"
         fewer = "render.chunk_points"
     elif render.sampler == "dense":
         samples = f"render.num_steps {render.num_steps} + render.upsample_steps "
         samples += f"{render.upsample_steps} samples a ray"
-        fewer = "render.num_steps or render.upsample_steps, or --h"
+        fewer = f"render.num_steps or render.upsample_steps, or {size}"
     raise DreamtextError(
         f"a training step's {queries:,} field queries (--h {cfg.h} --w {cfg.w}, batch "
         f"{cfg.batch_size}, {samples}) through the field's MLP (field.num_blocks "
