@@ -168,6 +168,15 @@ class RenderConfig:
                 f"render.march_steps must be at most {MARCH_STEPS_MAX:,} (16× the default "
                 f"{RenderConfig.march_steps}; time and memory grow with it), got {self.march_steps}"
             )
+        # The dense sampler's samples a ray, likewise: `num_steps: 1e12` got past the memory
+        # checks (a deferred backward holds a chunk of them) and ran out of memory at step 0.
+        for name in ("num_steps", "upsample_steps"):
+            if getattr(self, name) > MARCH_STEPS_MAX:
+                raise DreamtextError(
+                    f"render.{name} must be at most {MARCH_STEPS_MAX:,} (the dense sampler's "
+                    f"samples a ray; the default is {getattr(RenderConfig, name)}), got "
+                    f"{getattr(self, name)}"
+                )
         if self.grad_chunk_points <= 0 or self.grid_resolution <= 0:
             raise DreamtextError("render.grad_chunk_points and render.grid_resolution must be > 0")
         if self.upsample_steps < 0:

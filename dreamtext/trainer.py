@@ -304,7 +304,10 @@ def graph_queries_at_least(cfg: TrainConfig) -> int:
     tan(fovy / 2))²`` of its pixels. Each keeps ``num_steps + upsample_steps`` samples (the
     dense sampler), or one (the occupancy marcher: at a run's start every cell is occupied).
     With ``render.recompute_field`` the graph holds one piece of the backward pass's re-run at
-    a time: ``chunk_points`` over the 7 queries a sample takes at most."""
+    a time: ``chunk_points`` over the 7 queries a sample takes at most. A deferred backward
+    (``render.backprop`` ``deferred``, or ``auto`` past ``grad_chunk_points`` queries) holds
+    one chunk of the re-render at a time: ``grad_chunk_points`` over 7, at most
+    ``chunk_size`` rays (one sample each, at the least)."""
     cams = cfg.cameras
     distance = cams.radius_range[1] + 3 * cams.jitter
     ratio = 1.0
@@ -314,9 +317,14 @@ def graph_queries_at_least(cfg: TrainConfig) -> int:
     rays = int(cfg.batch_size * cfg.h * cfg.w * math.pi / 4 * ratio**2)
     if cfg.render.sampler == "dense":
         rays *= cfg.render.num_steps + cfg.render.upsample_steps
-    if not cfg.render.recompute_field:
-        return rays
-    return min(rays, max(cfg.render.chunk_points // 7, 1))
+    pieces = [rays]
+    if cfg.render.recompute_field:
+        pieces.append(max(cfg.render.chunk_points // 7, 1))
+    if cfg.render.backprop != "direct":
+        # builtin-shapes at 512 px with grad_chunk_points 2^18 peaked at 2.6 GB, and was refused
+        # on a machine of 6 GB for its 13 M samples' 8 GB: only a chunk of them is in the graph.
+        pieces += [max(cfg.render.grad_chunk_points // 7, 1), cfg.render.chunk_size]
+    return min(pieces)
 
 
 def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
@@ -341,9 +349,17 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
     # The batch multiplies the rays as the render's area does (check_render_memory).
     size = "--batch-size or --h" if cfg.batch_size > 2 else "--h"
     samples, fewer = "one sample a ray", size
+    deferred = render.backprop != "direct"
     if render.recompute_field and queries == max(render.chunk_points // 7, 1):
         samples = f"render.chunk_points {render.chunk_points} over 7 queries a sample at a time"
         fewer = "render.chunk_points"
+    elif deferred and queries == max(render.grad_chunk_points // 7, 1):
+        samples = f"render.grad_chunk_points {render.grad_chunk_points} over 7 queries a sample "
+        samples += "at a time"
+        fewer = "render.grad_chunk_points"
+    elif deferred and queries == render.chunk_size:
+        samples = f"render.chunk_size {render.chunk_size} rays at a time"
+        fewer = "render.chunk_size"
     elif render.sampler == "dense":
         samples = f"render.num_steps {render.num_steps} + render.upsample_steps "
         samples += f"{render.upsample_steps} samples a ray"

@@ -114,23 +114,39 @@ def test_a_hundred_thousand_mlp_blocks_are_refused_before_anything_is_written(
     )
 
 
-def test_a_trillion_dense_samples_a_ray_are_named_not_only_the_mlps_size(
+def test_a_trillion_dense_samples_a_ray_are_refused_naming_the_key_and_its_file(
     tmp_path, monkeypatch, capsys
 ):
-    """`render.num_steps: 1000000000000` was refused as "the field's MLP (field.num_blocks 1 ×
-    field.hidden_dim 32) needs at least 926,208,000 GB ...; lower field.num_blocks or
+    """`render.num_steps: 1000000000000` wrote a workspace and ran out of memory at step 0."""
+    yaml_text = "render:\n  num_steps: 1000000000000\n"
+    code, lines = refused(tmp_path, monkeypatch, capsys, yaml_text)
+    assert code == 2
+    assert lines == [
+        "dreamtext: error: render.num_steps (in big.yaml) must be at most 4,096 (the dense "
+        "sampler's samples a ray; the default is 64), got 1000000000000"
+    ]
+    RenderConfig(num_steps=MARCH_STEPS_MAX, upsample_steps=MARCH_STEPS_MAX).validate()
+    with pytest.raises(DreamtextError, match=r"render\.upsample_steps must be at most 4,096"):
+        RenderConfig(upsample_steps=MARCH_STEPS_MAX + 1).validate()
+
+
+def test_dense_samples_too_many_for_the_mlp_are_named_not_only_the_mlps_size(
+    tmp_path, monkeypatch, capsys
+):
+    """A direct backward of 4,096 dense samples a ray was refused as "the field's MLP
+    (field.num_blocks 1 × field.hidden_dim 32) needs at least ...; lower field.num_blocks or
     field.hidden_dim": the samples were too many, not the MLP too large."""
     from dreamtext import trainer
 
-    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
-    config = "render:\n  num_steps: 1000000000000\n"
+    monkeypatch.setattr(trainer, "available_memory", lambda: 10**9)
+    config = "render:\n  num_steps: 4096\n  backprop: direct\n"
     code, lines = refused(tmp_path, monkeypatch, capsys, config)
     assert code == 2
     assert len(lines) == 1
     assert lines[0].startswith(
-        f"dreamtext: error: a training step's {int(2048 * math.pi / 4) * 10**12:,} field "
-        "queries (--h 32 --w 32, batch 2, render.num_steps 1000000000000 + "
-        "render.upsample_steps 0 samples a ray) through the field's MLP"
+        f"dreamtext: error: a training step's {int(2048 * math.pi / 4) * 4096:,} field "
+        "queries (--h 32 --w 32, batch 2, render.num_steps 4096 + render.upsample_steps 0 "
+        "samples a ray) through the field's MLP"
     )
     assert lines[0].endswith("render.num_steps or render.upsample_steps, or --h")
 
@@ -153,3 +169,45 @@ def test_a_field_re_run_a_piece_at_a_time_is_told_to_lower_the_piece(tmp_path, m
         "(field.num_blocks 10000000 × field.hidden_dim 32) need at least "
     )
     assert lines[0].endswith("; lower field.num_blocks or field.hidden_dim, render.chunk_points")
+
+
+def test_a_deferred_backward_holds_one_chunk_of_the_samples_in_the_graph(monkeypatch):
+    """builtin-shapes at 512 px with render.grad_chunk_points 2^18 peaked at 2.6 GB (peak RSS,
+    2 CPU cores), and was refused where 6 GB were available: the check counted all 13 M dense
+    samples in the MLP's graph, where the deferred backward re-renders 2^18 queries at a time."""
+    import torch
+
+    from dreamtext import trainer
+    from dreamtext.config import resolve_config
+    from dreamtext.trainer import check_field_memory, graph_queries_at_least
+
+    overrides = {"prompt": "a red cube", "h": 512, "w": 512}
+    overrides["render"] = {"grad_chunk_points": 2**18}
+    cfg = resolve_config(overrides, preset="builtin-shapes")
+    assert graph_queries_at_least(cfg) == 2**18 // 7
+    monkeypatch.setattr(trainer, "available_memory", lambda: 6 * 10**9)
+    check_field_memory(cfg, torch.device("cpu"))  # no DreamtextError
+    cfg.render.grad_chunk_points = 2**25  # a chunk is at most chunk_size rays
+    assert graph_queries_at_least(cfg) == cfg.render.chunk_size
+    cfg.render.backprop = "direct"  # one graph of every sample
+    assert graph_queries_at_least(cfg) == int(2 * 512 * 512 * math.pi / 4) * 32
+
+
+def test_a_deferred_backward_too_large_is_told_to_lower_its_chunk(tmp_path, monkeypatch, capsys):
+    """A chunk of the deferred backward's re-render is what the MLP's graph holds: the line names
+    render.grad_chunk_points, not the samples a ray."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
+    config = "h: 512\nw: 512\nrender:\n  grad_chunk_points: 70000\nfield:\n  num_blocks: 10000000\n"
+    code, lines = refused(tmp_path, monkeypatch, capsys, config)
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "dreamtext: error: a training step's 10,000 field queries (--h 512 --w 512, batch 2, "
+        "render.grad_chunk_points 70000 over 7 queries a sample at a time) through the field's "
+        "MLP (field.num_blocks 10000000 × field.hidden_dim 32) need at least "
+    )
+    assert lines[0].endswith(
+        "; lower field.num_blocks or field.hidden_dim, render.grad_chunk_points"
+    )
