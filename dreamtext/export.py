@@ -519,9 +519,11 @@ def recorded_options(workspace: Path) -> ExportOptions:
         # it is refused so, and a bad value in the section is; the defaults (a 256³ mesh for a
         # builtin:shapes run's 96³) replaced the run's mesh under a warning that the file was
         # unreadable.
+        shown = json.dumps(saved)
+        shown = shown if len(shown) <= 40 else shown[:39] + "…"
         raise DreamtextError(
             f"config section 'export_options' in {path} must be a mapping, got "
-            f"{json.dumps(saved)[:40]}: fix it, or delete the section to export with the "
+            f"{shown}: fix it, or delete the section to export with the "
             "settings of the run's preset (the defaults where it had none)"
         )  # a builtin:shapes run's section is its preset's then: a 96³ mesh, not the default 256³
     if not isinstance(saved, dict):  # not JSON, or JSON of another shape (a list, null)

@@ -302,7 +302,7 @@ def graph_queries_at_least(cfg: TrainConfig) -> int:
     ``bound`` inside the cube within ``θ = asin(bound / r)`` of its axis, a disc of radius
     ``tan θ`` on an image ``2 tan(fovy / 2)`` wide (the widest ``fovy``): ``π/4 · min(1, tan θ /
     tan(fovy / 2))²`` of its pixels. Each keeps ``num_steps + upsample_steps`` samples (the
-    dense sampler), or one (the occupancy marcher: at a run's start every cell is occupied).
+    dense sampler), or one (the occupancy marcher: a ray that meets the scene takes one at least).
     With ``render.recompute_field`` the graph holds one piece of the backward pass's re-run at
     a time: ``chunk_points`` over the 7 queries a sample takes at most. A deferred backward
     (``render.backprop`` ``deferred``, or ``auto`` past ``grad_chunk_points`` queries) holds

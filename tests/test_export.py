@@ -2245,7 +2245,15 @@ def test_a_builtin_runs_export_options_that_is_no_mapping_names_what_deleting_it
 
 @pytest.mark.parametrize(
     ("section", "shown"),
-    [("5", "5"), ('"x"', '"x"'), ("[1]", "[1]"), ("null", "null"), ("0", "0"), ("[]", "[]")],
+    [
+        ("5", "5"),
+        ('"x"', '"x"'),
+        ("[1]", "[1]"),
+        ("null", "null"),
+        ("0", "0"),
+        ("[]", "[]"),
+        (f'"{"y" * 50}"', f'"{"y" * 38}…'),
+    ],
 )
 def test_a_recorded_export_options_that_is_no_mapping_is_refused_naming_the_file(
     tmp_path, capsys, section, shown
