@@ -93,3 +93,22 @@ def holder():
     for process in started:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def refuse_stat(monkeypatch: pytest.MonkeyPatch):
+    """Returns a function that makes ``Path.stat`` of one path raise ``EACCES``, as a file in
+    another user's folder (mode 700) does: the tests run as root, who reads any folder."""
+    import errno
+
+    def refuse(path: Path) -> None:
+        real_stat = Path.stat
+
+        def stat(self, *args, **kwargs):
+            if self == path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_stat(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "stat", stat)
+
+    return refuse

@@ -234,19 +234,12 @@ def test_the_image_prefix_is_read_in_any_case(tmp_path):
     assert [(e.kind, e.prompt) for e in entries] == [("image", str(tmp_path / "mug.png"))]
 
 
-def test_an_image_line_in_a_folder_the_user_may_not_enter_is_its_own_line(tmp_path, monkeypatch):
+def test_an_image_line_in_a_folder_the_user_may_not_enter_is_its_own_line(tmp_path, refuse_stat):
     """Another user's home (mode 700): its line was "Permission denied (PATH); pick a folder you
     can write (--workspace)", of an image the batch could not read (patched: root reads any
     folder)."""
     image = tmp_path / "home" / "mug.png"
-    real_stat = Path.stat
-
-    def stat(self, *args, **kwargs):
-        if self == image:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real_stat(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "stat", stat)
+    refuse_stat(image)
     path = prompts_file(tmp_path, f"image:{image}")
     with pytest.raises(DreamtextError) as raised:
         read_prompts(path, tmp_path / "root")

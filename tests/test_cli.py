@@ -837,20 +837,13 @@ def test_a_fully_transparent_image_is_one_line_and_no_workspace(tmp_path, capsys
 
 @pytest.mark.parametrize("command", ["describe", "image"])
 def test_an_image_in_a_folder_the_user_may_not_enter_is_not_a_write_error(
-    tmp_path, capsys, monkeypatch, command
+    tmp_path, capsys, refuse_stat, command
 ):
     """Its line was "Permission denied (PATH); pick a folder you can write (--workspace)", of an
     image that could not be read (patched: root reads any folder)."""
     image = tmp_path / "home" / "mug.png"
     workspace = tmp_path / "run"
-    real_stat = Path.stat
-
-    def stat(self, *args, **kwargs):
-        if self == image:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real_stat(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "stat", stat)
+    refuse_stat(image)
     code, err = run_main([command, image, "--workspace", workspace], capsys)
     assert_user_error(code, err, f"cannot read {image}: permission denied", "chmod")
     assert "--workspace" not in err
