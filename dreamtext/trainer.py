@@ -308,6 +308,19 @@ def graph_queries_at_least(cfg: TrainConfig) -> int:
     (``render.backprop`` ``deferred``, or ``auto`` past ``grad_chunk_points`` queries) holds
     one chunk of the re-render at a time: ``grad_chunk_points`` over 7, at most
     ``chunk_size`` rays (one sample each, at the least)."""
+    pieces = [samples_at_least(cfg)]
+    if cfg.render.recompute_field:
+        pieces.append(max(cfg.render.chunk_points // 7, 1))
+    if cfg.render.backprop != "direct":
+        # builtin-shapes at 512 px with grad_chunk_points 2^18 peaked at 2.6 GB, and was refused
+        # on a machine of 6 GB for its 13 M samples' 8 GB: only a chunk of them is in the graph.
+        pieces += [max(cfg.render.grad_chunk_points // 7, 1), cfg.render.chunk_size]
+    return min(pieces)
+
+
+def samples_at_least(cfg: TrainConfig) -> int:
+    """The samples a training render of ``cfg`` takes at the least, each one field query or
+    more (:func:`graph_queries_at_least` says how they are counted)."""
     cams = cfg.cameras
     distance = cams.radius_range[1] + 3 * cams.jitter
     ratio = 1.0
@@ -317,14 +330,7 @@ def graph_queries_at_least(cfg: TrainConfig) -> int:
     rays = int(cfg.batch_size * cfg.h * cfg.w * math.pi / 4 * ratio**2)
     if cfg.render.sampler == "dense":
         rays *= cfg.render.num_steps + cfg.render.upsample_steps
-    pieces = [rays]
-    if cfg.render.recompute_field:
-        pieces.append(max(cfg.render.chunk_points // 7, 1))
-    if cfg.render.backprop != "direct":
-        # builtin-shapes at 512 px with grad_chunk_points 2^18 peaked at 2.6 GB, and was refused
-        # on a machine of 6 GB for its 13 M samples' 8 GB: only a chunk of them is in the graph.
-        pieces += [max(cfg.render.grad_chunk_points // 7, 1), cfg.render.chunk_size]
-    return min(pieces)
+    return rays
 
 
 def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
@@ -349,7 +355,11 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
     # The batch multiplies the rays as the render's area does (check_render_memory).
     size = "--batch-size or --h" if cfg.batch_size > 2 else "--h"
     samples, fewer = "one sample a ray", size
-    deferred = render.backprop != "direct"
+    # A chunk is named only where the backward surely is deferred: auto defers past
+    # grad_chunk_points queries, so a batch of 4 at 32 px (100 k samples) runs direct.
+    deferred = render.backprop == "deferred" or (
+        render.backprop == "auto" and samples_at_least(cfg) > render.grad_chunk_points
+    )
     if render.recompute_field and queries == max(render.chunk_points // 7, 1):
         samples = f"render.chunk_points {render.chunk_points} over 7 queries a sample at a time"
         fewer = "render.chunk_points"
@@ -365,10 +375,10 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
         samples += f"{render.upsample_steps} samples a ray"
         fewer = f"render.num_steps or render.upsample_steps, or {size}"
     raise DreamtextError(
-        f"a training step's {queries:,} field queries (--h {cfg.h} --w {cfg.w}, batch "
-        f"{cfg.batch_size}, {samples}) through the field's MLP (field.num_blocks "
-        f"{field.num_blocks} × field.hidden_dim {field.hidden_dim}) need at least "
-        f"{format_gigabytes(need)} {has} (its weights and activations); lower "
+        f"a training step's graph of at least {queries:,} field queries at once (--h {cfg.h} "
+        f"--w {cfg.w}, batch {cfg.batch_size}, {samples}) through the field's MLP "
+        f"(field.num_blocks {field.num_blocks} × field.hidden_dim {field.hidden_dim}) need at "
+        f"least {format_gigabytes(need)} {has} (its weights and activations); lower "
         f"field.num_blocks or field.hidden_dim, {fewer}"
     )  # no default quoted: builtin-shapes' field is not FieldConfig's
 

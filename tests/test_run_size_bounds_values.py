@@ -10,6 +10,8 @@ from dreamtext.config import PREVIEW_VIEWS_MAX, TrainConfig, validate
 from dreamtext.errors import DreamtextError
 from dreamtext.renderer import MARCH_STEPS_MAX, RenderConfig
 
+# How the field memory check's line starts.
+GRAPH = "dreamtext: error: a training step's graph of at least "
 BUILTIN_RUN = ["text", "a red cube", "--model", "builtin:shapes", "--no-export", "--iters", "2"]
 
 
@@ -103,7 +105,7 @@ def test_a_hundred_thousand_mlp_blocks_are_refused_before_anything_is_written(
     assert code == 2
     assert len(lines) == 1
     assert lines[0].startswith(
-        f"dreamtext: error: a training step's {int(2048 * math.pi / 4) * 32:,} field queries "
+        f"{GRAPH}{int(2048 * math.pi / 4) * 32:,} field queries at once "
         "(--h 32 --w 32, batch 2, render.num_steps 32 + render.upsample_steps 0 samples a ray) "
         "through the field's MLP (field.num_blocks 100000 × field.hidden_dim 32) need at least "
         "1,978 GB of memory and 22.0 GB is available"
@@ -144,8 +146,8 @@ def test_dense_samples_too_many_for_the_mlp_are_named_not_only_the_mlps_size(
     assert code == 2
     assert len(lines) == 1
     assert lines[0].startswith(
-        f"dreamtext: error: a training step's {int(2048 * math.pi / 4) * 4096:,} field "
-        "queries (--h 32 --w 32, batch 2, render.num_steps 4096 + render.upsample_steps 0 "
+        f"{GRAPH}{int(2048 * math.pi / 4) * 4096:,} field "
+        "queries at once (--h 32 --w 32, batch 2, render.num_steps 4096 + render.upsample_steps 0 "
         "samples a ray) through the field's MLP"
     )
     assert lines[0].endswith("render.num_steps or render.upsample_steps, or --h")
@@ -164,7 +166,7 @@ def test_a_field_re_run_a_piece_at_a_time_is_told_to_lower_the_piece(tmp_path, m
     assert code == 2
     assert len(lines) == 1
     assert lines[0].startswith(
-        "dreamtext: error: a training step's 1,000 field queries (--h 32 --w 32, batch 2, "
+        f"{GRAPH}1,000 field queries at once (--h 32 --w 32, batch 2, "
         "render.chunk_points 7000 over 7 queries a sample at a time) through the field's MLP "
         "(field.num_blocks 10000000 × field.hidden_dim 32) need at least "
     )
@@ -204,10 +206,30 @@ def test_a_deferred_backward_too_large_is_told_to_lower_its_chunk(tmp_path, monk
     assert code == 2
     assert len(lines) == 1
     assert lines[0].startswith(
-        "dreamtext: error: a training step's 10,000 field queries (--h 512 --w 512, batch 2, "
+        f"{GRAPH}10,000 field queries at once (--h 512 --w 512, batch 2, "
         "render.grad_chunk_points 70000 over 7 queries a sample at a time) through the field's "
         "MLP (field.num_blocks 10000000 × field.hidden_dim 32) need at least "
     )
     assert lines[0].endswith(
         "; lower field.num_blocks or field.hidden_dim, render.grad_chunk_points"
     )
+
+
+def test_a_backward_that_auto_runs_direct_is_not_told_to_lower_a_chunk(
+    tmp_path, monkeypatch, capsys
+):
+    """A batch of 4 at 32 px (131,072 dense samples, far under grad_chunk_points' 2^25) runs
+    its backward direct, yet the line said "render.chunk_size 65536 rays at a time; lower ...
+    render.chunk_size", which would change nothing."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "big.yaml").write_text("field:\n  num_blocks: 100000\n", encoding="utf-8")
+    args = [*BUILTIN_RUN, "--config", "big.yaml", "--workspace", "w", "--batch-size", "4"]
+    assert main(args) == 2
+    line = capsys.readouterr().err.strip()
+    assert "render.chunk_size" not in line
+    assert "(--h 32 --w 32, batch 4, render.num_steps 32 + render.upsample_steps 0 samples" in line
+    assert line.endswith("render.num_steps or render.upsample_steps, or --batch-size or --h")
+    assert not (tmp_path / "w").exists()
