@@ -1055,11 +1055,13 @@ def _read_files(
         run.kind = "image"
 
     run.previews = _previews(folder)
-    run.video = {k: rel for k, rel in VIDEO_FILES.items() if _is_file_inside(folder, rel)}
-    run.mesh = {k: rel for k, rel in MESH_FILES.items() if _is_file_inside(folder, rel)}
+    # Each of these files looked at once: shown where inside, named where outside.
+    places = {rel: _file_place(folder, rel) for rel in LINKED_OUT_CHECKED}
+    run.video = {k: rel for k, rel in VIDEO_FILES.items() if places[rel] == "inside"}
+    run.mesh = {k: rel for k, rel in MESH_FILES.items() if places[rel] == "inside"}
     run.mesh_stats = read_json(folder / "mesh" / "mesh.json")
     run.data_files = [rel for rel in DATA_FILES if _is_file_inside(folder, rel)]
-    run.linked_out = [rel for rel in LINKED_OUT_CHECKED if _is_file_outside(folder, rel)]
+    run.linked_out = [rel for rel, place in places.items() if place == "outside"]
     for rel in run.files():
         mtime = _mtime(folder / rel)
         if mtime is not None:
@@ -1297,20 +1299,19 @@ def _error(value: Any) -> str | None:
 
 
 def _is_file_inside(folder: Path, rel: str) -> bool:
-    path = folder / rel
-    try:
-        return path.is_file() and path.resolve().is_relative_to(folder)
-    except OSError:
-        return False
+    return _file_place(folder, rel) == "inside"
 
 
-def _is_file_outside(folder: Path, rel: str) -> bool:
-    """Whether ``rel`` is a file that lies outside ``folder`` through a link (not served)."""
+def _file_place(folder: Path, rel: str) -> str | None:
+    """Where the file ``rel`` of ``folder`` lies: ``"inside"`` the folder (served),
+    ``"outside"`` it through a link (not served), ``None`` where it is no file."""
     path = folder / rel
     try:
-        return path.is_file() and not path.resolve().is_relative_to(folder)
+        if not path.is_file():
+            return None
+        return "inside" if path.resolve().is_relative_to(folder) else "outside"
     except OSError:
-        return False
+        return None
 
 
 def _previews(folder: Path) -> list[dict[str, Any]]:
