@@ -308,14 +308,23 @@ def graph_queries_at_least(cfg: TrainConfig) -> int:
     (``render.backprop`` ``deferred``, or ``auto`` past ``grad_chunk_points`` queries) holds
     one chunk of the re-render at a time: ``grad_chunk_points`` over 7, at most
     ``chunk_size`` rays (one sample each, at the least)."""
-    pieces = [samples_at_least(cfg)]
-    if cfg.render.recompute_field:
-        pieces.append(max(cfg.render.chunk_points // 7, 1))
-    if cfg.render.backprop != "direct":
+    return min(graph_pieces(cfg).values())
+
+
+def graph_pieces(cfg: TrainConfig) -> dict[str, int]:
+    """The counts whose least is :func:`graph_queries_at_least`, by what sets each: ``samples``
+    (:func:`samples_at_least`), and the pieces the graph may be held to, by their setting
+    (``render.chunk_points``, ``render.grad_chunk_points``, ``render.chunk_size``)."""
+    render = cfg.render
+    pieces = {"samples": samples_at_least(cfg)}
+    if render.recompute_field:
+        pieces["render.chunk_points"] = max(render.chunk_points // 7, 1)
+    if render.backprop != "direct":
         # builtin-shapes at 512 px with grad_chunk_points 2^18 peaked at 2.6 GB, and was refused
         # on a machine of 6 GB for its 13 M samples' 8 GB: only a chunk of them is in the graph.
-        pieces += [max(cfg.render.grad_chunk_points // 7, 1), cfg.render.chunk_size]
-    return min(pieces)
+        pieces["render.grad_chunk_points"] = max(render.grad_chunk_points // 7, 1)
+        pieces["render.chunk_size"] = render.chunk_size
+    return pieces
 
 
 def samples_at_least(cfg: TrainConfig) -> int:
@@ -343,7 +352,8 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
     # MLP may keep the linear layers' inputs alone, in 2 bytes.
     eager = device.type != "cuda"
     value_bytes = 2 if not eager and (cfg.guidance.fp16 or cfg.guidance.bf16) else 4
-    queries = graph_queries_at_least(cfg)
+    pieces = graph_pieces(cfg)
+    queries = min(pieces.values())
     mlp = mlp_memory_at_least(cfg.field, queries, value_bytes, eager)
     need, available = render_memory_at_least(cfg) + mlp, device_memory(device)
     if available is None or need <= available:
@@ -358,16 +368,16 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
     # A chunk is named only where the backward surely is deferred: auto defers past
     # grad_chunk_points queries, so a batch of 4 at 32 px (100 k samples) runs direct.
     deferred = render.backprop == "deferred" or (
-        render.backprop == "auto" and samples_at_least(cfg) > render.grad_chunk_points
+        render.backprop == "auto" and pieces["samples"] > render.grad_chunk_points
     )
-    if render.recompute_field and queries == max(render.chunk_points // 7, 1):
+    if pieces.get("render.chunk_points") == queries:
         samples = f"render.chunk_points {render.chunk_points} over 7 queries a sample at a time"
         fewer = "render.chunk_points"
-    elif deferred and queries == max(render.grad_chunk_points // 7, 1):
+    elif deferred and pieces["render.grad_chunk_points"] == queries:
         samples = f"render.grad_chunk_points {render.grad_chunk_points} over 7 queries a sample "
         samples += "at a time"
         fewer = "render.grad_chunk_points"
-    elif deferred and queries == render.chunk_size:
+    elif deferred and pieces["render.chunk_size"] == queries:
         samples = f"render.chunk_size {render.chunk_size} rays at a time"
         fewer = "render.chunk_size"
     elif render.sampler == "dense":
