@@ -296,6 +296,8 @@ def builtin_preset_name(model: str) -> str | None:
 # the occupancy grid). ``field.encoding`` picks an implementation of the same hash grid.
 RESUME_FIXED = ("seed", "field", "render.grid_resolution")
 RESUME_FREE = ("field.encoding",)
+# How a refusal names a resumed run's own recorded config (the first layer of its settings).
+RUN_CONFIG = "the workspace's config.json"
 
 
 def builtin_preset_on_stable_diffusion(cfg: TrainConfig) -> str | None:
@@ -320,7 +322,7 @@ def resume_conflicts(
     """The settings of ``cfg`` that differ from ``saved`` (a run's recorded config) and that a
     resumed run cannot change (``fixed``), as ``"name saved → new"``."""
     before = TrainConfig()
-    apply_overrides(before, saved, "the workspace's config.json")
+    apply_overrides(before, saved, RUN_CONFIG)
     old, new = flat_fields(config_to_dict(before)), flat_fields(config_to_dict(cfg))
     return [
         f"{name} {old[name]} → {new[name]}"
@@ -466,7 +468,7 @@ def resolve_config(
     if base is not None:
         where = overrides.get("workspace") or base.get("workspace", "")
         base, lacking = fill_from_presets(base, where)
-        layers.insert(0, (base, "the workspace's config.json"))
+        layers.insert(0, (base, RUN_CONFIG))
     else:
         model = overrides.get("guidance", {}).get("model")
         if model is None:
@@ -506,12 +508,17 @@ def resolve_config(
         ),
         "the defaults",
     )
-    validate(
-        cfg,
-        export_source,
-        source_of=lambda key: setting_source(layers, overrides, key),
-        new_run=base is None,
-    )
+    try:
+        validate(
+            cfg,
+            export_source,
+            source_of=lambda key: setting_source(layers, overrides, key),
+            new_run=base is None,
+        )
+    except DreamtextError as error:
+        if type(error) is not DreamtextError or base is None:
+            raise
+        raise DreamtextError(with_resume_fix(str(error), fixed)) from None
     if base is not None:
         changed = resume_conflicts(base, cfg, fixed)
         if changed:
@@ -522,6 +529,22 @@ def resolve_config(
         key = ("text", cfg.prompt)
         cfg.workspace = str(prompt_workspace(DEFAULT_WORKSPACE_ROOT, cfg.prompt, key))
     return cfg
+
+
+def with_resume_fix(message: str, fixed: tuple[str, ...] = RESUME_FIXED) -> str:
+    """A resumed run's refusal of a value from its own config.json (one from before a bound, or
+    an edited file) with the way on: a ``--config`` YAML applies over config.json, so one that
+    sets the value in range resumes the run (not for the settings a resume cannot change,
+    ``fixed``, which would be refused next)."""
+    keys = re.findall(
+        r"(?:config field ')?([\w.]+)'? \(in " + re.escape(RUN_CONFIG) + r"\)", message
+    )
+    if not keys or any(key == f or key.startswith(f + ".") for key in keys for f in fixed):
+        return message
+    return (
+        f"{message}; to resume the run, pass --config with a YAML file that sets "
+        f"{' and '.join(dict.fromkeys(keys))} in range (it applies over config.json)"
+    )
 
 
 def recorded_presets(saved: dict[str, Any]) -> list[str] | None:

@@ -233,3 +233,45 @@ def test_a_backward_that_auto_runs_direct_is_not_told_to_lower_a_chunk(
     assert "(--h 32 --w 32, batch 4, render.num_steps 32 + render.upsample_steps 0 samples" in line
     assert line.endswith("render.num_steps or render.upsample_steps, or --batch-size or --h")
     assert not (tmp_path / "w").exists()
+
+
+def test_a_run_from_before_the_bounds_is_told_how_to_resume(tmp_path, monkeypatch, capsys):
+    """A run whose config.json holds a value past a bound (made before it, or an edited file)
+    was refused on --resume without a word of the way on: a --config that sets the value in
+    range applies over config.json and resumes it."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*BUILTIN_RUN, "--workspace", "w"]) == 0
+    saved = json.loads((tmp_path / "w" / "config.json").read_text(encoding="utf-8"))
+    saved["preview_views"] = 100
+    (tmp_path / "w" / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    resume = [*BUILTIN_RUN[:-1], "4", "--workspace", "w", "--resume"]
+    capsys.readouterr()
+    assert main(resume) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamtext: error: config field 'preview_views' (in the workspace's config.json) must be "
+        "at most 64 (each preview renders every view; the default is 4), got 100; to resume the "
+        "run, pass --config with a YAML file that sets preview_views in range (it applies over "
+        "config.json)"
+    ]
+    (tmp_path / "fix.yaml").write_text("preview_views: 4\n", encoding="utf-8")
+    assert main([*resume, "--config", "fix.yaml"]) == 0
+
+
+def test_a_resumed_run_is_not_told_to_change_what_a_resume_keeps():
+    """The seed and the field are fixed for a resume: a --config changing them is refused next,
+    so the line keeps to the refusal."""
+    from dreamtext.config import with_resume_fix
+
+    line = "config field 'seed' (in the workspace's config.json) must be from 0 to 9, got 10"
+    assert with_resume_fix(line) == line
+    line = "field.num_levels (in the workspace's config.json) must be at least 1, got 0"
+    assert with_resume_fix(line) == line
+    line = "render.march_steps (in the workspace's config.json) must be at most 4,096, got 5000"
+    assert with_resume_fix(line).endswith(
+        "; to resume the run, pass --config with a YAML file that sets render.march_steps in "
+        "range (it applies over config.json)"
+    )
+    line = "render.march_steps (in fix.yaml) must be at most 4,096, got 5000"
+    assert with_resume_fix(line) == line
