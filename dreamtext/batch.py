@@ -315,7 +315,6 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     line's image made before the image was moved, that run is the line's
     (:func:`moved_image_run`). Every image is opened here, so a bad one stops the batch before
     anything is written."""
-    from dreamtext.images import load_image
 
     path = Path(path)
     lines = read_prompt_lines(path)
@@ -323,6 +322,8 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     images_folder = relative_images_folder(path)
     found: list[Entry] = []  # workspaces named once the whole list is known
     seen: dict[tuple[str, str], int] = {}
+    bad: dict[str, tuple[int, str]] = {}  # an image line's text: its line and refusal
+    repeated: list[str] = []  # said once the list is known to be usable
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
         if not text or text.startswith("#"):
@@ -331,44 +332,29 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         # Any case: with Stable Diffusion, 'Image:mug.png' trained as a text prompt is hours lost.
         if text[: len(IMAGE_PREFIX)].lower() == IMAGE_PREFIX:
             kind, image = "image", text[len(IMAGE_PREFIX) :].strip()
-            if not image.strip("'\"").strip():  # quotes of nothing: told to drop the quotes
-                raise DreamtextError(f"{path}:{number}: '{text}' names no image; write image:PATH")
-            image_path = Path(image).expanduser()
-            if not image_path.is_absolute():
-                image_path = images_folder / image_path
-            refuse_trailing_comment(path, number, image_path)
-            quoted = len(image) > 1 and image[0] in "'\"" and image[-1] == image[0]
-            if quoted and not os.path.exists(image_path):  # a shell's habit for "my mug.png"
-                raise DreamtextError(
-                    f"{path}:{number}: image not found: {image_path}; write the path without "
-                    f"quotes: image:{image[1:-1]}"
-                )
-            # os.path.exists: False, where Path.exists raised, in a folder this user may not
-            # enter (another user's home), which load_image then names.
-            if not os.path.exists(image_path) and reads_like_prompt(Path(image)):
-                raise DreamtextError(
-                    f"{path}:{number}: image not found: {image_path}; for a text prompt, write "
-                    "the line without 'image:'"
-                )
             try:
-                load_image(image_path)
+                prompt = str(_line_image(path, number, text, image, images_folder, root))
             except DreamtextError as error:
-                kept = run_of_missing_image(root, image_path)
-                said = str(error)
-                if kept is not None:
-                    said = (
-                        f"image not found: {image_path}; its run {kept} is there: put the image "
-                        "back to go on with it, or remove the line (the run stays)"
-                    )
-                raise DreamtextError(f"{path}:{number}: {said}") from None
-            prompt = str(image_path)
+                if type(error) is not DreamtextError:
+                    raise
+                bad.setdefault(image, (number, str(error)))
+                continue
         entry = Entry(number, raw.rstrip("\r"), kind, prompt, root)
         repeats = repeat_key(kind, prompt)
         if repeats in seen:
-            _say(f"batch: line {number} repeats line {seen[repeats]}; it runs once")
+            repeated.append(f"batch: line {number} repeats line {seen[repeats]}; it runs once")
             continue
         seen[repeats] = number
         found.append(entry)
+    if bad:
+        # Every bad image line at once: a list with several was fixed one run at a time.
+        (_, first), *others = bad.items()
+        named = [f"{line} ({image})" for image, (line, _) in others]
+        rest = " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 2 else named)
+        also = f"; line{'s' * (len(others) > 1)} {rest} cannot be used either" if others else ""
+        raise DreamtextError(first[1] + also)
+    for note in repeated:
+        _say(note)
     if not found:
         raise DreamtextError(
             f"prompts file {path} holds no prompts (blank lines and # comments "
@@ -394,6 +380,46 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         named(line, slug, moved=False) if e.moved_from and taken[e.workspace] > 1 else e
         for line, e, slug in zip(found, entries, slugs, strict=True)
     ]
+
+
+def _line_image(
+    path: Path, number: int, text: str, image: str, images_folder: Path, root: Path
+) -> Path:
+    """The image of the list ``path``'s line ``number`` (``text``, naming ``image``), opened; a
+    :class:`DreamtextError` that starts ``PATH:LINE:`` and names what is wrong with it."""
+    from dreamtext.images import load_image
+
+    if not image.strip("'\"").strip():  # quotes of nothing: told to drop the quotes
+        raise DreamtextError(f"{path}:{number}: '{text}' names no image; write image:PATH")
+    image_path = Path(image).expanduser()
+    if not image_path.is_absolute():
+        image_path = images_folder / image_path
+    refuse_trailing_comment(path, number, image_path)
+    quoted = len(image) > 1 and image[0] in "'\"" and image[-1] == image[0]
+    if quoted and not os.path.exists(image_path):  # a shell's habit for "my mug.png"
+        raise DreamtextError(
+            f"{path}:{number}: image not found: {image_path}; write the path without "
+            f"quotes: image:{image[1:-1]}"
+        )
+    # os.path.exists: False, where Path.exists raised, in a folder this user may not
+    # enter (another user's home), which load_image then names.
+    if not os.path.exists(image_path) and reads_like_prompt(Path(image)):
+        raise DreamtextError(
+            f"{path}:{number}: image not found: {image_path}; for a text prompt, write "
+            "the line without 'image:'"
+        )
+    try:
+        load_image(image_path)
+    except DreamtextError as error:
+        kept = run_of_missing_image(root, image_path)
+        said = str(error)
+        if kept is not None:
+            said = (
+                f"image not found: {image_path}; its run {kept} is there: put the image "
+                "back to go on with it, or remove the line (the run stays)"
+            )
+        raise DreamtextError(f"{path}:{number}: {said}") from None
+    return image_path
 
 
 def refuse_trailing_comment(path: Path, number: int, image_path: Path) -> None:

@@ -535,6 +535,26 @@ def test_a_byte_order_mark_at_the_start_of_a_later_line_is_ignored(tmp_path):
         read_prompts(path, tmp_path / "root")
 
 
+def test_every_bad_image_line_is_named_at_once(tmp_path, capsys):
+    """A list with three missing images was refused for the first alone: the user fixed it, ran
+    the batch again, and was refused for the next. A repeated line's note, said before the
+    refusal, made it two lines."""
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    lines = ["a red cube", "image:nope.png", "a red cube", "image:ok.png", "image:bad.png"]
+    path = prompts_file(tmp_path, *lines, "image:nope.png", "image:'gone.png'")
+    with pytest.raises(DreamtextError) as refused:
+        read_prompts(path, tmp_path / "root")
+    assert str(refused.value).startswith(
+        f"{path}:2: image not found: {tmp_path / 'nope.png'} (check the path); lines 5 (bad.png) "
+        "and 7 ('gone.png') cannot be used either"
+    )
+    assert capsys.readouterr().err == ""
+    path = prompts_file(tmp_path, "image:ok.png", "image:nope.png", "image:gone.png")
+    with pytest.raises(DreamtextError, match=r":2: image not found: .*; line 3 \(gone.png\) "):
+        read_prompts(path, tmp_path / "root")
+
+
 def _entries(n):
     return [Entry(i + 1, f"p{i}", "text", f"p{i}", Path(f"p{i}")) for i in range(n)]
 
