@@ -71,6 +71,8 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 # The most views a preview strip shows (16× the default): each is a render of the field.
 PREVIEW_VIEWS_MAX = 64
+# The field's optimisers (TrainConfig.optimizer; dreamtext.factory.build_optimizer).
+OPTIMIZERS = ("adam", "adan")
 
 # The finest hash-grid resolution a run takes (field.finest_resolution_factor × field.bound).
 FINEST_RESOLUTION_MAX = 2**24
@@ -86,6 +88,9 @@ class TrainConfig:
     device: str = "auto"
     iters: int = 10_000
     lr: float = 1e-3
+    # The field's optimiser: adam (β 0.9, 0.99, ε 1e-15, Instant-NGP's), or adan, the one the
+    # thesis's Stable-DreamFusion fork trained with by default (dreamtext/adan.py; it took lr 5e-3).
+    optimizer: str = "adam"
     h: int = 64
     w: int = 64
     batch_size: int = 1
@@ -94,7 +99,8 @@ class TrainConfig:
     shading_probs: tuple[float, float, float] = (0.2, 0.4, 0.4)  # albedo, textureless, lambertian
     ambient_ratio: float = 0.1
     # Std of the light position's Gaussian noise around the camera (ch. 6.1.4): 1, the standard
-    # normal of the thesis's code (``rays_o[0] + torch.randn(3)``).
+    # normal of the fork's ``rays_o[0] + torch.randn(3)``, whose direction lit every ray of the
+    # image alike; here the point lights each ray from where it is (README, "Three choices").
     light_jitter: float = 1.0
     # Regulariser weights (the renderer computes the terms). The thesis gives none; these are
     # those of the Stable-DreamFusion fork it ran (March 2023): entropy 1e-4 on the opacity's
@@ -294,7 +300,7 @@ def builtin_preset_name(model: str) -> str | None:
 # What a resumed run cannot change: its random state continues from the checkpoint (``seed``),
 # and the checkpoint's tensors have the shapes these settings gave them (the field's architecture,
 # the occupancy grid). ``field.encoding`` picks an implementation of the same hash grid.
-RESUME_FIXED = ("seed", "field", "render.grid_resolution")
+RESUME_FIXED = ("seed", "optimizer", "field", "render.grid_resolution")
 RESUME_FREE = ("field.encoding",)
 # How a refusal names a resumed run's own recorded config (the first layer of its settings).
 RUN_CONFIG = "the workspace's config.json"
@@ -446,7 +452,7 @@ def resolve_config(
     base: dict[str, Any] | None = None,
     new_run: str = "start a new run with --overwrite or --workspace NEW_FOLDER",
     fixed: tuple[str, ...] = RESUME_FIXED,
-    kept: str = "a resumed run keeps its seed, field and occupancy grid",
+    kept: str = "a resumed run keeps its seed, optimizer, field and occupancy grid",
 ) -> TrainConfig:
     """Build the run's ``TrainConfig``.
 
@@ -581,6 +587,7 @@ def fill_missing(saved: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]
 # came with the built-in preset's true), no labels of their own for views from below (off when
 # it came; the built-in preset's 90 came three hours later).
 BEFORE_SETTINGS: dict[str, Any] = {
+    "optimizer": "adam",
     "render": {"sampler": "dense"},
     "guidance": {"views": {"split_sides": False, "below": None}},
 }
@@ -644,7 +651,7 @@ def absolute_model_folder(model: str) -> str:
 def resume_refusal(
     changed: list[str],
     new_run: str = "start a new run with --overwrite or --workspace NEW_FOLDER",
-    kept: str = "a resumed run keeps its seed, field and occupancy grid",
+    kept: str = "a resumed run keeps its seed, optimizer, field and occupancy grid",
 ) -> str:
     """The one line that refuses to resume a run with settings it cannot change: ``kept``, what
     the run keeps; ``new_run``, how the command starts a new run instead."""
@@ -763,6 +770,10 @@ def validate(
         )
     if cfg.lr <= 0:
         raise DreamtextError(f"{name('lr')} must be positive, got {cfg.lr}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise DreamtextError(
+            f"{name('optimizer')} must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}"
+        )
     # Adam's first step is lr / (1 - β1) = 10 lr (the hash table's encoding_lr_scale times
     # that), taken in float32: past its largest value torch raised mid-run (a traceback).
     lr_max = FLOAT32_MAX / 10 / max(1.0, cfg.field.encoding_lr_scale)

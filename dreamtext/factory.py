@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dreamtext.adan import Adan
 from dreamtext.config import TrainConfig
 from dreamtext.errors import DreamtextError
 from dreamtext.field import FieldConfig, NeRFField
@@ -102,9 +103,12 @@ def build_renderer(cfg: RenderConfig, device: torch.device | str) -> VolumeRende
     return VolumeRenderer(cfg).to(device)
 
 
-def build_optimizer(field: NeRFField, lr: float) -> torch.optim.Adam:
-    """Adam over the field's groups (hash table at ``lr × encoding_lr_scale``), β = (0.9, 0.99),
-    ε = 1e-15 (Instant-NGP's)."""
+def build_optimizer(field: NeRFField, lr: float, kind: str = "adam") -> torch.optim.Optimizer:
+    """The optimiser ``kind`` over the field's groups (hash table at ``lr × encoding_lr_scale``):
+    Adam with β = (0.9, 0.99), ε = 1e-15 (Instant-NGP's), or :class:`~dreamtext.adan.Adan` with
+    Stable-DreamFusion's settings."""
+    if kind == "adan":
+        return Adan(field.param_groups(lr))
     return torch.optim.Adam(field.param_groups(lr), betas=ADAM_BETAS, eps=ADAM_EPS)
 
 
@@ -125,7 +129,7 @@ def build_parts(
     guidance = build_guidance(cfg, device) if with_guidance else None
     field = build_field(cfg.field, device, mixed_precision(cfg, device), cfg.render.compile_field)
     renderer = build_renderer(cfg.render, device)
-    optimizer = build_optimizer(field, cfg.lr) if with_optimizer else None
+    optimizer = build_optimizer(field, cfg.lr, cfg.optimizer) if with_optimizer else None
     return RunParts(field, renderer, guidance, optimizer)
 
 

@@ -1414,7 +1414,10 @@ def test_image_overwrite_may_change_the_field_but_not_the_seed_of_the_descriptor
     assert "seed 0 → 5" in err and "num_levels" not in err and "resumed" not in err
     assert main(common) == 2  # without --overwrite the run resumes: its field stays
     err = capsys.readouterr().err
-    assert "a resumed run keeps its seed, field and occupancy grid" in err and "num_levels" in err
+    assert (
+        "a resumed run keeps its seed, optimizer, field and occupancy grid" in err
+        and "num_levels" in err
+    )
     assert len(ran) == 1
 
 
@@ -1459,7 +1462,7 @@ def test_text_diverse_overwrite_may_change_the_field_as_image_overwrite_does(
     assert main([*common, "--overwrite"]) == 0, capsys.readouterr().err
     assert ran[-1].field.num_levels == 4
     assert main(common) == 2  # without --overwrite the run resumes: its field stays
-    assert "a resumed run keeps its seed, field" in capsys.readouterr().err
+    assert "a resumed run keeps its seed, optimizer, field" in capsys.readouterr().err
 
 
 def test_a_diverse_run_into_a_text_runs_folder_is_refused_for_its_prompt(tmp_path):
