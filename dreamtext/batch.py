@@ -362,13 +362,13 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         )
     slugs = [slugify(_name(e)) for e in found]
     uses = Counter(slugs)
-    line_named = line_named_folders(root)  # listed once: a list of n prompts costs n, not n²
-    hashed = hashed_folders(root) if any(e.kind == "image" for e in found) else {}
+    listed = folder_names(root)  # listed once: a list of n prompts costs n, not n²
+    line_named, hashed = line_named_folders(root, listed), hashed_folders(root, listed)
 
     def named(entry: Entry, slug: str, moved: bool = True) -> Entry:
         name = workspace_name(
             root, entry.key, slug, uses[slug] > 1, ascii_slug(_name(entry)), line_named,
-            hashed if moved else None,
+            hashed, moved,
         )  # fmt: skip
         return _image_of_its_run(_prompt_of_its_run(replace(entry, workspace=root / name)))
 
@@ -500,27 +500,34 @@ def moved_image_run(workspace: Path, image: str) -> bool:
         return False
 
 
-def hashed_folders(root: Path) -> dict[str, list[str]]:
+def hashed_folders(root: Path, names: list[str] | None = None) -> dict[str, list[str]]:
     """The ``<name>_<8 hex digits>`` entries of ``root`` (:func:`workspace_name`'s hashed
-    names), sorted, by ``<name>``."""
-    return suffixed_folders(root, r"_[0-9a-f]{8}")
+    names), sorted, by ``<name>``; ``names``: :func:`folder_names` of ``root``, when the caller
+    has listed it already."""
+    return suffixed_folders(root, r"_[0-9a-f]{8}", names)
 
 
-def line_named_folders(root: Path) -> dict[str, list[str]]:
+def line_named_folders(root: Path, names: list[str] | None = None) -> dict[str, list[str]]:
     """The ``<name>_line<N>`` entries of ``root`` (runs of batches that named clashes by their
-    line number), sorted, by ``<name>``."""
-    return suffixed_folders(root, r"_line\d+")
+    line number), sorted, by ``<name>``; ``names`` as for :func:`hashed_folders`."""
+    return suffixed_folders(root, r"_line\d+", names)
 
 
-def suffixed_folders(root: Path, suffix: str) -> dict[str, list[str]]:
-    """The entries of ``root`` named ``<name>`` and then the regular expression ``suffix``, not
-    hidden, sorted, by ``<name>``; none where ``root`` cannot be listed."""
-    found: dict[str, list[str]] = {}
+def folder_names(root: Path) -> list[str]:
+    """The entries of ``root``, sorted; none where ``root`` cannot be listed."""
     try:
-        names = sorted(entry.name for entry in os.scandir(root))
+        return sorted(entry.name for entry in os.scandir(root))
     except OSError:  # no root yet, or not a folder (check_root says so)
-        return found
-    for name in names:
+        return []
+
+
+def suffixed_folders(
+    root: Path, suffix: str, names: list[str] | None = None
+) -> dict[str, list[str]]:
+    """The entries of ``root`` (``names``, where the caller has listed it already) named
+    ``<name>`` and then the regular expression ``suffix``, not hidden, sorted, by ``<name>``."""
+    found: dict[str, list[str]] = {}
+    for name in folder_names(root) if names is None else names:
         match = re.fullmatch(r"(.+)" + suffix, name)
         if match and not name.startswith("."):
             found.setdefault(match[1], []).append(name)
@@ -561,6 +568,7 @@ def workspace_name(
     legacy: str | None = None,
     line_named: Mapping[str, list[str]] | None = None,
     hashed: Mapping[str, list[str]] | None = None,
+    moved: bool = True,
 ) -> str:
     """The folder under ``root`` of the prompt (or image) ``key`` whose slug is ``slug``.
 
@@ -573,10 +581,11 @@ def workspace_name(
     that named clashes by their line number; and the same names made from ``legacy``, the slug an
     earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). Failing those, a
     folder ``slug`` (or the ``legacy`` one) holding a run of the prompt in other case
-    (:func:`same_up_to_case`) is the prompt's, and for an image, given ``hashed``
-    (:func:`hashed_folders` of ``root``), a folder ``slug`` or ``<slug>_<8 hex digits>``
-    holding its run made before the image was moved (:func:`moved_image_run`). ``line_named``:
-    :func:`line_named_folders` of ``root``, when the caller has listed it already.
+    (:func:`same_up_to_case`) is the prompt's, then such a hashed (given ``hashed``,
+    :func:`hashed_folders` of ``root``) or line-named one, and for an image, with ``moved``, a
+    folder ``slug`` or ``<slug>_<8 hex digits>`` holding its run made before the image was
+    moved (:func:`moved_image_run`). ``line_named``: :func:`line_named_folders` of ``root``,
+    when the caller has listed it already.
     """
     if line_named is None:
         line_named = line_named_folders(root)
@@ -593,7 +602,13 @@ def workspace_name(
     for name in names:
         if same_up_to_case(owners[name], key):
             return name
-    if key[0] == "image" and hashed is not None:
+    # A hashed folder (another line shared the slug, or the plain folder was another prompt's)
+    # holding the prompt in other case: a line whose case was edited since keeps its run there.
+    for name in names:
+        for found in (*(hashed or {}).get(name, []), *line_named.get(name, [])):
+            if same_up_to_case(run_owner(root / found), key):
+                return found
+    if key[0] == "image" and hashed is not None and moved:
         for name in names:
             for found in (name, *hashed.get(name, [])):
                 if moved_image_run(root / found, key[1]):

@@ -227,6 +227,20 @@ def test_a_hashed_folder_an_earlier_batch_trained_the_line_in_stays_the_lines(tm
     ]
 
 
+def test_a_line_whose_case_was_edited_keeps_its_run_in_a_hashed_folder(tmp_path):
+    """``a cat`` beside ``A cat!`` trained in a hashed folder; the line edited to ``A Cat``
+    hashes to another name, and the batch trained the prompt again in a third folder (with
+    ``A cat!`` gone, in ``a_cat``)."""
+    root = tmp_path / "root"
+    ran(root / f"a_cat_{sha('a cat')}", "a cat")
+    ran(root / f"a_cat_{sha('A cat!')}", "A cat!")
+    assert names(prompts_file(tmp_path, "A Cat", "A cat!"), root) == {
+        "a cat": f"a_cat_{sha('a cat')}",
+        "A cat!": f"a_cat_{sha('A cat!')}",
+    }
+    assert names(prompts_file(tmp_path, "A Cat"), root) == {"a cat": f"a_cat_{sha('a cat')}"}
+
+
 def test_the_image_prefix_is_read_in_any_case(tmp_path):
     """``IMAGE:mug.png`` was a text prompt: hours of Stable Diffusion on a typo."""
     Image.new("RGB", (8, 8)).save(tmp_path / "mug.png")
