@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamtext.errors import DreamtextError, shorten
+from dreamtext.prompts_text import shows_nothing
 
 BUILTIN_MODELS = ("builtin:shapes",)
 """The ``--model`` names of the built-in priors."""
@@ -98,7 +99,7 @@ def check_builtin_prompts(model: str, prompt: str, negative: str) -> None:
     a blank one stands for every image and is not asked. Other models take any prompt."""
     if model not in BUILTIN_MODELS:
         return
-    if prompt.strip():
+    if not shows_nothing(prompt):  # an invisible one is refused as empty (config.validate)
         find_primitive(prompt)
     check_builtin_negative(negative)
 

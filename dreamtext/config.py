@@ -50,7 +50,7 @@ from dreamtext.inputs import (
     unknown_field,
 )
 from dreamtext.processes import is_run_folder
-from dreamtext.prompts_text import check_prompt_characters
+from dreamtext.prompts_text import check_prompt_characters, shows_nothing
 from dreamtext.renderer import RenderConfig
 from dreamtext.runfiles import (
     KEPT_KEYS,
@@ -729,9 +729,11 @@ def validate(
         flag = "--" + key.replace("_", "-") if key in FLAGGED else None
         return setting_name(key, flag, source_of(key))
 
-    if not cfg.prompt.strip():
+    if shows_nothing(cfg.prompt):
+        hidden = [char for char in cfg.prompt if not char.isspace()]
+        only = f" (it holds only invisible characters: U+{ord(hidden[0]):04X})" if hidden else ""
         raise DreamtextError(
-            'the prompt is empty; give a text prompt, e.g. dreamtext text "a castle"'
+            f'the prompt is empty{only}; give a text prompt, e.g. dreamtext text "a castle"'
         )
     check_prompt_characters(cfg.prompt, "the prompt")
     if not cfg.guidance.model:

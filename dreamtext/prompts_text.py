@@ -31,6 +31,15 @@ def first_control_character(text: str, spaces_allowed: bool = False) -> int | No
     return None
 
 
+def shows_nothing(text: str) -> bool:
+    """Whether ``text`` is blank to the eye: spaces and invisible format characters (Unicode
+    category ``Cf``: a zero-width space or joiner, a word joiner, a byte-order mark, a soft
+    hyphen) only. Such a prompt (pasted from a web page, or ``"$(cat prompt.txt)"`` of a file
+    holding a BOM) was trained as text no one could see, and such a line of a prompts file,
+    which an editor shows blank, as a prompt in a ``run_<hash>`` folder."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
+
+
 def describe_character(char: str) -> str:
     """``U+0000 (NUL)``: a control character as a message names it."""
     code = ord(char)
@@ -78,4 +87,5 @@ __all__ = [
     "check_prompt_lines",
     "describe_character",
     "first_control_character",
+    "shows_nothing",
 ]

@@ -92,6 +92,32 @@ def test_a_config_files_prompt_is_checked_too():
         validate(TrainConfig(prompt="a red cube\x00"))
 
 
+def test_a_prompt_of_only_invisible_characters_is_empty(tmp_path, monkeypatch, capsys):
+    """A zero-width space (pasted from a web page) or a byte-order mark (``"$(cat
+    prompt.txt)"``) shows nothing, but passed the empty-prompt check and was trained."""
+    monkeypatch.chdir(tmp_path)
+    for model in ("/no/model", "builtin:shapes"):  # not an unknown caption quoted as ""
+        code, err = run_main(["text", "\u200b \ufeff", "--model", model], capsys)
+        assert code == 2
+        assert err == [
+            "dreamtext: error: the prompt is empty (it holds only invisible characters: U+200B); "
+            'give a text prompt, e.g. dreamtext text "a castle"'
+        ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_prompts_file_line_of_only_invisible_characters_is_a_blank_line(tmp_path):
+    """An editor shows a line holding a zero-width space blank, as README says blank lines are
+    skipped; it was a prompt, trained in a run_<hash> folder (refused by the built-in prior
+    with a caption that printed as \"\")."""
+    from dreamtext.batch import read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red cube\n\u200b\n \u2060 \u00ad\n")
+    entries = read_prompts(path, tmp_path / "workspace")
+    assert [(e.line, e.prompt) for e in entries] == [(1, "a red cube")]
+
+
 def test_a_nul_in_a_prompts_file_names_its_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prompts.txt").write_bytes(b"a red cube\n# fine\na blue\x00 sphere\n")
