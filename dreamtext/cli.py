@@ -590,12 +590,10 @@ def check_resumed_prompt(workspace: Path, recorded: dict[str, Any], prompt: str)
     another prompt, before the settings a resume keeps are compared (a ``--seed`` of the other
     prompt's run was refused as a changed seed, and dropping it only led to this line)."""
     from dreamtext.inputs import same_prompt
+    from dreamtext.runfiles import resumed_other_prompt_error
 
     if not same_prompt(recorded.get("prompt"), prompt):
-        raise DreamtextError(
-            f"{workspace} holds a run of '{recorded.get('prompt')}'; resume it with that "
-            "prompt, or drop --resume and pass --workspace NEW_FOLDER for this prompt"
-        )
+        raise resumed_other_prompt_error(workspace, recorded.get("prompt"))
 
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -479,6 +479,20 @@ def other_prompt_error(workspace: Path, previous: str, own_config: Path | None) 
     )
 
 
+def resumed_other_prompt_error(workspace: Path, previous: str) -> DreamtextError:
+    """The line for ``--resume`` of the run in ``workspace``, of ``previous``, with another
+    prompt: an image→3D or ``--diverse`` run is continued by its own command
+    (:func:`_continued_by`; the prompt typed is often the ``--diverse`` one, not the learned
+    sentence the run records), any other run by that prompt with ``--resume``."""
+    held = f"a run of '{previous}'; resume it with that prompt"
+    if read_stage_sections(workspace):
+        held = _continued_by(workspace, previous)
+    return DreamtextError(
+        f"{workspace} holds {held}, or drop --resume and pass --workspace NEW_FOLDER for this "
+        "prompt"
+    )
+
+
 def _continued_by(workspace: Path, previous: str) -> str:
     """What run ``workspace`` holds, and the command that continues it: ``--resume`` with another
     prompt is refused, and the text→3D stage of an image→3D or ``--diverse`` run is continued by

@@ -489,6 +489,31 @@ def test_a_resume_of_another_prompts_run_is_refused_naming_that_prompt(tmp_path,
     )
 
 
+def test_a_resume_of_a_diverse_run_with_its_prompt_names_the_diverse_command(tmp_path, capsys):
+    """``text "a mug" --resume`` of the ``--diverse`` run of "a mug" was told to resume it with
+    the learned sentence its config.json records; without --resume the line names the
+    ``--diverse`` command that continues it, as README says such runs go on."""
+    import json
+
+    from dreamtext.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    record = {
+        "prompt": "An image of a <descriptor> mug",
+        "workspace": str(run),
+        "diverse": {"prompt": "a mug", "seed": 3},
+    }
+    (run / "config.json").write_text(json.dumps(record))
+    assert main(["text", "a mug", "--resume", "--workspace", str(run)]) == 2
+    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {run}"
+    assert capsys.readouterr().err == (
+        f"dreamtext: error: {run} holds the --diverse run of 'a mug'; `{command}` continues it, "
+        "or drop --resume and pass --workspace NEW_FOLDER for this prompt\n"
+    )
+
+
 def make_run_record(run, prompt, checkpoint=True):
     import json
 
