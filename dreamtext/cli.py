@@ -619,7 +619,7 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
         "to start over, delete it and drop --resume (or drop --resume and pass --workspace NEW)",
     )
     if data is None:
-        raise _nothing_to_resume(workspace)
+        raise _nothing_to_resume(workspace, args.prompt)
     # A run of this prompt without a single checkpoint file is refused here, before its settings
     # are resolved (which needs torch), so that early_text refuses it with the same line first;
     # the checks of train() then, as before, refuse a run whose step files are all damaged.
@@ -629,7 +629,18 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def _nothing_to_resume(workspace: Path) -> DreamtextError:
+def _nothing_to_resume(workspace: Path, prompt: str) -> DreamtextError:
+    """No run to resume in ``workspace``; where ``prompt``'s ``--diverse`` run lies beside it
+    (the command typed again without ``--diverse``), the line names the command that continues
+    it rather than a new run."""
+    from dreamtext.runfiles import diverse_run_beside
+
+    beside = diverse_run_beside(workspace, prompt)
+    if beside is not None:
+        return DreamtextError(
+            f"nothing to resume in {workspace}: no config.json; {beside}, or drop --resume to "
+            "start a new text→3D run"
+        )
     return DreamtextError(
         f"nothing to resume in {workspace}: no config.json; drop --resume to start a new run"
     )
@@ -1070,7 +1081,7 @@ def early_text(args: argparse.Namespace) -> None:
         if workspace is None:
             return
         if not (workspace / "config.json").is_file():  # read_run_config finds no run
-            raise _nothing_to_resume(workspace)
+            raise _nothing_to_resume(workspace, args.prompt)
         try:  # read_run_config refuses a config.json that is not a JSON mapping: its line
             recorded = json.loads((workspace / "config.json").read_text(encoding="utf-8"))
         except (OSError, *UNREADABLE_JSON):

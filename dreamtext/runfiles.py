@@ -14,6 +14,7 @@ here.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -491,6 +492,22 @@ def resumed_other_prompt_error(workspace: Path, previous: str) -> DreamtextError
         f"{workspace} holds {held}, or drop --resume and pass --workspace NEW_FOLDER for this "
         "prompt"
     )
+
+
+def diverse_run_beside(workspace: Path, prompt: str) -> str | None:
+    """Where ``workspace`` (the folder ``text --resume`` of ``prompt`` looked in) holds no run
+    but a ``--diverse`` run of ``prompt`` lies beside it, in ``<workspace>_diverse_seed<N>``:
+    that folder and the command that continues it (:func:`_continued_by`; the first seed by
+    name), for a resume typed without ``--diverse``; else ``None``."""
+    pattern = f"{glob.escape(workspace.name)}_diverse_seed*"
+    for found in sorted(workspace.parent.glob(pattern)):
+        try:
+            recorded = read_stage_sections(found).get("diverse", {}).get("prompt")
+        except DreamtextError:  # an unreadable config.json: no run to name
+            continue
+        if same_prompt(recorded, prompt):
+            return f"{found} holds {_continued_by(found, prompt)}"
+    return None
 
 
 def _continued_by(workspace: Path, previous: str) -> str:

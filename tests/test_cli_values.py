@@ -514,6 +514,34 @@ def test_a_resume_of_a_diverse_run_with_its_prompt_names_the_diverse_command(tmp
     )
 
 
+def test_a_resume_typed_without_diverse_names_the_diverse_run_beside(tmp_path, monkeypatch, capsys):
+    """``text "a mug" --resume`` where only ``workspace/a_mug_diverse_seed3`` holds a run of
+    "a mug": the line said to drop --resume and start a new run (hours of a plain text→3D run
+    instead of the --diverse one to go on)."""
+    import json
+    from pathlib import Path
+
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = Path("workspace") / "a_mug_diverse_seed3"
+    run.mkdir(parents=True)
+    record = {"prompt": "a mug", "workspace": str(run), "diverse": {"prompt": "a mug", "seed": 3}}
+    (run / "config.json").write_text(json.dumps(record))
+    assert main(["text", "a mug", "--resume"]) == 2
+    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {run}"
+    assert capsys.readouterr().err == (
+        "dreamtext: error: nothing to resume in workspace/a_mug: no config.json; "
+        f"{run} holds the --diverse run of 'a mug'; `{command}` continues it, or drop --resume "
+        "to start a new text→3D run\n"
+    )
+    assert main(["text", "a cup", "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        "dreamtext: error: nothing to resume in workspace/a_cup: no config.json; drop --resume "
+        "to start a new run\n"
+    )
+
+
 def make_run_record(run, prompt, checkpoint=True):
     import json
 
