@@ -1794,6 +1794,26 @@ def test_a_gallery_of_one_run_counts_it_in_the_singular_and_filters_by_any_case(
         assert page.locator('.card[data-run="a_Red_cube"]').count() == 1
 
 
+def test_a_diverse_runs_card_and_page_name_its_prompt_and_the_filter_finds_it(page, tmp_path):
+    """Once the descriptor has trained, a ``text --diverse`` run's config.json prompt is the
+    learned sentence: the prompt typed was on neither card nor page, and the filter lost it."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "ws2", {"state": "finished", "step": 8, "iters": 8})
+    sentence = "An image of a few <descriptor> firefighter"
+    diverse = {"prompt": "a red teapot", "seed": 7}
+    (ws / "config.json").write_text(json.dumps({"prompt": sentence, "diverse": diverse}))
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        card = page.locator('.card[data-run="ws2"]')
+        card.wait_for()
+        assert card.locator("p.sentence").all_inner_texts() == ["--diverse: a red teapot"]
+        page.fill("#filter", "teapot")
+        page.wait_for_selector("p.none", state="hidden")
+        assert page.locator('.card[data-run="ws2"]').count() == 1
+        page.goto(srv.url + "run/ws2/")
+        assert "sampled by --diverse from a red teapot" in page.inner_text("header p.sentence")
+
+
 def chart_labels(page, key: str) -> list[str]:
     chart = page.locator(f'.chart[data-key="{key}"]')
     chart.wait_for()

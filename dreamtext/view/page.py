@@ -133,6 +133,7 @@ def run_json(run: Run, links: Links, full: bool) -> dict[str, Any]:
         "prompt": run.prompt,
         "sentence": run.sentence,
         "trained_sentence": run.trained_sentence,
+        "diverse_prompt": run.diverse_prompt,
         "status": run.status,
         "batch": run.batch,
         "log_lines": run.log_lines,

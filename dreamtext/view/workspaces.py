@@ -900,6 +900,9 @@ class Run:
     prompt: str | None = None
     sentence: str | None = None
     trained_sentence: str | None = None
+    # A ``text --diverse`` run's own prompt: config.json's ``prompt`` becomes the learned
+    # sentence once the descriptor has trained, and the prompt typed was then nowhere on the page.
+    diverse_prompt: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
     batch: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
@@ -1042,6 +1045,9 @@ def _read_files(
         run.prompt = _text(run.config.get("prompt"))
     if run.prompt is None and location.batch:
         run.prompt = _text(location.batch.get("prompt"))
+    diverse = (run.config or {}).get("diverse")
+    if isinstance(diverse, dict):
+        run.diverse_prompt = _text(diverse.get("prompt"))
     sentence = read_json(folder / SENTENCE_FILE)
     if sentence is not None:
         run.sentence = _text(sentence.get("sentence"))

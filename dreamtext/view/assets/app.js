@@ -342,6 +342,9 @@
       run.kind === "image" && run.sentence && run.sentence !== runTitle(run)
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
         : null,
+      run.diverse_prompt && run.diverse_prompt !== runTitle(run)
+        ? el("p", { class: "sentence", text: `--diverse: ${run.diverse_prompt}` })
+        : null,
       el("p", { class: "facts" }, badge(run), " ", facts(run)),
       run.batch ? el("p", { class: "batch" }, ...batchLine(run).flatMap((part, i) => [i ? " · " : null, part].flat())) : null,
       status.error ? el("p", { class: "error", text: String(status.error), title: String(status.error) }) : null,
@@ -409,7 +412,7 @@
     function draw() {
       const needle = filter.value.trim().toLowerCase();
       const shown = runs
-        .filter((run) => !needle || [run.prompt, run.trained_sentence, run.sentence, run.name]
+        .filter((run) => !needle || [run.prompt, run.diverse_prompt, run.trained_sentence, run.sentence, run.name]
           .some((text) => text && text.toLowerCase().includes(needle)))
         .sort(SORTS[sort.value][1]);
       counts.textContent = summary(runs);
@@ -656,7 +659,8 @@
         status.error ? el("p", { class: "error", text: String(status.error) }) : null,
         run.kind === "image" ? el("p", { class: "sentence" },
           "Learned sentence: ", run.trained_sentence ? el("q", { text: run.trained_sentence }) : "not trained yet",
-          run.sentence ? [" · CLIP sentence: ", el("q", { text: run.sentence })] : null) : null,
+          run.sentence ? [" · CLIP sentence: ", el("q", { text: run.sentence })] : null,
+          run.diverse_prompt ? [" · sampled by --diverse from ", el("q", { text: run.diverse_prompt })] : null) : null,
         el("p", { class: "name", text: run.workspace || run.name }),
       );
     }
