@@ -1814,6 +1814,23 @@ def test_a_diverse_runs_card_and_page_name_its_prompt_and_the_filter_finds_it(pa
         assert "sampled by --diverse from a red teapot" in page.inner_text("header p.sentence")
 
 
+def test_the_filter_finds_a_prompt_saved_with_combining_accents(page, tmp_path):
+    """A prompts file written with combining accents (NFD, as macOS tools may save it) records
+    the prompt so; "crème brûlée" typed in the filter (precomposed letters) found no run,
+    though dreamtext takes the two for one prompt and gives them one folder."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "crème_brûlée", {"state": "finished", "step": 60, "iters": 60})
+    (ws / "config.json").write_text(json.dumps({"prompt": "cre\u0300me bru\u0302le\u0301e"}))
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card")
+        page.fill("#filter", "zzz")
+        page.wait_for_selector("p.none:not([hidden])")
+        page.fill("#filter", "Cr\u00e8me br\u00fbl\u00e9e")
+        page.wait_for_selector("p.none", state="hidden")
+        assert page.locator(".card").count() == 1
+
+
 def chart_labels(page, key: str) -> list[str]:
     chart = page.locator(f'.chart[data-key="{key}"]')
     chart.wait_for()

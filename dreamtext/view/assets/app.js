@@ -410,10 +410,12 @@
     let runs = data.runs;
 
     function draw() {
-      const needle = filter.value.trim().toLowerCase();
+      // NFC both: "crème" typed (precomposed è) finds a prompt saved with a combining accent
+      // (a prompts file from a macOS tool), as dreamtext takes them for one prompt.
+      const needle = filter.value.trim().normalize("NFC").toLowerCase();
       const shown = runs
         .filter((run) => !needle || [run.prompt, run.diverse_prompt, run.trained_sentence, run.sentence, run.name]
-          .some((text) => text && text.toLowerCase().includes(needle)))
+          .some((text) => text && text.normalize("NFC").toLowerCase().includes(needle)))
         .sort(SORTS[sort.value][1]);
       counts.textContent = summary(runs);
       place(cards, shown.map(card));
