@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -179,7 +180,37 @@ class _OneLineParser(argparse.ArgumentParser):
         self._negative_number_matcher = self.NEGATIVE_NUMBER
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        message += self._dashed_positional_hint(message)
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    def _dashed_positional_hint(self, message: str) -> str:
+        """``; a prompt that starts with - goes after --: dreamtext text -- "-red"``, where the
+        command's positional is missing and a word it was typed with starts with one dash and is
+        no flag of it: argparse took ``dreamtext text "-red"``'s prompt for an unknown flag, and
+        said only that the prompt was missing. After ``--`` every word is positional, so the
+        command's flags go before it."""
+        required = "the following arguments are required: "
+        words = getattr(self, "words", None)
+        if not message.startswith(required) or not words:
+            return ""
+        known = _option_strings(self)
+        dashed = [
+            word
+            for word in words
+            if word.startswith("-")
+            and not word.startswith("--")
+            and len(word) > 1
+            and not self._negative_number_matcher.match(word)
+            and not any(option.startswith(word.split("=")[0]) for option in known)
+        ]
+        if not dashed:
+            return ""
+        name = message[len(required) :].split(",")[0].strip()
+        article = "an" if name[:1].lower() in "aeiou" else "a"
+        others = list(words)
+        others.remove(dashed[0])
+        typed = shlex.join([self.prog.split()[0], *others, "--", dashed[0]])
+        return f"; {article} {name} that starts with - goes last, after --: {typed}"
 
     def parse_command_line(self, argv: list[str] | None = None) -> argparse.Namespace:
         """``parse_args``, with a flag the command does not know reported by that command's parser
@@ -188,6 +219,8 @@ class _OneLineParser(argparse.ArgumentParser):
         commands = getattr(self, "commands", {})  # set on the top-level parser
         if commands:
             _refuse_flags_before_the_command(self, words, commands)
+            for command_parser in commands.values():
+                command_parser.words = words  # for its _dashed_positional_hint
         command = next((word for word in words if not word.startswith("-")), None)
         if commands and command is not None and command not in commands:
             # `dreamtext txt`: argparse's "invalid choice" lists the commands but not the one meant.

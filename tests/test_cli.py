@@ -1514,6 +1514,36 @@ def test_a_usage_error_names_the_command_and_its_help(capsys, args, line):
     assert_user_error(code, err, line, f"(see {command} --help)")
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["text", "-red", "--model", "builtin:shapes"],
+            "dreamtext text: the following arguments are required: prompt; a prompt that starts "
+            "with - goes last, after --: dreamtext text --model builtin:shapes -- -red ",
+        ),
+        (
+            ["describe", "-my", "--clip", "c"],
+            "dreamtext describe: the following arguments are required: image; an image that "
+            "starts with - goes last, after --: dreamtext describe --clip c -- -my ",
+        ),
+        (["text", "--bogus"], "dreamtext text: the following arguments are required: prompt "),
+        (["text", "-", "--iters"], None),
+    ],
+)
+def test_a_one_word_prompt_that_starts_with_a_dash_is_told_to_go_after_two_dashes(
+    capsys, args, line
+):
+    """`dreamtext text "-red"` said only that the prompt was missing: argparse took it for an
+    unknown flag. A misspelt long flag keeps its line; a lone `-` is no flag."""
+    code, err = run_main(args, capsys)
+    if line is None:
+        assert "goes last" not in err
+        return
+    command = args[0]
+    assert_user_error(code, err, line, f"(see dreamtext {command} --help)")
+
+
 def test_export_given_the_run_as_a_positional_says_to_pass_it_with_workspace(capsys):
     """`dreamtext export workspace/a_cat`, as `view` and `image` take their paths, was refused
     as "unrecognized arguments: workspace/a_cat" alone: the line names the folder's flag."""
