@@ -535,6 +535,9 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         },
         "skipped_steps": run.guidance.skipped_steps,
         "skipped_updates": run.skipped_updates,
+        # The divergence window (check_diverged): a resume that started it empty stopped 50
+        # steps later than the run it continues would have.
+        "recent_skips": list(run.recent_skips),
         "occupancy_pending": run.occupancy_pending,
         "loss_scaler": run.scaler.state_dict(),
         "config": config_to_dict(run.cfg),
@@ -579,6 +582,9 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.guidance.set_state(state["rng"]["guidance"])
     run.guidance.skipped_steps = int(state.get("skipped_steps", 0))
     run.skipped_updates = int(state.get("skipped_updates", 0))
+    run.recent_skips = collections.deque(
+        state.get("recent_skips", []), maxlen=DIVERGENCE_WINDOW
+    )  # empty for a checkpoint from before it was kept
     if run.scaler.is_enabled() and state.get("loss_scaler"):
         run.scaler.load_state_dict(state["loss_scaler"])
     if state.get("occupancy_pending"):  # the refresh that ran out of memory, now, as it was due
@@ -829,8 +835,11 @@ def check_diverged(run: Run) -> None:
     causes = [cause for cause in run.recent_skips if cause]
     if len(causes) < DIVERGED_AFTER:
         return
-    path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
     steps = f"in {len(causes)} of the {len(run.recent_skips)} steps up to step {run.step}"
+    # Its checkpoint is for a resume with a fix (a smaller --lr or --guidance), which a window
+    # kept full would stop again at its first step.
+    run.recent_skips.clear()
+    path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
     if causes.count("guidance") * 2 > len(causes):
         guidance = run.cfg.guidance
         precision = " or without --fp16" if guidance.fp16 else ""

@@ -653,6 +653,33 @@ def test_a_run_whose_guidance_is_never_finite_stops_instead_of_finishing_untrain
     assert status["state"] == "failed" and status["error"] == message
 
 
+def test_a_resumed_run_diverges_at_the_step_the_uninterrupted_one_does(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """The divergence window goes on through a resume, as the random states do: a run stopped
+    after 2 skipped steps and resumed started it empty, and trained 3 more skipped steps before
+    stopping (at step 5, not 3; the built-in prior at --guidance 3e38, stopped at step 46:
+    diverged at step 96, not 50). The checkpoint a diverged run saves starts it empty, so that
+    its resume with a smaller --guidance is not stopped at its first step."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+
+    def config(iters, guidance_scale=1e308):
+        cfg = tiny_config(tmp_path, tiny_sd_path, iters=iters)
+        cfg.guidance.guidance_scale = guidance_scale  # every ε̂ overflows
+        return cfg
+
+    train(config(2))  # two skipped steps: not yet diverged
+    with pytest.raises(DreamtextError, match="in 3 of the 3 steps up to step 3"):
+        train(config(20), resume=True)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["step"] == 3
+    train(config(6, guidance_scale=10.0), resume=True)  # the fix: it trains on to the end
+    assert load_checkpoint(last)["step"] == 6
+
+
 def test_an_export_too_big_for_the_memory_is_refused_before_the_training(
     tmp_path, tiny_sd_path, monkeypatch
 ):
