@@ -835,24 +835,30 @@ def check_diverged(run: Run) -> None:
     causes = [cause for cause in run.recent_skips if cause]
     if len(causes) < DIVERGED_AFTER:
         return
-    steps = f"in {len(causes)} of the {len(run.recent_skips)} steps up to step {run.step}"
+    window = f"of the {len(run.recent_skips)} steps up to step {run.step}"
+    bad_eps, bad_grads = causes.count("guidance"), causes.count("gradients")
     # Its checkpoint is for a resume with a fix (a smaller --lr or --guidance), which a window
     # kept full would stop again at its first step.
     run.recent_skips.clear()
     path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
-    if causes.count("guidance") * 2 > len(causes):
+    # Each cause with its own count: a line that put all 50 steps on ε̂, where 10 of them had
+    # finite ε̂ and NaN gradients, misstated both.
+    if bad_eps > bad_grads:
         guidance = run.cfg.guidance
         precision = " or without --fp16" if guidance.fp16 else ""
+        more = f", and the gradients in {bad_grads} more" if bad_grads else ""
         raise DreamtextError(
             f"the training diverged: the diffusion model's guided noise prediction was NaN or "
-            f"infinite {steps}, so they taught the field nothing; saved {path}; continue with "
-            f"{run.resume_with} and a smaller --guidance (this run's is "
+            f"infinite in {bad_eps} {window}{more}, so they taught the field nothing; saved "
+            f"{path}; continue with {run.resume_with} and a smaller --guidance (this run's is "
             f"{guidance.guidance_scale:g}){precision}"
         )
+    more = f", and the guided noise prediction in {bad_eps} more" if bad_eps else ""
     raise DreamtextError(
-        f"the training diverged: the gradients were NaN or infinite {steps}, which left the "
-        f"field unchanged; saved {path}; continue with {run.resume_with} and a smaller --lr "
-        f"(this run's is {run.cfg.lr:g}), or start again with another --seed"
+        f"the training diverged: the gradients were NaN or infinite in {bad_grads} {window}"
+        f"{more}, which left the field unchanged; saved {path}; continue with "
+        f"{run.resume_with} and a smaller --lr (this run's is {run.cfg.lr:g}), or start again "
+        "with another --seed"
     )
 
 

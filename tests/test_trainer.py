@@ -653,6 +653,34 @@ def test_a_run_whose_guidance_is_never_finite_stops_instead_of_finishing_untrain
     assert status["state"] == "failed" and status["error"] == message
 
 
+def test_a_diverged_runs_line_counts_each_cause_apart(tmp_path, tiny_sd_path, monkeypatch):
+    """Steps whose ε̂ was not finite and steps whose gradients were not were all put on the
+    larger cause: the built-in prior at --guidance 3e38 said ε̂ was NaN or infinite "in 50 of
+    the 50 steps up to step 50", where its log and end line counted 40 of them and 10 of the
+    gradients. Here steps 1-2 have no finite ε̂ and step 3 NaN gradients."""
+    from dreamtext import trainer
+    from dreamtext.guidance import ScoreDistillation
+
+    real, calls = ScoreDistillation.sds_loss, []
+
+    def eps_twice_then_gradients(self, *args, **kwargs):
+        loss, info = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) % 3 == 0:
+            return loss * math.nan, info
+        info["skipped"] = torch.ones(())
+        return loss * 0, info
+
+    monkeypatch.setattr(ScoreDistillation, "sds_loss", eps_twice_then_gradients)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20))
+    message = str(error.value)
+    assert "in 2 of the 3 steps up to step 3, and the gradients in 1 more" in message, message
+    assert "--guidance" in message
+
+
 def test_a_resumed_run_diverges_at_the_step_the_uninterrupted_one_does(
     tmp_path, tiny_sd_path, monkeypatch
 ):
