@@ -531,10 +531,26 @@ def _continued_by(workspace: Path, previous: str) -> str:
 
 def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -> DreamtextError:
     """The line for a new run in ``workspace``, which holds a run of the same prompt with a
-    checkpoint of ``step`` (``None``: not known) and no ``--overwrite``: typing the training
-    command again must not wipe hours of training. ``own_config`` as for
+    checkpoint of ``step`` (``None``: none of its checkpoints loads whole, so that ``--resume``
+    cannot go on) and no ``--overwrite``: typing the training command again must not wipe hours
+    of training. ``own_config`` as for
     :func:`other_prompt_error`."""
-    where = f" at step {step}" if step is not None else ""
+    if step is None:
+        # A checkpoint is there (can_resume), but none loads whole: `--resume` would refuse.
+        again = "--overwrite to train it again from scratch"
+        failing = "; if a disk or file server is failing, run the command again once it is back"
+        if own_config is not None:
+            return DreamtextError(
+                f"--config {own_config} is the record of the run in {workspace}, where this "
+                "command would train, and no checkpoint of it loads whole; pass --workspace "
+                f"NEW_FOLDER to train it again beside it, or {again}{failing}"
+            )
+        return DreamtextError(
+            f"{workspace} already holds a run of this prompt, but no checkpoint of it loads whole "
+            f"(damaged or cut short), so --resume has nothing to go on from; pass {again}, or "
+            f"--workspace NEW_FOLDER{failing}"
+        )
+    where = f" at step {step}"
     recorded = read_run_config(workspace, "delete it or pass --workspace") or {}
     iters = recorded.get("iters")
     resume = "--resume to continue it"

@@ -966,7 +966,8 @@ def test_a_checkpoint_changed_since_its_step_was_recorded_is_left_to_the_command
     checkpointed_run,
 ):
     """last.pt written over (here with bytes that are no checkpoint): the record is not of it,
-    so the trainer reads it, and names no step."""
+    so the trainer reads it, and names no step. With no step file either, the run was told to
+    `--resume`, which refused: nothing loads whole."""
     from dreamtext.runfiles import recorded_step
 
     assert recorded_step(checkpointed_run) == 7
@@ -975,8 +976,10 @@ def test_a_checkpoint_changed_since_its_step_was_recorded_is_left_to_the_command
     done = run_without_torch(checkpointed_run.parent, ["text", "a cube", "--workspace", "run"])
     assert (done.returncode, done.stderr) == (
         2,
-        "dreamtext: error: run already holds a run of this prompt; pass --resume to continue it, "
-        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER\n",
+        "dreamtext: error: run already holds a run of this prompt, but no checkpoint of it loads "
+        "whole (damaged or cut short), so --resume has nothing to go on from; pass --overwrite to "
+        "train it again from scratch, or --workspace NEW_FOLDER; if a disk or file server is "
+        "failing, run the command again once it is back\n",
     )
     assert "torch" in done.stdout
 

@@ -511,13 +511,24 @@ def test_a_new_files_mode_is_the_ordinary_one_less_the_umask():
         os.umask(before)
 
 
-def test_a_held_run_of_an_unknown_step_names_no_step(tmp_path):
+def test_a_held_run_with_no_whole_checkpoint_is_not_told_to_resume(tmp_path):
+    """Step None: a checkpoint is there, none loads whole (the trainer's resume_step). The line
+    said "pass --resume to continue it", which then refused: nothing to go on from."""
     from dreamtext.runfiles import held_run_error
 
     _config(tmp_path, prompt="a red cube", iters=100)
     assert str(held_run_error(tmp_path, None, None)) == (
-        f"{tmp_path} already holds a run of this prompt; pass --resume to continue it, "
-        "--overwrite to train it again from scratch, or --workspace NEW_FOLDER"
+        f"{tmp_path} already holds a run of this prompt, but no checkpoint of it loads whole "
+        "(damaged or cut short), so --resume has nothing to go on from; pass --overwrite to train "
+        "it again from scratch, or --workspace NEW_FOLDER; if a disk or file server is failing, "
+        "run the command again once it is back"
+    )
+    own = tmp_path / "config.json"
+    assert str(held_run_error(tmp_path, None, own)) == (
+        f"--config {own} is the record of the run in {tmp_path}, where this command would train, "
+        "and no checkpoint of it loads whole; pass --workspace NEW_FOLDER to train it again beside "
+        "it, or --overwrite to train it again from scratch; if a disk or file server is failing, "
+        "run the command again once it is back"
     )
 
 
