@@ -1096,9 +1096,10 @@ def early_text(args: argparse.Namespace) -> None:
     if args.resume and args.overwrite:
         raise DreamtextError("give --resume or --overwrite, not both")
     if args.diverse and args.resume:
+        where = str(args.workspace) if args.workspace else "workspace/<prompt>_diverse_seed<N>"
         raise DreamtextError(
-            "--diverse runs resume on their own (in workspace/<prompt>_diverse_seed<N>): run the "
-            "same command again without --resume"
+            f"--diverse runs resume on their own (in {where}): run the same command again "
+            "without --resume"
         )
     flags = (*DESCRIBE_FLAGS, "descriptor_iters")
     given = [name for name in flags if getattr(args, name) is not None]

@@ -133,6 +133,11 @@ def test_compile_compiles_the_guidance_and_the_field_and_no_compile_neither():
             "--diverse runs resume on their own (in workspace/<prompt>_diverse_seed<N>): run the "
             "same command again without --resume",
         ),
+        (  # it named the default folder, where --workspace put the run elsewhere
+            ["--diverse", "--resume", "--workspace", "mine"],
+            "--diverse runs resume on their own (in mine): run the same command again "
+            "without --resume",
+        ),
     ],
 )
 def test_conflicting_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, line):
