@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dreamtext.adan import ADAN_BETAS
 from dreamtext.cameras import CameraRange
 from dreamtext.captions import BUILTIN_MODELS
 from dreamtext.errors import DreamtextError
@@ -776,13 +777,16 @@ def validate(
         raise DreamtextError(
             f"{name('optimizer')} must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}"
         )
-    # Adam's first step is lr / (1 - β1) = 10 lr (the hash table's encoding_lr_scale times
-    # that), taken in float32: past its largest value torch raised mid-run (a traceback).
-    lr_max = FLOAT32_MAX / 10 / max(1.0, cfg.field.encoding_lr_scale)
+    # Adam's first step is lr / (1 - β1) = 10 lr, Adan's 50 lr (the hash table's
+    # encoding_lr_scale times that), taken in float32: past its largest value torch raised
+    # mid-run (a traceback).
+    adan = cfg.optimizer == "adan"
+    first_step = 1.0 / (1.0 - ADAN_BETAS[0]) if adan else 10.0
+    lr_max = FLOAT32_MAX / first_step / max(1.0, cfg.field.encoding_lr_scale)
     if cfg.lr > lr_max:
         raise DreamtextError(
-            f"{name('lr')} is too large ({cfg.lr:g}): Adam's steps would overflow float32 above "
-            f"{lr_max:.3g}; the default is {TrainConfig.lr:g}"
+            f"{name('lr')} is too large ({cfg.lr:g}): {'Adan' if adan else 'Adam'}'s steps "
+            f"would overflow float32 above {lr_max:.3g}; the default is {TrainConfig.lr:g}"
         )
     # torch.manual_seed takes -2^63 to 2^64 - 1; a seed past that was a torch traceback once
     # the run had started. Negative seeds and seeds past SEED_MAX are refused by --seed and in a

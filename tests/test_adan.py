@@ -159,3 +159,17 @@ def test_an_adan_run_resumes_to_the_uninterrupted_result_and_keeps_its_optimizer
     resume = [*BUILTIN_RUN, "--iters", "6", "--workspace", "b", "--resume", "--config", "adam.yaml"]
     assert main(resume) == 2
     assert "optimizer adan → adam" in capsys.readouterr().err
+
+
+def test_an_adan_rate_whose_first_step_overflows_float32_is_refused_before_the_run(
+    tmp_path, monkeypatch, capsys
+):
+    """Adan's first step is 50 lr (Adam's 10 lr): --lr 1e36 passed Adam's bound and the run
+    raised a torch traceback at its first step, after writing its workspace."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adan.yaml").write_text("optimizer: adan\n", encoding="utf-8")
+    run = [*BUILTIN_RUN, "--iters", "2", "--workspace", "w", "--config", "adan.yaml"]
+    assert main([*run, "--lr", "1e36"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr is too large (1e+36): Adan's steps would overflow float32 above 6.81e+35" in err
+    assert not (tmp_path / "w").exists()
