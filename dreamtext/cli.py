@@ -199,7 +199,7 @@ class _OneLineParser(argparse.ArgumentParser):
             for word in words
             if word.startswith("-")
             and not word.startswith("--")
-            and len(word) > 1
+            and len(word) > 2  # `-O` (the fork's habit) is a flag, not a prompt
             and not self._negative_number_matcher.match(word)
             and not any(option.startswith(word.split("=")[0]) for option in known)
         ]

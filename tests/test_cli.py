@@ -1529,13 +1529,14 @@ def test_a_usage_error_names_the_command_and_its_help(capsys, args, line):
         ),
         (["text", "--bogus"], "dreamtext text: the following arguments are required: prompt "),
         (["text", "-", "--iters"], None),
+        (["text", "-O"], None),  # Stable-DreamFusion's flag, typed from habit: no prompt "-O"
     ],
 )
 def test_a_one_word_prompt_that_starts_with_a_dash_is_told_to_go_after_two_dashes(
     capsys, args, line
 ):
     """`dreamtext text "-red"` said only that the prompt was missing: argparse took it for an
-    unknown flag. A misspelt long flag keeps its line; a lone `-` is no flag."""
+    unknown flag. A misspelt long flag keeps its line; a lone `-` is no flag, and `-O` no prompt."""
     code, err = run_main(args, capsys)
     if line is None:
         assert "goes last" not in err
