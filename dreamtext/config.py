@@ -731,8 +731,8 @@ def validate(
         return setting_name(key, flag, source_of(key))
 
     if shows_nothing(cfg.prompt):
-        hidden = [char for char in cfg.prompt if not char.isspace()]
-        only = f" (it holds only invisible characters: U+{ord(hidden[0]):04X})" if hidden else ""
+        hidden = dict.fromkeys(f"U+{ord(char):04X}" for char in cfg.prompt if not char.isspace())
+        only = f" (it holds only invisible characters: {', '.join(hidden)})" if hidden else ""
         raise DreamtextError(
             f'the prompt is empty{only}; give a text prompt, e.g. dreamtext text "a castle"'
         )

@@ -100,6 +100,11 @@ def test_a_prompt_of_only_invisible_characters_is_empty(tmp_path, monkeypatch, c
         code, err = run_main(["text", "\u200b \ufeff", "--model", model], capsys)
         assert code == 2
         assert err == [
+            "dreamtext: error: the prompt is empty (it holds only invisible characters: U+200B, "
+            'U+FEFF); give a text prompt, e.g. dreamtext text "a castle"'
+        ]  # each named once: the byte-order mark was left out
+        code, err = run_main(["text", "\u200b\u200b", "--model", model], capsys)
+        assert err == [
             "dreamtext: error: the prompt is empty (it holds only invisible characters: U+200B); "
             'give a text prompt, e.g. dreamtext text "a castle"'
         ]
