@@ -463,22 +463,25 @@ def test_export_of_a_live_run_says_whether_it_trains_or_is_starting(
     assert err.startswith("dreamtext: " + words.format(run=run))
 
 
-def test_a_resume_of_another_prompts_run_is_refused_naming_that_prompt(tmp_path, monkeypatch):
+def checkpointed_record(tmp_path, **record):
+    """``tmp_path/run`` holding a config.json of ``record`` (and its workspace) beside an empty
+    ``checkpoints/last.pt``: a run a command takes as checkpointed without reading it."""
     import json
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({**record, "workspace": str(run)}))
+    return run
+
+
+def test_a_resume_of_another_prompts_run_is_refused_naming_that_prompt(tmp_path, monkeypatch):
 
     import dreamtext.trainer
     from dreamtext.cli import cmd_text
     from dreamtext.errors import DreamtextError
 
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.pt").write_bytes(b"")
-    record = {
-        "prompt": "a red cube",
-        "workspace": str(run),
-        "guidance": {"model": "builtin:shapes"},
-    }
-    (run / "config.json").write_text(json.dumps(record))
+    run = checkpointed_record(tmp_path, prompt="a red cube", guidance={"model": "builtin:shapes"})
     monkeypatch.setattr(dreamtext.trainer, "train", lambda *a, **k: pytest.fail("trained"))
     args = parse("text", "a blue cone", "--resume", "--workspace", run, "--seed", "5")
     with pytest.raises(DreamtextError) as refused:
@@ -493,19 +496,12 @@ def test_a_resume_of_a_diverse_run_with_its_prompt_names_the_diverse_command(tmp
     """``text "a mug" --resume`` of the ``--diverse`` run of "a mug" was told to resume it with
     the learned sentence its config.json records; without --resume the line names the
     ``--diverse`` command that continues it, as README says such runs go on."""
-    import json
 
     from dreamtext.cli import main
 
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.pt").write_bytes(b"")
-    record = {
-        "prompt": "An image of a <descriptor> mug",
-        "workspace": str(run),
-        "diverse": {"prompt": "a mug", "seed": 3},
-    }
-    (run / "config.json").write_text(json.dumps(record))
+    run = checkpointed_record(
+        tmp_path, prompt="An image of a <descriptor> mug", diverse={"prompt": "a mug", "seed": 3}
+    )
     assert main(["text", "a mug", "--resume", "--workspace", str(run)]) == 2
     command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {run}"
     assert capsys.readouterr().err == (
