@@ -41,6 +41,7 @@ from dreamtext.checkpoint import (
     last_checkpoint,
     load_checkpoint,
     remove_later_steps,
+    remove_stale_temps,
     resume_step,
     save_checkpoint,
     step_files,
@@ -912,6 +913,9 @@ def save_preview(run: Run, path: Path) -> None:
             bar.update(1)
     pixels = (torch.cat(columns, dim=1).cpu().numpy() * 255).round().astype(np.uint8)
     atomic_write_bytes(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+    # A preview's temp file that a kill left (hidden, as large as a strip) stayed for good;
+    # only this run's trainer writes previews/.
+    remove_stale_temps(path.parent, r"step_\d+\.png|final\.png")
 
 
 def ran_on(run: Run) -> dict[str, Any]:

@@ -1018,3 +1018,24 @@ def test_a_finished_resume_sets_back_what_it_does_not_use_and_keeps_what_it_does
     }
     assert (cfg.lr, cfg.field.encoding_lr_scale) == (0.02, 10.0)
     assert (cfg.field.encoding, cfg.export_options.resolution, cfg.device) == ("torch", 64, "cpu")
+
+
+def test_a_preview_temp_file_a_kill_left_is_removed_at_the_next_preview(
+    tmp_path, monkeypatch, capsys
+):
+    """A kill while a preview was written left its hidden temp file (as large as a strip) in
+    previews/ for good; the checkpoints' were removed at the next save, these never."""
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = ["text", "a red cube", "--model", "builtin:shapes", "--no-export", "--workspace", "w"]
+    assert main([*run, "--iters", "1"]) == 0
+    previews = tmp_path / "w" / "previews"
+    left = [previews / ".step_000500.png.a1b2c3d4.tmp", previews / ".final.png.zz_99xy0.tmp"]
+    for path in left:
+        path.write_bytes(b"half a png")
+    mine = previews / ".notes.txt.a1b2c3d4.tmp"  # not a preview's: left alone
+    mine.write_bytes(b"")
+    assert main([*run, "--iters", "2", "--resume"]) == 0
+    assert not any(path.exists() for path in left)
+    assert mine.exists()
