@@ -108,7 +108,7 @@ def check_builtin_negative(negative: str) -> None:
     """A built-in prior's negative prompt is blank or one of its captions: its refusal names
     the negative prompt (``--negative`` or a config's ``guidance.negative``), where the prompt
     may be a caption it knows."""
-    if not negative.strip():
+    if shows_nothing(negative):  # an invisible one is refused as such (config.validate)
         return
     try:
         find_primitive(negative)

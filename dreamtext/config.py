@@ -51,7 +51,7 @@ from dreamtext.inputs import (
     unknown_field,
 )
 from dreamtext.processes import is_run_folder
-from dreamtext.prompts_text import check_prompt_characters, shows_nothing
+from dreamtext.prompts_text import check_prompt_characters, invisible_characters, shows_nothing
 from dreamtext.renderer import RenderConfig
 from dreamtext.runfiles import (
     KEPT_KEYS,
@@ -731,8 +731,8 @@ def validate(
         return setting_name(key, flag, source_of(key))
 
     if shows_nothing(cfg.prompt):
-        hidden = dict.fromkeys(f"U+{ord(char):04X}" for char in cfg.prompt if not char.isspace())
-        only = f" (it holds only invisible characters: {', '.join(hidden)})" if hidden else ""
+        hidden = invisible_characters(cfg.prompt)
+        only = f" (it holds only invisible characters: {hidden})" if hidden else ""
         raise DreamtextError(
             f'the prompt is empty{only}; give a text prompt, e.g. dreamtext text "a castle"'
         )
@@ -742,6 +742,13 @@ def validate(
         where = setting_name("guidance.model", "--model", source_of("guidance.model"))
         raise DreamtextError(f"{where} is empty; give it a model id or folder")
     check_prompt_characters(cfg.guidance.negative, "--negative")
+    if cfg.guidance.negative.strip() and shows_nothing(cfg.guidance.negative):
+        # Pasted with a zero-width space: Stable Diffusion was steered away from its tokens.
+        raise DreamtextError(
+            "the negative prompt (--negative, guidance.negative) holds only invisible characters "
+            f"({invisible_characters(cfg.guidance.negative)}); leave it empty for none, or give "
+            "words"
+        )
     for key in ("iters", "h", "w", "batch_size", "log_every", "checkpoint_every"):
         if getattr(cfg, key) <= 0:
             raise DreamtextError(f"{name(key)} must be a positive integer, got {getattr(cfg, key)}")

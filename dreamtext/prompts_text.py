@@ -40,6 +40,12 @@ def shows_nothing(text: str) -> bool:
     return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
+def invisible_characters(text: str) -> str:
+    """``U+200B, U+FEFF``: each character of ``text`` other than whitespace, once, for the
+    refusal of a text that :func:`shows_nothing`."""
+    return ", ".join(dict.fromkeys(f"U+{ord(char):04X}" for char in text if not char.isspace()))
+
+
 def describe_character(char: str) -> str:
     """``U+0000 (NUL)``: a control character as a message names it."""
     code = ord(char)
@@ -87,5 +93,6 @@ __all__ = [
     "check_prompt_lines",
     "describe_character",
     "first_control_character",
+    "invisible_characters",
     "shows_nothing",
 ]

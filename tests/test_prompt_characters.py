@@ -163,3 +163,20 @@ def test_a_nul_in_a_piped_prompts_list_is_one_line_in_a_real_process(tmp_path):
         f"character 8{ONE_LINE}"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_negative_prompt_of_only_invisible_characters_is_refused(tmp_path, monkeypatch, capsys):
+    """`--negative $'\\u200b'` steered Stable Diffusion away from a zero-width space's tokens
+    without a word, and the built-in prior said it did not know "" (an invisible caption)."""
+    monkeypatch.chdir(tmp_path)
+    for model in ("/no/model", "builtin:shapes"):
+        code, err = run_main(
+            ["text", "a red cube", "--model", model, "--negative", "\u200b"], capsys
+        )
+        assert code == 2
+        assert err == [
+            "dreamtext: error: the negative prompt (--negative, guidance.negative) holds only "
+            "invisible characters (U+200B); leave it empty for none, or give words"
+        ]
+    assert list(tmp_path.iterdir()) == []
+    validate(TrainConfig(prompt="a red cube"))  # the empty default stays "none"
