@@ -83,7 +83,11 @@ def build_field(
         return field
     if torch.device(device).type not in COMPILE_DEVICES:
         if compile is True:
-            logger.warning("--compile compiles the field's MLPs on CUDA only; eager here")
+            # Asked by --compile or by a config file's render.compile_field: name both.
+            logger.warning(
+                "render.compile_field: true (--compile sets it): the field's MLPs compile for "
+                "CUDA only; they run eagerly here"
+            )
         return field
     if compile is True:
         field.compile_mlps()

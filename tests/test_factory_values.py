@@ -1,6 +1,8 @@
 """Value tests of how a run's parts are built from its config (mutation round 67P): the
 optimiser's constants and groups, the MLPs' precision, the size the prior is told."""
 
+import logging
+
 import pytest
 import torch
 
@@ -104,3 +106,16 @@ def test_build_parts_gives_the_optimiser_the_configs_learning_rate():
     parts = factory.build_parts(cfg, torch.device("cpu"), with_guidance=False)
     by_name = {group["name"]: group["lr"] for group in parts.optimizer.param_groups}
     assert by_name == pytest.approx({"mlp": 5e-4, "encoding": 5e-3})
+
+
+def test_compile_field_on_the_cpu_warns_naming_the_setting_that_asked(caplog):
+    """``render.compile_field: true`` from a --config YAML reaches the CPU without --compile:
+    the warning named only --compile, a flag the user never gave."""
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        field = factory.build_field(SMALL, "cpu", compile=True)
+    assert not field.compiled
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "render.compile_field: true (--compile sets it): the field's MLPs compile for CUDA "
+        "only; they run eagerly here"
+    ]
