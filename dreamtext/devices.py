@@ -248,7 +248,12 @@ def memory_that_ran_out(error: BaseException) -> str | None:
     """``"GPU memory"`` for CUDA's out-of-memory errors (torch's allocator's, and CUDA's own
     from outside it: :data:`CUDA_ALLOCATION_FAILED`), ``"memory"`` for the host's (Python's
     and numpy's ``MemoryError``, torch's CPU allocator's ``RuntimeError``: RAM full, or a
-    ``ulimit -v`` / cgroup limit reached), ``None`` for any other error."""
+    ``ulimit -v`` / cgroup limit reached), ``None`` for any other error. torch.compile's
+    ``BackendCompilerFailed`` (memory that ran out while Inductor built or tuned its kernels) is
+    judged by the error it wraps (``inner_exception``), not taken for a compiler's failure."""
+    inner = getattr(error, "inner_exception", None)
+    if isinstance(inner, BaseException) and inner is not error:
+        return memory_that_ran_out(inner)
     if isinstance(error, torch.OutOfMemoryError):
         return "GPU memory"
     if isinstance(error, RuntimeError) and any(t in str(error) for t in CUDA_ALLOCATION_FAILED):

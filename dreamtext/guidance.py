@@ -642,7 +642,10 @@ class StableDiffusionGuidance(ScoreDistillation):
 
 def compiler_error(error: BaseException) -> bool:
     """Whether ``error`` is torch.compile's own (dynamo's or inductor's: a backend that failed, a
-    missing C compiler), not the model's (out of memory is torch's, and stays that)."""
+    missing C compiler), not the model's (out of memory is torch's, and stays that, also where
+    torch.compile wraps it: :func:`~dreamtext.devices.memory_that_ran_out`)."""
+    if memory_that_ran_out(error) is not None:
+        return False
     return type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 

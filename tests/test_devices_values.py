@@ -146,3 +146,31 @@ def test_the_loss_is_scaled_only_for_fp16():
     assert fp16_loss_scaler(torch.float16, cpu).is_enabled()
     assert not fp16_loss_scaler(torch.bfloat16, cpu).is_enabled()
     assert not fp16_loss_scaler(torch.float32, cpu).is_enabled()
+
+
+def test_memory_that_ran_out_while_torch_compile_built_its_code_is_out_of_memory():
+    """torch.compile wraps what its backend raised in ``BackendCompilerFailed``: a GPU that
+    filled up while Inductor built or tuned the U-Net's, the encoder's or the field's kernels
+    was "torch.compile does not build ... here: run without --compile", no checkpoint and no
+    memory fix named, instead of the out-of-memory line."""
+    from dreamtext.devices import memory_that_ran_out, out_of_memory_is_a_user_error
+    from dreamtext.guidance import compiler_error
+
+    def backend(graph, inputs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    compiled = torch.compile(lambda x: x * 2 + 1, backend=backend)
+    with pytest.raises(RuntimeError) as caught:
+        compiled(torch.ones(3))
+    error = caught.value
+    assert type(error).__module__.startswith("torch._dynamo")  # wrapped, as on a GPU
+    assert memory_that_ran_out(error) == "GPU memory"
+    assert not compiler_error(error)  # predict_noise lets it through to the out-of-memory line
+    with (
+        pytest.raises(DreamtextError, match=r"^ran out of GPU memory$"),
+        out_of_memory_is_a_user_error(lambda memory: f"ran out of {memory}"),
+    ):
+        raise error
+    failed = RuntimeError("no C compiler")
+    failed.inner_exception = ValueError("cc not found")
+    assert memory_that_ran_out(failed) is None
