@@ -118,7 +118,10 @@ class GuidanceConfig:
         """Raise a :class:`DreamtextError` naming the first setting a user got wrong (before the
         model loads and anything is written)."""
         if self.fp16 and self.bf16:
-            raise DreamtextError("give --fp16 or --bf16, not both")
+            # Named by flag and key: a config file's pair got no "(in FILE)" (with_its_file).
+            raise DreamtextError(
+                "give --fp16 or --bf16, not both (guidance.fp16 and guidance.bf16 are both on)"
+            )
         if self.guidance_scale < 0:
             raise DreamtextError(
                 f"the guidance scale (--guidance, guidance.guidance_scale) must be ≥ 0, got "

@@ -103,6 +103,13 @@ def test_a_precision_flag_overrides_a_config_files_other_precision(tmp_path, fla
     both = text_overrides(parse("text", "a castle", "--fp16", "--bf16"))
     with pytest.raises(DreamtextError, match="give --fp16 or --bf16, not both"):
         resolve_config(both)
+    path.write_text("guidance:\n  fp16: true\n  bf16: true\n")  # the file was not named
+    with pytest.raises(DreamtextError) as refused:
+        resolve_config({"prompt": "a castle"}, config_file=path)
+    assert str(refused.value) == (
+        f"give --fp16 or --bf16, not both (guidance.fp16 (in {path}) and guidance.bf16 (in "
+        f"{path}) are both on)"
+    )
 
 
 def test_compile_compiles_the_guidance_and_the_field_and_no_compile_neither():
