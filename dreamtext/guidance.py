@@ -510,11 +510,11 @@ class StableDiffusionGuidance(ScoreDistillation):
         self.prediction_type = self.models.prediction_type
         self.resolution = self.models.resolution
         self.vae = self.models.vae
-        asked = {"--compile": cfg.compile, "guidance.compile_vae": cfg.compile_vae}
-        if any(asked.values()) and not self.models.compiles_here:
-            # One line for the guidance, however many of its parts were asked for.
-            flags = " and ".join(flag for flag, on in asked.items() if on)
-            logger.warning("%s: the guidance compiles for CUDA only; it runs eagerly here", flags)
+        if (cfg.compile or cfg.compile_vae) and not self.models.compiles_here:
+            # One line for the guidance, however many of its parts were asked for; --compile
+            # sets guidance.compile_vae too, which the user then did not ask for by name.
+            asked = "--compile" if cfg.compile else "guidance.compile_vae"
+            logger.warning("%s: the guidance compiles for CUDA only; it runs eagerly here", asked)
         self.unet = self.models.sds_unet(cfg.compile, cfg.compile_mode)
         self._encoder = self.models.sds_encoder(cfg.compile_vae, cfg.vae_mode)
         # A compiled encoder is built and checked at its first call (it needs a render's shape).
