@@ -98,7 +98,7 @@ from dreamtext.interrupts import (
 )
 from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
-from dreamtext.prompts_text import check_prompt_lines, shows_nothing
+from dreamtext.prompts_text import check_prompt_lines, is_prompt_line
 from dreamtext.runfiles import descriptor_checkpoint, sentence_path, source_copy
 from dreamtext.runstatus import (
     RunTakenOver,
@@ -326,7 +326,7 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     repeated: list[str] = []  # said once the list is known to be usable
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
-        if shows_nothing(text) or text.startswith("#"):
+        if not is_prompt_line(text):
             continue
         kind, prompt = "text", " ".join(text.split())
         # Any case: with Stable Diffusion, 'Image:mug.png' trained as a text prompt is hours lost.

@@ -1288,7 +1288,7 @@ def early_batch(args: argparse.Namespace) -> None:
         read_prompt_lines,
         resolve_shard,
     )
-    from dreamtext.prompts_text import check_prompt_lines, shows_nothing
+    from dreamtext.prompts_text import check_prompt_lines, is_prompt_line
 
     _iters_or_epochs(args)
     check_cuda_flag(args)
@@ -1312,11 +1312,7 @@ def early_batch(args: argparse.Namespace) -> None:
     guidance = layered_guidance(flags, args.preset, args.config)
     if guidance is not None:
         texts = [(number, raw.strip()) for number, raw in enumerate(lines, start=1)]
-        prompts = [
-            (n, " ".join(t.split()))
-            for n, t in texts
-            if not shows_nothing(t) and not t.startswith("#")
-        ]
+        prompts = [(n, " ".join(t.split())) for n, t in texts if is_prompt_line(t)]
         check_builtin_prompt_lines(
             guidance["model"], prompts, guidance["negative"], Path(args.prompts)
         )

@@ -36,7 +36,7 @@ import yaml
 from dreamtext.errors import DreamtextError
 from dreamtext.flagtypes import SHARD_FORM, shard_pair
 from dreamtext.processes import LOCK_NAME, enclosing_run, is_run_folder
-from dreamtext.prompts_text import shows_nothing
+from dreamtext.prompts_text import is_prompt_line
 
 DEFAULT_WORKSPACE_ROOT = Path("workspace")
 """Where runs go without ``--workspace``: ``workspace/<slug of the prompt or image>``."""
@@ -552,7 +552,7 @@ def plain_prompt_lines(lines: list[str]) -> bool:
     are, without a word on stderr and without opening a file: at least one prompt, no
     ``image:`` line, and no prompt twice (compared as it compares them: :func:`repeat_key`)."""
     texts = [raw.strip() for raw in lines]
-    texts = [text for text in texts if not shows_nothing(text) and not text.startswith("#")]
+    texts = [text for text in texts if is_prompt_line(text)]
     if not texts or any(text[: len(IMAGE_PREFIX)].lower() == IMAGE_PREFIX for text in texts):
         return False
     keys = {repeat_key("text", " ".join(text.split())) for text in texts}

@@ -40,6 +40,13 @@ def shows_nothing(text: str) -> bool:
     return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
+def is_prompt_line(text: str) -> bool:
+    """Whether a prompts file's line ``text`` (stripped) is a prompt: not blank to the eye
+    (:func:`shows_nothing`) and not a ``#`` comment. The batch's reader and its early checks
+    skip the same lines by it."""
+    return not shows_nothing(text) and not text.startswith("#")
+
+
 def invisible_characters(text: str) -> str:
     """``U+200B, U+FEFF``: each character of ``text`` other than whitespace, once, for the
     refusal of a text that :func:`shows_nothing`."""
@@ -94,5 +101,6 @@ __all__ = [
     "describe_character",
     "first_control_character",
     "invisible_characters",
+    "is_prompt_line",
     "shows_nothing",
 ]
