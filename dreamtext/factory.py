@@ -22,6 +22,10 @@ from dreamtext.renderer import RenderConfig, VolumeRenderer
 
 ADAM_BETAS = (0.9, 0.99)
 ADAM_EPS = 1e-15
+# Values each optimiser keeps a parameter, in its dtype, from its first step on: Adam its two
+# moments, Adan three averages and the last gradient (dreamtext/adan.py). The field's memory
+# check (dreamtext.trainer.check_field_memory) counts them.
+OPTIMIZER_STATE_VALUES = {"adam": 2, "adan": 4}
 
 logger = logging.getLogger(__name__)
 # Where render.compile_field compiles the field's MLPs: on the CPU the eager MLP, in cache-sized
@@ -138,6 +142,7 @@ def build_parts(
 
 
 __all__ = [
+    "OPTIMIZER_STATE_VALUES",
     "RunParts",
     "build_field",
     "build_guidance",

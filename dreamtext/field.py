@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamtext.devices import compiled_agrees, memory_that_ran_out
-from dreamtext.encoding import ENCODING_KINDS, features_and_jacobian, make_encoding
+from dreamtext.encoding import (
+    ENCODING_KINDS,
+    features_and_jacobian,
+    grid_layout,
+    make_encoding,
+    per_level_scale,
+)
 from dreamtext.errors import DreamtextError, cause_line
 
 DENSITY_ACTIVATIONS: tuple[str, ...] = ("softplus", "exp")
@@ -214,15 +220,21 @@ def field_config_from_dict(data: dict[str, Any]) -> FieldConfig:
 
 
 def mlp_memory_at_least(
-    cfg: FieldConfig, queries: int, value_bytes: int = 2, eager: bool = False
+    cfg: FieldConfig,
+    queries: int,
+    value_bytes: int = 2,
+    eager: bool = False,
+    parameter_bytes: int = 16,
 ) -> int:
     """Bytes the field's MLPs need at the least in a training step whose graph holds ``queries``
-    field queries at once: every parameter with its gradient and Adam's two moments (float32,
-    16 B each), and per query what autograd keeps of each layer, ``value_bytes`` a value: the
+    field queries at once: every parameter with its gradient and the optimiser's state
+    (``parameter_bytes`` each: 16 B for Adam's two moments in float32, 24 B for Adan's four
+    values), and per query what autograd keeps of each layer, ``value_bytes`` a value: the
     input of each linear layer (the residual MLP's, the density head's), which its weight's
     gradient needs, and with ``eager`` (no compiled MLP fusing a block) each block's LayerNorm
     and SiLU inputs too. ``field.num_blocks`` and ``field.hidden_dim`` multiply both; the hash
-    grid, the background MLP (once a ray) and every other activation are left out."""
+    grid (:func:`grid_parameters`), the background MLP (once a ray) and every other activation
+    are left out."""
     features, width = cfg.num_levels * cfg.level_dim, cfg.hidden_dim
     outputs = 3 if cfg.density_head == "separate" else 4
     # input layer, blocks (linear W h + b and LayerNorm's scale and shift), output layer
@@ -233,7 +245,20 @@ def mlp_memory_at_least(
     if cfg.density_head == "separate":
         parameters += (features + 2) * cfg.density_hidden_dim + 1
         values += cfg.density_hidden_dim
-    return 16 * parameters + value_bytes * values * queries
+    return parameter_bytes * parameters + value_bytes * values * queries
+
+
+def grid_parameters(cfg: FieldConfig) -> int:
+    """The hash table's values in a field of ``cfg``: the rows of the layout every backend
+    builds (:func:`~dreamtext.encoding.grid_layout`, from ``base_resolution`` to
+    ``finest_resolution_factor × bound`` as :class:`NeRFField` asks for it) × ``level_dim``.
+    16 levels × 2 features: 12.2 M values at ``log2_hashmap_size`` 19, 266 M at 24 (1.1 GB of
+    float32 each for the table, its gradient and each of Adam's two moments). A Python loop
+    over the levels: a run checks its MLP's size (``num_levels × level_dim`` inputs) first."""
+    base = int(cfg.base_resolution)
+    scale = per_level_scale(base, cfg.finest_resolution_factor * cfg.bound, cfg.num_levels)
+    layout = grid_layout(cfg.num_levels, base, scale, cfg.log2_hashmap_size)
+    return layout.num_rows * cfg.level_dim
 
 
 def normal_method(name: str) -> str:
@@ -720,4 +745,5 @@ __all__ = [
     "field_config_from_dict",
     "field_config_to_dict",
     "frequency_encoding",
+    "grid_parameters",
 ]

@@ -86,8 +86,13 @@ from dreamtext.export import (
     format_gigabytes,
     run_title,
 )
-from dreamtext.factory import build_parts
-from dreamtext.field import NeRFField, field_config_to_dict, mlp_memory_at_least
+from dreamtext.factory import OPTIMIZER_STATE_VALUES, build_parts
+from dreamtext.field import (
+    NeRFField,
+    field_config_to_dict,
+    grid_parameters,
+    mlp_memory_at_least,
+)
 from dreamtext.guidance import ScoreDistillation
 from dreamtext.inputs import no_checkpoint_error, write_elsewhere
 from dreamtext.interrupts import (  # TrainingInterrupted is imported from here too
@@ -344,10 +349,13 @@ def samples_at_least(cfg: TrainConfig) -> int:
 
 
 def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, before anything is loaded or written, a field whose MLPs cannot fit beside the
-    render's rays (:func:`~dreamtext.field.mlp_memory_at_least` on
-    :func:`graph_queries_at_least`, plus :func:`render_memory_at_least`): `field.num_blocks:
-    100000` wrote a workspace and was killed by the system in its first step."""
+    """Refuse, before anything is loaded or written, a field whose MLPs and hash grid cannot fit
+    beside the render's rays (:func:`~dreamtext.field.mlp_memory_at_least` on
+    :func:`graph_queries_at_least`, the grid's :func:`~dreamtext.field.grid_parameters`, each
+    parameter with its gradient and the optimiser's state, plus :func:`render_memory_at_least`):
+    `field.num_blocks: 100000` wrote a workspace and was killed by the system in its first
+    step, and a table too large (`field.log2_hashmap_size: 24` with 16 levels × 8 features is
+    5.1 GB with Adam) ran out of memory after the workspace was written, in its first step."""
     # Autograd keeps, a query, every linear layer's input, LayerNorm's and SiLU's (3 values a
     # block) in float32 where the MLPs run eager (the CPU); on CUDA --fp16/--bf16 and a compiled
     # MLP may keep the linear layers' inputs alone, in 2 bytes.
@@ -355,10 +363,21 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
     value_bytes = 2 if not eager and (cfg.guidance.fp16 or cfg.guidance.bf16) else 4
     pieces = graph_pieces(cfg)
     queries = min(pieces.values())
-    mlp = mlp_memory_at_least(cfg.field, queries, value_bytes, eager)
+    # Every parameter is float32 (the MLPs run fp16/bf16 under autocast) with its gradient and
+    # the optimiser's state.
+    parameter_bytes = 4 * (2 + OPTIMIZER_STATE_VALUES[cfg.optimizer])
+    mlp = mlp_memory_at_least(cfg.field, queries, value_bytes, eager, parameter_bytes)
     need, available = render_memory_at_least(cfg) + mlp, device_memory(device)
-    if available is None or need <= available:
+    if available is None:
         return
+    grid = 0
+    if need <= available:  # the grid's layout is a loop over the levels, the MLP's size not
+        grid = parameter_bytes * grid_parameters(cfg.field)
+        if need + grid <= available:
+            return
+        if grid >= need:
+            raise grid_memory_error(cfg, grid, need + grid, memory_had(device, available))
+    need += grid
     has = memory_had(device, available)
     field, render = cfg.field, cfg.render
     # Both multiply: the queries (`render.num_steps: 1e12`) and what the MLP keeps of each
@@ -391,6 +410,20 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
         f"(field.num_blocks {field.num_blocks} × field.hidden_dim {field.hidden_dim}) need at "
         f"least {format_gigabytes(need)} {has} (its weights and activations); lower "
         f"field.num_blocks or field.hidden_dim, {fewer}"
+    )  # no default quoted: builtin-shapes' field is not FieldConfig's
+
+
+def grid_memory_error(cfg: TrainConfig, grid: int, need: int, has: str) -> DreamtextError:
+    """The line of a hash table that cannot fit (``grid`` bytes, most of the ``need``): its
+    size and the keys that set it. ``has``: :func:`memory_had`'s words."""
+    field = cfg.field
+    optimiser = {"adam": "Adam's two moments", "adan": "Adan's four state values"}
+    return DreamtextError(
+        f"the field's hash grid (field.num_levels {field.num_levels} × field.level_dim "
+        f"{field.level_dim} features, up to 2^{field.log2_hashmap_size} rows a level: "
+        f"field.log2_hashmap_size) with its gradient and {optimiser[cfg.optimizer]} needs "
+        f"{format_gigabytes(grid)}; the run needs at least {format_gigabytes(need)} {has}; "
+        "lower field.log2_hashmap_size, field.num_levels or field.level_dim"
     )  # no default quoted: builtin-shapes' field is not FieldConfig's
 
 

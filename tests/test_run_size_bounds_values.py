@@ -275,3 +275,146 @@ def test_a_resumed_run_is_not_told_to_change_what_a_resume_keeps():
     )
     line = "render.march_steps (in fix.yaml) must be at most 4,096, got 5000"
     assert with_resume_fix(line) == line
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {},  # the default: 16 levels × 2 features, 2^19 rows a level at most
+        {"num_levels": 8, "log2_hashmap_size": 14, "finest_resolution_factor": 256.0},
+        {"num_levels": 3, "level_dim": 4, "log2_hashmap_size": 12, "base_resolution": 8},
+        {"num_levels": 1, "log2_hashmap_size": 10, "bound": 2.0, "density_head": "separate"},
+        {"num_levels": 5, "log2_hashmap_size": 24, "finest_resolution_factor": 40.0},  # dense
+    ],
+)
+def test_the_memory_check_counts_the_parameters_of_the_field_it_builds(field):
+    """The check's counts are the built field's: the hash table's values
+    (:func:`grid_parameters`, from the layout the encoding builds) and the MLPs' (its
+    parameters at 1 B each), the background MLP aside."""
+    from dreamtext.field import FieldConfig, NeRFField, grid_parameters, mlp_memory_at_least
+
+    cfg = FieldConfig(**field)
+    built = NeRFField(cfg)
+    assert grid_parameters(cfg) == sum(p.numel() for p in built.encoding.parameters())
+    mlps = [p for name, p in built.named_parameters() if not name.startswith(("enc", "back"))]
+    assert mlp_memory_at_least(cfg, 0, parameter_bytes=1) == sum(p.numel() for p in mlps)
+
+
+@pytest.mark.parametrize("kind", ["adam", "adan"])
+def test_the_memory_check_counts_the_state_the_optimiser_keeps(kind):
+    """After one step Adam keeps two values a parameter, Adan four (its three averages and the
+    last gradient): OPTIMIZER_STATE_VALUES, which the check counts, besides the step counts."""
+    import torch
+
+    from dreamtext.factory import OPTIMIZER_STATE_VALUES, build_optimizer
+    from dreamtext.field import FieldConfig, NeRFField
+
+    field = NeRFField(FieldConfig(num_levels=2, log2_hashmap_size=8, hidden_dim=8, num_blocks=1))
+    optimizer = build_optimizer(field, 1e-3, kind)
+    for p in field.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    kept = sum(
+        value.numel()
+        for state in optimizer.state.values()
+        for name, value in state.items()
+        if name != "step"
+    )
+    parameters = sum(p.numel() for p in field.parameters())
+    assert kept == OPTIMIZER_STATE_VALUES[kind] * parameters
+
+
+def test_a_hash_table_too_large_is_refused_naming_its_keys_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    """16 levels × 8 features at 2^24 rows a level (39,601,112 rows of builtin-shapes' levels,
+    1.3 GB of float32) with its gradient and Adam's two moments is 5.1 GB: where 2 GB were
+    available the check counted the MLP alone, the run wrote its workspace and ran out of
+    memory after step 0, told to lower --h or the samples."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 2 * 10**9)
+    yaml_text = "field:\n  log2_hashmap_size: 24\n  level_dim: 8\n  num_levels: 16\n"
+    code, lines = refused(tmp_path, monkeypatch, capsys, yaml_text)
+    assert code == 2
+    assert lines == [
+        "dreamtext: error: the field's hash grid (field.num_levels 16 × field.level_dim 8 "
+        "features, up to 2^24 rows a level: field.log2_hashmap_size) with its gradient and "
+        "Adam's two moments needs 5.1 GB; the run needs at least 5.1 GB of memory and 2.0 GB "
+        "is available; lower field.log2_hashmap_size, field.num_levels or field.level_dim"
+    ]
+
+
+def test_the_default_fields_table_at_2_to_the_24_needs_4_3_gb_with_adam_and_6_4_with_adan(
+    monkeypatch,
+):
+    """133,023,704 rows × 2 features: the table, its gradient and Adam's two moments are 4.3 GB
+    (16 B a value), with Adan's four values 6.4 GB (24 B); a machine of 5 GB takes the first
+    and refuses the second."""
+    import torch
+
+    from dreamtext import trainer
+    from dreamtext.config import resolve_config
+    from dreamtext.field import grid_parameters
+
+    cfg = resolve_config({"prompt": "a red cube", "field": {"log2_hashmap_size": 24}})
+    assert grid_parameters(cfg.field) == 133_023_704 * 2
+    monkeypatch.setattr(trainer, "available_memory", lambda: 5 * 10**9)
+    trainer.check_field_memory(cfg, torch.device("cpu"))  # no DreamtextError
+    cfg.optimizer = "adan"
+    with pytest.raises(DreamtextError, match=r"Adan's four state values needs 6\.4 GB; "):
+        trainer.check_field_memory(cfg, torch.device("cpu"))
+
+
+def gpu_of(monkeypatch, total_memory):
+    """torch.cuda's device properties as a GPU of ``total_memory`` bytes has them."""
+    import types
+
+    import torch
+
+    props = types.SimpleNamespace(name="a GPU", total_memory=total_memory)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+
+
+def test_on_a_gpu_the_mlp_is_checked_against_its_memory_in_the_precision_it_runs(monkeypatch):
+    """On CUDA the MLP may run compiled, keeping each linear layer's input alone, in 2 bytes
+    with --fp16: `field.num_blocks: 100000` on builtin-shapes' 51,456 queries needs 331.1 GB
+    there (660.4 GB in float32; 1,978 GB eager on the CPU), against the GPU's total memory."""
+    import torch
+
+    from dreamtext.config import resolve_config
+    from dreamtext.trainer import check_field_memory
+
+    gpu_of(monkeypatch, 80 * 10**9)
+    overrides = {"prompt": "a red cube", "field": {"num_blocks": 100000}}
+    cfg = resolve_config(overrides, preset="builtin-shapes")
+    with pytest.raises(DreamtextError) as float32:
+        check_field_memory(cfg, torch.device("cuda"))
+    cfg.guidance.fp16 = True
+    with pytest.raises(DreamtextError) as fp16:
+        check_field_memory(cfg, torch.device("cuda"))
+    has = "of GPU memory and the GPU has 80.0 GB (its weights and activations); lower "
+    assert f"need at least 660.4 GB {has}" in str(float32.value)
+    assert f"need at least 331.1 GB {has}" in str(fp16.value)
+
+
+def test_on_a_gpu_a_hash_table_too_large_is_refused_against_its_memory(monkeypatch):
+    """The table's 5.1 GB (16 levels × 8 features at 2^24, with its gradient and Adam's
+    moments) do not fit a GPU of 4 GB: the table stays float32 with --fp16, which lowers the
+    MLPs' activations alone."""
+    import torch
+
+    from dreamtext.config import resolve_config
+    from dreamtext.trainer import check_field_memory
+
+    gpu_of(monkeypatch, 4 * 10**9)
+    field = {"log2_hashmap_size": 24, "num_levels": 16, "level_dim": 8}
+    cfg = resolve_config({"prompt": "a red cube", "field": field}, preset="builtin-shapes")
+    cfg.guidance.fp16 = True
+    with pytest.raises(DreamtextError) as refusal:
+        check_field_memory(cfg, torch.device("cuda"))
+    assert str(refusal.value).startswith("the field's hash grid (field.num_levels 16 × ")
+    assert str(refusal.value).endswith(
+        "needs 5.1 GB; the run needs at least 5.1 GB of GPU memory and the GPU has 4.0 GB; "
+        "lower field.log2_hashmap_size, field.num_levels or field.level_dim"
+    )
