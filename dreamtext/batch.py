@@ -1464,16 +1464,21 @@ def check_builtin_prior(
 
 
 def check_model(cfg: TrainConfig) -> StableDiffusionModels | None:
-    """The device, precision, hash-grid backend and model every run of the batch uses. Stable
-    Diffusion is loaded here (the runs reuse it) and a field is built and dropped, so a wrong
-    ``--model``, ``--fp16`` or ``--encoding`` on a CPU stops the batch before it writes anything
-    instead of failing every prompt."""
+    """The device, precision, memory, hash-grid backend and model every run of the batch uses.
+    Stable Diffusion is loaded here (the runs reuse it) and a field is built and dropped, so a
+    wrong ``--model``, ``--fp16`` or ``--encoding`` on a CPU, or a render or field too large for
+    the memory (:func:`dreamtext.trainer.check_field_memory`), stops the batch before it writes
+    anything instead of failing every prompt."""
     from dreamtext.devices import resolve_device
     from dreamtext.factory import build_field
     from dreamtext.models import load_for, resolve_dtype
+    from dreamtext.trainer import check_field_memory, check_render_memory
 
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.guidance, device)
+    # Before the field is built: a table too large was allocated here, then refused every line.
+    check_render_memory(cfg, device)
+    check_field_memory(cfg, device)
     build_field(cfg.field, device)  # an encoding that cannot run here raises
     if cfg.guidance.model.startswith("builtin:"):
         return None

@@ -418,3 +418,29 @@ def test_on_a_gpu_a_hash_table_too_large_is_refused_against_its_memory(monkeypat
         "needs 5.1 GB; the run needs at least 5.1 GB of GPU memory and the GPU has 4.0 GB; "
         "lower field.log2_hashmap_size, field.num_levels or field.level_dim"
     )
+
+
+def test_a_batch_whose_field_cannot_fit_is_refused_once_before_the_field_is_built(
+    tmp_path, monkeypatch, capsys
+):
+    """The batch built its field and dropped it (to check the encoding) before any memory
+    check, allocating the table it then refused line by line in a table of failures, with its
+    batch.jsonl written: every line shares the config, so the line is said once, nothing
+    written, exit 2."""
+    from dreamtext import factory, trainer
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the field was built before the memory check")
+
+    monkeypatch.setattr(trainer, "available_memory", lambda: 2 * 10**9)
+    monkeypatch.setattr(factory, "build_field", no_build)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes.txt").write_text("a red cube\na blue sphere\n", encoding="utf-8")
+    yaml_text = "field:\n  log2_hashmap_size: 24\n  level_dim: 8\n  num_levels: 16\n"
+    (tmp_path / "big.yaml").write_text(yaml_text, encoding="utf-8")
+    args = ["batch", "shapes.txt", "--model", "builtin:shapes", "--no-export", "--iters", "2"]
+    assert main([*args, "--config", "big.yaml", "--workspace", "runs"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("dreamtext: error: the field's hash grid (field.num_levels 16 ")
+    assert not (tmp_path / "runs").exists()
