@@ -348,14 +348,15 @@ def samples_at_least(cfg: TrainConfig) -> int:
     return rays
 
 
-def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
+def check_field_memory(cfg: TrainConfig, device: torch.device, resume: bool = False) -> None:
     """Refuse, before anything is loaded or written, a field whose MLPs and hash grid cannot fit
     beside the render's rays (:func:`~dreamtext.field.mlp_memory_at_least` on
     :func:`graph_queries_at_least`, the grid's :func:`~dreamtext.field.grid_parameters`, each
     parameter with its gradient and the optimiser's state, plus :func:`render_memory_at_least`):
     `field.num_blocks: 100000` wrote a workspace and was killed by the system in its first
     step, and a table too large (`field.log2_hashmap_size: 24` with 16 levels × 8 features is
-    5.1 GB with Adam) ran out of memory after the workspace was written, in its first step."""
+    5.1 GB with Adam) ran out of memory after the workspace was written, in its first step.
+    With ``resume`` the line names no ``field.`` key to lower: a resumed run keeps its field."""
     # Autograd keeps, a query, every linear layer's input, LayerNorm's and SiLU's (3 values a
     # block) in float32 where the MLPs run eager (the CPU); on CUDA --fp16/--bf16 and a compiled
     # MLP may keep the linear layers' inputs alone, in 2 bytes.
@@ -376,7 +377,8 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
         if need + grid <= available:
             return
         if grid >= need:
-            raise grid_memory_error(cfg, grid, need + grid, memory_had(device, available))
+            has = memory_had(device, available)
+            raise grid_memory_error(cfg, grid, need + grid, has, resume)
     need += grid
     has = memory_had(device, available)
     field, render = cfg.field, cfg.render
@@ -409,21 +411,36 @@ def check_field_memory(cfg: TrainConfig, device: torch.device) -> None:
         f"--w {cfg.w}, batch {cfg.batch_size}, {samples}) through the field's MLP "
         f"(field.num_blocks {field.num_blocks} × field.hidden_dim {field.hidden_dim}) need at "
         f"least {format_gigabytes(need)} {has} (its weights and activations); lower "
-        f"field.num_blocks or field.hidden_dim, {fewer}"
+        + (
+            f"{fewer} (a resumed run keeps its field.num_blocks and field.hidden_dim), or "
+            "resume it on a machine with more memory"
+            if resume
+            else f"field.num_blocks or field.hidden_dim, {fewer}"
+        )
     )  # no default quoted: builtin-shapes' field is not FieldConfig's
 
 
-def grid_memory_error(cfg: TrainConfig, grid: int, need: int, has: str) -> DreamtextError:
+def grid_memory_error(
+    cfg: TrainConfig, grid: int, need: int, has: str, resume: bool = False
+) -> DreamtextError:
     """The line of a hash table that cannot fit (``grid`` bytes, most of the ``need``): its
-    size and the keys that set it. ``has``: :func:`memory_had`'s words."""
+    size and the keys that set it, which a new run can lower and a resumed one (``resume``)
+    cannot. ``has``: :func:`memory_had`'s words."""
     field = cfg.field
+    keys = "field.log2_hashmap_size, field.num_levels or field.level_dim"
+    fix = f"lower {keys}"
+    if resume:  # --config with a smaller field was refused: the run's tensors have its shapes
+        fix = (
+            "a resumed run keeps its field: resume it on a machine with more memory, or start "
+            f"a new run (--workspace NEW_FOLDER) with a smaller {keys}"
+        )
     optimiser = {"adam": "Adam's two moments", "adan": "Adan's four state values"}
     return DreamtextError(
         f"the field's hash grid (field.num_levels {field.num_levels} × field.level_dim "
         f"{field.level_dim} features, up to 2^{field.log2_hashmap_size} rows a level: "
         f"field.log2_hashmap_size) with its gradient and {optimiser[cfg.optimizer]} needs "
         f"{format_gigabytes(grid)}; the run needs at least {format_gigabytes(need)} {has}; "
-        "lower field.log2_hashmap_size, field.num_levels or field.level_dim"
+        f"{fix}"
     )  # no default quoted: builtin-shapes' field is not FieldConfig's
 
 
@@ -443,7 +460,7 @@ def build_run(
         check_ffmpeg(cfg.export_options, after_training=True)
     device = resolve_device(cfg.device)
     check_render_memory(cfg, device)
-    check_field_memory(cfg, device)
+    check_field_memory(cfg, device, resume)
     check_encoding(cfg.field.encoding, device, cfg.field.level_dim)  # before minutes of loading
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, device)

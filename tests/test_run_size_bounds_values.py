@@ -444,3 +444,49 @@ def test_a_batch_whose_field_cannot_fit_is_refused_once_before_the_field_is_buil
     assert len(lines) == 1
     assert lines[0].startswith("dreamtext: error: the field's hash grid (field.num_levels 16 ")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_resumed_run_whose_table_cannot_fit_is_not_told_to_lower_the_field_it_keeps(
+    tmp_path, monkeypatch, capsys
+):
+    """A run trained where its 81 MB table fitted, resumed where 0.1 GB is available, was told
+    to lower field.log2_hashmap_size, and a --config that did was refused ("a resumed run keeps
+    its ... field"): the line says so and what can be done instead; the run is untouched."""
+    from dreamtext import trainer
+
+    monkeypatch.chdir(tmp_path)
+    yaml_text = "field:\n  log2_hashmap_size: 18\n  level_dim: 4\n"
+    (tmp_path / "big.yaml").write_text(yaml_text, encoding="utf-8")
+    assert main([*BUILTIN_RUN[:-1], "1", "--config", "big.yaml", "--workspace", "w"]) == 0
+    files = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    monkeypatch.setattr(trainer, "available_memory", lambda: 10**8)
+    assert main([*BUILTIN_RUN, "--workspace", "w", "--resume"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamtext: error: the field's hash grid (field.num_levels 8 × field.level_dim 4 "
+        "features, up to 2^18 rows a level: field.log2_hashmap_size) with its gradient and "
+        "Adam's two moments needs 0.1 GB; the run needs at least 0.1 GB of memory and 0.1 GB "
+        "is available; a resumed run keeps its field: resume it on a machine with more memory, "
+        "or start a new run (--workspace NEW_FOLDER) with a smaller field.log2_hashmap_size, "
+        "field.num_levels or field.level_dim"
+    ]
+    assert {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()} == files
+
+
+def test_a_resumed_run_whose_mlp_cannot_fit_is_told_to_lower_the_samples_alone(monkeypatch):
+    """A resume keeps field.num_blocks and field.hidden_dim: the line names the samples, which
+    it can change, and a machine with more memory."""
+    import torch
+
+    from dreamtext import trainer
+    from dreamtext.config import resolve_config
+
+    overrides = {"prompt": "a red cube", "field": {"num_blocks": 100000}}
+    cfg = resolve_config(overrides, preset="builtin-shapes")
+    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
+    with pytest.raises(DreamtextError) as refusal:
+        trainer.check_field_memory(cfg, torch.device("cpu"), resume=True)
+    assert str(refusal.value).endswith(
+        "; lower render.num_steps or render.upsample_steps, or --h (a resumed run keeps its "
+        "field.num_blocks and field.hidden_dim), or resume it on a machine with more memory"
+    )
