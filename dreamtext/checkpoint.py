@@ -170,7 +170,15 @@ def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Pa
     last = folder / LAST
     step = int(state["step"])
     buffer = io.BytesIO()
-    torch.save(with_digest(state), buffer)
+    try:
+        torch.save(with_digest(state), buffer)
+    except RuntimeError as error:
+        # The buffer could not grow (MemoryError) and torch's writer said "unexpected pos ...",
+        # a traceback where the save after an out-of-memory step ran out too: it is the memory
+        # (dreamtext.devices.memory_that_ran_out), which the CLI says in one line.
+        if isinstance(error.__context__, MemoryError):
+            raise MemoryError(f"serialising the checkpoint of step {step}") from error
+        raise
     data = buffer.getbuffer()
     previous = checkpoint_step(last)
 

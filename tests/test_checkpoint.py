@@ -328,3 +328,26 @@ def test_a_folder_in_place_of_a_checkpoint_is_named_as_one(tmp_path):
     )
     with pytest.raises(DreamtextError, match=r"no checkpoint at .*; train first"):
         load_checkpoint(tmp_path / "checkpoints" / "none.pt")
+
+
+def test_a_checkpoint_that_does_not_fit_in_memory_is_a_memory_error(tmp_path, monkeypatch):
+    """The save after a step that ran out of memory ran out too (its state is serialised in
+    memory first), and torch's writer turned the MemoryError into a bare RuntimeError
+    ("unexpected pos ..."), a traceback; a MemoryError is the CLI's out-of-memory line.
+    Nothing is written."""
+    import io
+
+    from dreamtext import checkpoint
+    from dreamtext.devices import memory_that_ran_out
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            if self.tell() + len(data) > 100_000:
+                raise MemoryError()
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoint.io, "BytesIO", Full)
+    with pytest.raises(MemoryError) as raised:
+        save_checkpoint(tmp_path, a_state(10))  # 400 kB
+    assert memory_that_ran_out(raised.value) == "memory"
+    assert not any((tmp_path / "checkpoints").glob("*.pt"))
