@@ -381,6 +381,7 @@ def check_field_memory(cfg: TrainConfig, device: torch.device, resume: bool = Fa
             raise grid_memory_error(cfg, grid, need + grid, has, resume)
     need += grid
     has = memory_had(device, available)
+    beside = f", and the hash grid's {format_gigabytes(grid)}" if grid else ""
     field, render = cfg.field, cfg.render
     # Both multiply: the queries (`render.num_steps: 1e12`) and what the MLP keeps of each
     # (`field.num_blocks: 100000`); either alone was blamed on the MLP's size.
@@ -410,7 +411,7 @@ def check_field_memory(cfg: TrainConfig, device: torch.device, resume: bool = Fa
         f"a training step's graph of at least {queries:,} field queries at once (--h {cfg.h} "
         f"--w {cfg.w}, batch {cfg.batch_size}, {samples}) through the field's MLP "
         f"(field.num_blocks {field.num_blocks} × field.hidden_dim {field.hidden_dim}) need at "
-        f"least {format_gigabytes(need)} {has} (its weights and activations); lower "
+        f"least {format_gigabytes(need)} {has} (its weights and activations{beside}); lower "
         + (
             f"{fewer} (a resumed run keeps its field.num_blocks and field.hidden_dim), or "
             "resume it on a machine with more memory"

@@ -490,3 +490,25 @@ def test_a_resumed_run_whose_mlp_cannot_fit_is_told_to_lower_the_samples_alone(m
         "; lower render.num_steps or render.upsample_steps, or --h (a resumed run keeps its "
         "field.num_blocks and field.hidden_dim), or resume it on a machine with more memory"
     )
+
+
+def test_an_mlp_that_fits_alone_but_not_beside_its_table_says_the_table_is_counted(monkeypatch):
+    """The MLP's graph (1,024 dense samples a ray, a direct backward: 1.27 GB) is most of the
+    need, the table (8 levels × 8 features at 2^18: 0.16 GB) the rest: the line blames the MLP
+    and the samples as before, its figure counting the table, which it names."""
+    import torch
+
+    from dreamtext import trainer
+    from dreamtext.config import resolve_config
+
+    overrides = {"prompt": "a red cube", "field": {"log2_hashmap_size": 18, "level_dim": 8}}
+    overrides["render"] = {"num_steps": 1024, "backprop": "direct"}
+    cfg = resolve_config(overrides, preset="builtin-shapes")
+    monkeypatch.setattr(trainer, "available_memory", lambda: 13 * 10**8)
+    with pytest.raises(DreamtextError) as refusal:
+        trainer.check_field_memory(cfg, torch.device("cpu"))
+    assert (
+        "need at least 1.4 GB of memory and 1.3 GB is available (its weights and activations, "
+        "and the hash grid's 0.2 GB); lower field.num_blocks or field.hidden_dim, "
+        "render.num_steps or render.upsample_steps, or --h"
+    ) in str(refusal.value)
