@@ -163,6 +163,10 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
     return ""
 
 
+class _Refused(Exception):
+    """A usage error met while :meth:`_OneLineParser._parses` tries a command line."""
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but usage errors are one line on stderr and exit 2 (no usage dump), named after
     the command they belong to (``dreamtext batch: ... (see dreamtext batch --help)``)."""
@@ -180,15 +184,19 @@ class _OneLineParser(argparse.ArgumentParser):
         self._negative_number_matcher = self.NEGATIVE_NUMBER
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if getattr(self, "trying", False):
+            raise _Refused(message)
         message += self._dashed_positional_hint(message)
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
     def _dashed_positional_hint(self, message: str) -> str:
-        """``; a prompt that starts with - goes after --: dreamtext text -- "-red"``, where the
+        """``; a prompt that starts with - goes last, after --: dreamtext text -- -red``, where the
         command's positional is missing and a word it was typed with starts with one dash and is
         no flag of it: argparse took ``dreamtext text "-red"``'s prompt for an unknown flag, and
         said only that the prompt was missing. After ``--`` every word is positional, so the
-        command's flags go before it."""
+        command's flags go before it. The command is named only where it parses: with two such
+        words (``-red -blue``, ``-red -red``), or a misspelt flag beside one, no single command is
+        right, and the line names the words instead."""
         required = "the following arguments are required: "
         words = getattr(self, "words", None)
         if not message.startswith(required) or not words:
@@ -200,6 +208,7 @@ class _OneLineParser(argparse.ArgumentParser):
             if word.startswith("-")
             and not word.startswith("--")
             and len(word) > 2  # `-O` (the fork's habit) is a flag, not a prompt
+            and " " not in word  # argparse takes `"-red cube"` for a value or the positional
             and not self._negative_number_matcher.match(word)
             and not any(option.startswith(word.split("=")[0]) for option in known)
         ]
@@ -207,10 +216,28 @@ class _OneLineParser(argparse.ArgumentParser):
             return ""
         name = message[len(required) :].split(",")[0].strip()
         article = "an" if name[:1].lower() in "aeiou" else "a"
+        goes = f"{article} {name} that starts with - goes last, after --"
+        command = self.prog.split()
         others = list(words)
         others.remove(dashed[0])
-        typed = shlex.join([self.prog.split()[0], *others, "--", dashed[0]])
-        return f"; {article} {name} that starts with - goes last, after --: {typed}"
+        ours = others[others.index(command[-1]) + 1 :] if command[-1] in others else None
+        if len(dashed) == 1 and ours is not None and self._parses([*ours, "--", dashed[0]]):
+            return f"; {goes}: {shlex.join([command[0], *others, '--', dashed[0]])}"
+        strays = list(dict.fromkeys(dashed))
+        named = " and ".join(strays) + (" are no flags" if len(strays) > 1 else " is no flag")
+        return f"; {named} of {self.prog}: {goes}"
+
+    def _parses(self, argv: list[str]) -> bool:
+        """Whether this parser takes ``argv`` without a usage error or a word left over (a
+        command a message suggests is tried first)."""
+        self.trying = True
+        try:
+            _, unknown = self.parse_known_args(argv)
+        except _Refused:
+            return False
+        finally:
+            self.trying = False
+        return not unknown
 
     def parse_command_line(self, argv: list[str] | None = None) -> argparse.Namespace:
         """``parse_args``, with a flag the command does not know reported by that command's parser

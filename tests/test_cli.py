@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -1545,6 +1546,48 @@ def test_a_one_word_prompt_that_starts_with_a_dash_is_told_to_go_after_two_dashe
     assert_user_error(code, err, line, f"(see dreamtext {command} --help)")
 
 
+@pytest.mark.parametrize(
+    ("args", "dashed"),
+    [
+        (["text", "-red"], "-red"),
+        (["text", "--model", "builtin:shapes", "-red"], "-red"),
+        (["text", "--negative", "-blurry photo", "-red"], "-red"),
+        (["text", "--negative=-blurry", "-red", "--iters", "2"], "-red"),
+        (["image", "-x.png", "--iters", "2", "--no-export"], "-x.png"),
+        (["batch", "-p.txt", "--iters", "2"], "-p.txt"),
+    ],
+)
+def test_the_command_a_dashed_positional_is_told_to_type_parses(capsys, args, dashed):
+    """`dreamtext text --negative "-blurry photo" -red` was told to type `dreamtext text
+    --negative -red -- '-blurry photo'`, which failed again (--negative: expected one argument):
+    the command the line names takes the dashed word as its positional."""
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, "goes last, after --: dreamtext ")
+    named = shlex.split(err.split("after --: ")[1].split(" (see ")[0])
+    parsed = build_parser().parse_command_line(named[1:])
+    positional = {"text": "prompt", "image": "image", "batch": "prompts"}[args[0]]
+    assert (parsed.command, getattr(parsed, positional)) == (args[0], dashed)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["text", "-red", "-red"], "-red is no flag of dreamtext text: a prompt"),
+        (["text", "-red", "-blue"], "-red and -blue are no flags of dreamtext text: a prompt"),
+        (["text", "-red", "--itres"], "-red is no flag of dreamtext text: a prompt"),
+        (["describe", "-x.png", "-y.png"], "-x.png and -y.png are no flags of dreamtext describe"),
+        (["batch", "-a.txt", "-b.txt"], "-a.txt and -b.txt are no flags of dreamtext batch"),
+    ],
+)
+def test_two_dashed_words_or_a_misspelt_flag_beside_one_name_no_command(capsys, args, named):
+    """`dreamtext text -red -blue` (or `-red -red`, or `-red --itres`) was told to type `dreamtext
+    text -blue -- -red`, which failed again: no single command is right, so the line names the
+    words that are no flags, and says where a dashed prompt goes, without a command."""
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, named, "starts with - goes last, after --")
+    assert "after --:" not in err
+
+
 def test_export_given_the_run_as_a_positional_says_to_pass_it_with_workspace(capsys):
     """`dreamtext export workspace/a_cat`, as `view` and `image` take their paths, was refused
     as "unrecognized arguments: workspace/a_cat" alone: the line names the folder's flag."""
@@ -2372,7 +2415,6 @@ def test_the_top_level_help_gives_the_readmes_first_run_and_where_each_commands_
     """`dreamtext --help` lists the commands but not their flags: it says where they are, and its
     offline first run is the README's, a command the parser takes."""
     import re
-    import shlex
 
     text = " ".join(build_parser().format_help().split())
     assert "dreamtext COMMAND --help" in text
