@@ -31,13 +31,27 @@ def first_control_character(text: str, spaces_allowed: bool = False) -> int | No
     return None
 
 
+# The format characters (Unicode category ``Cf``) that draw a mark: Unicode's
+# Prepended_Concatenation_Mark ones (PropList.txt), an Arabic or Kaithi number sign, the end of
+# ayah, the Syriac abbreviation mark, drawn around the digits or letters after them.
+VISIBLE_FORMAT_CHARACTERS = frozenset(
+    [*range(0x0600, 0x0606), 0x06DD, 0x070F, 0x0890, 0x0891, 0x08E2, 0x110BD, 0x110CD]
+)
+
+
 def shows_nothing(text: str) -> bool:
     """Whether ``text`` is blank to the eye: spaces and invisible format characters (Unicode
     category ``Cf``: a zero-width space or joiner, a word joiner, a byte-order mark, a soft
     hyphen) only. Such a prompt (pasted from a web page, or ``"$(cat prompt.txt)"`` of a file
     holding a BOM) was trained as text no one could see, and such a line of a prompts file,
-    which an editor shows blank, as a prompt in a ``run_<hash>`` folder."""
-    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
+    which an editor shows blank, as a prompt in a ``run_<hash>`` folder. The ``Cf`` characters
+    that draw a mark (:data:`VISIBLE_FORMAT_CHARACTERS`: ``"\u06dd"``, the end of ayah) are
+    text one can see."""
+    return all(
+        char.isspace()
+        or (unicodedata.category(char) == "Cf" and ord(char) not in VISIBLE_FORMAT_CHARACTERS)
+        for char in text
+    )
 
 
 def is_prompt_line(text: str) -> bool:
@@ -96,6 +110,7 @@ def check_prompt_lines(path: Path, lines: list[str]) -> None:
 
 
 __all__ = [
+    "VISIBLE_FORMAT_CHARACTERS",
     "check_prompt_characters",
     "check_prompt_lines",
     "describe_character",

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dreamtext.cli import main
-from dreamtext.config import TrainConfig, validate
+from dreamtext.config import GuidanceConfig, TrainConfig, validate
 from dreamtext.errors import DreamtextError
 from dreamtext.prompts_text import check_prompt_characters, first_control_character
 
@@ -121,6 +121,40 @@ def test_a_prompts_file_line_of_only_invisible_characters_is_a_blank_line(tmp_pa
     path.write_text("a red cube\n\u200b\n \u2060 \u00ad\n")
     entries = read_prompts(path, tmp_path / "workspace")
     assert [(e.line, e.prompt) for e in entries] == [(1, "a red cube")]
+
+
+@pytest.mark.parametrize("mark", ["\u06dd", "\u0600 \u0605", "\u070f", "\u08e2", "\U000110bd"])
+def test_a_prompt_of_format_characters_that_draw_a_mark_is_text(tmp_path, mark):
+    """The end of ayah (U+06DD), an Arabic number sign (U+0600-U+0605), the Syriac abbreviation
+    mark, a Kaithi number sign are format characters (Unicode category Cf) that draw a mark
+    (Prepended_Concatenation_Mark): a prompt of them was refused as "the prompt is empty (it
+    holds only invisible characters: U+06DD)", a --negative of them too, and a prompts file's
+    line of them skipped as blank."""
+    from dreamtext.batch import read_prompts
+
+    validate(TrainConfig(prompt=mark))
+    validate(TrainConfig(prompt="a red cube", guidance=GuidanceConfig(negative=mark)))
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"a red cube\n{mark}\n\u200b\n", encoding="utf-8")
+    entries = read_prompts(path, tmp_path / "workspace")
+    assert [(e.line, e.prompt) for e in entries] == [(1, "a red cube"), (2, mark)]
+
+
+def test_the_format_characters_that_draw_a_mark_are_unicodes_prepended_concatenation_marks():
+    """PropList.txt (Unicode 15.1): 0600..0605, 06DD, 070F, 0890..0891, 08E2, 110BD, 110CD."""
+    from dreamtext.prompts_text import VISIBLE_FORMAT_CHARACTERS, shows_nothing
+
+    assert sorted(VISIBLE_FORMAT_CHARACTERS) == [
+        *range(0x0600, 0x0606),
+        0x06DD,
+        0x070F,
+        0x0890,
+        0x0891,
+        0x08E2,
+        0x110BD,
+        0x110CD,
+    ]
+    assert shows_nothing("\u200b \ufeff\u2060\u00ad\u200d")  # the invisible ones stay so
 
 
 def test_a_nul_in_a_prompts_file_names_its_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
