@@ -23,10 +23,10 @@ so a checkpoint written by any backend loads into any other (state-dict key ``pa
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from dreamtext.errors import DreamtextError, cause_line
+
+log = logging.getLogger(__name__)
 
 # tiny-cuda-nn's spatial hash: h(x, y, z) = (x·1) XOR (y·2654435761) XOR (z·805459861) mod T.
 HASH_PRIMES: tuple[int, int, int] = (1, 2654435761, 805459861)
@@ -799,7 +801,8 @@ def make_encoding(
             _self_check(grid)
             return grid
         except DreamtextError as err:
-            warnings.warn(f"{err}; falling back to another encoding", stacklevel=2)
+            # One line (the CLI's "dreamtext: ..."), not a warning's two on stderr.
+            log.warning("%s; falling back to another encoding", err)
     if _tcnn_available(device):
         return TcnnHashGrid(**cfg).to(device)
     return HashGridEncoding(**cfg).to(device)

@@ -505,3 +505,34 @@ def test_the_triton_interpreter_is_on_for_the_values_triton_reads_as_true(value,
     assert encoding_module.triton_interpreter_on()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not encoding_module.triton_interpreter_on()
+
+
+def test_auto_falling_back_from_a_failed_triton_self_check_says_so_in_one_line(monkeypatch, capsys):
+    """On CUDA, `--encoding auto` whose Triton grid failed its self-check said so by
+    `warnings.warn`: two lines on stderr in `text`, `image` and `batch` (``.../field.py:325:
+    UserWarning: ...`` and the source line ``self.encoding = make_encoding(``). It is one
+    ``dreamtext:`` line, as the CLI prints the package's other warnings."""
+    from dreamtext.cli import show_progress_messages
+
+    class _Built(torch.nn.Module):
+        def __init__(self, **cfg):
+            super().__init__()
+
+        def to(self, device):  # a CPU stands in for the GPU
+            return self
+
+    def failed(grid):
+        raise DreamtextError("the Triton hash grid disagrees with the reference")
+
+    monkeypatch.setattr(encoding_module, "check_encoding", lambda *args: None)
+    monkeypatch.setattr(encoding_module, "_triton_problem", lambda *args: None)
+    monkeypatch.setattr(encoding_module, "_self_check", failed)
+    monkeypatch.setattr(encoding_module, "_tcnn_available", lambda device: False)
+    monkeypatch.setattr(encoding_module, "TritonHashGrid", _Built)
+    monkeypatch.setattr(encoding_module, "HashGridEncoding", _Built)
+    show_progress_messages()
+    make_encoding("auto", device="cuda", **DENSE_CFG)
+    assert capsys.readouterr().err.splitlines() == [
+        "dreamtext: the Triton hash grid disagrees with the reference; falling back to another "
+        "encoding"
+    ]
