@@ -143,8 +143,8 @@ def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
 def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     """``; did you mean --iters?`` for the first unknown flag that is close to one of
     ``parser``'s (difflib's ratio ≥ 0.75), or that names an output folder where ``parser`` has
-    ``--workspace``, or ``--resume`` where a rerun resumes (``reruns_resume``); ``""``
-    otherwise."""
+    ``--workspace``, or ``--resume`` where a rerun resumes (``reruns_resume``), or that is a
+    flag of the commands beside it (``beside``) only; ``""`` otherwise."""
     known = [option for option in _option_strings(parser) if option.startswith("--")]
     for word in unknown:
         if not word.startswith("-"):
@@ -157,6 +157,16 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
             # `image` skips its finished stages and continues the one it stopped in; `batch`
             # its finished prompts, and resumes an interrupted one.
             return f"; the same command without --resume {rerun}"
+        # `text "a cube" --resolution 64`, `image mug.png --port 8000` ("did you mean
+        # --export?"): a flag of another command, typed to this one.
+        owners = [
+            name
+            for name, other in getattr(parser, "beside", {}).items()
+            if other is not parser and flag in _option_strings(other)
+        ]
+        if owners and flag not in known:
+            names = ", ".join(owners[:-1]) + (" and " if len(owners) > 1 else "") + owners[-1]
+            return f"; {flag} is a flag of dreamtext {names}, not of {parser.prog}"
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
         if close:
             return f"; did you mean {close[0]}?"
@@ -245,9 +255,10 @@ class _OneLineParser(argparse.ArgumentParser):
         words = sys.argv[1:] if argv is None else list(argv)
         commands = getattr(self, "commands", {})  # set on the top-level parser
         if commands:
-            _refuse_flags_before_the_command(self, words, commands)
             for command_parser in commands.values():
                 command_parser.words = words  # for its _dashed_positional_hint
+                command_parser.beside = commands  # for its _unknown_flag_hint
+            _refuse_flags_before_the_command(self, words, commands)
         command = next((word for word in words if not word.startswith("-")), None)
         if commands and command is not None and command not in commands:
             # `dreamtext txt`: argparse's "invalid choice" lists the commands but not the one meant.

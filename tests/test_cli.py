@@ -1719,6 +1719,41 @@ def test_an_unknown_flag_names_the_flag_it_is_close_to(capsys, args, line):
 
 
 @pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["image", "mug.png", "--port", "8000"],
+            "dreamtext image: unrecognized arguments: --port 8000; --port is a flag of dreamtext "
+            "view, not of dreamtext image ",
+        ),
+        (
+            ["text", "a red cube", "--resolution=64"],
+            "dreamtext text: unrecognized arguments: --resolution=64; --resolution is a flag of "
+            "dreamtext export, not of dreamtext text ",
+        ),
+        (
+            ["export", "--workspace", "w", "--iters", "5"],
+            "dreamtext export: unrecognized arguments: --iters 5; --iters is a flag of dreamtext "
+            "text, image and batch, not of dreamtext export ",
+        ),
+        (
+            ["--texture-size", "64", "text", "a red cube"],
+            "dreamtext text: unrecognized arguments: --texture-size; --texture-size is a flag of "
+            "dreamtext export, not of dreamtext text ",
+        ),
+    ],
+)
+def test_a_flag_of_another_command_names_the_commands_it_belongs_to(capsys, args, line):
+    """`dreamtext image mug.png --port 8000` said "did you mean --export?", and `text ...
+    --resolution 64` (export's flag) only that it was unrecognized: the line names the commands
+    that take the flag."""
+    code, err = run_main(args, capsys)
+    command = next(word for word in args if not word.startswith("-") and not word.isdigit())
+    assert_user_error(code, err, line, f"(see dreamtext {command} --help)")
+    assert "did you mean" not in err
+
+
+@pytest.mark.parametrize(
     ("word", "meant"), [("txt", "text"), ("exprot", "export"), ("veiw", "view")]
 )
 def test_a_misspelt_command_names_the_command_it_is_close_to(capsys, word, meant):
