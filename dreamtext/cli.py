@@ -262,7 +262,7 @@ class _OneLineParser(argparse.ArgumentParser):
         command = next((word for word in words if not word.startswith("-")), None)
         if commands and command is not None and command not in commands:
             # `dreamtext txt`: argparse's "invalid choice" lists the commands but not the one meant.
-            close = difflib.get_close_matches(command, list(commands), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(command.lower(), list(commands), n=1, cutoff=0.6)
             if close:
                 self.error(f"unknown command '{command}'; did you mean {close[0]}?")
         if commands and command is None:

@@ -1754,10 +1754,12 @@ def test_a_flag_of_another_command_names_the_commands_it_belongs_to(capsys, args
 
 
 @pytest.mark.parametrize(
-    ("word", "meant"), [("txt", "text"), ("exprot", "export"), ("veiw", "view")]
+    ("word", "meant"),
+    [("txt", "text"), ("exprot", "export"), ("veiw", "view"), ("TEXT", "text"), ("Batch", "batch")],
 )
 def test_a_misspelt_command_names_the_command_it_is_close_to(capsys, word, meant):
-    """`dreamtext txt "a cat"` listed all six commands as argparse's "invalid choice"."""
+    """`dreamtext txt "a cat"` listed all six commands as argparse's "invalid choice", and so
+    did `dreamtext TEXT "a cat"` (Caps Lock), which is no closer to `text` to difflib."""
     code, err = run_main([word, "a cat"], capsys)
     assert_user_error(
         code,
