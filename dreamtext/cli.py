@@ -144,7 +144,8 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
     """``; did you mean --iters?`` for the first unknown flag that is close to one of
     ``parser``'s (difflib's ratio ≥ 0.75), or that names an output folder where ``parser`` has
     ``--workspace``, or ``--resume`` where a rerun resumes (``reruns_resume``), or that is a
-    flag of the commands beside it (``beside``) only; ``""`` otherwise."""
+    flag of the commands beside it (``beside``) only, or that names ``parser``'s positional
+    (``--prompt``); ``""`` otherwise."""
     known = [option for option in _option_strings(parser) if option.startswith("--")]
     for word in unknown:
         if not word.startswith("-"):
@@ -167,6 +168,18 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
         if owners and flag not in known:
             names = ", ".join(owners[:-1]) + (" and " if len(owners) > 1 else "") + owners[-1]
             return f"; {flag} is a flag of dreamtext {names}, not of {parser.prog}"
+        # `text --prompt "a cube"`, `batch --prompts-file p.txt`: the command's positional.
+        named = [
+            action
+            for action in parser._actions
+            if not action.option_strings
+            and flag[2:].replace("-", "_").lower() in (action.dest, str(action.metavar).lower())
+        ]
+        if named:
+            placeholder = named[0].metavar or named[0].dest.upper()
+            name = placeholder.lower().replace("_", " ")
+            value = shlex.quote(word.split("=", 1)[1]) if "=" in word else placeholder
+            return f"; the {name} takes no flag: {parser.prog} {value} ..."
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
         if close:
             return f"; did you mean {close[0]}?"
@@ -273,8 +286,22 @@ class _OneLineParser(argparse.ArgumentParser):
                 hint = _unknown_flag_hint(self, unknown)
                 self.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
         args, unknown = self.parse_known_args(argv)
+        owner = commands.get(getattr(args, "command", None) or "", self)
+        if owner is not self:
+            # argparse takes `--prompt="a red cube"` (a word with a space) for a positional:
+            # it trained the prompt "--prompt=a red cube". Words after `--` are positional.
+            typed = words[words.index("--") + 1 :] if "--" in words else []
+            flagged = [
+                word
+                for action in owner._actions
+                if not action.option_strings
+                for word in _as_list(getattr(args, action.dest, None))
+                if FLAG_WITH_VALUE.match(str(word)) and word not in typed
+            ]
+            if flagged:
+                hint = _unknown_flag_hint(owner, flagged)
+                owner.error(f"unrecognized arguments: {flagged[0]}{hint}")
         if unknown:
-            owner = commands.get(getattr(args, "command", None) or "", self)
             message = f"unrecognized arguments: {' '.join(unknown)}"
             message += _unknown_flag_hint(owner, unknown)
             # A word right after an unknown flag is that flag's value (`--out run1`), not a
@@ -304,6 +331,16 @@ class _OneLineParser(argparse.ArgumentParser):
                 message += f'; quote the {positional} when it has spaces: "{" ".join(words)}"'
             owner.error(message)
         return args
+
+
+# `--prompt=a red cube`: a flag and its value in one word, which argparse takes for a positional
+# when the value has a space.
+FLAG_WITH_VALUE = re.compile(r"^--[A-Za-z][\w-]*=")
+
+
+def _as_list(value: Any) -> list[Any]:
+    """``value`` (a positional's: one word, a list of them or ``None``) as a list."""
+    return list(value) if isinstance(value, list) else [] if value is None else [value]
 
 
 def _valueless_flag(parser: argparse.ArgumentParser, words: list[str], word: str) -> str | None:

@@ -1754,6 +1754,53 @@ def test_a_flag_of_another_command_names_the_commands_it_belongs_to(capsys, args
 
 
 @pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["text", "--prompt=a red cube", "--model", "builtin:shapes"],
+            "dreamtext text: unrecognized arguments: --prompt=a red cube; the prompt takes no "
+            "flag: dreamtext text 'a red cube' ... ",
+        ),
+        (
+            ["text", "--prompt", "a red cube", "--model", "builtin:shapes"],
+            "dreamtext text: unrecognized arguments: --prompt; the prompt takes no flag: "
+            "dreamtext text PROMPT ... ",
+        ),
+        (
+            ["image", "--image=my mug.png"],
+            "dreamtext image: unrecognized arguments: --image=my mug.png; the image takes no "
+            "flag: dreamtext image 'my mug.png' ... ",
+        ),
+        (
+            ["batch", "--prompts", "p.txt"],
+            "dreamtext batch: unrecognized arguments: --prompts; the prompts file takes no flag: "
+            "dreamtext batch PROMPTS_FILE ... ",
+        ),
+        (
+            ["text", "--negatve=blurry photo", "--model", "builtin:shapes"],
+            "dreamtext text: unrecognized arguments: --negatve=blurry photo; did you mean "
+            "--negative? ",
+        ),
+    ],
+)
+def test_a_positional_given_by_a_flag_is_refused_naming_the_positional(
+    tmp_path, monkeypatch, capsys, args, line
+):
+    """`dreamtext text --prompt="a red cube"` trained the prompt "--prompt=a red cube" (in
+    workspace/prompt_a_red_cube): argparse takes a word with a space for a positional. The
+    word is an unknown flag; `--prompt` is told that the prompt takes no flag."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, line, f"(see dreamtext {args[0]} --help)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_word_after_two_dashes_that_looks_like_a_flag_is_the_prompt():
+    args = build_parser().parse_command_line(["text", "--", "--prompt=a red cube"])
+    assert args.prompt == "--prompt=a red cube"
+
+
+@pytest.mark.parametrize(
     ("word", "meant"),
     [("txt", "text"), ("exprot", "export"), ("veiw", "view"), ("TEXT", "text"), ("Batch", "batch")],
 )
