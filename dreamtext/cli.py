@@ -287,10 +287,10 @@ class _OneLineParser(argparse.ArgumentParser):
                 self.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
         args, unknown = self.parse_known_args(argv)
         owner = commands.get(getattr(args, "command", None) or "", self)
+        typed = words[words.index("--") + 1 :] if "--" in words else []
         if owner is not self:
             # argparse takes `--prompt="a red cube"` (a word with a space) for a positional:
-            # it trained the prompt "--prompt=a red cube". Words after `--` are positional.
-            typed = words[words.index("--") + 1 :] if "--" in words else []
+            # it trained the prompt "--prompt=a red cube". Words after `--` (`typed`) are not.
             flagged = [
                 word
                 for action in owner._actions
@@ -303,6 +303,15 @@ class _OneLineParser(argparse.ArgumentParser):
                 owner.error(f"unrecognized arguments: {flagged[0]}{hint}")
         if unknown:
             message = f"unrecognized arguments: {' '.join(unknown)}"
+            # `text -- -red --iters 2`, as the dashed prompt's hint says to type it: after `--`
+            # a flag is a word, and "did you mean --iters?" named the flag typed.
+            late = [
+                word.split("=")[0]
+                for word in unknown
+                if word in typed and word.split("=")[0] in _option_strings(owner)
+            ]
+            if late:
+                owner.error(f"{message}; {late[0]} goes before --, after which no word is a flag")
             message += _unknown_flag_hint(owner, unknown)
             # A word right after an unknown flag is that flag's value (`--out run1`), not a
             # stray path or a piece of the prompt.

@@ -1795,6 +1795,27 @@ def test_a_positional_given_by_a_flag_is_refused_naming_the_positional(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["text", "--", "-red", "--iters", "2"],
+        ["text", "--", "-red", "--iters=2", "--no-export"],
+        ["image", "--", "-mug.png", "--iters", "2"],
+    ],
+)
+def test_a_flag_typed_after_two_dashes_is_told_to_go_before_them(capsys, args):
+    """`dreamtext text -- -red --iters 2` (the dashed prompt's hint says "goes last, after --")
+    was "unrecognized arguments: --iters 2; did you mean --iters?", naming the flag typed."""
+    code, err = run_main(args, capsys)
+    assert_user_error(
+        code,
+        err,
+        "; --iters goes before --, after which no word is a flag ",
+        f"(see dreamtext {args[0]} --help)",
+    )
+    assert "did you mean" not in err
+
+
 def test_a_word_after_two_dashes_that_looks_like_a_flag_is_the_prompt():
     args = build_parser().parse_command_line(["text", "--", "--prompt=a red cube"])
     assert args.prompt == "--prompt=a red cube"
