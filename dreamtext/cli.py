@@ -224,7 +224,7 @@ class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         if getattr(self, "trying", False):
             raise _Refused(message)
-        message += self._dashed_positional_hint(message)
+        message += self._dashed_positional_hint(message) + self._dashed_value_hint(message)
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
     def _dashed_positional_hint(self, message: str) -> str:
@@ -264,6 +264,32 @@ class _OneLineParser(argparse.ArgumentParser):
         strays = list(dict.fromkeys(dashed))
         named = " and ".join(strays) + (" are no flags" if len(strays) > 1 else " is no flag")
         return f"; {named} of {self.prog}: {goes}"
+
+    def _dashed_value_hint(self, message: str) -> str:
+        """``; a value that starts with - is written --negative=-blurry``, where argparse took
+        ``--negative -blurry``'s value for a flag and said only that --negative expected one
+        argument. A flag of the command after it (``--negative --iters 5``) is a value left
+        out: no hint."""
+        said = re.match(r"argument (\S+): expected one argument$", message)
+        words = getattr(self, "words", None)
+        if said is None or not words:
+            return ""
+        names = said.group(1).split("/")
+        known = _option_strings(self)
+        for at, word in enumerate(words[:-1]):
+            value = words[at + 1]
+            typed = word in names or (
+                word.startswith("--") and len(word) > 2 and any(n.startswith(word) for n in names)
+            )
+            if (
+                typed
+                and value.startswith("-")
+                and len(value) > 1
+                and value != "--"
+                and not any(option.startswith(value.split("=")[0]) for option in known)
+            ):
+                return f"; a value that starts with - is written {word}={value}"
+        return ""
 
     def _parses(self, argv: list[str]) -> bool:
         """Whether this parser takes ``argv`` without a usage error or a word left over (a

@@ -1831,6 +1831,40 @@ def test_two_presets_are_refused_and_the_same_one_twice_is_that_one(capsys, comm
     assert args.preset == "fitfusion"
 
 
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (
+            ["text", "a cube", "--negative", "-blurry"],
+            "; a value that starts with - is written --negative=-blurry ",
+        ),
+        (
+            ["text", "a cube", "--neg", "-blurry"],
+            "; a value that starts with - is written --neg=-blurry ",
+        ),
+        (
+            ["image", "mug.png", "--workspace", "-runs"],
+            "; a value that starts with - is written --workspace=-runs ",
+        ),
+        (["text", "a cube", "--negative", "--iters", "5"], None),  # a value left out
+        (["text", "a cube", "--negative"], None),
+    ],
+)
+def test_a_flags_value_that_starts_with_a_dash_is_told_to_follow_an_equals_sign(capsys, args, hint):
+    """`--negative -blurry` said only "argument --negative: expected one argument": argparse
+    takes a word that starts with - for a flag; `--negative=-blurry` is read as its value."""
+    code, err = run_main(args, capsys)
+    flag = "--workspace" if "--workspace" in args else "--negative"
+    assert_user_error(code, err, f"argument {flag}: expected one argument")
+    if hint is None:
+        assert "starts with -" not in err
+    else:
+        assert hint in err
+        value = hint.split("written ")[1].strip()
+        parsed = build_parser().parse_command_line([*args[:2], value])
+        assert getattr(parsed, flag[2:]) == args[-1]
+
+
 def test_a_word_after_two_dashes_that_looks_like_a_flag_is_the_prompt():
     args = build_parser().parse_command_line(["text", "--", "--prompt=a red cube"])
     assert args.prompt == "--prompt=a red cube"
