@@ -3358,6 +3358,36 @@ def test_the_slurm_script_gives_each_task_its_share_of_shares_for_a_list_of_task
     ]
 
 
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        ([], "give the prompts file and the results folder first"),
+        (["prompts.txt"], "give the prompts file and the results folder first"),
+        (["prompts.txt", "--workspace", "runs", "--fp16"], "'--workspace' is a flag, where"),
+        (["--model", "builtin:shapes"], "'--model' is a flag, where"),
+    ],
+)
+def test_the_slurm_script_without_its_prompts_file_and_root_is_one_line_and_exit_2(
+    tmp_path, args, why
+):
+    """Both missing was bash's `line 44: 1: usage: ...` and exit 1, the status of a task whose
+    prompt failed; a flag in their place ran the batch, which refused a `--workspace` it had
+    been given a folder for ("argument --workspace: expected one argument")."""
+    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    tools.mkdir()
+    (tools / "srun").write_text(f'#!/bin/bash\necho "srun $*" >> {calls}\n')
+    (tools / "srun").chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    done = subprocess.run(
+        ["bash", script, *args], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    usage = "sbatch scripts/slurm_array.sbatch PROMPTS_FILE ROOT [dreamtext batch flags]"
+    assert re.fullmatch(rf"slurm_array\.sbatch: {why}.*: {re.escape(usage)}\n", done.stderr)
+    assert not calls.exists()
+
+
 def slurm_array(spec, job="41"):
     """The ``SLURM_*`` variables of each task of ``sbatch --array=SPEC`` (``0-7``, ``1-7:2``,
     ``3,5``), as SLURM sets them: the task's id and the array's min, max, count and step (1 for
