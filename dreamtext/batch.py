@@ -635,9 +635,15 @@ def slurm_task() -> tuple[str | None, int]:
     ``(None, 0)`` outside SLURM. A requeued task keeps its id and counts one more restart, which
     is how it recognises the locks of its earlier, preempted self."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     if job is None:
         return None, 0
+    text = os.environ.get("SLURM_RESTART_COUNT", "").strip()
+    if text and not (text.isascii() and text.isdigit()):
+        raise DreamtextError(
+            f"SLURM_RESTART_COUNT is '{text}', not a number of restarts (SLURM sets 0, 1, 2 ...); "
+            "unset it, or set the count of this task's requeues"
+        )
+    restarts = int(text or 0)
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
     return (f"{job}_{task}" if task is not None else job), restarts
 
@@ -1173,6 +1179,7 @@ def run_batch(
             "remove those lines' folders to train them again, or drop --overwrite"
         )
     shard = resolve_shard(options.shard, os.environ)
+    slurm_task()  # its restart count, read by every line's lock and record, before any is written
     share = select_share(entries, shard)
     # The settings and the list are checked before every line's config is made (a list of
     # 50,000 lines takes seconds), and by a worker whose share is empty (more workers than

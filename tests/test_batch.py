@@ -1483,6 +1483,24 @@ def test_slurm_array_variables_pick_the_share(tmp_path, tiny_yaml, shapes_cache,
     assert sorted(p.name for p in root.iterdir()) == ["a_blue_cube", "batch.jsonl"]
 
 
+def test_a_slurm_restart_count_that_is_no_number_is_one_line_with_nothing_written(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """SLURM_RESTART_COUNT=x was a ValueError traceback at the first line's lock, after ROOT had
+    been made."""
+    monkeypatch.setenv("SLURM_JOB_ID", "57")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "x")
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    assert capsys.readouterr().err == (
+        "dreamtext: error: SLURM_RESTART_COUNT is 'x', not a number of restarts (SLURM sets 0, "
+        "1, 2 ...); unset it, or set the count of this task's requeues\n"
+    )
+    assert not root.exists()
+
+
 def test_a_killed_batch_resumes_from_its_last_checkpoint(tmp_path, tiny_yaml, shapes_cache):
     path = prompts_file(tmp_path, "a red cube")
     root = tmp_path / "root"
