@@ -2823,6 +2823,22 @@ def test_an_empty_share_says_so_in_one_line_with_no_bar_and_no_table(tmp_path, c
     assert not root.exists()
 
 
+def test_an_empty_share_loads_no_model_and_ends_0_whatever_the_model(tmp_path, capsys):
+    """As README says of a SLURM array with more tasks than lines: such a task checks the list
+    and its settings as its siblings do (above), not the model, which it would load for nothing;
+    its siblings refuse a --model folder that does not exist (exit 2), it ends 0."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    model = tmp_path / "no-such-model"
+    args = ["batch", path, "--model", model, "--shard", "1/2", "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    assert "holds no prompts" in capsys.readouterr().err
+    args = ["batch", path, "--model", model, "--shard", "0/2", "--workspace", root]
+    assert main(list(map(str, args))) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not root.exists()
+
+
 def test_a_list_the_builtin_prior_refuses_is_refused_before_each_lines_config_is_made(
     tmp_path, monkeypatch, capsys
 ):
