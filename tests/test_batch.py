@@ -3365,6 +3365,43 @@ def test_the_slurm_script_passes_the_time_limits_warning_on_and_requeues_the_tas
     ]
 
 
+def test_the_slurm_script_requeues_the_task_when_the_step_stopped_before_scancel_returned(
+    tmp_path,
+):
+    """scancel returns once slurmctld answers, which may be after the step has saved and
+    stopped: the script asked `kill -0` whether the step still ran before waiting for it again,
+    found it gone, and ended with the interrupted `wait`'s 138, the task not requeued."""
+    tools, calls, ready = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "step.pid"
+    tools.mkdir()
+    scripts = {
+        # the step: stops at once on SIGTERM, as an interrupted batch does
+        "srun": f"echo \"srun $*\" >> {calls}\ntrap 'kill $!; exit 130' TERM\necho $$ > {ready}\n"
+        "sleep 1000 & wait $!",
+        # returns once the script has reaped the stopped step
+        "scancel": f'echo "scancel $*" >> {calls}\nstep=$(cat {ready})\nkill -TERM "$step"\n'
+        'while kill -0 "$step" 2> /dev/null; do sleep 0.02; done',
+        "scontrol": f'echo "scontrol $*" >> {calls}',
+    }
+    for name, body in scripts.items():
+        (tools / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tools / name).chmod(0o755)
+    env = {
+        "PATH": f"{tools}:/usr/bin:/bin",
+        "SLURM_ARRAY_JOB_ID": "41",
+        "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_JOB_ID": "57",
+    }
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    task = subprocess.Popen(["bash", script, "prompts.txt", "/shared/runs"], env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    task.send_signal(signal.SIGUSR1)
+    assert task.wait(timeout=30) == 130
+    requeued = ["scancel --signal=TERM 57", "scontrol requeue 41_3"]
+    assert calls.read_text().splitlines()[1:] == requeued
+
+
 def test_the_slurm_script_asks_for_the_time_limits_warning_as_usr1_to_itself():
     """``--signal=TERM@180`` signalled the step, where the script could not tell the time limit
     from `scancel -s TERM`: it requeued the task either way."""
