@@ -1,5 +1,6 @@
 """`dreamtext batch`: one process for a list, skips and resumes, shares, locks, bad input."""
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -3400,6 +3401,50 @@ def test_the_slurm_script_requeues_the_task_when_the_step_stopped_before_scancel
     assert task.wait(timeout=30) == 130
     requeued = ["scancel --signal=TERM 57", "scontrol requeue 41_3"]
     assert calls.read_text().splitlines()[1:] == requeued
+
+
+def test_the_slurm_script_asks_scancel_again_where_it_fails_at_the_time_limit(tmp_path):
+    """A busy slurmctld fails scancel ("Socket timed out on send/recv operation"): the script
+    ended at once with 1 (set -e in the trap), its step still running without its SIGTERM and
+    the task not requeued. It asks again 5 s later (not srun, which answers a SIGTERM with
+    SIGKILL to the step)."""
+    tools, calls, ready = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "step.pid"
+    failed = tmp_path / "scancel-failed"
+    tools.mkdir()
+    scripts = {
+        "srun": f"echo \"srun $*\" >> {calls}\ntrap 'kill $!; exit 130' TERM\necho $$ > {ready}\n"
+        "sleep 1000 & wait $!",
+        # fails once, then stops the step
+        "scancel": f'echo "scancel $*" >> {calls}\n'
+        f'if [[ ! -e {failed} ]]; then touch {failed}; echo "scancel: error: Socket timed out" '
+        f'>&2; exit 1; fi\nkill -TERM "$(cat {ready})"',
+        "scontrol": f'echo "scontrol $*" >> {calls}',
+    }
+    for name, body in scripts.items():
+        (tools / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tools / name).chmod(0o755)
+    env = {
+        "PATH": f"{tools}:/usr/bin:/bin",
+        "SLURM_ARRAY_JOB_ID": "41",
+        "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_JOB_ID": "57",
+    }
+    script = ROOT / "scripts" / "slurm_array.sbatch"
+    args = ["bash", script, "prompts.txt", "/shared/runs"]
+    task = subprocess.Popen(
+        args, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    task.send_signal(signal.SIGUSR1)
+    try:
+        assert task.wait(timeout=60) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(task.pid, signal.SIGKILL)  # the step (and its sleep) the old script left
+    asked = ["scancel --signal=TERM 57"] * 2 + ["scontrol requeue 41_3"]
+    assert calls.read_text().splitlines()[1:] == asked
 
 
 def test_the_slurm_script_asks_for_the_time_limits_warning_as_usr1_to_itself():
