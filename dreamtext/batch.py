@@ -1808,6 +1808,12 @@ def wait_for_abandoned_lock(entry: Entry, timeout: float) -> bool:
             return True
         info, age = held
         if info.get("token") != token or age <= abandoned_after(info, timeout):
+            if said:  # the log's last word on the line was that this worker waits to take it
+                how = "was claimed again" if info.get("token") != token else "was refreshed"
+                _say(
+                    f"batch: line {entry.line}: {path.name} {how} while this worker waited: "
+                    "its holder is alive; the line is left to it"
+                )
             return False
         if age > timeout:
             return True

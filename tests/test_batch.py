@@ -1050,6 +1050,31 @@ def test_waiting_for_an_abandoned_lock_stops_when_its_holder_refreshes_it(tmp_pa
     assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is False  # released: it ran
 
 
+def test_a_worker_that_stops_waiting_for_a_lock_says_it_left_the_line_to_its_holder(
+    tmp_path, monkeypatch, capsys
+):
+    """Its log said "waiting 570 s for a.lock ... to pass --lock-timeout" and then nothing of
+    the line, as though it took it over later; the table alone said it was skipped."""
+    lock_file = tmp_path / "a.lock"
+    entry = dreamtext.batch.Entry(1, "a", "text", "a", tmp_path / "a")
+
+    def claimed(path):  # another worker's lock, renamed over it
+        _swap_in(path, token="x")
+
+    for heartbeat, how in ((os.utime, "was refreshed"), (claimed, "was claimed again")):
+        _lock_file(lock_file, age=30, host="node1", refresh_s=5)
+        monkeypatch.setattr(
+            dreamtext.batch.time, "sleep", lambda _, beat=heartbeat: beat(lock_file)
+        )
+        assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is False
+        waiting, left = capsys.readouterr().err.splitlines()
+        assert waiting.startswith("batch: line 1: waiting ")
+        assert left == (
+            f"batch: line 1: a.lock {how} while this worker waited: its holder is alive; the "
+            "line is left to it"
+        )
+
+
 def test_a_line_whose_lock_a_dead_node_left_is_taken_over_at_the_end_of_the_share(
     tmp_path, tiny_yaml, shapes_cache, capsys
 ):
