@@ -3331,13 +3331,15 @@ def test_every_export_option_has_a_flag():
     assert _CHANGED_EXPORT_OPTIONS.keys() == {row.option for row in EXPORT_FLAGS}
 
 
-@pytest.mark.parametrize("batch_exit", [0, 1, 130])
+@pytest.mark.parametrize("batch_exit", [0, 1, 130, 138])
 def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus(tmp_path, batch_exit):
     """scripts/slurm_array.sbatch with stand-ins for srun and scontrol: dreamtext batch runs as a
     job step with the task's CPUs (srun does not pass them on by itself in every Slurm version),
     and its exit status is the task's. A batch stopped by a SIGTERM that is not the time limit's
     (exit 130: `scancel -s TERM`, which signals the step and leaves the script running) is not
-    requeued: on Slurm 22.05 such a task came back to the queue 2 minutes after it was stopped."""
+    requeued: on Slurm 22.05 such a task came back to the queue 2 minutes after it was stopped.
+    A step that ends with 138 itself (128 + USR1's number) is not taken for the time limit's
+    interrupted `wait`, which the script waits on again: it ends at once."""
     tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
     tools.mkdir()
     for name, code in (("srun", batch_exit), ("scontrol", 0)):
@@ -3346,7 +3348,7 @@ def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus(tmp_path, batch
     env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
     script = ROOT / "scripts" / "slurm_array.sbatch"
     args = ["bash", script, "prompts.txt", "/shared/runs", "--fp16"]
-    done = subprocess.run(args, env={**env, "SLURM_CPUS_PER_TASK": "4"}, cwd=tmp_path)
+    done = subprocess.run(args, env={**env, "SLURM_CPUS_PER_TASK": "4"}, cwd=tmp_path, timeout=30)
     assert done.returncode == batch_exit
     assert calls.read_text().splitlines() == [
         "srun --kill-on-bad-exit=1 --cpus-per-task=4 dreamtext batch prompts.txt --workspace "
