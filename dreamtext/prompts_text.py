@@ -39,19 +39,48 @@ VISIBLE_FORMAT_CHARACTERS = frozenset(
 )
 
 
+# The characters of other categories than ``Cf`` that draw nothing: Unicode's
+# Default_Ignorable_Code_Point ones (DerivedCoreProperties.txt) that are not format characters,
+# as inclusive ranges: the combining grapheme joiner, the Hangul fillers (U+3164 passes for a
+# space), the Khmer inherent vowels, the Mongolian and the other variation selectors (U+FE0F
+# after an emoji), and the code points Unicode reserves as ignorable.
+INVISIBLE_CHARACTERS_OF_OTHER_CATEGORIES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180D),
+    (0x180F, 0x180F),
+    (0x2065, 0x2065),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0000),
+    (0xE0002, 0xE001F),
+    (0xE0080, 0xE0FFF),
+)
+
+
+def draws_nothing(char: str) -> bool:
+    """Whether the character ``char`` is invisible: a format character (Unicode category
+    ``Cf``: a zero-width space or joiner, a word joiner, a byte-order mark, a soft hyphen) but
+    those that draw a mark (:data:`VISIBLE_FORMAT_CHARACTERS`), or another default-ignorable
+    one (:data:`INVISIBLE_CHARACTERS_OF_OTHER_CATEGORIES`: a Hangul filler, a variation
+    selector)."""
+    code = ord(char)
+    if unicodedata.category(char) == "Cf":
+        return code not in VISIBLE_FORMAT_CHARACTERS
+    return any(low <= code <= high for low, high in INVISIBLE_CHARACTERS_OF_OTHER_CATEGORIES)
+
+
 def shows_nothing(text: str) -> bool:
-    """Whether ``text`` is blank to the eye: spaces and invisible format characters (Unicode
-    category ``Cf``: a zero-width space or joiner, a word joiner, a byte-order mark, a soft
-    hyphen) only. Such a prompt (pasted from a web page, or ``"$(cat prompt.txt)"`` of a file
-    holding a BOM) was trained as text no one could see, and such a line of a prompts file,
-    which an editor shows blank, as a prompt in a ``run_<hash>`` folder. The ``Cf`` characters
-    that draw a mark (:data:`VISIBLE_FORMAT_CHARACTERS`: ``"\u06dd"``, the end of ayah) are
-    text one can see."""
-    return all(
-        char.isspace()
-        or (unicodedata.category(char) == "Cf" and ord(char) not in VISIBLE_FORMAT_CHARACTERS)
-        for char in text
-    )
+    """Whether ``text`` is blank to the eye: spaces and characters that draw nothing
+    (:func:`draws_nothing`) only. Such a prompt (pasted from a web page, or
+    ``"$(cat prompt.txt)"`` of a file holding a BOM) was trained as text no one could see, and
+    such a line of a prompts file, which an editor shows blank, as a prompt in a ``run_<hash>``
+    folder. The ``Cf`` characters that draw a mark (``"\u06dd"``, the end of ayah) are text one
+    can see."""
+    return all(char.isspace() or draws_nothing(char) for char in text)
 
 
 def is_prompt_line(text: str) -> bool:
@@ -110,10 +139,12 @@ def check_prompt_lines(path: Path, lines: list[str]) -> None:
 
 
 __all__ = [
+    "INVISIBLE_CHARACTERS_OF_OTHER_CATEGORIES",
     "VISIBLE_FORMAT_CHARACTERS",
     "check_prompt_characters",
     "check_prompt_lines",
     "describe_character",
+    "draws_nothing",
     "first_control_character",
     "invisible_characters",
     "is_prompt_line",

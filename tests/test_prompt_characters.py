@@ -11,7 +11,12 @@ import pytest
 from dreamtext.cli import main
 from dreamtext.config import GuidanceConfig, TrainConfig, validate
 from dreamtext.errors import DreamtextError
-from dreamtext.prompts_text import check_prompt_characters, first_control_character
+from dreamtext.prompts_text import (
+    check_prompt_characters,
+    draws_nothing,
+    first_control_character,
+    shows_nothing,
+)
 
 ONE_LINE = "; remove it (a prompt is one line of printable text; tabs count as spaces)"
 
@@ -155,6 +160,45 @@ def test_the_format_characters_that_draw_a_mark_are_unicodes_prepended_concatena
         0x110CD,
     ]
     assert shows_nothing("\u200b \ufeff\u2060\u00ad\u200d")  # the invisible ones stay so
+
+
+@pytest.mark.parametrize("blank", ["\u3164", "\ufe0f", "\u034f \u200b", "\uffa0\u115f"])
+def test_a_prompt_of_default_ignorable_characters_of_other_categories_is_empty(
+    tmp_path, monkeypatch, capsys, blank
+):
+    """A Hangul filler (U+3164, a letter to Unicode that passes for a space), a variation
+    selector (U+FE0F, left after an emoji was deleted), the combining grapheme joiner draw
+    nothing but are no format characters (Cf): `dreamtext text $'\u3164'` was trained (with the
+    built-in prior, "does not know" its caption), a prompts file's line of them a prompt."""
+    from dreamtext.batch import read_prompts
+
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(["text", blank, "--model", "builtin:shapes"], capsys)
+    assert code == 2
+    assert len(err) == 1 and "the prompt is empty (it holds only invisible characters: " in err[0]
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"a red cube\n{blank}\n", encoding="utf-8")
+    assert [e.line for e in read_prompts(path, tmp_path / "workspace")] == [1]
+    assert not shows_nothing(f"a red cube{blank}")
+
+
+def test_the_invisible_characters_are_unicodes_default_ignorable_code_points():
+    """Against the regex module's Unicode tables (a dependency of transformers): a character
+    draws nothing where it is Default_Ignorable_Code_Point or an invisible Cf, and only there;
+    the Cf characters outside Default_Ignorable_Code_Point are the marks that draw
+    (Prepended_Concatenation_Mark) and interlinear or hieroglyph controls."""
+    import unicodedata
+
+    regex = pytest.importorskip("regex")
+    ignorable = regex.compile(r"\p{Default_Ignorable_Code_Point}")
+    marks = regex.compile(r"\p{Prepended_Concatenation_Mark}")
+    for code in range(0x110000):
+        char = chr(code)
+        if unicodedata.category(char) == "Cf":
+            assert draws_nothing(char) is not bool(marks.match(char)), hex(code)
+        else:
+            assert draws_nothing(char) is bool(ignorable.match(char)), hex(code)
 
 
 def test_a_nul_in_a_prompts_file_names_its_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
