@@ -1198,11 +1198,13 @@ def _train(run: Run, resume: bool) -> Path:
         raise TrainingInterrupted(run.step, checkpoint) from None
     if run.guidance.skipped_steps:
         tqdm.write(
-            f"skipped {run.guidance.skipped_steps} steps with non-finite guidance", file=sys.stderr
+            f"dreamtext: skipped {run.guidance.skipped_steps} steps with non-finite guidance",
+            file=sys.stderr,
         )
     if run.skipped_updates:
         tqdm.write(
-            f"skipped the update of {run.skipped_updates} steps with non-finite gradients",
+            f"dreamtext: skipped the update of {run.skipped_updates} steps with non-finite "
+            "gradients",
             file=sys.stderr,
         )
     if cfg.export:

@@ -257,7 +257,7 @@ def test_steps_without_finite_guidance_are_counted_in_the_log_and_at_the_end(
     assert [(r["skipped"], r["skipped_total"]) for r in records] == [(1.0, 1), (1.0, 2), (1.0, 3)]
     assert not any(r.get("update_skipped") for r in records)
     err = capsys.readouterr().err
-    assert "skipped 3 steps with non-finite guidance" in err
+    assert "dreamtext: skipped 3 steps with non-finite guidance\n" in err
     assert "non-finite gradients" not in err
 
 
@@ -277,7 +277,8 @@ def test_steps_whose_update_was_skipped_are_counted_at_the_end(
     monkeypatch.setattr(ScoreDistillation, "sds_loss", nan_from_step_2)
     records = _records(train(_tiny(tmp_path, tiny_sd_path, iters=3, checkpoint_every=3)))
     assert [r.get("update_skipped", False) for r in records] == [False, True, True]
-    assert "skipped the update of 2 steps with non-finite gradients" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dreamtext: skipped the update of 2 steps with non-finite gradients\n" in err
 
 
 def test_a_resume_from_an_earlier_step_removes_the_files_of_the_steps_past_it(
