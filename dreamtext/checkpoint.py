@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
 from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
 from dreamtext.inputs import LAST_CHECKPOINT, LAST_STEP_RECORD
 from dreamtext.latestrun import step_files  # listed without torch, for the newest run
+from dreamtext.processes import remove_stale_temps as remove_stale_temps  # re-exported
 from dreamtext.runfiles import check_writable as check_writable  # re-exported
 from dreamtext.runfiles import file_mode as file_mode  # re-exported
 from dreamtext.runfiles import step_record
@@ -131,25 +131,6 @@ def _give_name(source: Path, name: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def remove_stale_temps(folder: Path, names: str) -> list[Path]:
-    """Remove the temp files that writes into ``folder`` left behind when they were killed
-    midway (SIGKILL from the OOM killer or a scheduler's grace period running out, a lost node):
-    hidden, never renamed into place, and as large as the file they were to become. ``names``:
-    a regular expression of the destinations' names without their extension in
-    ``export.write_all_atomically``'s ``.<stem>.XXXXXXXX<suffix>``, or with it in
-    :func:`atomic_write_bytes`'s ``.<name>.XXXXXXXX.tmp`` (``XXXXXXXX``: ``mkstemp``'s eight
-    characters). Only for folders no other process writes at the same time (a run's own
-    workspace, which a ``batch`` lock or the single ``text`` command owns). Returns what it
-    removed."""
-    pattern = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}\.[A-Za-z0-9]+")
-    removed = []
-    for candidate in Path(folder).glob(".*"):
-        if pattern.fullmatch(candidate.name) and candidate.is_file():
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
 
 
 def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -113,8 +114,33 @@ def gone_process(record: dict | None) -> int | None:
     return record["pid"] if record_alive(record) is False else None
 
 
+def remove_stale_temps(folder: Path, names: str) -> list[Path]:
+    """Remove the temp files that writes into ``folder`` left behind when they were killed
+    midway (SIGKILL from the OOM killer or a scheduler's grace period running out, a lost node):
+    hidden, never renamed into place, and as large as the file they were to become. ``names``:
+    a regular expression of the destinations' names without their extension in
+    ``export.write_all_atomically``'s ``.<stem>.XXXXXXXX<suffix>``, or with it in
+    :func:`dreamtext.checkpoint.atomic_write_bytes`'s ``.<name>.XXXXXXXX.tmp`` (``XXXXXXXX``:
+    ``mkstemp``'s eight characters). Only for folders no other process writes at the same time
+    (a run's own workspace, which a ``batch`` lock or the single ``text`` command owns), or for
+    files only the holder of a lock writes (:data:`HOLDER_FILES`). Returns what it removed."""
+    pattern = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}\.[A-Za-z0-9]+")
+    removed = []
+    for candidate in Path(folder).glob(".*"):
+        if pattern.fullmatch(candidate.name) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 # The lock file a run holds in its workspace (:func:`claim_workspace`).
 LOCK_NAME = ".dreamtext.lock"
+# The files of a run's folder that only the holder of its lock writes (each by a rename of a
+# temp file: dreamtext.checkpoint.atomic_write_bytes), as a regular expression for
+# :func:`remove_stale_temps`: a temp of one of them that the holder finds as it takes the lock
+# is a writer's that was killed. (``dreamtext export``, which runs beside a training run, takes
+# the lock to write status.json: dreamtext.runstatus.finish_cut_export.)
+HOLDER_FILES = r"config\.json|log\.jsonl|status\.json"
 # The workspaces this process holds: real path → [open lock file, claims, folders it made].
 _HELD: dict[str, list] = {}
 
@@ -250,7 +276,8 @@ def claim_workspace(workspace: str | Path) -> Iterator[None]:
     this one. The kernel drops the lock when its process ends, however it ends, so a killed run
     leaves no lock to clear. Claims nest within one process. The block's end removes the lock
     file, and the folders the claim made when nothing else was written in them (a run refused
-    while it loads leaves no workspace behind).
+    while it loads leaves no workspace behind). Taking the lock removes the temp files of
+    :data:`HOLDER_FILES` that an earlier holder killed mid-write (SIGKILL) left for good.
 
     Where no lock can be taken (a folder that cannot be made or written, whose checks report
     it; a file system without locks), the block runs without one."""
@@ -275,6 +302,9 @@ def claim_workspace(workspace: str | Path) -> Iterator[None]:
         except (DreamtextError, OSError):
             _remove_empty(made)
             raise
+        if handle is not None:
+            with contextlib.suppress(OSError):  # unreadable: the workspace checks say so
+                remove_stale_temps(folder, HOLDER_FILES)
     _HELD[key] = [handle, 1, made]
     try:
         yield
@@ -427,6 +457,7 @@ def file_age(path: Path) -> float:
 
 __all__ = [
     "ELSEWHERE_GRACE_S",
+    "HOLDER_FILES",
     "HOST",
     "LOCK_NAME",
     "claim_workspace",
@@ -438,6 +469,7 @@ __all__ = [
     "process_start",
     "record_alive",
     "record_held",
+    "remove_stale_temps",
     "same_process",
     "this_process",
     "workspace_holder",

@@ -63,7 +63,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -76,10 +76,16 @@ from dreamtext.checkpoint import (
     checkpoint_step,
     last_checkpoint,
 )
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
 from dreamtext.inputs import RUN_STATUS
 from dreamtext.interrupts import TrainingInterrupted, signals_held
-from dreamtext.processes import record_alive, same_process, this_process, workspace_holder
+from dreamtext.processes import (
+    claim_workspace,
+    record_alive,
+    same_process,
+    this_process,
+    workspace_holder,
+)
 from dreamtext.runfiles import STATES as STATES  # re-exported
 from dreamtext.runfiles import check_not_running, read_status, running_elsewhere
 
@@ -168,16 +174,34 @@ def finish_cut_export(workspace: str | Path, step: int) -> bool:
     process gone from this machine: SIGKILL) is finished now, as README's "``--resume`` (or
     ``dreamtext export``) finishes it" says; it read interrupted in the viewer with its mesh
     there, and a batch rerun exported it again. Returns whether it rewrote the status (the rest
-    of it kept). A run that another machine's process may still be exporting is left alone."""
-    status = read_status(workspace)
+    of it kept). A run that another machine's process may still be exporting is left alone.
+
+    Written under the workspace's lock (:func:`~dreamtext.processes.claim_workspace`), as every
+    writer of status.json does, so that a holder of the lock can tell a temp file of status.json
+    for a killed writer's; a run that holds it now (one that started meanwhile) keeps its own."""
+    if not _cut_export(read_status(workspace), step):
+        return False
+    with ExitStack() as held:
+        try:
+            held.enter_context(claim_workspace(workspace))
+        except WorkspaceInUse:
+            return False
+        status = read_status(workspace)
+        if not _cut_export(status, step):
+            return False
+        finished = {"state": "finished", "error": None, "updated": now_iso()}
+        write_status(workspace, {**status, **finished})
+    return True
+
+
+def _cut_export(status: dict[str, Any] | None, step: int) -> bool:
+    """Whether ``status`` is of a run whose export at ``step`` was cut short
+    (:func:`finish_cut_export`)."""
     if status is None or status.get("phase") != "export" or status.get("step") != step:
         return False
-    if status["state"] != "interrupted" and not (
+    return status["state"] == "interrupted" or (
         status["state"] == "running" and record_alive(status) is False
-    ):
-        return False
-    write_status(workspace, {**status, "state": "finished", "error": None, "updated": now_iso()})
-    return True
+    )
 
 
 def saved_step(workspace: str | Path) -> int | None:

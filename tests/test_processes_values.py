@@ -296,3 +296,49 @@ def test_another_tools_status_json_makes_no_run_folder(tmp_path):
     check_own_folder(tmp_path / "ws")
     (tmp_path / "status.json").write_text('{"state": "running"}', encoding="utf-8")
     assert is_run_folder(tmp_path)
+
+
+def test_a_claim_removes_the_temps_of_its_files_that_a_killed_holder_left(tmp_path):
+    """A run killed (SIGKILL) while it wrote config.json, log.jsonl or status.json left its
+    hidden temp file at the workspace's root for good: the next holder of the lock (a resume,
+    an overwrite) removes them, and nothing else hidden (a user's file, an export's)."""
+    from dreamtext.processes import claim_workspace
+
+    ws = tmp_path / "run"
+    # Each write killed while the one before is still under way: all three temps are left.
+    killed = (
+        "import os, signal, sys\n"
+        "from dreamtext.checkpoint import atomic_write_bytes\n"
+        "from dreamtext.processes import claim_workspace\n"
+        "def write(names):\n"
+        "    if not names:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    path = os.path.join(sys.argv[1], names[0])\n"
+        "    atomic_write_bytes(path, lambda f: (f.write(b'{'), write(names[1:])))\n"
+        "with claim_workspace(sys.argv[1]):\n"
+        "    write(['config.json', 'log.jsonl', 'status.json'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", killed, str(ws)], check=False)
+    assert done.returncode == -9
+    left = sorted(p.name.split(".")[1] for p in ws.iterdir() if p.name.endswith(".tmp"))
+    assert left == ["config", "log", "status"]
+    others = [".notes", ".export-progress.json.0a1b2c3d.tmp", ".mesh.json.abcdefgh.tmp"]
+    for name in others:
+        (ws / name).write_text("kept", encoding="utf-8")
+    with claim_workspace(ws):
+        assert sorted(p.name for p in ws.iterdir() if p.name != ".dreamtext.lock") == sorted(others)
+
+
+def test_a_claim_without_a_lock_removes_no_temps(tmp_path, monkeypatch):
+    """Where no lock can be taken (a file system without locks), another process may be
+    writing the files: their temps are left as they are."""
+    from dreamtext import processes
+
+    def no_locks(handle, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(processes.fcntl, "flock", no_locks)
+    temp = tmp_path / ".status.json.abcdefgh.tmp"
+    temp.write_text("{", encoding="utf-8")
+    with processes.claim_workspace(tmp_path):
+        assert temp.is_file()

@@ -101,3 +101,52 @@ def test_error_line_of_an_error_with_a_message_names_its_type_and_first_line():
         "RuntimeError: CUDA out of memory"
     )
     assert error_line(OSError("  \n ")) == "OSError"
+
+
+def _cut_export_status(ws: Path) -> dict:
+    """status.json of a run killed (SIGKILL) in its export at step 3, as it wrote status.json:
+    ``running`` in phase ``export`` with its process gone, and the temp file it left."""
+    import subprocess
+    import sys
+
+    from dreamtext.processes import HOST
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    status = {"state": "running", "step": 3, "iters": 3, "phase": "export"}
+    status.update(host=HOST, pid=gone.pid, pid_start=None)
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "status.json").write_text(json.dumps(status))
+    (ws / ".status.json.k2j4x9ab.tmp").write_text('{"state": "run')
+    return status
+
+
+def test_an_export_that_finishes_a_cut_export_removes_the_killed_runs_status_temp(tmp_path):
+    """``dreamtext export`` finishing a run whose own export was killed writes status.json
+    under the workspace's lock, and so removes the temp file the killed writer left."""
+    from dreamtext.runstatus import finish_cut_export
+
+    ws = tmp_path / "run"
+    _cut_export_status(ws)
+    assert finish_cut_export(ws, 3)
+    assert json.loads((ws / "status.json").read_text())["state"] == "finished"
+    assert sorted(p.name for p in ws.iterdir()) == ["status.json"]
+
+
+def test_a_cut_export_that_a_new_run_holds_now_is_left_to_it(tmp_path):
+    """A run that took the workspace's lock meanwhile (a --resume) writes its own status.json:
+    the export leaves it, and its files, as they are."""
+    import fcntl
+
+    from dreamtext.processes import HOST, LOCK_NAME
+    from dreamtext.runstatus import finish_cut_export
+
+    ws = tmp_path / "run"
+    status = _cut_export_status(ws)
+    lock = ws / LOCK_NAME
+    lock.write_text(json.dumps({"host": HOST, "pid": 1}), encoding="utf-8")
+    with open(lock, encoding="utf-8") as held:  # another open file: its own flock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert not finish_cut_export(ws, 3)
+    assert json.loads((ws / "status.json").read_text()) == status
+    assert (ws / ".status.json.k2j4x9ab.tmp").is_file()
