@@ -670,6 +670,7 @@ def _export_run(
         prompt=prompt,
         title=run_title(workspace, prompt),
         radius_range=radius_range,
+        checked=True,  # export_workspace's checks, before it read the run
     )
 
 
@@ -703,6 +704,7 @@ def export_field(
     prompt: str | None = None,
     title: str | None = None,
     radius_range: tuple[float, float] | None = None,
+    checked: bool = False,
 ) -> ExportResult:
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
@@ -724,12 +726,15 @@ def export_field(
     default a ``VolumeRenderer`` with a freshly built occupancy grid; ``radius_range``: the
     training cameras' distances (:func:`turntable_poses`). Raises
     ``DreamtextError`` (writing nothing) for an empty field, and for a GPU or host that runs
-    out of memory on the way (naming the settings that need less).
+    out of memory on the way (naming the settings that need less). The export's memory and
+    ffmpeg are checked first (:func:`check_memory`, :func:`check_ffmpeg`), unless ``checked``:
+    the caller checked them with ``options`` already (:func:`export_workspace`).
     """
     options = options or ExportOptions()
     options.validate()
-    check_memory(options)
-    check_ffmpeg(options)
+    if not checked:
+        check_memory(options)
+        check_ffmpeg(options)
     out_dir = Path(out_dir)
 
     def explain(memory: str) -> str:

@@ -3231,3 +3231,31 @@ def test_an_export_that_completes_a_runs_cut_short_export_finishes_the_run(
         assert after["error"] is None and after["seconds"] == 12.5
     else:
         assert after == status
+
+
+def test_an_export_command_checks_memory_and_ffmpeg_once(tmp_path, monkeypatch):
+    """`dreamtext export RUN` checked the memory and ran `ffmpeg -version` twice: before it
+    read the run (export_workspace) and again as export_field began."""
+    from dreamtext.cli import main
+
+    run = tmp_path / "run"
+    overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
+    train(resolve_config({**overrides, "workspace": str(run), "export": False}))
+    memory_checks, versions = [], []
+    check_memory, run_process = export_module.check_memory, subprocess.run
+
+    def counted_check_memory(*args, **kwargs):
+        memory_checks.append(args)
+        return check_memory(*args, **kwargs)
+
+    def counted_run(command, *args, **kwargs):
+        if list(command)[1:] == ["-version"]:
+            versions.append(command)
+        return run_process(command, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "check_memory", counted_check_memory)
+    monkeypatch.setattr(subprocess, "run", counted_run)
+    flags = ["--resolution", "32", "--video-size", "32"]
+    assert main(["export", "--workspace", str(run), *flags]) == 0
+    assert (run / "video" / "turntable.mp4").is_file()
+    assert (len(memory_checks), len(versions)) == (1, 1)
