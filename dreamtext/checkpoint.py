@@ -18,8 +18,8 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +27,7 @@ import torch
 
 from dreamtext.devices import memory_that_ran_out
 from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
+from dreamtext.errors import naming_the_file as naming_the_file  # re-exported
 from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
 from dreamtext.inputs import LAST_CHECKPOINT, LAST_STEP_RECORD
 from dreamtext.latestrun import step_files  # listed without torch, for the newest run
@@ -79,18 +80,6 @@ def atomic_write_bytes(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@contextmanager
-def naming_the_file(path: Path) -> Iterator[None]:
-    """Give an ``OSError`` of writing to an open file (no name: a full disk, ``ulimit -f``) the
-    name of the file being written, so that the CLI's one line says which."""
-    try:
-        yield
-    except OSError as error:
-        if error.filename is not None or error.errno is None:
-            raise
-        raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def write_whole(write: Callable[[memoryview], int], data: bytes, path: Path) -> None:

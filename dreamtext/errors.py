@@ -8,6 +8,8 @@ except the file-system errors that are the machine's state (:data:`ENVIRONMENT_E
 import errno
 import os
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +133,15 @@ def unreadable_file(error: OSError) -> str | None:
     except (OSError, ValueError):
         return None
     return str(name) if refused else None
+
+
+@contextmanager
+def naming_the_file(path: Path) -> Iterator[None]:
+    """Give an ``OSError`` of writing to an open file (no name: a full disk, ``ulimit -f``) the
+    name of the file being written, so that the CLI's one line says which."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, naming_the_file
 
 try:
     import fcntl
@@ -367,8 +367,14 @@ def write_held_record(path: Path, record: dict) -> IO[str]:
         with contextlib.suppress(OSError):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             locked = True
-    handle.write(json.dumps({**record, **({"locked": True} if locked else {})}))
-    handle.flush()
+    try:
+        with naming_the_file(path):  # the line names the disk that is full
+            handle.write(json.dumps({**record, **({"locked": True} if locked else {})}))
+            handle.flush()
+    except OSError:
+        with contextlib.suppress(OSError):  # its buffered record fails again as it closes
+            handle.close()
+        raise
     return handle
 
 
@@ -424,10 +430,11 @@ def _lock(lock: Path) -> IO[str] | None:
             break
         handle.close()
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(this_process()))
-        handle.flush()
+        with naming_the_file(lock):  # the line names the disk that is full
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(this_process()))
+            handle.flush()
     except OSError:  # a full disk or quota: the command says so, and leaves no lock file
         with contextlib.suppress(OSError):
             lock.unlink()

@@ -342,3 +342,30 @@ def test_a_claim_without_a_lock_removes_no_temps(tmp_path, monkeypatch):
     temp.write_text("{", encoding="utf-8")
     with processes.claim_workspace(tmp_path):
         assert temp.is_file()
+
+
+def test_a_lock_or_record_that_a_full_disk_refuses_names_its_file(tmp_path):
+    """A write to an open file that does not fit (a full disk, a quota, here a file-size limit
+    of 0) raises an OSError without a file name: the one line said "No space left on device;
+    free space on that disk" of a `text` on a full disk, and of an export whose staging record
+    could not be written, naming no disk."""
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from dreamtext.processes import claim_workspace, write_held_record\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))\n"
+        "for attempt in (lambda: claim_workspace(sys.argv[1]).__enter__(),\n"
+        "                lambda: write_held_record(Path(sys.argv[1]) / '.record.json', {})):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except OSError as error:\n"
+        "        print(error.filename)\n"
+    )
+    ws = tmp_path / "run"
+    ws.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(ws)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == [str(ws / ".dreamtext.lock"), str(ws / ".record.json")]
+    assert done.stderr == ""
