@@ -33,6 +33,7 @@ from dreamtext.checkpoint import (
     append_log_line,
     atomic_write_bytes,
     load_checkpoint,
+    remove_stale_temps,
     with_digest,
 )
 from dreamtext.describe import base_sentence, make_sentence, sentence_path
@@ -380,13 +381,17 @@ def _save_row(images: list, path: Path) -> None:
     for im in images:
         row.paste(im, (x, 0))
         x += im.width
-    row.save(path)
+    # Written in place, a kill mid-write left a truncated PNG that a resume past its step kept.
+    atomic_write_bytes(path, lambda f: row.save(f, format="PNG"))
+    remove_stale_temps(path.parent, r"step_\d+\.png")  # only this run writes descriptor/
 
 
 def _atomic_torch_save(state: dict, path: Path) -> None:
     """Save ``state`` with its checksum (:func:`~dreamtext.checkpoint.with_digest`), which
-    :func:`~dreamtext.checkpoint.load_checkpoint` checks, atomically."""
+    :func:`~dreamtext.checkpoint.load_checkpoint` checks, atomically; the temp file of a save
+    that was killed midway (SIGKILL) is removed."""
     atomic_write_bytes(path, lambda f: torch.save(with_digest(state), f))
+    remove_stale_temps(path.parent, r"last\.pt")  # only this run writes descriptor/
 
 
 def learned_embeds_path(workspace: str | Path) -> Path:

@@ -661,3 +661,45 @@ def test_a_checkpoint_past_the_steps_asked_records_the_step_it_holds(tiny_sd_pat
     train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=1, preview_every=0))
     record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
     assert record["descriptor_iters"] == 2
+
+
+def test_a_descriptor_preview_cut_short_leaves_no_truncated_png(tmp_path, monkeypatch):
+    """A descriptor preview was written in place: a process killed (or a disk filling up)
+    halfway left a truncated step_XXXXXX.png, which a run resumed past its step kept for good.
+    Now it is written to a temp file and renamed, and a temp a kill left is removed at the
+    next preview."""
+    from dreamtext import descriptor
+
+    previews = tmp_path / "previews"
+    previews.mkdir()
+    stale = previews / ".step_000002.png.k2j4x9ab.tmp"  # a killed write's
+    stale.write_bytes(b"\x89PNG")
+    save = Image.Image.save
+
+    def cut_short(image, fp, *args, **kwargs):  # the PNG's signature, then a full disk
+        if hasattr(fp, "write"):
+            fp.write(b"\x89PNG\r\n\x1a\n")
+        else:  # a path: written in place
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG\r\n\x1a\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", cut_short)
+    with pytest.raises(OSError):
+        descriptor._save_row([Image.new("RGB", (8, 8))], previews / "step_000004.png")
+    assert not (previews / "step_000004.png").exists()
+    monkeypatch.setattr(Image.Image, "save", save)
+    descriptor._save_row([Image.new("RGB", (8, 8))] * 2, previews / "step_000006.png")
+    assert sorted(p.name for p in previews.iterdir()) == ["step_000006.png"]
+    assert Image.open(previews / "step_000006.png").size == (16, 8)
+
+
+def test_a_descriptor_checkpoint_save_removes_the_temp_of_a_killed_save(tmp_path):
+    """A descriptor checkpoint save killed (SIGKILL) before its rename left its hidden temp file
+    in descriptor/checkpoints for good; the next save removes it."""
+    from dreamtext import descriptor
+
+    stale = tmp_path / ".last.pt.k2j4x9ab.tmp"
+    stale.write_bytes(b"PK")
+    descriptor._atomic_torch_save({"step": 2}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
