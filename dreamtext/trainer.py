@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import math
 import secrets
+import shlex
 import socket
 import sys
 import time
@@ -1296,8 +1297,22 @@ def export_trained(run: Run) -> None:
     the files named after its object (:func:`dreamtext.export.run_title`: its prompt, an image
     run's image). Its files go to hidden staging folders for minutes, so status.json is kept
     fresh meanwhile (:func:`status_heartbeat`), whose guards (a batch's lock) stop it on the
-    way."""
+    way.
+
+    Its memory is checked again here (the run's start checked it, and other work may have
+    taken memory since); a refusal names ``dreamtext export``, whose flags it names, and says
+    the run is trained and saved."""
     options = dataclasses.replace(run.cfg.export_options, device=str(run.device))
+    try:
+        check_memory(options)
+    except DreamtextError as error:
+        workspace = shlex.quote(str(run.workspace))
+        raise DreamtextError(
+            f"{error}; the run trained to step {run.step} and is saved "
+            f"({last_checkpoint(run.workspace)}): export it with those flags of "
+            f"`dreamtext export --workspace {workspace}`"
+        ) from None
+    check_ffmpeg(options)
     with status_heartbeat(run.workspace) as still_ours:
         result = export_field(
             run.field.eval(),
@@ -1309,5 +1324,6 @@ def export_trained(run: Run) -> None:
             prompt=run.cfg.prompt,
             title=run_title(run.workspace, run.cfg.prompt),
             radius_range=run.cfg.cameras.radius_range,
+            checked=True,
         )
     tqdm.write(result.summary(), file=sys.stderr)

@@ -3259,3 +3259,22 @@ def test_an_export_command_checks_memory_and_ffmpeg_once(tmp_path, monkeypatch):
     assert main(["export", "--workspace", str(run), *flags]) == 0
     assert (run / "video" / "turntable.mp4").is_file()
     assert (len(memory_checks), len(versions)) == (1, 1)
+
+
+def test_an_export_refused_for_memory_after_training_names_dreamtext_export(tmp_path, monkeypatch):
+    """Memory that other work took during the training refuses the export at the run's end:
+    the line named --resolution and --texture-size, flags `dreamtext text` does not take, and
+    did not say that the run is trained and saved."""
+    free = iter([10**12])  # at the run's start; 1 GB when its export begins
+    monkeypatch.setattr(export_module, "available_memory", lambda: next(free, 10**9))
+    run = tmp_path / "run"
+    overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
+    options = {"resolution": 1024, "video": False}  # a 1024^3 grid: about 43 GB
+    with pytest.raises(DreamtextError) as refused:
+        train(resolve_config({**overrides, "workspace": str(run), "export_options": options}))
+    assert str(refused.value).startswith("an export at --resolution 1024 with a ")
+    assert str(refused.value).endswith(
+        f"; the run trained to step 2 and is saved ({run / 'checkpoints' / 'last.pt'}): export "
+        f"it with those flags of `dreamtext export --workspace {run}`"
+    )
+    assert not (run / "mesh").exists()
