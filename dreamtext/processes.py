@@ -136,11 +136,15 @@ def remove_stale_temps(folder: Path, names: str) -> list[Path]:
 # The lock file a run holds in its workspace (:func:`claim_workspace`).
 LOCK_NAME = ".dreamtext.lock"
 # The files of a run's folder that only the holder of its lock writes (each by a rename of a
-# temp file: dreamtext.checkpoint.atomic_write_bytes), as a regular expression for
+# temp file: dreamtext.checkpoint.atomic_write_bytes), by folder, as regular expressions for
 # :func:`remove_stale_temps`: a temp of one of them that the holder finds as it takes the lock
 # is a writer's that was killed. (``dreamtext export``, which runs beside a training run, takes
 # the lock to write status.json: dreamtext.runstatus.finish_cut_export.)
-HOLDER_FILES = r"config\.json|log\.jsonl|status\.json"
+HOLDER_FILES = {
+    ".": r"config\.json|log\.jsonl|status\.json",
+    # An image run's sentence search and descriptor (dreamtext.describe, dreamtext.descriptor).
+    "descriptor": r"sentence\.json|source\.[a-z]+|learned_embeds\.safetensors|log\.jsonl",
+}
 # The workspaces this process holds: real path → [open lock file, claims, folders it made].
 _HELD: dict[str, list] = {}
 
@@ -303,8 +307,9 @@ def claim_workspace(workspace: str | Path) -> Iterator[None]:
             _remove_empty(made)
             raise
         if handle is not None:
-            with contextlib.suppress(OSError):  # unreadable: the workspace checks say so
-                remove_stale_temps(folder, HOLDER_FILES)
+            for place, names in HOLDER_FILES.items():
+                with contextlib.suppress(OSError):  # unreadable: the workspace checks say so
+                    remove_stale_temps(folder / place, names)
     _HELD[key] = [handle, 1, made]
     try:
         yield

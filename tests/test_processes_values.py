@@ -369,3 +369,23 @@ def test_a_lock_or_record_that_a_full_disk_refuses_names_its_file(tmp_path):
     )
     assert done.stdout.splitlines() == [str(ws / ".dreamtext.lock"), str(ws / ".record.json")]
     assert done.stderr == ""
+
+
+def test_a_claim_removes_the_temps_an_image_runs_killed_stages_left_in_descriptor(tmp_path):
+    """describe and the descriptor training (under the lock too) write sentence.json, the
+    source image's copy, learned_embeds.safetensors and log.jsonl in descriptor/: a temp a kill
+    left there stayed through the reruns."""
+    from dreamtext.processes import claim_workspace
+
+    descriptor = tmp_path / "run" / "descriptor"
+    descriptor.mkdir(parents=True)
+    killed = [
+        ".sentence.json.ysa3wzs9.tmp",
+        ".source.png.k2j4x9ab.tmp",
+        ".learned_embeds.safetensors.0a1b2c3d.tmp",
+        ".log.jsonl.abcdefgh.tmp",
+    ]
+    for name in [*killed, ".notes", "sentence.json"]:
+        (descriptor / name).write_text("{", encoding="utf-8")
+    with claim_workspace(tmp_path / "run"):
+        assert sorted(p.name for p in descriptor.iterdir()) == [".notes", "sentence.json"]
