@@ -1076,17 +1076,27 @@ def test_a_worker_that_stops_waiting_for_a_lock_says_it_left_the_line_to_its_hol
 
 
 def test_a_line_whose_lock_a_dead_node_left_is_taken_over_at_the_end_of_the_share(
-    tmp_path, tiny_yaml, shapes_cache, capsys
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
     """Two nodes, one results folder: node1 died mid-prompt, leaving its lock (not refreshed
     for 15 s, every 2 s while it lived). A worker on this host skipped the line, said nothing
     about it, and ended with exit 0: the prompt was left to a submission after --lock-timeout.
     Now it says why, runs its other lines, waits for the lock to time out, takes the line over
-    and records whose lock it took over."""
+    and records whose lock it took over. (The lock is 15 s old again as the wait starts: line
+    2's training, 4 s on a loaded machine, had aged it past the timeout, with no wait to say.)"""
     path = prompts_file(tmp_path, "a red cube", "a blue sphere")
     root = tmp_path / "root"
     root.mkdir()
-    _lock_file(root / "a_red_cube.lock", age=15, host="node1", pid=4242, slurm="7_1", refresh_s=2)
+    lock = root / "a_red_cube.lock"
+    _lock_file(lock, age=15, host="node1", pid=4242, slurm="7_1", refresh_s=2)
+    real_wait = dreamtext.batch.wait_for_abandoned_lock
+
+    def wait_at_15_s(entry, timeout):
+        then = time.time() - 15
+        os.utime(lock, (then, then))
+        return real_wait(entry, timeout)
+
+    monkeypatch.setattr(dreamtext.batch, "wait_for_abandoned_lock", wait_at_15_s)
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
     assert main(list(map(str, [*args, "--lock-timeout", "19"]))) == 0
     err = capsys.readouterr().err
