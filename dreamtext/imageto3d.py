@@ -339,13 +339,14 @@ def _stopped_descriptor_step(workspace: Path) -> int | None:
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
-def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
+def check_text_stage(cfg: TrainConfig, device: torch.device, resume: bool = False) -> None:
     """What the later stages need, checked before the first one runs, so that a bad flag costs
     a line and not the sentence search and the descriptor training: the memory of the export
     that ends it and of the training renders (as :func:`dreamtext.trainer.build_run` checks
-    them), the precision on this device, the hash-grid backend (a field is built and dropped),
-    and the Stable Diffusion, loaded here through :func:`dreamtext.models.load_for` (the stages
-    reuse the load)."""
+    them; ``resume``: the stage goes on from its checkpoint, whose field it keeps), the precision
+    on this device, the hash-grid backend (a field is built and dropped), and the Stable
+    Diffusion, loaded here through :func:`dreamtext.models.load_for` (the stages reuse the
+    load)."""
     from dreamtext.export import check_ffmpeg, check_memory
     from dreamtext.factory import build_field
     from dreamtext.models import resolve_dtype
@@ -355,7 +356,7 @@ def check_text_stage(cfg: TrainConfig, device: torch.device) -> None:
         check_memory(cfg.export_options, after_training=True)
         check_ffmpeg(cfg.export_options, after_training=True)
     check_render_memory(cfg, device)
-    check_field_memory(cfg, device)
+    check_field_memory(cfg, device, resume)
     resolve_dtype(cfg.guidance, device)
     build_field(cfg.field, device)  # an encoding that cannot run here raises
     models = load_for(cfg.guidance, device)
@@ -376,7 +377,7 @@ def check_stages(
         with clip_encoder(options.describe.clip, "cpu", options.describe.batch_size):
             pass
     if overwrite or not _text_stage_done(workspace, cfg):
-        check_text_stage(cfg, device)
+        check_text_stage(cfg, device, resume=can_resume(workspace) and not overwrite)
     if not learned_embeds_path(workspace).is_file():
         check_token(load_for(cfg.guidance, device).tokenizer, options.descriptor.token)
 

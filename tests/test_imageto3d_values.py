@@ -36,12 +36,38 @@ def test_an_overwrite_of_a_finished_run_checks_the_text_stage_before_it_writes(
     (tmp_path / "descriptor" / "learned_embeds.safetensors").write_bytes(b"")
     checked = []
     monkeypatch.setattr(imageto3d, "_text_stage_done", lambda workspace, cfg: True)
-    monkeypatch.setattr(imageto3d, "check_text_stage", lambda cfg, device: checked.append(1))
+    monkeypatch.setattr(
+        imageto3d, "check_text_stage", lambda cfg, device, resume: checked.append(resume)
+    )
     options = imageto3d.ImageOptions()
     imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=False)
     assert checked == []
     imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=True)
-    assert checked == [1]
+    assert checked == [False]
+
+
+def test_a_text_stage_that_goes_on_from_its_checkpoint_is_checked_as_a_resume(
+    tmp_path, monkeypatch
+):
+    """`dreamtext image` again on a run whose text→3D stage has a checkpoint resumes it, with
+    its field: a field too large for the memory was told to lower field.log2_hashmap_size,
+    which the resume then refused to change. Without a checkpoint, or with --overwrite, the
+    stage starts afresh and may lower it."""
+    from dreamtext import imageto3d
+
+    _record(tmp_path, sentence="An image of a cube")
+    (tmp_path / "descriptor" / "learned_embeds.safetensors").write_bytes(b"")
+    checked = []
+    monkeypatch.setattr(imageto3d, "_text_stage_done", lambda workspace, cfg: False)
+    monkeypatch.setattr(
+        imageto3d, "check_text_stage", lambda cfg, device, resume: checked.append(resume)
+    )
+    options = imageto3d.ImageOptions()
+    imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=False)
+    monkeypatch.setattr(imageto3d, "can_resume", lambda workspace: True)
+    imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=False)
+    imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=True)
+    assert checked == [False, True, False]
 
 
 def test_an_overwrite_of_a_finished_run_trains_text_to_3d_again(
@@ -55,7 +81,7 @@ def test_an_overwrite_of_a_finished_run_trains_text_to_3d_again(
 
     image, _ = _finished_workspace(tmp_path, iters=2)
     trained = []
-    monkeypatch.setattr(imageto3d, "check_text_stage", lambda cfg, device: None)
+    monkeypatch.setattr(imageto3d, "check_text_stage", lambda cfg, device, resume: None)
     monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
     monkeypatch.setattr("dreamtext.trainer.train", lambda cfg, **kw: trained.append(kw))
     imageto3d.run_image(image, None, _config(tmp_path, tiny_sd_path), overwrite=True)
