@@ -194,7 +194,9 @@ class FieldConfig:
         if self.num_blocks < 0 or self.bg_num_layers < 0:
             raise DreamtextError("field.num_blocks and field.bg_num_layers must be ≥ 0")
         # Instant-NGP's tables range over T = 2^14 ... 2^24 (Müller et al. 2022, Table 1); 2^24
-        # is already 2 GiB of float32 for 16 levels × 2 features, and larger failed at allocation.
+        # is already 1.1 GB of float32 for the default 16 levels × 2 features (the coarse levels
+        # are dense and smaller: grid_parameters), 4.3 GB with its gradient and Adam's moments,
+        # and larger failed at allocation.
         if not 1 <= self.log2_hashmap_size <= MAX_LOG2_HASHMAP_SIZE:
             raise DreamtextError(
                 f"field.log2_hashmap_size must be in [1, {MAX_LOG2_HASHMAP_SIZE}] (a table of "
