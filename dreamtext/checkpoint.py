@@ -11,6 +11,7 @@ torch checks none of a tensor's bytes when it loads one, so without it a byte ch
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -241,12 +242,30 @@ def step_path(folder: Path, step: int) -> Path:
     return Path(folder) / f"step_{int(step):06d}.pt"
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The step of the checkpoint at ``path``, or ``None`` without a readable one. Memory-mapped,
-    so its tensors are not read."""
+# The words of the system's refusal to map a file it has no memory or address space for
+# (ENOMEM: a `ulimit -v`), in torch's "unable to mmap N bytes from file <...>: Cannot allocate
+# memory (12)".
+_MAP_REFUSED = os.strerror(errno.ENOMEM)
+
+
+def _mapped_state(path: Path) -> Any:
+    """The checkpoint at ``path``, memory-mapped (its tensors are not read). A map the system
+    refuses for memory is a ``MemoryError``: a whole checkpoint is no missing or damaged one."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(state["step"])
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "unable to mmap" in str(error) and _MAP_REFUSED in str(error):
+            raise MemoryError(f"memory-mapping {path}") from error
+        raise
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of the checkpoint at ``path``, or ``None`` without a readable one. Memory-mapped
+    (:func:`_mapped_state`), so its tensors are not read."""
+    try:
+        return int(_mapped_state(path)["step"])
+    except MemoryError:
+        raise
     except Exception:  # missing, truncated or foreign: no step to keep it under
         return None
 
@@ -254,11 +273,13 @@ def checkpoint_step(path: Path) -> int | None:
 def checkpoint_run(path: Path) -> str | None:
     """The ``run_id`` of the checkpoint at ``path``: the identity a run draws when it starts and
     keeps through its resumes (``trainer.Run.run_id``), ``""`` for a checkpoint from before runs
-    had one; ``None`` without a readable checkpoint. Memory-mapped, so its tensors are not
-    read."""
+    had one; ``None`` without a readable checkpoint. Memory-mapped (:func:`_mapped_state`), so
+    its tensors are not read; a map the memory refuses is a ``MemoryError``, not "unreadable"
+    (an export under a ``ulimit -v`` said its whole last.pt was "not a whole checkpoint")."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return str(state.get("run_id", ""))
+        return str(_mapped_state(path).get("run_id", ""))
+    except MemoryError:
+        raise
     except Exception:  # missing, truncated or foreign: no run's
         return None
 

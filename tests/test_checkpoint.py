@@ -351,3 +351,36 @@ def test_a_checkpoint_that_does_not_fit_in_memory_is_a_memory_error(tmp_path, mo
         save_checkpoint(tmp_path, a_state(10))  # 400 kB
     assert memory_that_ran_out(raised.value) == "memory"
     assert not any((tmp_path / "checkpoints").glob("*.pt"))
+
+
+def test_a_whole_checkpoint_the_memory_cannot_map_is_a_memory_error_not_unreadable(tmp_path):
+    """Under a `ulimit -v` the system refuses to map a whole checkpoint (ENOMEM), and
+    checkpoint_run took it for no run's checkpoint: an export said "cannot read last.pt (not a
+    whole checkpoint)" of a whole file, and the save of the next step would not keep the last
+    one as a step file. The refusal is a MemoryError, the CLI's out-of-memory line; a whole
+    file mapped with memory to spare, and a damaged one, read as before."""
+    import subprocess
+    import sys
+
+    table = torch.zeros(1_000_000)  # 4 MB: more than the 1 MB of address space left
+    path = save_checkpoint(tmp_path, {"step": 7, "field": {"table": table}, "run_id": "r1"})
+    script = (
+        "import resource, sys, psutil\n"
+        "from dreamtext.checkpoint import checkpoint_run, checkpoint_step\n"
+        "room = psutil.Process().memory_info().vms + 1_000_000\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (room, resource.RLIM_INFINITY))\n"
+        "for read in (checkpoint_run, checkpoint_step):\n"
+        "    try:\n"
+        "        print(read(sys.argv[1]))\n"
+        "    except MemoryError as error:\n"
+        "        print('MemoryError', error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.splitlines() == [f"MemoryError memory-mapping {path}"] * 2, done.stderr
+    from dreamtext.checkpoint import checkpoint_run, checkpoint_step
+
+    assert (checkpoint_run(path), checkpoint_step(path)) == ("r1", 7)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated: no run's
+    assert (checkpoint_run(path), checkpoint_step(path)) == (None, None)
