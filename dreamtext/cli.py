@@ -173,6 +173,21 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
             # `image` skips its finished stages and continues the one it stopped in; `batch`
             # its finished prompts, and resumes an interrupted one.
             return f"; the same command without --resume {rerun}"
+        # `text --prompt "a cube"`, `batch --prompts-file p.txt`, `view --workspace runs`
+        # (WORKSPACE_OR_ROOT: checked before the flags of other commands, which --workspace is
+        # one of): the command's positional.
+        named = [
+            action
+            for action in parser._actions
+            if not action.option_strings
+            and flag[2:].replace("-", "_").lower()
+            in (action.dest, *str(action.metavar).lower().split("_or_"))
+        ]
+        if named:
+            placeholder = named[0].metavar or named[0].dest.upper()
+            name = placeholder.lower().replace("_", " ")
+            value = shlex.quote(word.split("=", 1)[1]) if "=" in word else placeholder
+            return f"; the {name} takes no flag: {parser.prog} {value} ..."
         # `text "a cube" --resolution 64`, `image mug.png --port 8000` ("did you mean
         # --export?"): a flag of another command, typed to this one.
         owners = [
@@ -183,18 +198,6 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
         if owners and flag not in known:
             names = ", ".join(owners[:-1]) + (" and " if len(owners) > 1 else "") + owners[-1]
             return f"; {flag} is a flag of dreamtext {names}, not of {parser.prog}"
-        # `text --prompt "a cube"`, `batch --prompts-file p.txt`: the command's positional.
-        named = [
-            action
-            for action in parser._actions
-            if not action.option_strings
-            and flag[2:].replace("-", "_").lower() in (action.dest, str(action.metavar).lower())
-        ]
-        if named:
-            placeholder = named[0].metavar or named[0].dest.upper()
-            name = placeholder.lower().replace("_", " ")
-            value = shlex.quote(word.split("=", 1)[1]) if "=" in word else placeholder
-            return f"; the {name} takes no flag: {parser.prog} {value} ..."
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
         if close:
             return f"; did you mean {close[0]}?"

@@ -1796,6 +1796,30 @@ def test_a_positional_given_by_a_flag_is_refused_naming_the_positional(
 
 
 @pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["view", "--workspace", "runs"],
+            "dreamtext view: unrecognized arguments: --workspace; the workspace or root takes no "
+            "flag: dreamtext view WORKSPACE_OR_ROOT ... ",
+        ),
+        (
+            ["view", "--root=my runs"],
+            "dreamtext view: unrecognized arguments: --root=my runs; the workspace or root takes "
+            "no flag: dreamtext view 'my runs' ... ",
+        ),
+    ],
+)
+def test_view_given_its_folder_by_a_flag_names_its_positional(capsys, args, line):
+    """`dreamtext view --workspace runs` was told "--workspace is a flag of dreamtext text,
+    export, describe, image and batch, not of dreamtext view": true, and no way on, where the
+    folder is view's positional (WORKSPACE_OR_ROOT)."""
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, line, "(see dreamtext view --help)")
+    assert "is a flag of" not in err
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["text", "--", "-red", "--iters", "2"],
