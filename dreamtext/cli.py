@@ -255,11 +255,16 @@ class _OneLineParser(argparse.ArgumentParser):
         ]
         if not dashed:
             return ""
-        name = message[len(required) :].split(",")[0].strip()
+        return self._after_dashes_hint(dashed, message[len(required) :].split(",")[0].strip())
+
+    def _after_dashes_hint(self, dashed: list[str], name: str) -> str:
+        """``; a prompt that starts with - goes last, after --: dreamtext text -- -red``: where
+        the command's positional (``name``) goes when it starts with - (``dashed``: the words
+        typed for it), with the command written out where it parses."""
         article = "an" if name[:1].lower() in "aeiou" else "a"
         goes = f"{article} {name} that starts with - goes last, after --"
         command = self.prog.split()
-        others = list(words)
+        others = list(self.words)  # type: ignore[attr-defined]
         others.remove(dashed[0])
         ours = others[others.index(command[-1]) + 1 :] if command[-1] in others else None
         if len(dashed) == 1 and ours is not None and self._parses([*ours, "--", dashed[0]]):
@@ -336,15 +341,20 @@ class _OneLineParser(argparse.ArgumentParser):
             # argparse takes `--prompt="a red cube"` (a word with a space) for a positional:
             # it trained the prompt "--prompt=a red cube". Words after `--` (`typed`) are not.
             flagged = [
-                word
+                (action, word)
                 for action in owner._actions
                 if not action.option_strings
                 for word in _as_list(getattr(args, action.dest, None))
                 if FLAG_WITH_VALUE.match(str(word)) and word not in typed
             ]
             if flagged:
-                hint = _unknown_flag_hint(owner, flagged)
-                owner.error(f"unrecognized arguments: {flagged[0]}{hint}")
+                # `text "--style=photo a red cube"`, a flag of no command's: a prompt, which
+                # goes after -- (the line gave no way on).
+                action, word = flagged[0]
+                hint = _unknown_flag_hint(owner, [word]) or owner._after_dashes_hint(
+                    [word], action.metavar or action.dest
+                )
+                owner.error(f"unrecognized arguments: {word}{hint}")
         if unknown:
             message = f"unrecognized arguments: {' '.join(unknown)}"
             # `text -- -red --iters 2`, as the dashed prompt's hint says to type it: after `--`

@@ -1820,6 +1820,39 @@ def test_view_given_its_folder_by_a_flag_names_its_positional(capsys, args, line
 
 
 @pytest.mark.parametrize(
+    ("args", "line", "typed"),
+    [
+        (
+            ["text", "--style=photo a red cube", "--model", "builtin:shapes"],
+            "dreamtext text: unrecognized arguments: --style=photo a red cube; a prompt that "
+            "starts with - goes last, after --: dreamtext text --model builtin:shapes -- "
+            "'--style=photo a red cube' ",
+            ["text", "--model", "builtin:shapes", "--", "--style=photo a red cube"],
+        ),
+        (
+            ["describe", "--x=my 1.png"],
+            "dreamtext describe: unrecognized arguments: --x=my 1.png; an image that starts with "
+            "- goes last, after --: dreamtext describe -- '--x=my 1.png' ",
+            ["describe", "--", "--x=my 1.png"],
+        ),
+    ],
+)
+def test_a_dashed_positional_like_no_flag_is_told_to_go_after_two_dashes(
+    tmp_path, monkeypatch, capsys, args, line, typed
+):
+    """`dreamtext text "--style=photo a red cube"` (a prompt argparse took as one, which trained
+    before FLAG_WITH_VALUE) was refused as "unrecognized arguments: --style=photo a red cube"
+    alone, no flag of any command named and no way to give such a prompt; the line says where
+    it goes, as for `-red`, and the command it writes parses."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(args, capsys)
+    assert_user_error(code, err, line, f"(see dreamtext {args[0]} --help)")
+    assert list(tmp_path.iterdir()) == []
+    parsed = build_parser().parse_command_line(typed)
+    assert typed[-1] in (getattr(parsed, "prompt", None), getattr(parsed, "image", None))
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["text", "--", "-red", "--iters", "2"],
