@@ -8,10 +8,11 @@ which sampler, the MLPs' precision, the optimiser's groups).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from dreamtext import models
 from dreamtext.adan import Adan
 from dreamtext.config import TrainConfig
 from dreamtext.errors import DreamtextError
@@ -38,6 +39,9 @@ AUTO_COMPILE_FALLBACK = (
 # The warning of "auto"'s first failure in this process, once there was one: the fields built
 # after it (a batch's later prompts, one process for many) stay eager without trying again.
 _AUTO_COMPILE_FAILED: list[str] = []
+# The lines of :func:`ignored_compile_line` this process has written: a batch's later prompts
+# build their parts again, and the user asked once.
+_IGNORED_COMPILE_WARNED: set[str] = set()
 
 
 @dataclass
@@ -126,6 +130,38 @@ def build_guidance(cfg: TrainConfig, device: torch.device) -> ScoreDistillation:
     return make_guidance(cfg.guidance, device, dtype, cfg.cameras, (cfg.h, cfg.w))
 
 
+def ignored_compile_line(
+    cfg: TrainConfig, device: torch.device, with_guidance: bool = True
+) -> str | None:
+    """The one line saying which of the compile settings of ``cfg`` ``device`` ignores (``None``:
+    none asked for there), naming the setting that asked: ``--compile`` (``guidance.compile``;
+    it sets the rest), else a config file's ``guidance.compile_vae`` and
+    ``render.compile_field: true``. The built-in prior has nothing to compile anywhere."""
+    builtin = cfg.guidance.model.startswith("builtin:")
+    guidance_ignored = with_guidance and device.type not in models.COMPILE_DEVICES
+    prior = guidance_ignored and builtin and cfg.guidance.compile
+    guidance = (
+        guidance_ignored and not builtin and (cfg.guidance.compile or cfg.guidance.compile_vae)
+    )
+    field = cfg.render.compile_field is True and device.type not in COMPILE_DEVICES
+    if not (prior or guidance or field):
+        return None
+    if prior:
+        mlps = (
+            ", and the field's MLPs compile for CUDA only; they run eagerly here" if field else ""
+        )
+        return f"--compile: the built-in prior has no network to compile{mlps}"
+    if cfg.guidance.compile:
+        asked = "--compile"
+    else:
+        names = (("guidance.compile_vae", guidance), ("render.compile_field: true", field))
+        asked = " and ".join(name for name, on in names if on)
+    if not field:
+        return f"{asked}: the guidance compiles for CUDA only; it runs eagerly here"
+    parts = "the guidance and the field's MLPs" if guidance else "the field's MLPs"
+    return f"{asked}: {parts} compile for CUDA only; they run eagerly here"
+
+
 def build_parts(
     cfg: TrainConfig,
     device: torch.device,
@@ -133,9 +169,21 @@ def build_parts(
     with_optimizer: bool = True,
 ) -> RunParts:
     """Field, renderer and (optionally) guidance and optimiser of a run. The guidance is built
-    first: a bad model id then fails before anything else is allocated."""
+    first: a bad model id then fails before anything else is allocated.
+
+    Compile settings that ``device`` cannot honour are left out of the parts' settings and said
+    in one line, once a process (:func:`ignored_compile_line`): the parts would each warn, and a
+    batch would repeat both lines at every prompt. They change speed, never what a run computes.
+    """
+    line = ignored_compile_line(cfg, device, with_guidance)
+    if line is not None and line not in _IGNORED_COMPILE_WARNED:
+        _IGNORED_COMPILE_WARNED.add(line)
+        logger.warning("%s", line)
+    compile_field = cfg.render.compile_field if device.type in COMPILE_DEVICES else False
+    if device.type not in models.COMPILE_DEVICES:
+        cfg = replace(cfg, guidance=replace(cfg.guidance, compile=False, compile_vae=False))
     guidance = build_guidance(cfg, device) if with_guidance else None
-    field = build_field(cfg.field, device, mixed_precision(cfg, device), cfg.render.compile_field)
+    field = build_field(cfg.field, device, mixed_precision(cfg, device), compile_field)
     renderer = build_renderer(cfg.render, device)
     optimizer = build_optimizer(field, cfg.lr, cfg.optimizer) if with_optimizer else None
     return RunParts(field, renderer, guidance, optimizer)
@@ -149,5 +197,6 @@ __all__ = [
     "build_optimizer",
     "build_parts",
     "build_renderer",
+    "ignored_compile_line",
     "mixed_precision",
 ]

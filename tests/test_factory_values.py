@@ -119,3 +119,73 @@ def test_compile_field_on_the_cpu_warns_naming_the_setting_that_asked(caplog):
         "render.compile_field: true (--compile sets it): the field's MLPs compile for CUDA "
         "only; they run eagerly here"
     ]
+
+
+def small_config(**overrides) -> object:
+    field = {"num_levels": 2, "log2_hashmap_size": 8, "hidden_dim": 8, "encoding": "torch"}
+    return resolve_config({"prompt": "a red cube", "h": 8, "w": 8, "field": field, **overrides})
+
+
+COMPILE = {"compile": True, "compile_vae": True, "compile_mode": "reduce-overhead"}
+
+
+def test_compile_on_the_cpu_is_one_line_once_a_process(tiny_sd_path, monkeypatch, caplog):
+    """``--compile`` on a CPU printed two lines, the guidance's and the field's, for the one
+    flag, and a batch printed both again at every prompt: now one line, the first time."""
+    monkeypatch.setattr(factory, "_IGNORED_COMPILE_WARNED", set())
+    cfg = small_config(
+        guidance={"model": str(tiny_sd_path), **COMPILE},
+        render={"compile_field": True},
+    )
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        for _ in range(2):  # a batch's two prompts
+            parts = factory.build_parts(cfg, torch.device("cpu"))
+            assert not parts.field.compiled and parts.guidance.compiled == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "--compile: the guidance and the field's MLPs compile for CUDA only; they run eagerly here"
+    ]
+    assert cfg.guidance.compile and cfg.render.compile_field is True  # config.json's, as asked
+
+
+def test_compile_of_the_built_in_prior_on_the_cpu_is_one_line(caplog, monkeypatch, tmp_path):
+    monkeypatch.setattr(factory, "_IGNORED_COMPILE_WARNED", set())
+    monkeypatch.setenv("DREAMTEXT_CACHE", str(tmp_path))
+    cfg = small_config(
+        guidance={"model": "builtin:shapes", **COMPILE},
+        render={"compile_field": True},
+    )
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        factory.build_parts(cfg, torch.device("cpu"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "--compile: the built-in prior has no network to compile, and the field's MLPs compile "
+        "for CUDA only; they run eagerly here"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("guidance", "render", "line"),
+    [
+        (
+            {"compile_vae": True},
+            {"compile_field": True},
+            "guidance.compile_vae and render.compile_field: true: the guidance and the field's "
+            "MLPs compile for CUDA only; they run eagerly here",
+        ),
+        (
+            {"compile_vae": True},
+            {},
+            "guidance.compile_vae: the guidance compiles for CUDA only; it runs eagerly here",
+        ),
+        (
+            {},
+            {"compile_field": True},
+            "render.compile_field: true: the field's MLPs compile for CUDA only; they run "
+            "eagerly here",
+        ),
+        ({}, {}, None),  # "auto", the default: eager on the CPU, silently
+    ],
+)
+def test_the_cpus_compile_line_names_the_config_settings_that_alone_asked(guidance, render, line):
+    cfg = small_config(guidance={"model": "some/model", **guidance}, render=render)
+    assert factory.ignored_compile_line(cfg, torch.device("cpu")) == line
+    assert factory.ignored_compile_line(cfg, torch.device("cuda")) is None  # CUDA compiles

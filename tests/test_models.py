@@ -292,11 +292,14 @@ def test_the_field_compiles_on_cuda_only(monkeypatch, caplog):
     assert cfg.render.compile_field == "auto"
     monkeypatch.setattr(factory, "build_field", lambda *a: compiled.append(a[3]))
     monkeypatch.setattr(factory, "build_renderer", lambda *a: None)
-    factory.build_parts(cfg, torch.device("cpu"), with_guidance=False, with_optimizer=False)
+    factory.build_parts(cfg, torch.device("cuda"), with_guidance=False, with_optimizer=False)
     assert compiled[-1] == "auto"  # build_parts passes the config's setting on
     cfg = resolve_config({"prompt": "a cube", "render": {"compile_field": True}})
-    factory.build_parts(cfg, torch.device("cpu"), with_guidance=False, with_optimizer=False)
+    factory.build_parts(cfg, torch.device("cuda"), with_guidance=False, with_optimizer=False)
     assert compiled[-1] is True
+    # Where nothing compiles, build_parts says so in its one line and builds the field eager.
+    factory.build_parts(cfg, torch.device("cpu"), with_guidance=False, with_optimizer=False)
+    assert compiled[-1] is False
 
 
 def test_auto_falls_back_to_the_eager_mlps_where_compiling_fails(monkeypatch, caplog):
