@@ -176,18 +176,9 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
         # `text --prompt "a cube"`, `batch --prompts-file p.txt`, `view --workspace runs`
         # (WORKSPACE_OR_ROOT: checked before the flags of other commands, which --workspace is
         # one of): the command's positional.
-        named = [
-            action
-            for action in parser._actions
-            if not action.option_strings
-            and flag[2:].replace("-", "_").lower()
-            in (action.dest, *str(action.metavar).lower().split("_or_"))
-        ]
+        named = _positional_flag_hint(parser, word)
         if named:
-            placeholder = named[0].metavar or named[0].dest.upper()
-            name = placeholder.lower().replace("_", " ")
-            value = shlex.quote(word.split("=", 1)[1]) if "=" in word else placeholder
-            return f"; the {name} takes no flag: {parser.prog} {value} ..."
+            return named
         # `text "a cube" --resolution 64`, `image mug.png --port 8000` ("did you mean
         # --export?"): a flag of another command, typed to this one.
         owners = [
@@ -202,6 +193,25 @@ def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> s
         if close:
             return f"; did you mean {close[0]}?"
     return ""
+
+
+def _positional_flag_hint(parser: argparse.ArgumentParser, word: str) -> str:
+    """``; the prompt takes no flag: dreamtext text cube ...`` where ``word`` (``--prompt=cube``,
+    ``--prompts-file``) names ``parser``'s positional; ``""`` otherwise."""
+    flag = word.split("=", 1)[0]
+    named = [
+        action
+        for action in parser._actions
+        if not action.option_strings
+        and flag[2:].replace("-", "_").lower()
+        in (action.dest, *str(action.metavar).lower().split("_or_"))
+    ]
+    if not named:
+        return ""
+    placeholder = named[0].metavar or named[0].dest.upper()
+    name = placeholder.lower().replace("_", " ")
+    value = shlex.quote(word.split("=", 1)[1]) if "=" in word else placeholder
+    return f"; the {name} takes no flag: {parser.prog} {value} ..."
 
 
 class _Refused(Exception):
@@ -227,8 +237,28 @@ class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         if getattr(self, "trying", False):
             raise _Refused(message)
-        message += self._dashed_positional_hint(message) + self._dashed_value_hint(message)
+        positional = self._flagged_positional_hint(message) or self._dashed_positional_hint(message)
+        message += positional + self._dashed_value_hint(message)
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    def _flagged_positional_hint(self, message: str) -> str:
+        """``; the prompt takes no flag: dreamtext text cube ...``, where the command's positional
+        is missing and was typed as a flag with its value in one word (``--prompt=cube``,
+        ``--prompts-file=p.txt``): argparse took the word for an unknown flag and said only that
+        the positional was missing (``--prompt cube`` leaves ``cube`` to the positional, and the
+        unknown ``--prompt`` gets this hint from :func:`_unknown_flag_hint`)."""
+        words = getattr(self, "words", None)
+        if not message.startswith("the following arguments are required: ") or not words:
+            return ""
+        known = _option_strings(self)
+        typed = words[: words.index("--")] if "--" in words else words
+        for word in typed:
+            flag = word.split("=", 1)[0]
+            if word.startswith("--") and "=" in word and not any(o.startswith(flag) for o in known):
+                hint = _positional_flag_hint(self, word)
+                if hint:
+                    return hint
+        return ""
 
     def _dashed_positional_hint(self, message: str) -> str:
         """``; a prompt that starts with - goes last, after --: dreamtext text -- -red``, where the

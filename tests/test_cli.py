@@ -1776,6 +1776,18 @@ def test_a_flag_of_another_command_names_the_commands_it_belongs_to(capsys, args
             "dreamtext batch: unrecognized arguments: --prompts; the prompts file takes no flag: "
             "dreamtext batch PROMPTS_FILE ... ",
         ),
+        # One word, no space: argparse takes it for an unknown flag and said only "the
+        # following arguments are required: prompt", before any word was left over.
+        (
+            ["text", "--prompt=cube", "--model", "builtin:shapes"],
+            "dreamtext text: the following arguments are required: prompt; the prompt takes no "
+            "flag: dreamtext text cube ... ",
+        ),
+        (
+            ["batch", "--prompts-file=p.txt", "--model", "builtin:shapes"],
+            "dreamtext batch: the following arguments are required: PROMPTS_FILE; the prompts "
+            "file takes no flag: dreamtext batch p.txt ... ",
+        ),
         (
             ["text", "--negatve=blurry photo", "--model", "builtin:shapes"],
             "dreamtext text: unrecognized arguments: --negatve=blurry photo; did you mean "
