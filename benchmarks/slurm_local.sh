@@ -37,6 +37,16 @@ bridge=dtslurm0
 subnet=10.10.0
 nodes=(node1 node2)
 
+need_slurm() {  # Slurm's and munge's commands, or exit 2 with the way to get them
+    local tool
+    for tool in sinfo squeue slurmctld slurmd munged; do
+        if ! command -v "$tool" > /dev/null; then
+            echo "slurm_local.sh: no $tool here (Slurm's and munge's commands): run 'bash benchmarks/slurm_local.sh install' first (as root)" >&2
+            exit 2
+        fi
+    done
+}
+
 install() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge
@@ -245,12 +255,12 @@ down() {
 
 case "${1:-}" in
     install) install ;;
-    up) up ;;
-    up2) up2 ;;
+    up) need_slurm && up ;;
+    up2) need_slurm && up2 ;;
     kill) kill_node "${2:-}" ;;
     cut) cut_node "${2:-}" ;;
-    revive) revive "${2:-}" ;;
-    status) sinfo -N && squeue ;;
+    revive) need_slurm && revive "${2:-}" ;;
+    status) need_slurm && sinfo -N && squeue ;;
     down) down ;;
     *)
         echo "usage: bash benchmarks/slurm_local.sh install|up|up2|status|kill|cut|revive NODE|down" >&2
