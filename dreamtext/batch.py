@@ -86,6 +86,7 @@ from dreamtext.inputs import (
     read_prompt_lines,
     reads_like_prompt,
     repeat_key,
+    requeue_note,
     resolve_shard,
     root_write_error,
     shard_from_environment,
@@ -1646,7 +1647,8 @@ def run_entry(
         ends_batch = True
         result = {"status": "interrupted", "error": None}
         begun = not fresh or read_status(entry.workspace) != before
-        _say(f"batch: {interruption_line(entry, stop, fresh, begun)}")
+        again = interruption_line(entry, stop, fresh, begun) + requeue_note(os.environ)
+        _say(f"batch: {again}")
     except WorkspaceInUse as in_use:  # a `dreamtext text` (not a worker of this batch) runs it
         busy = True
         result = {"status": "skipped", "error": f"in use by {in_use.holder}"}

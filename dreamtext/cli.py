@@ -1142,6 +1142,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         summary_table,
     )
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
+    from dreamtext.inputs import requeue_note
 
     check_cuda_flag(args)
     overrides = text_overrides(args)  # --iters with --epochs was refused by early_batch
@@ -1159,7 +1160,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if run.records:  # an empty share said so in its line
         print(summary_table(run.records), flush=True)
     if run.not_started:
-        print(not_started_line(run.not_started, run.overwrite), file=sys.stderr, flush=True)
+        left = not_started_line(run.not_started, run.overwrite) + requeue_note(os.environ)
+        print(left, file=sys.stderr, flush=True)
     return EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)
 
 
@@ -1994,6 +1996,10 @@ def interrupted_line(args: argparse.Namespace) -> str:
             if args.resume or args.diverse
             else "run the same command again, with --resume if the run has a checkpoint"
         )
+    elif args.command == "batch":
+        from dreamtext.inputs import requeue_note
+
+        again = INTERRUPTED_NEXT["batch"] + requeue_note(os.environ)
     else:
         again = INTERRUPTED_NEXT.get(args.command)
     return f"dreamtext {args.command}: interrupted" + (f"; {again}" if again else "")

@@ -635,6 +635,22 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
     return index, count
 
 
+# What a batch stopped by SIGTERM adds to "run the batch again" inside a SLURM array task, where
+# the task may come back by itself: scripts/slurm_array.sbatch requeues a task its time limit
+# stopped, and SLURM (--requeue) a preempted one. The batch cannot tell those from a
+# `scancel -s TERM`, which stays stopped: all three are one SIGTERM, and the script passes
+# nothing on (its USR1 trap turns the limit's warning into that SIGTERM).
+REQUEUE_NOTE = (
+    "; a task of scripts/slurm_array.sbatch stopped at its time limit, or preempted, is "
+    "requeued and does that by itself"
+)
+
+
+def requeue_note(env: Mapping[str, str]) -> str:
+    """:data:`REQUEUE_NOTE` inside a SLURM array task (``SLURM_ARRAY_JOB_ID``), ``""`` outside."""
+    return REQUEUE_NOTE if "SLURM_ARRAY_JOB_ID" in env else ""
+
+
 def resolve_shard(flag: str | None, env: Mapping[str, str]) -> tuple[int, int] | None:
     """``--shard`` when given, else the SLURM array task's share, else ``None`` (the whole list)."""
     return parse_shard(flag) if flag is not None else shard_from_environment(env)

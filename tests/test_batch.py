@@ -2004,6 +2004,37 @@ def test_the_lines_not_started_are_named_below_the_summary_table(
     ]
 
 
+def test_a_slurm_array_task_stopped_says_the_array_script_may_requeue_it(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A task of scripts/slurm_array.sbatch stopped at its time limit is requeued by the script
+    (a preempted one by SLURM), and goes on by itself; its log said only "run the batch again"
+    and "run the same command again", which ran the share twice. The SIGTERM is the same as a
+    `scancel -s TERM`'s, which stays stopped: the lines say both."""
+    for name, value in {"SLURM_JOB_ID": "78", "SLURM_ARRAY_JOB_ID": "77"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "1")
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    ctrl_c_at_step(monkeypatch, 3, "a_red_cube")
+    assert main(list(map(str, args))) == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("batch:")]
+    note = (
+        "; a task of scripts/slurm_array.sbatch stopped at its time limit, or preempted, is "
+        "requeued and does that by itself"
+    )
+    assert err[-2] == (
+        f"batch: interrupted after step 3; saved {root}/a_red_cube/checkpoints/last.pt; run the "
+        f"batch again to resume{note}"
+    )
+    assert err[-1] == (
+        "batch: 1 line not started (line 2); run the same command again to start it (finished "
+        f"lines are skipped, an interrupted one resumes){note}"
+    )
+
+
 def test_a_long_list_of_lines_not_started_is_cut_short():
     from dreamtext.batch import not_started_line
 

@@ -151,6 +151,24 @@ def test_the_interrupted_line_says_how_each_command_goes_on(argv, again):
     assert interrupted_line(parse(*argv)) == f"dreamtext {argv[0]}: interrupted; {again}"
 
 
+def test_a_batch_interrupted_in_a_slurm_array_task_says_the_task_may_be_requeued(monkeypatch):
+    """A stop before the batch's loop (loading) in a task of scripts/slurm_array.sbatch: the
+    script requeues a task stopped at its time limit; "run the batch again" alone ran it twice."""
+    from dreamtext.cli import interrupted_line
+
+    argv = parse("batch", "p.txt")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    alone = (
+        "dreamtext batch: interrupted; run the batch again to go on (finished prompts are skipped)"
+    )
+    assert interrupted_line(argv) == alone
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    assert interrupted_line(argv) == (
+        f"{alone}; a task of scripts/slurm_array.sbatch stopped at its time limit, or preempted, "
+        "is requeued and does that by itself"
+    )
+
+
 def test_image_passes_the_images_name_without_its_suffix_and_the_flags_on(tmp_path, monkeypatch):
     """Until DreamText has learned its sentence, an image run's prompt is the image's name
     (``mug`` for mug.png); ``--overwrite`` and ``--descriptor-iters`` reach the run."""
