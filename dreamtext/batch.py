@@ -1220,7 +1220,11 @@ def run_batch(
             from dreamtext.export import check_ffmpeg
 
             check_ffmpeg(videos[0].export_options, after_training=True)
-        models = check_model(pending[0][1])
+        # A field too large is told what its resumed lines can change (their runs keep theirs).
+        resuming = [
+            e.line for e, _ in pending if not overwrites[e.workspace] and can_resume(e.workspace)
+        ]
+        models = check_model(pending[0][1], resuming, len(resuming) == len(pending))
         if models is not None:
             check_prompt_lengths(pending, models, Path(prompts_file))
         check_image_lines([e for e, _ in pending], options)
@@ -1360,8 +1364,6 @@ def not_started_line(entries: Sequence[Entry], overwrite: bool) -> str:
     """The line with which a batch stopped by Ctrl-C or SIGTERM names the lines of its share it
     did not start, and what running it again does. (A batch that stops for its file system says
     that in one line, :func:`batch_stop_line`.)"""
-    shown = ", ".join(str(e.line) for e in entries[:NOT_STARTED_SHOWN])
-    more = len(entries) - NOT_STARTED_SHOWN
     many = len(entries) > 1
     them = "them" if many else "it"
     again = (
@@ -1374,8 +1376,18 @@ def not_started_line(entries: Sequence[Entry], overwrite: bool) -> str:
         else f"run the same command again to start {'them' if many else 'it'} (finished lines "
         "are skipped, an interrupted one resumes)"
     )
-    which = f"{'lines' if many else 'line'} {shown}{f' and {more} more' if more > 0 else ''}"
+    which = line_numbers([e.line for e in entries])
     return f"batch: {len(entries)} line{'s' if many else ''} not started ({which}); {again}"
+
+
+def line_numbers(lines: Sequence[int]) -> str:
+    """``line 3``, ``lines 3, 4``, ``lines 3, 4, ..., 12 and 3 more``: the first
+    :data:`NOT_STARTED_SHOWN` of a list's line numbers."""
+    shown = ", ".join(str(line) for line in lines[:NOT_STARTED_SHOWN])
+    more = len(lines) - NOT_STARTED_SHOWN
+    return (
+        f"{'lines' if len(lines) > 1 else 'line'} {shown}{f' and {more} more' if more > 0 else ''}"
+    )
 
 
 def requeued_task_runs(log: Path, share: list[Entry], root: Path) -> set[Path]:
@@ -1471,12 +1483,16 @@ def check_builtin_prior(
     check_builtin_prompt_lines(model, lines, negative, prompts_file)
 
 
-def check_model(cfg: TrainConfig) -> StableDiffusionModels | None:
+def check_model(
+    cfg: TrainConfig, resuming: Sequence[int] = (), all_resume: bool = False
+) -> StableDiffusionModels | None:
     """The device, precision, memory, hash-grid backend and model every run of the batch uses.
     Stable Diffusion is loaded here (the runs reuse it) and a field is built and dropped, so a
     wrong ``--model``, ``--fp16`` or ``--encoding`` on a CPU, or a render or field too large for
     the memory (:func:`dreamtext.trainer.check_field_memory`), stops the batch before it writes
-    anything instead of failing every prompt."""
+    anything instead of failing every prompt. ``resuming``: the lines whose runs resume, which
+    keep their field (``all_resume``: every line to train), named where the field is too
+    large: "lower field.log2_hashmap_size" refused them at their turn."""
     from dreamtext.devices import resolve_device
     from dreamtext.factory import build_field
     from dreamtext.models import load_for, resolve_dtype
@@ -1486,7 +1502,7 @@ def check_model(cfg: TrainConfig) -> StableDiffusionModels | None:
     resolve_dtype(cfg.guidance, device)
     # Before the field is built: a table too large was allocated here, then refused every line.
     check_render_memory(cfg, device)
-    check_field_memory(cfg, device)
+    check_field_memory(cfg, device, all_resume, line_numbers(resuming) if resuming else None)
     build_field(cfg.field, device)  # an encoding that cannot run here raises
     if cfg.guidance.model.startswith("builtin:"):
         return None

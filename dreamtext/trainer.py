@@ -349,7 +349,9 @@ def samples_at_least(cfg: TrainConfig) -> int:
     return rays
 
 
-def check_field_memory(cfg: TrainConfig, device: torch.device, resume: bool = False) -> None:
+def check_field_memory(
+    cfg: TrainConfig, device: torch.device, resume: bool = False, resumed: str | None = None
+) -> None:
     """Refuse, before anything is loaded or written, a field whose MLPs and hash grid cannot fit
     beside the render's rays (:func:`~dreamtext.field.mlp_memory_at_least` on
     :func:`graph_queries_at_least`, the grid's :func:`~dreamtext.field.grid_parameters`, each
@@ -357,7 +359,9 @@ def check_field_memory(cfg: TrainConfig, device: torch.device, resume: bool = Fa
     `field.num_blocks: 100000` wrote a workspace and was killed by the system in its first
     step, and a table too large (`field.log2_hashmap_size: 24` with 16 levels × 8 features is
     5.1 GB with Adam) ran out of memory after the workspace was written, in its first step.
-    With ``resume`` the line names no ``field.`` key to lower: a resumed run keeps its field."""
+    With ``resume`` the line names no ``field.`` key to lower: a resumed run keeps its field.
+    ``resumed``: a batch's lines whose runs resume (``"lines 1 and 3"``), all of its lines to
+    train with ``resume``, else beside new ones: the line says what each can change."""
     # Autograd keeps, a query, every linear layer's input, LayerNorm's and SiLU's (3 values a
     # block) in float32 where the MLPs run eager (the CPU); on CUDA --fp16/--bf16 and a compiled
     # MLP may keep the linear layers' inputs alone, in 2 bytes.
@@ -379,7 +383,7 @@ def check_field_memory(cfg: TrainConfig, device: torch.device, resume: bool = Fa
             return
         if grid >= need:
             has = memory_had(device, available)
-            raise grid_memory_error(cfg, grid, need + grid, has, resume)
+            raise grid_memory_error(cfg, grid, need + grid, has, resume, resumed)
     need += grid
     has = memory_had(device, available)
     beside = f", and the hash grid's {format_gigabytes(grid)}" if grid else ""
@@ -408,30 +412,52 @@ def check_field_memory(cfg: TrainConfig, device: torch.device, resume: bool = Fa
         samples = f"render.num_steps {render.num_steps} + render.upsample_steps "
         samples += f"{render.upsample_steps} samples a ray"
         fewer = f"render.num_steps or render.upsample_steps, or {size}"
+    kept = "field.num_blocks and field.hidden_dim"
+    fix = f"field.num_blocks or field.hidden_dim, {fewer}"
+    if resumed is not None:  # a batch: those it resumes keep their MLP, the new lines need not
+        batch = f"the batch resumes the runs of {resumed}, which keep their {kept}"
+        fix = (
+            f"{fewer} ({batch}), or resume those on a machine with more memory"
+            if resume
+            else f"{fewer}, or field.num_blocks or field.hidden_dim for the new lines ({batch})"
+        )
+    elif resume:
+        fix = (
+            f"{fewer} (a resumed run keeps its {kept}), or resume it on a machine with more memory"
+        )
     raise DreamtextError(
         f"a training step's graph of at least {queries:,} field queries at once (--h {cfg.h} "
         f"--w {cfg.w}, batch {cfg.batch_size}, {samples}) through the field's MLP "
         f"(field.num_blocks {field.num_blocks} × field.hidden_dim {field.hidden_dim}) need at "
-        f"least {format_gigabytes(need)} {has} (its weights and activations{beside}); lower "
-        + (
-            f"{fewer} (a resumed run keeps its field.num_blocks and field.hidden_dim), or "
-            "resume it on a machine with more memory"
-            if resume
-            else f"field.num_blocks or field.hidden_dim, {fewer}"
-        )
+        f"least {format_gigabytes(need)} {has} (its weights and activations{beside}); lower {fix}"
     )  # no default quoted: builtin-shapes' field is not FieldConfig's
 
 
 def grid_memory_error(
-    cfg: TrainConfig, grid: int, need: int, has: str, resume: bool = False
+    cfg: TrainConfig,
+    grid: int,
+    need: int,
+    has: str,
+    resume: bool = False,
+    resumed: str | None = None,
 ) -> DreamtextError:
     """The line of a hash table that cannot fit (``grid`` bytes, most of the ``need``): its
     size and the keys that set it, which a new run can lower and a resumed one (``resume``)
-    cannot. ``has``: :func:`memory_had`'s words."""
+    cannot. ``has``: :func:`memory_had`'s words; ``resumed`` as for
+    :func:`check_field_memory` (a batch's lines that resume)."""
     field = cfg.field
     keys = "field.log2_hashmap_size, field.num_levels or field.level_dim"
     fix = f"lower {keys}"
-    if resume:  # --config with a smaller field was refused: the run's tensors have its shapes
+    if resumed is not None:  # a batch: a smaller field refuses its resumed lines, trains the rest
+        kept = f"the batch resumes the runs of {resumed}, which keep their field"
+        fix = (
+            f"{kept}: resume those on a machine with more memory, or train them anew "
+            f"(--overwrite) with a smaller {keys}"
+            if resume
+            else f"lower {keys} for the new lines; {kept}: resume those on a machine with more "
+            "memory, or train them anew (--overwrite) too"
+        )
+    elif resume:  # --config with a smaller field was refused: the run's tensors have its shapes
         fix = (
             "a resumed run keeps its field: resume it on a machine with more memory, or start "
             f"a new run (--workspace NEW_FOLDER) with a smaller {keys}"

@@ -237,7 +237,7 @@ def test_the_builtin_prior_preset_on_stable_diffusion_is_said_by_batch_and_image
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("dreamtext.trainer.train", lambda cfg, **k: "ws")
-    monkeypatch.setattr("dreamtext.batch.check_model", lambda cfg: None)
+    monkeypatch.setattr("dreamtext.batch.check_model", lambda cfg, *lines: None)
     monkeypatch.setattr("dreamtext.imageto3d.run_image", lambda *a, **k: tmp_path / "ws")
     Path("list.txt").write_text("a red cube\na blue cube\n", encoding="utf-8")
     flags = ["--preset", "builtin-shapes", "--model", str(tiny_sd_path), "--no-export"]

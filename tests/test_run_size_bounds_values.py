@@ -473,6 +473,41 @@ def test_a_resumed_run_whose_table_cannot_fit_is_not_told_to_lower_the_field_it_
     assert {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()} == files
 
 
+def test_a_batch_with_resumed_lines_whose_table_cannot_fit_names_what_each_line_can_change(
+    tmp_path, monkeypatch, capsys
+):
+    """A batch whose pending lines resume runs (line 1: trained 1 step, --iters 2 trains it
+    further) was told to lower field.log2_hashmap_size, which those lines then refused at their
+    turn ("a resumed run keeps its ... field"): the line says which lines resume and what they
+    and the new lines can do; nothing is written."""
+    from dreamtext import trainer
+
+    monkeypatch.chdir(tmp_path)
+    yaml_text = "field:\n  log2_hashmap_size: 18\n  level_dim: 4\n"
+    (tmp_path / "big.yaml").write_text(yaml_text, encoding="utf-8")
+    run = [*BUILTIN_RUN[:-1], "1", "--config", "big.yaml", "--workspace", "runs/a_red_cube"]
+    assert main(run) == 0
+    files = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    monkeypatch.setattr(trainer, "available_memory", lambda: 10**8)
+    keys = "field.log2_hashmap_size, field.num_levels or field.level_dim"
+    resumed = "the batch resumes the runs of line 1, which keep their field: resume those on a "
+    resumed += "machine with more memory, or train them anew (--overwrite)"
+    for lines, flags, fix in [
+        ("a red cube\na blue cube\n", [], f"lower {keys} for the new lines; {resumed} too"),
+        ("a red cube\n", [], f"{resumed} with a smaller {keys}"),
+        ("a red cube\na blue cube\n", ["--overwrite"], f"lower {keys}"),  # all new runs
+    ]:
+        (tmp_path / "shapes.txt").write_text(lines, encoding="utf-8")
+        args = ["batch", "shapes.txt", "--model", "builtin:shapes", "--no-export", "--iters", "2"]
+        assert main([*args, *flags, "--config", "big.yaml", "--workspace", "runs"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert err[0].startswith("dreamtext: error: the field's hash grid (field.num_levels 8 ")
+        assert err[0].endswith(f"is available; {fix}")
+    assert {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()} == files
+
+
 def test_a_resumed_run_whose_mlp_cannot_fit_is_told_to_lower_the_samples_alone(monkeypatch):
     """A resume keeps field.num_blocks and field.hidden_dim: the line names the samples, which
     it can change, and a machine with more memory."""
@@ -490,6 +525,29 @@ def test_a_resumed_run_whose_mlp_cannot_fit_is_told_to_lower_the_samples_alone(m
         "; lower render.num_steps or render.upsample_steps, or --h (a resumed run keeps its "
         "field.num_blocks and field.hidden_dim), or resume it on a machine with more memory"
     )
+
+
+def test_a_batchs_mlp_that_cannot_fit_names_what_its_resumed_and_new_lines_can_lower(monkeypatch):
+    """A batch whose line 1 resumes (its run keeps field.num_blocks and field.hidden_dim): the
+    samples for every line, the MLP's size for the new lines only."""
+    import torch
+
+    from dreamtext import trainer
+    from dreamtext.config import resolve_config
+
+    overrides = {"prompt": "a red cube", "field": {"num_blocks": 100000}}
+    cfg = resolve_config(overrides, preset="builtin-shapes")
+    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
+    fewer = "render.num_steps or render.upsample_steps, or --h"
+    kept = "the batch resumes the runs of line 1, which keep their field.num_blocks and "
+    kept += "field.hidden_dim"
+    for resume, fix in [
+        (False, f"{fewer}, or field.num_blocks or field.hidden_dim for the new lines ({kept})"),
+        (True, f"{fewer} ({kept}), or resume those on a machine with more memory"),
+    ]:
+        with pytest.raises(DreamtextError) as refusal:
+            trainer.check_field_memory(cfg, torch.device("cpu"), resume, resumed="line 1")
+        assert str(refusal.value).endswith(f"; lower {fix}")
 
 
 def test_an_mlp_that_fits_alone_but_not_beside_its_table_says_the_table_is_counted(monkeypatch):
