@@ -3372,6 +3372,37 @@ def test_every_export_option_has_a_flag():
     assert _CHANGED_EXPORT_OPTIONS.keys() == {row.option for row in EXPORT_FLAGS}
 
 
+SLURM_SCRIPT = ROOT / "scripts" / "slurm_array.sbatch"
+# Array task 3 of job 41 (SLURM_JOB_ID 57, the id scancel takes), as SLURM sets it for the script.
+TASK_41_3 = {"SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
+
+
+def stand_ins(tmp_path, scripts: dict[str, str]) -> dict[str, str]:
+    """Stand-ins for SLURM's tools (``{"srun": "bash body", ...}``) in ``tmp_path/bin``, and the
+    PATH that finds them before the system's, as the environment of a run of the script."""
+    tools = tmp_path / "bin"
+    tools.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (tools / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tools / name).chmod(0o755)
+    return {"PATH": f"{tools}:/usr/bin:/bin"}
+
+
+def warned_of_the_time_limit(tmp_path, scripts: dict[str, str], **popen) -> subprocess.Popen:
+    """The script as task 41_3 of job 57 over ``scripts``' stand-ins, whose srun writes its pid
+    to ``tmp_path/step.pid`` once it runs: started, and sent the time limit's warning (USR1)
+    once its step runs."""
+    env = {**stand_ins(tmp_path, scripts), **TASK_41_3, "SLURM_JOB_ID": "57"}
+    args = ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs"]
+    task = subprocess.Popen(args, env=env, cwd=tmp_path, **popen)
+    ready = tmp_path / "step.pid"
+    deadline = time.monotonic() + 30
+    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    task.send_signal(signal.SIGUSR1)
+    return task
+
+
 @pytest.mark.parametrize("batch_exit", [0, 1, 130, 138])
 def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus(tmp_path, batch_exit):
     """scripts/slurm_array.sbatch with stand-ins for srun and scontrol: dreamtext batch runs as a
@@ -3381,14 +3412,13 @@ def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus(tmp_path, batch
     requeued: on Slurm 22.05 such a task came back to the queue 2 minutes after it was stopped.
     A step that ends with 138 itself (128 + USR1's number) is not taken for the time limit's
     interrupted `wait`, which the script waits on again: it ends at once."""
-    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
-    tools.mkdir()
-    for name, code in (("srun", batch_exit), ("scontrol", 0)):
-        (tools / name).write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\nexit {code}\n')
-        (tools / name).chmod(0o755)
-    env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
-    script = ROOT / "scripts" / "slurm_array.sbatch"
-    args = ["bash", script, "prompts.txt", "/shared/runs", "--fp16"]
+    calls = tmp_path / "calls.txt"
+    scripts = {
+        name: f'echo "{name} $*" >> {calls}\nexit {code}'
+        for name, code in (("srun", batch_exit), ("scontrol", 0))
+    }
+    env = {**stand_ins(tmp_path, scripts), **TASK_41_3}
+    args = ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs", "--fp16"]
     done = subprocess.run(args, env={**env, "SLURM_CPUS_PER_TASK": "4"}, cwd=tmp_path, timeout=30)
     assert done.returncode == batch_exit
     assert calls.read_text().splitlines() == [
@@ -3401,8 +3431,7 @@ def test_the_slurm_script_passes_the_time_limits_warning_on_and_requeues_the_tas
     """The time limit's warning reaches the script as USR1 (``--signal=B:USR1@180``): it sends
     the step SIGTERM through scancel, the batch checkpoints and exits 130, and the script
     requeues the task, the one way a stopped task goes back to the queue."""
-    tools, calls, ready = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "step.pid"
-    tools.mkdir()
+    calls, ready = tmp_path / "calls.txt", tmp_path / "step.pid"
     scripts = {
         # the step: runs until SIGTERM, then exits as an interrupted batch does
         "srun": f'echo "srun $*" >> {calls}\ntrap "exit 130" TERM\necho $$ > {ready}\n'
@@ -3410,21 +3439,7 @@ def test_the_slurm_script_passes_the_time_limits_warning_on_and_requeues_the_tas
         "scancel": f'echo "scancel $*" >> {calls}\nkill -TERM "$(cat {ready})"',
         "scontrol": f'echo "scontrol $*" >> {calls}',
     }
-    for name, body in scripts.items():
-        (tools / name).write_text(f"#!/bin/bash\n{body}\n")
-        (tools / name).chmod(0o755)
-    env = {
-        "PATH": f"{tools}:/usr/bin:/bin",
-        "SLURM_ARRAY_JOB_ID": "41",
-        "SLURM_ARRAY_TASK_ID": "3",
-        "SLURM_JOB_ID": "57",
-    }
-    script = ROOT / "scripts" / "slurm_array.sbatch"
-    task = subprocess.Popen(["bash", script, "prompts.txt", "/shared/runs"], env=env, cwd=tmp_path)
-    deadline = time.monotonic() + 30
-    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    task.send_signal(signal.SIGUSR1)
+    task = warned_of_the_time_limit(tmp_path, scripts)
     assert task.wait(timeout=30) == 130
     assert calls.read_text().splitlines() == [
         "srun --kill-on-bad-exit=1 --cpus-per-task=1 dreamtext batch prompts.txt --workspace "
@@ -3440,8 +3455,7 @@ def test_the_slurm_script_requeues_the_task_when_the_step_stopped_before_scancel
     """scancel returns once slurmctld answers, which may be after the step has saved and
     stopped: the script asked `kill -0` whether the step still ran before waiting for it again,
     found it gone, and ended with the interrupted `wait`'s 138, the task not requeued."""
-    tools, calls, ready = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "step.pid"
-    tools.mkdir()
+    calls, ready = tmp_path / "calls.txt", tmp_path / "step.pid"
     scripts = {
         # the step: stops at once on SIGTERM, as an interrupted batch does
         "srun": f"echo \"srun $*\" >> {calls}\ntrap 'kill $!; exit 130' TERM\necho $$ > {ready}\n"
@@ -3451,21 +3465,7 @@ def test_the_slurm_script_requeues_the_task_when_the_step_stopped_before_scancel
         'while kill -0 "$step" 2> /dev/null; do sleep 0.02; done',
         "scontrol": f'echo "scontrol $*" >> {calls}',
     }
-    for name, body in scripts.items():
-        (tools / name).write_text(f"#!/bin/bash\n{body}\n")
-        (tools / name).chmod(0o755)
-    env = {
-        "PATH": f"{tools}:/usr/bin:/bin",
-        "SLURM_ARRAY_JOB_ID": "41",
-        "SLURM_ARRAY_TASK_ID": "3",
-        "SLURM_JOB_ID": "57",
-    }
-    script = ROOT / "scripts" / "slurm_array.sbatch"
-    task = subprocess.Popen(["bash", script, "prompts.txt", "/shared/runs"], env=env, cwd=tmp_path)
-    deadline = time.monotonic() + 30
-    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    task.send_signal(signal.SIGUSR1)
+    task = warned_of_the_time_limit(tmp_path, scripts)
     assert task.wait(timeout=30) == 130
     requeued = ["scancel --signal=TERM 57", "scontrol requeue 41_3"]
     assert calls.read_text().splitlines()[1:] == requeued
@@ -3476,9 +3476,8 @@ def test_the_slurm_script_asks_scancel_again_where_it_fails_at_the_time_limit(tm
     ended at once with 1 (set -e in the trap), its step still running without its SIGTERM and
     the task not requeued. It asks again 5 s later (not srun, which answers a SIGTERM with
     SIGKILL to the step)."""
-    tools, calls, ready = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "step.pid"
+    calls, ready = tmp_path / "calls.txt", tmp_path / "step.pid"
     failed = tmp_path / "scancel-failed"
-    tools.mkdir()
     scripts = {
         "srun": f"echo \"srun $*\" >> {calls}\ntrap 'kill $!; exit 130' TERM\necho $$ > {ready}\n"
         "sleep 1000 & wait $!",
@@ -3488,24 +3487,9 @@ def test_the_slurm_script_asks_scancel_again_where_it_fails_at_the_time_limit(tm
         f'>&2; exit 1; fi\nkill -TERM "$(cat {ready})"',
         "scontrol": f'echo "scontrol $*" >> {calls}',
     }
-    for name, body in scripts.items():
-        (tools / name).write_text(f"#!/bin/bash\n{body}\n")
-        (tools / name).chmod(0o755)
-    env = {
-        "PATH": f"{tools}:/usr/bin:/bin",
-        "SLURM_ARRAY_JOB_ID": "41",
-        "SLURM_ARRAY_TASK_ID": "3",
-        "SLURM_JOB_ID": "57",
-    }
-    script = ROOT / "scripts" / "slurm_array.sbatch"
-    args = ["bash", script, "prompts.txt", "/shared/runs"]
-    task = subprocess.Popen(
-        args, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL, start_new_session=True
+    task = warned_of_the_time_limit(
+        tmp_path, scripts, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.monotonic() + 30
-    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    task.send_signal(signal.SIGUSR1)
     try:
         assert task.wait(timeout=60) == 130
     finally:
@@ -3518,21 +3502,18 @@ def test_the_slurm_script_asks_scancel_again_where_it_fails_at_the_time_limit(tm
 def test_the_slurm_script_asks_for_the_time_limits_warning_as_usr1_to_itself():
     """``--signal=TERM@180`` signalled the step, where the script could not tell the time limit
     from `scancel -s TERM`: it requeued the task either way."""
-    script = (ROOT / "scripts" / "slurm_array.sbatch").read_text()
+    script = SLURM_SCRIPT.read_text()
     assert re.findall(r"^#SBATCH --signal=(\S+)", script, re.MULTILINE) == ["B:USR1@180"]
 
 
 def test_the_slurm_script_gives_each_task_its_share_of_shares_for_a_list_of_tasks(tmp_path):
     """`SHARES=8 sbatch --array=3,5 ...` submits two failed tasks of an --array=0-7 job again:
     each takes its share of eight (the array's own variables make a list of ids no range)."""
-    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
-    tools.mkdir()
-    (tools / "srun").write_text(f'#!/bin/bash\necho "srun $*" >> {calls}\n')
-    (tools / "srun").chmod(0o755)
-    env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SHARES": "8"}
-    script = ROOT / "scripts" / "slurm_array.sbatch"
+    calls = tmp_path / "calls.txt"
+    env = {**stand_ins(tmp_path, {"srun": f'echo "srun $*" >> {calls}'}), "SHARES": "8"}
+    env["SLURM_ARRAY_JOB_ID"] = "41"
     for task in ("3", "5"):
-        args = ["bash", script, "prompts.txt", "/shared/runs", "--fp16"]
+        args = ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs", "--fp16"]
         done = subprocess.run(args, env={**env, "SLURM_ARRAY_TASK_ID": task}, cwd=tmp_path)
         assert done.returncode == 0
     assert calls.read_text().splitlines() == [
@@ -3557,14 +3538,10 @@ def test_the_slurm_script_without_its_prompts_file_and_root_is_one_line_and_exit
     """Both missing was bash's `line 44: 1: usage: ...` and exit 1, the status of a task whose
     prompt failed; a flag in their place ran the batch, which refused a `--workspace` it had
     been given a folder for ("argument --workspace: expected one argument")."""
-    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
-    tools.mkdir()
-    (tools / "srun").write_text(f'#!/bin/bash\necho "srun $*" >> {calls}\n')
-    (tools / "srun").chmod(0o755)
-    env = {"PATH": f"{tools}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
-    script = ROOT / "scripts" / "slurm_array.sbatch"
+    calls = tmp_path / "calls.txt"
+    env = {**stand_ins(tmp_path, {"srun": f'echo "srun $*" >> {calls}'}), **TASK_41_3}
     done = subprocess.run(
-        ["bash", script, *args], env=env, cwd=tmp_path, capture_output=True, text=True
+        ["bash", SLURM_SCRIPT, *args], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode == 2
     usage = "sbatch scripts/slurm_array.sbatch PROMPTS_FILE ROOT [dreamtext batch flags]"
@@ -3597,15 +3574,11 @@ def sbatch_shares(tmp_path, spec, shares):
     """Each task of ``SHARES=SHARES sbatch --array=SPEC scripts/slurm_array.sbatch``, with an
     srun that only says what it was given: the ``--shard`` each task's batch got, and each
     task's exit status and stderr."""
-    tools = tmp_path / "bin"
-    tools.mkdir(exist_ok=True)
-    (tools / "srun").write_text('#!/bin/bash\necho "$*"\n')
-    (tools / "srun").chmod(0o755)
-    script = ROOT / "scripts" / "slurm_array.sbatch"
+    path = stand_ins(tmp_path, {"srun": 'echo "$*"'})
     done = [
         subprocess.run(
-            ["bash", script, "prompts.txt", "/shared/runs"],
-            env={"PATH": f"{tools}:/usr/bin:/bin", "SHARES": shares, **task},
+            ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs"],
+            env={**path, "SHARES": shares, **task},
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -3687,19 +3660,16 @@ def test_the_slurm_script_trains_every_line_once_over_an_array_from_1(
     colours = ("red", "blue", "green", "yellow", "orange", "purple")
     path = prompts_file(tmp_path, *[f"a {colour} cube" for colour in colours], "a red sphere")
     root = tmp_path / "root"
-    tools, steps_of = tmp_path / "bin", tmp_path / "steps"
-    tools.mkdir()
+    steps_of = tmp_path / "steps"
     steps_of.mkdir()
-    (tools / "srun").write_text(
-        f"#!/bin/bash\nprintf '%s\\0' \"$@\" > {steps_of}/$SLURM_ARRAY_TASK_ID\n"
+    path_env = stand_ins(
+        tmp_path, {"srun": f"printf '%s\\0' \"$@\" > {steps_of}/$SLURM_ARRAY_TASK_ID"}
     )
-    (tools / "srun").chmod(0o755)
-    script = ROOT / "scripts" / "slurm_array.sbatch"
     flags = [*BUILTIN[:2], "--iters", "2", "--config", tiny_yaml, "--no-export"]
     tables = []
     for task in slurm_array("1-3"):
-        env = {"PATH": f"{tools}:/usr/bin:/bin", "SHARES": "3", **task}
-        done = subprocess.run(["bash", script, path, root, *flags], env=env, cwd=tmp_path)
+        env = {**path_env, "SHARES": "3", **task}
+        done = subprocess.run(["bash", SLURM_SCRIPT, path, root, *flags], env=env, cwd=tmp_path)
         assert done.returncode == 0
         step = (steps_of / task["SLURM_ARRAY_TASK_ID"]).read_text().split("\0")[:-1]
         assert step[:3] == ["--kill-on-bad-exit=1", "--cpus-per-task=1", "dreamtext"]
