@@ -451,11 +451,11 @@ def grid_memory_error(
     if resumed is not None:  # a batch: a smaller field refuses its resumed lines, trains the rest
         kept = f"the batch resumes the runs of {resumed}, which keep their field"
         fix = (
-            f"{kept}: resume those on a machine with more memory, or train them anew "
-            f"(--overwrite) with a smaller {keys}"
+            f"{kept}: resume those on a machine with more memory, or remove their folders "
+            f"to train them anew with a smaller {keys}"
             if resume
             else f"lower {keys} for the new lines; {kept}: resume those on a machine with more "
-            "memory, or train them anew (--overwrite) too"
+            "memory, or remove their folders to train them anew too"
         )
     elif resume:  # --config with a smaller field was refused: the run's tensors have its shapes
         fix = (

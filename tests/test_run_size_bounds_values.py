@@ -492,7 +492,7 @@ def test_a_batch_with_resumed_lines_whose_table_cannot_fit_names_what_each_line_
     monkeypatch.setattr(trainer, "available_memory", lambda: 10**8)
     keys = "field.log2_hashmap_size, field.num_levels or field.level_dim"
     resumed = "the batch resumes the runs of line 1, which keep their field: resume those on a "
-    resumed += "machine with more memory, or train them anew (--overwrite)"
+    resumed += "machine with more memory, or remove their folders to train them anew"
     for lines, flags, fix in [
         ("a red cube\na blue cube\n", [], f"lower {keys} for the new lines; {resumed} too"),
         ("a red cube\n", [], f"{resumed} with a smaller {keys}"),
