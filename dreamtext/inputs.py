@@ -178,6 +178,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise DreamtextError(
             f"config file '{path}' is not UTF-8 text ({not_utf8_where(error)}); save it as UTF-8"
         ) from None
+    except IsADirectoryError:
+        raise DreamtextError(
+            f"config file '{path}' is a folder; pass --config a YAML file (e.g. a run's "
+            "config.json)"
+        ) from None
     except OSError as exc:
         raise DreamtextError(f"cannot read config file '{path}': {exc}") from None
     except yaml.YAMLError as exc:

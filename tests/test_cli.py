@@ -767,6 +767,11 @@ EARLY_MISTAKES = [
         ["text", "x", "--config", "nope.yaml"],
         "config file 'nope.yaml' does not exist; check the --config path",
     ),
+    # A folder was "cannot read config file 'afolder': [Errno 21] Is a directory: 'afolder'".
+    (
+        ["text", "x", "--config", "afolder"],
+        "config file 'afolder' is a folder; pass --config a YAML file (e.g. a run's config.json)",
+    ),
     (
         ["text", "x", "--config", "bad.yaml"],
         "config file 'bad.yaml' is not valid YAML (line 2); fix it",
