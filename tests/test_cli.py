@@ -1793,6 +1793,11 @@ def test_a_flag_of_another_command_names_the_commands_it_belongs_to(capsys, args
             "dreamtext batch: the following arguments are required: PROMPTS_FILE; the prompts "
             "file takes no flag: dreamtext batch p.txt ... ",
         ),
+        (  # the positional's metavar, its dashes for underscores
+            ["batch", "--prompts-file", "p.txt"],
+            "dreamtext batch: unrecognized arguments: --prompts-file; the prompts file takes no "
+            "flag: dreamtext batch PROMPTS_FILE ... ",
+        ),
         (
             ["text", "--negatve=blurry photo", "--model", "builtin:shapes"],
             "dreamtext text: unrecognized arguments: --negatve=blurry photo; did you mean "
@@ -1922,6 +1927,7 @@ def test_two_presets_are_refused_and_the_same_one_twice_is_that_one(capsys, comm
         ),
         (["text", "a cube", "--negative", "--iters", "5"], None),  # a value left out
         (["text", "a cube", "--negative"], None),
+        (["text", "--negative", "--", "-red"], None),  # `--` is no flag to give -red to
     ],
 )
 def test_a_flags_value_that_starts_with_a_dash_is_told_to_follow_an_equals_sign(capsys, args, hint):
