@@ -285,6 +285,8 @@ def test_a_resumed_run_is_not_told_to_change_what_a_resume_keeps():
         {"num_levels": 3, "level_dim": 4, "log2_hashmap_size": 12, "base_resolution": 8},
         {"num_levels": 1, "log2_hashmap_size": 10, "bound": 2.0, "density_head": "separate"},
         {"num_levels": 5, "log2_hashmap_size": 24, "finest_resolution_factor": 40.0},  # dense
+        # The finest level is finest_resolution_factor × bound: a bound of 2 doubles it.
+        {"num_levels": 4, "log2_hashmap_size": 24, "finest_resolution_factor": 40.0, "bound": 2.0},
     ],
 )
 def test_the_memory_check_counts_the_parameters_of_the_field_it_builds(field):
