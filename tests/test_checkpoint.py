@@ -384,3 +384,19 @@ def test_a_whole_checkpoint_the_memory_cannot_map_is_a_memory_error_not_unreadab
     assert (checkpoint_run(path), checkpoint_step(path)) == ("r1", 7)
     path.write_bytes(path.read_bytes()[:1000])  # truncated: no run's
     assert (checkpoint_run(path), checkpoint_step(path)) == (None, None)
+
+
+def test_a_map_refused_for_another_reason_than_memory_is_no_memory_error(tmp_path, monkeypatch):
+    """Only ENOMEM ("Cannot allocate memory") is the memory running out: a map the system
+    refuses otherwise (a file system without mmap: "No such device") is no readable checkpoint,
+    not the CLI's out-of-memory line."""
+    from dreamtext import checkpoint
+    from dreamtext.checkpoint import checkpoint_run, checkpoint_step
+
+    path = save_checkpoint(tmp_path, {"step": 7, "field": {}, "run_id": "r1"})
+
+    def refused(*args, **kwargs):
+        raise RuntimeError(f"unable to mmap 1000 bytes from file <{path}>: No such device (19)")
+
+    monkeypatch.setattr(checkpoint.torch, "load", refused)
+    assert (checkpoint_run(path), checkpoint_step(path)) == (None, None)
