@@ -150,3 +150,14 @@ def test_a_cut_export_that_a_new_run_holds_now_is_left_to_it(tmp_path):
         assert not finish_cut_export(ws, 3)
     assert json.loads((ws / "status.json").read_text()) == status
     assert (ws / ".status.json.k2j4x9ab.tmp").is_file()
+
+
+def test_an_export_of_another_step_leaves_a_cut_export_as_it_is(tmp_path):
+    """An export of another step than the one whose export was cut short (an older step file,
+    where last.pt is damaged) has not made that step's mesh: the run stays as it was."""
+    from dreamtext.runstatus import finish_cut_export
+
+    ws = tmp_path / "run"
+    status = _cut_export_status(ws)
+    assert not finish_cut_export(ws, 2)
+    assert json.loads((ws / "status.json").read_text()) == status
