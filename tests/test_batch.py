@@ -1073,6 +1073,10 @@ def test_a_worker_that_stops_waiting_for_a_lock_says_it_left_the_line_to_its_hol
             f"batch: line 1: a.lock {how} while this worker waited: its holder is alive; the "
             "line is left to it"
         )
+    # A lock refreshed within its holder's interval at the first look: no wait, nothing said.
+    _lock_file(lock_file, age=1, host="node1", refresh_s=5)
+    assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is False
+    assert capsys.readouterr().err == ""
 
 
 def test_a_line_whose_lock_a_dead_node_left_is_taken_over_at_the_end_of_the_share(

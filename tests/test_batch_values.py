@@ -41,6 +41,18 @@ def test_a_first_attempt_without_slurm_restart_count_is_restart_0(monkeypatch):
     assert batch.slurm_task() == ("55", 2)
 
 
+@pytest.mark.parametrize("count", ["x", "-1", "\u00b2"])  # ² is a digit to str.isdigit, not int
+def test_a_slurm_restart_count_that_is_no_number_of_restarts_is_refused(monkeypatch, count):
+    """A count int() cannot read (SLURM_RESTART_COUNT=² passed str.isdigit) was a ValueError
+    traceback: it is the one line that says to unset it."""
+    from dreamtext.errors import DreamtextError
+
+    monkeypatch.setenv("SLURM_JOB_ID", "55")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", count)
+    with pytest.raises(DreamtextError, match="not a number of restarts"):
+        batch.slurm_task()
+
+
 def _row(status, error=None, stopped=False, **more):
     return {
         "line": 1,
