@@ -931,7 +931,7 @@ def _export_field(
         with contextlib.suppress(OSError):  # the export's own folder, had it nothing else
             video_dir.rmdir()
     if video_dir.is_dir():  # a --no-video export leaves the rest of the folder as it is
-        remove_stale_temps(video_dir, "turntable")
+        remove_stale_temps(video_dir, "turntable", suffix="[A-Za-z0-9]+")
     kinds = {".glb": "glb", ".obj": "obj", ".mtl": "mtl", ".png": "texture", ".ply": "ply"}
     result.files = {kinds.get(p.suffix, p.suffix.lstrip(".")): p for p in written}
     return result

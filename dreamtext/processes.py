@@ -114,17 +114,20 @@ def gone_process(record: dict | None) -> int | None:
     return record["pid"] if record_alive(record) is False else None
 
 
-def remove_stale_temps(folder: Path, names: str) -> list[Path]:
+def remove_stale_temps(folder: Path, names: str, suffix: str = "tmp") -> list[Path]:
     """Remove the temp files that writes into ``folder`` left behind when they were killed
     midway (SIGKILL from the OOM killer or a scheduler's grace period running out, a lost node):
     hidden, never renamed into place, and as large as the file they were to become. ``names``:
-    a regular expression of the destinations' names without their extension in
-    ``export.write_all_atomically``'s ``.<stem>.XXXXXXXX<suffix>``, or with it in
+    a regular expression of the destinations' names with their extension in
     :func:`dreamtext.checkpoint.atomic_write_bytes`'s ``.<name>.XXXXXXXX.tmp`` (``XXXXXXXX``:
-    ``mkstemp``'s eight characters). Only for folders no other process writes at the same time
+    ``mkstemp``'s eight characters), or without it in ``export.write_all_atomically``'s
+    ``.<stem>.XXXXXXXX<suffix>``, whose ``suffix`` (a regular expression of the extension
+    without its dot) is then given. Only for folders no other process writes at the same time
     (a run's own workspace, which a ``batch`` lock or the single ``text`` command owns), or for
-    files only the holder of a lock writes (:data:`HOLDER_FILES`). Returns what it removed."""
-    pattern = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}\.[A-Za-z0-9]+")
+    files only the holder of a lock writes (:data:`HOLDER_FILES`). A user's hidden file beside
+    them (``.status.json.20261206.bak``, vim's ``.config.json.swp``) is not one. Returns what
+    it removed."""
+    pattern = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}\.(?:{suffix})")
     removed = []
     for candidate in Path(folder).glob(".*"):
         if pattern.fullmatch(candidate.name) and candidate.is_file():

@@ -322,12 +322,15 @@ def test_a_claim_removes_the_temps_of_its_files_that_a_killed_holder_left(tmp_pa
     assert done.returncode == -9
     left = sorted(p.name.split(".")[1] for p in ws.iterdir() if p.name.endswith(".tmp"))
     assert left == ["config", "log", "status"]
-    # vim's swap file of an open config.json is no temp of a write: kept too
+    # vim's swap file of an open config.json, a user's dated backups, are no temps of a write:
+    # kept too (the pattern took any extension after eight letters or digits)
     others = [
         ".notes",
         ".export-progress.json.0a1b2c3d.tmp",
         ".mesh.json.abcdefgh.tmp",
         ".config.json.swp",
+        ".status.json.20261206.bak",
+        ".log.jsonl.20261206.old",
     ]
     for name in others:
         (ws / name).write_text("kept", encoding="utf-8")
