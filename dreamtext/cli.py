@@ -155,6 +155,17 @@ def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
     return [option for action in parser._actions for option in action.option_strings]
 
 
+# How argparse begins its error for a missing positional (``prompt``, ``image``, ...).
+REQUIRED = "the following arguments are required: "
+
+
+def _abbreviates(known: list[str], word: str) -> bool:
+    """Whether ``word`` (``--it`` or ``--it=5``) is one of the flags ``known`` or what argparse
+    takes for its abbreviation: a word that begins one of them."""
+    flag = word.split("=", 1)[0]
+    return any(option.startswith(flag) for option in known)
+
+
 def _unknown_flag_hint(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     """``; did you mean --iters?`` for the first unknown flag that is close to one of
     ``parser``'s (difflib's ratio ≥ 0.75), or that names an output folder where ``parser`` has
@@ -248,13 +259,12 @@ class _OneLineParser(argparse.ArgumentParser):
         the positional was missing (``--prompt cube`` leaves ``cube`` to the positional, and the
         unknown ``--prompt`` gets this hint from :func:`_unknown_flag_hint`)."""
         words = getattr(self, "words", None)
-        if not message.startswith("the following arguments are required: ") or not words:
+        if not message.startswith(REQUIRED) or not words:
             return ""
         known = _option_strings(self)
         typed = words[: words.index("--")] if "--" in words else words
         for word in typed:
-            flag = word.split("=", 1)[0]
-            if word.startswith("--") and "=" in word and not any(o.startswith(flag) for o in known):
+            if word.startswith("--") and "=" in word and not _abbreviates(known, word):
                 hint = _positional_flag_hint(self, word)
                 if hint:
                     return hint
@@ -268,9 +278,8 @@ class _OneLineParser(argparse.ArgumentParser):
         command's flags go before it. The command is named only where it parses: with two such
         words (``-red -blue``, ``-red -red``), or a misspelt flag beside one, no single command is
         right, and the line names the words instead."""
-        required = "the following arguments are required: "
         words = getattr(self, "words", None)
-        if not message.startswith(required) or not words:
+        if not message.startswith(REQUIRED) or not words:
             return ""
         known = _option_strings(self)
         dashed = [
@@ -281,11 +290,11 @@ class _OneLineParser(argparse.ArgumentParser):
             and len(word) > 2  # `-O` (the fork's habit) is a flag, not a prompt
             and " " not in word  # argparse takes `"-red cube"` for a value or the positional
             and not self._negative_number_matcher.match(word)
-            and not any(option.startswith(word.split("=")[0]) for option in known)
+            and not _abbreviates(known, word)
         ]
         if not dashed:
             return ""
-        return self._after_dashes_hint(dashed, message[len(required) :].split(",")[0].strip())
+        return self._after_dashes_hint(dashed, message[len(REQUIRED) :].split(",")[0].strip())
 
     def _after_dashes_hint(self, dashed: list[str], name: str) -> str:
         """``; a prompt that starts with - goes last, after --: dreamtext text -- -red``: where
@@ -324,7 +333,7 @@ class _OneLineParser(argparse.ArgumentParser):
                 and value.startswith("-")
                 and len(value) > 1
                 and value != "--"
-                and not any(option.startswith(value.split("=")[0]) for option in known)
+                and not _abbreviates(known, value)
             ):
                 return f"; a value that starts with - is written {word}={value}"
         return ""
