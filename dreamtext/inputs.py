@@ -74,7 +74,9 @@ def preset_path(name: str) -> Path:
     if name in files:
         return files[name]
     known = ", ".join(sorted(files)) or "none found"
-    hint = " (a file of your own goes in --config FILE)" if "/" in name or "\\" in name else ""
+    # A file in the current folder (`--preset mine.yaml`) has no separator to tell it by.
+    is_file = "/" in name or "\\" in name or name.endswith((".yaml", ".yml"))
+    hint = " (a file of your own goes in --config FILE)" if is_file else ""
     raise DreamtextError(f"unknown preset '{name}'; available presets: {known}{hint}")
 
 

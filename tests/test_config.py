@@ -438,7 +438,9 @@ def test_a_config_files_export_device_is_refused_as_never_read(tmp_path):
     assert resolve_config({"prompt": "x"}, config_file=path).export_options.resolution == 64
 
 
-@pytest.mark.parametrize("name", ["/tmp/mine", "../configs/fitfusion", "configs/fitfusion"])
+@pytest.mark.parametrize(
+    "name", ["/tmp/mine", "../configs/fitfusion", "configs/fitfusion", "mine.yaml", "mine.yml"]
+)
 def test_a_preset_is_a_name_never_a_path(tmp_path, name):
     """``--preset /tmp/a`` applied /tmp/a.yaml as a preset, past the checks --config makes (a
     ``presets`` key inside it), and recorded its path among the run's presets."""
