@@ -271,13 +271,17 @@ def _moved_not_changed(name: str, values: Any) -> bool:
 def resumes_line(path: Path, data: dict[str, Any]) -> str | None:
     """The line for stderr when ``data``, the ``--config`` file ``path``, is the config.json of a
     run whose ``resumes`` changed more than where it is and how long it runs: a run started from
-    it trains every step with the last settings, so it is not that run again. ``None`` else."""
+    it trains every step with the last settings, so it is not that run again. ``None`` else.
+    With ``guidance.t_anneal`` how long it runs is a step's setting too: the timesteps anneal
+    over ``iters``, so each step before a resume that changed it drew them on another schedule."""
+    guidance = data.get("guidance")
+    anneals = isinstance(guidance, dict) and guidance.get("t_anneal") is True
     changed = {
         f"{name} at step {resume.get('step')}"
         for resume in data.get("resumes") or []
         if isinstance(resume, dict) and isinstance(resume.get("changed"), dict)
         for name, values in resume["changed"].items()
-        if not _moved_not_changed(name, values)
+        if not _moved_not_changed(name, values) or (name == "iters" and anneals)
     }
     if not changed:
         return None

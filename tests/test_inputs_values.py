@@ -189,3 +189,13 @@ def test_the_ascii_folder_cut_at_60_characters_has_no_underscore_at_its_end():
     which the cut folder name of an earlier version does not keep."""
     assert ascii_slug("a" * 59 + " bcd") == "a" * 59
     assert ascii_slug("x" * 70) == "x" * 60
+
+
+def test_a_resume_that_changed_the_iterations_of_an_annealed_run_changed_its_steps():
+    """With ``guidance.t_anneal`` the timesteps' upper end shrinks with step / iters: a run of
+    20 steps resumed to 40 drew steps 1-20 on the 20-step schedule, and a run from its
+    config.json (40 steps from the start) is not that run again; without the anneal it is."""
+    resumed = {"resumes": [{"step": 20, "changed": {"iters": [20, 40]}}]}
+    assert resumes_line(Path("config.json"), {**resumed, "guidance": {"t_anneal": False}}) is None
+    line = resumes_line(Path("config.json"), {**resumed, "guidance": {"t_anneal": True}})
+    assert line is not None and "iters at step 20" in line
