@@ -114,6 +114,72 @@ def test_a_state_dict_round_trip_continues_bit_for_bit():
     assert torch.equal(straight, resumed)
 
 
+def test_a_step_makes_one_temporary_the_size_of_a_parameter_at_most():
+    """A step held four temporaries of each parameter's size at once (the clipped gradient, its
+    change, the look-ahead, the denominator): 16 B a value of the hash table above its 24 B of
+    table, gradient and state (a table of 2^24 rows × 16 levels × 4 features peaked at 7.0 GB
+    where 4.5 GB stay). Now the clipped gradient alone; the values are the same bit for bit
+    (against the step as it was written before, float32 and float64, with and without the
+    clip)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from dreamtext.adan import Adan\n"
+        "def rss(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "p = torch.zeros(20_000_000, requires_grad=True)\n"  # 80 MB
+        "p.grad = torch.ones(20_000_000)\n"
+        "optimizer = Adan([p], lr=1e-3)\n"
+        "optimizer.step()\n"  # the state: 4 values a parameter
+        "before = rss('VmRSS')\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"  # VmHWM from here
+        "optimizer.step()\n"
+        "print(rss('VmHWM') - before)\n"
+    )
+    grown = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert int(grown) < 2 * 80_000_000  # one temporary (80 MB), not four
+
+    def as_before(param, state, grad, k, lr, betas=(0.98, 0.92, 0.99), eps=1e-8, decay=2e-5):
+        beta1, beta2, beta3 = betas
+        diff = grad - state["previous_grad"]
+        state["exp_avg"].mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        state["exp_avg_diff"].mul_(beta2).add_(diff, alpha=1.0 - beta2)
+        ahead = grad.add(diff, alpha=beta2)
+        state["exp_avg_sq"].mul_(beta3).addcmul_(ahead, ahead, value=1.0 - beta3)
+        denom = (state["exp_avg_sq"] / (1.0 - beta3**k)).sqrt_().add_(eps)
+        param.addcdiv_(state["exp_avg"], denom, value=-lr / (1.0 - beta1**k))
+        param.addcdiv_(state["exp_avg_diff"], denom, value=-lr * beta2 / (1.0 - beta2**k))
+        param.div_(1.0 + lr * decay)
+        state["previous_grad"].copy_(grad)
+
+    for dtype in (torch.float32, torch.float64):
+        for clip in (5.0, 0.0):
+            torch.manual_seed(0)
+            p = torch.randn(10_001, dtype=dtype, requires_grad=True)
+            expected = p.detach().clone()
+            optimizer = Adan([p], lr=0.1, max_grad_norm=clip)
+            state = None
+            for k in range(1, 5):
+                p.grad = torch.randn_like(expected) * 3
+                factor = optimizer.clip_factor()
+                grad = p.grad if factor is None else p.grad * factor
+                if state is None:
+                    names = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
+                    state = {name: torch.zeros_like(expected) for name in names}
+                    state["previous_grad"] = grad.clone()
+                as_before(expected, state, grad, k, lr=0.1)
+                optimizer.step()
+                assert torch.equal(p.detach(), expected)
+            for name, value in state.items():
+                assert torch.equal(optimizer.state[p][name], value)
+
+
 def save_load(state):
     import io
 
