@@ -28,6 +28,18 @@ ADAM_EPS = 1e-15
 # check (dreamtext.trainer.check_field_memory) counts them.
 OPTIMIZER_STATE_VALUES = {"adam": 2, "adan": 4}
 
+
+def optimizer_step_temporaries(kind: str, device: torch.device) -> int:
+    """Values a parameter that the step of optimiser ``kind`` on ``device`` holds at once besides
+    its state, at the least: torch's Adam takes one parameter at a time on the CPU, √v and its
+    quotient by the bias correction (2), and all at once elsewhere (foreach: √v, divided in
+    place, 1: read in torch's code, not measured); Adan its clipped gradient (1,
+    dreamtext/adan.py). Measured as peak RSS of a step on the CPU: a table of 2^24 rows × 16
+    levels × 4 features peaked 1.24 GB (Adam) and 0.62 GB (Adan) above the table, its gradient
+    and the state. The field's memory check counts them for the hash table."""
+    return 2 if kind == "adam" and device.type == "cpu" else 1
+
+
 logger = logging.getLogger(__name__)
 # Where render.compile_field compiles the field's MLPs: on the CPU the eager MLP, in cache-sized
 # pieces, is faster than Inductor's CPU code (benchmarks/RESULTS.md, 2026-12-04).
@@ -199,4 +211,5 @@ __all__ = [
     "build_renderer",
     "ignored_compile_line",
     "mixed_precision",
+    "optimizer_step_temporaries",
 ]

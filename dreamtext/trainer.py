@@ -87,7 +87,7 @@ from dreamtext.export import (
     format_gigabytes,
     run_title,
 )
-from dreamtext.factory import OPTIMIZER_STATE_VALUES, build_parts
+from dreamtext.factory import OPTIMIZER_STATE_VALUES, build_parts, optimizer_step_temporaries
 from dreamtext.field import (
     NeRFField,
     field_config_to_dict,
@@ -355,7 +355,8 @@ def check_field_memory(
     """Refuse, before anything is loaded or written, a field whose MLPs and hash grid cannot fit
     beside the render's rays (:func:`~dreamtext.field.mlp_memory_at_least` on
     :func:`graph_queries_at_least`, the grid's :func:`~dreamtext.field.grid_parameters`, each
-    parameter with its gradient and the optimiser's state, plus :func:`render_memory_at_least`):
+    parameter with its gradient and the optimiser's state, the table's with the update's
+    temporaries too, plus :func:`render_memory_at_least`):
     `field.num_blocks: 100000` wrote a workspace and was killed by the system in its first
     step, and a table too large (`field.log2_hashmap_size: 24` with 16 levels × 8 features is
     5.1 GB with Adam) ran out of memory after the workspace was written, in its first step.
@@ -378,7 +379,7 @@ def check_field_memory(
         return
     grid = 0
     if need <= available:  # the grid's layout is a loop over the levels, the MLP's size not
-        grid = parameter_bytes * grid_parameters(cfg.field)
+        grid = grid_memory_at_least(cfg, device)
         if need + grid <= available:
             return
         if grid >= need:
@@ -433,6 +434,17 @@ def check_field_memory(
     )  # no default quoted: builtin-shapes' field is not FieldConfig's
 
 
+def grid_memory_at_least(cfg: TrainConfig, device: torch.device) -> int:
+    """Bytes the hash table of ``cfg`` takes in a first step on ``device``, at the least: each
+    value (:func:`~dreamtext.field.grid_parameters`) in float32 with its gradient, the
+    optimiser's state (:data:`~dreamtext.factory.OPTIMIZER_STATE_VALUES`) and the temporaries
+    its update makes meanwhile (:func:`~dreamtext.factory.optimizer_step_temporaries`): 24 B a
+    value with Adam on the CPU, 20 B on CUDA, 28 B with Adan."""
+    values = 2 + OPTIMIZER_STATE_VALUES[cfg.optimizer]
+    values += optimizer_step_temporaries(cfg.optimizer, device)
+    return 4 * values * grid_parameters(cfg.field)
+
+
 def grid_memory_error(
     cfg: TrainConfig,
     grid: int,
@@ -466,7 +478,8 @@ def grid_memory_error(
     return DreamtextError(
         f"the field's hash grid (field.num_levels {field.num_levels} × field.level_dim "
         f"{field.level_dim} features, up to 2^{field.log2_hashmap_size} rows a level: "
-        f"field.log2_hashmap_size) with its gradient and {optimiser[cfg.optimizer]} needs "
+        f"field.log2_hashmap_size) with its gradient, {optimiser[cfg.optimizer]} and the "
+        "update's temporaries needs "
         f"{format_gigabytes(grid)}; the run needs at least {format_gigabytes(need)} {has}; "
         f"{fix}"
     )  # no default quoted: builtin-shapes' field is not FieldConfig's
