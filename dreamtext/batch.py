@@ -1685,11 +1685,11 @@ def run_entry(
         if (memory := memory_that_ran_out(error)) is not None:
             # Out of memory outside the training steps (loading the prior, building the field),
             # whose own line names the fixes: this one was a bare "MemoryError".
-            from dreamtext.trainer import out_of_memory_fixes
+            from dreamtext.trainer import out_of_memory_fixes, table_fix
 
             result["error"] = (
                 f"out of {memory} ({error_line(error)}); run the batch again after one of: "
-                f"{out_of_memory_fixes(cfg, memory)}"
+                f"{out_of_memory_fixes(cfg, memory)}{table_fix(cfg, memory)}"
             )
         stop = batch_stop(error, entry, root)
         if stop is not None:

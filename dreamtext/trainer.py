@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import math
+import resource
 import secrets
 import shlex
 import socket
@@ -1290,6 +1291,36 @@ def out_of_memory_fixes(cfg: TrainConfig, memory: str) -> str:
     )
 
 
+# The share of the most memory a run held from which its out-of-memory line names the hash
+# table's keys too: a smaller table then frees a large part of what the run needs.
+TABLE_SHARE_NAMED = 0.25
+
+
+def memory_peak(memory: str) -> int:
+    """Bytes of ``memory`` (``"GPU memory"`` or ``"memory"``, the host's) this process held at
+    most so far: torch's peak allocation on the GPU, the peak RSS on the host; 0 where unknown."""
+    if memory == "GPU memory":
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def table_fix(cfg: TrainConfig, memory: str) -> str:
+    """``""``, or where the hash table of ``cfg`` (:func:`grid_memory_at_least`) is a large part
+    of the memory the run held (:data:`TABLE_SHARE_NAMED`), the clause that ends an
+    out-of-memory line naming its keys, for a new run: a resumed one keeps its field. The
+    fixes named before it were the render's alone (`field.log2_hashmap_size: 24` with 16 levels
+    × 4 features, a 32 px render, was told to lower --h/--w and the samples)."""
+    device = torch.device("cuda" if memory == "GPU memory" else "cpu")
+    grid, peak = grid_memory_at_least(cfg, device), memory_peak(memory)
+    if not peak or grid < TABLE_SHARE_NAMED * peak:
+        return ""
+    return (
+        "; or, in a new run, lower field.log2_hashmap_size, field.num_levels or field.level_dim "
+        "(the hash table, its gradient and the optimiser's state and update need at least "
+        f"{format_gigabytes(grid)})"
+    )
+
+
 def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextManager:
     """Turn running out of GPU or host memory into a :class:`DreamtextError` naming the fixes,
     after saving a checkpoint so that ``--resume`` continues from there.
@@ -1306,7 +1337,7 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
     def explain(memory: str) -> str:
         run.optimizer.zero_grad(set_to_none=True)
         cfg = run.cfg
-        fixes = out_of_memory_fixes(cfg, memory)
+        fixes = out_of_memory_fixes(cfg, memory) + table_fix(cfg, memory)
         where = f"({cfg.h}x{cfg.w} px, batch {cfg.batch_size})"
         if run.updating:
             step = resume_step(run.workspace) if can_resume(run.workspace) else None

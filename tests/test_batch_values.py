@@ -441,3 +441,29 @@ def test_a_line_out_of_memory_outside_the_training_steps_names_the_fixes(
     err = capsys.readouterr().err
     assert f"batch: line 1 failed: {expected}\n" in err
     assert "Traceback" not in err
+
+
+def test_a_line_out_of_memory_building_a_large_table_names_the_tables_keys(
+    tmp_path, monkeypatch, capsys
+):
+    """A table that is much of what the process held (0.1 GB of 0.4) is named with its keys,
+    where the line named the render's sizes alone."""
+    import dreamtext.trainer as trainer
+    from dreamtext.cli import main
+
+    def run_out(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(trainer, "build_parts", run_out)
+    monkeypatch.setattr(trainer, "memory_peak", lambda memory: 4 * 10**8, raising=False)
+    Path("list.txt").write_text("a red cube\n", encoding="utf-8")
+    Path("big.yaml").write_text("field:\n  log2_hashmap_size: 18\n  level_dim: 4\n")
+    args = ["batch", "list.txt", "--model", "builtin:shapes", "--iters", "2", "--no-export"]
+    assert main([*args, "--config", "big.yaml", "--workspace", "runs"]) == 1
+    (record,) = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()]
+    assert record["error"].endswith(
+        "or close other programs; or, in a new run, lower field.log2_hashmap_size, "
+        "field.num_levels or field.level_dim (the hash table, its gradient and the optimiser's "
+        "state and update need at least 0.1 GB)"
+    )

@@ -618,3 +618,44 @@ def test_an_mlp_that_fits_alone_but_not_beside_its_table_says_the_table_is_count
         "and the hash grid's 0.2 GB); lower field.num_blocks or field.hidden_dim, "
         "render.num_steps or render.upsample_steps, or --h"
     ) in str(refusal.value)
+
+
+@pytest.mark.parametrize("big_table", [True, False])
+def test_out_of_memory_in_a_step_names_the_tables_keys_where_the_table_is_much_of_it(
+    tmp_path, monkeypatch, capsys, big_table
+):
+    """`field.log2_hashmap_size: 24` with 16 levels × 4 features passed the check (a lower
+    bound) and ran out of memory in its first update of a 32 px render, told to lower --h/--w,
+    --batch-size and the samples alone. Where the table (8 levels × 4 features at 2^18 here:
+    0.1 GB) is a quarter or more of what the run held (0.4 GB, as if measured) the line also
+    names its keys, for a new run (the saved one keeps its field); the preset's own table
+    (6 MB of a run of over 0.1 GB) is not named. One line, exit 2."""
+    from dreamtext import trainer
+
+    monkeypatch.chdir(tmp_path)
+    if big_table:
+        monkeypatch.setattr(trainer, "memory_peak", lambda memory: 4 * 10**8, raising=False)
+    yaml_text = "field:\n  log2_hashmap_size: 18\n  level_dim: 4\n" if big_table else "seed: 0\n"
+    (tmp_path / "c.yaml").write_text(yaml_text, encoding="utf-8")
+    real_step = trainer.train_step
+
+    def step_then_run_out(run):
+        if run.step == 1:
+            raise MemoryError()
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", step_then_run_out)
+    assert main([*BUILTIN_RUN, "--config", "c.yaml", "--workspace", "w"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("dreamtext")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("dreamtext: error: out of memory after step 1 (32x32 px, batch 2)")
+    named = (
+        "or close other programs; or, in a new run, lower field.log2_hashmap_size, "
+        "field.num_levels or field.level_dim (the hash table, its gradient and the optimiser's "
+        "state and update need at least 0.1 GB)"
+    )
+    assert lines[0].endswith(named) is big_table
+    assert "field.log2_hashmap_size" not in lines[0] or big_table
+    if not big_table:
+        assert trainer.memory_peak("memory") > 10**8  # this process's peak RSS, in bytes
