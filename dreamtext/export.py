@@ -25,6 +25,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -1576,7 +1577,7 @@ def write_all_atomically(
         except BaseException as error:
             if owner is not None:  # closed before the removal: NFS keeps open files (.nfsXXXX)
                 owner.close()
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove_staging(staging)
             for folder in reversed(created):
                 if folder.exists() and not any(folder.iterdir()):
                     folder.rmdir()
@@ -1587,6 +1588,18 @@ def write_all_atomically(
         owner.close()  # committed: the ready folder is swapped in, whoever finds it
         finish_replacements(parent, replaced)
     return list(files)
+
+
+def _remove_staging(staging: Path) -> None:
+    """Remove the staging folder ``staging``. Its folders took the modes of the run's: the
+    files of one copied from a read-only ``mesh/`` (whose swap is refused) could not be removed
+    from it, so each is made its owner's to write first."""
+    with contextlib.suppress(OSError):
+        for entry in staging.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    entry.chmod(entry.stat().st_mode | stat.S_IRWXU)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _check_swappable(folders: list[Path]) -> None:
@@ -1644,7 +1657,7 @@ def finish_replacements(parent: Path, replaced: tuple[str, ...] = ()) -> None:
     with lock_folder(parent):
         for partial in parent.glob(PARTIAL_PREFIX + "*"):
             if _abandoned(partial):
-                shutil.rmtree(partial, ignore_errors=True)
+                _remove_staging(partial)
         ready = sorted(parent.glob(READY_PREFIX + "*"), key=lambda p: p.stat().st_ctime)
         for folder in ready:
             record = _staging_record(folder) or {}

@@ -2804,6 +2804,56 @@ def test_a_no_video_export_that_cannot_empty_video_is_one_line_and_leaves_the_ru
     assert files_under(workspace) == before
 
 
+@pytest.fixture
+def owner_removals(monkeypatch, owner_permissions, tmp_path):
+    """``owner_permissions``, and removals as the kernel refuses them to a folder's owner: an
+    entry of a folder without its owner's write bit cannot be removed (``shutil.rmtree`` of it
+    leaves it, quietly with ``ignore_errors``)."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "entry").mkdir()
+    probe.chmod(0o555)
+    try:
+        (probe / "entry").rmdir()
+    except PermissionError:
+        return
+    finally:
+        probe.chmod(0o755)
+        shutil.rmtree(probe)
+
+    def refusing(real):
+        def remove(path, *, dir_fd=None):
+            parent = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(path))
+            if not parent.st_mode & stat.S_IWUSR:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+            return real(path, dir_fd=dir_fd)
+
+        return remove
+
+    monkeypatch.setattr(os, "unlink", refusing(os.unlink))
+    monkeypatch.setattr(os, "rmdir", refusing(os.rmdir))
+
+
+def test_an_export_refused_at_a_read_only_mesh_folder_leaves_no_staged_copy(
+    tmp_path, owner_removals
+):
+    """A mesh/ the user may not write (made read-only, or another user's) refused the swap with
+    one line, but the staging folder, whose mesh/ had taken that folder's read-only mode, could
+    not be emptied: a hidden .export-partial-* copy of every exported file stayed in the run,
+    and the next export could not remove it either."""
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "mesh.ply").write_bytes(b"old")
+    mesh.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError):
+            write_all_atomically({mesh / "mesh.ply": b"new", mesh / "mesh.json": b"{}"})
+    finally:
+        mesh.chmod(0o755)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh"]
+    assert (mesh / "mesh.ply").read_bytes() == b"old"
+
+
 def test_a_staging_folder_of_a_live_export_is_left_and_a_killed_ones_removed(tmp_path):
     """Two exports of one run may overlap (`dreamtext export` while its training exports): one
     must not remove the files the other is still writing."""
