@@ -2499,6 +2499,22 @@ def test_a_line_break_in_a_folder_to_make_is_refused(tmp_path, monkeypatch, caps
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_workspace_name_that_is_not_utf8_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    """``--workspace $'caf\\xe9'`` (a folder named on a Latin-1 system): Python reads the byte
+    as a lone surrogate, and writing config.json, which records the path as UTF-8, was a
+    UnicodeEncodeError traceback after status.json was written; `batch` failed each line so and
+    `export` of such a run called its whole checkpoint "not a whole checkpoint"."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--workspace", "runs/caf\udce9"], capsys)
+    assert_user_error(code, err, "--workspace holds a byte that is not UTF-8 text (0xE9)")
+    assert_user_error(code, err, "at character 9", "rename")
+    code, err = run_main(["export", "--workspace", "caf\udce9"], capsys)
+    assert_user_error(code, err, "--workspace holds a byte that is not UTF-8 text (0xE9)")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["text", "describe", "image"])
 def test_a_symlink_loop_is_named_in_one_line(tmp_path, monkeypatch, capsys, command):
     """A loop (l1 → l2 → l1) as text's --workspace or as describe's or image's image was a
