@@ -1602,16 +1602,19 @@ def refuse_empty_paths(args: argparse.Namespace) -> None:
                 f"--{name} holds the control character {describe_character(str(value)[index])} "
                 f"at character {index + 1}; give it a folder name of printable characters"
             )
-    # A byte that is not UTF-8 (a folder named on a Latin-1 system), which Python reads as a lone
-    # surrogate: the run's files record its path as UTF-8 text, and writing config.json failed.
-    workspace = str(getattr(args, "workspace", None) or "")
-    stray = next((i for i, c in enumerate(workspace) if 0xDC80 <= ord(c) <= 0xDCFF), None)
-    if stray is not None:
-        byte = ord(workspace[stray]) - 0xDC00
-        raise DreamtextError(
-            f"--workspace holds a byte that is not UTF-8 text (0x{byte:02X}) at character "
-            f"{stray + 1}; rename the folder (or give another) to a name in UTF-8"
-        )
+    # A byte that is not UTF-8 (a name given on a Latin-1 system), which Python reads as a lone
+    # surrogate: the run's files record these paths as UTF-8 text, which failed to write
+    # (config.json, describe's sentence.json).
+    for name, what in (("workspace", "folder"), ("image", "file")):
+        path = str(getattr(args, name, None) or "")
+        stray = next((i for i, c in enumerate(path) if 0xDC80 <= ord(c) <= 0xDCFF), None)
+        if stray is not None:
+            flag = POSITIONAL_PATHS.get(name, f"--{name}")
+            byte = ord(path[stray]) - 0xDC00
+            raise DreamtextError(
+                f"{flag} holds a byte that is not UTF-8 text (0x{byte:02X}) at character "
+                f"{stray + 1}; rename the {what} (or give another) to a name in UTF-8"
+            )
 
 
 # How the positional path arguments are named in each command's usage line.

@@ -2515,6 +2515,22 @@ def test_a_workspace_name_that_is_not_utf8_is_refused_before_anything_is_written
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["describe", "image"])
+def test_an_image_name_that_is_not_utf8_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, tiny_clip_path, tiny_sd_path, command
+):
+    """``describe $'mug\\xe9.png'``: sentence.json records the image's path as UTF-8 text, and
+    writing it was a UnicodeEncodeError traceback after the search, leaving a workspace."""
+    monkeypatch.chdir(tmp_path)
+    image = "mug\udce9.png"
+    Image.new("RGB", (32, 32), "white").save(image)
+    models = ["--clip", tiny_clip_path] + (["--model", tiny_sd_path] if command == "image" else [])
+    code, err = run_main([command, image, *models], capsys)
+    assert_user_error(code, err, "IMAGE holds a byte that is not UTF-8 text (0xE9)")
+    assert_user_error(code, err, "at character 4", "rename the file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [image]
+
+
 @pytest.mark.parametrize("command", ["text", "describe", "image"])
 def test_a_symlink_loop_is_named_in_one_line(tmp_path, monkeypatch, capsys, command):
     """A loop (l1 → l2 → l1) as text's --workspace or as describe's or image's image was a
