@@ -1698,7 +1698,13 @@ def run_entry(
         elif isinstance(error, OSError) and error.errno in BATCH_STOPPING_ERRNOS:
             _say(linked_failure_line(entry, error, root))  # another file system, through a link
         else:
-            if not the_machines_state(error):
+            if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+                # This line's own (a file-size limit, another user's file): its file and fix.
+                result["error"] = (
+                    f"{what_failed(error)}; {stop_fix(error, root)}, then run the batch again "
+                    "to retry this line"
+                )
+            elif not the_machines_state(error):
                 traceback.print_exc()
             _say(f"batch: line {entry.line} failed: {result['error']}")
     except BaseException:  # SystemExit and the like: no record, the lock given back

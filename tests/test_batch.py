@@ -2279,6 +2279,37 @@ def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
         )
 
 
+@pytest.mark.parametrize(
+    ("number", "text", "fix"),
+    [
+        (errno.EFBIG, "File too large", "raise the file-size limit (ulimit -f"),
+        (errno.EACCES, "Permission denied", "make that file writable for you again"),
+    ],
+    ids=["file-too-large", "refused-write"],
+)
+def test_a_file_system_error_of_one_line_names_its_file_and_the_fix(
+    tmp_path, tiny_yaml, shapes_cache, capsys, monkeypatch, number, text, fix
+):
+    """Under ``ulimit -f`` each line failed with ``OSError: [Errno 27] File too large: 'ROOT/
+    a_red_cube/checkpoints/last.pt'``, Python's repr of the error and no word of what to do,
+    where `dreamtext text` names the fix."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+
+    def fail(run):
+        raise OSError(number, text, str(run.workspace / "checkpoints" / "last.pt"))
+
+    monkeypatch.setattr(trainer, "train_step", fail)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 1
+    (failed,) = rows(root)
+    checkpoint = root / "a_red_cube" / "checkpoints" / "last.pt"
+    assert failed["error"].startswith(f"{text} ({checkpoint}); {fix}"), failed["error"]
+    assert failed["error"].endswith("then run the batch again to retry this line")
+    err = capsys.readouterr().err
+    assert f"batch: line 1 failed: {failed['error']}" in err and "Traceback" not in err
+
+
 SPACE = "free space on that disk (or quota) or pass --workspace a folder elsewhere"
 
 
