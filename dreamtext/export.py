@@ -42,6 +42,7 @@ from PIL import Image
 from dreamtext import __version__
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import (
+    UnreadableCheckpoint,
     check_writable,
     checkpoint_dir,
     checkpoint_run,
@@ -568,7 +569,7 @@ def export_workspace(
     started = contextlib.nullcontext(progress) if progress is not None else None
     with started or ExportProgress(workspace) as progress:
         progress.stage("loading the run")
-        state = read_run_checkpoint(workspace)
+        state = read_exported_checkpoint(workspace)
         field, renderer, config = run_from_state(state, device)
         return _export_run(
             workspace,
@@ -581,6 +582,38 @@ def export_workspace(
             config.get("prompt"),
             recorded_radius_range(config),
         )
+
+
+def read_exported_checkpoint(workspace: Path) -> dict[str, Any]:
+    """The run checkpoint an export reads (:func:`~dreamtext.checkpoint.read_run_checkpoint`).
+    An unreadable ``last.pt`` with no whole step file to go on from said "delete it to start
+    over", advice for a training: the export's line says the run cannot be exported and the
+    command that trains it again."""
+    try:
+        return read_run_checkpoint(workspace)
+    except UnreadableCheckpoint as error:
+        if newest_whole_step(checkpoint_dir(workspace)) is not None:
+            raise  # its line names that step file, and how to go on from it
+        raise DreamtextError(
+            f"cannot export {workspace}: {error.path} is unreadable ({error.why}) and the run "
+            f"has no earlier checkpoint that is whole; train it again from scratch: "
+            f"{retrain_command(workspace)} with the flags it was trained with"
+        ) from None
+
+
+def retrain_command(workspace: Path) -> str:
+    """The command that trains the run in ``workspace`` again from scratch, in its folder: an
+    image run's ``image --overwrite`` (which keeps its sentence and descriptor), else ``text
+    PROMPT --overwrite`` with the prompt its config.json records."""
+    folder = shlex.quote(str(workspace))
+    if sentence_path(workspace).is_file():
+        return f"`dreamtext image IMAGE --workspace {folder} --overwrite` (its image)"
+    try:
+        prompt = json.loads((workspace / "config.json").read_text(encoding="utf-8"))["prompt"]
+    except (OSError, *UNREADABLE_JSON, KeyError, TypeError):
+        prompt = None
+    typed = shlex.quote(prompt) if isinstance(prompt, str) and prompt else "PROMPT"
+    return f"`dreamtext text {typed} --workspace {folder} --overwrite`"
 
 
 def recorded_radius_range(config: dict[str, Any]) -> tuple[float, float] | None:

@@ -190,6 +190,30 @@ def test_export_of_an_unreadable_last_pt_refuses_naming_the_step_file_and_writes
     assert sorted(p.name for p in workspace.iterdir()) == ["checkpoints"]
 
 
+def test_export_of_a_damaged_only_checkpoint_says_the_run_cannot_be_exported(tmp_path, capsys):
+    """A damaged last.pt with no step file beside it: the export said "delete it to start over",
+    a training's advice; it says the run cannot be exported and names the command that trains it
+    again in its folder, with its prompt. The run is left as it was."""
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    save_checkpoint(workspace, run_state(5))
+    (workspace / "config.json").write_text(json.dumps({"prompt": "a red cube"}))
+    last = workspace / "checkpoints" / "last.pt"
+    os.truncate(last, 1000)
+    before = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
+    code = main(["export", "--workspace", str(workspace), "--no-video", "--formats", "ply"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"dreamtext: error: cannot export {workspace}: {last} is unreadable (a truncated or "
+        "damaged file: RuntimeError) and the run has no earlier checkpoint that is whole; train "
+        f"it again from scratch: `dreamtext text 'a red cube' --workspace {workspace} "
+        "--overwrite` with the flags it was trained with"
+    )
+    assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
+
+
 def test_a_killed_runs_lock_file_does_not_hold_the_folder(tmp_path):
     """SIGKILL leaves .dreamtext.lock (its removal is the claim's last act), but the lock is the
     kernel's flock, gone with the process, and its record names a process that is gone: the
