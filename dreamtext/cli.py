@@ -281,8 +281,17 @@ class _OneLineParser(argparse.ArgumentParser):
         words = getattr(self, "words", None)
         if not message.startswith(REQUIRED) or not words:
             return ""
+        dashed = self._dashed_words(words)
+        if not dashed:
+            return ""
+        return self._after_dashes_hint(dashed, message[len(REQUIRED) :].split(",")[0].strip())
+
+    def _dashed_words(self, words: list[str]) -> list[str]:
+        """The words of ``words`` that start with one dash and are no flag of the command: a
+        positional typed as it is named (``-red``, a folder ``-runs``), which argparse takes for
+        an unknown flag."""
         known = _option_strings(self)
-        dashed = [
+        return [
             word
             for word in words
             if word.startswith("-")
@@ -292,9 +301,6 @@ class _OneLineParser(argparse.ArgumentParser):
             and not self._negative_number_matcher.match(word)
             and not _abbreviates(known, word)
         ]
-        if not dashed:
-            return ""
-        return self._after_dashes_hint(dashed, message[len(REQUIRED) :].split(",")[0].strip())
 
     def _after_dashes_hint(self, dashed: list[str], name: str) -> str:
         """``; a prompt that starts with - goes last, after --: dreamtext text -- -red``: where
@@ -405,7 +411,8 @@ class _OneLineParser(argparse.ArgumentParser):
             ]
             if late:
                 owner.error(f"{message}; {late[0]} goes before --, after which no word is a flag")
-            message += _unknown_flag_hint(owner, unknown)
+            hint = _unknown_flag_hint(owner, unknown)
+            message += hint
             # A word right after an unknown flag is that flag's value (`--out run1`), not a
             # stray path or a piece of the prompt.
             strays = [
@@ -425,6 +432,17 @@ class _OneLineParser(argparse.ArgumentParser):
             flag = getattr(owner, "positional_flag", None)
             if strays and flag is not None:
                 message += f"; name the folder with {flag} {strays[0]}"
+            # `dreamtext view -runs`, `export -runs` (a folder named so): argparse took the
+            # folder for an unknown flag, and the line said only that. A positional that may be
+            # left out (view's folders) is not "required", so _dashed_positional_hint said nothing.
+            dashed = owner._dashed_words(unknown) if not hint else []
+            if dashed and not strays and flag is not None:
+                message += f"; name the folder with {flag}={dashed[0]}"
+            elif dashed and not strays:
+                folders = [a for a in owner._actions if not a.option_strings and a.nargs == "*"]
+                if folders:
+                    name = folders[0].metavar or folders[0].dest
+                    message += owner._after_dashes_hint(dashed, name)
             # `dreamtext text a red cube`: the shell gave the prompt (or a path with spaces) as
             # several words; the first one took the positional, the rest are left over.
             positional = getattr(owner, "quoted_positional", None)

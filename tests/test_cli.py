@@ -1593,6 +1593,44 @@ def test_two_dashed_words_or_a_misspelt_flag_beside_one_name_no_command(capsys, 
     assert "after --:" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "hint", "typed"),
+    [
+        (
+            ["view", "-runs"],
+            "; a WORKSPACE_OR_ROOT that starts with - goes last, after --: dreamtext view -- "
+            "-runs ",
+            ["view", "--", "-runs"],
+        ),
+        (
+            ["view", "--port", "0", "-runs"],
+            "; a WORKSPACE_OR_ROOT that starts with - goes last, after --: dreamtext view --port 0 "
+            "-- -runs ",
+            ["view", "--port", "0", "--", "-runs"],
+        ),
+        (
+            ["export", "-runs", "--mesh"],
+            "; name the folder with --workspace=-runs ",
+            ["export", "--workspace=-runs", "--mesh"],
+        ),
+        (["view", "-r"], None, None),  # a short flag mistyped, no folder
+    ],
+)
+def test_a_folder_that_starts_with_a_dash_is_told_how_to_be_named(capsys, args, hint, typed):
+    """`dreamtext view -runs` and `export -runs` (a folder made with `mkdir -- -runs`) said only
+    "unrecognized arguments: -runs": view's folders may be left out, so no "required" line gave
+    the hint that text, image, describe and batch give. The command the line names parses."""
+    code, err = run_main(args, capsys)
+    dashed = next(word for word in args[1:] if word.startswith("-") and word[1] != "-")
+    assert_user_error(code, err, f"dreamtext {args[0]}: unrecognized arguments: {dashed}")
+    if hint is None:
+        assert "starts with -" not in err and "name the folder" not in err
+        return
+    assert hint in err
+    parsed = build_parser().parse_command_line(typed)
+    assert "-runs" in (parsed.workspace if args[0] == "export" else parsed.folders)
+
+
 def test_export_given_the_run_as_a_positional_says_to_pass_it_with_workspace(capsys):
     """`dreamtext export workspace/a_cat`, as `view` and `image` take their paths, was refused
     as "unrecognized arguments: workspace/a_cat" alone: the line names the folder's flag."""
