@@ -457,6 +457,7 @@ def _train_and_save(
     from safetensors.torch import save
 
     record_path = sentence_path(workspace)
+    saved = {"step": trainer.step}  # of the checkpoint on disk (none at step 0)
     with track_status(
         workspace,
         options.iters,
@@ -465,8 +466,9 @@ def _train_and_save(
         (TrainingInterrupted, KeyboardInterrupt),
         phase="descriptor",
         finishes=False,  # text→3D follows
+        saved=lambda: saved["step"],
     ):
-        _train_loop(trainer, image, record_path.parent, options)
+        _train_loop(trainer, image, record_path.parent, options, saved)
         out = learned_embeds_path(workspace)
         embeds = save(trainer.learned_embeds())
         atomic_write_bytes(out, lambda f: f.write(embeds))
@@ -488,13 +490,22 @@ def _train_and_save(
 
 
 def _train_loop(
-    trainer: DescriptorTrainer, image: Tensor, folder: Path, options: DescriptorOptions
+    trainer: DescriptorTrainer,
+    image: Tensor,
+    folder: Path,
+    options: DescriptorOptions,
+    saved: dict[str, int],
 ) -> None:
     """Steps from ``trainer.step`` to ``options.iters``: log lines, checkpoints (``last.pt``,
-    also at the end and on Ctrl-C / SIGTERM), previews, and a ``status.json`` refresh at each log
-    line and checkpoint."""
+    also at the end and on Ctrl-C / SIGTERM; ``saved["step"]`` is set to the step of each once
+    it is on disk), previews, and a ``status.json`` refresh at each log line and checkpoint."""
     workspace = folder.parent
     checkpoint = folder / "checkpoints" / "last.pt"
+
+    def save() -> None:
+        _atomic_torch_save(trainer.state(), checkpoint)
+        saved["step"] = trainer.step
+
     with (
         stop_on_signal() as stop,
         (folder / "log.jsonl").open("ab", buffering=0) as log,  # nothing buffered
@@ -515,7 +526,7 @@ def _train_loop(
                 append_log_line(log, folder / "log.jsonl", info)
                 update_status(workspace)
             if options.checkpoint_every and step % options.checkpoint_every == 0:
-                _atomic_torch_save(trainer.state(), checkpoint)
+                save()
                 update_status(workspace)
             if options.preview_every and step % options.preview_every == 0:
                 images = sample_grid(
@@ -533,6 +544,6 @@ def _train_loop(
                 )
                 _save_row(images, folder / "previews" / f"step_{step:06d}.png")
             if stop["stop"]:
-                _atomic_torch_save(trainer.state(), checkpoint)
+                save()
                 raise TrainingInterrupted(step, checkpoint, stage="descriptor training")
-    _atomic_torch_save(trainer.state(), checkpoint)
+    save()

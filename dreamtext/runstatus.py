@@ -273,12 +273,13 @@ class StatusTracker:
         self._written: tuple[int, str] | None = None
         self._writing = threading.Lock()  # the heartbeat's thread writes too
 
-    def write(self, state: str, error: str | None = None) -> None:
+    def write(self, state: str, error: str | None = None, step: int | None = None) -> None:
+        """Write ``state`` at ``step``, by default the run's (``self.step()``)."""
         with self._writing:
-            self._write(state, error)
+            self._write(state, error, step)
 
-    def _write(self, state: str, error: str | None) -> None:
-        step = int(self.step())
+    def _write(self, state: str, error: str | None, step: int | None = None) -> None:
+        step = int(self.step()) if step is None else step
         status = {
             "state": state,
             "step": step,
@@ -518,6 +519,7 @@ def track_status(
     phase: str = "train",
     finishes: bool = True,
     heartbeat: float | None = None,
+    saved: Callable[[], int] | None = None,
 ) -> Iterator[StatusTracker]:
     """Keep ``workspace/status.json`` up to date around a run; ``step()`` reads the run's step.
 
@@ -528,6 +530,9 @@ def track_status(
     run (text→3D and its export); a stage that another follows (``sample``, ``describe``,
     ``descriptor``) ends it ``running``. ``heartbeat``: for a stage that calls no
     :func:`update_status`, rewrite ``running`` every so many seconds (:func:`_heartbeat`).
+    ``saved()``: the step of the checkpoint a rerun goes on from, which ``interrupted`` records:
+    a second Ctrl-C stops at once, before the checkpoint of the step it cut is saved, and
+    ``step()`` would put status.json ahead of that checkpoint.
     """
     check_not_running(workspace)
     if device.type == "cuda":
@@ -548,7 +553,7 @@ def track_status(
             # A second Ctrl-C / SIGTERM must not cut this write short (status.json would stay
             # "running"); the run is stopping for the first already, so it is dropped.
             with signals_held(drop=True):
-                tracker.write("interrupted")
+                tracker.write("interrupted", step=None if saved is None else int(saved()))
         raise
     except Exception as error:
         if not lost:

@@ -155,6 +155,10 @@ class Run:
     cameras_rng: torch.Generator
     scaler: torch.amp.GradScaler
     step: int = 0
+    # The step of the checkpoint a resume goes on from: the one restored, then each one saved
+    # (:func:`save_run_checkpoint`). An interrupted status.json records it: a second Ctrl-C
+    # stops before the checkpoint of ``step``.
+    saved_step: int = 0
     # Why each of the last DIVERGENCE_WINDOW steps taught the field nothing: "guidance" (ε̂ was not
     # finite, so the guidance gave no gradient), "gradients" (its update was skipped for
     # non-finite gradients, see ``optimizer_step``) or None (it did); and how many steps of the
@@ -937,7 +941,7 @@ def check_diverged(run: Run) -> None:
     # Its checkpoint is for a resume with a fix (a smaller --lr or --guidance), which a window
     # kept full would stop again at its first step.
     run.recent_skips.clear()
-    path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+    path = save_run_checkpoint(run)
     # Each cause with its own count: a line that put all 50 steps on ε̂, where 10 of them had
     # finite ε̂ and NaN gradients, misstated both.
     if bad_eps > bad_grads:
@@ -1149,8 +1153,24 @@ def train(
         if outside is not None:
             tqdm.write(outside, file=sys.stderr)
         interrupted = (TrainingInterrupted, KeyboardInterrupt)
-        with track_status(run.workspace, cfg.iters, lambda: run.step, run.device, interrupted):
+        run.saved_step = run.step  # the checkpoint a resume restored (0: none)
+        with track_status(
+            run.workspace,
+            cfg.iters,
+            lambda: run.step,
+            run.device,
+            interrupted,
+            saved=lambda: run.saved_step,
+        ):
             return _train(run, resume)
+
+
+def save_run_checkpoint(run: Run) -> Path:
+    """Save the checkpoint of ``run``'s step (:func:`~dreamtext.checkpoint.save_checkpoint`),
+    and record it as the one a resume goes on from (``run.saved_step``)."""
+    path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+    run.saved_step = run.step
+    return path
 
 
 def _train(run: Run, resume: bool) -> Path:
@@ -1201,7 +1221,7 @@ def _train(run: Run, resume: bool) -> Path:
                 with out_of_memory_saves_a_checkpoint(run):
                     record = train_step(run)
             except StepStopped:  # stopped mid-step: train_step left the last whole one as it was
-                path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
+                path = save_run_checkpoint(run)
                 raise TrainingInterrupted(run.step, path) from None
             postfix = {"loss": f"{record['loss']:.4g}", "t": f"{record.get('t', 0):.0f}"}
             memory = peak_gpu_mib(run.device)
@@ -1227,13 +1247,13 @@ def _train(run: Run, resume: bool) -> Path:
                 except StepStopped:  # the step itself is whole: its checkpoint, no preview
                     stop["stop"] = True
             if run.step % cfg.checkpoint_every == 0:
-                save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
+                save_run_checkpoint(run)
                 update_status(workspace)
             check_diverged(run)
             if stop["stop"]:
-                path = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
+                path = save_run_checkpoint(run)
                 raise TrainingInterrupted(run.step, path)
-    checkpoint = save_checkpoint(workspace, checkpoint_state(run), keep=cfg.keep_checkpoints)
+    checkpoint = save_run_checkpoint(run)
     try:
         # The final previews render the whole field after the loop's signal handling has ended
         # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.
@@ -1355,7 +1375,7 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
                 f"which it left half done, so no checkpoint was saved; {again} after one of: "
                 f"{fixes}"
             )
-        path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+        path = save_run_checkpoint(run)
         return (
             f"out of {memory} after step {run.step} {where}; saved {path}; resume with "
             f"{run.resume_with} after one of: {fixes}"

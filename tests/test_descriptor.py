@@ -471,6 +471,37 @@ def test_a_signal_saves_the_last_finished_step_and_the_rerun_continues_it(
     assert torch.equal(a, b)
 
 
+def test_a_second_ctrl_c_leaves_status_json_at_the_step_of_the_saved_checkpoint(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """A second Ctrl-C interrupts at once, before the checkpoint of the step it cut: status.json
+    said "interrupted" at the step trained (3), its checkpoint at the one before (2), and the
+    rerun went on from 2. It records the step of the checkpoint a rerun goes on from."""
+    import signal
+
+    from dreamtext.checkpoint import load_checkpoint
+
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    options = DescriptorOptions(iters=6, log_every=1, checkpoint_every=2, preview_every=0)
+    real_step = DescriptorTrainer.train_step
+
+    def step_then_two_signals(self, image):
+        info = real_step(self, image)
+        if self.step == 3:
+            signal.raise_signal(signal.SIGINT)  # the first: stop after this step
+            signal.raise_signal(signal.SIGINT)  # the second: at once
+        return info
+
+    image_path, workspace = _workspace(tmp_path)
+    monkeypatch.setattr(DescriptorTrainer, "train_step", step_then_two_signals)
+    with pytest.raises(KeyboardInterrupt):
+        train_descriptor(image_path, workspace, guidance, options)
+    saved = load_checkpoint(workspace / "descriptor" / "checkpoints" / "last.pt")["step"]
+    status = json.loads((workspace / "status.json").read_text())
+    assert saved == 2
+    assert (status["state"], status["phase"], status["step"]) == ("interrupted", "descriptor", 2)
+
+
 def test_log_lines_past_the_checkpoint_are_not_written_twice(tiny_sd_path, tmp_path):
     guidance = GuidanceConfig(model=str(tiny_sd_path))
     image_path, workspace = _workspace(tmp_path)

@@ -175,6 +175,33 @@ def test_a_stop_mid_backward_drops_the_step_and_the_resume_equals_an_uninterrupt
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_a_second_ctrl_c_leaves_status_json_at_the_step_of_the_saved_checkpoint(
+    tmp_path, monkeypatch
+):
+    """A second Ctrl-C interrupts at once, before the checkpoint of the step it cut: status.json
+    said "interrupted" at step 3, its last.pt at step 2, which the resume goes on from. It records
+    the step of the checkpoint on disk."""
+    import signal
+
+    real_step = trainer.train_step
+
+    def step_then_two_signals(run):
+        record = real_step(run)
+        if run.step == 3:
+            signal.raise_signal(signal.SIGINT)  # the first: stop after this step
+            signal.raise_signal(signal.SIGINT)  # the second: at once
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", step_then_two_signals)
+    cfg = tiny_config(tmp_path, "builtin:shapes", iters=6, checkpoint_every=2, preview_every=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    workspace = Path(cfg.workspace)
+    status = json.loads((workspace / "status.json").read_text())
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    assert (status["state"], status["step"]) == ("interrupted", 2)
+
+
 def test_a_run_typed_again_from_its_config_json_trains_the_same_field(tmp_path, tiny_sd_path):
     """``--config RUN/config.json`` refused the file every run writes: its records of what ran
     (``encoding_backend``, ``ran_on``) were taken for unknown fields."""
