@@ -452,6 +452,21 @@ def last_checkpoint(workspace: Path) -> Path:
     return checkpoint_dir(workspace) / LAST
 
 
+def check_checkpoint_files(workspace: Path, steps: bool = True) -> None:
+    """Refuse a run whose ``last.pt`` or (with ``steps``: a training, which prunes and removes
+    them) a step file is a folder or other non-file (made or copied by hand): an export said
+    "train first" or "last.pt is missing", and a training stopped with an IsADirectoryError
+    traceback removing it."""
+    folder = checkpoint_dir(workspace)
+    for path in [folder / LAST, *(path for _, path in step_files(folder) if steps)]:
+        if os.path.lexists(path) and not path.is_file():
+            what = "a folder" if path.is_dir() else "not a file"
+            raise DreamtextError(
+                f"{path} is {what}, not a checkpoint; move it out of {folder} and run the "
+                "command again"
+            )
+
+
 def can_resume(workspace: Path) -> bool:
     """Whether ``workspace`` holds a checkpoint that a resume goes on from, and that a new run
     would delete: ``checkpoints/last.pt`` (whole or not: the resume says which), or, where it is

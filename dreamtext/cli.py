@@ -1311,7 +1311,8 @@ def early_text(args: argparse.Namespace) -> None:
         workspace = _resume_folder(args)
         if workspace is None:
             return
-        if not (workspace / "config.json").is_file():  # read_run_config finds no run
+        # read_run_config finds no run (a folder of that name: its own line, after torch)
+        if not os.path.lexists(workspace / "config.json"):
             raise _nothing_to_resume(workspace, args.prompt)
         try:  # read_run_config refuses a config.json that is not a JSON mapping: its line
             recorded = json.loads((workspace / "config.json").read_text(encoding="utf-8"))

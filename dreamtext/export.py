@@ -43,6 +43,7 @@ from dreamtext import __version__
 from dreamtext.cameras import Poses, orbit_poses
 from dreamtext.checkpoint import (
     UnreadableCheckpoint,
+    check_checkpoint_files,
     check_writable,
     checkpoint_dir,
     checkpoint_run,
@@ -401,6 +402,7 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
     if outer is not None:
         what = "a file of" if workspace.is_file() else "inside"
         raise DreamtextError(f"{workspace} is {what} the run in {outer}: pass --workspace {outer}")
+    check_checkpoint_files(workspace, steps=False)  # an export reads none of them
     if not last_checkpoint(workspace).is_file():
         from dreamtext.runstatus import live_run
 

@@ -145,8 +145,12 @@ KEPT_KEYS = ("encoding_backend", "ran_on", "resumes", *STAGE_SECTIONS)
 
 def read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
     """The mapping a run's ``config.json`` at ``path`` holds, ``None`` when there is none; one
-    that cannot be read, or is no mapping, is a :class:`DreamtextError` ending in ``fix``."""
+    that cannot be read, or is no mapping, is a :class:`DreamtextError` ending in ``fix``, as
+    is a folder of that name (a resume said "no config.json")."""
     if not path.is_file():
+        if os.path.lexists(path):
+            what = "a folder" if path.is_dir() else "not a file"
+            raise DreamtextError(f"{path} is {what}, not a run config; {fix}")
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -534,6 +534,13 @@ def track_status(
     a second Ctrl-C stops at once, before the checkpoint of the step it cut is saved, and
     ``step()`` would put status.json ahead of that checkpoint.
     """
+    status = Path(workspace) / STATUS
+    if os.path.lexists(status) and not status.is_file():  # its first write: a traceback
+        what = "a folder" if status.is_dir() else "not a file"
+        raise DreamtextError(
+            f"{status} is {what}, not a run's status; move it out of {workspace} and run the "
+            "command again"
+        )
     check_not_running(workspace)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -38,6 +38,7 @@ from dreamtext.checkpoint import (
     append_log_line,
     atomic_write_bytes,
     can_resume,
+    check_checkpoint_files,
     check_writable,
     checkpoint_dir,
     last_checkpoint,
@@ -231,6 +232,17 @@ def check_workspace(
     )
     check_writable(workspace, fix)
     check_run_folders(workspace, TRAINING_FOLDERS, fix)
+    check_checkpoint_files(workspace)
+    if not resume:  # a new run removes them (remove_earlier_run): a folder was a traceback,
+        # with the files before it in the glob removed
+        for pattern in EARLIER_RUN_FILES:
+            for path in workspace.glob(pattern):
+                if not path.is_file():
+                    what = "a folder" if path.is_dir() else "not a file"
+                    raise DreamtextError(
+                        f"{path} is {what}, not a run's file; move it out of {path.parent} "
+                        "and run the command again"
+                    )
     check_not_running(workspace)
     # Read first: a config.json that is not a run's fails here, before anything is written.
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")

@@ -214,6 +214,75 @@ def test_export_of_a_damaged_only_checkpoint_says_the_run_cannot_be_exported(tmp
     assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("name", ["last.pt", "step_000002.pt"])
+def test_a_folder_named_as_a_checkpoint_is_named_as_such(tmp_path, capsys, name):
+    """A folder in place of last.pt: the export said "last.pt is missing" (without a step file:
+    "train first"), a new run or --overwrite stopped with an IsADirectoryError traceback; one in
+    place of a step file was the same traceback when a resume's save pruned it. Each says what
+    the folder is, and leaves the run as it was."""
+    from dreamtext.cli import main
+
+    workspace = train(builtin_config(tmp_path / "run", iters=4))  # last.pt 4, step_000002.pt
+    folder = workspace / "checkpoints"
+    (folder / name).unlink()
+    (folder / name).mkdir()
+    line = (
+        f"{folder / name} is a folder, not a checkpoint; move it out of {folder} and run the "
+        "command again"
+    )
+    before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    for resume, overwrite in ((True, False), (False, False), (False, True)):
+        with pytest.raises(DreamtextError) as error:
+            train(builtin_config(workspace, iters=6), resume=resume, overwrite=overwrite)
+        assert str(error.value) == line
+    if name == "last.pt":  # an export reads no step file
+        code = main(["export", "--workspace", str(workspace), "--no-video", "--formats", "ply"])
+        assert (code, capsys.readouterr().err.strip().splitlines()[-1]) == (
+            2,
+            f"dreamtext: error: {line}",
+        )
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "overwrite", "said"),
+    [
+        ("status.json", False, "is a folder, not a run's status; move it out of"),
+        ("config.json", False, "is a folder, not a run config; "),
+        ("mesh/mesh.json", True, "is a folder, not a run's file; move it out of"),
+    ],
+)
+def test_a_folder_named_as_a_runs_file_is_named_as_such(tmp_path, name, overwrite, said):
+    """A folder in place of status.json was an IsADirectoryError traceback at its first write;
+    of config.json, a resume said "no config.json"; of mesh/mesh.json, --overwrite stopped with
+    a traceback after removing the files before it. Each is one line, the run left as it was."""
+    workspace = train(builtin_config(tmp_path / "run", iters=2))
+    (workspace / "mesh").mkdir(exist_ok=True)
+    (workspace / name).unlink(missing_ok=True)
+    (workspace / name).mkdir()
+    before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    with pytest.raises(DreamtextError) as error:
+        train(builtin_config(workspace, iters=4), resume=not overwrite, overwrite=overwrite)
+    assert str(error.value).startswith(f"{workspace / name} {said}")
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before
+
+
+def test_text_resume_names_a_folder_in_place_of_config_json(tmp_path, capsys):
+    """`dreamtext text PROMPT --resume` said "nothing to resume: no config.json" where a folder
+    of that name stood: the line names it."""
+    from dreamtext.cli import main
+
+    workspace = train(builtin_config(tmp_path / "run", iters=2))
+    (workspace / "config.json").unlink()
+    (workspace / "config.json").mkdir()
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--workspace", str(workspace)]
+    assert main([*args, "--resume", "--iters", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        f"dreamtext: error: {workspace / 'config.json'} is a folder, not a run config; "
+    )
+
+
 def test_a_killed_runs_lock_file_does_not_hold_the_folder(tmp_path):
     """SIGKILL leaves .dreamtext.lock (its removal is the claim's last act), but the lock is the
     kernel's flock, gone with the process, and its record names a process that is gone: the
