@@ -766,6 +766,7 @@ def export_field(
     ffmpeg are checked first (:func:`check_memory`, :func:`check_ffmpeg`), unless ``checked``:
     the caller checked them with ``options`` already (:func:`export_workspace`).
     """
+    check_output_names(out_dir)
     options = options or ExportOptions()
     options.validate()
     if not checked:
@@ -837,6 +838,21 @@ def log_decimation(before: int, after: int, target: int) -> None:
         )
     else:
         log.info("decimated to %d faces", after)
+
+
+def check_output_names(out_dir: Path) -> None:
+    """Refuse an export over a folder (or other non-file) named as one of its files in
+    ``out_dir/mesh`` or ``out_dir/video`` (a user's ``mesh/mesh.json/``): the swap dropped it
+    as an earlier export's output, with whatever the user kept in it."""
+    for folder, names in (("mesh", MESH_OUTPUTS), ("video", VIDEO_OUTPUTS)):
+        for name in names:
+            path = Path(out_dir) / folder / name
+            if os.path.lexists(path) and not path.is_file():
+                what = "a folder" if path.is_dir() else "not a file"
+                raise DreamtextError(
+                    f"{path} is {what}, not a file of an export, which replaces it: move it out "
+                    f"of {path.parent} and run the command again"
+                )
 
 
 def _export_field(

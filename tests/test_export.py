@@ -1422,6 +1422,29 @@ def make_run(root: Path, name: str, mtime: float, run_id: str | None = None) -> 
     return root / name
 
 
+def test_an_export_over_a_folder_named_as_its_file_keeps_the_folder(tmp_path, capsys):
+    """A folder mesh/mesh.json (a user's, with a file in it) was dropped by the export's swap
+    as an earlier export's mesh.json, and the user's file with it, without a word."""
+    from tiny_models import TINY_TRAIN
+
+    from dreamtext.cli import main
+    from dreamtext.config import resolve_config
+    from dreamtext.trainer import train
+
+    settings = {**TINY_TRAIN, "prompt": "a red cube", "guidance": {"model": "builtin:shapes"}}
+    workspace = train(resolve_config({**settings, "workspace": str(tmp_path / "run")}))
+    kept = workspace / "mesh" / "mesh.json" / "notes.txt"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("mine")
+    code = main(["export", "--workspace", str(workspace), "--no-video", "--formats", "ply"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dreamtext: error: {kept.parent} is a folder, not a file of an export, which replaces "
+        f"it: move it out of {kept.parent.parent} and run the command again"
+    )
+    assert kept.read_text() == "mine"
+
+
 def test_latest_workspace_is_the_most_recently_trained(tmp_path):
     make_run(tmp_path, "old-run", 1_000_000)
     newest = make_run(tmp_path, "new-run", 2_000_000)
