@@ -121,28 +121,21 @@ def test_a_step_makes_one_temporary_the_size_of_a_parameter_at_most():
     where 4.5 GB stay). Now the clipped gradient alone; the values are the same bit for bit
     (against the step as it was written before, float32 and float64, with and without the
     clip)."""
-    import subprocess
-    import sys
+    from peak_growth import run_measured
 
     script = (
         "import torch\n"
         "from dreamtext.adan import Adan\n"
-        "def rss(key):\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith(key):\n"
-        "            return int(line.split()[1]) * 1024\n"
         "p = torch.zeros(20_000_000, requires_grad=True)\n"  # 80 MB
         "p.grad = torch.ones(20_000_000)\n"
         "optimizer = Adan([p], lr=1e-3)\n"
         "optimizer.step()\n"  # the state: 4 values a parameter
         "before = rss('VmRSS')\n"
-        "open('/proc/self/clear_refs', 'w').write('5')\n"  # VmHWM from here
+        "reset_peak()\n"  # VmHWM from here
         "optimizer.step()\n"
         "print(rss('VmHWM') - before)\n"
     )
-    grown = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout
+    grown = run_measured(script)
     assert int(grown) < 2 * 80_000_000  # one temporary (80 MB), not four
 
     def as_before(param, state, grad, k, lr, betas=(0.98, 0.92, 0.99), eps=1e-8, decay=2e-5):

@@ -334,8 +334,7 @@ def test_the_tables_count_is_what_a_first_step_really_takes_and_no_more(kind):
     the state alone: 16 B a value with Adam where the step peaked at 24 (its update's two
     temporaries on the CPU), 24 with Adan where it peaked at 28. Now it counts what was
     measured (to 0.1%: a few pages either way), and at least 90% of it."""
-    import subprocess
-    import sys
+    from peak_growth import run_measured
 
     script = (
         "import sys, torch\n"
@@ -343,10 +342,6 @@ def test_the_tables_count_is_what_a_first_step_really_takes_and_no_more(kind):
         "from dreamtext.factory import build_optimizer\n"
         "from dreamtext.field import FieldConfig, NeRFField\n"
         "from dreamtext.trainer import grid_memory_at_least\n"
-        "def rss(key):\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith(key):\n"
-        "            return int(line.split()[1]) * 1024\n"
         "def first_step(built):\n"
         "    for p in built.parameters():\n"
         "        p.grad = torch.ones_like(p)\n"
@@ -356,13 +351,11 @@ def test_the_tables_count_is_what_a_first_step_really_takes_and_no_more(kind):
         "field = {'num_levels': 16, 'level_dim': 4, 'log2_hashmap_size': 19}\n"
         "cfg = resolve_config({'prompt': 'a cube', 'field': field, 'optimizer': sys.argv[1]})\n"
         "before = rss('VmRSS')\n"
-        "open('/proc/self/clear_refs', 'w').write('5')\n"  # VmHWM from here
+        "reset_peak()\n"  # VmHWM from here
         "first_step(NeRFField(cfg.field))\n"
         "print(rss('VmHWM') - before, grid_memory_at_least(cfg, torch.device('cpu')))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, kind], capture_output=True, text=True, check=True
-    ).stdout
+    out = run_measured(script, kind)
     measured, counted = map(int, out.split())
     # 585.3 MB measured, 585.4 counted with Adam: pages a few KB either way
     assert 0.9 * measured <= counted <= 1.001 * measured

@@ -1074,8 +1074,7 @@ def test_the_finiteness_check_of_the_gradients_makes_no_copy_of_them():
     its update peaks at 5.1). The check now takes each gradient's least and greatest values,
     which say the same: NaN, +inf or -inf anywhere, a parameter without a gradient or an empty
     one."""
-    import subprocess
-    import sys
+    from peak_growth import run_measured
 
     from dreamtext.trainer import gradients_finite
 
@@ -1092,20 +1091,14 @@ def test_the_finiteness_check_of_the_gradients_makes_no_copy_of_them():
     script = (
         "import torch\n"
         "from dreamtext.trainer import gradients_finite\n"
-        "def rss(key):\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith(key):\n"
-        "            return int(line.split()[1]) * 1024\n"
         "p = torch.zeros(20_000_000, requires_grad=True)\n"  # 80 MB
         "p.grad = torch.ones(20_000_000)\n"
         "optimizer = torch.optim.SGD([p], lr=0.1)\n"
         "gradients_finite(optimizer, torch.device('cpu'))\n"  # torch's first call of each op
         "before = rss('VmRSS')\n"
-        "open('/proc/self/clear_refs', 'w').write('5')\n"  # VmHWM from here
+        "reset_peak()\n"  # VmHWM from here
         "assert bool(gradients_finite(optimizer, torch.device('cpu')))\n"
         "print(rss('VmHWM') - before)\n"
     )
-    grown = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout
+    grown = run_measured(script)
     assert int(grown) < 10_000_000  # isfinite: 140 MB (7 B a value)
