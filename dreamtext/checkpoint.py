@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import torch
 
 from dreamtext.devices import memory_that_ran_out
-from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, not_a_file
 from dreamtext.errors import naming_the_file as naming_the_file  # re-exported
 from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
 from dreamtext.inputs import LAST_CHECKPOINT, LAST_STEP_RECORD
@@ -460,11 +460,7 @@ def check_checkpoint_files(workspace: Path, steps: bool = True) -> None:
     folder = checkpoint_dir(workspace)
     for path in [folder / LAST, *(path for _, path in step_files(folder) if steps)]:
         if os.path.lexists(path) and not path.is_file():
-            what = "a folder" if path.is_dir() else "not a file"
-            raise DreamtextError(
-                f"{path} is {what}, not a checkpoint; move it out of {folder} and run the "
-                "command again"
-            )
+            raise not_a_file(path, "a checkpoint")
 
 
 def can_resume(workspace: Path) -> bool:

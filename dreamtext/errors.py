@@ -68,6 +68,16 @@ class TrainedRun:
     workspace: Path
 
 
+def not_a_file(path: Path, kind: str) -> DreamtextError:
+    """``PATH is a folder, not KIND; move it out of ...``: a folder (or other non-file, a FIFO)
+    in the place of a file a command reads, replaces or removes (``last.pt``, ``status.json``,
+    ``mesh/mesh.json``), made or copied there by hand."""
+    what = "a folder" if path.is_dir() else "not a file"
+    return DreamtextError(
+        f"{path} is {what}, not {kind}; move it out of {path.parent} and run the command again"
+    )
+
+
 def cause_line(error: BaseException, width: int = 200) -> str:
     """``Type: first line`` of ``error`` (at most ``width`` characters of the line): what a
     one-line message quotes of the compiler or driver error behind it. An error that wraps

@@ -57,7 +57,7 @@ from dreamtext.checkpoint import (
     run_from_state,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, not_a_file
 from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
@@ -848,11 +848,7 @@ def check_output_names(out_dir: Path) -> None:
         for name in names:
             path = Path(out_dir) / folder / name
             if os.path.lexists(path) and not path.is_file():
-                what = "a folder" if path.is_dir() else "not a file"
-                raise DreamtextError(
-                    f"{path} is {what}, not a file of an export, which replaces it: move it out "
-                    f"of {path.parent} and run the command again"
-                )
+                raise not_a_file(path, "a file of an export, which replaces it")
 
 
 def _export_field(

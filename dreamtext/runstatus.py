@@ -76,7 +76,7 @@ from dreamtext.checkpoint import (
     checkpoint_step,
     last_checkpoint,
 )
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, not_a_file
 from dreamtext.inputs import RUN_STATUS
 from dreamtext.interrupts import TrainingInterrupted, signals_held
 from dreamtext.processes import (
@@ -536,11 +536,7 @@ def track_status(
     """
     status = Path(workspace) / STATUS
     if os.path.lexists(status) and not status.is_file():  # its first write: a traceback
-        what = "a folder" if status.is_dir() else "not a file"
-        raise DreamtextError(
-            f"{status} is {what}, not a run's status; move it out of {workspace} and run the "
-            "command again"
-        )
+        raise not_a_file(status, "a run's status")
     check_not_running(workspace)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

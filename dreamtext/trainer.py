@@ -76,7 +76,7 @@ from dreamtext.devices import (
     to_device,
 )
 from dreamtext.encoding import check_encoding
-from dreamtext.errors import DreamtextError, TrainedRun
+from dreamtext.errors import DreamtextError, TrainedRun, not_a_file
 from dreamtext.export import (
     MESH_OUTPUTS,
     REPLACED_OUTPUTS,
@@ -238,11 +238,7 @@ def check_workspace(
         for pattern in EARLIER_RUN_FILES:
             for path in workspace.glob(pattern):
                 if not path.is_file():
-                    what = "a folder" if path.is_dir() else "not a file"
-                    raise DreamtextError(
-                        f"{path} is {what}, not a run's file; move it out of {path.parent} "
-                        "and run the command again"
-                    )
+                    raise not_a_file(path, "a run's file")
     check_not_running(workspace)
     # Read first: a config.json that is not a run's fails here, before anything is written.
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")

@@ -1440,7 +1440,7 @@ def test_an_export_over_a_folder_named_as_its_file_keeps_the_folder(tmp_path, ca
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"dreamtext: error: {kept.parent} is a folder, not a file of an export, which replaces "
-        f"it: move it out of {kept.parent.parent} and run the command again"
+        f"it; move it out of {kept.parent.parent} and run the command again"
     )
     assert kept.read_text() == "mine"
 
