@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -167,7 +168,9 @@ def save_checkpoint(workspace: Path, state: dict[str, Any], keep: int = 3) -> Pa
 
 class _FirstError:
     """A file whose first write error is kept (``error``): torch's writer takes it for a short
-    write and raises ``RuntimeError("unexpected pos ...")`` of its own later, a traceback."""
+    write and raises ``RuntimeError("unexpected pos ...")`` of its own later, a traceback. A
+    ``KeyboardInterrupt`` too: a second Ctrl-C during the save of a stopped run lands in a
+    write (its handler runs in this Python code, or in the write that EINTR interrupted)."""
 
     def __init__(self, file: BinaryIO) -> None:
         self.file, self.error = file, None
@@ -175,7 +178,7 @@ class _FirstError:
     def write(self, data: Any) -> int:
         try:
             return self.file.write(data)
-        except (OSError, MemoryError) as error:
+        except BaseException as error:
             self.error = self.error or error
             raise
 
@@ -187,13 +190,18 @@ def save_into(state: dict[str, Any], file: BinaryIO, step: int) -> None:
     """``torch.save(state, file)``, the bytes of a save into memory, where a write the disk or
     the memory refuses raises that ``OSError`` (a full disk: the CLI's one line, naming the file
     through :func:`atomic_write_bytes`) or a ``MemoryError`` (the CLI's out-of-memory line,
-    :func:`dreamtext.devices.memory_that_ran_out`), not torch's "unexpected pos ..."."""
+    :func:`dreamtext.devices.memory_that_ran_out`), and a Ctrl-C in a write its
+    ``KeyboardInterrupt``, not torch's "unexpected pos ..."."""
     writer = _FirstError(file)
+    handled = sys.exc_info()[1]  # the save of a step that stopped (StepStopped) or ran out
     try:
         torch.save(state, writer)
     except RuntimeError as error:
-        if isinstance(writer.error, OSError):
-            raise writer.error from None
+        late = error.__context__  # a Ctrl-C as the write began, before its try
+        if writer.error is None and isinstance(late, KeyboardInterrupt) and late is not handled:
+            writer.error = late
+        if writer.error is not None and not isinstance(writer.error, MemoryError):
+            raise writer.error from None  # a full disk, a Ctrl-C: what it is, not torch's words
         if isinstance(writer.error, MemoryError) or isinstance(error.__context__, MemoryError):
             raise MemoryError(f"serialising the checkpoint of step {step}") from error
         raise

@@ -354,6 +354,40 @@ def test_a_checkpoint_that_does_not_fit_in_memory_is_a_memory_error(tmp_path, mo
     assert not any((tmp_path / "checkpoints").iterdir())
 
 
+@pytest.mark.parametrize("where", ["in the file's write", "as the write begins"])
+def test_a_ctrl_c_in_a_checkpoint_write_is_a_keyboard_interrupt(tmp_path, monkeypatch, where):
+    """A second Ctrl-C during the save of a stopped run lands in a write of torch.save, whose
+    writer turned its KeyboardInterrupt into RuntimeError("unexpected pos ..."): a traceback and
+    a 'failed' run where 'interrupted' was due. It stays a KeyboardInterrupt; nothing is
+    written."""
+    from dreamtext import checkpoint
+
+    writes = []
+
+    def interrupted(data):
+        writes.append(len(data))
+        if len(writes) == 3:
+            raise KeyboardInterrupt
+        return len(data)
+
+    class Writer(checkpoint._FirstError):
+        def __init__(self, file):
+            super().__init__(file)
+            self.file = type("Interrupted", (), {"write": staticmethod(interrupted)})()
+
+        def write(self, data):
+            if where == "as the write begins" and len(writes) == 2:
+                writes.append(len(data))
+                raise KeyboardInterrupt
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoint, "_FirstError", Writer)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, a_state(10))
+    assert len(writes) == 3
+    assert not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_a_checkpoint_is_written_without_a_copy_of_it_in_memory(tmp_path):
     """The save serialised the whole state into memory before writing it: a table of 2^24 rows
     × 16 levels × 4 features with Adam peaked 1.9 GB (the file's size) above the run's steps.
