@@ -604,18 +604,33 @@ def read_exported_checkpoint(workspace: Path) -> dict[str, Any]:
 
 
 def retrain_command(workspace: Path) -> str:
-    """The command that trains the run in ``workspace`` again from scratch, in its folder: an
-    image run's ``image --overwrite`` (which keeps its sentence and descriptor), else ``text
-    PROMPT --overwrite`` with the prompt its config.json records."""
+    """The command that trains the run in ``workspace`` again from scratch, in its folder: a
+    ``text --diverse`` run's ``text PROMPT --diverse --seed N --overwrite`` and an image run's
+    ``image IMAGE --overwrite`` (which keep its sentence and descriptor), else ``text PROMPT
+    --overwrite`` with the prompt its config.json records. A folder that starts with a dash is
+    ``--workspace=FOLDER``, which argparse takes (``--workspace -runs`` it refuses)."""
     folder = shlex.quote(str(workspace))
-    if sentence_path(workspace).is_file():
-        return f"`dreamtext image IMAGE --workspace {folder} --overwrite` (its image)"
+    where = f"--workspace={folder}" if str(workspace).startswith("-") else f"--workspace {folder}"
     try:
-        prompt = json.loads((workspace / "config.json").read_text(encoding="utf-8"))["prompt"]
-    except (OSError, *UNREADABLE_JSON, KeyError, TypeError):
-        prompt = None
+        data = json.loads((workspace / "config.json").read_text(encoding="utf-8"))
+    except (OSError, *UNREADABLE_JSON):
+        data = None
+    data = data if isinstance(data, dict) else {}
+
+    def recorded(section: str, key: str) -> Any:
+        return (data.get(section) if isinstance(data.get(section), dict) else {}).get(key)
+
+    prompt, seed = recorded("diverse", "prompt"), recorded("diverse", "seed")
+    if isinstance(prompt, str) and prompt and isinstance(seed, int):
+        return f"`dreamtext text {shlex.quote(prompt)} --diverse --seed {seed} {where} --overwrite`"
+    if sentence_path(workspace).is_file():
+        image = recorded("image_to_3d", "image")
+        if isinstance(image, str) and image:
+            return f"`dreamtext image {shlex.quote(image)} {where} --overwrite`"
+        return f"`dreamtext image IMAGE {where} --overwrite` (its image)"
+    prompt = data.get("prompt")
     typed = shlex.quote(prompt) if isinstance(prompt, str) and prompt else "PROMPT"
-    return f"`dreamtext text {typed} --workspace {folder} --overwrite`"
+    return f"`dreamtext text {typed} {where} --overwrite`"
 
 
 def recorded_radius_range(config: dict[str, Any]) -> tuple[float, float] | None:

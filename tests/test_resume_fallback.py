@@ -283,6 +283,37 @@ def test_text_resume_names_a_folder_in_place_of_config_json(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("kind", ["diverse", "image", "dash"])
+def test_the_export_names_the_command_that_trained_the_run(tmp_path, monkeypatch, capsys, kind):
+    """The command that trains the run again, as the export of a damaged only checkpoint names
+    it: a `text --diverse` run was told `dreamtext image IMAGE ... (its image)`, an image its
+    user never had; a run in a folder that starts with a dash `--workspace -runs/a`, which
+    argparse refuses ("expected one argument"). An image run's recorded image is named."""
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    workspace = Path("-runs/a" if kind == "dash" else "run")
+    save_checkpoint(workspace, run_state(5))
+    config = {"prompt": "An image of a <descriptor> mug"}
+    if kind != "dash":
+        (workspace / "descriptor").mkdir()
+        (workspace / "descriptor" / "sentence.json").write_text("{}")
+        config["image_to_3d"] = {"image": "/data/my mug.png"}
+    if kind == "diverse":
+        config["diverse"] = {"prompt": "a red mug", "seed": 3}
+    (workspace / "config.json").write_text(json.dumps(config))
+    os.truncate(workspace / "checkpoints" / "last.pt", 1000)
+    code = main(["export", f"--workspace={workspace}", "--no-video", "--formats", "ply"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    expected = {
+        "diverse": "`dreamtext text 'a red mug' --diverse --seed 3 --workspace run --overwrite`",
+        "image": "`dreamtext image '/data/my mug.png' --workspace run --overwrite`",
+        "dash": "`dreamtext text 'An image of a <descriptor> mug' --workspace=-runs/a --overwrite`",
+    }[kind]
+    assert err.endswith(f"from scratch: {expected} with the flags it was trained with")
+
+
 def test_a_killed_runs_lock_file_does_not_hold_the_folder(tmp_path):
     """SIGKILL leaves .dreamtext.lock (its removal is the claim's last act), but the lock is the
     kernel's flock, gone with the process, and its record names a process that is gone: the
