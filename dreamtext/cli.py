@@ -1623,8 +1623,9 @@ def refuse_empty_paths(args: argparse.Namespace) -> None:
             )
     # A byte that is not UTF-8 (a name given on a Latin-1 system), which Python reads as a lone
     # surrogate: the run's files record these paths as UTF-8 text, which failed to write
-    # (config.json, describe's sentence.json).
-    for name, what in (("workspace", "folder"), ("image", "file")):
+    # (config.json, describe's sentence.json), as did --model's and the vocabularies' after
+    # their load; safetensors cannot open a --clip folder named so.
+    for name, what in NON_UTF8_REFUSED:
         path = str(getattr(args, name, None) or "")
         stray = next((i for i, c in enumerate(path) if 0xDC80 <= ord(c) <= 0xDCFF), None)
         if stray is not None:
@@ -1634,6 +1635,11 @@ def refuse_empty_paths(args: argparse.Namespace) -> None:
                 f"{flag} holds a byte that is not UTF-8 text (0x{byte:02X}) at character "
                 f"{stray + 1}; rename the {what} (or give another) to a name in UTF-8"
             )
+
+
+# The path arguments a run records in its files, and what each names (refuse_empty_paths).
+NON_UTF8_REFUSED = (("workspace", "folder"), ("image", "file"), ("model", "folder"))
+NON_UTF8_REFUSED += (("clip", "folder"), ("nouns", "file"), ("adjectives", "file"))
 
 
 # How the positional path arguments are named in each command's usage line.

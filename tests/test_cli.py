@@ -2569,6 +2569,36 @@ def test_an_image_name_that_is_not_utf8_is_refused_before_anything_is_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == [image]
 
 
+@pytest.mark.parametrize(
+    ("flag", "what"), [("--model", "folder"), ("--clip", "folder"), ("--nouns", "file")]
+)
+def test_a_model_or_vocabulary_name_that_is_not_utf8_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, tiny_clip_path, tiny_sd_path, flag, what
+):
+    """``--model $'sd\xe9'`` (a folder named on a Latin-1 system): config.json records it as
+    UTF-8 text, and writing it was a UnicodeEncodeError traceback after the model was loaded,
+    leaving a workspace with status.json; ``describe --nouns $'nouns\xe9.txt'`` the same at
+    sentence.json after the search; and ``--clip`` a SafetensorError traceback ("Path ... is
+    not valid UTF-8"). Now one line, before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    named = {"--model": tiny_sd_path, "--clip": tiny_clip_path, "--nouns": None}[flag]
+    odd = f"odd\udce9{'.txt' if named is None else ''}"
+    if named is None:
+        Path(odd).write_text("cube\nmug\n")
+    else:
+        os.symlink(named, odd)
+    if flag == "--model":
+        argv = ["text", "a colorful cube", "--model", odd, "--iters", "1", "--no-export"]
+    else:
+        Image.new("RGB", (32, 32), "white").save("mug.png")
+        argv = ["describe", "mug.png", "--clip", tiny_clip_path, flag, odd]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = run_main([*argv, "--workspace", "run"], capsys)
+    assert_user_error(code, err, f"{flag} holds a byte that is not UTF-8 text (0xE9)")
+    assert_user_error(code, err, "at character 4", f"rename the {what}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize("command", ["text", "describe", "image"])
 def test_a_symlink_loop_is_named_in_one_line(tmp_path, monkeypatch, capsys, command):
     """A loop (l1 → l2 → l1) as text's --workspace or as describe's or image's image was a
