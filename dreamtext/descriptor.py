@@ -34,6 +34,7 @@ from dreamtext.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     remove_stale_temps,
+    save_into,
     with_digest,
 )
 from dreamtext.describe import base_sentence, make_sentence, sentence_path
@@ -389,8 +390,10 @@ def _save_row(images: list, path: Path) -> None:
 def _atomic_torch_save(state: dict, path: Path) -> None:
     """Save ``state`` with its checksum (:func:`~dreamtext.checkpoint.with_digest`), which
     :func:`~dreamtext.checkpoint.load_checkpoint` checks, atomically; the temp file of a save
-    that was killed midway (SIGKILL) is removed."""
-    atomic_write_bytes(path, lambda f: torch.save(with_digest(state), f))
+    that was killed midway (SIGKILL) is removed. Through :func:`~dreamtext.checkpoint.save_into`:
+    a full disk past the file's first 8 KiB was torch's "unexpected pos ..." traceback."""
+    saved = with_digest(state)
+    atomic_write_bytes(path, lambda f: save_into(saved, f, int(state.get("step", 0))))
     remove_stale_temps(path.parent, r"last\.pt")  # only this run writes descriptor/
 
 

@@ -734,3 +734,32 @@ def test_a_descriptor_checkpoint_save_removes_the_temp_of_a_killed_save(tmp_path
     stale.write_bytes(b"PK")
     descriptor._atomic_torch_save({"step": 2}, tmp_path / "last.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_descriptor_checkpoint_that_does_not_fit_is_the_file_systems_error(tmp_path):
+    """A full disk (here a file-size limit) past the first 8 KiB of a descriptor checkpoint (its
+    file's buffer: a real model's embedding with Adam's moments is larger) was torch's
+    RuntimeError "unexpected pos ...", a traceback, where the text→3D checkpoint's was the
+    OSError naming the file, the CLI's one line. No temp file is left."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys, torch\n"
+        "from pathlib import Path\n"
+        "from dreamtext.descriptor import _atomic_torch_save\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "state = {'step': 3, 'vectors': torch.randn(2, 50_000)}\n"  # 400 kB
+        "try:\n"
+        "    _atomic_torch_save(state, Path(sys.argv[1]))\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "last.pt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == f"OSError [Errno 27] File too large: '{tmp_path / 'last.pt'}'"
+    assert list(tmp_path.iterdir()) == []
