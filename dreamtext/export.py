@@ -620,17 +620,27 @@ def retrain_command(workspace: Path) -> str:
     def recorded(section: str, key: str) -> Any:
         return (data.get(section) if isinstance(data.get(section), dict) else {}).get(key)
 
+    def command(name: str, positional: str, *flags: str, quote: bool = True) -> str:
+        # A prompt or image that starts with a dash goes last, after `--` (as a flag, argparse
+        # refuses it).
+        typed = shlex.quote(positional) if quote else positional
+        words = [*flags, where, "--overwrite"]
+        if positional.startswith("-"):
+            return f"`dreamtext {name} {' '.join(words)} -- {typed}`"
+        return f"`dreamtext {name} {typed} {' '.join(words)}`"
+
     prompt, seed = recorded("diverse", "prompt"), recorded("diverse", "seed")
     if isinstance(prompt, str) and prompt and isinstance(seed, int):
-        return f"`dreamtext text {shlex.quote(prompt)} --diverse --seed {seed} {where} --overwrite`"
+        return command("text", prompt, "--diverse", f"--seed {seed}")
     if sentence_path(workspace).is_file():
         image = recorded("image_to_3d", "image")
         if isinstance(image, str) and image:
-            return f"`dreamtext image {shlex.quote(image)} {where} --overwrite`"
-        return f"`dreamtext image IMAGE {where} --overwrite` (its image)"
+            return command("image", image)
+        return command("image", "IMAGE", quote=False) + " (its image)"
     prompt = data.get("prompt")
-    typed = shlex.quote(prompt) if isinstance(prompt, str) and prompt else "PROMPT"
-    return f"`dreamtext text {typed} {where} --overwrite`"
+    if isinstance(prompt, str) and prompt:
+        return command("text", prompt)
+    return command("text", "PROMPT", quote=False)
 
 
 def recorded_radius_range(config: dict[str, Any]) -> tuple[float, float] | None:

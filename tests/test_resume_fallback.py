@@ -283,19 +283,20 @@ def test_text_resume_names_a_folder_in_place_of_config_json(tmp_path, capsys):
     )
 
 
-@pytest.mark.parametrize("kind", ["diverse", "image", "dash"])
+@pytest.mark.parametrize("kind", ["diverse", "image", "dash", "dashed prompt"])
 def test_the_export_names_the_command_that_trained_the_run(tmp_path, monkeypatch, capsys, kind):
     """The command that trains the run again, as the export of a damaged only checkpoint names
     it: a `text --diverse` run was told `dreamtext image IMAGE ... (its image)`, an image its
     user never had; a run in a folder that starts with a dash `--workspace -runs/a`, which
-    argparse refuses ("expected one argument"). An image run's recorded image is named."""
+    argparse refuses ("expected one argument"); a prompt that starts with a dash goes last, after
+    `--` (before it, argparse took it for a flag). An image run's recorded image is named."""
     from dreamtext.cli import main
 
     monkeypatch.chdir(tmp_path)
     workspace = Path("-runs/a" if kind == "dash" else "run")
     save_checkpoint(workspace, run_state(5))
-    config = {"prompt": "An image of a <descriptor> mug"}
-    if kind != "dash":
+    config = {"prompt": "-red mug" if kind == "dashed prompt" else "An image of a <descriptor> mug"}
+    if kind not in ("dash", "dashed prompt"):
         (workspace / "descriptor").mkdir()
         (workspace / "descriptor" / "sentence.json").write_text("{}")
         config["image_to_3d"] = {"image": "/data/my mug.png"}
@@ -310,6 +311,7 @@ def test_the_export_names_the_command_that_trained_the_run(tmp_path, monkeypatch
         "diverse": "`dreamtext text 'a red mug' --diverse --seed 3 --workspace run --overwrite`",
         "image": "`dreamtext image '/data/my mug.png' --workspace run --overwrite`",
         "dash": "`dreamtext text 'An image of a <descriptor> mug' --workspace=-runs/a --overwrite`",
+        "dashed prompt": "`dreamtext text --workspace run --overwrite -- '-red mug'`",
     }[kind]
     assert err.endswith(f"from scratch: {expected} with the flags it was trained with")
 
