@@ -876,6 +876,23 @@ def check_output_names(out_dir: Path) -> None:
                 raise not_a_file(path, "a file of an export, which replaces it")
 
 
+# What to do where the export that ends a training run would find its folders unusable.
+EXPORT_FOLDERS_FIX_AFTER_TRAINING = "pass --no-export and export later with `dreamtext export`"
+
+
+def check_export_folders(workspace: Path, options: ExportOptions) -> None:
+    """Refuse, before the training whose export would find them, the folders the export that
+    ends a run replaces and cannot (``mesh/``, and ``video/`` with a turntable): one this
+    process cannot write or make (a link to no folder was a FileNotFoundError traceback after
+    training), and a folder named as one of their files (:func:`check_output_names`), which
+    ``dreamtext export`` refuses before its work and the export after training only at its
+    end, the run trained and marked failed."""
+    workspace = Path(workspace)
+    for folder in [workspace / "mesh"] + [workspace / "video"] * options.video:
+        check_writable(folder, EXPORT_FOLDERS_FIX_AFTER_TRAINING)
+    check_output_names(workspace)
+
+
 def _export_field(
     field: torch.nn.Module,
     out_dir: Path,
@@ -1829,6 +1846,7 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "available_memory",
+    "check_export_folders",
     "check_ffmpeg",
     "check_memory",
     "export_field",

@@ -341,13 +341,14 @@ def _stopped_descriptor_step(workspace: Path) -> int | None:
 
 def check_text_stage(cfg: TrainConfig, device: torch.device, resume: bool = False) -> None:
     """What the later stages need, checked before the first one runs, so that a bad flag costs
-    a line and not the sentence search and the descriptor training: the memory of the export
-    that ends it and of the training renders (as :func:`dreamtext.trainer.build_run` checks
+    a line and not the sentence search and the descriptor training: the memory and the folders
+    (:func:`dreamtext.export.check_export_folders`) of the export that ends it and of the
+    training renders (as :func:`dreamtext.trainer.build_run` checks
     them; ``resume``: the stage goes on from its checkpoint, whose field it keeps), the precision
     on this device, the hash-grid backend (a field is built and dropped), and the Stable
     Diffusion, loaded here through :func:`dreamtext.models.load_for` (the stages reuse the
     load)."""
-    from dreamtext.export import check_ffmpeg, check_memory
+    from dreamtext.export import check_export_folders, check_ffmpeg, check_memory
     from dreamtext.factory import build_field
     from dreamtext.models import resolve_dtype
     from dreamtext.trainer import check_field_memory, check_render_memory
@@ -355,6 +356,7 @@ def check_text_stage(cfg: TrainConfig, device: torch.device, resume: bool = Fals
     if cfg.export:
         check_memory(cfg.export_options, after_training=True)
         check_ffmpeg(cfg.export_options, after_training=True)
+        check_export_folders(Path(cfg.workspace), cfg.export_options)
     check_render_memory(cfg, device)
     check_field_memory(cfg, device, resume)
     resolve_dtype(cfg.guidance, device)

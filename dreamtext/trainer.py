@@ -82,6 +82,7 @@ from dreamtext.export import (
     REPLACED_OUTPUTS,
     VIDEO_OUTPUTS,
     available_memory,
+    check_export_folders,
     check_ffmpeg,
     check_memory,
     export_field,
@@ -512,6 +513,7 @@ def build_run(
     if cfg.export:  # not after hours of training
         check_memory(cfg.export_options, after_training=True)
         check_ffmpeg(cfg.export_options, after_training=True)
+        check_export_folders(workspace, cfg.export_options)
     device = resolve_device(cfg.device)
     check_render_memory(cfg, device)
     check_field_memory(cfg, device, resume)

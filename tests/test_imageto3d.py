@@ -401,6 +401,23 @@ def test_an_ffmpeg_that_cannot_start_is_refused_before_the_sentence_search(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_folder_named_as_an_export_file_is_refused_before_the_sentence_search(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
+):
+    """A folder mesh/mesh.json in the workspace (a user's notes) was refused by the text stage
+    (as a run's file, which a new run removes) after the search and the descriptor's training,
+    and on a resume by the export, after the text→3D training too."""
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "run" / "mesh" / "mesh.json"
+    notes.mkdir(parents=True)
+    cfg = _config(tmp_path, tiny_sd_path, export=True)
+    cfg.export_options.video = False
+    monkeypatch.setattr(imageto3d, "describe", _fail)
+    with pytest.raises(DreamtextError, match=r"mesh\.json is a folder, not a file of an export"):
+        run_image(_image(tmp_path), _options(tmp_path, tiny_clip_path), cfg)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["mesh"]
+
+
 def test_a_descriptor_token_that_is_a_word_is_refused_before_the_sentence_search(
     tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
 ):

@@ -755,6 +755,34 @@ def test_an_export_too_big_for_the_memory_is_refused_before_the_training(
     assert train(cfg) == tmp_path / "run"
 
 
+@pytest.mark.parametrize("blocker", ["a folder named mesh.json", "a link to no folder"])
+def test_an_export_folder_it_cannot_replace_is_refused_before_the_training(
+    tmp_path, tiny_sd_path, blocker
+):
+    """A folder mesh/mesh.json (a user's notes) or a mesh/ that is a link to no folder, in a
+    run resumed with its export on, was found by the export after the training: the run trained,
+    its status "failed" in phase export (the link: a FileNotFoundError traceback)."""
+    from dreamtext.runfiles import read_status
+
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    if blocker == "a folder named mesh.json":
+        (workspace / "mesh" / "mesh.json").mkdir(parents=True)
+        line = f"{workspace / 'mesh' / 'mesh.json'} is a folder, not a file of an export"
+    else:
+        (workspace / "mesh").symlink_to(tmp_path / "gone")
+        line = f"{workspace / 'mesh'} cannot be a folder: {workspace / 'mesh'} is a link to"
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=4, export=True)
+    cfg.export_options.video = False
+    with pytest.raises(DreamtextError) as error:
+        train(cfg, resume=True)
+    assert str(error.value).startswith(line)
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    assert read_status(workspace)["state"] == "finished"
+    cfg.export = False  # nothing to check without the export
+    train(cfg, resume=True)
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 4
+
+
 def test_log_records_say_how_the_render_was_backpropagated(tmp_path, tiny_sd_path):
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
     records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
