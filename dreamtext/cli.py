@@ -400,6 +400,21 @@ class _OneLineParser(argparse.ArgumentParser):
                     [word], action.metavar or action.dest
                 )
                 owner.error(f"unrecognized arguments: {word}{hint}")
+            # `view -- -runs --static x`: view's folders take every word after `--`, so its
+            # own flags there were folders ("no folder --static, x yet") and it served on.
+            late = [
+                word
+                for action in owner._actions
+                if not action.option_strings and action.nargs == "*"
+                for word in _as_list(getattr(args, action.dest, None))
+                if word in typed and str(word).split("=")[0] in _option_strings(owner)
+            ]
+            if late:
+                flag = late[0].split("=")[0]
+                owner.error(
+                    f"{flag} goes before --, after which no word is a flag (a folder named "
+                    f"{late[0]}: ./{late[0]})"
+                )
         if unknown:
             message = f"unrecognized arguments: {' '.join(unknown)}"
             # `text -- -red --iters 2`, as the dashed prompt's hint says to type it: after `--`

@@ -1933,6 +1933,29 @@ def test_a_flag_typed_after_two_dashes_is_told_to_go_before_them(capsys, args):
     assert "did you mean" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "flag", "word"),
+    [
+        (["--", "-runs", "--static", "x"], "--static", "--static"),
+        (["--", "-runs", "--port=0"], "--port", "--port=0"),
+        (["--", "-h"], "-h", "-h"),
+    ],
+)
+def test_a_flag_of_view_after_two_dashes_is_told_to_go_before_them(
+    capsys, monkeypatch, args, flag, word
+):
+    """`dreamtext view -- -runs --static x`: view's folders take every word after `--`, so
+    --static and x were folders ("no folder -runs, --static, x yet") and it served on 8000."""
+    monkeypatch.setattr("dreamtext.cli.cmd_view", lambda parsed: pytest.fail("it served"))
+    code, err = run_main(["view", *args], capsys)
+    assert_user_error(
+        code,
+        err,
+        f"dreamtext view: {flag} goes before --, after which no word is a flag (a folder "
+        f"named {word}: ./{word}) (see dreamtext view --help)",
+    )
+
+
 @pytest.mark.parametrize("command", [["text", "a red cube"], ["batch", "p.txt"]])
 def test_two_presets_are_refused_and_the_same_one_twice_is_that_one(capsys, command):
     """`--preset fitfusion --preset stable-dreamfusion` trained with stable-dreamfusion alone
