@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import math
+import os
 import resource
 import secrets
 import shlex
@@ -234,12 +235,16 @@ def check_workspace(
     check_writable(workspace, fix)
     check_run_folders(workspace, TRAINING_FOLDERS, fix)
     check_checkpoint_files(workspace)
-    if not resume:  # a new run removes them (remove_earlier_run): a folder was a traceback,
-        # with the files before it in the glob removed
-        for pattern in EARLIER_RUN_FILES:
-            for path in workspace.glob(pattern):
-                if not path.is_file():
-                    raise not_a_file(path, "a run's file")
+    # A new run removes them (remove_earlier_run): a folder was a traceback, with the files
+    # before it in the glob removed. A resume truncates log.jsonl and appends to it (a FIFO
+    # held it for good) and removes the previews past its step and the final one.
+    log_file = workspace / "log.jsonl"
+    if os.path.lexists(log_file) and not log_file.is_file():
+        raise not_a_file(log_file, "a run's file")
+    for pattern in ("previews/*.png",) if resume else EARLIER_RUN_FILES:
+        for path in workspace.glob(pattern):
+            if not path.is_file():
+                raise not_a_file(path, "a run's file")
     check_not_running(workspace)
     # Read first: a config.json that is not a run's fails here, before anything is written.
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")

@@ -783,6 +783,32 @@ def test_an_export_folder_it_cannot_replace_is_refused_before_the_training(
     assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 4
 
 
+@pytest.mark.parametrize(
+    ("name", "resume"),
+    [("log.jsonl", True), ("log.jsonl", False), ("previews/final.png", True)],
+)
+def test_a_folder_in_place_of_a_log_or_preview_is_refused_and_the_run_kept(
+    tmp_path, tiny_sd_path, name, resume
+):
+    """A folder log.jsonl (a resume truncates and appends to it, a new run removes it) or
+    previews/final.png (a resume removes it) was an IsADirectoryError traceback, status.json
+    left "failed"."""
+    from dreamtext.runfiles import read_status
+
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    folder = workspace / name
+    folder.unlink()
+    folder.mkdir()
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=resume, overwrite=not resume)
+    assert str(error.value) == (
+        f"{folder} is a folder, not a run's file; move it out of {folder.parent} and run the "
+        "command again"
+    )
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    assert read_status(workspace)["state"] == "finished"
+
+
 def test_log_records_say_how_the_render_was_backpropagated(tmp_path, tiny_sd_path):
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
     records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
