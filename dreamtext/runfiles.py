@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, not_a_file
 from dreamtext.images import load_image
 from dreamtext.inputs import (
     CHECKPOINT_DIR,
@@ -393,6 +393,11 @@ def check_image_workspace(
     ends the lines that ask for another folder (``text --diverse`` names its prompt's run)."""
     check_writable(workspace, "pass --workspace a folder you can write")
     check_run_folders(workspace, IMAGE_FOLDERS, "pass --workspace a folder you can write")
+    # Written after the sentence search and the descriptor's training: a folder in their place
+    # was an IsADirectoryError traceback there, the work done lost.
+    for path in (sentence_path(workspace), Path(workspace).joinpath(*RUN_LEARNED_EMBEDS)):
+        if os.path.lexists(path) and not path.is_file():
+            raise not_a_file(path, "a run's file")
     check_not_running(workspace)
     record = read_record(workspace)
     sections = read_stage_sections(workspace)

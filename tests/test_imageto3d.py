@@ -418,6 +418,26 @@ def test_a_folder_named_as_an_export_file_is_refused_before_the_sentence_search(
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["mesh"]
 
 
+@pytest.mark.parametrize("name", ["sentence.json", "learned_embeds.safetensors"])
+def test_a_folder_in_place_of_a_descriptor_file_is_refused_before_the_sentence_search(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, name
+):
+    """A folder descriptor/sentence.json or descriptor/learned_embeds.safetensors was an
+    IsADirectoryError traceback where the search or the descriptor's training wrote it."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "run" / "descriptor" / name
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(imageto3d, "describe", _fail)
+    with pytest.raises(DreamtextError) as error:
+        run_image(
+            _image(tmp_path), _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path)
+        )
+    assert str(error.value) == (
+        f"{folder} is a folder, not a run's file; move it out of {folder.parent} and run the "
+        "command again"
+    )
+
+
 def test_a_descriptor_token_that_is_a_word_is_refused_before_the_sentence_search(
     tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
 ):
