@@ -68,13 +68,23 @@ class TrainedRun:
     workspace: Path
 
 
+def what_stands(path: Path) -> str:
+    """What stands at ``path`` where a file should: ``"a folder"``, ``"a link to nothing"``,
+    ``"a FIFO"`` or ``"no regular file"`` (a socket, a device)."""
+    if path.is_dir():
+        return "a folder"
+    if not path.exists():
+        return "a link to nothing"
+    return "a FIFO" if path.is_fifo() else "no regular file"
+
+
 def not_a_file(path: Path, kind: str) -> DreamtextError:
-    """``PATH is a folder, not KIND; move it out of ...``: a folder (or other non-file, a FIFO)
-    in the place of a file a command reads, replaces or removes (``last.pt``, ``status.json``,
-    ``mesh/mesh.json``), made or copied there by hand."""
-    what = "a folder" if path.is_dir() else "not a file"
+    """``PATH is a folder, not KIND; move it out of ...``: a folder, a link to nothing or a FIFO
+    (:func:`what_stands`) in the place of a file a command reads, replaces or removes
+    (``last.pt``, ``status.json``, ``mesh/mesh.json``), made or copied there by hand."""
     return DreamtextError(
-        f"{path} is {what}, not {kind}; move it out of {path.parent} and run the command again"
+        f"{path} is {what_stands(path)}, not {kind}; move it out of {path.parent} and run the "
+        "command again"
     )
 
 

@@ -23,7 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, not_a_file
+from dreamtext.errors import (
+    UNREADABLE_JSON,
+    DreamtextError,
+    WorkspaceInUse,
+    not_a_file,
+    what_stands,
+)
 from dreamtext.images import load_image
 from dreamtext.inputs import (
     CHECKPOINT_DIR,
@@ -149,8 +155,7 @@ def read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
     is a folder of that name (a resume said "no config.json")."""
     if not path.is_file():
         if os.path.lexists(path):
-            what = "a folder" if path.is_dir() else "not a file"
-            raise DreamtextError(f"{path} is {what}, not a run config; {fix}")
+            raise DreamtextError(f"{path} is {what_stands(path)}, not a run config; {fix}")
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

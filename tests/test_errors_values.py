@@ -9,6 +9,7 @@ from dreamtext.errors import (
     WorkspaceInUse,
     cause_line,
     file_system_fix,
+    not_a_file,
     shorten,
     trained_run_line,
     what_failed,
@@ -82,3 +83,24 @@ def test_workspace_in_use_says_who_holds_it_and_what_to_do():
         "end or stop it, or pass --workspace NEW_FOLDER"
     )
     assert error.holder == "process 12 on this machine"
+
+
+def test_a_non_file_in_a_files_place_is_named_by_what_it_is(tmp_path: Path):
+    """A FIFO or a link to nothing in the place of a run's file read "is not a file, not a
+    run's file"; each is named."""
+    import os
+
+    folder, fifo, link = tmp_path / "log.jsonl", tmp_path / "status.json", tmp_path / "last.pt"
+    folder.mkdir()
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "gone")
+    said = {path.name: str(not_a_file(path, "a run's file")) for path in (folder, fifo, link)}
+    assert said == {
+        name: f"{tmp_path / name} is {what}, not a run's file; move it out of {tmp_path} and "
+        "run the command again"
+        for name, what in [
+            ("log.jsonl", "a folder"),
+            ("status.json", "a FIFO"),
+            ("last.pt", "a link to nothing"),
+        ]
+    }
