@@ -763,3 +763,30 @@ def test_a_descriptor_checkpoint_that_does_not_fit_is_the_file_systems_error(tmp
     ).stdout
     assert out.strip() == f"OSError [Errno 27] File too large: '{tmp_path / 'last.pt'}'"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rerun_stopped_twice_before_its_first_save_records_the_step_it_went_on_from(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """Before a rerun saves a checkpoint, the one it went on from (step 2) is what a next rerun
+    goes on from: status.json's "interrupted" step is that one, not 0."""
+    import signal
+
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2, preview_every=0))
+    real_step = DescriptorTrainer.train_step
+
+    def step_then_two_signals(self, image):
+        info = real_step(self, image)
+        if self.step == 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return info
+
+    monkeypatch.setattr(DescriptorTrainer, "train_step", step_then_two_signals)
+    options = DescriptorOptions(iters=6, checkpoint_every=10, preview_every=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_descriptor(image_path, workspace, guidance, options)
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["phase"], status["step"]) == ("interrupted", "descriptor", 2)

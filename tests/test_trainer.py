@@ -1,6 +1,7 @@
 """The SDS trainer on the tiny random Stable Diffusion: workspace contents, resume, interruption."""
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import importlib.metadata
@@ -1156,3 +1157,54 @@ def test_the_finiteness_check_of_the_gradients_makes_no_copy_of_them():
     )
     grown = run_measured(script)
     assert int(grown) < 10_000_000  # isfinite: 140 MB (7 B a value)
+
+
+def test_a_resumed_run_stopped_twice_before_its_first_save_records_the_restored_step(
+    tmp_path, monkeypatch
+):
+    """status.json's "interrupted" step is that of the checkpoint a rerun goes on from; before a
+    resumed run saves one, that is the checkpoint it restored (step 2), not step 0."""
+    import signal
+
+    cfg = tiny_config(tmp_path, "builtin:shapes", iters=2, checkpoint_every=10, preview_every=0)
+    train(cfg)
+    real_step = trainer.train_step
+
+    def step_then_two_signals(run):
+        record = real_step(run)
+        if run.step == 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", step_then_two_signals)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataclasses.replace(cfg, iters=6), resume=True)
+    workspace = Path(cfg.workspace)
+    status = json.loads((workspace / "status.json").read_text())
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    assert (status["state"], status["step"]) == ("interrupted", 2)
+
+
+def test_a_stop_in_the_middle_of_a_step_records_the_step_of_the_checkpoint_it_saves(
+    tmp_path, monkeypatch
+):
+    """A stop mid-step saves the checkpoint of the last whole step (2); status.json said
+    "interrupted" at the step of the checkpoint before (none: 0) where it is that one."""
+    from dreamtext.interrupts import StepStopped
+
+    real_step = trainer.train_step
+
+    def stopped_in_step_3(run):
+        if run.step == 2:
+            raise StepStopped()
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", stopped_in_step_3)
+    cfg = tiny_config(tmp_path, "builtin:shapes", iters=6, checkpoint_every=10, preview_every=0)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg)
+    workspace = Path(cfg.workspace)
+    status = json.loads((workspace / "status.json").read_text())
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
+    assert (status["state"], status["step"]) == ("interrupted", 2)
