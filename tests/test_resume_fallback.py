@@ -554,3 +554,52 @@ def test_a_finished_run_resumed_to_more_steps_drops_its_old_final_preview(tmp_pa
     train(builtin_config(workspace, iters=4), resume=True)
     assert seen == [False, False]
     assert final.is_file()  # the new end's
+
+
+def test_a_fifo_in_place_of_last_pt_is_named_and_a_folder_in_place_of_a_step_file_exports(
+    tmp_path, capsys
+):
+    """A non-file that is no folder (a FIFO) in place of last.pt is refused as one, where the
+    export said "train first"; a folder in place of a step file, which an export does not read,
+    leaves the run's export as it was."""
+    from dreamtext.cli import main
+
+    workspace = train(builtin_config(tmp_path / "run", iters=4))  # last.pt 4, step_000002.pt
+    folder = workspace / "checkpoints"
+    (folder / "step_000002.pt").unlink()
+    (folder / "step_000002.pt").mkdir()
+    export = ["export", "--workspace", str(workspace), "--no-video", "--formats", "ply"]
+    assert main(export) == 0
+    capsys.readouterr()
+    (folder / "last.pt").unlink()
+    os.mkfifo(folder / "last.pt")
+    assert (main(export), capsys.readouterr().err.strip().splitlines()[-1]) == (
+        2,
+        f"dreamtext: error: {folder / 'last.pt'} is not a file, not a checkpoint; move it out "
+        f"of {folder} and run the command again",
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"config.json": '{"prompt": "a red cube"}'}, "`dreamtext text 'a red cube' --workspace "),
+        ({"config.json": "[1]"}, "`dreamtext text PROMPT --workspace "),
+        ({"config.json": '{"seed": 0}'}, "`dreamtext text PROMPT --workspace "),
+        ({"descriptor/sentence.json": "{}"}, "`dreamtext image IMAGE --workspace "),
+    ],
+)
+def test_the_command_that_trains_a_run_again_is_its_own_and_parses(tmp_path, files, expected):
+    """An image run is told `image IMAGE` (a `text` command would train another run), a
+    config.json without a prompt is PROMPT (a config.json that is no mapping was a traceback),
+    and a folder with a space is quoted, so that the command can be typed as it is."""
+    import shlex
+
+    from dreamtext.export import retrain_command
+
+    workspace = tmp_path / "my run"
+    for name, text in files.items():
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / name).write_text(text, encoding="utf-8")
+    command = retrain_command(workspace)
+    assert command.startswith(expected + shlex.quote(str(workspace)) + " --overwrite`")
