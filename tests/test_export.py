@@ -3351,3 +3351,34 @@ def test_an_export_refused_for_memory_after_training_names_dreamtext_export(tmp_
         f"it with those flags of `dreamtext export --workspace {run}`"
     )
     assert not (run / "mesh").exists()
+
+
+@pytest.mark.parametrize("name", ["video/turntable.mp4", "video/turntable.gif", "mesh/mesh.glb"])
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_every_output_name_held_by_a_non_file_is_refused(tmp_path, name, kind):
+    """The check covers video/ as mesh/ (a folder video/turntable.mp4/ was dropped by the swap
+    as an earlier export's video) and a non-file that is no folder (a FIFO), each by name."""
+    from dreamtext.export import check_output_names
+
+    path = tmp_path / name
+    path.parent.mkdir(parents=True)
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+    with pytest.raises(DreamtextError) as raised:
+        check_output_names(tmp_path)
+    what = "a folder" if kind == "folder" else "not a file"
+    assert str(raised.value).startswith(f"{path} is {what}, not a file of an export")
+    assert path.exists()
+
+
+def test_a_killed_exports_staging_folder_with_a_read_only_mesh_is_removed(tmp_path, owner_removals):
+    """A staging folder left by a killed export whose mesh/ took a read-only mode: the next
+    export's clean-up (``finish_replacements``) left it, a hidden copy of every file, for good."""
+    from dreamtext.processes import this_process
+
+    dead = tmp_path / ".export-partial-dead0001"
+    (dead / "mesh").mkdir(parents=True)
+    (dead / "mesh" / "mesh.ply").write_bytes(b"staged")
+    (dead / export_module.RECORD_FILE).write_text(json.dumps({**this_process(), "pid": 2**22 + 7}))
+    (dead / "mesh").chmod(0o555)
+    export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
+    assert not dead.exists()
