@@ -2895,3 +2895,15 @@ def test_perp_neg_without_view_prompts_is_only_ignored_with_the_built_in_prior(
     code, err = run_main(args, capsys)
     assert code == 0, err
     assert "--perp-neg does not apply to the built-in prior; ignored" in err
+
+
+@pytest.mark.parametrize("byte", [0x80, 0xFF])
+def test_the_first_and_the_last_byte_that_is_not_utf8_are_refused(
+    tmp_path, monkeypatch, capsys, byte
+):
+    """Each byte 0x80-0xFF that is not UTF-8 text is one lone surrogate (U+DC80-U+DCFF), the
+    ends of the range included: a name with 0x80 reached config.json and its traceback."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*BUILTIN_RUN, "--workspace", "runs/caf" + chr(0xDC00 + byte)], capsys)
+    assert_user_error(code, err, f"--workspace holds a byte that is not UTF-8 text (0x{byte:02X})")
+    assert list(tmp_path.iterdir()) == []
