@@ -2310,11 +2310,12 @@ def test_a_file_system_error_of_one_line_names_its_file_and_the_fix(
     assert f"batch: line 1 failed: {failed['error']}" in err and "Traceback" not in err
 
 
-def test_an_image_line_in_a_folder_whose_name_is_not_utf8_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("byte", [0x80, 0xE9, 0xFF])
+def test_an_image_line_in_a_folder_whose_name_is_not_utf8_is_one_line(tmp_path, capsys, byte):
     """``batch $'lists\\xe9/list.txt'`` with ``image:mug.png``: the image's path, taken from the
     list's folder, held the byte as a lone surrogate, and naming its run was a UnicodeEncodeError
-    traceback."""
-    folder = tmp_path / "lists\udce9"
+    traceback. The ends of the range (0x80, 0xFF) too."""
+    folder = tmp_path / ("lists" + chr(0xDC00 + byte))
     folder.mkdir()
     Image.new("RGB", (32, 32), "red").save(folder / "mug.png")
     (folder / "list.txt").write_text("image:mug.png\n")
@@ -2323,7 +2324,7 @@ def test_an_image_line_in_a_folder_whose_name_is_not_utf8_is_one_line(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "list.txt:1: the image's path" in err
-    assert "holds a byte that is not UTF-8 text (0xE9); rename its folder or file" in err
+    assert f"holds a byte that is not UTF-8 text (0x{byte:02X}); rename its folder or file" in err
     assert not root.exists()
 
 
