@@ -3365,7 +3365,7 @@ def test_every_output_name_held_by_a_non_file_is_refused(tmp_path, name, kind):
     path.mkdir() if kind == "folder" else os.mkfifo(path)
     with pytest.raises(DreamtextError) as raised:
         check_output_names(tmp_path)
-    what = "a folder" if kind == "folder" else "not a file"
+    what = "a folder" if kind == "folder" else "a FIFO"
     assert str(raised.value).startswith(f"{path} is {what}, not a file of an export")
     assert path.exists()
 

@@ -575,7 +575,7 @@ def test_a_fifo_in_place_of_last_pt_is_named_and_a_folder_in_place_of_a_step_fil
     os.mkfifo(folder / "last.pt")
     assert (main(export), capsys.readouterr().err.strip().splitlines()[-1]) == (
         2,
-        f"dreamtext: error: {folder / 'last.pt'} is not a file, not a checkpoint; move it out "
+        f"dreamtext: error: {folder / 'last.pt'} is a FIFO, not a checkpoint; move it out "
         f"of {folder} and run the command again",
     )
 
