@@ -99,7 +99,7 @@ from dreamtext.interrupts import (
 )
 from dreamtext.processes import HOST, gone_process, same_process, this_process
 from dreamtext.progress import bar_options, tqdm
-from dreamtext.prompts_text import check_prompt_lines, is_prompt_line
+from dreamtext.prompts_text import check_prompt_lines, first_undecoded_byte, is_prompt_line
 from dreamtext.runfiles import descriptor_checkpoint, sentence_path, source_copy
 from dreamtext.runstatus import (
     RunTakenOver,
@@ -396,14 +396,14 @@ def _line_image(
     if not image_path.is_absolute():
         image_path = images_folder / image_path
     refuse_trailing_comment(path, number, image_path)
-    stray = next((c for c in str(image_path) if 0xDC80 <= ord(c) <= 0xDCFF), None)
+    stray = first_undecoded_byte(str(image_path))
     if stray is not None:  # a name given on a Latin-1 system: its run records it as UTF-8
         list_path, shown = (
             os.fsencode(p).decode("utf-8", "backslashreplace") for p in (path, image_path)
         )
         raise DreamtextError(
             f"{list_path}:{number}: the image's path {shown} holds a byte that is not UTF-8 "
-            f"text (0x{ord(stray) - 0xDC00:02X}); rename its folder or file to a name in UTF-8"
+            f"text (0x{stray[1]:02X}); rename its folder or file to a name in UTF-8"
         )
     quoted = len(image) > 1 and image[0] in "'\"" and image[-1] == image[0]
     if quoted and not os.path.exists(image_path):  # a shell's habit for "my mug.png"

@@ -1626,7 +1626,11 @@ def refuse_empty_paths(args: argparse.Namespace) -> None:
             flag = POSITIONAL_PATHS.get(name, f"--{name}")
             what = "a model id or folder" if name == "model" else "a path"
             raise DreamtextError(f"{flag} is empty (an unset shell variable?); give it {what}")
-    from dreamtext.prompts_text import describe_character, first_control_character
+    from dreamtext.prompts_text import (
+        describe_character,
+        first_control_character,
+        first_undecoded_byte,
+    )
 
     for name in MADE_FOLDERS:
         value = getattr(args, name, None)
@@ -1641,14 +1645,13 @@ def refuse_empty_paths(args: argparse.Namespace) -> None:
     # (config.json, describe's sentence.json), as did --model's and the vocabularies' after
     # their load; safetensors cannot open a --clip folder named so.
     for name, what in NON_UTF8_REFUSED:
-        path = str(getattr(args, name, None) or "")
-        stray = next((i for i, c in enumerate(path) if 0xDC80 <= ord(c) <= 0xDCFF), None)
+        stray = first_undecoded_byte(str(getattr(args, name, None) or ""))
         if stray is not None:
             flag = POSITIONAL_PATHS.get(name, f"--{name}")
-            byte = ord(path[stray]) - 0xDC00
+            at, byte = stray
             raise DreamtextError(
                 f"{flag} holds a byte that is not UTF-8 text (0x{byte:02X}) at character "
-                f"{stray + 1}; rename the {what} (or give another) to a name in UTF-8"
+                f"{at + 1}; rename the {what} (or give another) to a name in UTF-8"
             )
 
 

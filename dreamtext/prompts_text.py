@@ -103,6 +103,15 @@ def describe_character(char: str) -> str:
     return f"U+{code:04X}" + (f" ({name})" if name else "")
 
 
+def first_undecoded_byte(text: str) -> tuple[int, int] | None:
+    """``(position, byte)`` of the first byte of ``text`` that was not UTF-8, ``None`` if none:
+    Python reads such a byte of a command-line argument or a file name (a Latin-1 system's
+    ``café``) as the lone surrogate U+DC80-U+DCFF, 0xDC00 above the byte."""
+    return next(
+        ((i, ord(c) - 0xDC00) for i, c in enumerate(text) if 0xDC80 <= ord(c) <= 0xDCFF), None
+    )
+
+
 def check_prompt_characters(text: str, where: str, spaces_allowed: bool = False) -> None:
     """Refuse ``text`` (a prompt; ``where`` names it in the message, e.g. ``"the prompt"`` or
     ``"prompts.txt:3: the line"``) if it holds a control character other than a tab, at its
@@ -146,6 +155,7 @@ __all__ = [
     "describe_character",
     "draws_nothing",
     "first_control_character",
+    "first_undecoded_byte",
     "invisible_characters",
     "is_prompt_line",
     "shows_nothing",
