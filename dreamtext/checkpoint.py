@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import torch
 
 from dreamtext.devices import memory_that_ran_out
-from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, not_a_file
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, check_a_file
 from dreamtext.errors import naming_the_file as naming_the_file  # re-exported
 from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
 from dreamtext.inputs import LAST_CHECKPOINT, LAST_STEP_RECORD
@@ -467,8 +467,7 @@ def check_checkpoint_files(workspace: Path, steps: bool = True) -> None:
     traceback removing it."""
     folder = checkpoint_dir(workspace)
     for path in [folder / LAST, *(path for _, path in step_files(folder) if steps)]:
-        if os.path.lexists(path) and not path.is_file():
-            raise not_a_file(path, "a checkpoint")
+        check_a_file(path, "a checkpoint")
 
 
 def can_resume(workspace: Path) -> bool:

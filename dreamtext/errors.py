@@ -78,11 +78,14 @@ def what_stands(path: Path) -> str:
     return "a FIFO" if path.is_fifo() else "no regular file"
 
 
-def not_a_file(path: Path, kind: str) -> DreamtextError:
-    """``PATH is a folder, not KIND; move it out of ...``: a folder, a link to nothing or a FIFO
-    (:func:`what_stands`) in the place of a file a command reads, replaces or removes
-    (``last.pt``, ``status.json``, ``mesh/mesh.json``), made or copied there by hand."""
-    return DreamtextError(
+def check_a_file(path: Path, kind: str) -> None:
+    """Refuse a folder, a link to nothing or a FIFO (:func:`what_stands`) at ``path``, where a
+    command reads, replaces or removes a file (``last.pt``, ``status.json``, ``mesh/mesh.json``),
+    made or copied there by hand: ``PATH is a folder, not KIND; move it out of ...``. Nothing
+    there, or a file, passes."""
+    if not os.path.lexists(path) or path.is_file():
+        return
+    raise DreamtextError(
         f"{path} is {what_stands(path)}, not {kind}; move it out of {path.parent} and run the "
         "command again"
     )

@@ -57,7 +57,7 @@ from dreamtext.checkpoint import (
     run_from_state,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, not_a_file
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, check_a_file
 from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
@@ -872,8 +872,7 @@ def check_output_names(out_dir: Path) -> None:
     for folder, names in (("mesh", MESH_OUTPUTS), ("video", VIDEO_OUTPUTS)):
         for name in names:
             path = Path(out_dir) / folder / name
-            if os.path.lexists(path) and not path.is_file():
-                raise not_a_file(path, "a file of an export, which replaces it")
+            check_a_file(path, "a file of an export, which replaces it")
 
 
 # What to do where the export that ends a training run would find its folders unusable.

@@ -27,7 +27,7 @@ from dreamtext.errors import (
     UNREADABLE_JSON,
     DreamtextError,
     WorkspaceInUse,
-    not_a_file,
+    check_a_file,
     what_stands,
 )
 from dreamtext.images import load_image
@@ -401,8 +401,7 @@ def check_image_workspace(
     # Written after the sentence search and the descriptor's training: a folder in their place
     # was an IsADirectoryError traceback there, the work done lost.
     for path in (sentence_path(workspace), Path(workspace).joinpath(*RUN_LEARNED_EMBEDS)):
-        if os.path.lexists(path) and not path.is_file():
-            raise not_a_file(path, "a run's file")
+        check_a_file(path, "a run's file")
     check_not_running(workspace)
     record = read_record(workspace)
     sections = read_stage_sections(workspace)

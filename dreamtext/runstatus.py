@@ -76,7 +76,7 @@ from dreamtext.checkpoint import (
     checkpoint_step,
     last_checkpoint,
 )
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, not_a_file
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, check_a_file
 from dreamtext.inputs import RUN_STATUS
 from dreamtext.interrupts import TrainingInterrupted, signals_held
 from dreamtext.processes import (
@@ -535,8 +535,7 @@ def track_status(
     ``step()`` would put status.json ahead of that checkpoint.
     """
     status = Path(workspace) / STATUS
-    if os.path.lexists(status) and not status.is_file():  # its first write: a traceback
-        raise not_a_file(status, "a run's status")
+    check_a_file(status, "a run's status")  # its first write: a traceback
     check_not_running(workspace)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -16,7 +16,6 @@ import collections
 import contextlib
 import dataclasses
 import math
-import os
 import resource
 import secrets
 import shlex
@@ -77,7 +76,7 @@ from dreamtext.devices import (
     to_device,
 )
 from dreamtext.encoding import check_encoding
-from dreamtext.errors import DreamtextError, TrainedRun, not_a_file
+from dreamtext.errors import DreamtextError, TrainedRun, check_a_file
 from dreamtext.export import (
     MESH_OUTPUTS,
     REPLACED_OUTPUTS,
@@ -239,12 +238,10 @@ def check_workspace(
     # before it in the glob removed. A resume truncates log.jsonl and appends to it (a FIFO
     # held it for good) and removes the previews past its step and the final one.
     log_file = workspace / "log.jsonl"
-    if os.path.lexists(log_file) and not log_file.is_file():
-        raise not_a_file(log_file, "a run's file")
+    check_a_file(log_file, "a run's file")
     for pattern in ("previews/*.png",) if resume else EARLIER_RUN_FILES:
         for path in workspace.glob(pattern):
-            if not path.is_file():
-                raise not_a_file(path, "a run's file")
+            check_a_file(path, "a run's file")
     check_not_running(workspace)
     # Read first: a config.json that is not a run's fails here, before anything is written.
     previous = (read_run_config(workspace, "delete it or pass --workspace") or {}).get("prompt")

@@ -3,13 +3,16 @@
 import errno
 from pathlib import Path
 
+import pytest
+
 from dreamtext.errors import (
     ENVIRONMENT_ERRNOS,
+    DreamtextError,
     TrainedRun,
     WorkspaceInUse,
     cause_line,
+    check_a_file,
     file_system_fix,
-    not_a_file,
     shorten,
     trained_run_line,
     what_failed,
@@ -94,7 +97,11 @@ def test_a_non_file_in_a_files_place_is_named_by_what_it_is(tmp_path: Path):
     folder.mkdir()
     os.mkfifo(fifo)
     link.symlink_to(tmp_path / "gone")
-    said = {path.name: str(not_a_file(path, "a run's file")) for path in (folder, fifo, link)}
+    said = {}
+    for path in (folder, fifo, link):
+        with pytest.raises(DreamtextError) as error:
+            check_a_file(path, "a run's file")
+        said[path.name] = str(error.value)
     assert said == {
         name: f"{tmp_path / name} is {what}, not a run's file; move it out of {tmp_path} and "
         "run the command again"
