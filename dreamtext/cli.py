@@ -402,13 +402,12 @@ class _OneLineParser(argparse.ArgumentParser):
                 owner.error(f"unrecognized arguments: {word}{hint}")
             # `view -- -runs --static x`: view's folders take every word after `--`, so its
             # own flags there were folders ("no folder --static, x yet") and it served on.
-            late = [
-                word
-                for action in owner._actions
-                if not action.option_strings and action.nargs == "*"
+            listed = [
+                str(word)
+                for action in _list_positionals(owner)
                 for word in _as_list(getattr(args, action.dest, None))
-                if word in typed and str(word).split("=")[0] in _option_strings(owner)
             ]
+            late = _flags_after_dashes(owner, listed, typed)
             if late:
                 flag = late[0].split("=")[0]
                 owner.error(
@@ -419,13 +418,10 @@ class _OneLineParser(argparse.ArgumentParser):
             message = f"unrecognized arguments: {' '.join(unknown)}"
             # `text -- -red --iters 2`, as the dashed prompt's hint says to type it: after `--`
             # a flag is a word, and "did you mean --iters?" named the flag typed.
-            late = [
-                word.split("=")[0]
-                for word in unknown
-                if word in typed and word.split("=")[0] in _option_strings(owner)
-            ]
+            late = _flags_after_dashes(owner, unknown, typed)
             if late:
-                owner.error(f"{message}; {late[0]} goes before --, after which no word is a flag")
+                flag = late[0].split("=")[0]
+                owner.error(f"{message}; {flag} goes before --, after which no word is a flag")
             hint = _unknown_flag_hint(owner, unknown)
             message += hint
             # A word right after an unknown flag is that flag's value (`--out run1`), not a
@@ -454,7 +450,7 @@ class _OneLineParser(argparse.ArgumentParser):
             if dashed and not strays and flag is not None:
                 message += f"; name the folder with {flag}={dashed[0]}"
             elif dashed and not strays:
-                folders = [a for a in owner._actions if not a.option_strings and a.nargs == "*"]
+                folders = _list_positionals(owner)
                 if folders:
                     name = folders[0].metavar or folders[0].dest
                     message += owner._after_dashes_hint(dashed, name)
@@ -471,6 +467,21 @@ class _OneLineParser(argparse.ArgumentParser):
 # `--prompt=a red cube`: a flag and its value in one word, which argparse takes for a positional
 # when the value has a space.
 FLAG_WITH_VALUE = re.compile(r"^--[A-Za-z][\w-]*=")
+
+
+def _list_positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """``parser``'s positionals that take any number of words (view's folders)."""
+    return [a for a in parser._actions if not a.option_strings and a.nargs == "*"]
+
+
+def _flags_after_dashes(
+    parser: argparse.ArgumentParser, words: list[str], after: list[str]
+) -> list[str]:
+    """The words of ``words`` typed after ``--`` (``after``) that are flags of ``parser``, alone
+    or with ``=value``: after ``--`` argparse takes them for words (``text -- -red --iters 2``,
+    ``view -- -runs --static x``), which the user meant as flags."""
+    own = _option_strings(parser)
+    return [word for word in words if word in after and word.split("=")[0] in own]
 
 
 def _as_list(value: Any) -> list[Any]:
