@@ -122,7 +122,10 @@ def measure_load(folder: str, lean: bool) -> dict:
     parameters = sum(
         p.numel() for m in (loaded.unet, loaded.vae, loaded.text_encoder) for p in m.parameters()
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from dreamtext.trainer import ru_maxrss_unit  # after the reading: its imports take memory
+
+    peak = peak * ru_maxrss_unit() / 2**20
     return {"seconds": seconds, "peak_rss_mib": peak, "parameters": parameters}
 
 

@@ -63,7 +63,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import sys
@@ -199,7 +198,7 @@ def peak_memory_label(device: torch.device) -> str:
         allocated = torch.cuda.max_memory_allocated(device) / 2**20
         reserved = torch.cuda.max_memory_reserved(device) / 2**20
         return f"{allocated:.0f} ({reserved:.0f} reserved)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} (RSS)"
+    return f"{trainer_module.memory_peak('memory') / 2**20:.0f} (RSS)"
 
 
 def guidance_overrides(

@@ -1337,7 +1337,13 @@ def memory_peak(memory: str) -> int:
     most so far: torch's peak allocation on the GPU, the peak RSS on the host; 0 where unknown."""
     if memory == "GPU memory":
         return torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * ru_maxrss_unit()
+
+
+def ru_maxrss_unit() -> int:
+    """Bytes in a unit of ``getrusage``'s ``ru_maxrss``: bytes on macOS, KiB on Linux and the
+    BSDs (read as KiB, a Mac's peak was 1024 times too large)."""
+    return 1 if sys.platform == "darwin" else 1024
 
 
 def table_fix(cfg: TrainConfig, memory: str) -> str:
