@@ -6,11 +6,13 @@ while it runs (:func:`claim_workspace`) and the one under which its files are sw
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
 import os
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -58,13 +60,44 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
+def _ps_fields(pid: int) -> list[str] | None:
+    """Where there is no ``/proc`` (macOS, the BSDs): process ``pid``'s state (``ps``'s
+    ``stat``, ``Z`` for a zombie) and its start in seconds since the epoch (``lstart``, read
+    in UTC: a laptop that changes time zones must not see its own run start at another time;
+    ``""`` where not given); ``None`` where ``ps`` does not answer (no such process)."""
+    if os.path.exists("/proc/self/stat"):  # Linux: no /proc/<pid>/stat is no such process
+        return None
+    try:
+        answer = subprocess.run(
+            ["ps", "-o", "stat=", "-o", "lstart=", "-p", str(int(pid))],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={**os.environ, "LC_ALL": "C", "TZ": "UTC0"},
+            check=False,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not answer:
+        return None
+    try:  # a zombie's state is told without its start
+        start = str(calendar.timegm(time.strptime(" ".join(answer[1:6]), "%a %b %d %H:%M:%S %Y")))
+    except ValueError:
+        start = ""
+    return [answer[0], start]
+
+
 def process_start(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``, field 22);
-    ``None`` where there is no such file (no such process, or not Linux). With the pid it names
-    one process: a pid is reused by another process after the first ends."""
+    """When process ``pid`` started: in clock ticks since boot (``/proc/<pid>/stat``, field
+    22), else in seconds since the epoch as ``ps`` gives it (:func:`_ps_fields`); ``None``
+    where neither answers (no such process). With the pid it names one process: a pid is
+    reused by another process after the first ends (after a reboot, by any other)."""
     fields = _stat_fields(pid)
     try:
-        return int(fields[19]) if fields is not None else None
+        if fields is not None:
+            return int(fields[19])
+        fields = _ps_fields(pid)
+        return int(fields[1]) if fields is not None else None
     except (ValueError, IndexError):
         return None
 
@@ -72,8 +105,8 @@ def process_start(pid: int) -> int | None:
 def process_ended(pid: int) -> bool:
     """Whether process ``pid`` has ended but is still listed: a zombie (``Z``, killed or exited,
     not yet reaped by its parent) or dead (``X``); ``os.kill(pid, 0)`` succeeds on both."""
-    fields = _stat_fields(pid)
-    return fields is not None and bool(fields) and fields[0] in ("Z", "X")
+    fields = _stat_fields(pid) or _ps_fields(pid)
+    return fields is not None and bool(fields) and fields[0][:1] in ("Z", "X")
 
 
 def _pid_namespace() -> int | None:
@@ -152,11 +185,17 @@ HOLDER_FILES = {
 _HELD: dict[str, list] = {}
 
 
+# This process's start (:func:`process_start`), by pid: a forked child is another process.
+_STARTED: dict[int, int | None] = {}
+
+
 def this_process() -> dict:
     """The record of this process (``host``, ``pid``, ``pid_start``, ``pid_ns``) that
     status.json and the workspace lock carry (:func:`record_alive` reads it)."""
     pid = os.getpid()
-    return {"host": HOST, "pid": pid, "pid_start": process_start(pid), "pid_ns": PID_NAMESPACE}
+    if pid not in _STARTED:  # read once: without /proc, each reading runs ps
+        _STARTED[pid] = process_start(pid)
+    return {"host": HOST, "pid": pid, "pid_start": _STARTED[pid], "pid_ns": PID_NAMESPACE}
 
 
 def same_process(record: dict | None, other: dict | None) -> bool:

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 def test_a_process_of_another_user_is_alive(monkeypatch):
     """kill(pid, 0) on another user's process fails with EPERM: it exists."""
@@ -398,3 +400,67 @@ def test_a_claim_removes_the_temps_an_image_runs_killed_stages_left_in_descripto
         (descriptor / name).write_text("{", encoding="utf-8")
     with claim_workspace(tmp_path / "run"):
         assert sorted(p.name for p in descriptor.iterdir()) == [".notes", "sentence.json"]
+
+
+@pytest.fixture
+def without_proc(monkeypatch):
+    """This machine as macOS (or a BSD) shows it: no ``/proc`` to read."""
+    import builtins
+
+    from dreamtext import processes
+
+    def refusing(real):
+        def call(path, *args, **kwargs):
+            if isinstance(path, (str, Path)) and str(path).startswith("/proc"):
+                raise FileNotFoundError(2, "No such file or directory", str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(builtins, "open", refusing(builtins.open))
+    monkeypatch.setattr(os, "stat", refusing(os.stat))
+    monkeypatch.setattr(processes, "PID_NAMESPACE", None)
+    monkeypatch.setattr(processes, "_STARTED", {}, raising=False)
+
+
+def test_without_proc_a_pid_reused_by_another_process_is_not_the_run_s(without_proc, tmp_path):
+    """On a Mac, with no /proc, a record had no start time: after a reboot an unrelated process
+    that got a killed run's pid made the run's folder "in use" (`text --resume` refused: "wait
+    for it to end or stop it", naming a process that was not dreamtext's), and the viewer
+    showed the run running. ps's start time (seconds since the epoch) tells them apart."""
+    from dreamtext.processes import HOST, process_start, record_alive, this_process
+    from dreamtext.runstatus import read_status, running_elsewhere, write_status
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = process_start(child.pid)
+        assert isinstance(started, int) and abs(started - time.time()) < 30
+        with pytest.MonkeyPatch.context() as travelling:  # a laptop in another time zone
+            travelling.setenv("TZ", "America/New_York")
+            assert process_start(child.pid) == started
+        assert isinstance(this_process()["pid_start"], int)
+        record = {"state": "running", "host": HOST, "pid": child.pid, "pid_start": started}
+        assert record_alive(record) is True  # a run still training is alive
+        reused = {**record, "pid_start": started - 3600}
+        assert record_alive(reused) is False
+        write_status(tmp_path, {**reused, "step": 7, "iters": 20, "phase": "train"})
+        assert running_elsewhere(read_status(tmp_path)) is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_without_proc_a_killed_run_not_yet_reaped_is_gone(without_proc):
+    """On a Mac a run killed under a launcher that had not waited for it (a zombie) still
+    answers kill(pid, 0): it was taken for a live run. ps's state says Z."""
+    from dreamtext.processes import HOST, gone_process, process_ended, process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        record = {"host": HOST, "pid": child.pid, "pid_start": process_start(child.pid)}
+        deadline = time.monotonic() + 10
+        while not process_ended(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone_process(record) == child.pid
+    finally:
+        child.wait()
