@@ -21,12 +21,14 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shlex
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -320,15 +322,33 @@ def export_memory(options: ExportOptions) -> int:
 
 def available_memory() -> int | None:
     """Bytes of memory the system can give a new allocation without swapping (Linux's
-    ``MemAvailable``), or ``None`` where it does not say."""
+    ``MemAvailable``; on macOS, which has no ``/proc``, :func:`macos_available_memory`), or
+    ``None`` where it does not say."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
+        pass
+    return macos_available_memory() if sys.platform == "darwin" else None
+
+
+def macos_available_memory() -> int | None:
+    """macOS's free and inactive pages, as ``vm_stat`` counts them (psutil's ``available``
+    there), in bytes; ``None`` where ``vm_stat`` does not answer."""
+    try:
+        report = subprocess.run(
+            ["vm_stat"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+        page = int(re.search(r"page size of (\d+) bytes", report).group(1))
+        pages = {
+            name: int(count)
+            for name, count in re.findall(r"^Pages (free|inactive):\s+(\d+)\.?$", report, re.M)
+        }
+        return (pages["free"] + pages["inactive"]) * page
+    except (OSError, subprocess.SubprocessError, AttributeError, KeyError, ValueError):
         return None
-    return None
 
 
 def check_memory(options: ExportOptions, after_training: bool = False) -> None:

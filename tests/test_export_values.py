@@ -76,6 +76,48 @@ def test_an_export_that_needs_exactly_the_available_memory_is_taken(monkeypatch)
         export_module.check_memory(options)
 
 
+# What `vm_stat` prints on an Apple Silicon Mac (16 KiB pages), its first lines.
+VM_STAT = """Mach Virtual Memory Statistics: (page size of 16384 bytes)
+Pages free:                                3623.
+Pages active:                            234906.
+Pages inactive:                          232402.
+Pages speculative:                         1131.
+Pages throttled:                              0.
+Pages wired down:                         99718.
+Pages purgeable:                           7318.
+"Translation faults":                 1384934521.
+"""
+
+
+def test_on_macos_an_export_that_cannot_fit_is_refused_by_vm_stats_free_and_inactive_pages(
+    monkeypatch,
+):
+    """macOS has no /proc/meminfo: the check had no figure and let `--resolution 2048` (275 GB)
+    start on a 16 GB laptop, which README says is refused up front. vm_stat's free and
+    inactive pages are what the system can give without swapping (psutil's `available`)."""
+    import builtins
+    import subprocess
+    from types import SimpleNamespace
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if isinstance(path, str) and path.startswith("/proc"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_open(path, *args, **kwargs)
+
+    def vm_stat(command, **kwargs):
+        assert command == ["vm_stat"]
+        return SimpleNamespace(stdout=VM_STAT, returncode=0)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setattr(export_module.sys, "platform", "darwin")
+    monkeypatch.setattr(subprocess, "run", vm_stat)
+    assert export_module.available_memory() == (3623 + 232402) * 16384  # 3.9 GB
+    with pytest.raises(DreamtextError, match=r"needs about 274\.9 GB of memory and 3\.9 GB is"):
+        export_module.check_memory(ExportOptions(resolution=2048))
+
+
 @pytest.mark.parametrize(
     ("size", "shown"),
     [
