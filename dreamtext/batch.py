@@ -452,8 +452,31 @@ def relative_images_folder(path: Path) -> Path:
     if not path.is_file():
         return Path.cwd()
     if str(path).startswith(("/dev/", "/proc/")):  # stdin or a descriptor opened on a file
-        return Path(os.path.realpath(path)).parent
+        opened = descriptor_file(path)
+        return Path.cwd() if opened is None else opened.parent
     return path.parent
+
+
+def descriptor_file(path: Path) -> Path | None:
+    """The file the descriptor ``path`` (``/dev/stdin``, ``/dev/fd/N``) is open on: where the
+    path is a link to it (Linux's ``/proc/self/fd/N``), else what ``fcntl(F_GETPATH)`` says
+    (macOS, whose ``/dev/fd/N`` is no link); ``None`` where neither tells."""
+    resolved = os.path.realpath(path)
+    if not resolved.startswith(("/dev/", "/proc/")):
+        return Path(resolved)
+    if getattr(fcntl, "F_GETPATH", None) is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        named = fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024))  # MAXPATHLEN
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return Path(os.fsdecode(named.rstrip(b"\0")))
 
 
 def same_up_to_case(owner: tuple[str, str] | None, key: tuple[str, str]) -> bool:

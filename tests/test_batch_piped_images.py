@@ -112,3 +112,32 @@ def test_a_list_named_by_its_proc_descriptor_takes_the_files_folder(tmp_path, mo
     file's folder, not ``/proc/self/fd``."""
     folder = _folder_through_a_descriptor(tmp_path, monkeypatch, "/proc/self/fd/")
     assert folder == tmp_path / "lists"
+
+
+def test_stdin_redirected_from_a_file_takes_the_files_folder_on_macos(tmp_path, monkeypatch):
+    """macOS's ``/dev/fd/N`` is no symlink (Linux's goes to ``/proc/self/fd/N``, a link to the
+    file): realpath kept it, so ``dreamtext batch /dev/stdin < lists/prompts.txt`` looked for
+    ``image:mug.png`` in ``/dev/fd``. macOS tells a descriptor's file by ``fcntl(F_GETPATH)``;
+    simulated here with Linux's link, as macOS answers it (the path, NUL-padded)."""
+    import fcntl
+
+    from dreamtext import batch
+
+    real_realpath = os.path.realpath
+    monkeypatch.setattr(
+        os.path,
+        "realpath",
+        lambda p, **kw: os.fspath(p) if str(p).startswith("/dev/") else real_realpath(p, **kw),
+    )
+    f_getpath = 50  # macOS's value
+    real_fcntl = fcntl.fcntl
+
+    def macos_fcntl(fd, command, arg=0):
+        if command != f_getpath:
+            return real_fcntl(fd, command, arg)
+        return os.readlink(f"/proc/self/fd/{fd}").encode().ljust(len(arg), b"\0")
+
+    monkeypatch.setattr(fcntl, "F_GETPATH", f_getpath, raising=False)
+    monkeypatch.setattr(fcntl, "fcntl", macos_fcntl)
+    monkeypatch.setattr(batch, "fcntl", fcntl)
+    assert _folder_through_a_descriptor(tmp_path, monkeypatch, "/dev/fd/") == tmp_path / "lists"
