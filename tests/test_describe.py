@@ -183,6 +183,20 @@ def test_search_stops_when_no_word_helps():
     assert (result.quantifier, result.noun, result.words) == ("a", "box", [])
 
 
+def test_a_word_already_in_the_sentence_is_appended_again_when_it_raises_the_score():
+    """Each step tries the whole vocabulary, as the thesis's does (ch. 5.2 (2)-(3)): a word the
+    sentence holds, or its noun, is appended again when the score rises (the tiny random CLIP
+    scores "An image of a few puffin puffin" above "An image of a few puffin")."""
+    vocabulary = [*QUANTIFIERS, *NOUNS, *ADJECTIVES]
+    twice = BagOfWordsEncoder(vocabulary, ["a", "box", "red", "red"])
+    result = search_sentence(_scores(twice), NOUNS, ADJECTIVES, max_words=15)
+    assert result.sentence == "An image of a red red box"
+    assert result.score == pytest.approx(1.0)
+    noun_twice = BagOfWordsEncoder(vocabulary, ["a", "box", "box"])
+    result = search_sentence(_scores(noun_twice), NOUNS, ADJECTIVES, max_words=15)
+    assert result.sentence == "An image of a box box"
+
+
 def test_max_words_caps_the_descriptors():
     target = ["a", "box", "red", "wooden", "round"]
     encoder = BagOfWordsEncoder([*QUANTIFIERS, *NOUNS, *ADJECTIVES], target)

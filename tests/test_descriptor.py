@@ -170,6 +170,46 @@ def test_placeholders_start_as_the_words_they_replace(tiny_sd_path):
     assert torch.equal(untrained, original)
 
 
+def test_the_search_training_and_text_to_3d_read_one_sentence_token_for_token(
+    tiny_sd_path, tmp_path
+):
+    """The sentence is "An image of <q> <w1> … <wk> <noun>", single spaces, no commas (the
+    thesis's "<word1>, <word2>, · · · , <wordn>, <noun>" is notation; its code joins with
+    spaces). The descriptor's prompt is that sentence's token ids with each word piece, a
+    repeated word's too, replaced by a placeholder of its own; the base sentence is the
+    sentence without its words; text→3D's prompt, from the saved file, is the same ids."""
+    from safetensors.torch import save_file
+
+    from dreamtext.describe import make_sentence
+    from dreamtext.prompts import encode_texts, expand_tokens
+
+    words = ["red", "shiny", "red"]
+    sentence = make_sentence("a", words, "cube")
+    assert sentence == "An image of a red shiny red cube"
+    trainer = _trainer(tiny_sd_path, words=words)
+    tokenizer = trainer.tokenizer
+    searched = tokenizer(sentence)["input_ids"]
+    start, noun = tokenizer("An image of a")["input_ids"][:-1], tokenizer("cube")["input_ids"][1:]
+    n = N_PIECES + 1  # "red" is one piece, twice
+    assert searched[len(start) : -len(noun)] == [
+        i for w in words for i in tokenizer(w, add_special_tokens=False)["input_ids"]
+    ]
+    first = len(tokenizer) - n
+    trained = tokenizer(trainer.full_prompt)["input_ids"]
+    assert trained == [*start, *range(first, first + n), *noun]
+    assert tokenizer(trainer.base_prompt)["input_ids"] == [*start, *noun]
+    assert trainer.base_prompt == "An image of a cube"
+    assert trainer.trained_sentence == f"An image of a {DESCRIPTOR_TOKEN} cube"
+    with torch.no_grad():
+        trainer.placeholders.vectors.add_(torch.randn(trainer.placeholders.vectors.shape))
+        tau = trainer.encode(trainer.full_prompt)[0]
+    save_file(trainer.learned_embeds(), tmp_path / "learned_embeds.safetensors")
+    side = trainer.models.text_side(tmp_path / "learned_embeds.safetensors")
+    prompt = expand_tokens(trainer.trained_sentence, side.expansions)
+    assert side.tokenizer(prompt)["input_ids"] == trained
+    assert torch.equal(encode_texts(side.tokenizer, side.text_encoder, [prompt])[0], tau)
+
+
 def test_no_words_trains_a_descriptor_initialised_from_the_noun(tiny_sd_path):
     trainer = _trainer(tiny_sd_path, words=[])
     with torch.no_grad():
