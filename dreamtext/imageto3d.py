@@ -79,6 +79,7 @@ from dreamtext.describe import (
     used_options,
 )
 from dreamtext.descriptor import (
+    DESCRIPTOR_TOKEN,
     LEARNED_EMBEDS,
     DescriptorOptions,
     check_token,
@@ -256,6 +257,12 @@ def check_image_options(options: ImageOptions, origins: dict[str, str] | None = 
     low, high = augment.blur_sigma
     if low > high:
         refuse("descriptor.augment.blur_sigma", [low, high], "[low, high] with low ≤ high")
+    # "" trained a descriptor, then text→3D wrote its vectors between every two characters of
+    # the prompt ("550 tokens ... shorten the prompt"); a space splits it as a prompt's words.
+    token = options.descriptor.token
+    if not token or any(c.isspace() for c in token):
+        what = f"one word without spaces (the default is {DESCRIPTOR_TOKEN!r})"
+        refuse("descriptor.token", repr(token), what)
 
 
 def _option_value(options: ImageOptions, name: str) -> Any:

@@ -279,6 +279,16 @@ def test_a_run_from_before_the_stage_sections_starts_from_its_records_steps(tmp_
             {"diverse": {"sample_steps": 0}},
             "diverse.sample_steps in a.yaml must be 1 or more, got 0",
         ),
+        (
+            {"image_to_3d": {"descriptor": {"token": ""}}},
+            "image_to_3d.descriptor.token in a.yaml must be one word without spaces (the default "
+            "is '<descriptor>'), got ''",
+        ),
+        (
+            {"image_to_3d": {"descriptor": {"token": "<my token>"}}},
+            "image_to_3d.descriptor.token in a.yaml must be one word without spaces (the default "
+            "is '<descriptor>'), got '<my token>'",
+        ),
     ],
 )
 def test_image_options_out_of_range_in_a_config_file_are_refused_naming_the_key(
@@ -287,7 +297,9 @@ def test_image_options_out_of_range_in_a_config_file_are_refused_naming_the_key(
     """Only their types were checked: a descriptor batch of 0 or a describe batch of 0 was a
     traceback after the sentence search, `iters: -1` was refused after it as --descriptor-iters
     (a flag not given), 20,000,000 steps passed --descriptor-iters' cap, `sample_steps: 0` was
-    a traceback in the sampler; each was recorded in config.json for the next run."""
+    a traceback in the sampler; each was recorded in config.json for the next run. An empty
+    descriptor token trained, then text→3D wrote its vectors between every two characters of the
+    prompt and refused it as "550 tokens"."""
     from dreamtext.errors import DreamtextError
     from dreamtext.imageto3d import resolve_image_options
 
