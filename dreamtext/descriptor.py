@@ -112,9 +112,12 @@ class PlaceholderEmbeddings(nn.Module):
 
 def taken_token(tokenizer, names: list[str]) -> bool:
     """Whether one of the placeholder ``names`` is a token of ``tokenizer`` already (as a piece,
-    or as a whole word: ``cube</w>``)."""
+    or as a whole word: ``cube</w>``), in any case: CLIP's tokenizer lowercases a prompt, and
+    text→3D refuses ``Cube`` as :func:`dreamtext.prompts.add_textual_inversion` does."""
     vocab = tokenizer.get_vocab()
-    return any(n in vocab or f"{n}</w>" in vocab for n in names)
+    return any(
+        form in vocab for n in names for form in (n, f"{n}</w>", n.lower(), f"{n.lower()}</w>")
+    )
 
 
 def check_token(tokenizer, token: str) -> None:

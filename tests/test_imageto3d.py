@@ -438,17 +438,22 @@ def test_a_folder_in_place_of_a_descriptor_file_is_refused_before_the_sentence_s
     )
 
 
+@pytest.mark.parametrize("token", ["cube", "Cube"])
 def test_a_descriptor_token_that_is_a_word_is_refused_before_the_sentence_search(
-    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, token
 ):
     """`image_to_3d.descriptor.token: cube` (a word of the tokenizer) was refused only when the
     descriptor's training began, after the sentence search (minutes with a real CLIP), and left
-    status.json failed in phase describe."""
+    status.json failed in phase describe. `Cube` passed, the descriptor trained, and text→3D
+    refused it ("token 'Cube' is already in the tokenizer"): the tokenizer lowercases a prompt,
+    so the added token took the place of the word cube in any prompt."""
     monkeypatch.setattr(imageto3d, "describe", _fail)
     options = _options(tmp_path, tiny_clip_path)
-    options.descriptor.token = "cube"  # the tiny tokenizer holds cube</w>
+    options.descriptor.token = token  # the tiny tokenizer holds cube</w>
     cfg = _config(tmp_path, tiny_sd_path)
-    with pytest.raises(DreamtextError, match=r"image_to_3d\.descriptor\.token 'cube' is already"):
+    with pytest.raises(
+        DreamtextError, match=rf"image_to_3d\.descriptor\.token '{token}' is already"
+    ):
         run_image(_image(tmp_path), options, cfg)
     assert not (tmp_path / "run").exists()
 
