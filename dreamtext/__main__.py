@@ -5,6 +5,8 @@ and ``main`` parses the command line before its own ``try``: a SIGTERM there kil
 with no line (exit -15) and a Ctrl-C printed a ``KeyboardInterrupt`` traceback. So this module
 imports nothing of dreamtext's before its SIGTERM handler is set."""
 
+import contextlib
+import os
 import signal
 import sys
 
@@ -25,6 +27,28 @@ def ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def stdout_to_devnull() -> None:
+    """Send what is still written to stdout to /dev/null: its reader has closed it (`| head
+    -1`), and every later write, Python's own flush at exit included, would raise
+    ``BrokenPipeError`` again (Python's docs, "Note on SIGPIPE")."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def stdout_delivered(code: int) -> int:
+    """``code``, once what stdout still holds is written. Where its reader has closed it
+    (`dreamtext text ... | head -0`, `dreamtext --help | true`), a command that had succeeded
+    exits 1, the status Python's docs give a program whose output was cut, and one that had not
+    keeps its own (130 interrupted, 2 an error). Left to Python's flush at exit, a buffered
+    stdout printed "Exception ignored ... BrokenPipeError" and the status was 120."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stdout_to_devnull()
+        return code or 1
+    return code
+
+
 def run() -> int:
     """Entry point of the ``dreamtext`` console script: ``dreamtext.cli.main`` with SIGTERM
     raising ``KeyboardInterrupt`` as Ctrl-C does from the first line on (``main``'s own handlers
@@ -39,9 +63,13 @@ def run() -> int:
     except KeyboardInterrupt:
         ignore_stop_signals()
         print("dreamtext: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return stdout_delivered(EXIT_INTERRUPTED)
+    except SystemExit as stop:  # argparse's --help, --version and usage errors
+        if not isinstance(stop.code, int | None):
+            raise
+        code = stop.code or 0
     ignore_stop_signals()
-    return code
+    return stdout_delivered(code)
 
 
 if __name__ == "__main__":

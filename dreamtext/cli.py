@@ -1210,12 +1210,22 @@ def cmd_batch(args: argparse.Namespace) -> int:
     run = run_batch(args.prompts, overrides, args.preset, args.config, options)
     # The table, then what is left to do: stdout is flushed first, so that where both go to one
     # file (a SLURM task's log) the line reads after the table, not above it.
+    # A reader that closed stdout (`| head -1`) loses the table, not the line on stderr nor the
+    # batch's own status (130 interrupted, 1 a prompt failed): those went with a BrokenPipeError.
+    cut = False
     if run.records:  # an empty share said so in its line
-        print(summary_table(run.records), flush=True)
+        try:
+            print(summary_table(run.records), flush=True)
+        except BrokenPipeError:
+            from dreamtext.__main__ import stdout_to_devnull
+
+            stdout_to_devnull()
+            cut = True
     if run.not_started:
         left = not_started_line(run.not_started, run.overwrite) + requeue_note(os.environ)
         print(left, file=sys.stderr, flush=True)
-    return EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)
+    code = EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)
+    return code or (1 if cut else 0)
 
 
 # The checks below run before torch and the model libraries are imported (start_libraries:
@@ -2004,8 +2014,10 @@ def _sigterm_raises_while_loading() -> Iterator[Received]:
     previous = {sig: signal.signal(sig, handler) for sig in stops}
     try:
         yield received
-    except Exception:
-        if received:
+    except Exception as error:
+        # A closed stdout is not a library's mangled interrupt: `dreamtext view | head -1`,
+        # stopped with Ctrl-C, failed on its "stopped" line, which main handles.
+        if received and not isinstance(error, BrokenPipeError):
             raise KeyboardInterrupt from None
         raise
     finally:
@@ -2120,11 +2132,11 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         print(interrupted_line(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # stdout's reader closed it (`dreamtext view ... --static site | true`): no traceback.
-        # Further writes go nowhere (Python's own flush at exit would raise again), and the
-        # exit status is the one Python's docs give a program whose output was cut.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # stdout's reader closed it (`dreamtext view ... --static site | true`): no traceback,
+        # and the exit status is the one Python's docs give a program whose output was cut.
+        from dreamtext.__main__ import stdout_to_devnull
+
+        stdout_to_devnull()
         return 1
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:  # a path the user typed (--workspace, --static)

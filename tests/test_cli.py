@@ -2782,22 +2782,87 @@ def test_the_top_level_help_gives_the_readmes_first_run_and_where_each_commands_
     assert (args.command, args.prompt, args.model) == ("text", "a colorful cube", "builtin:shapes")
 
 
-def test_a_closed_stdout_is_no_traceback(tmp_path):
+def run_with_stdout_closed(command: list[str], cwd: Path, unbuffered: bool):
+    """``python -m dreamtext COMMAND`` whose stdout is a pipe its reader closed before anything
+    was written (`| true`), stdout buffered as a user's is or not (PYTHONUNBUFFERED)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read, write = os.pipe()
+    os.close(read)
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamtext", *command],
+        cwd=cwd,
+        env=env,
+        stdout=write,
+        stderr=subprocess.PIPE,
+    )
+    os.close(write)
+    return done
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_a_closed_stdout_is_no_traceback(tmp_path, unbuffered):
     """`dreamtext view RUNS --static site | true`: the site was written, then the path's print
-    raised BrokenPipeError with a traceback."""
+    raised BrokenPipeError with a traceback; with stdout buffered (no PYTHONUNBUFFERED, as a
+    user's is) Python's flush at exit then printed "Exception ignored ... BrokenPipeError" and
+    the status was 120."""
     run = tmp_path / "runs" / "a_red_cube"
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 2}))
     (run / "status.json").write_text(json.dumps({"state": "finished", "step": 2, "iters": 2}))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dreamtext", "view", "runs", "--static", "site"]
-    read, write = os.pipe()
-    os.close(read)  # the reader is gone before anything is written
-    done = subprocess.run(command, cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE)
-    os.close(write)
-    assert "Traceback" not in done.stderr.decode(), done.stderr.decode()
+    done = run_with_stdout_closed(["view", "runs", "--static", "site"], tmp_path, unbuffered)
+    assert done.stderr.decode() == ""
     assert done.returncode == 1
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+def test_help_into_a_closed_stdout_says_nothing_on_stderr(tmp_path):
+    """`dreamtext --help | true` printed "Exception ignored ... BrokenPipeError" (status 120)."""
+    done = run_with_stdout_closed(["--help"], tmp_path, unbuffered=False)
+    assert done.stderr.decode() == ""
+    assert done.returncode == 1
+
+
+def test_a_batch_whose_table_cannot_be_printed_keeps_its_line_and_status(monkeypatch, capsys):
+    """`dreamtext batch prompts.txt | head -1`, interrupted: the table's print to the closed
+    stdout raised BrokenPipeError, which lost the line naming the prompts not started and
+    turned the status 130 (what a scheduler requeues on) into 1."""
+    from dreamtext import batch, cli
+
+    stopped = SimpleNamespace(records=[{}], not_started=[2, 3], overwrite=False, interrupted=True)
+    monkeypatch.setattr(batch, "run_batch", lambda *args: stopped)
+    monkeypatch.setattr(batch, "summary_table", lambda records: "line status")
+    monkeypatch.setattr(batch, "not_started_line", lambda entries, overwrite: "2 not started")
+
+    class ClosedStdout:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):  # not the test process's own stdout to point at /dev/null
+            raise OSError("no file descriptor")
+
+    monkeypatch.setattr(sys, "stdout", ClosedStdout())
+    code = cli.cmd_batch(build_parser().parse_command_line(["batch", "prompts.txt"]))
+    assert code == cli.EXIT_INTERRUPTED
+    assert "2 not started" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_after_ctrl_c_is_not_taken_for_an_interrupt():
+    """`dreamtext view RUNS | head -1`, then Ctrl-C: the server's "stopped" line met the closed
+    stdout, and the BrokenPipeError, coming after a signal, was taken for a library's mangled
+    interrupt ("dreamtext view: interrupted", 130) instead of a cut output."""
+    import signal
+
+    from dreamtext.cli import _sigterm_raises_while_loading
+
+    with pytest.raises(BrokenPipeError), _sigterm_raises_while_loading() as received:
+        received.append(signal.SIGINT)
+        raise BrokenPipeError(32, "Broken pipe")
 
 
 def test_batch_names_a_root_it_cannot_write_in_before_reading_the_prompts_file(
