@@ -41,6 +41,7 @@ from dreamtext.checkpoint import (
     check_checkpoint_files,
     check_writable,
     checkpoint_dir,
+    checkpoint_step,
     last_checkpoint,
     load_checkpoint,
     remove_later_steps,
@@ -1179,8 +1180,16 @@ def train(
 
 def save_run_checkpoint(run: Run) -> Path:
     """Save the checkpoint of ``run``'s step (:func:`~dreamtext.checkpoint.save_checkpoint`),
-    and record it as the one a resume goes on from (``run.saved_step``)."""
-    path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+    and record it as the one a resume goes on from (``run.saved_step``). A second Ctrl-C can
+    land after ``last.pt`` was replaced (while its step record is written or older step files
+    pruned): the checkpoint on disk is then this step's, which the interrupted status.json names
+    (it named the step before)."""
+    try:
+        path = save_checkpoint(run.workspace, checkpoint_state(run), keep=run.cfg.keep_checkpoints)
+    except BaseException:
+        if checkpoint_step(last_checkpoint(run.workspace)) == run.step:
+            run.saved_step = run.step
+        raise
     run.saved_step = run.step
     return path
 

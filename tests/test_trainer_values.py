@@ -359,3 +359,32 @@ def test_a_second_resume_from_the_same_step_replaces_the_first_ones_record(tmp_p
     train(_tiny(tmp_path, tiny_sd_path, iters=4, checkpoint_every=2), resume=True)
     resumes = json.loads((workspace / "config.json").read_text())["resumes"]
     assert [r["step"] for r in resumes] == [2]
+
+
+def test_a_ctrl_c_after_last_pt_is_replaced_leaves_status_naming_its_step(tmp_path, monkeypatch):
+    """A second Ctrl-C that lands after save_checkpoint replaced last.pt (here in the write of
+    its step record) left run.saved_step at the step before, so the interrupted status.json
+    named a step other than the checkpoint's, the one a resume goes on from."""
+    from dreamtext import checkpoint
+    from dreamtext.runfiles import read_status
+    from dreamtext.runstatus import track_status
+
+    run = types.SimpleNamespace(
+        workspace=tmp_path, step=5, saved_step=3, cfg=types.SimpleNamespace(keep_checkpoints=3)
+    )
+    monkeypatch.setattr(trainer, "checkpoint_state", lambda run: {"step": run.step})
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "step_record", ctrl_c)
+    with (
+        pytest.raises(KeyboardInterrupt),
+        track_status(
+            tmp_path, 10, lambda: run.step, torch.device("cpu"), saved=lambda: run.saved_step
+        ),
+    ):
+        trainer.save_run_checkpoint(run)
+    assert checkpoint.checkpoint_step(checkpoint.last_checkpoint(tmp_path)) == 5
+    assert read_status(tmp_path)["state"] == "interrupted"
+    assert read_status(tmp_path)["step"] == 5
