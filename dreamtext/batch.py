@@ -1613,6 +1613,9 @@ def run_entry(
     recorded once, and running the batch again retries it. So is one another process, not a
     worker of this batch, is running (a ``dreamtext text`` of its workspace: ``WorkspaceInUse``).
     """
+    from dreamtext.trainer import reset_memory_peak
+
+    reset_memory_peak()  # an out-of-memory line's table clause weighs this line's peak alone
     started, start = now_iso(), time.perf_counter()
     log_before = _log_state(entry.workspace)
     result: dict[str, Any] = {"status": "skipped", "error": None}

@@ -1343,9 +1343,15 @@ TABLE_SHARE_NAMED = 0.25
 
 def memory_peak(memory: str) -> int:
     """Bytes of ``memory`` (``"GPU memory"`` or ``"memory"``, the host's) this process held at
-    most so far: torch's peak allocation on the GPU, the peak RSS on the host; 0 where unknown."""
+    most so far: torch's peak allocation on the GPU, the peak RSS on the host (Linux's
+    ``VmHWM``, since :func:`reset_memory_peak` where it could reset it); 0 where unknown."""
     if memory == "GPU memory":
         return torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
+    # VmHWM: the peak that clear_refs resets (proc(5)); ru_maxrss is documented as the process's.
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * ru_maxrss_unit()
 
 
@@ -1353,6 +1359,15 @@ def ru_maxrss_unit() -> int:
     """Bytes in a unit of ``getrusage``'s ``ru_maxrss``: bytes on macOS, KiB on Linux and the
     BSDs (read as KiB, a Mac's peak was 1024 times too large)."""
     return 1 if sys.platform == "darwin" else 1024
+
+
+def reset_memory_peak() -> None:
+    """Count the host's peak RSS (:func:`memory_peak`) from here on: a batch's line weighs its
+    hash table against its own peak, where an earlier line's larger one hid the table's clause
+    of its out-of-memory line. Linux's ``/proc/self/clear_refs``; where it cannot be written
+    the process's peak stands."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
 
 
 def table_fix(cfg: TrainConfig, memory: str) -> str:

@@ -2,6 +2,7 @@
 config's documented meaning, for settings other than the defaults."""
 
 import json
+import os
 import types
 
 import pytest
@@ -388,3 +389,22 @@ def test_a_ctrl_c_after_last_pt_is_replaced_leaves_status_naming_its_step(tmp_pa
     assert checkpoint.checkpoint_step(checkpoint.last_checkpoint(tmp_path)) == 5
     assert read_status(tmp_path)["state"] == "interrupted"
     assert read_status(tmp_path)["step"] == 5
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux's peak reset")
+def test_a_batch_lines_table_clause_weighs_its_own_peak_not_an_earlier_lines():
+    """table_fix weighed the table against the process's peak RSS: in a batch, an earlier
+    line's larger peak (here 1.5 GiB held and freed) hid the clause naming the table's keys
+    from a later line's out-of-memory line, where that table (279 MB) is most of its peak."""
+    from peak_growth import run_measured
+
+    script = (
+        "from dreamtext.config import resolve_config\n"
+        "from dreamtext.trainer import reset_memory_peak, table_fix\n"
+        "cfg = resolve_config({'prompt': 'a cube'})\n"
+        "earlier_line = b'x' * (3 * 2**29)\n"
+        "del earlier_line\n"
+        "reset_memory_peak()\n"  # what a batch does at each line's start
+        "print(repr(table_fix(cfg, 'memory')))\n"
+    )
+    assert "field.log2_hashmap_size" in run_measured(script)
