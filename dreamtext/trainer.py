@@ -456,7 +456,7 @@ def grid_memory_at_least(cfg: TrainConfig, device: torch.device) -> int:
     value (:func:`~dreamtext.field.grid_parameters`) in float32 with its gradient, the
     optimiser's state (:data:`~dreamtext.factory.OPTIMIZER_STATE_VALUES`) and the temporaries
     its update makes meanwhile (:func:`~dreamtext.factory.optimizer_step_temporaries`): 24 B a
-    value with Adam on the CPU, 20 B on CUDA, 28 B with Adan."""
+    value with Adam on the CPU, 20 B on CUDA, 24 B with Adan."""
     values = 2 + OPTIMIZER_STATE_VALUES[cfg.optimizer]
     values += optimizer_step_temporaries(cfg.optimizer, device)
     return 4 * values * grid_parameters(cfg.field)
@@ -491,12 +491,14 @@ def grid_memory_error(
             "a resumed run keeps its field: resume it on a machine with more memory, or start "
             f"a new run (--workspace NEW_FOLDER) with a smaller {keys}"
         )
-    optimiser = {"adam": "Adam's two moments", "adan": "Adan's four state values"}
+    optimiser = {
+        "adam": "its gradient, Adam's two moments and the update's temporaries",
+        "adan": "its gradient and Adan's four state values",  # its update makes none
+    }
     return DreamtextError(
         f"the field's hash grid (field.num_levels {field.num_levels} × field.level_dim "
         f"{field.level_dim} features, up to 2^{field.log2_hashmap_size} rows a level: "
-        f"field.log2_hashmap_size) with its gradient, {optimiser[cfg.optimizer]} and the "
-        "update's temporaries needs "
+        f"field.log2_hashmap_size) with {optimiser[cfg.optimizer]} needs "
         f"{format_gigabytes(grid)}; the run needs at least {format_gigabytes(need)} {has}; "
         f"{fix}"
     )  # no default quoted: builtin-shapes' field is not FieldConfig's

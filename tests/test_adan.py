@@ -78,13 +78,12 @@ def test_the_first_step_moves_each_value_by_about_the_rate_against_its_gradients
     )
 
 
-def test_the_clip_scales_every_gradient_by_one_factor_without_touching_them():
+def test_the_clip_scales_every_gradient_by_one_factor():
     a = torch.zeros(2, requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
     a.grad, b.grad = torch.tensor([30.0, 0.0]), torch.tensor([40.0])  # norm 50
     optimizer = Adan([a, b])
     assert optimizer.clip_factor().item() == pytest.approx(0.1)
-    assert a.grad.tolist() == [30.0, 0.0]  # the trainer's finiteness check reads them after
     assert Adan([a, b], max_grad_norm=0.0).clip_factor() is None
     a.grad, b.grad = torch.tensor([0.3, 0.0]), torch.tensor([0.4])
     assert optimizer.clip_factor().item() == 1.0
@@ -114,11 +113,14 @@ def test_a_state_dict_round_trip_continues_bit_for_bit():
     assert torch.equal(straight, resumed)
 
 
-def test_a_step_makes_one_temporary_the_size_of_a_parameter_at_most():
+def test_a_step_makes_no_temporary_the_size_of_a_parameter():
     """A step held four temporaries of each parameter's size at once (the clipped gradient, its
     change, the look-ahead, the denominator): 16 B a value of the hash table above its 24 B of
     table, gradient and state (a table of 2^24 rows × 16 levels × 4 features peaked at 7.0 GB
-    where 4.5 GB stay). Now the clipped gradient alone; the values are the same bit for bit
+    where 4.5 GB stay), then the clipped gradient alone (4 B a value, 0.63 GB of that table:
+    a copy kept so that ``param.grad`` stayed as it was, which nothing reads after the step:
+    the trainer's finiteness check and fp16's unscale run before it, the next step's zero_grad
+    drops it). Now none: the gradient is clipped in place. The values are the same bit for bit
     (against the step as it was written before, float32 and float64, with and without the
     clip)."""
     from peak_growth import run_measured
@@ -136,7 +138,7 @@ def test_a_step_makes_one_temporary_the_size_of_a_parameter_at_most():
         "print(rss('VmHWM') - before)\n"
     )
     grown = run_measured(script)
-    assert int(grown) < 2 * 80_000_000  # one temporary (80 MB), not four
+    assert int(grown) < 80_000_000 // 2  # no temporary of 80 MB (the gradient's norm is clipped)
 
     def as_before(param, state, grad, k, lr, betas=(0.98, 0.92, 0.99), eps=1e-8, decay=2e-5):
         beta1, beta2, beta3 = betas
