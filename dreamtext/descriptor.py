@@ -32,6 +32,7 @@ from dreamtext.cameras import with_view
 from dreamtext.checkpoint import (
     append_log_line,
     atomic_write_bytes,
+    checkpoint_step,
     load_checkpoint,
     remove_stale_temps,
     save_into,
@@ -509,7 +510,12 @@ def _train_loop(
     checkpoint = folder / "checkpoints" / "last.pt"
 
     def save() -> None:
-        _atomic_torch_save(trainer.state(), checkpoint)
+        try:
+            _atomic_torch_save(trainer.state(), checkpoint)
+        except BaseException:  # a Ctrl-C after the replace (in the temps' cleanup): it is saved
+            if checkpoint_step(checkpoint) == trainer.step:
+                saved["step"] = trainer.step
+            raise
         saved["step"] = trainer.step
 
     with (

@@ -830,3 +830,30 @@ def test_a_rerun_stopped_twice_before_its_first_save_records_the_step_it_went_on
         train_descriptor(image_path, workspace, guidance, options)
     status = json.loads((workspace / "status.json").read_text())
     assert (status["state"], status["phase"], status["step"]) == ("interrupted", "descriptor", 2)
+
+
+def test_a_ctrl_c_after_last_pt_is_replaced_leaves_status_naming_its_step(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """A second Ctrl-C landing after the descriptor's last.pt was replaced (here in the removal
+    of stale temps beside it) skipped ``saved["step"] = trainer.step``: the interrupted
+    status.json named step 1 while last.pt held step 2, the step a rerun goes on from."""
+    from dreamtext import descriptor
+    from dreamtext.checkpoint import checkpoint_step
+    from dreamtext.runfiles import read_status
+
+    image_path, workspace = _workspace(tmp_path)
+    options = DescriptorOptions(iters=2, checkpoint_every=1, preview_every=0)
+    calls = []
+
+    def ctrl_c_at_the_second_save(folder, pattern):
+        calls.append(folder)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(descriptor, "remove_stale_temps", ctrl_c_at_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_descriptor(image_path, workspace, GuidanceConfig(model=str(tiny_sd_path)), options)
+    assert checkpoint_step(workspace / "descriptor" / "checkpoints" / "last.pt") == 2
+    assert read_status(workspace)["state"] == "interrupted"
+    assert read_status(workspace)["step"] == 2
