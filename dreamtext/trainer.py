@@ -1349,12 +1349,20 @@ def memory_peak(memory: str) -> int:
     ``VmHWM``, since :func:`reset_memory_peak` where it could reset it); 0 where unknown."""
     if memory == "GPU memory":
         return torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
-    # VmHWM: the peak that clear_refs resets (proc(5)); ru_maxrss is documented as the process's.
+    peak = resident_peak()
+    if peak is not None:
+        return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * ru_maxrss_unit()
+
+
+def resident_peak() -> int | None:
+    """Linux's ``VmHWM`` in bytes: the peak RSS that :func:`reset_memory_peak` resets (proc(5);
+    ``ru_maxrss`` is documented as the whole process's); ``None`` without ``/proc`` (macOS)."""
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * ru_maxrss_unit()
+    return None
 
 
 def ru_maxrss_unit() -> int:

@@ -658,13 +658,15 @@ def test_out_of_memory_in_a_step_names_the_tables_keys_where_the_table_is_much_o
 def test_host_memory_peak_reads_ru_maxrss_in_the_platforms_unit(monkeypatch, platform, unit):
     """getrusage's ``ru_maxrss`` is in KiB on Linux and in bytes on macOS: a Mac's peak of
     3 GiB was read as 3 TiB, so the out-of-memory line never named the hash table's keys
-    (the table was never a quarter of it)."""
+    (the table was never a quarter of it). Read where there is no ``/proc`` (Linux's VmHWM
+    comes first)."""
     import resource
     from types import SimpleNamespace
 
     from dreamtext import trainer
 
     held = 3 * 2**30
+    monkeypatch.setattr(trainer, "resident_peak", lambda: None)
     monkeypatch.setattr(trainer.sys, "platform", platform)
     monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=held // unit))
     assert trainer.memory_peak("memory") == held
