@@ -427,6 +427,15 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
         from dreamtext.runstatus import live_run
 
         training = live_run(workspace)
+        phase = (training[1] or {}).get("phase") if training is not None else None
+        if phase in ("sample", "describe", "descriptor"):  # image→3D before its text→3D stage
+            # "saves one every checkpoint_every steps" sent the user to wait on a sentence
+            # search (`describe` alone never trains a field) or a descriptor's own checkpoints.
+            raise DreamtextError(
+                f"{workspace} has no checkpoint yet: process {training[0]} is in its {phase} "
+                "stage, before text→3D trains the field (`dreamtext image` goes on to it); "
+                "export once text→3D has saved a checkpoint"
+            )
         if training is not None:  # a run before its first checkpoint
             raise DreamtextError(
                 f"{workspace} has no checkpoint yet: process {training[0]} is training it and "

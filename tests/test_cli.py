@@ -1301,6 +1301,29 @@ def test_export_of_an_image_run_before_text_to_3d_says_to_go_on_with_image(tmp_p
     assert sorted(p.name for p in workspace.rglob("*")) == ["descriptor", "source.png"]
 
 
+@pytest.mark.parametrize("phase", ["describe", "descriptor"])
+def test_export_during_an_image_runs_first_stages_does_not_say_it_trains(tmp_path, capsys, phase):
+    """`dreamtext export` while `describe` (or `image` before text→3D) ran in the folder said
+    "process N is training it and saves one every checkpoint_every steps": a sentence search
+    never saves a field's checkpoint."""
+    from dreamtext.processes import HOST, process_start
+    from dreamtext.runstatus import write_status
+
+    workspace = tmp_path / "ball"
+    (workspace / "descriptor").mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
+    try:
+        status = {"state": "running", "phase": phase, "step": 0, "iters": 0, **record}
+        write_status(workspace, status)
+        code, err = run_main(["export", "--workspace", workspace, "--no-video"], capsys)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert_user_error(code, err, f"process {sleeper.pid} is in its {phase} stage", "text→3D")
+    assert "checkpoint_every" not in err
+
+
 @pytest.mark.parametrize("command", ["text", "view"])
 def test_a_path_name_too_long_is_one_line(tmp_path, capsys, command):
     """A folder name over 255 bytes (--workspace, --static) was an OSError traceback (ENAMETOOLONG),
