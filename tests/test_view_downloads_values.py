@@ -8,6 +8,7 @@ import stat
 import zipfile
 from pathlib import Path
 
+from PIL import Image
 from test_view import make_obj_run
 
 from dreamtext.view import Catalog, read_run
@@ -35,3 +36,29 @@ def test_the_texture_is_stored_and_the_text_files_deflated(tmp_path: Path):
     assert kinds["a_red_apple/albedo.png"] == zipfile.ZIP_STORED
     assert kinds["a_red_apple/mesh.obj"] == zipfile.ZIP_DEFLATED
     assert kinds["a_red_apple/mesh.mtl"] == zipfile.ZIP_DEFLATED
+
+
+def test_a_zip_read_while_an_export_swaps_mesh_in_is_all_of_one_export(tmp_path, monkeypatch):
+    """An export swaps a new ``mesh/`` in by renames while the viewer zips the old one: files
+    read by path after the swap were the new export's, so a downloaded zip held one export's
+    OBJ beside the next one's MTL, texture, PLY and mesh.json."""
+    run = make_obj_run(tmp_path / "runs" / "a_red_apple", "a red apple", (200, 30, 30))
+    (found,) = Catalog([tmp_path / "runs"]).runs()
+    listed = read_run(found)
+    newer = make_obj_run(tmp_path / "newer" / "a_red_apple", "a red apple", (30, 30, 200))
+    (newer / "mesh" / "mesh.ply").write_bytes(b"ply-of-the-next-export")
+    writestr, swapped = zipfile.ZipFile.writestr, []
+
+    def swap_after_the_first_member(archive, info, data, *args, **kwargs):
+        writestr(archive, info, data, *args, **kwargs)
+        if not swapped:  # as write_all_atomically: the old folder renamed away, the new one in
+            (run / "mesh").rename(run / ".mesh-retired")
+            (newer / "mesh").rename(run / "mesh")
+            swapped.append(True)
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", swap_after_the_first_member)
+    archive = zipfile.ZipFile(io.BytesIO(zip_bytes(listed)))
+    assert swapped
+    assert archive.read("a_red_apple/mesh.ply") == b"ply-not-really"
+    texture = Image.open(io.BytesIO(archive.read("a_red_apple/albedo.png")))
+    assert texture.getpixel((0, 0)) == (200, 30, 30)

@@ -22,7 +22,9 @@ that it stores each file once.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import time
 import zipfile
 from collections.abc import Collection
@@ -77,16 +79,17 @@ def zip_bytes(run: Run, leave_out: Collection[str] = ()) -> bytes:
     ``OSError`` when one of them cannot be read (an export replacing them)."""
     workspace = Path(run.workspace or "")  # none: no mesh files, no members
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    folders: dict[Path, int] = {}
+    with contextlib.ExitStack() as held, zipfile.ZipFile(buffer, "w") as archive:
         for rel, name in zip_members(run, leave_out):
             source = workspace / rel
             # read_run lists only files inside the workspace; checked again, as the server does.
             if not source.resolve().is_relative_to(workspace):
                 continue
-            data = source.read_bytes()
+            data, mtime = _read_in_folder(source, folders, held)
             # The file's own local time, within the zip format's dates (1980 to 2107): a file
             # dated 2200 by a bad clock, or 1970 west of Greenwich, made zipfile raise.
-            seconds = min(max(source.stat().st_mtime, 0.0), ZIP_LAST_SECONDS)
+            seconds = min(max(mtime, 0.0), ZIP_LAST_SECONDS)
             stamp = min(max(time.localtime(seconds)[:6], ZIP_FIRST), ZIP_LAST)
             info = zipfile.ZipInfo(name, date_time=stamp)
             info.external_attr = 0o644 << 16
@@ -96,3 +99,23 @@ def zip_bytes(run: Run, leave_out: Collection[str] = ()) -> bytes:
             # against 736 KB in 96 ms at zlib's default level 6 (2-core CPU).
             archive.writestr(info, data, compresslevel=1)
     return buffer.getvalue()
+
+
+def _read_in_folder(
+    source: Path, folders: dict[Path, int], held: contextlib.ExitStack
+) -> tuple[bytes, float]:
+    """``source``'s bytes and modification time, looked up in its folder as the zip first
+    opened that folder (``folders``: each folder's open descriptor, closed by ``held``). An
+    export swaps a whole new ``mesh/`` in by renames (``dreamtext.export.write_all_atomically``):
+    files read by their paths across a swap made a zip of one export's OBJ beside the next
+    one's PLY and mesh.json. Through the folder opened once, every file is of one export, or
+    one is gone (``OSError``: the old folder removed after the swap)."""
+    if os.open not in os.supports_dir_fd:  # Windows: by path
+        return source.read_bytes(), source.stat().st_mtime
+    folder = folders.get(source.parent)
+    if folder is None:
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+        folder = folders[source.parent] = os.open(source.parent, flags)
+        held.callback(os.close, folder)
+    with open(os.open(source.name, os.O_RDONLY, dir_fd=folder), "rb") as file:
+        return file.read(), os.fstat(file.fileno()).st_mtime
