@@ -64,3 +64,34 @@ def test_infinities_in_a_runs_data_reach_the_page_as_null():
 
     data = {"loss": [1.5, float("inf"), float("-inf"), float("nan")], "t": (float("inf"),)}
     assert script_json(data) == '{"loss": [1.5, null, null, null], "t": [null]}'
+
+
+def test_a_static_page_shows_the_export_whose_files_it_copied(tmp_path, monkeypatch):
+    """An export swapping in a new ``mesh/`` while ``--static`` copied the run: the page showed
+    the old export's mesh.json figures (2644 faces) beside the new export's GLB, PLY and
+    mesh.json copies (1296 faces). The run is read again and written as it is now."""
+    import json
+    import shutil
+
+    from test_view import make_obj_run
+
+    from dreamtext.view import static
+
+    run = make_obj_run(tmp_path / "runs" / "a_red_apple", "a red apple", (200, 30, 30))
+    newer = make_obj_run(tmp_path / "newer" / "a_red_apple", "a red apple", (30, 30, 200))
+    (newer / "mesh" / "mesh.json").write_text(json.dumps({"vertices": 3, "faces": 2}))
+    copy, swapped = static._copy_files, []
+
+    def copy_then_swap(copied, rels, files):
+        copy(copied, rels, files)
+        if not swapped:  # as write_all_atomically: the old folder renamed away, the new one in
+            (run / "mesh").rename(run / ".mesh-retired")
+            shutil.move(newer / "mesh", run / "mesh")
+            swapped.append(True)
+
+    monkeypatch.setattr(static, "_copy_files", copy_then_swap)
+    out = export_static([tmp_path / "runs"], tmp_path / "site")
+    folder = out / "runs" / "a_red_apple"
+    copied = json.loads((folder / "files" / "mesh" / "mesh.json").read_text())
+    assert copied["faces"] == 2
+    assert page_data(folder / "index.html")["run"]["mesh_stats"]["faces"] == 2

@@ -182,16 +182,20 @@ def _write(catalog: Catalog, out: Path) -> None:
         (out / "static" / name).write_bytes(asset_bytes(name))
     cards = []
     for location in catalog.runs():
+        before = _export_folders(location.path)
         run = read_run(location, follow_logs=False)
         if location.path is not None and not location.path.is_dir():
             continue  # removed since the scan found it: read as an empty run, shown 'interrupted'
         try:
             try:
                 _write_run(run, out / "runs" / run.id, RUN_LINKS)
+                _check_not_swapped(location.path, before)
             except FileNotFoundError:  # its files replaced as they were read (an export): again
                 shutil.rmtree(out / "runs" / run.id, ignore_errors=True)
+                before = _export_folders(location.path)
                 run = read_run(location, follow_logs=False)
                 _write_run(run, out / "runs" / run.id, RUN_LINKS)
+                _check_not_swapped(location.path, before)
         except FileNotFoundError as error:
             raise DreamtextError(
                 f"the files of {run.workspace} changed as they were copied ({error.filename} "
@@ -209,6 +213,34 @@ def _write(catalog: Catalog, out: Path) -> None:
     gallery = gallery_json(cards, links)
     (out / "index.html").write_text(render_page(gallery, links), encoding="utf-8")
     (out / MARKER).write_text("written by dreamtext view --static\n", encoding="utf-8")
+
+
+# The folders an export replaces each as a whole (dreamtext.export.write_all_atomically).
+EXPORT_FOLDERS = ("mesh", "video")
+
+
+def _export_folders(workspace: Path | None) -> tuple[tuple[int, int] | None, ...]:
+    """Which ``mesh/`` and ``video/`` folders ``workspace`` holds now (device and inode; ``None``
+    for one it has not): an export swaps in new ones by renames."""
+    identities = []
+    for name in EXPORT_FOLDERS:
+        try:
+            st = os.stat(Path(workspace or "") / name) if workspace is not None else None
+        except OSError:
+            st = None
+        identities.append(None if st is None else (st.st_dev, st.st_ino))
+    return tuple(identities)
+
+
+def _check_not_swapped(workspace: Path | None, before: tuple) -> None:
+    """Raise ``FileNotFoundError`` (the copy's retry) when an export swapped ``workspace``'s
+    ``mesh/`` or ``video/`` since ``before`` (:func:`_export_folders`): the page's figures
+    were read from one export and files copied from the next (mesh.json's 2644 faces on the
+    page beside the 1296-face GLB and PLY it offered)."""
+    now = _export_folders(workspace)
+    for name, was, is_now in zip(EXPORT_FOLDERS, before, now, strict=True):
+        if was != is_now:
+            raise FileNotFoundError(errno.ENOENT, "replaced by an export", str(workspace / name))
 
 
 def _write_run(run: Run, folder: Path, links: Links) -> None:
