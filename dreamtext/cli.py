@@ -977,10 +977,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     live = live_run(workspace)
     if live is not None and live[1] is not None:
+        doing = "exporting" if live[1].get("phase") == "export" else "still training"
+        # A run started with --no-export makes no export at its end: "its own export replaces
+        # these files" left this step's mesh beside a run trained on past it.
+        then = (
+            "and the run's own export replaces these files when it ends"
+            if _run_exports(workspace)
+            else "and the run, started with --no-export, exports nothing at its end: export "
+            "again once it ends"
+        )
         print(
-            f"dreamtext: process {live[0]} is still training {workspace} (step "
-            f"{live[1].get('step')}): this exports its newest checkpoint, and the run's own "
-            "export replaces these files when it ends",
+            f"dreamtext: process {live[0]} is {doing} {workspace} (step "
+            f"{live[1].get('step')}): this exports its newest checkpoint, {then}",
             file=sys.stderr,
         )
     elif live is not None:  # a run still loading: its status.json does not say so yet
@@ -995,6 +1003,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         finish_cut_export(result.out_dir, result.step)
     print(result.summary())
     return 0
+
+
+def _run_exports(workspace: Path) -> bool:
+    """Whether the run in ``workspace`` exports at its end (config.json's ``export``; a run
+    whose config.json does not say, or cannot be read, is taken to, the default)."""
+    try:
+        config = json.loads((workspace / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return not isinstance(config, dict) or config.get("export") is not False
 
 
 def _setting(value: Any) -> str:

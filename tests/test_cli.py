@@ -1268,7 +1268,7 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder
     try:
         write_status(
             workspace,
-            {**read_status(workspace), "state": "running", **record},
+            {**read_status(workspace), "state": "running", "phase": "train", **record},
         )
         code, err = run_main([*args, "--no-video"], capsys)
     finally:
@@ -1285,6 +1285,46 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder
     (workspace / "checkpoints" / "last.pt").rename(tmp_path / "last.pt")
     code, err = run_main([*args, "--no-video"], capsys)
     assert_user_error(code, err, f"process {starting.pid} is training it", "export once it has")
+
+
+@pytest.mark.parametrize(
+    ("export", "phase", "said"),
+    [
+        (False, "train", "still training"),
+        (True, "export", "exporting"),
+    ],
+)
+def test_export_beside_a_live_run_says_what_that_run_does_at_its_end(
+    tmp_path, capsys, export, phase, said
+):
+    """`dreamtext export` of a run training with --no-export said "the run's own export
+    replaces these files when it ends": it exports nothing, and the mesh stayed at the step
+    exported beside it. A run in its own export was "still training"."""
+    from dreamtext.config import resolve_config
+    from dreamtext.processes import HOST, process_start
+    from dreamtext.runstatus import read_status, write_status
+    from dreamtext.trainer import train
+
+    overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
+    config = {**overrides, "export": False, "workspace": str(tmp_path / "run")}
+    workspace = train(resolve_config(config))
+    if export:
+        config_file = workspace / "config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "export": True}))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
+    args = ["export", "--workspace", workspace, "--resolution", 32, "--formats", "ply"]
+    try:
+        running = {"state": "running", "phase": phase, **record}
+        write_status(workspace, {**read_status(workspace), **running})
+        code, err = run_main([*args, "--no-video"], capsys)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert code == 0, err
+    assert f"process {sleeper.pid} is {said} {workspace} (step 2)" in err
+    assert ("the run's own export replaces these files" in err) is export
+    assert ("started with --no-export" in err) is not export
 
 
 def test_export_of_an_image_run_before_text_to_3d_says_to_go_on_with_image(tmp_path, capsys):
