@@ -1196,6 +1196,17 @@ def save_run_checkpoint(run: Run) -> Path:
     return path
 
 
+def save_new_checkpoint(run: Run) -> Path:
+    """``last.pt`` of ``run``'s step: saved (:func:`save_run_checkpoint`) unless the loop saved
+    it at this step already. The last step of a run whose ``iters`` is a multiple of
+    ``checkpoint_every`` (every default and FitFusion run) wrote the same state twice, a whole
+    checkpoint more (148 MB for the default field), and a SIGTERM that came during such a save
+    waited for the second within the scheduler's grace period."""
+    if run.saved_step == run.step:
+        return last_checkpoint(run.workspace)
+    return save_run_checkpoint(run)
+
+
 def _train(run: Run, resume: bool) -> Path:
     cfg, workspace = run.cfg, run.workspace
     workspace.mkdir(parents=True, exist_ok=True)
@@ -1274,9 +1285,11 @@ def _train(run: Run, resume: bool) -> Path:
                 update_status(workspace)
             check_diverged(run)
             if stop["stop"]:
-                path = save_run_checkpoint(run)
+                path = save_new_checkpoint(run)
                 raise TrainingInterrupted(run.step, path)
-    checkpoint = save_run_checkpoint(run)
+    # A resume with nothing to train saves all the same: its checkpoint records the settings
+    # that apply after training (AFTER_TRAINING).
+    checkpoint = save_new_checkpoint(run) if run.step > start_step else save_run_checkpoint(run)
     try:
         # The final previews render the whole field after the loop's signal handling has ended
         # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.

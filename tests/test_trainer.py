@@ -1208,3 +1208,26 @@ def test_a_stop_in_the_middle_of_a_step_records_the_step_of_the_checkpoint_it_sa
     status = json.loads((workspace / "status.json").read_text())
     assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
     assert (status["state"], status["step"]) == ("interrupted", 2)
+
+
+def test_the_last_step_saved_in_the_loop_is_not_written_again_at_the_end(tmp_path, monkeypatch):
+    """iters a multiple of checkpoint_every (every default and FitFusion run): the loop's
+    checkpoint of the last step is the run's last.pt; the end does not write the same state
+    again (a whole checkpoint more: 148 MB of the default field). A resume with nothing to
+    train still saves, for the settings it records."""
+    saved = []
+    real_save = trainer.save_checkpoint
+
+    def counted(workspace, state, keep=3):
+        saved.append(int(state["step"]))
+        return real_save(workspace, state, keep)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", counted)
+    cfg = tiny_config(tmp_path, "builtin:shapes", iters=4, checkpoint_every=2, preview_every=0)
+    workspace = train(cfg)
+    assert saved == [2, 4]
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 4
+    train(dataclasses.replace(cfg, iters=5), resume=True)
+    assert saved == [2, 4, 5]
+    train(dataclasses.replace(cfg, iters=5), resume=True)
+    assert saved == [2, 4, 5, 5]
