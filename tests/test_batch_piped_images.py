@@ -135,7 +135,8 @@ def test_stdin_redirected_from_a_file_takes_the_files_folder_on_macos(tmp_path, 
     def macos_fcntl(fd, command, arg=0):
         if command != f_getpath:
             return real_fcntl(fd, command, arg)
-        return os.readlink(f"/proc/self/fd/{fd}").encode().ljust(len(arg), b"\0")
+        named = os.readlink(f"/proc/self/fd/{fd}").encode()
+        return named.ljust(len(arg), b"\0")[: len(arg)]  # as much as the buffer holds
 
     monkeypatch.setattr(fcntl, "F_GETPATH", f_getpath, raising=False)
     monkeypatch.setattr(fcntl, "fcntl", macos_fcntl)

@@ -552,3 +552,32 @@ def test_a_learned_file_other_than_an_image_runs_own_leaves_the_prompt_as_title(
         config = {"prompt": TRAINED_SENTENCE, "guidance": {"textual_inversion": learned}}
         (rerun / "config.json").write_text(json.dumps(config))
         assert export_module.run_title(rerun, TRAINED_SENTENCE) == (title or TRAINED_SENTENCE)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "",  # vm_stat answered nothing (a sandbox that denies host_statistics)
+        "vm_stat: host_statistics64 failed\n",
+        VM_STAT.replace("Pages inactive", "Pages idle"),  # a line of another name
+    ],
+)
+def test_on_macos_a_vm_stat_that_tells_no_figure_leaves_the_memory_unknown(monkeypatch, report):
+    """Where vm_stat gives no page size or no free and inactive pages, the memory is unknown
+    (the export is not refused for it, as on a Linux without MemAvailable), not a traceback."""
+    import builtins
+    import subprocess
+    from types import SimpleNamespace
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if isinstance(path, str) and path.startswith("/proc"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setattr(export_module.sys, "platform", "darwin")
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: SimpleNamespace(stdout=report))
+    assert export_module.available_memory() is None
+    export_module.check_memory(ExportOptions(resolution=2048))

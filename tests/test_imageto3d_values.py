@@ -289,6 +289,11 @@ def test_a_run_from_before_the_stage_sections_starts_from_its_records_steps(tmp_
             "image_to_3d.descriptor.token in a.yaml must be one word without spaces (the default "
             "is '<descriptor>'), got '<my token>'",
         ),
+        (
+            {"image_to_3d": {"descriptor": {"token": "<my\ttoken>"}}},
+            "image_to_3d.descriptor.token in a.yaml must be one word without spaces (the default "
+            "is '<descriptor>'), got '<my\\ttoken>'",
+        ),
     ],
 )
 def test_image_options_out_of_range_in_a_config_file_are_refused_naming_the_key(

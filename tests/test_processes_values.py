@@ -464,3 +464,57 @@ def test_without_proc_a_killed_run_not_yet_reaped_is_gone(without_proc):
         assert gone_process(record) == child.pid
     finally:
         child.wait()
+
+
+@pytest.mark.parametrize(
+    ("line", "ended", "told"),
+    [
+        ("Ss   Sun Dec  6 20:48:36 2026\n", False, True),
+        ("Z+   -\n", True, False),  # a zombie of a terminal's foreground group, as macOS lists it
+        ("Zs   Sun Dec  6 20:48:36 2026\n", True, True),
+    ],
+)
+def test_without_proc_ps_s_state_and_start_are_read_as_macos_prints_them(
+    without_proc, monkeypatch, line, ended, told
+):
+    """macOS's ps adds flags to a state (``Z+``: a zombie in the terminal's foreground group,
+    ``Zs``: a session leader's) and prints ``-`` for a zombie's start: a killed run started
+    from a terminal, not yet reaped, was taken for a live one where only ``Z`` was read. The
+    start (``lstart``: ``%c``, asked in the C locale, which a German Mac's would not parse, and
+    in UTC) is seconds since the epoch."""
+    import calendar
+    from types import SimpleNamespace
+
+    asked = []
+
+    def ps(command, **kwargs):
+        asked.append((command, kwargs.get("env") or {}))
+        return SimpleNamespace(stdout=line, returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", ps)
+    from dreamtext.processes import process_ended, process_start
+
+    at = calendar.timegm((2026, 12, 6, 20, 48, 36, 0, 0, 0))
+    assert process_ended(4242) is ended
+    assert process_start(4242) == (at if told else None)
+    command, env = asked[0]
+    assert command[0] == "ps" and command[-2:] == ["-p", "4242"]
+    assert (env.get("LC_ALL"), env.get("TZ")) == ("C", "UTC0")
+
+
+def test_this_process_reads_the_start_of_the_process_it_is_in(monkeypatch):
+    """The start is read once per process, by pid: a child forked after a first reading (a
+    library user's worker) carries its own start in its lock and status.json, not its
+    parent's, which would make its record look like a reused pid's (a run taken for gone)."""
+    from dreamtext import processes
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mine = processes.this_process()["pid_start"]
+        monkeypatch.setattr(os, "getpid", lambda: child.pid)  # as the forked child sees it
+        assert processes.this_process()["pid_start"] == processes.process_start(child.pid)
+        monkeypatch.undo()
+        assert processes.this_process()["pid_start"] == mine
+    finally:
+        child.kill()
+        child.wait()

@@ -654,12 +654,14 @@ def test_out_of_memory_in_a_step_names_the_tables_keys_where_the_table_is_much_o
         assert trainer.memory_peak("memory") > 10**8  # this process's peak RSS, in bytes
 
 
-@pytest.mark.parametrize(("platform", "unit"), [("linux", 1024), ("darwin", 1)])
+@pytest.mark.parametrize(
+    ("platform", "unit"), [("linux", 1024), ("darwin", 1), ("freebsd14", 1024)]
+)
 def test_host_memory_peak_reads_ru_maxrss_in_the_platforms_unit(monkeypatch, platform, unit):
-    """getrusage's ``ru_maxrss`` is in KiB on Linux and in bytes on macOS: a Mac's peak of
-    3 GiB was read as 3 TiB, so the out-of-memory line never named the hash table's keys
-    (the table was never a quarter of it). Read where there is no ``/proc`` (Linux's VmHWM
-    comes first)."""
+    """getrusage's ``ru_maxrss`` is in KiB on Linux and the BSDs and in bytes on macOS: a Mac's
+    peak of 3 GiB was read as 3 TiB, so the out-of-memory line never named the hash table's
+    keys (the table was never a quarter of it). Read where there is no ``/proc`` (Linux's
+    VmHWM comes first)."""
     import resource
     from types import SimpleNamespace
 
