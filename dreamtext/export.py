@@ -335,8 +335,10 @@ def available_memory() -> int | None:
 
 
 def macos_available_memory() -> int | None:
-    """macOS's free and inactive pages, as ``vm_stat`` counts them (psutil's ``available``
-    there), in bytes; ``None`` where ``vm_stat`` does not answer."""
+    """macOS's free, speculative and inactive pages, as ``vm_stat`` counts them (psutil's
+    ``available`` there: vm_stat's "Pages free" leaves out the speculative pages that the
+    kernel's free count, and psutil's, holds), in bytes; ``None`` where ``vm_stat`` does not
+    answer."""
     try:
         report = subprocess.run(
             ["vm_stat"], capture_output=True, text=True, timeout=10, check=False
@@ -344,9 +346,11 @@ def macos_available_memory() -> int | None:
         page = int(re.search(r"page size of (\d+) bytes", report).group(1))
         pages = {
             name: int(count)
-            for name, count in re.findall(r"^Pages (free|inactive):\s+(\d+)\.?$", report, re.M)
+            for name, count in re.findall(
+                r"^Pages (free|speculative|inactive):\s+(\d+)\.?$", report, re.M
+            )
         }
-        return (pages["free"] + pages["inactive"]) * page
+        return (pages["free"] + pages.get("speculative", 0) + pages["inactive"]) * page
     except (OSError, subprocess.SubprocessError, AttributeError, KeyError, ValueError):
         return None
 

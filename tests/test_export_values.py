@@ -89,12 +89,14 @@ Pages purgeable:                           7318.
 """
 
 
-def test_on_macos_an_export_that_cannot_fit_is_refused_by_vm_stats_free_and_inactive_pages(
+def test_on_macos_an_export_that_cannot_fit_is_refused_by_vm_stats_available_pages(
     monkeypatch,
 ):
     """macOS has no /proc/meminfo: the check had no figure and let `--resolution 2048` (275 GB)
-    start on a 16 GB laptop, which README says is refused up front. vm_stat's free and
-    inactive pages are what the system can give without swapping (psutil's `available`)."""
+    start on a 16 GB laptop, which README says is refused up front. vm_stat's free, speculative
+    and inactive pages are what the system can give without swapping (psutil's `available`:
+    vm_stat's "Pages free" is the kernel's free count less its speculative pages, which were
+    left out, so an export that fitted by them was refused)."""
     import builtins
     import subprocess
     from types import SimpleNamespace
@@ -113,7 +115,7 @@ def test_on_macos_an_export_that_cannot_fit_is_refused_by_vm_stats_free_and_inac
     monkeypatch.setattr(builtins, "open", no_proc)
     monkeypatch.setattr(export_module.sys, "platform", "darwin")
     monkeypatch.setattr(subprocess, "run", vm_stat)
-    assert export_module.available_memory() == (3623 + 232402) * 16384  # 3.9 GB
+    assert export_module.available_memory() == (3623 + 1131 + 232402) * 16384  # 3.9 GB
     with pytest.raises(DreamtextError, match=r"needs about 274\.9 GB of memory and 3\.9 GB is"):
         export_module.check_memory(ExportOptions(resolution=2048))
 
