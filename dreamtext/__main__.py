@@ -40,7 +40,11 @@ def stdout_delivered(code: int) -> int:
     (`dreamtext text ... | head -0`, `dreamtext --help | true`), a command that had succeeded
     exits 1, the status Python's docs give a program whose output was cut, and one that had not
     keeps its own (130 interrupted, 2 an error). Left to Python's flush at exit, a buffered
-    stdout printed "Exception ignored ... BrokenPipeError" and the status was 120."""
+    stdout printed "Exception ignored ... BrokenPipeError" and the status was 120. A process
+    started with no stdout (`dreamtext --version >&-`: ``sys.stdout`` is ``None``) has none to
+    flush."""
+    if sys.stdout is None:
+        return code
     try:
         sys.stdout.flush()
     except BrokenPipeError:

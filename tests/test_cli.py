@@ -2888,6 +2888,20 @@ def test_help_into_a_closed_stdout_says_nothing_on_stderr(tmp_path):
     assert done.returncode == 1
 
 
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_a_command_started_without_a_stdout_ends_without_a_traceback(flag):
+    """`dreamtext --version >&-` (no file descriptor 1: Python's ``sys.stdout`` is ``None``)
+    ended in an AttributeError traceback from the flush of stdout at the command's end."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamtext", flag],
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr.decode()
+    assert done.returncode == 0
+
+
 def test_a_batch_whose_table_cannot_be_printed_keeps_its_line_and_status(monkeypatch, capsys):
     """`dreamtext batch prompts.txt | head -1`, interrupted: the table's print to the closed
     stdout raised BrokenPipeError, which lost the line naming the prompts not started and
