@@ -193,7 +193,9 @@ def this_process() -> dict:
     """The record of this process (``host``, ``pid``, ``pid_start``, ``pid_ns``) that
     status.json and the workspace lock carry (:func:`record_alive` reads it)."""
     pid = os.getpid()
-    if pid not in _STARTED:  # read once: without /proc, each reading runs ps
+    # Read once (without /proc, each reading runs ps), once known: a ps that failed once (its
+    # 10 s timeout on a busy laptop) left the start unknown in every record for the run's life.
+    if _STARTED.get(pid) is None:
         _STARTED[pid] = process_start(pid)
     return {"host": HOST, "pid": pid, "pid_start": _STARTED[pid], "pid_ns": PID_NAMESPACE}
 

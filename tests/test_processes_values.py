@@ -518,3 +518,17 @@ def test_this_process_reads_the_start_of_the_process_it_is_in(monkeypatch):
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_start_that_could_not_be_read_is_read_again(monkeypatch):
+    """Where ``ps`` failed once (no ``/proc``: a timeout on a busy laptop), ``this_process``
+    kept ``pid_start: null`` for the process's life, so its records could not tell a reused
+    pid from the run; the next record reads it again."""
+    from dreamtext import processes
+
+    answers = iter([None, 1796588615])
+    monkeypatch.setattr(processes, "_STARTED", {})
+    monkeypatch.setattr(processes, "process_start", lambda pid: next(answers))
+    assert processes.this_process()["pid_start"] is None
+    assert processes.this_process()["pid_start"] == 1796588615
+    assert processes.this_process()["pid_start"] == 1796588615  # kept: no third reading
