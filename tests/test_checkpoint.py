@@ -394,8 +394,6 @@ def test_a_checkpoint_is_written_without_a_copy_of_it_in_memory(tmp_path):
     The file is byte for byte what torch.save writes, and the save's peak memory stays far
     below the file's size."""
     import io
-    import subprocess
-    import sys
 
     from dreamtext.checkpoint import with_digest
 
@@ -404,20 +402,17 @@ def test_a_checkpoint_is_written_without_a_copy_of_it_in_memory(tmp_path):
     expected = io.BytesIO()
     torch.save(with_digest(state), expected)
     assert path.read_bytes() == expected.getvalue()
+    from peak_growth import run_measured
+
     script = (
-        "import resource, sys, torch\n"
+        "import sys, torch\n"
         "from dreamtext.checkpoint import save_checkpoint\n"
         "table = torch.ones(50_000_000)\n"  # 200 MB
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "before = rss('VmHWM')\n"
         "save_checkpoint(sys.argv[1], {'step': 1, 'field': {'table': table}})\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+        "print((rss('VmHWM') - before) // 1024)\n"
     )
-    grown = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "big")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    grown = run_measured(script, str(tmp_path / "big"))
     assert int(grown) * 1024 < 50_000_000  # KiB: below a quarter of the 200 MB file
 
 

@@ -4,6 +4,7 @@ one line on stderr naming the setting and its file, exit 2, no workspace written
 import math
 
 import pytest
+from step_faults import raise_at_step
 
 from dreamtext.cli import main
 from dreamtext.config import PREVIEW_VIEWS_MAX, TrainConfig, validate
@@ -630,14 +631,7 @@ def test_out_of_memory_in_a_step_names_the_tables_keys_where_the_table_is_much_o
         monkeypatch.setattr(trainer, "memory_peak", lambda memory: 4 * 10**8, raising=False)
     yaml_text = "field:\n  log2_hashmap_size: 18\n  level_dim: 4\n" if big_table else "seed: 0\n"
     (tmp_path / "c.yaml").write_text(yaml_text, encoding="utf-8")
-    real_step = trainer.train_step
-
-    def step_then_run_out(run):
-        if run.step == 1:
-            raise MemoryError()
-        return real_step(run)
-
-    monkeypatch.setattr(trainer, "train_step", step_then_run_out)
+    raise_at_step(monkeypatch, 1, MemoryError())
     assert main([*BUILTIN_RUN, "--config", "c.yaml", "--workspace", "w"]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("dreamtext")]

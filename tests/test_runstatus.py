@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from step_faults import raise_at_step, signal_after_step
 from tiny_models import TINY_TRAIN
 
 import dreamtext.runstatus as runstatus
@@ -177,14 +178,7 @@ def test_a_failing_export_says_failed_in_the_export_phase(tmp_path, tiny_sd_path
 
 
 def test_a_failing_run_records_the_error_line(tmp_path, tiny_sd_path, monkeypatch):
-    real_step = trainer.train_step
-
-    def fail_at_two(run):
-        if run.step == 1:
-            raise RuntimeError("CUDA error: device-side assert\nmore detail")
-        return real_step(run)
-
-    monkeypatch.setattr(trainer, "train_step", fail_at_two)
+    raise_at_step(monkeypatch, 1, RuntimeError("CUDA error: device-side assert\nmore detail"))
     with pytest.raises(RuntimeError):
         train(tiny_config(tmp_path, tiny_sd_path, iters=4))
     failed = status(tmp_path)
@@ -195,15 +189,7 @@ def test_a_failing_run_records_the_error_line(tmp_path, tiny_sd_path, monkeypatc
 def test_an_interrupted_run_says_interrupted_and_a_resume_finishes(
     tmp_path, tiny_sd_path, monkeypatch
 ):
-    real_step = trainer.train_step
-
-    def step_then_signal(run):
-        record = real_step(run)
-        if run.step == 2:
-            signal.raise_signal(signal.SIGTERM)
-        return record
-
-    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    real_step = signal_after_step(monkeypatch, 2, signal.SIGTERM)
     with pytest.raises(TrainingInterrupted):
         train(tiny_config(tmp_path, tiny_sd_path, iters=4, checkpoint_every=100))
     assert (status(tmp_path)["state"], status(tmp_path)["step"]) == ("interrupted", 2)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from step_faults import raise_at_step, signal_after_step
 from test_checkpoint import files_limited_to
 from tiny_models import TINY_TRAIN
 
@@ -176,6 +177,14 @@ def test_a_stop_mid_backward_drops_the_step_and_the_resume_equals_an_uninterrupt
         assert torch.equal(expected[key], got[key]), key
 
 
+def assert_interrupted_at(workspace: Path, step: int) -> None:
+    """The run in ``workspace`` was interrupted with its checkpoint at ``step``, and its
+    status.json says so at that step."""
+    status = json.loads((workspace / "status.json").read_text())
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == step
+    assert (status["state"], status["step"]) == ("interrupted", step)
+
+
 def test_a_second_ctrl_c_leaves_status_json_at_the_step_of_the_saved_checkpoint(
     tmp_path, monkeypatch
 ):
@@ -184,23 +193,12 @@ def test_a_second_ctrl_c_leaves_status_json_at_the_step_of_the_saved_checkpoint(
     the step of the checkpoint on disk."""
     import signal
 
-    real_step = trainer.train_step
-
-    def step_then_two_signals(run):
-        record = real_step(run)
-        if run.step == 3:
-            signal.raise_signal(signal.SIGINT)  # the first: stop after this step
-            signal.raise_signal(signal.SIGINT)  # the second: at once
-        return record
-
-    monkeypatch.setattr(trainer, "train_step", step_then_two_signals)
+    # the first: stop after this step; the second: at once
+    signal_after_step(monkeypatch, 3, signal.SIGINT, signal.SIGINT)
     cfg = tiny_config(tmp_path, "builtin:shapes", iters=6, checkpoint_every=2, preview_every=0)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
-    workspace = Path(cfg.workspace)
-    status = json.loads((workspace / "status.json").read_text())
-    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
-    assert (status["state"], status["step"]) == ("interrupted", 2)
+    assert_interrupted_at(Path(cfg.workspace), 2)
 
 
 def test_a_run_typed_again_from_its_config_json_trains_the_same_field(tmp_path, tiny_sd_path):
@@ -270,17 +268,7 @@ def test_each_resume_keeps_what_the_attempt_before_it_ran_on(tmp_path, tiny_sd_p
 def test_sigterm_saves_a_checkpoint_of_the_last_finished_step(tmp_path, tiny_sd_path, monkeypatch):
     import signal
 
-    import dreamtext.trainer as trainer
-
-    real_step = trainer.train_step
-
-    def step_then_signal(run):
-        record = real_step(run)
-        if run.step == 2:
-            signal.raise_signal(signal.SIGTERM)
-        return record
-
-    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    signal_after_step(monkeypatch, 2, signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as stop:
         train(tiny_config(tmp_path, tiny_sd_path, iters=5, checkpoint_every=100))
     assert stop.value.step == 2
@@ -590,16 +578,7 @@ CPU_OUT_OF_MEMORY = (
 def test_out_of_memory_saves_the_last_step_and_names_the_fixes(
     tmp_path, tiny_sd_path, monkeypatch, error, fixes, absent
 ):
-    from dreamtext import trainer
-
-    real_step = trainer.train_step
-
-    def step_then_run_out(run):
-        if run.step == 2:
-            raise error()
-        return real_step(run)
-
-    monkeypatch.setattr(trainer, "train_step", step_then_run_out)
+    raise_at_step(monkeypatch, 2, error())
     with pytest.raises(DreamtextError) as raised:
         train(tiny_config(tmp_path, tiny_sd_path, iters=5))
     message = str(raised.value)
@@ -1168,22 +1147,10 @@ def test_a_resumed_run_stopped_twice_before_its_first_save_records_the_restored_
 
     cfg = tiny_config(tmp_path, "builtin:shapes", iters=2, checkpoint_every=10, preview_every=0)
     train(cfg)
-    real_step = trainer.train_step
-
-    def step_then_two_signals(run):
-        record = real_step(run)
-        if run.step == 3:
-            signal.raise_signal(signal.SIGINT)
-            signal.raise_signal(signal.SIGINT)
-        return record
-
-    monkeypatch.setattr(trainer, "train_step", step_then_two_signals)
+    signal_after_step(monkeypatch, 3, signal.SIGINT, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         train(dataclasses.replace(cfg, iters=6), resume=True)
-    workspace = Path(cfg.workspace)
-    status = json.loads((workspace / "status.json").read_text())
-    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
-    assert (status["state"], status["step"]) == ("interrupted", 2)
+    assert_interrupted_at(Path(cfg.workspace), 2)
 
 
 def test_a_stop_in_the_middle_of_a_step_records_the_step_of_the_checkpoint_it_saves(
@@ -1193,21 +1160,11 @@ def test_a_stop_in_the_middle_of_a_step_records_the_step_of_the_checkpoint_it_sa
     "interrupted" at the step of the checkpoint before (none: 0) where it is that one."""
     from dreamtext.interrupts import StepStopped
 
-    real_step = trainer.train_step
-
-    def stopped_in_step_3(run):
-        if run.step == 2:
-            raise StepStopped()
-        return real_step(run)
-
-    monkeypatch.setattr(trainer, "train_step", stopped_in_step_3)
+    raise_at_step(monkeypatch, 2, StepStopped())  # in step 3
     cfg = tiny_config(tmp_path, "builtin:shapes", iters=6, checkpoint_every=10, preview_every=0)
     with pytest.raises(TrainingInterrupted):
         train(cfg)
-    workspace = Path(cfg.workspace)
-    status = json.loads((workspace / "status.json").read_text())
-    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
-    assert (status["state"], status["step"]) == ("interrupted", 2)
+    assert_interrupted_at(Path(cfg.workspace), 2)
 
 
 def test_the_last_step_saved_in_the_loop_is_not_written_again_at_the_end(tmp_path, monkeypatch):
