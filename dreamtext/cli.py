@@ -1008,11 +1008,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _run_exports(workspace: Path) -> bool:
     """Whether the run in ``workspace`` exports at its end (config.json's ``export``; a run
     whose config.json does not say, or cannot be read, is taken to, the default)."""
-    try:
-        config = json.loads((workspace / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return not isinstance(config, dict) or config.get("export") is not False
+    from dreamtext.runfiles import recorded_settings
+
+    return recorded_settings(workspace).get("export") is not False
 
 
 def _setting(value: Any) -> str:

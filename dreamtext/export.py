@@ -92,6 +92,7 @@ from dreamtext.runfiles import (
     default_workspace,
     read_record,
     recorded_image,
+    recorded_settings,
     same_image,
     sentence_path,
     source_copy,
@@ -644,11 +645,7 @@ def retrain_command(workspace: Path) -> str:
     ``--workspace=FOLDER``, which argparse takes (``--workspace -runs`` it refuses)."""
     folder = shlex.quote(str(workspace))
     where = f"--workspace={folder}" if str(workspace).startswith("-") else f"--workspace {folder}"
-    try:
-        data = json.loads((workspace / "config.json").read_text(encoding="utf-8"))
-    except (OSError, *UNREADABLE_JSON):
-        data = None
-    data = data if isinstance(data, dict) else {}
+    data = recorded_settings(workspace)
 
     def recorded(section: str, key: str) -> Any:
         return (data.get(section) if isinstance(data.get(section), dict) else {}).get(key)
@@ -1121,11 +1118,7 @@ def run_title(workspace: str | Path, prompt: str | None) -> str | None:
     with that run's learned tokens (``text SENTENCE --config IMAGE_RUN/config.json --workspace
     NEW``) is named as that run is (:func:`_image_of_trained_sentence`). A config.json that
     cannot be read names the object after the prompt (:func:`recorded_options` warns of it)."""
-    try:
-        data = json.loads((Path(workspace) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, *UNREADABLE_JSON):
-        return prompt
-    sections = data if isinstance(data, dict) else {}
+    sections = recorded_settings(workspace)
     diverse, image = sections.get("diverse"), sections.get("image_to_3d")
     if isinstance(diverse, dict) and isinstance(diverse.get("prompt"), str):
         return diverse["prompt"]

@@ -166,6 +166,17 @@ def read_config_json(path: Path, fix: str) -> dict[str, Any] | None:
     return data
 
 
+def recorded_settings(workspace: str | Path) -> dict[str, Any]:
+    """The mapping a run's ``config.json`` holds, ``{}`` where it has none, cannot be read or
+    holds no mapping: for what the record only adds to (a name, a hint), never for a resume's
+    base, which :func:`read_config_json` refuses where it cannot be read."""
+    try:
+        data = json.loads((Path(workspace) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, *UNREADABLE_JSON):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def own_learned_embeds(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """``data``, a run's config.json read from the run's ``folder``, with the run's own learned
     tokens (``guidance.textual_inversion``, a ``…/descriptor/learned_embeds.safetensors``) named
