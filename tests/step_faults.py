@@ -1,0 +1,41 @@
+"""Faults in a training step, for tests: ``dreamtext.trainer.train_step`` patched to fail, or to
+send this process signals, at one step; every other step is the real one."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+from dreamtext import trainer
+
+
+def raise_at_step(monkeypatch, step: int, error: BaseException | type[BaseException]) -> Callable:
+    """Raise ``error`` (an exception or its class) in place of the step that starts at ``step``
+    (``run.step == step`` before it: the run has finished ``step`` steps). Returns the real
+    ``train_step``."""
+    real_step = trainer.train_step
+
+    def step_or_fail(run):
+        if run.step == step:
+            raise error
+        return real_step(run)
+
+    monkeypatch.setattr(trainer, "train_step", step_or_fail)
+    return real_step
+
+
+def signal_after_step(monkeypatch, step: int, *signals: signal.Signals) -> Callable:
+    """Send ``signals`` to this process, one after the other, once the step that ends at
+    ``step`` is done (a Ctrl-C is ``SIGINT``; two stop at once). Returns the real
+    ``train_step``."""
+    real_step = trainer.train_step
+
+    def step_then_signals(run):
+        record = real_step(run)
+        if run.step == step:
+            for signum in signals:
+                signal.raise_signal(signum)
+        return record
+
+    monkeypatch.setattr(trainer, "train_step", step_then_signals)
+    return real_step
