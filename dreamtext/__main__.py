@@ -11,6 +11,14 @@ import signal
 import sys
 
 EXIT_INTERRUPTED = 130  # dreamtext.cli.EXIT_INTERRUPTED, not imported before the handler is set
+EXIT_USAGE = 2  # dreamtext.cli's exit status for what the user can fix
+# Native Windows has no fcntl locks, no resource module, and its os.kill(pid, 0) sends Ctrl-C to
+# the process group instead of asking whether a process exists: a run's locks and liveness
+# checks would be wrong, so every command says where it runs instead.
+NATIVE_WINDOWS = (
+    "dreamtext: native Windows is not supported; run dreamtext under WSL 2 (the Windows "
+    "Subsystem for Linux), where the README's commands work as on Linux"
+)
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -58,7 +66,11 @@ def run() -> int:
     raising ``KeyboardInterrupt`` as Ctrl-C does from the first line on (``main``'s own handlers
     take over where it sets them). One interrupted before ``main`` knows the command says only
     that, with ``main``'s exit status. Once ``main`` is done, or stopping for a signal, more
-    signals are ignored (:func:`ignore_stop_signals`): the status is the one it returns."""
+    signals are ignored (:func:`ignore_stop_signals`): the status is the one it returns.
+    On native Windows every command is refused with one line (:data:`NATIVE_WINDOWS`)."""
+    if sys.platform == "win32":
+        print(NATIVE_WINDOWS, file=sys.stderr)
+        return EXIT_USAGE
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         from dreamtext.cli import main

@@ -3049,3 +3049,26 @@ def test_the_first_and_the_last_byte_that_is_not_utf8_are_refused(
     code, err = run_main([*BUILTIN_RUN, "--workspace", "runs/caf" + chr(0xDC00 + byte)], capsys)
     assert_user_error(code, err, f"--workspace holds a byte that is not UTF-8 text (0x{byte:02X})")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["text", "a red cube", "--model", "builtin:shapes", "--workspace", "ws"]]
+)
+def test_native_windows_is_refused_with_one_line_before_anything_runs(
+    argv, monkeypatch, capsys, tmp_path
+):
+    """On native Windows `dreamtext text ...` ended in a ModuleNotFoundError traceback (the
+    trainer imports ``resource``), and its liveness check, ``os.kill(pid, 0)``, would have sent
+    Ctrl-C to the process group: every command says to run it under WSL 2 instead."""
+    from dreamtext import __main__ as entry
+    from dreamtext.cli import EXIT_USAGE
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(sys, "argv", ["dreamtext", *argv])
+    assert entry.run() == EXIT_USAGE == entry.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [entry.NATIVE_WINDOWS]
+    assert "WSL 2" in err
+    assert list(tmp_path.iterdir()) == []
