@@ -5,8 +5,11 @@ makes no copy of a large tensor): :data:`PRELUDE` gives the snippet ``rss(key)``
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 PRELUDE = (
     "def rss(key):\n"
@@ -20,7 +23,9 @@ PRELUDE = (
 
 def run_measured(script: str, *args: str) -> str:
     """The standard output of ``script`` (with :data:`PRELUDE` before it) run by this Python
-    with ``args``."""
+    with ``args``; the test is skipped where there is no such ``/proc`` (macOS, the BSDs)."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("Linux's VmHWM and its reset (/proc/self/status, /proc/self/clear_refs)")
     return subprocess.run(
         [sys.executable, "-c", PRELUDE + script, *args], capture_output=True, text=True, check=True
     ).stdout

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from dreamtext.batch import read_prompts, relative_images_folder
@@ -107,6 +108,7 @@ def test_a_later_pipe_at_the_same_descriptor_is_read_as_its_own_list():
     assert piped_lines(b"a blue sphere", fd) == ["a blue sphere"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux's /proc/self/fd")
 def test_a_list_named_by_its_proc_descriptor_takes_the_files_folder(tmp_path, monkeypatch):
     """``/proc/self/fd/N`` (as a shell's ``/dev/stdin`` resolves) opened on a file is that
     file's folder, not ``/proc/self/fd``."""
@@ -118,7 +120,8 @@ def test_stdin_redirected_from_a_file_takes_the_files_folder_on_macos(tmp_path, 
     """macOS's ``/dev/fd/N`` is no symlink (Linux's goes to ``/proc/self/fd/N``, a link to the
     file): realpath kept it, so ``dreamtext batch /dev/stdin < lists/prompts.txt`` looked for
     ``image:mug.png`` in ``/dev/fd``. macOS tells a descriptor's file by ``fcntl(F_GETPATH)``;
-    simulated here with Linux's link, as macOS answers it (the path, NUL-padded)."""
+    simulated here with Linux's link, as macOS answers it (the path, NUL-padded); on a Mac,
+    macOS's own answer."""
     import fcntl
 
     from dreamtext import batch
@@ -133,7 +136,7 @@ def test_stdin_redirected_from_a_file_takes_the_files_folder_on_macos(tmp_path, 
     real_fcntl = fcntl.fcntl
 
     def macos_fcntl(fd, command, arg=0):
-        if command != f_getpath:
+        if command != f_getpath or sys.platform == "darwin":
             return real_fcntl(fd, command, arg)
         named = os.readlink(f"/proc/self/fd/{fd}").encode()
         return named.ljust(len(arg), b"\0")[: len(arg)]  # as much as the buffer holds
