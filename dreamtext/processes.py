@@ -87,26 +87,38 @@ def _ps_fields(pid: int) -> list[str] | None:
     return [answer[0], start]
 
 
+def _state_and_start(pid: int) -> tuple[str, int | None] | None:
+    """Process ``pid``'s state and its start (:func:`process_start`), from one reading of
+    ``/proc/<pid>/stat`` or one ``ps`` (:func:`_ps_fields`); ``None`` where neither answers."""
+    fields = _stat_fields(pid)
+    at = 19  # field 22, counted from the state (field 3)
+    if fields is None:
+        fields, at = _ps_fields(pid), 1
+    if not fields:
+        return None
+    try:
+        return fields[0], int(fields[at])
+    except (ValueError, IndexError):
+        return fields[0], None
+
+
 def process_start(pid: int) -> int | None:
     """When process ``pid`` started: in clock ticks since boot (``/proc/<pid>/stat``, field
     22), else in seconds since the epoch as ``ps`` gives it (:func:`_ps_fields`); ``None``
     where neither answers (no such process). With the pid it names one process: a pid is
     reused by another process after the first ends (after a reboot, by any other)."""
-    fields = _stat_fields(pid)
-    try:
-        if fields is not None:
-            return int(fields[19])
-        fields = _ps_fields(pid)
-        return int(fields[1]) if fields is not None else None
-    except (ValueError, IndexError):
-        return None
+    return (_state_and_start(pid) or ("", None))[1]
+
+
+def _ended(state: str) -> bool:
+    """Whether a process in ``state`` has ended but is still listed: a zombie (``Z``, killed or
+    exited, not yet reaped by its parent) or dead (``X``); ``os.kill(pid, 0)`` succeeds on both."""
+    return state[:1] in ("Z", "X")
 
 
 def process_ended(pid: int) -> bool:
-    """Whether process ``pid`` has ended but is still listed: a zombie (``Z``, killed or exited,
-    not yet reaped by its parent) or dead (``X``); ``os.kill(pid, 0)`` succeeds on both."""
-    fields = _stat_fields(pid) or _ps_fields(pid)
-    return fields is not None and bool(fields) and fields[0][:1] in ("Z", "X")
+    """Whether process ``pid`` has ended but is still listed (:func:`_ended`)."""
+    return _ended((_state_and_start(pid) or ("", None))[0])
 
 
 def _pid_namespace() -> int | None:
@@ -134,10 +146,13 @@ def record_alive(record: dict | None) -> bool | None:
     namespace = record.get("pid_ns")
     if namespace is not None and PID_NAMESPACE is not None and namespace != PID_NAMESPACE:
         return None
-    if not pid_alive(pid) or process_ended(pid):
+    if not pid_alive(pid):
+        return False
+    state, start = _state_and_start(pid) or ("", None)  # one ps where there is no /proc
+    if _ended(state):
         return False
     started = record.get("pid_start")
-    return started is None or process_start(pid) in (None, started)
+    return started is None or start in (None, started)
 
 
 def gone_process(record: dict | None) -> int | None:

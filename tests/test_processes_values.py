@@ -536,3 +536,24 @@ def test_a_start_that_could_not_be_read_is_read_again(monkeypatch):
     assert processes.this_process()["pid_start"] is None
     assert processes.this_process()["pid_start"] == 1796588615
     assert processes.this_process()["pid_start"] == 1796588615  # kept: no third reading
+
+
+def test_without_proc_a_record_is_checked_with_one_ps(without_proc, monkeypatch):
+    """On a Mac, checking whether a record's process runs (a lock's, a status.json's: the viewer
+    does so for every run it shows) ran ``ps`` twice, once for the state (a zombie) and once for
+    the start (a reused pid); one answer holds both."""
+    from types import SimpleNamespace
+
+    from dreamtext.processes import HOST, record_alive
+
+    asked = []
+
+    def ps(command, **kwargs):
+        asked.append(command)
+        return SimpleNamespace(stdout="Ss   Sun Dec  6 20:48:36 2026\n", returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", ps)
+    record = {"host": HOST, "pid": os.getpid(), "pid_start": 1796590116}
+    assert record_alive(record) is True
+    assert len(asked) == 1
+    assert record_alive({**record, "pid_start": 1796590116 - 3600}) is False
