@@ -95,3 +95,58 @@ def test_a_static_page_shows_the_export_whose_files_it_copied(tmp_path, monkeypa
     copied = json.loads((folder / "files" / "mesh" / "mesh.json").read_text())
     assert copied["faces"] == 2
     assert page_data(folder / "index.html")["run"]["mesh_stats"]["faces"] == 2
+
+
+def test_two_static_exports_into_one_folder_at_once_both_finish_whole(
+    root: Path,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """Two ``dreamtext view --static OUT`` at once (a cron job and a user): the second swapped
+    its export into OUT while the first had moved the earlier one aside, and the first then
+    failed with a traceback (``OSError: Directory not empty``), leaving the earlier export
+    beside OUT as ``.OUT.old.XXXXXXXX``. The swaps now take turns: both finish, OUT is one whole
+    export, nothing is left beside it."""
+    import threading
+
+    from dreamtext.view import static
+
+    out = tmp_path / "site"
+    export_static([root], out)  # an earlier export, which the two replace
+    written, go, done = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    real_write, real_rename = static._write, Path.rename
+
+    def write(catalog, staging):  # the second export waits, written, for the first's swap
+        real_write(catalog, staging)
+        if threading.current_thread().name == "second":
+            written.set()
+            go.wait(10)
+
+    def rename(self, target):
+        result = real_rename(self, target)
+        if ".old." in Path(target).name and threading.current_thread().name != "second":
+            go.set()  # the first has moved OUT aside: the second swaps now, if it may
+            done.wait(1)
+        return result
+
+    def second():
+        try:
+            export_static([root], out)
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+        done.set()
+
+    monkeypatch.setattr(static, "_write", write)
+    monkeypatch.setattr(Path, "rename", rename)
+    thread = threading.Thread(target=second, name="second")
+    thread.start()
+    assert written.wait(60)
+    try:
+        export_static([root], out)
+    finally:
+        go.set()
+        thread.join(60)
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "secret.png", "site"]
+    assert page_data(out / "index.html")["runs"]

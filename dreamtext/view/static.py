@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamtext.errors import DreamtextError
+from dreamtext.processes import lock_folder
 from dreamtext.runfiles import check_writable, file_mode
 from dreamtext.view.downloads import download_names, zip_bytes, zip_members, zip_name, zip_only
 from dreamtext.view.page import (
@@ -77,7 +78,10 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _write(catalog, staging)
-        _replace(staging, target)
+        # Another export into the same folder swaps in turn: between this one's two renames it
+        # found no OUT, renamed its own in, and this one's rename failed (a traceback).
+        with lock_folder(target.parent):
+            _replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
