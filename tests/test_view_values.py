@@ -4,11 +4,13 @@ state and figures, the static folder and the downloads."""
 
 import io
 import json
+import socket
 from pathlib import Path
 
 import pytest
 from test_view import get, make_run, root, serving  # noqa: F401  (root: the fixture)
 
+from dreamtext.errors import DreamtextError
 from dreamtext.view import Catalog
 
 VIDEO = "/files/cube/video/turntable.mp4"
@@ -841,3 +843,36 @@ def test_runs_left_out_of_a_folder_but_given_too_are_not_named_to_pass(tmp_path:
         patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
         serve(folders, "127.0.0.1", 0, out=out)
     assert "a_dog" not in out.getvalue() and "a level further down" in out.getvalue()
+
+
+@pytest.mark.parametrize(("taken", "host"), [("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "0.0.0.0")])
+def test_a_port_another_server_answers_on_is_in_use_where_the_bind_would_share_it(
+    tmp_path, monkeypatch, taken, host
+):
+    """On macOS (and the BSDs) SO_REUSEADDR, which Python's HTTPServer sets, lets a socket
+    bind 127.0.0.1:PORT while another listens on 0.0.0.0:PORT (and the reverse), where Linux
+    refuses (EADDRINUSE): a second ``dreamtext view --port PORT`` started without a word, and
+    127.0.0.1:PORT then reached only one of the two. Here the kernel's sharing bind is faked
+    (the server binds a free port of its own); the port is refused as in use, as on Linux."""
+    import socketserver
+
+    from dreamtext.view import server as server_module
+
+    def shared_bind(self):  # as macOS's kernel answers: the bind succeeds beside the listener
+        self.socket.bind((self.server_address[0], 0))
+
+    monkeypatch.setattr(socketserver.TCPServer, "server_bind", shared_bind)
+    monkeypatch.setattr(server_module, "SHARED_PORT_BINDS", True, raising=False)
+    with socket.socket() as other:
+        other.bind((taken, 0))
+        other.listen()
+        port = other.getsockname()[1]
+        try:
+            made = server_module.make_server(Catalog([tmp_path], empty_ok=True), host, port)
+        except DreamtextError as error:
+            assert str(error) == (
+                f"port {port} is in use on {host}; pass another --port (0 picks a free one)"
+            )
+        else:
+            made.server_close()
+            pytest.fail(f"a second server started on port {port}, which {taken} listens on")

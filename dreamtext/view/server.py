@@ -97,6 +97,10 @@ SERVED_SUFFIXES = {
 }
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 ALL_INTERFACES = {"0.0.0.0", "::", ""}
+# Whether the bind may share a port another server listens on: on macOS and the BSDs the
+# SO_REUSEADDR that HTTPServer sets lets 127.0.0.1:PORT be bound while 0.0.0.0:PORT listens (and
+# the reverse; the more specific socket takes its address's connections); Linux refuses it.
+SHARED_PORT_BINDS = not sys.platform.startswith("linux")
 # What the pages may load: their own scripts, styles and data, and the blob: images GLTFLoader
 # makes of a GLB's embedded texture, and the gallery's one inline script (page.SLASH_SCRIPT).
 # base-uri 'self': a page's <base href> is this server's root.
@@ -567,13 +571,14 @@ def make_server(
 ) -> ViewServer:
     """Bind (``port`` 0: any free port) without serving yet; user errors as ``DreamtextError``.
     ``poll_ms``: how often open pages ask for changes; ``log``: where errors go (stderr)."""
+    in_use = f"port {port} is in use on {host}; pass another --port (0 picks a free one)"
+    if port and SHARED_PORT_BINDS and _answered(host, port):
+        raise DreamtextError(in_use)
     try:
         return ViewServer((host, port), catalog, poll_ms, log)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
-            raise DreamtextError(
-                f"port {port} is in use on {host}; pass another --port (0 picks a free one)"
-            ) from None
+            raise DreamtextError(in_use) from None
         reason = error.strerror or str(error)
         if error.errno == errno.EACCES and 0 < port < 1024:
             # Ports under 1024 are the system's: "check --host" named the wrong flag.
@@ -582,6 +587,19 @@ def make_server(
                 "pass a --port of 1024 or more (0 picks a free one)"
             ) from None
         raise DreamtextError(f"cannot listen on {host}:{port}: {reason}; check --host") from None
+
+
+def _answered(host: str, port: int) -> bool:
+    """Whether a server already accepts connections on ``host``:``port`` (on this machine's
+    loopback address for every interface), which a bind that may share the port
+    (:data:`SHARED_PORT_BINDS`) would not refuse."""
+    if host in ALL_INTERFACES:
+        host = "::1" if host == "::" else "127.0.0.1"
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) -> None:
