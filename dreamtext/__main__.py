@@ -84,6 +84,9 @@ def run() -> int:
         if not isinstance(stop.code, int | None):
             raise
         code = stop.code or 0
+    except BrokenPipeError:  # --help or --version into a closed stdout (`| true`)
+        stdout_to_devnull()
+        code = 1
     ignore_stop_signals()
     return stdout_delivered(code)
 

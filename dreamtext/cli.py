@@ -32,7 +32,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dreamtext import __version__
 from dreamtext.errors import (
@@ -244,6 +244,21 @@ class _OneLineParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = self.NEGATIVE_NUMBER
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        """argparse's, but a write of ``--help`` or ``--version`` into a closed stdout (`| true`)
+        raises its ``BrokenPipeError`` (exit 1, :func:`dreamtext.__main__.run`): argparse drops
+        the error, so an unbuffered stdout (PYTHONUNBUFFERED) exited 0 where a buffered one's
+        flush after it exited 1."""
+        if message and file is not None and file is sys.stdout:
+            try:
+                file.write(message)
+            except BrokenPipeError:
+                raise
+            except OSError:  # as argparse does
+                pass
+            return
+        super()._print_message(message, file)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         if getattr(self, "trying", False):
