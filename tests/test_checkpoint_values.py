@@ -207,6 +207,26 @@ def test_last_reads_reads_only_the_step_unless_asked_for_a_whole_file(tmp_path):
     assert resume_step(tmp_path) is None  # no whole checkpoint at all
 
 
+def test_last_reads_takes_the_step_from_its_save_record_without_loading_the_checkpoint(
+    tmp_path, monkeypatch
+):
+    """With whole off, a last.pt that its save's last.step.json is the record of is not
+    unpickled (a batch rerun asks this of every finished line, twice); one the record is not of
+    (cut short since: another size) is, and still reads as missing nothing only if it loads."""
+    from dreamtext.checkpoint import last_reads
+
+    save_checkpoint(tmp_path, a_run_state(10))
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    assert last_reads(tmp_path, whole=False)
+    assert loads == []
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])  # cut short: the record is not of it
+    assert not last_reads(tmp_path, whole=False)
+    assert len(loads) >= 1
+
+
 def test_a_run_whose_checkpoints_were_all_removed_needs_no_resume(tmp_path):
     save_checkpoint(tmp_path, a_run_state(10))
     shutil.rmtree(tmp_path / "checkpoints")
