@@ -2169,12 +2169,32 @@ def _prompt_of(entry: Entry) -> str:
     return entry.prompt
 
 
+# How much of a log's end is read at a time, looking for its last line (a record is a few
+# hundred bytes).
+LOG_TAIL_BLOCK_BYTES = 4096
+
+
 def _log_state(workspace: Path) -> str | None:
     """The last line of the run's ``log.jsonl``, ``None`` where there is none: an attempt that
     trained a step changed it (a resume rewrites the file up to its checkpoint, so its size and
-    time are no sign)."""
-    with contextlib.suppress(OSError, UnicodeDecodeError, IndexError):
-        return (workspace / "log.jsonl").read_text(encoding="utf-8").splitlines()[-1]
+    time are no sign). Read from the file's end back to the newline before that line: read
+    whole, twice for every line of a batch, a rerun of 1,000 finished runs of 10,000 records
+    each read 7 GB of logs before their records were written."""
+    with (
+        contextlib.suppress(OSError, UnicodeDecodeError, IndexError),
+        open(workspace / "log.jsonl", "rb") as log,
+    ):
+        start = log.seek(0, os.SEEK_END)
+        tail = b""
+        # The file's last byte may end its last line: a newline before that one starts it.
+        while start > 0 and b"\n" not in tail[:-1]:
+            step = min(start, LOG_TAIL_BLOCK_BYTES)
+            start -= step
+            log.seek(start)
+            tail = log.read(step) + tail
+        if start > 0:
+            tail = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1 :]
+        return tail.decode("utf-8").splitlines()[-1]
     return None
 
 

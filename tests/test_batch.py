@@ -4207,6 +4207,48 @@ def test_a_damaged_last_log_line_gives_no_its_not_a_traceback(text):
     assert _last_its('{"step": 3, "its": 12.5}') == 12.5
 
 
+@pytest.mark.parametrize(
+    ("data", "last"),
+    [
+        (b'{"step": 1}\n{"step": 2}\n', '{"step": 2}'),
+        (b'{"step": 1}\n{"step": 2', '{"step": 2'),  # torn by a kill
+        (b'{"step": 1}\r\n{"step": 2}\r\n', '{"step": 2}'),
+        (b'{"step": 1}\n\n', ""),
+        (b'{"step": 1}\n', '{"step": 1}'),
+        (b"", None),
+        (b'{"view": "\xff"}\n', None),  # not UTF-8
+        (b'{"a": "\xc3\xa9"}\n' + b"x" * 9000 + b"\n", "x" * 9000),  # longer than a block
+    ],
+)
+def test_a_logs_state_is_its_last_line(tmp_path, data, last):
+    from dreamtext.batch import _log_state
+
+    (tmp_path / "log.jsonl").write_bytes(data)
+    assert _log_state(tmp_path) == last
+    assert _log_state(tmp_path / "missing") is None
+
+
+def test_a_logs_state_reads_its_end_not_the_whole_log(tmp_path):
+    """Each line of a batch looks at its run's last log line twice: the whole log was read,
+    37 MB for a run of 100,000 records, so a rerun of a batch of finished runs read every log
+    in full, twice."""
+    from dreamtext.batch import _log_state
+
+    io_file = Path("/proc/self/io")
+    if not io_file.is_file():
+        pytest.skip("no /proc/self/io to count the bytes read")
+    record = json.dumps({"step": 10, "loss": 0.5, "view": "front", "its": 4.0})
+    (tmp_path / "log.jsonl").write_text((record + "\n") * 20000, encoding="utf-8")
+
+    def bytes_read() -> int:
+        text = io_file.read_text()
+        return int(re.search(r"^rchar: (\d+)$", text, re.M).group(1))
+
+    before = bytes_read()
+    assert _log_state(tmp_path) == record
+    assert bytes_read() - before < 64 * 1024  # the log is ~1.3 MB
+
+
 @pytest.mark.parametrize("text", ["[]", "7", '{"sentence": 5}', '{"sentence": ""}'])
 def test_a_damaged_sentence_record_gives_the_image_line_its_path(tmp_path, text):
     """An image line's prompt in the batch's record is the sentence DreamText learned; a
