@@ -960,6 +960,39 @@ def test_the_mesh_table_reads_as_labels_with_units_and_keeps_each_key(page, serv
     assert cell("watertight") == ("yes" if stats["watertight"] else "no")
 
 
+def test_a_table_key_named_like_an_object_property_is_shown_as_it_is(page, root, tmp_path):
+    """A mesh.json or batch.jsonl key that JavaScript objects inherit ("constructor",
+    "__proto__", "toString") was looked up among the labels, found the inherited function, and
+    the run page stopped drawing its details (no Mesh, Batch or Files, no config) with "function
+    is not iterable"; a status.json stage of such a name read "function Object() { [native
+    code] }"."""
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "a_red_cube", runs / "odd_keys", ignore=shutil.ignore_patterns("ch*"))
+    stats_file = runs / "odd_keys" / "mesh" / "mesh.json"
+    stats = json.loads(stats_file.read_text())
+    odd = {"constructor": 1, "__proto__": 2, "toString": 3}
+    stats_file.write_text(json.dumps({**stats, **odd}))
+    record = {"line": 1, "workspace": "odd_keys", "status": "finished", "hasOwnProperty": 4}
+    (runs / "batch.jsonl").write_text(json.dumps(record) + "\n")
+    status = {"state": "finished", "step": 60, "iters": 60, "total_seconds": 70.0}
+    status["stages"] = {"train": {"seconds": 60.0}, "constructor": {"seconds": 10.0}}
+    (runs / "odd_keys" / "status.json").write_text(json.dumps(status))
+    with serving(Catalog([runs]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/odd_keys/")
+        page.locator('.details table[data-table="batch"]').wait_for()
+        for key, value in odd.items():
+            row = page.locator(f'.details table[data-table="mesh"] tr[data-key="{key}"]')
+            assert (row.locator("th").inner_text(), row.locator("td").inner_text()) == (
+                key,
+                str(value),
+            )
+        row = page.locator('.details table[data-table="batch"] tr[data-key="hasOwnProperty"]')
+        assert row.locator("th").inner_text() == "hasOwnProperty"
+        assert page.locator("details pre").count() == 1  # the config, drawn after the tables
+        facts = page.locator(".facts").inner_text()
+        assert "native code" not in facts and "constructor 10\u00a0s" in facts, facts
+
+
 def test_the_batch_tables_times_read_as_dates_with_their_iso_kept(page, server, root: Path):
     """The Batch table showed "2026-12-03T17:46:00+00:00": its start and end read as the cards'
     times do, each a <time> whose datetime is batch.jsonl's value; its time taken as "30 s"."""

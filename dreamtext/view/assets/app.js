@@ -33,6 +33,12 @@
     return node;
   }
 
+  /** object[key] where object has key itself, else undefined: a key from a run's files
+   * ("constructor", "__proto__") found the function every object inherits. */
+  function own(object, key) {
+    return object && Object.prototype.hasOwnProperty.call(object, key) ? object[key] : undefined;
+  }
+
   /** node.replaceChildren, but skipping null children (replaceChildren would write "null"). */
   function fill(node, ...children) {
     node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
@@ -116,7 +122,7 @@
     const time = formatSeconds(s.seconds);
     const stages = Object.entries(s.stage_seconds || {});
     if (time && stages.length > 1) {
-      const each = stages.map(([name, t]) => `${STAGE_NAMES[name] || name} ${formatSeconds(t)}`);
+      const each = stages.map(([name, t]) => `${own(STAGE_NAMES, name) || name} ${formatSeconds(t)}`);
       parts.push(`${time} (${each.join(", ")})`);
     } else if (time) {
       parts.push(s.inferred ? `≈ ${time}` : time);
@@ -891,7 +897,7 @@
      * the key itself the row's data-key and the label's tooltip; a key without one as it is. */
     function table(name, record, labels) {
       return el("table", { dataset: { table: name } }, el("tbody", {}, Object.entries(record).map(([key, value]) => {
-        const [label, unit] = (labels || {})[key] || [key, ""];
+        const [label, unit] = own(labels, key) || [key, ""];
         return el("tr", { dataset: { key } }, el("th", { scope: "row", text: label, title: key }),
           el("td", {}, cell(key, value, unit)));
       })));
