@@ -2376,12 +2376,36 @@ def test_a_server_on_port_80_refuses_foreign_names_without_a_port(root: Path):
         srv.server_close()
 
 
-def test_a_server_on_every_interface_answers_any_host(root: Path):
-    """--host 0.0.0.0 opens it to the network: what Open OnDemand's proxy on another machine
-    needs, whichever Host it sends."""
+@pytest.mark.parametrize(
+    "host, answered",
+    [
+        # What another machine (Open OnDemand's proxy too) names this one by.
+        ("node01:{port}", True),
+        ("NODE01.cluster.example:{port}", True),
+        ("10.1.2.3:{port}", True),
+        ("[fe80::1]:{port}", True),
+        ("127.0.0.1:{port}", True),
+        ("localhost:{port}", True),
+        ("ondemand.example", True),  # a proxy on the standard port passing its name on
+        # DNS rebinding: a page elsewhere whose name points at the user's end of an ssh forward
+        # to this port (-L {port}:node01:{port}); it read the runs.
+        ("evil.example:{port}", False),
+        ("node01-evil.example:{port}", False),
+        (".example:{port}", False),
+    ],
+)
+def test_a_server_on_every_interface_answers_this_machines_names_not_other_sites(
+    root: Path, monkeypatch, host: str, answered: bool
+):
+    """--host 0.0.0.0 opens it to the network, not to every web page the user's browser opens:
+    it answered any Host, so a DNS name pointed at 127.0.0.1 read the runs through the ssh
+    forward the viewer prints."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "node01")
     with serving(Catalog([root]), host="0.0.0.0") as srv:
-        for host in ("node01:8765", f"evil.example:{srv.server_port}"):
-            assert get(srv, "/api/runs.json", {"Host": host})[0] == 200
+        status, body, _ = get(srv, "/api/runs.json", {"Host": host.format(port=srv.server_port)})
+    assert status == (200 if answered else 403), body
+    if not answered:
+        assert body.startswith(b"not this machine's name: open it as node01, by its address")
 
 
 def test_an_idle_connection_is_closed_after_the_handlers_timeout(root: Path, monkeypatch):
@@ -2406,9 +2430,12 @@ def test_a_file_cut_short_while_sent_closes_the_connection():
     assert _copy(io.BytesIO(b"y" * 100), io.BytesIO(), 100, chunk=32) == 0
 
 
-def test_a_server_on_every_interface_by_host_0_answers_any_host_and_says_so(root: Path):
+def test_a_server_on_every_interface_by_host_0_answers_other_machines_and_says_so(
+    root: Path, monkeypatch
+):
     """`--host 0` listens on every interface (as 0.0.0.0 does) but was taken for a name: other
     machines' requests were refused, and the terminal offered an ssh forward to host "0"."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "node01")
     with serving(Catalog([root]), host="0") as srv:
         assert get(srv, "/api/runs.json", {"Host": f"node01:{srv.server_port}"})[0] == 200
     out = io.StringIO()

@@ -20,8 +20,9 @@ empty segment, an encoded slash or dot (``%2f``, ``%2e%2e``, double encodings), 
 that is not UTF-8 (``%ff``, the overlong ``%c0%ae``), a hidden name, a symlink that resolves
 outside, or a kind of file the pages never show (checkpoints, say).
 Requests whose ``Host`` is not this machine's are refused, so that a web page elsewhere cannot
-read the runs through a DNS name that points at 127.0.0.1; a reverse proxy on the web's standard
-port is let through (``ViewServer.host_allowed`` says why that is safe).
+read the runs through a DNS name that points at 127.0.0.1 (or at a port forward to this server,
+``--host 0.0.0.0`` too); a reverse proxy on the web's standard port is let through
+(``ViewServer.host_allowed`` says why that is safe).
 
 The two ``api`` answers carry an ``ETag`` (a digest of their text; for an answer to a cursor,
 that of the whole gallery or run it makes of what the page has); a poll that sends it back in
@@ -43,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import ipaddress
 import mimetypes
 import re
 import socket
@@ -143,6 +145,15 @@ def workspace_file(workspace: Path, raw_path: str) -> Path | None:
     return resolved
 
 
+def _is_address(name: str) -> bool:
+    """Whether a ``Host`` name is an IP address (``10.1.2.3``, ``fe80::1``), not a DNS name."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _host_and_port(host_header: str) -> tuple[str, int | None] | None:
     """``Host`` as (name, port or None): ``localhost:8000`` → (``localhost``, 8000),
     ``[::1]`` → (``::1``, None); ``None`` for what no browser sends (``::1`` unbracketed, a
@@ -192,12 +203,14 @@ class ViewServer(ThreadingHTTPServer):
         # The address bound counts as the name typed: `--host $(hostname)` prints the URL of the
         # address the name resolves to, and `--host 0` is every interface.
         bound = str(self.server_address[0])
-        everywhere = host in ALL_INTERFACES or bound in ALL_INTERFACES
-        self.allowed_hosts = None if everywhere else LOCAL_HOSTS | {host.lower(), bound.lower()}
+        self.everywhere = host in ALL_INTERFACES or bound in ALL_INTERFACES
+        self.allowed_hosts = LOCAL_HOSTS | {host.lower(), bound.lower()}
+        # On every interface, other machines name this one as they know it: by its host name
+        # (node042, or node042.cluster.example) or an address.
+        self.machine = socket.gethostname().lower().split(".")[0]
 
     def host_allowed(self, host_header: str) -> bool:
-        """Whether to answer a request with this ``Host`` (any, when listening on every
-        interface).
+        """Whether to answer a request with this ``Host``.
 
         What the check stops is DNS rebinding: a web page elsewhere points a name of its own at
         this machine, and the browser, taking this server for the page's own, lets the page read
@@ -211,14 +224,21 @@ class ViewServer(ThreadingHTTPServer):
         it. Hence: this machine's names with any port, other names only without one, and not
         when this server is on port 80. A proxy that sends this server's own address (Apache's
         default) counts as local; one on a port of its own that passes its name on is refused.
+
+        On every interface (``--host 0.0.0.0``) this machine's host name, with a domain or
+        without, and any IP address count as local too: another machine (Open OnDemand's proxy
+        too) names this one so. An address is no DNS name a page elsewhere could point here.
+        Any name answered there, a page whose DNS name pointed at the user's end of an ssh
+        forward (``-L 8000:node042:8000``) read the runs.
         """
-        if self.allowed_hosts is None:
-            return True
         parsed = _host_and_port(host_header)
         if parsed is None:
             return False
         name, port = parsed
         if name in self.allowed_hosts:
+            return True
+        named = self.machine != "" and name.split(".")[0] == self.machine
+        if self.everywhere and (_is_address(name) or named):
             return True
         return port is None and name != "" and self.server_port != 80
 
@@ -285,6 +305,11 @@ class ViewHandler(BaseHTTPRequestHandler):
             refused = (
                 "not a local address: open it as 127.0.0.1 or through a proxy on port 80 or 443"
             )
+            if self.server.everywhere:
+                refused = (
+                    f"not this machine's name: open it as {self.server.machine}, by its address "
+                    "or as 127.0.0.1, or through a proxy on port 80 or 443"
+                )
             return self._send_text(HTTPStatus.FORBIDDEN, refused, send_body)
         try:
             address = urlsplit(self.path)
@@ -645,7 +670,7 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
     forward = "-o ExitOnForwardFailure=yes -L"
     # A laptop outside a cluster reaches its login node only, and the node's name resolves
     # there, not on the laptop: the first line alone ends in "Could not resolve hostname".
-    if server.allowed_hosts is None:  # every interface (`--host 0` too)
+    if server.everywhere:  # every interface (`--host 0` too)
         # Where the name does not resolve from the user's side (a node outside the cluster's
         # DNS, a portal that connects by address), the addresses are what reaches it.
         by_address = ", ".join(f"http://{address}:{p}/" for address in machine_addresses())
