@@ -1359,6 +1359,29 @@ def test_server_serves_pages_data_assets_and_workspace_files(server, root: Path)
     assert headers["Content-Type"] == "image/png"
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/run/cube/",
+        "/api/runs.json",
+        "/api/run/cube.json",
+        "/static/app.js",
+        "/files/cube/previews/final.png",
+        "/files/cube/config.json",
+        "/files/cube/nothing.png",
+        "/run/gone/",
+    ],
+)
+def test_a_page_on_another_site_cannot_embed_what_the_server_answers(server, path: str):
+    """A page elsewhere embedded a run's preview (<img src="http://127.0.0.1:8000/files/...">),
+    showing it and learning from its load (and its size) which runs, by their prompts'
+    names, the user has. Every answer is for the viewer's own pages only."""
+    status, _, headers = get(server, path)
+    assert status in (200, 404)
+    assert headers["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
 def test_only_the_gallery_runs_an_inline_script_and_the_policy_allows_just_that_one(server):
     """The gallery adds its own final "/" (behind a proxy's prefix opened without it); the
     Content-Security-Policy lets exactly that script's text run, and no page has another."""

@@ -389,6 +389,8 @@ class ViewHandler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        # A page elsewhere could embed a run's preview and learn from its load which runs exist.
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
 
     def _send_bytes(self, body: bytes, content_type: str, send_body: bool, status=200) -> None:
         self._headers(status, content_type, len(body))
