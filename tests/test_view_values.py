@@ -5,6 +5,7 @@ state and figures, the static folder and the downloads."""
 import io
 import json
 import socket
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -625,6 +626,28 @@ def test_text_assets_name_their_charset(root: Path):  # noqa: F811
             status, _, headers = get(srv, f"/static/{name}")
             assert status == 200
             assert headers["Content-Type"].endswith("; charset=utf-8"), name
+
+
+def test_a_folder_name_with_control_characters_is_named_as_an_escape_not_sent_to_the_terminal(
+    tmp_path: Path,
+):
+    """A folder of runs that another tool or user named with an escape sequence
+    (``ESC ] 0 ; title BEL``, ``ESC [ 2 J``) went to the terminal as it was, in the line naming
+    the folders to pass: the terminal obeyed it (cleared the screen, retitled the window). It
+    is named in bash's ``$'...'`` form instead, which pasted names the folder itself."""
+    import subprocess
+
+    from dreamtext.view.workspaces import nested_runs_hint
+
+    nest = tmp_path / "nest"
+    name = "\x1b]0;owned\x07\x1b[2J b\u0085'\\"
+    make_run(nest / name / "a_cat", "a cat")
+    make_run(nest / "own", "a dog")
+    hint = nested_runs_hint(nest)
+    assert not any(unicodedata.category(c) == "Cc" for c in hint), repr(hint)
+    word = hint.split("(dreamtext view ")[1].removesuffix(")").split(" ", 1)[1]
+    printed = subprocess.run(["bash", "-c", f"printf %s {word}"], capture_output=True, check=True)
+    assert printed.stdout.decode() == str(nest / name)
 
 
 def test_folders_of_runs_a_level_further_down_are_named_to_pass(tmp_path: Path, capsys):

@@ -178,8 +178,26 @@ def linked_runs_hint(folder: Path, given: Collection[Path] = ()) -> str | None:
 
 def _some_paths(paths: list[Path]) -> str:
     """Up to three of ``paths``, quoted for a shell, and "…" where some are left out."""
-    shown = " ".join(shlex.quote(str(path)) for path in paths[:3])
+    shown = " ".join(_shell_word(str(path)) for path in paths[:3])
     return shown + " …" if len(paths) > 3 else shown
+
+
+def _shell_word(text: str) -> str:
+    """``text`` quoted for a shell; where it holds a control character (a folder another tool
+    named; a terminal obeys an escape sequence printed as it is), in bash's ``$'...'`` form with
+    each such character as its escape."""
+    if not any(unicodedata.category(c) == "Cc" for c in text):
+        return shlex.quote(text)
+    escaped = "".join(
+        _escape(c) if unicodedata.category(c) == "Cc" else "\\" + c if c in "\\'" else c
+        for c in text
+    )
+    return f"$'{escaped}'"
+
+
+def _escape(c: str) -> str:
+    """A character as ``$'...'`` writes it: ``\\x1b``, past ASCII ``\\u0085``."""
+    return f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}"
 
 
 def nested_runs_hint(folder: Path, given: Collection[Path] = ()) -> str | None:
