@@ -2259,6 +2259,28 @@ def test_workspace_file_accepts_links_that_stay_inside(root: Path):
     assert workspace_file(cube, "previews/final%2Epng") == cube / "previews" / "final.png"
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["checkpoints/last.pt", ".dreamtext.lock", ".export-progress.json", ".hidden/final.png"],
+)
+def test_a_link_to_a_file_the_pages_never_show_is_not_served(
+    logged_server, root: Path, target: str
+):
+    """previews/step_009999.png linking to checkpoints/last.pt was a 500 and a line on the
+    terminal (KeyError: '.pt'), and one linking to a hidden file (.export-progress.json) served
+    it: the name asked for was checked, not the file it leads to. Both are 404 now."""
+    srv, lines, _ = logged_server
+    cube = root.resolve() / "cube"
+    (cube / target).parent.mkdir(parents=True, exist_ok=True)
+    (cube / target).write_text("{}")
+    link = cube / "previews" / "step_009999.png"
+    link.unlink(missing_ok=True)
+    link.symlink_to(cube / target)
+    assert workspace_file(cube, "previews/step_009999.png") is None
+    assert get(srv, "/files/cube/previews/step_009999.png")[:2] == (404, b"not found\n")
+    assert lines == []
+
+
 # ------------------------------------------------------------------------- behind a web proxy
 
 # Headers a proxy does not pass on (RFC 9110 7.6.1), and Content-Length, which it recomputes.

@@ -18,7 +18,7 @@
 Anything else is 404, and so is any file request that leaves the workspace: ``..``, an absolute or
 empty segment, an encoded slash or dot (``%2f``, ``%2e%2e``, double encodings), a percent-encoding
 that is not UTF-8 (``%ff``, the overlong ``%c0%ae``), a hidden name, a symlink that resolves
-outside, or a kind of file the pages never show (checkpoints, say).
+outside, or a kind of file the pages never show (checkpoints, say), asked for or linked to.
 Requests whose ``Host`` is not this machine's are refused, so that a web page elsewhere cannot
 read the runs through a DNS name that points at 127.0.0.1 (or at a port forward to this server,
 ``--host 0.0.0.0`` too); a reverse proxy on the web's standard port is let through
@@ -141,6 +141,11 @@ def workspace_file(workspace: Path, raw_path: str) -> Path | None:
     except (OSError, RuntimeError):
         return None
     if not resolved.is_relative_to(workspace) or not resolved.is_file():
+        return None
+    # A link inside the workspace leads to a file that is checked as a name asked for is: a
+    # preview linking to checkpoints/last.pt or .export-progress.json is not served.
+    inside = resolved.relative_to(workspace).parts
+    if resolved.suffix.lower() not in SERVED_SUFFIXES or any(p.startswith(".") for p in inside):
         return None
     return resolved
 
