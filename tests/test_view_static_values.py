@@ -150,3 +150,24 @@ def test_two_static_exports_into_one_folder_at_once_both_finish_whole(
     assert errors == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "secret.png", "site"]
     assert page_data(out / "index.html")["runs"]
+
+
+def test_links_to_a_checkpoint_or_hidden_file_are_neither_shown_nor_copied(root: Path, tmp_path):  # noqa: F811
+    """A preview, a mesh file and the source image linking to checkpoints/last.pt or to a
+    hidden file of the workspace were listed as the run's files: the --static folder, made to be
+    shared, held the 3 MB checkpoint as previews/step_009999.png, and the page drew it as a
+    broken preview."""
+    cube = root / "cube"
+    (cube / "checkpoints").mkdir()
+    (cube / "checkpoints" / "last.pt").write_bytes(b"CHECKPOINT")
+    (cube / ".export-progress.json").write_text("{}")
+    (cube / "previews" / "step_009999.png").symlink_to(cube / "checkpoints" / "last.pt")
+    (cube / "mesh" / "mesh.ply").symlink_to(cube / ".export-progress.json")
+    (cube / "descriptor").mkdir()
+    (cube / "descriptor" / "source.png").symlink_to(cube / "checkpoints" / "last.pt")
+    out = export_static([root], tmp_path / "site")
+    run = page_data(out / "runs" / "cube" / "index.html")["run"]
+    assert [p["step"] for p in run["previews"]] == [10, None]
+    assert "ply" not in run["mesh"] and run["source_image"] is None
+    copied = [p.read_bytes() for p in (out / "runs" / "cube").rglob("*") if p.is_file()]
+    assert not any(b"CHECKPOINT" in data for data in copied)

@@ -1338,9 +1338,21 @@ def _file_place(folder: Path, rel: str) -> str | None:
     try:
         if not path.is_file():
             return None
-        return "inside" if path.resolve().is_relative_to(folder) else "outside"
+        resolved = path.resolve()
     except OSError:
         return None
+    if not resolved.is_relative_to(folder):
+        return "outside"
+    # A link to another kind of file, or a hidden one (a preview linking to checkpoints/last.pt,
+    # .export-progress.json), is no file of the run's to show or copy into a --static folder.
+    if resolved.suffix.lower() != path.suffix.lower() or _hidden_inside(folder, resolved):
+        return None
+    return "inside"
+
+
+def _hidden_inside(folder: Path, path: Path) -> bool:
+    """Whether ``path`` (inside ``folder``) is hidden there, or lies in a hidden folder."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def _previews(folder: Path) -> list[dict[str, Any]]:
@@ -1376,7 +1388,12 @@ def _source_image(folder: Path, recorded: Any) -> str | None:
             resolved = path.resolve()
         except OSError:
             continue
-        if resolved.is_file() and resolved.is_relative_to(folder):
+        if (
+            resolved.is_file()
+            and resolved.is_relative_to(folder)
+            and resolved.suffix.lower() in SOURCE_IMAGE_SUFFIXES
+            and not _hidden_inside(folder, resolved)
+        ):
             return resolved.relative_to(folder).as_posix()
     return None
 
