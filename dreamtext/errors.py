@@ -8,6 +8,7 @@ except the file-system errors that are the machine's state (:data:`ENVIRONMENT_E
 import errno
 import os
 import shlex
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,6 +119,35 @@ def what_failed(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
+def shell_word(text: str | Path) -> str:
+    """``text`` quoted for a shell; where it holds a control character (a folder another tool
+    named; a terminal obeys an escape sequence printed as it is), in bash's ``$'...'`` form with
+    each such character as its escape, which pasted names the file itself."""
+    text = str(text)
+    if not _has_control(text):
+        return shlex.quote(text)
+    escaped = "".join(
+        _escape(c) if unicodedata.category(c) == "Cc" else "\\" + c if c in "\\'" else c
+        for c in text
+    )
+    return f"$'{escaped}'"
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a message names it: as it is, or, where it holds a control character (ESC,
+    BEL, a newline), as :func:`shell_word` writes it, never the character itself."""
+    return shell_word(path) if _has_control(str(path)) else str(path)
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in text)
+
+
+def _escape(c: str) -> str:
+    """A character as ``$'...'`` writes it: ``\\x1b``, past ASCII ``\\u0085``."""
+    return f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}"
+
+
 def trained_run_line(error: OSError, trained: TrainedRun) -> str:
     """The line for a file-system error (one of :data:`ENVIRONMENT_ERRNOS`) in the export at the
     end of a run: the run is trained and saved, so the fix is followed by an export of it, not a
@@ -127,7 +157,7 @@ def trained_run_line(error: OSError, trained: TrainedRun) -> str:
     return (
         f"{what_failed(error)} in the export; the run trained to step "
         f"{trained.step}{saved}: {fix}, then run `dreamtext export --workspace "
-        f"{shlex.quote(str(trained.workspace))}` (or copy the run to a disk with room, or one "
+        f"{shell_word(trained.workspace)}` (or copy the run to a disk with room, or one "
         "you can write, and export it there)"
     )
 
@@ -138,9 +168,7 @@ def file_system_fix(error: OSError, elsewhere: str) -> str:
     A refused file that this process may not read (another user's image, mode 600) is no
     place to write elsewhere: its fix is to be let read it (:func:`unreadable_file`)."""
     if (unreadable := unreadable_file(error)) is not None:
-        return (
-            f"you may not read it: ask its owner to let you (chmod a+r {shlex.quote(unreadable)})"
-        )
+        return f"you may not read it: ask its owner to let you (chmod a+r {shell_word(unreadable)})"
     fix = FILE_SYSTEM_FIXES.get(error.errno)
     return f"{fix} or {elsewhere}" if fix is not None else elsewhere
 

@@ -59,7 +59,7 @@ from dreamtext.checkpoint import (
     run_from_state,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, check_a_file
+from dreamtext.errors import UNREADABLE_JSON, DreamtextError, check_a_file, shell_word
 from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
@@ -643,7 +643,7 @@ def retrain_command(workspace: Path) -> str:
     ``image IMAGE --overwrite`` (which keep its sentence and descriptor), else ``text PROMPT
     --overwrite`` with the prompt its config.json records. A folder that starts with a dash is
     ``--workspace=FOLDER``, which argparse takes (``--workspace -runs`` it refuses)."""
-    folder = shlex.quote(str(workspace))
+    folder = shell_word(workspace)
     where = f"--workspace={folder}" if str(workspace).startswith("-") else f"--workspace {folder}"
     data = recorded_settings(workspace)
 
@@ -839,7 +839,7 @@ def export_field(
             f"out of {memory} while exporting {out_dir} (marching cubes at "
             f"{options.resolution}^3, {options.texture_size} px texture{turntable}); nothing "
             "was written and the trained run is kept: run `dreamtext export --workspace "
-            f"{shlex.quote(str(out_dir))}` with a smaller {smaller}{on_the_gpu}"
+            f"{shell_word(out_dir)}` with a smaller {smaller}{on_the_gpu}"
         )
 
     # An earlier export killed while it swapped its files in is finished first.

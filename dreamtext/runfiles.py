@@ -28,6 +28,7 @@ from dreamtext.errors import (
     DreamtextError,
     WorkspaceInUse,
     check_a_file,
+    shell_word,
     what_stands,
 )
 from dreamtext.images import load_image
@@ -541,7 +542,7 @@ def _continued_by(workspace: Path, previous: str) -> str:
     sections = read_stage_sections(workspace)
     image = sections.get("image_to_3d", {}).get("image")
     diverse = sections.get("diverse", {})
-    folder = shlex.quote(str(workspace))
+    folder = shell_word(workspace)
     if isinstance(diverse.get("prompt"), str):
         prompt, seed = diverse["prompt"], diverse.get("seed")
         flags = f" --seed {seed}" if isinstance(seed, int) else ""
@@ -591,7 +592,7 @@ def held_run_error(workspace: Path, step: int | None, own_config: Path | None) -
             # whatever the command (a --resume with the run's own config.json as --config keeps
             # its export: false).
             missing = "--no-export" if recorded.get("export") is False else "export cut short"
-            command = f"dreamtext export --workspace {shlex.quote(str(workspace))}"
+            command = f"dreamtext export --workspace {shell_word(workspace)}"
             where += f" with no mesh ({missing}; `{command}` makes it)"
     if own_config is not None:
         return DreamtextError(

@@ -18,7 +18,6 @@ import dataclasses
 import math
 import resource
 import secrets
-import shlex
 import socket
 import sys
 import time
@@ -77,7 +76,7 @@ from dreamtext.devices import (
     to_device,
 )
 from dreamtext.encoding import check_encoding
-from dreamtext.errors import DreamtextError, TrainedRun, check_a_file
+from dreamtext.errors import DreamtextError, TrainedRun, check_a_file, shell_word
 from dreamtext.export import (
     MESH_OUTPUTS,
     REPLACED_OUTPUTS,
@@ -1465,7 +1464,7 @@ def export_trained(run: Run) -> None:
     try:
         check_memory(options)
     except DreamtextError as error:
-        workspace = shlex.quote(str(run.workspace))
+        workspace = shell_word(run.workspace)
         raise DreamtextError(
             f"{error}; the run trained to step {run.step} and is saved "
             f"({last_checkpoint(run.workspace)}): export it with those flags of "

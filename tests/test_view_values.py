@@ -650,6 +650,50 @@ def test_a_folder_name_with_control_characters_is_named_as_an_escape_not_sent_to
     assert printed.stdout.decode() == str(nest / name)
 
 
+def _printed_by_bash(word: str) -> str:
+    """What bash makes of ``word`` pasted as an argument."""
+    import subprocess
+
+    printed = subprocess.run(["bash", "-c", f"printf %s {word}"], capture_output=True, check=True)
+    return printed.stdout.decode()
+
+
+def test_a_folder_inside_a_run_under_a_name_with_an_escape_is_named_as_an_escape(
+    tmp_path: Path, capsys
+):
+    """`dreamtext view RUN/mesh` where RUN lies in a folder named with ``ESC ] 0 ; x BEL``
+    printed the name raw in its "`dreamtext view RUN` shows it" line: the terminal retitled
+    its window. Both names are written in bash's ``$'...'`` form; pasted, the command's
+    word names the run itself."""
+    from dreamtext.cli import main
+
+    run = make_run(tmp_path / "\x1b]0;x\x07" / "run", "a cat")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    assert main(["view", str(run / "mesh"), "--static", str(tmp_path / "site")]) == 2
+    line = capsys.readouterr().err.removesuffix("\n")
+    assert not any(unicodedata.category(c) == "Cc" for c in line), repr(line)
+    word = line.split("`dreamtext view ")[1].removesuffix("` shows it")
+    assert _printed_by_bash(word) == str(run)
+
+
+def test_a_stray_file_of_a_static_folder_named_with_an_escape_is_named_as_an_escape(
+    tmp_path: Path,
+):
+    """The names of files a second `--static` into a folder would delete come from the
+    folder's listing (another tool wrote them): one named ``ESC [ 2 J`` cleared the screen."""
+    from dreamtext.view import export_static
+
+    make_run(tmp_path / "runs" / "cube", "a cube")
+    site = tmp_path / "site"
+    export_static([tmp_path / "runs"], site)
+    (site / "\x1b[2J").write_text("notes")
+    with pytest.raises(DreamtextError) as refused:
+        export_static([tmp_path / "runs"], site)
+    assert not any(unicodedata.category(c) == "Cc" for c in str(refused.value))
+    assert "$'\\x1b[2J'" in str(refused.value)
+
+
 def test_folders_of_runs_a_level_further_down_are_named_to_pass(tmp_path: Path, capsys):
     """`dreamtext view runs` where runs/ holds batches' folders (runs/B/a_cat) served an empty
     gallery that said its runs were still to come; beside runs of its own they were left out

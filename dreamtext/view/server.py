@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, shown_path
 from dreamtext.view.downloads import zip_bytes, zip_members, zip_name
 from dreamtext.view.page import (
     ASSETS,
@@ -647,7 +647,7 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
     missing = [f for f in folders if not f.exists()]
     there = [f for f in folders if f not in missing]
     if missing:  # a batch about to make it, or a typo: say so
-        shown = ", ".join(str(f) for f in missing)
+        shown = ", ".join(shown_path(f) for f in missing)
         print(
             f"  no folder {shown} yet: the page shows its runs once a batch makes it "
             "(check the path if none is starting)",
@@ -663,7 +663,7 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
     for hint in inside:
         print(f"  {hint}", file=out)
     if n == 0 and there and not inside:  # a batch about to start, or the wrong folder
-        shown = ", ".join(str(f) for f in there)
+        shown = ", ".join(shown_path(f) for f in there)
         print(
             f"  no runs in {shown} yet: the page shows them as they start (a run's folder "
             "holds config.json, log.jsonl or descriptor/sentence.json)",

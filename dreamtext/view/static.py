@@ -23,14 +23,13 @@ import base64
 import errno
 import os
 import posixpath
-import shlex
 import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, shell_word, shown_path
 from dreamtext.processes import lock_folder
 from dreamtext.runfiles import check_writable, file_mode
 from dreamtext.view.downloads import download_names, zip_bytes, zip_members, zip_name, zip_only
@@ -57,15 +56,15 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
     catalog = Catalog(folders)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise DreamtextError(f"{out_dir} is a file; pass a folder to --static")
+        raise DreamtextError(f"{shown_path(out_dir)} is a file; pass a folder to --static")
     if out_dir.is_symlink() and not out_dir.exists():  # the rename into place would fail
         raise DreamtextError(
-            f"{out_dir} is a link to {os.readlink(out_dir)}, which does not exist; make that "
-            "folder, or pass another folder to --static"
+            f"{shown_path(out_dir)} is a link to {shown_path(os.readlink(out_dir))}, which does "
+            "not exist; make that folder, or pass another folder to --static"
         )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
         raise DreamtextError(
-            f"{out_dir} already holds files; pass a new or empty folder to --static "
+            f"{shown_path(out_dir)} already holds files; pass a new or empty folder to --static "
             "(an earlier `dreamtext view --static` folder is replaced)"
         )
     if (out_dir / MARKER).is_file():
@@ -98,9 +97,10 @@ def _check_only_the_site(out_dir: Path) -> None:
     removed it without a word."""
     added = sorted(p.name for p in out_dir.iterdir() if p.name not in SITE_ENTRIES)
     if added:
-        names = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
+        names = ", ".join(shown_path(name) for name in added[:3])
+        names += f" and {len(added) - 3} more" if len(added) > 3 else ""
         raise DreamtextError(
-            f"{out_dir} holds files an earlier `dreamtext view --static` did not write "
+            f"{shown_path(out_dir)} holds files an earlier `dreamtext view --static` did not write "
             f"({names}), which replacing it would delete; move them out of it, or pass another "
             "folder to --static"
         )
@@ -115,11 +115,11 @@ def _check_replaceable(out_dir: Path) -> None:
     target = out_dir.resolve()
     if target == here or target in here.parents:
         raise DreamtextError(
-            f"--static {out_dir} is the folder this command runs in (or one above it), which the "
-            "export cannot replace; pass a new folder, e.g. --static site"
+            f"--static {shown_path(out_dir)} is the folder this command runs in (or one above "
+            "it), which the export cannot replace; pass a new folder, e.g. --static site"
         )
     if target.is_dir() and os.path.ismount(target):
-        raise DreamtextError(MOUNT_POINT.format(out_dir=out_dir))
+        raise DreamtextError(MOUNT_POINT.format(out_dir=shown_path(out_dir)))
     check_writable(out_dir.parent, "give --static a folder you can write")
 
 
@@ -202,13 +202,14 @@ def _write(catalog: Catalog, out: Path) -> None:
                 _check_not_swapped(location.path, before)
         except FileNotFoundError as error:
             raise DreamtextError(
-                f"the files of {run.workspace} changed as they were copied ({error.filename} "
+                f"the files of {shown_path(run.workspace)} changed as they were copied "
+                f"({shown_path(error.filename)} "
                 "went away twice); run `dreamtext view --static` again once its export is done"
             ) from None
         except PermissionError as error:
             raise DreamtextError(
-                f"cannot read {error.filename}: permission denied; make the run's files "
-                f"readable (chmod -R a+rX {shlex.quote(str(run.workspace))}), or leave that run "
+                f"cannot read {shown_path(error.filename)}: permission denied; make the run's "
+                f"files readable (chmod -R a+rX {shell_word(run.workspace)}), or leave that run "
                 "out of the folders given"
             ) from None
         # A card shows none of the curves (run_json without ``full``).
@@ -302,6 +303,6 @@ def _replace(staging: Path, out_dir: Path) -> None:
     except OSError as error:
         if error.errno != errno.EBUSY:  # a mount point os.path.ismount misses (a bind mount)
             raise
-        raise DreamtextError(MOUNT_POINT.format(out_dir=out_dir)) from None
+        raise DreamtextError(MOUNT_POINT.format(out_dir=shown_path(out_dir))) from None
     staging.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)

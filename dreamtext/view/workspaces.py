@@ -26,7 +26,6 @@ import math
 import os
 import posixpath
 import re
-import shlex
 import threading
 import time
 import unicodedata
@@ -40,7 +39,7 @@ from pathlib import Path
 from stat import S_ISDIR
 from typing import Any
 
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, shell_word, shown_path
 from dreamtext.exportprogress import PROGRESS_FILE, export_alive, progress_words, read_progress
 from dreamtext.processes import gone_process, outermost_run
 
@@ -147,7 +146,10 @@ def inside_run_hint(folder: Path) -> str | None:
     run = outermost_run(folder)
     if run is None:
         return None
-    return f"{folder} is a folder inside the run {run}: `dreamtext view {run}` shows it"
+    return (
+        f"{shown_path(folder)} is a folder inside the run {shown_path(run)}: "
+        f"`dreamtext view {shell_word(run)}` shows it"
+    )
 
 
 def linked_runs_hint(folder: Path, given: Collection[Path] = ()) -> str | None:
@@ -171,33 +173,15 @@ def linked_runs_hint(folder: Path, given: Collection[Path] = ()) -> str | None:
     else:
         what, instead = f"{len(outside)} links to runs", "the runs' folders"
     return (
-        f"{folder} holds {what} outside it, which the viewer does not follow: pass {instead} "
-        f"instead (dreamtext view {shown})"
+        f"{shown_path(folder)} holds {what} outside it, which the viewer does not follow: "
+        f"pass {instead} instead (dreamtext view {shown})"
     )
 
 
 def _some_paths(paths: list[Path]) -> str:
     """Up to three of ``paths``, quoted for a shell, and "…" where some are left out."""
-    shown = " ".join(_shell_word(str(path)) for path in paths[:3])
+    shown = " ".join(shell_word(path) for path in paths[:3])
     return shown + " …" if len(paths) > 3 else shown
-
-
-def _shell_word(text: str) -> str:
-    """``text`` quoted for a shell; where it holds a control character (a folder another tool
-    named; a terminal obeys an escape sequence printed as it is), in bash's ``$'...'`` form with
-    each such character as its escape."""
-    if not any(unicodedata.category(c) == "Cc" for c in text):
-        return shlex.quote(text)
-    escaped = "".join(
-        _escape(c) if unicodedata.category(c) == "Cc" else "\\" + c if c in "\\'" else c
-        for c in text
-    )
-    return f"$'{escaped}'"
-
-
-def _escape(c: str) -> str:
-    """A character as ``$'...'`` writes it: ``\\x1b``, past ASCII ``\\u0085``."""
-    return f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}"
 
 
 def nested_runs_hint(folder: Path, given: Collection[Path] = ()) -> str | None:
@@ -220,11 +204,11 @@ def nested_runs_hint(folder: Path, given: Collection[Path] = ()) -> str | None:
         return None
     shown = _some_paths(nested)
     if _holds_runs(folder):  # runs of its own beside them: both
-        shown = f"{shlex.quote(str(folder))} {shown}"
+        shown = f"{shell_word(folder)} {shown}"
     what = "a folder of runs" if len(nested) == 1 else f"{len(nested)} folders of runs"
     return (
-        f"{folder} holds {what} a level further down, which the viewer does not look into: "
-        f"pass {'it' if len(nested) == 1 else 'them'} (dreamtext view {shown})"
+        f"{shown_path(folder)} holds {what} a level further down, which the viewer does not "
+        f"look into: pass {'it' if len(nested) == 1 else 'them'} (dreamtext view {shown})"
     )
 
 
@@ -284,9 +268,11 @@ class Catalog:
                 self.sources.append((folder.resolve(), None))
                 continue
             if not folder.exists():
-                raise DreamtextError(f"no such folder: {folder}")
+                raise DreamtextError(f"no such folder: {shown_path(folder)}")
             if not folder.is_dir():
-                raise DreamtextError(f"{folder} is a file; pass a run's folder or a folder of runs")
+                raise DreamtextError(
+                    f"{shown_path(folder)} is a file; pass a run's folder or a folder of runs"
+                )
             resolved = folder.resolve()
             undecided = not is_workspace(resolved) and not _holds_runs(resolved)
             self.sources.append((resolved, None if undecided else not is_workspace(resolved)))
@@ -294,7 +280,7 @@ class Catalog:
             hints = [hint for folder in folders for hint in folder_hints(folder)]
             if hints:
                 raise DreamtextError("; ".join(hints))
-            shown = ", ".join(str(f) for f in folders)
+            shown = ", ".join(shown_path(f) for f in folders)
             raise DreamtextError(
                 f"no dreamtext runs in {shown}: a run's folder holds config.json, log.jsonl or "
                 "descriptor/sentence.json; "
