@@ -34,7 +34,14 @@ from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
 from dreamtext.view import Catalog, export_static, make_server, read_run
 from dreamtext.view.page import page_base, run_json, script_json, server_links
-from dreamtext.view.server import ViewHandler, ViewServer, _copy, serve, workspace_file
+from dreamtext.view.server import (
+    CONTENT_SECURITY_POLICY,
+    ViewHandler,
+    ViewServer,
+    _copy,
+    serve,
+    workspace_file,
+)
 from dreamtext.view.workspaces import DEFAULT_ROOT, SENTENCE_FILE, log_curves, log_figures
 
 REPO = Path(__file__).parent.parent
@@ -1380,6 +1387,35 @@ def test_a_page_on_another_site_cannot_embed_what_the_server_answers(server, pat
     status, _, headers = get(server, path)
     assert status in (200, 404)
     assert headers["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
+        (b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 501),
+        (b"GET / a HTTP/1.1\r\n\r\n", 400),
+    ],
+)
+def test_the_error_pages_of_a_request_the_server_cannot_read_carry_its_headers(
+    server, request_line: bytes, status: int
+):
+    """The standard library's own error pages (a request line too long, too many headers, a
+    method it does not speak, a malformed request line) went out without the policy, nosniff
+    and same-origin headers every other answer carries. (An HTTP version it cannot read, 505
+    or 400, is answered as HTTP/0.9: a body with no status line or headers at all.)"""
+    with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as client:
+        client.sendall(request_line)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    assert head[0].split(" ")[1] == str(status), head[0]
+    headers = dict(line.split(": ", 1) for line in head[1:])
+    assert headers["Cross-Origin-Resource-Policy"] == "same-origin"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
 
 
 def test_only_the_gallery_runs_an_inline_script_and_the_policy_allows_just_that_one(server):

@@ -280,6 +280,8 @@ class ViewHandler(BaseHTTPRequestHandler):
     # Seconds a connection may wait for a request or a read or write: a page polls every few
     # seconds, and a connection an ssh tunnel dropped without a word kept its thread for good.
     timeout = 300
+    # While the standard library's send_error writes its page (end_headers adds the policy).
+    _in_error = False
 
     def do_GET(self) -> None:
         self._respond(send_body=True)
@@ -391,11 +393,30 @@ class ViewHandler(BaseHTTPRequestHandler):
         if content_type.startswith(("text/html", "application/json")):
             self.send_header("Vary", "Accept-Encoding")
         self.send_header("Cache-Control", "no-cache")
+        self._policy_headers()
+
+    def _policy_headers(self) -> None:
+        """What every answer says of what a browser may do with it."""
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         # A page elsewhere could embed a run's preview and learn from its load which runs exist.
         self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's error page for a request it cannot read (a request line too
+        long, too many headers, a method this server has no do_ for), with the headers every
+        other answer carries: its send_error sends them from end_headers."""
+        self._in_error = True
+        try:
+            super().send_error(code, message, explain)
+        finally:
+            self._in_error = False
+
+    def end_headers(self) -> None:
+        if self._in_error:
+            self._policy_headers()
+        super().end_headers()
 
     def _send_bytes(self, body: bytes, content_type: str, send_body: bool, status=200) -> None:
         self._headers(status, content_type, len(body))
