@@ -1196,6 +1196,34 @@ def test_an_image_run_shows_its_source_image_and_sentence_before_the_text_stage(
         assert get(srv, "/files/apple/descriptor/checkpoints/last.pt")[0] == 404
 
 
+def test_only_the_files_a_run_page_links_to_are_served(root: Path):
+    """`/files/<run>/...` served any file of a served kind in the run's folder: a notes.json,
+    an image of the user's own, which on a shared machine anyone who can reach 127.0.0.1:PORT
+    read. Every file the pages link to is still served; the others are not found."""
+    cube = root / "cube"
+    write_json(cube / "notes.json", {"secret": "mine"})
+    write_png(cube / "private" / "face.png")
+    write_png(cube / "previews" / "copy of step_000010.png")
+    (cube / "mesh" / "old").mkdir()
+    (cube / "mesh" / "old" / "mesh.glb").write_bytes(b"glTF-an-older-one")
+    write_png(cube / "diverse" / "sample_seed0.png")
+    write_json(cube / SENTENCE_FILE, {"sentence": "An image", "image": "diverse/sample_seed0.png"})
+    with serving(Catalog([root])) as srv:
+        page = json.loads(get(srv, "/api/run/cube.json")[1])["run"]
+        linked = [p["url"] for p in page["previews"]] + [page["source_image"]]
+        linked += [*page["video"].values(), *page["mesh"].values(), *page["data_files"].values()]
+        assert len(linked) == 9, linked  # 2 previews, image, video, mesh, 3 records
+        for address in linked:
+            assert get(srv, address)[0] == 200, address
+        for rel in [
+            "notes.json",
+            "private/face.png",
+            "previews/copy%20of%20step_000010.png",
+            "mesh/old/mesh.glb",
+        ]:
+            assert get(srv, f"/files/cube/{rel}")[0] == 404, rel
+
+
 def test_an_image_run_in_its_text_stage_is_read_as_a_text_run(tmp_path: Path):
     apple = make_image_run(tmp_path / "apple", "embeds")
     make_run(apple, TRAINED_SENTENCE, steps=(10,), final=False, status=RUNNING)

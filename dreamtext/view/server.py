@@ -78,6 +78,7 @@ from dreamtext.view.workspaces import (
     Run,
     RunLocation,
     folder_hints,
+    is_linked_file,
     left_out_hints,
     read_run,
 )
@@ -371,7 +372,10 @@ class ViewHandler(BaseHTTPRequestHandler):
             location = catalog.find(unquote(parts[1]))
             if location is not None and location.path is not None:
                 file = workspace_file(location.path, "/".join(parts[2:]))
-                if file is not None:
+                # Only what the run's pages link to: not a notes.json or image of the user's own
+                # in the folder (on a shared machine, others can reach 127.0.0.1:PORT).
+                rel = "/".join(unquote(segment) for segment in parts[2:])
+                if file is not None and is_linked_file(location.path, rel):
                     return self._send_file(file, send_body)
         if len(parts) == 3 and parts[0] == "download" and parts[2].endswith(".zip"):
             location = catalog.find(unquote(parts[1]))

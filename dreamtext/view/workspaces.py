@@ -111,6 +111,10 @@ DATA_FILES = (
     "descriptor/log.jsonl",
 )
 SOURCE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The files of Run.files that have a name of their own (is_linked_file).
+_LINKED_NAMES = frozenset(
+    {*MESH_FILES.values(), *VIDEO_FILES.values(), *DATA_FILES, "previews/final.png"}
+)
 # Files and folders (whose mtime changes when a file in them is made or replaced) that a working
 # run keeps touching, besides the files the pages link to: how recently a run did anything.
 ACTIVITY_PATHS = (
@@ -1356,6 +1360,20 @@ def _previews(folder: Path) -> list[dict[str, Any]]:
     if _is_file_inside(folder, "previews/final.png"):
         out.append({"step": None, "path": "previews/final.png"})
     return out
+
+
+def is_linked_file(folder: Path, rel: str) -> bool:
+    """Whether ``rel`` (a path inside the run ``folder``) is one a page of the run can link to
+    (:meth:`Run.files`), by its name: a step or final preview, the video, the mesh, the records,
+    the source image its ``sentence.json`` names. Whether it is a file inside the run that is
+    not hidden is the server's check. Judged without reading the run's log, as each file of a
+    page is asked for: a notes.json or an image of the user's own in the folder is none."""
+    if rel in _LINKED_NAMES:
+        return True
+    folder_name, _, name = rel.partition("/")
+    if folder_name == "previews" and _STEP_PREVIEW.fullmatch(name):
+        return True
+    return rel == _source_image(folder, (read_json(folder / SENTENCE_FILE) or {}).get("image"))
 
 
 def _source_image(folder: Path, recorded: Any) -> str | None:
