@@ -41,6 +41,7 @@ from dreamtext.errors import (
     UNREADABLE_JSON,
     DreamtextError,
     file_system_fix,
+    terminal_text,
     trained_run_line,
     what_failed,
 )
@@ -1954,12 +1955,20 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _TerminalFormatter(logging.Formatter):
+    """A record as one line that the terminal shows as it is: the newest run's folder, named by
+    a listing, can hold an escape sequence (:func:`dreamtext.errors.terminal_text`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_text(super().format(record))
+
+
 def show_progress_messages() -> None:
     """dreamtext's own INFO logs (which run is exported, each export stage) on stderr."""
     logger = logging.getLogger("dreamtext")
     if not logger.handlers:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("dreamtext: %(message)s"))
+        handler.setFormatter(_TerminalFormatter("dreamtext: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
@@ -2133,6 +2142,12 @@ INTERRUPTED_NEXT = {
 }
 
 
+def error_line(text: str) -> None:
+    """``dreamtext: error: TEXT`` on stderr, as one line the terminal shows as it is (a folder's
+    name can hold an escape sequence or a newline: :func:`dreamtext.errors.terminal_text`)."""
+    print(terminal_text(f"dreamtext: error: {text}"), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
     """Entry point of the ``dreamtext`` console script. ``ending_process`` (the console script,
     :func:`dreamtext.__main__.run`): the process ends when this returns, so once a Ctrl-C or
@@ -2153,7 +2168,7 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         with export_progress_first(args), start_libraries(args):
             return run_command(args)
     except DreamtextError as error:
-        print(f"dreamtext: error: {error}", file=sys.stderr)
+        error_line(str(error))
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C outside the loops that save a checkpoint and say so
         if ending_process:
@@ -2171,17 +2186,16 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         return 1
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:  # a path the user typed (--workspace, --static)
-            print(
-                f"dreamtext: error: {error.strerror} ({error.filename}); give a shorter path "
-                "(a folder's or file's name is at most 255 bytes)",
-                file=sys.stderr,
+            error_line(
+                f"{error.strerror} ({error.filename}); give a shorter path "
+                "(a folder's or file's name is at most 255 bytes)"
             )
             return EXIT_USAGE
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
         trained = getattr(error, "trained_run", None)  # in the export at the end of a run
         if trained is not None:
-            print(f"dreamtext: error: {trained_run_line(error, trained)}", file=sys.stderr)
+            error_line(trained_run_line(error, trained))
             return EXIT_USAGE
         if args.command == "view" and view_read_failed(args, error):
             fix = FILE_SYSTEM_FIXES.get(
@@ -2189,32 +2203,28 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
                 "this user may not read it: ask its owner to let you, or view a copy of the runs "
                 "that you can read",
             )
-            print(f"dreamtext: error: {what_failed(error)}; {fix}", file=sys.stderr)
+            error_line(f"{what_failed(error)}; {fix}")
             return EXIT_USAGE
         if args.command == "view" and not args.static:
             # Serving writes no file: what failed is its output (`> view.log` on a full disk).
-            print(
-                f"dreamtext: error: {error.strerror or error} (writing its output, the page's "
+            error_line(
+                f"{error.strerror or error} (writing its output, the page's "
                 "address); send the output where it can be written (a disk with room, the "
-                "terminal)",
-                file=sys.stderr,
+                "terminal)"
             )
             return EXIT_USAGE
         elsewhere = WRITE_ELSEWHERE.get(args.command, "pick a folder you can write (--workspace)")
         failed = what_failed(error)
         if args.command == "view" and not error.filename:  # a write's error names no file
             failed += f" (writing {args.static})"
-        print(
-            f"dreamtext: error: {failed}; {file_system_fix(error, elsewhere)}",
-            file=sys.stderr,
-        )
+        error_line(f"{failed}; {file_system_fix(error, elsewhere)}")
         return EXIT_USAGE
     except Exception as error:
         memory = memory_that_ran_out(error)
         if memory is None:
             raise
         # Where a command has no handler of its own (training and export name their fixes).
-        print(f"dreamtext: error: {out_of_memory_line(args, error, memory)}", file=sys.stderr)
+        error_line(out_of_memory_line(args, error, memory))
         return EXIT_USAGE
 
 

@@ -139,6 +139,13 @@ def shown_path(path: str | Path) -> str:
     return shell_word(path) if _has_control(str(path)) else str(path)
 
 
+def terminal_text(text: str) -> str:
+    """``text`` with each control character written as its escape (``\\x1b``, ``\\x0a``): a line
+    for the terminal, whatever names of folders and files it holds (a terminal obeys an escape
+    sequence printed as it is; a newline would make it two lines)."""
+    return "".join(_escape(c) if unicodedata.category(c) == "Cc" else c for c in text)
+
+
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 

@@ -666,3 +666,24 @@ def test_output_cut_by_its_reader_exits_1_without_a_traceback(monkeypatch, capsy
     monkeypatch.setattr(cli, "cmd_view", cut)
     assert cli.main(["view"]) == 1
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_newest_runs_folder_named_with_an_escape_reaches_the_terminal_as_its_escapes(
+    tmp_path, monkeypatch, capsys
+):
+    """`dreamtext export` with no --workspace names the newest run under workspace/, a folder
+    it found by listing: one named with ``ESC ] 0 ; x BEL`` (by another tool) went raw into
+    its "exporting the most recent run" line and its error, and the terminal retitled its
+    window. Each line now writes such a character as its escape, and stays one line."""
+    import unicodedata
+
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    make_run_record(tmp_path / "workspace" / "\x1b]0;x\x07\nb", "a cat")  # an empty last.pt
+    assert main(["export", "--no-video"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1] for line in lines] == [" exporting the most recent run", " error"]
+    for line in lines:
+        assert not any(unicodedata.category(c) == "Cc" for c in line), repr(line)
+        assert "workspace/\\x1b]0;x\\x07\\x0ab" in line
