@@ -943,3 +943,48 @@ def test_a_port_another_server_answers_on_is_in_use_where_the_bind_would_share_i
         else:
             made.server_close()
             pytest.fail(f"a second server started on port {port}, which {taken} listens on")
+
+
+def test_a_folder_of_runs_with_another_users_private_run_is_viewed_without_it(
+    tmp_path: Path, capsys, monkeypatch
+):
+    """A lab's `dreamtext view runs/` where one colleague's run folder is private (mode 700,
+    umask 077) failed as a whole, served and `--static` alike ("Permission denied
+    (runs/private/batch.jsonl)", exit 2, after the static site was written): the hint for
+    runs a level further down asked ``Path.is_file`` of a file in that folder, which raises
+    ``EACCES``. The readable runs are shown; the private one is left out."""
+    import errno
+    import os
+
+    from dreamtext.cli import main
+    from dreamtext.view.server import ViewServer, serve
+
+    runs = tmp_path / "runs"
+    make_run(runs / "a_cat", "a cat")
+    private = runs / "private"
+    make_run(private, "a dog")
+    real_stat, real_scandir = os.stat, os.scandir
+
+    def refused(path) -> None:  # the tests run as root, who reads any folder
+        if Path(os.fspath(path)).is_relative_to(private) and Path(os.fspath(path)) != private:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    def stat(path, *args, **kwargs):
+        refused(path)
+        return real_stat(path, *args, **kwargs)
+
+    def scandir(path="."):
+        refused(Path(os.fspath(path)) / "x")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    site = tmp_path / "site"
+    assert main(["view", str(runs), "--static", str(site)]) == 0
+    assert capsys.readouterr().err == ""
+    assert sorted(p.name for p in (site / "runs").iterdir()) == ["a_cat"]
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
+        serve([runs], "127.0.0.1", 0, out=out)
+    assert "1 run at" in out.getvalue()

@@ -405,8 +405,9 @@ def _subfolders(folder: Path) -> list[tuple[str, bool]]:
 
 def _holds_runs(folder: Path) -> bool:
     """Whether ``folder`` (no workspace) has runs: a ``batch.jsonl`` or a subfolder that holds
-    a run."""
-    return (folder / "batch.jsonl").is_file() or any(
+    a run. ``os.path.isfile``, not ``Path.is_file``: in another user's folder (mode 700) the
+    second raises ``EACCES`` where the first answers no."""
+    return os.path.isfile(folder / "batch.jsonl") or any(
         _holds_run(os.path.join(folder, name)) for name, _ in _subfolders(folder)
     )
 
