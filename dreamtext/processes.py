@@ -472,6 +472,18 @@ def _lock(lock: Path) -> IO[str] | None:
     while True:
         try:
             handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 (held past this call)
+        except PermissionError:
+            if not os.path.lexists(lock):  # a folder this user may not write in
+                return None
+            # Another user's lock (umask 022) in a folder both may write in (a lab's
+            # group folder): its holder may live, so this process must not run unlocked.
+            if not _other_users_lock_ended(lock):
+                raise _in_use(lock.parent, _holder(lock)) from None
+            try:
+                lock.unlink()  # its run ended: this process makes its own
+            except OSError:
+                return None
+            continue
         except OSError:
             return None
         try:
@@ -506,6 +518,16 @@ def _lock(lock: Path) -> IO[str] | None:
             handle.close()
         raise
     return handle
+
+
+def _other_users_lock_ended(lock: Path) -> bool:
+    """Whether the lock file ``lock``, which this user may not open for writing, is no longer
+    held: its ``flock`` is free (:func:`record_held`), or where that cannot be told (no locks
+    here), the process its record names is gone. ``False`` while its holder may live."""
+    held = record_held(lock)
+    if held is not None:
+        return not held
+    return record_alive(_holder(lock)) is False
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -557,3 +557,57 @@ def test_without_proc_a_record_is_checked_with_one_ps(without_proc, monkeypatch)
     assert record_alive(record) is True
     assert len(asked) == 1
     assert record_alive({**record, "pid_start": 1796590116 - 3600}) is False
+
+
+def refuse_writing(monkeypatch, lock: Path) -> None:
+    """Make opening the file at ``lock`` for writing raise ``EACCES`` while it is there, as
+    another user's lock file of mode 644 does in a group folder both may write in (one made
+    there anew is this user's): the tests run as root, who writes any file."""
+    import builtins
+    import errno
+
+    from dreamtext import processes
+
+    def opened(file, mode="r", *args, **kwargs):
+        if mode != "r" and Path(file) == lock and os.path.exists(lock):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(processes, "open", opened, raising=False)
+
+
+def test_a_claim_is_refused_while_another_user_holds_a_lock_it_may_not_write(
+    tmp_path, monkeypatch, holder
+):
+    """alice's run (umask 022) in a lab's group folder holds a lock file of mode 644: bob's run
+    in the same folder could not open it for writing, ran unlocked beside hers and wrote the
+    same checkpoints. It is refused as in use, naming her process."""
+    from dreamtext import processes
+    from dreamtext.errors import WorkspaceInUse
+
+    workspace = tmp_path / "run"
+    theirs = holder(workspace)
+    refuse_writing(monkeypatch, workspace / processes.LOCK_NAME)
+    in_use = pytest.raises(WorkspaceInUse, match=f"process {theirs.pid} on this machine")
+    with in_use, processes.claim_workspace(workspace):
+        pass
+    assert json.loads((workspace / processes.LOCK_NAME).read_text())["pid"] == theirs.pid
+
+
+def test_a_claim_replaces_a_lock_another_users_killed_run_left_that_it_may_not_write(
+    tmp_path, monkeypatch, holder
+):
+    """The lock file of another user's run killed without warning (SIGKILL), mode 644: no one
+    holds it, so the claim removes it and holds one of its own."""
+    from dreamtext import processes
+
+    workspace = tmp_path / "run"
+    theirs = holder(workspace)
+    theirs.kill()
+    theirs.wait()
+    lock = workspace / processes.LOCK_NAME
+    refuse_writing(monkeypatch, lock)
+    with processes.claim_workspace(workspace):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert processes.record_held(lock) is True
+    assert not lock.exists()
