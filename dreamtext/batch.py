@@ -870,7 +870,7 @@ class WorkspaceLock:
             return False
         except OSError:  # a filesystem without hard links: exclusive create instead
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 return False
             try:
@@ -2056,9 +2056,9 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     that newline (a blank line, which readers skip as well)."""
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     except PermissionError:  # a file this worker may append to but not read: no look at its end
-        fd, readable = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), False
+        fd, readable = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666), False
     else:
         readable = True
     try:

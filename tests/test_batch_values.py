@@ -467,3 +467,24 @@ def test_a_line_out_of_memory_building_a_large_table_names_the_tables_keys(
         "field.num_levels or field.level_dim (the hash table, its gradient and the optimiser's "
         "state and update need at least 0.1 GB)"
     )
+
+
+def test_a_batchs_files_in_a_group_folder_get_the_umasks_mode(tmp_path, monkeypatch):
+    """A lab's batch folder (umask 002): batch.jsonl and a line's lock made by exclusive create
+    were 0o644 whatever the umask, while every other file of the batch was 0o664, so a
+    colleague going on with the batch was refused: "cannot write ROOT/batch.jsonl"."""
+
+    def no_hard_links(*args, **kwargs):  # a file system without them: the exclusive create
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    old = os.umask(0o002)
+    try:
+        batch.append_record(tmp_path / "batch.jsonl", {"line": 1})
+        monkeypatch.setattr(os, "link", no_hard_links)
+        lock = batch.WorkspaceLock(tmp_path / "a_cat", timeout=600)
+        assert lock.acquire()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "batch.jsonl").stat().st_mode & 0o777 == 0o664
+    assert lock.path.stat().st_mode & 0o777 == 0o664
+    lock.release()
