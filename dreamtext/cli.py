@@ -958,6 +958,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         recorded_options,
         resolve_workspace,
     )
+    from dreamtext.processes import process_name
     from dreamtext.runstatus import finish_cut_export, live_run
 
     check_cuda_flag(args)
@@ -1003,14 +1004,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             "again once it ends"
         )
         print(
-            f"dreamtext: process {live[0]} is {doing} {workspace} (step "
+            f"dreamtext: {process_name(live[0])} is {doing} {workspace} (step "
             f"{live[1].get('step')}): this exports its newest checkpoint, {then}",
             file=sys.stderr,
         )
     elif live is not None:  # a run still loading: its status.json does not say so yet
         print(
-            f"dreamtext: process {live[0]} is starting a run in {workspace}: this exports the "
-            "newest checkpoint there now, which that run may replace",
+            f"dreamtext: {process_name(live[0])} is starting a run in {workspace}: this exports "
+            "the newest checkpoint there now, which that run may replace",
             file=sys.stderr,
         )
     # SIGTERM: as Ctrl-C (main), temps removed

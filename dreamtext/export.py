@@ -429,6 +429,7 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
         raise DreamtextError(f"{workspace} is {what} the run in {outer}: pass --workspace {outer}")
     check_checkpoint_files(workspace, steps=False)  # an export reads none of them
     if not last_checkpoint(workspace).is_file():
+        from dreamtext.processes import process_name
         from dreamtext.runstatus import live_run
 
         training = live_run(workspace)
@@ -437,14 +438,14 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
             # "saves one every checkpoint_every steps" sent the user to wait on a sentence
             # search (`describe` alone never trains a field) or a descriptor's own checkpoints.
             raise DreamtextError(
-                f"{workspace} has no checkpoint yet: process {training[0]} is in its {phase} "
+                f"{workspace} has no checkpoint yet: {process_name(training[0])} is in its {phase} "
                 "stage, before text→3D trains the field (`dreamtext image` goes on to it); "
                 "export once text→3D has saved a checkpoint"
             )
         if training is not None:  # a run before its first checkpoint
             raise DreamtextError(
-                f"{workspace} has no checkpoint yet: process {training[0]} is training it and "
-                "saves one every checkpoint_every steps; export once it has"
+                f"{workspace} has no checkpoint yet: {process_name(training[0])} is training it "
+                "and saves one every checkpoint_every steps; export once it has"
             )
         # A mistyped path and a folder of runs (workspace/ itself, a batch's root) are the
         # likely mistakes here: "train first" would send the user to train what they have.

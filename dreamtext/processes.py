@@ -23,8 +23,9 @@ from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, na
 
 try:
     import fcntl
+    import pwd
 except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = pwd = None  # type: ignore[assignment]
 
 # The machine this process runs on, as status.json and batch's locks record it.
 HOST = socket.gethostname()
@@ -255,10 +256,27 @@ def workspace_holder(workspace: str | Path) -> int | None:
     return record["pid"]
 
 
+def process_name(pid: int) -> str:
+    """``process 123``, or ``alice's process 123`` where another user runs process ``pid`` of
+    this machine (the owner of ``/proc/<pid>``; not told where there is none): in a lab's shared
+    folder, whose process it is says whom to ask to stop it."""
+    try:
+        uid = os.stat(f"/proc/{int(pid)}").st_uid
+    except OSError:
+        return f"process {pid}"
+    if pwd is None or uid == os.geteuid():
+        return f"process {pid}"
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a user without a name here (a container's)
+        user = f"user {uid}"
+    return f"{user}'s process {pid}"
+
+
 def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
     pid, host = holder.get("pid"), holder.get("host")
     if isinstance(pid, int) and host == HOST:
-        who = f"process {pid} on this machine"
+        who = f"{process_name(pid)} on this machine"
     elif isinstance(pid, int) and isinstance(host, str):
         who = f"process {pid} on {host}"
     else:
@@ -559,6 +577,7 @@ __all__ = [
     "lock_folder",
     "pid_alive",
     "process_ended",
+    "process_name",
     "process_start",
     "record_alive",
     "record_held",

@@ -48,7 +48,7 @@ from dreamtext.inputs import (
     slugify,
     unreachable_link,
 )
-from dreamtext.processes import LOCK_NAME, check_own_folder, record_alive
+from dreamtext.processes import LOCK_NAME, check_own_folder, process_name, record_alive
 
 
 def file_mode(ordinary: int = 0o666) -> int:
@@ -137,7 +137,7 @@ def check_not_running(workspace: str | Path) -> None:
     if pid is not None:
         raise WorkspaceInUse(
             workspace,
-            f"process {pid} on this machine",
+            f"{process_name(pid)} on this machine",
             f"its run ({status.get('phase')} phase, step {status.get('step')})",
         )
 

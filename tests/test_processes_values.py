@@ -611,3 +611,23 @@ def test_a_claim_replaces_a_lock_another_users_killed_run_left_that_it_may_not_w
         assert json.loads(lock.read_text())["pid"] == os.getpid()
         assert processes.record_held(lock) is True
     assert not lock.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="a process's owner is read in /proc")
+def test_a_workspace_in_use_by_another_users_process_names_that_user(tmp_path, monkeypatch, holder):
+    """bob's run in alice's live run's folder said "process 123 on this machine is running a run
+    in it; wait for it to end or stop it": bob cannot stop it, and was not told whose it is. The
+    tests run as one user: this process plays another one."""
+    import pwd
+
+    from dreamtext import processes
+    from dreamtext.errors import WorkspaceInUse
+
+    theirs = holder(tmp_path / "run")
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    in_use = pytest.raises(WorkspaceInUse, match=f"{user}'s process {theirs.pid} on this machine")
+    with in_use, processes.claim_workspace(tmp_path / "run"):
+        pass
+    monkeypatch.undo()
+    assert processes.process_name(theirs.pid) == f"process {theirs.pid}"  # this user's own
