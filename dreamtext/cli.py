@@ -40,6 +40,7 @@ from dreamtext.errors import (
     FILE_SYSTEM_FIXES,
     UNREADABLE_JSON,
     DreamtextError,
+    WorkspaceInUse,
     file_system_fix,
     terminal_text,
     trained_run_line,
@@ -902,9 +903,14 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any]:
 def _nothing_to_resume(workspace: Path, prompt: str) -> DreamtextError:
     """No run to resume in ``workspace``; where ``prompt``'s ``--diverse`` run lies beside it
     (the command typed again without ``--diverse``), the line names the command that continues
-    it rather than a new run."""
+    it rather than a new run. A run still loading there (a colleague's, in a lab's shared
+    folder) has written no config.json yet: that one is in use."""
+    from dreamtext.processes import process_name, workspace_holder
     from dreamtext.runfiles import diverse_run_beside
 
+    holder = workspace_holder(workspace)
+    if holder is not None:
+        return WorkspaceInUse(workspace, f"{process_name(holder)} on this machine")
     beside = diverse_run_beside(workspace, prompt)
     if beside is not None:
         return DreamtextError(

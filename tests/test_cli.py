@@ -3076,3 +3076,14 @@ def test_native_windows_is_refused_with_one_line_before_anything_runs(
     assert err.splitlines() == [entry.NATIVE_WINDOWS]
     assert "WSL 2" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_while_a_run_there_still_loads_says_it_is_in_use(tmp_path, capsys, holder):
+    """`--resume` of a folder in which another run (a colleague's, in a lab's shared folder) was
+    still loading its models said "nothing to resume: no config.json; drop --resume to start a
+    new run", and dropping it only led to "in use"."""
+    theirs = holder(tmp_path / "run")
+    code, err = run_main([*BUILTIN_RUN, "--workspace", tmp_path / "run", "--resume"], capsys)
+    assert_user_error(
+        code, err, f"{tmp_path / 'run'} is in use: process {theirs.pid} on this machine"
+    )
