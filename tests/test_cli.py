@@ -2892,6 +2892,24 @@ def test_help_into_a_closed_stdout_says_nothing_on_stderr(tmp_path, flag, unbuff
     assert done.returncode == 1
 
 
+@pytest.mark.parametrize("command", [["--help"], ["--version"], ["text", "--help"]])
+def test_help_and_version_are_printed_once(capsys, command):
+    """The parser's own write of ``--help`` and ``--version`` to stdout (which lets a closed
+    stdout's BrokenPipeError through) writes the text once, and nothing to stderr."""
+    from dreamtext import __version__
+    from dreamtext.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(command)
+    assert stop.value.code in (0, None)
+    out, err = capsys.readouterr()
+    assert err == ""
+    if command == ["--version"]:
+        assert out == f"dreamtext {__version__}\n"
+    else:
+        assert out.startswith("usage: ") and out.count("usage: ") == 1
+
+
 @pytest.mark.parametrize("flag", ["--version", "--help"])
 def test_a_command_started_without_a_stdout_ends_without_a_traceback(flag):
     """`dreamtext --version >&-` (no file descriptor 1: Python's ``sys.stdout`` is ``None``)
