@@ -4218,6 +4218,9 @@ def test_a_damaged_last_log_line_gives_no_its_not_a_traceback(text):
         (b"", None),
         (b'{"view": "\xff"}\n', None),  # not UTF-8
         (b'{"a": "\xc3\xa9"}\n' + b"x" * 9000 + b"\n", "x" * 9000),  # longer than a block
+        (b"y" * 4096 + b"\n", "y" * 4096),  # one line, a block and its newline: its first byte too
+        # The first byte of the block read last is inside a character of the line before.
+        (b"{" + "\u00e9".encode() * 3001 + b'}\n{"step": 12}\n', '{"step": 12}'),
     ],
 )
 def test_a_logs_state_is_its_last_line(tmp_path, data, last):
