@@ -227,6 +227,26 @@ def test_last_reads_takes_the_step_from_its_save_record_without_loading_the_chec
     assert len(loads) >= 1
 
 
+def test_last_reads_loads_a_whole_last_pt_though_its_save_record_still_matches(tmp_path):
+    """With whole on, last.pt is loaded whole even where its save's record still names it: a
+    changed byte in its body (bit rot: same size, same time, same last bytes) is what only a
+    full read tells, and the record must not stand in for it."""
+    from damage import flip_a_tensor_byte
+
+    from dreamtext.checkpoint import last_reads
+    from dreamtext.runfiles import recorded_step
+
+    big = {"field": {"table": torch.arange(200_000, dtype=torch.float32)}}
+    save_checkpoint(tmp_path, a_run_state(10) | big)
+    last = tmp_path / "checkpoints" / "last.pt"
+    before = last.stat()
+    assert flip_a_tensor_byte(last) < before.st_size - 65536  # before the bytes the record hashes
+    os.utime(last, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert recorded_step(tmp_path) == 10  # the record cannot tell
+    assert not last_reads(tmp_path)
+    assert last_reads(tmp_path, whole=False)
+
+
 def test_a_run_whose_checkpoints_were_all_removed_needs_no_resume(tmp_path):
     save_checkpoint(tmp_path, a_run_state(10))
     shutil.rmtree(tmp_path / "checkpoints")
