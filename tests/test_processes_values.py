@@ -631,3 +631,51 @@ def test_a_workspace_in_use_by_another_users_process_names_that_user(tmp_path, m
         pass
     monkeypatch.undo()
     assert processes.process_name(theirs.pid) == f"process {theirs.pid}"  # this user's own
+
+
+@pytest.mark.parametrize("answer", ["Ss   -\n", "Ss   Sun Dek  6 20:48:36 2026\n"])
+def test_without_proc_a_live_process_whose_start_cannot_be_read_is_not_gone(
+    without_proc, monkeypatch, answer
+):
+    """A live process whose start ``ps`` gives in no form read here is not taken for another
+    process: its record is alive (what cannot be told is no reused pid)."""
+    from types import SimpleNamespace
+
+    from dreamtext.processes import HOST, record_alive
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: SimpleNamespace(stdout=answer))
+    assert record_alive({"host": HOST, "pid": os.getpid(), "pid_start": 1796590116}) is True
+
+
+def test_without_proc_a_start_ps_does_not_answer_is_none(without_proc, monkeypatch):
+    """Where ``ps`` does not answer (a timeout on a busy laptop) a start is None, which
+    ``this_process`` reads again and a record's check takes for "cannot tell", not a number
+    that no process's start matches."""
+    from dreamtext.processes import process_start
+
+    def ps(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, 10)
+
+    monkeypatch.setattr(subprocess, "run", ps)
+    assert process_start(os.getpid()) is None
+
+
+def test_a_dead_process_still_listed_is_gone(monkeypatch):
+    """A process in state X (dead, still listed for a moment) has ended as a zombie has:
+    ``os.kill(pid, 0)`` still succeeds on it, but its record is not alive."""
+    from dreamtext import processes
+
+    monkeypatch.setattr(processes, "_stat_fields", lambda pid: ["X", *["0"] * 19])
+    assert processes.process_ended(os.getpid()) is True
+    assert processes.record_alive({"host": processes.HOST, "pid": os.getpid()}) is False
+
+
+def test_a_process_that_no_longer_exists_has_no_state_nor_start():
+    """A pid whose process has ended and been reaped: neither /proc nor ps answers, and that is
+    no ended process still listed and no start, not a TypeError."""
+    from dreamtext.processes import process_ended, process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert process_ended(child.pid) is False
+    assert process_start(child.pid) is None
