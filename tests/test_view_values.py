@@ -640,7 +640,7 @@ def test_a_folder_name_with_control_characters_is_named_as_an_escape_not_sent_to
     from dreamtext.view.workspaces import nested_runs_hint
 
     nest = tmp_path / "nest"
-    name = "\x1b]0;owned\x07\x1b[2J b\u0085'\\"
+    name = "\x1b]0;owned\x07\x1b[2J b\u0085'\\\x01a"  # \x01 then a: not \x1a
     make_run(nest / name / "a_cat", "a cat")
     make_run(nest / "own", "a dog")
     hint = nested_runs_hint(nest)
@@ -988,3 +988,47 @@ def test_a_folder_of_runs_with_another_users_private_run_is_viewed_without_it(
         patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
         serve([runs], "127.0.0.1", 0, out=out)
     assert "1 run at" in out.getvalue()
+
+
+def _sharing_bind(monkeypatch):
+    """Bind as macOS's kernel does beside a listener on the same port: the bind succeeds (here
+    on a free port of the server's own)."""
+    import socketserver
+
+    from dreamtext.view import server as server_module
+
+    def shared_bind(self):
+        self.socket.bind((self.server_address[0], 0))
+
+    monkeypatch.setattr(socketserver.TCPServer, "server_bind", shared_bind)
+    monkeypatch.setattr(server_module, "SHARED_PORT_BINDS", True, raising=False)
+    return server_module
+
+
+def test_a_free_port_is_listened_on_where_the_bind_would_share_it(tmp_path, monkeypatch):
+    """Where the check for a server already on the port runs (macOS, the BSDs), a port no
+    server answers on is not refused as in use: ``dreamtext view --port 8000`` starts."""
+    server_module = _sharing_bind(monkeypatch)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    made = server_module.make_server(Catalog([tmp_path], empty_ok=True), "127.0.0.1", port)
+    made.server_close()
+
+
+def test_a_port_a_server_answers_on_over_ipv6_only_is_in_use_for_host_ipv6_any(
+    tmp_path, monkeypatch
+):
+    """``--host ::`` where another server listens on [::1]:PORT only: the check asks ::1, not
+    127.0.0.1 (which no server answers), and refuses the port as in use."""
+    server_module = _sharing_bind(monkeypatch)
+    with socket.socket(socket.AF_INET6) as other:
+        other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            other.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(DreamtextError, match=f"^port {port} is in use on ::;"):
+            server_module.make_server(Catalog([tmp_path], empty_ok=True), "::", port).server_close()
