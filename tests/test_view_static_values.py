@@ -165,9 +165,15 @@ def test_links_to_a_checkpoint_or_hidden_file_are_neither_shown_nor_copied(root:
     (cube / "mesh" / "mesh.ply").symlink_to(cube / ".export-progress.json")
     (cube / "descriptor").mkdir()
     (cube / "descriptor" / "source.png").symlink_to(cube / "checkpoints" / "last.pt")
+    # A file of the right kind in a hidden folder (named plainly itself) is hidden too.
+    (cube / ".cache").mkdir()
+    for name in ("shot.png", "shot.jpg"):
+        (cube / ".cache" / name).write_bytes(b"HIDDEN")
+    (cube / "previews" / "step_009998.png").symlink_to(cube / ".cache" / "shot.png")
+    (cube / "descriptor" / "source.jpg").symlink_to(cube / ".cache" / "shot.jpg")
     out = export_static([root], tmp_path / "site")
     run = page_data(out / "runs" / "cube" / "index.html")["run"]
     assert [p["step"] for p in run["previews"]] == [10, None]
     assert "ply" not in run["mesh"] and run["source_image"] is None
     copied = [p.read_bytes() for p in (out / "runs" / "cube").rglob("*") if p.is_file()]
-    assert not any(b"CHECKPOINT" in data for data in copied)
+    assert not any(b"CHECKPOINT" in data or b"HIDDEN" in data for data in copied)
