@@ -2345,6 +2345,32 @@ def test_a_link_to_a_file_the_pages_never_show_is_not_served(
     assert lines == []
 
 
+def test_runs_in_a_hidden_folder_are_served_with_their_files(tmp_path: Path):
+    """Hidden names are checked inside the workspace only: runs kept under a hidden folder
+    (~/.local/share/runs) are shown with their previews, meshes and videos, and served."""
+    runs = tmp_path / ".local" / "runs"
+    make_run(runs / "cube", "a cube")
+    [run] = Catalog([runs]).runs()
+    shown = read_run(run)
+    assert [p["step"] for p in shown.previews] == [10, None]
+    assert "glb" in shown.mesh and shown.video
+    with serving(Catalog([runs])) as srv:
+        assert get(srv, "/files/cube/previews/step_000010.png")[0] == 200
+
+
+@pytest.mark.parametrize("name", ["node01.evil.example", "10.1.2.3", "node01"])
+def test_a_server_on_one_address_answers_no_other_name_of_this_machine(
+    root: Path, monkeypatch, name: str
+):
+    """What a server on every interface also answers (this machine's host name with any domain,
+    any address) is not answered on 127.0.0.1: there a page at node01.evil.example, pointed at
+    127.0.0.1, would read the runs."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "node01")
+    with serving(Catalog([root]), host="127.0.0.1") as srv:
+        status = get(srv, "/api/runs.json", {"Host": f"{name}:{srv.server_port}"})[0]
+    assert status == 403
+
+
 # ------------------------------------------------------------------------- behind a web proxy
 
 # Headers a proxy does not pass on (RFC 9110 7.6.1), and Content-Length, which it recomputes.
