@@ -2527,6 +2527,10 @@ def test_a_server_on_port_80_refuses_foreign_names_without_a_port(root: Path):
         ("evil.example:{port}", False),
         ("node01-evil.example:{port}", False),
         (".example:{port}", False),
+        # A page's own domain with a host named after this machine.
+        ("node01.evil.example:{port}", False),
+        ("node01.cluster.example.evil.example:{port}", False),
+        ("node01.:{port}", False),
     ],
 )
 def test_a_server_on_every_interface_answers_this_machines_names_not_other_sites(
@@ -2534,13 +2538,56 @@ def test_a_server_on_every_interface_answers_this_machines_names_not_other_sites
 ):
     """--host 0.0.0.0 opens it to the network, not to every web page the user's browser opens:
     it answered any Host, so a DNS name pointed at 127.0.0.1 read the runs through the ssh
-    forward the viewer prints."""
+    forward the viewer prints; then any domain after this machine's name still did
+    (node01.evil.example): only the resolver's search domains and the machine's own count."""
+    from dreamtext.view import server as server_module
+
     monkeypatch.setattr(socket, "gethostname", lambda: "node01")
+    monkeypatch.setattr(socket, "getfqdn", lambda *name: "node01")
+    monkeypatch.setattr(
+        server_module, "resolver_domains", lambda: {"cluster.example"}, raising=False
+    )
     with serving(Catalog([root]), host="0.0.0.0") as srv:
         status, body, _ = get(srv, "/api/runs.json", {"Host": host.format(port=srv.server_port)})
     assert status == (200 if answered else 403), body
     if not answered:
         assert body.startswith(b"not this machine's name: open it as node01, by its address")
+
+
+@pytest.mark.parametrize(
+    "hostname, fqdn, answered",
+    [
+        ("node01.cluster.example", "node01", True),  # the host name holds its domain
+        ("node01", "node01.cluster.example", True),  # the machine's own full name
+        ("node01", "node01", False),  # neither: the resolver's search list alone counts
+    ],
+)
+def test_a_domain_is_this_machines_where_its_names_give_it(
+    root: Path, monkeypatch, hostname: str, fqdn: str, answered: bool
+):
+    """node01.cluster.example is answered on every interface where the host name or the
+    machine's full name holds that domain, not only the resolver's search list."""
+    from dreamtext.view import server as server_module
+
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    monkeypatch.setattr(socket, "getfqdn", lambda *name: fqdn)
+    monkeypatch.setattr(server_module, "resolver_domains", lambda: set(), raising=False)
+    with serving(Catalog([root]), host="0.0.0.0") as srv:
+        host = f"NODE01.Cluster.Example:{srv.server_port}"
+        assert get(srv, "/api/runs.json", {"Host": host})[0] == (200 if answered else 403)
+
+
+def test_the_resolvers_search_and_domain_lines_are_its_domains(tmp_path: Path):
+    """The domains a cluster gives its nodes' short names, read without a DNS lookup."""
+    from dreamtext.view.server import resolver_domains
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# generated\nnameserver 10.0.0.1\nsearch Cluster.Example. lab.example\n"
+        "domain hpc.example\noptions ndots:2\nsearch\n"
+    )
+    assert resolver_domains(str(conf)) == {"cluster.example", "lab.example", "hpc.example"}
+    assert resolver_domains(str(tmp_path / "none")) == set()
 
 
 def test_an_idle_connection_is_closed_after_the_handlers_timeout(root: Path, monkeypatch):

@@ -160,6 +160,22 @@ def _is_address(name: str) -> bool:
     return True
 
 
+def resolver_domains(path: str = "/etc/resolv.conf") -> set[str]:
+    """The domains of the resolver's ``search`` and ``domain`` lines in ``path`` (lowercase,
+    without a trailing dot): the names a cluster gives its nodes' short names; none where the
+    file cannot be read."""
+    domains: set[str] = set()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                words = line.split()
+                if words and words[0] in ("search", "domain"):
+                    domains.update(w.lower().rstrip(".") for w in words[1:] if w.strip("."))
+    except OSError:
+        pass
+    return domains
+
+
 def _host_and_port(host_header: str) -> tuple[str, int | None] | None:
     """``Host`` as (name, port or None): ``localhost:8000`` → (``localhost``, 8000),
     ``[::1]`` → (``::1``, None); ``None`` for what no browser sends (``::1`` unbracketed, a
@@ -213,7 +229,11 @@ class ViewServer(ThreadingHTTPServer):
         self.allowed_hosts = LOCAL_HOSTS | {host.lower(), bound.lower()}
         # On every interface, other machines name this one as they know it: by its host name
         # (node042, or node042.cluster.example) or an address.
-        self.machine = socket.gethostname().lower().split(".")[0]
+        self.machine, _, domain = socket.gethostname().lower().partition(".")
+        # The domains this machine's name is given with (node042.cluster.example), read without
+        # DNS (a lookup can hang offline); socket.getfqdn's only where a name asks (_own_domain).
+        self.domains = resolver_domains() | ({domain} if domain else set())
+        self._fqdn_domain: str | None = None
 
     def host_allowed(self, host_header: str) -> bool:
         """Whether to answer a request with this ``Host``.
@@ -231,11 +251,11 @@ class ViewServer(ThreadingHTTPServer):
         when this server is on port 80. A proxy that sends this server's own address (Apache's
         default) counts as local; one on a port of its own that passes its name on is refused.
 
-        On every interface (``--host 0.0.0.0``) this machine's host name, with a domain or
-        without, and any IP address count as local too: another machine (Open OnDemand's proxy
-        too) names this one so. An address is no DNS name a page elsewhere could point here.
-        Any name answered there, a page whose DNS name pointed at the user's end of an ssh
-        forward (``-L 8000:node042:8000``) read the runs.
+        On every interface (``--host 0.0.0.0``) this machine's host name, alone or with one of
+        its own domains (:meth:`_own_domain`), and any IP address count as local too: another
+        machine (Open OnDemand's proxy too) names this one so. An address is no DNS name a page
+        elsewhere could point here. Any name answered there, a page whose DNS name pointed at
+        the user's end of an ssh forward (``-L 8000:node042:8000``) read the runs.
         """
         parsed = _host_and_port(host_header)
         if parsed is None:
@@ -243,10 +263,30 @@ class ViewServer(ThreadingHTTPServer):
         name, port = parsed
         if name in self.allowed_hosts:
             return True
-        named = self.machine != "" and name.split(".")[0] == self.machine
-        if self.everywhere and (_is_address(name) or named):
+        if self.everywhere and (_is_address(name) or self._is_this_machine(name)):
             return True
         return port is None and name != "" and self.server_port != 80
+
+    def _is_this_machine(self, name: str) -> bool:
+        """Whether ``name`` is this machine's host name, alone or with one of its own domains: a
+        page elsewhere can name a host of its own domain after this machine (node042.evil.example),
+        and that name reached the runs while any domain counted."""
+        if self.machine == "":
+            return False
+        if name == self.machine:
+            return True
+        first, _, domain = name.partition(".")
+        return first == self.machine and domain != "" and self._own_domain(domain)
+
+    def _own_domain(self, domain: str) -> bool:
+        """Whether ``domain`` is one this machine's name is given with: the resolver's search
+        domains and the host name's own, else the domain of ``socket.getfqdn()`` (looked up the
+        first time a name asks, then kept)."""
+        if domain in self.domains:
+            return True
+        if self._fqdn_domain is None:
+            self._fqdn_domain = socket.getfqdn().lower().partition(".")[2]
+        return domain == self._fqdn_domain
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind also looks up the host's DNS name, which can hang offline.
