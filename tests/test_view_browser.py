@@ -1463,10 +1463,11 @@ def test_a_poll_after_one_change_gets_that_card_alone_and_the_page_shows_it(page
     status = {"state": "failed", "step": 5, "iters": 10, "error": "CUDA out of memory"}
     write_whole(root / "run_123" / "status.json", status)
     page.wait_for_selector('.card[data-run="run_123"][data-state="failed"]', timeout=CATCH_UP_MS)
-    (answer,) = answers
-    body = answer.json()
-    assert "?since=" in answer.url and "runs" not in body
-    assert [run["id"] for run in body["changed"]] == ["run_123"]
+    # One poll sees the change, or on a loaded machine (CI beside other jobs) a second one
+    # before the page has drawn the first: each a delta that names run_123 alone.
+    bodies = [(answer.url, answer.json()) for answer in answers]
+    assert bodies and all("?since=" in url and "runs" not in body for url, body in bodies), bodies
+    assert {run["id"] for _, body in bodies for run in body["changed"]} == {"run_123"}, bodies
     assert "CUDA out of memory" in page.inner_text('.card[data-run="run_123"]')
     assert page.inner_text(".summary") == "300 runs · 299 finished · 1 failed"
     shutil.rmtree(root / "run_200")
