@@ -43,6 +43,14 @@ def stdout_to_devnull() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def output_failed_line(error: OSError) -> str:
+    """The line for stdout that cannot be written (``> /dev/full``, a full disk, a lost mount)."""
+    return (
+        f"dreamtext: error: {error.strerror or error} (writing the output); send the output where "
+        "it can be written (a disk with room, the terminal)"
+    )
+
+
 def stdout_delivered(code: int) -> int:
     """``code``, once what stdout still holds is written. Where its reader has closed it
     (`dreamtext text ... | head -0`, `dreamtext --help | true`), a command that had succeeded
@@ -50,7 +58,9 @@ def stdout_delivered(code: int) -> int:
     keeps its own (130 interrupted, 2 an error). Left to Python's flush at exit, a buffered
     stdout printed "Exception ignored ... BrokenPipeError" and the status was 120. A process
     started with no stdout (`dreamtext --version >&-`: ``sys.stdout`` is ``None``) has none to
-    flush."""
+    flush. One that cannot be written (``--help > /dev/full``: a traceback, "Exception ignored"
+    and status 120) says so in one line (:func:`output_failed_line`), status 2 where the
+    command had succeeded."""
     if sys.stdout is None:
         return code
     try:
@@ -58,6 +68,10 @@ def stdout_delivered(code: int) -> int:
     except BrokenPipeError:
         stdout_to_devnull()
         return code or 1
+    except OSError as error:
+        stdout_to_devnull()
+        print(output_failed_line(error), file=sys.stderr)
+        return code or EXIT_USAGE
     return code
 
 

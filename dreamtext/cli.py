@@ -251,14 +251,19 @@ class _OneLineParser(argparse.ArgumentParser):
         """argparse's, but a write of ``--help`` or ``--version`` into a closed stdout (`| true`)
         raises its ``BrokenPipeError`` (exit 1, :func:`dreamtext.__main__.run`): argparse drops
         the error, so an unbuffered stdout (PYTHONUNBUFFERED) exited 0 where a buffered one's
-        flush after it exited 1."""
+        flush after it exited 1. One that cannot be written (``> /dev/full``), which argparse
+        dropped too (exit 0, the help lost), says so in one line and exits 2, as a buffered
+        stdout's flush does (:func:`dreamtext.__main__.stdout_delivered`)."""
         if message and file is not None and file is sys.stdout:
             try:
                 file.write(message)
             except BrokenPipeError:
                 raise
-            except OSError:  # as argparse does
-                pass
+            except OSError as error:
+                from dreamtext.__main__ import output_failed_line
+
+                print(output_failed_line(error), file=sys.stderr)
+                raise SystemExit(EXIT_USAGE) from None
             return
         super()._print_message(message, file)
 
