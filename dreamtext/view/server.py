@@ -78,6 +78,7 @@ from dreamtext.view.workspaces import (
     Run,
     RunLocation,
     folder_hints,
+    hidden_inside,
     is_linked_file,
     left_out_hints,
     read_run,
@@ -145,8 +146,7 @@ def workspace_file(workspace: Path, raw_path: str) -> Path | None:
         return None
     # A link inside the workspace leads to a file that is checked as a name asked for is: a
     # preview linking to checkpoints/last.pt or .export-progress.json is not served.
-    inside = resolved.relative_to(workspace).parts
-    if resolved.suffix.lower() not in SERVED_SUFFIXES or any(p.startswith(".") for p in inside):
+    if resolved.suffix.lower() not in SERVED_SUFFIXES or hidden_inside(workspace, resolved):
         return None
     return resolved
 

@@ -1336,12 +1336,12 @@ def _file_place(folder: Path, rel: str) -> str | None:
         return "outside"
     # A link to another kind of file, or a hidden one (a preview linking to checkpoints/last.pt,
     # .export-progress.json), is no file of the run's to show or copy into a --static folder.
-    if resolved.suffix.lower() != path.suffix.lower() or _hidden_inside(folder, resolved):
+    if resolved.suffix.lower() != path.suffix.lower() or hidden_inside(folder, resolved):
         return None
     return "inside"
 
 
-def _hidden_inside(folder: Path, path: Path) -> bool:
+def hidden_inside(folder: Path, path: Path) -> bool:
     """Whether ``path`` (inside ``folder``) is hidden there, or lies in a hidden folder."""
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
@@ -1397,7 +1397,7 @@ def _source_image(folder: Path, recorded: Any) -> str | None:
             resolved.is_file()
             and resolved.is_relative_to(folder)
             and resolved.suffix.lower() in SOURCE_IMAGE_SUFFIXES
-            and not _hidden_inside(folder, resolved)
+            and not hidden_inside(folder, resolved)
         ):
             return resolved.relative_to(folder).as_posix()
     return None
