@@ -427,6 +427,21 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path, suffix):
         assert np.asarray(load_image(tmp_path / name))[8, 8].tolist() == [200, 60, 40]
 
 
+def test_a_cmyk_jpeg_loads_as_its_rgb_colours(tmp_path):
+    """A print shop's or Photoshop's CMYK JPEG (Pillow writes it as Adobe's inverted CMYK, as
+    Photoshop does) becomes RGB: cyan is green and blue, 50 % black is mid grey, and the left half
+    stays left."""
+    cmyk = np.zeros((16, 16, 4), dtype=np.uint8)
+    cmyk[:, :8, 0] = 255  # left: cyan
+    cmyk[:, 8:, 3] = 128  # right: 50 % black
+    Image.fromarray(cmyk, "CMYK").save(tmp_path / "print.jpg", quality=100, subsampling=0)
+    assert Image.open(tmp_path / "print.jpg").mode == "CMYK"
+    rgb = np.asarray(load_image(tmp_path / "print.jpg")).astype(int)
+    assert rgb.shape == (16, 16, 3)
+    assert np.abs(rgb[8, 2] - (0, 255, 255)).max() <= 2, rgb[8, 2]
+    assert np.abs(rgb[8, 13] - (127, 127, 127)).max() <= 2, rgb[8, 13]
+
+
 def test_a_colour_profile_littlecms_cannot_read_is_a_warning_naming_the_image(tmp_path, caplog):
     """It named no file: of a batch's three images, which one was not said."""
     path = tmp_path / "broken.png"
