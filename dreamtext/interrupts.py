@@ -19,13 +19,16 @@ at its next :func:`raise_if_stop_requested` and a training loop after its first 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import BinaryIO
 
 from dreamtext.checkpoint import atomic_write_bytes
+from dreamtext.errors import naming_the_file
 
 
 class TrainingInterrupted(Exception):
@@ -167,20 +170,80 @@ def signals_held(drop: bool = False) -> Iterator[None]:
             signal.raise_signal(arrived[0])
 
 
+# How much of a log truncate_log reads at a time, from its end back.
+LOG_BLOCK_BYTES = 64 * 1024
+
+
 def truncate_log(log_path: Path, step: int) -> None:
     """Drop log records past ``step``: a run killed after its last checkpoint logged steps that
     the resumed run is about to log again. A line that is not a whole JSON object is dropped too:
     a run killed with its node (power loss, a full disk) can leave its last line torn, or
-    a tail of NUL bytes, and the resumed run appends after it."""
+    a tail of NUL bytes, and the resumed run appends after it.
+
+    Read from the file's end back to the last record of ``step`` or earlier, and cut in place
+    there: every append to a log follows this, so what it drops is only ever a tail. A clean log
+    (the resume of a run stopped at a checkpoint) is left untouched; rewritten whole on every
+    resume, a 100,000-line log cost 0.9 s and 37 MB of memory. A record without a step (none
+    that dreamtext writes) in that tail stays, the file then rewritten whole."""
     if not log_path.is_file():
         return
-    kept = []
-    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
+    with open(log_path, "rb") as log:
+        end = log.seek(0, os.SEEK_END)
+        kept = _end_of_kept_records(log, end, step)
+    if kept is None:
+        _rewrite_log(log_path, step)
+        return
+    cut = kept + 1 if kept > 0 else 0  # after the kept record's newline
+    with naming_the_file(log_path):
+        if kept == end and end > 0:  # a whole last record without its newline: given one
+            with open(log_path, "ab") as log:
+                log.write(b"\n")
+        elif cut < end:
+            os.truncate(log_path, cut)
+
+
+def _end_of_kept_records(log: BinaryIO, end: int, step: int) -> int | None:
+    """The offset in ``log`` (``end`` bytes long) where its last record of ``step`` or earlier
+    ends, before its newline, 0 where there is none; ``None`` where a record after it stays
+    (one without a step)."""
+    start, tail = end, b""  # tail: the bytes from start, up to the line being looked at
+    while True:
+        newline = tail.rfind(b"\n")
+        if newline < 0 and start > 0:
+            size = min(start, LOG_BLOCK_BYTES)
+            start -= size
+            log.seek(start)
+            tail = log.read(size) + tail
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line)
-    text = "".join(line + "\n" for line in kept)
-    atomic_write_bytes(log_path, lambda f: f.write(text.encode()))
+        record = _record(tail[newline + 1 :])
+        if record is not None and _is_kept(record, step):
+            return start + len(tail) if "step" in record else None
+        if newline < 0:
+            return 0
+        tail = tail[:newline]
+
+
+def _rewrite_log(log_path: Path, step: int) -> None:
+    """:func:`truncate_log` by rewriting the whole file, its every line looked at."""
+    kept = []
+    for line in log_path.read_bytes().splitlines():
+        record = _record(line)
+        if record is not None and _is_kept(record, step):
+            kept.append(line + b"\n")
+    atomic_write_bytes(log_path, lambda f: f.write(b"".join(kept)))
+
+
+def _record(line: bytes) -> dict | None:
+    """The JSON object ``line`` holds, else ``None``."""
+    try:
+        record = json.loads(line.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _is_kept(record: dict, step: int) -> bool:
+    """Whether a resume from ``step`` keeps ``record``: one of ``step`` or earlier, or without
+    a step."""
+    logged = record.get("step", 0)
+    return isinstance(logged, (int, float)) and logged <= step
