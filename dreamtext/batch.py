@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shlex
-import sys
 import threading
 import time
 import traceback
@@ -98,7 +97,7 @@ from dreamtext.interrupts import (
     stop_requested,
 )
 from dreamtext.processes import HOST, gone_process, same_process, this_process
-from dreamtext.progress import bar_options, tqdm
+from dreamtext.progress import bar_options, say, tqdm
 from dreamtext.prompts_text import check_prompt_lines, first_undecoded_byte, is_prompt_line
 from dreamtext.runfiles import descriptor_checkpoint, sentence_path, source_copy
 from dreamtext.runstatus import (
@@ -2146,7 +2145,7 @@ def _status_cell(record: dict[str, Any]) -> str:
 
 def _say(message: str) -> None:
     """A progress message on stderr, printed above the progress bars."""
-    tqdm.write(message, file=sys.stderr)
+    say(message)
 
 
 def _relative(path: Path, root: Path) -> str:

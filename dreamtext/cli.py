@@ -42,6 +42,7 @@ from dreamtext.errors import (
     DreamtextError,
     WorkspaceInUse,
     file_system_fix,
+    terminal_lines,
     terminal_text,
     trained_run_line,
     what_failed,
@@ -774,7 +775,7 @@ def cmd_text(args: argparse.Namespace) -> int:
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
     args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
     if base is None and (line := builtin_preset_on_stable_diffusion(cfg)) is not None:
-        print(f"dreamtext: {line}", file=sys.stderr)
+        print(terminal_lines(f"dreamtext: {line}"), file=sys.stderr)
 
     def note(loaded: TrainConfig, resumed: dict | None) -> str | None:
         """The settings a resume changes, recorded in config.json's resumes too but said on
@@ -802,7 +803,7 @@ def cmd_text(args: argparse.Namespace) -> int:
             )
     except TrainingInterrupted as stop:
         again = "run the same command again" if args.diverse else "continue with --resume"
-        print(f"dreamtext: {stop}; {again}", file=sys.stderr)
+        print(terminal_lines(f"dreamtext: {stop}; {again}"), file=sys.stderr)
         return EXIT_INTERRUPTED
     print(workspace)
     return 0
@@ -1000,7 +1001,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             for name, value in recorded.items()
         )
         print(
-            f"dreamtext: the run's export options: {settings} (flags override them)",
+            terminal_lines(
+                f"dreamtext: the run's export options: {settings} (flags override them)"
+            ),
             file=sys.stderr,
         )
     live = live_run(workspace)
@@ -1015,21 +1018,25 @@ def cmd_export(args: argparse.Namespace) -> int:
             "again once it ends"
         )
         print(
-            f"dreamtext: {process_name(live[0])} is {doing} {workspace} (step "
-            f"{live[1].get('step')}): this exports its newest checkpoint, {then}",
+            terminal_lines(
+                f"dreamtext: {process_name(live[0])} is {doing} {workspace} (step "
+                f"{live[1].get('step')}): this exports its newest checkpoint, {then}"
+            ),
             file=sys.stderr,
         )
     elif live is not None:  # a run still loading: its status.json does not say so yet
         print(
-            f"dreamtext: {process_name(live[0])} is starting a run in {workspace}: this exports "
-            "the newest checkpoint there now, which that run may replace",
+            terminal_lines(
+                f"dreamtext: {process_name(live[0])} is starting a run in {workspace}: this "
+                "exports the newest checkpoint there now, which that run may replace"
+            ),
             file=sys.stderr,
         )
     # SIGTERM: as Ctrl-C (main), temps removed
     result = export_workspace(workspace, options, getattr(args, "progress", None))
     if result.step is not None:
         finish_cut_export(result.out_dir, result.step)
-    print(result.summary())
+    print(terminal_lines(result.summary()))
     return 0
 
 
@@ -1182,7 +1189,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     )
     args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
     if base is None and (line := builtin_preset_on_stable_diffusion(cfg)) is not None:
-        print(f"dreamtext: {line}", file=sys.stderr)
+        print(terminal_lines(f"dreamtext: {line}"), file=sys.stderr)
     image_options = image_overrides(args)
     options = resolve_image_options(image_options, workspace)
     ignored = []
@@ -1192,15 +1199,20 @@ def cmd_image(args: argparse.Namespace) -> int:
     ignored += ignored_flags(workspace, {name: getattr(args, name) for name in DESCRIBE_FLAGS})
     if ignored:
         print(
-            f"dreamtext: {workspace} reuses its finished describe stage, so these are ignored: "
-            f"{', '.join(ignored)}; pass --workspace NEW_FOLDER to redo it",
+            terminal_lines(
+                f"dreamtext: {workspace} reuses its finished describe stage, so these are ignored: "
+                f"{', '.join(ignored)}; pass --workspace NEW_FOLDER to redo it"
+            ),
             file=sys.stderr,
         )
     try:
         note = own_record_note(args.config, workspace)
         workspace = run_image(args.image, options, cfg, overwrite=args.overwrite, note=note)
     except TrainingInterrupted as stop:
-        print(f"dreamtext: {stop}; run the same command again to resume", file=sys.stderr)
+        print(
+            terminal_lines(f"dreamtext: {stop}; run the same command again to resume"),
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     print(workspace)
     return 0
@@ -1223,7 +1235,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         given = {folder.resolve() for folder in folders}
         for folder in folders:  # runs it left out (with none at all, export_static refused)
             for hint in left_out_hints(folder, given):
-                print(f"dreamtext view: {hint}", file=sys.stderr)
+                print(terminal_lines(f"dreamtext view: {hint}"), file=sys.stderr)
         print(out / "index.html")
         return 0
     serve(folders, args.host, args.port)
@@ -1259,7 +1271,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cut = False
     if run.records:  # an empty share said so in its line
         try:
-            print(summary_table(run.records), flush=True)
+            print(terminal_lines(summary_table(run.records)), flush=True)
         except BrokenPipeError:
             from dreamtext.__main__ import stdout_to_devnull
 
@@ -1267,7 +1279,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             cut = True
     if run.not_started:
         left = not_started_line(run.not_started, run.overwrite) + requeue_note(os.environ)
-        print(left, file=sys.stderr, flush=True)
+        print(terminal_lines(left), file=sys.stderr, flush=True)
     code = EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)
     return code or (1 if cut else 0)
 
@@ -1333,7 +1345,7 @@ def _read_config_layers(files: list[str] | None, rerun: bool = True) -> None:
                 refuse_recorded_presets(path, data)
     except DreamtextError:
         for line in said:
-            print(line, file=sys.stderr)
+            print(terminal_lines(line), file=sys.stderr)
         raise
 
 
@@ -2187,7 +2199,7 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
             from dreamtext.__main__ import ignore_stop_signals
 
             ignore_stop_signals()
-        print(interrupted_line(args), file=sys.stderr)
+        print(terminal_lines(interrupted_line(args)), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # stdout's reader closed it (`dreamtext view ... --static site | true`): no traceback,

@@ -146,6 +146,12 @@ def terminal_text(text: str) -> str:
     return "".join(_escape(c) if unicodedata.category(c) == "Cc" else c for c in text)
 
 
+def terminal_lines(text: str) -> str:
+    """``text`` of one or more lines, each as :func:`terminal_text` writes it: what every
+    message printed outside the error line goes through (:func:`dreamtext.progress.say`)."""
+    return "\n".join(terminal_text(line) for line in text.split("\n"))
+
+
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 

@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from dreamtext.captions import needs_stable_diffusion
 from dreamtext.checkpoint import (
@@ -94,6 +92,7 @@ from dreamtext.inputs import write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
+from dreamtext.progress import say
 from dreamtext.prompts import check_lengths, expand_tokens
 from dreamtext.runfiles import (
     check_image,
@@ -612,7 +611,7 @@ def stage_status(workspace: str | Path, phase: str, device: torch.device) -> Abs
 def _note(line: str) -> None:
     """A stage's note, on stderr: stdout carries only the workspace, for
     ``ws=$(dreamtext image …)``."""
-    tqdm.write(line, file=sys.stderr)
+    say(line)
 
 
 def sample_image(

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from tqdm.auto import tqdm as auto_tqdm
 from tqdm.std import tqdm as std_tqdm
 
-from dreamtext.errors import shorten
+from dreamtext.errors import shorten, terminal_lines
 
 PROGRESS_SECONDS = "DREAMTEXT_PROGRESS_SECONDS"
 FILE_SECONDS = 30.0  # between two redraws of a bar written to a file
@@ -47,6 +47,13 @@ def bar_options(stream: TextIO | None = None) -> dict[str, float]:
     if not seconds > 0:  # 0 (or nan): tqdm's defaults
         return {}
     return {"mininterval": seconds, "maxinterval": max(seconds, 10.0)}
+
+
+def say(text: str, file: TextIO | None = None) -> None:
+    """Print ``text`` on ``file`` (stderr) above any progress bar, each control character of it
+    written as its escape (:func:`dreamtext.errors.terminal_lines`): a folder another tool named,
+    or a prompt read from a run's files, can hold an escape sequence, which a terminal obeys."""
+    tqdm.write(terminal_lines(text), file=file if file is not None else sys.stderr)
 
 
 def bar_label(text: str, width: int = 40) -> str:

@@ -108,7 +108,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 )
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace, lock_folder
-from dreamtext.progress import bar_label, bar_options, tqdm
+from dreamtext.progress import bar_label, bar_options, say, tqdm
 from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
 from dreamtext.renderer import VolumeRenderer
 from dreamtext.runfiles import (
@@ -595,10 +595,9 @@ def restore_newest(run: Run) -> None:
             # next save would keep it as the step file of its step in place of a whole one.
             last.unlink(missing_ok=True)
             removed = "; the unreadable last.pt is removed"
-        tqdm.write(
+        say(
             f"dreamtext: {last} {problem}; resuming from {path}, the "
-            f"newest whole checkpoint{skipped}, at step {run.step}: {lost}{removed}",
-            file=sys.stderr,
+            f"newest whole checkpoint{skipped}, at step {run.step}: {lost}{removed}"
         )
         return
     earlier = f" ({', '.join(damaged)} are unreadable too)" if damaged else ""
@@ -1124,10 +1123,9 @@ def remove_later_files(workspace: Path, step: int) -> None:
             preview.unlink(missing_ok=True)
     if removed:
         names = ", ".join(path.name for path in removed)
-        tqdm.write(
+        say(
             f"dreamtext: removed {names} of {workspace}/checkpoints: past step {step}, which "
-            "the run goes on from",
-            file=sys.stderr,
+            "the run goes on from"
         )
 
 
@@ -1162,10 +1160,10 @@ def train(
         run.resume_with = resume_with
         line = note(run.cfg, run.resumed) if callable(note) else note
         if line is not None:
-            tqdm.write(line, file=sys.stderr)
+            say(line)
         outside = box_outside_ranges(run.cfg.cameras) if run.resumed is None else None
         if outside is not None:
-            tqdm.write(outside, file=sys.stderr)
+            say(outside)
         interrupted = (TrainingInterrupted, KeyboardInterrupt)
         run.saved_step = run.step  # the checkpoint a resume restored (0: none)
         with track_status(
@@ -1225,14 +1223,13 @@ def _train(run: Run, resume: bool) -> Path:
     write_config(run)
     if run.step >= cfg.iters:
         unused = "; ".join(run.unused_changes)
-        tqdm.write(
+        say(
             f"{workspace}: already at step {run.step} of {cfg.iters}; nothing to train"
             + (
                 f", so these are not used: {unused} (train on with a larger --iters)"
                 if unused
                 else ""
-            ),
-            file=sys.stderr,
+            )
         )
     start_time, start_step = time.perf_counter(), run.step
     if run.device.type == "cuda":
@@ -1297,15 +1294,11 @@ def _train(run: Run, resume: bool) -> Path:
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.step, checkpoint) from None
     if run.guidance.skipped_steps:
-        tqdm.write(
-            f"dreamtext: skipped {run.guidance.skipped_steps} steps with non-finite guidance",
-            file=sys.stderr,
-        )
+        say(f"dreamtext: skipped {run.guidance.skipped_steps} steps with non-finite guidance")
     if run.skipped_updates:
-        tqdm.write(
+        say(
             f"dreamtext: skipped the update of {run.skipped_updates} steps with non-finite "
-            "gradients",
-            file=sys.stderr,
+            "gradients"
         )
     if cfg.export:
         update_status(workspace, phase="export")
@@ -1484,4 +1477,4 @@ def export_trained(run: Run) -> None:
             radius_range=run.cfg.cameras.radius_range,
             checked=True,
         )
-    tqdm.write(result.summary(), file=sys.stderr)
+    say(result.summary())

@@ -41,3 +41,34 @@ def test_a_refused_write_of_a_file_that_may_be_read_is_fixed_elsewhere(tmp_path,
     refused = OSError(errno.EPERM, "Operation not permitted", str(run_file))
     assert unreadable_file(refused) is None
     assert file_system_fix(refused, "pick another folder") == "pick another folder"
+
+
+def test_names_read_from_disk_reach_the_terminal_escaped_outside_the_error_line(
+    tmp_path, monkeypatch, capsys
+):
+    """A run's folder named by another tool (`dreamtext export` exports the newest under
+    workspace/) printed its escape sequence raw in the export's summary on stdout, and a batch's
+    progress lines (batch._say) printed theirs raw on stderr: the terminal obeyed
+    ``\\x1b]0;pwned\\x07`` (its title set). Both now write it as its escapes."""
+    from dreamtext import batch
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    trained = [
+        "text", "a colorful cube", "--model", "builtin:shapes", "--iters", "2", "--h", "16",
+        "--w", "16", "--no-export", "--workspace", "workspace/run", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(trained) == 0
+    odd = tmp_path / "workspace" / "run\x1b]0;pwned\x07"
+    (tmp_path / "workspace" / "run").rename(odd)
+    capsys.readouterr()
+    export = ["export", "--no-video", "--resolution", "16", "--formats", "ply", "--device", "cpu"]
+    assert main(export) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    assert "run\\x1b]0;pwned\\x07/mesh/mesh.ply" in out
+    batch._say(f"batch: line 1: {odd} finished\nsecond line")
+    err = capsys.readouterr().err
+    assert (
+        err == f"batch: line 1: {tmp_path}/workspace/run\\x1b]0;pwned\\x07 finished\nsecond line\n"
+    )

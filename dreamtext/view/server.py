@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from dreamtext.errors import DreamtextError, shown_path
+from dreamtext.errors import DreamtextError, shown_path, terminal_lines
 from dreamtext.view.downloads import zip_bytes, zip_members, zip_name
 from dreamtext.view.page import (
     ASSETS,
@@ -294,8 +294,9 @@ class ViewServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
     def log_line(self, text: str) -> None:
-        """One line on the terminal (stderr unless the server was given ``log``)."""
-        print(f"dreamtext view: {text}", file=self._log or sys.stderr, flush=True)
+        """One line on the terminal (stderr unless the server was given ``log``), its control
+        characters as their escapes (an error's text can quote a folder's name)."""
+        print(terminal_lines(f"dreamtext view: {text}"), file=self._log or sys.stderr, flush=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """An exception outside the handler's own catch-all (reading the request, say): one line
