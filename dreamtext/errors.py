@@ -51,11 +51,12 @@ class WorkspaceInUse(DreamtextError):
     line every command says: ``situation`` (``W is in use: HOLDER is running WHAT``, which a
     batch's skip line reuses), then what to do."""
 
-    def __init__(self, workspace: object, holder: str, what: str = "a run in it") -> None:
+    def __init__(
+        self, workspace: object, holder: str, what: str = "a run in it", fix: str | None = None
+    ) -> None:
         self.situation = f"{workspace} is in use: {holder} is running {what}"
-        super().__init__(
-            f"{self.situation}; wait for it to end or stop it, or pass --workspace NEW_FOLDER"
-        )
+        fix = fix or "wait for it to end or stop it, or pass --workspace NEW_FOLDER"
+        super().__init__(f"{self.situation}; {fix}")
         self.holder = holder
 
 

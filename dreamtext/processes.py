@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, naming_the_file
+from dreamtext.errors import (
+    UNREADABLE_JSON,
+    DreamtextError,
+    WorkspaceInUse,
+    naming_the_file,
+    shown_path,
+)
 
 try:
     import fcntl
@@ -496,7 +502,7 @@ def _lock(lock: Path) -> IO[str] | None:
             # Another user's lock (umask 022) in a folder both may write in (a lab's
             # group folder): its holder may live, so this process must not run unlocked.
             if not _other_users_lock_ended(lock):
-                raise _in_use(lock.parent, _holder(lock)) from None
+                raise _unreadable_lock(lock) or _in_use(lock.parent, _holder(lock)) from None
             try:
                 lock.unlink()  # its run ended: this process makes its own
             except OSError:
@@ -546,6 +552,33 @@ def _other_users_lock_ended(lock: Path) -> bool:
     if held is not None:
         return not held
     return record_alive(_holder(lock)) is False
+
+
+def _unreadable_lock(lock: Path) -> WorkspaceInUse | None:
+    """The refusal for another user's lock file ``lock`` that this user may not read (mode 600),
+    so that neither its record nor its ``flock`` tells whether its run still runs; ``None``
+    where it can be read. A run of theirs that was killed left it for good: the line names the
+    file, its owner and what to check, as no pid can be given."""
+    try:
+        with open(lock, encoding="utf-8"):
+            return None
+    except PermissionError:
+        pass
+    except OSError:
+        return None
+    owner = "another user"
+    with contextlib.suppress(OSError, KeyError, TypeError, AttributeError):
+        owner = pwd.getpwuid(os.stat(lock).st_uid).pw_name  # type: ignore[union-attr]
+    return WorkspaceInUse(
+        lock.parent,
+        f"{owner}'s process (as far as can be told)",
+        fix=(
+            f"its lock file {shown_path(lock)} is {owner}'s and you may not read it, so whether "
+            f"that run still runs cannot be told: if no dreamtext of {owner}'s runs on it any "
+            f"more (ps -u {owner} -f on each machine that uses the folder), ask {owner} or the "
+            "folder's owner to remove that file; or pass --workspace NEW_FOLDER"
+        ),
+    )
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -679,3 +679,40 @@ def test_a_process_that_no_longer_exists_has_no_state_nor_start():
     child.wait()
     assert process_ended(child.pid) is False
     assert process_start(child.pid) is None
+
+
+def test_another_users_unreadable_lock_names_its_file_and_what_to_check(tmp_path, monkeypatch):
+    """Another user's lock file of mode 600, left by a killed run of theirs, refused the run as
+    in use by "another process" for good, naming neither the file nor whose it is. Simulated:
+    opening or reading the lock raises PermissionError, as for that user (chmod 000 does not
+    stop root, which this suite may run as)."""
+    import builtins
+    import errno
+    import os
+
+    import pytest
+
+    from dreamtext import processes
+    from dreamtext.errors import WorkspaceInUse
+
+    lock = tmp_path / processes.LOCK_NAME
+    lock.write_text('{"pid": 4242, "host": "elsewhere"}')
+    lock.chmod(0o600)
+
+    def refusing(real):
+        def call(path, *args, **kwargs):
+            if str(path) == str(lock):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(processes, "open", refusing(builtins.open), raising=False)
+    monkeypatch.setattr(os, "open", refusing(os.open))
+    monkeypatch.setattr(type(lock), "read_text", refusing(type(lock).read_text))
+    with pytest.raises(WorkspaceInUse) as refused, processes.claim_workspace(tmp_path):
+        pass
+    said = str(refused.value)
+    assert f"its lock file {lock} is " in said
+    assert "ps -u " in said and "remove that file" in said
+    assert lock.exists()
