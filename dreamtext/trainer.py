@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import math
 import resource
 import secrets
@@ -76,7 +77,13 @@ from dreamtext.devices import (
     to_device,
 )
 from dreamtext.encoding import check_encoding
-from dreamtext.errors import DreamtextError, TrainedRun, check_a_file, shell_word
+from dreamtext.errors import (
+    UNREADABLE_JSON,
+    DreamtextError,
+    TrainedRun,
+    check_a_file,
+    shell_word,
+)
 from dreamtext.export import (
     MESH_OUTPUTS,
     REPLACED_OUTPUTS,
@@ -1127,6 +1134,33 @@ def remove_later_files(workspace: Path, step: int) -> None:
             f"dreamtext: removed {names} of {workspace}/checkpoints: past step {step}, which "
             "the run goes on from"
         )
+    exported = remove_later_export(workspace, step)
+    if exported is not None:
+        say(
+            f"dreamtext: removed the export of step {exported} (mesh/, video/) of {workspace}: "
+            f"past step {step}, which the run goes on from; dreamtext export makes it again"
+        )
+
+
+def remove_later_export(workspace: Path, step: int) -> int | None:
+    """Remove the export's files in ``mesh/`` and ``video/`` where ``mesh/mesh.json`` says they are
+    of a step past ``step`` (a resume from an earlier checkpoint: they show the branch it left),
+    and return that step; ``None`` where there is none. Left, the run trained to that step again
+    showed the old branch's mesh as its own, and a ``--no-video`` export of it kept the old
+    branch's turntable, recorded as of the same step. Files of the user's own stay. Under the
+    folder's lock, after finishing an export a kill cut short (:func:`remove_earlier_run`)."""
+    report = workspace / "mesh" / "mesh.json"
+    with lock_folder(workspace):
+        finish_replacements(workspace, REPLACED_OUTPUTS)
+        try:
+            exported = json.loads(report.read_text(encoding="utf-8")).get("step")
+        except (OSError, AttributeError, *UNREADABLE_JSON):
+            return None
+        if not isinstance(exported, int) or isinstance(exported, bool) or exported <= step:
+            return None
+        for name in (*(f"mesh/{n}" for n in MESH_OUTPUTS), *(f"video/{n}" for n in VIDEO_OUTPUTS)):
+            (workspace / name).unlink(missing_ok=True)
+    return exported
 
 
 def train(

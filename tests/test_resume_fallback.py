@@ -1,6 +1,7 @@
 """Resuming and exporting a run whose folder a cluster damaged: an unreadable ``last.pt`` (a full
 disk, a copy or sync cut short), step files of a branch the run left, a killed run's lock file."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from tiny_models import TINY_TRAIN
 from dreamtext.checkpoint import RUN_KEYS, load_checkpoint, save_checkpoint
 from dreamtext.config import resolve_config
 from dreamtext.errors import DreamtextError
+from dreamtext.export import ExportOptions, export_workspace
 from dreamtext.trainer import train
 
 
@@ -142,6 +144,43 @@ def test_a_resume_removes_the_step_files_and_previews_past_its_step(tmp_path, ca
     assert files(folder, "*.pt") == ["last.pt", "step_000002.pt"]
     assert files(workspace / "previews", "*.png") == ["final.png", "step_000002.png"]
     assert load_checkpoint(folder / "last.pt")["step"] == 3
+
+
+def test_a_resume_from_an_earlier_step_removes_the_export_of_the_branch_it_left(tmp_path, capsys):
+    """The export of step 4 stayed after a roll back to step 2: the viewer showed it as the run's
+    mesh, and once the run reached step 4 again a --no-video export kept the old branch's
+    turntable, recorded as of the same step. Files of the user's own in mesh/ and video/ stay."""
+    workspace = train(builtin_config(tmp_path / "run", iters=4))
+    options = ExportOptions(resolution=24, texture_size=32, frames=60, video_size=16)
+    export_workspace(workspace, options)
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text())["turntable_step"] == 4
+    (workspace / "video" / "notes.txt").write_text("mine")
+    folder = workspace / "checkpoints"
+    shutil.copyfile(folder / "step_000002.pt", folder / "last.pt")
+    capsys.readouterr()
+    train(builtin_config(workspace, iters=3), resume=True)
+    assert (
+        f"dreamtext: removed the export of step 4 (mesh/, video/) of {workspace}: past step 2, "
+        "which the run goes on from; dreamtext export makes it again"
+    ) in capsys.readouterr().err.splitlines()
+    assert files(workspace / "mesh", "*") == []
+    assert files(workspace / "video", "*") == ["notes.txt"]
+    # trained to step 4 again: a --no-video export has no turntable to keep
+    train(builtin_config(workspace, iters=4), resume=True)
+    export_workspace(workspace, dataclasses.replace(options, video=False))
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text())["turntable_step"] is None
+    assert files(workspace / "video", "*") == ["notes.txt"]
+
+
+def test_a_resume_from_the_newest_checkpoint_keeps_its_export(tmp_path, capsys):
+    """The export of the step a resume goes on from is of the same field: it stays."""
+    workspace = train(builtin_config(tmp_path / "run", iters=2))
+    export_workspace(workspace, ExportOptions(resolution=24, texture_size=32, video=False))
+    before = (workspace / "mesh" / "mesh.glb").read_bytes()
+    capsys.readouterr()
+    train(builtin_config(workspace, iters=3), resume=True)
+    assert "removed the export" not in capsys.readouterr().err
+    assert (workspace / "mesh" / "mesh.glb").read_bytes() == before
 
 
 def run_state(step: int) -> dict:
