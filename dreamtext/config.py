@@ -424,13 +424,17 @@ def run_setting_changes(workspace: Path, cfg: TrainConfig, learned: bool) -> lis
     """``"name old → new"`` for every setting of ``cfg`` that differs from what the run in
     ``workspace`` was trained with (its ``config.json``; none when it has none or it cannot be
     read), leaving out :data:`NOT_COMPARED`, and with ``learned`` (an image run) its learned
-    sentence and token, which ``cfg`` holds only once the run has set them."""
+    sentence and token, which ``cfg`` holds only once the run has set them. A config.json of an
+    older dreamtext is compared with the settings it lacks filled as its resume fills them
+    (:func:`fill_from_presets`): ``guidance.views.below null → 90.0`` of a run from before views
+    from below had labels changes what it trains, as the resume records."""
     try:
         saved = read_run_config(workspace, "")
     except DreamtextError:  # an unreadable record compares with nothing
         return []
     if saved is None:
         return []
+    saved, _ = fill_from_presets(saved)
     ignored = NOT_COMPARED | ({"guidance.textual_inversion"} if learned else set())
     return setting_change_lines(saved, cfg, ignored)
 

@@ -142,6 +142,19 @@ def test_a_finished_runs_length_and_its_learned_tokens_are_no_change_to_warn_of(
     assert run_setting_changes(tmp_path, now, learned=True) == ["lr 0.001 → 0.002"]
 
 
+def test_an_older_runs_missing_setting_is_named_as_the_change_its_resume_makes(tmp_path):
+    """A run of an older dreamtext, from before ``presets`` and ``guidance.views.below`` were
+    recorded, had no views from below (``BEFORE_SETTINGS``): its resume takes them from here on
+    and records ``guidance.views.below [null, 90.0]``, but a batch's warning of the settings it
+    changes compared only those config.json has, and left that one out."""
+    now = resolve_config({**RUN, "guidance": {"model": "builtin:shapes"}})
+    assert now.guidance.views.below == 90.0  # the builtin-shapes preset's
+    old = config_to_dict(now)
+    del old["presets"], old["guidance"]["views"]["below"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert run_setting_changes(tmp_path, now, learned=False) == ["guidance.views.below null → 90.0"]
+
+
 def test_resumes_that_are_not_a_list_read_as_none(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"resumes": {"step": 5}}))
     assert read_resumes(tmp_path) == []
