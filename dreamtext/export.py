@@ -87,6 +87,7 @@ from dreamtext.processes import (
     write_held_record,
 )
 from dreamtext.progress import bar_options, tqdm
+from dreamtext.prompts_text import first_undecoded_byte
 from dreamtext.renderer import RenderConfig, VolumeRenderer
 from dreamtext.runfiles import (
     default_workspace,
@@ -419,6 +420,16 @@ def resolve_workspace(workspace: Path | None, newest: Path | None = None) -> Pat
         from dreamtext.config import DEFAULT_WORKSPACE_ROOT
 
         workspace = newest or find_latest_workspace(DEFAULT_WORKSPACE_ROOT)
+        stray = first_undecoded_byte(str(workspace))
+        if stray is not None:
+            # --workspace is refused so by the CLI; torch cannot open a checkpoint named so,
+            # and this export failed after meshing, calling the whole last.pt unreadable.
+            shown = os.fsencode(workspace).decode("utf-8", "backslashreplace")
+            raise DreamtextError(
+                f"the most recent run, {shown}, is in a folder whose name holds a byte that is "
+                f"not UTF-8 text (0x{stray[1]:02X}); rename the folder to a name in UTF-8, or "
+                "pass --workspace to export another run"
+            )
         log.info("exporting the most recent run: %s", workspace)
     workspace = Path(workspace)
     # A folder or file inside a run (its descriptor/, whose checkpoint is the descriptor's, not a

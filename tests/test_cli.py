@@ -2639,6 +2639,24 @@ def test_a_workspace_name_that_is_not_utf8_is_refused_before_anything_is_written
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_of_a_newest_run_whose_folder_name_is_not_utf8_is_refused_before_reading_it(
+    tmp_path, monkeypatch, capsys
+):
+    """``dreamtext export`` without --workspace, where the newest run is in ``workspace/caf\\xe9``
+    (copied from a Latin-1 system): torch cannot open a checkpoint named so, and the export
+    meshed the run, then said its whole last.pt was "not a whole checkpoint". It is refused as
+    --workspace of such a name is, naming the run."""
+    monkeypatch.chdir(tmp_path)
+    checkpoints = tmp_path / "workspace" / "caf\udce9" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.pt").write_bytes(b"a checkpoint")
+    before = sorted(tmp_path.rglob("*"))
+    code, err = run_main(["export"], capsys)
+    assert_user_error(code, err, "the most recent run, workspace/caf\\xe9, is in a folder")
+    assert_user_error(code, err, "not UTF-8 text (0xE9)", "rename the folder")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize("command", ["describe", "image"])
 def test_an_image_name_that_is_not_utf8_is_refused_before_anything_is_written(
     tmp_path, monkeypatch, capsys, tiny_clip_path, tiny_sd_path, command
