@@ -373,6 +373,8 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
         return _image_of_its_run(_prompt_of_its_run(replace(entry, workspace=root / name)))
 
     entries = [named(e, slug) for e, slug in zip(found, slugs, strict=True)]
+    for entry in entries:
+        refuse_unnameable(path, entry.line, "the run's folder", entry.workspace)
     # Two lines of one image's bytes, neither at the path a moved run recorded: neither is
     # that run's, as neither would be before the image moved.
     taken = Counter(e.workspace for e in entries)
@@ -394,6 +396,7 @@ def _line_image(
     image_path = Path(image).expanduser()
     if not image_path.is_absolute():
         image_path = images_folder / image_path
+    refuse_unnameable(path, number, "the image's path", image_path)
     refuse_trailing_comment(path, number, image_path)
     stray = first_undecoded_byte(str(image_path))
     if stray is not None:  # a name given on a Latin-1 system: its run records it as UTF-8
@@ -429,6 +432,21 @@ def _line_image(
             )
         raise DreamtextError(f"{path}:{number}: {said}") from None
     return image_path
+
+
+def refuse_unnameable(path: Path, number: int, what: str, name: Path) -> None:
+    """Refuse the list ``path``'s line ``number`` when ``name`` (``what`` it is) holds a letter
+    that the file system encoding cannot write: a list's lines are UTF-8, and under a locale
+    that is not (``LANG=en_US`` of ISO-8859-1, ``LC_ALL=C`` with ``PYTHONUTF8=0``) a CJK or
+    fullwidth line's folder or image was a UnicodeEncodeError traceback at its first file."""
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise DreamtextError(
+            f"{path}:{number}: {what} {name} cannot be a file name in this locale's encoding "
+            f"({sys.getfilesystemencoding()}); run dreamtext under a UTF-8 locale "
+            "(export LC_ALL=C.UTF-8)"
+        ) from None
 
 
 def refuse_trailing_comment(path: Path, number: int, image_path: Path) -> None:

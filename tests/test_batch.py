@@ -2328,6 +2328,31 @@ def test_an_image_line_in_a_folder_whose_name_is_not_utf8_is_one_line(tmp_path, 
     assert not root.exists()
 
 
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [("ａ ｒｅｄ ｃｕｂｅ", "the run's folder"), ("image:一.png", "the image's path")],
+)
+def test_a_line_whose_folder_or_image_the_locale_cannot_name_is_one_line(tmp_path, line, what):
+    """A list's lines are UTF-8; under a locale that is not (``LC_ALL=C`` with
+    ``PYTHONUTF8=0`` here; ``LANG=en_US`` of ISO-8859-1 on a cluster), a fullwidth prompt's
+    folder or a CJK image's path cannot be a file name, and the batch was a UnicodeEncodeError
+    traceback at its first file. It is the list's one line, exit 2, nothing written."""
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "一.png")
+    path = tmp_path / "list.txt"
+    path.write_text(line + "\n", encoding="utf-8")
+    root = tmp_path / "root"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUTF8": "0"}
+    env["LC_ALL"] = "C"
+    command = [sys.executable, "-m", "dreamtext.cli", "batch", str(path), "--workspace", str(root)]
+    done = subprocess.run([*command, "--model", "builtin:shapes"], env=env, capture_output=True)
+    err = done.stderr.decode("ascii")
+    assert done.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"list.txt:1: {what} " in err
+    assert "cannot be a file name in this locale's encoding (ascii)" in err, err
+    assert "UTF-8 locale" in err
+    assert not root.exists()
+
+
 SPACE = "free space on that disk (or quota) or pass --workspace a folder elsewhere"
 
 
