@@ -164,7 +164,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a config YAML file into a dict, turning every failure into a one-line user error.
     Numbers are read as YAML 1.2 reads them (:class:`_Loader`)."""
     try:
-        data = yaml.load(read_text_once(Path(path), encoding="utf-8"), Loader=_Loader)
+        text = read_text_once(Path(path), encoding="utf-8")
+        if utf16_without_bom(text):
+            raise DreamtextError(
+                f"config file '{path}' is not UTF-8 text ({UTF16_WITHOUT_BOM}); save it as UTF-8"
+            )
+        data = yaml.load(text, Loader=_Loader)
     except FileNotFoundError:
         raise DreamtextError(
             f"config file '{path}' does not exist; check the --config path"
@@ -490,6 +495,17 @@ def not_utf8_where(error: UnicodeDecodeError) -> str:
     return f"{error.reason}: byte 0x{error.object[error.start]:02X} on line {line}"
 
 
+UTF16_WITHOUT_BOM = "UTF-16 without a byte order mark: a NUL byte beside each letter"
+
+
+def utf16_without_bom(text: str) -> bool:
+    """Whether ``text``, read as UTF-8, is UTF-16 saved without a byte order mark (``iconv -t
+    UTF-16LE``, Python's ``utf-16-le``): its ASCII letters read as UTF-8 with a NUL beside each.
+    A prompts file's line was refused for "the control character U+0000", to be removed, and a
+    config file as "not valid YAML", where neither shows in an editor."""
+    return "\x00" in text and text.count("\x00") * 3 >= len(text)
+
+
 def read_text_once(path: Path, encoding: str = "utf-8-sig") -> str:
     """``path``'s text; a pipe's (not a regular file) is read once per process and kept
     (:data:`_READ_ONCE`). Errors are ``read_text``'s, for the caller to word."""
@@ -517,7 +533,7 @@ def read_prompt_lines(path: Path) -> list[str]:
         # after it by numbers the file does not have.
         # A BOM at the start of a later line (files joined with cat, the second saved by a
         # Windows editor) made "\ufeff# note" a prompt and "\ufeffimage:mug.png" a text one.
-        lines = [line.lstrip("\ufeff") for line in read_text_once(path).split("\n")]
+        text = read_text_once(path)
     except FileNotFoundError:
         raise DreamtextError(
             f"prompts file {path} does not exist; pass a text file with one prompt per line"
@@ -533,6 +549,12 @@ def read_prompt_lines(path: Path) -> list[str]:
         ) from None
     except OSError as error:
         raise DreamtextError(f"cannot read prompts file {path}: {error}") from None
+    if utf16_without_bom(text):
+        raise DreamtextError(
+            f"prompts file {path} is not UTF-8 text ({UTF16_WITHOUT_BOM}); save it as UTF-8 "
+            "text with one prompt per line"
+        )
+    lines = [line.lstrip("\ufeff") for line in text.split("\n")]
     refuse_flags_in_lines(path, lines)
     return lines
 

@@ -3024,6 +3024,21 @@ def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsy
     assert not root.exists()
 
 
+def test_a_utf16_prompts_file_without_a_byte_order_mark_says_to_save_it_as_utf8(tmp_path, capsys):
+    """``iconv -t UTF-16LE`` writes no byte order mark: its ASCII decodes as UTF-8 with a NUL
+    beside each letter, and the line was "prompts.txt:1: the line holds the control character
+    U+0000 (NUL) at character 2; remove it", a character no editor shows."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red cube\na blue sphere\n".encode("utf-16-le"))
+    root = tmp_path / "root"
+    assert main(["batch", str(path), "--model", "builtin:shapes", "--workspace", str(root)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: prompts file {path} is not UTF-8 text (UTF-16 without a byte order "
+        "mark: a NUL byte beside each letter); save it as UTF-8 text with one prompt per line"
+    ]
+    assert not root.exists()
+
+
 def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path, capsys):
     """A Latin-1 "café" deep in a list was "invalid continuation byte at byte 26": an offset
     no editor shows, counted after the file's BOM."""

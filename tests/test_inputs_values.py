@@ -44,6 +44,20 @@ def test_a_utf16_config_file_is_said_to_be_no_utf8_with_what_to_do(tmp_path):
     )
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_a_utf16_config_file_without_a_byte_order_mark_is_said_to_be_no_utf8(tmp_path, encoding):
+    """``iconv -t UTF-16LE`` writes no byte order mark: its ASCII decodes as UTF-8 with a NUL
+    beside each letter, and the line was "is not valid YAML; fix it", naming nothing to fix."""
+    path = tmp_path / "c.yaml"
+    path.write_text("iters: 12\n", encoding=encoding)
+    with pytest.raises(DreamtextError) as raised:
+        read_yaml(path)
+    assert str(raised.value) == (
+        f"config file '{path}' is not UTF-8 text (UTF-16 without a byte order mark: a NUL byte "
+        "beside each letter); save it as UTF-8"
+    )
+
+
 def test_a_config_byte_that_is_not_utf8_is_named_by_its_line(tmp_path):
     """A Latin-1 "é" on a config file's third line was "at byte 33", where the prompts file's
     same error names the line, as the config's YAML errors do."""
