@@ -40,6 +40,7 @@ import shlex
 import threading
 import time
 import traceback
+import unicodedata
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -78,6 +79,7 @@ from dreamtext.errors import (
 from dreamtext.exportflags import export_flag_words
 from dreamtext.inputs import (
     IMAGE_PREFIX,
+    SLUG_MAX_BYTES,
     check_root,
     check_root_writable,
     layered_guidance,
@@ -639,7 +641,12 @@ def workspace_name(
     """
     if line_named is None:
         line_named = line_named_folders(root)
-    names = list(dict.fromkeys(n for n in (slug, legacy) if n))
+    # The slug in NFD too: a run copied from a Mac's HFS+ keeps the folder name it gave it.
+    # Not where that is longer than a slug may be (60 Hangul syllables: 540 bytes, whose
+    # hashed name is too long for a file system to look up).
+    decomposed = unicodedata.normalize("NFD", slug)
+    decomposed = decomposed if len(decomposed.encode("utf-8")) <= SLUG_MAX_BYTES else None
+    names = list(dict.fromkeys(n for n in (slug, legacy, decomposed) if n))
     owners = {name: run_owner(root / name) for name in names}  # each config.json read once
     for name in names:
         if owners[name] == key:

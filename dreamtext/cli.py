@@ -1353,8 +1353,10 @@ def _resume_folder(args: argparse.Namespace) -> Path | None:
     """The folder ``text --resume`` continues, as :func:`_saved_config` finds it: ``--workspace``,
     else the one the ``--config`` files name (every file read, in order), else the prompt's
     default folder; ``None`` where :func:`dreamtext.config.prompt_workspace` would look into the
-    folder an older version named it (it exists and the new one does not), which takes
-    torch-side modules."""
+    folder an older version named it, or the one named in NFD (it exists and the new one does
+    not), which takes torch-side modules."""
+    import unicodedata
+
     from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT, ascii_slug, configured_workspace, slugify
 
     named = args.workspace or configured_workspace(args.config)
@@ -1362,8 +1364,10 @@ def _resume_folder(args: argparse.Namespace) -> Path | None:
         return Path(named)
     folder = DEFAULT_WORKSPACE_ROOT / slugify(args.prompt)
     legacy = DEFAULT_WORKSPACE_ROOT / ascii_slug(args.prompt)
-    if legacy != folder and not folder.exists() and os.path.lexists(legacy):
-        return None
+    decomposed = DEFAULT_WORKSPACE_ROOT / unicodedata.normalize("NFD", folder.name)
+    for other in (legacy, decomposed):
+        if other != folder and not folder.exists() and os.path.lexists(other):
+            return None
     return folder
 
 

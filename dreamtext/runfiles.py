@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -277,12 +278,14 @@ def run_owner(workspace: Path) -> tuple[str, str] | None:
 def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
     """The default workspace under ``root`` of the run ``key`` (:func:`run_owner`'s form) whose
     folder is named after ``name`` (the prompt, or the image file's stem): ``root/<slugify(name)>``,
-    or the folder an earlier version named it (:func:`ascii_slug`) when that one holds this run
-    and the new one does not exist."""
+    or the folder an earlier version named it (:func:`ascii_slug`), or the slug in NFD, when
+    that one holds this run and the slug's folder does not exist."""
     folder = root / slugify(name)
-    legacy = root / ascii_slug(name)
-    if legacy != folder and not folder.exists() and run_owner(legacy) == key:
-        return legacy
+    # A folder named in NFD (a copy from a Mac's HFS+, which names files so, by rsync or scp)
+    # looks like the slug but is another name on Linux: the prompt was trained again beside it.
+    for other in (root / ascii_slug(name), root / unicodedata.normalize("NFD", folder.name)):
+        if other != folder and not folder.exists() and run_owner(other) == key:
+            return other
     return folder
 
 

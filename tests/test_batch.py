@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -337,6 +338,28 @@ def test_a_rerun_keeps_the_folders_that_ascii_slugs_named(tmp_path):
         "Crème brûlée": "cr_me_br_l_e",
         "一只鸟": "一只鸟",
     }
+
+
+def test_a_run_in_a_folder_named_in_nfd_is_found_again(tmp_path):
+    """A run copied from a Mac's HFS+ (rsync, scp) keeps the NFD name it was given there,
+    ``crème_brûlée`` with combining accents: the batch trained the prompt again beside it, in a
+    second folder that looks the same."""
+    root = tmp_path / "root"
+    ran(root / unicodedata.normalize("NFD", "crème_brûlée"), "Crème brûlée")
+    ran(root / unicodedata.normalize("NFD", "café"), "a café")  # another prompt's: not taken
+    path = prompts_file(tmp_path, "Crème brûlée", "Café")
+    assert names(path, root) == {
+        "Crème brûlée": unicodedata.normalize("NFD", "crème_brûlée"),
+        "Café": "café",
+    }
+
+
+def test_a_slug_whose_nfd_form_is_too_long_for_a_file_name_is_named_as_before(tmp_path):
+    """60 Hangul syllables (180 bytes) are 540 bytes in NFD: looking up that form's hashed
+    folder was "File name too long"."""
+    root = tmp_path / "root"
+    root.mkdir()
+    assert names(prompts_file(tmp_path, "한" * 60), root) == {"한" * 60: "한" * 60}
 
 
 def test_a_folder_holding_another_prompts_run_gives_the_prompt_a_hashed_name(tmp_path):

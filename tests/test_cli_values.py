@@ -388,6 +388,21 @@ def test_resume_takes_the_current_folder_name_where_both_names_exist(tmp_path, m
     assert _resume_folder(args) == Path("workspace/a_café")
 
 
+def test_resume_leaves_a_run_folder_named_in_nfd_to_the_lookup_that_finds_it(tmp_path, monkeypatch):
+    """``text "Crème brûlée" --resume`` where the run's folder came from a Mac's HFS+ (named in
+    NFD): it said "nothing to resume in workspace/crème_brûlée: no config.json"."""
+    import unicodedata
+    from pathlib import Path
+
+    from dreamtext.cli import _resume_folder
+
+    monkeypatch.chdir(tmp_path)
+    args = parse("text", "Crème brûlée", "--resume")
+    assert _resume_folder(args) == Path("workspace/crème_brûlée")
+    (tmp_path / "workspace" / unicodedata.normalize("NFD", "crème_brûlée")).mkdir(parents=True)
+    assert _resume_folder(args) is None  # prompt_workspace finds it, reading its config.json
+
+
 def test_export_names_the_runs_own_options_and_what_a_flag_replaced(tmp_path, monkeypatch, capsys):
     """Only the options the run recorded away from the defaults are named; one a flag
     replaced shows ``old → new`` in the flag's own words (``--threshold auto``)."""

@@ -2,6 +2,7 @@
 
 import json
 import math
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,17 @@ def test_a_run_in_the_folder_an_ascii_slug_named_is_found_again(tmp_path, monkey
     assert resolve_config({"prompt": "一只猫"}).workspace == "workspace/一只猫"
     (tmp_path / "workspace" / "一座城堡").mkdir()  # a new-style folder exists: it wins
     assert resolve_config({"prompt": "一座城堡"}).workspace == "workspace/一座城堡"
+
+
+def test_a_run_in_a_folder_named_in_nfd_is_found_again(tmp_path, monkeypatch):
+    """A run copied from a Mac's HFS+ keeps the NFD name it was given there: ``text`` (and
+    ``--resume``: "nothing to resume") looked only in the NFC folder, and trained it again."""
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "workspace" / unicodedata.normalize("NFD", "crème_brûlée")
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"prompt": "Crème brûlée"}), encoding="utf-8")
+    assert resolve_config({"prompt": "Crème brûlée"}).workspace == f"workspace/{old.name}"
+    assert resolve_config({"prompt": "crème"}).workspace == "workspace/crème"
 
 
 @pytest.mark.parametrize(
