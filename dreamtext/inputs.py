@@ -253,6 +253,14 @@ def configured_workspace(
         if isinstance(name, str) and name and path.name == "config.json":
             name = str(path.parent) if is_run_folder(path.parent) else name
         if isinstance(name, str) and name:
+            try:  # a file's UTF-8 name under a locale that is not: a traceback at its first use
+                os.fsencode(name)
+            except UnicodeEncodeError:
+                raise DreamtextError(
+                    f"config file '{path}' names the workspace {name}, which cannot be a file "
+                    f"name in this locale's encoding ({sys.getfilesystemencoding()}); run "
+                    "dreamtext under a UTF-8 locale (export LC_ALL=C.UTF-8) or pass --workspace"
+                ) from None
             named.append(os.path.expanduser(name))
     return named[-1] if named else None
 

@@ -2657,6 +2657,23 @@ def test_export_of_a_newest_run_whose_folder_name_is_not_utf8_is_refused_before_
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_config_workspace_the_locale_cannot_name_is_one_line(tmp_path, resume):
+    """A --config file (UTF-8) naming ``workspace: runs/一座`` under a locale that is not UTF-8
+    (``LC_ALL=C`` with ``PYTHONUTF8=0``; ``LANG=en_US`` of ISO-8859-1): a UnicodeEncodeError
+    traceback from os.path.realpath, before anything loaded."""
+    (tmp_path / "c.yaml").write_text("workspace: runs/一座\n", encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUTF8": "0", "LC_ALL": "C"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamtext.cli", *BUILTIN_RUN, "--config", "c.yaml", *resume],
+        cwd=tmp_path, env=env, capture_output=True, timeout=300,
+    )  # fmt: skip
+    err = done.stderr.decode("ascii")
+    assert_user_error(done.returncode, err, "config file 'c.yaml' names the workspace runs/")
+    assert_user_error(done.returncode, err, "locale's encoding (ascii)", "UTF-8 locale")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
 @pytest.mark.parametrize("command", ["describe", "image"])
 def test_an_image_name_that_is_not_utf8_is_refused_before_anything_is_written(
     tmp_path, monkeypatch, capsys, tiny_clip_path, tiny_sd_path, command
