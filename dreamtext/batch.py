@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shlex
+import sys
 import threading
 import time
 import traceback
