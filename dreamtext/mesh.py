@@ -184,6 +184,9 @@ def marching_cubes(
     clamped = np.clip(values, 0.0, 2.0 * level)
     inside = np.where(solid, np.maximum(clamped, above), np.minimum(clamped, below))
     padded = np.pad(inside.astype(np.float64), 1, mode="constant", constant_values=0.0)
+    # PyMCubes 0.1.6 (the newest) reshapes its results by setting `.shape`, which numpy 2.5
+    # deprecates: the DeprecationWarning names this line, but no argument avoids it (see the
+    # PyMCubes line in pyproject.toml).
     vertices, faces = mcubes.marching_cubes(padded, level)
     h = 2.0 * bound / solid.shape[0]
     vertices = -bound + (vertices - 1.0 + 0.5) * h
