@@ -16,6 +16,7 @@ from dreamtext.mesh import (
     extract_mesh,
     mesh_stats,
     query_surface_albedo,
+    render_occupancy,
     voxelize_solid,
 )
 
@@ -406,3 +407,14 @@ def test_a_decimation_left_open_gives_the_mesh_back_undecimated(monkeypatch):
     sphere = trimesh.creation.icosphere(subdivisions=2)
     result = decimate(sphere, 100)
     assert len(result.faces) == 320 and is_closed_manifold(result)
+
+
+def test_the_solid_is_where_the_light_from_outside_falls_below_one_half():
+    """σ = 1 in every cell of a 20³ grid over [−1, 1]³ (h = 0.1): light from the nearest face
+    reaches the centre of cell i with optical depth h (i + ½) σ = 0.1 (i + ½), and T < ½ is
+    τ > ln 2 ≈ 0.693: i + ½ ≥ 7.5, so cells 7 … 12 of each axis (6³) are solid. A surface at
+    T = 0.55 (τ > 0.598) would take cells 6 … 13 too."""
+    occupied = render_occupancy(np.ones((20, 20, 20), dtype=np.float32), bound=1.0)
+    expected = np.zeros((20, 20, 20), dtype=bool)
+    expected[7:13, 7:13, 7:13] = True
+    assert np.array_equal(occupied, expected)
