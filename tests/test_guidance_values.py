@@ -19,6 +19,7 @@ from dreamtext.guidance import (
     make_guidance,
     perp_neg_guidance,
     sample_timesteps,
+    sd_alphas_cumprod,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -205,3 +206,21 @@ def test_out_of_memory_while_checking_the_compiled_encoder_stays_out_of_memory(e
     with pytest.raises(type(error)) as raised:
         guidance._check_encoder(torch.rand(1, 3, 4, 4))
     assert raised.value is error
+
+
+def test_the_default_schedule_is_stable_diffusions_scaled_linear_one():
+    """ᾱ_t = Π_{s≤t} (1 − β_s), β = linspace(√0.00085, √0.012, 1000)²: ᾱ_0 = 1 − 0.00085, and every
+    ᾱ_t is what diffusers' own scheduler of that config computes (the other tests take the
+    schedule from this function, so they cannot see a wrong β or an index off by one)."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+    )
+    ab = sd_alphas_cumprod()
+    assert ab.shape == (1000,)
+    assert float(ab[0]) == pytest.approx(1.0 - 0.00085, rel=1e-7)
+    assert torch.allclose(ab, scheduler.alphas_cumprod.float(), rtol=1e-5, atol=0.0)
