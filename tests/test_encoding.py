@@ -536,3 +536,22 @@ def test_auto_falling_back_from_a_failed_triton_self_check_says_so_in_one_line(m
         "dreamtext: the Triton hash grid disagrees with the reference; falling back to another "
         "encoding"
     ]
+
+
+@pytest.mark.parametrize("cfg", [DENSE_CFG, HASHED_CFG], ids=["dense", "hashed"])
+def test_the_jacobian_on_the_faces_of_the_cube_is_the_references(cfg):
+    """A point exactly on a face, x_d = ±b, is inside the scene: the lookup is not clamped there,
+    and ``∂f/∂x_d`` is the slope autograd gives :meth:`reference_forward`, not zero."""
+    enc = HashGridEncoding(**cfg, finest_resolution=32.0, bound=1.5)
+    _random_table(enc)
+    x = torch.tensor([[1.5, 0.2, -0.3], [-1.5, 0.4, 0.1], [0.3, 1.5, -1.5]])
+    _, jacobian = features_and_jacobian(enc, x)
+    xr = x.clone().requires_grad_(True)
+    reference = enc.reference_forward(xr)
+    columns = [
+        torch.autograd.grad(reference[:, j].sum(), xr, retain_graph=True)[0]
+        for j in range(enc.output_dim)
+    ]
+    expected = torch.stack(columns, dim=1)
+    assert expected.abs().amax(dim=1).min() > 0  # autograd's slope on the face is not zero
+    torch.testing.assert_close(jacobian, expected, atol=1e-4, rtol=1e-5)
