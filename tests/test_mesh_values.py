@@ -418,3 +418,45 @@ def test_the_solid_is_where_the_light_from_outside_falls_below_one_half():
     expected = np.zeros((20, 20, 20), dtype=bool)
     expected[7:13, 7:13, 7:13] = True
     assert np.array_equal(occupied, expected)
+
+
+class ThinHaze(Haze):
+    """Haze of a chosen density; albedo red = 0.9 + x (in [0, 1] for −0.9 ≤ x ≤ 0.1)."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x),), self.sigma, dtype=x.dtype)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        red = 0.9 + x[:, :1]
+        return self.density(x), torch.cat([red, torch.full_like(red, 0.5), red * 0], 1)
+
+
+@pytest.mark.parametrize("sigma", [0.54, 0.75])
+def test_matter_at_a_point_is_one_cells_opacity_of_five_percent(sigma):
+    """cell 0.1: a point has matter when 1 − exp(−0.1 σ) ≥ 0.05 (EMPTY_OPACITY), σ ≥ 0.513.
+    σ = 0.54 (opacity 0.0526) and 0.75 (0.072; over half a cell only 0.037) both have it: the
+    colour is the albedo at the point, red 0.9 at x = 0."""
+    colours = query_surface_albedo(
+        ThinHaze(sigma), np.zeros((1, 3)), lambda index: np.array([[1.0, 0.0, 0.0]]), 0.1
+    )
+    np.testing.assert_allclose(colours[:, 0], [0.9], atol=1e-6)
+
+
+def test_a_point_in_thinner_haze_takes_the_colour_composited_inward():
+    """σ = 0.5, cell 0.1: opacity 1 − exp(−0.05) = 0.049 < 5 %, so the colour is the one seen
+    along −n = −x: 16 samples at t_i = (i + ½) 0.05, w_i = (1 − α)^i α with α = 1 − exp(−0.025)
+    (Σ w = 1 − exp(−0.4) = 0.33, matter met), red_i = 0.9 − t_i, so red = 0.9 − Σ w_i t_i / Σ w_i
+    = 0.5265 (hand sum below; samples at the cell ends, t_i = (i + 1) 0.05, give 0.5015)."""
+    alpha = 1.0 - math.exp(-0.5 * 0.05)
+    t = (np.arange(16) + 0.5) * 0.05
+    w = (1.0 - alpha) ** np.arange(16) * alpha
+    expected = 0.9 - float((w * t).sum() / w.sum())
+    assert expected == pytest.approx(0.5265, abs=1e-4)
+    colours = query_surface_albedo(
+        ThinHaze(0.5), np.zeros((1, 3)), lambda index: np.array([[1.0, 0.0, 0.0]]), 0.1
+    )
+    np.testing.assert_allclose(colours[:, 0], [expected], atol=1e-5)
