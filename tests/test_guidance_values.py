@@ -224,3 +224,14 @@ def test_the_default_schedule_is_stable_diffusions_scaled_linear_one():
     assert ab.shape == (1000,)
     assert float(ab[0]) == pytest.approx(1.0 - 0.00085, rel=1e-7)
     assert torch.allclose(ab, scheduler.alphas_cumprod.float(), rtol=1e-5, atol=0.0)
+
+
+def test_perp_neg_keeps_the_part_of_a_negative_that_points_against_the_prompt():
+    """Δ = ε_c − ε_u = (1, 0), a negative's Δ_k = (−1, 1): ⟨Δ_k, Δ⟩ / ‖Δ‖² = −1 (signed), so
+    Δ_k^⊥ = (−1, 1) + (1, 0) = (0, 1) and ε̂ = ε_c + 1 · (Δ − Δ_k^⊥) = (1, 0) + (1, −1) = (2, −1).
+    Projecting with |⟨Δ_k, Δ⟩| would subtract (−2, 1) and give (4, −1)."""
+    eps_uncond = torch.zeros(1, 2, 1, 1)
+    eps_cond = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    eps_neg = torch.tensor([-1.0, 1.0]).view(1, 1, 2, 1, 1)
+    guided = perp_neg_guidance(eps_uncond, eps_cond, eps_neg, torch.ones(1, 1), 1.0)
+    torch.testing.assert_close(guided.flatten(), torch.tensor([2.0, -1.0]))
