@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shlex
-import sys
 import threading
 import time
 import traceback
@@ -75,6 +74,7 @@ from dreamtext.errors import (
     WorkspaceInUse,
     file_system_fix,
     shorten,
+    utf8_locale_fix,
     what_failed,
 )
 from dreamtext.exportflags import export_flag_words
@@ -446,9 +446,7 @@ def refuse_unnameable(path: Path, number: int, what: str, name: Path) -> None:
         os.fsencode(name)
     except UnicodeEncodeError:
         raise DreamtextError(
-            f"{path}:{number}: {what} {name} cannot be a file name in this locale's encoding "
-            f"({sys.getfilesystemencoding()}); run dreamtext under a UTF-8 locale "
-            "(export LC_ALL=C.UTF-8)"
+            f"{path}:{number}: {what} {name} cannot be a file name in {utf8_locale_fix()}"
         ) from None
 
 

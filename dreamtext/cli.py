@@ -45,6 +45,8 @@ from dreamtext.errors import (
     terminal_lines,
     terminal_text,
     trained_run_line,
+    typed_in_utf8,
+    utf8_locale_fix,
     what_failed,
 )
 from dreamtext.exportflags import BY_OPTION, add_export_flags, apply_export_flags
@@ -1730,6 +1732,10 @@ def refuse_empty_paths(args: argparse.Namespace) -> None:
         if stray is not None:
             flag = POSITIONAL_PATHS.get(name, f"--{name}")
             at, byte = stray
+            if typed_in_utf8(str(getattr(args, name))):
+                raise DreamtextError(
+                    f"{flag} is UTF-8 text, which Python read in {utf8_locale_fix()}"
+                )
             raise DreamtextError(
                 f"{flag} holds a byte that is not UTF-8 text (0x{byte:02X}) at character "
                 f"{at + 1}; rename the {what} (or give another) to a name in UTF-8"

@@ -8,6 +8,7 @@ except the file-system errors that are the machine's state (:data:`ENVIRONMENT_E
 import errno
 import os
 import shlex
+import sys
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,6 +146,28 @@ def terminal_text(text: str) -> str:
     for the terminal, whatever names of folders and files it holds (a terminal obeys an escape
     sequence printed as it is; a newline would make it two lines)."""
     return "".join(_escape(c) if unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def utf8_locale_fix() -> str:
+    """What the line about a name or an argument this locale's encoding cannot hold says (a
+    locale that is not UTF-8: ``LC_ALL=C`` with ``PYTHONUTF8=0``, an ISO-8859-1 ``LANG``)."""
+    return (
+        f"this locale's encoding ({sys.getfilesystemencoding()}); run dreamtext under a UTF-8 "
+        "locale (export LC_ALL=C.UTF-8)"
+    )
+
+
+def typed_in_utf8(text: str) -> bool:
+    """Whether the bytes Python left undecoded in the command-line argument ``text`` (lone
+    surrogates U+DC80-U+DCFF) are UTF-8 after all: typed in a UTF-8 terminal, read by Python in
+    a locale that is not, whose advice is the locale's, not the terminal's."""
+    if not any(0xDC80 <= ord(c) <= 0xDCFF for c in text):
+        return False
+    try:
+        os.fsencode(text).decode("utf-8")
+    except UnicodeError:
+        return False
+    return True
 
 
 def terminal_lines(text: str) -> str:

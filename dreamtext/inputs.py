@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, utf8_locale_fix
 from dreamtext.flagtypes import SHARD_FORM, shard_pair
 from dreamtext.processes import LOCK_NAME, enclosing_run, is_run_folder
 from dreamtext.prompts_text import is_prompt_line
@@ -258,8 +258,7 @@ def configured_workspace(
             except UnicodeEncodeError:
                 raise DreamtextError(
                     f"config file '{path}' names the workspace {name}, which cannot be a file "
-                    f"name in this locale's encoding ({sys.getfilesystemencoding()}); run "
-                    "dreamtext under a UTF-8 locale (export LC_ALL=C.UTF-8) or pass --workspace"
+                    f"name in {utf8_locale_fix()} or pass --workspace"
                 ) from None
             named.append(os.path.expanduser(name))
     return named[-1] if named else None

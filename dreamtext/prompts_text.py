@@ -13,7 +13,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import DreamtextError, typed_in_utf8, utf8_locale_fix
 
 # The control characters a user is likely to have typed or piped by mistake, by name.
 _NAMES = {0x00: "NUL", 0x0A: "a line break", 0x0D: "a carriage return", 0x1B: "ESC"}
@@ -122,6 +122,8 @@ def check_prompt_characters(text: str, where: str, spaces_allowed: bool = False)
         # Python decodes command-line bytes that are not UTF-8 (a Latin-1 terminal's "café")
         # to lone surrogates, which the tokenizer then failed on with a traceback.
         byte = f"0x{ord(text[stray]) - 0xDC00:02X}" if 0xDC80 <= ord(text[stray]) <= 0xDCFF else ""
+        if typed_in_utf8(text):
+            raise DreamtextError(f"{where} is UTF-8 text, which Python read in {utf8_locale_fix()}")
         raise DreamtextError(
             f"{where} holds a byte that is not UTF-8 text {byte and f'({byte}) '}at character "
             f"{stray + 1}: set your terminal to UTF-8 and type it again, or write the prompt in "

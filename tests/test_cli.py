@@ -2674,6 +2674,39 @@ def test_a_config_workspace_the_locale_cannot_name_is_one_line(tmp_path, resume)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["text", "café".encode(), "--model", "builtin:shapes"], "the prompt"),
+        ([*BUILTIN_RUN, "--workspace", "runs/café".encode()], "--workspace"),
+    ],
+)
+def test_utf8_typed_under_a_locale_that_is_not_is_told_to_change_the_locale(tmp_path, argv, said):
+    """``PYTHONUTF8=0 LC_ALL=C dreamtext text "café"`` typed in a UTF-8 terminal: Python reads
+    the command line as ASCII, and the line said the bytes were not UTF-8 text and to set the
+    terminal to UTF-8, which it was."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUTF8": "0", "LC_ALL": "C"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamtext.cli", *argv], cwd=tmp_path, env=env,
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    err = done.stderr.decode("ascii")
+    assert_user_error(done.returncode, err, f"{said} is UTF-8 text, which Python read in this")
+    assert_user_error(done.returncode, err, "locale's encoding (ascii)", "LC_ALL=C.UTF-8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_byte_that_is_not_utf8_in_a_utf8_locale_still_says_so(tmp_path):
+    """A Latin-1 terminal's ``café`` (byte 0xE9) under a UTF-8 locale is no UTF-8 text."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LC_ALL": "C.UTF-8"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamtext.cli", "text", b"caf\xe9", "--model", "builtin:shapes"],
+        cwd=tmp_path, env=env, capture_output=True, timeout=300,
+    )  # fmt: skip
+    err = done.stderr.decode()
+    assert_user_error(done.returncode, err, "holds a byte that is not UTF-8 text (0xE9)")
+
+
 @pytest.mark.parametrize("command", ["describe", "image"])
 def test_an_image_name_that_is_not_utf8_is_refused_before_anything_is_written(
     tmp_path, monkeypatch, capsys, tiny_clip_path, tiny_sd_path, command
