@@ -621,6 +621,32 @@ def test_describe_alone_says_it_makes_no_3d_run(page, tmp_path):
             )
 
 
+def test_a_right_to_left_prompt_reads_right_to_left_and_a_latin_one_left_to_right(page, tmp_path):
+    """An Arabic or Hebrew prompt took the page's left-to-right direction: right-aligned text
+    shown left-aligned, and a prompt mixing scripts (a number, a Latin word) in the wrong order.
+    Each prompt now takes the direction of its own first letter."""
+    from test_view import make_run
+
+    make_run(tmp_path / "runs" / "cup", "تفاحة حمراء 3D")
+    make_run(tmp_path / "runs" / "red", "a red apple")
+    direction = "(selector) => getComputedStyle(document.querySelector(selector)).direction"
+    with serving(Catalog([tmp_path / "runs"]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card .prompt")
+        cards = page.eval_on_selector_all(
+            ".card",
+            "cards => cards.map(c => [c.querySelector('.prompt').textContent,"
+            " getComputedStyle(c.querySelector('.prompt')).direction])",
+        )
+        assert sorted(cards) == [["a red apple", "ltr"], ["تفاحة حمراء 3D", "rtl"]]
+        page.goto(srv.url + "run/cup/")
+        page.wait_for_selector("h1.prompt")
+        assert page.evaluate(direction, "h1.prompt") == "rtl"
+        page.goto(srv.url + "run/red/")
+        page.wait_for_selector("h1.prompt")
+        assert page.evaluate(direction, "h1.prompt") == "ltr"
+
+
 def test_a_glb_that_failed_to_load_leaves_no_error_once_the_next_one_draws(
     page, root: Path, tmp_path
 ):

@@ -344,12 +344,12 @@
       "figcaption",
       { class: "card-body" },
       picture ? el("p", { class: "picture", text: picture[0] }) : null,
-      el("p", { class: "prompt", text: runTitle(run) }),
+      el("p", { class: "prompt", dir: "auto", text: runTitle(run) }),
       run.kind === "image" && run.sentence && run.sentence !== runTitle(run)
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
         : null,
       run.diverse_prompt && run.diverse_prompt !== runTitle(run)
-        ? el("p", { class: "sentence", text: `--diverse: ${run.diverse_prompt}` })
+        ? el("p", { class: "sentence", dir: "auto", text: `--diverse: ${run.diverse_prompt}` })
         : null,
       el("p", { class: "facts" }, badge(run), " ", facts(run)),
       run.batch ? el("p", { class: "batch" }, ...batchLine(run).flatMap((part, i) => [i ? " · " : null, part].flat())) : null,
@@ -662,13 +662,13 @@
     function drawHeader(run) {
       const status = run.status || {};
       fill(header,
-        el("h1", { class: "prompt", text: runTitle(run) }),
+        el("h1", { class: "prompt", dir: "auto", text: runTitle(run) }),
         el("p", { class: "facts" }, badge(run), " ", facts(run)),
         status.error ? el("p", { class: "error", text: String(status.error) }) : null,
         run.kind === "image" ? el("p", { class: "sentence" },
-          "Learned sentence: ", run.trained_sentence ? el("q", { text: run.trained_sentence }) : "not trained yet",
-          run.sentence ? [" · CLIP sentence: ", el("q", { text: run.sentence })] : null,
-          run.diverse_prompt ? [" · sampled by --diverse from ", el("q", { text: run.diverse_prompt })] : null) : null,
+          "Learned sentence: ", run.trained_sentence ? el("q", { dir: "auto", text: run.trained_sentence }) : "not trained yet",
+          run.sentence ? [" · CLIP sentence: ", el("q", { dir: "auto", text: run.sentence })] : null,
+          run.diverse_prompt ? [" · sampled by --diverse from ", el("q", { dir: "auto", text: run.diverse_prompt })] : null) : null,
         el("p", { class: "name", text: run.workspace || run.name }),
       );
     }
