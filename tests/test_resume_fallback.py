@@ -128,6 +128,15 @@ def test_no_whole_checkpoint_is_one_line_exit_2_and_the_folder_is_untouched(tmp_
     assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
 
 
+def roll_back_to_step_2(workspace: Path, capsys) -> list[str]:
+    """Copy step 2's file over last.pt (as the README says), resume to step 3; its stderr lines."""
+    folder = workspace / "checkpoints"
+    shutil.copyfile(folder / "step_000002.pt", folder / "last.pt")
+    capsys.readouterr()
+    train(builtin_config(workspace, iters=3), resume=True)
+    return capsys.readouterr().err.splitlines()
+
+
 def test_a_resume_removes_the_step_files_and_previews_past_its_step(tmp_path, capsys):
     """A run rolled back (a step file copied over last.pt, as the README says; a fallback) kept
     the later step files of the branch it left: the old step 4 sat beside a last.pt of step 3,
@@ -135,12 +144,9 @@ def test_a_resume_removes_the_step_files_and_previews_past_its_step(tmp_path, ca
     previews for the run's newest."""
     workspace = train(builtin_config(tmp_path / "run", iters=6))
     folder = workspace / "checkpoints"
-    shutil.copyfile(folder / "step_000002.pt", folder / "last.pt")
-    capsys.readouterr()
-    train(builtin_config(workspace, iters=3), resume=True)
     assert (
         f"dreamtext: removed step_000004.pt of {folder}: past step 2, which the run goes on from"
-    ) in capsys.readouterr().err.splitlines()
+    ) in roll_back_to_step_2(workspace, capsys)
     assert files(folder, "*.pt") == ["last.pt", "step_000002.pt"]
     assert files(workspace / "previews", "*.png") == ["final.png", "step_000002.png"]
     assert load_checkpoint(folder / "last.pt")["step"] == 3
@@ -155,14 +161,10 @@ def test_a_resume_from_an_earlier_step_removes_the_export_of_the_branch_it_left(
     export_workspace(workspace, options)
     assert json.loads((workspace / "mesh" / "mesh.json").read_text())["turntable_step"] == 4
     (workspace / "video" / "notes.txt").write_text("mine")
-    folder = workspace / "checkpoints"
-    shutil.copyfile(folder / "step_000002.pt", folder / "last.pt")
-    capsys.readouterr()
-    train(builtin_config(workspace, iters=3), resume=True)
     assert (
         f"dreamtext: removed the export of step 4 (mesh/, video/) of {workspace}: past step 2, "
         "which the run goes on from; dreamtext export makes it again"
-    ) in capsys.readouterr().err.splitlines()
+    ) in roll_back_to_step_2(workspace, capsys)
     assert files(workspace / "mesh", "*") == []
     assert files(workspace / "video", "*") == ["notes.txt"]
     # trained to step 4 again: a --no-video export has no turntable to keep
