@@ -1032,3 +1032,20 @@ def test_a_port_a_server_answers_on_over_ipv6_only_is_in_use_for_host_ipv6_any(
         port = other.getsockname()[1]
         with pytest.raises(DreamtextError, match=f"^port {port} is in use on ::;"):
             server_module.make_server(Catalog([tmp_path], empty_ok=True), "::", port).server_close()
+
+
+def test_an_address_typed_with_one_letter_for_a_folder_named_in_nfd_finds_the_run(tmp_path):
+    """``run/cr%C3%A8me/`` typed by hand (è as one letter) was a 404 for a run whose folder is
+    named in NFD (e and a combining grave: a copy from a Mac), which batch and --resume take for
+    the same name; the page's own link (the NFD bytes) still works, and a name that is
+    absent finds none."""
+    nfd = unicodedata.normalize("NFD", "crème")
+    make_run(tmp_path / "runs" / nfd, "crème")
+    with serving(Catalog([tmp_path / "runs"])) as srv:
+        for typed in ("cr%C3%A8me", "cre%CC%80me"):
+            status, body, _ = get(srv, f"/api/run/{typed}.json")
+            assert status == 200, typed
+            assert json.loads(body)["run"]["prompt"] == "crème"
+        assert get(srv, "/run/cr%C3%A8me/")[0] == 200
+        assert get(srv, "/api/run/creme.json")[0] == 404
+    assert Catalog([tmp_path / "runs"]).find("crèmex") is None

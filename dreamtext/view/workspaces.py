@@ -308,7 +308,15 @@ class Catalog:
             run = last[1].get(run_id)
             if run is not None:
                 return run
-        return next((run for run in self.runs() if run.id == run_id), None)
+        runs = self.runs()
+        found = next((run for run in runs if run.id == run_id), None)
+        if found is not None:
+            return found
+        # An address typed by hand (é as one letter) for a folder named in NFD (é as e and a
+        # combining accent: a copy from a Mac's HFS+): the same name to the user, as to batch.
+        typed = unicodedata.normalize("NFC", run_id)
+        alike = [run for run in runs if unicodedata.normalize("NFC", run.id) == typed]
+        return alike[0] if len(alike) == 1 else None
 
     def _scan(self) -> list[RunLocation]:
         found: list[tuple[str, Path | None, Path | None, dict | None]] = []
