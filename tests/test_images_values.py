@@ -111,14 +111,17 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_one_pixel_above_the_limit_is_refused_as_a_bomb_and_the_limit_itself_is_not(tmp_path):
     # "Anything above this many pixels ... is refused before decoding": a 1 × (MAX + 1) claim is
     # a bomb; a 1 × MAX claim is decoded, and (holding no pixels) is a corrupt file instead.
+    # MAX is Pillow's own default limit, Image.MAX_IMAGE_PIXELS = int(1024 · 1024 · 1024 // 4 // 3)
+    # = 89,478,485 (written out: the test took images.MAX_PIXELS, so any limit passed).
     import pytest
 
     from dreamtext.errors import DreamtextError
-    from dreamtext.images import MAX_PIXELS
 
+    limit = 1024 * 1024 * 1024 // 4 // 3
+    assert limit == 89_478_485
     above, at = tmp_path / "above.png", tmp_path / "at.png"
-    above.write_bytes(_png_header_only(1, MAX_PIXELS + 1))
-    at.write_bytes(_png_header_only(1, MAX_PIXELS))
+    above.write_bytes(_png_header_only(1, limit + 1))
+    at.write_bytes(_png_header_only(1, limit))
     with pytest.raises(DreamtextError, match="decompression bomb"):
         load_image(above)
     with pytest.raises(DreamtextError) as error:
