@@ -21,7 +21,6 @@ import dreamtext.mesh as mesh_module
 from dreamtext.errors import DreamtextError
 from dreamtext.exportflags import MIN_DECIMATE
 from dreamtext.mesh import (
-    SURFACE_DEPTH,
     bake_texture,
     decimate,
     defect_vertices,
@@ -216,7 +215,7 @@ def test_off_centre_sphere_mesh_is_where_the_field_puts_it():
 def test_default_surface_is_where_light_from_outside_falls_to_one_half():
     # Density 100 (0.55 − |x|) / 0.1 over the shell [0.45, 0.55]: along an axis, the optical
     # depth from outside to radius r is 500 (0.55 − r)², which reaches ln 2 at r = 0.5128.
-    expected = 0.55 - math.sqrt(SURFACE_DEPTH / 500)
+    expected = 0.55 - math.sqrt(math.log(2.0) / 500)  # ln 2 by hand, not mesh.SURFACE_DEPTH
     extraction = extract_mesh(SphereField(), resolution=64)
     assert extraction.threshold is None
     on_axes = np.abs(extraction.mesh.vertices).max(axis=1) > 0.99 * np.linalg.norm(
