@@ -20,6 +20,7 @@ from dreamtext.config import (
     write_run_config,
 )
 from dreamtext.errors import DreamtextError
+from dreamtext.renderer import MARCH_STEPS_MAX
 
 
 def refused(path, text: str, prompt: str = "x") -> str:
@@ -39,6 +40,25 @@ def test_defaults_follow_stable_dreamfusion_and_the_thesis():
     assert (cfg.field.blob_density, cfg.field.blob_radius) == (10.0, 0.5)
     assert (cfg.field.num_levels, cfg.field.level_dim, cfg.field.log2_hashmap_size) == (16, 2, 19)
     assert cfg.albedo_epochs == 10 and cfg.shading_probs == (0.2, 0.4, 0.4)
+
+
+def test_the_defaults_readme_states_are_the_configs():
+    """README.md's numbers, written out: "4 residual blocks 96 wide, the 2 × 64 background MLP"
+    and "a softplus"; "`march_window` (16) ... `march_window_growth` (2)", "`alpha_threshold` =
+    1e-4", "`transmittance_threshold` = 1e-3", "march_steps ... (default 256, at most 4096)",
+    "grad_chunk_points ... (default 33554432, 2^25)"; "Half the thesis's cameras
+    (`cameras.box_fraction: 0.5`)"; "`keep_checkpoints: 3`, `last.pt` included"; "the hash
+    table at 10 × `--lr`". No test held these: a 10% larger alpha_threshold passed every test."""
+    cfg = TrainConfig()
+    field, render = cfg.field, cfg.render
+    assert (field.num_blocks, field.hidden_dim) == (4, 96)
+    assert (field.bg_num_layers, field.bg_hidden_dim) == (2, 64)
+    assert field.density_activation == "softplus" and field.encoding_lr_scale == 10.0
+    assert (render.march_window, render.march_window_growth) == (16, 2)
+    assert (render.alpha_threshold, render.transmittance_threshold) == (1e-4, 1e-3)
+    assert (render.march_steps, MARCH_STEPS_MAX) == (256, 4096)
+    assert render.grad_chunk_points == 33_554_432 == 2**25
+    assert cfg.cameras.box_fraction == 0.5 and cfg.keep_checkpoints == 3
 
 
 def test_regulariser_weights_are_those_of_the_thesis_fork_of_stable_dreamfusion():
