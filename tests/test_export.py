@@ -820,7 +820,8 @@ def test_turntable_has_60_frames_rendered_a_few_at_a_time(tmp_path):
     with Image.open(tmp_path / "video" / "turntable.gif") as gif:
         assert gif.n_frames == result.frames == 60
         assert gif.size == (64, 32)  # RGB beside depth
-    assert sum(tracer.calls) == 60 and max(tracer.calls) <= export_module.FRAMES_PER_CHUNK
+    # README: "a chunk of 4 frames" (the test took export.FRAMES_PER_CHUNK: 5 a chunk passed)
+    assert tracer.calls == [4] * 15
     with imageio.get_reader(tmp_path / "video" / "turntable.mp4") as reader:
         assert reader.count_frames() == 60
 
@@ -1938,7 +1939,7 @@ def test_an_export_of_a_run_replaced_during_its_turntable_renders_no_further_chu
     monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
     with pytest.raises(DreamtextError, match="run was replaced by a new run while exporting"):
         export_workspace(workspace, small_options(formats=("ply",)))
-    assert tracer.calls == [export_module.FRAMES_PER_CHUNK] * 2
+    assert tracer.calls == [4, 4]  # two chunks of 4 frames
     assert not (workspace / "mesh").exists() and not (workspace / "video").exists()
     assert not list(workspace.glob(".export-*"))
 
@@ -1953,7 +1954,7 @@ def test_an_export_of_its_run_checks_it_once_per_turntable_chunk_not_per_frame(
     monkeypatch.setattr(export_module, "read_run_checkpoint", lambda w: {"step": 7, "run_id": "a1"})
     reads = counted(monkeypatch, "checkpoint_run")
     result = export_workspace(workspace, small_options(formats=("ply",)))
-    chunks = -(-60 // export_module.FRAMES_PER_CHUNK)
+    chunks = 15  # 60 frames, 4 a chunk
     assert result.frames == 60 and len(reads) == 1 + 1 + chunks + 1
 
 
@@ -3049,7 +3050,7 @@ def test_an_export_records_its_stage_beside_the_run_and_removes_the_record_at_it
     code = main(["export", "--workspace", str(workspace), "--resolution", "40"])
     assert code == 0
     stages = [(r["stage"], r["done"], r["total"]) for r in seen]
-    chunks = -(-60 // export_module.FRAMES_PER_CHUNK)
+    chunks = 15  # 60 frames, 4 a chunk
     assert stages == [
         ("decimating", None, None),
         ("UV unwrapping", None, None),
