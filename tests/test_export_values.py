@@ -413,8 +413,11 @@ def test_a_staging_folder_without_a_record_is_left_for_a_minute_then_removed(tmp
     stale = tmp_path / ".export-partial-stale"
     fresh.mkdir()
     stale.mkdir()
-    past = time.time() - 2 * export_module.RECORD_GRACE_S
-    os.utime(stale, (past, past))
+    # 55 s old is left, 65 s old removed: a minute by hand (the test aged it by twice
+    # export.RECORD_GRACE_S, so a grace of an hour passed)
+    now = time.time()
+    os.utime(fresh, (now - 55, now - 55))
+    os.utime(stale, (now - 65, now - 65))
     export_module.finish_replacements(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == [
         ".export-partial-fresh"
