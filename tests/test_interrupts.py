@@ -440,3 +440,55 @@ def test_a_record_without_a_step_among_those_dropped_stays(tmp_path):
     log.write_text('{"step": 1}\n{"step": 2}\n{"note": "x"}\n{"step": 3}\n{"step', encoding="utf-8")
     truncate_log(log, 1)
     assert log.read_text(encoding="utf-8") == '{"step": 1}\n{"note": "x"}\n'
+
+
+@pytest.mark.parametrize("block", [1, 2, 5, 16, 64])
+def test_a_log_read_from_its_end_in_small_blocks_is_cut_as_one_read_whole(
+    tmp_path, monkeypatch, block
+):
+    """truncate_log reads the log 64 KiB at a time from its end back: a record straddling two
+    blocks, a block that starts at a newline or at the file's second byte, cut as a log read at
+    once is (small blocks stand in for a log of thousands of records)."""
+    import json
+
+    from dreamtext import interrupts
+    from dreamtext.interrupts import truncate_log
+
+    monkeypatch.setattr(interrupts, "LOG_BLOCK_BYTES", block)
+    lines = [json.dumps({"step": n, "loss": n / 10}) + "\n" for n in range(1, 9)]
+    log = tmp_path / "log.jsonl"
+    for step in (1, 4, 8):
+        log.write_text("".join(lines) + '{"step": 9, "lo', encoding="utf-8")
+        truncate_log(log, step)
+        assert log.read_text(encoding="utf-8") == "".join(lines[:step]), step
+    log.write_text("".join(lines) + "\0" * 40, encoding="utf-8")
+    truncate_log(log, 8)
+    assert log.read_text(encoding="utf-8") == "".join(lines)
+    log.write_text("".join(lines[:3]) + '{"note": "x"}\n' + "".join(lines[3:]), encoding="utf-8")
+    truncate_log(log, 2)
+    assert log.read_text(encoding="utf-8") == "".join(lines[:2]) + '{"note": "x"}\n'
+
+
+@pytest.mark.parametrize("step", ['"4"', "null", "[4]"])
+def test_a_log_record_whose_step_is_no_number_is_dropped_not_a_traceback(tmp_path, step):
+    """A record whose step is a string, null or a list (a log edited by hand, or by another
+    tool) is dropped from the tail a resume cuts, as a torn line is; comparing it with the
+    checkpoint's step was a TypeError traceback on every resume."""
+    from dreamtext.interrupts import truncate_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text(f'{{"step": 1}}\n{{"step": {step}}}\n', encoding="utf-8")
+    truncate_log(log, 1)
+    assert log.read_text(encoding="utf-8") == '{"step": 1}\n'
+
+
+@pytest.mark.parametrize("tail", ["\0", "{", "\n", "7"])
+def test_a_one_byte_tail_after_the_kept_records_is_cut(tmp_path, tail):
+    """A tail of one byte (a NUL, a torn record's brace, a blank line) is cut like a longer one:
+    left, the resumed run's first record was appended to it, '{{"step": 4, ...' lost."""
+    from dreamtext.interrupts import truncate_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n' + tail, encoding="utf-8")
+    truncate_log(log, 2)
+    assert log.read_text(encoding="utf-8") == '{"step": 1}\n{"step": 2}\n'
