@@ -689,6 +689,7 @@ def test_another_users_unreadable_lock_names_its_file_and_what_to_check(tmp_path
     import builtins
     import errno
     import os
+    import pwd
 
     import pytest
 
@@ -713,6 +714,20 @@ def test_another_users_unreadable_lock_names_its_file_and_what_to_check(tmp_path
     with pytest.raises(WorkspaceInUse) as refused, processes.claim_workspace(tmp_path):
         pass
     said = str(refused.value)
-    assert f"its lock file {lock} is " in said
-    assert "ps -u " in said and "remove that file" in said
+    me = pwd.getpwuid(os.stat(lock).st_uid).pw_name  # the file's owner, as for the other user
+    assert f"{me}'s process (as far as can be told)" in said
+    assert f"its lock file {lock} is {me}'s and you may not read it" in said
+    assert f"(ps -u {me} -f on each machine" in said and "remove that file" in said
     assert lock.exists()
+
+
+def test_a_lock_that_is_gone_or_readable_is_no_unreadable_lock(tmp_path):
+    """_unreadable_lock answers only for a lock this user may not read: one removed meanwhile (its
+    run ended) or a readable one is refused, if at all, as any lock in use is, not as another
+    user's file to be removed."""
+    from dreamtext import processes
+
+    lock = tmp_path / processes.LOCK_NAME
+    assert processes._unreadable_lock(lock) is None
+    lock.write_text('{"pid": 4242, "host": "elsewhere"}')
+    assert processes._unreadable_lock(lock) is None
