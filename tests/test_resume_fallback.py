@@ -644,3 +644,25 @@ def test_the_command_that_trains_a_run_again_is_its_own_and_parses(tmp_path, fil
         (workspace / name).write_text(text, encoding="utf-8")
     command = retrain_command(workspace)
     assert command.startswith(expected + shlex.quote(str(workspace)) + " --overwrite`")
+
+
+@pytest.mark.parametrize(
+    ("record", "removed"),
+    [({"step": 3}, 3), ({"step": 2}, None), ({"step": True}, None), ([3], None), ("3", None)],
+)
+def test_only_an_export_of_a_step_past_the_resume_is_removed(tmp_path, record, removed):
+    """A resume from step 2 removes an export of step 3 (one step past it is the other branch's
+    too); of step 2 it stays, as does one whose mesh.json says no step (a list, a string: a
+    file edited by hand is no traceback on every resume)."""
+    from dreamtext.export import MESH_OUTPUTS
+    from dreamtext.trainer import remove_later_export
+
+    (tmp_path / "mesh").mkdir()
+    (tmp_path / "video").mkdir()
+    for name in MESH_OUTPUTS:
+        (tmp_path / "mesh" / name).write_bytes(b"x")
+    (tmp_path / "mesh" / "mesh.json").write_text(json.dumps(record))
+    (tmp_path / "video" / "turntable.mp4").write_bytes(b"x")
+    assert remove_later_export(tmp_path, 2) == removed
+    left = files(tmp_path / "mesh", "*") + files(tmp_path / "video", "*")
+    assert left == ([] if removed else [*sorted(MESH_OUTPUTS), "turntable.mp4"])
