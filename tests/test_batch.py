@@ -362,6 +362,18 @@ def test_a_slug_whose_nfd_form_is_too_long_for_a_file_name_is_named_as_before(tm
     assert names(prompts_file(tmp_path, "한" * 60), root) == {"한" * 60: "한" * 60}
 
 
+def test_a_run_in_an_nfd_folder_of_the_most_bytes_a_slug_may_have_is_found_again(tmp_path):
+    """60 é are 180 bytes in NFD (e and U+0301 each), as long as a slug may be: a run copied
+    from a Mac into that folder is the prompt's, not trained again beside it."""
+    from dreamtext.inputs import SLUG_MAX_BYTES
+
+    root = tmp_path / "root"
+    decomposed = unicodedata.normalize("NFD", "é" * 60)
+    assert len(decomposed.encode("utf-8")) == SLUG_MAX_BYTES == 180
+    ran(root / decomposed, "é" * 60)
+    assert names(prompts_file(tmp_path, "é" * 60), root) == {"é" * 60: decomposed}
+
+
 def test_a_folder_holding_another_prompts_run_gives_the_prompt_a_hashed_name(tmp_path):
     root = tmp_path / "root"
     ran(root / "a_red_cube", "a red cube")
