@@ -213,3 +213,19 @@ def test_a_resume_that_changed_the_iterations_of_an_annealed_run_changed_its_ste
     assert resumes_line(Path("config.json"), {**resumed, "guidance": {"t_anneal": False}}) is None
     line = resumes_line(Path("config.json"), {**resumed, "guidance": {"t_anneal": True}})
     assert line is not None and "iters at step 20" in line
+
+
+def test_a_utf16_prompts_file_with_letters_beyond_latin1_is_said_to_be_utf16(tmp_path):
+    """UTF-16 without a byte order mark of "a Rīga castle": ī (U+012B) has no NUL byte, so
+    fewer than half the bytes are NULs, yet it is UTF-16, not a line holding U+0000 to remove."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a Rīga castle\n".encode("utf-16-le"))
+    with pytest.raises(DreamtextError, match="UTF-16 without a byte order mark"):
+        inputs.read_prompt_lines(path)
+
+
+def test_an_empty_prompts_file_is_not_said_to_be_utf16(tmp_path):
+    """No NUL, no UTF-16: an empty file (0 NULs of 0 characters) is read as empty."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"")
+    assert inputs.read_prompt_lines(path) == [""]
