@@ -666,3 +666,28 @@ def test_only_an_export_of_a_step_past_the_resume_is_removed(tmp_path, record, r
     assert remove_later_export(tmp_path, 2) == removed
     left = files(tmp_path / "mesh", "*") + files(tmp_path / "video", "*")
     assert left == ([] if removed else [*sorted(MESH_OUTPUTS), "turntable.mp4"])
+
+
+def test_an_export_of_the_left_branch_cut_before_its_swap_is_finished_then_removed(
+    tmp_path, capsys, monkeypatch
+):
+    """An export of step 4 killed after its files were staged whole (``.export-ready-*``) and
+    before the swap: mesh.json still said step 2, so a resume from step 2 kept everything, and
+    the next export swapped the left branch's step-4 files in first (its --no-video export then
+    kept that branch's turntable). The resume finishes the swap, then removes that export."""
+    from dreamtext import export as export_module
+
+    workspace = train(builtin_config(tmp_path / "run", iters=2))
+    options = ExportOptions(resolution=24, texture_size=32, frames=60, video_size=16)
+    export_workspace(workspace, options)
+    train(builtin_config(workspace, iters=4), resume=True)
+    with monkeypatch.context() as patched:  # killed once staged: nothing swaps it in
+        patched.setattr(export_module, "finish_replacements", lambda *args, **kwargs: None)
+        export_workspace(workspace, options)
+    assert [p.name[:14] for p in workspace.glob(".export-ready-*")] == [".export-ready-"]
+    assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 2
+    assert f"removed the export of step 4 (mesh/, video/) of {workspace}" in "\n".join(
+        roll_back_to_step_2(workspace, capsys)
+    )
+    assert files(workspace, ".export-*") == []
+    assert files(workspace / "mesh", "*") == files(workspace / "video", "*") == []
