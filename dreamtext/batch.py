@@ -95,6 +95,7 @@ from dreamtext.inputs import (
 )
 from dreamtext.interrupts import (
     TrainingInterrupted,
+    lines_from_end,
     signals_held,
     sigterm_interrupts,
     stop_requested,
@@ -2207,17 +2208,12 @@ def _log_state(workspace: Path) -> str | None:
         contextlib.suppress(OSError, UnicodeDecodeError, IndexError),
         open(workspace / "log.jsonl", "rb") as log,
     ):
-        start = log.seek(0, os.SEEK_END)
-        tail = b""
-        # The file's last byte may end its last line: a newline before that one starts it.
-        while start > 0 and b"\n" not in tail[:-1]:
-            step = min(start, LOG_TAIL_BLOCK_BYTES)
-            start -= step
-            log.seek(start)
-            tail = log.read(step) + tail
-        if start > 0:
-            tail = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1 :]
-        return tail.decode("utf-8").splitlines()[-1]
+        end = log.seek(0, os.SEEK_END)
+        lines = lines_from_end(log, end, LOG_TAIL_BLOCK_BYTES)
+        _, line = next(lines)
+        if not line and end > 0:  # the file's last byte ends its last line
+            line = next(lines)[1] + b"\n"
+        return line.decode("utf-8").splitlines()[-1]
     return None
 
 

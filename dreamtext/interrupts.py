@@ -206,20 +206,30 @@ def _end_of_kept_records(log: BinaryIO, end: int, step: int) -> int | None:
     """The offset in ``log`` (``end`` bytes long) where its last record of ``step`` or earlier
     ends, before its newline, 0 where there is none; ``None`` where a record after it stays
     (one without a step)."""
+    for line_end, line in lines_from_end(log, end, LOG_BLOCK_BYTES):
+        record = _record(line)
+        if record is not None and _is_kept(record, step):
+            return line_end if "step" in record else None
+    return 0
+
+
+def lines_from_end(log: BinaryIO, end: int, block: int) -> Iterator[tuple[int, bytes]]:
+    """The lines of ``log`` (``end`` bytes long), split at each newline, from its last back to its
+    first, each with the offset where it ends (before its newline; the first is the ``b""``
+    after a final newline), read ``block`` bytes at a time from the end: a log of 10^5 records
+    is looked at by its end without reading it whole."""
     start, tail = end, b""  # tail: the bytes from start, up to the line being looked at
     while True:
         newline = tail.rfind(b"\n")
         if newline < 0 and start > 0:
-            size = min(start, LOG_BLOCK_BYTES)
+            size = min(start, block)
             start -= size
             log.seek(start)
             tail = log.read(size) + tail
             continue
-        record = _record(tail[newline + 1 :])
-        if record is not None and _is_kept(record, step):
-            return start + len(tail) if "step" in record else None
+        yield start + len(tail), tail[newline + 1 :]
         if newline < 0:
-            return 0
+            return
         tail = tail[:newline]
 
 
