@@ -272,11 +272,18 @@ def process_name(pid: int) -> str:
         return f"process {pid}"
     if pwd is None or uid == os.geteuid():
         return f"process {pid}"
+    return f"{user_name(uid) or f'user {uid}'}'s process {pid}"
+
+
+def user_name(uid: int) -> str | None:
+    """The name of user ``uid`` on this machine; ``None`` for a user without a name here (a
+    container's) or where there are no user names (no ``pwd``)."""
+    if pwd is None:
+        return None
     try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:  # a user without a name here (a container's)
-        user = f"user {uid}"
-    return f"{user}'s process {pid}"
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
@@ -567,8 +574,8 @@ def _unreadable_lock(lock: Path) -> WorkspaceInUse | None:
     except OSError:
         return None
     owner = "another user"
-    with contextlib.suppress(OSError, KeyError, TypeError, AttributeError):
-        owner = pwd.getpwuid(os.stat(lock).st_uid).pw_name  # type: ignore[union-attr]
+    with contextlib.suppress(OSError):
+        owner = user_name(os.stat(lock).st_uid) or owner
     return WorkspaceInUse(
         lock.parent,
         f"{owner}'s process (as far as can be told)",
