@@ -134,14 +134,18 @@ from dreamtext.runstatus import (
 )
 
 SHADINGS = ("albedo", "textureless", "lambertian")
+# An export's files in a run's folder (files of the user's own beside them are not).
+EXPORT_FILES = (
+    *(f"mesh/{name}" for name in MESH_OUTPUTS),
+    *(f"video/{name}" for name in VIDEO_OUTPUTS),
+)
 # What a run writes besides log.jsonl, config.json and status.json (all three rewritten): a new
 # run in the workspace of an earlier one removes them first.
 EARLIER_RUN_FILES = (
     "checkpoints/*.pt",
     "checkpoints/last.step.json",
     "previews/*.png",
-    *(f"mesh/{name}" for name in MESH_OUTPUTS),
-    *(f"video/{name}" for name in VIDEO_OUTPUTS),
+    *EXPORT_FILES,
 )
 # A run whose gradients, or whose guided noise prediction ε̂, were not finite in this many of its
 # last DIVERGENCE_WINDOW steps has diverged: it stops (fp16's loss scaler skips its first ~16
@@ -1158,7 +1162,7 @@ def remove_later_export(workspace: Path, step: int) -> int | None:
             return None
         if not isinstance(exported, int) or isinstance(exported, bool) or exported <= step:
             return None
-        for name in (*(f"mesh/{n}" for n in MESH_OUTPUTS), *(f"video/{n}" for n in VIDEO_OUTPUTS)):
+        for name in EXPORT_FILES:
             (workspace / name).unlink(missing_ok=True)
     return exported
 
