@@ -42,6 +42,7 @@ from dreamtext.errors import (
     DreamtextError,
     WorkspaceInUse,
     file_system_fix,
+    print_note,
     terminal_lines,
     terminal_text,
     trained_run_line,
@@ -777,7 +778,7 @@ def cmd_text(args: argparse.Namespace) -> int:
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
     args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
     if base is None and (line := builtin_preset_on_stable_diffusion(cfg)) is not None:
-        print(terminal_lines(f"dreamtext: {line}"), file=sys.stderr)
+        print_note(f"dreamtext: {line}")
 
     def note(loaded: TrainConfig, resumed: dict | None) -> str | None:
         """The settings a resume changes, recorded in config.json's resumes too but said on
@@ -805,7 +806,7 @@ def cmd_text(args: argparse.Namespace) -> int:
             )
     except TrainingInterrupted as stop:
         again = "run the same command again" if args.diverse else "continue with --resume"
-        print(terminal_lines(f"dreamtext: {stop}; {again}"), file=sys.stderr)
+        print_note(f"dreamtext: {stop}; {again}")
         return EXIT_INTERRUPTED
     print(workspace)
     return 0
@@ -1002,12 +1003,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             + ("" if (now := getattr(options, name)) == value else f" → {_flag_text(name, now)}")
             for name, value in recorded.items()
         )
-        print(
-            terminal_lines(
-                f"dreamtext: the run's export options: {settings} (flags override them)"
-            ),
-            file=sys.stderr,
-        )
+        print_note(f"dreamtext: the run's export options: {settings} (flags override them)")
     live = live_run(workspace)
     if live is not None and live[1] is not None:
         doing = "exporting" if live[1].get("phase") == "export" else "still training"
@@ -1019,20 +1015,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             else "and the run, started with --no-export, exports nothing at its end: export "
             "again once it ends"
         )
-        print(
-            terminal_lines(
-                f"dreamtext: {process_name(live[0])} is {doing} {workspace} (step "
-                f"{live[1].get('step')}): this exports its newest checkpoint, {then}"
-            ),
-            file=sys.stderr,
+        print_note(
+            f"dreamtext: {process_name(live[0])} is {doing} {workspace} (step "
+            f"{live[1].get('step')}): this exports its newest checkpoint, {then}"
         )
     elif live is not None:  # a run still loading: its status.json does not say so yet
-        print(
-            terminal_lines(
-                f"dreamtext: {process_name(live[0])} is starting a run in {workspace}: this "
-                "exports the newest checkpoint there now, which that run may replace"
-            ),
-            file=sys.stderr,
+        print_note(
+            f"dreamtext: {process_name(live[0])} is starting a run in {workspace}: this "
+            "exports the newest checkpoint there now, which that run may replace"
         )
     # SIGTERM: as Ctrl-C (main), temps removed
     result = export_workspace(workspace, options, getattr(args, "progress", None))
@@ -1191,7 +1181,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     )
     args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
     if base is None and (line := builtin_preset_on_stable_diffusion(cfg)) is not None:
-        print(terminal_lines(f"dreamtext: {line}"), file=sys.stderr)
+        print_note(f"dreamtext: {line}")
     image_options = image_overrides(args)
     options = resolve_image_options(image_options, workspace)
     ignored = []
@@ -1200,21 +1190,15 @@ def cmd_image(args: argparse.Namespace) -> int:
         ignored += ignored_flags(workspace, recorded, source)
     ignored += ignored_flags(workspace, {name: getattr(args, name) for name in DESCRIBE_FLAGS})
     if ignored:
-        print(
-            terminal_lines(
-                f"dreamtext: {workspace} reuses its finished describe stage, so these are ignored: "
-                f"{', '.join(ignored)}; pass --workspace NEW_FOLDER to redo it"
-            ),
-            file=sys.stderr,
+        print_note(
+            f"dreamtext: {workspace} reuses its finished describe stage, so these are ignored: "
+            f"{', '.join(ignored)}; pass --workspace NEW_FOLDER to redo it"
         )
     try:
         note = own_record_note(args.config, workspace)
         workspace = run_image(args.image, options, cfg, overwrite=args.overwrite, note=note)
     except TrainingInterrupted as stop:
-        print(
-            terminal_lines(f"dreamtext: {stop}; run the same command again to resume"),
-            file=sys.stderr,
-        )
+        print_note(f"dreamtext: {stop}; run the same command again to resume")
         return EXIT_INTERRUPTED
     print(workspace)
     return 0
@@ -1237,7 +1221,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         given = {folder.resolve() for folder in folders}
         for folder in folders:  # runs it left out (with none at all, export_static refused)
             for hint in left_out_hints(folder, given):
-                print(terminal_lines(f"dreamtext view: {hint}"), file=sys.stderr)
+                print_note(f"dreamtext view: {hint}")
         print(out / "index.html")
         return 0
     serve(folders, args.host, args.port)
@@ -1281,7 +1265,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             cut = True
     if run.not_started:
         left = not_started_line(run.not_started, run.overwrite) + requeue_note(os.environ)
-        print(terminal_lines(left), file=sys.stderr, flush=True)
+        print_note(left, flush=True)
     code = EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)
     return code or (1 if cut else 0)
 
@@ -1347,7 +1331,7 @@ def _read_config_layers(files: list[str] | None, rerun: bool = True) -> None:
                 refuse_recorded_presets(path, data)
     except DreamtextError:
         for line in said:
-            print(terminal_lines(line), file=sys.stderr)
+            print_note(line)
         raise
 
 
@@ -2209,7 +2193,7 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
             from dreamtext.__main__ import ignore_stop_signals
 
             ignore_stop_signals()
-        print(terminal_lines(interrupted_line(args)), file=sys.stderr)
+        print_note(interrupted_line(args))
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # stdout's reader closed it (`dreamtext view ... --static site | true`): no traceback,

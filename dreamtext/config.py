@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from typing import Any
 from dreamtext.adan import ADAN_BETAS
 from dreamtext.cameras import CameraRange
 from dreamtext.captions import BUILTIN_MODELS
-from dreamtext.errors import DreamtextError, terminal_lines
+from dreamtext.errors import DreamtextError, print_note
 from dreamtext.export import ExportOptions
 from dreamtext.field import FieldConfig
 from dreamtext.guidance import GuidanceConfig
@@ -252,7 +251,7 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     data = read_yaml(path)
     said = resumes_line(path, data) if rerun else None
     if said is not None:
-        print(terminal_lines(said), file=sys.stderr)
+        print_note(said)
     if path.name != "config.json":
         refuse_recorded_presets(path, data)  # before ran_on, which names a run's record, goes
     data = {key: value for key, value in data.items() if key not in KEPT_KEYS}
@@ -535,7 +534,7 @@ def resolve_config(
         if changed:
             raise DreamtextError(resume_refusal(changed, new_run, kept))
     if lacking is not None:  # once the config is one the run can resume with
-        print(terminal_lines(lacking), file=sys.stderr)
+        print_note(lacking)
     if not cfg.workspace:
         key = ("text", cfg.prompt)
         cfg.workspace = str(prompt_workspace(DEFAULT_WORKSPACE_ROOT, cfg.prompt, key))

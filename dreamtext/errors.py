@@ -176,6 +176,13 @@ def terminal_lines(text: str) -> str:
     return "\n".join(terminal_text(line) for line in text.split("\n"))
 
 
+def print_note(text: str, flush: bool = False) -> None:
+    """Print ``text`` (one or more lines) on stderr as :func:`terminal_lines` writes it: the
+    command line's notes, printed outside any progress bar (:func:`dreamtext.progress.say`
+    prints above them)."""
+    print(terminal_lines(text), file=sys.stderr, flush=flush)
+
+
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 
