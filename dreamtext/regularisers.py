@@ -19,8 +19,11 @@ One term reads the field, not the rays:
   (:func:`density_decay`): empty is the default. Density that no training camera sees gets no
   gradient from the renders, so whatever the start blob (or a shared hash-grid cell) put there
   stays; this term removes it, while the SDS gradient holds up what the cameras see. Its gradient
-  in the raw density ``z`` (``σ = e^z``) is ``σ / (1 + σ)``: about 1 wherever there is matter, so
-  a dense hidden tail is pushed as hard as a faint one.
+  in the raw density ``z`` (blob included) depends on ``field.density_activation``: with ``exp``
+  (``σ = e^z``, the ``builtin-shapes`` preset) it is ``σ / (1 + σ)``, about 1 wherever there is
+  matter, so a dense hidden tail is pushed as hard as a faint one; with ``softplus`` (the
+  default, ``σ = log(1 + e^z)``) it is ``(1 − e^{−σ}) / (1 + σ)``, largest (0.32) near σ = 1 and
+  falling as ``1 / σ`` above it (0.09 at σ = 10), so a dense tail is pushed less than a faint one.
 """
 
 from __future__ import annotations
