@@ -3,7 +3,7 @@
 One SDS step, shared by every prior (:class:`ScoreDistillation`):
 
     x_0 = E(g(θ))                         the render, encoded (SD: VAE latents; built-in: pixels)
-    t ~ U{t_min·T, …, t_max·T},  ε ~ N(0, I)
+    t ~ U{t_min·T, …, t_max·T} (rounded, at most T − 1),  ε ~ N(0, I)
     x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
     ε̂ = ε(x_t; y) + s (ε(x_t; y) − ε(x_t; ∅))          classifier-free guidance, eq. 3.8 / 5.1
     ∇_θ L_SDS = w(t) (ε̂ − ε) ∂x_0/∂θ                   no U-Net Jacobian
@@ -288,13 +288,15 @@ def sample_timesteps(
     generator: torch.Generator | None = None,
     anneal_end: float = 0.5,
 ) -> Tensor:
-    """Integer diffusion times ``[B]``, uniform on ``{round(t_min T), …, round(t_max T)}``.
+    """Integer diffusion times ``[B]``, uniform on ``{lo, …, hi}``, ``lo = min(round(t_min T),
+    T − 1)``, ``hi = max(lo, min(round(t_max T), T − 1))``: both ends at most ``T − 1``, the
+    last time the schedule has (``t_max = 1`` draws up to ``T − 1``, not ``T``).
 
-    With ``anneal`` the upper end is ``t_max − r (t_max − e)``, ``e = clamp(anneal_end, t_min,
-    t_max)``, for training progress ``r = step_ratio`` clamped to [0, 1]: it only shrinks (an
-    ``anneal_end`` above ``t_max`` raised it past the range). The lower end is at most
-    ``T − 1``, the last time the schedule has. Sampled on the CPU (``generator`` is a CPU
-    generator) so the same seed gives the same times on every device.
+    With ``anneal`` ``t_max`` is first replaced by ``t_max − r (t_max − e)``, ``e =
+    clamp(anneal_end, t_min, t_max)``, for training progress ``r = step_ratio`` clamped to
+    [0, 1]: it only shrinks (an ``anneal_end`` above ``t_max`` raised it past the range).
+    Sampled on the CPU (``generator`` is a CPU generator) so the same seed gives the same times
+    on every device.
     """
     t_min, t_max = float(t_range[0]), float(t_range[1])
     if not 0.0 <= t_min <= t_max <= 1.0:
