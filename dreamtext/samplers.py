@@ -285,8 +285,11 @@ class DenseSampler:
 
     Per hit ray: ``t_k = near + (k + ξ_k) / K · (far − near)`` (``ξ ~ U[0, 1)``, or ``½`` without
     ``perturb``), ``K = num_steps``; with ``upsample_steps > 0`` the densities at those samples
-    (no gradients) give the weights ``w_k`` of the bins ``[t_k, t_{k+1}]`` (the last one ends at
-    ``far``), and :func:`sample_pdf` draws ``upsample_steps`` more. The merged, sorted points
+    (no gradients) give the quadrature weights ``w_k = T_k (1 − exp(−σ(t_k) δ_k))`` of the bins
+    ``[t_k, t_{k+1}]`` (the last one ends at ``far``), each raised to its next bin's,
+    ``w'_k = max(w_k, w_{k+1})`` (a bin whose start is still in front of a surface gets the
+    weight of the bin the surface shows in), and :func:`sample_pdf` draws ``upsample_steps``
+    more from ``w'``. The merged, sorted points
     ``t`` become the intervals ``[t_i, t_{i+1}]`` (the last ending at ``far``); intervals whose
     start lies in an empty cell of the grid are dropped.
     """
