@@ -6,7 +6,14 @@ point, and the levels are concatenated into a ``[N, L·F]`` feature vector.
 
 Every backend follows tiny-cuda-nn's ``GridEncoding`` arithmetic step by step (float32 scales, cell
 indexing, the prime-XOR hash, the per-level table layout) and reads one flat parameter ``params``,
-so a checkpoint written by any backend loads into any other (state-dict key ``params``):
+so a checkpoint written by any backend loads into any other (state-dict key ``params``).
+That arithmetic departs from the thesis's eq. 3.16-3.17 (Instant-NGP's paper), whose level ``l``
+has ``N_l = ⌊N_min b^l⌋`` cells a side and corners ``⌊x N_l⌋``, ``⌈x N_l⌉``: tiny-cuda-nn (and
+torch-ngp's grid encoder, which Stable-DreamFusion ran, with the same arithmetic) scales by
+``s_l = N_min b^l − 1``, shifts by half a cell (``p = u s_l + ½``, corners ``⌊p⌋`` and
+``⌊p⌋ + 1``) and stores ``⌈s_l⌉ + 1`` vertices a side (:func:`grid_layout`,
+:func:`level_cells`). ``b`` (:func:`per_level_scale`) and the hash (eq. 3.18) are the thesis's.
+The backends:
 
 - :class:`HashGridEncoding` (``backend = "torch"``): pure PyTorch, what CPUs and CI run. Its
   autograd function keeps only the points for backward and recomputes corner rows and weights
@@ -79,7 +86,7 @@ class GridLayout:
 
 
 def per_level_scale(base_resolution: int, finest_resolution: float, num_levels: int) -> float:
-    """Growth factor between levels: ``b = exp(ln(N_max / N_min) / (L − 1))``."""
+    """Growth factor between levels: ``b = exp(ln(N_max / N_min) / (L − 1))`` (thesis eq. 3.16)."""
     if num_levels == 1:
         return 1.0
     return math.exp(math.log(finest_resolution / base_resolution) / (num_levels - 1))
