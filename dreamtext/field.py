@@ -630,7 +630,10 @@ class NeRFField(nn.Module):
         return z, raw, density_slope(z, self.cfg.density_activation)[:, None] * grad_z
 
     def blob(self, x: Tensor) -> Tensor:
-        """Density bias of ch. 6.1.6: ``d = v (1 − |x| / b)``, ``x: [N, 3]`` → ``[N]``."""
+        """Density bias of ch. 6.1.6 (eq. 6.1): ``d = v (1 − |x| / b)``, ``x: [N, 3]`` → ``[N]``.
+
+        Added to the raw density before softplus or exp, as in the Stable-DreamFusion fork; the
+        "Sigmoid" ch. 6.1.6 names would cap σ at 1 (README, the paragraph on the field)."""
         return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
 
     def density(self, x: Tensor) -> Tensor:
