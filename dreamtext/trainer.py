@@ -213,7 +213,7 @@ def shading_for_step(step: int, cfg: TrainConfig, rng: torch.Generator) -> str:
 
 def light_positions(poses: Poses, jitter: float, rng: torch.Generator) -> torch.Tensor:
     """Lights ``[B, 3]`` sampled as Gaussian noise around each camera position (ch. 6.1.4), so the
-    visible side is lit."""
+    visible side is lit: ``L_b = eye_b + jitter · ξ_b``, ``ξ_b ~ N(0, I)``."""
     eye = poses.eye
     return eye + to_device(torch.randn(eye.shape, generator=rng), eye.device).to(eye.dtype) * jitter
 
