@@ -41,10 +41,11 @@ def default_perp_neg_weights() -> dict[str, dict[str, float]]:
 
     The Janus problem is the front (a face) appearing in every view, so the views that are not the
     front use the front-view prompt as their negative; the front, overhead and bottom views have
-    none. The weight 2 matches stable-dreamfusion's default ``negative_w``. Both the thesis's
-    "side" and the split "left side" / "right side" labels are listed, and their " below" forms
-    (``ViewThresholds.below``), which push away from the front seen from below; a run uses those
-    its ``ViewThresholds`` give.
+    none. The weight 2 is stable-dreamfusion's default ``negative_w``, which it writes −2 because
+    it adds the weighted sum (``Δ + Σ_k w_k Δ_k^⊥``) where :func:`perp_neg_guidance` subtracts
+    it. Both the thesis's "side" and the split "left side" / "right side" labels are listed, and
+    their " below" forms (``ViewThresholds.below``), which push away from the front seen from
+    below; a run uses those its ``ViewThresholds`` give.
     """
     sides = ("side", "left side", "right side", "back")
     return {
@@ -231,8 +232,10 @@ def perp_neg_guidance(
 
         Δ_k^⊥ = Δ_k − (⟨Δ_k, Δ⟩ / ‖Δ‖²) Δ,        ε̂ = ε_c + s (Δ − Σ_k w_k Δ_k^⊥),
 
-    inner products taken per sample over all of ``C, H, W``. A negative that overlaps the prompt
-    (``Δ_k ∥ Δ``) removes nothing, unlike a plain negative prompt. The paper starts from ``ε_u``;
+    inner products taken per sample over all of ``C, H, W``; a weight ``w_k > 0`` pushes away from
+    negative k (stable-dreamfusion adds the sum instead, with ``w_k < 0``: the same term). A
+    negative that overlaps the prompt (``Δ_k ∥ Δ``) removes nothing, unlike a plain negative
+    prompt. The paper starts from ``ε_u``;
     here the base is ``ε_c``, as in the thesis's guidance (:func:`classifier_free_guidance`), so
     that K = 0 is exactly that CFG. ``eps_uncond, eps_cond: [B, C, H, W]``,
     ``eps_neg: [B, K, C, H, W]``, ``weights: [B, K]``.
