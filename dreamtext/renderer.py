@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -681,7 +682,9 @@ def _joined(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {key: torch.cat([part[key] for part in parts]) for key in RAY_OUTPUTS}
 
 
-def in_pieces(fn, size: int, *inputs: Tensor) -> tuple[Tensor, ...]:
+def in_pieces(
+    fn: Callable[..., Tensor | tuple[Tensor, ...]], size: int, *inputs: Tensor
+) -> tuple[Tensor, ...]:
     """``fn`` (a tensor or a tuple of tensors out) on consecutive pieces of at most ``size``
     rows of ``inputs``, its outputs joined."""
     outputs = []

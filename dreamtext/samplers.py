@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -526,7 +527,12 @@ def _starts(edges: Tensor, origins: Tensor, directions: Tensor) -> Tensor:
     return origins[:, None, :] + edges[:, :-1, None] * directions[:, None, :]
 
 
-def in_ray_chunks(sample, origins: Tensor, directions: Tensor, chunk_rays: int):
+def in_ray_chunks(
+    sample: Callable[[Tensor, Tensor], tuple[RaySamples, SampleValues | None]],
+    origins: Tensor,
+    directions: Tensor,
+    chunk_rays: int,
+) -> tuple[RaySamples, SampleValues | None]:
     """Run ``sample(origins_chunk, directions_chunk) -> (RaySamples, SampleValues | None)`` on
     ``chunk_rays`` rays at a time and join the parts (ray indices renumbered to the whole)."""
     parts, values, firsts = [], [], []
