@@ -100,7 +100,7 @@ from dreamtext.interrupts import (
     sigterm_interrupts,
     stop_requested,
 )
-from dreamtext.processes import HOST, gone_process, same_process, this_process
+from dreamtext.processes import HOST, gone_process, same_process, this_process, unreadable_lock
 from dreamtext.progress import bar_options, say, tqdm
 from dreamtext.prompts_text import check_prompt_lines, first_undecoded_byte, is_prompt_line
 from dreamtext.runfiles import descriptor_checkpoint, sentence_path, source_copy
@@ -757,6 +757,7 @@ class WorkspaceLock:
     """
 
     def __init__(self, workspace: Path, timeout: float) -> None:
+        self.workspace = workspace
         self.path = lock_path(workspace)
         self.timeout = timeout
         self.interval = refresh_interval(timeout)
@@ -796,7 +797,10 @@ class WorkspaceLock:
                     self.holder, self.holder_age = info, 0.0
                     return False
                 continue  # moved away by a worker checking it: claim it again
-            held = self.read(self.path)
+            try:
+                held = self.read(self.path)
+            except PermissionError as error:  # another user's (umask 077), its worker killed
+                raise unreadable_lock(self.path, self.workspace) or error from None
             if held is None:  # released between our attempt and our look: try again
                 continue
             info, age = held
@@ -1839,8 +1843,12 @@ def in_use_line(entry: Entry, in_use: WorkspaceInUse, lock: WorkspaceLock) -> st
     (``lock.took_over``), that process is most likely the worker it took it from, still alive:
     a node that Slurm gave up for lost (its task requeued) while it went on writing ROOT, or a
     worker that stopped refreshing its lock but not running; else a ``dreamtext text`` of the
-    workspace."""
+    workspace. Another user's lock that this user may not read (the run's or the line's claim,
+    :func:`dreamtext.processes.unreadable_lock`) may be a killed run's, never to end: its line
+    says what to check and whom to ask instead (``in_use.fix``)."""
     taken = lock.took_over
+    if in_use.fix is not None:  # another user's lock, unreadable: it may never end by itself
+        return f"batch: line {entry.line}: {in_use.situation}; skipped: {in_use.fix}"
     if taken is None:
         return (
             f"batch: line {entry.line}: {in_use.situation}, not a worker of this batch; "

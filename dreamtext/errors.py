@@ -56,8 +56,11 @@ class WorkspaceInUse(DreamtextError):
         self, workspace: object, holder: str, what: str = "a run in it", fix: str | None = None
     ) -> None:
         self.situation = f"{workspace} is in use: {holder} is running {what}"
-        fix = fix or "wait for it to end or stop it, or pass --workspace NEW_FOLDER"
-        super().__init__(f"{self.situation}; {fix}")
+        # Where waiting is not the answer (a lock that cannot tell whether its run ended), what
+        # to do instead: a batch's skip line says it too.
+        self.fix = fix
+        wait = "wait for it to end or stop it, or pass --workspace NEW_FOLDER"
+        super().__init__(f"{self.situation}; {fix or wait}")
         self.holder = holder
 
 

@@ -509,7 +509,7 @@ def _lock(lock: Path) -> IO[str] | None:
             # Another user's lock (umask 022) in a folder both may write in (a lab's
             # group folder): its holder may live, so this process must not run unlocked.
             if not _other_users_lock_ended(lock):
-                raise _unreadable_lock(lock) or _in_use(lock.parent, _holder(lock)) from None
+                raise unreadable_lock(lock) or _in_use(lock.parent, _holder(lock)) from None
             try:
                 lock.unlink()  # its run ended: this process makes its own
             except OSError:
@@ -561,11 +561,12 @@ def _other_users_lock_ended(lock: Path) -> bool:
     return record_alive(_holder(lock)) is False
 
 
-def _unreadable_lock(lock: Path) -> WorkspaceInUse | None:
-    """The refusal for another user's lock file ``lock`` that this user may not read (mode 600),
-    so that neither its record nor its ``flock`` tells whether its run still runs; ``None``
-    where it can be read. A run of theirs that was killed left it for good: the line names the
-    file, its owner and what to check, as no pid can be given."""
+def unreadable_lock(lock: Path, workspace: Path | None = None) -> WorkspaceInUse | None:
+    """The refusal for another user's lock file ``lock`` on ``workspace`` (default: the folder
+    it lies in; a batch's claim ``<workspace>.lock`` lies beside it) that this user may not read
+    (mode 600), so that neither its record nor its ``flock`` tells whether its run still runs;
+    ``None`` where it can be read. A run of theirs that was killed left it for good: the line
+    names the file, its owner and what to check, as no pid can be given."""
     try:
         with open(lock, encoding="utf-8"):
             return None
@@ -577,7 +578,7 @@ def _unreadable_lock(lock: Path) -> WorkspaceInUse | None:
     with contextlib.suppress(OSError):
         owner = user_name(os.stat(lock).st_uid) or owner
     return WorkspaceInUse(
-        lock.parent,
+        lock.parent if workspace is None else workspace,
         f"{owner}'s process (as far as can be told)",
         fix=(
             f"its lock file {shown_path(lock)} is {owner}'s and you may not read it, so whether "
@@ -624,6 +625,7 @@ __all__ = [
     "remove_stale_temps",
     "same_process",
     "this_process",
+    "unreadable_lock",
     "workspace_holder",
     "write_held_record",
 ]

@@ -1273,6 +1273,55 @@ def test_a_run_still_held_by_the_worker_whose_lock_was_taken_over_is_named_so(
     assert record["took_over"]["host"] == "node1"
 
 
+def test_another_users_unreadable_claim_is_skipped_naming_its_owner_and_what_to_check(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """Another user's batch (umask 077) killed on this line left ROOT/<slug>.lock, mode 600. The
+    line failed with "Permission denied (...); make that file writable for you again": that
+    user's file, which no chmod of this user's changes. It is skipped as the run's own unreadable
+    lock is (dreamtext.processes.unreadable_lock): its owner, and what to check and ask for.
+    Simulated: reading the lock raises PermissionError, as for that user (root reads any file)."""
+    import pwd
+
+    from dreamtext import processes
+
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+    claim = root / "a_red_cube.lock"
+    _lock_file(claim, age=3600, host="node1", pid=4242)
+    claim.chmod(0o600)
+    read_text = Path.read_text
+
+    def refusing(self, *args, **kwargs):
+        if self == claim:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    real_open = open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == str(claim):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refusing)
+    monkeypatch.setattr(processes, "open", refusing_open, raising=False)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "60"]))) == 0
+    err = capsys.readouterr().err
+    owner = pwd.getpwuid(os.stat(claim).st_uid).pw_name
+    assert "writable for you again" not in err
+    assert (
+        f"batch: line 1: {root / 'a_red_cube'} is in use: {owner}'s process (as far as can be "
+        f"told) is running a run in it; skipped: its lock file {claim} is {owner}'s and you may "
+        f"not read it"
+    ) in err
+    assert f"(ps -u {owner} -f on each machine that uses the folder)" in err
+    assert [(r["line"], r["status"]) for r in rows(root)] == [(1, "skipped"), (2, "finished")]
+    assert claim.exists()
+
+
 def test_a_line_another_live_worker_holds_is_skipped_with_a_line_and_not_waited_for(
     tmp_path, tiny_yaml, shapes_cache, capsys
 ):

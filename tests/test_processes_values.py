@@ -722,12 +722,12 @@ def test_another_users_unreadable_lock_names_its_file_and_what_to_check(tmp_path
 
 
 def test_a_lock_that_is_gone_or_readable_is_no_unreadable_lock(tmp_path):
-    """_unreadable_lock answers only for a lock this user may not read: one removed meanwhile (its
+    """unreadable_lock answers only for a lock this user may not read: one removed meanwhile (its
     run ended) or a readable one is refused, if at all, as any lock in use is, not as another
     user's file to be removed."""
     from dreamtext import processes
 
     lock = tmp_path / processes.LOCK_NAME
-    assert processes._unreadable_lock(lock) is None
+    assert processes.unreadable_lock(lock) is None
     lock.write_text('{"pid": 4242, "host": "elsewhere"}')
-    assert processes._unreadable_lock(lock) is None
+    assert processes.unreadable_lock(lock) is None
