@@ -92,6 +92,7 @@ from dreamtext.inputs import (
     resolve_shard,
     root_write_error,
     shard_from_environment,
+    split_letter_slug,
 )
 from dreamtext.interrupts import (
     TrainingInterrupted,
@@ -371,8 +372,8 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
 
     def named(entry: Entry, slug: str, moved: bool = True) -> Entry:
         name = workspace_name(
-            root, entry.key, slug, uses[slug] > 1, ascii_slug(_name(entry)), line_named,
-            hashed, moved,
+            root, entry.key, slug, uses[slug] > 1,
+            (ascii_slug(_name(entry)), split_letter_slug(_name(entry))), line_named, hashed, moved,
         )  # fmt: skip
         return _image_of_its_run(_prompt_of_its_run(replace(entry, workspace=root / name)))
 
@@ -617,7 +618,7 @@ def workspace_name(
     key: tuple[str, str],
     slug: str,
     shared: bool,
-    legacy: str | None = None,
+    legacy: tuple[str, ...] = (),
     line_named: Mapping[str, list[str]] | None = None,
     hashed: Mapping[str, list[str]] | None = None,
     moved: bool = True,
@@ -630,9 +631,10 @@ def workspace_name(
     prompt's SHA-256>``. The name depends on the prompt and the folders there, never on the line
     order, so an edited or re-ordered list keeps each prompt's run. A folder that already holds
     this prompt's run keeps it: ``slug``, the hashed name, or a ``<slug>_line<N>`` of the batches
-    that named clashes by their line number; and the same names made from ``legacy``, the slug an
-    earlier version gave the prompt (:func:`~dreamtext.config.ascii_slug`). Failing those, a
-    folder ``slug`` (or the ``legacy`` one) holding a run of the prompt in other case
+    that named clashes by their line number; and the same names made from ``legacy``, the slugs
+    earlier versions gave the prompt (:func:`~dreamtext.config.ascii_slug`,
+    :func:`~dreamtext.inputs.split_letter_slug`). Failing those, a folder ``slug`` (or a
+    ``legacy`` one) holding a run of the prompt in other case
     (:func:`same_up_to_case`) is the prompt's, then such a hashed (given ``hashed``,
     :func:`hashed_folders` of ``root``) or line-named one, and for an image, with ``moved``, a
     folder ``slug`` or ``<slug>_<8 hex digits>`` holding its run made before the image was
@@ -646,7 +648,7 @@ def workspace_name(
     # hashed name is too long for a file system to look up).
     decomposed = unicodedata.normalize("NFD", slug)
     decomposed = decomposed if len(decomposed.encode("utf-8")) <= SLUG_MAX_BYTES else None
-    names = list(dict.fromkeys(n for n in (slug, legacy, decomposed) if n))
+    names = list(dict.fromkeys(n for n in (slug, *legacy, decomposed) if n))
     owners = {name: run_owner(root / name) for name in names}  # each config.json read once
     for name in names:
         if owners[name] == key:

@@ -1343,15 +1343,22 @@ def _resume_folder(args: argparse.Namespace) -> Path | None:
     not), which takes torch-side modules."""
     import unicodedata
 
-    from dreamtext.inputs import DEFAULT_WORKSPACE_ROOT, ascii_slug, configured_workspace, slugify
+    from dreamtext.inputs import (
+        DEFAULT_WORKSPACE_ROOT,
+        ascii_slug,
+        configured_workspace,
+        slugify,
+        split_letter_slug,
+    )
 
     named = args.workspace or configured_workspace(args.config)
     if named:
         return Path(named)
     folder = DEFAULT_WORKSPACE_ROOT / slugify(args.prompt)
     legacy = DEFAULT_WORKSPACE_ROOT / ascii_slug(args.prompt)
+    split = DEFAULT_WORKSPACE_ROOT / split_letter_slug(args.prompt)
     decomposed = DEFAULT_WORKSPACE_ROOT / unicodedata.normalize("NFD", folder.name)
-    for other in (legacy, decomposed):
+    for other in (legacy, split, decomposed):
         if other != folder and not folder.exists() and os.path.lexists(other):
             return None
     return folder

@@ -405,9 +405,10 @@ def config_file_stage_sections(
 # bytes of a file name: batch's ``<slug>_<8 hex>`` and the temp file of its lock beside it,
 # ``.<that>.lock.<32 hex>.tmp`` (232 bytes), and ``--diverse``'s ``<slug>_diverse_seed<N>``.
 SLUG_MAX_BYTES = 180
+VIRAMA = 9  # the canonical combining class of a virama (halant), which joins two letters
 
 
-def slugify(prompt: str, max_length: int = 60) -> str:
+def slugify(prompt: str, max_length: int = 60, whole_letters: bool = True) -> str:
     """A folder name for a prompt: its words (letters and digits of any script, lower case)
     joined by '_' (``"A castle!"`` → ``a_castle``, ``"Crème brûlée"`` → ``crème_brûlée``,
     ``"一座城堡"`` → ``一座城堡``), at most ``max_length`` characters. A prompt
@@ -419,17 +420,43 @@ def slugify(prompt: str, max_length: int = 60) -> str:
     and viramas of Devanagari or Thai (``"नमस्ते"`` → ``नमस्ते``, not ``नमस_त``), Arabic's
     harakat, the dot of a lower-cased ``İ``. At most :data:`SLUG_MAX_BYTES` bytes in UTF-8 too:
     60 letters of four bytes each (``𝓪``, the letters of pasted "fancy text") left no room for
-    what batch adds to the name."""
+    what batch adds to the name. Cut there, a letter goes with its marks, or not at all: the
+    cut fell between them (``…ते`` cut to ``…त``, another letter), or after a virama, which
+    joins its letter to the next (``स्ते``: the slug ended in a bare ``स्``). The marks are
+    those of category M: a Devanagari or Thai vowel sign has combining class 0
+    (``unicodedata.combining``), which tells only a virama (class 9). ``whole_letters=False``:
+    the name earlier versions cut so (:func:`split_letter_slug`)."""
     normal = unicodedata.normalize("NFC", prompt)
     kept = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in normal.lower())
-    slug = "_".join(kept.split())[:max_length]
-    while len(slug.encode("utf-8")) > SLUG_MAX_BYTES:
-        slug = slug[:-1]
+    words = "_".join(kept.split())
+    end = min(len(words), max_length)
+    while end > 0 and (
+        len(words[:end].encode("utf-8")) > SLUG_MAX_BYTES
+        or (whole_letters and end < len(words) and _inside_a_letter(words, end))
+    ):
+        end -= 1
+    slug = words[:end]
     if slug.rstrip("_"):
         return slug.rstrip("_")
     if not normal.strip():
         return "run"
     return f"run_{hashlib.sha256(normal.encode('utf-8')).hexdigest()[:8]}"
+
+
+def _inside_a_letter(words: str, end: int) -> bool:
+    """Whether a cut of ``words`` before index ``end`` parts a letter from its marks, or a virama
+    from the letter it joins its own to."""
+    return (
+        unicodedata.category(words[end])[0] == "M"
+        or unicodedata.combining(words[end - 1]) == VIRAMA
+    )
+
+
+def split_letter_slug(prompt: str) -> str:
+    """The folder name dreamtext gave a long prompt before :func:`slugify` cut it between whole
+    letters: its last letter's marks cut off (``…त`` for ``…ते``), or a bare virama at its end.
+    Only looked up, so that a run made then is found again (:func:`prompt_workspace`)."""
+    return slugify(prompt, whole_letters=False)
 
 
 def ascii_slug(prompt: str, max_length: int = 60) -> str:

@@ -340,6 +340,17 @@ def test_a_rerun_keeps_the_folders_that_ascii_slugs_named(tmp_path):
     }
 
 
+def test_a_rerun_keeps_the_folder_a_slug_cut_inside_a_letter_named(tmp_path):
+    """Before slugs were cut between whole letters, a long prompt whose 60th character was a
+    letter of ते (ta + vowel sign e) got a folder ending in त: a rerun finds that run instead of
+    training the prompt again beside it, in the folder ending before ते."""
+    prompt, other = "a" * 59 + "\u0924\u0947", "b" * 59 + "\u0924\u0947"
+    root = tmp_path / "root"
+    ran(root / ("a" * 59 + "\u0924"), prompt)
+    path = prompts_file(tmp_path, prompt, other)
+    assert names(path, root) == {prompt: "a" * 59 + "\u0924", other: "b" * 59}
+
+
 def test_a_run_in_a_folder_named_in_nfd_is_found_again(tmp_path):
     """A run copied from a Mac's HFS+ (rsync, scp) keeps the NFD name it was given there,
     ``crème_brûlée`` with combining accents: the batch trained the prompt again beside it, in a

@@ -176,6 +176,25 @@ def test_slugs_keep_the_letters_of_every_script(prompt, slug):
     assert slugify(prompt) == slug
 
 
+@pytest.mark.parametrize(
+    ("prompt", "slug"),
+    [
+        ("a" * 59 + "\u0924\u0947", "a" * 59),  # ते: vowel sign E, combining class 0
+        ("a" * 59 + "\u0e01\u0e35", "a" * 59),  # กี: Thai SARA II, combining class 0
+        ("x" * 59 + "q\u0303", "x" * 59),  # q̃: no precomposed letter, so NFC keeps the tilde apart
+        ("a" * 58 + "\u0924\u0947", "a" * 58 + "\u0924\u0947"),  # the whole letter fits: kept
+        ("नमस्ते_" * 10, ("नमस्ते_" * 10)[:58]),  # cut before स्ते (a conjunct), not after स्
+        ("𝓪" * 44 + "\u0924\u0947", "𝓪" * 44),  # 182 bytes: the 180-byte limit cuts it so too
+    ],
+)
+def test_a_slug_cut_to_length_keeps_each_letter_with_its_marks(prompt, slug):
+    """Cut at 60 characters (or 180 bytes), a long prompt lost the marks of its last letter
+    when the cut fell between them: ``…ते`` (ta + vowel sign e) became ``…त`` (ta), another
+    syllable, ``…q̃`` became ``…q``; or ended in a virama whose conjunct was cut. The letter is
+    left out with its marks instead."""
+    assert slugify(prompt) == slug
+
+
 def test_prompts_without_letters_get_folders_of_their_own(tmp_path, monkeypatch):
     """Every emoji-only prompt was the folder ``run``: a second one was refused as another
     prompt's run. A run of one in ``run`` (earlier versions) is found there again."""
@@ -186,6 +205,20 @@ def test_prompts_without_letters_get_folders_of_their_own(tmp_path, monkeypatch)
     (tmp_path / "workspace" / "run" / "config.json").write_text(json.dumps({"prompt": "🐱"}))
     assert resolve_config({"prompt": "🐱"}).workspace == "workspace/run"
     assert resolve_config({"prompt": "🐶"}).workspace == dog
+
+
+def test_a_run_in_the_folder_a_slug_cut_inside_a_letter_named_is_found_again(tmp_path, monkeypatch):
+    """A long prompt's run made while slugs were cut between a letter and its marks (``…त``
+    for ``…ते``) is found there again, not trained anew in the folder ending before ते."""
+    monkeypatch.chdir(tmp_path)
+    prompt = "a" * 59 + "\u0924\u0947"
+    old = tmp_path / "workspace" / ("a" * 59 + "\u0924")
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"prompt": prompt}), encoding="utf-8")
+    assert resolve_config({"prompt": prompt}).workspace == f"workspace/{old.name}"
+    assert (
+        resolve_config({"prompt": "b" * 59 + "\u0924\u0947"}).workspace == "workspace/" + "b" * 59
+    )
 
 
 def test_a_run_in_the_folder_an_ascii_slug_named_is_found_again(tmp_path, monkeypatch):
