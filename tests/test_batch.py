@@ -3106,30 +3106,27 @@ def test_lines_are_numbered_as_an_editor_numbers_them(tmp_path, capsys):
     assert 'the prompt of line 3 ("a cat")' in capsys.readouterr().err
 
 
-def test_a_prompts_file_that_is_not_text_says_to_save_it_as_utf8(tmp_path, capsys):
-    """It said only "'utf-8' codec can't decode byte 0x8c in position 1: invalid start byte"."""
+@pytest.mark.parametrize(
+    ("encoding", "why"),
+    [
+        # Windows' "Unicode" text: it said only "'utf-8' codec can't decode byte 0x8c in
+        # position 1: invalid start byte".
+        ("utf-16", "invalid start byte: byte 0xFF on line 1"),
+        # `iconv -t UTF-16LE` writes no byte order mark: its ASCII decodes as UTF-8 with a NUL
+        # beside each letter, and the line was "prompts.txt:1: the line holds the control
+        # character U+0000 (NUL) at character 2; remove it", a character no editor shows.
+        ("utf-16-le", "UTF-16 without a byte order mark: a NUL byte beside each letter"),
+    ],
+    ids=["with-bom", "without-bom"],
+)
+def test_a_utf16_prompts_file_says_to_save_it_as_utf8(tmp_path, capsys, encoding, why):
     path = tmp_path / "prompts.txt"
-    path.write_bytes("a red cube\n".encode("utf-16"))  # Windows' "Unicode" text: not UTF-8
+    path.write_bytes("a red cube\na blue sphere\n".encode(encoding))
     root = tmp_path / "root"
     assert main(["batch", str(path), "--model", "builtin:shapes", "--workspace", str(root)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"dreamtext: error: prompts file {path} is not UTF-8 text (invalid start byte: byte 0xFF "
-        "on line 1); save it as UTF-8 text with one prompt per line"
-    ]
-    assert not root.exists()
-
-
-def test_a_utf16_prompts_file_without_a_byte_order_mark_says_to_save_it_as_utf8(tmp_path, capsys):
-    """``iconv -t UTF-16LE`` writes no byte order mark: its ASCII decodes as UTF-8 with a NUL
-    beside each letter, and the line was "prompts.txt:1: the line holds the control character
-    U+0000 (NUL) at character 2; remove it", a character no editor shows."""
-    path = tmp_path / "prompts.txt"
-    path.write_bytes("a red cube\na blue sphere\n".encode("utf-16-le"))
-    root = tmp_path / "root"
-    assert main(["batch", str(path), "--model", "builtin:shapes", "--workspace", str(root)]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"dreamtext: error: prompts file {path} is not UTF-8 text (UTF-16 without a byte order "
-        "mark: a NUL byte beside each letter); save it as UTF-8 text with one prompt per line"
+        f"dreamtext: error: prompts file {path} is not UTF-8 text ({why}); save it as UTF-8 "
+        "text with one prompt per line"
     ]
     assert not root.exists()
 
