@@ -50,3 +50,12 @@ def test_the_look_at_point_is_jittered_by_half_the_eyes_jitter():
     forward = -poses.c2w[:, :3, 2]
     miss = torch.linalg.cross(poses.eye, forward, dim=-1).norm(dim=-1)
     assert abs(float(miss.square().mean()) / (jitter**2 / 2) - 1.0) < 0.1
+
+
+def test_an_orbits_default_field_of_view_is_the_reference_evaluation_cameras():
+    """fovy 55°: the thesis's base code (stable-dreamfusion e496e35, ch. 6.1.2), nerf/provider.py,
+    renders its evaluation circle with ``# fixed focal`` ``fov = (self.opt.fovy_range[1] +
+    self.opt.fovy_range[0]) / 2`` of ``--fovy_range`` ``default=[40, 70]``, the training range
+    dreamtext keeps too (CameraRange.fovy_range)."""
+    assert CameraRange().fovy_range == (40.0, 70.0)
+    assert orbit_poses(3).fovy.tolist() == [sum(CameraRange().fovy_range) / 2] * 3 == [55.0] * 3

@@ -83,3 +83,39 @@ def test_marcher_steps_without_perturb_tile_near_to_far_and_end_at_far() -> None
     torch.testing.assert_close(samples.t_starts[1:], samples.t_ends[:-1])
     assert samples.t_ends[-1].item() == 3.0
     torch.testing.assert_close(samples.deltas.sum(), torch.tensor(2.0))
+
+
+def test_the_near_plane_is_stable_dreamfusions_helper_default():
+    """No sample closer to the camera than 0.05. The thesis (ch. 6.1) gives no near plane; its
+    code is "a forked version at March 2023, from a Stable-Dreamfusion" (ch. 6.1.2), whose
+    nerf/renderer.py (ashawkey/stable-dreamfusion e496e35, 2023-03-31) has
+    ``def near_far_from_bound(rays_o, rays_d, bound, type='cube', min_near=0.05):`` and
+    ``near = torch.clamp(near, min=min_near)``. (Its renderer passed ``opt.min_near``, whose
+    ``main.py`` default was then ``parser.add_argument('--min_near', type=float, default=0.1,
+    ...)``: this pins the helper's value that dreamtext took, not that one.)"""
+    import inspect
+
+    from dreamtext.renderer import RenderConfig
+    from dreamtext.samplers import near_far_from_bound
+
+    assert RenderConfig().min_near == 0.05
+    assert inspect.signature(near_far_from_bound).parameters["min_near"].default == 0.05
+    # From the cube's centre the slab entry is behind the camera: the near plane is the bound.
+    origin, direction = torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[0.0, 0.0, 1.0]])
+    near, far, hit = near_far_from_bound(origin, direction.double(), 1.0)
+    assert (near.item(), far.item(), hit.item()) == (0.05, 1.0, True)
+
+
+def test_sample_pdf_adds_nerfs_epsilon_to_every_weight():
+    """``pdf_k = (w_k + ε) / Σ_j (w_j + ε)`` with ε = 1e-5: stable-dreamfusion's nerf/renderer.py
+    (e496e35, the thesis's base code, ch. 6.1.2), "This implementation is from NeRF":
+    ``weights = weights + 1e-5  # prevent nans``. Two bins [0, 1], [1, 2] of weights 1 and 0,
+    one evenly placed sample (u = ½): it falls in the first bin, whose pdf is
+    (1 + ε) / (1 + 2ε), at t = ½ (1 + 2ε) / (1 + ε) = 0.500005 (1e-6 gives 0.5000005)."""
+    from dreamtext.samplers import sample_pdf
+
+    edges = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64)
+    weights = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    t = sample_pdf(edges, weights, 1, perturb=False)
+    eps = 1e-5
+    assert abs(t.item() - 0.5 * (1 + 2 * eps) / (1 + eps)) < 1e-9
