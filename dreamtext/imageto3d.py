@@ -88,7 +88,7 @@ from dreamtext.descriptor import (
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
-from dreamtext.inputs import write_elsewhere
+from dreamtext.inputs import split_letter_slug, write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
@@ -651,23 +651,34 @@ def diverse_workspace(cfg: TrainConfig, named: bool) -> str:
     """``--diverse``'s workspace: ``cfg.workspace`` when the user ``named`` it (``--workspace``),
     else the default one (``workspace/<prompt slug>``) with a ``_diverse_seed<seed>`` suffix, so
     runs with different seeds (different images, hence different objects) do not collide."""
-    if named or cfg.workspace not in ("", *(str(f) for f in _slug_folders(cfg.prompt, ""))):
+    if named or cfg.workspace not in (
+        "",
+        *(str(f) for f in _slug_folders(cfg.prompt, "")),
+    ):
         return cfg.workspace
-    folder, legacy = _slug_folders(cfg.prompt, f"_diverse_seed{cfg.seed}")
-    if legacy != folder and not folder.exists():
-        try:
-            recorded = read_stage_sections(legacy).get("diverse", {}).get("prompt")
-        except DreamtextError:
-            recorded = None
-        if same_prompt(recorded, cfg.prompt):
-            return str(legacy)  # made before slugs kept non-ASCII letters
+    folder, *earlier = _slug_folders(cfg.prompt, f"_diverse_seed{cfg.seed}")
+    if not folder.exists():
+        for legacy in earlier:
+            if legacy == folder:
+                continue
+            try:
+                recorded = read_stage_sections(legacy).get("diverse", {}).get("prompt")
+            except DreamtextError:
+                recorded = None
+            if same_prompt(recorded, cfg.prompt):
+                return str(legacy)  # an earlier version named it so
     return str(folder)
 
 
-def _slug_folders(prompt: str, suffix: str) -> tuple[Path, Path]:
-    """``workspace/<slug><suffix>`` of :func:`slugify` and of :func:`ascii_slug`."""
+def _slug_folders(prompt: str, suffix: str) -> tuple[Path, Path, Path]:
+    """``workspace/<slug><suffix>`` of :func:`slugify`, then of the names earlier versions gave
+    the prompt: :func:`ascii_slug` (before slugs kept non-ASCII letters) and
+    :func:`split_letter_slug` (before a cut kept a letter with its marks)."""
     root = DEFAULT_WORKSPACE_ROOT
-    return root / f"{slugify(prompt)}{suffix}", root / f"{ascii_slug(prompt)}{suffix}"
+    return tuple(
+        root / f"{slug}{suffix}"
+        for slug in (slugify(prompt), ascii_slug(prompt), split_letter_slug(prompt))
+    )
 
 
 def diverse_image(workspace: str | Path, seed: int) -> Path:

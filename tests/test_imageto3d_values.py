@@ -112,13 +112,39 @@ def test_diverse_prefers_the_new_folder_of_its_prompt_to_an_ascii_one_of_before(
     monkeypatch.setattr(imageto3d, "DEFAULT_WORKSPACE_ROOT", tmp_path)
     cfg = resolve_config({"prompt": "un café rouge", "seed": 3})
     cfg.workspace = ""
-    folder, legacy = imageto3d._slug_folders(cfg.prompt, "_diverse_seed3")
+    folder, legacy, _ = imageto3d._slug_folders(cfg.prompt, "_diverse_seed3")
     assert folder != legacy
     legacy.mkdir()
     (legacy / "config.json").write_text(json.dumps({"diverse": {"prompt": "un café rouge"}}))
     assert imageto3d.diverse_workspace(cfg, named=False) == str(legacy)
     folder.mkdir()
     assert imageto3d.diverse_workspace(cfg, named=False) == str(folder)
+
+
+def test_diverse_finds_its_run_in_the_folder_a_slug_cut_inside_a_letter_named(
+    tmp_path, monkeypatch
+):
+    """A long prompt whose 60-character cut fell inside its last letter (``…ते`` cut to ``…त``)
+    ran ``--diverse`` in ``workspace/…त_diverse_seed2`` before cuts kept letters whole: the rerun
+    continues there, and a text run found in the old ``workspace/…त`` (the default workspace of
+    the prompt) does not make ``--diverse`` train in the text run's folder."""
+    import dreamtext.imageto3d as imageto3d
+    from dreamtext.config import resolve_config
+
+    monkeypatch.setattr(imageto3d, "DEFAULT_WORKSPACE_ROOT", tmp_path)
+    prompt = "a" * 59 + "ते"
+    cfg = resolve_config({"prompt": prompt, "seed": 2})
+    old_text_run = tmp_path / ("a" * 59 + "त")
+    cfg.workspace = str(old_text_run)
+    new = tmp_path / ("a" * 59 + "_diverse_seed2")
+    assert imageto3d.diverse_workspace(cfg, named=False) == str(new)
+    old = tmp_path / ("a" * 59 + "त_diverse_seed2")
+    old.mkdir()
+    (old / "config.json").write_text(
+        json.dumps({"diverse": {"prompt": prompt, "seed": 2}}), encoding="utf-8"
+    )
+    assert imageto3d.diverse_workspace(cfg, named=False) == str(old)
+    assert imageto3d.diverse_workspace(cfg, named=True) == str(old_text_run)
 
 
 def test_a_descriptor_stopped_exactly_at_the_steps_asked_gets_no_past_note(tmp_path, capsys):
