@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -27,7 +26,7 @@ from typing import Any, BinaryIO
 import torch
 
 from dreamtext.devices import memory_that_ran_out
-from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, check_a_file
+from dreamtext.errors import ENVIRONMENT_ERRNOS, DreamtextError, check_a_file, copy_file
 from dreamtext.errors import naming_the_file as naming_the_file  # re-exported
 from dreamtext.inputs import CHECKPOINT_DIR as _CHECKPOINT_DIR
 from dreamtext.inputs import LAST_CHECKPOINT, LAST_STEP_RECORD
@@ -115,7 +114,7 @@ def _give_name(source: Path, name: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:
-        shutil.copyfile(source, tmp)
+        copy_file(source, tmp)
     try:
         os.replace(tmp, name)
     except BaseException:

@@ -8,10 +8,11 @@ except the file-system errors that are the machine's state (:data:`ENVIRONMENT_E
 import errno
 import os
 import shlex
+import shutil
 import sys
 import unicodedata
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +232,25 @@ def unreadable_file(error: OSError) -> str | None:
     except (OSError, ValueError):
         return None
     return str(name) if refused else None
+
+
+# A copy's errors that are its target's disk whatever file they name: shutil.copyfile's sendfile
+# names the source (a full disk's error pointed at the disk with room).
+TARGET_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """``shutil.copyfile(source, target)`` into ``target``, a new file: where the copy fails, no
+    part of it is left at ``target``, and a full disk or quota (:data:`TARGET_DISK_ERRNOS`)
+    names ``target``, the file it could not write, not ``source``, which shutil names."""
+    try:
+        shutil.copyfile(source, target)
+    except BaseException as error:
+        with suppress(OSError):
+            os.unlink(target)
+        if isinstance(error, OSError) and error.errno in TARGET_DISK_ERRNOS:
+            raise OSError(error.errno, error.strerror, str(target)) from error
+        raise
 
 
 @contextmanager

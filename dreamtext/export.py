@@ -59,7 +59,13 @@ from dreamtext.checkpoint import (
     run_from_state,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
-from dreamtext.errors import UNREADABLE_JSON, DreamtextError, check_a_file, shell_word
+from dreamtext.errors import (
+    UNREADABLE_JSON,
+    DreamtextError,
+    check_a_file,
+    copy_file,
+    shell_word,
+)
 from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
@@ -1843,9 +1849,15 @@ def _move_files_into(new: Path, target: Path, replaced: tuple[str, ...]) -> None
     ``replaced`` names that ``new`` lacks are removed. Not atomic as a set."""
     for path in new.iterdir():
         tmp = target / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        shutil.copyfile(path, tmp)
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, target / path.name)
+        try:
+            copy_file(path, tmp)
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            os.replace(tmp, target / path.name)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            if error.filename == str(tmp):  # a name the user never saw: the file it replaces
+                raise OSError(error.errno, error.strerror, str(target / path.name)) from error
+            raise
     for entry in target.iterdir():
         stale = any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in replaced)
         if stale and entry.is_file() and not (new / entry.name).exists():

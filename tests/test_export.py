@@ -3383,3 +3383,31 @@ def test_a_killed_exports_staging_folder_with_a_read_only_mesh_is_removed(tmp_pa
     (dead / "mesh").chmod(0o555)
     export_field(SphereField(), tmp_path, small_options(video=False, formats=("ply",)))
     assert not dead.exists()
+
+
+def test_a_linked_mesh_folder_on_a_full_disk_is_named_and_keeps_no_part_of_a_file(
+    tmp_path, monkeypatch
+):
+    """An export into a ``mesh/`` that links to a folder on another disk, which filled up: the
+    error named the staged copy in the run's own folder (``RUN/.export-ready-…/mesh/mesh.ply``,
+    on the disk with room), and the part of the file copied so far stayed in the linked folder
+    as ``.mesh.ply.XXXX.tmp``, taking up the space."""
+
+    def full_after_a_little(out_fd, in_fd, offset, count):
+        if offset:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(out_fd, os.pread(in_fd, 10, 0))
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mesh.ply").write_text("an older export's")
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / "mesh").symlink_to(elsewhere)
+    monkeypatch.setattr(os, "sendfile", full_after_a_little)
+    with pytest.raises(OSError) as caught:
+        export_field(SphereField(), workspace, small_options(video=False, formats=("ply",)))
+    assert caught.value.errno == errno.ENOSPC
+    assert Path(caught.value.filename).parent == elsewhere  # the file it was replacing there
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["mesh.ply"]
+    assert (elsewhere / "mesh.ply").read_text() == "an older export's"

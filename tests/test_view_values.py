@@ -1049,3 +1049,30 @@ def test_an_address_typed_with_one_letter_for_a_folder_named_in_nfd_finds_the_ru
         assert get(srv, "/run/cr%C3%A8me/")[0] == 200
         assert get(srv, "/api/run/creme.json")[0] == 404
     assert Catalog([tmp_path / "runs"]).find("crèmex") is None
+
+
+def test_a_static_export_whose_copy_fills_the_disk_names_the_static_folder_not_the_run(
+    tmp_path: Path, capsys, monkeypatch
+):
+    """`dreamtext view runs --static site` with site/ on a full disk said "No space left on device
+    (runs/a_cat/video/turntable.mp4); free space on that disk": the file it was copying, on the
+    runs' disk, which had room (shutil.copyfile's sendfile names its source)."""
+    import errno
+    import os
+
+    from dreamtext.cli import main
+
+    def full_after_a_little(out_fd, in_fd, offset, count):
+        if offset:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(out_fd, os.pread(in_fd, 10, 0))
+
+    run = make_run(tmp_path / "a_cat", "a cat")
+    monkeypatch.setattr(os, "sendfile", full_after_a_little)
+    site = tmp_path / "site"
+    assert main(["view", str(run), "--static", str(site)]) == 2
+    assert capsys.readouterr().err == (
+        f"dreamtext: error: No space left on device (writing {site}); free space on that disk "
+        "(or quota) or give --static a folder you can write\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_cat"]

@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
-from dreamtext.errors import DreamtextError, shell_word, shown_path
+from dreamtext.errors import DreamtextError, copy_file, shell_word, shown_path
 from dreamtext.processes import lock_folder
 from dreamtext.runfiles import check_writable, file_mode
 from dreamtext.view.downloads import download_names, zip_bytes, zip_members, zip_name, zip_only
@@ -81,10 +81,24 @@ def export_static(folders: list[Path], out_dir: Path) -> Path:
         # found no OUT, renamed its own in, and this one's rename failed (a traceback).
         with lock_folder(target.parent):
             _replace(staging, target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and _names_a_file_in(error, staging):
+            # A hidden name the user never saw: the CLI names --static's folder instead.
+            raise OSError(error.errno, error.strerror) from error
         raise
     return out_dir
+
+
+def _names_a_file_in(error: OSError, folder: Path) -> bool:
+    """Whether ``error`` names ``folder`` or a file in it."""
+    if error.filename is None:
+        return False
+    try:
+        named = Path(os.path.abspath(os.fsdecode(error.filename)))
+    except TypeError:
+        return False
+    return named.is_relative_to(os.path.abspath(folder))
 
 
 # What an export writes at the top of its folder: whatever else is there, the user put there.
@@ -273,7 +287,7 @@ def _copy_files(run: Run, rels: list[str], files: Path) -> None:
             continue
         target = files / copy_name(run, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        copy_file(source, target)
 
 
 def _write_glb_script(run: Run, script: Path) -> bool:
