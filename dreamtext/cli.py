@@ -43,6 +43,7 @@ from dreamtext.errors import (
     WorkspaceInUse,
     file_system_fix,
     print_note,
+    saved_run_line,
     terminal_lines,
     terminal_text,
     trained_run_line,
@@ -2221,6 +2222,10 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         trained = getattr(error, "trained_run", None)  # in the export at the end of a run
         if trained is not None:
             error_line(trained_run_line(error, trained))
+            return EXIT_USAGE
+        saved = getattr(error, "saved_run", None)  # in training, of a run with a checkpoint
+        if saved is not None:
+            error_line(saved_run_line(error, saved))
             return EXIT_USAGE
         if args.command == "view" and view_read_failed(args, error):
             fix = FILE_SYSTEM_FIXES.get(

@@ -75,6 +75,15 @@ class TrainedRun:
     workspace: Path
 
 
+@dataclass(frozen=True)
+class SavedRun:
+    """What a file-system error in training carries (``saved_run``) where the run has a
+    checkpoint to go on from: its step and how the command goes on (``--resume``, a rerun)."""
+
+    step: int
+    resume_with: str
+
+
 def what_stands(path: Path) -> str:
     """What stands at ``path`` where a file should: ``"a folder"``, ``"a link to nothing"``,
     ``"a FIFO"`` or ``"no regular file"`` (a socket, a device)."""
@@ -207,6 +216,17 @@ def trained_run_line(error: OSError, trained: TrainedRun) -> str:
         f"{trained.step}{saved}: {fix}, then run `dreamtext export --workspace "
         f"{shell_word(trained.workspace)}` (or copy the run to a disk with room, or one "
         "you can write, and export it there)"
+    )
+
+
+def saved_run_line(error: OSError, saved: SavedRun) -> str:
+    """The line for a file-system error (one of :data:`ENVIRONMENT_ERRNOS`) in training where the
+    run has a checkpoint: once fixed, the run goes on from it, not a new run in another folder
+    (which trains it again from the start)."""
+    fix = FILE_SYSTEM_FIXES.get(error.errno, "make its folder writable")
+    return (
+        f"{what_failed(error)}; the run is saved at step {saved.step}: {fix}, then resume it "
+        f"with {saved.resume_with}"
     )
 
 

@@ -78,8 +78,10 @@ from dreamtext.devices import (
 )
 from dreamtext.encoding import check_encoding
 from dreamtext.errors import (
+    ENVIRONMENT_ERRNOS,
     UNREADABLE_JSON,
     DreamtextError,
+    SavedRun,
     TrainedRun,
     check_a_file,
     shell_word,
@@ -1212,7 +1214,17 @@ def train(
             interrupted,
             saved=lambda: run.saved_step,
         ):
-            return _train(run, resume)
+            try:
+                return _train(run, resume)
+            except OSError as error:
+                # A full or failing disk in training (a checkpoint, the log, a preview): the
+                # fix is followed by a resume from the last checkpoint, not a new run elsewhere
+                # (the CLI's line, errors.saved_run_line). The error goes on: a batch stops on it.
+                if error.errno in ENVIRONMENT_ERRNOS and not hasattr(error, "trained_run"):
+                    step = resume_step(run.workspace) if can_resume(run.workspace) else None
+                    if step is not None:
+                        error.saved_run = SavedRun(step, run.resume_with)
+                raise
 
 
 def save_run_checkpoint(run: Run) -> Path:

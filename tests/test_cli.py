@@ -1528,6 +1528,41 @@ def test_a_failing_disk_or_file_server_in_a_run_is_one_line_that_fits_it(
     assert not (workspace / "checkpoints").exists()
 
 
+def test_a_full_disk_in_training_after_a_checkpoint_says_to_resume_it(
+    tmp_path, monkeypatch, capsys
+):
+    """A checkpoint's save that filled the disk at step 4, with step 2's saved and whole, said
+    "free space on that disk (or quota) or pick a folder you can write (--workspace)": a new
+    run there trains it again from the start. It says to resume the saved run, which then
+    goes on from step 2 once there is room."""
+    import dreamtext.trainer as trainer
+
+    workspace, real_save = tmp_path / "run", trainer.save_checkpoint
+    last = workspace / "checkpoints" / "last.pt"
+
+    def full_at_step_4(folder, state, keep=3):
+        if state["step"] == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(last))
+        return real_save(folder, state, keep)
+
+    config = tmp_path / "every2.yaml"
+    config.write_text("checkpoint_every: 2\npreview_every: 0\n")
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "6", "--no-export"]
+    argv += ["--config", str(config), "--workspace", str(workspace)]
+    monkeypatch.setattr(trainer, "save_checkpoint", full_at_step_4)
+    code, err = run_main(argv, capsys)
+    said = [line for line in err.splitlines() if line.startswith("dreamtext")]  # not the bar's
+    assert code == 2 and "Traceback" not in err and len(said) == 1, err
+    assert said[0] == (
+        f"dreamtext: error: No space left on device ({last}); the run is saved at step 2: free "
+        "space on that disk (or quota), then resume it with --resume"
+    )
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    code, err = run_main([*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert torch.load(last, weights_only=True)["step"] == 6
+
+
 @pytest.mark.parametrize(
     ("number", "fix"),
     [(errno.ENOSPC, "free space on that disk (or quota)"), *FAILING_FILE_SYSTEMS[:1]],
