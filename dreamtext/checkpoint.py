@@ -67,7 +67,10 @@ def atomic_write_bytes(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # named .last.pt.k2j4x9ab.tmp, a name the user never saw
+        raise OSError(error.errno, error.strerror, str(path)) from error
     try:
         with naming_the_file(path), os.fdopen(fd, "wb") as f:
             write(f)

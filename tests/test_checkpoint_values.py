@@ -389,3 +389,21 @@ def test_a_runs_renderer_comes_back_with_its_trained_occupancy_grid(tmp_path):
     loaded = loaded_renderer.state_dict()
     assert int(loaded["grid.occupied"].sum()) == loaded["grid.occupied"].numel() // 2
     assert torch.equal(loaded["grid.density"], grid["grid.density"])
+
+
+def test_a_checkpoint_folder_that_refuses_new_files_is_named_with_last_pt_not_a_temp_file(
+    tmp_path, monkeypatch
+):
+    """`chattr +i checkpoints` (or a folder made another user's) mid-run: the line named
+    ``checkpoints/.last.pt.bxv31027.tmp``, a hidden file the user never saw, made by mkstemp."""
+    import tempfile
+
+    def refused(prefix="", suffix="", dir=None):
+        name = os.path.join(dir, f"{prefix}bxv31027{suffix}")
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), name)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(tmp_path, a_state(1))
+    assert raised.value.errno == errno.EPERM
+    assert raised.value.filename == str(tmp_path / "checkpoints" / "last.pt")
