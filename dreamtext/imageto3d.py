@@ -46,6 +46,7 @@ import torch
 
 from dreamtext.captions import needs_stable_diffusion
 from dreamtext.checkpoint import (
+    atomic_write_bytes,
     can_resume,
     check_writable,
     last_checkpoint,
@@ -640,10 +641,9 @@ def sample_image(
             pipe, prompt, 1, steps, guidance_scale, seed, size, "diverse image", negative
         )[0]
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, out_path)
+    # Through a hidden temp file that a failed write removes: a full disk left
+    # diverse/sample_seed0.png.tmp cut short, and its error named no file.
+    atomic_write_bytes(out_path, lambda f: image.save(f, format="PNG"))
     return out_path
 
 

@@ -1730,3 +1730,31 @@ def test_a_learned_words_file_an_image_run_does_not_read_is_named_once(
     line = f"guidance.textual_inversion ({words}) is not read: an image run learns its own words"
     assert err.count(line) == (0 if own else 1), err
     assert "stopped in describe" in err
+
+
+def test_a_diverse_sample_on_a_full_disk_names_its_file_and_leaves_no_part_of_it(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """`text --diverse` with its workspace on a full disk left ``diverse/sample_seed0.png.tmp``
+    (0 or 8192 bytes: Pillow's buffer), and its error named no file."""
+    import errno
+    import os
+
+    real_save = Image.Image.save
+
+    def full_disk(self, fp, format=None, **params):
+        if isinstance(fp, (str, os.PathLike)):  # a file name: Pillow opens the file itself
+            with open(fp, "wb") as file:
+                file.write(b"\x89PNG cut short")
+        else:
+            fp.write(b"\x89PNG cut short")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    out = tmp_path / "diverse" / "sample_seed0.png"
+    with pytest.raises(OSError) as raised:
+        sample_image("a red cube", guidance, 0, out, steps=2)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(out)
+    assert list(out.parent.iterdir()) == []
+    monkeypatch.setattr(Image.Image, "save", real_save)
