@@ -174,10 +174,10 @@ class Run:
     # (:func:`save_run_checkpoint`). An interrupted status.json records it: a second Ctrl-C
     # stops before the checkpoint of ``step``.
     saved_step: int = 0
-    # Why each of the last DIVERGENCE_WINDOW steps taught the field nothing: "guidance" (ε̂ was not
-    # finite, so the guidance gave no gradient), "gradients" (its update was skipped for
-    # non-finite gradients, see ``optimizer_step``) or None (it did); and how many steps of the
-    # run skipped their update.
+    # Why each of the last DIVERGENCE_WINDOW steps taught the field nothing: "render" (the field
+    # rendered NaN or ±inf pixels), "guidance" (ε̂ was not finite, so the guidance gave no
+    # gradient), "gradients" (its update was skipped for non-finite gradients, see
+    # ``optimizer_step``) or None (it did); and how many steps of the run skipped their update.
     recent_skips: collections.deque = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=DIVERGENCE_WINDOW)
     )
@@ -863,7 +863,11 @@ def _train_step(run: Run) -> dict[str, Any]:
         perturb=True,
     )
     run.optimizer.zero_grad(set_to_none=True)
-    loss_sds, info = run.guidance.sds_loss(render.images(), labels, step / cfg.iters)
+    images = render.images()
+    # Read with the step's other numbers: a NaN render makes ε̂ NaN too, and the line that stops
+    # a diverged run is to blame the field (its --lr), not the guidance.
+    render_finite = torch.isfinite(images.detach()).all()
+    loss_sds, info = run.guidance.sds_loss(images, labels, step / cfg.iters)
     scale = loss_scale(run)
     loss = render.backward(loss_sds, regulariser_weights(cfg), scale)
     losses = {"loss": loss, "loss_sds": loss_sds}
@@ -878,12 +882,18 @@ def _train_step(run: Run) -> dict[str, Any]:
         losses["loss_density"] = loss_density
     # The step's one host read: whether its gradients are finite (the update depends on it) and,
     # in the same copy, every number its log line and progress bar show.
-    read = read_step_values(run, {**losses, "skipped": info.pop("skipped")})
+    read = read_step_values(
+        run, {**losses, "skipped": info.pop("skipped"), "render_finite": render_finite}
+    )
     updated = optimizer_step(run, read.pop("gradients_finite") == 1.0)
     # A step whose ε̂ was not finite has a zero SDS loss: even where the regularisers still
     # update the field, the prior taught it nothing, and a run of such steps only looks trained.
     unguided = read["skipped"] == 1.0
-    run.recent_skips.append("guidance" if unguided else None if updated else "gradients")
+    if read.pop("render_finite") != 1.0:
+        cause = "render"
+    else:
+        cause = "guidance" if unguided else None if updated else "gradients"
+    run.recent_skips.append(cause)
     run.skipped_updates += not updated
     run.step = step
     skipped, scale = read.pop("skipped"), read.pop("loss_scale", None)
@@ -964,12 +974,24 @@ def check_diverged(run: Run) -> None:
         return
     window = f"of the {len(run.recent_skips)} steps up to step {run.step}"
     bad_eps, bad_grads = causes.count("guidance"), causes.count("gradients")
+    bad_renders = causes.count("render")
     # Its checkpoint is for a resume with a fix (a smaller --lr or --guidance), which a window
     # kept full would stop again at its first step.
     run.recent_skips.clear()
     path = save_run_checkpoint(run)
     # Each cause with its own count: a line that put all 50 steps on ε̂, where 10 of them had
     # finite ε̂ and NaN gradients, misstated both.
+    if bad_renders > max(bad_eps, bad_grads):
+        # A field that renders NaN (its MLP overflowed float32) made ε̂ NaN as well: the line
+        # blamed --guidance. A resume goes on from the same overflowing weights.
+        others = bad_eps + bad_grads
+        more = f", and ε̂ or the gradients in {others} more" if others else ""
+        raise DreamtextError(
+            f"the training diverged: the field rendered NaN or infinite pixels in {bad_renders} "
+            f"{window}{more} (its weights overflowed float32); saved {path}, but a resume goes "
+            f"on from those weights: start again with a smaller --lr (this run's is "
+            f"{run.cfg.lr:g}) or another --seed"
+        )
     if bad_eps > bad_grads:
         guidance = run.cfg.guidance
         precision = " or without --fp16" if guidance.fp16 else ""

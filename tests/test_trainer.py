@@ -688,6 +688,39 @@ def test_a_diverged_runs_line_counts_each_cause_apart(tmp_path, tiny_sd_path, mo
     assert "--guidance" in message
 
 
+def test_a_run_whose_field_renders_nan_stops_naming_the_lr_not_the_guidance(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A field whose MLP overflowed float32 (the built-in prior at --lr 1e8) renders NaN, which
+    makes ε̂ NaN too: the run stopped saying "a smaller --guidance (this run's is 4)", a fix
+    that changes nothing. Its renders are counted apart, and the line names --lr."""
+    from dreamtext import trainer
+    from dreamtext.renderer import VolumeRenderer
+
+    real, calls = VolumeRenderer.render_train, []
+
+    def nan_from_step_2(self, *args, **kwargs):
+        render = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) >= 2:
+            render.outputs["rgb"] = render.outputs["rgb"] * math.nan
+        return render
+
+    monkeypatch.setattr(VolumeRenderer, "render_train", nan_from_step_2)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20)
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    message = str(error.value)
+    assert "\n" not in message
+    for part in ("diverged", "rendered NaN", "in 3 of the 4 steps up to step 4", "--lr"):
+        assert part in message, message
+    assert "--guidance" not in message and "continue with" not in message, message
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == message
+
+
 def test_a_resumed_run_diverges_at_the_step_the_uninterrupted_one_does(
     tmp_path, tiny_sd_path, monkeypatch
 ):
