@@ -212,7 +212,8 @@ class OccupancyGrid(nn.Module):
 
     Each update evaluates the density at one uniformly jittered point per cell and keeps
     ``g ← max(decay · g, σ(x_cell))``; a cell is occupied when ``g ≥ min(τ, mean(g))`` with ``τ``
-    the density threshold (the mean keeps a faint early scene from vanishing). Until the first
+    the density threshold (the mean keeps a faint early scene from vanishing). A cell whose
+    ``σ`` is NaN keeps ``decay · g`` and is occupied until its next update. Until the first
     update every cell is occupied.
     """
 
@@ -246,13 +247,18 @@ class OccupancyGrid(nn.Module):
         ijk = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).view(-1, 3)
         x = (ijk + torch.rand(ijk.shape, device=device)) / r * (2.0 * bound) - bound
         sigma = torch.cat([field.density(part).float() for part in x.split(chunk_points)])
-        grid = torch.maximum(self.density * self.decay, sigma.view(r, r, r))
+        sigma = sigma.view(r, r, r)
+        # A NaN density (a field whose MLP overflowed float32) keeps its cell's value (fmax):
+        # torch.maximum kept the NaN, and a NaN cell was empty for good, so a diverged field
+        # drew no samples and trained on, unchanged, as if learning; occupied, it is rendered,
+        # and its NaN reaches the step's gradients, which the trainer's divergence check counts.
+        grid = torch.fmax(self.density * self.decay, sigma)
         self.density.copy_(grid)
         # min(τ, mean) on the device, not read to the host: the same float32 comparison (the
         # rounding of τ to float32 keeps the order), and a NaN mean gives τ as min() does
         mean = grid.clamp_min(0.0).mean()
         threshold = torch.where(mean < self.threshold, mean, self.threshold)
-        self.occupied.copy_(grid >= threshold)
+        self.occupied.copy_((grid >= threshold) | sigma.isnan())
 
 
 class Sampler(Protocol):

@@ -38,6 +38,29 @@ def test_a_field_empty_everywhere_leaves_every_cell_occupied() -> None:
     assert grid.occupied.all()
 
 
+class HalfNaNField(FogField):
+    """σ NaN where x < 0 (a field whose MLP overflowed float32 there), 20 elsewhere."""
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x[:, 0] < 0, torch.nan, 20.0).to(x.dtype)
+
+
+def test_a_nan_density_leaves_its_cell_occupied_and_its_value_finite() -> None:
+    # torch.maximum kept a NaN σ in the grid for good, and g ≥ τ is false for NaN: every cell a
+    # diverged field made NaN drew no sample again, so the run trained on, unchanged, with no
+    # NaN for its divergence check to see. A NaN σ keeps decay · g (fmax) and its cell occupied.
+    grid = OccupancyGrid(resolution=4, decay=0.5, threshold=10.0)
+    grid.update(FogField(bound=1.0), chunk_points=1 << 10)  # g = 0.01 everywhere
+    grid.update(HalfNaNField(bound=1.0), chunk_points=1 << 10)
+    nan_half = grid.density[:2]  # cells i = 0, 1: x < 0
+    torch.testing.assert_close(nan_half, torch.full_like(nan_half, 0.005))
+    assert torch.equal(grid.density[2:], torch.full_like(grid.density[2:], 20.0))
+    assert grid.occupied.all()  # the NaN half, and the other at g = 20 ≥ min(10, mean)
+    # The field finite again: g = 0.01 and 10, τ' = min(10, mean 5.005); only the NaN half is empty.
+    grid.update(FogField(bound=1.0), chunk_points=1 << 10)
+    assert not grid.occupied[:2].any() and grid.occupied[2:].all()
+
+
 def test_dense_samples_without_perturb_are_the_middles_of_k_equal_bins() -> None:
     # A ray from z = 2 down −z through the cube of bound 1: near 1, far 3. K = 4 stratified
     # samples at ξ = ½: t_k = 1 + (k + ½) / 4 · 2 = 1.25, 1.75, 2.25, 2.75; each interval ends
