@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import secrets
 import sys
@@ -95,12 +96,20 @@ def write_whole(write: Callable[[memoryview], int], data: bytes, path: Path) -> 
             rest = rest[write(rest) :]
 
 
+def _json_value(value: Any) -> Any:
+    """``value``, or ``None`` for a float that is not finite (JSON has no NaN or infinity)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def append_log_line(log: BinaryIO, path: Path, record: dict[str, Any]) -> None:
     """Append ``record`` to ``log`` (the unbuffered ``log.jsonl`` at ``path``) as one whole line,
     or nothing: a write that does not fit (a full disk or quota, a file-size limit) is cut back
     off and raised naming ``path``. (A buffered file kept the rest, the closing retried it and
-    its second, nameless error replaced the first; and a torn line stayed.)"""
-    data = (json.dumps(record) + "\n").encode("utf-8")
+    its second, nameless error replaced the first; and a torn line stayed.) A value that is NaN
+    or infinite (a diverged step's loss) is written as ``null``: Python's ``NaN`` and
+    ``Infinity`` are not JSON, and a strict reader (JavaScript's ``JSON.parse``) refused the
+    line."""
+    data = (json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n").encode("utf-8")
     end = log.seek(0, os.SEEK_END)
     try:
         write_whole(log.write, data, path)

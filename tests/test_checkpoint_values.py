@@ -2,6 +2,8 @@
 hand from the docstrings of dreamtext/checkpoint.py (not read back from its output)."""
 
 import errno
+import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -152,6 +154,20 @@ def test_a_log_line_that_does_not_fit_is_cut_back_off(tmp_path):
     log.file.close()
     assert raised.value.filename == str(path)
     assert path.read_bytes() == b'{"step": 1}\n'
+
+
+def test_a_log_line_of_a_nan_or_infinite_loss_is_strict_json(tmp_path):
+    """A diverged step's loss was written as Python's ``NaN``, which is not JSON: JavaScript's
+    ``JSON.parse``, as any strict JSON reader, refused the whole line."""
+    path = tmp_path / "log.jsonl"
+    with open(path, "ab", buffering=0) as log:
+        append_log_line(log, path, {"step": 3, "loss": math.nan, "w": math.inf, "t": 40.5})
+
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    record = json.loads(path.read_text(), parse_constant=strict)
+    assert record == {"step": 3, "loss": None, "w": None, "t": 40.5}
 
 
 def test_a_hidden_file_not_named_as_a_temp_file_is_kept(tmp_path):
