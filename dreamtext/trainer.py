@@ -888,7 +888,9 @@ def _train_step(run: Run) -> dict[str, Any]:
     updated = optimizer_step(run, read.pop("gradients_finite") == 1.0)
     # A step whose ε̂ was not finite has a zero SDS loss: even where the regularisers still
     # update the field, the prior taught it nothing, and a run of such steps only looks trained.
-    unguided = read["skipped"] == 1.0
+    # A finite ε̂ whose SDS loss ½ Σ w² (ε̂ − ε)² / B overflowed (--guidance 1e20 and more) makes
+    # the gradients through the VAE NaN: the line blamed --lr, not the guidance.
+    unguided = read["skipped"] == 1.0 or read["loss_sds"] == math.inf
     if read.pop("render_finite") != 1.0:
         cause = "render"
     else:
@@ -997,8 +999,9 @@ def check_diverged(run: Run) -> None:
         precision = " or without --fp16" if guidance.fp16 else ""
         more = f", and the gradients in {bad_grads} more" if bad_grads else ""
         raise DreamtextError(
-            f"the training diverged: the diffusion model's guided noise prediction was NaN or "
-            f"infinite in {bad_eps} {window}{more}, so they taught the field nothing; saved "
+            f"the training diverged: the diffusion model's guided noise prediction, or its SDS "
+            f"loss, was NaN or infinite in {bad_eps} {window}{more}, so they taught the field "
+            f"nothing; saved "
             f"{path}; continue with {run.resume_with} and a smaller --guidance (this run's is "
             f"{guidance.guidance_scale:g}){precision}"
         )

@@ -660,6 +660,26 @@ def test_a_run_whose_guidance_is_never_finite_stops_instead_of_finishing_untrain
     assert status["state"] == "failed" and status["error"] == message
 
 
+def test_a_run_whose_sds_loss_overflows_stops_naming_the_guidance_not_the_lr(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """At --guidance 1e38 the tiny model's ε̂ stays finite but ½ Σ w² (ε̂ − ε)² overflows and the
+    gradients through the VAE are NaN: the run stopped saying "a smaller --lr (this run's is
+    0.001)", the default, where the fix is a smaller --guidance."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20)
+    cfg.guidance.guidance_scale = 1e38
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    message = str(error.value)
+    for part in ("diverged", "SDS loss", "in 3 of the 3 steps up to step 3", "--guidance", "1e+38"):
+        assert part in message, message
+    assert "--lr" not in message, message
+
+
 def test_a_diverged_runs_line_counts_each_cause_apart(tmp_path, tiny_sd_path, monkeypatch):
     """Steps whose ε̂ was not finite and steps whose gradients were not were all put on the
     larger cause: the built-in prior at --guidance 3e38 said ε̂ was NaN or infinite "in 50 of
