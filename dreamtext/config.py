@@ -838,6 +838,20 @@ def validate(
         if type(error) is not DreamtextError:
             raise
         raise DreamtextError(with_its_file(str(error), source_of)) from None
+    # Every camera is at most radius_range's upper end from the centre, and the field's box
+    # reaches √3 × bound beyond that: a near plane past it (render.min_near: 100) left every
+    # ray without a sample, and the run trained nothing to the end, without a word.
+    reach = cfg.cameras.radius_range[1] + math.sqrt(3.0) * cfg.field.bound
+    if cfg.render.min_near >= reach:
+        near, radius = "render.min_near", "cameras.radius_range"
+        raise DreamtextError(
+            f"{setting_name(near, None, source_of(near))} is {cfg.render.min_near:g}, past the "
+            f"whole scene: every camera is within {cfg.cameras.radius_range[1]:g} of its centre, "
+            f"by {setting_name(radius, None, source_of(radius))}, and the field's box reaches "
+            f"{math.sqrt(3.0) * cfg.field.bound:.3g} beyond that (√3 × field.bound), so no ray "
+            f"would take a sample; make it less than {reach:.3g} (the default is "
+            f"{RenderConfig.min_near:g})"
+        )
     cfg.export_options.validate(export_source, source_of)
     if cfg.guidance.textual_inversion and cfg.guidance.model in BUILTIN_MODELS:
         # It was recorded and never read: its tokens go into Stable Diffusion's text encoder.

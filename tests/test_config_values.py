@@ -52,6 +52,27 @@ def test_shading_probabilities_that_sum_to_0_995_are_refused():
         resolve_config({"prompt": "x", "shading_probs": [0.5, 0.3, 0.195]})
 
 
+def test_a_near_plane_past_the_whole_scene_is_refused_and_one_inside_it_runs(tmp_path):
+    """Cameras within radius_range[1] = 1.5 of the centre, a box of bound 1 whose farthest corner
+    lies √3 = 1.732 from it: no point of the box is 3.232 or more from any camera. A near plane
+    there (render.min_near: 100 once ran to the end with 0 samples a ray) leaves nothing to
+    sample; just below it, a ray towards the far corner still samples."""
+    path = tmp_path / "far.yaml"
+    path.write_text("render:\n  min_near: 3.233\n")
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x", "cameras": {"radius_range": [1.0, 1.5]}}, config_file=path)
+    assert str(raised.value) == (
+        f"config field 'render.min_near' (in {path}) is 3.233, past the whole scene: every "
+        "camera is within 1.5 of its centre, by config field 'cameras.radius_range', and the "
+        "field's box reaches 1.73 beyond that (√3 × field.bound), so no "
+        "ray would take a sample; make it less than 3.23 (the default is 0.05)"
+    )
+    cfg = resolve_config(
+        {"prompt": "x", "cameras": {"radius_range": [1.0, 1.5]}, "render": {"min_near": 3.23}}
+    )
+    assert cfg.render.min_near == 3.23
+
+
 def test_the_largest_lr_counts_the_hash_tables_lr_scale():
     """Adam's first step is 10 lr, the hash table's 10 lr × encoding_lr_scale: with the scale
     10, float32's 3.4e38 allows lr up to 3.4e36, so 1e37 is refused; with the scale 1, 1e37 is
