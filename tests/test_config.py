@@ -861,6 +861,20 @@ def test_a_resume_whose_config_json_does_not_say_its_preset_keeps_the_defaults_a
     assert "guidance.guidance_scale 100.0" in err and "--config FILE" in err
 
 
+def test_the_note_of_a_moved_runs_resume_names_the_folder_it_resumes_not_the_recorded_one(
+    capsys,
+):
+    """A run copied or moved (off a cluster) and resumed with ``--workspace`` where it is now:
+    the line about its older config.json names that folder, where the file to look at is, not
+    the folder its config.json recorded, which may not exist here."""
+    cfg = resolve_config({**A_RUN, "workspace": "cluster/old"}, preset="fitfusion")
+    saved = _older_record(cfg, "guidance.guidance_scale")
+    resolve_config({"workspace": "here/old"}, base=saved)
+    err = capsys.readouterr().err
+    assert "here/old's config.json (an older dreamtext's)" in err
+    assert "cluster/old" not in err
+
+
 def test_a_yaml_config_file_cannot_claim_presets_it_does_not_apply(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("presets: [fitfusion]\n")
