@@ -165,3 +165,14 @@ def test_newest_run_unread_finding_no_run_is_none_not_an_error(tmp_path):
     """Its docstring: None where it finds no run (the export says why after its imports)."""
     assert newest_run_unread(tmp_path) is None
     assert newest_run_unread(tmp_path / "missing") is None
+
+
+def test_a_step_only_run_newer_than_every_last_pt_is_newest_beside_an_older_one(tmp_path):
+    """The README: export without --workspace takes the run whose newest checkpoint is the
+    most recent, counting a run of step files only by its newest whole one. Of two runs that
+    lost their last.pt, one older and one newer than a's last.pt, the newer is the answer: the
+    older one being no newer than a's last.pt says nothing of the other."""
+    _file(tmp_path / "a" / "checkpoints" / "last.pt", T + 100)
+    _file(tmp_path / "b" / "checkpoints" / "step_000010.pt", T + 50)
+    _file(tmp_path / "c" / "checkpoints" / "step_000010.pt", T + 200)
+    assert newest_run(tmp_path, _newest_step) == tmp_path / "c"
