@@ -3431,6 +3431,23 @@ def test_a_run_finished_without_its_export_and_checkpoints_is_skipped_with_a_war
     assert capsys.readouterr().err.count(warning) == 1
 
 
+def test_a_run_finished_without_an_export_is_skipped_quietly_by_a_batch_that_asks_for_none(
+    tmp_path, tiny_yaml, shapes_cache, capsys
+):
+    """A list trained with --no-export (tiny.yaml: export false), run again the same way: the
+    run is finished as asked and skipped without a word, not told that it "finished without a
+    mesh and has no checkpoint left to export it from" (it has both its checkpoints and no need
+    of a mesh)."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, args))) == 0
+    capsys.readouterr()
+    assert main(list(map(str, args))) == 0
+    assert [r["status"] for r in rows(root)] == ["finished", "skipped"]
+    assert "without a mesh" not in capsys.readouterr().err
+
+
 def test_a_finished_run_with_other_export_settings_is_pointed_at_dreamtext_export(tmp_path, capsys):
     """Export settings need no training, so the advice is the export command, not --overwrite
     (which trains the run again from scratch)."""
