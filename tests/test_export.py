@@ -107,6 +107,19 @@ def test_export_writes_the_mesh_files_and_the_turntable(exported):
     assert all(path.is_file() and path.stat().st_size > 0 for path in result.files.values())
 
 
+def test_an_obj_only_export_writes_the_obj_its_material_and_its_texture(tmp_path):
+    """``--formats obj`` alone: the OBJ needs the UV atlas and baked texture as the GLB does,
+    and gets them without the GLB beside it."""
+    result = export_field(SphereField(), tmp_path, small_options(video=False, formats=("obj",)))
+    assert sorted(p.name for p in (tmp_path / "mesh").iterdir()) == [
+        "albedo.png",
+        "mesh.json",
+        "mesh.mtl",
+        "mesh.obj",
+    ]
+    assert set(result.files) == {"obj", "mtl", "texture", "json"}
+
+
 def test_exported_mesh_is_a_closed_outward_sphere_of_the_field_radius(exported):
     out, result = exported
     mesh = trimesh.load(out / "mesh" / "mesh.ply", process=False)
