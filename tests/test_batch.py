@@ -3267,6 +3267,31 @@ def test_a_run_continued_without_its_export_is_exported_again_when_the_batch_ask
     assert exports == [5, 8]
 
 
+def test_a_run_continued_to_a_higher_iters_is_not_said_to_be_only_exported(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """Finished with its mesh at --iters 5, asked for 8: the batch trains it on and says so;
+    "finished with the mesh of an earlier step; exporting it again" is the line of a run that
+    needs only its export, not of one that trains."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+
+    def fake_export(run):
+        (run.workspace / "mesh").mkdir(exist_ok=True)
+        (run.workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+        (run.workspace / "mesh" / "mesh.json").write_text(json.dumps({"step": run.step}))
+
+    monkeypatch.setattr(trainer, "export_trained", fake_export)
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    args = ["batch", path, *BUILTIN[:2], "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--iters", "5"]))) == 0
+    capsys.readouterr()
+    assert main(list(map(str, [*args, "--iters", "8"]))) == 0
+    err = capsys.readouterr().err
+    assert "finished at step 5; continuing to --iters 8" in err
+    assert "exporting it" not in err
+
+
 def test_an_export_only_attempt_records_no_speed_and_says_training_settings_do_not_apply(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
