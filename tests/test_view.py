@@ -204,6 +204,15 @@ def test_run_ids_differing_in_case_or_normalisation_alone_are_made_distinct(tmp_
     assert {"crème", "crème-2"} <= {unicodedata.normalize("NFC", i) for i in ids}
 
 
+def test_a_run_id_differing_in_case_from_one_listed_before_it_is_made_distinct(tmp_path: Path):
+    """The lower-case name first (the first of two roots), the upper-case one after it: the
+    second is no more a name of its own on a case-blind file system than the other way round."""
+    make_run(tmp_path / "a" / "cube", "one")
+    make_run(tmp_path / "b" / "Cube", "two")
+    ids = [r.id for r in Catalog([tmp_path / "a", tmp_path / "b"]).runs()]
+    assert ids == ["cube", "Cube-2"]
+
+
 def test_a_runs_status_is_its_whole_time_and_peak_over_every_stage(tmp_path: Path):
     stages = {"descriptor": {"seconds": 300.0, "gpu_mem_mib": 3000.0}}
     stages |= {"train": {"seconds": 60.0, "gpu_mem_mib": 2048.0}, "bad": "x"}
