@@ -19,6 +19,13 @@ if not torch.cuda.is_available():
 
 # The repository root (for `dreamtext` without an install) and tests/ (for `tiny_models`).
 sys.path[:0] = [str(Path(__file__).parent.parent), str(Path(__file__).parent)]
+# The processes the tests start (`python -m dreamtext.cli ...`, `python -c ...`) import this
+# checkout's `dreamtext` too, from any folder: without it they found none where it is not
+# installed, or, in a virtual environment with another checkout installed (`pip install -e`), ran
+# that checkout's code, and its tests passed or failed for code the contributor had not written.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 from tiny_models import write_tiny_sd  # noqa: E402
 
