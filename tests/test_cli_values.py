@@ -2,6 +2,8 @@
 bounds of the number flags, and the words of the one-line refusals (expected values from the
 help texts and the thesis, not from the code's output)."""
 
+import shlex
+
 import pytest
 
 from dreamtext.cli import build_parser, text_overrides
@@ -536,7 +538,7 @@ def test_a_resume_of_a_diverse_run_with_its_prompt_names_the_diverse_command(tmp
         tmp_path, prompt="An image of a <descriptor> mug", diverse={"prompt": "a mug", "seed": 3}
     )
     assert main(["text", "a mug", "--resume", "--workspace", str(run)]) == 2
-    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {run}"
+    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {shlex.quote(str(run))}"
     assert capsys.readouterr().err == (
         f"dreamtext: error: {run} holds the --diverse run of 'a mug'; `{command}` continues it, "
         "or drop --resume and pass --workspace NEW_FOLDER for this prompt\n"
@@ -558,7 +560,7 @@ def test_a_resume_typed_without_diverse_names_the_diverse_run_beside(tmp_path, m
     record = {"prompt": "a mug", "workspace": str(run), "diverse": {"prompt": "a mug", "seed": 3}}
     (run / "config.json").write_text(json.dumps(record))
     assert main(["text", "a mug", "--resume"]) == 2
-    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {run}"
+    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {shlex.quote(str(run))}"
     assert capsys.readouterr().err == (
         "dreamtext: error: nothing to resume in workspace/a_mug: no config.json; "
         f"{run} holds the --diverse run of 'a mug'; `{command}` continues it, or drop --resume "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -294,7 +295,7 @@ def test_a_run_at_its_last_step_is_called_finished(tmp_path):
 
     _config(tmp_path, prompt="a red cube", iters=100, export=False)
     line = str(held_run_error(tmp_path, 100, None))
-    export = f"`dreamtext export --workspace {tmp_path}` makes it"
+    export = f"`dreamtext export --workspace {shlex.quote(str(tmp_path))}` makes it"
     assert (
         f", finished at step 100 with no mesh (--no-export; {export}); pass --resume --iters N "
         "(above 100) to train it further," in line
@@ -359,7 +360,7 @@ def test_another_prompt_into_a_diverse_run_names_its_command_with_its_seed(tmp_p
     _config(workspace, prompt="An image of a mug", diverse={"prompt": "a mug", "seed": 3})
     with pytest.raises(DreamtextError) as refused:
         check_new_run_workspace(workspace, "a cup", False, None)
-    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {workspace}"
+    command = f"dreamtext text 'a mug' --diverse --seed 3 --workspace {shlex.quote(str(workspace))}"
     assert f"holds the --diverse run of 'a mug'; `{command}` continues it" in str(refused.value)
 
 

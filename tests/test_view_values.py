@@ -4,6 +4,7 @@ state and figures, the static folder and the downloads."""
 
 import io
 import json
+import shlex
 import socket
 import unicodedata
 from pathlib import Path
@@ -645,9 +646,16 @@ def test_a_folder_name_with_control_characters_is_named_as_an_escape_not_sent_to
     make_run(nest / "own", "a dog")
     hint = nested_runs_hint(nest)
     assert not any(unicodedata.category(c) == "Cc" for c in hint), repr(hint)
-    word = hint.split("(dreamtext view ")[1].removesuffix(")").split(" ", 1)[1]
-    printed = subprocess.run(["bash", "-c", f"printf %s {word}"], capture_output=True, check=True)
-    assert printed.stdout.decode() == str(nest / name)
+    words = hint.split("(dreamtext view ")[1].removesuffix(")")
+    printed = subprocess.run(
+        ["bash", "-c", f"printf '%s\\0' {words}"], capture_output=True, check=True
+    )
+    assert printed.stdout.decode().split("\0")[:-1] == [str(nest), str(nest / name)]
+
+
+def quoted(path: Path) -> str:
+    """``path`` as a shell word (a folder with a space in its name, as ``TMPDIR`` may be)."""
+    return shlex.quote(str(path))
 
 
 def _printed_by_bash(word: str) -> str:
@@ -710,7 +718,7 @@ def test_folders_of_runs_a_level_further_down_are_named_to_pass(tmp_path: Path, 
     (nest / "empty").mkdir()
     expected = (
         f"{nest} holds 2 folders of runs a level further down, which the viewer does not look "
-        f"into: pass them (dreamtext view {nest / 'B'} {nest / 'C'})"
+        f"into: pass them (dreamtext view {quoted(nest / 'B')} {quoted(nest / 'C')})"
     )
     assert nested_runs_hint(nest) == expected
     with pytest.raises(DreamtextError) as refused:
@@ -718,7 +726,7 @@ def test_folders_of_runs_a_level_further_down_are_named_to_pass(tmp_path: Path, 
     assert str(refused.value) == expected
     make_run(nest / "own", "a dog")  # a run of its own beside them: both folders to pass
     assert nested_runs_hint(nest).endswith(
-        f"pass them (dreamtext view {nest} {nest / 'B'} {nest / 'C'})"
+        f"pass them (dreamtext view {quoted(nest)} {quoted(nest / 'B')} {quoted(nest / 'C')})"
     )
     assert main(["view", str(nest), "--static", str(tmp_path / "site")]) == 0
     assert capsys.readouterr().err == f"dreamtext view: {nested_runs_hint(nest)}\n"
@@ -854,7 +862,7 @@ def test_links_to_runs_outside_a_folder_are_named_beside_its_own_runs(tmp_path: 
     hint = linked_runs_hint(runs)
     assert hint == (
         f"{runs} holds 1 link to a run outside it, which the viewer does not follow: pass the "
-        f"run's folder instead (dreamtext view {tmp_path / 'scratch' / 'a_dog'})"
+        f"run's folder instead (dreamtext view {quoted(tmp_path / 'scratch' / 'a_dog')})"
     )
     assert main(["view", str(runs), "--static", str(tmp_path / "site")]) == 0
     assert capsys.readouterr().err == f"dreamtext view: {hint}\n"
@@ -903,7 +911,8 @@ def test_runs_left_out_of_a_folder_but_given_too_are_not_named_to_pass(tmp_path:
     assert main(argv) == 0
     assert capsys.readouterr().err == (
         f"dreamtext view: {tmp_path / 'nest'} holds a folder of runs a level further down, "
-        f"which the viewer does not look into: pass it (dreamtext view {tmp_path / 'nest' / 'C'})\n"
+        "which the viewer does not look into: pass it "
+        f"(dreamtext view {quoted(tmp_path / 'nest' / 'C')})\n"
     )
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
