@@ -142,10 +142,17 @@ def shell_word(text: str | Path) -> str:
     if not _has_control(text):
         return shlex.quote(text)
     escaped = "".join(
-        _escape(c) if unicodedata.category(c) == "Cc" else "\\" + c if c in "\\'" else c
+        _shell_escape(c) if unicodedata.category(c) == "Cc" else "\\" + c if c in "\\'" else c
         for c in text
     )
     return f"$'{escaped}'"
+
+
+def _shell_escape(c: str) -> str:
+    """A control character as ``$'...'`` writes it for any locale: the bytes of its name on disk
+    (``\\xc2\\x85``), not ``\\u0085``, which bash under ``LC_ALL=C`` keeps as those six
+    characters, naming another file."""
+    return "".join(f"\\x{byte:02x}" for byte in os.fsencode(c))
 
 
 def shown_path(path: str | Path) -> str:

@@ -111,3 +111,23 @@ def test_a_non_file_in_a_files_place_is_named_by_what_it_is(tmp_path: Path):
             ("last.pt", "a link to nothing"),
         ]
     }
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_a_name_with_a_c1_control_character_pastes_as_itself_in_any_locale(tmp_path, locale):
+    """shell_word wrote U+0085 (a C1 control, a byte pair in a UTF-8 name) as ``\\u0085``: bash
+    under ``LC_ALL=C`` keeps that as six characters, so the pasted command named another
+    folder. Its bytes (``\\xc2\\x85``) are the same name in every locale."""
+    import os
+    import subprocess
+
+    from dreamtext.errors import shell_word
+
+    name = tmp_path / "runs \x85\x1b[2J"
+    word = shell_word(name)
+    assert word == f"$'{tmp_path}/runs \\xc2\\x85\\x1b[2J'"
+    env = {**os.environ, "LC_ALL": locale, "LANG": locale}
+    printed = subprocess.run(
+        ["bash", "-c", f"printf %s {word}"], env=env, capture_output=True, check=True
+    )
+    assert printed.stdout == os.fsencode(name)
