@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -500,7 +501,8 @@ def test_an_image_line_finished_with_other_settings_is_not_told_to_use_overwrite
     image = tmp_path / "new" / "mug.png"
     assert "--overwrite trains it again" not in line
     assert line.endswith(
-        f"skipped, dreamtext image {image} --workspace {root / 'mug'} --overwrite, with the "
+        f"skipped, dreamtext image {shlex.quote(str(image))} --workspace "
+        f"{shlex.quote(str(root / 'mug'))} --overwrite, with the "
         "batch's flags, trains its text→3D again (the batch's --overwrite is for text lines)"
     )
 
@@ -3490,7 +3492,8 @@ def test_a_finished_run_with_other_export_settings_is_pointed_at_dreamtext_expor
     assert run_entry(entry, cfg, BatchOptions(root=root), root, None)["status"] == "skipped"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"batch: line 1: {workspace} finished with other settings (export_options.resolution "
-        f"{resolution} → 64); skipped, dreamtext export --workspace {workspace} --resolution 64 "
+        f"{resolution} → 64); skipped, dreamtext export --workspace "
+        f"{shlex.quote(str(workspace))} --resolution 64 "
         "exports it again with these"
     ]
 

@@ -826,7 +826,8 @@ def test_an_image_moved_from_its_run_is_still_named_with_the_runs_copy(tmp_path,
     assert code == 2
     assert err == (
         f"dreamtext: error: image not found: {image}; to continue the run in {workspace}, pass "
-        f"its copy and its folder: dreamtext image {copy} --workspace {workspace} (or the "
+        f"its copy and its folder: dreamtext image {shlex.quote(str(copy))} --workspace "
+        f"{shlex.quote(str(workspace))} (or the "
         "image's new path in place of the copy)\n"
     )
 

@@ -1745,7 +1745,7 @@ def test_out_of_memory_in_export_names_the_fixes_and_writes_nothing(
         assert "out of GPU memory" in message and "--device cpu" in message
     else:
         assert "out of memory" in message and "GPU" not in message and "--device" not in message
-    assert f"--workspace {tmp_path / 'run'}" in message
+    assert f"--workspace {shlex.quote(str(tmp_path / 'run'))}" in message
     assert not (tmp_path / "run").exists()
 
 
@@ -3362,7 +3362,7 @@ def test_an_export_refused_for_memory_after_training_names_dreamtext_export(tmp_
     assert str(refused.value).startswith("an export at --resolution 1024 with a ")
     assert str(refused.value).endswith(
         f"; the run trained to step 2 and is saved ({run / 'checkpoints' / 'last.pt'}): export "
-        f"it with those flags of `dreamtext export --workspace {run}`"
+        f"it with those flags of `dreamtext export --workspace {shlex.quote(str(run))}`"
     )
     assert not (run / "mesh").exists()
 

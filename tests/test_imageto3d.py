@@ -1,6 +1,8 @@
 """Image→3D: describe → descriptor → text→3D → export, stages skipped when done; --diverse."""
 
 import json
+import re
+import shlex
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -1297,7 +1299,8 @@ def test_a_run_whose_image_was_moved_continues_from_the_moved_file_or_the_runs_c
     image, workspace, copy = _described_run(tmp_path)
     moved = image.rename(tmp_path / "moved.png")
 
-    with pytest.raises(DreamtextError, match=f"dreamtext image {copy} --workspace {workspace}"):
+    command = f"dreamtext image {shlex.quote(str(copy))} --workspace {shlex.quote(str(workspace))}"
+    with pytest.raises(DreamtextError, match=re.escape(command)):
         imageto3d.check_image(image, workspace)
     for path in (moved, copy):
         imageto3d.check_image(path, workspace)

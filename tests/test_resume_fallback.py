@@ -4,6 +4,7 @@ disk, a copy or sync cut short), step files of a branch the run left, a killed r
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -249,7 +250,8 @@ def test_export_of_a_damaged_only_checkpoint_says_the_run_cannot_be_exported(tmp
     assert err.splitlines()[-1] == (
         f"dreamtext: error: cannot export {workspace}: {last} is unreadable (a truncated or "
         "damaged file: RuntimeError) and the run has no earlier checkpoint that is whole; train "
-        f"it again from scratch: `dreamtext text 'a red cube' --workspace {workspace} "
+        "it again from scratch: `dreamtext text 'a red cube' --workspace "
+        f"{shlex.quote(str(workspace))} "
         "--overwrite` with the flags it was trained with"
     )
     assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before

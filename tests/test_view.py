@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -3353,7 +3354,10 @@ def test_a_folder_of_links_to_runs_outside_it_says_the_links_are_not_followed(
     assert main(["view", str(tmp_path / "best"), "--static", str(tmp_path / "site")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "holds 1 link to a run outside it" in err and f"dreamtext view {run}" in err
+    assert (
+        "holds 1 link to a run outside it" in err
+        and f"dreamtext view {shlex.quote(str(run))}" in err
+    )
     assert not (tmp_path / "site").exists()
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
@@ -3935,7 +3939,8 @@ def test_a_server_of_a_folder_inside_a_run_names_the_run_to_view(root: Path):
     assert first.startswith("dreamtext view: 0 runs at http://127.0.0.1:"), first
     cube = (root / "cube").resolve()
     assert second.strip() == (
-        f"{mesh} is a folder inside the run {cube}: `dreamtext view {cube}` shows it"
+        f"{mesh} is a folder inside the run {cube}: `dreamtext view {shlex.quote(str(cube))}` "
+        "shows it"
     )
 
 

@@ -2,6 +2,7 @@
 for the lines a mutation round of dreamtext/view/page.py and dreamtext/view/static.py found
 untested."""
 
+import shlex
 from pathlib import Path
 
 from test_view import batch_record, page_data, root, write_records  # noqa: F401  (root: fixture)
@@ -31,7 +32,8 @@ def test_a_static_page_names_no_export_command_for_an_empty_typed_workspace(root
     out = export_static([root], tmp_path / "site")
     assert page_data(out / "runs" / "cube" / "index.html")["run"]["export_command"] is None
     sphere = page_data(out / "runs" / "sphere" / "index.html")["run"]["export_command"]
-    assert sphere == f"dreamtext export --workspace {root / 'sphere'}"  # as typed where it ran
+    # as typed where it ran
+    assert sphere == f"dreamtext export --workspace {shlex.quote(str(root / 'sphere'))}"
 
 
 def test_a_glb_removed_after_its_run_was_read_gets_no_script_on_the_page(
