@@ -2096,6 +2096,12 @@ def _sigterm_raises_while_loading() -> Iterator[Received]:
 WRITE_ELSEWHERE = {
     "export": "copy the run to a disk with room (or one you can write) and export it there",
     "view": "give --static a folder you can write",
+    # Before its text→3D stage has a checkpoint (the error then names the step it is saved at):
+    # a new folder runs the sentence search and the descriptor again.
+    "image": (
+        "pick a folder you can write (--workspace), where the stages that finished here run "
+        "again; once fixed, the same command goes on from them"
+    ),
 }
 
 

@@ -1489,6 +1489,14 @@ def test_a_full_disk_or_a_refused_write_is_one_line_other_os_errors_raise(
     code, err = run_main(["export"], capsys)
     assert_user_error(code, err, error.strerror, error.filename, "copy the run to a disk")
     assert "--workspace" not in err
+    # image: a new folder runs its finished stages (the sentence, the descriptor) again
+    monkeypatch.setattr(cli, "cmd_image", failing)
+    code, err = run_main(["image", "mug.png"], capsys)
+    assert_user_error(code, err, error.strerror, error.filename, "--workspace")
+    assert err.endswith(
+        "pick a folder you can write (--workspace), where the stages that finished here run "
+        "again; once fixed, the same command goes on from them\n"
+    )
 
 
 # The errors of a failing disk or file server: errno, what the system calls it, what to do.
