@@ -3237,6 +3237,19 @@ def test_a_run_finished_without_its_export_is_exported_when_the_batch_asks_for_o
     assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped"]
 
 
+def fake_mesh_export(exports: list[int]):
+    """An ``export_trained`` that records each step it exports in ``exports`` and writes only
+    ``mesh/mesh.glb`` and the ``mesh/mesh.json`` of that step (what a batch reads)."""
+
+    def fake_export(run):
+        exports.append(run.step)
+        (run.workspace / "mesh").mkdir(exist_ok=True)
+        (run.workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
+        (run.workspace / "mesh" / "mesh.json").write_text(json.dumps({"step": run.step}))
+
+    return fake_export
+
+
 def test_a_run_continued_without_its_export_is_exported_again_when_the_batch_asks(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
@@ -3245,14 +3258,7 @@ def test_a_run_continued_without_its_export_is_exported_again_when_the_batch_ask
     path = prompts_file(tmp_path, "a red cube")
     root = tmp_path / "root"
     exports = []
-
-    def fake_export(run):
-        exports.append(run.step)
-        (run.workspace / "mesh").mkdir(exist_ok=True)
-        (run.workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
-        (run.workspace / "mesh" / "mesh.json").write_text(json.dumps({"step": run.step}))
-
-    monkeypatch.setattr(trainer, "export_trained", fake_export)
+    monkeypatch.setattr(trainer, "export_trained", fake_mesh_export(exports))
     tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
     args = ["batch", path, *BUILTIN[:2], "--config", tiny_yaml, "--workspace", root]
     assert main(list(map(str, [*args, "--iters", "5"]))) == 0
@@ -3277,13 +3283,7 @@ def test_a_run_continued_to_a_higher_iters_is_not_said_to_be_only_exported(
     needs only its export, not of one that trains."""
     path = prompts_file(tmp_path, "a red cube")
     root = tmp_path / "root"
-
-    def fake_export(run):
-        (run.workspace / "mesh").mkdir(exist_ok=True)
-        (run.workspace / "mesh" / "mesh.glb").write_bytes(b"glTF")
-        (run.workspace / "mesh" / "mesh.json").write_text(json.dumps({"step": run.step}))
-
-    monkeypatch.setattr(trainer, "export_trained", fake_export)
+    monkeypatch.setattr(trainer, "export_trained", fake_mesh_export([]))
     tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
     args = ["batch", path, *BUILTIN[:2], "--config", tiny_yaml, "--workspace", root]
     assert main(list(map(str, [*args, "--iters", "5"]))) == 0
