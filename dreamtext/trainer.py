@@ -182,6 +182,10 @@ class Run:
         default_factory=lambda: collections.deque(maxlen=DIVERGENCE_WINDOW)
     )
     skipped_updates: int = 0
+    # The first of the steps up to ``step`` whose renders were all NaN or infinite (``None``: the
+    # last one's was finite): the field's weights overflowed in the update of the step before,
+    # and every checkpoint from that step on holds them (:func:`check_diverged`).
+    nan_renders_from: int | None = None
     # The occupancy grid's refresh after step ``step`` ran out of memory and is to be run on
     # resume (:func:`refresh_occupancy`).
     occupancy_pending: bool = False
@@ -896,6 +900,10 @@ def _train_step(run: Run) -> dict[str, Any]:
     else:
         cause = "guidance" if unguided else None if updated else "gradients"
     run.recent_skips.append(cause)
+    if cause != "render":
+        run.nan_renders_from = None
+    elif run.nan_renders_from is None:
+        run.nan_renders_from = step
     run.skipped_updates += not updated
     run.step = step
     skipped, scale = read.pop("skipped"), read.pop("loss_scale", None)
@@ -980,13 +988,33 @@ def check_diverged(run: Run) -> None:
     # Its checkpoint is for a resume with a fix (a smaller --lr or --guidance), which a window
     # kept full would stop again at its first step.
     run.recent_skips.clear()
+    others = bad_eps + bad_grads
+    overflowed = run.nan_renders_from
+    if bad_renders > others and overflowed is not None and run.saved_step < overflowed - 1:
+        # The weights that overflowed are not saved: as last.pt they replaced the checkpoint of
+        # finite weights a resume with a smaller --lr goes on from (and a batch's
+        # keep_checkpoints: 1 kept no other), and a resume from them diverged again.
+        more = f", and ε̂ or the gradients in {others} more" if others else ""
+        stop = (
+            f"the training diverged: the field rendered NaN or infinite pixels in {bad_renders} "
+            f"{window}{more} (its weights overflowed float32 in step {overflowed - 1})"
+        )
+        if run.saved_step == 0:
+            raise DreamtextError(
+                f"{stop}; nothing saved, as it has no checkpoint from before: start again with "
+                f"a smaller --lr (this run's is {run.cfg.lr:g}) or another --seed"
+            )
+        raise DreamtextError(
+            f"{stop}; not saved: {last_checkpoint(run.workspace)} stays the checkpoint of step "
+            f"{run.saved_step}, from before; continue from it with {run.resume_with} and a "
+            f"smaller --lr (this run's is {run.cfg.lr:g}), or start again with another --seed"
+        )
     path = save_run_checkpoint(run)
     # Each cause with its own count: a line that put all 50 steps on ε̂, where 10 of them had
     # finite ε̂ and NaN gradients, misstated both.
     if bad_renders > max(bad_eps, bad_grads):
         # A field that renders NaN (its MLP overflowed float32) made ε̂ NaN as well: the line
         # blamed --guidance. A resume goes on from the same overflowing weights.
-        others = bad_eps + bad_grads
         more = f", and ε̂ or the gradients in {others} more" if others else ""
         raise DreamtextError(
             f"the training diverged: the field rendered NaN or infinite pixels in {bad_renders} "
@@ -1307,6 +1335,7 @@ def _train(run: Run, resume: bool) -> Path:
             )
         )
     start_time, start_step = time.perf_counter(), run.step
+    due = False  # a checkpoint the loop has not saved yet
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     with (
@@ -1351,9 +1380,14 @@ def _train(run: Run, resume: bool) -> Path:
                         save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
                 except StepStopped:  # the step itself is whole: its checkpoint, no preview
                     stop["stop"] = True
-            if run.step % cfg.checkpoint_every == 0:
+            # Not while the field renders NaN (its weights overflowed): saved, they replaced the
+            # checkpoints of finite weights, and pruned them. Due, it is saved at the next step
+            # that renders finite.
+            due = due or run.step % cfg.checkpoint_every == 0
+            if due and run.nan_renders_from is None:
                 save_run_checkpoint(run)
                 update_status(workspace)
+                due = False
             check_diverged(run)
             if stop["stop"]:
                 path = save_new_checkpoint(run)

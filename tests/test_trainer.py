@@ -737,6 +737,46 @@ def test_a_run_whose_field_renders_nan_stops_naming_the_lr_not_the_guidance(
     for part in ("diverged", "rendered NaN", "in 3 of the 4 steps up to step 4", "--lr"):
         assert part in message, message
     assert "--guidance" not in message and "continue with" not in message, message
+    assert "nothing saved" in message, message  # the weights of step 1 on overflowed
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == message
+
+
+def test_a_run_whose_field_renders_nan_keeps_its_last_checkpoint_of_finite_weights(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A field whose weights overflowed (``--resume --lr 1e8`` of a run saved at step 20)
+    renders NaN from then on: its checkpoints (every ``checkpoint_every`` steps, and the one the
+    diverged run saved) replaced the last.pt of finite weights, which a resume with a smaller
+    --lr goes on from, and pruned it (``checkpoint_every: 5``: last.pt, step_000065.pt and
+    step_000070.pt all rendered NaN, and a resume at --lr 1e-3 diverged again). They are not
+    saved: last.pt stays the checkpoint from before, and the line says so. Here the renders are
+    NaN from step 4, so the weights of step 3 on are the overflowed ones."""
+    from dreamtext import trainer
+    from dreamtext.renderer import VolumeRenderer
+
+    real, calls = VolumeRenderer.render_train, []
+
+    def nan_from_step_4(self, *args, **kwargs):
+        render = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) >= 4:
+            render.outputs["rgb"] = render.outputs["rgb"] * math.nan
+        return render
+
+    monkeypatch.setattr(VolumeRenderer, "render_train", nan_from_step_4)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2)
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    message = str(error.value)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    for part in ("in 3 of the 4 steps up to step 6", "overflowed float32 in step 3", str(last)):
+        assert part in message, message
+    assert "stays the checkpoint of step 2" in message and "--resume" in message, message
+    assert load_checkpoint(last)["step"] == 2
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and status["error"] == message
 
