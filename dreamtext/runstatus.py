@@ -63,7 +63,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -559,7 +559,11 @@ def track_status(
         raise
     except Exception as error:
         if not lost:
-            with signals_held():
+            # A full disk fails this write too: its error replaced the run's, whose line said
+            # "pick a folder you can write (--workspace)" where the run is saved and resumes.
+            # The run's error stands; status.json stays "running", which the viewer shows as
+            # interrupted once the process is gone.
+            with signals_held(), suppress(OSError):
                 tracker.write("failed", error_line(error))
         raise
     finally:

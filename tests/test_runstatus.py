@@ -186,6 +186,33 @@ def test_a_failing_run_records_the_error_line(tmp_path, tiny_sd_path, monkeypatc
     assert failed["error"] == "RuntimeError: CUDA error: device-side assert"
 
 
+def test_a_full_disk_that_fails_the_failed_status_too_keeps_the_runs_error(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A full disk fails the run (a log line) and then its "failed" status.json: the status
+    write's error replaced the run's, and `dreamtext text` said "No space left on device
+    (RUN/status.json); ... or pick a folder you can write (--workspace)", where the run is saved
+    at its last checkpoint and the fix is to free space and --resume. The run's error stands;
+    status.json stays "running" (the viewer shows it interrupted once the process is gone)."""
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "log.jsonl"))
+    raise_at_step(monkeypatch, 3, full)
+    real_write = runstatus.write_status
+
+    def full_disk_once_failed(workspace, record):
+        if record["state"] == "failed":
+            raise OSError(errno.ENOSPC, "No space left on device", str(workspace))
+        real_write(workspace, record)
+
+    monkeypatch.setattr(runstatus, "write_status", full_disk_once_failed)
+    with pytest.raises(OSError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=6, checkpoint_every=2))
+    assert error.value is full
+    assert error.value.saved_run.step == 2  # the CLI's line: saved at step 2, --resume
+    assert status(tmp_path)["state"] == "running"
+
+
 def test_an_interrupted_run_says_interrupted_and_a_resume_finishes(
     tmp_path, tiny_sd_path, monkeypatch
 ):
