@@ -22,16 +22,42 @@ NATIVE_WINDOWS = (
 
 
 def _raise_keyboard_interrupt(signum, frame):
+    if signum == signal.SIGHUP:
+        outputs_of_a_gone_terminal_to_devnull()
     raise KeyboardInterrupt
 
 
+def outputs_of_a_gone_terminal_to_devnull() -> None:
+    """Send stdout and stderr to /dev/null where they are a terminal that has hung up (an ssh
+    connection that dropped, whose SIGHUP stops the command): every write to one fails with EIO,
+    which turned the line of a run that had saved its last step into a traceback and exit 1,
+    and nothing written there can be seen any more. A terminal still there (a `kill -HUP`) is
+    left as it is, and so is what is no terminal."""
+    import errno
+    import termios  # not on native Windows, which run() refuses before any handler is set
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+            termios.tcgetattr(fd)
+        except termios.error as error:
+            if error.args[0] == errno.EIO:
+                with contextlib.suppress(OSError):
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, fd)
+                    os.close(devnull)
+        except (AttributeError, OSError, ValueError):  # none, or no file descriptor
+            pass
+
+
 def ignore_stop_signals() -> None:
-    """Ignore Ctrl-C and SIGTERM from here to the process's end: the command has finished (or
-    is stopping) and its exit status is decided. Python's shutdown puts every signal that has a
-    Python handler back to the default action, so a third Ctrl-C or SIGTERM sent while it
-    stops (torch's teardown takes a moment) killed the process with -2 or -15 (a shell's 130 or
-    143, a traceback sometimes) instead of its own status; an ignored signal stays ignored."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    """Ignore Ctrl-C, SIGTERM and SIGHUP from here to the process's end: the command has
+    finished (or is stopping) and its exit status is decided. Python's shutdown puts every
+    signal that has a Python handler back to the default action, so a third Ctrl-C or SIGTERM
+    sent while it stops (torch's teardown takes a moment) killed the process with -2 or -15 (a
+    shell's 130 or 143, a traceback sometimes) instead of its own status; an ignored signal
+    stays ignored."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
 
 
@@ -86,6 +112,10 @@ def run() -> int:
         print(NATIVE_WINDOWS, file=sys.stderr)
         return EXIT_USAGE
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # The terminal going away (a dropped ssh connection) stops the command as SIGTERM does,
+    # unless `nohup` asked for it to go on (an ignored SIGHUP stays ignored).
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
     try:
         from dreamtext.cli import main
 

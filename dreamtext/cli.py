@@ -2069,6 +2069,10 @@ def _sigterm_raises_while_loading() -> Iterator[Received]:
     received = Received()
 
     def handler(signum, frame):
+        if signum == signal.SIGHUP:
+            from dreamtext.__main__ import outputs_of_a_gone_terminal_to_devnull
+
+            outputs_of_a_gone_terminal_to_devnull()
         received.append(signum)
         if received.deferred and len(received) == 1:
             return
@@ -2077,6 +2081,8 @@ def _sigterm_raises_while_loading() -> Iterator[Received]:
     stops = [signal.SIGTERM]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         stops.append(signal.SIGINT)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # the terminal gone, unless nohup
+        stops.append(signal.SIGHUP)
     previous = {sig: signal.signal(sig, handler) for sig in stops}
     try:
         yield received

@@ -27,6 +27,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from dreamtext.__main__ import outputs_of_a_gone_terminal_to_devnull
 from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.errors import naming_the_file
 
@@ -54,8 +55,13 @@ class StepStopped(KeyboardInterrupt):
     that where no training loop catches it, the command still ends as interrupted."""
 
 
-# The signals that stop a command: Ctrl-C, and a scheduler's stop or `kill`.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The signals that stop a command: Ctrl-C, a scheduler's stop or `kill`, and the terminal going
+# away (an ssh connection that drops sends SIGHUP), which Python's default turned into a kill
+# that lost the steps since the last checkpoint and left status.json "running".
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# A stop signal that stays ignored where it is: SIGHUP under `nohup`, which asked for the
+# command to outlive its terminal.
+LEFT_IGNORED = (signal.SIGHUP,)
 
 # Whether Ctrl-C or SIGTERM arrived inside the outermost :func:`sigterm_interrupts` block, and
 # how many such blocks are open (an image run's describe stage opens one inside the command's).
@@ -92,16 +98,31 @@ def raise_if_stop_in_step() -> None:
 @contextmanager
 def _handling(signals: tuple[signal.Signals, ...], handler: Callable) -> Iterator[None]:
     """``handler`` for ``signals`` inside the block, the previous handlers restored after it.
-    Off the main thread, where Python refuses to set handlers, signals are left alone."""
+    Off the main thread, where Python refuses to set handlers, signals are left alone, and so
+    is an ignored SIGHUP (``nohup``: :data:`LEFT_IGNORED`)."""
     previous = {}
     for sig in signals:
+        if sig in LEFT_IGNORED and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
         with suppress(ValueError):
-            previous[sig] = signal.signal(sig, handler)
+            previous[sig] = signal.signal(sig, _first_terminal_gone(handler))
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _first_terminal_gone(handler: Callable) -> Callable:
+    """``handler``, which for SIGHUP first sends stdout and stderr to /dev/null where they are
+    the terminal that went away: the lines that say what was saved cannot fail on them."""
+
+    def on_signal(signum, frame):
+        if signum == signal.SIGHUP:
+            outputs_of_a_gone_terminal_to_devnull()
+        handler(signum, frame)
+
+    return on_signal
 
 
 @contextmanager

@@ -1,0 +1,92 @@
+"""The terminal going away (an ssh connection that drops: the kernel hangs the terminal up and
+sends SIGHUP) stops a command as SIGTERM does: Python's default for SIGHUP killed it at once,
+losing the steps since the last checkpoint and leaving status.json "running". Once the terminal
+is gone every write to it fails (EIO), which must not turn the saved stop into a traceback;
+under ``nohup`` (SIGHUP ignored) the command goes on."""
+
+import contextlib
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from dreamtext.interrupts import signals_held, sigterm_interrupts, stop_on_signal
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _logged_step(log: Path) -> int:
+    """The last step ``log`` (log.jsonl) records, 0 for none yet."""
+    step = 0
+    for line in log.read_text().splitlines() if log.exists() else []:
+        with contextlib.suppress(ValueError):  # a line still being written
+            step = max(step, json.loads(line).get("step", 0))
+    return step
+
+
+def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path):
+    workspace = tmp_path / "run"
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--h", "16"]
+    command += ["--iters", "100000", "--no-export", "--workspace", str(workspace)]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    pid, terminal = pty.fork()  # the command's stdout and stderr are the terminal
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "dreamtext", *command], env)
+    # 80 columns, as a terminal has: the progress bar draws (on a pty of 0 columns it is empty).
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    seen = b""
+    try:
+        deadline = time.monotonic() + 240
+        while _logged_step(workspace / "log.jsonl") < 20:  # trained past its first log lines
+            assert time.monotonic() < deadline
+            if select.select([terminal], [], [], 0.1)[0]:
+                seen += os.read(terminal, 65536)  # the progress bar, as a terminal reads it
+        logged = _logged_step(workspace / "log.jsonl")
+        assert b"it/s" in seen  # the bar was drawing on the terminal
+    finally:
+        os.close(terminal)  # the terminal goes away: hung up, SIGHUP to the command
+        _, status = os.waitpid(pid, 0)
+    # checkpoint_every is 1000: without a stop of its own the run had saved nothing.
+    assert os.waitstatus_to_exitcode(status) == 130
+    run_status = json.loads((workspace / "status.json").read_text())
+    assert run_status["state"] == "interrupted"
+    saved = json.loads((workspace / "checkpoints" / "last.step.json").read_text())["step"]
+    assert saved == run_status["step"] >= logged
+
+
+@pytest.mark.parametrize("block", [stop_on_signal, sigterm_interrupts, signals_held])
+def test_an_ignored_sighup_stays_ignored(block):
+    """``nohup dreamtext ...``: the command is meant to outlive its terminal."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with block():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_sighup_stops_a_training_loop_after_its_step():
+    def not_handled(signum, frame):  # what Python's default would do: end the process
+        pytest.fail("SIGHUP reached the handler from before the loop")
+
+    previous = signal.signal(signal.SIGHUP, not_handled)
+    try:
+        with stop_on_signal() as stop:
+            signal.raise_signal(signal.SIGHUP)
+            assert stop["stop"]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
