@@ -199,8 +199,14 @@ def terminal_lines(text: str) -> str:
 def print_note(text: str, flush: bool = False) -> None:
     """Print ``text`` (one or more lines) on stderr as :func:`terminal_lines` writes it: the
     command line's notes, printed outside any progress bar (:func:`dreamtext.progress.say`
-    prints above them)."""
-    print(terminal_lines(text), file=sys.stderr, flush=flush)
+    prints above them). Where stderr's reader is gone (`2>&1 | tee run.log`, whose tee a Ctrl-C
+    ended too) the note is lost, as it would be read by no one, and the command ends as it
+    would have: a stop with its own status (130), not exit 1."""
+    try:
+        print(terminal_lines(text), file=sys.stderr, flush=flush)
+    except BrokenPipeError:
+        with suppress(OSError, ValueError):  # later writes, Python's flush at exit included
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
 
 
 def _has_control(text: str) -> bool:

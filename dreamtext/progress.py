@@ -103,8 +103,16 @@ class tqdm(auto_tqdm):  # the name of the class it stands in for
         if getattr(self, "_closing", False) and getattr(self, "_line_text", None) == text:
             return False  # its last line said this already
         self._line_t, self._line_text = now, text
-        self.fp.write(text + "\n")
-        self.fp.flush()
+        try:
+            self.fp.write(text + "\n")
+            self.fp.flush()
+        except BrokenPipeError:
+            # Its reader is gone (`2>&1 | tee run.log`, whose tee Ctrl-C or the terminal's
+            # SIGHUP ended too): the bar stops drawing, as tqdm's own does on a terminal gone
+            # (EIO). Raised, it replaced the command's stop (a checkpoint saved, status.json
+            # "interrupted") with an error: "failed", exit 1.
+            self.disable = True
+            return False
         return True
 
     def clear(self, nolock: bool = False) -> None:

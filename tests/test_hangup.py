@@ -90,3 +90,44 @@ def test_sighup_stops_a_training_loop_after_its_step():
             assert stop["stop"]
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_whose_stderr_reader_is_gone_ends_interrupted(tmp_path, signum):
+    """`dreamtext text ... 2>&1 | tee run.log` stopped by Ctrl-C or the terminal's SIGHUP, which
+    end tee too: the bar's last line and the closing note, written into a pipe no one reads,
+    turned the saved stop into status.json "failed" (BrokenPipeError) and exit 1."""
+    import subprocess
+
+    workspace = tmp_path / "run"
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--h", "16"]
+    command += ["--iters", "100000", "--no-export", "--workspace", str(workspace)]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dreamtext", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _logged_step(workspace / "log.jsonl") < 20:
+            assert process.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        process.stderr.close()  # tee is gone
+        process.send_signal(signum)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    run_status = json.loads((workspace / "status.json").read_text())
+    assert run_status["state"] == "interrupted", run_status
+    saved = json.loads((workspace / "checkpoints" / "last.step.json").read_text())["step"]
+    assert saved == run_status["step"]

@@ -208,3 +208,22 @@ def test_a_run_logged_to_a_file_ends_every_bar_at_its_total_in_one_line(tmp_path
     for bar in bars:
         assert (bar["percent"], bar["n"]) == ("100", bar["total"]), bar.string
     assert len(bars) <= 5, text
+
+
+def test_a_bar_whose_reader_is_gone_lets_the_stop_through():
+    """`dreamtext text ... 2>&1 | tee run.log` stopped with Ctrl-C: tee ends too, and the bar's
+    last line, written as the stop left the training loop, raised BrokenPipeError in its place
+    (status.json "failed", exit 1, though the checkpoint was saved)."""
+    from dreamtext.progress import tqdm
+
+    class ReaderGone(io.StringIO):  # a pipe whose reader has ended
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    stream = ReaderGone()
+    with (
+        pytest.raises(KeyboardInterrupt),
+        tqdm(total=10, file=stream, **bar_options(stream)) as bar,
+    ):
+        bar.update(3)
+        raise KeyboardInterrupt
