@@ -27,27 +27,40 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def outputs_of_a_gone_terminal_to_devnull() -> None:
+def outputs_of_a_gone_terminal_to_devnull() -> bool:
     """Send stdout and stderr to /dev/null where they are a terminal that has hung up (an ssh
     connection that dropped, whose SIGHUP stops the command): every write to one fails with EIO,
     which turned the line of a run that had saved its last step into a traceback and exit 1,
     and nothing written there can be seen any more. A terminal still there (a `kill -HUP`) is
-    left as it is, and so is what is no terminal."""
+    left as it is, and so is what is no terminal. Returns whether one was sent."""
     import errno
     import termios  # not on native Windows, which run() refuses before any handler is set
 
+    gone = False
     for stream in (sys.stdout, sys.stderr):
         try:
             fd = stream.fileno()
             termios.tcgetattr(fd)
         except termios.error as error:
             if error.args[0] == errno.EIO:
+                gone = True
                 with contextlib.suppress(OSError):
                     devnull = os.open(os.devnull, os.O_WRONLY)
                     os.dup2(devnull, fd)
                     os.close(devnull)
         except (AttributeError, OSError, ValueError):  # none, or no file descriptor
             pass
+    return gone
+
+
+def written_to_a_gone_terminal(error: OSError) -> bool:
+    """Whether ``error``, raised by a write to stdout or stderr, is the EIO of a terminal that
+    went away without a SIGHUP for this process (a job started with `&`, its shell then left
+    with `exit`), not a disk failing; if so, both are sent to /dev/null from here on
+    (:func:`outputs_of_a_gone_terminal_to_devnull`)."""
+    import errno
+
+    return error.errno == errno.EIO and outputs_of_a_gone_terminal_to_devnull()
 
 
 def ignore_stop_signals() -> None:

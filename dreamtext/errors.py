@@ -207,6 +207,11 @@ def print_note(text: str, flush: bool = False) -> None:
     except BrokenPipeError:
         with suppress(OSError, ValueError):  # later writes, Python's flush at exit included
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    except OSError as error:  # the terminal gone (EIO): lost too, where a disk's EIO is not
+        from dreamtext.__main__ import written_to_a_gone_terminal
+
+        if not written_to_a_gone_terminal(error):
+            raise
 
 
 def _has_control(text: str) -> bool:

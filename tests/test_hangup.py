@@ -131,3 +131,25 @@ def test_a_stop_whose_stderr_reader_is_gone_ends_interrupted(tmp_path, signum):
     assert run_status["state"] == "interrupted", run_status
     saved = json.loads((workspace / "checkpoints" / "last.step.json").read_text())["step"]
     assert saved == run_status["step"]
+
+
+def test_a_note_to_a_terminal_gone_without_a_sighup_is_lost_not_an_error(monkeypatch):
+    """A job started with `&`, its shell then left with `exit`, gets no SIGHUP and runs on with
+    its terminal hung up: every write to it fails with EIO. The summary line after an export
+    (say) raised it as the disk failing: status.json "failed" (OSError EIO, in the export) for
+    a run whose mesh was written, a traceback and exit 1."""
+    from dreamtext.errors import print_note
+    from dreamtext.progress import say
+
+    master, slave = os.openpty()
+    os.close(master)  # the terminal hangs up
+    stream = open(slave, "w", buffering=1)  # noqa: SIM115  (line-buffered, as stderr is)
+    try:
+        monkeypatch.setattr(sys, "stderr", stream)
+        monkeypatch.setattr(sys, "stdout", stream)
+        say("dreamtext: exported mesh/ (glb, obj, ply)")
+        print_note("dreamtext: interrupted after step 3")
+        say("a second one")
+    finally:
+        monkeypatch.undo()
+        stream.close()
