@@ -1600,11 +1600,11 @@ def test_a_full_or_failing_disk_in_a_runs_own_export_says_to_export_the_trained_
     assert said[0] == (
         f"dreamtext: error: {os.strerror(number)} ({glb}) in the export; the run trained to step "
         f"3 and is saved ({checkpoint}): {fix}, then run `dreamtext export --workspace "
-        f"{workspace}` (or copy the run to a disk with room, or one you can write, and export it "
-        "there)"
+        f"{shlex.quote(str(workspace))}` (or copy the run to a disk with room, or one you can "
+        "write, and export it there)"
     )
     # The command it names is one `dreamtext` takes, for this very run.
-    named = said[0].split("`")[1].split()
+    named = shlex.split(said[0].split("`")[1])
     assert named[0] == "dreamtext"
     assert Path(build_parser().parse_command_line(named[1:]).workspace) == workspace
     assert torch.load(checkpoint, weights_only=True)["step"] == 3
