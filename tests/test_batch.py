@@ -3609,7 +3609,8 @@ TASK_41_3 = {"SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
 
 def stand_ins(tmp_path, scripts: dict[str, str]) -> dict[str, str]:
     """Stand-ins for SLURM's tools (``{"srun": "bash body", ...}``) in ``tmp_path/bin``, and the
-    PATH that finds them before the system's, as the environment of a run of the script."""
+    PATH that finds them before the system's, as the environment of a run of the script. The
+    bodies name paths ``shlex.quote``d: the test's folder may hold a space (TMPDIR)."""
     tools = tmp_path / "bin"
     tools.mkdir(exist_ok=True)
     for name, body in scripts.items():
@@ -3643,8 +3644,9 @@ def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus(tmp_path, batch
     A step that ends with 138 itself (128 + USR1's number) is not taken for the time limit's
     interrupted `wait`, which the script waits on again: it ends at once."""
     calls = tmp_path / "calls.txt"
+    log = shlex.quote(str(calls))
     scripts = {
-        name: f'echo "{name} $*" >> {calls}\nexit {code}'
+        name: f'echo "{name} $*" >> {log}\nexit {code}'
         for name, code in (("srun", batch_exit), ("scontrol", 0))
     }
     env = {**stand_ins(tmp_path, scripts), **TASK_41_3}
@@ -3662,12 +3664,13 @@ def test_the_slurm_script_passes_the_time_limits_warning_on_and_requeues_the_tas
     the step SIGTERM through scancel, the batch checkpoints and exits 130, and the script
     requeues the task, the one way a stopped task goes back to the queue."""
     calls, ready = tmp_path / "calls.txt", tmp_path / "step.pid"
+    log, pid = shlex.quote(str(calls)), shlex.quote(str(ready))
     scripts = {
         # the step: runs until SIGTERM, then exits as an interrupted batch does
-        "srun": f'echo "srun $*" >> {calls}\ntrap "exit 130" TERM\necho $$ > {ready}\n'
+        "srun": f'echo "srun $*" >> {log}\ntrap "exit 130" TERM\necho $$ > {pid}\n'
         "while :; do sleep 0.1; done",
-        "scancel": f'echo "scancel $*" >> {calls}\nkill -TERM "$(cat {ready})"',
-        "scontrol": f'echo "scontrol $*" >> {calls}',
+        "scancel": f'echo "scancel $*" >> {log}\nkill -TERM "$(cat {pid})"',
+        "scontrol": f'echo "scontrol $*" >> {log}',
     }
     task = warned_of_the_time_limit(tmp_path, scripts)
     assert task.wait(timeout=30) == 130
@@ -3686,14 +3689,15 @@ def test_the_slurm_script_requeues_the_task_when_the_step_stopped_before_scancel
     stopped: the script asked `kill -0` whether the step still ran before waiting for it again,
     found it gone, and ended with the interrupted `wait`'s 138, the task not requeued."""
     calls, ready = tmp_path / "calls.txt", tmp_path / "step.pid"
+    log, pid = shlex.quote(str(calls)), shlex.quote(str(ready))
     scripts = {
         # the step: stops at once on SIGTERM, as an interrupted batch does
-        "srun": f"echo \"srun $*\" >> {calls}\ntrap 'kill $!; exit 130' TERM\necho $$ > {ready}\n"
+        "srun": f"echo \"srun $*\" >> {log}\ntrap 'kill $!; exit 130' TERM\necho $$ > {pid}\n"
         "sleep 1000 & wait $!",
         # returns once the script has reaped the stopped step
-        "scancel": f'echo "scancel $*" >> {calls}\nstep=$(cat {ready})\nkill -TERM "$step"\n'
+        "scancel": f'echo "scancel $*" >> {log}\nstep=$(cat {pid})\nkill -TERM "$step"\n'
         'while kill -0 "$step" 2> /dev/null; do sleep 0.02; done',
-        "scontrol": f'echo "scontrol $*" >> {calls}',
+        "scontrol": f'echo "scontrol $*" >> {log}',
     }
     task = warned_of_the_time_limit(tmp_path, scripts)
     assert task.wait(timeout=30) == 130
@@ -3708,14 +3712,15 @@ def test_the_slurm_script_asks_scancel_again_where_it_fails_at_the_time_limit(tm
     SIGKILL to the step)."""
     calls, ready = tmp_path / "calls.txt", tmp_path / "step.pid"
     failed = tmp_path / "scancel-failed"
+    log, pid, flag = (shlex.quote(str(path)) for path in (calls, ready, failed))
     scripts = {
-        "srun": f"echo \"srun $*\" >> {calls}\ntrap 'kill $!; exit 130' TERM\necho $$ > {ready}\n"
+        "srun": f"echo \"srun $*\" >> {log}\ntrap 'kill $!; exit 130' TERM\necho $$ > {pid}\n"
         "sleep 1000 & wait $!",
         # fails once, then stops the step
-        "scancel": f'echo "scancel $*" >> {calls}\n'
-        f'if [[ ! -e {failed} ]]; then touch {failed}; echo "scancel: error: Socket timed out" '
-        f'>&2; exit 1; fi\nkill -TERM "$(cat {ready})"',
-        "scontrol": f'echo "scontrol $*" >> {calls}',
+        "scancel": f'echo "scancel $*" >> {log}\n'
+        f'if [[ ! -e {flag} ]]; then touch {flag}; echo "scancel: error: Socket timed out" '
+        f'>&2; exit 1; fi\nkill -TERM "$(cat {pid})"',
+        "scontrol": f'echo "scontrol $*" >> {log}',
     }
     task = warned_of_the_time_limit(
         tmp_path, scripts, stderr=subprocess.DEVNULL, start_new_session=True
@@ -3740,7 +3745,8 @@ def test_the_slurm_script_gives_each_task_its_share_of_shares_for_a_list_of_task
     """`SHARES=8 sbatch --array=3,5 ...` submits two failed tasks of an --array=0-7 job again:
     each takes its share of eight (the array's own variables make a list of ids no range)."""
     calls = tmp_path / "calls.txt"
-    env = {**stand_ins(tmp_path, {"srun": f'echo "srun $*" >> {calls}'}), "SHARES": "8"}
+    log = shlex.quote(str(calls))
+    env = {**stand_ins(tmp_path, {"srun": f'echo "srun $*" >> {log}'}), "SHARES": "8"}
     env["SLURM_ARRAY_JOB_ID"] = "41"
     for task in ("3", "5"):
         args = ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs", "--fp16"]
@@ -3769,7 +3775,8 @@ def test_the_slurm_script_without_its_prompts_file_and_root_is_one_line_and_exit
     prompt failed; a flag in their place ran the batch, which refused a `--workspace` it had
     been given a folder for ("argument --workspace: expected one argument")."""
     calls = tmp_path / "calls.txt"
-    env = {**stand_ins(tmp_path, {"srun": f'echo "srun $*" >> {calls}'}), **TASK_41_3}
+    log = shlex.quote(str(calls))
+    env = {**stand_ins(tmp_path, {"srun": f'echo "srun $*" >> {log}'}), **TASK_41_3}
     done = subprocess.run(
         ["bash", SLURM_SCRIPT, *args], env=env, cwd=tmp_path, capture_output=True, text=True
     )
@@ -3892,8 +3899,9 @@ def test_the_slurm_script_trains_every_line_once_over_an_array_from_1(
     root = tmp_path / "root"
     steps_of = tmp_path / "steps"
     steps_of.mkdir()
+    steps = shlex.quote(str(steps_of))
     path_env = stand_ins(
-        tmp_path, {"srun": f"printf '%s\\0' \"$@\" > {steps_of}/$SLURM_ARRAY_TASK_ID"}
+        tmp_path, {"srun": f"printf '%s\\0' \"$@\" > {steps}/$SLURM_ARRAY_TASK_ID"}
     )
     flags = [*BUILTIN[:2], "--iters", "2", "--config", tiny_yaml, "--no-export"]
     tables = []
