@@ -33,8 +33,9 @@ def _logged_step(log: Path) -> int:
     return step
 
 
-def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path):
-    workspace = tmp_path / "run"
+def _long_run(workspace: Path) -> tuple[list[str], dict[str, str]]:
+    """The arguments of a text run into ``workspace`` that trains until stopped (checkpoint_every
+    1000: nothing saved but by the stop), and the environment that runs this checkout's code."""
     command = ["text", "a red cube", "--model", "builtin:shapes", "--h", "16"]
     command += ["--iters", "100000", "--no-export", "--workspace", str(workspace)]
     env = {
@@ -43,6 +44,12 @@ def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path)
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
+    return command, env
+
+
+def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path):
+    workspace = tmp_path / "run"
+    command, env = _long_run(workspace)
     pid, terminal = pty.fork()  # the command's stdout and stderr are the terminal
     if pid == 0:
         os.execve(sys.executable, [sys.executable, "-m", "dreamtext", *command], env)
@@ -100,14 +107,7 @@ def test_a_stop_whose_stderr_reader_is_gone_ends_interrupted(tmp_path, signum):
     import subprocess
 
     workspace = tmp_path / "run"
-    command = ["text", "a red cube", "--model", "builtin:shapes", "--h", "16"]
-    command += ["--iters", "100000", "--no-export", "--workspace", str(workspace)]
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
+    command, env = _long_run(workspace)
     process = subprocess.Popen(
         [sys.executable, "-m", "dreamtext", *command],
         env=env,

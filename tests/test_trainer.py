@@ -708,6 +708,23 @@ def test_a_diverged_runs_line_counts_each_cause_apart(tmp_path, tiny_sd_path, mo
     assert "--guidance" in message
 
 
+def renders_nan_from(monkeypatch, first: int) -> None:
+    """Make every training render from the ``first``-th on NaN, as a field whose weights
+    overflowed float32 renders."""
+    from dreamtext.renderer import VolumeRenderer
+
+    real, calls = VolumeRenderer.render_train, []
+
+    def nan_from_first(self, *args, **kwargs):
+        render = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) >= first:
+            render.outputs["rgb"] = render.outputs["rgb"] * math.nan
+        return render
+
+    monkeypatch.setattr(VolumeRenderer, "render_train", nan_from_first)
+
+
 def test_a_run_whose_field_renders_nan_stops_naming_the_lr_not_the_guidance(
     tmp_path, tiny_sd_path, monkeypatch
 ):
@@ -715,18 +732,8 @@ def test_a_run_whose_field_renders_nan_stops_naming_the_lr_not_the_guidance(
     makes ε̂ NaN too: the run stopped saying "a smaller --guidance (this run's is 4)", a fix
     that changes nothing. Its renders are counted apart, and the line names --lr."""
     from dreamtext import trainer
-    from dreamtext.renderer import VolumeRenderer
 
-    real, calls = VolumeRenderer.render_train, []
-
-    def nan_from_step_2(self, *args, **kwargs):
-        render = real(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) >= 2:
-            render.outputs["rgb"] = render.outputs["rgb"] * math.nan
-        return render
-
-    monkeypatch.setattr(VolumeRenderer, "render_train", nan_from_step_2)
+    renders_nan_from(monkeypatch, 2)
     monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
     monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
     cfg = tiny_config(tmp_path, tiny_sd_path, iters=20)
@@ -754,18 +761,8 @@ def test_a_run_whose_field_renders_nan_keeps_its_last_checkpoint_of_finite_weigh
     saved: last.pt stays the checkpoint from before, and the line says so. Here the renders are
     NaN from step 4, so the weights of step 3 on are the overflowed ones."""
     from dreamtext import trainer
-    from dreamtext.renderer import VolumeRenderer
 
-    real, calls = VolumeRenderer.render_train, []
-
-    def nan_from_step_4(self, *args, **kwargs):
-        render = real(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) >= 4:
-            render.outputs["rgb"] = render.outputs["rgb"] * math.nan
-        return render
-
-    monkeypatch.setattr(VolumeRenderer, "render_train", nan_from_step_4)
+    renders_nan_from(monkeypatch, 4)
     monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
     monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
     cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2)
