@@ -47,11 +47,33 @@ def _long_run(workspace: Path) -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
+def _hangup_as_by_default() -> None:
+    """In the command's process before it starts: SIGHUP's default action, whatever the tests
+    inherited. Run under `nohup` (a CI job's shell, a detached session), they passed SIGHUP
+    ignored on to the command, which then rightly went on, and the tests waited for ever."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def _wait_or_kill(pid: int, seconds: float) -> int:
+    """The wait status of child ``pid`` once it ends within ``seconds``; else it is killed
+    (no run left training after the test) and the test fails."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the command did not stop within {seconds} s of its terminal going away")
+
+
 def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path):
     workspace = tmp_path / "run"
     command, env = _long_run(workspace)
     pid, terminal = pty.fork()  # the command's stdout and stderr are the terminal
     if pid == 0:
+        _hangup_as_by_default()
         os.execve(sys.executable, [sys.executable, "-m", "dreamtext", *command], env)
     # 80 columns, as a terminal has: the progress bar draws (on a pty of 0 columns it is empty).
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
@@ -66,7 +88,7 @@ def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path)
         assert b"it/s" in seen  # the bar was drawing on the terminal
     finally:
         os.close(terminal)  # the terminal goes away: hung up, SIGHUP to the command
-        _, status = os.waitpid(pid, 0)
+        status = _wait_or_kill(pid, 120)
     # checkpoint_every is 1000: without a stop of its own the run had saved nothing.
     assert os.waitstatus_to_exitcode(status) == 130
     run_status = json.loads((workspace / "status.json").read_text())
@@ -113,6 +135,7 @@ def test_a_stop_whose_stderr_reader_is_gone_ends_interrupted(tmp_path, signum):
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=_hangup_as_by_default,
     )
     try:
         deadline = time.monotonic() + 240
