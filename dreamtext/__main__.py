@@ -44,10 +44,7 @@ def outputs_of_a_gone_terminal_to_devnull() -> bool:
         except termios.error as error:
             if error.args[0] == errno.EIO:
                 gone = True
-                with contextlib.suppress(OSError):
-                    devnull = os.open(os.devnull, os.O_WRONLY)
-                    os.dup2(devnull, fd)
-                    os.close(devnull)
+                to_devnull(stream)
         except (AttributeError, OSError, ValueError):  # none, or no file descriptor
             pass
     return gone
@@ -78,8 +75,18 @@ def stdout_to_devnull() -> None:
     """Send what is still written to stdout to /dev/null: its reader has closed it (`| head
     -1`), and every later write, Python's own flush at exit included, would raise
     ``BrokenPipeError`` again (Python's docs, "Note on SIGPIPE")."""
-    with contextlib.suppress(OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    to_devnull(sys.stdout)
+
+
+def to_devnull(stream: object) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so that every later write to it (Python's
+    flush at exit included) goes nowhere instead of failing; nothing where it has none."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())  # type: ignore[attr-defined]
+        finally:
+            os.close(devnull)
 
 
 def output_failed_line(error: OSError) -> str:

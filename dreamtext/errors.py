@@ -205,8 +205,9 @@ def print_note(text: str, flush: bool = False) -> None:
     try:
         print(terminal_lines(text), file=sys.stderr, flush=flush)
     except BrokenPipeError:
-        with suppress(OSError, ValueError):  # later writes, Python's flush at exit included
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        from dreamtext.__main__ import to_devnull
+
+        to_devnull(sys.stderr)  # later writes, Python's flush at exit included
     except OSError as error:  # the terminal gone (EIO): lost too, where a disk's EIO is not
         from dreamtext.__main__ import written_to_a_gone_terminal
 
