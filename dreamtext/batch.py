@@ -55,7 +55,6 @@ from dreamtext.checkpoint import can_resume, last_reads, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
     TrainConfig,
-    ascii_slug,
     builtin_preset_on_stable_diffusion,
     owner_value,
     read_run_config,
@@ -83,6 +82,7 @@ from dreamtext.inputs import (
     SLUG_MAX_BYTES,
     check_root,
     check_root_writable,
+    earlier_slugs,
     layered_guidance,
     parse_shard,
     read_prompt_lines,
@@ -92,7 +92,6 @@ from dreamtext.inputs import (
     resolve_shard,
     root_write_error,
     shard_from_environment,
-    split_letter_slug,
 )
 from dreamtext.interrupts import (
     TrainingInterrupted,
@@ -373,7 +372,7 @@ def read_prompts(path: str | Path, root: Path) -> list[Entry]:
     def named(entry: Entry, slug: str, moved: bool = True) -> Entry:
         name = workspace_name(
             root, entry.key, slug, uses[slug] > 1,
-            (ascii_slug(_name(entry)), split_letter_slug(_name(entry))), line_named, hashed, moved,
+            earlier_slugs(_name(entry)), line_named, hashed, moved,
         )  # fmt: skip
         return _image_of_its_run(_prompt_of_its_run(replace(entry, workspace=root / name)))
 

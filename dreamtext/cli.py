@@ -1346,20 +1346,18 @@ def _resume_folder(args: argparse.Namespace) -> Path | None:
 
     from dreamtext.inputs import (
         DEFAULT_WORKSPACE_ROOT,
-        ascii_slug,
         configured_workspace,
+        earlier_slugs,
         slugify,
-        split_letter_slug,
     )
 
     named = args.workspace or configured_workspace(args.config)
     if named:
         return Path(named)
     folder = DEFAULT_WORKSPACE_ROOT / slugify(args.prompt)
-    legacy = DEFAULT_WORKSPACE_ROOT / ascii_slug(args.prompt)
-    split = DEFAULT_WORKSPACE_ROOT / split_letter_slug(args.prompt)
+    earlier = [DEFAULT_WORKSPACE_ROOT / slug for slug in earlier_slugs(args.prompt)]
     decomposed = DEFAULT_WORKSPACE_ROOT / unicodedata.normalize("NFD", folder.name)
-    for other in (legacy, split, decomposed):
+    for other in (*earlier, decomposed):
         if other != folder and not folder.exists() and os.path.lexists(other):
             return None
     return folder

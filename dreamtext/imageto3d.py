@@ -58,7 +58,6 @@ from dreamtext.config import (
     TrainConfig,
     absolute_model_folder,
     apply_overrides,
-    ascii_slug,
     config_to_dict,
     flat_fields,
     read_stage_sections,
@@ -89,7 +88,7 @@ from dreamtext.descriptor import (
 from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
-from dreamtext.inputs import split_letter_slug, write_elsewhere
+from dreamtext.inputs import earlier_slugs, write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for
 from dreamtext.processes import claim_workspace
@@ -672,13 +671,9 @@ def diverse_workspace(cfg: TrainConfig, named: bool) -> str:
 
 def _slug_folders(prompt: str, suffix: str) -> tuple[Path, Path, Path]:
     """``workspace/<slug><suffix>`` of :func:`slugify`, then of the names earlier versions gave
-    the prompt: :func:`ascii_slug` (before slugs kept non-ASCII letters) and
-    :func:`split_letter_slug` (before a cut kept a letter with its marks)."""
+    the prompt (:func:`earlier_slugs`)."""
     root = DEFAULT_WORKSPACE_ROOT
-    return tuple(
-        root / f"{slug}{suffix}"
-        for slug in (slugify(prompt), ascii_slug(prompt), split_letter_slug(prompt))
-    )
+    return tuple(root / f"{slug}{suffix}" for slug in (slugify(prompt), *earlier_slugs(prompt)))
 
 
 def diverse_image(workspace: str | Path, seed: int) -> Path:

@@ -452,6 +452,14 @@ def _inside_a_letter(words: str, end: int) -> bool:
     )
 
 
+def earlier_slugs(prompt: str) -> tuple[str, str]:
+    """The folder names earlier versions of dreamtext gave ``prompt`` where :func:`slugify` now
+    gives another: :func:`ascii_slug` (before slugs kept non-ASCII letters) and
+    :func:`split_letter_slug` (before a cut kept a letter with its marks). Only looked up, so
+    that a run made then is found again; either may equal the slug."""
+    return ascii_slug(prompt), split_letter_slug(prompt)
+
+
 def split_letter_slug(prompt: str) -> str:
     """The folder name dreamtext gave a long prompt before :func:`slugify` cut it between whole
     letters: its last letter's marks cut off (``…त`` for ``…ते``), or a bare virama at its end.

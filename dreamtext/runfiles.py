@@ -41,13 +41,12 @@ from dreamtext.inputs import (
     RUN_LEARNED_EMBEDS,
     RUN_STATUS,
     STAGE_SECTIONS,
-    ascii_slug,
     check_image_reachable,
+    earlier_slugs,
     link_loops,
     owner_value,
     same_prompt,
     slugify,
-    split_letter_slug,
     unreachable_link,
 )
 from dreamtext.processes import LOCK_NAME, check_own_folder, process_name, record_alive
@@ -279,13 +278,13 @@ def run_owner(workspace: Path) -> tuple[str, str] | None:
 def prompt_workspace(root: Path, name: str, key: tuple[str, str]) -> Path:
     """The default workspace under ``root`` of the run ``key`` (:func:`run_owner`'s form) whose
     folder is named after ``name`` (the prompt, or the image file's stem): ``root/<slugify(name)>``,
-    or a folder an earlier version named it (:func:`ascii_slug`, :func:`split_letter_slug`), or
+    or a folder an earlier version named it (:func:`earlier_slugs`), or
     the slug in NFD, when
     that one holds this run and the slug's folder does not exist."""
     folder = root / slugify(name)
     # A folder named in NFD (a copy from a Mac's HFS+, which names files so, by rsync or scp)
     # looks like the slug but is another name on Linux: the prompt was trained again beside it.
-    earlier = (root / ascii_slug(name), root / split_letter_slug(name))
+    earlier = [root / slug for slug in earlier_slugs(name)]
     for other in (*earlier, root / unicodedata.normalize("NFD", folder.name)):
         if other != folder and not folder.exists() and run_owner(other) == key:
             return other
