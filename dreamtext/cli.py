@@ -43,6 +43,7 @@ from dreamtext.errors import (
     WorkspaceInUse,
     file_system_fix,
     print_note,
+    print_output,
     saved_run_line,
     terminal_lines,
     terminal_text,
@@ -809,7 +810,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         again = "run the same command again" if args.diverse else "continue with --resume"
         print_note(f"dreamtext: {stop}; {again}")
         return EXIT_INTERRUPTED
-    print(workspace)
+    print_output(str(workspace))
     return 0
 
 
@@ -1029,7 +1030,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_workspace(workspace, options, getattr(args, "progress", None))
     if result.step is not None:
         finish_cut_export(result.out_dir, result.step)
-    print(terminal_lines(result.summary()))
+    print_output(terminal_lines(result.summary()))
     return 0
 
 
@@ -1146,7 +1147,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device or "auto"))
     workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
     with claim_workspace(workspace):
-        print(describe(args.image, workspace, describe_options(args, device), status=True))
+        print_output(describe(args.image, workspace, describe_options(args, device), status=True))
     return 0
 
 
@@ -1201,7 +1202,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print_note(f"dreamtext: {stop}; run the same command again to resume")
         return EXIT_INTERRUPTED
-    print(workspace)
+    print_output(str(workspace))
     return 0
 
 
@@ -1223,7 +1224,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         for folder in folders:  # runs it left out (with none at all, export_static refused)
             for hint in left_out_hints(folder, given):
                 print_note(f"dreamtext view: {hint}")
-        print(out / "index.html")
+        print_output(str(out / "index.html"))
         return 0
     serve(folders, args.host, args.port)
     return 0
@@ -1258,7 +1259,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cut = False
     if run.records:  # an empty share said so in its line
         try:
-            print(terminal_lines(summary_table(run.records)), flush=True)
+            print_output(terminal_lines(summary_table(run.records)), flush=True)
         except BrokenPipeError:
             from dreamtext.__main__ import stdout_to_devnull
 
@@ -2223,7 +2224,7 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
     except OSError as error:
         from dreamtext.__main__ import written_to_a_gone_terminal
 
-        if written_to_a_gone_terminal(error):  # its last line (the run's path): seen by no one
+        if written_to_a_gone_terminal(error):  # a line outside print_note / print_output: lost
             return 1
         if error.errno == errno.ENAMETOOLONG:  # a path the user typed (--workspace, --static)
             error_line(

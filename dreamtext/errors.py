@@ -215,6 +215,25 @@ def print_note(text: str, flush: bool = False) -> None:
             raise
 
 
+def print_output(text: str, flush: bool = False) -> None:
+    """Print ``text`` on stdout: what a command gives back (a run's folder, an export's
+    summary). Where stdout is a terminal that went away without a SIGHUP for this process (a
+    job started with `& disown`, its terminal then closed), it is lost as a note is
+    (:func:`print_note`) and the command's exit status stands: a run with ``--no-export``,
+    whose folder was the first line to reach the gone terminal, exited 1 where the same run
+    with an export, whose summary note had met it first, exited 0. A closed pipe
+    (``BrokenPipeError``, `| head -0`) and a disk's EIO are raised, as before."""
+    try:
+        print(text, flush=flush)
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        from dreamtext.__main__ import written_to_a_gone_terminal
+
+        if not written_to_a_gone_terminal(error):
+            raise
+
+
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 

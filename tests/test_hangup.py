@@ -97,6 +97,49 @@ def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path)
     assert saved == run_status["step"] >= logged
 
 
+def test_a_run_whose_terminal_went_away_without_a_sighup_ends_with_its_own_status(tmp_path):
+    """`dreamtext text ... --no-export & disown`, its terminal then closed: the job gets no
+    SIGHUP (the terminal is not its controlling one here, as for a disowned job) and trains on
+    with every write failing (EIO). The run's folder, the first line to reach the gone terminal
+    where no export's note had, exited 1 where the same run with an export exited 0."""
+    import subprocess
+
+    workspace = tmp_path / "run"
+    command, env = _long_run(workspace)
+    command[command.index("--iters") + 1] = "200"
+    terminal, its_end = os.openpty()
+    # 80 columns, as a terminal has: the progress bar draws (on a pty of 0 columns it is empty).
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dreamtext", *command],
+        env=env,
+        stdin=its_end,
+        stdout=its_end,
+        stderr=its_end,
+        start_new_session=True,  # a session of its own, without a controlling terminal
+        preexec_fn=_hangup_as_by_default,
+    )
+    os.close(its_end)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 240
+        while b"it/s" not in seen:  # the bar is drawing on the terminal: the run is training
+            assert process.poll() is None, seen.decode(errors="replace")
+            assert time.monotonic() < deadline
+            if select.select([terminal], [], [], 0.1)[0]:
+                seen += os.read(terminal, 65536)
+    finally:
+        os.close(terminal)  # the terminal goes away, hung up, with no SIGHUP for the job
+        try:
+            process.wait(timeout=240)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0
+    run_status = json.loads((workspace / "status.json").read_text())
+    assert (run_status["state"], run_status["step"]) == ("finished", 200)
+
+
 @pytest.mark.parametrize("block", [stop_on_signal, sigterm_interrupts, signals_held])
 def test_an_ignored_sighup_stays_ignored(block):
     """``nohup dreamtext ...``: the command is meant to outlive its terminal."""
