@@ -59,9 +59,15 @@ class StepStopped(KeyboardInterrupt):
 # away (an ssh connection that drops sends SIGHUP), which Python's default turned into a kill
 # that lost the steps since the last checkpoint and left status.json "running".
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# A stop signal that stays ignored where it is: SIGHUP under `nohup`, which asked for the
-# command to outlive its terminal.
-LEFT_IGNORED = (signal.SIGHUP,)
+# The stop signals that stay ignored where they are, as Python leaves an ignored Ctrl-C without
+# its KeyboardInterrupt: SIGHUP under `nohup`, which asked for the command to outlive its
+# terminal, and Ctrl-C in a job that a script started in the background (`dreamtext batch x.txt
+# &`), which the shell starts with SIGINT ignored (POSIX) so that a Ctrl-C typed at the terminal
+# reaches only the foreground job; handled, it stopped the batch as well. SIGTERM is handled even
+# where it was ignored: it is no key anyone types by mistake, and a scheduler's stop (scancel, a
+# container's stop, a job's time limit) sends it before its SIGKILL, which loses every step since
+# the last checkpoint where SIGTERM has not saved them.
+LEFT_IGNORED = (signal.SIGINT, signal.SIGHUP)
 
 # Whether Ctrl-C or SIGTERM arrived inside the outermost :func:`sigterm_interrupts` block, and
 # how many such blocks are open (an image run's describe stage opens one inside the command's).
@@ -99,7 +105,7 @@ def raise_if_stop_in_step() -> None:
 def _handling(signals: tuple[signal.Signals, ...], handler: Callable) -> Iterator[None]:
     """``handler`` for ``signals`` inside the block, the previous handlers restored after it.
     Off the main thread, where Python refuses to set handlers, signals are left alone, and so
-    is an ignored SIGHUP (``nohup``: :data:`LEFT_IGNORED`)."""
+    is an ignored SIGHUP (``nohup``) or Ctrl-C (a script's background job): :data:`LEFT_IGNORED`."""
     previous = {}
     for sig in signals:
         if sig in LEFT_IGNORED and signal.getsignal(sig) == signal.SIG_IGN:

@@ -4,8 +4,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers read it at import
 
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,17 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from tiny_models import write_tiny_sd  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """Every test starts with Ctrl-C raising KeyboardInterrupt, as Python sets it up in a
+    terminal, and ends with the handler it found. pytest started in the background by a script
+    (a CI job's shell: `... &`) inherits SIGINT ignored, which dreamtext rightly leaves ignored,
+    and the tests that send themselves a Ctrl-C then saw nothing arrive."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 sends SIGHUP) stops a command as SIGTERM does: Python's default for SIGHUP killed it at once,
 losing the steps since the last checkpoint and leaving status.json "running". Once the terminal
 is gone every write to it fails (EIO), which must not turn the saved stop into a traceback;
-under ``nohup`` (SIGHUP ignored) the command goes on."""
+under ``nohup`` (SIGHUP ignored) the command goes on. A Ctrl-C typed at the terminal is not for
+a script's background job either, which the shell starts with it ignored."""
 
 import contextlib
 import fcntl
@@ -141,14 +142,78 @@ def test_a_run_whose_terminal_went_away_without_a_sighup_ends_with_its_own_statu
 
 
 @pytest.mark.parametrize("block", [stop_on_signal, sigterm_interrupts, signals_held])
-def test_an_ignored_sighup_stays_ignored(block):
-    """``nohup dreamtext ...``: the command is meant to outlive its terminal."""
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT], ids=["SIGHUP", "Ctrl-C"])
+def test_an_ignored_sighup_or_ctrl_c_stays_ignored(block, signum):
+    """``nohup dreamtext ...``: the command is meant to outlive its terminal; ``dreamtext batch
+    x.txt &`` in a script: the shell ignores Ctrl-C in its background jobs, so that one typed at
+    the terminal reaches only the job in the foreground."""
+    previous = signal.signal(signum, signal.SIG_IGN)
     try:
         with block():
-            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signum) is signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGHUP, previous)
+        signal.signal(signum, previous)
+
+
+@pytest.mark.parametrize("block", [stop_on_signal, sigterm_interrupts, signals_held])
+def test_an_ignored_sigterm_is_handled_still(block):
+    """A scheduler's stop (scancel, a container's stop) is a SIGTERM, then a SIGKILL: handled
+    even where a parent left it ignored, it saves the steps the SIGKILL would lose."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with block():
+            assert callable(signal.getsignal(signal.SIGTERM))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _as_a_scripts_background_job() -> None:
+    """In the command's process before it starts: Ctrl-C ignored, as a shell without job
+    control (a script) starts `dreamtext ... &`; SIGHUP's default action, whatever the tests
+    inherited (:func:`_hangup_as_by_default`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _hangup_as_by_default()
+
+
+def test_a_ctrl_c_meant_for_the_foreground_leaves_a_background_job_training(tmp_path):
+    """A script's `dreamtext text ... &` starts with Ctrl-C ignored; handled again, a Ctrl-C
+    typed for another command stopped it (exit 130 a step later). It trains on past it, and a
+    SIGTERM still stops it with its last step saved."""
+    import subprocess
+
+    workspace = tmp_path / "run"
+    command, env = _long_run(workspace)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dreamtext", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_as_a_scripts_background_job,
+    )
+    log = workspace / "log.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while _logged_step(log) < 10:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        # Handled, the first Ctrl-C ends the run after the step it lands in.
+        at_ctrl_c = _logged_step(log)
+        while _logged_step(log) < at_ctrl_c + 20:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err.decode()
+    run_status = json.loads((workspace / "status.json").read_text())
+    assert run_status["state"] == "interrupted"
+    saved = json.loads((workspace / "checkpoints" / "last.step.json").read_text())["step"]
+    assert saved == run_status["step"] >= at_ctrl_c + 20
 
 
 def test_sighup_stops_a_training_loop_after_its_step():

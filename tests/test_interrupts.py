@@ -186,18 +186,8 @@ def test_a_signal_while_torch_imports_waits_for_the_import_then_is_one_line(tmp_
     assert went_on.exists()  # the import was not cut
 
 
-@pytest.fixture
-def ctrl_c_as_in_a_terminal():
-    """Ctrl-C raising KeyboardInterrupt, as Python sets it up in a terminal, even where pytest
-    was started in the background by a shell without job control, which leaves SIGINT ignored
-    (and a command leaves an ignored Ctrl-C alone)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def _sigint_as_in_a_terminal() -> None:
-    """:func:`ctrl_c_as_in_a_terminal` for a child process (its ``preexec_fn``)."""
+    """conftest's ``ctrl_c_as_in_a_terminal`` for a child process (its ``preexec_fn``)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -226,7 +216,7 @@ def _import_that_a_signal_lands_in(signum, then):
     ids=["ImportError", "RuntimeError", "swallowed"],
 )
 def test_an_error_or_nothing_after_a_signal_while_the_libraries_load_is_that_interrupt(
-    tmp_path, monkeypatch, capsys, ctrl_c_as_in_a_terminal, signum, then
+    tmp_path, monkeypatch, capsys, signum, then
 ):
     """A SIGTERM (or Ctrl-C) that lands while torch imports numpy, or diffusers a pipeline,
     became that library's ImportError or RuntimeError, printed as a traceback, or was lost and
