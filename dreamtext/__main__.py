@@ -9,6 +9,9 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 EXIT_INTERRUPTED = 130  # dreamtext.cli.EXIT_INTERRUPTED, not imported before the handler is set
 EXIT_USAGE = 2  # dreamtext.cli's exit status for what the user can fix
@@ -21,9 +24,45 @@ NATIVE_WINDOWS = (
 )
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    if signum == signal.SIGHUP:
-        outputs_of_a_gone_terminal_to_devnull()
+# The signals that stop a command: Ctrl-C, a scheduler's stop or `kill`, and the terminal going
+# away (an ssh connection that drops sends SIGHUP), which Python's default turned into a kill
+# that lost the steps since the last checkpoint and left status.json "running".
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The stop signals that stay ignored where they are, as Python leaves an ignored Ctrl-C without
+# its KeyboardInterrupt: SIGHUP under `nohup`, which asked for the command to outlive its
+# terminal, and Ctrl-C in a job that a script started in the background (`dreamtext batch x.txt
+# &`), which the shell starts with SIGINT ignored (POSIX) so that a Ctrl-C typed at the terminal
+# reaches only the foreground job; handled, it stopped the batch as well. SIGTERM is handled even
+# where it was ignored: it is no key anyone types by mistake, and a scheduler's stop (scancel, a
+# container's stop, a job's time limit) sends it before its SIGKILL, which loses every step since
+# the last checkpoint where SIGTERM has not saved them.
+LEFT_IGNORED = (signal.SIGINT, signal.SIGHUP)
+
+
+def handle_stop_signals(
+    handler: Callable[[int, FrameType | None], Any],
+    signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+) -> dict[int, Any]:
+    """Set ``handler`` for each of ``signals`` (:data:`STOP_SIGNALS`) but one ignored that stays
+    so (:data:`LEFT_IGNORED`); for SIGHUP it first sends stdout and stderr to /dev/null where
+    they are the terminal that went away (:func:`outputs_of_a_gone_terminal_to_devnull`), so
+    that the lines saying what was saved cannot fail on them. Returns the handlers it replaced,
+    for the caller to put back. Off the main thread it raises ``ValueError``, having set none."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> Any:
+        if signum == signal.SIGHUP:
+            outputs_of_a_gone_terminal_to_devnull()
+        return handler(signum, frame)
+
+    previous = {}
+    for sig in signals:
+        if sig in LEFT_IGNORED and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
+        previous[sig] = signal.signal(sig, on_signal)
+    return previous
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
@@ -67,7 +106,7 @@ def ignore_stop_signals() -> None:
     sent while it stops (torch's teardown takes a moment) killed the process with -2 or -15 (a
     shell's 130 or 143, a traceback sometimes) instead of its own status; an ignored signal
     stays ignored."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
@@ -131,11 +170,8 @@ def run() -> int:
     if sys.platform == "win32":
         print(NATIVE_WINDOWS, file=sys.stderr)
         return EXIT_USAGE
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    # The terminal going away (a dropped ssh connection) stops the command as SIGTERM does,
-    # unless `nohup` asked for it to go on (an ignored SIGHUP stays ignored).
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
+    # Ctrl-C has Python's own KeyboardInterrupt already (where it is not ignored).
+    handle_stop_signals(_raise_keyboard_interrupt, (signal.SIGTERM, signal.SIGHUP))
     try:
         from dreamtext.cli import main
 

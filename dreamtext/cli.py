@@ -2063,26 +2063,19 @@ def _sigterm_raises_while_loading() -> Iterator[Received]:
     torch is imported). Both are recorded in the list the block gets: a library being imported
     when one lands can swallow its ``KeyboardInterrupt`` or turn it into an error of its own
     (torch importing numpy: an ``ImportError``; diffusers: a ``RuntimeError``), and any error
-    out of the block after one is that interrupt, not a traceback. Ctrl-C is left alone where
-    it is ignored (a job started in the background)."""
+    out of the block after one is that interrupt, not a traceback. An ignored Ctrl-C (a job a
+    script started in the background) or SIGHUP (``nohup``) is left alone."""
+    from dreamtext.__main__ import handle_stop_signals
+
     received = Received()
 
     def handler(signum, frame):
-        if signum == signal.SIGHUP:
-            from dreamtext.__main__ import outputs_of_a_gone_terminal_to_devnull
-
-            outputs_of_a_gone_terminal_to_devnull()
         received.append(signum)
         if received.deferred and len(received) == 1:
             return
         raise KeyboardInterrupt
 
-    stops = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        stops.append(signal.SIGINT)
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # the terminal gone, unless nohup
-        stops.append(signal.SIGHUP)
-    previous = {sig: signal.signal(sig, handler) for sig in stops}
+    previous = handle_stop_signals(handler)
     try:
         yield received
     except Exception as error:

@@ -27,7 +27,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from dreamtext.__main__ import outputs_of_a_gone_terminal_to_devnull
+from dreamtext.__main__ import STOP_SIGNALS, handle_stop_signals
 from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.errors import naming_the_file
 
@@ -54,20 +54,6 @@ class StepStopped(KeyboardInterrupt):
     (:func:`raise_if_stop_in_step`) without applying its update. A ``KeyboardInterrupt``, so
     that where no training loop catches it, the command still ends as interrupted."""
 
-
-# The signals that stop a command: Ctrl-C, a scheduler's stop or `kill`, and the terminal going
-# away (an ssh connection that drops sends SIGHUP), which Python's default turned into a kill
-# that lost the steps since the last checkpoint and left status.json "running".
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# The stop signals that stay ignored where they are, as Python leaves an ignored Ctrl-C without
-# its KeyboardInterrupt: SIGHUP under `nohup`, which asked for the command to outlive its
-# terminal, and Ctrl-C in a job that a script started in the background (`dreamtext batch x.txt
-# &`), which the shell starts with SIGINT ignored (POSIX) so that a Ctrl-C typed at the terminal
-# reaches only the foreground job; handled, it stopped the batch as well. SIGTERM is handled even
-# where it was ignored: it is no key anyone types by mistake, and a scheduler's stop (scancel, a
-# container's stop, a job's time limit) sends it before its SIGKILL, which loses every step since
-# the last checkpoint where SIGTERM has not saved them.
-LEFT_IGNORED = (signal.SIGINT, signal.SIGHUP)
 
 # Whether Ctrl-C or SIGTERM arrived inside the outermost :func:`sigterm_interrupts` block, and
 # how many such blocks are open (an image run's describe stage opens one inside the command's).
@@ -103,32 +89,17 @@ def raise_if_stop_in_step() -> None:
 
 @contextmanager
 def _handling(signals: tuple[signal.Signals, ...], handler: Callable) -> Iterator[None]:
-    """``handler`` for ``signals`` inside the block, the previous handlers restored after it.
-    Off the main thread, where Python refuses to set handlers, signals are left alone, and so
-    is an ignored SIGHUP (``nohup``) or Ctrl-C (a script's background job): :data:`LEFT_IGNORED`."""
+    """``handler`` for ``signals`` inside the block (:func:`dreamtext.__main__.handle_stop_signals`:
+    an ignored SIGHUP or Ctrl-C stays ignored), the previous handlers restored after it. Off
+    the main thread, where Python refuses to set handlers, signals are left alone."""
     previous = {}
-    for sig in signals:
-        if sig in LEFT_IGNORED and signal.getsignal(sig) == signal.SIG_IGN:
-            continue
-        with suppress(ValueError):
-            previous[sig] = signal.signal(sig, _first_terminal_gone(handler))
+    with suppress(ValueError):
+        previous = handle_stop_signals(handler, signals)
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def _first_terminal_gone(handler: Callable) -> Callable:
-    """``handler``, which for SIGHUP first sends stdout and stderr to /dev/null where they are
-    the terminal that went away: the lines that say what was saved cannot fail on them."""
-
-    def on_signal(signum, frame):
-        if signum == signal.SIGHUP:
-            outputs_of_a_gone_terminal_to_devnull()
-        handler(signum, frame)
-
-    return on_signal
 
 
 @contextmanager
