@@ -13,9 +13,11 @@ import pty
 import select
 import signal
 import struct
+import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,28 @@ def _wait_or_kill(pid: int, seconds: float) -> int:
     pytest.fail(f"the command did not stop within {seconds} s of its terminal going away")
 
 
+def _start_long_run(workspace: Path, before: Callable[[], None]) -> subprocess.Popen:
+    """:func:`_long_run` started, stdout to /dev/null and stderr a pipe, ``before`` run in its
+    process before it starts (the signal dispositions it inherits)."""
+    command, env = _long_run(workspace)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dreamtext", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=before,
+    )
+
+
+def _trains_past(process: subprocess.Popen, log: Path, step: int, deadline: float) -> None:
+    """Wait until ``log`` (log.jsonl) records ``step``, the command training all the while
+    (its stderr the failure's message if it ended), before ``deadline`` (``time.monotonic``)."""
+    while _logged_step(log) < step:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path):
     workspace = tmp_path / "run"
     command, env = _long_run(workspace)
@@ -103,8 +127,6 @@ def test_a_run_whose_terminal_went_away_without_a_sighup_ends_with_its_own_statu
     SIGHUP (the terminal is not its controlling one here, as for a disowned job) and trains on
     with every write failing (EIO). The run's folder, the first line to reach the gone terminal
     where no export's note had, exited 1 where the same run with an export exited 0."""
-    import subprocess
-
     workspace = tmp_path / "run"
     command, env = _long_run(workspace)
     command[command.index("--iters") + 1] = "200"
@@ -179,31 +201,16 @@ def test_a_ctrl_c_meant_for_the_foreground_leaves_a_background_job_training(tmp_
     """A script's `dreamtext text ... &` starts with Ctrl-C ignored; handled again, a Ctrl-C
     typed for another command stopped it (exit 130 a step later). It trains on past it, and a
     SIGTERM still stops it with its last step saved."""
-    import subprocess
-
     workspace = tmp_path / "run"
-    command, env = _long_run(workspace)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dreamtext", *command],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=_as_a_scripts_background_job,
-    )
+    process = _start_long_run(workspace, _as_a_scripts_background_job)
     log = workspace / "log.jsonl"
     try:
         deadline = time.monotonic() + 240
-        while _logged_step(log) < 10:
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _trains_past(process, log, 10, deadline)
         process.send_signal(signal.SIGINT)
         # Handled, the first Ctrl-C ends the run after the step it lands in.
         at_ctrl_c = _logged_step(log)
-        while _logged_step(log) < at_ctrl_c + 20:
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _trains_past(process, log, at_ctrl_c + 20, deadline)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
     finally:
@@ -234,23 +241,10 @@ def test_a_stop_whose_stderr_reader_is_gone_ends_interrupted(tmp_path, signum):
     """`dreamtext text ... 2>&1 | tee run.log` stopped by Ctrl-C or the terminal's SIGHUP, which
     end tee too: the bar's last line and the closing note, written into a pipe no one reads,
     turned the saved stop into status.json "failed" (BrokenPipeError) and exit 1."""
-    import subprocess
-
     workspace = tmp_path / "run"
-    command, env = _long_run(workspace)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dreamtext", *command],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=_hangup_as_by_default,
-    )
+    process = _start_long_run(workspace, _hangup_as_by_default)
     try:
-        deadline = time.monotonic() + 240
-        while _logged_step(workspace / "log.jsonl") < 20:
-            assert process.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _trains_past(process, workspace / "log.jsonl", 20, time.monotonic() + 240)
         process.stderr.close()  # tee is gone
         process.send_signal(signum)
         process.wait(timeout=120)
