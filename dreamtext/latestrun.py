@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dreamtext.errors import DreamtextError
 from dreamtext.inputs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_LEARNED_EMBEDS
+from dreamtext.runfiles import saved_time
 
 # ``newest_whole_step(folder)``: the newest step file of a checkpoints folder that loads whole,
 # and its step; ``None`` when none does.
@@ -43,9 +44,11 @@ def descriptors(checkpoints: Path) -> bool:
 
 def newest_run(root: Path, newest_whole_step: WholeStep) -> Path:
     """The run under ``root`` whose newest checkpoint was written most recently: its
-    ``checkpoints/last.pt``, or, where that is missing (deleted by hand, a copy or sync cut
-    short), its newest whole step file, as a resume goes on from (``newest_whole_step``). Such
-    a run's step files are read only when one of them is newer than every ``last.pt``."""
+    ``checkpoints/last.pt`` (dated by its save, :func:`~dreamtext.runfiles.saved_time`: a run
+    copied in with ``cp -r`` is not the newest for the copy's time), or, where that is missing
+    (deleted by hand, a copy or sync cut short), its newest whole step file, as a resume goes on
+    from (``newest_whole_step``), dated by its own time. Such a run's step files are read only
+    when one of them is newer than every ``last.pt``."""
     root = Path(root)
     written: dict[Path, float] = {}  # checkpoints/ folder → when its newest checkpoint was
     step_only: dict[Path, float] = {}  # those without last.pt → when their newest step file was
@@ -53,7 +56,7 @@ def newest_run(root: Path, newest_whole_step: WholeStep) -> Path:
         for last in root.glob(f"**/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"):
             # A folder named last.pt is no checkpoint (checkpoint.can_resume says the same).
             if last.is_file() and not descriptors(last.parent):
-                written[last.parent] = last.stat().st_mtime
+                written[last.parent] = saved_time(last)
         for step_file in root.glob(f"**/{CHECKPOINT_DIR}/step_*.pt"):
             if (
                 step_file.parent not in written

@@ -494,6 +494,26 @@ def recorded_step(workspace: str | Path) -> int | None:
     return step
 
 
+def saved_time(last: Path) -> float:
+    """When the checkpoint ``last`` (a run's ``checkpoints/last.pt``) was saved, in seconds since
+    the epoch: its modification time as its save recorded it (:func:`step_record`) where ``last``
+    holds the bytes of that save by its size and last :data:`IDENTITY_TAIL_BYTES`, though a copy
+    (``cp -r``, ``scp -r`` without ``-p``) gave it a new inode and the copy's time; else its
+    modification time now (no record, or a file copied over it since). Only a file whose inode
+    or time changed since its record is read (64 KiB): ``export`` dates every run under
+    ``workspace/``."""
+    stat = os.stat(last)
+    try:
+        record = json.loads((last.parent / LAST_STEP_RECORD).read_text(encoding="utf-8"))
+        inode, size, mtime_ns, tail = record["file"]
+        if (inode, mtime_ns) == (stat.st_ino, stat.st_mtime_ns) or size != stat.st_size:
+            return stat.st_mtime
+        same = isinstance(mtime_ns, int) and tail == _file_identity(last)[3]
+    except (OSError, *UNREADABLE_JSON, TypeError, KeyError, ValueError):
+        return stat.st_mtime
+    return mtime_ns / 1e9 if same and not isinstance(mtime_ns, bool) else stat.st_mtime
+
+
 def other_prompt_error(workspace: Path, previous: str, own_config: Path | None) -> DreamtextError:
     """The line for a new run of a prompt in ``workspace``, which holds the run of ``previous``;
     ``own_config``: the ``--config`` file that is that run's record

@@ -2,12 +2,14 @@
 checkpoint files' names and times."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from dreamtext.errors import DreamtextError
 from dreamtext.latestrun import newest_run, newest_run_unread, runs_in, step_files
+from dreamtext.runfiles import saved_time, step_record
 
 
 def _file(path: Path, mtime: float) -> Path:
@@ -176,3 +178,31 @@ def test_a_step_only_run_newer_than_every_last_pt_is_newest_beside_an_older_one(
     _file(tmp_path / "b" / "checkpoints" / "step_000010.pt", T + 50)
     _file(tmp_path / "c" / "checkpoints" / "step_000010.pt", T + 200)
     assert newest_run(tmp_path, _newest_step) == tmp_path / "c"
+
+
+def _saved(run: Path, mtime: float, contents: bytes) -> Path:
+    """A run's last.pt saved at ``mtime`` with its save's record (last.step.json)."""
+    last = _file(run / "checkpoints" / "last.pt", mtime)
+    last.write_bytes(contents)
+    os.utime(last, (mtime, mtime))
+    (last.parent / "last.step.json").write_bytes(step_record(last, 30))
+    return last
+
+
+def test_a_run_copied_in_with_cp_r_is_dated_by_its_save_not_by_the_copy(tmp_path):
+    """Run a, saved at T+100, copied into workspace/ with ``cp -r`` (new inode, the copy's
+    time, after b's save at T+300): export without --workspace took the copy as the newest run;
+    its checkpoint is still dated by its save's record, so b is. A last.pt replaced by other
+    bytes since its record (a step file copied over it) is dated by its own time."""
+    old = tmp_path / "cluster" / "a"
+    _saved(old, T + 100, b"checkpoint of a")
+    _saved(tmp_path / "workspace" / "b", T + 300, b"checkpoint of b")
+    shutil.copytree(old, tmp_path / "workspace" / "a", copy_function=shutil.copy)
+    copied = tmp_path / "workspace" / "a" / "checkpoints" / "last.pt"
+    assert copied.stat().st_mtime > T + 300
+
+    assert newest_run(tmp_path / "workspace", _never_read) == tmp_path / "workspace" / "b"
+    assert saved_time(copied) == pytest.approx(T + 100)
+
+    copied.write_bytes(b"checkpoint of step 20")  # cp step_000020.pt last.pt
+    assert newest_run(tmp_path / "workspace", _never_read) == tmp_path / "workspace" / "a"
