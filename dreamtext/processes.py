@@ -252,14 +252,44 @@ def _holder(lock: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def lock_held(workspace: str | Path) -> bool | None:
+    """Whether another process holds ``workspace``'s lock (:func:`claim_workspace`): ``False``
+    where this process holds it, or where a shared ``flock`` on its lock file is granted
+    (released at once); ``None`` where this cannot be told: no lock file (a run on a file system
+    without locks has none), no ``flock`` here or on that file system, an unreadable file. A
+    folder copied while its run ran (``cp -r``, ``rsync``, ``tar``) carries that run's lock file
+    and ``status.json``, whose live process runs the original folder: no one holds the copy's
+    lock."""
+    held = _HELD.get(os.path.realpath(workspace))
+    if held is not None and held[0] is not None:
+        return False
+    if fcntl is None:
+        return None
+    try:
+        handle = open(Path(workspace) / LOCK_NAME, "rb")  # noqa: SIM115 (flock needs the handle)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # no locks on this file system
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def workspace_holder(workspace: str | Path) -> int | None:
     """The pid of another live process of this machine that holds ``workspace``'s lock
-    (:func:`claim_workspace`), read from the record in its lock file without taking the lock;
-    ``None`` when none does (or the holder runs on another machine, which cannot be checked)."""
+    (:func:`claim_workspace`), read from the record in its lock file; ``None`` when none does
+    (or the holder runs on another machine, which cannot be checked), and where the lock is not
+    held (:func:`lock_held`: a lock file copied with the folder, naming the live process that
+    runs the original)."""
     record = _holder(Path(workspace) / LOCK_NAME)
     if record.get("pid") == os.getpid() or record_alive(record) is not True:
         return None
-    return record["pid"]
+    return None if lock_held(workspace) is False else record["pid"]
 
 
 def process_name(pid: int) -> str:
@@ -616,6 +646,7 @@ __all__ = [
     "file_age",
     "gone_process",
     "lock_folder",
+    "lock_held",
     "pid_alive",
     "process_ended",
     "process_name",

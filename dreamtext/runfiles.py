@@ -49,7 +49,13 @@ from dreamtext.inputs import (
     slugify,
     unreachable_link,
 )
-from dreamtext.processes import LOCK_NAME, check_own_folder, process_name, record_alive
+from dreamtext.processes import (
+    LOCK_NAME,
+    check_own_folder,
+    lock_held,
+    process_name,
+    record_alive,
+)
 
 
 def file_mode(ordinary: int = 0o666) -> int:
@@ -121,20 +127,24 @@ def read_status(workspace: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("state") in STATES else None
 
 
-def running_elsewhere(status: dict[str, Any] | None) -> int | None:
-    """The process id of another process of this machine that ``status`` says is running the
-    run and that is alive, else ``None`` (a run ended, or recorded on another machine, or whose
-    process is gone: killed without warning)."""
+def running_elsewhere(status: dict[str, Any] | None, workspace: str | Path) -> int | None:
+    """The process id of another process of this machine that ``status`` (``workspace``'s)
+    says is running the run and that is alive, else ``None`` (a run ended, or recorded on
+    another machine, or whose process is gone: killed without warning; or the folder is a copy
+    of a running run, whose live process holds the original's lock, not this one's:
+    :func:`~dreamtext.processes.lock_held`)."""
     if (status or {}).get("state") != "running" or status.get("pid") == os.getpid():
         return None
-    return status["pid"] if record_alive(status) else None
+    if not record_alive(status) or lock_held(workspace) is False:
+        return None
+    return status["pid"]
 
 
 def check_not_running(workspace: str | Path) -> None:
     """Refuse a workspace that another live process of this machine is running a run in (the
     same command typed in a second terminal): both would write its checkpoints and files."""
     status = read_status(workspace)
-    pid = running_elsewhere(status)
+    pid = running_elsewhere(status, workspace)
     if pid is not None:
         raise WorkspaceInUse(
             workspace,

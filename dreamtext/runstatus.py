@@ -215,7 +215,7 @@ def live_run(workspace: str | Path) -> tuple[int, dict[str, Any] | None] | None:
     the run holds the workspace's lock but has not written one yet (it still loads:
     :func:`~dreamtext.processes.workspace_holder`). ``None`` when no such process runs."""
     status = read_status(workspace)
-    pid = running_elsewhere(status)
+    pid = running_elsewhere(status, workspace)
     if pid is not None:
         return pid, status
     holder = workspace_holder(workspace)

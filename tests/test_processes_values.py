@@ -448,7 +448,7 @@ def test_without_proc_a_pid_reused_by_another_process_is_not_the_run_s(without_p
         reused = {**record, "pid_start": started - 3600}
         assert record_alive(reused) is False
         write_status(tmp_path, {**reused, "step": 7, "iters": 20, "phase": "train"})
-        assert running_elsewhere(read_status(tmp_path)) is None
+        assert running_elsewhere(read_status(tmp_path), tmp_path) is None
     finally:
         child.kill()
         child.wait()

@@ -77,6 +77,39 @@ def test_a_run_is_refused_only_to_another_live_process_of_this_machine(tmp_path)
         other.wait()
 
 
+def test_a_copy_of_a_running_run_is_not_refused_for_the_process_running_the_original(tmp_path):
+    """A run folder copied (cp -r, rsync) while its run trained carries its status.json
+    (running, the live process's record) and its .dreamtext.lock with the same record: a resume
+    of the copy was refused 'in use: process N on this machine is running its run', N training
+    the original. No one holds the copy's lock, so neither record is taken as the copy's; the
+    original, whose lock N holds, is still refused."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from dreamtext.errors import WorkspaceInUse
+    from dreamtext.processes import process_start, this_process, workspace_holder
+    from dreamtext.runfiles import check_not_running
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {**this_process(), "pid": other.pid, "pid_start": process_start(other.pid)}
+        for folder in (tmp_path / "run", tmp_path / "copy"):
+            folder.mkdir()
+            _status(folder, **record)
+            (folder / ".dreamtext.lock").write_text(json.dumps(record))
+        check_not_running(tmp_path / "copy")
+        assert workspace_holder(tmp_path / "copy") is None
+        with open(tmp_path / "run" / ".dreamtext.lock", "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # as the live run holds its own
+            with pytest.raises(WorkspaceInUse, match=f"process {other.pid} on this machine"):
+                check_not_running(tmp_path / "run")
+            assert workspace_holder(tmp_path / "run") == other.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_resume_base_leaves_out_the_records_of_what_ran(tmp_path):
     """read_run_config: config.json without encoding_backend, ran_on, resumes (records, not
     settings) and the stage sections; the settings as recorded."""

@@ -479,7 +479,7 @@ def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_proces
     reused = {**record, "pid_start": started - 1}
     assert record_alive(reused) is False
     write_status(tmp_path, {**reused, "step": 7, "iters": 20, "phase": "train"})
-    assert runstatus.running_elsewhere(read_status(tmp_path)) is None
+    assert runstatus.running_elsewhere(read_status(tmp_path), tmp_path) is None
     trainer.check_workspace(tmp_path, "a red cube", resume=False)  # not refused
 
 
@@ -500,7 +500,7 @@ def test_a_killed_run_its_parent_has_not_reaped_yet_is_not_running(tmp_path):
         assert process_ended(child.pid)  # a zombie: not reaped
         assert record_alive(record) is False
         write_status(tmp_path, {**record, "state": "running", "step": 7, "iters": 20})
-        assert runstatus.running_elsewhere(read_status(tmp_path)) is None
+        assert runstatus.running_elsewhere(read_status(tmp_path), tmp_path) is None
     finally:
         child.kill()
         child.wait()
