@@ -57,6 +57,7 @@ search) calls the checks itself (:func:`check_guards`) between its pieces of wor
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -75,6 +76,7 @@ from dreamtext.checkpoint import (
     can_resume,
     checkpoint_step,
     last_checkpoint,
+    write_whole,
 )
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, check_a_file
 from dreamtext.inputs import RUN_STATUS
@@ -118,9 +120,54 @@ def error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+# A disk that refuses a new file for want of space (the temp file of an atomic write).
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
 def write_status(workspace: str | Path, status: dict[str, Any]) -> None:
+    """Write ``status`` to ``workspace/status.json`` atomically (a temp file renamed into place)."""
     text = json.dumps(status, indent=2) + "\n"
     atomic_write_bytes(Path(workspace) / STATUS, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_last_status(workspace: str | Path, status: dict[str, Any]) -> None:
+    """:func:`write_status` for a run's last write (``failed``, ``interrupted``), which a full
+    disk (or quota) must not lose: it refuses the atomic write's temp file, and status.json
+    stayed ``running``, which the viewer showed as a process killed without warning. Then
+    status.json is overwritten in the disk space it holds already (:func:`overwrite_in_place`);
+    the full disk's error is raised only where that does not fit."""
+    try:
+        write_status(workspace, status)
+    except OSError as error:
+        if error.errno not in FULL_DISK_ERRNOS:
+            raise
+        compact = json.dumps(status, separators=(",", ":")) + "\n"
+        if not overwrite_in_place(Path(workspace) / STATUS, compact.encode("utf-8")):
+            raise
+
+
+def overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Overwrite the file at ``path`` with ``data`` where ``data`` fits in the disk blocks the
+    file holds (``st_blocks`` × 512 bytes), which a full disk does not refuse: no block is
+    allocated. Returns whether it wrote; ``False`` (nothing changed) where ``data`` is larger,
+    the file is gone or the write is refused before it began. Not atomic: a reader at that
+    moment, or a kill in it, may find a torn file (read as no status), so only a run's last
+    status on a full disk is written so, where the alternative is a stale ``running``."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_blocks * 512:
+            return False
+        write_whole(lambda rest: os.write(fd, rest), data, path)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    except OSError:
+        return False  # a copy-on-write file system allocates even to overwrite
+    finally:
+        os.close(fd)
+    return True
 
 
 def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) -> bool:
@@ -274,7 +321,9 @@ class StatusTracker:
         self._writing = threading.Lock()  # the heartbeat's thread writes too
 
     def write(self, state: str, error: str | None = None, step: int | None = None) -> None:
-        """Write ``state`` at ``step``, by default the run's (``self.step()``)."""
+        """Write ``state`` at ``step``, by default the run's (``self.step()``); a run's end
+        (``failed``, ``interrupted``) is written on a full disk too where it fits
+        (:func:`write_last_status`)."""
         with self._writing:
             self._write(state, error, step)
 
@@ -299,7 +348,8 @@ class StatusTracker:
             **self.earlier_stages,
             self.stage: {"seconds": status["seconds"], "gpu_mem_mib": peak},
         }
-        write_status(self.workspace, {**status, **_whole_run(stages)})
+        write = write_last_status if state in ("failed", "interrupted") else write_status
+        write(self.workspace, {**status, **_whole_run(stages)})
         self._written = (step, self.phase)
 
     def run_guards(self) -> None:
@@ -462,7 +512,7 @@ def ends_between_stages(workspace: str | Path) -> Iterator[None]:
                 else {"state": "failed", "error": error_line(error)}
             )
             with signals_held(drop=True):
-                write_status(workspace, {**status, **ended, "updated": now_iso()})
+                write_last_status(workspace, {**status, **ended, "updated": now_iso()})
         raise
 
 
@@ -561,8 +611,9 @@ def track_status(
         if not lost:
             # A full disk fails this write too: its error replaced the run's, whose line said
             # "pick a folder you can write (--workspace)" where the run is saved and resumes.
-            # The run's error stands; status.json stays "running", which the viewer shows as
-            # interrupted once the process is gone.
+            # The run's error stands. status.json is overwritten in place where it fits
+            # (write_last_status); else it stays "running", which the viewer shows as ended
+            # without a record of how.
             with signals_held(), suppress(OSError):
                 tracker.write("failed", error_line(error))
         raise

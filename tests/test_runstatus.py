@@ -192,8 +192,7 @@ def test_a_full_disk_that_fails_the_failed_status_too_keeps_the_runs_error(
     """A full disk fails the run (a log line) and then its "failed" status.json: the status
     write's error replaced the run's, and `dreamtext text` said "No space left on device
     (RUN/status.json); ... or pick a folder you can write (--workspace)", where the run is saved
-    at its last checkpoint and the fix is to free space and --resume. The run's error stands;
-    status.json stays "running" (the viewer shows it interrupted once the process is gone)."""
+    at its last checkpoint and the fix is to free space and --resume. The run's error stands."""
     import errno
 
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "log.jsonl"))
@@ -210,7 +209,44 @@ def test_a_full_disk_that_fails_the_failed_status_too_keeps_the_runs_error(
         train(tiny_config(tmp_path, tiny_sd_path, iters=6, checkpoint_every=2))
     assert error.value is full
     assert error.value.saved_run.step == 2  # the CLI's line: saved at step 2, --resume
-    assert status(tmp_path)["state"] == "running"
+    # Written over the old status.json in the space it holds (write_last_status).
+    assert status(tmp_path)["state"] == "failed"
+
+
+def test_a_full_disk_that_refuses_the_failed_status_files_temp_file_still_records_failed(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A disk that fills mid-run refuses every new file, so the "failed" status.json's temp file
+    too: status.json stayed "running" and `dreamtext view` showed the run interrupted, "its
+    process N is gone (killed)". The failed record is written over status.json in the disk space
+    it holds already, so the viewer says failed, with the full disk's line."""
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "log.jsonl"))
+    disk_full = []
+    real_step = trainer.train_step
+
+    def step_then_fill_the_disk(run):
+        if run.step == 3:
+            disk_full.append(True)
+            raise full
+        return real_step(run)
+
+    real_atomic = runstatus.atomic_write_bytes
+
+    def no_new_file_once_full(path, write, before_replace=None):
+        if disk_full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_atomic(path, write, before_replace)
+
+    monkeypatch.setattr(trainer, "train_step", step_then_fill_the_disk)
+    monkeypatch.setattr(runstatus, "atomic_write_bytes", no_new_file_once_full)
+    with pytest.raises(OSError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=6, checkpoint_every=2))
+    assert error.value is full
+    record = status(tmp_path)
+    assert (record["state"], record["step"]) == ("failed", 3)
+    assert "No space left on device" in record["error"]
 
 
 def test_an_interrupted_run_says_interrupted_and_a_resume_finishes(

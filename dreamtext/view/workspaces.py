@@ -1434,8 +1434,9 @@ def status_of(
     may be fresher: its step and peak memory are the largest of status.json's and the log's, and
     it is quiet (``quiet_minutes``) only when nothing the run writes has changed for a while (by
     this viewer's clock, whatever the file server's: :class:`ChangeClock`). A
-    running run whose process, of this machine, is gone (``process_gone``, its pid) was killed
-    without warning: it is shown ``interrupted``.
+    running run whose process, of this machine, is gone (``process_gone``, its pid) ended
+    without recording how: killed without warning, or its last status.json did not fit on a
+    full disk (:func:`~dreamtext.runstatus.write_last_status`). It is shown ``interrupted``.
     """
     figures = LogFigures()
     for record in records:
@@ -1502,7 +1503,8 @@ def _status(
                 out["descriptor_iters"] = out["iters"]
             out["step"], out["iters"] = None, iters
         if out["state"] == "running" and (pid := gone_process(status_file)) is not None:
-            # Killed without warning (SIGKILL, the out-of-memory killer): stopped, resumable.
+            # Killed without warning (SIGKILL, the out-of-memory killer), or its end did not fit
+            # on a full disk: stopped, resumable.
             out.update(state="interrupted", process_gone=pid)
         if out["state"] == "running":
             out["step"] = _largest(out["step"], log_step)

@@ -131,7 +131,7 @@
       parts.push(`${Math.round(s.gpu_mem_mib).toLocaleString("en")} MiB peak`);
     }
     if (s.quiet_minutes) parts.push(`no change for ${s.quiet_minutes} min`);
-    if (s.process_gone) parts.push(`its process ${s.process_gone} is gone (killed)`);
+    if (s.process_gone) parts.push(`its process ${s.process_gone} ended without recording how (killed, or its disk full)`);
     return parts.join(" · ");
   }
 
