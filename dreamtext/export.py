@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import errno
 import fnmatch
+import glob
 import io
 import json
 import logging
@@ -1844,20 +1845,36 @@ def _retire(old: Path, dest: Path, replaced: tuple[str, ...]) -> None:
 
 
 def _move_files_into(new: Path, target: Path, replaced: tuple[str, ...]) -> None:
-    """The swap of a ``dest`` that is a link to a folder: each file of ``new`` replaces its
-    namesake in ``target`` (the link's folder, on any file system) on its own, then the files
-    ``replaced`` names that ``new`` lacks are removed. Not atomic as a set."""
-    for path in new.iterdir():
-        tmp = target / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
+    """The swap of a ``dest`` that is a link to a folder: the link's folder ``target`` (on any
+    file system) cannot be renamed as a whole, so every file of ``new`` is first copied into a
+    hidden temp file beside its namesake in ``target``, and only once all of them are there is
+    each renamed over its namesake (in the order they were staged: ``mesh.json`` last), then
+    the files ``replaced`` names that ``new`` lacks are removed. A full disk or a failing write
+    fails the copies, before any rename: the temp files are removed and ``target`` keeps its old
+    set whole (the 5th of 6 copies failing left ``mesh.json`` and two files new, the rest old).
+    A kill in the renames themselves, a moment with no writing, can still leave a mix. Temp
+    files a killed export left are removed first; exports of a run take turns
+    (:func:`finish_replacements`' lock)."""
+    staged = sorted(new.iterdir(), key=lambda path: (path.stat().st_mtime_ns, path.name))
+    for path in staged:
+        for leftover in target.glob(f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.tmp"):
+            leftover.unlink(missing_ok=True)
+    moves: list[tuple[Path, Path]] = []
+    try:
+        for path in staged:
+            tmp = target / f".{path.name}.{secrets.token_hex(4)}.tmp"
+            moves.append((tmp, target / path.name))
             copy_file(path, tmp)
             os.chmod(tmp, path.stat().st_mode & 0o7777)
-            os.replace(tmp, target / path.name)
-        except OSError as error:
+    except BaseException as error:
+        for tmp, _ in moves:
             tmp.unlink(missing_ok=True)
-            if error.filename == str(tmp):  # a name the user never saw: the file it replaces
-                raise OSError(error.errno, error.strerror, str(target / path.name)) from error
-            raise
+        tmp, dest = moves[-1]
+        if isinstance(error, OSError) and error.filename == str(tmp):  # the user never saw it
+            raise OSError(error.errno, error.strerror, str(dest)) from error
+        raise
+    for tmp, dest in moves:
+        os.replace(tmp, dest)
     for entry in target.iterdir():
         stale = any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in replaced)
         if stale and entry.is_file() and not (new / entry.name).exists():

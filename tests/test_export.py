@@ -3398,6 +3398,44 @@ def test_a_killed_exports_staging_folder_with_a_read_only_mesh_is_removed(tmp_pa
     assert not dead.exists()
 
 
+def test_a_linked_mesh_folder_whose_disk_fills_mid_swap_keeps_its_old_set_whole(
+    tmp_path, monkeypatch
+):
+    """A ``mesh/`` that links to a folder cannot be renamed as a set: each file was copied over
+    its namesake on its own, so a disk that filled at the 2nd copy left a mix (the 5th of 6 in
+    a real run: a new mesh.json and OBJ beside the old GLB and PLY). Every file is copied
+    beside its namesake first and renamed over it only once all are there: the old set stays
+    whole, with no temp file, and the next export swaps in the new set."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    old = ("mesh.json", "mesh.obj", "mesh.ply")
+    for name in old:
+        (elsewhere / name).write_text("an older export's")
+    workspace = tmp_path / "run"
+    workspace.mkdir()
+    (workspace / "mesh").symlink_to(elsewhere)
+    real_copy = export_module.copy_file
+    copies = []
+
+    def full_at_the_second(source, target, *args, **kwargs):
+        copies.append(target)
+        if len(copies) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        return real_copy(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "copy_file", full_at_the_second)
+    options = small_options(video=False, formats=("obj", "ply"))
+    with pytest.raises(OSError) as caught:
+        export_field(SphereField(), workspace, options)
+    assert caught.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(old)
+    assert all((elsewhere / name).read_text() == "an older export's" for name in old)
+    monkeypatch.setattr(export_module, "copy_file", real_copy)  # space freed
+    export_field(SphereField(), workspace, options)
+    assert json.loads((elsewhere / "mesh.json").read_text())["faces"] > 0
+    assert not any(p.name.endswith(".tmp") for p in elsewhere.iterdir())
+
+
 def test_a_linked_mesh_folder_on_a_full_disk_is_named_and_keeps_no_part_of_a_file(
     tmp_path, monkeypatch
 ):
