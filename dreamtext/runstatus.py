@@ -603,8 +603,11 @@ def track_status(
     except interrupted:
         if not lost:  # a workspace taken over is the new holder's to record
             # A second Ctrl-C / SIGTERM must not cut this write short (status.json would stay
-            # "running"); the run is stopping for the first already, so it is dropped.
-            with signals_held(drop=True):
+            # "running"); the run is stopping for the first already, so it is dropped. A full
+            # disk that refuses it even in place (write_last_status) does not replace the
+            # interrupt with its error: that said "pick a folder you can write (--workspace)",
+            # exit 2, and not where the run is saved; the resume names a disk still full.
+            with signals_held(drop=True), suppress(OSError):
                 tracker.write("interrupted", step=None if saved is None else int(saved()))
         raise
     except Exception as error:

@@ -249,6 +249,35 @@ def test_a_full_disk_that_refuses_the_failed_status_files_temp_file_still_record
     assert "No space left on device" in record["error"]
 
 
+@pytest.mark.parametrize("fits", [True, False])
+def test_a_ctrl_c_on_a_full_disk_stays_an_interrupt_and_records_it_where_it_fits(
+    tmp_path, tiny_sd_path, monkeypatch, fits
+):
+    """Ctrl-C on a disk that then refuses the "interrupted" status.json: the write's error
+    replaced the interrupt (`dreamtext text` said "No space left on device (RUN/status.json);
+    ... or pick a folder you can write (--workspace)", exit 2, where the run is saved at the
+    step it stopped at) and status.json stayed "running". The interrupt stands; the record is
+    written in place where it fits, else status.json stays "running"."""
+    import errno
+
+    real_write = runstatus.write_status
+
+    def full_disk_once_interrupted(workspace, record):
+        if record["state"] == "interrupted":
+            raise OSError(errno.ENOSPC, "No space left on device", str(workspace))
+        real_write(workspace, record)
+
+    monkeypatch.setattr(runstatus, "write_status", full_disk_once_interrupted)
+    signal_after_step(monkeypatch, 2, signal.SIGINT)
+    if not fits:
+        monkeypatch.setattr(runstatus, "overwrite_in_place", lambda path, data: False)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=6, checkpoint_every=100))
+    assert stop.value.step == 2
+    expected = ("interrupted", 2) if fits else ("running", 2)
+    assert (status(tmp_path)["state"], status(tmp_path)["step"]) == expected
+
+
 def test_an_interrupted_run_says_interrupted_and_a_resume_finishes(
     tmp_path, tiny_sd_path, monkeypatch
 ):
