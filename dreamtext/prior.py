@@ -45,34 +45,51 @@ def dataset_size(height: int, width: int) -> tuple[int, int]:
     return max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5))
 
 
-def posterior_logits(x_t: Tensor, images: Tensor, alpha_bar: Tensor) -> Tensor:
+def squared_norms(images: Tensor) -> Tensor:
+    """``‖x_i‖²`` of each image: ``images: [M, D]`` → ``[M]``. The same for every call of
+    :func:`posterior_logits` on one image set, so :class:`ShapesPrior` computes it once per set
+    (it cost more than the matmul itself: ``M·D`` products and a temporary of the set's size)."""
+    return (images * images).sum(-1)
+
+
+def posterior_logits(
+    x_t: Tensor, images: Tensor, alpha_bar: Tensor, sq_norms: Tensor | None = None
+) -> Tensor:
     """``log p(i | x_t)`` up to a constant per row: ``−‖x_t − √ᾱ x_i‖² / 2(1 − ᾱ)``.
 
     ``x_t: [B, D]``, ``images: [M, D]``, ``alpha_bar: [B]`` → ``[B, M]``. The squared distance is
     expanded as ``‖x_t‖² − 2√ᾱ x_t·x_i + ᾱ‖x_i‖²`` so that the work is one matmul; the first term is
-    the same for every i and drops out of the softmax, so it is left out.
+    the same for every i and drops out of the softmax, so it is left out. ``sq_norms``: the
+    images' :func:`squared_norms` ``[M]`` when the caller keeps them (computed here otherwise).
     """
     a = alpha_bar.sqrt()[:, None]
     dots = x_t @ images.T
-    sq_norms = (images * images).sum(-1)[None, :]
-    return (2 * a * dots - a * a * sq_norms) / (2 * (1 - alpha_bar)[:, None])
+    if sq_norms is None:
+        sq_norms = squared_norms(images)
+    return (2 * a * dots - a * a * sq_norms[None, :]) / (2 * (1 - alpha_bar)[:, None])
 
 
-def posterior_weights(x_t: Tensor, images: Tensor, alpha_bar: Tensor) -> Tensor:
+def posterior_weights(
+    x_t: Tensor, images: Tensor, alpha_bar: Tensor, sq_norms: Tensor | None = None
+) -> Tensor:
     """``p(i | x_t) = softmax_i(−‖x_t − √ᾱ x_i‖² / 2(1 − ᾱ))``: ``[B, D], [M, D], [B] -> [B, M]``,
     each row summing to one (computed in log space: ``exp(l_i − logsumexp_j l_j)``)."""
-    logits = posterior_logits(x_t, images, alpha_bar)
+    logits = posterior_logits(x_t, images, alpha_bar, sq_norms)
     return torch.exp(logits - torch.logsumexp(logits, dim=-1, keepdim=True))
 
 
-def ideal_denoiser(x_t: Tensor, images: Tensor, alpha_bar: Tensor) -> Tensor:
+def ideal_denoiser(
+    x_t: Tensor, images: Tensor, alpha_bar: Tensor, sq_norms: Tensor | None = None
+) -> Tensor:
     """``E[x_0 | x_t] = Σ_i p(i | x_t) x_i``: ``[B, D], [M, D], [B] -> [B, D]``."""
-    return posterior_weights(x_t, images, alpha_bar) @ images
+    return posterior_weights(x_t, images, alpha_bar, sq_norms) @ images
 
 
-def ideal_epsilon(x_t: Tensor, images: Tensor, alpha_bar: Tensor) -> Tensor:
+def ideal_epsilon(
+    x_t: Tensor, images: Tensor, alpha_bar: Tensor, sq_norms: Tensor | None = None
+) -> Tensor:
     """``ε̂ = (x_t − √ᾱ E[x_0 | x_t]) / √(1 − ᾱ)``: ``[B, D], [M, D], [B] -> [B, D]``."""
-    x0 = ideal_denoiser(x_t, images, alpha_bar)
+    x0 = ideal_denoiser(x_t, images, alpha_bar, sq_norms)
     a = alpha_bar[:, None]
     return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
@@ -114,6 +131,9 @@ class ShapesPrior(ScoreDistillation):
         self._flat = (self.dataset.images.flatten(1) * 2 - 1).to(self.device)
         self._cond: dict[str, Tensor] = {}
         self._uncond: Tensor | None = None
+        # The sets' squared_norms, made with the sets (set_prompt), not at every step.
+        self._cond_norms: dict[str, Tensor] = {}
+        self._uncond_norms: Tensor | None = None
 
     def images_of(self, caption: str) -> Tensor:
         """The flattened images ``[M, D]`` in [−1, 1] whose object or view caption is ``caption``
@@ -145,6 +165,8 @@ class ShapesPrior(ScoreDistillation):
             self._cond = {label: self.images_of(with_view(obj, label)) for label in labels}
         else:
             self._cond = {label: self.images_of(obj) for label in labels}
+        self._uncond_norms = squared_norms(self._uncond)
+        self._cond_norms = {label: squared_norms(s) for label, s in self._cond.items()}
 
     def encode_images(self, images: Tensor) -> Tensor:
         """Renders ``[B, 3, H, W]`` in [0, 1] → the dataset's size, in [−1, 1] (pixel space)."""
@@ -161,7 +183,7 @@ class ShapesPrior(ScoreDistillation):
             raise RuntimeError("set_prompt must be called before predict_noise")
         flat = x_t.flatten(1).to(torch.float64)
         alpha_bar = self.alphas_cumprod.to(torch.float64)[t.long().to(self.device)]
-        eps_uncond = ideal_epsilon(flat, self._uncond, alpha_bar)
+        eps_uncond = ideal_epsilon(flat, self._uncond, alpha_bar, self._uncond_norms)
         eps_cond = torch.empty_like(flat)
         for label in set(labels):
             rows = [i for i, lab in enumerate(labels) if lab == label]
@@ -171,7 +193,9 @@ class ShapesPrior(ScoreDistillation):
                     f'the built-in prior has no "{label}" views for this camera range '
                     f"(it has: {known}); keep the cameras inside the preset's range"
                 )
-            eps_cond[rows] = ideal_epsilon(flat[rows], self._cond[label], alpha_bar[rows])
+            eps_cond[rows] = ideal_epsilon(
+                flat[rows], self._cond[label], alpha_bar[rows], self._cond_norms[label]
+            )
         shape = x_t.shape
         return NoisePrediction(
             eps_uncond.reshape(shape).to(x_t.dtype), eps_cond.reshape(shape).to(x_t.dtype)
@@ -215,4 +239,5 @@ __all__ = [
     "make_builtin_prior",
     "posterior_logits",
     "posterior_weights",
+    "squared_norms",
 ]

@@ -197,6 +197,29 @@ def test_noise_prediction_at_low_noise_recovers_the_view_image(prior):
     assert torch.allclose(prediction.uncond, noise, atol=1e-3)
 
 
+def test_kept_squared_norms_give_the_same_bits_as_computed_ones(tiny_set):
+    images, x0, gen = tiny_set
+    ab = sd_alphas_cumprod().double()[[300, 700]]
+    x_t = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    kept = prior_module.squared_norms(images)
+    assert torch.equal(kept, (images * images).sum(-1))
+    assert torch.equal(ideal_epsilon(x_t, images, ab, kept), ideal_epsilon(x_t, images, ab))
+
+
+def test_a_step_computes_no_squared_norms_of_the_image_sets(prior, monkeypatch):
+    # ‖x_i‖² of a set is the same at every step: made once by set_prompt, where computing it
+    # in every noise prediction cost more than the prediction's matmul itself.
+    p = prior()
+    p.set_prompt("a green cone")
+    expected = p.predict_noise(torch.zeros(2, 3, 8, 8), torch.tensor([500, 20]), ["front", "side"])
+    calls = []
+    computed = prior_module.squared_norms
+    monkeypatch.setattr(prior_module, "squared_norms", lambda s: calls.append(s) or computed(s))
+    again = p.predict_noise(torch.zeros(2, 3, 8, 8), torch.tensor([500, 20]), ["front", "side"])
+    assert calls == []
+    assert torch.equal(again.cond, expected.cond) and torch.equal(again.uncond, expected.uncond)
+
+
 def test_sds_gradient_pulls_a_render_towards_the_prompt(prior):
     """A grey image's SDS gradient points towards the red cube's colours: descending it makes the
     image redder where the cube is."""
