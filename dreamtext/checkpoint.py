@@ -126,7 +126,12 @@ def _give_name(source: Path, name: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:
-        copy_file(source, tmp)
+        try:
+            copy_file(source, tmp)
+        except OSError as error:  # a full disk named .step_000040.pt.3f9a0c1e.tmp
+            if error.filename == str(tmp):
+                raise OSError(error.errno, error.strerror, str(name)) from error
+            raise
     try:
         os.replace(tmp, name)
     except BaseException:

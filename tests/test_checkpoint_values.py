@@ -423,3 +423,28 @@ def test_a_checkpoint_folder_that_refuses_new_files_is_named_with_last_pt_not_a_
         save_checkpoint(tmp_path, a_state(1))
     assert raised.value.errno == errno.EPERM
     assert raised.value.filename == str(tmp_path / "checkpoints" / "last.pt")
+
+
+def test_a_full_disk_in_the_copy_of_the_step_it_keeps_names_that_step_file(tmp_path, monkeypatch):
+    """Where the file system has no hard links (exFAT, some network shares: ``os.link`` refused),
+    the ``last.pt`` being replaced is kept as ``step_XXXXXX.pt`` by a copy. A full disk in that
+    copy named ``checkpoints/.step_000001.pt.3f9a0c1e.tmp``, a hidden file the user never saw;
+    it names the step file, no part of the copy is left, and last.pt stays step 1's."""
+    save_checkpoint(tmp_path, a_state(1))
+
+    def no_hard_links(source, target):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(source))
+
+    def fills_the_disk(source, target):
+        Path(target).write_bytes(b"part of it")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(source))
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    monkeypatch.setattr(shutil, "copyfile", fills_the_disk)
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(tmp_path, a_state(2))
+    folder = tmp_path / "checkpoints"
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(folder / "step_000001.pt")
+    assert steps_on_disk(folder) == {"last.pt": 1}
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
