@@ -2,6 +2,7 @@
 docstrings and comments of dreamtext/config.py (not read back from its output)."""
 
 import json
+import math
 
 import pytest
 
@@ -71,6 +72,19 @@ def test_a_near_plane_past_the_whole_scene_is_refused_and_one_inside_it_runs(tmp
         {"prompt": "x", "cameras": {"radius_range": [1.0, 1.5]}, "render": {"min_near": 3.23}}
     )
     assert cfg.render.min_near == 3.23
+
+
+def test_a_near_plane_exactly_at_the_scenes_far_end_is_refused():
+    """At 1.5 + √3 (cameras within 1.5, a box of bound 1) a ray's far end is at most its near
+    plane: no sample. The line says "make it less than", so that value is refused too."""
+    with pytest.raises(DreamtextError, match="past the whole scene"):
+        resolve_config(
+            {
+                "prompt": "x",
+                "cameras": {"radius_range": [1.0, 1.5]},
+                "render": {"min_near": 1.5 + math.sqrt(3.0)},
+            }
+        )
 
 
 def test_the_largest_lr_counts_the_hash_tables_lr_scale():
