@@ -708,9 +708,9 @@ def test_a_diverged_runs_line_counts_each_cause_apart(tmp_path, tiny_sd_path, mo
     assert "--guidance" in message
 
 
-def renders_nan_from(monkeypatch, first: int) -> None:
+def renders_nan_from(monkeypatch, first: int, one_pixel: bool = False) -> None:
     """Make every training render from the ``first``-th on NaN, as a field whose weights
-    overflowed float32 renders."""
+    overflowed float32 renders (with ``one_pixel``, only its first pixel's red)."""
     from dreamtext.renderer import VolumeRenderer
 
     real, calls = VolumeRenderer.render_train, []
@@ -719,7 +719,11 @@ def renders_nan_from(monkeypatch, first: int) -> None:
         render = real(self, *args, **kwargs)
         calls.append(1)
         if len(calls) >= first:
-            render.outputs["rgb"] = render.outputs["rgb"] * math.nan
+            rgb = render.outputs["rgb"]
+            nan = torch.full_like(rgb, math.nan)
+            if one_pixel:
+                nan = torch.zeros_like(rgb).flatten().index_fill(0, torch.tensor([0]), math.nan)
+            render.outputs["rgb"] = rgb + nan.view_as(rgb)
         return render
 
     monkeypatch.setattr(VolumeRenderer, "render_train", nan_from_first)
@@ -776,6 +780,99 @@ def test_a_run_whose_field_renders_nan_keeps_its_last_checkpoint_of_finite_weigh
     assert load_checkpoint(last)["step"] == 2
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and status["error"] == message
+
+
+def test_a_render_with_one_nan_pixel_is_the_fields_fault_not_the_guidances(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """One NaN pixel makes ε̂ NaN through the encoder: a render is the field's fault as soon as
+    any of its pixels is NaN or infinite, and the line names --lr, not --guidance."""
+    from dreamtext import trainer
+
+    renders_nan_from(monkeypatch, 2, one_pixel=True)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20))
+    message = str(error.value)
+    for part in ("rendered NaN", "in 3 of the 4 steps up to step 4", "--lr"):
+        assert part in message, message
+    assert "--guidance" not in message, message
+
+
+def test_a_nan_render_line_counts_the_steps_of_other_causes_apart(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """Step 1's ε̂ is not finite, steps 2-3 render NaN: the line blames the field (2 of the 3
+    steps) and names the other step too, as the line of ε̂ and gradients does."""
+    from dreamtext import trainer
+    from dreamtext.guidance import ScoreDistillation
+
+    real, calls = ScoreDistillation.sds_loss, []
+
+    def first_unguided(self, *args, **kwargs):
+        loss, info = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            info["skipped"] = torch.ones(())
+            return loss * 0, info
+        return loss, info
+
+    monkeypatch.setattr(ScoreDistillation, "sds_loss", first_unguided)
+    renders_nan_from(monkeypatch, 2)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20))
+    message = str(error.value)
+    expected = "in 2 of the 3 steps up to step 3, and ε̂ or the gradients in 1 more"
+    assert expected in message and "nothing saved" in message, message
+
+
+def test_a_checkpoint_of_the_step_before_the_first_nan_render_is_not_kept_as_finite(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """The checkpoint of step 2 holds the weights that render NaN from step 3 on: the update of
+    step 2 overflowed them. The line may not call it "the checkpoint from before" to continue
+    from, as a resume from it diverges again; it says to start again, and saves the step it
+    stopped at (last.pt had NaN weights either way)."""
+    from dreamtext import trainer
+
+    renders_nan_from(monkeypatch, 3)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2)
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    message = str(error.value)
+    for part in ("in 3 of the 4 steps up to step 5", "a resume goes on from those weights"):
+        assert part in message, message
+    assert "stays the checkpoint" not in message and "continue from it" not in message, message
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 5
+
+
+def test_a_checkpoint_due_at_a_nan_render_is_saved_at_the_next_finite_step(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A checkpoint due at a step that rendered NaN is not saved then (its weights may have
+    overflowed), but at the next step that renders finite, and only then: here step 4 of
+    ``checkpoint_every: 4`` renders NaN, step 5 is saved instead, and step 8 as due."""
+    from dreamtext.renderer import VolumeRenderer
+
+    real, calls = VolumeRenderer.render_train, []
+
+    def nan_at_step_4(self, *args, **kwargs):
+        render = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:
+            render.outputs["rgb"] = render.outputs["rgb"] * math.nan
+        return render
+
+    monkeypatch.setattr(VolumeRenderer, "render_train", nan_at_step_4)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=8, checkpoint_every=4, keep_checkpoints=3)
+    workspace = train(cfg)
+    steps = {p.name: load_checkpoint(p)["step"] for p in (workspace / "checkpoints").glob("*.pt")}
+    assert steps == {"last.pt": 8, "step_000005.pt": 5}
 
 
 def test_a_resumed_run_diverges_at_the_step_the_uninterrupted_one_does(
