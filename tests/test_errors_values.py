@@ -1,6 +1,8 @@
 """dreamtext.errors' one-line messages, value by value (expected lines written out by hand)."""
 
 import errno
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from dreamtext.errors import (
     WorkspaceInUse,
     cause_line,
     check_a_file,
+    copy_file,
     file_system_fix,
     shorten,
     trained_run_line,
@@ -131,3 +134,36 @@ def test_a_name_with_a_c1_control_character_pastes_as_itself_in_any_locale(tmp_p
         ["bash", "-c", f"printf %s {word}"], env=env, capture_output=True, check=True
     )
     assert printed.stdout == os.fsencode(name)
+
+
+def test_a_copy_stopped_by_ctrl_c_leaves_no_part_of_its_file(tmp_path, monkeypatch):
+    """No part of a failed copy is left at its target, a stop (Ctrl-C, or a scheduler's SIGTERM
+    raised as ``KeyboardInterrupt``) mid-copy included: the part would pass for the file."""
+    source, target = tmp_path / "albedo.png", tmp_path / "copy.png"
+    source.write_bytes(b"x" * 100)
+
+    def stopped_midway(src, dst):
+        Path(dst).write_bytes(b"x" * 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        copy_file(source, target)
+    assert not target.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files in /proc")
+def test_a_stream_sent_to_devnull_writes_nowhere_and_leaves_no_descriptor_open(tmp_path):
+    """``to_devnull`` points the stream's own descriptor at /dev/null; the descriptor it opened
+    for that is closed again (a hung-up terminal's stdout and stderr, a broken pipe's note)."""
+    from dreamtext.__main__ import to_devnull
+
+    path = tmp_path / "out.txt"
+    with path.open("w") as stream:
+        before = sorted(os.listdir("/proc/self/fd"))
+        to_devnull(stream)
+        after = sorted(os.listdir("/proc/self/fd"))
+        stream.write("lost")
+        stream.flush()
+    assert after == before
+    assert path.read_text() == ""
