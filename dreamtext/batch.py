@@ -1084,6 +1084,8 @@ def interruption_line(
     without = " without --overwrite" if overwrite else ""
     anew = " (with --overwrite it starts anew)" if overwrite else ""
     if isinstance(stop, TrainingInterrupted):
+        if stop.unsaved:  # its weights overflowed: the line says what to do (a smaller --lr)
+            return str(stop)
         return f"{stop}; run the batch again{without} to resume{anew}"
     if can_resume(entry.workspace):
         return f"interrupted; run the batch again{without} to resume from the last checkpoint{anew}"

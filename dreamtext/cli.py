@@ -808,7 +808,8 @@ def cmd_text(args: argparse.Namespace) -> int:
             )
     except TrainingInterrupted as stop:
         again = "run the same command again" if args.diverse else "continue with --resume"
-        print_note(f"dreamtext: {stop}; {again}")
+        # A stop whose weights were not saved says what to do itself (a smaller --lr).
+        print_note(f"dreamtext: {stop}" + ("" if stop.unsaved else f"; {again}"))
         return EXIT_INTERRUPTED
     print_output(str(workspace))
     return 0
@@ -1200,7 +1201,8 @@ def cmd_image(args: argparse.Namespace) -> int:
         note = own_record_note(args.config, workspace)
         workspace = run_image(args.image, options, cfg, overwrite=args.overwrite, note=note)
     except TrainingInterrupted as stop:
-        print_note(f"dreamtext: {stop}; run the same command again to resume")
+        again = "" if stop.unsaved else "; run the same command again to resume"
+        print_note(f"dreamtext: {stop}{again}")
         return EXIT_INTERRUPTED
     print_output(str(workspace))
     return 0

@@ -35,18 +35,29 @@ from dreamtext.errors import naming_the_file
 class TrainingInterrupted(Exception):
     """Raised after Ctrl-C / SIGTERM once the checkpoint of the last finished step is on disk
     (``in_export``: the run had trained to its end and was exporting; ``stage``: which training,
-    when not text→3D's, e.g. ``"descriptor training"``)."""
+    when not text→3D's, e.g. ``"descriptor training"``).
+
+    ``unsaved``: instead, why that step was not saved (a field whose weights overflowed), what
+    is on disk and what to do; its line says all of it, so a command adds no "continue with
+    --resume" of its own. ``checkpoint`` is then ``None``."""
 
     def __init__(
-        self, step: int, checkpoint: Path, in_export: bool = False, stage: str | None = None
+        self,
+        step: int,
+        checkpoint: Path | None,
+        in_export: bool = False,
+        stage: str | None = None,
+        unsaved: str | None = None,
     ):
         what = f"{stage} interrupted" if stage else "interrupted"
         where = "in the export, " if in_export else ""
-        super().__init__(f"{what} {where}after step {step}; saved {checkpoint}")
+        saved = unsaved if unsaved is not None else f"saved {checkpoint}"
+        super().__init__(f"{what} {where}after step {step}; {saved}")
         self.step = step
         self.checkpoint = checkpoint
         self.in_export = in_export
         self.stage = stage
+        self.unsaved = unsaved
 
 
 class StepStopped(KeyboardInterrupt):
@@ -120,6 +131,20 @@ def stop_on_signal() -> Iterator[dict[str, bool]]:
     try:
         with _handling(STOP_SIGNALS, handler):
             yield flag
+    finally:
+        _STEP_LOOP["flag"] = outer
+
+
+@contextmanager
+def chunks_not_stopped() -> Iterator[None]:
+    """Inside the block a stop does not cut the chunk loops short (:func:`raise_if_stop_in_step`
+    does nothing): for work of a few chunks that a stop itself needs done (the check of the
+    weights it saves, :func:`dreamtext.trainer.weights_render_finite`). A second Ctrl-C still
+    interrupts at once (:func:`stop_on_signal`)."""
+    outer = _STEP_LOOP["flag"]
+    _STEP_LOOP["flag"] = None
+    try:
+        yield
     finally:
         _STEP_LOOP["flag"] = outer
 

@@ -111,6 +111,7 @@ from dreamtext.inputs import no_checkpoint_error, write_elsewhere
 from dreamtext.interrupts import (  # TrainingInterrupted is imported from here too
     StepStopped,
     TrainingInterrupted,
+    chunks_not_stopped,
     sigterm_interrupts,
     stop_on_signal,
     truncate_log,
@@ -946,12 +947,99 @@ def gradients_finite(optimizer: torch.optim.Optimizer, device: torch.device) -> 
     """Whether every parameter's gradient is free of NaN and ±inf: a 0-dim bool tensor on
     ``device``, not read (:func:`read_step_values` reads it with the step's other numbers)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    return all_finite([g for g in grads if g is not None], device)
+
+
+def all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Whether every value of ``tensors`` is free of NaN and ±inf: a 0-dim bool tensor on
+    ``device``, not read."""
     # A NaN or ±inf is the least or the greatest value (aminmax propagates NaN): two values a
-    # gradient, where torch.isfinite(g) made temporaries of 7 B a value (|g| and three masks),
+    # tensor, where torch.isfinite(t) made temporaries of 7 B a value (|t| and three masks),
     # 1.1 GB for a table of 2^24 rows × 16 levels × 4 features: the peak of an Adan run's step.
-    grads = [g for g in grads if g is not None and g.numel()]  # aminmax of none is an error
-    checks = [torch.isfinite(torch.stack(torch.aminmax(g))).all() for g in grads]
+    tensors = [t for t in tensors if t.numel()]  # aminmax of none is an error
+    checks = [torch.isfinite(torch.stack(torch.aminmax(t))).all() for t in tensors]
     return torch.stack(checks).all() if checks else torch.ones((), dtype=torch.bool, device=device)
+
+
+# The render that checks a field's weights before they are saved (weights_render_finite): one
+# camera of the previews' circle, this many pixels a side.
+CHECK_RENDER_PX = 8
+
+
+def weights_render_finite(run: Run) -> bool:
+    """Whether the field's weights may be saved: every parameter free of NaN and ±inf, and a
+    render of them (:data:`CHECK_RENDER_PX`² rays of one preview camera, no jitter) free of NaN
+    and ±inf pixels.
+
+    Weights that overflowed need not be infinite: after ``--resume --lr 1e8`` of the built-in
+    prior they were finite (|θ| up to 1e9) while the MLP's activations overflowed float32 and
+    every pixel was NaN. A render alone misses a NaN table entry its few rays do not reach.
+    One host read, at a save; the random states are as they were after it, so that a run
+    stopped and resumed draws what the uninterrupted one does; a stop (whose own save this
+    checks) does not cut its chunks short."""
+    cfg = run.cfg
+    fovy = sum(cfg.cameras.fovy_range) / 2
+    radius = sum(cfg.cameras.radius_range) / 2
+    poses = orbit_poses(1, polar=70.0, radius=radius, fovy=fovy).to(run.device)
+    devices = [run.device] if run.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices), chunks_not_stopped():
+        side = CHECK_RENDER_PX
+        rgb = run.renderer.render(run.field, poses, side, side, perturb=False)["rgb"]
+        checks = [*run.field.parameters(), rgb]
+        return bool(all_finite(checks, run.device))
+
+
+def overflowed_step(run: Run) -> int | None:
+    """The step whose update overflowed the weights ``run`` holds (they render NaN or are not
+    finite), which no checkpoint may hold; ``None`` where they may be saved.
+
+    The step's renders tell of the weights of the step before (``nan_renders_from``); where they
+    were finite, :func:`weights_render_finite` checks the weights of this step, which the
+    renders have yet to show: those of a ``checkpoint_every`` step whose update overflowed were
+    saved over the checkpoint of finite weights and pruned it."""
+    if run.nan_renders_from is not None:
+        return run.nan_renders_from - 1
+    return None if weights_render_finite(run) else run.step
+
+
+def kept_checkpoint(run: Run, overflowed: int, why: bool = True) -> str:
+    """What a run whose weights overflowed in step ``overflowed`` has on disk instead of them,
+    and what to do, as the end of the line that does not save them: the checkpoint from before
+    to continue from with a smaller ``--lr``, or, where there is none (or the one there holds
+    overflowed weights too: a resume of an older dreamtext's checkpoint), start again. ``why``:
+    say why they are not saved (a line that has said so already does not)."""
+    cause = (
+        f" (the field renders NaN or infinite pixels: its weights overflowed float32 in step "
+        f"{overflowed})"
+        if why
+        else ""
+    )
+    again = f"a smaller --lr (this run's is {run.cfg.lr:g}) or another --seed"
+    if run.saved_step == 0:
+        return (
+            f"nothing saved{cause}, as it has no checkpoint from before: start again with {again}"
+        )
+    last = last_checkpoint(run.workspace)
+    if run.saved_step >= overflowed:
+        return (
+            f"not saved{cause}, and {last} (step {run.saved_step}) holds overflowed weights too: "
+            f"start again with --overwrite and {again}"
+        )
+    return (
+        f"not saved{cause}: {last} stays the checkpoint of step {run.saved_step}, from before; "
+        f"continue from it with {run.resume_with} and a smaller --lr (this run's is "
+        f"{run.cfg.lr:g}), or start again with another --seed"
+    )
+
+
+def interruption(run: Run, save: Callable[[Run], Path]) -> TrainingInterrupted:
+    """The :class:`TrainingInterrupted` of a stop after step ``run.step``: with the checkpoint
+    ``save(run)`` wrote, or, where the weights overflowed (:func:`overflowed_step`), with what
+    is on disk instead and what to do."""
+    overflowed = None if run.saved_step == run.step else overflowed_step(run)
+    if overflowed is None:
+        return TrainingInterrupted(run.step, save(run))
+    return TrainingInterrupted(run.step, None, unsaved=kept_checkpoint(run, overflowed))
 
 
 def optimizer_step(run: Run, finite: bool) -> bool:
@@ -989,25 +1077,16 @@ def check_diverged(run: Run) -> None:
     # kept full would stop again at its first step.
     run.recent_skips.clear()
     others = bad_eps + bad_grads
-    overflowed = run.nan_renders_from
-    if bad_renders > others and overflowed is not None and run.saved_step < overflowed - 1:
+    overflowed = overflowed_step(run)
+    if overflowed is not None:
         # The weights that overflowed are not saved: as last.pt they replaced the checkpoint of
         # finite weights a resume with a smaller --lr goes on from (and a batch's
         # keep_checkpoints: 1 kept no other), and a resume from them diverged again.
         more = f", and ε̂ or the gradients in {others} more" if others else ""
-        stop = (
-            f"the training diverged: the field rendered NaN or infinite pixels in {bad_renders} "
-            f"{window}{more} (its weights overflowed float32 in step {overflowed - 1})"
-        )
-        if run.saved_step == 0:
-            raise DreamtextError(
-                f"{stop}; nothing saved, as it has no checkpoint from before: start again with "
-                f"a smaller --lr (this run's is {run.cfg.lr:g}) or another --seed"
-            )
         raise DreamtextError(
-            f"{stop}; not saved: {last_checkpoint(run.workspace)} stays the checkpoint of step "
-            f"{run.saved_step}, from before; continue from it with {run.resume_with} and a "
-            f"smaller --lr (this run's is {run.cfg.lr:g}), or start again with another --seed"
+            f"the training diverged: the field rendered NaN or infinite pixels in {bad_renders} "
+            f"{window}{more} (its weights overflowed float32 in step {overflowed}); "
+            f"{kept_checkpoint(run, overflowed, why=False)}"
         )
     path = save_run_checkpoint(run)
     # Each cause with its own count: a line that put all 50 steps on ε̂, where 10 of them had
@@ -1355,8 +1434,7 @@ def _train(run: Run, resume: bool) -> Path:
                 with out_of_memory_saves_a_checkpoint(run):
                     record = train_step(run)
             except StepStopped:  # stopped mid-step: train_step left the last whole one as it was
-                path = save_run_checkpoint(run)
-                raise TrainingInterrupted(run.step, path) from None
+                raise interruption(run, save_run_checkpoint) from None
             postfix = {"loss": f"{record['loss']:.4g}", "t": f"{record.get('t', 0):.0f}"}
             memory = peak_gpu_mib(run.device)
             if memory is not None:
@@ -1380,21 +1458,29 @@ def _train(run: Run, resume: bool) -> Path:
                         save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
                 except StepStopped:  # the step itself is whole: its checkpoint, no preview
                     stop["stop"] = True
-            # Not while the field renders NaN (its weights overflowed): saved, they replaced the
-            # checkpoints of finite weights, and pruned them. Due, it is saved at the next step
-            # that renders finite.
+            # Not weights that overflowed (overflowed_step): saved, they replaced the checkpoints
+            # of finite weights, and pruned them. Due, it is saved at the next step whose
+            # weights render finite.
             due = due or run.step % cfg.checkpoint_every == 0
-            if due and run.nan_renders_from is None:
+            if due and overflowed_step(run) is None:
                 save_run_checkpoint(run)
                 update_status(workspace)
                 due = False
             check_diverged(run)
             if stop["stop"]:
-                path = save_new_checkpoint(run)
-                raise TrainingInterrupted(run.step, path)
+                raise interruption(run, save_new_checkpoint)
     # A resume with nothing to train saves all the same: its checkpoint records the settings
     # that apply after training (AFTER_TRAINING).
-    checkpoint = save_new_checkpoint(run) if run.step > start_step else save_run_checkpoint(run)
+    resaved = run.step == start_step
+    overflowed = None if run.saved_step == run.step and not resaved else overflowed_step(run)
+    if overflowed is not None:
+        # Too few steps rendered NaN to count as diverged: the run "finished", saved weights
+        # that render NaN over the checkpoint from before, and exported them.
+        raise DreamtextError(
+            f"the training ended with weights that overflowed float32 in step {overflowed}, so "
+            f"the field renders NaN or infinite pixels; {kept_checkpoint(run, overflowed, False)}"
+        )
+    checkpoint = save_run_checkpoint(run) if resaved else save_new_checkpoint(run)
     try:
         # The final previews render the whole field after the loop's signal handling has ended
         # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.
@@ -1540,6 +1626,12 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
                 f"out of {memory} in the optimiser's update of step {run.step + 1} {where}, "
                 f"which it left half done, so no checkpoint was saved; {again} after one of: "
                 f"{fixes}"
+            )
+        overflowed = overflowed_step(run)
+        if overflowed is not None:
+            return (
+                f"out of {memory} after step {run.step} {where}; "
+                f"{kept_checkpoint(run, overflowed)}; for the memory, one of: {fixes}"
             )
         path = save_run_checkpoint(run)
         return (

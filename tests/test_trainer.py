@@ -873,6 +873,145 @@ def test_a_checkpoint_due_at_a_nan_render_is_saved_at_the_next_finite_step(
     workspace = train(cfg)
     steps = {p.name: load_checkpoint(p)["step"] for p in (workspace / "checkpoints").glob("*.pt")}
     assert steps == {"last.pt": 8, "step_000005.pt": 5}
+def weights_overflow_in_step(monkeypatch, step: int) -> None:
+    """Make the update of step ``step`` overflow the field's weights as ``--lr 1e8`` does: they
+    stay finite (each times 1e30), but the MLP's activations overflow float32, and from step
+    ``step + 1`` on the field renders NaN and its gradients are NaN (no update moves it back)."""
+    real = trainer.optimizer_step
+
+    def overflowing(run, finite):
+        updated = real(run, finite)
+        if run.step + 1 == step:  # run.step is still the step before
+            with torch.no_grad():
+                for parameter in run.field.parameters():
+                    parameter.mul_(1e30)
+        return updated
+
+    monkeypatch.setattr(trainer, "optimizer_step", overflowing)
+
+
+def renders_finite(path: Path) -> bool:
+    """Whether the field a checkpoint holds has finite weights and renders finite pixels."""
+    from dreamtext.cameras import orbit_poses
+    from dreamtext.checkpoint import run_from_state
+
+    field, renderer, _ = run_from_state(load_checkpoint(path))
+    with torch.no_grad():
+        rgb = renderer.render(field, orbit_poses(1, polar=70.0), 8, 8, perturb=False)["rgb"]
+    weights = [value for value in field.state_dict().values() if value.is_floating_point()]
+    return bool(torch.isfinite(rgb).all()) and all(torch.isfinite(w).all() for w in weights)
+
+
+def test_weights_that_overflow_in_a_checkpoint_step_are_not_saved(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """The weights overflow in step 4's update, a ``checkpoint_every`` step; the field renders
+    NaN only from step 5 on. They were saved as last.pt at step 4 (nothing yet said they were
+    bad) and pruned the checkpoint of step 2 (``--resume --lr 1e8`` of the built-in prior with
+    ``checkpoint_every: 1``, ``keep_checkpoints: 1``: last.pt of step 56 rendered NaN at every
+    pixel, its weights finite, |θ| up to 1e9). The save checks the weights it would write."""
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    weights_overflow_in_step(monkeypatch, 4)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2, keep_checkpoints=1)
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    message = str(error.value)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert "overflowed float32 in step 4" in message, message
+    assert f"{last} stays the checkpoint of step 2" in message and "--resume" in message, message
+    assert load_checkpoint(last)["step"] == 2 and renders_finite(last)
+
+
+def test_a_stop_while_the_field_renders_nan_keeps_the_checkpoint_from_before(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """Ctrl-C (SIGTERM, SIGHUP) after step 5, whose weights overflowed in step 3: the stop saved
+    them as last.pt over the checkpoint of step 2 and said to continue from them with
+    --resume. Not saved: the line names the checkpoint kept and a smaller --lr."""
+    import signal
+
+    from step_faults import signal_after_step
+
+    weights_overflow_in_step(monkeypatch, 3)
+    signal_after_step(monkeypatch, 5, signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20))
+    message = str(stop.value)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert message.startswith("interrupted after step 5; not saved"), message
+    assert "overflowed float32 in step 3" in message, message
+    assert f"{last} stays the checkpoint of step 2" in message, message
+    assert "--resume and a smaller --lr (this run's is 0.001)" in message, message
+    assert stop.value.checkpoint is None
+    assert load_checkpoint(last)["step"] == 2 and renders_finite(last)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["step"] == 2
+
+
+def test_a_stop_of_a_field_that_overflowed_before_its_first_checkpoint_saves_nothing(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """Weights that overflowed in step 1, stopped after step 3: nothing good was saved, so the
+    line says to start again, not to --resume."""
+    import signal
+
+    from step_faults import signal_after_step
+
+    weights_overflow_in_step(monkeypatch, 1)
+    signal_after_step(monkeypatch, 3, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20))
+    message = str(stop.value)
+    assert "nothing saved" in message and "start again with a smaller --lr" in message, message
+    assert "--resume" not in message, message
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_out_of_memory_while_the_field_renders_nan_keeps_the_checkpoint_from_before(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """Out of memory in step 5, the weights overflowed in step 3: the line saved step 4's
+    weights, which render NaN, and said to --resume from them."""
+    weights_overflow_in_step(monkeypatch, 3)
+    raise_at_step(monkeypatch, 4, MemoryError())
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20))
+    message = str(error.value)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert "out of memory after step 4" in message and "not saved" in message, message
+    assert f"{last} stays the checkpoint of step 2" in message, message
+    assert "a smaller --lr" in message and "--h/--w" in message, message
+    assert load_checkpoint(last)["step"] == 2 and renders_finite(last)
+
+
+def test_a_run_that_ends_with_overflowed_weights_fails_and_keeps_the_checkpoint_from_before(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """Weights that overflowed in step 5 of 6, too few steps to count as diverged: the run
+    ended "trained", saved them as last.pt and exported a field that renders NaN. It fails
+    with one line, keeping the checkpoint of step 4."""
+    weights_overflow_in_step(monkeypatch, 5)
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=6))
+    message = str(error.value)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert "overflowed float32 in step 5" in message, message
+    assert f"{last} stays the checkpoint of step 4" in message, message
+    assert load_checkpoint(last)["step"] == 4 and renders_finite(last)
+    assert not (tmp_path / "run" / "previews" / "final.png").exists()
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == message
+
+
+def test_weights_with_a_nan_may_not_be_saved_whatever_the_check_renders(tmp_path, tiny_sd_path):
+    """The save's check renders a few rays, which need not reach a hash-table entry that is
+    NaN: the weights themselves are checked too."""
+    run = trainer.build_run(tiny_config(tmp_path, tiny_sd_path, iters=2))
+    assert trainer.weights_render_finite(run)
+    with torch.no_grad():
+        run.field.encoding.params[-1] = math.nan
+    assert not trainer.weights_render_finite(run)
 
 
 def test_a_resumed_run_diverges_at_the_step_the_uninterrupted_one_does(
