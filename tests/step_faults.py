@@ -1,10 +1,13 @@
 """Faults in a training step, for tests: ``dreamtext.trainer.train_step`` patched to fail, or to
-send this process signals, at one step; every other step is the real one."""
+send this process signals, at one step, or ``optimizer_step`` to overflow the field's weights;
+every other step is the real one."""
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+
+import torch
 
 from dreamtext import trainer
 
@@ -39,3 +42,20 @@ def signal_after_step(monkeypatch, step: int, *signals: signal.Signals) -> Calla
 
     monkeypatch.setattr(trainer, "train_step", step_then_signals)
     return real_step
+
+
+def weights_overflow_in_step(monkeypatch, step: int) -> None:
+    """Make the update of step ``step`` overflow the field's weights as ``--lr 1e8`` does: they
+    stay finite (each times 1e30), but the MLP's activations overflow float32, and from step
+    ``step + 1`` on the field renders NaN and its gradients are NaN (no update moves it back)."""
+    real = trainer.optimizer_step
+
+    def overflowing(run, finite):
+        updated = real(run, finite)
+        if run.step + 1 == step:  # run.step is still the step before
+            with torch.no_grad():
+                for parameter in run.field.parameters():
+                    parameter.mul_(1e30)
+        return updated
+
+    monkeypatch.setattr(trainer, "optimizer_step", overflowing)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from step_faults import weights_overflow_in_step
 from tiny_models import TINY_TRAIN
 
 import dreamtext.imageto3d as imageto3d
@@ -306,6 +307,24 @@ def test_sampled_images_depend_on_the_seed(tmp_path, tiny_sd_path):
     assert first.shape == (64, 64, 3)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_the_text_stage_keeps_its_checkpoint_of_finite_weights(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """The text→3D stage's weights overflowed in step 3 of 4: it ended "trained" with last.pt of
+    step 4, whose field renders NaN, over step 2's. Not saved: the line names step 2's and the
+    rerun of the image command (which has no --resume) with a smaller --lr."""
+    weights_overflow_in_step(monkeypatch, 3)
+    cfg = _config(tmp_path, tiny_sd_path, iters=4)
+    with pytest.raises(DreamtextError) as error:
+        run_image(_image(tmp_path), _options(tmp_path, tiny_clip_path), cfg)
+    message = str(error.value)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert f"{last} stays the checkpoint of step 2" in message, message
+    assert f"{imageto3d.IMAGE_RESUME} and a smaller --lr" in message, message
+    assert "--resume" not in message, message
+    assert load_checkpoint(last)["step"] == 2
 
 
 def test_diverse_runs_image_to_3d_on_a_sample_in_a_per_seed_workspace(

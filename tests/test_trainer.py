@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from step_faults import raise_at_step, signal_after_step
+from step_faults import raise_at_step, signal_after_step, weights_overflow_in_step
 from test_checkpoint import files_limited_to
 from tiny_models import TINY_TRAIN
 
@@ -873,21 +873,6 @@ def test_a_checkpoint_due_at_a_nan_render_is_saved_at_the_next_finite_step(
     workspace = train(cfg)
     steps = {p.name: load_checkpoint(p)["step"] for p in (workspace / "checkpoints").glob("*.pt")}
     assert steps == {"last.pt": 8, "step_000005.pt": 5}
-def weights_overflow_in_step(monkeypatch, step: int) -> None:
-    """Make the update of step ``step`` overflow the field's weights as ``--lr 1e8`` does: they
-    stay finite (each times 1e30), but the MLP's activations overflow float32, and from step
-    ``step + 1`` on the field renders NaN and its gradients are NaN (no update moves it back)."""
-    real = trainer.optimizer_step
-
-    def overflowing(run, finite):
-        updated = real(run, finite)
-        if run.step + 1 == step:  # run.step is still the step before
-            with torch.no_grad():
-                for parameter in run.field.parameters():
-                    parameter.mul_(1e30)
-        return updated
-
-    monkeypatch.setattr(trainer, "optimizer_step", overflowing)
 
 
 def renders_finite(path: Path) -> bool:
@@ -931,8 +916,6 @@ def test_a_stop_while_the_field_renders_nan_keeps_the_checkpoint_from_before(
     --resume. Not saved: the line names the checkpoint kept and a smaller --lr."""
     import signal
 
-    from step_faults import signal_after_step
-
     weights_overflow_in_step(monkeypatch, 3)
     signal_after_step(monkeypatch, 5, signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as stop:
@@ -955,8 +938,6 @@ def test_a_stop_of_a_field_that_overflowed_before_its_first_checkpoint_saves_not
     """Weights that overflowed in step 1, stopped after step 3: nothing good was saved, so the
     line says to start again, not to --resume."""
     import signal
-
-    from step_faults import signal_after_step
 
     weights_overflow_in_step(monkeypatch, 1)
     signal_after_step(monkeypatch, 3, signal.SIGTERM)
