@@ -114,6 +114,8 @@ from dreamtext.runstatus import (
 # How the lines that stop an image run's text→3D stage (out of memory, diverged) say to go on
 # from its checkpoint: `dreamtext image` has no --resume; the same command continues the run.
 IMAGE_RESUME = "the same `dreamtext image` command again (it goes on from there)"
+# ``text --diverse``'s, which runs image→3D too: the lines named `dreamtext image`.
+DIVERSE_RESUME = "the same `dreamtext text --diverse` command again (it goes on from there)"
 
 
 @dataclass
@@ -806,4 +808,4 @@ def _run_diverse(
                 options.sample_steps,
                 options.sample_guidance_scale,
             )
-    return run_image(image_path, options, cfg, overwrite, section, note)
+    return run_image(image_path, options, cfg, overwrite, section, note, DIVERSE_RESUME)

@@ -327,6 +327,26 @@ def test_the_text_stage_keeps_its_checkpoint_of_finite_weights(
     assert load_checkpoint(last)["step"] == 2
 
 
+def test_the_lines_that_stop_a_diverse_run_name_its_own_command(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
+):
+    """``text --diverse`` runs image→3D, whose lines (diverged, out of memory, weights not
+    saved) said to run "the same `dreamtext image` command again", a command the user never
+    typed."""
+    seen = {}
+
+    def fake_run_image(image_path, options, cfg, overwrite, sections, note, resume_with):
+        seen["resume_with"] = resume_with
+        return cfg.workspace
+
+    monkeypatch.setattr(imageto3d, "run_image", fake_run_image)
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config({"prompt": "a red cube", "guidance": {"model": str(tiny_sd_path)}})
+    options = ImageOptions(describe=DescribeOptions(clip=str(tiny_clip_path)), sample_steps=2)
+    run_diverse(cfg, options)
+    assert "dreamtext text --diverse" in seen["resume_with"], seen
+
+
 def test_diverse_runs_image_to_3d_on_a_sample_in_a_per_seed_workspace(
     tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
 ):
