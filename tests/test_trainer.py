@@ -834,8 +834,8 @@ def test_a_checkpoint_of_the_step_before_the_first_nan_render_is_not_kept_as_fin
 ):
     """The checkpoint of step 2 holds the weights that render NaN from step 3 on: the update of
     step 2 overflowed them. The line may not call it "the checkpoint from before" to continue
-    from, as a resume from it diverges again; it says to start again, and saves the step it
-    stopped at (last.pt had NaN weights either way)."""
+    from, as a resume from it diverges again; it says to start again, and the step it stopped
+    at is not saved either: its weights overflowed too."""
     from dreamtext import trainer
 
     renders_nan_from(monkeypatch, 3)
@@ -845,10 +845,10 @@ def test_a_checkpoint_of_the_step_before_the_first_nan_render_is_not_kept_as_fin
     with pytest.raises(DreamtextError) as error:
         train(cfg)
     message = str(error.value)
-    for part in ("in 3 of the 4 steps up to step 5", "a resume goes on from those weights"):
+    for part in ("in 3 of the 4 steps up to step 5", "holds overflowed weights too", "--overwrite"):
         assert part in message, message
     assert "stays the checkpoint" not in message and "continue from it" not in message, message
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 5
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
 
 
 def test_a_checkpoint_due_at_a_nan_render_is_saved_at_the_next_finite_step(
