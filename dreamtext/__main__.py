@@ -72,31 +72,84 @@ def outputs_of_a_gone_terminal_to_devnull() -> bool:
     which turned the line of a run that had saved its last step into a traceback and exit 1,
     and nothing written there can be seen any more. A terminal still there (a `kill -HUP`) is
     left as it is, and so is what is no terminal. Returns whether one was sent."""
-    import errno
-    import termios  # not on native Windows, which run() refuses before any handler is set
-
     gone = False
     for stream in (sys.stdout, sys.stderr):
-        try:
-            fd = stream.fileno()
-            termios.tcgetattr(fd)
-        except termios.error as error:
-            if error.args[0] == errno.EIO:
-                gone = True
-                to_devnull(stream)
-        except (AttributeError, OSError, ValueError):  # none, or no file descriptor
-            pass
+        if a_gone_terminal(stream):
+            gone = True
+            to_devnull(stream)
     return gone
 
 
-def written_to_a_gone_terminal(error: OSError) -> bool:
-    """Whether ``error``, raised by a write to stdout or stderr, is the EIO of a terminal that
-    went away without a SIGHUP for this process (a job started with `&`, its shell then left
-    with `exit`), not a disk failing; if so, both are sent to /dev/null from here on
+def a_gone_terminal(stream: object) -> bool:
+    """Whether ``stream``'s file descriptor is a terminal that has hung up: asking for its
+    settings fails with EIO (a file, a pipe or a socket fails with ENOTTY; a live terminal
+    answers)."""
+    import errno
+    import termios  # not on native Windows, which run() refuses before any handler is set
+
+    try:
+        termios.tcgetattr(stream.fileno())  # type: ignore[attr-defined]
+    except termios.error as error:
+        return error.args[0] == errno.EIO
+    except (AttributeError, OSError, ValueError):  # none, or no file descriptor
+        return False
+    return False
+
+
+def written_to_a_gone_terminal(error: OSError, stream: object) -> bool:
+    """Whether ``error``, raised by a write to ``stream`` (stdout or stderr), is the EIO of a
+    terminal that went away without a SIGHUP for this process (a job started with `&`, its
+    shell then left with `exit`), not a disk failing: asked of ``stream`` itself, so that a
+    failing disk's EIO on one is not taken for the other's gone terminal. If so, both are sent
+    to /dev/null from here on where they are that terminal
     (:func:`outputs_of_a_gone_terminal_to_devnull`)."""
     import errno
 
-    return error.errno == errno.EIO and outputs_of_a_gone_terminal_to_devnull()
+    if error.errno != errno.EIO or not a_gone_terminal(stream):
+        return False
+    outputs_of_a_gone_terminal_to_devnull()
+    return True
+
+
+class LostOnAGoneTerminal:
+    """``sys.stdout`` or ``sys.stderr`` (``stream``), whose writes are lost, not raised, once it
+    is a terminal that went away without a SIGHUP for this process (a job started with `&
+    disown`, its terminal then closed: every write fails with EIO): the one place that tells
+    such a write from a failing disk's (:func:`written_to_a_gone_terminal`) for every line the
+    command prints, its error line, the viewer's address and log lines and tqdm's bars included.
+    Before, each print that was not wrapped for it raised EIO, which ended the command 1: the
+    viewer without serving, a refusal without its status 2. A closed pipe
+    (``BrokenPipeError``) and a disk's or file server's EIO are raised as before. Everything
+    else is the stream's own."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            if not written_to_a_gone_terminal(error, self._stream):
+                raise
+            return len(text)  # lost: its file descriptor is /dev/null from here on
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as error:
+            if not written_to_a_gone_terminal(error, self._stream):
+                raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def outputs_lost_on_a_gone_terminal() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` :class:`LostOnAGoneTerminal` (those there are)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, LostOnAGoneTerminal):
+            setattr(sys, name, LostOnAGoneTerminal(stream))
 
 
 def ignore_stop_signals() -> None:
@@ -166,10 +219,12 @@ def run() -> int:
     take over where it sets them). One interrupted before ``main`` knows the command says only
     that, with ``main``'s exit status. Once ``main`` is done, or stopping for a signal, more
     signals are ignored (:func:`ignore_stop_signals`): the status is the one it returns.
+    What it writes to a terminal gone without a SIGHUP is lost (:class:`LostOnAGoneTerminal`).
     On native Windows every command is refused with one line (:data:`NATIVE_WINDOWS`)."""
     if sys.platform == "win32":
         print(NATIVE_WINDOWS, file=sys.stderr)
         return EXIT_USAGE
+    outputs_lost_on_a_gone_terminal()
     # Ctrl-C has Python's own KeyboardInterrupt already (where it is not ignored).
     handle_stop_signals(_raise_keyboard_interrupt, (signal.SIGTERM, signal.SIGHUP))
     try:

@@ -2217,10 +2217,6 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
         stdout_to_devnull()
         return 1
     except OSError as error:
-        from dreamtext.__main__ import written_to_a_gone_terminal
-
-        if written_to_a_gone_terminal(error):  # a line outside print_note / print_output: lost
-            return 1
         if error.errno == errno.ENAMETOOLONG:  # a path the user typed (--workspace, --static)
             error_line(
                 f"{error.strerror} ({error.filename}); give a shorter path "

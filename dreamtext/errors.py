@@ -201,37 +201,23 @@ def print_note(text: str, flush: bool = False) -> None:
     command line's notes, printed outside any progress bar (:func:`dreamtext.progress.say`
     prints above them). Where stderr's reader is gone (`2>&1 | tee run.log`, whose tee a Ctrl-C
     ended too) the note is lost, as it would be read by no one, and the command ends as it
-    would have: a stop with its own status (130), not exit 1."""
+    would have: a stop with its own status (130), not exit 1. (On a terminal gone without a
+    SIGHUP it is lost as every line is: :class:`dreamtext.__main__.LostOnAGoneTerminal`.)"""
     try:
         print(terminal_lines(text), file=sys.stderr, flush=flush)
     except BrokenPipeError:
         from dreamtext.__main__ import to_devnull
 
         to_devnull(sys.stderr)  # later writes, Python's flush at exit included
-    except OSError as error:  # the terminal gone (EIO): lost too, where a disk's EIO is not
-        from dreamtext.__main__ import written_to_a_gone_terminal
-
-        if not written_to_a_gone_terminal(error):
-            raise
 
 
 def print_output(text: str, flush: bool = False) -> None:
     """Print ``text`` on stdout: what a command gives back (a run's folder, an export's
-    summary). Where stdout is a terminal that went away without a SIGHUP for this process (a
-    job started with `& disown`, its terminal then closed), it is lost as a note is
-    (:func:`print_note`) and the command's exit status stands: a run with ``--no-export``,
-    whose folder was the first line to reach the gone terminal, exited 1 where the same run
-    with an export, whose summary note had met it first, exited 0. A closed pipe
-    (``BrokenPipeError``, `| head -0`) and a disk's EIO are raised, as before."""
-    try:
-        print(text, flush=flush)
-    except BrokenPipeError:
-        raise
-    except OSError as error:
-        from dreamtext.__main__ import written_to_a_gone_terminal
-
-        if not written_to_a_gone_terminal(error):
-            raise
+    summary). A closed pipe (``BrokenPipeError``, `| head -0`) and a disk's EIO are raised; on a
+    terminal gone without a SIGHUP (a job started with `& disown`, its terminal then closed)
+    the line is lost and the command's status stands, as for every line the command writes
+    (:class:`dreamtext.__main__.LostOnAGoneTerminal`)."""
+    print(text, flush=flush)
 
 
 def _has_control(text: str) -> bool:

@@ -18,7 +18,6 @@ from typing import Any, TextIO
 from tqdm.auto import tqdm as auto_tqdm
 from tqdm.std import tqdm as std_tqdm
 
-from dreamtext.__main__ import written_to_a_gone_terminal
 from dreamtext.errors import shorten, terminal_lines
 
 PROGRESS_SECONDS = "DREAMTEXT_PROGRESS_SECONDS"
@@ -54,11 +53,7 @@ def say(text: str, file: TextIO | None = None) -> None:
     """Print ``text`` on ``file`` (stderr) above any progress bar, each control character of it
     written as its escape (:func:`dreamtext.errors.terminal_lines`): a folder another tool named,
     or a prompt read from a run's files, can hold an escape sequence, which a terminal obeys."""
-    try:
-        tqdm.write(terminal_lines(text), file=file if file is not None else sys.stderr)
-    except OSError as error:  # the terminal gone: the note is lost, the run goes on
-        if not written_to_a_gone_terminal(error):
-            raise
+    tqdm.write(terminal_lines(text), file=file if file is not None else sys.stderr)
 
 
 def bar_label(text: str, width: int = 40) -> str:

@@ -6,17 +6,21 @@ under ``nohup`` (SIGHUP ignored) the command goes on. A Ctrl-C typed at the term
 a script's background job either, which the shell starts with it ignored."""
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import pty
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import termios
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -263,18 +267,109 @@ def test_a_note_to_a_terminal_gone_without_a_sighup_is_lost_not_an_error(monkeyp
     its terminal hung up: every write to it fails with EIO. The summary line after an export
     (say) raised it as the disk failing: status.json "failed" (OSError EIO, in the export) for
     a run whose mesh was written, a traceback and exit 1."""
+    from dreamtext.__main__ import LostOnAGoneTerminal
     from dreamtext.errors import print_note
     from dreamtext.progress import say
 
     master, slave = os.openpty()
     os.close(master)  # the terminal hangs up
     stream = open(slave, "w", buffering=1)  # noqa: SIM115  (line-buffered, as stderr is)
-    try:
-        monkeypatch.setattr(sys, "stderr", stream)
-        monkeypatch.setattr(sys, "stdout", stream)
+    try:  # the streams as the command's run() makes them
+        monkeypatch.setattr(sys, "stderr", LostOnAGoneTerminal(stream))
+        monkeypatch.setattr(sys, "stdout", LostOnAGoneTerminal(stream))
         say("dreamtext: exported mesh/ (glb, obj, ply)")
         print_note("dreamtext: interrupted after step 3")
         say("a second one")
     finally:
         monkeypatch.undo()
         stream.close()
+
+
+def _on_a_gone_terminal(arguments: list[str]) -> subprocess.Popen:
+    """``python -m dreamtext ARGUMENTS`` started as a disowned job whose terminal is already
+    gone (hung up, no SIGHUP for it: not its controlling terminal): every write to its stdout
+    and stderr fails with EIO from its first line on."""
+    _, env = _long_run(Path("unused"))
+    terminal, its_end = os.openpty()
+    os.close(terminal)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dreamtext", *arguments],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=its_end,
+            stderr=its_end,
+            start_new_session=True,
+            preexec_fn=_hangup_as_by_default,
+        )
+    finally:
+        os.close(its_end)
+
+
+def test_a_refusal_on_a_terminal_gone_without_a_sighup_keeps_its_status_2(tmp_path):
+    """`dreamtext export --workspace TYPO & disown`, its terminal closed: the error line (not
+    written through print_note) raised EIO out of the handler, exit 1 instead of 2."""
+    process = _on_a_gone_terminal(["export", "--workspace", str(tmp_path / "no-such-run")])
+    assert process.wait(timeout=240) == 2
+
+
+def test_the_viewer_serves_on_when_its_terminal_went_away_without_a_sighup(tmp_path):
+    """`dreamtext view runs & disown`, the terminal closed before the address line: that line
+    raised EIO and the viewer ended (exit 1) without serving. It serves, and SIGTERM stops it
+    as it stops a viewer whose terminal is there (exit 0, "dreamtext view: stopped")."""
+    (tmp_path / "runs").mkdir()
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = _on_a_gone_terminal(["view", str(tmp_path / "runs"), "--port", str(port)])
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, process.returncode
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+                    assert page.status == 200
+                break
+            except urllib.error.URLError:  # not listening yet
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_failing_disk_or_a_closed_pipe_is_not_taken_for_a_gone_terminal(tmp_path, monkeypatch):
+    """The EIO of a file (a disk or file server failing) is no terminal's: raised, for the
+    command's one line about it, even where the other output is a terminal that is gone; a
+    closed pipe's error is raised as well."""
+    from dreamtext.__main__ import LostOnAGoneTerminal
+
+    class Failing:
+        def __init__(self, error: OSError, fd: int) -> None:
+            self.error, self.fd = error, fd
+
+        def write(self, text: str) -> int:
+            raise self.error
+
+        def flush(self) -> None:
+            raise self.error
+
+        def fileno(self) -> int:
+            return self.fd
+
+    master, slave = os.openpty()
+    os.close(master)  # stdout a terminal gone, as the failing disk's file is written
+    gone = open(slave, "w")  # noqa: SIM115
+    with open(tmp_path / "out.log", "w") as log, monkeypatch.context() as patched:
+        patched.setattr(sys, "stdout", gone)
+        for error in (OSError(errno.EIO, "Input/output error"), BrokenPipeError()):
+            stream = LostOnAGoneTerminal(Failing(error, log.fileno()))
+            with pytest.raises(OSError) as raised:
+                stream.write("a line\n")
+            assert raised.value is error
+            with pytest.raises(OSError):
+                stream.flush()
+    gone.close()
