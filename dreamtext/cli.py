@@ -1948,25 +1948,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    """Keep the libraries' advice (deprecations, "install accelerate") off the user's stderr, so
-    what is printed there is dreamtext's own progress and errors."""
+    """Keep the model libraries' Python warnings (deprecations) off the user's stderr, so what
+    is printed there is dreamtext's own progress and errors. A filter imports nothing; their
+    logging is quietened where dreamtext imports them
+    (:func:`dreamtext.models.quiet_model_libraries`): a command that never uses them (a built-in
+    prior's run, ``export``) does not spend the seconds of CPU their import takes."""
     warnings.filterwarnings("ignore", module=r"(huggingface_hub|diffusers|transformers)(\..*)?")
-    import diffusers.utils.logging
-    import huggingface_hub.constants
-    import huggingface_hub.utils.logging
-    import transformers.utils.logging
-
-    # Without network the hub retries each file five times, a warning line each time: the one
-    # line that says so is dreamtext's (models.hub_unreachable).
-    huggingface_hub.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    # ... which turns off the hub's download bars too, and the first run of a hub model then
-    # downloads its gigabytes without a word: keep those, unless the user turned them off.
-    if not huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS:
-        huggingface_hub.utils.enable_progress_bars()
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -2001,11 +1988,12 @@ def show_progress_messages() -> None:
 
 
 def start_libraries(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    """Load and quieten torch and the model libraries for a command that needs them (``view``
-    starts without); return the context in which the command runs: SIGTERM (a scheduler's stop,
-    `kill`) ends it as Ctrl-C does, wherever it lands, loading a model included. The training
-    loops turn it into a checkpoint first. ``view`` loads nothing, but a SIGTERM ends it as
-    Ctrl-C does too (its "stopped" line, exit 0), not with a silent -15."""
+    """Load torch and filter the model libraries' warnings for a command that needs them
+    (``view`` starts without; the model libraries themselves load where a command uses them);
+    return the context in which the command runs: SIGTERM (a scheduler's stop, `kill`) ends it
+    as Ctrl-C does, wherever it lands, loading a model included. The training loops turn it
+    into a checkpoint first. ``view`` loads nothing, but a SIGTERM ends it as Ctrl-C does too
+    (its "stopped" line, exit 0), not with a silent -15."""
     if not getattr(args, "needs_models", True):
         if threading.current_thread() is not threading.main_thread():
             return contextlib.nullcontext()
@@ -2016,7 +2004,7 @@ def start_libraries(args: argparse.Namespace) -> contextlib.AbstractContextManag
 @contextlib.contextmanager
 def _libraries_started(args: argparse.Namespace):
     """:func:`start_libraries`' context. SIGTERM raises ``KeyboardInterrupt`` from before the
-    imports on: they take seconds (torch, diffusers), and a SIGTERM then killed the process
+    imports on: they take seconds (torch), and a SIGTERM then killed the process
     with no line (exit -15), leaving what an ``export`` had already written (its progress
     record). Inside, :func:`dreamtext.interrupts.sigterm_interrupts` takes over as before."""
     if threading.current_thread() is not threading.main_thread():  # no handlers off it
@@ -2196,7 +2184,7 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
     try:
         check_before_loading(args)
         choose_cpu_threads(args)
-        # Importing torch and diffusers takes seconds: a Ctrl-C then is handled below too.
+        # Importing torch takes seconds: a Ctrl-C then is handled below too.
         with export_progress_first(args), start_libraries(args):
             return run_command(args)
     except DreamtextError as error:

@@ -108,6 +108,9 @@ class ClipEncoder:
     """CLIP through transformers (``CLIPModel`` + ``CLIPProcessor``), any hub id or local folder."""
 
     def __init__(self, model: str = DEFAULT_CLIP, device: str = "auto", batch_size: int = 256):
+        from dreamtext.models import quiet_model_libraries
+
+        quiet_model_libraries("transformers")
         from transformers import CLIPModel, CLIPProcessor
 
         if device == "auto":

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,40 @@ SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model libraries, imported where a command first uses them.
+
+
+def quiet_model_libraries(*libraries: Literal["diffusers", "transformers"]) -> None:
+    """Import the logging of huggingface_hub and of ``libraries``, and keep their advice
+    (deprecations, "install accelerate", the hub's retries) and loading bars off the user's
+    stderr, so that what is printed there is dreamtext's own progress and errors. Called before
+    dreamtext imports one of them, not at start-up: they take seconds of CPU to import, which a
+    command that never uses them (a built-in prior's run, ``export``, ``view``) does not spend.
+    Before, not after: importing diffusers' pipeline already logs (transformers' "requires
+    torchvision"). Their Python warnings are the CLI's to filter (``cli.quiet_libraries``)."""
+    import huggingface_hub.constants
+    import huggingface_hub.utils.logging
+
+    # Without network the hub retries each file five times, a warning line each time: the one
+    # line that says so is dreamtext's (hub_unreachable).
+    huggingface_hub.utils.logging.set_verbosity_error()
+    if "diffusers" in libraries:
+        import diffusers.utils.logging
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+    if "transformers" in libraries:
+        import transformers.utils.logging
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    # ... which turns off the hub's download bars too, and the first run of a hub model then
+    # downloads its gigabytes without a word: keep those, unless the user turned them off.
+    if not huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS:
+        huggingface_hub.utils.enable_progress_bars()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,6 +132,7 @@ def model_revision(model: str, cache_dir: str | Path | None = None) -> str | Non
     ``HF_HOME`` name)."""
     if model.startswith("builtin:") or Path(model).expanduser().exists() or model.count("/") != 1:
         return None
+    quiet_model_libraries()
     from huggingface_hub import try_to_load_from_cache
 
     for name, depth in (("unet/config.json", 2), ("model_index.json", 1)):
@@ -312,6 +347,7 @@ class StableDiffusionModels:
     """
 
     def __init__(self, model: str, device: torch.device | str, dtype: torch.dtype) -> None:
+        quiet_model_libraries("diffusers", "transformers")
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 

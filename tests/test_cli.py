@@ -2556,12 +2556,12 @@ def test_the_hubs_retry_warnings_stay_off_stderr():
     load fails; dreamtext's one line says what happened (models.hub_unreachable)."""
     import logging
 
-    from dreamtext.cli import quiet_libraries
+    from dreamtext.models import quiet_model_libraries
 
     logger = logging.getLogger("huggingface_hub.utils._http")
     before = logging.getLogger("huggingface_hub").level
     try:
-        quiet_libraries()
+        quiet_model_libraries()
         assert not logger.isEnabledFor(logging.WARNING)
     finally:
         logging.getLogger("huggingface_hub").setLevel(before)
@@ -2575,19 +2575,75 @@ def test_the_hubs_download_bars_stay_on_and_the_libraries_loading_bars_off(monke
     import huggingface_hub.utils as hub_utils
     import transformers.utils.logging
 
-    from dreamtext.cli import quiet_libraries
+    from dreamtext.models import quiet_model_libraries
 
     was_disabled = hub_utils.are_progress_bars_disabled()
     try:
-        quiet_libraries()
+        quiet_model_libraries("diffusers", "transformers")
         assert not hub_utils.are_progress_bars_disabled()
         assert not transformers.utils.logging.is_progress_bar_enabled()
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
-        quiet_libraries()
+        quiet_model_libraries("diffusers", "transformers")
         assert hub_utils.are_progress_bars_disabled()
     finally:
         monkeypatch.undo()
         (hub_utils.disable_progress_bars if was_disabled else hub_utils.enable_progress_bars)()
+
+
+def run_listing_model_libraries(folder: Path, argv: list) -> subprocess.CompletedProcess:
+    """``dreamtext ARGV`` in a fresh interpreter in ``folder``, which prints as its last line of
+    stdout the model libraries it imported."""
+    code = (
+        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
+        "print(sorted({'diffusers', 'transformers', 'huggingface_hub'} & set(sys.modules))); "
+        "sys.exit(rc)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_builtin_run_its_export_and_view_import_no_model_library(tmp_path):
+    """Every command imported diffusers', transformers' and huggingface_hub's logging at start to
+    quieten them, about 3 s of CPU here beside torch's 2 s, where a built-in prior's run (the
+    README's first), ``export`` and ``view`` never use them."""
+    commands = [
+        [*BUILTIN_RUN, "--iters", "2", "--workspace", "run"],
+        ["export", "--workspace", "run", "--resolution", "32", "--texture-size", "64"],
+        ["view", ".", "--static", "site"],
+    ]
+    for argv in commands:
+        done = run_listing_model_libraries(tmp_path, argv)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "[]", argv
+    assert (tmp_path / "site" / "index.html").is_file()
+
+
+def test_a_fresh_process_on_stable_diffusion_and_clip_prints_only_its_own_lines(
+    tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, red_square_and_vocabulary
+):
+    """The model libraries are quietened where dreamtext imports them, before the import:
+    transformers showed a "Loading weights" bar for each part it loads, and logged
+    "[transformers] `CLIPImageProcessor` requires torchvision" while diffusers' pipeline (the
+    diverse image's sampler) imported."""
+    import re
+
+    _, vocabulary = red_square_and_vocabulary
+    argv = ["text", "a red cube", "--diverse", "--model", tiny_sd_path, "--clip", tiny_clip_path]
+    argv += ["--config", tiny_yaml, "--iters", 2, "--descriptor-iters", 2, "--no-export"]
+    done = run_listing_model_libraries(tmp_path, [*argv, *vocabulary, "--workspace", "run"])
+    assert done.returncode == 0, done.stderr
+    ours = re.compile(r"(dreamtext|diverse image|describe|descriptor|text→3D '.*'|preview \S+): ")
+    lines = [line for line in re.split(r"[\r\n]", done.stderr) if line.strip()]
+    assert lines and [line for line in lines if not ours.match(line)] == []
+    assert "describe: " in done.stderr  # the CLIP search ran
 
 
 def test_several_config_files_apply_in_order(tmp_path, monkeypatch, capsys):
