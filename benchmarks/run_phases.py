@@ -26,7 +26,7 @@ from pathlib import Path
 
 # (label, module file, function): the phases, indented as they nest.
 PHASES: tuple[tuple[str, str, str], ...] = (
-    ("start-up: torch and the libraries", "cli.py", "_libraries_started"),
+    ("start-up: torch (model libraries load with their model)", "cli.py", "_libraries_started"),
     ("training (trainer.train)", "trainer.py", "train"),
     ("  guidance and the prior's images", "guidance.py", "make_guidance"),
     ("  training steps", "trainer.py", "train_step"),

@@ -29,6 +29,8 @@ def test_a_short_run_reports_its_training_phases_within_the_whole(
     steps = rows["training steps"][0]
     parts = ("render", "guidance (SDS loss)", "backward", "optimiser")
     assert 0 < steps < rows["training (trainer.train)"][0] <= total
-    assert all(0 < rows[part][0] <= steps for part in parts)
+    # Each phase that ran has its row (one that did not is left out); a phase of two steps can
+    # round to 0.00 s (the optimiser's, on a fast machine).
+    assert all(0 <= rows[part][0] <= steps for part in parts), out
     assert sum(rows[part][0] for part in parts) <= steps + 1e-6
     assert "export" not in rows  # --no-export: a phase that did not run is left out
