@@ -260,7 +260,8 @@ def lock_held(workspace: str | Path) -> bool | None:
     folder copied while its run ran (``cp -r``, ``rsync``, ``tar``) carries that run's lock file
     and ``status.json``, whose live process runs the original folder: no one holds the copy's
     lock."""
-    held = _HELD.get(os.path.realpath(workspace))
+    # realpath stats each part of the path: not for a viewer, which holds no workspace.
+    held = _HELD.get(os.path.realpath(workspace)) if _HELD else None
     if held is not None and held[0] is not None:
         return False
     if fcntl is None:

@@ -63,6 +63,14 @@ def write_png(path: Path, color=(200, 30, 30)) -> None:
     Image.new("RGB", (8, 8), color).save(path)
 
 
+# A child that holds an exclusive flock on the file argv[1], as a training run holds its lock,
+# and says so on stdout.
+HOLD_LOCK = (
+    "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+    "print('held', flush=True); time.sleep(120)"
+)
+
+
 def make_run(folder: Path, prompt: str, steps=(10, 20), iters=20, final=True, status=None) -> Path:
     """A workspace as the trainer leaves it (without checkpoints): config, log, previews, mesh."""
     write_json(folder / "config.json", {"prompt": prompt, "iters": iters, "workspace": str(folder)})
@@ -246,6 +254,34 @@ def test_a_running_run_whose_process_is_gone_shows_as_interrupted(tmp_path: Path
     assert (shown["killed"]["state"], shown["killed"]["process_gone"]) == ("interrupted", dead.pid)
     assert shown["elsewhere"]["state"] == shown["alive"]["state"] == "running"
     assert "process_gone" not in shown["alive"]
+
+
+def test_a_copy_of_a_running_run_shows_as_interrupted_and_the_original_as_running(tmp_path: Path):
+    """A run folder copied with ``cp -r`` while it trained carries its status.json and lock file,
+    which name the live process that trains the original: the copy showed "running", forever.
+    The original's process holds the original's lock, and nobody the copy's."""
+    from dreamtext.processes import HOST, LOCK_NAME, process_start
+
+    original = tmp_path / "runs" / "cube"
+    original.mkdir(parents=True)
+    (original / LOCK_NAME).touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(original / LOCK_NAME)], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        status = {"state": "running", "step": 10, "iters": 20, "host": HOST, "pid": holder.pid}
+        status["pid_start"] = process_start(holder.pid)
+        make_run(original, "a red cube", final=False, status=status)
+        shutil.copytree(original, tmp_path / "copies" / "cube")
+        shown = read_run(Catalog([original]).runs()[0]).status
+        copied = read_run(Catalog([tmp_path / "copies" / "cube"]).runs()[0]).status
+    finally:
+        holder.kill()
+        holder.wait()
+    assert shown["state"] == "running" and "process_elsewhere" not in shown
+    assert (copied["state"], copied["process_elsewhere"]) == ("interrupted", holder.pid)
+    assert copied["step"] == 10 and "process_gone" not in copied
 
 
 def test_runs_in_folders_of_other_scripts_keep_their_names_as_ids(tmp_path: Path):

@@ -41,7 +41,7 @@ from typing import Any
 
 from dreamtext.errors import DreamtextError, shell_word, shown_path
 from dreamtext.exportprogress import PROGRESS_FILE, export_alive, progress_words, read_progress
-from dreamtext.processes import gone_process, outermost_run
+from dreamtext.processes import lock_held, outermost_run, record_alive
 
 # The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
 # imports torch, and the viewer starts without it.
@@ -1437,6 +1437,9 @@ def status_of(
     running run whose process, of this machine, is gone (``process_gone``, its pid) ended
     without recording how: killed without warning, or its last status.json did not fit on a
     full disk (:func:`~dreamtext.runstatus.write_last_status`). It is shown ``interrupted``.
+    So is one whose process lives but does not hold the folder's lock
+    (:func:`~dreamtext.processes.lock_held`; ``process_elsewhere``, its pid): a copy of a run made
+    while it trained, stopped at the step it was copied at.
     """
     figures = LogFigures()
     for record in records:
@@ -1502,10 +1505,22 @@ def _status(
                 out["descriptor_step"] = _largest(out["step"], descriptor_step)
                 out["descriptor_iters"] = out["iters"]
             out["step"], out["iters"] = None, iters
-        if out["state"] == "running" and (pid := gone_process(status_file)) is not None:
+        alive = record_alive(status_file) if out["state"] == "running" else None
+        if alive is False:
             # Killed without warning (SIGKILL, the out-of-memory killer), or its end did not fit
             # on a full disk: stopped, resumable.
-            out.update(state="interrupted", process_gone=pid)
+            out.update(state="interrupted", process_gone=status_file["pid"])
+        elif (
+            alive
+            and folder is not None
+            and status_file["pid"] != os.getpid()
+            and lock_held(folder) is False
+        ):
+            # A copy (cp -r, rsync) made while its run trained: its status.json and lock file
+            # name the live process that trains the original, which holds that folder's lock,
+            # not this one's. Asked only of runs whose process lives here: one open and flock.
+            # (lock_held tells of other processes: a run that reads its own status holds its.)
+            out.update(state="interrupted", process_elsewhere=status_file["pid"])
         if out["state"] == "running":
             out["step"] = _largest(out["step"], log_step)
             out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], log_peak_mem)

@@ -132,6 +132,7 @@
     }
     if (s.quiet_minutes) parts.push(`no change for ${s.quiet_minutes} min`);
     if (s.process_gone) parts.push(`its process ${s.process_gone} ended without recording how (killed, or its disk full)`);
+    if (s.process_elsewhere) parts.push(`a copy: its process ${s.process_elsewhere} runs the folder it was copied from`);
     return parts.join(" · ");
   }
 
