@@ -6,19 +6,23 @@
      "phase": "sample" | "describe" | "descriptor" | "train" | "export",
      "stages": {stage: {"seconds": float, "gpu_mem_mib": float | null}},
      "total_seconds": float, "peak_gpu_mem_mib": float | null, "host": str, "pid": int,
-     "pid_start": int | null, "pid_ns": int | null}
+     "pid_start": int | null, "pid_ns": int | null, "saved_step": int | null}
 
 The trainer wraps a run in :func:`track_status`, which writes the file atomically when the run
 starts, when it ends (``finished``, written after the export), when it fails (with the error's
-first line) and when it is interrupted (Ctrl-C, SIGTERM). In between, the trainer calls
-:func:`update_status` at every log line and checkpoint, which refreshes ``step``, ``seconds``,
-``gpu_mem_mib`` and ``updated``, and once more with ``phase="export"`` right before the export.
-A stage without steps to report at (``describe``, ``sample``) is given a ``heartbeat`` instead:
-a thread rewrites its ``running`` status every :data:`HEARTBEAT_SECONDS`, so that one killed
-without warning (SIGKILL) still records the time it ran. The export at the end of a run has one
-too (:func:`status_heartbeat`): it writes its files into hidden staging folders for minutes (a
-256^3 density grid, a turntable on a CPU), and a ``running`` status that none of the run's
-files refreshed for 10 minutes is what ``dreamtext view`` shows as "no change for N min".
+first line) and when it is interrupted (Ctrl-C, SIGTERM). ``failed`` keeps the step it failed at
+and adds ``saved_step``, the step of the checkpoint ``--resume`` goes on from (``null`` where none
+was saved, or for a stage without checkpoints: a full disk at step 14 of a run saved at step 10
+said step 14 alone); ``interrupted`` records the saved step as its ``step``. In between, the
+trainer calls :func:`update_status` at every log line and checkpoint, which refreshes ``step``,
+``seconds``, ``gpu_mem_mib`` and ``updated``, and once more with ``phase="export"`` right before
+the export. A stage without steps to report at (``describe``, ``sample``) is given a
+``heartbeat`` instead: a thread rewrites its ``running`` status every
+:data:`HEARTBEAT_SECONDS`, so that one killed without warning (SIGKILL) still records the time
+it ran. The export at the end of a run has one too (:func:`status_heartbeat`): it writes its
+files into hidden staging folders for minutes (a 256^3 density grid, a turntable on a CPU), and
+a ``running`` status that none of the run's files refreshed for 10 minutes is what ``dreamtext
+view`` shows as "no change for N min".
 ``phase`` is the stage the run is in, or for an ended run the stage it ended in.
 The block's last write holds Ctrl-C and SIGTERM back until it is whole
 (:func:`~dreamtext.interrupts.signals_held`): a second signal would leave ``running`` behind.
@@ -320,14 +324,23 @@ class StatusTracker:
         self._written: tuple[int, str] | None = None
         self._writing = threading.Lock()  # the heartbeat's thread writes too
 
-    def write(self, state: str, error: str | None = None, step: int | None = None) -> None:
-        """Write ``state`` at ``step``, by default the run's (``self.step()``); a run's end
-        (``failed``, ``interrupted``) is written on a full disk too where it fits
+    def write(
+        self,
+        state: str,
+        error: str | None = None,
+        step: int | None = None,
+        saved_step: int | None = None,
+    ) -> None:
+        """Write ``state`` at ``step``, by default the run's (``self.step()``); ``failed`` with
+        ``saved_step``, the step of the checkpoint a resume goes on from (``None``: none known).
+        A run's end (``failed``, ``interrupted``) is written on a full disk too where it fits
         (:func:`write_last_status`)."""
         with self._writing:
-            self._write(state, error, step)
+            self._write(state, error, step, saved_step)
 
-    def _write(self, state: str, error: str | None, step: int | None = None) -> None:
+    def _write(
+        self, state: str, error: str | None, step: int | None = None, saved_step: int | None = None
+    ) -> None:
         step = int(self.step()) if step is None else step
         status = {
             "state": state,
@@ -340,6 +353,7 @@ class StatusTracker:
             "gpu_mem_mib": peak_gpu_mib(self.device),
             "phase": self.phase,
             **this_process(),
+            **({"saved_step": saved_step} if state == "failed" else {}),
         }
         peak = status["gpu_mem_mib"]
         if self.earlier_peak is not None:
@@ -580,9 +594,10 @@ def track_status(
     run (text→3D and its export); a stage that another follows (``sample``, ``describe``,
     ``descriptor``) ends it ``running``. ``heartbeat``: for a stage that calls no
     :func:`update_status`, rewrite ``running`` every so many seconds (:func:`_heartbeat`).
-    ``saved()``: the step of the checkpoint a rerun goes on from, which ``interrupted`` records:
-    a second Ctrl-C stops at once, before the checkpoint of the step it cut is saved, and
-    ``step()`` would put status.json ahead of that checkpoint.
+    ``saved()``: the step of the checkpoint a rerun goes on from (0: none), which ``interrupted``
+    records as its step (a second Ctrl-C stops at once, before the checkpoint of the step it cut
+    is saved, and ``step()`` would put status.json ahead of that checkpoint) and ``failed`` as
+    its ``saved_step`` beside the step it failed at.
     """
     status = Path(workspace) / STATUS
     check_a_file(status, "a run's status")  # its first write: a traceback
@@ -617,8 +632,10 @@ def track_status(
             # The run's error stands. status.json is overwritten in place where it fits
             # (write_last_status); else it stays "running", which the viewer shows as ended
             # without a record of how.
+            # Its step is where it failed; saved_step where a resume goes on from (0: none).
+            saved_step = None if saved is None else int(saved()) or None
             with signals_held(), suppress(OSError):
-                tracker.write("failed", error_line(error))
+                tracker.write("failed", error_line(error), saved_step=saved_step)
         raise
     finally:
         if _ACTIVE.get(key) is tracker:

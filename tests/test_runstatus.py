@@ -186,6 +186,23 @@ def test_a_failing_run_records_the_error_line(tmp_path, tiny_sd_path, monkeypatc
     assert failed["error"] == "RuntimeError: CUDA error: device-side assert"
 
 
+@pytest.mark.parametrize(("checkpoint_every", "saved_step"), [(2, 2), (100, None)])
+def test_a_failed_run_records_the_step_a_resume_goes_on_from_beside_the_step_it_failed_at(
+    tmp_path, tiny_sd_path, monkeypatch, checkpoint_every, saved_step
+):
+    """A full disk at step 3 of a run saved at step 2 recorded "failed" at step 3 alone, and the
+    viewer showed a step --resume does not start from; "interrupted" records the saved step."""
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "log.jsonl"))
+    raise_at_step(monkeypatch, 3, full)
+    with pytest.raises(OSError):
+        train(tiny_config(tmp_path, tiny_sd_path, iters=6, checkpoint_every=checkpoint_every))
+    failed = status(tmp_path)
+    assert (failed["state"], failed["step"]) == ("failed", 3)
+    assert failed["saved_step"] == saved_step
+
+
 def test_a_full_disk_that_fails_the_failed_status_too_keeps_the_runs_error(
     tmp_path, tiny_sd_path, monkeypatch
 ):

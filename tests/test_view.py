@@ -256,6 +256,19 @@ def test_a_running_run_whose_process_is_gone_shows_as_interrupted(tmp_path: Path
     assert "process_gone" not in shown["alive"]
 
 
+def test_a_failed_run_shows_the_step_its_checkpoint_saved_where_that_is_behind(tmp_path: Path):
+    """A full disk at step 14 of a run saved at step 10: the card showed step 14 alone, a step
+    --resume does not start from."""
+    failed = {"state": "failed", "step": 14, "iters": 20, "error": "No space left on device"}
+    make_run(tmp_path / "full", "a red cube", final=False, status={**failed, "saved_step": 10})
+    make_run(tmp_path / "nan", "a cube", final=False, status={**failed, "saved_step": 14})
+    make_run(tmp_path / "old", "a blue cube", final=False, status=failed)  # from before saved_step
+    shown = {r.id: read_run(r).status for r in Catalog([tmp_path]).runs()}
+    assert (shown["full"]["step"], shown["full"]["saved_step"]) == (14, 10)
+    assert "saved_step" not in shown["nan"] and "saved_step" not in shown["old"]
+    assert shown["old"]["step"] == 14
+
+
 def test_a_copy_of_a_running_run_shows_as_interrupted_and_the_original_as_running(tmp_path: Path):
     """A run folder copied with ``cp -r`` while it trained carries its status.json and lock file,
     which name the live process that trains the original: the copy showed "running", forever.

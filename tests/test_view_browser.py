@@ -2050,6 +2050,22 @@ def test_a_card_of_a_run_whose_process_was_killed_says_so(page, tmp_path):
         ), facts
 
 
+def test_a_card_of_a_run_that_failed_past_its_checkpoint_says_where_a_resume_goes_on(
+    page, tmp_path
+):
+    """A full disk at step 14 of a run saved at step 10: the card said step 14 alone."""
+    failed = {"state": "failed", "step": 14, "iters": 60, "saved_step": 10, "error": "disk full"}
+    root = tmp_path / "runs"
+    make_hand_run(root, "full", failed)
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        card = page.locator('.card[data-run="full"]')
+        card.wait_for()
+        facts = shown_text(card.locator(".facts"))
+        assert "step 14 / 60" in facts, facts
+        assert facts.endswith(" · saved at step 10: --resume goes on from there"), facts
+
+
 def write_preview(ws: Path, step: int) -> None:
     (ws / "previews").mkdir(exist_ok=True)
     Image.new("RGB", (8, 8), (step, 0, 0)).save(ws / "previews" / f"step_{step:06d}.png")

@@ -1496,6 +1496,11 @@ def _status(
                 and (seconds := _number(figures.get("seconds"))) is not None
             }
         out["error"] = _error(status_file.get("error"))
+        # A failed run's checkpoint, where it is behind the step it failed at: --resume goes on
+        # from it, not from the step shown (of the descriptor's training in that stage).
+        saved = _number(status_file.get("saved_step"))
+        if saved is not None and saved != _number(status_file.get("step")):
+            out["saved_step"] = saved
         out["updated"] = status_file.get("updated")
         out["started"] = status_file.get("started")
         if isinstance(status_file.get("phase"), str):

@@ -132,6 +132,10 @@
     }
     if (s.quiet_minutes) parts.push(`no change for ${s.quiet_minutes} min`);
     if (s.process_gone) parts.push(`its process ${s.process_gone} ended without recording how (killed, or its disk full)`);
+    if (s.saved_step !== null && s.saved_step !== undefined) {
+      const of = s.stage === "descriptor" ? "descriptor " : "";
+      parts.push(`saved at ${of}step ${s.saved_step}: --resume goes on from there`);
+    }
     if (s.process_elsewhere) parts.push(`a copy: its process ${s.process_elsewhere} runs the folder it was copied from`);
     return parts.join(" · ");
   }
