@@ -84,9 +84,9 @@ from dreamtext.mesh import (
 )
 from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
-    HOST,
     file_age,
     lock_folder,
+    on_this_machine,
     outermost_run,
     record_alive,
     record_held,
@@ -1903,7 +1903,7 @@ def _abandoned(partial: Path) -> bool:
         return file_age(partial) > RECORD_GRACE_S
     held = record_held(partial / RECORD_FILE) if record.get("locked") is True else None
     if held is False:
-        return record.get("host") == HOST or file_age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
+        return on_this_machine(record) or file_age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
     return held is None and record_alive(record) is False
 
 

@@ -5,7 +5,8 @@ of the run folder ``W`` it exports, there only while it works.
               | "vertex colours" | "turntable" | "writing files",
      "done": int | null, "total": int | null,   # meshing: density chunks; turntable: chunks
      "started": iso8601, "updated": iso8601, "step": int | null, "beat_s": 30.0,
-     "host": str, "pid": int, "pid_start": int | null, "pid_ns": int | null, "locked": true}
+     "host": str, "pid": int, "pid_start": int | null, "pid_ns": int | null,
+     "boot_id": str | null, "locked": true}
 
 ``status.json`` is the training run's record and stays as it is (a finished run stays
 ``finished``, byte for byte, while ``dreamtext export`` works on it); this file says what the
@@ -39,8 +40,8 @@ from typing import IO, Any
 
 from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
-    HOST,
     file_age,
+    on_this_machine,
     record_alive,
     record_held,
     this_process,
@@ -182,7 +183,7 @@ def export_alive(path: Path, record: dict[str, Any]) -> bool:
     if held is True:
         return True
     if held is False:
-        return record.get("host") != HOST and _recent(path, record)
+        return not on_this_machine(record) and _recent(path, record)
     alive = record_alive(record)
     return alive if alive is not None else _recent(path, record)
 

@@ -140,15 +140,44 @@ def _pid_namespace() -> int | None:
 PID_NAMESPACE = _pid_namespace()
 
 
+def _boot_id() -> str | None:
+    """This boot of this machine's kernel (``/proc/sys/kernel/random/boot_id``, a random UUID
+    drawn at each boot), ``None`` where there is none (not Linux). Machines that share a name
+    (cloned VMs, containers given one ``--hostname``, cluster nodes named alike) have their own;
+    containers of one machine share their kernel's, and ``pid_ns`` tells those apart."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+BOOT_ID = _boot_id()
+
+
+def on_this_machine(record: dict | None) -> bool:
+    """Whether ``record`` (status.json, a lock, an export's record) was written on this machine,
+    in this boot: its ``host`` is this one's name and, where both are known, its ``boot_id`` this
+    boot's. A record from before ``boot_id`` was recorded is judged by its name alone."""
+    record = record or {}
+    if record.get("host") != HOST:
+        return False
+    boot = record.get("boot_id")
+    return boot is None or BOOT_ID is None or boot == BOOT_ID
+
+
 def record_alive(record: dict | None) -> bool | None:
     """Whether the process ``record`` names (``host``, ``pid`` and, where recorded,
-    ``pid_start``: :func:`process_start`, and ``pid_ns``: its PID namespace) still runs:
-    ``None`` when the record names another machine, another PID namespace (a container that
+    ``pid_start``: :func:`process_start`, ``pid_ns``: its PID namespace, and ``boot_id``:
+    :func:`on_this_machine`) still runs: ``None`` when the record names another machine (one
+    with this one's name too: another ``boot_id``), another PID namespace (a container that
     kept its host's name: its pid 1 is not ours) or no process, which cannot be checked from
-    here. A live process with the pid but another start time is another process (the pid was
+    here. (A record of an earlier boot of this machine is taken for another machine's: its
+    process is gone, but no record tells the two apart; its run shows as quiet, not killed.)
+    A live process with the pid but another start time is another process (the pid was
     reused): the recorded one is gone; so is one that ended and waits to be reaped (a zombie)."""
-    host, pid = (record or {}).get("host"), (record or {}).get("pid")
-    if host != HOST or not isinstance(pid, int) or isinstance(pid, bool):
+    pid = (record or {}).get("pid")
+    if not on_this_machine(record) or not isinstance(pid, int) or isinstance(pid, bool):
         return None
     namespace = record.get("pid_ns")
     if namespace is not None and PID_NAMESPACE is not None and namespace != PID_NAMESPACE:
@@ -212,22 +241,32 @@ _STARTED: dict[int, int | None] = {}
 
 
 def this_process() -> dict:
-    """The record of this process (``host``, ``pid``, ``pid_start``, ``pid_ns``) that
-    status.json and the workspace lock carry (:func:`record_alive` reads it)."""
+    """The record of this process (``host``, ``pid``, ``pid_start``, ``pid_ns``, ``boot_id``)
+    that status.json and the workspace lock carry (:func:`record_alive` reads it)."""
     pid = os.getpid()
     # Read once (without /proc, each reading runs ps), once known: a ps that failed once (its
     # 10 s timeout on a busy laptop) left the start unknown in every record for the run's life.
     if _STARTED.get(pid) is None:
         _STARTED[pid] = process_start(pid)
-    return {"host": HOST, "pid": pid, "pid_start": _STARTED[pid], "pid_ns": PID_NAMESPACE}
+    return {
+        "host": HOST,
+        "pid": pid,
+        "pid_start": _STARTED[pid],
+        "pid_ns": PID_NAMESPACE,
+        "boot_id": BOOT_ID,
+    }
 
 
 def same_process(record: dict | None, other: dict | None) -> bool:
     """Whether ``record`` and ``other`` (status.json, a lock, :func:`this_process`) name one
-    process: the same ``host``, ``pid`` and ``pid_start``, a pid given."""
+    process: the same ``host``, ``pid`` and ``pid_start``, a pid given, and the same
+    ``boot_id`` where both give one (a record from before it was recorded gives none)."""
     record, other = record or {}, other or {}
-    return other.get("pid") is not None and all(
-        record.get(key) == other.get(key) for key in ("host", "pid", "pid_start")
+    boots = record.get("boot_id"), other.get("boot_id")
+    return (
+        other.get("pid") is not None
+        and all(record.get(key) == other.get(key) for key in ("host", "pid", "pid_start"))
+        and (None in boots or boots[0] == boots[1])
     )
 
 
@@ -319,8 +358,10 @@ def user_name(uid: int) -> str | None:
 
 def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
     pid, host = holder.get("pid"), holder.get("host")
-    if isinstance(pid, int) and host == HOST:
+    if isinstance(pid, int) and on_this_machine(holder):
         who = f"{process_name(pid)} on this machine"
+    elif isinstance(pid, int) and host == HOST:  # another boot_id: a twin, or an earlier boot
+        who = f"process {pid} on another machine named {host} (or before this one rebooted)"
     elif isinstance(pid, int) and isinstance(host, str):
         who = f"process {pid} on {host}"
     else:
@@ -639,6 +680,7 @@ def file_age(path: Path) -> float:
 
 
 __all__ = [
+    "BOOT_ID",
     "ELSEWHERE_GRACE_S",
     "HOLDER_FILES",
     "HOST",
@@ -648,6 +690,7 @@ __all__ = [
     "gone_process",
     "lock_folder",
     "lock_held",
+    "on_this_machine",
     "pid_alive",
     "process_ended",
     "process_name",

@@ -6,7 +6,7 @@
      "phase": "sample" | "describe" | "descriptor" | "train" | "export",
      "stages": {stage: {"seconds": float, "gpu_mem_mib": float | null}},
      "total_seconds": float, "peak_gpu_mem_mib": float | null, "host": str, "pid": int,
-     "pid_start": int | null, "pid_ns": int | null, "saved_step": int | null}
+     "pid_start": int | null, "pid_ns": int | null, "boot_id": str | null, "saved_step": int | null}
 
 The trainer wraps a run in :func:`track_status`, which writes the file atomically when the run
 starts, when it ends (``finished``, written after the export), when it fails (with the error's

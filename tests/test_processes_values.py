@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,40 @@ def test_a_record_of_another_pid_namespace_cannot_be_checked_from_here():
     mine = {"host": HOST, "pid": os.getpid()}
     assert record_alive({**mine, "pid_ns": PID_NAMESPACE}) is True
     assert record_alive({**mine, "pid_ns": PID_NAMESPACE + 1}) is None
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
+)
+def test_a_record_of_another_machine_with_this_ones_name_cannot_be_checked_from_here():
+    """Two machines of one name (cloned VMs, containers given one --hostname) both in the
+    initial PID namespace, whose inode is the same on every Linux machine: a run of the other
+    one on a shared folder, alive there, was "gone" here (the viewer: interrupted, killed; a
+    batch broke its lock) because its pid is not alive here. Its boot_id is not this boot's."""
+    from dreamtext.processes import (
+        BOOT_ID,
+        HOST,
+        PID_NAMESPACE,
+        gone_process,
+        on_this_machine,
+        record_alive,
+        same_process,
+        this_process,
+    )
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record = {"host": HOST, "pid": dead.pid, "pid_start": 1, "pid_ns": PID_NAMESPACE}
+    twin = {**record, "boot_id": str(uuid.uuid4())}  # the other machine's boot
+    assert record_alive(twin) is None and gone_process(twin) is None
+    assert not on_this_machine(twin)
+    # This boot's record, and one from before boot_id was recorded, are judged as before.
+    assert record_alive({**record, "boot_id": BOOT_ID}) is False
+    assert record_alive(record) is False and gone_process(record) == dead.pid
+    mine = this_process()
+    assert mine["boot_id"] == BOOT_ID
+    assert same_process(mine, {**mine, "boot_id": None}) and same_process(mine, dict(mine))
+    assert not same_process({**mine, "boot_id": twin["boot_id"]}, mine)
 
 
 def test_a_process_that_ended_but_is_not_reaped_is_gone():

@@ -23,6 +23,7 @@ from dreamtext.trainer import TrainingInterrupted, train
 
 KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
 KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib", "host", "pid", "pid_start", "pid_ns"}
+KEYS |= {"boot_id"}
 
 
 def tiny_config(tmp_path, model, **overrides):
@@ -545,7 +546,14 @@ def test_a_run_whose_process_is_gone_is_taken_over(tmp_path):
 def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_process):
     """After a reboot or a container's restart an unrelated process can get the killed run's pid:
     the workspace looked in use, and the viewer showed the run running."""
-    from dreamtext.processes import HOST, PID_NAMESPACE, process_start, record_alive, this_process
+    from dreamtext.processes import (
+        BOOT_ID,
+        HOST,
+        PID_NAMESPACE,
+        process_start,
+        record_alive,
+        this_process,
+    )
 
     started = process_start(other_process)
     assert isinstance(started, int)
@@ -554,6 +562,7 @@ def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_proces
         "pid": os.getpid(),
         "pid_start": process_start(os.getpid()),
         "pid_ns": PID_NAMESPACE,
+        "boot_id": BOOT_ID,
     }
     record = {"state": "running", "host": HOST, "pid": other_process, "pid_start": started}
     assert record_alive(record) is True
