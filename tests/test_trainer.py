@@ -754,6 +754,20 @@ def test_a_run_whose_field_renders_nan_stops_naming_the_lr_not_the_guidance(
     assert status["state"] == "failed" and status["error"] == message
 
 
+def diverged_line(monkeypatch, tmp_path: Path, tiny_sd_path, nan_from: int) -> str:
+    """The line of a 20-step run (``checkpoint_every: 2``) whose renders are NaN from step
+    ``nan_from`` on, stopped as diverged after 3 of 4 such steps."""
+    from dreamtext import trainer
+
+    renders_nan_from(monkeypatch, nan_from)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2)
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    return str(error.value)
+
+
 def test_a_run_whose_field_renders_nan_keeps_its_last_checkpoint_of_finite_weights(
     tmp_path, tiny_sd_path, monkeypatch
 ):
@@ -764,15 +778,7 @@ def test_a_run_whose_field_renders_nan_keeps_its_last_checkpoint_of_finite_weigh
     step_000070.pt all rendered NaN, and a resume at --lr 1e-3 diverged again). They are not
     saved: last.pt stays the checkpoint from before, and the line says so. Here the renders are
     NaN from step 4, so the weights of step 3 on are the overflowed ones."""
-    from dreamtext import trainer
-
-    renders_nan_from(monkeypatch, 4)
-    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
-    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
-    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2)
-    with pytest.raises(DreamtextError) as error:
-        train(cfg)
-    message = str(error.value)
+    message = diverged_line(monkeypatch, tmp_path, tiny_sd_path, nan_from=4)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     for part in ("in 3 of the 4 steps up to step 6", "overflowed float32 in step 3", str(last)):
         assert part in message, message
@@ -836,15 +842,7 @@ def test_a_checkpoint_of_the_step_before_the_first_nan_render_is_not_kept_as_fin
     step 2 overflowed them. The line may not call it "the checkpoint from before" to continue
     from, as a resume from it diverges again; it says to start again, and the step it stopped
     at is not saved either: its weights overflowed too."""
-    from dreamtext import trainer
-
-    renders_nan_from(monkeypatch, 3)
-    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
-    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
-    cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2)
-    with pytest.raises(DreamtextError) as error:
-        train(cfg)
-    message = str(error.value)
+    message = diverged_line(monkeypatch, tmp_path, tiny_sd_path, nan_from=3)
     for part in ("in 3 of the 4 steps up to step 5", "holds overflowed weights too", "--overwrite"):
         assert part in message, message
     assert "stays the checkpoint" not in message and "continue from it" not in message, message
