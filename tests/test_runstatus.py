@@ -204,6 +204,21 @@ def test_a_failed_run_records_the_step_a_resume_goes_on_from_beside_the_step_it_
     assert failed["saved_step"] == saved_step
 
 
+def status_write_fills_the_disk(monkeypatch, state: str) -> None:
+    """Make the atomic write of a ``state`` status.json fail as a full disk refuses its temp file
+    (ENOSPC); other states are written."""
+    import errno
+
+    real_write = runstatus.write_status
+
+    def full_disk_at(workspace, record):
+        if record["state"] == state:
+            raise OSError(errno.ENOSPC, "No space left on device", str(workspace))
+        real_write(workspace, record)
+
+    monkeypatch.setattr(runstatus, "write_status", full_disk_at)
+
+
 def test_a_full_disk_that_fails_the_failed_status_too_keeps_the_runs_error(
     tmp_path, tiny_sd_path, monkeypatch
 ):
@@ -215,14 +230,7 @@ def test_a_full_disk_that_fails_the_failed_status_too_keeps_the_runs_error(
 
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "log.jsonl"))
     raise_at_step(monkeypatch, 3, full)
-    real_write = runstatus.write_status
-
-    def full_disk_once_failed(workspace, record):
-        if record["state"] == "failed":
-            raise OSError(errno.ENOSPC, "No space left on device", str(workspace))
-        real_write(workspace, record)
-
-    monkeypatch.setattr(runstatus, "write_status", full_disk_once_failed)
+    status_write_fills_the_disk(monkeypatch, "failed")
     with pytest.raises(OSError) as error:
         train(tiny_config(tmp_path, tiny_sd_path, iters=6, checkpoint_every=2))
     assert error.value is full
@@ -276,16 +284,8 @@ def test_a_ctrl_c_on_a_full_disk_stays_an_interrupt_and_records_it_where_it_fits
     ... or pick a folder you can write (--workspace)", exit 2, where the run is saved at the
     step it stopped at) and status.json stayed "running". The interrupt stands; the record is
     written in place where it fits, else status.json stays "running"."""
-    import errno
 
-    real_write = runstatus.write_status
-
-    def full_disk_once_interrupted(workspace, record):
-        if record["state"] == "interrupted":
-            raise OSError(errno.ENOSPC, "No space left on device", str(workspace))
-        real_write(workspace, record)
-
-    monkeypatch.setattr(runstatus, "write_status", full_disk_once_interrupted)
+    status_write_fills_the_disk(monkeypatch, "interrupted")
     signal_after_step(monkeypatch, 2, signal.SIGINT)
     if not fits:
         monkeypatch.setattr(runstatus, "overwrite_in_place", lambda path, data: False)
