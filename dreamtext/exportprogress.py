@@ -184,17 +184,28 @@ def export_alive(path: Path, record: dict[str, Any]) -> bool:
         return True
     if held is False:
         return not on_this_machine(record) and _recent(path, record)
-    alive = record_alive(record)
+    # One of this machine's name written before it booted, and late by its heartbeat, is of
+    # an earlier boot (processes.earlier_boot): the reboot ended it.
+    alive = record_alive(record, every=_beat(record) or 0.0)
     return alive if alive is not None else _recent(path, record)
+
+
+def _beat(record: dict[str, Any]) -> float | None:
+    """The record's ``beat_s``, the seconds between its writer's heartbeats; ``None`` where it
+    gives none (an export from before the heartbeat) or no usable one."""
+    beat = record.get("beat_s")
+    if isinstance(beat, (int, float)) and not isinstance(beat, bool) and 0 < beat < math.inf:
+        return float(beat)
+    return None
 
 
 def _recent(path: Path, record: dict[str, Any]) -> bool:
     """Whether the record of a writer that cannot be checked from here has been written lately:
     by its heartbeat where it has one (:func:`_beating`), else (an export from before the
     heartbeat) within :data:`ELSEWHERE_GRACE_S`."""
-    beat = record.get("beat_s")
-    if isinstance(beat, (int, float)) and not isinstance(beat, bool) and 0 < beat < math.inf:
-        return _beating(path, record, float(beat))
+    beat = _beat(record)
+    if beat is not None:
+        return _beating(path, record, beat)
     return file_age(path) <= ELSEWHERE_GRACE_S
 
 

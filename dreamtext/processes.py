@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -155,6 +156,71 @@ def _boot_id() -> str | None:
 BOOT_ID = _boot_id()
 
 
+def _boot_time() -> float | None:
+    """When this machine booted, in seconds since the epoch: ``btime`` in ``/proc/stat`` (the
+    kernel's own, in whole seconds), ``None`` where there is none (not Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+BOOT_TIME = _boot_time()
+
+
+def record_time(record: dict | None) -> float | None:
+    """When ``record`` was last written by its own account, in seconds since the epoch: its
+    ``updated`` (ISO 8601 with a UTC offset, as status.json and an export's record write it);
+    ``None`` where it has none, or one without an offset, which names no moment."""
+    updated = (record or {}).get("updated")
+    if not isinstance(updated, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(updated)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def earlier_boot(record: dict | None, written: float | None = None, every: float = 0.0) -> bool:
+    """Whether ``record`` was written on this machine before it last booted: its ``host`` is
+    this one's name, its ``boot_id`` another (a reboot draws a new one), and it was last written
+    (``written``, seconds since the epoch; default :func:`record_time`) before this boot
+    (:data:`BOOT_TIME`) and more than ``every`` seconds ago (how late its writer may rewrite it
+    while it lives: an export's ``beat_s``, three of a batch lock's ``refresh_s``).
+
+    A machine of the same name (a twin: a cloned VM, a container given one ``--hostname``) that
+    lives writes its records after this boot too; no process of an earlier boot of this one
+    does. The edges, each decided by its record's time alone:
+
+    * a record written just before the reboot (a run the reboot killed) is of an earlier boot
+      once ``every`` has passed since it was written: at once where the reboot took longer;
+      until then it is another machine's (``None``), as a twin's would be;
+    * a twin whose last write came before this boot by less than ``every`` is not: it is not late
+      yet, and its next write falls after this boot. Once more than ``every`` has passed it is
+      taken for gone, as a writer late by its own interval is one that stopped (a twin whose
+      clock runs behind this one's by more than the time since this boot looks late too).
+      status.json promises no interval (``updated`` changes at each log line, at the pace of
+      the steps): with ``every`` 0 a twin's run written before this boot reads as gone until
+      its next write, which each new reading (the viewer's polls) then sees.
+
+    ``pid_start`` cannot tell this: it counts clock ticks from its own machine's boot, whose
+    time the record does not give. A record without ``boot_id`` or a time, or of this boot, is
+    not of an earlier boot (:func:`record_alive` judges it as before)."""
+    record = record or {}
+    boot = record.get("boot_id")
+    if record.get("host") != HOST or boot is None or BOOT_ID is None or boot == BOOT_ID:
+        return False
+    written = record_time(record) if written is None else written
+    if written is None or BOOT_TIME is None:
+        return False
+    return written < BOOT_TIME and time.time() - written > every
+
+
 def on_this_machine(record: dict | None) -> bool:
     """Whether ``record`` (status.json, a lock, an export's record) was written on this machine,
     in this boot: its ``host`` is this one's name and, where both are known, its ``boot_id`` this
@@ -166,18 +232,24 @@ def on_this_machine(record: dict | None) -> bool:
     return boot is None or BOOT_ID is None or boot == BOOT_ID
 
 
-def record_alive(record: dict | None) -> bool | None:
+def record_alive(
+    record: dict | None, written: float | None = None, every: float = 0.0
+) -> bool | None:
     """Whether the process ``record`` names (``host``, ``pid`` and, where recorded,
     ``pid_start``: :func:`process_start`, ``pid_ns``: its PID namespace, and ``boot_id``:
     :func:`on_this_machine`) still runs: ``None`` when the record names another machine (one
     with this one's name too: another ``boot_id``), another PID namespace (a container that
     kept its host's name: its pid 1 is not ours) or no process, which cannot be checked from
-    here. (A record of an earlier boot of this machine is taken for another machine's: its
-    process is gone, but no record tells the two apart; its run shows as quiet, not killed.)
+    here. A record of an earlier boot of this machine (:func:`earlier_boot`, by the time it was
+    last written, ``written`` and ``every`` as there) names a process the reboot ended: ``False``.
     A live process with the pid but another start time is another process (the pid was
     reused): the recorded one is gone; so is one that ended and waits to be reaped (a zombie)."""
     pid = (record or {}).get("pid")
-    if not on_this_machine(record) or not isinstance(pid, int) or isinstance(pid, bool):
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return None
+    if earlier_boot(record, written, every):
+        return False
+    if not on_this_machine(record):
         return None
     namespace = record.get("pid_ns")
     if namespace is not None and PID_NAMESPACE is not None and namespace != PID_NAMESPACE:
@@ -191,11 +263,14 @@ def record_alive(record: dict | None) -> bool | None:
     return started is None or start in (None, started)
 
 
-def gone_process(record: dict | None) -> int | None:
-    """The process id ``record`` (status.json) names when that process ran on this machine and
-    no longer exists (:func:`record_alive`): a run it said was running was killed without
-    warning. ``None`` when the record names another machine, no process, or one that is alive."""
-    return record["pid"] if record_alive(record) is False else None
+def gone_process(
+    record: dict | None, written: float | None = None, every: float = 0.0
+) -> int | None:
+    """The process id ``record`` (status.json, a batch lock) names when that process ran on this
+    machine and no longer exists (:func:`record_alive`, ``written`` and ``every`` as there): a
+    run it said was running was killed without warning, or by a reboot. ``None`` when the record
+    names another machine, no process, or one that is alive."""
+    return record["pid"] if record_alive(record, written, every) is False else None
 
 
 def remove_stale_temps(folder: Path, names: str, suffix: str = "tmp") -> list[Path]:
@@ -681,11 +756,13 @@ def file_age(path: Path) -> float:
 
 __all__ = [
     "BOOT_ID",
+    "BOOT_TIME",
     "ELSEWHERE_GRACE_S",
     "HOLDER_FILES",
     "HOST",
     "LOCK_NAME",
     "claim_workspace",
+    "earlier_boot",
     "file_age",
     "gone_process",
     "lock_folder",
@@ -697,6 +774,7 @@ __all__ = [
     "process_start",
     "record_alive",
     "record_held",
+    "record_time",
     "remove_stale_temps",
     "same_process",
     "this_process",

@@ -182,6 +182,26 @@ def test_a_killed_exporter_of_this_machine_is_gone_however_recent_its_record(tmp
     assert exportprogress.live_export(tmp_path) is not None
 
 
+@pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
+)
+def test_an_export_a_reboot_of_this_machine_ended_is_gone_at_first_sight(tmp_path):
+    """A record without a lock, of this host and another boot_id, last written before this
+    machine booted and late by its beat_s: the reboot ended its exporter. Taken for a twin
+    machine's, it showed live for BEATS_MISSED beats after each viewer started."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from dreamtext.processes import HOST
+
+    boot = float(Path("/proc/stat").read_text().split("btime ")[1].split()[0])  # booted at
+    updated = datetime.fromtimestamp(boot - 120, timezone.utc).isoformat(timespec="seconds")
+    record = {"stage": "meshing", "host": HOST, "pid": _dead_pid(), "beat_s": 30.0}
+    record |= {"boot_id": str(uuid.uuid4()), "updated": updated}
+    (tmp_path / PROGRESS_FILE).write_text(json.dumps(record), encoding="utf-8")
+    assert exportprogress.live_export(tmp_path) is None
+
+
 def test_a_free_lock_of_another_machine_is_judged_by_its_heartbeat(tmp_path, monkeypatch):
     """Locked, lock free, another machine (locks may not reach across): live while its record
     changes within BEATS_MISSED (3) beats, gone after."""

@@ -177,6 +177,51 @@ def test_a_record_of_another_machine_with_this_ones_name_cannot_be_checked_from_
     assert not same_process({**mine, "boot_id": twin["boot_id"]}, mine)
 
 
+def _iso(seconds):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
+)
+def test_a_record_written_before_this_machine_booted_names_a_process_the_reboot_ended():
+    """A record of this host with another boot_id was taken for a twin machine's (None): a run
+    a reboot killed showed running, then quiet, and never 'interrupted'. Last written before
+    this boot, it is of an earlier boot of this machine; written since, it is a twin's."""
+    from dreamtext.processes import (
+        BOOT_TIME,
+        HOST,
+        PID_NAMESPACE,
+        earlier_boot,
+        gone_process,
+        record_alive,
+    )
+
+    assert BOOT_TIME is not None and time.time() > BOOT_TIME
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record = {"host": HOST, "pid": dead.pid, "pid_start": 1, "pid_ns": PID_NAMESPACE}
+    record["boot_id"] = str(uuid.uuid4())
+    before = {**record, "updated": _iso(BOOT_TIME - 120)}
+    assert earlier_boot(before)
+    assert record_alive(before) is False and gone_process(before) == dead.pid
+    # Its time given by the caller (a batch lock's mtime), the record's own ignored.
+    assert record_alive(record, written=BOOT_TIME - 120) is False
+    # A twin that wrote since this boot: another machine, unchecked.
+    assert record_alive({**record, "updated": _iso(time.time())}) is None
+    # A twin whose last write came before this boot, by less than its interval: not late yet.
+    within = time.time() - (BOOT_TIME - 1) + 60
+    assert record_alive(record, written=BOOT_TIME - 1, every=within) is None
+    # No time (a workspace lock), or one naming no moment (no UTC offset): judged as before.
+    assert record_alive(record) is None
+    assert record_alive({**record, "updated": "2020-01-01T00:00:00"}) is None
+    # Another host's record, and one without boot_id, are not of this machine's earlier boots.
+    assert record_alive({**before, "host": "another-node"}) is None
+    assert not earlier_boot({**before, "boot_id": None})
+
+
 def test_a_process_that_ended_but_is_not_reaped_is_gone():
     """A killed run's process that its parent has not waited for (a zombie) still answers
     kill(pid, 0), but it runs no more: record_alive is False and gone_process names it."""

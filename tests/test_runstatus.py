@@ -543,6 +543,47 @@ def test_a_run_whose_process_is_gone_is_taken_over(tmp_path):
     assert _stage(tmp_path, "train", 7, finishes=True)["pid"] == os.getpid()
 
 
+@pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
+)
+def test_a_run_a_reboot_killed_in_its_export_is_finished_by_dreamtext_export(tmp_path):
+    """status.json says running in phase export, written by this host in its earlier boot: the
+    reboot ended its process. Taken for a twin machine's (another boot_id) it was left
+    running; `dreamtext export` of that step finishes it, as for a SIGKILL. Written since this
+    boot (a twin's, which may still be exporting), it is left alone."""
+    import uuid
+    from datetime import timezone
+
+    from dreamtext.processes import HOST
+    from dreamtext.runstatus import finish_cut_export
+
+    boot = float(Path("/proc/stat").read_text().split("btime ")[1].split()[0])  # booted at
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def status_at(seconds):
+        updated = datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+        return {
+            "state": "running",
+            "phase": "export",
+            "step": 3,
+            "iters": 3,
+            "host": HOST,
+            "pid": dead.pid,
+            "boot_id": str(uuid.uuid4()),
+            "updated": updated,
+        }
+
+    twin = tmp_path / "twin"
+    write_status(twin, status_at(time.time()))
+    assert not finish_cut_export(twin, 3)
+    assert read_status(twin)["state"] == "running"
+    rebooted = tmp_path / "rebooted"
+    write_status(rebooted, status_at(boot - 120))
+    assert finish_cut_export(rebooted, 3)
+    assert read_status(rebooted)["state"] == "finished"
+
+
 def test_a_pid_reused_by_another_process_is_not_the_run_s(tmp_path, other_process):
     """After a reboot or a container's restart an unrelated process can get the killed run's pid:
     the workspace looked in use, and the viewer showed the run running."""

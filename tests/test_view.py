@@ -256,6 +256,46 @@ def test_a_running_run_whose_process_is_gone_shows_as_interrupted(tmp_path: Path
     assert "process_gone" not in shown["alive"]
 
 
+@pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
+)
+def test_a_run_that_a_reboot_of_this_machine_killed_shows_as_interrupted(tmp_path: Path):
+    """status.json of this host with another boot_id was taken for a twin machine's: a run a
+    reboot killed showed running, then "no change for N min". Last written before this boot,
+    its process is gone; written since, it is a twin's run, shown running."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from dreamtext.processes import HOST
+
+    def iso(seconds):
+        return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    status = {"state": "running", "step": 10, "iters": 20, "host": HOST, "pid": dead.pid}
+    boot = float(Path("/proc/stat").read_text().split("btime ")[1].split()[0])  # booted at
+    status["boot_id"] = str(uuid.uuid4())
+    make_run(
+        tmp_path / "rebooted",
+        "a red cube",
+        final=False,
+        status={**status, "updated": iso(boot - 120)},
+    )
+    make_run(
+        tmp_path / "twin",
+        "a blue cube",
+        final=False,
+        status={**status, "updated": iso(time.time())},
+    )
+    shown = {r.id: read_run(r).status for r in Catalog([tmp_path]).runs()}
+    assert (shown["rebooted"]["state"], shown["rebooted"]["process_gone"]) == (
+        "interrupted",
+        dead.pid,
+    )
+    assert shown["twin"]["state"] == "running" and "process_gone" not in shown["twin"]
+
+
 def test_a_failed_run_shows_the_step_its_checkpoint_saved_where_that_is_behind(tmp_path: Path):
     """A full disk at step 14 of a run saved at step 10: the card showed step 14 alone, a step
     --resume does not start from."""
