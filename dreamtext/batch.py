@@ -19,12 +19,14 @@ Several workers can share one list. ``--shard K/N`` (or a SLURM job array's
 ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``) gives each a disjoint share, and every
 workspace is claimed by a lock file holding host, pid and start time, so that two workers never
 train one prompt at the same time even when they run the same share. A lock is taken over when its
-process is gone (same host), when it belongs to this very SLURM array task (a requeued task), when
-its record cannot be read a few seconds after it was made (empty: a full disk, or a writer killed
-between creating and writing it), or when its holder stopped refreshing it for ``--lock-timeout``
-seconds. A lock of another host cannot be checked but by its age: one not refreshed for three of
-its holder's refresh intervals looks abandoned (a dead node), and the worker that finds it comes
-back to that line after the rest of its share, waits for the timeout and takes it over.
+process is gone (same host; or last refreshed before this host booted, and not since for three of
+its holder's refresh intervals: the reboot ended it), when it belongs to this very SLURM array
+task (a requeued task), when its record cannot be read a few seconds after it was made (empty: a
+full disk, or a writer killed between creating and writing it), or when its holder stopped
+refreshing it for ``--lock-timeout`` seconds. A lock of another host cannot be checked but by its
+age: one not refreshed for three of its holder's refresh intervals looks abandoned (a dead node),
+and the worker that finds it comes back to that line after the rest of its share, waits for the
+timeout and takes it over.
 """
 
 from __future__ import annotations
@@ -100,7 +102,14 @@ from dreamtext.interrupts import (
     sigterm_interrupts,
     stop_requested,
 )
-from dreamtext.processes import HOST, gone_process, same_process, this_process, unreadable_lock
+from dreamtext.processes import (
+    HOST,
+    earlier_boot,
+    gone_process,
+    same_process,
+    this_process,
+    unreadable_lock,
+)
 from dreamtext.progress import bar_options, say, tqdm
 from dreamtext.prompts_text import check_prompt_lines, first_undecoded_byte, is_prompt_line
 from dreamtext.runfiles import descriptor_checkpoint, sentence_path, source_copy
@@ -949,8 +958,14 @@ class WorkspaceLock:
         same_task = slurm is not None and slurm == self.info["slurm"]
         if same_task and isinstance(restart, int) and restart < self.info["slurm_restart"]:
             return f"it was this SLURM task's ({slurm}) before it was requeued"
-        pid = gone_process(info)
+        # Its mtime is its last refresh: one from before this machine booted, and abandoned by
+        # the measure below (a twin's live refreshes can look a minute late through NFS's
+        # attribute cache), is of a worker the reboot ended (processes.earlier_boot).
+        late = abandoned_after(info, self.timeout)
+        pid = gone_process(info, time.time() - age, late)
         if pid is not None:
+            if earlier_boot(info, time.time() - age, late):
+                return f"its process {pid} on {HOST} ended with the machine's reboot"
             return f"its process {pid} on {HOST} is gone"
         if not info and age > UNREADABLE_LOCK_AFTER_S:
             # Written whole when it is made (or right after, where there are no hard links):

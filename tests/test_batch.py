@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import unicodedata
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -823,6 +824,26 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
     assert lock.acquire()
     assert json.loads((tmp_path / "a.lock").read_text())["token"] == lock.info["token"]
     lock.release()
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
+)
+def test_a_lock_last_refreshed_before_this_machine_booted_is_taken_over_at_once(tmp_path):
+    """Since locks carry boot_id, a lock of this host from before its reboot was taken for a
+    twin machine's, unchecked: its line waited for --lock-timeout. One refreshed since this
+    boot (a twin's, alive) is still left to its holder."""
+    boot = float(Path("/proc/stat").read_text().split("btime ")[1].split()[0])  # booted at
+    since_boot = time.time() - boot
+    theirs = {"pid": _dead_pid(), "boot_id": str(uuid.uuid4()), "refresh_s": 60.0}
+    timeout = since_boot + 3600  # the lock is far from --lock-timeout old
+    _lock_file(tmp_path / "a.lock", age=since_boot + 200, **theirs)  # 3 x 60 s: abandoned
+    lock = WorkspaceLock(tmp_path / "a", timeout)
+    assert lock.acquire()
+    assert "ended with the machine's reboot" in lock.took_over["reason"]
+    lock.release()
+    _lock_file(tmp_path / "b.lock", age=min(30.0, since_boot / 2), **theirs)
+    assert not WorkspaceLock(tmp_path / "b", timeout).acquire()
 
 
 def test_a_lock_whose_pid_another_process_got_is_taken_over(tmp_path):
