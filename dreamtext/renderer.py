@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from dreamtext.cameras import Poses, get_rays
+from dreamtext.cameras import Poses, get_rays, orbit_poses
 from dreamtext.compositing import accumulate, packed_weights
 from dreamtext.errors import DreamtextError
 from dreamtext.field import Field
@@ -673,6 +673,37 @@ class VolumeRenderer(nn.Module):
             values = SampleValues(values.sigma, values.albedo, normals)
         replay = _Replay(self, field, rays, samples, values, shading, ambient_ratio, per_sample)
         return TrainingRender(out, shape, len(samples), replay)
+
+
+def all_finite(tensors: list[Tensor], device: torch.device) -> Tensor:
+    """Whether every value of ``tensors`` is free of NaN and ±inf: a 0-dim bool tensor on
+    ``device``, not read."""
+    # A NaN or ±inf is the least or the greatest value (aminmax propagates NaN): two values a
+    # tensor, where torch.isfinite(t) made temporaries of 7 B a value (|t| and three masks),
+    # 1.1 GB for a table of 2^24 rows × 16 levels × 4 features: the peak of an Adan run's step.
+    tensors = [t for t in tensors if t.numel()]  # aminmax of none is an error
+    checks = [torch.isfinite(torch.stack(torch.aminmax(t))).all() for t in tensors]
+    return torch.stack(checks).all() if checks else torch.ones((), dtype=torch.bool, device=device)
+
+
+# The render that checks a field's weights (renders_finite): one camera of the previews' circle
+# (polar angle 70°), this many pixels a side.
+CHECK_RENDER_PX, CHECK_POLAR = 8, 70.0
+
+
+def renders_finite(
+    field: Field, renderer: VolumeRenderer, radius: float, fovy: float, device: torch.device
+) -> bool:
+    """Whether ``field``'s parameters are free of NaN and ±inf and a :data:`CHECK_RENDER_PX`²
+    render of it (one camera at ``radius`` with vertical field of view ``fovy`` in degrees, polar
+    angle :data:`CHECK_POLAR`, no jitter) is free of NaN and ±inf pixels: weights that
+    overflowed float32 may stay finite while the MLP's activations overflow and every pixel is
+    NaN, and a render of a few rays misses a NaN table entry they do not reach. One host read."""
+    poses = orbit_poses(1, polar=CHECK_POLAR, radius=radius, fovy=fovy).to(device)
+    side = CHECK_RENDER_PX
+    with torch.no_grad():
+        rgb = renderer.render(field, poses, side, side, perturb=False)["rgb"]
+        return bool(all_finite([*field.parameters(), rgb], device))
 
 
 def _joined(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -120,7 +120,7 @@ from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace, lock_folder
 from dreamtext.progress import bar_label, bar_options, say, tqdm
 from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
-from dreamtext.renderer import VolumeRenderer
+from dreamtext.renderer import VolumeRenderer, all_finite, renders_finite
 from dreamtext.runfiles import (
     TRAINING_FOLDERS,
     check_run_folders,
@@ -522,13 +522,17 @@ def grid_memory_error(
 
 
 def build_run(
-    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, own_config: Path | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    own_config: Path | None = None,
+    resume_with: str = "--resume",
 ) -> Run:
     """Load the prior, build field / renderer / optimiser, and restore a checkpoint when resuming.
 
     The prior is loaded before anything is written, so a bad model id leaves no workspace behind.
     ``overwrite`` lets a new run replace a run of the same prompt that has checkpoints;
-    ``own_config`` as for :func:`check_workspace`.
+    ``own_config`` as for :func:`check_workspace`; ``resume_with`` as for :func:`train`.
     """
     workspace = Path(cfg.workspace)
     check_workspace(workspace, cfg.prompt, resume, overwrite, own_config)
@@ -557,6 +561,7 @@ def build_run(
         # The field's MLPs in fp16: per-sample gradients small enough to underflow unscaled.
         fp16_loss_scaler(parts.field.mlp_dtype, device),
     )
+    run.resume_with = resume_with
     if resume:
         restore_newest(run)
     return run
@@ -569,7 +574,8 @@ def restore_newest(run: Run) -> None:
     step file that restores whole, saying so in one line on stderr and in config.json's
     ``resumes`` (``fallback``). The unreadable ``last.pt`` is removed then: a checkpoint save
     keeps the ``last.pt`` it replaces as a step file. Without one, a :class:`DreamtextError`
-    that names the file and the fix.
+    that names the file and the fix; and one where the checkpoint restored holds weights that
+    overflowed (:func:`refuse_overflowed_weights`).
 
     Whole means :func:`restore` takes all of it (the field, the optimiser, the renderer, the random
     states and the step), not that it unpickles: a file can unpickle and still not restore."""
@@ -583,9 +589,11 @@ def restore_newest(run: Run) -> None:
     else:
         try:
             restore_file(run, last)
-            return
         except UnreadableCheckpoint as error:
             why, problem = error.why, f"is unreadable ({error.why})"
+        else:
+            refuse_overflowed_weights(run, last)
+            return
     damaged = []
     for step, path in reversed(step_files(checkpoint_dir(run.workspace))):
         try:
@@ -593,6 +601,7 @@ def restore_newest(run: Run) -> None:
         except UnreadableCheckpoint:
             damaged.append(path.name)
             continue
+        refuse_overflowed_weights(run, path, f"{last} {problem}, and ")
         reached = (read_status(run.workspace) or {}).get("step")
         lost = (
             f"steps {run.step + 1}-{reached} are lost and trained again"
@@ -623,6 +632,59 @@ def restore_newest(run: Run) -> None:
         f"cannot resume: {last} {problem} and the run has no earlier "
         f"checkpoint that is whole{earlier}; train it again from scratch with --overwrite"
     )
+
+
+def refuse_overflowed_weights(run: Run, path: Path, before: str = "") -> None:
+    """Refuse to resume ``run`` from the checkpoint at ``path``, just restored, where its weights
+    overflowed (:func:`weights_render_finite`, the check of every save: saved by a dreamtext
+    from before that check, or copied in): every step renders NaN and teaches the field nothing,
+    and 50 of them stopped the run as diverged. The :class:`DreamtextError` names the newest
+    step file whose weights pass (:func:`earlier_finite_checkpoint`), to copy over ``last.pt``
+    and resume from with a smaller ``--lr``, or says to start again. ``before``: what the line
+    says first (an unreadable ``last.pt`` fallen back from)."""
+    if weights_render_finite(run):
+        return
+    step = run.step
+    assert run.resumed is not None  # set by restore
+    # The checkpoint's --lr, which overflowed it (a finished run's resume sets it back on cfg).
+    lr = run.resumed["changed"].get("lr", [run.cfg.lr])[0]
+    smaller = f"a smaller --lr (it trained at --lr {lr:g})"
+    last = last_checkpoint(run.workspace)
+    earlier = earlier_finite_checkpoint(run, step)
+    if earlier is None:
+        fix = (
+            f"no earlier checkpoint of the run renders finite pixels: start again with "
+            f"--overwrite and {smaller} or another --seed"
+        )
+    else:
+        other, other_step = earlier
+        fix = (
+            f"its newest checkpoint that renders finite pixels is {other} (step {other_step}): "
+            f"copy it over {last.name} (cp --remove-destination {shell_word(other)} "
+            f"{shell_word(last)}) and continue from it with {run.resume_with} and {smaller}, "
+            f"or start again with --overwrite"
+        )
+    raise DreamtextError(
+        f"cannot resume: {before}{path} (step {step}) holds weights that overflowed float32 "
+        f"(the field renders NaN or infinite pixels); {fix}"
+    )
+
+
+def earlier_finite_checkpoint(run: Run, step: int) -> tuple[Path, int] | None:
+    """The newest step file of ``run``'s workspace before ``step`` that restores whole and whose
+    weights may be saved (:func:`weights_render_finite`), and its step; ``None`` where none
+    does. Each one tried is restored into ``run``, which is left as the last one tried: for a
+    resume that is refused."""
+    for other_step, path in reversed(step_files(checkpoint_dir(run.workspace))):
+        if other_step >= step:
+            continue
+        try:
+            restore_file(run, path, other_step)
+        except (UnreadableCheckpoint, DreamtextError):
+            continue
+        if weights_render_finite(run):
+            return path, other_step
+    return None
 
 
 def restore_file(run: Run, path: Path, step: int | None = None) -> None:
@@ -950,26 +1012,10 @@ def gradients_finite(optimizer: torch.optim.Optimizer, device: torch.device) -> 
     return all_finite([g for g in grads if g is not None], device)
 
 
-def all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Whether every value of ``tensors`` is free of NaN and ±inf: a 0-dim bool tensor on
-    ``device``, not read."""
-    # A NaN or ±inf is the least or the greatest value (aminmax propagates NaN): two values a
-    # tensor, where torch.isfinite(t) made temporaries of 7 B a value (|t| and three masks),
-    # 1.1 GB for a table of 2^24 rows × 16 levels × 4 features: the peak of an Adan run's step.
-    tensors = [t for t in tensors if t.numel()]  # aminmax of none is an error
-    checks = [torch.isfinite(torch.stack(torch.aminmax(t))).all() for t in tensors]
-    return torch.stack(checks).all() if checks else torch.ones((), dtype=torch.bool, device=device)
-
-
-# The render that checks a field's weights before they are saved (weights_render_finite): one
-# camera of the previews' circle, this many pixels a side.
-CHECK_RENDER_PX = 8
-
-
 def weights_render_finite(run: Run) -> bool:
     """Whether the field's weights may be saved: every parameter free of NaN and ±inf, and a
-    render of them (:data:`CHECK_RENDER_PX`² rays of one preview camera, no jitter) free of NaN
-    and ±inf pixels.
+    render of them (:func:`~dreamtext.renderer.renders_finite`: 8×8 rays of one preview camera,
+    no jitter) free of NaN and ±inf pixels.
 
     Weights that overflowed need not be infinite: after ``--resume --lr 1e8`` of the built-in
     prior they were finite (|θ| up to 1e9) while the MLP's activations overflowed float32 and
@@ -980,13 +1026,9 @@ def weights_render_finite(run: Run) -> bool:
     cfg = run.cfg
     fovy = sum(cfg.cameras.fovy_range) / 2
     radius = sum(cfg.cameras.radius_range) / 2
-    poses = orbit_poses(1, polar=70.0, radius=radius, fovy=fovy).to(run.device)
     devices = [run.device] if run.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices), chunks_not_stopped():
-        side = CHECK_RENDER_PX
-        rgb = run.renderer.render(run.field, poses, side, side, perturb=False)["rgb"]
-        checks = [*run.field.parameters(), rgb]
-        return bool(all_finite(checks, run.device))
+    with torch.random.fork_rng(devices=devices), chunks_not_stopped():
+        return renders_finite(run.field, run.renderer, radius, fovy, run.device)
 
 
 def overflowed_step(run: Run) -> int | None:
@@ -1328,8 +1370,7 @@ def train(
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):
-        run = build_run(cfg, resume=resume, overwrite=overwrite, own_config=own_config)
-        run.resume_with = resume_with
+        run = build_run(cfg, resume, overwrite, own_config, resume_with)
         line = note(run.cfg, run.resumed) if callable(note) else note
         if line is not None:
             say(line)

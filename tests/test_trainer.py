@@ -467,6 +467,8 @@ def test_resume_onto_another_device_keeps_the_random_states_on_the_cpu(
     workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2))
     saved = load_checkpoint(workspace / "checkpoints" / "last.pt")
     monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("meta"))
+    # The resume's check of the weights renders them, and meta tensors hold no values.
+    monkeypatch.setattr(trainer, "weights_render_finite", lambda run: True)
     run = build_run(tiny_config(tmp_path, tiny_sd_path, iters=4), resume=True)
     assert run.step == 2 and run.field.encoding.params.device.type == "meta"
     assert torch.equal(run.cameras_rng.get_state(), saved["rng"]["cameras"])
@@ -991,6 +993,69 @@ def test_weights_with_a_nan_may_not_be_saved_whatever_the_check_renders(tmp_path
     with torch.no_grad():
         run.field.encoding.params[-1] = math.nan
     assert not trainer.weights_render_finite(run)
+
+
+def overflow_last_checkpoint(workspace: Path) -> None:
+    """Make ``workspace``'s last.pt hold weights that overflowed, as a dreamtext from before
+    every save checked them saved them (or a copy brought in): each weight times 1e30, finite,
+    while the field's MLP overflows float32 and renders NaN (``weights_overflow_in_step``)."""
+    from dreamtext.checkpoint import save_checkpoint
+
+    state = load_checkpoint(workspace / "checkpoints" / "last.pt")
+    with torch.no_grad():
+        for value in state["field"].values():
+            if value.is_floating_point():
+                value.mul_(1e30)
+    save_checkpoint(workspace, state)
+
+
+def test_a_resume_of_a_checkpoint_of_overflowed_weights_is_refused_naming_a_finite_one(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A last.pt of weights that overflowed was resumed: 50 steps rendered NaN before the run
+    stopped as diverged, saying the checkpoint "holds overflowed weights too". It is refused as
+    it loads, before any step and with nothing changed, naming the step file of finite weights
+    to copy over last.pt, which then resumes."""
+    cfg = tiny_config(tmp_path, tiny_sd_path, iters=4, checkpoint_every=2)
+    workspace = train(cfg)
+    overflow_last_checkpoint(workspace)
+    checkpoints = workspace / "checkpoints"
+    last, earlier = checkpoints / "last.pt", checkpoints / "step_000002.pt"
+    files = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
+    steps = []
+    real_step = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda run: steps.append(run.step) or real_step(run))
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2), resume=True)
+    message = str(error.value)
+    assert "\n" not in message and steps == []
+    for part in (
+        f"cannot resume: {last} (step 4) holds weights that overflowed float32",
+        f"{earlier} (step 2)",
+        f"cp --remove-destination {earlier} {last}",
+        "--resume and a smaller --lr (it trained at --lr 0.001)",
+    ):
+        assert part in message, message
+    assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == files
+    earlier.replace(last)  # as the cp it names
+    train(tiny_config(tmp_path, tiny_sd_path, iters=3, checkpoint_every=2, lr=5e-4), resume=True)
+    assert steps == [2] and renders_finite(last) and load_checkpoint(last)["step"] == 3
+
+
+def test_a_resume_of_overflowed_weights_with_no_finite_checkpoint_says_to_start_again(
+    tmp_path, tiny_sd_path
+):
+    """Where no step file holds finite weights (``keep_checkpoints: 1``), the line says to
+    start again with --overwrite, not to resume."""
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2, keep_checkpoints=1))
+    overflow_last_checkpoint(workspace)
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20), resume=True)
+    message = str(error.value)
+    assert "holds weights that overflowed float32" in message, message
+    assert "no earlier checkpoint of the run renders finite pixels" in message, message
+    assert "start again with --overwrite and a smaller --lr" in message, message
+    assert "cp " not in message and "--resume" not in message, message
 
 
 def test_a_resumed_run_diverges_at_the_step_the_uninterrupted_one_does(
