@@ -43,7 +43,7 @@ import trimesh
 from PIL import Image
 
 from dreamtext import __version__
-from dreamtext.cameras import Poses, orbit_poses
+from dreamtext.cameras import CameraRange, Poses, orbit_poses
 from dreamtext.checkpoint import (
     UnreadableCheckpoint,
     check_checkpoint_files,
@@ -95,7 +95,7 @@ from dreamtext.processes import (
 )
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.prompts_text import first_undecoded_byte
-from dreamtext.renderer import RenderConfig, VolumeRenderer
+from dreamtext.renderer import RenderConfig, VolumeRenderer, renders_finite
 from dreamtext.runfiles import (
     default_workspace,
     read_record,
@@ -626,6 +626,7 @@ def export_workspace(
         progress.stage("loading the run")
         state = read_exported_checkpoint(workspace)
         field, renderer, config = run_from_state(state, device)
+        refuse_overflowed_field(workspace, int(state["step"]), field, renderer, config, device)
         return _export_run(
             workspace,
             options,
@@ -654,6 +655,32 @@ def read_exported_checkpoint(workspace: Path) -> dict[str, Any]:
             f"has no earlier checkpoint that is whole; train it again from scratch: "
             f"{retrain_command(workspace)} with the flags it was trained with"
         ) from None
+
+
+def refuse_overflowed_field(
+    workspace: Path,
+    step: int,
+    field: torch.nn.Module,
+    renderer: VolumeRenderer,
+    config: dict,
+    device: torch.device,
+) -> None:
+    """Refuse to export the run of ``workspace`` whose checkpoint (of ``step``, read into
+    ``field`` and ``renderer`` on ``device``; ``config``: its config) holds weights that
+    overflowed float32 (:func:`~dreamtext.renderer.renders_finite`, as a training checks each
+    save: an 8×8 render of one camera): saved by a dreamtext from before that check, or copied
+    in. The density grid was sampled first (3.6 s for a builtin:shapes run, minutes for a large
+    grid) only to say it was NaN; the line names the command that trains the run again."""
+    cameras = CameraRange()
+    radius = sum(recorded_radius_range(config) or cameras.radius_range) / 2
+    if renders_finite(field, renderer, radius, sum(cameras.fovy_range) / 2, device):
+        return
+    raise DreamtextError(
+        f"cannot export {workspace}: {last_checkpoint(workspace)} (step {step}) holds weights "
+        f"that overflowed float32 (the field renders NaN or infinite pixels: its training "
+        f"diverged); train it again from scratch: {retrain_command(workspace)} with the flags "
+        f"it was trained with and a smaller --lr"
+    )
 
 
 def retrain_command(workspace: Path) -> str:

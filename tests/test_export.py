@@ -1004,6 +1004,7 @@ def test_an_export_of_a_run_films_from_its_recorded_camera_distances(tmp_path, m
         "run_from_state",
         lambda state, device: (SphereField(), SphereTracer(), config),
     )
+    no_field_check(monkeypatch)
     (tmp_path / "checkpoints").mkdir()
     torch.save({"step": 3}, tmp_path / "checkpoints" / "last.pt")
     export_workspace(tmp_path, small_options(formats=("ply",), video_size=16))
@@ -1417,6 +1418,12 @@ def test_bad_options_name_the_fix(tmp_path, overrides, message):
         export_field(SphereField(), tmp_path, small_options(**overrides))
 
 
+def no_field_check(monkeypatch) -> None:
+    """An export of a stubbed run (an analytic field, a tracer or no renderer) skips the check
+    that its weights render finite, which renders with the run's own field and renderer."""
+    monkeypatch.setattr(export_module, "refuse_overflowed_field", lambda *args: None)
+
+
 def stub_run(monkeypatch, field, renderer, step: int = 7) -> None:
     """``dreamtext export`` of a workspace loads ``field`` and ``renderer``, trained ``step``
     steps, instead of its checkpoint."""
@@ -1424,6 +1431,7 @@ def stub_run(monkeypatch, field, renderer, step: int = 7) -> None:
     monkeypatch.setattr(
         export_module, "run_from_state", lambda state, device: (field, renderer, {})
     )
+    no_field_check(monkeypatch)
 
 
 def make_run(root: Path, name: str, mtime: float, run_id: str | None = None) -> Path:
@@ -1533,6 +1541,36 @@ def test_the_newest_run_is_found_before_torch_where_no_step_file_must_be_read(tm
 def test_no_trained_run_names_the_training_command(tmp_path):
     with pytest.raises(DreamtextError, match="dreamtext text"):
         find_latest_workspace(tmp_path)
+
+
+def test_a_run_whose_weights_overflowed_is_refused_before_its_mesh_naming_the_retraining(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """The only checkpoint of a run holds weights that overflowed float32 (saved by a dreamtext
+    from before its saves checked them): the export sampled the whole density grid (3.6 s of a
+    builtin:shapes run) before saying it was NaN, and named no command. It is refused once
+    loaded, with the command that trains the run again, and writes nothing."""
+    from test_trainer import overflow_last_checkpoint, tiny_config
+
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2, export=False))
+    overflow_last_checkpoint(workspace)
+    meshed, real = [], export_module.extract_mesh
+    monkeypatch.setattr(
+        export_module, "extract_mesh", lambda *a, **k: meshed.append(1) or real(*a, **k)
+    )
+    before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    with pytest.raises(DreamtextError) as error:
+        export_workspace(workspace, small_options())
+    message = str(error.value)
+    assert meshed == [] and "\n" not in message
+    for part in (
+        f"cannot export {workspace}: {workspace / 'checkpoints' / 'last.pt'} (step 2) holds "
+        "weights that overflowed float32",
+        f"`dreamtext text 'a red sphere' --workspace {workspace} --overwrite`",
+        "a smaller --lr",
+    ):
+        assert part in message, message
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before
 
 
 def test_workspace_without_checkpoint_names_the_path_and_the_fix(tmp_path):
@@ -1704,6 +1742,7 @@ def test_export_without_workspace_takes_the_latest_run(tmp_path, monkeypatch):
     monkeypatch.setattr(
         export_module, "run_from_state", lambda state, device: (SphereField(), None, {})
     )
+    no_field_check(monkeypatch)
     result = export_workspace(None, small_options(video=False, formats=("ply",)))
     assert loaded == [Path("workspace/new-run")]
     assert result.summary().startswith("exported workspace/new-run (step 7):")
