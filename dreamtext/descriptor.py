@@ -331,6 +331,16 @@ class DescriptorTrainer:
             self.scaler.load_state_dict(state["loss_scaler"])
         self.step = int(state["step"])
 
+    def embeddings_finite(self) -> bool:
+        """Whether the placeholder vectors may be saved: free of NaN and ±inf, and so are the
+        text encoder's hidden states of the sentence they are in (vectors that overflowed may
+        stay finite, 1e30 after a step at ``lr`` 1e30, while the encoder's activations overflow
+        float32). One host read, at a save."""
+        with torch.no_grad():
+            hidden = self.encode(self.full_prompt)
+            values = torch.cat([self.placeholders.vectors.detach().flatten(), hidden.flatten()])
+            return bool(torch.isfinite(values).all())
+
     def learned_embeds(self) -> dict[str, Tensor]:
         """diffusers' textual-inversion format: ``{token: [n_vectors, dim]}``."""
         return {self.options.token: self.placeholders.vectors.detach().cpu().contiguous()}
@@ -496,6 +506,25 @@ def _train_and_save(
     return out
 
 
+def overflowed_line(trainer: DescriptorTrainer, checkpoint: Path, saved_step: int) -> str:
+    """The line that stops a descriptor training whose vectors overflowed
+    (:meth:`DescriptorTrainer.embeddings_finite`) instead of saving them: as ``last.pt`` and
+    ``learned_embeds.safetensors`` they made the text→3D stage's prompt NaN. ``saved_step``:
+    the step of the checkpoint on disk (0: none), which a rerun goes on from."""
+    kept = (
+        f"not saved: {checkpoint} stays the checkpoint of step {saved_step}, from before, which "
+        "the same command goes on from"
+        if saved_step
+        else "nothing saved"
+    )
+    return (
+        f"the descriptor training diverged: its token embeddings overflowed float32 by step "
+        f"{trainer.step} (the text encoder's output is NaN or infinite; "
+        f"image_to_3d.descriptor.lr is {trainer.options.lr:g}); {kept}; run it again with a "
+        f"smaller image_to_3d.descriptor.lr in a --config (the thesis's is 3e-4)"
+    )
+
+
 def _train_loop(
     trainer: DescriptorTrainer,
     image: Tensor,
@@ -510,6 +539,8 @@ def _train_loop(
     checkpoint = folder / "checkpoints" / "last.pt"
 
     def save() -> None:
+        if not trainer.embeddings_finite():
+            raise DreamtextError(overflowed_line(trainer, checkpoint, saved["step"]))
         try:
             _atomic_torch_save(trainer.state(), checkpoint)
         except BaseException:  # a Ctrl-C after the replace (in the temps' cleanup): it is saved

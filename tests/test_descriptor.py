@@ -419,6 +419,30 @@ def test_a_resumed_descriptor_trains_at_its_own_learning_rate(tiny_sd_path, tmp_
     assert not torch.equal(fast, load_file(str(learned_embeds_path(slow)))[DESCRIPTOR_TOKEN])
 
 
+def test_a_descriptor_whose_embeddings_overflow_is_not_saved(tiny_sd_path, tmp_path):
+    """At ``descriptor.lr`` 1e30 the vectors overflow in one step: the text encoder's output is
+    NaN from then on, and the training saved NaN vectors as last.pt and
+    learned_embeds.safetensors and finished, for text→3D to train on a NaN prompt. It stops at
+    its save with one line, and last.pt stays the checkpoint of finite vectors from before."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    every = {"checkpoint_every": 1, "preview_every": 0}
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2, **every))
+    last = workspace / "descriptor" / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    learned_embeds_path(workspace).unlink()  # as before a rerun that trains on
+    with pytest.raises(DreamtextError) as error:
+        options = DescriptorOptions(iters=4, lr=1e30, **every)
+        train_descriptor(image_path, workspace, guidance, options)
+    message = str(error.value)
+    for part in ("diverged", "by step 3", f"{last} stays the checkpoint of step 2", "lr is 1e+30"):
+        assert part in message, message
+    assert "smaller image_to_3d.descriptor.lr" in message and "\n" not in message, message
+    assert last.read_bytes() == before and not learned_embeds_path(workspace).exists()
+    vectors = torch.load(last, weights_only=True)["vectors"]
+    assert torch.isfinite(vectors).all()
+
+
 def test_previews_are_written(tiny_sd_path, tmp_path):
     image_path, workspace = _workspace(tmp_path)
     options = DescriptorOptions(
