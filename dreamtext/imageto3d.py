@@ -55,6 +55,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
+    FLOAT32_MAX,
     TrainConfig,
     absolute_model_folder,
     apply_overrides,
@@ -252,6 +253,12 @@ def check_image_options(options: ImageOptions, origins: dict[str, str] | None = 
         value = _option_value(options, name)
         if any(v <= 0 for v in (value if isinstance(value, tuple | list) else (value,))):
             refuse(name, value, "above 0")
+    # Adam's first step is lr / (1 - β1) = 10 lr, taken in float32: past its largest value
+    # torch raised in the first step (a traceback), as for the field's --lr (config's check).
+    lr_max = FLOAT32_MAX / 10.0
+    if options.descriptor.lr > lr_max:
+        what = f"at most {lr_max:.3g} (Adam's first step, 10 × lr, must fit float32)"
+        refuse("descriptor.lr", options.descriptor.lr, what)
     augment = options.descriptor.augment
     if augment.blur_kernel % 2 == 0:
         refuse("descriptor.augment.blur_kernel", augment.blur_kernel, "odd")

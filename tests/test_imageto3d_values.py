@@ -281,6 +281,11 @@ def test_a_run_from_before_the_stage_sections_starts_from_its_records_steps(tmp_
             "image_to_3d.descriptor.lr in a.yaml must be above 0, got 0.0",
         ),
         (
+            {"image_to_3d": {"descriptor": {"lr": 1e38}}},
+            "image_to_3d.descriptor.lr in a.yaml must be at most 3.4e+37 (Adam's first step, "
+            "10 × lr, must fit float32), got 1e+38",
+        ),
+        (
             {"image_to_3d": {"descriptor": {"log_every": -1}}},
             "image_to_3d.descriptor.log_every in a.yaml must be 0 or more, got -1",
         ),
