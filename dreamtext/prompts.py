@@ -160,6 +160,14 @@ def read_textual_inversion(path: str | Path) -> dict[str, Tensor]:
                 f"token {token!r} in {path} has embeddings of shape {tuple(e.shape)}; a "
                 "learned_embeds.safetensors holds [vectors, width] (or [width]) per token"
             )
+        # A descriptor training that diverged (an older dreamtext saved it): every text→3D step's
+        # ε̂ was NaN, and after 50 of them the run stopped blaming --guidance.
+        if e.is_floating_point() and not bool(torch.isfinite(e).all()):
+            raise DreamtextError(
+                f"token {token!r} in {path} has NaN or infinite values: the training that made "
+                "it diverged; train it again with a smaller learning rate (dreamtext image: "
+                "image_to_3d.descriptor.lr in a --config)"
+            )
     return {token: (e[None] if e.ndim == 1 else e) for token, e in embeds.items()}
 
 

@@ -49,3 +49,15 @@ def test_an_automatic1111_embedding_is_named_as_such(tmp_path: Path):
     save_file({"emb_params": torch.zeros(2, 32)}, str(path))
     with pytest.raises(DreamtextError, match="is an Automatic1111 embedding"):
         read_textual_inversion(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_embeddings_that_are_not_finite_are_refused_as_they_are_read(tmp_path: Path, bad):
+    """A diverged descriptor's NaN vectors, given as guidance.textual_inversion, made every
+    text→3D step's ε̂ NaN; after 50 steps the run stopped suggesting a smaller --guidance."""
+    path = tmp_path / "learned_embeds.safetensors"
+    vectors = torch.zeros(2, 32)
+    vectors[1, 3] = bad
+    save_file({"<dt-cat>": vectors}, str(path))
+    with pytest.raises(DreamtextError, match=r"token '<dt-cat>' in .* has NaN or infinite values"):
+        read_textual_inversion(path)
