@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from dreamtext.errors import (
     UNREADABLE_JSON,
@@ -172,18 +172,23 @@ def _boot_time() -> float | None:
 BOOT_TIME = _boot_time()
 
 
-def record_time(record: dict | None) -> float | None:
-    """When ``record`` was last written by its own account, in seconds since the epoch: its
-    ``updated`` (ISO 8601 with a UTC offset, as status.json and an export's record write it);
-    ``None`` where it has none, or one without an offset, which names no moment."""
-    updated = (record or {}).get("updated")
-    if not isinstance(updated, str):
+def iso_timestamp(value: Any) -> float | None:
+    """An ISO 8601 time with its offset (``2026-11-30T10:00:12+00:00``) as a Unix time;
+    ``None`` for anything else, a time without an offset included (it names no moment)."""
+    if not isinstance(value, str):
         return None
     try:
-        moment = datetime.fromisoformat(updated)
+        moment = datetime.fromisoformat(value)
     except ValueError:
         return None
     return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def record_time(record: dict | None) -> float | None:
+    """When ``record`` was last written by its own account, in seconds since the epoch: its
+    ``updated`` (:func:`iso_timestamp`, as status.json and an export's record write it);
+    ``None`` where it has none, or one without an offset."""
+    return iso_timestamp((record or {}).get("updated"))
 
 
 def earlier_boot(record: dict | None, written: float | None = None, every: float = 0.0) -> bool:
@@ -765,6 +770,7 @@ __all__ = [
     "earlier_boot",
     "file_age",
     "gone_process",
+    "iso_timestamp",
     "lock_folder",
     "lock_held",
     "on_this_machine",

@@ -34,14 +34,13 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from stat import S_ISDIR
 from typing import Any
 
 from dreamtext.errors import DreamtextError, shell_word, shown_path
 from dreamtext.exportprogress import PROGRESS_FILE, export_alive, progress_words, read_progress
-from dreamtext.processes import lock_held, outermost_run, record_alive
+from dreamtext.processes import iso_timestamp, lock_held, outermost_run, record_alive
 
 # The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
 # imports torch, and the viewer starts without it.
@@ -900,17 +899,6 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _iso_timestamp(value: Any) -> float | None:
-    """An ISO 8601 time with its offset (``2026-11-30T10:00:12+00:00``) as a Unix time."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment.timestamp() if moment.tzinfo is not None else None
-
-
 @dataclass
 class Run:
     """Everything the pages show of one run. File paths are relative to the workspace."""
@@ -1536,7 +1524,7 @@ def _status(
     batch = run.batch or {}
     # A batch line of an earlier attempt says nothing of the files a retry is writing now (its
     # "finished" has whole seconds, and the run's last files come just before the line).
-    ended = _iso_timestamp(batch.get("finished"))
+    ended = iso_timestamp(batch.get("finished"))
     retried = ended is not None and run.updated is not None and run.updated > ended + 2
     if isinstance(batch.get("status"), str) and not (
         retried and since_change() < RUNNING_IF_CHANGED_WITHIN_S
@@ -1644,7 +1632,7 @@ class ChangeClock:
 def _writer_skew(run: Run, status_file: dict[str, Any] | None) -> float:
     """The writer's clock less the file server's, by status.json's ``updated`` and its mtime
     (:class:`ChangeClock`); 0 where unknown or within :data:`CLOCK_SKEW_FROM_S`."""
-    written = _iso_timestamp((status_file or {}).get("updated"))
+    written = iso_timestamp((status_file or {}).get("updated"))
     mtime = run.mtimes.get("status.json")
     if written is None or mtime is None:
         return 0.0
