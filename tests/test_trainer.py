@@ -635,6 +635,18 @@ def test_nan_gradients_skip_the_update_and_a_run_that_keeps_them_stops(
     assert status["state"] == "failed" and status["error"] == message
 
 
+def diverged_message(monkeypatch, cfg: TrainConfig) -> str:
+    """The line of a run of ``cfg`` stopped as diverged, which it must be, after 3 of 4 steps
+    that learned nothing (the window made small: ``DIVERGED_AFTER``, ``DIVERGENCE_WINDOW``)."""
+    from dreamtext import trainer
+
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    with pytest.raises(DreamtextError) as error:
+        train(cfg)
+    return str(error.value)
+
+
 def test_a_run_whose_guidance_is_never_finite_stops_instead_of_finishing_untrained(
     tmp_path, tiny_sd_path, monkeypatch
 ):
@@ -643,15 +655,9 @@ def test_a_run_whose_guidance_is_never_finite_stops_instead_of_finishing_untrain
     diverged, so such a run finished "trained", exit 0, with the field it started from (the
     built-in prior at --guidance 1e308: "skipped 60 steps with non-finite guidance", state
     finished). It stops as a diverged run does, naming --guidance."""
-    from dreamtext import trainer
-
-    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
-    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
     cfg = tiny_config(tmp_path, tiny_sd_path, iters=20)
     cfg.guidance.guidance_scale = 1e308  # ε_c + s (ε_c − ε_u) overflows to ±inf
-    with pytest.raises(DreamtextError) as error:
-        train(cfg)
-    message = str(error.value)
+    message = diverged_message(monkeypatch, cfg)
     assert "\n" not in message
     for part in ("diverged", "in 3 of the 3 steps up to step 3", "--guidance", "1e+308"):
         assert part in message, message
@@ -668,15 +674,9 @@ def test_a_run_whose_sds_loss_overflows_stops_naming_the_guidance_not_the_lr(
     """At --guidance 1e38 the tiny model's ε̂ stays finite but ½ Σ w² (ε̂ − ε)² overflows and the
     gradients through the VAE are NaN: the run stopped saying "a smaller --lr (this run's is
     0.001)", the default, where the fix is a smaller --guidance."""
-    from dreamtext import trainer
-
-    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
-    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
     cfg = tiny_config(tmp_path, tiny_sd_path, iters=20)
     cfg.guidance.guidance_scale = 1e38
-    with pytest.raises(DreamtextError) as error:
-        train(cfg)
-    message = str(error.value)
+    message = diverged_message(monkeypatch, cfg)
     for part in ("diverged", "SDS loss", "in 3 of the 3 steps up to step 3", "--guidance", "1e+38"):
         assert part in message, message
     assert "--lr" not in message, message
@@ -737,15 +737,9 @@ def test_a_run_whose_field_renders_nan_stops_naming_the_lr_not_the_guidance(
     """A field whose MLP overflowed float32 (the built-in prior at --lr 1e8) renders NaN, which
     makes ε̂ NaN too: the run stopped saying "a smaller --guidance (this run's is 4)", a fix
     that changes nothing. Its renders are counted apart, and the line names --lr."""
-    from dreamtext import trainer
-
     renders_nan_from(monkeypatch, 2)
-    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
-    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
     cfg = tiny_config(tmp_path, tiny_sd_path, iters=20)
-    with pytest.raises(DreamtextError) as error:
-        train(cfg)
-    message = str(error.value)
+    message = diverged_message(monkeypatch, cfg)
     assert "\n" not in message
     for part in ("diverged", "rendered NaN", "in 3 of the 4 steps up to step 4", "--lr"):
         assert part in message, message
@@ -759,15 +753,9 @@ def test_a_run_whose_field_renders_nan_stops_naming_the_lr_not_the_guidance(
 def diverged_line(monkeypatch, tmp_path: Path, tiny_sd_path, nan_from: int) -> str:
     """The line of a 20-step run (``checkpoint_every: 2``) whose renders are NaN from step
     ``nan_from`` on, stopped as diverged after 3 of 4 such steps."""
-    from dreamtext import trainer
-
     renders_nan_from(monkeypatch, nan_from)
-    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
-    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
     cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2)
-    with pytest.raises(DreamtextError) as error:
-        train(cfg)
-    return str(error.value)
+    return diverged_message(monkeypatch, cfg)
 
 
 def test_a_run_whose_field_renders_nan_keeps_its_last_checkpoint_of_finite_weights(
@@ -895,13 +883,9 @@ def test_weights_that_overflow_in_a_checkpoint_step_are_not_saved(
     bad) and pruned the checkpoint of step 2 (``--resume --lr 1e8`` of the built-in prior with
     ``checkpoint_every: 1``, ``keep_checkpoints: 1``: last.pt of step 56 rendered NaN at every
     pixel, its weights finite, |θ| up to 1e9). The save checks the weights it would write."""
-    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
-    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
     weights_overflow_in_step(monkeypatch, 4)
     cfg = tiny_config(tmp_path, tiny_sd_path, iters=20, checkpoint_every=2, keep_checkpoints=1)
-    with pytest.raises(DreamtextError) as error:
-        train(cfg)
-    message = str(error.value)
+    message = diverged_message(monkeypatch, cfg)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     assert "overflowed float32 in step 4" in message, message
     assert f"{last} stays the checkpoint of step 2" in message and "--resume" in message, message
