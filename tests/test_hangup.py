@@ -21,7 +21,7 @@ import termios
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +59,18 @@ def _hangup_as_by_default() -> None:
     inherited. Run under `nohup` (a CI job's shell, a detached session), they passed SIGHUP
     ignored on to the command, which then rightly went on, and the tests waited for ever."""
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _killed_if_left(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """``process`` for the ``with`` block, killed and reaped if the block leaves it running (a
+    wait that timed out, an assertion that failed): no run is left training after the test."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _wait_or_kill(pid: int, seconds: float) -> int:
@@ -157,11 +169,8 @@ def test_a_run_whose_terminal_went_away_without_a_sighup_ends_with_its_own_statu
                 seen += os.read(terminal, 65536)
     finally:
         os.close(terminal)  # the terminal goes away, hung up, with no SIGHUP for the job
-        try:
+        with _killed_if_left(process):
             process.wait(timeout=240)
-        finally:
-            if process.poll() is None:
-                process.kill()
     assert process.returncode == 0
     run_status = json.loads((workspace / "status.json").read_text())
     assert (run_status["state"], run_status["step"]) == ("finished", 200)
@@ -208,7 +217,7 @@ def test_a_ctrl_c_meant_for_the_foreground_leaves_a_background_job_training(tmp_
     workspace = tmp_path / "run"
     process = _start_long_run(workspace, _as_a_scripts_background_job)
     log = workspace / "log.jsonl"
-    try:
+    with _killed_if_left(process):
         deadline = time.monotonic() + 240
         _trains_past(process, log, 10, deadline)
         process.send_signal(signal.SIGINT)
@@ -217,9 +226,6 @@ def test_a_ctrl_c_meant_for_the_foreground_leaves_a_background_job_training(tmp_
         _trains_past(process, log, at_ctrl_c + 20, deadline)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 130, err.decode()
     run_status = json.loads((workspace / "status.json").read_text())
     assert run_status["state"] == "interrupted"
@@ -247,14 +253,11 @@ def test_a_stop_whose_stderr_reader_is_gone_ends_interrupted(tmp_path, signum):
     turned the saved stop into status.json "failed" (BrokenPipeError) and exit 1."""
     workspace = tmp_path / "run"
     process = _start_long_run(workspace, _hangup_as_by_default)
-    try:
+    with _killed_if_left(process):
         _trains_past(process, workspace / "log.jsonl", 20, time.monotonic() + 240)
         process.stderr.close()  # tee is gone
         process.send_signal(signum)
         process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 130
     run_status = json.loads((workspace / "status.json").read_text())
     assert run_status["state"] == "interrupted", run_status
@@ -322,7 +325,7 @@ def test_the_viewer_serves_on_when_its_terminal_went_away_without_a_sighup(tmp_p
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = _on_a_gone_terminal(["view", str(tmp_path / "runs"), "--port", str(port)])
-    try:
+    with _killed_if_left(process):
         deadline = time.monotonic() + 240
         while True:
             assert process.poll() is None, process.returncode
@@ -335,10 +338,6 @@ def test_the_viewer_serves_on_when_its_terminal_went_away_without_a_sighup(tmp_p
                 time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_a_failing_disk_or_a_closed_pipe_is_not_taken_for_a_gone_terminal(tmp_path, monkeypatch):
