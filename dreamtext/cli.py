@@ -43,7 +43,6 @@ from dreamtext.errors import (
     WorkspaceInUse,
     file_system_fix,
     print_note,
-    print_output,
     saved_run_line,
     terminal_lines,
     terminal_text,
@@ -811,7 +810,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         # A stop whose weights were not saved says what to do itself (a smaller --lr).
         print_note(f"dreamtext: {stop}" + ("" if stop.unsaved else f"; {again}"))
         return EXIT_INTERRUPTED
-    print_output(str(workspace))
+    print(workspace)
     return 0
 
 
@@ -1031,7 +1030,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_workspace(workspace, options, getattr(args, "progress", None))
     if result.step is not None:
         finish_cut_export(result.out_dir, result.step)
-    print_output(terminal_lines(result.summary()))
+    print(terminal_lines(result.summary()))
     return 0
 
 
@@ -1148,7 +1147,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device or "auto"))
     workspace = Path(args.workspace) if args.workspace else default_workspace(args.image)
     with claim_workspace(workspace):
-        print_output(describe(args.image, workspace, describe_options(args, device), status=True))
+        print(describe(args.image, workspace, describe_options(args, device), status=True))
     return 0
 
 
@@ -1204,7 +1203,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         again = "" if stop.unsaved else "; run the same command again to resume"
         print_note(f"dreamtext: {stop}{again}")
         return EXIT_INTERRUPTED
-    print_output(str(workspace))
+    print(workspace)
     return 0
 
 
@@ -1226,7 +1225,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         for folder in folders:  # runs it left out (with none at all, export_static refused)
             for hint in left_out_hints(folder, given):
                 print_note(f"dreamtext view: {hint}")
-        print_output(str(out / "index.html"))
+        print(str(out / "index.html"))
         return 0
     serve(folders, args.host, args.port)
     return 0
@@ -1261,7 +1260,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cut = False
     if run.records:  # an empty share said so in its line
         try:
-            print_output(terminal_lines(summary_table(run.records)), flush=True)
+            print(terminal_lines(summary_table(run.records)), flush=True)
         except BrokenPipeError:
             from dreamtext.__main__ import stdout_to_devnull
 

@@ -211,15 +211,6 @@ def print_note(text: str, flush: bool = False) -> None:
         to_devnull(sys.stderr)  # later writes, Python's flush at exit included
 
 
-def print_output(text: str, flush: bool = False) -> None:
-    """Print ``text`` on stdout: what a command gives back (a run's folder, an export's
-    summary). A closed pipe (``BrokenPipeError``, `| head -0`) and a disk's EIO are raised; on a
-    terminal gone without a SIGHUP (a job started with `& disown`, its terminal then closed)
-    the line is lost and the command's status stands, as for every line the command writes
-    (:class:`dreamtext.__main__.LostOnAGoneTerminal`)."""
-    print(text, flush=flush)
-
-
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 
