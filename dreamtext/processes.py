@@ -237,6 +237,33 @@ def on_this_machine(record: dict | None) -> bool:
     return boot is None or BOOT_ID is None or boot == BOOT_ID
 
 
+def folder_inode(folder: str | Path) -> int | None:
+    """The inode number of ``folder`` (``st_ino``), which a run's status.json records of its
+    workspace (``folder_inode``): a copy of the folder (``cp -r``, ``rsync``, ``tar``) is a new
+    folder with another number, a move within its file system (``mv``) keeps it, and a bind
+    mount shows the same. ``None`` where the folder cannot be read."""
+    try:
+        return os.stat(folder).st_ino
+    except OSError:
+        return None
+
+
+def copied_folder(record: dict | None, folder: str | Path) -> bool | None:
+    """Whether ``folder`` is a copy of the folder whose status.json ``record`` is: the record
+    names a folder (``folder_inode``, :func:`folder_inode`) that is not ``folder``. ``None``
+    where this cannot be told: a record from before it named its folder, or of another machine
+    or boot (:func:`on_this_machine`: a file system mounted over the network, such as sshfs,
+    may number a folder differently on each client), or an unreadable folder.
+
+    The number alone, not the device: an NFS or autofs mount given another device number when
+    it is mounted again would have made a killed run's own folder a copy of itself."""
+    recorded = (record or {}).get("folder_inode")
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or not on_this_machine(record):
+        return None
+    here = folder_inode(folder)
+    return None if here is None else here != recorded
+
+
 def record_alive(
     record: dict | None, written: float | None = None, every: float = 0.0
 ) -> bool | None:

@@ -87,6 +87,7 @@ from dreamtext.inputs import RUN_STATUS
 from dreamtext.interrupts import TrainingInterrupted, signals_held
 from dreamtext.processes import (
     claim_workspace,
+    folder_inode,
     record_alive,
     same_process,
     this_process,
@@ -353,6 +354,9 @@ class StatusTracker:
             "gpu_mem_mib": peak_gpu_mib(self.device),
             "phase": self.phase,
             **this_process(),
+            # Which folder this is: a copy made while the run runs carries this file, and the
+            # viewer tells it from the run's own folder (processes.copied_folder).
+            "folder_inode": folder_inode(self.workspace),
             **({"saved_step": saved_step} if state == "failed" else {}),
         }
         peak = status["gpu_mem_mib"]
@@ -465,6 +469,7 @@ def restart_stage(workspace: str | Path, stage: str) -> None:
         "gpu_mem_mib": earlier[phase]["gpu_mem_mib"],
         "phase": phase,
         **this_process(),
+        "folder_inode": folder_inode(workspace),
     }
     write_status(workspace, {**status, **_whole_run(earlier)})
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from dreamtext.trainer import TrainingInterrupted, train
 
 KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
 KEYS |= {"stages", "total_seconds", "peak_gpu_mem_mib", "host", "pid", "pid_start", "pid_ns"}
-KEYS |= {"boot_id"}
+KEYS |= {"boot_id", "folder_inode"}
 
 
 def tiny_config(tmp_path, model, **overrides):
@@ -324,6 +325,21 @@ def test_a_run_started_from_step_zero_counts_its_time_from_zero(tmp_path):
     tracker = StatusTracker(tmp_path, 20, lambda: 0, torch.device("cpu"))  # --overwrite
     tracker.write("running")
     assert read_status(tmp_path)["seconds"] < 10.0
+
+
+def test_status_json_names_its_folder_so_a_copy_of_it_is_told_from_it(tmp_path):
+    """A copy made while the run runs carries status.json: its folder_inode is the original's
+    inode (a copy's folder has another), which the viewer compares with the folder it reads."""
+    from dreamtext.processes import copied_folder
+
+    StatusTracker(tmp_path, 20, lambda: 5, torch.device("cpu")).write("running")
+    written = read_status(tmp_path)
+    assert written["folder_inode"] == tmp_path.stat().st_ino
+    copy = tmp_path.parent / f"{tmp_path.name}_copy"
+    shutil.copytree(tmp_path, copy)
+    assert copied_folder(read_status(copy), copy) is True
+    assert copied_folder(written, tmp_path) is False
+    assert copied_folder({**written, "host": "elsewhere"}, copy) is None  # another machine's
 
 
 def test_a_guard_stops_a_run_and_leaves_status_json_to_the_new_holder(

@@ -337,6 +337,56 @@ def test_a_copy_of_a_running_run_shows_as_interrupted_and_the_original_as_runnin
     assert copied["step"] == 10 and "process_gone" not in copied
 
 
+def test_a_copy_of_a_running_run_whose_original_ended_says_it_is_a_copy_not_killed(
+    tmp_path: Path,
+):
+    """A folder copied at step 10 while its run ran, viewed after that run finished: its
+    status.json still says running, its process is gone, and the copy showed "its process N
+    ended without recording how (killed, or its disk full)", as a run killed in its own folder.
+    status.json names its folder (``folder_inode``): the copy is another folder, a snapshot of
+    a run that went on elsewhere; the original's folder, killed, is still the killed run."""
+    from dreamtext.processes import this_process
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    original = tmp_path / "runs" / "cube"
+    original.mkdir(parents=True)
+    status = {"state": "running", "step": 10, "iters": 20, **this_process()}
+    status |= {"pid": ended.pid, "pid_start": None, "folder_inode": original.stat().st_ino}
+    make_run(original, "a red cube", final=False, status=status)
+    shutil.copytree(original, tmp_path / "copies" / "cube")
+    killed = read_run(Catalog([original]).runs()[0]).status
+    copied = read_run(Catalog([tmp_path / "copies" / "cube"]).runs()[0]).status
+    assert (killed["state"], killed["process_gone"]) == ("interrupted", ended.pid)
+    assert "copy" not in killed
+    assert (copied["state"], copied["copy"], copied["step"]) == ("interrupted", True, 10)
+    assert copied["process_ended"] == ended.pid
+    assert "process_gone" not in copied and "process_elsewhere" not in copied
+
+
+def test_a_copy_is_told_by_its_folder_where_no_lock_says_so(tmp_path: Path):
+    """A copy made while the run runs, where its lock cannot be asked (a file system without
+    locks: no lock file) showed running, at the step it was copied at, for ten minutes."""
+    from dreamtext.processes import process_start, this_process
+
+    original = tmp_path / "runs" / "cube"
+    original.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        status = {"state": "running", "step": 10, "iters": 20, **this_process()}
+        status |= {"pid": holder.pid, "pid_start": process_start(holder.pid)}
+        status["folder_inode"] = original.stat().st_ino
+        make_run(original, "a red cube", final=False, status=status)
+        shutil.copytree(original, tmp_path / "copies" / "cube")
+        shown = read_run(Catalog([original]).runs()[0]).status
+        copied = read_run(Catalog([tmp_path / "copies" / "cube"]).runs()[0]).status
+    finally:
+        holder.kill()
+        holder.wait()
+    assert shown["state"] == "running" and "copy" not in shown
+    assert (copied["state"], copied["process_elsewhere"]) == ("interrupted", holder.pid)
+
+
 def test_runs_in_folders_of_other_scripts_keep_their_names_as_ids(tmp_path: Path):
     """Workspaces are named in the prompt's own letters (``一只猫``, ``crème_brûlée``); their
     ids were all ``run``, ``run-2``…: addresses that change when a run is added."""

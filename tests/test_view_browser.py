@@ -2050,6 +2050,32 @@ def test_a_card_of_a_run_whose_process_was_killed_says_so(page, tmp_path):
         ), facts
 
 
+def test_a_copy_of_a_running_run_says_so_after_its_run_ended_live_and_static(page, tmp_path):
+    """A folder copied at step 5 while its run ran, viewed once that run ended: the card and
+    the run's page said "its process N ended without recording how (killed, or its disk full)".
+    They say it is a copy taken at that step, the server's pages and --static's alike."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    original = make_hand_run(tmp_path / "runs", "cube", None)
+    record = this_process() | {"pid": child.pid, "folder_inode": original.stat().st_ino}
+    status = {"state": "running", "step": 5, "iters": 60} | record
+    (original / "status.json").write_text(json.dumps(status))
+    copies = tmp_path / "copies"
+    shutil.copytree(original, copies / "cube")
+    expected = (
+        f"interrupted step 5 / 60 · a copy taken at step 5 while the run ran: its process "
+        f"{child.pid}, which ran the folder it was copied from, has ended"
+    )
+    site = export_static([copies], tmp_path / "site")
+    with serving(Catalog([copies]), poll_ms=POLL_MS) as srv:
+        for gallery in (srv.url, (site / "index.html").as_uri()):
+            page.goto(gallery)
+            assert card_facts_text(page, "cube") == expected
+            page.click('.card[data-run="cube"]')
+            page.wait_for_selector("header.top .facts")
+            assert page.inner_text("header.top .facts").replace("\xa0", " ") == expected
+
+
 def test_a_card_of_a_run_that_failed_past_its_checkpoint_says_where_a_resume_goes_on(
     page, tmp_path
 ):

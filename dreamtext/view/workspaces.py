@@ -40,7 +40,13 @@ from typing import Any
 
 from dreamtext.errors import DreamtextError, shell_word, shown_path
 from dreamtext.exportprogress import PROGRESS_FILE, export_alive, progress_words, read_progress
-from dreamtext.processes import iso_timestamp, lock_held, outermost_run, record_alive
+from dreamtext.processes import (
+    copied_folder,
+    iso_timestamp,
+    lock_held,
+    outermost_run,
+    record_alive,
+)
 
 # The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
 # imports torch, and the viewer starts without it.
@@ -1425,14 +1431,32 @@ def status_of(
     running run whose process, of this machine, is gone (``process_gone``, its pid) ended
     without recording how: killed without warning, or its last status.json did not fit on a
     full disk (:func:`~dreamtext.runstatus.write_last_status`). It is shown ``interrupted``.
-    So is one whose process lives but does not hold the folder's lock
-    (:func:`~dreamtext.processes.lock_held`; ``process_elsewhere``, its pid): a copy of a run made
-    while it trained, stopped at the step it was copied at.
+    So is a copy of a run made while it ran (``copy``; :func:`_copy_of_a_running_run`), stopped
+    at the step it was copied at, with the pid of the original's process: ``process_elsewhere``
+    while it runs, ``process_ended`` once it has ended (not ``process_gone``: the copy's process
+    was not killed).
     """
     figures = LogFigures()
     for record in records:
         figures.add(record)
     return _status(run, status_file, figures.last, figures.peak_mem, folder, stage, descriptor_step)
+
+
+def _copy_of_a_running_run(
+    status_file: dict[str, Any], folder: Path | None, alive: bool | None
+) -> bool:
+    """Whether ``folder`` is a copy of a run's folder made while the run ran: its status.json
+    (``running``, ``alive`` its process's :func:`~dreamtext.processes.record_alive`) names
+    another folder (:func:`~dreamtext.processes.copied_folder`). Of a status.json from before
+    it named its folder: its process lives here but holds the original's lock, not this one's
+    (:func:`~dreamtext.processes.lock_held`; one open and flock, asked only then; a run that
+    reads its own status holds its)."""
+    if status_file.get("state") != "running" or folder is None:
+        return False
+    copied = copied_folder(status_file, folder)
+    if copied is not None:
+        return copied
+    return bool(alive) and status_file["pid"] != os.getpid() and lock_held(folder) is False
 
 
 def _status(
@@ -1499,21 +1523,17 @@ def _status(
                 out["descriptor_iters"] = out["iters"]
             out["step"], out["iters"] = None, iters
         alive = record_alive(status_file) if out["state"] == "running" else None
-        if alive is False:
+        if _copy_of_a_running_run(status_file, folder, alive):
+            # A copy (cp -r, rsync) made while its run ran: a snapshot at the step it was copied
+            # at, whose status.json names the process of the original folder, running or ended
+            # since (once ended, the copy said it had been killed).
+            out.update(state="interrupted", copy=True)
+            if alive is not None:
+                out["process_elsewhere" if alive else "process_ended"] = status_file["pid"]
+        elif alive is False:
             # Killed without warning (SIGKILL, the out-of-memory killer), or its end did not fit
             # on a full disk: stopped, resumable.
             out.update(state="interrupted", process_gone=status_file["pid"])
-        elif (
-            alive
-            and folder is not None
-            and status_file["pid"] != os.getpid()
-            and lock_held(folder) is False
-        ):
-            # A copy (cp -r, rsync) made while its run trained: its status.json and lock file
-            # name the live process that trains the original, which holds that folder's lock,
-            # not this one's. Asked only of runs whose process lives here: one open and flock.
-            # (lock_held tells of other processes: a run that reads its own status holds its.)
-            out.update(state="interrupted", process_elsewhere=status_file["pid"])
         if out["state"] == "running":
             out["step"] = _largest(out["step"], log_step)
             out["gpu_mem_mib"] = _largest(out["gpu_mem_mib"], log_peak_mem)

@@ -136,8 +136,24 @@
       const of = s.stage === "descriptor" ? "descriptor " : "";
       parts.push(`saved at ${of}step ${s.saved_step}: --resume goes on from there`);
     }
-    if (s.process_elsewhere) parts.push(`a copy: its process ${s.process_elsewhere} runs the folder it was copied from`);
+    if (s.copy) parts.push(copyNote(s));
     return parts.join(" · ");
+  }
+
+  /** A copy of a run made while it ran (cp -r, rsync): a snapshot, at the step it was copied
+   * at, of a run that went on in the folder it was copied from, whose process may have ended
+   * since (the copy's own process was not killed). */
+  function copyNote(s) {
+    let at = "";
+    if (s.stage === "descriptor" && s.descriptor_step !== null && s.descriptor_step !== undefined) {
+      at = ` at descriptor step ${s.descriptor_step}`;
+    } else if (s.step !== null && s.step !== undefined) {
+      at = ` at step ${s.step}`;
+    }
+    const note = `a copy taken${at} while the run ran`;
+    if (s.process_elsewhere) return `${note}: its process ${s.process_elsewhere} runs the folder it was copied from`;
+    if (s.process_ended) return `${note}: its process ${s.process_ended}, which ran the folder it was copied from, has ended`;
+    return note;
   }
 
   /** The parts (text, or text and a <time>) of the card's line of batch.jsonl's newest record
