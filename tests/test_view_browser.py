@@ -1052,7 +1052,9 @@ def test_the_3d_views_hint_names_what_the_pointer_has(browser, server, touch: bo
         page.goto(server.url + "run/a_red_cube/")
         page.wait_for_selector("#mesh-canvas[data-state=drawn]", timeout=30_000)
         zoom = "pinch to zoom" if touch else "wheel to zoom"
-        assert page.inner_text(".viewer figcaption") == f"3D mesh · drag to orbit, {zoom}"
+        assert page.inner_text(".viewer figcaption") == (
+            f"3D mesh · drag to orbit, {zoom} · arrow keys turn it, + and − zoom"
+        )
         # What the hint says of touch is what the vendored controls do with one and two fingers.
         touches = page.evaluate(
             """() => {
@@ -2334,3 +2336,149 @@ def test_a_one_point_chart_past_a_hundred_thousand_steps_names_its_step_whole(pa
         chart = page.locator('.chart[data-key="loss"]')
         chart.wait_for()
         assert chart.locator("text").all_text_contents()[-1] == "step 123456"
+
+
+# ---------------------------------------------------------------------------- accessibility
+
+# The text on the page whose contrast with what is drawn behind it is below WCAG AA: 4.5:1, 3:1
+# for large text (24 px, or 18.66 px bold). The colour behind a text is its ancestors'
+# background colours laid over each other; its own colour (an SVG text's fill) is laid over that
+# at its ancestors' opacity. [class, text, ratio] of each.
+LOW_CONTRAST_TEXT = """() => {
+    const parse = (c) => {
+        const m = c.match(/[\\d.]+/g).map(Number);
+        return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1];
+    };
+    const over = (top, below) => [0, 1, 2].map((i) => top[i] * top[3] + below[i] * (1 - top[3]));
+    const channel = (v) => (v /= 255) <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    const lum = (c) => 0.2126 * channel(c[0]) + 0.7152 * channel(c[1]) + 0.0722 * channel(c[2]);
+    const out = [];
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    while (walker.nextNode()) {
+        const text = walker.currentNode;
+        const node = text.parentElement;
+        if (!text.textContent.trim() || node.closest("script, option, [hidden]")) continue;
+        if (!node.getClientRects().length) continue;  // not drawn
+        const style = getComputedStyle(node);
+        if (style.visibility !== "visible") continue;
+        const chain = [];
+        for (let n = node; n; n = n.parentElement) chain.unshift(n);
+        let behind = [255, 255, 255];
+        let opacity = 1;
+        for (const n of chain) {
+            const s = getComputedStyle(n);
+            const colour = parse(s.backgroundColor);
+            if (colour[3] > 0) behind = over(colour, behind);
+            opacity *= Number(s.opacity);
+        }
+        const own = parse(node instanceof SVGElement ? style.fill : style.color);
+        const shown = over([own[0], own[1], own[2], own[3] * opacity], behind);
+        const [hi, lo] = [lum(shown), lum(behind)].sort((a, b) => b - a);
+        const ratio = (hi + 0.05) / (lo + 0.05);
+        const size = parseFloat(style.fontSize);
+        const large = size >= 24 || (Number(style.fontWeight) >= 700 && size >= 18.66);
+        if (ratio < (large ? 3 : 4.5)) {
+            const name = typeof node.className === "string" ? node.className : node.tagName;
+            out.push([name, text.textContent.trim().slice(0, 40), Math.round(ratio * 100) / 100]);
+        }
+    }
+    return out;
+}"""
+
+
+def test_every_text_of_the_gallery_and_a_run_page_has_aa_contrast(page, tmp_path: Path):
+    """A card without a picture said "no preview" in #6b6f73 on #f0f0ec, 4.43:1; the page of a
+    run whose folder went away drew its tables and curves at half opacity (its ink 3.4:1)."""
+    root = tmp_path / "runs"
+    make_hand_run(root, "still_running", {"state": "running", "step": 5})
+    failed = {"state": "failed", "step": 10, "error": "RuntimeError: CUDA out of memory"}
+    ws = make_hand_run(root, "out_of_memory", failed)
+    (ws / "log.jsonl").write_text(json.dumps({"step": 10, "loss": 0.5, "its": 2.0}) + "\n")
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card .no-thumb")
+        assert page.evaluate(LOW_CONTRAST_TEXT) == []
+        page.goto(srv.url + "run/out_of_memory/")
+        page.wait_for_selector('.chart[data-key="loss"]')
+        assert page.evaluate(LOW_CONTRAST_TEXT) == []
+        # As the page draws a run whose folder was removed or moved (showGone).
+        page.evaluate("() => document.getElementById('app').classList.add('run-gone')")
+        assert page.evaluate(LOW_CONTRAST_TEXT) == []
+
+
+def test_a_charts_text_alternative_gives_its_values_and_the_offline_note_is_a_status(
+    page, tmp_path: Path
+):
+    """A chart's SVG was named "loss" and nothing more: a screen reader heard no value. The
+    note that the server stopped answering is a status, which a screen reader says as it shows."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "three_steps", {"state": "running", "step": 30})
+    steps = [(10, 1.0), (20, 0.5), (30, 0.25)]
+    (ws / "log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in steps)
+    )
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/three_steps/")
+        chart = page.locator('.chart[data-key="loss"] svg')
+        chart.wait_for()
+        assert chart.get_attribute("aria-label") == (
+            "loss: 3 values from step 10 to step 30, first 1, last 0.25, lowest 0.25, highest 1"
+        )
+        assert page.get_attribute(".offline", "role") == "status"
+
+
+def test_the_3d_view_is_reached_by_tab_named_and_turned_by_keys(page, server):
+    """The 3D view answered a mouse or a finger alone: no Tab stop, no name, no key moved it.
+    It is the Tab stop after the way back to the gallery; its name says what it shows and which
+    keys move it; an arrow turns the mesh and + zooms, and the page does not scroll meanwhile."""
+    page.goto(server.url + "run/a_red_cube/")
+    canvas = page.wait_for_selector("#mesh-canvas[data-state=drawn]", timeout=30_000)
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "mesh-canvas"
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    assert canvas.get_attribute("aria-label") == (
+        "3D mesh of a red cube: arrow keys turn it, + and − zoom"
+    )
+    scrolled = page.evaluate("() => window.scrollY")
+    before = canvas.screenshot()
+    for key in ("ArrowRight", "+"):
+        page.keyboard.press(key)
+        moved = soon_true(page, lambda then=before: canvas.screenshot() != then)
+        assert moved, f"{key} moved nothing"
+        before = canvas.screenshot()
+    assert page.evaluate("() => window.scrollY") == scrolled
+
+
+def test_the_turntable_and_previews_say_what_they_show_and_the_turntable_can_be_paused(
+    page, server, root: Path
+):
+    """The turntable video looped with no way to stop it and no text alternative (Tab passed
+    it by); the preview's alt was "preview" and its slider said its position (0, 1, 2), not its
+    step. Now the video has the browser's controls, reached by Tab, and a name with the prompt
+    and the step; the preview's alt and the slider's value say the step."""
+    page.goto(server.url + "run/a_red_cube/")
+    video = page.wait_for_selector(".turntable video")
+    step = json.loads((root / "a_red_cube" / "mesh" / "mesh.json").read_text())["turntable_step"]
+    assert video.get_attribute("aria-label") == (
+        f"turntable of a red cube at step {step}: albedo beside depth"
+    )
+    assert video.evaluate("v => v.controls")
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.tagName") == "VIDEO":
+            break
+    assert page.evaluate("() => document.activeElement.tagName") == "VIDEO"
+    image = page.locator("#preview-image")
+    assert image.get_attribute("alt") == (
+        "final preview of a red cube: albedo above, shape (textureless) below"
+    )
+    slider = page.locator("#preview-step")
+    assert slider.get_attribute("aria-valuetext") == "final"
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    shown = page.inner_text("#preview-label")
+    assert shown.startswith("step ") and slider.get_attribute("aria-valuetext") == shown
+    assert image.get_attribute("alt") == (
+        f"preview at {shown} of a red cube: albedo above, shape (textureless) below"
+    )

@@ -227,7 +227,7 @@
     let gone = false;
     // When the page last heard from the server: what it shows is as of then.
     let answeredAt = new Date();
-    const indicator = el("p", { class: "offline", hidden: true });
+    const indicator = el("p", { class: "offline", role: "status", hidden: true });
     document.body.append(indicator);
     async function tick() {
       const abort = new AbortController();
@@ -298,12 +298,20 @@
       return ["turntable: albedo | depth", `turntable of ${title}: albedo beside depth`];
     }
     if (of.kind === "preview") {
-      const rows = "albedo above, shape (textureless) below";
-      const which = of.step === null || of.step === undefined ? "final preview" : `preview at step ${of.step}`;
       // The rows' meaning in the alt only: on a card's caption it took two lines of a narrow card.
-      return [which, `${which} of ${title}: ${rows}`];
+      return [previewName(of.step), previewAlt(of.step, title)];
     }
     return ["source image", `source image of ${title}`];
+  }
+
+  /** "final preview" or "preview at step 20" (step null: the final one). */
+  function previewName(step) {
+    return step === null || step === undefined ? "final preview" : `preview at step ${step}`;
+  }
+
+  /** A preview's alt: which one, of what, and what its two rows hold (trainer.save_preview). */
+  function previewAlt(step, title) {
+    return `${previewName(step)} of ${title}: albedo above, shape (textureless) below`;
   }
 
   function thumbnail(run) {
@@ -482,7 +490,7 @@
     figure.append(el("figcaption", { text: label }));
     const W = 320, H = 150, R = 8, T = 8, B = 22;
     let L = 48;
-    const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
+    const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": chartAlt(label, points) });
     figure.append(box);
     if (points.length === 0) {
       figure.append(el("p", { class: "empty", text: "no values yet" }));
@@ -526,12 +534,58 @@
     return figure;
   }
 
+  /** A chart's text alternative, what a screen reader says of it: "loss: 40 values from step 1
+   * to step 60, first 0.5, last 0.02, lowest 0.01, highest 0.5" (a picture's name alone said
+   * nothing of the curve). */
+  function chartAlt(label, points) {
+    if (points.length === 0) return `${label}: no values yet`;
+    const ys = points.map((p) => p[1]);
+    const step = (x) => (Number.isInteger(x) ? String(x) : formatNumber(x));
+    const first = points[0], last = points[points.length - 1];
+    const span = points.length === 1 ? `at step ${step(first[0])}` : `from step ${step(first[0])} to step ${step(last[0])}`;
+    const count = `${points.length} value${points.length === 1 ? "" : "s"}`;
+    const values = points.length === 1 ? formatNumber(first[1])
+      : `first ${formatNumber(first[1])}, last ${formatNumber(last[1])}, ` +
+        `lowest ${formatNumber(Math.min(...ys))}, highest ${formatNumber(Math.max(...ys))}`;
+    return `${label}: ${count} ${span}, ${values}`;
+  }
+
   // ------------------------------------------------------------------------------- 3D view
+
+  // The keyboard's way to move the 3D view (OrbitControls follow a pointer): with the view
+  // focused, the arrows turn the camera around the mesh by this angle and + and - move it nearer
+  // and farther by this factor.
+  const KEY_TURN = Math.PI / 12;
+  const KEY_ZOOM = 0.85;
+
+  /** Move `camera` around `target` for `key` (an arrow, +, =, -); whether the key is one of
+   * those. The camera's offset from the target in spherical coordinates: azimuth θ about the
+   * up axis, polar angle φ from it (kept off the poles, where "up" has no direction), radius r;
+   * offset = r (sin φ sin θ, cos φ, sin φ cos θ). */
+  function turnView(camera, target, key) {
+    const offset = camera.position.clone().sub(target);
+    let r = offset.length();
+    let theta = Math.atan2(offset.x, offset.z);
+    let phi = Math.acos(Math.min(1, Math.max(-1, offset.y / r)));
+    if (key === "ArrowLeft") theta -= KEY_TURN;
+    else if (key === "ArrowRight") theta += KEY_TURN;
+    else if (key === "ArrowUp") phi -= KEY_TURN;
+    else if (key === "ArrowDown") phi += KEY_TURN;
+    else if (key === "+" || key === "=") r *= KEY_ZOOM;
+    else if (key === "-" || key === "_") r /= KEY_ZOOM;
+    else return false;
+    phi = Math.min(Math.PI - 0.01, Math.max(0.01, phi));
+    offset.set(r * Math.sin(phi) * Math.sin(theta), r * Math.cos(phi), r * Math.sin(phi) * Math.cos(theta));
+    camera.position.copy(target).add(offset);
+    camera.lookAt(target);
+    return true;
+  }
 
   /** A three.js view of one GLB: orbit with the mouse, zoom with the wheel, PBR texture lit by a
    * hemisphere and a key light. Draws only when something changes. */
   function MeshView(container) {
-    const canvas = el("canvas", { id: "mesh-canvas", dataset: { state: "loading" } });
+    // Focusable, named (drawViewer names the run), and moved by keys as by the pointer.
+    const canvas = el("canvas", { id: "mesh-canvas", dataset: { state: "loading" }, tabindex: 0, role: "img" });
     container.append(canvas);
     let renderer;
     try {
@@ -539,7 +593,7 @@
     } catch (error) {
       canvas.dataset.state = "no-webgl";
       container.append(el("p", { class: "empty", text: "This browser has no WebGL; download the GLB below." }));
-      return { load() {}, failed() {} };
+      return { load() {}, failed() {}, canvas };
     }
     renderer.outputColorSpace = THREE.SRGBColorSpace;
     renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
@@ -568,6 +622,13 @@
       draw();
     }
     controls.addEventListener("change", draw);
+    canvas.addEventListener("keydown", (event) => {
+      if (event.altKey || event.ctrlKey || event.metaKey) return;
+      if (!turnView(camera, controls.target, event.key)) return;
+      event.preventDefault();  // the arrows would scroll the page
+      controls.update();
+      draw();
+    });
     new ResizeObserver(resize).observe(container);
     resize();
 
@@ -600,6 +661,7 @@
     const loader = new THREE.GLTFLoader();
     return {
       failed,
+      canvas,
       /** source: a URL, or an ArrayBuffer of GLB bytes. */
       load(source) {
         if (shownError) shownError.remove();
@@ -654,6 +716,9 @@
   }
 
   // ------------------------------------------------------------------------------- run page
+
+  // What the 3D view's keys do (turnView), said in its caption and its name.
+  const KEYS_HINT = "arrow keys turn it, + and − zoom";
 
   function runPage() {
     const header = el("header", { class: "top" });
@@ -793,10 +858,12 @@
         // screen's one-finger drag and two-finger pinch; app.css shows the line for the pointer.
         fill(viewer, el("figcaption", {}, "3D mesh · ",
           el("span", { class: "hint-mouse", text: "drag to orbit, wheel to zoom" }),
-          el("span", { class: "hint-touch", text: "drag to orbit, pinch to zoom" })), stage, links);
+          el("span", { class: "hint-touch", text: "drag to orbit, pinch to zoom" }),
+          ` · ${KEYS_HINT}`), stage, links);
         meshView.view = MeshView(stage);
         meshView.links = links;
       }
+      meshView.view.canvas.setAttribute("aria-label", `3D mesh of ${runTitle(run)}: ${KEYS_HINT}`);
       fill(meshView.links, "download: ", meshLinks(run));
       if (meshView.url === glb) return;
       meshView.url = glb;
@@ -808,18 +875,25 @@
 
     function drawTurntable(run) {
       const video = run.video || {};
-      const key = `${video.mp4}|${video.gif}|${noExport(run, "turntable")}`;
+      const key = `${video.mp4}|${video.gif}|${noExport(run, "turntable")}|${runTitle(run)}|${(run.mesh_stats || {}).turntable_step}`;
       if (key === shownVideo) return;
       shownVideo = key;
       let media;
+      // Of what, and at which step (mesh.json's turntable_step), as the card's alt says it.
+      const step = (run.mesh_stats || {}).turntable_step;
+      const at = step === null || step === undefined ? "" : ` at step ${step}`;
+      const alt = `turntable of ${runTitle(run)}${at}: albedo beside depth`;
       if (video.mp4) {
-        media = el("video", { src: video.mp4, autoplay: true, muted: true, loop: true, playsinline: true });
+        // Controls: it loops for as long as the page is open, and a loop must be one the reader
+        // can pause (a GIF cannot be; the browser's own controls work from the keyboard).
+        media = el("video", { src: video.mp4, autoplay: true, muted: true, loop: true, playsinline: true,
+          controls: true, "aria-label": alt });
         media.muted = true;
         if (video.gif) {
-          media.addEventListener("error", () => media.replaceWith(el("img", { src: video.gif, alt: "turntable" })));
+          media.addEventListener("error", () => media.replaceWith(el("img", { src: video.gif, alt })));
         }
       } else if (video.gif) {
-        media = el("img", { src: video.gif, alt: "turntable" });
+        media = el("img", { src: video.gif, alt });
       } else {
         media = el("p", { class: "empty", text: noExport(run, "turntable") });
       }
@@ -833,7 +907,7 @@
       const urls = list.map((p) => p.url);
       // Of none, why: a run that ended has none to come.
       const none = list.length ? null : noFiles(run, "previews");
-      const key = `${urls.join("|")}|${none}`;
+      const key = `${urls.join("|")}|${none}|${runTitle(run)}`;
       if (previewState.urls !== null && key === previewState.key) return;
       const atEnd = previewState.urls !== null && previewState.index === previewState.urls.length - 1;
       previewState.urls = urls;
@@ -844,15 +918,19 @@
         return;
       }
       if (atEnd || previewState.index < 0 || previewState.index >= list.length) previewState.index = list.length - 1;
-      const image = el("img", { id: "preview-image", alt: "preview" });
+      const image = el("img", { id: "preview-image" });
       const label = el("span", { id: "preview-label" });
+      const title = runTitle(run);
+      let slider = null;
       function select(i) {
         previewState.index = i;
         image.src = list[i].url;
+        image.alt = previewAlt(list[i].step, title);
         label.textContent = list[i].step === null ? "final" : `step ${list[i].step}`;
+        // What a screen reader says of the slider: its step, not its position (0, 1, 2…).
+        if (slider) slider.setAttribute("aria-valuetext", label.textContent);
       }
       // A slider only where there is a step to slide to (one of one position did nothing).
-      let slider = null;
       if (list.length > 1) {
         slider = el("input", {
           type: "range", id: "preview-step", min: 0, max: list.length - 1, value: previewState.index,
@@ -869,7 +947,8 @@
     function drawSource(run) {
       source.hidden = !run.source_image;
       if (run.source_image) {
-        fill(source, el("figcaption", { text: "source image" }), el("img", { src: run.source_image, alt: "source image" }));
+        fill(source, el("figcaption", { text: "source image" }),
+          el("img", { src: run.source_image, alt: `source image of ${runTitle(run)}` }));
       }
     }
 
@@ -961,10 +1040,10 @@
     function draw(run) {
       document.title = `${runTitle(run)} · dreamtext`;
       redraw("header", [run.status, run.prompt, run.sentence, run.trained_sentence], drawHeader, run);
-      redraw("viewer", [run.mesh, noExport(run, "mesh")], drawViewer, run);
+      redraw("viewer", [run.mesh, noExport(run, "mesh"), runTitle(run)], drawViewer, run);
       drawTurntable(run);
       drawPreviews(run);
-      redraw("source", run.source_image, drawSource, run);
+      redraw("source", [run.source_image, runTitle(run)], drawSource, run);
       redraw("charts", [run.series, run.descriptor_steps, run.descriptor_loss], drawCharts, run);
       redraw("details", [run.mesh_stats, run.batch, stateOf(run), run.data_files, run.config], drawDetails, run);
     }
