@@ -2482,3 +2482,19 @@ def test_the_turntable_and_previews_say_what_they_show_and_the_turntable_can_be_
     assert image.get_attribute("alt") == (
         f"preview at {shown} of a red cube: albedo above, shape (textureless) below"
     )
+
+
+def test_each_card_is_a_heading_and_its_link_is_named_by_its_prompt_and_status(page, tmp_path):
+    """The gallery had one heading, and every card's link was named by its whole text, which
+    began with what its picture is ("turntable: albedo | depth", "no preview"): a screen reader's
+    list of links or headings did not tell the runs apart."""
+    root = tmp_path / "runs"
+    make_hand_run(root, "a_red_cube", {"state": "finished", "step": 60, "iters": 60})
+    make_hand_run(root, "a_blue_sphere", {"state": "running", "step": 5, "iters": 60})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card")
+        headings = page.get_by_role("heading", level=2).all_text_contents()
+        assert sorted(headings) == ["a blue sphere", "a red cube"]
+        link = page.get_by_role("link", name="a red cube finished step 60 / 60", exact=True)
+        assert link.get_attribute("data-run") == "a_red_cube"

@@ -324,6 +324,7 @@
   // Cards drawn so far, by run id: redrawn only when their run changed, and keeping their
   // picture while its address is the same (a GIF would restart at every poll otherwise).
   const drawnCards = new Map();
+  let cardCount = 0;  // for the ids of each card's heading and facts
 
   function card(run) {
     const before = drawnCards.get(run.id);
@@ -369,25 +370,30 @@
   function cardNode(run, thumb) {
     const status = run.status || {};
     const picture = pictureText(run);
+    // The prompt is the card's heading (a screen reader goes from card to card by headings), and
+    // the link is named by it and the status: named by its whole text, every card's link began
+    // with what its picture is ("turntable: albedo | depth").
+    cardCount += 1;
+    const ids = { title: `card-title-${cardCount}`, facts: `card-facts-${cardCount}` };
     const body = el(
       "figcaption",
       { class: "card-body" },
       picture ? el("p", { class: "picture", text: picture[0] }) : null,
-      el("p", { class: "prompt", dir: "auto", text: runTitle(run) }),
+      el("h2", { class: "prompt", id: ids.title, dir: "auto", text: runTitle(run) }),
       run.kind === "image" && run.sentence && run.sentence !== runTitle(run)
         ? el("p", { class: "sentence", text: `CLIP: ${run.sentence}` })
         : null,
       run.diverse_prompt && run.diverse_prompt !== runTitle(run)
         ? el("p", { class: "sentence", dir: "auto", text: `--diverse: ${run.diverse_prompt}` })
         : null,
-      el("p", { class: "facts" }, badge(run), " ", facts(run)),
+      el("p", { class: "facts", id: ids.facts }, badge(run), " ", facts(run)),
       run.batch ? el("p", { class: "batch" }, ...batchLine(run).flatMap((part, i) => [i ? " · " : null, part].flat())) : null,
       status.error ? el("p", { class: "error", text: String(status.error), title: String(status.error) }) : null,
       el("p", { class: "name", text: run.name }),
     );
     const figure = el("figure", {}, el("div", { class: "thumb" }, thumb), body);
     const attrs = { class: "card", dataset: { run: run.id, state: stateOf(run) } };
-    if (run.workspace) return el("a", { ...attrs, href: run.href }, figure);
+    if (run.workspace) return el("a", { ...attrs, href: run.href, "aria-labelledby": `${ids.title} ${ids.facts}` }, figure);
     return el("div", attrs, figure);
   }
 
