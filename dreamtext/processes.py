@@ -295,6 +295,20 @@ def record_alive(
     return started is None or start in (None, started)
 
 
+def run_alive(status: dict | None, workspace: str | Path) -> bool | None:
+    """:func:`record_alive` of a run's ``status.json`` in ``workspace``, with its lock asked
+    where the record's time alone says a reboot of this machine ended it (:func:`earlier_boot`):
+    a twin machine (this one's name, another ``boot_id``) whose clock runs behind this one's by
+    more than the time since this boot writes its times before this boot too, and its live run
+    holds the workspace's lock (:func:`lock_held`), which no process of an earlier boot does.
+    Then it is another machine's (``None``). Where locks do not reach across machines (NFS
+    mounted ``local_lock=flock``) the lock looks free and the time decides, as before."""
+    alive = record_alive(status)
+    if alive is False and earlier_boot(status) and lock_held(workspace) is True:
+        return None
+    return alive
+
+
 def gone_process(
     record: dict | None, written: float | None = None, every: float = 0.0
 ) -> int | None:
@@ -809,6 +823,7 @@ __all__ = [
     "record_held",
     "record_time",
     "remove_stale_temps",
+    "run_alive",
     "same_process",
     "this_process",
     "unreadable_lock",

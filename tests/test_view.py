@@ -296,6 +296,49 @@ def test_a_run_that_a_reboot_of_this_machine_killed_shows_as_interrupted(tmp_pat
     assert shown["twin"]["state"] == "running" and "process_gone" not in shown["twin"]
 
 
+@pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
+)
+def test_a_twin_whose_clock_runs_behind_this_boot_shows_running_while_it_holds_the_lock(
+    tmp_path: Path,
+):
+    """A machine of this one's name (another boot_id) on a shared folder whose clock runs behind
+    this one's by more than this machine's uptime writes an ``updated`` before this boot: its
+    live run was taken for one a reboot of this machine ended, shown interrupted, "process
+    gone". It holds the run's lock (.dreamtext.lock) now, which no process of an earlier boot
+    does: it is another machine's run, shown running. The lock free, it is taken as before."""
+    import uuid
+
+    from dreamtext.processes import BOOT_TIME, HOST, LOCK_NAME
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    behind = datetime.fromtimestamp(BOOT_TIME - 120, timezone.utc).isoformat(timespec="seconds")
+    status = {"state": "running", "step": 10, "iters": 20, "host": HOST, "pid": dead.pid}
+    status |= {"boot_id": str(uuid.uuid4()), "updated": behind}
+    twin = make_run(tmp_path / "twin", "a red cube", final=False, status=status)
+    make_run(tmp_path / "rebooted", "a blue cube", final=False, status=status)
+    (twin / LOCK_NAME).write_text(json.dumps(status))
+    holds = (
+        "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holds, str(twin / LOCK_NAME)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        shown = {r.id: read_run(r).status for r in Catalog([tmp_path]).runs()}
+    finally:
+        holder.kill()
+        holder.wait()
+    assert shown["twin"]["state"] == "running" and "process_gone" not in shown["twin"]
+    assert (shown["rebooted"]["state"], shown["rebooted"]["process_gone"]) == (
+        "interrupted",
+        dead.pid,
+    )
+
+
 def test_a_failed_run_shows_the_step_its_checkpoint_saved_where_that_is_behind(tmp_path: Path):
     """A full disk at step 14 of a run saved at step 10: the card showed step 14 alone, a step
     --resume does not start from."""

@@ -46,6 +46,7 @@ from dreamtext.processes import (
     lock_held,
     outermost_run,
     record_alive,
+    run_alive,
 )
 
 # The same folder as dreamtext.config.DEFAULT_WORKSPACE_ROOT, not imported from there: that module
@@ -1522,7 +1523,10 @@ def _status(
                 out["descriptor_step"] = _largest(out["step"], descriptor_step)
                 out["descriptor_iters"] = out["iters"]
             out["step"], out["iters"] = None, iters
-        alive = record_alive(status_file) if out["state"] == "running" else None
+        alive = None
+        if out["state"] == "running":
+            # The run's lock is asked where its time alone says a reboot ended it: a twin.
+            alive = record_alive(status_file) if folder is None else run_alive(status_file, folder)
         if _copy_of_a_running_run(status_file, folder, alive):
             # A copy (cp -r, rsync) made while its run ran: a snapshot at the step it was copied
             # at, whose status.json names the process of the original folder, running or ended
