@@ -25,6 +25,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 import unicodedata
 from collections.abc import Mapping, MutableMapping, Sequence
 from importlib import resources
@@ -911,6 +912,28 @@ def no_cuda_here(
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 RUN_STATUS = "status.json"
+# A status.json that does not parse may be one being written over in place (a run's last status
+# on a full disk: dreamtext.runstatus.overwrite_in_place, one write of a few hundred bytes): it is
+# read again this many times, this many seconds apart, before it counts as unreadable.
+STATUS_REREADS = 3
+STATUS_REREAD_S = 0.05
+
+
+def read_status_json(path: Path) -> Any:
+    """The JSON value of the status.json at ``path``. One that does not parse is read again
+    (:data:`STATUS_REREADS` times, :data:`STATUS_REREAD_S` apart): a reader that came while it
+    was written over in place found it torn, and took the run for one without a status. Raises
+    ``OSError`` (no such file) or, where it stays torn, the ``ValueError`` of its last reading."""
+    data = path.read_bytes()
+    for _ in range(STATUS_REREADS):
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):
+            time.sleep(STATUS_REREAD_S)
+            data = path.read_bytes()
+    return json.loads(data.decode("utf-8"))
+
+
 # Beside last.pt: its step and the file it was written as (dreamtext.runfiles.step_record), so
 # that a refusal names the step without torch reading the checkpoint.
 LAST_STEP_RECORD = "last.step.json"
@@ -946,8 +969,8 @@ def holds_no_checkpoint(workspace: Path) -> bool:
     if not os.path.lexists(status):
         return True
     try:
-        state = json.loads(status.read_text(encoding="utf-8")).get("state")
-    except (OSError, ValueError, AttributeError):
+        state = read_status_json(status).get("state")
+    except (OSError, ValueError, RecursionError, AttributeError):
         return False
     return state != "running"
 

@@ -45,6 +45,7 @@ from dreamtext.inputs import (
     earlier_slugs,
     link_loops,
     owner_value,
+    read_status_json,
     same_prompt,
     slugify,
     unreachable_link,
@@ -121,7 +122,7 @@ STATES = ("running", "finished", "failed", "interrupted")
 def read_status(workspace: str | Path) -> dict[str, Any] | None:
     """The workspace's status, or ``None`` when there is none (or it is unreadable)."""
     try:
-        data = json.loads((Path(workspace) / RUN_STATUS).read_text(encoding="utf-8"))
+        data = read_status_json(Path(workspace) / RUN_STATUS)
     except (OSError, *UNREADABLE_JSON):
         return None
     return data if isinstance(data, dict) and data.get("state") in STATES else None

@@ -154,25 +154,52 @@ def write_last_status(workspace: str | Path, status: dict[str, Any]) -> None:
 def overwrite_in_place(path: Path, data: bytes) -> bool:
     """Overwrite the file at ``path`` with ``data`` where ``data`` fits in the disk blocks the
     file holds (``st_blocks`` × 512 bytes), which a full disk does not refuse: no block is
-    allocated. Returns whether it wrote; ``False`` (nothing changed) where ``data`` is larger,
-    the file is gone or the write is refused before it began. Not atomic: a reader at that
-    moment, or a kill in it, may find a torn file (read as no status), so only a run's last
-    status on a full disk is written so, where the alternative is a stale ``running``."""
+    allocated. Returns whether it wrote; ``False`` where ``data`` is larger, the file is gone or
+    the write is refused.
+
+    Not atomic, so made as short and as whole as it can be: ``data`` (JSON) is padded with
+    spaces to the old file's length, so that the file is whole the moment the one write ends (no
+    truncation after it, which left the new record followed by the old one's tail); a write
+    refused part way (a copy-on-write file system allocates even to overwrite) writes the old
+    record back, so status.json is the old one or the new one, whole. A reader that comes during
+    the write re-reads it (:func:`dreamtext.inputs.read_status_json`)."""
     try:
-        fd = os.open(path, os.O_WRONLY)
+        fd = os.open(path, os.O_RDWR)
     except OSError:
         return False
     try:
+        old = _read_all(fd)
         if len(data) > os.fstat(fd).st_blocks * 512:
             return False
-        write_whole(lambda rest: os.write(fd, rest), data, path)
-        os.ftruncate(fd, len(data))
+        padded = data + b" " * (len(old) - len(data))
+        try:
+            _write_at_start(fd, padded, path)
+        except OSError:
+            with suppress(OSError):  # it allocates too: the file stays torn, as before
+                _write_at_start(fd, old, path)
+            return False
         os.fsync(fd)
     except OSError:
-        return False  # a copy-on-write file system allocates even to overwrite
+        return False
     finally:
         os.close(fd)
     return True
+
+
+def _read_all(fd: int) -> bytes:
+    """The whole file open as ``fd``, from its start."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _write_at_start(fd: int, data: bytes, path: Path) -> None:
+    """Write ``data`` over the start of the file open as ``fd`` (:func:`write_whole`)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    write_whole(lambda rest: os.write(fd, rest), data, path)
 
 
 def run_finished(workspace: str | Path, iters: int, needs_mesh: bool = False) -> bool:

@@ -19,7 +19,7 @@ import dreamtext.runstatus as runstatus
 import dreamtext.trainer as trainer
 from dreamtext.config import resolve_config
 from dreamtext.errors import DreamtextError
-from dreamtext.runstatus import StatusTracker, error_line, read_status, write_status
+from dreamtext.runstatus import STATUS, StatusTracker, error_line, read_status, write_status
 from dreamtext.trainer import TrainingInterrupted, train
 
 KEYS = {"state", "step", "iters", "started", "updated", "error", "seconds", "gpu_mem_mib", "phase"}
@@ -274,6 +274,72 @@ def test_a_full_disk_that_refuses_the_failed_status_files_temp_file_still_record
     record = status(tmp_path)
     assert (record["state"], record["step"]) == ("failed", 3)
     assert "No space left on device" in record["error"]
+
+
+def _running_then_failed(workspace: Path) -> tuple[dict, dict, bytes]:
+    """A running status.json written as runs write it, the failed record that ends it, and that
+    record as a run's last status on a full disk writes it in place (write_last_status)."""
+    running = {"state": "running", "step": 3, "iters": 6, "phase": "train", "error": None}
+    running |= {"updated": "2026-12-07T09:00:00+00:00", "host": "n1", "pid": 123}
+    write_status(workspace, running)
+    failed = {**running, "state": "failed", "error": "OSError: No space left on device"}
+    return running, failed, (json.dumps(failed, separators=(",", ":")) + "\n").encode()
+
+
+def test_a_status_written_in_place_that_fails_half_way_leaves_the_old_one_whole(
+    tmp_path, monkeypatch
+):
+    """A run's last status on a full disk is written over status.json in the space it holds; on
+    a copy-on-write file system (btrfs, ZFS) that write allocates too, and may stop half way:
+    status.json was left half the new record and half the old, which every reader took for no
+    status (the viewer, a batch's rerun). The old record is written back whole."""
+    import errno
+
+    running, _, data = _running_then_failed(tmp_path)
+    real_write_whole = runstatus.write_whole
+    calls = []
+
+    def half_then_full(write, data, path):
+        calls.append(len(data))
+        if len(calls) == 1:
+            write(memoryview(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write_whole(write, data, path)
+
+    monkeypatch.setattr(runstatus, "write_whole", half_then_full)
+    assert not runstatus.overwrite_in_place(tmp_path / "status.json", data)
+    assert read_status(tmp_path) == running
+
+
+def test_a_reader_racing_a_status_written_in_place_reads_it_whole(tmp_path, monkeypatch):
+    """A status.json written in place (a run's last status on a full disk) is torn while the
+    write is under way: a reader at that moment (a batch, a resume's check: read_status; the
+    viewer: read_status_file) read no status. It reads it again until it is whole."""
+    import threading
+
+    from dreamtext.view.workspaces import read_status_file
+
+    _, failed, data = _running_then_failed(tmp_path)
+    real_write_whole = runstatus.write_whole
+    seen = {}
+    readers = [
+        threading.Thread(target=lambda: seen.update(runs=read_status(tmp_path))),
+        threading.Thread(target=lambda: seen.update(view=read_status_file(tmp_path / STATUS))),
+    ]
+
+    def in_two_pieces(write, data, path):  # the readers come between them
+        half = len(data) // 2
+        real_write_whole(write, data[:half], path)
+        for reader in readers:
+            reader.start()
+        time.sleep(0.02)
+        real_write_whole(write, data[half:], path)
+
+    monkeypatch.setattr(runstatus, "write_whole", in_two_pieces)
+    assert runstatus.overwrite_in_place(tmp_path / STATUS, data)
+    for reader in readers:
+        reader.join()
+    assert seen == {"runs": failed, "view": failed}
 
 
 @pytest.mark.parametrize("fits", [True, False])

@@ -40,6 +40,7 @@ from typing import Any
 
 from dreamtext.errors import DreamtextError, shell_word, shown_path
 from dreamtext.exportprogress import PROGRESS_FILE, export_alive, progress_words, read_progress
+from dreamtext.inputs import read_status_json
 from dreamtext.processes import (
     copied_folder,
     iso_timestamp,
@@ -889,6 +890,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def read_status_file(path: Path) -> dict[str, Any] | None:
+    """:func:`read_json` of a run's status.json, read again while a write in place tears it
+    (:func:`dreamtext.inputs.read_status_json`)."""
+    try:
+        data = read_status_json(path)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _number(value: Any) -> float | None:
     """A JSON number of a run's file as it is written there (a step stays ``12``, not ``12.0``,
     on the pages), ``None`` for anything else and for a float that is not finite."""
@@ -1039,7 +1050,7 @@ def _read_files(
         return run, _StatusInputs(None, {}, None, None)
 
     run.config = read_json(folder / "config.json")
-    status_file = read_json(folder / "status.json")
+    status_file = read_status_file(folder / "status.json")
     if with_series:
         curves_of = log_curves if follow_logs else read_log_curves
         log, curves = curves_of(folder / "log.jsonl")
