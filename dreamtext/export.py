@@ -105,6 +105,7 @@ from dreamtext.runfiles import (
     sentence_path,
     source_copy,
 )
+from dreamtext.runstatus import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -1714,7 +1715,9 @@ def write_all_atomically(
         try:
             # Its lock, held until the staged files are committed, tells other exports (of
             # any machine) that this staging folder is still being written (_abandoned).
-            record = {**this_process(), "folders": [folder.name for folder in folders]}
+            # Its time tells a record of an earlier boot of this machine from a twin's.
+            record = {**this_process(), "updated": now_iso()}
+            record["folders"] = [folder.name for folder in folders]
             owner = write_held_record(staging / RECORD_FILE, record)
             for folder in folders:
                 (staging / folder.name).mkdir(exist_ok=True)
@@ -1924,14 +1927,17 @@ def _abandoned(partial: Path) -> bool:
     too: then once the record is :data:`ELSEWHERE_GRACE_S` old), or, where its record has no
     lock (a file system without locks, an older writer), the process it names is gone
     (:func:`dreamtext.processes.record_alive`), or it has no record well after it was made.
-    One of another machine that no lock can tell of is left alone."""
+    One of another machine that no lock can tell of is left alone; one of this machine's name
+    and another ``boot_id`` written before this boot (its ``updated``) is of an earlier boot
+    once :data:`ELSEWHERE_GRACE_S` old (:func:`dreamtext.processes.earlier_boot`: the record is
+    written once, and until then it may be a twin machine's export that still writes)."""
     record = _staging_record(partial)
     if record is None:
         return file_age(partial) > RECORD_GRACE_S
     held = record_held(partial / RECORD_FILE) if record.get("locked") is True else None
     if held is False:
         return on_this_machine(record) or file_age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
-    return held is None and record_alive(record) is False
+    return held is None and record_alive(record, every=ELSEWHERE_GRACE_S) is False
 
 
 __all__ = [

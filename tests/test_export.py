@@ -3015,6 +3015,54 @@ def test_a_staging_folder_of_another_machine_without_a_lock_is_left_alone(tmp_pa
     assert (staging / "mesh").is_dir()
 
 
+@pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
+)
+def test_a_staging_folder_a_reboot_of_this_machine_left_without_a_lock_is_removed_in_time(
+    tmp_path, monkeypatch
+):
+    """An export killed by a reboot of this machine, on a file system without locks, left its
+    staging folder (a hidden copy of every file it had written) for good: its record's boot_id
+    is not this boot's, so it was taken for a twin machine's, which nothing here can check. The
+    record now says when it was written (``updated``, as status.json does); one written before
+    this boot is an earlier boot's once it is ELSEWHERE_GRACE_S old (as long as a twin's
+    export may still be writing one), and removed. A twin's, written since, is left."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from dreamtext import processes
+    from dreamtext.processes import iso_timestamp, this_process
+
+    records = []
+
+    def staged(path):
+        records.append(json.loads((path.parent.parent / export_module.RECORD_FILE).read_text()))
+        path.write_bytes(b"{}")
+
+    export_module.write_all_atomically({tmp_path / "mesh" / "mesh.json": staged})
+    assert abs(iso_timestamp(records[0]["updated"]) - time.time()) < 60
+
+    monkeypatch.setattr(processes, "BOOT_TIME", time.time() - 600)  # rebooted 10 min ago
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def left(name, seconds_ago):
+        staging = tmp_path / f".export-partial-{name}"
+        (staging / "mesh").mkdir(parents=True)
+        written = datetime.fromtimestamp(time.time() - seconds_ago, timezone.utc).isoformat()
+        record = {**this_process(), "pid": dead.pid, "boot_id": str(uuid.uuid4())}
+        record |= {"folders": ["mesh"], "updated": written}
+        (staging / export_module.RECORD_FILE).write_text(json.dumps(record))
+        return staging
+
+    rebooted = left("reboot01", 2 * export_module.ELSEWHERE_GRACE_S)
+    within = left("within01", 1200)  # before this boot, but a twin's export may still write it
+    twin = left("twin0001", 60)  # since this boot: a twin machine's
+    export_module.finish_replacements(tmp_path)
+    assert not rebooted.exists()
+    assert within.is_dir() and twin.is_dir()
+
+
 def test_a_mesh_folder_that_is_a_link_stays_a_link(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
