@@ -296,16 +296,27 @@ def record_alive(
 
 
 def run_alive(status: dict | None, workspace: str | Path) -> bool | None:
-    """:func:`record_alive` of a run's ``status.json`` in ``workspace``, with its lock asked
-    where the record's time alone says a reboot of this machine ended it (:func:`earlier_boot`):
-    a twin machine (this one's name, another ``boot_id``) whose clock runs behind this one's by
-    more than the time since this boot writes its times before this boot too, and its live run
-    holds the workspace's lock (:func:`lock_held`), which no process of an earlier boot does.
-    Then it is another machine's (``None``). Where locks do not reach across machines (NFS
-    mounted ``local_lock=flock``) the lock looks free and the time decides, as before."""
+    """:func:`record_alive` of a run's ``status.json`` in ``workspace``, asking two more
+    witnesses where the record's time alone says a reboot of this machine ended it
+    (:func:`earlier_boot`): a twin machine (this one's name, another ``boot_id``) whose clock
+    runs behind this one's by more than the time since this boot writes its times before this
+    boot too. Then it is another machine's (``None``) where
+
+    * status.json's mtime falls after this boot: the file system's clock (this machine's on a
+      local disk, the file server's on NFS) saw it written since; or
+    * the workspace's lock is held (:func:`lock_held`), which no process of an earlier boot
+      holds (where locks reach across machines; NFS mounted ``local_lock=flock`` they do not).
+
+    Both can only turn a verdict of "gone" into "cannot be checked", never the reverse."""
     alive = record_alive(status)
-    if alive is False and earlier_boot(status) and lock_held(workspace) is True:
-        return None
+    if alive is False and earlier_boot(status):
+        try:
+            written = os.stat(Path(workspace) / "status.json").st_mtime
+        except OSError:
+            written = None
+        seen_since = written is not None and not earlier_boot(status, written)
+        if seen_since or lock_held(workspace) is True:
+            return None
     return alive
 
 

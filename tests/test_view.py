@@ -276,12 +276,13 @@ def test_a_run_that_a_reboot_of_this_machine_killed_shows_as_interrupted(tmp_pat
     status = {"state": "running", "step": 10, "iters": 20, "host": HOST, "pid": dead.pid}
     boot = float(Path("/proc/stat").read_text().split("btime ")[1].split()[0])  # booted at
     status["boot_id"] = str(uuid.uuid4())
-    make_run(
+    rebooted = make_run(
         tmp_path / "rebooted",
         "a red cube",
         final=False,
         status={**status, "updated": iso(boot - 120)},
     )
+    os.utime(rebooted / "status.json", (boot - 120, boot - 120))  # written then, as its file says
     make_run(
         tmp_path / "twin",
         "a blue cube",
@@ -299,32 +300,36 @@ def test_a_run_that_a_reboot_of_this_machine_killed_shows_as_interrupted(tmp_pat
 @pytest.mark.skipif(
     not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot_id: not Linux"
 )
-def test_a_twin_whose_clock_runs_behind_this_boot_shows_running_while_it_holds_the_lock(
-    tmp_path: Path,
-):
+def test_a_twin_whose_clock_runs_behind_this_boot_shows_running(tmp_path: Path):
     """A machine of this one's name (another boot_id) on a shared folder whose clock runs behind
     this one's by more than this machine's uptime writes an ``updated`` before this boot: its
     live run was taken for one a reboot of this machine ended, shown interrupted, "process
-    gone". It holds the run's lock (.dreamtext.lock) now, which no process of an earlier boot
-    does: it is another machine's run, shown running. The lock free, it is taken as before."""
+    gone". Two witnesses say otherwise: status.json's mtime (the file system's clock) after this
+    boot, or the run's lock (.dreamtext.lock) held now, which no process of an earlier boot
+    holds. With neither (written before this boot by both clocks, the lock free), the reboot
+    ended it."""
     import uuid
 
     from dreamtext.processes import BOOT_TIME, HOST, LOCK_NAME
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    behind = datetime.fromtimestamp(BOOT_TIME - 120, timezone.utc).isoformat(timespec="seconds")
+    before = BOOT_TIME - 120
+    behind = datetime.fromtimestamp(before, timezone.utc).isoformat(timespec="seconds")
     status = {"state": "running", "step": 10, "iters": 20, "host": HOST, "pid": dead.pid}
     status |= {"boot_id": str(uuid.uuid4()), "updated": behind}
-    twin = make_run(tmp_path / "twin", "a red cube", final=False, status=status)
-    make_run(tmp_path / "rebooted", "a blue cube", final=False, status=status)
-    (twin / LOCK_NAME).write_text(json.dumps(status))
+    locked = make_run(tmp_path / "locked", "a red cube", final=False, status=status)
+    make_run(tmp_path / "written_since", "a cube", final=False, status=status)  # mtime: now
+    rebooted = make_run(tmp_path / "rebooted", "a blue cube", final=False, status=status)
+    for run in (locked, rebooted):
+        os.utime(run / "status.json", (before, before))
+    (locked / LOCK_NAME).write_text(json.dumps(status))
     holds = (
         "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
         "print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(
-        [sys.executable, "-c", holds, str(twin / LOCK_NAME)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", holds, str(locked / LOCK_NAME)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -332,7 +337,9 @@ def test_a_twin_whose_clock_runs_behind_this_boot_shows_running_while_it_holds_t
     finally:
         holder.kill()
         holder.wait()
-    assert shown["twin"]["state"] == "running" and "process_gone" not in shown["twin"]
+        holder.stdout.close()
+    for twin in ("locked", "written_since"):
+        assert shown[twin]["state"] == "running" and "process_gone" not in shown[twin]
     assert (shown["rebooted"]["state"], shown["rebooted"]["process_gone"]) == (
         "interrupted",
         dead.pid,
