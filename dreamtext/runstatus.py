@@ -88,7 +88,7 @@ from dreamtext.interrupts import TrainingInterrupted, signals_held
 from dreamtext.processes import (
     claim_workspace,
     folder_inode,
-    record_alive,
+    run_alive,
     same_process,
     this_process,
     workspace_holder,
@@ -258,7 +258,7 @@ def finish_cut_export(workspace: str | Path, step: int) -> bool:
     Written under the workspace's lock (:func:`~dreamtext.processes.claim_workspace`), as every
     writer of status.json does, so that a holder of the lock can tell a temp file of status.json
     for a killed writer's; a run that holds it now (one that started meanwhile) keeps its own."""
-    if not _cut_export(read_status(workspace), step):
+    if not _cut_export(read_status(workspace), step, workspace):
         return False
     with ExitStack() as held:
         try:
@@ -266,20 +266,21 @@ def finish_cut_export(workspace: str | Path, step: int) -> bool:
         except WorkspaceInUse:
             return False
         status = read_status(workspace)
-        if not _cut_export(status, step):
+        if not _cut_export(status, step, workspace):
             return False
         finished = {"state": "finished", "error": None, "updated": now_iso()}
         write_status(workspace, {**status, **finished})
     return True
 
 
-def _cut_export(status: dict[str, Any] | None, step: int) -> bool:
-    """Whether ``status`` is of a run whose export at ``step`` was cut short
-    (:func:`finish_cut_export`)."""
+def _cut_export(status: dict[str, Any] | None, step: int, workspace: str | Path) -> bool:
+    """Whether ``status`` (``workspace``'s) is of a run whose export at ``step`` was cut short
+    (:func:`finish_cut_export`); one of a twin machine whose clock runs behind is not
+    (:func:`~dreamtext.processes.run_alive`)."""
     if status is None or status.get("phase") != "export" or status.get("step") != step:
         return False
     return status["state"] == "interrupted" or (
-        status["state"] == "running" and record_alive(status) is False
+        status["state"] == "running" and run_alive(status, workspace) is False
     )
 
 

@@ -632,7 +632,8 @@ def test_a_run_a_reboot_killed_in_its_export_is_finished_by_dreamtext_export(tmp
     """status.json says running in phase export, written by this host in its earlier boot: the
     reboot ended its process. Taken for a twin machine's (another boot_id) it was left
     running; `dreamtext export` of that step finishes it, as for a SIGKILL. Written since this
-    boot (a twin's, which may still be exporting), it is left alone."""
+    boot (a twin's, which may still be exporting), by the twin's clock or the file system's, it
+    is left alone."""
     import uuid
     from datetime import timezone
 
@@ -660,8 +661,15 @@ def test_a_run_a_reboot_killed_in_its_export_is_finished_by_dreamtext_export(tmp
     write_status(twin, status_at(time.time()))
     assert not finish_cut_export(twin, 3)
     assert read_status(twin)["state"] == "running"
+    # A twin whose clock runs behind this one's by more than this machine's uptime: its time is
+    # before this boot, but the file system saw status.json written since (its mtime).
+    behind = tmp_path / "behind"
+    write_status(behind, status_at(boot - 120))
+    assert not finish_cut_export(behind, 3)
+    assert read_status(behind)["state"] == "running"
     rebooted = tmp_path / "rebooted"
     write_status(rebooted, status_at(boot - 120))
+    os.utime(rebooted / "status.json", (boot - 120, boot - 120))  # written then, by both clocks
     assert finish_cut_export(rebooted, 3)
     assert read_status(rebooted)["state"] == "finished"
 
