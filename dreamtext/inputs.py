@@ -924,14 +924,12 @@ def read_status_json(path: Path) -> Any:
     (:data:`STATUS_REREADS` times, :data:`STATUS_REREAD_S` apart): a reader that came while it
     was written over in place found it torn, and took the run for one without a status. Raises
     ``OSError`` (no such file) or, where it stays torn, the ``ValueError`` of its last reading."""
-    data = path.read_bytes()
     for _ in range(STATUS_REREADS):
         try:
-            return json.loads(data.decode("utf-8"))
-        except (ValueError, RecursionError):
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):  # a torn character's UnicodeDecodeError too
             time.sleep(STATUS_REREAD_S)
-            data = path.read_bytes()
-    return json.loads(data.decode("utf-8"))
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # Beside last.pt: its step and the file it was written as (dreamtext.runfiles.step_record), so
