@@ -177,6 +177,7 @@ def overwrite_in_place(path: Path, data: bytes) -> bool:
         except OSError:
             with suppress(OSError):  # it allocates too: the file stays torn, as before
                 _write_at_start(fd, old, path)
+                os.ftruncate(fd, len(old))  # what the new record wrote past the old one's end
             return False
         os.fsync(fd)
     except OSError:

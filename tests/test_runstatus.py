@@ -286,16 +286,21 @@ def _running_then_failed(workspace: Path) -> tuple[dict, dict, bytes]:
     return running, failed, (json.dumps(failed, separators=(",", ":")) + "\n").encode()
 
 
+@pytest.mark.parametrize("longer", [False, True], ids=["shorter", "longer"])
 def test_a_status_written_in_place_that_fails_half_way_leaves_the_old_one_whole(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, longer
 ):
     """A run's last status on a full disk is written over status.json in the space it holds; on
     a copy-on-write file system (btrfs, ZFS) that write allocates too, and may stop half way:
     status.json was left half the new record and half the old, which every reader took for no
-    status (the viewer, a batch's rerun). The old record is written back whole."""
+    status (the viewer, a batch's rerun). The old record is written back whole, also where the
+    new one (a long error line) had run past the old one's end, within the file's blocks."""
     import errno
 
-    running, _, data = _running_then_failed(tmp_path)
+    running, failed, data = _running_then_failed(tmp_path)
+    if longer:
+        data = (json.dumps({**failed, "error": "x" * 1500}) + "\n").encode()
+        assert len(data) // 2 > (tmp_path / STATUS).stat().st_size
     real_write_whole = runstatus.write_whole
     calls = []
 
