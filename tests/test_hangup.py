@@ -10,7 +10,6 @@ import errno
 import fcntl
 import json
 import os
-import pty
 import select
 import signal
 import socket
@@ -73,20 +72,6 @@ def _killed_if_left(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
             process.wait()
 
 
-def _wait_or_kill(pid: int, seconds: float) -> int:
-    """The wait status of child ``pid`` once it ends within ``seconds``; else it is killed
-    (no run left training after the test) and the test fails."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"the command did not stop within {seconds} s of its terminal going away")
-
-
 def _start_long_run(workspace: Path, before: Callable[[], None]) -> subprocess.Popen:
     """:func:`_long_run` started, stdout to /dev/null and stderr a pipe, ``before`` run in its
     process before it starts (the signal dispositions it inherits)."""
@@ -109,33 +94,106 @@ def _trains_past(process: subprocess.Popen, log: Path, step: int, deadline: floa
         time.sleep(0.1)
 
 
-def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path):
+def _on_a_terminal(
+    arguments: list[str], env: dict[str, str], stderr: int | None, controlling: bool = True
+) -> tuple[subprocess.Popen, int]:
+    """``python -m dreamtext ARGUMENTS`` started as an ssh session's command runs: the leader of
+    a session of its own whose controlling terminal is a new pseudo-terminal, its stdin, stdout
+    and (unless ``stderr`` is another file descriptor) stderr that terminal, 80 columns wide (on
+    one of 0 columns the bar is empty). Returns the process and the terminal's master side, whose
+    closing hangs the terminal up as a dropped connection does: the kernel sends the session's
+    leader SIGHUP and every later write to the terminal fails with EIO. Not ``controlling``: a
+    session without a controlling terminal (a disowned job's), which gets no SIGHUP. Skipped
+    where there are no pseudo-terminals."""
+    try:
+        terminal, its_end = os.openpty()
+    except OSError as error:
+        pytest.skip(f"no pseudo-terminal here: {error}")
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+
+    def controlled_by_the_terminal() -> None:
+        _hangup_as_by_default()
+        if controlling:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # stdin, the terminal: the session's own
+
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dreamtext", *arguments],
+            env=env,
+            stdin=its_end,
+            stdout=its_end,
+            stderr=its_end if stderr is None else stderr,
+            start_new_session=True,
+            preexec_fn=controlled_by_the_terminal,
+        )
+    except BaseException:
+        os.close(terminal)
+        raise
+    finally:
+        os.close(its_end)
+    return process, terminal
+
+
+def _left_in_session(session: int) -> list[int]:
+    """The processes still in session ``session`` (read from /proc; none where it is missing)."""
+    left = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            # stat: "pid (comm) state ppid pgrp session ...", comm may hold spaces or ")".
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
+                left.append(int(entry.name))
+    return left
+
+
+@pytest.mark.parametrize("stderr_to", [None, "run.log"], ids=["on the terminal", "2> run.log"])
+def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path, stderr_to):
+    """An ssh connection dropped while `dreamtext text ...` trains in it (its stderr on the
+    terminal, or `2> run.log`): what the user finds when they log in again. The hangup is the
+    kernel's (the master side of the run's controlling terminal closed), so the command gets
+    SIGHUP and every write to the terminal after it fails with EIO: the bar's next redraw, the
+    line saying what was saved. Exit 130 with the last step saved; status.json "interrupted"
+    at that step; log.jsonl whole lines, none past it; where stderr is a file, the saved line
+    in it and no traceback; nothing left running in the session."""
     workspace = tmp_path / "run"
     command, env = _long_run(workspace)
-    pid, terminal = pty.fork()  # the command's stdout and stderr are the terminal
-    if pid == 0:
-        _hangup_as_by_default()
-        os.execve(sys.executable, [sys.executable, "-m", "dreamtext", *command], env)
-    # 80 columns, as a terminal has: the progress bar draws (on a pty of 0 columns it is empty).
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    seen = b""
+    log_file = open(tmp_path / "run.log", "wb") if stderr_to else None  # noqa: SIM115
     try:
-        deadline = time.monotonic() + 240
-        while _logged_step(workspace / "log.jsonl") < 20:  # trained past its first log lines
-            assert time.monotonic() < deadline
-            if select.select([terminal], [], [], 0.1)[0]:
-                seen += os.read(terminal, 65536)  # the progress bar, as a terminal reads it
-        logged = _logged_step(workspace / "log.jsonl")
-        assert b"it/s" in seen  # the bar was drawing on the terminal
+        stderr = log_file.fileno() if log_file else None
+        process, terminal = _on_a_terminal(command, env, stderr)
     finally:
-        os.close(terminal)  # the terminal goes away: hung up, SIGHUP to the command
-        status = _wait_or_kill(pid, 120)
-    # checkpoint_every is 1000: without a stop of its own the run had saved nothing.
-    assert os.waitstatus_to_exitcode(status) == 130
+        if log_file:
+            log_file.close()  # the command has its own
+    seen = b""
+    with _killed_if_left(process):
+        try:
+            deadline = time.monotonic() + 240
+            # checkpoint_every is 1000: until it stops, the run saves nothing.
+            while _logged_step(workspace / "log.jsonl") == 0:
+                assert process.poll() is None, seen.decode(errors="replace")
+                assert time.monotonic() < deadline
+                if select.select([terminal], [], [], 0.1)[0]:
+                    seen += os.read(terminal, 65536)  # the bar, as a terminal reads it
+            logged = _logged_step(workspace / "log.jsonl")
+        finally:
+            os.close(terminal)  # the connection drops: the terminal hangs up
+        process.wait(timeout=120)
+    assert _left_in_session(process.pid) == []
+    assert process.returncode == 130, seen.decode(errors="replace")
+    if stderr_to is None:
+        assert b"it/s" in seen  # the bar was drawing on the terminal when it went away
     run_status = json.loads((workspace / "status.json").read_text())
-    assert run_status["state"] == "interrupted"
+    assert (run_status["state"], run_status["error"]) == ("interrupted", None)
     saved = json.loads((workspace / "checkpoints" / "last.step.json").read_text())["step"]
     assert saved == run_status["step"] >= logged
+    log_text = (workspace / "log.jsonl").read_text()
+    steps = [json.loads(line)["step"] for line in log_text.splitlines()]
+    assert log_text.endswith("\n") and steps == sorted(set(steps)) and steps[-1] <= saved
+    if stderr_to:
+        written = (tmp_path / stderr_to).read_text()
+        assert "Traceback" not in written and "Exception ignored" not in written, written
+        last = f"dreamtext: interrupted after step {saved}; saved {workspace}/checkpoints/last.pt"
+        lines = written.splitlines()
+        assert lines and lines[-1].startswith(last), written
 
 
 def test_a_run_whose_terminal_went_away_without_a_sighup_ends_with_its_own_status(tmp_path):
@@ -146,19 +204,7 @@ def test_a_run_whose_terminal_went_away_without_a_sighup_ends_with_its_own_statu
     workspace = tmp_path / "run"
     command, env = _long_run(workspace)
     command[command.index("--iters") + 1] = "200"
-    terminal, its_end = os.openpty()
-    # 80 columns, as a terminal has: the progress bar draws (on a pty of 0 columns it is empty).
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dreamtext", *command],
-        env=env,
-        stdin=its_end,
-        stdout=its_end,
-        stderr=its_end,
-        start_new_session=True,  # a session of its own, without a controlling terminal
-        preexec_fn=_hangup_as_by_default,
-    )
-    os.close(its_end)
+    process, terminal = _on_a_terminal(command, env, None, controlling=False)
     seen = b""
     try:
         deadline = time.monotonic() + 240
