@@ -196,6 +196,40 @@ def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path,
         assert lines and lines[-1].startswith(last), written
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler set for ``signum`` (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_the_terminal_going_away_while_the_command_starts_ends_with_130(tmp_path):
+    """The connection drops in the seconds the command spends importing its modules, before
+    any run is set up: one line, "interrupted", exit 130, and no run folder; not a process
+    killed by SIGHUP (-1) with nothing said."""
+    if not Path(f"/proc/{os.getpid()}/status").exists():
+        pytest.skip("no /proc here to tell when the command has set its handlers")
+    workspace = tmp_path / "run"
+    command, env = _long_run(workspace)
+    with open(tmp_path / "run.log", "wb") as log_file:
+        process, terminal = _on_a_terminal(command, env, log_file.fileno())
+    with _killed_if_left(process):
+        try:
+            deadline = time.monotonic() + 60
+            # run() sets SIGTERM's handler and SIGHUP's together, before any import of its own.
+            while not _catches(process.pid, signal.SIGTERM):
+                assert process.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+        finally:
+            os.close(terminal)  # the connection drops: the terminal hangs up
+        process.wait(timeout=120)
+    assert (tmp_path / "run.log").read_text() == "dreamtext: interrupted\n"
+    assert process.returncode == 130
+    assert not workspace.exists()
+
+
 def test_a_run_whose_terminal_went_away_without_a_sighup_ends_with_its_own_status(tmp_path):
     """`dreamtext text ... --no-export & disown`, its terminal then closed: the job gets no
     SIGHUP (the terminal is not its controlling one here, as for a disowned job) and trains on
