@@ -1838,7 +1838,7 @@ def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
 ):
     """A rerun that resumes an interrupted prompt with other flags says which settings change
     from its last checkpoint on (they used to apply without a word); one the checkpoint fixes
-    (the seed) is the trainer's one-line refusal, not a warning."""
+    (the seed) is refused for the batch before any line runs, not a warning."""
     path = prompts_file(tmp_path, "a red cube")
     root = tmp_path / "root"
     args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
@@ -1846,9 +1846,10 @@ def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
     assert main(list(map(str, args))) == 130
     monkeypatch.setattr(trainer, "train_step", real_step)
     capsys.readouterr()
-    assert main(list(map(str, [*args, "--seed", "7"]))) == 1  # refused by the trainer
-    assert rows(root)[-1]["status"] == "failed" and "seed 0 → 7" in rows(root)[-1]["error"]
-    assert "other settings" not in capsys.readouterr().err
+    assert main(list(map(str, [*args, "--seed", "7"]))) == 2  # refused before it runs
+    assert [r["status"] for r in rows(root)] == ["interrupted"]
+    said = capsys.readouterr().err
+    assert "seed 0 → 7" in said and "other settings" not in said
     assert main(list(map(str, [*args, "--lr", "0.5", "--guidance", "50"]))) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
     assert warnings == [
@@ -1856,9 +1857,73 @@ def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
         "(lr 0.02 → 0.5, guidance.guidance_scale 4.0 → 50.0); they apply from its last "
         "checkpoint on, --overwrite trains it again from scratch with them"
     ]
-    assert [r["status"] for r in rows(root)] == ["interrupted", "failed", "finished"]
+    assert [r["status"] for r in rows(root)] == ["interrupted", "finished"]
     saved = json.loads((root / "a_red_cube" / "config.json").read_text())
     assert saved["lr"] == 0.5 and saved["guidance"]["guidance_scale"] == 50.0
+
+
+def run_files(workspace):
+    """The bytes of every file in ``workspace``, by path: what a refused rerun must leave."""
+    return {p: p.read_bytes() for p in sorted(workspace.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_without_the_preset_resumes_a_run_with_the_settings_it_had(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """As `text --resume`: the run's config.json, then the batch's preset, files and flags. The
+    rerun without --preset fitfusion resumed the stopped line at guidance 4 (the built-in
+    preset's) where it had trained at 1000, and trained a line it had finished on to 1000 steps
+    (the built-in preset's iters) where the rerun gave no --iters."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    first = ["batch", path, *BUILTIN[:2], "--config", tiny_yaml, "--workspace", root]
+    real_step = ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")
+    assert main(list(map(str, [*first, "--preset", "fitfusion", "--iters", "6"]))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    capsys.readouterr()
+    started = train_calls(monkeypatch)
+    assert main(list(map(str, first))) == 0
+    assert "other settings" not in capsys.readouterr().err
+    assert started == [{"resume": True}]  # the finished line is skipped, not trained on
+    assert [r["status"] for r in rows(root)] == ["finished", "interrupted", "skipped", "finished"]
+    for name in ("a_red_cube", "a_blue_cube"):
+        saved = json.loads((root / name / "config.json").read_text())
+        assert saved["guidance"]["guidance_scale"] == 1000.0 and saved["iters"] == 6
+        assert saved["presets"] == ["builtin-shapes", "fitfusion"]
+        assert saved["prompt"] == name.replace("_", " ") and steps(root / name)[-1] == 6
+    [resumed] = json.loads((root / "a_blue_cube" / "config.json").read_text())["resumes"]
+    assert set(resumed["changed"]) <= {"workspace"}
+
+
+def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A changed field or seed of a line to resume was that line's failure, after its model had
+    loaded, told to pass --workspace NEW_FOLDER (the batch's root); the lines before it ran.
+    Now one line names each line, its run and the settings, exit 2, nothing written."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    real_step = ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")
+    assert main(list(map(str, args))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    capsys.readouterr()
+    before = {name: run_files(root / name) for name in ("a_red_cube", "a_blue_cube")}
+    log = (root / "batch.jsonl").read_bytes()
+    levels = tmp_path / "levels.yaml"
+    levels.write_text("field: {num_levels: 3}\n")
+    assert main(list(map(str, [*args, "--config", levels, "--seed", "7"]))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "dreamtext: error: a resumed run keeps its seed, optimizer, field and occupancy grid, but "
+        f"the batch asks other ones of the runs it would resume: line 2 ({root / 'a_blue_cube'}): "
+        "seed 0 → 7, field.num_levels 4 → 3; keep the runs' own (drop those flags or --config "
+        "settings: a run keeps what the batch does not give), or --overwrite trains them again "
+        "from scratch"
+    ]
+    assert (root / "batch.jsonl").read_bytes() == log
+    assert {name: run_files(root / name) for name in before} == before
+    assert not (root / "a_green_cube").exists()
 
 
 def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
