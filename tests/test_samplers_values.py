@@ -92,6 +92,63 @@ def test_cell_index_floors_each_coordinate_and_clamps_only_outside_points() -> N
     assert grid.cell_index(points, 1.0).tolist() == expected
 
 
+def test_cell_index_is_int32_and_puts_edge_and_far_points_in_the_edge_cells() -> None:
+    # R = 32 over [−1, 1]^3 (the built-in preset's grid): coordinate v = (x + 1) · 16, cell
+    # clamp(⌊v⌋, 0, 31). x = ±1 exactly are v = 0 and v = 32 (the first and the last cell); a
+    # point just inside +1 is still cell 31. Far outside, x = 1e30 is v = 1.6e31, past int64:
+    # converted before clamping it wrapped to the integer minimum and landed in cell 0, the
+    # opposite corner; clamped first it is cell 31. A NaN coordinate gives cell 0.
+    grid = OccupancyGrid(resolution=32, decay=0.95, threshold=10.0)
+    points = torch.tensor(
+        [
+            [-1.0, -1.0, -1.0],  # (0, 0, 0)
+            [1.0, 1.0, 1.0],  # (31, 31, 31)
+            [0.99999, -1.0, 1.0],  # (31, 0, 31)
+            [-0.96875, 0.0, 0.96875],  # v = 0.5, 16, 31.5: (0, 16, 31)
+            [1e30, -1e30, 3e9],  # (31, 0, 31)
+            [float("nan"), 0.0, float("inf")],  # (0, 16, 31)
+        ]
+    )
+    index = grid.cell_index(points, 1.0)
+    assert index.dtype == torch.int32
+    flat = [(i * 32 + j) * 32 + k for i, j, k in [(0, 0, 0), (31, 31, 31), (31, 0, 31)]]
+    flat += [(0 * 32 + 16) * 32 + 31, (31 * 32 + 0) * 32 + 31, (0 * 32 + 16) * 32 + 31]
+    assert index.tolist() == flat
+
+
+def test_is_occupied_reads_each_points_cell_and_keeps_the_points_shape() -> None:
+    # R = 2 over [−1, 1]^3, only cell (1, 0, 1) (flat index 5) occupied: points [2, 2, 3] give
+    # [2, 2] answers, true exactly for the points in that cell.
+    grid = OccupancyGrid(resolution=2, decay=0.95, threshold=10.0)
+    grid.occupied.zero_()
+    grid.occupied[1, 0, 1] = True
+    points = torch.tensor(
+        [
+            [[0.5, -0.5, 0.5], [-0.5, -0.5, 0.5]],
+            [[0.5, 0.5, 0.5], [0.9, -0.9, 0.1]],
+        ]
+    )
+    assert grid.is_occupied(points, 1.0).tolist() == [[True, False], [False, True]]
+
+
+def test_dense_intervals_skip_empty_cells_and_keep_their_own_bounds() -> None:
+    # Two rays down −z through the cube of bound 1 (near 1, far 3), K = 4 at ξ = ½: starts
+    # 1.25, 1.75, 2.25, 2.75 at z = 0.75, 0.25, −0.25, −0.75. A 2-cell grid with only z > 0
+    # occupied (cells k = 1) keeps the first two intervals of each ray, with their own ends.
+    grid = OccupancyGrid(resolution=2, decay=0.95, threshold=10.0)
+    grid.occupied.zero_()
+    grid.occupied[:, :, 1] = True
+    sampler = DenseSampler(
+        num_steps=4, upsample_steps=0, min_near=0.05, grid=grid, chunk_rays=16, chunk_points=64
+    )
+    origins = torch.tensor([[0.5, 0.5, 2.0], [-0.5, -0.5, 2.0]])
+    directions = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+    samples, _ = sampler.sample(EmptyField(bound=1.0), origins, directions, perturb=False)
+    assert samples.ray_indices.tolist() == [0, 0, 1, 1]
+    assert samples.t_starts.tolist() == [1.25, 1.75, 1.25, 1.75]
+    assert samples.t_ends.tolist() == [1.75, 2.25, 1.75, 2.25]
+
+
 def test_marcher_steps_without_perturb_tile_near_to_far_and_end_at_far() -> None:
     # Zero thresholds keep every step of a ray through a thin fog (σ = 0.01 everywhere; near 1,
     # far 3 through the cube of bound 1): nothing is pruned and the ray never stops. The cuts
