@@ -214,7 +214,11 @@ class RayBundle:
 
 
 def shade(
-    albedo: Tensor, normals: Tensor | None, light_dir: Tensor, shading: str, ambient_ratio: float
+    albedo: Tensor,
+    normals: Tensor | None,
+    light_dir: Tensor | None,
+    shading: str,
+    ambient_ratio: float,
 ) -> Tensor:
     """Sample colours under one of the three shadings of DreamFusion (thesis ch. 6.1.4).
 
@@ -223,15 +227,16 @@ def shade(
 
     Args:
         albedo, normals: ``[..., 3]`` (normals may be ``None`` for albedo shading).
-        light_dir: unit vectors towards the light, ``[..., 3]``.
+        light_dir: unit vectors towards the light, ``[..., 3]`` (may be ``None`` for albedo
+            shading).
 
     Returns:
         ``[..., 3]`` colours.
     """
     if shading == "albedo":
         return albedo
-    if normals is None:
-        raise ValueError(f"{shading} shading needs normals")
+    if normals is None or light_dir is None:
+        raise ValueError(f"{shading} shading needs normals and light directions")
     diffuse = (normals * light_dir).sum(dim=-1, keepdim=True).clamp_min(0.0)
     lighting = ambient_ratio + (1.0 - ambient_ratio) * diffuse
     if shading == "textureless":
@@ -379,16 +384,17 @@ class VolumeRenderer(nn.Module):
         if collect is not None:
             collect.append(SampleValues(sigma.float(), albedo.float(), normals))
         weights, _, _ = packed_weights(sigma, samples.deltas, ray_indices, n)
-        directions = rays.directions[ray_indices]
         normal_image = rays.origins.new_zeros(n, 3)
         orientation = rays.origins.new_zeros(n)
+        # Per-sample ray and light directions only where normals use them: albedo shading
+        # reads neither, and each gather is [S, 3] copied every step.
         if normals is not None:
+            directions = rays.directions.index_select(0, ray_indices)
             normal_image = accumulate(weights[:, None] * normals, ray_indices, n)
             facing_away = (normals * directions).sum(dim=-1).clamp_min(0.0) ** 2
             orientation = accumulate(weights.detach() * facing_away, ray_indices, n)
-        colour = shade(
-            albedo.float(), normals, rays.light_dirs[ray_indices], shading, ambient_ratio
-        )
+        light_dirs = rays.light_dirs.index_select(0, ray_indices) if shading != "albedo" else None
+        colour = shade(albedo.float(), normals, light_dirs, shading, ambient_ratio)
         opacity = accumulate(weights, ray_indices, n)
         background = rays.backgrounds
         if background is None:

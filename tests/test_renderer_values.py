@@ -2,6 +2,7 @@
 equations of dreamtext/renderer.py (a second pass over the lines the other suites leave loose)."""
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dreamtext.cameras import Poses, look_at
 from dreamtext.renderer import RenderConfig, VolumeRenderer
@@ -129,3 +130,43 @@ def test_a_deferred_backward_returns_the_loss_plus_the_weighted_regularisers() -
         totals[mode] = render.backward(loss, lambdas)
         torch.testing.assert_close(totals[mode], expected)
     torch.testing.assert_close(totals["deferred"], totals["direct"])
+
+
+class RowGathers(TorchDispatchMode):
+    """Records the shape of every gather (``index``, ``index_select``) under ``with``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("index", "index_select"):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+def test_an_albedo_composite_gathers_no_ray_or_light_direction_per_sample() -> None:
+    # Albedo shading reads neither d nor l at a sample: the only per-sample [S, 3] gathers are
+    # x = o + t d's origin and direction. Normals (lambertian) need d (orientation) and l too.
+    from analytic_field import SphereField
+
+    from dreamtext.renderer import RayBundle
+    from dreamtext.samplers import RaySamples
+
+    class Sphere(SphereField):  # the renderer's normals(x, σ) signature
+        def normals(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+            return super().normals(x)
+
+    field = Sphere(radius=0.5)
+    rays = RayBundle(torch.zeros(2, 3), torch.tensor([[0.0, 0.0, 1.0]] * 2), torch.ones(2, 3))
+    ray_indices = torch.tensor([0, 0, 0, 1, 1])
+    samples = RaySamples(ray_indices, torch.arange(5.0) / 10, torch.arange(1.0, 6.0) / 10, 2)
+    vr = VolumeRenderer(RenderConfig(occupancy_grid=False))
+    gathered = {}
+    for shading in ("albedo", "lambertian"):
+        with torch.no_grad(), RowGathers() as gathers:
+            vr.composite(field, rays, samples, shading, 0.1)
+        gathered[shading] = [shape for shape in gathers.shapes if shape == (5, 3)]
+    assert len(gathered["albedo"]) == 2
+    assert len(gathered["lambertian"]) == 4
