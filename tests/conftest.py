@@ -45,6 +45,17 @@ def ctrl_c_as_in_a_terminal() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Each exception a test is parametrized with forgets, once the test is over, where it was
+    raised. The instance lives as long as the session (the parameter list is the module's), and
+    its ``__traceback__`` holds the frames it was raised through: one raised from inside a
+    training step kept that run (its field, prior and optimizer) alive for every later test."""
+    callspec = getattr(item, "callspec", None)
+    for value in callspec.params.values() if callspec else ():
+        if isinstance(value, BaseException):
+            value.__traceback__ = value.__context__ = value.__cause__ = None
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random epsilon-prediction SD-2.x pipeline folder (native resolution 64 px)."""

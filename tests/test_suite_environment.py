@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,3 +24,35 @@ def test_a_process_a_test_starts_imports_this_checkouts_dreamtext(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).resolve() == ROOT / "dreamtext" / "__init__.py"
+
+
+def test_an_exception_a_test_is_parametrized_with_lets_its_frames_go_after_the_test():
+    """An exception instance in a parameter list lives for the session; raised through a
+    training step, its traceback kept that run alive for every later test (test_batch's three
+    machine-failure cases kept ~100 MB each in CI's process). conftest's teardown hook drops it."""
+    import gc
+    import types
+    import weakref
+
+    import conftest
+
+    class Run:  # stands for the trainer's run: weak-referenceable, as a field is
+        pass
+
+    error = OSError(28, "No space left on device")
+
+    def step(run: Run) -> None:
+        raise error
+
+    run = Run()
+    alive = weakref.ref(run)
+    with pytest.raises(OSError):
+        step(run)
+    del run
+    gc.collect()
+    assert alive() is not None  # the traceback's frame of step() holds it
+    item = types.SimpleNamespace(callspec=types.SimpleNamespace(params={"error": error}))
+    conftest.pytest_runtest_teardown(item)
+    gc.collect()
+    assert alive() is None
+    assert error.__traceback__ is None
