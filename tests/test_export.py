@@ -2051,7 +2051,7 @@ def test_an_export_whose_checkpoint_went_away_says_so_not_that_a_new_run_came(
         return meshing(*args, **kwargs)
 
     monkeypatch.setattr(export_module, "extract_mesh", went_away)
-    code = main(["export", "--workspace", str(workspace), "--formats", "ply", "--no-video"])
+    code = main(["export", "--workspace", str(workspace), *SMALL_FLAGS, "--no-video"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err
     expected = "dreamtext: error: " + line.format(last=last, workspace=workspace)
@@ -2127,7 +2127,7 @@ def test_dreamtext_export_of_a_replaced_run_is_one_line_and_exit_2(tmp_path, mon
     workspace = make_run(tmp_path, "run", 1_000_000)  # a run from before runs had an id
     stub_run(monkeypatch, SphereField(), SphereTracer())
     replace_run_while_meshing(monkeypatch, workspace, "b2")
-    code = main(["export", "--workspace", str(workspace), "--formats", "ply", "--no-video"])
+    code = main(["export", "--workspace", str(workspace), *SMALL_FLAGS, "--no-video"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err
     assert err.splitlines()[-1] == (
