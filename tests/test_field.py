@@ -321,13 +321,49 @@ def test_cpu_queries_run_the_mlp_in_pieces_with_the_same_values_and_gradients(mo
     original = field._mlp
     monkeypatch.setattr(field, "_mlp", lambda f: sizes.append(f.shape[0]) or original(f))
     sigma_p, albedo_p = field(x)
-    (sigma_p.sum() + albedo_p.square().sum()).backward()
     assert sizes == [5, 5, 5, 5, 3]
+    (sigma_p.sum() + albedo_p.square().sum()).backward()
     torch.testing.assert_close(sigma_p, sigma)
     torch.testing.assert_close(albedo_p, albedo)
     for name, p in field.named_parameters():
         if name in whole:
             torch.testing.assert_close(p.grad, whole[name], msg=name)
+
+
+def test_cpu_queries_with_a_graph_keep_no_activations_of_the_mlp_pieces(monkeypatch):
+    """Above ``CPU_QUERY_PIECE`` points each MLP piece's activations are recomputed in backward,
+    not kept: the graph holds less than four hidden layers' activations a point (kept, every
+    layer's were: 1.5-2.5 GB on a fresh default field's 64 px step, the peak of `dreamtext
+    image` with the tiny models), and the parameter gradients are the kept graph's, bit for bit."""
+    import dreamtext.field as field_module
+
+    field = small_field(hidden_dim=64)
+    x = random_points(40)
+    monkeypatch.setattr(field_module, "CPU_QUERY_PIECE", 8)
+    kept: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sigma, albedo = field(x)
+    # Kept: the points, the grid's corners, each piece's input. Before, 6,988 bytes a point.
+    assert sum(kept) / len(x) < 4 * 64 * 4  # four hidden layers' activations a point
+    (sigma.sum() + albedo.square().sum()).backward()
+    recomputed = {
+        name: p.grad.clone() for name, p in field.named_parameters() if p.grad is not None
+    }
+    field.zero_grad(set_to_none=True)
+
+    features = field.encoding(x)
+    raw = torch.cat([field._mlp(piece) for piece in features.split(8)])  # every piece kept
+    sigma_k = activate_density(raw[:, 0] + field.blob(x), field.cfg.density_activation)
+    (sigma_k.sum() + torch.sigmoid(raw[:, 1:]).square().sum()).backward()
+    assert torch.equal(sigma_k, sigma)
+    for name, p in field.named_parameters():
+        if name in recomputed:
+            assert torch.equal(p.grad, recomputed[name]), name
 
 
 def textured_field(**overrides) -> NeRFField:
