@@ -20,6 +20,9 @@ from torch import Tensor
 from dreamtext.cameras import VIEW_LABELS, every_view_label, with_view
 from dreamtext.errors import DreamtextError
 
+# The largest |value| a learned token's vector may hold: read_textual_inversion says why.
+LARGEST_EMBEDDING_VALUE = 1e4
+
 
 class PromptEmbeddings:
     """The text conditioning of one prompt, per view label.
@@ -133,7 +136,24 @@ def encode_texts(tokenizer, text_encoder: torch.nn.Module, texts: Sequence[str])
 
 
 def read_textual_inversion(path: str | Path) -> dict[str, Tensor]:
-    """Read a diffusers ``learned_embeds.safetensors``: ``{token: [n_vectors, dim]}``."""
+    """Read a diffusers ``learned_embeds.safetensors``: ``{token: [n_vectors, dim]}``.
+
+    Refused: a file that holds no tokens or is not one; vectors with NaN or ±inf; and vectors
+    with a value past ``LARGEST_EMBEDDING_VALUE`` (1e4), finite as they may be. With --fp16 the
+    text encoder's embedding table and residual stream are float16, whose largest value is
+    65504: a value past it is ±inf once the vector is copied into the table, and every hidden
+    state the token reaches is NaN (measured on a CPU in float16: the tests' tiny tower and
+    ViT-L- and OpenCLIP-H-shaped ones are finite up to 65519, NaN from 65520). Below that the
+    token's residual stream is its vector plus what each layer adds, which does not grow with
+    it (the layers read it layer-normalised): the bound leaves 5.5e4 for that. In float32 the
+    layer norm's sum of squares overflows first, once the vector's norm nears 1.8e19 (the
+    square root of float32's largest; measured: finite up to a value of 3e19 to 1e21), far
+    above. A vocabulary's values are about 1e5 times smaller: CLIP ViT-L's and OpenCLIP-H's
+    rows have norms of 0.3-0.6 at widths 768 and 1024 (values about 0.02; towers of those
+    shapes initialised at random measured 0.55 and 0.64, largest value 0.10), the tests' tiny
+    tower's 0.11 (largest 0.07); learned tokens start from such rows, and a training that took
+    one past 1e4 diverged.
+    """
     from safetensors.torch import load_file
 
     path = Path(path).expanduser()
@@ -167,6 +187,17 @@ def read_textual_inversion(path: str | Path) -> dict[str, Tensor]:
                 f"token {token!r} in {path} has NaN or infinite values: the training that made "
                 "it diverged; train it again with a smaller learning rate (dreamtext image: "
                 "image_to_3d.descriptor.lr in a --config)"
+            )
+        # Finite but huge (1e30): the text encoder's output of the prompt was NaN, every step's
+        # ε̂ NaN, and after 50 steps the run stopped suggesting a smaller --guidance.
+        largest = float(e.abs().max()) if e.is_floating_point() and e.numel() else 0.0
+        if largest > LARGEST_EMBEDDING_VALUE:
+            raise DreamtextError(
+                f"token {token!r} in {path} has values up to {largest:.3g}, past "
+                f"{LARGEST_EMBEDDING_VALUE:g}, the most a learned token may hold (the text "
+                "encoder overflows past 65504 with --fp16, near 1e19 in float32; a vocabulary's "
+                "values are below 1): the training that made it diverged; train it again with "
+                "a smaller learning rate (dreamtext image: image_to_3d.descriptor.lr in a --config)"
             )
     return {token: (e[None] if e.ndim == 1 else e) for token, e in embeds.items()}
 

@@ -1,5 +1,6 @@
 """Textual-inversion files (dreamtext.prompts.read_textual_inversion): what a user's file gives."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,27 @@ def test_embeddings_that_are_not_finite_are_refused_as_they_are_read(tmp_path: P
     save_file({"<dt-cat>": vectors}, str(path))
     with pytest.raises(DreamtextError, match=r"token '<dt-cat>' in .* has NaN or infinite values"):
         read_textual_inversion(path)
+
+
+@pytest.mark.parametrize("huge", [1e30, -2e5])
+def test_embeddings_past_the_largest_value_the_text_encoder_takes_are_refused(tmp_path, huge):
+    """Finite but huge: at 1e30 the tiny text encoder's output of the prompt was NaN in float32,
+    every text→3D step's ε̂ NaN, and after 50 steps the run stopped suggesting a smaller
+    --guidance; past 65504 (float16's largest) a --fp16 run's table holds ±inf."""
+    path = tmp_path / "learned_embeds.safetensors"
+    vectors = torch.zeros(2, 32)
+    vectors[1, 3] = huge
+    save_file({"<dt-cat>": vectors}, str(path))
+    message = f"token '<dt-cat>' in {path} has values up to {abs(huge):.3g}, past 10000, the "
+    with pytest.raises(DreamtextError, match=re.escape(message + "most a learned token")) as error:
+        read_textual_inversion(path)
+    assert "\n" not in str(error.value)
+
+
+def test_embeddings_at_the_largest_value_are_read_as_they_are(tmp_path):
+    """The bound, 1e4, is far above a vocabulary's values (the tiny tower's largest is 0.07)."""
+    path = tmp_path / "learned_embeds.safetensors"
+    vectors = torch.full((2, 32), 0.05)
+    vectors[0, 0], vectors[1, 1] = 1e4, -1e4
+    save_file({"<dt-cat>": vectors}, str(path))
+    torch.testing.assert_close(read_textual_inversion(path)["<dt-cat>"], vectors)
