@@ -18,6 +18,7 @@ per file. The trained sentence is ``"An image of <q> <descriptor> <noun>"``.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, stop_on_signal, truncate_log
 from dreamtext.models import StableDiffusionModels, load_for
 from dreamtext.progress import bar_options, tqdm
+from dreamtext.prompts import LARGEST_EMBEDDING_VALUE
 from dreamtext.runstatus import track_status, update_status
 
 DESCRIPTOR_TOKEN = "<descriptor>"
@@ -211,6 +213,7 @@ class DescriptorTrainer:
         self.scaler = fp16_loss_scaler(models.dtype, self.device)
         self.augment = ImageAugmentation(models.resolution, options.augment)
         self.step = 0
+        self.largest_value = 0.0  # of the vectors after the last step (train_step)
 
     def check_length(self, labels: Sequence[str]) -> None:
         """Refuse a sentence the text encoder would cut off, before any step: the descriptor's
@@ -284,7 +287,9 @@ class DescriptorTrainer:
 
     def train_step(self, image: Tensor) -> dict:
         """One Adam step on a fresh noised batch of ``image``; returns the losses (read back
-        from the device together: one host sync, besides the fp16 loss scaler's own)."""
+        from the device together: one host sync, besides the fp16 loss scaler's own). The same
+        read sets ``largest_value``, the placeholder vectors' largest ``|value|`` after the
+        update (NaN once one is NaN), which the loop checks every step."""
         step = self.step + 1
         loss, parts = self.loss(*self.noisy_batch(image, step))
         self.optimizer.zero_grad(set_to_none=True)
@@ -292,7 +297,9 @@ class DescriptorTrainer:
         self.scaler.step(self.optimizer)  # skipped when the fp16 gradients overflowed
         self.scaler.update()
         self.step = step
-        values = torch.stack([loss.detach(), *parts.values()]).tolist()
+        largest = self.placeholders.vectors.detach().abs().max()
+        values = torch.stack([loss.detach(), *parts.values(), largest]).tolist()
+        self.largest_value = values.pop()
         info = {"loss": values[0], **dict(zip(parts, values[1:], strict=True))}
         scale = {"loss_scale": self.scaler.get_scale()} if self.scaler.is_enabled() else {}
         return {"step": step, **info, **scale}
@@ -506,20 +513,37 @@ def _train_and_save(
     return out
 
 
-def overflowed_line(trainer: DescriptorTrainer, checkpoint: Path, saved_step: int) -> str:
-    """The line that stops a descriptor training whose vectors overflowed
-    (:meth:`DescriptorTrainer.embeddings_finite`) instead of saving them: as ``last.pt`` and
-    ``learned_embeds.safetensors`` they made the text→3D stage's prompt NaN. ``saved_step``:
-    the step of the checkpoint on disk (0: none), which a rerun goes on from."""
+def overflowed_line(
+    trainer: DescriptorTrainer, checkpoint: Path, saved_step: int, largest: float | None = None
+) -> str:
+    """The line that stops a descriptor training whose vectors overflowed instead of saving
+    them: as ``last.pt`` and ``learned_embeds.safetensors`` they made the text→3D stage's prompt
+    NaN. ``largest``: the vectors' largest ``|value|`` after the step (:meth:`~DescriptorTrainer.
+    train_step`), past :data:`~dreamtext.prompts.LARGEST_EMBEDDING_VALUE` or NaN; ``None``: a
+    save found them or the text encoder's output of the sentence not finite
+    (:meth:`DescriptorTrainer.embeddings_finite`). ``saved_step``: the step of the checkpoint on
+    disk (0: none), which a rerun goes on from."""
     kept = (
         f"not saved: {checkpoint} stays the checkpoint of step {saved_step}, from before, which "
         "the same command goes on from"
         if saved_step
         else "nothing saved"
     )
+    if largest is None:
+        cause = (
+            f"overflowed float32 by step {trainer.step} (the text encoder's output is NaN or "
+            "infinite"
+        )
+    elif math.isnan(largest):
+        cause = f"became NaN in step {trainer.step} (the loss or its gradient was NaN"
+    else:
+        cause = (
+            f"reached a value of {largest:.3g} in step {trainer.step} (past "
+            f"{LARGEST_EMBEDDING_VALUE:g}, the most a learned token may hold: the text encoder "
+            "overflows past 65504 with --fp16"
+        )
     return (
-        f"the descriptor training diverged: its token embeddings overflowed float32 by step "
-        f"{trainer.step} (the text encoder's output is NaN or infinite; "
+        f"the descriptor training diverged: its token embeddings {cause}; "
         f"image_to_3d.descriptor.lr is {trainer.options.lr:g}); {kept}; run it again with a "
         f"smaller image_to_3d.descriptor.lr in a --config (the thesis's is 3e-4)"
     )
@@ -562,6 +586,14 @@ def _train_loop(
     ):
         while trainer.step < options.iters:
             info = trainer.train_step(image)
+            # Every step, from the read the step makes anyway: vectors that overflowed stay so (in
+            # fp32 Adam makes them NaN, in fp16 the loss scaler skips every step after), and the
+            # saves' check stopped the run only at the next one, 500 steps on by default (all
+            # of them, --descriptor-iters, with checkpoint_every 0).
+            if not trainer.largest_value <= LARGEST_EMBEDDING_VALUE:  # NaN included
+                raise DreamtextError(
+                    overflowed_line(trainer, checkpoint, saved["step"], trainer.largest_value)
+                )
             bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)  # the update redraws
             bar.update(1)
             step = trainer.step

@@ -435,12 +435,63 @@ def test_a_descriptor_whose_embeddings_overflow_is_not_saved(tiny_sd_path, tmp_p
         options = DescriptorOptions(iters=4, lr=1e30, **every)
         train_descriptor(image_path, workspace, guidance, options)
     message = str(error.value)
-    for part in ("diverged", "by step 3", f"{last} stays the checkpoint of step 2", "lr is 1e+30"):
+    for part in ("diverged", "step 3", f"{last} stays the checkpoint of step 2", "lr is 1e+30"):
         assert part in message, message
     assert "smaller image_to_3d.descriptor.lr" in message and "\n" not in message, message
     assert last.read_bytes() == before and not learned_embeds_path(workspace).exists()
     vectors = torch.load(last, weights_only=True)["vectors"]
     assert torch.isfinite(vectors).all()
+
+
+def test_a_descriptor_whose_embeddings_overflow_stops_in_the_step_they_do(tiny_sd_path, tmp_path):
+    """Checked only at its saves, a descriptor at ``lr`` 1e37 trained on with NaN losses to its
+    next one (500 steps by default; every step asked for, with checkpoint_every 0) before it
+    stopped. The read each step makes anyway holds the vectors' largest value: step 1's is
+    1e37, past what the text encoder can take, and the training stops there, having saved
+    nothing, no log line of NaN losses written."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    options = DescriptorOptions(iters=12, lr=1e37, log_every=1, checkpoint_every=0, preview_every=0)
+    with pytest.raises(DreamtextError) as error:
+        train_descriptor(image_path, workspace, guidance, options)
+    message = str(error.value)
+    assert message.startswith(
+        "the descriptor training diverged: its token embeddings reached a "
+        "value of 1e+37 in step 1 (past 10000, the most a learned token may hold"
+    ), message
+    assert "nothing saved" in message and "smaller image_to_3d.descriptor.lr" in message, message
+    assert "\n" not in message
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("failed", 1), status
+    assert (workspace / "descriptor" / "log.jsonl").read_text() == ""
+    assert not learned_embeds_path(workspace).exists()
+    assert not list((workspace / "descriptor" / "checkpoints").iterdir())
+
+
+def test_a_step_whose_vectors_turn_nan_stops_the_descriptor_and_keeps_the_checkpoint(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """A NaN gradient makes Adam's update NaN, however small the vectors were: the line says
+    so, and names the checkpoint from before."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    every = {"checkpoint_every": 2, "preview_every": 0}
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2, **every))
+    last = workspace / "descriptor" / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    real_loss = DescriptorTrainer.loss
+
+    def nan_loss(self, *batch):
+        loss, parts = real_loss(self, *batch)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(DescriptorTrainer, "loss", nan_loss)
+    with pytest.raises(DreamtextError) as error:
+        train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=6, **every))
+    message = str(error.value)
+    assert "its token embeddings became NaN in step 3 (" in message, message
+    assert f"{last} stays the checkpoint of step 2" in message, message
+    assert last.read_bytes() == before
 
 
 def test_previews_are_written(tiny_sd_path, tmp_path):

@@ -26,7 +26,9 @@ from virtual_cuda import virtual_cuda
 
 from dreamtext import trainer
 from dreamtext.config import resolve_config
+from dreamtext.descriptor import DescriptorOptions, DescriptorTrainer
 from dreamtext.field import FieldConfig
+from dreamtext.models import StableDiffusionModels
 from dreamtext.renderer import RenderConfig, VolumeRenderer
 from dreamtext.samplers import OccupancyGrid, RaySamples
 
@@ -110,6 +112,31 @@ def test_the_benchmark_counts_the_default_field_and_marcher(tmp_path, name, size
     assert cfg.render == RenderConfig() and cfg.render.sampler == "occupancy"
     assert cfg.field == dataclasses.replace(FieldConfig(), encoding="torch")
     assert trainer.shading_for_step(1, cfg, torch.Generator()) == "lambertian"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_a_descriptor_step_reads_its_losses_and_its_vectors_largest_value_in_one_copy(
+    tiny_sd_path, dtype
+):
+    """The descriptor's check of its vectors every step (``largest_value``, which stops a
+    training whose vectors overflowed) rides on the read of the losses the step made before;
+    fp16's loss scaler reads twice more on its own (whether the gradients were finite, and
+    the scale for the log line)."""
+    with virtual_cuda() as mode:
+        models = StableDiffusionModels(str(tiny_sd_path), "cuda", dtype)
+        trainer = DescriptorTrainer(models, "a", ["red"], "cube", DescriptorOptions())
+        image = torch.ones(1, 3, 8, 8)
+        for _ in range(2):
+            trainer.train_step(image)
+        mode.syncs.clear()
+        with sync_sites(mode) as sites:
+            record = trainer.train_step(image)
+    reads = {kind: n for kind, n in mode.syncs.items() if kind != "to gpu" and n}
+    assert reads == ({"tolist": 1} if dtype == torch.float32 else {"tolist": 1, "item": 2})
+    assert set(by_file(sites)) == {"descriptor.py"}, sites
+    vectors = trainer.placeholders.vectors.detach()
+    assert trainer.largest_value == float(vectors.abs().max()) > 0
+    assert record["step"] == 3
 
 
 # Each kind of host sync virtual_cuda counts, against what torch's CUDA code does (the module

@@ -327,6 +327,29 @@ def test_the_text_stage_keeps_its_checkpoint_of_finite_weights(
     assert load_checkpoint(last)["step"] == 2
 
 
+def test_a_descriptor_that_diverges_stops_the_image_run_before_text_to_3d(
+    tmp_path, tiny_clip_path, tiny_sd_path
+):
+    """At image_to_3d.descriptor.lr 1e37 the descriptor's vectors overflow in step 1; checked
+    only at its saves it trained on with NaN losses to step 500 (here: all 30 asked for). It
+    stops in step 1 with the line naming a smaller descriptor lr, and no text→3D stage starts:
+    no trained sentence, no embedding, no text→3D checkpoint."""
+    options = _options(tmp_path, tiny_clip_path)
+    options.descriptor = replace(options.descriptor, iters=30, lr=1e37)
+    with pytest.raises(DreamtextError) as error:
+        run_image(_image(tmp_path), options, _config(tmp_path, tiny_sd_path))
+    message = str(error.value)
+    assert "reached a value of 1e+37 in step 1" in message, message
+    assert "smaller image_to_3d.descriptor.lr" in message, message
+    workspace = tmp_path / "run"
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["phase"], status["step"]) == ("failed", "descriptor", 1)
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert "trained_sentence" not in record
+    assert not (workspace / "descriptor" / "learned_embeds.safetensors").exists()
+    assert not (workspace / "checkpoints").exists()
+
+
 def test_the_lines_that_stop_a_diverse_run_name_its_own_command(
     tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
 ):
