@@ -2498,3 +2498,158 @@ def test_each_card_is_a_heading_and_its_link_is_named_by_its_prompt_and_status(p
         assert sorted(headings) == ["a blue sphere", "a red cube"]
         link = page.get_by_role("link", name="a red cube finished step 60 / 60", exact=True)
         assert link.get_attribute("data-run") == "a_red_cube"
+
+
+# An endless GIF of four plain frames, 100 ms each, red first: a thumbnail that moves changes
+# colour within 400 ms.
+GIF_FRAMES = [(200, 30, 30), (30, 160, 30), (30, 30, 200), (200, 200, 30)]
+
+
+def make_gif_run(root: Path, name: str, status: dict) -> Path:
+    """A hand run (``make_hand_run``) whose turntable is ``GIF_FRAMES``, a GIF and no video."""
+    ws = make_hand_run(root, name, status)
+    (ws / "video").mkdir()
+    first, *rest = [Image.new("RGB", (64, 32), colour) for colour in GIF_FRAMES]
+    first.save(
+        ws / "video" / "turntable.gif", save_all=True, append_images=rest, duration=100, loop=0
+    )
+    return ws
+
+
+def pictures_seen(page, locator, ms: int = 900) -> set[tuple[int, int, int]]:
+    """The colours the middle of ``locator`` showed in screenshots taken over ``ms``
+    (longer than two turns of ``GIF_FRAMES``)."""
+    seen = set()
+    deadline = time.monotonic() + ms / 1000
+    while time.monotonic() < deadline or len(seen) == 0:
+        shot = Image.open(io.BytesIO(locator.screenshot())).convert("RGB")
+        seen.add(shot.getpixel((shot.width // 2, shot.height // 2)))
+        page.wait_for_timeout(60)
+    return seen
+
+
+@pytest.mark.parametrize("where", ["server", "static"])
+def test_under_reduced_motion_a_cards_turntable_is_its_first_frame_and_a_button_plays_it(
+    page, tmp_path: Path, where: str
+):
+    """A card's turntable GIF looped for as long as the page was open, with no way to stop it
+    (WCAG 2.2.2), and under prefers-reduced-motion too. Now it shows its first frame there, and
+    one button, reached by Tab and named by what it does, plays it and pauses it again."""
+    root = tmp_path / "runs"
+    make_gif_run(root, "a_red_cube", {"state": "finished", "step": 60, "iters": 60})
+    page.emulate_media(reduced_motion="reduce")
+    with contextlib.ExitStack() as stack:
+        if where == "server":
+            url = stack.enter_context(serving(Catalog([root]), poll_ms=POLL_MS)).url
+        else:
+            url = (export_static([root], tmp_path / "site") / "index.html").as_uri()
+        page.goto(url)
+        thumb = page.locator('.card[data-run="a_red_cube"] .thumb')
+        thumb.locator("img").wait_for()
+        page.wait_for_function("() => document.querySelector('.card img').complete")
+        assert soon(page, lambda: pictures_seen(page, thumb), {GIF_FRAMES[0]}) == {GIF_FRAMES[0]}
+        # Still named as before, for a screen reader.
+        assert thumb.locator("img").get_attribute("alt") == (
+            "turntable of a red cube: albedo beside depth"
+        )
+        assert page.get_by_role("button", name="play turntables", exact=True).count() == 1
+        button = page.locator(".motion-toggle")
+        for _ in range(4):
+            page.keyboard.press("Tab")
+            if page.evaluate("() => document.activeElement.tagName") == "BUTTON":
+                break
+        assert page.evaluate("() => document.activeElement.textContent") == "play turntables"
+        page.keyboard.press("Enter")
+        assert button.inner_text() == "pause turntables"
+        assert len(pictures_seen(page, thumb)) > 1, "the turntable did not play"
+        page.keyboard.press(" ")
+        assert button.inner_text() == "play turntables"
+        assert soon(page, lambda: pictures_seen(page, thumb), {GIF_FRAMES[0]}) == {GIF_FRAMES[0]}
+
+
+def test_a_paused_turntable_stays_paused_through_the_pages_redraws_and_its_next_visit(
+    page, tmp_path: Path
+):
+    """Paused by its button (no reduced motion asked for), a card stays still when a poll
+    redraws it, when the filter puts it back after a pause while it was out, and on the next
+    visit; the run page of a GIF turntable pauses it too, with a button of its own."""
+    root = tmp_path / "runs"
+    ws = make_gif_run(root, "a_red_cube", {"state": "running", "step": 5, "iters": 60})
+    make_hand_run(root, "a_blue_sphere", {"state": "finished", "step": 60, "iters": 60})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        thumb = page.locator('.card[data-run="a_red_cube"] .thumb')
+        thumb.locator("img").wait_for()
+        assert soon_true(page, lambda: len(pictures_seen(page, thumb)) > 1), "it did not play"
+        # Paused while the filter has taken the card out: still when it comes back.
+        page.fill("#filter", "sphere")
+        page.wait_for_selector('.card[data-run="a_red_cube"]', state="detached")
+        page.get_by_role("button", name="pause turntables", exact=True).click()
+        page.fill("#filter", "")
+        assert soon(page, lambda: pictures_seen(page, thumb), {GIF_FRAMES[0]}) == {GIF_FRAMES[0]}
+        (ws / "status.json").write_text(json.dumps({"state": "running", "step": 30, "iters": 60}))
+        facts = page.locator('.card[data-run="a_red_cube"] .facts')
+        assert soon_true(page, lambda: "step 30 / 60" in shown_text(facts)), "no redraw"
+        assert pictures_seen(page, thumb) == {GIF_FRAMES[0]}
+        assert page.locator(".motion-toggle").inner_text() == "play turntables"
+        page.reload()
+        thumb.locator("img").wait_for()
+        assert page.locator(".motion-toggle").inner_text() == "play turntables"
+        assert soon(page, lambda: pictures_seen(page, thumb), {GIF_FRAMES[0]}) == {GIF_FRAMES[0]}
+        page.goto(srv.url + "run/a_red_cube/")
+        turntable = page.locator(".turntable .motion")
+        turntable.locator("img").wait_for()
+        assert soon(page, lambda: pictures_seen(page, turntable), {GIF_FRAMES[0]}) == {
+            GIF_FRAMES[0]
+        }
+        page.get_by_role("button", name="play turntable", exact=True).click()
+        assert len(pictures_seen(page, turntable)) > 1, "the run page's turntable did not play"
+
+
+def test_under_reduced_motion_the_turntable_video_and_the_3d_view_do_not_move_by_themselves(
+    page, server
+):
+    """The turntable video started itself and looped, under prefers-reduced-motion too. Now it
+    waits for its play button there; the 3D view draws only when the reader moves it."""
+    page.emulate_media(reduced_motion="reduce")
+    page.goto(server.url + "run/a_red_cube/")
+    video = page.wait_for_selector(".turntable video")
+    canvas = page.wait_for_selector("#mesh-canvas[data-state=drawn]", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.turntable video').readyState >= 2")
+    before = canvas.screenshot()
+    page.wait_for_timeout(1000)
+    assert video.evaluate("v => [v.autoplay, v.paused, v.currentTime]") == [False, True, 0]
+    assert canvas.screenshot() == before
+    video.evaluate("v => v.play()")  # its own controls still play it
+    assert soon_true(page, lambda: video.evaluate("v => v.currentTime > 0"))
+
+
+def test_no_run_matches_is_a_status_written_once_not_at_each_redraw(page, tmp_path: Path):
+    """The line "No run matches the filter." was one a screen reader did not say; and each
+    key typed and each poll wrote it again, which a live region says again. Now it is a status
+    in the page from the start, and written when what it says changes."""
+    root = tmp_path / "runs"
+    make_hand_run(root, "a_red_cube", {"state": "finished", "step": 60, "iters": 60})
+    ws = make_hand_run(root, "a_blue_sphere", {"state": "running", "step": 5, "iters": 60})
+    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url)
+        page.wait_for_selector(".card")
+        status = page.get_by_role("status")
+        assert status.count() == 1 and status.text_content() == ""
+        page.evaluate(
+            "() => { window.writes = 0; new MutationObserver((records) => { window.writes +="
+            " records.length; }).observe(document.querySelector('[role=status]'),"
+            " {childList: true, characterData: true, subtree: true}); }"
+        )
+        page.fill("#filter", "zz")
+        assert soon(page, status.text_content, "No run matches the filter.") == (
+            "No run matches the filter."
+        )
+        page.type("#filter", "zz")
+        (ws / "status.json").write_text(json.dumps({"state": "finished", "step": 60, "iters": 60}))
+        summary = page.locator(".summary")
+        assert soon(page, summary.inner_text, "2 runs · 2 finished") == "2 runs · 2 finished"
+        assert page.evaluate("() => window.writes") == 1
+        page.fill("#filter", "")
+        page.wait_for_selector(".card")
+        assert status.text_content() == ""

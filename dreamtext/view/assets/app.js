@@ -278,6 +278,83 @@
     setTimeout(tick, delay);
   }
 
+  // ------------------------------------------------------------------------------- motion
+
+  // Whether the turntables move (a GIF loops for as long as the page is open; WCAG 2.2.2 asks
+  // for a way to pause it): the reader's choice, made with the page's button and kept for the
+  // viewer's other pages and later visits, else the system's prefers-reduced-motion. Paused,
+  // a GIF shows its first frame (motionPicture) and the turntable video does not start itself.
+  const MOTION_KEY = "dreamtext-motion";
+  const reduceMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
+  let motionChoice = storedMotion();  // "play", "pause", or null: none made
+
+  function storedMotion() {
+    try {
+      const value = localStorage.getItem(MOTION_KEY);
+      return value === "play" || value === "pause" ? value : null;
+    } catch (error) {
+      return null;  // storage refused (a browser's setting): the choice lasts the page's life
+    }
+  }
+
+  function motionPlays() {
+    return motionChoice ? motionChoice === "play" : !reduceMotion.matches;
+  }
+
+  // The page's motion buttons, each with what it names ("turntables"), and html's data-motion
+  // (app.css shows a GIF or its still by it) as motionPlays() says. A still is drawn when it
+  // is first shown: here for the pictures in the page, and by the gallery for cards the filter
+  // puts back.
+  const motionButtons = [];
+  function applyMotion() {
+    const plays = motionPlays();
+    document.documentElement.dataset.motion = plays ? "playing" : "paused";
+    for (const [button, what] of motionButtons) button.textContent = `${plays ? "pause" : "play"} ${what}`;
+    if (!plays) stillsIn(document);
+  }
+  reduceMotion.addEventListener("change", () => { if (!motionChoice) applyMotion(); });
+
+  /** The page's one pause/play button of its turntables ("pause turntables"): a <button>, so
+   * Tab reaches it and Enter or Space presses it; its text says what pressing it does. */
+  function motionButton(what) {
+    const button = el("button", { type: "button", class: "motion-toggle" });
+    motionButtons.push([button, what]);
+    button.addEventListener("click", () => {
+      motionChoice = motionPlays() ? "pause" : "play";
+      try { localStorage.setItem(MOTION_KEY, motionChoice); } catch (error) { /* as storedMotion */ }
+      applyMotion();
+    });
+    applyMotion();
+    return button;
+  }
+
+  /** An animated GIF that stops: the <img> (its alt the picture's name, loading as `attrs` say),
+   * and over it a canvas of its first frame (drawImage draws an animated image's first frame),
+   * shown while motion is paused (app.css: html[data-motion=paused]); the canvas is drawn
+   * only then, once the image has loaded. */
+  function motionPicture(attrs) {
+    const image = el("img", attrs);
+    const still = el("canvas", { class: "still", "aria-hidden": "true" });
+    image.addEventListener("load", () => { if (!motionPlays()) drawStill(image, still); });
+    return el("span", { class: "motion" }, image, still);
+  }
+
+  /** Draw `image`'s first frame on `still`, once, where the image has loaded. */
+  function drawStill(image, still) {
+    if (still.dataset.drawn || !image.complete || !image.naturalWidth) return;
+    still.width = image.naturalWidth;
+    still.height = image.naturalHeight;
+    still.getContext("2d").drawImage(image, 0, 0);
+    still.dataset.drawn = "1";
+  }
+
+  /** Draw the stills under `root` not drawn yet (motion paused). */
+  function stillsIn(root) {
+    for (const picture of root.querySelectorAll(".motion")) {
+      drawStill(picture.querySelector("img"), picture.querySelector("canvas"));
+    }
+  }
+
   // ------------------------------------------------------------------------------- gallery
 
   const SORTS = {
@@ -316,6 +393,9 @@
 
   function thumbnail(run) {
     const text = pictureText(run);
+    if (text && run.thumbnail_of.kind === "turntable") {
+      return motionPicture({ src: run.thumbnail, alt: text[1], loading: "lazy" });
+    }
     if (text) return el("img", { src: run.thumbnail, alt: text[1], loading: "lazy" });
     const note = !run.workspace ? "no workspace" : stateOf(run) === "running" ? "no preview yet" : "no preview";
     return el("div", { class: "no-thumb", text: note });
@@ -439,12 +519,15 @@
     sort.value = hasBatch ? "batch" : "newest";
     const counts = el("p", { class: "summary" });
     const cards = el("section", { id: "cards", class: "cards" });
-    const none = el("p", { class: "none", hidden: true });
+    // A status, in the page from the start and empty while cards are shown: a screen reader
+    // says its text when it appears (a live region shown only then, as this line was, is not
+    // one the reader is listening to yet).
+    const none = el("p", { class: "none", role: "status" });
     fill(app,
       el("header", { class: "top" }, el("h1", { text: "dreamtext runs" }),
         (data.folders || []).length ? el("p", { class: "folders", text: `in ${data.folders.join(", ")}` }) : null,
         counts),
-      el("div", { class: "controls" }, filter, el("label", {}, "sort ", sort)),
+      el("div", { class: "controls" }, filter, el("label", {}, "sort ", sort), motionButton("turntables")),
       cards,
       none,
     );
@@ -460,10 +543,11 @@
         .sort(SORTS[sort.value][1]);
       counts.textContent = summary(runs);
       place(cards, shown.map(card));
-      none.hidden = shown.length > 0;
-      none.textContent = runs.length
-        ? "No run matches the filter."
-        : "No runs yet: they appear here as they start.";
+      if (!motionPlays()) stillsIn(cards);  // cards back from the filter, paused since
+      let said = "";
+      if (shown.length === 0) said = runs.length ? "No run matches the filter." : "No runs yet: they appear here as they start.";
+      // Written only when it changes: each write is said again, at every key typed and poll.
+      if (none.textContent !== said) none.textContent = said;
     }
     filter.addEventListener("input", draw);
     sort.addEventListener("change", draw);
@@ -889,17 +973,20 @@
       const step = (run.mesh_stats || {}).turntable_step;
       const at = step === null || step === undefined ? "" : ` at step ${step}`;
       const alt = `turntable of ${runTitle(run)}${at}: albedo beside depth`;
+      // The GIF, where there is no video or it does not play, stops with the page's button.
+      const gif = () => [motionPicture({ src: video.gif, alt }), motionButton("turntable")];
       if (video.mp4) {
         // Controls: it loops for as long as the page is open, and a loop must be one the reader
-        // can pause (a GIF cannot be; the browser's own controls work from the keyboard).
-        media = el("video", { src: video.mp4, autoplay: true, muted: true, loop: true, playsinline: true,
+        // can pause (the browser's own controls work from the keyboard). It starts itself only
+        // where motion plays (not under prefers-reduced-motion, nor once paused in the gallery).
+        media = el("video", { src: video.mp4, autoplay: motionPlays(), muted: true, loop: true, playsinline: true,
           controls: true, "aria-label": alt });
         media.muted = true;
         if (video.gif) {
-          media.addEventListener("error", () => media.replaceWith(el("img", { src: video.gif, alt })));
+          media.addEventListener("error", () => media.replaceWith(...gif()));
         }
       } else if (video.gif) {
-        media = el("img", { src: video.gif, alt });
+        media = gif();
       } else {
         media = el("p", { class: "empty", text: noExport(run, "turntable") });
       }
