@@ -814,31 +814,6 @@ def cmd_text(args: argparse.Namespace) -> int:
     return 0
 
 
-def image_run_fixed(workspace: str | Path, overwrite: bool, command: str) -> dict[str, Any]:
-    """``resolve_config``'s ``fixed`` and ``kept`` for an image→3D run (``image``, ``text
-    --diverse``) in ``workspace``: with ``--overwrite`` (text→3D trains from scratch: another
-    field, another grid may be asked for), or before its text stage has a checkpoint (there is
-    no field yet), only the seed stays, which trained the descriptor the run keeps; otherwise
-    none, so that ``resolve_config`` keeps what any resumed run keeps
-    (:data:`~dreamtext.config.RESUME_FIXED`). Before the descriptor has learned words or a
-    checkpoint (a run stopped in its describe stage, or killed before the descriptor's first
-    checkpoint) nothing the seed trained is kept: nothing is fixed."""
-    from dreamtext.checkpoint import can_resume
-    from dreamtext.descriptor import learned_embeds_path
-
-    workspace = Path(workspace)
-    if not overwrite and can_resume(workspace):
-        return {}
-    if not (learned_embeds_path(workspace).is_file() or can_resume(workspace / "descriptor")):
-        return {"fixed": ()}
-    if overwrite:
-        return {
-            "fixed": ("seed",),
-            "kept": f"{command} --overwrite keeps the run's descriptor, which its seed trained",
-        }
-    return {"fixed": ("seed",), "kept": "the run keeps its descriptor, which its seed trained"}
-
-
 def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Path:
     """``text --diverse``: a rerun resolves over the run's config.json (and its recorded describe,
     descriptor and sampler options) as ``image`` reruns and ``text --resume`` do."""
@@ -846,6 +821,7 @@ def _run_diverse(args: argparse.Namespace, overrides: dict[str, Any], cfg) -> Pa
     from dreamtext.imageto3d import (
         check_diverse_workspace,
         diverse_workspace,
+        image_run_fixed,
         resolve_image_options,
         run_diverse,
     )
@@ -1160,6 +1136,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         check_image,
         check_image_workspace,
         ignored_flags,
+        image_run_fixed,
         resolve_image_options,
         run_image,
     )

@@ -135,6 +135,28 @@ class ImageOptions:
     sample_guidance_scale: float = 7.5
 
 
+def image_run_fixed(workspace: str | Path, overwrite: bool, command: str) -> dict[str, Any]:
+    """``resolve_config``'s ``fixed`` and ``kept`` for an image→3D run (``image``, ``text
+    --diverse``, a ``batch``'s image line) in ``workspace``: with ``--overwrite`` (text→3D
+    trains from scratch: another field, another grid may be asked for), or before its text stage
+    has a checkpoint (there is no field yet), only the seed stays, which trained the descriptor
+    the run keeps; otherwise none, so that ``resolve_config`` keeps what any resumed run keeps
+    (:data:`~dreamtext.config.RESUME_FIXED`). Before the descriptor has learned words or a
+    checkpoint (a run stopped in its describe stage, or killed before the descriptor's first
+    checkpoint) nothing the seed trained is kept: nothing is fixed."""
+    workspace = Path(workspace)
+    if not overwrite and can_resume(workspace):
+        return {}
+    if not (learned_embeds_path(workspace).is_file() or can_resume(workspace / "descriptor")):
+        return {"fixed": ()}
+    if overwrite:
+        return {
+            "fixed": ("seed",),
+            "kept": f"{command} --overwrite keeps the run's descriptor, which its seed trained",
+        }
+    return {"fixed": ("seed",), "kept": "the run keeps its descriptor, which its seed trained"}
+
+
 def _text_stage_done(workspace: Path, cfg: TrainConfig) -> bool:
     """text→3D finished at ``cfg.iters`` (``status.json``, or for older runs the checkpoint and
     mesh) and, when ``cfg.export`` asks for one, the mesh is there; and its ``last.pt`` loads

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dreamtext.imageto3d import descriptor_plan, unread_words
+from dreamtext.imageto3d import descriptor_plan, image_run_fixed, unread_words
 
 
 def _record(workspace, **record):
@@ -380,3 +380,32 @@ def test_a_noun_typed_with_other_spacing_is_the_same_noun_not_an_ignored_flag(tm
     assert ignored_flags(tmp_path, {"noun": " tea  mug"}) == [
         "--noun tea mug (the run's: coffee mug)"
     ]
+
+
+def test_image_run_fixed_frees_the_field_but_keeps_the_seed_that_trained_the_descriptor(tmp_path):
+    """A resumed image run keeps seed, field and grid (resolve_config's defaults, ``{}``); with
+    ``--overwrite``, or before text→3D has a checkpoint, only the seed is kept, where the
+    descriptor has learned words or a checkpoint. Before that (stopped in describe, killed
+    before the descriptor's first checkpoint) another seed was refused as "the run keeps its
+    descriptor, which its seed trained", of a descriptor that did not exist."""
+    started = tmp_path / "started"
+    (started / "checkpoints").mkdir(parents=True)
+    (started / "checkpoints" / "last.pt").write_bytes(b"")
+    (started / "descriptor").mkdir()
+    (started / "descriptor" / "learned_embeds.safetensors").write_bytes(b"")
+    assert image_run_fixed(started, False, "image") == {}
+    assert image_run_fixed(started, True, "image") == {
+        "fixed": ("seed",),
+        "kept": "image --overwrite keeps the run's descriptor, which its seed trained",
+    }
+    training = tmp_path / "training"
+    (training / "descriptor" / "checkpoints").mkdir(parents=True)
+    (training / "descriptor" / "checkpoints" / "last.pt").write_bytes(b"")
+    assert image_run_fixed(training, False, "image") == {
+        "fixed": ("seed",),
+        "kept": "the run keeps its descriptor, which its seed trained",
+    }
+    (training / "descriptor" / "checkpoints" / "last.pt").unlink()
+    assert image_run_fixed(training, False, "image") == {"fixed": ()}
+    assert image_run_fixed(training, True, "image") == {"fixed": ()}
+    assert image_run_fixed(tmp_path / "new", False, "image") == {"fixed": ()}
