@@ -56,6 +56,7 @@ from dreamtext.captions import BUILTIN_MODELS, check_builtin_prompt_lines
 from dreamtext.checkpoint import can_resume, last_reads, write_whole
 from dreamtext.config import (
     DEFAULT_WORKSPACE_ROOT,
+    RESUME_FIXED,
     TrainConfig,
     builtin_preset_on_stable_diffusion,
     fill_from_presets,
@@ -1078,29 +1079,40 @@ def own_run_config(
     config_file: str | Path | Sequence[str | Path] | None,
     resolved: dict[str, tuple[TrainConfig, list[str]]] | None = None,
 ) -> tuple[TrainConfig, list[str]]:
-    """The config a text line's own run (finished, or with a checkpoint to resume) goes on
-    with, resolved as ``dreamtext text --resume`` resolves it: the run's ``config.json``, then
-    ``preset``, the ``config_file`` files and the batch's flags over it, so that a setting the
-    batch does not give keeps the run's value (a run of ``--preset fitfusion`` rerun without it
-    keeps its guidance 1000, not the defaults' 100); and the settings asked that the run's
-    checkpoint fixes (:func:`~dreamtext.config.resume_conflicts`: ``"seed 0 → 7"``), which
-    refuse a resume. Anything else (no run of the entry's in its folder, a run without a
-    checkpoint, which starts again, an image line): ``fresh``, the batch's config, and none.
+    """The config a line's own run goes on with, resolved as its command's rerun resolves it:
+    the run's ``config.json``, then ``preset``, the ``config_file`` files and the batch's flags
+    over it, so that a setting the batch does not give keeps the run's value (a run of
+    ``--preset fitfusion`` rerun without it keeps its guidance 1000, not the defaults' 100); and
+    the settings asked that the run fixes (:func:`~dreamtext.config.resume_conflicts`:
+    ``"seed 0 → 7"``), which refuse it. A text line's run (``text --resume``) counts when
+    finished or with a checkpoint to resume, and fixes :data:`~dreamtext.config.RESUME_FIXED`;
+    an image line's (``dreamtext image``) whenever it has a ``config.json``, and fixes what its
+    stage does (:func:`dreamtext.imageto3d.image_run_fixed`: from its descriptor on the seed,
+    from text→3D's first checkpoint on the seed, optimizer, field and grid). Anything else (no
+    run of the entry's in its folder, a text run without a checkpoint, which starts again):
+    ``fresh``, the batch's config, and none.
 
-    ``resolved``: the configs made so far, by the run's recorded settings but its prompt and
-    folder, which set nothing else: runs of one list mostly share them, and resolving each of
-    50,000 took 18 ms (the preset and --config files read again for each)."""
+    ``resolved``: the configs made so far, by the run's kind, fixed settings and recorded
+    settings but its prompt and folder, which set nothing else: runs of one list mostly share
+    them, and resolving each of 50,000 took 18 ms (the preset and --config files read again for
+    each)."""
     workspace = entry.workspace
-    if entry.kind != "text" or run_owner(workspace) != entry.key:
+    if run_owner(workspace) != entry.key:
         return fresh, []
-    if not (can_resume(workspace) or run_finished(workspace, 0)):
+    fixed = RESUME_FIXED
+    if entry.kind == "image":
+        from dreamtext.imageto3d import image_run_fixed
+
+        fixed = image_run_fixed(workspace, False, "image").get("fixed", RESUME_FIXED)
+    elif not (can_resume(workspace) or run_finished(workspace, 0)):
         return fresh, []
     try:
         base = read_run_config(workspace, "move that folder away and run the batch again")
         if base is None:
             return fresh, []
         prompt = _config_prompt(entry)
-        key = json.dumps({k: v for k, v in base.items() if k not in ("prompt", "workspace")})
+        recorded = {k: v for k, v in base.items() if k not in ("prompt", "workspace")}
+        key = json.dumps([entry.kind, fixed, recorded])
         if resolved is not None and key in resolved:
             cfg, conflicts = resolved[key]
             return replace(copy.deepcopy(cfg), prompt=prompt, workspace=str(workspace)), conflicts
@@ -1108,27 +1120,38 @@ def own_run_config(
         cfg = resolve_config(mine, preset=preset, config_file=config_file, base=base, fixed=())
     except DreamtextError as error:  # the run's config.json holds what this dreamtext refuses
         raise DreamtextError(f"line {entry.line} ({workspace}): {error}") from None
-    conflicts = resume_conflicts(fill_from_presets(base)[0], cfg)
+    conflicts = resume_conflicts(fill_from_presets(base)[0], cfg, fixed)
+    if fixed == ("seed",) and conflicts:  # before text→3D's checkpoint: the descriptor's seed
+        conflicts = [f"{conflicts[0]} (which trained its descriptor)"]
     if resolved is not None:
         resolved[key] = (cfg, conflicts)
     return cfg, conflicts
 
 
-def resume_conflicts_refusal(conflicts: Sequence[tuple[Entry, list[str]]]) -> str:
+def resume_conflicts_refusal(
+    conflicts: Sequence[tuple[Entry, list[str]]], images: bool = False
+) -> str:
     """The one line that refuses a batch whose lines to resume were asked for settings their
-    checkpoints fix (:func:`own_run_config`), naming each line (the first
-    :data:`NOT_STARTED_SHOWN`), its run and the settings, before anything trains."""
+    runs fix (:func:`own_run_config`), naming each line (the first :data:`NOT_STARTED_SHOWN`),
+    its run and the settings, before anything trains. ``images``: the list has image lines,
+    so that its ``--overwrite`` is refused too: the way to train those runs anew is to move
+    their folders away."""
     shown = [
         f"line {entry.line} ({entry.workspace}): {', '.join(changed)}"
         for entry, changed in conflicts[:NOT_STARTED_SHOWN]
     ]
     more = len(conflicts) - len(shown)
+    anew = (
+        "move those runs' folders away to train them again from scratch"
+        if images
+        else "--overwrite trains them again from scratch"
+    )
     return (
         "a resumed run keeps its seed, optimizer, field and occupancy grid, but the batch asks "
         f"other ones of the runs it would resume: {'; '.join(shown)}"
         + (f"; and {more} more line{'s' if more > 1 else ''}" if more else "")
         + "; keep the runs' own (drop those flags or --config settings: a run keeps what the "
-        "batch does not give), or --overwrite trains them again from scratch"
+        f"batch does not give), or {anew}"
     )
 
 
@@ -1361,14 +1384,16 @@ def run_batch(
         if overwrites[e.workspace] or not finished_here(e, cfg)
     ]
     # Only a run that trains again is refused: a finished one skipped gets its warning line.
+    # (An image line's conflicts are those of its stage: its descriptor's seed before text→3D's
+    # first checkpoint.)
     to_train = {e.workspace for e, _ in pending}
     conflicts = [
         (e, changed)
         for e, (_, changed) in zip(share, owns, strict=True)
-        if changed and e.workspace in to_train and can_resume(e.workspace)
+        if changed and e.workspace in to_train and (e.kind == "image" or can_resume(e.workspace))
     ]
     if conflicts:
-        raise DreamtextError(resume_conflicts_refusal(conflicts))
+        raise DreamtextError(resume_conflicts_refusal(conflicts, images=bool(images)))
     if pending:
         # Once for the batch, as `text` and `image` say it once for their run.
         if (line := builtin_preset_on_stable_diffusion(pending[0][1])) is not None:

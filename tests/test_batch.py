@@ -1926,6 +1926,82 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
     assert not (root / "a_green_cube").exists()
 
 
+def two_cubes_batch(tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, *flags):
+    """A list of two image lines run with ``flags`` and stopped by Ctrl-C at step 2 of the
+    second one's text→3D (the first finished, at 3 steps): the list's root and the command
+    without ``flags``."""
+    for name, colour in (("red_cube", (220, 30, 30, 255)), ("blue_cube", (30, 30, 220, 255))):
+        rgba = np.zeros((48, 48, 4), dtype=np.uint8)
+        rgba[12:36, 12:36] = colour
+        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{name}.png")
+    (tmp_path / "nouns.txt").write_text("cube\nsphere\n")
+    (tmp_path / "adjectives.txt").write_text("red\nblue\n")
+    path = prompts_file(tmp_path, "image:red_cube.png", "image:blue_cube.png")
+    root = tmp_path / "root"
+    args = [
+        "batch", path, "--model", tiny_sd_path, "--clip", tiny_clip_path, "--config", tiny_yaml,
+        "--workspace", root, "--nouns", tmp_path / "nouns.txt", "--adjectives",
+        tmp_path / "adjectives.txt", "--max-words", "2", "--descriptor-iters", "3", "--iters", "3",
+    ]  # fmt: skip
+    args = list(map(str, args))
+    real_step = ctrl_c_at_step(monkeypatch, 2, "blue_cube")
+    assert main([*args, *map(str, flags)]) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    return root, args
+
+
+def test_an_image_line_resumes_with_the_settings_its_run_had(
+    tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, capsys
+):
+    """As `dreamtext image` reruns: the run's config.json, then the batch's preset, files and
+    flags. The rerun without --guidance 50 resumed the stopped image line at guidance 100 (the
+    batch's flags alone; `dreamtext image` kept 50) and said the finished one had other
+    settings."""
+    root, args = two_cubes_batch(
+        tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, "--guidance", "50"
+    )
+    capsys.readouterr()
+    started = train_calls(monkeypatch)
+    assert main(args) == 0
+    assert "other settings" not in capsys.readouterr().err
+    assert started == [{"resume": True}]
+    assert [r["status"] for r in rows(root)] == ["finished", "interrupted", "skipped", "finished"]
+    for name in ("red_cube", "blue_cube"):
+        saved = json.loads((root / name / "config.json").read_text())
+        assert saved["guidance"]["guidance_scale"] == 50.0 and steps(root / name)[-1] == 3
+    [resumed] = json.loads((root / "blue_cube" / "config.json").read_text())["resumes"]
+    assert set(resumed["changed"]) <= {"workspace"}
+
+
+@pytest.mark.parametrize("stage", ["text→3D", "descriptor"])
+def test_an_image_line_asked_a_seed_its_run_keeps_is_refused_before_any_line_runs(
+    tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, capsys, stage
+):
+    """Stopped in text→3D, the line failed after its model loaded, told to pass --workspace
+    NEW_FOLDER, with seed 7 written into its config.json already (its checkpoint's is 0);
+    stopped before text→3D's first checkpoint, it trained text→3D with seed 7 on a descriptor
+    that seed 0 trained. Now one line, exit 2, nothing written, as `dreamtext image` refuses
+    it."""
+    root, args = two_cubes_batch(tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch)
+    if stage == "descriptor":  # as if stopped between the descriptor and text→3D
+        shutil.rmtree(root / "blue_cube" / "checkpoints")
+        (root / "blue_cube" / "status.json").unlink()
+    capsys.readouterr()
+    before = {name: run_files(root / name) for name in ("red_cube", "blue_cube")}
+    log = (root / "batch.jsonl").read_bytes()
+    assert main([*args, "--seed", "7"]) == 2
+    why = " (which trained its descriptor)" if stage == "descriptor" else ""
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamtext: error: a resumed run keeps its seed, optimizer, field and occupancy grid, but "
+        f"the batch asks other ones of the runs it would resume: line 2 ({root / 'blue_cube'}): "
+        f"seed 0 → 7{why}; keep the runs' own (drop those flags or --config settings: a run "
+        "keeps what the batch does not give), or move those runs' folders away to train them "
+        "again from scratch"
+    ]
+    assert (root / "batch.jsonl").read_bytes() == log
+    assert {name: run_files(root / name) for name in before} == before
+
+
 def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch
 ):
