@@ -1408,6 +1408,7 @@ def run_batch(
         resuming = [
             e.line for e, _ in pending if not overwrites[e.workspace] and can_resume(e.workspace)
         ]
+        check_other_models(pending)
         models = check_model(pending[0][1], resuming, len(resuming) == len(pending))
         if models is not None:
             check_prompt_lengths(pending, models, Path(prompts_file))
@@ -1690,6 +1691,28 @@ def check_model(
     if cfg.guidance.model.startswith("builtin:"):
         return None
     return load_for(cfg.guidance, device)
+
+
+def check_other_models(pending: Sequence[tuple[Entry, TrainConfig]]) -> None:
+    """The files of every other Stable Diffusion model the lines to train use than the first
+    line's, which :func:`check_model` loads next (:func:`dreamtext.models.check_model_files`,
+    no load): lines resume on their runs' own model, and new lines take the batch's, so a rerun
+    without ``--model`` of runs of builtin:shapes trained those and then failed its new lines at
+    their turn, unable to load the default model. The refusal names the first line of each
+    model."""
+    from dreamtext.models import check_model_files
+
+    first = pending[0][1].guidance.model
+    seen = {first} if not first.startswith("builtin:") else set()
+    for entry, cfg in pending:
+        model = cfg.guidance.model
+        if model in seen or model.startswith("builtin:"):
+            continue
+        seen.add(model)
+        try:
+            check_model_files(model)
+        except DreamtextError as error:
+            raise DreamtextError(f"line {entry.line} ({entry.workspace}): {error}") from None
 
 
 def check_prompt_lengths(

@@ -2002,6 +2002,42 @@ def test_an_image_line_asked_a_seed_its_run_keeps_is_refused_before_any_line_run
     assert {name: run_files(root / name) for name in before} == before
 
 
+def test_a_new_line_whose_model_cannot_load_is_refused_before_old_lines_resume_on_theirs(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys, count_loads
+):
+    """Run again without --model, the lines of builtin:shapes runs go on with it and the new
+    line takes the default model, which HF_HUB_OFFLINE keeps from loading (an empty cache):
+    only the first line to train was checked, so the stopped line trained on and the new one
+    failed at its turn, exit 1. Now every model the lines use is checked by its files first:
+    one line, exit 2, nothing written, no model loaded."""
+    import huggingface_hub
+
+    from dreamtext.models import DEFAULT_MODEL
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "no_cache"))
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    args = ["batch", path, "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    real_step = ctrl_c_at_step(monkeypatch, 3, "a_blue_cube")
+    assert main(list(map(str, [*args, "--model", "builtin:shapes"]))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    capsys.readouterr()
+    prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
+    before = {name: run_files(root / name) for name in ("a_red_cube", "a_blue_cube")}
+    log = (root / "batch.jsonl").read_bytes()
+    assert main(list(map(str, args))) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: line 3 ({root / 'a_green_cube'}): could not load Stable Diffusion "
+        f"'{DEFAULT_MODEL}' (HF_HUB_OFFLINE is set and it is not in the Hugging Face cache); "
+        "download it once with network, or pass a local diffusers folder with --model "
+        "/path/to/folder"
+    ]
+    assert (root / "batch.jsonl").read_bytes() == log
+    assert {name: run_files(root / name) for name in before} == before
+    assert not (root / "a_green_cube").exists()
+    assert count_loads == []
+
+
 def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch
 ):

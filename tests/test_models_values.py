@@ -83,6 +83,38 @@ def test_with_hf_hub_offline_set_the_message_names_it_not_an_unreachable_hub(mon
     assert "could not be reached" not in message
 
 
+def test_the_files_check_refuses_an_uncached_hub_id_offline_and_passes_what_can_load(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """What a batch asks of the models of its lines after the first, without loading them: a
+    hub id that HF_HUB_OFFLINE keeps out of reach gets the load's own line; a cached one, a
+    diffusers folder, and any hub id where the hub may be asked pass."""
+    from huggingface_hub import constants
+
+    from dreamtext.models import check_model_files
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DreamtextError) as refused:
+        check_model_files("someone/model")
+    assert str(refused.value) == (
+        "could not load Stable Diffusion 'someone/model' (HF_HUB_OFFLINE is set and it is not in "
+        "the Hugging Face cache); download it once with network, or pass a local diffusers "
+        "folder with --model /path/to/folder"
+    )
+    check_model_files(str(tiny_sd_path))
+    with pytest.raises(DreamtextError, match="lacks unet"):
+        check_model_files(str(tmp_path))
+    cached = tmp_path / "empty_cache" / "models--someone--model"
+    (cached / "snapshots" / "abc123" / "unet").mkdir(parents=True)
+    (cached / "snapshots" / "abc123" / "unet" / "config.json").write_text("{}")
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text("abc123")
+    check_model_files("someone/model")  # in the cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    check_model_files("other/model")  # the load may download it
+
+
 def test_a_unet_whose_blocks_attend_to_another_width_than_the_encoder_is_refused():
     """``cross_attention_dim`` may be one per block: each must be the text encoder's width."""
     from diffusers.configuration_utils import FrozenDict
