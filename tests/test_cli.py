@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from tiny_models import TINY_TRAIN
+from tiny_models import TINY_SIZES, TINY_TRAIN
 
 from dreamtext.cli import build_parser, main
 from dreamtext.errors import DreamtextError
@@ -36,6 +36,15 @@ def run_cli(*args, cwd=None):
 def tiny_yaml(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_TRAIN))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sizes(tmp_path_factory):
+    """:data:`TINY_SIZES` as a --config file, outside every test's tmp_path: for built-in runs
+    that check a line, a path or a status, not what the preset's 32 px renders make."""
+    path = tmp_path_factory.mktemp("tiny_sizes") / "tiny_sizes.yaml"
+    path.write_text(yaml.safe_dump(TINY_SIZES))
     return path
 
 
@@ -938,11 +947,11 @@ def test_out_of_memory_with_a_config_file_names_its_sizes_too(tmp_path, monkeypa
 
 
 def test_a_render_whose_rays_alone_cannot_fit_is_refused_before_anything_is_written(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, tiny_sizes
 ):
     """--h 100000 wrote a workspace and a step-0 checkpoint, then ran out of memory; a size that
     nearly fit swapped for minutes in its first step. 1 KiB a ray at least (its samples for the
-    backward pass): 2048² px, batch 2 is 8.6 GB, refused where 1 GB is available; 32 px (2 MB)
+    backward pass): 2048² px, batch 2 is 8.6 GB, refused where 1 GB is available; 16 px (0.5 MB)
     goes on."""
     from dreamtext import trainer
 
@@ -954,7 +963,8 @@ def test_a_render_whose_rays_alone_cannot_fit_is_refused_before_anything_is_writ
     code, err = run_main([*args, "--h", "2048", "--workspace", workspace], capsys)
     assert_user_error(code, err, "--h 2048", "at least 8.6 GB of memory", "1.0 GB is available")
     assert not workspace.exists()
-    code, err = run_main([*args, "--iters", "1", "--workspace", workspace], capsys)
+    one_step = ["--iters", "1", "--config", tiny_sizes, "--workspace", workspace]
+    code, err = run_main([*args, *one_step], capsys)
     assert code == 0, err
 
 
@@ -1006,8 +1016,9 @@ def test_other_errors_still_raise(monkeypatch, capsys):
         main(["describe", "mug.png"])
 
 
-def test_typing_the_training_command_again_does_not_wipe_the_run(tmp_path, monkeypatch):
+def test_typing_the_training_command_again_does_not_wipe_the_run(tmp_path, monkeypatch, tiny_sizes):
     args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "3", "--no-export"]
+    args += ["--config", tiny_sizes]
     make_run(monkeypatch, tmp_path, *args)
     last = tmp_path / "workspace" / "a_red_cube" / "checkpoints" / "last.pt"
     saved = last.read_bytes()
@@ -1025,13 +1036,14 @@ BUILTIN_RUN = ["text", "a red cube", "--model", "builtin:shapes", "--no-export"]
 
 
 def test_a_run_typed_again_from_its_own_config_json_is_pointed_beside_it_not_to_overwrite(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_sizes
 ):
     """``text PROMPT --config RUN/config.json`` without --workspace trains in RUN (the file names
     it): the refusal offered --overwrite, which deletes the run the user means to reproduce, and
     the --resume it offered looked in workspace/<prompt> instead of RUN."""
     run = tmp_path / "run"
-    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2", "--workspace", run)
+    first = ["--iters", "2", "--config", tiny_sizes, "--workspace", run]
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, *first)
     last = run / "checkpoints" / "last.pt"
     saved = last.read_bytes()
     config = run / "config.json"
@@ -1057,8 +1069,10 @@ def test_a_run_typed_again_from_its_own_config_json_is_pointed_beside_it_not_to_
     assert not (tmp_path / "workspace").exists()
 
 
-def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp_path, monkeypatch):
-    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2")
+def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(
+    tmp_path, monkeypatch, tiny_sizes
+):
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2", "--config", tiny_sizes)
     config = tmp_path / "more_logs.yaml"
     config.write_text("log_every: 1\n")
     again = run_cli(
@@ -1084,12 +1098,12 @@ def test_resume_takes_the_new_learning_rate_and_config_file_and_records_them(tmp
 
 
 def test_a_resume_after_an_attempt_killed_before_its_checkpoint_names_no_change_it_lost(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_sizes
 ):
     """An attempt killed (SIGKILL) before its first checkpoint had rewritten config.json with
     its settings and a resumes entry: the next resume's line named changes against those
     (lr 0.5 → 0.02) though every kept step ran at 0.02, and resumes kept the lost entries."""
-    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2")
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2", "--config", tiny_sizes)
     workspace = tmp_path / "workspace" / "a_red_cube"
     record = json.loads((workspace / "config.json").read_text())
     ran_on = record["ran_on"]
@@ -1113,14 +1127,14 @@ def test_a_resume_after_an_attempt_killed_before_its_checkpoint_names_no_change_
 
 
 def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_sizes
 ):
     # The run keeps its step as its iters (a resume never shortens a run): the line said
     # "iters 3 → 2" of a run that status.json and config.json then gave 3 steps. With nothing
     # left to train, --lr 0.5 trains no step: it was said to apply "from its last checkpoint
     # on" and recorded as the run's lr in config.json (and the checkpoint saved at the end),
     # so a run from that config.json was not this one.
-    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "3")
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "3", "--config", tiny_sizes)
     again = run_cli(*BUILTIN_RUN, "--iters", "2", "--resume", "--lr", "0.5", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     workspace = tmp_path / "workspace" / "a_red_cube"
@@ -1142,7 +1156,7 @@ def test_a_resume_asking_fewer_iters_than_its_step_does_not_say_it_changes_them(
 
 
 def test_a_finished_resume_that_falls_back_to_an_earlier_checkpoint_trains_with_its_flags(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_sizes
 ):
     """last.pt of a finished run that does not restore (a field tensor missing) and --resume
     --lr 0.5: the settings were set back to last.pt's before it failed, so the fall-back to
@@ -1151,7 +1165,7 @@ def test_a_finished_resume_that_falls_back_to_an_earlier_checkpoint_trains_with_
 
     config = tmp_path / "every.yaml"
     config.write_text("checkpoint_every: 1\nkeep_checkpoints: 5\n")
-    args = (*BUILTIN_RUN, "--iters", "2", "--config", str(config))
+    args = (*BUILTIN_RUN, "--iters", "2", "--config", str(tiny_sizes), "--config", str(config))
     make_run(monkeypatch, tmp_path, *args)
     workspace = tmp_path / "workspace" / "a_red_cube"
     last = workspace / "checkpoints" / "last.pt"
@@ -1170,9 +1184,9 @@ def test_a_finished_resume_that_falls_back_to_an_earlier_checkpoint_trains_with_
 
 
 def test_resume_refuses_to_change_the_seed_or_the_field_before_loading_anything(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_sizes
 ):
-    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2")
+    make_run(monkeypatch, tmp_path, *BUILTIN_RUN, "--iters", "2", "--config", tiny_sizes)
     last = tmp_path / "workspace" / "a_red_cube" / "checkpoints" / "last.pt"
     saved = last.read_bytes()
     seeded = run_cli(*BUILTIN_RUN, "--iters", "4", "--resume", "--seed", "5", cwd=tmp_path)
@@ -1180,7 +1194,7 @@ def test_resume_refuses_to_change_the_seed_or_the_field_before_loading_anything(
     wider = tmp_path / "wider.yaml"
     wider.write_text("field:\n  hidden_dim: 48\n")
     widened = run_cli(*BUILTIN_RUN, "--iters", "4", "--resume", "--config", wider, cwd=tmp_path)
-    assert_one_line_user_error(widened, "field.hidden_dim 32 → 48")
+    assert_one_line_user_error(widened, "field.hidden_dim 16 → 48")
     assert last.read_bytes() == saved
 
 
@@ -1191,15 +1205,15 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_not_a_state_dict_
     from dreamtext.trainer import train
 
     overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
-    overrides.update(workspace=str(tmp_path / "run"), export=False)
+    overrides.update(TINY_SIZES, workspace=str(tmp_path / "run"), export=False)
     train(resolve_config(overrides))
-    overrides.update(iters=3, field={"hidden_dim": 48})
-    with pytest.raises(DreamtextError, match=r"field\.hidden_dim 32 → 48"):
+    overrides.update(iters=3, field={**TINY_SIZES["field"], "hidden_dim": 48})
+    with pytest.raises(DreamtextError, match=r"field\.hidden_dim 16 → 48"):
         train(resolve_config(overrides), resume=True)
 
 
 def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, tiny_sizes
 ):
     from dreamtext import trainer
 
@@ -1209,7 +1223,7 @@ def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
     monkeypatch.setattr(trainer, "export_trained", interrupted_export)
     monkeypatch.chdir(tmp_path)
     args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2"]
-    code, err = run_main(args, capsys)
+    code, err = run_main([*args, "--config", tiny_sizes], capsys)
     assert code == 130
     assert (
         err.strip()
@@ -1222,7 +1236,7 @@ def test_ctrl_c_in_the_export_says_the_run_is_saved_and_how_to_finish_it(
 
 
 def test_ctrl_c_in_the_final_previews_says_the_run_is_saved_and_how_to_go_on(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, tiny_sizes
 ):
     """The final previews render after the training loop's signal handling has ended (minutes
     on a CPU for a fuzzy field); a stop there said only 'with --resume if the run has a
@@ -1239,7 +1253,7 @@ def test_ctrl_c_in_the_final_previews_says_the_run_is_saved_and_how_to_go_on(
     monkeypatch.setattr(trainer, "save_preview", interrupted_final_preview)
     monkeypatch.chdir(tmp_path)
     args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--no-export"]
-    code, err = run_main(args, capsys)
+    code, err = run_main([*args, "--config", tiny_sizes], capsys)
     assert code == 130
     last = err.strip().splitlines()[-1]
     assert last.startswith("dreamtext: interrupted after step 2; saved ")
@@ -1260,7 +1274,8 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder
     from dreamtext.trainer import train
 
     overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
-    workspace = train(resolve_config({**overrides, "workspace": str(tmp_path / "run")}))
+    overrides.update(TINY_SIZES, workspace=str(tmp_path / "run"))
+    workspace = train(resolve_config(overrides))
     args = ["export", "--workspace", workspace, "--resolution", 32, "--formats", "ply"]
     code, err = run_main([*args, "--no-video"], capsys)
     assert code == 0 and "still training" not in err
@@ -1307,7 +1322,7 @@ def test_export_beside_a_live_run_says_what_that_run_does_at_its_end(
     from dreamtext.trainer import train
 
     overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
-    config = {**overrides, "export": False, "workspace": str(tmp_path / "run")}
+    config = {**overrides, **TINY_SIZES, "export": False, "workspace": str(tmp_path / "run")}
     workspace = train(resolve_config(config))
     if export:
         config_file = workspace / "config.json"
@@ -1511,7 +1526,7 @@ FAILING_FILE_SYSTEMS = [
 
 @pytest.mark.parametrize(("number", "fix"), FAILING_FILE_SYSTEMS, ids=["EIO", "ESTALE", "ENOTCONN"])
 def test_a_failing_disk_or_file_server_in_a_run_is_one_line_that_fits_it(
-    tmp_path, monkeypatch, capsys, number, fix
+    tmp_path, monkeypatch, capsys, tiny_sizes, number, fix
 ):
     """EIO, ESTALE and ENOTCONN in `text` were a traceback: main knew only full disks and
     refused writes, and said "free disk space or …" to those. The run records its failure as
@@ -1528,7 +1543,7 @@ def test_a_failing_disk_or_file_server_in_a_run_is_one_line_that_fits_it(
 
     monkeypatch.setattr(trainer, "train_step", failing)
     argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "5"]
-    code, err = run_main([*argv, "--workspace", workspace], capsys)
+    code, err = run_main([*argv, "--config", tiny_sizes, "--workspace", workspace], capsys)
     said = [line for line in err.splitlines() if line.startswith("dreamtext")]  # not the bar's
     assert code == 2 and "Traceback" not in err and len(said) == 1, err
     assert said[0].startswith(f"dreamtext: error: {os.strerror(number)} ({log}); {fix}")
@@ -1540,7 +1555,7 @@ def test_a_failing_disk_or_file_server_in_a_run_is_one_line_that_fits_it(
 
 
 def test_a_full_disk_in_training_after_a_checkpoint_says_to_resume_it(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, tiny_sizes
 ):
     """A checkpoint's save that filled the disk at step 4, with step 2's saved and whole, said
     "free space on that disk (or quota) or pick a folder you can write (--workspace)": a new
@@ -1559,7 +1574,7 @@ def test_a_full_disk_in_training_after_a_checkpoint_says_to_resume_it(
     config = tmp_path / "every2.yaml"
     config.write_text("checkpoint_every: 2\npreview_every: 0\n")
     argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "6", "--no-export"]
-    argv += ["--config", str(config), "--workspace", str(workspace)]
+    argv += ["--config", str(tiny_sizes), "--config", str(config), "--workspace", str(workspace)]
     monkeypatch.setattr(trainer, "save_checkpoint", full_at_step_4)
     code, err = run_main(argv, capsys)
     said = [line for line in err.splitlines() if line.startswith("dreamtext")]  # not the bar's
@@ -1580,7 +1595,7 @@ def test_a_full_disk_in_training_after_a_checkpoint_says_to_resume_it(
     ids=["ENOSPC", "EIO"],
 )
 def test_a_full_or_failing_disk_in_a_runs_own_export_says_to_export_the_trained_run(
-    tmp_path, monkeypatch, capsys, number, fix
+    tmp_path, monkeypatch, capsys, tiny_sizes, number, fix
 ):
     """The run had trained to its end and saved its checkpoint when its export failed to write,
     and the line said "... or pick a folder you can write (--workspace)": a new run there trains
@@ -1595,7 +1610,7 @@ def test_a_full_or_failing_disk_in_a_runs_own_export_says_to_export_the_trained_
 
     monkeypatch.setattr(trainer, "export_trained", failing_export)
     argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "3"]
-    code, err = run_main([*argv, "--workspace", workspace], capsys)
+    code, err = run_main([*argv, "--config", tiny_sizes, "--workspace", workspace], capsys)
     said = [line for line in err.splitlines() if line.startswith("dreamtext")]  # not the bar's
     assert code == 2 and "Traceback" not in err and len(said) == 1, err
     checkpoint = workspace / "checkpoints" / "last.pt"
@@ -2500,11 +2515,12 @@ def test_a_workspace_under_proc_is_one_line_as_root(
 
 
 def test_text_prints_only_the_workspace_on_stdout_and_makes_files_others_can_read(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_sizes
 ):
     quick = tmp_path / "quick.yaml"
     quick.write_text("export_options:\n  video: false\n  resolution: 32\n")
-    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--config", quick]
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2"]
+    args += ["--config", tiny_sizes, "--config", quick]
     make_run(monkeypatch, tmp_path, *args)
     again = run_cli(*args, "--resume", cwd=tmp_path)  # "nothing to train", then the export
     assert again.returncode == 0, again.stderr
@@ -2648,16 +2664,18 @@ def test_a_fresh_process_on_stable_diffusion_and_clip_prints_only_its_own_lines(
     assert "describe: " in done.stderr  # the CLIP search ran
 
 
-def test_several_config_files_apply_in_order(tmp_path, monkeypatch, capsys):
+def test_several_config_files_apply_in_order(tmp_path, monkeypatch, capsys, tiny_sizes):
     """A second ``--config`` replaced the first, silently: its settings were all lost."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gpu.yaml").write_text("log_every: 2\nrender:\n  march_steps: 128\n")
     (tmp_path / "run.yaml").write_text("log_every: 5\nlr: 0.01\n")
-    args = [*BUILTIN_RUN, "--iters", "4", "--config", "gpu.yaml", "--config", "run.yaml"]
+    args = [*BUILTIN_RUN, "--iters", "4", "--config", tiny_sizes]
+    args += ["--config", "gpu.yaml", "--config", "run.yaml"]
     code, err = run_main([*args, "--lr", "0.03"], capsys)
     assert code == 0, err
     config = json.loads((tmp_path / "workspace" / "a_red_cube" / "config.json").read_text())
-    assert config["render"]["march_steps"] == 128  # the first file's
+    assert config["render"]["march_steps"] == 128  # gpu.yaml's, over tiny_sizes' 64
+    assert config["h"] == TINY_SIZES["h"]  # a key only the first file has
     assert config["log_every"] == 5  # the second file over the first
     assert config["lr"] == 0.03  # a flag over both
 
@@ -2924,7 +2942,7 @@ def test_a_copied_run_whose_model_folder_moved_is_refused_in_one_line_naming_mod
 
 
 def test_sigterm_mid_render_drops_that_step_saves_the_last_whole_one_and_exits_130(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, tiny_sizes
 ):
     """A SIGTERM was honoured only between steps: a step too big to end (``--h 4096``) ran on
     past a scheduler's stop until SIGKILL, leaving status.json "running" and nothing saved. It
@@ -2949,11 +2967,12 @@ def test_sigterm_mid_render_drops_that_step_saves_the_last_whole_one_and_exits_1
         return real_sample(self, *args, **kwargs)
 
     chunked = tmp_path / "chunked.yaml"
-    chunked.write_text("render: {chunk_size: 256}\n")  # 8 chunks of rays a render
+    chunked.write_text("render: {chunk_size: 64}\n")  # 8 chunks of rays a 16 px render
     monkeypatch.setattr(trainer, "train_step", step)
     monkeypatch.setattr(samplers.DenseSampler, "_sample", sample)
     monkeypatch.chdir(tmp_path)
-    code, err = run_main([*BUILTIN_RUN, "--iters", "3", "--config", chunked], capsys)
+    chunked_run = [*BUILTIN_RUN, "--config", tiny_sizes, "--config", chunked]
+    code, err = run_main([*chunked_run, "--iters", "3"], capsys)
     assert code == 130, err
     assert "interrupted after step 1; saved " in err.strip().splitlines()[-1]
     workspace = tmp_path / "workspace" / "a_red_cube"
@@ -2963,8 +2982,7 @@ def test_sigterm_mid_render_drops_that_step_saves_the_last_whole_one_and_exits_1
     assert saved["step"] == 1
     monkeypatch.setattr(trainer, "train_step", real_step)
     monkeypatch.setattr(samplers.DenseSampler, "_sample", real_sample)
-    one = ["--iters", "1", "--config", chunked, "--workspace", "one"]
-    code, err = run_main([*BUILTIN_RUN, *one], capsys)
+    code, err = run_main([*chunked_run, "--iters", "1", "--workspace", "one"], capsys)
     assert code == 0, err
     one_step = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["field"]
     for key, value in one_step.items():  # the field is step 1's: step 2's update was dropped
@@ -3150,7 +3168,9 @@ def test_batch_names_a_root_it_cannot_write_in_before_reading_the_prompts_file(
     assert_user_error(code, err, f"cannot write in --workspace {tmp_path}: ")
 
 
-def test_a_finished_no_export_run_resumed_with_export_makes_its_mesh(tmp_path, monkeypatch, capsys):
+def test_a_finished_no_export_run_resumed_with_export_makes_its_mesh(
+    tmp_path, monkeypatch, capsys, tiny_sizes
+):
     """A run trained with --no-export, typed again with --resume, said "nothing to train" and
     wrote no mesh (so did `--resume --iters N`, which its refusal offered); `text` had no way to
     ask for the mesh. --export asks; the refusal names `dreamtext export`."""
@@ -3158,7 +3178,8 @@ def test_a_finished_no_export_run_resumed_with_export_makes_its_mesh(tmp_path, m
     config.write_text(
         yaml.safe_dump({"export_options": {"resolution": 16, "formats": ["ply"], "video": False}})
     )
-    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--config", config]
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2"]
+    args += ["--config", tiny_sizes, "--config", config]
     make_run(monkeypatch, tmp_path, *args, "--no-export")
     capsys.readouterr()
     run = tmp_path / "workspace" / "a_red_cube"
@@ -3222,12 +3243,12 @@ def test_perp_neg_without_view_prompts_is_refused_before_any_model_loads(
 
 
 def test_perp_neg_without_view_prompts_is_only_ignored_with_the_built_in_prior(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, tiny_sizes
 ):
     """The built-in prior ignores --perp-neg (with a warning): its runs with --no-view-prompt
     trained, and one recorded so must still resume."""
     monkeypatch.chdir(tmp_path)
-    args = [*BUILTIN_RUN, "--iters", "1", "--perp-neg", "--no-view-prompt"]
+    args = [*BUILTIN_RUN, "--iters", "1", "--perp-neg", "--no-view-prompt", "--config", tiny_sizes]
     code, err = run_main(args, capsys)
     assert code == 0, err
     assert "--perp-neg does not apply to the built-in prior; ignored" in err

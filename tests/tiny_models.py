@@ -258,6 +258,12 @@ TINY_TRAIN: dict = {
     },
 }
 
+# TINY_TRAIN's sizes alone (16 px renders, its field and samples), without its schedule (its
+# checkpoint, preview and log steps): for runs of the built-in prior whose checks name the
+# preset's steps. The prior keeps its image set at the render's size: at the preset's 32 px a
+# one-step run peaked ~314 MB above a test's start, at 16 px ~72 MB.
+TINY_SIZES: dict = {key: TINY_TRAIN[key] for key in ("h", "w", "field", "render")}
+
 
 def builtin_on_virtual_cuda(
     workspace: str | Path, guidance: dict | None = None, render: dict | None = None, **top: Any
