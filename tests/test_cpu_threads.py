@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from test_early import run_without_torch
+from tiny_models import TINY_SIZES
 
 from dreamtext import inputs
 from dreamtext.errors import DreamtextError
@@ -86,12 +88,22 @@ def test_idle_openmp_threads_spin_briefly_unless_the_user_chose_how_they_wait():
         assert not spin_briefly(environ) and environ == chosen
 
 
+def tiny_sizes(folder: Path) -> list[str]:
+    """``--config`` of :data:`TINY_SIZES`, written in ``folder``: these runs check what
+    ``ran_on`` records, not what the preset's 32 px renders make."""
+    path = folder / "tiny_sizes.yaml"
+    path.write_text(yaml.safe_dump(TINY_SIZES))
+    return ["--config", str(path)]
+
+
 def text_process(folder: Path, environ: dict[str, str], *flags: str):
-    """``dreamtext text`` for one step of the built-in prior in a fresh interpreter with the
-    thread variables unset but ``environ``, in ``folder / "run"``: the finished process."""
+    """``dreamtext text`` for one step of the built-in prior (at :data:`TINY_SIZES`) in a fresh
+    interpreter with the thread variables unset but ``environ``, in ``folder / "run"``: the
+    finished process."""
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]), **environ)
     argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
+    argv += tiny_sizes(folder)
     return subprocess.run(
         [sys.executable, "-m", "dreamtext.cli", *argv, "--workspace", str(folder / "run"), *flags],
         env=env,
@@ -170,6 +182,7 @@ def test_python_that_imported_torch_first_keeps_its_threads_unless_the_flag_asks
     for name in THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
+    argv += tiny_sizes(tmp_path)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -226,7 +239,7 @@ def test_the_wait_settings_libgomp_read_are_recorded_not_those_set_after_it_load
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
     done = subprocess.run(
-        [sys.executable, "-c", code, *TEXT_RUN],
+        [sys.executable, "-c", code, *TEXT_RUN, *tiny_sizes(tmp_path)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -255,7 +268,7 @@ def test_python_that_imported_torch_first_has_its_wait_settings_recorded_unknown
     monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # after conftest's import of torch loaded libgomp
     threads = torch.get_num_threads()
     try:
-        assert main([*TEXT_RUN, "--workspace", str(tmp_path / "a")]) == 0
+        assert main([*TEXT_RUN, *tiny_sizes(tmp_path), "--workspace", str(tmp_path / "a")]) == 0
     finally:
         torch.set_num_threads(threads)
     ran_on = json.loads((tmp_path / "a" / "config.json").read_text())["ran_on"]
