@@ -4235,7 +4235,7 @@ def test_a_line_too_long_for_the_text_encoder_is_refused_before_any_line_trains(
     assert not root.exists()
 
 
-def test_a_list_read_from_a_pipe_trains_its_lines(tmp_path, shapes_cache, capsys):
+def test_a_list_read_from_a_pipe_trains_its_lines(tmp_path, tiny_yaml, shapes_cache, capsys):
     """`dreamtext batch <(grep cube prompts.txt)` (or /dev/stdin) said the list "holds no
     prompts": the early checks read the pipe, and the batch, reading it again, found it empty."""
     read, write = os.pipe()
@@ -4243,7 +4243,8 @@ def test_a_list_read_from_a_pipe_trains_its_lines(tmp_path, shapes_cache, capsys
     os.close(write)
     try:
         argv = ["batch", f"/dev/fd/{read}", *BUILTIN[:2], "--iters", "1", "--no-export"]
-        assert main([*argv, "--workspace", str(tmp_path / "root")]) == 0
+        argv += ["--config", str(tiny_yaml), "--workspace", str(tmp_path / "root")]
+        assert main(argv) == 0
     finally:
         os.close(read)
     assert "1 finished, 0 skipped, 0 failed" in capsys.readouterr().out
