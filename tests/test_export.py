@@ -26,6 +26,7 @@ from analytic_field import ALBEDO, EmptyField, SphereField, SphereTracer, direct
 from PIL import Image
 from test_checkpoint import files_limited_to
 from test_early import files_under
+from tiny_models import TINY_SIZES
 
 import dreamtext
 from dreamtext import export as export_module
@@ -3414,7 +3415,7 @@ def test_an_export_command_checks_memory_and_ffmpeg_once(tmp_path, monkeypatch):
 
     run = tmp_path / "run"
     overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
-    train(resolve_config({**overrides, "workspace": str(run), "export": False}))
+    train(resolve_config({**overrides, **TINY_SIZES, "workspace": str(run), "export": False}))
     memory_checks, versions = [], []
     check_memory, run_process = export_module.check_memory, subprocess.run
 
@@ -3443,6 +3444,7 @@ def test_an_export_refused_for_memory_after_training_names_dreamtext_export(tmp_
     monkeypatch.setattr(export_module, "available_memory", lambda: next(free, 10**9))
     run = tmp_path / "run"
     overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
+    overrides.update(TINY_SIZES)  # the refusal is of the export's grid, not of the field
     options = {"resolution": 1024, "video": False}  # a 1024^3 grid: about 43 GB
     with pytest.raises(DreamtextError) as refused:
         train(resolve_config({**overrides, "workspace": str(run), "export_options": options}))
