@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+import yaml
+from tiny_models import TINY_SIZES
 
 from dreamtext import factory
 from dreamtext.adan import Adan
@@ -203,7 +205,8 @@ def test_an_adan_run_resumes_to_the_uninterrupted_result_and_keeps_its_optimizer
     """4 steps straight, and 2 + 2 with a resume: the same field, bit for bit; config.json
     records the optimiser, and a resume asked to change it is refused (its state is Adan's)."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "adan.yaml").write_text("optimizer: adan\nlr: 0.005\n", encoding="utf-8")
+    adan_run = {**TINY_SIZES, "optimizer": "adan", "lr": 0.005}
+    (tmp_path / "adan.yaml").write_text(yaml.safe_dump(adan_run), encoding="utf-8")
     adan = ["--config", "adan.yaml"]
     assert main([*BUILTIN_RUN, "--iters", "4", "--workspace", "a", *adan]) == 0
     assert main([*BUILTIN_RUN, "--iters", "2", "--workspace", "b", *adan]) == 0

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from step_faults import raise_at_step, signal_after_step, weights_overflow_in_step
 from test_checkpoint import files_limited_to
-from tiny_models import TINY_TRAIN
+from tiny_models import TINY_SIZES, TINY_TRAIN
 
 import dreamtext.trainer as trainer
 from dreamtext.cameras import sample_poses
@@ -1443,8 +1444,9 @@ def test_a_preview_temp_file_a_kill_left_is_removed_at_the_next_preview(
     from dreamtext.cli import main
 
     monkeypatch.chdir(tmp_path)
+    Path("tiny.yaml").write_text(yaml.safe_dump(TINY_SIZES))
     run = ["text", "a red cube", "--model", "builtin:shapes", "--no-export", "--workspace", "w"]
-    assert main([*run, "--iters", "1"]) == 0
+    assert main([*run, "--config", "tiny.yaml", "--iters", "1"]) == 0
     previews = tmp_path / "w" / "previews"
     left = [previews / ".step_000500.png.a1b2c3d4.tmp", previews / ".final.png.zz_99xy0.tmp"]
     for path in left:
