@@ -4,7 +4,9 @@ one line on stderr naming the setting and its file, exit 2, no workspace written
 import math
 
 import pytest
+import yaml
 from step_faults import raise_at_step
+from tiny_models import TINY_SIZES
 
 from dreamtext.cli import main
 from dreamtext.config import PREVIEW_VIEWS_MAX, TrainConfig, validate
@@ -243,7 +245,8 @@ def test_a_run_from_before_the_bounds_is_told_how_to_resume(tmp_path, monkeypatc
     import json
 
     monkeypatch.chdir(tmp_path)
-    assert main([*BUILTIN_RUN, "--workspace", "w"]) == 0
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_SIZES), encoding="utf-8")
+    assert main([*BUILTIN_RUN, "--config", "tiny.yaml", "--workspace", "w"]) == 0
     saved = json.loads((tmp_path / "w" / "config.json").read_text(encoding="utf-8"))
     saved["preview_views"] = 100
     (tmp_path / "w" / "config.json").write_text(json.dumps(saved), encoding="utf-8")
