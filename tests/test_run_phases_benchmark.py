@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from benchmark_scripts import load_benchmark
+from tiny_models import TINY_SIZES
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +18,9 @@ def test_a_short_run_reports_its_training_phases_within_the_whole(
 ):
     monkeypatch.setenv("DREAMTEXT_CACHE", str(tmp_path / "cache"))
     workspace = tmp_path / "red"
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_SIZES))  # phases, not the preset's size
     command = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--no-export"]
+    command += ["--config", str(tmp_path / "tiny.yaml")]
     assert bench.main(["--", *command, "--workspace", str(workspace)]) == 0
     assert (workspace / "log.jsonl").is_file()
     out = capsys.readouterr().out
