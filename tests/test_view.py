@@ -359,6 +359,15 @@ def test_a_failed_run_shows_the_step_its_checkpoint_saved_where_that_is_behind(t
     assert shown["old"]["step"] == 14
 
 
+def _shown_and_copied(original: Path, status: dict) -> tuple[dict, ...]:
+    """The statuses the viewer shows of a run made in ``original`` with ``status`` and of its
+    copy (``copytree``) into ``copies/<name>`` beside the folder above it."""
+    make_run(original, "a red cube", final=False, status=status)
+    copy = original.parent.parent / "copies" / original.name
+    shutil.copytree(original, copy)
+    return tuple(read_run(Catalog([folder]).runs()[0]).status for folder in (original, copy))
+
+
 def test_a_copy_of_a_running_run_shows_as_interrupted_and_the_original_as_running(tmp_path: Path):
     """A run folder copied with ``cp -r`` while it trained carries its status.json and lock file,
     which name the live process that trains the original: the copy showed "running", forever.
@@ -375,10 +384,7 @@ def test_a_copy_of_a_running_run_shows_as_interrupted_and_the_original_as_runnin
         assert holder.stdout.readline() == b"held\n"
         status = {"state": "running", "step": 10, "iters": 20, "host": HOST, "pid": holder.pid}
         status["pid_start"] = process_start(holder.pid)
-        make_run(original, "a red cube", final=False, status=status)
-        shutil.copytree(original, tmp_path / "copies" / "cube")
-        shown = read_run(Catalog([original]).runs()[0]).status
-        copied = read_run(Catalog([tmp_path / "copies" / "cube"]).runs()[0]).status
+        shown, copied = _shown_and_copied(original, status)
     finally:
         holder.kill()
         holder.wait()
@@ -403,10 +409,7 @@ def test_a_copy_of_a_running_run_whose_original_ended_says_it_is_a_copy_not_kill
     original.mkdir(parents=True)
     status = {"state": "running", "step": 10, "iters": 20, **this_process()}
     status |= {"pid": ended.pid, "pid_start": None, "folder_inode": original.stat().st_ino}
-    make_run(original, "a red cube", final=False, status=status)
-    shutil.copytree(original, tmp_path / "copies" / "cube")
-    killed = read_run(Catalog([original]).runs()[0]).status
-    copied = read_run(Catalog([tmp_path / "copies" / "cube"]).runs()[0]).status
+    killed, copied = _shown_and_copied(original, status)
     assert (killed["state"], killed["process_gone"]) == ("interrupted", ended.pid)
     assert "copy" not in killed
     assert (copied["state"], copied["copy"], copied["step"]) == ("interrupted", True, 10)
@@ -426,10 +429,7 @@ def test_a_copy_is_told_by_its_folder_where_no_lock_says_so(tmp_path: Path):
         status = {"state": "running", "step": 10, "iters": 20, **this_process()}
         status |= {"pid": holder.pid, "pid_start": process_start(holder.pid)}
         status["folder_inode"] = original.stat().st_ino
-        make_run(original, "a red cube", final=False, status=status)
-        shutil.copytree(original, tmp_path / "copies" / "cube")
-        shown = read_run(Catalog([original]).runs()[0]).status
-        copied = read_run(Catalog([tmp_path / "copies" / "cube"]).runs()[0]).status
+        shown, copied = _shown_and_copied(original, status)
     finally:
         holder.kill()
         holder.wait()
