@@ -13,6 +13,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+if __name__ == "__main__":
+    # `python -m dreamtext` runs this file as the module __main__: the modules that import
+    # dreamtext.__main__ (the handlers' blocks, the trainer) get this one, not a second copy
+    # whose state of the command's work (_WORK) run()'s handlers would not see.
+    sys.modules.setdefault("dreamtext.__main__", sys.modules[__name__])
+
 EXIT_INTERRUPTED = 130  # dreamtext.cli.EXIT_INTERRUPTED, not imported before the handler is set
 EXIT_USAGE = 2  # dreamtext.cli's exit status for what the user can fix
 # Native Windows has no fcntl locks, no resource module, and its os.kill(pid, 0) sends Ctrl-C to
@@ -39,26 +45,74 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LEFT_IGNORED = (signal.SIGINT, signal.SIGHUP)
 
 
+# A stop interrupts a command's work; once that work is complete it interrupts nothing. The
+# work is complete when its last file is in place (a run's export swapped in, or its final
+# preview without one; `dreamtext export`'s files): what follows only records it (status.json
+# "finished", a batch's line) and says so. A stop from there on is noted and dropped (every
+# handler is set through handle_stop_signals, whose StopHandler asks): the run reads finished,
+# the command exits with its own status, and no "interrupted" is said. A stop before it, a
+# moment earlier, stops the command as ever (130, a run that resumes). The window lasts to the
+# process's end, or to the command's next work (a batch's next line, whose more_work ends it),
+# which a stop noted meanwhile stops before it starts. It is no shorter than that: ended at
+# status.json's "finished", a stop after it said "interrupted" of a finished run and exited 130.
+# The state outlives the handlers of a process run by run() (its own are set first and last for
+# its life); in a process that calls dreamtext (the tests), its outermost handler starts it anew.
+_WORK = {"complete": False, "stopped": False}
+
+
+def work_complete() -> None:
+    """The command's work is complete: every file it makes is in place, and what follows only
+    records it and says so. From here a stop signal interrupts nothing (see :data:`_WORK`'s
+    rule): the handlers of :func:`handle_stop_signals` note it and return."""
+    _WORK["complete"] = True
+
+
+def work_goes_on() -> bool:
+    """End what :func:`work_complete` began, for more work of the same command (a batch's next
+    line): stop signals interrupt again. Returns whether one arrived since the work was
+    complete; it is for the caller to stop the work that follows."""
+    _WORK["complete"] = False  # first: a stop from here on interrupts, and none is lost
+    stopped, _WORK["stopped"] = _WORK["stopped"], False
+    return stopped
+
+
+class StopHandler:
+    """The handler :func:`handle_stop_signals` sets: for SIGHUP it first sends stdout and stderr
+    to /dev/null where they are the terminal that went away
+    (:func:`outputs_of_a_gone_terminal_to_devnull`), so that the lines saying what was saved
+    cannot fail on them; then ``handler``, unless the command's work is complete
+    (:func:`work_complete`), when the stop is only noted."""
+
+    def __init__(self, handler: Callable[[int, FrameType | None], Any]) -> None:
+        self.handler = handler
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        if signum == signal.SIGHUP:
+            outputs_of_a_gone_terminal_to_devnull()
+        if _WORK["complete"]:
+            _WORK["stopped"] = True
+            return None
+        return self.handler(signum, frame)
+
+
 def handle_stop_signals(
     handler: Callable[[int, FrameType | None], Any],
     signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
 ) -> dict[int, Any]:
     """Set ``handler`` for each of ``signals`` (:data:`STOP_SIGNALS`) but one ignored that stays
-    so (:data:`LEFT_IGNORED`); for SIGHUP it first sends stdout and stderr to /dev/null where
-    they are the terminal that went away (:func:`outputs_of_a_gone_terminal_to_devnull`), so
-    that the lines saying what was saved cannot fail on them. Returns the handlers it replaced,
-    for the caller to put back. Off the main thread it raises ``ValueError``, having set none."""
-
-    def on_signal(signum: int, frame: FrameType | None) -> Any:
-        if signum == signal.SIGHUP:
-            outputs_of_a_gone_terminal_to_devnull()
-        return handler(signum, frame)
-
+    so (:data:`LEFT_IGNORED`), behind a :class:`StopHandler`. Returns the handlers it replaced,
+    for the caller to put back. Off the main thread it raises ``ValueError``, having set none.
+    The outermost of them (SIGTERM, always handled, has none of dreamtext's yet) begins a
+    command's work: one complete before is another command's (:func:`work_complete`)."""
+    outermost = not isinstance(signal.getsignal(signal.SIGTERM), StopHandler)
+    on_signal = StopHandler(handler)
     previous = {}
     for sig in signals:
         if sig in LEFT_IGNORED and signal.getsignal(sig) == signal.SIG_IGN:
             continue
         previous[sig] = signal.signal(sig, on_signal)
+    if outermost:
+        _WORK.update(complete=False, stopped=False)
     return previous
 
 
@@ -214,9 +268,10 @@ def stdout_delivered(code: int) -> int:
 
 
 def run() -> int:
-    """Entry point of the ``dreamtext`` console script: ``dreamtext.cli.main`` with SIGTERM
-    raising ``KeyboardInterrupt`` as Ctrl-C does from the first line on (``main``'s own handlers
-    take over where it sets them). One interrupted before ``main`` knows the command says only
+    """Entry point of the ``dreamtext`` console script: ``dreamtext.cli.main`` with SIGTERM and
+    SIGHUP raising ``KeyboardInterrupt`` as Ctrl-C does from the first line on (``main``'s own
+    handlers take over where it sets them), until the command's work is complete
+    (:func:`work_complete`). One interrupted before ``main`` knows the command says only
     that, with ``main``'s exit status. Once ``main`` is done, or stopping for a signal, more
     signals are ignored (:func:`ignore_stop_signals`): the status is the one it returns.
     What it writes to a terminal gone without a SIGHUP is lost (:class:`LostOnAGoneTerminal`).
@@ -225,8 +280,9 @@ def run() -> int:
         print(NATIVE_WINDOWS, file=sys.stderr)
         return EXIT_USAGE
     outputs_lost_on_a_gone_terminal()
-    # Ctrl-C has Python's own KeyboardInterrupt already (where it is not ignored).
-    handle_stop_signals(_raise_keyboard_interrupt, (signal.SIGTERM, signal.SIGHUP))
+    # Ctrl-C too, which Python's own handler turned into KeyboardInterrupt as this one does: put
+    # back as main's handlers end, Python's raised it once the command's work was complete.
+    handle_stop_signals(_raise_keyboard_interrupt)
     try:
         from dreamtext.cli import main
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dreamtext.__main__ import work_complete
 from dreamtext.captions import BUILTIN_MODELS, check_builtin_prompt_lines
 from dreamtext.checkpoint import can_resume, last_reads, write_whole
 from dreamtext.config import (
@@ -100,6 +101,7 @@ from dreamtext.inputs import (
 from dreamtext.interrupts import (
     TrainingInterrupted,
     lines_from_end,
+    more_work,
     signals_held,
     sigterm_interrupts,
     stop_requested,
@@ -1466,6 +1468,9 @@ def run_batch(
             _run_share(
                 share, configs, records, attempt, bar, options, root, shard_text, not_reached
             )
+            # Each line it ran has its record (all of them, or up to the one the batch stopped
+            # at): a stop from here on changes neither them nor the batch's exit status.
+            work_complete()
         # A Ctrl-C or SIGTERM between two lines (held back while a line's record was written,
         # or its KeyboardInterrupt swallowed) stopped the batch as one in a line does.
         between = stop_requested()
@@ -1496,6 +1501,7 @@ def _run_share(
         not_reached.extend(entry for entry, record in held if held_for(record))
 
     for entry, cfg in zip(share, configs, strict=True):
+        more_work()  # a stop once the line before was complete (and since) stops the batch here
         if stop_requested():
             break  # a stop that came between two lines: the next one is not started
         bar.set_postfix_str(entry.workspace.name[:40])
@@ -1511,11 +1517,12 @@ def _run_share(
         # worker waits for the lock to time out and runs them, rather than leaving them to
         # a later submission. A holder that refreshes its lock again is alive: skipped.
         for index, (entry, cfg) in enumerate(zip(share, configs, strict=True)):
+            if not held_for(records[index]):
+                continue
+            more_work()
             if stop_requested():
                 unvisited(index)
                 break
-            if not held_for(records[index]):
-                continue
             try:
                 again = wait_for_abandoned_lock(entry, options.lock_timeout)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM while waiting

@@ -1004,6 +1004,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     # SIGTERM: as Ctrl-C (main), temps removed
     result = export_workspace(workspace, options, getattr(args, "progress", None))
+    # Its files are in place: a stop from here on records nothing and leaves the exit status 0.
+    from dreamtext.__main__ import work_complete
+
+    work_complete()
     if result.step is not None:
         finish_cut_export(result.out_dir, result.step)
     print(terminal_lines(result.summary()))

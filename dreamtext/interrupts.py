@@ -27,7 +27,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from dreamtext.__main__ import STOP_SIGNALS, handle_stop_signals
+from dreamtext.__main__ import STOP_SIGNALS, handle_stop_signals, work_goes_on
 from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.errors import naming_the_file
 
@@ -86,6 +86,15 @@ def raise_if_stop_requested() -> None:
     ``KeyboardInterrupt`` a library swallowed still stops it."""
     if _REQUEST["stop"]:
         raise KeyboardInterrupt
+
+
+def more_work() -> None:
+    """More work of the command follows work that was complete (a batch's next line, after
+    :func:`dreamtext.__main__.work_complete`): stop signals interrupt again, and one that
+    arrived in between is a request to stop (:func:`stop_requested`), which the caller checks
+    before it starts that work."""
+    if work_goes_on():
+        _REQUEST["stop"] = True
 
 
 def raise_if_stop_in_step() -> None:

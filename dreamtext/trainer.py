@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dreamtext.__main__ import work_complete
 from dreamtext.cameras import Poses, box_outside_ranges, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
     RUN_KEYS,
@@ -1529,6 +1530,8 @@ def _train(run: Run, resume: bool) -> Path:
             save_preview(run, workspace / "previews" / "final.png")
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.step, checkpoint) from None
+    if not cfg.export:
+        work_complete()  # the final preview was its last file: a stop from here changes nothing
     if run.guidance.skipped_steps:
         say(f"dreamtext: skipped {run.guidance.skipped_steps} steps with non-finite guidance")
     if run.skipped_updates:
@@ -1719,4 +1722,7 @@ def export_trained(run: Run) -> None:
             radius_range=run.cfg.cameras.radius_range,
             checked=True,
         )
+        # Its files are in place: the run's work is complete, and a stop from here on neither
+        # makes it "interrupted in the export" nor the command's exit 130.
+        work_complete()
     say(result.summary())

@@ -1214,6 +1214,34 @@ def test_a_sigterm_while_waiting_for_an_abandoned_lock_stops_the_batch_as_interr
     assert json.loads((root / "a_red_cube.lock").read_text())["host"] == "node1"  # left as it was
 
 
+def test_a_sigterm_while_waiting_for_a_lock_after_a_finished_line_stops_the_batch(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """The wait for a dead node's lock comes after line 2's run was complete, whose stops are
+    only noted: the wait is more work, which a SIGTERM (the signal, sent while it waits) stops
+    as before, exit 130 and the line interrupted."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    root.mkdir()
+    _lock_file(root / "a_red_cube.lock", age=200, host="node1", refresh_s=15)
+    sent = []
+
+    def sleep(_):
+        assert not sent, "the wait went on past its SIGTERM"
+        sent.append(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(dreamtext.batch.time, "sleep", sleep)
+    args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 130
+    assert "line 1: interrupted while waiting for its lock" in capsys.readouterr().err
+    assert [(r["line"], r["status"]) for r in rows(root)] == [
+        (1, "skipped"),
+        (2, "finished"),
+        (1, "interrupted"),
+    ]
+
+
 def test_a_stop_while_waiting_for_one_abandoned_lock_names_the_others_not_started(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
@@ -1527,6 +1555,80 @@ def test_a_second_ctrl_c_says_whether_the_rerun_resumes_or_starts_again(
             "it again" in err
         )
     assert rows(root)[-1]["status"] == "interrupted"
+
+
+def _sigterm_once_finished(monkeypatch, workspace_name):
+    """Send SIGTERM to this process once the run in ``workspace_name`` is recorded finished in
+    its status.json (its last file, the final preview, in place). Returns the runs it was sent
+    in."""
+    from dreamtext.runstatus import StatusTracker
+
+    real, sent = StatusTracker.write, []
+
+    def write(self, state, *args, **kwargs):
+        real(self, state, *args, **kwargs)
+        if state == "finished" and Path(self.workspace).name == workspace_name and not sent:
+            sent.append(workspace_name)
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(StatusTracker, "write", write)
+    return sent
+
+
+def test_a_sigterm_once_a_line_is_complete_stops_the_batch_with_that_line_finished(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A stop between two lines, arriving once line 1's run was complete: its batch.jsonl row
+    said interrupted (of a run whose status.json said finished); the batch stops before line 2
+    as it did, exit 130, with line 2 named as not started."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    sent = _sigterm_once_finished(monkeypatch, "a_red_cube")
+    args = ["batch", path, *BUILTIN[:2], "--iters", "2", "--config", tiny_yaml]
+    assert main(list(map(str, [*args, "--workspace", root]))) == 130
+    err = capsys.readouterr().err
+    assert sent == ["a_red_cube"]
+    assert [(r["line"], r["status"]) for r in rows(root)] == [(1, "finished")]
+    assert status(root / "a_red_cube")["state"] == "finished"
+    assert not (root / "a_blue_sphere").exists()
+    assert err.strip().splitlines()[-1].startswith("batch: 1 line not started (line 2); ")
+
+
+@pytest.mark.parametrize("when", ["finished", "table", "table of skipped lines"])
+def test_a_sigterm_once_the_last_line_is_complete_changes_nothing(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys, when
+):
+    """A stop once the batch's last line was complete (its run recorded finished, or the batch
+    printing its table, after lines it trained or skipped as finished): exit 130 and
+    "interrupted" of a batch with nothing left to run, whose rerun only skips every line. Now
+    its own status, 0, and each line's row as without the stop."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "2", "--config", tiny_yaml]
+    args = list(map(str, [*args, "--workspace", root]))
+    expected = ["finished", "finished"]
+    if when == "table of skipped lines":
+        assert main(args) == 0
+        capsys.readouterr()
+        expected += ["skipped", "skipped"]
+    if when == "finished":
+        sent = _sigterm_once_finished(monkeypatch, "a_blue_sphere")
+    else:
+        real, sent = dreamtext.batch.summary_table, []
+
+        def summary_table(records):
+            sent.append("table")
+            signal.raise_signal(signal.SIGTERM)
+            return real(records)
+
+        monkeypatch.setattr(dreamtext.batch, "summary_table", summary_table)
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert len(sent) == 1
+    assert code == 0, err
+    assert "interrupted" not in err and "not started" not in err
+    assert [r["status"] for r in rows(root)] == expected
+    assert expected[-1] in out
 
 
 def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(

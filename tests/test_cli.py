@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -1260,6 +1261,134 @@ def test_ctrl_c_in_the_final_previews_says_the_run_is_saved_and_how_to_go_on(
     assert last.endswith("checkpoints/last.pt; continue with --resume")
     status = json.loads((tmp_path / "workspace" / "a_red_cube" / "status.json").read_text())
     assert (status["state"], status["step"]) == ("interrupted", 2)
+
+
+# A text run of the tiny field whose export is small: its mesh as PLY alone, no turntable.
+TINY_EXPORTED = {
+    **TINY_TRAIN,
+    "preview_every": 0,
+    "export": True,
+    "export_options": {"resolution": 16, "formats": ["ply"], "video": False},
+}
+
+
+def _signal_once(signum):
+    """The signals sent (a list) and a function that sends ``signum`` to this process the first
+    time it is called."""
+    sent = []
+
+    def send() -> None:
+        if not sent:
+            sent.append(signum)
+            signal.raise_signal(signum)
+
+    return sent, send
+
+
+def _stop_after_the_export(monkeypatch, signum) -> list:
+    """Send ``signum`` to this process as the export's summary is made: every file of the
+    export is in place (mesh/ swapped in), the line saying so not yet printed."""
+    from dreamtext.export import ExportResult
+
+    sent, send = _signal_once(signum)
+    real = ExportResult.summary
+
+    def summary(self):
+        send()
+        return real(self)
+
+    monkeypatch.setattr(ExportResult, "summary", summary)
+    return sent
+
+
+def _stop_after_finished(monkeypatch, signum) -> list:
+    """Send ``signum`` to this process once status.json says ``finished`` (held back by the
+    write's block until it is whole, then delivered)."""
+    from dreamtext.runstatus import StatusTracker
+
+    sent, send = _signal_once(signum)
+    real = StatusTracker.write
+
+    def write(self, state, *args, **kwargs):
+        real(self, state, *args, **kwargs)
+        if state == "finished":
+            send()
+
+    monkeypatch.setattr(StatusTracker, "write", write)
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("signum", "stop_at", "flags"),
+    [
+        (signal.SIGTERM, _stop_after_the_export, []),
+        (signal.SIGINT, _stop_after_finished, []),
+        (signal.SIGTERM, _stop_after_finished, ["--no-export"]),
+    ],
+    ids=[
+        "SIGTERM once the export's files are in place",
+        "Ctrl-C once finished is recorded",
+        "SIGTERM once a run without an export is recorded finished",
+    ],
+)
+def test_a_stop_once_the_runs_work_is_complete_changes_nothing(
+    tmp_path, monkeypatch, capsys, signum, stop_at, flags
+):
+    """A hangup, Ctrl-C or SIGTERM that lands after the run's last file is in place: the run was
+    recorded "interrupted in the export" (status.json interrupted, phase export) with every file
+    written and the summary printed, or, past status.json's finished, the command exited 130 with
+    "interrupted; run the same command again, with --resume if the run has a checkpoint". Now
+    the records say finished, the command prints its workspace and exits 0, as without it."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_EXPORTED))
+    workspace = tmp_path / "run"
+    sent = stop_at(monkeypatch, signum)
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--config", config]
+    code = main([str(a) for a in [*args, "--workspace", workspace, *flags]])
+    out, err = capsys.readouterr()
+    assert sent == [signum]
+    assert (code, out) == (0, f"{workspace}\n"), err
+    assert "interrupted" not in err
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("finished", 2)
+    if not flags:
+        assert status["phase"] == "export"
+        assert "exported " in err and (workspace / "mesh" / "mesh.ply").is_file()
+
+
+def test_a_stop_once_the_exports_files_are_in_place_changes_nothing(tmp_path, monkeypatch, capsys):
+    """`dreamtext export` of a run stopped in its export, its files swapped in and a SIGTERM
+    then, before the run is recorded finished: exit 130, "dreamtext export: interrupted; run
+    the same command again", the run still "interrupted" in its export. Now it is finished, the
+    summary printed, exit 0."""
+    from dreamtext import runstatus, trainer
+
+    def interrupted_export(run):
+        raise KeyboardInterrupt
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_EXPORTED))
+    workspace = tmp_path / "run"
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2", "--config", config]
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "export_trained", interrupted_export)
+        assert main([str(a) for a in [*args, "--workspace", workspace]]) == 130
+    capsys.readouterr()
+    sent, send = _signal_once(signal.SIGTERM)
+    real = runstatus.finish_cut_export
+
+    def finish_after_a_stop(*a, **k):
+        send()
+        return real(*a, **k)
+
+    monkeypatch.setattr(runstatus, "finish_cut_export", finish_after_a_stop)
+    code = main(["export", "--workspace", str(workspace)])
+    out, err = capsys.readouterr()
+    assert sent == [signal.SIGTERM]
+    assert code == 0, err
+    assert "interrupted" not in err and out.startswith(f"exported {workspace} (step 2)")
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("finished", "export")
 
 
 def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder):

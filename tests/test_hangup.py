@@ -95,9 +95,14 @@ def _trains_past(process: subprocess.Popen, log: Path, step: int, deadline: floa
 
 
 def _on_a_terminal(
-    arguments: list[str], env: dict[str, str], stderr: int | None, controlling: bool = True
+    arguments: list[str],
+    env: dict[str, str],
+    stderr: int | None,
+    controlling: bool = True,
+    program: tuple[str, ...] = ("-m", "dreamtext"),
 ) -> tuple[subprocess.Popen, int]:
-    """``python -m dreamtext ARGUMENTS`` started as an ssh session's command runs: the leader of
+    """``python -m dreamtext ARGUMENTS`` (``python PROGRAM ARGUMENTS``) started as an ssh
+    session's command runs: the leader of
     a session of its own whose controlling terminal is a new pseudo-terminal, its stdin, stdout
     and (unless ``stderr`` is another file descriptor) stderr that terminal, 80 columns wide (on
     one of 0 columns the bar is empty). Returns the process and the terminal's master side, whose
@@ -118,7 +123,7 @@ def _on_a_terminal(
 
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dreamtext", *arguments],
+            [sys.executable, *program, *arguments],
             env=env,
             stdin=its_end,
             stdout=its_end,
@@ -194,6 +199,148 @@ def test_the_terminal_going_away_saves_the_last_step_and_ends_with_130(tmp_path,
         last = f"dreamtext: interrupted after step {saved}; saved {workspace}/checkpoints/last.pt"
         lines = written.splitlines()
         assert lines and lines[-1].startswith(last), written
+
+
+# `python -m dreamtext ARGS` as -m runs it (the file dreamtext/__main__.py is the module __main__)
+# with one function of a later import wrapped, by an import hook, so that nothing of dreamtext is
+# imported before run() starts: `python -c LAUNCHER HOOK HELD GO ARGS`. HOOK "summary": the
+# export's summary, made once the run's work is complete, writes the file HELD and waits for the
+# file GO; "libraries": Ctrl-C sent once the command's libraries' context (and with it main's
+# last handlers) has ended, its work done.
+LAUNCHER = """
+import contextlib, importlib.machinery, os, runpy, signal, sys, time
+
+hook, held, go = sys.argv.pop(1), sys.argv.pop(1), sys.argv.pop(1)
+module = {"summary": "dreamtext.export", "libraries": "dreamtext.cli"}[hook]
+
+def wrap(loaded):
+    if hook == "summary":
+        real = loaded.ExportResult.summary
+        def summary(self):
+            open(held, "w").close()
+            while not os.path.exists(go):
+                time.sleep(0.05)
+            return real(self)
+        loaded.ExportResult.summary = summary
+    else:
+        real = loaded.start_libraries
+        @contextlib.contextmanager
+        def start_libraries(args):
+            with real(args):
+                yield
+            signal.raise_signal(signal.SIGINT)
+        loaded.start_libraries = start_libraries
+
+class Hook:
+    def find_spec(self, fullname, path, target=None):
+        if fullname != module:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        load = spec.loader.exec_module
+        def exec_module(loaded):
+            load(loaded)
+            wrap(loaded)
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, Hook())
+runpy.run_module("dreamtext", run_name="__main__", alter_sys=True)
+"""
+
+
+def _complete_run(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """The arguments of a 2-step text run into ``tmp_path / "run"`` with a small export (PLY
+    alone, no turntable), and the environment that runs this checkout's code."""
+    config = tmp_path / "tiny.json"
+    small = {"resolution": 16, "formats": ["ply"], "video": False}
+    config.write_text(json.dumps({"preview_every": 0, "export_options": small}))
+    command, env = _long_run(tmp_path / "run")
+    command[command.index("--iters") + 1] = "2"
+    command.remove("--no-export")
+    return [*command, "--config", str(config)], env
+
+
+def _stdout_of(pid: int) -> str | None:
+    """What process ``pid``'s stdout is (its /proc link); ``None`` once it has ended."""
+    with contextlib.suppress(OSError):
+        return os.readlink(f"/proc/{pid}/fd/1")
+    return None
+
+
+@pytest.mark.parametrize("stderr_to", [None, "run.log"], ids=["on the terminal", "2> run.log"])
+def test_the_terminal_going_away_once_the_run_is_complete_changes_nothing(tmp_path, stderr_to):
+    """The connection drops once the run's export has put its last file in place: status.json
+    said "interrupted" in phase export of a run with every file written, and with `2> run.log`
+    (status.json finished) the command exited 130 with "interrupted; run the same command
+    again, with --resume if the run has a checkpoint". It ends as without the hangup: exit 0,
+    status.json finished, the export's summary in run.log, nothing said of an interruption."""
+    if not Path(f"/proc/{os.getpid()}/fd").exists():
+        pytest.skip("no /proc here to tell when the command has handled the hangup")
+    command, env = _complete_run(tmp_path)
+    held, go = tmp_path / "held", tmp_path / "go"
+    log_file = open(tmp_path / "run.log", "wb") if stderr_to else None  # noqa: SIM115
+    try:
+        stderr = log_file.fileno() if log_file else None
+        program = ("-c", LAUNCHER, "summary", str(held), str(go))
+        process, terminal = _on_a_terminal(command, env, stderr, program=program)
+    finally:
+        if log_file:
+            log_file.close()
+    seen = b""
+    with _killed_if_left(process):
+        try:
+            deadline = time.monotonic() + 240
+            while not held.exists():
+                assert process.poll() is None, seen.decode(errors="replace")
+                assert time.monotonic() < deadline
+                if select.select([terminal], [], [], 0.1)[0]:
+                    seen += os.read(terminal, 65536)
+        finally:
+            os.close(terminal)  # the connection drops: the terminal hangs up
+        # The SIGHUP's handler has run once it sent stdout, the terminal, to /dev/null.
+        while process.poll() is None and _stdout_of(process.pid) != os.devnull:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        go.touch()
+        process.wait(timeout=120)
+    assert _left_in_session(process.pid) == []
+    assert process.returncode == 0, seen.decode(errors="replace")
+    workspace = tmp_path / "run"
+    run_status = json.loads((workspace / "status.json").read_text())
+    assert (run_status["state"], run_status["phase"], run_status["step"]) == (
+        "finished",
+        "export",
+        2,
+    )
+    assert (workspace / "mesh" / "mesh.ply").is_file()
+    if stderr_to:
+        written = (tmp_path / stderr_to).read_text()
+        assert "interrupted" not in written and "Traceback" not in written, written
+        assert f"exported {workspace} (step 2)" in written
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_a_ctrl_c_after_the_commands_last_handlers_changes_nothing(tmp_path):
+    """Ctrl-C once main's handlers were given back, the run finished and recorded: Python's own
+    handler was back in place and raised KeyboardInterrupt, "interrupted" and exit 130."""
+    command, env = _complete_run(tmp_path)
+    program = ["-c", LAUNCHER, "libraries", "-", "-"]
+    process = subprocess.Popen(
+        [sys.executable, *program, *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
+    )
+    with _killed_if_left(process):
+        out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err
+    assert out == f"{tmp_path / 'run'}\n"
+    assert "interrupted" not in err
 
 
 def _catches(pid: int, signum: int) -> bool:

@@ -555,6 +555,39 @@ def _finished_tiny_run(tmp_path, tiny_sd_path, tiny_clip_path, capsys) -> Path:
     return image
 
 
+def test_a_sigterm_once_the_image_run_is_recorded_finished_changes_nothing(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    """A stop once the text→3D stage has written its last file and status.json says finished:
+    "dreamtext image: interrupted; run the same command again to go on", exit 130, of a run
+    with nothing left to do. Now the command prints its workspace and exits 0."""
+    import signal
+
+    from dreamtext.runstatus import StatusTracker
+
+    image = _image(tmp_path)
+    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
+    real, sent = StatusTracker.write, []
+
+    def write(self, state, *args, **kwargs):
+        real(self, state, *args, **kwargs)
+        if state == "finished" and not sent:
+            sent.append(state)
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(StatusTracker, "write", write)
+    flags = ("--iters", "2", "--config", str(tiny))
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags)
+    out, err = capsys.readouterr()
+    assert sent == ["finished"]
+    assert (code, out) == (0, f"{tmp_path / 'run'}\n"), err
+    assert "interrupted" not in err
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["state"], status["phase"], status["step"]) == ("finished", "train", 2)
+
+
 def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
     tmp_path, tiny_clip_path, tiny_sd_path, capsys
 ):
