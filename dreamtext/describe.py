@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dreamtext.__main__ import work_complete
 from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.config import absolute_model_folder
 from dreamtext.devices import resolve_device
@@ -474,7 +475,11 @@ def describe(
         # The image the sentence is of, for the viewer's card and for `dreamtext image` after it
         # (which refuses an image edited since its copy). A new search replaces an older copy.
         keep_source_copy(image_path, workspace, replace=True)
-        return _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
+        sentence = _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
+        # The run's one file is written: a stop from here on changes neither its status.json
+        # ("finished") nor the command's exit status.
+        work_complete()
+        return sentence
 
 
 def _describe(

@@ -731,6 +731,27 @@ def test_describe_prints_the_sentence_and_records_it(
     assert code == 2 and f"in use: process {other.pid}" in err and err.count("\n") == 1
 
 
+def test_a_sigterm_once_the_sentence_is_written_changes_nothing(
+    tmp_path, capsys, tiny_clip_path, red_square_and_vocabulary, monkeypatch
+):
+    """`dreamtext describe` stopped once its sentence.json is written and status.json says
+    finished: "run the same command again to search again from the start", exit 130, of a
+    search that had found and recorded its sentence. Now the sentence printed, exit 0."""
+    image, vocabulary = red_square_and_vocabulary
+    workspace = tmp_path / "described"
+    sent = _stop_after_finished(monkeypatch, signal.SIGTERM)
+    args = ["describe", image, "--clip", tiny_clip_path, "--workspace", workspace, *vocabulary]
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert sent == [signal.SIGTERM]
+    assert code == 0, err
+    assert "interrupted" not in err
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert out == record["sentence"] + "\n"
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("finished", "describe")
+
+
 def test_image_runs_every_stage_from_the_command_line(
     tmp_path, capsys, tiny_clip_path, tiny_sd_path, tiny_yaml, red_square_and_vocabulary
 ):
