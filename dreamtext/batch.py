@@ -45,7 +45,7 @@ import traceback
 import unicodedata
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +129,7 @@ from dreamtext.runstatus import (
 )
 
 if TYPE_CHECKING:
+    from dreamtext.guidance import GuidanceConfig
     from dreamtext.models import StableDiffusionModels
 
 try:
@@ -1080,6 +1081,7 @@ def own_run_config(
     preset: str | None,
     config_file: str | Path | Sequence[str | Path] | None,
     resolved: dict[str, tuple[TrainConfig, list[str]]] | None = None,
+    settings: dict[Path, str] | None = None,
 ) -> tuple[TrainConfig, list[str]]:
     """The config a line's own run goes on with, resolved as its command's rerun resolves it:
     the run's ``config.json``, then ``preset``, the ``config_file`` files and the batch's flags
@@ -1097,7 +1099,9 @@ def own_run_config(
     ``resolved``: the configs made so far, by the run's kind, fixed settings and recorded
     settings but its prompt and folder, which set nothing else: runs of one list mostly share
     them, and resolving each of 50,000 took 18 ms (the preset and --config files read again for
-    each)."""
+    each). ``settings``: where given, the key of ``resolved`` each line resolved by, by its
+    folder (a line absent took ``fresh``): lines of one key differ in prompt and folder alone,
+    which :func:`settings_groups` groups the up-front checks by."""
     workspace = entry.workspace
     if run_owner(workspace) != entry.key:
         return fresh, []
@@ -1115,6 +1119,8 @@ def own_run_config(
         prompt = _config_prompt(entry)
         recorded = {k: v for k, v in base.items() if k not in ("prompt", "workspace")}
         key = json.dumps([entry.kind, fixed, recorded])
+        if settings is not None:
+            settings[workspace] = key
         if resolved is not None and key in resolved:
             cfg, conflicts = resolved[key]
             return replace(copy.deepcopy(cfg), prompt=prompt, workspace=str(workspace)), conflicts
@@ -1373,10 +1379,11 @@ def run_batch(
     overwrites = {e.workspace: options.overwrite and e.workspace not in kept for e in share}
     # A line's own run goes on with its recorded settings under the batch's, as `text --resume`.
     resolved: dict[str, tuple[TrainConfig, list[str]]] = {}
+    settings: dict[Path, str] = {}
     owns = [
         (cfg, [])
         if overwrites[e.workspace]
-        else own_run_config(e, cfg, overrides, preset, config_file, resolved)
+        else own_run_config(e, cfg, overrides, preset, config_file, resolved, settings)
         for e, cfg in zip(share, configs, strict=True)
     ]
     configs = [cfg for cfg, _ in owns]
@@ -1411,9 +1418,16 @@ def run_batch(
             e.line for e, _ in pending if not overwrites[e.workspace] and can_resume(e.workspace)
         ]
         check_other_models(pending)
-        models = check_model(pending[0][1], resuming, len(resuming) == len(pending))
-        if models is not None:
-            check_prompt_lengths(pending, models, Path(prompts_file))
+        # The lines' own runs may differ in any setting: each check runs once per settings.
+        # Where they do, a refusal names the first line of the settings it refuses.
+        groups = settings_groups(pending, settings)
+        named = len(groups) > 1
+        for group in groups[1:]:
+            with naming_line(group[0][0]):
+                check_machine(group[0][1], *resumed_in(group, resuming))
+        with naming_line(groups[0][0][0] if named else None):
+            models = check_model(groups[0][0][1], *resumed_in(groups[0], resuming))
+        check_prompt_lengths(groups, models, Path(prompts_file))
         check_image_lines([e for e, _ in pending], options)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
     if shard is not None and not share:
@@ -1674,19 +1688,68 @@ def check_builtin_prior(
     check_builtin_prompt_lines(model, lines, negative, prompts_file)
 
 
-def check_model(
+def settings_groups(
+    pending: Sequence[tuple[Entry, TrainConfig]], settings: Mapping[Path, str]
+) -> list[list[tuple[Entry, TrainConfig]]]:
+    """The lines to train in groups of one config but their prompt and folder, the group of the
+    first line first, each in the list's order: the up-front checks run once a group. Lines
+    are grouped by ``settings`` (:func:`own_run_config`'s key of a line's own run, by folder;
+    a line absent took the batch's config), a lookup a line, and groups whose configs are
+    equal are merged (a run's recorded settings may resolve to the batch's)."""
+    by_key: dict[str, list[tuple[Entry, TrainConfig]]] = {}
+    for entry, cfg in pending:
+        by_key.setdefault(settings.get(entry.workspace, ""), []).append((entry, cfg))
+    groups: list[list[tuple[Entry, TrainConfig]]] = []
+    shapes: list[TrainConfig] = []
+    for group in by_key.values():
+        shape = replace(group[0][1], prompt="", workspace="")
+        if shape in shapes:
+            merged = groups[shapes.index(shape)]
+            merged += group
+            merged.sort(key=lambda pair: pair[0].line)
+        else:
+            groups.append(group)
+            shapes.append(shape)
+    return groups
+
+
+@contextlib.contextmanager
+def naming_line(entry: Entry | None) -> Iterator[None]:
+    """A :class:`DreamtextError` out of the block, prefixed with ``entry``'s line and folder
+    (``line 2 (runs/a_cat): ...``; ``None``: as it is): the refusal of settings some lines'
+    own runs have (a GPU run's ``guidance.fp16: true`` resumed on a CPU machine) names the
+    line, where it was said only once that line's turn came, after the lines before it."""
+    try:
+        yield
+    except DreamtextError as error:
+        if entry is None:
+            raise
+        raise DreamtextError(f"line {entry.line} ({entry.workspace}): {error}") from None
+
+
+def resumed_in(
+    group: Sequence[tuple[Entry, TrainConfig]], resuming: Sequence[int]
+) -> tuple[list[int], bool]:
+    """The lines of ``group`` among ``resuming`` (the lines whose runs resume), and whether
+    they are all of its lines: :func:`check_machine`'s ``resuming`` and ``all_resume``."""
+    lines = {entry.line for entry, _ in group}
+    resumed = [line for line in resuming if line in lines]
+    return resumed, len(resumed) == len(lines)
+
+
+def check_machine(
     cfg: TrainConfig, resuming: Sequence[int] = (), all_resume: bool = False
-) -> StableDiffusionModels | None:
-    """The device, precision, memory, hash-grid backend and model every run of the batch uses.
-    Stable Diffusion is loaded here (the runs reuse it) and a field is built and dropped, so a
-    wrong ``--model``, ``--fp16`` or ``--encoding`` on a CPU, or a render or field too large for
-    the memory (:func:`dreamtext.trainer.check_field_memory`), stops the batch before it writes
-    anything instead of failing every prompt. ``resuming``: the lines whose runs resume, which
-    keep their field (``all_resume``: every line to train), named where the field is too
-    large: "lower field.log2_hashmap_size" refused them at their turn."""
+) -> torch.device:
+    """The device, precision, memory and hash-grid backend of a run of ``cfg``: a field is built
+    and dropped, so a wrong ``--fp16`` or ``--encoding`` on a CPU, or a render or field too large
+    for the memory (:func:`dreamtext.trainer.check_field_memory`), stops the batch before it
+    writes anything instead of failing its lines. ``resuming``: the lines whose runs resume,
+    which keep their field (``all_resume``: every line of ``cfg`` to train), named where the
+    field is too large: "lower field.log2_hashmap_size" refused them at their turn. Returns the
+    run's device."""
     from dreamtext.devices import resolve_device
     from dreamtext.factory import build_field
-    from dreamtext.models import load_for, resolve_dtype
+    from dreamtext.models import resolve_dtype
     from dreamtext.trainer import check_field_memory, check_render_memory
 
     device = resolve_device(cfg.device)
@@ -1695,6 +1758,19 @@ def check_model(
     check_render_memory(cfg, device)
     check_field_memory(cfg, device, all_resume, line_numbers(resuming) if resuming else None)
     build_field(cfg.field, device)  # an encoding that cannot run here raises
+    return device
+
+
+def check_model(
+    cfg: TrainConfig, resuming: Sequence[int] = (), all_resume: bool = False
+) -> StableDiffusionModels | None:
+    """:func:`check_machine` of the first line to train, and its Stable Diffusion model, loaded
+    here (the runs reuse it), so that a wrong ``--model`` stops the batch before it writes
+    anything instead of failing every prompt. The lines' other models are checked by their
+    files (:func:`check_other_models`), not loaded before their turn."""
+    from dreamtext.models import load_for
+
+    device = check_machine(cfg, resuming, all_resume)
     if cfg.guidance.model.startswith("builtin:"):
         return None
     return load_for(cfg.guidance, device)
@@ -1723,28 +1799,76 @@ def check_other_models(pending: Sequence[tuple[Entry, TrainConfig]]) -> None:
 
 
 def check_prompt_lengths(
-    pending: Sequence[tuple[Entry, TrainConfig]], models: StableDiffusionModels, prompts_file: Path
+    groups: Sequence[Sequence[tuple[Entry, TrainConfig]]],
+    models: StableDiffusionModels | None,
+    prompts_file: Path,
 ) -> None:
-    """Every text line still to train fits the text encoder with each of its view labels, as
-    does the negative prompt (:func:`dreamtext.prompts.check_lengths`), checked with the
-    tokenizer :func:`check_model` loaded: a long line failed only when its turn came, hours into
-    a sweep, after the lines before it. Image lines' prompts are the sentences still to learn."""
+    """Every text line still to train fits its text encoder with each of its view labels, as
+    does its negative prompt (:func:`dreamtext.prompts.check_lengths`): a long line failed only
+    when its turn came, hours into a sweep, after the lines before it. Each group of lines of
+    one config (:func:`settings_groups`) is checked with its own model's tokenizer, learned
+    tokens, negative prompt and labels: ``models``, loaded by :func:`check_model`, where the
+    group's model is theirs, else the tokenizer read alone
+    (:func:`dreamtext.models.read_tokenizer`, no weights); a first line of builtin:shapes left
+    the other lines' unchecked. Image lines' prompts are the sentences still to learn."""
     from dreamtext.cameras import with_view
     from dreamtext.prompts import check_lengths, expand_tokens
 
-    guidance = pending[0][1].guidance  # the lines differ in their prompts only
-    text = models.text_side(guidance.textual_inversion)
-    check_lengths(text.tokenizer, [], expand_tokens(guidance.negative, text.expansions), False)
-    labels = guidance.views.labels if guidance.view_dependent else ("",)
-    for entry, _ in pending:
-        if entry.kind != "text":
+    sides: dict[tuple[str, str | None], tuple[Any, dict[str, str]]] = {}
+    for group in groups:
+        entry, cfg = group[0]
+        guidance = cfg.guidance
+        if guidance.model.startswith("builtin:"):
             continue
-        prompt = expand_tokens(entry.prompt, text.expansions)
-        texts = [with_view(prompt, label) if label else prompt for label in labels]
+        if group is not groups[0] and all(e.kind != "text" for e, _ in group):
+            continue  # image runs' own: their learned file, read by their run
+        side = (guidance.model, guidance.textual_inversion)
+        named = f"line {entry.line} ({entry.workspace}): " if len(groups) > 1 else ""
         try:
-            check_lengths(text.tokenizer, texts, "", guidance.view_dependent)
+            if side not in sides:
+                sides[side] = _tokenizer_of(guidance, models)
+            tokenizer, expansions = sides[side]
+            negative = expand_tokens(guidance.negative, expansions)
+            check_lengths(tokenizer, [], negative, False)
         except DreamtextError as error:
-            raise DreamtextError(f"{prompts_file}: line {entry.line}: {error}") from None
+            raise DreamtextError(f"{named}{error}") from None
+        labels = guidance.views.labels if guidance.view_dependent else ("",)
+        for entry, _ in group:
+            if entry.kind != "text":
+                continue
+            prompt = expand_tokens(entry.prompt, expansions)
+            texts = [with_view(prompt, label) if label else prompt for label in labels]
+            try:
+                check_lengths(tokenizer, texts, "", guidance.view_dependent)
+            except DreamtextError as error:
+                raise DreamtextError(f"{prompts_file}: line {entry.line}: {error}") from None
+
+
+def _tokenizer_of(
+    guidance: GuidanceConfig, models: StableDiffusionModels | None
+) -> tuple[Any, dict[str, str]]:
+    """The tokenizer a run of ``guidance`` reads its prompts with, and the expansions of its
+    learned tokens (:func:`dreamtext.prompts.expand_tokens`): those of ``models`` where they
+    are its model's, else its model's tokenizer alone with the learned tokens of its
+    ``textual_inversion`` file added (named as
+    :func:`dreamtext.prompts.add_textual_inversion` names them; the vectors' width is checked
+    when the model loads)."""
+    from dreamtext.models import read_tokenizer
+    from dreamtext.prompts import read_textual_inversion
+
+    if models is not None and guidance.model == models.model:
+        text = models.text_side(guidance.textual_inversion)
+        return text.tokenizer, text.expansions
+    tokenizer = read_tokenizer(guidance.model)
+    if not guidance.textual_inversion:
+        return tokenizer, {}
+    tokenizer = copy.deepcopy(tokenizer)
+    expansions: dict[str, str] = {}
+    for token, vectors in read_textual_inversion(guidance.textual_inversion).items():
+        names = [token] + [f"{token}_{i}" for i in range(1, vectors.shape[0])]
+        tokenizer.add_tokens(names)
+        expansions[token] = " ".join(names)
+    return tokenizer, expansions
 
 
 def check_image_lines(entries: list[Entry], options: BatchOptions, load: bool = True) -> None:

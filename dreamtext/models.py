@@ -329,6 +329,17 @@ def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
     return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
 
 
+def read_part(model: str, path: str, cls: Any, subfolder: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` of ``model``'s ``subfolder`` (``path``: :func:`locate_model`'s),
+    a hub's or folder's failure as the :class:`DreamtextError` that names the fix."""
+    try:
+        return _from_pretrained(cls, path, subfolder, **kwargs)
+    except Exception as error:
+        if not _is_hub_error(error):
+            raise
+        raise DreamtextError(_load_error_message(model, path, subfolder, error)) from error
+
+
 def local_variant(path: str, subfolder: str) -> str | None:
     """The weights variant of a local model folder's ``subfolder`` where it holds only one
     (``"fp16"`` for ``model.fp16.safetensors``, ``diffusion_pytorch_model.fp16.safetensors``:
@@ -416,13 +427,7 @@ class StableDiffusionModels:
         return torch.device("cpu") if self.device.type == "cuda" else self.device
 
     def _read(self, cls: Any, subfolder: str, **kwargs: Any) -> Any:
-        try:
-            return _from_pretrained(cls, self.path, subfolder, **kwargs)
-        except Exception as error:
-            if not _is_hub_error(error):
-                raise
-            message = _load_error_message(self.model, self.path, subfolder, error)
-            raise DreamtextError(message) from error
+        return read_part(self.model, self.path, cls, subfolder, **kwargs)
 
     def _load(self, cls: Any, subfolder: str, on: torch.device | None = None, **kwargs: Any):
         """``cls.from_pretrained(model, subfolder)`` in ``self.dtype``, frozen, in eval mode, on
@@ -683,6 +688,23 @@ def load_for(
     return models
 
 
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def read_tokenizer(model: str) -> Any:
+    """The CLIP tokenizer of Stable Diffusion ``model`` alone (a few files, no weights), read
+    once per process: a batch checks its lines' prompts against the tokenizers of models it
+    loads only at those lines' turn. Where the model is loaded, use its own
+    (:meth:`StableDiffusionModels.text_side`)."""
+    quiet_model_libraries("transformers")
+    from transformers import CLIPTokenizer
+
+    path = locate_model(model)
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = read_part(model, path, CLIPTokenizer, "tokenizer")
+    return _TOKENIZERS[path]
+
+
 _CLIP: dict[str, Any] = {}
 
 
@@ -712,6 +734,7 @@ def clear_cache() -> None:
     """Forget every loaded model (they are freed once nothing else holds them)."""
     devices = {models.device for models in _LOADED.values()}
     _LOADED.clear()
+    _TOKENIZERS.clear()
     _CLIP.clear()
     for device in devices:
         free_memory(device)
@@ -729,6 +752,7 @@ __all__ = [
     "load_stable_diffusion",
     "locate_model",
     "native_resolution",
+    "read_tokenizer",
     "resolve_dtype",
     "use_channels_last",
 ]

@@ -2140,6 +2140,93 @@ def test_a_new_line_whose_model_cannot_load_is_refused_before_old_lines_resume_o
     assert count_loads == []
 
 
+def test_a_stopped_line_whose_run_records_fp16_is_refused_before_a_new_line_ahead_trains(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A stopped run's config.json says `guidance.fp16: true` (a GPU run moved to this CPU
+    machine), and a new line comes before it: only the first line to train had its device and
+    precision checked, so the rerun trained the new line and then failed the stopped one
+    ("--fp16 needs a CUDA GPU"), exit 1. Now each line's own settings are checked first: one
+    line naming the stopped line and its folder, exit 2, nothing written."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    args += ["--model", "builtin:shapes"]
+    real_step = ctrl_c_at_step(monkeypatch, 3)
+    assert main(list(map(str, args))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    capsys.readouterr()
+    config = root / "a_red_cube" / "config.json"
+    recorded = json.loads(config.read_text())
+    recorded["guidance"]["fp16"] = True
+    config.write_text(json.dumps(recorded))
+    prompts_file(tmp_path, "a blue cube", "a red cube")
+    before = run_files(root / "a_red_cube")
+    log = (root / "batch.jsonl").read_bytes()
+    assert main(list(map(str, args))) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dreamtext: error: line 2 ({root / 'a_red_cube'}): --fp16 needs a CUDA GPU "
+        "(guidance.fp16 is on, by --fp16, a --config file or the resumed run's config.json); to "
+        "run in fp32 on the CPU, leave out --fp16, or pass --config a file with `guidance: "
+        "{fp16: false}`"
+    ]
+    assert (root / "batch.jsonl").read_bytes() == log
+    assert run_files(root / "a_red_cube") == before
+    assert not (root / "a_blue_cube").exists()
+
+
+def cache_as_default_model(tmp_path, monkeypatch, model_path):
+    """A Hugging Face cache whose only model is ``model_path`` under the default model's id."""
+    from huggingface_hub import constants
+
+    from dreamtext.models import DEFAULT_MODEL
+
+    cache = tmp_path / "hub_cache"
+    commit = "0" * 40
+    stored = cache / f"models--{DEFAULT_MODEL.replace('/', '--')}"
+    shutil.copytree(model_path, stored / "snapshots" / commit)
+    (stored / "refs").mkdir()
+    (stored / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_a_long_line_of_stable_diffusion_behind_a_builtin_run_is_refused_before_any_line_runs(
+    tmp_path, tiny_yaml, tiny_sd_path, shapes_cache, monkeypatch, capsys, count_loads
+):
+    """Run again without --model, a stopped run of builtin:shapes resumes on it and a new line
+    takes the default Stable Diffusion: the token lengths were checked with the first line's
+    guidance and tokenizer, none for builtin:shapes, so the builtin line trained and the long
+    line failed at its turn, exit 1. Now each model's lines are checked with its tokenizer,
+    read alone (no weights loaded): one line, exit 2, nothing written."""
+    cache_as_default_model(tmp_path, monkeypatch, tiny_sd_path)
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    real_step = ctrl_c_at_step(monkeypatch, 3)
+    assert main(list(map(str, [*args, "--model", "builtin:shapes"]))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    capsys.readouterr()
+    count_loads.clear()
+    long = "a red cube" + " with a very shiny golden handle" * 12
+    prompts_file(tmp_path, "a red cube", long)
+    before = run_files(root / "a_red_cube")
+    log = (root / "batch.jsonl").read_bytes()
+    assert main(list(map(str, args))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        f"dreamtext: error: {path}: line 2: the prompt with its view label is "
+    )
+    assert err[-1].endswith(
+        "tokens, but the text encoder reads 77 (start and end included) "
+        "and would cut off the rest; shorten the prompt"
+    )
+    assert (root / "batch.jsonl").read_bytes() == log
+    assert run_files(root / "a_red_cube") == before
+    assert sorted(p.name for p in root.iterdir()) == ["a_red_cube", "batch.jsonl"]
+    assert count_loads == ["tokenizer"]
+
+
 def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch
 ):

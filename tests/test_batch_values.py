@@ -488,3 +488,25 @@ def test_a_batchs_files_in_a_group_folder_get_the_umasks_mode(tmp_path, monkeypa
     assert (tmp_path / "batch.jsonl").stat().st_mode & 0o777 == 0o664
     assert lock.path.stat().st_mode & 0o777 == 0o664
     lock.release()
+
+
+def test_lines_are_checked_in_groups_of_one_config_but_prompt_and_folder():
+    """The up-front checks run once per group: lines that took the batch's config form one,
+    the first line's group comes first, a run's own settings that resolve to the batch's join
+    the batch's group (in line order), and a run's other settings are a group of their own."""
+    from dataclasses import replace
+
+    from dreamtext.config import resolve_config
+
+    batch_cfg = resolve_config({"prompt": "a", "workspace": "w"})
+    fp16 = replace(batch_cfg, guidance=replace(batch_cfg.guidance, fp16=True))
+
+    def line(number, cfg):
+        entry = Entry(number, f"p{number}", "text", f"p{number}", Path(f"w{number}"))
+        return entry, replace(cfg, prompt=entry.prompt, workspace=str(entry.workspace))
+
+    pending = [line(1, fp16), line(2, batch_cfg), line(3, batch_cfg), line(4, fp16)]
+    settings = {Path("w1"): "run A", Path("w3"): "run B", Path("w4"): "run A"}
+    groups = batch.settings_groups(pending, settings)
+    assert [[entry.line for entry, _ in group] for group in groups] == [[1, 4], [2, 3]]
+    assert [group[0][1].guidance.fp16 for group in groups] == [True, False]
