@@ -106,10 +106,11 @@ def test_the_files_check_refuses_an_uncached_hub_id_offline_and_passes_what_can_
     with pytest.raises(DreamtextError, match="lacks unet"):
         check_model_files(str(tmp_path))
     cached = tmp_path / "empty_cache" / "models--someone--model"
-    (cached / "snapshots" / "abc123" / "unet").mkdir(parents=True)
-    (cached / "snapshots" / "abc123" / "unet" / "config.json").write_text("{}")
+    commit = "0123456789abcdef0123456789abcdef01234567"  # the hub's snapshots are commit hashes
+    (cached / "snapshots" / commit / "unet").mkdir(parents=True)
+    (cached / "snapshots" / commit / "unet" / "config.json").write_text("{}")
     (cached / "refs").mkdir()
-    (cached / "refs" / "main").write_text("abc123")
+    (cached / "refs" / "main").write_text(commit)
     check_model_files("someone/model")  # in the cache
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     check_model_files("other/model")  # the load may download it
