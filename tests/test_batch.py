@@ -1976,6 +1976,17 @@ def run_files(workspace):
     return {p: p.read_bytes() for p in sorted(workspace.rglob("*")) if p.is_file()}
 
 
+@contextlib.contextmanager
+def nothing_written(root, *names):
+    """Check that the block leaves ``root``'s batch.jsonl and the files of its runs ``names``
+    byte for byte as they were: what a batch refused before any line runs must leave."""
+    before = {name: run_files(root / name) for name in names}
+    log = (root / "batch.jsonl").read_bytes()
+    yield
+    assert (root / "batch.jsonl").read_bytes() == log
+    assert {name: run_files(root / name) for name in names} == before
+
+
 def test_a_rerun_without_the_preset_resumes_a_run_with_the_settings_it_had(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
@@ -2017,11 +2028,10 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
     assert main(list(map(str, args))) == 130
     monkeypatch.setattr(trainer, "train_step", real_step)
     capsys.readouterr()
-    before = {name: run_files(root / name) for name in ("a_red_cube", "a_blue_cube")}
-    log = (root / "batch.jsonl").read_bytes()
     levels = tmp_path / "levels.yaml"
     levels.write_text("field: {num_levels: 3}\n")
-    assert main(list(map(str, [*args, "--config", levels, "--seed", "7"]))) == 2
+    with nothing_written(root, "a_red_cube", "a_blue_cube"):
+        assert main(list(map(str, [*args, "--config", levels, "--seed", "7"]))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "dreamtext: error: a resumed run keeps its seed, optimizer, field and occupancy grid, but "
@@ -2030,8 +2040,6 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
         "settings: a run keeps what the batch does not give), or --overwrite trains them again "
         "from scratch"
     ]
-    assert (root / "batch.jsonl").read_bytes() == log
-    assert {name: run_files(root / name) for name in before} == before
     assert not (root / "a_green_cube").exists()
 
 
@@ -2096,9 +2104,8 @@ def test_an_image_line_asked_a_seed_its_run_keeps_is_refused_before_any_line_run
         shutil.rmtree(root / "blue_cube" / "checkpoints")
         (root / "blue_cube" / "status.json").unlink()
     capsys.readouterr()
-    before = {name: run_files(root / name) for name in ("red_cube", "blue_cube")}
-    log = (root / "batch.jsonl").read_bytes()
-    assert main([*args, "--seed", "7"]) == 2
+    with nothing_written(root, "red_cube", "blue_cube"):
+        assert main([*args, "--seed", "7"]) == 2
     why = " (which trained its descriptor)" if stage == "descriptor" else ""
     assert capsys.readouterr().err.strip().splitlines() == [
         "dreamtext: error: a resumed run keeps its seed, optimizer, field and occupancy grid, but "
@@ -2107,8 +2114,6 @@ def test_an_image_line_asked_a_seed_its_run_keeps_is_refused_before_any_line_run
         "keeps what the batch does not give), or move those runs' folders away to train them "
         "again from scratch"
     ]
-    assert (root / "batch.jsonl").read_bytes() == log
-    assert {name: run_files(root / name) for name in before} == before
 
 
 def test_a_new_line_whose_model_cannot_load_is_refused_before_old_lines_resume_on_theirs(
@@ -2132,17 +2137,14 @@ def test_a_new_line_whose_model_cannot_load_is_refused_before_old_lines_resume_o
     monkeypatch.setattr(trainer, "train_step", real_step)
     capsys.readouterr()
     prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
-    before = {name: run_files(root / name) for name in ("a_red_cube", "a_blue_cube")}
-    log = (root / "batch.jsonl").read_bytes()
-    assert main(list(map(str, args))) == 2
+    with nothing_written(root, "a_red_cube", "a_blue_cube"):
+        assert main(list(map(str, args))) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dreamtext: error: line 3 ({root / 'a_green_cube'}): could not load Stable Diffusion "
         f"'{DEFAULT_MODEL}' (HF_HUB_OFFLINE is set and it is not in the Hugging Face cache); "
         "download it once with network, or pass a local diffusers folder with --model "
         "/path/to/folder"
     ]
-    assert (root / "batch.jsonl").read_bytes() == log
-    assert {name: run_files(root / name) for name in before} == before
     assert not (root / "a_green_cube").exists()
     assert count_loads == []
 
@@ -2168,17 +2170,14 @@ def test_a_stopped_line_whose_run_records_fp16_is_refused_before_a_new_line_ahea
     recorded["guidance"]["fp16"] = True
     config.write_text(json.dumps(recorded))
     prompts_file(tmp_path, "a blue cube", "a red cube")
-    before = run_files(root / "a_red_cube")
-    log = (root / "batch.jsonl").read_bytes()
-    assert main(list(map(str, args))) == 2
+    with nothing_written(root, "a_red_cube"):
+        assert main(list(map(str, args))) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dreamtext: error: line 2 ({root / 'a_red_cube'}): --fp16 needs a CUDA GPU "
         "(guidance.fp16 is on, by --fp16, a --config file or the resumed run's config.json); to "
         "run in fp32 on the CPU, leave out --fp16, or pass --config a file with `guidance: "
         "{fp16: false}`"
     ]
-    assert (root / "batch.jsonl").read_bytes() == log
-    assert run_files(root / "a_red_cube") == before
     assert not (root / "a_blue_cube").exists()
 
 
@@ -2217,9 +2216,8 @@ def test_a_long_line_of_stable_diffusion_behind_a_builtin_run_is_refused_before_
     count_loads.clear()
     long = "a red cube" + " with a very shiny golden handle" * 12
     prompts_file(tmp_path, "a red cube", long)
-    before = run_files(root / "a_red_cube")
-    log = (root / "batch.jsonl").read_bytes()
-    assert main(list(map(str, args))) == 2
+    with nothing_written(root, "a_red_cube"):
+        assert main(list(map(str, args))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(
         f"dreamtext: error: {path}: line 2: the prompt with its view label is "
@@ -2228,8 +2226,6 @@ def test_a_long_line_of_stable_diffusion_behind_a_builtin_run_is_refused_before_
         "tokens, but the text encoder reads 77 (start and end included) "
         "and would cut off the rest; shorten the prompt"
     )
-    assert (root / "batch.jsonl").read_bytes() == log
-    assert run_files(root / "a_red_cube") == before
     assert sorted(p.name for p in root.iterdir()) == ["a_red_cube", "batch.jsonl"]
     assert count_loads == ["tokenizer"]
 
