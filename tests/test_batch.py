@@ -2043,16 +2043,22 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
     assert not (root / "a_green_cube").exists()
 
 
-def two_cubes_batch(tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, *flags):
-    """A list of two image lines run with ``flags`` and stopped by Ctrl-C at step 2 of the
-    second one's text→3D (the first finished, at 3 steps): the list's root and the command
-    without ``flags``."""
+def two_cube_images(tmp_path):
+    """``red_cube.png`` and ``blue_cube.png`` (a square of each colour on a clear 48 px image) in
+    ``tmp_path``, with the nouns and adjectives files that describe them."""
     for name, colour in (("red_cube", (220, 30, 30, 255)), ("blue_cube", (30, 30, 220, 255))):
         rgba = np.zeros((48, 48, 4), dtype=np.uint8)
         rgba[12:36, 12:36] = colour
         Image.fromarray(rgba, "RGBA").save(tmp_path / f"{name}.png")
     (tmp_path / "nouns.txt").write_text("cube\nsphere\n")
     (tmp_path / "adjectives.txt").write_text("red\nblue\n")
+
+
+def two_cubes_batch(tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, *flags):
+    """A list of two image lines run with ``flags`` and stopped by Ctrl-C at step 2 of the
+    second one's text→3D (the first finished, at 3 steps): the list's root and the command
+    without ``flags``."""
+    two_cube_images(tmp_path)
     path = prompts_file(tmp_path, "image:red_cube.png", "image:blue_cube.png")
     root = tmp_path / "root"
     args = [
@@ -3248,12 +3254,7 @@ def test_a_batch_loads_each_model_once(
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(dreamtext.describe, "ClipEncoder", CountedClip)
-    for name, colour in (("red_cube", (220, 30, 30, 255)), ("blue_cube", (30, 30, 220, 255))):
-        rgba = np.zeros((48, 48, 4), dtype=np.uint8)
-        rgba[12:36, 12:36] = colour
-        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{name}.png")
-    (tmp_path / "nouns.txt").write_text("cube\nsphere\n")
-    (tmp_path / "adjectives.txt").write_text("red\nblue\n")
+    two_cube_images(tmp_path)
     lines = ["a red cube", "image:red_cube.png", "a blue sphere", "image:blue_cube.png"]
     path = prompts_file(tmp_path, *lines)
     root = tmp_path / "root"
