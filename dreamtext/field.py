@@ -79,6 +79,12 @@ CPU_QUERY_PIECE = 1 << 13
 # (default field, 2^19 points, no grad): 1.1-1.6 µs a point in 2^15 pieces out of place, 0.72-0.89
 # in place in 2^13 pieces.
 CPU_NO_GRAD_PIECE = 1 << 13
+# A graph over more points than this recomputes each MLP piece's activations in backward rather
+# than keeping them (~7 KB a point of the default field: 2^16 points keep ~450 MB, a fresh field's
+# 339,364-sample step 2.3 GB, the peak of `dreamtext image` with the tiny models). Below it they
+# are kept: recomputing every step's pieces cost the README's first run (2^13-2^14 points a query
+# in most of its steps, never past 0.9 GB) ~5 s of its ~50 s of CPU, measured both ways.
+CPU_RECOMPUTE_POINTS = 1 << 16
 # Fewer rows than this go to the eager MLP even when it is compiled: torch.compile specialises
 # row counts 0 and 1 (one more graph each, against its limit of graphs per function).
 MIN_COMPILED_ROWS = 2
@@ -522,7 +528,7 @@ class NeRFField(nn.Module):
         else:
             mlp = self._mlp if torch.is_grad_enabled() else self._mlp_no_grad
         pieces = _mlp_pieces(features)
-        if len(pieces) > 1 and torch.is_grad_enabled():
+        if len(features) > CPU_RECOMPUTE_POINTS and torch.is_grad_enabled():
             # Each piece's activations are recomputed in backward rather than kept: a graph over
             # every query held ~6 KiB a query (1.5-2.5 GB for the 2^18 samples of a 64 px step
             # on a fresh field). The graph is the same, so are the gradients, bit for bit.
