@@ -1854,7 +1854,7 @@ def _tokenizer_of(
     :func:`dreamtext.prompts.add_textual_inversion` names them; the vectors' width is checked
     when the model loads)."""
     from dreamtext.models import read_tokenizer
-    from dreamtext.prompts import read_textual_inversion
+    from dreamtext.prompts import expanded_tokens, read_textual_inversion
 
     if models is not None and guidance.model == models.model:
         text = models.text_side(guidance.textual_inversion)
@@ -1865,7 +1865,7 @@ def _tokenizer_of(
     tokenizer = copy.deepcopy(tokenizer)
     expansions: dict[str, str] = {}
     for token, vectors in read_textual_inversion(guidance.textual_inversion).items():
-        names = [token] + [f"{token}_{i}" for i in range(1, vectors.shape[0])]
+        names = expanded_tokens(token, vectors.shape[0])
         tokenizer.add_tokens(names)
         expansions[token] = " ".join(names)
     return tokenizer, expansions

@@ -47,7 +47,7 @@ from dreamtext.images import load_image
 from dreamtext.interrupts import TrainingInterrupted, stop_on_signal, truncate_log
 from dreamtext.models import StableDiffusionModels, load_for
 from dreamtext.progress import bar_options, tqdm
-from dreamtext.prompts import LARGEST_EMBEDDING_VALUE
+from dreamtext.prompts import LARGEST_EMBEDDING_VALUE, expanded_tokens
 from dreamtext.runstatus import track_status, update_status
 
 DESCRIPTOR_TOKEN = "<descriptor>"
@@ -76,11 +76,6 @@ class DescriptorOptions:
     log_every: int = 10
     token: str = DESCRIPTOR_TOKEN
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-def expanded_tokens(token: str, n: int) -> list[str]:
-    """diffusers' names for an ``n``-vector token: ``token, token_1, …, token_{n−1}``."""
-    return [token] + [f"{token}_{i}" for i in range(1, n)]
 
 
 class PlaceholderEmbeddings(nn.Module):

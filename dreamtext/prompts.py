@@ -202,6 +202,11 @@ def read_textual_inversion(path: str | Path) -> dict[str, Tensor]:
     return {token: (e[None] if e.ndim == 1 else e) for token, e in embeds.items()}
 
 
+def expanded_tokens(token: str, n: int) -> list[str]:
+    """diffusers' names for an ``n``-vector token: ``token, token_1, …, token_{n−1}``."""
+    return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+
 def add_textual_inversion(
     tokenizer, text_encoder: torch.nn.Module, embeds: Mapping[str, Tensor]
 ) -> dict[str, str]:
@@ -221,7 +226,7 @@ def add_textual_inversion(
                 f"textual inversion token {token!r} has width {vecs.shape[-1]} but this text "
                 f"encoder's is {table.embedding_dim}; it was trained for another model"
             )
-        names = [token] + [f"{token}_{i}" for i in range(1, vecs.shape[0])]
+        names = expanded_tokens(token, vecs.shape[0])
         vocab = tokenizer.get_vocab()
         # CLIP stores whole words with a "</w>" suffix: "red" is taken by "red</w>"; and its
         # tokenizer lowercases the text, so "Red" in a prompt is that word too.
