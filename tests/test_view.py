@@ -1226,6 +1226,37 @@ def test_a_log_is_parsed_a_block_at_a_time(tmp_path: Path):
     assert peak < size / 2, (peak, size)
 
 
+def test_a_log_line_of_megabytes_is_passed_over_without_being_kept(tmp_path: Path):
+    """A log of one record and then 16 MiB of NUL bytes without a newline (what a crash can
+    leave of a file on some file systems, or a binary file under a log's name) was kept whole as
+    the start of a line, copied again at each block read: 64 MB took 5.4 s of CPU to parse and
+    1 GB would take ~20 min, holding the gallery's polls. Such a line is passed over as it is
+    read; the records around it still count, also when it ends only after a later read."""
+    import tracemalloc
+
+    from dreamtext.view.workspaces import JsonlFollower, LogFigures
+
+    path = tmp_path / "log.jsonl"
+    write_lines(path, [log_record(1)], "w")
+    with open(path, "ab") as log:
+        log.write(b"\0" * (16 << 20))
+    follower = JsonlFollower(LogFigures)
+    tracemalloc.start()
+    try:
+        figures = follower.read(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (figures.lines, figures.last["step"]) == (1, 1)
+    assert peak < 4 << 20, peak
+    # The long line goes on, then ends, and a record follows: only the record is read.
+    with open(path, "ab") as log:
+        log.write(b'{"step": 99, "loss": 1.0}' + b"\0" * 1000 + b"\n")
+    write_lines(path, [log_record(2)])
+    figures = follower.read(path)
+    assert (figures.lines, figures.last["step"]) == (2, 2)
+
+
 def test_the_logs_of_removed_runs_are_forgotten(tmp_path: Path, monkeypatch):
     """What the viewer kept of a log stayed for as long as it ran, after its run was removed."""
     import pathlib

@@ -718,13 +718,19 @@ class LatestBatchRecords:
 _TAIL_BYTES = 64
 # How much of a log is read at a time.
 _PARSE_BLOCK_BYTES = 1 << 18
+# A line of which more than this is read without its end is no record of dreamtext's (a log line
+# is ~400 bytes, a batch line a few KB): it is passed over up to its newline, not kept. A log of
+# NUL bytes without a newline (what a crash can leave of a file on some file systems) was kept
+# whole as the start of one line, copied again at each block read: 64 MB took 5.4 s of CPU and
+# 1 GB would take ~20 min, holding every gallery poll.
+_LINE_MAX_BYTES = 1 << 20
 
 
 class _Followed:
     """One file as far as it was parsed: its identity and size and time when it was stat'ed,
     where its last complete line ends (``parsed_to``), the bytes before that, the fold."""
 
-    __slots__ = ("fold", "identity", "lock", "parsed_to", "seen", "tail")
+    __slots__ = ("fold", "identity", "in_long_line", "lock", "parsed_to", "seen", "tail")
 
     def __init__(self, fold: Any) -> None:
         self.fold = fold
@@ -732,6 +738,9 @@ class _Followed:
         self.seen: tuple[int, int] | None = None  # (mtime_ns, size)
         self.parsed_to = 0
         self.tail = b""
+        # Whether the bytes from parsed_to up to the next newline end a line passed over
+        # (_LINE_MAX_BYTES).
+        self.in_long_line = False
         self.lock = threading.Lock()
 
 
@@ -795,6 +804,7 @@ class JsonlFollower:
                 )
                 if not (grown and self._parse(followed, file, followed.tail)):
                     followed.fold, followed.parsed_to, followed.tail = self.make_fold(), 0, b""
+                    followed.in_long_line = False
                     self._parse(followed, file, b"")
                 followed.identity, followed.seen = identity, seen
         except OSError:
@@ -805,29 +815,28 @@ class JsonlFollower:
     def _parse(followed: _Followed, file: Any, tail: bytes) -> bool:
         """Parse the complete lines after ``followed.parsed_to`` into its fold; ``False`` (and
         nothing parsed) when the file does not hold ``tail`` just before that. Read a block at
-        a time: a 100,000-line log is 37 MB, which read whole took ~120 MB to parse."""
+        a time: a 100,000-line log is 37 MB, which read whole took ~120 MB to parse. A line of
+        which more than :data:`_LINE_MAX_BYTES` is read without its end is passed over."""
         file.seek(followed.parsed_to - len(tail))
         if file.read(len(tail)) != tail:
             return False
         pending = b""  # the start of a line whose end is in the next block
         while block := file.read(_PARSE_BLOCK_BYTES):
+            if followed.in_long_line:  # pending is empty: the long line's rest is passed over
+                newline = block.find(b"\n")
+                skipped = len(block) if newline < 0 else newline + 1
+                _parsed_past(followed, block[:skipped])
+                followed.in_long_line = newline < 0
+                block = block[skipped:]
             data = pending + block
             end = data.rfind(b"\n") + 1
+            if end:
+                _add_lines(followed.fold, data[:end])
+                _parsed_past(followed, data[:end])
             pending = data[end:]
-            if end == 0:
-                continue  # no complete line yet
-            # Whole lines: "\n" is no part of any other character's UTF-8 bytes.
-            for line in data[:end].decode("utf-8", errors="replace").split("\n")[:-1]:
-                try:
-                    # A file saved by an editor that starts it with a BOM: batch's own reader
-                    # (json.loads of the bytes) reads its first record; so does this.
-                    record = json.loads(line.removeprefix("\ufeff"))
-                except (ValueError, RecursionError):  # not JSON; an int of 4,300+ digits; [[[[…
-                    continue
-                if isinstance(record, dict):
-                    followed.fold.add(record)
-            followed.parsed_to += end
-            followed.tail = (followed.tail + data[max(0, end - _TAIL_BYTES) : end])[-_TAIL_BYTES:]
+            if len(pending) > _LINE_MAX_BYTES:
+                _parsed_past(followed, pending)
+                followed.in_long_line, pending = True, b""
         return True
 
     def forget_gone(self) -> None:
@@ -843,6 +852,27 @@ class JsonlFollower:
         with self._lock:
             for path in gone:
                 self._files.pop(path, None)
+
+
+def _add_lines(fold: Any, lines: bytes) -> None:
+    """Add the JSON object of each of ``lines`` (whole lines, each ending in a newline) to
+    ``fold``; a line that is not one is left out."""
+    # Whole lines: "\n" is no part of any other character's UTF-8 bytes.
+    for line in lines.decode("utf-8", errors="replace").split("\n")[:-1]:
+        try:
+            # A file saved by an editor that starts it with a BOM: batch's own reader
+            # (json.loads of the bytes) reads its first record; so does this.
+            record = json.loads(line.removeprefix("\ufeff"))
+        except (ValueError, RecursionError):  # not JSON; an int of 4,300+ digits; [[[[…
+            continue
+        if isinstance(record, dict):
+            fold.add(record)
+
+
+def _parsed_past(followed: _Followed, data: bytes) -> None:
+    """Move ``followed`` past ``data``, the bytes after where it was parsed to."""
+    followed.parsed_to += len(data)
+    followed.tail = (followed.tail + data[-_TAIL_BYTES:])[-_TAIL_BYTES:]
 
 
 # Every run's log.jsonl and descriptor/log.jsonl (the gallery's and the status's figures); the
