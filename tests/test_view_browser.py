@@ -2653,3 +2653,74 @@ def test_no_run_matches_is_a_status_written_once_not_at_each_redraw(page, tmp_pa
         page.fill("#filter", "")
         page.wait_for_selector(".card")
         assert status.text_content() == ""
+
+
+# Text that would run script or add an element if any page put it into HTML, an attribute, the
+# title or a script element as it is; U+2028 ends a line in JavaScript source before ES2019.
+HOSTILE = (
+    '</title></script><script>window.pwned = "script"</script>"><img src=x '
+    "onerror=\"window.pwned = 'img'\">\u2028<!-- javascript:window.pwned='link'"
+)
+
+
+@pytest.mark.parametrize("where", ["server", "static"])
+def test_hostile_text_in_a_runs_files_is_shown_as_text_and_runs_nothing(browser, tmp_path, where):
+    """Runs from other people's prompt files and folders copied from a cluster: a prompt, a
+    negative prompt, a folder's name, an error, a batch line, config and mesh.json keys and
+    values, an image run's sentence and its image's file name holding markup. Each page shows
+    them as text; no script of theirs runs and no element of theirs is made, served (whose
+    Content-Security-Policy would also stop inline scripts) or opened from a --static folder
+    (which has no such policy)."""
+    from test_view import SENTENCE_FILE, make_image_run, make_run, write_png
+
+    root = tmp_path / "runs"
+    folder = make_run(root / ('cube"><img src=x onerror=alert(1)>'), HOSTILE)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"negative_prompt": HOSTILE, HOSTILE: HOSTILE}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "mesh" / "mesh.json").write_text(json.dumps({"faces": 12, HOSTILE: HOSTILE}))
+    failed = {"state": "failed", "step": 10, "iters": 20, "error": HOSTILE}
+    make_run(root / "failed", HOSTILE, final=False, status=failed)
+    record = {"line": 1, "input": HOSTILE, "kind": "text", "prompt": HOSTILE, "error": HOSTILE}
+    (root / "batch.jsonl").write_text(json.dumps(record | {"workspace": "failed"}) + "\n")
+    # An image run whose image, inside its folder, has a file name of markup.
+    apple = root / "apple"
+    image = apple / "diverse" / '"><img src=x onerror=alert(1)>.png'
+    make_image_run(apple, "describe", source=False, image=image)
+    write_png(image)
+    sentence = json.loads((apple / SENTENCE_FILE).read_text())
+    (apple / SENTENCE_FILE).write_text(json.dumps(sentence | {"sentence": HOSTILE}))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    dialogs: list[str] = []
+    context.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    pages = watched_page(context)
+    page = next(pages)
+    pwned = "() => [window.pwned ?? null, document.querySelectorAll('img[onerror]').length]"
+    with contextlib.ExitStack() as stack:
+        if where == "server":
+            srv = stack.enter_context(serving(Catalog([root]), poll_ms=POLL_MS))
+            gallery, run_page = srv.url, srv.url + "run/{}/"
+        else:
+            site = export_static([root], tmp_path / "site")
+            gallery, run_page = site.joinpath("index.html").as_uri(), site.as_uri() + "/runs/{}/"
+            run_page += "index.html"
+        page.goto(gallery)
+        page.wait_for_selector(".card .prompt")
+        prompts = page.eval_on_selector_all(".card .prompt", "ps => ps.map(p => p.textContent)")
+        assert prompts == [HOSTILE] * 3
+        assert page.evaluate(pwned) == [None, 0]
+        ids = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.run)")
+        for run_id in ids:
+            page.goto(run_page.format(run_id))
+            page.wait_for_selector("h1.prompt")
+            assert page.title() == f"{HOSTILE} · dreamtext"
+            assert page.text_content("h1.prompt") == HOSTILE
+            page.wait_for_timeout(3 * POLL_MS)  # a poll's redraw too
+            assert page.evaluate(pwned) == [None, 0]
+            shown = page.inner_text("body")
+            assert "</script><script>" in shown and "<img src=x" in shown
+            if run_id == "apple":  # its image, by its address of quoted markup
+                source = page.locator('img[alt^="source image of"]')
+                assert source.evaluate("i => i.decode().then(() => i.naturalWidth)") > 0
+    assert dialogs == []
+    next(pages, None)  # closes the context; the page's console errors and 4xx fail the test
