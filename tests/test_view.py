@@ -1257,6 +1257,49 @@ def test_a_log_line_of_megabytes_is_passed_over_without_being_kept(tmp_path: Pat
     assert (figures.lines, figures.last["step"]) == (2, 2)
 
 
+def test_a_log_read_as_it_grows_gives_the_records_of_a_whole_read_whatever_its_lines(
+    tmp_path: Path, monkeypatch
+):
+    """Lines passed over for their length (:data:`_LINE_MAX_BYTES`, small here, as the blocks
+    read) leave the records around them as one read of the whole file finds them, wherever the
+    writes that grow the file end: mid-line, mid-long-line, at a newline."""
+    import random
+
+    import dreamtext.view.workspaces as workspaces
+
+    class Steps:
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def add(self, record: dict) -> None:
+            self.steps.append(record["step"])
+
+        def snapshot(self) -> list[int]:
+            return list(self.steps)
+
+    monkeypatch.setattr(workspaces, "_PARSE_BLOCK_BYTES", 16)
+    monkeypatch.setattr(workspaces, "_LINE_MAX_BYTES", 40)
+    rng = random.Random(0)
+    for trial in range(40):
+        lines = [
+            json.dumps({"step": i}).encode() if rng.random() < 0.7 else b"\0" * rng.randint(1, 200)
+            for i in range(30)
+        ]
+        data = b"".join(line + b"\n" for line in lines)
+        path = tmp_path / f"log{trial}.jsonl"
+        path.write_bytes(b"")
+        follower = workspaces.JsonlFollower(Steps)
+        written = 0
+        while written < len(data):
+            grown = min(len(data), written + rng.randint(1, 120))
+            with open(path, "ab") as log:
+                log.write(data[written:grown])
+            written = grown
+            complete = data[: data.rfind(b"\n", 0, written) + 1]
+            records = [json.loads(line) for line in complete.split(b"\n")[:-1] if b"\0" not in line]
+            assert follower.read(path) == [r["step"] for r in records], (trial, written)
+
+
 def test_the_logs_of_removed_runs_are_forgotten(tmp_path: Path, monkeypatch):
     """What the viewer kept of a log stayed for as long as it ran, after its run was removed."""
     import pathlib
