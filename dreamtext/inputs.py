@@ -18,14 +18,12 @@ import difflib
 import errno
 import functools
 import hashlib
-import json
 import os
 import re
 import shlex
 import shutil
 import sys
 import tempfile
-import time
 import unicodedata
 from collections.abc import Mapping, MutableMapping, Sequence
 from importlib import resources
@@ -36,7 +34,7 @@ import yaml
 
 from dreamtext.errors import DreamtextError, utf8_locale_fix
 from dreamtext.flagtypes import SHARD_FORM, shard_pair
-from dreamtext.processes import LOCK_NAME, enclosing_run, is_run_folder
+from dreamtext.processes import LOCK_NAME, enclosing_run, is_run_folder, read_status_json
 from dreamtext.prompts_text import is_prompt_line
 
 DEFAULT_WORKSPACE_ROOT = Path("workspace")
@@ -912,24 +910,6 @@ def no_cuda_here(
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 RUN_STATUS = "status.json"
-# A status.json that does not parse may be one being written over in place (a run's last status
-# on a full disk: dreamtext.runstatus.overwrite_in_place, one write of a few hundred bytes): it is
-# read again this many times, this many seconds apart, before it counts as unreadable.
-STATUS_REREADS = 3
-STATUS_REREAD_S = 0.05
-
-
-def read_status_json(path: Path) -> Any:
-    """The JSON value of the status.json at ``path``. One that does not parse is read again
-    (:data:`STATUS_REREADS` times, :data:`STATUS_REREAD_S` apart): a reader that came while it
-    was written over in place found it torn, and took the run for one without a status. Raises
-    ``OSError`` (no such file) or, where it stays torn, the ``ValueError`` of its last reading."""
-    for _ in range(STATUS_REREADS):
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError):  # a torn character's UnicodeDecodeError too
-            time.sleep(STATUS_REREAD_S)
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # Beside last.pt: its step and the file it was written as (dreamtext.runfiles.step_record), so

@@ -501,6 +501,27 @@ def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
     return WorkspaceInUse(workspace, who)
 
 
+# A status.json that does not parse may be one being written over in place (a run's last status
+# on a full disk: dreamtext.runstatus.overwrite_in_place, one write of a few hundred bytes): it is
+# read again this many times, this many seconds apart, before it counts as unreadable.
+STATUS_REREADS = 3
+STATUS_REREAD_S = 0.05
+
+
+def read_status_json(path: Path) -> Any:
+    """The JSON value of the status.json at ``path``. One that does not parse is read again
+    (:data:`STATUS_REREADS` times, :data:`STATUS_REREAD_S` apart): a reader that came while it
+    was written over in place found it torn, and took the run for one without a status (or
+    its folder for no run: :func:`is_run_folder`). Raises ``OSError`` (no such file) or, where
+    it stays torn, the ``ValueError`` of its last reading."""
+    for _ in range(STATUS_REREADS):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):  # a torn character's UnicodeDecodeError too
+            time.sleep(STATUS_REREAD_S)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def is_run_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a dreamtext run: its status.json (a record with a ``state``), its
     checkpoint (``checkpoints/last.pt``), or a describe's ``descriptor/sentence.json``. A
@@ -511,8 +532,7 @@ def is_run_folder(folder: Path) -> bool:
     if (folder / "descriptor" / "sentence.json").is_file():
         return True
     try:
-        with open(folder / "status.json", "rb") as f:
-            record = json.loads(f.read(1 << 20))
+        record = read_status_json(folder / "status.json")  # torn by a write in place: again
     except (OSError, *UNREADABLE_JSON):
         return False
     return isinstance(record, dict) and "state" in record
@@ -830,6 +850,7 @@ __all__ = [
     "process_ended",
     "process_name",
     "process_start",
+    "read_status_json",
     "record_alive",
     "record_held",
     "record_time",

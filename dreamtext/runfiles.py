@@ -45,7 +45,6 @@ from dreamtext.inputs import (
     earlier_slugs,
     link_loops,
     owner_value,
-    read_status_json,
     same_prompt,
     slugify,
     unreachable_link,
@@ -55,6 +54,7 @@ from dreamtext.processes import (
     check_own_folder,
     lock_held,
     process_name,
+    read_status_json,
     record_alive,
 )
 

@@ -162,7 +162,7 @@ def overwrite_in_place(path: Path, data: bytes) -> bool:
     truncation after it, which left the new record followed by the old one's tail); a write
     refused part way (a copy-on-write file system allocates even to overwrite) writes the old
     record back, so status.json is the old one or the new one, whole. A reader that comes during
-    the write re-reads it (:func:`dreamtext.inputs.read_status_json`)."""
+    the write re-reads it (:func:`dreamtext.processes.read_status_json`)."""
     try:
         fd = os.open(path, os.O_RDWR)
     except OSError:

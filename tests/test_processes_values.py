@@ -811,3 +811,37 @@ def test_a_lock_that_is_gone_or_readable_is_no_unreadable_lock(tmp_path):
     assert processes.unreadable_lock(lock) is None
     lock.write_text('{"pid": 4242, "host": "elsewhere"}')
     assert processes.unreadable_lock(lock) is None
+
+
+def test_a_run_whose_status_json_is_torn_by_a_write_in_place_is_still_a_run(tmp_path):
+    """A run's last status on a full disk is written over status.json in place
+    (runstatus.overwrite_in_place): between its two halves the file is half the new record and
+    half the old. A run folder known by its status.json alone (it failed before its first
+    checkpoint) read then was no run: ``text --workspace RUN/sub`` was let through, and the
+    viewer showed RUN/sub as a run of its own. It is read again until whole."""
+    import threading
+
+    from dreamtext.processes import is_run_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = json.dumps({"state": "running", "step": 3, "iters": 6, "error": None}, indent=2)
+    new = json.dumps({"state": "failed", "step": 3, "iters": 6, "error": "OSError: full"})
+    new = (new + " " * (len(old) - len(new))).encode()
+    (run / "status.json").write_text(old, encoding="utf-8")
+    torn = threading.Event()
+
+    def write_in_two_halves():
+        with open(run / "status.json", "r+b") as f:
+            f.write(new[: len(new) // 2])
+            f.flush()
+            torn.set()
+            time.sleep(0.06)
+            f.write(new[len(new) // 2 :])
+
+    writer = threading.Thread(target=write_in_two_halves)
+    writer.start()
+    torn.wait()
+    seen = is_run_folder(run)
+    writer.join()
+    assert seen is True

@@ -40,12 +40,12 @@ from typing import Any
 
 from dreamtext.errors import DreamtextError, shell_word, shown_path
 from dreamtext.exportprogress import PROGRESS_FILE, export_alive, progress_words, read_progress
-from dreamtext.inputs import read_status_json
 from dreamtext.processes import (
     copied_folder,
     iso_timestamp,
     lock_held,
     outermost_run,
+    read_status_json,
     record_alive,
     run_alive,
 )
@@ -922,7 +922,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def read_status_file(path: Path) -> dict[str, Any] | None:
     """:func:`read_json` of a run's status.json, read again while a write in place tears it
-    (:func:`dreamtext.inputs.read_status_json`)."""
+    (:func:`dreamtext.processes.read_status_json`)."""
     try:
         data = read_status_json(path)
     except (OSError, ValueError, RecursionError):
