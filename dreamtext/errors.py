@@ -51,17 +51,26 @@ class WorkspaceInUse(DreamtextError):
     says so). ``holder`` names that process in words (``process 123 on this machine``): a batch
     skips such a line, as it skips one another worker holds, instead of failing it. The one
     line every command says: ``situation`` (``W is in use: HOLDER is running WHAT``, which a
-    batch's skip line reuses), then what to do."""
+    batch's skip line reuses), then what to do: wait, or ``gone`` (what to do once the holder is
+    known gone, where that cannot be told from here), or another folder; or ``fix`` instead."""
 
     def __init__(
-        self, workspace: object, holder: str, what: str = "a run in it", fix: str | None = None
+        self,
+        workspace: object,
+        holder: str,
+        what: str = "a run in it",
+        fix: str | None = None,
+        gone: str | None = None,
     ) -> None:
         self.situation = f"{workspace} is in use: {holder} is running {what}"
         # Where waiting is not the answer (a lock that cannot tell whether its run ended), what
         # to do instead: a batch's skip line says it too.
         self.fix = fix
-        wait = "wait for it to end or stop it, or pass --workspace NEW_FOLDER"
-        super().__init__(f"{self.situation}; {fix or wait}")
+        # What to do once the holder is known gone, where this machine cannot tell (a lock of
+        # another machine's process, which a file server may keep held after it went down).
+        wait = "wait for it to end or stop it"
+        wait += f"; {gone}; or" if gone else ", or"
+        super().__init__(f"{self.situation}; {fix or wait + ' pass --workspace NEW_FOLDER'}")
         self.holder = holder
 
 

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -182,6 +182,12 @@ def iso_timestamp(value: Any) -> float | None:
     except ValueError:
         return None
     return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with seconds (``2026-11-30T12:00:00+00:00``), as
+    status.json and the workspace lock write their times."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def record_time(record: dict | None) -> float | None:
@@ -491,14 +497,56 @@ def user_name(uid: int) -> str | None:
 def _in_use(workspace: Path, holder: dict) -> WorkspaceInUse:
     pid, host = holder.get("pid"), holder.get("host")
     if isinstance(pid, int) and on_this_machine(holder):
-        who = f"{process_name(pid)} on this machine"
-    elif isinstance(pid, int) and host == HOST:  # another boot_id: a twin, or an earlier boot
+        return WorkspaceInUse(workspace, f"{process_name(pid)} on this machine")
+    if isinstance(pid, int) and host == HOST:  # another boot_id: a twin, or an earlier boot
         who = f"process {pid} on another machine named {host} (or before this one rebooted)"
     elif isinstance(pid, int) and isinstance(host, str):
         who = f"process {pid} on {host}"
     else:
-        who = "another process"
-    return WorkspaceInUse(workspace, who)
+        return WorkspaceInUse(workspace, "another process")
+    times = _held_since(workspace, holder)
+    gone = (
+        f"if that process is gone ({host} down, or cut off from this file system, whose server "
+        f"may keep its lock), remove {shown_path(Path(workspace) / LOCK_NAME)}"
+    )
+    return WorkspaceInUse(workspace, f"{who} ({times})" if times else who, gone=gone)
+
+
+def _held_since(workspace: Path, holder: dict) -> str | None:
+    """Since when ``holder``, a process of another machine that cannot be asked from here
+    whether it runs, holds ``workspace``'s lock, and when it last wrote the run's status.json
+    (its ``updated``, rewritten at each log line, and every
+    :data:`dreamtext.runstatus.HEARTBEAT_SECONDS` where there are no steps: the run's
+    heartbeat), each with how long ago by this machine's clock: ``lock taken T, 3 h 5 min
+    ago; status.json last written U, 40 min ago``. ``None`` where neither is known (a lock
+    from before it recorded ``started``, a status.json of another process)."""
+    times = []
+    taken = iso_timestamp(holder.get("started"))
+    if taken is not None:
+        times.append(f"lock taken {holder['started']}, {_ago(taken)}")
+    try:
+        status = read_status_json(Path(workspace) / "status.json")
+    except (OSError, *UNREADABLE_JSON):
+        status = None
+    written = record_time(status) if isinstance(status, dict) else None
+    if written is not None and same_process(status, holder):
+        times.append(f"status.json last written {status['updated']}, {_ago(written)}")
+    return "; ".join(times) or None
+
+
+def _ago(moment: float) -> str:
+    """How long before now (this machine's clock) ``moment`` (seconds since the epoch) was, in
+    words: ``45 s ago``, ``40 min ago``, ``3 h 5 min ago``; ``by a clock ahead of this
+    machine's`` where such a clock wrote it."""
+    seconds = time.time() - moment
+    if seconds < -1:
+        return "by a clock ahead of this machine's"
+    if seconds < 60:
+        return f"{max(seconds, 0):.0f} s ago"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min ago"
+    return f"{minutes // 60} h {minutes % 60} min ago"
 
 
 # A status.json that does not parse may be one being written over in place (a run's last status
@@ -764,7 +812,9 @@ def _lock(lock: Path) -> IO[str] | None:
         with naming_the_file(lock):  # the line names the disk that is full
             handle.seek(0)
             handle.truncate()
-            handle.write(json.dumps(this_process()))
+            # When it was taken: a reader on another machine, which cannot ask whether its
+            # holder runs, is told since when it is held (_held_since).
+            handle.write(json.dumps({**this_process(), "started": now_iso()}))
             handle.flush()
     except OSError:  # a full disk or quota: the command says so, and leaves no lock file
         with contextlib.suppress(OSError):
@@ -845,6 +895,7 @@ __all__ = [
     "iso_timestamp",
     "lock_folder",
     "lock_held",
+    "now_iso",
     "on_this_machine",
     "pid_alive",
     "process_ended",

@@ -69,7 +69,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +87,7 @@ from dreamtext.interrupts import TrainingInterrupted, signals_held
 from dreamtext.processes import (
     claim_workspace,
     folder_inode,
+    now_iso,
     run_alive,
     same_process,
     this_process,
@@ -110,11 +110,6 @@ MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 class RunTakenOver(Exception):
     """Raised by a :func:`guard_run` check when another worker has taken the run's workspace
     over: the run stops at once, and leaves ``status.json`` to the new holder."""
-
-
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 with seconds (``2026-11-30T12:00:00+00:00``)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def error_line(error: BaseException) -> str:

@@ -845,3 +845,51 @@ def test_a_run_whose_status_json_is_torn_by_a_write_in_place_is_still_a_run(tmp_
     seen = is_run_folder(run)
     writer.join()
     assert seen is True
+
+
+def test_a_workspace_lock_records_when_it_was_taken(tmp_path):
+    """The workspace lock's record says when its holder took it (``started``, ISO 8601 with its
+    offset, as status.json's times): written once, it carried no time, so a lock that another
+    machine's run left held on a file server could not be told from a live one's."""
+    from dreamtext import processes
+
+    before = time.time()
+    with processes.claim_workspace(tmp_path / "run"):
+        record = json.loads((tmp_path / "run" / processes.LOCK_NAME).read_text())
+    taken = processes.iso_timestamp(record.get("started"))
+    assert taken is not None and int(before) <= taken <= time.time()
+
+
+def test_a_workspace_held_by_another_machine_says_since_when_and_its_last_status(tmp_path, holder):
+    """A run of node7 whose lock the file server keeps while node7 is gone (NFSv3 keeps a lost
+    client's locks until it reboots) was refused 'process 4242 on node7 is running a run in it;
+    wait for it to end or stop it', with nothing to tell a run that writes its status.json at
+    every log line from one that stopped hours ago. The line says when its lock was taken and
+    when its status.json was last written (status.json's ``updated``: the run's heartbeat), and
+    what to remove once that process is known gone."""
+    from datetime import datetime, timedelta, timezone
+
+    from dreamtext import processes
+    from dreamtext.errors import WorkspaceInUse
+
+    run = tmp_path / "run"
+    holder(run)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    node7 = {"host": "node7", "pid": 4242, "pid_start": 99, "pid_ns": 1, "boot_id": "b7"}
+    taken = (now - timedelta(hours=3, minutes=5)).isoformat()
+    written = (now - timedelta(minutes=40)).isoformat()
+    with open(run / processes.LOCK_NAME, "r+", encoding="utf-8") as f:  # the held file itself
+        f.truncate()
+        f.write(json.dumps({**node7, "started": taken}))
+    status = {"state": "running", "step": 30, "updated": written, **node7}
+    (run / "status.json").write_text(json.dumps(status), encoding="utf-8")
+    with pytest.raises(WorkspaceInUse) as refused, processes.claim_workspace(run):
+        pass
+    line = str(refused.value)
+    assert refused.value.situation == (
+        f"{run} is in use: process 4242 on node7 (lock taken {taken}, 3 h 5 min ago; "
+        f"status.json last written {written}, 40 min ago) is running a run in it"
+    )
+    assert "if that process is gone (node7 down" in line
+    assert f"remove {run / processes.LOCK_NAME}; or pass --workspace NEW_FOLDER" in line
+    assert refused.value.fix is None  # a batch's skip line tells it as before
