@@ -84,8 +84,10 @@ from dreamtext.mesh import (
 )
 from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
+    HOST,
     file_age,
     lock_folder,
+    locks_reach_every_writer,
     on_this_machine,
     outermost_run,
     record_alive,
@@ -1930,13 +1932,22 @@ def _abandoned(partial: Path) -> bool:
     One of another machine that no lock can tell of is left alone; one of this machine's name
     and another ``boot_id`` written before this boot (its ``updated``) is of an earlier boot
     once :data:`ELSEWHERE_GRACE_S` old (:func:`dreamtext.processes.earlier_boot`: the record is
-    written once, and until then it may be a twin machine's export that still writes)."""
+    written once, and until then it may be a twin machine's export that still writes).
+
+    A free lock of this machine's name and another ``boot_id`` (an export a reboot killed, or a
+    twin machine's where locks do not reach across machines) is a writer gone at once where
+    the folder lies on a local disk (:func:`dreamtext.processes.locks_reach_every_writer`): no
+    twin writes there, and the reboot dropped the lock; elsewhere it waits the grace."""
     record = _staging_record(partial)
     if record is None:
         return file_age(partial) > RECORD_GRACE_S
     held = record_held(partial / RECORD_FILE) if record.get("locked") is True else None
     if held is False:
-        return on_this_machine(record) or file_age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
+        return (
+            on_this_machine(record)
+            or (record.get("host") == HOST and locks_reach_every_writer(partial))
+            or file_age(partial / RECORD_FILE) > ELSEWHERE_GRACE_S
+        )
     return held is None and record_alive(record, every=ELSEWHERE_GRACE_S) is False
 
 

@@ -232,6 +232,50 @@ def earlier_boot(record: dict | None, written: float | None = None, every: float
     return written < BOOT_TIME and time.time() - written > every
 
 
+# File systems on this machine's own disks (or memory): every process that writes them runs on
+# this kernel, whose flock every reader here sees. Not NFS, SMB, Lustre, GPFS, CephFS, FUSE
+# (sshfs), 9p or virtiofs, which other machines write too, where locks may not reach.
+LOCAL_FILE_SYSTEMS = frozenset(
+    {
+        "bcachefs", "btrfs", "exfat", "ext2", "ext3", "ext4", "f2fs", "hfsplus", "jfs", "ntfs",
+        "ntfs3", "overlay", "ramfs", "reiserfs", "tmpfs", "vfat", "xfs", "zfs",
+    }
+)  # fmt: skip
+
+
+def file_system_type(path: str | Path) -> str | None:
+    """The type of the file system ``path`` lies on (``ext4``, ``nfs4``), as
+    ``/proc/self/mountinfo`` gives it for the mount point nearest above ``path``'s real path;
+    ``None`` where there is no such file (not Linux) or it cannot be read."""
+    target = os.path.realpath(path)
+    best, kind = "", None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields, _, rest = line.partition(" - ")
+                parts = fields.split()
+                if len(parts) < 5 or not rest.split():
+                    continue
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):  # a later mount over it wins
+                    best, kind = point, rest.split()[0]
+    except OSError:
+        return None
+    return kind
+
+
+def locks_reach_every_writer(path: str | Path) -> bool:
+    """Whether every process that may write at ``path`` runs on this machine, so that a lock
+    none of them holds is seen free here only where none holds it: ``path`` lies on a local
+    file system (:data:`LOCAL_FILE_SYSTEMS`, :func:`file_system_type`). ``False`` where it may
+    be another machine's too, or that cannot be told.
+
+    Not told apart: a local file system that this machine serves to others (an NFS export, a
+    Samba share), whose clients' locks a local ``flock`` may not see."""
+    return file_system_type(path) in LOCAL_FILE_SYSTEMS
+
+
 def on_this_machine(record: dict | None) -> bool:
     """Whether ``record`` (status.json, a lock, an export's record) was written on this machine,
     in this boot: its ``host`` is this one's name and, where both are known, its ``boot_id`` this
@@ -887,14 +931,17 @@ __all__ = [
     "ELSEWHERE_GRACE_S",
     "HOLDER_FILES",
     "HOST",
+    "LOCAL_FILE_SYSTEMS",
     "LOCK_NAME",
     "claim_workspace",
     "earlier_boot",
     "file_age",
+    "file_system_type",
     "gone_process",
     "iso_timestamp",
     "lock_folder",
     "lock_held",
+    "locks_reach_every_writer",
     "now_iso",
     "on_this_machine",
     "pid_alive",

@@ -3064,6 +3064,30 @@ def test_a_staging_folder_a_reboot_of_this_machine_left_without_a_lock_is_remove
     assert within.is_dir() and twin.is_dir()
 
 
+@pytest.mark.parametrize("file_system", ["ext4", "nfs4"])
+def test_a_locked_staging_folder_a_reboot_left_on_a_local_disk_is_removed_at_once(
+    tmp_path, monkeypatch, file_system
+):
+    """An export killed by a reboot of this machine left its staging folder, whose record's lock
+    the reboot dropped; its record's boot_id is not this boot's, so it was kept for an hour
+    (ELSEWHERE_GRACE_S), as a twin machine's (this one's name) live export looks where locks do
+    not reach across machines (NFS mounted local_lock=flock). On a local disk every writer is of
+    this kernel, whose locks this one sees: a free lock is a writer gone, removed at once. On a
+    shared file system it is left for the hour, as before."""
+    import uuid
+
+    from dreamtext import processes
+    from dreamtext.processes import now_iso, this_process, write_held_record
+
+    monkeypatch.setattr(processes, "file_system_type", lambda path: file_system, raising=False)
+    staging = tmp_path / ".export-partial-reboot02"
+    (staging / "mesh").mkdir(parents=True)
+    record = {**this_process(), "boot_id": str(uuid.uuid4()), "updated": now_iso()}
+    write_held_record(staging / export_module.RECORD_FILE, record).close()  # the reboot
+    export_module.finish_replacements(tmp_path)
+    assert staging.exists() is (file_system == "nfs4")
+
+
 def test_a_mesh_folder_that_is_a_link_stays_a_link(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

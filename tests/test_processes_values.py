@@ -893,3 +893,25 @@ def test_a_workspace_held_by_another_machine_says_since_when_and_its_last_status
     assert "if that process is gone (node7 down" in line
     assert f"remove {run / processes.LOCK_NAME}; or pass --workspace NEW_FOLDER" in line
     assert refused.value.fix is None  # a batch's skip line tells it as before
+
+
+def test_a_file_system_type_is_that_of_the_nearest_mount_above(monkeypatch):
+    """mountinfo's mount point nearest above the path decides, its spaces written as \\040, and
+    of two mounts on one point the later (on top); a network file system is not local."""
+    import io
+
+    from dreamtext import processes
+
+    mountinfo = (
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        "40 27 0:50 / /mnt/lab\\040data rw - nfs4 server:/lab rw\n"
+        "41 27 0:51 / /scratch rw - ext4 /dev/vdb rw\n"
+        "42 41 0:52 / /scratch rw - lustre mds@tcp:/fs rw\n"
+    )
+    monkeypatch.setattr(processes, "open", lambda *a, **k: io.StringIO(mountinfo), raising=False)
+    assert processes.file_system_type("/mnt/lab data/run") == "nfs4"
+    assert processes.file_system_type("/mnt/lab") == "ext4"
+    assert processes.file_system_type("/scratch/run") == "lustre"
+    assert processes.file_system_type("/home/me") == "ext4"
+    assert processes.locks_reach_every_writer("/home/me") is True
+    assert processes.locks_reach_every_writer("/mnt/lab data/run") is False
