@@ -1781,9 +1781,11 @@ def check_other_models(pending: Sequence[tuple[Entry, TrainConfig]]) -> None:
     line's, which :func:`check_model` loads next (:func:`dreamtext.models.check_model_files`,
     no load): lines resume on their runs' own model, and new lines take the batch's, so a rerun
     without ``--model`` of runs of builtin:shapes trained those and then failed its new lines at
-    their turn, unable to load the default model. The refusal names the first line of each
-    model."""
-    from dreamtext.models import check_model_files
+    their turn, unable to load the default model. Their weight files too, by their headers
+    against their configs (:func:`dreamtext.models.check_model_weights`, no tensor read): one cut
+    short or of other shapes failed that model's first line at its turn, hours in. The refusal
+    names the first line of each model."""
+    from dreamtext.models import check_model_files, check_model_weights
 
     first = pending[0][1].guidance.model
     seen = {first} if not first.startswith("builtin:") else set()
@@ -1794,6 +1796,7 @@ def check_other_models(pending: Sequence[tuple[Entry, TrainConfig]]) -> None:
         seen.add(model)
         try:
             check_model_files(model)
+            check_model_weights(model)
         except DreamtextError as error:
             raise DreamtextError(f"line {entry.line} ({entry.workspace}): {error}") from None
 

@@ -18,11 +18,12 @@ textual-inversion file, the descriptor's placeholders) get copies of the text si
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,14 @@ def model_revision(model: str, cache_dir: str | Path | None = None) -> str | Non
     part by its subfolder, never that file), or ``None`` for a local folder, a built-in prior or
     a model not in the cache. ``cache_dir``: the hub cache (default: the one ``HF_HUB_CACHE`` /
     ``HF_HOME`` name)."""
+    snapshot = cached_snapshot(model, cache_dir)
+    return snapshot.name if snapshot is not None and snapshot.parent.name == "snapshots" else None
+
+
+def cached_snapshot(model: str, cache_dir: str | Path | None = None) -> Path | None:
+    """The folder of the Hugging Face cache that ``from_pretrained`` loads hub id ``model``
+    from (see :func:`model_revision`), or ``None``: a local folder, a built-in prior, a model not
+    in the cache."""
     if model.startswith("builtin:") or Path(model).expanduser().exists() or model.count("/") != 1:
         return None
     quiet_model_libraries()
@@ -141,8 +150,7 @@ def model_revision(model: str, cache_dir: str | Path | None = None) -> str | Non
         except ValueError:  # not a valid repo id
             return None
         if isinstance(found, str):
-            snapshot = Path(found).parents[depth - 1]
-            return snapshot.name if snapshot.parent.name == "snapshots" else None
+            return Path(found).parents[depth - 1]
     return None
 
 
@@ -277,11 +285,7 @@ def _hub_error_message(model: str, error: Exception) -> str:
         # whose file does not load, such as weights cut short by an interrupted download; a
         # file missing from the cache is a LocalEntryNotFoundError.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return (
-            f"could not load Stable Diffusion '{model}' from the Hugging Face cache ({reason}); "
-            "its cached files are damaged or incomplete: download it again with network "
-            "(HF_HUB_OFFLINE unset), or pass a local diffusers folder with --model /path/to/folder"
-        )
+        return _damaged_in_cache(model, reason)
     if constants.HF_HUB_OFFLINE:
         reason = NOT_CACHED_OFFLINE
     elif network is not None:
@@ -292,6 +296,19 @@ def _hub_error_message(model: str, error: Exception) -> str:
     else:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return _cannot_load(model, reason)
+
+
+def _damaged_in_cache(model: str, reason: str) -> str:
+    """The line for hub id ``model`` in the cache whose files do not load. They are deleted
+    before the download: the hub client returns a file it has as it is, so "download it again"
+    alone read the same damaged file again."""
+    snapshot = cached_snapshot(model)
+    repo = snapshot.parent.parent if snapshot is not None else "its folder in the cache"
+    return (
+        f"could not load Stable Diffusion '{model}' from the Hugging Face cache ({reason}); its "
+        f"cached files are damaged or incomplete: delete {repo} and download it again with "
+        "network, or pass a local diffusers folder with --model /path/to/folder"
+    )
 
 
 def _cannot_load(model: str, reason: str) -> str:
@@ -319,6 +336,179 @@ def check_model_files(model: str) -> None:
         return
     if constants.HF_HUB_OFFLINE and model_revision(model) is None:
         raise DreamtextError(_cannot_load(model, NOT_CACHED_OFFLINE))
+
+
+# The weight files of each part a load reads: diffusers' name for the U-Net and VAE,
+# transformers' for the text encoder.
+WEIGHT_NAMES = {
+    "unet": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+    "text_encoder": "model",
+}
+
+
+def model_folder(model: str) -> Path | None:
+    """Where ``model``'s files are on this machine: its folder (:func:`locate_model`), or for a
+    hub id the snapshot of the Hugging Face cache its load reads (:func:`cached_snapshot`);
+    ``None`` for a hub id not in the cache."""
+    path = Path(locate_model(model))
+    return path if path.is_dir() else cached_snapshot(model)
+
+
+def check_model_weights(model: str) -> None:
+    """Refuse, without loading them, the weights of Stable Diffusion ``model`` (U-Net, VAE, text
+    encoder) that its load would refuse or fill with random values: a safetensors file cut
+    short or grown (its length against ``8 + header length + the header's last data offset``),
+    a header that does not parse, a tensor missing, or one of another shape than the part its
+    config builds (built on the meta device: no memory). Each file's header is read, 30-90 KB
+    for SD 2.1's three; no tensor is: 0.13-0.14 s of CPU a model of SD 2.1's shapes (mostly
+    building its parts), 40-50 ms the tests' tiny one; 20 distinct models of SD 2.1's shapes
+    2.5 s, the process's peak memory unchanged. The load found such a file only
+    when it came to it (in a batch, that model's first line, hours in), and three of these
+    ended in a traceback there (a tensor missing from the U-Net, a text encoder's cut short or of
+    another shape) and one not at all (a tensor missing from the text encoder: random values).
+
+    Left to the load: a hub id not in the cache (the load may download it), a part whose config
+    or weights are not there yet, and weights in ``.bin`` (a pickle, read only by loading it)."""
+    folder = model_folder(model)
+    if folder is None:
+        return
+    for subfolder, name in WEIGHT_NAMES.items():
+        files = weight_files(folder / subfolder, name, local_variant(str(folder), subfolder))
+        if not files or not (folder / subfolder / "config.json").is_file():
+            continue
+        if not all(file.is_file() for file in files) and model_revision(model) is not None:
+            continue  # shards the hub may still send
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in files:
+            try:
+                shapes.update(safetensors_shapes(file))
+            except ValueError as damage:
+                line = damaged_weights_line(model, subfolder, file, str(damage))
+                raise DreamtextError(line) from None
+        try:
+            expected, shapes = part_shapes(folder / subfolder, subfolder, shapes)
+        except Exception as error:  # a config the part cannot be built from: the load's line
+            if not _is_hub_error(error):
+                raise
+            message = _load_error_message(model, locate_model(model), subfolder, error)
+            raise DreamtextError(message) from error
+        problem = shape_problem(expected, shapes)
+        if problem is not None:
+            file = files[0] if len(files) == 1 else folder / subfolder
+            raise DreamtextError(damaged_weights_line(model, subfolder, file, problem))
+
+
+def weight_files(folder: Path, name: str, variant: str | None) -> list[Path]:
+    """The safetensors files a load of the part in ``folder`` reads: ``name[.variant].safetensors``,
+    else the shards its ``.safetensors.index.json`` lists; none where there are neither."""
+    stem = f"{name}.{variant}" if variant else name
+    single = folder / f"{stem}.safetensors"
+    if single.is_file():
+        return [single]
+    index = folder / f"{stem}.safetensors.index.json"
+    if not index.is_file():
+        return []
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / shard for shard in dict.fromkeys(weight_map.values())]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return [index]  # read as a safetensors file, it is refused as one
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """``{tensor name: shape}`` from the header of the safetensors file ``path``, whose layout is
+    ``u64 n (little-endian) · n bytes of JSON · the tensors' bytes``; the file must end where the
+    header's last ``data_offsets`` does. A ``ValueError`` says what is wrong, in words."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise ValueError("is missing (its index lists it)")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= size - 8:
+            raise ValueError(f"is cut short inside its header: {size:,} bytes")
+        try:
+            header = json.loads(f.read(n))
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
+            shapes = {k: tuple(v["shape"]) for k, v in tensors.items()}
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise ValueError("has no readable safetensors header") from None
+    if size != 8 + n + end:
+        cut = "cut short" if size < 8 + n + end else "longer than its tensors"
+        raise ValueError(f"is {cut}: {size:,} bytes where its header describes {8 + n + end:,}")
+    try:  # what else safetensors checks of a header (dtypes, offsets against shapes)
+        with safe_open(str(path), "pt"):
+            pass
+    except SafetensorError as error:
+        raise ValueError(f"has a header safetensors refuses: {error}") from None
+    return shapes
+
+
+def part_shapes(
+    folder: Path, subfolder: str, found: dict[str, tuple[int, ...]]
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """``{name: shape}`` of the tensors a load of the part in ``folder`` fills (the part its
+    ``config.json`` builds, on the meta device: no memory), and ``found``, a file's, under the
+    names that load gives them: diffusers renames an old VAE's attention tensors
+    (``query``/``key``/``value``/``proj_attn``) with its own renaming, applied here to the names;
+    the text encoder's are compared without the ``text_model.`` transformers 4 wrote."""
+    quiet_model_libraries("diffusers", "transformers")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        if subfolder == "text_encoder":
+            part: Any = CLIPTextModel(CLIPTextConfig.from_pretrained(folder))
+        else:
+            cls = UNet2DConditionModel if subfolder == "unet" else AutoencoderKL
+            part = cls.from_config(cls.load_config(folder))
+            found = part._fix_state_dict_keys_on_load(dict(found))
+    expected = {name: tuple(t.shape) for name, t in part.state_dict().items()}
+    if subfolder == "text_encoder":
+        # transformers 5 names the tower's tensors without the "text_model." that files saved by
+        # transformers 4 (SD's own) begin with, and strips it on load; 4 names them with it.
+        expected, found = _without_prefix(expected), _without_prefix(found)
+    return expected, found
+
+
+def _without_prefix(
+    shapes: Mapping[str, tuple[int, ...]], prefix: str = "text_model."
+) -> dict[str, tuple[int, ...]]:
+    return {name.removeprefix(prefix): shape for name, shape in shapes.items()}
+
+
+def shape_problem(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]
+) -> str | None:
+    """What ``found`` (a file's tensors) lacks or holds in another shape than ``expected`` (the
+    part's), in words; ``None`` where it fits (tensors the part does not use are ignored, as the
+    loads ignore them)."""
+    missing = [name for name in expected if name not in found]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        return f"lacks the tensor {missing[0]}{more}"
+    for name, shape in expected.items():
+        if found[name] != shape:
+            return (
+                f"holds {name} of shape {list(found[name])} where the config.json beside it "
+                f"makes it {list(shape)}"
+            )
+    return None
+
+
+def damaged_weights_line(model: str, subfolder: str, file: Path, problem: str) -> str:
+    """The one line for a weight file of ``model`` that cannot load (``problem``: what is wrong
+    with ``file``, in words) and what to do, as the load's own lines say it."""
+    if model_revision(model) is None:
+        return (
+            f"could not load the {subfolder} of '{model}' ({file} {problem}); the folder's files "
+            "are damaged or incomplete: copy or download the model again"
+        )
+    return _damaged_in_cache(model, f"{file} {problem}")
 
 
 def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
@@ -392,6 +582,9 @@ class StableDiffusionModels:
         self.dtype = dtype
         check_precision(dtype, self.device)
         self.path = locate_model(model)
+        # Before any weight is read: a damaged file ended some loads in a traceback, one (a text
+        # encoder's tensor missing) in random values.
+        check_model_weights(model)
         self.scheduler_config = self._load_scheduler_config()
         prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         if prediction_type not in ("epsilon", "v_prediction"):
@@ -746,6 +939,7 @@ __all__ = [
     "StableDiffusionModels",
     "TextSide",
     "check_model_files",
+    "check_model_weights",
     "clear_cache",
     "clip_encoder",
     "load_for",

@@ -2236,6 +2236,44 @@ def test_a_long_line_of_stable_diffusion_behind_a_builtin_run_is_refused_before_
     assert count_loads == ["tokenizer"]
 
 
+def test_a_damaged_weight_file_of_a_later_lines_model_is_refused_before_any_line_runs(
+    tmp_path, tiny_yaml, tiny_sd_path, shapes_cache, monkeypatch, capsys, count_loads
+):
+    """Run again without --model, a stopped run of builtin:shapes resumes on it and a new line
+    takes the default Stable Diffusion, whose cached U-Net weights were cut short: that model
+    was checked by its files' presence, so the builtin line trained and the new line failed at
+    its turn, exit 1. Now each model's weight files are checked by their headers against their
+    configs (no tensor read): one line naming the file and what to do, exit 2, nothing
+    written."""
+    from dreamtext.models import DEFAULT_MODEL
+
+    cache_as_default_model(tmp_path, monkeypatch, tiny_sd_path)
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, "--iters", "6", "--config", tiny_yaml, "--workspace", root]
+    real_step = ctrl_c_at_step(monkeypatch, 3)
+    assert main(list(map(str, [*args, "--model", "builtin:shapes"]))) == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    capsys.readouterr()
+    count_loads.clear()
+    [snapshot] = (tmp_path / "hub_cache").glob("models--*/snapshots/*")
+    weights = snapshot / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # an interrupted download
+    prompts_file(tmp_path, "a red cube", "a blue cube")
+    with nothing_written(root, "a_red_cube"):
+        assert main(list(map(str, args))) == 2
+    size = weights.stat().st_size
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dreamtext: error: line 2 ({root / 'a_blue_cube'}): could not load Stable Diffusion "
+        f"'{DEFAULT_MODEL}' from the Hugging Face cache ({weights} is cut short: {size:,} bytes "
+        f"where its header describes {size + 1000:,}); its cached files are damaged or "
+        f"incomplete: delete {snapshot.parent.parent} and download it again with network, or "
+        "pass a local diffusers folder with --model /path/to/folder"
+    )
+    assert sorted(p.name for p in root.iterdir()) == ["a_red_cube", "batch.jsonl"]
+    assert count_loads == []
+
+
 def test_overwrite_trains_finished_and_interrupted_runs_again_from_scratch(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch
 ):

@@ -390,7 +390,10 @@ def test_offline_a_damaged_model_in_the_hub_cache_is_called_damaged_not_missing(
         "could not load Stable Diffusion 'someone/some-model' from the Hugging Face cache ("
     )
     assert "diffusion_pytorch_model" in message
-    assert "its cached files are damaged or incomplete: download it again" in message
+    # Deleted first: the hub client returns a file it has as it is, damaged or not.
+    assert f"its cached files are damaged or incomplete: delete {repo} and download it again" in (
+        message
+    )
     assert "not in the Hugging Face cache" not in message
     assert "\n" not in message
 
@@ -474,3 +477,106 @@ def test_the_encoder_is_compiled_on_cuda_only_and_in_the_mode_asked(tiny_sd_path
     on_cuda.device, on_cuda._compiled = torch.device("cuda"), {}  # the decision only
     assert on_cuda.sds_unet(compile=True, mode="max-autotune") == "compiled"
     assert calls[-1]["mode"] == "max-autotune"
+
+
+def with_weights(tiny_sd_path: Path, dest: Path, subfolder: str, edit) -> Path:
+    """A copy of the tiny pipeline (links) whose ``subfolder`` weights file holds
+    ``edit(its bytes)``."""
+    from tiny_models import pipeline_variant
+
+    folder = pipeline_variant(tiny_sd_path, dest)
+    weights = next((folder / subfolder).glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(edit(data))
+    return folder
+
+
+def tensors_edit(edit):
+    """An edit of a safetensors file's bytes by ``edit`` of its ``{name: tensor}``."""
+    from safetensors.torch import load, save
+
+    return lambda data: save(edit(load(data)), metadata={"format": "pt"})
+
+
+def _drop(name: str):
+    return tensors_edit(lambda tensors: {k: v for k, v in tensors.items() if not k.endswith(name)})
+
+
+def _cut_rows(name: str):
+    return tensors_edit(
+        lambda tensors: {k: (v[:16] if k.endswith(name) else v) for k, v in tensors.items()}
+    )
+
+
+@pytest.mark.parametrize(
+    ("subfolder", "edit", "problem"),
+    [
+        ("unet", lambda data: data[:-1000], "is cut short: "),
+        ("unet", lambda data: data + bytes(100), "is longer than its tensors: "),
+        ("unet", lambda data: data[:500], "is cut short inside its header: 500 bytes"),
+        # These three ended the load in a traceback (a meta tensor copied; a size mismatch
+        # raised as RuntimeError; safetensors' own error) ...
+        ("unet", _drop("conv_in.weight"), "lacks the tensor conv_in.weight"),
+        ("text_encoder", lambda data: data[:-10], "is cut short: "),
+        (
+            "text_encoder",
+            _cut_rows("layers.0.self_attn.q_proj.weight"),
+            "holds encoder.layers.0.self_attn.q_proj.weight of shape [16, 32] where the "
+            "config.json beside it makes it [32, 32]",
+        ),
+        # ... and this one loaded, the missing tensor left at random values.
+        (
+            "text_encoder",
+            _drop("layers.0.self_attn.q_proj.weight"),
+            "lacks the tensor encoder.layers.0.self_attn.q_proj.weight",
+        ),
+    ],
+)
+def test_a_damaged_weight_file_is_one_line_naming_it_before_any_weight_is_read(
+    tiny_sd_path, tmp_path, count_loads, subfolder, edit, problem
+):
+    """Its header against its length and its part's config: no tensor is read."""
+    folder = with_weights(tiny_sd_path, tmp_path / "damaged", subfolder, edit)
+    weights = next((folder / subfolder).glob("*.safetensors"))
+    with pytest.raises(DreamtextError) as refusal:
+        models_module.load_stable_diffusion(str(folder))
+    message = str(refusal.value)
+    assert message.startswith(f"could not load the {subfolder} of '{folder}' ({weights} {problem}")
+    assert message.endswith(
+        "); the folder's files are damaged or incomplete: copy or download the model again"
+    )
+    assert "\n" not in message
+    assert count_loads == []
+
+
+def test_weights_under_the_names_older_libraries_wrote_pass_the_check(tiny_sd_path, tmp_path):
+    """A VAE's attention as query/key/value/proj_attn (diffusers renames them on load) and a
+    text encoder's tensors under "text_model." (transformers 4's names, SD's own files; 5
+    strips it on load) are no damage: both load."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from dreamtext.models import check_model_weights
+
+    old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+    def old_attention(tensors):
+        renamed = {}
+        for name, tensor in tensors.items():
+            for new, before in old.items():
+                name = name.replace(f".attentions.0.{new}.", f".attentions.0.{before}.")
+            renamed[name] = tensor
+        return renamed
+
+    folder = with_weights(tiny_sd_path, tmp_path / "old", "vae", tensors_edit(old_attention))
+    with_prefix = tensors_edit(lambda tensors: {f"text_model.{k}": v for k, v in tensors.items()})
+    with_weights(tiny_sd_path, tmp_path / "old_text", "text_encoder", with_prefix)
+    shutil.rmtree(folder / "text_encoder")
+    shutil.copytree(tmp_path / "old_text" / "text_encoder", folder / "text_encoder", symlinks=True)
+    check_model_weights(str(folder))
+    loaded = models_module.load_stable_diffusion(str(folder))
+    original = load_file(tiny_sd_path / "text_encoder" / "model.safetensors")
+    for name, tensor in original.items():
+        assert torch.equal(loaded.text_encoder.state_dict()[name], tensor), name
