@@ -1823,13 +1823,14 @@ def check_prompt_lengths(
         guidance = cfg.guidance
         if guidance.model.startswith("builtin:"):
             continue
-        if group is not groups[0] and all(e.kind != "text" for e, _ in group):
-            continue  # image runs' own: their learned file, read by their run
-        side = (guidance.model, guidance.textual_inversion)
+        # Image runs' own learned file is read by their run, which checks the negative prompt
+        # with the model's tokenizer alone (imageto3d.check_text_stage), as it is here.
+        images_only = group is not groups[0] and all(e.kind != "text" for e, _ in group)
+        side = (guidance.model, None if images_only else guidance.textual_inversion)
         named = f"line {entry.line} ({entry.workspace}): " if len(groups) > 1 else ""
         try:
             if side not in sides:
-                sides[side] = _tokenizer_of(guidance, models)
+                sides[side] = _tokenizer_of(replace(guidance, textual_inversion=side[1]), models)
             tokenizer, expansions = sides[side]
             negative = expand_tokens(guidance.negative, expansions)
             check_lengths(tokenizer, [], negative, False)

@@ -510,3 +510,32 @@ def test_lines_are_checked_in_groups_of_one_config_but_prompt_and_folder():
     groups = batch.settings_groups(pending, settings)
     assert [[entry.line for entry, _ in group] for group in groups] == [[1, 4], [2, 3]]
     assert [group[0][1].guidance.fp16 for group in groups] == [True, False]
+
+
+def test_a_later_group_of_image_lines_alone_has_its_negative_prompt_checked(tiny_sd_path, tmp_path):
+    """The lines' own runs group the checks by their settings: a group of image lines alone,
+    after the first (a stopped image run whose config.json records another negative prompt),
+    had no token check at all, and its run refused a negative prompt too long for the text
+    encoder only at its turn, after the lines before it had trained. Its learned file is its
+    run's to read: the negative prompt is counted with the model's tokenizer alone, as the
+    image command counts it."""
+    from dreamtext.config import resolve_config
+
+    long = "a " + "blurry " * 80 + "photo"
+
+    def config(entry, negative):
+        guidance = {"model": str(tiny_sd_path), "negative": negative}
+        return resolve_config(
+            {"prompt": entry.prompt, "workspace": str(entry.workspace), "guidance": guidance}
+        )
+
+    text = Entry(1, "a red cube", "text", "a red cube", tmp_path / "a_red_cube")
+    image = Entry(2, "image:mug.png", "image", "mug", tmp_path / "mug")
+    groups = [[(text, config(text, ""))], [(image, config(image, long))]]
+    with pytest.raises(batch.DreamtextError) as refusal:
+        batch.check_prompt_lengths(groups, None, tmp_path / "prompts.txt")
+    assert str(refusal.value) == (  # start, 82 words, end
+        f"line 2 ({image.workspace}): the negative prompt is 84 tokens, but the text encoder "
+        "reads 77 (start and end included) and would cut off the rest; shorten the negative prompt"
+    )
+    batch.check_prompt_lengths([groups[0], [(image, config(image, "blurry"))]], None, Path())
