@@ -539,3 +539,28 @@ def test_a_later_group_of_image_lines_alone_has_its_negative_prompt_checked(tiny
         "reads 77 (start and end included) and would cut off the rest; shorten the negative prompt"
     )
     batch.check_prompt_lengths([groups[0], [(image, config(image, "blurry"))]], None, Path())
+
+
+def test_the_up_front_checks_build_each_distinct_field_once(tmp_path, monkeypatch):
+    """A batch's groups of settings mostly differ elsewhere than in the field (seed, guidance):
+    each built a field of its own to see that its encoding runs here, 42 ms of CPU for one of
+    the thesis's size, where the settings of one field give the same answer."""
+    from dataclasses import replace
+
+    import dreamtext.factory as factory
+    from dreamtext.config import resolve_config
+
+    fields = []
+    real = factory.build_field
+    monkeypatch.setattr(
+        factory, "build_field", lambda cfg, device: fields.append(cfg) or real(cfg, device)
+    )
+    cfg = resolve_config({"prompt": "a red cube", "workspace": str(tmp_path / "a")})
+    larger = replace(cfg.field, log2_hashmap_size=cfg.field.log2_hashmap_size + 1)
+    configs = [replace(cfg, seed=seed) for seed in range(3)] + [replace(cfg, field=larger)]
+    built: set[str] = set()
+    for each in configs:
+        batch.check_machine(each, built=built)
+    assert fields == [cfg.field, larger]
+    batch.check_machine(cfg)  # alone: built
+    assert fields == [cfg.field, larger, cfg.field]
