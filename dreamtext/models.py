@@ -898,6 +898,22 @@ def read_tokenizer(model: str) -> Any:
     return _TOKENIZERS[path]
 
 
+def text_encoder_width(model: str) -> int | None:
+    """The width of Stable Diffusion ``model``'s text embeddings (``hidden_size`` in its
+    ``text_encoder/config.json``), read alone, or ``None`` where that file is not here (a hub
+    id the load may download)."""
+    folder = model_folder(model)
+    config = None if folder is None else folder / "text_encoder" / "config.json"
+    if config is None or not config.is_file():
+        return None
+    try:
+        return int(json.loads(config.read_text())["hidden_size"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DreamtextError(
+            _load_error_message(model, str(folder), "text_encoder", error)
+        ) from None
+
+
 _CLIP: dict[str, Any] = {}
 
 

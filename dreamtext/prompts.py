@@ -207,24 +207,26 @@ def expanded_tokens(token: str, n: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, n)]
 
 
-def add_textual_inversion(
-    tokenizer, text_encoder: torch.nn.Module, embeds: Mapping[str, Tensor]
+def add_learned_tokens(
+    tokenizer, embeds: Mapping[str, Tensor], width: int | None = None
 ) -> dict[str, str]:
-    """Add learned tokens to ``tokenizer`` and their vectors to ``text_encoder``'s embeddings.
+    """Add the names of the learned tokens ``embeds`` (``{token: [n_vectors, dim]}``) to
+    ``tokenizer``, no vectors: a token of ``n > 1`` vectors becomes ``token, token_1, …,
+    token_{n-1}`` (diffusers' naming, :func:`expanded_tokens`). Returns ``{token: "token
+    token_1 …"}``, which rewrites prompts to use all of them (:func:`expand_tokens`).
 
-    A token of ``n > 1`` vectors becomes ``token, token_1, …, token_{n-1}`` (diffusers' naming);
-    the returned ``{token: "token token_1 …"}`` rewrites prompts to use all of them
-    (:func:`expand_tokens`).
+    Refused: a token of another width than ``width`` (the text encoder's; ``None``: not known),
+    a name the tokenizer has, a name given twice. A batch counts the prompts of a model it
+    has not loaded with this (the tokenizer read alone); :func:`add_textual_inversion` adds
+    the vectors too.
     """
-    table = text_encoder.get_input_embeddings()
     expansions: dict[str, str] = {}
     new_tokens: list[str] = []
-    vectors: list[Tensor] = []
     for token, vecs in embeds.items():
-        if vecs.shape[-1] != table.embedding_dim:
+        if width is not None and vecs.shape[-1] != width:
             raise DreamtextError(
                 f"textual inversion token {token!r} has width {vecs.shape[-1]} but this text "
-                f"encoder's is {table.embedding_dim}; it was trained for another model"
+                f"encoder's is {width}; it was trained for another model"
             )
         names = expanded_tokens(token, vecs.shape[0])
         vocab = tokenizer.get_vocab()
@@ -245,13 +247,23 @@ def add_textual_inversion(
             )
         expansions[token] = " ".join(names)
         new_tokens += names
-        vectors.append(vecs)
     tokenizer.add_tokens(new_tokens)
+    return expansions
+
+
+def add_textual_inversion(
+    tokenizer, text_encoder: torch.nn.Module, embeds: Mapping[str, Tensor]
+) -> dict[str, str]:
+    """Add learned tokens to ``tokenizer`` (:func:`add_learned_tokens`: their names, checked)
+    and their vectors to ``text_encoder``'s embeddings; returns the expansions."""
+    table = text_encoder.get_input_embeddings()
+    expansions = add_learned_tokens(tokenizer, embeds, table.embedding_dim)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     table = text_encoder.get_input_embeddings()
-    ids = tokenizer.convert_tokens_to_ids(new_tokens)
+    names = [name for token, vecs in embeds.items() for name in expanded_tokens(token, len(vecs))]
+    ids = tokenizer.convert_tokens_to_ids(names)
     with torch.no_grad():
-        table.weight[ids] = torch.cat(vectors).to(table.weight)
+        table.weight[ids] = torch.cat(list(embeds.values())).to(table.weight)
     return expansions
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import dreamtext.batch as batch
+import dreamtext.models as models
 from dreamtext.batch import Entry
 
 
@@ -564,3 +565,62 @@ def test_the_up_front_checks_build_each_distinct_field_once(tmp_path, monkeypatc
     assert fields == [cfg.field, larger]
     batch.check_machine(cfg)  # alone: built
     assert fields == [cfg.field, larger, cfg.field]
+
+
+def learned_file(path: Path, embeds: dict) -> Path:
+    from safetensors.torch import save_file
+
+    save_file(embeds, path)
+    return path
+
+
+def test_a_later_models_learned_tokens_are_named_as_diffusers_names_them(tiny_sd_path, tmp_path):
+    """A group whose model is not the one loaded counts its prompts with the tokenizer read
+    alone and its textual_inversion file's tokens added by name: a 3-vector token reads as
+    diffusers' own load_textual_inversion makes it (its prompt and its token ids)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from dreamtext.guidance import GuidanceConfig
+    from dreamtext.prompts import expand_tokens
+
+    file = learned_file(tmp_path / "learned_embeds.safetensors", {"<cat-toy>": torch.randn(3, 32)})
+    guidance = GuidanceConfig(model=str(tiny_sd_path), textual_inversion=str(file))
+    tokenizer, expansions = batch._tokenizer_of(guidance, None)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_sd_path, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.load_textual_inversion(str(file))
+    prompt = "a photo of <cat-toy> on a red chair"
+    converted = pipe.maybe_convert_prompt(prompt, pipe.tokenizer)
+    assert converted == "a photo of <cat-toy> <cat-toy>_1 <cat-toy>_2 on a red chair"
+    assert expand_tokens(prompt, expansions) == converted
+    assert tokenizer(converted).input_ids == pipe.tokenizer(converted).input_ids
+
+
+@pytest.mark.parametrize(
+    ("token", "width", "refusal"),
+    [
+        ("<cat-toy>", 16, "textual inversion token '<cat-toy>' has width 16 but this text "
+                          "encoder's is 32; it was trained for another model"),
+        ("red", 32, "token 'red' is already in the tokenizer; rename the learned token"),
+    ],
+)  # fmt: skip
+def test_a_later_models_learned_file_that_its_load_refuses_is_refused_before_any_line(
+    tiny_sd_path, tmp_path, token, width, refusal
+):
+    """Added to the tokenizer read alone without the load's checks, such a file passed, and its
+    lines' load refused it at their turn, after the lines before them had trained."""
+    import torch
+
+    from dreamtext.guidance import GuidanceConfig
+
+    file = learned_file(tmp_path / "learned_embeds.safetensors", {token: torch.randn(1, width)})
+    guidance = GuidanceConfig(model=str(tiny_sd_path), textual_inversion=str(file))
+    with pytest.raises(batch.DreamtextError) as refused:
+        batch._tokenizer_of(guidance, None)
+    assert str(refused.value) == refusal
+    loaded = models.load_stable_diffusion(str(tiny_sd_path))
+    with pytest.raises(batch.DreamtextError) as at_load:
+        loaded.text_side(str(file))
+    assert str(at_load.value) == refusal
