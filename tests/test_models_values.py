@@ -580,3 +580,28 @@ def test_weights_under_the_names_older_libraries_wrote_pass_the_check(tiny_sd_pa
     original = load_file(tiny_sd_path / "text_encoder" / "model.safetensors")
     for name, tensor in original.items():
         assert torch.equal(loaded.text_encoder.state_dict()[name], tensor), name
+
+
+def test_a_sharded_part_is_checked_shard_by_shard(tiny_sd_path, tmp_path):
+    """Weights in shards (``save_pretrained(max_shard_size=...)``: an index and its files) pass
+    whole, and one shard cut short or gone is named."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from dreamtext.models import check_model_weights
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(tiny_sd_path, folder)
+    shutil.rmtree(folder / "unet")
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
+    unet.save_pretrained(folder / "unet", max_shard_size="2MB")
+    shards = sorted((folder / "unet").glob("*-of-*.safetensors"))
+    assert len(shards) == 3
+    check_model_weights(str(folder))
+    shards[1].write_bytes(shards[1].read_bytes()[:-8])
+    with pytest.raises(DreamtextError, match=f"{shards[1]} is cut short: "):
+        check_model_weights(str(folder))
+    shards[1].unlink()
+    with pytest.raises(DreamtextError, match=rf"{shards[1]} is missing \(its index lists it\)"):
+        check_model_weights(str(folder))
