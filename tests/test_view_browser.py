@@ -2624,6 +2624,50 @@ def test_under_reduced_motion_the_turntable_video_and_the_3d_view_do_not_move_by
     assert soon_true(page, lambda: video.evaluate("v => v.currentTime > 0"))
 
 
+def live_objects(page, prototype: str) -> int:
+    """How many objects of ``prototype`` (``"HTMLButtonElement.prototype"``) the page's
+    JavaScript holds, in the document or not, after a garbage collection (DevTools'
+    queryObjects)."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        cdp.send("HeapProfiler.collectGarbage")
+        proto = cdp.send("Runtime.evaluate", {"expression": prototype})["result"]["objectId"]
+        found = cdp.send("Runtime.queryObjects", {"prototypeObjectId": proto})["objects"]
+        length = cdp.send(
+            "Runtime.callFunctionOn",
+            {
+                "objectId": found["objectId"],
+                "functionDeclaration": "function () { return this.length; }",
+                "returnByValue": True,
+            },
+        )
+        return length["result"]["value"]
+    finally:
+        cdp.detach()
+
+
+def test_a_run_pages_gif_turntable_redrawn_many_times_leaves_one_button(page, tmp_path: Path):
+    """Each redraw of a run page's GIF turntable (a live run's, as its GIF is written again) put
+    its new pause button on a list of the page's that was never emptied: after 12 redraws the
+    page held 13 buttons, 12 of them out of the page, each with its listener. Now the page holds
+    the one it shows."""
+    root = tmp_path / "runs"
+    ws = make_gif_run(root, "a_red_cube", {"state": "running", "step": 5, "iters": 60})
+    gif = ws / "video" / "turntable.gif"
+    with serving(Catalog([root]), poll_ms=100) as srv:
+        page.goto(srv.url + "run/a_red_cube/")
+        image = page.locator(".turntable img")
+        image.wait_for()
+        assert live_objects(page, "HTMLButtonElement.prototype") == 1
+        for i in range(12):
+            src = image.get_attribute("src")
+            later = time.time() + 10 * (i + 1)  # a GIF written again: its address changes
+            os.utime(gif, (later, later))
+            assert soon_true(page, lambda src=src: image.get_attribute("src") != src), "no redraw"
+        assert page.locator(".motion-toggle").count() == 1
+        assert live_objects(page, "HTMLButtonElement.prototype") == 1
+
+
 def test_no_run_matches_is_a_status_written_once_not_at_each_redraw(page, tmp_path: Path):
     """The line "No run matches the filter." was one a screen reader did not say; and each
     key typed and each poll wrote it again, which a live region says again. Now it is a status

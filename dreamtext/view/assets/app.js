@@ -301,15 +301,17 @@
     return motionChoice ? motionChoice === "play" : !reduceMotion.matches;
   }
 
-  // The page's motion buttons, each with what it names ("turntables"), and html's data-motion
-  // (app.css shows a GIF or its still by it) as motionPlays() says. A still is drawn when it
-  // is first shown: here for the pictures in the page, and by the gallery for cards the filter
-  // puts back.
-  const motionButtons = [];
+  // html's data-motion (app.css shows a GIF or its still by it) and the page's motion buttons
+  // as motionPlays() says. The buttons are those in the page (a list of them kept each one a
+  // redraw replaced, with its listener: one more at each redraw of a live run page's GIF
+  // turntable). A still is drawn when it is first shown: here for the pictures in the page,
+  // and by the gallery for cards the filter puts back.
   function applyMotion() {
     const plays = motionPlays();
     document.documentElement.dataset.motion = plays ? "playing" : "paused";
-    for (const [button, what] of motionButtons) button.textContent = `${plays ? "pause" : "play"} ${what}`;
+    for (const button of document.querySelectorAll(".motion-toggle")) {
+      button.textContent = `${plays ? "pause" : "play"} ${button.dataset.what}`;
+    }
     if (!plays) stillsIn(document);
   }
   reduceMotion.addEventListener("change", () => { if (!motionChoice) applyMotion(); });
@@ -317,8 +319,8 @@
   /** The page's one pause/play button of its turntables ("pause turntables"): a <button>, so
    * Tab reaches it and Enter or Space presses it; its text says what pressing it does. */
   function motionButton(what) {
-    const button = el("button", { type: "button", class: "motion-toggle" });
-    motionButtons.push([button, what]);
+    const button = el("button", { type: "button", class: "motion-toggle", dataset: { what } });
+    button.textContent = `${motionPlays() ? "pause" : "play"} ${what}`;
     button.addEventListener("click", () => {
       motionChoice = motionPlays() ? "pause" : "play";
       try { localStorage.setItem(MOTION_KEY, motionChoice); } catch (error) { /* as storedMotion */ }
