@@ -2624,6 +2624,49 @@ def test_under_reduced_motion_the_turntable_video_and_the_3d_view_do_not_move_by
     assert soon_true(page, lambda: video.evaluate("v => v.currentTime > 0"))
 
 
+def video_moves(page, video) -> bool:
+    """Whether ``video`` is playing: not paused, and its time goes on over a quarter second."""
+    if video.evaluate("v => v.paused"):
+        return False
+    before = video.evaluate("v => v.currentTime")
+    page.wait_for_timeout(250)
+    return video.evaluate("(v, t) => !v.paused && v.currentTime !== t", before)
+
+
+def test_the_turntable_video_follows_reduced_motion_turned_on_and_off_while_the_page_is_open(
+    page, server
+):
+    """The turntable video chose whether to start itself when the page drew it: with
+    prefers-reduced-motion turned on while the page was open (as the GIFs follow it) it went on
+    looping, and turned off, a video held still did not start. Now it pauses and plays with
+    it; one the reader paused stays paused."""
+    page.goto(server.url + "run/a_red_cube/")
+    video = page.wait_for_selector(".turntable video")
+    assert soon_true(page, lambda: video_moves(page, video)), "it did not start itself"
+    page.emulate_media(reduced_motion="reduce")
+    assert soon_true(page, lambda: video.evaluate("v => v.paused")), "it went on under reduce"
+    page.emulate_media(reduced_motion="no-preference")
+    assert soon_true(page, lambda: video_moves(page, video)), "it did not play again"
+    # Paused by the reader: the system's setting going off and on again does not start it.
+    video.evaluate("v => v.pause()")
+    page.emulate_media(reduced_motion="reduce")
+    page.emulate_media(reduced_motion="no-preference")
+    page.wait_for_timeout(500)
+    assert video.evaluate("v => v.paused")
+
+
+def test_a_turntable_video_held_still_under_reduced_motion_plays_once_it_is_turned_off(
+    page, server
+):
+    page.emulate_media(reduced_motion="reduce")
+    page.goto(server.url + "run/a_red_cube/")
+    video = page.wait_for_selector(".turntable video")
+    page.wait_for_function("() => document.querySelector('.turntable video').readyState >= 2")
+    assert video.evaluate("v => [v.paused, v.currentTime]") == [True, 0]
+    page.emulate_media(reduced_motion="no-preference")
+    assert soon_true(page, lambda: video_moves(page, video)), "it stayed still"
+
+
 def live_objects(page, prototype: str) -> int:
     """How many objects of ``prototype`` (``"HTMLButtonElement.prototype"``) the page's
     JavaScript holds, in the document or not, after a garbage collection (DevTools'

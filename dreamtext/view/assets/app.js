@@ -301,20 +301,35 @@
     return motionChoice ? motionChoice === "play" : !reduceMotion.matches;
   }
 
-  // html's data-motion (app.css shows a GIF or its still by it) and the page's motion buttons
-  // as motionPlays() says. The buttons are those in the page (a list of them kept each one a
-  // redraw replaced, with its listener: one more at each redraw of a live run page's GIF
-  // turntable). A still is drawn when it is first shown: here for the pictures in the page,
-  // and by the gallery for cards the filter puts back.
+  // html's data-motion (app.css shows a GIF or its still by it), the page's motion buttons and
+  // its turntable video as motionPlays() says. The buttons are those in the page (a list of
+  // them kept each one a redraw replaced, with its listener: one more at each redraw of a live
+  // run page's GIF turntable). A still is drawn when it is first shown: here for the pictures
+  // in the page, and by the gallery for cards the filter puts back.
   function applyMotion() {
     const plays = motionPlays();
     document.documentElement.dataset.motion = plays ? "playing" : "paused";
     for (const button of document.querySelectorAll(".motion-toggle")) {
       button.textContent = `${plays ? "pause" : "play"} ${button.dataset.what}`;
     }
+    for (const video of document.querySelectorAll("video.turntable-video")) followMotion(video, plays);
     if (!plays) stillsIn(document);
   }
   reduceMotion.addEventListener("change", () => { if (!motionChoice) applyMotion(); });
+
+  /** Pause a playing turntable video where motion stops (the system's prefers-reduced-motion
+   * turned on while the page is open), and play it again where motion plays, if it is the page
+   * that held it still (paused by this, or not started for motion paused when it was drawn):
+   * a video the reader paused with its controls stays paused. */
+  function followMotion(video, plays) {
+    if (!plays && !video.paused) {
+      video.pause();
+      video.dataset.held = "1";
+    } else if (plays && video.dataset.held) {
+      delete video.dataset.held;
+      video.play().catch(() => {});  // one that cannot play falls back to its GIF (its error)
+    }
+  }
 
   /** The page's one pause/play button of its turntables ("pause turntables"): a <button>, so
    * Tab reaches it and Enter or Space presses it; its text says what pressing it does. */
@@ -981,9 +996,13 @@
         // Controls: it loops for as long as the page is open, and a loop must be one the reader
         // can pause (the browser's own controls work from the keyboard). It starts itself only
         // where motion plays (not under prefers-reduced-motion, nor once paused in the gallery).
-        media = el("video", { src: video.mp4, autoplay: motionPlays(), muted: true, loop: true, playsinline: true,
-          controls: true, "aria-label": alt });
+        // It follows the system's setting while the page is open (followMotion): held still by
+        // the page where motion is paused now, it plays once motion plays.
+        const plays = motionPlays();
+        media = el("video", { src: video.mp4, autoplay: plays, muted: true, loop: true, playsinline: true,
+          controls: true, "aria-label": alt, class: "turntable-video", dataset: plays ? null : { held: "1" } });
         media.muted = true;
+        media.addEventListener("play", () => { delete media.dataset.held; });
         if (video.gif) {
           media.addEventListener("error", () => media.replaceWith(...gif()));
         }
