@@ -2670,22 +2670,28 @@ def test_a_turntable_video_held_still_under_reduced_motion_plays_once_it_is_turn
 def live_objects(page, prototype: str) -> int:
     """How many objects of ``prototype`` (``"HTMLButtonElement.prototype"``) the page's
     JavaScript holds, in the document or not, after a garbage collection (DevTools'
-    queryObjects)."""
+    queryObjects). What the count finds is released after it: kept, each count held the
+    objects it found alive for the next."""
     cdp = page.context.new_cdp_session(page)
+    group = {"objectGroup": "live_objects"}
     try:
         cdp.send("HeapProfiler.collectGarbage")
-        proto = cdp.send("Runtime.evaluate", {"expression": prototype})["result"]["objectId"]
-        found = cdp.send("Runtime.queryObjects", {"prototypeObjectId": proto})["objects"]
+        proto = cdp.send("Runtime.evaluate", {"expression": prototype, **group})
+        found = cdp.send(
+            "Runtime.queryObjects", {"prototypeObjectId": proto["result"]["objectId"], **group}
+        )
         length = cdp.send(
             "Runtime.callFunctionOn",
             {
-                "objectId": found["objectId"],
+                "objectId": found["objects"]["objectId"],
                 "functionDeclaration": "function () { return this.length; }",
                 "returnByValue": True,
+                **group,
             },
         )
         return length["result"]["value"]
     finally:
+        cdp.send("Runtime.releaseObjectGroup", group)
         cdp.detach()
 
 
@@ -2709,6 +2715,31 @@ def test_a_run_pages_gif_turntable_redrawn_many_times_leaves_one_button(page, tm
             assert soon_true(page, lambda src=src: image.get_attribute("src") != src), "no redraw"
         assert page.locator(".motion-toggle").count() == 1
         assert live_objects(page, "HTMLButtonElement.prototype") == 1
+
+
+def test_a_3d_view_taken_down_and_drawn_again_leaves_one_webgl_context(page, tmp_path: Path):
+    """A live run's GLB gone for a poll and back (a re-export swaps its mesh folder; one with
+    --formats ply, then with glb) made a new 3D view each time, and the old one's WebGL context
+    stayed alive, kept by its ResizeObserver: 5 times held 6 contexts (Chromium drops the
+    oldest past 16). Now the view taken down frees its context."""
+    root = tmp_path / "runs"
+    ws = make_hand_run(root, "a_red_cube", {"state": "running", "step": 5, "iters": 60})
+    (ws / "mesh").mkdir()
+    glb = ws / "mesh" / "mesh.glb"
+    glb_bytes = trimesh.creation.box().export(file_type="glb")
+    glb.write_bytes(glb_bytes)
+    # Waited for by locators: an element handle (wait_for_selector's) keeps its canvas alive.
+    drawn = page.locator("#mesh-canvas[data-state=drawn]")
+    with serving(Catalog([root]), poll_ms=100) as srv:
+        page.goto(srv.url + "run/a_red_cube/")
+        drawn.wait_for(timeout=CATCH_UP_MS)
+        for _ in range(5):
+            glb.unlink()
+            page.locator(".viewer .empty").wait_for(timeout=CATCH_UP_MS)
+            glb.write_bytes(glb_bytes)
+            drawn.wait_for(timeout=CATCH_UP_MS)
+        assert live_objects(page, "WebGL2RenderingContext.prototype") == 1
+        assert live_objects(page, "ResizeObserver.prototype") == 1
 
 
 def test_no_run_matches_is_a_status_written_once_not_at_each_redraw(page, tmp_path: Path):

@@ -700,7 +700,7 @@
     } catch (error) {
       canvas.dataset.state = "no-webgl";
       container.append(el("p", { class: "empty", text: "This browser has no WebGL; download the GLB below." }));
-      return { load() {}, failed() {}, canvas };
+      return { load() {}, failed() {}, dispose() {}, canvas };
     }
     renderer.outputColorSpace = THREE.SRGBColorSpace;
     renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
@@ -736,10 +736,13 @@
       controls.update();
       draw();
     });
-    new ResizeObserver(resize).observe(container);
+    const observer = new ResizeObserver(resize);
+    observer.observe(container);
     resize();
+    let disposed = false;
 
     function show(gltf) {
+      if (disposed) return;  // a load that ended after its view was taken down
       if (model) {
         scene.remove(model);
         model.traverse((node) => node.geometry && node.geometry.dispose());
@@ -760,6 +763,7 @@
     }
     let shownError = null;  // a failed load's line, removed when a later one loads
     function failed(error) {
+      if (disposed) return;
       canvas.dataset.state = "failed";
       if (shownError) shownError.remove();
       shownError = el("p", { class: "error", text: `could not read the GLB: ${error && error.message}` });
@@ -776,6 +780,18 @@
         canvas.dataset.state = "loading";
         if (source instanceof ArrayBuffer) loader.parse(source, "", show, failed);
         else loader.load(source, show, undefined, failed);
+      },
+      /** Free the view's WebGL context now. A view left to the garbage collector never was:
+       * its ResizeObserver kept it, and with it the context, alive (a live run's mesh gone for
+       * one poll and back, as a re-export swaps its folder, made a new view each time, and past
+       * 16 contexts Chromium drops the oldest). */
+      dispose() {
+        disposed = true;
+        observer.disconnect();
+        controls.dispose();
+        if (model) model.traverse((node) => node.geometry && node.geometry.dispose());
+        renderer.dispose();
+        renderer.forceContextLoss();
       },
     };
   }
@@ -953,6 +969,7 @@
         fill(viewer, el("figcaption", { text: "3D mesh" }),
           el("p", { class: "empty", text: exported ? noGlb(run) : noExport(run, "mesh") }),
           exported ? el("p", { class: "downloads" }, "download: ", meshLinks(run)) : null);
+        if (meshView.view) meshView.view.dispose();
         meshView.view = null;
         meshView.url = null;
         return;
