@@ -2742,6 +2742,26 @@ def test_a_3d_view_taken_down_and_drawn_again_leaves_one_webgl_context(page, tmp
         assert live_objects(page, "ResizeObserver.prototype") == 1
 
 
+def test_a_gallery_open_while_runs_come_and_go_holds_only_the_cards_of_its_runs(
+    page, tmp_path: Path
+):
+    """The gallery kept every card it had drawn, by run: open while runs came and were removed
+    (a long session beside batches), it held the card of each removed run (6 removed, 7 cards
+    held). Now it holds those of the runs it has."""
+    root = tmp_path / "runs"
+    make_hand_run(root, "kept", {"state": "finished", "step": 60, "iters": 60})
+    with serving(Catalog([root]), poll_ms=100) as srv:
+        page.goto(srv.url)
+        page.locator('.card[data-run="kept"]').wait_for()
+        for i in range(6):
+            ws = make_hand_run(root, f"run_{i}", {"state": "running", "step": 1, "iters": 60})
+            card = page.locator(f'.card[data-run="run_{i}"]')
+            card.wait_for(timeout=CATCH_UP_MS)
+            shutil.rmtree(ws)
+            card.wait_for(state="detached", timeout=CATCH_UP_MS)
+        assert live_objects(page, "HTMLAnchorElement.prototype") == 1
+
+
 def test_no_run_matches_is_a_status_written_once_not_at_each_redraw(page, tmp_path: Path):
     """The line "No run matches the filter." was one a screen reader did not say; and each
     key typed and each poll wrote it again, which a live region says again. Now it is a status

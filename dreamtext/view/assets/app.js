@@ -439,6 +439,13 @@
     return node;
   }
 
+  /** Forget the drawn cards of runs that are not in `runs` (removed, moved away): kept, a
+   * gallery open while a batch's runs came and went held every card it had ever drawn. */
+  function forgetCards(runs) {
+    const ids = new Set(runs.map((run) => run.id));
+    for (const id of drawnCards.keys()) if (!ids.has(id)) drawnCards.delete(id);
+  }
+
   /** The gallery's runs after a poll's answer: its whole list, or, from an answer to the page's
    * cursor (`since`), the runs it has with those that changed put in. Where runs came or went,
    * the runs `removed` and those `added` are taken out, then each added one is put at its
@@ -577,6 +584,7 @@
       cursor = after ? fresh.cursor || null : null;
       if (!after) return false;
       runs = after;
+      forgetCards(runs);
       draw();
       return true;
     }, null, () => cursor);
