@@ -313,13 +313,31 @@ class DescriptorTrainer:
         self, state: dict, folder: Path | str = "WORKSPACE/descriptor/checkpoints"
     ) -> None:
         """Continue from a checkpoint of :meth:`state` (``folder``: where it lies, for the
-        message refusing one of another sentence)."""
+        messages refusing one of another sentence, and one whose vectors are NaN, infinite or
+        past :data:`~dreamtext.prompts.LARGEST_EMBEDDING_VALUE`: an older dreamtext saved the
+        vectors of a training that diverged, which text→3D refuses; resumed with no steps left
+        they were saved as the learned file, with steps left the first step stopped and named
+        the same checkpoint to go on from)."""
         if state["full_prompt"] != self.full_prompt or state["vectors"].shape != (
             self.placeholders.vectors.shape
         ):
             raise DreamtextError(
                 f"the descriptor checkpoint belongs to another sentence; delete {folder} to "
                 "start the descriptor training afresh"
+            )
+        largest = float(state["vectors"].abs().max()) if state["vectors"].numel() else 0.0
+        if not largest <= LARGEST_EMBEDDING_VALUE:  # NaN included
+            values = (
+                "NaN values"
+                if math.isnan(largest)
+                else f"values up to {largest:.3g}, past {LARGEST_EMBEDDING_VALUE:g}, the most a "
+                "learned token may hold"
+            )
+            raise DreamtextError(
+                f"{Path(folder) / 'last.pt'} holds token embeddings with {values}: the training "
+                f"that saved it diverged; delete {folder} to start the "
+                "descriptor training afresh, with a smaller image_to_3d.descriptor.lr in a "
+                "--config (the thesis's is 3e-4)"
             )
         with torch.no_grad():
             self.placeholders.vectors.copy_(state["vectors"])
@@ -333,15 +351,18 @@ class DescriptorTrainer:
             self.scaler.load_state_dict(state["loss_scaler"])
         self.step = int(state["step"])
 
-    def embeddings_finite(self) -> bool:
-        """Whether the placeholder vectors may be saved: free of NaN and ±inf, and so are the
-        text encoder's hidden states of the sentence they are in (vectors that overflowed may
-        stay finite, 1e30 after a step at ``lr`` 1e30, while the encoder's activations overflow
-        float32). One host read, at a save."""
+    def saved_values(self) -> tuple[float, bool]:
+        """What a save checks of the placeholder vectors: their largest ``|value|`` (NaN where
+        one is NaN), to be at most :data:`~dreamtext.prompts.LARGEST_EMBEDDING_VALUE`, the bound
+        text→3D reads the saved file with; and whether the text encoder's hidden states of the
+        sentence they are in are free of NaN and ±inf (vectors that overflowed may stay finite,
+        1e30 after a step at ``lr`` 1e30, while the encoder's activations overflow float32).
+        One host read, at a save."""
         with torch.no_grad():
             hidden = self.encode(self.full_prompt)
-            values = torch.cat([self.placeholders.vectors.detach().flatten(), hidden.flatten()])
-            return bool(torch.isfinite(values).all())
+            largest = self.placeholders.vectors.detach().abs().max()
+            read = torch.stack([largest, torch.isfinite(hidden).all().to(largest)]).tolist()
+        return read[0], read[1] == 1.0
 
     def learned_embeds(self) -> dict[str, Tensor]:
         """diffusers' textual-inversion format: ``{token: [n_vectors, dim]}``."""
@@ -516,7 +537,7 @@ def overflowed_line(
     NaN. ``largest``: the vectors' largest ``|value|`` after the step (:meth:`~DescriptorTrainer.
     train_step`), past :data:`~dreamtext.prompts.LARGEST_EMBEDDING_VALUE` or NaN; ``None``: a
     save found them or the text encoder's output of the sentence not finite
-    (:meth:`DescriptorTrainer.embeddings_finite`). ``saved_step``: the step of the checkpoint on
+    (:meth:`DescriptorTrainer.saved_values`). ``saved_step``: the step of the checkpoint on
     disk (0: none), which a rerun goes on from."""
     kept = (
         f"not saved: {checkpoint} stays the checkpoint of step {saved_step}, from before, which "
@@ -558,8 +579,11 @@ def _train_loop(
     checkpoint = folder / "checkpoints" / "last.pt"
 
     def save() -> None:
-        if not trainer.embeddings_finite():
+        largest, hidden_finite = trainer.saved_values()
+        if not hidden_finite:
             raise DreamtextError(overflowed_line(trainer, checkpoint, saved["step"]))
+        if not largest <= LARGEST_EMBEDDING_VALUE:  # NaN included
+            raise DreamtextError(overflowed_line(trainer, checkpoint, saved["step"], largest))
         try:
             _atomic_torch_save(trainer.state(), checkpoint)
         except BaseException:  # a Ctrl-C after the replace (in the temps' cleanup): it is saved

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.amp import GradScaler
 
+from dreamtext import descriptor
 from dreamtext.augment import AugmentConfig, ImageAugmentation, image_to_tensor
 from dreamtext.descriptor import (
     DESCRIPTOR_TOKEN,
@@ -492,6 +493,71 @@ def test_a_step_whose_vectors_turn_nan_stops_the_descriptor_and_keeps_the_checkp
     assert "its token embeddings became NaN in step 3 (" in message, message
     assert f"{last} stays the checkpoint of step 2" in message, message
     assert last.read_bytes() == before
+
+
+def _checkpoint_past_the_bound(tiny_sd_path, tmp_path, iters: int, value: float = 2e4):
+    """A workspace whose descriptor checkpoint (step ``iters``) holds a vector ``value`` (2e4:
+    past ``LARGEST_EMBEDDING_VALUE``), as an older dreamtext saved one that diverged."""
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    every = {"checkpoint_every": 1, "preview_every": 0}
+    train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=iters, **every))
+    last = workspace / "descriptor" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["digest"]
+    state["vectors"][0, 0] = value
+    descriptor._atomic_torch_save(state, last)
+    learned_embeds_path(workspace).unlink()
+    return image_path, workspace, guidance, last
+
+
+@pytest.mark.parametrize(
+    "more_steps, value, says",
+    [
+        (0, 2e4, "values up to 2e+04, past 10000, the most"),
+        (2, 2e4, "values up to 2e+04, past"),
+        (0, float("nan"), "NaN values: the training"),
+    ],
+    ids=["no-steps-left", "steps-left", "nan"],
+)
+def test_a_checkpoint_past_the_embedding_bound_is_refused_on_resume(
+    tiny_sd_path, tmp_path, more_steps, value, says
+):
+    """With no steps left, the checkpoint of an older dreamtext whose vectors reached 2e4 was
+    saved as learned_embeds.safetensors, which text→3D then refused; with steps left, the first
+    step stopped and named that same checkpoint as the one the rerun goes on from. Its resume is
+    refused, before any step, naming the folder to delete; nothing is written."""
+    image_path, workspace, guidance, last = _checkpoint_past_the_bound(
+        tiny_sd_path, tmp_path, 2, value
+    )
+    record = (workspace / "descriptor" / "sentence.json").read_bytes()
+    before = last.read_bytes()
+    options = DescriptorOptions(iters=2 + more_steps, checkpoint_every=1, preview_every=0)
+    with pytest.raises(DreamtextError) as error:
+        train_descriptor(image_path, workspace, guidance, options)
+    message = str(error.value)
+    assert message.startswith(f"{last} holds token embeddings with {says}"), message
+    assert f"delete {last.parent} " in message and "\n" not in message, message
+    assert "image_to_3d.descriptor.lr" in message, message
+    assert last.read_bytes() == before and not learned_embeds_path(workspace).exists()
+    assert (workspace / "descriptor" / "sentence.json").read_bytes() == record
+
+
+def test_vectors_past_the_embedding_bound_are_not_saved(tiny_sd_path, tmp_path):
+    """The save's own check holds the same bound as text→3D's reading of the file: finite
+    vectors of 2e4 were saved, as last.pt and learned_embeds.safetensors."""
+    _, workspace = _workspace(tmp_path)
+    trainer = _trainer(tiny_sd_path, iters=0, checkpoint_every=0, preview_every=0)
+    with torch.no_grad():
+        trainer.placeholders.vectors[0, 0] = 2e4
+    folder = workspace / "descriptor"
+    image = image_to_tensor(_image(), trainer.models.resolution)
+    with pytest.raises(DreamtextError) as error:
+        descriptor._train_loop(trainer, image, folder, trainer.options, {"step": 0})
+    message = str(error.value)
+    assert "reached a value of 2e+04 in step 0 (past 10000, the most" in message, message
+    assert "nothing saved" in message, message
+    assert not (folder / "checkpoints" / "last.pt").exists()
 
 
 def test_previews_are_written(tiny_sd_path, tmp_path):
