@@ -17,6 +17,7 @@ per file. The trained sentence is ``"An image of <q> <descriptor> <noun>"``.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import sys
@@ -52,6 +53,12 @@ from dreamtext.runstatus import track_status, update_status
 
 DESCRIPTOR_TOKEN = "<descriptor>"
 LEARNED_EMBEDS = "learned_embeds.safetensors"
+# A descriptor training whose fp16 loss scaler skipped the update of this many of its last
+# DIVERGENCE_WINDOW steps (their gradients NaN or infinite) has diverged: it stops. The text→3D
+# trainer's window (its DIVERGED_AFTER and DIVERGENCE_WINDOW), which leaves room for the steps
+# the scaler skips while it finds its scale.
+DIVERGED_AFTER = 50
+DIVERGENCE_WINDOW = 100
 
 
 @dataclass
@@ -209,6 +216,10 @@ class DescriptorTrainer:
         self.augment = ImageAugmentation(models.resolution, options.augment)
         self.step = 0
         self.largest_value = 0.0  # of the vectors after the last step (train_step)
+        # Whether the loss scaler skipped the update of each of the last DIVERGENCE_WINDOW steps
+        # (train_step; never without fp16), and how many steps of the training it skipped.
+        self.recent_skips: collections.deque[bool] = collections.deque(maxlen=DIVERGENCE_WINDOW)
+        self.skipped_updates = 0
 
     def check_length(self, labels: Sequence[str]) -> None:
         """Refuse a sentence the text encoder would cut off, before any step: the descriptor's
@@ -280,24 +291,40 @@ class DescriptorTrainer:
             target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
         return descriptor_loss(pred_full, pred_base.float(), target)
 
+    def loss_scale(self) -> Tensor:
+        """The fp16 loss scale ``s`` as a 0-dim tensor on the device (``GradScaler.get_scale``
+        would read it to the host); 1 without fp16."""
+        return self.scaler.scale(torch.ones((), device=self.device))  # 1 · s = s exactly
+
     def train_step(self, image: Tensor) -> dict:
         """One Adam step on a fresh noised batch of ``image``; returns the losses (read back
-        from the device together: one host sync, besides the fp16 loss scaler's own). The same
-        read sets ``largest_value``, the placeholder vectors' largest ``|value|`` after the
-        update (NaN once one is NaN), which the loop checks every step."""
+        from the device together: one host sync, besides the fp16 loss scaler's own read of
+        whether the gradients are finite). The same read sets ``largest_value``, the
+        placeholder vectors' largest ``|value|`` after the update (NaN once one is NaN), which
+        the loop checks every step, and, with fp16, tells whether the scaler skipped the
+        update: the scale ``s`` after the step is below the one it ran with (``update`` halves
+        ``s`` after a skipped step and only then; ``recent_skips``, ``skipped_updates``, and
+        ``update_skipped`` in the step's log line). ``loss_scale``: the ``s`` the step ran
+        with."""
         step = self.step + 1
         loss, parts = self.loss(*self.noisy_batch(image, step))
         self.optimizer.zero_grad(set_to_none=True)
+        values = {"loss": loss.detach(), **parts}
+        if self.scaler.is_enabled():
+            values["loss_scale"] = self.loss_scale()
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)  # skipped when the fp16 gradients overflowed
         self.scaler.update()
         self.step = step
-        largest = self.placeholders.vectors.detach().abs().max()
-        values = torch.stack([loss.detach(), *parts.values(), largest]).tolist()
-        self.largest_value = values.pop()
-        info = {"loss": values[0], **dict(zip(parts, values[1:], strict=True))}
-        scale = {"loss_scale": self.scaler.get_scale()} if self.scaler.is_enabled() else {}
-        return {"step": step, **info, **scale}
+        values["largest"] = self.placeholders.vectors.detach().abs().max()
+        if self.scaler.is_enabled():
+            values["next_scale"] = self.loss_scale()
+        read = dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
+        self.largest_value = read.pop("largest")
+        skipped = read.pop("next_scale", 1.0) < read.get("loss_scale", 1.0)
+        self.recent_skips.append(skipped)
+        self.skipped_updates += skipped
+        return {"step": step, **read, **({"update_skipped": True} if skipped else {})}
 
     def state(self) -> dict:
         """A checkpoint: plain tensors, numbers and strings (loadable with ``weights_only``)."""
@@ -306,6 +333,8 @@ class DescriptorTrainer:
             "vectors": self.placeholders.vectors.detach().cpu(),
             "optimizer": self.optimizer.state_dict(),
             "loss_scaler": self.scaler.state_dict(),
+            "recent_skips": list(self.recent_skips),
+            "skipped_updates": self.skipped_updates,
             "full_prompt": self.full_prompt,
         }
 
@@ -349,6 +378,8 @@ class DescriptorTrainer:
             group["lr"] = lr
         if self.scaler.is_enabled() and state.get("loss_scaler"):
             self.scaler.load_state_dict(state["loss_scaler"])
+        self.recent_skips.extend(bool(skipped) for skipped in state.get("recent_skips", []))
+        self.skipped_updates = int(state.get("skipped_updates", 0))
         self.step = int(state["step"])
 
     def saved_values(self) -> tuple[float, bool]:
@@ -565,6 +596,22 @@ def overflowed_line(
     )
 
 
+def skipped_line(trainer: DescriptorTrainer, checkpoint: Path) -> str:
+    """The line that stops a descriptor training whose fp16 loss scaler skipped the update of
+    ``DIVERGED_AFTER`` of its last ``DIVERGENCE_WINDOW`` steps (their gradients NaN or infinite
+    however small the scale, so the U-Net's or the text encoder's float16 overflowed): it would
+    finish with the vectors it started from, untrained. ``checkpoint``: saved at the step, with
+    those vectors (a skipped update leaves them as they were), which a rerun goes on from."""
+    skipped = sum(trainer.recent_skips)
+    return (
+        f"the descriptor training diverged: its gradients were NaN or infinite in {skipped} of "
+        f"the {len(trainer.recent_skips)} steps up to step {trainer.step}, so the fp16 loss "
+        f"scaler skipped their updates and its token embeddings did not train; saved "
+        f"{checkpoint}; run the same command again with --bf16, or with guidance.fp16: false in "
+        "a --config, and it goes on from there"
+    )
+
+
 def _train_loop(
     trainer: DescriptorTrainer,
     image: Tensor,
@@ -619,6 +666,15 @@ def _train_loop(
             if options.log_every and (step % options.log_every == 0 or step == options.iters):
                 append_log_line(log, folder / "log.jsonl", info)
                 update_status(workspace)
+            # In fp16 the scaler skips the update of a step whose gradients are not finite, and
+            # a U-Net that overflows in float16 on every step left the vectors as they started:
+            # the training "finished" untrained.
+            if sum(trainer.recent_skips) >= DIVERGED_AFTER:
+                line = skipped_line(trainer, checkpoint)
+                # A rerun with a fix goes on from here with an empty window, not one full already.
+                trainer.recent_skips.clear()
+                save()
+                raise DreamtextError(line)
             if options.checkpoint_every and step % options.checkpoint_every == 0:
                 save()
                 update_status(workspace)

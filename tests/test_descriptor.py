@@ -560,6 +560,89 @@ def test_vectors_past_the_embedding_bound_are_not_saved(tiny_sd_path, tmp_path):
     assert not (folder / "checkpoints" / "last.pt").exists()
 
 
+def _fp16_steps_overflowing(monkeypatch, overflows) -> None:
+    """Descriptor training with a loss scaler on the CPU (``--fp16``'s needs CUDA), and an
+    infinite loss in the steps for which ``overflows(step)`` holds, as a U-Net that overflows
+    float16 gives: their gradients are not finite and the scaler skips their update. Those
+    steps skip the augmentation, the VAE and the U-Net, to keep the test short."""
+    monkeypatch.setattr(descriptor, "fp16_loss_scaler", lambda dtype, device: GradScaler("cpu"))
+    real_batch, real_loss = DescriptorTrainer.noisy_batch, DescriptorTrainer.loss
+
+    def noisy_batch(self, image, step):
+        return (torch.zeros(()),) * 4 if overflows(step) else real_batch(self, image, step)
+
+    def loss(self, *batch):
+        if not overflows(self.step + 1):
+            return real_loss(self, *batch)
+        infinite = self.placeholders.vectors.sum() * float("inf")
+        return infinite, {"loss_real": infinite.detach(), "loss_base": infinite.detach()}
+
+    monkeypatch.setattr(DescriptorTrainer, "noisy_batch", noisy_batch)
+    monkeypatch.setattr(DescriptorTrainer, "loss", loss)
+
+
+def test_an_fp16_descriptor_whose_updates_are_skipped_stops_and_a_rerun_goes_on(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """A scaler that skipped every step's update (their gradients infinite) went unnoticed: the
+    training finished and saved the vectors it started from as learned. After 50 skipped steps
+    it saves its checkpoint and stops with one line naming --bf16; the rerun goes on from it."""
+    from safetensors.torch import load_file
+
+    _fp16_steps_overflowing(monkeypatch, lambda step: True)
+    guidance = GuidanceConfig(model=str(tiny_sd_path))
+    image_path, workspace = _workspace(tmp_path)
+    options = DescriptorOptions(iters=60, log_every=1, checkpoint_every=0, preview_every=0)
+    with pytest.raises(DreamtextError) as error:
+        train_descriptor(image_path, workspace, guidance, options)
+    message = str(error.value)
+    last = workspace / "descriptor" / "checkpoints" / "last.pt"
+    assert message == (
+        "the descriptor training diverged: its gradients were NaN or infinite in 50 of the 50 "
+        "steps up to step 50, so the fp16 loss scaler skipped their updates and its token "
+        f"embeddings did not train; saved {last}; run the same command again with --bf16, or "
+        "with guidance.fp16: false in a --config, and it goes on from there"
+    )
+    state = torch.load(last, weights_only=True)
+    start = _trainer(tiny_sd_path).placeholders.vectors.detach()
+    assert state["step"] == 50 and torch.equal(state["vectors"], start)
+    assert state["recent_skips"] == [] and state["skipped_updates"] == 50
+    lines = [json.loads(line) for line in (workspace / "descriptor" / "log.jsonl").open()]
+    assert [line["step"] for line in lines] == list(range(1, 51))
+    assert all(line["update_skipped"] for line in lines)
+    assert [line["loss_scale"] for line in lines[:3]] == [2.0**16, 2.0**15, 2.0**14]
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("failed", 50), status
+    assert not learned_embeds_path(workspace).exists()
+
+    monkeypatch.undo()  # the rerun in float32, whose gradients are finite
+    train_descriptor(image_path, workspace, guidance, options)
+    trained = load_file(str(learned_embeds_path(workspace)))[DESCRIPTOR_TOKEN]
+    assert not torch.equal(trained, start)
+    assert (
+        json.loads((workspace / "descriptor" / "sentence.json").read_text())["descriptor_iters"]
+        == 60
+    )
+
+
+def test_an_fp16_descriptor_that_skips_49_updates_of_50_trains_on(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """The window leaves the scaler room to find its scale: 49 skipped updates, one short of
+    ``DIVERGED_AFTER``, are counted, and the training finishes."""
+    assert (descriptor.DIVERGED_AFTER, descriptor.DIVERGENCE_WINDOW) == (50, 100)
+    _fp16_steps_overflowing(monkeypatch, lambda step: step <= 49)
+    trainer = _trainer(tiny_sd_path, iters=50, log_every=0, checkpoint_every=0, preview_every=0)
+    start = trainer.placeholders.vectors.detach().clone()
+    folder = tmp_path / "descriptor"
+    (folder / "checkpoints").mkdir(parents=True)
+    image = image_to_tensor(_image(), trainer.models.resolution)
+    descriptor._train_loop(trainer, image, folder, trainer.options, {"step": 0})
+    assert trainer.step == 50 and trainer.skipped_updates == 49
+    assert list(trainer.recent_skips) == [True] * 49 + [False]
+    assert not torch.equal(trainer.placeholders.vectors, start)  # step 50 updated them
+
+
 def test_previews_are_written(tiny_sd_path, tmp_path):
     image_path, workspace = _workspace(tmp_path)
     options = DescriptorOptions(

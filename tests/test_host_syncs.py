@@ -119,9 +119,10 @@ def test_a_descriptor_step_reads_its_losses_and_its_vectors_largest_value_in_one
     tiny_sd_path, dtype
 ):
     """The descriptor's check of its vectors every step (``largest_value``, which stops a
-    training whose vectors overflowed) rides on the read of the losses the step made before;
-    fp16's loss scaler reads twice more on its own (whether the gradients were finite, and
-    the scale for the log line)."""
+    training whose vectors overflowed) rides on the read of the losses the step made before,
+    and so, in fp16, do the scale for the log line and whether the scaler skipped the update
+    (the scale before and after it: ``GradScaler.get_scale`` read the scale on its own); the
+    loss scaler reads once more on its own (whether the gradients were finite)."""
     with virtual_cuda() as mode:
         models = StableDiffusionModels(str(tiny_sd_path), "cuda", dtype)
         trainer = DescriptorTrainer(models, "a", ["red"], "cube", DescriptorOptions())
@@ -132,11 +133,13 @@ def test_a_descriptor_step_reads_its_losses_and_its_vectors_largest_value_in_one
         with sync_sites(mode) as sites:
             record = trainer.train_step(image)
     reads = {kind: n for kind, n in mode.syncs.items() if kind != "to gpu" and n}
-    assert reads == ({"tolist": 1} if dtype == torch.float32 else {"tolist": 1, "item": 2})
+    assert reads == ({"tolist": 1} if dtype == torch.float32 else {"tolist": 1, "item": 1})
     assert set(by_file(sites)) == {"descriptor.py"}, sites
     vectors = trainer.placeholders.vectors.detach()
     assert trainer.largest_value == float(vectors.abs().max()) > 0
-    assert record["step"] == 3
+    assert record["step"] == 3 and "update_skipped" not in record
+    assert ("loss_scale" in record) == (dtype == torch.float16)
+    assert list(trainer.recent_skips) == [False] * 3
 
 
 # Each kind of host sync virtual_cuda counts, against what torch's CUDA code does (the module
