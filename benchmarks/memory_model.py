@@ -290,7 +290,9 @@ def model_row(
         with as_on_cuda() as patches, tempfile.TemporaryDirectory() as workspace:
             patches.enter_context(mock.patch.object(trainer, "train_step", timed_step))
             if not preview:
-                patches.enter_context(mock.patch.object(trainer, "save_preview", lambda r, p: None))
+                patches.enter_context(
+                    mock.patch.object(trainer, "save_preview", lambda r, p, **k: None)
+                )
             overrides["workspace"] = workspace
             cfg = resolve_config(overrides, preset=None if preset == "default" else preset)
             started = time.perf_counter()

@@ -45,19 +45,21 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LEFT_IGNORED = (signal.SIGINT, signal.SIGHUP)
 
 
-# A stop interrupts a command's work; once that work is complete it interrupts nothing. The
-# work is complete when its last file is in place (a run's export swapped in, or its final
-# preview without one; `dreamtext export`'s files; `dreamtext describe`'s sentence): what
-# follows only records it (status.json "finished", a batch's line) and says so. A stop from
-# there on is noted and dropped (every handler is set through handle_stop_signals, whose
-# StopHandler asks): the run reads finished, the command exits with its own status, and no
-# "interrupted" is said. A stop before it, a moment earlier, stops the command as ever (130, a
-# run that resumes). The window lasts to the process's end, or to the command's next work (a
-# batch's next line, whose more_work ends it), which a stop noted meanwhile stops before it
-# starts. It is no shorter than that: ended at status.json's "finished", a stop after it said
-# "interrupted" of a finished run and exited 130. The state outlives the handlers of a process
-# run by run() (its own are set first and last for its life); in a process that calls
-# dreamtext (the tests), its outermost handler starts it anew.
+# A stop interrupts a command's work; once that work is complete it interrupts nothing. The work is
+# complete when its last file is in place (a run's export committed, whose swap then finishes, or
+# its final preview without one; `dreamtext export`'s files; `dreamtext describe`'s sentence),
+# marked in one step with the rename that puts it there (interrupts.rename_completing_work; marked
+# after the rename returned, a stop in between read "interrupted" of a run with every file written):
+# what follows only records it (status.json "finished", a batch's line) and says so. A stop from
+# there on is noted and dropped (every handler is set through handle_stop_signals, whose StopHandler
+# asks): the run reads finished, the command exits with its own status, and no "interrupted" is
+# said. A stop before it, a moment earlier, stops the command as ever (130, a run that resumes). The
+# window lasts to the process's end, or to the command's next work (a batch's next line, whose
+# more_work ends it), which a stop noted meanwhile stops before it starts. It is no shorter than
+# that: ended at status.json's "finished", a stop after it said "interrupted" of a finished run and
+# exited 130. The state outlives the handlers of a process run by run() (its own are set first and
+# last for its life); in a process that calls dreamtext (the tests), its outermost handler starts it
+# anew.
 _WORK = {"complete": False, "stopped": False}
 
 

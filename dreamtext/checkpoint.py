@@ -58,11 +58,15 @@ def checkpoint_dir(workspace: Path) -> Path:
 
 
 def atomic_write_bytes(
-    path: Path, write: Any, before_replace: Callable[[], None] | None = None
+    path: Path,
+    write: Any,
+    before_replace: Callable[[], None] | None = None,
+    replace: Callable[[str, Path], None] = os.replace,
 ) -> None:
     """Call ``write(file_object)`` on a temp file beside ``path``, then rename it into place
-    (with the mode of :func:`file_mode`). ``before_replace``: called when the new file is
-    written, right before it replaces the old one.
+    (with the mode of :func:`file_mode`) by ``replace(temp, path)``: ``os.replace``, or for a
+    command's last file :func:`dreamtext.interrupts.rename_completing_work`. ``before_replace``:
+    called when the new file is written, right before it replaces the old one.
 
     A crash or Ctrl-C mid-write leaves the old file (or none), never a truncated one.
     """
@@ -80,7 +84,7 @@ def atomic_write_bytes(
         os.chmod(tmp, file_mode())
         if before_replace is not None:
             before_replace()
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

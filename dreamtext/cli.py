@@ -1002,12 +1002,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"dreamtext: {process_name(live[0])} is starting a run in {workspace}: this "
             "exports the newest checkpoint there now, which that run may replace"
         )
-    # SIGTERM: as Ctrl-C (main), temps removed
-    result = export_workspace(workspace, options, getattr(args, "progress", None))
-    # Its files are in place: a stop from here on records nothing and leaves the exit status 0.
-    from dreamtext.__main__ import work_complete
-
-    work_complete()
+    # SIGTERM: as Ctrl-C (main), temps removed. Its files are the command's last: a stop once
+    # they are committed records nothing and leaves the exit status 0.
+    progress = getattr(args, "progress", None)
+    result = export_workspace(workspace, options, progress, completes_work=True)
     if result.step is not None:
         finish_cut_export(result.out_dir, result.step)
     print(terminal_lines(result.summary()))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -31,7 +32,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dreamtext.__main__ import work_complete
 from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.config import absolute_model_folder
 from dreamtext.devices import resolve_device
@@ -39,7 +39,7 @@ from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image, open_unchecked, pad_to_square, small_image_warning
 from dreamtext.inputs import check_search_options
 from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
-from dreamtext.interrupts import raise_if_stop_requested
+from dreamtext.interrupts import raise_if_stop_requested, rename_completing_work
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.runfiles import (
     SOURCE_SUFFIXES,
@@ -475,11 +475,11 @@ def describe(
         # The image the sentence is of, for the viewer's card and for `dreamtext image` after it
         # (which refuses an image edited since its copy). A new search replaces an older copy.
         keep_source_copy(image_path, workspace, replace=True)
-        sentence = _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
-        # The run's one file is written: a stop from here on changes neither its status.json
+        # The run's one file: a stop once it is in place changes neither its status.json
         # ("finished") nor the command's exit status.
-        work_complete()
-        return sentence
+        return _describe(
+            image, image_path, workspace, options, encoder, nouns, adjectives, completes_work=True
+        )
 
 
 def _describe(
@@ -490,10 +490,13 @@ def _describe(
     encoder: ImageTextEncoder,
     nouns: list[str],
     adjectives: list[str],
+    completes_work: bool = False,
 ) -> str:
     """:func:`describe`'s search and record, its checks passed. Between rounds of scoring, and
     before the record is written, the search stops on a Ctrl-C / SIGTERM whose
-    ``KeyboardInterrupt`` was lost and on a workspace another worker took over (``batch``)."""
+    ``KeyboardInterrupt`` was lost and on a workspace another worker took over (``batch``).
+    ``completes_work``: the record is the command's last file, whose rename into place marks
+    its work complete (:func:`~dreamtext.interrupts.rename_completing_work`)."""
 
     def check() -> None:
         raise_if_stop_requested()
@@ -521,5 +524,9 @@ def _describe(
     }
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     check()
-    atomic_write_bytes(sentence_path(workspace), lambda f: f.write(text.encode("utf-8")))
+    atomic_write_bytes(
+        sentence_path(workspace),
+        lambda f: f.write(text.encode("utf-8")),
+        replace=rename_completing_work if completes_work else os.replace,
+    )
     return result.sentence

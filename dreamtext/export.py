@@ -70,6 +70,7 @@ from dreamtext.errors import (
 from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
+from dreamtext.interrupts import rename_completing_work
 from dreamtext.latestrun import newest_run, runs_in
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
@@ -609,11 +610,12 @@ def export_workspace(
     workspace: Path | None,
     options: ExportOptions | None = None,
     progress: ExportProgress | None = None,
+    completes_work: bool = False,
 ) -> ExportResult:
     """Export the trained field of ``workspace`` (default: the newest run under ``workspace/``)
     with ``options``, by default the run's own (:func:`recorded_options`). ``progress``: the
     record of ``workspace``'s export the caller started (the CLI, before this module's imports),
-    else one of its own."""
+    else one of its own; ``completes_work``: as :func:`export_field`'s."""
     workspace = resolve_workspace(workspace)
     options = options or recorded_options(workspace)
     options.validate()
@@ -640,6 +642,7 @@ def export_workspace(
             progress,
             config.get("prompt"),
             recorded_radius_range(config),
+            completes_work,
         )
 
 
@@ -744,6 +747,7 @@ def _export_run(
     progress: ExportProgress,
     prompt: str | None = None,
     radius_range: tuple[float, float] | None = None,
+    completes_work: bool = False,
 ) -> ExportResult:
     """:func:`export_workspace`'s export of the run it read (``state``, its checkpoint, whose
     config gives its ``prompt`` and its cameras' ``radius_range``; the files are named after
@@ -811,6 +815,7 @@ def _export_run(
         title=run_title(workspace, prompt),
         radius_range=radius_range,
         checked=True,  # export_workspace's checks, before it read the run
+        completes_work=completes_work,
     )
 
 
@@ -845,6 +850,7 @@ def export_field(
     title: str | None = None,
     radius_range: tuple[float, float] | None = None,
     checked: bool = False,
+    completes_work: bool = False,
 ) -> ExportResult:
     """Mesh files into ``out_dir/mesh`` and the turntable into ``out_dir/video``; ``mesh.json``
     records what was made, with ``step`` (the training step of the field's checkpoint) and
@@ -869,6 +875,8 @@ def export_field(
     out of memory on the way (naming the settings that need less). The export's memory and
     ffmpeg are checked first (:func:`check_memory`, :func:`check_ffmpeg`), unless ``checked``:
     the caller checked them with ``options`` already (:func:`export_workspace`).
+    ``completes_work``: the export's files are the command's last; their commit marks its work
+    complete (:func:`write_all_atomically`).
     """
     check_output_names(out_dir)
     options = options or ExportOptions()
@@ -916,6 +924,7 @@ def export_field(
                 prompt,
                 title,
                 radius_range,
+                completes_work,
             )
 
 
@@ -982,6 +991,7 @@ def _export_field(
     prompt: str | None,
     title: str | None,
     radius_range: tuple[float, float] | None = None,
+    completes_work: bool = False,
 ) -> ExportResult:
     """:func:`export_field`'s work, files staged in memory and written together at the end.
     ``check`` runs between stages: each of decimation, UV unwrapping and texture baking takes
@@ -1094,7 +1104,7 @@ def _export_field(
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     progress.stage("writing files")
     # mesh/ (and video/) replaced whole: an earlier export's other formats describe another mesh.
-    written = write_all_atomically(staged, REPLACED_OUTPUTS, check, emptied)
+    written = write_all_atomically(staged, REPLACED_OUTPUTS, check, emptied, completes_work)
     if emptied:
         with contextlib.suppress(OSError):  # the export's own folder, had it nothing else
             video_dir.rmdir()
@@ -1676,6 +1686,7 @@ def write_all_atomically(
     replaced: tuple[str, ...] = (),
     check: Callable[[], None] | None = None,
     emptied: tuple[Path, ...] = (),
+    completes_work: bool = False,
 ) -> list[Path]:
     """Replace the folders of ``files`` (``W/mesh``, ``W/video``: folders of one parent ``W``),
     each as a whole, by folders that hold ``files``: a reader, or a kill at any moment, sees
@@ -1695,8 +1706,11 @@ def write_all_atomically(
     (:func:`dreamtext.processes.lock_folder`), which is held on through the swap: whatever it
     checks of ``W`` still holds when the files arrive. If it raises, the staged files are
     removed as for a failed write. ``emptied``: folders of ``W`` replaced the same way by
-    none of ``files`` (swapped first), so that only a user's own files stay in them. Returns
-    the paths written.
+    none of ``files`` (swapped first), so that only a user's own files stay in them.
+    ``completes_work``: the files are the command's last, and the rename that commits them
+    marks its work complete in the same step (:func:`dreamtext.interrupts.rename_completing_work`):
+    a stop from there on, the swap included, is noted, not an interruption. Returns the paths
+    written.
     """
     folders = list(dict.fromkeys(path.parent for path in reversed(list(files))))[::-1]
     folders = [*dict.fromkeys(f for f in emptied if f not in folders), *folders]
@@ -1738,7 +1752,11 @@ def write_all_atomically(
             if check is not None:
                 check()
             _check_swappable(folders)
-            os.rename(staging, parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :]))
+            ready = parent / (READY_PREFIX + staging.name[len(PARTIAL_PREFIX) :])
+            if completes_work:
+                rename_completing_work(staging, ready)
+            else:
+                os.rename(staging, ready)
         except BaseException as error:
             if owner is not None:  # closed before the removal: NFS keeps open files (.nfsXXXX)
                 owner.close()

@@ -27,7 +27,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from dreamtext.__main__ import STOP_SIGNALS, handle_stop_signals, work_goes_on
+from dreamtext.__main__ import STOP_SIGNALS, handle_stop_signals, work_complete, work_goes_on
 from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.errors import naming_the_file
 
@@ -200,6 +200,19 @@ def signals_held(drop: bool = False) -> Iterator[None]:
     finally:
         if arrived and not drop:
             signal.raise_signal(arrived[0])
+
+
+def rename_completing_work(source: str | Path, destination: str | Path) -> None:
+    """Rename ``source`` to ``destination`` (``os.replace``): the rename that puts the command's
+    last file in place, which marks its work complete
+    (:func:`dreamtext.__main__.work_complete`) in the same step. The stop signals are held from
+    before the rename to after the mark (:func:`signals_held`), so a stop lands before both (it
+    interrupts, nothing renamed) or after both (noted: the run reads finished, exit 0). Marked
+    after the rename returned, a stop in between read "interrupted" of a run whose every file
+    was in place. A rename that fails marks nothing, and a stop held meanwhile interrupts."""
+    with signals_held():
+        os.replace(source, destination)
+        work_complete()
 
 
 # How much of a log truncate_log reads at a time, from its end back.

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import resource
 import secrets
 import socket
@@ -31,7 +32,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamtext.__main__ import work_complete
 from dreamtext.cameras import Poses, box_outside_ranges, orbit_poses, sample_poses, view_of
 from dreamtext.checkpoint import (
     RUN_KEYS,
@@ -113,6 +113,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     StepStopped,
     TrainingInterrupted,
     chunks_not_stopped,
+    rename_completing_work,
     sigterm_interrupts,
     stop_on_signal,
     truncate_log,
@@ -1181,14 +1182,16 @@ def preview_renderer(run: Run) -> VolumeRenderer:
 
 
 @torch.no_grad()
-def save_preview(run: Run, path: Path) -> None:
+def save_preview(run: Run, path: Path, completes_work: bool = False) -> None:
     """A strip of ``preview_views`` cameras around the object: albedo on top, geometry
     (textureless shading, lit from the camera) below.
 
     Each camera is sampled and its field queried once for both rows
     (:meth:`~dreamtext.renderer.VolumeRenderer.render_shadings`), one camera at a time; the
     final one (``final.png``, minutes on a CPU for a fuzzy field, after the training bar has
-    closed) shows a bar of them."""
+    closed) shows a bar of them. ``completes_work``: the preview is the command's last file,
+    whose rename into place marks its work complete
+    (:func:`~dreamtext.interrupts.rename_completing_work`)."""
     cfg = run.cfg
     fovy = sum(cfg.cameras.fovy_range) / 2
     radius = sum(cfg.cameras.radius_range) / 2
@@ -1213,7 +1216,11 @@ def save_preview(run: Run, path: Path) -> None:
             )
             bar.update(1)
     pixels = (torch.cat(columns, dim=1).cpu().numpy() * 255).round().astype(np.uint8)
-    atomic_write_bytes(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+    atomic_write_bytes(
+        path,
+        lambda f: Image.fromarray(pixels).save(f, format="PNG"),
+        replace=rename_completing_work if completes_work else os.replace,
+    )
     # A preview's temp file that a kill left (hidden, as large as a strip) stayed for good;
     # only this run's trainer writes previews/.
     remove_stale_temps(path.parent, r"step_\d+\.png|final\.png")
@@ -1526,12 +1533,11 @@ def _train(run: Run, resume: bool) -> Path:
     try:
         # The final previews render the whole field after the loop's signal handling has ended
         # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.
+        # Without an export it is the run's last file: a stop once it is in place changes nothing.
         with sigterm_interrupts(), out_of_memory_saves_a_checkpoint(run):
-            save_preview(run, workspace / "previews" / "final.png")
+            save_preview(run, workspace / "previews" / "final.png", completes_work=not cfg.export)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.step, checkpoint) from None
-    if not cfg.export:
-        work_complete()  # the final preview was its last file: a stop from here changes nothing
     if run.guidance.skipped_steps:
         say(f"dreamtext: skipped {run.guidance.skipped_steps} steps with non-finite guidance")
     if run.skipped_updates:
@@ -1721,8 +1727,8 @@ def export_trained(run: Run) -> None:
             title=run_title(run.workspace, run.cfg.prompt),
             radius_range=run.cfg.cameras.radius_range,
             checked=True,
+            # Its files are the run's last: once they are committed a stop neither makes it
+            # "interrupted in the export" nor the command's exit 130.
+            completes_work=True,
         )
-        # Its files are in place: the run's work is complete, and a stop from here on neither
-        # makes it "interrupted in the export" nor the command's exit 130.
-        work_complete()
     say(result.summary())

@@ -1267,10 +1267,10 @@ def test_ctrl_c_in_the_final_previews_says_the_run_is_saved_and_how_to_go_on(
 
     save_preview = trainer.save_preview
 
-    def interrupted_final_preview(run, path):
+    def interrupted_final_preview(run, path, **kwargs):
         if path.name == "final.png":
             raise KeyboardInterrupt
-        save_preview(run, path)
+        save_preview(run, path, **kwargs)
 
     monkeypatch.setattr(trainer, "save_preview", interrupted_final_preview)
     monkeypatch.chdir(tmp_path)

@@ -1338,9 +1338,9 @@ def test_the_final_preview_queries_the_field_once_for_both_rows_and_shows_a_bar(
     measured = {}
     real_preview = trainer.save_preview
 
-    def preview(run, path):
+    def preview(run, path, **kwargs):
         queries["n"] = 0
-        real_preview(run, path)
+        real_preview(run, path, **kwargs)
         measured["preview"] = queries["n"]
         cfg, queries["n"] = run.cfg, 0
         radius, fovy = sum(cfg.cameras.radius_range) / 2, sum(cfg.cameras.fovy_range) / 2
@@ -1377,13 +1377,13 @@ def test_a_run_stopped_before_its_first_grid_refresh_previews_with_a_refreshed_c
     measured = {}
     real_preview = trainer.save_preview
 
-    def preview(run, path):
+    def preview(run, path, **kwargs):
         for name, renderer in (("own", run.renderer), ("refreshed", trainer.preview_renderer(run))):
             queries["n"] = 0
             renderer.render_shadings(run.field, sample_poses(2, cfg.cameras), 16, 16, ("albedo",))
             measured[name] = queries["n"]
         measured["rng"] = torch.get_rng_state()
-        real_preview(run, path)
+        real_preview(run, path, **kwargs)
         assert torch.equal(torch.get_rng_state(), measured["rng"])
         measured["own_grid"] = run.renderer.grid.occupied.clone()
 

@@ -320,7 +320,7 @@ def test_a_stop_during_a_preview_saves_that_step_and_ends_the_run(
     from dreamtext.checkpoint import load_checkpoint
     from dreamtext.interrupts import StepStopped, TrainingInterrupted
 
-    def stopped(run, path):
+    def stopped(run, path, **kwargs):
         raise StepStopped
 
     monkeypatch.setattr(trainer, "save_preview", stopped)

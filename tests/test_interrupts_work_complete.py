@@ -1,0 +1,149 @@
+"""A stop signal that lands the moment a command's last file is put in place: between the
+rename that puts it there and the mark that the command's work is complete
+(:func:`dreamtext.interrupts.rename_completing_work` makes them one step)."""
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from tiny_models import TINY_TRAIN
+
+from dreamtext.cli import main
+
+# A text run of the tiny field whose export is small: its mesh as PLY alone, no turntable.
+TINY_EXPORTED = {
+    **TINY_TRAIN,
+    "preview_every": 0,
+    "export": True,
+    "export_options": {"resolution": 16, "formats": ["ply"], "video": False},
+}
+TEXT = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2"]
+
+
+def signal_inside_the_rename(
+    monkeypatch: pytest.MonkeyPatch, signum: int, puts_in_place: Callable[[str], bool]
+) -> list[int]:
+    """Make the rename (``os.rename`` or ``os.replace``) whose destination's name
+    ``puts_in_place`` accepts send ``signum`` to this process the moment it has renamed, before
+    it returns: the earliest a stop can come once the file is in place. Returns the signals
+    sent (one at most)."""
+    sent: list[int] = []
+
+    def renaming(real: Callable[..., None]) -> Callable[..., None]:
+        def rename(source, destination, *args, **kwargs) -> None:
+            real(source, destination, *args, **kwargs)
+            if not sent and puts_in_place(Path(os.fsdecode(destination)).name):
+                sent.append(signum)
+                signal.raise_signal(signum)
+
+        return rename
+
+    monkeypatch.setattr(os, "rename", renaming(os.rename))
+    monkeypatch.setattr(os, "replace", renaming(os.replace))
+    return sent
+
+
+def the_exports_commit(name: str) -> bool:
+    """The rename that commits an export's files (its staged folder, ready to be swapped in)."""
+    return name.startswith(".export-ready-")
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_EXPORTED))
+    return path
+
+
+def read_status(workspace: Path) -> dict:
+    return json.loads((workspace / "status.json").read_text())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_as_a_runs_export_is_committed_leaves_it_finished(
+    tmp_path, tiny_config, monkeypatch, capsys, signum
+):
+    """A stop inside the rename that commits the run's export: status.json read "interrupted" in
+    phase export and the command exited 130, its every file written. Now finished, exit 0."""
+    workspace = tmp_path / "run"
+    sent = signal_inside_the_rename(monkeypatch, signum, the_exports_commit)
+    code = main([*TEXT, "--config", str(tiny_config), "--workspace", str(workspace)])
+    out, err = capsys.readouterr()
+    assert sent == [signum]
+    assert (code, out) == (0, f"{workspace}\n"), err
+    assert "interrupted" not in err
+    status = read_status(workspace)
+    assert (status["state"], status["phase"], status["step"]) == ("finished", "export", 2)
+    assert (workspace / "mesh" / "mesh.ply").is_file()
+    assert not list(workspace.glob(".export-*"))  # the swap went on to its end
+
+
+def test_a_stop_as_the_final_preview_of_a_run_without_export_lands_leaves_it_finished(
+    tmp_path, tiny_config, monkeypatch, capsys
+):
+    """--no-export: final.png is the run's last file. A Ctrl-C inside its rename read
+    "interrupted" and exited 130. Now finished, exit 0."""
+    workspace = tmp_path / "run"
+    sent = signal_inside_the_rename(monkeypatch, signal.SIGINT, lambda name: name == "final.png")
+    args = [*TEXT, "--config", str(tiny_config), "--workspace", str(workspace), "--no-export"]
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert sent == [signal.SIGINT]
+    assert (code, out) == (0, f"{workspace}\n"), err
+    assert "interrupted" not in err
+    assert (read_status(workspace)["state"], read_status(workspace)["step"]) == ("finished", 2)
+    assert (workspace / "previews" / "final.png").is_file()
+
+
+def test_a_stop_as_dreamtext_exports_files_are_committed_is_exit_0(
+    tmp_path, tiny_config, monkeypatch, capsys
+):
+    """`dreamtext export` stopped inside the rename that commits its files: exit 130 and
+    "interrupted", its files in place. Now its summary, exit 0."""
+    workspace = tmp_path / "run"
+    args = [*TEXT, "--config", str(tiny_config), "--workspace", str(workspace), "--no-export"]
+    assert main(args) == 0
+    capsys.readouterr()
+    sent = signal_inside_the_rename(monkeypatch, signal.SIGTERM, the_exports_commit)
+    code = main(["export", "--workspace", str(workspace)])
+    out, err = capsys.readouterr()
+    assert sent == [signal.SIGTERM]
+    assert code == 0, err
+    assert "interrupted" not in err and out.startswith(f"exported {workspace} (step 2)")
+    assert (workspace / "mesh" / "mesh.ply").is_file()
+
+
+def test_a_stop_as_describes_sentence_lands_is_exit_0(
+    tmp_path, tiny_clip_path, monkeypatch, capsys
+):
+    """`dreamtext describe` stopped inside the rename of its sentence.json: status.json
+    "interrupted" and exit 130 with the sentence recorded. Now finished, the sentence printed."""
+    pixels = np.zeros((48, 48, 4), dtype=np.uint8)
+    pixels[12:36, 12:36] = (220, 30, 30, 255)
+    image = tmp_path / "red_cube.png"
+    Image.fromarray(pixels, "RGBA").save(image)
+    nouns, adjectives = tmp_path / "nouns.txt", tmp_path / "adjectives.txt"
+    nouns.write_text("cube\nsphere\n")
+    adjectives.write_text("red\nblue\n")
+    workspace = tmp_path / "described"
+    sent = signal_inside_the_rename(
+        monkeypatch, signal.SIGTERM, lambda name: name == "sentence.json"
+    )
+    args = ["describe", image, "--clip", tiny_clip_path, "--workspace", workspace]
+    args += ["--nouns", nouns, "--adjectives", adjectives, "--max-words", 2]
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert sent == [signal.SIGTERM]
+    assert code == 0, err
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert out == record["sentence"] + "\n"
+    assert (read_status(workspace)["state"], read_status(workspace)["phase"]) == (
+        "finished",
+        "describe",
+    )
