@@ -1489,8 +1489,10 @@ def run_batch(
         # A Ctrl-C or SIGTERM between two lines (held back while a line's record was written,
         # or its KeyboardInterrupt swallowed) stopped the batch as one in a line does.
         between = stop_requested()
-    stopped = between or any(stopped_by_user(r) for r in records)
     unstarted = [*share[len(records) :], *not_reached]
+    # One that came once every line had its record (the last one skipped as finished, or
+    # failed, marks no work complete) stopped nothing: it exited 130 with nothing left.
+    stopped = (between and bool(unstarted)) or any(stopped_by_user(r) for r in records)
     left = [e for e in unstarted if e.workspace in to_train] if stopped else []
     return BatchRun(records, left, options.overwrite, interrupted=stopped)
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from dreamtext.__main__ import work_complete
 from dreamtext.captions import needs_stable_diffusion
 from dreamtext.checkpoint import (
     atomic_write_bytes,
@@ -538,6 +539,10 @@ def _run_image(
     # The copy first, so the viewer's card shows the image through the search (minutes with a
     # real CLIP). Before a sentence nothing was made from an older copy, so it is replaced.
     keep_source_copy(image_path, workspace, replace=not record_path.is_file())
+    if reused and not train_words and record_path.is_file():
+        # Every stage is done and reused, the image's copy kept: the command's work is complete
+        # (a stop while it says so interrupts nothing; it exited 130 "run the same command again").
+        work_complete()
     if record_path.is_file():
         _note(f"describe: reusing {record_path}")
     else:

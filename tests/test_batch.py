@@ -1638,6 +1638,37 @@ def test_a_sigterm_once_the_last_line_is_complete_changes_nothing(
     assert expected[-1] in out
 
 
+def test_a_sigterm_as_the_last_skipped_lines_record_is_written_changes_nothing(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A batch whose lines are all finished skips each one: a SIGTERM while the last line's
+    record was appended (held back until it is whole) exited 130, "interrupted", of a batch that
+    had visited and recorded every line and had nothing left. Now 0, each line's row as
+    without the stop."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "2", "--config", tiny_yaml]
+    args = list(map(str, [*args, "--workspace", root]))
+    assert main(args) == 0
+    capsys.readouterr()
+    real, sent = dreamtext.batch.log_record, []
+
+    def log_record(log, record, entry, *rest, **kwargs):
+        written = real(log, record, entry, *rest, **kwargs)
+        if entry.line == 2:
+            sent.append(entry.line)
+            signal.raise_signal(signal.SIGTERM)
+        return written
+
+    monkeypatch.setattr(dreamtext.batch, "log_record", log_record)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert sent == [2]
+    assert code == 0, err
+    assert "interrupted" not in err
+    assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped", "skipped"]
+
+
 def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):

@@ -588,6 +588,36 @@ def test_a_sigterm_once_the_image_run_is_recorded_finished_changes_nothing(
     assert (status["state"], status["phase"], status["step"]) == ("finished", "train", 2)
 
 
+def test_a_stop_in_a_rerun_of_a_finished_image_run_changes_nothing(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    """`dreamtext image` of a run whose every stage is done reuses them all and writes nothing:
+    a SIGTERM while it said so exited 130 with "interrupted; run the same command again to go
+    on", of a run with nothing to go on with. Now the workspace printed, exit 0, the run's
+    status.json as it was."""
+    import signal
+
+    from dreamtext import imageto3d
+
+    image = _finished_tiny_run(tmp_path, tiny_sd_path, tiny_clip_path, capsys)
+    status = (tmp_path / "run" / "status.json").read_bytes()
+    real, sent = imageto3d._note, []
+
+    def note(line):
+        real(line)
+        if line.startswith("text→3D: reusing") and not sent:
+            sent.append(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(imageto3d, "_note", note)
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, "--iters", "2")
+    out, err = capsys.readouterr()
+    assert sent == [signal.SIGTERM]
+    assert (code, out) == (0, f"{tmp_path / 'run'}\n"), err
+    assert "interrupted" not in err
+    assert (tmp_path / "run" / "status.json").read_bytes() == status
+
+
 def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
     tmp_path, tiny_clip_path, tiny_sd_path, capsys
 ):
