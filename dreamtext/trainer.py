@@ -113,6 +113,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     StepStopped,
     TrainingInterrupted,
     chunks_not_stopped,
+    more_work,
     rename_completing_work,
     sigterm_interrupts,
     stop_on_signal,
@@ -1375,6 +1376,10 @@ def train(
     ``resume_with``: how the lines that stop the run (out of memory, diverged) say to go on
     from its checkpoint: ``--resume``, or a batch's or ``dreamtext image``'s rerun.
     """
+    # A run is work of its own: one that follows a run complete in the same handler block (a
+    # caller's loop of runs) is stopped by signals again, not only noted; one noted in between
+    # stops it after its first step (stop_on_signal reads stop_requested).
+    more_work()
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):

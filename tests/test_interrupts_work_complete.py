@@ -147,3 +147,43 @@ def test_a_stop_as_describes_sentence_lands_is_exit_0(
         "finished",
         "describe",
     )
+
+
+def test_a_stop_in_a_second_run_inside_one_handler_block_stops_it(tmp_path, monkeypatch):
+    """Two runs (``train()``) inside one handler block: the first marked the command's work
+    complete at its last file, and a SIGTERM in the second's first step was noted and dropped,
+    the second trained to its end. Each run's work starts anew (:func:`more_work`): it stops
+    after that step, with its checkpoint."""
+    from dreamtext import trainer
+    from dreamtext.config import resolve_config
+    from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
+
+    def config(name: str):
+        return resolve_config(
+            {
+                **TINY_TRAIN,
+                "prompt": "a red sphere",
+                "workspace": str(tmp_path / name),
+                "guidance": {"model": "builtin:shapes"},
+                "iters": 3,
+                "preview_every": 0,
+            }
+        )
+
+    real_step, sent = trainer.train_step, []
+
+    def step(run):
+        result = real_step(run)
+        if Path(run.workspace).name == "second" and not sent:
+            sent.append(run.step)
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    with sigterm_interrupts():
+        trainer.train(config("first"))
+        with pytest.raises(TrainingInterrupted) as stop:
+            trainer.train(config("second"))
+    assert sent == [1]
+    assert stop.value.step == 1
+    assert read_status(tmp_path / "second")["state"] == "interrupted"
