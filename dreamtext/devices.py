@@ -15,7 +15,8 @@ from torch.torch_version import TorchVersion
 
 from dreamtext.errors import DreamtextError
 from dreamtext.flagtypes import DEVICE_FORMS
-from dreamtext.inputs import openmp_wait_read
+from dreamtext.inputs import default_spin_line, openmp_wait_read
+from dreamtext.progress import say
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,9 +24,11 @@ def resolve_device(name: str) -> torch.device:
 
     ``cuda:N`` must name a visible GPU, and becomes the current CUDA device: libraries that
     launch on the current device (tiny-cuda-nn, memory statistics) then use the run's GPU.
+    The CPU, in Python that imported torch first, may say how to keep its threads from spinning
+    (:func:`warn_if_threads_spin`).
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         # Not always a flag: a GPU node's run (its config.json) or config file carries its
         # `device: cuda` to a machine without one (cli.check_cuda_flag refuses a flag where the
@@ -45,6 +48,8 @@ def resolve_device(name: str) -> torch.device:
             f"device {name} (asked for {ASKED_BY}): dreamtext runs on cpu or cuda; use "
             f"{DEVICE_FORMS}"
         )
+    if device.type == "cpu":
+        warn_if_threads_spin()
     if device.type == "cuda" and device.index is not None:
         count = torch.cuda.device_count()
         if device.index >= count:
@@ -54,6 +59,21 @@ def resolve_device(name: str) -> torch.device:
             )
         torch.cuda.set_device(device)
     return device
+
+
+# Whether this process has said :func:`default_spin_line`'s line: once is enough.
+_spin_said = False
+
+
+def warn_if_threads_spin() -> None:
+    """Say once in the process, on stderr, how to keep torch's idle CPU threads from spinning
+    where they spin (:func:`dreamtext.inputs.default_spin_line`: Python that imported torch
+    before dreamtext, with libgomp's default spin count and more than one thread)."""
+    global _spin_said
+    line = None if _spin_said else default_spin_line(torch.get_num_threads(), os.environ)
+    if line is not None:
+        say(line)
+        _spin_said = True
 
 
 # Where a device name reaches resolve_device from: not always a flag.

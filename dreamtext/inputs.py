@@ -1253,3 +1253,32 @@ def openmp_wait_read() -> dict[str, str | None]:
     if _openmp_wait_at_load is None:
         return dict.fromkeys(OPENMP_WAIT_VARIABLES, UNKNOWN)
     return dict(_openmp_wait_at_load)
+
+
+def default_spin_line(threads: int, environ: Mapping[str, str]) -> str | None:
+    """The line that tells Python which imported torch before dreamtext (a notebook, a script)
+    how to keep torch's idle CPU threads from spinning, where they spin: ``threads`` (torch's)
+    is more than one and libgomp was loaded with neither ``OMP_WAIT_POLICY`` nor
+    ``GOMP_SPINCOUNT`` (:func:`openmp_wait_read`; read :data:`UNKNOWN`, neither is in
+    ``environ`` now, so neither was then). ``None`` otherwise: the CLI sets the spin count
+    itself (:func:`spin_briefly`), and one thread has no team to wait for.
+
+    libgomp reads the settings only when torch loads it, so nothing in the process can change
+    them after: the line says what to set before ``import torch``. A script that imported torch
+    first took 54.2-64.6 s of CPU (user+sys) for 60 ``builtin:shapes`` steps on 2 threads at a
+    load average of 10-11, against 9.5-10.0 s with ``GOMP_SPINCOUNT=1000`` in its environment
+    (``benchmarks/RESULTS.md``, stop 83)."""
+    if threads < 2:
+        return None
+    read = openmp_wait_read()
+    if any(value not in (None, UNKNOWN) for value in read.values()):
+        return None
+    if UNKNOWN in read.values() and any(environ.get(name) for name in OPENMP_WAIT_VARIABLES):
+        return None
+    return (
+        f"dreamtext: torch was imported before dreamtext could set GOMP_SPINCOUNT="
+        f"{SHORT_SPIN_COUNT}, so its {threads} CPU threads spin while they wait, which on a shared "
+        f"CPU costs several times the CPU time; set os.environ['GOMP_SPINCOUNT'] = "
+        f"'{SHORT_SPIN_COUNT}' before the first `import torch` (or export it before starting "
+        "Python or Jupyter)"
+    )

@@ -5,6 +5,7 @@ ran recorded in config.json's ``ran_on``."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -273,6 +274,62 @@ def test_python_that_imported_torch_first_has_its_wait_settings_recorded_unknown
         torch.set_num_threads(threads)
     ran_on = json.loads((tmp_path / "a" / "config.json").read_text())["ran_on"]
     assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == ("unknown", "unknown")
+
+
+SPIN_FIX = "set os.environ['GOMP_SPINCOUNT'] = '1000' before the first `import torch`"
+
+
+@pytest.mark.parametrize(
+    ("read", "environ", "threads", "said"),
+    [
+        ("unknown", {}, 2, True),  # torch imported first, nothing chosen: libgomp's default spin
+        (None, {}, 4, True),  # loaded with neither set
+        ("unknown", {}, 1, False),  # one thread waits for no team
+        ("unknown", {"GOMP_SPINCOUNT": "1000"}, 2, False),  # in the environment it started with
+        ("unknown", {"OMP_WAIT_POLICY": "PASSIVE"}, 2, False),
+        ("1000", {}, 2, False),  # the CLI's spin_briefly, read when it imported torch
+    ],
+)
+def test_the_spin_line_is_for_python_whose_libgomp_spins_by_default_on_several_threads(
+    monkeypatch, read, environ, threads, said
+):
+    monkeypatch.setattr(inputs, "_openmp_wait_at_load", None)
+    if read != "unknown":
+        monkeypatch.setattr(
+            inputs, "_openmp_wait_at_load", {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": read}
+        )
+    line = inputs.default_spin_line(threads, environ)
+    assert (line is not None and SPIN_FIX in line and f"its {threads} CPU threads" in line) == said
+
+
+def test_a_script_that_imported_torch_first_is_told_once_how_to_stop_threads_spinning(tmp_path):
+    """Python that imported torch before dreamtext (a notebook, a script) keeps libgomp's
+    default spin count, which dreamtext cannot change after: each thread that waits spins 300,000
+    checks, 5-7 times the CPU time of the CLI's run under load. Its first run on 2 threads says
+    once what to set; a second run in the process, and a process that set it, say nothing."""
+    code = (
+        "import sys, torch\nfrom dreamtext.cli import main\nargv = sys.argv[1:]\n"
+        "assert main([*argv, '--workspace', 'a']) == 0\n"
+        "sys.exit(main([*argv, '--workspace', 'b']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    argv = [sys.executable, "-c", code, *TEXT_RUN, *tiny_sizes(tmp_path), "--threads", "2"]
+    for environ, lines in (({}, 1), ({"GOMP_SPINCOUNT": "1000"}, 0)):
+        shutil.rmtree(tmp_path / "a", ignore_errors=True)
+        shutil.rmtree(tmp_path / "b", ignore_errors=True)
+        done = subprocess.run(
+            argv, cwd=tmp_path, env={**env, **environ}, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        said = [line for line in done.stderr.splitlines() if SPIN_FIX in line]
+        assert len(said) == lines, (environ, done.stderr)
+
+
+def test_the_cli_which_sets_the_spin_count_itself_says_nothing_of_it(tmp_path):
+    result = text_process(tmp_path, {}, "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    assert "GOMP_SPINCOUNT" not in result.stderr
 
 
 def write_files(folder: Path, files: dict[str, str]) -> Path:
