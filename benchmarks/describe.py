@@ -32,12 +32,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from dreamtext.inputs import spin_briefly  # noqa: E402
+
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
 from tiny_clip import VIT_B32_TEXT, VIT_B32_VISION, write_clip  # noqa: E402
 
 from dreamtext.describe import (  # noqa: E402

@@ -27,13 +27,18 @@ Per backend and batch size, the best of ``--repeats`` runs after one warm-up:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
-import torch
+from dreamtext.inputs import spin_briefly
 
-from dreamtext.encoding import make_encoding
-from dreamtext.errors import DreamtextError
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
+
+from dreamtext.encoding import make_encoding  # noqa: E402
+from dreamtext.errors import DreamtextError  # noqa: E402
 
 BACKENDS = ("reference", "torch", "triton", "triton-per-feature", "tcnn")
 

@@ -31,18 +31,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from encoding_speed import best_of
+from dreamtext.inputs import spin_briefly
 
-from dreamtext.field import NeRFField, field_config_from_dict
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
+from encoding_speed import best_of  # noqa: E402
+
+from dreamtext.field import NeRFField, field_config_from_dict  # noqa: E402
 
 MLP_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -25,6 +25,7 @@ at 256 px by default), with the workspace's own renderer, as ``dreamtext export`
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -32,10 +33,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
+
+from dreamtext.inputs import spin_briefly  # noqa: E402
+
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
 
 from dreamtext.cameras import sample_poses  # noqa: E402
 from dreamtext.field import FieldConfig, NeRFField  # noqa: E402

@@ -24,15 +24,19 @@ CPU time on a CPU. ``--model none`` takes ``loss = mean(rgb)`` in place of the g
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sds_step import (
+from dreamtext.inputs import spin_briefly
+
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
+from sds_step import (  # noqa: E402
     PRECISION_FLAGS,
     guidance_overrides,
     model_folder,
@@ -42,10 +46,10 @@ from sds_step import (
     synchronize,
 )
 
-from dreamtext.cameras import sample_poses
-from dreamtext.config import resolve_config
-from dreamtext.devices import use_expandable_segments
-from dreamtext.factory import build_parts
+from dreamtext.cameras import sample_poses  # noqa: E402
+from dreamtext.config import resolve_config  # noqa: E402
+from dreamtext.devices import use_expandable_segments  # noqa: E402
+from dreamtext.factory import build_parts  # noqa: E402
 
 PHASES = ("render", "guidance", "backward+Adam")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -36,12 +37,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from dreamtext.inputs import spin_briefly
 
-from dreamtext import trainer
-from dreamtext.config import TrainConfig, resolve_config
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+
+from dreamtext import trainer  # noqa: E402
+from dreamtext.config import TrainConfig, resolve_config  # noqa: E402
 
 # Operators that only alias or allocate: their inputs are counted where they are computed on.
 NOT_ARITHMETIC = {
