@@ -33,13 +33,38 @@ def writes_to_terminal(stream: TextIO | None = None) -> bool:
         return False
 
 
+def draws_in_place(stream: TextIO | None = None) -> bool:
+    """Whether a bar on ``stream`` (stderr) can redraw itself in place with ``\\r``: a terminal
+    (:func:`writes_to_terminal`), or a Jupyter kernel's output (:func:`in_jupyter_kernel`),
+    which the notebook shows in place. A notebook without ipywidgets (tqdm then warns
+    "IProgress not found") showed a file's lines: nothing for the first 30 s of a run."""
+    stream = sys.stderr if stream is None else stream
+    return writes_to_terminal(stream) or in_jupyter_kernel(stream)
+
+
+def in_jupyter_kernel(stream: TextIO) -> bool:
+    """Whether ``stream`` is a Jupyter kernel's output (ipykernel's ``OutStream``, which is no
+    terminal), inside tqdm's ``DisableOnWriteError`` wrapper or not."""
+    inner = getattr(stream, "_wrapped", stream)
+    return type(inner).__module__ == "ipykernel.iostream"
+
+
+# Between two redraws of a bar in a Jupyter kernel: each redraw is a message the kernel sends,
+# and nbclient (papermill) stores each as an output of its own in the notebook it saves.
+KERNEL_SECONDS = 1.0
+
+
 def bar_options(stream: TextIO | None = None) -> dict[str, float]:
     """tqdm's keyword arguments for a bar on ``stream`` (stderr): none on a terminal (tqdm's
-    live bar), else ``mininterval`` = ``maxinterval`` = ``DREAMTEXT_PROGRESS_SECONDS`` (default
+    live bar); in a Jupyter kernel the live bar at most every :data:`KERNEL_SECONDS`; else
+    ``mininterval`` = ``maxinterval`` = ``DREAMTEXT_PROGRESS_SECONDS`` (default
     :data:`FILE_SECONDS`; ``0`` gives tqdm's own redraws back), so that a bar writes one line
     every that many seconds at most (tqdm's monitor redraws a bar after ``maxinterval``)."""
+    stream = sys.stderr if stream is None else stream
     if writes_to_terminal(stream):
         return {}
+    if in_jupyter_kernel(stream):
+        return {"mininterval": KERNEL_SECONDS}
     try:
         seconds = float(os.environ.get(PROGRESS_SECONDS) or FILE_SECONDS)
     except ValueError:
@@ -81,7 +106,7 @@ class tqdm(auto_tqdm):  # the name of the class it stands in for
     def _writes_lines(self) -> bool:
         lines = getattr(self, "_lines", None)
         if lines is None:  # decided at the first redraw, the stream known by then
-            lines = self._lines = _TEXT_BARS and not writes_to_terminal(self.fp)
+            lines = self._lines = _TEXT_BARS and not draws_in_place(self.fp)
         return lines
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:

@@ -7,7 +7,13 @@ import io
 
 import pytest
 
-from dreamtext.progress import PROGRESS_SECONDS, bar_label, bar_options, writes_to_terminal
+from dreamtext.progress import (
+    PROGRESS_SECONDS,
+    bar_label,
+    bar_options,
+    tqdm,
+    writes_to_terminal,
+)
 
 
 class _Terminal(io.StringIO):
@@ -43,6 +49,25 @@ def test_a_terminal_gets_tqdms_live_bar_and_a_closed_stream_is_no_terminal(monke
     closed.close()
     assert writes_to_terminal(closed) is False
     assert writes_to_terminal(object()) is False  # no isatty
+
+
+class OutStream(io.StringIO):
+    """Stands in for ipykernel's stderr in a notebook: no terminal, the kernel's module."""
+
+
+OutStream.__module__ = "ipykernel.iostream"
+
+
+def test_a_jupyter_kernels_output_gets_tqdms_live_bar_not_a_line_every_30_seconds(monkeypatch):
+    """A notebook without ipywidgets shows a bar's ``\\r`` redraws in place: lines 30 s apart
+    left a run's cell blank for its first 30 s."""
+    monkeypatch.setenv(PROGRESS_SECONDS, "30")
+    stream = OutStream()
+    assert bar_options(stream) == {"mininterval": 1.0}  # a redraw a second, not every 30 s
+    with tqdm(total=3, file=stream, mininterval=0) as bar:
+        for _ in range(3):
+            bar.update(1)
+    assert stream.getvalue().count("\r") >= 3
 
 
 def test_a_label_is_at_most_forty_characters():
