@@ -2234,14 +2234,12 @@ def cache_as_default_model(tmp_path, monkeypatch, model_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
-def test_a_long_line_of_stable_diffusion_behind_a_builtin_run_is_refused_before_any_line_runs(
-    tmp_path, tiny_yaml, tiny_sd_path, shapes_cache, monkeypatch, capsys, count_loads
-):
-    """Run again without --model, a stopped run of builtin:shapes resumes on it and a new line
-    takes the default Stable Diffusion: the token lengths were checked with the first line's
-    guidance and tokenizer, none for builtin:shapes, so the builtin line trained and the long
-    line failed at its turn, exit 1. Now each model's lines are checked with its tokenizer,
-    read alone (no weights loaded): one line, exit 2, nothing written."""
+def _builtin_run_stopped_at_step_3(
+    tmp_path, tiny_yaml, tiny_sd_path, monkeypatch, capsys, count_loads
+) -> tuple[Path, Path, list]:
+    """A batch of "a red cube" on builtin:shapes stopped at step 3, with the tiny model cached as
+    the default one (what a rerun without --model takes): the prompts file, the batch's root and
+    its arguments without --model; the loads counted so far forgotten."""
     cache_as_default_model(tmp_path, monkeypatch, tiny_sd_path)
     path = prompts_file(tmp_path, "a red cube")
     root = tmp_path / "root"
@@ -2251,6 +2249,20 @@ def test_a_long_line_of_stable_diffusion_behind_a_builtin_run_is_refused_before_
     monkeypatch.setattr(trainer, "train_step", real_step)
     capsys.readouterr()
     count_loads.clear()
+    return path, root, args
+
+
+def test_a_long_line_of_stable_diffusion_behind_a_builtin_run_is_refused_before_any_line_runs(
+    tmp_path, tiny_yaml, tiny_sd_path, shapes_cache, monkeypatch, capsys, count_loads
+):
+    """Run again without --model, a stopped run of builtin:shapes resumes on it and a new line
+    takes the default Stable Diffusion: the token lengths were checked with the first line's
+    guidance and tokenizer, none for builtin:shapes, so the builtin line trained and the long
+    line failed at its turn, exit 1. Now each model's lines are checked with its tokenizer,
+    read alone (no weights loaded): one line, exit 2, nothing written."""
+    path, root, args = _builtin_run_stopped_at_step_3(
+        tmp_path, tiny_yaml, tiny_sd_path, monkeypatch, capsys, count_loads
+    )
     long = "a red cube" + " with a very shiny golden handle" * 12
     prompts_file(tmp_path, "a red cube", long)
     with nothing_written(root, "a_red_cube"):
@@ -2278,15 +2290,9 @@ def test_a_damaged_weight_file_of_a_later_lines_model_is_refused_before_any_line
     written."""
     from dreamtext.models import DEFAULT_MODEL
 
-    cache_as_default_model(tmp_path, monkeypatch, tiny_sd_path)
-    path = prompts_file(tmp_path, "a red cube")
-    root = tmp_path / "root"
-    args = ["batch", path, "--iters", "6", "--config", tiny_yaml, "--workspace", root]
-    real_step = ctrl_c_at_step(monkeypatch, 3)
-    assert main(list(map(str, [*args, "--model", "builtin:shapes"]))) == 130
-    monkeypatch.setattr(trainer, "train_step", real_step)
-    capsys.readouterr()
-    count_loads.clear()
+    _, root, args = _builtin_run_stopped_at_step_3(
+        tmp_path, tiny_yaml, tiny_sd_path, monkeypatch, capsys, count_loads
+    )
     [snapshot] = (tmp_path / "hub_cache").glob("models--*/snapshots/*")
     weights = snapshot / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])  # an interrupted download
