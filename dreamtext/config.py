@@ -752,7 +752,8 @@ def validate(
             f"({invisible_characters(cfg.guidance.negative)}); leave it empty for none, or give "
             "words"
         )
-    for key in ("iters", "h", "w", "batch_size", "log_every", "checkpoint_every"):
+    counts = ("iters", "h", "w", "batch_size", "log_every", "checkpoint_every", "preview_views")
+    for key in (*counts, "keep_checkpoints"):
         if getattr(cfg, key) <= 0:
             raise DreamtextError(f"{name(key)} must be a positive integer, got {getattr(cfg, key)}")
     from dreamtext.cli import ITERS_MAX, SEED_MAX  # the flags' bounds (the CLI imports no torch)
@@ -762,9 +763,6 @@ def validate(
             f"{name('iters')} must be at most {ITERS_MAX:,} (two weeks at a GPU's 8 it/s; the "
             f"default is {TrainConfig.iters:,}), got {cfg.iters}"
         )
-    for key in ("preview_views", "keep_checkpoints"):
-        if getattr(cfg, key) <= 0:
-            raise DreamtextError(f"{name(key)} must be a positive integer, got {getattr(cfg, key)}")
     # Every preview renders each of its views, one after the other, into one strip of
     # preview_views × w pixels: 100,000,000 views ran for ever. The export's turntable is the
     # way to see the object from every side.
