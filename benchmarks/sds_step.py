@@ -683,6 +683,17 @@ def cap_gpu_memory(device: torch.device, gib: float) -> float:
     return fraction
 
 
+def device_from_flag(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """The device ``--device name`` asks for: ``auto`` is CUDA where torch sees a GPU, else the
+    CPU; a CUDA device where there is none ends the benchmark with a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: no CUDA device here")
+    return device
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -793,12 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     use_expandable_segments()  # as the dreamtext command does, before CUDA starts
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no CUDA device here")
+    device = device_from_flag(parser, args.device)
     cuda = device.type == "cuda"
     if args.gpu_memory_gib is not None:
         if not cuda:

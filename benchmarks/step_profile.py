@@ -38,6 +38,7 @@ spin_briefly(os.environ)
 import torch  # noqa: E402
 from sds_step import (  # noqa: E402
     PRECISION_FLAGS,
+    device_from_flag,
     guidance_overrides,
     model_folder,
     one_step,
@@ -143,12 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
     use_expandable_segments()
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no CUDA device here")
+    device = device_from_flag(parser, args.device)
     cuda = device.type == "cuda"
     args.model = args.model or ("sd21-random" if cuda else "none")
     args.precision = args.precision or ("fp16" if cuda else "fp32")

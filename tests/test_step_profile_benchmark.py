@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 import torch
@@ -46,6 +47,19 @@ def test_steps_must_be_profiled(bench, capsys):
         bench.main(["--device", "cpu", "--model", "none", "--steps", "0"])
     assert done.value.code == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
+@pytest.mark.parametrize("script", ["step_profile", "sds_step"])
+def test_a_cuda_device_without_a_gpu_is_a_usage_error(bench, script, capsys):
+    """Both scripts read --device through sds_step.device_from_flag: auto is the CPU here."""
+    module = bench if script == "step_profile" else sys.modules[bench.device_from_flag.__module__]
+    with pytest.raises(SystemExit) as done:
+        module.main(["--device", "cuda:0", "--model", "none"])
+    assert done.value.code == 2
+    assert "--device cuda:0: no CUDA device here" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    assert bench.device_from_flag(parser, "auto") == torch.device("cpu")
 
 
 def test_kernels_a_step_count_the_device_events(bench):
