@@ -18,27 +18,33 @@ GRAPH = "dreamtext: error: a training step's graph of at least "
 BUILTIN_RUN = ["text", "a red cube", "--model", "builtin:shapes", "--no-export", "--iters", "2"]
 
 
-def refused(tmp_path, monkeypatch, capsys, yaml_text):
-    """``dreamtext text`` with a ``--config`` of ``yaml_text``: (exit code, stderr lines), and
-    that nothing was written."""
+def refused(tmp_path, monkeypatch, capsys, yaml_text, *flags, available=None):
+    """The one stderr line of ``dreamtext text`` with a ``--config`` of ``yaml_text`` (and
+    ``flags``), where ``available`` bytes of memory are free (``None``: the machine's), after
+    checking that it exited 2 and wrote nothing."""
+    if available is not None:
+        from dreamtext import trainer
+
+        monkeypatch.setattr(trainer, "available_memory", lambda: available)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "big.yaml").write_text(yaml_text, encoding="utf-8")
-    code = main([*BUILTIN_RUN, "--config", "big.yaml", "--workspace", "w"])
+    code = main([*BUILTIN_RUN, "--config", "big.yaml", "--workspace", "w", *flags])
     lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1, lines
     assert not (tmp_path / "w").exists()
-    return code, lines
+    return lines[0]
 
 
 def test_a_hundred_million_preview_views_are_refused_naming_the_key_and_its_file(
     tmp_path, monkeypatch, capsys
 ):
     """It trained, then rendered 100,000,000 views for its first preview: for ever."""
-    code, lines = refused(tmp_path, monkeypatch, capsys, "preview_views: 100000000\n")
-    assert code == 2
-    assert lines == [
+    line = refused(tmp_path, monkeypatch, capsys, "preview_views: 100000000\n")
+    assert line == (
         "dreamtext: error: config field 'preview_views' (in big.yaml) must be at most 64 (each "
         "preview renders every view; the default is 4), got 100000000"
-    ]
+    )
 
 
 def test_a_trillion_march_steps_are_refused_naming_the_key_and_its_file(
@@ -46,12 +52,10 @@ def test_a_trillion_march_steps_are_refused_naming_the_key_and_its_file(
 ):
     """The marcher took 10^12 steps a ray at its first step: for ever."""
     yaml_text = "render:\n  sampler: occupancy\n  march_steps: 1000000000000\n"
-    code, lines = refused(tmp_path, monkeypatch, capsys, yaml_text)
-    assert code == 2
-    assert lines == [
+    assert refused(tmp_path, monkeypatch, capsys, yaml_text) == (
         "dreamtext: error: render.march_steps (in big.yaml) must be at most 4,096 (16× the "
         "default 256; time and memory grow with it), got 1000000000000"
-    ]
+    )
 
 
 def test_march_steps_up_to_the_bound_are_taken():
@@ -101,19 +105,15 @@ def test_a_hundred_thousand_mlp_blocks_are_refused_before_anything_is_written(
 ):
     """`field.num_blocks: 100000` wrote a workspace and was killed by the system (rc 137) in its
     first step: the memory check counted the rays alone."""
-    from dreamtext import trainer
-
-    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
-    code, lines = refused(tmp_path, monkeypatch, capsys, "field:\n  num_blocks: 100000\n")
-    assert code == 2
-    assert len(lines) == 1
-    assert lines[0].startswith(
+    config = "field:\n  num_blocks: 100000\n"
+    line = refused(tmp_path, monkeypatch, capsys, config, available=22 * 10**9)
+    assert line.startswith(
         f"{GRAPH}{int(2048 * math.pi / 4) * 32:,} field queries at once "
         "(--h 32 --w 32, batch 2, render.num_steps 32 + render.upsample_steps 0 samples a ray) "
         "through the field's MLP (field.num_blocks 100000 × field.hidden_dim 32) need at least "
         "1,978 GB of memory and 22.0 GB is available"
     )
-    assert lines[0].endswith(
+    assert line.endswith(
         "; lower field.num_blocks or field.hidden_dim, render.num_steps or "
         "render.upsample_steps, or --h"
     )
@@ -124,12 +124,10 @@ def test_a_trillion_dense_samples_a_ray_are_refused_naming_the_key_and_its_file(
 ):
     """`render.num_steps: 1000000000000` wrote a workspace and ran out of memory at step 0."""
     yaml_text = "render:\n  num_steps: 1000000000000\n"
-    code, lines = refused(tmp_path, monkeypatch, capsys, yaml_text)
-    assert code == 2
-    assert lines == [
+    assert refused(tmp_path, monkeypatch, capsys, yaml_text) == (
         "dreamtext: error: render.num_steps (in big.yaml) must be at most 4,096 (the dense "
         "sampler's samples a ray; the default is 64), got 1000000000000"
-    ]
+    )
     RenderConfig(num_steps=MARCH_STEPS_MAX, upsample_steps=MARCH_STEPS_MAX).validate()
     with pytest.raises(DreamtextError, match=r"render\.upsample_steps must be at most 4,096"):
         RenderConfig(upsample_steps=MARCH_STEPS_MAX + 1).validate()
@@ -141,39 +139,29 @@ def test_dense_samples_too_many_for_the_mlp_are_named_not_only_the_mlps_size(
     """A direct backward of 4,096 dense samples a ray was refused as "the field's MLP
     (field.num_blocks 1 × field.hidden_dim 32) needs at least ...; lower field.num_blocks or
     field.hidden_dim": the samples were too many, not the MLP too large."""
-    from dreamtext import trainer
-
-    monkeypatch.setattr(trainer, "available_memory", lambda: 10**9)
     config = "render:\n  num_steps: 4096\n  backprop: direct\n"
-    code, lines = refused(tmp_path, monkeypatch, capsys, config)
-    assert code == 2
-    assert len(lines) == 1
-    assert lines[0].startswith(
+    line = refused(tmp_path, monkeypatch, capsys, config, available=10**9)
+    assert line.startswith(
         f"{GRAPH}{int(2048 * math.pi / 4) * 4096:,} field "
         "queries at once (--h 32 --w 32, batch 2, render.num_steps 4096 + render.upsample_steps 0 "
         "samples a ray) through the field's MLP"
     )
-    assert lines[0].endswith("render.num_steps or render.upsample_steps, or --h")
+    assert line.endswith("render.num_steps or render.upsample_steps, or --h")
 
 
 def test_a_field_re_run_a_piece_at_a_time_is_told_to_lower_the_piece(tmp_path, monkeypatch, capsys):
     """With render.recompute_field the graph holds chunk_points / 7 queries at a time, whatever
     the samples a ray: lowering render.num_steps would not have helped."""
-    from dreamtext import trainer
-
-    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
     config = (
         "render:\n  recompute_field: true\n  chunk_points: 7000\nfield:\n  num_blocks: 10000000\n"
     )
-    code, lines = refused(tmp_path, monkeypatch, capsys, config)
-    assert code == 2
-    assert len(lines) == 1
-    assert lines[0].startswith(
+    line = refused(tmp_path, monkeypatch, capsys, config, available=22 * 10**9)
+    assert line.startswith(
         f"{GRAPH}1,000 field queries at once (--h 32 --w 32, batch 2, "
         "render.chunk_points 7000 over 7 queries a sample at a time) through the field's MLP "
         "(field.num_blocks 10000000 × field.hidden_dim 32) need at least "
     )
-    assert lines[0].endswith("; lower field.num_blocks or field.hidden_dim, render.chunk_points")
+    assert line.endswith("; lower field.num_blocks or field.hidden_dim, render.chunk_points")
 
 
 def test_a_deferred_backward_holds_one_chunk_of_the_samples_in_the_graph(monkeypatch):
@@ -201,21 +189,14 @@ def test_a_deferred_backward_holds_one_chunk_of_the_samples_in_the_graph(monkeyp
 def test_a_deferred_backward_too_large_is_told_to_lower_its_chunk(tmp_path, monkeypatch, capsys):
     """A chunk of the deferred backward's re-render is what the MLP's graph holds: the line names
     render.grad_chunk_points, not the samples a ray."""
-    from dreamtext import trainer
-
-    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
     config = "h: 512\nw: 512\nrender:\n  grad_chunk_points: 70000\nfield:\n  num_blocks: 10000000\n"
-    code, lines = refused(tmp_path, monkeypatch, capsys, config)
-    assert code == 2
-    assert len(lines) == 1
-    assert lines[0].startswith(
+    line = refused(tmp_path, monkeypatch, capsys, config, available=22 * 10**9)
+    assert line.startswith(
         f"{GRAPH}10,000 field queries at once (--h 512 --w 512, batch 2, "
         "render.grad_chunk_points 70000 over 7 queries a sample at a time) through the field's "
         "MLP (field.num_blocks 10000000 × field.hidden_dim 32) need at least "
     )
-    assert lines[0].endswith(
-        "; lower field.num_blocks or field.hidden_dim, render.grad_chunk_points"
-    )
+    assert line.endswith("; lower field.num_blocks or field.hidden_dim, render.grad_chunk_points")
 
 
 def test_a_backward_that_auto_runs_direct_is_not_told_to_lower_a_chunk(
@@ -224,18 +205,11 @@ def test_a_backward_that_auto_runs_direct_is_not_told_to_lower_a_chunk(
     """A batch of 4 at 32 px (131,072 dense samples, far under grad_chunk_points' 2^25) runs
     its backward direct, yet the line said "render.chunk_size 65536 rays at a time; lower ...
     render.chunk_size", which would change nothing."""
-    from dreamtext import trainer
-
-    monkeypatch.setattr(trainer, "available_memory", lambda: 22 * 10**9)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "big.yaml").write_text("field:\n  num_blocks: 100000\n", encoding="utf-8")
-    args = [*BUILTIN_RUN, "--config", "big.yaml", "--workspace", "w", "--batch-size", "4"]
-    assert main(args) == 2
-    line = capsys.readouterr().err.strip()
+    config = "field:\n  num_blocks: 100000\n"
+    line = refused(tmp_path, monkeypatch, capsys, config, "--batch-size", "4", available=22 * 10**9)
     assert "render.chunk_size" not in line
     assert "(--h 32 --w 32, batch 4, render.num_steps 32 + render.upsample_steps 0 samples" in line
     assert line.endswith("render.num_steps or render.upsample_steps, or --batch-size or --h")
-    assert not (tmp_path / "w").exists()
 
 
 def test_a_run_from_before_the_bounds_is_told_how_to_resume(tmp_path, monkeypatch, capsys):
@@ -373,19 +347,14 @@ def test_a_hash_table_too_large_is_refused_naming_its_keys_before_anything_is_wr
     (the CPU's) is 7.6 GB: where 2 GB were
     available the check counted the MLP alone, the run wrote its workspace and ran out of
     memory after step 0, told to lower --h or the samples."""
-    from dreamtext import trainer
-
-    monkeypatch.setattr(trainer, "available_memory", lambda: 2 * 10**9)
     yaml_text = "field:\n  log2_hashmap_size: 24\n  level_dim: 8\n  num_levels: 16\n"
-    code, lines = refused(tmp_path, monkeypatch, capsys, yaml_text)
-    assert code == 2
-    assert lines == [
+    assert refused(tmp_path, monkeypatch, capsys, yaml_text, available=2 * 10**9) == (
         "dreamtext: error: the field's hash grid (field.num_levels 16 × field.level_dim 8 "
         "features, up to 2^24 rows a level: field.log2_hashmap_size) with its gradient, "
         "Adam's two moments and the update's temporaries needs 7.6 GB; the run needs at least "
         "7.7 GB of memory and 2.0 GB is available; lower field.log2_hashmap_size, "
         "field.num_levels or field.level_dim"
-    ]
+    )
 
 
 def test_the_default_fields_table_at_2_to_the_24_needs_6_4_gb_with_adam_or_adan(monkeypatch):
