@@ -54,6 +54,16 @@ def run_without_torch(
     )
 
 
+def refused_without_torch(
+    folder: Path, argv: list[str], environ: dict[str, str] | None = None
+) -> str:
+    """The stderr of ``dreamtext ARGV`` run by :func:`run_without_torch`, once it is checked
+    that the command exited 2 without importing torch or diffusers."""
+    done = run_without_torch(folder, argv, environ)
+    assert (done.returncode, done.stdout) == (2, "[]\n"), done.stderr
+    return done.stderr
+
+
 @pytest.fixture
 def mistakes_folder(tmp_path):
     """A folder with a prompts file, an empty folder, a run's config.json (of a run resumed with
@@ -137,9 +147,8 @@ MORE_EARLY_MISTAKES = [
 def test_a_mistake_in_a_resume_preset_or_config_file_is_refused_before_torch_is_imported(
     mistakes_folder, argv, stderr
 ):
-    done = run_without_torch(mistakes_folder, argv)
-    assert (done.returncode, done.stderr) == (2, stderr)
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(mistakes_folder, argv)
+    assert err == stderr
     assert not (mistakes_folder / "workspace").exists()
 
 
@@ -147,9 +156,8 @@ def test_a_slurm_array_task_that_is_not_a_range_is_refused_before_torch_is_impor
     mistakes_folder,
 ):
     array = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
-    done = run_without_torch(mistakes_folder, ["batch", "prompts.txt"], array)
-    assert (done.returncode, done.stdout) == (2, "[]\n")
-    assert done.stderr == (
+    err = refused_without_torch(mistakes_folder, ["batch", "prompts.txt"], array)
+    assert err == (
         "dreamtext: error: SLURM array task 5 is not one of 3 evenly spaced tasks from 1; submit "
         "the array as a range (--array=0-7) or pass --shard K/N\n"
     )
@@ -160,10 +168,9 @@ def test_a_slurm_array_task_that_is_not_a_range_is_refused_before_torch_is_impor
 def test_describe_on_a_gpu_this_machine_cannot_have_is_refused_before_torch_is_imported(
     tmp_path, device
 ):
-    done = run_without_torch(tmp_path, ["describe", "mug.png", "--device", device])
     line = f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu"
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(tmp_path, ["describe", "mug.png", "--device", device])
+    assert err == f"dreamtext: error: {line}\n"
 
 
 def fake_machine(root: Path, vendors=("0x8086",), files=()) -> Path:
@@ -235,9 +242,10 @@ def test_a_prompt_line_holding_a_flag_is_refused_before_torch_is_imported(mistak
     (mistakes_folder / "flags.txt").write_text(
         "# tried with --iters 2\na cat\na red cube --iters 5\n"
     )
-    done = run_without_torch(mistakes_folder, ["batch", "flags.txt", "--model", "builtin:shapes"])
-    assert (done.returncode, done.stdout) == (2, "[]\n")
-    assert done.stderr == (
+    err = refused_without_torch(
+        mistakes_folder, ["batch", "flags.txt", "--model", "builtin:shapes"]
+    )
+    assert err == (
         "dreamtext: error: flags.txt:3: '--iters' is a command-line flag, not words of a prompt: "
         "a prompts file holds prompts only, one per line; put flags on the dreamtext batch "
         "command line (or in a --config file)\n"
@@ -322,9 +330,8 @@ def test_an_image_that_cannot_be_used_is_refused_before_torch_is_imported(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DreamtextError) as refused:
         load_image(Path(name))  # relative, as typed
-    done = run_without_torch(tmp_path, [command, name])
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {refused.value}\n")
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(tmp_path, [command, name])
+    assert err == f"dreamtext: error: {refused.value}\n"
     assert not (tmp_path / "workspace").exists()
 
 
@@ -362,9 +369,8 @@ def test_a_gpu_this_machine_cannot_have_is_refused_before_torch_is_imported(
 ):
     """text, image, batch and export as describe: the line torch's answer gave after 8-9 s of
     CPU and ~450 MB."""
-    done = run_without_torch(gpu_mistakes_folder, argv)
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: --device {device} {NO_GPU}\n")
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(gpu_mistakes_folder, argv)
+    assert err == f"dreamtext: error: --device {device} {NO_GPU}\n"
     assert not (gpu_mistakes_folder / "workspace").exists()
 
 
@@ -380,9 +386,8 @@ def test_a_gpu_this_machine_cannot_have_is_refused_before_torch_is_imported(
 )
 def test_a_gpu_this_machine_cannot_have_is_the_first_mistake_said(tmp_path, argv):
     """As describe's: the flag is checked against the machine before the files it names."""
-    done = run_without_torch(tmp_path, argv)
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: --device cuda {NO_GPU}\n")
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(tmp_path, argv)
+    assert err == f"dreamtext: error: --device cuda {NO_GPU}\n"
 
 
 def a_run_of(folder: Path, prompt: str = "a cube", state: str | None = None) -> Path:
@@ -406,12 +411,8 @@ def nothing_to_resume(workspace: str, no: str = "checkpoints/last.pt") -> str:
 
 def test_resume_without_workspace_finds_no_run_before_torch_is_imported(tmp_path):
     """The prompt's default folder, as _saved_config finds it, without a run."""
-    done = run_without_torch(tmp_path, ["text", "a cube", "--resume"])
-    assert (done.returncode, done.stderr) == (
-        2,
-        nothing_to_resume("workspace/a_cube", "config.json"),
-    )
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(tmp_path, ["text", "a cube", "--resume"])
+    assert err == nothing_to_resume("workspace/a_cube", "config.json")
 
 
 @pytest.mark.parametrize(
@@ -429,9 +430,8 @@ def test_resume_of_a_run_without_a_checkpoint_is_refused_before_torch_is_importe
     recorded = "a cube" if argv[1] == "a cube" else "Caf\u00e9 cube"
     a_run_of(tmp_path / "workspace" / folder, prompt=recorded, state="interrupted")
     (tmp_path / "workspace" / folder / "checkpoints").mkdir()
-    done = run_without_torch(tmp_path, argv)
-    assert (done.returncode, done.stderr) == (2, nothing_to_resume(f"workspace/{folder}"))
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(tmp_path, argv)
+    assert err == nothing_to_resume(f"workspace/{folder}")
 
 
 def test_resume_in_the_folder_a_runs_config_json_names_is_refused_before_torch_is_imported(
@@ -439,11 +439,10 @@ def test_resume_in_the_folder_a_runs_config_json_names_is_refused_before_torch_i
 ):
     """``--config RUN/config.json`` without ``--workspace``: the run's own folder."""
     a_run_of(tmp_path / "run", state="failed")
-    done = run_without_torch(
+    err = refused_without_torch(
         tmp_path, ["text", "a cube", "--resume", "--config", "run/config.json"]
     )
-    assert (done.returncode, done.stderr) == (2, nothing_to_resume("run"))
-    assert done.stdout == "[]\n"
+    assert err == nothing_to_resume("run")
 
 
 @pytest.mark.parametrize(
@@ -475,13 +474,11 @@ def test_a_resume_of_another_prompts_run_is_refused_before_torch_and_its_setting
     --seed as that line said only led to this one."""
     a_run_of(tmp_path / "run", prompt="a dog")
     argv = ["text", "a cube", "--resume", "--workspace", "run", "--seed", "5"]
-    done = run_without_torch(tmp_path, argv)
-    assert (done.returncode, done.stderr) == (
-        2,
+    err = refused_without_torch(tmp_path, argv)
+    assert err == (
         "dreamtext: error: run holds a run of 'a dog'; resume it with that prompt, or drop "
-        "--resume and pass --workspace NEW_FOLDER for this prompt\n",
+        "--resume and pass --workspace NEW_FOLDER for this prompt\n"
     )
-    assert done.stdout == "[]\n"
 
 
 def test_holds_no_checkpoint_only_where_can_resume_is_false(tmp_path):
@@ -597,10 +594,9 @@ def test_a_workspace_holding_another_run_is_refused_before_torch_is_imported(
     """describe's and image's line for a folder of another run (check_describe_workspace,
     check_image_workspace), which they gave after the torch import (7-15 s, ~475 MB)."""
     before = files_under(other_runs_folder)
-    done = run_without_torch(other_runs_folder, argv)
     expected = f"dreamtext: error: {line.format(root=other_runs_folder)}\n"
-    assert (done.returncode, done.stderr) == (2, expected)
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(other_runs_folder, argv)
+    assert err == expected
     assert files_under(other_runs_folder) == before
 
 
@@ -612,16 +608,14 @@ def test_image_runs_where_a_config_file_names_but_not_where_a_runs_record_does(
     A run's own config.json (``image IMG --config RUN/config.json``, README) names RUN, which
     is not IMG's folder: its options are read, its folder is not taken."""
     (other_runs_folder / "ws.yaml").write_text("workspace: cup\n")
-    done = run_without_torch(other_runs_folder, ["image", "mug.png", "--config", "ws.yaml"])
-    assert (done.returncode, done.stdout) == (2, "[]\n")
-    assert done.stderr == (
+    err = refused_without_torch(other_runs_folder, ["image", "mug.png", "--config", "ws.yaml"])
+    assert err == (
         f"dreamtext: error: cup holds the image→3D run of {other_runs_folder}/cup.png; pass "
         "--workspace NEW_FOLDER for this image\n"
     )
     record = ["image", "mug.png", "--config", "cup/config.json"]
-    done = run_without_torch(other_runs_folder, record)
-    assert (done.returncode, done.stdout) == (2, "[]\n")
-    assert done.stderr == (
+    err = refused_without_torch(other_runs_folder, record)
+    assert err == (
         "dreamtext: error: workspace/mug holds the image→3D run of "
         f"{other_runs_folder}/other/mug.png; pass --workspace NEW_FOLDER for this image\n"
     )
@@ -632,9 +626,8 @@ def test_a_bad_image_is_said_before_a_config_file_that_does_not_read(other_runs_
     said before the image that is not there (the image is the first thing image checks)."""
     (other_runs_folder / "bad.yaml").write_text("workspace: [unclosed\n")
     argv = ["image", "gone.png", "--config", "bad.yaml"]
-    done = run_without_torch(other_runs_folder, argv)
-    assert (done.returncode, done.stdout) == (2, "[]\n")
-    assert done.stderr.startswith("dreamtext: error: image not found: gone.png"), done.stderr
+    err = refused_without_torch(other_runs_folder, argv)
+    assert err.startswith("dreamtext: error: image not found: gone.png"), err
 
 
 def test_an_image_gone_since_its_run_copied_it_is_refused_before_torch_is_imported(
@@ -642,9 +635,8 @@ def test_an_image_gone_since_its_run_copied_it_is_refused_before_torch_is_import
 ):
     """check_image's line naming the run's copy, which image gave after the torch import."""
     (other_runs_folder / "mug.png").rename(other_runs_folder / "moved.png")
-    done = run_without_torch(other_runs_folder, ["image", "mug.png", "--workspace", "edited"])
-    assert (done.returncode, done.stdout) == (2, "[]\n")
-    assert done.stderr == (
+    err = refused_without_torch(other_runs_folder, ["image", "mug.png", "--workspace", "edited"])
+    assert err == (
         "dreamtext: error: image not found: mug.png; to continue the run in edited, pass its copy "
         "and its folder: dreamtext image edited/descriptor/source.png --workspace edited (or the "
         "image's new path in place of the copy)\n"
@@ -659,9 +651,8 @@ def test_image_into_a_run_another_process_runs_is_refused_before_torch_is_import
 
     status = {"state": "running", "phase": "train", "step": 7, **this_process()}
     (other_runs_folder / "cup" / "status.json").write_text(json.dumps(status))
-    done = run_without_torch(other_runs_folder, ["image", "cup.png", "--workspace", "cup"])
-    assert (done.returncode, done.stdout) == (2, "[]\n")
-    assert done.stderr == (
+    err = refused_without_torch(other_runs_folder, ["image", "cup.png", "--workspace", "cup"])
+    assert err == (
         f"dreamtext: error: cup is in use: process {os.getpid()} on this machine is running its "
         "run (train phase, step 7); wait for it to end or stop it, or pass --workspace NEW_FOLDER\n"
     )
@@ -677,9 +668,10 @@ def test_describe_into_a_search_another_process_runs_is_refused_before_torch_is_
     (other_runs_folder / "searching").mkdir()
     status = {"state": "running", "phase": "describe", "step": 0, **this_process()}
     (other_runs_folder / "searching" / "status.json").write_text(json.dumps(status))
-    done = run_without_torch(other_runs_folder, ["describe", "mug.png", "--workspace", "searching"])
-    assert (done.returncode, done.stdout) == (2, "[]\n")
-    assert done.stderr == (
+    err = refused_without_torch(
+        other_runs_folder, ["describe", "mug.png", "--workspace", "searching"]
+    )
+    assert err == (
         f"dreamtext: error: searching is in use: process {os.getpid()} on this machine is running "
         "its run (describe phase, step 0); wait for it to end or stop it, or pass --workspace "
         "NEW_FOLDER\n"
@@ -723,9 +715,8 @@ def test_describe_with_search_flags_is_refused_before_torch_is_imported(
     (other_runs_folder / "nouns.txt").write_text("mug\ncup\n")
     (other_runs_folder / "empty.txt").write_text("# nothing\n\n")
     before = files_under(other_runs_folder)
-    done = run_without_torch(other_runs_folder, ["describe", "mug.png", *flags])
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(other_runs_folder, ["describe", "mug.png", *flags])
+    assert err == f"dreamtext: error: {line}\n"
     assert files_under(other_runs_folder) == before
 
 
@@ -770,9 +761,8 @@ def test_a_prompt_the_builtin_prior_cannot_draw_is_refused_before_torch_is_impor
     (18 s, 704 MB) and batch once torch was imported (14 s, 455 MB)."""
     (mistakes_folder / "shapes.yaml").write_text("guidance: {model: 'builtin:shapes'}\n")
     (mistakes_folder / "cubes.txt").write_text("a red cube\n# a comment\nA  Blue Cube.\n")
-    done = run_without_torch(mistakes_folder, argv)
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(mistakes_folder, argv)
+    assert err == f"dreamtext: error: {line}\n"
     assert not (mistakes_folder / "workspace").exists()
 
 
@@ -824,9 +814,8 @@ def test_a_resumes_negative_or_diverse_on_the_builtin_prior_is_refused_before_to
     the prior refused once it had loaded (28 s, 705 MB), and --diverse with the built-in prior,
     refused once torch was imported (16 s, 474 MB)."""
     before = files_under(shapes_run)
-    done = run_without_torch(shapes_run.parent, argv)
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(shapes_run.parent, argv)
+    assert err == f"dreamtext: error: {line}\n"
     assert files_under(shapes_run) == before
     assert not (shapes_run.parent / "workspace").exists()
 
@@ -846,12 +835,8 @@ def test_image_on_the_builtin_prior_is_refused_before_torch_is_imported(shapes_r
     from PIL import Image
 
     Image.new("RGB", (32, 32), (200, 30, 30)).save(shapes_run.parent / "mug.png")
-    done = run_without_torch(shapes_run.parent, argv)
-    assert (done.returncode, done.stderr) == (
-        2,
-        f"dreamtext: error: {IMAGE_NEEDS_STABLE_DIFFUSION}\n",
-    )
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(shapes_run.parent, argv)
+    assert err == f"dreamtext: error: {IMAGE_NEEDS_STABLE_DIFFUSION}\n"
     assert not (shapes_run.parent / "workspace").exists()
 
 
@@ -922,9 +907,8 @@ def test_a_new_run_into_a_workspace_holding_a_run_is_refused_before_torch_is_imp
     from dreamtext.checkpoint import resume_step
 
     before = files_under(checkpointed_run)
-    done = run_without_torch(checkpointed_run.parent, argv)
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
-    assert done.stdout == "[]\n"
+    err = refused_without_torch(checkpointed_run.parent, argv)
+    assert err == f"dreamtext: error: {line}\n"
     assert files_under(checkpointed_run) == before
     assert resume_step(checkpointed_run) == 7
 
