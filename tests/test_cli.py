@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_early import refused_without_torch
 from tiny_models import TINY_SIZES, TINY_TRAIN
 
 from dreamtext.cli import build_parser, main
@@ -822,21 +823,7 @@ EARLY_MISTAKES = [
 def test_a_mistyped_path_or_flag_is_refused_before_torch_is_imported(tmp_path, argv, line):
     (tmp_path / "afolder").mkdir()
     (tmp_path / "bad.yaml").write_text("a: [1\n")
-    code = (
-        "import sys; from dreamtext.cli import main; rc = main(sys.argv[1:]); "
-        "print(sorted({'torch', 'diffusers'} & set(sys.modules))); sys.exit(rc)"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    done = subprocess.run(
-        [sys.executable, "-c", code, *argv],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert (done.returncode, done.stderr) == (2, f"dreamtext: error: {line}\n")
-    assert done.stdout == "[]\n"
+    assert refused_without_torch(tmp_path, argv) == f"dreamtext: error: {line}\n"
     assert not (tmp_path / "workspace").exists()
 
 
