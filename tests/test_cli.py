@@ -1,5 +1,6 @@
 """The `dreamtext` command as a user runs it: help, an end-to-end run, and bad input."""
 
+import contextlib
 import errno
 import json
 import os
@@ -7,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1399,15 +1401,28 @@ def test_a_stop_once_the_exports_files_are_in_place_changes_nothing(tmp_path, mo
     assert (status["state"], status["phase"]) == ("finished", "export")
 
 
+@contextlib.contextmanager
+def live_run_status(workspace: Path, **status) -> Iterator[subprocess.Popen]:
+    """A live process of this machine (a sleeper) written into ``workspace``'s status.json with
+    ``status`` over what the file held, as a run another terminal runs; killed as the block
+    ends. Yields the process."""
+    from dreamtext.processes import HOST, process_start
+    from dreamtext.runstatus import read_status, write_status
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
+        write_status(workspace, {**(read_status(workspace) or {}), **status, **record})
+        yield sleeper
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder):
     """An export while the run trains is allowed (a look at it so far); it said nothing of the
     run's own export replacing its files, nor which step the mesh is of."""
-    import subprocess
-    import sys
-
     from dreamtext.config import resolve_config
-    from dreamtext.processes import HOST, process_start
-    from dreamtext.runstatus import read_status, write_status
     from dreamtext.trainer import train
 
     overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
@@ -1416,17 +1431,8 @@ def test_export_of_a_run_another_process_trains_says_so(tmp_path, capsys, holder
     args = ["export", "--workspace", workspace, "--resolution", 32, "--formats", "ply"]
     code, err = run_main([*args, "--no-video"], capsys)
     assert code == 0 and "still training" not in err
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
-    try:
-        write_status(
-            workspace,
-            {**read_status(workspace), "state": "running", "phase": "train", **record},
-        )
+    with live_run_status(workspace, state="running", phase="train") as sleeper:
         code, err = run_main([*args, "--no-video"], capsys)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     assert code == 0
     assert f"process {sleeper.pid} is still training {workspace} (step 2)" in err
     assert json.loads((workspace / "mesh" / "mesh.json").read_text())["step"] == 2
@@ -1454,8 +1460,6 @@ def test_export_beside_a_live_run_says_what_that_run_does_at_its_end(
     replaces these files when it ends": it exports nothing, and the mesh stayed at the step
     exported beside it. A run in its own export was "still training"."""
     from dreamtext.config import resolve_config
-    from dreamtext.processes import HOST, process_start
-    from dreamtext.runstatus import read_status, write_status
     from dreamtext.trainer import train
 
     overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 2}
@@ -1464,16 +1468,9 @@ def test_export_beside_a_live_run_says_what_that_run_does_at_its_end(
     if export:
         config_file = workspace / "config.json"
         config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "export": True}))
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
     args = ["export", "--workspace", workspace, "--resolution", 32, "--formats", "ply"]
-    try:
-        running = {"state": "running", "phase": phase, **record}
-        write_status(workspace, {**read_status(workspace), **running})
+    with live_run_status(workspace, state="running", phase=phase) as sleeper:
         code, err = run_main([*args, "--no-video"], capsys)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     assert code == 0, err
     assert f"process {sleeper.pid} is {said} {workspace} (step 2)" in err
     assert ("the run's own export replaces these files" in err) is export
@@ -1499,20 +1496,11 @@ def test_export_during_an_image_runs_first_stages_does_not_say_it_trains(tmp_pat
     """`dreamtext export` while `describe` (or `image` before text→3D) ran in the folder said
     "process N is training it and saves one every checkpoint_every steps": a sentence search
     never saves a field's checkpoint."""
-    from dreamtext.processes import HOST, process_start
-    from dreamtext.runstatus import write_status
-
     workspace = tmp_path / "ball"
     (workspace / "descriptor").mkdir(parents=True)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
-    try:
-        status = {"state": "running", "phase": phase, "step": 0, "iters": 0, **record}
-        write_status(workspace, status)
+    status = {"state": "running", "phase": phase, "step": 0, "iters": 0}
+    with live_run_status(workspace, **status) as sleeper:
         code, err = run_main(["export", "--workspace", workspace, "--no-video"], capsys)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     assert_user_error(code, err, f"process {sleeper.pid} is in its {phase} stage", "text→3D")
     assert "checkpoint_every" not in err
 
