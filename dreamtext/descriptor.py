@@ -41,7 +41,12 @@ from dreamtext.checkpoint import (
     with_digest,
 )
 from dreamtext.describe import base_sentence, make_sentence, sentence_path
-from dreamtext.devices import fp16_loss_scaler, free_memory
+from dreamtext.devices import (
+    DIVERGED_AFTER,
+    DIVERGENCE_WINDOW,
+    fp16_loss_scaler,
+    free_memory,
+)
 from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.images import load_image
@@ -53,12 +58,6 @@ from dreamtext.runstatus import track_status, update_status
 
 DESCRIPTOR_TOKEN = "<descriptor>"
 LEARNED_EMBEDS = "learned_embeds.safetensors"
-# A descriptor training whose fp16 loss scaler skipped the update of this many of its last
-# DIVERGENCE_WINDOW steps (their gradients NaN or infinite) has diverged: it stops. The text→3D
-# trainer's window (its DIVERGED_AFTER and DIVERGENCE_WINDOW), which leaves room for the steps
-# the scaler skips while it finds its scale.
-DIVERGED_AFTER = 50
-DIVERGENCE_WINDOW = 100
 
 
 @dataclass

@@ -215,6 +215,14 @@ def fp16_loss_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.Grad
     )
 
 
+# A training (text→3D, the descriptor) that learned nothing in DIVERGED_AFTER of its last
+# DIVERGENCE_WINDOW steps (their update skipped, fp16's loss scaler's skips among them; in
+# text→3D also steps whose ε̂ was not finite) has diverged: it saves and stops. Half the window
+# leaves room for the ~16 steps the scaler skips while it finds its scale (fp16_loss_scaler).
+DIVERGED_AFTER = 50
+DIVERGENCE_WINDOW = 100
+
+
 # How far compiled code may stray from the eager code it replaces, as a share of the eager
 # result's largest magnitude: compiled against eager in bf16 differ by up to 1.1% (the default
 # field's MLP on the CPU), fp16 rounds 8× finer, and wrong code is off by about the values.

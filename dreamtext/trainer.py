@@ -68,6 +68,8 @@ from dreamtext.config import (
     write_run_config,
 )
 from dreamtext.devices import (
+    DIVERGED_AFTER,
+    DIVERGENCE_WINDOW,
     cpu_threads_record,
     describe_device,
     fp16_loss_scaler,
@@ -153,11 +155,6 @@ EARLIER_RUN_FILES = (
     "previews/*.png",
     *EXPORT_FILES,
 )
-# A run whose gradients, or whose guided noise prediction ε̂, were not finite in this many of its
-# last DIVERGENCE_WINDOW steps has diverged: it stops (fp16's loss scaler skips its first ~16
-# steps while it finds its scale).
-DIVERGED_AFTER = 50
-DIVERGENCE_WINDOW = 100
 
 
 @dataclass

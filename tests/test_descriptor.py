@@ -643,6 +643,27 @@ def test_an_fp16_descriptor_that_skips_49_updates_of_50_trains_on(
     assert not torch.equal(trainer.placeholders.vectors, start)  # step 50 updated them
 
 
+def test_the_descriptor_stops_after_the_window_text_to_3d_stops_after():
+    """README: 50 skipped steps of the last 100, "as in text→3D": both loops read the window
+    from ``devices``, where the descriptor and the trainer each defined their own copy."""
+    import re
+    from pathlib import Path
+
+    from dreamtext import devices, trainer
+
+    package = Path(devices.__file__).parent
+    for name in ("DIVERGED_AFTER", "DIVERGENCE_WINDOW"):
+        defining = [
+            path.name
+            for path in sorted(package.glob("*.py"))
+            if re.search(rf"^{name}\s*[:=]", path.read_text(encoding="utf-8"), re.M)
+        ]
+        assert defining == ["devices.py"], name
+    window = (devices.DIVERGED_AFTER, devices.DIVERGENCE_WINDOW)
+    assert window == (descriptor.DIVERGED_AFTER, descriptor.DIVERGENCE_WINDOW)
+    assert window == (trainer.DIVERGED_AFTER, trainer.DIVERGENCE_WINDOW)
+
+
 def test_previews_are_written(tiny_sd_path, tmp_path):
     image_path, workspace = _workspace(tmp_path)
     options = DescriptorOptions(
