@@ -576,8 +576,11 @@ def overflowed_line(
         else "nothing saved"
     )
     if largest is None:
+        # What overflowed is the text encoder's precision, not the vectors' float32: float16
+        # (largest 65504) with --fp16.
+        dtype = str(trainer.text_encoder.dtype).removeprefix("torch.")
         cause = (
-            f"overflowed float32 by step {trainer.step} (the text encoder's output is NaN or "
+            f"overflowed {dtype} by step {trainer.step} (the text encoder's output is NaN or "
             "infinite"
         )
     elif math.isnan(largest):

@@ -560,6 +560,29 @@ def test_vectors_past_the_embedding_bound_are_not_saved(tiny_sd_path, tmp_path):
     assert not (folder / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_an_encoder_output_that_overflows_is_named_by_the_encoders_precision(
+    tiny_sd_path, tmp_path, monkeypatch, dtype
+):
+    """A save that finds the text encoder's output of the sentence NaN or infinite said the
+    vectors "overflowed float32", also where the encoder ran in float16 (--fp16), whose 65504
+    is what overflowed: the line names the encoder's precision."""
+    trainer = _trainer(tiny_sd_path, iters=0, checkpoint_every=0, preview_every=0)
+    trainer.text_encoder.to(dtype)  # as --fp16 loads it on a GPU
+    monkeypatch.setattr(DescriptorTrainer, "saved_values", lambda self: (1.0, False))
+    folder = tmp_path / "descriptor"
+    (folder / "checkpoints").mkdir(parents=True)
+    image = image_to_tensor(_image(), trainer.models.resolution)
+    with pytest.raises(DreamtextError) as error:
+        descriptor._train_loop(trainer, image, folder, trainer.options, {"step": 0})
+    name = str(dtype).removeprefix("torch.")
+    assert str(error.value).startswith(
+        f"the descriptor training diverged: its token embeddings overflowed {name} by step 0 "
+        "(the text encoder's output is NaN or infinite; image_to_3d.descriptor.lr is 0.0003)"
+    ), error.value
+    assert not (folder / "checkpoints" / "last.pt").exists()
+
+
 def _fp16_steps_overflowing(monkeypatch, overflows) -> None:
     """Descriptor training with a loss scaler on the CPU (``--fp16``'s needs CUDA), and an
     infinite loss in the steps for which ``overflows(step)`` holds, as a U-Net that overflows
