@@ -642,6 +642,13 @@ def add_text_to_3d_arguments(
         help="run the diffusion model in bf16, the field's MLPs under bf16 autocast (CUDA only)",
     )
     g.add_argument(
+        "--fp32",
+        action="store_true",
+        default=None,
+        help="run in float32, the default: turns off the fp16 or bf16 that a --config file or "
+        "the run's config.json (a resume, a rerun) gives; not with --fp16 or --bf16",
+    )
+    g.add_argument(
         "--negative",
         help="negative prompt"
         + (" (with builtin:shapes, one of its captions)" if builtin else "")
@@ -702,7 +709,9 @@ def add_text_to_3d_arguments(
 
 def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The explicit flags as a nested override dict (flags left out do not override anything,
-    but for the precision: ``--fp16`` turns a config's ``bf16`` off, ``--bf16`` its ``fp16``)."""
+    but for the precision: ``--fp16`` turns a config's ``bf16`` off, ``--bf16`` its ``fp16``,
+    ``--fp32`` both)."""
+    _one_precision(args)
     top = {
         "prompt": getattr(args, "prompt", None),
         "workspace": args.workspace,
@@ -732,6 +741,10 @@ def text_overrides(args: argparse.Namespace) -> dict[str, Any]:
         guidance["bf16"] = False
     if args.bf16 and not args.fp16:
         guidance["fp16"] = False
+    # A flag left out overrides nothing, so a run's recorded fp16 (config.json, on a resume or
+    # a rerun) stayed on without --fp16: --fp32 is the flag that turns it off.
+    if args.fp32:
+        guidance["fp16"] = guidance["bf16"] = False
     out: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     if any(v is not None for v in guidance.values()):
         out["guidance"] = {k: v for k, v in guidance.items() if v is not None}
@@ -1266,6 +1279,15 @@ def _iters_or_epochs(args: argparse.Namespace) -> None:
         raise DreamtextError("give --iters or --epochs, not both")
 
 
+def _one_precision(args: argparse.Namespace) -> None:
+    """``--fp32`` with ``--fp16`` or ``--bf16`` (those two together are refused by
+    :class:`~dreamtext.guidance.GuidanceConfig`, as a config file's are)."""
+    if args.fp32:
+        for flag in ("fp16", "bf16"):
+            if getattr(args, flag):
+                raise DreamtextError(f"give --fp32 or --{flag}, not both")
+
+
 def check_cuda_flag(args: argparse.Namespace) -> None:
     """``--device cuda`` or ``cuda:N`` where no CUDA GPU is visible: the first refusal of
     ``text``, ``image``, ``batch`` and ``export`` after the flags' own conflicts, as it is
@@ -1356,6 +1378,7 @@ def early_text(args: argparse.Namespace) -> None:
     from dreamtext.prompts_text import check_prompt_characters
 
     _iters_or_epochs(args)
+    _one_precision(args)
     check_prompt_characters(args.prompt, "the prompt")
     if args.negative is not None:
         check_prompt_characters(args.negative, "--negative")
@@ -1463,6 +1486,7 @@ def early_image(args: argparse.Namespace) -> None:
     from dreamtext.runfiles import check_image, check_image_workspace
 
     _iters_or_epochs(args)
+    _one_precision(args)
     check_cuda_flag(args)
     image = Path(args.image)
     workspace = image_workspace(args)
@@ -1558,6 +1582,7 @@ def early_batch(args: argparse.Namespace) -> None:
     from dreamtext.prompts_text import check_prompt_lines, is_prompt_line
 
     _iters_or_epochs(args)
+    _one_precision(args)
     check_cuda_flag(args)
     config_file_stage_sections(args.config)
     root = Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT

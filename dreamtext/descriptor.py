@@ -609,8 +609,8 @@ def skipped_line(trainer: DescriptorTrainer, checkpoint: Path) -> str:
         f"the descriptor training diverged: its gradients were NaN or infinite in {skipped} of "
         f"the {len(trainer.recent_skips)} steps up to step {trainer.step}, so the fp16 loss "
         f"scaler skipped their updates and its token embeddings did not train; saved "
-        f"{checkpoint}; run the same command again with --bf16, or with guidance.fp16: false in "
-        "a --config, and it goes on from there"
+        f"{checkpoint}; run the same command again with --bf16 or --fp32 (without --fp16), and "
+        "it goes on from there"
     )
 
 

@@ -159,11 +159,11 @@ def resolve_dtype(cfg: GuidanceConfig, device: torch.device) -> torch.dtype:
     if (cfg.fp16 or cfg.bf16) and device.type != "cuda":
         flag = "--fp16" if cfg.fp16 else "--bf16"
         # Not always a flag typed: a GPU run's config.json, resumed on a laptop, records it,
-        # and no --no-fp16 turns it off.
+        # and leaving out the flag does not turn it off; --fp32 does.
         raise DreamtextError(
             f"{flag} needs a CUDA GPU (guidance.{flag[2:]} is on, by {flag}, a --config file or "
-            f"the resumed run's config.json); to run in fp32 on the CPU, leave out {flag}, or "
-            f"pass --config a file with `guidance: {{{flag[2:]}: false}}`"
+            f"the resumed run's config.json); to run in fp32 on the CPU, give --fp32 (without "
+            f"{flag})"
         )
     if cfg.fp16:
         return torch.float16

@@ -1145,7 +1145,8 @@ def check_diverged(run: Run) -> None:
         )
     if bad_eps > bad_grads:
         guidance = run.cfg.guidance
-        precision = " or without --fp16" if guidance.fp16 else ""
+        # A resume without --fp16 stays in the fp16 its config.json records: --fp32 turns it off.
+        precision = " or --fp32 (without --fp16)" if guidance.fp16 else ""
         more = f", and the gradients in {bad_grads} more" if bad_grads else ""
         raise DreamtextError(
             f"the training diverged: the diffusion model's guided noise prediction, or its SDS "

@@ -2212,10 +2212,18 @@ def test_a_stopped_line_whose_run_records_fp16_is_refused_before_a_new_line_ahea
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dreamtext: error: line 2 ({root / 'a_red_cube'}): --fp16 needs a CUDA GPU "
         "(guidance.fp16 is on, by --fp16, a --config file or the resumed run's config.json); to "
-        "run in fp32 on the CPU, leave out --fp16, or pass --config a file with `guidance: "
-        "{fp16: false}`"
+        "run in fp32 on the CPU, give --fp32 (without --fp16)"
     ]
     assert not (root / "a_blue_cube").exists()
+    # The batch again with the flag the line names: the stopped line resumes in float32 (its
+    # config.json's fp16 is what a rerun without a precision flag kept), the new one trains.
+    assert main([*map(str, args), "--fp32"]) == 0, capsys.readouterr().err
+    for folder in ("a_red_cube", "a_blue_cube"):
+        config = json.loads((root / folder / "config.json").read_text())
+        assert (config["guidance"]["fp16"], config["guidance"]["bf16"]) == (False, False), folder
+        assert status(root / folder)["state"] == "finished", folder
+    resumes = json.loads((root / "a_red_cube" / "config.json").read_text())["resumes"]
+    assert [resume["step"] for resume in resumes] == [3]
 
 
 def cache_as_default_model(tmp_path, monkeypatch, model_path):

@@ -816,6 +816,9 @@ EARLY_MISTAKES = [
     ),
     (["text", "x", "--iters", "5", "--epochs", "2"], "give --iters or --epochs, not both"),
     (["batch", "p.txt", "--iters", "5", "--epochs", "2"], "give --iters or --epochs, not both"),
+    (["text", "x", "--fp32", "--fp16"], "give --fp32 or --fp16, not both"),
+    (["image", "x.png", "--fp32", "--bf16"], "give --fp32 or --bf16, not both"),
+    (["batch", "p.txt", "--fp16", "--fp32"], "give --fp32 or --fp16, not both"),
 ]
 
 

@@ -112,6 +112,41 @@ def test_a_precision_flag_overrides_a_config_files_other_precision(tmp_path, fla
     )
 
 
+@pytest.mark.parametrize("recorded", ["fp16", "bf16"])
+@pytest.mark.parametrize(
+    "command", [["text", "a castle", "--resume"], ["image", "castle.png"], ["batch", "p.txt"]]
+)
+def test_fp32_turns_off_the_half_precision_a_run_recorded(tmp_path, recorded, command):
+    """A resume or rerun resolves over the run's config.json, where a flag left out overrides
+    nothing: without --fp16 a run recorded in fp16 stayed in fp16 (the diverged run's line said
+    "continue with --resume ... or without --fp16"). --fp32 turns either half precision off,
+    of the run's config.json and of a --config file alike."""
+    from dreamtext.cli import text_overrides
+    from dreamtext.config import config_to_dict, resolve_config
+
+    def overrides(*flags):  # image and batch name the prompt apart from the flags
+        return {"prompt": "a castle", **text_overrides(parse(*command, *flags))}
+
+    base = config_to_dict(resolve_config({"prompt": "a castle", "guidance": {recorded: True}}))
+    kept = resolve_config(overrides(), base=base)
+    assert getattr(kept.guidance, recorded) is True
+    turned_off = resolve_config(overrides("--fp32"), base=base)
+    assert (turned_off.guidance.fp16, turned_off.guidance.bf16) == (False, False)
+    path = tmp_path / "half.yaml"
+    path.write_text(f"guidance:\n  {recorded}: true\n")
+    from_file = resolve_config(overrides("--fp32"), config_file=path)
+    assert (from_file.guidance.fp16, from_file.guidance.bf16) == (False, False)
+
+
+@pytest.mark.parametrize("flag", ["--fp16", "--bf16"])
+def test_fp32_with_a_half_precision_flag_is_refused(flag):
+    from dreamtext.cli import text_overrides
+
+    with pytest.raises(DreamtextError) as refused:
+        text_overrides(parse("text", "a castle", "--fp32", flag))
+    assert str(refused.value) == f"give --fp32 or {flag}, not both"
+
+
 def test_compile_compiles_the_guidance_and_the_field_and_no_compile_neither():
     """--compile: the U-Net, the VAE encoder and the field's MLPs, the guidance replayed as CUDA
     graphs (reduce-overhead); --no-compile keeps the field's MLPs eager too."""

@@ -623,8 +623,8 @@ def test_an_fp16_descriptor_whose_updates_are_skipped_stops_and_a_rerun_goes_on(
     assert message == (
         "the descriptor training diverged: its gradients were NaN or infinite in 50 of the 50 "
         "steps up to step 50, so the fp16 loss scaler skipped their updates and its token "
-        f"embeddings did not train; saved {last}; run the same command again with --bf16, or "
-        "with guidance.fp16: false in a --config, and it goes on from there"
+        f"embeddings did not train; saved {last}; run the same command again with --bf16 or "
+        "--fp32 (without --fp16), and it goes on from there"
     )
     state = torch.load(last, weights_only=True)
     start = _trainer(tiny_sd_path).placeholders.vectors.detach()

@@ -1886,3 +1886,55 @@ def test_a_diverse_sample_on_a_full_disk_names_its_file_and_leaves_no_part_of_it
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(out)
     assert list(out.parent.iterdir()) == []
     monkeypatch.setattr(Image.Image, "save", real_save)
+
+
+def test_a_descriptor_stopped_in_fp16_goes_on_in_float32_with_the_flag_its_line_names(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    """A descriptor whose fp16 loss scaler skipped 50 updates stops naming the same command
+    with --bf16 or --fp32: its run's config.json records fp16, which the rerun resolves over,
+    so a rerun without a precision flag stays in fp16 (here, on the CPU, refused as such),
+    and with --fp32 the descriptor goes on from its checkpoint in float32."""
+    from torch.amp import GradScaler
+
+    from dreamtext import descriptor
+    from dreamtext.descriptor import DescriptorTrainer
+
+    image = _image(tmp_path)
+    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
+    # fp16's scaler on the CPU, and every step's gradients infinite, as a U-Net that overflows
+    # float16 gives them.
+    monkeypatch.setattr(descriptor, "fp16_loss_scaler", lambda dtype, device: GradScaler("cpu"))
+
+    def overflowing_loss(self, *batch):
+        infinite = self.placeholders.vectors.sum() * float("inf")
+        return infinite, {"loss_real": infinite.detach(), "loss_base": infinite.detach()}
+
+    monkeypatch.setattr(DescriptorTrainer, "loss", overflowing_loss)
+    flags = ("--iters", "2", "--config", str(tiny), "--descriptor-iters", "52")
+    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags) == 2
+    err = capsys.readouterr().err
+    assert "run the same command again with --bf16 or --fp32 (without --fp16)" in err, err
+    workspace = tmp_path / "run"
+    config = workspace / "config.json"
+    recorded = json.loads(config.read_text())
+    recorded["guidance"]["fp16"] = True  # as `--fp16` on a GPU records it
+    config.write_text(json.dumps(recorded))
+    monkeypatch.undo()
+
+    rerun = ("--descriptor-iters", "52")
+    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *rerun) == 2
+    assert "--fp16 needs a CUDA GPU" in capsys.readouterr().err  # the recorded fp16 stays
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *rerun, "--fp32")
+    assert code == 0, capsys.readouterr().err
+    guidance = json.loads(config.read_text())["guidance"]
+    assert (guidance["fp16"], guidance["bf16"]) == (False, False)
+    last = torch.load(workspace / "descriptor" / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["step"], last["skipped_updates"]) == (52, 50)  # no update skipped since
+    log = workspace / "descriptor" / "log.jsonl"
+    final = json.loads(log.read_text().splitlines()[-1])
+    assert final["step"] == 52 and "loss_scale" not in final, final  # no scaler in float32
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert record["descriptor_iters"] == 52

@@ -57,3 +57,52 @@ def test_at_guidance_1000_the_scale_settles_within_12_skipped_steps(tmp_path):
     adam_steps = {int(state["step"]) for state in run.optimizer.state.values()}
     assert adam_steps == {STEPS - len(skipped)}
     assert list(run.recent_skips).count("gradients") == len(skipped)
+
+
+def test_an_fp16_run_whose_noise_prediction_overflows_names_fp32_and_resumes_in_float32(
+    tmp_path, monkeypatch, capsys
+):
+    """The line of a run whose ε̂ was NaN in fp16 said "continue with --resume ... or without
+    --fp16": the resume, without the flag, took config.json's fp16 and ran in fp16 again. It
+    names --fp32, and that command resumes the run in float32 (here ε̂ overflows in fp16 only)."""
+    import json
+
+    from dreamtext.cli import main
+    from dreamtext.errors import DreamtextError
+    from dreamtext.guidance import ScoreDistillation
+
+    real = ScoreDistillation.sds_loss
+
+    def overflows_in_fp16(self, *args, **kwargs):
+        loss, info = real(self, *args, **kwargs)
+        if self.cfg.fp16:
+            info["skipped"] = torch.ones_like(info["skipped"])
+            return loss * 0, info
+        return loss, info
+
+    monkeypatch.setattr(ScoreDistillation, "sds_loss", overflows_in_fp16)
+    monkeypatch.setattr(trainer, "DIVERGED_AFTER", 3)
+    monkeypatch.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+    workspace = tmp_path / "run"
+    with virtual_cuda():
+        cfg = resolve_config(builtin_on_virtual_cuda(workspace, guidance={"fp16": True}, iters=8))
+        try:
+            trainer.train(cfg)
+        except DreamtextError as error:
+            message = str(error)
+        assert message.endswith(
+            "continue with --resume and a smaller --guidance (this run's is 4) or --fp32 "
+            "(without --fp16)"
+        ), message
+        capsys.readouterr()
+        resume = ["text", "a red cube", "--resume", "--workspace", str(workspace)]
+        assert main([*resume, "--fp32"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "guidance.fp16 true → false" in err, err
+    config = json.loads((workspace / "config.json").read_text())
+    assert (config["guidance"]["fp16"], config["guidance"]["bf16"]) == (False, False)
+    assert config["ran_on"]["field_mlp_dtype"] == "float32"
+    records = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if r["step"] > 3]
+    assert [r["step"] for r in resumed] == list(range(4, 9)), records
+    assert not any(r["skipped"] or "loss_scale" in r for r in resumed), resumed

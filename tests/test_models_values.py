@@ -49,12 +49,11 @@ def test_either_half_precision_flag_is_refused_on_the_cpu_naming_that_flag(flag)
     with pytest.raises(DreamtextError, match=f"--{flag} needs a CUDA GPU") as refused:
         resolve_dtype(GuidanceConfig(**{flag: True}), CPU)
     assert resolve_dtype(GuidanceConfig(), CPU) == torch.float32
-    # A GPU run resumed on a laptop records it with no flag typed, and no --no-fp16 exists:
-    # the line names where it comes from and the way to turn it off.
+    # A GPU run resumed on a laptop records it with no flag typed, which leaving out the flag
+    # does not turn off: the line names where it comes from and the flag that turns it off.
     assert str(refused.value).endswith(
         f"(guidance.{flag} is on, by --{flag}, a --config file or the resumed run's config.json);"
-        f" to run in fp32 on the CPU, leave out --{flag}, or pass --config a file with "
-        f"`guidance: {{{flag}: false}}`"
+        f" to run in fp32 on the CPU, give --fp32 (without --{flag})"
     )
 
 
