@@ -1219,7 +1219,7 @@ def cmd_view(args: argparse.Namespace) -> int:
                 print_note(f"dreamtext view: {hint}")
         print(str(out / "index.html"))
         return 0
-    serve(folders, args.host, args.port)
+    serve(folders, args.host, args.port, allowed_hosts=args.allow_hosts or ())
     return 0
 
 
@@ -1627,6 +1627,7 @@ def early_view(args: argparse.Namespace) -> None:
     beside it (left out of what it did without a word) is refused; otherwise their defaults."""
     if args.static is not None:
         given = [flag for flag in ("--port", "--host") if getattr(args, flag[2:]) is not None]
+        given += ["--allow-host"] if args.allow_hosts else []
         if given:
             raise DreamtextError(
                 f"give --static (files, no server) or {' and '.join(given)}, not both"
@@ -1891,6 +1892,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     view.add_argument(
         "--host", help=f"address to listen on; 0.0.0.0 opens it to the network [{VIEW_HOST}]"
+    )
+    view.add_argument(
+        "--allow-host",
+        dest="allow_hosts",
+        action="append",
+        metavar="NAME",
+        help="answer requests for NAME too: the name of a reverse proxy that passes the "
+        "browser's Host on (jupyter-server-proxy, Open OnDemand with ProxyPreserveHost); "
+        "repeatable. Other names are refused, so that no web page can read the runs through "
+        "a DNS name of its own",
     )
     view.add_argument(
         "--static",

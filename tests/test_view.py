@@ -2754,9 +2754,10 @@ def test_other_hosts_are_refused(server):
         ("evil.example:{port}", False),
         ("evil.example:9000", False),
         ("EVIL.example:443", False),
-        # A reverse proxy on the web's standard port passing the browser's Host on.
-        ("ondemand.example", True),
-        ("Hub.Example.EDU", True),
+        # No port: the browser connected to port 80, where any user on Windows (and, as
+        # reported, on macOS from 10.14 on) may forward it (ssh -L 80:127.0.0.1:{port}).
+        ("evil.example", False),
+        ("Hub.Example.EDU", False),
         # What no browser sends.
         ("", False),
         ("::1", False),
@@ -2766,22 +2767,98 @@ def test_other_hosts_are_refused(server):
         ("[::1]x", False),
     ],
 )
-def test_host_check_refuses_dns_rebinding_but_not_a_proxy_on_the_standard_port(
-    server, host: str, answered: bool
-):
+def test_host_check_refuses_dns_rebinding_on_any_port(server, host: str, answered: bool):
+    """A foreign name without a port was answered as a reverse proxy on port 80 or 443 would
+    send it, on the belief that only root listens on port 80: a page named evil.example, pointed
+    at 127.0.0.1 and opened through a user's `ssh -L 80:127.0.0.1:PORT`, read the runs."""
     host = host.format(port=server.server_port)
     assert get(server, "/api/runs.json", {"Host": host})[0] == (200 if answered else 403)
 
 
-def test_a_server_on_port_80_refuses_foreign_names_without_a_port(root: Path):
-    """On port 80 a browser omits the port when it talks to the server itself."""
-    srv = make_server(Catalog([root]))
-    try:
-        srv.server_port = 80  # as if bound there (which needs root)
-        assert not srv.host_allowed("evil.example")
-        assert srv.host_allowed("localhost")
-    finally:
-        srv.server_close()
+@pytest.mark.parametrize(
+    "host, line",
+    [
+        ("evil.example", "--allow-host evil.example"),
+        ("Evil.Example:8080", "--allow-host evil.example"),
+        ("[fe80::1]:80", "--allow-host fe80::1"),
+        ("evil<b>.example", "--allow-host ITS_NAME"),  # the client's text is not repeated
+        ("", "--allow-host ITS_NAME"),
+    ],
+)
+def test_a_refused_name_gets_the_flag_that_answers_it(server, host: str, line: str):
+    """A user behind a proxy that passes its own name on is told, in one line of the 403,
+    what to open instead and what to pass to be answered through the proxy."""
+    status, body, _ = get(server, "/api/runs.json", {"Host": host})
+    assert status == 403
+    assert (
+        body
+        == (
+            "not a local address: open it as 127.0.0.1 or localhost; behind a proxy, start "
+            f"dreamtext view with {line}\n"
+        ).encode()
+    )
+
+
+@pytest.mark.parametrize(
+    "host, answered",
+    [
+        ("hub.example.edu", True),
+        ("HUB.example.edu:8443", True),  # the name on any port
+        ("127.0.0.1:{port}", True),
+        ("evil.example", False),
+        ("hub.example.edu.evil.example", False),
+        ("evil.hub.example.edu", False),
+        ("[fe80::1]:{port}", True),
+        ("[fe80::2]:{port}", False),
+    ],
+)
+def test_allow_host_answers_the_names_given_and_no_other(root: Path, host: str, answered: bool):
+    """`--allow-host NAME` (repeatable) answers NAME with or without a port, as a reverse
+    proxy that passes the browser's Host on sends it; the check stays as tight elsewhere."""
+    with serving(Catalog([root]), allowed_hosts=["Hub.Example.EDU", "[FE80::1]"]) as srv:
+        host = host.format(port=srv.server_port)
+        assert get(srv, "/api/runs.json", {"Host": host})[0] == (200 if answered else 403)
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("http://hub.example.edu/", "--allow-host takes a host name as the browser's address"),
+        (
+            "hub.example.edu:8443",
+            "--allow-host takes the name without its port: --allow-host "
+            "hub.example.edu (it is answered on any port)",
+        ),
+        ("", "--allow-host takes a host name"),
+        ("hub example", "--allow-host takes a host name"),
+    ],
+)
+def test_allow_host_refuses_what_is_not_a_host_name(root: Path, value: str, says: str):
+    with pytest.raises(DreamtextError) as refused:
+        make_server(Catalog([root]), allowed_hosts=[value])
+    assert str(refused.value).startswith(says)
+
+
+def test_allow_host_on_the_command_line_is_checked_said_and_refused_beside_static(
+    root: Path, tmp_path: Path, capsys
+):
+    """What `view --allow-host` refuses is one line and exit 2, before anything listens; the
+    names given are said when it starts; --static serves nothing, so it takes none."""
+    assert main(["view", str(root), "--port", "0", "--allow-host", "hub.example.edu:443"]) == 2
+    assert capsys.readouterr().err == (
+        "dreamtext: error: --allow-host takes the name without its port: --allow-host "
+        "hub.example.edu "
+        "(it is answered on any port)\n"
+    )
+    argv = ["view", str(root), "--allow-host", "hub.example.edu", "--static", str(tmp_path / "s")]
+    assert main(argv) == 2
+    assert "give --static (files, no server) or --allow-host, not both" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ViewServer, "serve_forever", lambda self, *a, **k: None)
+        serve([root], "127.0.0.1", 0, out=out, allowed_hosts=["Hub.Example.EDU", "b.example"])
+    assert "  answers too as b.example, hub.example.edu (--allow-host)" in out.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -2794,7 +2871,7 @@ def test_a_server_on_port_80_refuses_foreign_names_without_a_port(root: Path):
         ("[fe80::1]:{port}", True),
         ("127.0.0.1:{port}", True),
         ("localhost:{port}", True),
-        ("ondemand.example", True),  # a proxy on the standard port passing its name on
+        ("ondemand.example", False),  # a proxy's name: answered once given (--allow-host)
         # DNS rebinding: a page elsewhere whose name points at the user's end of an ssh forward
         # to this port (-L {port}:node01:{port}); it read the runs.
         ("evil.example:{port}", False),
@@ -2825,6 +2902,7 @@ def test_a_server_on_every_interface_answers_this_machines_names_not_other_sites
     assert status == (200 if answered else 403), body
     if not answered:
         assert body.startswith(b"not this machine's name: open it as node01, by its address")
+        assert b"start dreamtext view with --allow-host " in body
 
 
 @pytest.mark.parametrize(
@@ -2967,11 +3045,17 @@ def via_proxy(proxy: "PrefixProxy", url: str, headers=None) -> tuple[int, bytes]
 @pytest.mark.parametrize("host", ["client", "upstream"])
 @pytest.mark.parametrize("page", ["", "run/cube/", "run/cube"])
 def test_behind_a_proxy_under_a_path_every_address_of_a_page_is_served(
-    server, host: str, page: str
+    root: Path, host: str, page: str
 ):
     """Open OnDemand's /rnode/<node>/<port>/ and jupyter-server-proxy's /proxy/<port>/ take
     their path off before forwarding: absolute addresses (/static/app.js) left it (404), and
-    the browser's Host (the proxy's name) was refused (403)."""
+    the browser's Host (the proxy's name) was refused (403), as it is still without
+    --allow-host."""
+    with serving(Catalog([root]), allowed_hosts=[PUBLIC_HOST]) as server:
+        check_every_address_behind_a_proxy(server, host, page)
+
+
+def check_every_address_behind_a_proxy(server, host: str, page: str) -> None:
     prefix = f"/rnode/node01/{server.server_port}/"
     with PrefixProxy(server.server_port, prefix, host=host) as proxy:
         page_url = proxy.url + page
@@ -2988,6 +3072,17 @@ def test_behind_a_proxy_under_a_path_every_address_of_a_page_is_served(
         # What the page polls is its own data again, addresses and all, wherever the page is.
         status, polled = via_proxy(proxy, urljoin(root, data["api"]))
         assert status == 200 and json.loads(polled) == data
+
+
+def test_behind_a_proxy_that_passes_its_name_on_the_name_must_be_given(server):
+    """Without --allow-host, a proxy passing the browser's Host on is refused as any foreign
+    name is, with the flag to pass; one sending the server's own address is answered."""
+    prefix = f"/rnode/node01/{server.server_port}/"
+    with PrefixProxy(server.server_port, prefix, host="client") as proxy:
+        status, body = via_proxy(proxy, proxy.url)
+    assert status == 403
+    assert body.endswith(f"start dreamtext view with --allow-host {PUBLIC_HOST}\n".encode())
+    check_every_address_behind_a_proxy(server, "upstream", "")
 
 
 # ------------------------------------------------------------------------- downloads

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import trimesh
 from PIL import Image
-from test_view import PrefixProxy, serving
+from test_view import PUBLIC_HOST, PrefixProxy, serving
 
 from dreamtext.processes import this_process
 from dreamtext.view import Catalog, export_static
@@ -166,7 +166,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(root: Path):
-    with serving(Catalog([root]), poll_ms=POLL_MS) as srv:
+    # The proxy's name is given, as --allow-host does: the proxy fixture's "client" passes it on.
+    with serving(Catalog([root]), poll_ms=POLL_MS, allowed_hosts=[PUBLIC_HOST]) as srv:
         yield srv
 
 

@@ -19,10 +19,11 @@ Anything else is 404, and so is any file request that leaves the workspace: ``..
 empty segment, an encoded slash or dot (``%2f``, ``%2e%2e``, double encodings), a percent-encoding
 that is not UTF-8 (``%ff``, the overlong ``%c0%ae``), a hidden name, a symlink that resolves
 outside, or a kind of file the pages never show (checkpoints, say), asked for or linked to.
-Requests whose ``Host`` is not this machine's are refused, so that a web page elsewhere cannot
-read the runs through a DNS name that points at 127.0.0.1 (or at a port forward to this server,
-``--host 0.0.0.0`` too); a reverse proxy on the web's standard port is let through
-(``ViewServer.host_allowed`` says why that is safe).
+Requests whose ``Host`` is not a name of this server are refused (403, with the line that says
+what to pass), so that a web page elsewhere cannot read the runs through a DNS name that points at
+127.0.0.1 or at a port forward to this server (``--host 0.0.0.0`` too); a reverse proxy that
+passes the browser's ``Host`` on is answered once its name is given (``--allow-host NAME``;
+``ViewServer.host_allowed`` says why no name is answered without it).
 
 The two ``api`` answers carry an ``ETag`` (a digest of their text; for an answer to a cursor,
 that of the whole gallery or run it makes of what the page has); a poll that sends it back in
@@ -50,6 +51,7 @@ import re
 import socket
 import socketserver
 import sys
+from collections.abc import Collection
 from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,6 +117,9 @@ CONTENT_SECURITY_POLICY = (
 )
 # Pages and data at least this long go gzipped to clients that take it.
 COMPRESS_FROM_BYTES = 2048
+# A DNS name as a Host header holds one (lowercased): letters, digits, '-', '.' (and the '_' some
+# clusters' node names have), up to 253.
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,252})")
 # Longer numbers than any file's size are not a range (int() refuses over 4300 digits).
 _RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
 
@@ -176,6 +181,27 @@ def resolver_domains(path: str = "/etc/resolv.conf") -> set[str]:
     return domains
 
 
+def allowed_host_name(value: str) -> str:
+    """``--allow-host``'s ``value`` as :meth:`ViewServer.host_allowed` compares it: a host name or
+    an IP address, lowercase, without brackets; ``DreamtextError`` for anything else (an
+    address with ``http://`` or a path, a port: the name is answered on every port)."""
+    text = value.strip().lower()
+    if _is_address(text.removeprefix("[").removesuffix("]")):
+        return text.removeprefix("[").removesuffix("]")
+    parsed = _host_and_port(text) if "/" not in text else None
+    if parsed is not None and parsed[1] is not None and _HOST_NAME.fullmatch(parsed[0]):
+        raise DreamtextError(
+            f"--allow-host takes the name without its port: --allow-host {parsed[0]} (it is "
+            "answered on any port)"
+        )
+    if parsed is None or not _HOST_NAME.fullmatch(parsed[0]):
+        raise DreamtextError(
+            f"--allow-host takes a host name as the browser's address shows it (hub.example.edu), "
+            f"not {value!r}"
+        )
+    return parsed[0]
+
+
 def _host_and_port(host_header: str) -> tuple[str, int | None] | None:
     """``Host`` as (name, port or None): ``localhost:8000`` → (``localhost``, 8000),
     ``[::1]`` → (``::1``, None); ``None`` for what no browser sends (``::1`` unbracketed, a
@@ -209,6 +235,7 @@ class ViewServer(ThreadingHTTPServer):
         catalog: Catalog,
         poll_ms: int = 2000,
         log: TextIO | None = None,
+        allowed_hosts: Collection[str] = (),
     ):
         self.catalog = catalog
         # Each open gallery asks for every run every poll_ms; a run is read again only when its
@@ -226,7 +253,9 @@ class ViewServer(ThreadingHTTPServer):
         # address the name resolves to, and `--host 0` is every interface.
         bound = str(self.server_address[0])
         self.everywhere = host in ALL_INTERFACES or bound in ALL_INTERFACES
-        self.allowed_hosts = LOCAL_HOSTS | {host.lower(), bound.lower()}
+        # The names of the proxies the user gave (--allow-host), checked by allowed_host_name.
+        self.proxy_hosts = frozenset(allowed_host_name(name) for name in allowed_hosts)
+        self.allowed_hosts = LOCAL_HOSTS | {host.lower(), bound.lower()} | self.proxy_hosts
         # On every interface, other machines name this one as they know it: by its host name
         # (node042, or node042.cluster.example) or an address.
         self.machine, _, domain = socket.gethostname().lower().partition(".")
@@ -241,15 +270,14 @@ class ViewServer(ThreadingHTTPServer):
         What the check stops is DNS rebinding: a web page elsewhere points a name of its own at
         this machine, and the browser, taking this server for the page's own, lets the page read
         the runs. Such a request names the page's host and the port the browser connected to:
-        this server's, or that of a port forward to it (``ssh -L 9000:127.0.0.1:8000``). A
-        browser leaves the port out of ``Host`` only for the standard ones: 80, which reaches
-        this server only if it (or a forward that root set up) listens there, and 443, TLS,
-        which this server does not speak. A reverse proxy that serves these pages under a path
-        of its own is a web server on a standard port, so when it passes the browser's ``Host``
-        on (jupyter-server-proxy does; Open OnDemand with ProxyPreserveHost) there is no port in
-        it. Hence: this machine's names with any port, other names only without one, and not
-        when this server is on port 80. A proxy that sends this server's own address (Apache's
-        default) counts as local; one on a port of its own that passes its name on is refused.
+        this server's, or that of a port forward to it (``ssh -L 9000:127.0.0.1:8000``), and no
+        port where that is 80, which any user may listen on where Windows runs the browser (and,
+        as reported, macOS from 10.14 on): ``ssh -L 80:127.0.0.1:8000`` there, and a page whose
+        name pointed at 127.0.0.1, read the runs while a name without a port was taken for a
+        reverse proxy's. Hence: the loopback names and the address this server was bound to,
+        with any port, and the names given with ``--allow-host`` (a proxy that passes the
+        browser's ``Host`` on: jupyter-server-proxy, Open OnDemand with ProxyPreserveHost); a
+        proxy that sends this server's own address (Apache's default) counts as local.
 
         On every interface (``--host 0.0.0.0``) this machine's host name, alone or with one of
         its own domains (:meth:`_own_domain`), and any IP address count as local too: another
@@ -260,12 +288,25 @@ class ViewServer(ThreadingHTTPServer):
         parsed = _host_and_port(host_header)
         if parsed is None:
             return False
-        name, port = parsed
+        name, _ = parsed
         if name in self.allowed_hosts:
             return True
-        if self.everywhere and (_is_address(name) or self._is_this_machine(name)):
-            return True
-        return port is None and name != "" and self.server_port != 80
+        return self.everywhere and (_is_address(name) or self._is_this_machine(name))
+
+    def refused_host_line(self, host_header: str) -> str:
+        """The one line a request whose ``Host`` is refused gets: how to open the page, and the
+        ``--allow-host`` to pass for a proxy of that name (named only where it is a host name or
+        an address: the header is the client's)."""
+        parsed = _host_and_port(host_header)
+        name = parsed[0] if parsed is not None else ""
+        if not (name and (_is_address(name) or _HOST_NAME.fullmatch(name))):
+            name = "ITS_NAME"
+        where = (
+            f"this machine's name: open it as {self.machine}, by its address or as 127.0.0.1"
+            if self.everywhere
+            else "a local address: open it as 127.0.0.1 or localhost"
+        )
+        return f"not {where}; behind a proxy, start dreamtext view with --allow-host {name}"
 
     def _is_this_machine(self, name: str) -> bool:
         """Whether ``name`` is this machine's host name, alone or with one of its own domains: a
@@ -350,15 +391,9 @@ class ViewHandler(BaseHTTPRequestHandler):
                     self._send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", send_body)
 
     def _route(self, send_body: bool) -> None:
-        if not self.server.host_allowed(self.headers.get("Host", "")):
-            refused = (
-                "not a local address: open it as 127.0.0.1 or through a proxy on port 80 or 443"
-            )
-            if self.server.everywhere:
-                refused = (
-                    f"not this machine's name: open it as {self.server.machine}, by its address "
-                    "or as 127.0.0.1, or through a proxy on port 80 or 443"
-                )
+        host = self.headers.get("Host", "")
+        if not self.server.host_allowed(host):
+            refused = self.server.refused_host_line(host)
             return self._send_text(HTTPStatus.FORBIDDEN, refused, send_body)
         try:
             address = urlsplit(self.path)
@@ -666,14 +701,17 @@ def make_server(
     port: int = 0,
     poll_ms: int = 2000,
     log: TextIO | None = None,
+    allowed_hosts: Collection[str] = (),
 ) -> ViewServer:
     """Bind (``port`` 0: any free port) without serving yet; user errors as ``DreamtextError``.
-    ``poll_ms``: how often open pages ask for changes; ``log``: where errors go (stderr)."""
+    ``poll_ms``: how often open pages ask for changes; ``log``: where errors go (stderr);
+    ``allowed_hosts``: the names of proxies it answers (``--allow-host``)."""
+    allowed_hosts = [allowed_host_name(name) for name in allowed_hosts]  # refused before binding
     in_use = f"port {port} is in use on {host}; pass another --port (0 picks a free one)"
     if port and SHARED_PORT_BINDS and _answered(host, port):
         raise DreamtextError(in_use)
     try:
-        return ViewServer((host, port), catalog, poll_ms, log)
+        return ViewServer((host, port), catalog, poll_ms, log, allowed_hosts)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise DreamtextError(in_use) from None
@@ -700,13 +738,20 @@ def _answered(host: str, port: int) -> bool:
         return False
 
 
-def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) -> None:
+def serve(
+    folders: list[Path],
+    host: str,
+    port: int,
+    out: TextIO | None = None,
+    allowed_hosts: Collection[str] = (),
+) -> None:
     """Serve the runs under ``folders`` until Ctrl-C; print the address first (on ``out``, else
     the ``sys.stdout`` of the moment). Folders without runs yet, or not made yet, are served too
-    (the viewer started beside a batch), with a line that says so."""
+    (the viewer started beside a batch), with a line that says so. ``allowed_hosts``: the names
+    of proxies it answers too (``--allow-host``)."""
     out = out or sys.stdout
     catalog = Catalog(folders, empty_ok=True)
-    server = make_server(catalog, host, port)
+    server = make_server(catalog, host, port, allowed_hosts=allowed_hosts)
     url, p = server.url, server.server_port
     n = len(catalog.runs())
     print(f"dreamtext view: {n} run{'s' if n != 1 else ''} at {url}", file=out)
@@ -771,6 +816,9 @@ def serve(folders: list[Path], host: str, port: int, out: TextIO | None = None) 
             f"  through a login node: ssh -J {LOGIN_NODE} {forward} {p}:{target}:{p} {machine}",
             file=out,
         )
+    if server.proxy_hosts:
+        names = ", ".join(sorted(server.proxy_hosts))
+        print(f"  answers too as {names} (--allow-host), for a proxy of that name", file=out)
     print("  Ctrl-C stops it", file=out, flush=True)
     try:
         server.serve_forever(poll_interval=0.25)
