@@ -47,16 +47,16 @@ def test_a_zip_read_while_an_export_swaps_mesh_in_is_all_of_one_export(tmp_path,
     listed = read_run(found)
     newer = make_obj_run(tmp_path / "newer" / "a_red_apple", "a red apple", (30, 30, 200))
     (newer / "mesh" / "mesh.ply").write_bytes(b"ply-of-the-next-export")
-    writestr, swapped = zipfile.ZipFile.writestr, []
+    open_member, swapped = zipfile.ZipFile.open, []
 
-    def swap_after_the_first_member(archive, info, data, *args, **kwargs):
-        writestr(archive, info, data, *args, **kwargs)
-        if not swapped:  # as write_all_atomically: the old folder renamed away, the new one in
-            (run / "mesh").rename(run / ".mesh-retired")
-            (newer / "mesh").rename(run / "mesh")
+    def swap_after_the_first_member(archive, info, *args, **kwargs):
+        if archive.infolist() and not swapped:  # a member written: as write_all_atomically,
+            (run / "mesh").rename(run / ".mesh-retired")  # the old folder renamed away,
+            (newer / "mesh").rename(run / "mesh")  # the new one in
             swapped.append(True)
+        return open_member(archive, info, *args, **kwargs)
 
-    monkeypatch.setattr(zipfile.ZipFile, "writestr", swap_after_the_first_member)
+    monkeypatch.setattr(zipfile.ZipFile, "open", swap_after_the_first_member)
     archive = zipfile.ZipFile(io.BytesIO(zip_bytes(listed)))
     assert swapped
     assert archive.read("a_red_apple/mesh.ply") == b"ply-not-really"

@@ -112,14 +112,35 @@ def test_a_zip_whose_files_are_being_replaced_is_503_try_again(root, monkeypatch
     500 (a bug) nor 403 (a permission no retry fixes)."""
     import dreamtext.view.server as server
 
-    def swapped(run, leave_out=()):
+    def swapped(run, target, leave_out=()):
         raise FileNotFoundError(2, "No such file or directory", "mesh/mesh.glb")
 
-    monkeypatch.setattr(server, "zip_bytes", swapped)
+    monkeypatch.setattr(server, "write_zip", swapped)
     with serving(Catalog([root])) as srv:
         status, body, headers = get(srv, "/download/cube/cube.zip")
     assert status == 503 and b"being replaced" in body
     assert headers["Content-Type"].startswith("text/plain")
+
+
+def test_a_zip_with_no_room_in_the_temporary_folder_names_tmpdir(root, monkeypatch):  # noqa: F811
+    """The zip is written into a temporary file before it is sent: a full TMPDIR is said as
+    such (507), not as mesh files being replaced (a retry would fail the same)."""
+    import errno
+    import tempfile
+
+    import dreamtext.view.server as server
+
+    def full(run, target, leave_out=()):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(server, "write_zip", full)
+    with serving(Catalog([root])) as srv:
+        status, body, _ = get(srv, "/download/cube/cube.zip")
+    assert status == 507
+    assert body.decode() == (
+        f"no room for the zip in {tempfile.gettempdir()}: No space left on device; free some, "
+        "or start dreamtext view with TMPDIR set to a folder with room\n"
+    )
 
 
 def batch_root_with_one_line(tmp_path: Path, ended_ago: float, files_after_end: float):

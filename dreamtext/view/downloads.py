@@ -25,10 +25,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
+import sys
 import time
 import zipfile
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from dreamtext.view.workspaces import Run
 
@@ -43,6 +46,11 @@ STORED_SUFFIXES = {".png", ".jpg", ".jpeg"}
 # they become a local time (a bad clock's year 33658 is past what a local time can hold).
 ZIP_FIRST, ZIP_LAST = (1980, 1, 1, 0, 0, 0), (2107, 12, 31, 23, 59, 58)
 ZIP_LAST_SECONDS = 4354905600.0
+# zlib's level for the files the zip compresses, and the name ZipInfo gives it.
+ZIP_LEVEL = 1
+_LEVEL_ATTRIBUTE = "compress_level" if sys.version_info >= (3, 13) else "_compresslevel"
+# Bytes of a mesh file read into the zip at a time: what the zip holds of it in memory.
+COPY_BLOCK = 1 << 20
 
 
 def download_names(run: Run) -> dict[str, str]:
@@ -75,47 +83,58 @@ def zip_members(run: Run, leave_out: Collection[str] = ()) -> list[tuple[str, st
 
 
 def zip_bytes(run: Run, leave_out: Collection[str] = ()) -> bytes:
-    """The run's mesh zip (:func:`zip_members`), made from its workspace's files as they are now.
-    ``OSError`` when one of them cannot be read (an export replacing them)."""
-    workspace = Path(run.workspace or "")  # none: no mesh files, no members
+    """The run's mesh zip (:func:`write_zip`) in memory."""
     buffer = io.BytesIO()
+    write_zip(run, buffer, leave_out)
+    return buffer.getvalue()
+
+
+def write_zip(run: Run, target: BinaryIO, leave_out: Collection[str] = ()) -> None:
+    """Write the run's mesh zip (:func:`zip_members`), made from its workspace's files as they
+    are now, into ``target`` (a file open for writing), each file copied in blocks of
+    :data:`COPY_BLOCK`: the server held a file and its zip whole, so a 200 MB OBJ took its peak
+    from 51 to 254 MB. ``OSError`` when one of them cannot be read (an export replacing them)
+    or ``target`` cannot be written."""
+    workspace = Path(run.workspace or "")  # none: no mesh files, no members
     folders: dict[Path, int] = {}
-    with contextlib.ExitStack() as held, zipfile.ZipFile(buffer, "w") as archive:
+    with contextlib.ExitStack() as held, zipfile.ZipFile(target, "w") as archive:
         for rel, name in zip_members(run, leave_out):
             source = workspace / rel
             # read_run lists only files inside the workspace; checked again, as the server does.
             if not source.resolve().is_relative_to(workspace):
                 continue
-            data, mtime = _read_in_folder(source, folders, held)
-            # The file's own local time, within the zip format's dates (1980 to 2107): a file
-            # dated 2200 by a bad clock, or 1970 west of Greenwich, made zipfile raise.
-            seconds = min(max(mtime, 0.0), ZIP_LAST_SECONDS)
-            stamp = min(max(time.localtime(seconds)[:6], ZIP_FIRST), ZIP_LAST)
-            info = zipfile.ZipInfo(name, date_time=stamp)
-            info.external_attr = 0o644 << 16
-            stored = PurePosixPath(rel).suffix.lower() in STORED_SUFFIXES
-            info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
-            # Level 1: a builtin:shapes export's mesh files (1.47 MB) zip to 776 KB in 25 ms,
-            # against 736 KB in 96 ms at zlib's default level 6 (2-core CPU).
-            archive.writestr(info, data, compresslevel=1)
-    return buffer.getvalue()
+            with _open_in_folder(source, folders, held) as file:
+                status = os.fstat(file.fileno())
+                # The file's own local time, within the zip format's dates (1980 to 2107): a
+                # file dated 2200 by a bad clock, or 1970 west of Greenwich, made zipfile raise.
+                seconds = min(max(status.st_mtime, 0.0), ZIP_LAST_SECONDS)
+                stamp = min(max(time.localtime(seconds)[:6], ZIP_FIRST), ZIP_LAST)
+                info = zipfile.ZipInfo(name, date_time=stamp)
+                info.external_attr = 0o644 << 16
+                stored = PurePosixPath(rel).suffix.lower() in STORED_SUFFIXES
+                info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+                # Level 1: a builtin:shapes export's mesh files (1.47 MB) zip to 776 KB in 25 ms,
+                # against 736 KB in 96 ms at zlib's default level 6 (2-core CPU). ZipFile.open
+                # takes the level from the entry only (compress_level from Python 3.13 on).
+                setattr(info, _LEVEL_ATTRIBUTE, ZIP_LEVEL)
+                # Its size as it is opened: zipfile chooses ZIP64 headers by it (over 2 GiB).
+                info.file_size = status.st_size
+                with archive.open(info, "w") as member:
+                    shutil.copyfileobj(file, member, COPY_BLOCK)
 
 
-def _read_in_folder(
-    source: Path, folders: dict[Path, int], held: contextlib.ExitStack
-) -> tuple[bytes, float]:
-    """``source``'s bytes and modification time, looked up in its folder as the zip first
-    opened that folder (``folders``: each folder's open descriptor, closed by ``held``). An
-    export swaps a whole new ``mesh/`` in by renames (``dreamtext.export.write_all_atomically``):
-    files read by their paths across a swap made a zip of one export's OBJ beside the next
-    one's PLY and mesh.json. Through the folder opened once, every file is of one export, or
-    one is gone (``OSError``: the old folder removed after the swap)."""
+def _open_in_folder(source: Path, folders: dict[Path, int], held: contextlib.ExitStack) -> BinaryIO:
+    """``source`` opened for reading, looked up in its folder as the zip first opened that
+    folder (``folders``: each folder's open descriptor, closed by ``held``). An export swaps a
+    whole new ``mesh/`` in by renames (``dreamtext.export.write_all_atomically``): files read
+    by their paths across a swap made a zip of one export's OBJ beside the next one's PLY and
+    mesh.json. Through the folder opened once, every file is of one export, or one is gone
+    (``OSError``: the old folder removed after the swap)."""
     if os.open not in os.supports_dir_fd:  # Windows: by path
-        return source.read_bytes(), source.stat().st_mtime
+        return source.open("rb")
     folder = folders.get(source.parent)
     if folder is None:
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
         folder = folders[source.parent] = os.open(source.parent, flags)
         held.callback(os.close, folder)
-    with open(os.open(source.name, os.O_RDONLY, dir_fd=folder), "rb") as file:
-        return file.read(), os.fstat(file.fileno()).st_mtime
+    return open(os.open(source.name, os.O_RDONLY, dir_fd=folder), "rb")

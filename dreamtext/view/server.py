@@ -12,7 +12,7 @@
     GET /static/<name>           the pages' script, style and three.js (package files, by name)
     GET /files/<id>/<path>       a file in that run's workspace
     GET /download/<id>/<name>.zip  that run's mesh files in one zip, made as it is asked for
-                                 (``downloads.zip_bytes``), named ``<id>.zip`` whatever
+                                 (``downloads.write_zip``), named ``<id>.zip`` whatever
                                  ``<name>``; 404 for a run without mesh files
 
 Anything else is 404, and so is any file request that leaves the workspace: ``..``, an absolute or
@@ -51,6 +51,7 @@ import re
 import socket
 import socketserver
 import sys
+import tempfile
 from collections.abc import Collection
 from dataclasses import replace
 from http import HTTPStatus
@@ -60,7 +61,7 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from dreamtext.errors import DreamtextError, shown_path, terminal_lines
-from dreamtext.view.downloads import zip_bytes, zip_members, zip_name
+from dreamtext.view.downloads import write_zip, zip_members, zip_name
 from dreamtext.view.page import (
     ASSETS,
     SLASH_SCRIPT_HASH,
@@ -544,19 +545,33 @@ class ViewHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _send_zip(self, run: Run, send_body: bool) -> None:
-        """The run's mesh zip, as a download named after the run."""
-        try:
-            body = zip_bytes(run)
-        except PermissionError as error:  # another user's run, say: no retry will help
-            return self._send_text(HTTPStatus.FORBIDDEN, unreadable(error), send_body)
-        except OSError:  # an export swapping the mesh folder between the listing and the read
-            busy = "the run's mesh files are being replaced: try again in a moment"
-            return self._send_text(HTTPStatus.SERVICE_UNAVAILABLE, busy, send_body)
-        self._headers(HTTPStatus.OK, "application/zip", len(body))
-        self.send_header("Content-Disposition", _attachment(zip_name(run)))
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
+        """The run's mesh zip, as a download named after the run. Written into a temporary
+        file (removed as it is closed, or by the system if this process dies first), then sent
+        from it: memory holds a block of it at a time, and the download has its length (the
+        browser shows how far it is) and an error's answer, both known before it starts."""
+        with tempfile.TemporaryFile() as spool:
+            try:
+                write_zip(run, spool)
+            except PermissionError as error:  # another user's run, say: no retry will help
+                return self._send_text(HTTPStatus.FORBIDDEN, unreadable(error), send_body)
+            except OSError as error:
+                if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                    full = (
+                        f"no room for the zip in {tempfile.gettempdir()}: {error.strerror}; "
+                        "free some, or start dreamtext view with TMPDIR set to a folder with room"
+                    )
+                    return self._send_text(HTTPStatus.INSUFFICIENT_STORAGE, full, send_body)
+                # An export swapping the mesh folder between the listing and the read.
+                busy = "the run's mesh files are being replaced: try again in a moment"
+                return self._send_text(HTTPStatus.SERVICE_UNAVAILABLE, busy, send_body)
+            size = spool.tell()
+            self._headers(HTTPStatus.OK, "application/zip", size)
+            self.send_header("Content-Disposition", _attachment(zip_name(run)))
+            self.end_headers()
+            if send_body:
+                spool.seek(0)
+                if _copy(spool, self.wfile, size):  # not expected of a file this process wrote
+                    self.close_connection = True
 
     def _send_file(self, file: Path, send_body: bool) -> None:
         """The file, or the one byte range a ``Range`` header asks for (video seeking)."""
