@@ -1219,7 +1219,7 @@ def cmd_view(args: argparse.Namespace) -> int:
                 print_note(f"dreamtext view: {hint}")
         print(str(out / "index.html"))
         return 0
-    serve(folders, args.host, args.port, allowed_hosts=args.allow_hosts or ())
+    serve(folders, args.host, args.port, allowed_hosts=args.allow_hosts or (), token=args.token)
     return 0
 
 
@@ -1628,6 +1628,7 @@ def early_view(args: argparse.Namespace) -> None:
     if args.static is not None:
         given = [flag for flag in ("--port", "--host") if getattr(args, flag[2:]) is not None]
         given += ["--allow-host"] if args.allow_hosts else []
+        given += [] if args.token else ["--no-token"]
         if given:
             raise DreamtextError(
                 f"give --static (files, no server) or {' and '.join(given)}, not both"
@@ -1902,6 +1903,14 @@ def build_parser() -> argparse.ArgumentParser:
         "browser's Host on (jupyter-server-proxy, Open OnDemand with ProxyPreserveHost); "
         "repeatable. Other names are refused, so that no web page can read the runs through "
         "a DNS name of its own",
+    )
+    view.add_argument(
+        "--no-token",
+        dest="token",
+        action="store_false",
+        help="answer requests without the random token that the printed address carries "
+        "(kept in a cookie after the first visit): on a machine others log in to, any of them "
+        "could then read the runs at 127.0.0.1 and the port",
     )
     view.add_argument(
         "--static",

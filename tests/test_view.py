@@ -37,6 +37,7 @@ from dreamtext.view import Catalog, export_static, make_server, read_run
 from dreamtext.view.page import page_base, run_json, script_json, server_links
 from dreamtext.view.server import (
     CONTENT_SECURITY_POLICY,
+    NO_TOKEN,
     ViewHandler,
     ViewServer,
     _copy,
@@ -2644,6 +2645,142 @@ def test_a_server_on_one_address_answers_no_other_name_of_this_machine(
     assert status == 403
 
 
+# ------------------------------------------------------------------------- the token
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+# Every kind of address the server answers.
+TOKEN_PATHS = [
+    "/",
+    "/run/cube/",
+    "/api/runs.json",
+    "/api/run/cube.json",
+    "/static/app.js",
+    "/files/cube/previews/final.png",
+    "/download/cube/cube.zip",
+]
+
+
+def test_without_the_token_every_address_is_403_saying_to_open_the_printed_one(root: Path):
+    """On a machine others log in to, any of them could open 127.0.0.1:PORT and read the runs'
+    prompts, configs and files. A server with a token answers none of it without: not with
+    another token, nor with the token in the cookie of another port's name."""
+    with serving(Catalog([root]), token=TOKEN) as srv:
+        name = f"dreamtext-view-{srv.server_port}"
+        for path, headers in [
+            *((path, {}) for path in TOKEN_PATHS),
+            (f"/?token={TOKEN[:-1]}0", {}),
+            ("/?token=", {}),
+            ("/", {"Cookie": f"{name}={TOKEN[:-1]}0"}),
+            ("/", {"Cookie": f"dreamtext-view-1={TOKEN}"}),
+        ]:
+            status, body, answer = get(srv, path, headers)
+            assert (status, body) == (403, (NO_TOKEN + "\n").encode()), path
+            assert "Set-Cookie" not in answer
+    assert NO_TOKEN.startswith("this viewer answers the address it printed as it started")
+
+
+def test_the_token_once_sets_a_cookie_that_later_requests_carry(root: Path):
+    """The printed address's ?token= is asked for once: its answer sets a cookie (for the
+    port the browser names, HttpOnly), and every later request of the pages carries that."""
+    with serving(Catalog([root]), token=TOKEN) as srv:
+        status, body, headers = get(srv, f"/?token={TOKEN}")
+        assert status == 200 and b'id="dreamtext-data"' in body
+        name = f"dreamtext-view-{srv.server_port}"
+        assert headers["Set-Cookie"] == f"{name}={TOKEN}; HttpOnly; SameSite=Lax"
+        assert TOKEN.encode() not in body  # the page does not show it to its scripts
+        for path in TOKEN_PATHS:
+            status, _, headers = get(srv, path, {"Cookie": f"other=1; {name}={TOKEN}"})
+            assert status == 200, path
+            assert "Set-Cookie" not in headers
+        # Through a forward to another port (ssh -L 9000:...), and through a proxy on the web's
+        # standard port: a cookie of that port's name, none taken for another viewer's.
+        host = {"Host": "localhost:9000"}
+        assert get(srv, f"/?token={TOKEN}", host)[2]["Set-Cookie"].startswith(
+            f"dreamtext-view-9000={TOKEN};"
+        )
+        assert get(srv, f"/?token={TOKEN}", {"Host": "localhost"})[2]["Set-Cookie"].startswith(
+            f"dreamtext-view={TOKEN};"
+        )
+
+
+def test_a_server_without_a_token_answers_without_one_and_sets_no_cookie(server):
+    for path in TOKEN_PATHS:
+        status, _, headers = get(server, path + ("?token=x" if path == "/" else ""))
+        assert status == 200 and "Set-Cookie" not in headers, path
+
+
+def test_the_printed_address_opens_the_runs_as_it_is_and_its_cookie_serves_the_rest(
+    root: Path, monkeypatch
+):
+    """`dreamtext view` prints one address to open, as the ssh line's `then open` too: opened
+    as it is (a browser's cookie jar, which keeps what the answer sets), the page's data and
+    files follow; without the jar they are 403."""
+    import http.cookiejar
+    import urllib.error
+    import urllib.request
+
+    made, out = [], io.StringIO()
+    serve_forever = ViewServer.serve_forever
+
+    def recorded(self, *args, **kwargs):
+        made.append(self)
+        serve_forever(self, *args, **kwargs)
+
+    monkeypatch.setattr(ViewServer, "serve_forever", recorded)
+    thread = threading.Thread(target=serve, args=([root], "127.0.0.1", 0), kwargs={"out": out})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not made and time.monotonic() < deadline:
+            time.sleep(0.05)
+        printed = out.getvalue()
+        url = re.search(r" at (http://\S+)\n", printed).group(1)
+        token = made[0].token
+        assert len(token) == 32 and url == f"http://127.0.0.1:{made[0].server_port}/?token={token}"
+        assert f"then open {url}\n" in printed  # the ssh line's
+        browser = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+        assert b'id="dreamtext-data"' in browser.open(url, timeout=10).read()
+        base = url.split("?")[0]
+        for path in TOKEN_PATHS:
+            assert browser.open(base + path.lstrip("/"), timeout=10).status == 200, path
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "api/runs.json", timeout=10)
+        assert refused.value.code == 403
+    finally:
+        if made:
+            made[0].shutdown()
+        thread.join(timeout=30)
+
+
+def test_no_token_serves_without_one_and_is_refused_beside_static(
+    root: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """--no-token: the old behaviour, addresses printed without a token; --static serves
+    nothing, so it takes no --no-token."""
+    import dreamtext.view.server as server_module
+
+    made = []
+
+    def stopped_at_once(*args, **kwargs):
+        srv = make_server(*args, **kwargs)
+        made.append(srv)
+        monkeypatch.setattr(
+            srv, "serve_forever", lambda **_: (_ for _ in ()).throw(KeyboardInterrupt)
+        )
+        return srv
+
+    monkeypatch.setattr(server_module, "make_server", stopped_at_once)
+    assert main(["view", str(root), "--port", "0", "--no-token"]) == 0
+    assert made[0].token is None
+    out = capsys.readouterr().out
+    assert f"at http://127.0.0.1:{made[0].server_port}/\n" in out and "token" not in out
+    argv = ["view", str(root), "--no-token", "--static", str(tmp_path / "s")]
+    assert main(argv) == 2
+    assert "give --static (files, no server) or --no-token, not both" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------- behind a web proxy
 
 # Headers a proxy does not pass on (RFC 9110 7.6.1), and Content-Length, which it recomputes.
@@ -3829,7 +3966,10 @@ def _printed_lines(root: Path, monkeypatch, capsys, host: str) -> tuple[list[str
 
     monkeypatch.setattr(server_module, "make_server", stopped_at_once)
     assert main(["view", str(root), "--host", host, "--port", "0"]) == 0
-    return [line.strip() for line in capsys.readouterr().out.splitlines()], made[0].server_port
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    # The token, where the tests below write the addresses' ?token= as {token}.
+    lines = [line.replace(made[0].token, "{token}") for line in lines]
+    return lines, made[0].server_port
 
 
 @pytest.mark.parametrize(
@@ -3838,9 +3978,9 @@ def _printed_lines(root: Path, monkeypatch, capsys, host: str) -> tuple[list[str
         (
             "127.0.0.1",
             "from another machine: ssh -o ExitOnForwardFailure=yes -L {port}:127.0.0.1:{port} "
-            "node042, then open http://127.0.0.1:{port}/",
+            "node042, then open http://127.0.0.1:{port}/?token={token}",
         ),
-        ("0.0.0.0", "from another machine, open http://node042:{port}/"),
+        ("0.0.0.0", "from another machine, open http://node042:{port}/?token={token}"),
     ],
 )
 def test_view_names_this_machine_in_how_to_reach_it_from_another(
@@ -3851,7 +3991,7 @@ def test_view_names_this_machine_in_how_to_reach_it_from_another(
     when it cannot forward: where the user's port was taken, the line's plain `ssh -L` warned,
     logged in, and the address it gave opened whatever held that port there."""
     lines, port = _printed_lines(root, monkeypatch, capsys, host)
-    assert line.format(port=port) in "\n".join(lines), lines
+    assert line.format(port=port, token="{token}") in "\n".join(lines), lines
 
 
 def test_view_says_how_to_reach_it_through_a_login_node(root: Path, monkeypatch, capsys):
@@ -3878,7 +4018,7 @@ def test_view_on_every_interface_says_how_to_forward_through_a_login_node(
     lines, port = _printed_lines(root, monkeypatch, capsys, "0.0.0.0")
     want = (
         f"through a login node: ssh -o ExitOnForwardFailure=yes -L {port}:node042:{port} "
-        f"LOGIN_NODE, then open http://127.0.0.1:{port}/"
+        f"LOGIN_NODE, then open http://127.0.0.1:{port}/?token={{token}}"
     )
     assert want in lines, lines
 
@@ -3892,8 +4032,8 @@ def test_view_on_every_interface_gives_the_machines_addresses_too(root: Path, mo
     monkeypatch.setattr(server_module, "machine_addresses", lambda: ["10.1.2.3", "10.9.0.7"])
     lines, port = _printed_lines(root, monkeypatch, capsys, "0.0.0.0")
     want = (
-        f"from another machine, open http://node042:{port}/ (by address: "
-        f"http://10.1.2.3:{port}/, http://10.9.0.7:{port}/)"
+        f"from another machine, open http://node042:{port}/?token={{token}} (by address: "
+        f"http://10.1.2.3:{port}/?token={{token}}, http://10.9.0.7:{port}/?token={{token}})"
     )
     assert want in "\n".join(lines), lines
 
@@ -3967,10 +4107,11 @@ def test_view_serves_and_stops_on_ctrl_c_or_sigterm(root: Path, stop: signal.Sig
     try:
         first = proc.stdout.readline()
         assert first.startswith("dreamtext view: 3 runs at http://127.0.0.1:"), first
-        port = int(first.rsplit(":", 1)[1].strip(" /\n"))
+        address = urlsplit(first.rsplit(" ", 1)[1].strip())
+        port, token = address.port, address.query  # the printed address's token=...
         for path, expected in [("/api/runs.json", 200), ("/files/cube/%ff.png", 404)]:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("GET", path)
+            conn.request("GET", f"{path}?{token}")
             assert conn.getresponse().status == expected, path
             conn.close()
         proc.send_signal(stop)

@@ -369,6 +369,35 @@ def test_run_page_draws_the_mesh_curves_and_previews(page, server, root: Path):
         page.screenshot(path=str(Path(SCREENSHOTS) / "viewer-run.png"), full_page=True, clip=top)
 
 
+def test_with_a_token_the_printed_address_opens_the_pages_and_their_polls_and_downloads(
+    browser, root: Path, tmp_path: Path
+):
+    """A server with a token (as `dreamtext view` starts): the printed address, opened once,
+    sets the cookie that the gallery, a run page, its 3D view, polls and downloads carry (any
+    403 among their requests fails the watched page). A browser without it gets the 403 line."""
+    from test_view import TOKEN
+
+    with serving(Catalog([root]), poll_ms=POLL_MS, token=TOKEN) as srv:
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, accept_downloads=True
+        )
+        polls: list[int] = []  # the run page's polls' statuses
+        for page in watched_page(context):
+            page.goto(f"{srv.url}?token={TOKEN}")
+            check_gallery(page)
+            page.goto(srv.url + "run/a_red_cube/")
+            check_run_page(page, root)
+            check_mesh_downloads(page, root, tmp_path, SERVED_ZIP)
+            page.on("response", lambda r: "api/run/" in r.url and polls.append(r.status))
+            assert soon_true(page, lambda: len(polls) >= 2) and set(polls) <= {200, 304}
+        stranger = browser.new_context()
+        try:
+            answer = stranger.new_page().goto(srv.url)
+            assert answer.status == 403 and answer.text().startswith("this viewer answers")
+        finally:
+            stranger.close()
+
+
 def test_static_export_opens_from_file_and_passes_the_same_checks(page, static_site, root):
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))

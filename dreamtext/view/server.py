@@ -37,6 +37,12 @@ take it (JSON of many runs shrinks ~25 times).
 
 Every address in the pages is relative, so a proxy can serve them under a path of its own.
 
+A server given a token (``dreamtext view`` makes one unless ``--no-token``; see
+``ViewServer.token_given``) answers only requests that carry it: in the query of the address it
+prints (``?token=...``), which sets a cookie that the page's other requests carry, or in that
+cookie. Others (another user of a shared machine at 127.0.0.1:PORT) get a 403 that says to open
+the printed address.
+
 No request prints a traceback: a bug met while answering one is a 500 and one line on stderr.
 """
 
@@ -45,9 +51,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hmac
 import ipaddress
 import mimetypes
 import re
+import secrets
 import socket
 import socketserver
 import sys
@@ -121,6 +129,11 @@ COMPRESS_FROM_BYTES = 2048
 # A DNS name as a Host header holds one (lowercased): letters, digits, '-', '.' (and the '_' some
 # clusters' node names have), up to 253.
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,252})")
+# A request without the server's token gets this (the token is what --no-token turns off).
+NO_TOKEN = (
+    "this viewer answers the address it printed as it started, with its ?token=: open that "
+    "address (once: a cookie keeps it), or start dreamtext view with --no-token"
+)
 # Longer numbers than any file's size are not a range (int() refuses over 4300 digits).
 _RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
 
@@ -237,8 +250,11 @@ class ViewServer(ThreadingHTTPServer):
         poll_ms: int = 2000,
         log: TextIO | None = None,
         allowed_hosts: Collection[str] = (),
+        token: str | None = None,
     ):
         self.catalog = catalog
+        # What a request must carry (token_given); None: nothing.
+        self.token = token
         # Each open gallery asks for every run every poll_ms; a run is read again only when its
         # files change.
         self.gallery = GalleryCache()
@@ -309,6 +325,25 @@ class ViewServer(ThreadingHTTPServer):
         )
         return f"not {where}; behind a proxy, start dreamtext view with --allow-host {name}"
 
+    def token_given(self, query: str, cookie_header: str | None, cookie_name: str) -> bool:
+        """Whether a request carries this server's token: as ``token`` in its address's
+        ``query`` (the address the server printed), or as the cookie ``cookie_name`` that a
+        first such request set. Always, for a server without a token."""
+        if self.token is None:
+            return True
+        given = parse_qs(query).get("token", [])
+        for item in (cookie_header or "").split(";"):
+            name, _, value = item.strip().partition("=")
+            if name == cookie_name:
+                given.append(value.strip('"'))
+        expected = self.token.encode()
+        return any(hmac.compare_digest(value.encode(), expected) for value in given)
+
+    def printed_url(self, base: str) -> str:
+        """``base`` (``http://127.0.0.1:8000/``) as the address to open: with ``?token=`` where
+        the server has one."""
+        return base if self.token is None else f"{base}?token={self.token}"
+
     def _is_this_machine(self, name: str) -> bool:
         """Whether ``name`` is this machine's host name, alone or with one of its own domains: a
         page elsewhere can name a host of its own domain after this machine (node042.evil.example),
@@ -378,6 +413,7 @@ class ViewHandler(BaseHTTPRequestHandler):
 
     def _respond(self, send_body: bool) -> None:
         self._answering = False  # set once the status line is out: too late for a 500
+        self._cookie: str | None = None  # a Set-Cookie for the answer (the token's)
         try:
             self._route(send_body)
         except (ConnectionError, TimeoutError):
@@ -401,6 +437,17 @@ class ViewHandler(BaseHTTPRequestHandler):
             path, query = address.path, address.query
         except ValueError:  # "http://[::1/...": not an address this server has
             return self._send_text(HTTPStatus.NOT_FOUND, "not found", send_body)
+        if self.server.token is not None:
+            # One cookie per port the browser names: two viewers forwarded to 8000 and 8001
+            # share the host 127.0.0.1, where a cookie is kept whatever the port.
+            port = (_host_and_port(host) or ("", None))[1]
+            cookie = "dreamtext-view" if port is None else f"dreamtext-view-{port}"
+            if not self.server.token_given("", self.headers.get("Cookie"), cookie):
+                if not self.server.token_given(query, None, cookie):
+                    return self._send_text(HTTPStatus.FORBIDDEN, NO_TOKEN, send_body)
+                # No Path: the browser scopes it to the folder of the address it opened, which
+                # behind a proxy is the proxy's prefix (/rnode/node01/8000), where the pages are.
+                self._cookie = f"{cookie}={self.server.token}; HttpOnly; SameSite=Lax"
         parts = path.split("/")[1:]
         catalog, poll_ms = self.server.catalog, self.server.poll_ms
         # Every address in a page and its data is relative (see page.Links): a proxy may serve
@@ -497,6 +544,9 @@ class ViewHandler(BaseHTTPRequestHandler):
     def end_headers(self) -> None:
         if self._in_error:
             self._policy_headers()
+        if getattr(self, "_cookie", None):
+            self.send_header("Set-Cookie", self._cookie)
+            self._cookie = None
         super().end_headers()
 
     def _send_bytes(self, body: bytes, content_type: str, send_body: bool, status=200) -> None:
@@ -717,16 +767,18 @@ def make_server(
     poll_ms: int = 2000,
     log: TextIO | None = None,
     allowed_hosts: Collection[str] = (),
+    token: str | None = None,
 ) -> ViewServer:
     """Bind (``port`` 0: any free port) without serving yet; user errors as ``DreamtextError``.
     ``poll_ms``: how often open pages ask for changes; ``log``: where errors go (stderr);
-    ``allowed_hosts``: the names of proxies it answers (``--allow-host``)."""
+    ``allowed_hosts``: the names of proxies it answers (``--allow-host``); ``token``: what
+    every request must carry (``ViewServer.token_given``), none by default."""
     allowed_hosts = [allowed_host_name(name) for name in allowed_hosts]  # refused before binding
     in_use = f"port {port} is in use on {host}; pass another --port (0 picks a free one)"
     if port and SHARED_PORT_BINDS and _answered(host, port):
         raise DreamtextError(in_use)
     try:
-        return ViewServer((host, port), catalog, poll_ms, log, allowed_hosts)
+        return ViewServer((host, port), catalog, poll_ms, log, allowed_hosts, token)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise DreamtextError(in_use) from None
@@ -759,15 +811,20 @@ def serve(
     port: int,
     out: TextIO | None = None,
     allowed_hosts: Collection[str] = (),
+    token: bool = True,
 ) -> None:
     """Serve the runs under ``folders`` until Ctrl-C; print the address first (on ``out``, else
     the ``sys.stdout`` of the moment). Folders without runs yet, or not made yet, are served too
     (the viewer started beside a batch), with a line that says so. ``allowed_hosts``: the names
-    of proxies it answers too (``--allow-host``)."""
+    of proxies it answers too (``--allow-host``); ``token``: whether requests must carry a
+    random token, which the printed addresses hold (``--no-token``: not)."""
     out = out or sys.stdout
     catalog = Catalog(folders, empty_ok=True)
-    server = make_server(catalog, host, port, allowed_hosts=allowed_hosts)
-    url, p = server.url, server.server_port
+    # 128 random bits: no guess reaches it; shown only to the user who started the server.
+    secret = secrets.token_hex(16) if token else None
+    server = make_server(catalog, host, port, allowed_hosts=allowed_hosts, token=secret)
+    url, p = server.printed_url(server.url), server.server_port
+    local = server.printed_url(f"http://127.0.0.1:{p}/")
     n = len(catalog.runs())
     print(f"dreamtext view: {n} run{'s' if n != 1 else ''} at {url}", file=out)
     missing = [f for f in folders if not f.exists()]
@@ -806,10 +863,12 @@ def serve(
     if server.everywhere:  # every interface (`--host 0` too)
         # Where the name does not resolve from the user's side (a node outside the cluster's
         # DNS, a portal that connects by address), the addresses are what reaches it.
-        by_address = ", ".join(f"http://{address}:{p}/" for address in machine_addresses())
+        by_address = ", ".join(
+            server.printed_url(f"http://{address}:{p}/") for address in machine_addresses()
+        )
         print(
             "  listening on every network interface of this machine (--host): from another "
-            f"machine, open http://{machine}:{p}/"
+            f"machine, open {server.printed_url(f'http://{machine}:{p}/')}"
             + (f" (by address: {by_address})" if by_address else ""),
             file=out,
         )
@@ -817,14 +876,13 @@ def serve(
         # which is all some clusters allow.
         print(
             f"  through a login node: ssh {forward} {p}:{machine}:{p} {LOGIN_NODE}, "
-            f"then open http://127.0.0.1:{p}/",
+            f"then open {local}",
             file=out,
         )
     else:
         target = f"[{host}]" if ":" in host else host
         print(
-            f"  from another machine: ssh {forward} {p}:{target}:{p} {machine}, "
-            f"then open http://127.0.0.1:{p}/",
+            f"  from another machine: ssh {forward} {p}:{target}:{p} {machine}, then open {local}",
             file=out,
         )
         print(
