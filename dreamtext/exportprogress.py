@@ -33,7 +33,6 @@ import os
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -41,6 +40,7 @@ from typing import IO, Any
 from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
     file_age,
+    now_iso,
     on_this_machine,
     record_alive,
     record_held,
@@ -65,10 +65,6 @@ BEAT_S = 30.0
 BEATS_MISSED = 3
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 class ExportProgress:
     """The writer of ``folder``'s :data:`PROGRESS_FILE`, for the block it is entered in.
 
@@ -78,7 +74,7 @@ class ExportProgress:
     def __init__(self, folder: str | Path, step: int | None = None) -> None:
         self.path = Path(folder) / PROGRESS_FILE
         self.step = step
-        self.started = _now_iso()
+        self.started = now_iso()
         self._process = this_process()  # read once: /proc/<pid>/stat at every write is waste
         self._held: IO[str] | None = None
         self._stage: str | None = None
@@ -98,7 +94,7 @@ class ExportProgress:
         while not self._stop.wait(BEAT_S):
             with self._lock:
                 if self._record is not None and self._held is not None:
-                    self._write({**self._record, "updated": _now_iso()})
+                    self._write({**self._record, "updated": now_iso()})
 
     def __exit__(
         self,
@@ -132,7 +128,7 @@ class ExportProgress:
             "done": done,
             "total": total,
             "started": self.started,
-            "updated": _now_iso(),
+            "updated": now_iso(),
             "step": self.step,
             "beat_s": BEAT_S,
             **self._process,

@@ -145,7 +145,7 @@ def test_each_heartbeat_changes_the_record(tmp_path, monkeypatch):
     import time
 
     stamps = iter(f"2026-12-05T10:00:{n:02d}+00:00" for n in range(60))
-    monkeypatch.setattr(exportprogress, "_now_iso", lambda: next(stamps))
+    monkeypatch.setattr(exportprogress, "now_iso", lambda: next(stamps))
     monkeypatch.setattr(exportprogress, "BEAT_S", 0.05)
     with ExportProgress(tmp_path) as progress:
         progress.stage("texture baking")
