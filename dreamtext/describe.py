@@ -39,7 +39,7 @@ from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image, open_unchecked, pad_to_square, small_image_warning
 from dreamtext.inputs import check_search_options
 from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
-from dreamtext.interrupts import raise_if_stop_requested, rename_completing_work
+from dreamtext.interrupts import more_work, raise_if_stop_requested, rename_completing_work
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.runfiles import (
     SOURCE_SUFFIXES,
@@ -455,6 +455,10 @@ def describe(
     (:func:`keep_source_copy`), written once the checks have passed and CLIP is loaded;
     image→3D tracks its describe stage and keeps its copy itself.
     """
+    # A search is work of its own, as a run is (dreamtext.trainer.train): one that follows work
+    # complete in the same handler block (a caller's loop of searches) is stopped by signals
+    # again, not only noted; one noted in between stops it once CLIP is loaded, below.
+    more_work()
     options = options or DescribeOptions()
     nouns, adjectives = check_options(options)
     image = load_image(image_path)

@@ -70,7 +70,7 @@ from dreamtext.errors import (
 from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
-from dreamtext.interrupts import rename_completing_work
+from dreamtext.interrupts import more_work, raise_if_stop_requested, rename_completing_work
 from dreamtext.latestrun import newest_run, runs_in
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
@@ -616,6 +616,11 @@ def export_workspace(
     with ``options``, by default the run's own (:func:`recorded_options`). ``progress``: the
     record of ``workspace``'s export the caller started (the CLI, before this module's imports),
     else one of its own; ``completes_work``: as :func:`export_field`'s."""
+    # An export is work of its own, as a run is (dreamtext.trainer.train): one that follows work
+    # complete in the same handler block (a caller's loop of exports) is stopped by signals
+    # again, not only noted; one noted in between stops it before it starts.
+    more_work()
+    raise_if_stop_requested()
     workspace = resolve_workspace(workspace)
     options = options or recorded_options(workspace)
     options.validate()

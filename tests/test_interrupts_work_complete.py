@@ -187,3 +187,73 @@ def test_a_stop_in_a_second_run_inside_one_handler_block_stops_it(tmp_path, monk
     assert sent == [1]
     assert stop.value.step == 1
     assert read_status(tmp_path / "second")["state"] == "interrupted"
+
+
+def test_a_stop_in_a_second_export_inside_one_handler_block_stops_it(
+    tmp_path, tiny_config, monkeypatch, capsys
+):
+    """Two exports (``export_workspace``, as `dreamtext export` calls it) inside one handler
+    block: the first marked the work complete as it committed its files, and a SIGTERM while
+    the second loaded the run was noted and dropped, the second exported to its end. Each
+    export's work starts anew: the second stops there."""
+    from dreamtext import export
+    from dreamtext.interrupts import sigterm_interrupts
+
+    workspace = tmp_path / "run"
+    args = [*TEXT, "--config", str(tiny_config), "--workspace", str(workspace), "--no-export"]
+    assert main(args) == 0
+    real_read, sent = export.read_exported_checkpoint, []
+
+    def read(folder: Path) -> dict:
+        if exported:
+            sent.append(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+        return real_read(folder)
+
+    exported: list[int | None] = []
+    monkeypatch.setattr(export, "read_exported_checkpoint", read)
+    with sigterm_interrupts():
+        exported.append(export.export_workspace(workspace, completes_work=True).step)
+        with pytest.raises(KeyboardInterrupt):
+            exported.append(export.export_workspace(workspace, completes_work=True).step)
+    assert (sent, exported) == ([signal.SIGTERM], [2])
+
+
+def test_a_stop_in_a_second_search_inside_one_handler_block_stops_it(
+    tmp_path, tiny_clip_path, monkeypatch
+):
+    """Two searches (``describe(status=True)``, as `dreamtext describe` calls it) inside one
+    handler block: the first marked the work complete as its sentence.json landed, and a
+    SIGTERM as the second kept its image's copy was noted and dropped, the second searched to
+    its end and read "finished". Each search's work starts anew: the second stops there,
+    "interrupted", with no sentence."""
+    from dreamtext import describe
+    from dreamtext.interrupts import sigterm_interrupts
+
+    pixels = np.zeros((48, 48, 4), dtype=np.uint8)
+    pixels[12:36, 12:36] = (220, 30, 30, 255)
+    image = tmp_path / "red_cube.png"
+    Image.fromarray(pixels, "RGBA").save(image)
+    nouns, adjectives = tmp_path / "nouns.txt", tmp_path / "adjectives.txt"
+    nouns.write_text("cube\nsphere\n")
+    adjectives.write_text("red\nblue\n")
+    options = describe.DescribeOptions(
+        clip=str(tiny_clip_path), nouns=nouns, adjectives=adjectives, max_words=2
+    )
+    real_copy, sent = describe.keep_source_copy, []
+
+    def keep_copy(image_path, workspace, *args, **kwargs):
+        if Path(workspace).name == "second" and not sent:
+            sent.append(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+        return real_copy(image_path, workspace, *args, **kwargs)
+
+    monkeypatch.setattr(describe, "keep_source_copy", keep_copy)
+    with sigterm_interrupts():
+        describe.describe(image, tmp_path / "first", options, status=True)
+        with pytest.raises(KeyboardInterrupt):
+            describe.describe(image, tmp_path / "second", options, status=True)
+    assert sent == [signal.SIGTERM]
+    assert read_status(tmp_path / "first")["state"] == "finished"
+    assert read_status(tmp_path / "second")["state"] == "interrupted"
+    assert not (tmp_path / "second" / "descriptor" / "sentence.json").exists()
