@@ -1315,13 +1315,17 @@ class BatchRun:
     system or GPU; a finished line after the stop is skipped when the batch runs again, not
     started); ``overwrite``, whether it ran
     with ``--overwrite`` (what :func:`not_started_line` tells the user to run next). The CLI
-    prints that line below the summary table of ``records``: a log ends with what is left."""
+    prints that line below the summary table of ``records``: a log ends with what is left.
+    ``finished_not_visited``: the lines of the share that the stop came before which were
+    finished when it started, which a rerun skips (:func:`finished_not_visited_line`, the
+    line of a stop that left none to start)."""
 
     records: list[dict[str, Any]]
     not_started: list[Entry]
     overwrite: bool = False
     # Ctrl-C or SIGTERM stopped it, in a line or between two (exit status 130).
     interrupted: bool = False
+    finished_not_visited: list[Entry] = field(default_factory=list)
 
 
 def run_batch(
@@ -1494,7 +1498,8 @@ def run_batch(
     # failed, marks no work complete) stopped nothing: it exited 130 with nothing left.
     stopped = (between and bool(unstarted)) or any(stopped_by_user(r) for r in records)
     left = [e for e in unstarted if e.workspace in to_train] if stopped else []
-    return BatchRun(records, left, options.overwrite, interrupted=stopped)
+    finished = [e for e in unstarted if e.workspace not in to_train] if stopped else []
+    return BatchRun(records, left, options.overwrite, stopped, finished)
 
 
 def _run_share(
@@ -1551,7 +1556,10 @@ def _run_share(
                     "stopped_batch": True,
                     "took_over": None,
                 }
-                _say(f"batch: line {entry.line}: interrupted while waiting for its lock")
+                _say(
+                    f"batch: line {entry.line}: interrupted while waiting for its lock; run the "
+                    f"batch again to go on (finished lines are skipped){requeue_note(os.environ)}"
+                )
                 records[index] = log_record(root / BATCH_LOG, record, entry, root)
                 unvisited(index + 1)
                 break
@@ -1586,6 +1594,17 @@ def not_started_line(entries: Sequence[Entry], overwrite: bool) -> str:
     )
     which = line_numbers([e.line for e in entries])
     return f"batch: {len(entries)} line{'s' if many else ''} not started ({which}); {again}"
+
+
+def finished_not_visited_line(entries: Sequence[Entry]) -> str:
+    """The line of a batch that a Ctrl-C or SIGTERM stopped between two lines where every line
+    it did not visit (``entries``) was finished before it started: nothing is left to train,
+    and a rerun skips them. Without it such a batch exited 130 with no line at all."""
+    them = "them" if len(entries) > 1 else "it"
+    return (
+        f"batch: interrupted before {line_numbers([e.line for e in entries])}, finished before "
+        f"this batch started: nothing is left to train (the same command again skips {them})"
+    )
 
 
 def line_numbers(lines: Sequence[int]) -> str:

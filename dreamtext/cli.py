@@ -1227,8 +1227,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from dreamtext.batch import (
         BatchOptions,
         exit_code,
+        finished_not_visited_line,
         not_started_line,
         run_batch,
+        stopped_by_user,
         summary_table,
     )
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
@@ -1261,6 +1263,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if run.not_started:
         left = not_started_line(run.not_started, run.overwrite) + requeue_note(os.environ)
         print_note(left, flush=True)
+    elif run.interrupted and not any(stopped_by_user(r) for r in run.records):
+        # Stopped between two lines with none left to start: no line of a run says so.
+        print_note(finished_not_visited_line(run.finished_not_visited), flush=True)
     code = EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)
     return code or (1 if cut else 0)
 

@@ -1208,7 +1208,10 @@ def test_a_sigterm_while_waiting_for_an_abandoned_lock_stops_the_batch_as_interr
     monkeypatch.setattr(dreamtext.batch.time, "sleep", interrupted)
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
     assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 130
-    assert "line 1: interrupted while waiting for its lock" in capsys.readouterr().err
+    assert (
+        "line 1: interrupted while waiting for its lock; run the batch again to go on (finished "
+        "lines are skipped)\n" in capsys.readouterr().err
+    )
     assert [(r["line"], r["status"], r["stopped_batch"]) for r in rows(root)] == [
         (1, "skipped", False),
         (2, "finished", False),
@@ -1667,6 +1670,47 @@ def test_a_sigterm_as_the_last_skipped_lines_record_is_written_changes_nothing(
     assert code == 0, err
     assert "interrupted" not in err
     assert [r["status"] for r in rows(root)] == ["finished", "finished", "skipped", "skipped"]
+
+
+@pytest.mark.parametrize(
+    ("trained", "at_line"),
+    [(False, 1), (False, 2), (True, 1)],
+    ids=["skipped-line-1", "skipped-line-2", "trained-line-1"],
+)
+def test_a_stop_between_lines_before_finished_lines_alone_says_so_in_one_line(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys, trained, at_line
+):
+    """A SIGTERM as a line's record is written (held back until it is whole), the line skipped
+    as finished or trained by this batch, where every line after it was finished before the
+    batch started: the batch stops there, 130, and nothing is left to start. It printed no line
+    at all, the bar its last words; now one line names the lines it did not visit and that a
+    rerun skips them."""
+    lines = ["a red cube", "a blue sphere", "a green cone"]
+    root = tmp_path / "root"
+    common = [*BUILTIN[:2], "--iters", "2", "--config", tiny_yaml, "--workspace", root]
+    before = prompts_file(tmp_path, *lines[trained:], name="before.txt")
+    assert main(list(map(str, ["batch", before, *common]))) == 0
+    capsys.readouterr()
+    real, sent = dreamtext.batch.log_record, []
+
+    def log_record(log, record, entry, *rest, **kwargs):
+        written = real(log, record, entry, *rest, **kwargs)
+        if entry.line == at_line and not sent:
+            sent.append(entry.line)
+            signal.raise_signal(signal.SIGTERM)
+        return written
+
+    monkeypatch.setattr(dreamtext.batch, "log_record", log_record)
+    code = main(list(map(str, ["batch", prompts_file(tmp_path, *lines), *common])))
+    err = capsys.readouterr().err
+    assert (sent, code) == ([at_line], 130), err
+    left, them = ("lines 2, 3", "them") if at_line == 1 else ("line 3", "it")
+    said = [line for line in err.splitlines() if line.startswith("batch: interrupted before")]
+    assert said == [
+        f"batch: interrupted before {left}, finished before this batch started: nothing is "
+        f"left to train (the same command again skips {them})"
+    ]
+    assert [r["line"] for r in rows(root)][-at_line:] == list(range(1, at_line + 1))
 
 
 def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(
