@@ -134,8 +134,9 @@ def cpu_threads_record() -> dict[str, Any]:
     ``affinity``, ``caller``: the count of Python that imported torch before ``main``; ``None``:
     torch's default) and how OpenMP's idle threads wait: ``OMP_WAIT_POLICY`` and
     ``GOMP_SPINCOUNT`` as libgomp read them when torch loaded it (``None``: libgomp's default,
-    which spins 300,000 checks; ``"unknown"`` where torch was imported before dreamtext could
-    look: :func:`dreamtext.inputs.openmp_wait_read`)."""
+    which spins 300,000 checks; where torch was imported before dreamtext could look, those the
+    process started with, unchanged since, else ``"unknown"``:
+    :func:`dreamtext.inputs.openmp_wait_read`)."""
     wait = openmp_wait_read()
     return {
         "cpu_threads": torch.get_num_threads(),

@@ -1246,13 +1246,55 @@ def torch_loads_with(environ: Mapping[str, str]) -> None:
 
 def openmp_wait_read() -> dict[str, str | None]:
     """``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` as libgomp read them when torch loaded it
-    (``None``: unset, libgomp's default), recorded by :func:`torch_loads_with`; each
-    :data:`UNKNOWN` where Python imported torch before dreamtext could look (a notebook, a
-    script): libgomp does not read them again, so what the environment holds now (set since,
-    by hand or by an earlier call's :func:`spin_briefly`) need not be what it runs with."""
+    (``None``: unset, libgomp's default), recorded by :func:`torch_loads_with`. Where Python
+    imported torch before dreamtext could look (a notebook, a script), libgomp does not read them
+    again, so what the environment holds now (set since, by hand) need not be what it runs with:
+    each is then as :func:`openmp_wait_inferred` finds it."""
     if _openmp_wait_at_load is None:
-        return dict.fromkeys(OPENMP_WAIT_VARIABLES, UNKNOWN)
+        return openmp_wait_inferred()
     return dict(_openmp_wait_at_load)
+
+
+def openmp_wait_inferred() -> dict[str, str | None]:
+    """The OpenMP wait settings libgomp read as torch loaded it before dreamtext was imported, as
+    far as they are known: each that holds the same value (or is unset in both) in the
+    environment the process started with (:func:`start_environment`) and in the environment
+    when dreamtext first looked once torch was loaded (``dreamtext.ENVIRON_AT_IMPORT``: at
+    dreamtext's first import, else now), which torch's load lies between. One that differs was
+    set or changed in between, before that load or after it: :data:`UNKNOWN`, as is each where
+    the start environment cannot be read (not Linux). A setting changed and changed back in
+    between is taken for the one it was at both ends. Before, every such run recorded
+    :data:`UNKNOWN`, a ``GOMP_SPINCOUNT`` exported before Python started too."""
+    import dreamtext
+
+    start = start_environment()
+    if start is None:
+        return dict.fromkeys(OPENMP_WAIT_VARIABLES, UNKNOWN)
+    seen = dreamtext.ENVIRON_AT_IMPORT if dreamtext.ENVIRON_AT_IMPORT is not None else os.environ
+    return {
+        name: start.get(name) if start.get(name) == seen.get(name) else UNKNOWN
+        for name in OPENMP_WAIT_VARIABLES
+    }
+
+
+# Where Linux shows the environment a process started with: the kernel's copy, which changes
+# made since (os.environ's, through putenv) leave as it was.
+START_ENVIRON = Path("/proc/self/environ")
+
+
+def start_environment(path: Path = START_ENVIRON) -> dict[str, str] | None:
+    """The environment this process started with (``path``: :data:`START_ENVIRON`), ``None``
+    where it cannot be read. Of a name given twice the first counts, as for ``getenv``."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    environ: dict[str, str] = {}
+    for entry in data.split(b"\0"):
+        name, equals, value = entry.partition(b"=")
+        if equals and name:
+            environ.setdefault(os.fsdecode(name), os.fsdecode(value))
+    return environ
 
 
 def default_spin_line(threads: int, environ: Mapping[str, str]) -> str | None:

@@ -253,13 +253,14 @@ def test_the_wait_settings_libgomp_read_are_recorded_not_those_set_after_it_load
         assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == (None, "1000")
 
 
-def test_python_that_imported_torch_first_has_its_wait_settings_recorded_unknown(
+def test_python_that_imported_torch_first_records_the_wait_settings_it_started_with(
     tmp_path, monkeypatch
 ):
     """Python that imported torch before ``main`` (a notebook, these tests) loaded libgomp with
-    the environment it had then, which ``main`` cannot see: a GOMP_SPINCOUNT set since (by an
-    earlier dreamtext call's ``spin_briefly``, by hand) is not what libgomp runs with, so the
-    record says it does not know rather than repeat it."""
+    the environment it had then: a GOMP_SPINCOUNT set since (by hand, by an earlier dreamtext
+    call's ``spin_briefly``) is not what libgomp runs with, and the record does not repeat it.
+    It records the settings this process started with, which it still had when dreamtext was
+    first imported, where it recorded ``unknown``."""
     import torch
 
     from dreamtext.cli import main
@@ -273,7 +274,49 @@ def test_python_that_imported_torch_first_has_its_wait_settings_recorded_unknown
     finally:
         torch.set_num_threads(threads)
     ran_on = json.loads((tmp_path / "a" / "config.json").read_text())["ran_on"]
-    assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == ("unknown", "unknown")
+    started = inputs.start_environment()
+    assert started is not None
+    assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == (
+        started.get("OMP_WAIT_POLICY"),
+        started.get("GOMP_SPINCOUNT"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("started", "seen", "read"),
+    [
+        ({"GOMP_SPINCOUNT": "1000"}, {"GOMP_SPINCOUNT": "1000"}, "1000"),  # exported before
+        ({}, {}, None),  # set nowhere: libgomp's default
+        ({}, {"GOMP_SPINCOUNT": "1000"}, "unknown"),  # set in Python: before torch, or after?
+        ({"GOMP_SPINCOUNT": "1000"}, {"GOMP_SPINCOUNT": "5"}, "unknown"),  # changed likewise
+        ({"GOMP_SPINCOUNT": "1000"}, {}, "unknown"),  # removed likewise
+        (None, {"GOMP_SPINCOUNT": "1000"}, "unknown"),  # no /proc: nothing to compare with
+    ],
+)
+def test_the_wait_settings_of_torch_loaded_first_are_those_it_started_with_where_unchanged(
+    monkeypatch, started, seen, read
+):
+    """Torch imported before dreamtext: libgomp read the environment between the process's start
+    (``/proc/self/environ``) and dreamtext's first look (its first import); a setting that holds
+    the same at both ends is the one it read, one that differs is ``unknown``."""
+    import dreamtext
+
+    monkeypatch.setattr(inputs, "_openmp_wait_at_load", None)
+    monkeypatch.setattr(inputs, "start_environment", lambda: started)
+    monkeypatch.setattr(dreamtext, "ENVIRON_AT_IMPORT", seen)
+    assert inputs.openmp_wait_read() == {
+        "OMP_WAIT_POLICY": None if started is not None else "unknown",
+        "GOMP_SPINCOUNT": read,
+    }
+
+
+def test_the_start_environment_is_read_as_getenv_reads_it(tmp_path):
+    """``/proc/self/environ``: NUL-separated ``NAME=value`` entries (a value may hold ``=``; of a
+    name given twice getenv finds the first); none where it cannot be read (not Linux)."""
+    environ = tmp_path / "environ"
+    environ.write_bytes(b"GOMP_SPINCOUNT=1000\0A=b=c\0GOMP_SPINCOUNT=5\0EMPTY=\0junk\0")
+    assert inputs.start_environment(environ) == {"GOMP_SPINCOUNT": "1000", "A": "b=c", "EMPTY": ""}
+    assert inputs.start_environment(tmp_path / "absent") is None
 
 
 SPIN_FIX = "set os.environ['GOMP_SPINCOUNT'] = '1000' before the first `import torch`"
@@ -285,7 +328,7 @@ SPIN_FIX = "set os.environ['GOMP_SPINCOUNT'] = '1000' before the first `import t
         ("unknown", {}, 2, True),  # torch imported first, nothing chosen: libgomp's default spin
         (None, {}, 4, True),  # loaded with neither set
         ("unknown", {}, 1, False),  # one thread waits for no team
-        ("unknown", {"GOMP_SPINCOUNT": "1000"}, 2, False),  # in the environment it started with
+        ("unknown", {"GOMP_SPINCOUNT": "1000"}, 2, False),  # set since the start: maybe before
         ("unknown", {"OMP_WAIT_POLICY": "PASSIVE"}, 2, False),
         ("1000", {}, 2, False),  # the CLI's spin_briefly, read when it imported torch
     ],
@@ -294,6 +337,7 @@ def test_the_spin_line_is_for_python_whose_libgomp_spins_by_default_on_several_t
     monkeypatch, read, environ, threads, said
 ):
     monkeypatch.setattr(inputs, "_openmp_wait_at_load", None)
+    monkeypatch.setattr(inputs, "start_environment", lambda: None)  # not known: "unknown"
     if read != "unknown":
         monkeypatch.setattr(
             inputs, "_openmp_wait_at_load", {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": read}
@@ -324,6 +368,11 @@ def test_a_script_that_imported_torch_first_is_told_once_how_to_stop_threads_spi
         assert done.returncode == 0, done.stderr
         said = [line for line in done.stderr.splitlines() if SPIN_FIX in line]
         assert len(said) == lines, (environ, done.stderr)
+        # What libgomp read, though torch loaded it first: the environment the process
+        # started with (it recorded "unknown").
+        ran_on = json.loads((tmp_path / "a" / "config.json").read_text())["ran_on"]
+        spin = environ.get("GOMP_SPINCOUNT")
+        assert (ran_on["omp_wait_policy"], ran_on["gomp_spincount"]) == (None, spin), environ
 
 
 def test_the_cli_which_sets_the_spin_count_itself_says_nothing_of_it(tmp_path):
