@@ -26,10 +26,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from dreamtext.inputs import spin_briefly  # noqa: E402
+
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
 
 from dreamtext.guidance import GuidanceConfig, StableDiffusionGuidance  # noqa: E402
 

@@ -26,17 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
+from dreamtext.inputs import spin_briefly  # noqa: E402
+
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
 from encode_gradient import encode_with_gradient  # noqa: E402
 from memory_model import live_bytes  # noqa: E402
 from normal_quality import command_line  # noqa: E402

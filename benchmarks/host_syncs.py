@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import dataclasses
 import linecache
+import os
 import sys
 import tempfile
 import time
@@ -52,6 +53,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from dreamtext.inputs import spin_briefly  # noqa: E402
+
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
 import torch  # noqa: E402
 from sync_sites import PACKAGE, by_file, march_rounds, sync_sites  # noqa: E402
 from virtual_cuda import virtual_cuda  # noqa: E402

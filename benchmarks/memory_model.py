@@ -56,12 +56,14 @@ from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch
-from torch.profiler import ProfilerActivity, profile
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
+from dreamtext.inputs import spin_briefly  # noqa: E402
+
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
 from allocator_model import LAYOUTS, replay  # noqa: E402
 from sds_step import (  # noqa: E402
     FITTED_SHAPES,
@@ -74,6 +76,7 @@ from sds_step import (  # noqa: E402
     table_of,
     write_sd21_random,
 )
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from dreamtext import factory, field, models, trainer  # noqa: E402
 from dreamtext.config import resolve_config  # noqa: E402

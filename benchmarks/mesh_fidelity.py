@@ -36,17 +36,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-import trimesh
-from scipy import ndimage
-from shapes import IOU_RESOLUTION, best_iou, field_occupancy, grid_points  # benchmarks/shapes.py
+from dreamtext.inputs import spin_briefly
 
-from dreamtext import shapes
-from dreamtext.checkpoint import last_checkpoint, load_field
-from dreamtext.config import resolve_config
-from dreamtext.export import ExportOptions
-from dreamtext.mesh import (
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed),
+# for this process and the export's own (EXPORT_SNIPPET), which inherits it.
+spin_briefly(os.environ)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import trimesh  # noqa: E402
+from scipy import ndimage  # noqa: E402
+from shapes import IOU_RESOLUTION, best_iou, field_occupancy, grid_points  # noqa: E402
+
+from dreamtext import shapes  # noqa: E402
+from dreamtext.checkpoint import last_checkpoint, load_field  # noqa: E402
+from dreamtext.config import resolve_config  # noqa: E402
+from dreamtext.export import ExportOptions  # noqa: E402
+from dreamtext.mesh import (  # noqa: E402
     decimate,
     face_components,
     is_closed_manifold,
@@ -55,7 +60,7 @@ from dreamtext.mesh import (
     solid_surface,
     voxelize_solid,
 )
-from dreamtext.trainer import train
+from dreamtext.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR = ROOT / "tests" / "gltf" / "validate.js"

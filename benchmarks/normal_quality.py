@@ -32,20 +32,25 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+from dreamtext.inputs import spin_briefly
 
-from dreamtext import shapes
-from dreamtext.cameras import orbit_poses, position_from_angles
-from dreamtext.config import TrainConfig
-from dreamtext.factory import build_optimizer
-from dreamtext.field import FieldConfig, NeRFField
-from dreamtext.renderer import RenderConfig, VolumeRenderer
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from dreamtext import shapes  # noqa: E402
+from dreamtext.cameras import orbit_poses, position_from_angles  # noqa: E402
+from dreamtext.config import TrainConfig  # noqa: E402
+from dreamtext.factory import build_optimizer  # noqa: E402
+from dreamtext.field import FieldConfig, NeRFField  # noqa: E402
+from dreamtext.renderer import RenderConfig, VolumeRenderer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("forward_difference", "central_difference", "analytic")

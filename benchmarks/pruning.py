@@ -27,17 +27,22 @@ as a trained run has). Appends a markdown section to ``benchmarks/RESULTS.md``::
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from normal_quality import command_line, fit, fit_settings, publish  # benchmarks/normal_quality.py
+from dreamtext.inputs import spin_briefly
 
-from dreamtext.cameras import sample_poses
-from dreamtext.field import FieldConfig, NeRFField
-from dreamtext.renderer import RenderConfig, VolumeRenderer
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import torch  # noqa: E402
+from normal_quality import command_line, fit, fit_settings, publish  # noqa: E402
+
+from dreamtext.cameras import sample_poses  # noqa: E402
+from dreamtext.field import FieldConfig, NeRFField  # noqa: E402
+from dreamtext.renderer import RenderConfig, VolumeRenderer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # (alpha_threshold, transmittance_threshold); the first, no pruning, is the reference.

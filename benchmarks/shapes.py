@@ -36,21 +36,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-import trimesh
+from dreamtext.inputs import spin_briefly
 
-from dreamtext import shapes
-from dreamtext.cameras import Poses, orbit_poses
-from dreamtext.checkpoint import load_run
-from dreamtext.config import TrainConfig, resolve_config
-from dreamtext.mesh import grid_centres, render_occupancy, sample_density_grid
-from dreamtext.trainer import train
+# Before torch loads libgomp, which reads it once: the CLI's short spin count (README, Speed).
+spin_briefly(os.environ)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import trimesh  # noqa: E402
+
+from dreamtext import shapes  # noqa: E402
+from dreamtext.cameras import Poses, orbit_poses  # noqa: E402
+from dreamtext.checkpoint import load_run  # noqa: E402
+from dreamtext.config import TrainConfig, resolve_config  # noqa: E402
+from dreamtext.mesh import grid_centres, render_occupancy, sample_density_grid  # noqa: E402
+from dreamtext.trainer import train  # noqa: E402
 
 IOU_RESOLUTION = 64
 ROTATION_STEP_DEG = 5.0
