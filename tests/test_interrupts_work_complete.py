@@ -61,6 +61,20 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def red_square_and_words(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A red square on a transparent 48 px PNG and a two-noun, two-adjective vocabulary for
+    describe: (image, nouns, adjectives)."""
+    pixels = np.zeros((48, 48, 4), dtype=np.uint8)
+    pixels[12:36, 12:36] = (220, 30, 30, 255)
+    image = tmp_path / "red_cube.png"
+    Image.fromarray(pixels, "RGBA").save(image)
+    nouns, adjectives = tmp_path / "nouns.txt", tmp_path / "adjectives.txt"
+    nouns.write_text("cube\nsphere\n")
+    adjectives.write_text("red\nblue\n")
+    return image, nouns, adjectives
+
+
 def read_status(workspace: Path) -> dict:
     return json.loads((workspace / "status.json").read_text())
 
@@ -120,17 +134,11 @@ def test_a_stop_as_dreamtext_exports_files_are_committed_is_exit_0(
 
 
 def test_a_stop_as_describes_sentence_lands_is_exit_0(
-    tmp_path, tiny_clip_path, monkeypatch, capsys
+    tmp_path, tiny_clip_path, red_square_and_words, monkeypatch, capsys
 ):
     """`dreamtext describe` stopped inside the rename of its sentence.json: status.json
     "interrupted" and exit 130 with the sentence recorded. Now finished, the sentence printed."""
-    pixels = np.zeros((48, 48, 4), dtype=np.uint8)
-    pixels[12:36, 12:36] = (220, 30, 30, 255)
-    image = tmp_path / "red_cube.png"
-    Image.fromarray(pixels, "RGBA").save(image)
-    nouns, adjectives = tmp_path / "nouns.txt", tmp_path / "adjectives.txt"
-    nouns.write_text("cube\nsphere\n")
-    adjectives.write_text("red\nblue\n")
+    image, nouns, adjectives = red_square_and_words
     workspace = tmp_path / "described"
     sent = signal_inside_the_rename(
         monkeypatch, signal.SIGTERM, lambda name: name == "sentence.json"
@@ -220,7 +228,7 @@ def test_a_stop_in_a_second_export_inside_one_handler_block_stops_it(
 
 
 def test_a_stop_in_a_second_search_inside_one_handler_block_stops_it(
-    tmp_path, tiny_clip_path, monkeypatch
+    tmp_path, tiny_clip_path, red_square_and_words, monkeypatch
 ):
     """Two searches (``describe(status=True)``, as `dreamtext describe` calls it) inside one
     handler block: the first marked the work complete as its sentence.json landed, and a
@@ -230,13 +238,7 @@ def test_a_stop_in_a_second_search_inside_one_handler_block_stops_it(
     from dreamtext import describe
     from dreamtext.interrupts import sigterm_interrupts
 
-    pixels = np.zeros((48, 48, 4), dtype=np.uint8)
-    pixels[12:36, 12:36] = (220, 30, 30, 255)
-    image = tmp_path / "red_cube.png"
-    Image.fromarray(pixels, "RGBA").save(image)
-    nouns, adjectives = tmp_path / "nouns.txt", tmp_path / "adjectives.txt"
-    nouns.write_text("cube\nsphere\n")
-    adjectives.write_text("red\nblue\n")
+    image, nouns, adjectives = red_square_and_words
     options = describe.DescribeOptions(
         clip=str(tiny_clip_path), nouns=nouns, adjectives=adjectives, max_words=2
     )
