@@ -1225,6 +1225,28 @@ def save_preview(run: Run, path: Path, completes_work: bool = False) -> None:
     remove_stale_temps(path.parent, r"step_\d+\.png|final\.png")
 
 
+def save_final_preview(run: Run, previewed: int | None, completes_work: bool = False) -> None:
+    """``previews/final.png``, the strip of the run's last step. Where the loop saved that
+    step's preview already (``previewed``: the step of its last one; every preset's ``iters``
+    is a multiple of its ``preview_every``), final.png is a copy of it: rendered again, the same
+    field from the same cameras gave the same bytes (a 10,000-step run of the built-in prior)
+    at the cost of a whole render, minutes on a CPU for a fuzzy field. ``completes_work``: as
+    :func:`save_preview`'s."""
+    final = run.workspace / "previews" / "final.png"
+    strip = None
+    if previewed == run.step:
+        with contextlib.suppress(FileNotFoundError):  # removed by hand since: render it
+            strip = (run.workspace / "previews" / f"step_{run.step:06d}.png").read_bytes()
+    if strip is None:
+        save_preview(run, final, completes_work=completes_work)
+        return
+    atomic_write_bytes(
+        final,
+        lambda f: f.write(strip),
+        replace=rename_completing_work if completes_work else os.replace,
+    )
+
+
 def ran_on(run: Run) -> dict[str, Any]:
     """What this process trains ``run`` with, where the config says only ``auto`` or nothing:
     the device (and what it is), the guidance's and the field MLPs' dtypes, whether the field's
@@ -1467,6 +1489,7 @@ def _train(run: Run, resume: bool) -> Path:
         )
     start_time, start_step = time.perf_counter(), run.step
     due = False  # a checkpoint the loop has not saved yet
+    previewed = None  # the step of the last preview the loop saved
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     with (
@@ -1508,6 +1531,7 @@ def _train(run: Run, resume: bool) -> Path:
                 try:
                     with out_of_memory_saves_a_checkpoint(run):
                         save_preview(run, workspace / "previews" / f"step_{run.step:06d}.png")
+                    previewed = run.step
                 except StepStopped:  # the step itself is whole: its checkpoint, no preview
                     stop["stop"] = True
             # Not weights that overflowed (overflowed_step): saved, they replaced the checkpoints
@@ -1538,7 +1562,7 @@ def _train(run: Run, resume: bool) -> Path:
         # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.
         # Without an export it is the run's last file: a stop once it is in place changes nothing.
         with sigterm_interrupts(), out_of_memory_saves_a_checkpoint(run):
-            save_preview(run, workspace / "previews" / "final.png", completes_work=not cfg.export)
+            save_final_preview(run, previewed, completes_work=not cfg.export)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.step, checkpoint) from None
     if run.guidance.skipped_steps:

@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from tiny_models import TINY_TRAIN
+from tiny_models import TINY_SIZES, TINY_TRAIN
 
 import dreamtext.trainer as trainer
 from dreamtext.cameras import sample_poses
@@ -408,3 +408,67 @@ def test_a_batch_lines_table_clause_weighs_its_own_peak_not_an_earlier_lines():
         "print(repr(table_fix(cfg, 'memory')))\n"
     )
     assert "field.log2_hashmap_size" in run_measured(script)
+
+
+def _builtin_tiny(tmp_path, **overrides):
+    """A run of the built-in prior at :data:`TINY_SIZES`, no export."""
+    return resolve_config(
+        {
+            **TINY_SIZES,
+            "prompt": "a red cube",
+            "guidance": {"model": "builtin:shapes"},
+            "workspace": str(tmp_path / "run"),
+            "export": False,
+            **overrides,
+        }
+    )
+
+
+def _rendered_previews(monkeypatch):
+    """The names of the previews :func:`trainer.save_preview` renders from now on, in order."""
+    real, names = trainer.save_preview, []
+
+    def counted(run, path):
+        names.append(path.name)
+        real(run, path)
+
+    monkeypatch.setattr(trainer, "save_preview", counted)
+    return names
+
+
+def test_the_final_preview_of_a_step_the_loop_previewed_is_its_copy_not_a_second_render(
+    tmp_path, monkeypatch
+):
+    """Every preset's iters is a multiple of its preview_every: the last step's preview and
+    final.png were two renders of the same field from the same cameras, the same bytes (a
+    10,000-step run of the built-in prior), the second minutes on a CPU for a fuzzy field."""
+    rendered = _rendered_previews(monkeypatch)
+    workspace = train(_builtin_tiny(tmp_path, iters=4, preview_every=2, checkpoint_every=2))
+    previews = workspace / "previews"
+    assert rendered == ["step_000002.png", "step_000004.png"]
+    assert (previews / "final.png").read_bytes() == (previews / "step_000004.png").read_bytes()
+
+
+def test_the_final_preview_of_a_step_without_one_is_rendered(tmp_path, monkeypatch):
+    rendered = _rendered_previews(monkeypatch)
+    workspace = train(_builtin_tiny(tmp_path, iters=3, preview_every=2, checkpoint_every=3))
+    assert rendered == ["step_000002.png", "final.png"]
+    assert (workspace / "previews" / "final.png").is_file()
+
+
+def test_a_runs_checkpoints_stay_at_keep_while_its_previews_and_log_grow_with_its_steps(
+    tmp_path,
+):
+    """What a long run leaves (README, "A workspace holds"): ``keep_checkpoints`` checkpoints
+    whatever the number of saves; one preview per ``preview_every`` steps and one log line per
+    ``log_every`` steps, for good."""
+    workspace = train(
+        _builtin_tiny(
+            tmp_path, iters=12, checkpoint_every=1, keep_checkpoints=2, preview_every=3, log_every=2
+        )
+    )
+    checkpoints = sorted(p.name for p in (workspace / "checkpoints").iterdir())
+    assert checkpoints == ["last.pt", "last.step.json", "step_000011.pt"]
+    previews = sorted(p.name for p in (workspace / "previews").iterdir())
+    assert previews == ["final.png", *(f"step_{step:06d}.png" for step in (3, 6, 9, 12))]
+    assert [r["step"] for r in _records(workspace)] == [2, 4, 6, 8, 10, 12]
