@@ -428,9 +428,9 @@ def _rendered_previews(monkeypatch):
     """The names of the previews :func:`trainer.save_preview` renders from now on, in order."""
     real, names = trainer.save_preview, []
 
-    def counted(run, path):
+    def counted(run, path, **kwargs):
         names.append(path.name)
-        real(run, path)
+        real(run, path, **kwargs)
 
     monkeypatch.setattr(trainer, "save_preview", counted)
     return names
