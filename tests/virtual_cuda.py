@@ -301,7 +301,10 @@ class VirtualCuda(TorchFunctionMode):
             return self._get(owner, func, args)
         if name == "__set__" and owner == "data":  # param.data = moved (Module.to)
             func(*args)
-            return _mark(args[0], place(args[1]))
+            _mark(args[0], place(args[1]))
+            # A setter gives None: torch's setter never releases what this returns, and a
+            # returned tensor (a module's every parameter, on .to) outlived the module.
+            return None
         if name == "get_device":
             return 0 if place(args[0]) == GPU else -1
         if name == "numpy" and place(args[0]) == GPU:
