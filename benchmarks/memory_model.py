@@ -251,6 +251,7 @@ def model_row(
     export: bool = False,
     guidance: dict | None = None,
     start: FittedStart | None = None,
+    field_settings: dict | None = None,
 ) -> dict:
     """Run the trainer for ``steps`` steps under the profiler; the peaks in MiB. Without
     ``preview`` the final preview is skipped (it takes minutes on the CPU at 512 px); with
@@ -258,7 +259,9 @@ def model_row(
     ``guidance``: more settings of the guidance section (``--guidance``); ``start``: a shape's
     name and the fitted field (``sds_step.fitted_state``) the trainer's field starts from and
     is held at (``sds_step.fields_starting_from``), with the occupancy grid refreshed after every
-    step, so that the steps after the first see a trained run's empty space (``--fitted``)."""
+    step, so that the steps after the first see a trained run's empty space (``--fitted``);
+    ``field_settings``: settings of the field section over the preset's (the tests' smaller
+    hash table)."""
     overrides = {
         "prompt": PROMPT,
         "iters": steps,
@@ -273,6 +276,8 @@ def model_row(
     }
     if size is not None:
         overrides.update(h=size, w=size)
+    if field_settings is not None:
+        overrides["field"] = field_settings
     if start is not None:
         overrides["render"] = {"grid_update_every": 1}
     windows: list[tuple[int, int]] = []
