@@ -30,11 +30,13 @@ METRICS = ("TaskDuration", "ScriptDuration", "RecalcStyleDuration", "LayoutDurat
 def measure(code: Path, root: Path, seconds: float, live: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    server, port = start_server(code, root)
+    server, port, auth = start_server(code, root)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(
+                viewport={"width": 1280, "height": 900}, extra_http_headers=auth
+            )
             answers = []
             page.on("response", lambda r: "api/runs.json" in r.url and answers.append(r))
             start = time.perf_counter()

@@ -66,9 +66,10 @@ print(f"{sorted(cpu)[len(cpu) // 2] * 1000:.0f}")
 """
 
 
-def fetch(url: str, tag: str | None, cursor: str | None) -> dict:
-    """One poll as the page's browser makes it; the body as sent (gzipped) and as JSON."""
-    headers = {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
+def fetch(url: str, tag: str | None, cursor: str | None, auth: dict[str, str]) -> dict:
+    """One poll as the page's browser makes it (``auth``: start_server's headers); the body as
+    sent (gzipped) and as JSON."""
+    headers = auth | {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
     address = url + (f"?since={cursor}" if cursor else "")
     start = time.perf_counter()
     try:
@@ -102,10 +103,10 @@ def change(workspace: Path, round_: int) -> None:
 
 
 def measure(code: Path, root: Path, rounds: int) -> None:
-    server, port = start_server(code, root)
+    server, port, auth = start_server(code, root)
     url = f"http://127.0.0.1:{port}/api/runs.json"
     try:
-        first = fetch(url, None, None)
+        first = fetch(url, None, None, auth)
         tag, cursor = first["tag"], first["cursor"]
         statuses = root.glob("*/status.json")
         finished = sorted(p.parent for p in statuses if "finished" in p.read_text())
@@ -113,11 +114,11 @@ def measure(code: Path, root: Path, rounds: int) -> None:
         for i in range(rounds):
             time.sleep(0.05)
             change(finished[(i * 37) % len(finished)], i)
-            answer = fetch(url, tag, cursor)
+            answer = fetch(url, tag, cursor, auth)
             tag, cursor = answer["tag"], answer["cursor"]
             changed.append(answer)
         for _ in range(rounds):
-            answer = fetch(url, tag, cursor)
+            answer = fetch(url, tag, cursor, auth)
             tag, cursor = answer["tag"], answer["cursor"]
             unchanged.append(answer)
         memory = memory_kib(server.pid)

@@ -26,6 +26,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -129,16 +130,21 @@ def keep_running(runs: list[Path], stop: threading.Event) -> None:
             os.replace(ws / "status.tmp", ws / "status.json")
 
 
-def start_server(code: Path, root: Path) -> tuple[subprocess.Popen, int]:
-    """``dreamtext view ROOT`` of the checkout ``code`` on a free port, once it listens."""
+def start_server(code: Path, root: Path) -> tuple[subprocess.Popen, int, dict[str, str]]:
+    """``dreamtext view ROOT`` of the checkout ``code`` on a free port, once it listens; and the
+    headers its requests need: the cookie of the token in the address it printed first (none
+    for a checkout older than the token, whose address has none)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(code))
     command = [sys.executable, "-m", "dreamtext.cli", "view", str(root), "--port", str(port)]
     server = subprocess.Popen(command, cwd=code, env=env, stdout=subprocess.PIPE, text=True)
-    server.stdout.readline()  # its address: it listens
-    return server, port
+    first = server.stdout.readline()  # "dreamtext view: N runs at http://127.0.0.1:PORT/?token=T"
+    token = re.search(r"[?&]token=([0-9a-f]+)", first)
+    # The cookie the printed address's first answer sets (server.py: one per port).
+    headers = {"Cookie": f"dreamtext-view-{port}={token[1]}"} if token else {}
+    return server, port, headers
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
@@ -152,7 +158,7 @@ def arguments(description: str) -> argparse.ArgumentParser:
 
 
 def measure(code: Path, root: Path, seconds: float, live: int) -> None:
-    server, port = start_server(code, root)
+    server, port, auth = start_server(code, root)
     try:
         url = f"http://127.0.0.1:{port}/api/runs.json"
 
@@ -162,7 +168,7 @@ def measure(code: Path, root: Path, seconds: float, live: int) -> None:
             """One request, as the page's browser polls: taking gzip, naming the answer it has
             (``tag``) and, after a tagged answer, sending back its cursor (``?since=``). The
             body as it came (gzipped where the server gzips)."""
-            headers = {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
+            headers = auth | {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
             since = f"?since={cursor[0]}" if tag and cursor[0] else ""
             request = urllib.request.Request(url + since, headers=headers)
             start = time.perf_counter()

@@ -34,11 +34,13 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from view_poll import REPO, log_record, memory_kib, start_server
 
+AUTH: dict[str, str] = {}  # the cookie of the viewer's token, once it started
+
 
 def fetch(url: str, tag: str | None = None) -> tuple[float, int, bytes, str | None]:
-    """One request as a browser's poll: taking gzip, naming its last answer. (seconds, status,
-    body as sent, ETag)."""
-    headers = {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
+    """One request as a browser's poll: taking gzip, naming its last answer, with the viewer's
+    token (AUTH: start_server's headers). (seconds, status, body as sent, ETag)."""
+    headers = AUTH | {"Accept-Encoding": "gzip"} | ({"If-None-Match": tag} if tag else {})
     start = time.perf_counter()
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as response:
@@ -74,7 +76,8 @@ def main() -> None:
             (other / "config.json").write_text(json.dumps(config))
             os.link(ws / "log.jsonl", other / "log.jsonl")
             others.append(other.name)
-        server, port = start_server(args.code.resolve(), ws.parent)
+        server, port, headers = start_server(args.code.resolve(), ws.parent)
+        AUTH.update(headers)
         try:
             base = f"http://127.0.0.1:{port}/"
             memory = memory_kib(server.pid)

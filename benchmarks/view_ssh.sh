@@ -19,7 +19,7 @@
 # `ProxyJump login` for the node. Then, as the README says (`dreamtext view` prints the lines):
 #   view_ssh.sh node dreamtext view WORKSPACE &                             # on the node
 #   view_ssh.sh laptop ssh -N -J login -L 8000:127.0.0.1:8000 node &        # on the laptop
-#   view_ssh.sh laptop curl -s http://127.0.0.1:8000/api/runs.json
+#   view_ssh.sh laptop curl -s 'http://127.0.0.1:8000/api/runs.json?token=...'  # its token
 # `link down` / `link up` take the veth pair between login node and node down and up again: the
 # network under a tunnel drops without either end knowing (a tunnel that hangs, not one that
 # closes).
@@ -295,6 +295,13 @@ def stop(name, sig=signal.SIGTERM):
         os.waitpid(pid, 0)
 
 
+def token(log):
+    """The ``?token=...`` of the last address the viewer printed in WORK/log, as the user copies
+    it ('' from a viewer without tokens): a viewer started again has a new one."""
+    found = re.findall(r"runs at http://\S+?(\?token=[0-9a-f]+)", (WORK / log).read_text())
+    return found[-1] if found else ""
+
+
 def step(page):
     text = page.evaluate(FACTS)
     return int(text.split("step ")[1].split(" ")[0].replace(",", "")) if "step " in text else -1
@@ -306,7 +313,7 @@ with sync_playwright() as p:
     page = context.new_page()
     page.on("pageerror", lambda e: print("page error:", e, flush=True))
 
-    page.goto(BASE)
+    page.goto(BASE + token("view.log"))  # the printed address; its cookie serves the rest
     page.wait_for_selector('.card[data-run="a_blue_sphere"]')
     cards = page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.run + ':' + c.dataset.state)")
     report(sorted(cards) == ["a_blue_sphere:running", "a_red_cube:finished"], "gallery", cards)
@@ -387,12 +394,13 @@ with sync_playwright() as p:
     node = [SCRIPT, "node", "sh", "-c", f'cd "{WORK}" && exec dreamtext view --port {PORT}']
     restart("view", node)
     time.sleep(3)
+    page.goto(BASE + token("view.log"))  # its new address: the old token's cookie gets a 403
     page.goto(BASE + "run/a_blue_sphere/")
     page.wait_for_selector(".chart")
     report(not page.evaluate(OFFLINE), "viewer started again, page reloaded", page.evaluate(FACTS))
 
     # --host 0.0.0.0 by the node's name: from the login node, where the name resolves.
-    fetch = f"import urllib.request as u; print(u.urlopen('http://node:{PORT + 1}/api/runs.json').read().decode())"
+    fetch = f"import urllib.request as u; print(u.urlopen('http://node:{PORT + 1}/api/runs.json{token('view_all.log')}').read().decode())"
     got = subprocess.run([SCRIPT, "login", "python", "-c", fetch], capture_output=True, text=True)
     runs = re.findall(r'"(a_[a-z_]+)"', got.stdout)
     report(sorted(set(runs)) == ["a_blue_sphere", "a_red_cube"], f"--host 0.0.0.0 opened as http://node:{PORT + 1}/ from the login node", sorted(set(runs)) or got.stderr.strip()[-200:])
@@ -405,10 +413,11 @@ with sync_playwright() as p:
             if text.strip().startswith(start):
                 return text.split(start, 1)[1].split(", then open")[0].split()
 
-    def reach(base, what, ssh_log):
-        """The gallery, the cube's GLB drawn and downloaded, its turntable, the live run."""
+    def reach(base, what, ssh_log, log="view.log"):
+        """The gallery (opened with the token that the viewer's output ``log`` printed), the
+        cube's GLB drawn and downloaded, its turntable, the live run."""
         try:
-            page.goto(base)
+            page.goto(base + token(log))
             page.wait_for_selector('.card[data-run="a_blue_sphere"]', timeout=30_000)
         except Exception as error:
             tail = (WORK / ssh_log).read_text().strip().splitlines()[-1:]
@@ -456,7 +465,7 @@ with sync_playwright() as p:
     report(via[-1] == "login" and f"{PORT + 1}:node:{PORT + 1}" in via, "--host 0.0.0.0: the printed login-node line", " ".join(via))
     restart("tunnel_all", ["ssh", "-N"] + via[1:], PLAIN)
     time.sleep(3)
-    reach(f"http://127.0.0.1:{PORT + 1}/", f"ssh -L {PORT + 1}:node:{PORT + 1} login, --host 0.0.0.0", "tunnel_all.log")
+    reach(f"http://127.0.0.1:{PORT + 1}/", f"ssh -L {PORT + 1}:node:{PORT + 1} login, --host 0.0.0.0", "tunnel_all.log", "view_all.log")
     stop("tunnel_all")
 
     # Two tunnels, one on the login node to the node, one from the laptop to the login node.

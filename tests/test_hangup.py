@@ -545,8 +545,9 @@ def test_a_refusal_on_a_terminal_gone_without_a_sighup_keeps_its_status_2(tmp_pa
 
 def test_the_viewer_serves_on_when_its_terminal_went_away_without_a_sighup(tmp_path):
     """`dreamtext view runs & disown`, the terminal closed before the address line: that line
-    raised EIO and the viewer ended (exit 1) without serving. It serves, and SIGTERM stops it
-    as it stops a viewer whose terminal is there (exit 0, "dreamtext view: stopped")."""
+    raised EIO and the viewer ended (exit 1) without serving. It serves (the 403 that asks for
+    the printed address's token: the line holding it went nowhere), and SIGTERM stops it as it
+    stops a viewer whose terminal is there (exit 0, "dreamtext view: stopped")."""
     (tmp_path / "runs").mkdir()
     with socket.socket() as probe:  # a port free now
         probe.bind(("127.0.0.1", 0))
@@ -557,8 +558,10 @@ def test_the_viewer_serves_on_when_its_terminal_went_away_without_a_sighup(tmp_p
         while True:
             assert process.poll() is None, process.returncode
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
-                    assert page.status == 200
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).close()
+                pytest.fail("answered without the token that its (lost) first line printed")
+            except urllib.error.HTTPError as answer:  # listening: the token was never seen
+                assert answer.code == 403 and b"?token=" in answer.read(), answer
                 break
             except urllib.error.URLError:  # not listening yet
                 assert time.monotonic() < deadline
