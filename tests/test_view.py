@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote, urlencode, urljoin, urlsplit
 
 import pytest
 from PIL import Image
@@ -2701,6 +2701,23 @@ def test_the_token_once_sets_a_cookie_that_later_requests_carry(root: Path):
         assert get(srv, f"/?token={TOKEN}", {"Host": "localhost"})[2]["Set-Cookie"].startswith(
             f"dreamtext-view={TOKEN};"
         )
+
+
+def test_a_token_on_a_run_pages_address_sets_the_cookie_at_the_root_and_comes_back(root: Path):
+    """A cookie set by a run page's answer is kept for run/NAME/ alone (no Path: a proxy's
+    prefix is unknown here), and the gallery then got 403s. That page's ?token= is a relative
+    303 to the root, whose answer sets the cookie and sends the browser back (to a run page of
+    this server only: ?next= names no other site)."""
+    with serving(Catalog([root]), token=TOKEN) as srv:
+        status, _, headers = get(srv, f"/run/cube/?token={TOKEN}")
+        assert status == 303 and "Set-Cookie" not in headers
+        assert headers["Location"] == f"../../?token={TOKEN}&next=run%2Fcube%2F"
+        status, _, headers = get(srv, f"/?token={TOKEN}&next=run%2Fcube%2F")
+        assert (status, headers["Location"]) == (303, "./run/cube/")
+        assert headers["Set-Cookie"].startswith(f"dreamtext-view-{srv.server_port}={TOKEN};")
+        for elsewhere in ("//evil.example/", "https://evil.example/", "run/a/\r\nX: 1/"):
+            status, body, headers = get(srv, f"/?token={TOKEN}&{urlencode({'next': elsewhere})}")
+            assert status == 200 and "Location" not in headers and b"dreamtext-data" in body
 
 
 def test_a_server_without_a_token_answers_without_one_and_sets_no_cookie(server):

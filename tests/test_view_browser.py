@@ -398,6 +398,33 @@ def test_with_a_token_the_printed_address_opens_the_pages_and_their_polls_and_do
             stranger.close()
 
 
+def test_a_token_given_on_a_run_pages_address_behind_a_proxy_opens_the_gallery_too(
+    browser, root: Path
+):
+    """A run page's address with ?token= (a bookmark, a link passed on): the cookie its answer set
+    was kept for that page's folder only (run/a_red_cube/), so the gallery and the other runs
+    got 403s. It is now set at the viewer's root, under a proxy's prefix the server never sees,
+    and the browser comes back to the run page, without the token in its address."""
+    from test_view import TOKEN, PrefixProxy
+
+    with serving(Catalog([root]), poll_ms=POLL_MS, token=TOKEN) as srv:
+        prefix = f"/rnode/node01/{srv.server_port}/"
+        with PrefixProxy(srv.server_port, prefix, host="upstream") as proxy:
+            context = browser.new_context(
+                viewport={"width": 1280, "height": 900},
+                proxy={"server": f"http://127.0.0.1:{proxy.port}"},
+            )
+            for page in watched_page(context):
+                page.goto(f"{proxy.url}run/a_red_cube/?token={TOKEN}")
+                landed = page.url
+                page.wait_for_selector("#mesh-canvas[data-state=drawn]", timeout=CATCH_UP_MS)
+                page.goto(proxy.url)
+                check_gallery(page)
+                assert landed == f"{proxy.url}run/a_red_cube/"
+                cookies = context.cookies()
+                assert [(c["path"], c["httpOnly"]) for c in cookies] == [(prefix[:-1], True)]
+
+
 def test_static_export_opens_from_file_and_passes_the_same_checks(page, static_site, root):
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))

@@ -66,7 +66,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from dreamtext.errors import DreamtextError, shown_path, terminal_lines
 from dreamtext.view.downloads import write_zip, zip_members, zip_name
@@ -134,6 +134,9 @@ NO_TOKEN = (
     "this viewer answers the address it printed as it started, with its ?token=: open that "
     "address (once: a cookie keeps it), or start dreamtext view with --no-token"
 )
+# Where a run page's ?token= sends the browser back to (?next=), once the root set the cookie:
+# a run page as its address names it (percent-encoded), nothing else (no other site, no header).
+_RUN_PAGE = re.compile(r"run/[A-Za-z0-9._~%!$&'()*+,;=:@-]+/")
 # Longer numbers than any file's size are not a range (int() refuses over 4300 digits).
 _RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
 
@@ -445,9 +448,19 @@ class ViewHandler(BaseHTTPRequestHandler):
             if not self.server.token_given("", self.headers.get("Cookie"), cookie):
                 if not self.server.token_given(query, None, cookie):
                     return self._send_text(HTTPStatus.FORBIDDEN, NO_TOKEN, send_body)
+                parts = path.split("/")[1:]
+                if len(parts) in (2, 3) and parts[0] == "run" and parts[2:] in ([], [""]):
+                    # A run page's cookie would be kept for its folder (run/NAME/) alone: set it
+                    # at the root, whose address the server knows only relatively (a proxy's
+                    # prefix is the browser's), which sends the browser back here.
+                    back = urlencode({"token": self.server.token, "next": f"run/{parts[1]}/"})
+                    return self._send_redirect(f"{page_base(path)}?{back}", send_body)
                 # No Path: the browser scopes it to the folder of the address it opened, which
                 # behind a proxy is the proxy's prefix (/rnode/node01/8000), where the pages are.
                 self._cookie = f"{cookie}={self.server.token}; HttpOnly; SameSite=Lax"
+                back = parse_qs(query).get("next", [""])[0]
+                if path == "/" and _RUN_PAGE.fullmatch(back):
+                    return self._send_redirect(f"./{back}", send_body)
         parts = path.split("/")[1:]
         catalog, poll_ms = self.server.catalog, self.server.poll_ms
         # Every address in a page and its data is relative (see page.Links): a proxy may serve
@@ -551,6 +564,16 @@ class ViewHandler(BaseHTTPRequestHandler):
 
     def _send_bytes(self, body: bytes, content_type: str, send_body: bool, status=200) -> None:
         self._headers(status, content_type, len(body))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def _send_redirect(self, location: str, send_body: bool) -> None:
+        """A 303 to ``location``, an address relative to the request's (a proxy's prefix, which
+        this server never sees, stays in what the browser resolves it against)."""
+        body = f"see {location}\n".encode()
+        self._headers(HTTPStatus.SEE_OTHER, "text/plain; charset=utf-8", len(body))
+        self.send_header("Location", location)
         self.end_headers()
         if send_body:
             self.wfile.write(body)
