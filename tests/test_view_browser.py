@@ -2295,6 +2295,31 @@ def test_a_failed_run_pages_header_gives_its_error_and_its_files_are_linked(page
         assert hrefs == [f"files/broke/{name}" for name in names]
 
 
+def test_a_poll_refused_for_its_token_says_to_open_the_printed_address_again(browser, root):
+    """The viewer started again (a new token) under an open page: its polls' 403s were taken
+    for "server not answering", which a reload does not mend. The page says, in one line, to
+    open the address the viewer printed; once that is opened in the browser, it follows again."""
+    from test_view import TOKEN
+
+    with serving(Catalog([root]), poll_ms=POLL_MS, token=TOKEN) as srv:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        for page in watched_page(context):
+            page.goto(f"{srv.url}?token={TOKEN}")
+            check_gallery(page)
+            srv.token = "f" * 32  # as a viewer started again on the same port
+            page.wait_for_selector(".offline:not([hidden])", timeout=CATCH_UP_MS)
+            note = page.inner_text(".offline")
+            assert re.fullmatch(
+                r"the viewer was started again or wants its address opened: "
+                r"open the address it printed \(with its \?token=\), and this page follows "
+                r"again; what it shows is from \d\d:\d\d:\d\d UTC",
+                note,
+            ), note
+            context.new_page().goto(f"{srv.url}?token={srv.token}")
+            page.wait_for_selector(".offline", state="hidden", timeout=CATCH_UP_MS)
+            page.problems[:] = [p for p in page.problems if "403" not in p]
+
+
 def test_a_404_that_is_not_the_servers_gone_answer_says_not_answering(page, tmp_path):
     """A 404 of JSON that does not say ``gone`` (a proxy's own answer for an address it does
     not know) is no word that the run is gone: the page says the server is not answering."""

@@ -199,6 +199,13 @@
     return `${date.toISOString().slice(11, 19)} UTC`;
   }
 
+  // How the viewer's 403 for a request without its token begins (server.py's NO_TOKEN); a
+  // proxy's own 403 is not this.
+  const TOKEN_REFUSED = "this viewer answers the address it printed";
+
+  /** A poll the viewer refused for want of its token (it was started again with a new one). */
+  class TokenRefused extends Error {}
+
   /** Whether a 404 is the server saying the polled run is not there ({"gone": id}), rather than
    * some other answer (a proxy's page for an address it does not know). */
   async function isGoneAnswer(response) {
@@ -247,6 +254,9 @@
           setTimeout(tick, data.poll_ms * GONE_POLL_FACTOR);
           return;
         }
+        if (response.status === 403 && (await response.text()).startsWith(TOKEN_REFUSED)) {
+          throw new TokenRefused();
+        }
         if (response.status !== 304 && !response.ok) throw new Error(String(response.status));
         if (gone) onGone(false);
         gone = false;
@@ -267,8 +277,13 @@
         indicator.hidden = true;
         delay = data.poll_ms;
       } catch (error) {
-        indicator.textContent = `server not answering since ${clockTime(answeredAt)}: ` +
-          "what the page shows is from then; it keeps asking";
+        // A restarted viewer has a new token: asking on does not mend that, opening it does.
+        indicator.textContent = error instanceof TokenRefused
+          ? "the viewer was started again or wants its address opened: open the address it " +
+            "printed (with its ?token=), and this page follows again; what it shows is from " +
+            clockTime(answeredAt)
+          : `server not answering since ${clockTime(answeredAt)}: ` +
+            "what the page shows is from then; it keeps asking";
         indicator.hidden = false;
         delay = Math.min(delay * 2, data.poll_ms * BACKOFF_FACTOR);
       }
