@@ -12,13 +12,21 @@ from PIL import Image
 from test_view import make_obj_run
 
 from dreamtext.view import Catalog, read_run
-from dreamtext.view.downloads import zip_bytes
+from dreamtext.view.downloads import write_zip
+
+
+def zipped(run) -> io.BytesIO:
+    """The run's mesh zip, as write_zip writes it, in memory to read back."""
+    buffer = io.BytesIO()
+    write_zip(run, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def _zip_of(tmp_path: Path) -> zipfile.ZipFile:
     make_obj_run(tmp_path / "runs" / "a_red_apple", "a red apple", (200, 30, 30))
     (found,) = Catalog([tmp_path / "runs"]).runs()
-    return zipfile.ZipFile(io.BytesIO(zip_bytes(read_run(found))))
+    return zipfile.ZipFile(zipped(read_run(found)))
 
 
 def test_zip_members_extract_as_readable_regular_files(tmp_path: Path):
@@ -57,7 +65,7 @@ def test_a_zip_read_while_an_export_swaps_mesh_in_is_all_of_one_export(tmp_path,
         return open_member(archive, info, *args, **kwargs)
 
     monkeypatch.setattr(zipfile.ZipFile, "open", swap_after_the_first_member)
-    archive = zipfile.ZipFile(io.BytesIO(zip_bytes(listed)))
+    archive = zipfile.ZipFile(zipped(listed))
     assert swapped
     assert archive.read("a_red_apple/mesh.ply") == b"ply-not-really"
     texture = Image.open(io.BytesIO(archive.read("a_red_apple/albedo.png")))

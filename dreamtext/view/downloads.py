@@ -23,7 +23,6 @@ that it stores each file once.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import sys
@@ -80,13 +79,6 @@ def zip_members(run: Run, leave_out: Collection[str] = ()) -> list[tuple[str, st
         return []
     rels += [rel for rel in ZIP_EXTRAS if rel in run.data_files and rel not in leave_out]
     return [(rel, f"{run.id}/{PurePosixPath(rel).name}") for rel in rels]
-
-
-def zip_bytes(run: Run, leave_out: Collection[str] = ()) -> bytes:
-    """The run's mesh zip (:func:`write_zip`) in memory."""
-    buffer = io.BytesIO()
-    write_zip(run, buffer, leave_out)
-    return buffer.getvalue()
 
 
 def write_zip(run: Run, target: BinaryIO, leave_out: Collection[str] = ()) -> None:

@@ -62,7 +62,7 @@ class Links:
     local_paths: bool = True
     # The server's root as seen from the page ("./", "../../"), or None: links are page-relative.
     base: str | None = None
-    # The run's mesh zip (downloads.zip_bytes), where the run page offers one.
+    # The run's mesh zip (downloads.write_zip), where the run page offers one.
     mesh_zip: Callable[[Run], str] | None = None
     # The workspace files that zip leaves out (a static folder's: those it holds on their own).
     zip_leaves_out: Callable[[Run], Collection[str]] = lambda run: ()
