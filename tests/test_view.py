@@ -2771,11 +2771,10 @@ def test_the_printed_address_opens_the_runs_as_it_is_and_its_cookie_serves_the_r
         thread.join(timeout=30)
 
 
-def test_no_token_serves_without_one_and_is_refused_beside_static(
-    root: Path, tmp_path: Path, monkeypatch, capsys
-):
-    """--no-token: the old behaviour, addresses printed without a token; --static serves
-    nothing, so it takes no --no-token."""
+def servers_stopped_at_once(monkeypatch) -> list:
+    """From now on, `dreamtext view` makes its server as it does and stops it as it would start
+    serving (a Ctrl-C there): the list it fills with the servers made, to read their port and
+    token."""
     import dreamtext.view.server as server_module
 
     made = []
@@ -2789,6 +2788,15 @@ def test_no_token_serves_without_one_and_is_refused_beside_static(
         return srv
 
     monkeypatch.setattr(server_module, "make_server", stopped_at_once)
+    return made
+
+
+def test_no_token_serves_without_one_and_is_refused_beside_static(
+    root: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """--no-token: the old behaviour, addresses printed without a token; --static serves
+    nothing, so it takes no --no-token."""
+    made = servers_stopped_at_once(monkeypatch)
     assert main(["view", str(root), "--port", "0", "--no-token"]) == 0
     assert made[0].token is None
     out = capsys.readouterr().out
@@ -4002,20 +4010,8 @@ def test_view_on_a_port_in_use_exits_2(root: Path, capsys):
 
 def _printed_lines(root: Path, monkeypatch, capsys, host: str) -> tuple[list[str], int]:
     """What `dreamtext view --host HOST` prints on a machine called node042, and its port."""
-    import dreamtext.view.server as server_module
-
     monkeypatch.setattr(socket, "gethostname", lambda: "node042")
-    made = []
-
-    def stopped_at_once(*args, **kwargs):
-        srv = make_server(*args, **kwargs)
-        made.append(srv)
-        monkeypatch.setattr(
-            srv, "serve_forever", lambda **_: (_ for _ in ()).throw(KeyboardInterrupt)
-        )
-        return srv
-
-    monkeypatch.setattr(server_module, "make_server", stopped_at_once)
+    made = servers_stopped_at_once(monkeypatch)
     assert main(["view", str(root), "--host", host, "--port", "0"]) == 0
     lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
     # The token, where the tests below write the addresses' ?token= as {token}.
