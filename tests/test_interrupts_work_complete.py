@@ -259,3 +259,23 @@ def test_a_stop_in_a_second_search_inside_one_handler_block_stops_it(
     assert read_status(tmp_path / "first")["state"] == "finished"
     assert read_status(tmp_path / "second")["state"] == "interrupted"
     assert not (tmp_path / "second" / "descriptor" / "sentence.json").exists()
+
+
+def test_a_stop_noted_in_an_ended_block_does_not_stop_a_later_run_outside_one(tmp_path):
+    """A stop that came once a block's work was complete is noted (the command ended finished);
+    the block ended. A run started later outside any block (Python calling ``train()``, as the
+    suite's tests and a notebook's next cell do) took that old note for a stop of its own and
+    ended "interrupted after step 0". It trains to its end."""
+    from dreamtext import trainer
+    from dreamtext.__main__ import work_complete
+    from dreamtext.config import resolve_config
+    from dreamtext.interrupts import sigterm_interrupts
+
+    with sigterm_interrupts():
+        work_complete()
+        signal.raise_signal(signal.SIGTERM)  # noted: the work was complete
+    cfg = {**TINY_TRAIN, "prompt": "a red sphere", "workspace": str(tmp_path / "run")}
+    cfg.update(guidance={"model": "builtin:shapes"}, iters=2, preview_every=0)
+    workspace = trainer.train(resolve_config(cfg))
+    assert read_status(workspace)["state"] == "finished"
+    assert read_status(workspace)["step"] == 2
