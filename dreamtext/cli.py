@@ -1263,7 +1263,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if run.not_started:
         left = not_started_line(run.not_started, run.overwrite) + requeue_note(os.environ)
         print_note(left, flush=True)
-    elif run.interrupted and not any(stopped_by_user(r) for r in run.records):
+    elif (
+        run.interrupted
+        and run.finished_not_visited
+        and not any(stopped_by_user(r) for r in run.records)
+    ):
         # Stopped between two lines with none left to start: no line of a run says so.
         print_note(finished_not_visited_line(run.finished_not_visited), flush=True)
     code = EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)

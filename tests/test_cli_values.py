@@ -212,7 +212,9 @@ def test_batch_passes_its_root_share_lock_timeout_and_overwrite_on(tmp_path, mon
 
     def run_batch(prompts, overrides, preset, config, options):
         seen.update(prompts=prompts, overrides=overrides, options=options)
-        return SimpleNamespace(records=[], not_started=[], overwrite=False, interrupted=True)
+        return SimpleNamespace(
+            records=[], not_started=[], overwrite=False, interrupted=True, finished_not_visited=[]
+        )
 
     monkeypatch.setattr(dreamtext.batch, "run_batch", run_batch)
     argv = ["batch", "p.txt", "--workspace", tmp_path / "root", "--shard", "1/3"]
@@ -396,7 +398,7 @@ def test_export_names_the_runs_own_options_and_what_a_flag_replaced(tmp_path, mo
         def summary(self):
             return "exported"
 
-    def export_workspace(workspace, options, progress=None):
+    def export_workspace(workspace, options, progress=None, completes_work=False):
         seen.update(workspace=workspace, options=options)
         return Result()
 
@@ -459,7 +461,7 @@ def test_export_of_a_live_run_says_whether_it_trains_or_is_starting(
         def summary(self):
             return "exported"
 
-    monkeypatch.setattr(dreamtext.export, "export_workspace", lambda *a: Result())
+    monkeypatch.setattr(dreamtext.export, "export_workspace", lambda *a, **k: Result())
     monkeypatch.setattr(dreamtext.runstatus, "live_run", lambda workspace: (123, status))
     assert cmd_export(parse("export", "--workspace", run)) == 0
     err = capsys.readouterr().err
