@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -39,7 +38,7 @@ from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image, open_unchecked, pad_to_square, small_image_warning
 from dreamtext.inputs import check_search_options
 from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
-from dreamtext.interrupts import more_work, raise_if_stop_requested, rename_completing_work
+from dreamtext.interrupts import more_work, raise_if_stop_requested, rename_for
 from dreamtext.progress import bar_options, tqdm
 from dreamtext.runfiles import (
     SOURCE_SUFFIXES,
@@ -531,6 +530,6 @@ def _describe(
     atomic_write_bytes(
         sentence_path(workspace),
         lambda f: f.write(text.encode("utf-8")),
-        replace=rename_completing_work if completes_work else os.replace,
+        replace=rename_for(completes_work),
     )
     return result.sentence

@@ -217,6 +217,12 @@ def rename_completing_work(source: str | Path, destination: str | Path) -> None:
         work_complete()
 
 
+def rename_for(completes_work: bool) -> Callable[[str | Path, str | Path], None]:
+    """The rename that puts a file in place: :func:`rename_completing_work` where the file is the
+    command's last (``completes_work``), else ``os.replace``."""
+    return rename_completing_work if completes_work else os.replace
+
+
 # How much of a log truncate_log reads at a time, from its end back.
 LOG_BLOCK_BYTES = 64 * 1024
 

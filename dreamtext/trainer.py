@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import resource
 import secrets
 import socket
@@ -116,7 +115,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     TrainingInterrupted,
     chunks_not_stopped,
     more_work,
-    rename_completing_work,
+    rename_for,
     sigterm_interrupts,
     stop_on_signal,
     truncate_log,
@@ -1218,7 +1217,7 @@ def save_preview(run: Run, path: Path, completes_work: bool = False) -> None:
     atomic_write_bytes(
         path,
         lambda f: Image.fromarray(pixels).save(f, format="PNG"),
-        replace=rename_completing_work if completes_work else os.replace,
+        replace=rename_for(completes_work),
     )
     # A preview's temp file that a kill left (hidden, as large as a strip) stayed for good;
     # only this run's trainer writes previews/.
@@ -1243,7 +1242,7 @@ def save_final_preview(run: Run, previewed: int | None, completes_work: bool = F
     atomic_write_bytes(
         final,
         lambda f: f.write(strip),
-        replace=rename_completing_work if completes_work else os.replace,
+        replace=rename_for(completes_work),
     )
 
 
