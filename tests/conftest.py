@@ -45,6 +45,16 @@ def ctrl_c_as_in_a_terminal() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.fixture(autouse=True)
+def own_state_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Path:
+    """Every test's ``$XDG_STATE_HOME`` is a new empty folder (the processes it starts inherit
+    it): `dreamtext view` keeps its token and viewers' records there, which were the user's own
+    ~/.local/state/dreamtext, shared by every test."""
+    folder = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(folder))
+    return folder
+
+
 def pytest_runtest_teardown(item: pytest.Item) -> None:
     """Each exception a test is parametrized with forgets, once the test is over, where it was
     raised. The instance lives as long as the session (the parameter list is the module's), and
