@@ -1203,6 +1203,15 @@ def cmd_view(args: argparse.Namespace) -> int:
     from dreamtext.view import DEFAULT_ROOT, export_static, serve
     from dreamtext.view.workspaces import left_out_hints
 
+    if args.list:
+        from dreamtext.view.viewers import running_viewers, viewer_lines
+
+        viewers = running_viewers()
+        for line in viewer_lines(viewers):
+            print(line)
+        if not viewers:
+            print_note("dreamtext view: none of yours is running (that this machine knows of)")
+        return 0
     folders = [Path(f) for f in args.folders]
     if not folders:
         if not DEFAULT_ROOT.is_dir():
@@ -1219,7 +1228,14 @@ def cmd_view(args: argparse.Namespace) -> int:
                 print_note(f"dreamtext view: {hint}")
         print(str(out / "index.html"))
         return 0
-    serve(folders, args.host, args.port, allowed_hosts=args.allow_hosts or (), token=args.token)
+    serve(
+        folders,
+        args.host,
+        args.port,
+        allowed_hosts=args.allow_hosts or (),
+        token=args.token,
+        renew_token=args.new_token,
+    )
     return 0
 
 
@@ -1634,14 +1650,21 @@ def early_export(args: argparse.Namespace) -> None:
 def early_view(args: argparse.Namespace) -> None:
     """``view``: ``--static`` writes files and serves nothing, so a ``--port`` or ``--host``
     beside it (left out of what it did without a word) is refused; otherwise their defaults."""
-    if args.static is not None:
-        given = [flag for flag in ("--port", "--host") if getattr(args, flag[2:]) is not None]
-        given += ["--allow-host"] if args.allow_hosts else []
-        given += [] if args.token else ["--no-token"]
+    given = [flag for flag in ("--port", "--host") if getattr(args, flag[2:]) is not None]
+    given += ["--allow-host"] if args.allow_hosts else []
+    given += [] if args.token else ["--no-token"]
+    given += ["--new-token"] if args.new_token else []
+    if args.list:
+        given += ["--static"] if args.static is not None else []
+        given += ["WORKSPACE_OR_ROOT"] if args.folders else []
         if given:
             raise DreamtextError(
-                f"give --static (files, no server) or {' and '.join(given)}, not both"
+                f"give --list (the viewers running) or {' and '.join(given)}, not both"
             )
+    if args.static is not None and given:
+        raise DreamtextError(f"give --static (files, no server) or {' and '.join(given)}, not both")
+    if args.new_token and not args.token:
+        raise DreamtextError("give --new-token or --no-token, not both")
     args.port = VIEW_PORT if args.port is None else args.port
     args.host = VIEW_HOST if args.host is None else args.host
 
@@ -1918,8 +1941,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="token",
         action="store_false",
         help="answer requests without the random token that the printed address carries "
-        "(kept in a cookie after the first visit): on a machine others log in to, any of them "
-        "could then read the runs at 127.0.0.1 and the port",
+        "(kept in a cookie after the first visit, and the same at each start): on a machine "
+        "others log in to, any of them could then read the runs at 127.0.0.1 and the port",
+    )
+    view.add_argument(
+        "--new-token",
+        action="store_true",
+        help="make a new token in place of the one kept for your viewers (in "
+        "$XDG_STATE_HOME/dreamtext/view-token, by default ~/.local/state/dreamtext/): "
+        "addresses with the old one stop opening the runs (viewers already running keep it "
+        "until started again)",
+    )
+    view.add_argument(
+        "--list",
+        action="store_true",
+        help="print the addresses (with the token) of your viewers that are running, one a "
+        "line, and exit",
     )
     view.add_argument(
         "--static",

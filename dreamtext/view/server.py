@@ -37,11 +37,11 @@ take it (JSON of many runs shrinks ~25 times).
 
 Every address in the pages is relative, so a proxy can serve them under a path of its own.
 
-A server given a token (``dreamtext view`` makes one unless ``--no-token``; see
-``ViewServer.token_given``) answers only requests that carry it: in the query of the address it
-prints (``?token=...``), which sets a cookie that the page's other requests carry, or in that
-cookie. Others (another user of a shared machine at 127.0.0.1:PORT) get a 403 that says to open
-the printed address.
+A server given a token (``dreamtext view`` gives the user's, kept between starts by
+``viewers.viewer_token``, unless ``--no-token``; see ``ViewServer.token_given``) answers only
+requests that carry it: in the query of the address it prints (``?token=...``), which sets a
+cookie that the page's other requests carry, or in that cookie. Others (another user of a
+shared machine at 127.0.0.1:PORT) get a 403 that says to open the printed address.
 
 No request prints a traceback: a bug met while answering one is a 500 and one line on stderr.
 """
@@ -55,7 +55,6 @@ import hmac
 import ipaddress
 import mimetypes
 import re
-import secrets
 import socket
 import socketserver
 import sys
@@ -68,7 +67,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from dreamtext.errors import DreamtextError, shown_path, terminal_lines
+from dreamtext.errors import DreamtextError, print_note, shown_path, terminal_lines
 from dreamtext.view.downloads import write_zip, zip_members, zip_name
 from dreamtext.view.page import (
     ASSETS,
@@ -83,6 +82,7 @@ from dreamtext.view.page import (
     script_json,
     server_links,
 )
+from dreamtext.view.viewers import forget_viewer, record_viewer, viewer_token
 from dreamtext.view.workspaces import (
     Catalog,
     GalleryCache,
@@ -835,19 +835,30 @@ def serve(
     out: TextIO | None = None,
     allowed_hosts: Collection[str] = (),
     token: bool = True,
+    renew_token: bool = False,
+    state: Path | None = None,
 ) -> None:
     """Serve the runs under ``folders`` until Ctrl-C; print the address first (on ``out``, else
     the ``sys.stdout`` of the moment). Folders without runs yet, or not made yet, are served too
     (the viewer started beside a batch), with a line that says so. ``allowed_hosts``: the names
-    of proxies it answers too (``--allow-host``); ``token``: whether requests must carry a
-    random token, which the printed addresses hold (``--no-token``: not)."""
+    of proxies it answers too (``--allow-host``); ``token``: whether requests must carry the
+    user's token (``viewers.viewer_token``, kept in ``state``, default
+    ``viewers.state_folder()``), which the printed addresses hold (``--no-token``: not);
+    ``renew_token``: make a new one in place of the kept one (``--new-token``). While it
+    serves, a record of it in ``state`` tells ``dreamtext view --list`` its address."""
     out = out or sys.stdout
     catalog = Catalog(folders, empty_ok=True)
-    # 128 random bits: no guess reaches it; shown only to the user who started the server.
-    secret = secrets.token_hex(16) if token else None
-    server = make_server(catalog, host, port, allowed_hosts=allowed_hosts, token=secret)
+    server = make_server(catalog, host, port, allowed_hosts=allowed_hosts)
+    try:  # once bound: a port in use leaves the kept token as it was (--new-token too)
+        # 128 random bits, kept for the user's later starts; shown only to the user.
+        server.token, not_kept = viewer_token(renew_token, state) if token else (None, None)
+    except BaseException:
+        server.server_close()
+        raise
     url, p = server.printed_url(server.url), server.server_port
     local = server.printed_url(f"http://127.0.0.1:{p}/")
+    if not_kept is not None:
+        print_note(not_kept)
     n = len(catalog.runs())
     print(f"dreamtext view: {n} run{'s' if n != 1 else ''} at {url}", file=out)
     missing = [f for f in folders if not f.exists()]
@@ -915,11 +926,22 @@ def serve(
     if server.proxy_hosts:
         names = ", ".join(sorted(server.proxy_hosts))
         print(f"  answers too as {names} (--allow-host), for a proxy of that name", file=out)
+    if renew_token and not_kept is None:
+        print(
+            "  a new token (--new-token): pages opened with the old one need this address, "
+            "and viewers already running keep the old one until started again",
+            file=out,
+        )
     print("  Ctrl-C stops it", file=out, flush=True)
+    handle = record = None
     try:
+        handle, record, unrecorded = record_viewer(url, p, host, folders, state)
+        if unrecorded is not None and not_kept is None:  # that line said so already
+            print_note(unrecorded, flush=True)
         server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
         pass
     finally:
+        forget_viewer(handle, record)
         server.server_close()
     print("dreamtext view: stopped", file=out, flush=True)

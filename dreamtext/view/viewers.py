@@ -1,0 +1,314 @@
+"""What ``dreamtext view`` keeps of itself between starts, in a folder of the user's own
+(:func:`state_folder`: ``$XDG_STATE_HOME/dreamtext/``, by default ``~/.local/state/dreamtext/``):
+
+    view-token                    the token every start serves (:func:`viewer_token`), so that an
+                                  address opened or bookmarked before a restart stays valid;
+                                  ``--new-token`` replaces it
+    view-<host>-<pid>-<port>.json one record per running viewer (:func:`record_viewer`): its
+                                  address with the token, port, folders, and the process; what
+                                  ``dreamtext view --list`` prints (:func:`running_viewers`)
+
+Both are the user's alone: the folder is made 0700 and each file 0600, created with ``O_EXCL``
+(never through a link another user left); a token file another user owns, or that others may
+read or write, is refused with the line that says how to mend it. Where the folder cannot be
+written (a read-only home, a full quota) the viewer still serves, with a new token for this
+start and one line that says so. A home on NFS shared by many nodes is one folder for all of
+them: one token for every node (a tunnel to any of them opens with it), records named by host,
+pid and port, and the token made by a hard link of a written file, which is atomic there too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import IO, Any
+
+from dreamtext.errors import DreamtextError, shown_path
+from dreamtext.processes import (
+    HOST,
+    now_iso,
+    on_this_machine,
+    record_alive,
+    record_held,
+    this_process,
+    user_name,
+    write_held_record,
+)
+
+TOKEN_FILE = "view-token"
+# What a token file may hold (one line): characters an address's ?token= and a cookie carry as
+# they are, and enough of them that no guess reaches it (a made one is 32 hex digits, 128 bits).
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]{32,256}")
+# How to mend a token file that is refused.
+AGAIN = "remove it (a new token is made) or start dreamtext view with --new-token"
+_RECORD = re.compile(r"view-.+-[0-9]+-[0-9]+\.json")
+
+
+def state_folder() -> Path | None:
+    """``$XDG_STATE_HOME/dreamtext``, else ``~/.local/state/dreamtext`` (an ``XDG_STATE_HOME``
+    that is not an absolute path is ignored, as the XDG specification asks); ``None`` where
+    neither is known (``HOME`` unset for a user without a home)."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(base):
+        return Path(base) / "dreamtext"
+    try:
+        return Path.home() / ".local" / "state" / "dreamtext"
+    except RuntimeError:  # Path.home(): "Could not determine home directory."
+        return None
+
+
+def new_token() -> str:
+    """128 random bits as 32 hex digits: no guess reaches it."""
+    return secrets.token_hex(16)
+
+
+def viewer_token(renew: bool = False, folder: Path | None = None) -> tuple[str, str | None]:
+    """The token this start serves, and a line to print where it could not be kept (else
+    ``None``): the one in ``folder``'s ``view-token`` (default :func:`state_folder`), made there
+    when there is none, or with ``renew`` (``--new-token``) made and put in place of the old.
+
+    Two viewers started at once make one file: each writes its own token into a temp file, and
+    the first hard link of one to ``view-token`` wins (``O_EXCL``'s atomic create, which NFS
+    keeps for links too); both then serve what the file holds. Raises ``DreamtextError`` for a
+    file or folder of another user's, or one others may read or write; where the folder cannot
+    be made or written, returns a new token for this start alone and the line that says so."""
+    folder = state_folder() if folder is None else folder
+    if folder is None:
+        return new_token(), _not_kept("no home folder is known (HOME is unset)")
+    path = folder / TOKEN_FILE
+    try:
+        _own_folder(folder)
+        kept = None if renew else _read_token(path)
+        if kept is not None:
+            return kept, None
+        return _make_token(path, renew), None
+    except DreamtextError:
+        raise
+    except OSError as error:
+        if not renew and not isinstance(error, FileNotFoundError):
+            # A read-only home still holds the token a start before made: keep serving that.
+            with contextlib.suppress(OSError):
+                kept = _read_token(path)
+                if kept is not None:
+                    return kept, None
+        reason = error.strerror or str(error)
+        return new_token(), _not_kept(f"cannot write {shown_path(path)} ({reason})")
+
+
+def _not_kept(why: str) -> str:
+    """The one line of a start whose token is its own: why, and what to do."""
+    return (
+        f"dreamtext view: {why}: this start's token is new and ends with it, and "
+        "`dreamtext view --list` will not show it; set XDG_STATE_HOME to a folder you can write "
+        "to keep one"
+    )
+
+
+def _own_folder(folder: Path) -> None:
+    """Make ``folder`` (0700) and its parents; refuse one another user owns or others may
+    write in, where they could put a token of theirs, or take this user's, in place."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.geteuid():
+        raise DreamtextError(
+            f"{shown_path(folder)} is {_owner(info.st_uid)}'s, not yours: set XDG_STATE_HOME "
+            "to a folder of your own"
+        )
+    if info.st_mode & 0o022:
+        raise DreamtextError(
+            f"others may write in {shown_path(folder)} (mode {info.st_mode & 0o777:o}): "
+            f"chmod 700 {shown_path(folder)}"
+        )
+
+
+def _owner(uid: int) -> str:
+    return user_name(uid) or f"user {uid}"
+
+
+def _read_token(path: Path) -> str | None:
+    """The token in the file ``path``, ``None`` where there is no such file. Refuses (with
+    ``DreamtextError``) a link, a file of another user's, one others may read or write (its
+    token may be known), and one that holds no token."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            owner = os.lstat(path).st_uid
+            if owner != os.geteuid():  # one this user may not even open (mode 600, root's)
+                mine = f"{shown_path(path)} is {_owner(owner)}'s, not yours"
+                raise DreamtextError(f"{mine}: {AGAIN}") from None
+        if error.errno == errno.ELOOP:
+            raise DreamtextError(
+                f"{shown_path(path)} is a link: remove it (a new token is made), or start "
+                "dreamtext view with --new-token"
+            ) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        text = os.read(fd, 1024).decode("ascii", errors="replace").strip()
+    finally:
+        os.close(fd)
+    if info.st_uid != os.geteuid():
+        raise DreamtextError(f"{shown_path(path)} is {_owner(info.st_uid)}'s, not yours: {AGAIN}")
+    if info.st_mode & 0o077:
+        raise DreamtextError(
+            f"others may read or write {shown_path(path)} (mode {info.st_mode & 0o777:o}), so "
+            f"its token may be known: {AGAIN}"
+        )
+    if not _TOKEN.fullmatch(text):
+        raise DreamtextError(f"{shown_path(path)} holds no token: {AGAIN}")
+    return text
+
+
+def _make_token(path: Path, renew: bool) -> str:
+    """A new token written to ``path``: in place of what is there (``renew``), or where there is
+    nothing yet, by a hard link that fails for all but the first of several starts (which then
+    read the winner's). Where the file system has no hard links, a rename: the last of several
+    starts at once then wins, and the others serve a token the next start does not."""
+    token = new_token()
+    temp = _exclusive_file(path.parent, f".{TOKEN_FILE}.{HOST}.{os.getpid()}", token + "\n")
+    try:
+        if renew:
+            os.replace(temp, path)
+            return token
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another start's came first (or NFS answered a retried link so): read it
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+                raise
+            os.replace(temp, path)
+            return token
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+    kept = _read_token(path)
+    if kept is None:  # removed between the link and the read: serve ours, kept or not
+        return token
+    return kept
+
+
+def _exclusive_file(folder: Path, stem: str, text: str) -> Path:
+    """A new file ``folder/stem.XXXXXXXX`` (mode 0600, created with ``O_EXCL``, never through
+    a link) holding ``text``, written out to the disk."""
+    while True:
+        path = folder / f"{stem}.{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return path
+
+
+def record_viewer(
+    url: str, port: int, address: str, folders: list[Path], folder: Path | None = None
+) -> tuple[IO[str] | None, Path | None, str | None]:
+    """Record a viewer that starts serving ``url`` (its token in it) on ``address``:``port``
+    over ``folders``, in ``folder`` (default :func:`state_folder`), for ``dreamtext view
+    --list``: the open record (its ``flock`` held while this process lives: close it, then
+    remove the file, as the viewer stops), its path, and a line to print where it could not be
+    written (else ``None``)."""
+    folder = state_folder() if folder is None else folder
+    if folder is None:
+        return None, None, _not_kept("no home folder is known (HOME is unset)")
+    record: dict[str, Any] = {
+        "url": url,
+        "port": port,
+        "address": address,
+        "folders": [str(f.resolve()) for f in folders],
+        "started": now_iso(),
+        **this_process(),
+    }
+    # The port too: one process may serve twice (serve() called from Python on two threads).
+    path = folder / f"view-{HOST}-{os.getpid()}-{port}.json"
+    try:
+        _own_folder(folder)
+        # Made 0600 first: write_held_record opens it as it is (the record holds the token).
+        path.unlink(missing_ok=True)  # a pid this process reused, of a viewer killed before
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return write_held_record(path, record), path, None
+    except (OSError, DreamtextError) as error:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        reason = error.strerror if isinstance(error, OSError) else str(error)
+        line = (
+            f"dreamtext view: cannot record this viewer in {shown_path(folder)} ({reason}): "
+            "`dreamtext view --list` will not show it"
+        )
+        return None, None, line
+
+
+def forget_viewer(handle: IO[str] | None, path: Path | None) -> None:
+    """Remove the record :func:`record_viewer` made, as the viewer stops."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    if handle is not None:
+        with contextlib.suppress(OSError):
+            handle.close()
+
+
+def running_viewers(folder: Path | None = None) -> list[tuple[dict[str, Any], bool]]:
+    """The records of this user's viewers that run (oldest first), each with whether that was
+    checked (``True``) or cannot be from here (``False``: another machine's, whose lock does
+    not reach this one, or whose lock is free where locks may not reach across machines).
+    Records of this machine's viewers that are gone (their lock free, or their process ended)
+    are removed; another machine's stay until a ``--list`` there finds them gone."""
+    folder = state_folder() if folder is None else folder
+    if folder is None:
+        return []
+    try:
+        names = sorted(p for p in folder.iterdir() if _RECORD.fullmatch(p.name))
+    except OSError:
+        return []
+    found = []
+    for path in names:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # one being written as it was read, or not a record
+        if not isinstance(record, dict) or not isinstance(record.get("url"), str):
+            continue
+        held = record_held(path) if record.get("locked") is True else None
+        if held is False and not on_this_machine(record):
+            # Another machine's, whose lock may not reach here (NFS mounted local_lock=flock):
+            # it may run. Its own machine's --list removes it once it is gone.
+            alive = None
+        else:
+            alive = record_alive(record) if held is None else held
+        if alive is False:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        found.append((record, alive is True))
+    return sorted(found, key=lambda item: str(item[0].get("started")))
+
+
+def viewer_lines(viewers: list[tuple[dict[str, Any], bool]]) -> list[str]:
+    """``dreamtext view --list``'s lines: one per viewer, its address to open first."""
+    lines = []
+    for record, checked in viewers:
+        folders = ", ".join(str(f) for f in record.get("folders", []))
+        machine = record.get("host", "?")
+        where = f"pid {record.get('pid')} on {machine}"
+        if not checked:
+            where += ", another machine: not checked from here; open it through a tunnel there"
+        lines.append(f"{record['url']}  {folders}  ({where}, since {record.get('started')})")
+    return lines

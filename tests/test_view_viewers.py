@@ -1,0 +1,490 @@
+"""`dreamtext view`'s token kept between starts and its records of running viewers
+(dreamtext.view.viewers): a viewer started again answers the addresses opened before,
+`--new-token` replaces the token, `--list` finds a viewer whose output nobody kept."""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from test_view import make_run, servers_stopped_at_once
+
+import dreamtext.view.viewers as viewers
+from dreamtext.cli import main
+from dreamtext.processes import HOST, user_name
+from dreamtext.view.server import ViewServer, serve
+from dreamtext.view.viewers import (
+    TOKEN_FILE,
+    record_viewer,
+    running_viewers,
+    state_folder,
+    viewer_token,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A folder with one finished run in it."""
+    root = tmp_path / "runs"
+    make_run(root / "cube", "a cube")
+    return root
+
+
+def started(monkeypatch, capsys, argv: list[str]) -> tuple[int, str | None, str, str]:
+    """`dreamtext view ARGV --port 0`, stopped as it would start serving: its exit status, the
+    token its server was given (``None``: no server), and what it printed on stdout and stderr."""
+    made = servers_stopped_at_once(monkeypatch)
+    code = main(["view", *argv, "--port", "0"])
+    out, err = capsys.readouterr()
+    return code, (made[0].token if made else None), out, err
+
+
+def token_file() -> Path:
+    return state_folder() / TOKEN_FILE
+
+
+def test_a_viewer_started_again_serves_the_token_it_served_before(root, monkeypatch, capsys):
+    """A restart (a reboot, a new job on another node of the same home) made a new token, and
+    every open page and bookmark was refused. The token is kept, the user's alone (0600 in a
+    0700 folder under $XDG_STATE_HOME), and the printed address carries it."""
+    code, first, out, err = started(monkeypatch, capsys, [str(root)])
+    assert code == 0 and err == "" and first is not None and len(first) == 32
+    assert f"/?token={first}\n" in out
+    assert token_file().read_text() == first + "\n"
+    assert token_file().stat().st_mode & 0o777 == 0o600
+    assert token_file().parent.stat().st_mode & 0o777 == 0o700
+    assert started(monkeypatch, capsys, [str(root)])[1] == first
+
+
+def test_new_token_replaces_the_kept_token_for_later_starts(root, monkeypatch, capsys):
+    first = started(monkeypatch, capsys, [str(root)])[1]
+    code, renewed, out, _ = started(monkeypatch, capsys, [str(root), "--new-token"])
+    assert code == 0 and renewed not in (None, first) and len(renewed) == 32
+    assert "viewers already running keep the old one until started again" in out
+    assert token_file().read_text() == renewed + "\n"
+    assert token_file().stat().st_mode & 0o777 == 0o600
+    assert started(monkeypatch, capsys, [str(root)])[1] == renewed
+
+
+def test_a_start_that_cannot_bind_its_port_leaves_the_kept_token(root, monkeypatch, capsys):
+    """`--new-token --port 8000` with 8000 taken: nothing started, so nothing is replaced."""
+    import socket
+
+    kept = started(monkeypatch, capsys, [str(root)])[1]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = ["view", str(root), "--new-token", "--port", str(taken.getsockname()[1])]
+        assert main(argv) == 2
+    assert "is in use" in capsys.readouterr().err
+    assert token_file().read_text() == kept + "\n"
+
+
+def test_no_token_neither_reads_nor_makes_the_token_file(root, monkeypatch, capsys):
+    code, token, out, err = started(monkeypatch, capsys, [str(root), "--no-token"])
+    assert (code, token, err) == (0, None, "") and "token" not in out
+    assert not token_file().exists()
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])
+def test_a_token_file_others_may_read_or_write_is_refused_with_one_line(
+    root, monkeypatch, capsys, mode
+):
+    """Its token may be known, or set by another user: the viewer does not start on it; the
+    line says what to do, and --new-token does it."""
+    kept = started(monkeypatch, capsys, [str(root)])[1]
+    token_file().chmod(mode)
+    code, token, _, err = started(monkeypatch, capsys, [str(root)])
+    assert (code, token) == (2, None) and "Traceback" not in err
+    assert err == (
+        f"dreamtext: error: others may read or write {token_file()} (mode {mode:o}), so its "
+        "token may be known: remove it (a new token is made) or start dreamtext view with "
+        "--new-token\n"
+    )
+    code, token, _, _ = started(monkeypatch, capsys, [str(root), "--new-token"])
+    assert code == 0 and token not in (None, kept)
+    assert token_file().stat().st_mode & 0o777 == 0o600
+
+
+def test_a_token_file_of_another_user_or_a_link_is_refused(root, monkeypatch, capsys, tmp_path):
+    kept = started(monkeypatch, capsys, [str(root)])[1]
+    me = os.geteuid()
+    owner = user_name(me) or f"user {me}"
+    # The folder and the file as another user's: this process runs as someone else.
+    with monkeypatch.context() as m:
+        m.setattr(os, "geteuid", lambda: me + 1)
+        code, token, _, err = started(monkeypatch, capsys, [str(root)])
+        assert (code, token) == (2, None)
+        assert err == (
+            f"dreamtext: error: {token_file().parent} is {owner}'s, not yours: set "
+            "XDG_STATE_HOME to a folder of your own\n"
+        )
+        # The folder this user's, the file another's: readable, or not even that (mode 600).
+        m.setattr(os, "stat", _owned_by(me + 1, os.stat))
+        code, token, _, err = started(monkeypatch, capsys, [str(root)])
+        assert (code, token) == (2, None)
+        assert err == (
+            f"dreamtext: error: {token_file()} is {owner}'s, not yours: remove it (a new token "
+            "is made) or start dreamtext view with --new-token\n"
+        )
+        real_open = os.open
+
+        def refused(path, *args, **kwargs):
+            if str(path) == str(token_file()):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        m.setattr(os, "open", refused)
+        assert started(monkeypatch, capsys, [str(root)])[3] == err
+    # A link (to a file an attacker reads, or made for the user to write the token into).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text(kept + "\n")
+    elsewhere.chmod(0o600)
+    token_file().unlink()
+    token_file().symlink_to(elsewhere)
+    code, token, _, err = started(monkeypatch, capsys, [str(root)])
+    assert (code, token) == (2, None)
+    assert err == (
+        f"dreamtext: error: {token_file()} is a link: remove it (a new token is made), or start "
+        "dreamtext view with --new-token\n"
+    )
+
+
+def _owned_by(uid: int, stat):
+    """``os.stat`` whose answer for the state folder names ``uid`` as its owner."""
+    folder = str(state_folder())
+
+    def fake(path, *args, **kwargs):
+        info = stat(path, *args, **kwargs)
+        if str(path) != folder:
+            return info
+        values = list(info)
+        values[4] = uid  # st_uid
+        return os.stat_result(values)
+
+    return fake
+
+
+def test_a_token_file_holding_no_token_is_refused(root, monkeypatch, capsys):
+    token_file().parent.mkdir(mode=0o700, parents=True)
+    token_file().write_text("secret\n")
+    token_file().chmod(0o600)
+    code, token, _, err = started(monkeypatch, capsys, [str(root)])
+    assert (code, token) == (2, None)
+    assert f"{token_file()} holds no token: remove it" in err and err.count("\n") == 1
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """Writes under ``folder`` fail as on a home mounted read-only (EROFS)."""
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refused(path, flags, *args, **kwargs):
+        writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+        if flags & writes and str(path).startswith(str(folder)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def refused_mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(folder)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    monkeypatch.setattr(os, "mkdir", refused_mkdir)
+
+
+def test_a_read_only_home_serves_with_a_token_of_its_own_and_one_line(
+    root, monkeypatch, capsys, own_state_folder
+):
+    """Never fail to serve: where nothing can be written, this start has a new token, and one
+    line says it will not be kept nor listed, and what to do."""
+    _read_only(monkeypatch, own_state_folder)
+    code, token, out, err = started(monkeypatch, capsys, [str(root)])
+    assert code == 0 and token is not None and len(token) == 32 and f"?token={token}" in out
+    assert err == (
+        f"dreamtext view: cannot write {token_file()} (Read-only file system): this start's "
+        "token is new and ends with it, and `dreamtext view --list` will not show it; set "
+        "XDG_STATE_HOME to a folder you can write to keep one\n"
+    )
+    assert not token_file().parent.exists()
+    assert started(monkeypatch, capsys, [str(root)])[1] != token
+
+
+def test_a_read_only_home_serves_the_token_kept_before(root, monkeypatch, capsys, own_state_folder):
+    """A home that became read-only (a full quota, a node that mounts it so) keeps the token
+    made before: addresses opened then still open the runs; the record alone is said missing."""
+    kept = started(monkeypatch, capsys, [str(root)])[1]
+    _read_only(monkeypatch, own_state_folder)
+    code, token, _, err = started(monkeypatch, capsys, [str(root)])
+    assert (code, token) == (0, kept)
+    assert err.startswith(f"dreamtext view: cannot record this viewer in {token_file().parent}")
+    assert err.endswith("(Read-only file system): `dreamtext view --list` will not show it\n")
+
+
+def test_without_a_home_it_serves_with_a_new_token_and_one_line(root, monkeypatch, capsys):
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(Path, "home", lambda: (_ for _ in ()).throw(RuntimeError("no home")))
+    code, token, _, err = started(monkeypatch, capsys, [str(root)])
+    assert code == 0 and token is not None
+    assert err.startswith("dreamtext view: no home folder is known (HOME is unset): this start")
+    assert err.count("\n") == 1
+
+
+def test_a_relative_xdg_state_home_is_ignored(monkeypatch, tmp_path):
+    """The XDG specification: a relative path in it is invalid, and is ignored."""
+    monkeypatch.setenv("XDG_STATE_HOME", "state")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert state_folder() == tmp_path / ".local" / "state" / "dreamtext"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert state_folder() == tmp_path / "xdg" / "dreamtext"
+
+
+RACE = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from dreamtext.view.viewers import viewer_token
+    folder, start = Path(sys.argv[1]), float(sys.argv[2])
+    time.sleep(max(start - time.time() - 0.05, 0))
+    while time.time() < start:  # the last 50 ms spun: all ask within a few of each other
+        pass
+    print(viewer_token(folder=folder)[0])
+    """
+)
+
+
+def test_viewers_started_at_once_serve_one_token_the_file_holds(tmp_path: Path):
+    """Each start that finds no token file makes one: started at once, each had served a token
+    of its own while the file kept one of them. One start's file wins (a hard link fails for
+    the others), and all serve it. Processes started together wait for one moment, then ask."""
+    for attempt in range(3):
+        folder = tmp_path / f"state{attempt}" / "dreamtext"
+        at = time.time() + 3.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACE, str(folder), str(at)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            for _ in range(6)
+        ]
+        tokens = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            tokens.append(out.strip())
+        kept = (folder / TOKEN_FILE).read_text().strip()
+        assert tokens == [kept] * len(procs), attempt
+        assert sorted(p.name for p in folder.iterdir()) == [TOKEN_FILE]  # no temp file left
+
+
+def test_threads_started_at_once_serve_one_token(tmp_path: Path):
+    """The same, many starts in one instant (threads at a barrier), many times."""
+    for attempt in range(20):
+        folder = tmp_path / f"state{attempt}" / "dreamtext"
+        barrier, tokens = threading.Barrier(8), []
+
+        def start(barrier=barrier, tokens=tokens, folder=folder):
+            barrier.wait()
+            tokens.append(viewer_token(folder=folder)[0])
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        kept = (folder / TOKEN_FILE).read_text().strip()
+        assert tokens == [kept] * 8, attempt
+
+
+def serving_in_a_thread(monkeypatch, folders: list[Path], port: int = 0, **options):
+    """``serve`` on a thread; returns its server (once it is made), the thread, and what it
+    printed."""
+    import io
+
+    made, out = [], io.StringIO()
+    serve_forever = ViewServer.serve_forever
+
+    def recorded(self, *args, **kwargs):
+        made.append(self)
+        serve_forever(self, *args, **kwargs)
+
+    monkeypatch.setattr(ViewServer, "serve_forever", recorded)
+    kwargs = {"out": out, **options}
+    thread = threading.Thread(target=serve, args=(folders, "127.0.0.1", port), kwargs=kwargs)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return made[0], thread, out
+
+
+def test_a_cookie_of_a_viewer_is_answered_by_the_viewer_started_again_on_its_port(
+    root, monkeypatch
+):
+    """An open page (or a bookmark) of a viewer that was stopped and started again on its port
+    keeps working: its cookie, set by the first viewer, is what the second asks for; the old
+    viewer's printed address opens it too."""
+    first, thread, out = serving_in_a_thread(monkeypatch, [root])
+    port = first.server_port
+    printed = out.getvalue().split(" at ", 1)[1].split("\n", 1)[0]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/?" + urlsplit(printed).query)
+    answer = conn.getresponse()
+    answer.read()
+    cookie = answer.getheader("Set-Cookie").split(";")[0]
+    conn.close()
+    first.shutdown()
+    thread.join(timeout=30)
+    again, thread, out = serving_in_a_thread(monkeypatch, [root], port=port)
+    try:
+        assert f" at {printed}\n" in out.getvalue()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/runs.json", headers={"Cookie": cookie})
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        again.shutdown()
+        thread.join(timeout=30)
+
+
+def test_list_prints_each_running_viewers_address_and_forgets_stopped_ones(
+    root, monkeypatch, capsys, tmp_path
+):
+    """Jupyter's `server list`: each running viewer's address as it printed it (with the
+    token), its folders and process; a stopped viewer's record is gone with it."""
+    other = tmp_path / "other"
+    other.mkdir()
+    first, t1, _ = serving_in_a_thread(monkeypatch, [root])
+    second, t2, _ = serving_in_a_thread(monkeypatch, [other], token=False)
+    try:
+        assert main(["view", "--list"]) == 0
+        out, err = capsys.readouterr()
+        first_line = f"http://127.0.0.1:{first.server_port}/?token={first.token}  {root}  "
+        lines = sorted(out.splitlines(), key=lambda line: not line.startswith(first_line))
+        assert err == "" and len(lines) == 2, out
+        assert lines[0].startswith(f"http://127.0.0.1:{first.server_port}/?token={first.token}  ")
+        assert lines[1].startswith(f"http://127.0.0.1:{second.server_port}/  {other}  ")
+        assert f"  {root}  (pid {os.getpid()} on {HOST}, since 20" in lines[0]
+        records = sorted(state_folder().glob("view-*.json"))
+        assert [r.stat().st_mode & 0o777 for r in records] == [0o600, 0o600]
+    finally:
+        for srv, thread in ((first, t1), (second, t2)):
+            srv.shutdown()
+            thread.join(timeout=30)
+    assert list(state_folder().glob("view-*.json")) == []
+    assert main(["view", "--list"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        "dreamtext view: none of yours is running (that this machine knows of)\n"
+    )
+
+
+def _record(name: str, **fields) -> Path:
+    path = state_folder() / name
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record = {"url": "http://127.0.0.1:8123/?token=x", "folders": ["/runs"], **fields}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_list_removes_records_of_killed_viewers_and_marks_other_machines(capsys):
+    """A viewer killed without its Ctrl-C (kill -9, the OOM killer) leaves its record: --list
+    removes it, its process being gone. Another machine's (a home on NFS) cannot be checked
+    from here: it is listed, marked so, and kept."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = _record(f"view-{HOST}-{gone.pid}-8123.json", host=HOST, pid=gone.pid, started="a")
+    unlocked = _record("view-x-1-8123.json", host=HOST, pid=gone.pid, locked=True, started="b")
+    there = _record("view-node042-77-8123.json", host="node042", pid=77, locked=True, started="c")
+    assert main(["view", "--list"]) == 0
+    out, _ = capsys.readouterr()
+    assert not dead.exists() and not unlocked.exists() and there.exists()
+    assert out == (
+        "http://127.0.0.1:8123/?token=x  /runs  (pid 77 on node042, another machine: not "
+        "checked from here; open it through a tunnel there, since c)\n"
+    )
+
+
+def test_list_is_one_command_of_its_own(root, capsys):
+    for argv, named in [
+        (["--list", "--port", "0"], "--port"),
+        (["--list", str(root)], "WORKSPACE_OR_ROOT"),
+        (["--list", "--static", "site"], "--static"),
+        (["--list", "--new-token"], "--new-token"),
+    ]:
+        assert main(["view", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"dreamtext: error: give --list (the viewers running) or {named}, not both\n"
+    assert main(["view", str(root), "--new-token", "--no-token"]) == 2
+    assert capsys.readouterr().err.endswith("give --new-token or --no-token, not both\n")
+    assert main(["view", str(root), "--new-token", "--static", "site"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("give --static (files, no server) or --new-token, not both\n")
+
+
+def test_a_viewer_started_in_the_background_without_its_output_is_found_by_list(
+    root: Path, tmp_path: Path
+):
+    """`dreamtext view runs & disown` over ssh, its output to a terminal since closed: the
+    address is nowhere but in --list, run from another shell, which opens the runs; the
+    viewer's stop (SIGTERM, as `kill` sends) removes its record."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "dreamtext", "view", str(root), "--port", "0"]
+    viewer = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        deadline, lines = time.monotonic() + 60, []
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.2)
+            listed = subprocess.run(
+                [sys.executable, "-m", "dreamtext", "view", "--list"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+            lines = listed.stdout.splitlines()
+        assert len(lines) == 1 and f"(pid {viewer.pid} on {HOST}, since" in lines[0], listed
+        address = urlsplit(lines[0].split()[0])
+        assert address.query == f"token={token_file().read_text().strip()}"
+        conn = http.client.HTTPConnection("127.0.0.1", address.port, timeout=10)
+        conn.request("GET", f"/api/runs.json?{address.query}")
+        assert conn.getresponse().status == 200
+        conn.close()
+        viewer.send_signal(signal.SIGTERM)
+        _, err = viewer.communicate(timeout=30)
+    finally:
+        viewer.kill()
+    assert viewer.returncode == 0 and "Traceback" not in err, err
+    assert list(token_file().parent.glob("view-*.json")) == []
+
+
+def test_record_viewer_refuses_a_folder_others_may_write_in(tmp_path: Path):
+    folder = tmp_path / "dreamtext"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o777)
+    handle, path, line = record_viewer("http://127.0.0.1:1/", 1, "127.0.0.1", [tmp_path], folder)
+    assert (handle, path) == (None, None)
+    assert f"others may write in {folder} (mode 777): chmod 700 {folder}" in line
+    assert list(folder.iterdir()) == []
+    with pytest.raises(viewers.DreamtextError, match="others may write in"):
+        viewer_token(folder=folder)
+    assert running_viewers(folder) == []
