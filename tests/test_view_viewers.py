@@ -22,7 +22,7 @@ from test_view import make_run, servers_stopped_at_once
 
 import dreamtext.view.viewers as viewers
 from dreamtext.cli import main
-from dreamtext.processes import HOST, user_name
+from dreamtext.processes import HOST, user_name, write_held_record
 from dreamtext.view.server import ViewServer, serve
 from dreamtext.view.viewers import (
     TOKEN_FILE,
@@ -381,7 +381,7 @@ def test_list_prints_each_running_viewers_address_and_forgets_stopped_ones(
         assert err == "" and len(lines) == 2, out
         assert lines[0].startswith(f"http://127.0.0.1:{first.server_port}/?token={first.token}  ")
         assert lines[1].startswith(f"http://127.0.0.1:{second.server_port}/  {other}  ")
-        assert f"  {root}  (pid {os.getpid()} on {HOST}, since 20" in lines[0]
+        assert f"  {root}  (pid {os.getpid()} on {HOST}; since 20" in lines[0]
         records = sorted(state_folder().glob("view-*.json"))
         assert [r.stat().st_mode & 0o777 for r in records] == [0o600, 0o600]
     finally:
@@ -412,13 +412,30 @@ def test_list_removes_records_of_killed_viewers_and_marks_other_machines(capsys)
     gone.wait()
     dead = _record(f"view-{HOST}-{gone.pid}-8123.json", host=HOST, pid=gone.pid, started="a")
     unlocked = _record("view-x-1-8123.json", host=HOST, pid=gone.pid, locked=True, started="b")
-    there = _record("view-node042-77-8123.json", host="node042", pid=77, locked=True, started="c")
+    there = _record(
+        "view-node042-77-8123.json",
+        host="node042",
+        pid=77,
+        port=8123,
+        address="127.0.0.1",
+        locked=True,
+        started="c",
+    )
     assert main(["view", "--list"]) == 0
     out, _ = capsys.readouterr()
     assert not dead.exists() and not unlocked.exists() and there.exists()
     assert out == (
-        "http://127.0.0.1:8123/?token=x  /runs  (pid 77 on node042, another machine: not "
-        "checked from here; open it through a tunnel there, since c)\n"
+        "http://127.0.0.1:8123/?token=x  /runs  (pid 77 on node042, another machine: forward "
+        "it first, ssh -o ExitOnForwardFailure=yes -L 8123:127.0.0.1:8123 node042; not checked "
+        "from here, whether it still runs; since c)\n"
+    )
+    # Its lock held (NFS whose locks reach here): it runs, and is listed without the doubt.
+    record = json.loads(there.read_text())
+    with write_held_record(there, {**record, "address": "0.0.0.0"}):
+        assert main(["view", "--list"]) == 0
+    assert capsys.readouterr().out == (
+        "http://127.0.0.1:8123/?token=x  /runs  (pid 77 on node042, another machine: forward "
+        "it first, ssh -o ExitOnForwardFailure=yes -L 8123:127.0.0.1:8123 node042; since c)\n"
     )
 
 
@@ -462,7 +479,7 @@ def test_a_viewer_started_in_the_background_without_its_output_is_found_by_list(
                 timeout=60,
             )
             lines = listed.stdout.splitlines()
-        assert len(lines) == 1 and f"(pid {viewer.pid} on {HOST}, since" in lines[0], listed
+        assert len(lines) == 1 and f"(pid {viewer.pid} on {HOST}; since" in lines[0], listed
         address = urlsplit(lines[0].split()[0])
         assert address.query == f"token={token_file().read_text().strip()}"
         conn = http.client.HTTPConnection("127.0.0.1", address.port, timeout=10)

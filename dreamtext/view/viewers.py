@@ -302,13 +302,22 @@ def running_viewers(folder: Path | None = None) -> list[tuple[dict[str, Any], bo
 
 
 def viewer_lines(viewers: list[tuple[dict[str, Any], bool]]) -> list[str]:
-    """``dreamtext view --list``'s lines: one per viewer, its address to open first."""
+    """``dreamtext view --list``'s lines: one per viewer, its address to open first; for
+    another machine's (a home shared over NFS), the ssh forward that reaches it from here."""
     lines = []
     for record, checked in viewers:
         folders = ", ".join(str(f) for f in record.get("folders", []))
         machine = record.get("host", "?")
         where = f"pid {record.get('pid')} on {machine}"
+        port, address = record.get("port"), str(record.get("address", ""))
+        if machine != HOST and isinstance(port, int):
+            target = "127.0.0.1" if address in ("", "0.0.0.0", "::", "0") else address
+            target = f"[{target}]" if ":" in target else target
+            where += (
+                ", another machine: forward it first, ssh -o ExitOnForwardFailure=yes "
+                f"-L {port}:{target}:{port} {machine}"
+            )
         if not checked:
-            where += ", another machine: not checked from here; open it through a tunnel there"
-        lines.append(f"{record['url']}  {folders}  ({where}, since {record.get('started')})")
+            where += "; not checked from here, whether it still runs"
+        lines.append(f"{record['url']}  {folders}  ({where}; since {record.get('started')})")
     return lines
