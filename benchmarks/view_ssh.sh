@@ -297,7 +297,8 @@ def stop(name, sig=signal.SIGTERM):
 
 def token(log):
     """The ``?token=...`` of the last address the viewer printed in WORK/log, as the user copies
-    it ('' from a viewer without tokens): a viewer started again has a new one."""
+    it ('' from a viewer without tokens): a viewer started again prints the same one (kept in
+    $XDG_STATE_HOME/dreamtext/view-token) unless it was started with --new-token."""
     found = re.findall(r"runs at http://\S+?(\?token=[0-9a-f]+)", (WORK / log).read_text())
     return found[-1] if found else ""
 
@@ -394,7 +395,7 @@ with sync_playwright() as p:
     node = [SCRIPT, "node", "sh", "-c", f'cd "{WORK}" && exec dreamtext view --port {PORT}']
     restart("view", node)
     time.sleep(3)
-    page.goto(BASE + token("view.log"))  # its new address: the old token's cookie gets a 403
+    page.goto(BASE + token("view.log"))  # the address it printed (the same token as before)
     page.goto(BASE + "run/a_blue_sphere/")
     page.wait_for_selector(".chart")
     report(not page.evaluate(OFFLINE), "viewer started again, page reloaded", page.evaluate(FACTS))
