@@ -18,6 +18,7 @@ import re
 import secrets
 import shlex
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from importlib import resources
@@ -429,6 +430,10 @@ RUN_PARTS = {
 }
 
 
+# The runs whose page text a RunText keeps (the pages polling at once, ~0.5 MB each at most).
+RUN_TEXTS_KEPT = 8
+
+
 class RunText:
     """A run page's data, and the answer to a poll that names what the page has (its
     ``cursor``): the run's small fields, and of its curves and previews only the records after
@@ -442,18 +447,42 @@ class RunText:
     so any cursor it did not give out (another server's, another run's, one made up) gets the
     whole run. A growing log's poll then carries its new records, not its 2,000.
 
+    The text of the :data:`RUN_TEXTS_KEPT` runs asked for last is kept with the run's curves
+    and the text of the rest of its data: a poll of a run whose curves are the same records and
+    whose other data is the same text reuses its text, tag and cursor instead of encoding its
+    curves again, twice (the page's text for its tag, 1.8 ms, and the cursor's digest, 1.3 ms,
+    of the 6.3 ms of CPU that a 1,000-line log's poll took to be answered 304).
+
     Safe to share between threads.
     """
 
     def __init__(self) -> None:
         self._key = secrets.token_bytes(16)
+        # run id: (what the text is made of: _made_of), its parts, text and etag
+        self._kept: OrderedDict[str, tuple[tuple, dict, str, str]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __call__(self, run: Run, links: Links, since: str | None = None) -> RunAnswer:
         data = run_page_json(run, links)
         shown = data["run"]
-        parts = {name: self._part(run, shown, name) for name in RUN_PARTS}
-        data["cursor"] = self._cursor(run.id, parts)
-        text = script_json(data)
+        made_of = _made_of(run, data)
+        with self._lock:
+            kept = self._kept.get(run.id)
+            if kept is not None:
+                self._kept.move_to_end(run.id)
+        if kept is not None and kept[0] == made_of:
+            parts, text, etag = kept[1:]
+            data["cursor"] = self._cursor(run.id, parts)
+        else:
+            parts = {name: self._part(run, shown, name) for name in RUN_PARTS}
+            data["cursor"] = self._cursor(run.id, parts)
+            text = script_json(data)
+            etag = json_etag(text)
+            with self._lock:
+                self._kept[run.id] = (made_of, parts, text, etag)
+                self._kept.move_to_end(run.id)
+                while len(self._kept) > RUN_TEXTS_KEPT:
+                    self._kept.popitem(last=False)
         had = self._read(run.id, since)
         delta = None
         if had is not None:
@@ -476,7 +505,7 @@ class RunText:
             delta = script_json(answer)
             if len(delta) >= len(text):
                 delta = None
-        return RunAnswer(data, text, json_etag(text), delta)
+        return RunAnswer(data, text, etag, delta)
 
     @staticmethod
     def _part(run: Run, shown: dict[str, Any], name: str) -> tuple[int, str]:
@@ -513,6 +542,18 @@ class RunText:
         ):
             return None
         return {name: (int(c), d) for name, c, d in zip(RUN_PARTS, counts, digests, strict=True)}
+
+
+def _made_of(run: Run, data: dict[str, Any]) -> tuple:
+    """What a run page's text and cursor are made of, to be compared with ``==``: its curves
+    as lists of floats and ``None`` (``workspaces.Curves``; ~0.1 ms for 2,000 records, in C),
+    how many of their records are settled, and the text of the rest of its data (as text, so
+    that a 1 turned 1.0 or True, equal in Python, is a change). Of the curves only a value
+    rewritten from 0.0 to -0.0 goes unseen, which draws the same."""
+    shown = data["run"]
+    rest = {**data, "run": {key: value for key, value in shown.items() if key != "series"}}
+    settled = (run.series_settled, run.descriptor_settled)
+    return list(shown["series"].items()), settled, script_json(rest)
 
 
 # The run's fields that RUN_PARTS are made of.
