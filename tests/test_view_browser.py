@@ -1683,6 +1683,51 @@ def test_a_long_runs_chart_shows_its_true_range_from_a_bounded_poll(page, tmp_pa
         assert answers and all(len(r.body()) < 150_000 for r in answers)
 
 
+def charts_drawn(page) -> list[dict]:
+    """Each chart of a run page as drawn: its key, vertex count, line, labels and text
+    alternative."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll("figure.chart")].map((f) => ({
+            key: f.dataset.key, points: f.dataset.points,
+            line: f.querySelector("polyline")?.getAttribute("points") ?? null,
+            labels: [...f.querySelectorAll("text")].map((t) => t.textContent),
+            alt: f.querySelector("svg").getAttribute("aria-label")}))"""
+    )
+
+
+def test_a_run_pages_charts_after_polls_are_those_a_fresh_load_draws(page, tmp_path: Path):
+    """A live run's page puts each poll's new records after those it has (the records the
+    server says are settled) and takes the whole curves again where its selection of a long
+    log changed (its bucket width doubled at record 3,184): after those polls, each chart is
+    the one a fresh load of the page draws, vertex for vertex."""
+    from test_view import log_record, write_lines
+
+    run = tmp_path / "runs" / "a_long_run"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a long run", "iters": 10_000}))
+    write_lines(run / "log.jsonl", (log_record(s) for s in range(1, 3_180)), "w")
+    answers: list = []
+    page.on("response", lambda r: "api/run/" in r.url and r.status == 200 and answers.append(r))
+    with serving(Catalog([run.parent]), poll_ms=POLL_MS) as srv:
+        page.goto(srv.url + "run/a_long_run/")
+        label = page.locator('.chart[data-key="loss"] text').last
+        for step in range(3_180, 3_190):
+            write_lines(run / "log.jsonl", [log_record(step)])
+            assert soon(page, label.text_content, f"step {step}") == f"step {step}"
+        polled = charts_drawn(page)
+        bodies = [answer.json() for answer in answers]
+        fresh = page.context.new_page()
+        fresh.goto(srv.url + "run/a_long_run/")
+        assert [c["key"] for c in polled] == ["loss", "loss_sds", "t", "its", "gpu_mem_mib"]
+        assert charts_drawn(fresh) == polled
+    # The page got the new records alone at most polls, and the whole curves at the doubling.
+    kinds = [
+        "tail" if body.get("since") and body["tails"].get("series") else "whole" for body in bodies
+    ]
+    doubling = kinds.index("whole")
+    assert "tail" in kinds[:doubling] and "tail" in kinds[doubling:], kinds
+
+
 # app.js's shown values, against hand-derived text: hand-made runs of boundary figures.
 
 
