@@ -2720,6 +2720,70 @@ def test_a_token_on_a_run_pages_address_sets_the_cookie_at_the_root_and_comes_ba
             assert status == 200 and "Location" not in headers and b"dreamtext-data" in body
 
 
+# Folder names of every kind a workspace can have: spaces, any script, combining marks, URL
+# syntax (%, #, ?, &, ;, =, +), dots, quotes, a backslash, controls, only punctuation, 255
+# bytes of ASCII and of CJK (3 bytes a letter), names that become the same id.
+AWKWARD_NAMES = [
+    "a red cube", "café ☕ 日本", "e\u0301te", "100% done", "a#b", "what?", "semi;colon=1&a",
+    "a+b", "x..", "a..b", "it's \"q\"", "back\\slash", "tab\there", "___", "[br]^|{c}", "~tilde",
+    "x" * 255, "日本語" * 28, "A red cube",
+]  # fmt: skip
+
+
+def test_a_token_on_any_run_pages_address_comes_back_to_that_run(tmp_path: Path):
+    """A run page's ?token= goes to the root and back (?next=) only where next names a run
+    page, by a pattern of the characters an address's path may hold. Every run's address, as
+    the pages link to it (its id, made of its folder's name: letters of any script, digits,
+    marks, '.', '-', '_', percent-encoded), is one: each comes back to its own run, not the
+    gallery."""
+    from dreamtext.view.server import _RUN_PAGE
+    from dreamtext.view.workspaces import _id_of
+
+    root = tmp_path / "runs"
+    for name in AWKWARD_NAMES:
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text(json.dumps({"prompt": name}))
+    links = server_links(None)
+    with serving(Catalog([root]), token=TOKEN) as srv:
+        cookie = {"Cookie": f"dreamtext-view-{srv.server_port}={TOKEN}"}
+        runs = json.loads(get(srv, "/api/runs.json", cookie)[1])["runs"]
+        assert len(runs) == len(AWKWARD_NAMES)
+        for run in runs:
+            status, _, headers = get(srv, f"{run['href']}?token={TOKEN}")
+            assert (status, headers["Location"][:6]) == (303, "../../"), run["id"]
+            status, _, headers = get(srv, headers["Location"][len("../..") :])
+            assert (status, headers["Location"]) == (303, f"./{run['href']}"), run["id"]
+            status, body, _ = get(srv, run["href"], cookie)
+            data = json.loads(re.search(rb'id="dreamtext-data"[^>]*>(.*?)</script>', body)[1])
+            assert (status, data["page"], data["run"]["id"]) == (200, "run", run["id"])
+    # Any name at all: every code point, each in names of 64 (the link is the id's, quoted).
+    points = [chr(c) for c in range(0x110000)]
+    for start in range(0, len(points), 64):
+        href = links.run(_id_of("".join(points[start : start + 64])))
+        assert _RUN_PAGE.fullmatch(href), href
+
+
+def test_a_token_redirects_back_to_a_run_page_of_this_server_alone(root: Path):
+    """?next= is followed only to a run page, as a path relative to the root: never to another
+    site (scheme-relative ``//``, ``/\\`` that browsers read as ``//``, a scheme), nor out
+    of the run pages (an absolute path, a deeper one)."""
+    with serving(Catalog([root]), token=TOKEN) as srv:
+        for elsewhere in (
+            "//evil.example/", "/\\evil.example/", "\\\\evil.example/", "\\/evil.example/",
+            "http:evil.example", "http://evil.example/", "https:/evil.example/",
+            "javascript:alert(1)//", " //evil.example/", "\t//evil.example/", "/run/cube/",
+            "run//evil.example/", "run/\\evil.example/", "run/cube/../../x/", "run/cube",
+            "run/cube/files/", "./run/cube/", "run/a b/", "run/a\r\nLocation: //evil/",
+        ):  # fmt: skip
+            query = urlencode({"token": TOKEN, "next": elsewhere})
+            status, body, headers = get(srv, f"/?{query}")
+            assert status == 200 and "Location" not in headers, elsewhere
+            assert b"dreamtext-data" in body and "Set-Cookie" in headers
+        for back in ("run/cube/", "run/%2e%2e/", "run/caf%C3%A9/", "run/a:b/"):
+            query = urlencode({"token": TOKEN, "next": back})
+            assert get(srv, f"/?{query}")[2]["Location"] == f"./{back}"
+
+
 def test_a_server_without_a_token_answers_without_one_and_sets_no_cookie(server):
     for path in TOKEN_PATHS:
         status, _, headers = get(server, path + ("?token=x" if path == "/" else ""))
