@@ -13,6 +13,10 @@ the page does: it is then answered with what changed since), and its ETag.
 ``api/run/<id>.json`` asked for once before the polls (the server keeps the curves of the 64
 logs asked for last), then the server's resident memory (``VmRSS``, and its peak ``VmHWM``).
 
+Then as many polls with nothing new (the run's files as they were: a 304 where the code has
+ETags), and for both kinds the server process's CPU per poll (user + system from
+``/proc/PID/stat``, over all the polls: its clock ticks are 10 ms, so give 100 or more).
+
 Also the run page itself (its first load) and the curve points in the answer. Medians of
 ``--polls`` polls. The server runs the checkout at ``--code`` in its own process.
 """
@@ -48,6 +52,12 @@ def fetch(url: str, tag: str | None = None) -> tuple[float, int, bytes, str | No
     except urllib.error.HTTPError as answer:  # a 304
         status, body, etag = answer.code, answer.read(), tag
     return time.perf_counter() - start, status, body, etag
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, user + system (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def unzipped(body: bytes) -> bytes:
@@ -97,6 +107,7 @@ def main() -> None:
             fetch(url)
             step, tag, polls, texts = args.lines * 10, None, [], []
             cursor = json.loads(unzipped(fetch(url)[2])).get("cursor")
+            cpu = cpu_seconds(server.pid)
             for _ in range(args.polls):
                 step += 10
                 with open(ws / "log.jsonl", "a") as f:
@@ -105,6 +116,13 @@ def main() -> None:
                 tag = polls[-1][3]
                 texts.append(unzipped(polls[-1][2]))
                 cursor = json.loads(texts[-1]).get("cursor")
+            new_line_cpu = (cpu_seconds(server.pid) - cpu) / args.polls
+            cpu, same = cpu_seconds(server.pid), []
+            for _ in range(args.polls):
+                same.append(fetch(url + (f"?since={quote(cursor)}" if cursor else ""), tag))
+            same_cpu = (cpu_seconds(server.pid) - cpu) / args.polls
+            same_statuses = sorted({status for _, status, _, _ in same})
+            same_sent = statistics.median(len(body) for _, _, body, _ in same)
             statuses = {status for _, status, _, _ in polls}
             sent = statistics.median(len(body) for _, _, body, _ in polls)
             text = statistics.median(len(text) for text in texts)
@@ -117,7 +135,10 @@ def main() -> None:
                 f"a new line: HTTP {sorted(statuses)}, {sent / 1024:.1f} KiB sent "
                 f"({text / 1024:.1f} KiB unzipped; {points} curve points in the run), "
                 f"{seconds * 1000:.0f} ms (median of {len(polls)}, slowest "
-                f"{max(t for t, _, _, _ in polls) * 1000:.0f} ms); {args.runs} runs' pages read: "
+                f"{max(t for t, _, _, _ in polls) * 1000:.0f} ms), server CPU "
+                f"{new_line_cpu * 1000:.1f} ms a poll; a poll with nothing new: HTTP "
+                f"{same_statuses}, {same_sent / 1024:.1f} KiB sent, server CPU "
+                f"{same_cpu * 1000:.1f} ms a poll; {args.runs} runs' pages read: "
                 f"server memory {memory['VmRSS'] / 1024:.0f} MiB (peak "
                 f"{memory['VmHWM'] / 1024:.0f} MiB)"
             )
