@@ -2361,9 +2361,15 @@ def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: s
     if memory == "GPU memory":
         text = str(error).splitlines()[0] if str(error) else ""
         detail = text.split(" GPU ")[0].strip().rstrip(".")
-        flags = {"fp16": "--fp16", "h": "a smaller --h/--w", "device": "--device cpu"}
+        # --fp16 beside --fp32 is refused, and so is --device cpu beside half precision (a
+        # flag's, a --config file's or the resumed run's): each names the flag to drop.
+        fp16 = "--fp16 (without --fp32)" if getattr(args, "fp32", False) else "--fp16"
+        flags = {"fp16": fp16, "h": "a smaller --h/--w", "device": "--device cpu"}
         if any(getattr(args, name, False) for name in ("fp16", "bf16", "half_precision")):
             del flags["fp16"]  # already in half precision (a flag, --config or the resumed run)
+            typed = [f"--{name}" for name in ("fp16", "bf16") if getattr(args, name, False)]
+            without = f" (without {typed[0]})" if typed else ""
+            flags["device"] = f"--device cpu --fp32{without}"
         free = "free the GPU of other work"
     else:
         tried = re.search(r"allocate (\d+) bytes", str(error))

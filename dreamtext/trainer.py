@@ -1594,9 +1594,10 @@ def out_of_memory_fixes(cfg: TrainConfig, memory: str) -> str:
     out-of-memory line names them, and a batch's line that ran out outside the training steps
     (loading the prior, building the field)."""
     # --fp16 halves the GPU's share (not a second time: a run in fp16 or bf16 is told none);
-    # the host's is the render's samples and the prior.
+    # the host's is the render's samples and the prior. A run in float32 may be so by --fp32,
+    # beside which --fp16 is refused (the config does not say which): it goes in its place.
     half = cfg.guidance.fp16 or cfg.guidance.bf16
-    first = "" if half or memory != "GPU memory" else "--fp16, "
+    first = "" if half or memory != "GPU memory" else "--fp16 (without --fp32), "
     # The batch multiplies the render (and the guidance) as the area does, on either.
     if cfg.batch_size > 1 or memory != "GPU memory":
         first += "a smaller --batch-size, "

@@ -215,8 +215,10 @@ def test_the_line_for_memory_outside_training_offers_fp16_only_where_it_is_off(f
     error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     line = out_of_memory_line(args, error, "GPU memory")
     assert line.startswith("out of GPU memory in `dreamtext text` (CUDA out of memory. Tried")
-    assert ("--fp16" in line) == offered, line
+    assert ("with --fp16" in line) == offered, line
     assert "a smaller --h/--w" in line and "--device cpu" in line
+    # The CPU refuses half precision: a run in it is told to give --fp32 there.
+    assert ("--device cpu --fp32" in line) == (not offered), line
 
 
 @pytest.mark.parametrize("source", ["config", "resume"])
@@ -257,3 +259,76 @@ def test_the_cli_line_offers_no_fp16_to_a_run_in_fp16_through_its_config_or_resu
     assert code == 2, err
     assert err.startswith("dreamtext: error: out of GPU memory in `dreamtext text`"), err
     assert "a smaller --h/--w" in err and "--fp16" not in err, err
+
+
+def test_a_fp32_run_out_of_gpu_memory_is_told_fp16_in_place_of_fp32(tmp_path, capsys):
+    """A run given --fp32 that ran out of GPU memory was told to resume "after one of: ...,
+    --fp16, ...": --fp16 beside --fp32 is refused. The fix names --fp16 without --fp32, and
+    the command it names resumes the run."""
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    size = str(TINY_TRAIN["h"])
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--device", "cuda"]
+    command += ["--h", size, "--w", size, "--iters", "3", "--workspace", str(workspace)]
+    command += ["--encoding", "torch", "--no-compile"]  # Triton's interpreter takes minutes
+    real = ScoreDistillation.sds_loss
+
+    def runs_out(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with virtual_cuda():
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(ScoreDistillation, "sds_loss", runs_out)
+            assert main([*command, "--fp32"]) == 2
+        err = capsys.readouterr().err
+        assert "out of GPU memory after step 0" in err, err
+        assert "resume with --resume after one of: " in err and "--fp16 (without --fp32)" in err
+        # What the old line said is refused; what the new one says runs.
+        assert main([*command, "--resume", "--fp32", "--fp16"]) == 2
+        assert "give --fp32 or --fp16, not both" in capsys.readouterr().err
+        assert main([*command, "--resume", "--fp16"]) == 0, capsys.readouterr().err
+    recorded = json.loads((workspace / "config.json").read_text())
+    assert recorded["guidance"]["fp16"] is True
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 3
+
+
+@pytest.mark.parametrize(
+    ("typed", "advice", "refused"),
+    [
+        ("--fp32", "--fp16 (without --fp32)", ["--fp32", "--fp16"]),
+        ("--fp16", "--device cpu --fp32 (without --fp16)", ["--fp16", "--device", "cpu"]),
+    ],
+)
+def test_the_cli_line_names_no_flag_refused_beside_the_precision_typed(
+    tmp_path, capsys, typed, advice, refused
+):
+    """The CLI's line for GPU memory that ran out outside training said "run again with --fp16"
+    to a command with --fp32, and "--device cpu" to one with --fp16: both refused beside what
+    was typed. Each now names the flag to drop, and the command it names runs."""
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext import trainer
+    from dreamtext.cli import main
+
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--device", "cuda"]
+    command += ["--h", "16", "--w", "16", "--iters", "1", "--no-export"]
+    command += ["--encoding", "torch", "--no-compile"]
+
+    def runs_out(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with virtual_cuda():
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(trainer, "train", runs_out)
+            assert main([*command, "--workspace", str(tmp_path / "a"), typed]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dreamtext: error: out of GPU memory in `dreamtext text`"), err
+        assert f", {advice}" in err or f" {advice}," in err, err
+        # The old advice added to the command typed is refused; the new one runs.
+        assert main([*command, "--workspace", str(tmp_path / "b"), *refused]) == 2
+        advised = advice.split(" (without")[0].split()  # and the flag typed dropped
+        assert main([*command, "--workspace", str(tmp_path / "c"), *advised]) == 0
