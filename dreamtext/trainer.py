@@ -1598,8 +1598,9 @@ def out_of_memory_fixes(cfg: TrainConfig, memory: str) -> str:
     # beside which --fp16 is refused (the config does not say which): it goes in its place.
     half = cfg.guidance.fp16 or cfg.guidance.bf16
     first = "" if half or memory != "GPU memory" else "--fp16 (without --fp32), "
-    # The batch multiplies the render (and the guidance) as the area does, on either.
-    if cfg.batch_size > 1 or memory != "GPU memory":
+    # The batch multiplies the render (and the guidance) as the area does, on either; a batch
+    # of 1 has no smaller one (a CPU run of one image was told to lower it).
+    if cfg.batch_size > 1:
         first += "a smaller --batch-size, "
     # The samples' count is the sampler's: the dense one (builtin:shapes') reads no
     # march_steps, so naming it for such a run changed nothing.

@@ -26,7 +26,7 @@ FAILS_IN_STEP = 4
 ITERS = 6
 
 
-def config(workspace, iters=ITERS, checkpoint_every=100):
+def config(workspace, iters=ITERS, checkpoint_every=100, **top):
     return resolve_config(
         {
             **TINY_TRAIN,
@@ -36,6 +36,7 @@ def config(workspace, iters=ITERS, checkpoint_every=100):
             "preview_every": 0,
             "checkpoint_every": checkpoint_every,
             "guidance": {"model": "builtin:shapes"},
+            **top,
         }
     )
 
@@ -332,3 +333,24 @@ def test_the_cli_line_names_no_flag_refused_beside_the_precision_typed(
         assert main([*command, "--workspace", str(tmp_path / "b"), *refused]) == 2
         advised = advice.split(" (without")[0].split()  # and the flag typed dropped
         assert main([*command, "--workspace", str(tmp_path / "c"), *advised]) == 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_run_of_one_image_out_of_host_memory_is_not_told_a_smaller_batch(
+    tmp_path, monkeypatch, batch_size
+):
+    """A CPU run out of memory was told "a smaller --batch-size" at any batch: a batch of 1 has
+    none (--batch-size 0 is refused)."""
+    real = ScoreDistillation.sds_loss
+
+    def runs_out(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")
+
+    monkeypatch.setattr(ScoreDistillation, "sds_loss", runs_out)
+    with pytest.raises(DreamtextError) as raised:
+        train(config(tmp_path / "run", batch_size=batch_size))
+    message = str(raised.value)
+    assert message.startswith(f"out of memory after step 0 (16x16 px, batch {batch_size})")
+    assert "a smaller --h/--w" in message and "close other programs" in message, message
+    assert ("--batch-size" in message) == (batch_size > 1), message

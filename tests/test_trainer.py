@@ -571,8 +571,8 @@ CPU_OUT_OF_MEMORY = (
         ),
         (
             lambda: RuntimeError(CPU_OUT_OF_MEMORY),
-            ["out of memory after step 2", "--h/--w", "--batch-size", "--resume", "programs"],
-            ["GPU", "--fp16"],
+            ["out of memory after step 2", "--h/--w", "--resume", "programs"],
+            ["GPU", "--fp16", "--batch-size"],  # a batch of 1 has no smaller one
         ),
         (lambda: MemoryError(), ["out of memory after step 2", "--resume"], ["GPU"]),
     ],
