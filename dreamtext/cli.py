@@ -2208,9 +2208,10 @@ def interrupted_line(args: argparse.Namespace) -> str:
     """The line for a Ctrl-C / SIGTERM outside the training loops (which name their checkpoint):
     what it stopped and how to go on, which each command's rerun does its own way."""
     if args.command == "text":
+        # --overwrite refuses --resume beside it, and a checkpoint there is the run it replaces.
         again = (
             "run the same command again"
-            if args.resume or args.diverse
+            if args.resume or args.diverse or args.overwrite
             else "run the same command again, with --resume if the run has a checkpoint"
         )
     elif args.command == "batch":

@@ -139,6 +139,7 @@ def test_a_word_after_a_flag_given_with_its_value_is_a_piece_of_the_prompt(capsy
     [
         (["text", "a red cube", "--diverse"], "run the same command again"),
         (["text", "a red cube", "--resume"], "run the same command again"),
+        (["text", "a red cube", "--overwrite"], "run the same command again"),
         (
             ["text", "a red cube"],
             "run the same command again, with --resume if the run has a checkpoint",
@@ -151,6 +152,29 @@ def test_the_interrupted_line_says_how_each_command_goes_on(argv, again):
     from dreamtext.cli import interrupted_line
 
     assert interrupted_line(parse(*argv)) == f"dreamtext {argv[0]}: interrupted; {again}"
+
+
+def test_a_stopped_overwrite_is_not_told_to_add_resume(tmp_path, monkeypatch, capsys):
+    """``text --overwrite`` stopped before its training loop (loading) was told "run the same
+    command again, with --resume if the run has a checkpoint": --resume beside --overwrite is
+    refused, and the checkpoint there is the run it replaces. The same command runs."""
+    from dreamtext import trainer
+
+    monkeypatch.chdir(tmp_path)
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--no-export"]
+    assert run_main(command, capsys)[0] == 0  # the run that --overwrite replaces
+    real = trainer.train
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", stopped)
+    code, err = run_main([*command, "--overwrite"], capsys)
+    assert (code, err) == (130, "dreamtext text: interrupted; run the same command again\n")
+    code, err = run_main([*command, "--overwrite", "--resume"], capsys)
+    assert code == 2 and "give --resume or --overwrite, not both" in err
+    monkeypatch.setattr(trainer, "train", real)
+    assert run_main([*command, "--overwrite"], capsys)[0] == 0
 
 
 def test_a_batch_interrupted_in_a_slurm_array_task_says_the_task_may_be_requeued(monkeypatch):
