@@ -1066,10 +1066,12 @@ def kept_checkpoint(run: Run, overflowed: int, why: bool = True) -> str:
             f"not saved{cause}, and {last} (step {run.saved_step}) holds overflowed weights too: "
             f"start again with --overwrite and {again}"
         )
+    # Starting again where a checkpoint is needs --overwrite: the same command with another
+    # --seed alone is refused ("already holds a run of this prompt"), as a resume of another.
     return (
         f"not saved{cause}: {last} stays the checkpoint of step {run.saved_step}, from before; "
         f"continue from it with {run.resume_with} and a smaller --lr (this run's is "
-        f"{run.cfg.lr:g}), or start again with another --seed"
+        f"{run.cfg.lr:g}), or start again with --overwrite and another --seed"
     )
 
 
@@ -1139,8 +1141,8 @@ def check_diverged(run: Run) -> None:
         raise DreamtextError(
             f"the training diverged: the field rendered NaN or infinite pixels in {bad_renders} "
             f"{window}{more} (its weights overflowed float32); saved {path}, but a resume goes "
-            f"on from those weights: start again with a smaller --lr (this run's is "
-            f"{run.cfg.lr:g}) or another --seed"
+            f"on from those weights: start again with --overwrite and a smaller --lr (this "
+            f"run's is {run.cfg.lr:g}) or another --seed"
         )
     if bad_eps > bad_grads:
         guidance = run.cfg.guidance
@@ -1159,7 +1161,7 @@ def check_diverged(run: Run) -> None:
         f"the training diverged: the gradients were NaN or infinite in {bad_grads} {window}"
         f"{more}, which left the field unchanged; saved {path}; continue with "
         f"{run.resume_with} and a smaller --lr (this run's is {run.cfg.lr:g}), or start again "
-        "with another --seed"
+        "with --overwrite and another --seed"
     )
 
 

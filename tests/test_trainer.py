@@ -1544,3 +1544,43 @@ def test_the_last_step_saved_in_the_loop_is_not_written_again_at_the_end(tmp_pat
     assert saved == [2, 4, 5]
     train(dataclasses.replace(cfg, iters=5), resume=True)
     assert saved == [2, 4, 5, 5]
+
+
+def test_a_diverged_run_is_told_to_start_again_with_overwrite(tmp_path, tiny_sd_path, monkeypatch):
+    """A run whose gradients stayed NaN was told "... or start again with another --seed",
+    and one whose weights overflowed "continue from it ..., or start again with another
+    --seed": its checkpoint refuses a new run of the same prompt without --overwrite ("already
+    holds a run of this prompt"). The line names --overwrite, with which the run starts again."""
+    from dreamtext.guidance import ScoreDistillation
+
+    real = ScoreDistillation.sds_loss
+
+    def nan_gradients(self, *args, **kwargs):
+        loss, info = real(self, *args, **kwargs)
+        return loss * math.nan, info
+
+    with monkeypatch.context() as m:
+        m.setattr(ScoreDistillation, "sds_loss", nan_gradients)
+        message = diverged_message(m, tiny_config(tmp_path, tiny_sd_path, iters=20))
+    assert "the gradients were NaN" in message, message
+    assert message.endswith("or start again with --overwrite and another --seed"), message
+    again = tiny_config(tmp_path, tiny_sd_path, iters=2, seed=7)
+    with pytest.raises(DreamtextError, match="already holds a run of this prompt"):
+        train(again)
+    train(again, overwrite=True)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
+
+    weights_overflow_in_step(monkeypatch, 3)
+    raise_at_step(monkeypatch, 4, MemoryError())
+    with pytest.raises(DreamtextError) as error:
+        train(tiny_config(tmp_path, tiny_sd_path, iters=20), overwrite=True)
+    assert "stays the checkpoint of step 2" in str(error.value), error.value
+    assert "or start again with --overwrite and another --seed" in str(error.value)
+
+    # Renders NaN from weights the save's check passes: saved, and a resume goes on from them.
+    monkeypatch.undo()
+    weights_overflow_in_step(monkeypatch, 3)
+    monkeypatch.setattr(trainer, "overflowed_step", lambda run: None)
+    message = diverged_message(monkeypatch, tiny_config(tmp_path / "nan", tiny_sd_path, iters=20))
+    assert "a resume goes on from those weights" in message, message
+    assert "start again with --overwrite and a smaller --lr" in message, message
