@@ -224,6 +224,13 @@ DIVERGED_AFTER = 50
 DIVERGENCE_WINDOW = 100
 
 
+# What a run whose compiled code cannot be built or disagrees with the eager code does: the
+# flag that turns off every compile setting (guidance.compile, guidance.compile_vae,
+# render.compile_field). Leaving out --compile did not: a --config file or the resumed run's
+# config.json (a rerun's too) keeps them on.
+COMPILE_REMEDY = "run with --no-compile"
+
+
 # How far compiled code may stray from the eager code it replaces, as a share of the eager
 # result's largest magnitude: compiled against eager in bf16 differ by up to 1.1% (the default
 # field's MLP on the CPU), fp16 rounds 8× finer, and wrong code is off by about the values.

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dreamtext.devices import compiled_agrees, memory_that_ran_out
+from dreamtext.devices import COMPILE_REMEDY, compiled_agrees, memory_that_ran_out
 from dreamtext.encoding import (
     ENCODING_KINDS,
     features_and_jacobian,
@@ -418,9 +418,7 @@ class NeRFField(nn.Module):
             return raw
         return torch.cat([self._density_logit(features)[:, None], raw], dim=1)
 
-    def compile_mlps(
-        self, backend: str = "inductor", remedy: str = "run without --compile"
-    ) -> None:
+    def compile_mlps(self, backend: str = "inductor", remedy: str = COMPILE_REMEDY) -> None:
         """``torch.compile`` the residual MLP and the separate density head, if any (the grid,
         the blob and the activations stay eager), with a dynamic row count: one graph with its
         backward and one without a graph per MLP, each with the autocast of ``mlp_dtype`` inside,
@@ -451,7 +449,7 @@ class NeRFField(nn.Module):
             self._compiled = {}
             raise
 
-    def _check_compiled(self, rows: int = 64, remedy: str = "run without --compile") -> None:
+    def _check_compiled(self, rows: int = 64, remedy: str = COMPILE_REMEDY) -> None:
         """Run each compiled MLP on ``rows`` random grid features, with its backward (gradients
         of a random weighting of the outputs with respect to the features and the MLP's
         parameters) and without a graph, against the eager MLP: values and gradients within 5%

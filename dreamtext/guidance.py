@@ -28,7 +28,13 @@ from torch import Tensor
 
 from dreamtext.cameras import CameraRange, ViewThresholds
 from dreamtext.captions import BUILTIN_MODELS
-from dreamtext.devices import compiled_agrees, free_memory, memory_that_ran_out, to_device
+from dreamtext.devices import (
+    COMPILE_REMEDY,
+    compiled_agrees,
+    free_memory,
+    memory_that_ran_out,
+    to_device,
+)
 from dreamtext.errors import DreamtextError, cause_line
 from dreamtext.models import COMPILE_MODES, DEFAULT_MODEL, TextSide, load_for
 from dreamtext.prompts import PromptEmbeddings, expand_tokens
@@ -584,7 +590,7 @@ class StableDiffusionGuidance(ScoreDistillation):
         is off by about the values). A compiler that fails or code that disagrees is a
         :class:`DreamtextError` naming the setting to turn off; nothing of the run's state
         changes (the probe is a detached copy of ``images``)."""
-        remedy = "run without --compile and guidance.compile_vae"
+        remedy = COMPILE_REMEDY
         probe = images.detach()
 
         def encode_with_gradient(encode) -> tuple[Tensor, Tensor]:
@@ -635,8 +641,8 @@ class StableDiffusionGuidance(ScoreDistillation):
             if self.unet is self.models.unet or not compiler_error(error):
                 raise
             raise DreamtextError(
-                f"torch.compile does not build the U-Net here ({cause_line(error)}): run without "
-                "--compile"
+                f"torch.compile does not build the U-Net here ({cause_line(error)}): "
+                f"{COMPILE_REMEDY}"
             ) from error
         out = out.float()
         if self.prediction_type == "v_prediction":

@@ -708,11 +708,11 @@ def test_compile_mlps_checks_what_it_built_against_the_eager_mlps(monkeypatch):
         field.compile_mlps()
     assert str(error.value) == (
         "torch.compile does not build the field's MLPs here (RuntimeError: Failed to find C "
-        "compiler. Please specify via CC): run without --compile"
+        "compiler. Please specify via CC): run with --no-compile"
     )
     assert not field.compiled
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: lambda x: fn(x) * 1.2)
-    with pytest.raises(DreamtextError, match=r"disagrees with the eager one.*without --compile"):
+    with pytest.raises(DreamtextError, match=r"disagrees with the eager one.*with --no-compile"):
         field.compile_mlps()
     assert not field.compiled
     # Rounding is not disagreement: 1% off passes, as bf16 code can be.

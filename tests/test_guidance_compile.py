@@ -99,7 +99,7 @@ def test_an_encoder_torch_compile_cannot_build_is_one_line_naming_the_setting(
         guidance.encode_images(images)
     assert str(error.value) == (
         "torch.compile does not build the VAE encoder here (BackendCompilerFailed: "
-        "RuntimeError: no C compiler): run without --compile and guidance.compile_vae"
+        "RuntimeError: no C compiler): run with --no-compile"
     )
     assert images.grad is None  # the run's render is not touched
 

@@ -192,7 +192,7 @@ def test_a_unet_torch_compile_cannot_build_is_one_line_naming_the_fix(
     tiny_sd_path: Path, monkeypatch
 ):
     """A compiled U-Net's compiler errors (dynamo's and inductor's, raised at its first call)
-    become a DreamtextError that says to run without --compile; the model's own errors, and
+    become a DreamtextError that says to run with --no-compile; the model's own errors, and
     any error of an eager U-Net, stay what they are."""
     guidance = StableDiffusionGuidance(GuidanceConfig(model=str(tiny_sd_path)))
     guidance.set_prompt("a red cube")
@@ -210,7 +210,7 @@ def test_a_unet_torch_compile_cannot_build_is_one_line_naming_the_fix(
         guidance.predict_noise(x_t, t, ["front"])
     assert str(error.value) == (
         "torch.compile does not build the U-Net here (BackendCompilerFailed: backend='inductor' "
-        "raised:): run without --compile"
+        "raised:): run with --no-compile"
     )
     guidance.unet = raising(torch.OutOfMemoryError("CUDA out of memory"))
     with pytest.raises(torch.OutOfMemoryError):  # the trainer's own handling takes it
@@ -276,7 +276,7 @@ def test_the_field_compiles_on_cuda_only(monkeypatch, caplog):
         def __init__(self, cfg, device=None):
             super().__init__(cfg, "cpu")
 
-        def compile_mlps(self, backend="inductor", remedy="run without --compile"):
+        def compile_mlps(self, backend="inductor", remedy="run with --no-compile"):
             compiled.append((backend, remedy))
 
     monkeypatch.setattr(factory, "NeRFField", OnCuda)
@@ -285,7 +285,7 @@ def test_the_field_compiles_on_cuda_only(monkeypatch, caplog):
     factory.build_field(small, "cuda", torch.float16, compile=False)
     assert compiled == []
     factory.build_field(small, "cuda", torch.float16, compile=True)
-    assert compiled == [("inductor", "run without --compile")]
+    assert compiled == [("inductor", "run with --no-compile")]
     factory.build_field(small, "cuda", torch.float16, compile="auto")
     assert compiled[-1] == ("inductor", factory.AUTO_COMPILE_FALLBACK)
     cfg = resolve_config({"prompt": "a cube"})
@@ -341,9 +341,48 @@ def test_auto_falls_back_to_the_eager_mlps_where_compiling_fails(monkeypatch, ca
     assert "(BackendCompilerFailed: RuntimeError: no working C compiler)" in messages[0]
     assert messages[0].endswith(factory.AUTO_COMPILE_FALLBACK)
     torch._dynamo.reset()
-    with pytest.raises(DreamtextError, match=r"run without --compile$"):
+    with pytest.raises(DreamtextError, match=r"run with --no-compile$"):
         factory.build_field(small, "cuda", compile=True)
     torch._dynamo.reset()
+
+
+def test_a_resume_whose_field_does_not_compile_here_is_told_no_compile(
+    tmp_path, monkeypatch, capsys
+):
+    """A run trained with --compile, resumed where torch.compile cannot build the field's MLPs,
+    was told to "run without --compile": its config.json keeps render.compile_field true, so the
+    resume without the flag failed the same way. The line names --no-compile, which resumes."""
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext.field import NeRFField
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no working C compiler")
+
+    compile_mlps = NeRFField.compile_mlps
+    workspace = tmp_path / "run"
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--device", "cuda"]
+    command += ["--h", "16", "--no-export", "--encoding", "torch", "--workspace", str(workspace)]
+    with virtual_cuda():
+        monkeypatch.setattr(NeRFField, "compile_mlps", lambda self, **kwargs: None)
+        assert main([*command, "--iters", "1", "--compile"]) == 0  # compiled on its GPU
+        saved = json.loads((workspace / "config.json").read_text())
+        assert saved["render"]["compile_field"] is True
+        monkeypatch.setattr(
+            NeRFField,
+            "compile_mlps",
+            lambda self, **kwargs: compile_mlps(self, backend=broken_backend, **kwargs),
+        )
+        torch._dynamo.reset()
+        capsys.readouterr()
+        resume = [*command, "--iters", "2", "--resume"]
+        assert main(resume) == 2  # without --compile, as the old line said
+        err = capsys.readouterr().err
+        assert "torch.compile does not build the field's MLPs here" in err, err
+        assert err.rstrip().endswith("run with --no-compile"), err
+        assert main([*resume, "--no-compile"]) == 0, capsys.readouterr().err
+    torch._dynamo.reset()
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
 
 
 @pytest.mark.parametrize("value", ["on", "yes", 1, None])
