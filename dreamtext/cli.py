@@ -1327,13 +1327,14 @@ def check_cuda_flag(args: argparse.Namespace) -> None:
     device = getattr(args, "device", None)
     if device is None or not device.startswith("cuda"):
         return
+    half = next((f"--{name}" for name in ("fp16", "bf16") if getattr(args, name, False)), None)
     if "torch" in sys.modules:
         import torch
 
         if not torch.cuda.is_available():
-            raise no_cuda_error(device)
+            raise no_cuda_error(device, half)
     elif no_cuda_here():
-        raise no_cuda_error(device)
+        raise no_cuda_error(device, half)
 
 
 def _read_config_layers(files: list[str] | None, rerun: bool = True) -> None:

@@ -863,11 +863,12 @@ def prompt_hint(path: Path) -> str:
     return f"; for a text prompt, run: dreamtext text {quoted}"
 
 
-def no_cuda_error(name: str) -> DreamtextError:
-    """The line for ``--device NAME`` (``cuda``, ``cuda:N``) where no CUDA GPU is visible."""
-    return DreamtextError(
-        f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu"
-    )
+def no_cuda_error(name: str, half: str | None = None) -> DreamtextError:
+    """The line for ``--device NAME`` (``cuda``, ``cuda:N``) where no CUDA GPU is visible;
+    ``half``: the half-precision flag the command has (``--fp16``, ``--bf16``), which the CPU
+    refuses beside ``--device cpu``, so the line says to drop it."""
+    fix = f"--device cpu --fp32 (without {half})" if half else "--device cpu"
+    return DreamtextError(f"--device {name} was asked for but no CUDA GPU is visible; use {fix}")
 
 
 # What a machine that can run CUDA (or torch's ROCm build, whose GPUs are torch.cuda's too) shows

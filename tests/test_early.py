@@ -375,6 +375,27 @@ def test_a_gpu_this_machine_cannot_have_is_refused_before_torch_is_imported(
 
 
 @pytest.mark.skipif(not no_cuda_here(), reason="this machine may have a CUDA GPU")
+@pytest.mark.parametrize("half", ["--fp16", "--bf16"])
+def test_a_gpu_asked_for_in_half_precision_is_told_to_drop_it_with_the_device(
+    tmp_path, monkeypatch, capsys, half
+):
+    """``--device cuda --fp16`` where there is no GPU was told "use --device cpu", which is
+    refused beside --fp16 ("--fp16 needs a CUDA GPU"). The line names the flag to drop, and the
+    command it names runs."""
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "1", "--h", "16"]
+    command += ["--no-export"]
+    err = refused_without_torch(tmp_path, [*command, "--device", "cuda", half])
+    fix = f"--device cpu --fp32 (without {half})"
+    assert err == f"dreamtext: error: --device cuda {NO_GPU[: -len('--device cpu')]}{fix}\n"
+    assert main([*command, half, "--device", "cpu"]) == 2  # the old line's advice
+    assert f"{half} needs a CUDA GPU" in capsys.readouterr().err
+    assert main([*command, "--device", "cpu", "--fp32"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.skipif(not no_cuda_here(), reason="this machine may have a CUDA GPU")
 @pytest.mark.parametrize(
     "argv",
     [
