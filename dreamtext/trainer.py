@@ -1611,11 +1611,15 @@ def out_of_memory_fixes(cfg: TrainConfig, memory: str) -> str:
         if cfg.render.sampler == "dense"
         else "render.march_steps"
     )
-    last = "" if memory == "GPU memory" else ", or close other programs"
-    return (
-        f"a smaller --h/--w, {first}fewer samples ({steps}), a smaller "
-        f"render.grad_chunk_points{last}"
+    # The chunks of a deferred backward: a direct one (render.backprop: direct) reads no
+    # grad_chunk_points, so naming it for such a run changed nothing.
+    chunks = (
+        "render.backprop: deferred (its backward in chunks of render.grad_chunk_points)"
+        if cfg.render.backprop == "direct"
+        else "a smaller render.grad_chunk_points"
     )
+    last = "" if memory == "GPU memory" else ", or close other programs"
+    return f"a smaller --h/--w, {first}fewer samples ({steps}), {chunks}{last}"
 
 
 # The share of the most memory a run held from which its out-of-memory line names the hash

@@ -354,3 +354,17 @@ def test_a_run_of_one_image_out_of_host_memory_is_not_told_a_smaller_batch(
     assert message.startswith(f"out of memory after step 0 (16x16 px, batch {batch_size})")
     assert "a smaller --h/--w" in message and "close other programs" in message, message
     assert ("--batch-size" in message) == (batch_size > 1), message
+
+
+@pytest.mark.parametrize("backprop", ["auto", "deferred", "direct"])
+def test_a_direct_backward_is_not_told_to_lower_the_chunks_it_does_not_read(tmp_path, backprop):
+    """render.grad_chunk_points bounds a deferred backward only: a run with render.backprop:
+    direct was told "a smaller render.grad_chunk_points", which changed nothing. It is told to
+    defer the backward; the others are told the chunk size."""
+    from dreamtext.trainer import out_of_memory_fixes
+
+    cfg = config(tmp_path / "run", render={**TINY_TRAIN["render"], "backprop": backprop})
+    for memory in ("GPU memory", "memory"):
+        fixes = out_of_memory_fixes(cfg, memory)
+        assert ("a smaller render.grad_chunk_points" in fixes) == (backprop != "direct"), fixes
+        assert ("render.backprop: deferred" in fixes) == (backprop == "direct"), fixes
