@@ -2162,6 +2162,10 @@ WRITE_ELSEWHERE = {
     ),
 }
 
+# text --resume's: a folder it can write has nothing to resume ("nothing to resume in NEW").
+RESUME_ELSEWHERE = (
+    "copy the run to a folder you can write and continue it there with --resume --workspace COPY"
+)
 
 # The arguments that name files or folders. A shell expands ~ only at a word's start, so
 # "--workspace=~/runs" and a quoted "~/runs" reached the command as they were typed, which made
@@ -2309,6 +2313,8 @@ def main(argv: list[str] | None = None, ending_process: bool = False) -> int:
             )
             return EXIT_USAGE
         elsewhere = WRITE_ELSEWHERE.get(args.command, "pick a folder you can write (--workspace)")
+        if args.command == "text" and args.resume:
+            elsewhere = RESUME_ELSEWHERE  # another folder has no run to resume
         failed = what_failed(error)
         if args.command == "view" and not error.filename:  # a write's error names no file
             failed += f" (writing {args.static})"

@@ -699,3 +699,35 @@ def test_the_newest_runs_folder_named_with_an_escape_reaches_the_terminal_as_its
     for line in lines:
         assert not any(unicodedata.category(c) == "Cc" for c in line), repr(line)
         assert "workspace/\\x1b]0;x\\x07\\x0ab" in line
+
+
+def test_a_resume_that_could_not_write_is_told_to_copy_the_run(tmp_path, monkeypatch, capsys):
+    """``text --resume`` whose disk filled outside the training steps was told "or pick a
+    folder you can write (--workspace)": --resume --workspace NEW has nothing to resume. The
+    line says to copy the run and continue it there, which resumes."""
+    import errno
+    import shutil
+
+    from dreamtext import trainer
+
+    monkeypatch.chdir(tmp_path)
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--h", "16", "--no-export"]
+    assert run_main([*command, "--iters", "1", "--workspace", "run"], capsys)[0] == 0
+    real = trainer.train
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "run/config.json")
+
+    monkeypatch.setattr(trainer, "train", disk_full)
+    resume = [*command, "--iters", "2", "--resume", "--workspace"]
+    code, err = run_main([*resume, "run"], capsys)
+    assert code == 2 and err.rstrip().endswith(
+        "copy the run to a folder you can write and continue it there with --resume "
+        "--workspace COPY"
+    ), err
+    assert "pick a folder you can write (--workspace)" not in err
+    monkeypatch.setattr(trainer, "train", real)
+    code, err = run_main([*resume, "new"], capsys)  # the old line's advice
+    assert code == 2 and "nothing to resume in new" in err, err
+    shutil.copytree("run", "copy")
+    assert run_main([*resume, "copy"], capsys)[0] == 0
