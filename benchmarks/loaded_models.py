@@ -1,0 +1,111 @@
+"""What a Python session keeps of the Stable Diffusion models its runs loaded.
+
+    python benchmarks/loaded_models.py                # 4 text runs, each on its own tiny model
+    python benchmarks/loaded_models.py --runs 6 --load-only
+
+A notebook or script that calls ``dreamtext.cli.main`` (README, "From Python") for runs on
+several models, in one process: after each run, the process's resident memory (RSS), how many
+models ``dreamtext.models`` holds, and whether each earlier run's model is still alive (a
+``weakref`` to its U-Net, after ``gc.collect()``). The models are the tests' tiny random SD-2.x
+pipeline (``tests/tiny_models.py``), written once a run to its own folder (distinct folders are
+distinct models to the cache); the runs are the tests' tiny text→3D run (16 px, 2 steps, no
+export). ``--load-only``: ``models.load_stable_diffusion`` alone, no run. The tiny models hold
+about 2 MB of weights each, so their RSS steps are small; what the figures show is whether an
+earlier model stays alive; SD 2.1 holds about 5 GB in fp32 (2.6 GB on a GPU in fp16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+import tempfile
+import weakref
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+
+
+def rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=4, help="runs, each on its own model")
+    parser.add_argument("--load-only", action="store_true", help="load the models, run nothing")
+    args = parser.parse_args()
+
+    import torch
+    from tiny_models import TINY_TRAIN, write_tiny_sd
+
+    from dreamtext import cli, models
+
+    logging.getLogger("dreamtext").setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = folder / "tiny.yaml"
+        config.write_text(yaml.safe_dump({**TINY_TRAIN, "preview_every": 0}))
+        paths = [write_tiny_sd(folder / f"sd{i}") for i in range(args.runs)]
+        loaded = models.load_stable_diffusion(str(paths[0]))
+        weights = sum(
+            p.numel() * p.element_size()
+            for part in (loaded.unet, loaded.vae, loaded.text_encoder)
+            for p in part.parameters()
+        )
+        del loaded
+        models.clear_cache()
+        print(f"one tiny model: {weights / 2**20:.2f} MiB of weights (U-Net, VAE, text encoder)")
+        print(f"before the first run: RSS {rss_mib():.1f} MiB")
+        alive: list[weakref.ref] = []
+        for i, path in enumerate(paths):
+            if args.load_only:
+                alive.append(weakref.ref(models.load_stable_diffusion(str(path)).unet))
+            else:
+                argv = ["text", "a red cube", "--model", str(path), "--config", str(config),
+                        "--iters", "2",
+                        "--workspace", str(folder / f"run{i}")]  # fmt: skip
+                with open(os.devnull, "w") as quiet, _to(quiet, 1), _to(quiet, 2):
+                    code = cli.main(argv)
+                if code != 0:
+                    sys.exit(f"run {i} exited {code}")
+                alive.append(weakref.ref(models.load_stable_diffusion(str(path)).unet))
+            gc.collect()
+            held = len(models._LOADED)
+            living = "".join("1" if ref() is not None else "0" for ref in alive)
+            print(
+                f"after run {i + 1}: RSS {rss_mib():.1f} MiB, models held {held}, "
+                f"U-Nets alive (run 1..{i + 1}) {living}"
+            )
+
+
+class _to:
+    """Send file descriptor ``fd`` (the runs' lines and bars) to ``target`` for the block."""
+
+    def __init__(self, target, fd: int) -> None:
+        self.target, self.fd = target, fd
+
+    def __enter__(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = os.dup(self.fd)
+        os.dup2(self.target.fileno(), self.fd)
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved, self.fd)
+        os.close(self.saved)
+
+
+if __name__ == "__main__":
+    main()
