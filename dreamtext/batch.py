@@ -1341,7 +1341,27 @@ def run_batch(
     ``overrides``, ``preset``, ``config_file``: the text→3D settings of every run, as for
     ``dreamtext text``. Bad input (the file, the share, an image, a config, the model) is a
     :class:`DreamtextError` before anything is written.
+
+    The process keeps the models of the lines still to run loaded from line to line and
+    releases the others (:class:`LineModels`); after the batch, the last line's stay loaded,
+    as a run's do (:func:`dreamtext.models.hold_models`).
     """
+    from dreamtext.models import hold_models
+
+    try:
+        return _run_batch(prompts_file, overrides, preset, config_file, options)
+    finally:
+        hold_models()
+
+
+def _run_batch(
+    prompts_file: str | Path,
+    overrides: dict[str, Any],
+    preset: str | None,
+    config_file: str | Path | Sequence[str | Path] | None,
+    options: BatchOptions | None,
+) -> BatchRun:
+    """:func:`run_batch`, which releases the models its lines held at its end."""
     options = options or BatchOptions()
     root = Path(options.root)
     check_root(root)
@@ -1407,6 +1427,7 @@ def run_batch(
     ]
     if conflicts:
         raise DreamtextError(resume_conflicts_refusal(conflicts, images=bool(images)))
+    lines_models = LineModels(share, {e.workspace: line_models(e, c, options) for e, c in pending})
     if pending:
         # Once for the batch, as `text` and `image` say it once for their run.
         if (line := builtin_preset_on_stable_diffusion(pending[0][1])) is not None:
@@ -1422,6 +1443,7 @@ def run_batch(
             e.line for e, _ in pending if not overwrites[e.workspace] and can_resume(e.workspace)
         ]
         check_other_models(pending)
+        lines_models.hold_all()  # the checks load the first line's model and the CLIPs
         # The lines' own runs may differ in any setting: each check runs once per settings.
         # Where they do, a refusal names the first line of the settings it refuses.
         groups = settings_groups(pending, settings)
@@ -1458,7 +1480,8 @@ def run_batch(
     records: list[dict[str, Any]] = []
 
     def attempt(entry: Entry, cfg: TrainConfig) -> dict[str, Any]:
-        return run_entry(
+        lines_models.before(entry, first_pass=len(records) < len(share))
+        record = run_entry(
             entry,
             cfg,
             replace(options, overwrite=overwrites[entry.workspace]),
@@ -1468,6 +1491,8 @@ def run_batch(
             others,
             log=root / BATCH_LOG,
         )
+        lines_models.after(entry, record)
+        return record
 
     with (
         sigterm_interrupts(),  # a scheduler's preemption or time limit acts as Ctrl-C
@@ -1757,6 +1782,84 @@ def resumed_in(
     lines = {entry.line for entry, _ in group}
     resumed = [line for line in resuming if line in lines]
     return resumed, len(resumed) == len(lines)
+
+
+# The Stable Diffusion models (hub ids or folders) and CLIP models a line's run loads.
+Needs = tuple[frozenset[str], frozenset[str]]
+NO_MODELS: Needs = (frozenset(), frozenset())
+
+
+def line_models(entry: Entry, cfg: TrainConfig, options: BatchOptions) -> Needs:
+    """The models the run of ``entry`` loads: its guidance's Stable Diffusion (none for a
+    built-in prior) and, for an image line whose sentence is still to find, its search's CLIP
+    (``--clip``, or its run's own: :func:`dreamtext.imageto3d.resolve_image_options`)."""
+    from dreamtext.imageto3d import resolve_image_options
+
+    model = cfg.guidance.model
+    stable_diffusion = frozenset() if model.startswith("builtin:") else frozenset({model})
+    clip: frozenset[str] = frozenset()
+    if entry.kind == "image" and not sentence_path(entry.workspace).is_file():
+        with contextlib.suppress(DreamtextError):  # a run's unreadable record: its line fails
+            clip = frozenset({resolve_image_options(options.image, entry.workspace).describe.clip})
+    return stable_diffusion, clip
+
+
+class LineModels:
+    """Which models a batch's lines still to run will load, so that before each line the
+    process keeps those and the line's own and releases the rest
+    (:func:`dreamtext.models.hold_models`, :func:`~dreamtext.models.release_stable_diffusion`):
+    a batch whose lines switch between models (lines resume on their runs' own) loads each
+    once, in the order it did when the process kept every model it ever loaded, and holds only
+    those still to use. Lines skipped for another worker's lock are run again after the others
+    (:func:`_run_share`): their models are kept for that second pass.
+
+    ``needs``: the lines to train, by folder (:func:`line_models`); the others load nothing."""
+
+    def __init__(self, share: Sequence[Entry], needs: Mapping[Path, Needs]) -> None:
+        self.needs = needs
+        self.position = {entry.workspace: index for index, entry in enumerate(share)}
+        # Each model's last line: the line after which the first pass no longer needs it.
+        self.last: dict[tuple[int, str], int] = {}
+        for entry in share:
+            for kind, models in enumerate(needs.get(entry.workspace, NO_MODELS)):
+                for model in models:
+                    self.last[kind, model] = self.position[entry.workspace]
+        self.revisit: set[Path] = set()  # lines skipped for a lock, to run in the second pass
+
+    def hold_all(self) -> None:
+        """Hold every line's models: for the checks before the first line."""
+        from dreamtext.models import hold_models
+
+        models: list[set[str]] = [set(), set()]
+        for kind, model in self.last:
+            models[kind].add(model)
+        hold_models(*models)
+
+    def before(self, entry: Entry, first_pass: bool) -> None:
+        """Before ``entry`` runs: hold the models of the lines after it (``first_pass``) and
+        of those to run again, release the loaded ones that neither they nor it use."""
+        from dreamtext.models import hold_models, release_clip, release_stable_diffusion
+
+        index = self.position[entry.workspace]
+        later: list[set[str]] = [set(), set()]
+        if first_pass:
+            for (kind, model), last in self.last.items():
+                if last > index:
+                    later[kind].add(model)
+        for workspace in self.revisit - {entry.workspace}:
+            for kind, models in enumerate(self.needs.get(workspace, NO_MODELS)):
+                later[kind] |= models
+        hold_models(*later)
+        stable_diffusion, clip = self.needs.get(entry.workspace, NO_MODELS)
+        release_stable_diffusion(stable_diffusion)
+        release_clip(clip)
+
+    def after(self, entry: Entry, record: dict[str, Any]) -> None:
+        """``entry`` ran (``record``): skipped for a lock, it runs again in the second pass."""
+        if held_for(record):
+            self.revisit.add(entry.workspace)
+        else:
+            self.revisit.discard(entry.workspace)
 
 
 def check_machine(

@@ -92,7 +92,7 @@ from dreamtext.errors import DreamtextError
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.inputs import earlier_slugs, write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
-from dreamtext.models import clip_encoder, load_for
+from dreamtext.models import clip_encoder, load_for, release_clip
 from dreamtext.processes import claim_workspace
 from dreamtext.progress import say
 from dreamtext.prompts import check_lengths, expand_tokens
@@ -553,6 +553,9 @@ def _run_image(
             clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip,
         ):
             sentence = describe(image_path, workspace, describe_options, encoder=clip)
+        # The later stages do not use it (a batch's later image lines may: it holds those).
+        del clip
+        release_clip()
         _note(f"describe: {sentence}")
 
     if train_words:

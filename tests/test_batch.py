@@ -30,6 +30,7 @@ import dreamtext.trainer as trainer
 from dreamtext.batch import (
     HOST,
     Entry,
+    LineModels,
     WorkspaceLock,
     parse_shard,
     read_prompts,
@@ -3366,6 +3367,88 @@ def test_a_workspace_root_the_batch_cannot_write_in_is_refused_before_the_first_
 
 # ----------------------------------------------------------------------------------------------
 # Stable Diffusion: one load for the whole list, image lines too
+
+
+def test_a_batch_switching_models_loads_each_once_and_releases_one_no_later_line_needs(
+    tmp_path, tiny_yaml, tiny_sd_path, count_loads, monkeypatch
+):
+    """Lines 1 and 3 resume their runs on their own model, line 2 takes the batch's (the
+    default, here a copy of the tiny model): the process kept every model it loaded, so the
+    batch loaded each once, and held line 2's after its turn, through line 3 and after the
+    batch. Now it still loads each once, in the same order, and releases line 2's model
+    before line 3 runs; line 3's, the last, stays loaded as a run's does."""
+    import gc
+    import weakref
+
+    import dreamtext.models as models
+
+    path = prompts_file(tmp_path, "a red cube", "a red sphere")
+    root = tmp_path / "root"
+    args = ["batch", path, "--iters", "2", "--config", tiny_yaml, "--workspace", root]
+    assert main(list(map(str, [*args, "--model", tiny_sd_path]))) == 0
+    default = tmp_path / "default_model"
+    shutil.copytree(tiny_sd_path, default)
+    cache_as_default_model(tmp_path, monkeypatch, default)
+    models.clear_cache()
+    count_loads.clear()
+    loaded: list[weakref.ref] = []
+    names: list[str] = []
+    real_init = models.StableDiffusionModels.__init__
+
+    def init(self, model, *args, **kwargs):
+        real_init(self, model, *args, **kwargs)
+        loaded.append(weakref.ref(self))
+        names.append(model)
+
+    monkeypatch.setattr(models.StableDiffusionModels, "__init__", init)
+    alive_at_start: list[list[bool]] = []
+    real_run_one = dreamtext.batch.run_one
+
+    def run_one(entry, *args, **kwargs):
+        gc.collect()
+        alive_at_start.append([ref() is not None for ref in loaded])
+        real_run_one(entry, *args, **kwargs)
+
+    monkeypatch.setattr(dreamtext.batch, "run_one", run_one)
+    prompts_file(tmp_path, "a red cube", "a blue cube", "a red sphere")
+    assert main(list(map(str, [*args, "--iters", "3"]))) == 0
+    assert [r["status"] for r in rows(root)][-3:] == ["finished"] * 3
+    assert names == [str(tiny_sd_path), models.DEFAULT_MODEL]
+    # and a tokenizer read alone: line 2's prompt checked before line 1 ran (read_tokenizer)
+    assert Counter(count_loads) == {"unet": 2, "vae": 2, "text_encoder": 2, "tokenizer": 3}
+    # line 1 on the tiny model (loaded by the checks); line 2 loads the default, the tiny one
+    # held for line 3; line 3 reuses the tiny one, the default released
+    assert alive_at_start == [[True], [True], [True, False]]
+    gc.collect()
+    assert [ref() is not None for ref in loaded] == [True, False]
+    assert [m.model for m in models._LOADED.values()] == [str(tiny_sd_path)]
+
+
+def test_a_line_skipped_for_a_lock_keeps_its_models_for_the_second_pass(monkeypatch):
+    """Before each line the batch holds the models of the lines after it and of those skipped
+    for another worker's lock (run again after the others), and releases the rest: line a,
+    skipped, keeps model A through line b; line b's model and CLIP are released before a runs
+    again."""
+    import dreamtext.models as models
+
+    held, kept = [], []
+    monkeypatch.setattr(models, "hold_models", lambda sd=(), clip=(): held.append((sd, clip)))
+    monkeypatch.setattr(models, "release_stable_diffusion", lambda keep=(): kept.append(keep))
+    monkeypatch.setattr(models, "release_clip", lambda keep=(): None)
+    a = Entry(1, "a red cube", "text", "a red cube", Path("a"))
+    b = Entry(2, "a blue cube", "text", "a blue cube", Path("b"))
+    needs = {
+        a.workspace: (frozenset({"A"}), frozenset()),
+        b.workspace: (frozenset({"B"}), frozenset({"clip"})),
+    }
+    lines = LineModels([a, b], needs)
+    lines.before(a, first_pass=True)
+    lines.after(a, {"status": "skipped", "error": "claimed by another worker"})
+    lines.before(b, first_pass=True)
+    lines.after(b, {"status": "finished", "error": None})
+    lines.before(a, first_pass=False)
+    assert held == [({"B"}, {"clip"}), ({"A"}, set()), (set(), set())]
+    assert kept == [{"A"}, {"B"}, {"A"}]
 
 
 def test_a_batch_loads_each_model_once(

@@ -85,6 +85,41 @@ def test_run_image_chains_every_stage_on_one_load_of_the_model(
     assert sorted(count_loads) == ["text_encoder", "tokenizer", "unet", "vae"]
 
 
+def test_run_image_releases_its_clip_once_the_sentence_is_found(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch
+):
+    """The CLIP serves the sentence search alone: it was kept (ViT-B/32: 0.6 GB) while the
+    descriptor and text→3D trained, and after the run. Now it is freed before the descriptor
+    trains; Stable Diffusion, which the stages after it use, stays loaded."""
+    import gc
+    import weakref
+
+    import dreamtext.describe
+    import dreamtext.models as models
+
+    models.clear_cache()
+    clips: list[weakref.ref] = []
+
+    class TrackedClip(dreamtext.describe.ClipEncoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            clips.append(weakref.ref(self))
+
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", TrackedClip)
+    alive: list[tuple[bool, int]] = []
+    real = imageto3d.train_descriptor
+
+    def train_descriptor(*args, **kwargs):
+        gc.collect()
+        alive.append((clips[0]() is not None, len(models._LOADED)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imageto3d, "train_descriptor", train_descriptor)
+    run_image(_image(tmp_path), _options(tmp_path, tiny_clip_path), _config(tmp_path, tiny_sd_path))
+    assert len(clips) == 1
+    assert alive == [(False, 1)]
+
+
 @pytest.mark.parametrize(
     ("name", "format", "copy"),
     [

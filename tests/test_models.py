@@ -1,8 +1,10 @@
 """The model loader: Stable Diffusion's parts read once per process, shared, never changed."""
 
 import copy
+import gc
 import json
 import logging
+import weakref
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,52 @@ def test_one_load_per_model_dtype_and_device(tiny_sd_path: Path, tmp_path: Path,
     other = pipeline_variant(tiny_sd_path, tmp_path / "other")
     assert load_stable_diffusion(str(other)) is not first
     assert len(count_loads) == 2 * len(PARTS)
+
+
+def test_a_load_of_another_model_releases_the_one_before(
+    tiny_sd_path: Path, tmp_path: Path, count_loads
+):
+    """A notebook's runs on several models kept every one loaded (SD 2.1: 5 GB in fp32 each):
+    now the process keeps the last, and the one before is freed once its runs are done."""
+    first = weakref.ref(load_stable_diffusion(str(tiny_sd_path)).unet)
+    other = pipeline_variant(tiny_sd_path, tmp_path / "other")
+    kept = load_stable_diffusion(str(other))
+    gc.collect()
+    assert first() is None
+    assert list(models_module._LOADED.values()) == [kept]
+    assert load_stable_diffusion(str(other)) is kept  # the last one is still shared
+    assert len(count_loads) == 2 * len(PARTS)
+
+
+def test_held_models_stay_loaded_through_the_load_of_another(
+    tiny_sd_path: Path, tmp_path: Path, count_loads
+):
+    """A batch holds the models of its later lines (hold_models): loaded once, however its
+    lines switch between them; released once no line needs them."""
+    first = load_stable_diffusion(str(tiny_sd_path))
+    models_module.hold_models([str(tiny_sd_path / ".." / tiny_sd_path.name)])
+    load_stable_diffusion(str(pipeline_variant(tiny_sd_path, tmp_path / "other")))
+    assert load_stable_diffusion(str(tiny_sd_path)) is first
+    assert len(count_loads) == 2 * len(PARTS)
+    released = weakref.ref(first.unet)
+    del first
+    models_module.hold_models()
+    models_module.release_stable_diffusion()
+    gc.collect()
+    assert released() is None and models_module._LOADED == {}
+
+
+def test_a_released_model_on_cuda_gives_its_memory_back_to_the_gpu(tiny_sd_path: Path, monkeypatch):
+    """The CUDA cache's blocks of a released model return to the GPU (free_memory on that
+    device: torch.cuda.empty_cache), where other processes and the next model can use them."""
+    freed = []
+    monkeypatch.setattr(models_module, "free_memory", freed.append)
+    on_cuda = copy.copy(load_stable_diffusion(str(tiny_sd_path)))
+    on_cuda.device = torch.device("cuda:0")
+    monkeypatch.setitem(models_module._LOADED, ("elsewhere", torch.float16, "cuda:0"), on_cuda)
+    models_module.release_stable_diffusion([str(tiny_sd_path)])
+    assert freed == [torch.device("cuda:0")]
+    assert list(models_module._LOADED) == [(str(tiny_sd_path.resolve()), torch.float32, "cpu")]
 
 
 def test_loads_are_logged_with_their_time(tiny_sd_path: Path, count_loads, caplog):
