@@ -35,6 +35,8 @@
 #        bash benchmarks/gpu_session.sh descriptor   (dreamtext image's descriptor training)
 #        bash benchmarks/gpu_session.sh suite   (the whole test suite, CUDA wherever --device is auto)
 #        bash benchmarks/gpu_session.sh syncdebug   (which lines of a trainer step make the host wait)
+#        bash benchmarks/gpu_session.sh paths   (each CUDA path that has never run on a GPU, once,
+#            smallest settings: one line 'PATH ok|FAIL <why>' a path; benchmarks/gpu_paths.py)
 #        bash benchmarks/gpu_session.sh tests trainer   (any subset of the checks, by name; a
 #                                                        name no check has is refused)
 #
@@ -363,3 +365,17 @@ check suite 540 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 -n 
 #     the marcher's nonzero_static lines are not among them.
 check syncdebug 300 python3 benchmarks/host_syncs.py --device cuda --sync-debug --warmup 3 \
     --steps 2
+# 13. Not in the default set (its 360 s and the default's 585 s are two device calls; run as
+#     `tests encoding paths`, 505 s, one call leaves out sds_step and trainer, whose H200 rows
+#     stop 55 took, and builtin, whose prior on CUDA and resume this runs, not its export): the
+#     CUDA code paths that have never run on a GPU (benchmarks/gpu_paths.py), each once with the
+#     smallest settings, each in a process group of its own with its own time limit (their
+#     limits and the tiny models' add up to 345 s), each ending in one line 'PATH ok|FAIL <why>'
+#     (or 'skip'), so a run cut short still tells which passed; each path's output goes to
+#     $OUT/paths_<path>.log. Adan on CUDA; the field memory check's CUDA branch; the weights
+#     check at saves; checkpoints saved straight from CUDA tensors; memory that runs out while
+#     torch.compile builds; the Triton grid's fallback line; the descriptor's per-step vector
+#     bound and its fp16 skip window (GradScaler("cuda")); --fp32 over a run recorded in fp16;
+#     the built-in prior on --device cuda. `DREAMTEXT_PATHS_DEVICE=cpu python3
+#     benchmarks/gpu_paths.py` runs those that run on a CPU (tests/test_gpu_paths.py).
+check paths 360 python3 benchmarks/gpu_paths.py --logs "$OUT"
