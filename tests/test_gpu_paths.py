@@ -141,3 +141,29 @@ def test_every_patch_a_path_names_exists():
 
     named = set(re.findall(r'patch="(\w+)"', source))
     assert named and named <= set(module.PATCHES), named - set(module.PATCHES)
+
+
+def test_the_compiler_patch_is_on_torch_compiles_own_path(tmp_path):
+    """Path ``oom_compile`` runs on a GPU alone: its patch must reach Inductor's compile_fx as
+    torch.compile calls it (the inductor backend imports it at each call), or the path fails
+    there with "the compiler was never called", one of its few device minutes spent."""
+    marker = tmp_path / "reached"
+    program = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+        "import gpu_paths\n"
+        "gpu_paths.patch_compiler_out_of_memory()\n"
+        "try:\n"
+        "    torch.compile(lambda x: x * 2 + 1)(torch.ones(3))\n"
+        "except Exception as error:\n"
+        "    print(type(error).__module__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GPU_PATHS_MARKER": str(marker)},
+    )
+    assert marker.exists(), result.stderr[-2000:]
+    assert result.stdout.strip().startswith("torch._dynamo"), result.stdout  # wrapped, as on CUDA
