@@ -471,8 +471,8 @@ def grid_memory_at_least(cfg: TrainConfig, device: torch.device) -> int:
     """Bytes the hash table of ``cfg`` takes in a first step on ``device``, at the least: each
     value (:func:`~dreamtext.field.grid_parameters`) in float32 with its gradient, the
     optimiser's state (:data:`~dreamtext.factory.OPTIMIZER_STATE_VALUES`) and the temporaries
-    its update makes meanwhile (:func:`~dreamtext.factory.optimizer_step_temporaries`): 24 B a
-    value with Adam on the CPU, 20 B on CUDA, 24 B with Adan."""
+    its update makes meanwhile (:func:`~dreamtext.factory.optimizer_step_temporaries`): 20 B a
+    value with Adam, 24 B with Adan."""
     values = 2 + OPTIMIZER_STATE_VALUES[cfg.optimizer]
     values += optimizer_step_temporaries(cfg.optimizer, device)
     return 4 * values * grid_parameters(cfg.field)
@@ -760,10 +760,15 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.run_id = str(state.get("run_id", ""))  # "": a run from before runs had one
     run.field.load_state_dict(state["field"])
     rates = [group["lr"] for group in run.optimizer.param_groups]
+    # How the optimiser steps is this version's (build_optimizer), not the checkpoint's: one
+    # saved before Adam was built with foreach=True would step one parameter at a time.
+    foreach = [group.get("foreach") for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(state["optimizer"])
     trained_rates = [group["lr"] for group in run.optimizer.param_groups]
-    for group, lr in zip(run.optimizer.param_groups, rates, strict=True):
+    for group, lr, step_kind in zip(run.optimizer.param_groups, rates, foreach, strict=True):
         group["lr"] = lr
+        if "foreach" in group:
+            group["foreach"] = step_kind
     run.renderer.load_state_dict(state["renderer"])
     torch.set_rng_state(state["rng"]["torch"])
     restore_cuda_rng(state["rng"].get("cuda"), run.device)

@@ -310,8 +310,9 @@ def test_the_tables_count_is_what_a_first_step_really_takes_and_no_more(kind):
     building the field, its gradients and the optimiser's first step add (16 levels × 4
     features at 2^19: 24.4 M values, 98 MB of float32). It counted the table, its gradient and
     the state alone: 16 B a value with Adam where the step peaked at 24 (its update's two
-    temporaries on the CPU), 24 with Adan where it peaked at 28. Now it counts what was
-    measured (to 0.1%: a few pages either way), and at least 90% of it."""
+    temporaries on the CPU, one parameter at a time; 20 since Adam steps with foreach), 24 with
+    Adan where it peaked at 28. Now it counts what was measured (to 0.1%: a few pages either
+    way), and at least 90% of it."""
     from peak_growth import run_measured
 
     script = (
@@ -343,25 +344,26 @@ def test_a_hash_table_too_large_is_refused_naming_its_keys_before_anything_is_wr
     tmp_path, monkeypatch, capsys
 ):
     """16 levels × 8 features at 2^24 rows a level (39,601,112 rows of builtin-shapes' levels,
-    1.3 GB of float32) with its gradient, Adam's two moments and the update's two temporaries
-    (the CPU's) is 7.6 GB: where 2 GB were
+    1.3 GB of float32) with its gradient, Adam's two moments and the update's temporary is
+    6.3 GB: where 2 GB were
     available the check counted the MLP alone, the run wrote its workspace and ran out of
     memory after step 0, told to lower --h or the samples."""
     yaml_text = "field:\n  log2_hashmap_size: 24\n  level_dim: 8\n  num_levels: 16\n"
     assert refused(tmp_path, monkeypatch, capsys, yaml_text, available=2 * 10**9) == (
         "dreamtext: error: the field's hash grid (field.num_levels 16 × field.level_dim 8 "
         "features, up to 2^24 rows a level: field.log2_hashmap_size) with its gradient, "
-        "Adam's two moments and the update's temporaries needs 7.6 GB; the run needs at least "
-        "7.7 GB of memory and 2.0 GB is available; lower field.log2_hashmap_size, "
+        "Adam's two moments and the update's temporaries needs 6.3 GB; the run needs at least "
+        "6.4 GB of memory and 2.0 GB is available; lower field.log2_hashmap_size, "
         "field.num_levels or field.level_dim"
     )
 
 
-def test_the_default_fields_table_at_2_to_the_24_needs_6_4_gb_with_adam_or_adan(monkeypatch):
-    """133,023,704 rows × 2 features: the table, its gradient, Adam's two moments and the two
-    temporaries of its update on the CPU are 6.4 GB (24 B a value), and so are Adan's four
-    values (28 B, 7.4 GB, while it clipped a copy of the gradient): a machine of 7 GB takes
-    both, and refuses Adan's from 6 GB."""
+def test_the_default_fields_table_at_2_to_the_24_needs_5_3_gb_with_adam_6_4_with_adan(monkeypatch):
+    """133,023,704 rows × 2 features: the table, its gradient, Adam's two moments and the one
+    temporary of its update (foreach: √v divided in place) are 5.3 GB (20 B a value; one
+    parameter at a time made two temporaries on the CPU, 24 B, 6.4 GB), and Adan's four values
+    6.4 GB (24 B; 28 B, 7.4 GB, while it clipped a copy of the gradient): a machine of 7 GB takes
+    both, one of 6 GB Adam's only."""
     import torch
 
     from dreamtext import trainer
@@ -377,6 +379,8 @@ def test_the_default_fields_table_at_2_to_the_24_needs_6_4_gb_with_adam_or_adan(
     monkeypatch.setattr(trainer, "available_memory", lambda: 6 * 10**9)
     with pytest.raises(DreamtextError, match=r"and Adan's four state values needs 6\.4 GB; "):
         trainer.check_field_memory(cfg, torch.device("cpu"))
+    cfg.optimizer = "adam"
+    trainer.check_field_memory(cfg, torch.device("cpu"))  # 5.3 GB: no DreamtextError
 
 
 def gpu_of(monkeypatch, total_memory):
@@ -462,13 +466,15 @@ def test_a_batch_whose_field_cannot_fit_is_refused_once_before_the_field_is_buil
 def test_a_resumed_run_whose_table_cannot_fit_is_not_told_to_lower_the_field_it_keeps(
     tmp_path, monkeypatch, capsys
 ):
-    """A run trained where its 81 MB table fitted, resumed where 0.1 GB is available, was told
-    to lower field.log2_hashmap_size, and a --config that did was refused ("a resumed run keeps
-    its ... field"): the line says so and what can be done instead; the run is untouched."""
+    """A run trained where its table (0.2 GB with its gradient and Adam's) fitted, resumed
+    where 0.1 GB is available, was told to lower field.log2_hashmap_size, and a --config that
+    did was refused ("a resumed run keeps its ... field"): the line says so and what can be done
+    instead; the run is untouched. (2^19 rows: at 2^18 the table's 0.1 GB left the run needing
+    "at least 0.1 GB" where 0.1 GB was available, as rounded.)"""
     from dreamtext import trainer
 
     monkeypatch.chdir(tmp_path)
-    yaml_text = "field:\n  log2_hashmap_size: 18\n  level_dim: 4\n"
+    yaml_text = "field:\n  log2_hashmap_size: 19\n  level_dim: 4\n"
     (tmp_path / "big.yaml").write_text(yaml_text, encoding="utf-8")
     assert main([*BUILTIN_RUN[:-1], "1", "--config", "big.yaml", "--workspace", "w"]) == 0
     files = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()}
@@ -477,8 +483,8 @@ def test_a_resumed_run_whose_table_cannot_fit_is_not_told_to_lower_the_field_it_
     assert main([*BUILTIN_RUN, "--workspace", "w", "--resume"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "dreamtext: error: the field's hash grid (field.num_levels 8 × field.level_dim 4 "
-        "features, up to 2^18 rows a level: field.log2_hashmap_size) with its gradient, "
-        "Adam's two moments and the update's temporaries needs 0.1 GB; the run needs at least "
+        "features, up to 2^19 rows a level: field.log2_hashmap_size) with its gradient, "
+        "Adam's two moments and the update's temporaries needs 0.2 GB; the run needs at least "
         "0.2 GB of memory and 0.1 GB is available; a resumed run keeps its field: resume it on "
         "a machine with more memory, "
         "or start a new run (--workspace NEW_FOLDER) with a smaller field.log2_hashmap_size, "

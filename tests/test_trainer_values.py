@@ -229,6 +229,21 @@ def test_a_resume_trains_on_with_its_own_learning_rate(tmp_path, tiny_sd_path):
     assert rates == pytest.approx([rate * 0.2 for rate in old_rates])
 
 
+def test_a_resume_from_a_checkpoint_of_one_parameter_at_a_time_adam_steps_all_at_once(
+    tmp_path, tiny_sd_path
+):
+    # A checkpoint saved before Adam was built with foreach=True records foreach None, which on
+    # the CPU steps one parameter at a time (two temporaries a value where the memory check
+    # counts one): the resumed optimiser steps as this version builds it.
+    old = trainer.build_run(_tiny(tmp_path / "a", tiny_sd_path))
+    state = trainer.checkpoint_state(old)
+    for group in state["optimizer"]["param_groups"]:
+        group["foreach"] = None
+    new = trainer.build_run(_tiny(tmp_path / "b", tiny_sd_path))
+    trainer.restore(new, state)
+    assert [group["foreach"] for group in new.optimizer.param_groups] == [True, True]
+
+
 def test_status_json_says_the_step_of_each_checkpoint_between_log_lines(
     tmp_path, tiny_sd_path, monkeypatch
 ):
