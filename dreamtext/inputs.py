@@ -197,6 +197,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         if isinstance(exc, yaml.constructor.ConstructorError) and exc.context is None:
             at = at[:-1] + f": {exc.problem})" if at else f" ({exc.problem})"  # a tag's value
         raise DreamtextError(f"config file '{path}' is not valid YAML{at}; fix it") from None
+    except RecursionError:  # PyYAML composes nested collections recursively: `[[[[…` deep
+        raise DreamtextError(
+            f"config file '{path}' nests its lists or mappings too deeply to read; fix it"
+        ) from None
     except (ValueError, TypeError, KeyError, AttributeError):
         # A collection's tag its value does not fit (`!!set [1]`): built after its node, where
         # _Loader.construct_object does not see it.

@@ -1,0 +1,37 @@
+"""Values a user can mistype into a flag, found by sweeping every flag of every subcommand with
+bad values (empty, non-finite, huge, wrong kind of file, malformed config): each is refused
+with one line on stderr, exit 2, and no files written."""
+
+from pathlib import Path
+
+from dreamtext.cli import main
+
+
+def run_main(argv, capsys):
+    """``dreamtext ARGV`` in this process: (exit code, stderr)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as done:  # argparse's own exit
+        code = done.code
+    return code, capsys.readouterr().err
+
+
+def assert_refused(code, err, *fragments):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_a_config_file_nested_too_deeply_for_the_yaml_reader_is_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    """`--config deep.json` of 100,000 opened lists ended in PyYAML's RecursionError traceback
+    (exit 1)."""
+    monkeypatch.chdir(tmp_path)
+    Path("deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--config", "deep.json"]
+    code, err = run_main(argv, capsys)
+    assert_refused(code, err, "config file 'deep.json' nests its lists or mappings too deeply")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.json"]
