@@ -96,11 +96,20 @@ class ImageTextEncoder(Protocol):
 
 def check_clip_folder(model: str) -> None:
     """Refuse a ``--clip`` that names a folder (a path: ``.``, ``/`` or ``~`` first) that does not
-    exist, before anything loads; a hub id is left to the load."""
-    if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+    exist, or anything there that is not a folder, before anything loads; a hub id is left to the
+    load. transformers reads a file given for a model as the processor's JSON config: a list or
+    a number there ended the command in an ``AttributeError`` traceback, ``[[[[…`` in a
+    ``RecursionError`` one."""
+    path = Path(model).expanduser()
+    if model.startswith((".", "/", "~")) and not path.exists():
         raise DreamtextError(
             f"CLIP folder {model} does not exist; pass --clip /path/to/folder (a CLIP model in"
             " transformers layout) or a hub id"
+        )
+    if path.exists() and not path.is_dir():
+        raise DreamtextError(
+            f"--clip {model} is a file, not a folder; pass --clip /path/to/folder (a CLIP model"
+            " in transformers layout) or a hub id"
         )
 
 

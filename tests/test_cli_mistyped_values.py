@@ -4,6 +4,8 @@ with one line on stderr, exit 2, and no files written."""
 
 from pathlib import Path
 
+from PIL import Image
+
 from dreamtext.cli import main
 
 
@@ -35,3 +37,14 @@ def test_a_config_file_nested_too_deeply_for_the_yaml_reader_is_one_line(
     code, err = run_main(argv, capsys)
     assert_refused(code, err, "config file 'deep.json' nests its lists or mappings too deeply")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.json"]
+
+
+def test_clip_naming_a_file_is_refused_as_no_folder(tmp_path, capsys, monkeypatch):
+    """transformers reads a file given for a model as the processor's JSON config: `--clip
+    list.json` (a JSON list) ended in an AttributeError traceback (exit 1)."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (32, 32), (200, 30, 30)).save("mug.png")
+    Path("list.json").write_text("[1, 2]")
+    code, err = run_main(["describe", "mug.png", "--clip", "list.json", "--device", "cpu"], capsys)
+    assert_refused(code, err, "--clip list.json is a file, not a folder", "hub id")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json", "mug.png"]
