@@ -960,6 +960,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from dreamtext.devices import resolve_device
     from dreamtext.export import (
         ExportOptions,
+        check_ffmpeg,
+        check_memory,
         export_workspace,
         recorded_options,
         resolve_workspace,
@@ -987,6 +989,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     options.validate(source_of=source_of)
     resolve_device(options.device)
+    # Before the line of the run's options: a refusal of the memory a flag asks for is the only
+    # line (it came after "resolution 96 → 100000", which it then refused); so is ffmpeg's.
+    check_memory(options)
+    check_ffmpeg(options)
     if recorded:
         # A recorded setting a flag replaced shows both, as a resume's changed settings do.
         settings = ", ".join(
@@ -1018,7 +1024,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     # SIGTERM: as Ctrl-C (main), temps removed. Its files are the command's last: a stop once
     # they are committed records nothing and leaves the exit status 0.
     progress = getattr(args, "progress", None)
-    result = export_workspace(workspace, options, progress, completes_work=True)
+    result = export_workspace(workspace, options, progress, completes_work=True, checked=True)
     if result.step is not None:
         finish_cut_export(result.out_dir, result.step)
     print(terminal_lines(result.summary()))

@@ -611,11 +611,14 @@ def export_workspace(
     options: ExportOptions | None = None,
     progress: ExportProgress | None = None,
     completes_work: bool = False,
+    checked: bool = False,
 ) -> ExportResult:
     """Export the trained field of ``workspace`` (default: the newest run under ``workspace/``)
     with ``options``, by default the run's own (:func:`recorded_options`). ``progress``: the
     record of ``workspace``'s export the caller started (the CLI, before this module's imports),
-    else one of its own; ``completes_work``: as :func:`export_field`'s."""
+    else one of its own; ``completes_work``: as :func:`export_field`'s; ``checked``: the caller
+    checked the memory and ffmpeg for ``options`` already (:func:`check_memory`,
+    :func:`check_ffmpeg`: the CLI, before its line of the run's recorded options)."""
     # An export is work of its own, as a run is (dreamtext.trainer.train): one that follows work
     # complete in the same handler block (a caller's loop of exports) is stopped by signals
     # again, not only noted; one noted in between stops it before it starts.
@@ -624,8 +627,9 @@ def export_workspace(
     workspace = resolve_workspace(workspace)
     options = options or recorded_options(workspace)
     options.validate()
-    check_memory(options)
-    check_ffmpeg(options)
+    if not checked:
+        check_memory(options)
+        check_ffmpeg(options)
     # The workspace too: mesh/ and video/ are replaced by renames in it.
     folders = [workspace, workspace / "mesh"] + [workspace / "video"] * options.video
     for folder in folders:

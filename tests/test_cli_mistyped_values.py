@@ -48,3 +48,23 @@ def test_clip_naming_a_file_is_refused_as_no_folder(tmp_path, capsys, monkeypatc
     code, err = run_main(["describe", "mug.png", "--clip", "list.json", "--device", "cpu"], capsys)
     assert_refused(code, err, "--clip list.json is a file, not a folder", "hub id")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json", "mug.png"]
+
+
+def test_an_export_resolution_past_the_memory_is_the_only_line(tmp_path, capsys):
+    """`export --resolution 100000` of a run with recorded export options printed the line of
+    those options ("resolution 96 → 100000 ... (flags override them)") before refusing the
+    memory it needs: two lines for one refusal."""
+    from tiny_models import TINY_SIZES
+
+    from dreamtext.config import resolve_config
+    from dreamtext.trainer import train
+
+    overrides = {"prompt": "a red cube", "guidance": {"model": "builtin:shapes"}, "iters": 1}
+    overrides.update(TINY_SIZES, workspace=str(tmp_path / "run"), export=False)
+    workspace = train(resolve_config(overrides))
+    capsys.readouterr()
+    before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    argv = ["export", "--workspace", workspace, "--resolution", "100000", "--formats", "ply"]
+    code, err = run_main([*argv, "--no-video"], capsys)
+    assert_refused(code, err, "an export at --resolution 100000", "lower --resolution")
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before

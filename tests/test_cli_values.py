@@ -422,7 +422,7 @@ def test_export_names_the_runs_own_options_and_what_a_flag_replaced(tmp_path, mo
         def summary(self):
             return "exported"
 
-    def export_workspace(workspace, options, progress=None, completes_work=False):
+    def export_workspace(workspace, options, progress=None, completes_work=False, checked=False):
         seen.update(workspace=workspace, options=options)
         return Result()
 
