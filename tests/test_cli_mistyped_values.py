@@ -5,17 +5,7 @@ with one line on stderr, exit 2, and no files written."""
 from pathlib import Path
 
 from PIL import Image
-
-from dreamtext.cli import main
-
-
-def run_main(argv, capsys):
-    """``dreamtext ARGV`` in this process: (exit code, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as done:  # argparse's own exit
-        code = done.code
-    return code, capsys.readouterr().err
+from test_cli import run_main
 
 
 def assert_refused(code, err, *fragments):

@@ -2800,24 +2800,12 @@ def test_the_printed_address_opens_the_runs_as_it_is_and_its_cookie_serves_the_r
     import urllib.error
     import urllib.request
 
-    made, out = [], io.StringIO()
-    serve_forever = ViewServer.serve_forever
-
-    def recorded(self, *args, **kwargs):
-        made.append(self)
-        serve_forever(self, *args, **kwargs)
-
-    monkeypatch.setattr(ViewServer, "serve_forever", recorded)
-    thread = threading.Thread(target=serve, args=([root], "127.0.0.1", 0), kwargs={"out": out})
-    thread.start()
+    server, thread, out = serving_in_a_thread(monkeypatch, [root])
     try:
-        deadline = time.monotonic() + 30
-        while not made and time.monotonic() < deadline:
-            time.sleep(0.05)
         printed = out.getvalue()
         url = re.search(r" at (http://\S+)\n", printed).group(1)
-        token = made[0].token
-        assert len(token) == 32 and url == f"http://127.0.0.1:{made[0].server_port}/?token={token}"
+        token = server.token
+        assert len(token) == 32 and url == f"http://127.0.0.1:{server.server_port}/?token={token}"
         assert f"then open {url}\n" in printed  # the ssh line's
         browser = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
@@ -2830,9 +2818,28 @@ def test_the_printed_address_opens_the_runs_as_it_is_and_its_cookie_serves_the_r
             urllib.request.urlopen(base + "api/runs.json", timeout=10)
         assert refused.value.code == 403
     finally:
-        if made:
-            made[0].shutdown()
+        server.shutdown()
         thread.join(timeout=30)
+
+
+def serving_in_a_thread(monkeypatch, folders: list[Path], port: int = 0, **options):
+    """``serve`` on a thread; returns its server (once it is made), the thread, and what it
+    printed."""
+    made, out = [], io.StringIO()
+    serve_forever = ViewServer.serve_forever
+
+    def recorded(self, *args, **kwargs):
+        made.append(self)
+        serve_forever(self, *args, **kwargs)
+
+    monkeypatch.setattr(ViewServer, "serve_forever", recorded)
+    kwargs = {"out": out, **options}
+    thread = threading.Thread(target=serve, args=(folders, "127.0.0.1", port), kwargs=kwargs)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return made[0], thread, out
 
 
 def servers_stopped_at_once(monkeypatch) -> list:

@@ -18,12 +18,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from test_view import make_run, servers_stopped_at_once
+from test_view import make_run, servers_stopped_at_once, serving_in_a_thread
 
 import dreamtext.view.viewers as viewers
 from dreamtext.cli import main
 from dreamtext.processes import HOST, user_name, write_held_record
-from dreamtext.view.server import ViewServer, serve
 from dreamtext.view.viewers import (
     TOKEN_FILE,
     record_viewer,
@@ -311,28 +310,6 @@ def test_threads_started_at_once_serve_one_token(tmp_path: Path):
             thread.join()
         kept = (folder / TOKEN_FILE).read_text().strip()
         assert tokens == [kept] * 8, attempt
-
-
-def serving_in_a_thread(monkeypatch, folders: list[Path], port: int = 0, **options):
-    """``serve`` on a thread; returns its server (once it is made), the thread, and what it
-    printed."""
-    import io
-
-    made, out = [], io.StringIO()
-    serve_forever = ViewServer.serve_forever
-
-    def recorded(self, *args, **kwargs):
-        made.append(self)
-        serve_forever(self, *args, **kwargs)
-
-    monkeypatch.setattr(ViewServer, "serve_forever", recorded)
-    kwargs = {"out": out, **options}
-    thread = threading.Thread(target=serve, args=(folders, "127.0.0.1", port), kwargs=kwargs)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not made and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return made[0], thread, out
 
 
 def test_a_cookie_of_a_viewer_is_answered_by_the_viewer_started_again_on_its_port(
