@@ -4,6 +4,7 @@ every other step is the real one."""
 
 from __future__ import annotations
 
+import copy
 import signal
 from collections.abc import Callable
 
@@ -15,12 +16,15 @@ from dreamtext import trainer
 def raise_at_step(monkeypatch, step: int, error: BaseException | type[BaseException]) -> Callable:
     """Raise ``error`` (an exception or its class) in place of the step that starts at ``step``
     (``run.step == step`` before it: the run has finished ``step`` steps). Returns the real
-    ``train_step``."""
+    ``train_step``. An instance is raised as a copy: the instance itself, raised from this
+    closure, would hold its traceback, whose frames hold the run (field, optimizer, the step's
+    tensors) and this closure's cell, which holds the instance: a reference cycle that kept the
+    run in memory until the collector's next full pass (0.34 GB of a test worker's RSS)."""
     real_step = trainer.train_step
 
     def step_or_fail(run):
         if run.step == step:
-            raise error
+            raise error if isinstance(error, type) else copy.copy(error)
         return real_step(run)
 
     monkeypatch.setattr(trainer, "train_step", step_or_fail)

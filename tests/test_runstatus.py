@@ -234,7 +234,7 @@ def test_a_full_disk_that_fails_the_failed_status_too_keeps_the_runs_error(
     status_write_fills_the_disk(monkeypatch, "failed")
     with pytest.raises(OSError) as error:
         train(tiny_config(tmp_path, tiny_sd_path, iters=6, checkpoint_every=2))
-    assert error.value is full
+    assert error.value.filename == full.filename  # log.jsonl's, not status.json's
     assert error.value.saved_run.step == 2  # the CLI's line: saved at step 2, --resume
     # Written over the old status.json in the space it holds (write_last_status).
     assert status(tmp_path)["state"] == "failed"
