@@ -93,6 +93,40 @@ class SavedRun:
     resume_with: str
 
 
+ANOTHER_SEED = "another --seed"
+
+
+@dataclass(frozen=True)
+class StartAgain:
+    """How the lines that stop a run for good (it diverged, its weights overflowed, no
+    checkpoint of it is whole) say to train it again from scratch where a checkpoint is on disk:
+    ``command``, ``--overwrite`` for `dreamtext text` and `image`; a batch's line is told its own
+    `dreamtext text|image ... --workspace W --overwrite`, since the batch's --overwrite trains
+    every text line of its share again and refuses a list with image lines. ``seed``: whether
+    that start may take :data:`ANOTHER_SEED` (an image run's descriptor keeps the seed that
+    trained it: `image --overwrite --seed N` is refused)."""
+
+    command: str = "--overwrite"
+    seed: bool = True
+
+    def with_changes(self, *changes: str, held: bool = True) -> str | None:
+        """``"start again with --overwrite and a smaller --lr (…) or another --seed"``: the
+        command (left out where no checkpoint is ``held`` and it is the plain ``--overwrite``,
+        which a new run there does not need) and those of ``changes`` it takes; ``None`` where
+        it takes none of them (starting again unchanged fixes nothing)."""
+        kept = [change for change in changes if self.seed or change != ANOTHER_SEED]
+        if changes and not kept:
+            return None
+        command = self.command if held or self.command != "--overwrite" else ""
+        return "start again with " + " and ".join(filter(None, [command, " or ".join(kept)]))
+
+
+# `dreamtext text`'s; `dreamtext image`'s and `text --diverse`'s, whose runs keep the seed that
+# trained their descriptor.
+OVERWRITE = StartAgain()
+OVERWRITE_SAME_SEED = StartAgain(seed=False)
+
+
 def what_stands(path: Path) -> str:
     """What stands at ``path`` where a file should: ``"a folder"``, ``"a link to nothing"``,
     ``"a FIFO"`` or ``"no regular file"`` (a socket, a device)."""

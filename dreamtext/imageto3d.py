@@ -88,7 +88,7 @@ from dreamtext.descriptor import (
     train_descriptor,
 )
 from dreamtext.devices import resolve_device
-from dreamtext.errors import DreamtextError
+from dreamtext.errors import OVERWRITE_SAME_SEED, DreamtextError, StartAgain
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.inputs import earlier_slugs, write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
@@ -313,14 +313,16 @@ def stage_options(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool, int]:
+def descriptor_plan(
+    workspace: Path, iters: int, overwrite: bool, start_again: StartAgain = OVERWRITE_SAME_SEED
+) -> tuple[bool, int]:
     """Whether the descriptor stage trains, and to how many steps, for ``iters`` asked.
 
     Untrained: it trains (resuming its checkpoint). Trained to ``iters``: it is reused. Trained to
     fewer: it trains on from its checkpoint, unless the text→3D stage has started on the old
     embedding and ``overwrite`` is off (a :class:`DreamtextError`: the text→3D run would mix two
-    embeddings). Trained to more, or stopped past ``iters`` before its end: kept at its step,
-    with a note."""
+    embeddings; it names ``start_again``'s command, a batch line's own). Trained to more, or
+    stopped past ``iters`` before its end: kept at its step, with a note."""
     record = read_record(workspace) or {}
     if "trained_sentence" not in record or not learned_embeds_path(workspace).is_file():
         return True, _past_stop(workspace, iters)
@@ -340,10 +342,15 @@ def descriptor_plan(workspace: Path, iters: int, overwrite: bool) -> tuple[bool,
             f"{done}; pass --workspace NEW_FOLDER to train one to step {iters}"
         )
     if can_resume(workspace) and not overwrite:
+        # A batch's --overwrite refuses image lines and its --workspace is the list's root.
+        fix = (
+            "add --overwrite, or pass --workspace NEW_FOLDER"
+            if start_again.command == "--overwrite"
+            else f"run {start_again.command}"
+        )
         raise DreamtextError(
             f"{workspace}'s text→3D stage trained on the descriptor of step {done}; to train the "
-            f"descriptor on to step {iters} and text→3D again from scratch, add --overwrite, or "
-            "pass --workspace NEW_FOLDER"
+            f"descriptor on to step {iters} and text→3D again from scratch, {fix}"
         )
     # Trained on once before and stopped past iters (trained to 2, then stopped at 4 of 6, now
     # 3): config.json said 3 of a descriptor that ends at step 4.
@@ -470,6 +477,7 @@ def run_image(
     sections: dict[str, Any] | None = None,
     note: str | None = None,
     resume_with: str = IMAGE_RESUME,
+    start_again: StartAgain = OVERWRITE_SAME_SEED,
 ) -> Path:
     """Reconstruct the object of one image in 3D; return the workspace.
 
@@ -482,6 +490,8 @@ def run_image(
     the descriptor are kept). ``sections``: more config.json sections to record (``--diverse``'s).
     Stage notes go to stderr; ``note`` (the command's own, such as that it continues a run)
     too, once the checks pass, so that a run they refuse does not say it goes on.
+    ``resume_with`` and ``start_again``: how the lines that stop it say to go on, and to train
+    it again from scratch (:func:`dreamtext.trainer.train`'s).
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
@@ -494,7 +504,15 @@ def run_image(
     # The workspace's lock from the checks on (processes.claim_workspace).
     with claim_workspace(workspace), ends_between_stages(workspace):
         return _run_image(
-            image_path, options, cfg, workspace, overwrite, sections, note, resume_with
+            image_path,
+            options,
+            cfg,
+            workspace,
+            overwrite,
+            sections,
+            note,
+            resume_with,
+            start_again,
         )
 
 
@@ -507,9 +525,12 @@ def _run_image(
     sections: dict[str, Any] | None,
     note: str | None,
     resume_with: str,
+    start_again: StartAgain,
 ) -> Path:
     check_image_workspace(workspace, image_path)
-    train_words, iters = descriptor_plan(workspace, options.descriptor.iters, overwrite)
+    train_words, iters = descriptor_plan(
+        workspace, options.descriptor.iters, overwrite, start_again
+    )
     device = resolve_device(cfg.device)
     check_stages(workspace, cfg, options, device, overwrite)
     # Nothing to train: config.json keeps the settings the run was trained with, not the flags
@@ -578,7 +599,7 @@ def _run_image(
 
         # A run stopped during its export is already at cfg.iters: resuming trains nothing and
         # exports, under status.json like any run, which ends "finished".
-        train(cfg, resume=can_resume(workspace), resume_with=resume_with)
+        train(cfg, resume=can_resume(workspace), resume_with=resume_with, start_again=start_again)
     return workspace
 
 

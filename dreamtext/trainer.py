@@ -80,10 +80,13 @@ from dreamtext.devices import (
 )
 from dreamtext.encoding import check_encoding
 from dreamtext.errors import (
+    ANOTHER_SEED,
     ENVIRONMENT_ERRNOS,
+    OVERWRITE,
     UNREADABLE_JSON,
     DreamtextError,
     SavedRun,
+    StartAgain,
     TrainedRun,
     check_a_file,
     shell_word,
@@ -196,6 +199,8 @@ class Run:
     # "--resume" for `dreamtext text`; a batch or `dreamtext image` has no --resume (train's
     # ``resume_with``).
     resume_with: str = "--resume"
+    # How those lines say to train it again from scratch (train's ``start_again``).
+    start_again: StartAgain = dataclasses.field(default_factory=StartAgain)
     # A resumed run: the step it resumed at and the settings it changed then
     # (:func:`dreamtext.config.changed_settings`), recorded in config.json's ``resumes``.
     resumed: dict[str, Any] | None = None
@@ -526,12 +531,14 @@ def build_run(
     overwrite: bool = False,
     own_config: Path | None = None,
     resume_with: str = "--resume",
+    start_again: StartAgain = OVERWRITE,
 ) -> Run:
     """Load the prior, build field / renderer / optimiser, and restore a checkpoint when resuming.
 
     The prior is loaded before anything is written, so a bad model id leaves no workspace behind.
     ``overwrite`` lets a new run replace a run of the same prompt that has checkpoints;
-    ``own_config`` as for :func:`check_workspace`; ``resume_with`` as for :func:`train`.
+    ``own_config`` as for :func:`check_workspace`; ``resume_with`` and ``start_again`` as for
+    :func:`train`.
     """
     workspace = Path(cfg.workspace)
     check_workspace(workspace, cfg.prompt, resume, overwrite, own_config)
@@ -561,6 +568,7 @@ def build_run(
         fp16_loss_scaler(parts.field.mlp_dtype, device),
     )
     run.resume_with = resume_with
+    run.start_again = start_again
     if resume:
         restore_newest(run)
     return run
@@ -629,7 +637,8 @@ def restore_newest(run: Run) -> None:
     earlier = f" ({', '.join(damaged)} are unreadable too)" if damaged else ""
     raise DreamtextError(
         f"cannot resume: {last} {problem} and the run has no earlier "
-        f"checkpoint that is whole{earlier}; train it again from scratch with --overwrite"
+        f"checkpoint that is whole{earlier}; train it again from scratch with "
+        f"{run.start_again.command}"
     )
 
 
@@ -652,8 +661,8 @@ def refuse_overflowed_weights(run: Run, path: Path, before: str = "") -> None:
     earlier = earlier_finite_checkpoint(run, step)
     if earlier is None:
         fix = (
-            f"no earlier checkpoint of the run renders finite pixels: start again with "
-            f"--overwrite and {smaller} or another --seed"
+            f"no earlier checkpoint of the run renders finite pixels: "
+            f"{run.start_again.with_changes(smaller, ANOTHER_SEED)}"
         )
     else:
         other, other_step = earlier
@@ -661,7 +670,7 @@ def refuse_overflowed_weights(run: Run, path: Path, before: str = "") -> None:
             f"its newest checkpoint that renders finite pixels is {other} (step {other_step}): "
             f"copy it over {last.name} (cp --remove-destination {shell_word(other)} "
             f"{shell_word(last)}) and continue from it with {run.resume_with} and {smaller}, "
-            f"or start again with --overwrite"
+            f"or {run.start_again.with_changes()}"
         )
     raise DreamtextError(
         f"cannot resume: {before}{path} (step {step}) holds weights that overflowed float32 "
@@ -1060,23 +1069,26 @@ def kept_checkpoint(run: Run, overflowed: int, why: bool = True) -> str:
         if why
         else ""
     )
-    again = f"a smaller --lr (this run's is {run.cfg.lr:g}) or another --seed"
+    smaller = f"a smaller --lr (this run's is {run.cfg.lr:g})"
+    again = run.start_again
     if run.saved_step == 0:
         return (
-            f"nothing saved{cause}, as it has no checkpoint from before: start again with {again}"
+            f"nothing saved{cause}, as it has no checkpoint from before: "
+            f"{again.with_changes(smaller, ANOTHER_SEED, held=False)}"
         )
     last = last_checkpoint(run.workspace)
     if run.saved_step >= overflowed:
         return (
             f"not saved{cause}, and {last} (step {run.saved_step}) holds overflowed weights too: "
-            f"start again with --overwrite and {again}"
+            f"{again.with_changes(smaller, ANOTHER_SEED)}"
         )
     # Starting again where a checkpoint is needs --overwrite: the same command with another
     # --seed alone is refused ("already holds a run of this prompt"), as a resume of another.
+    other_seed = again.with_changes(ANOTHER_SEED)
     return (
         f"not saved{cause}: {last} stays the checkpoint of step {run.saved_step}, from before; "
-        f"continue from it with {run.resume_with} and a smaller --lr (this run's is "
-        f"{run.cfg.lr:g}), or start again with --overwrite and another --seed"
+        f"continue from it with {run.resume_with} and {smaller}"
+        + (f", or {other_seed}" if other_seed else "")
     )
 
 
@@ -1143,11 +1155,11 @@ def check_diverged(run: Run) -> None:
         # A field that renders NaN (its MLP overflowed float32) made ε̂ NaN as well: the line
         # blamed --guidance. A resume goes on from the same overflowing weights.
         more = f", and ε̂ or the gradients in {others} more" if others else ""
+        smaller = f"a smaller --lr (this run's is {run.cfg.lr:g})"
         raise DreamtextError(
             f"the training diverged: the field rendered NaN or infinite pixels in {bad_renders} "
             f"{window}{more} (its weights overflowed float32); saved {path}, but a resume goes "
-            f"on from those weights: start again with --overwrite and a smaller --lr (this "
-            f"run's is {run.cfg.lr:g}) or another --seed"
+            f"on from those weights: {run.start_again.with_changes(smaller, ANOTHER_SEED)}"
         )
     if bad_eps > bad_grads:
         guidance = run.cfg.guidance
@@ -1162,11 +1174,12 @@ def check_diverged(run: Run) -> None:
             f"{guidance.guidance_scale:g}){precision}"
         )
     more = f", and the guided noise prediction in {bad_eps} more" if bad_eps else ""
+    other_seed = run.start_again.with_changes(ANOTHER_SEED)
     raise DreamtextError(
         f"the training diverged: the gradients were NaN or infinite in {bad_grads} {window}"
         f"{more}, which left the field unchanged; saved {path}; continue with "
-        f"{run.resume_with} and a smaller --lr (this run's is {run.cfg.lr:g}), or start again "
-        "with --overwrite and another --seed"
+        f"{run.resume_with} and a smaller --lr (this run's is {run.cfg.lr:g})"
+        + (f", or {other_seed}" if other_seed else "")
     )
 
 
@@ -1385,6 +1398,7 @@ def train(
     own_config: Path | None = None,
     note: str | Callable[[TrainConfig, dict[str, Any] | None], str | None] | None = None,
     resume_with: str = "--resume",
+    start_again: StartAgain = OVERWRITE,
 ) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
 
@@ -1401,6 +1415,8 @@ def train(
     ``resumed`` record (the settings changed against the checkpoint; ``None`` for a new run).
     ``resume_with``: how the lines that stop the run (out of memory, diverged) say to go on
     from its checkpoint: ``--resume``, or a batch's or ``dreamtext image``'s rerun.
+    ``start_again``: how the lines that stop it for good (diverged, overflowed) say to train it
+    again from scratch (``--overwrite``; a batch's line, its own command).
     """
     # A run is work of its own: one that follows a run complete in the same handler block (a
     # caller's loop of runs) is stopped by signals again, not only noted; one noted in between
@@ -1409,7 +1425,7 @@ def train(
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):
-        run = build_run(cfg, resume, overwrite, own_config, resume_with)
+        run = build_run(cfg, resume, overwrite, own_config, resume_with, start_again)
         line = note(run.cfg, run.resumed) if callable(note) else note
         if line is not None:
             say(line)

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 from dreamtext.errors import (
+    ANOTHER_SEED,
     ENVIRONMENT_ERRNOS,
+    OVERWRITE,
+    OVERWRITE_SAME_SEED,
     DreamtextError,
+    StartAgain,
     TrainedRun,
     WorkspaceInUse,
     cause_line,
@@ -167,3 +171,28 @@ def test_a_stream_sent_to_devnull_writes_nowhere_and_leaves_no_descriptor_open(t
         stream.flush()
     assert after == before
     assert path.read_text() == ""
+
+
+SMALLER = "a smaller --lr (this run's is 0.5)"
+
+
+@pytest.mark.parametrize(
+    ("again", "changes", "held", "line"),
+    [
+        (OVERWRITE, (SMALLER, ANOTHER_SEED), True,
+         f"start again with --overwrite and {SMALLER} or another --seed"),
+        # A new run where no checkpoint is needs no --overwrite.
+        (OVERWRITE, (SMALLER, ANOTHER_SEED), False,
+         f"start again with {SMALLER} or another --seed"),
+        (OVERWRITE, (), True, "start again with --overwrite"),
+        # An image run keeps the seed that trained its descriptor.
+        (OVERWRITE_SAME_SEED, (SMALLER, ANOTHER_SEED), True,
+         f"start again with --overwrite and {SMALLER}"),
+        (OVERWRITE_SAME_SEED, (ANOTHER_SEED,), True, None),
+        # A batch's line: its own command, checkpoint or not.
+        (StartAgain("`dreamtext text x --workspace r/x --overwrite`"), (ANOTHER_SEED,), False,
+         "start again with `dreamtext text x --workspace r/x --overwrite` and another --seed"),
+    ],
+)  # fmt: skip
+def test_start_again_names_the_command_and_the_changes_it_takes(again, changes, held, line):
+    assert again.with_changes(*changes, held=held) == line

@@ -85,7 +85,13 @@ def test_an_overwrite_of_a_finished_run_trains_text_to_3d_again(
     monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
     monkeypatch.setattr("dreamtext.trainer.train", lambda cfg, **kw: trained.append(kw))
     imageto3d.run_image(image, None, _config(tmp_path, tiny_sd_path), overwrite=True)
-    assert trained == [{"resume": False, "resume_with": imageto3d.IMAGE_RESUME}]
+    assert trained == [
+        {
+            "resume": False,
+            "resume_with": imageto3d.IMAGE_RESUME,
+            "start_again": imageto3d.OVERWRITE_SAME_SEED,
+        }
+    ]
 
 
 def test_more_descriptor_steps_without_its_checkpoint_is_refused(tmp_path):
