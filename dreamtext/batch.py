@@ -75,8 +75,10 @@ from dreamtext.errors import (
     FILE_SYSTEM_FIXES,
     UNREADABLE_JSON,
     DreamtextError,
+    StartAgain,
     WorkspaceInUse,
     file_system_fix,
+    shell_word,
     shorten,
     utf8_locale_fix,
     what_failed,
@@ -1274,11 +1276,33 @@ def retrain_advice(entry: Entry, text_advice: str) -> str:
     and descriptor."""
     if entry.kind != "image":
         return text_advice
-    words = ["dreamtext", "image", entry.prompt, "--workspace", str(entry.workspace)]
     return (
-        f"{shlex.join([*words, '--overwrite'])}, with the batch's flags, trains its text→3D "
+        f"{line_command(entry)}, with the batch's flags, trains its text→3D "
         "again (the batch's --overwrite is for text lines)"
     )
+
+
+def line_command(entry: Entry) -> str:
+    """``dreamtext text PROMPT --workspace W --overwrite`` (``image IMAGE`` for an image line):
+    what trains the line's run alone again from scratch, in its folder. A prompt or image that
+    starts with a dash goes last, after ``--``, and such a folder is ``--workspace=W`` (argparse
+    takes either for a flag otherwise)."""
+    folder = shell_word(entry.workspace)
+    where = f"--workspace={folder}" if folder.startswith("-") else f"--workspace {folder}"
+    positional = shell_word(entry.prompt)
+    if entry.prompt.startswith("-"):
+        return f"dreamtext {entry.kind} {where} --overwrite -- {positional}"
+    return f"dreamtext {entry.kind} {positional} {where} --overwrite"
+
+
+def line_start_again(entry: Entry) -> StartAgain:
+    """How the lines that stop the entry's run for good (diverged, overflowed) say to train it
+    again from scratch (:class:`~dreamtext.errors.StartAgain`): with its own command
+    (:func:`line_command`), not the batch's ``--overwrite``, which trains every text line of the
+    share again and refuses image lines; an image line keeps its seed, which trained its
+    descriptor."""
+    flags = "the batch's other flags" if entry.kind == "image" else "its other text→3D flags"
+    return StartAgain(f"`{line_command(entry)}` (with {flags})", seed=entry.kind != "image")
 
 
 def is_finished(cfg: TrainConfig) -> bool:
@@ -2462,14 +2486,22 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
         from dreamtext.imageto3d import resolve_image_options, run_image
 
         image_options = resolve_image_options(options.image, entry.workspace)
-        run_image(entry.prompt, image_options, cfg, resume_with=BATCH_RESUME)
+        run_image(
+            entry.prompt,
+            image_options,
+            cfg,
+            resume_with=BATCH_RESUME,
+            start_again=line_start_again(entry),
+        )
         return
     from dreamtext.trainer import train
 
+    again = line_start_again(entry)
     if overwrite:
-        train(cfg, resume=False, overwrite=True, resume_with=BATCH_RESUME)
+        train(cfg, resume=False, overwrite=True, resume_with=BATCH_RESUME, start_again=again)
     else:
-        train(cfg, resume=can_resume(Path(cfg.workspace)), resume_with=BATCH_RESUME)
+        resume = can_resume(Path(cfg.workspace))
+        train(cfg, resume=resume, resume_with=BATCH_RESUME, start_again=again)
 
 
 def run_one_retrying_stale(

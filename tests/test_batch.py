@@ -42,7 +42,7 @@ from dreamtext.batch import (
 )
 from dreamtext.cli import main
 from dreamtext.errors import DreamtextError
-from dreamtext.runfiles import read_status
+from dreamtext.runfiles import read_status, sentence_path
 from dreamtext.runstatus import RunTakenOver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,12 +125,16 @@ def ctrl_c_at_step(monkeypatch, step, workspace_name=None):
 def train_calls(monkeypatch) -> list[dict]:
     """The keyword arguments (``resume``, ``overwrite``) of each ``trainer.train`` call from now
     on, in order; the runs train as they would. Each call's ``resume_with`` must be the batch's
-    (its lines that stop a run name no --resume, which batch lacks), and is left out."""
+    (its lines that stop a run name no --resume, which batch lacks), and ``start_again`` one that
+    names no batch --overwrite; both are left out."""
     calls, real_train = [], trainer.train
 
     def train(cfg, **how):
         assert how.get("resume_with") == dreamtext.batch.BATCH_RESUME
-        calls.append({key: value for key, value in how.items() if key != "resume_with"})
+        assert how["start_again"].command.startswith("`dreamtext ")
+        calls.append(
+            {key: value for key, value in how.items() if key not in ("resume_with", "start_again")}
+        )
         return real_train(cfg, **how)
 
     monkeypatch.setattr(trainer, "train", train)
@@ -3769,7 +3773,7 @@ def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
     from dreamtext.processes import this_process
     from dreamtext.runstatus import now_iso, write_status
 
-    def fails_in_descriptor(image, options, cfg, resume_with):
+    def fails_in_descriptor(image, options, cfg, resume_with, start_again):
         # As the stages' own status.json is: this process's, started by this attempt.
         mine = {**this_process(), "started": now_iso()}
         write_status(cfg.workspace, {"state": "failed", "phase": "descriptor", "step": 40, **mine})
@@ -4704,7 +4708,6 @@ def test_an_image_line_stopped_after_its_search_says_a_rerun_goes_on_from_it(tmp
     where the rerun reuses the sentence and the trained descriptor."""
     from dreamtext.batch import interruption_line
     from dreamtext.descriptor import learned_embeds_path
-    from dreamtext.runfiles import sentence_path
 
     workspace = tmp_path / "mug"
     entry = Entry(1, "image:mug.png", "image", str(tmp_path / "mug.png"), workspace)
@@ -5054,3 +5057,82 @@ def test_a_damaged_sentence_record_gives_the_image_line_its_path(tmp_path, text)
     assert _prompt_of(entry) == "mug.png"
     path.write_text('{"sentence": "a red mug", "trained_sentence": "a <w1> mug"}', encoding="utf-8")
     assert _prompt_of(entry) == "a <w1> mug"
+
+
+def test_a_diverged_text_line_is_told_the_command_that_trains_it_alone_again(
+    tmp_path, tiny_yaml, monkeypatch, capsys
+):
+    """A line whose weights overflowed was told "... or start again with --overwrite and another
+    --seed": the batch's --overwrite trains every text line of the list again, a_red_cube's
+    finished run too. It names its own `dreamtext text ... --overwrite`, which trains that line
+    alone; the batch then skips both."""
+    root, sphere = tmp_path / "root", tmp_path / "root" / "a_blue_sphere"
+    flags = ["--model", "builtin:shapes", "--config", tiny_yaml, "--no-export"]
+    both = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    assert main(list(map(str, ["batch", both, *flags, "--workspace", root, "--iters", 2]))) == 0
+    finished = (root / "a_red_cube" / "checkpoints" / "last.pt").read_bytes()
+    one = prompts_file(tmp_path, "a blue sphere", name="one.txt")
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "DIVERGED_AFTER", 3)
+        m.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+        args = ["batch", one, *flags, "--workspace", root, "--iters", 8, "--lr", "1e30"]
+        assert main(list(map(str, args))) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "failed:" in line]
+    command = f"dreamtext text 'a blue sphere' --workspace {shlex.quote(str(sphere))} --overwrite"
+    assert line.endswith(
+        f"or start again with `{command}` (with its other text→3D flags) and another --seed"
+    ), line
+    again = [*shlex.split(command)[1:], *map(str, flags), "--iters", "8", "--lr", "0.01"]
+    assert main([*again, "--seed", "7"]) == 0
+    assert status(sphere)["state"] == "finished" and steps(sphere)[-1] == 8
+    assert json.loads((sphere / "config.json").read_text())["seed"] == 7
+    assert (root / "a_red_cube" / "checkpoints" / "last.pt").read_bytes() == finished
+    assert main(list(map(str, ["batch", both, *flags, "--workspace", root, "--iters", 2]))) == 0
+    assert [r["status"] for r in rows(root)][-2:] == ["skipped", "skipped"]
+
+
+def test_an_image_line_is_told_what_trains_it_again_not_the_batchs_overwrite(
+    tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, capsys
+):
+    """An image line whose weights overflowed was told "or start again with --overwrite and
+    another --seed", and one asked more descriptor steps after text→3D began "add --overwrite,
+    or pass --workspace NEW_FOLDER": the batch's --overwrite refuses image lines, its
+    --workspace is the list's root, and `image --overwrite` keeps the seed that trained the
+    descriptor. The first is told to continue with a smaller --lr, the second the line's own
+    `dreamtext image ... --overwrite`; both then finish."""
+    two_cube_images(tmp_path)
+    path = prompts_file(tmp_path, "image:red_cube.png")
+    root, cube = tmp_path / "root", tmp_path / "root" / "red_cube"
+    flags = [
+        "--model", tiny_sd_path, "--clip", tiny_clip_path, "--config", tiny_yaml, "--nouns",
+        tmp_path / "nouns.txt", "--adjectives", tmp_path / "adjectives.txt", "--max-words", "2",
+    ]  # fmt: skip
+    flags = list(map(str, flags))
+    batch = ["batch", str(path), *flags, "--workspace", str(root)]
+    assert main([*batch, "--descriptor-iters", "3", "--iters", "2"]) == 0
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "DIVERGED_AFTER", 3)
+        m.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+        assert main([*batch, "--descriptor-iters", "3", "--iters", "8", "--lr", "1e30"]) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "failed:" in line]
+    assert "--seed" not in line and "--overwrite" not in line, line
+    assert line.endswith(
+        "continue from it with the batch run again (it resumes this line) and a smaller --lr "
+        "(this run's is 1e+30)"
+    ), line
+    assert main([*batch, "--descriptor-iters", "3", "--iters", "4", "--lr", "0.01"]) == 0
+    assert status(cube)["state"] == "finished" and steps(cube)[-1] == 4
+
+    assert main([*batch, "--descriptor-iters", "4", "--iters", "6"]) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "failed:" in line]
+    image = shlex.quote(str(tmp_path / "red_cube.png"))
+    command = f"dreamtext image {image} --workspace {shlex.quote(str(cube))} --overwrite"
+    assert line.endswith(f"run `{command}` (with the batch's other flags)"), line
+    again = [*shlex.split(command)[1:], *flags, "--descriptor-iters", "4", "--iters", "6"]
+    assert main(again) == 0
+    assert json.loads(sentence_path(cube).read_text())["descriptor_iters"] == 4
+    assert status(cube)["state"] == "finished" and steps(cube)[-1] == 6
+    assert main([*batch, "--descriptor-iters", "4", "--iters", "6"]) == 0
+    assert rows(root)[-1]["status"] == "skipped"
