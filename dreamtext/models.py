@@ -606,7 +606,10 @@ class StableDiffusionModels:
                 f"'{model}' has a {self.unet.config.in_channels}-channel U-Net (an inpainting "
                 "or depth model); use a text-to-image Stable Diffusion model"
             )
-        self.tokenizer = self._read(CLIPTokenizer, "tokenizer")
+        # Read once a process: the checks before the load read it alone (read_tokenizer).
+        if self.path not in _TOKENIZERS:
+            _TOKENIZERS[self.path] = self._read(CLIPTokenizer, "tokenizer")
+        self.tokenizer = _TOKENIZERS[self.path]
         # transformers reads weights straight into place already (low_cpu_mem_usage is gone there).
         self.text_encoder = self._load(CLIPTextModel, "text_encoder", on=self.offload_device)
         check_text_to_image_unet(model, self.unet.config, self.text_encoder.config)
