@@ -2016,23 +2016,14 @@ def _tokenizer_of(
     """The tokenizer a run of ``guidance`` reads its prompts with, and the expansions of its
     learned tokens (:func:`dreamtext.prompts.expand_tokens`): those of ``models`` where they
     are its model's, else its model's tokenizer alone with the learned tokens of its
-    ``textual_inversion`` file added by :func:`dreamtext.prompts.add_learned_tokens`, which
-    the load's :func:`~dreamtext.prompts.add_textual_inversion` adds them with: named alike,
-    and refused alike (a name the tokenizer has; a width other than the text encoder's
-    ``config.json`` gives) before the first line trains, not at that model's turn."""
-    from dreamtext.models import read_tokenizer, text_encoder_width
-    from dreamtext.prompts import add_learned_tokens, read_textual_inversion
+    ``textual_inversion`` file (:func:`dreamtext.models.read_text_side`), named and refused as
+    the load names and refuses them, before the first line trains, not at that model's turn."""
+    from dreamtext.models import read_text_side
 
     if models is not None and guidance.model == models.model:
         text = models.text_side(guidance.textual_inversion)
         return text.tokenizer, text.expansions
-    tokenizer = read_tokenizer(guidance.model)
-    if not guidance.textual_inversion:
-        return tokenizer, {}
-    tokenizer = copy.deepcopy(tokenizer)
-    embeds = read_textual_inversion(guidance.textual_inversion)
-    expansions = add_learned_tokens(tokenizer, embeds, text_encoder_width(guidance.model))
-    return tokenizer, expansions
+    return read_text_side(guidance)
 
 
 def check_image_lines(entries: list[Entry], options: BatchOptions, load: bool = True) -> None:

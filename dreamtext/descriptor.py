@@ -40,7 +40,7 @@ from dreamtext.checkpoint import (
     save_into,
     with_digest,
 )
-from dreamtext.describe import base_sentence, make_sentence, sentence_path
+from dreamtext.describe import QUANTIFIERS, base_sentence, make_sentence, sentence_path
 from dreamtext.devices import (
     DIVERGED_AFTER,
     DIVERGENCE_WINDOW,
@@ -133,6 +133,44 @@ def check_token(tokenizer, token: str) -> None:
         raise DreamtextError(
             f"image_to_3d.descriptor.token {token!r} is already a token of the model's "
             f"tokenizer; choose another (the default is {DESCRIPTOR_TOKEN!r})"
+        )
+
+
+def check_given_noun(
+    tokenizer,
+    noun: str,
+    quantifier: str | None,
+    max_words: int,
+    labels: Sequence[str],
+    token: str = DESCRIPTOR_TOKEN,
+) -> None:
+    """Refuse, before the sentence search, a given ``--noun`` whose every sentence to learn is
+    longer than the text encoder reads (``model_max_length``, 77 with start and end), as
+    :meth:`DescriptorTrainer.check_length` would once the search had run (minutes with a real
+    CLIP) and left its record in the workspace. The descriptor's prompt is ``"An image of <q>
+    <p_1> … <p_n> <noun>"``, one placeholder ``p_i`` per BPE piece of the words found, or of the
+    noun where none is: its tokens are those of the base sentence (with each view label in
+    ``labels``) plus ``n``, and ``n`` ≥ 1, or = the noun's pieces with ``max_words`` 0. The
+    shortest of ``quantifier`` (else every one the search tries) is counted; ``token`` names the
+    placeholder in the refusal."""
+    limit = tokenizer.model_max_length
+    pieces = 1 if max_words > 0 else len(tokenizer(noun, add_special_tokens=False).input_ids)
+
+    def least(q: str) -> int:
+        base = base_sentence(q, noun)
+        texts = [base, *(with_view(base, label) for label in labels)]
+        return max(len(tokenizer(text, truncation=False).input_ids) for text in texts) + pieces
+
+    counts = {q: least(q) for q in ([quantifier] if quantifier else QUANTIFIERS)}
+    shortest = min(counts, key=counts.__getitem__)
+    if counts[shortest] > limit:
+        sentence = make_sentence(shortest, [token], noun)
+        with_label = " with its view label" if labels else ""
+        given = "--noun or --quantifier" if quantifier else "--noun"
+        raise DreamtextError(
+            f"the sentence to learn, {sentence!r}, is at least {counts[shortest]} tokens"
+            f"{with_label} once its descriptor is written as the words' pieces, but the text "
+            f"encoder reads {limit} (start and end included); give a shorter {given}"
         )
 
 

@@ -82,6 +82,7 @@ from dreamtext.descriptor import (
     DESCRIPTOR_TOKEN,
     LEARNED_EMBEDS,
     DescriptorOptions,
+    check_given_noun,
     check_token,
     learned_embeds_path,
     sample_grid,
@@ -95,7 +96,7 @@ from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for, release_clip
 from dreamtext.processes import claim_workspace
 from dreamtext.progress import say
-from dreamtext.prompts import check_lengths, expand_tokens
+from dreamtext.prompts import check_lengths, check_run_lengths, expand_tokens
 from dreamtext.runfiles import (
     check_image,
     check_image_workspace,
@@ -412,13 +413,42 @@ def check_text_stage(cfg: TrainConfig, device: torch.device, resume: bool = Fals
     check_lengths(models.tokenizer, [], cfg.guidance.negative, False)
 
 
+def check_lengths_first(
+    workspace: Path, cfg: TrainConfig, options: ImageOptions, overwrite: bool
+) -> None:
+    """The texts of the stages still to run that the text encoder would cut off, counted with
+    Stable Diffusion's tokenizer read alone (:func:`dreamtext.models.read_tokenizer`, no weights):
+    the negative prompt of a text→3D stage to train (its run's own learned words are not in it,
+    as :func:`check_text_stage` counts it), and until the sentence is found, a given ``--noun``
+    (:func:`dreamtext.descriptor.check_given_noun`). Both were refused once the models had
+    loaded, the noun after the sentence search too, with its record left in the workspace."""
+    from dreamtext.models import read_tokenizer
+
+    tokenizer = read_tokenizer(cfg.guidance.model)
+    if overwrite or not _text_stage_done(workspace, cfg):
+        check_lengths(tokenizer, [], cfg.guidance.negative, False)
+    describe_options = options.describe
+    if describe_options.noun is not None and not sentence_path(workspace).is_file():
+        check_given_noun(
+            tokenizer,
+            collapse_spaces(describe_options.noun),
+            collapse_spaces(describe_options.quantifier),
+            describe_options.max_words,
+            cfg.guidance.views.labels if cfg.guidance.view_dependent else (),
+            options.descriptor.token,
+        )
+
+
 def check_stages(
     workspace: Path, cfg: TrainConfig, options: ImageOptions, device: torch.device, overwrite: bool
 ) -> None:
     """Everything the stages still to run need, checked before the first one: unless the
     sentence is found already, the describe options and the CLIP model (loaded here, on the CPU;
     the search reuses the load), then the text→3D stage's (:func:`check_text_stage`), and until
-    the descriptor is trained, its token against the model's tokenizer (:func:`check_token`)."""
+    the descriptor is trained, its token against the model's tokenizer (:func:`check_token`).
+    First, by the model's tokenizer alone (:func:`check_lengths_first`), the texts too long for
+    its text encoder, which the loads of CLIP and Stable Diffusion came before."""
+    check_lengths_first(workspace, cfg, options, overwrite)
     if not sentence_path(workspace).is_file():
         check_options(options.describe)
         with clip_encoder(options.describe.clip, "cpu", options.describe.batch_size):
@@ -838,17 +868,12 @@ def _run_diverse(
         _note(f"diverse: reusing {image_path}")
     else:
         device = resolve_device(cfg.device)
-        check_stages(workspace, cfg, options, device, overwrite)
         # The sample reads the prompt as typed (the stages after it, the learned sentence):
         # one the text encoder would cut off was sampled cut off, without a word. So was a
-        # negative prompt that the caller's learned tokens lengthen (check_text_stage counted
-        # it before their expansion).
-        side = load_for(cfg.guidance, device).text_side(words)
-        expanded = [
-            expand_tokens(text, side.expansions) for text in (cfg.prompt, cfg.guidance.negative)
-        ]
-        check_lengths(side.tokenizer, expanded[:1], expanded[1], False)
-        del side
+        # negative prompt that the caller's learned tokens lengthen (check_text_stage counts
+        # it without them). Counted by the tokenizer alone, before the models load.
+        check_run_lengths(replace(cfg.guidance, textual_inversion=words), cfg.prompt, views=False)
+        check_stages(workspace, cfg, options, device, overwrite)
         if note is not None:
             _note(note)
             note = None

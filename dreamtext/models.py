@@ -958,6 +958,25 @@ def read_tokenizer(model: str) -> Any:
     return _TOKENIZERS[path]
 
 
+def read_text_side(guidance: GuidanceConfig) -> tuple[Any, dict[str, str]]:
+    """The tokenizer a run of ``guidance`` reads its prompts with, and the expansions of its
+    learned tokens (:func:`dreamtext.prompts.expand_tokens`), without loading a weight: the
+    model's tokenizer alone (:func:`read_tokenizer`), copied and given the learned tokens of
+    ``guidance.textual_inversion`` by :func:`dreamtext.prompts.add_learned_tokens`, which the
+    load's :func:`~dreamtext.prompts.add_textual_inversion` adds them with: named alike, and
+    refused alike (a name the tokenizer has; a width other than the text encoder's
+    ``config.json`` gives)."""
+    from dreamtext.prompts import add_learned_tokens, read_textual_inversion
+
+    tokenizer = read_tokenizer(guidance.model)
+    if not guidance.textual_inversion:
+        return tokenizer, {}
+    tokenizer = copy.deepcopy(tokenizer)
+    embeds = read_textual_inversion(guidance.textual_inversion)
+    expansions = add_learned_tokens(tokenizer, embeds, text_encoder_width(guidance.model))
+    return tokenizer, expansions
+
+
 def text_encoder_width(model: str) -> int | None:
     """The width of Stable Diffusion ``model``'s text embeddings (``hidden_size`` in its
     ``text_encoder/config.json``), read alone, or ``None`` where that file is not here (a hub
@@ -1025,6 +1044,7 @@ __all__ = [
     "load_stable_diffusion",
     "locate_model",
     "native_resolution",
+    "read_text_side",
     "read_tokenizer",
     "release_clip",
     "release_stable_diffusion",

@@ -13,12 +13,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from dreamtext.cameras import VIEW_LABELS, every_view_label, with_view
 from dreamtext.errors import DreamtextError
+
+if TYPE_CHECKING:
+    from dreamtext.guidance import GuidanceConfig
 
 # The largest |value| a learned token's vector may hold: read_textual_inversion says why.
 LARGEST_EMBEDDING_VALUE = 1e4
@@ -119,6 +123,24 @@ def check_lengths(tokenizer, texts: Sequence[str], negative: str, view_dependent
                 f"{what} is {count} tokens, but the text encoder reads {limit} (start and end "
                 f"included) and would cut off the rest; shorten {what.split(' with')[0]}"
             )
+
+
+def check_run_lengths(guidance: GuidanceConfig, prompt: str, views: bool = True) -> None:
+    """:func:`check_lengths` of a run of ``guidance``: ``prompt`` (with each of its view labels
+    where ``views`` and ``guidance.view_dependent``) and the negative prompt, their learned
+    tokens expanded, counted with the model's tokenizer read alone
+    (:func:`dreamtext.models.read_text_side`), so that a text too long is refused before any
+    weight loads: :class:`PromptEmbeddings` refused it once Stable Diffusion was loaded (SD 2.1:
+    30-60 s on a laptop). The built-in prior has captions, not a tokenizer: its own check."""
+    from dreamtext.models import read_text_side
+
+    if guidance.model.startswith("builtin:"):
+        return
+    tokenizer, expansions = read_text_side(guidance)
+    prompt = expand_tokens(prompt, expansions)
+    labeled = views and guidance.view_dependent
+    texts = [with_view(prompt, label) for label in guidance.views.labels] if labeled else [prompt]
+    check_lengths(tokenizer, texts, expand_tokens(guidance.negative, expansions), labeled)
 
 
 @torch.no_grad()

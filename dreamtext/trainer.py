@@ -126,6 +126,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace, lock_folder
 from dreamtext.progress import bar_label, bar_options, say, tqdm
+from dreamtext.prompts import check_run_lengths
 from dreamtext.regularisers import DENSITY_POINTS, REGULARISERS, density_decay, scene_points
 from dreamtext.renderer import VolumeRenderer, all_finite, renders_finite
 from dreamtext.runfiles import (
@@ -550,6 +551,7 @@ def build_run(
     check_render_memory(cfg, device)
     check_field_memory(cfg, device, resume)
     check_encoding(cfg.field.encoding, device, cfg.field.level_dim)  # before minutes of loading
+    check_run_lengths(cfg.guidance, cfg.prompt)  # by the tokenizer alone, before the load
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, device)
     guidance = parts.guidance

@@ -1821,6 +1821,68 @@ def test_a_too_long_negative_prompt_is_refused_before_the_sentence_search(
     assert not (tmp_path / "run" / "descriptor" / "sentence.json").exists()
 
 
+@pytest.fixture
+def no_weight_loads(monkeypatch):
+    """Every model weight read fails (the tokenizer alone reads): a check that came after a
+    load shows as that failure."""
+    import dreamtext.describe
+    import dreamtext.models as models
+
+    def tokenizer_only(cls, path, subfolder, **kwargs):
+        if subfolder != "tokenizer":
+            raise AssertionError(f"{subfolder} was loaded before the texts were checked")
+        return real(cls, path, subfolder, **kwargs)
+
+    def clip(*args, **kwargs):
+        raise AssertionError("CLIP was loaded before the texts were checked")
+
+    models.clear_cache()
+    real = models._from_pretrained
+    monkeypatch.setattr(models, "_from_pretrained", tokenizer_only)
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", clip)
+
+
+LONG = "blurry " * 800  # 5,600 characters, 802 tokens
+
+
+@pytest.mark.parametrize(
+    ("command", "refusal"),
+    [
+        (["image", "IMAGE", "--negative", LONG], "the negative prompt is 802 tokens"),
+        (["text", "a red cube", "--negative", LONG], "the negative prompt is 802 tokens"),
+        (["text", "a red cube " * 40], "the prompt with its view label is 125 tokens"),
+        (["text", "a red cube " * 40, "--diverse"], "the prompt is 122 tokens"),
+        (
+            ["image", "IMAGE", "--noun", "q" * 40, "--quantifier", "a", "--max-words", "0"],
+            "the sentence to learn, 'An image of a <descriptor> " + "q" * 40 + "', is at least "
+            "89 tokens with its view label",
+        ),
+    ],
+    ids=["image-negative", "text-negative", "text-prompt", "diverse-prompt", "image-noun"],
+)
+def test_a_text_too_long_for_the_text_encoder_is_refused_before_any_model_loads(
+    tmp_path, tiny_sd_path, tiny_clip_path, no_weight_loads, capsys, command, refusal
+):
+    """`image mug.png --negative <5,000 characters>` said "loaded Stable Diffusion ..." and
+    only then refused the negative prompt (SD 2.1: 30-60 s of loading for a typo); `text` did
+    likewise with a long prompt or negative prompt, `text --diverse` (after loading CLIP
+    too) before its sample. A --noun whose sentence, once the descriptor writes its pieces,
+    cannot fit was refused after both loads and the sentence search, its record left in the
+    workspace. Each is one line, before any weight loads, with
+    nothing written."""
+    from dreamtext.cli import main
+
+    image = str(_image(tmp_path))
+    args = [image if word == "IMAGE" else word for word in command]
+    args += ["--model", str(tiny_sd_path), "--workspace", str(tmp_path / "run")]
+    if command[0] == "image" or "--diverse" in command:
+        args += ["--clip", str(tiny_clip_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dreamtext: error: {refusal}"), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_diverse_prompt_the_text_encoder_would_cut_off_is_refused_before_sampling(
     tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
 ):
