@@ -131,7 +131,6 @@ from dreamtext.runstatus import (
 )
 
 if TYPE_CHECKING:
-    from dreamtext.guidance import GuidanceConfig
     from dreamtext.models import StableDiffusionModels
 
 try:
@@ -1472,13 +1471,13 @@ def _run_batch(
         # Where they do, a refusal names the first line of the settings it refuses.
         groups = settings_groups(pending, settings)
         named = len(groups) > 1
+        check_prompt_lengths(groups, Path(prompts_file))  # before the first model loads
         built: set[str] = set()
         for group in groups[1:]:
             with naming_line(group[0][0]):
                 check_machine(group[0][1], *resumed_in(group, resuming), built)
         with naming_line(groups[0][0][0] if named else None):
-            models = check_model(groups[0][0][1], *resumed_in(groups[0], resuming), built)
-        check_prompt_lengths(groups, models, Path(prompts_file))
+            check_model(groups[0][0][1], *resumed_in(groups[0], resuming), built)
         check_image_lines([e for e, _ in pending], options)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
     if shard is not None and not share:
@@ -1964,19 +1963,18 @@ def check_other_models(pending: Sequence[tuple[Entry, TrainConfig]]) -> None:
 
 
 def check_prompt_lengths(
-    groups: Sequence[Sequence[tuple[Entry, TrainConfig]]],
-    models: StableDiffusionModels | None,
-    prompts_file: Path,
+    groups: Sequence[Sequence[tuple[Entry, TrainConfig]]], prompts_file: Path
 ) -> None:
     """Every text line still to train fits its text encoder with each of its view labels, as
     does its negative prompt (:func:`dreamtext.prompts.check_lengths`): a long line failed only
     when its turn came, hours into a sweep, after the lines before it. Each group of lines of
     one config (:func:`settings_groups`) is checked with its own model's tokenizer, learned
-    tokens, negative prompt and labels: ``models``, loaded by :func:`check_model`, where the
-    group's model is theirs, else the tokenizer read alone
-    (:func:`dreamtext.models.read_tokenizer`, no weights); a first line of builtin:shapes left
-    the other lines' unchecked. Image lines' prompts are the sentences still to learn."""
+    tokens, negative prompt and labels, read alone (:func:`dreamtext.models.read_text_side`, no
+    weights) before :func:`check_model` loads the first line's model, which a negative prompt
+    too long came after; a first line of builtin:shapes left the other lines' unchecked. Image
+    lines' prompts are the sentences still to learn."""
     from dreamtext.cameras import with_view
+    from dreamtext.models import read_text_side
     from dreamtext.prompts import check_lengths, expand_tokens
 
     sides: dict[tuple[str, str | None], tuple[Any, dict[str, str]]] = {}
@@ -1992,7 +1990,7 @@ def check_prompt_lengths(
         named = f"line {entry.line} ({entry.workspace}): " if len(groups) > 1 else ""
         try:
             if side not in sides:
-                sides[side] = _tokenizer_of(replace(guidance, textual_inversion=side[1]), models)
+                sides[side] = read_text_side(replace(guidance, textual_inversion=side[1]))
             tokenizer, expansions = sides[side]
             negative = expand_tokens(guidance.negative, expansions)
             check_lengths(tokenizer, [], negative, False)
@@ -2008,22 +2006,6 @@ def check_prompt_lengths(
                 check_lengths(tokenizer, texts, "", guidance.view_dependent)
             except DreamtextError as error:
                 raise DreamtextError(f"{prompts_file}: line {entry.line}: {error}") from None
-
-
-def _tokenizer_of(
-    guidance: GuidanceConfig, models: StableDiffusionModels | None
-) -> tuple[Any, dict[str, str]]:
-    """The tokenizer a run of ``guidance`` reads its prompts with, and the expansions of its
-    learned tokens (:func:`dreamtext.prompts.expand_tokens`): those of ``models`` where they
-    are its model's, else its model's tokenizer alone with the learned tokens of its
-    ``textual_inversion`` file (:func:`dreamtext.models.read_text_side`), named and refused as
-    the load names and refuses them, before the first line trains, not at that model's turn."""
-    from dreamtext.models import read_text_side
-
-    if models is not None and guidance.model == models.model:
-        text = models.text_side(guidance.textual_inversion)
-        return text.tokenizer, text.expansions
-    return read_text_side(guidance)
 
 
 def check_image_lines(entries: list[Entry], options: BatchOptions, load: bool = True) -> None:

@@ -513,6 +513,33 @@ def test_lines_are_checked_in_groups_of_one_config_but_prompt_and_folder():
     assert [group[0][1].guidance.fp16 for group in groups] == [True, False]
 
 
+def test_a_negative_prompt_too_long_is_refused_before_the_first_model_loads(
+    tiny_sd_path, tmp_path, monkeypatch, capsys
+):
+    """`batch list.txt --negative <5,000 characters>` said "loaded Stable Diffusion ..." (the
+    first line's model, which the checks load) and only then refused the negative prompt: it
+    is counted with the tokenizer read alone, before any weight loads; nothing is written."""
+    from dreamtext.cli import main
+
+    def tokenizer_only(cls, path, subfolder, **kwargs):
+        if subfolder != "tokenizer":
+            raise AssertionError(f"{subfolder} was loaded before the negative prompt was checked")
+        return real(cls, path, subfolder, **kwargs)
+
+    models.clear_cache()
+    real = models._from_pretrained
+    monkeypatch.setattr(models, "_from_pretrained", tokenizer_only)
+    monkeypatch.chdir(tmp_path)
+    Path("list.txt").write_text("a red cube\n", encoding="utf-8")
+    args = ["batch", "list.txt", "--model", str(tiny_sd_path), "--negative", "blurry " * 800]
+    assert main([*args, "--workspace", "runs"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "dreamtext: error: the negative prompt is 802 tokens, but the text encoder reads 77 "
+        "(start and end included) and would cut off the rest; shorten the negative prompt"
+    ]
+    assert not Path("runs").exists()
+
+
 def test_a_later_group_of_image_lines_alone_has_its_negative_prompt_checked(tiny_sd_path, tmp_path):
     """The lines' own runs group the checks by their settings: a group of image lines alone,
     after the first (a stopped image run whose config.json records another negative prompt),
@@ -534,12 +561,12 @@ def test_a_later_group_of_image_lines_alone_has_its_negative_prompt_checked(tiny
     image = Entry(2, "image:mug.png", "image", "mug", tmp_path / "mug")
     groups = [[(text, config(text, ""))], [(image, config(image, long))]]
     with pytest.raises(batch.DreamtextError) as refusal:
-        batch.check_prompt_lengths(groups, None, tmp_path / "prompts.txt")
+        batch.check_prompt_lengths(groups, tmp_path / "prompts.txt")
     assert str(refusal.value) == (  # start, 82 words, end
         f"line 2 ({image.workspace}): the negative prompt is 84 tokens, but the text encoder "
         "reads 77 (start and end included) and would cut off the rest; shorten the negative prompt"
     )
-    batch.check_prompt_lengths([groups[0], [(image, config(image, "blurry"))]], None, Path())
+    batch.check_prompt_lengths([groups[0], [(image, config(image, "blurry"))]], Path())
 
 
 def test_the_up_front_checks_build_each_distinct_field_once(tmp_path, monkeypatch):
@@ -586,7 +613,7 @@ def test_a_later_models_learned_tokens_are_named_as_diffusers_names_them(tiny_sd
 
     file = learned_file(tmp_path / "learned_embeds.safetensors", {"<cat-toy>": torch.randn(3, 32)})
     guidance = GuidanceConfig(model=str(tiny_sd_path), textual_inversion=str(file))
-    tokenizer, expansions = batch._tokenizer_of(guidance, None)
+    tokenizer, expansions = models.read_text_side(guidance)
     pipe = StableDiffusionPipeline.from_pretrained(
         tiny_sd_path, safety_checker=None, requires_safety_checker=False
     )
@@ -618,7 +645,7 @@ def test_a_later_models_learned_file_that_its_load_refuses_is_refused_before_any
     file = learned_file(tmp_path / "learned_embeds.safetensors", {token: torch.randn(1, width)})
     guidance = GuidanceConfig(model=str(tiny_sd_path), textual_inversion=str(file))
     with pytest.raises(batch.DreamtextError) as refused:
-        batch._tokenizer_of(guidance, None)
+        models.read_text_side(guidance)
     assert str(refused.value) == refusal
     loaded = models.load_stable_diffusion(str(tiny_sd_path))
     with pytest.raises(batch.DreamtextError) as at_load:
