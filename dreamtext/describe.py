@@ -295,6 +295,46 @@ def plural(noun: str) -> str:
     return shipped_plurals().get(noun) or inflect_plural(noun)
 
 
+def no_sentence_fits(quantifier: str | None, noun: str | None) -> DreamtextError:
+    """The refusal of a search none of whose base sentences fits in CLIP's tokens."""
+    given = " and ".join(
+        f"{flag} {value!r}"
+        for flag, value in (("--quantifier", quantifier), ("--noun", noun))
+        if value
+    )
+    return DreamtextError(
+        f"no sentence 'An image of <quantifier> <noun>' fits in CLIP's {CLIP_MAX_TOKENS} "
+        f"tokens with {given or 'these word lists'}: give a shorter one"
+    )
+
+
+def check_base_sentences(options: DescribeOptions, nouns: Sequence[str]) -> None:
+    """Refuse, before CLIP loads, a search none of whose base sentences ``"An image of <q>
+    <noun>"`` fits in CLIP's tokens (:func:`search_sentence` refused it once CLIP had loaded,
+    and ``describe`` had written its status and the image's copy). Nearly always one fits by
+    its bytes (:func:`fits_by_bytes`); only where none does is the tokenizer read, alone
+    (``--clip``'s, no weights; one that does not read is left to the load to name)."""
+    quantifier, noun = collapse_spaces(options.quantifier), collapse_spaces(options.noun)
+    quantifiers = [quantifier] if quantifier else list(QUANTIFIERS)
+    noun_forms = [noun] if noun else [form for n in nouns for form in (n, plural(n))]
+    sentences = [base_sentence(q, n) for q in quantifiers for n in noun_forms]
+    if any(fits_by_bytes(sentence) for sentence in sentences):
+        return
+    from dreamtext.models import quiet_model_libraries
+
+    quiet_model_libraries("transformers")
+    from transformers import AutoTokenizer
+
+    check_clip_folder(options.clip)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(options.clip)
+    except (OSError, ValueError):
+        return
+    limit = tokenizer.model_max_length
+    if not any(len(tokenizer(sentence)["input_ids"]) <= limit for sentence in sentences):
+        raise no_sentence_fits(quantifier, noun)
+
+
 def search_sentence(
     score: SentenceScores,
     nouns: Sequence[str],
@@ -317,15 +357,7 @@ def search_sentence(
     noun_forms = [noun] if noun else [form for n in nouns for form in (n, plural(n))]
     pairs = [(q, n) for q in quantifiers for n in noun_forms if fits(base_sentence(q, n))]
     if not pairs:
-        given = " and ".join(
-            f"{flag} {value!r}"
-            for flag, value in (("--quantifier", quantifier), ("--noun", noun))
-            if value
-        )
-        raise DreamtextError(
-            f"no sentence 'An image of <quantifier> <noun>' fits in CLIP's {CLIP_MAX_TOKENS} "
-            f"tokens with {given or 'these word lists'}: give a shorter one"
-        )
+        raise no_sentence_fits(quantifier, noun)
     index, best = _best(score([base_sentence(q, n) for q, n in pairs]))
     chosen_quantifier, chosen_noun = pairs[index]
     result = SearchResult(chosen_quantifier, chosen_noun, [], best, {"noun": best})
@@ -471,6 +503,8 @@ def describe(
     nouns, adjectives = check_options(options)
     image = load_image(image_path)
     check_describe_workspace(workspace, image_path)
+    if encoder is None:
+        check_base_sentences(options, nouns)
     if warning := small_image_warning(image, image_path):
         log.warning(warning)
     if status:  # track_status asks again; before CLIP loads, a second search is refused at once

@@ -70,6 +70,7 @@ from dreamtext.config import (
 )
 from dreamtext.describe import (
     DescribeOptions,
+    check_base_sentences,
     check_options,
     collapse_spaces,
     describe,
@@ -443,14 +444,18 @@ def check_stages(
     workspace: Path, cfg: TrainConfig, options: ImageOptions, device: torch.device, overwrite: bool
 ) -> None:
     """Everything the stages still to run need, checked before the first one: unless the
-    sentence is found already, the describe options and the CLIP model (loaded here, on the CPU;
-    the search reuses the load), then the text→3D stage's (:func:`check_text_stage`), and until
-    the descriptor is trained, its token against the model's tokenizer (:func:`check_token`).
-    First, by the model's tokenizer alone (:func:`check_lengths_first`), the texts too long for
-    its text encoder, which the loads of CLIP and Stable Diffusion came before."""
+    sentence is found already, the describe options (and base sentences that CLIP can read:
+    :func:`dreamtext.describe.check_base_sentences`), then, by Stable Diffusion's tokenizer alone,
+    the texts too long for its text encoder (:func:`check_lengths_first`), both once refused after
+    the loads; then the CLIP model (loaded here, on the CPU; the search reuses the load), the
+    text→3D stage's (:func:`check_text_stage`), and until the descriptor is trained, its token
+    against the model's tokenizer (:func:`check_token`)."""
+    search = not sentence_path(workspace).is_file()
+    if search:
+        nouns, _ = check_options(options.describe)
+        check_base_sentences(options.describe, nouns)
     check_lengths_first(workspace, cfg, options, overwrite)
-    if not sentence_path(workspace).is_file():
-        check_options(options.describe)
+    if search:
         with clip_encoder(options.describe.clip, "cpu", options.describe.batch_size):
             pass
     if overwrite or not _text_stage_done(workspace, cfg):

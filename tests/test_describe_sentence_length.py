@@ -128,3 +128,30 @@ def test_clip_fits_a_sentence_of_exactly_its_token_limit(tiny_clip_path):
     assert tokens_at_most(sentence) > limit  # the tokenizer decides, not the byte bound
     assert encoder.fits(sentence)
     assert not encoder.fits(sentence + " a")
+
+
+@pytest.mark.parametrize("command", ["describe", "image"])
+def test_a_quantifier_and_noun_no_sentence_holds_are_refused_before_clip_loads(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys, command
+):
+    """`describe mug.png --quantifier <60 bytes> --noun <60 bytes>` (each within a word's 64
+    bytes) was refused by the search once CLIP had loaded, and left the workspace's status.json
+    and the image's copy; `image` after both loads. The base sentence is counted with CLIP's
+    tokenizer alone: one line, nothing written."""
+    import dreamtext.describe
+    import dreamtext.models as models
+
+    def clip(*args, **kwargs):
+        raise AssertionError("CLIP was loaded before the sentence was checked")
+
+    models.clear_cache()
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", clip)
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), (200, 40, 40)).save("mug.png")
+    flags = ["--quantifier", "q" * 60, "--noun", "n" * 60, "--clip", str(tiny_clip_path)]
+    flags += ["--model", str(tiny_sd_path)] if command == "image" else []
+    assert main([command, "mug.png", *flags, "--workspace", "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("dreamtext: error: no sentence 'An image of <quantifier> <noun>' ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mug.png"]
