@@ -130,29 +130,29 @@ def test_a_resume_after_the_occupancy_refresh_ran_out_of_memory_is_bit_exact(
 def test_memory_that_runs_out_in_adams_update_saves_no_half_updated_checkpoint(
     tmp_path, monkeypatch, uninterrupted
 ):
-    """Adam allocates a temporary of each parameter's size at every step (``denom``, from
-    ``exp_avg_sq.sqrt()``) after it has written the earlier parameters and every moment: a
-    checkpoint saved then as "after step 3" held half of step 4's update, and a resume from it
-    trained another run. Nothing is saved; the resume goes on from the last checkpoint."""
+    """Adam allocates a temporary of every parameter's size at every step (``denom``, from
+    ``torch._foreach_sqrt`` of the second moments: it steps all parameters at once) after it has
+    written every moment: a checkpoint saved then as "after step 3" held half of step 4's
+    update, and a resume from it trained another run. Nothing is saved; the resume goes on
+    from the last checkpoint."""
     workspace = tmp_path / "run"
     real_step = trainer.optimizer_step
 
     def failing_step(run, finite):
         if run.step != FAILS_IN_STEP - 1:
             return real_step(run, finite)
-        real_sqrt, calls = torch.Tensor.sqrt, []
+        real_sqrt, calls = torch._foreach_sqrt, []
 
-        def sqrt(self, *args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:  # the second parameter's: the first is already updated
-                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to")
-            return real_sqrt(self, *args, **kwargs)
+        def sqrt(tensors, *args, **kwargs):
+            calls.append(len(tensors))  # every moment is written by now
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to")
 
-        monkeypatch.setattr(torch.Tensor, "sqrt", sqrt)
+        monkeypatch.setattr(torch, "_foreach_sqrt", sqrt)
         try:
             return real_step(run, finite)
         finally:
-            monkeypatch.setattr(torch.Tensor, "sqrt", real_sqrt)
+            monkeypatch.setattr(torch, "_foreach_sqrt", real_sqrt)
+            assert calls, "Adam's update did not reach its square root"
 
     monkeypatch.setattr(trainer, "optimizer_step", failing_step)
     with pytest.raises(DreamtextError) as raised:
