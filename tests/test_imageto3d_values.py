@@ -39,6 +39,8 @@ def test_an_overwrite_of_a_finished_run_checks_the_text_stage_before_it_writes(
     monkeypatch.setattr(
         imageto3d, "check_text_stage", lambda cfg, device, resume: checked.append(resume)
     )
+    # The texts' lengths, read with the model's tokenizer, are its own check's (no config here).
+    monkeypatch.setattr(imageto3d, "check_lengths_first", lambda *args: None)
     options = imageto3d.ImageOptions()
     imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=False)
     assert checked == []
@@ -62,6 +64,8 @@ def test_a_text_stage_that_goes_on_from_its_checkpoint_is_checked_as_a_resume(
     monkeypatch.setattr(
         imageto3d, "check_text_stage", lambda cfg, device, resume: checked.append(resume)
     )
+    # The texts' lengths, read with the model's tokenizer, are its own check's (no config here).
+    monkeypatch.setattr(imageto3d, "check_lengths_first", lambda *args: None)
     options = imageto3d.ImageOptions()
     imageto3d.check_stages(tmp_path, None, options, "cpu", overwrite=False)
     monkeypatch.setattr(imageto3d, "can_resume", lambda workspace: True)
