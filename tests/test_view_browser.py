@@ -2867,6 +2867,13 @@ def test_a_3d_view_taken_down_and_drawn_again_leaves_one_webgl_context(page, tmp
             drawn.wait_for(timeout=CATCH_UP_MS)
         assert live_objects(page, "WebGL2RenderingContext.prototype") == 1
         assert live_objects(page, "ResizeObserver.prototype") == 1
+    # The test removes the GLB at moments of its own, which a request of the page's can follow
+    # later: that answer is the server's right one, not a fault of the page.
+    # (CI 178: its 404, Chromium's console line for it, and what the loader said of it.)
+    chromium_404 = "console: Failed to load resource: the server responded with a status of 404"
+    page.problems[:] = [
+        p for p in page.problems if not ("mesh.glb" in p or p.startswith(chromium_404))
+    ]
 
 
 def test_a_gallery_open_while_runs_come_and_go_holds_only_the_cards_of_its_runs(
