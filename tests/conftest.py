@@ -34,6 +34,68 @@ from tiny_models import write_tiny_sd  # noqa: E402
 torch.set_num_threads(1)
 
 
+def _model_state(loaded) -> tuple:
+    """What a test could change in a loaded model's numbers: which tensors and modules its
+    attributes are, and each tensor's in-place version counter (``Tensor._version``: weights,
+    buffers, the noise schedule) with its dtype and device. Settings the code itself changes on a
+    loaded model (its memory options, its compiled modules) are left out."""
+    parts = []
+    for name, value in sorted(vars(loaded).items()):
+        if isinstance(value, torch.Tensor):
+            parts.append((name, id(value), value._version, value.dtype, value.device))
+        elif isinstance(value, torch.nn.Module):
+            parts.append((name, id(value)))
+            for tensor_name, tensor in [*value.named_parameters(), *value.named_buffers()]:
+                parts.append((name, tensor_name, tensor._version, tensor.dtype, tensor.device))
+    return tuple(parts)
+
+
+# Each model's state as its load left it, by id(): what the cache hands every later test.
+_AS_LOADED: dict[int, tuple] = {}
+
+
+def _record_loads() -> None:
+    """Has every :class:`~dreamtext.models.StableDiffusionModels` record its state as loaded."""
+    import dreamtext.models as models
+
+    load = models.StableDiffusionModels.__init__
+
+    def loading(self, *args, **kwargs):
+        load(self, *args, **kwargs)
+        _AS_LOADED[id(self)] = _model_state(self)
+
+    models.StableDiffusionModels.__init__ = loading
+
+
+_record_loads()
+
+
+@pytest.fixture(autouse=True)
+def cached_models_left_as_found() -> Iterator[None]:
+    """A test that leaves a model the process keeps for every later test (``models._LOADED``)
+    other than its load made it (its noise schedule replaced, its text encoder cast, a weight
+    edited) fails, and the model is dropped from the cache: it changed what every later test in
+    that process computed with it, in whatever order pytest-xdist hands them out (an fp16 test's
+    loss scale once depended on which test ran before it). Changes made with ``monkeypatch`` are
+    undone before this check, which is set up before, and so ends after, the fixtures a test
+    asks for."""
+    yield
+    import dreamtext.models as models
+
+    changed = {}
+    for key, loaded in list(models._LOADED.items()):
+        if id(loaded) in _AS_LOADED:
+            now, then = set(_model_state(loaded)), set(_AS_LOADED[id(loaded)])
+            if now != then:
+                changed[key] = sorted({part[0] for part in now ^ then})
+                del models._LOADED[key]
+    if changed:
+        pytest.fail(
+            f"the test left cached model(s) other than loaded (changed: {changed}), for later "
+            "tests to reuse: change them with monkeypatch, or work on a copy"
+        )
+
+
 @pytest.fixture(autouse=True)
 def ctrl_c_as_in_a_terminal() -> Iterator[None]:
     """Every test starts with Ctrl-C raising KeyboardInterrupt, as Python sets it up in a

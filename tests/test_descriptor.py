@@ -889,7 +889,7 @@ def _red_square(size: int) -> torch.Tensor:
     return image
 
 
-def test_noised_latents_follow_the_forward_process(tiny_sd_path):
+def test_noised_latents_follow_the_forward_process(tiny_sd_path, monkeypatch):
     """Guards against ``x_t = ᾱ x0 + (1 − ᾱ) ε`` for ``√ᾱ x0 + √(1 − ᾱ) ε``.
 
     With ᾱ_t = 0.25 for every t: x_t = 0.5 x0 + √0.75 ε = 0.5 x0 + 0.8660254 ε (the wrong
@@ -897,7 +897,7 @@ def test_noised_latents_follow_the_forward_process(tiny_sd_path):
     """
     trainer = _trainer(tiny_sd_path)
     models = trainer.models
-    models.alphas_cumprod = torch.full_like(models.alphas_cumprod, 0.25)
+    monkeypatch.setattr(models, "alphas_cumprod", torch.full_like(models.alphas_cumprod, 0.25))
     x0, noise, x_t, _ = trainer.noisy_batch(_red_square(models.resolution), step=1)
     torch.testing.assert_close(x_t, 0.5 * x0 + 0.8660254 * noise, atol=1e-5, rtol=1e-5)
 
