@@ -21,7 +21,7 @@ import collections
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,14 @@ from dreamtext.checkpoint import (
     save_into,
     with_digest,
 )
-from dreamtext.describe import QUANTIFIERS, base_sentence, make_sentence, sentence_path
+from dreamtext.describe import (
+    QUANTIFIERS,
+    SENTENCE_START,
+    base_sentence,
+    make_sentence,
+    plural,
+    sentence_path,
+)
 from dreamtext.devices import (
     DIVERGED_AFTER,
     DIVERGENCE_WINDOW,
@@ -136,42 +143,74 @@ def check_token(tokenizer, token: str) -> None:
         )
 
 
-def check_given_noun(
+def check_sentence_to_learn(
     tokenizer,
-    noun: str,
+    noun: str | None,
     quantifier: str | None,
+    nouns: Iterable[str],
     max_words: int,
     labels: Sequence[str],
     token: str = DESCRIPTOR_TOKEN,
 ) -> None:
-    """Refuse, before the sentence search, a given ``--noun`` whose every sentence to learn is
-    longer than the text encoder reads (``model_max_length``, 77 with start and end), as
-    :meth:`DescriptorTrainer.check_length` would once the search had run (minutes with a real
-    CLIP) and left its record in the workspace. The descriptor's prompt is ``"An image of <q>
-    <p_1> … <p_n> <noun>"``, one placeholder ``p_i`` per BPE piece of the words found, or of the
-    noun where none is: its tokens are those of the base sentence (with each view label in
-    ``labels``) plus ``n``, and ``n`` ≥ 1, or = the noun's pieces with ``max_words`` 0. The
-    shortest of ``quantifier`` (else every one the search tries) is counted; ``token`` names the
-    placeholder in the refusal."""
+    """Refuse, before the sentence search, a ``--noun`` or ``--quantifier`` with which every
+    sentence to learn is longer than the text encoder reads (``model_max_length``, 77 with start
+    and end), as :meth:`DescriptorTrainer.check_length` would once the search had run (minutes
+    with a real CLIP) and left its record in the workspace.
+
+    The descriptor's prompt is ``"An image of <q> <p_1> … <p_n> <noun>"``, one placeholder
+    ``p_i`` (one token) per BPE piece of the words found, or of the noun where none is: ``n``
+    ≥ 1, or = the noun's pieces with ``max_words`` 0. The tokenizer splits a text at its spaces
+    before its BPE (a noun's closing punctuation and the comma after it are one run), so with
+    view label ``L`` (each of ``labels``) the prompt is
+
+        T("An image of <q>") + n + pieces("<noun>,") + pieces("<L> view")
+
+    tokens (T with start and end), and T("An image of <q>") + n + pieces("<noun>") without one.
+    The search's nouns are ``noun`` where given, else each of ``nouns`` singular and plural
+    (its quantifiers ``quantifier``, else :data:`QUANTIFIERS`): refused only where the least of
+    these counts, ``n`` at its least, is over the limit, so a sentence the search can find
+    and the descriptor learn is never refused. The first pair that fits ends the count (nearly
+    always the first). ``token`` names the placeholder in the refusal."""
     limit = tokenizer.model_max_length
-    pieces = 1 if max_words > 0 else len(tokenizer(noun, add_special_tokens=False).input_ids)
 
-    def least(q: str) -> int:
-        base = base_sentence(q, noun)
-        texts = [base, *(with_view(base, label) for label in labels)]
-        return max(len(tokenizer(text, truncation=False).input_ids) for text in texts) + pieces
+    def pieces(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
-    counts = {q: least(q) for q in ([quantifier] if quantifier else QUANTIFIERS)}
-    shortest = min(counts, key=counts.__getitem__)
-    if counts[shortest] > limit:
-        sentence = make_sentence(shortest, [token], noun)
-        with_label = " with its view label" if labels else ""
-        given = "--noun or --quantifier" if quantifier else "--noun"
-        raise DreamtextError(
-            f"the sentence to learn, {sentence!r}, is at least {counts[shortest]} tokens"
-            f"{with_label} once its descriptor is written as the words' pieces, but the text "
-            f"encoder reads {limit} (start and end included); give a shorter {given}"
-        )
+    def searched_nouns() -> Iterator[str]:  # a plural is made only where its singular is long
+        for singular in nouns:
+            yield singular
+            yield plural(singular)
+
+    tails = [pieces(f"{label} view") for label in labels]
+    noun_forms = [noun] if noun is not None else searched_nouns()
+    heads: dict[str, int] = {}
+    least: tuple[int, str, str] | None = None  # (tokens, quantifier, noun)
+    for form in noun_forms:
+        alone, with_comma = pieces(form), pieces(f"{form},")
+        n = 1 if max_words > 0 else alone
+        for q in [quantifier] if quantifier else QUANTIFIERS:
+            if q not in heads:
+                heads[q] = len(tokenizer(f"{SENTENCE_START} {q}", truncation=False).input_ids)
+            count = heads[q] + n + max([alone, *(with_comma + tail for tail in tails)])
+            if count <= limit:
+                return
+            if least is None or count < least[0]:
+                least = (count, q, form)
+    if least is None:
+        return
+    count, q, _ = least
+    with_label = " with its view label" if labels else ""
+    if noun is not None:
+        sentence, found = make_sentence(q, [token], noun), ""
+        given = "a shorter --noun or --quantifier" if quantifier else "a shorter --noun"
+    else:
+        sentence, found = make_sentence(q, [token], "<noun>"), " whatever noun the search finds"
+        given = "a shorter --quantifier or shorter --nouns" if quantifier else "shorter --nouns"
+    raise DreamtextError(
+        f"the sentence to learn, {sentence!r}, is at least {count} tokens{with_label}{found} "
+        "once its descriptor is written as the words' pieces, but the text encoder reads "
+        f"{limit} (start and end included); give {given}"
+    )
 
 
 def add_placeholders(tokenizer, text_encoder: nn.Module, token: str, words: list[str]) -> list[int]:

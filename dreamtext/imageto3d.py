@@ -83,7 +83,7 @@ from dreamtext.descriptor import (
     DESCRIPTOR_TOKEN,
     LEARNED_EMBEDS,
     DescriptorOptions,
-    check_given_noun,
+    check_sentence_to_learn,
     check_token,
     learned_embeds_path,
     sample_grid,
@@ -420,24 +420,29 @@ def check_lengths_first(
     """The texts of the stages still to run that the text encoder would cut off, counted with
     Stable Diffusion's tokenizer read alone (:func:`dreamtext.models.read_tokenizer`, no weights):
     the negative prompt of a text→3D stage to train (its run's own learned words are not in it,
-    as :func:`check_text_stage` counts it), and until the sentence is found, a given ``--noun``
-    (:func:`dreamtext.descriptor.check_given_noun`). Both were refused once the models had
-    loaded, the noun after the sentence search too, with its record left in the workspace."""
+    as :func:`check_text_stage` counts it), and until the sentence is found, the sentence to
+    learn at its shortest, of the ``--noun`` given or of every noun the search may find, with
+    the ``--quantifier`` given (:func:`dreamtext.descriptor.check_sentence_to_learn`). Each was
+    refused once the models had loaded, the sentence after the search too, with its record left
+    in the workspace."""
     from dreamtext.models import read_tokenizer
 
     tokenizer = read_tokenizer(cfg.guidance.model)
     if overwrite or not _text_stage_done(workspace, cfg):
         check_lengths(tokenizer, [], cfg.guidance.negative, False)
+    if sentence_path(workspace).is_file():
+        return
     describe_options = options.describe
-    if describe_options.noun is not None and not sentence_path(workspace).is_file():
-        check_given_noun(
-            tokenizer,
-            collapse_spaces(describe_options.noun),
-            collapse_spaces(describe_options.quantifier),
-            describe_options.max_words,
-            cfg.guidance.views.labels if cfg.guidance.view_dependent else (),
-            options.descriptor.token,
-        )
+    noun = collapse_spaces(describe_options.noun)
+    check_sentence_to_learn(
+        tokenizer,
+        noun,
+        collapse_spaces(describe_options.quantifier),
+        () if noun is not None else check_options(describe_options)[0],
+        describe_options.max_words,
+        cfg.guidance.views.labels if cfg.guidance.view_dependent else (),
+        options.descriptor.token,
+    )
 
 
 def check_stages(

@@ -15,6 +15,7 @@ from dreamtext.descriptor import (
     DESCRIPTOR_TOKEN,
     DescriptorOptions,
     DescriptorTrainer,
+    check_sentence_to_learn,
     descriptor_loss,
     learned_embeds_path,
     train_descriptor,
@@ -382,6 +383,38 @@ def test_a_sentence_too_long_with_its_pieces_and_view_label_is_refused_before_tr
         train_descriptor(image_path, workspace, guidance, DescriptorOptions(iters=2))
     assert not (workspace / "descriptor" / "log.jsonl").exists()
     assert not learned_embeds_path(workspace).exists()
+
+
+@pytest.mark.parametrize(
+    ("quantifier", "tokens"), [("q" * 51, 77), ("q" * 52, 78)], ids=["77", "78"]
+)
+def test_a_sentence_to_learn_is_refused_early_at_the_count_the_descriptor_refuses(
+    tiny_sd_path, quantifier, tokens
+):
+    """`image mug.png --quantifier Q` without --noun: the sentence to learn is known once the
+    search has found its noun and words, and one too long was refused after the loads and the
+    search. Before them it is counted at its least, the shortest noun of the list (here its
+    only one, 17 pieces in the tiny tokenizer, its plural 18) and one placeholder (a one-piece
+    word found, "red"), with the template's own words and view labels: that count is the
+    descriptor's own (DescriptorTrainer.check_length) at 77 tokens, accepted by both, and one
+    token more, refused by both."""
+    models = load_stable_diffusion(str(tiny_sd_path))
+    labels = GuidanceConfig().views.labels
+    noun = "apartment building"
+    trainer = DescriptorTrainer(models, quantifier, ["red"], noun, DescriptorOptions())
+    assert trainer.n_vectors == 1
+    if tokens <= 77:
+        trainer.check_length(labels)
+        check_sentence_to_learn(models.tokenizer, None, quantifier, [noun], 15, labels)
+        return
+    with pytest.raises(DreamtextError, match=f"is {tokens} tokens with its view label"):
+        trainer.check_length(labels)
+    with pytest.raises(DreamtextError) as early:
+        check_sentence_to_learn(models.tokenizer, None, quantifier, [noun], 15, labels)
+    assert str(early.value).startswith(
+        f"the sentence to learn, 'An image of {quantifier} <descriptor> <noun>', is at least "
+        f"{tokens} tokens with its view label whatever noun the search finds"
+    )
 
 
 def test_resumed_training_equals_an_uninterrupted_run(tiny_sd_path, tmp_path):

@@ -1883,6 +1883,29 @@ def test_a_text_too_long_for_the_text_encoder_is_refused_before_any_model_loads(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_quantifier_no_sentence_to_learn_fits_with_is_refused_before_any_model_loads(
+    tmp_path, tiny_sd_path, tiny_clip_path, no_weight_loads, capsys
+):
+    """`image mug.png --quantifier Q` without --noun, where no noun of the list makes a sentence
+    to learn that fits (counted at its least: test_descriptor's boundary test), loaded CLIP and
+    Stable Diffusion, ran the search, and only then refused, its record left in the workspace.
+    It is one line before any weight loads, with nothing written."""
+    from dreamtext.cli import main
+
+    nouns = tmp_path / "nouns.txt"
+    nouns.write_text("apartment building\n", encoding="utf-8")
+    args = ["image", str(_image(tmp_path)), "--quantifier", "q" * 52, "--nouns", str(nouns)]
+    args += ["--model", str(tiny_sd_path), "--clip", str(tiny_clip_path)]
+    assert main([*args, "--workspace", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"dreamtext: error: the sentence to learn, 'An image of {'q' * 52} <descriptor> <noun>', "
+        "is at least 78 tokens with its view label whatever noun the search finds once its "
+        "descriptor is written as the words' pieces, but the text encoder reads 77 (start and "
+        "end included); give a shorter --quantifier or shorter --nouns"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_diverse_prompt_the_text_encoder_would_cut_off_is_refused_before_sampling(
     tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
 ):
