@@ -1471,7 +1471,7 @@ def _run_batch(
         # Where they do, a refusal names the first line of the settings it refuses.
         groups = settings_groups(pending, settings)
         named = len(groups) > 1
-        check_prompt_lengths(groups, Path(prompts_file))  # before the first model loads
+        check_prompt_lengths(groups, Path(prompts_file), options.image)  # before any load
         built: set[str] = set()
         for group in groups[1:]:
             with naming_line(group[0][0]):
@@ -1963,7 +1963,9 @@ def check_other_models(pending: Sequence[tuple[Entry, TrainConfig]]) -> None:
 
 
 def check_prompt_lengths(
-    groups: Sequence[Sequence[tuple[Entry, TrainConfig]]], prompts_file: Path
+    groups: Sequence[Sequence[tuple[Entry, TrainConfig]]],
+    prompts_file: Path,
+    image: dict[str, Any] | None = None,
 ) -> None:
     """Every text line still to train fits its text encoder with each of its view labels, as
     does its negative prompt (:func:`dreamtext.prompts.check_lengths`): a long line failed only
@@ -1972,8 +1974,13 @@ def check_prompt_lengths(
     tokens, negative prompt and labels, read alone (:func:`dreamtext.models.read_text_side`, no
     weights) before :func:`check_model` loads the first line's model, which a negative prompt
     too long came after; a first line of builtin:shapes left the other lines' unchecked. Image
-    lines' prompts are the sentences still to learn."""
+    lines' prompts are the sentences still to learn: each line still to be described has its
+    sentence to learn counted at its least, with its describe options (``image``:
+    :attr:`BatchOptions.image`, over its run's), as ``dreamtext image`` counts it
+    (:func:`dreamtext.imageto3d.check_lengths_first`); a --noun or --quantifier too long was
+    refused at the line's turn, after the loads and its sentence search."""
     from dreamtext.cameras import with_view
+    from dreamtext.imageto3d import check_lengths_first, resolve_image_options
     from dreamtext.models import read_text_side
     from dreamtext.prompts import check_lengths, expand_tokens
 
@@ -1997,8 +2004,16 @@ def check_prompt_lengths(
         except DreamtextError as error:
             raise DreamtextError(f"{named}{error}") from None
         labels = guidance.views.labels if guidance.view_dependent else ("",)
-        for entry, _ in group:
-            if entry.kind != "text":
+        for entry, line_cfg in group:
+            if entry.kind == "image":
+                try:
+                    options = resolve_image_options(image or {}, entry.workspace)
+                except DreamtextError:  # a run's unreadable record: that line fails on its own
+                    continue
+                try:
+                    check_lengths_first(entry.workspace, line_cfg, options, overwrite=False)
+                except DreamtextError as error:
+                    raise DreamtextError(f"{prompts_file}: line {entry.line}: {error}") from None
                 continue
             prompt = expand_tokens(entry.prompt, expansions)
             texts = [with_view(prompt, label) if label else prompt for label in labels]

@@ -540,6 +540,59 @@ def test_a_negative_prompt_too_long_is_refused_before_the_first_model_loads(
     assert not Path("runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        (
+            ["--noun", "q" * 40, "--quantifier", "a", "--max-words", "0"],
+            "the sentence to learn, 'An image of a <descriptor> " + "q" * 40 + "', is at least "
+            "89 tokens with its view label",
+        ),
+        (
+            ["--quantifier", "q" * 52, "--nouns", "nouns.txt"],
+            f"the sentence to learn, 'An image of {'q' * 52} <descriptor> <noun>', is at least "
+            "78 tokens with its view label whatever noun the search finds",
+        ),
+    ],
+    ids=["noun", "quantifier"],
+)
+def test_an_image_lines_sentence_to_learn_too_long_is_refused_before_the_first_model_loads(
+    tiny_sd_path, tiny_clip_path, tmp_path, monkeypatch, capsys, flags, refusal
+):
+    """A batch counted its text lines' prompts before the first load, not its image lines'
+    sentences to learn: `batch list.txt --noun <40 pieces>` (or a --quantifier no noun of
+    --nouns fits with) loaded Stable Diffusion and CLIP, trained the lines ahead, and refused
+    the image line at its turn, after the sentence search. It is refused as `image` refuses
+    it, by the tokenizer alone before any weight loads, naming the line; nothing is written."""
+    import numpy as np
+    from PIL import Image
+
+    import dreamtext.describe
+    from dreamtext.cli import main
+
+    def tokenizer_only(cls, path, subfolder, **kwargs):
+        if subfolder != "tokenizer":
+            raise AssertionError(f"{subfolder} was loaded before the sentence was checked")
+        return real(cls, path, subfolder, **kwargs)
+
+    def clip(*args, **kwargs):
+        raise AssertionError("CLIP was loaded before the sentence was checked")
+
+    models.clear_cache()
+    real = models._from_pretrained
+    monkeypatch.setattr(models, "_from_pretrained", tokenizer_only)
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", clip)
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((48, 48, 3), 200, dtype=np.uint8)).save("mug.png")
+    Path("nouns.txt").write_text("apartment building\n", encoding="utf-8")
+    Path("list.txt").write_text("a red cube\nimage:mug.png\n", encoding="utf-8")
+    args = ["batch", "list.txt", "--model", str(tiny_sd_path), "--clip", str(tiny_clip_path)]
+    assert main([*args, *flags, "--workspace", "runs"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dreamtext: error: list.txt: line 2: {refusal}")
+    assert not Path("runs").exists()
+
+
 def test_a_later_group_of_image_lines_alone_has_its_negative_prompt_checked(tiny_sd_path, tmp_path):
     """The lines' own runs group the checks by their settings: a group of image lines alone,
     after the first (a stopped image run whose config.json records another negative prompt),
