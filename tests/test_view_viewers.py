@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 from test_view import make_run, servers_stopped_at_once, serving_in_a_thread
 
+import dreamtext.processes as processes
 import dreamtext.view.viewers as viewers
 from dreamtext.cli import main
 from dreamtext.processes import HOST, user_name, write_held_record
@@ -310,6 +311,78 @@ def test_threads_started_at_once_serve_one_token(tmp_path: Path):
             thread.join()
         kept = (folder / TOKEN_FILE).read_text().strip()
         assert tokens == [kept] * 8, attempt
+
+
+KILLED = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from dreamtext.view.viewers import viewer_token
+    def killed(*args, **kwargs):  # SIGKILL's moment: the temp file written, not yet in place
+        os._exit(9)
+    os.link = os.replace = killed
+    viewer_token(renew=sys.argv[2] == "renew", folder=Path(sys.argv[1]))
+    """
+)
+
+
+def test_a_start_killed_before_its_token_is_in_place_leaves_nothing_after_the_next_start(
+    tmp_path: Path,
+):
+    """A start killed between writing its new token and linking it into place (kill -9, the
+    OOM killer) left its hidden temp file in the state folder for good: no start looked at it
+    again. Its lock died with it, so the next start removes it (a new token, and --new-token)."""
+    folder = tmp_path / "dreamtext"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for how in ("new", "renew"):
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED, str(folder), how], env=env, capture_output=True
+        )
+        assert killed.returncode == 9, killed.stderr
+        left = [p for p in folder.iterdir() if p.name.startswith(f".{TOKEN_FILE}.{HOST}.")]
+        assert len(left) == 1 and len(left[0].read_text().strip()) == 32, how
+        token, line = viewer_token(folder=folder)
+        assert line is None and token == (folder / TOKEN_FILE).read_text().strip()
+        assert not left[0].exists(), how
+        assert sorted(p.name for p in folder.iterdir()) == [TOKEN_FILE], how
+
+
+def test_a_temp_token_file_at_work_is_kept_and_on_a_shared_home_one_until_a_minute_old(
+    tmp_path: Path, monkeypatch
+):
+    """A temp file whose lock is held is a start's at work: kept, however old. Where other
+    machines' locks may not be seen (a home on NFS), a free one may be another node's start at
+    work: removed only once TEMP_GRACE_S old. A file of the user's own beside them is no temp."""
+    import fcntl
+
+    folder = tmp_path / "dreamtext"
+    viewer_token(folder=folder)
+    at_work = folder / f".{TOKEN_FILE}.{HOST}.1.0123abcd"
+    fd = os.open(at_work, os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    mine = folder / f".{TOKEN_FILE}.bak"
+    elsewhere = folder / f".{TOKEN_FILE}.node042.example.77.89abcdef"
+    old = time.time() - 3600  # past TEMP_GRACE_S
+    for path in (mine, elsewhere):
+        path.write_text("0" * 32 + "\n")
+    for path in (at_work, mine):
+        os.utime(path, (old, old))
+    monkeypatch.setattr(processes, "file_system_type", lambda path: "nfs4")
+    try:
+        viewer_token(folder=folder)
+        assert at_work.exists() and mine.exists() and elsewhere.exists()
+        os.utime(elsewhere, (old, old))
+        viewer_token(folder=folder)
+        assert at_work.exists() and not elsewhere.exists()
+    finally:
+        os.close(fd)
+    viewer_token(folder=folder)
+    assert not at_work.exists() and mine.exists()  # its lock free and an hour old
+    monkeypatch.undo()  # a local disk: a free one is removed at once
+    fd = os.open(at_work, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    viewer_token(folder=folder)
+    assert not at_work.exists() and mine.exists()
 
 
 def test_a_cookie_of_a_viewer_is_answered_by_the_viewer_started_again_on_its_port(

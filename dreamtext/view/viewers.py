@@ -7,6 +7,10 @@
     view-<host>-<pid>-<port>.json one record per running viewer (:func:`record_viewer`): its
                                   address with the token, port, folders, and the process; what
                                   ``dreamtext view --list`` prints (:func:`running_viewers`)
+    .view-token.<host>.<pid>.XXXXXXXX
+                                  a start's new token while it writes it, before it is linked
+                                  into place (:func:`_exclusive_file`); one a killed start left
+                                  is removed by a later start (:func:`_remove_left_temps`)
 
 Both are the user's alone: the folder is made 0700 and each file 0600, created with ``O_EXCL``
 (never through a link another user left); a token file another user owns, or that others may
@@ -28,9 +32,16 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from dreamtext.errors import DreamtextError, shown_path
 from dreamtext.processes import (
     HOST,
+    file_age,
+    locks_reach_every_writer,
     now_iso,
     on_this_machine,
     record_alive,
@@ -47,6 +58,12 @@ _TOKEN = re.compile(r"[A-Za-z0-9._~-]{32,256}")
 # How to mend a token file that is refused.
 AGAIN = "remove it (a new token is made) or start dreamtext view with --new-token"
 _RECORD = re.compile(r"view-.+-[0-9]+-[0-9]+\.json")
+# A start's temp token file (_exclusive_file's name for it): .view-token.<host>.<pid>.XXXXXXXX.
+_TEMP = re.compile(rf"\.{re.escape(TOKEN_FILE)}\..+\.[0-9]+\.[0-9a-f]{{8}}")
+# Where the locks of other machines may not be seen (a home on NFS), a temp token file whose
+# lock is free is taken for a killed start's once it is this old: a start links its own into
+# place within milliseconds of making it.
+TEMP_GRACE_S = 60.0
 
 
 def state_folder() -> Path | None:
@@ -83,6 +100,8 @@ def viewer_token(renew: bool = False, folder: Path | None = None) -> tuple[str, 
     path = folder / TOKEN_FILE
     try:
         _own_folder(folder)
+        with contextlib.suppress(OSError):
+            _remove_left_temps(folder)
         kept = None if renew else _read_token(path)
         if kept is not None:
             return kept, None
@@ -173,7 +192,7 @@ def _make_token(path: Path, renew: bool) -> str:
     read the winner's). Where the file system has no hard links, a rename: the last of several
     starts at once then wins, and the others serve a token the next start does not."""
     token = new_token()
-    temp = _exclusive_file(path.parent, f".{TOKEN_FILE}.{HOST}.{os.getpid()}", token + "\n")
+    temp, fd = _exclusive_file(path.parent, f".{TOKEN_FILE}.{HOST}.{os.getpid()}", token + "\n")
     try:
         if renew:
             os.replace(temp, path)
@@ -190,15 +209,19 @@ def _make_token(path: Path, renew: bool) -> str:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+        os.close(fd)  # last: its lock says a start is at work on the temp until it is gone
     kept = _read_token(path)
     if kept is None:  # removed between the link and the read: serve ours, kept or not
         return token
     return kept
 
 
-def _exclusive_file(folder: Path, stem: str, text: str) -> Path:
+def _exclusive_file(folder: Path, stem: str, text: str) -> tuple[Path, int]:
     """A new file ``folder/stem.XXXXXXXX`` (mode 0600, created with ``O_EXCL``, never through
-    a link) holding ``text``, written out to the disk."""
+    a link) holding ``text``, written out to the disk, and its descriptor, open with an
+    exclusive ``flock`` on it: close it once the file is linked into place and removed, so that
+    a later start tells a file at work (locked) from one a killed start left (free:
+    :func:`_remove_left_temps`)."""
     while True:
         path = folder / f"{stem}.{secrets.token_hex(4)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -207,14 +230,67 @@ def _exclusive_file(folder: Path, stem: str, text: str) -> Path:
         except FileExistsError:
             continue
         try:
+            if fcntl is not None and not _locked_in_place(fd, path):
+                os.close(fd)  # removed as a leftover before its lock was taken: make another
+                continue
             os.write(fd, text.encode())
             os.fsync(fd)
         except OSError:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
-        os.close(fd)
-        return path
+        return path, fd
+
+
+def _locked_in_place(fd: int, path: Path) -> bool:
+    """Take an exclusive ``flock`` on the new file ``fd`` and tell whether ``path`` is still
+    that file: a later start may have taken it, unlocked in the instant between its creation
+    and the lock, for a killed start's and removed it. ``True`` where the file system has no
+    locks (nothing is removed then before it is :data:`TEMP_GRACE_S` old)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits out a start that looks at it (a moment)
+    except OSError:
+        return True
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_left_temps(folder: Path) -> list[Path]:
+    """Remove the temp token files (:data:`_TEMP`) that starts killed between writing theirs and
+    linking it into place left in ``folder`` (SIGKILL, the OOM killer, a node lost), and return
+    them. A start holds its temp file's ``flock`` until it has removed the file
+    (:func:`_exclusive_file`), so one whose lock is free is a killed start's where every process
+    that writes ``folder`` runs on this machine (a local disk: ``locks_reach_every_writer``);
+    where others may (a home on NFS, whose other nodes' locks may not reach here), one is taken
+    for a killed start's once it is also :data:`TEMP_GRACE_S` old. One whose lock is held is
+    never removed: a start is writing it."""
+    local = locks_reach_every_writer(folder)
+    removed = []
+    for temp in folder.iterdir():
+        if not _TEMP.fullmatch(temp.name):
+            continue
+        try:
+            fd = os.open(temp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue  # gone since, or not a file of ours (a link): left alone
+        try:
+            free = None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    free = True
+                except BlockingIOError:
+                    continue  # a start is at work on it
+                except OSError:
+                    pass  # no locks on this file system: its age alone tells
+            if (free and local) or file_age(temp) > TEMP_GRACE_S:
+                temp.unlink(missing_ok=True)  # the lock still held: no start takes it meanwhile
+                removed.append(temp)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def record_viewer(
