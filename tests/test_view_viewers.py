@@ -313,6 +313,38 @@ def test_threads_started_at_once_serve_one_token(tmp_path: Path):
         assert tokens == [kept] * 8, attempt
 
 
+def test_new_token_starts_at_once_serve_one_new_token_the_file_holds(tmp_path: Path, monkeypatch):
+    """Several `dreamtext view --new-token` at once (a job array's viewers): each put its own
+    new token in place, so all but the last served a token the file no longer held, which a
+    later start (without --new-token) did not serve, and the addresses they printed stopped
+    working at their next start. Starts that read the old token before any replaced it serve
+    one new token, the one the file holds; each start is held here, between reading the old
+    token and making its own, until all have read it."""
+    for attempt in range(5):
+        folder = tmp_path / f"state{attempt}" / "dreamtext"
+        old = viewer_token(folder=folder)[0]
+        barrier, tokens, made = threading.Barrier(6), [], viewers.new_token
+
+        def all_at_once(barrier=barrier, made=made) -> str:
+            barrier.wait(timeout=30)
+            return made()
+
+        monkeypatch.setattr(viewers, "new_token", all_at_once)
+
+        def start(tokens=tokens, folder=folder):
+            tokens.append(viewer_token(renew=True, folder=folder)[0])
+
+        threads = [threading.Thread(target=start) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        kept = (folder / TOKEN_FILE).read_text().strip()
+        assert kept != old and tokens == [kept] * 6, attempt
+        monkeypatch.setattr(viewers, "new_token", made)
+        assert viewer_token(renew=True, folder=folder)[0] not in (old, kept)  # one after: new
+
+
 KILLED = textwrap.dedent(
     """
     import os, sys
@@ -344,7 +376,7 @@ def test_a_start_killed_before_its_token_is_in_place_leaves_nothing_after_the_ne
         token, line = viewer_token(folder=folder)
         assert line is None and token == (folder / TOKEN_FILE).read_text().strip()
         assert not left[0].exists(), how
-        assert sorted(p.name for p in folder.iterdir()) == [TOKEN_FILE], how
+        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [], how
 
 
 def test_a_temp_token_file_at_work_is_kept_and_on_a_shared_home_one_until_a_minute_old(

@@ -7,6 +7,8 @@
     view-<host>-<pid>-<port>.json one record per running viewer (:func:`record_viewer`): its
                                   address with the token, port, folders, and the process; what
                                   ``dreamtext view --list`` prints (:func:`running_viewers`)
+    view-token.lock               the lock ``--new-token`` starts take in turn to replace the
+                                  token (:func:`_renew_token`); empty, and kept
     .view-token.<host>.<pid>.XXXXXXXX
                                   a start's new token while it writes it, before it is linked
                                   into place (:func:`_exclusive_file`); one a killed start left
@@ -52,6 +54,8 @@ from dreamtext.processes import (
 )
 
 TOKEN_FILE = "view-token"
+# Its lock, which --new-token starts hold in turn while they replace it (_renew_token).
+LOCK_FILE = "view-token.lock"
 # What a token file may hold (one line): characters an address's ?token= and a cookie carry as
 # they are, and enough of them that no guess reaches it (a made one is 32 hex digits, 128 bits).
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{32,256}")
@@ -91,7 +95,8 @@ def viewer_token(renew: bool = False, folder: Path | None = None) -> tuple[str, 
 
     Two viewers started at once make one file: each writes its own token into a temp file, and
     the first hard link of one to ``view-token`` wins (``O_EXCL``'s atomic create, which NFS
-    keeps for links too); both then serve what the file holds. Raises ``DreamtextError`` for a
+    keeps for links too); both then serve what the file holds. Two ``renew`` starts at once
+    serve one new token too (:func:`_renew_token`). Raises ``DreamtextError`` for a
     file or folder of another user's, or one others may read or write; where the folder cannot
     be made or written, returns a new token for this start alone and the line that says so."""
     folder = state_folder() if folder is None else folder
@@ -102,10 +107,12 @@ def viewer_token(renew: bool = False, folder: Path | None = None) -> tuple[str, 
         _own_folder(folder)
         with contextlib.suppress(OSError):
             _remove_left_temps(folder)
-        kept = None if renew else _read_token(path)
+        if renew:
+            return _renew_token(path), None
+        kept = _read_token(path)
         if kept is not None:
             return kept, None
-        return _make_token(path, renew), None
+        return _make_token(path, new_token(), renew=False), None
     except DreamtextError:
         raise
     except OSError as error:
@@ -186,12 +193,66 @@ def _read_token(path: Path) -> str | None:
     return text
 
 
-def _make_token(path: Path, renew: bool) -> str:
-    """A new token written to ``path``: in place of what is there (``renew``), or where there is
+def _renew_token(path: Path) -> str:
+    """``--new-token``: a new token in place of the one in ``path``, served by every start that
+    began before it was put there.
+
+    Each start reads the token it is to replace, makes its own, then, holding
+    :data:`LOCK_FILE`'s ``flock``, puts its own in place only where the file still holds what it
+    read; where another start's new token came in between (made after this one began, so not
+    the token it was asked to replace), it serves that one. Two starts at once had each put
+    their own in place, and the first served a token the file no longer held, which no later
+    start served. Where the file system has no locks, the file is read again after the
+    replace and the token it then holds is served: a start whose replace another's followed
+    before that reading serves the other's, and only one whose reading came first keeps its
+    own."""
+    seen = _peek_token(path)
+    token = new_token()
+    lock = _token_lock(path.parent)
+    try:
+        current = _peek_token(path)
+        if current is None or current == seen:
+            _make_token(path, token, renew=True)
+        return _peek_token(path) or token  # none: removed since, or unreadable: ours
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _peek_token(path: Path) -> str | None:
+    """The token in ``path`` (:func:`_read_token`), ``None`` where there is none or it is
+    refused (one ``--new-token`` is to replace)."""
+    with contextlib.suppress(OSError, DreamtextError):
+        return _read_token(path)
+    return None
+
+
+def _token_lock(folder: Path) -> int | None:
+    """A descriptor of ``folder``'s :data:`LOCK_FILE` (made 0600, never removed) holding an
+    exclusive ``flock`` on it, for :func:`_renew_token`; ``None`` where it cannot be had (no
+    locks on the file system, a file that cannot be made). Opened for writing: NFS grants an
+    exclusive lock on a file opened so only."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(
+            folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600
+        )
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another start's replace: a moment
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _make_token(path: Path, token: str, renew: bool) -> str:
+    """``token`` written to ``path``: in place of what is there (``renew``), or where there is
     nothing yet, by a hard link that fails for all but the first of several starts (which then
     read the winner's). Where the file system has no hard links, a rename: the last of several
     starts at once then wins, and the others serve a token the next start does not."""
-    token = new_token()
     temp, fd = _exclusive_file(path.parent, f".{TOKEN_FILE}.{HOST}.{os.getpid()}", token + "\n")
     try:
         if renew:
