@@ -1210,11 +1210,13 @@ def cmd_view(args: argparse.Namespace) -> int:
     from dreamtext.view.workspaces import left_out_hints
 
     if args.list:
-        from dreamtext.view.viewers import running_viewers, viewer_lines
+        from dreamtext.view.viewers import removal_lines, running_viewers, viewer_lines
 
         viewers = running_viewers()
         for line in viewer_lines(viewers):
-            print(line)
+            print(line, flush=True)
+        for line in removal_lines(viewers):
+            print_note(line)
         if not viewers:
             print_note("dreamtext view: none of yours is running (that this machine knows of)")
         return 0

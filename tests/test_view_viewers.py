@@ -410,11 +410,11 @@ def test_a_temp_token_file_at_work_is_kept_and_on_a_shared_home_one_until_a_minu
         os.close(fd)
     viewer_token(folder=folder)
     assert not at_work.exists() and mine.exists()  # its lock free and an hour old
-    monkeypatch.undo()  # a local disk: a free one is removed at once
-    fd = os.open(at_work, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.close(fd)
+    monkeypatch.undo()  # a local disk: a free one of this machine's is removed at once
+    for path in (at_work, elsewhere):  # another's: a local disk this machine serves over NFS
+        path.write_text("0" * 32 + "\n")
     viewer_token(folder=folder)
-    assert not at_work.exists() and mine.exists()
+    assert not at_work.exists() and elsewhere.exists() and mine.exists()
 
 
 def test_a_cookie_of_a_viewer_is_answered_by_the_viewer_started_again_on_its_port(
@@ -519,6 +519,78 @@ def test_list_removes_records_of_killed_viewers_and_marks_other_machines(capsys)
         "http://127.0.0.1:8123/?token=x  /runs  (pid 77 on node042, another machine: forward "
         "it first, ssh -o ExitOnForwardFailure=yes -L 8123:127.0.0.1:8123 node042; since c)\n"
     )
+
+
+def test_list_removes_the_record_of_a_viewer_of_this_machines_earlier_boot(capsys, monkeypatch):
+    """A viewer that ran here before a reboot left its record, its lock free, on a home on NFS:
+    its boot_id is another's, so it was listed as another machine's, "not checked from here",
+    for good. Last touched before this boot (by more than two of its beats), it is the earlier
+    boot's: removed. A twin's (this machine's name, another boot), touched since, is kept."""
+    assert processes.BOOT_TIME is not None
+    monkeypatch.setattr(processes, "file_system_type", lambda path: "nfs4")
+    before = processes.BOOT_TIME - 600
+    fields = {"host": HOST, "pid": 12, "locked": True, "beat_s": 300.0, "started": "b"}
+    rebooted = _record(f"view-{HOST}-12-8123.json", boot_id="an earlier boot", **fields)
+    os.utime(rebooted, (before, before))
+    twin = _record(f"view-{HOST}-13-8123.json", boot_id="a twin's boot", **fields)
+    assert main(["view", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert not rebooted.exists() and twin.exists()  # touched since this boot: another machine
+    assert out.count("\n") == 1 and "not checked from here, whether it still runs" in out
+
+
+def test_list_names_the_rm_of_another_machines_record_untouched_for_an_hour(capsys, monkeypatch):
+    """A viewer on another node of a shared home whose node died: its record's lock, where it
+    does not reach here, cannot tell, and the record was listed as "not checked" forever. A
+    running viewer touches its record every beat_s: one untouched for an hour is marked so,
+    and stderr names the rm that removes it; one touched lately gets the line that says what
+    removes it once gone. Neither is removed: neither is proven gone."""
+    monkeypatch.setattr(processes, "file_system_type", lambda path: "nfs4")
+    fields = {"port": 8123, "address": "127.0.0.1", "locked": True, "beat_s": 300.0}
+    dead = _record("view-node042-77-8123.json", host="node042", pid=77, started="c", **fields)
+    three_hours = time.time() - 3 * 3600 - 30
+    os.utime(dead, (three_hours, three_hours))
+    live = _record("view-node043-78-8123.json", host="node043", pid=78, started="d", **fields)
+    assert main(["view", "--list"]) == 0
+    out, err = capsys.readouterr()
+    assert dead.exists() and live.exists()
+    forward = "another machine: forward it first, ssh -o ExitOnForwardFailure=yes -L"
+    assert out == (
+        f"http://127.0.0.1:8123/?token=x  /runs  (pid 77 on node042, {forward} "
+        "8123:127.0.0.1:8123 node042; not checked from here, and its record was last touched "
+        "3 h 0 min ago (a running viewer touches it every 5 min); since c)\n"
+        f"http://127.0.0.1:8123/?token=x  /runs  (pid 78 on node043, {forward} "
+        "8123:127.0.0.1:8123 node043; not checked from here, whether it still runs; since d)\n"
+    )
+    assert err == (
+        "dreamtext view: the record of pid 77 on node042 was last touched 3 h 0 min ago (a "
+        "running viewer touches it every 5 min): if node042 is down or that viewer stopped, "
+        f"remove it: rm {dead}\n"
+        "dreamtext view: 1 viewer of another machine not checked from here (its lock does not "
+        "reach this one): `dreamtext view --list` there removes the record of one that is gone, "
+        "and here one untouched for an hour is named with the command that removes it\n"
+    )
+
+
+def test_a_serving_viewer_touches_its_record_every_beat(root, monkeypatch):
+    """The heartbeat that tells a live viewer's record from a dead node's: the server touches
+    its record every BEAT_S from its loop between requests."""
+    monkeypatch.setattr(viewers, "BEAT_S", 0.1)
+    server, thread, _ = serving_in_a_thread(monkeypatch, [root])
+    try:
+        deadline = time.monotonic() + 10
+        while not list(state_folder().glob("view-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (record,) = state_folder().glob("view-*.json")
+        assert json.loads(record.read_text())["beat_s"] == 0.1
+        old = time.time() - 3600
+        os.utime(record, (old, old))
+        while record.stat().st_mtime == old and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert time.time() - record.stat().st_mtime < 60
+    finally:
+        server.shutdown()
+        thread.join(timeout=30)
 
 
 def test_list_is_one_command_of_its_own(root, capsys):

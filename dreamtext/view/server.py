@@ -59,7 +59,7 @@ import socket
 import socketserver
 import sys
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,7 +82,12 @@ from dreamtext.view.page import (
     script_json,
     server_links,
 )
-from dreamtext.view.viewers import forget_viewer, record_viewer, viewer_token
+from dreamtext.view.viewers import (
+    forget_viewer,
+    record_heartbeat,
+    record_viewer,
+    viewer_token,
+)
 from dreamtext.view.workspaces import (
     Catalog,
     GalleryCache,
@@ -283,6 +288,16 @@ class ViewServer(ThreadingHTTPServer):
         # DNS (a lookup can hang offline); socket.getfqdn's only where a name asks (_own_domain).
         self.domains = resolver_domains() | ({domain} if domain else set())
         self._fqdn_domain: str | None = None
+        # Called between requests (service_actions): the record's heartbeat, once it has one.
+        self.heartbeat: Callable[[], None] | None = None
+
+    def service_actions(self) -> None:
+        """``serve_forever``'s call at each turn of its loop (every ``poll_interval``): the
+        heartbeat of the viewer's record (``viewers.record_heartbeat``), which touches it every
+        ``viewers.BEAT_S``: no thread is needed for it."""
+        super().service_actions()
+        if self.heartbeat is not None:
+            self.heartbeat()
 
     def host_allowed(self, host_header: str) -> bool:
         """Whether to answer a request with this ``Host``.
@@ -938,6 +953,7 @@ def serve(
         handle, record, unrecorded = record_viewer(url, p, host, folders, state)
         if unrecorded is not None and not_kept is None:  # that line said so already
             print_note(unrecorded, flush=True)
+        server.heartbeat = record_heartbeat(handle)
         server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
         pass

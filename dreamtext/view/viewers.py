@@ -6,7 +6,8 @@
                                   ``--new-token`` replaces it
     view-<host>-<pid>-<port>.json one record per running viewer (:func:`record_viewer`): its
                                   address with the token, port, folders, and the process; what
-                                  ``dreamtext view --list`` prints (:func:`running_viewers`)
+                                  ``dreamtext view --list`` prints (:func:`running_viewers`);
+                                  touched every :data:`BEAT_S` while the viewer serves
     view-token.lock               the lock ``--new-token`` starts take in turn to replace the
                                   token (:func:`_renew_token`); empty, and kept
     .view-token.<host>.<pid>.XXXXXXXX
@@ -31,17 +32,22 @@ import json
 import os
 import re
 import secrets
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from dreamtext.errors import DreamtextError, shown_path
+from dreamtext.errors import DreamtextError, shell_word, shown_path
 from dreamtext.processes import (
+    ELSEWHERE_GRACE_S,
     HOST,
+    _ago,
+    earlier_boot,
     file_age,
     locks_reach_every_writer,
     now_iso,
@@ -63,7 +69,11 @@ _TOKEN = re.compile(r"[A-Za-z0-9._~-]{32,256}")
 AGAIN = "remove it (a new token is made) or start dreamtext view with --new-token"
 _RECORD = re.compile(r"view-.+-[0-9]+-[0-9]+\.json")
 # A start's temp token file (_exclusive_file's name for it): .view-token.<host>.<pid>.XXXXXXXX.
-_TEMP = re.compile(rf"\.{re.escape(TOKEN_FILE)}\..+\.[0-9]+\.[0-9a-f]{{8}}")
+_TEMP = re.compile(rf"\.{re.escape(TOKEN_FILE)}\.(?P<host>.+)\.[0-9]+\.[0-9a-f]{{8}}")
+# A running viewer touches its record this often (record_heartbeat, called from the server's
+# loop between requests: no thread of its own), so that `--list` where its lock cannot be seen
+# (another node over NFS) tells a record its dead node left, untouched since, from a live one's.
+BEAT_S = 300.0
 # Where the locks of other machines may not be seen (a home on NFS), a temp token file whose
 # lock is free is taken for a killed start's once it is this old: a start links its own into
 # place within milliseconds of making it.
@@ -322,15 +332,18 @@ def _remove_left_temps(folder: Path) -> list[Path]:
     """Remove the temp token files (:data:`_TEMP`) that starts killed between writing theirs and
     linking it into place left in ``folder`` (SIGKILL, the OOM killer, a node lost), and return
     them. A start holds its temp file's ``flock`` until it has removed the file
-    (:func:`_exclusive_file`), so one whose lock is free is a killed start's where every process
-    that writes ``folder`` runs on this machine (a local disk: ``locks_reach_every_writer``);
-    where others may (a home on NFS, whose other nodes' locks may not reach here), one is taken
-    for a killed start's once it is also :data:`TEMP_GRACE_S` old. One whose lock is held is
-    never removed: a start is writing it."""
+    (:func:`_exclusive_file`), so one of this machine's (its name in the file's) whose lock is
+    free is a killed start's where the folder lies on a local disk
+    (``locks_reach_every_writer``). Elsewhere one is taken for a killed start's once it is also
+    :data:`TEMP_GRACE_S` old: a home on NFS, whose other nodes' locks may not reach here, and
+    another machine's file on a local disk this machine serves over NFS (its client's lock, a
+    POSIX lock here, is not seen by ``flock``). One whose lock is held is never removed: a start
+    is writing it."""
     local = locks_reach_every_writer(folder)
     removed = []
     for temp in folder.iterdir():
-        if not _TEMP.fullmatch(temp.name):
+        named = _TEMP.fullmatch(temp.name)
+        if named is None:
             continue
         try:
             fd = os.open(temp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -346,7 +359,7 @@ def _remove_left_temps(folder: Path) -> list[Path]:
                     continue  # a start is at work on it
                 except OSError:
                     pass  # no locks on this file system: its age alone tells
-            if (free and local) or file_age(temp) > TEMP_GRACE_S:
+            if (free and local and named["host"] == HOST) or file_age(temp) > TEMP_GRACE_S:
                 temp.unlink(missing_ok=True)  # the lock still held: no start takes it meanwhile
                 removed.append(temp)
         finally:
@@ -371,6 +384,7 @@ def record_viewer(
         "address": address,
         "folders": [str(f.resolve()) for f in folders],
         "started": now_iso(),
+        "beat_s": BEAT_S,
         **this_process(),
     }
     # The port too: one process may serve twice (serve() called from Python on two threads).
@@ -402,12 +416,46 @@ def forget_viewer(handle: IO[str] | None, path: Path | None) -> None:
             handle.close()
 
 
-def running_viewers(folder: Path | None = None) -> list[tuple[dict[str, Any], bool]]:
+def record_heartbeat(handle: IO[str] | None) -> Callable[[], None]:
+    """The viewer's heartbeat, for its server to call between requests: sets the modification
+    time of its open record (``handle``, from :func:`record_viewer`) to now once every
+    :data:`BEAT_S`, the first time at once. A failed touch is skipped (the record stays)."""
+    due = 0.0  # time.monotonic() of the next touch
+
+    def beat() -> None:
+        nonlocal due
+        now = time.monotonic()
+        if handle is None or now < due:
+            return
+        due = now + BEAT_S
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a closed handle
+            os.utime(handle.fileno())
+
+    return beat
+
+
+class Viewer(NamedTuple):
+    """A record :func:`running_viewers` lists: the record, whether its viewer was checked to
+    run (``False``: it cannot be from here), its file, and, for another machine's that no
+    viewer has touched for :data:`~dreamtext.processes.ELSEWHERE_GRACE_S`, when it last was
+    (seconds since the epoch; else ``None``)."""
+
+    record: dict[str, Any]
+    checked: bool
+    path: Path
+    silent_since: float | None = None
+
+
+def running_viewers(folder: Path | None = None) -> list[Viewer]:
     """The records of this user's viewers that run (oldest first), each with whether that was
-    checked (``True``) or cannot be from here (``False``: another machine's, whose lock does
-    not reach this one, or whose lock is free where locks may not reach across machines).
-    Records of this machine's viewers that are gone (their lock free, or their process ended)
-    are removed; another machine's stay until a ``--list`` there finds them gone."""
+    checked (:func:`_viewer_alive`). Records of viewers that are gone are removed: this
+    machine's whose lock is free or process ended, and those of an earlier boot of this
+    machine. Another machine's, where its
+    lock cannot be seen from here (a home on NFS mounted ``local_lock=flock``), stay until a
+    ``--list`` there finds them gone; one untouched for longer than
+    :data:`~dreamtext.processes.ELSEWHERE_GRACE_S` (a running viewer touches its record every
+    :data:`BEAT_S`) is marked with when it last was (:func:`removal_lines` says how to remove
+    it)."""
     folder = state_folder() if folder is None else folder
     if folder is None:
         return []
@@ -423,26 +471,61 @@ def running_viewers(folder: Path | None = None) -> list[tuple[dict[str, Any], bo
             continue  # one being written as it was read, or not a record
         if not isinstance(record, dict) or not isinstance(record.get("url"), str):
             continue
-        held = record_held(path) if record.get("locked") is True else None
-        if held is False and not on_this_machine(record):
-            # Another machine's, whose lock may not reach here (NFS mounted local_lock=flock):
-            # it may run. Its own machine's --list removes it once it is gone.
-            alive = None
-        else:
-            alive = record_alive(record) if held is None else held
+        alive = _viewer_alive(path, record)
         if alive is False:
             with contextlib.suppress(OSError):
                 path.unlink()
             continue
-        found.append((record, alive is True))
-    return sorted(found, key=lambda item: str(item[0].get("started")))
+        silent = None
+        if not on_this_machine(record) and _beat(record) is not None:
+            age = file_age(path)
+            silent = time.time() - age if age > ELSEWHERE_GRACE_S else None
+        found.append(Viewer(record, alive is True and silent is None, path, silent))
+    return sorted(found, key=lambda viewer: str(viewer.record.get("started")))
 
 
-def viewer_lines(viewers: list[tuple[dict[str, Any], bool]]) -> list[str]:
+def _beat(record: dict[str, Any]) -> float | None:
+    """The record's ``beat_s`` (:data:`BEAT_S` of the viewer that wrote it); ``None`` where it
+    gives none (a viewer of a dreamtext from before the heartbeat) or no usable one."""
+    beat = record.get("beat_s")
+    if isinstance(beat, (int, float)) and not isinstance(beat, bool) and 0 < beat < 1e9:
+        return float(beat)
+    return None
+
+
+def _viewer_alive(path: Path, record: dict[str, Any]) -> bool | None:
+    """Whether the viewer of ``record`` (the file ``path``) runs: ``True`` where its lock is
+    held (by a process of any machine whose locks reach here), or, without a lock to tell, its
+    process of this machine runs (:func:`record_alive`); ``False`` where it is gone; ``None``
+    where that cannot be told from here.
+
+    Gone: a record of this machine whose lock is free or whose process ended, and one of an
+    earlier boot of this machine (:func:`earlier_boot`: this one's name, another ``boot_id``,
+    and its heartbeat's last touch, late by two beats, before this boot). Another machine's
+    record with its lock free is ``None``, on any file system: over NFS mounted
+    ``local_lock=flock`` its lock does not reach here, and on a local disk this machine serves
+    over NFS its client's lock is a POSIX lock here, which ``flock`` does not see."""
+    held = record_held(path) if record.get("locked") is True else None
+    if held is True:
+        return True
+    beat = _beat(record)
+    if beat is not None:
+        try:
+            touched = path.stat().st_mtime
+        except OSError:
+            touched = None
+        if touched is not None and earlier_boot(record, touched, every=2 * beat):
+            return False
+    if held is False:
+        return False if on_this_machine(record) else None
+    return record_alive(record)
+
+
+def viewer_lines(viewers: list[Viewer]) -> list[str]:
     """``dreamtext view --list``'s lines: one per viewer, its address to open first; for
     another machine's (a home shared over NFS), the ssh forward that reaches it from here."""
     lines = []
-    for record, checked in viewers:
+    for record, checked, _, silent_since in viewers:
         folders = ", ".join(str(f) for f in record.get("folders", []))
         machine = record.get("host", "?")
         where = f"pid {record.get('pid')} on {machine}"
@@ -454,7 +537,47 @@ def viewer_lines(viewers: list[tuple[dict[str, Any], bool]]) -> list[str]:
                 ", another machine: forward it first, ssh -o ExitOnForwardFailure=yes "
                 f"-L {port}:{target}:{port} {machine}"
             )
-        if not checked:
+        if silent_since is not None:
+            where += (
+                f"; not checked from here, and its record was last touched {_ago(silent_since)}"
+                f" (a running viewer touches it every {_minutes(_beat(record))})"
+            )
+        elif not checked:
             where += "; not checked from here, whether it still runs"
         lines.append(f"{record['url']}  {folders}  ({where}; since {record.get('started')})")
     return lines
+
+
+def _minutes(seconds: float | None) -> str:
+    """``5 min`` for 300 seconds; ``?`` for ``None``."""
+    return "?" if seconds is None else f"{seconds / 60:g} min"
+
+
+def removal_lines(viewers: list[Viewer]) -> list[str]:
+    """The lines ``dreamtext view --list`` prints on stderr after its list, for the viewers it
+    could not check: for each whose record no viewer has touched for long (its node down, or
+    the viewer stopped), the command that removes the record; for the others, one line that
+    says what removes theirs."""
+    lines = []
+    for record, _, path, silent_since in viewers:
+        if silent_since is not None:
+            machine = record.get("host", "?")
+            lines.append(
+                f"dreamtext view: the record of pid {record.get('pid')} on {machine} was last "
+                f"touched {_ago(silent_since)} (a running viewer touches it every "
+                f"{_minutes(_beat(record))}): if {machine} is down or that viewer stopped, "
+                f"remove it: rm {shell_word(path)}"
+            )
+    unchecked = [v for v in viewers if not v.checked and v.silent_since is None]
+    if unchecked:
+        lines.append(
+            f"dreamtext view: {_count(len(unchecked))} of another machine not checked from "
+            "here (its lock does not reach this one): `dreamtext view --list` there removes "
+            "the record of one that is gone, and here one untouched for an hour is named with "
+            "the command that removes it"
+        )
+    return lines
+
+
+def _count(n: int) -> str:
+    return "1 viewer" if n == 1 else f"{n} viewers"
