@@ -1391,18 +1391,40 @@ def hidden_inside(folder: Path, path: Path) -> bool:
 
 
 def _previews(folder: Path) -> list[dict[str, Any]]:
-    """``previews/step_XXXXXX.png`` in step order, then ``final.png``."""
-    out = []
+    """``previews/step_XXXXXX.png`` in step order, then ``final.png``: those that are files
+    inside the run (:func:`_file_place`).
+
+    Where the run's folder is its own real path and ``previews`` a folder, not a link, a file
+    listed there that is no link is inside the run as it is listed, and only the links among
+    them are resolved: resolving each (a lookup of every folder above it) was 1.1 ms of each
+    poll of a 10,000-step run's page, for its 38 previews. Nothing is kept between calls."""
+    previews = folder / "previews"
     try:
-        names = sorted(p.name for p in (folder / "previews").iterdir())
+        with os.scandir(previews) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+        plain = S_ISDIR(os.lstat(previews).st_mode)
     except OSError:
-        return out
-    for name in names:
-        match = _STEP_PREVIEW.fullmatch(name)
-        if match and _is_file_inside(folder, f"previews/{name}"):
-            out.append({"step": int(match.group(1)), "path": f"previews/{name}"})
+        return []
+    plain = plain and os.path.realpath(folder) == os.fspath(folder)
+
+    def inside(entry: os.DirEntry) -> bool:
+        try:
+            if plain and not entry.is_symlink():
+                return entry.is_file(follow_symlinks=False)
+        except OSError:
+            pass
+        return _is_file_inside(folder, f"previews/{entry.name}")
+
+    out = []
+    final = False
+    for entry in entries:
+        match = _STEP_PREVIEW.fullmatch(entry.name)
+        if match and inside(entry):
+            out.append({"step": int(match.group(1)), "path": f"previews/{entry.name}"})
+        elif entry.name == "final.png":
+            final = inside(entry)
     out.sort(key=lambda p: p["step"])
-    if _is_file_inside(folder, "previews/final.png"):
+    if final:
         out.append({"step": None, "path": "previews/final.png"})
     return out
 
