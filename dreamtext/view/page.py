@@ -451,15 +451,18 @@ class RunText:
     and the text of the rest of its data: a poll of a run whose curves are the same records and
     whose other data is the same text reuses its text, tag and cursor instead of encoding its
     curves again, twice (the page's text for its tag, 1.8 ms, and the cursor's digest, 1.3 ms,
-    of the 6.3 ms of CPU that a 1,000-line log's poll took to be answered 304).
+    of the 6.3 ms of CPU that a 1,000-line log's poll took to be answered 304). A poll after a
+    new log line encodes the series once (:func:`_encoded_series`: the text and the cursor's
+    digest from it), and finds the page's records the same as the last answer's without
+    encoding them again where the page names that answer's cursor (:func:`_same_records`).
 
     Safe to share between threads.
     """
 
     def __init__(self) -> None:
         self._key = secrets.token_bytes(16)
-        # run id: (what the text is made of: _made_of), its parts, text and etag
-        self._kept: OrderedDict[str, tuple[tuple, dict, str, str]] = OrderedDict()
+        # run id: (what the text is made of: _made_of), its parts, text, etag and run data
+        self._kept: OrderedDict[str, tuple[tuple, dict, str, str, dict]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, run: Run, links: Links, since: str | None = None) -> RunAnswer:
@@ -471,15 +474,13 @@ class RunText:
             if kept is not None:
                 self._kept.move_to_end(run.id)
         if kept is not None and kept[0] == made_of:
-            parts, text, etag = kept[1:]
+            parts, text, etag = kept[1:4]
             data["cursor"] = self._cursor(run.id, parts)
         else:
-            parts = {name: self._part(run, shown, name) for name in RUN_PARTS}
-            data["cursor"] = self._cursor(run.id, parts)
-            text = script_json(data)
+            parts, text = self._encoded(run, data, made_of[2])
             etag = json_etag(text)
             with self._lock:
-                self._kept[run.id] = (made_of, parts, text, etag)
+                self._kept[run.id] = (made_of, parts, text, etag, shown)
                 self._kept.move_to_end(run.id)
                 while len(self._kept) > RUN_TEXTS_KEPT:
                     self._kept.popitem(last=False)
@@ -493,6 +494,9 @@ class RunText:
                 columns = {f: shown[f] for f in fields}
                 if n == parts[name][0]:  # as often: this answer's digest is the one to match
                     same = digest == parts[name][1]
+                elif kept is not None and (n, digest) == kept[1][name]:
+                    # The page has the last answer's records: are they this one's first?
+                    same = _same_records(columns, {f: kept[4][f] for f in fields}, n)
                 else:
                     same = digest == _prefix_digest(columns, n if grows else None)
                 if same and grows:
@@ -507,6 +511,25 @@ class RunText:
                 delta = None
         return RunAnswer(data, text, etag, delta)
 
+    def _encoded(self, run: Run, data: dict[str, Any], rest: str) -> tuple[dict, str]:
+        """The parts of a run page's data as its cursor names them, and its text, with the
+        cursor (set in ``data``). ``rest``: the text of the rest of the data (:func:`_made_of`),
+        into which the series' text goes where it encodes once (:func:`_encoded_series`)."""
+        shown = data["run"]
+        n = _settled_records(run, shown, "series")
+        series = _encoded_series(shown["series"], n)
+        parts = {}
+        for name in RUN_PARTS:
+            if name == "series" and series is not None:
+                parts[name] = (n, series[1])
+            else:
+                parts[name] = self._part(run, shown, name)
+        data["cursor"] = self._cursor(run.id, parts)
+        text = None
+        if series is not None:
+            text = _spliced(rest, series[0], data["cursor"])
+        return parts, text if text is not None else script_json(data)
+
     @staticmethod
     def _part(run: Run, shown: dict[str, Any], name: str) -> tuple[int, str]:
         """A part's settled records (how many; their digest) as a cursor names them."""
@@ -514,9 +537,7 @@ class RunText:
         columns = {f: shown[f] for f in fields}
         if not grows:
             return 0, _prefix_digest(columns, None)
-        length = min(len(v) for v in _columns(columns))
-        settled = {"series": run.series_settled, "descriptor": run.descriptor_settled}
-        n = min(settled.get(name, length), length)
+        n = _settled_records(run, shown, name)
         return n, _prefix_digest(columns, n)
 
     def _cursor(self, run_id: str, parts: dict[str, tuple[int, str]]) -> str:
@@ -549,11 +570,85 @@ def _made_of(run: Run, data: dict[str, Any]) -> tuple:
     as lists of floats and ``None`` (``workspaces.Curves``; ~0.1 ms for 2,000 records, in C),
     how many of their records are settled, and the text of the rest of its data (as text, so
     that a 1 turned 1.0 or True, equal in Python, is a change). Of the curves only a value
-    rewritten from 0.0 to -0.0 goes unseen, which draws the same."""
+    rewritten from 0.0 to -0.0 goes unseen, which draws the same.
+
+    The rest's text holds a mark where the series and the cursor go (:func:`_spliced`)."""
     shown = data["run"]
-    rest = {**data, "run": {key: value for key, value in shown.items() if key != "series"}}
+    rest = {**data, "run": {**shown, "series": _SERIES_MARK}, "cursor": _CURSOR_MARK}
     settled = (run.series_settled, run.descriptor_settled)
     return list(shown["series"].items()), settled, script_json(rest)
+
+
+# Where the series and the cursor go in the text of the rest of a run page's data (_made_of):
+# strings no run's files can hold (random, per process).
+_SERIES_MARK = f"series-{secrets.token_hex(16)}"
+_CURSOR_MARK = f"cursor-{secrets.token_hex(16)}"
+
+
+def _spliced(rest: str, series: str, cursor: str) -> str | None:
+    """The text :func:`script_json` writes of a run page's data, from the text of the rest of
+    it (:func:`_made_of`), the series' text and the cursor; ``None`` where a mark is not there
+    once."""
+    series_mark, cursor_mark = json.dumps(_SERIES_MARK), json.dumps(_CURSOR_MARK)
+    if rest.count(series_mark) != 1 or rest.count(cursor_mark) != 1:
+        return None
+    return rest.replace(cursor_mark, script_json(cursor)).replace(series_mark, series)
+
+
+def _encoded_series(series: Any, n: int) -> tuple[str, str] | None:
+    """A run's series (``{key: [value, ...]}``) as :func:`script_json` writes it, and the
+    digest of its first ``n`` records as :func:`_prefix_digest` makes it, from one encoding of
+    its values (a 1,000-line log's, ~1.4 ms each way).
+
+    Each key's list is encoded as its first ``n`` values and the rest, ``[a, b]`` and ``[c]``;
+    the text joins them (``"key": [a, b, c]``) and the digest's compact text is the first with
+    its separators ``", "`` written ``","`` (``"key":[a,b]``). That holds for numbers, ``null``
+    and lists of them; ``None`` (encode it as any data) where a list holds a string (which may
+    hold ``", "``), a non-finite number (``null`` in the text, ``NaN`` in the digest's) or
+    anything JSON has not."""
+    if not isinstance(series, dict):
+        return None
+    full, compact = [], []
+    for key, values in series.items():
+        if not isinstance(key, str) or not isinstance(values, list):
+            return None
+        try:
+            head = json.dumps(values[:n], allow_nan=False)[1:-1]
+            tail = json.dumps(values[n:], allow_nan=False)[1:-1]
+        except (TypeError, ValueError):
+            return None
+        if '"' in head or '"' in tail:
+            return None
+        joined = f"{head}, {tail}" if head and tail else head or tail
+        full.append(f"{script_json(key)}: [{joined}]")
+        compact.append(f"{json.dumps(key)}:[{head.replace(', ', ',')}]")
+    digest_text = '{"series":{' + ",".join(compact) + "}}"
+    return "{" + ", ".join(full) + "}", _digest(digest_text)
+
+
+def _same_records(columns: dict[str, Any], kept: dict[str, Any], n: int) -> bool:
+    """Whether a part's first ``n`` records (of each field; a series' of each key, in order)
+    are those of the part ``kept``, compared as values: a series' floats in C (0.0 and -0.0
+    are one value, as in :func:`_made_of`)."""
+    for field, value in columns.items():
+        other = kept[field]
+        if isinstance(value, dict) and isinstance(other, dict):
+            if list(value) != list(other):
+                return False
+            if any(value[key][:n] != other[key][:n] for key in value):
+                return False
+        elif _first(value, n) != _first(other, n):
+            return False
+    return True
+
+
+def _settled_records(run: Run, shown: dict[str, Any], name: str) -> int:
+    """How many first records of a growing part a cursor names: the log's settled records
+    (``Curves.settled``), every record of the others."""
+    fields, _ = RUN_PARTS[name]
+    length = min(len(v) for v in _columns({f: shown[f] for f in fields}))
+    settled = {"series": run.series_settled, "descriptor": run.descriptor_settled}
+    return min(settled.get(name, length), length)
 
 
 # The run's fields that RUN_PARTS are made of.
@@ -583,7 +678,11 @@ def _prefix_digest(columns: dict[str, Any], n: int | None) -> str:
     (``None``): two parts with the same digest start with the same records, under the same keys."""
     if n is not None:
         columns = {field: _first(value, n) for field, value in columns.items()}
-    text = json.dumps(columns, allow_nan=True, separators=(",", ":"))
+    return _digest(json.dumps(columns, allow_nan=True, separators=(",", ":")))
+
+
+def _digest(text: str) -> str:
+    """A cursor's digest of a part's text (:func:`_prefix_digest`)."""
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
