@@ -8,6 +8,7 @@ the page does: it is then answered with what changed since), and its ETag.
     python benchmarks/view_run_poll.py 100000
     python benchmarks/view_run_poll.py 100000 --code /path/to/other/checkout
     python benchmarks/view_run_poll.py 100000 --runs 64   # the server's memory, 64 pages read
+    python benchmarks/view_run_poll.py 1000 --polls 200 --previews 38   # a 10,000-step run's
 
 ``--runs N``: N runs with such logs (the others finished: hard links to one file), each run's
 ``api/run/<id>.json`` asked for once before the polls (the server keeps the curves of the 64
@@ -16,6 +17,9 @@ logs asked for last), then the server's resident memory (``VmRSS``, and its peak
 Then as many polls with nothing new (the run's files as they were: a 304 where the code has
 ETags), and for both kinds the server process's CPU per poll (user + system from
 ``/proc/PID/stat``, over all the polls: its clock ticks are 10 ms, so give 100 or more).
+
+``--previews N``: the run has N step previews (``previews/step_XXXXXX.png``, one every 250
+steps), which each poll lists.
 
 Also the run page itself (its first load) and the curve points in the answer. Medians of
 ``--polls`` polls. The server runs the checkout at ``--code`` in its own process.
@@ -36,7 +40,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from view_poll import REPO, log_record, memory_kib, start_server
+from view_poll import PNG, REPO, log_record, memory_kib, start_server
 
 AUTH: dict[str, str] = {}  # the cookie of the viewer's token, once it started
 
@@ -70,6 +74,7 @@ def main() -> None:
     parser.add_argument("--polls", type=int, default=5)
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose viewer to run")
     parser.add_argument("--runs", type=int, default=1, help="runs whose page data is read once")
+    parser.add_argument("--previews", type=int, default=0, help="step previews of the run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "runs" / "long_run"
@@ -79,6 +84,9 @@ def main() -> None:
         (ws / "config.json").write_text(json.dumps(config))
         records = (log_record(s, 1.0 / s) for s in range(10, args.lines * 10 + 1, 10))
         (ws / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (ws / "previews").mkdir()
+        for s in range(250, 250 * args.previews + 1, 250):
+            (ws / "previews" / f"step_{s:06d}.png").write_bytes(PNG)
         others = []
         for i in range(1, args.runs):
             other = ws.parent / f"finished_{i:03d}"
