@@ -55,16 +55,19 @@ _AS_LOADED: dict[int, tuple] = {}
 
 
 def _record_loads() -> None:
-    """Has every :class:`~dreamtext.models.StableDiffusionModels` record its state as loaded."""
+    """Has every :class:`~dreamtext.models.StableDiffusionModels` and
+    :class:`~dreamtext.describe.ClipEncoder` record its state as loaded."""
+    import dreamtext.describe as describe
     import dreamtext.models as models
 
-    load = models.StableDiffusionModels.__init__
+    for cls in (models.StableDiffusionModels, describe.ClipEncoder):
+        load = cls.__init__
 
-    def loading(self, *args, **kwargs):
-        load(self, *args, **kwargs)
-        _AS_LOADED[id(self)] = _model_state(self)
+        def loading(self, *args, load=load, **kwargs):
+            load(self, *args, **kwargs)
+            _AS_LOADED[id(self)] = _model_state(self)
 
-    models.StableDiffusionModels.__init__ = loading
+        cls.__init__ = loading
 
 
 _record_loads()
@@ -72,7 +75,8 @@ _record_loads()
 
 @pytest.fixture(autouse=True)
 def cached_models_left_as_found() -> Iterator[None]:
-    """A test that leaves a model the process keeps for every later test (``models._LOADED``)
+    """A test that leaves a model the process keeps for every later test (``models._LOADED``,
+    ``models._CLIP``)
     other than its load made it (its noise schedule replaced, its text encoder cast, a weight
     edited) fails, and the model is dropped from the cache: it changed what every later test in
     that process computed with it, in whatever order pytest-xdist hands them out (an fp16 test's
@@ -83,12 +87,13 @@ def cached_models_left_as_found() -> Iterator[None]:
     import dreamtext.models as models
 
     changed = {}
-    for key, loaded in list(models._LOADED.items()):
-        if id(loaded) in _AS_LOADED:
-            now, then = set(_model_state(loaded)), set(_AS_LOADED[id(loaded)])
-            if now != then:
-                changed[key] = sorted({part[0] for part in now ^ then})
-                del models._LOADED[key]
+    for cache in (models._LOADED, models._CLIP):
+        for key, loaded in list(cache.items()):
+            if id(loaded) in _AS_LOADED:
+                now, then = set(_model_state(loaded)), set(_AS_LOADED[id(loaded)])
+                if now != then:
+                    changed[key] = sorted({part[0] for part in now ^ then})
+                    del cache[key]
     if changed:
         pytest.fail(
             f"the test left cached model(s) other than loaded (changed: {changed}), for later "
