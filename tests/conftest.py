@@ -154,6 +154,27 @@ def tiny_clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def no_weight_loads(monkeypatch):
+    """Every model weight read fails (the tokenizer alone reads): a check that came after a
+    load shows as that failure."""
+    import dreamtext.describe
+    import dreamtext.models as models
+
+    def tokenizer_only(cls, path, subfolder, **kwargs):
+        if subfolder != "tokenizer":
+            raise AssertionError(f"{subfolder} was loaded before the texts were checked")
+        return real(cls, path, subfolder, **kwargs)
+
+    def clip(*args, **kwargs):
+        raise AssertionError("CLIP was loaded before the texts were checked")
+
+    models.clear_cache()
+    real = models._from_pretrained
+    monkeypatch.setattr(models, "_from_pretrained", tokenizer_only)
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", clip)
+
+
+@pytest.fixture
 def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The Stable Diffusion parts read from disk from now on (subfolder names, in order); the
     process's model cache starts empty, so the first use of a model loads it."""

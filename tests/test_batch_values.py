@@ -557,7 +557,7 @@ def test_a_negative_prompt_too_long_is_refused_before_the_first_model_loads(
     ids=["noun", "quantifier"],
 )
 def test_an_image_lines_sentence_to_learn_too_long_is_refused_before_the_first_model_loads(
-    tiny_sd_path, tiny_clip_path, tmp_path, monkeypatch, capsys, flags, refusal
+    tiny_sd_path, tiny_clip_path, tmp_path, monkeypatch, capsys, no_weight_loads, flags, refusal
 ):
     """A batch counted its text lines' prompts before the first load, not its image lines'
     sentences to learn: `batch list.txt --noun <40 pieces>` (or a --quantifier no noun of
@@ -567,21 +567,8 @@ def test_an_image_lines_sentence_to_learn_too_long_is_refused_before_the_first_m
     import numpy as np
     from PIL import Image
 
-    import dreamtext.describe
     from dreamtext.cli import main
 
-    def tokenizer_only(cls, path, subfolder, **kwargs):
-        if subfolder != "tokenizer":
-            raise AssertionError(f"{subfolder} was loaded before the sentence was checked")
-        return real(cls, path, subfolder, **kwargs)
-
-    def clip(*args, **kwargs):
-        raise AssertionError("CLIP was loaded before the sentence was checked")
-
-    models.clear_cache()
-    real = models._from_pretrained
-    monkeypatch.setattr(models, "_from_pretrained", tokenizer_only)
-    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", clip)
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.full((48, 48, 3), 200, dtype=np.uint8)).save("mug.png")
     Path("nouns.txt").write_text("apartment building\n", encoding="utf-8")

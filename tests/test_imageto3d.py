@@ -1821,27 +1821,6 @@ def test_a_too_long_negative_prompt_is_refused_before_the_sentence_search(
     assert not (tmp_path / "run" / "descriptor" / "sentence.json").exists()
 
 
-@pytest.fixture
-def no_weight_loads(monkeypatch):
-    """Every model weight read fails (the tokenizer alone reads): a check that came after a
-    load shows as that failure."""
-    import dreamtext.describe
-    import dreamtext.models as models
-
-    def tokenizer_only(cls, path, subfolder, **kwargs):
-        if subfolder != "tokenizer":
-            raise AssertionError(f"{subfolder} was loaded before the texts were checked")
-        return real(cls, path, subfolder, **kwargs)
-
-    def clip(*args, **kwargs):
-        raise AssertionError("CLIP was loaded before the texts were checked")
-
-    models.clear_cache()
-    real = models._from_pretrained
-    monkeypatch.setattr(models, "_from_pretrained", tokenizer_only)
-    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", clip)
-
-
 LONG = "blurry " * 800  # 5,600 characters, 802 tokens
 
 
