@@ -606,7 +606,7 @@ class StableDiffusionModels:
                 f"'{model}' has a {self.unet.config.in_channels}-channel U-Net (an inpainting "
                 "or depth model); use a text-to-image Stable Diffusion model"
             )
-        # Read once a process: the checks before the load read it alone (read_tokenizer).
+        # Shared with the checks before the load, which read it alone (read_tokenizer).
         if self.path not in _TOKENIZERS:
             _TOKENIZERS[self.path] = self._read(CLIPTokenizer, "tokenizer")
         self.tokenizer = _TOKENIZERS[self.path]
@@ -874,14 +874,31 @@ def release_stable_diffusion(keep: Iterable[str] = ()) -> None:
     """Release the loaded Stable Diffusion models other than ``keep`` (hub ids or folders) and
     those held (:func:`hold_models`), freeing what their weights took once nothing else holds
     them (the CUDA cache's blocks returned to the GPU too): SD 2.1 is about 5 GB in fp32, 2.6 GB
-    in fp16."""
+    in fp16. The tokenizers read for them go with them (:func:`read_tokenizer`), and those read
+    alone for models that are neither loaded, kept nor held."""
     kept = _HELD["stable_diffusion"] | set(map(_model_path, keep))
+    _release_models(kept)
+    _release_tokenizers(kept)
+
+
+def _release_models(kept: set[str]) -> None:
+    """Forget the loaded Stable Diffusion models whose paths are not in ``kept``, and give the
+    devices they were on their cached memory back."""
     released = [key for key in _LOADED if key[0] not in kept]
     devices = {_LOADED[key].device for key in released}
     for key in released:
         del _LOADED[key]
     for device in devices:
         free_memory(device)
+
+
+def _release_tokenizers(kept: set[str]) -> None:
+    """Forget the tokenizers (:func:`read_tokenizer`'s) of the models neither loaded nor in
+    ``kept``: each of CLIP's 49,408-token vocabulary holds about 8 MiB, and a process that
+    checked or loaded many models kept every one (``benchmarks/tokenizer_memory.py``)."""
+    kept = kept | {path for path, _, _ in _LOADED}
+    for path in [path for path in _TOKENIZERS if path not in kept]:
+        del _TOKENIZERS[path]
 
 
 def release_clip(keep: Iterable[str] = ()) -> None:
@@ -916,7 +933,10 @@ def load_stable_diffusion(
     device = torch.device(device)
     key = (locate_model(model), dtype, _device_key(device))
     if key not in _LOADED:
-        release_stable_diffusion()  # before the load: the two are never in memory together
+        # Before the load: the two are never in memory together. The tokenizer the checks
+        # before it read (read_tokenizer) is the load's own: kept.
+        _release_models(_HELD["stable_diffusion"])
+        _release_tokenizers(_HELD["stable_diffusion"] | {key[0]})
         loaded = _LOADED[key] = StableDiffusionModels(model, device, dtype)
         seconds = loaded.load_seconds
         logger.info("loaded Stable Diffusion %s (%s, %s) in %.2f s", model, dtype, device, seconds)
@@ -946,8 +966,9 @@ _TOKENIZERS: dict[str, Any] = {}
 
 def read_tokenizer(model: str) -> Any:
     """The CLIP tokenizer of Stable Diffusion ``model`` alone (a few files, no weights), read
-    once per process: a batch checks its lines' prompts against the tokenizers of models it
-    loads only at those lines' turn. Where the model is loaded, use its own
+    once while the process keeps it: a batch checks its lines' prompts against the tokenizers
+    of models it loads only at those lines' turn. The load takes it; a release of the model
+    forgets it (:func:`release_stable_diffusion`). Where the model is loaded, use its own
     (:meth:`StableDiffusionModels.text_side`)."""
     quiet_model_libraries("transformers")
     from transformers import CLIPTokenizer

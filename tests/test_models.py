@@ -101,12 +101,51 @@ def test_held_models_stay_loaded_through_the_load_of_another(
     assert released() is None and models_module._LOADED == {}
 
 
+def test_a_released_models_tokenizer_is_freed_with_it(
+    tiny_sd_path: Path, tmp_path: Path, count_loads
+):
+    """The tokenizers read for the early length checks (read_tokenizer), which a load shares,
+    stayed in the process after their model was released, one per model ever checked or
+    loaded (about 8 MiB each with CLIP's 49,408 tokens: benchmarks/tokenizer_memory.py)."""
+    first = load_stable_diffusion(str(tiny_sd_path))
+    released = weakref.ref(first.tokenizer)
+    del first
+    other = pipeline_variant(tiny_sd_path, tmp_path / "other")
+    load_stable_diffusion(str(other))
+    gc.collect()
+    assert released() is None
+    assert list(models_module._TOKENIZERS) == [str(other.resolve())]
+
+
+def test_tokenizers_read_alone_are_kept_for_the_load_and_held_models_only(
+    tiny_sd_path: Path, tmp_path: Path, count_loads, monkeypatch
+):
+    """A tokenizer read alone serves the load of its model that follows the checks (read once)
+    and a batch's later lines (held); one of a model neither loaded nor held goes at the next
+    load of another model."""
+    monkeypatch.setattr(models_module, "_HELD", dict(models_module._HELD))
+    later, never, checked = (
+        pipeline_variant(tiny_sd_path, tmp_path / name) for name in ("later", "never", "checked")
+    )
+    models_module.hold_models([str(later)])
+    models_module.read_tokenizer(str(later))
+    alone = weakref.ref(models_module.read_tokenizer(str(never)))
+    tokenizer = models_module.read_tokenizer(str(checked))
+    assert load_stable_diffusion(str(checked)).tokenizer is tokenizer
+    gc.collect()
+    assert alone() is None
+    assert sorted(models_module._TOKENIZERS) == sorted(
+        str(path.resolve()) for path in (later, checked)
+    )
+    assert count_loads.count("tokenizer") == 3
+
+
 def test_a_released_model_on_cuda_gives_its_memory_back_to_the_gpu(tiny_sd_path: Path, monkeypatch):
     """The CUDA cache's blocks of a released model return to the GPU (free_memory on that
     device: torch.cuda.empty_cache), where other processes and the next model can use them."""
+    on_cuda = copy.copy(load_stable_diffusion(str(tiny_sd_path)))  # releasing what was loaded
     freed = []
     monkeypatch.setattr(models_module, "free_memory", freed.append)
-    on_cuda = copy.copy(load_stable_diffusion(str(tiny_sd_path)))
     on_cuda.device = torch.device("cuda:0")
     monkeypatch.setitem(models_module._LOADED, ("elsewhere", torch.float16, "cuda:0"), on_cuda)
     models_module.release_stable_diffusion([str(tiny_sd_path)])
