@@ -10,15 +10,17 @@ Inductor's code (which on the CPU builds the tiny encoder in ~30 s and matches i
 """
 
 import copy
+import gc
 import json
 import logging
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from encode_gradient import encode_with_gradient
-from tiny_models import TINY_TRAIN
+from tiny_models import TINY_TRAIN, pipeline_variant
 
 import dreamtext.models as models_module
 from dreamtext.cli import main
@@ -323,3 +325,26 @@ def test_the_compiled_encoder_with_vae_checkpointing_gives_the_eager_gradients(
     assert not torch._dynamo.utils.counters["graph_break"]
     for got, want in zip(compiled, eager, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_released_models_compiled_encoder_is_freed_with_it(
+    tiny_sd_path: Path, tmp_path: Path, compiles_on_the_cpu
+):
+    """``--compile``'s VAE encoder, built and run with its backward, is freed with its model
+    when a load of another releases it: what Dynamo keeps of it (the code cache on
+    ``encode_images``, its guards) holds neither the module nor a weight, so no
+    ``torch._dynamo.reset()`` is needed, which would drop every compiled function of the process
+    (the field's MLPs too). Traced by the ``eager`` backend (1.6 s of CPU, where
+    ``aot_eager_decomp_partition`` took 3.9 s); with that backend and Inductor, and for the
+    compiled U-Net, ``python benchmarks/loaded_models.py --load-only --compile BACKEND``."""
+    compiles_on_the_cpu.setattr(models_module, "COMPILE_BACKEND", "eager")
+    models = load_stable_diffusion(str(tiny_sd_path))
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    models.sds_encoder(True)(images.requires_grad_()).sum().backward()
+    assert images.grad is not None and ("vae", "default") in models._compiled
+    parts = (models, models.vae, *models.vae.parameters())
+    released = [weakref.ref(part) for part in parts]
+    del models, parts
+    load_stable_diffusion(str(pipeline_variant(tiny_sd_path, tmp_path / "other")))
+    gc.collect()
+    assert [ref for ref in released if ref() is not None] == []

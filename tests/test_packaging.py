@@ -321,6 +321,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--gpu-memory-gib": "benchmarks/sds_step.py",
     "--dtype": "benchmarks/encoder_memory.py",
     "--runs": "benchmarks/loaded_models.py",
+    "--load-only": "benchmarks/loaded_models.py",
 }
 
 
