@@ -1281,17 +1281,29 @@ def retrain_advice(entry: Entry, text_advice: str) -> str:
     )
 
 
-def line_command(entry: Entry) -> str:
+def line_command(entry: Entry, flag: str = "--overwrite") -> str:
     """``dreamtext text PROMPT --workspace W --overwrite`` (``image IMAGE`` for an image line):
-    what trains the line's run alone again from scratch, in its folder. A prompt or image that
-    starts with a dash goes last, after ``--``, and such a folder is ``--workspace=W`` (argparse
-    takes either for a flag otherwise)."""
+    what trains the line's run alone again from scratch, in its folder; with another ``flag``
+    (``--resume``; ``""``: none), what goes on with it. A prompt or image that starts with a
+    dash goes last, after ``--``, and such a folder is ``--workspace=W`` (argparse takes either
+    for a flag otherwise)."""
     folder = shell_word(entry.workspace)
     where = f"--workspace={folder}" if folder.startswith("-") else f"--workspace {folder}"
+    where += f" {flag}" if flag else ""
     positional = shell_word(entry.prompt)
     if entry.prompt.startswith("-"):
-        return f"dreamtext {entry.kind} {where} --overwrite -- {positional}"
-    return f"dreamtext {entry.kind} {positional} {where} --overwrite"
+        return f"dreamtext {entry.kind} {where} -- {positional}"
+    return f"dreamtext {entry.kind} {positional} {where}"
+
+
+def line_resume(entry: Entry) -> str:
+    """How the lines that stop the entry's run say to go on from its checkpoint with a setting
+    changed (``... and a smaller --lr``): its own `dreamtext text PROMPT --workspace W --resume`
+    (`dreamtext image IMAGE --workspace W`, which goes on by itself), which reads the run's
+    recorded settings and changes that one for this line alone. The batch run again with the
+    flag changed it for every line it resumed, and warned of every finished one that it
+    finished with other settings."""
+    return f"`{line_command(entry, '--resume' if entry.kind == 'text' else '')}`"
 
 
 def line_start_again(entry: Entry) -> StartAgain:
@@ -2480,16 +2492,26 @@ def run_one(entry: Entry, cfg: TrainConfig, options: BatchOptions, overwrite: bo
             cfg,
             resume_with=BATCH_RESUME,
             start_again=line_start_again(entry),
+            resume_changed=line_resume(entry),
         )
         return
     from dreamtext.trainer import train
 
-    again = line_start_again(entry)
+    again, changed = line_start_again(entry), line_resume(entry)
     if overwrite:
-        train(cfg, resume=False, overwrite=True, resume_with=BATCH_RESUME, start_again=again)
+        train(
+            cfg,
+            resume=False,
+            overwrite=True,
+            resume_with=BATCH_RESUME,
+            start_again=again,
+            resume_changed=changed,
+        )
     else:
         resume = can_resume(Path(cfg.workspace))
-        train(cfg, resume=resume, resume_with=BATCH_RESUME, start_again=again)
+        train(
+            cfg, resume=resume, resume_with=BATCH_RESUME, start_again=again, resume_changed=changed
+        )
 
 
 def run_one_retrying_stale(

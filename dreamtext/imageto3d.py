@@ -518,6 +518,7 @@ def run_image(
     note: str | None = None,
     resume_with: str = IMAGE_RESUME,
     start_again: StartAgain = OVERWRITE_SAME_SEED,
+    resume_changed: str | None = None,
 ) -> Path:
     """Reconstruct the object of one image in 3D; return the workspace.
 
@@ -530,8 +531,9 @@ def run_image(
     the descriptor are kept). ``sections``: more config.json sections to record (``--diverse``'s).
     Stage notes go to stderr; ``note`` (the command's own, such as that it continues a run)
     too, once the checks pass, so that a run they refuse does not say it goes on.
-    ``resume_with`` and ``start_again``: how the lines that stop it say to go on, and to train
-    it again from scratch (:func:`dreamtext.trainer.train`'s).
+    ``resume_with``, ``resume_changed`` and ``start_again``: how the lines that stop it say to go
+    on, to go on with a setting changed, and to train it again from scratch
+    (:func:`dreamtext.trainer.train`'s).
     """
     options = options or ImageOptions()
     cfg = copy.deepcopy(train_cfg)
@@ -553,6 +555,7 @@ def run_image(
             note,
             resume_with,
             start_again,
+            resume_changed,
         )
 
 
@@ -566,6 +569,7 @@ def _run_image(
     note: str | None,
     resume_with: str,
     start_again: StartAgain,
+    resume_changed: str | None,
 ) -> Path:
     check_image_workspace(workspace, image_path)
     train_words, iters = descriptor_plan(
@@ -639,7 +643,13 @@ def _run_image(
 
         # A run stopped during its export is already at cfg.iters: resuming trains nothing and
         # exports, under status.json like any run, which ends "finished".
-        train(cfg, resume=can_resume(workspace), resume_with=resume_with, start_again=start_again)
+        train(
+            cfg,
+            resume=can_resume(workspace),
+            resume_with=resume_with,
+            start_again=start_again,
+            resume_changed=resume_changed,
+        )
     return workspace
 
 

@@ -200,6 +200,9 @@ class Run:
     # "--resume" for `dreamtext text`; a batch or `dreamtext image` has no --resume (train's
     # ``resume_with``).
     resume_with: str = "--resume"
+    # How those lines say to go on with a setting changed (a smaller --lr): ``resume_with``,
+    # but in a batch the line's own command (train's ``resume_changed``).
+    resume_changed: str = "--resume"
     # How those lines say to train it again from scratch (train's ``start_again``).
     start_again: StartAgain = dataclasses.field(default_factory=StartAgain)
     # A resumed run: the step it resumed at and the settings it changed then
@@ -533,13 +536,14 @@ def build_run(
     own_config: Path | None = None,
     resume_with: str = "--resume",
     start_again: StartAgain = OVERWRITE,
+    resume_changed: str | None = None,
 ) -> Run:
     """Load the prior, build field / renderer / optimiser, and restore a checkpoint when resuming.
 
     The prior is loaded before anything is written, so a bad model id leaves no workspace behind.
     ``overwrite`` lets a new run replace a run of the same prompt that has checkpoints;
-    ``own_config`` as for :func:`check_workspace`; ``resume_with`` and ``start_again`` as for
-    :func:`train`.
+    ``own_config`` as for :func:`check_workspace`; ``resume_with``, ``start_again`` and
+    ``resume_changed`` as for :func:`train`.
     """
     workspace = Path(cfg.workspace)
     check_workspace(workspace, cfg.prompt, resume, overwrite, own_config)
@@ -570,6 +574,7 @@ def build_run(
         fp16_loss_scaler(parts.field.mlp_dtype, device),
     )
     run.resume_with = resume_with
+    run.resume_changed = resume_with if resume_changed is None else resume_changed
     run.start_again = start_again
     if resume:
         restore_newest(run)
@@ -671,7 +676,7 @@ def refuse_overflowed_weights(run: Run, path: Path, before: str = "") -> None:
         fix = (
             f"its newest checkpoint that renders finite pixels is {other} (step {other_step}): "
             f"copy it over {last.name} (cp --remove-destination {shell_word(other)} "
-            f"{shell_word(last)}) and continue from it with {run.resume_with} and {smaller}, "
+            f"{shell_word(last)}) and continue from it with {run.resume_changed} and {smaller}, "
             f"or {run.start_again.with_changes()}"
         )
     raise DreamtextError(
@@ -1089,7 +1094,7 @@ def kept_checkpoint(run: Run, overflowed: int, why: bool = True) -> str:
     other_seed = again.with_changes(ANOTHER_SEED)
     return (
         f"not saved{cause}: {last} stays the checkpoint of step {run.saved_step}, from before; "
-        f"continue from it with {run.resume_with} and {smaller}"
+        f"continue from it with {run.resume_changed} and {smaller}"
         + (f", or {other_seed}" if other_seed else "")
     )
 
@@ -1172,7 +1177,7 @@ def check_diverged(run: Run) -> None:
             f"the training diverged: the diffusion model's guided noise prediction, or its SDS "
             f"loss, was NaN or infinite in {bad_eps} {window}{more}, so they taught the field "
             f"nothing; saved "
-            f"{path}; continue with {run.resume_with} and a smaller --guidance (this run's is "
+            f"{path}; continue with {run.resume_changed} and a smaller --guidance (this run's is "
             f"{guidance.guidance_scale:g}){precision}"
         )
     more = f", and the guided noise prediction in {bad_eps} more" if bad_eps else ""
@@ -1180,7 +1185,7 @@ def check_diverged(run: Run) -> None:
     raise DreamtextError(
         f"the training diverged: the gradients were NaN or infinite in {bad_grads} {window}"
         f"{more}, which left the field unchanged; saved {path}; continue with "
-        f"{run.resume_with} and a smaller --lr (this run's is {run.cfg.lr:g})"
+        f"{run.resume_changed} and a smaller --lr (this run's is {run.cfg.lr:g})"
         + (f", or {other_seed}" if other_seed else "")
     )
 
@@ -1401,6 +1406,7 @@ def train(
     note: str | Callable[[TrainConfig, dict[str, Any] | None], str | None] | None = None,
     resume_with: str = "--resume",
     start_again: StartAgain = OVERWRITE,
+    resume_changed: str | None = None,
 ) -> Path:
     """Run SDS from ``run.step`` to ``cfg.iters`` and return the workspace.
 
@@ -1418,7 +1424,11 @@ def train(
     ``resume_with``: how the lines that stop the run (out of memory, diverged) say to go on
     from its checkpoint: ``--resume``, or a batch's or ``dreamtext image``'s rerun.
     ``start_again``: how the lines that stop it for good (diverged, overflowed) say to train it
-    again from scratch (``--overwrite``; a batch's line, its own command).
+    again from scratch (``--overwrite``; a batch's line, its own command). ``resume_changed``:
+    how they say to go on from its checkpoint with a setting changed (a smaller ``--lr``,
+    ``--guidance``, ``--h/--w``); ``None``: as ``resume_with``. A batch line's is its own
+    ``dreamtext text PROMPT --workspace W --resume``: the batch run again with that flag changes
+    every line it resumes, and warns of every finished one.
     """
     # A run is work of its own: one that follows a run complete in the same handler block (a
     # caller's loop of runs) is stopped by signals again, not only noted; one noted in between
@@ -1427,7 +1437,9 @@ def train(
     # Held from before the checks to the end: a second process on the workspace is refused
     # even while this one still loads its models (claim_workspace).
     with claim_workspace(cfg.workspace):
-        run = build_run(cfg, resume, overwrite, own_config, resume_with, start_again)
+        run = build_run(
+            cfg, resume, overwrite, own_config, resume_with, start_again, resume_changed
+        )
         line = note(run.cfg, run.resumed) if callable(note) else note
         if line is not None:
             say(line)
@@ -1725,7 +1737,7 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
         if run.updating:
             step = resume_step(run.workspace) if can_resume(run.workspace) else None
             again = (
-                f"resume with {run.resume_with} (from its last checkpoint, step {step})"
+                f"resume with {run.resume_changed} (from its last checkpoint, step {step})"
                 if step is not None
                 else "run the command again"
             )
@@ -1743,7 +1755,7 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
         path = save_run_checkpoint(run)
         return (
             f"out of {memory} after step {run.step} {where}; saved {path}; resume with "
-            f"{run.resume_with} after one of: {fixes}"
+            f"{run.resume_changed} after one of: {fixes}"
         )
 
     return out_of_memory_is_a_user_error(explain)

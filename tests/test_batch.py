@@ -125,16 +125,17 @@ def ctrl_c_at_step(monkeypatch, step, workspace_name=None):
 def train_calls(monkeypatch) -> list[dict]:
     """The keyword arguments (``resume``, ``overwrite``) of each ``trainer.train`` call from now
     on, in order; the runs train as they would. Each call's ``resume_with`` must be the batch's
-    (its lines that stop a run name no --resume, which batch lacks), and ``start_again`` one that
-    names no batch --overwrite; both are left out."""
+    (its lines that stop a run name no --resume, which batch lacks), and ``start_again`` and
+    ``resume_changed`` the line's own commands, not the batch's --overwrite or flags; all three
+    are left out."""
     calls, real_train = [], trainer.train
+    told = ("resume_with", "start_again", "resume_changed")
 
     def train(cfg, **how):
         assert how.get("resume_with") == dreamtext.batch.BATCH_RESUME
         assert how["start_again"].command.startswith("`dreamtext ")
-        calls.append(
-            {key: value for key, value in how.items() if key not in ("resume_with", "start_again")}
-        )
+        assert how["resume_changed"].startswith("`dreamtext ")
+        calls.append({key: value for key, value in how.items() if key not in told})
         return real_train(cfg, **how)
 
     monkeypatch.setattr(trainer, "train", train)
@@ -2896,12 +2897,10 @@ def test_a_line_the_machine_fails_is_recorded_in_one_line_without_a_traceback(
     assert "Traceback" not in err
     assert f"batch: line 1 failed: {failed['error']}" in err
     if "allocate" in str(error):
-        # dreamtext batch has no --resume, which the line named.
-        assert "--resume" not in failed["error"], failed["error"]
-        assert (
-            "resume with the batch run again (it resumes this line) after one of: "
-            in (failed["error"])
-        )
+        # dreamtext batch has no --resume, which the line named; the batch run again with a
+        # smaller setting changes every line it resumes: the line's own command changes its own.
+        own = f"`dreamtext text 'a red cube' --workspace {shlex.quote(str(root / 'a_red_cube'))}"
+        assert f"; resume with {own} --resume` after one of: " in failed["error"], failed["error"]
 
 
 @pytest.mark.parametrize(
@@ -3774,7 +3773,7 @@ def test_an_image_line_that_fails_before_its_text_stage_says_in_which_stage(
     from dreamtext.processes import this_process
     from dreamtext.runstatus import now_iso, write_status
 
-    def fails_in_descriptor(image, options, cfg, resume_with, start_again):
+    def fails_in_descriptor(image, options, cfg, resume_with, start_again, resume_changed):
         # As the stages' own status.json is: this process's, started by this attempt.
         mine = {**this_process(), "started": now_iso()}
         write_status(cfg.workspace, {"state": "failed", "phase": "descriptor", "step": 40, **mine})
@@ -5093,6 +5092,43 @@ def test_a_diverged_text_line_is_told_the_command_that_trains_it_alone_again(
     assert [r["status"] for r in rows(root)][-2:] == ["skipped", "skipped"]
 
 
+def test_a_diverged_line_is_told_its_own_resume_not_the_batch_with_a_smaller_lr(
+    tmp_path, tiny_yaml, monkeypatch, capsys
+):
+    """A line whose gradients were NaN was told "continue with the batch run again (it resumes
+    this line) and a smaller --lr": the batch with --lr resumes every unfinished line with it, and
+    said of each finished one "finished with other settings (lr ...); skipped, --overwrite trains
+    it again". It names its own `dreamtext text PROMPT --workspace W --resume`, which goes on with
+    the smaller --lr alone; the batch then skips both lines with nothing to say."""
+    root = tmp_path / "root"
+    cube, sphere = root / "a_red_cube", root / "a_blue_sphere"
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    batch = ["batch", path, "--model", "builtin:shapes", "--config", tiny_yaml, "--no-export"]
+    batch = list(map(str, [*batch, "--workspace", root, "--iters", 4]))
+    real_step = trainer.optimizer_step
+    with monkeypatch.context() as m:  # a blue sphere's gradients are never finite
+        m.setattr(
+            trainer,
+            "optimizer_step",
+            lambda run, finite: real_step(run, finite and run.workspace != sphere),
+        )
+        m.setattr(trainer, "DIVERGED_AFTER", 3)
+        m.setattr(trainer, "DIVERGENCE_WINDOW", 4)
+        assert main(batch) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "failed:" in line]
+    command = f"dreamtext text 'a blue sphere' --workspace {shlex.quote(str(sphere))} --resume"
+    assert f"; continue with `{command}` and a smaller --lr (this run's is " in line, line
+    assert "the batch run again" not in line, line
+    finished = (cube / "checkpoints" / "last.pt").read_bytes()
+    assert main([*shlex.split(command)[1:], "--lr", "0.001"]) == 0
+    assert status(sphere)["state"] == "finished" and steps(sphere)[-1] == 4
+    capsys.readouterr()
+    assert main(batch) == 0
+    assert [r["status"] for r in rows(root)][-2:] == ["skipped", "skipped"]
+    assert "batch: line" not in capsys.readouterr().err
+    assert (cube / "checkpoints" / "last.pt").read_bytes() == finished
+
+
 def test_an_image_line_is_told_what_trains_it_again_not_the_batchs_overwrite(
     tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, capsys
 ):
@@ -5100,8 +5136,9 @@ def test_an_image_line_is_told_what_trains_it_again_not_the_batchs_overwrite(
     another --seed", and one asked more descriptor steps after text→3D began "add --overwrite,
     or pass --workspace NEW_FOLDER": the batch's --overwrite refuses image lines, its
     --workspace is the list's root, and `image --overwrite` keeps the seed that trained the
-    descriptor. The first is told to continue with a smaller --lr, the second the line's own
-    `dreamtext image ... --overwrite`; both then finish."""
+    descriptor. The first is told to continue with its own `dreamtext image IMAGE --workspace W`
+    and a smaller --lr (the batch run again with it changed every line it resumed), the second
+    the line's own `dreamtext image ... --overwrite`; both then finish."""
     two_cube_images(tmp_path)
     path = prompts_file(tmp_path, "image:red_cube.png")
     root, cube = tmp_path / "root", tmp_path / "root" / "red_cube"
@@ -5119,16 +5156,16 @@ def test_an_image_line_is_told_what_trains_it_again_not_the_batchs_overwrite(
         assert main([*batch, "--descriptor-iters", "3", "--iters", "8", "--lr", "1e30"]) == 1
     [line] = [line for line in capsys.readouterr().err.splitlines() if "failed:" in line]
     assert "--seed" not in line and "--overwrite" not in line, line
+    image = shlex.quote(str(tmp_path / "red_cube.png"))
+    goes_on = f"dreamtext image {image} --workspace {shlex.quote(str(cube))}"
     assert line.endswith(
-        "continue from it with the batch run again (it resumes this line) and a smaller --lr "
-        "(this run's is 1e+30)"
+        f"continue from it with `{goes_on}` and a smaller --lr (this run's is 1e+30)"
     ), line
-    assert main([*batch, "--descriptor-iters", "3", "--iters", "4", "--lr", "0.01"]) == 0
+    assert main([*shlex.split(goes_on)[1:], "--iters", "4", "--lr", "0.01"]) == 0
     assert status(cube)["state"] == "finished" and steps(cube)[-1] == 4
 
     assert main([*batch, "--descriptor-iters", "4", "--iters", "6"]) == 1
     [line] = [line for line in capsys.readouterr().err.splitlines() if "failed:" in line]
-    image = shlex.quote(str(tmp_path / "red_cube.png"))
     command = f"dreamtext image {image} --workspace {shlex.quote(str(cube))} --overwrite"
     assert line.endswith(f"run `{command}` (with the batch's other flags)"), line
     again = [*shlex.split(command)[1:], *flags, "--descriptor-iters", "4", "--iters", "6"]

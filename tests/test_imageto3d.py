@@ -202,7 +202,7 @@ def test_a_finished_run_whose_last_checkpoint_is_damaged_goes_on_from_its_step_f
     monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
     monkeypatch.setattr(
         "dreamtext.trainer.train",
-        lambda cfg, resume, resume_with, start_again: calls.append(resume),
+        lambda cfg, resume, resume_with, start_again, resume_changed: calls.append(resume),
     )
     run_image(image, None, _config(tmp_path, tiny_sd_path))
     assert calls == [True]
@@ -236,7 +236,7 @@ def test_unfinished_text_stage_resumes_and_the_trainer_exports(tmp_path, tiny_sd
     monkeypatch.setattr(imageto3d, "train_descriptor", _fail)
     monkeypatch.setattr(
         "dreamtext.trainer.train",
-        lambda cfg, resume, resume_with, start_again: calls.append((resume_with, cfg, resume)),
+        lambda cfg, resume, resume_with, **_: calls.append((resume_with, cfg, resume)),
     )
     monkeypatch.setattr("dreamtext.export.export_workspace", _fail)
     run_image(image, None, _config(tmp_path, tiny_sd_path, iters=5, export=True))

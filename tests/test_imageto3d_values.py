@@ -94,6 +94,7 @@ def test_an_overwrite_of_a_finished_run_trains_text_to_3d_again(
             "resume": False,
             "resume_with": imageto3d.IMAGE_RESUME,
             "start_again": imageto3d.OVERWRITE_SAME_SEED,
+            "resume_changed": None,  # as resume_with
         }
     ]
 
