@@ -1258,27 +1258,33 @@ def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
         _say(
             f"batch: line {entry.line}: {entry.workspace} is trained and only exported, so "
             f"these settings do not apply to it ({', '.join(trained)}); "
-            + retrain_advice(entry, "--overwrite trains it again from scratch with them")
+            + retrain_advice(entry, "again from scratch with them", trained)
         )
         return
     _say(
         f"batch: line {entry.line}: {entry.workspace} resumes with other settings than it "
         f"started with ({', '.join(changed)}); they apply from its last checkpoint on, "
-        + retrain_advice(entry, "--overwrite trains it again from scratch with them")
+        + retrain_advice(entry, "again from scratch with them", changed)
     )
 
 
-def retrain_advice(entry: Entry, text_advice: str) -> str:
-    """How to train the entry's run again: ``text_advice`` (the batch's ``--overwrite``) for a
-    text line; for an image line, whose list the batch's ``--overwrite`` refuses, ``dreamtext
-    image IMAGE --workspace W --overwrite``, which trains its text→3D again and keeps its sentence
-    and descriptor."""
-    if entry.kind != "image":
-        return text_advice
-    return (
-        f"{line_command(entry)}, with the batch's flags, trains its text→3D "
-        "again (the batch's --overwrite is for text lines)"
-    )
+def retrain_advice(entry: Entry, how: str, changed: Sequence[str] = ()) -> str:
+    """How the batch's warnings say to train the entry's run alone again from scratch (``how``:
+    ``"again with these"``): its own `dreamtext text PROMPT --workspace W --overwrite`
+    (:func:`line_command`; `dreamtext image IMAGE ...`, which trains an image line's text→3D
+    again and keeps its sentence and descriptor), with the batch's other flags. The batch's
+    ``--overwrite`` trained every text line of its share again, a finished one's run replaced,
+    and refuses a list with image lines. An image line asked another seed (``changed``: lines
+    ``"name old → new"``) is told to move its folder away: `image --overwrite` keeps the
+    descriptor its seed trained, and refuses another ``--seed``."""
+    if entry.kind == "image" and any(line.startswith("seed ") for line in changed):
+        return (
+            f"its descriptor, which `dreamtext image --overwrite` keeps, was trained with its "
+            f"seed: move {shell_word(entry.workspace)} away and run the batch again to train "
+            "it anew"
+        )
+    what = "its text→3D" if entry.kind == "image" else "it"
+    return f"`{line_command(entry)}`, with the batch's other flags, trains {what} {how}"
 
 
 def line_command(entry: Entry, flag: str = "--overwrite") -> str:
@@ -2114,7 +2120,7 @@ def run_entry(
                 _say(
                     f"batch: line {entry.line}: {entry.workspace} finished without a mesh and "
                     "has no checkpoint left to export it from; skipped, "
-                    + retrain_advice(entry, "--overwrite trains it again")
+                    + retrain_advice(entry, "again")
                 )
             if changed:
                 # Export settings need no training: `dreamtext export` applies them.
@@ -2122,7 +2128,7 @@ def run_entry(
                 advice = (
                     f"{export_command(entry.workspace, cfg, changed)} exports it again with these"
                     if export_only
-                    else retrain_advice(entry, "--overwrite trains it again with these")
+                    else retrain_advice(entry, "again with these", changed)
                 )
                 _say(
                     f"batch: line {entry.line}: {entry.workspace} finished with other settings "

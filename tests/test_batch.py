@@ -485,12 +485,17 @@ def test_an_image_lines_run_is_found_again_after_the_image_was_moved(
     assert sorted(p.name for p in root.iterdir()) == ["batch.jsonl", "mug"]
 
 
+@pytest.mark.parametrize("flag", [("--lr", "0.5"), ("--seed", "7")], ids=["lr", "seed"])
 def test_an_image_line_finished_with_other_settings_is_not_told_to_use_overwrite(
-    tmp_path, tiny_sd_path, capsys
+    tmp_path, tiny_sd_path, capsys, flag
 ):
     """The line said "--overwrite trains it again with these", and the batch's --overwrite
-    refuses a list with image lines; ``dreamtext image ... --overwrite`` is what does it."""
+    refuses a list with image lines; ``dreamtext image ... --overwrite`` is what does it, but
+    for another seed, which it refuses (its descriptor, trained with the seed, is kept): that
+    line says to move the folder away."""
     from dreamtext.config import resolve_config
+    from dreamtext.descriptor import learned_embeds_path
+    from dreamtext.imageto3d import image_run_fixed
 
     root, _ = moved_image_run(tmp_path)
     trained = {
@@ -501,16 +506,30 @@ def test_an_image_line_finished_with_other_settings_is_not_told_to_use_overwrite
     }
     cfg = resolve_config({**trained, "workspace": str(root / "mug")})
     (root / "mug" / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    learned_embeds_path(root / "mug").write_bytes(b"")  # the descriptor its seed trained
     path = prompts_file(tmp_path / "new", "image:mug.png")
-    args = ["batch", path, "--model", tiny_sd_path, "--iters", "20", "--no-export", "--lr", "0.5"]
+    args = ["batch", path, "--model", tiny_sd_path, "--iters", "20", "--no-export", *flag]
     assert main(list(map(str, [*args, "--workspace", root]))) == 0
     [line] = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
     image = tmp_path / "new" / "mug.png"
     assert "--overwrite trains it again" not in line
+    if flag[0] == "--seed":
+        with pytest.raises(DreamtextError, match="keeps the run's descriptor"):  # image's rule
+            resolve_config(
+                {**trained, "seed": 7, "workspace": str(root / "mug")},
+                base=json.loads((root / "mug" / "config.json").read_text()),
+                **image_run_fixed(root / "mug", True, "image"),
+            )
+        assert line.endswith(
+            "skipped, its descriptor, which `dreamtext image --overwrite` keeps, was trained "
+            f"with its seed: move {shlex.quote(str(root / 'mug'))} away and run the batch again "
+            "to train it anew"
+        ), line
+        return
     assert line.endswith(
-        f"skipped, dreamtext image {shlex.quote(str(image))} --workspace "
-        f"{shlex.quote(str(root / 'mug'))} --overwrite, with the "
-        "batch's flags, trains its text→3D again (the batch's --overwrite is for text lines)"
+        f"skipped, `dreamtext image {shlex.quote(str(image))} --workspace "
+        f"{shlex.quote(str(root / 'mug'))} --overwrite`, with the "
+        "batch's other flags, trains its text→3D again with these"
     )
 
 
@@ -2004,23 +2023,42 @@ def test_a_finished_run_in_the_entrys_folder_counts_only_for_its_own_prompt(tmp_
 def test_a_skipped_run_with_other_settings_is_named_in_one_warning_line(
     tmp_path, tiny_yaml, shapes_cache, capsys
 ):
+    """Each line names its own `dreamtext text PROMPT --workspace W --overwrite`, to run with
+    the batch's other flags: it said "--overwrite trains it again with these", and the batch's
+    --overwrite trains every line of the list again (a_blue_cube's run replaced too)."""
     path = prompts_file(tmp_path, "a red cube", "a blue cube")
     root = tmp_path / "root"
-    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
-    assert main(list(map(str, args))) == 0
+    flags = [*BUILTIN[:2], "--iters", "5", "--config", tiny_yaml]
+    args = list(map(str, ["batch", path, *flags, "--workspace", root]))
+    assert main(args) == 0
     capsys.readouterr()
-    assert main(list(map(str, args))) == 0  # same settings: skipped without a word
+    assert main(args) == 0  # same settings: skipped without a word
     assert "other settings" not in capsys.readouterr().err
     changed = ["--seed", "7", "--lr", "0.5", "--guidance", "50", "--iters", "3"]  # fewer iters: ok
-    assert main(list(map(str, [*args, *changed]))) == 0
+    assert main([*args, *changed]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
+    commands = {
+        name: f"dreamtext text '{name.replace('_', ' ')}' --workspace "
+        f"{shlex.quote(str(root / name))} --overwrite"
+        for name in ("a_red_cube", "a_blue_cube")
+    }
     assert warnings == [
         f"batch: line {n}: {root / name} finished with other settings (seed 0 → 7, lr 0.02 → 0.5, "
-        "guidance.guidance_scale 4.0 → 50.0); skipped, --overwrite trains it again with these"
+        f"guidance.guidance_scale 4.0 → 50.0); skipped, `{commands[name]}`, with the batch's "
+        "other flags, trains it again with these"
         for n, name in ((1, "a_red_cube"), (2, "a_blue_cube"))
     ]
     assert [r["status"] for r in rows(root)[4:]] == ["skipped", "skipped"]
     assert json.loads((root / "a_red_cube" / "config.json").read_text())["seed"] == 0
+    blue = (root / "a_blue_cube" / "checkpoints" / "last.pt").read_bytes()
+    assert main([*shlex.split(commands["a_red_cube"])[1:], *map(str, flags), *changed]) == 0
+    trained = json.loads((root / "a_red_cube" / "config.json").read_text())
+    assert (trained["seed"], trained["lr"], trained["iters"]) == (7, 0.5, 3)
+    assert steps(root / "a_red_cube") == [3]  # from scratch
+    assert (root / "a_blue_cube" / "checkpoints" / "last.pt").read_bytes() == blue
+    assert main([*args, *changed]) == 0  # a_red_cube now skipped without a word
+    [warning] = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
+    assert warning.startswith(f"batch: line 2: {root / 'a_blue_cube'} finished with other")
 
 
 def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
@@ -2042,10 +2080,12 @@ def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
     assert "seed 0 → 7" in said and "other settings" not in said
     assert main(list(map(str, [*args, "--lr", "0.5", "--guidance", "50"]))) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "other settings" in line]
+    own = f"dreamtext text 'a red cube' --workspace {shlex.quote(str(root / 'a_red_cube'))}"
     assert warnings == [
         f"batch: line 1: {root / 'a_red_cube'} resumes with other settings than it started with "
         "(lr 0.02 → 0.5, guidance.guidance_scale 4.0 → 50.0); they apply from its last "
-        "checkpoint on, --overwrite trains it again from scratch with them"
+        f"checkpoint on, `{own} --overwrite`, with the batch's other flags, trains it again "
+        "from scratch with them"
     ]
     assert [r["status"] for r in rows(root)] == ["interrupted", "finished"]
     saved = json.loads((root / "a_red_cube" / "config.json").read_text())
@@ -3921,9 +3961,11 @@ def test_an_export_only_attempt_records_no_speed_and_says_training_settings_do_n
     assert main(list(map(str, [*args, "--lr", "0.5"]))) == 0
     assert steps(root / "a_red_cube") == [5]  # nothing trained
     err = capsys.readouterr().err
+    own = f"dreamtext text 'a red cube' --workspace {shlex.quote(str(root / 'a_red_cube'))}"
     assert (
         f"batch: line 1: {root / 'a_red_cube'} is trained and only exported, so these settings "
-        "do not apply to it (lr 0.02 → 0.5); --overwrite trains it again from scratch with them"
+        f"do not apply to it (lr 0.02 → 0.5); `{own} --overwrite`, with the batch's other "
+        "flags, trains it again from scratch with them"
     ) in err
     assert "resumes with other settings" not in err
     record = rows(root)[-1]
@@ -4056,9 +4098,11 @@ def test_a_run_finished_without_its_export_and_checkpoints_is_skipped_with_a_war
     assert main(list(map(str, args))) == 0
     assert steps(root / "a_red_cube") == [5]  # not trained again
     assert [r["status"] for r in rows(root)] == ["finished", "skipped"]
+    own = f"dreamtext text 'a red cube' --workspace {shlex.quote(str(root / 'a_red_cube'))}"
     warning = (
         f"batch: line 1: {root / 'a_red_cube'} finished without a mesh and has no checkpoint "
-        "left to export it from; skipped, --overwrite trains it again"
+        f"left to export it from; skipped, `{own} --overwrite`, with the batch's other flags, "
+        "trains it again\n"
     )
     assert capsys.readouterr().err.count(warning) == 1
 

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -260,7 +261,10 @@ def test_a_finished_run_with_other_training_and_export_settings_is_pointed_at_ov
         "skipped"
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].endswith("; skipped, --overwrite trains it again with these")
+    own = f"`dreamtext text 'a red cube' --workspace {shlex.quote(str(workspace))} --overwrite`"
+    assert len(err) == 1 and err[0].endswith(
+        f"; skipped, {own}, with the batch's other flags, trains it again with these"
+    )
     assert "export_options.resolution" in err[0] and "seed " in err[0]
 
 
