@@ -249,6 +249,11 @@ def descriptor_loss(
     return loss_real + loss_base, {"loss_real": loss_real.detach(), "loss_base": loss_base.detach()}
 
 
+# How the lines that stop a descriptor training say to run it again with a setting changed, where
+# the caller (train_descriptor's ``rerun``) names no command of its own.
+RERUN = "the same command again"
+
+
 class DescriptorTrainer:
     """The frozen Stable Diffusion, the placeholder vectors and their Adam optimiser.
 
@@ -296,6 +301,9 @@ class DescriptorTrainer:
         # (train_step; never without fp16), and how many steps of the training it skipped.
         self.recent_skips: collections.deque[bool] = collections.deque(maxlen=DIVERGENCE_WINDOW)
         self.skipped_updates = 0
+        # What the lines that stop the training say to run with a setting changed (a smaller
+        # descriptor lr, --fp32): train_descriptor's ``rerun``.
+        self.rerun = RERUN
 
     def check_length(self, labels: Sequence[str]) -> None:
         """Refuse a sentence the text encoder would cut off, before any step: the descriptor's
@@ -440,7 +448,7 @@ class DescriptorTrainer:
             )
             raise DreamtextError(
                 f"{Path(folder) / 'last.pt'} holds token embeddings with {values}: the training "
-                f"that saved it diverged; delete {folder} to start the "
+                f"that saved it diverged; delete {folder} and run {self.rerun} to start the "
                 "descriptor training afresh, with a smaller image_to_3d.descriptor.lr in a "
                 "--config (the thesis's is 3e-4)"
             )
@@ -551,6 +559,7 @@ def train_descriptor(
     guidance: GuidanceConfig,
     options: DescriptorOptions | None = None,
     device: str = "cpu",
+    rerun: str = "",
 ) -> Path:
     """Train the descriptor of ``W/descriptor/sentence.json`` on the image; return the saved file.
 
@@ -563,7 +572,10 @@ def train_descriptor(
     that step (log lines past it are dropped, not written twice). ``guidance``
     names the Stable Diffusion (model, precision, memory options); it is loaded through
     :func:`dreamtext.models.load_for`, so the text→3D stage that follows in the same process
-    reuses it.
+    reuses it. ``rerun``: what the lines that stop it (diverged) say to run with a setting
+    changed (a smaller descriptor lr, ``--fp32``): "the same command again" (:data:`RERUN`),
+    where empty; a batch line's own `dreamtext image IMAGE --workspace W`, since the batch run
+    again with the setting changes every line it resumes.
     """
     options = options or DescriptorOptions()
     if options.iters < 0:
@@ -577,6 +589,7 @@ def train_descriptor(
     trainer = DescriptorTrainer(
         models, record["quantifier"], record["words"], record["noun"], options
     )
+    trainer.rerun = rerun or RERUN
     trainer.check_length(guidance.views.labels if guidance.view_dependent else ())
     image = image_to_tensor(load_image(image_path), models.resolution)
 
@@ -670,8 +683,8 @@ def overflowed_line(
         )
     return (
         f"the descriptor training diverged: its token embeddings {cause}; "
-        f"image_to_3d.descriptor.lr is {trainer.options.lr:g}); {kept}; run it again with a "
-        f"smaller image_to_3d.descriptor.lr in a --config (the thesis's is 3e-4)"
+        f"image_to_3d.descriptor.lr is {trainer.options.lr:g}); {kept}; run {trainer.rerun} "
+        "with a smaller image_to_3d.descriptor.lr in a --config (the thesis's is 3e-4)"
     )
 
 
@@ -686,8 +699,8 @@ def skipped_line(trainer: DescriptorTrainer, checkpoint: Path) -> str:
         f"the descriptor training diverged: its gradients were NaN or infinite in {skipped} of "
         f"the {len(trainer.recent_skips)} steps up to step {trainer.step}, so the fp16 loss "
         f"scaler skipped their updates and its token embeddings did not train; saved "
-        f"{checkpoint}; run the same command again with --bf16 or --fp32 (without --fp16), and "
-        "it goes on from there"
+        f"{checkpoint}; run {trainer.rerun} with --bf16 or --fp32 (without --fp16), and it goes "
+        "on from there"
     )
 
 

@@ -624,7 +624,14 @@ def _run_image(
         _note(f"describe: {sentence}")
 
     if train_words:
-        train_descriptor(image_path, workspace, cfg.guidance, options.descriptor, str(device))
+        train_descriptor(
+            image_path,
+            workspace,
+            cfg.guidance,
+            options.descriptor,
+            str(device),
+            rerun=resume_changed or "",
+        )
     else:
         _note(f"descriptor: reusing {learned}")
 

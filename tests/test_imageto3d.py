@@ -369,14 +369,18 @@ def test_a_descriptor_that_diverges_stops_the_image_run_before_text_to_3d(
     """At image_to_3d.descriptor.lr 1e37 the descriptor's vectors overflow in step 1; checked
     only at its saves it trained on with NaN losses to step 500 (here: all 30 asked for). It
     stops in step 1 with the line naming a smaller descriptor lr, and no text→3D stage starts:
-    no trained sentence, no embedding, no text→3D checkpoint."""
+    no trained sentence, no embedding, no text→3D checkpoint. The line names the command the
+    caller gives for a changed setting (``resume_changed``: a batch line's own `dreamtext image
+    IMAGE --workspace W`; it said "run it again", the batch, whose --config reaches every image
+    line it resumes)."""
     options = _options(tmp_path, tiny_clip_path)
     options.descriptor = replace(options.descriptor, iters=30, lr=1e37)
+    own = "`dreamtext image mug.png --workspace root/mug`"
     with pytest.raises(DreamtextError) as error:
-        run_image(_image(tmp_path), options, _config(tmp_path, tiny_sd_path))
+        run_image(_image(tmp_path), options, _config(tmp_path, tiny_sd_path), resume_changed=own)
     message = str(error.value)
     assert "reached a value of 1e+37 in step 1" in message, message
-    assert "smaller image_to_3d.descriptor.lr" in message, message
+    assert f"; run {own} with a smaller image_to_3d.descriptor.lr in a --config" in message, message
     workspace = tmp_path / "run"
     status = json.loads((workspace / "status.json").read_text())
     assert (status["state"], status["phase"], status["step"]) == ("failed", "descriptor", 1)
@@ -437,7 +441,7 @@ def test_a_record_without_its_trained_sentence_trains_the_descriptor_again(
     record_path.write_text(json.dumps(record))
     calls = []
 
-    def fake_train_descriptor(image_path, workspace, guidance, options, device):
+    def fake_train_descriptor(image_path, workspace, guidance, options, device, rerun):
         calls.append(options.iters)
         trained = {**record, "trained_sentence": f"An image of a {DESCRIPTOR_TOKEN} cube"}
         record_path.write_text(json.dumps(trained))
