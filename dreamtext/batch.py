@@ -2115,25 +2115,9 @@ def run_entry(
         finish_cut_export(entry.workspace)
         fresh = options.overwrite and read_status(entry.workspace) == before
         if not fresh and finished_here(entry, cfg):
-            changed = changed_setting_lines(entry, cfg)
-            if cfg.export and not has_mesh(entry.workspace):
-                _say(
-                    f"batch: line {entry.line}: {entry.workspace} finished without a mesh and "
-                    "has no checkpoint left to export it from; skipped, "
-                    + retrain_advice(entry, "again")
-                )
-            if changed:
-                # Export settings need no training: `dreamtext export` applies them.
-                export_only = all(c.startswith("export_options.") for c in changed)
-                advice = (
-                    f"{export_command(entry.workspace, cfg, changed)} exports it again with these"
-                    if export_only
-                    else retrain_advice(entry, "again with these", changed)
-                )
-                _say(
-                    f"batch: line {entry.line}: {entry.workspace} finished with other settings "
-                    f"({', '.join(changed)}); skipped, {advice}"
-                )
+            line = finished_skip_line(entry, cfg)
+            if line is not None:
+                _say(line)
         elif not (claimed := lock.acquire()):
             result["error"] = lock.describe_holder()
             _say(held_line(entry, lock))
@@ -2282,6 +2266,31 @@ def log_record(
             _say(batch_stop_line(entry, stop, root, finished=finished))
             record = {**record, "error": error_line(error), "stopped_batch": True}
     return record
+
+
+def finished_skip_line(entry: Entry, cfg: TrainConfig) -> str | None:
+    """The one line with which a batch skips the entry's finished run where it has something to
+    say (``None`` where not): that the run has no mesh and no checkpoint left to export it from
+    where ``cfg`` asks for a mesh, and which settings of ``cfg`` it finished with other values of
+    (:func:`changed_setting_lines`); and how to apply them: `dreamtext export` for export settings
+    alone (a run with a checkpoint to export from), else the line's own command
+    (:func:`retrain_advice`). A run with both was told the same command in two lines."""
+    changed = changed_setting_lines(entry, cfg)
+    no_mesh = cfg.export and not has_mesh(entry.workspace)
+    if not (changed or no_mesh):
+        return None
+    settings = f"with other settings ({', '.join(changed)})"
+    if no_mesh:
+        what = "without a mesh and has no checkpoint left to export it from"
+        what += f", and {settings}" if changed else ""
+    else:
+        what = settings
+    if not no_mesh and all(c.startswith("export_options.") for c in changed):
+        # Export settings need no training: `dreamtext export` applies them.
+        advice = f"{export_command(entry.workspace, cfg, changed)} exports it again with these"
+    else:
+        advice = retrain_advice(entry, "again with these" if changed else "again", changed)
+    return f"batch: line {entry.line}: {entry.workspace} finished {what}; skipped, {advice}"
 
 
 def in_use_line(entry: Entry, in_use: WorkspaceInUse, lock: WorkspaceLock) -> str:

@@ -4105,6 +4105,14 @@ def test_a_run_finished_without_its_export_and_checkpoints_is_skipped_with_a_war
         "trains it again\n"
     )
     assert capsys.readouterr().err.count(warning) == 1
+    # Asked other settings too: one line says both (two lines named the same command).
+    assert main(list(map(str, [*args, "--lr", "0.5"]))) == 0
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "batch: line" in line]
+    assert line == (
+        f"batch: line 1: {root / 'a_red_cube'} finished without a mesh and has no checkpoint "
+        "left to export it from, and with other settings (lr 0.02 → 0.5); skipped, "
+        f"`{own} --overwrite`, with the batch's other flags, trains it again with these"
+    )
 
 
 def test_a_run_finished_without_an_export_is_skipped_quietly_by_a_batch_that_asks_for_none(
