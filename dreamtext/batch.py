@@ -1138,23 +1138,35 @@ def own_run_config(
 
 
 def resume_conflicts_refusal(
-    conflicts: Sequence[tuple[Entry, list[str]]], images: bool = False
+    conflicts: Sequence[tuple[Entry, list[str]]], images: bool = False, others: int = 0
 ) -> str:
     """The one line that refuses a batch whose lines to resume were asked for settings their
     runs fix (:func:`own_run_config`), naming each line (the first :data:`NOT_STARTED_SHOWN`),
     its run and the settings, before anything trains. ``images``: the list has image lines,
     so that its ``--overwrite`` is refused too: the way to train those runs anew is to move
-    their folders away."""
+    their folders away. ``others``: how many other lines of the share hold a run, which the
+    batch's ``--overwrite`` would train again too (a finished one's replaced): where there are
+    any, the line names each refused line's own `dreamtext text ... --overwrite` instead."""
     shown = [
         f"line {entry.line} ({entry.workspace}): {', '.join(changed)}"
         for entry, changed in conflicts[:NOT_STARTED_SHOWN]
     ]
     more = len(conflicts) - len(shown)
-    anew = (
-        "move those runs' folders away to train them again from scratch"
-        if images
-        else "--overwrite trains them again from scratch"
-    )
+    if images:
+        anew = "move those runs' folders away to train them again from scratch"
+    elif not others:
+        anew = "--overwrite trains them again from scratch"
+    else:
+        command = (
+            f"`{line_command(conflicts[0][0])}`"
+            if len(conflicts) == 1
+            else "each one's own `dreamtext text PROMPT --workspace ROOT/FOLDER --overwrite`"
+        )
+        runs = f"{others} other run{'s' if others > 1 else ''}"
+        anew = (
+            f"{command}, with the batch's other flags, trains it alone again from scratch (the "
+            f"batch's --overwrite would train the share's {runs} again too)"
+        )
     return (
         "a resumed run keeps its seed, optimizer, field and occupancy grid, but the batch asks "
         f"other ones of the runs it would resume: {'; '.join(shown)}"
@@ -1467,7 +1479,9 @@ def _run_batch(
         if changed and e.workspace in to_train and (e.kind == "image" or can_resume(e.workspace))
     ]
     if conflicts:
-        raise DreamtextError(resume_conflicts_refusal(conflicts, images=bool(images)))
+        named = {e.workspace for e, _ in conflicts}
+        others = sum(e.workspace not in named and run_owner(e.workspace) == e.key for e in share)
+        raise DreamtextError(resume_conflicts_refusal(conflicts, bool(images), others))
     lines_models = LineModels(share, {e.workspace: line_models(e, c, options) for e, c in pending})
     if pending:
         # Once for the batch, as `text` and `image` say it once for their run.

@@ -2141,7 +2141,9 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
 ):
     """A changed field or seed of a line to resume was that line's failure, after its model had
     loaded, told to pass --workspace NEW_FOLDER (the batch's root); the lines before it ran.
-    Now one line names each line, its run and the settings, exit 2, nothing written."""
+    Now one line names each line, its run and the settings, exit 2, nothing written. To train
+    it anew it names the line's own `dreamtext text ... --overwrite`: the batch's --overwrite
+    (which it named) trains a_red_cube's finished run again too."""
     path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
     root = tmp_path / "root"
     args = ["batch", path, *BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--workspace", root]
@@ -2154,14 +2156,23 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
     with nothing_written(root, "a_red_cube", "a_blue_cube"):
         assert main(list(map(str, [*args, "--config", levels, "--seed", "7"]))) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    blue = root / "a_blue_cube"
+    command = f"dreamtext text 'a blue cube' --workspace {shlex.quote(str(blue))} --overwrite"
     assert err == [
         "dreamtext: error: a resumed run keeps its seed, optimizer, field and occupancy grid, but "
-        f"the batch asks other ones of the runs it would resume: line 2 ({root / 'a_blue_cube'}): "
+        f"the batch asks other ones of the runs it would resume: line 2 ({blue}): "
         "seed 0 → 7, field.num_levels 4 → 3; keep the runs' own (drop those flags or --config "
-        "settings: a run keeps what the batch does not give), or --overwrite trains them again "
-        "from scratch"
+        f"settings: a run keeps what the batch does not give), or `{command}`, with the batch's "
+        "other flags, trains it alone again from scratch (the batch's --overwrite would train the "
+        "share's 1 other run again too)"
     ]
     assert not (root / "a_green_cube").exists()
+    red = (root / "a_red_cube" / "checkpoints" / "last.pt").read_bytes()
+    flags = [*BUILTIN[:2], "--iters", "6", "--config", tiny_yaml, "--config", levels, "--seed", 7]
+    assert main([*shlex.split(command)[1:], *map(str, flags)]) == 0
+    saved = json.loads((blue / "config.json").read_text())
+    assert (saved["seed"], saved["field"]["num_levels"], steps(blue)) == (7, 3, [5, 6])
+    assert (root / "a_red_cube" / "checkpoints" / "last.pt").read_bytes() == red
 
 
 def two_cube_images(tmp_path):
