@@ -82,6 +82,22 @@ def base_sentence(quantifier: str, noun: str) -> str:
     return make_sentence(quantifier, [], noun)
 
 
+class SentenceToLearn(Protocol):
+    """What the search needs to know of the descriptor that learns its sentence
+    (:class:`dreamtext.descriptor.SentencesToLearn`): whether the prompt it will encode for a
+    sentence fits its text encoder."""
+
+    def fits(self, quantifier: str, words: Sequence[str], noun: str) -> bool:
+        """Whether ``"An image of <quantifier> <words…> <noun>"``, as the descriptor encodes it,
+        fits its text encoder."""
+        ...
+
+    def may_fit(self, quantifier: str, noun: str, max_words: int) -> bool:
+        """Whether a sentence of ``quantifier`` and ``noun`` with at most ``max_words`` words
+        may fit (the fewest placeholders it can have)."""
+        ...
+
+
 class ImageTextEncoder(Protocol):
     """What the search needs from CLIP: unit-length embeddings in a shared space."""
 
@@ -308,6 +324,32 @@ def no_sentence_fits(quantifier: str | None, noun: str | None) -> DreamtextError
     )
 
 
+def no_sentence_to_learn(
+    quantifier: str | None, noun: str | None, searched: bool = False
+) -> DreamtextError:
+    """The refusal of a search none of whose sentences the descriptor can learn: each is too
+    long for Stable Diffusion's text encoder once written as the descriptor's prompt, with its
+    view label. ``dreamtext image`` refuses nearly every such case before any load
+    (:func:`dreamtext.descriptor.check_sentence_to_learn`); ``searched``: the search chose
+    ``quantifier`` and ``noun``, and no word of the vocabulary made it short enough."""
+    if searched:
+        return DreamtextError(
+            f"the sentence 'An image of {quantifier} {noun}' is too long for the text encoder "
+            "to learn with its view label and the noun's pieces as its descriptor, and no word "
+            "of the vocabulary makes it fit; give a shorter --noun or --quantifier, or "
+            "--adjectives with a short word"
+        )
+    given = " and ".join(
+        f"{flag} {value!r}"
+        for flag, value in (("--quantifier", quantifier), ("--noun", noun))
+        if value
+    )
+    return DreamtextError(
+        "no sentence 'An image of <quantifier> <descriptor> <noun>' fits in the text encoder's "
+        f"tokens with its view label with {given or 'these word lists'}: give a shorter one"
+    )
+
+
 def check_base_sentences(options: DescribeOptions, nouns: Sequence[str]) -> None:
     """Refuse, before CLIP loads, a search none of whose base sentences ``"An image of <q>
     <noun>"`` fits in CLIP's tokens (:func:`search_sentence` refused it once CLIP had loaded,
@@ -344,6 +386,7 @@ def search_sentence(
     quantifier: str | None = None,
     fits: Callable[[str], bool] = fits_by_bytes,
     adjust: bool = False,
+    learnable: SentenceToLearn | None = None,
 ) -> SearchResult:
     """The search of the module docstring: its steps 1 and 2, and step 3 with ``adjust``.
 
@@ -351,6 +394,15 @@ def search_sentence(
     step 1 only scores the base sentence. Only sentences that ``fits`` (CLIP's 77 tokens: the
     encoder's :meth:`ClipEncoder.fits`, else :func:`fits_by_bytes`) are scored, so the sentence
     found, which the descriptor trains, is never cut short.
+
+    ``learnable`` (``dreamtext image``'s): only sentences whose descriptor prompt, in the
+    tokenizer of the text encoder that trains it and with its longest view label, fits that
+    encoder are scored, and a step-1 pair only where one of its sentences may fit
+    (:meth:`SentenceToLearn.may_fit`). A sentence with no word holds the noun's pieces twice
+    (the descriptor starts from them): where that is too long and no word raises the score, the
+    best word that fits is appended all the same, so that the sentence returned is one the
+    descriptor learns. Wherever the sentence found without ``learnable`` fits, it is the one
+    found with it (each word appended makes the prompt longer).
     """
     # Step 1: quantifier × noun × {singular, plural}, in that nesting order.
     quantifiers = [quantifier] if quantifier else list(QUANTIFIERS)
@@ -358,6 +410,10 @@ def search_sentence(
     pairs = [(q, n) for q in quantifiers for n in noun_forms if fits(base_sentence(q, n))]
     if not pairs:
         raise no_sentence_fits(quantifier, noun)
+    if learnable is not None:
+        pairs = [(q, n) for q, n in pairs if learnable.may_fit(q, n, max_words)]
+        if not pairs:
+            raise no_sentence_to_learn(quantifier, noun)
     index, best = _best(score([base_sentence(q, n) for q, n in pairs]))
     chosen_quantifier, chosen_noun = pairs[index]
     result = SearchResult(chosen_quantifier, chosen_noun, [], best, {"noun": best})
@@ -365,19 +421,28 @@ def search_sentence(
     def sentences_with(words_for: list[list[str]]) -> list[str]:
         return [make_sentence(chosen_quantifier, w, chosen_noun) for w in words_for]
 
+    def fit(words: list[str]) -> bool:
+        if not fits(make_sentence(chosen_quantifier, words, chosen_noun)):
+            return False
+        return learnable is None or learnable.fits(chosen_quantifier, words, chosen_noun)
+
     def fitting(words_for: list[list[str]]) -> list[list[str]]:
-        return [w for w in words_for if fits(make_sentence(chosen_quantifier, w, chosen_noun))]
+        return [w for w in words_for if fit(w)]
 
     vocabulary = list(dict.fromkeys([*nouns, *adjectives]))
-    # Step 2: append the best word while it raises the score.
+    # Step 2: append the best word while it raises the score (and once in any case where the
+    # sentence without words is too long to learn).
+    needs_word = not fit([])
     while len(result.words) < max_words:
         candidates = fitting([[*result.words, w] for w in vocabulary])
         if not candidates:
             break
         index, best = _best(score(sentences_with(candidates)))
-        if best <= result.score:
+        if best <= result.score and not needs_word:
             break
-        result.words, result.score = candidates[index], best
+        result.words, result.score, needs_word = candidates[index], best, False
+    if needs_word:
+        raise no_sentence_to_learn(chosen_quantifier, chosen_noun, searched=True)
     result.step_scores["words"] = result.score
 
     if not adjust:
@@ -480,6 +545,7 @@ def describe(
     options: DescribeOptions | None = None,
     encoder: ImageTextEncoder | None = None,
     status: bool = False,
+    learnable: SentenceToLearn | None = None,
 ) -> str:
     """Find the sentence for an image, write ``W/descriptor/sentence.json``, return the sentence.
 
@@ -489,6 +555,8 @@ def describe(
     A workspace holding another image's record, or a trained one, is refused before the search
     (:func:`check_describe_workspace`).
     ``encoder`` defaults to CLIP loaded from ``options.clip``; tests pass a fake one.
+    ``learnable``: the descriptor that will learn the sentence (``dreamtext image``'s), whose
+    prompts the search keeps within its text encoder's tokens (:func:`search_sentence`).
     ``status``: keep ``W/status.json`` of the search as a run of its own (``dreamtext describe``:
     ``running`` in phase ``describe``, rewritten every :data:`HEARTBEAT_SECONDS` with the time
     so far, then ``finished``, ``failed`` or ``interrupted``) and the image's copy
@@ -513,7 +581,9 @@ def describe(
     # A Ctrl-C / SIGTERM while CLIP loaded can have been swallowed (raised in a finalizer).
     raise_if_stop_requested()
     if not status:
-        return _describe(image, image_path, workspace, options, encoder, nouns, adjectives)
+        return _describe(
+            image, image_path, workspace, options, encoder, nouns, adjectives, learnable
+        )
     device = resolve_device(options.device)
     with track_status(
         workspace, 0, lambda: 0, device, phase="describe", heartbeat=HEARTBEAT_SECONDS
@@ -524,7 +594,15 @@ def describe(
         # The run's one file: a stop once it is in place changes neither its status.json
         # ("finished") nor the command's exit status.
         return _describe(
-            image, image_path, workspace, options, encoder, nouns, adjectives, completes_work=True
+            image,
+            image_path,
+            workspace,
+            options,
+            encoder,
+            nouns,
+            adjectives,
+            learnable,
+            completes_work=True,
         )
 
 
@@ -536,6 +614,7 @@ def _describe(
     encoder: ImageTextEncoder,
     nouns: list[str],
     adjectives: list[str],
+    learnable: SentenceToLearn | None = None,
     completes_work: bool = False,
 ) -> str:
     """:func:`describe`'s search and record, its checks passed. Between rounds of scoring, and
@@ -558,6 +637,7 @@ def _describe(
         quantifier=collapse_spaces(options.quantifier),
         fits=getattr(encoder, "fits", fits_by_bytes),
         adjust=options.adjust,
+        learnable=learnable,
     )
     record = {
         "sentence": result.sentence,

@@ -47,6 +47,7 @@ from dreamtext.describe import (
     make_sentence,
     plural,
     sentence_path,
+    tokens_at_most,
 )
 from dreamtext.devices import (
     DIVERGED_AFTER,
@@ -211,6 +212,71 @@ def check_sentence_to_learn(
         "once its descriptor is written as the words' pieces, but the text encoder reads "
         f"{limit} (start and end included); give {given}"
     )
+
+
+class SentencesToLearn:
+    """The descriptor's prompt of each sentence the search may return, counted in ``tokenizer``
+    (Stable Diffusion's, which encodes it) with the longest of the view ``labels`` text→3D
+    appends (none: ``()``), without adding its placeholders: the search's
+    :class:`dreamtext.describe.SentenceToLearn`.
+
+    The prompt of ``"An image of <q> <w1> … <wk> <noun>"`` is ``"An image of <q> <p_1> … <p_n>
+    <noun>"`` with one placeholder (one token) per BPE piece of the words, or of the noun where
+    there is none (:class:`DescriptorTrainer`). The tokenizer splits a text at its spaces before
+    its BPE, so the prompt with label ``L`` is
+
+        T(with_view("An image of <q> <noun>", L)) + n
+
+    tokens (T with start and end), the count :meth:`DescriptorTrainer.check_length` refuses over
+    ``model_max_length``. Nearly every sentence fits by its bytes (a piece holds one at least);
+    only the others are tokenized, each base and piece count once."""
+
+    def __init__(self, tokenizer, labels: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.limit: int = tokenizer.model_max_length
+        self.labels = list(labels)
+        self._bases: dict[tuple[str, str], int] = {}
+        self._pieces: dict[str, int] = {}
+
+    def pieces(self, word: str) -> int:
+        """The BPE pieces of ``word`` (of a noun of several words, all of them)."""
+        if word not in self._pieces:
+            ids = self.tokenizer(word, add_special_tokens=False, truncation=False).input_ids
+            self._pieces[word] = len(ids)
+        return self._pieces[word]
+
+    def base_tokens(self, quantifier: str, noun: str) -> int:
+        """T(``"An image of <q> <noun>"`` with its longest view label), start and end included."""
+        key = (quantifier, noun)
+        if key not in self._bases:
+            base = base_sentence(quantifier, noun)
+            texts = [with_view(base, label) for label in self.labels] or [base]
+            tokens = (len(self.tokenizer(t, truncation=False).input_ids) for t in texts)
+            self._bases[key] = max(tokens)
+        return self._bases[key]
+
+    def tokens(self, quantifier: str, words: Sequence[str], noun: str) -> int:
+        """The prompt's tokens with its longest view label: ``base_tokens + n``."""
+        n = sum(self.pieces(word) for word in list(words) or [noun])
+        return self.base_tokens(quantifier, noun) + n
+
+    def fits(self, quantifier: str, words: Sequence[str], noun: str) -> bool:
+        """Whether the prompt of the sentence fits: at most ``model_max_length`` tokens."""
+        sentence = make_sentence(quantifier, words, noun)
+        longest = [with_view(sentence, label) for label in self.labels] or [sentence]
+        repeated = 0 if words else len("".join(noun.split()).encode("utf-8"))
+        if max(map(tokens_at_most, longest)) + repeated <= self.limit:
+            return True  # the bound: the words' bytes stand for their placeholders
+        return self.tokens(quantifier, words, noun) <= self.limit
+
+    def may_fit(self, quantifier: str, noun: str, max_words: int) -> bool:
+        """Whether a sentence of ``quantifier`` and ``noun`` may fit: with one placeholder (a
+        one-piece word) where ``max_words`` allows a word, else with the noun's pieces, as
+        :func:`check_sentence_to_learn` counts it."""
+        if self.fits(quantifier, [], noun):
+            return True
+        n = 1 if max_words > 0 else self.pieces(noun)
+        return self.base_tokens(quantifier, noun) + n <= self.limit
 
 
 def add_placeholders(tokenizer, text_encoder: nn.Module, token: str, words: list[str]) -> list[int]:

@@ -83,6 +83,7 @@ from dreamtext.descriptor import (
     DESCRIPTOR_TOKEN,
     LEARNED_EMBEDS,
     DescriptorOptions,
+    SentencesToLearn,
     check_sentence_to_learn,
     check_token,
     learned_embeds_path,
@@ -612,12 +613,23 @@ def _run_image(
         _note(f"describe: reusing {record_path}")
     else:
         describe_options = replace(options.describe, device=str(device))
+        # The search keeps to sentences whose descriptor prompt, as Stable Diffusion's tokenizer
+        # counts it with its view label, the descriptor can learn: CLIP's 77 tokens let through
+        # one that the descriptor refused after the search, the noun's pieces held twice.
+        from dreamtext.models import read_tokenizer
+
+        learnable = SentencesToLearn(
+            read_tokenizer(cfg.guidance.model),
+            cfg.guidance.views.labels if cfg.guidance.view_dependent else (),
+        )
         with (
             stage_status(workspace, "describe", device),
             sigterm_interrupts(),
             clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip,
         ):
-            sentence = describe(image_path, workspace, describe_options, encoder=clip)
+            sentence = describe(
+                image_path, workspace, describe_options, encoder=clip, learnable=learnable
+            )
         # The later stages do not use it (a batch's later image lines may: it holds those).
         del clip
         release_clip()

@@ -1,0 +1,200 @@
+"""The sentence search of `dreamtext image` keeps to sentences the descriptor can learn: counted
+as the descriptor's prompt (its placeholders, the noun's pieces again without words) with its
+longest view label, in Stable Diffusion's tokenizer. It kept to CLIP's 77 tokens only, and a
+sentence it found was refused by the descriptor after both models had loaded and it had run."""
+
+import functools
+import zlib
+
+import pytest
+import torch
+from PIL import Image
+
+import dreamtext.describe
+import dreamtext.models
+import dreamtext.trainer
+from dreamtext.config import resolve_config
+from dreamtext.describe import DescribeOptions, SentenceScores, check_options, search_sentence
+from dreamtext.descriptor import (
+    DescriptorOptions,
+    DescriptorTrainer,
+    SentencesToLearn,
+    check_sentence_to_learn,
+    learned_embeds_path,
+)
+from dreamtext.errors import DreamtextError
+from dreamtext.guidance import GuidanceConfig
+from dreamtext.imageto3d import ImageOptions, run_image
+from dreamtext.models import load_stable_diffusion, read_tokenizer
+
+NOUN = "apartment building"  # 17 pieces in the tiny tokenizer (every letter but "a" one piece)
+LABELS = GuidanceConfig().views.labels
+
+
+class ShorterIsBetter:
+    """Scores fall with a sentence's length (``cos(length / 100)``): no word raises a score."""
+
+    def encode_texts(self, texts):
+        angles = torch.tensor([len(text) / 100.0 for text in texts])
+        return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+    def encode_image(self, image):
+        return torch.tensor([1.0, 0.0])
+
+
+@functools.cache
+def _word_vector(word: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(zlib.crc32(word.encode()))
+    return torch.randn(8, generator=generator, dtype=torch.float64)
+
+
+class HashedWords:
+    """A sentence's embedding is the sum of a vector per word, drawn from the word's CRC (the
+    image's: the word "image!"): a search of no particular bias that appends several words."""
+
+    def encode_texts(self, texts):
+        sums = torch.stack([sum(map(_word_vector, text.split())) for text in texts])
+        return sums / sums.norm(dim=-1, keepdim=True)
+
+    def encode_image(self, image):
+        return self.encode_texts(["image!"])[0]
+
+
+def _scores(encoder) -> SentenceScores:
+    return SentenceScores(encoder, encoder.encode_image(None))
+
+
+def _search(tiny_sd_path, *args, learn: bool = True, **kwargs):
+    """``search_sentence`` scored by :class:`ShorterIsBetter`, CLIP's fit counted by the tiny
+    tokenizer; with ``learn``, the descriptor's too."""
+    tokenizer = read_tokenizer(str(tiny_sd_path))
+    return search_sentence(
+        _scores(ShorterIsBetter()),
+        *args,
+        fits=lambda sentence: len(tokenizer(sentence).input_ids) <= 77,
+        learnable=SentencesToLearn(tokenizer, LABELS) if learn else None,
+        **kwargs,
+    )
+
+
+def test_a_search_without_words_is_refused_late_no_more(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
+):
+    """`image` with the noun "apartment building" (17 pieces) and a quantifier of 51: the base
+    sentence and the prompt with one placeholder fit, so nothing refused it early; no word
+    raised CLIP's score, so the search returned the sentence without words, whose prompt holds
+    the noun's pieces twice, 93 tokens with its view label, and the descriptor refused it
+    after Stable Diffusion and CLIP had loaded and the search had run. The search now appends
+    the best word whose prompt fits, and the descriptor trains on it."""
+
+    class Clip(ShorterIsBetter, dreamtext.describe.ClipEncoder):  # CLIP's own fits()
+        pass
+
+    dreamtext.models.clear_cache()
+    monkeypatch.setattr(dreamtext.describe, "ClipEncoder", Clip)
+    texts: list[str] = []
+    monkeypatch.setattr(dreamtext.trainer, "train", lambda cfg, **kwargs: texts.append(cfg.prompt))
+    nouns, adjectives = tmp_path / "nouns.txt", tmp_path / "adjectives.txt"
+    nouns.write_text(f"{NOUN}\n")
+    adjectives.write_text("red\n")
+    image = tmp_path / "building.png"
+    Image.new("RGB", (48, 48), (120, 120, 130)).save(image)
+    quantifier = "q" * 51
+    options = ImageOptions(
+        describe=DescribeOptions(
+            clip=str(tiny_clip_path), nouns=nouns, adjectives=adjectives, quantifier=quantifier
+        ),
+        descriptor=DescriptorOptions(iters=1, checkpoint_every=0, preview_every=0),
+    )
+    cfg = resolve_config(
+        {
+            "iters": 1,
+            "workspace": str(tmp_path / "run"),
+            "prompt": "replaced by the trained sentence",
+            "guidance": {"model": str(tiny_sd_path)},
+        }
+    )
+    workspace = run_image(image, options, cfg)
+    record = dreamtext.describe.read_record(workspace)
+    assert record["sentence"] == f"An image of {quantifier} red {NOUN}"
+    assert learned_embeds_path(workspace).is_file()
+    assert texts == [f"An image of {quantifier} <descriptor> {NOUN}"]
+
+
+def test_the_search_appends_the_best_word_that_fits_where_the_sentence_alone_is_too_long(
+    tiny_sd_path,
+):
+    learnable = SentencesToLearn(read_tokenizer(str(tiny_sd_path)), LABELS)
+    quantifier = "q" * 51
+    alone = _search(tiny_sd_path, [NOUN], ["red", "blue"], quantifier=quantifier, learn=False)
+    assert alone.words == []  # as before: no word raises the score
+    assert learnable.tokens(quantifier, [], NOUN) == 93
+    found = _search(tiny_sd_path, [NOUN], ["red", "blue"], quantifier=quantifier)
+    assert found.words == ["red"]  # scored above "blue" (shorter), below the sentence alone
+    assert learnable.tokens(quantifier, found.words, NOUN) == 77
+    assert found.score < alone.score
+
+
+def test_no_word_that_fits_is_one_line_naming_the_sentence(tiny_sd_path):
+    """Step 1 lets the pair through (one one-piece word would fit); the vocabulary has none."""
+    quantifier = "q" * 51
+    with pytest.raises(DreamtextError) as refused:
+        # "zzzzz" is 5 placeholders: 81 tokens; "apartment building" again 17
+        _search(tiny_sd_path, [NOUN], ["zzzzz"], quantifier=quantifier)
+    assert str(refused.value).startswith(
+        f"the sentence 'An image of {quantifier} {NOUN}' is too long for the text encoder to learn"
+    )
+
+
+@pytest.mark.parametrize(("length", "tokens"), [(35, 77), (36, 78)], ids=["77", "78"])
+def test_the_search_counts_what_the_descriptor_refuses_at_77_tokens(tiny_sd_path, length, tokens):
+    """A sentence without words: the descriptor's prompt holds the noun's 17 pieces twice, and
+    with its view label is 77 tokens with a quantifier of 35 letters: the search keeps it and
+    the descriptor takes it; one letter more, both refuse it."""
+    models = load_stable_diffusion(str(tiny_sd_path))
+    learnable = SentencesToLearn(read_tokenizer(str(tiny_sd_path)), LABELS)
+    quantifier = "q" * length
+    trainer = DescriptorTrainer(models, quantifier, [], NOUN, DescriptorOptions())
+    assert learnable.tokens(quantifier, [], NOUN) == tokens
+    if tokens <= 77:
+        trainer.check_length(LABELS)
+        assert learnable.fits(quantifier, [], NOUN)
+        return
+    with pytest.raises(DreamtextError, match=f"is {tokens} tokens with its view label"):
+        trainer.check_length(LABELS)
+    assert not learnable.fits(quantifier, [], NOUN)
+
+
+@pytest.mark.parametrize(("length", "tokens"), [(51, 77), (52, 78)], ids=["77", "78"])
+def test_the_search_lets_a_pair_through_as_the_early_check_does(tiny_sd_path, length, tokens):
+    """Step 1 keeps a quantifier and noun where one one-piece word would fit (93 − 17 + 1 = 77
+    tokens with a quantifier of 51 letters), as check_sentence_to_learn, before any load, does:
+    a pair it refuses is one that check refused."""
+    tokenizer = read_tokenizer(str(tiny_sd_path))
+    learnable = SentencesToLearn(tokenizer, LABELS)
+    quantifier = "q" * length
+    assert learnable.tokens(quantifier, ["red"], NOUN) == tokens
+    assert learnable.may_fit(quantifier, NOUN, 15) == (tokens <= 77)
+    assert learnable.may_fit("q" * 35, NOUN, 0) and not learnable.may_fit("q" * 36, NOUN, 0)
+    if tokens <= 77:
+        check_sentence_to_learn(tokenizer, None, quantifier, [NOUN], 15, LABELS)
+        return
+    with pytest.raises(DreamtextError, match=f"is at least {tokens} tokens"):
+        check_sentence_to_learn(tokenizer, None, quantifier, [NOUN], 15, LABELS)
+    with pytest.raises(DreamtextError, match="fits in the text encoder's tokens with its view"):
+        _search(tiny_sd_path, [NOUN], ["red"], quantifier=quantifier)
+
+
+@pytest.mark.parametrize("adjust", [False, True], ids=["words", "adjust"])
+def test_a_search_whose_sentence_fits_finds_what_it_found_before(tiny_sd_path, adjust):
+    """The built-in word lists with scores of no particular bias: the same sentence, word for
+    word, with the descriptor's count as without it."""
+    nouns, adjectives = check_options(DescribeOptions())
+    nouns, adjectives = nouns[::20], adjectives[::20]  # every 20th: a search of ~0.1 s
+    learnable = SentencesToLearn(read_tokenizer(str(tiny_sd_path)), LABELS)
+    before = search_sentence(_scores(HashedWords()), nouns, adjectives, max_words=6, adjust=adjust)
+    after = search_sentence(
+        _scores(HashedWords()), nouns, adjectives, max_words=6, adjust=adjust, learnable=learnable
+    )
+    assert len(before.words) >= 2  # words were appended
+    assert after == before
