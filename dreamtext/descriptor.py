@@ -279,6 +279,36 @@ class SentencesToLearn:
         return self.base_tokens(quantifier, noun) + n <= self.limit
 
 
+def sentence_too_long(trained: str, count: int, labelled: bool, limit: int) -> DreamtextError:
+    """The refusal of a found sentence whose descriptor prompt, ``count`` tokens (with its view
+    label where ``labelled``), is longer than the text encoder's ``limit``."""
+    with_label = " with its view label" if labelled else ""
+    return DreamtextError(
+        f"the sentence to learn, {trained!r}, is {count} tokens{with_label} once its "
+        f"descriptor is written as the words' pieces, but the text encoder reads {limit} (start "
+        "and end included); describe the image again with a shorter --noun or a smaller "
+        "--max-words, in a new --workspace"
+    )
+
+
+def check_recorded_sentence(tokenizer, record: dict, labels: Sequence[str], token: str) -> None:
+    """Refuse, before any load, a workspace's found sentence (``sentence.json``'s
+    ``quantifier``, ``words`` and ``noun``) whose descriptor prompt is too long, as
+    :meth:`DescriptorTrainer.check_length` would once Stable Diffusion had loaded: `dreamtext
+    describe` keeps to CLIP's 77 tokens alone. A record without those parts is left to the
+    descriptor to name."""
+    quantifier, words, noun = (record.get(key) for key in ("quantifier", "words", "noun"))
+    if not (isinstance(quantifier, str) and isinstance(noun, str) and isinstance(words, list)):
+        return
+    if not all(isinstance(word, str) for word in words):
+        return
+    learnable = SentencesToLearn(tokenizer, labels)
+    if not learnable.fits(quantifier, words, noun):
+        count = learnable.tokens(quantifier, words, noun)
+        trained = make_sentence(quantifier, [token], noun)
+        raise sentence_too_long(trained, count, bool(labels), learnable.limit)
+
+
 def add_placeholders(tokenizer, text_encoder: nn.Module, token: str, words: list[str]) -> list[int]:
     """Add one placeholder per BPE piece of ``words`` to the tokenizer and embedding table.
 
@@ -381,13 +411,7 @@ class DescriptorTrainer:
         texts = [self.full_prompt, *(with_view(self.full_prompt, label) for label in labels)]
         count = max(len(self.tokenizer(text, truncation=False).input_ids) for text in texts)
         if count > limit:
-            with_label = " with its view label" if labels else ""
-            raise DreamtextError(
-                f"the sentence to learn, {self.trained_sentence!r}, is {count} tokens{with_label} "
-                f"once its descriptor is written as the words' pieces, but the text encoder reads "
-                f"{limit} (start and end included); describe the image again with a shorter "
-                "--noun or a smaller --max-words, in a new --workspace"
-            )
+            raise sentence_too_long(self.trained_sentence, count, bool(labels), limit)
 
     def token_ids(self, prompt: str) -> Tensor:
         """``[1, 77]`` ids, padded to the model's length as Stable Diffusion's pipeline does."""

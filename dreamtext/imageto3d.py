@@ -84,6 +84,7 @@ from dreamtext.descriptor import (
     LEARNED_EMBEDS,
     DescriptorOptions,
     SentencesToLearn,
+    check_recorded_sentence,
     check_sentence_to_learn,
     check_token,
     learned_embeds_path,
@@ -423,7 +424,9 @@ def check_lengths_first(
     the negative prompt of a text→3D stage to train (its run's own learned words are not in it,
     as :func:`check_text_stage` counts it), and until the sentence is found, the sentence to
     learn at its shortest, of the ``--noun`` given or of every noun the search may find, with
-    the ``--quantifier`` given (:func:`dreamtext.descriptor.check_sentence_to_learn`). Each was
+    the ``--quantifier`` given (:func:`dreamtext.descriptor.check_sentence_to_learn`), and once
+    it is found (by `dreamtext describe`, which counts CLIP's tokens alone) until the descriptor
+    is trained, that sentence (:func:`dreamtext.descriptor.check_recorded_sentence`). Each was
     refused once the models had loaded, the sentence after the search too, with its record left
     in the workspace."""
     from dreamtext.models import read_tokenizer
@@ -431,7 +434,11 @@ def check_lengths_first(
     tokenizer = read_tokenizer(cfg.guidance.model)
     if overwrite or not _text_stage_done(workspace, cfg):
         check_lengths(tokenizer, [], cfg.guidance.negative, False)
+    labels = cfg.guidance.views.labels if cfg.guidance.view_dependent else ()
     if sentence_path(workspace).is_file():
+        if not learned_embeds_path(workspace).is_file():
+            record = read_record(workspace) or {}
+            check_recorded_sentence(tokenizer, record, labels, options.descriptor.token)
         return
     describe_options = options.describe
     noun = collapse_spaces(describe_options.noun)
@@ -441,7 +448,7 @@ def check_lengths_first(
         collapse_spaces(describe_options.quantifier),
         () if noun is not None else check_options(describe_options)[0],
         describe_options.max_words,
-        cfg.guidance.views.labels if cfg.guidance.view_dependent else (),
+        labels,
         options.descriptor.token,
     )
 

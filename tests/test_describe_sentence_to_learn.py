@@ -198,3 +198,46 @@ def test_a_search_whose_sentence_fits_finds_what_it_found_before(tiny_sd_path, a
     )
     assert len(before.words) >= 2  # words were appended
     assert after == before
+
+
+def test_a_sentence_describe_found_too_long_to_learn_is_refused_before_any_load(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys
+):
+    """`describe` keeps to CLIP's 77 tokens alone (it trains nothing): its sentence without
+    words, 93 tokens as the descriptor's prompt, was refused by `image` in the same workspace
+    once Stable Diffusion had loaded. It is one line before any weight loads."""
+    from dreamtext.cli import main
+    from dreamtext.describe import describe
+
+    class Clip(ShorterIsBetter, dreamtext.describe.ClipEncoder):
+        pass
+
+    nouns = tmp_path / "nouns.txt"
+    nouns.write_text(f"{NOUN}\n")
+    image = tmp_path / "building.png"
+    Image.new("RGB", (48, 48), (120, 120, 130)).save(image)
+    workspace, quantifier = tmp_path / "run", "q" * 51
+    options = DescribeOptions(clip=str(tiny_clip_path), nouns=nouns, quantifier=quantifier)
+    assert describe(image, workspace, options, encoder=Clip(str(tiny_clip_path))) == (
+        f"An image of {quantifier} {NOUN}"
+    )
+
+    def no_weights(cls, path, subfolder, **kwargs):
+        if subfolder != "tokenizer":
+            raise AssertionError(f"{subfolder} was loaded before the sentence was checked")
+        return real(cls, path, subfolder, **kwargs)
+
+    dreamtext.models.clear_cache()
+    real = dreamtext.models._from_pretrained
+    monkeypatch.setattr(dreamtext.models, "_from_pretrained", no_weights)
+    capsys.readouterr()
+    args = ["image", str(image), "--workspace", str(workspace), "--model", str(tiny_sd_path)]
+    assert main([*args, "--clip", str(tiny_clip_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"dreamtext: error: the sentence to learn, 'An image of {quantifier} <descriptor> {NOUN}', "
+        "is 93 tokens with its view label once its descriptor is written as the words' pieces, "
+        "but the text encoder reads 77 (start and end included); describe the image again with a "
+        "shorter --noun or a smaller --max-words, in a new --workspace"
+    ]
+    assert [p.name for p in workspace.iterdir()] == ["descriptor"]
+    assert [p.name for p in (workspace / "descriptor").iterdir()] == ["sentence.json"]
