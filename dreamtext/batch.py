@@ -78,6 +78,7 @@ from dreamtext.errors import (
     StartAgain,
     WorkspaceInUse,
     file_system_fix,
+    run_command,
     shell_word,
     shorten,
     utf8_locale_fix,
@@ -1302,16 +1303,8 @@ def retrain_advice(entry: Entry, how: str, changed: Sequence[str] = ()) -> str:
 def line_command(entry: Entry, flag: str = "--overwrite") -> str:
     """``dreamtext text PROMPT --workspace W --overwrite`` (``image IMAGE`` for an image line):
     what trains the line's run alone again from scratch, in its folder; with another ``flag``
-    (``--resume``; ``""``: none), what goes on with it. A prompt or image that starts with a
-    dash goes last, after ``--``, and such a folder is ``--workspace=W`` (argparse takes either
-    for a flag otherwise)."""
-    folder = shell_word(entry.workspace)
-    where = f"--workspace={folder}" if folder.startswith("-") else f"--workspace {folder}"
-    where += f" {flag}" if flag else ""
-    positional = shell_word(entry.prompt)
-    if entry.prompt.startswith("-"):
-        return f"dreamtext {entry.kind} {where} -- {positional}"
-    return f"dreamtext {entry.kind} {positional} {where}"
+    (``--resume``; ``""``: none), what goes on with it (:func:`~dreamtext.errors.run_command`)."""
+    return run_command(entry.kind, entry.prompt, entry.workspace, flag)
 
 
 def line_resume(entry: Entry) -> str:

@@ -11,7 +11,7 @@ import shlex
 import shutil
 import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +196,31 @@ def _shell_escape(c: str) -> str:
     (``\\xc2\\x85``), not ``\\u0085``, which bash under ``LC_ALL=C`` keeps as those six
     characters, naming another file."""
     return "".join(f"\\x{byte:02x}" for byte in os.fsencode(c))
+
+
+def run_command(
+    kind: str,
+    given: str,
+    workspace: str | Path,
+    flag: str = "--overwrite",
+    options: Sequence[str] = (),
+    placeholder: bool = False,
+) -> str:
+    """``dreamtext KIND GIVEN OPTIONS --workspace W FLAG``: the command that runs ``kind``
+    (``text``, ``image``) of ``given`` (a prompt, an image's path) in its folder ``workspace``
+    again: with ``flag`` ``--overwrite`` from scratch, ``--resume`` going on from its
+    checkpoint, ``""`` none (an image run goes on by itself). ``options`` go before the folder
+    (``--diverse``, ``--seed 3``). ``given`` is quoted for a shell (:func:`shell_word`) unless it
+    is a ``placeholder`` (``PROMPT``). A prompt or image that starts with a dash goes last, after
+    ``--``, and a folder that does is ``--workspace=W``: argparse takes either for a flag
+    otherwise (``--workspace -runs`` it refuses)."""
+    folder = shell_word(workspace)
+    where = f"--workspace={folder}" if str(workspace).startswith("-") else f"--workspace {folder}"
+    words = " ".join([*options, where, *([flag] if flag else [])])
+    typed = given if placeholder else shell_word(given)
+    if given.startswith("-"):
+        return f"dreamtext {kind} {words} -- {typed}"
+    return f"dreamtext {kind} {typed} {words}"
 
 
 def shown_path(path: str | Path) -> str:

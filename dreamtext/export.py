@@ -24,7 +24,6 @@ import math
 import os
 import re
 import secrets
-import shlex
 import shutil
 import signal
 import stat
@@ -65,6 +64,7 @@ from dreamtext.errors import (
     DreamtextError,
     check_a_file,
     copy_file,
+    run_command,
     shell_word,
 )
 from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
@@ -699,39 +699,29 @@ def refuse_overflowed_field(
 
 
 def retrain_command(workspace: Path) -> str:
-    """The command that trains the run in ``workspace`` again from scratch, in its folder: a
-    ``text --diverse`` run's ``text PROMPT --diverse --seed N --overwrite`` and an image run's
-    ``image IMAGE --overwrite`` (which keep its sentence and descriptor), else ``text PROMPT
-    --overwrite`` with the prompt its config.json records. A folder that starts with a dash is
-    ``--workspace=FOLDER``, which argparse takes (``--workspace -runs`` it refuses)."""
-    folder = shell_word(workspace)
-    where = f"--workspace={folder}" if str(workspace).startswith("-") else f"--workspace {folder}"
+    """The command that trains the run in ``workspace`` again from scratch, in its folder
+    (:func:`~dreamtext.errors.run_command`), in backquotes: a ``text --diverse`` run's ``text
+    PROMPT --diverse --seed N --overwrite`` and an image run's ``image IMAGE --overwrite``
+    (which keep its sentence and descriptor), else ``text PROMPT --overwrite`` with the prompt
+    its config.json records."""
     data = recorded_settings(workspace)
 
     def recorded(section: str, key: str) -> Any:
         return (data.get(section) if isinstance(data.get(section), dict) else {}).get(key)
 
-    def command(name: str, positional: str, *flags: str, quote: bool = True) -> str:
-        # A prompt or image that starts with a dash goes last, after `--` (as a flag, argparse
-        # refuses it).
-        typed = shlex.quote(positional) if quote else positional
-        words = [*flags, where, "--overwrite"]
-        if positional.startswith("-"):
-            return f"`dreamtext {name} {' '.join(words)} -- {typed}`"
-        return f"`dreamtext {name} {typed} {' '.join(words)}`"
-
     prompt, seed = recorded("diverse", "prompt"), recorded("diverse", "seed")
     if isinstance(prompt, str) and prompt and isinstance(seed, int):
-        return command("text", prompt, "--diverse", f"--seed {seed}")
+        diverse = ("--diverse", f"--seed {seed}")
+        return f"`{run_command('text', prompt, workspace, options=diverse)}`"
     if sentence_path(workspace).is_file():
         image = recorded("image_to_3d", "image")
         if isinstance(image, str) and image:
-            return command("image", image)
-        return command("image", "IMAGE", quote=False) + " (its image)"
+            return f"`{run_command('image', image, workspace)}`"
+        return f"`{run_command('image', 'IMAGE', workspace, placeholder=True)}` (its image)"
     prompt = data.get("prompt")
     if isinstance(prompt, str) and prompt:
-        return command("text", prompt)
-    return command("text", "PROMPT", quote=False)
+        return f"`{run_command('text', prompt, workspace)}`"
+    return f"`{run_command('text', 'PROMPT', workspace, placeholder=True)}`"
 
 
 def recorded_radius_range(config: dict[str, Any]) -> tuple[float, float] | None:

@@ -648,6 +648,45 @@ def test_the_command_that_trains_a_run_again_is_its_own_and_parses(tmp_path, fil
     assert command.startswith(expected + shlex.quote(str(workspace)) + " --overwrite`")
 
 
+def _typed_in_bash(command: str) -> list[str]:
+    """The words bash makes of ``command`` (backquotes stripped), ``$'...'`` included."""
+    said = subprocess.run(
+        ["bash", "-c", f"printf '%s\\0' {command.strip('`')}"],
+        capture_output=True,
+        check=True,
+    )
+    return os.fsdecode(said.stdout).split("\0")[:-1]
+
+
+def test_the_commands_that_train_a_run_again_hold_no_control_character_and_parse(tmp_path):
+    """export's and batch's commands that train a run again were built twice: export's quoted an
+    image path holding ESC as it is ('...<ESC>...', a terminal obeys it, and the line as the CLI
+    prints it names another file); batch's wrote a dash folder holding one `--workspace
+    $'-runs...'`, which argparse takes for a flag. Both now ``$'...'`` and ``--workspace=``."""
+    from dreamtext.batch import Entry, line_command
+    from dreamtext.cli import build_parser
+    from dreamtext.export import retrain_command
+
+    image = str(tmp_path / "a\x1bmug.png")
+    workspace = tmp_path / "mug"
+    (workspace / "descriptor").mkdir(parents=True)
+    (workspace / "descriptor" / "sentence.json").write_text("{}", encoding="utf-8")
+    (workspace / "config.json").write_text(json.dumps({"image_to_3d": {"image": image}}))
+    dashed = Path("-runs\x01") / "a_red_cube"
+    commands = [
+        (retrain_command(workspace), "image", image, workspace),
+        (line_command(Entry(1, "a red cube", "text", "a red cube", dashed)), "text", None, dashed),
+    ]
+    for command, kind, given, folder in commands:
+        assert "\x1b" not in command and "\x01" not in command, command
+        words = _typed_in_bash(command)
+        assert words[:2] == ["dreamtext", kind], words
+        args = build_parser().parse_command_line(words[1:])
+        assert Path(args.workspace) == folder and args.overwrite
+        if given is not None:
+            assert args.image == given
+
+
 @pytest.mark.parametrize(
     ("record", "removed"),
     [({"step": 3}, 3), ({"step": 2}, None), ({"step": True}, None), ([3], None), ("3", None)],
