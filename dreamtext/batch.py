@@ -81,6 +81,7 @@ from dreamtext.errors import (
     run_command,
     shell_word,
     shorten,
+    shown_path,
     utf8_locale_fix,
     what_failed,
 )
@@ -1538,6 +1539,7 @@ def _run_batch(
             before[entry.workspace],
             others,
             log=root / BATCH_LOG,
+            list_file=prompts_file,
         )
         lines_models.after(entry, record)
         return record
@@ -2081,10 +2083,12 @@ def run_entry(
     before: dict[str, Any] | None = None,
     others: BatchLog | None = None,
     log: Path | None = None,
+    list_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Skip, or claim and run, one entry; return its ``batch.jsonl`` record, appended to ``log``
     (when given) while the entry's lock is still held, so that the worker that claims it next
-    finds the record (:func:`failed_meanwhile`).
+    finds the record (:func:`failed_meanwhile`). ``list_file``: the prompts file the entry is a
+    line of, which the line of a Ctrl-C or SIGTERM names with the line's number.
 
     A finished run of the entry is skipped, with a warning when it used other settings
     (:func:`changed_setting_lines`). With ``options.overwrite`` it trains from scratch instead,
@@ -2165,7 +2169,12 @@ def run_entry(
         result = {"status": "interrupted", "error": None}
         begun = not fresh or read_status(entry.workspace) != before
         again = interruption_line(entry, stop, fresh, begun) + requeue_note(os.environ)
-        _say(f"batch: {again}")
+        # Which line of the list: "interrupted; run the batch again ..." named none, and a
+        # checkpoint's folder is its prompt's, shortened.
+        where = f"line {entry.line}"
+        if list_file is not None:
+            where = f"{shown_path(list_file)}: {where}"
+        _say(f"batch: {where}: {again}")
     except WorkspaceInUse as in_use:  # a `dreamtext text` (not a worker of this batch) runs it
         busy = True
         result = {"status": "skipped", "error": f"in use by {in_use.holder}"}

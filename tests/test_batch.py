@@ -1583,11 +1583,14 @@ def test_a_second_ctrl_c_says_whether_the_rerun_resumes_or_starts_again(
     assert main(list(map(str, args))) == 130
     err = capsys.readouterr().err
     if checkpoint_every == 2:
-        assert "batch: interrupted; run the batch again to resume from the last checkpoint" in err
+        assert (
+            f"batch: {path}: line 1: interrupted; run the batch again to resume from the last "
+            "checkpoint" in err
+        )
     else:
         assert (
-            "batch: interrupted before the run's first checkpoint; run the batch again to start "
-            "it again" in err
+            f"batch: {path}: line 1: interrupted before the run's first checkpoint; run the batch "
+            "again to start it again" in err
         )
     assert rows(root)[-1]["status"] == "interrupted"
 
@@ -1755,7 +1758,7 @@ def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(
     monkeypatch.setattr(trainer, "export_trained", terminated_in_export)
     assert main(list(map(str, args))) == 130
     err = capsys.readouterr().err
-    assert "batch: interrupted in the export, after step 5; saved " in err
+    assert f"batch: {path}: line 1: interrupted in the export, after step 5; saved " in err
     assert "; run the batch again to resume" in err
     assert (status(root / "a_red_cube")["state"], status(root / "a_red_cube")["phase"]) == (
         "interrupted",
@@ -2685,6 +2688,24 @@ def test_the_lines_not_started_are_named_below_the_summary_table(
     ]
 
 
+def test_an_interrupted_line_is_named_by_its_list_and_line_number(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """The line of a Ctrl-C said "batch: interrupted after step 2; saved ROOT/a_blue_cube/...",
+    which of the list's lines it was left to the folder (a bare Ctrl-C's line names none): it
+    names the list and the line's number, as the list's refusals do."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN[:2], "--iters", "3", "--config", tiny_yaml, "--workspace", root]
+    ctrl_c_at_step(monkeypatch, 2, "a_blue_cube")
+    assert main(list(map(str, args))) == 130
+    err = capsys.readouterr().err
+    assert (
+        f"batch: {path}: line 2: interrupted after step 2; saved "
+        f"{root}/a_blue_cube/checkpoints/last.pt; run the batch again to resume\n"
+    ) in err
+
+
 def test_a_slurm_array_task_stopped_says_the_array_script_may_requeue_it(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
@@ -2707,8 +2728,8 @@ def test_a_slurm_array_task_stopped_says_the_array_script_may_requeue_it(
         "requeued and does that by itself"
     )
     assert err[-2] == (
-        f"batch: interrupted after step 3; saved {root}/a_red_cube/checkpoints/last.pt; run the "
-        f"batch again to resume{note}"
+        f"batch: {path}: line 1: interrupted after step 3; saved "
+        f"{root}/a_red_cube/checkpoints/last.pt; run the batch again to resume{note}"
     )
     assert err[-1] == (
         "batch: 1 line not started (line 2); run the same command again to start it (finished "
