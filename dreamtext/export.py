@@ -74,6 +74,7 @@ from dreamtext.interrupts import more_work, raise_if_stop_requested, rename_comp
 from dreamtext.latestrun import newest_run, runs_in
 from dreamtext.mesh import (
     SURFACE_TRANSMITTANCE,
+    DivergedDensity,
     MeshStats,
     bake_texture,
     decimate,
@@ -641,18 +642,25 @@ def export_workspace(
         state = read_exported_checkpoint(workspace)
         field, renderer, config = run_from_state(state, device)
         refuse_overflowed_field(workspace, int(state["step"]), field, renderer, config, device)
-        return _export_run(
-            workspace,
-            options,
-            device,
-            state,
-            field,
-            renderer,
-            progress,
-            config.get("prompt"),
-            recorded_radius_range(config),
-            completes_work,
-        )
+        try:
+            return _export_run(
+                workspace,
+                options,
+                device,
+                state,
+                field,
+                renderer,
+                progress,
+                config.get("prompt"),
+                recorded_radius_range(config),
+                completes_work,
+            )
+        except DivergedDensity as diverged:  # its renders were finite: NaN only off their rays
+            raise DreamtextError(
+                f"cannot export {workspace}: {diverged.situation}; train it again from scratch: "
+                f"{retrain_command(workspace)} with the flags it was trained with and a "
+                "smaller --lr"
+            ) from None
 
 
 def read_exported_checkpoint(workspace: Path) -> dict[str, Any]:

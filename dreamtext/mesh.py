@@ -255,15 +255,25 @@ def extract_mesh(
     return Extraction(mesh, occupancy, threshold, dropped)
 
 
+class DivergedDensity(DreamtextError):
+    """The density grid of a field whose training diverged holds NaN (:func:`finite_density`).
+    ``situation``: what was found; the command that meshed it ends it with the command that
+    trains the run again with a smaller --lr (`dreamtext export`'s, a batch line's own)."""
+
+    def __init__(self, situation: str) -> None:
+        self.situation = situation
+        super().__init__(f"{situation}; train again with a smaller --lr")
+
+
 def finite_density(grid: np.ndarray) -> np.ndarray:
     """``grid`` with infinite densities set to :data:`MAX_DENSITY`: an ``exp`` activation
     overflows float32 above σ ≈ 3.4e38, and such a cell is as opaque as any dense one. A NaN
-    density is a field that diverged: a :class:`DreamtextError` naming the fix."""
+    density is a field that diverged: a :class:`DivergedDensity`."""
     bad = np.isnan(grid)
     if bad.any():
-        raise DreamtextError(
+        raise DivergedDensity(
             f"the field's density is NaN at {int(bad.sum())} of {grid.size} grid points: its "
-            "training diverged (see the loss in log.jsonl); train again with a smaller --lr"
+            "training diverged (see the loss in log.jsonl)"
         )
     return np.minimum(grid, MAX_DENSITY)
 
@@ -1609,6 +1619,7 @@ __all__ = [
     "CHECK_EVERY_S",
     "SURFACE_DEPTH",
     "SURFACE_TRANSMITTANCE",
+    "DivergedDensity",
     "Extraction",
     "MeshStats",
     "bake_texture",

@@ -123,6 +123,7 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     stop_on_signal,
     truncate_log,
 )
+from dreamtext.mesh import DivergedDensity
 from dreamtext.models import model_revision
 from dreamtext.processes import claim_workspace, lock_folder
 from dreamtext.progress import bar_label, bar_options, say, tqdm
@@ -1785,19 +1786,25 @@ def export_trained(run: Run) -> None:
         ) from None
     check_ffmpeg(options)
     with status_heartbeat(run.workspace) as still_ours:
-        result = export_field(
-            run.field.eval(),
-            run.workspace,
-            options,
-            renderer=run.renderer,
-            step=run.step,
-            check=still_ours,
-            prompt=run.cfg.prompt,
-            title=run_title(run.workspace, run.cfg.prompt),
-            radius_range=run.cfg.cameras.radius_range,
-            checked=True,
-            # Its files are the run's last: once they are committed a stop neither makes it
-            # "interrupted in the export" nor the command's exit 130.
-            completes_work=True,
-        )
+        try:
+            result = export_field(
+                run.field.eval(),
+                run.workspace,
+                options,
+                renderer=run.renderer,
+                step=run.step,
+                check=still_ours,
+                prompt=run.cfg.prompt,
+                title=run_title(run.workspace, run.cfg.prompt),
+                radius_range=run.cfg.cameras.radius_range,
+                checked=True,
+                # Its files are the run's last: once they are committed a stop neither makes
+                # it "interrupted in the export" nor the command's exit 130.
+                completes_work=True,
+            )
+        except DivergedDensity as diverged:  # "train again": a batch line's is its own command
+            smaller = f"a smaller --lr (this run's is {run.cfg.lr:g})"
+            raise DreamtextError(
+                f"{diverged.situation}; {run.start_again.with_changes(smaller)}"
+            ) from None
     say(result.summary())

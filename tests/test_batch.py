@@ -5176,6 +5176,37 @@ def test_a_diverged_text_line_is_told_the_command_that_trains_it_alone_again(
     assert [r["status"] for r in rows(root)][-2:] == ["skipped", "skipped"]
 
 
+def test_a_line_whose_mesh_has_nan_density_is_told_its_own_command_with_a_smaller_lr(
+    tmp_path, tiny_yaml, monkeypatch, capsys
+):
+    """A line whose export at the end found NaN in the density grid (its renders finite) was
+    told "train again with a smaller --lr", no command: the batch with --lr resumes every
+    unfinished line with it, and this one's field is trained. It names its own `dreamtext text
+    ... --overwrite`, which trains it again with the smaller --lr."""
+    from test_export import _nan_density_grid
+
+    root, cube = tmp_path / "root", tmp_path / "root" / "a_red_cube"
+    config = {**yaml.safe_load(tiny_yaml.read_text()), "export": True}
+    options = {"video": False, "resolution": 32}
+    tiny_yaml.write_text(yaml.safe_dump({**config, "export_options": options}))
+    flags = ["--model", "builtin:shapes", "--config", tiny_yaml, "--iters", 2]
+    one = prompts_file(tmp_path, "a red cube")
+    with monkeypatch.context() as m:
+        _nan_density_grid(m)
+        assert main(list(map(str, ["batch", one, *flags, "--workspace", root]))) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "failed:" in line]
+    assert line.startswith("batch: line 1 failed: the field's density is NaN at 1 of "), line
+    command = f"dreamtext text 'a red cube' --workspace {shlex.quote(str(cube))} --overwrite"
+    assert line.endswith(
+        f"; start again with `{command}` (with its other text→3D flags) and a smaller --lr "
+        "(this run's is 0.02)"
+    ), line
+    again = [*shlex.split(command)[1:], *map(str, flags), "--lr", "0.01", "--no-export"]
+    assert main(again) == 0
+    assert status(cube)["state"] == "finished"
+    assert json.loads((cube / "config.json").read_text())["lr"] == 0.01
+
+
 def test_a_diverged_line_is_told_its_own_resume_not_the_batch_with_a_smaller_lr(
     tmp_path, tiny_yaml, monkeypatch, capsys
 ):

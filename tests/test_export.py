@@ -1574,6 +1574,47 @@ def test_a_run_whose_weights_overflowed_is_refused_before_its_mesh_naming_the_re
     assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before
 
 
+def _nan_density_grid(monkeypatch) -> None:
+    """The density grid of every export holds a NaN (a field whose training diverged, NaN off
+    the rays its renders sample: those renders are finite)."""
+    from dreamtext import mesh
+
+    real = mesh.sample_density_grid
+
+    def with_a_nan(*args, **kwargs):
+        grid = real(*args, **kwargs)
+        grid.flat[0] = np.nan
+        return grid
+
+    monkeypatch.setattr(mesh, "sample_density_grid", with_a_nan)
+
+
+def test_an_export_of_a_nan_density_names_the_command_that_trains_the_run_again(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """A density grid with NaN (renders finite, so not refused before the mesh) said "train
+    again with a smaller --lr", no command: `dreamtext export` has no --lr. It names the run's
+    own command, which parses to its prompt and folder, and writes nothing."""
+    from test_trainer import tiny_config
+
+    from dreamtext.cli import build_parser
+
+    workspace = train(tiny_config(tmp_path, tiny_sd_path, iters=2, export=False))
+    _nan_density_grid(monkeypatch)
+    before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    with pytest.raises(DreamtextError) as error:
+        export_workspace(workspace, small_options(video=False))
+    message = str(error.value)
+    assert message.startswith(f"cannot export {workspace}: the field's density is NaN at 1 of ")
+    assert message.endswith(" with the flags it was trained with and a smaller --lr"), message
+    command = message.split("`")[1]
+    args = build_parser().parse_command_line(shlex.split(command)[1:])
+    assert (args.command, args.prompt, Path(args.workspace), args.overwrite) == (
+        "text", "a red sphere", workspace, True,
+    )  # fmt: skip
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before
+
+
 def test_workspace_without_checkpoint_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(DreamtextError, match=r"checkpoints/last\.pt.*dreamtext text"):
         export_workspace(tmp_path, small_options())
