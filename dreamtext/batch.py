@@ -2199,7 +2199,8 @@ def run_entry(
 
             result["error"] = (
                 f"out of {memory} ({error_line(error)}); run the batch again after one of: "
-                f"{out_of_memory_fixes(cfg, memory)}{table_fix(cfg, memory)}"
+                f"{out_of_memory_fixes(cfg, memory)}"
+                f"{table_fix(cfg, memory, line_start_again(entry))}"
             )
         stop = batch_stop(error, entry, root)
         if stop is not None:

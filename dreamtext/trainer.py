@@ -1700,21 +1700,27 @@ def reset_memory_peak() -> None:
         refs.write("5")
 
 
-def table_fix(cfg: TrainConfig, memory: str) -> str:
+def table_fix(cfg: TrainConfig, memory: str, start_again: StartAgain = OVERWRITE) -> str:
     """``""``, or where the hash table of ``cfg`` (:func:`grid_memory_at_least`) is a large part
     of the memory the run held (:data:`TABLE_SHARE_NAMED`), the clause that ends an
     out-of-memory line naming its keys, for a new run: a resumed one keeps its field. The
     fixes named before it were the render's alone (`field.log2_hashmap_size: 24` with 16 levels
-    × 4 features, a 32 px render, was told to lower --h/--w and the samples)."""
+    × 4 features, a 32 px render, was told to lower --h/--w and the samples). A batch line's
+    new run is its own command (``start_again``, :func:`dreamtext.batch.line_start_again`)
+    with a --config: the batch run again resumes the line, whose field stays as it started, and
+    its --overwrite trains every text line of the share again."""
     device = torch.device("cuda" if memory == "GPU memory" else "cpu")
     grid, peak = grid_memory_at_least(cfg, device), memory_peak(memory)
     if not peak or grid < TABLE_SHARE_NAMED * peak:
         return ""
-    return (
-        "; or, in a new run, lower field.log2_hashmap_size, field.num_levels or field.level_dim "
+    keys = "field.log2_hashmap_size, field.num_levels or field.level_dim"
+    need = (
         "(the hash table, its gradient and the optimiser's state and update need at least "
         f"{format_gigabytes(grid)})"
     )
+    if start_again.command == OVERWRITE.command:
+        return f"; or, in a new run, lower {keys} {need}"
+    return f"; or start a new run, {start_again.command}, with a --config that lowers {keys} {need}"
 
 
 def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextManager:
@@ -1733,7 +1739,7 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
     def explain(memory: str) -> str:
         run.optimizer.zero_grad(set_to_none=True)
         cfg = run.cfg
-        fixes = out_of_memory_fixes(cfg, memory) + table_fix(cfg, memory)
+        fixes = out_of_memory_fixes(cfg, memory) + table_fix(cfg, memory, run.start_again)
         where = f"({cfg.h}x{cfg.w} px, batch {cfg.batch_size})"
         if run.updating:
             step = resume_step(run.workspace) if can_resume(run.workspace) else None

@@ -448,11 +448,17 @@ def test_a_line_out_of_memory_outside_the_training_steps_names_the_fixes(
     assert "Traceback" not in err
 
 
-def test_a_line_out_of_memory_building_a_large_table_names_the_tables_keys(
-    tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize("where", ["build", "step"])
+def test_a_line_out_of_memory_with_a_large_table_names_its_own_new_run_for_the_tables_keys(
+    tmp_path, monkeypatch, capsys, where
 ):
     """A table that is much of what the process held (0.1 GB of 0.4) is named with its keys,
-    where the line named the render's sizes alone."""
+    where the line named the render's sizes alone; building the field or in a step. "in a new
+    run" named no way to one: the batch run again resumes the line (its field as it started) and
+    its --overwrite trains every text line again. It names the line's own `dreamtext text ...
+    --overwrite` with a --config, which trains it with a smaller table."""
+    from step_faults import raise_at_step
+
     import dreamtext.trainer as trainer
     from dreamtext.cli import main
 
@@ -460,18 +466,30 @@ def test_a_line_out_of_memory_building_a_large_table_names_the_tables_keys(
         raise MemoryError()
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(trainer, "build_parts", run_out)
-    monkeypatch.setattr(trainer, "memory_peak", lambda memory: 4 * 10**8, raising=False)
-    Path("list.txt").write_text("a red cube\n", encoding="utf-8")
-    Path("big.yaml").write_text("field:\n  log2_hashmap_size: 18\n  level_dim: 4\n")
-    args = ["batch", "list.txt", "--model", "builtin:shapes", "--iters", "2", "--no-export"]
-    assert main([*args, "--config", "big.yaml", "--workspace", "runs"]) == 1
+    with monkeypatch.context() as m:
+        if where == "build":
+            m.setattr(trainer, "build_parts", run_out)
+        else:
+            raise_at_step(m, 1, MemoryError())
+        m.setattr(trainer, "memory_peak", lambda memory: 4 * 10**8, raising=False)
+        Path("list.txt").write_text("a red cube\n", encoding="utf-8")
+        Path("big.yaml").write_text("field:\n  log2_hashmap_size: 18\n  level_dim: 4\n")
+        args = ["batch", "list.txt", "--model", "builtin:shapes", "--iters", "2", "--no-export"]
+        assert main([*args, "--config", "big.yaml", "--workspace", "runs"]) == 1
     (record,) = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()]
+    command = "dreamtext text 'a red cube' --workspace runs/a_red_cube --overwrite"
     assert record["error"].endswith(
-        "or close other programs; or, in a new run, lower field.log2_hashmap_size, "
-        "field.num_levels or field.level_dim (the hash table, its gradient and the optimiser's "
-        "state and update need at least 0.1 GB)"
-    )
+        f"or close other programs; or start a new run, `{command}` (with its other text→3D "
+        "flags), with a --config that lowers field.log2_hashmap_size, field.num_levels or "
+        "field.level_dim (the hash table, its gradient and the optimiser's state and update "
+        "need at least 0.1 GB)"
+    ), record["error"]
+    capsys.readouterr()
+    Path("small.yaml").write_text("field:\n  log2_hashmap_size: 12\n  level_dim: 2\n")
+    flags = ["--model", "builtin:shapes", "--iters", "2", "--no-export", "--config", "small.yaml"]
+    assert main([*shlex.split(command)[1:], *flags]) == 0
+    field = json.loads(Path("runs/a_red_cube/config.json").read_text())["field"]
+    assert (field["log2_hashmap_size"], field["level_dim"]) == (12, 2)
 
 
 def test_a_batchs_files_in_a_group_folder_get_the_umasks_mode(tmp_path, monkeypatch):
