@@ -1454,7 +1454,12 @@ def test_an_export_over_a_folder_named_as_its_file_keeps_the_folder(tmp_path, ca
     from dreamtext.config import resolve_config
     from dreamtext.trainer import train
 
-    settings = {**TINY_TRAIN, "prompt": "a red cube", "guidance": {"model": "builtin:shapes"}}
+    settings = {
+        **TINY_TRAIN,
+        "prompt": "a red cube",
+        "iters": 2,
+        "guidance": {"model": "builtin:shapes"},
+    }
     workspace = train(resolve_config({**settings, "workspace": str(tmp_path / "run")}))
     kept = workspace / "mesh" / "mesh.json" / "notes.txt"
     kept.parent.mkdir(parents=True)
