@@ -1560,7 +1560,16 @@ def _run_batch(
         not_reached: list[Entry] = []  # of the lines the second pass was to come back to
         with contextlib.suppress(KeyboardInterrupt):
             _run_share(
-                share, configs, records, attempt, bar, options, root, shard_text, not_reached
+                share,
+                configs,
+                records,
+                attempt,
+                bar,
+                options,
+                root,
+                shard_text,
+                not_reached,
+                prompts_file,
             )
             # Each line it ran has its record (all of them, or up to the one the batch stopped
             # at): a stop from here on changes neither them nor the batch's exit status.
@@ -1587,11 +1596,14 @@ def _run_share(
     root: Path,
     shard_text: str | None,
     not_reached: list[Entry],
+    list_file: str | Path,
 ) -> None:
     """Run the lines of ``share`` in order, appending each one's record to ``records``, until
     a Ctrl-C or SIGTERM (in a line, or between two: :func:`stop_requested`) or a stop for the
     file system or GPU; then the lines skipped for a lock whose holder stopped refreshing it.
-    Those that a stop in that second pass leaves unvisited go to ``not_reached``."""
+    Those that a stop in that second pass leaves unvisited go to ``not_reached``. ``list_file``:
+    the prompts file, which the line of a stop while waiting for a lock names
+    (:func:`list_line`)."""
 
     def unvisited(start: int) -> None:
         held = zip(share[start:], records[start:], strict=True)
@@ -1632,8 +1644,9 @@ def _run_share(
                     "took_over": None,
                 }
                 _say(
-                    f"batch: line {entry.line}: interrupted while waiting for its lock; run the "
-                    f"batch again to go on (finished lines are skipped){requeue_note(os.environ)}"
+                    f"batch: {list_line(entry, list_file)}: interrupted while waiting for its "
+                    "lock; run the batch again to go on (finished lines are skipped)"
+                    f"{requeue_note(os.environ)}"
                 )
                 records[index] = log_record(root / BATCH_LOG, record, entry, root)
                 unvisited(index + 1)
@@ -1645,6 +1658,14 @@ def _run_share(
             if record["stopped_batch"]:
                 unvisited(index + 1)
                 break
+
+
+def list_line(entry: Entry, list_file: str | Path | None) -> str:
+    """``prompts.txt: line 3``: where in the list ``entry`` is, as the lines of a Ctrl-C or
+    SIGTERM name it, in a line's run or while waiting for its lock (as the list's refusals name
+    a line); ``line 3`` where no ``list_file`` is given."""
+    where = f"line {entry.line}"
+    return where if list_file is None else f"{shown_path(list_file)}: {where}"
 
 
 # How many line numbers of the lines a stopped batch did not start its one line names.
@@ -2171,10 +2192,7 @@ def run_entry(
         again = interruption_line(entry, stop, fresh, begun) + requeue_note(os.environ)
         # Which line of the list: "interrupted; run the batch again ..." named none, and a
         # checkpoint's folder is its prompt's, shortened.
-        where = f"line {entry.line}"
-        if list_file is not None:
-            where = f"{shown_path(list_file)}: {where}"
-        _say(f"batch: {where}: {again}")
+        _say(f"batch: {list_line(entry, list_file)}: {again}")
     except WorkspaceInUse as in_use:  # a `dreamtext text` (not a worker of this batch) runs it
         busy = True
         result = {"status": "skipped", "error": f"in use by {in_use.holder}"}

@@ -1234,8 +1234,8 @@ def test_a_sigterm_while_waiting_for_an_abandoned_lock_stops_the_batch_as_interr
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
     assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 130
     assert (
-        "line 1: interrupted while waiting for its lock; run the batch again to go on (finished "
-        "lines are skipped)\n" in capsys.readouterr().err
+        f"batch: {path}: line 1: interrupted while waiting for its lock; run the batch again to "
+        "go on (finished lines are skipped)\n" in capsys.readouterr().err
     )
     assert [(r["line"], r["status"], r["stopped_batch"]) for r in rows(root)] == [
         (1, "skipped", False),
@@ -1265,7 +1265,9 @@ def test_a_sigterm_while_waiting_for_a_lock_after_a_finished_line_stops_the_batc
     monkeypatch.setattr(dreamtext.batch.time, "sleep", sleep)
     args = ["batch", path, *BUILTIN, "--config", tiny_yaml, "--workspace", root]
     assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 130
-    assert "line 1: interrupted while waiting for its lock" in capsys.readouterr().err
+    assert f"batch: {path}: line 1: interrupted while waiting for its lock" in (
+        capsys.readouterr().err
+    )
     assert [(r["line"], r["status"]) for r in rows(root)] == [
         (1, "skipped"),
         (2, "finished"),
@@ -1330,7 +1332,7 @@ def test_an_interrupted_wait_whose_record_does_not_fit_says_so_in_one_line(
     assert main(list(map(str, [*args, "--lock-timeout", "600"]))) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert "line 1: interrupted while waiting for its lock" in err
+    assert f"batch: {path}: line 1: interrupted while waiting for its lock" in err
     assert f"batch: line 1: No space left on device ({root / 'batch.jsonl'}); " in err
     assert [(r["line"], r["status"]) for r in rows(root)] == [(1, "skipped"), (2, "finished")]
 
