@@ -1318,6 +1318,21 @@ def line_resume(entry: Entry) -> str:
     return f"`{line_command(entry, '--resume' if entry.kind == 'text' else '')}`"
 
 
+def line_again(entry: Entry, fresh: bool) -> str:
+    """The line's own command that runs it as the batch was to (a line that failed before
+    its training steps: out of memory building its field, restoring its checkpoint), for a
+    setting changed for it alone: `dreamtext text PROMPT --workspace W --resume` where it has a
+    checkpoint to go on from (``--overwrite`` where ``fresh``: the batch's --overwrite was to
+    replace it), no flag where it has none (`--resume` is refused there), and
+    `dreamtext image IMAGE --workspace W` for an image line, which goes on by itself. The batch
+    run again with the setting changed changes it for every line it resumes or starts, and
+    warns of every finished one that it finished with other settings."""
+    flag = ""
+    if entry.kind == "text" and can_resume(entry.workspace):
+        flag = "--overwrite" if fresh else "--resume"
+    return f"`{line_command(entry, flag)}`"
+
+
 def line_start_again(entry: Entry) -> StartAgain:
     """How the lines that stop the entry's run for good (diverged, overflowed) say to train it
     again from scratch (:class:`~dreamtext.errors.StartAgain`): with its own command
@@ -2216,8 +2231,8 @@ def run_entry(
             from dreamtext.trainer import out_of_memory_fixes, table_fix
 
             result["error"] = (
-                f"out of {memory} ({error_line(error)}); run the batch again after one of: "
-                f"{out_of_memory_fixes(cfg, memory)}"
+                f"out of {memory} ({error_line(error)}); run {line_again(entry, fresh)} with "
+                f"the batch's other flags after one of: {out_of_memory_fixes(cfg, memory)}"
                 f"{table_fix(cfg, memory, line_start_again(entry))}"
             )
         stop = batch_stop(error, entry, root)

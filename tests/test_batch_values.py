@@ -438,7 +438,8 @@ def test_a_line_out_of_memory_outside_the_training_steps_names_the_fixes(
     assert main([*args, "--workspace", "runs"]) == 1
     (record,) = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()]
     expected = (
-        "out of memory (MemoryError); run the batch again after one of: a smaller --h/--w, a "
+        "out of memory (MemoryError); run `dreamtext text 'a red cube' --workspace "
+        "runs/a_red_cube` with the batch's other flags after one of: a smaller --h/--w, a "
         "smaller --batch-size, fewer samples (render.num_steps, render.upsample_steps), a "
         "smaller render.grad_chunk_points, or close other programs"
     )
@@ -446,6 +447,49 @@ def test_a_line_out_of_memory_outside_the_training_steps_names_the_fixes(
     err = capsys.readouterr().err
     assert f"batch: line 1 failed: {expected}\n" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_line_out_of_memory_outside_the_steps_is_told_its_own_command_not_the_batch(
+    tmp_path, monkeypatch, capsys, trained
+):
+    """Out of memory building its field, a line was told "run the batch again after one of: a
+    smaller --h/--w, ...": the batch with --h changes it for every line it resumes or starts,
+    and warns of every finished one. It names its own command, with --resume where it has a
+    checkpoint (a finished run asked more --iters) and none where it has not (--resume is
+    refused there), which trains it alone with the smaller size; the batch then skips it."""
+    import dreamtext.trainer as trainer
+    from dreamtext.cli import main
+
+    def run_out(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.chdir(tmp_path)
+    Path("list.txt").write_text("a red cube\n", encoding="utf-8")
+    flags = ["--model", "builtin:shapes", "--no-export"]
+    batch = ["batch", "list.txt", *flags, "--h", "16", "--w", "16", "--workspace", "runs"]
+    if trained:
+        assert main([*batch, "--iters", "2"]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "build_parts", run_out)
+        assert main([*batch, "--iters", "4"]) == 1
+    error = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()][-1]
+    command = "dreamtext text 'a red cube' --workspace runs/a_red_cube" + (
+        " --resume" if trained else ""
+    )
+    assert (
+        f"; run `{command}` with the batch's other flags after one of: a smaller --h/--w, "
+        in (error["error"])
+    ), error["error"]
+    assert "the batch again" not in error["error"]
+    assert main([*shlex.split(command)[1:], *flags, "--iters", "4", "--h", "8", "--w", "8"]) == 0
+    config = json.loads(Path("runs/a_red_cube/config.json").read_text())
+    assert (config["h"], config["iters"]) == (8, 4)
+    status = json.loads(Path("runs/a_red_cube/status.json").read_text())
+    assert (status["state"], status["step"]) == ("finished", 4)
+    assert main([*batch, "--iters", "4"]) == 0
+    records = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()]
+    assert records[-1]["status"] == "skipped"
 
 
 @pytest.mark.parametrize("where", ["build", "step"])
