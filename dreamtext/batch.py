@@ -1320,7 +1320,7 @@ def line_resume(entry: Entry) -> str:
 
 def line_again(entry: Entry, fresh: bool) -> str:
     """The line's own command that runs it as the batch was to (a line that failed before
-    its training steps: out of memory building its field, restoring its checkpoint), for a
+    its training steps: out of memory loading its prior or building its field), for a
     setting changed for it alone: `dreamtext text PROMPT --workspace W --resume` where it has a
     checkpoint to go on from (``--overwrite`` where ``fresh``: the batch's --overwrite was to
     replace it), no flag where it has none (`--resume` is refused there), and

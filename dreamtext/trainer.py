@@ -578,8 +578,44 @@ def build_run(
     run.resume_changed = resume_with if resume_changed is None else resume_changed
     run.start_again = start_again
     if resume:
-        restore_newest(run)
+        with out_of_memory_is_a_user_error(lambda memory: restore_memory_line(run, memory)):
+            restore_newest(run)
     return run
+
+
+def restore_memory_line(run: Run, memory: str) -> str:
+    """The line of a resume of ``run`` that ran out of ``memory`` (``"GPU memory"`` or
+    ``"memory"``, the host's) restoring its checkpoint. A restore renders nothing but 8×8 rays
+    (:func:`weights_render_finite`): it reads the whole file into host memory, copies the
+    field's weights into place and makes the optimiser's state on the run's device, float32
+    :data:`~dreamtext.factory.OPTIMIZER_STATE_VALUES` values a parameter, beside the prior
+    loaded before it. So its fixes are room on the device, the prior in half precision
+    (``--fp16``; the field and its state stay float32), the CPU, or a new run with a smaller
+    hash table (:func:`table_fix`): the render's sizes and chunks, which the training line
+    names, change none of it."""
+    cfg = run.cfg
+    values = sum(p.numel() for p in run.field.parameters())
+    state = 4 * OPTIMIZER_STATE_VALUES[cfg.optimizer] * values
+    # The host holds the whole file as read (the weights and the state, CPU tensors) first.
+    where = "the GPU" if memory == "GPU memory" else "the host, after the whole file read there"
+    what = (
+        f"({values:,} field parameters, whose {cfg.optimizer} state needs "
+        f"{format_gigabytes(state)} on {where}, beside the prior; the render's settings do not "
+        "change it)"
+    )
+    if memory == "GPU memory":
+        half = cfg.guidance.fp16 or cfg.guidance.bf16
+        # --device cpu beside half precision (the resumed run's) is refused without --fp32.
+        fixes = "--device cpu --fp32" if half else "--fp16 (without --fp32), --device cpu"
+        free = "free the GPU of other work"
+    else:
+        fixes, free = "", "close other programs"
+    again = f"resume with {run.resume_changed}"
+    fixes = f"{free} and {again}" + (f", or {again} and one of: {fixes}" if fixes else "")
+    return (
+        f"out of {memory} restoring the checkpoint of {run.workspace} {what}; {fixes}"
+        f"{table_fix(cfg, memory, run.start_again)}"
+    )
 
 
 def restore_newest(run: Run) -> None:

@@ -368,3 +368,107 @@ def test_a_direct_backward_is_not_told_to_lower_the_chunks_it_does_not_read(tmp_
         fixes = out_of_memory_fixes(cfg, memory)
         assert ("a smaller render.grad_chunk_points" in fixes) == (backprop != "direct"), fixes
         assert ("render.backprop: deferred" in fixes) == (backprop == "direct"), fixes
+
+
+def restore_runs_out(run, state):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_memory_that_runs_out_restoring_a_checkpoint_names_what_a_restore_allocates(
+    tmp_path, capsys
+):
+    """A restore renders nothing: it makes the optimiser's state on the GPU beside the prior.
+    Its line said "run again with --fp16, a smaller --h/--w, --device cpu", and --h/--w changes
+    none of what it allocates. It names the state, and each fix it names resumes the run."""
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--device", "cuda"]
+    command += ["--h", "16", "--w", "16", "--iters", "1", "--no-export"]
+    command += ["--encoding", "torch", "--no-compile", "--workspace", str(workspace)]
+    resume = ["text", "a red cube", "--resume", "--iters", "2", "--workspace", str(workspace)]
+    with virtual_cuda():
+        assert main(command) == 0
+        capsys.readouterr()
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(trainer, "restore", restore_runs_out)
+            assert main(resume) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"dreamtext: error: out of GPU memory restoring the checkpoint of {workspace} ("
+        ), err
+        assert "field parameters, whose adam state needs" in err, err
+        for render_fix in ("--h/--w", "samples", "grad_chunk", "--batch-size"):
+            assert render_fix not in err, err
+        assert err.rstrip().endswith(
+            "; free the GPU of other work and resume with --resume, or resume with --resume "
+            "and one of: --fp16 (without --fp32), --device cpu"
+        ), err
+        assert main([*resume, "--fp16"]) == 0, capsys.readouterr().err
+    assert json.loads((workspace / "config.json").read_text())["guidance"]["fp16"] is True
+    # The run now in fp16 is told --device cpu with --fp32, without which the CPU refuses it.
+    with virtual_cuda(), pytest.MonkeyPatch.context() as m:
+        m.setattr(trainer, "restore", restore_runs_out)
+        assert main([*resume[:-3], "3", *resume[-2:]]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("resume with --resume and one of: --device cpu --fp32"), err
+    assert main([*resume[:-3], "3", *resume[-2:], "--device", "cpu", "--fp32"]) == 0
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_a_batch_line_out_of_memory_restoring_names_its_own_resume_and_no_render_fix(
+    tmp_path, monkeypatch, capsys
+):
+    """A batch line whose restore ran out of GPU memory was told to run its command "after one
+    of: a smaller --h/--w, ..., fewer samples (...), a smaller render.grad_chunk_points": the
+    render's settings, which a restore does not use. It names its own resume with the fixes
+    that change what a restore holds, and that command, with one of them, runs."""
+    import shlex
+
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.txt").write_text("a red cube\n", encoding="utf-8")
+    flags = ["--model", "builtin:shapes", "--no-export", "--device", "cuda", "--h", "16"]
+    flags += ["--w", "16", "--encoding", "torch", "--no-compile"]
+    batch = ["batch", "list.txt", *flags, "--workspace", "runs"]
+    with virtual_cuda():
+        assert main([*batch, "--iters", "1"]) == 0
+        with monkeypatch.context() as m:
+            m.setattr(trainer, "restore", restore_runs_out)
+            assert main([*batch, "--iters", "2"]) == 1
+        capsys.readouterr()
+        log = (tmp_path / "runs" / "batch.jsonl").read_text().splitlines()
+        error = json.loads(log[-1])["error"]
+        command = "dreamtext text 'a red cube' --workspace runs/a_red_cube --resume"
+        assert error.startswith("out of GPU memory restoring the checkpoint of runs/a_red_cube")
+        assert error.endswith(
+            f"; free the GPU of other work and resume with `{command}`, or resume with "
+            f"`{command}` and one of: --fp16 (without --fp32), --device cpu"
+        ), error
+        for render_fix in ("--h/--w", "samples", "grad_chunk", "--batch-size"):
+            assert render_fix not in error, error
+        assert main([*shlex.split(command)[1:], "--iters", "2", "--fp16"]) == 0
+    assert load_checkpoint(tmp_path / "runs/a_red_cube/checkpoints/last.pt")["step"] == 2
+
+
+def test_host_memory_that_runs_out_restoring_names_no_render_fix(tmp_path, monkeypatch):
+    """Out of the host's memory reading and restoring a checkpoint: the line names closing
+    other programs and the resume, not the render's --h/--w and samples."""
+    workspace = tmp_path / "run"
+    train(config(workspace, iters=1))
+
+    def runs_out(path, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(trainer, "load_checkpoint", runs_out)
+    with pytest.raises(DreamtextError) as raised:
+        train(config(workspace, iters=2), resume=True)
+    message = str(raised.value)
+    assert message.startswith(f"out of memory restoring the checkpoint of {workspace} ("), message
+    assert "adam state needs 0.0 GB on the host, after the whole file read there" in message
+    assert message.endswith("; close other programs and resume with --resume"), message
