@@ -82,6 +82,7 @@ from dreamtext.describe import (
 from dreamtext.descriptor import (
     DESCRIPTOR_TOKEN,
     LEARNED_EMBEDS,
+    RERUN,
     DescriptorOptions,
     SentencesToLearn,
     check_recorded_sentence,
@@ -91,7 +92,7 @@ from dreamtext.descriptor import (
     sample_grid,
     train_descriptor,
 )
-from dreamtext.devices import resolve_device
+from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
 from dreamtext.errors import OVERWRITE_SAME_SEED, DreamtextError, StartAgain
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.inputs import earlier_slugs, write_elsewhere
@@ -629,7 +630,11 @@ def _run_image(
             read_tokenizer(cfg.guidance.model),
             cfg.guidance.views.labels if cfg.guidance.view_dependent else (),
         )
+        search_memory = out_of_memory_is_a_user_error(
+            lambda memory: search_memory_line(memory, cfg, options, resume_changed or RERUN)
+        )
         with (
+            search_memory,
             stage_status(workspace, "describe", device),
             sigterm_interrupts(),
             clip_encoder(describe_options.clip, device, describe_options.batch_size) as clip,
@@ -643,14 +648,18 @@ def _run_image(
         _note(f"describe: {sentence}")
 
     if train_words:
-        train_descriptor(
-            image_path,
-            workspace,
-            cfg.guidance,
-            options.descriptor,
-            str(device),
-            rerun=resume_changed or "",
+        descriptor_memory = out_of_memory_is_a_user_error(
+            lambda memory: descriptor_memory_line(memory, cfg, options, resume_changed or RERUN)
         )
+        with descriptor_memory:
+            train_descriptor(
+                image_path,
+                workspace,
+                cfg.guidance,
+                options.descriptor,
+                str(device),
+                rerun=resume_changed or "",
+            )
     else:
         _note(f"descriptor: reusing {learned}")
 
@@ -677,6 +686,54 @@ def _run_image(
             resume_changed=resume_changed,
         )
     return workspace
+
+
+def stage_memory_fixes(memory: str, cfg: TrainConfig, batch: str, fp16: bool) -> str:
+    """What an image run's describe or descriptor stage that ran out of ``memory`` (``"GPU
+    memory"`` or ``"memory"``, the host's) can change, as ``"; free ..., or run RERUN after one
+    of: ..."``'s list: the stage's own batch (``batch``, its config key, where it is above 1),
+    ``--fp16`` where the stage runs in the run's precision (``fp16``: Stable Diffusion's; CLIP
+    is float32 whatever the flags) and the run is in float32, and ``--device cpu`` (with
+    ``--fp32`` for a run in half precision, which the CPU refuses) for the GPU's memory."""
+    fixes = []
+    half = cfg.guidance.fp16 or cfg.guidance.bf16
+    if memory == "GPU memory" and fp16 and not half:
+        fixes.append("--fp16 (without --fp32)")
+    if batch:
+        fixes.append(f"a smaller {batch} in a --config")
+    if memory == "GPU memory":
+        fixes.append("--device cpu --fp32" if half else "--device cpu")
+    return ", ".join(fixes)
+
+
+def stage_memory_line(stage: str, memory: str, fixes: str, rerun: str) -> str:
+    """One line for ``stage`` of an image run out of ``memory``: freeing it, else running
+    ``rerun`` (the same command, a batch line's own) after one of ``fixes``. text→3D's render
+    settings (``--h/--w``, the samples), which the CLI's line named, are not used there."""
+    free = "free the GPU of other work" if memory == "GPU memory" else "close other programs"
+    again = f", or run {rerun} after one of: {fixes}" if fixes else f", then run {rerun}"
+    return f"out of {memory} in {stage}; {free}{again}"
+
+
+def search_memory_line(memory: str, cfg: TrainConfig, options: ImageOptions, rerun: str) -> str:
+    """:func:`stage_memory_line` of the sentence search: CLIP (float32) scores
+    ``image_to_3d.describe.batch_size`` sentences at a time."""
+    size = options.describe.batch_size
+    batch = "image_to_3d.describe.batch_size" if size > 1 else ""
+    stage = f"the sentence search (CLIP scoring {size} sentences at a time)"
+    return stage_memory_line(stage, memory, stage_memory_fixes(memory, cfg, batch, False), rerun)
+
+
+def descriptor_memory_line(
+    memory: str, cfg: TrainConfig, options: ImageOptions, rerun: str
+) -> str:
+    """:func:`stage_memory_line` of the descriptor training: Stable Diffusion in the run's
+    precision, on ``image_to_3d.descriptor.batch_size`` augmented copies of the image at the
+    model's own resolution (no setting changes that) a step."""
+    size = options.descriptor.batch_size
+    batch = "image_to_3d.descriptor.batch_size" if size > 1 else ""
+    stage = f"the descriptor training (a batch of {size} at the model's resolution)"
+    return stage_memory_line(stage, memory, stage_memory_fixes(memory, cfg, batch, True), rerun)
 
 
 def unread_words(cfg: TrainConfig, sections: dict[str, Any] | None) -> str | None:

@@ -2042,3 +2042,147 @@ def test_a_descriptor_stopped_in_fp16_goes_on_in_float32_with_the_flag_its_line_
     assert final["step"] == 52 and "loss_scale" not in final, final  # no scaler in float32
     record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
     assert record["descriptor_iters"] == 52
+
+
+def named_fixes_exist(line: str, image: Path, workspace: Path, tmp_path: Path) -> list[str]:
+    """Every flag and config key that an out-of-memory line's list of fixes names, each checked
+    to exist: the flags parsed by `dreamtext image`'s parser, each key set to 1 in a --config
+    that the image options resolve through. Returns what it checked."""
+    from dreamtext.cli import build_parser
+    from dreamtext.imageto3d import resolve_image_options
+
+    checked = []
+    for fix in line.split("after one of: ")[1].split(", "):
+        if fix.startswith("--"):  # flags, as typed, and the one to leave out: "(without --fp32)"
+            flags = re.sub(r" \(without --[a-z0-9-]+\)", "", fix).split()
+            build_parser().parse_args(["image", str(image), *flags])
+            checked += flags
+        for key in re.findall(r"image_to_3d\.[a-z_.]+[a-z]", fix):
+            _, stage, name = key.split(".")
+            config = tmp_path / f"{stage}.yaml"
+            config.write_text(yaml.safe_dump({"image_to_3d": {stage: {name: 1}}}))
+            sections = config_file_stage_sections(config)
+            resolved = resolve_image_options({"configs": sections}, workspace)
+            assert getattr(getattr(resolved, stage), name) == 1, key
+            checked.append(key)
+    return checked
+
+
+@pytest.mark.parametrize("stage", ["search", "descriptor"])
+def test_an_image_run_out_of_gpu_memory_before_text_to_3d_names_its_stages_own_fixes(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys, stage
+):
+    """Out of GPU memory in the CLIP sentence search or the descriptor training, `dreamtext
+    image` said "run again with --fp16, a smaller --h/--w, --device cpu": text→3D's render
+    size, which neither stage uses, and --fp16, which CLIP (float32) ignores. Each names its
+    own batch (a key a --config sets), --fp16 where Stable Diffusion runs, and --device cpu."""
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext import describe as describe_module
+    from dreamtext import descriptor, models
+
+    # Loaded on the virtual GPU: kept out of the models every later test reuses.
+    monkeypatch.setattr(models, "_LOADED", {})
+    monkeypatch.setattr(models, "_CLIP", {})
+
+    def runs_out(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    if stage == "search":
+        monkeypatch.setattr(describe_module.ClipEncoder, "encode_texts", runs_out)
+    else:
+        monkeypatch.setattr(descriptor.DescriptorTrainer, "train_step", runs_out)
+    (tmp_path / "nouns.txt").write_text("cube\nsphere\n")
+    (tmp_path / "adjectives.txt").write_text("red\nblue\n")
+    config = tmp_path / "batch.yaml"
+    config.write_text(yaml.safe_dump({"image_to_3d": {"descriptor": {"batch_size": 2}}}))
+    image = _image(tmp_path)
+    flags = ["--device", "cuda", "--encoding", "torch", "--no-compile", "--config", str(config)]
+    with virtual_cuda():
+        code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    if stage == "search":
+        expected = (
+            "dreamtext: error: out of GPU memory in the sentence search (CLIP scoring 256 "
+            "sentences at a time); free the GPU of other work, or run the same command again "
+            "after one of: a smaller image_to_3d.describe.batch_size in a --config, --device cpu"
+        )
+    else:
+        expected = (
+            "dreamtext: error: out of GPU memory in the descriptor training (a batch of 2 at "
+            "the model's resolution); free the GPU of other work, or run the same command "
+            "again after one of: --fp16 (without --fp32), a smaller "
+            "image_to_3d.descriptor.batch_size in a --config, --device cpu"
+        )
+    assert line == expected, err
+    assert "--h/--w" not in err and "samples" not in err
+    checked = named_fixes_exist(line, image, tmp_path / "run", tmp_path)
+    section = "describe" if stage == "search" else "descriptor"
+    assert f"image_to_3d.{section}.batch_size" in checked and "--device" in checked, checked
+
+
+def test_memory_lines_of_the_stages_before_text_to_3d_offer_what_fits_the_run():
+    """A run in fp16 is not told --fp16 again, and its --device cpu comes with --fp32 (the CPU
+    refuses half precision); a batch of 1 has no smaller one; the host's memory is told no
+    --device cpu (the run is there) and no --fp16 (the GPU's)."""
+    from dreamtext.imageto3d import descriptor_memory_line, search_memory_line
+
+    half = resolve_config({"prompt": "a mug", "guidance": {"fp16": True}})
+    options = ImageOptions()  # descriptor batch 1, search batch 256
+    line = descriptor_memory_line("GPU memory", half, options, "X")
+    assert line.endswith("or run X after one of: --device cpu --fp32"), line
+    line = descriptor_memory_line("memory", resolve_config({"prompt": "a mug"}), options, "X")
+    assert line == (
+        "out of memory in the descriptor training (a batch of 1 at the model's resolution); "
+        "close other programs, then run X"
+    )
+    line = search_memory_line("memory", half, options, "X")
+    assert line.endswith(
+        "close other programs, or run X after one of: a smaller "
+        "image_to_3d.describe.batch_size in a --config"
+    ), line
+
+
+def test_a_batch_image_line_out_of_memory_in_its_descriptor_names_its_own_rerun_and_fixes(
+    tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch
+):
+    """A batch's image line out of GPU memory in its descriptor training was told to run its
+    command "after one of: a smaller --h/--w, ..., fewer samples (...), a smaller
+    render.grad_chunk_points": text→3D's render, which the descriptor does not use. It names
+    the descriptor's fixes and its own `dreamtext image IMAGE --workspace W`."""
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext import descriptor, models
+    from dreamtext.cli import main
+
+    monkeypatch.setattr(models, "_LOADED", {})  # loaded on the virtual GPU: not for later tests
+    monkeypatch.setattr(models, "_CLIP", {})
+
+    def runs_out(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(descriptor.DescriptorTrainer, "train_step", runs_out)
+    monkeypatch.chdir(tmp_path)
+    Path("nouns.txt").write_text("cube\nsphere\n")
+    Path("adjectives.txt").write_text("red\nblue\n")
+    image = _image(tmp_path)
+    Path("list.txt").write_text(f"image:{image.name}\n")
+    args = ["batch", "list.txt", "--model", str(tiny_sd_path), "--clip", str(tiny_clip_path)]
+    args += ["--nouns", "nouns.txt", "--adjectives", "adjectives.txt", "--max-words", "2"]
+    args += ["--descriptor-iters", "2", "--h", "16", "--w", "16", "--no-export"]
+    args += ["--device", "cuda", "--encoding", "torch", "--no-compile", "--workspace", "runs"]
+    with virtual_cuda():
+        assert main(args) == 1
+    record = json.loads(Path("runs/batch.jsonl").read_text().splitlines()[-1])
+    assert record["error"] == (
+        "out of GPU memory in the descriptor training (a batch of 1 at the model's resolution); "
+        "free the GPU of other work, or run `dreamtext image red_cube.png --workspace "
+        "runs/red_cube` after one of: --fp16 (without --fp32), --device cpu"
+    )
+    assert named_fixes_exist(record["error"], image, tmp_path / "runs/red_cube", tmp_path) == [
+        "--fp16",
+        "--device",
+        "cpu",
+    ]
