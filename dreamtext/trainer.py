@@ -596,13 +596,18 @@ def restore_memory_line(run: Run, memory: str) -> str:
     cfg = run.cfg
     values = sum(p.numel() for p in run.field.parameters())
     state = 4 * OPTIMIZER_STATE_VALUES[cfg.optimizer] * values
-    # The host holds the whole file as read (the weights and the state, CPU tensors) first.
-    where = "the GPU" if memory == "GPU memory" else "the host, after the whole file read there"
     what = (
         f"({values:,} field parameters, whose {cfg.optimizer} state needs "
-        f"{format_gigabytes(state)} on {where}, beside the prior; the render's settings do not "
+        f"{format_gigabytes(state)} on the GPU, beside the prior; the render's settings do not "
         "change it)"
     )
+    if memory != "GPU memory" or run.device.type != "cuda":
+        # The host holds the whole file as read (the weights and the state, CPU tensors) first.
+        what = (
+            f"(the whole file is read into memory: {values:,} field parameters with their "
+            f"{cfg.optimizer} state, {format_gigabytes(state + 4 * values)} at least, beside the "
+            "prior; the render's settings do not change it)"
+        )
     if memory == "GPU memory":
         half = cfg.guidance.fp16 or cfg.guidance.bf16
         # --device cpu beside half precision (the resumed run's) is refused without --fp32.

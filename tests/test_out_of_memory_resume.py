@@ -470,5 +470,6 @@ def test_host_memory_that_runs_out_restoring_names_no_render_fix(tmp_path, monke
         train(config(workspace, iters=2), resume=True)
     message = str(raised.value)
     assert message.startswith(f"out of memory restoring the checkpoint of {workspace} ("), message
-    assert "adam state needs 0.0 GB on the host, after the whole file read there" in message
+    assert "(the whole file is read into memory: " in message
+    assert "field parameters with their adam state, 0.0 GB at least, beside the prior" in message
     assert message.endswith("; close other programs and resume with --resume"), message
