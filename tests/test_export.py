@@ -3346,7 +3346,7 @@ def test_a_file_the_export_cannot_open_is_named_in_the_run_not_in_its_staging_fo
         return write_bytes(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", refused)
-    code = main(["export", "--workspace", str(workspace), "--no-video"])
+    code = main(["export", "--workspace", str(workspace), "--no-video", "--resolution", "32"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith(
