@@ -724,9 +724,7 @@ def search_memory_line(memory: str, cfg: TrainConfig, options: ImageOptions, rer
     return stage_memory_line(stage, memory, stage_memory_fixes(memory, cfg, batch, False), rerun)
 
 
-def descriptor_memory_line(
-    memory: str, cfg: TrainConfig, options: ImageOptions, rerun: str
-) -> str:
+def descriptor_memory_line(memory: str, cfg: TrainConfig, options: ImageOptions, rerun: str) -> str:
     """:func:`stage_memory_line` of the descriptor training: Stable Diffusion in the run's
     precision, on ``image_to_3d.descriptor.batch_size`` augmented copies of the image at the
     model's own resolution (no setting changes that) a step."""
