@@ -60,11 +60,26 @@ CLIP_MAX_TOKENS = 77
 sentence, its start and end tokens included: the rest is cut off."""
 
 
+# The most UTF-8 bytes one non-ASCII character becomes in a tokenizer's normalisation before its
+# BPE (NFC, then lower case, or the other way round): NFC makes a text at most 3 times as many code
+# points (UAX #15; क़ U+0958 is क + ़, 3 -> 6 bytes), lower case one code point at most 2 (İ is
+# i + U+0307, 2 -> 3 bytes), each of at most 4 bytes. An ASCII character stays one byte.
+MOST_BYTES_PER_CHARACTER = 3 * 2 * 4
+
+
+def pieces_at_most(text: str) -> int:
+    """An upper bound on ``text``'s byte-level BPE pieces without the tokenizer: a piece holds at
+    least one byte of the text as the tokenizer normalises it, and no space; each non-ASCII
+    character counted at the most bytes it becomes (:data:`MOST_BYTES_PER_CHARACTER`)."""
+    letters = "".join(text.split())
+    return sum(1 if c.isascii() else MOST_BYTES_PER_CHARACTER for c in letters)
+
+
 def tokens_at_most(sentence: str) -> int:
-    """An upper bound on ``sentence``'s CLIP tokens without the tokenizer: its UTF-8 bytes other
-    than spaces, plus the start and end tokens (a byte-level BPE token holds at least one
-    byte)."""
-    return len("".join(sentence.split()).encode("utf-8")) + 2
+    """An upper bound on ``sentence``'s CLIP tokens without the tokenizer: its
+    :func:`pieces_at_most` plus the start and end tokens. Its UTF-8 bytes as written were no
+    bound: 'İ' (2 bytes) is 3 pieces once lower-cased, 'क़' (3 bytes) 6 once in NFC."""
+    return pieces_at_most(sentence) + 2
 
 
 def fits_by_bytes(sentence: str) -> bool:

@@ -45,6 +45,7 @@ from dreamtext.describe import (
     SENTENCE_START,
     base_sentence,
     make_sentence,
+    pieces_at_most,
     plural,
     sentence_path,
     tokens_at_most,
@@ -228,8 +229,9 @@ class SentencesToLearn:
         T(with_view("An image of <q> <noun>", L)) + n
 
     tokens (T with start and end), the count :meth:`DescriptorTrainer.check_length` refuses over
-    ``model_max_length``. Nearly every sentence fits by its bytes (a piece holds one at least);
-    only the others are tokenized, each base and piece count once."""
+    ``model_max_length``. Nearly every sentence fits by its bytes
+    (:func:`~dreamtext.describe.pieces_at_most`); only the others are tokenized, each base and
+    piece count once."""
 
     def __init__(self, tokenizer, labels: Sequence[str]):
         self.tokenizer = tokenizer
@@ -264,9 +266,9 @@ class SentencesToLearn:
         """Whether the prompt of the sentence fits: at most ``model_max_length`` tokens."""
         sentence = make_sentence(quantifier, words, noun)
         longest = [with_view(sentence, label) for label in self.labels] or [sentence]
-        repeated = 0 if words else len("".join(noun.split()).encode("utf-8"))
+        repeated = 0 if words else pieces_at_most(noun)
         if max(map(tokens_at_most, longest)) + repeated <= self.limit:
-            return True  # the bound: the words' bytes stand for their placeholders
+            return True  # the bound: the words' pieces stand for their placeholders
         return self.tokens(quantifier, words, noun) <= self.limit
 
     def may_fit(self, quantifier: str, noun: str, max_words: int) -> bool:

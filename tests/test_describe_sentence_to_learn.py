@@ -14,7 +14,13 @@ import dreamtext.describe
 import dreamtext.models
 import dreamtext.trainer
 from dreamtext.config import resolve_config
-from dreamtext.describe import DescribeOptions, SentenceScores, check_options, search_sentence
+from dreamtext.describe import (
+    DescribeOptions,
+    SentenceScores,
+    check_options,
+    search_sentence,
+    tokens_at_most,
+)
 from dreamtext.descriptor import (
     DescriptorOptions,
     DescriptorTrainer,
@@ -163,6 +169,27 @@ def test_the_search_counts_what_the_descriptor_refuses_at_77_tokens(tiny_sd_path
     with pytest.raises(DreamtextError, match=f"is {tokens} tokens with its view label"):
         trainer.check_length(LABELS)
     assert not learnable.fits(quantifier, [], NOUN)
+
+
+@pytest.mark.parametrize(
+    ("noun", "tokens"),
+    [("cat" + "\u0130" * 11, 79), ("cat" + "\u0958" * 6, 85)],
+    ids=["dotted-I", "qa"],
+)
+def test_a_noun_longer_once_normalised_is_counted_as_the_descriptor_counts_it(
+    tiny_sd_path, noun, tokens
+):
+    """'İ' is 2 bytes and 3 pieces once lower-cased, 'क़' (U+0958) 3 bytes and 6 once in NFC: the
+    bound by bytes let these sentences through, which the descriptor refuses at 79 and 85
+    tokens."""
+    models = load_stable_diffusion(str(tiny_sd_path))
+    learnable = SentencesToLearn(read_tokenizer(str(tiny_sd_path)), LABELS)
+    trainer = DescriptorTrainer(models, "a", [], noun, DescriptorOptions())
+    with pytest.raises(DreamtextError, match=f"is {tokens} tokens with its view label"):
+        trainer.check_length(LABELS)
+    assert not learnable.fits("a", [], noun)
+    base = trainer.base_prompt  # CLIP's check of a sentence (ClipEncoder.fits) counts it so too
+    assert tokens_at_most(base) >= len(trainer.tokenizer(base, truncation=False).input_ids)
 
 
 @pytest.mark.parametrize(("length", "tokens"), [(51, 77), (52, 78)], ids=["77", "78"])
