@@ -26,6 +26,7 @@ from dreamtext.cli import main
 from dreamtext.processes import HOST, user_name, write_held_record
 from dreamtext.view.viewers import (
     TOKEN_FILE,
+    record_heartbeat,
     record_viewer,
     running_viewers,
     state_folder,
@@ -591,6 +592,30 @@ def test_a_serving_viewer_touches_its_record_every_beat(root, monkeypatch):
     finally:
         server.shutdown()
         thread.join(timeout=30)
+
+
+def test_the_heartbeat_touches_the_record_by_name_where_utime_takes_no_descriptor(
+    tmp_path, monkeypatch
+):
+    """Windows' os.utime refuses a descriptor with a TypeError (it is not in os.supports_fd):
+    the heartbeat, called from the server's loop, raised it there and stopped the viewer."""
+    real_utime = os.utime
+
+    def utime_without_descriptors(path, *args, **kwargs):
+        if isinstance(path, int):
+            raise TypeError("utime: path should be string, bytes or os.PathLike, not int")
+        return real_utime(path, *args, **kwargs)
+
+    record = tmp_path / "view-host-1-8000.json"
+    handle = write_held_record(record, {"url": "http://127.0.0.1:8000/"})
+    old = time.time() - 3600
+    os.utime(record, (old, old))
+    monkeypatch.setattr(os, "utime", utime_without_descriptors)
+    try:
+        record_heartbeat(handle)()
+    finally:
+        handle.close()
+    assert time.time() - record.stat().st_mtime < 60
 
 
 def test_list_is_one_command_of_its_own(root, capsys):

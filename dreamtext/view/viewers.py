@@ -429,7 +429,8 @@ def record_heartbeat(handle: IO[str] | None) -> Callable[[], None]:
             return
         due = now + BEAT_S
         with contextlib.suppress(OSError, ValueError):  # ValueError: a closed handle
-            os.utime(handle.fileno())
+            # Windows' os.utime takes no descriptor (a TypeError): the record's name there.
+            os.utime(handle.fileno() if os.utime in os.supports_fd else handle.name)
 
     return beat
 
