@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import json
@@ -616,6 +617,41 @@ def test_the_heartbeat_touches_the_record_by_name_where_utime_takes_no_descripto
     finally:
         handle.close()
     assert time.time() - record.stat().st_mtime < 60
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+@pytest.mark.parametrize("renew", [False, True], ids=["first", "new-token"])
+def test_without_flock_the_temp_token_is_closed_before_it_is_put_in_place(
+    tmp_path, monkeypatch, renew
+):
+    """Windows has no fcntl, and renames, links or removes no file a descriptor holds open: a
+    start there closes its temp token file before it puts it in place (os.replace of
+    --new-token failed with the temp open, and each start served a token of its own)."""
+    real = {name: getattr(os, name) for name in ("replace", "link", "unlink")}
+
+    def refusing_open_files(name):
+        def call(source, *args, **kwargs):
+            held = set()
+            for fd in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError):  # the listing's own descriptor, closed
+                    held.add(os.readlink(f"/proc/self/fd/{fd}"))
+            if str(source) in held:
+                raise PermissionError(13, "in use by another descriptor", str(source))
+            return real[name](source, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(viewers, "fcntl", None)
+    for name in real:
+        monkeypatch.setattr(os, name, refusing_open_files(name))
+    folder = tmp_path / "state"
+    first, line = viewer_token(folder=folder)
+    assert line is None
+    token, line = viewer_token(renew=renew, folder=folder)
+    assert line is None
+    assert (folder / TOKEN_FILE).read_text().strip() == token
+    assert (token != first) is renew
+    assert not [p for p in folder.iterdir() if p.name.startswith(f".{TOKEN_FILE}.")]
 
 
 def test_list_is_one_command_of_its_own(root, capsys):

@@ -280,19 +280,21 @@ def _make_token(path: Path, token: str, renew: bool) -> str:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        os.close(fd)  # last: its lock says a start is at work on the temp until it is gone
+        if fd is not None:
+            os.close(fd)  # last: its lock says a start is at work on the temp until it is gone
     kept = _read_token(path)
     if kept is None:  # removed between the link and the read: serve ours, kept or not
         return token
     return kept
 
 
-def _exclusive_file(folder: Path, stem: str, text: str) -> tuple[Path, int]:
+def _exclusive_file(folder: Path, stem: str, text: str) -> tuple[Path, int | None]:
     """A new file ``folder/stem.XXXXXXXX`` (mode 0600, created with ``O_EXCL``, never through
     a link) holding ``text``, written out to the disk, and its descriptor, open with an
     exclusive ``flock`` on it: close it once the file is linked into place and removed, so that
     a later start tells a file at work (locked) from one a killed start left (free:
-    :func:`_remove_left_temps`)."""
+    :func:`_remove_left_temps`). ``None`` for the descriptor, closed already, where there is no
+    ``flock`` (Windows, which renames or removes no file another descriptor holds open)."""
     while True:
         path = folder / f"{stem}.{secrets.token_hex(4)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -310,6 +312,9 @@ def _exclusive_file(folder: Path, stem: str, text: str) -> tuple[Path, int]:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
+        if fcntl is None:
+            os.close(fd)
+            return path, None
         return path, fd
 
 
