@@ -2227,14 +2227,13 @@ def run_entry(
         result = {"status": "failed", "error": error_line(error)}
         if (memory := memory_that_ran_out(error)) is not None:
             # Out of memory outside the training steps (loading the prior, building the field),
-            # whose own line names the fixes: this one was a bare "MemoryError".
-            from dreamtext.trainer import out_of_memory_fixes, table_fix
+            # whose own line names the fixes: this one was a bare "MemoryError". The render's
+            # sizes, which the steps' line names, are not used there.
+            from dreamtext.trainer import loading_memory_advice
 
-            result["error"] = (
-                f"out of {memory} ({error_line(error)}); run {line_again(entry, fresh)} with "
-                f"the batch's other flags after one of: {out_of_memory_fixes(cfg, memory)}"
-                f"{table_fix(cfg, memory, line_start_again(entry))}"
-            )
+            again = f"run {line_again(entry, fresh)} with the batch's other flags"
+            advice = loading_memory_advice(cfg, memory, again, line_start_again(entry))
+            result["error"] = f"out of {memory} ({error_line(error)}); {advice}"
         stop = batch_stop(error, entry, root)
         if stop is not None:
             stopped = True

@@ -608,6 +608,22 @@ def restore_memory_line(run: Run, memory: str) -> str:
             f"{cfg.optimizer} state, {format_gigabytes(state + 4 * values)} at least, beside the "
             "prior; the render's settings do not change it)"
         )
+    advice = loading_memory_advice(
+        cfg, memory, f"resume with {run.resume_changed}", run.start_again
+    )
+    return f"out of {memory} restoring the checkpoint of {run.workspace} {what}; {advice}"
+
+
+def loading_memory_advice(
+    cfg: TrainConfig, memory: str, again: str, start_again: StartAgain
+) -> str:
+    """What a run of ``cfg`` that ran out of ``memory`` (``"GPU memory"`` or ``"memory"``, the
+    host's) before its training steps (loading the prior, building its field, restoring its
+    checkpoint) can do, ``again`` (``"resume with --resume"``, a batch line's own command) said
+    where it goes: free the memory, or on the GPU load the prior in half precision (``--fp16``)
+    or run on the CPU (with ``--fp32`` for a half run, which the CPU refuses); then a new run's
+    smaller hash table (:func:`table_fix`). The render's sizes, samples and chunks, which the
+    training steps' line names (:func:`out_of_memory_fixes`), are not used there."""
     if memory == "GPU memory":
         half = cfg.guidance.fp16 or cfg.guidance.bf16
         # --device cpu beside half precision (the resumed run's) is refused without --fp32.
@@ -615,12 +631,8 @@ def restore_memory_line(run: Run, memory: str) -> str:
         free = "free the GPU of other work"
     else:
         fixes, free = "", "close other programs"
-    again = f"resume with {run.resume_changed}"
-    fixes = f"{free} and {again}" + (f", or {again} and one of: {fixes}" if fixes else "")
-    return (
-        f"out of {memory} restoring the checkpoint of {run.workspace} {what}; {fixes}"
-        f"{table_fix(cfg, memory, run.start_again)}"
-    )
+    advice = f"{free} and {again}" + (f", or {again} and one of: {fixes}" if fixes else "")
+    return advice + table_fix(cfg, memory, start_again)
 
 
 def restore_newest(run: Run) -> None:

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import dreamtext.batch as batch
 import dreamtext.models as models
 from dreamtext.batch import Entry
+from dreamtext.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -438,15 +440,41 @@ def test_a_line_out_of_memory_outside_the_training_steps_names_the_fixes(
     assert main([*args, "--workspace", "runs"]) == 1
     (record,) = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()]
     expected = (
-        "out of memory (MemoryError); run `dreamtext text 'a red cube' --workspace "
-        "runs/a_red_cube` with the batch's other flags after one of: a smaller --h/--w, a "
-        "smaller --batch-size, fewer samples (render.num_steps, render.upsample_steps), a "
-        "smaller render.grad_chunk_points, or close other programs"
+        "out of memory (MemoryError); close other programs and run `dreamtext text 'a red "
+        "cube' --workspace runs/a_red_cube` with the batch's other flags"
     )
     assert record["error"] == expected
     err = capsys.readouterr().err
     assert f"batch: line 1 failed: {expected}\n" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_a_line_out_of_the_gpus_memory_building_its_run_is_not_told_the_renders_sizes(
+    tmp_path, monkeypatch, half
+):
+    """Out of GPU memory loading its prior or building its field, a line was told "a smaller
+    --h/--w, fewer samples (...), a smaller render.grad_chunk_points", which the training steps
+    use and the build does not. It is told the build's own fixes, as a restore's line: the GPU
+    freed, or the prior in half precision, or the CPU (with --fp32 for a half run)."""
+    import dreamtext.trainer as trainer
+
+    def run_out(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(batch, "run_one_retrying_stale", run_out)
+    monkeypatch.setattr(trainer, "memory_peak", lambda memory: 0)
+    entry = Entry(1, "a red cube", "text", "a red cube", tmp_path / "a_red_cube")
+    cfg = TrainConfig(prompt="a red cube", workspace=str(entry.workspace), iters=2)
+    cfg.guidance.fp16 = half
+    record = batch.run_entry(entry, cfg, batch.BatchOptions(root=tmp_path), tmp_path, None)
+    command = f"`dreamtext text 'a red cube' --workspace {entry.workspace}`"
+    fixes = "--device cpu --fp32" if half else "--fp16 (without --fp32), --device cpu"
+    assert record["error"].endswith(
+        f"; free the GPU of other work and run {command} with the batch's other flags, or run "
+        f"{command} with the batch's other flags and one of: {fixes}"
+    ), record["error"]
+    assert "--h/--w" not in record["error"]
 
 
 @pytest.mark.parametrize("trained", [False, True])
@@ -477,10 +505,7 @@ def test_a_line_out_of_memory_outside_the_steps_is_told_its_own_command_not_the_
     command = "dreamtext text 'a red cube' --workspace runs/a_red_cube" + (
         " --resume" if trained else ""
     )
-    assert (
-        f"; run `{command}` with the batch's other flags after one of: a smaller --h/--w, "
-        in (error["error"])
-    ), error["error"]
+    assert f" and run `{command}` with the batch's other flags" in error["error"], error["error"]
     assert "the batch again" not in error["error"]
     assert main([*shlex.split(command)[1:], *flags, "--iters", "4", "--h", "8", "--w", "8"]) == 0
     config = json.loads(Path("runs/a_red_cube/config.json").read_text())
@@ -523,7 +548,7 @@ def test_a_line_out_of_memory_with_a_large_table_names_its_own_new_run_for_the_t
     (record,) = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()]
     command = "dreamtext text 'a red cube' --workspace runs/a_red_cube --overwrite"
     assert record["error"].endswith(
-        f"or close other programs; or start a new run, `{command}` (with its other text→3D "
+        f"; or start a new run, `{command}` (with its other text→3D "
         "flags), with a --config that lowers field.log2_hashmap_size, field.num_levels or "
         "field.level_dim (the hash table, its gradient and the optimiser's state and update "
         "need at least 0.1 GB)"
