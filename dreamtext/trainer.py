@@ -1796,10 +1796,15 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
         where = f"({cfg.h}x{cfg.w} px, batch {cfg.batch_size})"
         if run.updating:
             step = resume_step(run.workspace) if can_resume(run.workspace) else None
+            # Nothing to resume: the command again, but a batch line's own (start_again's): the
+            # batch run again with the fix changes it for every line it resumes or starts.
+            fresh = run.start_again.command
             again = (
                 f"resume with {run.resume_changed} (from its last checkpoint, step {step})"
                 if step is not None
                 else "run the command again"
+                if fresh == OVERWRITE.command
+                else f"run {fresh}"
             )
             return (
                 f"out of {memory} in the optimiser's update of step {run.step + 1} {where}, "

@@ -168,6 +168,28 @@ def test_memory_that_runs_out_in_adams_update_saves_no_half_updated_checkpoint(
     assert_same_run(workspace, uninterrupted)
 
 
+def test_a_batch_lines_update_out_of_memory_before_any_checkpoint_names_its_own_command(
+    tmp_path, monkeypatch
+):
+    """Out of memory in the first update (Adam's state), with no checkpoint to resume, a batch
+    line was told "run the command again after one of: ...": the batch, whose flag with the fix
+    changes every line it resumes or starts. It names the line's own command (start_again's)."""
+    from dreamtext.errors import StartAgain
+
+    def failing_step(run, finite):
+        run.updating = True  # as Adam's update has begun to write the parameters
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to")
+
+    monkeypatch.setattr(trainer, "optimizer_step", failing_step)
+    own = "`dreamtext text 'a red cube' --workspace runs/a_red_cube --overwrite`"
+    with pytest.raises(DreamtextError) as raised:
+        train(config(tmp_path / "run"), start_again=StartAgain(own))
+    assert f"so no checkpoint was saved; run {own} after one of: " in str(raised.value)
+    with pytest.raises(DreamtextError) as raised:  # `dreamtext text`'s own: the command again
+        train(config(tmp_path / "other"))
+    assert "so no checkpoint was saved; run the command again after one of: " in str(raised.value)
+
+
 @pytest.mark.parametrize("half", ["fp16", "bf16", None])
 def test_a_run_already_in_half_precision_is_not_told_to_use_fp16(tmp_path, half):
     """A run in --fp16 (or --bf16) that ran out of GPU memory was told to resume "after one
