@@ -1166,8 +1166,8 @@ def resume_conflicts_refusal(
         )
         runs = f"{others} other run{'s' if others > 1 else ''}"
         anew = (
-            f"{command}, with the batch's other flags, trains it alone again from scratch (the "
-            f"batch's --overwrite would train the share's {runs} again too)"
+            f"{command}, with {line_flags(conflicts[0][0])}, trains it alone again from "
+            f"scratch (the batch's --overwrite would train the share's {runs} again too)"
         )
     return (
         "a resumed run keeps its seed, optimizer, field and occupancy grid, but the batch asks "
@@ -1286,7 +1286,7 @@ def retrain_advice(entry: Entry, how: str, changed: Sequence[str] = ()) -> str:
     """How the batch's warnings say to train the entry's run alone again from scratch (``how``:
     ``"again with these"``): its own `dreamtext text PROMPT --workspace W --overwrite`
     (:func:`line_command`; `dreamtext image IMAGE ...`, which trains an image line's text→3D
-    again and keeps its sentence and descriptor), with the batch's other flags. The batch's
+    again and keeps its sentence and descriptor), with :func:`line_flags`. The batch's
     ``--overwrite`` trained every text line of its share again, a finished one's run replaced,
     and refuses a list with image lines. An image line asked another seed (``changed``: lines
     ``"name old → new"``) is told to move its folder away: `image --overwrite` keeps the
@@ -1298,7 +1298,7 @@ def retrain_advice(entry: Entry, how: str, changed: Sequence[str] = ()) -> str:
             "it anew"
         )
     what = "its text→3D" if entry.kind == "image" else "it"
-    return f"`{line_command(entry)}`, with the batch's other flags, trains {what} {how}"
+    return f"`{line_command(entry)}`, with {line_flags(entry)}, trains {what} {how}"
 
 
 def line_command(entry: Entry, flag: str = "--overwrite") -> str:
@@ -1339,8 +1339,18 @@ def line_start_again(entry: Entry) -> StartAgain:
     (:func:`line_command`), not the batch's ``--overwrite``, which trains every text line of the
     share again and refuses image lines; an image line keeps its seed, which trained its
     descriptor."""
-    flags = "the batch's other flags" if entry.kind == "image" else "its other text→3D flags"
-    return StartAgain(f"`{line_command(entry)}` (with {flags})", seed=entry.kind != "image")
+    return StartAgain(
+        f"`{line_command(entry)}` (with {line_flags(entry)})", seed=entry.kind != "image"
+    )
+
+
+def line_flags(entry: Entry) -> str:
+    """Which of the batch's flags the line's own command (:func:`line_command`) is to be run
+    with: an image line's, all the batch's others (``--shard`` and ``--lock-timeout`` are the
+    batch's own); a text line's, its text→3D ones: `dreamtext text` refuses the sentence
+    search's and the descriptor's (``--noun``, ``--descriptor-iters``: for ``--diverse``
+    alone), which a batch takes for its image lines."""
+    return "the batch's other flags" if entry.kind == "image" else "its other text→3D flags"
 
 
 def is_finished(cfg: TrainConfig) -> bool:
@@ -2231,7 +2241,7 @@ def run_entry(
             # sizes, which the steps' line names, are not used there.
             from dreamtext.trainer import loading_memory_advice
 
-            again = f"run {line_again(entry, fresh)} with the batch's other flags"
+            again = f"run {line_again(entry, fresh)} with {line_flags(entry)}"
             advice = loading_memory_advice(cfg, memory, again, line_start_again(entry))
             result["error"] = f"out of {memory} ({error_line(error)}); {advice}"
         stop = batch_stop(error, entry, root)

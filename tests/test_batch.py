@@ -2029,7 +2029,7 @@ def test_a_skipped_run_with_other_settings_is_named_in_one_warning_line(
     tmp_path, tiny_yaml, shapes_cache, capsys
 ):
     """Each line names its own `dreamtext text PROMPT --workspace W --overwrite`, to run with
-    the batch's other flags: it said "--overwrite trains it again with these", and the batch's
+    its other text→3D flags: it said "--overwrite trains it again with these", and the batch's
     --overwrite trains every line of the list again (a_blue_cube's run replaced too)."""
     path = prompts_file(tmp_path, "a red cube", "a blue cube")
     root = tmp_path / "root"
@@ -2049,8 +2049,8 @@ def test_a_skipped_run_with_other_settings_is_named_in_one_warning_line(
     }
     assert warnings == [
         f"batch: line {n}: {root / name} finished with other settings (seed 0 → 7, lr 0.02 → 0.5, "
-        f"guidance.guidance_scale 4.0 → 50.0); skipped, `{commands[name]}`, with the batch's "
-        "other flags, trains it again with these"
+        f"guidance.guidance_scale 4.0 → 50.0); skipped, `{commands[name]}`, with its other "
+        "text→3D flags, trains it again with these"
         for n, name in ((1, "a_red_cube"), (2, "a_blue_cube"))
     ]
     assert [r["status"] for r in rows(root)[4:]] == ["skipped", "skipped"]
@@ -2089,7 +2089,7 @@ def test_an_unfinished_run_resumed_with_other_settings_gets_a_warning(
     assert warnings == [
         f"batch: line 1: {root / 'a_red_cube'} resumes with other settings than it started with "
         "(lr 0.02 → 0.5, guidance.guidance_scale 4.0 → 50.0); they apply from its last "
-        f"checkpoint on, `{own} --overwrite`, with the batch's other flags, trains it again "
+        f"checkpoint on, `{own} --overwrite`, with its other text→3D flags, trains it again "
         "from scratch with them"
     ]
     assert [r["status"] for r in rows(root)] == ["interrupted", "finished"]
@@ -2167,9 +2167,9 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
         "dreamtext: error: a resumed run keeps its seed, optimizer, field and occupancy grid, but "
         f"the batch asks other ones of the runs it would resume: line 2 ({blue}): "
         "seed 0 → 7, field.num_levels 4 → 3; keep the runs' own (drop those flags or --config "
-        f"settings: a run keeps what the batch does not give), or `{command}`, with the batch's "
-        "other flags, trains it alone again from scratch (the batch's --overwrite would train the "
-        "share's 1 other run again too)"
+        f"settings: a run keeps what the batch does not give), or `{command}`, with its other "
+        "text→3D flags, trains it alone again from scratch (the batch's --overwrite would train "
+        "the share's 1 other run again too)"
     ]
     assert not (root / "a_green_cube").exists()
     red = (root / "a_red_cube" / "checkpoints" / "last.pt").read_bytes()
@@ -3998,8 +3998,8 @@ def test_an_export_only_attempt_records_no_speed_and_says_training_settings_do_n
     own = f"dreamtext text 'a red cube' --workspace {shlex.quote(str(root / 'a_red_cube'))}"
     assert (
         f"batch: line 1: {root / 'a_red_cube'} is trained and only exported, so these settings "
-        f"do not apply to it (lr 0.02 → 0.5); `{own} --overwrite`, with the batch's other "
-        "flags, trains it again from scratch with them"
+        f"do not apply to it (lr 0.02 → 0.5); `{own} --overwrite`, with its other "
+        "text→3D flags, trains it again from scratch with them"
     ) in err
     assert "resumes with other settings" not in err
     record = rows(root)[-1]
@@ -4135,7 +4135,7 @@ def test_a_run_finished_without_its_export_and_checkpoints_is_skipped_with_a_war
     own = f"dreamtext text 'a red cube' --workspace {shlex.quote(str(root / 'a_red_cube'))}"
     warning = (
         f"batch: line 1: {root / 'a_red_cube'} finished without a mesh and has no checkpoint "
-        f"left to export it from; skipped, `{own} --overwrite`, with the batch's other flags, "
+        f"left to export it from; skipped, `{own} --overwrite`, with its other text→3D flags, "
         "trains it again\n"
     )
     assert capsys.readouterr().err.count(warning) == 1
@@ -4145,7 +4145,7 @@ def test_a_run_finished_without_its_export_and_checkpoints_is_skipped_with_a_war
     assert line == (
         f"batch: line 1: {root / 'a_red_cube'} finished without a mesh and has no checkpoint "
         "left to export it from, and with other settings (lr 0.02 → 0.5); skipped, "
-        f"`{own} --overwrite`, with the batch's other flags, trains it again with these"
+        f"`{own} --overwrite`, with its other text→3D flags, trains it again with these"
     )
 
 

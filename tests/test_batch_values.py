@@ -265,7 +265,7 @@ def test_a_finished_run_with_other_training_and_export_settings_is_pointed_at_ov
     err = capsys.readouterr().err.strip().splitlines()
     own = f"`dreamtext text 'a red cube' --workspace {shlex.quote(str(workspace))} --overwrite`"
     assert len(err) == 1 and err[0].endswith(
-        f"; skipped, {own}, with the batch's other flags, trains it again with these"
+        f"; skipped, {own}, with its other text→3D flags, trains it again with these"
     )
     assert "export_options.resolution" in err[0] and "seed " in err[0]
 
@@ -441,12 +441,31 @@ def test_a_line_out_of_memory_outside_the_training_steps_names_the_fixes(
     (record,) = [json.loads(line) for line in Path("runs/batch.jsonl").read_text().splitlines()]
     expected = (
         "out of memory (MemoryError); close other programs and run `dreamtext text 'a red "
-        "cube' --workspace runs/a_red_cube` with the batch's other flags"
+        "cube' --workspace runs/a_red_cube` with its other text→3D flags"
     )
     assert record["error"] == expected
     err = capsys.readouterr().err
     assert f"batch: line 1 failed: {expected}\n" in err
     assert "Traceback" not in err
+
+
+def test_a_text_lines_own_command_is_told_its_text_to_3d_flags_not_the_describe_ones(
+    tmp_path, capsys
+):
+    """A batch takes the sentence search's flags (--noun, --descriptor-iters) for its image
+    lines, and `dreamtext text` refuses them: a text line's own command was to be run "with the
+    batch's other flags" (its warnings, its out-of-memory line), which with those flags is
+    refused. It is told its text→3D flags, as its start-again line was; an image line still
+    the batch's other flags."""
+    from dreamtext.cli import main
+
+    text = Entry(1, "a red cube", "text", "a red cube", tmp_path / "a_red_cube")
+    image = Entry(2, "image:mug.png", "image", str(tmp_path / "mug.png"), tmp_path / "mug")
+    assert "`, with its other text→3D flags, trains it" in batch.retrain_advice(text, "again")
+    assert "`, with the batch's other flags, trains its" in batch.retrain_advice(image, "again")
+    own = shlex.split(batch.line_command(text))[1:]
+    assert main([*own, "--noun", "mug", "--model", "builtin:shapes"]) == 2
+    assert "--noun: for --diverse's image only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("half", [False, True])
@@ -471,8 +490,8 @@ def test_a_line_out_of_the_gpus_memory_building_its_run_is_not_told_the_renders_
     command = f"`dreamtext text 'a red cube' --workspace {entry.workspace}`"
     fixes = "--device cpu --fp32" if half else "--fp16 (without --fp32), --device cpu"
     assert record["error"].endswith(
-        f"; free the GPU of other work and run {command} with the batch's other flags, or run "
-        f"{command} with the batch's other flags and one of: {fixes}"
+        f"; free the GPU of other work and run {command} with its other text→3D flags, or run "
+        f"{command} with its other text→3D flags and one of: {fixes}"
     ), record["error"]
     assert "--h/--w" not in record["error"]
 
@@ -505,7 +524,7 @@ def test_a_line_out_of_memory_outside_the_steps_is_told_its_own_command_not_the_
     command = "dreamtext text 'a red cube' --workspace runs/a_red_cube" + (
         " --resume" if trained else ""
     )
-    assert f" and run `{command}` with the batch's other flags" in error["error"], error["error"]
+    assert f" and run `{command}` with its other text→3D flags" in error["error"], error["error"]
     assert "the batch again" not in error["error"]
     assert main([*shlex.split(command)[1:], *flags, "--iters", "4", "--h", "8", "--w", "8"]) == 0
     config = json.loads(Path("runs/a_red_cube/config.json").read_text())
