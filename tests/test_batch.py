@@ -5049,6 +5049,7 @@ def test_a_stop_between_two_lines_retried_for_their_locks_starts_no_next_one(tmp
             root,
             None,
             not_reached,
+            root / "list.txt",
         )
     assert waited == [1] and calls == [1, 2, 1]
     assert not_reached == share[1:]  # line 2, held too, was not come back to

@@ -235,6 +235,7 @@ def test_a_retried_held_line_that_stops_the_batch_retries_no_other_line(tmp_path
     records, not_reached = [], []
     options = batch.BatchOptions(root=tmp_path)
     run = (share, [None, None], records, attempt, _Bar(), options, tmp_path, None, not_reached)
+    run = (*run, tmp_path / "list.txt")
     batch._run_share(*run)
     assert tried == [1, 2, 1] and waited == [1]
     assert [r["status"] for r in records] == ["failed", "skipped"]
