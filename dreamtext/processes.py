@@ -129,6 +129,12 @@ def process_ended(pid: int) -> bool:
     return _ended((_state_and_start(pid) or ("", None))[0])
 
 
+def process_stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (``T``: Ctrl-Z in its terminal, SIGSTOP; ``t``: held
+    by a debugger), and so holds what it holds until it is continued or killed."""
+    return (_state_and_start(pid) or ("", None))[0][:1] in ("T", "t")
+
+
 def _pid_namespace() -> int | None:
     """The inode of this process's PID namespace (``/proc/self/ns/pid``), ``None`` where there is
     none to read: a container with its own process ids may keep its host's name."""

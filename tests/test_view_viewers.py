@@ -24,8 +24,10 @@ from test_view import make_run, servers_stopped_at_once, serving_in_a_thread
 import dreamtext.processes as processes
 import dreamtext.view.viewers as viewers
 from dreamtext.cli import main
+from dreamtext.errors import DreamtextError
 from dreamtext.processes import HOST, user_name, write_held_record
 from dreamtext.view.viewers import (
+    LOCK_FILE,
     TOKEN_FILE,
     record_heartbeat,
     record_viewer,
@@ -345,6 +347,141 @@ def test_new_token_starts_at_once_serve_one_new_token_the_file_holds(tmp_path: P
         assert kept != old and tokens == [kept] * 6, attempt
         monkeypatch.setattr(viewers, "new_token", made)
         assert viewer_token(renew=True, folder=folder)[0] not in (old, kept)  # one after: new
+
+
+HOLDER = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def holding(path: Path, script: str = HOLDER) -> subprocess.Popen:
+    """A second process running ``script`` with ``path`` as its argument, once it has said
+    that it holds the lock (its first line)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout.readline().strip() in ("held", "stopping")
+    return proc
+
+
+def bounded(call, limit: float, holder: subprocess.Popen):
+    """``call()`` on a thread, given ``limit`` seconds: its result or exception and the seconds
+    it took. Where it is still waiting then, the holder is killed (its lock freed) so that the
+    test fails, rather than waiting with it."""
+    done: dict = {}
+
+    def run():
+        try:
+            done["result"] = call()
+        except BaseException as error:
+            done["error"] = error
+
+    began = time.monotonic()
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(limit)
+    took = time.monotonic() - began
+    if thread.is_alive():
+        holder.kill()
+        thread.join(60)
+        pytest.fail(f"still waiting for the lock after {took:.1f} s")
+    return done, took
+
+
+def test_a_new_token_start_gives_up_on_a_lock_held_too_long_and_changes_nothing(
+    root, monkeypatch, capsys
+):
+    """A process holding view-token.lock for good (a --new-token start stopped with Ctrl-Z, a
+    hung NFS client) made every later `dreamtext view --new-token` wait in flock for ever,
+    without a word. It waits LOCK_WAIT_S at most, says so once it has waited LOCK_SAY_S, then
+    refuses (exit 2) with a line that names the lock and what frees it, the kept token as it
+    was. A holder that wrote no record of itself (another program) is another process."""
+    kept = started(monkeypatch, capsys, [str(root)])[1]
+    monkeypatch.setattr(viewers, "LOCK_WAIT_S", 1.5, raising=False)
+    monkeypatch.setattr(viewers, "LOCK_SAY_S", 0.5, raising=False)
+    lock = token_file().parent / viewers.LOCK_FILE
+    holder = holding(lock)
+    try:
+        done, took = bounded(
+            lambda: started(monkeypatch, capsys, [str(root), "--new-token"]), 15.0, holder
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    code, token, _, err = done["result"]
+    assert (code, token) == (2, None) and 1.5 <= took < 5.0 and "Traceback" not in err
+    assert err.splitlines() == [
+        f"dreamtext view: waiting for {lock}, held by another process; giving up after 1.5 s",
+        f"dreamtext: error: {lock} is held by another process: find it with `lsof {lock}` and "
+        "end it (a `dreamtext view --new-token` stopped with Ctrl-Z goes on with `fg` in its "
+        "terminal); then start again (waited 1.5 s; the token is as it was)",
+    ]
+    assert token_file().read_text() == kept + "\n"
+    assert sorted(p.name for p in token_file().parent.iterdir()) == [TOKEN_FILE, LOCK_FILE]
+
+
+STOPPED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import dreamtext.view.viewers as viewers
+    made = viewers._make_token
+    def stopped(*args, **kwargs):  # Ctrl-Z's moment: the lock held, the token not yet replaced
+        print("stopping", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return made(*args, **kwargs)
+    viewers._make_token = stopped
+    print(viewers.viewer_token(renew=True, folder=Path(sys.argv[1]))[0], flush=True)
+    """
+)
+
+
+def test_a_new_token_start_stopped_in_the_lock_is_named_with_the_kill_cont_that_frees_it(
+    tmp_path: Path, monkeypatch
+):
+    """The holder is a --new-token start stopped as it held the lock: its record in the lock
+    file names it, the line says it is stopped and gives the `kill -CONT` that lets it finish.
+    Continued, it replaces the token and empties the lock file (no record of a past holder)."""
+    folder = tmp_path / "dreamtext"
+    old = viewer_token(folder=folder)[0]
+    monkeypatch.setattr(viewers, "LOCK_WAIT_S", 1.5, raising=False)
+    monkeypatch.setattr(viewers, "LOCK_SAY_S", 0.5, raising=False)
+    holder, said = holding(folder, STOPPED), []
+    try:
+        done, took = bounded(
+            lambda: viewer_token(renew=True, folder=folder, say=said.append), 15.0, holder
+        )
+        error = done.get("error")
+        assert isinstance(error, DreamtextError) and 1.5 <= took < 5.0
+        lock = folder / LOCK_FILE
+        who = (
+            f"process {holder.pid} on this machine (a --new-token start), stopped (Ctrl-Z or "
+            "SIGSTOP)"
+        )
+        assert said == [f"dreamtext view: waiting for {lock}, held by {who}; giving up after 1.5 s"]
+        assert str(error) == (
+            f"{lock} is held by {who}: `kill -CONT {holder.pid}` (or `fg` in its "
+            f"terminal) lets it finish, or `kill {holder.pid}` ends it; then start again "
+            "(waited 1.5 s; the token is as it was)"
+        )
+        assert (folder / TOKEN_FILE).read_text().strip() == old
+        os.kill(holder.pid, signal.SIGCONT)
+        renewed = holder.communicate(timeout=60)[0].strip()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert renewed not in ("", old) and (folder / TOKEN_FILE).read_text().strip() == renewed
+    assert (folder / LOCK_FILE).read_text() == ""
+    assert viewer_token(renew=True, folder=folder)[0] not in (old, renewed)
 
 
 KILLED = textwrap.dedent(

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gzip
 import hmac
 import ipaddress
@@ -866,7 +867,11 @@ def serve(
     server = make_server(catalog, host, port, allowed_hosts=allowed_hosts)
     try:  # once bound: a port in use leaves the kept token as it was (--new-token too)
         # 128 random bits, kept for the user's later starts; shown only to the user.
-        server.token, not_kept = viewer_token(renew_token, state) if token else (None, None)
+        # A --new-token start waiting long for another's lock says so (viewers._token_lock).
+        waiting = functools.partial(print_note, flush=True)
+        server.token, not_kept = (
+            viewer_token(renew_token, state, say=waiting) if token else (None, None)
+        )
     except BaseException:
         server.server_close()
         raise

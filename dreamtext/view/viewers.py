@@ -9,7 +9,9 @@
                                   ``dreamtext view --list`` prints (:func:`running_viewers`);
                                   touched every :data:`BEAT_S` while the viewer serves
     view-token.lock               the lock ``--new-token`` starts take in turn to replace the
-                                  token (:func:`_renew_token`); empty, and kept
+                                  token (:func:`_renew_token`); kept, and empty but while a
+                                  start holds it: its process's record, which a start waiting
+                                  for it names (:func:`_token_lock`)
     .view-token.<host>.<pid>.XXXXXXXX
                                   a start's new token while it writes it, before it is linked
                                   into place (:func:`_exclusive_file`); one a killed start left
@@ -47,11 +49,15 @@ from dreamtext.processes import (
     ELSEWHERE_GRACE_S,
     HOST,
     _ago,
+    _holder,
     earlier_boot,
     file_age,
+    iso_timestamp,
     locks_reach_every_writer,
     now_iso,
     on_this_machine,
+    process_name,
+    process_stopped,
     record_alive,
     record_held,
     this_process,
@@ -62,6 +68,15 @@ from dreamtext.processes import (
 TOKEN_FILE = "view-token"
 # Its lock, which --new-token starts hold in turn while they replace it (_renew_token).
 LOCK_FILE = "view-token.lock"
+# A --new-token start waits this long for another's hold of LOCK_FILE, which lasts one write,
+# fsync and rename of a 33-byte file (milliseconds; on a busy NFS server a second or two), and
+# says so once it has waited LOCK_SAY_S. A hold longer than that is a start stopped or hung in
+# it (Ctrl-Z, SIGSTOP, a hung NFS client): the start is refused with the line that names the
+# holder, the token left as it was, rather than waiting for ever without a word.
+LOCK_WAIT_S = 10.0
+LOCK_SAY_S = 2.0
+# How often a waiting start asks for the lock again (LOCK_NB: a blocking flock has no timeout).
+LOCK_POLL_S = 0.05
 # What a token file may hold (one line): characters an address's ?token= and a cookie carry as
 # they are, and enough of them that no guess reaches it (a made one is 32 hex digits, 128 bits).
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{32,256}")
@@ -98,10 +113,14 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
-def viewer_token(renew: bool = False, folder: Path | None = None) -> tuple[str, str | None]:
+def viewer_token(
+    renew: bool = False, folder: Path | None = None, say: Callable[[str], None] | None = None
+) -> tuple[str, str | None]:
     """The token this start serves, and a line to print where it could not be kept (else
     ``None``): the one in ``folder``'s ``view-token`` (default :func:`state_folder`), made there
     when there is none, or with ``renew`` (``--new-token``) made and put in place of the old.
+    ``say``: where the line of a ``renew`` start that waits long for another's lock goes
+    (:func:`_token_lock`, which refuses after :data:`LOCK_WAIT_S`).
 
     Two viewers started at once make one file: each writes its own token into a temp file, and
     the first hard link of one to ``view-token`` wins (``O_EXCL``'s atomic create, which NFS
@@ -118,7 +137,7 @@ def viewer_token(renew: bool = False, folder: Path | None = None) -> tuple[str, 
         with contextlib.suppress(OSError):
             _remove_left_temps(folder)
         if renew:
-            return _renew_token(path), None
+            return _renew_token(path, say), None
         kept = _read_token(path)
         if kept is not None:
             return kept, None
@@ -203,7 +222,7 @@ def _read_token(path: Path) -> str | None:
     return text
 
 
-def _renew_token(path: Path) -> str:
+def _renew_token(path: Path, say: Callable[[str], None] | None = None) -> str:
     """``--new-token``: a new token in place of the one in ``path``, served by every start that
     began before it was put there.
 
@@ -215,10 +234,11 @@ def _renew_token(path: Path) -> str:
     start served. Where the file system has no locks, the file is read again after the
     replace and the token it then holds is served: a start whose replace another's followed
     before that reading serves the other's, and only one whose reading came first keeps its
-    own."""
+    own. A lock held past :data:`LOCK_WAIT_S` raises ``DreamtextError`` before anything is
+    written (:func:`_token_lock`; ``say`` as there)."""
     seen = _peek_token(path)
     token = new_token()
-    lock = _token_lock(path.parent)
+    lock = _token_lock(path.parent, say)
     try:
         current = _peek_token(path)
         if current is None or current == seen:
@@ -226,7 +246,7 @@ def _renew_token(path: Path) -> str:
         return _peek_token(path) or token  # none: removed since, or unreadable: ours
     finally:
         if lock is not None:
-            os.close(lock)
+            _release_token_lock(lock)
 
 
 def _peek_token(path: Path) -> str | None:
@@ -237,25 +257,97 @@ def _peek_token(path: Path) -> str | None:
     return None
 
 
-def _token_lock(folder: Path) -> int | None:
+def _token_lock(folder: Path, say: Callable[[str], None] | None = None) -> int | None:
     """A descriptor of ``folder``'s :data:`LOCK_FILE` (made 0600, never removed) holding an
-    exclusive ``flock`` on it, for :func:`_renew_token`; ``None`` where it cannot be had (no
-    locks on the file system, a file that cannot be made). Opened for writing: NFS grants an
-    exclusive lock on a file opened so only."""
+    exclusive ``flock`` on it, for :func:`_renew_token`, with this process's record written in
+    it (emptied by :func:`_release_token_lock`); ``None`` where it cannot be had (no locks on
+    the file system, a file that cannot be made). Opened for writing: NFS grants an exclusive
+    lock on a file opened so only.
+
+    Another start's hold is waited out for :data:`LOCK_WAIT_S` at most, asking again every
+    :data:`LOCK_POLL_S` (a blocking ``flock`` waits for ever on a holder stopped or hung in
+    it); after :data:`LOCK_SAY_S` one line through ``say`` names the holder, and past the
+    deadline ``DreamtextError`` says who holds it and what frees it (:func:`_lock_holder`)."""
     if fcntl is None:
         return None
+    path = folder / LOCK_FILE
     try:
-        fd = os.open(
-            folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600
-        )
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except OSError:
         return None
+    began, said = time.monotonic(), False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # another start's replace: a moment
-    except OSError:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - began
+            if waited >= LOCK_WAIT_S:
+                who, fix = _lock_holder(path)
+                raise DreamtextError(
+                    f"{shown_path(path)} is held by {who}: {fix}; then start again (waited "
+                    f"{LOCK_WAIT_S:g} s; the token is as it was)"
+                )
+            if say is not None and not said and waited >= LOCK_SAY_S:
+                said = True
+                say(
+                    f"dreamtext view: waiting for {shown_path(path)}, held by "
+                    f"{_lock_holder(path)[0]}; giving up after {LOCK_WAIT_S:g} s"
+                )
+            time.sleep(LOCK_POLL_S)
+    except OSError:  # no locks on this file system
         os.close(fd)
         return None
+    except BaseException:  # the refusal, or Ctrl-C while waiting
+        os.close(fd)
+        raise
+    with contextlib.suppress(OSError):  # a full disk: the lock holds without its record
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({**this_process(), "started": now_iso()}).encode(), 0)
+        os.fsync(fd)  # a start waiting on another machine (NFS) reads it from the server
     return fd
+
+
+def _release_token_lock(fd: int) -> None:
+    """Empty the lock file of :func:`_token_lock`'s descriptor ``fd`` (a record left in it
+    would name a process that no longer holds it), then close it, which drops the lock."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _lock_holder(path: Path) -> tuple[str, str]:
+    """Who holds the lock file ``path`` (:func:`_token_lock`), in words, by the record it wrote
+    there, and what frees the lock: a process of this machine stopped (Ctrl-Z, SIGSTOP), or
+    running (hung on a file system, or slow); another machine's; or, without a record of a
+    live holder (a dreamtext from before the record, another program), another process."""
+    record = _holder(path)
+    pid, host = record.get("pid"), record.get("host")
+    if pid == os.getpid() and on_this_machine(record):  # serve() called on two threads
+        return "another thread of this process", "wait for it"
+    if isinstance(pid, int) and record_alive(record) is True:
+        who = f"{process_name(pid)} on this machine (a --new-token start)"
+        if process_stopped(pid):
+            return (
+                f"{who}, stopped (Ctrl-Z or SIGSTOP)",
+                f"`kill -CONT {pid}` (or `fg` in its terminal) lets it finish, or `kill {pid}` "
+                "ends it",
+            )
+        return f"{who}, which has not finished", f"wait for it, or end it (`kill {pid}`)"
+    if isinstance(pid, int) and isinstance(host, str) and not on_this_machine(record):
+        taken = iso_timestamp(record.get("started"))
+        since = f", lock taken {_ago(taken)}" if taken is not None else ""
+        return (
+            f"process {pid} on {host} (a --new-token start{since})",
+            f"end it there; if {host} is down, its file server frees the lock once it gives "
+            "that machine up",
+        )
+    return (
+        "another process",
+        f"find it with `lsof {shell_word(path)}` and end it (a `dreamtext view --new-token` "
+        "stopped with Ctrl-Z goes on with `fg` in its terminal)",
+    )
 
 
 def _make_token(path: Path, token: str, renew: bool) -> str:
