@@ -484,6 +484,57 @@ def test_a_new_token_start_stopped_in_the_lock_is_named_with_the_kill_cont_that_
     assert viewer_token(renew=True, folder=folder)[0] not in (old, renewed)
 
 
+LOOKING = textwrap.dedent(
+    """
+    import fcntl, os, signal, sys
+    fd = os.open(sys.stdin.readline().strip(), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # _remove_left_temps' look at a temp file
+    print("held", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)  # stopped (Ctrl-Z, a hung NFS call) before it closes
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_a_start_does_not_wait_for_another_stopped_as_it_looked_at_its_temp_token_file(
+    tmp_path: Path, monkeypatch
+):
+    """Another start's cleanup (_remove_left_temps) takes a shared lock on each temp token file
+    to tell a start at work from a killed one's; one that did so on this start's new file in
+    the instant before this start locked it, and was stopped there, made this start wait in
+    flock for ever (a first start, or a --new-token one). The file is given up and another
+    made: the token is served, and no temp file is left."""
+    import fcntl
+
+    folder = tmp_path / "dreamtext"
+    folder.mkdir(mode=0o700)
+    looking = subprocess.Popen(
+        [sys.executable, "-c", LOOKING], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    real, taken = fcntl.flock, []
+
+    def looked_at_first(fd, how):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if how & fcntl.LOCK_EX and f"/.{TOKEN_FILE}." in name and not taken:
+            taken.append(name)  # the other start's look comes first, and stops there
+            looking.stdin.write(name + "\n")
+            looking.stdin.flush()
+            assert looking.stdout.readline().strip() == "held"
+        return real(fd, how)
+
+    monkeypatch.setattr(fcntl, "flock", looked_at_first)
+    try:
+        done, took = bounded(lambda: viewer_token(folder=folder), 15.0, looking)
+        assert looking.poll() is None  # still stopped, holding the first file
+    finally:
+        looking.kill()
+        looking.wait()
+    token, line = done["result"]
+    assert line is None and len(taken) == 1 and took < 5.0
+    assert (folder / TOKEN_FILE).read_text() == token + "\n"
+    assert sorted(p.name for p in folder.iterdir()) == [TOKEN_FILE]
+
+
 KILLED = textwrap.dedent(
     """
     import os, sys

@@ -396,7 +396,7 @@ def _exclusive_file(folder: Path, stem: str, text: str) -> tuple[Path, int | Non
             continue
         try:
             if fcntl is not None and not _locked_in_place(fd, path):
-                os.close(fd)  # removed as a leftover before its lock was taken: make another
+                os.close(fd)  # taken for a leftover before its lock was: make another
                 continue
             os.write(fd, text.encode())
             os.fsync(fd)
@@ -413,10 +413,16 @@ def _exclusive_file(folder: Path, stem: str, text: str) -> tuple[Path, int | Non
 def _locked_in_place(fd: int, path: Path) -> bool:
     """Take an exclusive ``flock`` on the new file ``fd`` and tell whether ``path`` is still
     that file: a later start may have taken it, unlocked in the instant between its creation
-    and the lock, for a killed start's and removed it. ``True`` where the file system has no
-    locks (nothing is removed then before it is :data:`TEMP_GRACE_S` old)."""
+    and the lock, for a killed start's and removed it. Where that start's look (its shared
+    lock, :func:`_remove_left_temps`) still holds it, the file is given up (removed here, as
+    only this process makes files of its name) rather than waited for: a start stopped or hung
+    in its look held it, and this one waited in ``flock`` for ever. ``True`` where the file
+    system has no locks (nothing is removed then before it is :data:`TEMP_GRACE_S` old)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits out a start that looks at it (a moment)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        path.unlink(missing_ok=True)
+        return False
     except OSError:
         return True
     try:
