@@ -1140,15 +1140,21 @@ def own_run_config(
 
 
 def resume_conflicts_refusal(
-    conflicts: Sequence[tuple[Entry, list[str]]], images: bool = False, others: int = 0
+    conflicts: Sequence[tuple[Entry, list[str]]],
+    images: bool = False,
+    others: int = 0,
+    elsewhere: int = 0,
 ) -> str:
     """The one line that refuses a batch whose lines to resume were asked for settings their
     runs fix (:func:`own_run_config`), naming each line (the first :data:`NOT_STARTED_SHOWN`),
     its run and the settings, before anything trains. ``images``: the list has image lines,
     so that its ``--overwrite`` is refused too: the way to train those runs anew is to move
-    their folders away. ``others``: how many other lines of the share hold a run, which the
-    batch's ``--overwrite`` would train again too (a finished one's replaced): where there are
-    any, the line names each refused line's own `dreamtext text ... --overwrite` instead."""
+    their folders away. ``others``: how many other lines of this worker's share hold a run,
+    ``elsewhere``: how many lines of the list's other shares do, which the batch's
+    ``--overwrite`` would train again too (a finished one's replaced): a job array gives every
+    task the same flags, so its tasks together replace both. Where there are any, the line
+    names each refused line's own `dreamtext text ... --overwrite` instead, and says how many
+    runs are in this share and how many in the others."""
     shown = [
         f"line {entry.line} ({entry.workspace}): {', '.join(changed)}"
         for entry, changed in conflicts[:NOT_STARTED_SHOWN]
@@ -1156,7 +1162,7 @@ def resume_conflicts_refusal(
     more = len(conflicts) - len(shown)
     if images:
         anew = "move those runs' folders away to train them again from scratch"
-    elif not others:
+    elif not others + elsewhere:
         anew = "--overwrite trains them again from scratch"
     else:
         command = (
@@ -1164,10 +1170,21 @@ def resume_conflicts_refusal(
             if len(conflicts) == 1
             else "each one's own `dreamtext text PROMPT --workspace ROOT/FOLDER --overwrite`"
         )
-        runs = f"{others} other run{'s' if others > 1 else ''}"
+        total = others + elsewhere
+        runs = f"{total} other run{'s' if total > 1 else ''}"
+        if not elsewhere:
+            replaced = f" would train the list's {runs} again too"
+        else:
+            where = f"{others} in this share, {elsewhere} in the others"
+            if not others:
+                where = "all in other shares"
+            replaced = (
+                f", which a job array gives every task, would train {runs} of the list again "
+                f"too: {where}"
+            )
         anew = (
             f"{command}, with {line_flags(conflicts[0][0])}, trains it alone again from "
-            f"scratch (the batch's --overwrite would train the share's {runs} again too)"
+            f"scratch (the batch's --overwrite{replaced})"
         )
     return (
         "a resumed run keeps its seed, optimizer, field and occupancy grid, but the batch asks "
@@ -1498,9 +1515,14 @@ def _run_batch(
         if changed and e.workspace in to_train and (e.kind == "image" or can_resume(e.workspace))
     ]
     if conflicts:
+        # --overwrite, the refusal's other way out, replaces the other runs of the share, and
+        # a job array gives it to every task: the other shares' runs are counted too.
         named = {e.workspace for e, _ in conflicts}
-        others = sum(e.workspace not in named and run_owner(e.workspace) == e.key for e in share)
-        raise DreamtextError(resume_conflicts_refusal(conflicts, bool(images), others))
+        mine = {e.workspace for e in share}
+        held = [e.workspace for e in entries if run_owner(e.workspace) == e.key]
+        others = sum(w not in named and w in mine for w in held)
+        elsewhere = sum(w not in mine for w in held)
+        raise DreamtextError(resume_conflicts_refusal(conflicts, bool(images), others, elsewhere))
     lines_models = LineModels(share, {e.workspace: line_models(e, c, options) for e, c in pending})
     if pending:
         # Once for the batch, as `text` and `image` say it once for their run.

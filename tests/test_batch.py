@@ -2169,7 +2169,7 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
         "seed 0 → 7, field.num_levels 4 → 3; keep the runs' own (drop those flags or --config "
         f"settings: a run keeps what the batch does not give), or `{command}`, with its other "
         "text→3D flags, trains it alone again from scratch (the batch's --overwrite would train "
-        "the share's 1 other run again too)"
+        "the list's 1 other run again too)"
     ]
     assert not (root / "a_green_cube").exists()
     red = (root / "a_red_cube" / "checkpoints" / "last.pt").read_bytes()
@@ -2178,6 +2178,72 @@ def test_a_rerun_asking_what_a_checkpoint_fixes_is_refused_before_any_line_runs(
     saved = json.loads((blue / "config.json").read_text())
     assert (saved["seed"], saved["field"]["num_levels"], steps(blue)) == (7, 3, [5, 6])
     assert (root / "a_red_cube" / "checkpoints" / "last.pt").read_bytes() == red
+
+
+def shapes_run(workspace, prompt, step):
+    """``workspace`` as a run of ``prompt`` on the built-in prior (20 iterations) leaves it
+    after ``step`` steps: its whole config.json and status.json, a checkpoint to resume before
+    step 20, and its mesh at 20, where it finished."""
+    from dreamtext.config import resolve_config
+
+    ran(workspace, prompt)
+    cfg = resolve_config(
+        {"prompt": prompt, "workspace": str(workspace), "iters": 20}, preset="builtin-shapes"
+    )
+    (workspace / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    if step < 20:
+        state = {"state": "interrupted", "step": step}
+        (workspace / "status.json").write_text(json.dumps(state))
+        (workspace / "checkpoints").mkdir()
+        (workspace / "checkpoints" / "last.pt").write_bytes(b"step 2")
+    return workspace
+
+
+@pytest.mark.parametrize(
+    ("task", "replaced"),
+    [
+        # share 0/2 (lines 1 and 3) holds no other run: it said "--overwrite trains them again
+        # from scratch", and the array run with --overwrite replaced lines 2 and 4 too
+        (
+            "0",
+            "each one's own `dreamtext text PROMPT --workspace ROOT/FOLDER --overwrite`, with its "
+            "other text→3D flags, trains it alone again from scratch (the batch's --overwrite, "
+            "which a job array gives every task, would train 2 other runs of the list again "
+            "too: all in other shares)",
+        ),
+        # share 1/2 (lines 2 and 4): it said "the share's 1 other run"
+        (
+            "1",
+            "`dreamtext text 'a blue cube' --workspace {blue} --overwrite`, with its "
+            "other text→3D flags, trains it alone again from scratch (the batch's --overwrite, "
+            "which a job array gives every task, would train 3 other runs of the list again "
+            "too: 1 in this share, 2 in the others)",
+        ),
+    ],
+)
+def test_a_job_array_tasks_refusal_counts_the_runs_of_every_share_overwrite_replaces(
+    tmp_path, monkeypatch, capsys, task, replaced
+):
+    """Each task of a job array sees its own share, and its refusal of a changed --seed counted
+    only that share's other runs, which its way out (--overwrite, given to every task of the
+    array run again) understated: the other shares' runs are replaced too."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube", "a red sphere")
+    root = tmp_path / "root"
+    names = ["a_red_cube", "a_blue_cube", "a_green_cube", "a_red_sphere"]
+    for line, name in enumerate(names):  # this task's lines stopped at step 2, but line 4
+        stopped = line % 2 == int(task) and name != "a_red_sphere"
+        shapes_run(root / name, name.replace("_", " "), 2 if stopped else 20)
+    (root / "batch.jsonl").write_text("")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    args = ["batch", path, *BUILTIN, "--seed", "7", "--workspace", root]
+    with nothing_written(root, *names):
+        assert main(list(map(str, args))) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert err.endswith(
+        "keep the runs' own (drop those flags or --config settings: a run keeps what the batch "
+        f"does not give), or {replaced.format(blue=shlex.quote(str(root / 'a_blue_cube')))}"
+    ), err
 
 
 def two_cube_images(tmp_path):
