@@ -1343,11 +1343,13 @@ def line_again(entry: Entry, fresh: bool) -> str:
     replace it), no flag where it has none (`--resume` is refused there), and
     `dreamtext image IMAGE --workspace W` for an image line, which goes on by itself. The batch
     run again with the setting changed changes it for every line it resumes or starts, and
-    warns of every finished one that it finished with other settings."""
-    flag = ""
-    if entry.kind == "text" and can_resume(entry.workspace):
-        flag = "--overwrite" if fresh else "--resume"
-    return f"`{line_command(entry, flag)}`"
+    warns of every finished one that it finished with other settings. Where it goes on from
+    what it saved (an image line, or a checkpoint not to replace), that is :func:`line_resume`."""
+    if entry.kind == "text" and not can_resume(entry.workspace):
+        return f"`{line_command(entry, '')}`"
+    if entry.kind == "text" and fresh:
+        return f"`{line_command(entry)}`"
+    return line_resume(entry)
 
 
 def line_start_again(entry: Entry) -> StartAgain:
