@@ -651,7 +651,7 @@ def train_descriptor(
     guidance: GuidanceConfig,
     options: DescriptorOptions | None = None,
     device: str = "cpu",
-    rerun: str = "",
+    rerun: str = RERUN,
 ) -> Path:
     """Train the descriptor of ``W/descriptor/sentence.json`` on the image; return the saved file.
 
@@ -665,9 +665,9 @@ def train_descriptor(
     names the Stable Diffusion (model, precision, memory options); it is loaded through
     :func:`dreamtext.models.load_for`, so the text→3D stage that follows in the same process
     reuses it. ``rerun``: what the lines that stop it (diverged) say to run with a setting
-    changed (a smaller descriptor lr, ``--fp32``): "the same command again" (:data:`RERUN`),
-    where empty; a batch line's own `dreamtext image IMAGE --workspace W`, since the batch run
-    again with the setting changes every line it resumes.
+    changed (a smaller descriptor lr, ``--fp32``): "the same command again" (:data:`RERUN`);
+    a batch line's own `dreamtext image IMAGE --workspace W`, since the batch run again with
+    the setting changes every line it resumes.
     """
     options = options or DescriptorOptions()
     if options.iters < 0:
@@ -681,7 +681,7 @@ def train_descriptor(
     trainer = DescriptorTrainer(
         models, record["quantifier"], record["words"], record["noun"], options
     )
-    trainer.rerun = rerun or RERUN
+    trainer.rerun = rerun
     trainer.check_length(guidance.views.labels if guidance.view_dependent else ())
     image = image_to_tensor(load_image(image_path), models.resolution)
 

@@ -617,6 +617,8 @@ def _run_image(
         # Every stage is done and reused, the image's copy kept: the command's work is complete
         # (a stop while it says so interrupts nothing; it exited 130 "run the same command again").
         work_complete()
+    # What the stages' lines that stop them say to run with a setting changed.
+    rerun = resume_changed or RERUN
     if record_path.is_file():
         _note(f"describe: reusing {record_path}")
     else:
@@ -631,7 +633,7 @@ def _run_image(
             cfg.guidance.views.labels if cfg.guidance.view_dependent else (),
         )
         search_memory = out_of_memory_is_a_user_error(
-            lambda memory: search_memory_line(memory, cfg, options, resume_changed or RERUN)
+            lambda memory: search_memory_line(memory, cfg, options, rerun)
         )
         with (
             search_memory,
@@ -649,7 +651,7 @@ def _run_image(
 
     if train_words:
         descriptor_memory = out_of_memory_is_a_user_error(
-            lambda memory: descriptor_memory_line(memory, cfg, options, resume_changed or RERUN)
+            lambda memory: descriptor_memory_line(memory, cfg, options, rerun)
         )
         with descriptor_memory:
             train_descriptor(
@@ -658,7 +660,7 @@ def _run_image(
                 cfg.guidance,
                 options.descriptor,
                 str(device),
-                rerun=resume_changed or "",
+                rerun=rerun,
             )
     else:
         _note(f"descriptor: reusing {learned}")
