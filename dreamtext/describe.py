@@ -107,9 +107,9 @@ class SentenceToLearn(Protocol):
         fits its text encoder."""
         ...
 
-    def may_fit(self, quantifier: str, noun: str, max_words: int) -> bool:
-        """Whether a sentence of ``quantifier`` and ``noun`` with at most ``max_words`` words
-        may fit (the fewest placeholders it can have)."""
+    def shortest_first(self, words: Sequence[str]) -> list[str]:
+        """``words`` ordered so that each, appended to a sentence, makes a prompt at least as
+        long as the one before."""
         ...
 
 
@@ -339,21 +339,13 @@ def no_sentence_fits(quantifier: str | None, noun: str | None) -> DreamtextError
     )
 
 
-def no_sentence_to_learn(
-    quantifier: str | None, noun: str | None, searched: bool = False
-) -> DreamtextError:
+def no_sentence_to_learn(quantifier: str | None, noun: str | None) -> DreamtextError:
     """The refusal of a search none of whose sentences the descriptor can learn: each is too
     long for Stable Diffusion's text encoder once written as the descriptor's prompt, with its
-    view label. ``dreamtext image`` refuses nearly every such case before any load
-    (:func:`dreamtext.descriptor.check_sentence_to_learn`); ``searched``: the search chose
-    ``quantifier`` and ``noun``, and no word of the vocabulary made it short enough."""
-    if searched:
-        return DreamtextError(
-            f"the sentence 'An image of {quantifier} {noun}' is too long for the text encoder "
-            "to learn with its view label and the noun's pieces as its descriptor, and no word "
-            "of the vocabulary makes it fit; give a shorter --noun or --quantifier, or "
-            "--adjectives with a short word"
-        )
+    view label, with no word of the vocabulary as with each. ``dreamtext image`` refuses every
+    such case before any load by the same count
+    (:func:`dreamtext.descriptor.check_sentence_to_learn`), where CLIP's tokenizer counts no
+    sentence longer than Stable Diffusion's does."""
     given = " and ".join(
         f"{flag} {value!r}"
         for flag, value in (("--quantifier", quantifier), ("--noun", noun))
@@ -361,7 +353,8 @@ def no_sentence_to_learn(
     )
     return DreamtextError(
         "no sentence 'An image of <quantifier> <descriptor> <noun>' fits in the text encoder's "
-        f"tokens with its view label with {given or 'these word lists'}: give a shorter one"
+        f"tokens with its view label with {given or 'these word lists'}: give a shorter one, "
+        "or a shorter word in --nouns or --adjectives"
     )
 
 
@@ -412,13 +405,20 @@ def search_sentence(
 
     ``learnable`` (``dreamtext image``'s): only sentences whose descriptor prompt, in the
     tokenizer of the text encoder that trains it and with its longest view label, fits that
-    encoder are scored, and a step-1 pair only where one of its sentences may fit
-    (:meth:`SentenceToLearn.may_fit`). A sentence with no word holds the noun's pieces twice
+    encoder are scored, and a step-1 pair only where one of its sentences does: without words,
+    or with one word of the vocabulary. A sentence with no word holds the noun's pieces twice
     (the descriptor starts from them): where that is too long and no word raises the score, the
     best word that fits is appended all the same, so that the sentence returned is one the
     descriptor learns. Wherever the sentence found without ``learnable`` fits, it is the one
     found with it (each word appended makes the prompt longer).
     """
+    vocabulary = list(dict.fromkeys([*nouns, *adjectives]))
+
+    def fit(q: str, words: list[str], n: str) -> bool:
+        if not fits(make_sentence(q, words, n)):
+            return False
+        return learnable is None or learnable.fits(q, words, n)
+
     # Step 1: quantifier × noun × {singular, plural}, in that nesting order.
     quantifiers = [quantifier] if quantifier else list(QUANTIFIERS)
     noun_forms = [noun] if noun else [form for n in nouns for form in (n, plural(n))]
@@ -426,7 +426,23 @@ def search_sentence(
     if not pairs:
         raise no_sentence_fits(quantifier, noun)
     if learnable is not None:
-        pairs = [(q, n) for q, n in pairs if learnable.may_fit(q, n, max_words)]
+        shortest_first: list[str] = []  # the vocabulary so ordered, where a pair needs it
+
+        def learnable_pair(q: str, n: str) -> bool:
+            if learnable.fits(q, [], n):
+                return True
+            if max_words == 0:
+                return False
+            if not shortest_first:
+                shortest_first.extend(learnable.shortest_first(vocabulary))
+            for word in shortest_first:
+                if not learnable.fits(q, [word], n):
+                    return False  # nor does any word after it
+                if fits(make_sentence(q, [word], n)):
+                    return True
+            return False
+
+        pairs = [(q, n) for q, n in pairs if learnable_pair(q, n)]
         if not pairs:
             raise no_sentence_to_learn(quantifier, noun)
     index, best = _best(score([base_sentence(q, n) for q, n in pairs]))
@@ -436,18 +452,12 @@ def search_sentence(
     def sentences_with(words_for: list[list[str]]) -> list[str]:
         return [make_sentence(chosen_quantifier, w, chosen_noun) for w in words_for]
 
-    def fit(words: list[str]) -> bool:
-        if not fits(make_sentence(chosen_quantifier, words, chosen_noun)):
-            return False
-        return learnable is None or learnable.fits(chosen_quantifier, words, chosen_noun)
-
     def fitting(words_for: list[list[str]]) -> list[list[str]]:
-        return [w for w in words_for if fit(w)]
+        return [w for w in words_for if fit(chosen_quantifier, w, chosen_noun)]
 
-    vocabulary = list(dict.fromkeys([*nouns, *adjectives]))
     # Step 2: append the best word while it raises the score (and once in any case where the
-    # sentence without words is too long to learn).
-    needs_word = not fit([])
+    # sentence without words is too long to learn: step 1 kept the pair only where a word fits).
+    needs_word = not fit(chosen_quantifier, [], chosen_noun)
     while len(result.words) < max_words:
         candidates = fitting([[*result.words, w] for w in vocabulary])
         if not candidates:
@@ -456,8 +466,6 @@ def search_sentence(
         if best <= result.score and not needs_word:
             break
         result.words, result.score, needs_word = candidates[index], best, False
-    if needs_word:
-        raise no_sentence_to_learn(chosen_quantifier, chosen_noun, searched=True)
     result.step_scores["words"] = result.score
 
     if not adjust:

@@ -150,57 +150,51 @@ def check_sentence_to_learn(
     noun: str | None,
     quantifier: str | None,
     nouns: Iterable[str],
+    vocabulary: Sequence[str],
     max_words: int,
     labels: Sequence[str],
     token: str = DESCRIPTOR_TOKEN,
 ) -> None:
-    """Refuse, before the sentence search, a ``--noun`` or ``--quantifier`` with which every
-    sentence to learn is longer than the text encoder reads (``model_max_length``, 77 with start
-    and end), as :meth:`DescriptorTrainer.check_length` would once the search had run (minutes
-    with a real CLIP) and left its record in the workspace.
+    """Refuse, before the sentence search, options with which every sentence to learn is longer
+    than the text encoder reads (``model_max_length``, 77 with start and end), as the search
+    would once CLIP and Stable Diffusion had loaded (minutes with a real CLIP), or
+    :meth:`DescriptorTrainer.check_length` once it had run.
 
-    The descriptor's prompt is ``"An image of <q> <p_1> … <p_n> <noun>"``, one placeholder
-    ``p_i`` (one token) per BPE piece of the words found, or of the noun where none is: ``n``
-    ≥ 1, or = the noun's pieces with ``max_words`` 0. The tokenizer splits a text at its spaces
-    before its BPE (a noun's closing punctuation and the comma after it are one run), so with
-    view label ``L`` (each of ``labels``) the prompt is
-
-        T("An image of <q>") + n + pieces("<noun>,") + pieces("<L> view")
-
-    tokens (T with start and end), and T("An image of <q>") + n + pieces("<noun>") without one.
-    The search's nouns are ``noun`` where given, else each of ``nouns`` singular and plural
-    (its quantifiers ``quantifier``, else :data:`QUANTIFIERS`): refused only where the least of
-    these counts, ``n`` at its least, is over the limit, so a sentence the search can find
-    and the descriptor learn is never refused. The first pair that fits ends the count (nearly
-    always the first). ``token`` names the placeholder in the refusal."""
-    limit = tokenizer.model_max_length
-
-    def pieces(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+    The search's nouns are ``noun`` where given, else each of ``nouns`` singular and plural,
+    its quantifiers ``quantifier``, else :data:`QUANTIFIERS`, and the words it appends those of
+    ``vocabulary`` (its nouns and adjectives). Each pair is counted as
+    :meth:`SentencesToLearn.least_tokens` counts it, the search's own count: refused only where
+    every pair is over the limit, so a sentence the search can find and the descriptor learn
+    is never refused. The first pair that fits ends the count (nearly always the first).
+    ``token`` names the placeholder in the refusal."""
+    learnable = SentencesToLearn(tokenizer, labels)
+    limit = learnable.limit
 
     def searched_nouns() -> Iterator[str]:  # a plural is made only where its singular is long
         for singular in nouns:
             yield singular
             yield plural(singular)
 
-    tails = [pieces(f"{label} view") for label in labels]
     noun_forms = [noun] if noun is not None else searched_nouns()
-    heads: dict[str, int] = {}
-    least: tuple[int, str, str] | None = None  # (tokens, quantifier, noun)
+    # The fewest pieces of a word the search may append, counted where a pair needs it.
+    fewest: int | None = None
+    counted = False
+    least: tuple[int, int, str] | None = None  # (tokens, base tokens, quantifier)
     for form in noun_forms:
-        alone, with_comma = pieces(form), pieces(f"{form},")
-        n = 1 if max_words > 0 else alone
         for q in [quantifier] if quantifier else QUANTIFIERS:
-            if q not in heads:
-                heads[q] = len(tokenizer(f"{SENTENCE_START} {q}", truncation=False).input_ids)
-            count = heads[q] + n + max([alone, *(with_comma + tail for tail in tails)])
+            if learnable.fits(q, [], form):
+                return
+            if not counted:
+                fewest = learnable.fewest_pieces(vocabulary) if max_words > 0 else None
+                counted = True
+            count = learnable.least_tokens(q, form, fewest)
             if count <= limit:
                 return
             if least is None or count < least[0]:
-                least = (count, q, form)
+                least = (count, learnable.base_tokens(q, form), q)
     if least is None:
         return
-    count, q, _ = least
+    count, base, q = least
     with_label = " with its view label" if labels else ""
     if noun is not None:
         sentence, found = make_sentence(q, [token], noun), ""
@@ -208,6 +202,8 @@ def check_sentence_to_learn(
     else:
         sentence, found = make_sentence(q, [token], "<noun>"), " whatever noun the search finds"
         given = "a shorter --quantifier or shorter --nouns" if quantifier else "shorter --nouns"
+    if max_words > 0 and base < limit:  # a shorter word of the lists makes it fit
+        given += f", or a word of at most {limit - base} pieces in --nouns or --adjectives"
     raise DreamtextError(
         f"the sentence to learn, {sentence!r}, is at least {count} tokens{with_label}{found} "
         "once its descriptor is written as the words' pieces, but the text encoder reads "
@@ -219,25 +215,28 @@ class SentencesToLearn:
     """The descriptor's prompt of each sentence the search may return, counted in ``tokenizer``
     (Stable Diffusion's, which encodes it) with the longest of the view ``labels`` text→3D
     appends (none: ``()``), without adding its placeholders: the search's
-    :class:`dreamtext.describe.SentenceToLearn`.
+    :class:`dreamtext.describe.SentenceToLearn`, and the count of
+    :func:`check_sentence_to_learn` and :func:`check_recorded_sentence` before any load.
 
     The prompt of ``"An image of <q> <w1> … <wk> <noun>"`` is ``"An image of <q> <p_1> … <p_n>
     <noun>"`` with one placeholder (one token) per BPE piece of the words, or of the noun where
     there is none (:class:`DescriptorTrainer`). The tokenizer splits a text at its spaces before
-    its BPE, so the prompt with label ``L`` is
+    its BPE (a noun's closing punctuation and the comma after it are one run), so with label
+    ``L`` the prompt is
 
-        T(with_view("An image of <q> <noun>", L)) + n
+        T("An image of <q>") + n + pieces("<noun>,") + pieces("<L> view")
 
-    tokens (T with start and end), the count :meth:`DescriptorTrainer.check_length` refuses over
-    ``model_max_length``. Nearly every sentence fits by its bytes
-    (:func:`~dreamtext.describe.pieces_at_most`); only the others are tokenized, each base and
-    piece count once."""
+    tokens (T with start and end), and T("An image of <q>") + n + pieces("<noun>") without a
+    label: :meth:`base_tokens` + n, the count :meth:`DescriptorTrainer.check_length` refuses
+    over ``model_max_length``. Nearly every sentence fits by its bytes
+    (:func:`~dreamtext.describe.pieces_at_most`); only the others are tokenized, each
+    quantifier, noun, label and word once."""
 
     def __init__(self, tokenizer, labels: Sequence[str]):
         self.tokenizer = tokenizer
         self.limit: int = tokenizer.model_max_length
         self.labels = list(labels)
-        self._bases: dict[tuple[str, str], int] = {}
+        self._heads: dict[str, int] = {}
         self._pieces: dict[str, int] = {}
 
     def pieces(self, word: str) -> int:
@@ -248,14 +247,15 @@ class SentencesToLearn:
         return self._pieces[word]
 
     def base_tokens(self, quantifier: str, noun: str) -> int:
-        """T(``"An image of <q> <noun>"`` with its longest view label), start and end included."""
-        key = (quantifier, noun)
-        if key not in self._bases:
-            base = base_sentence(quantifier, noun)
-            texts = [with_view(base, label) for label in self.labels] or [base]
-            tokens = (len(self.tokenizer(t, truncation=False).input_ids) for t in texts)
-            self._bases[key] = max(tokens)
-        return self._bases[key]
+        """T(``"An image of <q> <noun>"`` with its longest view label), start and end included:
+        T("An image of <q>") + pieces("<noun>,") + max over L of pieces("<L> view")."""
+        if quantifier not in self._heads:
+            head = self.tokenizer(f"{SENTENCE_START} {quantifier}", truncation=False)
+            self._heads[quantifier] = len(head.input_ids)
+        if not self.labels:
+            return self._heads[quantifier] + self.pieces(noun)
+        tail = max(self.pieces(f"{label} view") for label in self.labels)
+        return self._heads[quantifier] + self.pieces(f"{noun},") + tail
 
     def tokens(self, quantifier: str, words: Sequence[str], noun: str) -> int:
         """The prompt's tokens with its longest view label: ``base_tokens + n``."""
@@ -271,14 +271,29 @@ class SentencesToLearn:
             return True  # the bound: the words' pieces stand for their placeholders
         return self.tokens(quantifier, words, noun) <= self.limit
 
-    def may_fit(self, quantifier: str, noun: str, max_words: int) -> bool:
-        """Whether a sentence of ``quantifier`` and ``noun`` may fit: with one placeholder (a
-        one-piece word) where ``max_words`` allows a word, else with the noun's pieces, as
-        :func:`check_sentence_to_learn` counts it."""
-        if self.fits(quantifier, [], noun):
-            return True
-        n = 1 if max_words > 0 else self.pieces(noun)
-        return self.base_tokens(quantifier, noun) + n <= self.limit
+    def shortest_first(self, words: Sequence[str]) -> list[str]:
+        """``words`` by their pieces, fewest first (of equal pieces, in their order): appended
+        to a sentence, each makes a prompt at least as long as the one before."""
+        return sorted(words, key=self.pieces)
+
+    def fewest_pieces(self, words: Sequence[str]) -> int | None:
+        """The fewest pieces of a word of ``words`` (``None``: no word). Those of fewest bytes
+        are tokenized first, and the count stops at a word of one piece."""
+        fewest = None
+        for word in sorted(words, key=pieces_at_most):
+            pieces = self.pieces(word)
+            if fewest is None or pieces < fewest:
+                fewest = pieces
+            if fewest == 1:
+                break
+        return fewest
+
+    def least_tokens(self, quantifier: str, noun: str, fewest: int | None) -> int:
+        """The fewest tokens a prompt of ``quantifier`` and ``noun`` has: :meth:`base_tokens` +
+        the fewer of the noun's pieces (no word) and ``fewest``, the fewest pieces of a word the
+        search may append (``None``: it appends none, ``max_words`` 0)."""
+        n = self.pieces(noun) if fewest is None else min(self.pieces(noun), fewest)
+        return self.base_tokens(quantifier, noun) + n
 
 
 def sentence_too_long(trained: str, count: int, labelled: bool, limit: int) -> DreamtextError:

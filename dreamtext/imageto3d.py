@@ -425,7 +425,8 @@ def check_lengths_first(
     the negative prompt of a text→3D stage to train (its run's own learned words are not in it,
     as :func:`check_text_stage` counts it), and until the sentence is found, the sentence to
     learn at its shortest, of the ``--noun`` given or of every noun the search may find, with
-    the ``--quantifier`` given (:func:`dreamtext.descriptor.check_sentence_to_learn`), and once
+    the ``--quantifier`` given and the words of the lists it may append
+    (:func:`dreamtext.descriptor.check_sentence_to_learn`), and once
     it is found (by `dreamtext describe`, which counts CLIP's tokens alone) until the descriptor
     is trained, that sentence (:func:`dreamtext.descriptor.check_recorded_sentence`). Each was
     refused once the models had loaded, the sentence after the search too, with its record left
@@ -443,11 +444,13 @@ def check_lengths_first(
         return
     describe_options = options.describe
     noun = collapse_spaces(describe_options.noun)
+    nouns, adjectives = check_options(describe_options)
     check_sentence_to_learn(
         tokenizer,
         noun,
         collapse_spaces(describe_options.quantifier),
-        () if noun is not None else check_options(describe_options)[0],
+        () if noun is not None else nouns,
+        [*nouns, *adjectives],
         describe_options.max_words,
         labels,
         options.descriptor.token,

@@ -141,14 +141,16 @@ def test_the_search_appends_the_best_word_that_fits_where_the_sentence_alone_is_
     assert found.score < alone.score
 
 
-def test_no_word_that_fits_is_one_line_naming_the_sentence(tiny_sd_path):
-    """Step 1 lets the pair through (one one-piece word would fit); the vocabulary has none."""
+def test_no_word_that_fits_is_one_line_naming_the_word_lists(tiny_sd_path):
+    """One word would make the sentence fit (one piece: 77 tokens); the vocabulary has none."""
     quantifier = "q" * 51
     with pytest.raises(DreamtextError) as refused:
         # "zzzzz" is 5 placeholders: 81 tokens; "apartment building" again 17
         _search(tiny_sd_path, [NOUN], ["zzzzz"], quantifier=quantifier)
-    assert str(refused.value).startswith(
-        f"the sentence 'An image of {quantifier} {NOUN}' is too long for the text encoder to learn"
+    assert str(refused.value) == (
+        "no sentence 'An image of <quantifier> <descriptor> <noun>' fits in the text encoder's "
+        f"tokens with its view label with --quantifier '{quantifier}': give a shorter one, or a "
+        "shorter word in --nouns or --adjectives"
     )
 
 
@@ -194,20 +196,24 @@ def test_a_noun_longer_once_normalised_is_counted_as_the_descriptor_counts_it(
 
 @pytest.mark.parametrize(("length", "tokens"), [(51, 77), (52, 78)], ids=["77", "78"])
 def test_the_search_lets_a_pair_through_as_the_early_check_does(tiny_sd_path, length, tokens):
-    """Step 1 keeps a quantifier and noun where one one-piece word would fit (93 − 17 + 1 = 77
-    tokens with a quantifier of 51 letters), as check_sentence_to_learn, before any load, does:
-    a pair it refuses is one that check refused."""
+    """Step 1 keeps a quantifier and noun where a word of the lists fits (93 − 17 + 1 = 77
+    tokens with a quantifier of 51 letters and "red"), as check_sentence_to_learn, before any
+    load, does: a pair it refuses is one that check refused."""
     tokenizer = read_tokenizer(str(tiny_sd_path))
     learnable = SentencesToLearn(tokenizer, LABELS)
     quantifier = "q" * length
     assert learnable.tokens(quantifier, ["red"], NOUN) == tokens
-    assert learnable.may_fit(quantifier, NOUN, 15) == (tokens <= 77)
-    assert learnable.may_fit("q" * 35, NOUN, 0) and not learnable.may_fit("q" * 36, NOUN, 0)
+    assert learnable.least_tokens(quantifier, NOUN, learnable.fewest_pieces([NOUN, "red"])) == (
+        tokens
+    )
+    assert learnable.least_tokens("q" * 35, NOUN, None) == 77
+    assert learnable.least_tokens("q" * 36, NOUN, None) == 78
     if tokens <= 77:
-        check_sentence_to_learn(tokenizer, None, quantifier, [NOUN], 15, LABELS)
+        check_sentence_to_learn(tokenizer, None, quantifier, [NOUN], [NOUN, "red"], 15, LABELS)
+        _search(tiny_sd_path, [NOUN], ["red"], quantifier=quantifier)
         return
     with pytest.raises(DreamtextError, match=f"is at least {tokens} tokens"):
-        check_sentence_to_learn(tokenizer, None, quantifier, [NOUN], 15, LABELS)
+        check_sentence_to_learn(tokenizer, None, quantifier, [NOUN], [NOUN, "red"], 15, LABELS)
     with pytest.raises(DreamtextError, match="fits in the text encoder's tokens with its view"):
         _search(tiny_sd_path, [NOUN], ["red"], quantifier=quantifier)
 
@@ -268,3 +274,109 @@ def test_a_sentence_describe_found_too_long_to_learn_is_refused_before_any_load(
     ]
     assert [p.name for p in workspace.iterdir()] == ["descriptor"]
     assert [p.name for p in (workspace / "descriptor").iterdir()] == ["sentence.json"]
+
+
+def _image(tmp_path):
+    path = tmp_path / "building.png"
+    Image.new("RGB", (48, 48), (120, 120, 130)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(("letters", "tokens"), [(5, 77), (6, 78)], ids=["77", "78"])
+def test_word_lists_without_a_word_that_fits_are_refused_before_any_load(
+    tmp_path, tiny_sd_path, tiny_clip_path, no_weight_loads, capsys, letters, tokens
+):
+    """`image --noun "apartment building" --quantifier <47 letters>` with word lists whose one
+    word is 'z' * 6: the sentence without words is 89 tokens as the descriptor's prompt with its
+    view label, with the word 72 + 6 = 78. The check before the loads counted a one-piece word
+    that the lists did not hold, so CLIP and Stable Diffusion loaded and the search refused
+    ('no word of the vocabulary makes it fit'). It is one line before any load, nothing
+    written; the longest word accepted, 'z' * 5 (77 tokens), goes on to the loads."""
+    from dreamtext.cli import main
+
+    words = tmp_path / "words.txt"
+    words.write_text("z" * letters + "\n", encoding="utf-8")
+    quantifier = "q" * 47
+    args = ["image", str(_image(tmp_path)), "--noun", NOUN, "--quantifier", quantifier]
+    args += ["--nouns", str(words), "--adjectives", str(words), "--model", str(tiny_sd_path)]
+    args += ["--clip", str(tiny_clip_path), "--workspace", str(tmp_path / "run")]
+    if tokens <= 77:
+        with pytest.raises(AssertionError, match="CLIP was loaded before the texts were checked"):
+            main(args)
+        return
+    assert main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"dreamtext: error: the sentence to learn, 'An image of {quantifier} <descriptor> {NOUN}'"
+        ", is at least 78 tokens with its view label once its descriptor is written as the "
+        "words' pieces, but the text encoder reads 77 (start and end included); give a shorter "
+        "--noun or --quantifier, or a word of at most 5 pieces in --nouns or --adjectives"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+class LongerIsBetter:
+    """Scores rise with a sentence's length (``cos(10 / length)``)."""
+
+    def encode_texts(self, texts):
+        angles = torch.tensor([10.0 / len(text) for text in texts])
+        return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+    def encode_image(self, image):
+        return torch.tensor([1.0, 0.0])
+
+
+def test_the_search_chooses_a_quantifier_with_which_a_word_of_the_lists_fits(tiny_sd_path):
+    """A noun of 62 pieces and the one word 'z' * 6: with a one-piece quantifier the prompt is
+    77 tokens, with 'a lot of' (4 pieces) 80. Step 1 let 'a lot of' through (a one-piece word
+    would fit), CLIP scored it best, and the search refused: no word of the vocabulary fit.
+    It keeps the quantifiers with which a word of the lists fits."""
+    tokenizer = read_tokenizer(str(tiny_sd_path))
+    learnable = SentencesToLearn(tokenizer, LABELS)
+    noun, word = "y" * 62, "z" * 6
+    found = search_sentence(
+        _scores(LongerIsBetter()),
+        [word],
+        [word],
+        noun=noun,
+        fits=lambda sentence: len(tokenizer(sentence).input_ids) <= 77,
+        learnable=learnable,
+    )
+    assert (found.quantifier, found.words) == ("some", [word])  # the longest of one piece
+    assert learnable.tokens("some", [word], noun) == 77
+    assert learnable.tokens("a lot of", [word], noun) == 80
+
+
+def test_the_search_refuses_exactly_the_options_the_check_before_the_loads_refuses(tiny_sd_path):
+    """Around the boundary, a quantifier or noun of n letters and word lists whose one word has
+    k: check_sentence_to_learn (before any load) refuses the options where the search (after
+    both loads) finds no sentence to learn, and only those."""
+    tokenizer = read_tokenizer(str(tiny_sd_path))
+
+    def refused(call) -> bool:
+        try:
+            call()
+        except DreamtextError:
+            return True
+        return False
+
+    cases = [("q" * n, NOUN, "z" * k) for n in range(46, 53) for k in range(1, 9)]
+    cases += [(None, "y" * n, "z" * k) for n in range(58, 65) for k in range(4, 11)]
+    outcomes = set()
+    for quantifier, noun, word in cases:
+        learnable = SentencesToLearn(tokenizer, LABELS)
+        search = functools.partial(
+            search_sentence,
+            _scores(LongerIsBetter()),
+            [word],
+            [word],
+            noun=noun,
+            quantifier=quantifier,
+            fits=lambda sentence: len(tokenizer(sentence).input_ids) <= 77,
+            learnable=learnable,
+        )
+        check = functools.partial(
+            check_sentence_to_learn, tokenizer, noun, quantifier, [], [word], 15, LABELS
+        )
+        assert refused(search) == refused(check), (quantifier, noun, word)
+        outcomes.add(refused(check))
+    assert outcomes == {True, False}

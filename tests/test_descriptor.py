@@ -394,23 +394,24 @@ def test_a_sentence_to_learn_is_refused_early_at_the_count_the_descriptor_refuse
     """`image mug.png --quantifier Q` without --noun: the sentence to learn is known once the
     search has found its noun and words, and one too long was refused after the loads and the
     search. Before them it is counted at its least, the shortest noun of the list (here its
-    only one, 17 pieces in the tiny tokenizer, its plural 18) and one placeholder (a one-piece
-    word found, "red"), with the template's own words and view labels: that count is the
-    descriptor's own (DescriptorTrainer.check_length) at 77 tokens, accepted by both, and one
-    token more, refused by both."""
+    only one, 17 pieces in the tiny tokenizer, its plural 18) and the fewest placeholders a
+    word of the lists makes (one: "red"), with the template's own words and view labels: that
+    count is the descriptor's own (DescriptorTrainer.check_length) at 77 tokens, accepted by
+    both, and one token more, refused by both."""
     models = load_stable_diffusion(str(tiny_sd_path))
     labels = GuidanceConfig().views.labels
     noun = "apartment building"
+    words = [noun, "red"]  # the search's vocabulary: its nouns and adjectives
     trainer = DescriptorTrainer(models, quantifier, ["red"], noun, DescriptorOptions())
     assert trainer.n_vectors == 1
     if tokens <= 77:
         trainer.check_length(labels)
-        check_sentence_to_learn(models.tokenizer, None, quantifier, [noun], 15, labels)
+        check_sentence_to_learn(models.tokenizer, None, quantifier, [noun], words, 15, labels)
         return
     with pytest.raises(DreamtextError, match=f"is {tokens} tokens with its view label"):
         trainer.check_length(labels)
     with pytest.raises(DreamtextError) as early:
-        check_sentence_to_learn(models.tokenizer, None, quantifier, [noun], 15, labels)
+        check_sentence_to_learn(models.tokenizer, None, quantifier, [noun], words, 15, labels)
     assert str(early.value).startswith(
         f"the sentence to learn, 'An image of {quantifier} <descriptor> <noun>', is at least "
         f"{tokens} tokens with its view label whatever noun the search finds"
