@@ -380,3 +380,81 @@ def test_the_search_refuses_exactly_the_options_the_check_before_the_loads_refus
         assert refused(search) == refused(check), (quantifier, noun, word)
         outcomes.add(refused(check))
     assert outcomes == {True, False}
+
+
+# The view labels a user can set: --side-views split, guidance.views.below (a --config key) and
+# --no-view-prompt; the longest quantifier whose sentence, with NOUN, fits without a word and
+# with "red" (longer labels leave fewer letters).
+VIEW_SETTINGS = {
+    "default": ({}, (35, 51)),
+    "split-sides": ({"views": {"split_sides": True}}, (34, 50)),  # 'right side view'
+    "below": ({"views": {"below": 90.0}}, (32, 48)),  # 'side below view'
+    "split-below": ({"views": {"split_sides": True, "below": 90.0}}, (31, 47)),
+    "no-labels": ({"view_dependent": False}, (38, 54)),
+}
+
+
+@pytest.mark.parametrize("views", list(VIEW_SETTINGS), ids=list(VIEW_SETTINGS))
+def test_the_count_is_the_descriptors_with_every_view_label_a_user_can_set(tiny_sd_path, views):
+    """With the view labels of --side-views split, guidance.views.below and --no-view-prompt
+    too, the longest quantifier the search's count and the check before the loads accept is the
+    longest the descriptor takes, with a word and without: one letter more, all three refuse."""
+    setting, longest_of = VIEW_SETTINGS[views]
+    settings = {"prompt": "replaced", "guidance": {"model": str(tiny_sd_path), **setting}}
+    cfg = resolve_config(settings)
+    labels = cfg.guidance.views.labels if cfg.guidance.view_dependent else ()
+    models = load_stable_diffusion(str(tiny_sd_path))
+    tokenizer = read_tokenizer(str(tiny_sd_path))
+    for words, max_words, longest in (([], 0, longest_of[0]), (["red"], 15, longest_of[1])):
+        learnable = SentencesToLearn(tokenizer, labels)
+        for n in (longest, longest + 1):
+            quantifier = "q" * n
+            trainer = DescriptorTrainer(models, quantifier, words, NOUN, DescriptorOptions())
+            count = learnable.tokens(quantifier, words, NOUN)
+            check = functools.partial(
+                check_sentence_to_learn, tokenizer, NOUN, quantifier, [], words, max_words, labels
+            )
+            if n == longest:
+                assert count == 77 and learnable.fits(quantifier, words, NOUN)
+                trainer.check_length(labels)
+                check()
+                continue
+            assert count == 78 and not learnable.fits(quantifier, words, NOUN)
+            with pytest.raises(DreamtextError, match="is 78 tokens"):
+                trainer.check_length(labels)
+            with pytest.raises(DreamtextError, match="is at least 78 tokens"):
+                check()
+
+
+@pytest.mark.parametrize("views", ["split-sides", "below", "no-labels"])
+@pytest.mark.parametrize("past", [0, 1], ids=["longest", "one-more"])
+def test_the_view_labels_set_by_flag_or_config_reach_the_check_before_the_loads(
+    tmp_path, tiny_sd_path, tiny_clip_path, no_weight_loads, capsys, views, past
+):
+    """`image --side-views split`, `--config` with guidance.views.below, `--no-view-prompt`:
+    the quantifier one letter past the longest those labels allow is one line before any load,
+    nothing written; the longest goes on to the loads."""
+    from dreamtext.cli import main
+
+    nouns, adjectives = tmp_path / "nouns.txt", tmp_path / "adjectives.txt"
+    nouns.write_text(f"{NOUN}\n", encoding="utf-8")
+    adjectives.write_text("red\n", encoding="utf-8")
+    flags = {
+        "split-sides": ["--side-views", "split"],
+        "below": ["--config", str(tmp_path / "below.yaml")],
+        "no-labels": ["--no-view-prompt"],
+    }[views]
+    (tmp_path / "below.yaml").write_text("guidance:\n  views:\n    below: 90\n", encoding="utf-8")
+    quantifier = "q" * (VIEW_SETTINGS[views][1][1] + past)
+    args = ["image", str(_image(tmp_path)), "--noun", NOUN, "--quantifier", quantifier, *flags]
+    args += ["--nouns", str(nouns), "--adjectives", str(adjectives)]
+    args += ["--model", str(tiny_sd_path), "--clip", str(tiny_clip_path)]
+    args += ["--workspace", str(tmp_path / "run")]
+    if not past:
+        with pytest.raises(AssertionError, match="CLIP was loaded before the texts were checked"):
+            main(args)
+        return
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "is at least 78 tokens" in err[0], err
+    assert not (tmp_path / "run").exists()
