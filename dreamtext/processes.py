@@ -49,7 +49,7 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # too large for a pid_t: a garbage record's
         return False
     except PermissionError:  # someone else's process
         return True
@@ -472,9 +472,12 @@ def _make_folder(folder: Path) -> list[Path]:
 
 
 def _holder(lock: Path) -> dict:
+    """The record in the lock file ``lock`` (its holder's :func:`this_process`), ``{}`` where
+    there is none to read: no file, an empty one, or anything else left there (nested past
+    the recursion limit, too)."""
     try:
         record = json.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *UNREADABLE_JSON):
         return {}
     return record if isinstance(record, dict) else {}
 

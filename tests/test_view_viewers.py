@@ -484,6 +484,43 @@ def test_a_new_token_start_stopped_in_the_lock_is_named_with_the_kill_cont_that_
     assert viewer_token(renew=True, folder=folder)[0] not in (old, renewed)
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        "[" * 100_000,  # nested past the interpreter's recursion limit: RecursionError
+        json.dumps({"host": HOST, "pid": 10**20}),  # past a pid_t: os.kill's OverflowError
+    ],
+    ids=["nested", "huge-pid"],
+)
+def test_a_lock_file_holding_garbage_is_told_as_another_process_without_a_traceback(
+    tmp_path: Path, monkeypatch, record: str
+):
+    """The record a waiting --new-token start reads from view-token.lock to name its holder is
+    anything another program (or a disk) left there: one that json cannot parse for its depth,
+    or one whose pid no process can have, raised a traceback from the waiting line, and the
+    token's lock was never refused with its line. Either is no record: another process."""
+    folder = tmp_path / "dreamtext"
+    old = viewer_token(folder=folder)[0]
+    lock = folder / LOCK_FILE
+    lock.write_text(record)
+    monkeypatch.setattr(viewers, "LOCK_WAIT_S", 1.0, raising=False)
+    monkeypatch.setattr(viewers, "LOCK_SAY_S", 0.2, raising=False)
+    holder, said = holding(lock), []
+    try:
+        done, _ = bounded(
+            lambda: viewer_token(renew=True, folder=folder, say=said.append), 15.0, holder
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    error = done.get("error")
+    assert isinstance(error, DreamtextError), repr(error)
+    waiting = f"dreamtext view: waiting for {lock}, held by another process; giving up after 1 s"
+    assert said == [waiting]
+    assert str(error).startswith(f"{lock} is held by another process: find it with `lsof {lock}`")
+    assert (folder / TOKEN_FILE).read_text().strip() == old
+
+
 LOOKING = textwrap.dedent(
     """
     import fcntl, os, signal, sys
