@@ -1177,7 +1177,7 @@ def resume_conflicts_refusal(
         else:
             where = f"{others} in this share, {elsewhere} in the others"
             if not others:
-                where = "all in other shares"
+                where = "in another share" if elsewhere == 1 else "all in other shares"
             replaced = (
                 f", which a job array gives every task, would train {runs} of the list again "
                 f"too: {where}"

@@ -2246,6 +2246,28 @@ def test_a_job_array_tasks_refusal_counts_the_runs_of_every_share_overwrite_repl
     ), err
 
 
+def test_a_job_array_tasks_refusal_says_where_the_one_other_run_of_the_list_is(
+    tmp_path, monkeypatch, capsys
+):
+    """Task 0 of 2 over two lines: its share holds no other run, the other share one, which
+    the refusal called "1 other run of the list ...: all in other shares"."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 2)
+    shapes_run(root / "a_blue_cube", "a blue cube", 20)
+    (root / "batch.jsonl").write_text("")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    args = ["batch", path, *BUILTIN, "--seed", "7", "--workspace", root]
+    with nothing_written(root, "a_red_cube", "a_blue_cube"):
+        assert main(list(map(str, args))) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert err.endswith(
+        "(the batch's --overwrite, which a job array gives every task, would train 1 other run "
+        "of the list again too: in another share)"
+    ), err
+
+
 def two_cube_images(tmp_path):
     """``red_cube.png`` and ``blue_cube.png`` (a square of each colour on a clear 48 px image) in
     ``tmp_path``, with the nouns and adjectives files that describe them."""
