@@ -362,14 +362,21 @@ HOLDER = textwrap.dedent(
 
 def holding(path: Path, script: str = HOLDER) -> subprocess.Popen:
     """A second process running ``script`` with ``path`` as its argument, once it has said
-    that it holds the lock (its first line)."""
+    that it holds the lock (its first line), and, where it said it stops itself, once it is
+    stopped: the line between its print and its SIGSTOP may wait on a loaded machine, and a
+    start that looked before then named a running holder."""
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(path)],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert proc.stdout.readline().strip() in ("held", "stopping")
+    said = proc.stdout.readline().strip()
+    assert said in ("held", "stopping")
+    deadline = time.monotonic() + 60
+    while said == "stopping" and not processes.process_stopped(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
     return proc
 
 

@@ -11,7 +11,8 @@
     view-token.lock               the lock ``--new-token`` starts take in turn to replace the
                                   token (:func:`_renew_token`); kept, and empty but while a
                                   start holds it: its process's record, which a start waiting
-                                  for it names (:func:`_token_lock`)
+                                  for it names (:func:`_token_lock`); a start killed holding
+                                  it leaves its record, which the next one replaces
     .view-token.<host>.<pid>.XXXXXXXX
                                   a start's new token while it writes it, before it is linked
                                   into place (:func:`_exclusive_file`); one a killed start left
