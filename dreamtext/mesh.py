@@ -1577,6 +1577,56 @@ def dilate(image: np.ndarray, filled: np.ndarray, pixels: int) -> tuple[np.ndarr
     return image, filled
 
 
+def _small_face_colours(
+    field: torch.nn.Module,
+    mesh: trimesh.Trimesh,
+    uv: np.ndarray,
+    size: int,
+    face_of: np.ndarray,
+    cell: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Colours for the texels that only triangles smaller than a texel reach.
+
+    A triangle that covers no texel centre (:func:`rasterize_uv`) has no texel of its own; where
+    the texel holding its UV centroid is covered by no triangle either, that texel takes the
+    mean albedo of the matter at the centroids ``c_f`` of such triangles in it, weighted by
+    their UV areas ``a_f`` (a box filter over the texel):
+
+        colour = Σ_f a_f albedo(c_f) / Σ_f a_f.
+
+    Without it such texels were the dilation's guess from their neighbours, or, where no
+    triangle covered any centre (a texture of 8 px), the mean of nothing: black. The preset's
+    8,000-face mesh has 4 % of its faces between texel centres at 256 px, 92 % at 64 px.
+
+    face_of: ``[S, S]``, the triangle covering each texel centre (−1: none). Returns ``(texels
+    [T], colours [T, 3])``: flat indices into the ``S × S`` texture and their colours in [0, 1].
+    """
+    faces = np.asarray(mesh.faces)
+    has_texel = np.zeros(len(faces), dtype=bool)
+    has_texel[face_of[face_of >= 0]] = True
+    small = np.flatnonzero(~has_texel)
+    centre = uv[faces[small]].mean(axis=1)  # [F, 2]
+    column = np.clip((centre[:, 0] * size).astype(np.int64), 0, size - 1)
+    row = np.clip(((1.0 - centre[:, 1]) * size).astype(np.int64), 0, size - 1)
+    free = face_of[row, column] < 0
+    small, texel = small[free], (row * size + column)[free]
+    if len(small) == 0:
+        return texel, np.zeros((0, 3), dtype=np.float32)
+    corners = uv[faces[small]]  # [F, 3, 2]
+    edge_1, edge_2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    uv_area = 0.5 * np.abs(edge_1[:, 0] * edge_2[:, 1] - edge_1[:, 1] * edge_2[:, 0])
+    weight = np.maximum(uv_area, 1e-30)[:, None]
+    normals = np.asarray(mesh.face_normals)[small]
+    points = np.asarray(mesh.triangles_center)[small]
+    colours = query_surface_albedo(field, points, lambda index: normals[index], cell)
+    texels, slot = np.unique(texel, return_inverse=True)
+    total = np.zeros((len(texels), 3))
+    weights = np.zeros((len(texels), 1))
+    np.add.at(total, slot, weight * colours)
+    np.add.at(weights, slot, weight)
+    return texels, (total / weights).astype(np.float32)
+
+
 def bake_texture(
     field: torch.nn.Module,
     mesh: trimesh.Trimesh,
@@ -1590,9 +1640,11 @@ def bake_texture(
     Per covered texel: ``x = Σ λ_k x_k`` (barycentric interpolation of the triangle's 3D corners,
     and likewise its normal from the vertex normals), colour = the albedo of the matter there
     (:func:`query_surface_albedo`, with the export grid's ``cell`` size; ``None``: ``albedo(x)``)
-    queried in batches. Gutters are dilated by ``gutter`` texels (default ``max(4, S / 128)``);
-    any texel still empty gets the mean surface colour. Returns ``[S, S, 3]`` uint8, row 0 at
-    the top of the image (``v = 1``).
+    queried in batches. A texel whose centre no triangle covers but that holds the UV centroid
+    of triangles too small to cover any centre gets their colour (:func:`_small_face_colours`).
+    Gutters are dilated by ``gutter`` texels (default ``max(4, S / 128)``); any texel still
+    empty gets the mean surface colour. Returns ``[S, S, 3]`` uint8, row 0 at the top of the
+    image (``v = 1``).
     """
     face_of, bary = rasterize_uv(uv, mesh.faces, size)
     covered = face_of >= 0
@@ -1609,6 +1661,9 @@ def bake_texture(
 
     image = np.zeros((size, size, 3), dtype=np.float32)
     image[covered] = query_surface_albedo(field, points, normals_of, cell)
+    texels, colours = _small_face_colours(field, mesh, uv, size, face_of, cell)
+    image.reshape(-1, 3)[texels] = colours
+    covered.reshape(-1)[texels] = True
     image, filled = dilate(image, covered, gutter if gutter is not None else max(4, size // 128))
     if covered.any():
         image[~filled] = image[covered].mean(axis=0)

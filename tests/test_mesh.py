@@ -823,6 +823,27 @@ def test_baked_texel_under_each_vertex_holds_that_vertex_colour():
     assert np.abs(texture[rows, cols] - expected).mean() < 0.02
 
 
+def test_a_texture_smaller_than_its_faces_shows_each_face_its_own_colour():
+    """An 8 px texture for 4,000 faces of a sphere coloured by octant: 14 texel centres lie in
+    a triangle, so the texel at most faces' UV centroid was the dilation's guess from a few
+    neighbours, another octant's colour for 46 % of the faces; it holds the colour of the faces
+    whose centroids it holds (22 % off, where one texel spans two octants)."""
+
+    def octants(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 + 0.4 * torch.sign(x)
+
+    field = SphereField(albedo=octants)
+    mesh = decimate(extract_mesh(field, resolution=48, threshold=50.0).mesh, 4000)
+    size = 8
+    mesh, uv = unwrap_uv(mesh, size)
+    texture = bake_texture(field, mesh, uv, size) / 255.0
+    centre = uv[mesh.faces].mean(axis=1)
+    cols = np.clip((centre[:, 0] * size).astype(int), 0, size - 1)
+    rows = np.clip(((1 - centre[:, 1]) * size).astype(int), 0, size - 1)
+    expected = octants(torch.from_numpy(np.array(mesh.triangles_center))).numpy()
+    assert (np.abs(texture[rows, cols] - expected).max(axis=1) > 0.4).mean() < 0.3
+
+
 def test_a_separate_part_of_a_few_percent_is_kept():
     """A ball and a moon of 5 % of its volume beside it: both are kept, only parts under
     MIN_COMPONENT_FRACTION (1 %) are crumbs (at 10 % the moon was dropped without a word)."""

@@ -391,6 +391,38 @@ def test_each_texel_is_baked_at_its_own_point_of_the_surface():
     assert np.abs(texture[..., 1] - 255 * (0.5 + 0.4 * y)).max() <= 0.51
 
 
+def test_a_triangle_between_texel_centres_colours_the_texel_of_its_centroid():
+    """The square's two halves, each mapped inside one texel of an 8 px texture without
+    covering its centre: half A (centroid x = 1/6, y = −1/6) at u, v ∈ [0.13, 0.18], in
+    column 1 and row 6 (centre u = v = 0.1875); half B (x = −1/6, y = 1/6) at u, v ∈ [0.82,
+    0.87], in column 6 and row 1 (centre 0.8125). Each of those texels holds the albedo at its
+    half's centroid; the texture was black, no texel centre lying in a triangle."""
+    from dreamtext.mesh import bake_texture
+
+    vertices = np.array(
+        [
+            [-0.5, -0.5, 0],
+            [0.5, -0.5, 0],
+            [0.5, 0.5, 0],
+            [-0.5, -0.5, 0],
+            [0.5, 0.5, 0],
+            [-0.5, 0.5, 0],
+        ]
+    )
+    halves = trimesh.Trimesh(vertices, [[0, 1, 2], [3, 4, 5]], process=False)
+    uv = np.array(
+        [[0.13, 0.13], [0.18, 0.13], [0.18, 0.18], [0.82, 0.82], [0.87, 0.87], [0.82, 0.87]]
+    )
+    texture = bake_texture(Gradient(), halves, uv, 8).astype(float)
+    third = 0.4 / 6
+    np.testing.assert_allclose(
+        texture[6, 1], 255 * np.array([0.5 + third, 0.5 - third, 0.5]), atol=1
+    )
+    np.testing.assert_allclose(
+        texture[1, 6], 255 * np.array([0.5 - third, 0.5 + third, 0.5]), atol=1
+    )
+
+
 def test_a_decimation_left_open_gives_the_mesh_back_undecimated(monkeypatch):
     """ "Should a defect survive the repair, the undecimated mesh is returned": here the
     simplifier leaves a box with a hole and the repair does nothing."""
