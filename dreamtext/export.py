@@ -1224,11 +1224,18 @@ GLB_ROOT = "scene root"
 # names an unnamed image ``Image_0``.
 GLB_IMAGE_NAME = "albedo"
 
+# glTF's CLAMP_TO_EDGE wrap mode. Without a sampler a texture repeats (glTF 2.0, 5.26), so a
+# linear lookup within half a texel of the atlas's edge, where xatlas puts charts (0.36 texels
+# from it at 256 px), blends in the texel across the texture: up to 29 levels at 30 of the
+# README cube's 6,127 UVs.
+CLAMP_TO_EDGE = 33071
+
 
 def _glb_bytes(mesh: trimesh.Trimesh, title: str | None, made_with: dict[str, Any]) -> bytes:
     """The GLB of the textured ``mesh``: one node and mesh named :func:`object_name`, the node's
     ``extras`` the settings of ``made_with`` that have a value (the prompt, step and export
-    settings), the image named :data:`GLB_IMAGE_NAME`, ``asset.generator`` ``dreamtext
+    settings), the image named :data:`GLB_IMAGE_NAME` and clamped at its edges
+    (:data:`CLAMP_TO_EDGE`), ``asset.generator`` ``dreamtext
     <version>`` and ``asset.extras.title`` the title. Blender names its object and mesh after the
     node and mesh and keeps the node's extras as the object's custom properties: a ``null``
     would be one too, an empty data-block field (Blender stores Python's ``None`` as an ID
@@ -1246,6 +1253,10 @@ def _glb_bytes(mesh: trimesh.Trimesh, title: str | None, made_with: dict[str, An
             tree["asset"]["extras"] = {"title": title}
         for image in tree.get("images", []):
             image["name"] = GLB_IMAGE_NAME
+        if tree.get("textures"):
+            tree["samplers"] = [{"wrapS": CLAMP_TO_EDGE, "wrapT": CLAMP_TO_EDGE}]
+            for texture in tree["textures"]:
+                texture["sampler"] = 0
 
     return scene.export(file_type="glb", tree_postprocessor=describe)
 

@@ -426,6 +426,19 @@ def test_glb_material_is_a_matte_dielectric_with_the_texture(coloured):
     assert tree["textures"][pbr["baseColorTexture"]["index"]]["source"] == 0
 
 
+def test_glb_texture_clamps_at_its_edges_where_the_atlas_charts_reach(coloured):
+    """xatlas puts charts within half a texel of the texture's edge; glTF repeats a texture that
+    names no sampler, so a viewer's linear lookup there blended in the texel at the opposite
+    edge (another chart's colour). The texture names a sampler that clamps (CLAMP_TO_EDGE,
+    33071) in both directions."""
+    tree, _ = read_glb(coloured / "mesh" / "mesh.glb")
+    texture = tree["textures"][
+        tree["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"]["index"]
+    ]
+    sampler = tree["samplers"][texture["sampler"]]
+    assert (sampler["wrapS"], sampler["wrapT"]) == (33071, 33071)
+
+
 def test_mesh_json_counts_the_faces_before_decimation_as_marching_cubes_made_them(exported):
     out, _ = exported
     report = json.loads((out / "mesh" / "mesh.json").read_text())
