@@ -822,7 +822,7 @@ class WorkspaceLock:
             if held is None:  # released between our attempt and our look: try again
                 continue
             info, age = held
-            reason = self._stale_reason(info, age)
+            reason = self.stale_reason(info, age)
             if reason is None:
                 self.holder, self.holder_age = info, age
                 return False
@@ -961,7 +961,10 @@ class WorkspaceLock:
             info = {}
         return (info if isinstance(info, dict) else {}), age
 
-    def _stale_reason(self, info: dict[str, Any], age: float) -> str | None:
+    def stale_reason(self, info: dict[str, Any], age: float) -> str | None:
+        """Why a lock ``info`` last refreshed ``age`` seconds ago is taken over by this claim
+        (its holder's process gone from this machine, this SLURM task's earlier self, an empty
+        record, ``timeout`` passed), or ``None`` where it is left to its holder."""
         slurm, restart = info.get("slurm"), info.get("slurm_restart")
         same_task = slurm is not None and slurm == self.info["slurm"]
         if same_task and isinstance(restart, int) and restart < self.info["slurm_restart"]:
@@ -2424,19 +2427,27 @@ def held_line(entry: Entry, lock: WorkspaceLock) -> str:
 def wait_for_abandoned_lock(entry: Entry, timeout: float) -> bool:
     """Wait for the lock on ``entry``'s workspace, where it looks abandoned (not refreshed for
     :func:`abandoned_after` seconds), to be released or to pass ``timeout`` (taken over then);
-    ``True`` when the line should be tried again. ``False`` at once where there is no lock any
+    ``True`` when the line should be tried again. ``True`` at once where the lock is stale by
+    a claim's own measure (:meth:`WorkspaceLock.stale_reason`: its holder's process is gone
+    from this machine, refreshed lately or not). ``False`` at once where there is no lock any
     more (its holder, alive, has ended the line) or its holder refreshed it (alive after all),
     and as soon as another worker claims it."""
     path = lock_path(entry.workspace)
     first = WorkspaceLock.read(path)
     if first is None:
         return False
+    claim = WorkspaceLock(entry.workspace, timeout)  # what this worker's claim takes over
     token, said = first[0].get("token"), False
     while True:
         held = WorkspaceLock.read(path)
         if held is None:
             return True
         info, age = held
+        # A worker of this machine killed after this one skipped its line (the out-of-memory
+        # killer, kill -9) refreshed its lock seconds before: it was left, the line not trained,
+        # where this worker's claim takes it over at once.
+        if claim.stale_reason(info, age) is not None:
+            return True
         if info.get("token") != token or age <= abandoned_after(info, timeout):
             if said:  # the log's last word on the line was that this worker waits to take it
                 how = "was claimed again" if info.get("token") != token else "was refreshed"

@@ -1144,6 +1144,21 @@ def test_waiting_for_an_abandoned_lock_stops_when_its_holder_refreshes_it(tmp_pa
     assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is False  # released: it ran
 
 
+def test_a_lock_whose_process_died_after_its_line_was_skipped_is_taken_over_at_the_end(
+    tmp_path, monkeypatch
+):
+    """Two workers of one machine (one per GPU): the first was killed (the out-of-memory killer)
+    after the second skipped its line, a second after its last refresh. At the end of its share
+    the second looked again, found the lock refreshed lately and left the line untrained, its
+    holder gone: exit 0, the line not trained, where a claim takes such a lock over at once."""
+    _lock_file(tmp_path / "a.lock", age=1, pid=_dead_pid(), refresh_s=60.0)
+    entry = dreamtext.batch.Entry(1, "a", "text", "a", tmp_path / "a")
+    monkeypatch.setattr(dreamtext.batch.time, "sleep", lambda _: pytest.fail("waited"))
+    assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is True
+    _lock_file(tmp_path / "a.lock", age=1, refresh_s=60.0)  # pid 1: alive, its line left to it
+    assert dreamtext.batch.wait_for_abandoned_lock(entry, 600) is False
+
+
 def test_a_worker_that_stops_waiting_for_a_lock_says_it_left_the_line_to_its_holder(
     tmp_path, monkeypatch, capsys
 ):
