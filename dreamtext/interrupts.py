@@ -129,11 +129,18 @@ def stop_on_signal() -> Iterator[dict[str, bool]]:
     """Turn the first Ctrl-C / SIGTERM into a flag the loop checks after each step, and the
     chunk loops inside a step between chunks (:func:`raise_if_stop_in_step`); a second
     Ctrl-C interrupts at once. A signal that arrived before the loop and whose
-    ``KeyboardInterrupt`` was lost (:func:`stop_requested`) counts as the first."""
+    ``KeyboardInterrupt`` was lost (:func:`stop_requested`) counts as the first.
+
+    Only Ctrl-C, typed again by someone who will not wait, skips the step's checkpoint: SIGTERM
+    and SIGHUP come from machines, which send more than one of them for one stop and end the
+    process themselves once their grace time is up (SIGKILL). A SLURM task's step gets its
+    slurmstepd's SIGTERM and, milliseconds later, a second one from its srun, which the job's
+    stop (its time limit, scancel) reached too: as a second Ctrl-C, that one cut the checkpoint
+    of the first short, and the run lost every step since its last periodic checkpoint."""
     flag = {"stop": stop_requested()}
 
     def handler(signum, frame):
-        if flag["stop"]:
+        if flag["stop"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["stop"] = True
 

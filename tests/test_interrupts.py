@@ -309,6 +309,24 @@ def test_a_second_signal_in_a_training_loop_interrupts_at_once():
             signal.raise_signal(signal.SIGINT)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_machines_stop_sent_twice_in_a_training_loop_still_saves_the_step(signum):
+    """A SLURM task's time limit or scancel reaches its step twice, milliseconds apart (its
+    slurmstepd's SIGTERM, then its srun's): the second interrupted at once, in the checkpoint
+    of the first, and the run lost every step since its last periodic checkpoint. Only a
+    Ctrl-C typed again skips the checkpoint."""
+    other = signal.SIGTERM if signum == signal.SIGHUP else signal.SIGHUP
+    with sigterm_interrupts(), stop_on_signal() as stop:
+        try:
+            for sent in (signum, signum, other):
+                signal.raise_signal(sent)
+        except KeyboardInterrupt:
+            pytest.fail(f"{signal.Signals(sent).name} again interrupted the step's checkpoint")
+        assert stop["stop"]  # the loop saves its step and stops, as after one
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+
 def test_an_interrupt_in_the_export_says_so_with_its_step_and_checkpoint():
     from pathlib import Path
 
