@@ -68,7 +68,7 @@ class StepStopped(KeyboardInterrupt):
 
 # Whether Ctrl-C or SIGTERM arrived inside the outermost :func:`sigterm_interrupts` block, and
 # how many such blocks are open (an image run's describe stage opens one inside the command's).
-_REQUEST = {"stop": False, "depth": 0}
+_REQUEST = {"stop": False, "depth": 0, "asked": False}
 # The flag of the open :func:`stop_on_signal` block (None outside one), which the chunk loops
 # inside a step read: a dict lookup, nothing a chunk of field queries would notice.
 _STEP_LOOP: dict[str, dict[str, bool] | None] = {"flag": None}
@@ -143,6 +143,8 @@ def stop_on_signal() -> Iterator[dict[str, bool]]:
         if flag["stop"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["stop"] = True
+        if _REQUEST["depth"] > 0:  # what the command does after the loop stops is that stop's
+            _REQUEST["asked"] = True
 
     outer = _STEP_LOOP["flag"]
     _STEP_LOOP["flag"] = flag
@@ -174,11 +176,16 @@ def sigterm_interrupts() -> Iterator[None]:
     Both are also recorded (:func:`stop_requested`), from the outermost such block's start."""
 
     def handler(signum, frame):
-        _REQUEST["stop"] = True
+        # A SIGTERM or SIGHUP once the command is stopping is the same stop sent again (as
+        # stop_on_signal's): raised, it cut the stop's own records short (a batch line's record
+        # and lock, its summary). Ctrl-C again still interrupts.
+        if _REQUEST["asked"] and signum != signal.SIGINT:
+            return
+        _REQUEST["stop"] = _REQUEST["asked"] = True
         raise KeyboardInterrupt
 
     if _REQUEST["depth"] == 0:
-        _REQUEST["stop"] = False
+        _REQUEST["stop"] = _REQUEST["asked"] = False
     _REQUEST["depth"] += 1
     try:
         with _handling(STOP_SIGNALS, handler):
@@ -186,7 +193,7 @@ def sigterm_interrupts() -> Iterator[None]:
     finally:
         _REQUEST["depth"] -= 1
         if _REQUEST["depth"] == 0:
-            _REQUEST["stop"] = False
+            _REQUEST["stop"] = _REQUEST["asked"] = False
 
 
 @contextmanager

@@ -327,6 +327,30 @@ def test_a_machines_stop_sent_twice_in_a_training_loop_still_saves_the_step(sign
             signal.raise_signal(signal.SIGINT)
 
 
+def test_a_machines_stop_sent_again_while_the_command_stops_is_not_raised_again():
+    """After the first SIGTERM's interrupt (outside a training loop, or after the loop's stop),
+    the batch writes the line's record, gives its lock back and prints its summary: a second
+    SIGTERM there (a SLURM task's srun passing on the stop its step had already) raised again,
+    and the line had no record, its lock stayed, and the batch said it had not started it."""
+    for in_loop in (False, True):
+        with sigterm_interrupts():
+            if in_loop:
+                with stop_on_signal():
+                    signal.raise_signal(signal.SIGTERM)
+            else:
+                with pytest.raises(KeyboardInterrupt):
+                    signal.raise_signal(signal.SIGTERM)
+            try:
+                for sent in (signal.SIGTERM, signal.SIGHUP):
+                    signal.raise_signal(sent)
+            except KeyboardInterrupt:
+                pytest.fail(f"{signal.Signals(sent).name} again interrupted the stop")
+            with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: at once
+                signal.raise_signal(signal.SIGINT)
+        with sigterm_interrupts(), pytest.raises(KeyboardInterrupt):  # the next command's
+            signal.raise_signal(signal.SIGTERM)
+
+
 def test_an_interrupt_in_the_export_says_so_with_its_step_and_checkpoint():
     from pathlib import Path
 
