@@ -32,6 +32,8 @@ from dreamtext.inputs import (
     DEFAULT_WORKSPACE_ROOT,
     INT64_MAX,
     SLUG_MAX_BYTES,
+    STAGE_KEYS,
+    STAGE_RECORDS,
     STAGE_SECTIONS,
     ascii_slug,
     available_presets,
@@ -190,15 +192,21 @@ def field_paths(kind: type, prefix: str, key: Any) -> list[str]:
     """The dotted names of the :class:`TrainConfig` fields named ``key`` (``guidance_scale`` →
     ``["guidance.guidance_scale"]``), for a key found in ``kind``, the section at ``prefix``
     (``""`` the top level), where it is no field; ``[]`` for a dataclass outside
-    :class:`TrainConfig` (the image stages' options)."""
+    :class:`TrainConfig` (the image stages' options). At the top level an option of an image
+    stage is named in its :data:`STAGE_SECTIONS` section (``descriptor`` →
+    ``["image_to_3d.descriptor"]``): an ``image --config`` with ``descriptor:`` at the top was
+    told the text→3D fields alone."""
     hints = typing.get_type_hints(TrainConfig)
     nested = {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
-    if not (kind is TrainConfig and not prefix) and nested.get(prefix[:-1]) is not kind:
+    top = kind is TrainConfig and not prefix
+    if not top and nested.get(prefix[:-1]) is not kind:
         return []
     found = [str(key)] if key in {f.name for f in dataclasses.fields(TrainConfig)} else []
     for name, section in nested.items():
         if key in {f.name for f in dataclasses.fields(section)}:
             found.append(f"{name}.{key}")
+    if top and key not in STAGE_RECORDS:
+        found += [f"{name}.{key}" for name, keys in STAGE_KEYS.items() if key in keys]
     return found
 
 
@@ -210,8 +218,13 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str, prefix: st
         where = f"{prefix}{key}"
         if key not in names:
             elsewhere = [path for path in field_paths(type(cfg), prefix, key) if path != where]
+            offered = set(names)
+            if isinstance(cfg, TrainConfig) and key not in STAGE_RECORDS:
+                # A config file may hold the stage sections too (read_config_file sets them
+                # aside); a record's name (`image`) is not offered the section it is kept in.
+                offered |= set(STAGE_SECTIONS)
             raise DreamtextError(
-                unknown_field(where, key, sorted(names), prefix, source, elsewhere)
+                unknown_field(where, key, sorted(offered), prefix, source, elsewhere)
             )
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):

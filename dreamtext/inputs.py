@@ -371,6 +371,8 @@ STAGE_KEYS = {
         "textual_inversion",
     ),
 }
+# The records among them: the run's input, which the command line gives, not an option to set.
+STAGE_RECORDS = frozenset({"image", "prompt", "seed", "textual_inversion"})
 
 
 def config_file_stage_sections(

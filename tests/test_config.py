@@ -941,6 +941,41 @@ def test_an_unknown_fields_line_offers_no_record_a_config_cannot_hold(tmp_path):
     assert "the top level has: albedo_epochs" in line and "presets" not in line
 
 
+@pytest.mark.parametrize(
+    ("text", "section"),
+    [
+        ("descriptor:\n  lr: 0.001\n", "image_to_3d.descriptor"),
+        ("describe:\n  batch_size: 8\n", "image_to_3d.describe"),
+        ("sample_steps: 30\n", "diverse.sample_steps"),
+    ],
+)
+def test_an_image_stage_option_at_the_top_level_is_pointed_to_its_section(tmp_path, text, section):
+    """`descriptor:` at the top of an `image --config` was told the text→3D fields, a list
+    without the stage sections it belongs in."""
+    line = refused(tmp_path / "stage.yaml", text)
+    key = section.split(".")[1]
+    assert line == (
+        f"unknown config field '{key}' in {tmp_path / 'stage.yaml'}; did you mean '{section}'?"
+    )
+
+
+def test_a_misspelt_stage_section_is_offered_the_section():
+    """The top level's names did not hold the stage sections a config file may have."""
+    path = "the command line"
+    with pytest.raises(DreamtextError) as raised:
+        resolve_config({"prompt": "x", "image_to3d": {"descriptor": {"iters": 5}}})
+    assert str(raised.value) == (
+        f"unknown config field 'image_to3d' in {path}; did you mean 'image_to_3d'?"
+    )
+
+
+def test_a_run_record_of_a_stage_section_is_not_offered_at_the_top_level(tmp_path):
+    """`image` and `textual_inversion` of the stage sections are records of the run's input,
+    which the command line gives: a top-level `image:` is no stage option to point to."""
+    line = refused(tmp_path / "image.yaml", "image: mug.png\n")
+    assert "image_to_3d" not in line and "the top level has: albedo_epochs" in line
+
+
 def test_a_textual_inversion_file_with_the_built_in_prior_is_refused(tmp_path):
     """It was recorded in config.json and never read (the prior has no text encoder)."""
     path = tmp_path / "ti.yaml"
