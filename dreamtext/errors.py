@@ -127,6 +127,27 @@ OVERWRITE = StartAgain()
 OVERWRITE_SAME_SEED = StartAgain(seed=False)
 
 
+def precision_memory_fixes(
+    memory: str, half: bool, typed: Sequence[str] | None = None
+) -> tuple[str, str]:
+    """The precision flags that give a command out of ``memory`` (``"GPU memory"`` or
+    ``"memory"``, the host's) room, as ``(halve, cpu)``, each ``""`` where there is none. On the
+    GPU: ``--fp16`` for a run in float32 (``half`` false), which halves the weights it loads in
+    the run's precision (the priors'; a field and its optimiser state stay float32, its MLPs
+    run under autocast), not a second time for a run in half precision; and ``--device cpu``,
+    with ``--fp32`` for a run in half precision, which the CPU refuses. On the host neither: the
+    CPU runs in float32. ``typed``: the precision flags the command line gave (``["--fp32"]``)
+    where known; where not (a config file's or a resumed run's precision), ``--fp16`` says it
+    is refused beside ``--fp32`` all the same."""
+    if memory != "GPU memory":
+        return "", ""
+    if half:
+        given = [flag for flag in typed or () if flag in ("--fp16", "--bf16")]
+        return "", "--device cpu --fp32" + (f" (without {given[0]})" if given else "")
+    refused = typed is None or "--fp32" in typed
+    return "--fp16" + (" (without --fp32)" if refused else ""), "--device cpu"
+
+
 def what_stands(path: Path) -> str:
     """What stands at ``path`` where a file should: ``"a folder"``, ``"a link to nothing"``,
     ``"a FIFO"`` or ``"no regular file"`` (a socket, a device)."""

@@ -93,7 +93,12 @@ from dreamtext.descriptor import (
     train_descriptor,
 )
 from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
-from dreamtext.errors import OVERWRITE_SAME_SEED, DreamtextError, StartAgain
+from dreamtext.errors import (
+    OVERWRITE_SAME_SEED,
+    DreamtextError,
+    StartAgain,
+    precision_memory_fixes,
+)
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.inputs import earlier_slugs, write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
@@ -697,18 +702,12 @@ def stage_memory_fixes(memory: str, cfg: TrainConfig, batch: str, fp16: bool) ->
     """What an image run's describe or descriptor stage that ran out of ``memory`` (``"GPU
     memory"`` or ``"memory"``, the host's) can change, as ``"; free ..., or run RERUN after one
     of: ..."``'s list: the stage's own batch (``batch``, its config key, where it is above 1),
-    ``--fp16`` where the stage runs in the run's precision (``fp16``: Stable Diffusion's; CLIP
-    is float32 whatever the flags) and the run is in float32, and ``--device cpu`` (with
-    ``--fp32`` for a run in half precision, which the CPU refuses) for the GPU's memory."""
-    fixes = []
-    half = cfg.guidance.fp16 or cfg.guidance.bf16
-    if memory == "GPU memory" and fp16 and not half:
-        fixes.append("--fp16 (without --fp32)")
-    if batch:
-        fixes.append(f"a smaller {batch} in a --config")
-    if memory == "GPU memory":
-        fixes.append("--device cpu --fp32" if half else "--device cpu")
-    return ", ".join(fixes)
+    and the precision flags of :func:`~dreamtext.errors.precision_memory_fixes`: ``--fp16``
+    where the stage runs in the run's precision (``fp16``: Stable Diffusion's; CLIP is float32
+    whatever the flags), and ``--device cpu``."""
+    halve, cpu = precision_memory_fixes(memory, cfg.guidance.fp16 or cfg.guidance.bf16)
+    fixes = [halve if fp16 else "", f"a smaller {batch} in a --config" if batch else "", cpu]
+    return ", ".join(filter(None, fixes))
 
 
 def stage_memory_line(stage: str, memory: str, fixes: str, rerun: str) -> str:

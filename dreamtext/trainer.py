@@ -22,7 +22,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ from dreamtext.errors import (
     StartAgain,
     TrainedRun,
     check_a_file,
+    precision_memory_fixes,
     shell_word,
 )
 from dreamtext.export import (
@@ -596,13 +597,13 @@ def restore_memory_line(run: Run, memory: str) -> str:
     cfg = run.cfg
     values = sum(p.numel() for p in run.field.parameters())
     state = 4 * OPTIMIZER_STATE_VALUES[cfg.optimizer] * values
-    what = (
-        f"({values:,} field parameters, whose {cfg.optimizer} state needs "
-        f"{format_gigabytes(state)} on the GPU, beside the prior; the render's settings do not "
-        "change it)"
-    )
-    if memory != "GPU memory" or run.device.type != "cuda":
-        # The host holds the whole file as read (the weights and the state, CPU tensors) first.
+    if memory == "GPU memory" and run.device.type == "cuda":
+        what = (
+            f"({values:,} field parameters, whose {cfg.optimizer} state needs "
+            f"{format_gigabytes(state)} on the GPU, beside the prior; the render's settings do "
+            "not change it)"
+        )
+    else:  # the host holds the whole file as read (the weights and the state, CPU tensors) first
         what = (
             f"(the whole file is read into memory: {values:,} field parameters with their "
             f"{cfg.optimizer} state, {format_gigabytes(state + 4 * values)} at least, beside the "
@@ -615,22 +616,23 @@ def restore_memory_line(run: Run, memory: str) -> str:
 
 
 def loading_memory_advice(
-    cfg: TrainConfig, memory: str, again: str, start_again: StartAgain
+    cfg: TrainConfig,
+    memory: str,
+    again: str,
+    start_again: StartAgain,
+    typed: Sequence[str] | None = None,
 ) -> str:
     """What a run of ``cfg`` that ran out of ``memory`` (``"GPU memory"`` or ``"memory"``, the
-    host's) before its training steps (loading the prior, building its field, restoring its
-    checkpoint) can do, ``again`` (``"resume with --resume"``, a batch line's own command) said
-    where it goes: free the memory, or on the GPU load the prior in half precision (``--fp16``)
-    or run on the CPU (with ``--fp32`` for a half run, which the CPU refuses); then a new run's
-    smaller hash table (:func:`table_fix`). The render's sizes, samples and chunks, which the
-    training steps' line names (:func:`out_of_memory_fixes`), are not used there."""
-    if memory == "GPU memory":
-        half = cfg.guidance.fp16 or cfg.guidance.bf16
-        # --device cpu beside half precision (the resumed run's) is refused without --fp32.
-        fixes = "--device cpu --fp32" if half else "--fp16 (without --fp32), --device cpu"
-        free = "free the GPU of other work"
-    else:
-        fixes, free = "", "close other programs"
+    host's) outside the render (loading the prior, building its field, restoring its checkpoint,
+    the optimiser's first update) can do, ``again`` (``"resume with --resume"``, a batch line's
+    own command) said where it goes: free the memory, or on the GPU load the prior in half
+    precision (``--fp16``) or run on the CPU (:func:`~dreamtext.errors.precision_memory_fixes`,
+    ``typed`` its precision flags where the command line is known); then a new run's smaller
+    hash table (:func:`table_fix`). The render's sizes, samples and chunks, which the training
+    steps' line names (:func:`out_of_memory_fixes`), change none of what those allocate."""
+    half = cfg.guidance.fp16 or cfg.guidance.bf16
+    fixes = ", ".join(filter(None, precision_memory_fixes(memory, half, typed)))
+    free = "free the GPU of other work" if memory == "GPU memory" else "close other programs"
     advice = f"{free} and {again}" + (f", or {again} and one of: {fixes}" if fixes else "")
     return advice + table_fix(cfg, memory, start_again)
 
@@ -1684,11 +1686,10 @@ def out_of_memory_fixes(cfg: TrainConfig, memory: str) -> str:
     host's) can change to fit, as a phrase: ``a smaller --h/--w, --fp16, ...``. The trainer's
     out-of-memory line names them, and a batch's line that ran out outside the training steps
     (loading the prior, building the field)."""
-    # --fp16 halves the GPU's share (not a second time: a run in fp16 or bf16 is told none);
-    # the host's is the render's samples and the prior. A run in float32 may be so by --fp32,
-    # beside which --fp16 is refused (the config does not say which): it goes in its place.
-    half = cfg.guidance.fp16 or cfg.guidance.bf16
-    first = "" if half or memory != "GPU memory" else "--fp16 (without --fp32), "
+    # --fp16 halves the prior and the MLPs' activations on the GPU; the host's share is the
+    # render's samples and the prior. The CPU is not named: a training step there is slow.
+    halve, _ = precision_memory_fixes(memory, cfg.guidance.fp16 or cfg.guidance.bf16)
+    first = f"{halve}, " if halve else ""
     # The batch multiplies the render (and the guidance) as the area does, on either; a batch
     # of 1 has no smaller one (a CPU run of one image was told to lower it).
     if cfg.batch_size > 1:

@@ -495,3 +495,25 @@ def test_host_memory_that_runs_out_restoring_names_no_render_fix(tmp_path, monke
     assert "(the whole file is read into memory: " in message
     assert "field parameters with their adam state, 0.0 GB at least, beside the prior" in message
     assert message.endswith("; close other programs and resume with --resume"), message
+
+
+@pytest.mark.parametrize(
+    ("memory", "half", "typed", "fixes"),
+    [
+        ("GPU memory", False, None, ("--fp16 (without --fp32)", "--device cpu")),
+        ("GPU memory", False, [], ("--fp16", "--device cpu")),
+        ("GPU memory", False, ["--fp32"], ("--fp16 (without --fp32)", "--device cpu")),
+        ("GPU memory", True, None, ("", "--device cpu --fp32")),
+        ("GPU memory", True, [], ("", "--device cpu --fp32")),
+        ("GPU memory", True, ["--bf16"], ("", "--device cpu --fp32 (without --bf16)")),
+        ("memory", False, None, ("", "")),
+        ("memory", True, ["--fp16"], ("", "")),
+    ],
+)
+def test_the_precision_fixes_of_a_run_out_of_memory(memory, half, typed, fixes):
+    """One rule for every out-of-memory line: --fp16 once, for a run in float32 on the GPU
+    (said to go without --fp32 unless the flags typed are known to lack it); --device cpu
+    with --fp32 for a run in half precision, which the CPU refuses; neither for the host's."""
+    from dreamtext.errors import precision_memory_fixes
+
+    assert precision_memory_fixes(memory, half, typed) == fixes
