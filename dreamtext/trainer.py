@@ -198,6 +198,9 @@ class Run:
     # Inside ``optimizer.step()`` (:func:`optimizer_step`): memory that runs out there leaves the
     # parameters and Adam's moments partly updated, a state no checkpoint may hold.
     updating: bool = False
+    # That update is the optimiser's first (:func:`optimizer_step`): it makes the optimiser's
+    # state, sized by the field's parameters, not by the render (out_of_memory_saves_a_checkpoint).
+    making_state: bool = False
     # How the command that runs it goes on from a checkpoint, as the lines that stop it say:
     # "--resume" for `dreamtext text`; a batch or `dreamtext image` has no --resume (train's
     # ``resume_with``).
@@ -1178,6 +1181,8 @@ def optimizer_step(run: Run, finite: bool) -> bool:
     """
     if finite:
         run.updating = True  # left set if the update fails (out_of_memory_saves_a_checkpoint)
+        # No state yet: a new run's first update, or a resume of a checkpoint saved before it.
+        run.making_state = not run.optimizer.state
         run.optimizer.step()
         run.updating = False
     if run.scaler.is_enabled():
@@ -1777,6 +1782,38 @@ def table_fix(cfg: TrainConfig, memory: str, start_again: StartAgain = OVERWRITE
     return f"; or start a new run, {start_again.command}, with a --config that lowers {keys} {need}"
 
 
+def first_update_memory_line(run: Run, memory: str, where: str, again: str) -> str:
+    """The line of ``run`` out of ``memory`` in its optimiser's first update (``where``: its
+    render's size and batch; ``again``: how it goes on). That update makes the optimiser's
+    state, :data:`~dreamtext.factory.OPTIMIZER_STATE_VALUES` float32 values a field parameter
+    (Adam's two moments), and its step's temporaries
+    (:func:`~dreamtext.factory.optimizer_step_temporaries`) meanwhile: 12 B a parameter with
+    Adam, 16 B with Adan, 0.15 GB for the default field's 12.2 M, whatever the render's size.
+    A later update makes the temporaries alone (4 B a parameter, or none) beside the state the
+    first one made, so it peaks where the first did but for what else the step holds: one that
+    runs out where the first fit ran out of what changed since, the render's (its samples'
+    count changes from step to step) or other programs' memory, and its line names the
+    render's settings (:func:`out_of_memory_fixes`). Here the fixes are those of a load
+    (:func:`loading_memory_advice`): room on the device, the prior in half precision
+    (``--fp16``: the field and its state stay float32), the CPU, or a new run's smaller hash
+    table, the keys named where the table is a large part of what the run held."""
+    cfg = run.cfg
+    values = sum(p.numel() for p in run.field.parameters())
+    state = OPTIMIZER_STATE_VALUES[cfg.optimizer]
+    temporaries = optimizer_step_temporaries(cfg.optimizer, run.device)
+    total = format_gigabytes(4 * (state + temporaries) * values)
+    made = f"{state} float32 values for each of the field's {values:,} parameters"
+    made += f" and {temporaries} more while it updates: {total}" if temporaries else f": {total}"
+    halve, _ = precision_memory_fixes(memory, cfg.guidance.fp16 or cfg.guidance.bf16)
+    fp16 = ", nor does --fp16, which halves the prior beside it" if halve else ""
+    return (
+        f"out of {memory} in the optimiser's first update, of step {run.step + 1} {where}, "
+        f"which it left half done, so no checkpoint was saved; that update makes the "
+        f"{cfg.optimizer} state ({made}, beside the prior; the render's settings do not change "
+        f"it{fp16}): {loading_memory_advice(cfg, memory, again, run.start_again)}"
+    )
+
+
 def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextManager:
     """Turn running out of GPU or host memory into a :class:`DreamtextError` naming the fixes,
     after saving a checkpoint so that ``--resume`` continues from there.
@@ -1807,6 +1844,8 @@ def out_of_memory_saves_a_checkpoint(run: Run) -> contextlib.AbstractContextMana
                 if fresh == OVERWRITE.command
                 else f"run {fresh}"
             )
+            if run.making_state:
+                return first_update_memory_line(run, memory, where, again)
             return (
                 f"out of {memory} in the optimiser's update of step {run.step + 1} {where}, "
                 f"which it left half done, so no checkpoint was saved; {again} after one of: "

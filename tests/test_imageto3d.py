@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from named_fixes import named_fixes_exist
 from PIL import Image
 from step_faults import weights_overflow_in_step
 from tiny_models import TINY_TRAIN
@@ -2044,30 +2045,6 @@ def test_a_descriptor_stopped_in_fp16_goes_on_in_float32_with_the_flag_its_line_
     assert record["descriptor_iters"] == 52
 
 
-def named_fixes_exist(line: str, image: Path, workspace: Path, tmp_path: Path) -> list[str]:
-    """Every flag and config key that an out-of-memory line's list of fixes names, each checked
-    to exist: the flags parsed by `dreamtext image`'s parser, each key set to 1 in a --config
-    that the image options resolve through. Returns what it checked."""
-    from dreamtext.cli import build_parser
-    from dreamtext.imageto3d import resolve_image_options
-
-    checked = []
-    for fix in line.split("after one of: ")[1].split(", "):
-        if fix.startswith("--"):  # flags, as typed, and the one to leave out: "(without --fp32)"
-            flags = re.sub(r" \(without --[a-z0-9-]+\)", "", fix).split()
-            build_parser().parse_args(["image", str(image), *flags])
-            checked += flags
-        for key in re.findall(r"image_to_3d\.[a-z_.]+[a-z]", fix):
-            _, stage, name = key.split(".")
-            config = tmp_path / f"{stage}.yaml"
-            config.write_text(yaml.safe_dump({"image_to_3d": {stage: {name: 1}}}))
-            sections = config_file_stage_sections(config)
-            resolved = resolve_image_options({"configs": sections}, workspace)
-            assert getattr(getattr(resolved, stage), name) == 1, key
-            checked.append(key)
-    return checked
-
-
 @pytest.mark.parametrize("stage", ["search", "descriptor"])
 def test_an_image_run_out_of_gpu_memory_before_text_to_3d_names_its_stages_own_fixes(
     tmp_path, tiny_sd_path, tiny_clip_path, monkeypatch, capsys, stage
@@ -2118,7 +2095,7 @@ def test_an_image_run_out_of_gpu_memory_before_text_to_3d_names_its_stages_own_f
         )
     assert line == expected, err
     assert "--h/--w" not in err and "samples" not in err
-    checked = named_fixes_exist(line, image, tmp_path / "run", tmp_path)
+    checked = named_fixes_exist(line, ["image", str(image)], tmp_path, tmp_path / "run")
     section = "describe" if stage == "search" else "descriptor"
     assert f"image_to_3d.{section}.batch_size" in checked and "--device" in checked, checked
 
@@ -2181,7 +2158,8 @@ def test_a_batch_image_line_out_of_memory_in_its_descriptor_names_its_own_rerun_
         "free the GPU of other work, or run `dreamtext image red_cube.png --workspace "
         "runs/red_cube` after one of: --fp16 (without --fp32), --device cpu"
     )
-    assert named_fixes_exist(record["error"], image, tmp_path / "runs/red_cube", tmp_path) == [
+    workspace = tmp_path / "runs/red_cube"
+    assert named_fixes_exist(record["error"], ["image", str(image)], tmp_path, workspace) == [
         "--fp16",
         "--device",
         "cpu",

@@ -76,6 +76,32 @@ def fail_once(monkeypatch, cls, name, when):
     monkeypatch.setattr(cls, name, failing)
 
 
+HOST_ALLOCATOR = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"
+CUDA_OUT_OF_MEMORY = "CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def adams_moments_run_out(monkeypatch, error: BaseException) -> list[int]:
+    """Adam's first step raises ``error`` where it allocates a moment of a parameter
+    (``torch.zeros_like``, in ``Adam._init_group``): the first update runs out making its state.
+    Returns the list to which each step adds the number of values it updates."""
+    real_step, real_zeros_like = torch.optim.Adam.step, torch.zeros_like
+    updated = []
+
+    def zeros_like(tensor, *args, **kwargs):
+        if isinstance(tensor, torch.nn.Parameter):
+            raise error
+        return real_zeros_like(tensor, *args, **kwargs)
+
+    def step(self, *args, **kwargs):
+        updated.append(sum(p.numel() for group in self.param_groups for p in group["params"]))
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(torch, "zeros_like", zeros_like)
+            return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    return updated
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workspace = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -160,8 +186,8 @@ def test_memory_that_runs_out_in_adams_update_saves_no_half_updated_checkpoint(
     assert str(raised.value).startswith(
         f"out of memory in the optimiser's update of step {FAILS_IN_STEP} (16x16 px, batch 2), "
         "which it left half done, so no checkpoint was saved; resume with --resume (from its "
-        "last checkpoint, step 2) after one of: "
-    )
+        "last checkpoint, step 2) after one of: a smaller --h/--w, "
+    )  # a later update's room is what the render holds beside the state its first one made
     monkeypatch.undo()
     assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 2
     train(config(workspace, checkpoint_every=2), resume=True)
@@ -176,18 +202,15 @@ def test_a_batch_lines_update_out_of_memory_before_any_checkpoint_names_its_own_
     changes every line it resumes or starts. It names the line's own command (start_again's)."""
     from dreamtext.errors import StartAgain
 
-    def failing_step(run, finite):
-        run.updating = True  # as Adam's update has begun to write the parameters
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to")
-
-    monkeypatch.setattr(trainer, "optimizer_step", failing_step)
+    adams_moments_run_out(monkeypatch, RuntimeError(HOST_ALLOCATOR))
     own = "`dreamtext text 'a red cube' --workspace runs/a_red_cube --overwrite`"
     with pytest.raises(DreamtextError) as raised:
         train(config(tmp_path / "run"), start_again=StartAgain(own))
-    assert f"so no checkpoint was saved; run {own} after one of: " in str(raised.value)
+    assert "so no checkpoint was saved; that update makes the adam state (" in str(raised.value)
+    assert str(raised.value).endswith(f"): close other programs and run {own}"), raised.value
     with pytest.raises(DreamtextError) as raised:  # `dreamtext text`'s own: the command again
         train(config(tmp_path / "other"))
-    assert "so no checkpoint was saved; run the command again after one of: " in str(raised.value)
+    assert str(raised.value).endswith("): close other programs and run the command again")
 
 
 @pytest.mark.parametrize("half", ["fp16", "bf16", None])
@@ -495,6 +518,77 @@ def test_host_memory_that_runs_out_restoring_names_no_render_fix(tmp_path, monke
     assert "(the whole file is read into memory: " in message
     assert "field parameters with their adam state, 0.0 GB at least, beside the prior" in message
     assert message.endswith("; close other programs and resume with --resume"), message
+
+
+def test_gpu_memory_that_runs_out_making_adams_state_names_the_state_and_a_loads_fixes(
+    tmp_path, capsys
+):
+    """Adam's first update makes its two moments, 8 B a field parameter (and 4 B more while
+    it updates), whatever the render's size. Its line named the render's fixes (a smaller
+    --h/--w, fewer samples, smaller grad chunks), none of which shrinks that. It names the
+    state's size and a load's fixes, each flag of which parses (--fp16 halves the prior beside
+    the state, which stays float32)."""
+    from named_fixes import named_fixes_exist
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--device", "cuda"]
+    command += ["--h", "16", "--w", "16", "--iters", "1", "--no-export"]
+    command += ["--encoding", "torch", "--no-compile", "--workspace", str(workspace)]
+    with virtual_cuda(), pytest.MonkeyPatch.context() as m:
+        updated = adams_moments_run_out(m, torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY))
+        assert main(command) == 2
+    (parameters,) = updated  # the field's, each of which the state was being made for
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert not (workspace / "checkpoints" / "last.pt").exists()
+    assert err.startswith(
+        "dreamtext: error: out of GPU memory in the optimiser's first update, of step 1 (16x16 "
+        "px, batch 2), which it left half done, so no checkpoint was saved; that update makes "
+        f"the adam state (2 float32 values for each of the field's {parameters:,} parameters "
+        "and 1 more while it updates: 0.0 GB, beside the prior; the render's settings do not "
+        "change it, nor does --fp16, which halves the prior beside it): "
+    ), err
+    assert err.endswith(
+        "): free the GPU of other work and run the command again, or run the command again and "
+        "one of: --fp16 (without --fp32), --device cpu"
+    ), err
+    for render_fix in ("--h/--w", "samples", "grad_chunk", "--batch-size"):
+        assert render_fix not in err, err
+    assert named_fixes_exist(err, ["text", "a red cube"], tmp_path) == ["--fp16", "--device", "cpu"]
+
+
+def test_host_memory_that_runs_out_making_the_state_of_a_large_table_names_the_tables_keys(
+    tmp_path, monkeypatch
+):
+    """The first update of a run whose hash table is much of what the process held (0.1 GB of
+    0.4) names the table's keys for a new run, each of which a --config sets, and no render
+    fix; the host's memory is told no --fp16 and no --device cpu (it is the CPU's)."""
+    from named_fixes import named_fixes_exist
+
+    adams_moments_run_out(monkeypatch, RuntimeError(HOST_ALLOCATOR))
+    monkeypatch.setattr(trainer, "memory_peak", lambda memory: 4 * 10**8)
+    field = {**TINY_TRAIN["field"], "num_levels": 8, "base_resolution": 16}
+    field |= {"finest_resolution_factor": 256.0, "log2_hashmap_size": 18, "level_dim": 4}
+    with pytest.raises(DreamtextError) as raised:
+        train(config(tmp_path / "run", iters=1, field=field))
+    message = str(raised.value)
+    assert message.startswith("out of memory in the optimiser's first update, of step 1"), message
+    said = "the render's settings do not change it): close other programs and run the command again"
+    assert said in message, message
+    assert message.endswith(
+        "; or, in a new run, lower field.log2_hashmap_size, field.num_levels or "
+        "field.level_dim (the hash table, its gradient and the optimiser's state and update need "
+        "at least 0.1 GB)"
+    ), message
+    for fix in ("--h/--w", "samples", "grad_chunk", "--batch-size", "--fp16", "--device"):
+        assert fix not in message, message
+    assert named_fixes_exist(message, ["text", "a red cube"], tmp_path) == [
+        "field.log2_hashmap_size",
+        "field.num_levels",
+        "field.level_dim",
+    ]
 
 
 @pytest.mark.parametrize(
