@@ -38,10 +38,12 @@ from dreamtext import __version__
 from dreamtext.errors import (
     ENVIRONMENT_ERRNOS,
     FILE_SYSTEM_FIXES,
+    OVERWRITE,
     UNREADABLE_JSON,
     DreamtextError,
     WorkspaceInUse,
     file_system_fix,
+    precision_memory_fixes,
     print_note,
     saved_run_line,
     terminal_lines,
@@ -790,7 +792,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         _read_config_layers(args.config, rerun=False)
         check_resumed_prompt(Path(base["workspace"]), base, args.prompt)
     cfg = resolve_config(overrides, preset=args.preset, config_file=args.config, base=base)
-    args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
+    args.train_config = cfg  # for out_of_memory_line
     if base is None and (line := builtin_preset_on_stable_diffusion(cfg)) is not None:
         print_note(f"dreamtext: {line}")
 
@@ -1179,7 +1181,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         new_run="pass --workspace NEW_FOLDER for a new run",
         **image_run_fixed(workspace, args.overwrite, "image"),
     )
-    args.half_precision = cfg.guidance.fp16 or cfg.guidance.bf16  # for out_of_memory_line
+    args.train_config = cfg  # for out_of_memory_line
     if base is None and (line := builtin_preset_on_stable_diffusion(cfg)) is not None:
         print_note(f"dreamtext: {line}")
     image_options = image_overrides(args)
@@ -2373,33 +2375,40 @@ def memory_that_ran_out(error: BaseException) -> str | None:
 def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: str) -> str:
     """One line for an out-of-memory error: the command, how much it tried to allocate (torch's
     first sentence for the GPU, its byte count for the host) and the fixes among the command's
-    own flags."""
+    own flags.
+
+    `dreamtext text` and `image` (their resolved ``args.train_config``) get here only outside
+    the render: loading the prior, building the field (the training's steps, a restore, the
+    search, the descriptor and the export have lines of their own). So they are told a load's
+    fixes (:func:`dreamtext.trainer.loading_memory_advice`), not ``--h/--w``, which changes none
+    of it."""
     if memory == "GPU memory":
         text = str(error).splitlines()[0] if str(error) else ""
         detail = text.split(" GPU ")[0].strip().rstrip(".")
-        # --fp16 beside --fp32 is refused, and so is --device cpu beside half precision (a
-        # flag's, a --config file's or the resumed run's): each names the flag to drop.
-        fp16 = "--fp16 (without --fp32)" if getattr(args, "fp32", False) else "--fp16"
-        flags = {"fp16": fp16, "h": "a smaller --h/--w", "device": "--device cpu"}
-        if any(getattr(args, name, False) for name in ("fp16", "bf16", "half_precision")):
-            del flags["fp16"]  # already in half precision (a flag, --config or the resumed run)
-            typed = [f"--{name}" for name in ("fp16", "bf16") if getattr(args, name, False)]
-            without = f" (without {typed[0]})" if typed else ""
-            flags["device"] = f"--device cpu --fp32{without}"
-        free = "free the GPU of other work"
     else:
         tried = re.search(r"allocate (\d+) bytes", str(error))
         detail = f"tried to allocate {int(tried[1]) / 2**20:.0f} MiB" if tried else ""
-        flags = {"h": "a smaller --h/--w"}
-        free = "close other programs"
-    fixes = [fix for name, fix in flags.items() if hasattr(args, name)]
+    ran_out = f"out of {memory} in `dreamtext {args.command}`" + (f" ({detail})" if detail else "")
+    # --fp16 beside --fp32 is refused, and so is --device cpu beside half precision (a flag's,
+    # a --config file's or the resumed run's): each names the flag typed to drop.
+    typed = [f"--{name}" for name in ("fp32", "fp16", "bf16") if getattr(args, name, False)]
+    cfg = getattr(args, "train_config", None)
+    if cfg is not None:
+        from dreamtext.trainer import loading_memory_advice
+
+        advice = loading_memory_advice(cfg, memory, "run the command again", OVERWRITE, typed)
+        # A config file can make the field larger than a flag can (a wider field.hidden_dim, a
+        # larger hash table), for a new run: a resumed one keeps its field.
+        if configs := getattr(args, "config", None):  # --config appends: a list of files
+            advice += f"; or, in a new run, smaller field sizes in {', '.join(map(str, configs))}"
+        return f"{ran_out}; {advice}"
+    half = any(getattr(args, name, False) for name in ("fp16", "bf16"))
+    halve, cpu = precision_memory_fixes(memory, half, typed)
+    flags = {"fp16": halve, "device": cpu}
+    fixes = [fix for name, fix in flags.items() if fix and hasattr(args, name)]
     # A config file can set what no flag does (a wider field.hidden_dim, a larger hash table or
-    # occupancy grid), which then takes the memory: --h/--w alone was the wrong advice there.
+    # occupancy grid), which then takes the memory.
     if configs := getattr(args, "config", None):  # --config appends: a list of files
         fixes.append(f"smaller field or render sizes in {', '.join(map(str, configs))}")
-    return (
-        f"out of {memory} in `dreamtext {args.command}`"
-        + (f" ({detail})" if detail else "")
-        + f"; {free}"
-        + (f", or run again with {', '.join(fixes)}" if fixes else "")
-    )
+    free = "free the GPU of other work" if memory == "GPU memory" else "close other programs"
+    return f"{ran_out}; {free}" + (f", or run again with {', '.join(fixes)}" if fixes else "")
