@@ -406,8 +406,9 @@ def path_descriptor_skips(ctx: Context) -> str:
     """The descriptor's fp16 skip window with ``GradScaler("cuda")``: every step's gradients
     infinite (patch ``descriptor_gradients_infinite``) make the scaler skip 50 updates, which
     save the checkpoint and stop naming --bf16; the rerun with --fp32 goes on from step 50 in
-    float32 to the end, text→3D included."""
-    args = image_args(ctx, "skips", "--descriptor-iters", "55")
+    float32 to the end, text→3D included. The end is step 51: one float32 step after the
+    resume shows it trains on (under the emulation a step of the tiny U-Net took ~12 s)."""
+    args = image_args(ctx, "skips", "--descriptor-iters", "51")
     result = dreamtext(ctx, *args, "--fp16", patch="descriptor_gradients_infinite")
     one_error(result, "in 50 of the 50 steps up to step 50", "fp16 loss scaler", "--bf16")
     descriptor = ctx.workspace("skips") / "descriptor"
