@@ -421,6 +421,11 @@ def path_descriptor_skips(ctx: Context) -> str:
     expect(scales == [2.0 ** (17 - step) for step in steps], f"loss scales {scales}")
     succeeded(dreamtext(ctx, *args, "--fp32"))
     expect((descriptor / "learned_embeds.safetensors").is_file(), "no learned embedding")
+    # The rerun went on from step 50's checkpoint: its one line is the last step's.
+    steps = [
+        json.loads(line)["step"] for line in (descriptor / "log.jsonl").read_text().splitlines()
+    ]
+    expect(steps == [10, 20, 30, 40, 50, 51], f"log lines of steps {steps} after the rerun")
     config = read_json(ctx.workspace("skips") / "config.json")
     expect(not config["guidance"]["fp16"], "config.json keeps guidance.fp16")
     return "50 skips stopped it; --fp32 finished it"
