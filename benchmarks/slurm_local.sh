@@ -1,6 +1,7 @@
 #!/bin/bash
-# A one-node or two-node SLURM on this machine, to run scripts/slurm_array.sbatch for real
-# (RESULTS.md, "SLURM job arrays on a real SLURM" and "SLURM arrays on two nodes"). Debian 12's
+# A one-node or two-node SLURM on this machine, to run the job script of `dreamtext batch
+# --sbatch-script` (dreamtext/data/slurm_array.sbatch) for real (RESULTS.md, "SLURM job arrays
+# on a real SLURM" and "SLURM arrays on two nodes"). Debian 12's
 # slurm-wlm 22.05 and munge, no systemd, no accounting: the daemons run as root, started by hand;
 # finished jobs are recorded by jobcomp/filetxt in $SLURM_LOCAL/jobcomp.log (sacct needs
 # accounting storage, which this has not).

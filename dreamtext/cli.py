@@ -129,6 +129,37 @@ class _OnePreset(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _PrintSbatchScript(argparse.Action):
+    """``batch --sbatch-script``: the SLURM job-array script that comes with the package
+    (:func:`dreamtext.inputs.sbatch_script`) on stdout, byte for byte, then exit 0, as
+    ``--version`` does: no PROMPTS_FILE is needed, and nothing runs. A ``pip install`` has no
+    ``scripts/`` folder to copy it from. A stdout that cannot be written is the same line and
+    status 2 as ``--help``'s (:meth:`_OneLineParser._print_message`)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from dreamtext.inputs import sbatch_script
+
+        script = sbatch_script()
+        if sys.stdout is not None:
+            sys.stdout.flush()
+            try:
+                sys.stdout.buffer.write(script)  # bytes: the file as it is, whatever the locale
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as error:
+                from dreamtext.__main__ import output_failed_line
+
+                print(output_failed_line(error), file=sys.stderr)
+                raise SystemExit(EXIT_USAGE) from None
+        parser.exit(0)
+
+
 # `dreamtext view`'s address when --port / --host are left out.
 VIEW_PORT = 8000
 VIEW_HOST = "127.0.0.1"
@@ -2002,6 +2033,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_shard,
         metavar="K/N",
         help="run share K of N (0 ≤ K < N) of the list [SLURM array task's share, else all]",
+    )
+    batch.add_argument(
+        "--sbatch-script",
+        action=_PrintSbatchScript,
+        help="print the SLURM job-array script and exit (dreamtext batch --sbatch-script > "
+        "slurm_array.sbatch; sbatch --array=0-7 slurm_array.sbatch PROMPTS_FILE ROOT, then "
+        "batch flags): one task per share of the list, requeued at its time limit",
     )
     batch.add_argument(
         "--lock-timeout",

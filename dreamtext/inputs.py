@@ -704,8 +704,8 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
     if last is not None and last != first + (count - 1) * step:
         raise DreamtextError(
             f"this SLURM array ({count} tasks, ids {first} to {last}) is a list of ids, not a "
-            "range a share can be read from; pass --shard K/N, or with "
-            "scripts/slurm_array.sbatch give SHARES (README, 'A SLURM cluster')"
+            "range a share can be read from; pass --shard K/N, or with dreamtext's SLURM job "
+            "script (batch --sbatch-script) give SHARES (README, 'A SLURM cluster')"
         )
     if off_step or not 0 <= index < count:
         raise DreamtextError(
@@ -715,14 +715,26 @@ def shard_from_environment(env: Mapping[str, str]) -> tuple[int, int] | None:
     return index, count
 
 
+SBATCH_SCRIPT = "slurm_array.sbatch"
+"""The SLURM job-array script in ``dreamtext/data/``: one task per share of a prompts file, each
+task's batch a job step, requeued at its time limit (README, "A SLURM cluster")."""
+
+
+def sbatch_script() -> bytes:
+    """The bytes of :data:`SBATCH_SCRIPT` as installed with the package, which
+    ``dreamtext batch --sbatch-script`` prints: a wheel has no ``scripts/`` folder, so the script
+    lives in the package, and a checkout reads the same file."""
+    return resources.files("dreamtext").joinpath("data", SBATCH_SCRIPT).read_bytes()
+
+
 # What a batch stopped by SIGTERM adds to "run the batch again" inside a SLURM array task, where
-# the task may come back by itself: scripts/slurm_array.sbatch requeues a task its time limit
+# the task may come back by itself: the job script (SBATCH_SCRIPT) requeues a task its time limit
 # stopped, and SLURM (--requeue) a preempted one. The batch cannot tell those from a
 # `scancel -s TERM`, which stays stopped: all three are one SIGTERM, and the script passes
 # nothing on (its USR1 trap turns the limit's warning into that SIGTERM).
 REQUEUE_NOTE = (
-    "; a task of scripts/slurm_array.sbatch stopped at its time limit, or preempted, is "
-    "requeued and does that by itself"
+    "; a task of dreamtext's SLURM job script (batch --sbatch-script) stopped at its time "
+    "limit, or preempted, is requeued and does that by itself"
 )
 
 

@@ -729,8 +729,8 @@ def test_every_task_of_a_slurm_array_list_refuses_it_alike(task):
         shard_from_environment(env)
     assert str(refused.value) == (
         "this SLURM array (3 tasks, ids 3 to 6) is a list of ids, not a range a share can be "
-        "read from; pass --shard K/N, or with scripts/slurm_array.sbatch give SHARES (README, "
-        "'A SLURM cluster')"
+        "read from; pass --shard K/N, or with dreamtext's SLURM job script (batch "
+        "--sbatch-script) give SHARES (README, 'A SLURM cluster')"
     )
 
 
@@ -2814,10 +2814,10 @@ def test_an_interrupted_line_is_named_by_its_list_and_line_number(
 def test_a_slurm_array_task_stopped_says_the_array_script_may_requeue_it(
     tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
 ):
-    """A task of scripts/slurm_array.sbatch stopped at its time limit is requeued by the script
-    (a preempted one by SLURM), and goes on by itself; its log said only "run the batch again"
-    and "run the same command again", which ran the share twice. The SIGTERM is the same as a
-    `scancel -s TERM`'s, which stays stopped: the lines say both."""
+    """A task of the SLURM job script (batch --sbatch-script) stopped at its time limit is requeued
+    by the script (a preempted one by SLURM), and goes on by itself; its log said only "run the
+    batch again" and "run the same command again", which ran the share twice. The SIGTERM is the
+    same as a `scancel -s TERM`'s, which stays stopped: the lines say both."""
     for name, value in {"SLURM_JOB_ID": "78", "SLURM_ARRAY_JOB_ID": "77"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
@@ -2829,8 +2829,8 @@ def test_a_slurm_array_task_stopped_says_the_array_script_may_requeue_it(
     assert main(list(map(str, args))) == 130
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("batch:")]
     note = (
-        "; a task of scripts/slurm_array.sbatch stopped at its time limit, or preempted, is "
-        "requeued and does that by itself"
+        "; a task of dreamtext's SLURM job script (batch --sbatch-script) stopped at its time "
+        "limit, or preempted, is requeued and does that by itself"
     )
     assert err[-2] == (
         f"batch: {path}: line 1: interrupted after step 3; saved "
@@ -4396,7 +4396,7 @@ def test_every_export_option_has_a_flag():
     assert _CHANGED_EXPORT_OPTIONS.keys() == {row.option for row in EXPORT_FLAGS}
 
 
-SLURM_SCRIPT = ROOT / "scripts" / "slurm_array.sbatch"
+SLURM_SCRIPT = ROOT / "dreamtext" / "data" / "slurm_array.sbatch"
 # Array task 3 of job 41 (SLURM_JOB_ID 57, the id scancel takes), as SLURM sets it for the script.
 TASK_41_3 = {"SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3"}
 
@@ -4430,11 +4430,11 @@ def warned_of_the_time_limit(tmp_path, scripts: dict[str, str], **popen) -> subp
 
 @pytest.mark.parametrize("batch_exit", [0, 1, 130, 138])
 def test_the_slurm_script_runs_the_batch_as_a_step_with_its_cpus(tmp_path, batch_exit):
-    """scripts/slurm_array.sbatch with stand-ins for srun and scontrol: dreamtext batch runs as a
-    job step with the task's CPUs (srun does not pass them on by itself in every Slurm version),
-    and its exit status is the task's. A batch stopped by a SIGTERM that is not the time limit's
-    (exit 130: `scancel -s TERM`, which signals the step and leaves the script running) is not
-    requeued: on Slurm 22.05 such a task came back to the queue 2 minutes after it was stopped.
+    """dreamtext/data/slurm_array.sbatch with stand-ins for srun and scontrol: dreamtext batch runs
+    as a job step with the task's CPUs (srun does not pass them on by itself in every Slurm
+    version), and its exit status is the task's. A batch stopped by a SIGTERM that is not the time
+    limit's (exit 130: `scancel -s TERM`, which signals the step and leaves the script running) is
+    not requeued: on Slurm 22.05 such a task came back to the queue 2 minutes after it was stopped.
     A step that ends with 138 itself (128 + USR1's number) is not taken for the time limit's
     interrupted `wait`, which the script waits on again: it ends at once."""
     calls = tmp_path / "calls.txt"
@@ -4575,7 +4575,7 @@ def test_the_slurm_script_without_its_prompts_file_and_root_is_one_line_and_exit
         ["bash", SLURM_SCRIPT, *args], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode == 2
-    usage = "sbatch scripts/slurm_array.sbatch PROMPTS_FILE ROOT [dreamtext batch flags]"
+    usage = "sbatch slurm_array.sbatch PROMPTS_FILE ROOT [dreamtext batch flags]"
     assert re.fullmatch(rf"slurm_array\.sbatch: {why}.*: {re.escape(usage)}\n", done.stderr)
     assert not calls.exists()
 
@@ -4602,7 +4602,7 @@ def slurm_array(spec, job="41"):
 
 
 def sbatch_shares(tmp_path, spec, shares):
-    """Each task of ``SHARES=SHARES sbatch --array=SPEC scripts/slurm_array.sbatch``, with an
+    """Each task of ``SHARES=SHARES sbatch --array=SPEC slurm_array.sbatch``, with an
     srun that only says what it was given: the ``--shard`` each task's batch got, and each
     task's exit status and stderr."""
     path = stand_ins(tmp_path, {"srun": 'echo "$*"'})

@@ -3431,16 +3431,17 @@ def test_a_resume_while_a_run_there_still_loads_says_it_is_in_use(tmp_path, caps
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
 @pytest.mark.parametrize("unbuffered", [False, True])
-@pytest.mark.parametrize("flag", ["--help", "--version"])
+@pytest.mark.parametrize("flag", [["--help"], ["--version"], ["batch", "--sbatch-script"]])
 def test_help_into_an_unwritable_stdout_is_one_line_and_status_2(flag, unbuffered):
     """`dreamtext --help > /dev/full` (a full disk): buffered, a traceback from the flush at the
-    end, "Exception ignored" and status 120; unbuffered, status 0 and the help lost."""
+    end, "Exception ignored" and status 120; unbuffered, status 0 and the help lost. The SLURM
+    job script (`batch --sbatch-script > job.sbatch`) is written alike."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1" if unbuffered else ""}
     if not unbuffered:
         env.pop("PYTHONUNBUFFERED")
     with open("/dev/full", "w") as full:
         done = subprocess.run(
-            [sys.executable, "-m", "dreamtext", flag],
+            [sys.executable, "-m", "dreamtext", *flag],
             stdout=full,
             stderr=subprocess.PIPE,
             env=env,

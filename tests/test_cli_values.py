@@ -178,7 +178,7 @@ def test_a_stopped_overwrite_is_not_told_to_add_resume(tmp_path, monkeypatch, ca
 
 
 def test_a_batch_interrupted_in_a_slurm_array_task_says_the_task_may_be_requeued(monkeypatch):
-    """A stop before the batch's loop (loading) in a task of scripts/slurm_array.sbatch: the
+    """A stop before the batch's loop (loading) in a task of the SLURM job script: the
     script requeues a task stopped at its time limit; "run the batch again" alone ran it twice."""
     from dreamtext.cli import interrupted_line
 
@@ -190,8 +190,8 @@ def test_a_batch_interrupted_in_a_slurm_array_task_says_the_task_may_be_requeued
     assert interrupted_line(argv) == alone
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     assert interrupted_line(argv) == (
-        f"{alone}; a task of scripts/slurm_array.sbatch stopped at its time limit, or preempted, "
-        "is requeued and does that by itself"
+        f"{alone}; a task of dreamtext's SLURM job script (batch --sbatch-script) stopped at "
+        "its time limit, or preempted, is requeued and does that by itself"
     )
 
 

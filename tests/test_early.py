@@ -152,6 +152,19 @@ def test_a_mistake_in_a_resume_preset_or_config_file_is_refused_before_torch_is_
     assert not (mistakes_folder / "workspace").exists()
 
 
+def test_batch_sbatch_script_prints_the_job_script_with_no_prompts_file_and_no_torch(tmp_path):
+    """`dreamtext batch --sbatch-script > slurm_array.sbatch` (README, "A SLURM cluster") needs no
+    PROMPTS_FILE, as --version needs no command: the script on stdout, as the package holds it,
+    and no model library loaded, inside a SLURM array task too."""
+    from dreamtext.inputs import sbatch_script
+
+    done = run_without_torch(tmp_path, ["batch", "--sbatch-script"], {"SLURM_ARRAY_TASK_ID": "5"})
+    assert (done.returncode, done.stderr) == (0, "")
+    # The script, then what run_without_torch prints: the model libraries imported, none.
+    assert done.stdout == sbatch_script().decode("utf-8") + "[]\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_slurm_array_task_that_is_not_a_range_is_refused_before_torch_is_imported(
     mistakes_folder,
 ):
