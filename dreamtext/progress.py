@@ -125,9 +125,11 @@ class tqdm(auto_tqdm):  # the name of the class it stands in for
         if self.total is not None and self.n >= self.total:
             self._ema_dt = lambda: None  # the final count: the rate over the whole bar
         text = self.__str__()
-        if getattr(self, "_closing", False) and getattr(self, "_line_text", None) == text:
-            return False  # its last line said this already
-        self._line_t, self._line_text = now, text
+        if getattr(self, "_closing", False) and self.n == getattr(self, "_line_n", None):
+            # Its last line showed this count: the bar closing after it (ms or minutes on,
+            # the loop's end) would say it again, only its time and rate moved on.
+            return False
+        self._line_t, self._line_n = now, self.n
         try:
             self.fp.write(text + "\n")
             self.fp.flush()

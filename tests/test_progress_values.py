@@ -64,3 +64,22 @@ def test_a_slow_bars_line_at_its_final_count_gives_the_rate_over_the_whole_bar(m
     lines = stream.getvalue().splitlines()
     assert [BAR_LINE.match(line)["n"] for line in lines] == ["1", "2", "3"]
     assert "[12:00<00:00, 240.00s/it]" in lines[-1], lines[-1]
+
+
+def test_a_bar_closing_after_its_final_counts_line_writes_no_second_one(monkeypatch):
+    """Two training steps of 25.64 s, lines 30 s apart: the second step's update writes the
+    2/2 line (51.28 s after the start); the bar closes 20 ms later, when the loop ends. That
+    close wrote the 2/2 line again, its time and rate a few ms on (25.65s/it): every bar whose
+    last step came 30 s or more after its previous line ended twice in a log."""
+    from dreamtext.progress import tqdm as bar
+
+    clock = _fake_clock(monkeypatch)
+    stream = io.StringIO()
+    with bar(total=2, desc="steps", file=stream, mininterval=30, maxinterval=30) as steps:
+        for _ in range(2):
+            clock[0] += 25.64
+            steps.update(1)
+        clock[0] += 0.02
+    lines = stream.getvalue().splitlines()
+    assert [BAR_LINE.match(line)["n"] for line in lines] == ["2"], lines
+    assert "[00:51<00:00, 25.64s/it]" in lines[0], lines[0]
