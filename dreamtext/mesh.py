@@ -1473,7 +1473,12 @@ def query_surface_albedo(
     t = (np.arange(samples) + 0.5) * delta
     per_chunk = max(1, chunk // samples)
     in_empty_space = np.flatnonzero(empty)
-    for start in range(0, len(in_empty_space), per_chunk):
+    # Its own bar: each point here costs K queries, and where the field is soft (an early
+    # checkpoint) every point of a 1024 px texture can be one, 16× the work "albedo" counted.
+    chunks = range(0, len(in_empty_space), per_chunk)
+    for start in tqdm(
+        chunks, desc="albedo inward", leave=False, unit="chunk", disable=not chunks, **bar_options()
+    ):
         index = in_empty_space[start : start + per_chunk]
         x = points[index, None, :] - t[None, :, None] * normals_of(index)[:, None, :]  # [P, K, 3]
         sigma, rgb = field(torch.from_numpy(x.reshape(-1, 3).astype(np.float32)).to(device))

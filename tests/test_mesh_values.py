@@ -186,6 +186,37 @@ def test_a_point_whose_inward_ray_meets_no_matter_keeps_the_albedo_there():
     np.testing.assert_allclose(colours, [[0.8, 0.3, 0.2]], atol=1e-6)
 
 
+def test_the_inward_look_of_points_in_empty_space_shows_its_own_bar(monkeypatch):
+    """Points in empty space cost 16 queries each (8 cells, 2 samples a cell): on a soft
+    field (an early checkpoint) every texel of a 1024 px texture was one, and the texture
+    bake ran 45 s after its "albedo" bar closed at 100 % (3 s). 12 such points, 64 points a
+    chunk: one "albedo" chunk, then 4 points (64 queries) a chunk inward, 3 chunks, each bar's
+    line in a file ending at its total."""
+    import io
+    import re
+    import sys
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    points = np.tile([[0.95, 0.0, 0.0]], (12, 1))
+    normals = np.tile([[1.0, 0.0, 0.0]], (12, 1))
+    query_surface_albedo(SphereField(), points, normals.__getitem__, 1.0 / 24, chunk=64)
+    bars = re.findall(r"^(.+?): +\d+%\|.*\| (\d+/\d+) \[", stderr.getvalue(), re.MULTILINE)
+    assert bars == [("albedo", "1/1"), ("albedo inward", "3/3")], stderr.getvalue()
+
+
+def test_points_with_matter_show_no_inward_bar(monkeypatch):
+    """Where every point has matter nothing is looked for inward, and no bar says 0/0."""
+    import io
+    import sys
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    points, normals = np.array([[0.3, 0.0, 0.0]]), np.array([[1.0, 0.0, 0.0]])
+    query_surface_albedo(Haze(), points, normals.__getitem__, 1.0 / 24)
+    assert "inward" not in stderr.getvalue()
+
+
 def test_a_linear_ramp_is_meshed_on_its_iso_surface_to_a_fraction_of_a_cell():
     """σ = 100 (0.55 − |x|) / 0.1 crosses 50 at |x| = 0.5. Along a cell edge (h = 1/16) the
     ramp is linear in |x|, which bends from a straight line by at most about h² / (8 r) = 0.001:
