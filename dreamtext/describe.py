@@ -33,7 +33,12 @@ from torch import Tensor
 
 from dreamtext.checkpoint import atomic_write_bytes
 from dreamtext.config import absolute_model_folder
-from dreamtext.devices import resolve_device
+from dreamtext.devices import (
+    cpu_threads_record,
+    describe_device,
+    resolve_device,
+    software_versions,
+)
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image, open_unchecked, pad_to_square, small_image_warning
 from dreamtext.inputs import check_search_options
@@ -629,6 +634,24 @@ def describe(
         )
 
 
+def search_ran_on(encoder: ImageTextEncoder) -> dict[str, object]:
+    """What a search scored its sentences with, where its options say only ``auto``: CLIP's
+    device (and what it is) and dtype, the CPU threads and the software versions, as a run's
+    ``config.json`` records them (its ``ran_on``). Near-tied sentences can rank apart on another
+    device, dtype or thread count. A test's fake encoder, without a CLIP model, records
+    ``None`` for the device and dtype."""
+    model = getattr(encoder, "model", None)
+    device = getattr(encoder, "device", None)
+    dtype = getattr(model, "dtype", None)
+    return {
+        "device": None if device is None else str(device),
+        "device_name": None if device is None else describe_device(torch.device(device)),
+        "clip_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        **cpu_threads_record(),
+        "versions": software_versions(),
+    }
+
+
 def _describe(
     image: Image.Image,
     image_path: str | Path,
@@ -670,6 +693,7 @@ def _describe(
         "max_words": options.max_words,
         "options": used_options(options),
         "sentences_scored": len(score.cache),
+        "ran_on": search_ran_on(encoder),
     }
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     check()

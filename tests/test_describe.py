@@ -577,6 +577,28 @@ def test_ctrl_c_during_the_sentence_encoding_clears_its_progress_bar(
     assert err.endswith("\n") and "\r" not in err and "| 1/3 [" in err.splitlines()[-1]
 
 
+def test_describe_records_what_clip_ran_on(tiny_clip_path, tmp_path):
+    """sentence.json records, as a run's config.json does (its ran_on), what the search scored
+    with where the options say only auto: CLIP's device and dtype, the threads and versions."""
+    import platform
+
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image_path)
+    nouns, adjectives = tmp_path / "n.txt", tmp_path / "a.txt"
+    nouns.write_text("\n".join(NOUNS))
+    adjectives.write_text("\n".join(ADJECTIVES))
+    options = DescribeOptions(
+        clip=str(tiny_clip_path), nouns=nouns, adjectives=adjectives, max_words=1, device="cpu"
+    )
+    describe(image_path, tmp_path / "ws", options)
+
+    ran_on = json.loads((tmp_path / "ws" / "descriptor" / "sentence.json").read_text())["ran_on"]
+    assert (ran_on["device"], ran_on["clip_dtype"]) == ("cpu", "float32")
+    assert ran_on["cpu_threads"] == torch.get_num_threads()
+    assert ran_on["versions"]["torch"] == torch.__version__
+    assert ran_on["versions"]["python"] == platform.python_version()
+
+
 def test_dreamtext_describe_records_its_run_in_status_json(tiny_clip_path, tmp_path, capsys):
     """`dreamtext describe IMAGE` wrote no status.json: the viewer, batch and another command
     could not tell a search in progress from one that ended or was killed."""
