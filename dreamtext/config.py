@@ -49,6 +49,7 @@ from dreamtext.inputs import (
     resumes_line,
     same_prompt,
     slugify,
+    stage_sections,
     unknown_field,
 )
 from dreamtext.processes import is_run_folder
@@ -262,6 +263,11 @@ def read_config_file(path: Path, rerun: bool = True) -> dict[str, Any]:
     beside its config.json (:func:`own_learned_embeds`), and its workspace the folder the
     config.json is in (:func:`is_run_folder`)."""
     data = read_yaml(path)
+    sections = stage_sections(data, str(path))
+    if sections:  # checked here for every command: `text` runs no image stage to check them
+        from dreamtext.imageto3d import check_stage_sections
+
+        check_stage_sections(sections, str(path))
     said = resumes_line(path, data) if rerun else None
     if said is not None:
         print_note(said)

@@ -215,6 +215,7 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
             apply({"iters": done}, str(sentence_path(workspace)), "descriptor.")
     layers = [(f"{Path(workspace) / 'config.json'}", sections), *overrides.get("configs", ())]
     for source, stages in layers:
+        check_stage_sections(stages, source)
         apply(stage_options(stages), source)
     used = (read_record(workspace) or {}).get("options")
     if isinstance(used, dict):
@@ -321,6 +322,20 @@ def stage_options(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out = {name: image[name] for name in ("describe", "descriptor") if name in image}
     out.update({k: diverse[k] for k in ("sample_steps", "sample_guidance_scale") if k in diverse})
     return out
+
+
+def check_stage_sections(sections: dict[str, dict[str, Any]], source: str) -> None:
+    """Refuse an option of the stage ``sections`` (:func:`dreamtext.inputs.stage_sections` of
+    a config file, ``source``) that :class:`ImageOptions` has no field for, or of another type,
+    naming it as the file does (``image_to_3d.descriptor.lrr``, with the field it is close
+    to). Every command that reads a ``--config`` file checks it, those that run no image stage
+    too: a typo there was taken without a word by ``text``, which has no stage to run it."""
+    options = ImageOptions()
+    image, diverse = sections.get("image_to_3d", {}), sections.get("diverse", {})
+    kept = {name: image[name] for name in ("describe", "descriptor") if name in image}
+    apply_overrides(options, kept, source, prefix="image_to_3d.")
+    kept = {k: diverse[k] for k in ("sample_steps", "sample_guidance_scale") if k in diverse}
+    apply_overrides(options, kept, source, prefix="diverse.")
 
 
 def descriptor_plan(

@@ -382,28 +382,35 @@ def config_file_stage_sections(
     in their order (a file without them is left out): a run's config.json records them, so
     that ``image IMG --config RUN/config.json`` runs the stages with the run's options
     (:func:`dreamtext.imageto3d.resolve_image_options`); a YAML may give them too. A section
-    that is no mapping, or a key no section has, is a :class:`DreamtextError`."""
+    that is no mapping, or a key no section has, is a :class:`DreamtextError`
+    (:func:`stage_sections`)."""
     out = []
     for path in config_files_list(config_file):
-        data = read_yaml(path)
-        sections = {}
-        for name in STAGE_SECTIONS:
-            if name not in data:
-                continue
-            section = data[name]
-            if not isinstance(section, dict):
-                raise DreamtextError(f"config section '{name}' in {path} must be a mapping")
-            for key in section:
-                if key not in STAGE_KEYS[name]:
-                    raise DreamtextError(
-                        unknown_field(
-                            f"{name}.{key}", key, list(STAGE_KEYS[name]), f"{name}.", str(path)
-                        )
-                    )
-            sections[name] = section
+        sections = stage_sections(read_yaml(path), str(path))
         if sections:
             out.append((str(path), sections))
     return out
+
+
+def stage_sections(data: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """The :data:`STAGE_SECTIONS` of one config file's ``data`` (``source``: the file, for the
+    refusal), ``{}`` for none. A section that is no mapping, or a key of a section that is none
+    of its :data:`STAGE_KEYS`, is a :class:`DreamtextError`; the keys inside its options are
+    :func:`dreamtext.imageto3d.check_stage_sections`' to check."""
+    sections = {}
+    for name in STAGE_SECTIONS:
+        if name not in data:
+            continue
+        section = data[name]
+        if not isinstance(section, dict):
+            raise DreamtextError(f"config section '{name}' in {source} must be a mapping")
+        for key in section:
+            if key not in STAGE_KEYS[name]:
+                raise DreamtextError(
+                    unknown_field(f"{name}.{key}", key, list(STAGE_KEYS[name]), f"{name}.", source)
+                )
+        sections[name] = section
+    return sections
 
 
 # The most UTF-8 bytes of a slug: 60 CJK letters. Names made from it must stay under the 255

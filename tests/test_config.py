@@ -740,6 +740,87 @@ def test_the_stage_sections_of_config_files_are_read_in_order_and_checked(tmp_pa
         config_file_stage_sections(second)
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            "image_to_3d: {descriptr: {lr: 1}}\n",
+            "unknown config field 'image_to_3d.descriptr' in {f}; did you mean "
+            "'image_to_3d.descriptor'?",
+        ),
+        (
+            "image_to_3d: {descriptor: {lrr: 1}}\n",
+            "unknown config field 'image_to_3d.descriptor.lrr' in {f}; did you mean "
+            "'image_to_3d.descriptor.lr'?",
+        ),
+        (
+            "image_to_3d: {descriptor: {augment: {flip_pp: 0.2}}}\n",
+            "unknown config field 'image_to_3d.descriptor.augment.flip_pp' in {f}; did you mean "
+            "'image_to_3d.descriptor.augment.flip_p'?",
+        ),
+        (
+            "diverse: {sample_step: 3}\n",
+            "unknown config field 'diverse.sample_step' in {f}; did you mean "
+            "'diverse.sample_steps'?",
+        ),
+        (
+            "image_to_3d: {descriptor: {lr: fast}}\n",
+            "config field 'image_to_3d.descriptor.lr' must be float, got 'fast' (in {f})",
+        ),
+        (
+            "diverse: {sample_steps: many}\n",
+            "config field 'diverse.sample_steps' must be int, got 'many' (in {f})",
+        ),
+        (
+            "image_to_3d: {describe: 3}\n",
+            "config section 'image_to_3d.describe' in {f} must be a mapping",
+        ),
+    ],
+    ids=["section-key", "descriptor", "augment", "diverse", "float", "int", "mapping"],
+)
+def test_a_stage_option_no_version_has_or_of_another_type_is_refused_by_text_too(
+    tmp_path, text, line
+):
+    """``text --config`` (no image stage to run) took ``image_to_3d: {descriptr: ...}``, a
+    misspelt option inside ``describe:``/``descriptor:``/``diverse:`` or a string for a number
+    without a word; ``image`` refused the same file, naming ``descriptor.lrr`` outside its
+    section."""
+    path = tmp_path / "c.yaml"
+    assert refused(path, text) == line.format(f=path)
+
+
+def test_the_stage_sections_an_image_and_a_diverse_run_record_pass_as_text_config(tmp_path):
+    """A run's own config.json carries its stage sections, as written (every describe and
+    descriptor option, the image and sampler records): ``text --config`` takes it."""
+    from dreamtext.imageto3d import ImageOptions, image_section
+
+    image = tmp_path / "mug.png"
+    sections = {
+        "image_to_3d": image_section(image, ImageOptions()),
+        "diverse": {"prompt": "a mug", "seed": 3, "sample_steps": 50},
+    }
+    sections["diverse"].update(sample_guidance_scale=7.5, image=str(image), textual_inversion=None)
+    cfg = resolve_config({"prompt": "a mug", "workspace": str(tmp_path / "run")})
+    write_run_config(tmp_path / "run", cfg, extra=sections)
+    again = resolve_config({}, config_file=tmp_path / "run" / "config.json")
+    assert (again.prompt, again.workspace) == ("a mug", str(tmp_path / "run"))
+
+
+def test_text_refuses_a_misspelt_stage_option_before_writing_anything(tmp_path, capsys):
+    from dreamtext.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("image_to_3d: {descriptor: {lrr: 1}}\n")
+    workspace = tmp_path / "run"
+    argv = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "2"]
+    assert main([*argv, "--config", str(config), "--workspace", str(workspace)]) == 2
+    assert capsys.readouterr().err == (
+        f"dreamtext: error: unknown config field 'image_to_3d.descriptor.lrr' in {config}; "
+        "did you mean 'image_to_3d.descriptor.lr'?\n"
+    )
+    assert not workspace.exists()
+
+
 def test_changed_settings_compares_only_what_the_older_config_recorded():
     """A run of an older dreamtext has no record of a setting added since: the trainer's resume
     record called it changed from the thesis default, which that run (on a preset) may never
