@@ -2528,13 +2528,14 @@ def _record(
 
 class BatchLog:
     """The ``batch.jsonl`` records appended after this worker started (by the workers sharing its
-    list, and its own): which workspaces' newest such attempt failed. Each look reads on from
+    list, and its own; with ``from_start``, all of them: ``batch --status``): which workspaces'
+    newest such attempt failed. Each look reads on from
     where the last one stopped, so a list of any length costs one pass over the file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, from_start: bool = False) -> None:
         self.path = path
         try:
-            self.offset = path.stat().st_size
+            self.offset = 0 if from_start else path.stat().st_size
         except OSError:
             self.offset = 0
         self.failed: dict[str, str] = {}  # workspace as recorded → its error

@@ -1293,6 +1293,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from dreamtext.config import DEFAULT_WORKSPACE_ROOT
     from dreamtext.inputs import requeue_note
 
+    if args.status:
+        return batch_status(args)
     check_cuda_flag(args)
     overrides = text_overrides(args)  # --iters with --epochs was refused by early_batch
     overrides.pop("workspace", None)
@@ -1329,6 +1331,28 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print_note(finished_not_visited_line(run.finished_not_visited), flush=True)
     code = EXIT_INTERRUPTED if run.interrupted else exit_code(run.records)
     return code or (1 if cut else 0)
+
+
+def batch_status(args: argparse.Namespace) -> int:
+    """``batch --status``: the state of every line of the list with these flags
+    (:func:`dreamtext.batchstatus.list_status`), printed; 0 where every line is finished, else 1.
+    No GPU is asked for: a ``--device cuda`` of the batch's command is read as a setting."""
+    from dreamtext.batch import BatchOptions
+    from dreamtext.batchstatus import list_status, status_exit_code, status_report
+    from dreamtext.config import DEFAULT_WORKSPACE_ROOT
+
+    overrides = text_overrides(args)
+    overrides.pop("workspace", None)
+    root = Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT
+    options = BatchOptions(root=root, shard=args.shard, lock_timeout=args.lock_timeout)
+    states = list_status(args.prompts, overrides, args.preset, args.config, options)
+    print(terminal_lines(status_report(states, args.prompts, root)), flush=True)
+    return status_exit_code(states)
+
+
+# Flags of `batch` that change what it trains, not which settings it trains with, refused with
+# --status, whose lines are read as the batch without them would go on with them.
+NOT_WITH_STATUS = ("overwrite",)
 
 
 # The checks below run before torch and the model libraries are imported (start_libraries:
@@ -1650,6 +1674,18 @@ def early_batch(args: argparse.Namespace) -> None:
 
     _iters_or_epochs(args)
     _one_precision(args)
+    if args.status:
+        # Read-only, on any machine: no GPU asked for, no write to ROOT checked.
+        given = [f"--{name}" for name in NOT_WITH_STATUS if getattr(args, name)]
+        if given:
+            raise DreamtextError(
+                f"give --status (what the list's runs recorded) or {given[0]} (train every line "
+                "again), not both: --status reads each line as the batch without it goes on"
+            )
+        args.needs_models = False  # no threads to set: nothing is computed
+        check_root(Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT)
+        check_prompt_lines(Path(args.prompts), read_prompt_lines(Path(args.prompts)))
+        return
     check_cuda_flag(args)
     config_file_stage_sections(args.config)
     root = Path(args.workspace) if args.workspace else DEFAULT_WORKSPACE_ROOT
@@ -2057,6 +2093,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and interrupted runs (text prompts only; a requeued SLURM task keeps the runs it made "
         "before its requeue); without it a finished run is skipped, with a warning when it used "
         "other settings",
+    )
+    batch.add_argument(
+        "--status",
+        action="store_true",
+        help="train nothing: print how many lines of the list are finished, running, "
+        "interrupted, to continue, failed or not started (with the other flags as the batch "
+        "would read them, across every worker's share), then each unfinished line with its "
+        "folder and its own command; exit 0 when every line is finished, else 1",
     )
     add_describe_arguments(batch, descriptor=True)
     add_threads_argument(batch)

@@ -5395,3 +5395,125 @@ def test_an_image_line_is_told_what_trains_it_again_not_the_batchs_overwrite(
     assert status(cube)["state"] == "finished" and steps(cube)[-1] == 6
     assert main([*batch, "--descriptor-iters", "4", "--iters", "6"]) == 0
     assert rows(root)[-1]["status"] == "skipped"
+
+
+# ----------------------------------------------------------------------------------------------
+# batch --status
+
+
+def tree(root):
+    """Every path under ``root`` with its bytes and mtime: what a read-only command must leave."""
+    return {
+        p: (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def held_lock(workspace, **info):
+    """``workspace``'s batch lock as a live worker of this process holds it (``info`` over
+    that record)."""
+    from dreamtext.processes import this_process
+
+    record = {**this_process(), "started": "2026-01-01T00:00:00+00:00", "slurm": "88_1"}
+    record |= {"token": uuid.uuid4().hex, "refresh_s": 150.0, **info}
+    dreamtext.batch.lock_path(workspace).write_text(json.dumps(record))
+
+
+def five_states(tmp_path):
+    """A list of five lines under ``root``: finished, running (its lock held), interrupted at
+    step 12 with a checkpoint, failed (status.json), not started; its path and root."""
+    lines = ["a red cube", "a blue cube", "a green cube", "a red sphere", "a blue sphere"]
+    path = prompts_file(tmp_path, *lines)
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 20)
+    shapes_run(root / "a_blue_cube", "a blue cube", 4)
+    held_lock(root / "a_blue_cube")
+    shapes_run(root / "a_green_cube", "a green cube", 12)
+    shapes_run(root / "a_red_sphere", "a red sphere", 7)
+    failed = {"state": "failed", "step": 7, "error": "RuntimeError: the field overflowed"}
+    (root / "a_red_sphere" / "status.json").write_text(json.dumps(failed))
+    (root / "batch.jsonl").write_text("")
+    return path, root
+
+
+def test_status_counts_every_line_by_what_its_run_recorded_and_writes_nothing(tmp_path, capsys):
+    path, root = five_states(tmp_path)
+    before = tree(root)
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    assert tree(root) == before
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        f"{path}: 5 lines under {root}: 1 finished, 1 running, 1 interrupted, 1 failed, "
+        "1 not started"
+    )
+    rows = {line.split()[0]: line for line in out[2:7]}
+    assert "1" not in rows  # a finished line needs nothing
+    claimed = r"2 +running +a_blue_cube +claimed by \S+ pid \d+ \(SLURM task 88_1\)"
+    assert re.match(claimed, rows["2"]), rows["2"]
+    green = shlex.quote(str(root / "a_green_cube"))
+    assert rows["3"].split()[:4] == ["3", "interrupted", "a_green_cube", "step"], rows["3"]
+    assert rows["3"].endswith(f"dreamtext text 'a green cube' --workspace {green} --resume")
+    assert "RuntimeError: the field overflowed" in rows["4"]
+    sphere = shlex.quote(str(root / "a_blue_sphere"))
+    assert rows["5"].endswith(f"dreamtext text 'a blue sphere' --workspace {sphere}"), rows["5"]
+
+
+def test_status_exits_0_once_every_line_is_finished_and_a_higher_iters_unfinishes_it(
+    tmp_path, capsys
+):
+    """The flags decide "finished" as the batch's would: a run finished at 20 steps is one to
+    continue for --iters 30, which the batch trains on."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    from dreamtext.checkpoint import RUN_KEYS, save_checkpoint
+
+    save_checkpoint(
+        shapes_run(root / "a_red_cube", "a red cube", 20), {k: {} for k in RUN_KEYS} | {"step": 20}
+    )
+    status = ["batch", str(path), *BUILTIN[:2], "--workspace", str(root), "--status"]
+    assert main([*status, "--iters", "20"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{path}: 1 line under {root}: 1 finished"]
+    # No --iters: the run keeps its own 20, not the built-in preset's 1000, as the batch reads it.
+    assert main(status) == 0
+    capsys.readouterr()
+    assert main([*status, "--iters", "30"]) == 1
+    row = capsys.readouterr().out.splitlines()[2]
+    assert "to continue  a_red_cube  finished at step 20, short of --iters 30" in row, row
+    assert row.endswith("--resume")
+
+
+def test_status_reads_a_lock_whose_process_is_gone_as_an_interrupted_line(tmp_path, capsys):
+    """A worker killed (kill -9, the out-of-memory killer) leaves its lock: the batch takes it
+    over at once (WorkspaceLock.stale_reason), so the line is not running."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 12)
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    held_lock(root / "a_red_cube", pid=gone.pid)
+    args = ["batch", path, *BUILTIN, "--workspace", root, "--status"]
+    assert main(list(map(str, args))) == 1
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("1 ")]
+    assert "interrupted" in row and f"its process {gone.pid} on" in row, row
+
+
+def test_status_names_a_line_that_failed_before_its_run_wrote_anything(tmp_path, capsys):
+    """Its only record is batch.jsonl's, whose newest attempt of the line failed."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    root.mkdir()
+    record = {"workspace": "a_red_cube", "status": "failed", "error": "OSError: no such model"}
+    skipped = {"workspace": "a_red_cube", "status": "skipped", "error": "claimed by x"}
+    (root / "batch.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(skipped) + "\n")
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    out = capsys.readouterr().out
+    assert "1 failed" in out and "OSError: no such model" in out
+
+
+def test_status_with_overwrite_is_refused_in_one_line(tmp_path, capsys):
+    path = prompts_file(tmp_path, "a red cube")
+    args = ["batch", path, "--workspace", tmp_path / "root", "--status", "--overwrite"]
+    assert main(list(map(str, args))) == 2
+    [err] = capsys.readouterr().err.splitlines()
+    assert err.startswith("dreamtext: error: give --status") and "--overwrite" in err
+    assert not (tmp_path / "root").exists()
