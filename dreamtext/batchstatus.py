@@ -180,6 +180,7 @@ def status_report(states: Sequence[LineState], list_file: str | Path, root: Path
     counts = Counter(s.state for s in states)
     said = ", ".join(f"{counts[name]} {name}" for name in LINE_STATES if counts[name])
     n = len(states)
+    said = said or "none in this share"  # --shard K/N with more shares than lines
     lines = [f"{list_file}: {n} line{'s' if n != 1 else ''} under {root}: {said}"]
     rows = [
         (str(s.entry.line), s.state, _relative(s.entry.workspace, root), s.detail, s.command or "")
@@ -192,12 +193,16 @@ def status_report(states: Sequence[LineState], list_file: str | Path, root: Path
         for row in [header, *rows]:
             cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
             lines.append("  ".join([*cells, row[-1]]).rstrip())
-    commands = [s for s in states if s.command]
-    if commands:
+    kinds = {s.entry.kind: line_flags(s.entry) for s in states if s.command}
+    if kinds:
+        lines_of = {"image": "an image line", "text": "a text line"}
+        flags = " or ".join(
+            f"{flags} for {lines_of[kind]}" if len(kinds) > 1 else flags
+            for kind, flags in sorted(kinds.items())
+        )
         lines.append(
             "the batch command run again goes on with every line that is not finished (a "
-            "finished one is skipped); a line's own command, with "
-            f"{line_flags(commands[0].entry)}, with that line alone"
+            f"finished one is skipped); a line's own command, with {flags}, with that line alone"
         )
     return "\n".join(lines)
 
