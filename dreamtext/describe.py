@@ -41,7 +41,7 @@ from dreamtext.devices import (
 )
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image, open_unchecked, pad_to_square, small_image_warning
-from dreamtext.inputs import check_search_options
+from dreamtext.inputs import check_search_options, word_list_identity
 from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
 from dreamtext.interrupts import more_work, raise_if_stop_requested, rename_for
 from dreamtext.progress import bar_options, tqdm
@@ -49,6 +49,7 @@ from dreamtext.runfiles import (
     SOURCE_SUFFIXES,
     check_describe_workspace,
     check_not_running,
+    read_stage_sections,
     sentence_path,
 )
 from dreamtext.runfiles import read_record as read_record  # re-exported
@@ -559,6 +560,71 @@ def used_options(options: DescribeOptions) -> dict[str, object]:
     }
 
 
+def word_lists_record(
+    options: DescribeOptions, nouns: Sequence[str], adjectives: Sequence[str]
+) -> dict[str, dict[str, object]]:
+    """The word lists a search reads, as sentence.json and an image run's config.json record
+    them (``word_lists``): ``{"nouns": ..., "adjectives": ...}``, each its file, word count and
+    digest (:func:`dreamtext.inputs.word_list_identity`). The options record the files by path
+    alone, and a file edited since reads otherwise."""
+    return {
+        "nouns": word_list_identity(options.nouns, nouns),
+        "adjectives": word_list_identity(options.adjectives, adjectives),
+    }
+
+
+def recorded_word_lists(workspace: str | Path) -> tuple[dict, str] | None:
+    """``(word_lists, file)`` as ``workspace`` recorded them last: sentence.json's (the search
+    done), else config.json's ``image_to_3d`` section (an image run stopped before its search
+    ended); ``None`` without a record of them (a run from before it)."""
+    record = read_record(workspace) or {}
+    if isinstance(record.get("word_lists"), dict):
+        return record["word_lists"], str(sentence_path(workspace))
+    section = read_stage_sections(workspace).get("image_to_3d", {})
+    if isinstance(section.get("word_lists"), dict):
+        return section["word_lists"], str(Path(workspace) / "config.json")
+    return None
+
+
+def changed_word_lists(recorded: dict, now: dict[str, dict[str, object]]) -> list[str]:
+    """The word lists of ``now`` (:func:`word_lists_record`) that read otherwise than the same
+    file did when ``recorded``: ``"nouns.txt (12 words, sha256 0a1b2c3d4e5f; now 13, ...)"``.
+    A list given by another path is another option, not a change of this one."""
+    out = []
+    for name, identity in now.items():
+        before = recorded.get(name)
+        if not isinstance(before, dict) or before.get("file") != identity["file"]:
+            continue
+        if before.get("sha256") == identity["sha256"]:
+            continue
+        file = identity["file"] or f"the built-in {name}.txt"
+        out.append(
+            f"{file} ({before.get('words')} words, sha256 {str(before.get('sha256'))[:12]}; now "
+            f"{identity['words']}, {str(identity['sha256'])[:12]})"
+        )
+    return out
+
+
+def warn_changed_word_lists(
+    workspace: str | Path, options: DescribeOptions, nouns: list[str], adjectives: list[str]
+) -> None:
+    """Warn where a word list this search reads differs from the one the workspace recorded
+    for the same file (:func:`changed_word_lists`): a rerun or resume would otherwise search a
+    list edited since, without a word. A warning, not a refusal: nothing the workspace holds was
+    made from the old list once this search replaces its sentence (a trained descriptor's
+    workspace is refused before: :func:`check_describe_workspace`)."""
+    found = recorded_word_lists(workspace)
+    if found is None:
+        return
+    recorded, source = found
+    changed = changed_word_lists(recorded, word_lists_record(options, nouns, adjectives))
+    if changed:
+        log.warning(
+            f"warning: word list changed since {source} recorded it: {'; '.join(changed)}; "
+            "this search reads it as it is now (restore the file to search the recorded list)"
+        )
+
+
 def check_options(options: DescribeOptions) -> tuple[list[str], list[str]]:
     """Refuse options no search can use (:func:`dreamtext.inputs.check_search_options`: the CLI
     asks it before torch is imported too); return the nouns and adjectives."""
@@ -599,6 +665,7 @@ def describe(
     nouns, adjectives = check_options(options)
     image = load_image(image_path)
     check_describe_workspace(workspace, image_path)
+    warn_changed_word_lists(workspace, options, nouns, adjectives)
     if encoder is None:
         check_base_sentences(options, nouns)
     if warning := small_image_warning(image, image_path):
@@ -692,6 +759,7 @@ def _describe(
         "clip": absolute_model_folder(options.clip),
         "max_words": options.max_words,
         "options": used_options(options),
+        "word_lists": word_lists_record(options, nouns, adjectives),
         "sentences_scored": len(score.cache),
         "ran_on": search_ran_on(encoder),
     }

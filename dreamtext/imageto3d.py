@@ -78,6 +78,8 @@ from dreamtext.describe import (
     read_record,
     sentence_path,
     used_options,
+    warn_changed_word_lists,
+    word_lists_record,
 )
 from dreamtext.descriptor import (
     DESCRIPTOR_TOKEN,
@@ -797,7 +799,19 @@ def record_config(
     copy, recorded = source_copy(workspace), recorded_image(workspace)
     if copy is not None and recorded is not None and image_path.resolve() == copy.resolve():
         image_path = Path(recorded)
-    extra = {"image_to_3d": image_section(image_path, options), **(sections or {})}
+    section = image_section(image_path, options)
+    # What the search read or will read of its word lists (the options name their files only):
+    # the search's own record once it is done, for a rerun or resume to compare a list with.
+    if "sentence" in record:
+        if isinstance(record.get("word_lists"), dict):
+            section["word_lists"] = record["word_lists"]
+    else:
+        # A resume before the search ended (or before --diverse's sample): warned here, as this
+        # write replaces the record the search would compare its lists with.
+        nouns, adjectives = check_options(options.describe)
+        warn_changed_word_lists(workspace, options.describe, nouns, adjectives)
+        section["word_lists"] = word_lists_record(options.describe, nouns, adjectives)
+    extra = {"image_to_3d": section, **(sections or {})}
     write_run_config(workspace, cfg, extra)
 
 

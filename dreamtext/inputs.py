@@ -357,11 +357,11 @@ def unknown_field(
     )
 
 
-# The keys of the stage sections; ``image`` and ``diverse``'s ``prompt``, ``seed`` and
-# ``textual_inversion`` (the learned words its sample read) are records of the run (its input),
-# the others options of its stages.
+# The keys of the stage sections; ``image``, ``word_lists`` (what the search's word lists held)
+# and ``diverse``'s ``prompt``, ``seed`` and ``textual_inversion`` (the learned words its sample
+# read) are records of the run (its input), the others options of its stages.
 STAGE_KEYS = {
-    "image_to_3d": ("image", "describe", "descriptor"),
+    "image_to_3d": ("image", "describe", "descriptor", "word_lists"),
     "diverse": (
         "prompt",
         "seed",
@@ -372,7 +372,7 @@ STAGE_KEYS = {
     ),
 }
 # The records among them: the run's input, which the command line gives, not an option to set.
-STAGE_RECORDS = frozenset({"image", "prompt", "seed", "textual_inversion"})
+STAGE_RECORDS = frozenset({"image", "prompt", "seed", "textual_inversion", "word_lists"})
 
 
 def config_file_stage_sections(
@@ -1008,6 +1008,16 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
     if not words:
         raise DreamtextError(f"word list {source} is empty; give a file with one word per line")
     return words
+
+
+def word_list_identity(path: str | Path | None, words: Sequence[str]) -> dict[str, object]:
+    """What identifies a sentence-search word list, as a record holds it: its ``file``
+    (absolute; ``None`` for the shipped list), the number of ``words`` and the ``sha256`` of the
+    words as the search reads them (:func:`read_vocabulary`'s, joined by newlines): a comment,
+    a blank line or a repeated word changes no search, so none changes the digest."""
+    digest = hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
+    file = None if path is None else str(Path(path).resolve())
+    return {"file": file, "words": len(words), "sha256": digest}
 
 
 WORD_MAX_BYTES = 64

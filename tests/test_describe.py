@@ -876,3 +876,80 @@ def test_ties_follow_the_documented_orders():
     result = search_sentence(table_score(table), ["dog", "ball"], ["red"], max_words=1)
     assert (result.quantifier, result.noun) == ("a", "dogs")
     assert result.words == ["ball"]
+
+
+def test_sentence_json_records_each_word_lists_size_and_digest(tmp_path):
+    """The options name a word list by its path alone: sentence.json records what the search
+    read of each (its file, word count and the SHA-256 of its words), so that a list edited
+    since can be told apart from the one the sentence was found in."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    options = _vocabulary(tmp_path)
+    describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    record = json.loads((tmp_path / "ws" / "descriptor" / "sentence.json").read_text())
+    nouns = record["word_lists"]["nouns"]
+    assert nouns["file"] == str(options.nouns.resolve()) and nouns["words"] == len(NOUNS)
+    assert nouns["sha256"] == hashlib.sha256("\n".join(NOUNS).encode()).hexdigest()
+    assert record["word_lists"]["adjectives"]["words"] == len(ADJECTIVES)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_search_of_a_word_list_edited_since_the_record_warns(tmp_path, caplog):
+    """A rerun of `dreamtext describe` with the same --nouns file, edited since the sentence
+    was found in it, searched the new list without a word; it warns, naming both lists."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    options = _vocabulary(tmp_path)
+    describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    assert not [line for line in _warnings(caplog) if "word list" in line]  # unchanged: quiet
+
+    options.nouns.write_text("\n".join([*NOUNS, "cup"]) + "\n# a comment\n")
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    [line] = [line for line in _warnings(caplog) if "word list" in line]
+    assert str(options.nouns.resolve()) in line and "sentence.json" in line
+    assert f"({len(NOUNS)} words" in line and f"now {len(NOUNS) + 1}," in line
+    assert str(options.adjectives.resolve()) not in line  # unchanged
+    record = json.loads((tmp_path / "ws" / "descriptor" / "sentence.json").read_text())
+    assert record["word_lists"]["nouns"]["words"] == len(NOUNS) + 1  # the new search's list
+
+
+def test_a_comment_added_to_a_word_list_is_no_change(tmp_path, caplog):
+    """The digest is of the words the search reads: a comment or blank line changes nothing."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    options = _vocabulary(tmp_path)
+    describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    options.nouns.write_text("# nouns\n\n" + "\n".join(NOUNS) + "\n")
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    assert not [line for line in _warnings(caplog) if "word list" in line]
+
+
+def test_an_image_run_resumed_before_its_search_warns_of_an_edited_word_list(tmp_path, caplog):
+    """An image run's config.json records its word lists before the search (which a stop can
+    cut short): the resumed search of a list edited since warns, as a rerun of describe does."""
+    from dreamtext.config import TrainConfig
+    from dreamtext.imageto3d import ImageOptions, record_config
+
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    options = ImageOptions(describe=_vocabulary(tmp_path))
+    record_config(workspace, TrainConfig(workspace=str(workspace)), image_path, options)
+    section = json.loads((workspace / "config.json").read_text())["image_to_3d"]
+    assert section["word_lists"]["nouns"]["words"] == len(NOUNS)
+
+    options.describe.nouns.write_text("\n".join(NOUNS[:-1]))
+    # As run_image resumes: config.json is written again before the search.
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        record_config(workspace, TrainConfig(workspace=str(workspace)), image_path, options)
+        describe(image_path, workspace, options.describe, encoder=HashEncoder())
+    [line] = [line for line in _warnings(caplog) if "word list" in line]  # once, not twice
+    assert "config.json" in line and f"now {len(NOUNS) - 1}," in line
