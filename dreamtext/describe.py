@@ -701,12 +701,18 @@ def describe(
         )
 
 
-def search_ran_on(encoder: ImageTextEncoder) -> dict[str, object]:
+def search_ran_on(encoder: ImageTextEncoder, clip: str | None = None) -> dict[str, object]:
     """What a search scored its sentences with, where its options say only ``auto``: CLIP's
     device (and what it is) and dtype, the CPU threads and the software versions, as a run's
-    ``config.json`` records them (its ``ran_on``). Near-tied sentences can rank apart on another
-    device, dtype or thread count. A test's fake encoder, without a CLIP model, records
-    ``None`` for the device and dtype."""
+    ``config.json`` records them (its ``ran_on``), and which files of ``clip`` (``--clip``)
+    loaded: ``clip_revision``, the hub commit of a cached hub id (as ``model_revision`` is
+    Stable Diffusion's), and ``clip_folder``, the snapshot or local folder it loaded from
+    (:func:`dreamtext.models.clip_revision`; ``None`` where neither is known). Near-tied
+    sentences can rank apart on another device, dtype, thread count or CLIP revision. A test's
+    fake encoder, without a CLIP model, records ``None`` for the device and dtype."""
+    from dreamtext.models import clip_revision
+
+    revision, folder = clip_revision(clip) if clip is not None else (None, None)
     model = getattr(encoder, "model", None)
     device = getattr(encoder, "device", None)
     dtype = getattr(model, "dtype", None)
@@ -714,6 +720,8 @@ def search_ran_on(encoder: ImageTextEncoder) -> dict[str, object]:
         "device": None if device is None else str(device),
         "device_name": None if device is None else describe_device(torch.device(device)),
         "clip_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        "clip_revision": revision,
+        "clip_folder": folder,
         **cpu_threads_record(),
         "versions": software_versions(),
     }
@@ -761,7 +769,7 @@ def _describe(
         "options": used_options(options),
         "word_lists": word_lists_record(options, nouns, adjectives),
         "sentences_scored": len(score.cache),
-        "ran_on": search_ran_on(encoder),
+        "ran_on": search_ran_on(encoder, options.clip),
     }
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     check()

@@ -139,16 +139,42 @@ def model_revision(model: str, cache_dir: str | Path | None = None) -> str | Non
     return snapshot.name if snapshot is not None and snapshot.parent.name == "snapshots" else None
 
 
-def cached_snapshot(model: str, cache_dir: str | Path | None = None) -> Path | None:
+def clip_revision(clip: str, cache_dir: str | Path | None = None) -> tuple[str | None, str | None]:
+    """``(commit, folder)`` of the CLIP model that ``from_pretrained`` loads for ``--clip``
+    ``clip``: for a hub id in the Hugging Face cache, the ``snapshots/<commit>`` folder of its
+    ``config.json`` (which every load reads) and that commit; for a local folder, no commit and
+    the folder (absolute, links resolved); ``(None, None)`` for a hub id not in the cache.
+    ``cache_dir`` as :func:`model_revision`'s."""
+    path = Path(clip).expanduser()
+    if path.is_dir():
+        return None, str(path.resolve())
+    snapshot = cached_snapshot(clip, cache_dir, CLIP_CACHE_FILES)
+    if snapshot is None:
+        return None, None
+    commit = snapshot.name if snapshot.parent.name == "snapshots" else None
+    return commit, str(snapshot)
+
+
+# The files whose cached copy shows where a hub model loads from, each with its depth below
+# the snapshot folder: Stable Diffusion's (model_revision) and CLIP's (clip_revision).
+SD_CACHE_FILES = (("unet/config.json", 2), ("model_index.json", 1))
+CLIP_CACHE_FILES = (("config.json", 1),)
+
+
+def cached_snapshot(
+    model: str,
+    cache_dir: str | Path | None = None,
+    files: tuple[tuple[str, int], ...] = SD_CACHE_FILES,
+) -> Path | None:
     """The folder of the Hugging Face cache that ``from_pretrained`` loads hub id ``model``
     from (see :func:`model_revision`), or ``None``: a local folder, a built-in prior, a model not
-    in the cache."""
+    in the cache. ``files``: the files to look for, as ``(name, depth below the snapshot)``."""
     if model.startswith("builtin:") or Path(model).expanduser().exists() or model.count("/") != 1:
         return None
     quiet_model_libraries()
     from huggingface_hub import try_to_load_from_cache
 
-    for name, depth in (("unet/config.json", 2), ("model_index.json", 1)):
+    for name, depth in files:
         try:
             found = try_to_load_from_cache(model, name, cache_dir=cache_dir)
         except ValueError:  # not a valid repo id

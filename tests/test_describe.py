@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -597,6 +598,8 @@ def test_describe_records_what_clip_ran_on(tiny_clip_path, tmp_path):
     assert ran_on["cpu_threads"] == torch.get_num_threads()
     assert ran_on["versions"]["torch"] == torch.__version__
     assert ran_on["versions"]["python"] == platform.python_version()
+    # A local folder has no hub commit: the folder it loaded from names it.
+    assert (ran_on["clip_revision"], ran_on["clip_folder"]) == (None, str(tiny_clip_path.resolve()))
 
 
 def test_dreamtext_describe_records_its_run_in_status_json(tiny_clip_path, tmp_path, capsys):
@@ -929,6 +932,28 @@ def test_a_comment_added_to_a_word_list_is_no_change(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="dreamtext"):
         describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
     assert not [line for line in _warnings(caplog) if "word list" in line]
+
+
+def test_sentence_json_records_the_cached_clip_commit_it_loaded(tmp_path, monkeypatch):
+    """sentence.json named CLIP by its hub id alone: which commit of the model scored the
+    sentences was not recorded (a run's config.json records Stable Diffusion's). Its ran_on
+    holds the commit of the cache's snapshot and that folder."""
+    import huggingface_hub.constants
+    from tiny_clip import write_clip
+
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hub" / "models--someone--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = write_clip(repo / "snapshots" / commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    options = replace(_vocabulary(tmp_path), clip="someone/tiny-clip")
+    describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    record = json.loads((tmp_path / "ws" / "descriptor" / "sentence.json").read_text())
+    assert record["ran_on"]["clip_revision"] == commit
+    assert record["ran_on"]["clip_folder"] == str(snapshot)
 
 
 def test_an_image_run_resumed_before_its_search_warns_of_an_edited_word_list(tmp_path, caplog):

@@ -570,6 +570,25 @@ def test_the_model_revision_is_the_cached_snapshot_a_hub_id_loads(tmp_path, tiny
     assert models_module.model_revision("builtin:shapes", cache_dir=tmp_path) is None
 
 
+def test_the_clip_revision_is_the_cached_snapshot_of_its_config(tmp_path, tiny_clip_path):
+    """CLIP's commit is found as Stable Diffusion's is, by the file every load reads (a CLIP
+    repository's top-level config.json, which model_revision does not look for); a local folder
+    has no commit and is named by its folder."""
+    from tiny_clip import write_clip
+
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = tmp_path / "models--someone--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = write_clip(repo / "snapshots" / commit)
+    found = models_module.clip_revision("someone/tiny-clip", cache_dir=tmp_path)
+    assert found == (commit, str(snapshot))
+    assert models_module.model_revision("someone/tiny-clip", cache_dir=tmp_path) is None
+    assert models_module.clip_revision("someone/other-clip", cache_dir=tmp_path) == (None, None)
+    local = models_module.clip_revision(str(tiny_clip_path), cache_dir=tmp_path)
+    assert local == (None, str(tiny_clip_path.resolve()))
+
+
 def test_a_folder_of_fp16_variant_weights_alone_loads(tmp_path, tiny_sd_path):
     """A folder saved with ``variant="fp16"`` (``model.fp16.safetensors`` ...), which diffusers
     reads with ``variant="fp16"``, was refused as "damaged or incomplete"."""
