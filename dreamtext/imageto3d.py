@@ -70,6 +70,7 @@ from dreamtext.config import (
 )
 from dreamtext.describe import (
     DescribeOptions,
+    changed_word_lists,
     check_base_sentences,
     check_options,
     collapse_spaces,
@@ -102,7 +103,7 @@ from dreamtext.errors import (
     precision_memory_fixes,
 )
 from dreamtext.guidance import GuidanceConfig
-from dreamtext.inputs import earlier_slugs, write_elsewhere
+from dreamtext.inputs import earlier_slugs, read_vocabulary, word_list_identity, write_elsewhere
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for, release_clip
 from dreamtext.processes import claim_workspace
@@ -512,8 +513,11 @@ def ignored_flags(
     ``source`` (a ``--config`` file whose ``image_to_3d.describe`` they are) as
     ``"image_to_3d.describe.name value in source (the run's: old)"``. The stage's options are
     sentence.json's ``options``; a record from before it names only its ``clip`` and
-    ``max_words`` and the chosen ``noun`` and ``quantifier``."""
+    ``max_words`` and the chosen ``noun`` and ``quantifier``. A word list given by the path the
+    search read, whose words differ from the ones sentence.json's ``word_lists`` recorded
+    (edited since), is named too: its edit changes nothing of the reused stage either."""
     record = read_record(workspace) or {}
+    lists = record.get("word_lists")
     used = record.get("options")
     if isinstance(used, dict):
         record, done = used, set(used)
@@ -529,6 +533,13 @@ def ignored_flags(
         if name in ("noun", "quantifier"):  # words as the search reads them, spaces collapsed
             value = collapse_spaces(value) if isinstance(value, str) else value
             recorded = collapse_spaces(recorded) if isinstance(recorded, str) else recorded
+        if name in ("nouns", "adjectives") and value is not None and recorded == value:
+            if isinstance(lists, dict) and (edited := _edited_list(lists, name, value)):
+                where = (
+                    f"--{name}" if source is None else f"image_to_3d.describe.{name} in {source}"
+                )
+                out.append(f"{where} {edited}, edited since the search")
+            continue
         if value is None or name not in done or recorded == value:
             continue
         if recorded is None and not isinstance(used, dict):
@@ -541,6 +552,18 @@ def ignored_flags(
         else:
             out.append(f"image_to_3d.describe.{name} {value} in {source} (the run's: {was})")
     return out
+
+
+def _edited_list(recorded: dict, name: str, file: str) -> str | None:
+    """How word list ``file`` (``nouns`` or ``adjectives``: ``name``) differs from what
+    ``recorded`` (sentence.json's ``word_lists``) says it held (:func:`changed_word_lists`), or
+    ``None`` where it does not."""
+    try:
+        words = read_vocabulary(file, f"{name}.txt")
+    except DreamtextError:  # gone or unreadable: the reused stage does not read it
+        return None
+    changed = changed_word_lists(recorded, {name: word_list_identity(file, words)})
+    return changed[0] if changed else None
 
 
 def run_image(

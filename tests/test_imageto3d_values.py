@@ -420,3 +420,24 @@ def test_image_run_fixed_frees_the_field_but_keeps_the_seed_that_trained_the_des
     assert image_run_fixed(training, False, "image") == {"fixed": ()}
     assert image_run_fixed(training, True, "image") == {"fixed": ()}
     assert image_run_fixed(tmp_path / "new", False, "image") == {"fixed": ()}
+
+
+def test_a_word_list_edited_since_the_reused_search_is_named_among_the_ignored(tmp_path):
+    """`image IMG --nouns n.txt` again, n.txt edited since the search found the sentence in it:
+    the stage is reused (the edit changes nothing), but the note of ignored flags was silent,
+    the path being the same; it names the list, edited since the search."""
+    from dreamtext.describe import DescribeOptions, used_options, word_lists_record
+    from dreamtext.imageto3d import ignored_flags
+
+    nouns = tmp_path / "n.txt"
+    nouns.write_text("mug\nbox\n")
+    options = DescribeOptions(nouns=nouns)
+    lists = word_lists_record(options, ["mug", "box"], ["red"])
+    _record(tmp_path, options=used_options(options), word_lists=lists)
+    assert ignored_flags(tmp_path, {"nouns": str(nouns)}) == []
+    nouns.write_text("mug\nbox\ncup\n")
+    [line] = ignored_flags(tmp_path, {"nouns": str(nouns)})
+    assert line.startswith(f"--nouns {nouns.resolve()} (2 words") and "now 3," in line
+    assert line.endswith("edited since the search")
+    nouns.unlink()  # gone: the reused stage does not read it, and nothing is refused
+    assert ignored_flags(tmp_path, {"nouns": str(nouns)}) == []
