@@ -92,11 +92,14 @@ def more_work() -> None:
     """More work of the command follows work that was complete (a batch's next line, after
     :func:`dreamtext.__main__.work_complete`): stop signals interrupt again, and one that
     arrived in between is a request to stop (:func:`stop_requested`), which the caller checks
-    before it starts that work. Outside every :func:`sigterm_interrupts` block there is no
-    command whose stop it could be: one noted in an earlier, ended block (a notebook's cell
-    stopped after its run was complete) is dropped, not carried into the next run."""
+    before it starts that work; a SIGTERM or SIGHUP after it is that stop again, not raised.
+    Outside every :func:`sigterm_interrupts` block there is no command whose stop it could be:
+    one noted in an earlier, ended block (a notebook's cell stopped after its run was complete)
+    is dropped, not carried into the next run."""
     if work_goes_on() and _REQUEST["depth"] > 0:
-        _REQUEST["stop"] = True
+        # The command is stopping for it: the same stop sent again (sigterm_interrupts) is not
+        # raised into the records of that stop.
+        _REQUEST["stop"] = _REQUEST["asked"] = True
 
 
 def raise_if_stop_in_step() -> None:

@@ -351,6 +351,28 @@ def test_a_machines_stop_sent_again_while_the_command_stops_is_not_raised_again(
             signal.raise_signal(signal.SIGTERM)
 
 
+def test_a_machines_stop_noted_after_complete_work_is_not_raised_again_as_it_stops():
+    """A SIGTERM after a batch line's work was complete is noted (work_complete), and the next
+    piece of work (more_work) takes it as the stop: the batch starts no next line and writes
+    its summary. The second SIGTERM of that stop (a SLURM task's srun passing on what its step
+    had) raised there, as a new stop would, and cut the summary short."""
+    from dreamtext.__main__ import work_complete
+    from dreamtext.interrupts import more_work
+
+    with sigterm_interrupts():
+        work_complete()
+        signal.raise_signal(signal.SIGTERM)  # noted: the line's files are in place
+        more_work()
+        assert stop_requested()
+        try:
+            for sent in (signal.SIGTERM, signal.SIGHUP):
+                signal.raise_signal(sent)
+        except KeyboardInterrupt:
+            pytest.fail(f"{signal.Signals(sent).name} again interrupted the stop")
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: at once
+            signal.raise_signal(signal.SIGINT)
+
+
 def test_an_interrupt_in_the_export_says_so_with_its_step_and_checkpoint():
     from pathlib import Path
 
