@@ -149,11 +149,16 @@ def stop_on_signal() -> Iterator[dict[str, bool]]:
         if _REQUEST["depth"] > 0:  # what the command does after the loop stops is that stop's
             _REQUEST["asked"] = True
 
-    outer = _STEP_LOOP["flag"]
+    outer, asked = _STEP_LOOP["flag"], _REQUEST["asked"]
     _STEP_LOOP["flag"] = flag
     try:
         with _handling(STOP_SIGNALS, handler):
             yield flag
+        # Left without an exception, the loop ended by itself: a stop after its last look at
+        # the flag (as it closes its bar and log) was acted on by no one, and the one sent
+        # again in the work after it (a final preview, the export) is a stop to raise, not a
+        # repeat of one under way. A loop that stops raises (TrainingInterrupted).
+        _REQUEST["asked"] = asked
     finally:
         _STEP_LOOP["flag"] = outer
 

@@ -334,9 +334,10 @@ def test_a_machines_stop_sent_again_while_the_command_stops_is_not_raised_again(
     and the line had no record, its lock stayed, and the batch said it had not started it."""
     for in_loop in (False, True):
         with sigterm_interrupts():
-            if in_loop:
-                with stop_on_signal():
+            if in_loop:  # the loop stops by raising (TrainingInterrupted) after its checkpoint
+                with pytest.raises(StepStopped), stop_on_signal():
                     signal.raise_signal(signal.SIGTERM)
+                    raise_if_stop_in_step()
             else:
                 with pytest.raises(KeyboardInterrupt):
                     signal.raise_signal(signal.SIGTERM)
@@ -371,6 +372,19 @@ def test_a_machines_stop_noted_after_complete_work_is_not_raised_again_as_it_sto
             pytest.fail(f"{signal.Signals(sent).name} again interrupted the stop")
         with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: at once
             signal.raise_signal(signal.SIGINT)
+
+
+def test_a_stop_a_training_loop_ended_without_reading_leaves_the_next_one_to_interrupt():
+    """A SIGTERM after the loop's last look at its flag (as it closes its bar and log) stops
+    nothing there: the run goes on to its final preview and export. The stop sent again there
+    (a SLURM task's srun passing it on) was taken for a repeat of a stop under way and dropped,
+    and the export ran on until the scheduler's SIGKILL, its files and status.json cut short;
+    it interrupts the export, as it did before repeats were dropped."""
+    with sigterm_interrupts():
+        with stop_on_signal():
+            signal.raise_signal(signal.SIGTERM)  # the loop has ended: nothing reads the flag
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
 
 
 def test_an_interrupt_in_the_export_says_so_with_its_step_and_checkpoint():
