@@ -155,9 +155,11 @@ def describe_device(device: torch.device) -> str:
     return f"{platform.machine() or 'unknown'} CPU, {torch.get_num_threads()} threads"
 
 
-def software_versions() -> dict[str, str | None]:
+def software_versions(more: tuple[str, ...] = ()) -> dict[str, str | None]:
     """The versions a run's numbers depend on: Python, torch (and its CUDA, ``None`` on a CPU
-    build), and dreamtext's model libraries (``None`` where one is not installed)."""
+    build), and dreamtext's model libraries, then those of the distributions ``more`` names (an
+    export's mesh libraries: :data:`dreamtext.export.MESH_LIBRARIES`); ``None`` where one is
+    not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions: dict[str, str | None] = {
@@ -165,7 +167,7 @@ def software_versions() -> dict[str, str | None]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
     }
-    for package in ("dreamtext", "diffusers", "transformers", "triton"):
+    for package in ("dreamtext", "diffusers", "transformers", "triton", *more):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:

@@ -58,7 +58,13 @@ from dreamtext.checkpoint import (
     remove_stale_temps,
     run_from_state,
 )
-from dreamtext.devices import out_of_memory_is_a_user_error, resolve_device
+from dreamtext.devices import (
+    cpu_threads_record,
+    describe_device,
+    out_of_memory_is_a_user_error,
+    resolve_device,
+    software_versions,
+)
 from dreamtext.errors import (
     UNREADABLE_JSON,
     DreamtextError,
@@ -153,6 +159,11 @@ VIDEO_OUTPUTS = ("turntable.mp4", "turntable.gif")
 # files, it keeps): its outputs, and the hidden temp files of the versions that wrote them into
 # these folders (``.mesh.k2j4x9ab.glb``).
 REPLACED_OUTPUTS = (*MESH_OUTPUTS, *VIDEO_OUTPUTS, ".mesh.*", ".albedo.*", ".turntable.*")
+# The libraries that shape an export's mesh and texture, beside torch (the field): numpy and
+# scipy (the solid, its parts), PyMCubes (marching cubes), fast-simplification (decimation),
+# xatlas (the UV atlas) and trimesh (the repair, the files). mesh.json's ``ran_on`` records
+# their versions: another version of one can make another mesh of the same checkpoint.
+MESH_LIBRARIES = ("numpy", "scipy", "PyMCubes", "fast-simplification", "xatlas", "trimesh")
 
 
 @dataclass
@@ -244,7 +255,8 @@ class ExportResult:
     the export options that made the files, their device the one that ran. ``turntable_step``
     is the step of the turntable in ``video/`` after the export (``None``: there is none, or
     it is of a field of no run): ``step`` when the export made one or a ``--no-video`` export
-    kept the one of its own step, :func:`_turntable_is_of`.
+    kept the one of its own step, :func:`_turntable_is_of`. ``ran_on`` is what made the files
+    (:func:`export_ran_on`; ``None`` where it is not known).
     """
 
     out_dir: Path
@@ -259,6 +271,7 @@ class ExportResult:
     step: int | None = None
     options: ExportOptions | None = None
     turntable_step: int | None = None
+    ran_on: dict[str, Any] | None = None
 
     @property
     def threshold_is_auto(self) -> bool:
@@ -283,6 +296,7 @@ class ExportResult:
             "step": self.step,
             "turntable_step": self.turntable_step,
             "options": None if self.options is None else config_to_dict(self.options),
+            "ran_on": self.ran_on,
         }
 
     def summary(self) -> str:
@@ -309,6 +323,19 @@ class ExportResult:
         ]
         lines += [f"  {kind:8s}{path}" for kind, path in self.files.items()]
         return "\n".join(lines)
+
+
+def export_ran_on(device: torch.device) -> dict[str, Any]:
+    """What an export makes its files with, as a run's ``config.json`` records what trained it
+    (its ``ran_on``): the device of the field (and what it is), the CPU threads, and the
+    software versions with those of the mesh libraries (:data:`MESH_LIBRARIES`). A later
+    export replaces ``mesh.json``, and its record with it."""
+    return {
+        "device": str(device),
+        "device_name": describe_device(device),
+        **cpu_threads_record(),
+        "versions": software_versions(MESH_LIBRARIES),
+    }
 
 
 def stage_memory(options: ExportOptions) -> dict[str, int]:
@@ -1107,6 +1134,7 @@ def _export_field(
         step=step,
         options=options,
         turntable_step=step if options.video or kept else None,
+        ran_on=export_ran_on(field_device(field)),
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     progress.stage("writing files")

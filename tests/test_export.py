@@ -131,6 +131,25 @@ def test_exported_mesh_is_a_closed_outward_sphere_of_the_field_radius(exported):
     assert (result.stats.faces, result.stats.vertices) == (len(mesh.faces), len(mesh.vertices))
 
 
+def test_mesh_json_records_what_made_the_files(exported):
+    """mesh.json recorded the options but not what ran them: a re-export with another xatlas
+    or PyMCubes (which change the mesh), torch or thread count could not be told apart. Its
+    ``ran_on`` records them, as a run's config.json does."""
+    import platform
+    from importlib.metadata import version
+
+    out, _ = exported
+    ran_on = json.loads((out / "mesh" / "mesh.json").read_text())["ran_on"]
+    assert (ran_on["device"], ran_on["cpu_threads"]) == ("cpu", torch.get_num_threads())
+    assert ran_on["device_name"].endswith(f"CPU, {torch.get_num_threads()} threads")
+    versions = ran_on["versions"]
+    assert (versions["torch"], versions["python"]) == (torch.__version__, platform.python_version())
+    libraries = ("numpy", "scipy", "PyMCubes", "fast-simplification", "xatlas", "trimesh")
+    assert {name: versions[name] for name in libraries} == {
+        name: version(name) for name in libraries
+    }
+
+
 def test_mesh_json_reports_what_was_made(exported):
     out, result = exported
     report = json.loads((out / "mesh" / "mesh.json").read_text())
@@ -2220,7 +2239,10 @@ def test_re_export_of_a_trained_run_makes_the_mesh_its_training_made(trained, tm
     assert "video False" in err
     original = json.loads((trained["cube"] / "mesh" / "mesh.json").read_text())
     again = json.loads((copy / "mesh" / "mesh.json").read_text())
-    assert again == original
+    # The same mesh, by the same software; the rest of what ran it is each export's own (the
+    # training here was a library call: nothing of dreamtext's chose its threads).
+    assert {**again, "ran_on": None} == {**original, "ran_on": None}
+    assert again["ran_on"]["versions"] == original["ran_on"]["versions"]
     # Named after the prompt the checkpoint's config records, as the training's export was.
     made, remade = (read_glb(run / "mesh" / "mesh.glb")[0] for run in (trained["cube"], copy))
     assert remade["asset"] == made["asset"] and remade["nodes"] == made["nodes"]

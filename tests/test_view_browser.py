@@ -1043,6 +1043,29 @@ def test_the_mesh_table_reads_as_labels_with_units_and_keeps_each_key(page, serv
     assert cell("watertight") == ("yes" if stats["watertight"] else "no")
 
 
+def test_the_mesh_table_shows_what_made_the_files_with_its_versions_folded(page, server, root):
+    """mesh.json's ran_on (device, threads, versions) as cellText writes a record ran twenty
+    "key: value" pairs into one cell, the versions a record inside it. The row reads the device
+    in words; the versions and threads are folded under it, one a line."""
+    from importlib.metadata import version
+
+    ran_on = json.loads((root / "a_red_cube" / "mesh" / "mesh.json").read_text())["ran_on"]
+    page.goto(server.url + "run/a_red_cube/")
+    cell = page.locator('.details tr[data-key="ran_on"] td')
+    cell.wait_for()
+    assert page.locator('tr[data-key="ran_on"] th').inner_text() == "exported on"
+    folded = cell.locator("details")
+    assert folded.get_attribute("open") is None
+    assert cell.inner_text().splitlines()[0] == f"{ran_on['device_name']} ({ran_on['device']})"
+    assert folded.locator("summary").inner_text() == "versions and threads"
+    folded.locator("summary").click()
+    lines = folded.locator("li").all_inner_texts()
+    assert f"xatlas {version('xatlas')}" in lines and f"PyMCubes {version('PyMCubes')}" in lines
+    assert "cuda –" in lines or f"cuda {ran_on['versions']['cuda']}" in lines
+    assert f"cpu_threads: {ran_on['cpu_threads']}" in lines
+    assert not any("versions" in line for line in lines)
+
+
 def test_a_table_key_named_like_an_object_property_is_shown_as_it_is(page, root, tmp_path):
     """A mesh.json or batch.jsonl key that JavaScript objects inherit ("constructor",
     "__proto__", "toString") was looked up among the labels, found the inherited function, and

@@ -189,6 +189,7 @@ MESH_LABELS: dict[str, tuple[str, str]] = {
     "step": ("training step", ""),
     "turntable_step": ("turntable's training step", ""),
     "options": ("export options", ""),
+    "ran_on": ("exported on", ""),
 }
 BATCH_LABELS: dict[str, tuple[str, str]] = {
     "line": ("prompts file line", ""),

@@ -1138,11 +1138,33 @@
       return String(value);
     }
 
+    /** mesh.json's ran_on (what made the files) as a user reads it: the device in words and its
+     * name, then the software versions and the CPU threads folded away, one a line ("torch
+     * 2.13.0"). As cellText writes any record, its twenty "key: value" pairs ran together in
+     * one cell, a version list inside it ("versions: python: 3.12.3, torch: ..."). A value not
+     * of that shape is shown as cellText shows any. */
+    function ranOnCell(value) {
+      if (typeof value !== "object" || Array.isArray(value)) return cellText(value);
+      const { device, device_name: name, versions, ...rest } = value;
+      const where = name && device ? `${name} (${device})` : cellText(name || device);
+      const byLibrary = versions && typeof versions === "object" && !Array.isArray(versions);
+      const lines = [
+        ...(byLibrary ? Object.entries(versions).map(([library, v]) => `${library} ${cellText(v)}`) : []),
+        ...(versions !== undefined && !byLibrary ? [`versions: ${cellText(versions)}`] : []),
+        ...Object.entries(rest).map(([key, item]) => `${key}: ${cellText(item)}`),
+      ];
+      if (!lines.length) return where;
+      return [where, el("details", { class: "ran-on" }, el("summary", { text: "versions and threads" }),
+        el("ul", {}, lines.map((text) => el("li", { text }))))];
+    }
+
     /** A cell's content: a time as a <time> (formatTime's text, the ISO value its datetime), a
-     * duration as formatSeconds writes it, else cellText with the key's unit after it. */
+     * duration as formatSeconds writes it, mesh.json's ran_on as ranOnCell writes it, else
+     * cellText with the key's unit after it. */
     function cell(key, value, unit) {
       if (value === null || value === undefined) return "–";
       if (TIME_KEYS.includes(key) && typeof value === "string") return timeOf(value);
+      if (key === "ran_on") return ranOnCell(value);
       if (key === "seconds" && typeof value === "number") return formatSeconds(value);
       return unit ? `${cellText(value)}\u00a0${unit}` : cellText(value);
     }
