@@ -2559,6 +2559,42 @@ def test_an_export_not_decimated_does_not_say_decimated(tmp_path, monkeypatch, c
     assert any(line.startswith("dreamtext: decimated to ") for line in lines)
 
 
+def test_an_export_says_what_runs_before_marching_cubes_and_the_uv_unwrap(
+    tmp_path, monkeypatch, capsys
+):
+    """Marching cubes (after the density grid's bar) and xatlas's UV unwrap (one call, 10.6 s of
+    CPU for 50,000 faces) showed nothing while they ran: their lines came only after each ended.
+    A line now comes before each (on stderr before the work starts), one each where stderr is a
+    file."""
+    from dreamtext import mesh as mesh_module
+    from dreamtext.cli import main
+
+    def marked(name, work):
+        def run(*args, **kwargs):
+            sys.stderr.write(f"<{name} runs>\n")
+            return work(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(mesh_module, "solid_surface", marked("mcubes", mesh_module.solid_surface))
+    monkeypatch.setattr(export_module, "unwrap_uv", marked("xatlas", export_module.unwrap_uv))
+    workspace = recorded_run(tmp_path, {"resolution": 40, "threshold": 50.0, "texture_size": 64})
+    stub_run(monkeypatch, SphereField(), SphereTracer())
+    flags = ["--workspace", str(workspace), "--no-video", "--formats", "glb", "--decimate", "0"]
+    assert main(["export", *flags]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    faces = json.loads((workspace / "mesh" / "mesh.json").read_text())["faces"]
+    start = lines.index("dreamtext: marching cubes on the 40^3 grid")
+    assert lines[start - 1].startswith("density grid: 100%|")
+    assert lines[start + 1] == "<mcubes runs>"
+    assert lines[start + 2] == f"dreamtext: marching cubes: {faces} faces"
+    unwrap = lines.index(f"dreamtext: UV unwrapping {faces} faces with xatlas")
+    assert lines[unwrap + 1] == "<xatlas runs>"
+    assert lines[unwrap + 2].startswith("dreamtext: UV atlas: ")
+    assert sum("marching cubes on" in line for line in lines) == 1
+    assert sum("UV unwrapping" in line for line in lines) == 1
+
+
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
