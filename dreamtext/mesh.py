@@ -1586,15 +1586,10 @@ def dilate(image: np.ndarray, filled: np.ndarray, pixels: int) -> tuple[np.ndarr
     return image, filled
 
 
-def _small_face_colours(
-    field: torch.nn.Module,
-    mesh: trimesh.Trimesh,
-    uv: np.ndarray,
-    size: int,
-    face_of: np.ndarray,
-    cell: float | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Colours for the texels that only triangles smaller than a texel reach.
+def _small_faces(
+    mesh: trimesh.Trimesh, uv: np.ndarray, size: int, face_of: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The triangles smaller than a texel whose colour a texel takes, for :func:`bake_texture`.
 
     A triangle that covers no texel centre (:func:`rasterize_uv`) has no texel of its own; where
     the texel holding its UV centroid is covered by no triangle either, that texel takes the
@@ -1607,8 +1602,9 @@ def _small_face_colours(
     triangle covered any centre (a texture of 8 px), the mean of nothing: black. The preset's
     8,000-face mesh has 4 % of its faces between texel centres at 256 px, 92 % at 64 px.
 
-    face_of: ``[S, S]``, the triangle covering each texel centre (−1: none). Returns ``(texels
-    [T], colours [T, 3])``: flat indices into the ``S × S`` texture and their colours in [0, 1].
+    face_of: ``[S, S]``, the triangle covering each texel centre (−1: none). Returns ``(texel
+    [F], centroid [F, 3], normal [F, 3], weight [F])``: each such triangle's flat index into the
+    ``S × S`` texture, its 3D centroid and unit normal, and its ``a_f``.
     """
     faces = np.asarray(mesh.faces)
     has_texel = np.zeros(len(faces), dtype=bool)
@@ -1619,21 +1615,13 @@ def _small_face_colours(
     row = np.clip(((1.0 - centre[:, 1]) * size).astype(np.int64), 0, size - 1)
     free = face_of[row, column] < 0
     small, texel = small[free], (row * size + column)[free]
-    if len(small) == 0:
-        return texel, np.zeros((0, 3), dtype=np.float32)
     corners = uv[faces[small]]  # [F, 3, 2]
     edge_1, edge_2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
     uv_area = 0.5 * np.abs(edge_1[:, 0] * edge_2[:, 1] - edge_1[:, 1] * edge_2[:, 0])
-    weight = np.maximum(uv_area, 1e-30)[:, None]
+    weight = np.maximum(uv_area, 1e-30)
     normals = np.asarray(mesh.face_normals)[small]
     points = np.asarray(mesh.triangles_center)[small]
-    colours = query_surface_albedo(field, points, lambda index: normals[index], cell)
-    texels, slot = np.unique(texel, return_inverse=True)
-    total = np.zeros((len(texels), 3))
-    weights = np.zeros((len(texels), 1))
-    np.add.at(total, slot, weight * colours)
-    np.add.at(weights, slot, weight)
-    return texels, (total / weights).astype(np.float32)
+    return texel, points, normals, weight
 
 
 def bake_texture(
@@ -1650,7 +1638,8 @@ def bake_texture(
     and likewise its normal from the vertex normals), colour = the albedo of the matter there
     (:func:`query_surface_albedo`, with the export grid's ``cell`` size; ``None``: ``albedo(x)``)
     queried in batches. A texel whose centre no triangle covers but that holds the UV centroid
-    of triangles too small to cover any centre gets their colour (:func:`_small_face_colours`).
+    of triangles too small to cover any centre gets their colour (:func:`_small_faces`), in
+    the same query.
     Gutters are dilated by ``gutter`` texels (default ``max(4, S / 128)``); any texel still
     empty gets the mean surface colour. Returns ``[S, S, 3]`` uint8, row 0 at the top of the
     image (``v = 1``).
@@ -1661,18 +1650,31 @@ def bake_texture(
     points = np.einsum("tk,tkc->tc", bary[covered], corners)
     del corners
     texel_face, texel_bary = face_of[covered], bary[covered]
+    small_texel, small_points, small_normals, small_weight = _small_faces(mesh, uv, size, face_of)
+    count = len(points)
 
     def normals_of(index: np.ndarray) -> np.ndarray:
-        """The interpolated vertex normals of the texels ``index`` (of the covered ones)."""
-        corner_normals = mesh.vertex_normals[mesh.faces[texel_face[index]]]  # [P, 3, 3]
-        normal = np.einsum("pk,pkc->pc", texel_bary[index], corner_normals)
+        """The unit normals of the points ``index``: a covered texel's interpolated vertex
+        normals, a small triangle's own normal (its points follow the covered texels')."""
+        normal = np.empty((len(index), 3))
+        texel, face = index < count, index >= count
+        corner_normals = mesh.vertex_normals[mesh.faces[texel_face[index[texel]]]]  # [P, 3, 3]
+        normal[texel] = np.einsum("pk,pkc->pc", texel_bary[index[texel]], corner_normals)
+        normal[face] = small_normals[index[face] - count]
         return normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
 
+    # One query (one progress bar) for the covered texels and the small triangles' centroids.
+    albedo = query_surface_albedo(field, np.concatenate([points, small_points]), normals_of, cell)
     image = np.zeros((size, size, 3), dtype=np.float32)
-    image[covered] = query_surface_albedo(field, points, normals_of, cell)
-    texels, colours = _small_face_colours(field, mesh, uv, size, face_of, cell)
-    image.reshape(-1, 3)[texels] = colours
-    covered.reshape(-1)[texels] = True
+    image[covered] = albedo[:count]
+    if len(small_texel):
+        texels, slot = np.unique(small_texel, return_inverse=True)
+        total = np.zeros((len(texels), 3))
+        weights = np.zeros((len(texels), 1))
+        np.add.at(total, slot, small_weight[:, None] * albedo[count:])
+        np.add.at(weights, slot, small_weight[:, None])
+        image.reshape(-1, 3)[texels] = (total / weights).astype(np.float32)
+        covered.reshape(-1)[texels] = True
     image, filled = dilate(image, covered, gutter if gutter is not None else max(4, size // 128))
     if covered.any():
         image[~filled] = image[covered].mean(axis=0)
