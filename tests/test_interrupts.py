@@ -327,6 +327,18 @@ def test_a_machines_stop_sent_twice_in_a_training_loop_still_saves_the_step(sign
             signal.raise_signal(signal.SIGINT)
 
 
+def assert_a_stop_again_is_dropped_and_ctrl_c_is_not() -> None:
+    """While a stop is under way, a SIGTERM or SIGHUP sent again raises nothing (a scheduler's
+    repeat of the same stop), and Ctrl-C again stops at once."""
+    try:
+        for sent in (signal.SIGTERM, signal.SIGHUP):
+            signal.raise_signal(sent)
+    except KeyboardInterrupt:
+        pytest.fail(f"{signal.Signals(sent).name} again interrupted the stop")
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: at once
+        signal.raise_signal(signal.SIGINT)
+
+
 def test_a_machines_stop_sent_again_while_the_command_stops_is_not_raised_again():
     """After the first SIGTERM's interrupt (outside a training loop, or after the loop's stop),
     the batch writes the line's record, gives its lock back and prints its summary: a second
@@ -341,13 +353,7 @@ def test_a_machines_stop_sent_again_while_the_command_stops_is_not_raised_again(
             else:
                 with pytest.raises(KeyboardInterrupt):
                     signal.raise_signal(signal.SIGTERM)
-            try:
-                for sent in (signal.SIGTERM, signal.SIGHUP):
-                    signal.raise_signal(sent)
-            except KeyboardInterrupt:
-                pytest.fail(f"{signal.Signals(sent).name} again interrupted the stop")
-            with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: at once
-                signal.raise_signal(signal.SIGINT)
+            assert_a_stop_again_is_dropped_and_ctrl_c_is_not()
         with sigterm_interrupts(), pytest.raises(KeyboardInterrupt):  # the next command's
             signal.raise_signal(signal.SIGTERM)
 
@@ -365,13 +371,7 @@ def test_a_machines_stop_noted_after_complete_work_is_not_raised_again_as_it_sto
         signal.raise_signal(signal.SIGTERM)  # noted: the line's files are in place
         more_work()
         assert stop_requested()
-        try:
-            for sent in (signal.SIGTERM, signal.SIGHUP):
-                signal.raise_signal(sent)
-        except KeyboardInterrupt:
-            pytest.fail(f"{signal.Signals(sent).name} again interrupted the stop")
-        with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: at once
-            signal.raise_signal(signal.SIGINT)
+        assert_a_stop_again_is_dropped_and_ctrl_c_is_not()
 
 
 def test_a_stop_a_training_loop_ended_without_reading_leaves_the_next_one_to_interrupt():
