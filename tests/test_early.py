@@ -121,8 +121,8 @@ MORE_EARLY_MISTAKES = [
     (
         ["batch", "prompts.txt", "--config", "badstage.yaml"],
         "dreamtext: error: unknown config field 'image_to_3d.sentence' in badstage.yaml; the "
-        "section 'image_to_3d' has: image, describe, descriptor (a run's config.json lists every "
-        "field with its value)\n",
+        "section 'image_to_3d' has: image, describe, descriptor, word_lists (a run's config.json "
+        "lists every field with its value)\n",
     ),
     # This worker's share, which run_batch resolves after reading the list and before the
     # preset: a bad --shard is its line even with a bad preset after it.
