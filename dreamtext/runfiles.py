@@ -265,6 +265,23 @@ def read_record(workspace: str | Path) -> dict | None:
     return record
 
 
+def search_clip_revision(workspace: str | Path) -> dict[str, str | None]:
+    """``{"clip_revision": commit}`` for an image→3D run whose search has found its sentence:
+    the hub commit of the CLIP that scored it, as its ``sentence.json`` recorded it (``None``
+    for a ``--clip`` folder, a model not in the cache, or a record from before it was kept);
+    ``{}`` for any other run (a text→3D run, which no CLIP made). A run's ``ran_on`` holds it
+    beside Stable Diffusion's ``model_revision``."""
+    try:
+        record = read_record(workspace)
+    except DreamtextError:  # the search's checks refuse it; here it only adds to a record
+        return {}
+    if record is None or "sentence" not in record:
+        return {}
+    ran_on = record.get("ran_on")
+    revision = ran_on.get("clip_revision") if isinstance(ran_on, dict) else None
+    return {"clip_revision": revision if isinstance(revision, str) else None}
+
+
 def run_owner(workspace: Path) -> tuple[str, str] | None:
     """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
     (``descriptor/sentence.json``, or before it config.json's ``image_to_3d`` section),

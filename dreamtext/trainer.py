@@ -136,6 +136,7 @@ from dreamtext.runfiles import (
     check_run_folders,
     held_run_error,
     other_prompt_error,
+    search_clip_revision,
 )
 from dreamtext.runstatus import (
     check_not_running,
@@ -1339,7 +1340,9 @@ def ran_on(run: Run) -> dict[str, Any]:
     the device (and what it is), the guidance's and the field MLPs' dtypes, whether the field's
     MLPs run compiled (``render.compile_field`` asks; CUDA only) and which of the guidance's
     parts do (``--compile``, ``guidance.compile_vae``: CUDA only), the host, the hub commit of the
-    model (``None`` for a folder or the built-in prior) and the software versions."""
+    model (``None`` for a folder or the built-in prior), for an image→3D run the hub commit of
+    the CLIP whose scores chose its sentence (``clip_revision``, as its ``sentence.json``
+    records it: :func:`dreamtext.runfiles.search_clip_revision`) and the software versions."""
     return {
         "device": str(run.device),
         "device_name": describe_device(run.device),
@@ -1352,6 +1355,7 @@ def ran_on(run: Run) -> dict[str, Any]:
         **cpu_threads_record(),
         "host": socket.gethostname(),
         "model_revision": model_revision(run.cfg.guidance.model),
+        **search_clip_revision(run.workspace),
         "versions": software_versions(),
     }
 

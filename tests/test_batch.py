@@ -2336,6 +2336,38 @@ def test_an_image_line_resumes_with_the_settings_its_run_had(
     assert set(resumed["changed"]) <= {"workspace"}
 
 
+def test_image_lines_record_the_clip_commit_that_chose_their_sentences(
+    tmp_path, tiny_sd_path, tiny_yaml, monkeypatch
+):
+    """A batch's image runs, which share one CLIP load, record in their config.json's ran_on
+    the hub commit of that CLIP (clip_revision), as `dreamtext image` does: it was in their
+    sentence.json alone."""
+    import huggingface_hub.constants
+    from tiny_clip import write_clip
+
+    import dreamtext.models as models
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    write_clip(repo / "snapshots" / commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    models.clear_cache()
+    two_cube_images(tmp_path)
+    path = prompts_file(tmp_path, "image:red_cube.png", "image:blue_cube.png")
+    root = tmp_path / "root"
+    args = [
+        "batch", path, "--model", tiny_sd_path, "--clip", "someone/tiny-clip", "--config",
+        tiny_yaml, "--workspace", root, "--nouns", tmp_path / "nouns.txt", "--adjectives",
+        tmp_path / "adjectives.txt", "--max-words", "2", "--descriptor-iters", "2", "--iters", "2",
+    ]  # fmt: skip
+    assert main(list(map(str, args))) == 0
+    for name in ("red_cube", "blue_cube"):
+        ran_on = json.loads((root / name / "config.json").read_text())["ran_on"]
+        assert ran_on["clip_revision"] == commit
+
+
 @pytest.mark.parametrize("stage", ["text→3D", "descriptor"])
 def test_an_image_line_asked_a_seed_its_run_keeps_is_refused_before_any_line_runs(
     tmp_path, tiny_sd_path, tiny_clip_path, tiny_yaml, monkeypatch, capsys, stage

@@ -2164,3 +2164,35 @@ def test_a_batch_image_line_out_of_memory_in_its_descriptor_names_its_own_rerun_
         "--device",
         "cpu",
     ]
+
+
+def test_an_image_runs_config_records_the_clip_commit_that_chose_its_sentence(
+    tmp_path, tiny_sd_path, monkeypatch
+):
+    """config.json's ran_on held Stable Diffusion's hub commit (model_revision) but not
+    CLIP's: two image runs whose sentences different CLIP commits scored could not be told
+    apart by their config.json. It holds the commit sentence.json records (clip_revision)."""
+    import huggingface_hub.constants
+    from tiny_clip import write_clip
+
+    import dreamtext.models as models
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    write_clip(repo / "snapshots" / commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    models.clear_cache()
+    options = _options(tmp_path, "someone/tiny-clip")
+    workspace = run_image(_image(tmp_path), options, _config(tmp_path, tiny_sd_path))
+    record = json.loads((workspace / "descriptor" / "sentence.json").read_text())
+    assert record["ran_on"]["clip_revision"] == commit
+    ran_on = json.loads((workspace / "config.json").read_text())["ran_on"]
+    assert ran_on["clip_revision"] == commit
+    # A text run's records no CLIP: it is not named.
+    from dreamtext.trainer import train
+
+    text_cfg = _config(tmp_path, tiny_sd_path, prompt="a red cube", workspace=str(tmp_path / "t"))
+    text = json.loads((train(text_cfg) / "config.json").read_text())
+    assert "clip_revision" not in text["ran_on"]
