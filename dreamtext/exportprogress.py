@@ -1,8 +1,9 @@
 """Where a working export stands, for ``dreamtext view``: the sidecar ``W/.export-progress.json``
 of the run folder ``W`` it exports, there only while it works.
 
-    {"stage": "loading the run" | "meshing" | "decimating" | "UV unwrapping" | "texture baking"
-              | "vertex colours" | "turntable" | "writing files",
+    {"stage": "loading the run" | "meshing" | "marching cubes" | "decimating"
+              | "measuring the mesh" | "UV unwrapping" | "texture baking" | "vertex colours"
+              | "turntable" | "writing files",
      "done": int | null, "total": int | null,   # meshing: density chunks; turntable: chunks
      "started": iso8601, "updated": iso8601, "step": int | null, "beat_s": 30.0,
      "host": str, "pid": int, "pid_start": int | null, "pid_ns": int | null,

@@ -3346,6 +3346,40 @@ def test_the_export_at_the_end_of_training_records_its_stage_too(tmp_path, monke
     assert not list(tmp_path.glob(".export-progress*"))
 
 
+def test_the_viewer_shows_marching_cubes_once_the_density_grid_is_sampled(tmp_path, monkeypatch):
+    """Marching cubes (the solid found, meshed and cleaned) ran with the progress record still
+    at the density grid's last count written, at most one a second: the viewer showed
+    "exporting · meshing 62/64", a grid two chunks short, for the 16 s of marching cubes at
+    256^3 after the grid was done; and "decimating" through the mesh's measures after it.
+    The record names each stage as it begins."""
+    import dreamtext.mesh as mesh_module
+    from dreamtext.cli import main
+    from dreamtext.view import Catalog, read_run
+
+    workspace = make_run(tmp_path, "run", 1_000_000)
+    (workspace / "status.json").write_text('{"state": "finished", "step": 7}')
+    (workspace / "config.json").write_text('{"prompt": "a sphere"}')
+    tracer = SphereTracer()
+    stub_run(monkeypatch, SphereField(), tracer)
+    shown = []
+
+    def looking(stage):
+        """``stage``, with what the viewer shows of the run as it begins."""
+
+        def look(*args, **kwargs):
+            [run] = Catalog([tmp_path]).runs()
+            shown.append(read_run(run).status["activity"])
+            return stage(*args, **kwargs)
+
+        return look
+
+    monkeypatch.setattr(mesh_module, "solid_surface", looking(mesh_module.solid_surface))
+    # And the mesh's measures (its IoU: voxelized at the grid's size) showed "decimating".
+    monkeypatch.setattr(export_module, "mesh_stats", looking(export_module.mesh_stats))
+    assert main(["export", "--workspace", str(workspace), "--resolution", "40"]) == 0
+    assert shown == ["exporting · marching cubes", "exporting · measuring the mesh"]
+
+
 def test_the_density_grid_reports_its_chunks_about_once_a_second(monkeypatch):
     """`meshing k/N`: the chunks done of the density grid, at most once in CHECK_EVERY_S."""
     import dreamtext.mesh as mesh_module
