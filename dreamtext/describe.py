@@ -41,7 +41,7 @@ from dreamtext.devices import (
 )
 from dreamtext.errors import DreamtextError
 from dreamtext.images import load_image, open_unchecked, pad_to_square, small_image_warning
-from dreamtext.inputs import check_search_options, word_list_identity
+from dreamtext.inputs import check_search_options, word_list_identity, word_list_path
 from dreamtext.inputs import read_vocabulary as read_vocabulary  # re-exported
 from dreamtext.interrupts import more_work, raise_if_stop_requested, rename_for
 from dreamtext.progress import bar_options, tqdm
@@ -546,7 +546,7 @@ def used_options(options: DescribeOptions) -> dict[str, object]:
     from another directory finds them and compares like with like."""
 
     def absolute(path: Path | str | None) -> str | None:
-        return str(Path(path).resolve()) if path is not None else None
+        return word_list_path(path)[0] if path is not None else None
 
     return {
         "clip": absolute_model_folder(options.clip),
@@ -586,18 +586,29 @@ def recorded_word_lists(workspace: str | Path) -> tuple[dict, str] | None:
     return None
 
 
+def same_word_list(before: object, identity: dict[str, object]) -> bool:
+    """Whether ``identity`` (:func:`dreamtext.inputs.word_list_identity`) is of the list that
+    ``before`` recorded, whatever it held: the same file, or both piped in (``--nouns <(grep
+    ...)`` again: a pipe's name is another at every run, and it is the flag that names the
+    list). A list given by another path is another option, not a change of this one."""
+    if not isinstance(before, dict):
+        return False
+    piped = before.get("piped") is True and identity.get("piped") is True
+    return piped or before.get("file") == identity["file"]
+
+
 def changed_word_lists(recorded: dict, now: dict[str, dict[str, object]]) -> list[str]:
     """The word lists of ``now`` (:func:`word_lists_record`) that read otherwise than the same
-    file did when ``recorded``: ``"nouns.txt (12 words, sha256 0a1b2c3d4e5f; now 13, ...)"``.
-    A list given by another path is another option, not a change of this one."""
+    list (:func:`same_word_list`) did when ``recorded``: ``"nouns.txt (12 words, sha256
+    0a1b2c3d4e5f; now 13, ...)"``, ``"the nouns piped in (12 words, ...)"``."""
     out = []
     for name, identity in now.items():
         before = recorded.get(name)
-        if not isinstance(before, dict) or before.get("file") != identity["file"]:
-            continue
-        if before.get("sha256") == identity["sha256"]:
+        if not same_word_list(before, identity) or before.get("sha256") == identity["sha256"]:
             continue
         file = identity["file"] or f"the built-in {name}.txt"
+        if identity.get("piped") is True:
+            file = f"the {name} piped in"
         out.append(
             f"{file} ({before.get('words')} words, sha256 {str(before.get('sha256'))[:12]}; now "
             f"{identity['words']}, {str(identity['sha256'])[:12]})"

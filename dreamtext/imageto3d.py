@@ -103,7 +103,13 @@ from dreamtext.errors import (
     precision_memory_fixes,
 )
 from dreamtext.guidance import GuidanceConfig
-from dreamtext.inputs import earlier_slugs, read_vocabulary, word_list_identity, write_elsewhere
+from dreamtext.inputs import (
+    earlier_slugs,
+    read_vocabulary,
+    word_list_identity,
+    word_list_path,
+    write_elsewhere,
+)
 from dreamtext.interrupts import TrainingInterrupted, sigterm_interrupts
 from dreamtext.models import clip_encoder, load_for, release_clip
 from dreamtext.processes import claim_workspace
@@ -217,14 +223,17 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
         if isinstance(done, int) and not isinstance(done, bool):
             apply({"iters": done}, str(sentence_path(workspace)), "descriptor.")
     layers = [(f"{Path(workspace) / 'config.json'}", sections), *overrides.get("configs", ())]
+    piped: dict[str, str] = {}  # the recorded lists that were piped in, by the file naming them
     for source, stages in layers:
         check_stage_sections(stages, source)
         apply(stage_options(stages), source)
+        piped.update(_piped_lists(stages))
     used = (read_record(workspace) or {}).get("options")
     if isinstance(used, dict):
         apply(used, str(sentence_path(workspace)), "describe.")
     else:
         apply(overrides.get("describe", {}), "the command line", "describe.")
+        _refuse_piped_again(options.describe, piped, origins)
     options.describe.clip = absolute_model_folder(options.describe.clip)
     apply(overrides.get("descriptor", {}), "the command line", "descriptor.")
     for name in ("nouns", "adjectives"):
@@ -232,6 +241,40 @@ def resolve_image_options(overrides: dict[str, Any], workspace: str | Path) -> I
         setattr(options.describe, name, Path(value) if value is not None else None)
     check_image_options(options, origins)
     return options
+
+
+def _piped_lists(stages: dict[str, Any]) -> dict[str, str]:
+    """``{name: file}`` of the word lists (``nouns``, ``adjectives``) that a config file's
+    ``image_to_3d`` section records as piped in (its ``word_lists``), each by the name its
+    ``describe`` options give it."""
+    section = stages.get("image_to_3d", {})
+    lists, named = section.get("word_lists"), section.get("describe")
+    if not isinstance(lists, dict) or not isinstance(named, dict):
+        return {}
+    return {
+        name: named[name]
+        for name in ("nouns", "adjectives")
+        if _piped(lists.get(name)) and isinstance(named.get(name), str)
+    }
+
+
+def _refuse_piped_again(
+    options: DescribeOptions, piped: dict[str, str], origins: dict[str, str]
+) -> None:
+    """Refuse a search that would read again, from a run's record, a word list that was piped
+    in (``--nouns <(grep ...)``, ``/dev/stdin``, a FIFO): the pipe is gone (its name, such as
+    ``/dev/fd/63``, is another open file or none in this process), and a FIFO blocks until
+    something writes to it, so a resume before the search ended failed on a name it never
+    showed, or waited for ever without a word."""
+    for name, file in piped.items():
+        value = getattr(options, name)
+        if value is None or origins.get(f"describe.{name}") == "the command line":
+            continue
+        if str(value) == file:
+            raise DreamtextError(
+                f"the run's --{name} was piped in ({file}) and is read once: pass --{name} "
+                "again (the same words) to search with it"
+            )
 
 
 # What each numeric image option may be, as (low, high) with None for no bound: the flags
@@ -525,20 +568,29 @@ def ignored_flags(
         done = {"noun", "quantifier", "clip", "max_words"} if record else set()
     out = []
     for name, value in given.items():
+        piped = False
         if name == "clip" and value is not None:
             value = absolute_model_folder(str(value))
         elif name in ("nouns", "adjectives") and value is not None:
-            value = str(Path(value).resolve())
+            value, piped = word_list_path(value)
         recorded = record.get(name)
         if name in ("noun", "quantifier"):  # words as the search reads them, spaces collapsed
             value = collapse_spaces(value) if isinstance(value, str) else value
             recorded = collapse_spaces(recorded) if isinstance(recorded, str) else recorded
-        if name in ("nouns", "adjectives") and value is not None and recorded == value:
+        # A list piped in again is the list the search read piped in, whatever the pipe's name.
+        same_list = recorded == value or (
+            piped and isinstance(lists, dict) and _piped(lists.get(name))
+        )
+        if name in ("nouns", "adjectives") and value is not None and same_list:
             if isinstance(lists, dict) and (edited := _edited_list(lists, name, value)):
                 where = (
                     f"--{name}" if source is None else f"image_to_3d.describe.{name} in {source}"
                 )
-                out.append(f"{where} {edited}, edited since the search")
+                if piped:
+                    detail = edited.removeprefix(f"the {name} piped in ")
+                    out.append(f"{where} piped in {detail}, other words than the search read")
+                else:
+                    out.append(f"{where} {edited}, edited since the search")
             continue
         if value is None or name not in done or recorded == value:
             continue
@@ -552,6 +604,12 @@ def ignored_flags(
         else:
             out.append(f"image_to_3d.describe.{name} {value} in {source} (the run's: {was})")
     return out
+
+
+def _piped(identity: object) -> bool:
+    """Whether a record's word list identity (``word_lists``' ``nouns`` or ``adjectives``) is
+    of a list piped in (:func:`dreamtext.inputs.word_list_path`)."""
+    return isinstance(identity, dict) and identity.get("piped") is True
 
 
 def _edited_list(recorded: dict, name: str, file: str) -> str | None:

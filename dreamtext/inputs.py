@@ -1010,14 +1010,28 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
     return words
 
 
+def word_list_path(path: str | Path) -> tuple[str, bool]:
+    """How a record names word list ``path``: ``(file, piped)``. A regular file (``/dev/stdin``
+    redirected from one too) is its absolute path, links resolved; anything else (a shell's
+    ``<(...)``, a pipe into ``/dev/stdin``, a FIFO) is piped: read once, by this process alone,
+    and named as given, made absolute. Resolved, a pipe was ``/proc/<pid>/fd/pipe:[<inode>]``,
+    a name that never held a file and another at every run, so no rerun compared its words."""
+    given = Path(path)
+    if given.is_file():
+        return str(given.resolve()), False
+    return os.path.abspath(given), True
+
+
 def word_list_identity(path: str | Path | None, words: Sequence[str]) -> dict[str, object]:
     """What identifies a sentence-search word list, as a record holds it: its ``file``
-    (absolute; ``None`` for the shipped list), the number of ``words`` and the ``sha256`` of the
-    words as the search reads them (:func:`read_vocabulary`'s, joined by newlines): a comment,
-    a blank line or a repeated word changes no search, so none changes the digest."""
+    (:func:`word_list_path`; ``None`` for the shipped list), the number of ``words`` and the
+    ``sha256`` of the words as the search reads them (:func:`read_vocabulary`'s, joined by
+    newlines): a comment, a blank line or a repeated word changes no search, so none changes
+    the digest. A list that was piped in also has ``"piped": true``."""
     digest = hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
-    file = None if path is None else str(Path(path).resolve())
-    return {"file": file, "words": len(words), "sha256": digest}
+    file, piped = (None, False) if path is None else word_list_path(path)
+    identity: dict[str, object] = {"file": file, "words": len(words), "sha256": digest}
+    return {**identity, "piped": True} if piped else identity
 
 
 WORD_MAX_BYTES = 64

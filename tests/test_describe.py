@@ -978,3 +978,74 @@ def test_an_image_run_resumed_before_its_search_warns_of_an_edited_word_list(tmp
         describe(image_path, workspace, options.describe, encoder=HashEncoder())
     [line] = [line for line in _warnings(caplog) if "word list" in line]  # once, not twice
     assert "config.json" in line and f"now {len(NOUNS) - 1}," in line
+
+
+@pytest.fixture
+def pipe_of(tmp_path):
+    """``pipe_of(words)``: a pipe holding ``words``, one a line, named as a shell's
+    ``<(printf ...)`` names it (``/dev/fd/N``); closed after the test."""
+    opened = []
+
+    def pipe_of(words):
+        read, write = os.pipe()
+        os.write(write, ("\n".join(words) + "\n").encode())
+        os.close(write)
+        opened.append(read)
+        return f"/dev/fd/{read}"
+
+    yield pipe_of
+    for descriptor in opened:
+        os.close(descriptor)
+
+
+def test_a_word_list_piped_in_again_with_other_words_warns(tmp_path, caplog, pipe_of):
+    """`describe --nouns <(grep ...)`: a pipe was recorded by its resolved name,
+    /proc/<pid>/fd/pipe:[<inode>], another at every run, so a rerun whose pipe held other words
+    searched them without the warning an edited file gets. A list piped in is recorded as
+    such and compared with the next one piped in."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    options = _vocabulary(tmp_path)
+    first = pipe_of(NOUNS)
+    describe(image_path, tmp_path / "ws", replace(options, nouns=first), encoder=HashEncoder())
+    record = json.loads((tmp_path / "ws" / "descriptor" / "sentence.json").read_text())
+    assert record["word_lists"]["nouns"]["file"] == record["options"]["nouns"] == first
+    assert record["word_lists"]["nouns"]["piped"] is True
+    assert "piped" not in record["word_lists"]["adjectives"]  # a file: as before
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        again = replace(options, nouns=pipe_of(NOUNS))  # the same words: nothing to say
+        describe(image_path, tmp_path / "ws", again, encoder=HashEncoder())
+        assert not [line for line in _warnings(caplog) if "word list" in line]
+        fewer = replace(options, nouns=pipe_of(NOUNS[:-1]))
+        describe(image_path, tmp_path / "ws", fewer, encoder=HashEncoder())
+    [line] = [line for line in _warnings(caplog) if "word list" in line]
+    assert f"the nouns piped in ({len(NOUNS)} words" in line and f"now {len(NOUNS) - 1}," in line
+
+
+def test_an_image_run_resumed_before_its_search_asks_again_for_a_list_piped_in(tmp_path):
+    """A FIFO (or a shell's pipe) given as --nouns is recorded in config.json before the
+    search; resumed without --nouns, the run took that name as the list: a FIFO with nothing
+    writing to it blocked for ever, a /dev/fd/N pipe is gone. It is refused in one line that
+    says to pass the list again; given again, it is read."""
+    import threading
+
+    from dreamtext.config import TrainConfig
+    from dreamtext.imageto3d import ImageOptions, record_config, resolve_image_options
+
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    fifo = tmp_path / "nouns.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("\n".join(NOUNS),))
+    writer.start()
+    options = ImageOptions(describe=replace(_vocabulary(tmp_path), nouns=fifo))
+    record_config(workspace, TrainConfig(workspace=str(workspace)), image_path, options)
+    writer.join()
+    section = json.loads((workspace / "config.json").read_text())["image_to_3d"]
+    assert section["word_lists"]["nouns"] == {**section["word_lists"]["nouns"], "piped": True}
+    with pytest.raises(DreamtextError, match=r"--nouns was piped in .* pass --nouns again"):
+        resolve_image_options({}, workspace)
+    given = resolve_image_options({"describe": {"nouns": str(fifo)}}, workspace)
+    assert given.describe.nouns == fifo

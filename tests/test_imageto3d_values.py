@@ -441,3 +441,34 @@ def test_a_word_list_edited_since_the_reused_search_is_named_among_the_ignored(t
     assert line.endswith("edited since the search")
     nouns.unlink()  # gone: the reused stage does not read it, and nothing is refused
     assert ignored_flags(tmp_path, {"nouns": str(nouns)}) == []
+
+
+def test_a_word_list_piped_in_again_is_named_among_the_ignored_only_for_other_words(tmp_path):
+    """`image IMG --nouns <(grep ...)` again once its search is done: the note of ignored flags
+    named every pipe, as '--nouns /proc/<pid>/fd/pipe:[<inode>] (the run's: /proc/...)', its
+    words the same or not. A list piped in again is the list the search read piped in: named
+    only where its words differ."""
+    import os
+
+    from dreamtext.describe import DescribeOptions, used_options, word_lists_record
+    from dreamtext.imageto3d import ignored_flags
+
+    def pipe_of(words):
+        read, write = os.pipe()
+        os.write(write, ("\n".join(words) + "\n").encode())
+        os.close(write)
+        return read, f"/dev/fd/{read}"
+
+    first, path = pipe_of(["mug", "box"])
+    options = DescribeOptions(nouns=path)
+    lists = word_lists_record(options, ["mug", "box"], ["red"])
+    _record(tmp_path, options=used_options(options), word_lists=lists)
+    os.close(first)
+    same, path = pipe_of(["mug", "box"])
+    assert ignored_flags(tmp_path, {"nouns": path}) == []
+    other, path = pipe_of(["mug", "box", "cup"])
+    [line] = ignored_flags(tmp_path, {"nouns": path})
+    assert line.startswith("--nouns piped in (2 words") and "now 3," in line
+    assert line.endswith("other words than the search read")
+    os.close(same)
+    os.close(other)
