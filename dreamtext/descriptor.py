@@ -896,3 +896,7 @@ def _train_loop(
                 save()
                 raise TrainingInterrupted(step, checkpoint, stage="descriptor training")
     save()
+    # A stop after the loop's last look at its flag (as it closed its bar and log): the text→3D
+    # stage is not begun (it stopped after its first step, where stop_on_signal reads it).
+    if stop["stop"]:
+        raise TrainingInterrupted(trainer.step, checkpoint, stage="descriptor training")

@@ -34,8 +34,9 @@ from dreamtext.errors import naming_the_file
 
 class TrainingInterrupted(Exception):
     """Raised after Ctrl-C / SIGTERM once the checkpoint of the last finished step is on disk
-    (``in_export``: the run had trained to its end and was exporting; ``stage``: which training,
-    when not text→3D's, e.g. ``"descriptor training"``).
+    (``in_export``: the run had trained to its end and was exporting; ``before_export``: it had
+    trained to its end and its export had not begun; ``stage``: which training, when not
+    text→3D's, e.g. ``"descriptor training"``).
 
     ``unsaved``: instead, why that step was not saved (a field whose weights overflowed), what
     is on disk and what to do; its line says all of it, so a command adds no "continue with
@@ -48,14 +49,16 @@ class TrainingInterrupted(Exception):
         in_export: bool = False,
         stage: str | None = None,
         unsaved: str | None = None,
+        before_export: bool = False,
     ):
         what = f"{stage} interrupted" if stage else "interrupted"
-        where = "in the export, " if in_export else ""
+        where = "in the export, " if in_export else "before the export, " if before_export else ""
         saved = unsaved if unsaved is not None else f"saved {checkpoint}"
         super().__init__(f"{what} {where}after step {step}; {saved}")
         self.step = step
         self.checkpoint = checkpoint
         self.in_export = in_export
+        self.before_export = before_export
         self.stage = stage
         self.unsaved = unsaved
 
@@ -134,6 +137,13 @@ def stop_on_signal() -> Iterator[dict[str, bool]]:
     Ctrl-C interrupts at once. A signal that arrived before the loop and whose
     ``KeyboardInterrupt`` was lost (:func:`stop_requested`) counts as the first.
 
+    The loop reads the flag once more after the block: a stop that came after its last look
+    (as it closed its bar and log) is the command's stop all the same, which the loop acts on
+    there (its checkpoint saved, what follows the training not begun). The block leaves it
+    recorded (:func:`stop_requested`), so that work that follows without reading the flag
+    stops at its :func:`raise_if_stop_requested`, and a SIGTERM or SIGHUP after it is that stop
+    sent again, not raised into its checkpoint.
+
     Only Ctrl-C, typed again by someone who will not wait, skips the step's checkpoint: SIGTERM
     and SIGHUP come from machines, which send more than one of them for one stop and end the
     process themselves once their grace time is up (SIGKILL). A SLURM task's step gets its
@@ -149,16 +159,13 @@ def stop_on_signal() -> Iterator[dict[str, bool]]:
         if _REQUEST["depth"] > 0:  # what the command does after the loop stops is that stop's
             _REQUEST["asked"] = True
 
-    outer, asked = _STEP_LOOP["flag"], _REQUEST["asked"]
+    outer = _STEP_LOOP["flag"]
     _STEP_LOOP["flag"] = flag
     try:
         with _handling(STOP_SIGNALS, handler):
             yield flag
-        # Left without an exception, the loop ended by itself: a stop after its last look at
-        # the flag (as it closes its bar and log) was acted on by no one, and the one sent
-        # again in the work after it (a final preview, the export) is a stop to raise, not a
-        # repeat of one under way. A loop that stops raises (TrainingInterrupted).
-        _REQUEST["asked"] = asked
+        if flag["stop"] and _REQUEST["depth"] > 0:  # the handler noted it as asked
+            _REQUEST["stop"] = True
     finally:
         _STEP_LOOP["flag"] = outer
 

@@ -1162,11 +1162,17 @@ def kept_checkpoint(run: Run, overflowed: int, why: bool = True) -> str:
 def interruption(run: Run, save: Callable[[Run], Path]) -> TrainingInterrupted:
     """The :class:`TrainingInterrupted` of a stop after step ``run.step``: with the checkpoint
     ``save(run)`` wrote, or, where the weights overflowed (:func:`overflowed_step`), with what
-    is on disk instead and what to do."""
+    is on disk instead and what to do. After the last step it says the export has not begun
+    (the run's resume trains nothing and exports)."""
     overflowed = None if run.saved_step == run.step else overflowed_step(run)
     if overflowed is None:
-        return TrainingInterrupted(run.step, save(run))
+        return TrainingInterrupted(run.step, save(run), before_export=export_due(run))
     return TrainingInterrupted(run.step, None, unsaved=kept_checkpoint(run, overflowed))
+
+
+def export_due(run: Run) -> bool:
+    """Whether ``run`` has trained to its end and exports next (``cfg.export``)."""
+    return run.cfg.export and run.step >= run.cfg.iters
 
 
 def optimizer_step(run: Run, finite: bool) -> bool:
@@ -1646,6 +1652,10 @@ def _train(run: Run, resume: bool) -> Path:
             check_diverged(run)
             if stop["stop"]:
                 raise interruption(run, save_new_checkpoint)
+    # A stop after the loop's last look at its flag (as it closed its bar and log): the final
+    # preview and the export would run on for minutes that a scheduler stopping it does not give.
+    if stop["stop"]:
+        raise interruption(run, save_new_checkpoint)
     # A resume with nothing to train saves all the same: its checkpoint records the settings
     # that apply after training (AFTER_TRAINING).
     resaved = run.step == start_step
@@ -1665,7 +1675,7 @@ def _train(run: Run, resume: bool) -> Path:
         with sigterm_interrupts(), out_of_memory_saves_a_checkpoint(run):
             save_final_preview(run, previewed, completes_work=not cfg.export)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(run.step, checkpoint) from None
+        raise TrainingInterrupted(run.step, checkpoint, before_export=export_due(run)) from None
     if run.guidance.skipped_steps:
         say(f"dreamtext: skipped {run.guidance.skipped_steps} steps with non-finite guidance")
     if run.skipped_updates:

@@ -1789,6 +1789,47 @@ def test_sigterm_during_the_export_says_interrupted_and_a_rerun_exports(
     ]
 
 
+def test_a_stop_after_a_lines_last_look_stops_the_batch_before_its_export(
+    tmp_path, tiny_yaml, shapes_cache, monkeypatch, capsys
+):
+    """A SIGTERM after the training loop's last look at its stop flag (as it closes its bar)
+    stopped nothing: the line went on to its export, then the batch to its next line. The line
+    stops there, saved and not exported, and the batch with it; run again, it exports the line
+    (training nothing) and trains the next."""
+    path = prompts_file(tmp_path, "a red cube", "a blue sphere")
+    root = tmp_path / "root"
+    tiny_yaml.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "export": True}))
+    args = ["batch", path, *BUILTIN[:2], "--iters", "5", "--config", tiny_yaml, "--workspace", root]
+    sent, exports = [], []
+
+    class BarClosedByAStop(trainer.tqdm):
+        def close(self):
+            text_bar = getattr(self, "desc", "").startswith("text→3D")
+            if text_bar and self.n == self.total and not sent:
+                sent.append(self.n)
+                signal.raise_signal(signal.SIGTERM)
+            super().close()
+
+    monkeypatch.setattr(trainer, "tqdm", BarClosedByAStop)
+    monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.cfg.prompt))
+    assert main(list(map(str, args))) == 130
+    err = capsys.readouterr().err
+    assert (sent, exports) == ([5], []), err
+    saved = root / "a_red_cube" / "checkpoints" / "last.pt"
+    assert (
+        f"batch: {path}: line 1: interrupted before the export, after step 5; saved {saved}; "
+        "run the batch again to resume"
+    ) in err
+    assert not (root / "a_blue_sphere").exists()
+    assert main(list(map(str, args))) == 0
+    assert exports == ["a red cube", "a blue sphere"]
+    assert [(r["line"], r["status"]) for r in rows(root)] == [
+        (1, "interrupted"),
+        (1, "finished"),
+        (2, "finished"),
+    ]
+
+
 def test_the_summary_counts_every_status_of_its_rows():
     record = {"line": 1, "seconds": 1.0, "its": None, "gpu_mem_mib": None, "workspace": "a"}
     statuses = ["finished", "skipped", "failed", "interrupted", "interrupted"]

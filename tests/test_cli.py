@@ -1277,6 +1277,56 @@ def test_ctrl_c_in_the_final_previews_says_the_run_is_saved_and_how_to_go_on(
     assert (status["state"], status["step"]) == ("interrupted", 2)
 
 
+@pytest.mark.parametrize("sent_again", [False, True])
+def test_a_stop_after_the_loops_last_look_stops_before_the_export_and_resume_exports(
+    tmp_path, monkeypatch, capsys, tiny_sizes, sent_again
+):
+    """A SIGTERM that lands after the training loop last read its stop flag (as it closes its
+    bar) stopped nothing: the run went on to its final preview and export, minutes that a
+    scheduler stopping it does not give. It stops there as a stop in the last step does: the
+    last step saved, no export begun, 130; the srun's SIGTERM sent again while that checkpoint
+    is saved (``sent_again``) cuts nothing short; ``--resume`` then trains nothing and exports."""
+    from dreamtext import trainer
+
+    terminated, exports, saves = [], [], []
+
+    class BarClosedByAStop(trainer.tqdm):
+        def close(self):
+            text_bar = getattr(self, "desc", "").startswith("text→3D")
+            if text_bar and self.n == self.total and not terminated:
+                terminated.append(self.n)
+                signal.raise_signal(signal.SIGTERM)
+            super().close()
+
+    save_checkpoint = trainer.save_checkpoint
+
+    def save_sent_again(workspace, state, **kwargs):
+        saves.append(state["step"])
+        if sent_again and terminated and len(saves) == 1:
+            signal.raise_signal(signal.SIGTERM)  # the srun's, passing the stop on
+        return save_checkpoint(workspace, state, **kwargs)
+
+    monkeypatch.setattr(trainer, "tqdm", BarClosedByAStop)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_sent_again)
+    monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.step))
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "3"]
+    code, err = run_main([*args, "--config", tiny_sizes], capsys)
+    run = tmp_path / "workspace" / "a_red_cube"
+    assert (code, terminated, exports, saves) == (130, [3], [], [3]), err
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        f"dreamtext: interrupted before the export, after step 3; saved "
+        f"{Path('workspace/a_red_cube/checkpoints/last.pt')}; continue with --resume"
+    )
+    status = json.loads((run / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("interrupted", 3)
+    assert not (run / "previews" / "final.png").exists()
+    code, err = run_main([*args, "--config", tiny_sizes, "--resume"], capsys)
+    assert (code, exports) == (0, [3]), err
+    assert "already at step 3 of 3; nothing to train" in err
+
+
 # A text run of the tiny field whose export is small: its mesh as PLY alone, no turntable.
 TINY_EXPORTED = {
     **TINY_TRAIN,

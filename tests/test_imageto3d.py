@@ -659,6 +659,59 @@ def test_a_stop_in_a_rerun_of_a_finished_image_run_changes_nothing(
     assert (tmp_path / "run" / "status.json").read_bytes() == status
 
 
+@pytest.mark.parametrize(
+    ("stage", "bar", "said"),
+    [
+        ("descriptor", "descriptor", "descriptor training interrupted after step 2; saved {}"),
+        ("trainer", "text→3D", "interrupted before the export, after step 2; saved {}"),
+    ],
+)
+def test_a_stop_after_a_training_loops_last_look_stops_the_image_run_there(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys, stage, bar, said
+):
+    """A SIGTERM after the descriptor's or the text→3D loop's last look at its stop flag (as
+    it closes its bar) stopped nothing: the run went on to text→3D (which trained one step and
+    stopped there) or to its export. It stops where it landed, the step saved, and the same
+    command goes on: the rerun trains nothing more of that stage and exports once."""
+    import importlib
+    import signal
+
+    import yaml
+
+    from dreamtext import trainer
+
+    module = importlib.import_module(f"dreamtext.{stage}")
+    sent, exports = [], []
+
+    class BarClosedByAStop(module.tqdm):
+        def close(self):
+            if getattr(self, "desc", "").startswith(bar) and self.n == self.total and not sent:
+                sent.append(self.n)
+                signal.raise_signal(signal.SIGTERM)
+            super().close()
+
+    monkeypatch.setattr(module, "tqdm", BarClosedByAStop)
+    monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.step))
+    image = _image(tmp_path)
+    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
+    flags = ("--iters", "2", "--config", str(tiny), "--export")
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags)
+    err = capsys.readouterr().err
+    folder = tmp_path / "run" / ("descriptor" if stage == "descriptor" else "")
+    checkpoint = folder / "checkpoints" / "last.pt"
+    assert (code, sent, exports) == (130, [2], []), err
+    assert err.strip().splitlines()[-1] == (
+        f"dreamtext: {said.format(checkpoint)}; run the same command again to resume"
+    )
+    assert load_checkpoint(checkpoint)["step"] == 2
+    text_stage = (tmp_path / "run" / "checkpoints").exists()
+    assert text_stage == (stage == "trainer")  # no text→3D stage begun after the descriptor's
+    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags) == 0
+    assert exports == [2]
+
+
 def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
     tmp_path, tiny_clip_path, tiny_sd_path, capsys
 ):

@@ -8,6 +8,7 @@ import pytest
 from dreamtext.interrupts import (
     StepStopped,
     raise_if_stop_in_step,
+    raise_if_stop_requested,
     signals_held,
     sigterm_interrupts,
     stop_on_signal,
@@ -374,17 +375,20 @@ def test_a_machines_stop_noted_after_complete_work_is_not_raised_again_as_it_sto
         assert_a_stop_again_is_dropped_and_ctrl_c_is_not()
 
 
-def test_a_stop_a_training_loop_ended_without_reading_leaves_the_next_one_to_interrupt():
-    """A SIGTERM after the loop's last look at its flag (as it closes its bar and log) stops
-    nothing there: the run goes on to its final preview and export. The stop sent again there
-    (a SLURM task's srun passing it on) was taken for a repeat of a stop under way and dropped,
-    and the export ran on until the scheduler's SIGKILL, its files and status.json cut short;
-    it interrupts the export, as it did before repeats were dropped."""
+def test_a_stop_after_a_training_loops_last_look_is_the_commands_stop():
+    """A SIGTERM after the loop's last look at its flag (as it closes its bar and log) is on
+    the flag after the block, for the loop to act on, and recorded as the command's stop: work
+    that follows without reading the flag (an export: raise_if_stop_requested) stops, and the
+    SIGTERM sent again (a SLURM task's srun passing it on) is that stop, not raised into the
+    checkpoint the loop saves for it. Before, the run went on to its final preview and export,
+    and the stop sent again was the first to interrupt anything."""
     with sigterm_interrupts():
-        with stop_on_signal():
+        with stop_on_signal() as stop:
             signal.raise_signal(signal.SIGTERM)  # the loop has ended: nothing reads the flag
+        assert stop["stop"] and stop_requested()
+        signal.raise_signal(signal.SIGTERM)  # not raised
         with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGTERM)
+            raise_if_stop_requested()
 
 
 def test_an_interrupt_in_the_export_says_so_with_its_step_and_checkpoint():
