@@ -17,7 +17,10 @@
 #
 # SLURM_LOCAL (default /tmp/slurm-local) holds the state, logs and pid files. The node of `up` is
 # this host (`hostname -s`) with all its CPUs and RealMemory 1 GiB under what `slurmd -C` reports.
-# `up` and `up2` refuse to overwrite a slurm.conf they did not write.
+# `up` and `up2` refuse to overwrite a slurm.conf they did not write. Both make two partitions of
+# the same node(s): local, the default, and urgent, whose jobs preempt local's (PreemptMode=REQUEUE,
+# GraceTime 0: `scontrol update partitionname=local gracetime=60` gives one; README, "A SLURM
+# cluster", says what each did).
 #
 # `up2`: Debian's slurmd is built without --enable-multiple-slurmd, so each node is a slurmd in a
 # network namespace of its own (`ip netns`: slurm-node1, slurm-node2) and a UTS namespace of its
@@ -108,8 +111,13 @@ JobCompLoc=$state/jobcomp.log
 # Seconds between SIGTERM and SIGKILL when a job is cancelled, requeued or reaches its limit.
 KillWait=30
 MinJobAge=3600
+# Preemption: a job of "urgent" (PriorityTier 2) that needs the CPUs a job of "local" holds
+# requeues that job, after "local"'s GraceTime.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 $node_lines
-PartitionName=local Nodes=$partition Default=YES MaxTime=INFINITE State=UP
+PartitionName=local Nodes=$partition Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=$partition MaxTime=INFINITE State=UP PriorityTier=2
 EOF
 }
 
