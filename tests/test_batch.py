@@ -4601,6 +4601,50 @@ def test_the_slurm_script_asks_scancel_again_where_it_fails_at_the_time_limit(tm
     assert calls.read_text().splitlines()[1:] == asked
 
 
+# `scontrol show job 57` of a task started at 23:23:26, as Slurm 22.05 prints it (its lines
+# that the script reads), with its PreemptTime.
+SHOW_JOB = """JobId=57 ArrayJobId=41 ArrayTaskId=3 JobName=dreamtext
+   JobState=RUNNING Reason=None Dependency=(null)
+   Requeue=1 Restarts=1 BatchFlag=1 Reboot=0 ExitCode=0:0
+   SubmitTime=2026-12-07T23:20:28 EligibleTime=2026-12-07T23:23:23
+   AccrueTime=2026-12-07T23:23:23
+   StartTime=2026-12-07T23:23:26 EndTime=2026-12-07T23:25:24 Deadline=N/A
+   PreemptEligibleTime=2026-12-07T23:23:26 PreemptTime={}
+"""
+
+
+@pytest.mark.parametrize(
+    ("preempt_time", "requeued"),
+    [
+        ("2026-12-07T23:24:23", True),  # in this run: its grace time began
+        ("None", False),  # never preempted: `scancel -s TERM`
+        ("2026-12-07T23:21:19", False),  # the run before this one's requeue
+    ],
+)
+def test_the_slurm_script_requeues_a_task_preempted_in_its_grace_time(
+    tmp_path, preempt_time, requeued
+):
+    """Preempted on a partition with a GraceTime, the step gets SIGTERM and the script nothing;
+    the batch saves and exits 130 within the grace time, and Slurm 22.05 ended the task FAILED,
+    never requeued. The script reads the preemption from `scontrol show job` (PreemptTime, at or
+    after this run's StartTime) and requeues the task; a stop that was no preemption of this
+    run leaves it stopped."""
+    calls = tmp_path / "calls.txt"
+    log = shlex.quote(str(calls))
+    shown = shlex.quote(SHOW_JOB.format(preempt_time))
+    scripts = {
+        "srun": f'echo "srun $*" >> {log}\nexit 130',
+        "scontrol": f'echo "scontrol $*" >> {log}\n[[ $1 == show ]] && printf %s {shown}\nexit 0',
+    }
+    env = {**stand_ins(tmp_path, scripts), **TASK_41_3, "SLURM_JOB_ID": "57"}
+    args = ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs"]
+    done = subprocess.run(args, env=env, cwd=tmp_path, timeout=30)
+    assert done.returncode == 130
+    assert calls.read_text().splitlines()[1:] == ["scontrol show job 57"] + (
+        ["scontrol requeue 41_3"] if requeued else []
+    )
+
+
 def test_the_slurm_script_asks_for_the_time_limits_warning_as_usr1_to_itself():
     """``--signal=TERM@180`` signalled the step, where the script could not tell the time limit
     from `scancel -s TERM`: it requeued the task either way."""
