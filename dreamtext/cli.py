@@ -728,7 +728,8 @@ def add_text_to_3d_arguments(
         help="torch.compile the U-Net, the VAE encoder and the field's MLPs, and replay the "
         "guidance as CUDA graphs (CUDA only; slow first steps, then faster ones; a failure is an "
         "error). Without it the field's MLPs are still compiled on CUDA where that works; "
-        "--no-compile keeps them eager too",
+        "--no-compile keeps them eager too. A resume or rerun keeps the --compile its "
+        "config.json records; --no-compile turns it off",
     )
     g.add_argument(
         "--export",

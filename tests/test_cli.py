@@ -70,6 +70,19 @@ def test_describe_help_names_the_files_it_writes_in_the_workspace():
     assert "status.json in the workspace" in text
 
 
+@pytest.mark.parametrize("command", ["text", "image", "batch"])
+def test_compile_help_says_a_resume_keeps_the_recorded_compile_and_no_compile_turns_it_off(command):
+    """A resume or rerun keeps the --compile its config.json records (README, "Useful flags"):
+    the help said only that --no-compile keeps the field's MLPs eager, so a user who resumed a
+    compiled run without the flag was not told it compiles again, nor how to stop it."""
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    text = " ".join(parser.format_help().split())
+    line = (
+        "A resume or rerun keeps the --compile its config.json records; --no-compile turns it off"
+    )
+    assert line in text
+
+
 def test_help_lists_every_subcommand_and_the_text_flags(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
