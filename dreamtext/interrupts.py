@@ -1,5 +1,7 @@
-"""Stopping long work cleanly: Ctrl-C and SIGTERM end a training loop after its current step,
-with a checkpoint of that step on disk, instead of a traceback and lost steps.
+"""Stopping long work cleanly: Ctrl-C, SIGTERM and SIGHUP end a training loop after its current
+step, with a checkpoint of that step on disk, instead of a traceback and lost steps. Ctrl-C
+sent again stops at once; a SIGTERM or SIGHUP sent again is the same stop (schedulers send
+more than one for one stop).
 
 A step too big to end soon (a render of thousands of pixels a side) is cut short instead: the
 renderer's and sampler's chunk loops call :func:`raise_if_stop_in_step`, which raises
