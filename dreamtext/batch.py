@@ -1147,6 +1147,7 @@ def resume_conflicts_refusal(
     images: bool = False,
     others: int = 0,
     elsewhere: int = 0,
+    array: bool = False,
 ) -> str:
     """The one line that refuses a batch whose lines to resume were asked for settings their
     runs fix (:func:`own_run_config`), naming each line (the first :data:`NOT_STARTED_SHOWN`),
@@ -1154,10 +1155,11 @@ def resume_conflicts_refusal(
     so that its ``--overwrite`` is refused too: the way to train those runs anew is to move
     their folders away. ``others``: how many other lines of this worker's share hold a run,
     ``elsewhere``: how many lines of the list's other shares do, which the batch's
-    ``--overwrite`` would train again too (a finished one's replaced): a job array gives every
-    task the same flags, so its tasks together replace both. Where there are any, the line
-    names each refused line's own `dreamtext text ... --overwrite` instead, and says how many
-    runs are in this share and how many in the others."""
+    ``--overwrite`` would train again too (a finished one's replaced): a job array (``array``:
+    this worker is a task of one) gives every task the same flags, so its tasks together
+    replace both; workers started by hand with ``--shard K/N`` do where each is given it. Where
+    there are any, the line names each refused line's own `dreamtext text ... --overwrite`
+    instead, and says how many runs are in this share and how many in the others."""
     shown = [
         f"line {entry.line} ({entry.workspace}): {', '.join(changed)}"
         for entry, changed in conflicts[:NOT_STARTED_SHOWN]
@@ -1181,10 +1183,10 @@ def resume_conflicts_refusal(
             where = f"{others} in this share, {elsewhere} in the others"
             if not others:
                 where = "in another share" if elsewhere == 1 else "all in other shares"
-            replaced = (
-                f", which a job array gives every task, would train {runs} of the list again "
-                f"too: {where}"
+            given = (
+                "which a job array gives every task" if array else "given to every share's worker"
             )
+            replaced = f", {given}, would train {runs} of the list again too: {where}"
         anew = (
             f"{command}, with {line_flags(conflicts[0][0])}, trains it alone again from "
             f"scratch (the batch's --overwrite{replaced})"
@@ -1527,7 +1529,10 @@ def _run_batch(
         held = [e.workspace for e in entries if run_owner(e.workspace) == e.key]
         others = sum(w not in named and w in mine for w in held)
         elsewhere = sum(w not in mine for w in held)
-        raise DreamtextError(resume_conflicts_refusal(conflicts, bool(images), others, elsewhere))
+        array = os.environ.get("SLURM_ARRAY_TASK_ID") is not None
+        raise DreamtextError(
+            resume_conflicts_refusal(conflicts, bool(images), others, elsewhere, array)
+        )
     lines_models = LineModels(share, {e.workspace: line_models(e, c, options) for e, c in pending})
     if pending:
         # Once for the batch, as `text` and `image` say it once for their run.

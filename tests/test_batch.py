@@ -2324,6 +2324,29 @@ def test_a_job_array_tasks_refusal_says_where_the_one_other_run_of_the_list_is(
     ), err
 
 
+def test_a_hand_started_shard_workers_refusal_does_not_speak_of_a_job_array(
+    tmp_path, monkeypatch, capsys
+):
+    """A worker started by hand with --shard 0/2 (no SLURM_ARRAY_TASK_ID) is no task of a job
+    array: its refusal said the batch's --overwrite was one "which a job array gives every
+    task"; the other shares' runs are replaced where their workers are given it too."""
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 2)
+    shapes_run(root / "a_blue_cube", "a blue cube", 20)
+    (root / "batch.jsonl").write_text("")
+    args = ["batch", path, *BUILTIN, "--seed", "7", "--workspace", root, "--shard", "0/2"]
+    with nothing_written(root, "a_red_cube", "a_blue_cube"):
+        assert main(list(map(str, args))) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert err.endswith(
+        "(the batch's --overwrite, given to every share's worker, would train 1 other run of "
+        "the list again too: in another share)"
+    ), err
+
+
 def two_cube_images(tmp_path):
     """``red_cube.png`` and ``blue_cube.png`` (a square of each colour on a clear 48 px image) in
     ``tmp_path``, with the nouns and adjectives files that describe them."""
