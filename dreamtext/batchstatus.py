@@ -43,7 +43,7 @@ from dreamtext.config import TrainConfig, run_owner
 from dreamtext.errors import shorten
 from dreamtext.inputs import check_root, parse_shard
 from dreamtext.processes import run_alive
-from dreamtext.runfiles import read_status, running_elsewhere
+from dreamtext.runfiles import read_once, read_status, running_elsewhere
 from dreamtext.runstatus import run_finished, saved_step
 
 # The states a line can be in, in the order they are counted.
@@ -77,17 +77,19 @@ def list_status(
     options = options or BatchOptions()
     root = Path(options.root)
     check_root(root)
-    entries = read_prompts(prompts_file, root)
-    share = select_share(entries, parse_shard(options.shard) if options.shard else None)
-    configs = entry_configs(share, overrides, preset, config_file)
-    resolved: dict[str, tuple[TrainConfig, list[str]]] = {}
-    configs = [
-        own_run_config(e, cfg, overrides, preset, config_file, resolved)[0]
-        for e, cfg in zip(share, configs, strict=True)
-    ]
-    log = BatchLog(root / BATCH_LOG, from_start=True)
-    claim = WorkspaceLock(root / ".status", options.lock_timeout)  # whose measure of staleness
-    return [line_state(e, cfg, claim, log, root) for e, cfg in zip(share, configs, strict=True)]
+    with read_once():  # each run's files read once for all the questions asked of them
+        entries = read_prompts(prompts_file, root)
+        share = select_share(entries, parse_shard(options.shard) if options.shard else None)
+        # Read, not trained: the lines' configs share their sections, not each a deep copy.
+        configs = entry_configs(share, overrides, preset, config_file, shared=True)
+        resolved: dict[str, tuple[TrainConfig, list[str]]] = {}
+        configs = [
+            own_run_config(e, cfg, overrides, preset, config_file, resolved, shared=True)[0]
+            for e, cfg in zip(share, configs, strict=True)
+        ]
+        log = BatchLog(root / BATCH_LOG, from_start=True)
+        claim = WorkspaceLock(root / ".status", options.lock_timeout)  # whose measure of staleness
+        return [line_state(e, cfg, claim, log, root) for e, cfg in zip(share, configs, strict=True)]
 
 
 def line_state(

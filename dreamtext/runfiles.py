@@ -14,6 +14,8 @@ here.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import glob
 import hashlib
 import json
@@ -21,8 +23,9 @@ import os
 import shlex
 import tempfile
 import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dreamtext.errors import (
     UNREADABLE_JSON,
@@ -115,12 +118,53 @@ def check_writable(folder: Path, fix: str) -> None:
         ) from None
 
 
+# What each run's files said within a read_once() block, by (what, workspace); None outside.
+# A ContextVar: a thread (a lock's heartbeat) starts outside any block and reads afresh.
+_READ_ONCE: contextvars.ContextVar[dict[tuple[str, str], Any] | None] = contextvars.ContextVar(
+    "dreamtext_read_once", default=None
+)
+_T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def read_once() -> Iterator[None]:
+    """Within the block, what a run's files say (whose run it is: :func:`run_owner`; its
+    ``status.json``: :func:`read_status`; its checkpoint's recorded step: :func:`recorded_step`)
+    is read once per workspace: a pass over a list that asks each run several questions
+    (whose is it, finished?, its settings, its lock's state: ``batch --status``, a batch's
+    start) read each run's ``config.json`` about five times. Only around a pass that writes none
+    of them: the block ends before a batch trains its first line, and any read after it (a
+    worker's own writes, another worker's meanwhile) is afresh."""
+    token = _READ_ONCE.set({})
+    try:
+        yield
+    finally:
+        _READ_ONCE.reset(token)
+
+
+def _once(what: str, workspace: str | Path, read: Callable[[], _T]) -> _T:
+    """``read()``; within :func:`read_once`, its first answer for ``what`` of ``workspace``."""
+    cache = _READ_ONCE.get()
+    if cache is None:
+        return read()
+    key = (what, os.fspath(workspace))
+    if key not in cache:
+        cache[key] = read()
+    return cache[key]
+
+
 # The states a status.json can record.
 STATES = ("running", "finished", "failed", "interrupted")
 
 
 def read_status(workspace: str | Path) -> dict[str, Any] | None:
-    """The workspace's status, or ``None`` when there is none (or it is unreadable)."""
+    """The workspace's status, or ``None`` when there is none (or it is unreadable); read once
+    within :func:`read_once` (each caller gets its own copy of the mapping)."""
+    status = _once("status", workspace, lambda: _read_status(workspace))
+    return None if status is None else dict(status)
+
+
+def _read_status(workspace: str | Path) -> dict[str, Any] | None:
     try:
         data = read_status_json(Path(workspace) / RUN_STATUS)
     except (OSError, *UNREADABLE_JSON):
@@ -286,18 +330,25 @@ def run_owner(workspace: Path) -> tuple[str, str] | None:
     """Whose run ``workspace`` holds: ``("image", absolute image path)`` for an image→3D run
     (``descriptor/sentence.json``, or before it config.json's ``image_to_3d`` section),
     ``("text", prompt)`` for a text→3D run (``config.json``), ``None`` when it holds neither (no
-    folder, or a run that has not written them yet)."""
+    folder, or a run that has not written them yet). Read once within :func:`read_once`."""
+    return _once("owner", workspace, lambda: _run_owner(workspace))
+
+
+def _run_owner(workspace: Path) -> tuple[str, str] | None:
+    files: dict[Path, Any] = {}  # config.json read once for both of its keys
     for path, kind, keys in (
         (sentence_path(workspace), "image", ("image",)),
         (workspace / "config.json", "image", ("image_to_3d", "image")),
         (workspace / "config.json", "text", ("prompt",)),
     ):
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-            for key in keys:
-                value = value.get(key)
-        except (OSError, *UNREADABLE_JSON, AttributeError):
-            continue
+        if path not in files:
+            try:
+                files[path] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, *UNREADABLE_JSON):
+                files[path] = None
+        value = files[path]
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, str):
             return kind, owner_value(kind, value)
     return None
@@ -510,7 +561,11 @@ def recorded_step(workspace: str | Path) -> int | None:
     without torch; ``None`` without a record, or where ``last.pt`` is not the file the record
     was written for (written by a save killed before its record, copied over, truncated, or of
     a dreamtext from before the record): then only reading the checkpoint tells
-    (:func:`dreamtext.checkpoint.resume_step`)."""
+    (:func:`dreamtext.checkpoint.resume_step`). Read once within :func:`read_once`."""
+    return _once("step", workspace, lambda: _recorded_step(workspace))
+
+
+def _recorded_step(workspace: str | Path) -> int | None:
     folder = Path(workspace) / CHECKPOINT_DIR
     try:
         record = json.loads((folder / LAST_STEP_RECORD).read_text(encoding="utf-8"))

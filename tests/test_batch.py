@@ -5598,6 +5598,63 @@ def test_status_counts_every_line_by_what_its_run_recorded_and_writes_nothing(tm
     assert rows["5"].endswith(f"dreamtext text 'a blue sphere' --workspace {sphere}"), rows["5"]
 
 
+def run_file_reads(monkeypatch):
+    """A Counter, filled as the block's code reads files: (run folder, file name) of every
+    ``config.json`` and ``status.json`` read."""
+    reads = Counter()
+    read_text = Path.read_text
+
+    def counting(path, *args, **kwargs):
+        if path.name in ("config.json", "status.json"):
+            reads[path.parent.name, path.name] += 1
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    return reads
+
+
+def test_status_reads_each_runs_config_json_twice_and_its_status_json_once(
+    tmp_path, monkeypatch, capsys
+):
+    """Whose run a folder holds, its settings, finished?, resumable?: each question read the
+    run's config.json again (8 to 11 reads of each, 2 to 3 of status.json); one status reads
+    each file once for all of them (runfiles.read_once), config.json twice (whose run it is,
+    then the settings to resolve)."""
+    path, root = five_states(tmp_path)
+    reads = run_file_reads(monkeypatch)
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    runs = [name for name in os.listdir(root) if (root / name).is_dir()]
+    assert len(runs) == 4
+    for name in runs:
+        assert reads[name, "config.json"] == 2, (name, reads)
+        assert reads[name, "status.json"] == 1, (name, reads)
+
+
+def test_a_batch_reads_a_finished_lines_config_json_five_times_at_most(
+    tmp_path, monkeypatch, capsys
+):
+    """The batch's start asks the same questions of every run as the status (14 reads of a
+    finished line's config.json in all, the line's skip included); its lines' own looks read
+    afresh, after the start's block: a worker may have written the file meanwhile."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 20)
+    reads = run_file_reads(monkeypatch)
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root]))) == 0
+    assert reads["a_red_cube", "config.json"] <= 5, reads
+
+
+def test_read_once_reads_a_run_again_after_its_block(tmp_path):
+    from dreamtext.runfiles import read_once
+
+    run = shapes_run(tmp_path / "a_red_cube", "a red cube", 12)
+    with read_once():
+        assert read_status(run)["step"] == 12
+        (run / "status.json").write_text(json.dumps({"state": "interrupted", "step": 13}))
+        assert read_status(run)["step"] == 12  # one pass sees one state of the run
+    assert read_status(run)["step"] == 13
+
+
 def test_status_exits_0_once_every_line_is_finished_and_a_higher_iters_unfinishes_it(
     tmp_path, capsys
 ):
