@@ -114,13 +114,21 @@ from dreamtext.processes import (
     HOST,
     earlier_boot,
     gone_process,
+    lock_held,
     same_process,
     this_process,
     unreadable_lock,
 )
 from dreamtext.progress import bar_options, say, tqdm
 from dreamtext.prompts_text import check_prompt_lines, first_undecoded_byte, is_prompt_line
-from dreamtext.runfiles import descriptor_checkpoint, read_once, sentence_path, source_copy
+from dreamtext.runfiles import (
+    descriptor_checkpoint,
+    read_config_json,
+    read_once,
+    running_elsewhere,
+    sentence_path,
+    source_copy,
+)
 from dreamtext.runstatus import (
     RunTakenOver,
     error_line,
@@ -1150,6 +1158,14 @@ def own_run_config(
     return cfg, conflicts
 
 
+def refuses_resume(entry: Entry, conflicts: Sequence[str]) -> bool:
+    """Whether the batch is refused for ``entry``, a line it would train, whose own run fixes
+    the settings ``conflicts`` names (:func:`own_run_config`: ``"seed 0 → 7"``) that the batch
+    asks otherwise: a text line's run it resumes (one with a checkpoint; one without starts
+    again, with the batch's), an image line's stage (:func:`resume_conflicts_refusal`)."""
+    return bool(conflicts) and (entry.kind == "image" or can_resume(entry.workspace))
+
+
 def resume_conflicts_refusal(
     conflicts: Sequence[tuple[Entry, list[str]]],
     images: bool = False,
@@ -1216,6 +1232,80 @@ def finished_here(entry: Entry, cfg: TrainConfig) -> bool:
     """The entry's workspace holds a finished run (:func:`is_finished`) of this very prompt or
     image: a finished run of another prompt is not this one's."""
     return is_finished(cfg) and run_owner(entry.workspace) == entry.key
+
+
+@dataclass(frozen=True)
+class LineLook:
+    """What a worker of the batch finds at a line before it trains it (:func:`look_at_line`).
+    ``refusal``: why the batch fails the line (its one line, with the fix); ``finished``: it
+    skips it; ``holder``: the record of a batch lock it leaves to its live holder, refreshed
+    ``holder_age`` seconds ago (``{}``: another user's lock, which cannot be read); ``stale``:
+    why it takes over the lock there; ``in_use``: who else runs the line's run (``process 7
+    on this machine``), which the run refuses (a skip). None of them: it takes the line."""
+
+    refusal: str | None = None
+    finished: bool = False
+    holder: dict[str, Any] | None = None
+    holder_age: float = 0.0
+    stale: str | None = None
+    in_use: str | None = None
+
+
+def look_at_line(
+    entry: Entry, cfg: TrainConfig, claim: WorkspaceLock, fresh: bool = False
+) -> LineLook:
+    """Whether a worker of the batch takes ``entry`` with ``cfg``, the config it runs it with,
+    and if not why, as :func:`run_entry` decides and ``batch --status`` reports, in this order:
+    it fails a line whose folder is a file, holds another prompt's run, or holds a
+    ``config.json`` that cannot be read (the run's start refuses it); it skips a finished one
+    (:func:`finished_here`; not where ``fresh``: ``--overwrite`` trains it anew); it leaves a
+    line whose lock ``claim`` would not take over (:meth:`WorkspaceLock.stale_reason`) to its
+    holder; it skips a line another live process runs: one of this machine that its
+    ``status.json`` names (:func:`~dreamtext.runfiles.running_elsewhere`), or one holding the
+    run's own lock (:func:`~dreamtext.processes.lock_held`: another machine's, where the file
+    system's locks reach across machines), which the run's start refuses. Reads files only:
+    the worker then claims the line (:meth:`WorkspaceLock.acquire`, which judges a lock found
+    meanwhile by the same measure)."""
+    workspace = entry.workspace
+    if workspace.exists() and not workspace.is_dir():
+        return LineLook(
+            refusal=f"{workspace} is a file, where this prompt's run folder goes; move it away "
+            "and run the batch again"
+        )
+    owner = run_owner(workspace)
+    if owner is not None and owner != entry.key:
+        what = f"image {owner[1]}" if owner[0] == "image" else f"'{owner[1]}'"
+        return LineLook(
+            refusal=f"{workspace} holds a run of {what}; move that folder away and run the "
+            "batch again"
+        )
+    if owner is None and os.path.lexists(workspace / "config.json"):
+        try:  # one that does not say whose run it is: the run's start reads it first
+            read_config_json(
+                workspace / "config.json", "move that folder away and run the batch again"
+            )
+        except DreamtextError as error:
+            return LineLook(refusal=str(error))
+    if not fresh and finished_here(entry, cfg):
+        return LineLook(finished=True)
+    try:
+        held = WorkspaceLock.read(lock_path(workspace))
+    except PermissionError:  # another user's (umask 077): claimed, its holder unknown
+        return LineLook(holder={})
+    stale = None
+    if held is not None:
+        stale = claim.stale_reason(*held)
+        if stale is None:
+            return LineLook(holder=held[0], holder_age=held[1])
+    status = read_status(workspace)
+    pid = running_elsewhere(status, workspace)
+    if pid is not None:
+        return LineLook(stale=stale, in_use=f"process {pid} on this machine")
+    if lock_held(workspace) is True:
+        running = (status or {}).get("state") == "running"
+        who = f"process {status.get('pid')} on {status.get('host', '?')}" if running else None  # type: ignore[union-attr]
+        return LineLook(stale=stale, in_use=who or "another process")
+    return LineLook(stale=stale)
 
 
 def interruption_line(
@@ -1534,9 +1624,7 @@ def _run_batch(
         conflicts = [
             (e, changed)
             for e, (_, changed) in zip(share, owns, strict=True)
-            if changed
-            and e.workspace in to_train
-            and (e.kind == "image" or can_resume(e.workspace))
+            if e.workspace in to_train and refuses_resume(e, changed)
         ]
         if conflicts:
             # --overwrite, the refusal's other way out, replaces the other runs of the share, and
@@ -2206,21 +2294,16 @@ def run_entry(
     claimed = busy = stopped = ends_batch = fresh = False
     continued = None  # the step of a finished run this attempt trains on to cfg.iters
     try:
-        if entry.workspace.exists() and not entry.workspace.is_dir():
-            raise DreamtextError(
-                f"{entry.workspace} is a file, where this prompt's run folder goes; move it "
-                "away and run the batch again"
-            )
-        owner = run_owner(entry.workspace)
-        if owner is not None and owner != entry.key:
-            what = f"image {owner[1]}" if owner[0] == "image" else f"'{owner[1]}'"
-            raise DreamtextError(
-                f"{entry.workspace} holds a run of {what}; move that folder away and run the "
-                "batch again"
-            )
-        finish_cut_export(entry.workspace)
-        fresh = options.overwrite and read_status(entry.workspace) == before
-        if not fresh and finished_here(entry, cfg):
+        # One look at the line, each file read once (the claim and the run read afresh), as
+        # batch --status looks at it: look_at_line decides for both.
+        with read_once():
+            if run_owner(entry.workspace) in (None, entry.key):  # not another prompt's run
+                finish_cut_export(entry.workspace)  # a finished run has its mesh back
+            fresh = options.overwrite and read_status(entry.workspace) == before
+            look = look_at_line(entry, cfg, lock, fresh)
+        if look.refusal is not None:
+            raise DreamtextError(look.refusal)
+        if look.finished:
             line = finished_skip_line(entry, cfg)
             if line is not None:
                 _say(line)

@@ -30,20 +30,21 @@ from dreamtext.batch import (
     WorkspaceLock,
     _relative,
     entry_configs,
-    finished_here,
     line_again,
     line_flags,
     lock_path,
+    look_at_line,
     own_run_config,
     read_prompts,
+    refuses_resume,
     select_share,
 )
 from dreamtext.checkpoint import can_resume
 from dreamtext.config import TrainConfig, run_owner
-from dreamtext.errors import shorten
+from dreamtext.errors import DreamtextError, shorten
 from dreamtext.inputs import check_root, parse_shard
 from dreamtext.processes import run_alive
-from dreamtext.runfiles import read_once, read_status, running_elsewhere
+from dreamtext.runfiles import RUN_STATUS, read_once, read_status
 from dreamtext.runstatus import run_finished, saved_step
 
 # The states a line can be in, in the order they are counted.
@@ -73,7 +74,8 @@ def list_status(
     given; never the SLURM array task's own: a status is of the whole list), with the folders
     and settings the batch of these ``overrides``, ``preset`` and ``config_file`` would use:
     each line's own run's recorded settings under the batch's flags
-    (:func:`~dreamtext.batch.own_run_config`). Reads files only."""
+    (:func:`~dreamtext.batch.own_run_config`). A line whose run's ``config.json`` holds what
+    this dreamtext refuses is failed, the others go on. Reads files only."""
     options = options or BatchOptions()
     root = Path(options.root)
     check_root(root)
@@ -81,65 +83,74 @@ def list_status(
         entries = read_prompts(prompts_file, root)
         share = select_share(entries, parse_shard(options.shard) if options.shard else None)
         # Read, not trained: the lines' configs share their sections, not each a deep copy.
-        configs = entry_configs(share, overrides, preset, config_file, shared=True)
+        fresh = entry_configs(share, overrides, preset, config_file, shared=True)
         resolved: dict[str, tuple[TrainConfig, list[str]]] = {}
-        configs = [
-            own_run_config(e, cfg, overrides, preset, config_file, resolved, shared=True)[0]
-            for e, cfg in zip(share, configs, strict=True)
-        ]
         log = BatchLog(root / BATCH_LOG, from_start=True)
         claim = WorkspaceLock(root / ".status", options.lock_timeout)  # whose measure of staleness
-        return [line_state(e, cfg, claim, log, root) for e, cfg in zip(share, configs, strict=True)]
+        states = []
+        for entry, cfg in zip(share, fresh, strict=True):
+            try:
+                cfg, conflicts = own_run_config(
+                    entry, cfg, overrides, preset, config_file, resolved, shared=True
+                )
+            except DreamtextError as error:  # which the batch refuses the whole list for
+                said = str(error).removeprefix(f"line {entry.line} ({entry.workspace}): ")
+                detail = f"{said}; the batch refuses the list for it"
+                states.append(LineState(entry, "failed", detail, None))
+                continue
+            states.append(line_state(entry, cfg, claim, log, root, conflicts))
+        return states
 
 
 def line_state(
-    entry: Entry, cfg: TrainConfig, claim: WorkspaceLock, log: BatchLog, root: Path
+    entry: Entry,
+    cfg: TrainConfig,
+    claim: WorkspaceLock,
+    log: BatchLog,
+    root: Path,
+    conflicts: Sequence[str] = (),
 ) -> LineState:
-    """Where ``entry`` stands with ``cfg``, the config the batch runs it with. In this order:
-    failed where the batch fails it before anything (its folder is a file, or holds another
-    prompt's run); finished where the batch skips it; running where a worker holds its lock and
-    ``claim`` (a worker's claim, with its ``--lock-timeout``) would not take it over, or a live
-    process runs it (its ``status.json`` names one of this machine, or of another with no batch
-    lock beside it); failed where its ``status.json`` says so; to continue where its run
-    finished short of ``cfg`` (a lower ``--iters``, no mesh yet); interrupted where the run is
-    there unfinished; failed where its newest ``batch.jsonl`` record failed before its run
-    wrote any file (``log``); else not started."""
+    """Where ``entry`` stands with ``cfg``, the config the batch runs it with. First what a
+    worker with ``claim`` (its ``--lock-timeout``) finds there (:func:`look_at_line`, which the
+    batch decides by): failed where the batch fails it (its folder is a file, holds another
+    prompt's run or an unreadable ``config.json``); finished where it skips it; running where a
+    worker holds its lock, or another live process runs it. Then by what its run recorded:
+    failed where its ``status.json`` says so; to continue where its run finished short of
+    ``cfg`` (a lower ``--iters``, no mesh yet); interrupted where the run is there unfinished;
+    failed where its newest ``batch.jsonl`` record failed before its run wrote any file
+    (``log``); else not started. ``conflicts``: the settings its run fixes that the batch asks
+    otherwise (:func:`~dreamtext.batch.own_run_config`), named where the batch refuses the list
+    for them (:func:`~dreamtext.batch.refuses_resume`)."""
     workspace = entry.workspace
-    finished = finished_here(entry, cfg)
-    again = None if finished else line_again(entry, False).strip("`")
-    if workspace.exists() and not workspace.is_dir():
-        return LineState(entry, "failed", "a file is where its run folder goes", again)
-    owner = run_owner(workspace)
-    if owner is not None and owner != entry.key:
-        what = f"image {owner[1]}" if owner[0] == "image" else f"'{owner[1]}'"
-        return LineState(entry, "failed", f"its folder holds a run of {what}: move it away", None)
-    if finished:
+    look = look_at_line(entry, cfg, claim)
+    if look.refusal is not None:
+        return LineState(entry, "failed", look.refusal, None)
+    if look.finished:
         return LineState(entry, "finished", "", None)
     status = read_status(workspace)
-    stale = None
-    try:
-        held = WorkspaceLock.read(lock_path(workspace))
-    except PermissionError:  # another user's lock (umask 077): claimed, its holder unknown
+    if look.holder == {}:  # another user's lock (umask 077): claimed, its holder unknown
         return LineState(entry, "running", f"{lock_path(workspace).name} cannot be read", None)
-    if held is not None:
-        info, age = held
-        stale = claim.stale_reason(info, age)
-        if stale is None:
-            task = f" (SLURM task {info['slurm']})" if info.get("slurm") else ""
-            holder = f"claimed by {info.get('host', '?')} pid {info.get('pid', '?')}{task}"
-            detail = f"{holder}, refreshed {age:.0f} s ago"
-            if (status or {}).get("state") == "running":  # its own, not a stopped one's before it
-                detail += f"; {progress(status, cfg.iters)}"
-            return LineState(entry, "running", detail, None)
-    pid = running_elsewhere(status, workspace)
+    if look.holder is not None:
+        info = look.holder
+        task = f" (SLURM task {info['slurm']})" if info.get("slurm") else ""
+        holder = f"claimed by {info.get('host', '?')} pid {info.get('pid', '?')}{task}"
+        detail = f"{holder}, refreshed {look.holder_age:.0f} s ago"
+        if (status or {}).get("state") == "running":  # its own, not a stopped one's before it
+            detail += f"; {progress(status, cfg.iters)}"
+        return LineState(entry, "running", detail, None)
     state = (status or {}).get("state")
-    if pid is not None or (held is None and state == "running" and run_alive(status, workspace)):
-        host = "this machine" if pid is not None else (status or {}).get("host", "?")
-        where = f"process {status.get('pid')} on {host}"  # type: ignore[union-attr]
-        return LineState(entry, "running", f"{where}, {progress(status, cfg.iters)}", None)
+    if look.in_use is not None:
+        doing = f", {progress(status, cfg.iters)}" if state == "running" else ""
+        return LineState(entry, "running", f"{look.in_use}{doing}", None)
+    refused = (
+        f"; the batch refuses the list for it: {', '.join(conflicts)} (its run keeps them)"
+        if refuses_resume(entry, conflicts)
+        else ""
+    )
     if state == "failed":
-        return LineState(entry, "failed", shorten(str(status.get("error") or "failed"), 80), again)
-    if owner == entry.key:
+        error = shorten(str(status.get("error") or "failed"), 80)  # type: ignore[union-attr]
+        return LineState(entry, "failed", error + refused, line_again(entry, False).strip("`"))
+    if run_owner(workspace) == entry.key:
         if run_finished(workspace, 0):
             step = (status or {}).get("step")
             detail = (
@@ -148,19 +159,31 @@ def line_state(
                 else "trained, without its mesh"
             )
             detail += "" if can_resume(workspace) else "; no checkpoint: trains again"
-            return LineState(entry, "to continue", detail, again)
-        detail = progress(status, cfg.iters) if status is not None else "no status.json"
-        if stale is not None:
-            detail += f"; its worker's lock is stale ({stale})"
+            again = line_again(entry, False).strip("`")
+            return LineState(entry, "to continue", detail + refused, again)
+        if status is not None:
+            detail = progress(status, cfg.iters)
+        elif (workspace / RUN_STATUS).exists():
+            detail = f"{RUN_STATUS} cannot be read (its resume writes it anew)"
+        else:
+            detail = f"no {RUN_STATUS}"
+        if look.stale is not None:
+            detail += f"; its worker's lock is stale ({look.stale})"
         elif state == "running":
-            detail += f"; its process {status.get('pid')} is gone"  # type: ignore[union-attr]
+            pid, alive = status.get("pid"), run_alive(status, workspace)  # type: ignore[union-attr]
+            if alive is False:
+                detail += f"; its process {pid} is gone"
+            elif isinstance(pid, int):  # another machine's, which no lock here says runs
+                detail += f"; its process {pid} on {status.get('host', '?')} holds no lock"  # type: ignore[union-attr]
         if can_resume(workspace):
             step = saved_step(workspace)
             detail += f"; resumes from step {step}" if step is not None else "; resumes"
         else:
             detail += "; no checkpoint: starts again"
-        return LineState(entry, "interrupted", detail, again)
+        again = line_again(entry, False).strip("`")
+        return LineState(entry, "interrupted", detail + refused, again)
     failure = log.failed_since_start(_relative(workspace, root))
+    again = line_again(entry, False).strip("`")
     if failure is not None:
         return LineState(entry, "failed", shorten(failure, 80), again)
     return LineState(entry, "not started", "", again)

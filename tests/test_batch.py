@@ -5707,6 +5707,141 @@ def test_status_names_a_line_that_failed_before_its_run_wrote_anything(tmp_path,
     assert "1 failed" in out and "OSError: no such model" in out
 
 
+def status_rows(capsys):
+    """The rows of a status's table, by line number."""
+    return {
+        line.split()[0]: line
+        for line in capsys.readouterr().out.splitlines()
+        if line.split() and line.split()[0].isdigit()
+    }
+
+
+def test_status_reads_a_copied_running_run_as_the_batch_does(tmp_path, capsys):
+    """A folder copied while its run ran: its status.json names a live process of this machine,
+    which runs the original, and no one holds the copy's own lock: the batch takes the line
+    (runfiles.running_elsewhere), which the status called running (its own test, run_alive,
+    asked the process alone). Both decide by batch.look_at_line now."""
+    from dreamtext.processes import BOOT_ID, HOST, LOCK_NAME, PID_NAMESPACE, process_start
+
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    run = shapes_run(root / "a_red_cube", "a red cube", 12)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
+        record |= {"pid_ns": PID_NAMESPACE, "boot_id": BOOT_ID}
+        (run / "status.json").write_text(json.dumps({"state": "running", "step": 12, **record}))
+        (run / LOCK_NAME).write_text(json.dumps(record))  # copied, held by no one
+        from dreamtext.runfiles import running_elsewhere
+
+        assert running_elsewhere(read_status(run), run) is None  # the batch trains it
+        args = ["batch", path, *BUILTIN, "--workspace", root, "--status"]
+        assert main(list(map(str, args))) == 1
+        row = status_rows(capsys)["1"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert row.split()[1] == "interrupted", row
+    assert f"its process {sleeper.pid} on {HOST} holds no lock" in row, row
+
+
+def test_status_reads_a_run_whose_own_lock_another_process_holds_as_running(tmp_path, capsys):
+    """Another machine's `dreamtext text` of the folder (status.json running, its host's): its
+    run's lock, held (where the file system's locks reach across machines), makes the batch
+    skip the line (the run's start refuses it); the status said interrupted, "its process 4242
+    is gone", a process it cannot see."""
+    from dreamtext.processes import LOCK_NAME
+
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    run = shapes_run(root / "a_red_cube", "a red cube", 12)
+    running = {"state": "running", "step": 12, "iters": 20, "host": "node-b", "pid": 4242}
+    (run / "status.json").write_text(json.dumps(running))
+    (run / LOCK_NAME).write_text("")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(run / LOCK_NAME)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["batch", path, *BUILTIN, "--workspace", root, "--status"]
+        assert main(list(map(str, args))) == 1
+        row = status_rows(capsys)["1"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert row.split()[1] == "running", row
+    assert "process 4242 on node-b, step 12 of 20" in row, row
+
+
+def test_status_makes_a_lines_own_command_only_for_lines_that_show_one(
+    tmp_path, monkeypatch, capsys
+):
+    """line_again (a look at the line's checkpoints) was made before the line's state was
+    known, and thrown away for a running line."""
+    import dreamtext.batchstatus
+
+    path, root = five_states(tmp_path)
+    made = []
+    real = dreamtext.batchstatus.line_again
+    monkeypatch.setattr(
+        dreamtext.batchstatus, "line_again", lambda e, fresh: made.append(e.line) or real(e, fresh)
+    )
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    assert sorted(made) == [3, 4, 5]  # interrupted, failed, not started: not 2, running
+
+
+def test_status_shows_a_line_with_an_unreadable_config_json_as_failed_and_goes_on(tmp_path, capsys):
+    """Its config.json not JSON, or holding a value this dreamtext refuses: the status stopped
+    at it (exit 2, "line 2 (...): config field 'seed' must be int"). Now that line is failed,
+    its file and what is wrong with it named, and the other lines shown: as the batch, which
+    fails the first such line (its run's start refuses the file) and refuses the whole list
+    for the second (each line's own settings are checked before anything trains)."""
+    path, root = five_states(tmp_path)
+    (root / "a_green_cube" / "config.json").write_text("{not json")
+    recorded = json.loads((root / "a_red_sphere" / "config.json").read_text())
+    (root / "a_red_sphere" / "config.json").write_text(json.dumps({**recorded, "seed": "x"}))
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    rows = status_rows(capsys)
+    green = root / "a_green_cube" / "config.json"
+    assert rows["3"].split()[1] == "failed", rows["3"]
+    assert f"{green} is unreadable; move that folder away and run the batch again" in rows["3"]
+    assert rows["4"].split()[1] == "failed", rows["4"]
+    assert "config field 'seed' must be int, got 'x'" in rows["4"], rows["4"]
+    assert "the batch refuses the list for it" in rows["4"], rows["4"]
+    assert rows["5"].split()[1:3] == ["not", "started"] and "running" in rows["2"]
+
+
+def test_a_batch_fails_a_line_whose_config_json_is_unreadable_and_trains_the_others(
+    tmp_path, capsys
+):
+    """What the status says of that line (failed, the file named) is what the batch does."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    run = shapes_run(root / "a_red_cube", "a red cube", 12)
+    (run / "config.json").write_text("{not json")
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root]))) == 1
+    err = capsys.readouterr().err
+    assert f"batch: line 1 failed: {run / 'config.json'} is unreadable; move that folder" in err
+    assert read_status(root / "a_blue_cube")["state"] == "finished"
+
+
+def test_status_names_the_settings_a_lines_run_keeps_that_the_batch_refuses_the_list_for(
+    tmp_path, capsys
+):
+    """A --seed other than an interrupted run's: the batch refuses the list (its run keeps its
+    seed); the status showed the line as interrupted, resuming, and said nothing of it."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 12)
+    args = ["batch", path, *BUILTIN, "--workspace", root, "--status", "--seed", "7"]
+    assert main(list(map(str, args))) == 1
+    row = status_rows(capsys)["1"]
+    assert "the batch refuses the list for it: seed 0 → 7 (its run keeps them)" in row, row
+
+
 def test_status_with_overwrite_is_refused_in_one_line(tmp_path, capsys):
     path = prompts_file(tmp_path, "a red cube")
     args = ["batch", path, "--workspace", tmp_path / "root", "--status", "--overwrite"]
