@@ -14,9 +14,10 @@ their mesh. Each run's ``config.json``, ``status.json`` and checkpoint are those
 model replaced (:data:`MODEL`); the checkpoints
 are hard links to that run's (a hard link keeps the file its step record names).
 
-Then, for each ``--code`` checkout (this one by default), ``--repeats`` times: the status of the
-whole list, in a process of its own, and its CPU time, user + system (``os.wait4``'s rusage), with
-the median; and a process that only imports torch, the part of it no change to the status saves.
+Then ``--repeats`` times, for each ``--code`` checkout in turn (this one by default): the status
+of the whole list, in a process of its own, and its CPU time, user + system (``os.wait4``'s
+rusage), with the median; and a process that only imports torch, the part of it no change to
+the status saves.
 With ``--batch``, also the batch itself on the list of the finished lines alone (it skips every
 line: its start, which reads every run to decide what to train, and one pass of skips; its
 ``batch.jsonl`` is put back after each).
@@ -139,27 +140,27 @@ def main() -> None:
                   for _ in range(args.repeats)]  # fmt: skip
     print(f"import torch alone: {statistics.median(torch_only):.2f} s CPU (median of "
           f"{args.repeats}: {', '.join(f'{s:.2f}' for s in torch_only)})")  # fmt: skip
-    for code in args.code or [REPO]:
-        status = [*python, "batch", str(listed), "--workspace", str(args.root), *FLAGS, "--status"]
-        runs = [cpu_seconds(status, code.resolve(), args.root) for _ in range(args.repeats)]
+    codes = [code.resolve() for code in args.code or [REPO]]
+    # The checkouts in turn, each repeat: a shared machine's load changes CPU times too.
+    status = [*python, "batch", str(listed), "--workspace", str(args.root), *FLAGS, "--status"]
+    finished = args.root / "finished.txt"
+    batch = [*python, "batch", str(finished), "--workspace", str(args.root), *FLAGS]
+    log = args.root / "batch.jsonl"
+    kept = log.read_bytes()
+    spent: dict[tuple[Path, str], list[tuple[float, int]]] = {}
+    for _ in range(args.repeats):
+        for code in codes:
+            spent.setdefault((code, "status"), []).append(cpu_seconds(status, code, args.root))
+            if args.batch:
+                spent.setdefault((code, "batch"), []).append(cpu_seconds(batch, code, args.root))
+                log.write_bytes(kept)
+    lines = finished.read_text().count("\n")
+    for (code, what), runs in spent.items():
         seconds = [s for s, _ in runs]
-        print(f"{code}: --status {statistics.median(seconds):.2f} s CPU (user+sys; median of "
-              f"{args.repeats}: {', '.join(f'{s:.2f}' for s in seconds)}; exit "
+        name = "--status" if what == "status" else f"batch of the {lines} finished lines"
+        print(f"{code}: {name} {statistics.median(seconds):.2f} s CPU (user+sys; median of "
+              f"{len(runs)}: {', '.join(f'{s:.2f}' for s in seconds)}; exit "
               f"{runs[0][1]})")  # fmt: skip
-        if not args.batch:
-            continue
-        log = args.root / "batch.jsonl"
-        kept = log.read_bytes()
-        finished = args.root / "finished.txt"
-        batch = [*python, "batch", str(finished), "--workspace", str(args.root), *FLAGS]
-        seconds = []
-        for _ in range(args.repeats):
-            spent, code_ = cpu_seconds(batch, code.resolve(), args.root)
-            log.write_bytes(kept)
-            seconds.append(spent)
-        print(f"{code}: batch of the {finished.read_text().count(chr(10))} finished lines "
-              f"{statistics.median(seconds):.2f} s CPU (median of {args.repeats}: "
-              f"{', '.join(f'{s:.2f}' for s in seconds)}; exit {code_})")  # fmt: skip
 
 
 if __name__ == "__main__":
