@@ -115,10 +115,12 @@ def cpu_seconds(command: list[str], code: Path, root: Path | None = None) -> tup
     for lock in root.glob("*.lock") if root is not None else ():
         os.utime(lock)
     env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # In the checkout: `python -m` puts the current folder before PYTHONPATH on the path.
+    process = subprocess.Popen(
+        command, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    process.stderr.close()  # type: ignore[union-attr]
     return usage.ru_utime + usage.ru_stime, process.returncode
 
 
@@ -131,6 +133,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", action="store_true", help="the batch's start too")
     args = parser.parse_args()
+    args.root = args.root.resolve()  # the commands run in each checkout's folder
     started = time.perf_counter()
     listed = write_runs(args.root, args.lines, args.runs)
     print(f"{args.lines} lines, {args.runs} runs under {args.root} "
