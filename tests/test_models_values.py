@@ -581,6 +581,34 @@ def test_weights_under_the_names_older_libraries_wrote_pass_the_check(tiny_sd_pa
         assert torch.equal(loaded.text_encoder.state_dict()[name], tensor), name
 
 
+def test_sd21_base_as_the_hub_holds_its_weights_passes_the_check(tmp_path):
+    """The default model's own files pass: SD 2.1-base's three safetensors files as the hub
+    holds them (tests/sd21_base_weights.json: every tensor's name, dtype and shape, saved by
+    diffusers 0.10 and transformers 4.25, its VAE attention as query/key/value/proj_attn, its
+    text encoder under "text_model." with an int64 position_ids), written with their data a
+    sparse hole and each exactly as long as the hub's file. A refusal here refuses every user's
+    default model; the check is no formality on them: one tensor gone is named."""
+    from sd21_layout import read_layout, write_model
+
+    from dreamtext.models import check_model_weights
+
+    layout = read_layout()
+    folder = tmp_path / "sd21-base"
+    lengths = write_model(folder, layout)
+    assert lengths == {name: file["hub_length"] for name, file in layout["files"].items()}
+    unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if unet.stat().st_blocks * 512 > 2**24:
+        pytest.skip("this file system has no sparse files (3.5 GB a U-Net file)")
+    check_model_weights(str(folder))
+
+    text_encoder = layout["files"]["text_encoder/model.safetensors"]["shapes"]
+    del text_encoder["text_model.final_layer_norm.bias"]
+    write_model(folder, layout)
+    weights = folder / "text_encoder" / "model.safetensors"
+    with pytest.raises(DreamtextError, match=f"{weights} lacks the tensor final_layer_norm.bias"):
+        check_model_weights(str(folder))
+
+
 def test_a_sharded_part_is_checked_shard_by_shard(tiny_sd_path, tmp_path):
     """Weights in shards (``save_pretrained(max_shard_size=...)``: an index and its files) pass
     whole, and one shard cut short or gone is named."""
