@@ -542,8 +542,13 @@ def damaged_weights_line(model: str, subfolder: str, file: Path, problem: str) -
 
 
 def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
-    """The one place weights are read from disk (tests count the calls)."""
-    variant = local_variant(path, subfolder)
+    """The one place weights are read from disk (tests count the calls). The variant is that of
+    the files here (:func:`local_variant`): a folder's, or for a hub id its cached snapshot's,
+    which :func:`check_model_weights` read. A cache holding only the fp16 variant
+    (``from_pretrained(id, variant="fp16")`` downloads that) was asked for the plain files: not
+    in the cache offline, 5 GB more to download for SD 2.1 online."""
+    folder = model_folder(path)
+    variant = local_variant(str(folder), subfolder) if folder is not None else None
     if variant is not None:
         kwargs = {"variant": variant, **kwargs}
     return cls.from_pretrained(path, subfolder=subfolder, **kwargs)

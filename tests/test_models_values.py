@@ -397,6 +397,32 @@ def test_offline_a_damaged_model_in_the_hub_cache_is_called_damaged_not_missing(
     assert "\n" not in message
 
 
+def test_offline_a_hub_model_cached_as_its_fp16_variant_alone_loads(
+    tiny_sd_path, tmp_path, monkeypatch
+):
+    """A hub id whose cache holds only the fp16 variant (``model.fp16.safetensors`` ...: what
+    ``StableDiffusionPipeline.from_pretrained(id, variant="fp16")`` downloads, the form the
+    diffusers docs give; SD 2.1-base has it) loads those files, as the same files in a folder
+    do. The weights check read them, then the load asked the cache for the plain ones and
+    refused: "it is not in the Hugging Face cache" (online it would download 5 GB more)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--some-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_sd_path, repo / "snapshots" / commit)
+    for weights in list((repo / "snapshots" / commit).rglob("*.safetensors")):
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    _offline_with_cache(monkeypatch, tmp_path / "hub")
+    loaded = models_module.load_stable_diffusion("someone/some-model")
+    plain = models_module.load_stable_diffusion(str(tiny_sd_path))
+    for name, tensor in plain.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], tensor), name
+    for name, tensor in plain.text_encoder.state_dict().items():
+        assert torch.equal(loaded.text_encoder.state_dict()[name], tensor), name
+
+
 @pytest.mark.parametrize("model", ["someone/my model", "someone/--model"])
 def test_offline_an_id_the_cache_has_no_repo_of_is_not_in_the_cache(tmp_path, monkeypatch, model):
     """A typo'd id (or a folder name with a space that does not exist) fails without a
