@@ -390,10 +390,11 @@ def check_model_weights(model: str) -> None:
     encoder) that its load would refuse or fill with random values: a safetensors file cut
     short or grown (its length against ``8 + header length + the header's last data offset``),
     a header that does not parse, a tensor missing, or one of another shape than the part its
-    config builds (built on the meta device: no memory). Each file's header is read, 30-90 KB
-    for SD 2.1's three; no tensor is: 0.13-0.14 s of CPU a model of SD 2.1's shapes (mostly
-    building its parts), 40-50 ms the tests' tiny one; 20 distinct models of SD 2.1's shapes
-    2.5 s, the process's peak memory unchanged. The load found such a file only
+    config builds (built on the meta device: no memory). Each file's header is read, 28-84 KB
+    for SD 2.1-base's three as the hub holds them (tests/sd21_base_weights.json); no tensor
+    is: 0.13-0.14 s of CPU a model of SD 2.1's shapes (mostly building its parts), 40-50 ms the
+    tests' tiny one; 20 distinct models of SD 2.1's shapes 2.5 s, the process's peak memory
+    unchanged. The load found such a file only
     when it came to it (in a batch, that model's first line, hours in), and three of these
     ended in a traceback there (a tensor missing from the U-Net, a text encoder's cut short or of
     another shape) and one not at all (a tensor missing from the text encoder: random values).
