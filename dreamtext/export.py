@@ -1269,10 +1269,12 @@ GLB_ROOT = "scene root"
 # names an unnamed image ``Image_0``.
 GLB_IMAGE_NAME = "albedo"
 
-# glTF's CLAMP_TO_EDGE wrap mode. Without a sampler a texture repeats (glTF 2.0, 5.26), so a
-# linear lookup within half a texel of the atlas's edge, where xatlas puts charts (0.36 texels
-# from it at 256 px), blends in the texel across the texture: up to 29 levels at 30 of the
-# README cube's 6,127 UVs.
+# glTF's CLAMP_TO_EDGE wrap mode. Without a sampler a texture repeats (glTF 2.0, 5.26). The
+# charts keep their padding from the border (mesh.unwrap_uv: 2 texels at 256 px), so the two
+# read the same at and near full size; where the charts are too many for the texture they come
+# half a texel from it, and a mip level of a repeated texture reads across it. (With xatlas's
+# layout 0.36 texels from the border at 256 px, the repeated texture was up to 29 levels off at
+# 30 of the README cube's 6,127 UVs.)
 CLAMP_TO_EDGE = 33071
 
 

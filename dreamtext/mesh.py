@@ -1385,16 +1385,44 @@ def mesh_stats(mesh: trimesh.Trimesh, occupancy: np.ndarray, bound: float) -> Me
     )
 
 
+def chart_padding(texture_size: int) -> int:
+    """Texels between two charts, and between a chart and the texture's border, at a texture
+    of ``texture_size`` pixels: ``max(2, S / 256)``.
+
+    A lookup reads the texels within one texel of it (bilinear) on the level a viewer picks:
+    within ``2^k`` texels of the texture on mip level ``k``, drawn ``2^k`` times smaller. A
+    chart ``p`` texels from the border is clean on levels up to ``log2 p``, with CLAMP_TO_EDGE
+    (the GLB's sampler) and with REPEAT (the default wrap mode, and the OBJ's: MTL readers
+    differ on ``-clamp``), where the border joins two charts and is a gutter ``2 p`` wide like
+    theirs: levels 0-1 (2× smaller on screen) at 256 px, 0-2 at 1024 px."""
+    return max(2, texture_size // 256)
+
+
+# How many scales :func:`repack_charts` tries (a bisection): the largest that fits is found
+# within 1.2 / 2^8 of the atlas's own scale, 0.5 % (10 packs of the README cube's 253 charts
+# at 1024 px: 1.1 s of CPU; xatlas's charts for its 8,000 faces, once: ~1 s).
+REPACK_STEPS = 8
+
+
 def unwrap_uv(
     mesh: trimesh.Trimesh, texture_size: int = 1024
 ) -> tuple[trimesh.Trimesh, np.ndarray]:
     """A UV atlas from xatlas. Vertices on chart seams are split, so the mesh is returned too.
 
-    Charts are packed for a ``texture_size`` texture with ``max(2, S / 256)`` texels of padding
-    between them, so a bilinear lookup at a chart border never reads a neighbouring chart.
-    xatlas pads each chart by that many texels of its own atlas, which comes out ~1.3× the
-    texture's size and is scaled into it; as each chart has its padding, two charts still end up
-    farther apart than asked (7.1 texels for 4 on a noisy torus at 1024 px).
+    Charts are packed into a ``texture_size`` texture ``S`` with :func:`chart_padding` ``p``
+    texels between them and between them and the texture's border, on the texture's texel grid,
+    so a bilinear or mip-mapped lookup at a chart's edge reads its own texels (the bake dilates
+    its colour into the gutter), never a neighbour's or, across the border, the opposite edge's.
+
+    xatlas cuts and flattens the charts, then packs them into an atlas of its own size (~1.2-1.4×
+    the one asked for: 0.36 texels from the border at 256 px once scaled into it) and keeps no
+    padding at the atlas's outer edges. So its charts, in its texels, are packed again, at the
+    largest scale that fits (:func:`repack_charts`), into ``S − 2p`` texels, and offset by ``p``.
+    Where no scale fits (each chart takes at least ``(1 + 2p)²`` texels: the README cube's 253
+    charts do not fit 64 px) the charts are stretched over the texture as xatlas packed them,
+    closer than ``p``, their outermost UVs on the outermost texels' centres (a bilinear lookup
+    on the texture itself reads no texel across the border; its mip levels do), and a warning
+    names a size that fits them.
 
     Returns ``(mesh, uv)`` with ``uv: [V, 2]`` in [0, 1], origin at the image's bottom-left (the
     OBJ / trimesh convention; trimesh flips ``v`` itself when writing glTF). Vertex normals are
@@ -1407,10 +1435,12 @@ def unwrap_uv(
     lengths = mesh.edges_unique_length
     median = float(np.median(lengths)) if len(lengths) else 0.0
     positions = (mesh.vertices / (median if median > 0 else 1.0)).astype(np.float32)
+    padding = chart_padding(texture_size)
+    inner = max(1, texture_size - 2 * padding)
     atlas = xatlas.Atlas()
     atlas.add_mesh(positions, mesh.faces.astype(np.uint32))
     pack = xatlas.PackOptions()
-    pack.resolution, pack.padding = texture_size, max(2, texture_size // 256)
+    pack.resolution, pack.padding = inner, padding
     atlas.generate(xatlas.ChartOptions(), pack)
     if atlas.atlas_count != 1:  # the charts overflowed one texture: let xatlas size a single one
         pack.resolution = 0
@@ -1424,7 +1454,64 @@ def unwrap_uv(
         vertex_normals=mesh.vertex_normals[vmapping],
         process=False,
     )
-    return unwrapped, uv.astype(np.float64)
+    texels = uv * [atlas.width, atlas.height]
+    packed = repack_charts(texels, faces, inner, padding)
+    if packed is not None:
+        return unwrapped, (padding + packed) / texture_size
+    log.warning(
+        "the UV atlas's %d charts do not fit a %d px texture %d texels apart: they are packed "
+        "closer, so colours at their edges blend (%s)",
+        atlas.chart_count,
+        texture_size,
+        padding,
+        _size_that_fits(texels, faces, texture_size),
+    )
+    # xatlas's outermost UVs, half a texel in from its W × H, go to the texture's half texel.
+    sides = texels.max(axis=0, initial=0.5) + 0.5
+    stretch = (texture_size - 1) / np.maximum(sides - 1, 1e-9)
+    return unwrapped, (0.5 + (texels - 0.5) * stretch) / texture_size
+
+
+def repack_charts(
+    texels: np.ndarray, faces: np.ndarray, size: int, padding: int
+) -> np.ndarray | None:
+    """The charts of an atlas, ``texels: [V, 2]`` in its texels (``faces: [F, 3]``; a chart is
+    a connected part), packed again by xatlas (``add_uv_mesh``: its packer alone) into
+    ``size × size`` texels with ``padding`` texels between them, at one scale for all: the
+    largest that fits, bisected over ``(0, 1.2 √(S² / (W H))]`` of the atlas's ``W × H`` in
+    :data:`REPACK_STEPS` steps. Returns ``[V, 2]`` in texels of that texture, within
+    ``[½, size − ½]`` (xatlas keeps chart corners half a texel in), or ``None`` where no
+    scale tried fits."""
+    width, height = texels.max(axis=0, initial=0.0) + 0.5
+    low, high = 0.0, 1.2 * size / np.sqrt(width * height)
+    best = None
+    for _ in range(REPACK_STEPS):
+        scale = 0.5 * (low + high)
+        atlas = xatlas.Atlas()
+        atlas.add_uv_mesh(texels.astype(np.float32), faces.astype(np.uint32))
+        pack = xatlas.PackOptions()
+        pack.resolution, pack.padding, pack.texels_per_unit = size, padding, scale
+        atlas.generate(xatlas.ChartOptions(), pack)
+        vmapping, repacked, uv = atlas[0]
+        if atlas.atlas_count == 1 and np.array_equal(repacked, faces):
+            best = np.empty_like(texels, dtype=np.float64)
+            best[vmapping] = uv * [atlas.width, atlas.height]
+            low = scale
+        else:
+            high = scale
+    return best
+
+
+def _size_that_fits(texels: np.ndarray, faces: np.ndarray, texture_size: int) -> str:
+    """Where the charts of :func:`unwrap_uv` fit with their padding: ``--texture-size N`` for
+    the smallest ``N = 2^k S`` up to 8192 that takes them, for a warning."""
+    size = 2 * texture_size
+    while size <= 8192:
+        padding = chart_padding(size)
+        if repack_charts(texels, faces, size - 2 * padding, padding) is not None:
+            return f"--texture-size {size} fits them"
+        size *= 2
+    return "no --texture-size up to 8192 fits them"
 
 
 # A surface point "stands in empty space" when one cell of the field around it is under this
@@ -1689,6 +1776,7 @@ __all__ = [
     "Extraction",
     "MeshStats",
     "bake_texture",
+    "chart_padding",
     "decimate",
     "defect_vertices",
     "density_solid",
@@ -1710,6 +1798,7 @@ __all__ = [
     "query_surface_albedo",
     "rasterize_uv",
     "render_occupancy",
+    "repack_charts",
     "sample_density_grid",
     "solid_surface",
     "unfold",

@@ -16,12 +16,14 @@ from analytic_field import (
     noisy_ball,
     noisy_torus,
 )
+from benchmark_scripts import load_benchmark
 
 import dreamtext.mesh as mesh_module
 from dreamtext.errors import DreamtextError
 from dreamtext.exportflags import MIN_DECIMATE
 from dreamtext.mesh import (
     bake_texture,
+    chart_padding,
     decimate,
     defect_vertices,
     dilate,
@@ -844,6 +846,68 @@ def test_a_texture_smaller_than_its_faces_shows_each_face_its_own_colour():
     assert (np.abs(texture[rows, cols] - expected).max(axis=1) > 0.4).mean() < 0.3
 
 
+@pytest.fixture(scope="module")
+def sphere_of_directions() -> tuple[SphereField, trimesh.Trimesh]:
+    """A sphere coloured by direction (:func:`direction_albedo`), 2,000 faces."""
+    field = SphereField(albedo=direction_albedo)
+    return field, decimate(extract_mesh(field, resolution=48, threshold=50.0).mesh, 2000)
+
+
+@pytest.mark.parametrize("size", [256, 1024])
+def test_uv_charts_keep_their_padding_from_the_texture_border(sphere_of_directions, size):
+    """Every UV is at least the padding (2 texels at 256 px, 4 at 1024) and xatlas's half texel
+    from the texture's edges, so a bilinear lookup on the texture and its first mip levels
+    reads no texel across the border. xatlas keeps no padding at its atlas's outer edges:
+    the charts came 0.41 texels from them at 256 px, and a viewer that repeats the texture
+    (glTF's default wrap mode, an OBJ's only one) blended in the opposite edge's texels."""
+    _, surface = sphere_of_directions
+    _, uv = unwrap_uv(surface, size)
+    nearest = np.minimum(uv, 1.0 - uv).min() * size
+    assert nearest >= chart_padding(size) + 0.5 - 1e-6, nearest
+
+
+def test_chart_edges_look_up_their_own_colour_whether_the_texture_repeats_or_clamps(
+    sphere_of_directions,
+):
+    """A viewer's bilinear lookup at points on every chart's edge (seams), on the 256 px
+    texture and on its first mip level (the object drawn at half that size), with the texture
+    repeated and clamped, reads the albedo there within 3 of 255 levels (its 8 bits, and the
+    colour's change over a texel): the gutter's dilated texels hold the chart's own colour.
+    With the charts within half a texel of the border, the repeated mip level read up to 12.5
+    levels off (the opposite edge's colour)."""
+    bench = load_benchmark("texture_edges", "texture_edges_benchmark")
+    field, surface = sphere_of_directions
+    size = 256
+    mesh, uv = unwrap_uv(surface, size)
+    texture = bake_texture(field, mesh, uv, size).astype(np.float64)
+    where, points, _ = bench.seam_points(mesh, uv)
+    expected = direction_albedo(torch.from_numpy(points)).numpy() * 255.0
+    for image in (texture, bench.mip_level(texture)):
+        for wrap in ("repeat", "clamp"):
+            error = np.abs(bench.bilinear(image, where, wrap) - expected).max(axis=1)
+            assert error.max() <= 3.0, (image.shape, wrap, error.max())
+
+
+def test_charts_too_many_for_the_texture_are_packed_closer_and_the_warning_names_a_size(
+    sphere_of_directions, caplog
+):
+    """At 16 px the sphere's charts, each at least 5 × 5 texels with its padding, do not fit:
+    they are stretched over the texture as xatlas packed them, half a texel in from its border
+    (a bilinear lookup on the texture reads no texel across it), and a warning says so and
+    names a --texture-size that takes them with their padding."""
+    _, surface = sphere_of_directions
+    with caplog.at_level("WARNING", logger="dreamtext.mesh"):
+        _, uv = unwrap_uv(surface, 16)
+    (record,) = [r for r in caplog.records if "do not fit a 16 px texture" in r.getMessage()]
+    assert np.minimum(uv, 1.0 - uv).min() * 16 == pytest.approx(0.5)
+    fits = int(record.getMessage().split("--texture-size ")[1].split()[0])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dreamtext.mesh"):
+        _, uv = unwrap_uv(surface, fits)
+    assert not [r for r in caplog.records if "do not fit" in r.getMessage()]
+    assert np.minimum(uv, 1.0 - uv).min() * fits >= chart_padding(fits) + 0.5 - 1e-6
+
+
 def test_a_separate_part_of_a_few_percent_is_kept():
     """A ball and a moon of 5 % of its volume beside it: both are kept, only parts under
     MIN_COMPONENT_FRACTION (1 %) are crumbs (at 10 % the moon was dropped without a word)."""
@@ -884,9 +948,9 @@ def test_uv_charts_keep_two_texels_from_each_other():
 def test_uv_charts_are_padding_texels_apart_in_the_layout():
     """Measured on the layout itself, not on rasterized texel centres: the outlines of two
     charts are at least ``max(2, S / 256)`` texels apart, 4 at 1024 px. xatlas packs an atlas
-    larger than the texture (1,294 px for 1024) and the UVs are scaled into the texture, so
-    its padding shrinks by that ratio; each chart is padded on its own, and the charts of a
-    noisy torus stay 7.1 texels apart (4.2 with xatlas asked for 2 texels, 2.7 for 1)."""
+    larger than the texture (1,294 px for 1024), which was scaled into it, its padding with
+    it; its charts are now packed again in the texture's own texels (unwrap_uv), and each is
+    padded on its own: the charts of a noisy torus are 9.1 texels apart (7.1 when scaled)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
