@@ -1068,6 +1068,7 @@ def _export_field(
     # The export grid's cell: how far a surface point in empty space looks for its matter's colour.
     cell_size = 2.0 * float(field.bound) / options.resolution
     textured_vertices = 0
+    ran_on = export_ran_on(field_device(field))
     if {"glb", "obj"} & set(options.formats):
         progress.stage("UV unwrapping")
         log.info("UV unwrapping %d faces with xatlas", len(surface.faces))
@@ -1090,6 +1091,7 @@ def _export_field(
                 "threshold": extraction.threshold,
                 "decimate": options.decimate,
                 "texture_size": options.texture_size,
+                "ran_on": ran_on,
             }
             staged[mesh_dir / "mesh.glb"] = _glb_bytes(textured, title, made_with)
         if "obj" in options.formats:
@@ -1151,7 +1153,7 @@ def _export_field(
         step=step,
         options=options,
         turntable_step=step if options.video or kept else None,
-        ran_on=export_ran_on(field_device(field)),
+        ran_on=ran_on,
     )
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     progress.stage("writing files")
@@ -1281,16 +1283,18 @@ CLAMP_TO_EDGE = 33071
 def _glb_bytes(mesh: trimesh.Trimesh, title: str | None, made_with: dict[str, Any]) -> bytes:
     """The GLB of the textured ``mesh``: one node and mesh named :func:`object_name`, the node's
     ``extras`` the settings of ``made_with`` that have a value (the prompt, step and export
-    settings), the image named :data:`GLB_IMAGE_NAME` and clamped at its edges
-    (:data:`CLAMP_TO_EDGE`), ``asset.generator`` ``dreamtext
-    <version>`` and ``asset.extras.title`` the title. Blender names its object and mesh after the
-    node and mesh and keeps the node's extras as the object's custom properties: a ``null``
-    would be one too, an empty data-block field (Blender stores Python's ``None`` as an ID
-    pointer), so a setting without a value (``threshold`` of the renders' surface, ``step`` and
-    ``prompt`` of a field of no run) is left out."""
+    settings, and ``ran_on``: mesh.json's record of what made the files, with the versions of
+    dreamtext and of the mesh libraries), the image named :data:`GLB_IMAGE_NAME` and clamped
+    at its edges (:data:`CLAMP_TO_EDGE`), ``asset.generator`` ``dreamtext <version>`` and
+    ``asset.extras.title`` the title. Blender names its object and mesh after the node and
+    mesh and keeps the node's extras as the object's custom properties: a ``null`` would be
+    one too, an empty data-block field (Blender stores Python's ``None`` as an ID pointer), so
+    a setting without a value (``threshold`` of the renders' surface, ``step`` and ``prompt``
+    of a field of no run, ``cuda`` of a CPU build of torch) is left out
+    (:func:`without_nulls`)."""
     name = object_name(title)
     scene = trimesh.Scene(base_frame=GLB_ROOT)
-    extras = {key: value for key, value in made_with.items() if value is not None}
+    extras = without_nulls(made_with)
     scene.add_geometry(mesh, node_name=name, geom_name=name, metadata=extras)
 
     def describe(tree: dict) -> None:
@@ -1306,6 +1310,15 @@ def _glb_bytes(mesh: trimesh.Trimesh, title: str | None, made_with: dict[str, An
                 texture["sampler"] = 0
 
     return scene.export(file_type="glb", tree_postprocessor=describe)
+
+
+def without_nulls(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every key whose value is ``None`` left out, in nested records too."""
+    return {
+        key: without_nulls(value) if isinstance(value, dict) else value
+        for key, value in record.items()
+        if value is not None
+    }
 
 
 def _ply_bytes(mesh: trimesh.Trimesh, title: str | None) -> bytes:

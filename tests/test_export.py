@@ -4,6 +4,7 @@ valid glTF, textures, turntable, atomic writes, bad input."""
 import dataclasses
 import errno
 import functools
+import importlib.metadata
 import io
 import json
 import os
@@ -37,6 +38,7 @@ from dreamtext.devices import resolve_device
 from dreamtext.errors import DreamtextError, TrainedRun, trained_run_line
 from dreamtext.export import (
     FORMATS,
+    MESH_LIBRARIES,
     ExportOptions,
     ExportResult,
     export_field,
@@ -45,6 +47,7 @@ from dreamtext.export import (
     mp4_is_whole,
     render_turntable,
     turntable_poses,
+    without_nulls,
     write_all_atomically,
 )
 from dreamtext.mesh import (
@@ -722,6 +725,7 @@ def test_trained_glb_names_the_object_after_the_prompt_and_records_how_it_was_ma
         "resolution": report["resolution"],
         "decimate": report["options"]["decimate"],
         "texture_size": report["options"]["texture_size"],
+        "ran_on": without_nulls(report["ran_on"]),
     }  # no "threshold": the renders' surface (mesh.json's null), which Blender cannot hold
     assert report["threshold"] is None
     assert (report["resolution"], report["options"]["texture_size"]) == (96, 256)  # the preset's
@@ -729,6 +733,7 @@ def test_trained_glb_names_the_object_after_the_prompt_and_records_how_it_was_ma
 
 def test_a_glb_of_no_prompt_is_named_dreamtext_and_has_no_title(exported):
     tree, _ = read_glb(exported[0] / "mesh" / "mesh.glb")
+    report = json.loads((exported[0] / "mesh" / "mesh.json").read_text())
     assert [node["name"] for node in tree["nodes"]] == ["dreamtext"]
     assert tree["meshes"][0]["name"] == "dreamtext"
     assert tree["nodes"][0]["extras"] == {
@@ -736,6 +741,7 @@ def test_a_glb_of_no_prompt_is_named_dreamtext_and_has_no_title(exported):
         "threshold": SMALL["threshold"],
         "decimate": SMALL["decimate"],
         "texture_size": SMALL["texture_size"],
+        "ran_on": without_nulls(report["ran_on"]),
     }  # no prompt, no step: a field of no run
     assert "extras" not in tree["asset"]
 
@@ -763,7 +769,24 @@ def test_glb_extras_hold_no_null_which_blender_makes_an_empty_data_block_field(t
     report = json.loads((tmp_path / "mesh" / "mesh.json").read_text())
     assert report["threshold"] is None and report["step"] is None  # what the files describe
     assert json_nulls(tree) == []
-    assert set(tree["nodes"][0]["extras"]) == {"resolution", "decimate", "texture_size"}
+    assert set(tree["nodes"][0]["extras"]) == {"resolution", "decimate", "texture_size", "ran_on"}
+
+
+def test_glb_records_the_versions_that_made_it_as_mesh_json_does(exported):
+    """The GLB's node extras held the export's settings but no version: a GLB passed on alone
+    could not say which dreamtext, xatlas or PyMCubes made its mesh and texture. It holds
+    mesh.json's ``ran_on`` (the device, the threads, dreamtext's and the mesh libraries'
+    versions), less its ``null``s."""
+    tree, _ = read_glb(exported[0] / "mesh" / "mesh.glb")
+    report = json.loads((exported[0] / "mesh" / "mesh.json").read_text())
+    ran_on = tree["nodes"][0]["extras"]["ran_on"]
+    assert ran_on == without_nulls(report["ran_on"])
+    versions = ran_on["versions"]
+    assert versions["dreamtext"] == dreamtext.__version__
+    assert versions["torch"] == torch.__version__
+    for library in MESH_LIBRARIES:
+        assert versions[library] == importlib.metadata.version(library), library
+    assert ran_on["device"] == "cpu"
 
 
 def test_glb_names_its_texture_as_the_objs_texture_file(coloured):
