@@ -5593,7 +5593,10 @@ def test_status_counts_every_line_by_what_its_run_recorded_and_writes_nothing(tm
     green = shlex.quote(str(root / "a_green_cube"))
     assert rows["3"].split()[:4] == ["3", "interrupted", "a_green_cube", "step"], rows["3"]
     assert rows["3"].endswith(f"dreamtext text 'a green cube' --workspace {green} --resume")
+    assert "; resumes" in rows["3"] and "no checkpoint" not in rows["3"], rows["3"]
     assert "RuntimeError: the field overflowed" in rows["4"]
+    red_sphere = shlex.quote(str(root / "a_red_sphere"))
+    assert rows["4"].endswith(f"'a red sphere' --workspace {red_sphere} --resume"), rows["4"]
     sphere = shlex.quote(str(root / "a_blue_sphere"))
     assert rows["5"].endswith(f"dreamtext text 'a blue sphere' --workspace {sphere}"), rows["5"]
 
@@ -5849,3 +5852,172 @@ def test_status_with_overwrite_is_refused_in_one_line(tmp_path, capsys):
     [err] = capsys.readouterr().err.splitlines()
     assert err.startswith("dreamtext: error: give --status") and "--overwrite" in err
     assert not (tmp_path / "root").exists()
+
+
+def table_rows(out):
+    """The rows of ``batch --status``'s table (after its counts and header), by line number."""
+    return {line.split()[0]: line for line in out.splitlines()[2:] if line[:1].isdigit()}
+
+
+def test_status_fails_a_line_whose_folder_is_a_file_or_holds_another_prompts_run(
+    tmp_path, capsys, monkeypatch
+):
+    """The batch fails both lines before anything, and the row says it as the batch does
+    (:func:`dreamtext.batch.look_at_line`'s refusal): a file where the run folder goes, and a
+    folder holding another prompt's run (one made there after the list named it); moving it away
+    mends either, and the batch again goes on: no command of the line's own."""
+    import dreamtext.batchstatus
+
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    root.mkdir()
+    entries = dreamtext.batch.read_prompts(path, root)
+    monkeypatch.setattr(dreamtext.batchstatus, "read_prompts", lambda *_: entries)
+    (root / "a_red_cube").write_text("")
+    ran(root / "a_blue_cube", "a green cube")
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"{path}: 2 lines under {root}: 2 failed", out
+    rows = table_rows(out)
+    red = re.escape(str(root / "a_red_cube"))
+    pattern = rf"1 +failed +a_red_cube +{red} is a file, where this prompt's run folder goes; "
+    assert re.fullmatch(pattern + "move it away and run the batch again", rows["1"]), rows
+    blue = re.escape(str(root / "a_blue_cube"))
+    moved = rf"2 +failed +a_blue_cube +{blue} holds a run of 'a green cube'; move that folder away"
+    assert re.fullmatch(moved + " and run the batch again", rows["2"]), rows["2"]
+
+
+def test_status_shows_a_claimed_lines_progress_only_from_its_running_status(tmp_path, capsys):
+    """A held lock's line is running; its status.json's step is shown where that file is the
+    worker's own (running), not where it is an earlier, stopped run's (interrupted at 4)."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    for name, prompt in (("a_red_cube", "a red cube"), ("a_blue_cube", "a blue cube")):
+        shapes_run(root / name, prompt, 4)
+        held_lock(root / name)
+    running = {"state": "running", "step": 9, "iters": 20, "phase": "train"}
+    (root / "a_blue_cube" / "status.json").write_text(json.dumps(running))
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    rows = table_rows(capsys.readouterr().out)
+    assert re.search(r"running +a_red_cube +claimed by .*, refreshed \d+ s ago$", rows["1"])
+    assert rows["2"].endswith(" s ago; step 9 of 20 (train)"), rows["2"]
+
+
+def another_machines_run(workspace, prompt, step):
+    """``workspace`` as a run of ``prompt`` that process 4242 of machine node17 runs to 40 steps
+    (its status.json), interrupted before at ``step`` with a checkpoint (:func:`shapes_run`)."""
+    from dreamtext.processes import this_process
+
+    shapes_run(workspace, prompt, step)
+    node17 = {**this_process(), "host": "node17", "boot_id": "f" * 32, "pid": 4242}
+    status = {**node17, "state": "running", "step": step + 1, "iters": 40, "phase": "train"}
+    (workspace / "status.json").write_text(json.dumps(status))
+    return node17
+
+
+def test_status_reads_a_run_another_machine_records_running_without_a_lock_as_the_batch_does(
+    tmp_path, capsys
+):
+    """Its process cannot be looked for from here, and no lock says it runs (a run holds its
+    own lock, which reaches across machines where the file system's locks do): the batch
+    resumes it, so the line is interrupted, and the row does not call that process gone."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    another_machines_run(root / "a_red_cube", "a red cube", 12)
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"{path}: 1 line under {root}: 1 interrupted"
+    row = table_rows(out)["1"]
+    assert "; its process 4242 on node17 holds no lock; resumes" in row, row
+    assert "is gone" not in row, row
+
+
+def test_status_reads_a_running_status_whose_process_is_gone_as_interrupted(tmp_path, capsys):
+    """status.json says running, but its process of this machine is gone (killed without a
+    word) and no worker holds the line: it goes on from its checkpoint."""
+    from dreamtext.processes import this_process
+
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 12)
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    status = {**this_process(), "pid": gone.pid, "state": "running", "step": 13}
+    (root / "a_red_cube" / "status.json").write_text(json.dumps(status))
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    row = table_rows(capsys.readouterr().out)["1"]
+    assert row.split()[:3] == ["1", "interrupted", "a_red_cube"], row
+    assert f"step 13 of 20; its process {gone.pid} is gone; resumes" in row, row
+
+
+def test_status_of_a_share_without_lines_says_so_and_exits_0(tmp_path, capsys):
+    """--shard 1/2 of a one-line list: the share is empty, which is finished."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    args = ["batch", path, *BUILTIN, "--workspace", root, "--status", "--shard", "1/2"]
+    assert main(list(map(str, args))) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}: 0 lines under {root}: none in this share"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "state"), [([], "interrupted"), (["--lock-timeout", "3600"], "running")]
+)
+def test_status_judges_a_late_lock_by_the_lock_timeout_its_workers_take_it_over_after(
+    tmp_path, capsys, flags, state
+):
+    """A live holder's lock not refreshed for 700 s: a worker of the default --lock-timeout
+    (600 s) takes it over, so the line is to go on; one of --lock-timeout 3600 leaves it."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 12)
+    held_lock(root / "a_red_cube")
+    late = time.time() - 700
+    os.utime(dreamtext.batch.lock_path(root / "a_red_cube"), (late, late))
+    args = ["batch", path, *BUILTIN, "--workspace", root, "--status", *flags]
+    assert main(list(map(str, args))) == 1
+    row = table_rows(capsys.readouterr().out)["1"]
+    assert row.split()[:3] == ["1", state, "a_red_cube"], row
+
+
+def test_status_of_a_run_finished_short_without_a_checkpoint_says_it_trains_again(tmp_path, capsys):
+    """Finished at 20 steps with no checkpoint kept, for --iters 30: it starts over."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 20)
+    args = ["batch", path, *BUILTIN[:2], "--iters", "30", "--workspace", root, "--status"]
+    assert main(list(map(str, args))) == 1
+    row = table_rows(capsys.readouterr().out)["1"]
+    cube = shlex.quote(str(root / "a_red_cube"))
+    assert "finished at step 20, short of --iters 30; no checkpoint: trains again" in row, row
+    assert row.endswith(f"dreamtext text 'a red cube' --workspace {cube}"), row
+
+
+def test_status_reads_a_line_whose_stale_lock_its_worker_left_as_interrupted(tmp_path, capsys):
+    """node17's worker stopped refreshing its lock two hours ago (the node went down), its
+    status.json still running: a worker's claim takes the lock over, so the line is to go on."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    node17 = another_machines_run(root / "a_red_cube", "a red cube", 12)
+    held_lock(root / "a_red_cube", **node17)
+    hours_ago = time.time() - 7200
+    os.utime(dreamtext.batch.lock_path(root / "a_red_cube"), (hours_ago, hours_ago))
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    row = table_rows(capsys.readouterr().out)["1"]
+    assert row.split()[:3] == ["1", "interrupted", "a_red_cube"], row
+    assert "its worker's lock is stale (not refreshed for 72" in row and row.endswith("--resume")
+
+
+def test_status_names_the_flags_of_each_kind_of_line_a_mixed_list_holds(tmp_path, capsys):
+    """An image line's own command takes the batch's other flags, a text line's its text→3D
+    ones: the closing line names both, each for its kind."""
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "mug.png")
+    path = prompts_file(tmp_path, "a red cube", f"image:{tmp_path / 'mug.png'}")
+    args = ["batch", path, *BUILTIN, "--workspace", tmp_path / "root", "--status"]
+    assert main(list(map(str, args))) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith(
+        "a line's own command, with the batch's other flags for an image line or its other "
+        "text→3D flags for a text line, with that line alone"
+    ), last
