@@ -559,6 +559,27 @@ def test_gpu_memory_that_runs_out_making_adams_state_names_the_state_and_a_loads
     assert named_fixes_exist(err, ["text", "a red cube"], tmp_path) == ["--fp16", "--device", "cpu"]
 
 
+def test_a_bf16_run_out_of_gpu_memory_making_adams_state_is_not_told_fp16(tmp_path, capsys):
+    """A run whose prior is in half precision already (--bf16; an --fp16 run's first update is
+    the one its scaler skips) is not told that --fp16 would not help either, nor offered it:
+    --device cpu with --fp32 is its fix."""
+    from virtual_cuda import virtual_cuda
+
+    from dreamtext.cli import main
+
+    workspace = tmp_path / "run"
+    command = ["text", "a red cube", "--model", "builtin:shapes", "--device", "cuda", "--bf16"]
+    command += ["--h", "16", "--w", "16", "--iters", "1", "--no-export"]
+    command += ["--encoding", "torch", "--no-compile", "--workspace", str(workspace)]
+    with virtual_cuda(), pytest.MonkeyPatch.context() as m:
+        adams_moments_run_out(m, torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY))
+        assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "in the optimiser's first update" in err, err
+    assert "the render's settings do not change it): free the GPU of other work" in err, err
+    assert "--fp16" not in err and err.endswith("one of: --device cpu --fp32"), err
+
+
 def test_host_memory_that_runs_out_making_the_state_of_a_large_table_names_the_tables_keys(
     tmp_path, monkeypatch
 ):
