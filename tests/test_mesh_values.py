@@ -454,6 +454,45 @@ def test_a_triangle_between_texel_centres_colours_the_texel_of_its_centroid():
     )
 
 
+def test_small_triangles_share_their_texel_by_uv_area_and_leave_a_covered_one_alone():
+    """Of an 8 px texture, without dilation: a large triangle covers texel centres (row 7,
+    column 0 at u = v = 1/16 among them); two small ones lie in the last column's texel of row
+    1 (u ∈ [7/8, 1)), their UV areas 5 : 1; a third small one lies in the large one's texel of
+    row 7, column 0. The last column's texel is their UV-area-weighted mean (a plain mean is
+    0.49 in red, not 0.57); the covered texel keeps the large triangle's colour at its centre."""
+    from dreamtext.mesh import bake_texture
+
+    corners = {
+        "large": ([[0.0, 0.0], [0.3, 0.0], [0.0, 0.3]], [[-0.5, -0.5], [-0.2, -0.5], [-0.5, -0.2]]),
+        "five": (
+            [[0.88, 0.76], [0.93, 0.76], [0.88, 0.80]],
+            [[0.2, -0.3], [0.4, -0.3], [0.2, -0.1]],
+        ),
+        "one": (
+            [[0.95, 0.83], [0.99, 0.83], [0.95, 0.84]],
+            [[-0.4, 0.2], [-0.2, 0.2], [-0.4, 0.4]],
+        ),
+        "inside": (
+            [[0.01, 0.01], [0.02, 0.01], [0.01, 0.02]],
+            [[0.4, 0.3], [0.45, 0.3], [0.4, 0.35]],
+        ),
+    }
+    uv = np.concatenate([np.array(u) for u, _ in corners.values()])
+    xy = np.concatenate([np.array(p) for _, p in corners.values()])
+    vertices = np.concatenate([xy, np.zeros((len(xy), 1))], axis=1)
+    faces = np.arange(len(vertices)).reshape(-1, 3)
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    texture = bake_texture(Gradient(), mesh, uv, 8, gutter=0).astype(float)
+    five, one = np.mean(corners["five"][1], axis=0), np.mean(corners["one"][1], axis=0)
+    x, y = (5 * five + one) / 6
+    np.testing.assert_allclose(
+        texture[1, 7], 255 * np.array([0.5 + 0.4 * x, 0.5 + 0.4 * y, 0.5]), atol=1
+    )
+    np.testing.assert_allclose(
+        texture[7, 0], 255 * np.array([0.5 + 0.4 * (1 / 16 - 0.5)] * 2 + [0.5]), atol=1
+    )
+
+
 def test_a_decimation_left_open_gives_the_mesh_back_undecimated(monkeypatch):
     """ "Should a defect survive the repair, the undecimated mesh is returned": here the
     simplifier leaves a box with a hole and the repair does nothing."""
