@@ -562,3 +562,33 @@ def test_a_point_in_thinner_haze_takes_the_colour_composited_inward():
         ThinHaze(0.5), np.zeros((1, 3)), lambda index: np.array([[1.0, 0.0, 0.0]]), 0.1
     )
     np.testing.assert_allclose(colours[:, 0], [expected], atol=1e-5)
+
+
+def test_a_small_triangle_in_empty_space_looks_inward_along_its_own_normal():
+    """The square's two halves of the test above, at z = 0.62 over the sphere of matter (its
+    edge at 0.55) and facing away from it (+z): each one's texel holds the albedo the inward
+    look along its own normal (−z) finds, that of its centroid's x and y."""
+    from dreamtext.mesh import bake_texture
+
+    vertices = np.array(
+        [
+            [-0.25, -0.25, 0.62],
+            [0.25, -0.25, 0.62],
+            [0.25, 0.25, 0.62],
+            [-0.25, -0.25, 0.62],
+            [0.25, 0.25, 0.62],
+            [-0.25, 0.25, 0.62],
+        ]
+    )
+    halves = trimesh.Trimesh(vertices, [[0, 1, 2], [3, 4, 5]], process=False)
+    uv = np.array(
+        [[0.13, 0.13], [0.18, 0.13], [0.18, 0.18], [0.82, 0.82], [0.87, 0.87], [0.82, 0.87]]
+    )
+    texture = bake_texture(Gradient(), halves, uv, 8, cell=0.02).astype(float)
+    sixth = 0.4 / 12
+    np.testing.assert_allclose(
+        texture[6, 1], 255 * np.array([0.5 + sixth, 0.5 - sixth, 0.5]), atol=1
+    )
+    np.testing.assert_allclose(
+        texture[1, 6], 255 * np.array([0.5 - sixth, 0.5 + sixth, 0.5]), atol=1
+    )
