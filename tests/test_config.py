@@ -775,8 +775,12 @@ def test_the_stage_sections_of_config_files_are_read_in_order_and_checked(tmp_pa
             "image_to_3d: {describe: 3}\n",
             "config section 'image_to_3d.describe' in {f} must be a mapping",
         ),
+        (
+            "diverse: {sample_guidance_scale: high}\n",
+            "config field 'diverse.sample_guidance_scale' must be float, got 'high' (in {f})",
+        ),
     ],
-    ids=["section-key", "descriptor", "augment", "diverse", "float", "int", "mapping"],
+    ids=["section-key", "descriptor", "augment", "diverse", "float", "int", "mapping", "scale"],
 )
 def test_a_stage_option_no_version_has_or_of_another_type_is_refused_by_text_too(
     tmp_path, text, line
