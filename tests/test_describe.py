@@ -922,6 +922,33 @@ def test_a_search_of_a_word_list_edited_since_the_record_warns(tmp_path, caplog)
     assert record["word_lists"]["nouns"]["words"] == len(NOUNS) + 1  # the new search's list
 
 
+def test_a_word_list_edited_to_other_words_of_the_same_count_warns(tmp_path, caplog):
+    """A word replaced by another keeps the list's count: its digest tells the edit."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    options = _vocabulary(tmp_path)
+    describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    options.nouns.write_text("\n".join([*NOUNS[:-1], "cup"]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    [line] = [line for line in _warnings(caplog) if "word list" in line]
+    assert f"({len(NOUNS)} words" in line and f"now {len(NOUNS)}," in line, line
+
+
+def test_a_word_list_given_by_another_path_is_no_edit_of_the_recorded_one(tmp_path, caplog):
+    """Another --nouns file is another option, not an edit of the file the record names."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    options = _vocabulary(tmp_path)
+    describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    other = tmp_path / "other_nouns.txt"
+    other.write_text("\n".join([*NOUNS, "cup"]) + "\n")
+    options.nouns = other
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        describe(image_path, tmp_path / "ws", options, encoder=HashEncoder())
+    assert not [line for line in _warnings(caplog) if "word list" in line]
+
+
 def test_a_comment_added_to_a_word_list_is_no_change(tmp_path, caplog):
     """The digest is of the words the search reads: a comment or blank line changes nothing."""
     image_path = tmp_path / "mug.png"
