@@ -1111,15 +1111,21 @@ def _lifted_tips(mesh: trimesh.Trimesh, start: np.ndarray, moved: np.ndarray) ->
 
 
 class _SurfaceDistance:
-    """Distances from points to a triangle mesh's surface, exactly: the closest point of a
-    point ``p`` lies on a face whose centroid ``c`` has ``|p − c| ≤ min_g |p − c_g| + r``, with
-    ``r`` the largest centroid-to-corner distance, so only those faces are tried."""
+    """Distances from points to a triangle mesh's surface, exactly. A face ``g`` with centroid
+    ``c_g`` lies in the ball of radius ``r_g`` (its largest centroid-to-corner distance) round
+    ``c_g``, so its distance from a point ``p`` is at least ``|p − c_g| − r_g``; the nearest
+    centroid's face is at most ``d_1 = min_g |p − c_g|`` away. So the closest point of ``p``
+    lies on a face with ``|p − c_g| − r_g ≤ d_1``: those within ``d_1 + max_g r_g`` of ``p`` are
+    found in a tree of the centroids, and only those that pass their own ``r_g`` are tried
+    (a decimated mesh's large flat faces set ``max_g r_g``: the test drops ~85 % of the
+    candidates of a tip's measure, which cost most of a decimation at 256^3)."""
 
     def __init__(self, vertices: np.ndarray, faces: np.ndarray) -> None:
         self.triangles = vertices[faces]
-        centroids = self.triangles.mean(axis=1)
-        self.radius = float(np.linalg.norm(self.triangles - centroids[:, None], axis=2).max())
-        self.tree = cKDTree(centroids)
+        self.centroids = self.triangles.mean(axis=1)
+        self.radii = np.linalg.norm(self.triangles - self.centroids[:, None], axis=2).max(axis=1)
+        self.radius = float(self.radii.max(initial=0.0))
+        self.tree = cKDTree(self.centroids)
 
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(distance [P], nearest face [P], closest point [P, 3])``."""
@@ -1129,6 +1135,10 @@ class _SurfaceDistance:
         lists = self.tree.query_ball_point(points, first + self.radius + 1e-12)
         owner = np.repeat(np.arange(len(points)), [len(c) for c in lists])
         candidates = np.concatenate([np.asarray(c, dtype=np.int64) for c in lists])
+        # The margin keeps a face whose bound passes d_1 by rounding alone (it cannot be nearer).
+        lower = np.linalg.norm(points[owner] - self.centroids[candidates], axis=1)
+        near = lower - self.radii[candidates] <= first[owner] * (1.0 + 1e-9) + 1e-12
+        owner, candidates = owner[near], candidates[near]
         closest = trimesh.triangles.closest_point(self.triangles[candidates], points[owner])
         gap = np.linalg.norm(closest - points[owner], axis=1)
         order = np.lexsort((gap, owner))

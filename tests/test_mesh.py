@@ -595,6 +595,37 @@ def test_voxelizing_a_marching_cubes_mesh_on_its_own_grid_gives_its_solid_back()
     np.testing.assert_array_equal(voxelize_solid(mesh_of(solid), 32, 1.0), solid)
 
 
+def test_surface_distance_tries_only_the_faces_that_can_be_nearest(monkeypatch):
+    """Distances to a mesh of small faces and one large far one are the brute-force ones, and
+    only faces whose own bounding ball can hold the nearest point are measured: the large face
+    sets the largest radius, which let every small face within it be measured for each point."""
+    rng = np.random.default_rng(0)
+    fine = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
+    far = trimesh.Trimesh([[2.0, -2.0, 0.0], [2.0, 2.0, 0.0], [2.0, 0.0, 3.0]], [[0, 1, 2]])
+    both = trimesh.util.concatenate([fine, far])
+    directions = rng.normal(size=(50, 3))
+    points = 0.3 * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    points *= rng.uniform(0.9, 1.1, size=(50, 1))  # within 0.03 of the sphere
+    measured = []
+    closest_point = trimesh.triangles.closest_point
+
+    def counted(triangles: np.ndarray, at: np.ndarray) -> np.ndarray:
+        measured.append(len(triangles))
+        return closest_point(triangles, at)
+
+    monkeypatch.setattr(trimesh.triangles, "closest_point", counted)
+    gap, face, closest = mesh_module._SurfaceDistance(both.vertices, both.faces)(points)
+    every = closest_point(
+        np.repeat(both.triangles, len(points), 0), np.tile(points, (len(both.faces), 1))
+    )
+    brute = np.linalg.norm(every - np.tile(points, (len(both.faces), 1)), axis=1)
+    brute = brute.reshape(len(both.faces), -1)
+    np.testing.assert_allclose(gap, brute.min(axis=0), atol=1e-12)
+    np.testing.assert_array_equal(face, brute.argmin(axis=0))
+    np.testing.assert_allclose(np.linalg.norm(closest - points, axis=1), gap, atol=1e-12)
+    assert sum(measured) < 20 * len(points)  # of 5,121 faces: all of them before
+
+
 def _pit_sphere(subdivisions: int, depth: float, width: float) -> trimesh.Trimesh:
     """An icosphere with a conical pit at vertex 0, ``depth`` deep and ``width`` wide at its
     mouth (radius from its axis): the marching-cubes surface of a narrow pit."""
