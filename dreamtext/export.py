@@ -1058,7 +1058,8 @@ def _export_field(
     progress.stage("decimating")
     surface = decimate(extraction.mesh, options.decimate)
     log_decimation(len(extraction.mesh.faces), len(surface.faces), options.decimate)
-    # Voxelizing the mesh for its IoU took 3 to 9 s at 256^3, shown as "decimating" till now.
+    # Voxelizing the mesh for its IoU (0.2 s of CPU at 256^3, filling only the columns the
+    # mesh crosses; 1.3 s, 3 to 9 s of wall time, over the whole grid) was shown as "decimating".
     progress.stage("measuring the mesh")
     stats = mesh_stats(surface, extraction.occupancy, float(field.bound))
     on_the_way()
