@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 import unicodedata
@@ -1011,15 +1012,21 @@ def read_vocabulary(path: str | Path | None, default: str) -> list[str]:
 
 
 def word_list_path(path: str | Path) -> tuple[str, bool]:
-    """How a record names word list ``path``: ``(file, piped)``. A regular file (``/dev/stdin``
-    redirected from one too) is its absolute path, links resolved; anything else (a shell's
-    ``<(...)``, a pipe into ``/dev/stdin``, a FIFO) is piped: read once, by this process alone,
-    and named as given, made absolute. Resolved, a pipe was ``/proc/<pid>/fd/pipe:[<inode>]``,
-    a name that never held a file and another at every run, so no rerun compared its words."""
+    """How a record names word list ``path``: ``(file, piped)``. A pipe (a shell's ``<(...)``, a
+    pipe into ``/dev/stdin``, a FIFO; a terminal or a socket alike) is piped: read once, by this
+    process alone, and named as given, made absolute. Resolved, a pipe was
+    ``/proc/<pid>/fd/pipe:[<inode>]``, a name that never held a file and another at every run,
+    so no rerun compared its words. Anything else is its absolute path, links resolved: a
+    regular file (``/dev/stdin`` redirected from one too), and a path that names nothing (a
+    typo, a list deleted since), which taken for a pipe read as the run's list piped in again."""
     given = Path(path)
-    if given.is_file():
-        return str(given.resolve()), False
-    return os.path.abspath(given), True
+    try:
+        mode = given.stat().st_mode
+    except OSError:  # nothing there, or not looked into: a file's name all the same
+        mode = 0
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+        return os.path.abspath(given), True
+    return str(given.resolve()), False
 
 
 def word_list_identity(path: str | Path | None, words: Sequence[str]) -> dict[str, object]:

@@ -472,3 +472,37 @@ def test_a_word_list_piped_in_again_is_named_among_the_ignored_only_for_other_wo
     assert line.endswith("other words than the search read")
     os.close(same)
     os.close(other)
+
+
+def test_a_word_list_path_that_is_not_there_is_not_taken_for_a_pipe(tmp_path):
+    """A path that names nothing (a typo, a list deleted since) is no pipe: taken for one, a
+    rerun's `--nouns typo.txt` of a run whose list was piped in read as that list piped in
+    again and was named nowhere among the ignored flags, and a deleted list given through a
+    linked folder was named as another list than the one (resolved) the search recorded."""
+    import os
+
+    from dreamtext.describe import DescribeOptions, used_options, word_lists_record
+    from dreamtext.imageto3d import ignored_flags
+    from dreamtext.inputs import word_list_path
+
+    missing = tmp_path / "typo.txt"
+    assert word_list_path(missing) == (str(missing.resolve()), False)
+    read, write = os.pipe()
+    os.close(write)
+    piped = tmp_path / "piped"
+    options = DescribeOptions(nouns=f"/dev/fd/{read}")
+    lists = word_lists_record(options, ["mug", "box"], ["red"])
+    _record(piped, options=used_options(options), word_lists=lists)
+    os.close(read)
+    [line] = ignored_flags(piped, {"nouns": str(missing)})
+    assert line.startswith(f"--nouns {missing.resolve()} (the run's: ")
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    nouns = real / "n.txt"
+    nouns.write_text("mug\nbox\n")
+    options = DescribeOptions(nouns=nouns)
+    lists = word_lists_record(options, ["mug", "box"], ["red"])
+    _record(tmp_path / "file", options=used_options(options), word_lists=lists)
+    nouns.unlink()
+    assert ignored_flags(tmp_path / "file", {"nouns": str(tmp_path / "link" / "n.txt")}) == []
