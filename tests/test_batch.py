@@ -4668,6 +4668,49 @@ def test_the_slurm_script_requeues_a_task_preempted_in_its_grace_time(
     )
 
 
+def test_the_slurm_script_reads_the_preemption_in_slurms_standard_time_format(tmp_path):
+    """A SLURM_TIME_FORMAT of the user's (sbatch passes the submitting shell's environment on;
+    `man scontrol`: "%a %T" prints "Mon 12:34:56") made scontrol's StartTime and PreemptTime
+    "Mon" to the script, no date: a task preempted in its grace time was not requeued. The
+    script asks scontrol for its standard format."""
+    calls = tmp_path / "calls.txt"
+    log = shlex.quote(str(calls))
+    standard = shlex.quote(SHOW_JOB.format("2026-12-07T23:24:23"))
+    custom = shlex.quote(SHOW_JOB.format("Mon 23:24:23").replace("2026-12-07T", "Mon "))
+    show = (
+        f'[[ "${{SLURM_TIME_FORMAT:-standard}}" == standard ]] && printf %s {standard} '
+        f"|| printf %s {custom}"
+    )
+    scripts = {
+        "srun": f'echo "srun $*" >> {log}\nexit 130',
+        "scontrol": f'echo "scontrol $*" >> {log}\n[[ $1 == show ]] && {{ {show}; }}\nexit 0',
+    }
+    env = {**stand_ins(tmp_path, scripts), **TASK_41_3, "SLURM_JOB_ID": "57"}
+    env["SLURM_TIME_FORMAT"] = "%a %T"
+    args = ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs"]
+    done = subprocess.run(args, env=env, cwd=tmp_path, timeout=30)
+    assert done.returncode == 130
+    assert calls.read_text().splitlines()[1:] == ["scontrol show job 57", "scontrol requeue 41_3"]
+
+
+def test_the_slurm_script_requeues_a_preempted_job_that_is_no_array_by_its_id(tmp_path):
+    """A job submitted without an array (its --array line taken out) has no SLURM_ARRAY_JOB_ID:
+    under `set -u` the requeue of a preempted one ended the script with 1, "unbound variable",
+    the task FAILED and not requeued. It requeues the job by its own id."""
+    calls = tmp_path / "calls.txt"
+    log = shlex.quote(str(calls))
+    shown = shlex.quote(SHOW_JOB.format("2026-12-07T23:24:23"))
+    scripts = {
+        "srun": f'echo "srun $*" >> {log}\nexit 130',
+        "scontrol": f'echo "scontrol $*" >> {log}\n[[ $1 == show ]] && printf %s {shown}\nexit 0',
+    }
+    env = {**stand_ins(tmp_path, scripts), "SLURM_JOB_ID": "57"}
+    args = ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs"]
+    done = subprocess.run(args, env=env, cwd=tmp_path, timeout=30, capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (130, "")
+    assert calls.read_text().splitlines()[1:] == ["scontrol show job 57", "scontrol requeue 57"]
+
+
 def test_the_slurm_script_asks_for_the_time_limits_warning_as_usr1_to_itself():
     """``--signal=TERM@180`` signalled the step, where the script could not tell the time limit
     from `scancel -s TERM`: it requeued the task either way."""
