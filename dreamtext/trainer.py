@@ -1656,18 +1656,26 @@ def _train(run: Run, resume: bool) -> Path:
     # preview and the export would run on for minutes that a scheduler stopping it does not give.
     if stop["stop"]:
         raise interruption(run, save_new_checkpoint)
-    # A resume with nothing to train saves all the same: its checkpoint records the settings
-    # that apply after training (AFTER_TRAINING).
-    resaved = run.step == start_step
-    overflowed = None if run.saved_step == run.step and not resaved else overflowed_step(run)
-    if overflowed is not None:
-        # Too few steps rendered NaN to count as diverged: the run "finished", saved weights
-        # that render NaN over the checkpoint from before, and exported them.
-        raise DreamtextError(
-            f"the training ended with weights that overflowed float32 in step {overflowed}, so "
-            f"the field renders NaN or infinite pixels; {kept_checkpoint(run, overflowed, False)}"
-        )
-    checkpoint = save_run_checkpoint(run) if resaved else save_new_checkpoint(run)
+    # The end of training's check and save (seconds for a large field), where the loop's signal
+    # handling has ended: a stop then is noted as the loop's, the step saved, and stops the run
+    # before its final preview. Raised into them, it lost every step since the last periodic
+    # checkpoint (a run whose iters are no multiple of checkpoint_every).
+    with stop_on_signal() as stop:
+        # A resume with nothing to train saves all the same: its checkpoint records the
+        # settings that apply after training (AFTER_TRAINING).
+        resaved = run.step == start_step
+        overflowed = None if run.saved_step == run.step and not resaved else overflowed_step(run)
+        if overflowed is not None:
+            # Too few steps rendered NaN to count as diverged: the run "finished", saved
+            # weights that render NaN over the checkpoint from before, and exported them.
+            raise DreamtextError(
+                f"the training ended with weights that overflowed float32 in step {overflowed}, "
+                f"so the field renders NaN or infinite pixels; "
+                f"{kept_checkpoint(run, overflowed, False)}"
+            )
+        checkpoint = save_run_checkpoint(run) if resaved else save_new_checkpoint(run)
+    if stop["stop"]:
+        raise TrainingInterrupted(run.step, checkpoint, before_export=export_due(run))
     try:
         # The final previews render the whole field after the loop's signal handling has ended
         # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.

@@ -1340,6 +1340,43 @@ def test_a_stop_after_the_loops_last_look_stops_before_the_export_and_resume_exp
     assert "already at step 3 of 3; nothing to train" in err
 
 
+def test_a_stop_during_the_end_of_trainings_save_saves_it_and_stops_before_the_export(
+    tmp_path, monkeypatch, capsys, tiny_sizes
+):
+    """A SIGTERM (and the srun's sent again) while the training's last step is saved after its
+    loop (iters no multiple of checkpoint_every) was raised into that save: the run ended at
+    step 0, no checkpoint, every step since the last periodic one lost, and --resume refused.
+    It is noted as a stop in the loop is: the step saved, no export begun, 130, and --resume
+    trains nothing and exports."""
+    from dreamtext import trainer
+    from dreamtext.checkpoint import load_checkpoint
+
+    sent, exports = [], []
+    save_checkpoint = trainer.save_checkpoint
+
+    def save_stopped(workspace, state, **kwargs):
+        if not sent:
+            sent.append(state["step"])
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # the srun's, passing the stop on
+        return save_checkpoint(workspace, state, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_stopped)
+    monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.step))
+    monkeypatch.chdir(tmp_path)
+    args = ["text", "a red cube", "--model", "builtin:shapes", "--iters", "3"]
+    code, err = run_main([*args, "--config", tiny_sizes], capsys)
+    run = tmp_path / "workspace" / "a_red_cube"
+    assert (code, sent, exports) == (130, [3], []), err
+    assert err.strip().splitlines()[-1] == (
+        f"dreamtext: interrupted before the export, after step 3; saved "
+        f"{Path('workspace/a_red_cube/checkpoints/last.pt')}; continue with --resume"
+    )
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+    code, err = run_main([*args, "--config", tiny_sizes, "--resume"], capsys)
+    assert (code, exports) == (0, [3]), err
+
+
 # A text run of the tiny field whose export is small: its mesh as PLY alone, no turntable.
 TINY_EXPORTED = {
     **TINY_TRAIN,
