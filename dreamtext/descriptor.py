@@ -895,8 +895,12 @@ def _train_loop(
             if stop["stop"]:
                 save()
                 raise TrainingInterrupted(step, checkpoint, stage="descriptor training")
-    save()
-    # A stop after the loop's last look at its flag (as it closed its bar and log): the text→3D
-    # stage is not begun (it stopped after its first step, where stop_on_signal reads it).
-    if stop["stop"]:
+    # The last step's save, where the loop's signal handling has ended: a stop then is noted as
+    # the loop's, not raised into the save (which lost the steps since the last periodic one).
+    with stop_on_signal() as stopped:
+        save()
+    # A stop after the loop's last look at its flag (as it closed its bar and log) or in that
+    # save: the text→3D stage is not begun (it stopped after its first step, where
+    # stop_on_signal reads it).
+    if stop["stop"] or stopped["stop"]:
         raise TrainingInterrupted(trainer.step, checkpoint, stage="descriptor training")

@@ -712,6 +712,50 @@ def test_a_stop_after_a_training_loops_last_look_stops_the_image_run_there(
     assert exports == [2]
 
 
+def test_a_stop_during_the_descriptors_last_save_saves_it_and_stops_the_image_run_there(
+    tmp_path, tiny_clip_path, tiny_sd_path, monkeypatch, capsys
+):
+    """A SIGTERM (and the srun's sent again) while the descriptor training saves its last step
+    after its loop was raised into that save: the run stopped with no checkpoint of the
+    descriptor, its steps since the last periodic one lost. It is noted as a stop in the loop
+    is: the step saved, no text→3D stage begun, and the same command goes on from there."""
+    import signal
+
+    import yaml
+
+    from dreamtext import descriptor, trainer
+
+    sent, exports = [], []
+    atomic_torch_save = descriptor._atomic_torch_save
+
+    def save_stopped(state, path):
+        if not sent:
+            sent.append(state["step"])
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # the srun's, passing the stop on
+        return atomic_torch_save(state, path)
+
+    monkeypatch.setattr(descriptor, "_atomic_torch_save", save_stopped)
+    monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.step))
+    image = _image(tmp_path)
+    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
+    flags = ("--iters", "2", "--config", str(tiny), "--export")
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags)
+    err = capsys.readouterr().err
+    checkpoint = tmp_path / "run" / "descriptor" / "checkpoints" / "last.pt"
+    assert (code, exports) == (130, []), err
+    assert err.strip().splitlines()[-1] == (
+        f"dreamtext: descriptor training interrupted after step {sent[0]}; saved {checkpoint}; "
+        "run the same command again to resume"
+    )
+    assert load_checkpoint(checkpoint)["step"] == sent[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no text→3D stage begun
+    assert _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags) == 0
+    assert exports == [2]
+
+
 def test_a_rerun_resolves_over_the_runs_config_and_prints_only_the_workspace(
     tmp_path, tiny_clip_path, tiny_sd_path, capsys
 ):
