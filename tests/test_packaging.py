@@ -331,6 +331,8 @@ def test_the_readme_command_that_writes_the_tiny_models_writes_loadable_models(t
 # Flags the README names that belong to another program: the program, which the same line names.
 OTHER_PROGRAMS_FLAGS = {
     "--array": "sbatch",
+    "--signal": "sbatch",
+    "--include": "hf download",
     "--requeue": "sbatch",
     "--no-requeue": "sbatch",
     "--format": "sacct",
@@ -398,6 +400,9 @@ def test_every_dreamtext_command_written_inline_in_the_readme_parses():
     assert len(spans) >= 3
     for span in spans:
         argv = [word for word in shlex.split(span)[1:] if word != "&"]
+        # The shell's redirections and pipes (`2> run.log`, `| tee`) end the command's words.
+        shell = [i for i, word in enumerate(argv) if re.fullmatch(r"\d*>>?(&\d)?|\|", word)]
+        argv = argv[: shell[0]] if shell else argv
         try:
             build_parser().parse_command_line(argv)
         except SystemExit as error:
