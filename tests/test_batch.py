@@ -2406,18 +2406,9 @@ def test_image_lines_record_the_clip_commit_that_chose_their_sentences(
     """A batch's image runs, which share one CLIP load, record in their config.json's ran_on
     the hub commit of that CLIP (clip_revision), as `dreamtext image` does: it was in their
     sentence.json alone."""
-    import huggingface_hub.constants
-    from tiny_clip import write_clip
+    from tiny_clip import cache_tiny_clip
 
-    import dreamtext.models as models
-
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--tiny-clip"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    write_clip(repo / "snapshots" / commit)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    models.clear_cache()
+    commit = cache_tiny_clip(tmp_path, monkeypatch)
     two_cube_images(tmp_path)
     path = prompts_file(tmp_path, "image:red_cube.png", "image:blue_cube.png")
     root = tmp_path / "root"

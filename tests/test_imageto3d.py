@@ -659,6 +659,20 @@ def test_a_stop_in_a_rerun_of_a_finished_image_run_changes_nothing(
     assert (tmp_path / "run" / "status.json").read_bytes() == status
 
 
+def _two_step_image_run(tmp_path, tiny_sd_path, tiny_clip_path, capsys):
+    """``dreamtext image`` of a tiny image, 2 descriptor and 2 text→3D steps of the tests'
+    tiny settings, exporting: ``(image, flags, exit code, stderr)``, the flags to run it again."""
+    import yaml
+
+    image = _image(tmp_path)
+    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
+    flags = ("--iters", "2", "--config", str(tiny), "--export")
+    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags)
+    return image, flags, code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("stage", "bar", "said"),
     [
@@ -676,8 +690,6 @@ def test_a_stop_after_a_training_loops_last_look_stops_the_image_run_there(
     import importlib
     import signal
 
-    import yaml
-
     from dreamtext import trainer
 
     module = importlib.import_module(f"dreamtext.{stage}")
@@ -692,13 +704,7 @@ def test_a_stop_after_a_training_loops_last_look_stops_the_image_run_there(
 
     monkeypatch.setattr(module, "tqdm", BarClosedByAStop)
     monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.step))
-    image = _image(tmp_path)
-    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
-    flags = ("--iters", "2", "--config", str(tiny), "--export")
-    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags)
-    err = capsys.readouterr().err
+    image, flags, code, err = _two_step_image_run(tmp_path, tiny_sd_path, tiny_clip_path, capsys)
     folder = tmp_path / "run" / ("descriptor" if stage == "descriptor" else "")
     checkpoint = folder / "checkpoints" / "last.pt"
     assert (code, sent, exports) == (130, [2], []), err
@@ -721,8 +727,6 @@ def test_a_stop_during_the_descriptors_last_save_saves_it_and_stops_the_image_ru
     is: the step saved, no text→3D stage begun, and the same command goes on from there."""
     import signal
 
-    import yaml
-
     from dreamtext import descriptor, trainer
 
     sent, exports = [], []
@@ -737,13 +741,7 @@ def test_a_stop_during_the_descriptors_last_save_saves_it_and_stops_the_image_ru
 
     monkeypatch.setattr(descriptor, "_atomic_torch_save", save_stopped)
     monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.step))
-    image = _image(tmp_path)
-    _options(tmp_path, tiny_clip_path)  # writes the vocabulary files
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text(yaml.safe_dump({k: v for k, v in TINY_TRAIN.items() if k != "export"}))
-    flags = ("--iters", "2", "--config", str(tiny), "--export")
-    code = _cli_image(tmp_path, image, tiny_sd_path, tiny_clip_path, *flags)
-    err = capsys.readouterr().err
+    image, flags, code, err = _two_step_image_run(tmp_path, tiny_sd_path, tiny_clip_path, capsys)
     checkpoint = tmp_path / "run" / "descriptor" / "checkpoints" / "last.pt"
     assert (code, exports) == (130, []), err
     assert err.strip().splitlines()[-1] == (
@@ -2269,18 +2267,9 @@ def test_an_image_runs_config_records_the_clip_commit_that_chose_its_sentence(
     """config.json's ran_on held Stable Diffusion's hub commit (model_revision) but not
     CLIP's: two image runs whose sentences different CLIP commits scored could not be told
     apart by their config.json. It holds the commit sentence.json records (clip_revision)."""
-    import huggingface_hub.constants
-    from tiny_clip import write_clip
+    from tiny_clip import cache_tiny_clip
 
-    import dreamtext.models as models
-
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--tiny-clip"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    write_clip(repo / "snapshots" / commit)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    models.clear_cache()
+    commit = cache_tiny_clip(tmp_path, monkeypatch)
     options = _options(tmp_path, "someone/tiny-clip")
     workspace = run_image(_image(tmp_path), options, _config(tmp_path, tiny_sd_path))
     record = json.loads((workspace / "descriptor" / "sentence.json").read_text())

@@ -84,3 +84,23 @@ def write_clip(
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+CACHED_CLIP_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def cache_tiny_clip(tmp_path: Path, monkeypatch, repo_id: str = "someone/tiny-clip") -> str:
+    """A tiny CLIP as the Hugging Face cache holds ``repo_id`` (``refs/main`` naming the
+    snapshot :data:`CACHED_CLIP_COMMIT`), in a cache under ``tmp_path`` that ``monkeypatch``
+    makes the hub's for the test, with dreamtext's model cache cleared; returns the commit."""
+    import huggingface_hub.constants
+
+    import dreamtext.models as models
+
+    repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(CACHED_CLIP_COMMIT)
+    write_clip(repo / "snapshots" / CACHED_CLIP_COMMIT)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    models.clear_cache()
+    return CACHED_CLIP_COMMIT
