@@ -149,7 +149,7 @@ def line_state(
     )
     if state == "failed":
         error = shorten(str(status.get("error") or "failed"), 80)  # type: ignore[union-attr]
-        return LineState(entry, "failed", error + refused, line_again(entry, False).strip("`"))
+        return LineState(entry, "failed", error + refused, own_command(entry))
     if run_owner(workspace) == entry.key:
         if run_finished(workspace, 0):
             step = (status or {}).get("step")
@@ -159,8 +159,7 @@ def line_state(
                 else "trained, without its mesh"
             )
             detail += "" if can_resume(workspace) else "; no checkpoint: trains again"
-            again = line_again(entry, False).strip("`")
-            return LineState(entry, "to continue", detail + refused, again)
+            return LineState(entry, "to continue", detail + refused, own_command(entry))
         if status is not None:
             detail = progress(status, cfg.iters)
         elif (workspace / RUN_STATUS).exists():
@@ -180,13 +179,18 @@ def line_state(
             detail += f"; resumes from step {step}" if step is not None else "; resumes"
         else:
             detail += "; no checkpoint: starts again"
-        again = line_again(entry, False).strip("`")
-        return LineState(entry, "interrupted", detail + refused, again)
+        return LineState(entry, "interrupted", detail + refused, own_command(entry))
     failure = log.failed_since_start(_relative(workspace, root))
-    again = line_again(entry, False).strip("`")
+    again = own_command(entry)
     if failure is not None:
         return LineState(entry, "failed", shorten(failure, 80), again)
     return LineState(entry, "not started", "", again)
+
+
+def own_command(entry: Entry) -> str:
+    """The line's own command that goes on with ``entry`` alone (:func:`line_again`'s, without
+    its backticks), for the table's last column."""
+    return line_again(entry, False).strip("`")
 
 
 def progress(status: dict[str, Any] | None, iters: int) -> str:

@@ -43,6 +43,7 @@ from dreamtext.errors import (
     DreamtextError,
     WorkspaceInUse,
     file_system_fix,
+    free_memory_fix,
     precision_memory_fixes,
     print_note,
     saved_run_line,
@@ -2493,5 +2494,5 @@ def out_of_memory_line(args: argparse.Namespace, error: BaseException, memory: s
     # occupancy grid), which then takes the memory.
     if configs := getattr(args, "config", None):  # --config appends: a list of files
         fixes.append(f"smaller field or render sizes in {', '.join(map(str, configs))}")
-    free = "free the GPU of other work" if memory == "GPU memory" else "close other programs"
+    free = free_memory_fix(memory)
     return f"{ran_out}; {free}" + (f", or run again with {', '.join(fixes)}" if fixes else "")

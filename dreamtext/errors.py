@@ -127,6 +127,12 @@ OVERWRITE = StartAgain()
 OVERWRITE_SAME_SEED = StartAgain(seed=False)
 
 
+def free_memory_fix(memory: str) -> str:
+    """The first thing a command out of ``memory`` (``"GPU memory"`` or ``"memory"``, the
+    host's) is told to do, before any flag: make room on that device."""
+    return "free the GPU of other work" if memory == "GPU memory" else "close other programs"
+
+
 def precision_memory_fixes(
     memory: str, half: bool, typed: Sequence[str] | None = None
 ) -> tuple[str, str]:

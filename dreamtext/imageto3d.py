@@ -100,6 +100,7 @@ from dreamtext.errors import (
     OVERWRITE_SAME_SEED,
     DreamtextError,
     StartAgain,
+    free_memory_fix,
     precision_memory_fixes,
 )
 from dreamtext.guidance import GuidanceConfig
@@ -812,7 +813,7 @@ def stage_memory_line(stage: str, memory: str, fixes: str, rerun: str) -> str:
     """One line for ``stage`` of an image run out of ``memory``: freeing it, else running
     ``rerun`` (the same command, a batch line's own) after one of ``fixes``. text→3D's render
     settings (``--h/--w``, the samples), which the CLI's line named, are not used there."""
-    free = "free the GPU of other work" if memory == "GPU memory" else "close other programs"
+    free = free_memory_fix(memory)
     again = f", or run {rerun} after one of: {fixes}" if fixes else f", then run {rerun}"
     return f"out of {memory} in {stage}; {free}{again}"
 

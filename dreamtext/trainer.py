@@ -89,6 +89,7 @@ from dreamtext.errors import (
     StartAgain,
     TrainedRun,
     check_a_file,
+    free_memory_fix,
     precision_memory_fixes,
     shell_word,
 )
@@ -636,7 +637,7 @@ def loading_memory_advice(
     steps' line names (:func:`out_of_memory_fixes`), change none of what those allocate."""
     half = cfg.guidance.fp16 or cfg.guidance.bf16
     fixes = ", ".join(filter(None, precision_memory_fixes(memory, half, typed)))
-    free = "free the GPU of other work" if memory == "GPU memory" else "close other programs"
+    free = free_memory_fix(memory)
     advice = f"{free} and {again}" + (f", or {again} and one of: {fixes}" if fixes else "")
     return advice + table_fix(cfg, memory, start_again)
 
