@@ -620,6 +620,8 @@ def test_blender_imports_each_file_upright_named_textured_and_closed(tmp_path):
         assert match["corners_matched"] > 0.95 and match["ply_colour_spread"] > 0.1, importer
         assert match["mean_abs_diff"] < 0.03, importer
     [glb] = imports["import_scene.gltf"]["meshes"]
+    # The GLB's extras, nested ones included: Blender keeps mesh.json's `ran_on` (its versions a
+    # dict inside a dict) as nested custom properties, nulls dropped as the export drops them.
     assert glb["object_properties"] == {
         "prompt": "a test ball",
         "step": 7,
@@ -627,7 +629,9 @@ def test_blender_imports_each_file_upright_named_textured_and_closed(tmp_path):
         "threshold": SMALL["threshold"],
         "decimate": SMALL["decimate"],
         "texture_size": SMALL["texture_size"],
+        "ran_on": without_nulls(report["ran_on"]),
     }
+    assert glb["object_properties"]["ran_on"]["versions"]["torch"] == torch.__version__
     assert glb["vertices"] == report["textured_vertices"]  # split at the UV seams
     [merged] = imports["import_scene.gltf merge_vertices"]["meshes"]
     assert merged["vertices"] == report["vertices"] and merged["non_manifold_edges"] == 0
