@@ -128,6 +128,9 @@ def test_on_macos_an_export_that_cannot_fit_is_refused_by_vm_stats_available_pag
         (1000e9, "1,000 GB"),
         (1234.6e9, "1,235 GB"),
         (0.05e9, "0.1 GB"),
+        (0.0499e9, "50 MB"),  # not "0.0 GB"
+        (31.4e6, "31 MB"),
+        (0, "0 MB"),
     ],
 )
 def test_gigabytes_are_shown_with_a_decimal_below_a_thousand_and_whole_from_it(size, shown):
