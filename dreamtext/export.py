@@ -438,10 +438,11 @@ def check_memory(options: ExportOptions, after_training: bool = False) -> None:
 def format_gigabytes(size: int | float) -> str:
     """``size`` bytes for a message: ``34.4 GB``; from 1,000 GB on whole, with thousands
     separators (``--resolution 100000`` needs ``32,000,000 GB``, not ``32000000.0 GB``); below
-    0.05 GB, which would show as ``0.0 GB`` (a GPU with 30 MB left), in whole megabytes."""
+    0.05 GB, which would show as ``0.0 GB`` (a GPU with 30 MB left), in whole megabytes, and
+    below 1 MB in whole kilobytes (a tiny field's optimiser state)."""
     gigabytes = size / 1e9
     if gigabytes < 0.05:
-        return f"{size / 1e6:.0f} MB"
+        return f"{size / 1e6:.0f} MB" if round(size / 1e6) >= 1 else f"{size / 1e3:.0f} kB"
     # Tested once rounded: 999.96 GB was "1000.0 GB".
     return f"{gigabytes:.1f} GB" if round(gigabytes, 1) < 1000 else f"{gigabytes:,.0f} GB"
 

@@ -130,7 +130,9 @@ def test_on_macos_an_export_that_cannot_fit_is_refused_by_vm_stats_available_pag
         (0.05e9, "0.1 GB"),
         (0.0499e9, "50 MB"),  # not "0.0 GB"
         (31.4e6, "31 MB"),
-        (0, "0 MB"),
+        (0.6e6, "1 MB"),
+        (0.49e6, "490 kB"),  # not "0 MB"
+        (0, "0 kB"),
     ],
 )
 def test_gigabytes_are_shown_with_a_decimal_below_a_thousand_and_whole_from_it(size, shown):
