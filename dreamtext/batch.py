@@ -1102,7 +1102,7 @@ def own_run_config(
     resolved: dict[str, tuple[TrainConfig, list[str]]] | None = None,
     settings: dict[Path, str] | None = None,
     shared: bool = False,
-) -> tuple[TrainConfig, list[str]]:
+) -> tuple[TrainConfig, list[str], str | None]:
     """The config a line's own run goes on with, resolved as its command's rerun resolves it:
     the run's ``config.json``, then ``preset``, the ``config_file`` files and the batch's flags
     over it, so that a setting the batch does not give keeps the run's value (a run of
@@ -1114,7 +1114,10 @@ def own_run_config(
     stage does (:func:`dreamtext.imageto3d.image_run_fixed`: from its descriptor on the seed,
     from text→3D's first checkpoint on the seed, optimizer, field and grid). Anything else (no
     run of the entry's in its folder, a text run without a checkpoint, which starts again):
-    ``fresh``, the batch's config, and none.
+    ``fresh``, the batch's config, and none. The third value: where the run's ``config.json``
+    holds what this dreamtext refuses (an unknown field, a value out of range), the one line
+    the batch fails that line with (:func:`own_config_refusal`), with ``fresh`` and no
+    conflicts: the line fails at its turn (:func:`look_at_line`), the other lines train.
 
     ``resolved``: the configs made so far, by the run's kind, fixed settings and recorded
     settings but its prompt and folder, which set nothing else: runs of one list mostly share
@@ -1125,37 +1128,51 @@ def own_run_config(
     ``resolved`` shares its sections with the lines of its key (:func:`entry_configs`)."""
     workspace = entry.workspace
     if run_owner(workspace) != entry.key:
-        return fresh, []
+        return fresh, [], None
     fixed = RESUME_FIXED
     if entry.kind == "image":
         from dreamtext.imageto3d import image_run_fixed
 
         fixed = image_run_fixed(workspace, False, "image").get("fixed", RESUME_FIXED)
     elif not (can_resume(workspace) or run_finished(workspace, 0)):
-        return fresh, []
+        return fresh, [], None
     try:
         base = read_run_config(workspace, "move that folder away and run the batch again")
-        if base is None:
-            return fresh, []
-        prompt = _config_prompt(entry)
-        recorded = {k: v for k, v in base.items() if k not in ("prompt", "workspace")}
-        key = json.dumps([entry.kind, fixed, recorded])
-        if settings is not None:
-            settings[workspace] = key
-        if resolved is not None and key in resolved:
-            cfg, conflicts = resolved[key]
-            cfg = cfg if shared else copy.deepcopy(cfg)
-            return replace(cfg, prompt=prompt, workspace=str(workspace)), conflicts
-        mine = {**overrides, "prompt": prompt, "workspace": str(workspace)}
+    except DreamtextError as error:  # its line names the file and the fix
+        return fresh, [], str(error)
+    if base is None:
+        return fresh, [], None
+    prompt = _config_prompt(entry)
+    recorded = {k: v for k, v in base.items() if k not in ("prompt", "workspace")}
+    key = json.dumps([entry.kind, fixed, recorded])
+    if settings is not None:
+        settings[workspace] = key
+    if resolved is not None and key in resolved:
+        cfg, conflicts = resolved[key]
+        cfg = cfg if shared else copy.deepcopy(cfg)
+        return replace(cfg, prompt=prompt, workspace=str(workspace)), conflicts, None
+    mine = {**overrides, "prompt": prompt, "workspace": str(workspace)}
+    try:
         cfg = resolve_config(mine, preset=preset, config_file=config_file, base=base, fixed=())
     except DreamtextError as error:  # the run's config.json holds what this dreamtext refuses
-        raise DreamtextError(f"line {entry.line} ({workspace}): {error}") from None
+        return fresh, [], own_config_refusal(workspace, error)
     conflicts = resume_conflicts(fill_from_presets(base)[0], cfg, fixed)
     if fixed == ("seed",) and conflicts:  # before text→3D's checkpoint: the descriptor's seed
         conflicts = [f"{conflicts[0]} (which trained its descriptor)"]
     if resolved is not None:
         resolved[key] = (cfg, conflicts)
-    return cfg, conflicts
+    return cfg, conflicts, None
+
+
+def own_config_refusal(workspace: Path, error: DreamtextError) -> str:
+    """The one line with which the batch fails a line whose own run's ``config.json`` holds
+    what this dreamtext refuses (``error``: an unknown field, one a later dreamtext wrote, a
+    value out of range), and ``batch --status`` shows it: the file, what is wrong, the fix. The
+    list's other lines train: one run's record does not refuse the batch."""
+    return (
+        f"{error}; correct {workspace / 'config.json'}, or move {workspace} away to train the "
+        "line anew, and run the batch again"
+    )
 
 
 def refuses_resume(entry: Entry, conflicts: Sequence[str]) -> bool:
@@ -1252,12 +1269,18 @@ class LineLook:
 
 
 def look_at_line(
-    entry: Entry, cfg: TrainConfig, claim: WorkspaceLock, fresh: bool = False
+    entry: Entry,
+    cfg: TrainConfig,
+    claim: WorkspaceLock,
+    fresh: bool = False,
+    refusal: str | None = None,
 ) -> LineLook:
     """Whether a worker of the batch takes ``entry`` with ``cfg``, the config it runs it with,
     and if not why, as :func:`run_entry` decides and ``batch --status`` reports, in this order:
     it fails a line whose folder is a file, holds another prompt's run, or holds a
-    ``config.json`` that cannot be read (the run's start refuses it); it skips a finished one
+    ``config.json`` that cannot be read (the run's start refuses it) or whose run's own one holds
+    what this dreamtext refuses (``refusal``: :func:`own_run_config`'s, finished or not: the
+    batch cannot tell what it would do with it); it skips a finished one
     (:func:`finished_here`; not where ``fresh``: ``--overwrite`` trains it anew); it leaves a
     line whose lock ``claim`` would not take over (:meth:`WorkspaceLock.stale_reason`) to its
     holder; it skips a line another live process runs: one of this machine that its
@@ -1286,6 +1309,8 @@ def look_at_line(
             )
         except DreamtextError as error:
             return LineLook(refusal=str(error))
+    if refusal is not None:
+        return LineLook(refusal=refusal)
     if not fresh and finished_here(entry, cfg):
         return LineLook(finished=True)
     try:
@@ -1606,24 +1631,32 @@ def _run_batch(
         resolved: dict[str, tuple[TrainConfig, list[str]]] = {}
         settings: dict[Path, str] = {}
         owns = [
-            (cfg, [])
+            (cfg, [], None)
             if overwrites[e.workspace]
             else own_run_config(e, cfg, overrides, preset, config_file, resolved, settings)
             for e, cfg in zip(share, configs, strict=True)
         ]
-        configs = [cfg for cfg, _ in owns]
+        configs = [cfg for cfg, _, _ in owns]
+        # A line whose run's config.json holds what this dreamtext refuses fails at its turn,
+        # with its own line (look_at_line); the checks before the first line leave it out.
+        refusals = {
+            e.workspace: refusal
+            for e, (_, _, refusal) in zip(share, owns, strict=True)
+            if refusal is not None
+        }
         pending = [
             (e, cfg)
             for e, cfg in zip(share, configs, strict=True)
-            if overwrites[e.workspace] or not finished_here(e, cfg)
+            if e.workspace not in refusals
+            and (overwrites[e.workspace] or not finished_here(e, cfg))
         ]
         # Only a run that trains again is refused: a finished one skipped gets its warning line.
         # (An image line's conflicts are those of its stage: its descriptor's seed before text→3D's
-        # first checkpoint.)
-        to_train = {e.workspace for e, _ in pending}
+        # first checkpoint.) A stop before a failing line leaves it to the next batch, as others.
+        to_train = {e.workspace for e, _ in pending} | set(refusals)
         conflicts = [
             (e, changed)
-            for e, (_, changed) in zip(share, owns, strict=True)
+            for e, (_, changed, _) in zip(share, owns, strict=True)
             if e.workspace in to_train and refuses_resume(e, changed)
         ]
         if conflicts:
@@ -1702,6 +1735,7 @@ def _run_batch(
             others,
             log=root / BATCH_LOG,
             list_file=prompts_file,
+            refusal=refusals.get(entry.workspace),
         )
         lines_models.after(entry, record)
         return record
@@ -2267,11 +2301,13 @@ def run_entry(
     others: BatchLog | None = None,
     log: Path | None = None,
     list_file: str | Path | None = None,
+    refusal: str | None = None,
 ) -> dict[str, Any]:
     """Skip, or claim and run, one entry; return its ``batch.jsonl`` record, appended to ``log``
     (when given) while the entry's lock is still held, so that the worker that claims it next
     finds the record (:func:`failed_meanwhile`). ``list_file``: the prompts file the entry is a
-    line of, which the line of a Ctrl-C or SIGTERM names with the line's number.
+    line of, which the line of a Ctrl-C or SIGTERM names with the line's number. ``refusal``:
+    why its run's ``config.json`` cannot be resumed (:func:`own_run_config`), which fails it.
 
     A finished run of the entry is skipped, with a warning when it used other settings
     (:func:`changed_setting_lines`). With ``options.overwrite`` it trains from scratch instead,
@@ -2300,7 +2336,7 @@ def run_entry(
             if run_owner(entry.workspace) in (None, entry.key):  # not another prompt's run
                 finish_cut_export(entry.workspace)  # a finished run has its mesh back
             fresh = options.overwrite and read_status(entry.workspace) == before
-            look = look_at_line(entry, cfg, lock, fresh)
+            look = look_at_line(entry, cfg, lock, fresh, refusal)
         if look.refusal is not None:
             raise DreamtextError(look.refusal)
         if look.finished:

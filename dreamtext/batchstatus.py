@@ -41,7 +41,7 @@ from dreamtext.batch import (
 )
 from dreamtext.checkpoint import can_resume
 from dreamtext.config import TrainConfig, run_owner
-from dreamtext.errors import DreamtextError, shorten
+from dreamtext.errors import shorten
 from dreamtext.inputs import check_root, parse_shard
 from dreamtext.processes import run_alive
 from dreamtext.runfiles import RUN_STATUS, read_once, read_status
@@ -75,7 +75,8 @@ def list_status(
     and settings the batch of these ``overrides``, ``preset`` and ``config_file`` would use:
     each line's own run's recorded settings under the batch's flags
     (:func:`~dreamtext.batch.own_run_config`). A line whose run's ``config.json`` holds what
-    this dreamtext refuses is failed, the others go on. Reads files only."""
+    this dreamtext refuses is failed, as the batch fails it, the others go on. Reads files
+    only."""
     options = options or BatchOptions()
     root = Path(options.root)
     check_root(root)
@@ -89,16 +90,10 @@ def list_status(
         claim = WorkspaceLock(root / ".status", options.lock_timeout)  # whose measure of staleness
         states = []
         for entry, cfg in zip(share, fresh, strict=True):
-            try:
-                cfg, conflicts = own_run_config(
-                    entry, cfg, overrides, preset, config_file, resolved, shared=True
-                )
-            except DreamtextError as error:  # which the batch refuses the whole list for
-                said = str(error).removeprefix(f"line {entry.line} ({entry.workspace}): ")
-                detail = f"{said}; the batch refuses the list for it"
-                states.append(LineState(entry, "failed", detail, None))
-                continue
-            states.append(line_state(entry, cfg, claim, log, root, conflicts))
+            cfg, conflicts, refusal = own_run_config(
+                entry, cfg, overrides, preset, config_file, resolved, shared=True
+            )
+            states.append(line_state(entry, cfg, claim, log, root, conflicts, refusal))
         return states
 
 
@@ -109,11 +104,13 @@ def line_state(
     log: BatchLog,
     root: Path,
     conflicts: Sequence[str] = (),
+    refusal: str | None = None,
 ) -> LineState:
     """Where ``entry`` stands with ``cfg``, the config the batch runs it with. First what a
     worker with ``claim`` (its ``--lock-timeout``) finds there (:func:`look_at_line`, which the
     batch decides by): failed where the batch fails it (its folder is a file, holds another
-    prompt's run or an unreadable ``config.json``); finished where it skips it; running where a
+    prompt's run or an unreadable ``config.json``, or ``refusal``: its run's ``config.json``
+    holds what this dreamtext refuses); finished where it skips it; running where a
     worker holds its lock, or another live process runs it. Then by what its run recorded:
     failed where its ``status.json`` says so; to continue where its run finished short of
     ``cfg`` (a lower ``--iters``, no mesh yet); interrupted where the run is there unfinished;
@@ -122,7 +119,7 @@ def line_state(
     otherwise (:func:`~dreamtext.batch.own_run_config`), named where the batch refuses the list
     for them (:func:`~dreamtext.batch.refuses_resume`)."""
     workspace = entry.workspace
-    look = look_at_line(entry, cfg, claim)
+    look = look_at_line(entry, cfg, claim, refusal=refusal)
     if look.refusal is not None:
         return LineState(entry, "failed", look.refusal, None)
     if look.finished:

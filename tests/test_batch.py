@@ -5834,8 +5834,7 @@ def test_status_shows_a_line_with_an_unreadable_config_json_as_failed_and_goes_o
     """Its config.json not JSON, or holding a value this dreamtext refuses: the status stopped
     at it (exit 2, "line 2 (...): config field 'seed' must be int"). Now that line is failed,
     its file and what is wrong with it named, and the other lines shown: as the batch, which
-    fails the first such line (its run's start refuses the file) and refuses the whole list
-    for the second (each line's own settings are checked before anything trains)."""
+    fails both lines and trains the others."""
     path, root = five_states(tmp_path)
     (root / "a_green_cube" / "config.json").write_text("{not json")
     recorded = json.loads((root / "a_red_sphere" / "config.json").read_text())
@@ -5847,7 +5846,7 @@ def test_status_shows_a_line_with_an_unreadable_config_json_as_failed_and_goes_o
     assert f"{green} is unreadable; move that folder away and run the batch again" in rows["3"]
     assert rows["4"].split()[1] == "failed", rows["4"]
     assert "config field 'seed' must be int, got 'x'" in rows["4"], rows["4"]
-    assert "the batch refuses the list for it" in rows["4"], rows["4"]
+    assert rows["4"].endswith("to train the line anew, and run the batch again"), rows["4"]
     assert rows["5"].split()[1:3] == ["not", "started"] and "running" in rows["2"]
 
 
@@ -5863,6 +5862,103 @@ def test_a_batch_fails_a_line_whose_config_json_is_unreadable_and_trains_the_oth
     err = capsys.readouterr().err
     assert f"batch: line 1 failed: {run / 'config.json'} is unreadable; move that folder" in err
     assert read_status(root / "a_blue_cube")["state"] == "finished"
+
+
+def refused_run_configs(root):
+    """Two runs under ``root`` whose config.json holds what this dreamtext refuses: line 1's
+    (``a red cube``, interrupted at step 12) a seed that is not an int, line 2's (``a green
+    cube``, finished) a field a later dreamtext wrote; their folders."""
+    red = shapes_run(root / "a_red_cube", "a red cube", 12)
+    green = shapes_run(root / "a_green_cube", "a green cube", 20)
+    for run, change in ((red, {"seed": "x"}), (green, {"future_setting": 1})):
+        recorded = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**recorded, **change}))
+    return red, green
+
+
+def test_a_batch_fails_a_line_whose_runs_config_json_holds_a_refused_value_and_trains_the_rest(
+    tmp_path, capsys
+):
+    """A line's own run whose config.json holds a value this dreamtext refuses refused the
+    whole list before anything trained (exit 2, "line 1 (...): config field 'seed' must be
+    int"): 499 good lines waited for one bad record. Now each such line fails at its turn with
+    its one line (the file and the fix), finished or not, its run untouched; the others train,
+    and the batch ends 1, as for any failed line."""
+    path = prompts_file(tmp_path, "a red cube", "a green cube", "a blue cube")
+    root = tmp_path / "root"
+    red, green = refused_run_configs(root)
+    kept = run_files(red), run_files(green)
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root]))) == 1
+    err = capsys.readouterr().err
+    said_red = (
+        "config field 'seed' must be int, got 'x' (in the workspace's config.json); correct "
+        f"{red / 'config.json'}, or move {red} away to train the line anew, and run the batch "
+        "again"
+    )
+    assert f"batch: line 1 failed: {said_red}\n" in err, err
+    said_green = re.search(r"batch: line 2 failed: (.*)\n", err)[1]
+    assert said_green.startswith("unknown config field 'future_setting' in the workspace's")
+    assert said_green.endswith(f"correct {green / 'config.json'}, or move {green} away to train "
+                               "the line anew, and run the batch again")  # fmt: skip
+    records = {r["line"]: r for r in rows(root)}
+    assert (records[1]["status"], records[1]["error"]) == ("failed", said_red)
+    assert (records[2]["status"], records[2]["error"]) == ("failed", said_green)
+    assert records[3]["status"] == "finished"
+    assert read_status(root / "a_blue_cube")["state"] == "finished"
+    assert (run_files(red), run_files(green)) == kept  # nor a lock left beside them
+    assert sorted(p.name for p in root.glob("*.lock")) == []
+
+
+def test_status_shows_a_line_the_batch_fails_for_its_runs_config_json_in_the_batchs_words(
+    tmp_path, capsys
+):
+    """The status said such a line was failed and that "the batch refuses the list for it";
+    the batch now fails that line alone: the row says what the batch's line says (one
+    decision, look_at_line's), and the line's own command is not offered (it is refused too)."""
+    path = prompts_file(tmp_path, "a red cube", "a green cube", "a blue cube")
+    root = tmp_path / "root"
+    red, green = refused_run_configs(root)
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    shown = status_rows(capsys)
+    said_red = (
+        "config field 'seed' must be int, got 'x' (in the workspace's config.json); correct "
+        f"{red / 'config.json'}, or move {red} away to train the line anew, and run the batch "
+        "again"
+    )
+    assert shown["1"].split()[1] == "failed" and "refuses the list" not in shown["1"]
+    assert shown["1"].endswith(f"  {said_red}"), shown["1"]
+    assert shown["2"].split()[1] == "failed" and "future_setting" in shown["2"]
+    assert shown["2"].rstrip().endswith(f"or move {green} away to train the line anew, and run "
+                                        "the batch again")  # fmt: skip
+    assert shown["3"].split()[1:3] == ["not", "started"]
+
+
+def test_a_line_refused_for_its_runs_config_json_stops_neither_its_share_nor_the_others(
+    tmp_path, monkeypatch, capsys
+):
+    """A job array of 2 tasks over 3 lines, line 1's run's config.json refused: its task
+    (lines 1 and 3) refused its whole share (exit 2), nothing trained. Now it fails line 1,
+    trains line 3 and ends 1; the other share (--shard 1/2, by hand) trains line 2, ends 0."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green sphere")
+    root = tmp_path / "root"
+    red = shapes_run(root / "a_red_cube", "a red cube", 12)
+    recorded = json.loads((red / "config.json").read_text())
+    (red / "config.json").write_text(json.dumps({**recorded, "seed": "x"}))
+    args = ["batch", path, *BUILTIN, "--workspace", root]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert main(list(map(str, args))) == 1
+    assert "batch: line 1 failed: config field 'seed' must be int" in capsys.readouterr().err
+    assert read_status(root / "a_green_sphere")["state"] == "finished"
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT")
+    assert main(list(map(str, [*args, "--shard", "1/2"]))) == 0
+    assert read_status(root / "a_blue_cube")["state"] == "finished"
+    assert {r["line"]: r["status"] for r in rows(root)} == {
+        1: "failed",
+        2: "finished",
+        3: "finished",
+    }
 
 
 def test_status_names_the_settings_a_lines_run_keeps_that_the_batch_refuses_the_list_for(
