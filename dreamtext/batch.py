@@ -1399,25 +1399,38 @@ def export_command(workspace: Path, cfg: TrainConfig, changed: Sequence[str]) ->
     return shlex.join(words + export_flag_words(cfg.export_options, names))
 
 
-def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
-    """Before an unfinished run is resumed: one warning line naming the settings the batch
-    changes from its ``config.json`` (:func:`changed_setting_lines`), which apply from its last
-    checkpoint on. Changes a resumed run cannot take (the seed, the field) are left to the
-    trainer, which refuses them."""
+def resumed_with_other_settings(entry: Entry, cfg: TrainConfig) -> tuple[list[str], bool]:
+    """What the batch warns of, without refusing it, before it resumes the entry's unfinished
+    run with ``cfg`` (:func:`warn_resuming_with_other_settings`; ``batch --status``'s row says
+    it too): the settings that differ from the run's ``config.json`` (``"lr 0.02 → 0.01"``,
+    :func:`changed_setting_lines`), and whether the run is trained and only exported (``True``:
+    those named are its trained ones, which do not apply to it; else they all apply from its
+    last checkpoint on). No settings where it has no checkpoint to resume (it starts again, with
+    ``cfg``), or where ``cfg`` changes a setting the run keeps (the seed, the field: the batch
+    refuses those, :func:`refuses_resume`, and the trainer too)."""
     if not can_resume(entry.workspace):
-        return
+        return [], False
     changed = changed_setting_lines(entry, cfg)
     saved = read_run_config(entry.workspace, "") if changed else None
     if not changed or (saved is not None and resume_conflicts(saved, cfg)):
-        return
+        return [], False
     if run_finished(entry.workspace, cfg.iters):  # trained, no mesh: only exported
-        trained = [line for line in changed if not line.startswith("export_options.")]
-        if not trained:
-            return
+        return [line for line in changed if not line.startswith("export_options.")], True
+    return changed, False
+
+
+def warn_resuming_with_other_settings(entry: Entry, cfg: TrainConfig) -> None:
+    """Before an unfinished run is resumed: one warning line naming the settings the batch
+    changes from its ``config.json`` (:func:`resumed_with_other_settings`), which apply from
+    its last checkpoint on, or which a run trained and only exported does not take."""
+    changed, exported = resumed_with_other_settings(entry, cfg)
+    if not changed:
+        return
+    if exported:
         _say(
             f"batch: line {entry.line}: {entry.workspace} is trained and only exported, so "
-            f"these settings do not apply to it ({', '.join(trained)}); "
-            + retrain_advice(entry, "again from scratch with them", trained)
+            f"these settings do not apply to it ({', '.join(changed)}); "
+            + retrain_advice(entry, "again from scratch with them", changed)
         )
         return
     _say(

@@ -37,6 +37,7 @@ from dreamtext.batch import (
     own_run_config,
     read_prompts,
     refuses_resume,
+    resumed_with_other_settings,
     select_share,
 )
 from dreamtext.checkpoint import can_resume
@@ -46,6 +47,9 @@ from dreamtext.inputs import check_root, parse_shard
 from dreamtext.processes import run_alive
 from dreamtext.runfiles import RUN_STATUS, read_once, read_status
 from dreamtext.runstatus import run_finished, saved_step
+
+# The settings a row names of those a line's run resumes with changed, the others counted.
+SETTINGS_SHOWN = 3
 
 # The states a line can be in, in the order they are counted.
 LINE_STATES = ("finished", "running", "interrupted", "to continue", "failed", "not started")
@@ -117,7 +121,8 @@ def line_state(
     failed where its newest ``batch.jsonl`` record failed before its run wrote any file
     (``log``); else not started. ``conflicts``: the settings its run fixes that the batch asks
     otherwise (:func:`~dreamtext.batch.own_run_config`), named where the batch refuses the list
-    for them (:func:`~dreamtext.batch.refuses_resume`)."""
+    for them (:func:`~dreamtext.batch.refuses_resume`); else the settings it resumes the line
+    with changed, which it warns of (:func:`other_settings`)."""
     workspace = entry.workspace
     look = look_at_line(entry, cfg, claim, refusal=refusal)
     if look.refusal is not None:
@@ -139,14 +144,14 @@ def line_state(
     if look.in_use is not None:
         doing = f", {progress(status, cfg.iters)}" if state == "running" else ""
         return LineState(entry, "running", f"{look.in_use}{doing}", None)
-    refused = (
+    settings = (  # refused, or only warned of
         f"; the batch refuses the list for it: {', '.join(conflicts)} (its run keeps them)"
         if refuses_resume(entry, conflicts)
-        else ""
+        else other_settings(entry, cfg)
     )
     if state == "failed":
         error = shorten(str(status.get("error") or "failed"), 80)  # type: ignore[union-attr]
-        return LineState(entry, "failed", error + refused, own_command(entry))
+        return LineState(entry, "failed", error + settings, own_command(entry))
     if run_owner(workspace) == entry.key:
         if run_finished(workspace, 0):
             step = (status or {}).get("step")
@@ -156,7 +161,7 @@ def line_state(
                 else "trained, without its mesh"
             )
             detail += "" if can_resume(workspace) else "; no checkpoint: trains again"
-            return LineState(entry, "to continue", detail + refused, own_command(entry))
+            return LineState(entry, "to continue", detail + settings, own_command(entry))
         if status is not None:
             detail = progress(status, cfg.iters)
         elif (workspace / RUN_STATUS).exists():
@@ -176,12 +181,29 @@ def line_state(
             detail += f"; resumes from step {step}" if step is not None else "; resumes"
         else:
             detail += "; no checkpoint: starts again"
-        return LineState(entry, "interrupted", detail + refused, own_command(entry))
+        return LineState(entry, "interrupted", detail + settings, own_command(entry))
     failure = log.failed_since_start(_relative(workspace, root))
     again = own_command(entry)
     if failure is not None:
         return LineState(entry, "failed", shorten(failure, 80), again)
     return LineState(entry, "not started", "", again)
+
+
+def other_settings(entry: Entry, cfg: TrainConfig) -> str:
+    """``; other settings from its last checkpoint on: lr 0.02 → 0.01``: what the batch warns
+    of, and does not refuse, when it resumes the line's run with ``cfg``
+    (:func:`~dreamtext.batch.resumed_with_other_settings`), for a row of a line it would resume;
+    ``; only exported, so these do not apply: ...`` for a run trained and only exported; the
+    first :data:`SETTINGS_SHOWN` settings, the others counted. ``""`` where there are none."""
+    changed, exported = resumed_with_other_settings(entry, cfg)
+    if not changed:
+        return ""
+    shown = ", ".join(changed[:SETTINGS_SHOWN])
+    if len(changed) > SETTINGS_SHOWN:
+        shown += f" and {len(changed) - SETTINGS_SHOWN} more"
+    if exported:
+        return f"; only exported, so these do not apply: {shown}"
+    return f"; other settings from its last checkpoint on: {shown}"
 
 
 def own_command(entry: Entry) -> str:
