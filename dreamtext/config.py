@@ -25,7 +25,7 @@ from dreamtext.adan import ADAN_BETAS
 from dreamtext.cameras import CameraRange
 from dreamtext.captions import BUILTIN_MODELS
 from dreamtext.errors import DreamtextError, print_note
-from dreamtext.export import ExportOptions
+from dreamtext.exportflags import ExportOptions
 from dreamtext.field import FieldConfig
 from dreamtext.guidance import GuidanceConfig
 from dreamtext.inputs import (

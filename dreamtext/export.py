@@ -73,7 +73,7 @@ from dreamtext.errors import (
     run_command,
     shell_word,
 )
-from dreamtext.exportflags import FORMATS, MIN_DECIMATE, option_flag
+from dreamtext.exportflags import FORMATS, ExportOptions
 from dreamtext.exportprogress import ExportProgress
 from dreamtext.inputs import RUN_LEARNED_EMBEDS, same_prompt, slugify
 from dreamtext.interrupts import more_work, raise_if_stop_requested, rename_completing_work
@@ -119,7 +119,6 @@ from dreamtext.runstatus import now_iso
 
 log = logging.getLogger(__name__)
 
-MIN_FRAMES = 60
 VIDEO_FPS = 30
 VIDEO_CRF = 10  # H.264's constant rate factor: 0 lossless … 51 worst; 10 keeps fine texture
 # The turntable's colours: RGB → YUV with the BT.601 matrix in TV range, and the stream tagged so
@@ -167,83 +166,6 @@ MESH_LIBRARIES = ("numpy", "scipy", "PyMCubes", "fast-simplification", "xatlas",
 
 
 @dataclass
-class ExportOptions:
-    """What `dreamtext export` makes. ``threshold=None`` meshes what the renders show (the cells
-    light from outside does not reach); a density ``threshold`` meshes the density above it."""
-
-    resolution: int = 256
-    threshold: float | None = None
-    decimate: int = 50000
-    texture_size: int = 1024
-    formats: tuple[str, ...] = FORMATS
-    video: bool = True
-    frames: int = MIN_FRAMES
-    video_size: int = 256
-    device: str = "auto"
-
-    def validate(
-        self,
-        source: str | None = None,
-        source_of: Callable[[str], str | None] | None = None,
-    ) -> None:
-        """Raise ``DreamtextError`` naming the option to fix: its ``dreamtext export`` flag, or
-        with ``source`` (a config file, a preset) its config field ``export_options.NAME``;
-        ``source_of`` names where each option got its value (of several ``--config`` files, the
-        one that set it: ``dreamtext.config.setting_source``), ``source`` where it does not
-        know."""
-
-        def name(option: str) -> str:
-            where = source_of(f"export_options.{option}") if source_of is not None else None
-            where = where or source
-            if where is None:
-                return option_flag(option)
-            return f"config field 'export_options.{option}' (in {where})"
-
-        if not self.formats:  # was "has unknown formats (none)": there were none to know
-            raise DreamtextError(f"{name('formats')} is empty: name formats, e.g. [glb, ply]")
-        unknown = sorted(set(self.formats) - set(FORMATS))
-        if unknown:
-            listed = ",".join(unknown)
-            field = name("formats")
-            what = (
-                f"unknown {field} {listed}"
-                if field.startswith("--")
-                else f"{field} has unknown formats {listed}"
-            )
-            raise DreamtextError(f"{what}: use a subset of glb,obj,ply")
-        if self.resolution < 8:
-            raise DreamtextError(f"{name('resolution')} must be at least 8")
-        if self.decimate < 0:
-            raise DreamtextError(f"{name('decimate')} must be a face count, or 0 for every face")
-        if 0 < self.decimate < MIN_DECIMATE:
-            raise DreamtextError(
-                f"{name('decimate')} must be at least {MIN_DECIMATE} (a closed mesh's fewest "
-                f"faces), or 0 for every face; got {self.decimate}"
-            )
-        if self.texture_size < 8:
-            raise DreamtextError(f"{name('texture_size')} must be at least 8")
-        if self.threshold is not None and self.threshold <= 0:
-            raise DreamtextError(f"{name('threshold')} must be a positive density")
-        if self.video and self.frames < MIN_FRAMES:
-            raise DreamtextError(
-                f"a turntable needs at least {MIN_FRAMES} frames ({name('frames')})"
-            )
-        if source is not None and self.device != "auto":
-            # The export at a run's end runs on the run's device, and `dreamtext export` on its
-            # own --device (recorded_options drops a recorded one): a config's was never read.
-            raise DreamtextError(
-                f"{name('device')} is not read ('{self.device}'): the export at the end of a "
-                "run runs on the run's --device, and `dreamtext export --device DEVICE` "
-                "exports elsewhere; leave it out"
-            )
-        if self.video and (self.video_size < 16 or self.video_size % 2):
-            raise DreamtextError(
-                f"the video size ({name('video_size')}) must be an even number of pixels, "
-                "at least 16"
-            )
-
-
-@dataclass
 class ExportResult:
     """What was written: ``files`` maps a kind (glb, obj, mtl, texture, ply, json, mp4, gif) to a
     path; ``stats`` measures the mesh (:class:`dreamtext.mesh.MeshStats`).
@@ -279,7 +201,7 @@ class ExportResult:
 
     def report(self) -> dict[str, Any]:
         """The contents of ``mesh/mesh.json``."""
-        # config imports this module (its ExportOptions): imported here, not at the top.
+        # config imports every module's config: only loaded where needed, as resolve_workspace.
         from dreamtext.config import config_to_dict
 
         return {

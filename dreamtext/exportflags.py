@@ -1,11 +1,13 @@
-"""The ``dreamtext export`` flags: one row per export option (``ExportOptions``'s fields).
+"""The ``dreamtext export`` options (:class:`ExportOptions`) and their flags: one row per option.
 
 The table is the one place an export option meets its flag: the export parser adds its flags
 from it (:func:`add_export_flags`), ``cmd_export`` lays the given ones over the run's recorded
 options (:func:`apply_export_flags`), and ``dreamtext batch`` writes the ``dreamtext export``
 command that re-exports a finished run with changed options (:func:`export_flag_words`). A new
 export option is one row here. Torch-free: the flags are parsed and checked before the export's
-imports (torch: seconds).
+imports (torch: seconds), and ``dreamtext.config`` takes :class:`ExportOptions` from here, not
+from ``dreamtext.export`` (torch, trimesh and the mesh libraries: seconds for every command that
+reads a config, ``batch --status`` included).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dreamtext.errors import DreamtextError
 from dreamtext.flagtypes import DEVICE_FORMS, within
 
 # The mesh files an export can write (``--formats``; ``ExportOptions.formats``).
@@ -40,6 +43,8 @@ def _video_size(text: str) -> int:
 # The fewest faces a closed mesh has (a tetrahedron's): a smaller --decimate target cannot be
 # reached, and the decimation kept every face, blaming "a non-manifold mesh".
 MIN_DECIMATE = 4
+# The fewest frames of a turntable (``--frames``; ``ExportOptions.frames``).
+MIN_FRAMES = 60
 
 
 def _face_count(text: str) -> int:
@@ -104,6 +109,83 @@ def option_flag(option: str) -> str:
     """The ``dreamtext export`` flag of the ``ExportOptions`` field ``option``:
     ``texture_size`` → ``--texture-size`` (argparse stores it back as ``texture_size``)."""
     return "--" + option.replace("_", "-")
+
+
+@dataclass
+class ExportOptions:
+    """What `dreamtext export` makes. ``threshold=None`` meshes what the renders show (the cells
+    light from outside does not reach); a density ``threshold`` meshes the density above it."""
+
+    resolution: int = 256
+    threshold: float | None = None
+    decimate: int = 50000
+    texture_size: int = 1024
+    formats: tuple[str, ...] = FORMATS
+    video: bool = True
+    frames: int = MIN_FRAMES
+    video_size: int = 256
+    device: str = "auto"
+
+    def validate(
+        self,
+        source: str | None = None,
+        source_of: Callable[[str], str | None] | None = None,
+    ) -> None:
+        """Raise ``DreamtextError`` naming the option to fix: its ``dreamtext export`` flag, or
+        with ``source`` (a config file, a preset) its config field ``export_options.NAME``;
+        ``source_of`` names where each option got its value (of several ``--config`` files, the
+        one that set it: ``dreamtext.config.setting_source``), ``source`` where it does not
+        know."""
+
+        def name(option: str) -> str:
+            where = source_of(f"export_options.{option}") if source_of is not None else None
+            where = where or source
+            if where is None:
+                return option_flag(option)
+            return f"config field 'export_options.{option}' (in {where})"
+
+        if not self.formats:  # was "has unknown formats (none)": there were none to know
+            raise DreamtextError(f"{name('formats')} is empty: name formats, e.g. [glb, ply]")
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown:
+            listed = ",".join(unknown)
+            field = name("formats")
+            what = (
+                f"unknown {field} {listed}"
+                if field.startswith("--")
+                else f"{field} has unknown formats {listed}"
+            )
+            raise DreamtextError(f"{what}: use a subset of glb,obj,ply")
+        if self.resolution < 8:
+            raise DreamtextError(f"{name('resolution')} must be at least 8")
+        if self.decimate < 0:
+            raise DreamtextError(f"{name('decimate')} must be a face count, or 0 for every face")
+        if 0 < self.decimate < MIN_DECIMATE:
+            raise DreamtextError(
+                f"{name('decimate')} must be at least {MIN_DECIMATE} (a closed mesh's fewest "
+                f"faces), or 0 for every face; got {self.decimate}"
+            )
+        if self.texture_size < 8:
+            raise DreamtextError(f"{name('texture_size')} must be at least 8")
+        if self.threshold is not None and self.threshold <= 0:
+            raise DreamtextError(f"{name('threshold')} must be a positive density")
+        if self.video and self.frames < MIN_FRAMES:
+            raise DreamtextError(
+                f"a turntable needs at least {MIN_FRAMES} frames ({name('frames')})"
+            )
+        if source is not None and self.device != "auto":
+            # The export at a run's end runs on the run's device, and `dreamtext export` on its
+            # own --device (recorded_options drops a recorded one): a config's was never read.
+            raise DreamtextError(
+                f"{name('device')} is not read ('{self.device}'): the export at the end of a "
+                "run runs on the run's --device, and `dreamtext export --device DEVICE` "
+                "exports elsewhere; leave it out"
+            )
+        if self.video and (self.video_size < 16 or self.video_size % 2):
+            raise DreamtextError(
+                f"the video size ({name('video_size')}) must be an even number of pixels, "
+                "at least 16"
+            )
 
 
 @dataclass(frozen=True)
