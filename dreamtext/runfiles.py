@@ -35,7 +35,6 @@ from dreamtext.errors import (
     shell_word,
     what_stands,
 )
-from dreamtext.images import load_image
 from dreamtext.inputs import (
     CHECKPOINT_DIR,
     DEFAULT_WORKSPACE_ROOT,
@@ -465,9 +464,10 @@ def recorded_image(workspace: Path) -> str | None:
 
 
 def check_image(image_path: Path, workspace: Path) -> None:
-    """:func:`load_image`'s checks; an image that is gone since the run in ``workspace`` recorded
-    it is named with the run's copy to pass instead (the run can continue from it), and one
-    that reads like a prompt (``dreamtext image "a red mug"``) with ``dreamtext text``."""
+    """:func:`~dreamtext.images.load_image`'s checks; an image that is gone since the run in
+    ``workspace`` recorded it is named with the run's copy to pass instead (the run can continue
+    from it), and one that reads like a prompt (``dreamtext image "a red mug"``) with
+    ``dreamtext text``."""
     check_image_reachable(image_path)
     if not image_path.exists() and workspace.is_dir():
         previous, copy = recorded_image(workspace), source_copy(workspace)
@@ -479,6 +479,10 @@ def check_image(image_path: Path, workspace: Path) -> None:
                 f"image not found: {image_path}; to continue the run in {workspace}, pass its "
                 f"copy and its folder: {command} (or the image's new path in place of the copy)"
             )
+    # numpy and Pillow (a third of a second) only where an image is checked: `dreamtext view`
+    # and `batch --status` import this module and open no image.
+    from dreamtext.images import load_image
+
     load_image(image_path)  # with a prompt's hint (inputs.check_image_path)
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 # The libraries of the export (mesh, files) and of the image path, none of which a config, a
 # batch's status or a viewer uses.
 EXPORT_LIBRARIES = ("trimesh", "scipy", "mcubes", "xatlas", "fast_simplification")
@@ -37,6 +39,31 @@ def test_batch_status_imports_neither_the_export_nor_its_mesh_libraries():
     """``batch --status`` reads files: its module imports no mesh library through config."""
     names = (*EXPORT_MODULES, *EXPORT_LIBRARIES, "diffusers", "transformers")
     assert imported_after("import dreamtext.batchstatus", *names) == []
+
+
+def test_view_imports_neither_torch_nor_numpy_nor_pillow():
+    """The viewer and ``view --static`` show files: runfiles imported dreamtext.images (numpy and
+    Pillow, a third of a second) for an image check the viewer never makes."""
+    code = "import dreamtext.cli, dreamtext.view, dreamtext.view.static"
+    names = ("torch", "numpy", "PIL", "dreamtext.images", *EXPORT_MODULES, *EXPORT_LIBRARIES)
+    assert imported_after(code, *names) == []
+
+
+def test_view_static_of_a_run_imports_neither_torch_nor_numpy_nor_pillow(tmp_path: Path):
+    """The command itself, run to its end on a run with a status and a preview."""
+    run = tmp_path / "runs" / "a_red_cube"
+    (run / "previews").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"prompt": "a red cube", "iters": 20}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 20, "iters": 20}))
+    Image.new("RGB", (8, 8), "red").save(run / "previews" / "final.png")
+    site = tmp_path / "site"
+    code = (
+        "from dreamtext.cli import main\n"
+        f"assert main(['view', {str(run)!r}, '--static', {str(site)!r}]) == 0"
+    )
+    names = ("torch", "numpy", "PIL", "trimesh", "dreamtext.images", "dreamtext.export")
+    assert imported_after(code, *names) == []
+    assert (site / "index.html").is_file()
 
 
 def test_batch_status_of_a_list_imports_no_export(tmp_path: Path):
