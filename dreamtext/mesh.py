@@ -1354,8 +1354,9 @@ def voxelize_solid(mesh: trimesh.Trimesh, resolution: int, bound: float) -> np.n
     for face, x, y, bary in _covered_pixels(columns[faces], resolution):
         height = np.einsum("nk,nk->n", bary, z[faces[face]])
         above = np.searchsorted(centres, height)  # the first cell whose centre is above it
-        crossings.append((x, y, above))
-    if not crossings:
+        if len(x):  # a chunk of faces between the columns crosses none
+            crossings.append((x, y, above))
+    if not crossings:  # no faces, or a mesh between the columns: no cell is inside
         return solid
     x, y, above = (np.concatenate(values) for values in zip(*crossings, strict=True))
     x0, y0 = int(x.min()), int(y.min())

@@ -592,3 +592,40 @@ def test_a_small_triangle_in_empty_space_looks_inward_along_its_own_normal():
     np.testing.assert_allclose(
         texture[1, 6], 255 * np.array([0.5 - sixth, 0.5 + sixth, 0.5]), atol=1
     )
+
+
+def test_a_mesh_that_crosses_no_column_has_an_empty_solid():
+    """Grid 8, bound 1: column centres at x, y = ±0.125, ±0.375, … A closed tetrahedron within
+    x, y ∈ [0.01, 0.1] lies between them: no column crosses a face, so no cell is inside (the
+    measure of a crumb smaller than a cell, as an export's IoU takes it)."""
+    corners = np.array([[0.01, 0.01, 0.0], [0.1, 0.01, 0.0], [0.01, 0.1, 0.0], [0.04, 0.04, 0.3]])
+    crumb = trimesh.Trimesh(corners, [[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]], process=False)
+    solid = voxelize_solid(crumb, 8, 1.0)
+    assert solid.shape == (8, 8, 8) and not solid.any()
+    assert not voxelize_solid(trimesh.Trimesh(), 8, 1.0).any()  # no faces at all
+
+
+def test_surface_distance_of_long_thin_faces_is_the_brute_force_one():
+    """A face's bound is its centroid's distance less its farthest corner's: with long thin
+    faces (a corner far from the centroid, the others near it), a point near that corner is
+    nearest that face though a small face's centroid is nearer. Every distance, face and
+    closest point is the brute-force one (a bound of the nearest corner dropped those faces)."""
+    from dreamtext.mesh import _SurfaceDistance
+
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(-1.0, 1.0, size=(200, 3))
+    tips = centres + rng.normal(size=(200, 3)) * 0.6  # one far corner each
+    near = centres[:, None] + rng.normal(size=(200, 2, 3)) * 0.01
+    vertices = np.concatenate([tips[:, None], near], axis=1).reshape(-1, 3)
+    faces = np.arange(len(vertices)).reshape(-1, 3)
+    points = tips + rng.normal(size=(200, 3)) * 0.05
+    gap, face, closest = _SurfaceDistance(vertices, faces)(points)
+    triangles = vertices[faces]
+    every = trimesh.triangles.closest_point(
+        np.repeat(triangles, len(points), 0), np.tile(points, (len(faces), 1))
+    )
+    brute = np.linalg.norm(every - np.tile(points, (len(faces), 1)), axis=1)
+    brute = brute.reshape(len(faces), -1)
+    np.testing.assert_allclose(gap, brute.min(axis=0), atol=1e-12)
+    np.testing.assert_array_equal(face, brute.argmin(axis=0))
+    np.testing.assert_allclose(np.linalg.norm(closest - points, axis=1), gap, atol=1e-12)
