@@ -607,3 +607,65 @@ def test_a_file_where_a_run_makes_a_folder_is_refused_before_the_run(tmp_path, n
             check()
         assert str(refused.value) == line
     assert (workspace / name).read_text() == "my notes"
+
+
+def _sentence_record(workspace: Path, record: object) -> Path:
+    """``workspace`` with ``record`` as its ``descriptor/sentence.json`` (JSON, or text as is)."""
+    path = workspace / "descriptor" / "sentence.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(record if isinstance(record, str) else json.dumps(record))
+    return workspace
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"sentence": "An image of a mug", "ran_on": {"clip_revision": "abc123"}}, "abc123"),
+        ({"sentence": "An image of a mug", "ran_on": {"clip_revision": None}}, None),
+        ({"sentence": "An image of a mug", "ran_on": {"clip_revision": 7}}, None),
+        ({"sentence": "An image of a mug", "ran_on": "cpu"}, None),
+        ({"sentence": "An image of a mug"}, None),
+    ],
+)
+def test_an_image_runs_clip_revision_is_its_records_commit_or_none(tmp_path, record, expected):
+    """A search that found its sentence names the CLIP commit it recorded, and ``None`` where
+    that is not a commit (a --clip folder's null, a hand-edited number, a record from before
+    it was kept): the run's ran_on holds a string or null, never what the file held."""
+    from dreamtext.runfiles import search_clip_revision
+
+    assert search_clip_revision(_sentence_record(tmp_path, record)) == {"clip_revision": expected}
+
+
+@pytest.mark.parametrize(
+    "record", [None, {"options": {"nouns": "nouns.txt"}}, "{not json", "[1, 2]"]
+)
+def test_a_run_without_a_found_sentence_names_no_clip_revision(tmp_path, record):
+    """A text run (no sentence.json), a search record without its sentence, and a sentence.json
+    the search refuses (unreadable, not a record): the run's ran_on names no CLIP, and its start
+    is not refused for it (the search's own checks say what is wrong with the file)."""
+    from dreamtext.runfiles import search_clip_revision
+
+    workspace = tmp_path if record is None else _sentence_record(tmp_path, record)
+    assert search_clip_revision(workspace) == {}
+
+
+@pytest.mark.parametrize("config", ["[1, 2]", '"a red cube"', '{"prompt": 7}', "{not json"])
+def test_a_config_json_that_names_no_prompt_holds_no_ones_run(tmp_path, config):
+    """run_owner of a folder whose config.json is a list, a string, a prompt of another type
+    or not JSON: nobody's run (the run's start says what is wrong with the file)."""
+    from dreamtext.runfiles import run_owner
+
+    (tmp_path / "config.json").write_text(config)
+    assert run_owner(tmp_path) is None
+
+
+def test_read_once_gives_each_caller_its_own_status(tmp_path):
+    """Within a read_once block, a caller that changes the status it was given changes no
+    other caller's (the first read is shared by the block)."""
+    from dreamtext.runfiles import read_once
+
+    (tmp_path / "status.json").write_text(json.dumps({"state": "interrupted", "step": 12}))
+    with read_once():
+        first = read_status(tmp_path)
+        first["step"] = 99
+        assert read_status(tmp_path) == {"state": "interrupted", "step": 12}
