@@ -506,3 +506,73 @@ def test_a_word_list_path_that_is_not_there_is_not_taken_for_a_pipe(tmp_path):
     _record(tmp_path / "file", options=used_options(options), word_lists=lists)
     nouns.unlink()
     assert ignored_flags(tmp_path / "file", {"nouns": str(tmp_path / "link" / "n.txt")}) == []
+
+
+def test_a_list_piped_in_where_the_search_read_a_file_is_named_among_the_ignored(tmp_path):
+    """`image IMG --nouns <(grep ...)` again once a search that read nouns.txt is done: the
+    pipe is another list than the one the search read, which the reused stage keeps: the note
+    names it with the run's file (it is no edit of that file)."""
+    import os
+
+    from dreamtext.describe import DescribeOptions, used_options, word_lists_record
+    from dreamtext.imageto3d import ignored_flags
+
+    nouns = tmp_path / "nouns.txt"
+    nouns.write_text("mug\nbox\n")
+    options = DescribeOptions(nouns=str(nouns))
+    _record(
+        tmp_path,
+        options=used_options(options),
+        word_lists=word_lists_record(options, ["mug", "box"], ["red"]),
+    )
+    read, write = os.pipe()
+    os.write(write, b"mug\nbox\ncup\n")
+    os.close(write)
+    try:
+        [line] = ignored_flags(tmp_path, {"nouns": f"/dev/fd/{read}"})
+    finally:
+        os.close(read)
+    assert line == f"--nouns /dev/fd/{read} (the run's: {nouns.resolve()})", line
+
+
+def test_a_character_device_given_as_a_word_list_is_piped():
+    """`--nouns /dev/stdin` typed at a terminal, or any character device: read once, as a
+    pipe is, and named as given, not resolved (/dev/stdin resolves to the terminal's
+    /dev/pts/N, another at every login)."""
+    from dreamtext.inputs import word_list_identity, word_list_path
+
+    assert word_list_path("/dev/null") == ("/dev/null", True)
+    assert word_list_identity("/dev/null", ["mug"])["piped"] is True
+
+
+def test_a_config_file_naming_another_list_over_a_piped_one_is_not_refused(tmp_path):
+    """A run whose --nouns was piped in, resumed before its search with a --config file that
+    names a list file: that file is read, not the pipe, so the resume is not refused for it;
+    without it, the refusal says to pass --nouns again."""
+    import os
+
+    from dreamtext.config import TrainConfig
+    from dreamtext.describe import DescribeOptions
+    from dreamtext.errors import DreamtextError
+    from dreamtext.imageto3d import ImageOptions, record_config, resolve_image_options
+
+    image = tmp_path / "mug.png"
+    image.write_bytes(b"")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    read, write = os.pipe()
+    os.write(write, b"mug\nbox\n")
+    os.close(write)
+    piped = f"/dev/fd/{read}"
+    try:
+        options = ImageOptions(describe=DescribeOptions(nouns=piped))
+        record_config(workspace, TrainConfig(workspace=str(workspace)), image, options)
+    finally:
+        os.close(read)
+    nouns = tmp_path / "nouns.txt"
+    nouns.write_text("mug\nbox\n")
+    layer = ("more.yaml", {"image_to_3d": {"describe": {"nouns": str(nouns)}}})
+    given = resolve_image_options({"configs": [layer]}, workspace)
+    assert given.describe.nouns == nouns
+    with pytest.raises(DreamtextError, match=r"--nouns was piped in .* pass --nouns again"):
+        resolve_image_options({}, workspace)
