@@ -963,6 +963,38 @@ def test_charts_too_many_for_the_texture_are_packed_closer_and_the_warning_names
     assert np.minimum(uv, 1.0 - uv).min() * fits >= chart_padding(fits) + 0.5 - 1e-6
 
 
+def test_the_size_the_warning_names_is_tried_as_unwrap_uv_packs_at_it(
+    sphere_of_directions, caplog, monkeypatch
+):
+    """The --texture-size the too-small warning names is the smallest power-of-two multiple
+    of the size asked whose packing fits as unwrap_uv packs at that size: in its texture less
+    the padding on both sides, with that padding between charts. Tried in the whole texture
+    instead, it could name a size whose charts do not fit its inner square, which then warns
+    again."""
+    _, surface = sphere_of_directions
+    tried = []
+    repack = mesh_module.repack_charts
+
+    def recorded(texels, faces, size, padding):
+        packed = repack(texels, faces, size, padding)
+        tried.append((size, padding, packed is not None))
+        return packed
+
+    monkeypatch.setattr(mesh_module, "repack_charts", recorded)
+    with caplog.at_level("WARNING", logger="dreamtext.mesh"):
+        unwrap_uv(surface, 8)
+    (record,) = [r for r in caplog.records if "do not fit a 8 px texture" in r.getMessage()]
+    fits = int(record.getMessage().split("--texture-size ")[1].split()[0])
+    # 8 px, then each size twice the one before, up to the first that fits: the smallest.
+    sizes = [8 * 2**k for k in range(int(math.log2(fits // 8)) + 1)]
+    inner = [(n - 2 * chart_padding(n), chart_padding(n)) for n in sizes]
+    assert [(size, padding) for size, padding, _ in tried] == inner, tried
+    assert [fit for _, _, fit in tried] == [False] * (len(sizes) - 1) + [True], tried
+    tried.clear()
+    unwrap_uv(surface, fits)
+    assert [(size, padding) for size, padding, _ in tried] == inner[-1:]
+
+
 def test_a_separate_part_of_a_few_percent_is_kept():
     """A ball and a moon of 5 % of its volume beside it: both are kept, only parts under
     MIN_COMPONENT_FRACTION (1 %) are crumbs (at 10 % the moon was dropped without a word)."""
