@@ -1049,6 +1049,38 @@ def test_a_word_list_piped_in_again_with_other_words_warns(tmp_path, caplog, pip
     assert f"the nouns piped in ({len(NOUNS)} words" in line and f"now {len(NOUNS) - 1}," in line
 
 
+def test_a_list_piped_in_after_a_file_or_a_file_after_a_pipe_is_no_edit_of_either(
+    tmp_path, caplog, pipe_of
+):
+    """A pipe given where the record names a file, or a file where it names a pipe, is another
+    list, as another path is: no warning compares the two lists' words as an edit."""
+    image_path = tmp_path / "mug.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_path)
+    options = _vocabulary(tmp_path)
+    describe(image_path, tmp_path / "file_first", options, encoder=HashEncoder())
+    piped = replace(options, nouns=pipe_of(NOUNS))
+    describe(image_path, tmp_path / "pipe_first", piped, encoder=HashEncoder())
+    options.nouns.write_text("\n".join(NOUNS[:-2]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="dreamtext"):
+        piped = replace(options, nouns=pipe_of(NOUNS[:-1]))
+        describe(image_path, tmp_path / "file_first", piped, encoder=HashEncoder())
+        describe(image_path, tmp_path / "pipe_first", options, encoder=HashEncoder())
+    assert not [line for line in _warnings(caplog) if "word list" in line]
+
+
+@pytest.mark.parametrize("recorded", [{}, {"nouns": None}, {"nouns": "nouns.txt"}])
+def test_a_record_without_a_lists_identity_names_no_change_of_it(tmp_path, recorded):
+    """A record from before word lists were kept, or one whose entry is not a list's identity
+    (null, a bare file name): nothing to compare the list with, so no change is named."""
+    from dreamtext.describe import changed_word_lists
+    from dreamtext.inputs import word_list_identity
+
+    nouns = tmp_path / "nouns.txt"
+    nouns.write_text("mug\nbox\n")
+    now = {"nouns": word_list_identity(nouns, ["mug", "box"])}
+    assert changed_word_lists(recorded, now) == []
+
+
 def test_an_image_run_resumed_before_its_search_asks_again_for_a_list_piped_in(tmp_path):
     """A FIFO (or a shell's pipe) given as --nouns is recorded in config.json before the
     search; resumed without --nouns, the run took that name as the list: a FIFO with nothing
