@@ -576,3 +576,7 @@ def test_a_config_file_naming_another_list_over_a_piped_one_is_not_refused(tmp_p
     assert given.describe.nouns == nouns
     with pytest.raises(DreamtextError, match=r"--nouns was piped in .* pass --nouns again"):
         resolve_image_options({}, workspace)
+    # A --config file of other settings leaves the recorded pipe the list: refused all the same.
+    other = ("more.yaml", {"image_to_3d": {"descriptor": {"iters": 5}}})
+    with pytest.raises(DreamtextError, match=r"--nouns was piped in .* pass --nouns again"):
+        resolve_image_options({"configs": [other]}, workspace)
