@@ -4631,6 +4631,7 @@ SHOW_JOB = """JobId=57 ArrayJobId=41 ArrayTaskId=3 JobName=dreamtext
     ("preempt_time", "requeued"),
     [
         ("2026-12-07T23:24:23", True),  # in this run: its grace time began
+        ("2026-12-07T23:23:26", True),  # in the second this run started (times are to 1 s)
         ("None", False),  # never preempted: `scancel -s TERM`
         ("2026-12-07T23:21:19", False),  # the run before this one's requeue
     ],
@@ -4657,6 +4658,35 @@ def test_the_slurm_script_requeues_a_task_preempted_in_its_grace_time(
     assert calls.read_text().splitlines()[1:] == ["scontrol show job 57"] + (
         ["scontrol requeue 41_3"] if requeued else []
     )
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "job"),
+    [
+        (1, {"SLURM_JOB_ID": "57"}),  # it ended by itself (a line failed): nothing to go on with
+        (0, {"SLURM_JOB_ID": "57"}),  # every line done as the preemption came
+        (130, {}),  # run by hand outside SLURM and stopped (Ctrl-C): no job to requeue
+    ],
+)
+def test_the_slurm_script_requeues_no_task_whose_batch_it_cannot_go_on_with(
+    tmp_path, exit_code, job
+):
+    """A preempted task whose batch ended by itself (exit 0, or 1 for a failed line) is not
+    requeued: its requeue would run a finished share again. The script run with no job
+    (`bash slurm_array.sbatch ...` by hand) asks scontrol nothing and exits as its batch did,
+    without an unbound variable (set -u)."""
+    calls = tmp_path / "calls.txt"
+    log = shlex.quote(str(calls))
+    shown = shlex.quote(SHOW_JOB.format("2026-12-07T23:24:23"))
+    scripts = {
+        "srun": f'echo "srun $*" >> {log}\nexit {exit_code}',
+        "scontrol": f'echo "scontrol $*" >> {log}\n[[ $1 == show ]] && printf %s {shown}\nexit 0',
+    }
+    env = {**stand_ins(tmp_path, scripts), **TASK_41_3, **job}
+    args = ["bash", SLURM_SCRIPT, "prompts.txt", "/shared/runs"]
+    done = subprocess.run(args, env=env, cwd=tmp_path, timeout=30, capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (exit_code, "")
+    assert calls.read_text().splitlines()[1:] == []
 
 
 def test_the_slurm_script_reads_the_preemption_in_slurms_standard_time_format(tmp_path):
@@ -4954,6 +4984,32 @@ def test_the_configs_resolved_once_are_each_lines_own(tmp_path, tiny_yaml):
     each = [entry_config(e, overrides, None, tiny_yaml) for e in entries]
     assert once == each and [c.prompt for c in once] == ["a red cube", "mug", "a blue sphere"]
     assert len({id(c.guidance) for c in once}) == 3  # no line shares a part of another's
+
+
+def test_the_configs_of_runs_resolved_once_are_each_lines_own(tmp_path):
+    """Two interrupted runs of the same recorded settings resolve once (own_run_config's
+    ``resolved``): each line still gets its own config, no part shared, as its run may change
+    it; batch --status, which only reads them (``shared``), lets them share."""
+    from dreamtext.batch import entry_configs, own_run_config, read_prompts
+
+    path = prompts_file(tmp_path, "a red cube", "a blue cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 12)
+    shapes_run(root / "a_blue_cube", "a blue cube", 12)
+    entries = read_prompts(path, root)
+    overrides = {"iters": 20, "guidance": {"model": "builtin:shapes"}}
+    for shared in (False, True):
+        fresh = entry_configs(entries, overrides, None, None, shared=shared)
+        resolved, settings = {}, {}
+        owns = [
+            own_run_config(e, cfg, overrides, None, None, resolved, settings, shared=shared)
+            for e, cfg in zip(entries, fresh, strict=True)
+        ]
+        assert len(resolved) == 1 and len(settings) == 2  # one resolution for both
+        red, blue = (cfg for cfg, _ in owns)
+        assert (red.prompt, blue.prompt) == ("a red cube", "a blue cube")
+        assert (red.guidance is blue.guidance) is shared
+        assert (red.field is blue.field) is shared
 
 
 def test_a_batch_on_the_cpu_does_not_collect_garbage_after_every_line(
@@ -5786,6 +5842,31 @@ def test_status_reads_a_copied_running_run_as_the_batch_does(tmp_path, capsys):
     assert f"its process {sleeper.pid} on {HOST} holds no lock" in row, row
 
 
+def test_status_reads_a_run_of_a_live_process_here_without_a_lock_file_as_running(tmp_path, capsys):
+    """A run whose status.json names a live process of this machine, on a file system without
+    locks (no lock file to ask): its start refuses a second run of the folder, so the line is
+    running, by that process, with its progress."""
+    from dreamtext.processes import BOOT_ID, HOST, PID_NAMESPACE, process_start
+
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    run = shapes_run(root / "a_red_cube", "a red cube", 12)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"host": HOST, "pid": sleeper.pid, "pid_start": process_start(sleeper.pid)}
+        record |= {"pid_ns": PID_NAMESPACE, "boot_id": BOOT_ID}
+        running = {"state": "running", "step": 12, "iters": 20, **record}
+        (run / "status.json").write_text(json.dumps(running))
+        args = ["batch", path, *BUILTIN, "--workspace", root, "--status"]
+        assert main(list(map(str, args))) == 1
+        row = status_rows(capsys)["1"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    expected = rf"1 +running +a_red_cube +process {sleeper.pid} on this machine, step 12 of 20"
+    assert re.fullmatch(expected, row), row
+
+
 def test_status_reads_a_run_whose_own_lock_another_process_holds_as_running(tmp_path, capsys):
     """Another machine's `dreamtext text` of the folder (status.json running, its host's): its
     run's lock, held (where the file system's locks reach across machines), makes the batch
@@ -5851,6 +5932,7 @@ def test_status_shows_a_line_with_an_unreadable_config_json_as_failed_and_goes_o
     assert rows["4"].split()[1] == "failed", rows["4"]
     assert "config field 'seed' must be int, got 'x'" in rows["4"], rows["4"]
     assert rows["4"].endswith("to train the line anew, and run the batch again"), rows["4"]
+    assert "line 4 (" not in rows["4"], rows["4"]  # the row is line 4's: said once
     assert rows["5"].split()[1:3] == ["not", "started"] and "running" in rows["2"]
 
 
@@ -6011,6 +6093,96 @@ def test_status_names_the_settings_the_batch_resumes_a_line_with_that_it_only_wa
     dreamtext.batch.warn_resuming_with_other_settings(entry, cfg)
     said = capsys.readouterr().err
     assert "(lr 0.02 → 0.01, h 32 → 48, w 32 → 48, guidance.guidance_scale 4.0 → 50.0)" in said
+
+
+def test_status_names_no_refusal_for_a_run_trained_anew_or_for_a_line_without_conflicts(
+    tmp_path, capsys
+):
+    """--seed 7 --iters 30 over a run of seed 0 finished at 20 steps without a checkpoint: the
+    batch trains it again from scratch with the batch's settings (nothing of it to keep), so it
+    does not refuse the list for it and the row says nothing of a refusal; a failed run with a
+    checkpoint does refuse it, and its row says so; a line whose run keeps nothing the batch
+    asks otherwise says nothing."""
+    path = prompts_file(tmp_path, "a red cube", "a blue cube", "a green cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 20)  # finished, no checkpoint kept
+    shapes_run(root / "a_blue_cube", "a blue cube", 12)
+    failed = {"state": "failed", "step": 12, "error": "RuntimeError: the field overflowed"}
+    (root / "a_blue_cube" / "status.json").write_text(json.dumps(failed))
+    status = ["batch", path, *BUILTIN, "--workspace", root, "--status", "--iters", "30"]
+    seven = [*status, "--seed", "7"]
+    assert main(list(map(str, seven))) == 1
+    rows = status_rows(capsys)
+    assert rows["1"].split()[1:3] == ["to", "continue"], rows["1"]
+    assert "no checkpoint: trains again" in rows["1"], rows["1"]
+    assert "refuses" not in rows["1"], rows["1"]
+    assert rows["2"].split()[1] == "failed", rows["2"]
+    refused = "the field overflowed; the batch refuses the list for it: seed 0 → 7"
+    assert refused in rows["2"], rows["2"]
+    shapes_run(root / "a_green_cube", "a green cube", 12)
+    assert main(list(map(str, status))) == 1
+    assert not [row for row in status_rows(capsys).values() if "refuses" in row]
+
+
+def test_status_of_a_run_whose_status_json_cannot_be_read_says_so(tmp_path, capsys):
+    """A status.json cut short (a disk full as it was written): the line is interrupted, and
+    the row says the file cannot be read, not that there is none."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    (shapes_run(root / "a_red_cube", "a red cube", 12) / "status.json").write_text('{"sta')
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    row = status_rows(capsys)["1"]
+    assert row.split()[1] == "interrupted", row
+    assert "status.json cannot be read (its resume writes it anew); resumes" in row, row
+
+
+def test_status_reads_a_line_whose_batch_lock_cannot_be_read_as_running(
+    tmp_path, capsys, monkeypatch
+):
+    """Another user's worker holds the line's lock, which this user cannot read (umask 077):
+    the line is claimed, by a holder it cannot name, as a worker of the batch leaves it."""
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    shapes_run(root / "a_red_cube", "a red cube", 12)
+    held_lock(root / "a_red_cube")
+
+    def unreadable(cls, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(dreamtext.batch.WorkspaceLock, "read", classmethod(unreadable))
+    assert main(list(map(str, ["batch", path, *BUILTIN, "--workspace", root, "--status"]))) == 1
+    row = status_rows(capsys)["1"]
+    assert re.fullmatch(r"1 +running +a_red_cube +a_red_cube\.lock cannot be read", row), row
+
+
+def test_status_shows_no_progress_of_a_stopped_run_whose_own_lock_another_process_holds(
+    tmp_path, capsys
+):
+    """Another process holds the run's own lock, its status.json an earlier, stopped run's
+    (interrupted at step 12): the line is running, by a process the status cannot name, and
+    the stopped run's step is not shown as that process's progress. The line's detail names
+    no line of the list either, where the status reads a config.json it refuses."""
+    from dreamtext.processes import LOCK_NAME
+
+    path = prompts_file(tmp_path, "a red cube")
+    root = tmp_path / "root"
+    run = shapes_run(root / "a_red_cube", "a red cube", 12)
+    (run / LOCK_NAME).write_text("")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(run / LOCK_NAME)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["batch", path, *BUILTIN, "--workspace", root, "--status"]
+        assert main(list(map(str, args))) == 1
+        row = status_rows(capsys)["1"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert re.fullmatch(r"1 +running +a_red_cube +another process", row), row
 
 
 def test_status_with_overwrite_is_refused_in_one_line(tmp_path, capsys):
