@@ -1340,6 +1340,41 @@ def test_a_stop_after_the_loops_last_look_stops_before_the_export_and_resume_exp
     assert "already at step 3 of 3; nothing to train" in err
 
 
+def test_a_stop_after_the_loops_last_look_stops_train_called_from_python(
+    tmp_path, monkeypatch, tiny_sizes
+):
+    """trainer.train() called from Python, outside a command's signal handling: a SIGTERM
+    after the loop's last look at its flag is that loop's alone (no command records it), and
+    the run stops there all the same, its last step saved, before its final preview and
+    export."""
+    from dreamtext import trainer
+    from dreamtext.checkpoint import load_checkpoint
+    from dreamtext.config import resolve_config
+    from dreamtext.interrupts import TrainingInterrupted
+
+    terminated, exports = [], []
+
+    class BarClosedByAStop(trainer.tqdm):
+        def close(self):
+            text_bar = getattr(self, "desc", "").startswith("text→3D")
+            if text_bar and self.n == self.total and not terminated:
+                terminated.append(self.n)
+                signal.raise_signal(signal.SIGTERM)
+            super().close()
+
+    monkeypatch.setattr(trainer, "tqdm", BarClosedByAStop)
+    monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.step))
+    workspace = tmp_path / "a_red_cube"
+    overrides = {"prompt": "a red cube", "workspace": str(workspace), "iters": 3}
+    cfg = resolve_config(overrides, preset="builtin-shapes", config_file=tiny_sizes)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        trainer.train(cfg)
+    assert (terminated, exports) == ([3], [])
+    assert (stopped.value.step, stopped.value.before_export) == (3, True)
+    assert load_checkpoint(workspace / "checkpoints" / "last.pt")["step"] == 3
+    assert not (workspace / "previews" / "final.png").exists()
+
+
 def test_a_stop_during_the_end_of_trainings_save_saves_it_and_stops_before_the_export(
     tmp_path, monkeypatch, capsys, tiny_sizes
 ):

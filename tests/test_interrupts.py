@@ -391,6 +391,17 @@ def test_a_stop_after_a_training_loops_last_look_is_the_commands_stop():
             raise_if_stop_requested()
 
 
+def test_a_late_stop_of_a_loop_outside_a_command_is_not_kept_for_the_next_loop():
+    """A training loop run outside a command (the Python API: train() called twice, no
+    sigterm_interrupts) that a SIGTERM stopped after its last look: the stop is that loop's
+    (on its flag), not recorded for the process, so the next loop starts unstopped."""
+    with stop_on_signal() as stop:
+        signal.raise_signal(signal.SIGTERM)
+    assert stop["stop"] and not stop_requested()
+    with stop_on_signal() as again:
+        assert not again["stop"]
+
+
 def test_an_interrupt_in_the_export_says_so_with_its_step_and_checkpoint():
     from pathlib import Path
 

@@ -1120,3 +1120,18 @@ def test_a_status_without_a_step_is_no_finished_run_and_no_traceback(tmp_path, s
     (tmp_path / "status.json").write_text(json.dumps(status))
     assert not run_finished(tmp_path, 0)
     assert not run_finished(tmp_path, 10, needs_mesh=True)
+
+
+def test_saved_step_of_a_checkpoint_without_its_record_is_the_checkpoints_own(tmp_path):
+    """A last.pt whose save record is gone (a dreamtext from before the record, a save killed
+    between the two files): its step is read from the checkpoint itself, as batch --status
+    says 'resumes from step 7' of it, not a bare 'resumes'."""
+    from dreamtext.checkpoint import RUN_KEYS, save_checkpoint
+    from dreamtext.runfiles import CHECKPOINT_DIR, LAST_STEP_RECORD, recorded_step
+    from dreamtext.runstatus import saved_step
+
+    save_checkpoint(tmp_path, {k: {} for k in RUN_KEYS} | {"step": 7})
+    assert recorded_step(tmp_path) == saved_step(tmp_path) == 7
+    (tmp_path / CHECKPOINT_DIR / LAST_STEP_RECORD).unlink()
+    assert recorded_step(tmp_path) is None
+    assert saved_step(tmp_path) == 7
