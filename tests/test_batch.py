@@ -5006,7 +5006,7 @@ def test_the_configs_of_runs_resolved_once_are_each_lines_own(tmp_path):
             for e, cfg in zip(entries, fresh, strict=True)
         ]
         assert len(resolved) == 1 and len(settings) == 2  # one resolution for both
-        red, blue = (cfg for cfg, _ in owns)
+        red, blue = (cfg for cfg, *_ in owns)
         assert (red.prompt, blue.prompt) == ("a red cube", "a blue cube")
         assert (red.guidance is blue.guidance) is shared
         assert (red.field is blue.field) is shared
