@@ -1429,14 +1429,15 @@ REPACK_STEPS = 8
 
 
 def unwrap_uv(
-    mesh: trimesh.Trimesh, texture_size: int = 1024
+    mesh: trimesh.Trimesh, texture_size: int = 1024, padding: int | None = None
 ) -> tuple[trimesh.Trimesh, np.ndarray]:
     """A UV atlas from xatlas. Vertices on chart seams are split, so the mesh is returned too.
 
-    Charts are packed into a ``texture_size`` texture ``S`` with :func:`chart_padding` ``p``
-    texels between them and between them and the texture's border, on the texture's texel grid,
-    so a bilinear or mip-mapped lookup at a chart's edge reads its own texels (the bake dilates
-    its colour into the gutter), never a neighbour's or, across the border, the opposite edge's.
+    Charts are packed into a ``texture_size`` texture ``S`` with ``padding`` ``p`` texels
+    (``None``: :func:`chart_padding`) between them and between them and the texture's border,
+    on the texture's texel grid, so a bilinear or mip-mapped lookup at a chart's edge reads its
+    own texels (the bake dilates its colour into the gutter), never a neighbour's or, across
+    the border, the opposite edge's.
 
     xatlas cuts and flattens the charts, then packs them into an atlas of its own size (~1.2-1.4×
     the one asked for: 0.36 texels from the border at 256 px once scaled into it) and keeps no
@@ -1459,7 +1460,7 @@ def unwrap_uv(
     lengths = mesh.edges_unique_length
     median = float(np.median(lengths)) if len(lengths) else 0.0
     positions = (mesh.vertices / (median if median > 0 else 1.0)).astype(np.float32)
-    padding = chart_padding(texture_size)
+    padding = chart_padding(texture_size) if padding is None else padding
     inner = max(1, texture_size - 2 * padding)
     atlas = xatlas.Atlas()
     atlas.add_mesh(positions, mesh.faces.astype(np.uint32))

@@ -56,3 +56,50 @@ def test_seam_points_lie_on_the_edges_of_one_face_alone(bench):
     on_outline = np.isclose(points[:, :2], 0) | np.isclose(points[:, :2], 1)
     assert on_outline.any(axis=1).all()
     np.testing.assert_allclose(normals, [[0, 0, 1]] * len(where))
+
+
+def two_squares(gap: float) -> tuple:
+    """Two charts, squares 8 texels of a 32 px texture wide, side by side in UV, ``gap`` apart
+    (the first from u = 4 to 12 texels, on texel boundaries)."""
+    import trimesh
+
+    corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=float) * 0.25
+    uv = np.concatenate(
+        [corners + np.array([0.125, 0.375]), corners + np.array([0.375 + gap, 0.375])]
+    )
+    mesh = trimesh.Trimesh(
+        vertices=np.c_[uv, np.zeros(8)],
+        faces=[[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]],
+        process=False,
+    )
+    return mesh, uv
+
+
+def test_chart_bleed_is_nothing_where_the_gutter_holds_the_lookups(bench):
+    mesh, uv = two_squares(gap=0.25)  # 8 texels: the bake's gutter of 4 for each square
+    for level, bleed in enumerate(bench.chart_bleed(mesh, uv, 32, 2)):
+        assert bleed.max() == pytest.approx(0.0, abs=1e-3), level  # float32 dilation
+
+
+def test_chart_bleed_is_the_neighbours_share_where_two_charts_touch(bench):
+    """The squares' facing edges touch: a lookup there weighs the two charts' texels half and
+    half, half the two colours' difference off; the outer edges read their own chart alone."""
+    mesh, uv = two_squares(gap=0.0)
+    (bleed,) = bench.chart_bleed(mesh, uv, 32, 1)
+    where, _, _ = bench.seam_points(mesh, uv)
+    facing = np.isclose(where[:, 0], 0.375)
+    colours = np.random.default_rng(0).uniform(0.0, 255.0, (2, 3))
+    assert bleed[facing] == pytest.approx(np.abs(colours[0] - colours[1]).max() / 2)
+    assert bleed[~facing].max() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_each_padding_measured_names_the_rules_that_pick_it(bench):
+    assert bench.paddings_at(256, [4]) == {
+        1: ["max(1, S/512)", "max(1, S/256)"],
+        2: ["max(2, S/256)"],
+        4: [],
+    }
+    assert bench.paddings_at(1024, []) == {
+        2: ["max(1, S/512)"],
+        4: ["max(2, S/256)", "max(1, S/256)"],
+    }
