@@ -1199,11 +1199,11 @@ GLB_ROOT = "scene root"
 GLB_IMAGE_NAME = "albedo"
 
 # glTF's CLAMP_TO_EDGE wrap mode. Without a sampler a texture repeats (glTF 2.0, 5.26). The
-# charts keep their padding from the border (mesh.unwrap_uv: 2 texels at 256 px), so the two
-# read the same at and near full size; where the charts are too many for the texture they come
-# half a texel from it, and a mip level of a repeated texture reads across it. (With xatlas's
-# layout 0.36 texels from the border at 256 px, the repeated texture was up to 29 levels off at
-# 30 of the README cube's 6,127 UVs.)
+# charts keep their padding from the border (mesh.chart_padding: 1 texel at 256 px, 4 at 1024),
+# so the two read the same at and near full size; where the charts are too many for the texture
+# they come half a texel from it, and a mip level of a repeated texture reads across it. (With
+# xatlas's layout 0.36 texels from the border at 256 px, the repeated texture was up to 29 levels
+# off at 30 of the README cube's 6,127 UVs.)
 CLAMP_TO_EDGE = 33071
 
 

@@ -1411,15 +1411,24 @@ def mesh_stats(mesh: trimesh.Trimesh, occupancy: np.ndarray, bound: float) -> Me
 
 def chart_padding(texture_size: int) -> int:
     """Texels between two charts, and between a chart and the texture's border, at a texture
-    of ``texture_size`` pixels: ``max(2, S / 256)``.
+    of ``texture_size`` pixels: ``max(1, S / 256)`` (1 at 256 px, 4 at 1024, 8 at 2048).
 
-    A lookup reads the texels within one texel of it (bilinear) on the level a viewer picks:
-    within ``2^k`` texels of the texture on mip level ``k``, drawn ``2^k`` times smaller. A
-    chart ``p`` texels from the border is clean on levels up to ``log2 p``, with CLAMP_TO_EDGE
-    (the GLB's sampler) and with REPEAT (the default wrap mode, and the OBJ's: MTL readers
-    differ on ``-clamp``), where the border joins two charts and is a gutter ``2 p`` wide like
-    theirs: levels 0-1 (2× smaller on screen) at 256 px, 0-2 at 1024 px."""
-    return max(2, texture_size // 256)
+    A viewer reads mip level ``k`` where the texture is drawn ``2^k`` times smaller than ``S``
+    on screen, and a bilinear lookup there reads the level's texels within one of it: level-0
+    texels up to ``2^k`` away. Charts ``p`` texels apart (xatlas pads each by ``p``, so a
+    texel of another chart is over ``2 p`` away) and from the border (so the border joins two
+    charts into the same gap under REPEAT, glTF's default wrap mode and the OBJ's, as under
+    the GLB's CLAMP_TO_EDGE) read their own texels on levels up to ``log2 p``: ``S / 256``
+    keeps the chart edges clean wherever the texture is drawn at 256 px or more. Measured
+    (benchmarks/texture_edges.py, share of chart-edge lookups reading another chart): at
+    1024 px on level 2, 0 % with 4 texels, 2.1 % with 2 (a noisy torus's 119 charts); the
+    field's colour at a 2,323-chart ball's edges on level 2, 0.0 % of lookups over 16 levels
+    off with 4 texels, 2.3 % with 2, with the same error at face centres (0.3 levels).
+    Below 512 px a texture is mostly drawn larger than itself (level 0, clean with 1 texel),
+    and 2 texels cost what shows there: the torus's charts covered 30 % of a 128 px texture
+    with 1 texel, 15 % with 2, and the README cube's face centres were 2.4 levels off at
+    256 px with 1, 2.7 with 2 (5.6 and 6.8 at 128 px)."""
+    return max(1, texture_size // 256)
 
 
 # How many scales :func:`repack_charts` tries (a bisection): the largest that fits is found
@@ -1443,8 +1452,8 @@ def unwrap_uv(
     the one asked for: 0.36 texels from the border at 256 px once scaled into it) and keeps no
     padding at the atlas's outer edges. So its charts, in its texels, are packed again, at the
     largest scale that fits (:func:`repack_charts`), into ``S − 2p`` texels, and offset by ``p``.
-    Where no scale fits (each chart takes at least ``(1 + 2p)²`` texels: the README cube's 253
-    charts do not fit 64 px) the charts are stretched over the texture as xatlas packed them,
+    Where no scale fits (each chart takes at least ``(1 + 2p)²`` texels: a noisy torus's 119
+    charts do not fit 32 px) the charts are stretched over the texture as xatlas packed them,
     closer than ``p``, their outermost UVs on the outermost texels' centres (a bilinear lookup
     on the texture itself reads no texel across the border; its mip levels do), and a warning
     names a size that fits them.
@@ -1484,11 +1493,12 @@ def unwrap_uv(
     if packed is not None:
         return unwrapped, (padding + packed) / texture_size
     log.warning(
-        "the UV atlas's %d charts do not fit a %d px texture %d texels apart: they are packed "
+        "the UV atlas's %d charts do not fit a %d px texture %d texel%s apart: they are packed "
         "closer, so colours at their edges blend (%s)",
         atlas.chart_count,
         texture_size,
         padding,
+        "" if padding == 1 else "s",
         _size_that_fits(texels, faces, texture_size),
     )
     # xatlas's outermost UVs, half a texel in from its W × H, go to the texture's half texel.

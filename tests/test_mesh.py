@@ -910,7 +910,7 @@ def sphere_of_directions() -> tuple[SphereField, trimesh.Trimesh]:
 
 @pytest.mark.parametrize("size", [256, 1024])
 def test_uv_charts_keep_their_padding_from_the_texture_border(sphere_of_directions, size):
-    """Every UV is at least the padding (2 texels at 256 px, 4 at 1024) and xatlas's half texel
+    """Every UV is at least the padding (1 texel at 256 px, 4 at 1024) and xatlas's half texel
     from the texture's edges, so a bilinear lookup on the texture and its first mip levels
     reads no texel across the border. xatlas keeps no padding at its atlas's outer edges:
     the charts came 0.41 texels from them at 256 px, and a viewer that repeats the texture
@@ -924,12 +924,13 @@ def test_uv_charts_keep_their_padding_from_the_texture_border(sphere_of_directio
 def test_chart_edges_look_up_their_own_colour_whether_the_texture_repeats_or_clamps(
     sphere_of_directions,
 ):
-    """A viewer's bilinear lookup at points on every chart's edge (seams), on the 256 px
-    texture and on its first mip level (the object drawn at half that size), with the texture
-    repeated and clamped, reads the albedo there within 3 of 255 levels (its 8 bits, and the
-    colour's change over a texel): the gutter's dilated texels hold the chart's own colour.
-    With the charts within half a texel of the border, the repeated mip level read up to 12.5
-    levels off (the opposite edge's colour)."""
+    """A viewer's bilinear lookup at points on every chart's edge (seams) of the 256 px
+    texture, repeated and clamped, reads the albedo there within 3 of 255 levels (its 8 bits,
+    and the colour's change over a texel): the gutter's dilated texels hold the chart's own
+    colour. On its first mip level (the object drawn at half that size) the repeated and the
+    clamped texture read the same, within a level: the charts keep 1.5 texels from the border,
+    and a lookup there reads no texel across it. With the charts within half a texel of the
+    border, the repeated mip level read up to 12.5 levels off (the opposite edge's colour)."""
     bench = load_benchmark("texture_edges", "texture_edges_benchmark")
     field, surface = sphere_of_directions
     size = 256
@@ -937,24 +938,74 @@ def test_chart_edges_look_up_their_own_colour_whether_the_texture_repeats_or_cla
     texture = bake_texture(field, mesh, uv, size).astype(np.float64)
     where, points, _ = bench.seam_points(mesh, uv)
     expected = direction_albedo(torch.from_numpy(points)).numpy() * 255.0
-    for image in (texture, bench.mip_level(texture)):
-        for wrap in ("repeat", "clamp"):
-            error = np.abs(bench.bilinear(image, where, wrap) - expected).max(axis=1)
-            assert error.max() <= 3.0, (image.shape, wrap, error.max())
+    for wrap in ("repeat", "clamp"):
+        error = np.abs(bench.bilinear(texture, where, wrap) - expected).max(axis=1)
+        assert error.max() <= 3.0, (wrap, error.max())
+    level = bench.mip_level(texture)
+    wrapped = bench.bilinear(level, where, "repeat") - bench.bilinear(level, where, "clamp")
+    assert np.abs(wrapped).max() <= 1.0
+
+
+@pytest.fixture(scope="module")
+def torus_of_charts() -> trimesh.Trimesh:
+    """A noisy torus of 4,000 faces: xatlas cuts it into 119 small charts."""
+    return decimate(extract_mesh(noisy_torus(), 64).mesh, 4000)
+
+
+def test_chart_padding_is_a_texel_for_each_256_of_the_texture_and_at_least_one():
+    """``max(1, S / 256)``: the charts' edges clean wherever the texture is drawn at 256 px or
+    more (mip levels up to log2 of it), one texel below 512 px, where a texture is mostly drawn
+    larger than itself; the former ``max(2, S / 256)`` took 2 there, ``max(1, S / 512)``
+    would take 2 at 1024 px (both measured in the tests below and benchmarks/RESULTS.md)."""
+    sizes = (8, 64, 128, 256, 512, 1024, 2048, 4096)
+    assert [chart_padding(size) for size in sizes] == [1, 1, 1, 1, 2, 4, 8, 16]
+
+
+def test_a_small_texture_keeps_its_area_for_many_small_charts(torus_of_charts):
+    """At 128 px the noisy torus's 119 charts cover 30 % of the texels, one texel apart; two
+    texels apart (the former ``max(2, S / 256)``) they covered 15 %: half the texels for the
+    field's colours, in a texture that a viewer draws larger than itself, where a lookup
+    reads level 0 alone and one texel of gutter keeps it clean (the next test but one)."""
+    mesh, uv = unwrap_uv(torus_of_charts, 128)
+    face_of, _ = rasterize_uv(uv, mesh.faces, 128)
+    assert (face_of >= 0).mean() >= 0.25
+
+
+def test_chart_edges_read_no_other_chart_where_the_texture_is_drawn_at_256_px(torus_of_charts):
+    """At 1024 px (the default) the charts keep 4 texels apart, so a lookup at a chart's edge
+    on mip levels 0-2 (the texture drawn at 1024, 512 and 256 px on screen) reads its own
+    chart's texels alone, repeated or clamped (benchmarks/texture_edges.py's chart_bleed: every
+    chart one colour, laid out and dilated as the bake does). Two texels apart
+    (``max(1, S / 512)``) 2.1 % of the torus's edge lookups on level 2 read another chart,
+    up to 26 levels off."""
+    bench = load_benchmark("texture_edges", "texture_edges_benchmark")
+    mesh, uv = unwrap_uv(torus_of_charts, 1024)
+    for level, bleed in enumerate(bench.chart_bleed(mesh, uv, 1024, 3)):
+        assert bleed.max() <= bench.BLEED_LEVELS, (level, bleed.max())
+
+
+def test_chart_edges_read_no_other_chart_on_a_small_texture_itself(torus_of_charts):
+    """At 128 and 256 px, one texel apart, a lookup at a chart's edge on the texture itself
+    (level 0: the texture drawn at its size or larger) reads its own chart's texels alone."""
+    bench = load_benchmark("texture_edges", "texture_edges_benchmark")
+    for size in (128, 256):
+        mesh, uv = unwrap_uv(torus_of_charts, size)
+        (bleed,) = bench.chart_bleed(mesh, uv, size, 1)
+        assert bleed.max() <= bench.BLEED_LEVELS, (size, bleed.max())
 
 
 def test_charts_too_many_for_the_texture_are_packed_closer_and_the_warning_names_a_size(
     sphere_of_directions, caplog
 ):
-    """At 16 px the sphere's charts, each at least 5 × 5 texels with its padding, do not fit:
+    """At 8 px the sphere's 7 charts, each at least 3 × 3 texels with its padding, do not fit:
     they are stretched over the texture as xatlas packed them, half a texel in from its border
     (a bilinear lookup on the texture reads no texel across it), and a warning says so and
     names a --texture-size that takes them with their padding."""
     _, surface = sphere_of_directions
     with caplog.at_level("WARNING", logger="dreamtext.mesh"):
-        _, uv = unwrap_uv(surface, 16)
-    (record,) = [r for r in caplog.records if "do not fit a 16 px texture" in r.getMessage()]
-    assert np.minimum(uv, 1.0 - uv).min() * 16 == pytest.approx(0.5)
+        _, uv = unwrap_uv(surface, 8)
+    (record,) = [r for r in caplog.records if "do not fit a 8 px texture" in r.getMessage()]
+    assert np.minimum(uv, 1.0 - uv).min() * 8 == pytest.approx(0.5)
     fits = int(record.getMessage().split("--texture-size ")[1].split()[0])
     caplog.clear()
     with caplog.at_level("WARNING", logger="dreamtext.mesh"):
@@ -1011,9 +1062,10 @@ def test_a_separate_part_of_a_few_percent_is_kept():
 
 
 def test_uv_charts_keep_two_texels_from_each_other():
-    """No texel of one chart lies within two texels of another, so a bilinear or mipmapped
-    lookup at a chart's border never reads its neighbour's colour (with no padding, 216 texels
-    of a noisy torus's 256 px atlas did)."""
+    """No texel of one chart lies within two texels of another, so a bilinear lookup at a
+    chart's border never reads its neighbour's colour (with no padding, 216 texels of a noisy
+    torus's 256 px atlas did). xatlas pads each chart by the padding: with the 1 texel of 256
+    px, the nearest texels of two charts are 4 apart (6 with 2 texels of padding)."""
     from scipy import ndimage
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -1034,7 +1086,7 @@ def test_uv_charts_keep_two_texels_from_each_other():
 
 def test_uv_charts_are_padding_texels_apart_in_the_layout():
     """Measured on the layout itself, not on rasterized texel centres: the outlines of two
-    charts are at least ``max(2, S / 256)`` texels apart, 4 at 1024 px. xatlas packs an atlas
+    charts are at least ``max(1, S / 256)`` texels apart, 4 at 1024 px. xatlas packs an atlas
     larger than the texture (1,294 px for 1024), which was scaled into it, its padding with
     it; its charts are now packed again in the texture's own texels (unwrap_uv), and each is
     padded on its own: the charts of a noisy torus are 9.1 texels apart (7.1 when scaled)."""
