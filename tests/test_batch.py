@@ -5649,6 +5649,28 @@ def held_lock(workspace, **info):
     dreamtext.batch.lock_path(workspace).write_text(json.dumps(record))
 
 
+def status_row_while_another_process_locks(run, path, root, capsys) -> str:
+    """Line 1's row of `batch PATH --status` while another process holds ``run``'s own lock
+    (the one its `dreamtext text` takes), as a run of another machine sharing the folder does."""
+    from dreamtext.processes import LOCK_NAME
+
+    (run / LOCK_NAME).write_text("")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(run / LOCK_NAME)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["batch", path, *BUILTIN, "--workspace", root, "--status"]
+        assert main(list(map(str, args))) == 1
+        return status_rows(capsys)["1"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def five_states(tmp_path):
     """A list of five lines under ``root``: finished, running (its lock held), interrupted at
     step 12 with a checkpoint, failed (status.json), not started; its path and root."""
@@ -5872,28 +5894,13 @@ def test_status_reads_a_run_whose_own_lock_another_process_holds_as_running(tmp_
     run's lock, held (where the file system's locks reach across machines), makes the batch
     skip the line (the run's start refuses it); the status said interrupted, "its process 4242
     is gone", a process it cannot see."""
-    from dreamtext.processes import LOCK_NAME
 
     path = prompts_file(tmp_path, "a red cube")
     root = tmp_path / "root"
     run = shapes_run(root / "a_red_cube", "a red cube", 12)
     running = {"state": "running", "step": 12, "iters": 20, "host": "node-b", "pid": 4242}
     (run / "status.json").write_text(json.dumps(running))
-    (run / LOCK_NAME).write_text("")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
-         str(run / LOCK_NAME)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        args = ["batch", path, *BUILTIN, "--workspace", root, "--status"]
-        assert main(list(map(str, args))) == 1
-        row = status_rows(capsys)["1"]
-    finally:
-        holder.kill()
-        holder.wait()
+    row = status_row_while_another_process_locks(run, path, root, capsys)
     assert row.split()[1] == "running", row
     assert "process 4242 on node-b, step 12 of 20" in row, row
 
@@ -6162,26 +6169,11 @@ def test_status_shows_no_progress_of_a_stopped_run_whose_own_lock_another_proces
     (interrupted at step 12): the line is running, by a process the status cannot name, and
     the stopped run's step is not shown as that process's progress. The line's detail names
     no line of the list either, where the status reads a config.json it refuses."""
-    from dreamtext.processes import LOCK_NAME
 
     path = prompts_file(tmp_path, "a red cube")
     root = tmp_path / "root"
     run = shapes_run(root / "a_red_cube", "a red cube", 12)
-    (run / LOCK_NAME).write_text("")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
-         str(run / LOCK_NAME)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        args = ["batch", path, *BUILTIN, "--workspace", root, "--status"]
-        assert main(list(map(str, args))) == 1
-        row = status_rows(capsys)["1"]
-    finally:
-        holder.kill()
-        holder.wait()
+    row = status_row_while_another_process_locks(run, path, root, capsys)
     assert re.fullmatch(r"1 +running +a_red_cube +another process", row), row
 
 

@@ -1290,6 +1290,21 @@ def test_ctrl_c_in_the_final_previews_says_the_run_is_saved_and_how_to_go_on(
     assert (status["state"], status["step"]) == ("interrupted", 2)
 
 
+def bar_closed_by_a_stop(tqdm: type, terminated: list[int]) -> type:
+    """``tqdm`` whose text→3D bar raises SIGTERM as it closes full, once (its step appended to
+    ``terminated``): a stop after the training loop's last look at its flag."""
+
+    class BarClosedByAStop(tqdm):
+        def close(self):
+            text_bar = getattr(self, "desc", "").startswith("text→3D")
+            if text_bar and self.n == self.total and not terminated:
+                terminated.append(self.n)
+                signal.raise_signal(signal.SIGTERM)
+            super().close()
+
+    return BarClosedByAStop
+
+
 @pytest.mark.parametrize("sent_again", [False, True])
 def test_a_stop_after_the_loops_last_look_stops_before_the_export_and_resume_exports(
     tmp_path, monkeypatch, capsys, tiny_sizes, sent_again
@@ -1303,13 +1318,7 @@ def test_a_stop_after_the_loops_last_look_stops_before_the_export_and_resume_exp
 
     terminated, exports, saves = [], [], []
 
-    class BarClosedByAStop(trainer.tqdm):
-        def close(self):
-            text_bar = getattr(self, "desc", "").startswith("text→3D")
-            if text_bar and self.n == self.total and not terminated:
-                terminated.append(self.n)
-                signal.raise_signal(signal.SIGTERM)
-            super().close()
+    BarClosedByAStop = bar_closed_by_a_stop(trainer.tqdm, terminated)
 
     save_checkpoint = trainer.save_checkpoint
 
@@ -1354,13 +1363,7 @@ def test_a_stop_after_the_loops_last_look_stops_train_called_from_python(
 
     terminated, exports = [], []
 
-    class BarClosedByAStop(trainer.tqdm):
-        def close(self):
-            text_bar = getattr(self, "desc", "").startswith("text→3D")
-            if text_bar and self.n == self.total and not terminated:
-                terminated.append(self.n)
-                signal.raise_signal(signal.SIGTERM)
-            super().close()
+    BarClosedByAStop = bar_closed_by_a_stop(trainer.tqdm, terminated)
 
     monkeypatch.setattr(trainer, "tqdm", BarClosedByAStop)
     monkeypatch.setattr(trainer, "export_trained", lambda run: exports.append(run.step))
