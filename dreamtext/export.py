@@ -964,7 +964,14 @@ def _export_field(
     """:func:`export_field`'s work, files staged in memory and written together at the end.
     ``check`` runs between stages: each of decimation, UV unwrapping and texture baking takes
     seconds to minutes on a large mesh, which a run replaced meanwhile should not cost."""
-    on_the_way = check if check is not None else lambda: None
+
+    def on_the_way() -> None:
+        # A stop whose KeyboardInterrupt a library swallowed (trimesh's optional imports, an
+        # object's __del__) stops here, not after minutes more of the export, all written.
+        raise_if_stop_requested()
+        if check is not None:
+            check()
+
     title = prompt if title is None else title
     extraction = extract_mesh(
         field,
@@ -1085,7 +1092,7 @@ def _export_field(
     staged[mesh_dir / "mesh.json"] = (json.dumps(result.report(), indent=2) + "\n").encode()
     progress.stage("writing files")
     # mesh/ (and video/) replaced whole: an earlier export's other formats describe another mesh.
-    written = write_all_atomically(staged, REPLACED_OUTPUTS, check, emptied, completes_work)
+    written = write_all_atomically(staged, REPLACED_OUTPUTS, on_the_way, emptied, completes_work)
     if emptied:
         with contextlib.suppress(OSError):  # the export's own folder, had it nothing else
             video_dir.rmdir()

@@ -85,6 +85,35 @@ def stop_requested() -> bool:
     return _REQUEST["stop"]
 
 
+def after_a_stop(error: BaseException) -> bool:
+    """Whether ``error`` is a stop: a ``KeyboardInterrupt``, or an error raised once Ctrl-C or
+    SIGTERM had arrived (:func:`stop_requested`), which a library made of the
+    ``KeyboardInterrupt`` it caught (an import cut short fails where it is used; a write to
+    ffmpeg that a Ctrl-C ended fails on its pipe). The CLI says such an error is the interrupt
+    (``run_command``); the run's records and lines say so too."""
+    return isinstance(error, KeyboardInterrupt) or (
+        isinstance(error, Exception) and stop_requested()
+    )
+
+
+@contextmanager
+def stops_as(interruption: Callable[[], BaseException]) -> Iterator[None]:
+    """Raise ``interruption()`` (a :class:`TrainingInterrupted` naming where the run stopped and
+    what is saved) for a stop in the block (:func:`after_a_stop`) instead of the bare
+    ``KeyboardInterrupt`` or the library's error, whose line said only "interrupted", and which
+    status.json recorded as "failed"; one raised in the block already says so, as it is."""
+    try:
+        yield
+    except TrainingInterrupted:
+        raise
+    except Exception as error:
+        if not after_a_stop(error):
+            raise
+        raise interruption() from None
+    except KeyboardInterrupt:
+        raise interruption() from None
+
+
 def raise_if_stop_requested() -> None:
     """Raise ``KeyboardInterrupt`` when Ctrl-C or SIGTERM has arrived (:func:`stop_requested`):
     work without steps calls this between its pieces, so that a signal whose

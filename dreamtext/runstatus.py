@@ -83,7 +83,7 @@ from dreamtext.checkpoint import (
 )
 from dreamtext.errors import UNREADABLE_JSON, DreamtextError, WorkspaceInUse, check_a_file
 from dreamtext.inputs import RUN_STATUS
-from dreamtext.interrupts import TrainingInterrupted, signals_held
+from dreamtext.interrupts import TrainingInterrupted, after_a_stop, signals_held
 from dreamtext.processes import (
     claim_workspace,
     folder_inode,
@@ -570,6 +570,13 @@ def update_status(workspace: str | Path, phase: str | None = None) -> None:
         tracker.update(phase)
 
 
+def tracked_phase(workspace: str | Path) -> str | None:
+    """The phase of the run tracked in ``workspace`` (:func:`update_status`'s), which its
+    ``interrupted`` status records; ``None`` when none is tracked."""
+    tracker = _ACTIVE.get(_key(workspace))
+    return None if tracker is None else tracker.phase
+
+
 @contextmanager
 def guard_run(workspace: str | Path, check: Callable[[], None]) -> Iterator[None]:
     """Call ``check()`` at every status update of a run in ``workspace`` while inside the block;
@@ -659,7 +666,12 @@ def track_status(
                 tracker.write("interrupted", step=None if saved is None else int(saved()))
         raise
     except Exception as error:
-        if not lost:
+        if not lost and after_a_stop(error):
+            # An error made of a stop's KeyboardInterrupt by a library it landed in: the CLI
+            # says "interrupted" of it (run_command), which status.json said "failed".
+            with signals_held(drop=True), suppress(OSError):
+                tracker.write("interrupted", step=None if saved is None else int(saved()))
+        elif not lost:
             # A full disk fails this write too: its error replaced the run's, whose line said
             # "pick a folder you can write (--workspace)" where the run is saved and resumes.
             # The run's error stands. status.json is overwritten in place where it fits

@@ -120,9 +120,11 @@ from dreamtext.interrupts import (  # TrainingInterrupted is imported from here 
     TrainingInterrupted,
     chunks_not_stopped,
     more_work,
+    raise_if_stop_requested,
     rename_for,
     sigterm_interrupts,
     stop_on_signal,
+    stops_as,
     truncate_log,
 )
 from dreamtext.mesh import DivergedDensity
@@ -145,6 +147,7 @@ from dreamtext.runstatus import (
     read_status,
     status_heartbeat,
     track_status,
+    tracked_phase,
     update_status,
 )
 
@@ -1675,37 +1678,45 @@ def _train(run: Run, resume: bool) -> Path:
                 f"{kept_checkpoint(run, overflowed, False)}"
             )
         checkpoint = save_run_checkpoint(run) if resaved else save_new_checkpoint(run)
-    if stop["stop"]:
-        raise TrainingInterrupted(run.step, checkpoint, before_export=export_due(run))
-    try:
-        # The final previews render the whole field after the loop's signal handling has ended
-        # (minutes on a CPU for a fuzzy field): a stop there is one of the trained, saved run.
-        # Without an export it is the run's last file: a stop once it is in place changes nothing.
-        with sigterm_interrupts(), out_of_memory_saves_a_checkpoint(run):
+
+    # From here to the export's start the loop's signal handling has ended (the final previews
+    # render the whole field: minutes on a CPU for a fuzzy field): a stop there is one of the
+    # trained, saved run, before its export, whatever line it lands on (the notes below and
+    # status.json's phase said only "interrupted; ... with --resume if the run has a
+    # checkpoint"), and so is a library's error made of its KeyboardInterrupt (recorded
+    # "failed"); once status.json's phase is the export, one in the export. Without an export
+    # the final preview is the run's last file: a stop once it is in place changes nothing.
+    def stopped_at_the_end() -> TrainingInterrupted:
+        if tracked_phase(workspace) == "export":
+            return TrainingInterrupted(run.step, last_checkpoint(workspace), in_export=True)
+        return TrainingInterrupted(run.step, checkpoint, before_export=export_due(run))
+
+    with stops_as(stopped_at_the_end), sigterm_interrupts():
+        if stop["stop"]:
+            raise stopped_at_the_end()
+        with out_of_memory_saves_a_checkpoint(run):
             save_final_preview(run, previewed, completes_work=not cfg.export)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(run.step, checkpoint, before_export=export_due(run)) from None
-    if run.guidance.skipped_steps:
-        say(f"dreamtext: skipped {run.guidance.skipped_steps} steps with non-finite guidance")
-    if run.skipped_updates:
-        say(
-            f"dreamtext: skipped the update of {run.skipped_updates} steps with non-finite "
-            "gradients"
-        )
-    if cfg.export:
-        update_status(workspace, phase="export")
-        try:
-            with sigterm_interrupts():
+        if run.guidance.skipped_steps:
+            say(f"dreamtext: skipped {run.guidance.skipped_steps} steps with non-finite guidance")
+        if run.skipped_updates:
+            say(
+                f"dreamtext: skipped the update of {run.skipped_updates} steps with non-finite "
+                "gradients"
+            )
+        if cfg.export:
+            # One whose KeyboardInterrupt a library swallowed: the export would run to its end.
+            raise_if_stop_requested()
+            update_status(workspace, phase="export")
+            try:
+                # Its files are written all at once: a stop in it leaves none half-written.
                 export_trained(run)
-        except KeyboardInterrupt:  # the export writes its files all at once: none is half-written
-            checkpoint = last_checkpoint(workspace)
-            raise TrainingInterrupted(run.step, checkpoint, in_export=True) from None
-        except OSError as error:
-            # A full or failing disk in the export: the run is trained and saved, so what to do
-            # once it is fixed is to export it, not to train it again elsewhere (the CLI's line,
-            # errors.trained_run_line). The error itself goes on: a batch stops on it.
-            error.trained_run = TrainedRun(run.step, last_checkpoint(workspace), workspace)
-            raise
+            except OSError as error:
+                # A full or failing disk in the export: the run is trained and saved, so what to
+                # do once it is fixed is to export it, not to train it again elsewhere (the
+                # CLI's line, errors.trained_run_line). The error itself goes on: a batch stops
+                # on it.
+                error.trained_run = TrainedRun(run.step, last_checkpoint(workspace), workspace)
+                raise
     return workspace
 
 

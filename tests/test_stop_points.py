@@ -1,0 +1,388 @@
+"""A stop at every point of a run: `dreamtext text` (start-up, each training step, checkpoint
+saves, previews, the end of training, the export's every stage) and `dreamtext export` (each of
+its stages and the commit of its files) stopped by a SIGTERM sent to this process there (a
+Slurm time limit or preemption; the handler the command installed takes it as it would a real
+one). Each stop must give one line naming where it stopped and how to go on, exit 130, no
+half-written file (an interrupted export leaves the previous mesh or none), a status.json that
+says the same as the line, and the command the line names must finish the run with the same
+field, previews and mesh as a run never stopped.
+
+A library that catches the stop's ``KeyboardInterrupt`` (trimesh's optional imports, an object's
+``__del__``) either swallows it or turns it into an error of its own: both variants are sent at
+the points where they were handled wrongly.
+
+The expensive setup is shared: one run never stopped (module scope) is the reference, and the
+points after training start from a copy of it (``--resume`` of a run at its last step trains
+nothing)."""
+
+import contextlib
+import json
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny_models import TINY_TRAIN
+
+from dreamtext import export as export_module
+from dreamtext import exportprogress, trainer
+from dreamtext.cli import main
+
+ITERS = 3  # no multiple of checkpoint_every: the end of training saves a checkpoint of its own
+CONFIG = {
+    **TINY_TRAIN,
+    "preview_every": 2,
+    "checkpoint_every": 2,
+    "export": True,
+    # GLB and PLY: every stage of the export (UV unwrapping and texture baking for the GLB,
+    # vertex colours for the PLY), at a grid and texture a few kB in size.
+    "export_options": {
+        "resolution": 16,
+        "formats": ["glb", "ply"],
+        "video": False,
+        "texture_size": 16,
+        "decimate": 0,
+    },
+}
+# What a run that is never stopped makes, compared byte for byte with the resumed run's.
+MADE_FILES = ("mesh/mesh.glb", "mesh/mesh.ply", "previews/step_000002.png", "previews/final.png")
+
+
+@dataclass
+class StopPoint:
+    """Where the SIGTERM is sent: ``when`` (before or after) the ``nth`` call of
+    ``owner.name`` whose arguments ``matches``. ``library``: how a library the stop lands in
+    treats its ``KeyboardInterrupt``: ``None`` (lets it through), ``"swallowed"`` or
+    ``"own error"`` (raises a ``RuntimeError`` of its own instead)."""
+
+    owner: object
+    name: str
+    when: str = "before"
+    nth: int = 1
+    matches: Callable[..., bool] = field(default=lambda *args, **kwargs: True)
+    library: str | None = None
+
+
+def _stage(name: str) -> Callable[..., bool]:
+    """``matches`` for the export stage ``name`` (``ExportProgress.stage(self, name)``)."""
+    return lambda progress, stage, *args, **kwargs: stage == name
+
+
+def _export_phase(workspace, phase=None) -> bool:
+    return phase == "export"
+
+
+def stop_at(monkeypatch: pytest.MonkeyPatch, point: StopPoint) -> list[int]:
+    """Send this process a SIGTERM at ``point``; returns the calls seen (``[n]`` once sent)."""
+    real = getattr(point.owner, point.name)
+    calls = [0]
+
+    def send() -> None:
+        if point.library is None:
+            signal.raise_signal(signal.SIGTERM)
+            return
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            if point.library == "own error":
+                raise RuntimeError("a library's own error, made of a KeyboardInterrupt") from None
+
+    def wrapper(*args, **kwargs):
+        hit = point.matches(*args, **kwargs)
+        if hit:
+            calls[0] += 1
+        if hit and calls[0] == point.nth and point.when == "before":
+            send()
+        result = real(*args, **kwargs)
+        if hit and calls[0] == point.nth and point.when == "after":
+            send()
+        return result
+
+    monkeypatch.setattr(point.owner, point.name, wrapper)
+    return calls
+
+
+def run_main(argv: list) -> tuple[int, str, str]:
+    """``dreamtext ARGV`` in this process: (exit code, stdout, stderr)."""
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as done:
+            code = done.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def text_command(config: Path, workspace: Path, *more: str) -> list:
+    prompt = ["text", "a red cube", "--model", "builtin:shapes", "--iters", str(ITERS)]
+    return [*prompt, "--config", config, "--workspace", workspace, *more]
+
+
+def field_state(workspace: Path) -> dict[str, torch.Tensor]:
+    return torch.load(workspace / "checkpoints" / "last.pt", weights_only=True)["field"]
+
+
+def identities(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{name: (inode, mtime_ns)}`` of the files in ``folder``: an export swaps in new files,
+    so the same identities are the same files, untouched."""
+    if not folder.is_dir():
+        return {}
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def assert_nothing_half_written(workspace: Path) -> None:
+    """No staging folder, temp file or progress record of the stopped work is left."""
+    left = [p for p in workspace.rglob("*") if any(part.startswith(".") for part in p.parts[-2:])]
+    left += [p for p in workspace.rglob("*.tmp")]
+    assert not left, left
+
+
+def assert_status(workspace: Path, state: str, step: int, phase: str) -> None:
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["step"], status["phase"]) == (state, step, phase), status
+
+
+def assert_same_as_never_stopped(workspace: Path, reference: Path) -> None:
+    for name in MADE_FILES:
+        assert (workspace / name).read_bytes() == (reference / name).read_bytes(), name
+    made, never = field_state(workspace), field_state(reference)
+    assert made.keys() == never.keys()
+    for key in made:
+        assert torch.equal(made[key], never[key]), key
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("stop_points") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(config) -> Path:
+    """The run never stopped, exported."""
+    workspace = config.parent / "never_stopped"
+    code, _out, err = run_main(text_command(config, workspace))
+    assert code == 0, err
+    assert_status(workspace, "finished", ITERS, "export")
+    return workspace
+
+
+def saved_line(stop: str, step: int, workspace: Path) -> str:
+    return (
+        f"dreamtext: interrupted {stop}after step {step}; saved "
+        f"{workspace / 'checkpoints' / 'last.pt'}; continue with --resume"
+    )
+
+
+# Stops in training: (point, the step saved, the line's "where", status.json's phase).
+IN_TRAINING = {
+    "before the first step": (StopPoint(trainer, "train_step"), 0, "", "train"),
+    "before the last step": (StopPoint(trainer, "train_step", nth=3), 2, "", "train"),
+    "in the periodic checkpoint's save": (StopPoint(trainer, "save_checkpoint"), 2, "", "train"),
+    "after the last step": (
+        StopPoint(trainer, "train_step", when="after", nth=3),
+        3,
+        "before the export, ",
+        "train",
+    ),
+    "in the end of training's save": (
+        StopPoint(trainer, "save_checkpoint", nth=2),
+        3,
+        "before the export, ",
+        "train",
+    ),
+}
+
+
+@pytest.mark.parametrize("where", list(IN_TRAINING))
+def test_a_stop_in_training_says_the_step_saved_and_resume_finishes_the_same_run(
+    tmp_path, monkeypatch, config, reference, where
+):
+    point, step, stop, phase = IN_TRAINING[where]
+    workspace = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        calls = stop_at(patch, point)
+        code, out, err = run_main(text_command(config, workspace))
+    assert calls[0] >= point.nth
+    assert (code, out) == (130, ""), err
+    assert err.strip().splitlines()[-1] == saved_line(stop, step, workspace)
+    assert_status(workspace, "interrupted", step, phase)
+    assert not (workspace / "mesh").exists()
+    assert_nothing_half_written(workspace)
+    code, out, err = run_main(text_command(config, workspace, "--resume"))
+    assert (code, out) == (0, f"{workspace}\n"), err
+    assert_status(workspace, "finished", ITERS, "export")
+    assert_same_as_never_stopped(workspace, reference)
+
+
+def test_a_stop_while_the_run_starts_names_no_checkpoint_and_the_command_again_runs_it(
+    tmp_path, monkeypatch, config, reference
+):
+    """Before the run is built (its models loaded) nothing of it is written: the line says to
+    run the command again, which makes the run the never-stopped one makes."""
+    workspace = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop_at(patch, StopPoint(trainer, "build_run"))
+        code, out, err = run_main(text_command(config, workspace))
+    assert (code, out) == (130, ""), err
+    assert err.strip().splitlines()[-1] == (
+        "dreamtext text: interrupted; run the same command again, with --resume if the run has "
+        "a checkpoint"
+    )
+    assert not (workspace / "checkpoints").exists() and not (workspace / "status.json").exists()
+    code, out, err = run_main(text_command(config, workspace))
+    assert code == 0, err
+    assert_same_as_never_stopped(workspace, reference)
+
+
+STAGES = (
+    "marching cubes",
+    "decimating",
+    "measuring the mesh",
+    "UV unwrapping",
+    "texture baking",
+    "vertex colours",
+    "writing files",
+)
+# Stops after training, in a --resume of the trained run (it trains nothing): (point, the
+# line's "where", status.json's phase).
+AFTER_TRAINING = {
+    "in the final preview": (
+        StopPoint(trainer, "save_preview"),
+        "before the export, ",
+        "train",
+    ),
+    "in the final preview, its error a library's own": (
+        StopPoint(trainer, "save_preview", library="own error"),
+        "before the export, ",
+        "train",
+    ),
+    "in the final preview, swallowed by a library": (
+        StopPoint(trainer, "save_preview", library="swallowed"),
+        "before the export, ",
+        "train",
+    ),
+    "after the final preview": (
+        StopPoint(trainer, "save_final_preview", when="after"),
+        "before the export, ",
+        "train",
+    ),
+    # Between the final preview and the export's own handling: the line said only
+    # "dreamtext text: interrupted; ... with --resume if the run has a checkpoint".
+    "before the export's phase is recorded": (
+        StopPoint(trainer, "update_status", matches=_export_phase),
+        "before the export, ",
+        "train",
+    ),
+    "as the export's phase is recorded": (
+        StopPoint(trainer, "update_status", when="after", matches=_export_phase),
+        "in the export, ",
+        "export",
+    ),
+    **{
+        f"in the export's {stage}": (
+            StopPoint(exportprogress.ExportProgress, "stage", matches=_stage(stage)),
+            "in the export, ",
+            "export",
+        )
+        for stage in STAGES
+    },
+    "in the export's UV unwrapping, its error a library's own": (
+        StopPoint(
+            exportprogress.ExportProgress,
+            "stage",
+            matches=_stage("UV unwrapping"),
+            library="own error",
+        ),
+        "in the export, ",
+        "export",
+    ),
+    "in the export's UV unwrapping, swallowed by a library": (
+        StopPoint(
+            exportprogress.ExportProgress,
+            "stage",
+            matches=_stage("UV unwrapping"),
+            library="swallowed",
+        ),
+        "in the export, ",
+        "export",
+    ),
+    "as the export's files are committed": (
+        StopPoint(export_module, "write_all_atomically"),
+        "in the export, ",
+        "export",
+    ),
+}
+
+
+@pytest.mark.parametrize("where", list(AFTER_TRAINING))
+def test_a_stop_after_training_keeps_the_previous_mesh_and_resume_exports_it(
+    tmp_path, monkeypatch, config, reference, where
+):
+    point, stop, phase = AFTER_TRAINING[where]
+    workspace = tmp_path / "run"
+    shutil.copytree(reference, workspace)
+    previous = identities(workspace / "mesh")
+    with monkeypatch.context() as patch:
+        calls = stop_at(patch, point)
+        code, out, err = run_main(text_command(config, workspace, "--resume"))
+    assert calls[0] >= point.nth
+    assert (code, out) == (130, ""), err
+    assert err.strip().splitlines()[-1] == saved_line(stop, ITERS, workspace)
+    assert_status(workspace, "interrupted", ITERS, phase)
+    assert identities(workspace / "mesh") == previous
+    assert_nothing_half_written(workspace)
+    code, out, err = run_main(text_command(config, workspace, "--resume"))
+    assert (code, out) == (0, f"{workspace}\n"), err
+    assert_status(workspace, "finished", ITERS, "export")
+    assert identities(workspace / "mesh").keys() == previous.keys()
+    assert_same_as_never_stopped(workspace, reference)
+
+
+EXPORT_POINTS = {
+    "as the run is read": StopPoint(export_module, "read_exported_checkpoint", when="after"),
+    **{
+        f"in its {stage}": StopPoint(exportprogress.ExportProgress, "stage", matches=_stage(stage))
+        for stage in STAGES
+    },
+    "in its texture baking, swallowed by a library": StopPoint(
+        exportprogress.ExportProgress,
+        "stage",
+        matches=_stage("texture baking"),
+        library="swallowed",
+    ),
+    "as its files are committed": StopPoint(export_module, "write_all_atomically"),
+}
+
+
+@pytest.mark.parametrize("where", list(EXPORT_POINTS))
+def test_a_stopped_export_keeps_the_previous_mesh_and_the_command_again_makes_it(
+    tmp_path, monkeypatch, reference, where
+):
+    point = EXPORT_POINTS[where]
+    workspace = tmp_path / "run"
+    shutil.copytree(reference, workspace)
+    previous = identities(workspace / "mesh")
+    command = ["export", "--workspace", workspace]
+    with monkeypatch.context() as patch:
+        calls = stop_at(patch, point)
+        code, out, err = run_main(command)
+    assert calls[0] >= point.nth
+    assert (code, out) == (130, ""), err
+    assert err.strip().splitlines()[-1] == (
+        "dreamtext export: interrupted; run the same command again"
+    )
+    assert identities(workspace / "mesh") == previous
+    assert_status(workspace, "finished", ITERS, "export")
+    assert_nothing_half_written(workspace)
+    code, out, err = run_main(command)
+    assert code == 0 and out.startswith(f"exported {workspace} (step {ITERS})"), err
+    assert identities(workspace / "mesh") != previous
+    assert_same_as_never_stopped(workspace, reference)
