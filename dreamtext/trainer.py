@@ -1323,6 +1323,18 @@ def save_preview(run: Run, path: Path, completes_work: bool = False) -> None:
     remove_stale_temps(path.parent, r"step_\d+\.png|final\.png")
 
 
+def preview_cut_short(run: Run) -> Path | None:
+    """The preview of ``run``'s step that is due (a multiple of ``preview_every``) and missing:
+    a stop in it, after the step's checkpoint was due, left it unwritten (the step is whole and
+    saved; its preview is not), and the run resumed from that step renders it, so that its
+    previews are those of a run never stopped. ``None`` where there is none to render."""
+    every = run.cfg.preview_every
+    if run.step == 0 or every <= 0 or run.step % every:
+        return None
+    path = run.workspace / "previews" / f"step_{run.step:06d}.png"
+    return None if path.exists() else path
+
+
 def save_final_preview(run: Run, previewed: int | None, completes_work: bool = False) -> None:
     """``previews/final.png``, the strip of the run's last step. Where the loop saved that
     step's preview already (``previewed``: the step of its last one; every preset's ``iters``
@@ -1615,6 +1627,14 @@ def _train(run: Run, resume: bool) -> Path:
             **bar_options(),
         ) as bar,
     ):
+        cut_short = preview_cut_short(run) if resume else None
+        if cut_short is not None:
+            try:
+                with out_of_memory_saves_a_checkpoint(run):
+                    save_preview(run, cut_short)
+                previewed = run.step
+            except StepStopped:  # stopped again: the next stop saves the step after this one
+                stop["stop"] = True
         while run.step < cfg.iters:
             try:
                 with out_of_memory_saves_a_checkpoint(run):

@@ -186,6 +186,7 @@ IN_TRAINING = {
     "before the first step": (StopPoint(trainer, "train_step"), 0, "", "train"),
     "before the last step": (StopPoint(trainer, "train_step", nth=3), 2, "", "train"),
     "in the periodic checkpoint's save": (StopPoint(trainer, "save_checkpoint"), 2, "", "train"),
+    "in the step's preview": (StopPoint(trainer, "save_preview"), 2, "", "train"),
     "after the last step": (
         StopPoint(trainer, "train_step", when="after", nth=3),
         3,
