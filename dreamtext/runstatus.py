@@ -542,7 +542,8 @@ def check_guards(workspace: str | Path) -> None:
 def ends_between_stages(workspace: str | Path) -> Iterator[None]:
     """Around a run of several stages (image→3D): a Ctrl-C / SIGTERM or an error that lands
     between two of them (the next one loading its model or checking its settings), where no
-    stage's :func:`track_status` records it, leaves ``status.json`` ``interrupted``, or
+    stage's :func:`track_status` records it, leaves ``status.json`` ``interrupted`` (an error a
+    library made of a stop too: :func:`~dreamtext.interrupts.after_a_stop`), or
     ``failed`` with :func:`error_line`, instead of the last stage's ``running`` (which the viewer
     reads as a process killed without warning). A status.json of another process, or of a run
     that ended, is left as it is, and so is a run another worker took over."""
@@ -555,7 +556,7 @@ def ends_between_stages(workspace: str | Path) -> Iterator[None]:
         if same_process(status, this_process()) and status["state"] == "running":
             ended = (
                 {"state": "interrupted"}
-                if isinstance(error, KeyboardInterrupt | TrainingInterrupted)
+                if isinstance(error, TrainingInterrupted) or after_a_stop(error)
                 else {"state": "failed", "error": error_line(error)}
             )
             with signals_held(drop=True):

@@ -387,3 +387,78 @@ def test_a_stopped_export_keeps_the_previous_mesh_and_the_command_again_makes_it
     assert code == 0 and out.startswith(f"exported {workspace} (step {ITERS})"), err
     assert identities(workspace / "mesh") != previous
     assert_same_as_never_stopped(workspace, reference)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, tiny_sd_path, tiny_clip_path) -> Callable[[Path], tuple]:
+    """``run(folder)``: ``dreamtext image`` of a tiny image into ``folder / "run"`` (2 descriptor
+    and 2 text→3D steps of the tiny field, no export), as (exit code, stderr); and the run
+    never stopped, made once: ``run.reference``."""
+    from test_imageto3d import _cli_image, _image, _options
+
+    def run(folder: Path) -> tuple[int, str]:
+        image = _image(folder)
+        _options(folder, tiny_clip_path)  # writes the vocabulary files
+        err = contextlib.redirect_stderr(buffer := __import__("io").StringIO())
+        with err, contextlib.redirect_stdout(__import__("io").StringIO()):
+            code = _cli_image(folder, image, tiny_sd_path, tiny_clip_path, "--iters", "2")
+        return code, buffer.getvalue()
+
+    reference = tmp_path_factory.mktemp("image_never_stopped")
+    code, err = run(reference)
+    assert code == 0, err
+    run.reference = reference / "run"
+    return run
+
+
+def _imageto3d_module():
+    from dreamtext import imageto3d
+
+    return imageto3d
+
+
+# Stops between the image run's stages, where no stage's own handling records them: (point,
+# status.json's phase). A library's error made of the stop was recorded "failed".
+BETWEEN_IMAGE_STAGES = {
+    "after the sentence search": (
+        StopPoint(_imageto3d_module(), "describe", when="after"),
+        "describe",
+    ),
+    "as the descriptor's training starts, its error a library's own": (
+        StopPoint(_imageto3d_module(), "train_descriptor", library="own error"),
+        "describe",
+    ),
+    "as the text→3D stage starts, its error a library's own": (
+        StopPoint(trainer, "train", library="own error"),
+        "descriptor",
+    ),
+}
+
+
+@pytest.mark.parametrize("where", list(BETWEEN_IMAGE_STAGES))
+def test_a_stop_between_the_image_runs_stages_is_recorded_interrupted_and_the_rerun_finishes(
+    tmp_path, monkeypatch, image_run, where
+):
+    point, phase = BETWEEN_IMAGE_STAGES[where]
+    with monkeypatch.context() as patch:
+        calls = stop_at(patch, point)
+        code, err = image_run(tmp_path)
+    workspace = tmp_path / "run"
+    assert (code, calls) == (130, [1]), err
+    assert err.strip().splitlines()[-1] == (
+        "dreamtext image: interrupted; run the same command again to go on (it reuses the "
+        "stages that finished)"
+    )
+    status = json.loads((workspace / "status.json").read_text())
+    assert (status["state"], status["phase"]) == ("interrupted", phase), status
+    assert_nothing_half_written(workspace)
+    code, err = image_run(tmp_path)
+    assert code == 0, err
+    assert_status(workspace, "finished", 2, "train")
+    sentence, never_stopped = (
+        json.loads((folder / "descriptor" / "sentence.json").read_text())["trained_sentence"]
+        for folder in (workspace, image_run.reference)
+    )
+    assert sentence == never_stopped
+    made, never = field_state(workspace), field_state(image_run.reference)
+    assert all(torch.equal(made[key], never[key]) for key in never)
