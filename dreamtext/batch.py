@@ -109,6 +109,7 @@ from dreamtext.interrupts import (
     signals_held,
     sigterm_interrupts,
     stop_requested,
+    stops_as,
 )
 from dreamtext.processes import (
     HOST,
@@ -2385,7 +2386,9 @@ def run_entry(
                             else "without a mesh; exporting it"
                         )
                         _say(f"batch: line {entry.line}: {entry.workspace} finished {what}")
-                with guard_run(entry.workspace, lock.check):
+                # An error a library made of a stop's KeyboardInterrupt (a model's import cut
+                # short) is the stop, as the CLI says: recorded "failed", with its traceback.
+                with guard_run(entry.workspace, lock.check), stops_as(KeyboardInterrupt):
                     run_one_retrying_stale(entry, cfg, options, overwrite=fresh)
                 result["status"] = "finished"
     except RunTakenOver as lost:

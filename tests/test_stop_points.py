@@ -462,3 +462,54 @@ def test_a_stop_between_the_image_runs_stages_is_recorded_interrupted_and_the_re
     assert sentence == never_stopped
     made, never = field_state(workspace), field_state(image_run.reference)
     assert all(torch.equal(made[key], never[key]) for key in never)
+
+
+def _batch(folder: Path, config: Path) -> tuple[int, str]:
+    """``dreamtext batch prompts.txt`` of two prompts, run in ``folder``: (exit code, stderr)."""
+    (folder / "prompts.txt").write_text("a red cube\na blue sphere\n")
+    argv = ["batch", "prompts.txt", "--model", "builtin:shapes", "--iters", ITERS, "--no-export"]
+    with contextlib.chdir(folder):
+        code, _out, err = run_main([*argv, "--config", config])
+    return code, err
+
+
+def _line_records(folder: Path) -> list[tuple[int, str]]:
+    lines = (folder / "workspace" / "batch.jsonl").read_text().splitlines()
+    return [(record["line"], record["status"]) for record in map(json.loads, lines)]
+
+
+# Stops in a batch: (point, the line's record, what the batch says of the stopped line).
+IN_A_BATCH = {
+    "between two lines": (
+        StopPoint(trainer, "train", nth=2),
+        [(1, "finished"), (2, "interrupted")],
+        "batch: prompts.txt: line 2: interrupted before the run's first checkpoint; run the "
+        "batch again to start it again",
+    ),
+    # A library's error made of the stop as the line loads its model: recorded "failed" with
+    # a traceback, "0 interrupted" in the summary.
+    "as a line's model loads, its error a library's own": (
+        StopPoint(trainer, "build_run", library="own error"),
+        [(1, "interrupted")],
+        "batch: prompts.txt: line 1: interrupted before the run's first checkpoint; run the "
+        "batch again to start it again",
+    ),
+}
+
+
+@pytest.mark.parametrize("where", list(IN_A_BATCH))
+def test_a_stopped_batch_records_the_line_interrupted_and_runs_again_to_its_end(
+    tmp_path, monkeypatch, config, where
+):
+    point, records, said = IN_A_BATCH[where]
+    with monkeypatch.context() as patch:
+        calls = stop_at(patch, point)
+        code, err = _batch(tmp_path, config)
+    assert (code, calls[0]) == (130, point.nth), err
+    assert said in err.splitlines(), err
+    assert "Traceback" not in err
+    assert _line_records(tmp_path) == records
+    code, err = _batch(tmp_path, config)
+    assert code == 0, err
+    for prompt in ("a_red_cube", "a_blue_sphere"):
+        assert_status(tmp_path / "workspace" / prompt, "finished", ITERS, "train")
