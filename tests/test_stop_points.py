@@ -513,3 +513,83 @@ def test_a_stopped_batch_records_the_line_interrupted_and_runs_again_to_its_end(
     assert code == 0, err
     for prompt in ("a_red_cube", "a_blue_sphere"):
         assert_status(tmp_path / "workspace" / prompt, "finished", ITERS, "train")
+
+
+def _wait_for(condition: Callable[[], bool], process, timeout: float = 240.0) -> None:
+    """Poll ``condition`` every 20 ms until it holds; fail if ``process`` ends first."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < end, "the point to stop at never came"
+        time.sleep(0.02)
+
+
+def _progress_stage(workspace: Path) -> str | None:
+    try:
+        return json.loads((workspace / exportprogress.PROGRESS_FILE).read_text()).get("stage")
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_real_signal_in_the_exports_meshing_keeps_the_previous_mesh(tmp_path, reference, signum):
+    """`dreamtext export` in a process of its own, sent a real SIGTERM (or Ctrl-C) once its
+    progress record says it is meshing (a 128^3 grid: long enough to be caught there)."""
+    import os
+    import subprocess
+    import sys
+
+    workspace = tmp_path / "run"
+    shutil.copytree(reference, workspace)
+    previous = identities(workspace / "mesh")
+    command = [sys.executable, "-m", "dreamtext", "export", "--workspace", str(workspace)]
+    command += ["--resolution", "128"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    export = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: _progress_stage(workspace) == "meshing", export)
+        export.send_signal(signum)
+        out, err = export.communicate(timeout=120)
+    finally:
+        if export.poll() is None:
+            export.kill()
+    lines = err.decode().strip().splitlines()
+    assert (export.returncode, out) == (130, b""), err
+    assert lines[-1] == "dreamtext export: interrupted; run the same command again"
+    assert identities(workspace / "mesh") == previous
+    assert_status(workspace, "finished", ITERS, "export")
+    assert_nothing_half_written(workspace)
+
+
+def test_a_real_sigterm_in_a_runs_own_export_says_the_run_is_saved_and_resume_exports_it(
+    tmp_path, config, reference
+):
+    """`dreamtext text --resume` of the trained run in a process of its own (it trains nothing
+    and exports, on a 128^3 grid), sent a real SIGTERM once its export is meshing."""
+    import os
+    import subprocess
+    import sys
+
+    workspace = tmp_path / "run"
+    shutil.copytree(reference, workspace)
+    previous = identities(workspace / "mesh")
+    finer = tmp_path / "finer.yaml"
+    finer.write_text(yaml.safe_dump({"export_options": {"resolution": 128}}))
+    command = [sys.executable, "-m", "dreamtext"]
+    command += [str(a) for a in text_command(config, workspace, "--resume", "--config", finer)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: _progress_stage(workspace) == "meshing", run)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert (run.returncode, out) == (130, b""), err
+    assert err.decode().strip().splitlines()[-1] == saved_line("in the export, ", ITERS, workspace)
+    assert_status(workspace, "interrupted", ITERS, "export")
+    assert identities(workspace / "mesh") == previous
+    assert_nothing_half_written(workspace)
