@@ -11,7 +11,7 @@ lines and one not started. Then, ``--repeats`` times, for each ``--code`` checko
 (interleaved, so that a change in the machine's load falls on every checkout alike), each
 command in a process of its own started in that checkout (``python -m`` puts the current folder
 first on the path), its wall time and its peak resident memory (``os.wait4``'s
-``ru_maxrss``):
+``ru_maxrss``, taken by a small launcher process: see :data:`LAUNCHER`):
 
 - ``batch LIST3 --status --iters 30``: two lines to continue (resumable), one not started;
 - ``view RUN --static OUT``: one run's page, into a new folder each time;
@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,22 +80,31 @@ def commands(root: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
+# Run by a small Python of its own, which starts the command and reports its wall time, peak
+# RSS and exit code. Linux's ru_maxrss of a child counts the address space it was forked (or
+# vforked) from until its exec: a command started by a large process (a pytest worker holding
+# torch and the test models, 1.3 GB) read as that large. Started from this small one, it reads
+# the command's own peak above the launcher's ~10 MB.
+LAUNCHER = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, status, usage = os.wait4(process.pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_command(argv: list[str], code: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS in KiB of ``python -m dreamtext argv`` in a process of its own."""
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dreamtext", *argv],
-        env=environment(code),
-        cwd=code,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    """Wall seconds and peak RSS in KiB of ``python -m dreamtext argv`` in a process of its own,
+    started by a small launcher (:data:`LAUNCHER`), so that the peak is the command's whatever
+    the size of the process that measures it."""
+    launched = run_in(
+        [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "dreamtext", *argv], code
     )
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode not in (0, 1):  # batch --status: 1 where a line is unfinished
-        raise RuntimeError(f"dreamtext {' '.join(argv)} exited {process.returncode}")
-    return wall, usage.ru_maxrss
+    wall, rss, code_ = launched.stdout.split()
+    if int(code_) not in (0, 1):  # batch --status: 1 where a line is unfinished
+        raise RuntimeError(f"dreamtext {' '.join(argv)} exited {code_}")
+    return float(wall), int(rss)
 
 
 def heavy_imports(argv: list[str], code: Path) -> set[str]:

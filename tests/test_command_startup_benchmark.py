@@ -25,8 +25,14 @@ def test_module_names_are_every_module_of_the_package_but_main(bench):
 
 
 def test_a_help_is_measured_and_imports_no_heavy_library(bench):
+    """The peak is the command's own, whatever the process that measures it holds: a child's
+    ru_maxrss counts what it was forked from until its exec, and a pytest worker holding the
+    test models (1.3 GB, here 300 MB more) made `export --help` read 1.3 GB on CI."""
+    held = bytearray(300 << 20)  # touched: resident in this process
+    held[:: 1 << 12] = b"\x01" * len(held[:: 1 << 12])
     wall, rss = bench.run_command(["export", "--help"], REPO)
-    assert 0 < wall < 60 and 5_000 < rss < 1_000_000  # KiB: a Python process, not torch's
+    del held
+    assert 0 < wall < 60 and 5_000 < rss < 200_000  # KiB: a Python process, not torch's
     assert bench.heavy_imports(["export", "--help"], REPO) == set()
     assert bench.heavy_imports(["view", "--help"], REPO) == set()
 
