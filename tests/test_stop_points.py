@@ -17,6 +17,7 @@ nothing)."""
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 from collections.abc import Callable
@@ -468,8 +469,12 @@ def _batch(folder: Path, config: Path) -> tuple[int, str]:
     """``dreamtext batch prompts.txt`` of two prompts, run in ``folder``: (exit code, stderr)."""
     (folder / "prompts.txt").write_text("a red cube\na blue sphere\n")
     argv = ["batch", "prompts.txt", "--model", "builtin:shapes", "--iters", ITERS, "--no-export"]
-    with contextlib.chdir(folder):
+    before = Path.cwd()  # contextlib.chdir is Python 3.11's, and 3.10 runs these tests too
+    os.chdir(folder)
+    try:
         code, _out, err = run_main([*argv, "--config", config])
+    finally:
+        os.chdir(before)
     return code, err
 
 
