@@ -2302,22 +2302,30 @@ def test_a_job_array_tasks_refusal_counts_the_runs_of_every_share_overwrite_repl
     ), err
 
 
-def test_a_job_array_tasks_refusal_says_where_the_one_other_run_of_the_list_is(
-    tmp_path, monkeypatch, capsys
-):
-    """Task 0 of 2 over two lines: its share holds no other run, the other share one, which
-    the refusal called "1 other run of the list ...: all in other shares"."""
+def first_share_refusal(tmp_path, capsys, *flags: str) -> str:
+    """The one line refusing `batch --seed 7` (with ``flags``) as the worker of the first of two
+    shares, over two lines whose runs (seed 0) have checkpoints, the second in the other share:
+    nothing written."""
     path = prompts_file(tmp_path, "a red cube", "a blue cube")
     root = tmp_path / "root"
     shapes_run(root / "a_red_cube", "a red cube", 2)
     shapes_run(root / "a_blue_cube", "a blue cube", 20)
     (root / "batch.jsonl").write_text("")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
-    args = ["batch", path, *BUILTIN, "--seed", "7", "--workspace", root]
+    args = ["batch", path, *BUILTIN, "--seed", "7", "--workspace", root, *flags]
     with nothing_written(root, "a_red_cube", "a_blue_cube"):
         assert main(list(map(str, args))) == 2
     [err] = capsys.readouterr().err.strip().splitlines()
+    return err
+
+
+def test_a_job_array_tasks_refusal_says_where_the_one_other_run_of_the_list_is(
+    tmp_path, monkeypatch, capsys
+):
+    """Task 0 of 2 over two lines: its share holds no other run, the other share one, which
+    the refusal called "1 other run of the list ...: all in other shares"."""
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    err = first_share_refusal(tmp_path, capsys)
     assert err.endswith(
         "(the batch's --overwrite, which a job array gives every task, would train 1 other run "
         "of the list again too: in another share)"
@@ -2332,15 +2340,7 @@ def test_a_hand_started_shard_workers_refusal_does_not_speak_of_a_job_array(
     task"; the other shares' runs are replaced where their workers are given it too."""
     for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
-    path = prompts_file(tmp_path, "a red cube", "a blue cube")
-    root = tmp_path / "root"
-    shapes_run(root / "a_red_cube", "a red cube", 2)
-    shapes_run(root / "a_blue_cube", "a blue cube", 20)
-    (root / "batch.jsonl").write_text("")
-    args = ["batch", path, *BUILTIN, "--seed", "7", "--workspace", root, "--shard", "0/2"]
-    with nothing_written(root, "a_red_cube", "a_blue_cube"):
-        assert main(list(map(str, args))) == 2
-    [err] = capsys.readouterr().err.strip().splitlines()
+    err = first_share_refusal(tmp_path, capsys, "--shard", "0/2")
     assert err.endswith(
         "(the batch's --overwrite, given to every share's worker, would train 1 other run of "
         "the list again too: in another share)"
